@@ -1,0 +1,38 @@
+# Moat build and test entry points. `make test` is the one command that runs
+# every test on a fresh machine: it installs the system packages the interop
+# tests need when they are missing, then runs vet, the race-enabled test
+# suite and short fuzzing passes.
+
+GO ?= go
+PKGS ?= ./...
+# Debian packages used by the interop tests (real peers, not mocks).
+DEB_PACKAGES := mosquitto mosquitto-clients python3-paho-mqtt python3-cryptography openssl testssl.sh curl
+FUZZTIME ?= 10s
+
+.PHONY: all build test deps vet unit fuzz bench clean
+
+all: build
+
+build:
+	$(GO) build -o bin/moat ./cmd/moat
+
+deps:
+	@./scripts/install-deps.sh $(DEB_PACKAGES)
+
+vet:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
+	$(GO) vet $(PKGS)
+
+unit:
+	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+
+fuzz:
+	@./scripts/fuzz-all.sh $(FUZZTIME)
+
+test: deps vet unit fuzz
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)
+
+clean:
+	rm -rf bin
