@@ -1,0 +1,214 @@
+package broker
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// Defaults applied by New for zero fields of Config.
+const (
+	DefaultMaxPacketSize     = 1 << 20 // 1 MiB
+	DefaultConnectTimeout    = 10 * time.Second
+	DefaultMaxInflight       = 20    // outbound QoS 1/2 per session, as Mosquitto's max_inflight_messages
+	DefaultReceiveMaximum    = 100   // inbound QoS 1/2 per connection, advertised to v5 clients
+	DefaultMaxQueued         = 1000  // messages queued per session
+	DefaultTopicAliasMaximum = 10    // inbound aliases per connection, as Mosquitto's max_topic_alias
+	DefaultMaxKeepAlive      = 65535 // seconds
+	DefaultSysInterval       = 10 * time.Second
+	DefaultWriteTimeout      = 30 * time.Second
+	DefaultMaxOutboundBytes  = 4 << 20 // bytes of QoS 0 messages waiting in a connection's queue
+)
+
+// Config configures a Server. The zero value is usable: zero fields take
+// the documented defaults, and with no Authenticator every client is refused
+// unless AllowAnonymous is set. New never modifies the caller's Config.
+type Config struct {
+	// MaxPacketSize is the largest packet accepted from a client, in bytes,
+	// checked before the packet is read into memory; it is advertised to
+	// v5 clients as Maximum Packet Size. Default 1 MiB.
+	MaxPacketSize uint32
+
+	// MessageSizeLimit, when non-zero, is the largest PUBLISH payload
+	// accepted (mosquitto's message_size_limit). Default: none beyond
+	// MaxPacketSize.
+	MessageSizeLimit uint32
+
+	// ConnectTimeout bounds the time from accepting a connection to
+	// receiving CONNECT, TLS handshake included. Default 10 s.
+	ConnectTimeout time.Duration
+
+	// MaxConnections caps concurrent client connections over all
+	// listeners; 0 means no cap. ListenerConfig has a per-listener cap.
+	MaxConnections int
+
+	// MaxKeepAlive is the largest keep alive, in seconds, a client may use.
+	// A v5 client asking for more (or for 0) is told the server's value in
+	// CONNACK; a v3 client asking for more is refused, as Mosquitto does.
+	// Default 65535 (no limit beyond the protocol's).
+	MaxKeepAlive uint16
+
+	// MaxInflight is the number of outbound QoS 1 and 2 messages that may
+	// await acknowledgement per session (lower if a v5 client's Receive
+	// Maximum is lower). Default 20.
+	MaxInflight int
+
+	// ReceiveMaximum is the number of inbound QoS 1 and 2 publications a
+	// client may have unacknowledged; exceeding it is a protocol error
+	// (DISCONNECT 0x93). Advertised to v5 clients. Default 100.
+	ReceiveMaximum uint16
+
+	// MaxQueued is the number of messages held for a session whose client
+	// is offline or whose in-flight window is full. Beyond it QoS 1 and 2
+	// messages are dropped, counted, logged and shown in $SYS. Default 1000.
+	MaxQueued int
+
+	// QueueQoS0 also queues QoS 0 messages for offline persistent sessions
+	// (mosquitto's queue_qos0_messages). Default false.
+	QueueQoS0 bool
+
+	// TopicAliasMaximum is the number of topic aliases a v5 client may set.
+	// Default 10; a negative value disables inbound topic aliases.
+	TopicAliasMaximum int
+
+	// PersistentClientExpiration removes persistent sessions of v3 clients
+	// that have been offline this long (mosquitto's
+	// persistent_client_expiration); v5 clients use their own Session
+	// Expiry Interval, capped by this value when it is set. 0 means never.
+	PersistentClientExpiration time.Duration
+
+	// RetainDisabled refuses retained messages (mosquitto's
+	// retain_available false). Default: retained messages are available.
+	RetainDisabled bool
+
+	// SysInterval is the period of $SYS topic updates; negative disables
+	// them. Default 10 s.
+	SysInterval time.Duration
+
+	// WriteTimeout bounds a single write to a client; a client that does
+	// not read for that long is disconnected. Default 30 s.
+	WriteTimeout time.Duration
+
+	// MaxOutboundBytes bounds the QoS 0 bytes waiting in one connection's
+	// outbound queue; beyond it QoS 0 messages to that client are dropped
+	// and counted. Default 4 MiB.
+	MaxOutboundBytes int
+
+	// AllowAnonymous lets clients without credentials connect on listeners
+	// that do not override it. Default false.
+	AllowAnonymous bool
+
+	// Authenticator decides CONNECT attempts. Nil: only anonymous access,
+	// as AllowAnonymous says.
+	Authenticator Authenticator
+
+	// Authorizer decides publish and subscribe requests. Nil allows every
+	// request of an authenticated client.
+	Authorizer Authorizer
+
+	// Retained stores retained messages. Nil: an in-memory store.
+	Retained RetainedStore
+
+	// Logger receives the server's structured logs. Nil: slog.Default().
+	Logger *slog.Logger
+
+	// Now is the clock. Nil: time.Now.
+	Now func() time.Time
+
+	// Version is reported in $SYS/broker/version. Default "moat".
+	Version string
+}
+
+func (c *Config) withDefaults() (Config, error) {
+	cfg := *c
+	var errs []error
+	if cfg.MaxPacketSize == 0 {
+		cfg.MaxPacketSize = DefaultMaxPacketSize
+	}
+	if cfg.MaxPacketSize < 64 {
+		errs = append(errs, fmt.Errorf("broker: MaxPacketSize %d is too small (minimum 64 bytes)", cfg.MaxPacketSize))
+	}
+	if cfg.ConnectTimeout == 0 {
+		cfg.ConnectTimeout = DefaultConnectTimeout
+	}
+	if cfg.ConnectTimeout < 0 {
+		errs = append(errs, errors.New("broker: ConnectTimeout must not be negative"))
+	}
+	if cfg.MaxConnections < 0 {
+		errs = append(errs, errors.New("broker: MaxConnections must not be negative"))
+	}
+	if cfg.MaxKeepAlive == 0 {
+		cfg.MaxKeepAlive = DefaultMaxKeepAlive
+	}
+	if cfg.MaxInflight == 0 {
+		cfg.MaxInflight = DefaultMaxInflight
+	}
+	if cfg.MaxInflight < 0 || cfg.MaxInflight > 65535 {
+		errs = append(errs, fmt.Errorf("broker: MaxInflight %d out of range 1..65535", cfg.MaxInflight))
+	}
+	if cfg.ReceiveMaximum == 0 {
+		cfg.ReceiveMaximum = DefaultReceiveMaximum
+	}
+	if cfg.MaxQueued == 0 {
+		cfg.MaxQueued = DefaultMaxQueued
+	}
+	if cfg.MaxQueued < 0 {
+		errs = append(errs, errors.New("broker: MaxQueued must not be negative"))
+	}
+	if cfg.TopicAliasMaximum == 0 {
+		cfg.TopicAliasMaximum = DefaultTopicAliasMaximum
+	}
+	if cfg.TopicAliasMaximum < 0 {
+		cfg.TopicAliasMaximum = 0
+	}
+	if cfg.TopicAliasMaximum > 65535 {
+		errs = append(errs, fmt.Errorf("broker: TopicAliasMaximum %d out of range 0..65535", cfg.TopicAliasMaximum))
+	}
+	if cfg.PersistentClientExpiration < 0 {
+		errs = append(errs, errors.New("broker: PersistentClientExpiration must not be negative"))
+	}
+	if cfg.SysInterval == 0 {
+		cfg.SysInterval = DefaultSysInterval
+	}
+	if cfg.WriteTimeout == 0 {
+		cfg.WriteTimeout = DefaultWriteTimeout
+	}
+	if cfg.MaxOutboundBytes == 0 {
+		cfg.MaxOutboundBytes = DefaultMaxOutboundBytes
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Version == "" {
+		cfg.Version = "moat"
+	}
+	if cfg.Retained == nil {
+		cfg.Retained = NewMemoryRetained()
+	}
+	return cfg, errors.Join(errs...)
+}
+
+// ListenerConfig holds per-listener settings for Serve. The zero value
+// inherits the server's settings.
+type ListenerConfig struct {
+	// Name identifies the listener in logs and $SYS. Default: the
+	// listener's address.
+	Name string
+
+	// AllowAnonymous, when non-nil, overrides Config.AllowAnonymous for
+	// clients of this listener (mosquitto's per-listener allow_anonymous).
+	AllowAnonymous *bool
+
+	// MaxConnections caps concurrent connections on this listener; 0 means
+	// only the server-wide cap applies.
+	MaxConnections int
+
+	// CertWatcher, when set, is told of every client certificate chain so
+	// that a certificate revoked or expired while connected ends its
+	// session within seconds.
+	CertWatcher CertWatcher
+}

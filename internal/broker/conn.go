@@ -1,0 +1,691 @@
+package broker
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/moatmq/moat/internal/packet"
+)
+
+// conn is one client network connection. The reader goroutine owns the
+// fields above outMu; the writer goroutine owns wbuf and the outbound
+// alias table; fields below outMu are guarded by it.
+type conn struct {
+	srv     *Server
+	nc      net.Conn
+	lst     *listenerState
+	log     *slog.Logger
+	r       *packet.Reader
+	version packet.Version
+	client  Client
+	sess    *session
+
+	keepAlive   time.Duration // 0: no keep alive
+	will        *packet.Will
+	willClient  *Client
+	aliasesIn   map[uint16]string
+	aliasMaxIn  uint16
+	connectedAt time.Time
+	// sessionExpiryZero remembers a CONNECT Session Expiry of 0, which a
+	// DISCONNECT may not raise [MQTT-3.14.2-2].
+	sessionExpiryZero bool
+	stopWatch         func()
+	writerStarted     bool
+
+	// writer-owned
+	wbuf        []byte
+	aliasOutMax uint16
+	aliasesOut  map[string]uint16
+
+	outMu     sync.Mutex
+	out       []packet.Packet
+	spare     []packet.Packet
+	outBytes  int  // QoS 0 bytes waiting
+	final     bool // close after the queue drains
+	closeCode packet.ReasonCode
+
+	wake       chan struct{}
+	writerDone chan struct{}
+	done       chan struct{} // closed when the connection is fully cleaned up
+	closing    atomic.Bool
+	normalExit atomic.Bool // DISCONNECT 0x00 received: no will
+	takenOver  atomic.Bool
+}
+
+// connectState is the result of CONNECT processing, applied once the
+// session is attached.
+type connectState struct {
+	pkt        *packet.Connect
+	clientID   string
+	assignedID bool
+	expiry     time.Duration
+	serverKA   uint16 // Server Keep Alive to announce, 0 none
+}
+
+func (s *Server) newConn(nc net.Conn, lst *listenerState) *conn {
+	c := &conn{
+		srv:        s,
+		nc:         nc,
+		lst:        lst,
+		wake:       make(chan struct{}, 1),
+		writerDone: make(chan struct{}),
+		done:       make(chan struct{}),
+	}
+	c.log = s.log.With("listener", lst.name, "remote", nc.RemoteAddr().String())
+	c.client.Listener = lst.name
+	c.client.Remote = nc.RemoteAddr()
+	return c
+}
+
+// serve runs the connection until it ends. It is the reader goroutine.
+func (c *conn) serve() {
+	s := c.srv
+	defer close(c.done)
+	defer func() {
+		if r := recover(); r != nil {
+			s.stats.panics.Add(1)
+			c.log.Error("broker: panic while serving connection; connection closed", "panic", r, "client", c.client.ClientID)
+			c.nc.Close()
+			c.finish()
+		}
+	}()
+	if !c.handshakeAndConnect() {
+		c.nc.Close()
+		return
+	}
+	c.readLoop()
+	c.finish()
+}
+
+// handshakeAndConnect completes TLS (if any) and CONNECT within the
+// connect timeout. It returns false when the connection must be closed.
+func (c *conn) handshakeAndConnect() bool {
+	s := c.srv
+	deadline := time.Now().Add(s.cfg.ConnectTimeout)
+	c.nc.SetDeadline(deadline)
+	ctx, cancel := context.WithDeadline(s.ctx, deadline)
+	defer cancel()
+	if hs, ok := c.nc.(interface{ HandshakeContext(context.Context) error }); ok {
+		if err := hs.HandshakeContext(ctx); err != nil {
+			s.stats.tlsFailures.Add(1)
+			c.log.Info("broker: TLS handshake failed", "err", err)
+			return false
+		}
+	}
+	if cs, ok := c.nc.(interface{ ConnectionState() tls.ConnectionState }); ok {
+		st := cs.ConnectionState()
+		c.client.TLS = &st
+	}
+	c.r = packet.NewReader(c.nc, s.cfg.MaxPacketSize)
+	p, err := c.r.ReadPacket()
+	if err != nil {
+		c.refuseBadConnect(p, err)
+		return false
+	}
+	pkt, ok := p.(*packet.Connect)
+	if !ok {
+		// [MQTT-3.1.0-1]: the first packet must be CONNECT.
+		c.log.Info("broker: first packet is not CONNECT; connection closed", "type", p.Type())
+		s.stats.protocolErrors.Add(1)
+		return false
+	}
+	return c.connect(ctx, pkt)
+}
+
+// refuseBadConnect answers an undecodable CONNECT when the answer can be
+// understood (a known protocol version), then lets the caller close.
+func (c *conn) refuseBadConnect(p packet.Packet, err error) {
+	s := c.srv
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, os.ErrDeadlineExceeded) || isTimeout(err) {
+		c.log.Debug("broker: connection closed before CONNECT", "err", err)
+		return
+	}
+	s.stats.protocolErrors.Add(1)
+	c.log.Info("broker: invalid CONNECT", "err", err)
+	var pe *packet.Error
+	if !errors.As(err, &pe) {
+		return
+	}
+	v := packet.V311
+	if cp, ok := p.(*packet.Connect); ok && cp != nil {
+		v = cp.Version
+	}
+	code := pe.Code
+	switch {
+	case errors.Is(err, packet.ErrUnsupportedVersion):
+		// [MQTT-3.1.2-2]: answer with "unacceptable protocol version".
+		if v == packet.V5 {
+			v = packet.V311 // the client's level is unknown to us: 3.x encoding is understood by all
+		}
+		c.writeDirect(&packet.Connack{ReasonCode: packet.V3UnacceptableProtocolVersion}, v)
+	case v == packet.V5:
+		c.writeDirect(&packet.Connack{ReasonCode: code}, v)
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// writeDirect encodes and writes p before the writer goroutine exists.
+func (c *conn) writeDirect(p packet.Packet, v packet.Version) {
+	b, err := packet.Append(nil, p, v)
+	if err != nil {
+		c.log.Error("broker: cannot encode packet", "type", p.Type(), "err", err)
+		return
+	}
+	c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
+	c.nc.Write(b)
+}
+
+// refuse sends a CONNACK refusal (code is a v5 reason code) and logs it.
+func (c *conn) refuse(pkt *packet.Connect, code packet.ReasonCode, reason string) bool {
+	c.srv.stats.connectRefused.Add(1)
+	c.log.Info("broker: connection refused", "client", pkt.ClientID, "username", c.client.Username, "code", code, "reason", reason)
+	ack := &packet.Connack{ReasonCode: code}
+	if pkt.Version != packet.V5 {
+		ack.ReasonCode = packet.V3ConnackCode(code)
+	} else if reason != "" {
+		// CONNACK may carry a Reason String whatever Request Problem
+		// Information says [MQTT-3.1.2-29].
+		ack.Properties.SetReasonString(reason)
+	}
+	c.writeDirect(ack, pkt.Version)
+	return false
+}
+
+// connect processes CONNECT: identity, authentication, session and
+// CONNACK. It returns false when the connection was refused.
+func (c *conn) connect(ctx context.Context, pkt *packet.Connect) bool {
+	s := c.srv
+	c.version = pkt.Version
+	c.client.Version = pkt.Version
+	c.client.ClientID = pkt.ClientID
+	c.client.Username = pkt.Username
+	st := connectState{pkt: pkt, clientID: pkt.ClientID}
+
+	// Enhanced authentication is not offered yet.
+	if pkt.Version == packet.V5 && pkt.Properties.Has(packet.PropAuthMethod) {
+		return c.refuse(pkt, packet.BadAuthenticationMethod, "enhanced authentication is not supported")
+	}
+
+	// Client identifier rules.
+	if st.clientID == "" {
+		switch {
+		case pkt.Version == packet.V31:
+			return c.refuse(pkt, packet.ClientIDNotValid, "MQTT 3.1 requires a client identifier")
+		case pkt.Version == packet.V311 && !pkt.CleanStart:
+			// [MQTT-3.1.3-8]
+			return c.refuse(pkt, packet.ClientIDNotValid, "a zero-length client identifier requires clean session")
+		}
+		st.clientID = s.assignClientID()
+		st.assignedID = true
+	} else if pkt.Version == packet.V31 && len(st.clientID) > 23 {
+		return c.refuse(pkt, packet.ClientIDNotValid, "MQTT 3.1 client identifiers are at most 23 bytes")
+	}
+
+	// Keep alive against max_keepalive.
+	ka := pkt.KeepAlive
+	if max := s.cfg.MaxKeepAlive; max < 65535 && (ka == 0 || ka > max) {
+		if pkt.Version == packet.V5 {
+			st.serverKA = max
+			ka = max
+		} else if ka > max {
+			// No way to tell a 3.x client: refuse it, as Mosquitto does.
+			return c.refuse(pkt, packet.ClientIDNotValid, fmt.Sprintf("keep alive %ds exceeds the server maximum %ds", ka, max))
+		}
+	}
+	c.keepAlive = time.Duration(ka) * time.Second
+
+	// Will checks that do not depend on the session.
+	if w := pkt.Will; w != nil {
+		if w.Retain && s.cfg.RetainDisabled {
+			return c.refuse(pkt, packet.RetainNotSupported, "retained messages are not available")
+		}
+	}
+
+	// Authentication.
+	c.client.ClientID = st.clientID
+	if !c.authenticate(ctx, pkt, &st) {
+		return false
+	}
+
+	// Session expiry.
+	switch {
+	case pkt.Version == packet.V5:
+		e := pkt.Properties.SessionExpiry
+		c.sessionExpiryZero = e == 0
+		switch {
+		case e == 0:
+			st.expiry = 0
+		case e == 0xFFFFFFFF:
+			st.expiry = neverExpires
+		default:
+			st.expiry = time.Duration(e) * time.Second
+		}
+	case pkt.CleanStart:
+		st.expiry = 0
+	default:
+		st.expiry = neverExpires
+	}
+	if pce := s.cfg.PersistentClientExpiration; pce > 0 && (st.expiry == neverExpires || st.expiry > pce) {
+		st.expiry = pce
+	}
+
+	// Per-connection protocol state.
+	c.will = pkt.Will
+	if pkt.Version == packet.V5 {
+		c.aliasMaxIn = uint16(s.cfg.TopicAliasMaximum)
+		c.aliasOutMax = pkt.Properties.TopicAliasMaximum
+	}
+	c.connectedAt = s.cfg.Now()
+
+	// Start the writer, then attach the session: from attach on, other
+	// goroutines may queue packets for this connection.
+	c.nc.SetDeadline(time.Time{})
+	c.writerStarted = true
+	s.track(c.writeLoop)
+	sess, present := s.attach(c, &st)
+	c.sess = sess
+	s.stats.connected(s)
+	c.log = c.log.With("client", st.clientID)
+	c.log.Info("broker: client connected", "version", pkt.Version.String(), "username", c.client.Username,
+		"clean", pkt.CleanStart, "session_present", present, "keep_alive", ka)
+
+	if w := c.lst.certWatcher; w != nil && c.client.TLS != nil && len(c.client.TLS.PeerCertificates) > 0 {
+		c.stopWatch = w.Watch(c.client.TLS.PeerCertificates, func(reason string) {
+			c.log.Warn("broker: client certificate no longer valid; disconnecting", "reason", reason)
+			s.stats.revokedDisconnects.Add(1)
+			c.kill(packet.NotAuthorized, reason)
+		})
+	}
+	c.r.SetVersion(pkt.Version)
+	return true
+}
+
+// authenticate runs the Authenticator (or the anonymous policy) and
+// applies its result. It sends the refusal itself.
+func (c *conn) authenticate(ctx context.Context, pkt *packet.Connect, st *connectState) bool {
+	s := c.srv
+	anonymousOK := s.cfg.AllowAnonymous
+	if c.lst.allowAnonymous != nil {
+		anonymousOK = *c.lst.allowAnonymous
+	}
+	if s.cfg.Authenticator != nil {
+		res := s.cfg.Authenticator.Authenticate(ctx, &ConnectRequest{Client: &c.client, Connect: pkt})
+		if res.Allow {
+			if res.Username != "" {
+				c.client.Username = res.Username
+			}
+			if res.ClientID != "" && res.ClientID != st.clientID {
+				st.clientID = res.ClientID
+				st.assignedID = true
+				c.client.ClientID = res.ClientID
+			}
+			c.client.Attributes = res.Attributes
+			return true
+		}
+		// An authenticator that has no opinion on a client without
+		// credentials leaves the decision to the anonymous policy.
+		if !(res.Code == 0 && !pkt.UsernameFlag && !pkt.PasswordFlag && anonymousOK) {
+			code := res.Code
+			if code == 0 {
+				code = packet.NotAuthorized
+			}
+			return c.refuse(pkt, code, res.Reason)
+		}
+	}
+	if !anonymousOK {
+		if pkt.UsernameFlag || pkt.PasswordFlag {
+			return c.refuse(pkt, packet.BadUsernameOrPassword, "no authentication backend accepts these credentials")
+		}
+		return c.refuse(pkt, packet.NotAuthorized, "anonymous access is not allowed on this listener")
+	}
+	c.client.Anonymous = true
+	return true
+}
+
+// connack builds and queues CONNACK for a new session attachment. Called
+// by attach with the session locked, so it precedes any resend.
+func (c *conn) connack(st *connectState, present bool) {
+	s := c.srv
+	ack := &packet.Connack{SessionPresent: present}
+	if c.version == packet.V5 {
+		p := &ack.Properties
+		p.ReceiveMaximum = s.cfg.ReceiveMaximum
+		p.Mark(packet.PropReceiveMaximum)
+		p.MaximumPacketSize = s.cfg.MaxPacketSize
+		p.Mark(packet.PropMaximumPacketSize)
+		p.TopicAliasMaximum = c.aliasMaxIn
+		p.Mark(packet.PropTopicAliasMaximum)
+		if s.cfg.RetainDisabled {
+			p.RetainAvailable = 0
+			p.Mark(packet.PropRetainAvailable)
+		}
+		if st.assignedID {
+			p.AssignedClientID = st.clientID
+			p.Mark(packet.PropAssignedClientID)
+		}
+		if st.serverKA != 0 {
+			p.ServerKeepAlive = st.serverKA
+			p.Mark(packet.PropServerKeepAlive)
+		}
+		if req := st.pkt.Properties.SessionExpiry; st.pkt.Properties.Has(packet.PropSessionExpiry) || st.expiry != 0 {
+			granted := req
+			if st.expiry != neverExpires && st.expiry >= 0 {
+				granted = uint32(st.expiry / time.Second)
+			}
+			if granted != req {
+				p.SessionExpiry = granted
+				p.Mark(packet.PropSessionExpiry)
+			}
+		}
+	}
+	c.send(ack)
+}
+
+// readLoop reads and handles packets until the connection ends.
+func (c *conn) readLoop() {
+	for {
+		if c.keepAlive > 0 {
+			// [MQTT-3.1.2-24]: one and a half times the keep alive.
+			c.nc.SetReadDeadline(time.Now().Add(c.keepAlive * 3 / 2))
+		}
+		p, err := c.r.ReadPacket()
+		if err != nil {
+			c.readError(err)
+			return
+		}
+		c.srv.stats.packetsIn.Add(1)
+		if !c.handle(p) {
+			return
+		}
+	}
+}
+
+func (c *conn) readError(err error) {
+	var pe *packet.Error
+	switch {
+	case c.closing.Load():
+		// We are closing it ourselves.
+	case errors.As(err, &pe):
+		c.srv.stats.protocolErrors.Add(1)
+		c.log.Info("broker: protocol violation; disconnecting", "err", err)
+		c.kill(pe.Code, pe.Reason)
+	case isTimeout(err):
+		c.log.Info("broker: keep alive timeout; disconnecting", "keep_alive", c.keepAlive)
+		c.kill(packet.KeepAliveTimeout, "keep alive timeout")
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
+		c.log.Debug("broker: connection closed by client", "err", err)
+		c.kill(0, "")
+	default:
+		c.log.Info("broker: read error; disconnecting", "err", err)
+		c.kill(0, "")
+	}
+}
+
+// protocolError disconnects for a rule broken by a well-formed packet.
+func (c *conn) protocolError(code packet.ReasonCode, reason string) bool {
+	c.srv.stats.protocolErrors.Add(1)
+	c.log.Info("broker: protocol violation; disconnecting", "code", code, "reason", reason)
+	c.kill(code, reason)
+	return false
+}
+
+// handle dispatches one packet; it returns false to stop reading.
+func (c *conn) handle(p packet.Packet) bool {
+	switch p := p.(type) {
+	case *packet.Publish:
+		return c.handlePublish(p)
+	case *packet.Puback:
+		if !c.sess.ack(c.srv, p.PacketID, 1) {
+			c.log.Debug("broker: PUBACK for unknown packet identifier", "pid", p.PacketID)
+		}
+	case *packet.Pubrec:
+		if c.sess.received(c.srv, p.PacketID, p.ReasonCode) {
+			if !p.ReasonCode.IsError() {
+				c.send(&packet.Pubrel{PacketID: p.PacketID})
+			}
+		} else {
+			// [MQTT-4.3.3-?]: answer an unknown identifier so the
+			// client can finish its flow.
+			c.send(&packet.Pubrel{PacketID: p.PacketID, ReasonCode: packet.PacketIDNotFound})
+		}
+	case *packet.Pubrel:
+		c.sess.mu.Lock()
+		_, ok := c.sess.inboundQoS2[p.PacketID]
+		delete(c.sess.inboundQoS2, p.PacketID)
+		c.sess.mu.Unlock()
+		code := packet.Success
+		if !ok {
+			code = packet.PacketIDNotFound
+		}
+		c.send(&packet.Pubcomp{PacketID: p.PacketID, ReasonCode: code})
+	case *packet.Pubcomp:
+		if !c.sess.ack(c.srv, p.PacketID, 2) {
+			c.log.Debug("broker: PUBCOMP for unknown packet identifier", "pid", p.PacketID)
+		}
+	case *packet.Subscribe:
+		c.handleSubscribe(p)
+	case *packet.Unsubscribe:
+		c.handleUnsubscribe(p)
+	case *packet.Pingreq:
+		c.send(&packet.Pingresp{})
+	case *packet.Disconnect:
+		return c.handleDisconnect(p)
+	case *packet.Connect:
+		// [MQTT-3.1.0-2]: a second CONNECT is a protocol violation.
+		return c.protocolError(packet.ProtocolError, "second CONNECT")
+	case *packet.Auth:
+		return c.protocolError(packet.ProtocolError, "AUTH without enhanced authentication")
+	default:
+		return c.protocolError(packet.ProtocolError, fmt.Sprintf("unexpected %s from a client", p.Type()))
+	}
+	return true
+}
+
+func (c *conn) handleDisconnect(p *packet.Disconnect) bool {
+	if c.version == packet.V5 && p.Properties.Has(packet.PropSessionExpiry) {
+		if c.sessionExpiryZero && p.Properties.SessionExpiry != 0 {
+			return c.protocolError(packet.ProtocolError, "session expiry raised from 0 in DISCONNECT")
+		}
+		c.srv.setExpiry(c.sess, p.Properties.SessionExpiry)
+	}
+	if p.ReasonCode != packet.DisconnectWithWill {
+		// [MQTT-3.14.4-3]: a normal DISCONNECT discards the will.
+		c.normalExit.Store(true)
+	}
+	c.log.Debug("broker: client disconnected", "code", p.ReasonCode)
+	c.kill(0, "")
+	return false
+}
+
+// send queues a control packet for the writer. Packets are never dropped
+// here: QoS 1/2 traffic is bounded by the in-flight window.
+func (c *conn) send(p packet.Packet) {
+	c.outMu.Lock()
+	if c.final {
+		c.outMu.Unlock()
+		return
+	}
+	c.out = append(c.out, p)
+	c.outMu.Unlock()
+	c.signal()
+}
+
+// sendQoS0 queues a QoS 0 PUBLISH unless the connection's QoS 0 backlog is
+// over its byte budget (a slow consumer), in which case it is dropped.
+func (c *conn) sendQoS0(p *packet.Publish, size int) bool {
+	c.outMu.Lock()
+	if c.final || c.outBytes+size > c.srv.cfg.MaxOutboundBytes {
+		c.outMu.Unlock()
+		c.srv.stats.droppedSlow.Add(1)
+		return false
+	}
+	c.outBytes += size
+	c.out = append(c.out, p)
+	c.outMu.Unlock()
+	c.signal()
+	return true
+}
+
+func (c *conn) signal() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// kill starts closing the connection. For a v5 client that completed
+// CONNECT and a non-zero code, DISCONNECT with that code is sent first
+// [MQTT-4.13.2-1]. Safe to call from any goroutine, more than once.
+func (c *conn) kill(code packet.ReasonCode, reason string) {
+	if !c.closing.CompareAndSwap(false, true) {
+		return
+	}
+	c.outMu.Lock()
+	if code != 0 && c.version == packet.V5 && c.sess != nil {
+		d := &packet.Disconnect{ReasonCode: code}
+		if reason != "" {
+			d.Properties.SetReasonString(reason)
+		}
+		c.out = append(c.out, d)
+	}
+	c.final = true
+	c.outMu.Unlock()
+	c.signal()
+	// The writer closes the socket once the queue is flushed; make sure
+	// a stuck peer cannot hold it open.
+	time.AfterFunc(2*time.Second, func() { c.nc.Close() })
+}
+
+// finish runs after the reader stops: it waits for the writer, then
+// detaches the session (publishing the will if due).
+func (c *conn) finish() {
+	c.kill(0, "")
+	if c.writerStarted {
+		<-c.writerDone
+	}
+	c.nc.Close()
+	if c.stopWatch != nil {
+		c.stopWatch()
+	}
+	if c.sess != nil {
+		c.srv.detach(c)
+		c.srv.stats.disconnected()
+	}
+}
+
+// writeLoop is the writer goroutine.
+func (c *conn) writeLoop() {
+	defer close(c.writerDone)
+	defer func() {
+		if r := recover(); r != nil {
+			c.srv.stats.panics.Add(1)
+			c.log.Error("broker: panic in connection writer; connection closed", "panic", r)
+			c.nc.Close()
+		}
+	}()
+	const flushAt = 64 << 10
+	for {
+		<-c.wake
+		c.outMu.Lock()
+		batch := c.out
+		c.out = c.spare[:0]
+		c.outBytes = 0
+		final := c.final
+		c.outMu.Unlock()
+
+		c.wbuf = c.wbuf[:0]
+		for i, p := range batch {
+			batch[i] = nil
+			var err error
+			c.wbuf, err = c.encode(c.wbuf, p)
+			if err != nil {
+				c.log.Error("broker: cannot encode outbound packet; dropped", "type", p.Type(), "err", err)
+				continue
+			}
+			if len(c.wbuf) >= flushAt {
+				if !c.flush() {
+					return
+				}
+			}
+		}
+		c.spare = batch[:0]
+		if !c.flush() {
+			return
+		}
+		if final {
+			c.outMu.Lock()
+			empty := len(c.out) == 0
+			c.outMu.Unlock()
+			if empty {
+				c.nc.Close()
+				return
+			}
+			c.signal()
+		}
+	}
+}
+
+func (c *conn) flush() bool {
+	if len(c.wbuf) == 0 {
+		return true
+	}
+	c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
+	n, err := c.nc.Write(c.wbuf)
+	c.srv.stats.bytesOut.Add(int64(n))
+	c.wbuf = c.wbuf[:0]
+	if err != nil {
+		if !c.closing.Load() {
+			c.log.Info("broker: write failed; disconnecting", "err", err)
+		}
+		c.closing.Store(true)
+		c.nc.Close()
+		return false
+	}
+	if cap(c.wbuf) > 1<<20 {
+		c.wbuf = nil // do not keep a large buffer for an idle connection
+	}
+	return true
+}
+
+// encode appends p, applying outbound topic aliases to PUBLISH.
+func (c *conn) encode(dst []byte, p packet.Packet) ([]byte, error) {
+	if pub, ok := p.(*packet.Publish); ok {
+		c.srv.stats.messagesOut.Add(1)
+		if c.aliasOutMax > 0 {
+			c.applyAlias(pub)
+		}
+	}
+	return packet.Append(dst, p, c.version)
+}
+
+// applyAlias assigns topic aliases to the first distinct topics sent to
+// the client, up to its Topic Alias Maximum, and then sends the alias
+// alone [MQTT-3.3.2-?]. Topics seen after the table is full go in full.
+func (c *conn) applyAlias(p *packet.Publish) {
+	if c.aliasesOut == nil {
+		c.aliasesOut = make(map[string]uint16)
+	}
+	if a, ok := c.aliasesOut[p.Topic]; ok {
+		p.Properties.SetTopicAlias(a)
+		p.Topic = ""
+		return
+	}
+	if len(c.aliasesOut) < int(c.aliasOutMax) {
+		a := uint16(len(c.aliasesOut) + 1)
+		c.aliasesOut[p.Topic] = a
+		p.Properties.SetTopicAlias(a)
+	}
+}

@@ -1,0 +1,24 @@
+// Package broker is Moat's MQTT server engine: connections, sessions,
+// subscriptions, routing, retained and will messages, QoS flows and limits,
+// for MQTT 3.1, 3.1.1 and 5.0 clients at once.
+//
+// A Server serves any net.Listener (plain TCP, TLS, WebSocket: see
+// internal/listener) with Serve and stops with Shutdown. It sees
+// authentication, authorization, live certificate revocation and storage only
+// through the small interfaces declared in this package (Authenticator,
+// Authorizer, CertWatcher, RetainedStore), which internal/cli wires up.
+//
+// # Concurrency model
+//
+// Each connection has two goroutines, both started through the server's
+// tracker: a reader that decodes packets and handles them in order, and a
+// writer that drains the connection's outbound queue, encodes every pending
+// packet into one buffer and writes it with a single call (batched flushes).
+// A PUBLISH is routed on the publisher's reader goroutine: the subscription
+// index is matched without a global lock, and each matching session is
+// locked only long enough to assign a packet identifier and append to its
+// connection's queue. The lock order is written in docs/design/locking.md.
+//
+// A panic while handling one connection is recovered, counted and logged;
+// the connection is closed and the server goes on.
+package broker

@@ -1,0 +1,205 @@
+package broker
+
+import (
+	"strings"
+
+	"github.com/moatmq/moat/internal/packet"
+	"github.com/moatmq/moat/internal/topic"
+)
+
+// handlePublish processes an inbound PUBLISH: topic alias, checks,
+// authorization, routing and the acknowledgement flow.
+func (c *conn) handlePublish(p *packet.Publish) bool {
+	s := c.srv
+	s.stats.messagesIn.Add(1)
+	s.stats.bytesIn.Add(int64(len(p.Payload)))
+
+	if c.version == packet.V5 {
+		if len(p.Properties.SubscriptionIDs) > 0 {
+			// [MQTT-3.3.4-6]
+			return c.protocolError(packet.ProtocolError, "subscription identifier in PUBLISH from a client")
+		}
+		if p.Properties.Has(packet.PropTopicAlias) {
+			a := p.Properties.TopicAlias
+			if a == 0 || a > c.aliasMaxIn {
+				// [MQTT-3.3.2-8] [MQTT-3.3.2-9]
+				return c.protocolError(packet.TopicAliasInvalid, "topic alias out of range")
+			}
+			if p.Topic == "" {
+				t, ok := c.aliasesIn[a]
+				if !ok {
+					return c.protocolError(packet.ProtocolError, "unknown topic alias")
+				}
+				p.Topic = t
+			} else {
+				if c.aliasesIn == nil {
+					c.aliasesIn = make(map[uint16]string)
+				}
+				c.aliasesIn[a] = p.Topic
+			}
+			p.Properties.Unmark(packet.PropTopicAlias)
+		} else if p.Topic == "" {
+			return c.protocolError(packet.ProtocolError, "empty topic without topic alias")
+		}
+	}
+	if p.Retain && s.cfg.RetainDisabled {
+		// [MQTT-3.3.1-?]: retain not supported.
+		return c.protocolError(packet.RetainNotSupported, "retained messages are not available")
+	}
+	if lim := s.cfg.MessageSizeLimit; lim > 0 && uint32(len(p.Payload)) > lim {
+		if c.version == packet.V5 {
+			return c.protocolError(packet.PacketTooLarge, "payload exceeds the message size limit")
+		}
+		c.log.Info("broker: payload exceeds message_size_limit; dropped", "topic", p.Topic, "size", len(p.Payload))
+		return c.ackPublish(p, packet.Success)
+	}
+	if p.Properties.Has(packet.PropPayloadFormat) && p.Properties.PayloadFormat == 1 && !packet.ValidString(string(p.Payload)) {
+		if c.version == packet.V5 {
+			return c.protocolError(packet.PayloadFormatInvalid, "payload is not valid UTF-8 although marked so")
+		}
+	}
+
+	// QoS 2 duplicate: acknowledged again, not routed again [MQTT-4.3.3-9].
+	if p.QoS == 2 {
+		c.sess.mu.Lock()
+		_, dup := c.sess.inboundQoS2[p.PacketID]
+		if !dup && len(c.sess.inboundQoS2) >= int(s.cfg.ReceiveMaximum) {
+			c.sess.mu.Unlock()
+			// [MQTT-3.3.4-9]
+			return c.protocolError(packet.ReceiveMaximumExceeded, "receive maximum exceeded")
+		}
+		if !dup {
+			c.sess.inboundQoS2[p.PacketID] = struct{}{}
+		}
+		c.sess.mu.Unlock()
+		if dup {
+			c.send(&packet.Pubrec{PacketID: p.PacketID})
+			return true
+		}
+	}
+
+	code := packet.Success
+	switch {
+	case strings.HasPrefix(p.Topic, "$SYS"):
+		code = packet.NotAuthorized
+		c.log.Info("broker: publish to $SYS refused", "topic", p.Topic)
+	default:
+		if d := s.authorize(&c.client, ActionPublish, p.Topic, p.QoS, p.Retain); !d.Allow {
+			code = packet.NotAuthorized
+			c.log.Info("broker: publish not authorized", "topic", p.Topic, "reason", d.Reason)
+		}
+	}
+	if code == packet.Success {
+		msg := newMessage(p, c.client.ClientID, s.cfg.Now())
+		if n := s.publish(msg); n == 0 {
+			code = packet.NoMatchingSubscribers
+		}
+	} else if p.QoS == 2 {
+		c.sess.mu.Lock()
+		delete(c.sess.inboundQoS2, p.PacketID)
+		c.sess.mu.Unlock()
+	}
+	return c.ackPublish(p, code)
+}
+
+func (c *conn) ackPublish(p *packet.Publish, code packet.ReasonCode) bool {
+	if c.version != packet.V5 {
+		code = packet.Success
+	}
+	switch p.QoS {
+	case 1:
+		c.send(&packet.Puback{PacketID: p.PacketID, ReasonCode: code})
+	case 2:
+		c.send(&packet.Pubrec{PacketID: p.PacketID, ReasonCode: code})
+	}
+	return true
+}
+
+// handleSubscribe processes SUBSCRIBE: SUBACK first, then the retained
+// messages of each new subscription.
+func (c *conn) handleSubscribe(p *packet.Subscribe) {
+	s := c.srv
+	codes := make([]packet.ReasonCode, len(p.Subscriptions))
+	var subID uint32
+	if c.version == packet.V5 && len(p.Properties.SubscriptionIDs) > 0 {
+		subID = p.Properties.SubscriptionIDs[0]
+	}
+	type retainedReq struct {
+		filter string
+		sub    topic.Subscription
+	}
+	var sendRetained []retainedReq
+	for i, req := range p.Subscriptions {
+		group, filter, err := packet.SplitShared(req.Filter)
+		if err != nil {
+			codes[i] = packet.TopicFilterInvalid
+			continue
+		}
+		if d := s.authorize(&c.client, ActionSubscribe, filter, req.QoS, false); !d.Allow {
+			c.log.Info("broker: subscription not authorized", "filter", req.Filter, "reason", d.Reason)
+			codes[i] = packet.NotAuthorized
+			continue
+		}
+		sub := topic.Subscription{
+			ClientID:          c.client.ClientID,
+			Filter:            filter,
+			Group:             group,
+			QoS:               req.QoS,
+			NoLocal:           req.NoLocal,
+			RetainAsPublished: req.RetainAsPublished,
+			RetainHandling:    req.RetainHandling,
+			ID:                subID,
+		}
+		existed := s.index.Subscribe(sub)
+		codes[i] = packet.ReasonCode(req.QoS) // granted QoS: we support 2
+		// [MQTT-3.3.1-9..11] retained messages on subscribe; none for a
+		// shared subscription [MQTT-4.8.2-?].
+		if group == "" && !s.cfg.RetainDisabled && (req.RetainHandling == 0 || (req.RetainHandling == 1 && !existed)) {
+			sendRetained = append(sendRetained, retainedReq{filter, sub})
+		}
+	}
+	if c.version != packet.V5 {
+		for i, code := range codes {
+			if code.IsError() {
+				codes[i] = packet.V3SubackFailure
+			}
+		}
+	}
+	c.send(&packet.Suback{PacketID: p.PacketID, ReasonCodes: codes})
+	now := s.cfg.Now()
+	for _, r := range sendRetained {
+		s.cfg.Retained.Match(r.filter, func(m *Message) bool {
+			if m.expired(now) {
+				return true
+			}
+			if d := s.authorize(&c.client, ActionReceive, m.Topic, m.QoS, true); !d.Allow {
+				return true
+			}
+			d := &delivery{msg: m, qos: min(m.QoS, r.sub.QoS), retain: true}
+			if r.sub.ID != 0 {
+				d.subIDs = []uint32{r.sub.ID}
+			}
+			c.sess.deliver(s, d)
+			return true
+		})
+	}
+}
+
+func (c *conn) handleUnsubscribe(p *packet.Unsubscribe) {
+	s := c.srv
+	codes := make([]packet.ReasonCode, len(p.Filters))
+	for i, f := range p.Filters {
+		group, filter, err := packet.SplitShared(f)
+		if err != nil {
+			codes[i] = packet.TopicFilterInvalid
+			continue
+		}
+		if !s.index.Unsubscribe(c.client.ClientID, group, filter) {
+			codes[i] = packet.NoSubscriptionExisted
+		}
+	}
+	if c.version != packet.V5 {
+		codes = nil
+	}
+	c.send(&packet.Unsuback{PacketID: p.PacketID, ReasonCodes: codes})
+}

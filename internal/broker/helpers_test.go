@@ -1,0 +1,211 @@
+package broker
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/moatmq/moat/internal/packet"
+)
+
+// testServer starts a Server on a fresh 127.0.0.1:0 TCP listener and
+// returns it with its address; it is shut down when the test ends.
+func testServer(t testing.TB, cfg Config) (*Server, string) {
+	t.Helper()
+	if cfg.Logger == nil {
+		cfg.Logger = testLogger(t)
+	}
+	if cfg.Authenticator == nil && !cfg.AllowAnonymous {
+		cfg.AllowAnonymous = true
+	}
+	if cfg.SysInterval == 0 {
+		cfg.SysInterval = -1
+	}
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(context.Background(), ln, ListenerConfig{Name: "test"}) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := s.Shutdown(ctx); err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+		if err := <-done; err != ErrServerClosed {
+			t.Errorf("Serve returned %v, want ErrServerClosed", err)
+		}
+	})
+	return s, ln.Addr().String()
+}
+
+// testLogger logs to the test log when MOAT_TEST_LOG is set, and discards
+// otherwise.
+func testLogger(t testing.TB) *slog.Logger {
+	if os.Getenv("MOAT_TEST_LOG") == "" {
+		return slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(b []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(b), "\n"))
+	return len(b), nil
+}
+
+// checkFor polls cond until it returns nil or the timeout passes.
+func checkFor(t testing.TB, timeout time.Duration, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var err error
+	for time.Now().Before(deadline) {
+		if err = cond(); err == nil {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("condition not met after %v: %v", timeout, err)
+}
+
+// rawClient speaks MQTT byte by byte with the codec, for tests that need
+// exact control over what is sent.
+type rawClient struct {
+	t  testing.TB
+	nc net.Conn
+	r  *packet.Reader
+	v  packet.Version
+}
+
+func dialRaw(t testing.TB, addr string, v packet.Version) *rawClient {
+	t.Helper()
+	nc, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	r := packet.NewReader(nc, 0)
+	r.SetVersion(v)
+	return &rawClient{t: t, nc: nc, r: r, v: v}
+}
+
+func (c *rawClient) send(p packet.Packet) {
+	c.t.Helper()
+	b, err := packet.Append(nil, p, c.v)
+	if err != nil {
+		c.t.Fatalf("encode %s: %v", p.Type(), err)
+	}
+	c.write(b)
+}
+
+func (c *rawClient) write(b []byte) {
+	c.t.Helper()
+	c.nc.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.nc.Write(b); err != nil {
+		c.t.Fatalf("write: %v", err)
+	}
+}
+
+// recv reads the next packet within 5 s.
+func (c *rawClient) recv() packet.Packet {
+	c.t.Helper()
+	p, err := c.recvErr(5 * time.Second)
+	if err != nil {
+		c.t.Fatalf("read: %v", err)
+	}
+	return p
+}
+
+func (c *rawClient) recvErr(d time.Duration) (packet.Packet, error) {
+	c.nc.SetReadDeadline(time.Now().Add(d))
+	return c.r.ReadPacket()
+}
+
+// expectClosed waits for the server to close the connection, returning
+// the DISCONNECT it sent first, if any.
+func (c *rawClient) expectClosed(d time.Duration) *packet.Disconnect {
+	c.t.Helper()
+	var disc *packet.Disconnect
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		p, err := c.recvErr(time.Until(deadline))
+		if err != nil {
+			if isTimeout(err) {
+				c.t.Fatalf("connection still open after %v", d)
+			}
+			return disc
+		}
+		if dp, ok := p.(*packet.Disconnect); ok {
+			disc = dp
+		}
+	}
+	c.t.Fatalf("connection still open after %v", d)
+	return nil
+}
+
+// connect sends CONNECT and returns the CONNACK.
+func (c *rawClient) connect(p *packet.Connect) *packet.Connack {
+	c.t.Helper()
+	if p.Version == 0 {
+		p.Version = c.v
+	}
+	if p.ProtocolName == "" {
+		p.ProtocolName = "MQTT"
+		if p.Version == packet.V31 {
+			p.ProtocolName = "MQIsdp"
+		}
+	}
+	c.send(p)
+	ack, ok := c.recv().(*packet.Connack)
+	if !ok {
+		c.t.Fatalf("expected CONNACK")
+	}
+	return ack
+}
+
+// goroutineLeakCheck fails the test if goroutines started during it are
+// still running shortly after it ends.
+func goroutineLeakCheck(t *testing.T) {
+	before := runtime.NumGoroutine()
+	t.Cleanup(func() {
+		checkFor(t, 5*time.Second, func() error {
+			if n := runtime.NumGoroutine(); n > before {
+				return &leakErr{before, n}
+			}
+			return nil
+		})
+	})
+}
+
+type leakErr struct{ before, after int }
+
+func (e *leakErr) Error() string {
+	buf := make([]byte, 1<<16)
+	n := runtime.Stack(buf, true)
+	return "goroutines leaked: before " + itoa(e.before) + ", after " + itoa(e.after) + "\n" + string(buf[:n])
+}
+
+func itoa(n int) string {
+	var b [20]byte
+	i := len(b)
+	for {
+		i--
+		b[i] = byte('0' + n%10)
+		n /= 10
+		if n == 0 {
+			return string(b[i:])
+		}
+	}
+}

@@ -1,0 +1,119 @@
+package broker
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"net"
+
+	"github.com/moatmq/moat/internal/packet"
+)
+
+// Client describes an authenticated (or authenticating) client for
+// authentication and authorization decisions. It is read-only for hooks.
+type Client struct {
+	Listener string               // listener name
+	Remote   net.Addr             // peer address (the real one behind a PROXY header)
+	TLS      *tls.ConnectionState // nil on plain transports
+	Version  packet.Version
+	ClientID string // as connected (assigned IDs included)
+	Username string // after authentication: the identity the Authenticator chose
+	// Anonymous is true when the client was let in without credentials.
+	Anonymous bool
+	// Attributes carries what the Authenticator learned (certificate
+	// fields, token claims) for the Authorizer; nil when empty.
+	Attributes map[string]string
+}
+
+// PeerCertificates returns the verified client certificate chain, or nil.
+func (c *Client) PeerCertificates() []*x509.Certificate {
+	if c.TLS == nil {
+		return nil
+	}
+	return c.TLS.PeerCertificates
+}
+
+// ConnectRequest is what an Authenticator decides on.
+type ConnectRequest struct {
+	Client  *Client         // ClientID and Username as sent in CONNECT
+	Connect *packet.Connect // the CONNECT packet, password included
+}
+
+// AuthResult is an Authenticator's decision.
+type AuthResult struct {
+	// Allow admits the client.
+	Allow bool
+	// Code is the CONNACK reason code for a refusal (v5 code; mapped for v3
+	// clients). Zero means NotAuthorized.
+	Code packet.ReasonCode
+	// Reason explains the decision for logs and the audit trail.
+	Reason string
+	// Username, when non-empty, replaces the client's username (for
+	// example the identity taken from its certificate).
+	Username string
+	// ClientID, when non-empty, replaces the client identifier (identity
+	// bound client IDs); a v5 client is told through Assigned Client ID.
+	ClientID string
+	// Attributes are handed to the Authorizer through Client.Attributes.
+	Attributes map[string]string
+}
+
+// Authenticator decides whether a client may connect. Implementations must
+// be safe for concurrent use; ctx ends when the connection's pre-CONNECT
+// deadline passes.
+type Authenticator interface {
+	Authenticate(ctx context.Context, req *ConnectRequest) AuthResult
+}
+
+// AuthenticatorFunc adapts a function to Authenticator.
+type AuthenticatorFunc func(ctx context.Context, req *ConnectRequest) AuthResult
+
+// Authenticate calls f.
+func (f AuthenticatorFunc) Authenticate(ctx context.Context, req *ConnectRequest) AuthResult {
+	return f(ctx, req)
+}
+
+// Decision is an Authorizer's answer with the reason for logs.
+type Decision struct {
+	Allow  bool
+	Reason string
+}
+
+// Action is what a client asks to do with a topic.
+type Action int
+
+// Actions checked by an Authorizer.
+const (
+	ActionPublish   Action = iota + 1 // publish to a topic name (wills included)
+	ActionSubscribe                   // subscribe to a topic filter
+	ActionReceive                     // receive a message on a topic name
+)
+
+func (a Action) String() string {
+	switch a {
+	case ActionPublish:
+		return "publish"
+	case ActionSubscribe:
+		return "subscribe"
+	case ActionReceive:
+		return "receive"
+	}
+	return "unknown"
+}
+
+// Authorizer decides topic access. topic is a full topic name (never a
+// topic alias) for ActionPublish and ActionReceive, and a topic filter
+// (with any $share/group/ prefix removed) for ActionSubscribe.
+// Implementations must be safe for concurrent use and fast: they run on
+// the publish path.
+type Authorizer interface {
+	Authorize(c *Client, action Action, topic string, qos byte, retain bool) Decision
+}
+
+// CertWatcher watches client certificates of live connections. Watch is
+// called once per connection that presented a certificate; drop must be
+// called at most once, from any goroutine, when the certificate is revoked
+// or expires; stop is called when the connection ends.
+type CertWatcher interface {
+	Watch(chain []*x509.Certificate, drop func(reason string)) (stop func())
+}

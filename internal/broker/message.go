@@ -1,0 +1,104 @@
+package broker
+
+import (
+	"time"
+
+	"github.com/moatmq/moat/internal/packet"
+)
+
+// Message is an application message inside the broker. A Message is
+// immutable once routed: every subscriber's PUBLISH is built from it, and
+// its Payload and property slices are shared read-only.
+type Message struct {
+	Topic   string
+	Payload []byte
+	QoS     byte
+	Retain  bool
+	// Props holds the publisher's properties that travel with the message
+	// (payload format, content type, response topic, correlation data, user
+	// properties); topic alias, subscription identifiers and message
+	// expiry are not kept here.
+	Props packet.Properties
+	// Expires is when the message expires (Message Expiry Interval); zero
+	// means never.
+	Expires time.Time
+	// From is the publishing client's ID ("" for the server itself), used
+	// for No Local.
+	From string
+	// Created is when the broker received the message.
+	Created time.Time
+}
+
+// forwardedProps is the set of PUBLISH properties forwarded unchanged to
+// subscribers [MQTT-3.3.2-4] [MQTT-3.3.2-17] [MQTT-3.3.2-20].
+const forwardedProps = 1<<packet.PropPayloadFormat | 1<<packet.PropContentType |
+	1<<packet.PropResponseTopic | 1<<packet.PropCorrelationData
+
+func newMessage(p *packet.Publish, from string, now time.Time) *Message {
+	m := &Message{
+		Topic:   p.Topic,
+		Payload: p.Payload,
+		QoS:     p.QoS,
+		Retain:  p.Retain,
+		From:    from,
+		Created: now,
+	}
+	m.Props.Present = p.Properties.Present & forwardedProps
+	m.Props.PayloadFormat = p.Properties.PayloadFormat
+	m.Props.ContentType = p.Properties.ContentType
+	m.Props.ResponseTopic = p.Properties.ResponseTopic
+	m.Props.CorrelationData = p.Properties.CorrelationData
+	m.Props.User = p.Properties.User
+	if p.Properties.Has(packet.PropMessageExpiry) {
+		m.Expires = now.Add(time.Duration(p.Properties.MessageExpiry) * time.Second)
+	}
+	return m
+}
+
+// expired reports whether the message has expired at now.
+func (m *Message) expired(now time.Time) bool {
+	return !m.Expires.IsZero() && !now.Before(m.Expires)
+}
+
+// remainingExpiry returns the Message Expiry Interval to send at now,
+// rounded up so that a message is never shown as expired before it is
+// [MQTT-3.3.2-6].
+func (m *Message) remainingExpiry(now time.Time) uint32 {
+	d := m.Expires.Sub(now)
+	if d <= 0 {
+		return 0
+	}
+	return uint32((d + time.Second - 1) / time.Second)
+}
+
+// delivery is one message on its way to one session with the options of
+// the subscriptions that matched it.
+type delivery struct {
+	msg      *Message
+	qos      byte
+	retain   bool     // retain flag as sent
+	subIDs   []uint32 // subscription identifiers (v5)
+	pid      uint16   // packet identifier once in flight
+	released bool     // QoS 2: PUBREC received, PUBREL sent
+	sent     bool     // sent at least once on some connection (DUP on resend)
+}
+
+// publishPacket builds the PUBLISH for this delivery.
+func (d *delivery) publishPacket(now time.Time, dup bool) *packet.Publish {
+	p := &packet.Publish{
+		Dup:      dup && d.qos > 0,
+		QoS:      d.qos,
+		Retain:   d.retain,
+		Topic:    d.msg.Topic,
+		PacketID: d.pid,
+		Payload:  d.msg.Payload,
+	}
+	p.Properties = d.msg.Props
+	if len(d.subIDs) > 0 {
+		p.Properties.SubscriptionIDs = d.subIDs
+	}
+	if !d.msg.Expires.IsZero() {
+		p.Properties.SetMessageExpiry(d.msg.remainingExpiry(now))
+	}
+	return p
+}

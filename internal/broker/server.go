@@ -1,0 +1,594 @@
+package broker
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"log/slog"
+	"net"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/moatmq/moat/internal/packet"
+	"github.com/moatmq/moat/internal/topic"
+)
+
+// ErrServerClosed is returned by Serve after Shutdown.
+var ErrServerClosed = errors.New("broker: server closed")
+
+// Server is an MQTT broker. Create it with New; it is safe for concurrent
+// use. Serve may be called for several listeners at once.
+type Server struct {
+	cfg    Config
+	log    *slog.Logger
+	index  *topic.Index
+	stats  stats
+	ctx    context.Context // cancelled by Shutdown
+	cancel context.CancelFunc
+	start  time.Time
+
+	wg sync.WaitGroup // every goroutine the server starts
+
+	// sessMu serializes session creation, takeover and removal; lookups
+	// on the publish path go through sessions without it.
+	sessMu   sync.Mutex
+	sessions sync.Map // client ID → *session
+
+	mu        sync.Mutex
+	listeners map[net.Listener]*listenerState
+	conns     map[*conn]struct{}
+	closed    bool
+
+	conns0 atomic.Int64 // live connections, all listeners
+}
+
+type listenerState struct {
+	name           string
+	allowAnonymous *bool
+	maxConns       int
+	certWatcher    CertWatcher
+	active         atomic.Int64
+}
+
+// New validates cfg and returns a Server. It reports every problem in cfg
+// at once.
+func New(cfg Config) (*Server, error) {
+	c, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Server{
+		cfg:       c,
+		log:       c.Logger,
+		index:     topic.NewIndex(),
+		ctx:       ctx,
+		cancel:    cancel,
+		start:     c.Now(),
+		listeners: make(map[net.Listener]*listenerState),
+		conns:     make(map[*conn]struct{}),
+	}
+	if c.SysInterval > 0 {
+		s.track(s.sysLoop)
+	}
+	return s, nil
+}
+
+// track runs f on a goroutine the server waits for in Shutdown.
+func (s *Server) track(f func()) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		f()
+	}()
+}
+
+// Serve accepts connections on ln until ctx is cancelled, Shutdown is
+// called or ln fails. It closes ln when it returns, and returns
+// ErrServerClosed after Shutdown or cancellation.
+func (s *Server) Serve(ctx context.Context, ln net.Listener, lc ListenerConfig) error {
+	st := &listenerState{name: lc.Name, allowAnonymous: lc.AllowAnonymous, maxConns: lc.MaxConnections, certWatcher: lc.CertWatcher}
+	if st.name == "" {
+		st.name = ln.Addr().String()
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		ln.Close()
+		return ErrServerClosed
+	}
+	s.listeners[ln] = st
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, ln)
+		s.mu.Unlock()
+		ln.Close()
+	}()
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+
+	s.log.Info("broker: listening", "listener", st.name, "address", ln.Addr().String())
+	var backoff time.Duration
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			if s.ctx.Err() != nil || ctx.Err() != nil {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || isTemporary(err) {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.log.Warn("broker: accept failed; retrying", "listener", st.name, "err", err, "retry_in", backoff)
+				time.Sleep(backoff)
+				continue
+			}
+			return err
+		}
+		backoff = 0
+		if !s.admit(st) {
+			s.stats.connRejected.Add(1)
+			s.log.Warn("broker: connection limit reached; connection refused", "listener", st.name, "remote", nc.RemoteAddr().String())
+			nc.Close()
+			continue
+		}
+		c := s.newConn(nc, st)
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			nc.Close()
+			s.release(st)
+			continue
+		}
+		s.conns[c] = struct{}{}
+		s.mu.Unlock()
+		s.track(func() {
+			defer func() {
+				s.mu.Lock()
+				delete(s.conns, c)
+				s.mu.Unlock()
+				s.release(st)
+			}()
+			c.serve()
+		})
+	}
+}
+
+func isTemporary(err error) bool {
+	var t interface{ Temporary() bool }
+	return errors.As(err, &t) && t.Temporary()
+}
+
+// admit reserves a connection slot on st, honouring both caps.
+func (s *Server) admit(st *listenerState) bool {
+	if n := s.conns0.Add(1); s.cfg.MaxConnections > 0 && n > int64(s.cfg.MaxConnections) {
+		s.conns0.Add(-1)
+		return false
+	}
+	if n := st.active.Add(1); st.maxConns > 0 && n > int64(st.maxConns) {
+		st.active.Add(-1)
+		s.conns0.Add(-1)
+		return false
+	}
+	return true
+}
+
+func (s *Server) release(st *listenerState) {
+	st.active.Add(-1)
+	s.conns0.Add(-1)
+}
+
+// Shutdown stops accepting connections, disconnects every client (v5
+// clients get DISCONNECT 0x8B) and waits for all goroutines, or for ctx.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closed = true
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	s.cancel()
+	for _, c := range conns {
+		c.kill(packet.ServerShuttingDown, "server shutting down")
+	}
+	done := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		s.stopTimers()
+		return nil
+	case <-ctx.Done():
+		for _, c := range conns {
+			c.nc.Close()
+		}
+		return ctx.Err()
+	}
+}
+
+// stopTimers stops session expiry and will timers after shutdown.
+func (s *Server) stopTimers() {
+	s.sessions.Range(func(_, v any) bool {
+		sess := v.(*session)
+		sess.mu.Lock()
+		if sess.expiryTimer != nil {
+			sess.expiryTimer.Stop()
+		}
+		if sess.willTimer != nil {
+			sess.willTimer.Stop()
+		}
+		sess.mu.Unlock()
+		return true
+	})
+}
+
+func (s *Server) closing() bool { return s.ctx.Err() != nil }
+
+// assignClientID makes a unique identifier for a client that sent none.
+func (s *Server) assignClientID() string {
+	var b [12]byte
+	rand.Read(b[:])
+	return "moat-" + hex.EncodeToString(b[:])
+}
+
+func (s *Server) lookup(id string) *session {
+	v, ok := s.sessions.Load(id)
+	if !ok {
+		return nil
+	}
+	return v.(*session)
+}
+
+// attach binds c to its session: it takes over a live connection of the
+// same client, resumes or discards the old session as Clean Start says,
+// and queues CONNACK and the resends. It returns the session and whether
+// it was present.
+func (s *Server) attach(c *conn, st *connectState) (*session, bool) {
+	id := st.clientID
+	for {
+		s.sessMu.Lock()
+		old := s.lookup(id)
+		if old != nil {
+			old.mu.Lock()
+			oc := old.conn
+			old.mu.Unlock()
+			if oc != nil {
+				s.sessMu.Unlock()
+				// [MQTT-3.1.4-3]: take over the existing connection.
+				oc.log.Info("broker: session taken over by a new connection", "remote_new", c.nc.RemoteAddr().String())
+				oc.takenOver.Store(true)
+				oc.kill(packet.SessionTakenOver, "session taken over")
+				select {
+				case <-oc.done:
+				case <-time.After(s.cfg.ConnectTimeout):
+					oc.nc.Close()
+					<-oc.done
+				}
+				continue
+			}
+		}
+		var endedWill func()
+		if old != nil && st.pkt.CleanStart {
+			endedWill = s.endSessionLocked(old)
+			old = nil
+		}
+		sess, present := old, old != nil
+		if sess == nil {
+			sess = newSession(id, s.cfg.Now())
+			s.sessions.Store(id, sess)
+		}
+		sess.mu.Lock()
+		if sess.expiryTimer != nil {
+			sess.expiryTimer.Stop()
+			sess.expiryTimer = nil
+		}
+		if sess.willTimer != nil {
+			// [MQTT-3.1.3-9]: a new connection before the will delay
+			// ends cancels the will.
+			sess.willTimer.Stop()
+			sess.willTimer, sess.willMsg, sess.willFrom = nil, nil, nil
+		}
+		sess.conn = c
+		sess.expiry = st.expiry
+		sess.inflightLimit = s.cfg.MaxInflight
+		sess.maxPacket = 0
+		if c.version == packet.V5 {
+			if rm := st.pkt.Properties.ReceiveMaximum; st.pkt.Properties.Has(packet.PropReceiveMaximum) && int(rm) < sess.inflightLimit {
+				sess.inflightLimit = int(rm)
+			}
+			if st.pkt.Properties.Has(packet.PropMaximumPacketSize) {
+				sess.maxPacket = st.pkt.Properties.MaximumPacketSize
+			}
+		}
+		c.sess = sess
+		c.connack(st, present)
+		if present {
+			sess.resendLocked(s, c)
+			sess.fillLocked(s)
+		}
+		sess.mu.Unlock()
+		s.sessMu.Unlock()
+		if endedWill != nil {
+			endedWill()
+		}
+		return sess, present
+	}
+}
+
+// endSessionLocked removes an offline session; the caller holds sessMu.
+// It returns a function publishing the session's pending will (a session
+// that ends sends its will at once [MQTT-3.1.3-?]), or nil.
+func (s *Server) endSessionLocked(sess *session) func() {
+	s.sessions.CompareAndDelete(sess.id, sess)
+	s.index.UnsubscribeAll(sess.id)
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	if sess.expiryTimer != nil {
+		sess.expiryTimer.Stop()
+		sess.expiryTimer = nil
+	}
+	s.stats.queued.Add(-int64(len(sess.queue)))
+	sess.queue, sess.inflight = nil, nil
+	if sess.willTimer != nil && sess.willTimer.Stop() {
+		msg, from := sess.willMsg, sess.willFrom
+		sess.willTimer, sess.willMsg, sess.willFrom = nil, nil, nil
+		return func() { s.publishWill(msg, from) }
+	}
+	return nil
+}
+
+// detach runs when a connection ends: it unbinds the session, publishes or
+// schedules the will, and ends or schedules the end of the session.
+func (s *Server) detach(c *conn) {
+	sess := c.sess
+	var willMsg *Message
+	var willDelay time.Duration
+	if c.will != nil && !c.normalExit.Load() && !s.closing() {
+		willMsg = willMessage(c.will, c.client.ClientID, s.cfg.Now())
+		if c.version == packet.V5 {
+			willDelay = time.Duration(c.will.Properties.WillDelay) * time.Second
+		}
+	}
+	from := c.client
+
+	s.sessMu.Lock()
+	sess.mu.Lock()
+	if sess.conn != c {
+		sess.mu.Unlock()
+		s.sessMu.Unlock()
+		return
+	}
+	sess.conn = nil
+	expiry := sess.expiry
+	sess.mu.Unlock()
+
+	if expiry == 0 {
+		s.endSessionLocked(sess)
+		s.sessMu.Unlock()
+		if willMsg != nil {
+			s.publishWill(willMsg, &from)
+		}
+		return
+	}
+	sess.mu.Lock()
+	if expiry > 0 && !s.closing() {
+		sess.expiryTimer = time.AfterFunc(expiry, func() { s.expire(sess) })
+	}
+	if willMsg != nil {
+		if expiry > 0 && willDelay > expiry {
+			willDelay = expiry
+		}
+		if willDelay > 0 {
+			sess.willMsg, sess.willFrom = willMsg, &from
+			sess.willTimer = time.AfterFunc(willDelay, func() { s.delayedWill(sess) })
+			willMsg = nil
+		}
+	}
+	sess.mu.Unlock()
+	s.sessMu.Unlock()
+	if willMsg != nil {
+		s.publishWill(willMsg, &from)
+	}
+}
+
+// setExpiry applies a Session Expiry Interval sent in DISCONNECT.
+func (s *Server) setExpiry(sess *session, secs uint32) {
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	switch {
+	case secs == 0xFFFFFFFF:
+		sess.expiry = neverExpires
+	default:
+		sess.expiry = time.Duration(secs) * time.Second
+	}
+	if pce := s.cfg.PersistentClientExpiration; pce > 0 && (sess.expiry == neverExpires || sess.expiry > pce) {
+		sess.expiry = pce
+	}
+}
+
+// expire ends an offline session whose expiry interval has passed.
+func (s *Server) expire(sess *session) {
+	s.sessMu.Lock()
+	sess.mu.Lock()
+	offline := sess.conn == nil
+	sess.mu.Unlock()
+	var will func()
+	if offline && s.lookup(sess.id) == sess {
+		s.log.Debug("broker: session expired", "client", sess.id)
+		will = s.endSessionLocked(sess)
+	}
+	s.sessMu.Unlock()
+	if will != nil {
+		will()
+	}
+}
+
+func (s *Server) delayedWill(sess *session) {
+	sess.mu.Lock()
+	msg, from := sess.willMsg, sess.willFrom
+	sess.willTimer, sess.willMsg, sess.willFrom = nil, nil, nil
+	online := sess.conn != nil
+	sess.mu.Unlock()
+	if msg != nil && !online {
+		s.publishWill(msg, from)
+	}
+}
+
+func willMessage(w *packet.Will, from string, now time.Time) *Message {
+	p := &packet.Publish{Topic: w.Topic, Payload: w.Payload, QoS: w.QoS, Retain: w.Retain, Properties: w.Properties}
+	return newMessage(p, from, now)
+}
+
+// publishWill authorizes and routes a will message.
+func (s *Server) publishWill(msg *Message, from *Client) {
+	if s.closing() {
+		return
+	}
+	if strings.HasPrefix(msg.Topic, "$SYS") {
+		return
+	}
+	if d := s.authorize(from, ActionPublish, msg.Topic, msg.QoS, msg.Retain); !d.Allow {
+		s.log.Info("broker: will not authorized; discarded", "client", from.ClientID, "topic", msg.Topic, "reason", d.Reason)
+		return
+	}
+	// The will's expiry runs from the moment it is published.
+	msg.Created = s.cfg.Now()
+	s.log.Debug("broker: publishing will", "client", from.ClientID, "topic", msg.Topic)
+	s.publish(msg)
+}
+
+func (s *Server) authorize(c *Client, a Action, topic string, qos byte, retain bool) Decision {
+	if s.cfg.Authorizer == nil {
+		return Decision{Allow: true}
+	}
+	return s.cfg.Authorizer.Authorize(c, a, topic, qos, retain)
+}
+
+func (s *Server) queueFull(id string, d *delivery) {
+	n := s.stats.droppedQueueFull.Add(1)
+	// Log the first drop and then every 1000th, so a flood cannot flood
+	// the log too.
+	if n == 1 || n%1000 == 0 {
+		s.log.Warn("broker: session queue full; message dropped", "client", id, "topic", d.msg.Topic, "qos", d.qos,
+			"max_queued", s.cfg.MaxQueued, "dropped_total", n)
+	}
+}
+
+// matchBuf is reused across publishes to keep routing allocation-free.
+type matchBuf struct {
+	subs   []topic.Subscription
+	groups []topic.SharedGroup
+}
+
+var matchPool = sync.Pool{New: func() any { return new(matchBuf) }}
+
+// publish stores (if retained) and routes msg to every matching session.
+// It returns the number of sessions the message was delivered to.
+func (s *Server) publish(msg *Message) int {
+	if msg.Retain {
+		if len(msg.Payload) == 0 {
+			// [MQTT-3.3.1-6] [MQTT-3.3.1-7]: an empty retained message
+			// clears the topic and is not itself retained.
+			s.cfg.Retained.Delete(msg.Topic)
+		} else {
+			s.cfg.Retained.Set(msg)
+		}
+	}
+	mb := matchPool.Get().(*matchBuf)
+	mb.subs, mb.groups = s.index.Match(msg.Topic, mb.subs[:0], mb.groups[:0])
+	n := s.route(msg, mb.subs)
+	for i := range mb.groups {
+		g := &mb.groups[i]
+		sub, ok := g.Pick(func(id string) bool {
+			sess := s.lookup(id)
+			if sess == nil {
+				return false
+			}
+			sess.mu.Lock()
+			defer sess.mu.Unlock()
+			return sess.conn != nil
+		})
+		if ok && s.deliverTo(msg, sub.ClientID, sub.QoS, sub.RetainAsPublished, idsOf(sub.ID)) {
+			n++
+		}
+	}
+	clear(mb.subs)
+	clear(mb.groups)
+	matchPool.Put(mb)
+	return n
+}
+
+func idsOf(id uint32) []uint32 {
+	if id == 0 {
+		return nil
+	}
+	return []uint32{id}
+}
+
+// route delivers msg once per client, at the highest QoS of the client's
+// matching subscriptions and with all their identifiers [MQTT-3.3.4-2]
+// [MQTT-3.3.4-3].
+func (s *Server) route(msg *Message, subs []topic.Subscription) int {
+	if len(subs) > 1 {
+		slices.SortFunc(subs, func(a, b topic.Subscription) int { return strings.Compare(a.ClientID, b.ClientID) })
+	}
+	n := 0
+	for i := 0; i < len(subs); {
+		j := i + 1
+		for j < len(subs) && subs[j].ClientID == subs[i].ClientID {
+			j++
+		}
+		group := subs[i:j]
+		i = j
+		id := group[0].ClientID
+		var qos byte
+		rap, matched := false, false
+		var ids []uint32
+		for _, sub := range group {
+			if sub.NoLocal && id == msg.From {
+				// [MQTT-3.8.3-3]
+				continue
+			}
+			matched = true
+			qos = max(qos, sub.QoS)
+			rap = rap || sub.RetainAsPublished
+			if sub.ID != 0 {
+				ids = append(ids, sub.ID)
+			}
+		}
+		if matched && s.deliverTo(msg, id, qos, rap, ids) {
+			n++
+		}
+	}
+	return n
+}
+
+// deliverTo hands msg to one client's session.
+func (s *Server) deliverTo(msg *Message, clientID string, subQoS byte, retainAsPublished bool, ids []uint32) bool {
+	sess := s.lookup(clientID)
+	if sess == nil {
+		return false
+	}
+	if s.cfg.Authorizer != nil {
+		sess.mu.Lock()
+		c := sess.conn
+		sess.mu.Unlock()
+		if c != nil {
+			if d := s.authorize(&c.client, ActionReceive, msg.Topic, msg.QoS, msg.Retain); !d.Allow {
+				return false
+			}
+		}
+	}
+	d := &delivery{msg: msg, qos: min(msg.QoS, subQoS), retain: retainAsPublished && msg.Retain, subIDs: ids}
+	return sess.deliver(s, d)
+}

@@ -1,0 +1,223 @@
+package broker
+
+import (
+	"sync"
+	"time"
+
+	"github.com/moatmq/moat/internal/packet"
+)
+
+// neverExpires marks a session that outlives any disconnection.
+const neverExpires time.Duration = -1
+
+// session is the server side of an MQTT session: it outlives connections
+// when its expiry interval is non-zero. All fields below mu are guarded by
+// it.
+type session struct {
+	id      string
+	created time.Time
+
+	mu   sync.Mutex
+	conn *conn // nil while the client is offline
+
+	// expiry is how long the session outlives its connection; 0 ends it
+	// at disconnection, neverExpires keeps it until taken over cleanly.
+	expiry time.Duration
+
+	// Outbound QoS 1/2 messages awaiting acknowledgement, in send order.
+	inflight []*delivery
+	nextPID  uint16
+	// Messages waiting for a connection or for room in the in-flight
+	// window, oldest first.
+	queue []*delivery
+
+	// inboundQoS2 holds packet identifiers of QoS 2 messages received from
+	// the client and routed, awaiting PUBREL [MQTT-4.3.3-?].
+	inboundQoS2 map[uint16]struct{}
+
+	// Limits of the current connection.
+	inflightLimit int
+	maxPacket     uint32 // client's Maximum Packet Size, 0 = none
+
+	// Pending will: set at disconnection while the will delay runs.
+	willTimer *time.Timer
+	willMsg   *Message
+	willFrom  *Client
+	// expiryTimer removes the offline session when it fires.
+	expiryTimer *time.Timer
+}
+
+func newSession(id string, now time.Time) *session {
+	return &session{id: id, created: now, inboundQoS2: make(map[uint16]struct{})}
+}
+
+// allocPID returns a free outbound packet identifier. The caller holds
+// s.mu and has checked that the in-flight window has room, so one exists.
+func (s *session) allocPID() uint16 {
+	for {
+		s.nextPID++
+		if s.nextPID == 0 {
+			s.nextPID = 1
+		}
+		if s.findInflight(s.nextPID) < 0 {
+			return s.nextPID
+		}
+	}
+}
+
+func (s *session) findInflight(pid uint16) int {
+	for i, d := range s.inflight {
+		if d.pid == pid {
+			return i
+		}
+	}
+	return -1
+}
+
+func (s *session) removeInflight(i int) {
+	copy(s.inflight[i:], s.inflight[i+1:])
+	s.inflight[len(s.inflight)-1] = nil
+	s.inflight = s.inflight[:len(s.inflight)-1]
+}
+
+// deliver hands one message to the session: straight to the connection
+// when it is online and has room, into the queue otherwise. It reports
+// false when the message was dropped.
+func (s *session) deliver(srv *Server, d *delivery) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.conn
+	if c == nil {
+		if d.qos == 0 && !srv.cfg.QueueQoS0 {
+			srv.stats.droppedQoS0.Add(1)
+			return false
+		}
+		return s.enqueueLocked(srv, d)
+	}
+	if s.maxPacket > 0 && !fitsPacket(d, c.version, s.maxPacket, srv.cfg.Now()) {
+		// [MQTT-3.1.2-25]: a message too large for the client is
+		// discarded for it as if it had been delivered.
+		srv.stats.droppedOversize.Add(1)
+		return false
+	}
+	if d.qos == 0 {
+		return c.sendQoS0(d.publishPacket(srv.cfg.Now(), false), len(d.msg.Payload)+len(d.msg.Topic))
+	}
+	if len(s.queue) > 0 || len(s.inflight) >= s.inflightLimit {
+		return s.enqueueLocked(srv, d)
+	}
+	s.startLocked(srv, c, d)
+	return true
+}
+
+// startLocked puts d in flight on c.
+func (s *session) startLocked(srv *Server, c *conn, d *delivery) {
+	d.pid = s.allocPID()
+	s.inflight = append(s.inflight, d)
+	dup := d.sent
+	d.sent = true
+	c.send(d.publishPacket(srv.cfg.Now(), dup))
+}
+
+func (s *session) enqueueLocked(srv *Server, d *delivery) bool {
+	if len(s.queue) >= srv.cfg.MaxQueued {
+		srv.queueFull(s.id, d)
+		return false
+	}
+	s.queue = append(s.queue, d)
+	srv.stats.queued.Add(1)
+	return true
+}
+
+// fillLocked moves queued messages into flight while there is room.
+func (s *session) fillLocked(srv *Server) {
+	c := s.conn
+	if c == nil {
+		return
+	}
+	now := srv.cfg.Now()
+	n := 0
+	for n < len(s.queue) {
+		d := s.queue[n]
+		if d.qos > 0 && len(s.inflight) >= s.inflightLimit {
+			break
+		}
+		n++
+		srv.stats.queued.Add(-1)
+		if d.msg.expired(now) {
+			srv.stats.expired.Add(1)
+			continue
+		}
+		if s.maxPacket > 0 && !fitsPacket(d, c.version, s.maxPacket, now) {
+			srv.stats.droppedOversize.Add(1)
+			continue
+		}
+		if d.qos == 0 {
+			c.sendQoS0(d.publishPacket(now, false), len(d.msg.Payload)+len(d.msg.Topic))
+			continue
+		}
+		s.startLocked(srv, c, d)
+	}
+	if n > 0 {
+		rest := copy(s.queue, s.queue[n:])
+		clear(s.queue[rest:])
+		s.queue = s.queue[:rest]
+	}
+}
+
+// resendLocked retransmits every in-flight message on a new connection:
+// PUBLISH with DUP set, or PUBREL for QoS 2 messages already received by
+// the client [MQTT-4.4.0-1].
+func (s *session) resendLocked(srv *Server, c *conn) {
+	now := srv.cfg.Now()
+	for _, d := range s.inflight {
+		if d.released {
+			c.send(&packet.Pubrel{PacketID: d.pid})
+			continue
+		}
+		d.sent = true
+		c.send(d.publishPacket(now, true))
+	}
+}
+
+// ack completes the outbound flow of pid (PUBACK for QoS 1, PUBCOMP for
+// QoS 2) and refills the window. It reports whether pid was in flight.
+func (s *session) ack(srv *Server, pid uint16, qos byte) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	i := s.findInflight(pid)
+	if i < 0 || s.inflight[i].qos != qos || (qos == 2 && !s.inflight[i].released) {
+		return false
+	}
+	s.removeInflight(i)
+	s.fillLocked(srv)
+	return true
+}
+
+// received handles PUBREC: it reports whether pid is a QoS 2 message in
+// flight and marks it released. A PUBREC with an error code ends the flow.
+func (s *session) received(srv *Server, pid uint16, code packet.ReasonCode) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	i := s.findInflight(pid)
+	if i < 0 || s.inflight[i].qos != 2 {
+		return false
+	}
+	if code.IsError() {
+		s.removeInflight(i)
+		s.fillLocked(srv)
+		return true
+	}
+	s.inflight[i].released = true
+	return true
+}
+
+// fitsPacket reports whether the PUBLISH for d fits in max bytes.
+func fitsPacket(d *delivery, v packet.Version, max uint32, now time.Time) bool {
+	p := d.publishPacket(now, false)
+	if p.QoS > 0 {
+		p.PacketID = 1 // any non-zero identifier has the same size
+	}
+	n, err := packet.Size(p, v)
+	return err == nil && uint32(n) <= max
+}
