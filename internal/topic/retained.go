@@ -47,9 +47,10 @@ func NewRetained[T any]() *Retained[T] {
 func (r *Retained[T]) Len() int { return int(r.count.Load()) }
 
 // Set stores msg as the retained message of topic, replacing any previous
-// one. topic must be a valid topic name (packet.ValidTopicName). Deleting
-// on a zero-length payload [MQTT-3.3.1-6] is the caller's decision: call
-// Delete.
+// one. topic must be a valid topic name (packet.ValidTopicName). A
+// retained PUBLISH with an empty payload removes the retained message
+// (MQTT 5 [MQTT-3.3.1-6], 3.1.1 [MQTT-3.3.1-10]): the caller calls Delete
+// for it instead of Set.
 func (r *Retained[T]) Set(topic string, msg T) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
