@@ -222,13 +222,15 @@ func (c *conn) connect(ctx context.Context, pkt *packet.Connect) bool {
 	// Client identifier rules.
 	if st.clientID == "" {
 		switch {
+		case c.lst.refuseEmptyID:
+			return c.refuse(pkt, packet.ClientIDNotValid, "zero-length client identifiers are not allowed on this listener")
 		case pkt.Version == packet.V31:
 			return c.refuse(pkt, packet.ClientIDNotValid, "MQTT 3.1 requires a client identifier")
 		case pkt.Version == packet.V311 && !pkt.CleanStart:
 			// [MQTT-3.1.3-8]
 			return c.refuse(pkt, packet.ClientIDNotValid, "a zero-length client identifier requires clean session")
 		}
-		st.clientID = s.assignClientID()
+		st.clientID = s.assignClientID(c.lst.idPrefix)
 		st.assignedID = true
 	} else if pkt.Version == packet.V31 && len(st.clientID) > 23 {
 		return c.refuse(pkt, packet.ClientIDNotValid, "MQTT 3.1 client identifiers are at most 23 bytes")
@@ -252,12 +254,20 @@ func (c *conn) connect(ctx context.Context, pkt *packet.Connect) bool {
 		if w.Retain && s.cfg.RetainDisabled {
 			return c.refuse(pkt, packet.RetainNotSupported, "retained messages are not available")
 		}
+		if w.QoS > c.lst.maxQoS {
+			return c.refuse(pkt, packet.QoSNotSupported, fmt.Sprintf("will QoS %d exceeds the maximum QoS %d", w.QoS, c.lst.maxQoS))
+		}
 	}
 
 	// Authentication.
 	c.client.ClientID = st.clientID
 	if !c.authenticate(ctx, pkt, &st) {
 		return false
+	}
+	if c.lst.usernameAsID && c.client.Username != "" && c.client.Username != st.clientID {
+		st.clientID = c.client.Username
+		c.client.ClientID = st.clientID
+		st.assignedID = true
 	}
 
 	// Session expiry.
@@ -285,7 +295,7 @@ func (c *conn) connect(ctx context.Context, pkt *packet.Connect) bool {
 	// Per-connection protocol state.
 	c.will = pkt.Will
 	if pkt.Version == packet.V5 {
-		c.aliasMaxIn = uint16(s.cfg.TopicAliasMaximum)
+		c.aliasMaxIn = uint16(c.lst.aliasMax)
 		c.aliasOutMax = pkt.Properties.TopicAliasMaximum
 	}
 	c.connectedAt = s.cfg.Now()
@@ -371,6 +381,10 @@ func (c *conn) connack(st *connectState, present bool) {
 		if s.cfg.RetainDisabled {
 			p.RetainAvailable = 0
 			p.Mark(packet.PropRetainAvailable)
+		}
+		if c.lst.maxQoS < 2 {
+			p.MaximumQoS = c.lst.maxQoS
+			p.Mark(packet.PropMaximumQoS)
 		}
 		if st.assignedID {
 			p.AssignedClientID = st.clientID
