@@ -58,6 +58,9 @@ type conn struct {
 	done       chan struct{} // closed when the connection is fully cleaned up
 	closing    atomic.Bool
 	normalExit atomic.Bool // DISCONNECT 0x00 received: no will
+	// established is set once CONNACK is queued; it publishes version to
+	// other goroutines (kill).
+	established atomic.Bool
 	takenOver  atomic.Bool
 }
 
@@ -162,11 +165,9 @@ func (c *conn) refuseBadConnect(p packet.Packet, err error) {
 	code := pe.Code
 	switch {
 	case errors.Is(err, packet.ErrUnsupportedVersion):
-		// [MQTT-3.1.2-2]: answer with "unacceptable protocol version".
-		if v == packet.V5 {
-			v = packet.V311 // the client's level is unknown to us: 3.x encoding is understood by all
-		}
-		c.writeDirect(&packet.Connack{ReasonCode: packet.V3UnacceptableProtocolVersion}, v)
+		// [MQTT-3.1.2-2]: answer with "unacceptable protocol version" in
+		// the 3.1.1 encoding, the one every client version can read.
+		c.writeDirect(&packet.Connack{ReasonCode: packet.V3UnacceptableProtocolVersion}, packet.V311)
 	case v == packet.V5:
 		c.writeDirect(&packet.Connack{ReasonCode: code}, v)
 	}
@@ -303,12 +304,11 @@ func (c *conn) connect(ctx context.Context, pkt *packet.Connect) bool {
 	// Start the writer, then attach the session: from attach on, other
 	// goroutines may queue packets for this connection.
 	c.nc.SetDeadline(time.Time{})
+	c.log = c.log.With("client", st.clientID)
 	c.writerStarted = true
 	s.track(c.writeLoop)
-	sess, present := s.attach(c, &st)
-	c.sess = sess
+	_, present := s.attach(c, &st)
 	s.stats.connected(s)
-	c.log = c.log.With("client", st.clientID)
 	c.log.Info("broker: client connected", "version", pkt.Version.String(), "username", c.client.Username,
 		"clean", pkt.CleanStart, "session_present", present, "keep_alive", ka)
 
@@ -568,7 +568,7 @@ func (c *conn) kill(code packet.ReasonCode, reason string) {
 		return
 	}
 	c.outMu.Lock()
-	if code != 0 && c.version == packet.V5 && c.sess != nil {
+	if code != 0 && c.established.Load() && c.version == packet.V5 {
 		d := &packet.Disconnect{ReasonCode: code}
 		if reason != "" {
 			d.Properties.SetReasonString(reason)

@@ -212,6 +212,7 @@ func (s *Server) release(st *listenerState) {
 // Shutdown stops accepting connections, disconnects every client (v5
 // clients get DISCONNECT 0x8B) and waits for all goroutines, or for ctx.
 func (s *Server) Shutdown(ctx context.Context) error {
+	s.cancel()
 	s.mu.Lock()
 	s.closed = true
 	for ln := range s.listeners {
@@ -222,7 +223,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		conns = append(conns, c)
 	}
 	s.mu.Unlock()
-	s.cancel()
 	for _, c := range conns {
 		c.kill(packet.ServerShuttingDown, "server shutting down")
 	}
@@ -339,6 +339,7 @@ func (s *Server) attach(c *conn, st *connectState) (*session, bool) {
 		}
 		c.sess = sess
 		c.connack(st, present)
+		c.established.Store(true)
 		if present {
 			sess.resendLocked(s, c)
 			sess.fillLocked(s)
