@@ -130,6 +130,9 @@ type Config struct {
 	// warnings found while parsing (for example a mosquitto.conf quirk that
 	// opens an anonymous listener); Warnings adds the structural ones.
 	parseWarnings []string
+	// keyPos maps a setting's path to the "file:line" that set it, so that
+	// Validate can point at the line.
+	keyPos map[string]string
 }
 
 // Listener is one network endpoint.

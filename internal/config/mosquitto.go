@@ -143,6 +143,7 @@ func parseMosquitto(name string, data []byte, readDir readDirFunc, readFile func
 		DataDir:         "moat-data",
 		Limits:          defaultLimits(),
 		Persistence:     Persistence{AutosaveInterval: Duration(1800e9)},
+		keyPos:          map[string]string{},
 	}
 	c.Limits.MaxPacketSize = 0 // Mosquitto: no limit unless max_packet_size is set
 	p := &mosqParser{
@@ -426,7 +427,7 @@ func (p *mosqParser) apply(ln *line, cur *mosqListener) *mosqListener {
 	case "max_keepalive":
 		if n, ok := p.integer(ln, 10, 65535); ok {
 			p.cfg.Limits.MaxKeepalive = int(n)
-			p.mark("limits.max_keepalive")
+			p.mark(ln, "limits.max_keepalive")
 		}
 	case "max_packet_size":
 		if n, ok := p.integer(ln, 20, math.MaxInt32); ok {
@@ -435,12 +436,12 @@ func (p *mosqParser) apply(ln *line, cur *mosqListener) *mosqListener {
 				n = 0
 			}
 			p.cfg.Limits.MaxPacketSize = Size(n)
-			p.mark("limits.max_packet_size")
+			p.mark(ln, "limits.max_packet_size")
 		}
 	case "message_size_limit":
 		if n, ok := p.integer(ln, 0, 268435455); ok {
 			p.cfg.Limits.MessageSizeLimit = Size(n)
-			p.mark("limits.message_size_limit")
+			p.mark(ln, "limits.message_size_limit")
 		}
 	case "max_inflight_messages":
 		if n, ok := p.integer(ln, math.MinInt32, 65535); ok {
@@ -448,28 +449,28 @@ func (p *mosqParser) apply(ln *line, cur *mosqListener) *mosqListener {
 				n = 0
 			}
 			p.cfg.Limits.MaxInflight = int(n)
-			p.mark("limits.max_inflight")
+			p.mark(ln, "limits.max_inflight")
 		}
 	case "max_inflight_bytes", "max_queued_bytes":
 		if n, ok := p.integer(ln, math.MinInt32, math.MaxInt32); ok {
 			n = max(n, 0)
 			if key == "max_inflight_bytes" {
 				p.cfg.Limits.MaxInflightBytes = Size(n)
-				p.mark("limits.max_inflight_bytes")
+				p.mark(ln, "limits.max_inflight_bytes")
 			} else {
 				p.cfg.Limits.MaxQueuedBytes = Size(n)
-				p.mark("limits.max_queued_bytes")
+				p.mark(ln, "limits.max_queued_bytes")
 			}
 		}
 	case "max_queued_messages":
 		if n, ok := p.integer(ln, math.MinInt32, math.MaxInt32); ok {
 			p.cfg.Limits.MaxQueuedMessages = int(max(n, 0))
-			p.mark("limits.max_queued_messages")
+			p.mark(ln, "limits.max_queued_messages")
 		}
 	case "queue_qos0_messages":
 		if b, ok := p.boolean(ln); ok {
 			p.cfg.Limits.QueueQoS0 = b
-			p.mark("limits.queue_qos0")
+			p.mark(ln, "limits.queue_qos0")
 		}
 	case "persistent_client_expiration":
 		if v, ok := p.value(ln); ok {
@@ -477,37 +478,37 @@ func (p *mosqParser) apply(ln *line, cur *mosqListener) *mosqListener {
 				p.errorf(ln, "persistent_client_expiration: %v", err)
 			} else {
 				p.cfg.Sessions.PersistentClientExpiration = d
-				p.mark("sessions.persistent_client_expiration")
+				p.mark(ln, "sessions.persistent_client_expiration")
 			}
 		}
 	case "retain_available":
 		if b, ok := p.boolean(ln); ok {
 			p.cfg.RetainAvailable = b
-			p.mark("retain_available")
+			p.mark(ln, "retain_available")
 		}
 	case "sys_interval":
 		if n, ok := p.integer(ln, 0, 65535); ok {
 			p.cfg.SysInterval = Duration(n * 1e9)
-			p.mark("sys_interval")
+			p.mark(ln, "sys_interval")
 		}
 
 	// Persistence.
 	case "persistence", "retained_persistence":
 		if b, ok := p.boolean(ln); ok {
 			p.cfg.Persistence.Enabled = b
-			p.mark("persistence.enabled")
+			p.mark(ln, "persistence.enabled")
 		}
 	case "persistence_location":
 		if p.cfg.Persistence.Location != "" {
 			p.errorf(ln, "duplicate persistence_location")
 		} else if v, ok := p.str(ln, nil); ok {
 			p.cfg.Persistence.Location = v
-			p.mark("persistence.location")
+			p.mark(ln, "persistence.location")
 		}
 	case "autosave_interval":
 		if n, ok := p.integer(ln, math.MinInt32, math.MaxInt32); ok {
 			p.cfg.Persistence.AutosaveInterval = Duration(max(n, 0) * 1e9)
-			p.mark("persistence.autosave_interval")
+			p.mark(ln, "persistence.autosave_interval")
 		}
 	case "persistence_file":
 		if _, ok := p.str(ln, nil); ok {
@@ -526,7 +527,7 @@ func (p *mosqParser) apply(ln *line, cur *mosqListener) *mosqListener {
 	case "log_timestamp":
 		if b, ok := p.boolean(ln); ok {
 			p.cfg.Log.Timestamps = b
-			p.mark("log.timestamps")
+			p.mark(ln, "log.timestamps")
 		}
 	case "log_timestamp_format":
 		if v, ok := p.str(ln, nil); ok {
@@ -535,14 +536,14 @@ func (p *mosqParser) apply(ln *line, cur *mosqListener) *mosqListener {
 	case "connection_messages":
 		if b, ok := p.boolean(ln); ok {
 			p.cfg.Log.ConnectionMessages = b
-			p.mark("log.connection_messages")
+			p.mark(ln, "log.connection_messages")
 		}
 	case "pid_file":
 		if p.cfg.PIDFile != "" {
 			p.errorf(ln, "duplicate pid_file")
 		} else if v, ok := p.str(ln, nil); ok {
 			p.cfg.PIDFile = v
-			p.mark("pid_file")
+			p.mark(ln, "pid_file")
 		}
 	case "user":
 		if v, ok := p.str(ln, nil); ok {
@@ -584,6 +585,10 @@ func (p *mosqParser) apply(ln *line, cur *mosqListener) *mosqListener {
 }
 
 func (p *mosqParser) unknown(ln *line) {
+	if strings.HasPrefix(ln.key, "#") {
+		p.errorf(ln, "unknown key %q: a comment must start with # in the first column (mosquitto.conf)", ln.key)
+		return
+	}
 	if strings.ContainsAny(ln.key, "\t") {
 		p.errorf(ln, "unknown key %q: separate the key and its value with spaces, not tabs", ln.key)
 		return
@@ -597,7 +602,10 @@ func (p *mosqParser) unknown(ln *line) {
 	p.errorf(ln, "unknown key %q", ln.key)
 }
 
-func (p *mosqParser) mark(path string) { p.set[path] = true }
+func (p *mosqParser) mark(ln *line, path string) {
+	p.set[path] = true
+	p.cfg.keyPos[path] = ln.pos()
+}
 
 // touch records where the default listener was first configured, so that
 // errors about it point at a line.
@@ -775,7 +783,7 @@ func (p *mosqParser) logDestination(ln *line) {
 	if !p.logDestSet {
 		p.logDestSet = true
 		p.logDest = nil // the first log_dest replaces the default
-		p.mark("log.dest")
+		p.mark(ln, "log.dest")
 	}
 	add := func(d string) {
 		if !slices.Contains(p.logDest, d) {
@@ -797,7 +805,7 @@ func (p *mosqParser) logDestination(ln *line) {
 		default:
 			p.logFileSet = true
 			p.cfg.Log.File = path
-			p.mark("log.file")
+			p.mark(ln, "log.file")
 			add("file")
 		}
 	case "syslog":
@@ -828,7 +836,7 @@ func (p *mosqParser) logType(ln *line) {
 	if v != "none" {
 		p.logTypes[v] = true
 	}
-	p.mark("log.level")
+	p.mark(ln, "log.level")
 }
 
 // finish resolves Mosquitto's implicit rules into cfg.

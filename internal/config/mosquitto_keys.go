@@ -25,7 +25,7 @@ var knownKeys = map[string]bool{
 
 const (
 	hintAuth     = "Moat's own password files (moat passwd, argon2id) and ACLs are configured in Moat YAML once available; for now authenticate devices with client certificates (require_certificate true, use_identity_as_username true)"
-	hintBridge   = "bridges to other brokers are not supported yet; run the bridge in the other broker, or use Moat clustering when it lands"
+	hintBridge   = "Moat cannot bridge to other brokers yet; run the bridge on the other broker's side"
 	hintPlugin   = "Mosquitto plugins are C shared libraries and cannot be loaded by Moat"
 	hintPSK      = "TLS-PSK is not available in Go's crypto/tls; use certificates (Moat's built-in CA issues them: moat ca issue)"
 	hintEngine   = "OpenSSL engines are not supported; use a PEM key file"

@@ -56,7 +56,22 @@ func (c *Config) Validate() error { return joinErrors(c.validate()) }
 func (c *Config) validate() []error {
 	var errs []error
 	top := func(format string, args ...any) {
-		errs = append(errs, &Error{File: c.Source, Msg: fmt.Sprintf(format, args...)})
+		msg := fmt.Sprintf(format, args...)
+		file, line := c.Source, 0
+		// Point at the line of the setting the message starts with.
+		path, _, _ := strings.Cut(msg, " ")
+		for path = strings.TrimSuffix(path, ":"); path != ""; {
+			if pos, ok := c.keyPos[path]; ok {
+				file, line = splitPos(pos)
+				break
+			}
+			i := strings.LastIndexByte(path, '.')
+			if i < 0 {
+				break
+			}
+			path = path[:i]
+		}
+		errs = append(errs, &Error{File: file, Line: line, Msg: msg})
 	}
 	if len(c.Listeners) == 0 {
 		top("no listener defined")
@@ -152,7 +167,7 @@ func (c *Config) validate() []error {
 		top("limits.max_queued_messages must be 0 (no limit) or more")
 	}
 	if lim.MaxInflightBytes < 0 || lim.MaxQueuedBytes < 0 {
-		top("limits: byte limits must not be negative")
+		top("limits byte limits must not be negative")
 	}
 	if c.SysInterval < 0 || c.Sessions.PersistentClientExpiration < 0 || c.Persistence.AutosaveInterval < 0 {
 		top("durations must not be negative")

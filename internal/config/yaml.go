@@ -73,6 +73,7 @@ type yamlPaths struct {
 	set    map[string]bool
 	byLine map[int]string
 	items  map[string]int
+	lines  map[string]int // line of every key
 }
 
 func (y *yamlPaths) walk(n *yaml.Node, prefix string) {
@@ -89,19 +90,37 @@ func (y *yamlPaths) walk(n *yaml.Node, prefix string) {
 				p = prefix + "." + k.Value
 			}
 			y.set[p] = true
-			y.byLine[k.Line] = p
+			y.lines[p] = k.Line
+			if prev, ok := y.byLine[k.Line]; ok {
+				// Several keys on one line (a flow mapping): label
+				// errors on that line with what the keys share.
+				p2 := commonPath(prev, p)
+				y.byLine[k.Line] = p2
+			} else {
+				y.byLine[k.Line] = p
+			}
 			y.walk(v, p)
 		}
 	case yaml.SequenceNode:
 		for i, c := range n.Content {
 			p := fmt.Sprintf("%s[%d]", prefix, i)
 			y.items[p] = c.Line
+			y.walk(c, p)
 			if _, ok := y.byLine[c.Line]; !ok {
 				y.byLine[c.Line] = p
 			}
-			y.walk(c, p)
 		}
 	}
+}
+
+// commonPath returns the longest dotted prefix shared by two key paths.
+func commonPath(a, b string) string {
+	as, bs := strings.Split(a, "."), strings.Split(b, ".")
+	n := 0
+	for n < len(as) && n < len(bs) && as[n] == bs[n] {
+		n++
+	}
+	return strings.Join(as[:n], ".")
 }
 
 // parseYAML reads Moat's YAML syntax strictly. A file without "listeners"
@@ -124,7 +143,7 @@ func parseYAML(name string, data []byte) (*Config, []error) {
 		}
 		return nil, errs
 	}
-	paths := &yamlPaths{set: map[string]bool{}, byLine: map[int]string{}, items: map[string]int{}}
+	paths := &yamlPaths{set: map[string]bool{}, byLine: map[int]string{}, items: map[string]int{}, lines: map[string]int{}}
 	paths.walk(&root, "")
 
 	dec := yaml.NewDecoder(bytes.NewReader(data))
@@ -219,6 +238,10 @@ func parseYAML(name string, data []byte) (*Config, []error) {
 			}
 		}
 		used[l.Name] = true
+	}
+	c.keyPos = map[string]string{}
+	for p, line := range paths.lines {
+		c.keyPos[p] = fmt.Sprintf("%s:%d", name, line)
 	}
 	for p := range paths.set {
 		c.Set = append(c.Set, p)
