@@ -2,10 +2,13 @@ package config
 
 import (
 	"errors"
+	"go/parser"
+	"go/token"
 	"os"
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -295,5 +298,28 @@ func TestValidateCollectsAll(t *testing.T) {
 	}
 	if !reflect.DeepEqual(*c.Listeners[0].TLS, before) {
 		t.Error("Validate modified the config")
+	}
+}
+
+// The package stays a leaf: standard library and yaml only, so that the
+// broker, listener and TLS packages can never be pulled into it.
+func TestImportsStayLeaf(t *testing.T) {
+	files, _ := filepath.Glob("*.go")
+	fset := token.NewFileSet()
+	for _, f := range files {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
+		af, err := parser.ParseFile(fset, f, nil, parser.ImportsOnly)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, imp := range af.Imports {
+			p, _ := strconv.Unquote(imp.Path.Value)
+			first, _, _ := strings.Cut(p, "/")
+			if p != "go.yaml.in/yaml/v3" && strings.Contains(first, ".") {
+				t.Errorf("%s imports %s: internal/config may import only the standard library and go.yaml.in/yaml/v3", f, p)
+			}
+		}
 	}
 }
