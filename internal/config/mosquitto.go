@@ -866,6 +866,9 @@ func (p *mosqParser) finish() {
 	}
 
 	all := p.listeners
+	if p.def.pos == "" {
+		p.def.pos = c.Source
+	}
 	if p.def.needed(p.pls) {
 		if p.def.port == 0 {
 			p.def.port = 1883
