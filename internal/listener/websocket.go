@@ -363,10 +363,26 @@ func (c *WebSocketConn) Write(p []byte) (int, error) {
 // net.Conn callers expect.
 func deadlineErr(op string, err error, dl *time.Time) error {
 	if dl != nil && !dl.IsZero() && !time.Now().Before(*dl) {
-		return &net.OpError{Op: op, Net: "websocket", Err: fmt.Errorf("%w (%v)", os.ErrDeadlineExceeded, err)}
+		return &timeoutError{op: op, err: err}
 	}
 	return err
 }
+
+// timeoutError is a net.Error with Timeout() true that matches
+// os.ErrDeadlineExceeded, like the errors of a TCP conn past its deadline.
+type timeoutError struct {
+	op  string
+	err error
+}
+
+func (e *timeoutError) Error() string {
+	return "listener: websocket " + e.op + ": i/o timeout (" + e.err.Error() + ")"
+}
+func (e *timeoutError) Timeout() bool   { return true }
+func (e *timeoutError) Temporary() bool { return true }
+func (e *timeoutError) Unwrap() []error { return []error{os.ErrDeadlineExceeded, e.err} }
+
+var _ net.Error = (*timeoutError)(nil)
 
 // Close closes the connection with a normal-closure close frame.
 func (c *WebSocketConn) Close() error {
