@@ -53,4 +53,3 @@ func TestWebSocketPahoGo(t *testing.T) {
 		})
 	}
 }
-
