@@ -184,7 +184,9 @@ type ConnInfo struct {
 	WebSocketPath        string
 }
 
-// Info describes c. It never blocks and never starts a TLS handshake. It
+// Info describes c. It never starts a TLS handshake, but on a *tls.Conn it
+// waits for a handshake already in progress (crypto/tls holds a lock), so
+// call it after HandshakeContext. It
 // understands the conns this package returns (also when wrapped by a type
 // with a NetConn() net.Conn method, like *tls.Conn), and for any other
 // net.Conn fills in only the addresses.
