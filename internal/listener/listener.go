@@ -244,6 +244,18 @@ func Listen(ctx context.Context, cfg Config) (*Listener, error) {
 	}
 	logger.Info("listener: listening", "transport", cfg.Transport.String(), "address", raw.Addr().String(),
 		"proxy_protocol", cfg.Proxy != nil)
+	if !cfg.Transport.usesTLS() && cfg.Proxy == nil {
+		logger.Warn("listener: INSECURE plain-text listener: passwords, tokens and payloads cross the network unencrypted",
+			"transport", cfg.Transport.String(), "address", raw.Addr().String())
+	}
+	if cfg.Proxy != nil {
+		for _, p := range cfg.Proxy.Trusted {
+			if p.Bits() == 0 {
+				logger.Warn("listener: PROXY protocol trusts every source; any client can claim any address and TLS identity",
+					"trusted", p.String())
+			}
+		}
+	}
 	return l, nil
 }
 
