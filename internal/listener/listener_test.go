@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/coder/websocket"
 )
 
 func TestConfigValidation(t *testing.T) {
@@ -255,3 +257,51 @@ func TestCloseUnblocksAcceptAndLeavesNoGoroutines(t *testing.T) {
 		})
 	}
 }
+
+// TestSeveralListeners runs one listener per transport side by side and
+// checks each connection reports the listener it came through.
+func TestSeveralListeners(t *testing.T) {
+	checkNoLeaks(t)
+	p := newTestPKI(t)
+	ls := map[string]*Listener{
+		"mqtt":  listen(t, Config{Name: "mqtt", Transport: TCP}),
+		"mqtts": listen(t, Config{Name: "mqtts", Transport: TLS, TLS: p.serverTLS()}),
+		"ws":    listen(t, Config{Name: "ws", Transport: WebSocket}),
+		"wss":   listen(t, Config{Name: "wss", Transport: WebSocketTLS, TLS: p.serverTLS()}),
+	}
+	for name, l := range ls {
+		ch := acceptAsync(l)
+		var client io.Closer
+		switch l.Transport() {
+		case TCP:
+			c, err := net.Dial("tcp", l.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			client = c
+		case TLS:
+			c, err := net.Dial("tcp", l.Addr().String()) // handshake left to the test below
+			if err != nil {
+				t.Fatal(err)
+			}
+			client = c
+		default:
+			opts := &websocket.DialOptions{Subprotocols: []string{"mqtt"}, HTTPClient: tlsHTTPClient(p.clientTLS(false))}
+			c, _, err := wsDial(t, l, "/", opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			client = closerFunc(func() error { return c.CloseNow() })
+		}
+		srv := waitAccept(t, ch)
+		if got := Info(srv); got.Listener != name || got.Transport != l.Transport() {
+			t.Errorf("%s: Info = %q/%v", name, got.Listener, got.Transport)
+		}
+		client.Close()
+		srv.Close()
+	}
+}
+
+type closerFunc func() error
+
+func (f closerFunc) Close() error { return f() }
