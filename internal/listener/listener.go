@@ -66,7 +66,7 @@ func (t Transport) String() string {
 }
 
 // ParseTransport parses the names String returns (case-insensitive), plus the
-// aliases "mqtt" (tcp), "mqtts" (tls), "websocket" (ws) and
+// aliases "mqtt" (tcp), "mqtts" and "ssl" (tls), "websocket"/"websockets" (ws) and
 // "websockets-tls"/"websocket-tls" (wss).
 func ParseTransport(s string) (Transport, error) {
 	switch strings.ToLower(strings.TrimSpace(s)) {
