@@ -15,7 +15,7 @@ import (
 type dropRecorder struct{ r atomic.Int32 }
 
 func (d *dropRecorder) drop(r Reason) { d.r.Store(int32(r)) }
-func (d *dropRecorder) get() Reason  { return Reason(d.r.Load()) }
+func (d *dropRecorder) get() Reason   { return Reason(d.r.Load()) }
 
 func watchConn(t *testing.T, m *Manager, c *tls.Conn) *dropRecorder {
 	t.Helper()

@@ -28,6 +28,23 @@ type state struct {
 	crls    map[string][]*crlInfo // by raw issuer name
 	ncrl    int
 	conf    *tls.Config // returned by GetConfigForClient
+
+	// verified caches chains that passed x509 verification against this
+	// generation's CA pool (key: SHA-256 of the peer certificates), so Watch
+	// after a handshake does not verify again. Revocation is always
+	// re-checked. Bounded by maxVerifiedCache.
+	verified  sync.Map
+	nverified atomic.Int64
+}
+
+const maxVerifiedCache = 100_000
+
+func chainKey(peer []*x509.Certificate) string {
+	h := sha256.New()
+	for _, c := range peer {
+		h.Write(c.Raw)
+	}
+	return string(h.Sum(nil))
 }
 
 // servedCert is a server certificate with its current OCSP staple.

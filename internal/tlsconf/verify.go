@@ -146,18 +146,36 @@ func (m *Manager) verifyPeer(ctx context.Context, st *state, peer []*x509.Certif
 			return nil, certError(ReasonWeakAlgorithm, c, "signed with %v", c.SignatureAlgorithm)
 		}
 	}
-	opts := x509.VerifyOptions{
-		Roots:         st.roots,
-		Intermediates: x509.NewCertPool(),
-		CurrentTime:   now,
-		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	var chains [][]*x509.Certificate
+	key := chainKey(peer)
+	if v, ok := st.verified.Load(key); ok {
+		chains = v.([][]*x509.Certificate)
+		// The cache skips signature work only; validity is re-checked.
+		for _, c := range chains[0] {
+			if now.After(c.NotAfter) || now.Before(c.NotBefore) {
+				chains = nil
+				break
+			}
+		}
 	}
-	for _, c := range peer[1:] {
-		opts.Intermediates.AddCert(c)
-	}
-	chains, err := leaf.Verify(opts)
-	if err != nil {
-		return nil, classifyVerifyError(leaf, err, now)
+	if chains == nil {
+		opts := x509.VerifyOptions{
+			Roots:         st.roots,
+			Intermediates: x509.NewCertPool(),
+			CurrentTime:   now,
+			KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		}
+		for _, c := range peer[1:] {
+			opts.Intermediates.AddCert(c)
+		}
+		var err error
+		chains, err = leaf.Verify(opts)
+		if err != nil {
+			return nil, classifyVerifyError(leaf, err, now)
+		}
+		if st.nverified.Add(1) <= maxVerifiedCache {
+			st.verified.Store(key, chains)
+		}
 	}
 	// Accept when at least one verified chain passes revocation checks.
 	var firstErr error

@@ -90,7 +90,7 @@ func TestClientAuthModes(t *testing.T) {
 	client := e.ca.Issue(t, testcerts.Options{CN: "dev"})
 	stranger := testcerts.SelfSigned(t, testcerts.Options{CN: "stranger"})
 	tests := []struct {
-		mode                       ClientAuth
+		mode                        ClientAuth
 		noCertOK, goodOK, strangeOK bool
 	}{
 		{ClientAuthRequired, false, true, false},

@@ -26,6 +26,9 @@ type Responder struct {
 	validity time.Duration
 	delay    time.Duration
 
+	// Now is the responder's clock (default time.Now); set it before use.
+	Now func() time.Time
+
 	Hits atomic.Int64 // requests served
 	Fail atomic.Bool  // answer HTTP 500
 }
@@ -108,6 +111,9 @@ func (r *Responder) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	}
 	r.mu.Lock()
 	now := time.Now()
+	if r.Now != nil {
+		now = r.Now()
+	}
 	tmpl := ocsp.Response{
 		Status:       ocsp.Good,
 		SerialNumber: oreq.SerialNumber,

@@ -49,7 +49,7 @@ func (k KeyType) String() string {
 
 var (
 	keyMu    sync.Mutex
-	keyCache = map[KeyType][]crypto.Signer{}
+	keyCache = map[KeyType]map[int]crypto.Signer{}
 	serialMu sync.Mutex
 	serialN  int64 = 1000
 )
@@ -60,7 +60,10 @@ func Key(t testing.TB, k KeyType, n int) crypto.Signer {
 	t.Helper()
 	keyMu.Lock()
 	defer keyMu.Unlock()
-	for len(keyCache[k]) <= n {
+	if s, ok := keyCache[k][n]; ok {
+		return s
+	}
+	{
 		var (
 			s   crypto.Signer
 			err error
@@ -76,9 +79,12 @@ func Key(t testing.TB, k KeyType, n int) crypto.Signer {
 		if err != nil {
 			t.Fatalf("testcerts: generate key: %v", err)
 		}
-		keyCache[k] = append(keyCache[k], s)
+		if keyCache[k] == nil {
+			keyCache[k] = map[int]crypto.Signer{}
+		}
+		keyCache[k][n] = s
+		return s
 	}
-	return keyCache[k][n]
 }
 
 func nextSerial() *big.Int {
@@ -174,11 +180,20 @@ func WriteFile(t testing.TB, path string, data []byte) {
 	}
 }
 
-// NewRoot creates a self-signed CA.
+// NewRoot creates a self-signed CA with a key of its own.
 func NewRoot(t testing.TB, cn string, k KeyType) *Cert {
 	t.Helper()
-	return issue(t, nil, Options{CN: cn, Key: k, IsCA: true})
+	rootMu.Lock()
+	rootN++
+	n := 100 + rootN
+	rootMu.Unlock()
+	return issue(t, nil, Options{CN: cn, Key: k, KeyIndex: n, IsCA: true})
 }
+
+var (
+	rootMu sync.Mutex
+	rootN  int
+)
 
 // Issue issues a certificate signed by c.
 func (c *Cert) Issue(t testing.TB, o Options) *Cert {
