@@ -141,6 +141,9 @@ type Enroller struct {
 	ID string
 	// Token is the one-time bootstrap token for the first enrollment.
 	Token string
+	// AuthCertificate, when set, authorizes the first enrollment instead
+	// of Token (a manufacturer certificate).
+	AuthCertificate *tls.Certificate
 	// URIs are requested as URI SANs (e.g. a SPIFFE ID).
 	URIs []*url.URL
 	// KeyAlgorithm of the keys generated locally; default ECDSA P-256.
@@ -207,8 +210,8 @@ func (e *Enroller) chainWithCA(ctx context.Context, certs []*x509.Certificate) (
 // Enroll generates a key, enrolls with the bootstrap token and writes the
 // files. It returns the new certificate.
 func (e *Enroller) Enroll(ctx context.Context) (*x509.Certificate, error) {
-	if e.Token == "" {
-		return nil, errors.New("pki: enrollment needs a bootstrap token (moat ca token create ID)")
+	if e.Token == "" && e.AuthCertificate == nil {
+		return nil, errors.New("pki: enrollment needs a bootstrap token (moat ca token create ID) or a manufacturer certificate")
 	}
 	key, err := GenerateKey(e.KeyAlgorithm, e.rnd())
 	if err != nil {
@@ -218,7 +221,12 @@ func (e *Enroller) Enroll(ctx context.Context) (*x509.Certificate, error) {
 	if err != nil {
 		return nil, err
 	}
-	certs, err := e.Client.Enroll(ctx, csr, e.ID, e.Token)
+	var certs []*x509.Certificate
+	if e.AuthCertificate != nil {
+		certs, err = e.Client.EnrollWithCertificate(ctx, csr, *e.AuthCertificate)
+	} else {
+		certs, err = e.Client.Enroll(ctx, csr, e.ID, e.Token)
+	}
 	if err != nil {
 		return nil, err
 	}

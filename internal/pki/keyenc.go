@@ -41,10 +41,13 @@ const (
 	defaultScryptLogN   = 15
 )
 
+// scryptLogN is the cost EncryptKey uses; tests lower it.
+var scryptLogN byte = defaultScryptLogN
+
 // EncryptKey encrypts key with passphrase and returns a PEM block in the
 // format described above. rnd nil means crypto/rand.
 func EncryptKey(key crypto.Signer, passphrase []byte, rnd io.Reader) ([]byte, error) {
-	return encryptKey(key, passphrase, rnd, defaultScryptLogN)
+	return encryptKey(key, passphrase, rnd, scryptLogN)
 }
 
 func encryptKey(key crypto.Signer, passphrase []byte, rnd io.Reader, logN byte) ([]byte, error) {
