@@ -19,6 +19,7 @@ import (
 )
 
 func TestInitAndIssueOpenSSLVerify(t *testing.T) {
+	t.Parallel()
 	openssl := needTool(t, "openssl")
 	for _, alg := range []KeyAlgorithm{ECDSAP256, ECDSAP384, Ed25519, RSA2048} {
 		t.Run(string(alg), func(t *testing.T) {
@@ -83,6 +84,7 @@ func TestInitAndIssueOpenSSLVerify(t *testing.T) {
 }
 
 func TestInitRefusesExistingAndBadOptions(t *testing.T) {
+	t.Parallel()
 	ca := newCA(t, InitOptions{})
 	if _, err := Init(ca.Dir(), InitOptions{Passphrase: testPass}); err == nil {
 		t.Fatal("Init over an existing CA succeeded")
@@ -99,6 +101,7 @@ func TestInitRefusesExistingAndBadOptions(t *testing.T) {
 }
 
 func TestOpenOrInitGeneratesPassphrase(t *testing.T) {
+	t.Parallel()
 	dir := filepath.Join(t.TempDir(), "ca")
 	ca, created, err := OpenOrInit(dir, InitOptions{})
 	if err != nil || !created {
@@ -121,6 +124,7 @@ func TestOpenOrInitGeneratesPassphrase(t *testing.T) {
 }
 
 func TestOpenRefusesReadableKey(t *testing.T) {
+	t.Parallel()
 	ca := newCA(t, InitOptions{})
 	os.Chmod(filepath.Join(ca.Dir(), FileIntermediateKey), 0o644)
 	if _, err := Open(ca.Dir(), Config{}); err == nil || !strings.Contains(err.Error(), "chmod 600") {
@@ -132,6 +136,7 @@ func TestOpenRefusesReadableKey(t *testing.T) {
 }
 
 func TestEncryptKeyFormat(t *testing.T) {
+	t.Parallel()
 	key, _ := GenerateKey(ECDSAP256, nil)
 	enc, err := EncryptKey(key, testPass, nil)
 	if err != nil {
@@ -158,6 +163,7 @@ func TestEncryptKeyFormat(t *testing.T) {
 }
 
 func TestSignCSRPolicy(t *testing.T) {
+	t.Parallel()
 	ca := newCA(t, InitOptions{Settings: Settings{PermittedDNSDomains: []string{"example.com"}, PermittedIPRanges: []string{"10.0.0.0/8", "127.0.0.0/8"}}})
 	p256, _ := GenerateKey(ECDSAP256, nil)
 	p521, _ := ecdsa.GenerateKey(elliptic.P521(), rand.Reader)
@@ -207,6 +213,7 @@ func TestSignCSRPolicy(t *testing.T) {
 }
 
 func TestSignOpenSSLCSRs(t *testing.T) {
+	t.Parallel()
 	openssl := needTool(t, "openssl")
 	ca := newCA(t, InitOptions{})
 	dir := t.TempDir()
@@ -248,6 +255,7 @@ func writeParam(t *testing.T, openssl, dir, curve string) string {
 }
 
 func TestNameConstraintsInIntermediate(t *testing.T) {
+	t.Parallel()
 	openssl := needTool(t, "openssl")
 	ca := newCA(t, InitOptions{Settings: Settings{PermittedDNSDomains: []string{"example.com"}, PermittedIPRanges: []string{"127.0.0.0/8"}}})
 	if !ca.Intermediate().PermittedDNSDomainsCritical || len(ca.Intermediate().PermittedDNSDomains) != 1 {
@@ -266,6 +274,7 @@ func TestNameConstraintsInIntermediate(t *testing.T) {
 }
 
 func TestRevokeAndList(t *testing.T) {
+	t.Parallel()
 	now := time.Now()
 	clock := func() time.Time { return now }
 	ca := newCA(t, InitOptions{Config: Config{Now: clock}})
@@ -333,6 +342,7 @@ func mustCRL(t testing.TB, ca *CA) []byte {
 }
 
 func TestCRLRegeneratedBeforeNextUpdate(t *testing.T) {
+	t.Parallel()
 	now := time.Now()
 	ca := newCA(t, InitOptions{Config: Config{Now: func() time.Time { return now }}, Settings: Settings{CRLValidity: Duration(48 * time.Hour)}})
 	first, _ := x509.ParseRevocationList(mustCRL(t, ca))
@@ -352,6 +362,7 @@ func TestCRLRegeneratedBeforeNextUpdate(t *testing.T) {
 }
 
 func TestDatabaseBusy(t *testing.T) {
+	t.Parallel()
 	ca := newCA(t, InitOptions{})
 	iss, _ := ca.IssueDevice("d", nil, 0)
 	ca.cfg.LockTimeout = 100 * time.Millisecond
@@ -370,6 +381,7 @@ func TestDatabaseBusy(t *testing.T) {
 }
 
 func TestVerify(t *testing.T) {
+	t.Parallel()
 	now := time.Now()
 	ca := newCA(t, InitOptions{Config: Config{Now: func() time.Time { return now }}})
 	other := newCA(t, InitOptions{})
@@ -405,6 +417,7 @@ func TestVerify(t *testing.T) {
 }
 
 func TestDurationParse(t *testing.T) {
+	t.Parallel()
 	for in, want := range map[string]time.Duration{"90d": 90 * 24 * time.Hour, "1y": 365 * 24 * time.Hour, "36h": 36 * time.Hour, "15m": 15 * time.Minute} {
 		got, err := ParseDuration(in)
 		if err != nil || got != want {

@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/pem"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -25,6 +27,9 @@ func newCA(t testing.TB, opts InitOptions) *CA {
 	t.Helper()
 	if opts.Passphrase == nil {
 		opts.Passphrase = testPass
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	dir := filepath.Join(t.TempDir(), "ca")
 	ca, err := Init(dir, opts)
@@ -126,4 +131,22 @@ func decodePEMBody(t testing.TB, b []byte) []byte {
 
 func encodePEMBody(b []byte) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: encryptedKeyPEMType, Bytes: b})
+}
+
+// syncBuffer is a strings.Builder safe for a writer goroutine and a reader.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

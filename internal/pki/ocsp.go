@@ -26,9 +26,11 @@ const (
 )
 
 type cachedOCSP struct {
-	revision uint64
-	der      []byte
-	fresh    time.Time // reuse until then
+	revision   uint64
+	der        []byte
+	fresh      time.Time // reuse until then
+	thisUpdate time.Time
+	nextUpdate time.Time
 }
 
 // OCSPStatus is the answer the responder gives for one serial.
@@ -122,6 +124,7 @@ func (ca *CA) OCSPResponse(reqDER []byte) ([]byte, OCSPStatus, error) {
 	c, ok := ca.ocspCache[cacheKey]
 	ca.ocspmu.Unlock()
 	if ok && c.revision == rev && now.Before(c.fresh) {
+		st.ThisUpdate, st.NextUpdate = c.thisUpdate, c.nextUpdate
 		return c.der, st, nil
 	}
 	cert, key, err := ca.ocspSigner()
@@ -151,7 +154,7 @@ func (ca *CA) OCSPResponse(reqDER []byte) ([]byte, OCSPStatus, error) {
 	if len(ca.ocspCache) >= maxOCSPCacheLen {
 		clear(ca.ocspCache)
 	}
-	ca.ocspCache[cacheKey] = cachedOCSP{revision: rev, der: der, fresh: now.Add(validity / 2)}
+	ca.ocspCache[cacheKey] = cachedOCSP{revision: rev, der: der, fresh: now.Add(validity / 2), thisUpdate: st.ThisUpdate, nextUpdate: st.NextUpdate}
 	ca.ocspmu.Unlock()
 	return der, st, nil
 }
