@@ -345,9 +345,7 @@ func (c *conn) authenticate(ctx context.Context, pkt *packet.Connect, st *connec
 			c.client.Attributes = res.Attributes
 			return true
 		}
-		// An authenticator that has no opinion on a client without
-		// credentials leaves the decision to the anonymous policy.
-		if !(res.Code == 0 && !pkt.UsernameFlag && !pkt.PasswordFlag && anonymousOK) {
+		if !res.NoOpinion {
 			code := res.Code
 			if code == 0 {
 				code = packet.NotAuthorized
@@ -361,7 +359,9 @@ func (c *conn) authenticate(ctx context.Context, pkt *packet.Connect, st *connec
 		}
 		return c.refuse(pkt, packet.NotAuthorized, "anonymous access is not allowed on this listener")
 	}
-	c.client.Anonymous = true
+	// Admitted by the anonymous policy. As in Mosquitto, a username sent
+	// without a backend to check it is kept for logs and ACLs.
+	c.client.Anonymous = !pkt.UsernameFlag
 	return true
 }
 

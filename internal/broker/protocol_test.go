@@ -110,7 +110,7 @@ var noAuthenticator = AuthenticatorFunc(func(_ context.Context, req *ConnectRequ
 	if req.Connect.UsernameFlag {
 		return AuthResult{Code: packet.BadUsernameOrPassword, Reason: "unknown user"}
 	}
-	return AuthResult{}
+	return AuthResult{NoOpinion: true}
 })
 
 func TestPublishSubscribe(t *testing.T) {
