@@ -61,7 +61,7 @@ type conn struct {
 	// established is set once CONNACK is queued; it publishes version to
 	// other goroutines (kill).
 	established atomic.Bool
-	takenOver  atomic.Bool
+	takenOver   atomic.Bool
 }
 
 // connectState is the result of CONNECT processing, applied once the
