@@ -374,8 +374,12 @@ func (c *conn) connack(st *connectState, present bool) {
 		p := &ack.Properties
 		p.ReceiveMaximum = s.cfg.ReceiveMaximum
 		p.Mark(packet.PropReceiveMaximum)
-		p.MaximumPacketSize = s.cfg.MaxPacketSize
-		p.Mark(packet.PropMaximumPacketSize)
+		if s.cfg.MaxPacketSize < 268435455 {
+			// Absent means "no limit" beyond the protocol's own; clients
+			// check the value against the largest remaining length.
+			p.MaximumPacketSize = s.cfg.MaxPacketSize
+			p.Mark(packet.PropMaximumPacketSize)
+		}
 		p.TopicAliasMaximum = c.aliasMaxIn
 		p.Mark(packet.PropTopicAliasMaximum)
 		if s.cfg.RetainDisabled {
