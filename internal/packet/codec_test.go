@@ -265,7 +265,7 @@ func (c *countingReader) Read(p []byte) (int, error) {
 }
 
 func TestReaderLimits(t *testing.T) {
-	t.Run("MQTT-3.1.2-24 too large refused from the header", func(t *testing.T) {
+	t.Run("MQTT 5.0 §3.1.2.11.4 too large refused from the header", func(t *testing.T) {
 		// Header of a 200 MB PUBLISH followed by endless zeros: the Reader
 		// must refuse it without reading the body.
 		hdr := []byte{0x30, 0x80, 0x80, 0x80, 0x60}
