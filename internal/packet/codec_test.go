@@ -417,3 +417,71 @@ func TestPropertyTables(t *testing.T) {
 		t.Error("PropID.String")
 	}
 }
+
+func TestPropertySetters(t *testing.T) {
+	var p packet.Properties
+	p.SetPayloadFormat(1)
+	p.SetMessageExpiry(5)
+	p.SetContentType("c")
+	p.SetResponseTopic("r")
+	p.SetCorrelationData([]byte("d"))
+	p.AddSubscriptionID(7)
+	p.AddUser("k", "v")
+	p.SetTopicAlias(1)
+	pub := &packet.Publish{Topic: "t", Properties: p}
+	b, err := packet.Append(nil, pub, packet.V5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _, err := packet.Decode(b, packet.V5, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkPacket(t, got, pub)
+
+	var c packet.Properties
+	c.SetSessionExpiry(1)
+	c.SetAssignedClientID("a")
+	c.SetServerKeepAlive(2)
+	c.SetAuthMethod("m")
+	c.SetAuthData([]byte("x"))
+	c.SetResponseInfo("i")
+	c.SetServerReference("s")
+	c.SetReasonString("r")
+	c.SetReceiveMaximum(3)
+	c.SetTopicAliasMaximum(4)
+	c.SetMaximumQoS(1)
+	c.SetRetainAvailable(false)
+	c.SetMaximumPacketSize(100)
+	c.SetWildcardSubAvailable(true)
+	c.SetSubIDAvailable(false)
+	c.SetSharedSubAvailable(true)
+	ack := &packet.Connack{Properties: c}
+	if b, err = packet.Append(nil, ack, packet.V5); err != nil {
+		t.Fatal(err)
+	}
+	if got, _, err = packet.Decode(b, packet.V5, 0); err != nil {
+		t.Fatal(err)
+	}
+	checkPacket(t, got, ack)
+
+	var w packet.Properties
+	w.SetWillDelay(9)
+	w.SetRequestProblemInfo(0)
+	if _, err := packet.Append(nil, &packet.Connect{ClientID: "c", Will: &packet.Will{Topic: "t", Properties: w}}, packet.V5); err == nil {
+		t.Fatal("Request Problem Information accepted in will properties")
+	}
+	w.Unmark(packet.PropRequestProblemInfo)
+	var cp packet.Properties
+	cp.SetRequestProblemInfo(0)
+	cp.SetRequestResponseInfo(1)
+	conn := &packet.Connect{Version: packet.V5, ProtocolName: "MQTT", ClientID: "c", Properties: cp,
+		Will: &packet.Will{Topic: "t", Properties: w}}
+	if b, err = packet.Append(nil, conn, packet.V311); err != nil {
+		t.Fatal(err)
+	}
+	if got, _, err = packet.Decode(b, packet.V311, 0); err != nil {
+		t.Fatal(err)
+	}
+	checkPacket(t, got, conn)
+}
