@@ -47,7 +47,7 @@ func checkPacket(t *testing.T, got, want packet.Packet) {
 
 func dump(p packet.Packet) string {
 	if c, ok := p.(*packet.Connect); ok && c != nil && c.Will != nil {
-		return fmt.Sprintf("%#v will=%#v", c, c.Will)
+		return fmt.Sprintf("%#v will=%#v", *c, *c.Will)
 	}
 	return fmt.Sprintf("%#v", p)
 }
