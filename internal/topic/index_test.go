@@ -57,8 +57,8 @@ func TestIndexSubscribeReplace(t *testing.T) {
 	if n := x.UnsubscribeAll("c1"); n != 1 {
 		t.Fatalf("UnsubscribeAll = %d, want 1", n)
 	}
-	if x.Count() != 0 || x.nodes != 0 || len(x.clients) != 0 {
-		t.Fatalf("after UnsubscribeAll: count %d nodes %d clients %d", x.Count(), x.nodes, len(x.clients))
+	if x.Count() != 0 || x.nodes != 0 || len(x.byClient)+len(x.subs) != 0 {
+		t.Fatalf("after UnsubscribeAll: count %d nodes %d clients %d", x.Count(), x.nodes, len(x.byClient)+len(x.subs))
 	}
 	if got := x.Subscriptions("c1"); len(got) != 0 {
 		t.Fatalf("Subscriptions after UnsubscribeAll = %+v", got)
@@ -290,10 +290,10 @@ func TestIndexChurnBounded(t *testing.T) {
 			x.UnsubscribeAll(k.c)
 		}
 	}
-	if x.Count() != 0 || x.nodes != 0 || len(x.clients) != 0 {
-		t.Fatalf("after drain: count %d nodes %d clients %d", x.Count(), x.nodes, len(x.clients))
+	if x.Count() != 0 || x.nodes != 0 || len(x.byClient)+len(x.subs) != 0 {
+		t.Fatalf("after drain: count %d nodes %d clients %d", x.Count(), x.nodes, len(x.byClient)+len(x.subs))
 	}
-	if x.root.nkids != 0 || x.root.plus.Load() != nil || x.root.hash.Load() != nil {
+	if x.root.kids.len() != 0 || x.root.plus.Load() != nil || x.root.hash.Load() != nil {
 		t.Fatal("root still has children")
 	}
 	n := 0
