@@ -151,9 +151,12 @@ func ret[P Packet](p P, err error) (Packet, error) {
 // packet may be encoded concurrently for several connections.
 //
 // The encoding is canonical: properties in ascending identifier order,
-// user properties in their given order, optional fields (the reason code
-// and property length of acknowledgements, DISCONNECT and AUTH) omitted
-// whenever the specification allows it, minimal variable byte integers.
+// user properties in their given order, minimal variable byte integers,
+// and the optional reason code and property length of PUBACK, PUBREC,
+// PUBREL and PUBCOMP omitted whenever the specification allows it. The
+// reason code of a 5.0 DISCONNECT and the reason code and property length
+// of AUTH are always written, since widespread clients cannot read the
+// shorter forms.
 //
 // For CONNECT, p's own Version is used when it is non-zero; v otherwise.
 //

@@ -69,6 +69,9 @@ func decodeSubscribe(d *decoder, v Version) (*Subscribe, error) {
 		}
 		sub.QoS = o & subQoS
 		if sub.QoS == 3 {
+			if v == V5 {
+				return nil, protocolErr(SUBSCRIBE, "Maximum QoS 3 in subscription options [MQTT 5.0 §3.8.3.1]")
+			}
 			return nil, malformed(SUBSCRIBE, "QoS 3 in subscription options [MQTT-3-8.3-4]")
 		}
 		sub.NoLocal = o&subNoLocal != 0
