@@ -32,12 +32,12 @@ type state struct {
 	// verified caches chains that passed x509 verification against this
 	// generation's CA pool (key: SHA-256 of the peer certificates), so Watch
 	// after a handshake does not verify again. Revocation is always
-	// re-checked. Bounded by maxVerifiedCache.
+	// re-checked. Cleared when it reaches maxVerifiedCache entries.
 	verified  sync.Map
 	nverified atomic.Int64
 }
 
-const maxVerifiedCache = 100_000
+const maxVerifiedCache = 25_000
 
 func chainKey(peer []*x509.Certificate) string {
 	h := sha256.New()
