@@ -21,7 +21,7 @@ func TestCAPath(t *testing.T) {
 	if err := os.Mkdir(capath, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	testcerts.WriteFile(t, filepath.Join(capath, "9d66eef0.0"), e.ca.PEM()) // c_rehash name
+	testcerts.WriteFile(t, filepath.Join(capath, "9d66eef0.0"), e.ca.PEM())   // c_rehash name
 	testcerts.WriteFile(t, filepath.Join(capath, "second.crt"), ca2.Cert.Raw) // DER .crt
 	testcerts.WriteFile(t, filepath.Join(capath, "README"), []byte("not a cert"))
 	testcerts.WriteFile(t, filepath.Join(capath, "9d66eef0.r0"), []byte("a CRL slot, ignored"))
