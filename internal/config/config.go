@@ -257,6 +257,12 @@ type ProxyProtocol struct {
 	// header; connections from elsewhere are refused. Required when
 	// Enabled.
 	Trusted []string `json:"trusted,omitempty" yaml:"trusted"`
+	// UsernameFrom takes the MQTT username from the client certificate a
+	// TLS-terminating balancer reports in the PROXY v2 header (PP2_TYPE_SSL
+	// with a verified client certificate): "cn" or, when the balancer sends
+	// the certificate itself, any identity source. Default "none". Only
+	// used when the broker does not terminate TLS itself.
+	UsernameFrom string `json:"username_from,omitempty" yaml:"username_from"`
 }
 
 // Limits bound what one client may cost the broker.

@@ -129,6 +129,9 @@ func (c *Config) validate() []error {
 		if l.WebSocketPath != "" && (!l.Transport.WebSocket() || !strings.HasPrefix(l.WebSocketPath, "/")) {
 			bad("websocket_path %q needs transport ws or wss and must start with /", l.WebSocketPath)
 		}
+		if u := l.ProxyProtocol.UsernameFrom; u != "" && !slices.Contains(identitySources, u) {
+			bad("proxy_protocol.username_from %q: expected one of %s", u, strings.Join(identitySources, ", "))
+		}
 		if l.ProxyProtocol.Enabled && len(l.ProxyProtocol.Trusted) == 0 {
 			bad("proxy_protocol.enabled needs proxy_protocol.trusted (the load balancers' CIDR ranges)")
 		}
