@@ -50,7 +50,7 @@ func decodeConnect(d *decoder) (*Connect, error) {
 		// [MQTT-3.1.2-1] [MQTT-3.1.2-2]: a 3.x server answers with return
 		// code 0x01, a 5.0 server with reason code 0x84.
 		return c, &Error{Code: UnsupportedProtocolVersion, Type: CONNECT,
-			Reason: fmt.Sprintf("unsupported protocol name %q level %d [MQTT-3.1.2-1] [MQTT-3.1.2-2]", name, level),
+			Reason: fmt.Sprintf("unsupported protocol name %q level %d [MQTT-3.1.2-1] [MQTT-3.1.2-2]", clip(string(name)), level),
 			Err:    ErrUnsupportedVersion}
 	}
 	v := c.Version
@@ -137,7 +137,7 @@ func (c *Connect) version(v Version) Version {
 func (c *Connect) bodySize(v Version) (int, error) {
 	v = c.version(v)
 	if c.ProtocolName != "" && c.ProtocolName != protocolName(v) {
-		return 0, protocolErr(CONNECT, "protocol name %q does not match MQTT %s", c.ProtocolName, v)
+		return 0, protocolErr(CONNECT, "protocol name %q does not match MQTT %s", clip(c.ProtocolName), v)
 	}
 	n := 2 + len(protocolName(v)) + 1 + 1 + 2 // name, level, flags, keep alive
 	if v == V5 {
