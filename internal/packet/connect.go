@@ -243,7 +243,12 @@ func decodeConnack(d *decoder, v Version) (*Connack, error) {
 	if err != nil {
 		return nil, err
 	}
-	if flags&^1 != 0 {
+	switch {
+	case v == V31:
+		// MQTT 3.1 has no Session Present flag: the byte is reserved and
+		// unused, and is ignored.
+		flags = 0
+	case flags&^1 != 0:
 		// [MQTT-3.2.2-1] in 3.1.1; reserved bits in 5.0 §3.2.2.1.
 		return nil, malformed(CONNACK, "reserved acknowledge flags set [MQTT-3.2.2-1]")
 	}
@@ -278,6 +283,7 @@ func (c *Connack) v3code() ReasonCode {
 	return V3ConnackCode(c.ReasonCode)
 }
 
+// bodySize: MQTT 3.1 has no Session Present flag; it is dropped.
 func (c *Connack) bodySize(v Version) (int, error) {
 	code := c.ReasonCode
 	if v != V5 {
@@ -285,7 +291,7 @@ func (c *Connack) bodySize(v Version) (int, error) {
 	} else if err := checkReason(CONNACK, code); err != nil {
 		return 0, err
 	}
-	if c.SessionPresent && code != Success {
+	if c.SessionPresent && code != Success && v != V31 {
 		return 0, protocolErr(CONNACK, "session present with a non-zero return code [MQTT-3.2.2-6]")
 	}
 	if v != V5 {
@@ -300,7 +306,7 @@ func (c *Connack) bodySize(v Version) (int, error) {
 
 func (c *Connack) appendBody(b []byte, v Version) []byte {
 	var flags byte
-	if c.SessionPresent {
+	if c.SessionPresent && v != V31 {
 		flags = 1
 	}
 	if v != V5 {
