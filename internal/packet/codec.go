@@ -164,7 +164,8 @@ func ret[P Packet](p P, err error) (Packet, error) {
 // because the broker forwards messages from 5.0 publishers to 3.x
 // subscribers: Properties of every packet, reason codes of PUBACK, PUBREC,
 // PUBREL, PUBCOMP, UNSUBACK and DISCONNECT, and the No Local, Retain As
-// Published and Retain Handling subscription options. SUBACK codes of 0x80
+// Published and Retain Handling subscription options, and for 3.1 the
+// Session Present flag of CONNACK. SUBACK codes of 0x80
 // and above become 0x80, and CONNACK codes above 5 are mapped with
 // V3ConnackCode. AUTH cannot be encoded for 3.x.
 func Append(dst []byte, p Packet, v Version) ([]byte, error) {

@@ -199,6 +199,7 @@ func TestEncodeDowngrade(t *testing.T) {
 		{"CONNACK 5.0 code mapped", &packet.Connack{ReasonCode: packet.Banned}, packet.V311, packettest.Pkt(0x20, 0, 5)},
 		{"CONNACK unsupported version mapped", &packet.Connack{ReasonCode: packet.UnsupportedProtocolVersion},
 			packet.V31, packettest.Pkt(0x20, 0, 1)},
+		{"CONNACK 3.1 has no Session Present", &packet.Connack{SessionPresent: true}, packet.V31, packettest.Pkt(0x20, 0, 0)},
 		{"CONNACK 3.x code kept", &packet.Connack{ReasonCode: packet.V3IdentifierRejected}, packet.V311, packettest.Pkt(0x20, 0, 2)},
 		{"SUBSCRIBE 5.0 options dropped", &packet.Subscribe{PacketID: 1, Properties: props,
 			Subscriptions: []packet.Subscription{{Filter: "a", QoS: 1, NoLocal: true, RetainAsPublished: true, RetainHandling: 2}}},

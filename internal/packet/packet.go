@@ -44,9 +44,10 @@
 //
 // The decoder accepts the optional short forms of MQTT 5.0 (acknowledgements
 // without reason code or property length, DISCONNECT and AUTH with only a
-// reason code), properties in any order, and the DUP flag that MQTT 3.1
-// allowed on retransmitted PUBREL, SUBSCRIBE and UNSUBSCRIBE. The encoder
-// never writes them (see Append).
+// reason code), properties in any order, the DUP flag that MQTT 3.1
+// allowed on retransmitted PUBREL, SUBSCRIBE and UNSUBSCRIBE, and any value
+// of the unused first byte of an MQTT 3.1 CONNACK (3.1 has no Session
+// Present flag). The encoder never writes them (see Append).
 package packet
 
 // Type is the MQTT control packet type, the high nibble of the first byte.

@@ -312,7 +312,7 @@ func (d *decoder) prop(p *Properties, id PropID) error {
 		p.ContentType = s
 	case PropResponseTopic:
 		if ValidTopicName(s) != nil {
-			return protocolErr(d.t, "Response Topic %q is not a valid topic name [MQTT-3.3.2-14]", s)
+			return protocolErr(d.t, "Response Topic %q is not a valid topic name [MQTT-3.3.2-14]", clip(s))
 		}
 		p.ResponseTopic = s
 	case PropCorrelationData:
@@ -441,7 +441,7 @@ func (p *Properties) size(t Type, c propCtx) (int, error) {
 				return 0, err
 			}
 			if id == PropResponseTopic && ValidTopicName(s) != nil {
-				return 0, protocolErr(t, "Response Topic %q is not a valid topic name [MQTT-3.3.2-14]", s)
+				return 0, protocolErr(t, "Response Topic %q is not a valid topic name [MQTT-3.3.2-14]", clip(s))
 			}
 			n += 3 + len(s)
 		case kindBinary:

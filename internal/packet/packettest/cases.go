@@ -270,6 +270,7 @@ func buildCases() []Case {
 		valid("CONNACK 3.1.1 accepted", v311, Pkt(hConnack, 0, 0), &packet.Connack{}),
 		valid("CONNACK 3.1.1 session present", v311, Pkt(hConnack, 1, 0), &packet.Connack{SessionPresent: true}),
 		valid("CONNACK 3.1 not authorized", v31, Pkt(hConnack, 0, 5), &packet.Connack{ReasonCode: packet.V3NotAuthorized}),
+		nonCanon("CONNACK 3.1 unused first byte ignored", v31, Pkt(hConnack, 0xFF, 0), &packet.Connack{}),
 		valid("CONNACK 3.1.1 unacceptable protocol version", v311, Pkt(hConnack, 0, 1), &packet.Connack{ReasonCode: packet.V3UnacceptableProtocolVersion}),
 		valid("CONNACK 5.0 success without properties", v5, Pkt(hConnack, 0, 0, Props()), &packet.Connack{}),
 		valid("CONNACK 5.0 all properties", v5,
