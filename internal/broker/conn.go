@@ -86,6 +86,7 @@ func (s *Server) newConn(nc net.Conn, lst *listenerState) *conn {
 	c.log = s.log.With("listener", lst.name, "remote", nc.RemoteAddr().String())
 	c.client.Listener = lst.name
 	c.client.Remote = nc.RemoteAddr()
+	c.client.Conn = nc
 	return c
 }
 
