@@ -129,3 +129,89 @@ use_identity_as_username true
 		}
 	})
 }
+
+// TestSeedConfigRevocationWhileConnected adds Mosquitto's crlfile to the
+// seed's configuration, keeps the CRL with `openssl ca` as an operator
+// following the seeds would, and revokes a device while it is connected.
+func TestSeedConfigRevocationWhileConnected(t *testing.T) {
+	dir := t.TempDir()
+	opensslSeedPKI(t, dir)
+	writeFile(t, filepath.Join(dir, "ca.cnf"), `[ca]
+default_ca = CA_default
+[CA_default]
+dir = .
+database = index.txt
+new_certs_dir = .
+certificate = ca-cert.pem
+private_key = ca-key.pem
+default_md = sha256
+default_crl_days = 30
+crlnumber = crlnumber
+policy = policy_any
+[policy_any]
+commonName = supplied
+`)
+	writeFile(t, filepath.Join(dir, "index.txt"), "")
+	writeFile(t, filepath.Join(dir, "crlnumber"), "01\n")
+	openssl := func(args ...string) {
+		t.Helper()
+		cmd := exec.Command("openssl", args...)
+		cmd.Dir = dir
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("openssl %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	openssl("ca", "-config", "ca.cnf", "-gencrl", "-out", "crl.pem")
+
+	port := freePort(t)
+	writeFile(t, filepath.Join(dir, "mosquitto.conf"), fmt.Sprintf(`listener %d
+cafile %s
+certfile %s
+keyfile %s
+require_certificate true
+use_identity_as_username true
+crlfile %s
+`, port, filepath.Join(dir, "ca-cert.pem"), filepath.Join(dir, "broker-cert.pem"), filepath.Join(dir, "broker-key.pem"), filepath.Join(dir, "crl.pem")))
+	p := startMoat(t, dir, []int{port}, "-c", "mosquitto.conf")
+
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	prefix := filepath.Join(dir, "client")
+	// dialMQTT5 wants PREFIX.pem and PREFIX.key.
+	for _, f := range [][2]string{{"client-cert.pem", "client.pem"}, {"client-key.pem", "client.key"}} {
+		cmd := exec.Command("cp", f[0], f[1])
+		cmd.Dir = dir
+		if err := cmd.Run(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c, err := dialMQTT5(t, addr, filepath.Join(dir, "ca-cert.pem"), prefix, "sensor-001")
+	if err != nil {
+		t.Fatalf("device cannot connect: %v\n%s", err, p.logs.String())
+	}
+	defer c.Close()
+
+	start := time.Now()
+	openssl("ca", "-config", "ca.cnf", "-revoke", "client-cert.pem", "-crl_reason", "keyCompromise")
+	openssl("ca", "-config", "ca.cnf", "-gencrl", "-out", "crl.pem")
+
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 64)
+	var got []byte
+	for {
+		n, err := c.Read(buf)
+		got = append(got, buf[:n]...)
+		if err != nil {
+			break
+		}
+	}
+	if len(got) < 3 || got[0] != 0xE0 || got[2] != 0x87 {
+		t.Fatalf("revoked device got % x, want DISCONNECT 0x87\n%s", got, p.logs.String())
+	}
+	if el := time.Since(start); el > 5*time.Second {
+		t.Errorf("disconnected %v after the CRL changed", el)
+	}
+	if c2, err := dialMQTT5(t, addr, filepath.Join(dir, "ca-cert.pem"), prefix, "sensor-001"); err == nil {
+		c2.Close()
+		t.Fatal("revoked device reconnected")
+	}
+}
