@@ -366,6 +366,9 @@ func tlsListenerConfig(l *config.Listener, zc *zeroConfig, log *slog.Logger) (tl
 		cert, key = zc.serverCert, zc.serverKey
 	}
 	out.Certificates = []tlsconf.KeyPair{{CertFile: cert, KeyFile: key}}
+	for _, ck := range tc.SNICertificates {
+		out.Certificates = append(out.Certificates, tlsconf.KeyPair{CertFile: ck.Cert, KeyFile: ck.Key})
+	}
 	out.CAFile, out.CAPath = tc.ClientCA, tc.ClientCADir
 	if out.CAFile == "" && out.CAPath == "" && tc.ClientAuth != config.ClientAuthNone {
 		out.CAFile = zc.caFile
