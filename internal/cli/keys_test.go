@@ -22,28 +22,28 @@ import (
 	"github.com/moatmq/moat/e2e"
 )
 
-type syncBuffer struct {
+type keysSyncBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
+func (s *keysSyncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.Write(p)
 }
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+func (s *keysSyncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
-func runMoat(t *testing.T, args ...string) (string, string, int) {
+func keysRunMoat(t *testing.T, args ...string) (string, string, int) {
 	t.Helper()
 	var out, errb bytes.Buffer
 	code := Main(context.Background(), args, Stdio{In: strings.NewReader(""), Out: &out, Err: &errb})
 	return out.String(), errb.String(), code
 }
 
-// writeTestPKI writes a CA, a server certificate for 127.0.0.1 and client
+// keysWriteTestPKI writes a CA, a server certificate for 127.0.0.1 and client
 // certificates for the given common names into dir.
-func writeTestPKI(t *testing.T, dir string, clients ...string) {
+func keysWriteTestPKI(t *testing.T, dir string, clients ...string) {
 	t.Helper()
 	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "keys test CA"},
@@ -84,12 +84,12 @@ func writeTestPKI(t *testing.T, dir string, clients ...string) {
 
 func TestKeysCommands(t *testing.T) {
 	dir := t.TempDir()
-	writeTestPKI(t, dir, "sensor-1", "platform")
+	keysWriteTestPKI(t, dir, "sensor-1", "platform")
 	kek := filepath.Join(dir, "kek")
 	data := filepath.Join(dir, "keys")
 	store := []string{"--data", data, "--kek-file", kek}
 	keys := func(args ...string) (string, string, int) {
-		return runMoat(t, append(append([]string{"keys"}, args...), store...)...)
+		return keysRunMoat(t, append(append([]string{"keys"}, args...), store...)...)
 	}
 	mustOK := func(out, errs string, code int) string {
 		t.Helper()
@@ -98,7 +98,7 @@ func TestKeysCommands(t *testing.T) {
 		}
 		return out
 	}
-	mustOK(runMoat(t, "keys", "genkek", kek))
+	mustOK(keysRunMoat(t, "keys", "genkek", kek))
 	if fi, _ := os.Stat(kek); fi.Mode().Perm() != 0o600 {
 		t.Fatalf("KEK file mode %v", fi.Mode().Perm())
 	}
@@ -108,13 +108,13 @@ func TestKeysCommands(t *testing.T) {
 	if out := mustOK(keys("group", "list")); !strings.Contains(out, "factory/+/temp") {
 		t.Fatalf("list: %s", out)
 	}
-	if _, errs, code := runMoat(t, "keys", "status", "--data", data); code == 0 || !strings.Contains(errs, "--kek-file") {
+	if _, errs, code := keysRunMoat(t, "keys", "status", "--data", data); code == 0 || !strings.Contains(errs, "--kek-file") {
 		t.Fatalf("missing KEK not explained: %s", errs)
 	}
 
 	// Serve on a free port and fetch bundles for two members.
 	ctx, cancel := context.WithCancel(context.Background())
-	serveErr := &syncBuffer{}
+	serveErr := &keysSyncBuffer{}
 	done := make(chan int)
 	go func() {
 		args := append([]string{"keys", "serve", "--listen", "127.0.0.1:0", "--cert", filepath.Join(dir, "server.pem"),
@@ -140,7 +140,7 @@ func TestKeysCommands(t *testing.T) {
 		t.Helper()
 		mk := filepath.Join(dir, id+".member")
 		out := filepath.Join(dir, id+".bundle")
-		mustOK(runMoat(t, "keys", "fetch", "--server", url, "--cert", filepath.Join(dir, id+".pem"), "--key", filepath.Join(dir, id+".key"),
+		mustOK(keysRunMoat(t, "keys", "fetch", "--server", url, "--cert", filepath.Join(dir, id+".pem"), "--key", filepath.Join(dir, id+".key"),
 			"--ca", filepath.Join(dir, "ca.pem"), "--member-key", mk, "--kem", kem, "--out", out))
 		kb, _ := os.ReadFile(mk)
 		k, err := e2e.ParseMemberKeyPEM(kb)
