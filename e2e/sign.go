@@ -235,3 +235,45 @@ func (t *TrustStore) verifyMessage(sign1 []byte, topic string, ms int64, sender 
 	}
 	return bytes.Clone(payload), cert, nil
 }
+
+// SignPayload signs payload as a COSE_Sign1 with the signer's certificate
+// key, the current time (ms) in the protected header, and context as
+// external associated data, so a signature made for one purpose (say
+// "moat-ota/1 manifest") never verifies for another.
+func (s *Signer) SignPayload(context string, now time.Time, payload []byte) ([]byte, error) {
+	return signCOSE(s.key, s.alg, s.kid, now.UnixMilli(), true, contextAAD(context), payload, s.Rand)
+}
+
+// VerifyPayload verifies a COSE_Sign1 made by SignPayload with the same
+// context against the trusted certificates, and returns the payload, the
+// signer's certificate and the signing time. The certificate must have been
+// valid at the signing time. Errors wrap [ErrBadSignature].
+func (t *TrustStore) VerifyPayload(context string, sign1 []byte) ([]byte, *x509.Certificate, time.Time, error) {
+	protected, payload, sig, err := format.ParseSign1(sign1)
+	if err != nil {
+		return nil, nil, time.Time{}, wrapf(ErrBadSignature, "%v", err)
+	}
+	h, err := format.ParseSignHeader(protected)
+	if err != nil {
+		return nil, nil, time.Time{}, wrapf(ErrBadSignature, "%v", err)
+	}
+	cert := t.lookup(h.KID)
+	if cert == nil {
+		return nil, nil, time.Time{}, wrapf(ErrBadSignature, "signer key %x is not in the trust store", h.KID)
+	}
+	if !verifyCOSE(cert.PublicKey, h.Alg, protected, contextAAD(context), payload, sig) {
+		return nil, nil, time.Time{}, wrapf(ErrBadSignature, "signature by %q does not verify", CertIdentity(cert))
+	}
+	if !h.HasTime {
+		return nil, nil, time.Time{}, wrapf(ErrBadSignature, "signature has no timestamp")
+	}
+	at := time.UnixMilli(h.TimeMillis)
+	if at.Before(cert.NotBefore) || at.After(cert.NotAfter) {
+		return nil, nil, time.Time{}, wrapf(ErrBadSignature, "signer certificate of %q was not valid at %s", CertIdentity(cert), at.UTC().Format(time.RFC3339))
+	}
+	return bytes.Clone(payload), cert, at, nil
+}
+
+func contextAAD(context string) []byte {
+	return format.AppendText(format.AppendArray(nil, 1), context)
+}
