@@ -52,13 +52,15 @@ def decrypt_payload(ciphertext, key):
 // The driver reads the key and messages from stdin (never argv: secrets
 // stay off command lines), encrypts pt and decrypts ct.
 const pyDriver = `
-req = json.load(sys.stdin)
-key = bytes.fromhex(req["key"])
-out = {"sealed": encrypt_payload(bytes.fromhex(req["pt"]), key).hex()}
-try:
-    out["opened"] = decrypt_payload(bytes.fromhex(req["ct"]), key).hex()
-except Exception as e:
-    out["error"] = type(e).__name__
+out = []
+for req in json.load(sys.stdin):
+    key = bytes.fromhex(req["key"])
+    r = {"sealed": encrypt_payload(bytes.fromhex(req["pt"]), key).hex()}
+    try:
+        r["opened"] = decrypt_payload(bytes.fromhex(req["ct"]), key).hex()
+    except Exception as e:
+        r["error"] = type(e).__name__
+    out.append(r)
 json.dump(out, sys.stdout)
 `
 
@@ -82,48 +84,61 @@ func TestRawInteropPython(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			type pyCase struct {
+				Key, Pt, Ct string
+				wantErr     bool
+				pt          []byte
+			}
+			var cases []pyCase
 			for _, pt := range [][]byte{[]byte(`{"temp": 21.5}`), {}, bytes.Repeat([]byte{0}, 1000)} {
 				goSealed, _ := rk.Seal("ignored", pt)
 				tampered := bytes.Clone(goSealed)
 				tampered[len(tampered)-1] ^= 1
 				for _, tc := range []struct {
-					name    string
 					ct      []byte
 					wantErr bool
-				}{{"go-to-python", goSealed, false}, {"tampered", tampered, true}} {
-					req, _ := json.Marshal(map[string]string{"key": hex.EncodeToString(key), "pt": hex.EncodeToString(pt), "ct": hex.EncodeToString(tc.ct)})
-					cmd := exec.Command(py, "-c", impl.code+pyDriver)
-					cmd.Stdin = bytes.NewReader(req)
-					var stderr strings.Builder
-					cmd.Stderr = &stderr
-					out, err := cmd.Output()
-					if err != nil {
-						t.Fatalf("python: %v\n%s", err, stderr.String())
+				}{{goSealed, false}, {tampered, true}} {
+					cases = append(cases, pyCase{Key: hex.EncodeToString(key), Pt: hex.EncodeToString(pt), Ct: hex.EncodeToString(tc.ct), wantErr: tc.wantErr, pt: pt})
+				}
+			}
+			var reqs []map[string]string
+			for _, c := range cases {
+				reqs = append(reqs, map[string]string{"key": c.Key, "pt": c.Pt, "ct": c.Ct})
+			}
+			req, _ := json.Marshal(reqs)
+			cmd := exec.Command(py, "-c", impl.code+pyDriver)
+			cmd.Stdin = bytes.NewReader(req)
+			var stderr strings.Builder
+			cmd.Stderr = &stderr
+			out, err := cmd.Output()
+			if err != nil {
+				t.Fatalf("python: %v\n%s", err, stderr.String())
+			}
+			var resps []struct{ Sealed, Opened, Error string }
+			if err := json.Unmarshal(out, &resps); err != nil || len(resps) != len(cases) {
+				t.Fatalf("python output %q: %v", out, err)
+			}
+			for i, resp := range resps {
+				tc := cases[i]
+				if tc.wantErr {
+					if resp.Error == "" {
+						t.Fatalf("case %d: python accepted a tampered message", i)
 					}
-					var resp struct{ Sealed, Opened, Error string }
-					if err := json.Unmarshal(out, &resp); err != nil {
-						t.Fatalf("python output %q: %v", out, err)
-					}
-					if tc.wantErr {
-						if resp.Error == "" {
-							t.Fatalf("%s: python accepted a tampered message", tc.name)
-						}
-					} else if got, _ := hex.DecodeString(resp.Opened); resp.Error != "" || !bytes.Equal(got, pt) {
-						t.Fatalf("%s: python opened %q (error %q)", tc.name, got, resp.Error)
-					}
-					// Python → Go.
-					sealed, _ := hex.DecodeString(resp.Sealed)
-					if len(sealed) != len(pt)+RawOverhead {
-						t.Fatalf("python message is %d bytes, want %d", len(sealed), len(pt)+RawOverhead)
-					}
-					m, err := rk.Open("t", sealed)
-					if err != nil || !bytes.Equal(m.Plaintext, pt) {
-						t.Fatalf("Go could not open python's message: %v", err)
-					}
-					sealed[13] ^= 0x80
-					if _, err := rk.Open("t", sealed); !errors.Is(err, ErrTampered) {
-						t.Fatalf("tampered python message: %v", err)
-					}
+				} else if got, _ := hex.DecodeString(resp.Opened); resp.Error != "" || !bytes.Equal(got, tc.pt) {
+					t.Fatalf("case %d: python opened %q (error %q)", i, got, resp.Error)
+				}
+				// Python → Go.
+				sealed, _ := hex.DecodeString(resp.Sealed)
+				if len(sealed) != len(tc.pt)+RawOverhead {
+					t.Fatalf("python message is %d bytes, want %d", len(sealed), len(tc.pt)+RawOverhead)
+				}
+				m, err := rk.Open("t", sealed)
+				if err != nil || !bytes.Equal(m.Plaintext, tc.pt) {
+					t.Fatalf("Go could not open python's message: %v", err)
+				}
+				sealed[13] ^= 0x80
+				if _, err := rk.Open("t", sealed); !errors.Is(err, ErrTampered) {
+					t.Fatalf("tampered python message: %v", err)
 				}
 			}
 		})
