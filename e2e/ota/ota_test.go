@@ -200,3 +200,16 @@ func TestCompareVersions(t *testing.T) {
 		}
 	}
 }
+
+// FuzzManifest checks the manifest decoder: no panic, bounded allocation,
+// and canonical (an accepted manifest re-encodes to the same bytes).
+func FuzzManifest(f *testing.F) {
+	m := &Manifest{Name: "fw", Version: "1.2.3", Size: 5, ChunkSize: 4, ChunkHashes: make([][32]byte, 2)}
+	f.Add(m.marshal())
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := parseManifest(b, DefaultMaxSize)
+		if err == nil && !bytes.Equal(m.marshal(), b) {
+			t.Fatalf("manifest not canonical: %x", b)
+		}
+	})
+}

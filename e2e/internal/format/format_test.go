@@ -66,7 +66,7 @@ func TestParseRejects(t *testing.T) {
 		ok[1:],                     // untagged
 		append(bytes.Clone(ok), 0), // trailing
 		AppendTag(nil, TagSign1),   // wrong tag
-		append(AppendTag(AppendArray(AppendTag(nil, 16), 3), 0)), // garbage
+		AppendTag(AppendArray(AppendTag(nil, 16), 3), 0), // garbage
 	}
 	for i, b := range bad {
 		if _, _, err := ParseEncrypt0(b); err == nil {
