@@ -123,6 +123,7 @@ type SenderKey struct {
 	iv            [nonceSize]byte
 	aead          cipher.AEAD
 	notAfter      time.Time
+	stream        string // group NUL sender: the sequence and replay stream
 }
 
 // NewSenderKey returns a sender key from its KeySize+12 bytes of key
@@ -152,7 +153,7 @@ func newSenderKey(group, filter string, epoch uint64, sender string, material []
 	if err != nil {
 		return nil, fmt.Errorf("e2e: %w", err)
 	}
-	sk := &SenderKey{group: group, filter: filter, epoch: epoch, sender: sender, aead: aead, notAfter: notAfter}
+	sk := &SenderKey{group: group, filter: filter, epoch: epoch, sender: sender, aead: aead, notAfter: notAfter, stream: group + "\x00" + sender}
 	copy(sk.material[:], material)
 	copy(sk.iv[:], material[KeySize:])
 	return sk, nil
@@ -221,8 +222,11 @@ type Keyring struct {
 	epochs  map[groupEpoch]*EpochKey
 	senders map[senderID]*SenderKey // explicit sender keys (writers)
 	derived map[senderID]*SenderKey // cache of keys derived from epochs
-	serial  uint64                  // highest bundle serial applied
+	sends   map[topicSender]*SenderKey
+	serial  uint64 // highest bundle serial applied
 }
+
+type topicSender struct{ topic, sender string }
 
 type groupEpoch struct {
 	group string
@@ -245,7 +249,7 @@ func (r *Keyring) AddEpochKey(k *EpochKey) {
 		r.epochs = make(map[groupEpoch]*EpochKey)
 	}
 	r.epochs[groupEpoch{k.group, k.epoch}] = k
-	r.derived = nil
+	r.derived, r.sends = nil, nil
 }
 
 // AddSenderKey adds or replaces a sender key.
@@ -256,6 +260,7 @@ func (r *Keyring) AddSenderKey(k *SenderKey) {
 		r.senders = make(map[senderID]*SenderKey)
 	}
 	r.senders[senderID{k.group, k.epoch, k.sender}] = k
+	r.sends = nil
 }
 
 // EpochKeys returns the epoch keys held, sorted by group and epoch.
@@ -311,48 +316,60 @@ func cmpUint(a, b uint64) int {
 // wildcards, then longest) wins. It returns an error wrapping [ErrNoKey]
 // when no held key covers topic.
 func (r *Keyring) SendKey(topic, sender string) (*SenderKey, error) {
-	type cand struct {
-		group, filter string
-		epoch         uint64
-		sk            *SenderKey
-		ek            *EpochKey
+	r.mu.RLock()
+	if k, ok := r.sends[topicSender{topic, sender}]; ok {
+		r.mu.RUnlock()
+		return k, nil
 	}
-	var best *cand
-	better := func(c *cand) bool {
-		if best == nil {
+	var bestSK *SenderKey
+	var bestEK *EpochKey
+	var bestFilter, bestGroup string
+	var bestEpoch uint64
+	found := false
+	better := func(group, filter string, epoch uint64) bool {
+		if !found {
 			return true
 		}
-		if s := moreSpecific(c.filter, best.filter); s != 0 {
-			return s > 0
+		if c := moreSpecific(filter, bestFilter); c != 0 {
+			return c > 0
 		}
-		if c.group != best.group {
-			return c.group < best.group
+		if group != bestGroup {
+			return group < bestGroup
 		}
-		return c.epoch > best.epoch
+		return epoch > bestEpoch
 	}
-	r.mu.RLock()
 	for _, k := range r.senders {
-		if k.sender == sender && k.notAfter.IsZero() && MatchTopic(k.filter, topic) {
-			if c := (&cand{k.group, k.filter, k.epoch, k, nil}); better(c) {
-				best = c
-			}
+		if k.sender == sender && k.notAfter.IsZero() && MatchTopic(k.filter, topic) && better(k.group, k.filter, k.epoch) {
+			bestSK, bestEK, found = k, nil, true
+			bestFilter, bestGroup, bestEpoch = k.filter, k.group, k.epoch
 		}
 	}
 	for _, k := range r.epochs {
-		if k.notAfter.IsZero() && k.IsWriter(sender) && MatchTopic(k.filter, topic) {
-			if c := (&cand{k.group, k.filter, k.epoch, nil, k}); better(c) {
-				best = c
-			}
+		if k.notAfter.IsZero() && k.IsWriter(sender) && MatchTopic(k.filter, topic) && better(k.group, k.filter, k.epoch) {
+			bestSK, bestEK, found = nil, k, true
+			bestFilter, bestGroup, bestEpoch = k.filter, k.group, k.epoch
 		}
 	}
 	r.mu.RUnlock()
+	var key *SenderKey
 	switch {
-	case best == nil:
+	case !found:
 		return nil, wrapf(ErrNoKey, "no current key of a group covering topic %q for sender %q", topic, sender)
-	case best.sk != nil:
-		return best.sk, nil
+	case bestSK != nil:
+		key = bestSK
+	default:
+		var err error
+		if key, err = r.derive(bestEK, sender); err != nil {
+			return nil, err
+		}
 	}
-	return r.derive(best.ek, sender)
+	r.mu.Lock()
+	if r.sends == nil || len(r.sends) >= maxDerivedCache {
+		r.sends = make(map[topicSender]*SenderKey)
+	}
+	r.sends[topicSender{topic, sender}] = key
+	r.mu.Unlock()
+	return key, nil
 }
 
 // moreSpecific compares two filters: >0 if a is more specific than b.
@@ -424,7 +441,7 @@ func (r *Keyring) Prune(now time.Time) {
 			delete(r.senders, id)
 		}
 	}
-	r.derived = nil
+	r.derived, r.sends = nil, nil
 }
 
 // ValidTopic checks that topic is a valid MQTT topic name to publish on:

@@ -451,6 +451,7 @@ func (r *Keyring) ApplyBundle(b *Bundle) error {
 		r.epochs[groupEpoch{k.group, k.epoch}] = k
 	}
 	r.senders = make(map[senderID]*SenderKey, len(b.SenderKeys))
+	r.sends = nil
 	for _, k := range b.SenderKeys {
 		r.senders[senderID{k.group, k.epoch, k.sender}] = k
 	}

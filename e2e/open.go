@@ -156,11 +156,11 @@ func (o *GroupOpener) open(topic string, msg []byte, maxAge time.Duration, repla
 	if !MatchTopic(key.filter, topic) {
 		return nil, wrapf(ErrWrongTopic, "group %q (filter %q) does not cover topic %q", h.Group, key.filter, topic)
 	}
-	var abuf [512]byte
-	aad := appendEncAAD(abuf[:0], protected, topic, h.Group, h.Epoch, sender)
-	var nonce [nonceSize]byte
-	key.nonce(&nonce, h.Seq)
-	pt, err := key.aead.Open(nil, nonce[:], ct, aad)
+	sc := scratchPool.Get().(*scratch)
+	aad := appendEncAAD(sc.aad[:0], protected, topic, h.Group, h.Epoch, sender)
+	key.nonce(&sc.nonce, h.Seq)
+	pt, err := key.aead.Open(nil, sc.nonce[:], ct, aad)
+	scratchPool.Put(sc)
 	if err != nil {
 		return nil, wrapf(ErrTampered, "group %q epoch %d sender %q seq %d", h.Group, h.Epoch, sender, h.Seq)
 	}
@@ -185,7 +185,7 @@ func (o *GroupOpener) open(topic string, msg []byte, maxAge time.Duration, repla
 		return nil, wrapf(ErrUnsigned, "sender %q on %q", sender, topic)
 	}
 	if replay {
-		if err := o.checkReplay(h.Group+"\x00"+sender, h.Seq); err != nil {
+		if err := o.checkReplay(key.stream, h.Seq); err != nil {
 			return nil, err
 		}
 	}

@@ -122,7 +122,7 @@ func (s *GroupSealer) Seal(topic string, plaintext []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	seq, err := s.nextSeq(key.group + "\x00" + s.cfg.Sender)
+	seq, err := s.nextSeq(key.stream)
 	if err != nil {
 		return nil, err
 	}
@@ -152,8 +152,9 @@ func sealWith(key *SenderKey, topic string, seq uint64, ms int64, contentType ui
 	}
 	var hbuf [160]byte
 	protected := format.AppendHeader(hbuf[:0], &h)
-	var abuf [512]byte
-	aad := appendEncAAD(abuf[:0], protected, topic, key.group, key.epoch, key.sender)
+	sc := scratchPool.Get().(*scratch)
+	defer scratchPool.Put(sc)
+	aad := appendEncAAD(sc.aad[:0], protected, topic, key.group, key.epoch, key.sender)
 
 	ctLen := len(plaintext) + tagSize
 	out := make([]byte, 0, 16+len(protected)+ctLen)
@@ -162,10 +163,18 @@ func sealWith(key *SenderKey, topic string, seq uint64, ms int64, contentType ui
 	out = format.AppendBytes(out, protected)
 	out = format.AppendMap(out, 0)
 	out = format.AppendBytesHead(out, ctLen)
-	var nonce [nonceSize]byte
-	key.nonce(&nonce, seq)
-	return key.aead.Seal(out, nonce[:], plaintext, aad)
+	key.nonce(&sc.nonce, seq)
+	return key.aead.Seal(out, sc.nonce[:], plaintext, aad)
 }
+
+// scratch holds per-call buffers that would otherwise escape to the heap
+// through the cipher.AEAD interface.
+type scratch struct {
+	aad   [512]byte
+	nonce [nonceSize]byte
+}
+
+var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
 
 // appendEncAAD appends the Enc_structure with Moat's external AAD:
 // ["moat-e2e/1", topic, group, epoch, sender].
