@@ -215,11 +215,12 @@ func Open(cfg Config) (*Service, error) {
 		return nil, fmt.Errorf("keyservice: opening %s: %w", cfg.Path, err)
 	}
 	s := &Service{cfg: cfg, db: db, kek: cfg.KEK, log: cfg.Logger}
-	if err := s.init(); err != nil {
+	err = s.init()
+	s.cfg.Passphrase = nil // not retained
+	if err != nil {
 		db.Close()
 		return nil, err
 	}
-	cfg.Passphrase = nil
 	return s, nil
 }
 
