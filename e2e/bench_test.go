@@ -27,6 +27,7 @@ func BenchmarkSeal256(b *testing.B) {
 	pt := make([]byte, 256)
 	b.SetBytes(256)
 	b.ReportAllocs()
+	defer reportCPU(b)()
 	for b.Loop() {
 		if _, err := s.Seal("factory/line1/temp", pt); err != nil {
 			b.Fatal(err)
@@ -43,6 +44,7 @@ func BenchmarkOpen256(b *testing.B) {
 	}
 	b.SetBytes(256)
 	b.ReportAllocs()
+	defer reportCPU(b)()
 	i := 0
 	for b.Loop() {
 		if i == len(msgs) {
@@ -64,6 +66,7 @@ func BenchmarkRawSeal256(b *testing.B) {
 	pt := make([]byte, 256)
 	b.SetBytes(256)
 	b.ReportAllocs()
+	defer reportCPU(b)()
 	for b.Loop() {
 		k.Seal("", pt)
 	}
@@ -86,6 +89,7 @@ func BenchmarkBundle(b *testing.B) {
 		}
 		b.Run("seal/"+kem.String(), func(b *testing.B) {
 			b.ReportAllocs()
+			defer reportCPU(b)()
 			for b.Loop() {
 				if _, err := SealBundle(bundle, mk.Public(), svc); err != nil {
 					b.Fatal(err)
@@ -95,6 +99,7 @@ func BenchmarkBundle(b *testing.B) {
 		sealed, _ := SealBundle(bundle, mk.Public(), svc)
 		b.Run("open/"+kem.String(), func(b *testing.B) {
 			b.ReportAllocs()
+			defer reportCPU(b)()
 			for b.Loop() {
 				if _, err := OpenBundle(sealed, mk, "m", svc.Public().(ed25519.PublicKey)); err != nil {
 					b.Fatal(err)

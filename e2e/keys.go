@@ -406,6 +406,20 @@ func (r *Keyring) OpenKey(group string, epoch uint64, sender string) (*SenderKey
 	return nil, wrapf(ErrUnknownEpoch, "no key for group %q epoch %d", group, epoch)
 }
 
+// openKeyBytes is OpenKey without allocating when the key is cached.
+func (r *Keyring) openKeyBytes(group []byte, epoch uint64, sender []byte) (*SenderKey, error) {
+	r.mu.RLock()
+	k, ok := r.derived[senderID{string(group), epoch, string(sender)}]
+	if !ok {
+		k, ok = r.senders[senderID{string(group), epoch, string(sender)}]
+	}
+	r.mu.RUnlock()
+	if ok {
+		return k, nil
+	}
+	return r.OpenKey(string(group), epoch, string(sender))
+}
+
 func (r *Keyring) derive(ek *EpochKey, sender string) (*SenderKey, error) {
 	id := senderID{ek.group, ek.epoch, sender}
 	r.mu.RLock()
@@ -477,29 +491,45 @@ func ValidFilter(filter string) error {
 // MQTT, a filter starting with a wildcard does not match topics starting
 // with '$'.
 func MatchTopic(filter, topic string) bool {
-	if strings.HasPrefix(topic, "$") && (strings.HasPrefix(filter, "+") || strings.HasPrefix(filter, "#")) {
+	if len(topic) > 0 && topic[0] == '$' && len(filter) > 0 && (filter[0] == '+' || filter[0] == '#') {
 		return false
 	}
+	f, t := 0, 0
 	for {
-		fl, frest, fmore := strings.Cut(filter, "/")
-		tl, trest, tmore := strings.Cut(topic, "/")
-		switch fl {
-		case "#":
+		// Start of a level in both.
+		if f < len(filter) && filter[f] == '#' {
 			return true
-		case "+":
-		default:
-			if fl != tl {
+		}
+		if f < len(filter) && filter[f] == '+' {
+			f++
+			for t < len(topic) && topic[t] != '/' {
+				t++
+			}
+		} else {
+			for f < len(filter) && filter[f] != '/' {
+				if t >= len(topic) || topic[t] != filter[f] {
+					return false
+				}
+				f++
+				t++
+			}
+			if t < len(topic) && topic[t] != '/' {
 				return false
 			}
 		}
-		if !fmore {
-			return !tmore
-		}
-		if !tmore {
+		// Both at the end of a level.
+		fEnd, tEnd := f >= len(filter), t >= len(topic)
+		switch {
+		case fEnd && tEnd:
+			return true
+		case fEnd:
+			return false
+		case tEnd:
 			// "a/#" matches "a".
-			return frest == "#"
+			return filter[f+1:] == "#"
 		}
-		filter, topic = frest, trest
+		f++
+		t++
 	}
 }
 

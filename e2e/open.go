@@ -144,25 +144,30 @@ func (o *GroupOpener) open(topic string, msg []byte, maxAge time.Duration, repla
 	if subtle.ConstantTimeCompare(tc[:format.TopicCheckLen], h.TopicCheck) != 1 {
 		return nil, wrapf(ErrWrongTopic, "message was sealed for another topic than %q", topic)
 	}
-	sender := string(h.Sender)
-	key, err := o.cfg.Keys.OpenKey(h.Group, h.Epoch, sender)
+	var key *SenderKey
+	if ring, ok := o.cfg.Keys.(*Keyring); ok {
+		key, err = ring.openKeyBytes(h.Group, h.Epoch, h.Sender)
+	} else {
+		key, err = o.cfg.Keys.OpenKey(string(h.Group), h.Epoch, string(h.Sender))
+	}
 	if err != nil {
 		return nil, err
 	}
+	group, sender := key.group, key.sender
 	now := o.cfg.Now()
 	if !key.notAfter.IsZero() && now.After(key.notAfter) {
-		return nil, wrapf(ErrUnknownEpoch, "group %q epoch %d was retired at %s", h.Group, h.Epoch, key.notAfter.UTC().Format(time.RFC3339))
+		return nil, wrapf(ErrUnknownEpoch, "group %q epoch %d was retired at %s", group, h.Epoch, key.notAfter.UTC().Format(time.RFC3339))
 	}
 	if !MatchTopic(key.filter, topic) {
-		return nil, wrapf(ErrWrongTopic, "group %q (filter %q) does not cover topic %q", h.Group, key.filter, topic)
+		return nil, wrapf(ErrWrongTopic, "group %q (filter %q) does not cover topic %q", group, key.filter, topic)
 	}
 	sc := scratchPool.Get().(*scratch)
-	aad := appendEncAAD(sc.aad[:0], protected, topic, h.Group, h.Epoch, sender)
+	aad := appendEncAAD(sc.aad[:0], protected, topic, group, h.Epoch, sender)
 	key.nonce(&sc.nonce, h.Seq)
 	pt, err := key.aead.Open(nil, sc.nonce[:], ct, aad)
 	scratchPool.Put(sc)
 	if err != nil {
-		return nil, wrapf(ErrTampered, "group %q epoch %d sender %q seq %d", h.Group, h.Epoch, sender, h.Seq)
+		return nil, wrapf(ErrTampered, "group %q epoch %d sender %q seq %d", group, h.Epoch, sender, h.Seq)
 	}
 	ts := time.UnixMilli(h.TimeMillis)
 	if maxAge >= 0 && now.Sub(ts) > maxAge {
@@ -171,7 +176,7 @@ func (o *GroupOpener) open(topic string, msg []byte, maxAge time.Duration, repla
 	if ts.Sub(now) > o.cfg.MaxSkew {
 		return nil, wrapf(ErrFromFuture, "sent %s, %s ahead of the local clock", ts.UTC().Format(time.RFC3339Nano), ts.Sub(now).Round(time.Millisecond))
 	}
-	m := &Message{Topic: topic, Plaintext: pt, Group: h.Group, Epoch: h.Epoch, Sender: sender, Seq: h.Seq, Time: ts}
+	m := &Message{Topic: topic, Plaintext: pt, Group: group, Epoch: h.Epoch, Sender: sender, Seq: h.Seq, Time: ts}
 	if h.ContentType == format.ContentTypeSign1 {
 		if o.cfg.Trust == nil {
 			return nil, wrapf(ErrBadSignature, "message is signed but no trust store is configured")

@@ -145,7 +145,7 @@ func sealWith(key *SenderKey, topic string, seq uint64, ms int64, contentType ui
 		ContentType: contentType,
 		Sender:      []byte(key.sender),
 		Seq:         seq,
-		Group:       key.group,
+		Group:       []byte(key.group),
 		Epoch:       key.epoch,
 		TimeMillis:  ms,
 		TopicCheck:  tc[:format.TopicCheckLen],

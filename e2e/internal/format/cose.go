@@ -43,12 +43,13 @@ const (
 	MaxKID        = 64
 )
 
-// Header is the protected header of a Moat COSE_Encrypt0 message.
+// Header is the protected header of a Moat COSE_Encrypt0 message. Byte
+// slices returned by ParseHeader alias the input.
 type Header struct {
 	ContentType uint64 // 0 when absent
 	Sender      []byte // kid (4)
 	Seq         uint64 // Partial IV (6), big-endian, shortest form
-	Group       string // kid context (10), UTF-8
+	Group       []byte // kid context (10), UTF-8
 	Epoch       uint64
 	TimeMillis  int64 // Unix milliseconds
 	TopicCheck  []byte
@@ -85,7 +86,7 @@ func AppendHeader(b []byte, h *Header) []byte {
 	var piv [8]byte
 	b = AppendBytes(b, AppendPartialIV(piv[:0], h.Seq))
 	b = AppendInt(b, LabelKIDContext)
-	b = AppendBytes(b, []byte(h.Group))
+	b = AppendBytes(b, h.Group)
 	b = AppendInt(b, LabelEpoch)
 	b = AppendUint(b, h.Epoch)
 	b = AppendInt(b, LabelTime)
@@ -159,7 +160,7 @@ func ParseHeader(b []byte) (Header, error) {
 			if len(g) == 0 || !validUTF8(g) {
 				return h, errorf("group name is empty or not UTF-8")
 			}
-			h.Group = string(g)
+			h.Group = g
 			seen |= 8
 		case LabelEpoch:
 			if h.Epoch, err = d.Uint(); err != nil {

@@ -8,7 +8,7 @@ import (
 )
 
 func TestHeaderRoundTrip(t *testing.T) {
-	h := Header{ContentType: ContentTypeSign1, Sender: []byte("sensor-1"), Seq: 0x1234, Group: "temps", Epoch: 7, TimeMillis: 1700000000000, TopicCheck: bytes.Repeat([]byte{9}, 8)}
+	h := Header{ContentType: ContentTypeSign1, Sender: []byte("sensor-1"), Seq: 0x1234, Group: []byte("temps"), Epoch: 7, TimeMillis: 1700000000000, TopicCheck: bytes.Repeat([]byte{9}, 8)}
 	for _, seq := range []uint64{0, 1, 255, 256, 1<<64 - 1} {
 		h.Seq = seq
 		b := AppendHeader(nil, &h)
@@ -16,7 +16,7 @@ func TestHeaderRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got.Seq != seq || string(got.Sender) != "sensor-1" || got.Group != "temps" || got.Epoch != 7 || got.ContentType != ContentTypeSign1 {
+		if got.Seq != seq || string(got.Sender) != "sensor-1" || string(got.Group) != "temps" || got.Epoch != 7 || got.ContentType != ContentTypeSign1 {
 			t.Fatalf("got %+v", got)
 		}
 		if !bytes.Equal(AppendHeader(nil, &got), b) {
@@ -89,7 +89,7 @@ func TestParseRejects(t *testing.T) {
 // FuzzFormat checks that the decoders never panic and are canonical: any
 // input they accept re-encodes to exactly the same bytes.
 func FuzzFormat(f *testing.F) {
-	h := Header{Sender: []byte("s"), Seq: 3, Group: "g", Epoch: 1, TimeMillis: 5, TopicCheck: make([]byte, 8)}
+	h := Header{Sender: []byte("s"), Seq: 3, Group: []byte("g"), Epoch: 1, TimeMillis: 5, TopicCheck: make([]byte, 8)}
 	hb := AppendHeader(nil, &h)
 	f.Add(hb)
 	f.Add(AppendEncrypt0(nil, hb, make([]byte, 20)))
