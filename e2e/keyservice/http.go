@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/moatmq/moat/e2e"
@@ -204,4 +205,21 @@ func (c *Client) ServiceKey(ctx context.Context) (ed25519.PublicKey, error) {
 		return nil, errors.New("keyservice: bad service-key response")
 	}
 	return ed25519.PublicKey(r.Ed25519), nil
+}
+
+// BundleTopic returns the MQTT topic a member's bundle is published on,
+// $moat/keys/<member>, with '%', '/', '+', '#' and NUL in the member ID
+// percent-encoded so that the ID is exactly one topic level.
+func BundleTopic(member string) string {
+	var b strings.Builder
+	b.WriteString("$moat/keys/")
+	for i := 0; i < len(member); i++ {
+		switch c := member[i]; c {
+		case '%', '/', '+', '#', 0:
+			fmt.Fprintf(&b, "%%%02X", c)
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
 }

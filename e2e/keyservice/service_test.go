@@ -373,3 +373,15 @@ func containsBytes(hay, needle []byte) bool {
 	}
 	return false
 }
+
+func TestBundleTopic(t *testing.T) {
+	for in, want := range map[string]string{
+		"sensor-1":             "$moat/keys/sensor-1",
+		"spiffe://plant/dev/7": "$moat/keys/spiffe:%2F%2Fplant%2Fdev%2F7",
+		"a+b#c%":               "$moat/keys/a%2Bb%23c%25",
+	} {
+		if got := BundleTopic(in); got != want {
+			t.Errorf("BundleTopic(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
