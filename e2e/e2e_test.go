@@ -357,3 +357,23 @@ func TestSecretsRedacted(t *testing.T) {
 		}
 	}
 }
+
+// Two stores on one file (two processes) never hand out the same block.
+func TestFileSequenceStoreShared(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "seq.json")
+	a, _ := OpenFileSequenceStore(path)
+	b, _ := OpenFileSequenceStore(path)
+	seen := map[uint64]bool{}
+	for i := 0; i < 10; i++ {
+		for _, s := range []*FileSequenceStore{a, b} {
+			start, err := s.Reserve("g\x00s", 100)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if seen[start] {
+				t.Fatalf("block %d handed out twice", start)
+			}
+			seen[start] = true
+		}
+	}
+}

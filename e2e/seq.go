@@ -34,8 +34,9 @@ var ErrSequenceExhausted = errors.New("e2e: sequence numbers exhausted")
 
 // FileSequenceStore keeps reservations in one small JSON file, rewritten
 // atomically (temporary file, fsync, rename, fsync of the directory) on
-// every reservation. It is safe for concurrent use within one process; two
-// processes must not share a file.
+// every reservation. It is safe for concurrent use; on Unix several
+// processes may share a file (each reservation holds an exclusive flock on
+// PATH.lock and re-reads the file), elsewhere only one process may use it.
 type FileSequenceStore struct {
 	path string
 	mu   sync.Mutex
@@ -64,6 +65,17 @@ func OpenFileSequenceStore(path string) (*FileSequenceStore, error) {
 func (s *FileSequenceStore) Reserve(stream string, n uint64) (uint64, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	unlock, err := lockFile(s.path + ".lock")
+	if err != nil {
+		return 0, fmt.Errorf("e2e: locking sequence store: %w", err)
+	}
+	defer unlock()
+	// Another process may have reserved since: take the larger value.
+	if disk, err := OpenFileSequenceStore(s.path); err != nil {
+		return 0, err
+	} else if d := disk.next[stream]; d > s.next[stream] {
+		s.next[stream] = d
+	}
 	start := s.next[stream]
 	if n == 0 || start > math.MaxUint64-n {
 		return 0, ErrSequenceExhausted

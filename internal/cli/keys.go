@@ -117,12 +117,16 @@ commands open it directly, so stop "moat keys serve" before running them.`,
 		var filter string
 		var rotateEvery time.Duration
 		create := &cobra.Command{
-			Use:   "create NAME --filter FILTER",
+			Use:   "create NAME [--filter FILTER]",
 			Short: "Create a key group covering an MQTT topic filter (epoch 1)",
-			Args:  cobra.ExactArgs(1),
+			Long: `create makes a key group with epoch 1. The group covers the topics that
+match --filter; without --filter the name itself is the filter, so
+"moat keys group create 'factory/+/temp'" names a group by its filter.`,
+			Args: cobra.ExactArgs(1),
 			RunE: withStore(func(s *keyservice.Service, args []string) error {
+				filter := filter
 				if filter == "" {
-					return errors.New("keys: --filter is required (e.g. --filter 'factory/+/temp')")
+					filter = args[0]
 				}
 				if err := s.CreateGroup(args[0], filter, rotateEvery); err != nil {
 					return err
@@ -131,7 +135,7 @@ commands open it directly, so stop "moat keys serve" before running them.`,
 				return nil
 			}),
 		}
-		create.Flags().StringVar(&filter, "filter", "", "MQTT topic filter the group covers")
+		create.Flags().StringVar(&filter, "filter", "", "MQTT topic filter the group covers (default: the group name)")
 		create.Flags().DurationVar(&rotateEvery, "rotate-every", 0, "rotate the epoch on this schedule (0: only on demand)")
 		list := &cobra.Command{
 			Use:   "list",
@@ -488,4 +492,44 @@ func keysWriteFile(path string, data []byte, mode os.FileMode) error {
 		return fmt.Errorf("keys: writing %s: %w", path, err)
 	}
 	return nil
+}
+
+// keysLoadKeyring builds a member's keyring from the files `moat keys
+// fetch` writes: the member key, the bundle and the pinned service key.
+// member is the member ID (the identity of its certificate). pub --encrypt
+// and sub --decrypt use it.
+func keysLoadKeyring(memberKeyFile, bundleFile, pinFile, member string) (*e2e.Keyring, error) {
+	kb, err := os.ReadFile(memberKeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("keys: reading member key: %w", err)
+	}
+	mk, err := e2e.ParseMemberKeyPEM(kb)
+	clear(kb)
+	if err != nil {
+		return nil, err
+	}
+	if pinFile == "" {
+		pinFile = bundleFile + ".service-key"
+	}
+	pb, err := os.ReadFile(pinFile)
+	if err != nil {
+		return nil, fmt.Errorf("keys: reading pinned service key (run `moat keys fetch` first): %w", err)
+	}
+	blk, _ := pem.Decode(pb)
+	if blk == nil || len(blk.Bytes) != ed25519.PublicKeySize {
+		return nil, fmt.Errorf("keys: %s is not a pinned service key", pinFile)
+	}
+	raw, err := os.ReadFile(bundleFile)
+	if err != nil {
+		return nil, fmt.Errorf("keys: reading bundle: %w", err)
+	}
+	b, err := e2e.OpenBundle(raw, mk, member, ed25519.PublicKey(blk.Bytes))
+	if err != nil {
+		return nil, err
+	}
+	ring := &e2e.Keyring{}
+	if err := ring.ApplyBundle(b); err != nil {
+		return nil, err
+	}
+	return ring, nil
 }

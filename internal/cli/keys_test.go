@@ -103,9 +103,10 @@ func TestKeysCommands(t *testing.T) {
 		t.Fatalf("KEK file mode %v", fi.Mode().Perm())
 	}
 	mustOK(keys("group", "create", "temps", "--filter", "factory/+/temp", "--rotate-every", "24h"))
+	mustOK(keys("group", "create", "office/+/co2"))
 	mustOK(keys("member", "add", "temps", "sensor-1", "--role", "writer"))
 	mustOK(keys("member", "add", "temps", "platform", "--role", "reader"))
-	if out := mustOK(keys("group", "list")); !strings.Contains(out, "factory/+/temp") {
+	if out := mustOK(keys("group", "list")); !strings.Contains(out, "factory/+/temp") || !strings.Contains(out, "office/+/co2") {
 		t.Fatalf("list: %s", out)
 	}
 	if _, errs, code := keysRunMoat(t, "keys", "status", "--data", data); code == 0 || !strings.Contains(errs, "--kek-file") {
@@ -171,6 +172,12 @@ func TestKeysCommands(t *testing.T) {
 		return r
 	}
 	sring, pring := open(sk, "sensor-1", sb), open(pk, "platform", pb)
+	if r, err := keysLoadKeyring(filepath.Join(dir, "platform.member"), filepath.Join(dir, "platform.bundle"), "", "platform"); err != nil || len(r.EpochKeys()) != 1 {
+		t.Fatalf("keysLoadKeyring: %v", err)
+	}
+	if _, err := keysLoadKeyring(filepath.Join(dir, "platform.member"), filepath.Join(dir, "platform.bundle"), "", "sensor-1"); err == nil {
+		t.Fatal("bundle accepted for another member")
+	}
 	sealer, _ := e2e.NewGroupSealer(e2e.SealerConfig{Sender: "sensor-1", Keys: sring, Sequence: &e2e.MemorySequenceStore{}})
 	opener, _ := e2e.NewGroupOpener(e2e.OpenerConfig{Keys: pring})
 	msg, err := sealer.Seal("factory/l1/temp", []byte("21.5"))
