@@ -774,3 +774,79 @@ func (s *Service) groupInfo(tx *bolt.Tx, name string) (*GroupInfo, error) {
 	}
 	return gi, nil
 }
+
+// RewrapKEK re-encrypts every stored key (epoch keys, the service signing
+// key and the KEK check value) under newKEK in one transaction, for a
+// scheduled KEK rotation or a move to a KMS/HSM. The service keeps running
+// with newKEK; restart it with the new key afterwards. A passphrase store
+// stays a passphrase store only if newKEK was derived the same way; the
+// caller decides, and the KDF parameters are dropped when newKEK is not a
+// passphrase KEK, so a later start needs the new key.
+func (s *Service) RewrapKEK(newKEK KEKBackend) error {
+	if newKEK == nil {
+		return errors.New("keyservice: RewrapKEK needs a KEK")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		eb := tx.Bucket(bktEpochs)
+		type rec struct {
+			k []byte
+			e epochRec
+		}
+		var recs []rec
+		if err := eb.ForEach(func(k, v []byte) error {
+			var e epochRec
+			if err := json.Unmarshal(v, &e); err != nil {
+				return err
+			}
+			recs = append(recs, rec{bytes.Clone(k), e})
+			return nil
+		}); err != nil {
+			return err
+		}
+		for _, r := range recs {
+			sep := bytes.IndexByte(r.k, 0)
+			if sep < 0 || len(r.k) != sep+9 {
+				return fmt.Errorf("keyservice: corrupt epoch key %q", r.k)
+			}
+			aad := epochAAD(string(r.k[:sep]), binary.BigEndian.Uint64(r.k[sep+1:]))
+			secret, err := s.kek.Unwrap(r.e.Wrapped, aad)
+			if err != nil {
+				return err
+			}
+			r.e.Wrapped, err = newKEK.Wrap(secret, aad)
+			clear(secret)
+			if err != nil {
+				return fmt.Errorf("keyservice: wrapping with the new KEK: %w", err)
+			}
+			if err := putJSON(eb, r.k, &r.e); err != nil {
+				return err
+			}
+			n++
+		}
+		meta := tx.Bucket(bktMeta)
+		ws, err := newKEK.Wrap(s.signer.Seed(), []byte("moat-keyservice/1 service-key"))
+		if err != nil {
+			return fmt.Errorf("keyservice: wrapping with the new KEK: %w", err)
+		}
+		wc, err := newKEK.Wrap([]byte(kekCheckAAD), []byte(kekCheckAAD))
+		if err != nil {
+			return fmt.Errorf("keyservice: wrapping with the new KEK: %w", err)
+		}
+		if err := meta.Put([]byte("service-key"), ws); err != nil {
+			return err
+		}
+		if err := meta.Put([]byte("kek-check"), wc); err != nil {
+			return err
+		}
+		return meta.Delete([]byte("kdf"))
+	})
+	if err != nil {
+		return err
+	}
+	s.kek = newKEK
+	s.log.Info("keyservice: KEK rotated", "epoch_keys", n)
+	return nil
+}

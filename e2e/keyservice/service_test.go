@@ -385,3 +385,37 @@ func TestBundleTopic(t *testing.T) {
 		}
 	}
 }
+
+func TestRewrapKEK(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "k.db")
+	clk := &clock{now: t0}
+	oldKEK, newKEK := mustKEK(t), mustKEK(t)
+	s := openTest(t, path, clk, oldKEK)
+	s.CreateGroup("g", "a/#", 0)
+	s.Rotate("g")
+	s.AddMember("g", "r", Reader)
+	mk, _ := e2e.GenerateMemberKey(e2e.KEMX25519)
+	s.Register("r", mk.Public())
+	raw, _ := s.Bundle("r")
+	before, _ := e2e.OpenBundle(raw, mk, "r", s.PublicKey())
+	if err := s.RewrapKEK(newKEK); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if _, err := Open(Config{Path: path, KEK: oldKEK, Logger: quietLogger()}); !errors.Is(err, ErrWrongKEK) {
+		t.Fatalf("old KEK still opens the store: %v", err)
+	}
+	s = openTest(t, path, clk, newKEK)
+	defer s.Close()
+	raw, err := s.Bundle("r")
+	if err != nil {
+		t.Fatal(err)
+	}
+	after, err := e2e.OpenBundle(raw, mk, "r", s.PublicKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(after.EpochKeys) != 2 || string(after.EpochKeys[1].Secret()) != string(before.EpochKeys[1].Secret()) {
+		t.Fatal("epoch keys changed across a KEK rotation")
+	}
+}

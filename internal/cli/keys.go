@@ -255,7 +255,33 @@ match --filter; without --filter the name itself is the filter, so
 			}),
 		}
 
-		root.AddCommand(genkek, group, member, topRemove, rotate, status, newKeysServe(stdio, &sf, logger), newKeysFetch(stdio))
+		var newKEKFile string
+		rekek := &cobra.Command{
+			Use:   "rekek --new-kek-file FILE",
+			Short: "Re-encrypt every stored key under a new key-encryption key",
+			Long: `rekek unwraps every epoch key and the service signing key with the
+current KEK (--kek-file or passphrase) and wraps them under the KEK in
+--new-kek-file, in one transaction. Use the new file from then on and keep
+the old one until you have checked the service starts with the new one.`,
+			Args: cobra.NoArgs,
+			RunE: withStore(func(s *keyservice.Service, args []string) error {
+				if newKEKFile == "" {
+					return errors.New("keys rekek: --new-kek-file is required (create one with `moat keys genkek FILE`)")
+				}
+				nk, err := keyservice.LoadKEKFile(newKEKFile)
+				if err != nil {
+					return err
+				}
+				if err := s.RewrapKEK(nk); err != nil {
+					return err
+				}
+				fmt.Fprintf(stdio.Out, "all keys re-encrypted under %s; use --kek-file %s from now on\n", newKEKFile, newKEKFile)
+				return nil
+			}),
+		}
+		rekek.Flags().StringVar(&newKEKFile, "new-kek-file", "", "file holding the new KEK")
+
+		root.AddCommand(rekek, genkek, group, member, topRemove, rotate, status, newKeysServe(stdio, &sf, logger), newKeysFetch(stdio))
 		return root
 	})
 }

@@ -194,6 +194,10 @@ func TestKeysCommands(t *testing.T) {
 	if out := mustOK(keys("remove", "temps", "platform")); !strings.Contains(out, "new epoch 3") {
 		t.Fatalf("remove: %s", out)
 	}
+	kek2 := filepath.Join(dir, "kek2")
+	mustOK(keysRunMoat(t, "keys", "genkek", kek2))
+	mustOK(keys("rekek", "--new-kek-file", kek2))
+	store = []string{"--data", data, "--kek-file", kek2}
 	out := mustOK(keys("status", "temps"))
 	for _, want := range []string{"current epoch 3", "epoch 1", "readable until", "sensor-1", "registered mlkem768x25519"} {
 		if !strings.Contains(out, want) {
