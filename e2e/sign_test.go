@@ -19,7 +19,7 @@ func selfSigned(t testing.TB, cn string, key crypto.Signer) *x509.Certificate {
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(1),
 		Subject:      pkix.Name{CommonName: cn},
-		NotBefore:    t0.Add(-time.Hour),
+		NotBefore:    t0.Add(-2 * 365 * 24 * time.Hour),
 		NotAfter:     t0.Add(365 * 24 * time.Hour),
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)

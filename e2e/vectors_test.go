@@ -2,7 +2,9 @@ package e2e
 
 import (
 	"bytes"
+	"crypto/ed25519"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -51,10 +53,30 @@ type rawVector struct {
 	Message     string `json:"message"`
 }
 
+// signedVector is a signed-then-encrypted message (Ed25519 is
+// deterministic, so the vector is fixed).
+type signedVector struct {
+	Description  string `json:"description"`
+	Ed25519Seed  string `json:"ed25519_seed"`
+	PublicKey    string `json:"ed25519_public_key"`
+	KID          string `json:"kid"`
+	Topic        string `json:"topic"`
+	TimeMillis   int64  `json:"time_ms"`
+	Payload      string `json:"payload"`
+	SigStructure string `json:"sig_structure"`
+	Sign1        string `json:"sign1"`
+	// The Sign1 sealed as the plaintext of group vector 0's key, with
+	// content type 18 and sequence number Seq.
+	Seq       uint64 `json:"seq"`
+	EncStruct string `json:"enc_structure"`
+	Message   string `json:"message"`
+}
+
 type vectorFile struct {
-	Comment string        `json:"comment"`
-	Group   []groupVector `json:"group"`
-	Raw     []rawVector   `json:"raw"`
+	Comment string         `json:"comment"`
+	Group   []groupVector  `json:"group"`
+	Signed  []signedVector `json:"signed"`
+	Raw     []rawVector    `json:"raw"`
 }
 
 func seqBytes(n int, start byte) []byte {
@@ -119,6 +141,36 @@ func buildVectors(t *testing.T) vectorFile {
 		v.Message = hex.EncodeToString(msg)
 		vf.Group = append(vf.Group, v)
 	}
+	{
+		g := vf.Group[0]
+		seed := seqBytes(32, 0x50)
+		priv := ed25519.NewKeyFromSeed(seed)
+		pub := priv.Public().(ed25519.PublicKey)
+		spki, _ := x509.MarshalPKIXPublicKey(pub)
+		sum := sha256.Sum256(spki)
+		signer := &Signer{key: priv, alg: format.AlgEdDSA, kid: sum[:16]}
+		payload := []byte(`{"temp":21.5,"signed":true}`)
+		sign1, err := signer.signMessage(g.Topic, g.TimeMillis, payload)
+		if err != nil {
+			t.Fatal(err)
+		}
+		protected, _, _, _ := format.ParseSign1(sign1)
+		secret, _ := hex.DecodeString(g.EpochSecret)
+		ek, _ := NewEpochKey(g.Group, g.Filter, g.Epoch, secret, nil, time.Time{})
+		sk, _ := ek.SenderKey(g.Sender)
+		msg := sealWith(sk, g.Topic, g.Seq+1, g.TimeMillis, format.ContentTypeSign1, sign1)
+		vf.Signed = append(vf.Signed, signedVector{
+			Description: "Ed25519 COSE_Sign1 inside the group format (content type 18)",
+			Ed25519Seed: hex.EncodeToString(seed), PublicKey: hex.EncodeToString(pub), KID: hex.EncodeToString(sum[:16]),
+			Topic: g.Topic, TimeMillis: g.TimeMillis, Payload: hex.EncodeToString(payload),
+			SigStructure: hex.EncodeToString(format.AppendSigStructure(nil, protected, sigAAD(g.Topic), payload)),
+			Sign1:        hex.EncodeToString(sign1), Seq: g.Seq + 1, Message: hex.EncodeToString(msg),
+			EncStruct: hex.EncodeToString(func() []byte {
+				p, _, _ := format.ParseEncrypt0(msg)
+				return appendEncAAD(nil, p, g.Topic, g.Group, g.Epoch, g.Sender)
+			}()),
+		})
+	}
 	key := seqBytes(32, 0x20)
 	nonce := seqBytes(12, 0xa0)
 	rk, _ := NewRawKey(key)
@@ -175,6 +227,25 @@ func TestVectors(t *testing.T) {
 			}
 		})
 	}
+	for _, v := range want.Signed {
+		g := want.Group[0]
+		seed, _ := hex.DecodeString(v.Ed25519Seed)
+		priv := ed25519.NewKeyFromSeed(seed)
+		cert := selfSigned(t, g.Sender, priv)
+		trust, _ := NewTrustStore(cert)
+		secret, _ := hex.DecodeString(g.EpochSecret)
+		ring := &Keyring{}
+		ek, _ := NewEpochKey(g.Group, g.Filter, g.Epoch, secret, nil, time.Time{})
+		ring.AddEpochKey(ek)
+		at := time.UnixMilli(v.TimeMillis)
+		o, _ := NewGroupOpener(OpenerConfig{Keys: ring, Now: func() time.Time { return at }, Trust: trust, RequireSignature: true})
+		msg, _ := hex.DecodeString(v.Message)
+		payload, _ := hex.DecodeString(v.Payload)
+		m, err := o.Open(v.Topic, msg)
+		if err != nil || !bytes.Equal(m.Plaintext, payload) || m.Signer == nil {
+			t.Fatalf("signed vector: %v", err)
+		}
+	}
 	for _, v := range want.Raw {
 		key, _ := hex.DecodeString(v.Key)
 		msg, _ := hex.DecodeString(v.Message)
@@ -205,6 +276,18 @@ for v in vf["group"]:
     ct = AESGCM(okm[:32]).encrypt(nonce, h(v["plaintext"]), h(v["enc_structure"]))
     assert h(v["message"]).endswith(ct), "ciphertext"
     assert h(v["protected"]) in h(v["message"]), "protected header"
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+g = vf["group"][0]
+for v in vf["signed"]:
+    priv = Ed25519PrivateKey.from_private_bytes(h(v["ed25519_seed"]))
+    pub = priv.public_key()
+    sig = h(v["sign1"])[-64:]
+    Ed25519PublicKey.from_public_bytes(h(v["ed25519_public_key"])).verify(sig, h(v["sig_structure"]))
+    assert priv.sign(h(v["sig_structure"])) == sig, "deterministic signature"
+    okm = HKDF(algorithm=hashes.SHA256(), length=44, salt=None, info=h(g["hkdf_info"])).derive(h(g["epoch_secret"]))
+    nonce = bytes(a ^ b for a, b in zip(okm[32:], (v["seq"]).to_bytes(12, "big")))
+    ct = AESGCM(okm[:32]).encrypt(nonce, h(v["sign1"]), h(v["enc_structure"]))
+    assert h(v["message"]).endswith(ct), "signed message ciphertext"
 for v in vf["raw"]:
     m = h(v["message"])
     assert AESGCM(h(v["key"])).decrypt(m[:12], m[12:], None) == h(v["plaintext"])
