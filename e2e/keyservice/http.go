@@ -223,3 +223,34 @@ func BundleTopic(member string) string {
 	}
 	return b.String()
 }
+
+// Publisher publishes one message; an MQTT client adapts to it. Bundles
+// are published retained, so a member that connects later still receives
+// its latest bundle.
+type Publisher interface {
+	Publish(ctx context.Context, topic string, payload []byte, retain bool) error
+}
+
+// PublishBundles seals a fresh bundle for each member and publishes it on
+// BundleTopic(member), retained. Members without a registered key or no
+// longer in any group are skipped (a removed member's old retained bundle
+// only holds keys it already had). It returns the errors of all members
+// joined. Typical use: Config.OnChange hands the member list to a
+// goroutine that calls PublishBundles.
+func (s *Service) PublishBundles(ctx context.Context, p Publisher, members []string) error {
+	var errs []error
+	for _, m := range members {
+		b, err := s.Bundle(m)
+		if errors.Is(err, ErrNoPublicKey) || errors.Is(err, ErrNotMember) {
+			continue
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("keyservice: bundle for %q: %w", m, err))
+			continue
+		}
+		if err := p.Publish(ctx, BundleTopic(m), b, true); err != nil {
+			errs = append(errs, fmt.Errorf("keyservice: publishing bundle for %q: %w", m, err))
+		}
+	}
+	return errors.Join(errs...)
+}

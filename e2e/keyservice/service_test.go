@@ -419,3 +419,55 @@ func TestRewrapKEK(t *testing.T) {
 		t.Fatal("epoch keys changed across a KEK rotation")
 	}
 }
+
+type recordingPublisher struct {
+	mu   sync.Mutex
+	msgs map[string][]byte
+}
+
+func (p *recordingPublisher) Publish(ctx context.Context, topic string, payload []byte, retain bool) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !retain {
+		return errors.New("bundles must be retained")
+	}
+	p.msgs[topic] = payload
+	return nil
+}
+
+// The bytes published for MQTT delivery are the same signed, sealed
+// bundles as over HTTPS: a member opens them with its key.
+func TestPublishBundles(t *testing.T) {
+	clk := &clock{now: t0}
+	s := openTest(t, filepath.Join(t.TempDir(), "k.db"), clk, mustKEK(t))
+	defer s.Close()
+	pub := &recordingPublisher{msgs: map[string][]byte{}}
+	var pending [][]string
+	s.cfg.OnChange = func(m []string) { pending = append(pending, m) }
+	s.CreateGroup("g", "a/#", 0)
+	s.AddMember("g", "r1", Reader)
+	s.AddMember("g", "w1", Writer)
+	mk, _ := e2e.GenerateMemberKey(e2e.KEMMLKEM768X25519)
+	if err := s.Register("r1", mk.Public()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Rotate("g"); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range pending {
+		if err := s.PublishBundles(context.Background(), pub, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, ok := pub.msgs[BundleTopic("w1")]; ok {
+		t.Fatal("bundle published for a member without a key")
+	}
+	raw := pub.msgs[BundleTopic("r1")]
+	b, err := e2e.OpenBundle(raw, mk, "r1", s.PublicKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b.EpochKeys) != 2 {
+		t.Fatalf("%d epoch keys", len(b.EpochKeys))
+	}
+}
