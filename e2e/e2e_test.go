@@ -377,3 +377,61 @@ func TestFileSequenceStoreShared(t *testing.T) {
 		}
 	}
 }
+
+// Sealers, openers and the keyring are used from many goroutines at once.
+func TestConcurrentUse(t *testing.T) {
+	f := newFixture(t)
+	const workers, per = 4, 200
+	msgs := make(chan []byte, workers*per)
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < per; i++ {
+				m, err := f.sealer.Seal("factory/a/temp", []byte("x"))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				msgs <- m
+			}
+		}()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		// Key changes while sealing: the same epoch re-added resets caches.
+		for i := 0; i < 20; i++ {
+			f.ring.AddEpochKey(mustEpoch(t, "temps", "factory/+/temp", 1, testSecret(1), []string{"sensor-1", "sensor-2"}, time.Time{}))
+		}
+	}()
+	wg.Wait()
+	close(msgs)
+	var owg sync.WaitGroup
+	var mu sync.Mutex
+	seen := map[uint64]bool{}
+	for w := 0; w < workers; w++ {
+		owg.Add(1)
+		go func() {
+			defer owg.Done()
+			for m := range msgs {
+				got, err := f.opener.OpenRetained("factory/a/temp", m)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				if seen[got.Seq] {
+					t.Errorf("sequence %d used twice", got.Seq)
+				}
+				seen[got.Seq] = true
+				mu.Unlock()
+			}
+		}()
+	}
+	owg.Wait()
+	if len(seen) != workers*per {
+		t.Fatalf("%d distinct sequence numbers, want %d", len(seen), workers*per)
+	}
+}
