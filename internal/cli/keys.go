@@ -36,8 +36,8 @@ type keyStoreFlags struct {
 
 func (f *keyStoreFlags) register(cmd *cobra.Command) {
 	cmd.PersistentFlags().StringVar(&f.data, "data", "moat-data/keys", "key service directory (holds keys.db)")
-	cmd.PersistentFlags().StringVar(&f.kekFile, "kek-file", "", "file holding the 32-byte key-encryption key (binary or hex, mode 0600); see `moat keys genkek`")
-	cmd.PersistentFlags().StringVar(&f.passphraseFile, "passphrase-file", "", "file holding the passphrase the KEK is derived from (argon2id); or set "+envKeysPassphrase)
+	cmd.PersistentFlags().StringVar(&f.kekFile, "kek-file", "", "`FILE` holding the 32-byte key-encryption key (binary or hex, mode 0600; create one with: moat keys genkek FILE)")
+	cmd.PersistentFlags().StringVar(&f.passphraseFile, "passphrase-file", "", "`FILE` holding the passphrase the KEK is derived from (argon2id); or set "+envKeysPassphrase)
 	cmd.PersistentFlags().DurationVar(&f.grace, "grace", keyservice.DefaultGrace, "how long a superseded epoch stays readable")
 }
 
