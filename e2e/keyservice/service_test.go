@@ -17,6 +17,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -469,5 +470,27 @@ func TestPublishBundles(t *testing.T) {
 	}
 	if len(b.EpochKeys) != 2 {
 		t.Fatalf("%d epoch keys", len(b.EpochKeys))
+	}
+}
+
+func TestRegisterRejectsBadBodies(t *testing.T) {
+	p := newPKI(t)
+	s := openTest(t, filepath.Join(t.TempDir(), "k.db"), &clock{now: t0}, mustKEK(t))
+	defer s.Close()
+	s.CreateGroup("g", "a/#", 0)
+	s.AddMember("g", "dev", Reader)
+	url := startServer(t, s, p)
+	cl := p.client(t, url, "dev")
+	for name, body := range map[string]string{
+		"unknown field": `{"kem":"x25519","public_key":"AAAA","extra":1}`,
+		"bad key":       `{"kem":"x25519","public_key":"AAAA"}`,
+		"unknown KEM":   `{"kem":"rsa","public_key":"AAAA"}`,
+		"oversized":     `{"kem":"x25519","public_key":"` + strings.Repeat("A", 20000) + `"}`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			if _, err := cl.do(context.Background(), http.MethodPost, PathRegister, []byte(body)); err == nil {
+				t.Fatal("accepted")
+			}
+		})
 	}
 }
