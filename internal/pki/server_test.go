@@ -466,3 +466,19 @@ func FuzzParseCSR(f *testing.F) {
 		}
 	})
 }
+
+func TestParseCertsOnlyFromOpenSSL(t *testing.T) {
+	t.Parallel()
+	openssl := needTool(t, "openssl")
+	ca := newCA(t, InitOptions{})
+	iss, _ := ca.IssueServer("", []string{"localhost"}, 0)
+	dir := t.TempDir()
+	iss.WriteFiles(filepath.Join(dir, "s"))
+	p7 := filepath.Join(dir, "s.p7")
+	run(t, true, openssl, "crl2pkcs7", "-nocrl", "-certfile", filepath.Join(dir, "s.pem"), "-outform", "DER", "-out", p7)
+	der, _ := os.ReadFile(p7)
+	certs, err := ParseCertsOnly(der)
+	if err != nil || len(certs) != 2 || !certs[0].Equal(iss.Certificate) {
+		t.Fatalf("ParseCertsOnly(openssl) = %d certs, %v", len(certs), err)
+	}
+}
