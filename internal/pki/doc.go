@@ -19,6 +19,7 @@
 //	                  certificates, CRLs and the OCSP signer unattended)
 //	ocsp.pem/.key     delegated OCSP signing certificate and key (mode 0600)
 //	ca.json           settings chosen at Init (profiles, lifetimes, URLs)
+//	est.pem/.key      TLS certificate of the EST listener (issued on first use)
 //	ca.db             bbolt inventory: certificates, revocations, tokens, CRL
 //	crl.pem           the current CRL, rewritten on every regeneration
 //

@@ -482,3 +482,20 @@ func TestParseCertsOnlyFromOpenSSL(t *testing.T) {
 		t.Fatalf("ParseCertsOnly(openssl) = %d certs, %v", len(certs), err)
 	}
 }
+
+func TestESTCertificateReused(t *testing.T) {
+	t.Parallel()
+	ca := newCA(t, InitOptions{})
+	a, err := ca.estCertificate([]string{"localhost", "127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := ca.estCertificate([]string{"localhost", "127.0.0.1"})
+	if !a.Leaf.Equal(b.Leaf) {
+		t.Error("EST certificate re-issued although the stored one is fresh")
+	}
+	c, _ := ca.estCertificate([]string{"ca.example.com"})
+	if c.Leaf.Equal(a.Leaf) || c.Leaf.DNSNames[0] != "ca.example.com" {
+		t.Error("EST certificate not re-issued for new names")
+	}
+}
