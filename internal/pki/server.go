@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -100,7 +101,15 @@ func (s *Server) HTTPHandler() http.Handler {
 		w.Write(p)
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
-	return mux
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// Base64 OCSP GET requests may contain "//", which ServeMux would
+		// "clean" with a redirect; dispatch them before the mux.
+		if strings.HasPrefix(r.URL.Path, "/ocsp/") {
+			oh.ServeHTTP(w, r)
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
 }
 
 // ESTHandler is the CA's EST handler with this server's metrics.

@@ -137,6 +137,23 @@ func TestOCSPGetAndCache(t *testing.T) {
 	if r4 := get(); r4.Status != ocsp.Revoked || r4.RevocationReason != ocsp.Superseded {
 		t.Errorf("after revoke: status %d reason %d", r4.Status, r4.RevocationReason)
 	}
+	// Unescaped base64 is served, and "//" in it reaches the responder
+	// instead of being redirected by path cleaning.
+	noRedirect := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	raw := base64.StdEncoding.EncodeToString(req)
+	for _, tc := range []struct {
+		path string
+		want int
+	}{{"/ocsp/" + raw, http.StatusOK}, {"/ocsp/" + strings.ReplaceAll(raw, "A", "//"), http.StatusBadRequest}} {
+		resp, err := noRedirect.Get(httpURL + tc.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.want {
+			t.Errorf("GET %s: status %d, want %d", tc.path, resp.StatusCode, tc.want)
+		}
+	}
 
 	// Unknown serial, foreign issuer and garbage.
 	other := newCA(t, InitOptions{})
