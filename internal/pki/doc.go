@@ -33,4 +33,8 @@
 // so several processes (for example "moat ca serve" and "moat ca revoke")
 // can share one directory; a writer waits up to Config.LockTimeout for the
 // lock and then fails with ErrDatabaseBusy.
+//
+// Lock order inside a CA: ocspmu (OCSP signer and response cache) before
+// dbmu (this process's database opens) before bbolt's file lock. Database
+// transactions never take ocspmu.
 package pki
