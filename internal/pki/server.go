@@ -293,5 +293,6 @@ func (ca *CA) estCertificate(names []string) (*tls.Certificate, error) {
 	if err := iss.WriteFiles(prefix); err != nil {
 		return nil, err
 	}
-	return &tls.Certificate{Certificate: [][]byte{iss.Certificate.Raw, ca.inter.Raw}, PrivateKey: iss.Key, Leaf: iss.Certificate}, nil
+	tc, err := iss.TLSCertificate()
+	return &tc, err
 }
