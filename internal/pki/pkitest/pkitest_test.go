@@ -1,6 +1,11 @@
 package pkitest
 
 import (
+	"bytes"
+	"net/http"
+
+	"golang.org/x/crypto/ocsp"
+
 	"crypto/tls"
 	"crypto/x509"
 	"io"
@@ -70,6 +75,46 @@ func TestFilesAndCRLWithOpenSSL(t *testing.T) {
 	}
 	crl, err := x509.ParseRevocationList(ca.CRL(t, leaf.Cert))
 	if err != nil || len(crl.RevokedCertificateEntries) != 1 || crl.CheckSignatureFrom(ca.Intermediate) != nil {
+		t.Fatalf("CRL: %v", err)
+	}
+}
+
+func TestServeRevocation(t *testing.T) {
+	ca := New(t, Options{})
+	ocspURL, crlURL := ca.ServeRevocation(t)
+	leaf := ca.Client(t, Options{}, "dev")
+	if leaf.Cert.OCSPServer[0] != ocspURL || leaf.Cert.CRLDistributionPoints[0] != crlURL {
+		t.Fatal("leaf lacks the responder URLs")
+	}
+	status := func() int {
+		req, _ := ocsp.CreateRequest(leaf.Cert, ca.Intermediate, nil)
+		resp, err := http.Post(ocspURL, "application/ocsp-request", bytes.NewReader(req))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		r, err := ocsp.ParseResponseForCert(b, leaf.Cert, ca.Intermediate)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.Status
+	}
+	if status() != ocsp.Good {
+		t.Fatal("not good before revocation")
+	}
+	ca.Revoke(leaf.Cert)
+	if status() != ocsp.Revoked {
+		t.Fatal("not revoked after Revoke")
+	}
+	resp, err := http.Get(crlURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	crl, err := x509.ParseRevocationList(b)
+	if err != nil || len(crl.RevokedCertificateEntries) != 1 || crl.RevokedCertificateEntries[0].SerialNumber.Cmp(leaf.Cert.SerialNumber) != 0 {
 		t.Fatalf("CRL: %v", err)
 	}
 }
