@@ -36,7 +36,7 @@ const (
 	defaultLockTimeout   = 5 * time.Second
 	defaultOrganization  = "Moat"
 	defaultRootCN        = "Moat Root CA"
-	defaultIntermediaCN  = "Moat Issuing CA"
+	defaultIntermediateCN  = "Moat Issuing CA"
 	generatedPassEntropy = 32
 )
 
@@ -215,7 +215,7 @@ func Init(dir string, opts InitOptions) (*CA, error) {
 		interNotAfter = root.NotAfter
 	}
 	interTmpl := &x509.Certificate{
-		Subject:                     pkix.Name{Organization: []string{org}, CommonName: orDefault(opts.IntermediateCommonName, defaultIntermediaCN)},
+		Subject:                     pkix.Name{Organization: []string{org}, CommonName: orDefault(opts.IntermediateCommonName, defaultIntermediateCN)},
 		NotBefore:                   now.Add(-time.Hour),
 		NotAfter:                    interNotAfter,
 		KeyUsage:                    x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
