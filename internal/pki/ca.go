@@ -23,21 +23,21 @@ import (
 
 // File names inside a CA directory.
 const (
-	FileRoot             = "ca.pem"
-	FileRootKey          = "root.key"
-	FileRootPass         = "root.pass"
-	FileIntermediate     = "intermediate.pem"
-	FileIntermediateKey  = "intermediate.key"
-	FileOCSPSigner       = "ocsp.pem"
-	FileOCSPSignerKey    = "ocsp.key"
-	FileSettings         = "ca.json"
-	FileDatabase         = "ca.db"
-	FileCRL              = "crl.pem"
-	defaultLockTimeout   = 5 * time.Second
-	defaultOrganization  = "Moat"
-	defaultRootCN        = "Moat Root CA"
-	defaultIntermediateCN  = "Moat Issuing CA"
-	generatedPassEntropy = 32
+	FileRoot              = "ca.pem"
+	FileRootKey           = "root.key"
+	FileRootPass          = "root.pass"
+	FileIntermediate      = "intermediate.pem"
+	FileIntermediateKey   = "intermediate.key"
+	FileOCSPSigner        = "ocsp.pem"
+	FileOCSPSignerKey     = "ocsp.key"
+	FileSettings          = "ca.json"
+	FileDatabase          = "ca.db"
+	FileCRL               = "crl.pem"
+	defaultLockTimeout    = 5 * time.Second
+	defaultOrganization   = "Moat"
+	defaultRootCN         = "Moat Root CA"
+	defaultIntermediateCN = "Moat Issuing CA"
+	generatedPassEntropy  = 32
 )
 
 // Config holds the run-time knobs shared by Init and Open. The zero value
