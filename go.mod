@@ -27,5 +27,10 @@ require (
 	github.com/spf13/pflag v1.0.10 // indirect
 	golang.org/x/net v0.62.0 // indirect
 	golang.org/x/sync v0.22.0 // indirect
+<<<<<<< HEAD
+=======
+	golang.org/x/sys v0.49.0 // indirect
+	golang.org/x/term v0.47.0 // indirect
+>>>>>>> pki
 	google.golang.org/protobuf v1.36.12 // indirect
 )
