@@ -45,7 +45,7 @@ func TestLevelMapModes(t *testing.T) {
 		live[k] = &leaf{i}
 		l.store(k, live[k])
 		check(live)
-		if big := l.t.Load().big != nil; big != (i+1 > smallKids) {
+		if big := len(l.t.Load().buckets) > 1; big != (i+1 > smallKids) {
 			t.Fatalf("with %d children big = %v", i+1, big)
 		}
 	}
