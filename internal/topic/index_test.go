@@ -441,8 +441,8 @@ func TestIndexConcurrent(t *testing.T) {
 // near-duplicates exercise the rules that are easy to get wrong.
 var randLevels = []string{"a", "b", "", "$SYS", "$x", "ab", "A"}
 
-// wideLevels has more distinct levels than a node keeps in its small
-// child slice, so the property tests also exercise the sync.Map mode.
+// wideLevels has more distinct levels than a node keeps in its single
+// bucket, so the property tests also exercise the hashed table.
 var wideLevels = append([]string{"0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11"}, randLevels...)
 
 func randTopic(rng *rand.Rand) string { return randTopicFrom(rng, randLevels) }
@@ -500,7 +500,7 @@ func testIndexMatchProperty(t *testing.T, levels []string) {
 			x.Subscribe(Subscription{ClientID: fmt.Sprint(i), Group: g, Filter: f})
 		}
 		if len(levels) > 2*smallKids && len(x.root.kids.t.Load().buckets) == 1 {
-			t.Fatal("wide alphabet did not switch the root to its hash map")
+			t.Fatal("wide alphabet did not switch the root to a hashed table")
 		}
 		var dst []Subscription
 		var groups []SharedGroup

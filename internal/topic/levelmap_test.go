@@ -8,7 +8,7 @@ import (
 	"testing"
 )
 
-// TestLevelMapModes grows a levelMap past the small-slice limit and shrinks
+// TestLevelMapModes grows a levelMap past the single-bucket limit and shrinks
 // it back, checking every entry after every step and the representation at
 // the boundaries.
 func TestLevelMapModes(t *testing.T) {
@@ -45,8 +45,8 @@ func TestLevelMapModes(t *testing.T) {
 		live[k] = &leaf{i}
 		l.store(k, live[k])
 		check(live)
-		if big := len(l.t.Load().buckets) > 1; big != (i+1 > smallKids) {
-			t.Fatalf("with %d children big = %v", i+1, big)
+		if hashed := len(l.t.Load().buckets) > 1; hashed != (i+1 > smallKids) {
+			t.Fatalf("with %d children hashed = %v", i+1, hashed)
 		}
 	}
 	rng := rand.New(rand.NewPCG(9, 9))
@@ -73,7 +73,8 @@ func TestLevelMapModes(t *testing.T) {
 }
 
 // TestLevelMapConcurrent reads a stable entry while a writer moves the
-// map across the small/big boundary (run with -race).
+// map across the single-bucket/hashed boundary and through resizes (run
+// with -race).
 func TestLevelMapConcurrent(t *testing.T) {
 	type leaf struct{ v int }
 	var l levelMap[leaf]
@@ -93,7 +94,7 @@ func TestLevelMapConcurrent(t *testing.T) {
 		})
 	}
 	for round := range 200 {
-		n := 1 + round%20
+		n := 1 + round%80 // up to 80 children: several table resizes
 		for i := range n {
 			l.store(fmt.Sprint(i), &leaf{i})
 		}
