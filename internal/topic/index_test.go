@@ -83,7 +83,7 @@ func TestIndexOverlapping(t *testing.T) {
 func TestIndexSharedGroups(t *testing.T) {
 	x := NewIndex()
 	// The same group name on two filters is two shared subscriptions
-	// [MQTT-5 §4.8.2]; members come from many clients.
+	// (MQTT 5.0 §4.8.2); members come from many clients.
 	for _, c := range []string{"w1", "w2", "w3"} {
 		x.Subscribe(Subscription{ClientID: c, Group: "g", Filter: "a/+"})
 	}
