@@ -48,7 +48,7 @@ func (c *conn) handlePublish(p *packet.Publish) bool {
 		return c.protocolError(packet.QoSNotSupported, fmt.Sprintf("QoS %d exceeds the maximum QoS %d", p.QoS, c.lst.maxQoS))
 	}
 	if p.Retain && s.cfg.RetainDisabled {
-		// [MQTT-3.3.1-?]: retain not supported.
+		// Retain Available 0 was announced [MQTT 5.0 §3.2.2.3.5].
 		return c.protocolError(packet.RetainNotSupported, "retained messages are not available")
 	}
 	if lim := s.cfg.MessageSizeLimit; lim > 0 && uint32(len(p.Payload)) > lim {
@@ -157,7 +157,7 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 		existed := s.index.Subscribe(sub)
 		codes[i] = packet.ReasonCode(sub.QoS)
 		// [MQTT-3.3.1-9..11] retained messages on subscribe; none for a
-		// shared subscription [MQTT-4.8.2-?].
+		// shared subscription [MQTT 5.0 §4.8.2].
 		if group == "" && !s.cfg.RetainDisabled && (req.RetainHandling == 0 || (req.RetainHandling == 1 && !existed)) {
 			sendRetained = append(sendRetained, retainedReq{filter, sub})
 		}
