@@ -350,7 +350,7 @@ func TestConformanceWillV5(t *testing.T) {
 			t.Fatalf("got %q after %v", p.Topic, time.Since(start))
 		}
 	})
-	t.Run("MQTT-3.1.2-17 will retain: the will becomes the retained message", func(t *testing.T) {
+	t.Run("MQTT-3.1.2-15 will retain: the will becomes the retained message", func(t *testing.T) {
 		cp := connectV5("w-retain", true, nil)
 		cp.Will = will("will/retained", 0)
 		cp.Will.Retain = true
@@ -367,7 +367,7 @@ func TestConformanceWillV5(t *testing.T) {
 			t.Fatalf("retained will: %+v", p)
 		}
 	})
-	t.Run("MQTT-3.1.2-16 will without retain is not retained", func(t *testing.T) {
+	t.Run("MQTT-3.1.2-14 will without retain is not retained", func(t *testing.T) {
 		cp := connectV5("w-noretain", true, nil)
 		cp.Will = will("will/not-retained", 0)
 		c := dialRaw(t, addr, packet.V5)
@@ -552,7 +552,7 @@ func TestConformanceQoSV5(t *testing.T) {
 		sub2, _ := reconnect(t, addr, packet.V5, connectV5("q-refuse", false, withExpiry(60)))
 		expectNone(t, sub2)
 	})
-	t.Run("MQTT-3.3.4-7 resends on reconnect respect a smaller Receive Maximum", func(t *testing.T) {
+	t.Run("MQTT-3.3.4-9 resends on reconnect respect a smaller Receive Maximum", func(t *testing.T) {
 		sub := dialRaw(t, addr, packet.V5)
 		sub.connect(connectV5("q-rm", true, withExpiry(60)))
 		subscribe(t, sub, 1, packet.Subscription{Filter: "q/rm", QoS: 1})
@@ -864,7 +864,7 @@ func TestConformanceTopicAliasV5(t *testing.T) {
 		c2.send(aliased("", 1, "2"))
 		expectDisconnect(t, c2, packet.ProtocolError)
 	})
-	t.Run("MQTT-3.3.2-10 the server never exceeds the client's Topic Alias Maximum", func(t *testing.T) {
+	t.Run("MQTT-3.3.2-11 the server never exceeds the client's Topic Alias Maximum", func(t *testing.T) {
 		c := dialRaw(t, addr, packet.V5)
 		c.connect(connectV5("ta-out", true, func(p *packet.Properties) { p.SetTopicAliasMaximum(1) }))
 		subscribe(t, c, 1, packet.Subscription{Filter: "tb/#"})
@@ -904,7 +904,7 @@ func TestConformanceTopicAliasV5(t *testing.T) {
 
 func TestConformanceLimitsV5(t *testing.T) {
 	_, addr := testServer(t, Config{MaxPacketSize: 1024})
-	t.Run("MQTT-3.2.2-18 MQTT-4.13.1-1 CONNACK announces Maximum Packet Size; a larger packet is DISCONNECT 0x95", func(t *testing.T) {
+	t.Run("MQTT-3.2.2 MQTT-4.13.1-1 CONNACK announces Maximum Packet Size; a larger packet is DISCONNECT 0x95", func(t *testing.T) {
 		c := dialRaw(t, addr, packet.V5)
 		ack := c.connect(v5connect("lim-big"))
 		if ack.Properties.MaximumPacketSize != 1024 {

@@ -707,7 +707,7 @@ func (c *conn) encode(dst []byte, p packet.Packet) ([]byte, error) {
 
 // applyAlias assigns topic aliases to the first distinct topics sent to
 // the client, up to its Topic Alias Maximum, and then sends the alias
-// alone [MQTT-3.3.2-10] [MQTT-3.3.2-11]. Topics seen after the table is
+// alone [MQTT-3.3.2-11]. Topics seen after the table is
 // full go in full. An alias is not used where it would make the packet
 // larger than the client's Maximum Packet Size [MQTT-3.1.2-24].
 func (c *conn) applyAlias(p *packet.Publish) {

@@ -69,7 +69,7 @@ func (c *conn) handlePublish(p *packet.Publish) bool {
 		_, dup := c.sess.inboundQoS2[p.PacketID]
 		if !dup && len(c.sess.inboundQoS2) >= int(s.cfg.ReceiveMaximum) {
 			c.sess.mu.Unlock()
-			// [MQTT-3.3.4-9]
+			// The client broke its send quota [MQTT 5.0 §4.9].
 			return c.protocolError(packet.ReceiveMaximumExceeded, "receive maximum exceeded")
 		}
 		if !dup {

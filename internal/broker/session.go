@@ -38,7 +38,7 @@ type session struct {
 	// pendingResend counts in-flight messages that still have to be
 	// resent on the current connection: a reconnecting client may allow
 	// fewer unacknowledged messages than the session has in flight, and
-	// the rest are resent as acknowledgements make room [MQTT-3.3.4-7].
+	// the rest are resent as acknowledgements make room [MQTT-3.3.4-9].
 	pendingResend int
 
 	// Limits of the current connection.
@@ -187,7 +187,7 @@ func (s *session) fillLocked(srv *Server) {
 // PUBLISH with DUP set, or PUBREL for QoS 2 messages already received by
 // the client [MQTT-4.4.0-1] [MQTT-4.6.0-1]. No more than the connection's
 // in-flight limit (the client's Receive Maximum) are sent at once; the
-// rest follow as acknowledgements arrive [MQTT-3.3.4-7].
+// rest follow as acknowledgements arrive [MQTT-3.3.4-9].
 func (s *session) resendLocked(srv *Server, c *conn) {
 	now := srv.cfg.Now()
 	s.pendingResend = 0
