@@ -41,6 +41,10 @@ type conn struct {
 	stopWatch         func()
 	writerStarted     bool
 
+	// maxOut is the client's Maximum Packet Size (0: none); set before
+	// the writer starts and never changed.
+	maxOut uint32
+
 	// writer-owned
 	wbuf        []byte
 	aliasOutMax uint16
@@ -199,8 +203,12 @@ func (c *conn) refuse(pkt *packet.Connect, code packet.ReasonCode, reason string
 		ack.ReasonCode = packet.V3ConnackCode(code)
 	} else if reason != "" {
 		// CONNACK may carry a Reason String whatever Request Problem
-		// Information says [MQTT-3.1.2-29].
+		// Information says [MQTT-3.1.2-29], but not if it would make the
+		// packet larger than the client accepts [MQTT-3.2.2-19].
 		ack.Properties.SetReasonString(reason)
+		if pkt.Properties.Has(packet.PropMaximumPacketSize) && !fits(ack, packet.V5, pkt.Properties.MaximumPacketSize) {
+			ack.Properties.Unmark(packet.PropReasonString)
+		}
 	}
 	c.writeDirect(ack, pkt.Version)
 	return false
@@ -299,6 +307,9 @@ func (c *conn) connect(ctx context.Context, pkt *packet.Connect) bool {
 	if pkt.Version == packet.V5 {
 		c.aliasMaxIn = uint16(c.lst.aliasMax)
 		c.aliasOutMax = pkt.Properties.TopicAliasMaximum
+		if pkt.Properties.Has(packet.PropMaximumPacketSize) {
+			c.maxOut = pkt.Properties.MaximumPacketSize
+		}
 	}
 	c.connectedAt = s.cfg.Now()
 
@@ -476,8 +487,8 @@ func (c *conn) handle(p packet.Packet) bool {
 				c.send(&packet.Pubrel{PacketID: p.PacketID})
 			}
 		} else {
-			// [MQTT-4.3.3-?]: answer an unknown identifier so the
-			// client can finish its flow.
+			// Answer an unknown identifier with PUBREL 0x92 so the
+			// client can finish its flow [MQTT-4.3.3-4].
 			c.send(&packet.Pubrel{PacketID: p.PacketID, ReasonCode: packet.PacketIDNotFound})
 		}
 	case *packet.Pubrel:
@@ -577,6 +588,10 @@ func (c *conn) kill(code packet.ReasonCode, reason string) {
 		d := &packet.Disconnect{ReasonCode: code}
 		if reason != "" {
 			d.Properties.SetReasonString(reason)
+			if c.maxOut > 0 && !fits(d, c.version, c.maxOut) {
+				// [MQTT-3.14.2-3]
+				d.Properties.Unmark(packet.PropReasonString)
+			}
 		}
 		c.out = append(c.out, d)
 	}
@@ -692,19 +707,36 @@ func (c *conn) encode(dst []byte, p packet.Packet) ([]byte, error) {
 
 // applyAlias assigns topic aliases to the first distinct topics sent to
 // the client, up to its Topic Alias Maximum, and then sends the alias
-// alone [MQTT-3.3.2-?]. Topics seen after the table is full go in full.
+// alone [MQTT-3.3.2-11]. Topics seen after the table is
+// full go in full. An alias is not used where it would make the packet
+// larger than the client's Maximum Packet Size [MQTT-3.1.2-24].
 func (c *conn) applyAlias(p *packet.Publish) {
 	if c.aliasesOut == nil {
 		c.aliasesOut = make(map[string]uint16)
 	}
-	if a, ok := c.aliasesOut[p.Topic]; ok {
+	topic := p.Topic
+	if a, ok := c.aliasesOut[topic]; ok {
 		p.Properties.SetTopicAlias(a)
 		p.Topic = ""
+		if c.maxOut > 0 && !fits(p, c.version, c.maxOut) {
+			p.Topic = topic
+			p.Properties.Unmark(packet.PropTopicAlias)
+		}
 		return
 	}
 	if len(c.aliasesOut) < int(c.aliasOutMax) {
 		a := uint16(len(c.aliasesOut) + 1)
-		c.aliasesOut[p.Topic] = a
 		p.Properties.SetTopicAlias(a)
+		if c.maxOut > 0 && !fits(p, c.version, c.maxOut) {
+			p.Properties.Unmark(packet.PropTopicAlias)
+			return
+		}
+		c.aliasesOut[topic] = a
 	}
+}
+
+// fits reports whether p encodes in at most max bytes.
+func fits(p packet.Packet, v packet.Version, max uint32) bool {
+	n, err := packet.Size(p, v)
+	return err == nil && uint32(n) <= max
 }

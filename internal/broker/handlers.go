@@ -48,7 +48,7 @@ func (c *conn) handlePublish(p *packet.Publish) bool {
 		return c.protocolError(packet.QoSNotSupported, fmt.Sprintf("QoS %d exceeds the maximum QoS %d", p.QoS, c.lst.maxQoS))
 	}
 	if p.Retain && s.cfg.RetainDisabled {
-		// [MQTT-3.3.1-?]: retain not supported.
+		// Retain Available 0 was announced [MQTT 5.0 §3.2.2.3.5].
 		return c.protocolError(packet.RetainNotSupported, "retained messages are not available")
 	}
 	if lim := s.cfg.MessageSizeLimit; lim > 0 && uint32(len(p.Payload)) > lim {
@@ -69,7 +69,7 @@ func (c *conn) handlePublish(p *packet.Publish) bool {
 		_, dup := c.sess.inboundQoS2[p.PacketID]
 		if !dup && len(c.sess.inboundQoS2) >= int(s.cfg.ReceiveMaximum) {
 			c.sess.mu.Unlock()
-			// [MQTT-3.3.4-9]
+			// The client broke its send quota [MQTT 5.0 §4.9].
 			return c.protocolError(packet.ReceiveMaximumExceeded, "receive maximum exceeded")
 		}
 		if !dup {
@@ -157,7 +157,7 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 		existed := s.index.Subscribe(sub)
 		codes[i] = packet.ReasonCode(sub.QoS)
 		// [MQTT-3.3.1-9..11] retained messages on subscribe; none for a
-		// shared subscription [MQTT-4.8.2-?].
+		// shared subscription [MQTT 5.0 §4.8.2].
 		if group == "" && !s.cfg.RetainDisabled && (req.RetainHandling == 0 || (req.RetainHandling == 1 && !existed)) {
 			sendRetained = append(sendRetained, retainedReq{filter, sub})
 		}

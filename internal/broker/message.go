@@ -76,12 +76,17 @@ func (m *Message) remainingExpiry(now time.Time) uint32 {
 type delivery struct {
 	msg      *Message
 	qos      byte
-	retain   bool     // retain flag as sent
-	subIDs   []uint32 // subscription identifiers (v5)
-	pid      uint16   // packet identifier once in flight
-	released bool     // QoS 2: PUBREC received, PUBREL sent
-	sent     bool     // sent at least once on some connection (DUP on resend)
+	retain   bool      // retain flag as sent
+	subIDs   []uint32  // subscription identifiers (v5)
+	pid      uint16    // packet identifier once in flight
+	released bool      // QoS 2: PUBREC received, PUBREL sent
+	sent     bool      // sent at least once on some connection (DUP on resend)
+	pending  bool      // in flight, but not yet resent on the current connection
+	share    *shareKey // the shared subscription it came through, or nil
 }
+
+// shareKey names a shared subscription: group and filter.
+type shareKey struct{ group, filter string }
 
 // publishPacket builds the PUBLISH for this delivery.
 func (d *delivery) publishPacket(now time.Time, dup bool) *packet.Publish {

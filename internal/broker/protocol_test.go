@@ -637,12 +637,12 @@ func TestReceiveMaximumExceeded(t *testing.T) {
 		d, _ = p.(*packet.Disconnect)
 	}
 	if d.ReasonCode != packet.ReceiveMaximumExceeded {
-		t.Fatalf("MQTT-3.3.4-9: got %v", d.ReasonCode)
+		t.Fatalf("receive maximum exceeded (§4.9): got %v", d.ReasonCode)
 	}
 }
 
 func TestOutboundReceiveMaximum(t *testing.T) {
-	// [MQTT-3.3.4-7]: no more unacknowledged QoS 1/2 messages than the
+	// [MQTT-3.3.4-9]: no more unacknowledged QoS 1/2 messages than the
 	// client's Receive Maximum.
 	_, addr := testServer(t, Config{})
 	sub := dialRaw(t, addr, packet.V5)

@@ -354,8 +354,10 @@ func (s *Server) attach(c *conn, st *connectState) (*session, bool) {
 }
 
 // endSessionLocked removes an offline session; the caller holds sessMu.
-// It returns a function publishing the session's pending will (a session
-// that ends sends its will at once [MQTT-3.1.3-?]), or nil.
+// It returns a function to run once sessMu is released, or nil: it
+// publishes the session's pending will (a session that ends sends its
+// delayed will at once [MQTT-3.1.3-9]) and hands the messages the session
+// still held for shared subscriptions to other members of their groups.
 func (s *Server) endSessionLocked(sess *session) func() {
 	s.sessions.CompareAndDelete(sess.id, sess)
 	s.index.UnsubscribeAll(sess.id)
@@ -365,14 +367,75 @@ func (s *Server) endSessionLocked(sess *session) func() {
 		sess.expiryTimer.Stop()
 		sess.expiryTimer = nil
 	}
+	// A shared subscription's message that this client did not
+	// acknowledge goes to another member [MQTT 5.0 §4.8.2]; one the client
+	// refused with an error code was already discarded [MQTT-4.8.2-6], and
+	// a QoS 2 message it has received (PUBREL stage) stays delivered.
+	var orphans []*delivery
+	for _, list := range [][]*delivery{sess.inflight, sess.queue} {
+		for _, d := range list {
+			if d.share != nil && !d.released {
+				orphans = append(orphans, d)
+			}
+		}
+	}
 	s.stats.queued.Add(-int64(len(sess.queue)))
 	sess.queue, sess.inflight = nil, nil
+	var willMsg *Message
+	var willFrom *Client
 	if sess.willTimer != nil && sess.willTimer.Stop() {
-		msg, from := sess.willMsg, sess.willFrom
+		willMsg, willFrom = sess.willMsg, sess.willFrom
 		sess.willTimer, sess.willMsg, sess.willFrom = nil, nil, nil
-		return func() { s.publishWill(msg, from) }
 	}
-	return nil
+	if willMsg == nil && orphans == nil {
+		return nil
+	}
+	return func() {
+		if willMsg != nil {
+			s.publishWill(willMsg, willFrom)
+		}
+		s.redistribute(orphans)
+	}
+}
+
+// redistribute delivers messages of an ended session's shared
+// subscriptions to the other members of the same groups.
+func (s *Server) redistribute(orphans []*delivery) {
+	if len(orphans) == 0 || s.closing() {
+		return
+	}
+	now := s.cfg.Now()
+	mb := matchPool.Get().(*matchBuf)
+	for _, d := range orphans {
+		if d.msg.expired(now) {
+			s.stats.expired.Add(1)
+			continue
+		}
+		mb.subs, mb.groups = s.index.Match(d.msg.Topic, mb.subs[:0], mb.groups[:0])
+		for i := range mb.groups {
+			g := &mb.groups[i]
+			if g.Group != d.share.group || g.Filter != d.share.filter {
+				continue
+			}
+			if sub, ok := g.Pick(s.online); ok {
+				s.deliverTo(d.msg, sub.ClientID, sub.QoS, sub.RetainAsPublished, idsOf(sub.ID), d.share)
+			}
+		}
+		clear(mb.subs)
+		clear(mb.groups)
+	}
+	matchPool.Put(mb)
+}
+
+// online reports whether the session of clientID has a connection.
+func (s *Server) online(clientID string) bool {
+	sess := s.lookup(clientID)
+	if sess == nil {
+		return false
+	}
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	return sess.conn != nil
 }
 
 // detach runs when a connection ends: it unbinds the session, publishes or
@@ -401,10 +464,13 @@ func (s *Server) detach(c *conn) {
 	sess.mu.Unlock()
 
 	if expiry == 0 {
-		s.endSessionLocked(sess)
+		ended := s.endSessionLocked(sess)
 		s.sessMu.Unlock()
 		if willMsg != nil {
 			s.publishWill(willMsg, &from)
+		}
+		if ended != nil {
+			ended()
 		}
 		return
 	}
@@ -489,8 +555,13 @@ func (s *Server) publishWill(msg *Message, from *Client) {
 		s.log.Info("broker: will not authorized; discarded", "client", from.ClientID, "topic", msg.Topic, "reason", d.Reason)
 		return
 	}
-	// The will's expiry runs from the moment it is published.
-	msg.Created = s.cfg.Now()
+	// The will's Message Expiry Interval runs from the moment it is
+	// published, not from the disconnection [MQTT 5.0 §3.1.3.2.4].
+	now := s.cfg.Now()
+	if !msg.Expires.IsZero() {
+		msg.Expires = msg.Expires.Add(now.Sub(msg.Created))
+	}
+	msg.Created = now
 	s.log.Debug("broker: publishing will", "client", from.ClientID, "topic", msg.Topic)
 	s.publish(msg)
 }
@@ -521,7 +592,9 @@ type matchBuf struct {
 var matchPool = sync.Pool{New: func() any { return new(matchBuf) }}
 
 // publish stores (if retained) and routes msg to every matching session.
-// It returns the number of sessions the message was delivered to.
+// It returns the number of matching sessions, counting those for which
+// the message was dropped (an offline session and QoS 0, a full queue):
+// 0 means there was no subscriber at all (PUBACK 0x10).
 func (s *Server) publish(msg *Message) int {
 	if msg.Retain {
 		if len(msg.Payload) == 0 {
@@ -537,16 +610,8 @@ func (s *Server) publish(msg *Message) int {
 	n := s.route(msg, mb.subs)
 	for i := range mb.groups {
 		g := &mb.groups[i]
-		sub, ok := g.Pick(func(id string) bool {
-			sess := s.lookup(id)
-			if sess == nil {
-				return false
-			}
-			sess.mu.Lock()
-			defer sess.mu.Unlock()
-			return sess.conn != nil
-		})
-		if ok && s.deliverTo(msg, sub.ClientID, sub.QoS, sub.RetainAsPublished, idsOf(sub.ID)) {
+		sub, ok := g.Pick(s.online)
+		if ok && s.deliverTo(msg, sub.ClientID, sub.QoS, sub.RetainAsPublished, idsOf(sub.ID), &shareKey{g.Group, g.Filter}) {
 			n++
 		}
 	}
@@ -594,15 +659,17 @@ func (s *Server) route(msg *Message, subs []topic.Subscription) int {
 				ids = append(ids, sub.ID)
 			}
 		}
-		if matched && s.deliverTo(msg, id, qos, rap, ids) {
+		if matched && s.deliverTo(msg, id, qos, rap, ids, nil) {
 			n++
 		}
 	}
 	return n
 }
 
-// deliverTo hands msg to one client's session.
-func (s *Server) deliverTo(msg *Message, clientID string, subQoS byte, retainAsPublished bool, ids []uint32) bool {
+// deliverTo hands msg to one client's session. It reports whether the
+// session exists and may receive msg, whether or not msg was then queued,
+// sent or dropped.
+func (s *Server) deliverTo(msg *Message, clientID string, subQoS byte, retainAsPublished bool, ids []uint32, share *shareKey) bool {
 	sess := s.lookup(clientID)
 	if sess == nil {
 		return false
@@ -617,6 +684,7 @@ func (s *Server) deliverTo(msg *Message, clientID string, subQoS byte, retainAsP
 			}
 		}
 	}
-	d := &delivery{msg: msg, qos: min(msg.QoS, subQoS), retain: retainAsPublished && msg.Retain, subIDs: ids}
-	return sess.deliver(s, d)
+	d := &delivery{msg: msg, qos: min(msg.QoS, subQoS), retain: retainAsPublished && msg.Retain, subIDs: ids, share: share}
+	sess.deliver(s, d)
+	return true
 }

@@ -32,8 +32,14 @@ type session struct {
 	queue []*delivery
 
 	// inboundQoS2 holds packet identifiers of QoS 2 messages received from
-	// the client and routed, awaiting PUBREL [MQTT-4.3.3-?].
+	// the client and routed, awaiting PUBREL [MQTT-4.3.3-10].
 	inboundQoS2 map[uint16]struct{}
+
+	// pendingResend counts in-flight messages that still have to be
+	// resent on the current connection: a reconnecting client may allow
+	// fewer unacknowledged messages than the session has in flight, and
+	// the rest are resent as acknowledgements make room [MQTT-3.3.4-9].
+	pendingResend int
 
 	// Limits of the current connection.
 	inflightLimit int
@@ -75,6 +81,10 @@ func (s *session) findInflight(pid uint16) int {
 }
 
 func (s *session) removeInflight(i int) {
+	if s.inflight[i].pending {
+		s.inflight[i].pending = false
+		s.pendingResend--
+	}
 	copy(s.inflight[i:], s.inflight[i+1:])
 	s.inflight[len(s.inflight)-1] = nil
 	s.inflight = s.inflight[:len(s.inflight)-1]
@@ -103,6 +113,11 @@ func (s *session) deliver(srv *Server, d *delivery) bool {
 		return false
 	}
 	if d.qos == 0 {
+		if srv.cfg.QueueQoS0 && len(s.queue) > 0 {
+			// QoS 0 messages queued while the client was offline go
+			// first: messages of one QoS keep their order [MQTT-4.6.0-6].
+			return s.enqueueLocked(srv, d)
+		}
 		return c.sendQoS0(d.publishPacket(srv.cfg.Now(), false), len(d.msg.Payload)+len(d.msg.Topic))
 	}
 	if len(s.queue) > 0 || len(s.inflight) >= s.inflightLimit {
@@ -167,18 +182,53 @@ func (s *session) fillLocked(srv *Server) {
 	}
 }
 
-// resendLocked retransmits every in-flight message on a new connection:
+// resendLocked retransmits the in-flight messages on a new connection, in
+// their original order and with their original packet identifiers:
 // PUBLISH with DUP set, or PUBREL for QoS 2 messages already received by
-// the client [MQTT-4.4.0-1].
+// the client [MQTT-4.4.0-1] [MQTT-4.6.0-1]. No more than the connection's
+// in-flight limit (the client's Receive Maximum) are sent at once; the
+// rest follow as acknowledgements arrive [MQTT-3.3.4-9].
 func (s *session) resendLocked(srv *Server, c *conn) {
 	now := srv.cfg.Now()
-	for _, d := range s.inflight {
-		if d.released {
-			c.send(&packet.Pubrel{PacketID: d.pid})
+	s.pendingResend = 0
+	for i, d := range s.inflight {
+		d.pending = i >= s.inflightLimit
+		if d.pending {
+			s.pendingResend++
 			continue
 		}
-		d.sent = true
-		c.send(d.publishPacket(now, true))
+		s.resendOneLocked(c, d, now)
+	}
+}
+
+func (s *session) resendOneLocked(c *conn, d *delivery, now time.Time) {
+	if d.released {
+		c.send(&packet.Pubrel{PacketID: d.pid})
+		return
+	}
+	d.sent = true
+	c.send(d.publishPacket(now, true))
+}
+
+// resumeResendLocked resends held-back in-flight messages, oldest first,
+// while the client's Receive Maximum allows.
+func (s *session) resumeResendLocked(srv *Server) {
+	c := s.conn
+	if s.pendingResend == 0 || c == nil || c.closing.Load() {
+		return
+	}
+	out := len(s.inflight) - s.pendingResend // sent on this connection
+	now := srv.cfg.Now()
+	for _, d := range s.inflight {
+		if out >= s.inflightLimit || s.pendingResend == 0 {
+			return
+		}
+		if d.pending {
+			d.pending = false
+			s.pendingResend--
+			out++
+			s.resendOneLocked(c, d, now)
+		}
 	}
 }
 
@@ -192,6 +242,7 @@ func (s *session) ack(srv *Server, pid uint16, qos byte) bool {
 		return false
 	}
 	s.removeInflight(i)
+	s.resumeResendLocked(srv)
 	s.fillLocked(srv)
 	return true
 }
@@ -206,11 +257,20 @@ func (s *session) received(srv *Server, pid uint16, code packet.ReasonCode) bool
 		return false
 	}
 	if code.IsError() {
+		// An error PUBREC ends the flow: no PUBREL [MQTT-4.3.3-4], and
+		// the message is not sent again [MQTT-4.4.0-2].
 		s.removeInflight(i)
+		s.resumeResendLocked(srv)
 		s.fillLocked(srv)
 		return true
 	}
-	s.inflight[i].released = true
+	d := s.inflight[i]
+	d.released = true
+	if d.pending {
+		// Acknowledged before we resent it: it is in flight again.
+		d.pending = false
+		s.pendingResend--
+	}
 	return true
 }
 
