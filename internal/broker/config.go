@@ -19,6 +19,7 @@ const (
 	DefaultSysInterval       = 10 * time.Second
 	DefaultWriteTimeout      = 30 * time.Second
 	DefaultMaxOutboundBytes  = 4 << 20 // bytes of QoS 0 messages waiting in a connection's queue
+	DefaultMaxTopicLevels    = 128
 )
 
 // Config configures a Server. The zero value is usable: zero fields take
@@ -34,6 +35,12 @@ type Config struct {
 	// accepted (mosquitto's message_size_limit). Default: none beyond
 	// MaxPacketSize.
 	MessageSizeLimit uint32
+
+	// MaxTopicLevels is the largest number of levels ('/'-separated parts)
+	// in a topic name or filter. Every level of a subscription or retained
+	// topic costs a node in the broker's indexes, so a peer must not choose
+	// it freely. Default 128, as EMQX's max_topic_levels.
+	MaxTopicLevels int
 
 	// ConnectTimeout bounds the time from accepting a connection to
 	// receiving CONNECT, TLS handshake included. Default 10 s.
@@ -128,6 +135,12 @@ func (c *Config) withDefaults() (Config, error) {
 	}
 	if cfg.MaxPacketSize < 64 {
 		errs = append(errs, fmt.Errorf("broker: MaxPacketSize %d is too small (minimum 64 bytes)", cfg.MaxPacketSize))
+	}
+	if cfg.MaxTopicLevels == 0 {
+		cfg.MaxTopicLevels = DefaultMaxTopicLevels
+	}
+	if cfg.MaxTopicLevels < 0 {
+		errs = append(errs, errors.New("broker: MaxTopicLevels must not be negative"))
 	}
 	if cfg.ConnectTimeout == 0 {
 		cfg.ConnectTimeout = DefaultConnectTimeout

@@ -261,6 +261,9 @@ func (c *conn) connect(ctx context.Context, pkt *packet.Connect) bool {
 
 	// Will checks that do not depend on the session.
 	if w := pkt.Will; w != nil {
+		if tooDeep(w.Topic, s.cfg.MaxTopicLevels) {
+			return c.refuse(pkt, packet.TopicNameInvalid, fmt.Sprintf("will topic has more than %d levels", s.cfg.MaxTopicLevels))
+		}
 		if w.Retain && s.cfg.RetainDisabled {
 			return c.refuse(pkt, packet.RetainNotSupported, "retained messages are not available")
 		}

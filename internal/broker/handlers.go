@@ -43,6 +43,9 @@ func (c *conn) handlePublish(p *packet.Publish) bool {
 			return c.protocolError(packet.ProtocolError, "empty topic without topic alias")
 		}
 	}
+	if tooDeep(p.Topic, s.cfg.MaxTopicLevels) {
+		return c.protocolError(packet.TopicNameInvalid, fmt.Sprintf("topic has more than %d levels", s.cfg.MaxTopicLevels))
+	}
 	if p.QoS > c.lst.maxQoS {
 		// [MQTT-3.2.2-11]
 		return c.protocolError(packet.QoSNotSupported, fmt.Sprintf("QoS %d exceeds the maximum QoS %d", p.QoS, c.lst.maxQoS))
@@ -135,7 +138,7 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 	var sendRetained []retainedReq
 	for i, req := range p.Subscriptions {
 		group, filter, err := packet.SplitShared(req.Filter)
-		if err != nil {
+		if err != nil || tooDeep(filter, s.cfg.MaxTopicLevels) {
 			codes[i] = packet.TopicFilterInvalid
 			continue
 		}
@@ -206,4 +209,13 @@ func (c *conn) handleUnsubscribe(p *packet.Unsubscribe) {
 		codes = nil
 	}
 	c.send(&packet.Unsuback{PacketID: p.PacketID, ReasonCodes: codes})
+}
+
+// tooDeep reports whether topic (a name or filter) has more than max
+// levels.
+func tooDeep(topic string, max int) bool {
+	if len(topic) < max {
+		return false // fewer bytes than levels allowed
+	}
+	return strings.Count(topic, "/") >= max
 }

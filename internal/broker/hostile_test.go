@@ -185,3 +185,22 @@ func TestShutdown(t *testing.T) {
 	c.nc.Close()
 	c3.nc.Close()
 }
+
+func TestTopicDepthLimit(t *testing.T) {
+	_, addr := testServer(t, Config{MaxTopicLevels: 4})
+	c := dialRaw(t, addr, packet.V5)
+	c.connect(v5connect("deep"))
+	ack := subscribe(t, c, 1, packet.Subscription{Filter: "a/b/c/d"}, packet.Subscription{Filter: "a/b/c/d/e"})
+	if ack.ReasonCodes[0] != 0 || ack.ReasonCodes[1] != packet.TopicFilterInvalid {
+		t.Fatalf("SUBACK %v", ack.ReasonCodes)
+	}
+	c.send(&packet.Publish{Topic: "a/b/c/d/e", Payload: []byte("x")})
+	d := c.expectClosed(5 * time.Second)
+	if d == nil || d.ReasonCode != packet.TopicNameInvalid {
+		t.Fatalf("DISCONNECT %+v, want topic name invalid", d)
+	}
+	w := dialRaw(t, addr, packet.V5)
+	if ack := w.connect(&packet.Connect{ClientID: "deepwill", CleanStart: true, Will: &packet.Will{Topic: "////"}}); ack.ReasonCode != packet.TopicNameInvalid {
+		t.Fatalf("CONNACK %v", ack.ReasonCode)
+	}
+}

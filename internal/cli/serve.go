@@ -325,6 +325,7 @@ func brokerConfig(cfg *config.Config, log *slog.Logger) (broker.Config, error) {
 		MaxInflight:                lim.MaxInflight,
 		MaxQueued:                  lim.MaxQueuedMessages,
 		QueueQoS0:                  lim.QueueQoS0,
+		MaxTopicLevels:             lim.MaxTopicLevels,
 		PersistentClientExpiration: cfg.Sessions.PersistentClientExpiration.D(),
 		RetainDisabled:             !cfg.RetainAvailable,
 		SysInterval:                cfg.SysInterval.D(),

@@ -314,6 +314,10 @@ type Limits struct {
 	// MaxQueuedBytes bounds queued bytes per client; 0 means no limit.
 	// Default 0.
 	MaxQueuedBytes Size `json:"max_queued_bytes" yaml:"max_queued_bytes"`
+	// MaxTopicLevels is the largest number of '/'-separated levels in a
+	// topic name or filter (each level costs the broker an index node).
+	// Default 128; mosquitto.conf has no equivalent.
+	MaxTopicLevels int `json:"max_topic_levels" yaml:"max_topic_levels"`
 	// QueueQoS0 also queues QoS 0 messages for offline persistent clients
 	// (non-standard). Default false.
 	QueueQoS0 bool `json:"queue_qos0" yaml:"queue_qos0"`
@@ -404,6 +408,7 @@ func defaultLimits() Limits {
 		MaxKeepalive:      65535,
 		MaxInflight:       20,
 		MaxQueuedMessages: 1000,
+		MaxTopicLevels:    128,
 	}
 }
 
