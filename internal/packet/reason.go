@@ -9,6 +9,7 @@ type ReasonCode byte
 // MQTT 5.0 reason codes [MQTT 5.0 §2.4].
 const (
 	Success                     ReasonCode = 0x00 // also Normal disconnection, Granted QoS 0
+	GrantedQoS0                 ReasonCode = 0x00 // same value as Success, for SUBACK
 	GrantedQoS1                 ReasonCode = 0x01
 	GrantedQoS2                 ReasonCode = 0x02
 	DisconnectWithWill          ReasonCode = 0x04

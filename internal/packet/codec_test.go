@@ -1,0 +1,419 @@
+package packet_test
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"reflect"
+	"testing"
+	"testing/iotest"
+
+	"github.com/moatmq/moat/internal/packet"
+	"github.com/moatmq/moat/internal/packet/packettest"
+)
+
+// checkErr compares a decoding error with the case's expectation.
+func checkErr(t *testing.T, c packettest.Case, err error) {
+	t.Helper()
+	if c.Err == nil {
+		if err != nil {
+			t.Fatalf("unexpected error: %v", err)
+		}
+		return
+	}
+	if err == nil {
+		t.Fatalf("no error, want %v", c.Err)
+	}
+	if !errors.Is(err, c.Err) {
+		t.Fatalf("error %v, want %v", err, c.Err)
+	}
+	var pe *packet.Error
+	if errors.As(err, &pe) {
+		if pe.Code != c.Code {
+			t.Fatalf("error %v has code %s, want %s", err, pe.Code, c.Code)
+		}
+	} else if c.Err != io.ErrUnexpectedEOF {
+		t.Fatalf("error %v is not a *packet.Error", err)
+	}
+}
+
+func checkPacket(t *testing.T, got, want packet.Packet) {
+	t.Helper()
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("packet mismatch\n got: %s\nwant: %s", dump(got), dump(want))
+	}
+}
+
+func dump(p packet.Packet) string {
+	if c, ok := p.(*packet.Connect); ok && c != nil && c.Will != nil {
+		return fmt.Sprintf("%#v will=%#v", c, c.Will)
+	}
+	return fmt.Sprintf("%#v", p)
+}
+
+func TestDecodeTable(t *testing.T) {
+	for _, c := range packettest.Cases {
+		t.Run(c.Name, func(t *testing.T) {
+			p, n, err := packet.Decode(c.Raw, c.Version, c.MaxSize)
+			checkErr(t, c, err)
+			checkPacket(t, p, c.Packet)
+			if err == nil && n != len(c.Raw) {
+				t.Fatalf("Decode used %d bytes of %d", n, len(c.Raw))
+			}
+		})
+	}
+}
+
+func TestReaderTable(t *testing.T) {
+	for _, c := range packettest.Cases {
+		t.Run(c.Name, func(t *testing.T) {
+			r := packet.NewReader(iotest.HalfReader(bytes.NewReader(c.Raw)), c.MaxSize)
+			r.SetVersion(c.Version)
+			p, err := r.ReadPacket()
+			checkErr(t, c, err)
+			checkPacket(t, p, c.Packet)
+			if err == nil {
+				if _, err := r.ReadPacket(); err != io.EOF {
+					t.Fatalf("after the packet: %v, want io.EOF", err)
+				}
+			}
+		})
+	}
+}
+
+// encodeVersion is the version a decoded packet is encoded back with.
+func encodeVersion(p packet.Packet, v packet.Version) packet.Version {
+	if c, ok := p.(*packet.Connect); ok {
+		return c.Version
+	}
+	return v
+}
+
+func TestEncodeTable(t *testing.T) {
+	for _, c := range packettest.Cases {
+		if c.Err != nil {
+			continue
+		}
+		t.Run(c.Name, func(t *testing.T) {
+			v := encodeVersion(c.Packet, c.Version)
+			prefix := []byte("prefix")
+			b, err := packet.Append(prefix, c.Packet, v)
+			if err != nil {
+				t.Fatalf("Append: %v", err)
+			}
+			if !bytes.Equal(b[:len(prefix)], prefix) {
+				t.Fatal("Append changed dst")
+			}
+			b = b[len(prefix):]
+			if !c.NonCanonical && !bytes.Equal(b, c.Raw) {
+				t.Fatalf("Append\n got: % x\nwant: % x", b, c.Raw)
+			}
+			if c.NonCanonical && bytes.Equal(b, c.Raw) {
+				t.Fatalf("case marked non-canonical but Append reproduces it")
+			}
+			n, err := packet.Size(c.Packet, v)
+			if err != nil || n != len(b) {
+				t.Fatalf("Size = %d, %v; Append wrote %d bytes", n, err, len(b))
+			}
+			p, _, err := packet.Decode(b, c.Version, 0)
+			if err != nil {
+				t.Fatalf("Decode(Append): %v", err)
+			}
+			checkPacket(t, p, c.Packet)
+		})
+	}
+}
+
+func TestEncodeErrors(t *testing.T) {
+	for _, c := range packettest.EncodeCases {
+		t.Run(c.Name, func(t *testing.T) {
+			dst := []byte{1, 2, 3}
+			b, err := packet.Append(dst, c.Packet, c.Version)
+			if err == nil {
+				t.Fatalf("Append succeeded: % x", b)
+			}
+			if c.Err != nil && !errors.Is(err, c.Err) {
+				t.Fatalf("Append error %v, want %v", err, c.Err)
+			}
+			if !bytes.Equal(b, dst) {
+				t.Fatalf("Append changed dst on error")
+			}
+			if _, err2 := packet.Size(c.Packet, c.Version); err2 == nil {
+				t.Fatalf("Size succeeded where Append failed with %v", err)
+			}
+		})
+	}
+}
+
+// Every strict prefix of a valid packet is incomplete, never malformed.
+func TestDecodeIncomplete(t *testing.T) {
+	for _, c := range packettest.Cases {
+		if c.Err != nil {
+			continue
+		}
+		t.Run(c.Name, func(t *testing.T) {
+			for i := range len(c.Raw) {
+				_, _, err := packet.Decode(c.Raw[:i], c.Version, 0)
+				want := io.ErrUnexpectedEOF
+				if i == 0 {
+					want = io.EOF
+				}
+				if err != want {
+					t.Fatalf("prefix of %d bytes: %v, want %v", i, err, want)
+				}
+				r := packet.NewReader(bytes.NewReader(c.Raw[:i]), 0)
+				r.SetVersion(c.Version)
+				if _, err := r.ReadPacket(); err != want {
+					t.Fatalf("Reader, prefix of %d bytes: %v, want %v", i, err, want)
+				}
+			}
+		})
+	}
+}
+
+// Packets of a 5.0 session forwarded to 3.x peers lose what 3.x cannot
+// carry, silently.
+func TestEncodeDowngrade(t *testing.T) {
+	props := packettest.NewP().Set(packet.PropTopicAlias, uint16(2)).Set(packet.PropUser, [2]string{"a", "b"}).
+		Set(packet.PropReasonString, "x").Build()
+	tests := []struct {
+		name string
+		p    packet.Packet
+		v    packet.Version
+		want []byte
+	}{
+		{"PUBLISH properties dropped", &packet.Publish{QoS: 1, PacketID: 1, Topic: "t", Payload: []byte("p"),
+			Properties: packettest.NewP().Set(packet.PropMessageExpiry, uint32(5)).Build()},
+			packet.V311, packettest.Pkt(0x32, packettest.S("t"), 0, 1, "p")},
+		{"PUBACK reason code and properties dropped", &packet.Puback{PacketID: 1, ReasonCode: packet.NotAuthorized,
+			Properties: packettest.NewP().Set(packet.PropReasonString, "x").Build()},
+			packet.V311, packettest.Pkt(0x40, 0, 1)},
+		{"PUBREL reason code dropped", &packet.Pubrel{PacketID: 1, ReasonCode: packet.PacketIDNotFound},
+			packet.V31, packettest.Pkt(0x62, 0, 1)},
+		{"MQTT-3.9.3-2 SUBACK codes of 0x80 and above become 0x80", &packet.Suback{PacketID: 1,
+			ReasonCodes: []packet.ReasonCode{packet.GrantedQoS2, packet.NotAuthorized, packet.QuotaExceeded}},
+			packet.V311, packettest.Pkt(0x90, 0, 1, 2, 0x80, 0x80)},
+		{"UNSUBACK codes dropped", &packet.Unsuback{PacketID: 1, ReasonCodes: []packet.ReasonCode{packet.Success}},
+			packet.V311, packettest.Pkt(0xB0, 0, 1)},
+		{"CONNACK 5.0 code mapped", &packet.Connack{ReasonCode: packet.Banned}, packet.V311, packettest.Pkt(0x20, 0, 5)},
+		{"CONNACK unsupported version mapped", &packet.Connack{ReasonCode: packet.UnsupportedProtocolVersion},
+			packet.V31, packettest.Pkt(0x20, 0, 1)},
+		{"CONNACK 3.x code kept", &packet.Connack{ReasonCode: packet.V3IdentifierRejected}, packet.V311, packettest.Pkt(0x20, 0, 2)},
+		{"SUBSCRIBE 5.0 options dropped", &packet.Subscribe{PacketID: 1, Properties: props,
+			Subscriptions: []packet.Subscription{{Filter: "a", QoS: 1, NoLocal: true, RetainAsPublished: true, RetainHandling: 2}}},
+			packet.V311, packettest.Pkt(0x82, 0, 1, packettest.S("a"), 1)},
+		{"DISCONNECT reason dropped", &packet.Disconnect{ReasonCode: packet.ServerShuttingDown}, packet.V311, packettest.Pkt(0xE0)},
+		{"CONNECT zero Version uses v", &packet.Connect{ClientID: "c", Properties: props}, packet.V31,
+			packettest.Pkt(0x10, packettest.S("MQIsdp"), 3, 0, 0, 0, packettest.S("c"))},
+	}
+	_ = props
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b, err := packet.Append(nil, tt.p, tt.v)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(b, tt.want) {
+				t.Fatalf("got % x, want % x", b, tt.want)
+			}
+		})
+	}
+}
+
+func TestReaderStream(t *testing.T) {
+	var stream []byte
+	var want []packet.Packet
+	for _, c := range packettest.Cases {
+		if c.Err == nil && c.Version == packet.V5 && c.MaxSize == 0 {
+			if _, ok := c.Packet.(*packet.Connect); ok {
+				continue
+			}
+			stream = append(stream, c.Raw...)
+			want = append(want, c.Packet)
+		}
+	}
+	// A 5.0 CONNECT first switches the Reader to 5.0.
+	connect := packettest.Pkt(0x10, packettest.S("MQTT"), 5, 2, 0, 0, 0, packettest.S("c"))
+	stream = append(connect, stream...)
+	r := packet.NewReader(iotest.OneByteReader(bytes.NewReader(stream)), 0)
+	if _, err := r.ReadPacket(); err != nil {
+		t.Fatal(err)
+	}
+	for i, w := range want {
+		p, err := r.ReadPacket()
+		if err != nil {
+			t.Fatalf("packet %d: %v", i, err)
+		}
+		checkPacket(t, p, w)
+	}
+	if _, err := r.ReadPacket(); err != io.EOF {
+		t.Fatalf("end of stream: %v", err)
+	}
+}
+
+// countingReader counts the bytes read through it.
+type countingReader struct {
+	r io.Reader
+	n int
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += n
+	return n, err
+}
+
+func TestReaderLimits(t *testing.T) {
+	t.Run("MQTT-3.1.2-24 too large refused from the header", func(t *testing.T) {
+		// Header of a 200 MB PUBLISH followed by endless zeros: the Reader
+		// must refuse it without reading the body.
+		hdr := []byte{0x30, 0x80, 0x80, 0x80, 0x60}
+		cr := &countingReader{r: io.MultiReader(bytes.NewReader(hdr), zeros{})}
+		r := packet.NewReader(cr, 1<<20)
+		_, err := r.ReadPacket()
+		if !errors.Is(err, packet.ErrPacketTooLarge) || packet.CodeOf(err) != packet.PacketTooLarge {
+			t.Fatalf("err = %v", err)
+		}
+		if cr.n > 4096+len(hdr) {
+			t.Fatalf("read %d bytes before refusing", cr.n)
+		}
+	})
+	t.Run("default limit is the protocol maximum", func(t *testing.T) {
+		r := packet.NewReader(bytes.NewReader([]byte{0x30, 0xFF, 0xFF, 0xFF, 0x7F}), 0)
+		if _, err := r.ReadPacket(); err != io.ErrUnexpectedEOF {
+			t.Fatalf("err = %v, want io.ErrUnexpectedEOF", err)
+		}
+	})
+	t.Run("SetMaxPacketSize", func(t *testing.T) {
+		raw := packettest.Pkt(0x30, packettest.S("t"), packettest.Repeat('x', 100))
+		r := packet.NewReader(bytes.NewReader(append(append([]byte{}, raw...), raw...)), 0)
+		if _, err := r.ReadPacket(); err != nil {
+			t.Fatal(err)
+		}
+		r.SetMaxPacketSize(50)
+		if _, err := r.ReadPacket(); !errors.Is(err, packet.ErrPacketTooLarge) {
+			t.Fatalf("err = %v", err)
+		}
+	})
+	t.Run("large body read in growing chunks", func(t *testing.T) {
+		payload := bytes.Repeat([]byte("0123456789abcdef"), 20000) // 320 kB
+		raw, err := packet.Append(nil, &packet.Publish{Topic: "big", Payload: payload}, packet.V311)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := packet.NewReader(iotest.HalfReader(bytes.NewReader(raw)), 0)
+		p, err := r.ReadPacket()
+		if err != nil {
+			t.Fatal(err)
+		}
+		pub := p.(*packet.Publish)
+		if !bytes.Equal(pub.Payload, payload) || cap(pub.Payload) != len(payload) {
+			t.Fatalf("payload len %d cap %d", len(pub.Payload), cap(pub.Payload))
+		}
+		// Truncated large body.
+		r = packet.NewReader(bytes.NewReader(raw[:len(raw)-1]), 0)
+		if _, err := r.ReadPacket(); err != io.ErrUnexpectedEOF {
+			t.Fatalf("truncated: %v", err)
+		}
+	})
+	t.Run("read errors pass through", func(t *testing.T) {
+		boom := errors.New("boom")
+		r := packet.NewReader(iotest.ErrReader(boom), 0)
+		if _, err := r.ReadPacket(); err != boom {
+			t.Fatalf("err = %v", err)
+		}
+		r = packet.NewReader(io.MultiReader(bytes.NewReader([]byte{0x30, 5, 0}), iotest.ErrReader(boom)), 0)
+		if _, err := r.ReadPacket(); err != boom {
+			t.Fatalf("mid-packet err = %v", err)
+		}
+	})
+	t.Run("bodies are not reused", func(t *testing.T) {
+		a := packettest.Pkt(0x30, packettest.S("t"), "first")
+		b := packettest.Pkt(0x30, packettest.S("t"), "other")
+		r := packet.NewReader(bytes.NewReader(append(append([]byte{}, a...), b...)), 0)
+		p1, _ := r.ReadPacket()
+		p2, _ := r.ReadPacket()
+		if string(p1.(*packet.Publish).Payload) != "first" || string(p2.(*packet.Publish).Payload) != "other" {
+			t.Fatal("payloads overwritten")
+		}
+	})
+}
+
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }
+
+func TestReaderVersion(t *testing.T) {
+	// A 3.1.1 CONNECT keeps 3.1.1 rules: a PUBLISH with what would be a
+	// property length is read as payload.
+	raw := append(packettest.Pkt(0x10, packettest.S("MQTT"), 4, 2, 0, 0, packettest.S("c")),
+		packettest.Pkt(0x30, packettest.S("t"), 0)...)
+	r := packet.NewReader(bytes.NewReader(raw), 0)
+	r.SetVersion(packet.V5)
+	if _, err := r.ReadPacket(); err != nil {
+		t.Fatal(err)
+	}
+	p, err := r.ReadPacket()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pub := p.(*packet.Publish); len(pub.Payload) != 1 {
+		t.Fatalf("payload %q: Reader did not switch to 3.1.1", pub.Payload)
+	}
+	// An unsupported CONNECT does not change the version.
+	raw = packettest.Pkt(0x10, packettest.S("MQTT"), 9, 2, 0, 0, packettest.S("c"))
+	r = packet.NewReader(bytes.NewReader(raw), 0)
+	p, err = r.ReadPacket()
+	if !errors.Is(err, packet.ErrUnsupportedVersion) || packet.CodeOf(err) != packet.UnsupportedProtocolVersion {
+		t.Fatalf("err = %v", err)
+	}
+	if c, ok := p.(*packet.Connect); !ok || c.Version != 9 {
+		t.Fatalf("partial CONNECT = %#v", p)
+	}
+}
+
+func TestCheckPayloadFormat(t *testing.T) {
+	utf8 := packettest.NewP().Set(packet.PropPayloadFormat, byte(1)).Build()
+	bytesFmt := packettest.NewP().Set(packet.PropPayloadFormat, byte(0)).Build()
+	tests := []struct {
+		name    string
+		props   packet.Properties
+		payload []byte
+		ok      bool
+	}{
+		{"MQTT-3.3.2-4 UTF-8 indicator, valid", utf8, []byte("héllo"), true},
+		{"MQTT-3.3.2-4 UTF-8 indicator, invalid", utf8, []byte{0xC3}, false},
+		{"bytes indicator", bytesFmt, []byte{0xC3}, true},
+		{"no indicator", packet.Properties{}, []byte{0xC3}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := packet.CheckPayloadFormat(&tt.props, tt.payload)
+			if (err == nil) != tt.ok {
+				t.Fatalf("err = %v", err)
+			}
+			if err != nil && packet.CodeOf(err) != packet.PayloadFormatInvalid {
+				t.Fatalf("code %s", packet.CodeOf(err))
+			}
+		})
+	}
+}
+
+func TestPropertyTables(t *testing.T) {
+	if !packet.PropertyAllowed(packet.PUBLISH, packet.PropTopicAlias) || packet.PropertyAllowed(packet.CONNECT, packet.PropTopicAlias) {
+		t.Error("Topic Alias placement")
+	}
+	if !packet.WillPropertyAllowed(packet.PropWillDelay) || packet.WillPropertyAllowed(packet.PropSessionExpiry) {
+		t.Error("will properties")
+	}
+	if packet.PropertyAllowed(packet.PINGREQ, packet.PropUser) || packet.PropertyAllowed(packet.PUBLISH, 200) {
+		t.Error("PINGREQ or unknown identifier")
+	}
+	if !packet.ValidReasonCode(packet.SUBACK, packet.GrantedQoS2) || packet.ValidReasonCode(packet.PUBREL, packet.NotAuthorized) {
+		t.Error("reason code sets")
+	}
+	if packet.PropTopicAlias.String() != "Topic Alias" || packet.PropID(0x7F).String() != "property 0x7F" {
+		t.Error("PropID.String")
+	}
+}
