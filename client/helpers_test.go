@@ -11,6 +11,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
+	"log/slog"
 	"math/big"
 	"net"
 	"os"
@@ -226,6 +227,9 @@ protocol websockets
 func startMoat(t testing.TB, cfg broker.Config) string {
 	t.Helper()
 	cfg.AllowAnonymous = true
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
 	srv, err := broker.New(cfg)
 	if err != nil {
 		t.Fatal(err)
