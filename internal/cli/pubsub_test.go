@@ -1,0 +1,483 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/subtle"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"log/slog"
+	"math/big"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/moatmq/moat/internal/broker"
+	"github.com/moatmq/moat/internal/packet"
+)
+
+// syncBuffer is a bytes.Buffer safe for a command goroutine and the test.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+type result struct {
+	code     int
+	out, err string
+}
+
+// run runs the moat command line with stdin.
+func run(ctx context.Context, stdin string, args ...string) result {
+	var out, errb syncBuffer
+	code := Main(ctx, args, Stdio{In: strings.NewReader(stdin), Out: &out, Err: &errb})
+	return result{code, out.String(), errb.String()}
+}
+
+// runAsync starts the command in a goroutine.
+func runAsync(ctx context.Context, args ...string) <-chan result {
+	ch := make(chan result, 1)
+	go func() { ch <- run(ctx, "", args...) }()
+	return ch
+}
+
+// pubUntil publishes with pub args every 50 ms until the subscriber
+// command finishes, and returns its result.
+func pubUntil(t *testing.T, sub <-chan result, pub func() error) result {
+	t.Helper()
+	deadline := time.After(15 * time.Second)
+	for {
+		select {
+		case r := <-sub:
+			return r
+		case <-deadline:
+			t.Fatal("subscriber did not finish")
+		case <-time.After(50 * time.Millisecond):
+			if err := pub(); err != nil {
+				t.Fatalf("publisher: %v", err)
+			}
+		}
+	}
+}
+
+func moatPub(ctx context.Context, args ...string) func() error {
+	return func() error {
+		if r := run(ctx, "", append([]string{"pub"}, args...)...); r.code != 0 {
+			return fmt.Errorf("moat pub exit %d: %s", r.code, r.err)
+		}
+		return nil
+	}
+}
+
+func testCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// startMoat runs Moat's broker in-process and returns its port.
+func startMoat(t *testing.T, cfg broker.Config) string {
+	t.Helper()
+	if cfg.Authenticator == nil {
+		cfg.AllowAnonymous = true
+	}
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	srv, err := broker.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { srv.Serve(ctx, ln, broker.ListenerConfig{}); close(done) }()
+	t.Cleanup(func() {
+		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer scancel()
+		srv.Shutdown(sctx)
+		cancel()
+		<-done
+	})
+	return strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+}
+
+func TestPubSub(t *testing.T) {
+	port := startMoat(t, broker.Config{})
+	ctx := testCtx(t)
+	conn := []string{"-h", "127.0.0.1", "-p", port}
+	args := func(a ...string) []string { return append(append([]string(nil), a[:1]...), append(conn, a[1:]...)...) }
+	pa := func(a ...string) []string { return append(append([]string(nil), conn...), a...) }
+
+	t.Run("verbose", func(t *testing.T) {
+		sub := runAsync(ctx, args("sub", "-C", "1", "-t", "x/#", "-v")...)
+		r := pubUntil(t, sub, moatPub(ctx, pa("-t", "x/y", "-m", "hi")...))
+		if r.code != 0 || r.out != "x/y hi\n" {
+			t.Fatalf("sub: %+v", r)
+		}
+	})
+	t.Run("json", func(t *testing.T) {
+		sub := runAsync(ctx, args("sub", "-C", "1", "-t", "j", "--json", "-q", "1")...)
+		r := pubUntil(t, sub, moatPub(ctx, pa("-t", "j", "-m", "héllo", "-q", "1", "--user-property", "k=v",
+			"--content-type", "text/plain", "--message-expiry", "60")...))
+		if r.code != 0 {
+			t.Fatalf("sub: %+v", r)
+		}
+		var got struct {
+			Topic      string
+			QoS        int
+			Payload    string
+			Properties struct {
+				ContentType string      `json:"content_type"`
+				Expiry      int         `json:"message_expiry"`
+				User        [][2]string `json:"user_properties"`
+			}
+		}
+		if err := json.Unmarshal([]byte(r.out), &got); err != nil {
+			t.Fatalf("%v: %q", err, r.out)
+		}
+		if got.Topic != "j" || got.QoS != 1 || got.Payload != "héllo" || got.Properties.ContentType != "text/plain" ||
+			got.Properties.Expiry == 0 || got.Properties.Expiry > 60 || fmt.Sprint(got.Properties.User) != "[[k v]]" {
+			t.Fatalf("JSON %s", r.out)
+		}
+	})
+	t.Run("json-binary", func(t *testing.T) {
+		bin := filepath.Join(t.TempDir(), "bin")
+		os.WriteFile(bin, []byte{0xff, 0x00, 0x01}, 0o600)
+		sub := runAsync(ctx, args("sub", "-C", "1", "-t", "b", "--json")...)
+		r := pubUntil(t, sub, moatPub(ctx, pa("-t", "b", "-f", bin)...))
+		if r.code != 0 || !strings.Contains(r.out, `"payload_base64":"/wAB"`) || strings.Contains(r.out, `"payload":`) {
+			t.Fatalf("sub: %+v", r)
+		}
+	})
+	t.Run("lines-into-persistent-session", func(t *testing.T) {
+		// -E with -c creates the session; messages published while the
+		// subscriber is away are queued and delivered on return.
+		if r := run(ctx, "", args("sub", "-c", "-i", "lines-sub", "-q", "1", "-t", "lines", "-E")...); r.code != 0 {
+			t.Fatalf("sub -E: %+v", r)
+		}
+		r := run(ctx, "one\n\ntwo\nthree\n", args("pub", "-t", "lines", "-l", "-q", "1", "--json")...)
+		if r.code != 0 || strings.Count(r.out, `"status":"ok"`) != 3 {
+			t.Fatalf("pub -l: %+v", r)
+		}
+		r = run(ctx, "", args("sub", "-c", "-i", "lines-sub", "-q", "1", "-t", "lines", "-C", "3")...)
+		if r.code != 0 || r.out != "one\ntwo\nthree\n" {
+			t.Fatalf("sub: %+v", r)
+		}
+	})
+	t.Run("file-retained-and-stdin", func(t *testing.T) {
+		file := filepath.Join(t.TempDir(), "msg")
+		os.WriteFile(file, []byte("from file\nline 2"), 0o600)
+		if r := run(ctx, "", args("pub", "-t", "ret", "-f", file, "-r", "-q", "1")...); r.code != 0 {
+			t.Fatalf("pub -f: %+v", r)
+		}
+		r := run(ctx, "", args("sub", "-t", "ret", "-C", "1", "-N")...)
+		if r.code != 0 || r.out != "from file\nline 2" {
+			t.Fatalf("sub retained: %+v", r)
+		}
+		if r := run(ctx, "", args("sub", "-t", "ret", "-R", "-W", "1")...); r.code != exitTimedOut || r.out != "" {
+			t.Fatalf("sub -R printed the retained message or did not time out: %+v", r)
+		}
+		if r := run(ctx, "all of\nstdin", args("pub", "-t", "ret", "-s", "-r")...); r.code != 0 {
+			t.Fatalf("pub -s: %+v", r)
+		}
+		if r := run(ctx, "", args("sub", "-t", "ret", "-C", "1")...); r.out != "all of\nstdin\n" {
+			t.Fatalf("sub: %+v", r)
+		}
+		run(ctx, "", args("pub", "-t", "ret", "-n", "-r")...)
+	})
+	t.Run("filter-out", func(t *testing.T) {
+		sub := runAsync(ctx, args("sub", "-C", "1", "-t", "fo/#", "-T", "fo/skip", "-v")...)
+		n := 0
+		r := pubUntil(t, sub, func() error {
+			n++
+			if n%2 == 1 {
+				return moatPub(ctx, pa("-t", "fo/skip", "-m", "no")...)()
+			}
+			return moatPub(ctx, pa("-t", "fo/keep", "-m", "yes")...)()
+		})
+		if r.out != "fo/keep yes\n" {
+			t.Fatalf("sub: %+v", r)
+		}
+	})
+	t.Run("timeout", func(t *testing.T) {
+		r := run(ctx, "", args("sub", "-t", "quiet", "-W", "1")...)
+		if r.code != exitTimedOut || !strings.Contains(r.err, "Timed out") {
+			t.Fatalf("sub -W: %+v", r)
+		}
+	})
+	for _, v := range []string{"311", "mqttv31", "mqttv5"} {
+		t.Run("version-"+v, func(t *testing.T) {
+			sub := runAsync(ctx, args("sub", "-V", v, "-C", "1", "-t", "v"+v)...)
+			r := pubUntil(t, sub, moatPub(ctx, pa("-V", v, "-t", "v"+v, "-m", v)...))
+			if r.code != 0 || r.out != v+"\n" {
+				t.Fatalf("sub: %+v", r)
+			}
+		})
+	}
+}
+
+func TestPubSubErrors(t *testing.T) {
+	port := startMoat(t, broker.Config{})
+	ctx := testCtx(t)
+	cases := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no-topic", []string{"pub", "-m", "x"}, "no topic"},
+		{"two-sources", []string{"pub", "-t", "a", "-m", "x", "-n"}, "exactly one of"},
+		{"no-source", []string{"pub", "-t", "a"}, "exactly one of"},
+		{"wildcard", []string{"pub", "-t", "a/#", "-m", "x"}, "wildcard"},
+		{"bad-version", []string{"pub", "-t", "a", "-m", "x", "-V", "6"}, "unknown protocol version"},
+		{"bad-qos", []string{"sub", "-t", "a", "-q", "3"}, "QoS"},
+		{"persistent-without-id", []string{"sub", "-t", "a", "-c"}, "needs a client ID"},
+		{"refused-port", []string{"pub", "-t", "a", "-m", "x", "-p", "1"}, "connect"},
+		{"bad-filter", []string{"sub", "-t", "a/#/b"}, "topic filter"},
+		{"url-and-host", []string{"pub", "-L", "mqtt://127.0.0.1:" + port + "/t", "-h", "x", "-m", "x"}, "either"},
+		{"cert-without-key", []string{"pub", "-t", "a", "-m", "x", "--cert", "c.pem"}, "--cert and --key"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			args := append(tc.args, "--connect-timeout", "5s")
+			if tc.name != "refused-port" && tc.name != "url-and-host" {
+				args = append(args, "-p", port, "-h", "127.0.0.1")
+			}
+			r := run(ctx, "", args...)
+			if r.code == 0 || !strings.Contains(r.err, tc.want) {
+				t.Fatalf("exit %d, stderr %q; want failure mentioning %q", r.code, r.err, tc.want)
+			}
+		})
+	}
+}
+
+// TestPasswordSources checks the ways to give a password: file and
+// environment silently, -P with a warning.
+func TestPasswordSources(t *testing.T) {
+	auth := broker.AuthenticatorFunc(func(ctx context.Context, req *broker.ConnectRequest) broker.AuthResult {
+		c := req.Connect
+		if c.Username == "alice" && subtle.ConstantTimeCompare(c.Password, []byte("s3cret")) == 1 {
+			return broker.AuthResult{Allow: true}
+		}
+		return broker.AuthResult{Code: packet.BadUsernameOrPassword, Reason: "test"}
+	})
+	port := startMoat(t, broker.Config{Authenticator: auth})
+	ctx := testCtx(t)
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good")
+	os.WriteFile(good, []byte("s3cret\n"), 0o600)
+	loose := filepath.Join(dir, "loose")
+	os.WriteFile(loose, []byte("s3cret"), 0o644)
+	bad := filepath.Join(dir, "bad")
+	os.WriteFile(bad, []byte("wrong\n"), 0o600)
+	base := []string{"pub", "-h", "127.0.0.1", "-p", port, "-t", "a", "-m", "x", "-u", "alice"}
+	cases := []struct {
+		name     string
+		args     []string
+		env      string
+		ok       bool
+		warnWant string
+	}{
+		{"file", []string{"--password-file", good}, "", true, ""},
+		{"env", nil, "s3cret", true, ""},
+		{"flag-warns", []string{"-P", "s3cret"}, "", true, "-P puts the password on the command line"},
+		{"loose-file-warns", []string{"--password-file", loose}, "", true, "readable by other users"},
+		{"wrong", []string{"--password-file", bad}, "", false, ""},
+		{"url-warns", []string{"-L", "mqtt://alice:s3cret@127.0.0.1:" + port + "/a"}, "", true, "URL puts the password"},
+		{"two-sources", []string{"-P", "x", "--password-file", good}, "", false, "use one"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			old := getenv
+			getenv = func(k string) string {
+				if k == passwordEnv {
+					return tc.env
+				}
+				return ""
+			}
+			defer func() { getenv = old }()
+			args := append(append([]string(nil), base...), tc.args...)
+			if tc.name == "url-warns" {
+				args = []string{"pub", "-m", "x", "-L", tc.args[1]}
+			}
+			r := run(ctx, "", args...)
+			if (r.code == 0) != tc.ok {
+				t.Fatalf("exit %d, stderr %q", r.code, r.err)
+			}
+			if tc.warnWant != "" && !strings.Contains(r.err, tc.warnWant) {
+				t.Fatalf("stderr %q lacks %q", r.err, tc.warnWant)
+			}
+			if strings.Contains(r.err, "s3cret") {
+				t.Fatalf("password echoed: %q", r.err)
+			}
+			if tc.name == "wrong" && !strings.Contains(r.err, "bad user name or password") {
+				t.Fatalf("stderr %q", r.err)
+			}
+		})
+	}
+}
+
+// TestServerSelection checks the default port and TLS rules.
+func TestServerSelection(t *testing.T) {
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	writeTestCA(t, ca)
+	cases := []struct {
+		args []string
+		want string
+	}{
+		{nil, "mqtt://localhost:1883"},
+		{[]string{"-p", "1884"}, "mqtt://localhost:1884"},
+		{[]string{"--cafile", ca}, "mqtts://localhost:8883"},
+		{[]string{"--cafile", ca, "-p", "9000"}, "mqtts://localhost:9000"},
+		{[]string{"-p", "8883"}, "mqtts://localhost:8883"},
+		{[]string{"--tls", "-h", "broker.example"}, "mqtts://broker.example:8883"},
+		{[]string{"-h", "::1"}, "mqtt://[::1]:1883"},
+		{[]string{"-L", "wss://b.example/mqtt"}, "wss://b.example/mqtt"},
+		{[]string{"-L", "mqtts://b.example:8884/a/topic"}, "mqtts://b.example:8884"},
+	}
+	for _, tc := range cases {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			var f2 clientFlags
+			fs2 := pflag.NewFlagSet("test", pflag.ContinueOnError)
+			f2.register(fs2)
+			if err := fs2.Parse(tc.args); err != nil {
+				t.Fatal(err)
+			}
+			cfg, _, err := f2.config(fs2, Stdio{Err: &bytes.Buffer{}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.Servers[0] != tc.want {
+				t.Fatalf("server %q, want %q", cfg.Servers[0], tc.want)
+			}
+		})
+	}
+}
+
+func writeTestCA(t *testing.T, file string) {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "ca"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(file, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+}
+
+// TestMosquittoClientsCompat checks that mosquitto_sub receives what moat
+// pub sends and moat sub what mosquitto_pub sends, through Moat's broker
+// and through mosquitto.
+func TestMosquittoClientsCompat(t *testing.T) {
+	mpub, err1 := exec.LookPath("mosquitto_pub")
+	msub, err2 := exec.LookPath("mosquitto_sub")
+	if err1 != nil || err2 != nil {
+		t.Skip("mosquitto-clients not installed")
+	}
+	brokers := map[string]string{"moat": startMoat(t, broker.Config{})}
+	if bin, err := exec.LookPath("mosquitto"); err == nil {
+		brokers["mosquitto"] = startMosquittoPlain(t, bin)
+	}
+	ctx := testCtx(t)
+	for name, port := range brokers {
+		for _, v := range []string{"mqttv311", "mqttv5"} {
+			t.Run(name+"/"+v+"/moat-pub-to-mosquitto_sub", func(t *testing.T) {
+				var out bytes.Buffer
+				cmd := exec.CommandContext(ctx, msub, "-h", "127.0.0.1", "-p", port, "-V", v, "-t", "compat/a", "-C", "1", "-v", "-q", "1")
+				cmd.Stdout = &out
+				if err := cmd.Start(); err != nil {
+					t.Fatal(err)
+				}
+				done := make(chan result, 1)
+				go func() { err := cmd.Wait(); done <- result{code: exitCode(err)} }()
+				r := pubUntil(t, done, moatPub(ctx, "-h", "127.0.0.1", "-p", port, "-V", v, "-t", "compat/a", "-m", "from moat", "-q", "1"))
+				if r.code != 0 || out.String() != "compat/a from moat\n" {
+					t.Fatalf("mosquitto_sub exit %d output %q", r.code, out.String())
+				}
+			})
+			t.Run(name+"/"+v+"/mosquitto_pub-to-moat-sub", func(t *testing.T) {
+				sub := runAsync(ctx, "sub", "-h", "127.0.0.1", "-p", port, "-V", v, "-t", "compat/b", "-C", "1", "-v", "-q", "2")
+				r := pubUntil(t, sub, func() error {
+					return exec.CommandContext(ctx, mpub, "-h", "127.0.0.1", "-p", port, "-V", v, "-t", "compat/b", "-m", "from mosquitto", "-q", "2").Run()
+				})
+				if r.code != 0 || r.out != "compat/b from mosquitto\n" {
+					t.Fatalf("moat sub: %+v", r)
+				}
+			})
+		}
+	}
+}
+
+func exitCode(err error) int {
+	if err == nil {
+		return 0
+	}
+	if ee, ok := err.(*exec.ExitError); ok {
+		return ee.ExitCode()
+	}
+	return -1
+}
+
+// startMosquittoPlain starts mosquitto with one anonymous listener and
+// returns its port.
+func startMosquittoPlain(t *testing.T, bin string) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+	ln.Close()
+	conf := "listener " + port + " 127.0.0.1\nallow_anonymous true\npersistence false\n"
+	if os.Geteuid() == 0 {
+		conf = "user root\n" + conf
+	}
+	cf := filepath.Join(t.TempDir(), "mosquitto.conf")
+	os.WriteFile(cf, []byte(conf), 0o600)
+	cmd := exec.Command(bin, "-c", cf)
+	var log bytes.Buffer
+	cmd.Stderr = &log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.Dial("tcp", "127.0.0.1:"+port)
+		if err == nil {
+			c.Close()
+			return port
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("mosquitto did not start: %s", log.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
