@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 	"unicode/utf8"
 
@@ -397,6 +398,10 @@ func writeJSON(w io.Writer, v any) error {
 	return err
 }
 
+func usesTLS(cfg client.Config) bool {
+	return len(cfg.Servers) > 0 && (strings.HasPrefix(cfg.Servers[0], "mqtts:") || strings.HasPrefix(cfg.Servers[0], "wss:"))
+}
+
 // connectHint adds an operator hint to a connection error.
 func connectHint(err error, cfg client.Config) error {
 	var re *client.ReasonError
@@ -409,6 +414,9 @@ func connectHint(err error, cfg client.Config) error {
 		return fmt.Errorf("%w (hint: pass the broker's CA with --cafile)", err)
 	case errors.As(err, new(x509.HostnameError)):
 		return fmt.Errorf("%w (hint: connect with the host name in the certificate)", err)
+	case usesTLS(cfg) && (cfg.TLSConfig == nil || len(cfg.TLSConfig.Certificates) == 0) &&
+		(errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)):
+		return fmt.Errorf("%w (hint: the broker may require a client certificate: --cert and --key)", err)
 	}
 	return err
 }

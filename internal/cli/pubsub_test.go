@@ -449,20 +449,122 @@ func exitCode(err error) int {
 // startMosquittoPlain starts mosquitto with one anonymous listener and
 // returns its port.
 func startMosquittoPlain(t *testing.T, bin string) string {
+	return startMosquittoConf(t, bin, func(port string) string {
+		return "listener " + port + " 127.0.0.1\nallow_anonymous true\npersistence false\n"
+	})
+}
+
+// issueCert issues a certificate signed by caKey/caCert into dir/name.pem
+// and dir/name.key.
+func issueCert(t *testing.T, dir, name string, caCert *x509.Certificate, caKey *ecdsa.PrivateKey, tmpl *x509.Certificate) {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl.SerialNumber = big.NewInt(time.Now().UnixNano())
+	tmpl.NotBefore, tmpl.NotAfter = time.Now().Add(-time.Hour), time.Now().Add(time.Hour)
+	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, _ := x509.MarshalECPrivateKey(key)
+	os.WriteFile(filepath.Join(dir, name+".pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+	os.WriteFile(filepath.Join(dir, name+".key"), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600)
+}
+
+func newCA(t *testing.T, dir, name string) (*x509.Certificate, *ecdsa.PrivateKey) {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, name+".pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+	c, _ := x509.ParseCertificate(der)
+	return c, key
+}
+
+// TestPubSubMutualTLS runs moat pub/sub against a mosquitto listener that
+// requires client certificates, and checks --insecure.
+func TestPubSubMutualTLS(t *testing.T) {
+	bin, err := exec.LookPath("mosquitto")
+	if err != nil {
+		t.Skip("mosquitto not installed")
+	}
+	dir := t.TempDir()
+	caCert, caKey := newCA(t, dir, "ca")
+	newCA(t, dir, "other-ca")
+	issueCert(t, dir, "server", caCert, caKey, &x509.Certificate{Subject: pkix.Name{CommonName: "localhost"},
+		DNSNames: []string{"localhost"}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+	issueCert(t, dir, "device", caCert, caKey, &x509.Certificate{Subject: pkix.Name{CommonName: "device-1"},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	f := func(n string) string { return filepath.Join(dir, n) }
+	port := startMosquittoConf(t, bin, func(port string) string {
+		return fmt.Sprintf("listener %s 127.0.0.1\nallow_anonymous true\npersistence false\ncafile %s\ncertfile %s\nkeyfile %s\nrequire_certificate true\n",
+			port, f("ca.pem"), f("server.pem"), f("server.key"))
+	})
+	ctx := testCtx(t)
+	mtls := []string{"-p", port, "--cafile", f("ca.pem"), "--cert", f("device.pem"), "--key", f("device.key")}
+	cases := []struct {
+		name      string
+		args      []string
+		ok        bool
+		errSubstr string
+	}{
+		{"mtls", append([]string{"-h", "localhost"}, mtls...), true, ""},
+		{"no-client-cert", []string{"-h", "localhost", "-p", port, "--cafile", f("ca.pem")}, false, "certificate"},
+		{"hostname-mismatch", append([]string{"-h", "127.0.0.1"}, mtls...), false, "host name in the certificate"},
+		{"insecure-skips-hostname", append([]string{"-h", "127.0.0.1", "--insecure"}, mtls...), true, "--insecure"},
+		{"insecure-still-checks-ca", []string{"-h", "127.0.0.1", "--insecure", "-p", port, "--cafile", f("other-ca.pem"),
+			"--cert", f("device.pem"), "--key", f("device.key")}, false, "certificate"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			topic := "tls/" + tc.name
+			if !tc.ok {
+				r := run(ctx, "", append([]string{"pub", "-t", topic, "-m", "x", "--connect-timeout", "5s"}, tc.args...)...)
+				if r.code == 0 || !strings.Contains(r.err, tc.errSubstr) {
+					t.Fatalf("exit %d stderr %q, want failure mentioning %q", r.code, r.err, tc.errSubstr)
+				}
+				return
+			}
+			sub := runAsync(ctx, append([]string{"sub", "-t", topic, "-C", "1"}, tc.args...)...)
+			var pubErr string
+			r := pubUntil(t, sub, func() error {
+				r := run(ctx, "", append([]string{"pub", "-t", topic, "-m", "secure"}, tc.args...)...)
+				pubErr = r.err
+				if r.code != 0 {
+					return fmt.Errorf("exit %d: %s", r.code, r.err)
+				}
+				return nil
+			})
+			if r.code != 0 || r.out != "secure\n" {
+				t.Fatalf("sub: %+v", r)
+			}
+			if !strings.Contains(pubErr, tc.errSubstr) {
+				t.Fatalf("stderr %q lacks %q", pubErr, tc.errSubstr)
+			}
+		})
+	}
+}
+
+// startMosquittoConf starts mosquitto with the configuration conf(port)
+// and returns the port.
+func startMosquittoConf(t *testing.T, bin string, conf func(port string) string) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
 	ln.Close()
-	conf := "listener " + port + " 127.0.0.1\nallow_anonymous true\npersistence false\n"
+	c := conf(port)
 	if os.Geteuid() == 0 {
-		conf = "user root\n" + conf
+		c = "user root\n" + c
 	}
 	cf := filepath.Join(t.TempDir(), "mosquitto.conf")
-	os.WriteFile(cf, []byte(conf), 0o600)
+	os.WriteFile(cf, []byte(c), 0o600)
 	cmd := exec.Command(bin, "-c", cf)
-	var log bytes.Buffer
+	var log syncBuffer
 	cmd.Stderr = &log
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
