@@ -211,4 +211,24 @@ type ListenerConfig struct {
 	// that a certificate revoked or expired while connected ends its
 	// session within seconds.
 	CertWatcher CertWatcher
+
+	// MaxQoS, when non-nil, is the highest QoS clients of this listener may
+	// use (0, 1 or 2); it is announced to v5 clients, subscriptions are
+	// granted at most this QoS, and a PUBLISH above it is refused. Default 2.
+	MaxQoS *byte
+
+	// TopicAliasMaximum, when non-nil, overrides Config.TopicAliasMaximum.
+	TopicAliasMaximum *int
+
+	// RefuseZeroLengthClientID refuses clients that send an empty client
+	// identifier instead of assigning one (mosquitto's
+	// allow_zero_length_clientid false). Default false.
+	RefuseZeroLengthClientID bool
+
+	// AutoIDPrefix prefixes assigned client identifiers. Default "auto-".
+	AutoIDPrefix string
+
+	// UseUsernameAsClientID replaces the client identifier with the
+	// (authenticated) username (mosquitto's use_username_as_clientid).
+	UseUsernameAsClientID bool
 }

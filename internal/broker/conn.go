@@ -58,7 +58,10 @@ type conn struct {
 	done       chan struct{} // closed when the connection is fully cleaned up
 	closing    atomic.Bool
 	normalExit atomic.Bool // DISCONNECT 0x00 received: no will
-	takenOver  atomic.Bool
+	// established is set once CONNACK is queued; it publishes version to
+	// other goroutines (kill).
+	established atomic.Bool
+	takenOver   atomic.Bool
 }
 
 // connectState is the result of CONNECT processing, applied once the
@@ -162,11 +165,9 @@ func (c *conn) refuseBadConnect(p packet.Packet, err error) {
 	code := pe.Code
 	switch {
 	case errors.Is(err, packet.ErrUnsupportedVersion):
-		// [MQTT-3.1.2-2]: answer with "unacceptable protocol version".
-		if v == packet.V5 {
-			v = packet.V311 // the client's level is unknown to us: 3.x encoding is understood by all
-		}
-		c.writeDirect(&packet.Connack{ReasonCode: packet.V3UnacceptableProtocolVersion}, v)
+		// [MQTT-3.1.2-2]: answer with "unacceptable protocol version" in
+		// the 3.1.1 encoding, the one every client version can read.
+		c.writeDirect(&packet.Connack{ReasonCode: packet.V3UnacceptableProtocolVersion}, packet.V311)
 	case v == packet.V5:
 		c.writeDirect(&packet.Connack{ReasonCode: code}, v)
 	}
@@ -222,13 +223,15 @@ func (c *conn) connect(ctx context.Context, pkt *packet.Connect) bool {
 	// Client identifier rules.
 	if st.clientID == "" {
 		switch {
+		case c.lst.refuseEmptyID:
+			return c.refuse(pkt, packet.ClientIDNotValid, "zero-length client identifiers are not allowed on this listener")
 		case pkt.Version == packet.V31:
 			return c.refuse(pkt, packet.ClientIDNotValid, "MQTT 3.1 requires a client identifier")
 		case pkt.Version == packet.V311 && !pkt.CleanStart:
 			// [MQTT-3.1.3-8]
 			return c.refuse(pkt, packet.ClientIDNotValid, "a zero-length client identifier requires clean session")
 		}
-		st.clientID = s.assignClientID()
+		st.clientID = s.assignClientID(c.lst.idPrefix)
 		st.assignedID = true
 	} else if pkt.Version == packet.V31 && len(st.clientID) > 23 {
 		return c.refuse(pkt, packet.ClientIDNotValid, "MQTT 3.1 client identifiers are at most 23 bytes")
@@ -252,12 +255,20 @@ func (c *conn) connect(ctx context.Context, pkt *packet.Connect) bool {
 		if w.Retain && s.cfg.RetainDisabled {
 			return c.refuse(pkt, packet.RetainNotSupported, "retained messages are not available")
 		}
+		if w.QoS > c.lst.maxQoS {
+			return c.refuse(pkt, packet.QoSNotSupported, fmt.Sprintf("will QoS %d exceeds the maximum QoS %d", w.QoS, c.lst.maxQoS))
+		}
 	}
 
 	// Authentication.
 	c.client.ClientID = st.clientID
 	if !c.authenticate(ctx, pkt, &st) {
 		return false
+	}
+	if c.lst.usernameAsID && c.client.Username != "" && c.client.Username != st.clientID {
+		st.clientID = c.client.Username
+		c.client.ClientID = st.clientID
+		st.assignedID = true
 	}
 
 	// Session expiry.
@@ -285,7 +296,7 @@ func (c *conn) connect(ctx context.Context, pkt *packet.Connect) bool {
 	// Per-connection protocol state.
 	c.will = pkt.Will
 	if pkt.Version == packet.V5 {
-		c.aliasMaxIn = uint16(s.cfg.TopicAliasMaximum)
+		c.aliasMaxIn = uint16(c.lst.aliasMax)
 		c.aliasOutMax = pkt.Properties.TopicAliasMaximum
 	}
 	c.connectedAt = s.cfg.Now()
@@ -293,12 +304,11 @@ func (c *conn) connect(ctx context.Context, pkt *packet.Connect) bool {
 	// Start the writer, then attach the session: from attach on, other
 	// goroutines may queue packets for this connection.
 	c.nc.SetDeadline(time.Time{})
+	c.log = c.log.With("client", st.clientID)
 	c.writerStarted = true
 	s.track(c.writeLoop)
-	sess, present := s.attach(c, &st)
-	c.sess = sess
+	_, present := s.attach(c, &st)
 	s.stats.connected(s)
-	c.log = c.log.With("client", st.clientID)
 	c.log.Info("broker: client connected", "version", pkt.Version.String(), "username", c.client.Username,
 		"clean", pkt.CleanStart, "session_present", present, "keep_alive", ka)
 
@@ -335,9 +345,7 @@ func (c *conn) authenticate(ctx context.Context, pkt *packet.Connect, st *connec
 			c.client.Attributes = res.Attributes
 			return true
 		}
-		// An authenticator that has no opinion on a client without
-		// credentials leaves the decision to the anonymous policy.
-		if !(res.Code == 0 && !pkt.UsernameFlag && !pkt.PasswordFlag && anonymousOK) {
+		if !res.NoOpinion {
 			code := res.Code
 			if code == 0 {
 				code = packet.NotAuthorized
@@ -351,7 +359,9 @@ func (c *conn) authenticate(ctx context.Context, pkt *packet.Connect, st *connec
 		}
 		return c.refuse(pkt, packet.NotAuthorized, "anonymous access is not allowed on this listener")
 	}
-	c.client.Anonymous = true
+	// Admitted by the anonymous policy. As in Mosquitto, a username sent
+	// without a backend to check it is kept for logs and ACLs.
+	c.client.Anonymous = !pkt.UsernameFlag
 	return true
 }
 
@@ -371,6 +381,10 @@ func (c *conn) connack(st *connectState, present bool) {
 		if s.cfg.RetainDisabled {
 			p.RetainAvailable = 0
 			p.Mark(packet.PropRetainAvailable)
+		}
+		if c.lst.maxQoS < 2 {
+			p.MaximumQoS = c.lst.maxQoS
+			p.Mark(packet.PropMaximumQoS)
 		}
 		if st.assignedID {
 			p.AssignedClientID = st.clientID
@@ -554,7 +568,7 @@ func (c *conn) kill(code packet.ReasonCode, reason string) {
 		return
 	}
 	c.outMu.Lock()
-	if code != 0 && c.version == packet.V5 && c.sess != nil {
+	if code != 0 && c.established.Load() && c.version == packet.V5 {
 		d := &packet.Disconnect{ReasonCode: code}
 		if reason != "" {
 			d.Properties.SetReasonString(reason)

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"fmt"
 	"strings"
 
 	"github.com/moatmq/moat/internal/packet"
@@ -41,6 +42,10 @@ func (c *conn) handlePublish(p *packet.Publish) bool {
 		} else if p.Topic == "" {
 			return c.protocolError(packet.ProtocolError, "empty topic without topic alias")
 		}
+	}
+	if p.QoS > c.lst.maxQoS {
+		// [MQTT-3.2.2-11]
+		return c.protocolError(packet.QoSNotSupported, fmt.Sprintf("QoS %d exceeds the maximum QoS %d", p.QoS, c.lst.maxQoS))
 	}
 	if p.Retain && s.cfg.RetainDisabled {
 		// [MQTT-3.3.1-?]: retain not supported.
@@ -144,14 +149,14 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 			ClientID:          c.client.ClientID,
 			Filter:            filter,
 			Group:             group,
-			QoS:               req.QoS,
+			QoS:               min(req.QoS, c.lst.maxQoS),
 			NoLocal:           req.NoLocal,
 			RetainAsPublished: req.RetainAsPublished,
 			RetainHandling:    req.RetainHandling,
 			ID:                subID,
 		}
 		existed := s.index.Subscribe(sub)
-		codes[i] = packet.ReasonCode(req.QoS) // granted QoS: we support 2
+		codes[i] = packet.ReasonCode(sub.QoS)
 		// [MQTT-3.3.1-9..11] retained messages on subscribe; none for a
 		// shared subscription [MQTT-4.8.2-?].
 		if group == "" && !s.cfg.RetainDisabled && (req.RetainHandling == 0 || (req.RetainHandling == 1 && !existed)) {

@@ -43,6 +43,10 @@ type ConnectRequest struct {
 type AuthResult struct {
 	// Allow admits the client.
 	Allow bool
+	// NoOpinion leaves the decision to the listener's anonymous policy:
+	// the authenticator has no backend that knows this client. Ignored
+	// when Allow is set.
+	NoOpinion bool
 	// Code is the CONNACK reason code for a refusal (v5 code; mapped for v3
 	// clients). Zero means NotAuthorized.
 	Code packet.ReasonCode

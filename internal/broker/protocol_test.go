@@ -92,12 +92,7 @@ func TestConnect(t *testing.T) {
 }
 
 func TestAnonymousRefusedByDefault(t *testing.T) {
-	s, err := New(Config{Logger: testLogger(t), SysInterval: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	_ = s
-	_, addr := testServerNoAnon(t)
+	_, addr := testServer(t, Config{AllowAnonymous: false, Authenticator: noAuthenticator})
 	c := dialRaw(t, addr, packet.V5)
 	ack := c.connect(v5connect("anon"))
 	if ack.ReasonCode != packet.NotAuthorized {
@@ -109,10 +104,14 @@ func TestAnonymousRefusedByDefault(t *testing.T) {
 	}
 }
 
-func testServerNoAnon(t *testing.T) (*Server, string) {
-	deny := AuthenticatorFunc(func(_ context.Context, req *ConnectRequest) AuthResult { return AuthResult{} })
-	return testServer(t, Config{Authenticator: deny})
-}
+// noAuthenticator has no opinion on any client, which leaves the decision
+// to the anonymous policy.
+var noAuthenticator = AuthenticatorFunc(func(_ context.Context, req *ConnectRequest) AuthResult {
+	if req.Connect.UsernameFlag {
+		return AuthResult{Code: packet.BadUsernameOrPassword, Reason: "unknown user"}
+	}
+	return AuthResult{NoOpinion: true}
+})
 
 func TestPublishSubscribe(t *testing.T) {
 	_, addr := testServer(t, Config{})
@@ -432,7 +431,7 @@ func TestSessionResumeAndRedelivery(t *testing.T) {
 	}
 	sub2.send(&packet.Puback{PacketID: re.PacketID})
 	q := recvPublish(t, sub2)
-	if string(q.Payload) != "queued" || q.QoS != 1 {
+	if string(q.Payload) != "queued" || q.QoS != 2 {
 		t.Fatalf("queued: %+v", q)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"slices"
@@ -51,6 +52,11 @@ type listenerState struct {
 	allowAnonymous *bool
 	maxConns       int
 	certWatcher    CertWatcher
+	maxQoS         byte
+	aliasMax       int
+	refuseEmptyID  bool
+	idPrefix       string
+	usernameAsID   bool
 	active         atomic.Int64
 }
 
@@ -91,9 +97,30 @@ func (s *Server) track(f func()) {
 // called or ln fails. It closes ln when it returns, and returns
 // ErrServerClosed after Shutdown or cancellation.
 func (s *Server) Serve(ctx context.Context, ln net.Listener, lc ListenerConfig) error {
-	st := &listenerState{name: lc.Name, allowAnonymous: lc.AllowAnonymous, maxConns: lc.MaxConnections, certWatcher: lc.CertWatcher}
+	st := &listenerState{
+		name: lc.Name, allowAnonymous: lc.AllowAnonymous, maxConns: lc.MaxConnections, certWatcher: lc.CertWatcher,
+		maxQoS: 2, aliasMax: s.cfg.TopicAliasMaximum, refuseEmptyID: lc.RefuseZeroLengthClientID,
+		idPrefix: lc.AutoIDPrefix, usernameAsID: lc.UseUsernameAsClientID,
+	}
 	if st.name == "" {
 		st.name = ln.Addr().String()
+	}
+	if lc.MaxQoS != nil {
+		if *lc.MaxQoS > 2 {
+			ln.Close()
+			return fmt.Errorf("broker: listener %s: MaxQoS %d out of range 0..2", st.name, *lc.MaxQoS)
+		}
+		st.maxQoS = *lc.MaxQoS
+	}
+	if lc.TopicAliasMaximum != nil {
+		if a := *lc.TopicAliasMaximum; a < 0 || a > 65535 {
+			ln.Close()
+			return fmt.Errorf("broker: listener %s: TopicAliasMaximum %d out of range 0..65535", st.name, a)
+		}
+		st.aliasMax = *lc.TopicAliasMaximum
+	}
+	if st.idPrefix == "" {
+		st.idPrefix = "auto-"
 	}
 	s.mu.Lock()
 	if s.closed {
@@ -185,6 +212,7 @@ func (s *Server) release(st *listenerState) {
 // Shutdown stops accepting connections, disconnects every client (v5
 // clients get DISCONNECT 0x8B) and waits for all goroutines, or for ctx.
 func (s *Server) Shutdown(ctx context.Context) error {
+	s.cancel()
 	s.mu.Lock()
 	s.closed = true
 	for ln := range s.listeners {
@@ -195,7 +223,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		conns = append(conns, c)
 	}
 	s.mu.Unlock()
-	s.cancel()
 	for _, c := range conns {
 		c.kill(packet.ServerShuttingDown, "server shutting down")
 	}
@@ -235,10 +262,10 @@ func (s *Server) stopTimers() {
 func (s *Server) closing() bool { return s.ctx.Err() != nil }
 
 // assignClientID makes a unique identifier for a client that sent none.
-func (s *Server) assignClientID() string {
+func (s *Server) assignClientID(prefix string) string {
 	var b [12]byte
 	rand.Read(b[:])
-	return "moat-" + hex.EncodeToString(b[:])
+	return prefix + hex.EncodeToString(b[:])
 }
 
 func (s *Server) lookup(id string) *session {
@@ -312,6 +339,7 @@ func (s *Server) attach(c *conn, st *connectState) (*session, bool) {
 		}
 		c.sess = sess
 		c.connack(st, present)
+		c.established.Store(true)
 		if present {
 			sess.resendLocked(s, c)
 			sess.fillLocked(s)

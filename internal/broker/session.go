@@ -87,7 +87,9 @@ func (s *session) deliver(srv *Server, d *delivery) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c := s.conn
-	if c == nil {
+	if c == nil || c.closing.Load() {
+		// Offline, or the connection is going away: what is sent now
+		// would be lost with it, so queue instead.
 		if d.qos == 0 && !srv.cfg.QueueQoS0 {
 			srv.stats.droppedQoS0.Add(1)
 			return false
@@ -132,7 +134,7 @@ func (s *session) enqueueLocked(srv *Server, d *delivery) bool {
 // fillLocked moves queued messages into flight while there is room.
 func (s *session) fillLocked(srv *Server) {
 	c := s.conn
-	if c == nil {
+	if c == nil || c.closing.Load() {
 		return
 	}
 	now := srv.cfg.Now()

@@ -1,0 +1,719 @@
+package cli
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+
+	"github.com/moatmq/moat/internal/pki"
+)
+
+const defaultCADir = "moat-data/ca"
+
+func init() { register(newCACmd) }
+
+// caLogger logs the pki package's messages to stderr; only warnings and
+// errors unless verbose (serve is verbose).
+func caLogger(stdio Stdio, verbose bool) *slog.Logger {
+	lvl := slog.LevelWarn
+	if verbose {
+		lvl = slog.LevelInfo
+	}
+	return slog.New(slog.NewTextHandler(stdio.Err, &slog.HandlerOptions{Level: lvl}))
+}
+
+func newCACmd(stdio Stdio) *cobra.Command {
+	var dir string
+	cmd := &cobra.Command{
+		Use:   "ca",
+		Short: "Run Moat's certificate authority: issue, revoke, serve OCSP/CRL/EST",
+		Long: `moat ca manages a certificate authority kept in --dir (default moat-data/ca):
+a root CA (key encrypted at rest), an online issuing intermediate, an inventory
+of every issued certificate, revocation with CRL and OCSP, and EST enrollment.
+The trust anchor to give to brokers and devices is DIR/ca.pem.`,
+	}
+	cmd.PersistentFlags().StringVar(&dir, "dir", defaultCADir, "CA directory")
+	open := func(verbose bool) (*pki.CA, error) {
+		return pki.Open(dir, pki.Config{Logger: caLogger(stdio, verbose)})
+	}
+	cmd.AddCommand(
+		newCAInitCmd(stdio, &dir),
+		newCAIssueCmd(stdio, open),
+		newCASignCmd(stdio, open),
+		newCARevokeCmd(stdio, open),
+		newCACRLCmd(stdio, open),
+		newCAListCmd(stdio, open),
+		newCAShowCmd(stdio, open),
+		newCAVerifyCmd(stdio, open),
+		newCAServeCmd(stdio, open),
+		newCATokenCmd(stdio, open),
+	)
+	return cmd
+}
+
+type caOpener func(verbose bool) (*pki.CA, error)
+
+func durationFlag(s string, what string) (time.Duration, error) {
+	if s == "" {
+		return 0, nil
+	}
+	d, err := pki.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", what, err)
+	}
+	return d, nil
+}
+
+func newCAInitCmd(stdio Stdio, dir *string) *cobra.Command {
+	var (
+		alg, org, rootCN, interCN, passFile         string
+		rootLife, interLife, serverLife, deviceLife string
+		crlValidity, ocspValidity, ocspURL, crlURL  string
+		permitDNS, excludeDNS, permitIP, excludeIP  []string
+		generatePass                                bool
+	)
+	c := &cobra.Command{
+		Use:   "init",
+		Short: "Create a root CA and an issuing intermediate in --dir",
+		Long: `Create a root CA and an online issuing intermediate in --dir.
+
+The root key is encrypted with a passphrase read from $MOAT_CA_PASSPHRASE,
+from --passphrase-file, or from a prompt on the terminal (never from the
+command line). --generate-passphrase writes a random one to DIR/root.pass
+(mode 0600) instead; move that file offline.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var errs []error
+			a, err := pki.ParseKeyAlgorithm(alg)
+			errs = append(errs, err)
+			opts := pki.InitOptions{
+				Config:                 pki.Config{Logger: caLogger(stdio, false)},
+				Organization:           org,
+				RootCommonName:         rootCN,
+				IntermediateCommonName: interCN,
+			}
+			opts.Algorithm = a
+			opts.OCSPURL, opts.CRLURL = ocspURL, crlURL
+			opts.PermittedDNSDomains, opts.ExcludedDNSDomains = permitDNS, excludeDNS
+			opts.PermittedIPRanges, opts.ExcludedIPRanges = permitIP, excludeIP
+			for _, f := range []struct {
+				s, what string
+				dst     *time.Duration
+			}{{rootLife, "--root-lifetime", &opts.RootLifetime}, {interLife, "--intermediate-lifetime", &opts.IntermediateLifetime}} {
+				*f.dst, err = durationFlag(f.s, f.what)
+				errs = append(errs, err)
+			}
+			for _, f := range []struct {
+				s, what string
+				dst     *pki.Duration
+			}{{serverLife, "--server-lifetime", &opts.ServerLifetime}, {deviceLife, "--device-lifetime", &opts.DeviceLifetime}, {crlValidity, "--crl-validity", &opts.CRLValidity}, {ocspValidity, "--ocsp-validity", &opts.OCSPValidity}} {
+				d, err := durationFlag(f.s, f.what)
+				*f.dst = pki.Duration(d)
+				errs = append(errs, err)
+			}
+			for _, u := range []string{ocspURL, crlURL} {
+				if u != "" {
+					if p, err := url.Parse(u); err != nil || (p.Scheme != "http" && p.Scheme != "https") {
+						errs = append(errs, fmt.Errorf("%q is not an http:// URL", u))
+					}
+				}
+			}
+			if err := errors.Join(errs...); err != nil {
+				return fmt.Errorf("ca init: %w", err)
+			}
+			if pki.Exists(*dir) {
+				return fmt.Errorf("ca init: %s already holds a CA (choose another --dir, or use the existing one)", *dir)
+			}
+			if !generatePass {
+				pass, err := readPassphrase(stdio, passFile, true)
+				if err != nil {
+					return fmt.Errorf("ca init: %w", err)
+				}
+				opts.Passphrase = pass
+			}
+			ca, err := pki.Init(*dir, opts)
+			if err != nil {
+				return fmt.Errorf("ca init: %w", err)
+			}
+			fmt.Fprintf(stdio.Out, "Created CA in %s (%s)\n", *dir, a)
+			fmt.Fprintf(stdio.Out, "  root:          %s, valid until %s\n", ca.Root().Subject.CommonName, ca.Root().NotAfter.Format("2006-01-02"))
+			fmt.Fprintf(stdio.Out, "  intermediate:  %s, valid until %s\n", ca.Intermediate().Subject.CommonName, ca.Intermediate().NotAfter.Format("2006-01-02"))
+			fmt.Fprintf(stdio.Out, "  trust anchor:  %s/%s\n", *dir, pki.FileRoot)
+			if generatePass {
+				fmt.Fprintf(stdio.Out, "  root key passphrase written to %s/%s: move it offline\n", *dir, pki.FileRootPass)
+			}
+			return nil
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&alg, "algorithm", "ecdsa-p256", "key algorithm: ecdsa-p256, ecdsa-p384, ed25519, rsa-2048, rsa-3072, rsa-4096")
+	f.StringVar(&org, "org", "Moat", "organization (O=) of the CA certificates")
+	f.StringVar(&rootCN, "root-cn", "Moat Root CA", "common name of the root")
+	f.StringVar(&interCN, "intermediate-cn", "Moat Issuing CA", "common name of the intermediate")
+	f.StringVar(&passFile, "passphrase-file", "", "file holding the root key passphrase (else $MOAT_CA_PASSPHRASE or a prompt)")
+	f.BoolVar(&generatePass, "generate-passphrase", false, "generate the root key passphrase into DIR/root.pass (unattended setups)")
+	f.StringVar(&rootLife, "root-lifetime", "20y", "root certificate lifetime")
+	f.StringVar(&interLife, "intermediate-lifetime", "10y", "intermediate certificate lifetime")
+	f.StringVar(&serverLife, "server-lifetime", "90d", "default lifetime of server certificates")
+	f.StringVar(&deviceLife, "device-lifetime", "180d", "default lifetime of device certificates")
+	f.StringVar(&crlValidity, "crl-validity", "7d", "CRL validity (nextUpdate - thisUpdate); regenerated at half")
+	f.StringVar(&ocspValidity, "ocsp-validity", "1h", "validity of OCSP responses")
+	f.StringVar(&ocspURL, "ocsp-url", "", "OCSP responder URL written into issued certificates, e.g. http://ca.example.com:8080/ocsp")
+	f.StringVar(&crlURL, "crl-url", "", "CRL URL written into issued certificates, e.g. http://ca.example.com:8080/crl")
+	f.StringSliceVar(&permitDNS, "permit-dns", nil, "name constraint: permitted DNS domains (repeat or comma-separate)")
+	f.StringSliceVar(&excludeDNS, "exclude-dns", nil, "name constraint: excluded DNS domains")
+	f.StringSliceVar(&permitIP, "permit-ip", nil, "name constraint: permitted IP ranges (CIDR)")
+	f.StringSliceVar(&excludeIP, "exclude-ip", nil, "name constraint: excluded IP ranges (CIDR)")
+	return c
+}
+
+// readPassphrase gets a secret from $MOAT_CA_PASSPHRASE, a file, or the
+// terminal, in that order.
+func readPassphrase(stdio Stdio, file string, confirm bool) ([]byte, error) {
+	if v, ok := os.LookupEnv("MOAT_CA_PASSPHRASE"); ok && v != "" {
+		return []byte(v), nil
+	}
+	if file != "" {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return nil, fmt.Errorf("reading passphrase file: %w", err)
+		}
+		p := bytes.TrimRight(b, "\r\n")
+		if len(p) == 0 {
+			return nil, fmt.Errorf("passphrase file %s is empty", file)
+		}
+		return p, nil
+	}
+	f, ok := stdio.In.(*os.File)
+	if !ok || !isTerminal(f) {
+		return nil, errors.New("no root key passphrase: set MOAT_CA_PASSPHRASE, give --passphrase-file, run on a terminal, or use --generate-passphrase")
+	}
+	fmt.Fprint(stdio.Err, "Root key passphrase: ")
+	p, err := readNoEcho(f)
+	fmt.Fprintln(stdio.Err)
+	if err != nil {
+		return nil, err
+	}
+	if confirm {
+		fmt.Fprint(stdio.Err, "Again: ")
+		p2, err := readNoEcho(f)
+		fmt.Fprintln(stdio.Err)
+		if err != nil {
+			return nil, err
+		}
+		if !bytes.Equal(p, p2) {
+			return nil, errors.New("the passphrases do not match")
+		}
+	}
+	return p, nil
+}
+
+func writeIssued(stdio Stdio, iss *pki.Issued, out string) error {
+	if out == "" {
+		stdio.Out.Write(iss.CertPEM())
+		if iss.Key != nil {
+			return errors.New("a key was generated: give --out PREFIX so it is written to PREFIX.key (mode 0600)")
+		}
+		return nil
+	}
+	if err := iss.WriteFiles(out); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdio.Out, "Issued %s certificate for %q, serial %s, valid until %s\n", iss.Record.Profile, iss.Record.Subject, iss.Record.Serial, iss.Record.NotAfter.Format(time.RFC3339))
+	fmt.Fprintf(stdio.Out, "  %s.pem (certificate and intermediate)\n", out)
+	if iss.Key != nil {
+		fmt.Fprintf(stdio.Out, "  %s.key (private key, mode 0600)\n", out)
+	}
+	return nil
+}
+
+func newCAIssueCmd(stdio Stdio, open caOpener) *cobra.Command {
+	var (
+		sans, uris         []string
+		out, lifetime, alg string
+	)
+	c := &cobra.Command{
+		Use:   "issue server NAME | device ID",
+		Short: "Issue a server or device certificate with a new key",
+		Example: `  moat ca issue server broker --san DNS:broker.example.com,IP:10.0.0.5 --out broker
+  moat ca issue device sensor-042 --uri spiffe://factory.example/sensor-042 --out sensor-042`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var profile pki.Profile
+			switch args[0] {
+			case "server":
+				profile = pki.ProfileServer
+			case "device", "client":
+				profile = pki.ProfileDevice
+			default:
+				return fmt.Errorf("ca issue: unknown kind %q (use server or device)", args[0])
+			}
+			life, err := durationFlag(lifetime, "--lifetime")
+			if err != nil {
+				return fmt.Errorf("ca issue: %w", err)
+			}
+			a, err := pki.ParseKeyAlgorithm(alg)
+			if err != nil {
+				return fmt.Errorf("ca issue: %w", err)
+			}
+			entries := append(append([]string{}, sans...), prefixAll("URI:", uris)...)
+			dns, ips, us, err := pki.ParseSANs(entries)
+			if err != nil {
+				return fmt.Errorf("ca issue: %w", err)
+			}
+			if profile == pki.ProfileServer && len(dns)+len(ips) == 0 {
+				dns, ips, _, _ = pki.ParseSANs([]string{args[1]})
+			}
+			if out == "" {
+				return errors.New("ca issue: give --out PREFIX (writes PREFIX.pem and PREFIX.key)")
+			}
+			ca, err := open(false)
+			if err != nil {
+				return fmt.Errorf("ca issue: %w", err)
+			}
+			iss, err := ca.Issue(pki.IssueRequest{Profile: profile, CommonName: args[1], DNSNames: dns, IPAddresses: ips, URIs: us, Lifetime: life, KeyAlgorithm: a, AuthorizedBy: "cli"})
+			if err != nil {
+				return fmt.Errorf("ca issue: %w", err)
+			}
+			return writeIssued(stdio, iss, out)
+		},
+	}
+	f := c.Flags()
+	f.StringSliceVar(&sans, "san", nil, "subject alternative names: DNS:name,IP:addr (server)")
+	f.StringSliceVar(&uris, "uri", nil, "URI SAN for a device, e.g. spiffe://example.org/device/ID")
+	f.StringVar(&out, "out", "", "write PREFIX.pem and PREFIX.key")
+	f.StringVar(&lifetime, "lifetime", "", "lifetime (default: server 90d, device 180d, as set at init)")
+	f.StringVar(&alg, "algorithm", "ecdsa-p256", "key algorithm of the new key")
+	return c
+}
+
+func prefixAll(p string, s []string) []string {
+	var out []string
+	for _, v := range s {
+		if !strings.Contains(v, ":") || !strings.HasPrefix(strings.ToUpper(v), "URI:") {
+			v = p + v
+		}
+		out = append(out, v)
+	}
+	return out
+}
+
+func newCASignCmd(stdio Stdio, open caOpener) *cobra.Command {
+	var profile, out, lifetime, id string
+	c := &cobra.Command{
+		Use:   "sign CSR.pem",
+		Short: "Sign a certificate request after checking it against a profile",
+		Example: `  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout dev.key -subj /CN=sensor-7 -out dev.csr
+  moat ca sign dev.csr --profile device --out dev`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			csr, err := pki.ReadCSRFile(args[0])
+			if err != nil {
+				return fmt.Errorf("ca sign: %w", err)
+			}
+			life, err := durationFlag(lifetime, "--lifetime")
+			if err != nil {
+				return fmt.Errorf("ca sign: %w", err)
+			}
+			ca, err := open(false)
+			if err != nil {
+				return fmt.Errorf("ca sign: %w", err)
+			}
+			iss, err := ca.SignCSR(pki.SignRequest{CSR: csr, Profile: pki.Profile(profile), AuthorizedID: id, Lifetime: life, AuthorizedBy: "cli-sign"})
+			if err != nil {
+				return fmt.Errorf("ca sign: %w", err)
+			}
+			return writeIssued(stdio, iss, out)
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&profile, "profile", "device", "issuance profile: device or server")
+	f.StringVar(&id, "id", "", "device profile: require the CSR's CN to be this ID")
+	f.StringVar(&out, "out", "", "write PREFIX.pem (default: the certificate chain on stdout)")
+	f.StringVar(&lifetime, "lifetime", "", "lifetime (default from the profile)")
+	return c
+}
+
+func newCARevokeCmd(stdio Stdio, open caOpener) *cobra.Command {
+	var reason string
+	c := &cobra.Command{
+		Use:   "revoke SERIAL|CERT.pem",
+		Short: "Revoke a certificate; the CRL and OCSP answers change at once",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			r, err := pki.ParseReason(reason)
+			if err != nil {
+				return fmt.Errorf("ca revoke: %w", err)
+			}
+			ca, err := open(false)
+			if err != nil {
+				return fmt.Errorf("ca revoke: %w", err)
+			}
+			var rec pki.Record
+			if _, statErr := os.Stat(args[0]); statErr == nil {
+				certs, err := pki.LoadCertificatesFile(args[0])
+				if err != nil {
+					return fmt.Errorf("ca revoke: %w", err)
+				}
+				rec, err = ca.RevokeCertificate(certs[0], r)
+				if err != nil {
+					return fmt.Errorf("ca revoke: %w", err)
+				}
+			} else if rec, err = ca.Revoke(args[0], r); err != nil {
+				return fmt.Errorf("ca revoke: %w", err)
+			}
+			fmt.Fprintf(stdio.Out, "Revoked %s (%s), reason %s; CRL regenerated (%s/%s)\n", rec.Serial, rec.Subject, rec.Reason, ca.Dir(), pki.FileCRL)
+			return nil
+		},
+	}
+	c.Flags().StringVar(&reason, "reason", "unspecified", "keyCompromise, superseded, cessationOfOperation, affiliationChanged, privilegeWithdrawn, unspecified")
+	return c
+}
+
+func newCACRLCmd(stdio Stdio, open caOpener) *cobra.Command {
+	var out string
+	var der bool
+	c := &cobra.Command{
+		Use:   "crl",
+		Short: "Write the current CRL (PEM; --der for DER)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ca, err := open(false)
+			if err != nil {
+				return fmt.Errorf("ca crl: %w", err)
+			}
+			var b []byte
+			if der {
+				b, err = ca.CRL()
+			} else {
+				b, err = ca.CRLPEM()
+			}
+			if err != nil {
+				return fmt.Errorf("ca crl: %w", err)
+			}
+			if out == "" || out == "-" {
+				_, err = stdio.Out.Write(b)
+				return err
+			}
+			if err := os.WriteFile(out, b, 0o644); err != nil {
+				return fmt.Errorf("ca crl: %w", err)
+			}
+			return nil
+		},
+	}
+	c.Flags().StringVar(&out, "out", "", "output file (default stdout)")
+	c.Flags().BoolVar(&der, "der", false, "write DER instead of PEM")
+	return c
+}
+
+func newCAListCmd(stdio Stdio, open caOpener) *cobra.Command {
+	var expiring, profile string
+	var revoked, asJSON bool
+	c := &cobra.Command{
+		Use:     "list",
+		Short:   "List issued certificates, soonest expiry first",
+		Example: "  moat ca list --expiring 30d\n  moat ca list --revoked",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			within, err := durationFlag(expiring, "--expiring")
+			if err != nil {
+				return fmt.Errorf("ca list: %w", err)
+			}
+			ca, err := open(false)
+			if err != nil {
+				return fmt.Errorf("ca list: %w", err)
+			}
+			recs, err := ca.List(pki.ListFilter{ExpiringWithin: within, Revoked: revoked, Profile: pki.Profile(profile)})
+			if err != nil {
+				return fmt.Errorf("ca list: %w", err)
+			}
+			if asJSON {
+				for i := range recs {
+					recs[i].DER = nil
+				}
+				enc := json.NewEncoder(stdio.Out)
+				enc.SetIndent("", "  ")
+				return enc.Encode(recs)
+			}
+			now := time.Now()
+			tw := tabwriter.NewWriter(stdio.Out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "SERIAL\tPROFILE\tSUBJECT\tNOT AFTER\tSTATUS\tNAMES")
+			for _, r := range recs {
+				st := string(r.Status(now))
+				if r.Status(now) == pki.StatusValid {
+					st += fmt.Sprintf(" (%dd left)", int(r.NotAfter.Sub(now).Hours()/24))
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Serial, r.Profile, r.Subject, r.NotAfter.UTC().Format("2006-01-02 15:04"), st, strings.Join(r.SANs(), ","))
+			}
+			return tw.Flush()
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&expiring, "expiring", "", "only valid certificates expiring within this duration, e.g. 30d")
+	f.BoolVar(&revoked, "revoked", false, "only revoked certificates")
+	f.StringVar(&profile, "profile", "", "only this profile (server, device, ocsp)")
+	f.BoolVar(&asJSON, "json", false, "JSON output")
+	return c
+}
+
+func newCAShowCmd(stdio Stdio, open caOpener) *cobra.Command {
+	var showPEM bool
+	c := &cobra.Command{
+		Use:   "show SERIAL",
+		Short: "Show one certificate of the inventory",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ca, err := open(false)
+			if err != nil {
+				return fmt.Errorf("ca show: %w", err)
+			}
+			r, err := ca.Get(args[0])
+			if err != nil {
+				return fmt.Errorf("ca show: %w (see moat ca list)", err)
+			}
+			w := stdio.Out
+			fmt.Fprintf(w, "serial:        %s\n", r.Serial)
+			fmt.Fprintf(w, "profile:       %s\n", r.Profile)
+			fmt.Fprintf(w, "subject:       CN=%s\n", r.Subject)
+			if s := r.SANs(); len(s) > 0 {
+				fmt.Fprintf(w, "names:         %s\n", strings.Join(s, ", "))
+			}
+			fmt.Fprintf(w, "not before:    %s\n", r.NotBefore.UTC().Format(time.RFC3339))
+			fmt.Fprintf(w, "not after:     %s\n", r.NotAfter.UTC().Format(time.RFC3339))
+			fmt.Fprintf(w, "status:        %s\n", r.Status(time.Now()))
+			if r.Revoked {
+				fmt.Fprintf(w, "revoked at:    %s (%s)\n", r.RevokedAt.UTC().Format(time.RFC3339), r.Reason)
+			}
+			fmt.Fprintf(w, "authorized by: %s\n", r.AuthorizedBy)
+			if showPEM {
+				c, err := x509.ParseCertificate(r.DER)
+				if err != nil {
+					return fmt.Errorf("ca show: %w", err)
+				}
+				w.Write(pki.EncodeCertificatesPEM(c))
+			}
+			return nil
+		},
+	}
+	c.Flags().BoolVar(&showPEM, "pem", false, "also print the certificate in PEM")
+	return c
+}
+
+func newCAVerifyCmd(stdio Stdio, open caOpener) *cobra.Command {
+	return &cobra.Command{
+		Use:   "verify CERT.pem",
+		Short: "Check a certificate: chain, validity window, key usage, revocation",
+		Long: `Check a certificate file (leaf first, intermediates may follow) against the
+CA in --dir and explain the result in words. Exit status 0 when valid, 1 when
+not (and 2 when the check could not be made).`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			certs, err := pki.LoadCertificatesFile(args[0])
+			if err != nil {
+				return &exitError{2, fmt.Errorf("ca verify: %w", err)}
+			}
+			ca, err := open(false)
+			if err != nil {
+				return &exitError{2, fmt.Errorf("ca verify: %w", err)}
+			}
+			res := ca.Verify(certs)
+			fmt.Fprintf(stdio.Out, "%s: %s", args[0], res.String())
+			if !res.Valid {
+				return &exitError{1, fmt.Errorf("ca verify: %s is not valid: %s", args[0], strings.Join(res.Problems, "; "))}
+			}
+			return nil
+		},
+	}
+}
+
+func newCAServeCmd(stdio Stdio, open caOpener) *cobra.Command {
+	var httpAddr, httpsAddr, certFile, keyFile, mfrCA string
+	var names []string
+	c := &cobra.Command{
+		Use:   "serve",
+		Short: "Serve OCSP, the CRL and metrics over HTTP and EST over HTTPS",
+		Long: `Serve the CA: --http ADDR serves OCSP (GET/POST /ocsp), the CRL (/crl DER,
+/crl.pem) and Prometheus metrics (/metrics); --https ADDR serves EST (RFC 7030)
+under /.well-known/est/. Without --tls-cert the HTTPS certificate is issued
+from the CA for --name (default localhost, 127.0.0.1).`,
+		Example: "  moat ca serve --http :8080 --https :8443 --name ca.example.com",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if httpAddr == "" && httpsAddr == "" {
+				return errors.New("ca serve: give --http ADDR and/or --https ADDR")
+			}
+			ca, err := open(true)
+			if err != nil {
+				return fmt.Errorf("ca serve: %w", err)
+			}
+			cfg := pki.ServerConfig{ESTNames: names}
+			if certFile != "" || keyFile != "" {
+				tc, err := loadTLSPair(certFile, keyFile)
+				if err != nil {
+					return fmt.Errorf("ca serve: %w", err)
+				}
+				cfg.ESTCertificate = &tc
+			}
+			if mfrCA != "" {
+				cs, err := pki.LoadCertificatesFile(mfrCA)
+				if err != nil {
+					return fmt.Errorf("ca serve: --manufacturer-ca: %w", err)
+				}
+				cfg.ManufacturerRoots = x509.NewCertPool()
+				for _, c := range cs {
+					cfg.ManufacturerRoots.AddCert(c)
+				}
+			}
+			srv, err := ca.NewServer(cfg)
+			if err != nil {
+				return fmt.Errorf("ca serve: %w", err)
+			}
+			var hl, sl net.Listener
+			if httpAddr != "" {
+				if hl, err = net.Listen("tcp", httpAddr); err != nil {
+					return fmt.Errorf("ca serve: --http: %w", err)
+				}
+			}
+			if httpsAddr != "" {
+				if sl, err = net.Listen("tcp", httpsAddr); err != nil {
+					if hl != nil {
+						hl.Close()
+					}
+					return fmt.Errorf("ca serve: --https: %w", err)
+				}
+			}
+			logger := caLogger(stdio, true)
+			attrs := []any{"dir", ca.Dir()}
+			if hl != nil {
+				attrs = append(attrs, "http", hl.Addr().String())
+			}
+			if sl != nil {
+				attrs = append(attrs, "https", sl.Addr().String())
+			}
+			logger.Info("moat ca serve: listening", attrs...)
+			ctx := cmd.Context()
+			if ctx == nil {
+				ctx = context.Background()
+			}
+			if err := srv.Serve(ctx, hl, sl); err != nil {
+				return fmt.Errorf("ca serve: %w", err)
+			}
+			logger.Info("moat ca serve: stopped")
+			return nil
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&httpAddr, "http", "", "address for OCSP, CRL and metrics, e.g. :8080")
+	f.StringVar(&httpsAddr, "https", "", "address for EST, e.g. :8443")
+	f.StringVar(&certFile, "tls-cert", "", "certificate chain for the HTTPS listener (default: issued from the CA)")
+	f.StringVar(&keyFile, "tls-key", "", "key for --tls-cert")
+	f.StringSliceVar(&names, "name", nil, "DNS names / IPs of the generated HTTPS certificate (default localhost,127.0.0.1)")
+	f.StringVar(&mfrCA, "manufacturer-ca", "", "PEM file of manufacturer CAs whose client certificates may enroll (CN = device ID)")
+	return c
+}
+
+func newCATokenCmd(stdio Stdio, open caOpener) *cobra.Command {
+	c := &cobra.Command{Use: "token", Short: "Manage one-time bootstrap tokens for EST enrollment"}
+	var ttl string
+	create := &cobra.Command{
+		Use:   "create ID",
+		Short: "Create a one-time enrollment token for device ID (printed on stdout)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			d, err := durationFlag(ttl, "--ttl")
+			if err != nil {
+				return fmt.Errorf("ca token create: %w", err)
+			}
+			ca, err := open(false)
+			if err != nil {
+				return fmt.Errorf("ca token create: %w", err)
+			}
+			tok, err := ca.CreateToken(args[0], d)
+			if err != nil {
+				return fmt.Errorf("ca token create: %w", err)
+			}
+			fmt.Fprintln(stdio.Out, tok)
+			return nil
+		},
+	}
+	create.Flags().StringVar(&ttl, "ttl", "24h", "how long the token can be used")
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List unused tokens (without the secrets)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ca, err := open(false)
+			if err != nil {
+				return fmt.Errorf("ca token list: %w", err)
+			}
+			ts, err := ca.Tokens()
+			if err != nil {
+				return fmt.Errorf("ca token list: %w", err)
+			}
+			tw := tabwriter.NewWriter(stdio.Out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tEXPIRES\tHASH")
+			for _, t := range ts {
+				fmt.Fprintf(tw, "%s\t%s\t%s\n", t.ID, t.Expires.UTC().Format(time.RFC3339), t.Hash)
+			}
+			return tw.Flush()
+		},
+	}
+	c.AddCommand(create, list)
+	return c
+}
+
+func loadTLSPair(certFile, keyFile string) (tls.Certificate, error) {
+	if certFile == "" || keyFile == "" {
+		return tls.Certificate{}, errors.New("give both --tls-cert and --tls-key")
+	}
+	c, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("loading TLS certificate: %w", err)
+	}
+	return c, nil
+}
+
+// isTerminal reports whether f is a terminal.
+func isTerminal(f *os.File) bool {
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
+}
+
+// readNoEcho reads one line from the terminal f with echo turned off.
+func readNoEcho(f *os.File) ([]byte, error) {
+	fd := int(f.Fd())
+	old, err := unix.IoctlGetTermios(fd, unix.TCGETS)
+	if err != nil {
+		return nil, err
+	}
+	t := *old
+	t.Lflag &^= unix.ECHO
+	t.Lflag |= unix.ICANON | unix.ISIG
+	if err := unix.IoctlSetTermios(fd, unix.TCSETS, &t); err != nil {
+		return nil, err
+	}
+	defer unix.IoctlSetTermios(fd, unix.TCSETS, old)
+	line, err := bufio.NewReader(f).ReadBytes('\n')
+	if err != nil && len(line) == 0 {
+		return nil, err
+	}
+	for len(line) > 0 && (line[len(line)-1] == '\n' || line[len(line)-1] == '\r') {
+		line = line[:len(line)-1]
+	}
+	return line, nil
+}

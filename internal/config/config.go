@@ -1,0 +1,420 @@
+// Package config reads Moat's configuration file. Two syntaxes are accepted
+// and both produce the same documented Config:
+//
+//   - Moat's own YAML (see examples/moat.yaml and docs/configuration.md),
+//     decoded strictly: unknown keys, duplicate keys and bad values are
+//     errors with their line numbers;
+//   - Mosquitto 2.0's mosquitto.conf, so that an existing file runs
+//     unchanged. Its rules are mirrored, including the quirks (the implicit
+//     default listener, "local only" mode, per_listener_settings, include_dir
+//     order); keys Moat does not implement yet are errors naming the file,
+//     line and key, never silently ignored when they affect security.
+//
+// Load reads a file, Parse reads bytes, Default returns the secure
+// zero-configuration setup. Every error names file:line where one exists,
+// and all problems are returned at once (errors.Join).
+//
+// The package is a leaf: it imports only the standard library and
+// go.yaml.in/yaml/v3. The command line maps a Config onto the broker,
+// listener and TLS packages. A Config is a plain value: it is safe for
+// concurrent reads, and the caller owns it.
+package config
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+)
+
+// Format is the syntax a configuration was written in.
+type Format string
+
+// The configuration syntaxes.
+const (
+	FormatYAML      Format = "yaml"
+	FormatMosquitto Format = "mosquitto"
+)
+
+// Transport is how a listener carries MQTT.
+type Transport string
+
+// Listener transports.
+const (
+	TransportTCP Transport = "tcp" // plain MQTT over TCP (insecure on a network)
+	TransportTLS Transport = "tls" // MQTT over TLS
+	TransportWS  Transport = "ws"  // MQTT over WebSocket (insecure on a network)
+	TransportWSS Transport = "wss" // MQTT over WebSocket over TLS
+)
+
+// Secure reports whether t encrypts the connection.
+func (t Transport) Secure() bool { return t == TransportTLS || t == TransportWSS }
+
+// WebSocket reports whether t is a WebSocket transport.
+func (t Transport) WebSocket() bool { return t == TransportWS || t == TransportWSS }
+
+// ClientAuth says whether a TLS listener asks for client certificates.
+type ClientAuth string
+
+// Client certificate policies.
+const (
+	ClientAuthNone     ClientAuth = "none"     // do not ask for a client certificate
+	ClientAuthOptional ClientAuth = "optional" // verify one if presented
+	ClientAuthRequired ClientAuth = "required" // refuse the handshake without a valid one
+)
+
+// Identity sources: where a certificate-derived username or client ID
+// comes from.
+const (
+	IdentityNone     = "none"      // not derived from the certificate
+	IdentityCN       = "cn"        // subject Common Name (Mosquitto use_identity_as_username)
+	IdentitySubject  = "subject"   // whole subject, RFC 2253 form as Mosquitto prints it (use_subject_as_username)
+	IdentitySANDNS   = "san-dns"   // first DNS subject alternative name
+	IdentitySANURI   = "san-uri"   // first URI subject alternative name
+	IdentitySANEmail = "san-email" // first e-mail subject alternative name
+	IdentitySPIFFE   = "spiffe"    // the spiffe:// URI SAN
+	IdentitySHA256   = "sha256"    // hex SHA-256 of the DER certificate
+)
+
+var identitySources = []string{IdentityNone, IdentityCN, IdentitySubject, IdentitySANDNS, IdentitySANURI, IdentitySANEmail, IdentitySPIFFE, IdentitySHA256}
+
+// Config is a whole Moat configuration. Parse and Load return it with every
+// default filled in; the zero Config is not a usable setup (it has no
+// listener): start from Default() when building one in code.
+type Config struct {
+	// Source is the file the configuration was read from ("" for Default).
+	Source string `json:"source,omitempty" yaml:"-"`
+	// Format is the syntax Source was written in ("" for Default).
+	Format Format `json:"format,omitempty" yaml:"-"`
+
+	// Listeners are the network endpoints, in file order. Default: one TLS
+	// listener on :8883 (see Default). A mosquitto.conf without any
+	// listener gets Mosquitto 2.0's "local only" listeners on
+	// 127.0.0.1:1883 and [::1]:1883 with anonymous access.
+	Listeners []Listener `json:"listeners" yaml:"listeners"`
+
+	// Limits bound what one client may cost the broker.
+	Limits Limits `json:"limits" yaml:"limits"`
+	// Sessions controls persistent sessions.
+	Sessions Sessions `json:"sessions" yaml:"sessions"`
+	// RetainAvailable enables retained messages. Default true; when false a
+	// client that publishes with the retain flag is disconnected
+	// (Mosquitto retain_available).
+	RetainAvailable bool `json:"retain_available" yaml:"retain_available"`
+	// SysInterval is the period of $SYS updates; 0 disables $SYS.
+	// Default 10s (Mosquitto sys_interval).
+	SysInterval Duration `json:"sys_interval" yaml:"sys_interval"`
+
+	// Log configures the broker's structured log.
+	Log Log `json:"log" yaml:"log"`
+	// DataDir holds Moat's state: the built-in CA (DataDir/ca) and, when
+	// persistence is on and Persistence.Location is empty, the store.
+	// Default "moat-data", relative to the working directory.
+	DataDir string `json:"data_dir" yaml:"data_dir"`
+	// Persistence configures the on-disk store of sessions, queued and
+	// retained messages. The disk store lands in a later stage; until then
+	// the broker keeps state in memory and says so in its log.
+	Persistence Persistence `json:"persistence" yaml:"persistence"`
+	// PIDFile, when set, is where the broker writes its process ID.
+	// Default "" (none). Mosquitto pid_file.
+	PIDFile string `json:"pid_file,omitempty" yaml:"pid_file"`
+
+	// Set lists the settings the file gave explicitly, as YAML paths such as
+	// "limits.max_packet_size" or "listeners[0].tls.client_auth" (a
+	// mosquitto.conf key is recorded under the path it maps to). Use IsSet.
+	Set []string `json:"set,omitempty" yaml:"-"`
+	// Notes are informational messages about keys that were accepted but
+	// have no effect in Moat (for example mosquitto.conf's "user"), each
+	// with file:line. The broker logs them at debug level.
+	Notes []string `json:"notes,omitempty" yaml:"-"`
+
+	// warnings found while parsing (for example a mosquitto.conf quirk that
+	// opens an anonymous listener); Warnings adds the structural ones.
+	parseWarnings []string
+	// keyPos maps a setting's path to the "file:line" that set it, so that
+	// Validate can point at the line.
+	keyPos map[string]string
+}
+
+// Listener is one network endpoint.
+type Listener struct {
+	// Name identifies the listener in logs and metrics. Default
+	// "<transport>-<port>", e.g. "tls-8883", made unique with a suffix.
+	Name string `json:"name" yaml:"name"`
+	// Address is host:port to listen on. An empty host (":8883") means all
+	// interfaces, IPv4 and IPv6. Required.
+	Address string `json:"address" yaml:"address"`
+	// Network is "tcp" (IPv4 and IPv6, the default), "tcp4" or "tcp6"
+	// (Mosquitto socket_domain ipv4/ipv6).
+	Network string `json:"network" yaml:"network"`
+	// Optional means a failure to bind is logged rather than fatal. Only
+	// set on the [::1] listener of Mosquitto's local-only mode, which
+	// Mosquitto also skips on hosts without IPv6.
+	Optional bool `json:"optional,omitempty" yaml:"-"`
+	// Transport is tcp, tls, ws or wss. Default tls.
+	Transport Transport `json:"transport" yaml:"transport"`
+	// WebSocketPath is the HTTP path a ws/wss listener upgrades on.
+	// Default "" meaning any path (as Mosquitto does).
+	WebSocketPath string `json:"websocket_path,omitempty" yaml:"websocket_path"`
+	// TLS is the TLS policy; non-nil exactly when Transport is tls or wss.
+	TLS *TLS `json:"tls,omitempty" yaml:"tls"`
+	// ProxyProtocol accepts a PROXY protocol v1/v2 header from trusted
+	// load balancers. Default disabled.
+	ProxyProtocol ProxyProtocol `json:"proxy_protocol" yaml:"proxy_protocol"`
+
+	// MaxConnections caps concurrent connections on this listener; 0 means
+	// no cap. Default 0 (Mosquitto max_connections, per listener; -1 there
+	// is read as 0).
+	MaxConnections int `json:"max_connections" yaml:"max_connections"`
+	// AllowAnonymous admits clients that present no credentials (no
+	// username and, on TLS, no certificate identity). Default false. For
+	// mosquitto.conf it is resolved with Mosquitto 2.0's rules
+	// (per_listener_settings, local-only mode).
+	AllowAnonymous bool `json:"allow_anonymous" yaml:"allow_anonymous"`
+	// AllowZeroLengthClientID lets MQTT 3.1.1/5 clients connect with an
+	// empty client ID and have one assigned. Default true.
+	AllowZeroLengthClientID bool `json:"allow_zero_length_client_id" yaml:"allow_zero_length_client_id"`
+	// AutoIDPrefix prefixes assigned client IDs. Default "auto-".
+	AutoIDPrefix string `json:"auto_id_prefix" yaml:"auto_id_prefix"`
+	// UseUsernameAsClientID replaces the client ID with the username
+	// (Mosquitto use_username_as_clientid). Default false.
+	UseUsernameAsClientID bool `json:"use_username_as_client_id,omitempty" yaml:"use_username_as_client_id"`
+	// MaxQoS is the highest QoS clients may use (0-2). Default 2.
+	MaxQoS int `json:"max_qos" yaml:"max_qos"`
+	// MaxTopicAlias is the number of topic aliases an MQTT 5 client may
+	// create (0-65535). Default 10.
+	MaxTopicAlias int `json:"max_topic_alias" yaml:"max_topic_alias"`
+
+	// pos is "file:line" of the listener's definition, for error messages.
+	pos string
+}
+
+// TLS is a listener's TLS policy.
+type TLS struct {
+	// Cert and Key are PEM files: the server certificate (followed by its
+	// chain) and its private key. Both empty (the default) means "use the
+	// built-in CA": the broker issues itself a server certificate from the
+	// local CA in DataDir/ca, creating the CA on first run.
+	Cert string `json:"cert,omitempty" yaml:"cert"`
+	Key  string `json:"key,omitempty" yaml:"key"`
+	// ClientCA is a PEM file of CA certificates trusted for client
+	// certificates (Mosquitto cafile); ClientCADir a directory of them
+	// (capath, files ending in .pem). Both empty means the built-in CA.
+	ClientCA    string `json:"client_ca,omitempty" yaml:"client_ca"`
+	ClientCADir string `json:"client_ca_dir,omitempty" yaml:"client_ca_dir"`
+	// ClientAuth is none, optional or required. Default required.
+	ClientAuth ClientAuth `json:"client_auth" yaml:"client_auth"`
+	// MinVersion is "1.2" or "1.3". Default "1.2".
+	MinVersion string `json:"min_version" yaml:"min_version"`
+	// CipherSuites restricts TLS 1.2 cipher suites, by Go/IANA name (e.g.
+	// "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"); only suites Go considers
+	// secure are accepted. Default empty: Moat's defaults (NIST SP 800-52r2).
+	// TLS 1.3 suites cannot be restricted in Go and are always AEAD.
+	CipherSuites []string `json:"cipher_suites,omitempty" yaml:"cipher_suites"`
+	// CRL lists PEM CRL files checked on every handshake and, when they
+	// change, against live connections (Mosquitto crlfile).
+	CRL []string `json:"crl,omitempty" yaml:"crl"`
+	// CRLStale is what happens when a CRL is past its nextUpdate: "refuse"
+	// (default) refuses new client connections until a fresh CRL is
+	// loaded; "warn" logs and keeps using it.
+	CRLStale string `json:"crl_stale" yaml:"crl_stale"`
+	// OCSP checks client certificates against their OCSP responder.
+	OCSP OCSP `json:"ocsp" yaml:"ocsp"`
+	// Identity maps the client certificate to MQTT identities.
+	Identity Identity `json:"identity" yaml:"identity"`
+}
+
+// OCSP configures live OCSP checks of client certificates.
+type OCSP struct {
+	// Mode is "off" (default), "fail-open" (an unreachable responder lets
+	// the client in, logged) or "fail-closed" (it refuses the client).
+	Mode string `json:"mode" yaml:"mode"`
+	// Timeout bounds one OCSP request. Default 5s.
+	Timeout Duration `json:"timeout" yaml:"timeout"`
+}
+
+// Identity maps a verified client certificate to MQTT identities.
+type Identity struct {
+	// UsernameFrom is none, cn, subject, san-dns, san-uri, san-email,
+	// spiffe or sha256. Default none for YAML listeners (the MQTT username
+	// is used), "cn" in Default(). Mosquitto use_identity_as_username maps
+	// to cn, use_subject_as_username to subject; a certificate-derived
+	// username replaces the one in CONNECT and no password is checked.
+	UsernameFrom string `json:"username_from" yaml:"username_from"`
+	// ClientIDFrom takes the client ID from the certificate in the same
+	// way. Default none.
+	ClientIDFrom string `json:"client_id_from" yaml:"client_id_from"`
+	// BindClientID, when ClientIDFrom is not none, refuses a CONNECT whose
+	// client ID differs from the certificate's instead of replacing it.
+	// Default false.
+	BindClientID bool `json:"bind_client_id,omitempty" yaml:"bind_client_id"`
+}
+
+// ProxyProtocol configures PROXY protocol support on a listener.
+type ProxyProtocol struct {
+	// Enabled requires a PROXY header from peers in Trusted. Default false.
+	Enabled bool `json:"enabled" yaml:"enabled"`
+	// Trusted lists the CIDR ranges of load balancers allowed to send the
+	// header; connections from elsewhere are refused. Required when
+	// Enabled.
+	Trusted []string `json:"trusted,omitempty" yaml:"trusted"`
+}
+
+// Limits bound what one client may cost the broker.
+type Limits struct {
+	// MaxPacketSize is the largest MQTT packet accepted, header included; 0
+	// means MQTT's own maximum (about 256 MiB). Default 1MiB in YAML; no
+	// limit (0) for mosquitto.conf, as in Mosquitto (which forbids values
+	// below 20). Announced to MQTT 5 clients.
+	MaxPacketSize Size `json:"max_packet_size" yaml:"max_packet_size"`
+	// MessageSizeLimit is the largest PUBLISH payload forwarded; larger
+	// messages are dropped (the QoS flow completes). 0 means no limit.
+	// Default 0 (Mosquitto message_size_limit).
+	MessageSizeLimit Size `json:"message_size_limit" yaml:"message_size_limit"`
+	// ConnectTimeout is how long a new connection may take to complete
+	// CONNECT (TLS handshake included). Default 10s in both syntaxes;
+	// mosquitto.conf has no equivalent.
+	ConnectTimeout Duration `json:"connect_timeout" yaml:"connect_timeout"`
+	// MaxKeepalive is the largest keepalive, in seconds, a client may use
+	// (10-65535); MQTT 5 clients asking for more are told this value.
+	// Default 65535 (Mosquitto max_keepalive).
+	MaxKeepalive int `json:"max_keepalive" yaml:"max_keepalive"`
+	// MaxInflight is the number of outgoing QoS 1/2 messages in flight per
+	// client; 0 means no limit. Default 20 (Mosquitto max_inflight_messages).
+	MaxInflight int `json:"max_inflight" yaml:"max_inflight"`
+	// MaxInflightBytes bounds in-flight bytes per client; 0 means no
+	// limit. Default 0.
+	MaxInflightBytes Size `json:"max_inflight_bytes" yaml:"max_inflight_bytes"`
+	// MaxQueuedMessages is the number of QoS 1/2 messages queued per
+	// client beyond those in flight; 0 means no limit (not recommended).
+	// Default 1000.
+	MaxQueuedMessages int `json:"max_queued_messages" yaml:"max_queued_messages"`
+	// MaxQueuedBytes bounds queued bytes per client; 0 means no limit.
+	// Default 0.
+	MaxQueuedBytes Size `json:"max_queued_bytes" yaml:"max_queued_bytes"`
+	// QueueQoS0 also queues QoS 0 messages for offline persistent clients
+	// (non-standard). Default false.
+	QueueQoS0 bool `json:"queue_qos0" yaml:"queue_qos0"`
+}
+
+// Sessions controls persistent sessions.
+type Sessions struct {
+	// PersistentClientExpiration removes persistent sessions (clean
+	// session false) that have not reconnected for this long; 0 (default)
+	// keeps them forever, as MQTT 3.1.1 says. In mosquitto.conf the value
+	// is N followed by h, d, w, m (30 days) or y (365 days).
+	PersistentClientExpiration Duration `json:"persistent_client_expiration" yaml:"persistent_client_expiration"`
+}
+
+// Log configures logging.
+type Log struct {
+	// Level is debug, info, warn or error. Default info. Mosquitto
+	// log_type maps to the most verbose type listed.
+	Level string `json:"level" yaml:"level"`
+	// Format is text or json. Default text.
+	Format string `json:"format" yaml:"format"`
+	// Dest lists destinations: stderr, stdout, file. Empty means no
+	// logging. Default [stderr] (Mosquitto log_dest; "none" is empty).
+	Dest Dests `json:"dest" yaml:"dest"`
+	// File is the log file when Dest contains "file".
+	File string `json:"file,omitempty" yaml:"file"`
+	// Timestamps adds a time to each record. Default true
+	// (Mosquitto log_timestamp).
+	Timestamps bool `json:"timestamps" yaml:"timestamps"`
+	// ConnectionMessages logs client connects and disconnects. Default
+	// true (Mosquitto connection_messages).
+	ConnectionMessages bool `json:"connection_messages" yaml:"connection_messages"`
+}
+
+// Persistence configures the on-disk store.
+type Persistence struct {
+	// Enabled keeps sessions, queued and retained messages across
+	// restarts. Default true in YAML and Default(); false for
+	// mosquitto.conf unless "persistence true" (Mosquitto's default).
+	Enabled bool `json:"enabled" yaml:"enabled"`
+	// Location is the directory of the store; "" means DataDir
+	// (Mosquitto persistence_location).
+	Location string `json:"location,omitempty" yaml:"location"`
+	// AutosaveInterval is kept for mosquitto.conf compatibility
+	// (autosave_interval, default 30m): Moat's store commits every change
+	// transactionally, so it only bounds how long a batch may be held back.
+	AutosaveInterval Duration `json:"autosave_interval" yaml:"autosave_interval"`
+}
+
+// IsSet reports whether the file set the setting at path explicitly, e.g.
+// IsSet("limits.max_packet_size") or IsSet("listeners[0].allow_anonymous").
+func (c *Config) IsSet(path string) bool {
+	_, ok := slices.BinarySearch(c.Set, path)
+	return ok
+}
+
+// Default returns Moat's secure zero-configuration setup: one TLS listener
+// named "mqtts" on :8883 (all interfaces), client certificates required
+// and verified against the built-in CA (empty certificate paths mean the
+// broker's own CA in DataDir/ca issues the server certificate, created on
+// first run), the certificate CN as username, anonymous access refused,
+// and no plain listener.
+func Default() *Config {
+	c := &Config{
+		RetainAvailable: true,
+		SysInterval:     Duration(10e9),
+		Log:             defaultLog(),
+		DataDir:         "moat-data",
+		Limits:          defaultLimits(),
+		Persistence:     Persistence{Enabled: true, AutosaveInterval: Duration(1800e9)},
+	}
+	l := defaultListener()
+	l.Name = "mqtts"
+	l.Address = ":8883"
+	l.TLS.Identity.UsernameFrom = IdentityCN
+	c.Listeners = []Listener{l}
+	return c
+}
+
+func defaultLog() Log {
+	return Log{Level: "info", Format: "text", Dest: []string{"stderr"}, Timestamps: true, ConnectionMessages: true}
+}
+
+func defaultLimits() Limits {
+	return Limits{
+		MaxPacketSize:     1 << 20,
+		ConnectTimeout:    Duration(10e9),
+		MaxKeepalive:      65535,
+		MaxInflight:       20,
+		MaxQueuedMessages: 1000,
+	}
+}
+
+// defaultListener is a TLS listener with every per-listener default set
+// and no address.
+func defaultListener() Listener {
+	return Listener{
+		Network:                 "tcp",
+		Transport:               TransportTLS,
+		TLS:                     defaultTLS(),
+		AllowZeroLengthClientID: true,
+		AutoIDPrefix:            "auto-",
+		MaxQoS:                  2,
+		MaxTopicAlias:           10,
+	}
+}
+
+func defaultTLS() *TLS {
+	return &TLS{
+		ClientAuth: ClientAuthRequired,
+		MinVersion: "1.2",
+		CRLStale:   "refuse",
+		OCSP:       OCSP{Mode: "off", Timeout: Duration(5e9)},
+		Identity:   Identity{UsernameFrom: IdentityNone, ClientIDFrom: IdentityNone},
+	}
+}
+
+// where prefixes msg with the listener's position and name.
+func (l *Listener) where() string {
+	var b strings.Builder
+	if l.pos != "" {
+		b.WriteString(l.pos)
+		b.WriteString(": ")
+	}
+	fmt.Fprintf(&b, "listener %q", l.Name)
+	return b.String()
+}

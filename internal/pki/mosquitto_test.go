@@ -1,0 +1,105 @@
+package pki
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// TestMosquittoAcceptsMoatCertificates starts Debian's mosquitto with
+// require_certificate and a CRL, all made by the CA, and publishes with
+// mosquitto_pub using device certificates of several key types.
+func TestMosquittoAcceptsMoatCertificates(t *testing.T) {
+	t.Parallel()
+	mosquitto := needTool(t, "mosquitto")
+	pub := needTool(t, "mosquitto_pub")
+	ca := newCA(t, InitOptions{})
+	dir := t.TempDir()
+	srv, err := ca.IssueServer("broker", []string{"localhost", "127.0.0.1"}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.WriteFiles(filepath.Join(dir, "server"))
+	devices := map[string]KeyAlgorithm{"dev-ec": ECDSAP256, "dev-rsa": RSA2048, "dev-ed": Ed25519, "dev-revoked": ECDSAP256}
+	for id, alg := range devices {
+		iss, err := ca.Issue(IssueRequest{Profile: ProfileDevice, CommonName: id, KeyAlgorithm: alg})
+		if err != nil {
+			t.Fatal(err)
+		}
+		iss.WriteFiles(filepath.Join(dir, id))
+		if id == "dev-revoked" {
+			if _, err := ca.Revoke(iss.Record.Serial, ReasonKeyCompromise); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	port := freePort(t)
+	u, _ := user.Current()
+	conf := fmt.Sprintf(`listener %d 127.0.0.1
+cafile %s
+certfile %s
+keyfile %s
+crlfile %s
+require_certificate true
+use_identity_as_username true
+allow_anonymous false
+persistence false
+user %s
+log_dest stderr
+`, port, filepath.Join(ca.Dir(), FileRoot), filepath.Join(dir, "server.pem"), filepath.Join(dir, "server.key"), filepath.Join(ca.Dir(), FileCRL), u.Username)
+	confFile := writeFile(t, filepath.Join(dir, "mosquitto.conf"), []byte(conf))
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := exec.CommandContext(ctx, mosquitto, "-c", confFile)
+	var log syncBuffer
+	cmd.Stderr = &log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); cmd.Wait() })
+	checkFor(t, 10*time.Second, func() error {
+		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err == nil {
+			c.Close()
+		}
+		return err
+	})
+	tests := []struct {
+		id     string
+		wantOK bool
+	}{{"dev-ec", true}, {"dev-rsa", true}, {"dev-ed", true}, {"dev-revoked", false}}
+	for _, tc := range tests {
+		t.Run(tc.id, func(t *testing.T) {
+			out := run(t, tc.wantOK, pub, "-h", "127.0.0.1", "-p", fmt.Sprint(port), "--cafile", filepath.Join(ca.Dir(), FileRoot),
+				"--cert", filepath.Join(dir, tc.id+".pem"), "--key", filepath.Join(dir, tc.id+".key"), "-t", "moat/test", "-m", "hello", "-q", "1")
+			if !tc.wantOK {
+				t.Logf("refused as expected: %s", strings.TrimSpace(out))
+			}
+		})
+	}
+	checkFor(t, 5*time.Second, func() error {
+		if !strings.Contains(log.String(), "certificate verify failed") {
+			return fmt.Errorf("mosquitto did not log the refused revoked certificate")
+		}
+		return nil
+	})
+	if t.Failed() {
+		t.Logf("mosquitto log:\n%s", log.String())
+	}
+}

@@ -1,0 +1,196 @@
+package pki
+
+import (
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"strings"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// RevocationReason is an RFC 5280 §5.3.1 CRLReason code.
+type RevocationReason int
+
+// Revocation reasons accepted by Revoke (certificateHold is not offered:
+// a revocation in Moat is final).
+const (
+	ReasonUnspecified          RevocationReason = 0
+	ReasonKeyCompromise        RevocationReason = 1
+	ReasonCACompromise         RevocationReason = 2
+	ReasonAffiliationChanged   RevocationReason = 3
+	ReasonSuperseded           RevocationReason = 4
+	ReasonCessationOfOperation RevocationReason = 5
+	ReasonPrivilegeWithdrawn   RevocationReason = 9
+)
+
+var reasonNames = map[RevocationReason]string{
+	ReasonUnspecified: "unspecified", ReasonKeyCompromise: "keyCompromise", ReasonCACompromise: "cACompromise",
+	ReasonAffiliationChanged: "affiliationChanged", ReasonSuperseded: "superseded",
+	ReasonCessationOfOperation: "cessationOfOperation", ReasonPrivilegeWithdrawn: "privilegeWithdrawn",
+}
+
+func (r RevocationReason) String() string {
+	if n, ok := reasonNames[r]; ok {
+		return n
+	}
+	return fmt.Sprintf("reason(%d)", int(r))
+}
+
+// ParseReason accepts the RFC 5280 names case-insensitively, with or
+// without dashes ("key-compromise", "keyCompromise"), or "" for unspecified.
+func ParseReason(s string) (RevocationReason, error) {
+	n := strings.ToLower(strings.NewReplacer("-", "", "_", "", " ", "").Replace(s))
+	if n == "" {
+		return ReasonUnspecified, nil
+	}
+	var names []string
+	for r, name := range reasonNames {
+		if strings.ToLower(name) == n {
+			return r, nil
+		}
+		names = append(names, name)
+	}
+	return 0, fmt.Errorf("pki: unknown revocation reason %q (use keyCompromise, superseded, cessationOfOperation, affiliationChanged, privilegeWithdrawn or unspecified)", s)
+}
+
+// ErrAlreadyRevoked is returned when revoking a revoked certificate.
+var ErrAlreadyRevoked = errors.New("pki: the certificate is already revoked")
+
+// Revoke marks the certificate with this serial revoked and regenerates
+// the CRL in the same transaction, so the CRL and OCSP answers change
+// together. It returns the updated record.
+func (ca *CA) Revoke(serial string, reason RevocationReason) (Record, error) {
+	s, err := NormalizeSerial(serial)
+	if err != nil {
+		return Record{}, err
+	}
+	if _, ok := reasonNames[reason]; !ok {
+		return Record{}, fmt.Errorf("pki: unknown revocation reason %d", reason)
+	}
+	var rec Record
+	var crl []byte
+	now := ca.cfg.now()
+	err = ca.update(func(tx *bolt.Tx) error {
+		r, err := getRecord(tx, s)
+		if err != nil {
+			return err
+		}
+		if r.Revoked {
+			return fmt.Errorf("%w (serial %s, %s at %s)", ErrAlreadyRevoked, s, r.Reason, r.RevokedAt.Format(time.RFC3339))
+		}
+		r.Revoked, r.RevokedAt, r.Reason = true, now.UTC().Truncate(time.Second), reason
+		if err := putRecord(tx, r); err != nil {
+			return err
+		}
+		rec = r
+		crl, err = ca.buildCRL(tx, now)
+		return err
+	})
+	if err != nil {
+		return Record{}, err
+	}
+	ca.cfg.logger().Info("pki: revoked certificate", "serial", rec.Serial, "subject", rec.Subject, "reason", reason.String())
+	return rec, ca.writeCRLFile(crl)
+}
+
+// RevokeCertificate revokes cert, which must have been issued by this CA.
+func (ca *CA) RevokeCertificate(cert *x509.Certificate, reason RevocationReason) (Record, error) {
+	if err := cert.CheckSignatureFrom(ca.inter); err != nil {
+		return Record{}, fmt.Errorf("pki: this certificate was not issued by this CA's intermediate (%s)", ca.inter.Subject.CommonName)
+	}
+	return ca.Revoke(SerialString(cert.SerialNumber), reason)
+}
+
+// buildCRL signs a new CRL of every revoked, unexpired certificate and
+// stores it with an incremented CRL number.
+func (ca *CA) buildCRL(tx *bolt.Tx, now time.Time) ([]byte, error) {
+	var entries []x509.RevocationListEntry
+	err := tx.Bucket(bucketCerts).ForEach(func(k, v []byte) error {
+		r, err := getRecord(tx, string(k))
+		if err != nil {
+			return err
+		}
+		// An expired certificate may leave the CRL (RFC 5280 §3.3); keep
+		// it one extra CRL period so relying parties with skewed clocks
+		// still see it.
+		if !r.Revoked || now.After(r.NotAfter.Add(ca.settings.crlValidity())) {
+			return nil
+		}
+		n, _ := new(big.Int).SetString(r.Serial, 16)
+		entries = append(entries, x509.RevocationListEntry{SerialNumber: n, RevocationTime: r.RevokedAt, ReasonCode: int(r.Reason)})
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	m := tx.Bucket(bucketMeta)
+	num := getU64(m, keyCRLNumber) + 1
+	this := now.Add(-ca.settings.backdate()).UTC().Truncate(time.Second)
+	tmpl := &x509.RevocationList{
+		Number:                    new(big.Int).SetUint64(num),
+		ThisUpdate:                this,
+		NextUpdate:                this.Add(ca.settings.crlValidity()),
+		RevokedCertificateEntries: entries,
+	}
+	der, err := x509.CreateRevocationList(ca.cfg.rand(), tmpl, ca.inter, ca.interKey)
+	if err != nil {
+		return nil, fmt.Errorf("pki: signing CRL: %w", err)
+	}
+	if err := m.Put(keyCRLNumber, u64(num)); err != nil {
+		return nil, err
+	}
+	return der, m.Put(keyCRL, der)
+}
+
+func (ca *CA) writeCRLFile(der []byte) error {
+	return writeFileAtomic(ca.path(FileCRL), pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der}), 0o644)
+}
+
+// RegenerateCRL signs a fresh CRL now, stores it and writes DIR/crl.pem.
+// It returns the DER encoding.
+func (ca *CA) RegenerateCRL() ([]byte, error) {
+	var der []byte
+	err := ca.update(func(tx *bolt.Tx) error {
+		var err error
+		der, err = ca.buildCRL(tx, ca.cfg.now())
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return der, ca.writeCRLFile(der)
+}
+
+// CRL returns the current CRL (DER). When less than half of its validity
+// remains it is regenerated first, so a CRL served by Moat always has at
+// least CRLValidity/2 before its nextUpdate.
+func (ca *CA) CRL() ([]byte, error) {
+	var der []byte
+	err := ca.view(func(tx *bolt.Tx) error {
+		der = append([]byte(nil), tx.Bucket(bucketMeta).Get(keyCRL)...)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if len(der) > 0 {
+		crl, err := x509.ParseRevocationList(der)
+		if err == nil && ca.cfg.now().Before(crl.NextUpdate.Add(-ca.settings.crlValidity()/2)) {
+			return der, nil
+		}
+	}
+	return ca.RegenerateCRL()
+}
+
+// CRLPEM is CRL encoded as an "X509 CRL" PEM block.
+func (ca *CA) CRLPEM() ([]byte, error) {
+	der, err := ca.CRL()
+	if err != nil {
+		return nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der}), nil
+}
