@@ -24,6 +24,7 @@ type conn struct {
 	server    server
 	keepAlive time.Duration
 	recvMax   int // our Receive Maximum
+	maxWrite  int // largest single Write, 0 unlimited
 
 	wbuf          []byte        // c.mu: encoded packets waiting for the writer
 	spare         []byte        // c.mu: the writer's other buffer
@@ -225,6 +226,7 @@ func (c *Client) handshake(ctx context.Context, nc net.Conn, sv server) (*conn, 
 		server:    sv,
 		keepAlive: ka,
 		recvMax:   int(orDefault(c.cfg.ReceiveMaximum, 65535)),
+		maxWrite:  maxWriteFor(sv),
 		wake:      make(chan struct{}, 1),
 		done:      make(chan struct{}),
 	}
@@ -383,11 +385,16 @@ func (cn *conn) writer() {
 			cn.drained = nil
 		}
 		c.mu.Unlock()
-		if len(buf) > 0 {
-			if _, err := cn.nc.Write(buf); err != nil {
+		for b := buf; len(b) > 0; {
+			n := len(b)
+			if cn.maxWrite > 0 {
+				n = min(n, cn.maxWrite)
+			}
+			if _, err := cn.nc.Write(b[:n]); err != nil {
 				cn.fail(err)
 				return
 			}
+			b = b[n:]
 			cn.lastSent.Store(c.now().UnixNano())
 		}
 		if closeAfter {
@@ -651,4 +658,17 @@ func (cn *conn) handleAuth(p *packet.Auth) error {
 		return err
 	}
 	return protoErr(packet.ProtocolError, "AUTH with reason %s", p.ReasonCode)
+}
+
+// wsMessageSize is the largest WebSocket message the client sends. Each
+// Write on a WebSocket connection is one message, and servers bound
+// message sizes (Moat's listener at about 1 MiB by default); MQTT packets
+// may span messages [MQTT-6.0.0-2], so batches are cut to this size.
+const wsMessageSize = 64 << 10
+
+func maxWriteFor(sv server) int {
+	if sv.scheme == "ws" || sv.scheme == "wss" {
+		return wsMessageSize
+	}
+	return 0
 }
