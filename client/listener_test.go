@@ -100,4 +100,3 @@ func TestMoatListeners(t *testing.T) {
 		})
 	}
 }
-
