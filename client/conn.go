@@ -41,6 +41,7 @@ type conn struct {
 	err      error // set before done is closed
 	lastSent atomic.Int64
 	pingSent atomic.Int64
+	stalled  atomic.Bool // the reader waits for the application to take a message
 	wg       sync.WaitGroup
 }
 
@@ -330,7 +331,6 @@ func (c *Client) install(cn *conn, ack *packet.Connack) error {
 	var resub []Subscription
 	if !resumed && !first && len(c.subs) > 0 {
 		resub = slices.Clone(c.subs)
-		c.subs = c.subs[:0]
 	}
 	for _, s := range resub {
 		t, err := c.sendRequestLocked(cn, opSubscribe, &packet.Subscribe{Subscriptions: []Subscription{s}})
@@ -410,19 +410,26 @@ func (cn *conn) writer() {
 }
 
 // checkKeepAlive sends PINGREQ after three quarters of the keep alive
-// interval without sending, and fails when the PINGRESP is overdue.
+// interval without sending, and fails when a PINGRESP is overdue. While
+// the reader is stalled behind the application (and so cannot see
+// PINGRESP), pings go on but are not timed.
 func (cn *conn) checkKeepAlive() error {
 	now := cn.c.now().UnixNano()
-	if sent := cn.pingSent.Load(); sent != 0 {
-		if time.Duration(now-sent) > cn.keepAlive {
-			return ErrKeepAliveTimeout
-		}
-		return nil
+	sent, stalled := cn.pingSent.Load(), cn.stalled.Load()
+	switch {
+	case sent != 0 && stalled:
+		cn.pingSent.Store(now)
+	case sent != 0 && time.Duration(now-sent) > cn.keepAlive:
+		return ErrKeepAliveTimeout
+	case sent != 0:
+		return nil // one ping outstanding is enough
 	}
 	if time.Duration(now-cn.lastSent.Load()) < cn.keepAlive*3/4 {
 		return nil
 	}
-	cn.pingSent.Store(now)
+	if sent == 0 {
+		cn.pingSent.Store(now)
+	}
 	cn.c.mu.Lock()
 	defer cn.c.mu.Unlock()
 	_, err := cn.appendLocked(&packet.Pingreq{})
@@ -620,8 +627,19 @@ func (cn *conn) handlePublish(p *packet.Publish) error {
 		}
 	}
 	m := &Message{Topic: p.Topic, Payload: p.Payload, QoS: p.QoS, Retain: p.Retain, Duplicate: p.Dup, Properties: p.Properties}
+	d := delivery{m: m, cn: cn, id: p.PacketID, qos: p.QoS}
 	select {
-	case c.deliverQ <- delivery{m: m, cn: cn, id: p.PacketID, qos: p.QoS}:
+	case c.deliverQ <- d:
+		return nil
+	default:
+	}
+	// The application is behind. While the reader waits here it cannot
+	// see PINGRESP, so keep alive must not count this time against the
+	// server.
+	cn.stalled.Store(true)
+	defer cn.stalled.Store(false)
+	select {
+	case c.deliverQ <- d:
 	case <-cn.done:
 	case <-c.ctx.Done():
 	}

@@ -427,3 +427,30 @@ func drain(c *Client, d time.Duration) []*Message {
 		}
 	}
 }
+
+// TestSlowConsumerKeepsConnection lets messages pile up unread for
+// longer than the keep alive interval: the client must not mistake its
+// own backlog for a dead server.
+func TestSlowConsumerKeepsConnection(t *testing.T) {
+	addr := startMoat(t, broker.Config{})
+	c := dial(t, Config{Servers: []string{addr}, KeepAlive: time.Second, MessageBuffer: 1})
+	ctx := ctxT(t)
+	if _, err := c.Subscribe(ctx, Subscription{Filter: "slow/#"}); err != nil {
+		t.Fatal(err)
+	}
+	const n = 200
+	for i := range n {
+		if err := c.Publish(ctx, &Message{Topic: "slow/x", Payload: []byte{byte(i)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(2500 * time.Millisecond) // over two keep alive intervals without reading
+	if !c.IsConnected() {
+		t.Fatalf("connection dropped: %v", c.Err())
+	}
+	for i := range n {
+		if m := recv(t, c); m.Payload[0] != byte(i) {
+			t.Fatalf("message %d has payload %d", i, m.Payload[0])
+		}
+	}
+}
