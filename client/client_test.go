@@ -33,6 +33,7 @@ func TestMosquittoTransports(t *testing.T) {
 	for _, tc := range cases {
 		for _, v := range []Version{V311, V5, V31} {
 			t.Run(fmt.Sprintf("%s/%s", tc.name, v), func(t *testing.T) {
+				t.Parallel()
 				exchange(t, Config{Servers: []string{tc.url}, TLSConfig: tc.tls, Version: v}, tc.name+"/"+v.String())
 			})
 		}
@@ -145,7 +146,8 @@ func TestPropertiesRoundTrip(t *testing.T) {
 // checks that the client resolves them.
 func TestTopicAliasInbound(t *testing.T) {
 	addr := startMoat(t, broker.Config{})
-	c := dial(t, Config{Servers: []string{addr}, TopicAliasMaximum: 4})
+	d := &ctlDialer{}
+	c := dial(t, Config{Servers: []string{addr}, TopicAliasMaximum: 4, Dialer: d})
 	ctx := ctxT(t)
 	if _, err := c.Subscribe(ctx, Subscription{Filter: "alias/#"}); err != nil {
 		t.Fatal(err)
@@ -161,6 +163,15 @@ func TestTopicAliasInbound(t *testing.T) {
 		if m.Topic != tp || m.Payload[0] != byte(i) || m.Properties.Has(packet.PropTopicAlias) {
 			t.Fatalf("message %d: topic %q payload %v, want %q", i, m.Topic, m.Payload, tp)
 		}
+	}
+	aliased := 0
+	for _, p := range d.last().received(t, V5) {
+		if p, ok := p.(*packet.Publish); ok && p.Topic == "" && p.Properties.Has(packet.PropTopicAlias) {
+			aliased++
+		}
+	}
+	if aliased == 0 {
+		t.Fatal("the broker sent no aliased PUBLISH; the test proves nothing")
 	}
 }
 

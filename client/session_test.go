@@ -32,6 +32,7 @@ type ctlConn struct {
 	frozen atomic.Bool
 	mu     sync.Mutex
 	wrote  bytes.Buffer
+	read   bytes.Buffer
 }
 
 func (d *ctlDialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -71,9 +72,33 @@ func (c *ctlConn) Read(b []byte) (int, error) {
 	for {
 		n, err := c.Conn.Read(b)
 		if err != nil || !c.frozen.Load() {
+			c.mu.Lock()
+			c.read.Write(b[:n])
+			c.mu.Unlock()
 			return n, err
 		}
 	}
+}
+
+// received decodes the packets the client read on c.
+func (c *ctlConn) received(t *testing.T, v Version) []packet.Packet {
+	c.mu.Lock()
+	b := bytes.Clone(c.read.Bytes())
+	c.mu.Unlock()
+	return decodeAll(t, b, v)
+}
+
+func decodeAll(t *testing.T, b []byte, v Version) []packet.Packet {
+	var out []packet.Packet
+	for len(b) > 0 {
+		p, n, err := packet.Decode(b, v, 0)
+		if err != nil {
+			t.Fatalf("decoding recorded packets: %v", err)
+		}
+		out = append(out, p)
+		b = b[n:]
+	}
+	return out
 }
 
 func (c *ctlConn) Write(b []byte) (int, error) {
@@ -88,16 +113,7 @@ func (c *ctlConn) written(t *testing.T, v Version) []packet.Packet {
 	c.mu.Lock()
 	b := bytes.Clone(c.wrote.Bytes())
 	c.mu.Unlock()
-	var out []packet.Packet
-	for len(b) > 0 {
-		p, n, err := packet.Decode(b, v, 0)
-		if err != nil {
-			t.Fatalf("decoding what the client wrote: %v", err)
-		}
-		out = append(out, p)
-		b = b[n:]
-	}
-	return out
+	return decodeAll(t, b, v)
 }
 
 func resendBrokers(t *testing.T) map[string]string {
@@ -118,6 +134,7 @@ func TestResendAfterConnectionDrop(t *testing.T) {
 		for _, v := range []Version{V311, V5} {
 			for _, qos := range []byte{1, 2} {
 				t.Run(fmt.Sprintf("%s/%s/qos%d", name, v, qos), func(t *testing.T) {
+					t.Parallel()
 					ctx := ctxT(t)
 					topic := fmt.Sprintf("resend/%s/%s/%d", name, v, qos)
 					sub := dial(t, Config{Servers: []string{addr}, Version: v})
@@ -336,6 +353,7 @@ func TestBackoffSchedule(t *testing.T) {
 // TestKeepAliveTimeout drops everything the server sends: the client must
 // notice the missing PINGRESP and end the connection.
 func TestKeepAliveTimeout(t *testing.T) {
+	t.Parallel()
 	addr := startMoat(t, broker.Config{})
 	d := &ctlDialer{}
 	c := dial(t, Config{Servers: []string{addr}, Dialer: d, KeepAlive: time.Second})
@@ -432,6 +450,7 @@ func drain(c *Client, d time.Duration) []*Message {
 // longer than the keep alive interval: the client must not mistake its
 // own backlog for a dead server.
 func TestSlowConsumerKeepsConnection(t *testing.T) {
+	t.Parallel()
 	addr := startMoat(t, broker.Config{})
 	c := dial(t, Config{Servers: []string{addr}, KeepAlive: time.Second, MessageBuffer: 1})
 	ctx := ctxT(t)
