@@ -59,7 +59,7 @@ type Client struct {
 	reauth    *Token              // re-authentication in progress
 	info      ConnectInfo
 	storeErr  error // first Store failure, logged once
-	deliverID uint64
+	debug     bool  // the logger takes Debug records: log every packet
 }
 
 type delivery struct {
@@ -99,6 +99,7 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}
+	c.debug = c.log.Enabled(context.Background(), slog.LevelDebug)
 	if c.now == nil {
 		c.now = time.Now
 	}

@@ -54,6 +54,9 @@ func (cn *conn) appendLocked(p packet.Packet) (int, error) {
 		return 0, err
 	}
 	cn.wbuf = b
+	if cn.c.debug {
+		cn.c.logPacket("client: sending", p)
+	}
 	select {
 	case cn.wake <- struct{}{}:
 	default:
@@ -161,6 +164,10 @@ func (c *Client) handshake(ctx context.Context, nc net.Conn, sv server) (*conn, 
 	if err != nil {
 		return nil, nil, fmt.Errorf("encoding CONNECT: %w", err)
 	}
+	if c.debug {
+		c.log.Debug("client: sending", "type", "CONNECT", "server", sv.raw, "version", v.String(), "client_id", clientID,
+			"clean_start", clean, "keep_alive", cp.KeepAlive, "username", cp.Username != "", "will", cp.Will != nil)
+	}
 	if _, err := nc.Write(b); err != nil {
 		return nil, nil, ctxErr(ctx, err)
 	}
@@ -171,6 +178,9 @@ func (c *Client) handshake(ctx context.Context, nc net.Conn, sv server) (*conn, 
 		p, err := r.ReadPacket()
 		if err != nil {
 			return nil, nil, ctxErr(ctx, err)
+		}
+		if c.debug {
+			c.logPacket("client: received", p)
 		}
 		switch p := p.(type) {
 		case *packet.Connack:
@@ -442,6 +452,9 @@ func (cn *conn) reader() {
 	for {
 		p, err := cn.r.ReadPacket()
 		if err == nil {
+			if cn.c.debug {
+				cn.c.logPacket("client: received", p)
+			}
 			err = cn.handle(p)
 		}
 		if err != nil {
@@ -689,4 +702,35 @@ func maxWriteFor(sv server) int {
 		return wsMessageSize
 	}
 	return 0
+}
+
+// logPacket logs a packet at Debug level, as mosquitto's -d does: type,
+// packet identifier, topic, QoS and sizes, never payloads or passwords.
+func (c *Client) logPacket(msg string, p packet.Packet) {
+	attrs := []any{"type", p.Type().String()}
+	switch p := p.(type) {
+	case *packet.Publish:
+		attrs = append(attrs, "id", p.PacketID, "topic", p.Topic, "qos", p.QoS, "retain", p.Retain, "dup", p.Dup, "bytes", len(p.Payload))
+	case *packet.Puback:
+		attrs = append(attrs, "id", p.PacketID, "reason", p.ReasonCode.String())
+	case *packet.Pubrec:
+		attrs = append(attrs, "id", p.PacketID, "reason", p.ReasonCode.String())
+	case *packet.Pubrel:
+		attrs = append(attrs, "id", p.PacketID)
+	case *packet.Pubcomp:
+		attrs = append(attrs, "id", p.PacketID)
+	case *packet.Subscribe:
+		attrs = append(attrs, "id", p.PacketID, "filters", len(p.Subscriptions))
+	case *packet.Suback:
+		attrs = append(attrs, "id", p.PacketID, "codes", fmt.Sprint(p.ReasonCodes))
+	case *packet.Unsubscribe:
+		attrs = append(attrs, "id", p.PacketID, "filters", len(p.Filters))
+	case *packet.Disconnect:
+		attrs = append(attrs, "reason", p.ReasonCode.String())
+	case *packet.Auth:
+		attrs = append(attrs, "reason", p.ReasonCode.String(), "method", p.Properties.AuthMethod)
+	case *packet.Connack:
+		attrs = append(attrs, "session_present", p.SessionPresent, "reason", p.ReasonCode.String())
+	}
+	c.log.Debug(msg, attrs...)
 }
