@@ -716,13 +716,28 @@ func (c *Client) deliverLoop() {
 					return
 				}
 			}
-			if d.qos > 0 {
+			if d.qos > 0 && !c.cfg.ManualAck {
 				c.ack(d)
 			}
 		case <-c.ctx.Done():
 			return
 		}
 	}
+}
+
+// Ack acknowledges a received QoS 1 or 2 message when Config.ManualAck
+// is set (PUBACK, or PUBREC for QoS 2; the rest of the QoS 2 exchange is
+// automatic). Acknowledge messages in the order they were received. It
+// does nothing for QoS 0 messages, messages already acknowledged, and
+// messages that arrived on an earlier connection (the server sends those
+// again). Safe for concurrent use, but m must not be acknowledged by two
+// goroutines.
+func (c *Client) Ack(m *Message) {
+	if m.QoS == 0 || m.ackConn == nil {
+		return
+	}
+	c.ack(delivery{m: m, cn: m.ackConn, id: m.ackID, qos: m.QoS})
+	m.ackConn = nil
 }
 
 // ack sends PUBACK or PUBREC for a delivered message, on the connection

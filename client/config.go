@@ -126,6 +126,14 @@ type Config struct {
 	// delivery and then the connection. Nil: messages go to Messages().
 	OnMessage func(*Message)
 
+	// ManualAck leaves the acknowledgement of received QoS 1 and 2
+	// messages to the application, which calls Client.Ack once it has
+	// taken care of a message, in the order messages were received
+	// [MQTT-4.6.0-2]. Messages never acknowledged are redelivered by the
+	// server when the session resumes. Default false: acknowledged when
+	// OnMessage returns or the message enters the Messages channel.
+	ManualAck bool
+
 	// MessageBuffer is the capacity of the Messages channel. 0 means
 	// DefaultMessageBuffer.
 	MessageBuffer int

@@ -640,6 +640,9 @@ func (cn *conn) handlePublish(p *packet.Publish) error {
 		}
 	}
 	m := &Message{Topic: p.Topic, Payload: p.Payload, QoS: p.QoS, Retain: p.Retain, Duplicate: p.Dup, Properties: p.Properties}
+	if p.QoS > 0 && c.cfg.ManualAck {
+		m.ackConn, m.ackID = cn, p.PacketID
+	}
 	d := delivery{m: m, cn: cn, id: p.PacketID, qos: p.QoS}
 	select {
 	case c.deliverQ <- d:

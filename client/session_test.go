@@ -473,3 +473,41 @@ func TestSlowConsumerKeepsConnection(t *testing.T) {
 		}
 	}
 }
+
+// TestManualAck acknowledges only the first of three QoS 1 messages: the
+// other two must come again when the session resumes.
+func TestManualAck(t *testing.T) {
+	for name, addr := range resendBrokers(t) {
+		t.Run(name, func(t *testing.T) {
+			ctx := ctxT(t)
+			topic := "manual/" + name
+			cfg := Config{Servers: []string{addr}, ClientID: "manual-" + name, CleanStart: true, SessionExpiry: 300, ManualAck: true}
+			a := dial(t, cfg)
+			if _, err := a.Subscribe(ctx, Subscription{Filter: topic, QoS: 1}); err != nil {
+				t.Fatal(err)
+			}
+			pub := dial(t, Config{Servers: []string{addr}})
+			for _, p := range []string{"m1", "m2", "m3"} {
+				if err := pub.Publish(ctx, &Message{Topic: topic, Payload: []byte(p), QoS: 1}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			first := recv(t, a)
+			a.Ack(first)
+			recv(t, a)
+			recv(t, a)
+			a.Disconnect(ctx)
+			cfg.CleanStart = false
+			b := dial(t, cfg)
+			var got []string
+			for _, m := range drain(b, 300*time.Millisecond) {
+				got = append(got, string(m.Payload))
+				b.Ack(m)
+			}
+			if fmt.Sprint(got) != "[m2 m3]" {
+				t.Fatalf("redelivered %v, want [m2 m3]", got)
+			}
+			b.Disconnect(ctx)
+		})
+	}
+}

@@ -55,4 +55,8 @@ type Message struct {
 	// On received messages a Topic Alias has already been resolved into
 	// Topic and removed; SubscriptionIDs tells which subscriptions matched.
 	Properties Properties
+
+	// For Client.Ack (received QoS 1 and 2 messages).
+	ackConn *conn
+	ackID   uint16
 }

@@ -187,9 +187,14 @@ func TestPubSub(t *testing.T) {
 		if r.code != 0 || strings.Count(r.out, `"status":"ok"`) != 3 {
 			t.Fatalf("pub -l: %+v", r)
 		}
-		r = run(ctx, "", args("sub", "-c", "-i", "lines-sub", "-q", "1", "-t", "lines", "-C", "3")...)
-		if r.code != 0 || r.out != "one\ntwo\nthree\n" {
-			t.Fatalf("sub: %+v", r)
+		// -C 1 prints one message; the others stay with the broker.
+		r = run(ctx, "", args("sub", "-c", "-i", "lines-sub", "-q", "1", "-t", "lines", "-C", "1")...)
+		if r.code != 0 || r.out != "one\n" {
+			t.Fatalf("sub -C 1: %+v", r)
+		}
+		r = run(ctx, "", args("sub", "-c", "-i", "lines-sub", "-q", "1", "-t", "lines", "-C", "2")...)
+		if r.code != 0 || r.out != "two\nthree\n" {
+			t.Fatalf("sub -C 2: %+v", r)
 		}
 	})
 	t.Run("file-retained-and-stdin", func(t *testing.T) {

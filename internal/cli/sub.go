@@ -59,6 +59,9 @@ FILE or the ` + passwordEnv + ` environment variable. Exit status 27 when -W exp
 					return fmt.Errorf("topic filter %q: %v", t, err)
 				}
 			}
+			// A message is acknowledged once it is printed, so that with -c
+			// the broker keeps what -C left unprinted.
+			cfg.ManualAck = true
 			cfg.Reconnect = client.ReconnectPolicy{Enabled: true, MinDelay: time.Second, MaxDelay: 30 * time.Second}
 			cfg.OnConnectionLost = func(_ *client.Client, err error) {
 				fmt.Fprintf(stdio.Err, "moat: connection lost: %v; reconnecting\n", err)
@@ -125,21 +128,20 @@ FILE or the ` + passwordEnv + ` environment variable. Exit status 27 when -W exp
 					if !ok {
 						return fmt.Errorf("client stopped: %w", c.Err())
 					}
-					if noRetained && m.Retain {
-						continue
-					}
-					if filtered(m.Topic, filterOut) {
+					if (noRetained && m.Retain) || filtered(m.Topic, filterOut) {
+						c.Ack(m)
 						continue
 					}
 					if err := printMessage(out, m, f.json, verbose, noEOL); err != nil {
 						return err
 					}
 					received++
-					if len(c.Messages()) == 0 || (count > 0 && received >= count) {
+					if m.QoS > 0 || len(c.Messages()) == 0 || (count > 0 && received >= count) {
 						if err := out.Flush(); err != nil {
-							return err
+							return fmt.Errorf("writing output: %w", err)
 						}
 					}
+					c.Ack(m)
 					if count > 0 && received >= count {
 						disconnect()
 						return nil
