@@ -32,6 +32,10 @@ var getenv = os.Getenv
 // moat pub and moat sub.
 const passwordEnv = "MOAT_PASSWORD"
 
+// proxyPasswordEnv holds the SOCKS5 proxy password when --proxy names a
+// user without a password.
+const proxyPasswordEnv = "MOAT_PROXY_PASSWORD"
+
 // clientFlags are the connection flags shared by moat pub and moat sub,
 // named as in mosquitto_pub and mosquitto_sub.
 type clientFlags struct {
@@ -77,7 +81,7 @@ func (f *clientFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.key, "key", "", "private key (PEM) of --cert")
 	fs.BoolVar(&f.tls, "tls", false, "use TLS with the system's trusted CAs")
 	fs.BoolVar(&f.insecure, "insecure", false, "do not check that the server certificate matches the host name (DANGEROUS)")
-	fs.StringVar(&f.proxy, "proxy", "", "SOCKS5 proxy: socks5://[user:pass@]host:port (local DNS) or socks5h://… (proxy resolves)")
+	fs.StringVar(&f.proxy, "proxy", "", "SOCKS5 proxy: socks5://[user@]host:port (local DNS) or socks5h://… (proxy resolves); password from $"+proxyPasswordEnv)
 	fs.BoolVarP(&f.debug, "debug", "d", false, "print connection events on stderr")
 	fs.BoolVar(&f.json, "json", false, "print JSON lines, for scripts")
 	fs.StringVar(&f.willTopic, "will-topic", "", "will message topic")
@@ -165,7 +169,18 @@ func (f *clientFlags) config(fs *pflag.FlagSet, stdio Stdio) (cfg client.Config,
 		cfg.Servers = []string{scheme + "://" + net.JoinHostPort(f.host, strconv.Itoa(port))}
 	}
 	if f.proxy != "" {
-		cfg.Proxy = f.proxy
+		pu, err := url.Parse(f.proxy)
+		if err != nil {
+			return cfg, "", fmt.Errorf("--proxy: %v", err)
+		}
+		if pu.User != nil {
+			if _, ok := pu.User.Password(); ok {
+				warn("--proxy puts the proxy password on the command line, where other local users can read it; give only the user name and set $%s", proxyPasswordEnv)
+			} else if pw := getenv(proxyPasswordEnv); pw != "" {
+				pu.User = url.UserPassword(pu.User.Username(), pw)
+			}
+		}
+		cfg.Proxy = pu.String()
 	}
 
 	// TLS.

@@ -588,3 +588,65 @@ func startMosquittoConf(t *testing.T, bin string, conf func(port string) string)
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestPubSubSOCKS5 goes through Debian's microsocks with proxy
+// authentication, the password from $MOAT_PROXY_PASSWORD or (with a
+// warning) from the URL.
+func TestPubSubSOCKS5(t *testing.T) {
+	bin, err := exec.LookPath("microsocks")
+	if err != nil {
+		t.Skip("microsocks not installed (apt-get install microsocks)")
+	}
+	port := startMoat(t, broker.Config{})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pport := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+	ln.Close()
+	cmd := exec.Command(bin, "-i", "127.0.0.1", "-p", pport, "-u", "px", "-P", "pxpass")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c, err := net.Dial("tcp", "127.0.0.1:"+pport)
+		if err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("microsocks did not start")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	old := getenv
+	getenv = func(k string) string {
+		if k == proxyPasswordEnv {
+			return "pxpass"
+		}
+		return ""
+	}
+	defer func() { getenv = old }()
+	ctx := testCtx(t)
+	sub := runAsync(ctx, "sub", "-h", "localhost", "-p", port, "--proxy", "socks5h://px@127.0.0.1:"+pport, "-t", "sx", "-C", "1")
+	var pubErr string
+	r := pubUntil(t, sub, func() error {
+		r := run(ctx, "", "pub", "-h", "127.0.0.1", "-p", port, "--proxy", "socks5://px:pxpass@127.0.0.1:"+pport, "-t", "sx", "-m", "via proxy")
+		pubErr = r.err
+		if r.code != 0 {
+			return fmt.Errorf("exit %d: %s", r.code, r.err)
+		}
+		return nil
+	})
+	if r.code != 0 || r.out != "via proxy\n" {
+		t.Fatalf("sub: %+v", r)
+	}
+	if !strings.Contains(pubErr, "proxy password on the command line") {
+		t.Fatalf("no warning for a password in --proxy: %q", pubErr)
+	}
+	if r := run(ctx, "", "pub", "-h", "127.0.0.1", "-p", port, "--proxy", "socks5://px:wrong@127.0.0.1:"+pport, "-t", "sx", "-m", "x"); r.code == 0 || strings.Contains(r.err, "wrong") {
+		t.Fatalf("wrong proxy password: %+v", r)
+	}
+}
