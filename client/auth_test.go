@@ -239,3 +239,30 @@ func BenchmarkPublish(b *testing.B) {
 		})
 	}
 }
+
+// TestCloseFromCallback closes the client from its own OnMessage.
+func TestCloseFromCallback(t *testing.T) {
+	addr := startMoat(t, broker.Config{})
+	var c *Client
+	ready := make(chan struct{})
+	closed := make(chan struct{})
+	c = dial(t, Config{Servers: []string{addr}, OnMessage: func(*Message) {
+		<-ready
+		c.Disconnect(context.Background())
+		close(closed)
+	}})
+	close(ready)
+	ctx := ctxT(t)
+	if _, err := c.Subscribe(ctx, Subscription{Filter: "cb"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Publish(ctx, &Message{Topic: "cb", QoS: 1}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Disconnect from OnMessage did not return")
+	}
+	<-c.Done()
+}

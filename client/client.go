@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/moatmq/moat/internal/packet"
@@ -58,8 +59,9 @@ type Client struct {
 	recvQoS2  map[uint16]struct{} // inbound QoS 2 ids awaiting PUBREL
 	reauth    *Token              // re-authentication in progress
 	info      ConnectInfo
-	storeErr  error // first Store failure, logged once
-	debug     bool  // the logger takes Debug records: log every packet
+	callbacks atomic.Int32 // callbacks running on the Client's goroutines
+	storeErr  error        // first Store failure, logged once
+	debug     bool         // the logger takes Debug records: log every packet
 }
 
 type delivery struct {
@@ -549,10 +551,10 @@ func (c *Client) Disconnect(ctx context.Context) error {
 
 // Close closes the connection without DISCONNECT (so the server publishes
 // the will, if any), stops reconnecting and waits for the Client's
-// goroutines. Operations still waiting fail with ErrClosed. Close must not
-// be called from OnMessage, OnConnect or OnConnectionLost (it would wait
-// for itself); call it from another goroutine. It is idempotent and
-// returns nil.
+// goroutines, except one that is running a callback (OnMessage,
+// OnConnect, OnConnectionLost) at that moment: that one ends when the
+// callback returns, so Close may be called from a callback. Operations
+// still waiting fail with ErrClosed. Close is idempotent and returns nil.
 func (c *Client) Close() error {
 	c.mu.Lock()
 	if !c.closed {
@@ -565,7 +567,9 @@ func (c *Client) Close() error {
 		cn.fail(ErrClosed)
 		cn.wg.Wait()
 	}
-	c.wg.Wait()
+	if c.callbacks.Load() == 0 {
+		c.wg.Wait()
+	}
 	c.mu.Lock()
 	c.failAllLocked(c.closeErr)
 	c.mu.Unlock()
@@ -616,7 +620,9 @@ func (c *Client) supervise(cn *conn) {
 		}
 		c.log.Info("client: connection lost", "err", err)
 		if f := c.cfg.OnConnectionLost; f != nil {
+			c.callbacks.Add(1)
 			f(c, err)
+			c.callbacks.Add(-1)
 		}
 		if !c.cfg.Reconnect.Enabled {
 			c.shutdown(fmt.Errorf("%w: %w", ErrConnectionLost, err))
@@ -708,7 +714,9 @@ func (c *Client) deliverLoop() {
 		select {
 		case d := <-c.deliverQ:
 			if h := c.cfg.OnMessage; h != nil {
+				c.callbacks.Add(1)
 				h(d.m)
+				c.callbacks.Add(-1)
 			} else {
 				select {
 				case c.msgs <- d.m:
@@ -716,7 +724,7 @@ func (c *Client) deliverLoop() {
 					return
 				}
 			}
-			if d.qos > 0 && !c.cfg.ManualAck {
+			if d.qos > 0 && !c.cfg.ManualAck && c.ctx.Err() == nil {
 				c.ack(d)
 			}
 		case <-c.ctx.Done():

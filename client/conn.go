@@ -358,7 +358,9 @@ func (c *Client) install(cn *conn, ack *packet.Connack) error {
 	c.log.Info("client: connected", "server", cn.server.raw, "client_id", info.ClientID,
 		"version", c.version.String(), "session_present", resumed, "resent", len(pending))
 	if f := c.cfg.OnConnect; f != nil {
+		c.callbacks.Add(1)
 		f(c, info)
+		c.callbacks.Add(-1)
 	}
 	return nil
 }
