@@ -213,6 +213,15 @@ func (c *Client) ConnectInfo() ConnectInfo {
 	return c.info
 }
 
+// Inflight returns how many QoS 1 and 2 publishes await their
+// acknowledgement (at most the server's Receive Maximum, plus any loaded
+// from the Store).
+func (c *Client) Inflight() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.inflight
+}
+
 // IsConnected reports whether a connection is up.
 func (c *Client) IsConnected() bool {
 	c.mu.Lock()

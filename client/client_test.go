@@ -221,10 +221,7 @@ func TestReceiveMaximum(t *testing.T) {
 	var toks []*Token
 	for i := range 200 {
 		toks = append(toks, c.PublishAsync(ctx, &Message{Topic: "rm/x", Payload: []byte{byte(i)}, QoS: byte(1 + i%2)}))
-		c.mu.Lock()
-		n := c.inflight
-		c.mu.Unlock()
-		if n > 3 {
+		if n := c.Inflight(); n > 3 {
 			t.Fatalf("%d messages in flight, server allows 3", n)
 		}
 	}
