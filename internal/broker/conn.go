@@ -86,6 +86,7 @@ func (s *Server) newConn(nc net.Conn, lst *listenerState) *conn {
 	c.log = s.log.With("listener", lst.name, "remote", nc.RemoteAddr().String())
 	c.client.Listener = lst.name
 	c.client.Remote = nc.RemoteAddr()
+	c.client.Conn = nc
 	return c
 }
 
@@ -374,8 +375,12 @@ func (c *conn) connack(st *connectState, present bool) {
 		p := &ack.Properties
 		p.ReceiveMaximum = s.cfg.ReceiveMaximum
 		p.Mark(packet.PropReceiveMaximum)
-		p.MaximumPacketSize = s.cfg.MaxPacketSize
-		p.Mark(packet.PropMaximumPacketSize)
+		if s.cfg.MaxPacketSize < 268435455 {
+			// Absent means "no limit" beyond the protocol's own; clients
+			// check the value against the largest remaining length.
+			p.MaximumPacketSize = s.cfg.MaxPacketSize
+			p.Mark(packet.PropMaximumPacketSize)
+		}
 		p.TopicAliasMaximum = c.aliasMaxIn
 		p.Mark(packet.PropTopicAliasMaximum)
 		if s.cfg.RetainDisabled {

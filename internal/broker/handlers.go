@@ -58,10 +58,9 @@ func (c *conn) handlePublish(p *packet.Publish) bool {
 		c.log.Info("broker: payload exceeds message_size_limit; dropped", "topic", p.Topic, "size", len(p.Payload))
 		return c.ackPublish(p, packet.Success)
 	}
-	if p.Properties.Has(packet.PropPayloadFormat) && p.Properties.PayloadFormat == 1 && !packet.ValidString(string(p.Payload)) {
-		if c.version == packet.V5 {
-			return c.protocolError(packet.PayloadFormatInvalid, "payload is not valid UTF-8 although marked so")
-		}
+	if err := packet.CheckPayloadFormat(&p.Properties, p.Payload); err != nil && c.version == packet.V5 {
+		// [MQTT-3.3.2-4]: the receiver may check a payload marked UTF-8.
+		return c.protocolError(packet.PayloadFormatInvalid, "payload is not valid UTF-8 although marked so")
 	}
 
 	// QoS 2 duplicate: acknowledged again, not routed again [MQTT-4.3.3-9].

@@ -15,6 +15,10 @@ type Client struct {
 	Listener string               // listener name
 	Remote   net.Addr             // peer address (the real one behind a PROXY header)
 	TLS      *tls.ConnectionState // nil on plain transports
+	// Conn is the client's network connection, for hooks that read
+	// transport metadata (PROXY protocol information, WebSocket details)
+	// by type assertion. Hooks must not read from or write to it.
+	Conn     net.Conn
 	Version  packet.Version
 	ClientID string // as connected (assigned IDs included)
 	Username string // after authentication: the identity the Authenticator chose

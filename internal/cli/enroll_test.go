@@ -1,10 +1,12 @@
 package cli
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/moatmq/moat/internal/pki"
 )
@@ -59,5 +61,41 @@ func TestEnrollCommandEndToEnd(t *testing.T) {
 	second, _ := pki.LoadCertificatesFile(prefix + ".pem")
 	if second[0].SerialNumber.Cmp(first[0].SerialNumber) == 0 || second[0].Subject.CommonName != "dev-1" {
 		t.Fatal("renewal did not replace the certificate")
+	}
+}
+
+func TestEnrollRenewRunsUntilCancelled(t *testing.T) {
+	t.Setenv("MOAT_CA_PASSPHRASE", "a long test passphrase")
+	dir := filepath.Join(t.TempDir(), "ca")
+	work := t.TempDir()
+	mustMoat(t, "ca", "init", "--dir", dir)
+	_, httpsAddr := startCAServe(t, dir)
+	tok := strings.TrimSpace(mustMoat(t, "ca", "token", "create", "dev-r", "--dir", dir))
+	t.Setenv("MOAT_ENROLL_TOKEN", tok)
+	prefix := filepath.Join(work, "dev-r")
+	ctx, cancel := context.WithCancel(context.Background())
+	var errb lockedBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- Main(ctx, []string{"enroll", "--server", "https://" + httpsAddr, "--ca", filepath.Join(dir, "ca.pem"), "--id", "dev-r", "--out", prefix, "--renew"}, Stdio{In: strings.NewReader(""), Out: &lockedBuffer{}, Err: &errb})
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(errb.String(), "next renewal") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no renewal scheduled: %s", errb.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, err := os.Stat(prefix + ".pem"); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Fatalf("enroll --renew exited %d: %s", code, errb.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("enroll --renew did not stop on cancel")
 	}
 }

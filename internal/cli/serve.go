@@ -122,7 +122,7 @@ func runServe(ctx context.Context, stdio Stdio, o serveOptions, dataSet bool) er
 	if err != nil {
 		return err
 	}
-	auth := &certAuthenticator{mappings: map[string]tlsconf.IdentityMapping{}}
+	auth := &certAuthenticator{mappings: map[string]tlsconf.IdentityMapping{}, proxy: map[string]tlsconf.IdentitySource{}}
 	bcfg.Authenticator = auth
 	srv, err := broker.New(bcfg)
 	if err != nil {
@@ -174,6 +174,14 @@ func runServe(ctx context.Context, stdio Stdio, o serveOptions, dataSet bool) er
 				pc.Trusted = append(pc.Trusted, p)
 			}
 			lcfg.Proxy = pc
+			if u := l.ProxyProtocol.UsernameFrom; u != "" && u != config.IdentityNone {
+				src, err := tlsconf.ParseIdentitySource(u)
+				if err != nil {
+					closeAll()
+					return fmt.Errorf("serve: listener %s: proxy_protocol.username_from: %w", l.Name, err)
+				}
+				auth.proxy[l.Name] = src
+			}
 		}
 		if l.TLS != nil {
 			tc := l.TLS
@@ -358,6 +366,9 @@ func tlsListenerConfig(l *config.Listener, zc *zeroConfig, log *slog.Logger) (tl
 		cert, key = zc.serverCert, zc.serverKey
 	}
 	out.Certificates = []tlsconf.KeyPair{{CertFile: cert, KeyFile: key}}
+	for _, ck := range tc.SNICertificates {
+		out.Certificates = append(out.Certificates, tlsconf.KeyPair{CertFile: ck.Cert, KeyFile: ck.Key})
+	}
 	out.CAFile, out.CAPath = tc.ClientCA, tc.ClientCADir
 	if out.CAFile == "" && out.CAPath == "" && tc.ClientAuth != config.ClientAuthNone {
 		out.CAFile = zc.caFile

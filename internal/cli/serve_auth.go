@@ -3,8 +3,10 @@ package cli
 import (
 	"context"
 	"errors"
+	"net"
 
 	"github.com/moatmq/moat/internal/broker"
+	"github.com/moatmq/moat/internal/listener"
 	"github.com/moatmq/moat/internal/packet"
 	"github.com/moatmq/moat/internal/tlsconf"
 )
@@ -16,9 +18,18 @@ import (
 // anonymous policy; password and token backends plug in here later.
 type certAuthenticator struct {
 	mappings map[string]tlsconf.IdentityMapping // by listener name; read-only after start
+	// proxy maps listener names to the identity source of PROXY-reported
+	// client certificates (proxy_protocol.username_from).
+	proxy map[string]tlsconf.IdentitySource
 }
 
 func (a *certAuthenticator) Authenticate(_ context.Context, req *broker.ConnectRequest) broker.AuthResult {
+	if src, ok := a.proxy[req.Client.Listener]; ok && len(req.Client.PeerCertificates()) == 0 {
+		if id, ok := proxyIdentity(req.Client.Conn, src); ok {
+			return broker.AuthResult{Allow: true, Username: id, Reason: "client certificate verified by the load balancer"}
+		}
+		return broker.AuthResult{Code: packet.NotAuthorized, Reason: "this listener identifies clients by the certificate the load balancer verified, and it reported none"}
+	}
 	m, ok := a.mappings[req.Client.Listener]
 	if !ok || (m.Username == tlsconf.IdentityNone && m.ClientID == tlsconf.IdentityNone && m.BindClientID == "") {
 		return broker.AuthResult{NoOpinion: true}
@@ -48,4 +59,25 @@ func (a *certAuthenticator) Authenticate(_ context.Context, req *broker.ConnectR
 	}
 	res.Attributes = map[string]string{"cert.subject": certs[0].Subject.String(), "cert.serial": certs[0].SerialNumber.String()}
 	return res
+}
+
+// proxyIdentity returns the client certificate identity a trusted
+// TLS-terminating balancer reported in the PROXY v2 header, when the
+// listener is configured to use it.
+func proxyIdentity(conn net.Conn, src tlsconf.IdentitySource) (string, bool) {
+	if conn == nil || src == tlsconf.IdentityNone {
+		return "", false
+	}
+	pt := listener.Info(conn).ProxyTLS
+	if pt == nil || !pt.Verified() {
+		return "", false
+	}
+	if pt.ClientCertificate != nil {
+		id, err := tlsconf.Identity(pt.ClientCertificate, src)
+		return id, err == nil && id != ""
+	}
+	if src == tlsconf.IdentityCN && pt.CommonName != "" {
+		return pt.CommonName, true
+	}
+	return "", false
 }

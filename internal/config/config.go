@@ -196,6 +196,10 @@ type TLS struct {
 	// local CA in DataDir/ca, creating the CA on first run.
 	Cert string `json:"cert,omitempty" yaml:"cert"`
 	Key  string `json:"key,omitempty" yaml:"key"`
+	// SNICertificates are further certificate and key pairs for the same
+	// listener; a client is served the one whose names match the server
+	// name it asks for (SNI), and Cert/Key otherwise. Default none.
+	SNICertificates []CertKey `json:"sni_certificates,omitempty" yaml:"sni_certificates"`
 	// ClientCA is a PEM file of CA certificates trusted for client
 	// certificates (Mosquitto cafile); ClientCADir a directory of them
 	// (capath, files ending in .pem). Both empty means the built-in CA.
@@ -221,6 +225,12 @@ type TLS struct {
 	OCSP OCSP `json:"ocsp" yaml:"ocsp"`
 	// Identity maps the client certificate to MQTT identities.
 	Identity Identity `json:"identity" yaml:"identity"`
+}
+
+// CertKey is a certificate chain file and its private key file.
+type CertKey struct {
+	Cert string `json:"cert" yaml:"cert"`
+	Key  string `json:"key" yaml:"key"`
 }
 
 // OCSP configures live OCSP checks of client certificates.
@@ -257,6 +267,12 @@ type ProxyProtocol struct {
 	// header; connections from elsewhere are refused. Required when
 	// Enabled.
 	Trusted []string `json:"trusted,omitempty" yaml:"trusted"`
+	// UsernameFrom takes the MQTT username from the client certificate a
+	// TLS-terminating balancer reports in the PROXY v2 header (PP2_TYPE_SSL
+	// with a verified client certificate): "cn" or, when the balancer sends
+	// the certificate itself, any identity source. Default "none". Only
+	// used when the broker does not terminate TLS itself.
+	UsernameFrom string `json:"username_from,omitempty" yaml:"username_from"`
 }
 
 // Limits bound what one client may cost the broker.

@@ -129,6 +129,9 @@ func (c *Config) validate() []error {
 		if l.WebSocketPath != "" && (!l.Transport.WebSocket() || !strings.HasPrefix(l.WebSocketPath, "/")) {
 			bad("websocket_path %q needs transport ws or wss and must start with /", l.WebSocketPath)
 		}
+		if u := l.ProxyProtocol.UsernameFrom; u != "" && !slices.Contains(identitySources, u) {
+			bad("proxy_protocol.username_from %q: expected one of %s", u, strings.Join(identitySources, ", "))
+		}
 		if l.ProxyProtocol.Enabled && len(l.ProxyProtocol.Trusted) == 0 {
 			bad("proxy_protocol.enabled needs proxy_protocol.trusted (the load balancers' CIDR ranges)")
 		}
@@ -202,7 +205,16 @@ func (c *Config) validate() []error {
 }
 
 func (t *TLS) validate() []string {
-	var m []string
+	var sni []string
+	for i, ck := range t.SNICertificates {
+		if ck.Cert == "" || ck.Key == "" {
+			sni = append(sni, fmt.Sprintf("sni_certificates[%d] needs both cert and key", i))
+		}
+	}
+	if len(t.SNICertificates) > 0 && t.Cert == "" {
+		sni = append(sni, "sni_certificates needs cert and key for the default certificate")
+	}
+	m := sni
 	if (t.Cert == "") != (t.Key == "") {
 		m = append(m, "cert and key must be given together (both empty means the built-in CA issues the server certificate)")
 	}

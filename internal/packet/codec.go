@@ -151,9 +151,12 @@ func ret[P Packet](p P, err error) (Packet, error) {
 // packet may be encoded concurrently for several connections.
 //
 // The encoding is canonical: properties in ascending identifier order,
-// user properties in their given order, optional fields (the reason code
-// and property length of acknowledgements, DISCONNECT and AUTH) omitted
-// whenever the specification allows it, minimal variable byte integers.
+// user properties in their given order, minimal variable byte integers,
+// and the optional reason code and property length of PUBACK, PUBREC,
+// PUBREL and PUBCOMP omitted whenever the specification allows it. The
+// reason code of a 5.0 DISCONNECT and the reason code and property length
+// of AUTH are always written, since widespread clients cannot read the
+// shorter forms.
 //
 // For CONNECT, p's own Version is used when it is non-zero; v otherwise.
 //
@@ -161,7 +164,8 @@ func ret[P Packet](p P, err error) (Packet, error) {
 // because the broker forwards messages from 5.0 publishers to 3.x
 // subscribers: Properties of every packet, reason codes of PUBACK, PUBREC,
 // PUBREL, PUBCOMP, UNSUBACK and DISCONNECT, and the No Local, Retain As
-// Published and Retain Handling subscription options. SUBACK codes of 0x80
+// Published and Retain Handling subscription options, and for 3.1 the
+// Session Present flag of CONNACK. SUBACK codes of 0x80
 // and above become 0x80, and CONNACK codes above 5 are mapped with
 // V3ConnackCode. AUTH cannot be encoded for 3.x.
 func Append(dst []byte, p Packet, v Version) ([]byte, error) {

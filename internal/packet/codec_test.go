@@ -47,7 +47,7 @@ func checkPacket(t *testing.T, got, want packet.Packet) {
 
 func dump(p packet.Packet) string {
 	if c, ok := p.(*packet.Connect); ok && c != nil && c.Will != nil {
-		return fmt.Sprintf("%#v will=%#v", c, c.Will)
+		return fmt.Sprintf("%#v will=%#v", *c, *c.Will)
 	}
 	return fmt.Sprintf("%#v", p)
 }
@@ -199,6 +199,7 @@ func TestEncodeDowngrade(t *testing.T) {
 		{"CONNACK 5.0 code mapped", &packet.Connack{ReasonCode: packet.Banned}, packet.V311, packettest.Pkt(0x20, 0, 5)},
 		{"CONNACK unsupported version mapped", &packet.Connack{ReasonCode: packet.UnsupportedProtocolVersion},
 			packet.V31, packettest.Pkt(0x20, 0, 1)},
+		{"CONNACK 3.1 has no Session Present", &packet.Connack{SessionPresent: true}, packet.V31, packettest.Pkt(0x20, 0, 0)},
 		{"CONNACK 3.x code kept", &packet.Connack{ReasonCode: packet.V3IdentifierRejected}, packet.V311, packettest.Pkt(0x20, 0, 2)},
 		{"SUBSCRIBE 5.0 options dropped", &packet.Subscribe{PacketID: 1, Properties: props,
 			Subscriptions: []packet.Subscription{{Filter: "a", QoS: 1, NoLocal: true, RetainAsPublished: true, RetainHandling: 2}}},
@@ -265,7 +266,7 @@ func (c *countingReader) Read(p []byte) (int, error) {
 }
 
 func TestReaderLimits(t *testing.T) {
-	t.Run("MQTT-3.1.2-24 too large refused from the header", func(t *testing.T) {
+	t.Run("MQTT 5.0 §3.1.2.11.4 too large refused from the header", func(t *testing.T) {
 		// Header of a 200 MB PUBLISH followed by endless zeros: the Reader
 		// must refuse it without reading the body.
 		hdr := []byte{0x30, 0x80, 0x80, 0x80, 0x60}
@@ -416,4 +417,72 @@ func TestPropertyTables(t *testing.T) {
 	if packet.PropTopicAlias.String() != "Topic Alias" || packet.PropID(0x7F).String() != "property 0x7F" {
 		t.Error("PropID.String")
 	}
+}
+
+func TestPropertySetters(t *testing.T) {
+	var p packet.Properties
+	p.SetPayloadFormat(1)
+	p.SetMessageExpiry(5)
+	p.SetContentType("c")
+	p.SetResponseTopic("r")
+	p.SetCorrelationData([]byte("d"))
+	p.AddSubscriptionID(7)
+	p.AddUser("k", "v")
+	p.SetTopicAlias(1)
+	pub := &packet.Publish{Topic: "t", Properties: p}
+	b, err := packet.Append(nil, pub, packet.V5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _, err := packet.Decode(b, packet.V5, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkPacket(t, got, pub)
+
+	var c packet.Properties
+	c.SetSessionExpiry(1)
+	c.SetAssignedClientID("a")
+	c.SetServerKeepAlive(2)
+	c.SetAuthMethod("m")
+	c.SetAuthData([]byte("x"))
+	c.SetResponseInfo("i")
+	c.SetServerReference("s")
+	c.SetReasonString("r")
+	c.SetReceiveMaximum(3)
+	c.SetTopicAliasMaximum(4)
+	c.SetMaximumQoS(1)
+	c.SetRetainAvailable(false)
+	c.SetMaximumPacketSize(100)
+	c.SetWildcardSubAvailable(true)
+	c.SetSubIDAvailable(false)
+	c.SetSharedSubAvailable(true)
+	ack := &packet.Connack{Properties: c}
+	if b, err = packet.Append(nil, ack, packet.V5); err != nil {
+		t.Fatal(err)
+	}
+	if got, _, err = packet.Decode(b, packet.V5, 0); err != nil {
+		t.Fatal(err)
+	}
+	checkPacket(t, got, ack)
+
+	var w packet.Properties
+	w.SetWillDelay(9)
+	w.SetRequestProblemInfo(0)
+	if _, err := packet.Append(nil, &packet.Connect{ClientID: "c", Will: &packet.Will{Topic: "t", Properties: w}}, packet.V5); err == nil {
+		t.Fatal("Request Problem Information accepted in will properties")
+	}
+	w.Unmark(packet.PropRequestProblemInfo)
+	var cp packet.Properties
+	cp.SetRequestProblemInfo(0)
+	cp.SetRequestResponseInfo(1)
+	conn := &packet.Connect{Version: packet.V5, ProtocolName: "MQTT", ClientID: "c", Properties: cp,
+		Will: &packet.Will{Topic: "t", Properties: w}}
+	if b, err = packet.Append(nil, conn, packet.V311); err != nil {
+		t.Fatal(err)
+	}
+	if got, _, err = packet.Decode(b, packet.V311, 0); err != nil {
+		t.Fatal(err)
+	}
+	checkPacket(t, got, conn)
 }

@@ -50,7 +50,7 @@ func decodeConnect(d *decoder) (*Connect, error) {
 		// [MQTT-3.1.2-1] [MQTT-3.1.2-2]: a 3.x server answers with return
 		// code 0x01, a 5.0 server with reason code 0x84.
 		return c, &Error{Code: UnsupportedProtocolVersion, Type: CONNECT,
-			Reason: fmt.Sprintf("unsupported protocol name %q level %d [MQTT-3.1.2-1] [MQTT-3.1.2-2]", name, level),
+			Reason: fmt.Sprintf("unsupported protocol name %q level %d [MQTT-3.1.2-1] [MQTT-3.1.2-2]", clip(string(name)), level),
 			Err:    ErrUnsupportedVersion}
 	}
 	v := c.Version
@@ -137,7 +137,7 @@ func (c *Connect) version(v Version) Version {
 func (c *Connect) bodySize(v Version) (int, error) {
 	v = c.version(v)
 	if c.ProtocolName != "" && c.ProtocolName != protocolName(v) {
-		return 0, protocolErr(CONNECT, "protocol name %q does not match MQTT %s", c.ProtocolName, v)
+		return 0, protocolErr(CONNECT, "protocol name %q does not match MQTT %s", clip(c.ProtocolName), v)
 	}
 	n := 2 + len(protocolName(v)) + 1 + 1 + 2 // name, level, flags, keep alive
 	if v == V5 {
@@ -243,7 +243,12 @@ func decodeConnack(d *decoder, v Version) (*Connack, error) {
 	if err != nil {
 		return nil, err
 	}
-	if flags&^1 != 0 {
+	switch {
+	case v == V31:
+		// MQTT 3.1 has no Session Present flag: the byte is reserved and
+		// unused, and is ignored.
+		flags = 0
+	case flags&^1 != 0:
 		// [MQTT-3.2.2-1] in 3.1.1; reserved bits in 5.0 §3.2.2.1.
 		return nil, malformed(CONNACK, "reserved acknowledge flags set [MQTT-3.2.2-1]")
 	}
@@ -278,6 +283,7 @@ func (c *Connack) v3code() ReasonCode {
 	return V3ConnackCode(c.ReasonCode)
 }
 
+// bodySize: MQTT 3.1 has no Session Present flag; it is dropped.
 func (c *Connack) bodySize(v Version) (int, error) {
 	code := c.ReasonCode
 	if v != V5 {
@@ -285,7 +291,7 @@ func (c *Connack) bodySize(v Version) (int, error) {
 	} else if err := checkReason(CONNACK, code); err != nil {
 		return 0, err
 	}
-	if c.SessionPresent && code != Success {
+	if c.SessionPresent && code != Success && v != V31 {
 		return 0, protocolErr(CONNACK, "session present with a non-zero return code [MQTT-3.2.2-6]")
 	}
 	if v != V5 {
@@ -300,7 +306,7 @@ func (c *Connack) bodySize(v Version) (int, error) {
 
 func (c *Connack) appendBody(b []byte, v Version) []byte {
 	var flags byte
-	if c.SessionPresent {
+	if c.SessionPresent && v != V31 {
 		flags = 1
 	}
 	if v != V5 {

@@ -38,7 +38,9 @@ func decodeDisconnect(d *decoder, v Version) (*Disconnect, error) {
 }
 
 // bodySize: in 3.x DISCONNECT is empty; reason code and properties are
-// dropped.
+// dropped. In 5.0 the reason code is always written, even Normal
+// disconnection, which the specification lets a sender omit: some clients
+// (paho.golang) cannot read a DISCONNECT without it.
 func (p *Disconnect) bodySize(v Version) (int, error) {
 	if v != V5 {
 		return 0, nil
@@ -50,13 +52,10 @@ func (p *Disconnect) bodySize(v Version) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	switch {
-	case pn > 0:
+	if pn > 0 {
 		return 1 + vbiLen(pn) + pn, nil
-	case p.ReasonCode != Success:
-		return 1, nil
 	}
-	return 0, nil
+	return 1, nil
 }
 
 func (p *Disconnect) appendBody(b []byte, v Version) []byte {
@@ -64,9 +63,6 @@ func (p *Disconnect) appendBody(b []byte, v Version) []byte {
 		return b
 	}
 	pn := p.Properties.length()
-	if pn == 0 && p.ReasonCode == Success {
-		return b
-	}
 	b = append(b, byte(p.ReasonCode))
 	if pn == 0 {
 		return b
@@ -82,8 +78,9 @@ func decodeAuth(d *decoder) (*Auth, error) {
 	return p, nil
 }
 
-// bodySize: AUTH is empty for Success without properties; otherwise the
-// reason code and the property length are both written.
+// bodySize: the reason code and the property length are always written;
+// the empty form the specification allows for Success without properties
+// is not, because some clients (paho.golang) cannot read it.
 func (p *Auth) bodySize(v Version) (int, error) {
 	if v != V5 {
 		return 0, malformed(AUTH, "AUTH does not exist in MQTT %s", v)
@@ -95,17 +92,11 @@ func (p *Auth) bodySize(v Version) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	if pn == 0 && p.ReasonCode == Success {
-		return 0, nil
-	}
 	return 1 + vbiLen(pn) + pn, nil
 }
 
 func (p *Auth) appendBody(b []byte, _ Version) []byte {
 	pn := p.Properties.length()
-	if pn == 0 && p.ReasonCode == Success {
-		return b
-	}
 	b = append(b, byte(p.ReasonCode))
 	return p.Properties.appendTo(b, pn)
 }

@@ -51,3 +51,13 @@ func CodeOf(err error) ReasonCode {
 	}
 	return UnspecifiedError
 }
+
+// clip shortens a peer-controlled string quoted in an error message, so a
+// 64 KiB topic does not end up in the logs.
+func clip(s string) string {
+	const max = 64
+	if len(s) <= max {
+		return s
+	}
+	return s[:max] + "..."
+}

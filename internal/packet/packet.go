@@ -12,7 +12,42 @@
 //
 // Decoded packets own their memory: byte slices in a decoded packet alias
 // the body buffer the Reader allocated for that packet alone, and are never
-// reused by the Reader.
+// reused by the Reader. Zero-length binary fields and payloads decode as
+// nil.
+//
+// # Error classes
+//
+// The reason code in an *Error follows the MQTT 5.0 rules (§4.13): the
+// packet is malformed (0x81) when its bytes cannot be parsed as the
+// specification defines them: bad fixed header flags, variable byte
+// integers longer than 4 bytes or not minimal, lengths beyond the packet,
+// ill-formed UTF-8 or U+0000, unknown property identifiers or properties
+// not defined for the packet type (§2.2.2.2), reserved bits, QoS 3 in a
+// PUBLISH or a will, reason codes not defined for the packet type, bytes
+// left over. It is a protocol error (0x82) when a well-formed packet breaks
+// a rule: a repeated property, a property value out of range (Receive
+// Maximum 0, Topic Alias 0, a boolean above 1, ...), packet identifier 0, a
+// topic name with wildcards or empty without a Topic Alias, a topic filter
+// with misplaced wildcards, No Local on a shared subscription, a SUBSCRIBE
+// or UNSUBSCRIBE without filters. A packet over the size limit carries
+// 0x95 and an unknown protocol name or level 0x84. For MQTT 3.x sessions
+// the codes only tell the server to close the connection (and, for a
+// CONNECT with an unknown level, to answer return code 0x01; see
+// V3ConnackCode).
+//
+// Rules that need session state are left to the caller: Topic Alias
+// Maximum, Receive Maximum, a Subscription Identifier in a PUBLISH from a
+// client [MQTT-3.3.4-6], the Payload Format Indicator of a payload (see
+// CheckPayloadFormat), client identifier rules.
+//
+// # Leniency
+//
+// The decoder accepts the optional short forms of MQTT 5.0 (acknowledgements
+// without reason code or property length, DISCONNECT and AUTH with only a
+// reason code), properties in any order, the DUP flag that MQTT 3.1
+// allowed on retransmitted PUBREL, SUBSCRIBE and UNSUBSCRIBE, and any value
+// of the unused first byte of an MQTT 3.1 CONNACK (3.1 has no Session
+// Present flag). The encoder never writes them (see Append).
 package packet
 
 // Type is the MQTT control packet type, the high nibble of the first byte.

@@ -273,14 +273,21 @@ func (d *decoder) prop(p *Properties, id PropID) error {
 	case kindBinary:
 		bin, err = d.bytes(what)
 	case kindPair:
-		var k, v string
-		if k, err = d.str("User Property name"); err != nil {
+		// Name and value are copied in one allocation, the value's length
+		// prefix included.
+		start := d.b
+		var k, v []byte
+		if k, err = d.bytes("User Property name"); err != nil {
 			return err
 		}
-		if v, err = d.str("User Property value"); err != nil {
+		if v, err = d.bytes("User Property value"); err != nil {
 			return err
 		}
-		p.User = append(p.User, UserProperty{Key: k, Value: v})
+		if !validStringBytes(k) || !validStringBytes(v) {
+			return malformed(d.t, "User Property: ill-formed UTF-8 or U+0000 [MQTT-1.5.7-1]")
+		}
+		pair := string(start[2 : 4+len(k)+len(v)])
+		p.User = append(p.User, UserProperty{Key: pair[:len(k)], Value: pair[len(k)+2:]})
 		return nil
 	}
 	if err != nil {
@@ -305,7 +312,7 @@ func (d *decoder) prop(p *Properties, id PropID) error {
 		p.ContentType = s
 	case PropResponseTopic:
 		if ValidTopicName(s) != nil {
-			return protocolErr(d.t, "Response Topic %q is not a valid topic name [MQTT-3.3.2-14]", s)
+			return protocolErr(d.t, "Response Topic %q is not a valid topic name [MQTT-3.3.2-14]", clip(s))
 		}
 		p.ResponseTopic = s
 	case PropCorrelationData:
@@ -408,10 +415,9 @@ func (p *Properties) size(t Type, c propCtx) (int, error) {
 		}
 	}
 	present := p.Present &^ listBits
-	for id := PropID(1); id < PropID(len(propKinds)); id++ {
-		if present&(1<<id) == 0 {
-			continue
-		}
+	for present != 0 {
+		id := PropID(bits.TrailingZeros64(present))
+		present &^= 1 << id
 		switch propKinds[id] {
 		case kindByte:
 			v := p.byteProp(id)
@@ -435,7 +441,7 @@ func (p *Properties) size(t Type, c propCtx) (int, error) {
 				return 0, err
 			}
 			if id == PropResponseTopic && ValidTopicName(s) != nil {
-				return 0, protocolErr(t, "Response Topic %q is not a valid topic name [MQTT-3.3.2-14]", s)
+				return 0, protocolErr(t, "Response Topic %q is not a valid topic name [MQTT-3.3.2-14]", clip(s))
 			}
 			n += 3 + len(s)
 		case kindBinary:
@@ -542,7 +548,15 @@ func (p *Properties) appendTo(b []byte, n int) []byte {
 		return b
 	}
 	present := p.Present &^ (bitUser | bitSubscriptionID)
-	for id := PropID(1); id < PropID(len(propKinds)); id++ {
+	if len(p.User) > 0 {
+		present |= bitUser
+	}
+	if len(p.SubscriptionIDs) > 0 {
+		present |= bitSubscriptionID
+	}
+	for present != 0 {
+		id := PropID(bits.TrailingZeros64(present))
+		present &^= 1 << id
 		if id == PropSubscriptionID {
 			for _, s := range p.SubscriptionIDs {
 				b = append(b, byte(id))
@@ -556,9 +570,6 @@ func (p *Properties) appendTo(b []byte, n int) []byte {
 				b = appendString(b, u.Key)
 				b = appendString(b, u.Value)
 			}
-			continue
-		}
-		if present&(1<<id) == 0 {
 			continue
 		}
 		b = append(b, byte(id))

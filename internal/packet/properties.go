@@ -99,3 +99,111 @@ func (p *Properties) SetTopicAlias(a uint16) { p.TopicAlias = a; p.Mark(PropTopi
 
 // SetReasonString sets the Reason String property.
 func (p *Properties) SetReasonString(s string) { p.ReasonString = s; p.Mark(PropReasonString) }
+
+// SetPayloadFormat sets the Payload Format Indicator (0 bytes, 1 UTF-8).
+func (p *Properties) SetPayloadFormat(f byte) { p.PayloadFormat = f; p.Mark(PropPayloadFormat) }
+
+// SetContentType sets the Content Type property.
+func (p *Properties) SetContentType(s string) { p.ContentType = s; p.Mark(PropContentType) }
+
+// SetResponseTopic sets the Response Topic property.
+func (p *Properties) SetResponseTopic(s string) { p.ResponseTopic = s; p.Mark(PropResponseTopic) }
+
+// SetCorrelationData sets the Correlation Data property; b is not copied.
+func (p *Properties) SetCorrelationData(b []byte) { p.CorrelationData = b; p.Mark(PropCorrelationData) }
+
+// AddSubscriptionID appends a Subscription Identifier (1..268435455).
+func (p *Properties) AddSubscriptionID(id uint32) { p.SubscriptionIDs = append(p.SubscriptionIDs, id) }
+
+// AddUser appends a User Property.
+func (p *Properties) AddUser(key, value string) {
+	p.User = append(p.User, UserProperty{Key: key, Value: value})
+}
+
+// SetSessionExpiry sets the Session Expiry Interval property.
+func (p *Properties) SetSessionExpiry(s uint32) { p.SessionExpiry = s; p.Mark(PropSessionExpiry) }
+
+// SetAssignedClientID sets the Assigned Client Identifier property.
+func (p *Properties) SetAssignedClientID(s string) {
+	p.AssignedClientID = s
+	p.Mark(PropAssignedClientID)
+}
+
+// SetServerKeepAlive sets the Server Keep Alive property.
+func (p *Properties) SetServerKeepAlive(s uint16) { p.ServerKeepAlive = s; p.Mark(PropServerKeepAlive) }
+
+// SetAuthMethod sets the Authentication Method property.
+func (p *Properties) SetAuthMethod(s string) { p.AuthMethod = s; p.Mark(PropAuthMethod) }
+
+// SetAuthData sets the Authentication Data property; b is not copied.
+func (p *Properties) SetAuthData(b []byte) { p.AuthData = b; p.Mark(PropAuthData) }
+
+// SetRequestProblemInfo sets the Request Problem Information property.
+func (p *Properties) SetRequestProblemInfo(v byte) {
+	p.RequestProblemInfo = v
+	p.Mark(PropRequestProblemInfo)
+}
+
+// SetWillDelay sets the Will Delay Interval property.
+func (p *Properties) SetWillDelay(s uint32) { p.WillDelay = s; p.Mark(PropWillDelay) }
+
+// SetRequestResponseInfo sets the Request Response Information property.
+func (p *Properties) SetRequestResponseInfo(v byte) {
+	p.RequestResponseInfo = v
+	p.Mark(PropRequestResponseInfo)
+}
+
+// SetResponseInfo sets the Response Information property.
+func (p *Properties) SetResponseInfo(s string) { p.ResponseInfo = s; p.Mark(PropResponseInfo) }
+
+// SetServerReference sets the Server Reference property.
+func (p *Properties) SetServerReference(s string) { p.ServerReference = s; p.Mark(PropServerReference) }
+
+// SetReceiveMaximum sets the Receive Maximum property (not 0).
+func (p *Properties) SetReceiveMaximum(n uint16) { p.ReceiveMaximum = n; p.Mark(PropReceiveMaximum) }
+
+// SetTopicAliasMaximum sets the Topic Alias Maximum property.
+func (p *Properties) SetTopicAliasMaximum(n uint16) {
+	p.TopicAliasMaximum = n
+	p.Mark(PropTopicAliasMaximum)
+}
+
+// SetMaximumQoS sets the Maximum QoS property (0 or 1).
+func (p *Properties) SetMaximumQoS(q byte) { p.MaximumQoS = q; p.Mark(PropMaximumQoS) }
+
+// SetRetainAvailable sets the Retain Available property.
+func (p *Properties) SetRetainAvailable(b bool) {
+	p.RetainAvailable = b2u(b)
+	p.Mark(PropRetainAvailable)
+}
+
+// SetMaximumPacketSize sets the Maximum Packet Size property (not 0).
+func (p *Properties) SetMaximumPacketSize(n uint32) {
+	p.MaximumPacketSize = n
+	p.Mark(PropMaximumPacketSize)
+}
+
+// SetWildcardSubAvailable sets the Wildcard Subscription Available property.
+func (p *Properties) SetWildcardSubAvailable(b bool) {
+	p.WildcardSubAvailable = b2u(b)
+	p.Mark(PropWildcardSubAvailable)
+}
+
+// SetSubIDAvailable sets the Subscription Identifier Available property.
+func (p *Properties) SetSubIDAvailable(b bool) {
+	p.SubIDAvailable = b2u(b)
+	p.Mark(PropSubscriptionIDAvail)
+}
+
+// SetSharedSubAvailable sets the Shared Subscription Available property.
+func (p *Properties) SetSharedSubAvailable(b bool) {
+	p.SharedSubAvailable = b2u(b)
+	p.Mark(PropSharedSubAvailable)
+}
+
+func b2u(b bool) byte {
+	if b {
+		return 1
+	}
+	return 0
+}

@@ -27,7 +27,7 @@ func decodePublish(d *decoder, flags byte, v Version) (*Publish, error) {
 	// [MQTT-4.7.3-1].
 	if p.Topic != "" || v != V5 || !p.Properties.Has(PropTopicAlias) {
 		if err := ValidTopicName(p.Topic); err != nil {
-			return nil, protocolErr(PUBLISH, "topic name %q: %v [MQTT-3.3.2-2]", p.Topic, err)
+			return nil, protocolErr(PUBLISH, "topic name %q: %v [MQTT-3.3.2-2]", clip(p.Topic), err)
 		}
 	}
 	if len(d.b) > 0 {
@@ -64,7 +64,7 @@ func (p *Publish) bodySize(v Version) (int, error) {
 	}
 	if p.Topic != "" || v != V5 || !p.Properties.Has(PropTopicAlias) {
 		if err := ValidTopicName(p.Topic); err != nil {
-			return 0, protocolErr(PUBLISH, "topic name %q: %v", p.Topic, err)
+			return 0, protocolErr(PUBLISH, "topic name %q: %v", clip(p.Topic), err)
 		}
 	}
 	n := 2 + len(p.Topic) + len(p.Payload)

@@ -30,7 +30,8 @@ func NewReader(r io.Reader, maxPacketSize uint32) *Reader {
 }
 
 // SetVersion sets the protocol version used to decode packets other than
-// CONNECT (which carries its own). Before it is called, V311 rules apply.
+// CONNECT (which carries its own). Before it is called, and for values
+// other than V31, V311 and V5, V311 rules apply.
 // ReadPacket also sets it from a CONNECT it decodes successfully.
 func (r *Reader) SetVersion(v Version) { r.version = v }
 
@@ -84,7 +85,7 @@ func (r *Reader) ReadPacket() (Packet, error) {
 		return nil, vbiError(t, "remaining length", st)
 	}
 	v := r.version
-	if v == 0 {
+	if v != V31 && v != V5 {
 		v = V311
 	}
 	if err := checkHeader(t, flags, v); err != nil {

@@ -57,7 +57,7 @@ func decodeSubscribe(d *decoder, v Version) (*Subscribe, error) {
 			return nil, err
 		}
 		if err := ValidTopicFilter(sub.Filter); err != nil {
-			return nil, protocolErr(SUBSCRIBE, "topic filter %q: %v [MQTT-4.7.1]", sub.Filter, err)
+			return nil, protocolErr(SUBSCRIBE, "topic filter %q: %v [MQTT-4.7.1]", clip(sub.Filter), err)
 		}
 		o, _ := d.byte("subscription options")
 		if v != V5 {
@@ -69,6 +69,9 @@ func decodeSubscribe(d *decoder, v Version) (*Subscribe, error) {
 		}
 		sub.QoS = o & subQoS
 		if sub.QoS == 3 {
+			if v == V5 {
+				return nil, protocolErr(SUBSCRIBE, "Maximum QoS 3 in subscription options [MQTT 5.0 §3.8.3.1]")
+			}
 			return nil, malformed(SUBSCRIBE, "QoS 3 in subscription options [MQTT-3-8.3-4]")
 		}
 		sub.NoLocal = o&subNoLocal != 0
@@ -102,7 +105,7 @@ func (s *Subscribe) bodySize(v Version) (int, error) {
 	for i := range s.Subscriptions {
 		sub := &s.Subscriptions[i]
 		if err := ValidTopicFilter(sub.Filter); err != nil {
-			return 0, protocolErr(SUBSCRIBE, "topic filter %q: %v", sub.Filter, err)
+			return 0, protocolErr(SUBSCRIBE, "topic filter %q: %v", clip(sub.Filter), err)
 		}
 		if sub.QoS > 2 {
 			return 0, malformed(SUBSCRIBE, "QoS %d", sub.QoS)
@@ -248,7 +251,7 @@ func decodeUnsubscribe(d *decoder, v Version) (*Unsubscribe, error) {
 			return nil, err
 		}
 		if err := ValidTopicFilter(u.Filters[i]); err != nil {
-			return nil, protocolErr(UNSUBSCRIBE, "topic filter %q: %v [MQTT-4.7.1]", u.Filters[i], err)
+			return nil, protocolErr(UNSUBSCRIBE, "topic filter %q: %v [MQTT-4.7.1]", clip(u.Filters[i]), err)
 		}
 	}
 	return u, d.end()
@@ -271,7 +274,7 @@ func (u *Unsubscribe) bodySize(v Version) (int, error) {
 	}
 	for _, f := range u.Filters {
 		if err := ValidTopicFilter(f); err != nil {
-			return 0, protocolErr(UNSUBSCRIBE, "topic filter %q: %v", f, err)
+			return 0, protocolErr(UNSUBSCRIBE, "topic filter %q: %v", clip(f), err)
 		}
 		n += 2 + len(f)
 	}

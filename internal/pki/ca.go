@@ -23,21 +23,21 @@ import (
 
 // File names inside a CA directory.
 const (
-	FileRoot             = "ca.pem"
-	FileRootKey          = "root.key"
-	FileRootPass         = "root.pass"
-	FileIntermediate     = "intermediate.pem"
-	FileIntermediateKey  = "intermediate.key"
-	FileOCSPSigner       = "ocsp.pem"
-	FileOCSPSignerKey    = "ocsp.key"
-	FileSettings         = "ca.json"
-	FileDatabase         = "ca.db"
-	FileCRL              = "crl.pem"
-	defaultLockTimeout   = 5 * time.Second
-	defaultOrganization  = "Moat"
-	defaultRootCN        = "Moat Root CA"
-	defaultIntermediaCN  = "Moat Issuing CA"
-	generatedPassEntropy = 32
+	FileRoot              = "ca.pem"
+	FileRootKey           = "root.key"
+	FileRootPass          = "root.pass"
+	FileIntermediate      = "intermediate.pem"
+	FileIntermediateKey   = "intermediate.key"
+	FileOCSPSigner        = "ocsp.pem"
+	FileOCSPSignerKey     = "ocsp.key"
+	FileSettings          = "ca.json"
+	FileDatabase          = "ca.db"
+	FileCRL               = "crl.pem"
+	defaultLockTimeout    = 5 * time.Second
+	defaultOrganization   = "Moat"
+	defaultRootCN         = "Moat Root CA"
+	defaultIntermediateCN = "Moat Issuing CA"
+	generatedPassEntropy  = 32
 )
 
 // Config holds the run-time knobs shared by Init and Open. The zero value
@@ -215,7 +215,7 @@ func Init(dir string, opts InitOptions) (*CA, error) {
 		interNotAfter = root.NotAfter
 	}
 	interTmpl := &x509.Certificate{
-		Subject:                     pkix.Name{Organization: []string{org}, CommonName: orDefault(opts.IntermediateCommonName, defaultIntermediaCN)},
+		Subject:                     pkix.Name{Organization: []string{org}, CommonName: orDefault(opts.IntermediateCommonName, defaultIntermediateCN)},
 		NotBefore:                   now.Add(-time.Hour),
 		NotAfter:                    interNotAfter,
 		KeyUsage:                    x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,

@@ -6,12 +6,15 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
+	"fmt"
 	"net"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -429,5 +432,57 @@ func TestDurationParse(t *testing.T) {
 	}
 	if _, err := ParseDuration("soon"); err == nil {
 		t.Error("bad duration accepted")
+	}
+}
+
+// Two CA handles on one directory behave like two processes (serve and a
+// CLI command): their writes interleave under the file lock.
+func TestConcurrentHandlesShareDirectory(t *testing.T) {
+	t.Parallel()
+	a := newCA(t, InitOptions{})
+	b, err := Open(a.Dir(), Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 20)
+	for i := range 10 {
+		for _, ca := range []*CA{a, b} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				iss, err := ca.IssueDevice(fmt.Sprintf("d-%d", i), nil, 0)
+				if err == nil {
+					_, err = ca.Revoke(iss.Record.Serial, ReasonSuperseded)
+				}
+				if err != nil {
+					errs <- err
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	recs, _ := b.List(ListFilter{Revoked: true})
+	if len(recs) != 20 {
+		t.Fatalf("%d revoked records, want 20", len(recs))
+	}
+	crl, _ := x509.ParseRevocationList(mustCRL(t, a))
+	if len(crl.RevokedCertificateEntries) != 20 {
+		t.Fatalf("CRL lists %d", len(crl.RevokedCertificateEntries))
+	}
+	// crl.pem on disk is the newest CRL, not one overtaken by a
+	// concurrent writer.
+	b2, err := os.ReadFile(filepath.Join(a.Dir(), FileCRL))
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk, _ := pem.Decode(b2)
+	fileCRL, err := x509.ParseRevocationList(blk.Bytes)
+	if err != nil || len(fileCRL.RevokedCertificateEntries) != 20 {
+		t.Fatalf("crl.pem lists %d entries (err %v), want 20", len(fileCRL.RevokedCertificateEntries), err)
 	}
 }

@@ -19,6 +19,7 @@
 //	                  certificates, CRLs and the OCSP signer unattended)
 //	ocsp.pem/.key     delegated OCSP signing certificate and key (mode 0600)
 //	ca.json           settings chosen at Init (profiles, lifetimes, URLs)
+//	est.pem/.key      TLS certificate of the EST listener (issued on first use)
 //	ca.db             bbolt inventory: certificates, revocations, tokens, CRL
 //	crl.pem           the current CRL, rewritten on every regeneration
 //
@@ -32,4 +33,8 @@
 // so several processes (for example "moat ca serve" and "moat ca revoke")
 // can share one directory; a writer waits up to Config.LockTimeout for the
 // lock and then fails with ErrDatabaseBusy.
+//
+// Lock order inside a CA: ocspmu (OCSP signer and response cache) before
+// dbmu (this process's database opens) before bbolt's file lock. Database
+// transactions never take ocspmu.
 package pki

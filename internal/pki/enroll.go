@@ -135,6 +135,9 @@ func (c *ESTClient) Reenroll(ctx context.Context, csrDER []byte, current tls.Cer
 
 // Enroller keeps a device certificate at PREFIX.pem / PREFIX.key: it
 // enrolls once with a bootstrap token and then renews before expiry.
+// Configure it before use; its methods must not run concurrently with each
+// other (they write the same files). Nil Now, Rand and Logger mean
+// time.Now, crypto/rand and slog.Default().
 type Enroller struct {
 	Client *ESTClient
 	// ID is the device ID (the certificate's CN).

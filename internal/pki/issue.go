@@ -3,6 +3,7 @@ package pki
 import (
 	"crypto"
 	"crypto/rsa"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
@@ -53,6 +54,19 @@ type Issued struct {
 // CertPEM returns the certificate followed by its issuing chain.
 func (i *Issued) CertPEM() []byte {
 	return EncodeCertificatesPEM(append([]*x509.Certificate{i.Certificate}, i.Chain...)...)
+}
+
+// TLSCertificate returns the certificate, its chain and key for
+// tls.Config.Certificates. It fails when no key was generated.
+func (i *Issued) TLSCertificate() (tls.Certificate, error) {
+	if i.Key == nil {
+		return tls.Certificate{}, errors.New("pki: no private key (the certificate was made from a CSR)")
+	}
+	tc := tls.Certificate{Certificate: [][]byte{i.Certificate.Raw}, PrivateKey: i.Key, Leaf: i.Certificate}
+	for _, c := range i.Chain {
+		tc.Certificate = append(tc.Certificate, c.Raw)
+	}
+	return tc, nil
 }
 
 // KeyPEM returns the private key as PKCS#8 PEM (nil when there is none).

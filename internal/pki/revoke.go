@@ -74,7 +74,7 @@ func (ca *CA) Revoke(serial string, reason RevocationReason) (Record, error) {
 	var rec Record
 	var crl []byte
 	now := ca.cfg.now()
-	err = ca.update(func(tx *bolt.Tx) error {
+	err = ca.updateThen(func(tx *bolt.Tx) error {
 		r, err := getRecord(tx, s)
 		if err != nil {
 			return err
@@ -89,12 +89,12 @@ func (ca *CA) Revoke(serial string, reason RevocationReason) (Record, error) {
 		rec = r
 		crl, err = ca.buildCRL(tx, now)
 		return err
-	})
+	}, func() error { return ca.writeCRLFile(crl) })
 	if err != nil {
 		return Record{}, err
 	}
 	ca.cfg.logger().Info("pki: revoked certificate", "serial", rec.Serial, "subject", rec.Subject, "reason", reason.String())
-	return rec, ca.writeCRLFile(crl)
+	return rec, nil
 }
 
 // RevokeCertificate revokes cert, which must have been issued by this CA.
@@ -154,15 +154,15 @@ func (ca *CA) writeCRLFile(der []byte) error {
 // It returns the DER encoding.
 func (ca *CA) RegenerateCRL() ([]byte, error) {
 	var der []byte
-	err := ca.update(func(tx *bolt.Tx) error {
+	err := ca.updateThen(func(tx *bolt.Tx) error {
 		var err error
 		der, err = ca.buildCRL(tx, ca.cfg.now())
 		return err
-	})
+	}, func() error { return ca.writeCRLFile(der) })
 	if err != nil {
 		return nil, err
 	}
-	return der, ca.writeCRLFile(der)
+	return der, nil
 }
 
 // CRL returns the current CRL (DER). When less than half of its validity

@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -99,7 +101,15 @@ func (s *Server) HTTPHandler() http.Handler {
 		w.Write(p)
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
-	return mux
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// Base64 OCSP GET requests may contain "//", which ServeMux would
+		// "clean" with a redirect; dispatch them before the mux.
+		if strings.HasPrefix(r.URL.Path, "/ocsp/") {
+			oh.ServeHTTP(w, r)
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
 }
 
 // ESTHandler is the CA's EST handler with this server's metrics.
@@ -116,11 +126,11 @@ func (s *Server) ESTTLSConfig() (*tls.Config, error) {
 		if len(names) == 0 {
 			names = []string{"localhost", "127.0.0.1"}
 		}
-		iss, err := s.ca.IssueServer("", names, 0)
+		tc, err := s.ca.estCertificate(names)
 		if err != nil {
-			return nil, fmt.Errorf("pki: issuing the EST TLS certificate: %w", err)
+			return nil, err
 		}
-		s.tlsCert = &tls.Certificate{Certificate: [][]byte{iss.Certificate.Raw, s.ca.inter.Raw}, PrivateKey: iss.Key, Leaf: iss.Certificate}
+		s.tlsCert = tc
 	}
 	return &tls.Config{
 		MinVersion:   tls.VersionTLS12,
@@ -253,4 +263,36 @@ func (c *caCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descCRLNext, prometheus.GaugeValue, float64(crl.NextUpdate.Unix()))
 		}
 	}
+}
+
+// estCertificate returns the EST listener's certificate from DIR/est.pem
+// and DIR/est.key when they exist, name exactly names, chain to this CA and
+// have more than a third of their lifetime left; otherwise it issues a new
+// one (server profile) and stores it there, so restarts do not fill the
+// inventory.
+func (ca *CA) estCertificate(names []string) (*tls.Certificate, error) {
+	dns, ips, _, err := ParseSANs(names)
+	if err != nil {
+		return nil, err
+	}
+	prefix := ca.path("est")
+	if tc, err := tls.LoadX509KeyPair(prefix+".pem", prefix+".key"); err == nil {
+		leaf := tc.Leaf
+		now := ca.cfg.now()
+		want := append(append([]string{}, dns...), ipStrings(ips)...)
+		have := append(append([]string{}, leaf.DNSNames...), ipStrings(leaf.IPAddresses)...)
+		if slices.Equal(want, have) && leaf.CheckSignatureFrom(ca.inter) == nil &&
+			now.Before(leaf.NotAfter.Add(-leaf.NotAfter.Sub(leaf.NotBefore)/3)) {
+			return &tc, nil
+		}
+	}
+	iss, err := ca.Issue(IssueRequest{Profile: ProfileServer, DNSNames: dns, IPAddresses: ips, AuthorizedBy: "est-listener"})
+	if err != nil {
+		return nil, fmt.Errorf("pki: issuing the EST TLS certificate: %w", err)
+	}
+	if err := iss.WriteFiles(prefix); err != nil {
+		return nil, err
+	}
+	tc, err := iss.TLSCertificate()
+	return &tc, err
 }

@@ -137,6 +137,23 @@ func TestOCSPGetAndCache(t *testing.T) {
 	if r4 := get(); r4.Status != ocsp.Revoked || r4.RevocationReason != ocsp.Superseded {
 		t.Errorf("after revoke: status %d reason %d", r4.Status, r4.RevocationReason)
 	}
+	// Unescaped base64 is served, and "//" in it reaches the responder
+	// instead of being redirected by path cleaning.
+	noRedirect := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	raw := base64.StdEncoding.EncodeToString(req)
+	for _, tc := range []struct {
+		path string
+		want int
+	}{{"/ocsp/" + raw, http.StatusOK}, {"/ocsp/" + strings.ReplaceAll(raw, "A", "//"), http.StatusBadRequest}} {
+		resp, err := noRedirect.Get(httpURL + tc.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.want {
+			t.Errorf("GET %s: status %d, want %d", tc.path, resp.StatusCode, tc.want)
+		}
+	}
 
 	// Unknown serial, foreign issuer and garbage.
 	other := newCA(t, InitOptions{})
@@ -465,4 +482,37 @@ func FuzzParseCSR(f *testing.F) {
 			t.Fatal("nil CSR without error")
 		}
 	})
+}
+
+func TestParseCertsOnlyFromOpenSSL(t *testing.T) {
+	t.Parallel()
+	openssl := needTool(t, "openssl")
+	ca := newCA(t, InitOptions{})
+	iss, _ := ca.IssueServer("", []string{"localhost"}, 0)
+	dir := t.TempDir()
+	iss.WriteFiles(filepath.Join(dir, "s"))
+	p7 := filepath.Join(dir, "s.p7")
+	run(t, true, openssl, "crl2pkcs7", "-nocrl", "-certfile", filepath.Join(dir, "s.pem"), "-outform", "DER", "-out", p7)
+	der, _ := os.ReadFile(p7)
+	certs, err := ParseCertsOnly(der)
+	if err != nil || len(certs) != 2 || !certs[0].Equal(iss.Certificate) {
+		t.Fatalf("ParseCertsOnly(openssl) = %d certs, %v", len(certs), err)
+	}
+}
+
+func TestESTCertificateReused(t *testing.T) {
+	t.Parallel()
+	ca := newCA(t, InitOptions{})
+	a, err := ca.estCertificate([]string{"localhost", "127.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := ca.estCertificate([]string{"localhost", "127.0.0.1"})
+	if !a.Leaf.Equal(b.Leaf) {
+		t.Error("EST certificate re-issued although the stored one is fresh")
+	}
+	c, _ := ca.estCertificate([]string{"ca.example.com"})
+	if c.Leaf.Equal(a.Leaf) || c.Leaf.DNSNames[0] != "ca.example.com" {
+		t.Error("EST certificate not re-issued for new names")
+	}
 }

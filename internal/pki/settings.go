@@ -75,9 +75,12 @@ func (s Settings) validate() []error {
 			errs = append(errs, fmt.Errorf("pki: DNS name constraint %q is not a domain name", d))
 		}
 	}
-	for name, d := range map[string]Duration{"server lifetime": s.ServerLifetime, "device lifetime": s.DeviceLifetime, "CRL validity": s.CRLValidity, "OCSP validity": s.OCSPValidity} {
-		if d < 0 {
-			errs = append(errs, fmt.Errorf("pki: %s must not be negative", name))
+	for _, d := range []struct {
+		name string
+		d    Duration
+	}{{"server lifetime", s.ServerLifetime}, {"device lifetime", s.DeviceLifetime}, {"CRL validity", s.CRLValidity}, {"OCSP validity", s.OCSPValidity}} {
+		if d.d < 0 {
+			errs = append(errs, fmt.Errorf("pki: %s must not be negative", d.name))
 		}
 	}
 	return errs

@@ -175,19 +175,28 @@ func (ca *CA) createDB() error {
 }
 
 // update runs fn in a write transaction and bumps the revision counter.
-func (ca *CA) update(fn func(tx *bolt.Tx) error) error {
+func (ca *CA) update(fn func(tx *bolt.Tx) error) error { return ca.updateThen(fn, nil) }
+
+// updateThen is update followed, after a successful commit and while the
+// database lock is still held, by after (used to write crl.pem, so that
+// concurrent writers cannot leave an older CRL in the file).
+func (ca *CA) updateThen(fn func(tx *bolt.Tx) error, after func() error) error {
 	db, done, err := ca.openDB(true)
 	if err != nil {
 		return err
 	}
 	defer done()
-	return db.Update(func(tx *bolt.Tx) error {
+	err = db.Update(func(tx *bolt.Tx) error {
 		if err := fn(tx); err != nil {
 			return err
 		}
 		m := tx.Bucket(bucketMeta)
 		return m.Put(keyRevision, u64(getU64(m, keyRevision)+1))
 	})
+	if err == nil && after != nil {
+		err = after()
+	}
+	return err
 }
 
 // view runs fn in a read-only transaction.

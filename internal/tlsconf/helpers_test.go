@@ -227,3 +227,17 @@ func (s *server) nextResult(t *testing.T) serverConn {
 }
 
 func contains(s, sub string) bool { return strings.Contains(s, sub) }
+
+// tlsServer wraps an accepted connection with the Manager's config.
+func tlsServer(c net.Conn, m *Manager) *tls.Conn { return tls.Server(c, m.TLSConfig()) }
+
+// nextResultOrNone returns the next server-side handshake outcome, or nil
+// when the client never got as far as a handshake.
+func (s *server) nextResultOrNone(d time.Duration) *serverConn {
+	select {
+	case r := <-s.results:
+		return &r
+	case <-time.After(d):
+		return nil
+	}
+}

@@ -2,6 +2,7 @@ package tlsconf
 
 import (
 	"crypto/sha256"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
 	"errors"
@@ -194,6 +195,17 @@ func (m IdentityMapping) validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// MapIdentity applies the listener's IdentityMapping to a connection that
+// completed its handshake with this Manager's TLSConfig (so its certificate
+// was verified), and the CONNECT username and client ID.
+func (m *Manager) MapIdentity(cs tls.ConnectionState, connectUser, connectClientID string) (Mapped, error) {
+	var leaf *x509.Certificate
+	if len(cs.PeerCertificates) > 0 {
+		leaf = cs.PeerCertificates[0]
+	}
+	return m.cfg.Identity.Apply(leaf, connectUser, connectClientID)
 }
 
 // Mapped is the outcome of IdentityMapping.Apply.

@@ -135,3 +135,22 @@ func FuzzFormatDN(f *testing.F) {
 		}
 	})
 }
+
+func TestManagerMapIdentity(t *testing.T) {
+	e := newEnv(t, testcerts.P256)
+	dev := e.ca.Issue(t, testcerts.Options{CN: "sensor-9"})
+	e.cfg.Identity = IdentityMapping{Username: IdentityCN, BindClientID: "{cn}"}
+	srv := serve(t, e.manager(t))
+	if _, err := roundTrip(t, srv.addr, clientConfig(e.ca, dev)); err != nil {
+		t.Fatal(err)
+	}
+	sc := serverPeer(t, srv)
+	m := srv.m
+	got, err := m.MapIdentity(sc.ConnectionState(), "ignored", "sensor-9")
+	if err != nil || got.Username != "sensor-9" || !got.UsernameFromCert {
+		t.Fatalf("MapIdentity = %+v, %v", got, err)
+	}
+	if _, err := m.MapIdentity(sc.ConnectionState(), "", "sensor-10"); !errors.Is(err, ErrClientIDMismatch) {
+		t.Fatalf("spoofed client ID: %v", err)
+	}
+}

@@ -338,3 +338,37 @@ func TestCloseLeavesNoGoroutines(t *testing.T) {
 	http.CloseIdleConnections()
 	waitFor(t, "goroutines to exit", 5*time.Second, func() bool { return runtime.NumGoroutine() <= before+1 })
 }
+
+// TestRevokedCannotResume checks that a session ticket obtained before a
+// revocation does not let the client back in.
+func TestRevokedCannotResume(t *testing.T) {
+	for _, v := range []uint16{tls.VersionTLS12, tls.VersionTLS13} {
+		t.Run(tls.VersionName(v), func(t *testing.T) {
+			e := newEnv(t, testcerts.P256)
+			dev := e.ca.Issue(t, testcerts.Options{CN: "dev"})
+			e.cfg.CRLFiles = []string{e.writeCRL(t, "ca.crl", 24*time.Hour)}
+			m := e.manager(t)
+			srv := serve(t, m)
+			cfg := clientConfig(e.ca, dev)
+			cfg.MaxVersion = v
+			cfg.ClientSessionCache = tls.NewLRUClientSessionCache(4)
+			for i := 0; i < 2; i++ {
+				c, err := roundTrip(t, srv.addr, cfg)
+				if err != nil {
+					t.Fatal(err)
+				}
+				serverPeer(t, srv)
+				if i == 1 && !c.ConnectionState().DidResume {
+					t.Fatal("no resumption before revocation")
+				}
+			}
+			e.writeCRL(t, "ca.crl", 24*time.Hour, dev)
+			if err := m.Reload(); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := roundTrip(t, srv.addr, cfg); err == nil {
+				t.Fatal("revoked client resumed its session")
+			}
+		})
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/asn1"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -32,12 +33,12 @@ type state struct {
 	// verified caches chains that passed x509 verification against this
 	// generation's CA pool (key: SHA-256 of the peer certificates), so Watch
 	// after a handshake does not verify again. Revocation is always
-	// re-checked. Bounded by maxVerifiedCache.
+	// re-checked. Cleared when it reaches maxVerifiedCache entries.
 	verified  sync.Map
 	nverified atomic.Int64
 }
 
-const maxVerifiedCache = 100_000
+const maxVerifiedCache = 25_000
 
 func chainKey(peer []*x509.Certificate) string {
 	h := sha256.New()
@@ -367,6 +368,11 @@ func loadCRLs(path string) ([]*crlInfo, error) {
 		if err != nil {
 			return nil, fmt.Errorf("tlsconf: crlfile %s: %w", path, err)
 		}
+		for _, ext := range l.Extensions {
+			if ext.Id.Equal(oidDeltaCRLIndicator) {
+				return nil, fmt.Errorf("tlsconf: crlfile %s holds a delta CRL, which is not supported: configure the full CRL", path)
+			}
+		}
 		ci := &crlInfo{path: path, list: l, revoked: make(map[string]time.Time, len(l.RevokedCertificateEntries))}
 		for _, e := range l.RevokedCertificateEntries {
 			ci.revoked[e.SerialNumber.String()] = e.RevocationTime
@@ -375,6 +381,8 @@ func loadCRLs(path string) ([]*crlInfo, error) {
 	}
 	return out, nil
 }
+
+var oidDeltaCRLIndicator = asn1.ObjectIdentifier{2, 5, 29, 27}
 
 func weakSignature(a x509.SignatureAlgorithm) bool {
 	switch a {

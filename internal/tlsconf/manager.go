@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"errors"
+	"io"
 	"log/slog"
 	"net/http"
 	"slices"
@@ -20,7 +21,7 @@ type Manager struct {
 	cfg  ListenerConfig // private copy, never changed after New
 	log  *slog.Logger
 	now  func() time.Time
-	rand interface{ Read([]byte) (int, error) }
+	rand io.Reader
 
 	base  *tls.Config
 	state atomic.Pointer[state]

@@ -173,9 +173,11 @@ func (m *Manager) verifyPeer(ctx context.Context, st *state, peer []*x509.Certif
 		if err != nil {
 			return nil, classifyVerifyError(leaf, err, now)
 		}
-		if st.nverified.Add(1) <= maxVerifiedCache {
-			st.verified.Store(key, chains)
+		if st.nverified.Add(1) > maxVerifiedCache {
+			st.verified.Clear()
+			st.nverified.Store(1)
 		}
+		st.verified.Store(key, chains)
 	}
 	// Accept when at least one verified chain passes revocation checks.
 	var firstErr error

@@ -2,6 +2,7 @@ package topic
 
 import (
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 )
@@ -95,20 +96,23 @@ type node struct {
 	parent *node
 	level  string
 	kind   uint8
-	nkids  int // entries in kids
 }
 
 func (n *node) empty() bool {
-	return n.nkids == 0 && n.plus.Load() == nil && n.hash.Load() == nil &&
+	return n.kids.len() == 0 && n.plus.Load() == nil && n.hash.Load() == nil &&
 		n.subs.len() == 0 && n.shared.Load() == nil
 }
 
-type subKey struct{ group, filter string }
+// subKey identifies one subscription in the Index.
+type subKey struct{ client, group, filter string }
 
-// clientSub is the writer-side record of one subscription.
+// clientSub is the writer-side record of one subscription, guarded by
+// Index.mu.
 type clientSub struct {
-	sub  Subscription
-	node *node // the node the subscription ends on; not pruned while it exists
+	rec  *Subscription // published immutable record; replaced, never modified
+	node *node         // the node the subscription ends on; not pruned while it exists
+	slot int           // index in node.subs (non-shared subscriptions)
+	ci   int           // index in Index.byClient[rec.ClientID]
 }
 
 // Index is the subscription index. Its zero value is not usable; call
@@ -120,14 +124,19 @@ type Index struct {
 	root  *node
 	count atomic.Int64
 
-	mu      sync.Mutex // serializes writers; never held by Match
-	clients map[string]map[subKey]*clientSub
-	nodes   int // trie nodes excluding root, for tests of bounded memory
+	mu       sync.Mutex // serializes writers; never held by Match
+	subs     map[subKey]*clientSub
+	byClient map[string][]*clientSub // a client's subscriptions, in no order
+	nodes    int                     // trie nodes excluding root, for tests of bounded memory
 }
 
 // NewIndex returns an empty Index.
 func NewIndex() *Index {
-	return &Index{root: &node{}, clients: make(map[string]map[subKey]*clientSub)}
+	return &Index{
+		root:     &node{},
+		subs:     make(map[subKey]*clientSub),
+		byClient: make(map[string][]*clientSub),
+	}
 }
 
 // Count reports the number of subscriptions, shared members included.
@@ -140,20 +149,27 @@ func (x *Index) Count() int { return int(x.count.Load()) }
 func (x *Index) Subscribe(s Subscription) (existed bool) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	key := subKey{s.Group, s.Filter}
-	subs := x.clients[s.ClientID]
-	if cs, ok := subs[key]; ok {
-		cs.sub = s
-		x.attach(cs.node, s)
+	rec := &s // s is our copy; it is immutable once published
+	key := subKey{s.ClientID, s.Group, s.Filter}
+	if cs, ok := x.subs[key]; ok {
+		cs.rec = rec
+		if s.Group == "" {
+			cs.node.subs.replace(cs)
+		} else {
+			x.attachShared(cs.node, s)
+		}
 		return true
 	}
-	n := x.descend(s.Filter)
-	x.attach(n, s)
-	if subs == nil {
-		subs = make(map[subKey]*clientSub)
-		x.clients[s.ClientID] = subs
+	cs := &clientSub{rec: rec, node: x.descend(s.Filter)}
+	if s.Group == "" {
+		cs.node.subs.add(cs)
+	} else {
+		x.attachShared(cs.node, s)
 	}
-	subs[key] = &clientSub{sub: s, node: n}
+	x.subs[key] = cs
+	list := x.byClient[s.ClientID]
+	cs.ci = len(list)
+	x.byClient[s.ClientID] = append(list, cs)
 	x.count.Add(1)
 	return false
 }
@@ -181,7 +197,6 @@ func (x *Index) descend(filter string) *node {
 			if c = n.kids.load(lvl); c == nil {
 				c = &node{parent: n, level: lvl, kind: kindExact}
 				n.kids.store(lvl, c)
-				n.nkids++
 				x.nodes++
 			}
 		}
@@ -193,13 +208,8 @@ func (x *Index) descend(filter string) *node {
 	}
 }
 
-// attach stores s on n, replacing the same client's record. x.mu held.
-func (x *Index) attach(n *node, s Subscription) {
-	rec := s // a fresh immutable copy
-	if s.Group == "" {
-		n.subs.put(&rec)
-		return
-	}
+// attachShared adds or replaces s in its shared group on n. x.mu held.
+func (x *Index) attachShared(n *node, s Subscription) {
 	var gs []*group
 	if p := n.shared.Load(); p != nil {
 		gs = *p
@@ -228,12 +238,8 @@ func (x *Index) attach(n *node, s Subscription) {
 	n.shared.Store(&ngs)
 }
 
-// detach removes clientID's subscription in group from n. x.mu held.
-func (x *Index) detach(n *node, clientID, grp string) {
-	if grp == "" {
-		n.subs.remove(clientID)
-		return
-	}
+// detachShared removes clientID from group grp on n. x.mu held.
+func (x *Index) detachShared(n *node, clientID, grp string) {
 	gs := *n.shared.Load()
 	gi := slices.IndexFunc(gs, func(g *group) bool { return g.name == grp })
 	g := gs[gi]
@@ -264,7 +270,6 @@ func (x *Index) prune(n *node) {
 			p.hash.Store(nil)
 		default:
 			p.kids.delete(n.level)
-			p.nkids--
 		}
 		x.nodes--
 		n = p
@@ -276,23 +281,35 @@ func (x *Index) prune(n *node) {
 func (x *Index) Unsubscribe(clientID, group, filter string) bool {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	subs := x.clients[clientID]
-	key := subKey{group, filter}
-	cs, ok := subs[key]
+	cs, ok := x.subs[subKey{clientID, group, filter}]
 	if !ok {
 		return false
 	}
-	x.remove(clientID, cs)
-	delete(subs, key)
-	if len(subs) == 0 {
-		delete(x.clients, clientID)
+	x.remove(cs)
+	list := x.byClient[clientID]
+	last := len(list) - 1
+	list[cs.ci] = list[last]
+	list[cs.ci].ci = cs.ci
+	list[last] = nil
+	if last == 0 {
+		delete(x.byClient, clientID)
+	} else {
+		x.byClient[clientID] = list[:last]
 	}
 	return true
 }
 
-func (x *Index) remove(clientID string, cs *clientSub) {
-	x.detach(cs.node, clientID, cs.sub.Group)
+// remove takes cs out of the trie and the key map; the caller fixes
+// byClient. x.mu held.
+func (x *Index) remove(cs *clientSub) {
+	s := cs.rec
+	if s.Group == "" {
+		cs.node.subs.remove(cs)
+	} else {
+		x.detachShared(cs.node, s.ClientID, s.Group)
+	}
 	x.prune(cs.node)
+	delete(x.subs, subKey{s.ClientID, s.Group, s.Filter})
 	x.count.Add(-1)
 }
 
@@ -301,12 +318,12 @@ func (x *Index) remove(clientID string, cs *clientSub) {
 func (x *Index) UnsubscribeAll(clientID string) int {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	subs := x.clients[clientID]
-	for _, cs := range subs {
-		x.remove(clientID, cs)
+	list := x.byClient[clientID]
+	for _, cs := range list {
+		x.remove(cs)
 	}
-	delete(x.clients, clientID)
-	return len(subs)
+	delete(x.byClient, clientID)
+	return len(list)
 }
 
 // Subscriptions returns a copy of clientID's subscriptions, ordered by
@@ -314,26 +331,17 @@ func (x *Index) UnsubscribeAll(clientID string) int {
 // writer mutex (not for the publish path).
 func (x *Index) Subscriptions(clientID string) []Subscription {
 	x.mu.Lock()
-	subs := x.clients[clientID]
-	out := make([]Subscription, 0, len(subs))
-	for _, cs := range subs {
-		out = append(out, cs.sub)
+	list := x.byClient[clientID]
+	out := make([]Subscription, 0, len(list))
+	for _, cs := range list {
+		out = append(out, *cs.rec)
 	}
 	x.mu.Unlock()
 	slices.SortFunc(out, func(a, b Subscription) int {
-		if a.Filter != b.Filter {
-			if a.Filter < b.Filter {
-				return -1
-			}
-			return 1
+		if c := strings.Compare(a.Filter, b.Filter); c != 0 {
+			return c
 		}
-		if a.Group < b.Group {
-			return -1
-		}
-		if a.Group > b.Group {
-			return 1
-		}
-		return 0
+		return strings.Compare(a.Group, b.Group)
 	})
 	return out
 }

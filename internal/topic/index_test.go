@@ -57,8 +57,8 @@ func TestIndexSubscribeReplace(t *testing.T) {
 	if n := x.UnsubscribeAll("c1"); n != 1 {
 		t.Fatalf("UnsubscribeAll = %d, want 1", n)
 	}
-	if x.Count() != 0 || x.nodes != 0 || len(x.clients) != 0 {
-		t.Fatalf("after UnsubscribeAll: count %d nodes %d clients %d", x.Count(), x.nodes, len(x.clients))
+	if x.Count() != 0 || x.nodes != 0 || len(x.byClient)+len(x.subs) != 0 {
+		t.Fatalf("after UnsubscribeAll: count %d nodes %d clients %d", x.Count(), x.nodes, len(x.byClient)+len(x.subs))
 	}
 	if got := x.Subscriptions("c1"); len(got) != 0 {
 		t.Fatalf("Subscriptions after UnsubscribeAll = %+v", got)
@@ -262,7 +262,7 @@ func TestIndexChurnBounded(t *testing.T) {
 	live := map[key]bool{}
 	maxNodes := 0
 	for i := range 20000 {
-		k := key{fmt.Sprint("c", rng.IntN(50)), "", randFilter(rng)}
+		k := key{fmt.Sprint("c", rng.IntN(10)), "", randFilter(rng)}
 		if rng.IntN(4) == 0 {
 			k.g = fmt.Sprint("g", rng.IntN(3))
 		}
@@ -277,8 +277,34 @@ func TestIndexChurnBounded(t *testing.T) {
 			}
 			live[k] = true
 		}
-		if i%1000 == 0 && x.Count() != len(live) {
-			t.Fatalf("Count = %d, want %d", x.Count(), len(live))
+		if i%2000 == 0 {
+			if x.Count() != len(live) {
+				t.Fatalf("Count = %d, want %d", x.Count(), len(live))
+			}
+			// The trie agrees with the model after arbitrary churn.
+			for range 10 {
+				tp := randTopic(rng)
+				dst, groups := x.Match(tp, nil, nil)
+				var got, want []string
+				for _, s := range dst {
+					got = append(got, s.ClientID+" "+s.Group+" "+s.Filter)
+				}
+				for _, g := range groups {
+					for _, m := range g.Members {
+						got = append(got, m.ClientID+" "+m.Group+" "+m.Filter)
+					}
+				}
+				for k := range live {
+					if refMatch(k.f, tp) {
+						want = append(want, k.c+" "+k.g+" "+k.f)
+					}
+				}
+				slices.Sort(got)
+				slices.Sort(want)
+				if !slices.Equal(got, want) {
+					t.Fatalf("step %d: Match(%q) = %q, model %q", i, tp, got, want)
+				}
+			}
 		}
 		maxNodes = max(maxNodes, x.nodes)
 	}
@@ -290,10 +316,10 @@ func TestIndexChurnBounded(t *testing.T) {
 			x.UnsubscribeAll(k.c)
 		}
 	}
-	if x.Count() != 0 || x.nodes != 0 || len(x.clients) != 0 {
-		t.Fatalf("after drain: count %d nodes %d clients %d", x.Count(), x.nodes, len(x.clients))
+	if x.Count() != 0 || x.nodes != 0 || len(x.byClient)+len(x.subs) != 0 {
+		t.Fatalf("after drain: count %d nodes %d clients %d", x.Count(), x.nodes, len(x.byClient)+len(x.subs))
 	}
-	if x.root.nkids != 0 || x.root.plus.Load() != nil || x.root.hash.Load() != nil {
+	if x.root.kids.len() != 0 || x.root.plus.Load() != nil || x.root.hash.Load() != nil {
 		t.Fatal("root still has children")
 	}
 	n := 0

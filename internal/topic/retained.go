@@ -23,14 +23,13 @@ type Retained[T any] struct {
 }
 
 // rnode is one level of the retained trie. kids and val are read
-// lock-free; parent, level and nkids are guarded by Retained.mu.
+// lock-free; parent and level are guarded by Retained.mu.
 type rnode[T any] struct {
 	kids levelMap[rnode[T]]
 	val  atomic.Pointer[rval[T]]
 
 	parent *rnode[T]
 	level  string
-	nkids  int
 }
 
 type rval[T any] struct {
@@ -62,7 +61,6 @@ func (r *Retained[T]) Set(topic string, msg T) {
 		if c == nil {
 			c = &rnode[T]{parent: n, level: lvl}
 			n.kids.store(lvl, c)
-			n.nkids++
 			r.nodes++
 		}
 		n = c
@@ -99,10 +97,9 @@ func (r *Retained[T]) Delete(topic string) bool {
 		return false
 	}
 	r.count.Add(-1)
-	for n != r.root && n.nkids == 0 && n.val.Load() == nil {
+	for n != r.root && n.kids.len() == 0 && n.val.Load() == nil {
 		p := n.parent
 		p.kids.delete(n.level)
-		p.nkids--
 		r.nodes--
 		n = p
 	}

@@ -2,9 +2,9 @@ package topic
 
 import "sync/atomic"
 
-// subList is the set of non-shared subscriptions on one trie node, keyed by
-// client identifier. Readers (appendTo) take no lock; writers (put, remove)
-// must be serialized by the caller (Index.mu).
+// subList is the set of non-shared subscriptions on one trie node. Readers
+// (appendTo) take no lock; writers (add, replace, remove) must be
+// serialized by the caller (Index.mu).
 //
 // The published state is a slotArray: a fixed-capacity array of atomic
 // pointers to immutable Subscription records and an atomic count n of the
@@ -17,14 +17,15 @@ import "sync/atomic"
 //
 // A slot below n is never reused for another client within one array, so a
 // reader sees, for each slot, either the old or the new record of the same
-// client. Subscribe and Unsubscribe cost amortized O(1) even when 100k
-// clients share one filter, and a reader never waits for a writer.
+// subscription. Subscribe and Unsubscribe cost amortized O(1) even when
+// 100k clients share one filter, and a reader never waits for a writer.
 type subList struct {
 	arr atomic.Pointer[slotArray]
 
-	// Writer-only state, guarded by Index.mu.
-	pos  map[string]int // client ID → slot index in arr
-	dead int            // nil slots below n in arr
+	// Writer-only state, guarded by Index.mu. owners[i] is the
+	// subscription in slot i of arr (nil when dead); len(owners) == arr.n.
+	owners []*clientSub
+	dead   int
 }
 
 type slotArray struct {
@@ -33,67 +34,55 @@ type slotArray struct {
 }
 
 // len reports the number of live subscriptions. Writer side only.
-func (l *subList) len() int { return len(l.pos) }
+func (l *subList) len() int { return len(l.owners) - l.dead }
 
-// put adds or replaces the subscription of s.ClientID. The record s must
-// not be modified after the call.
-func (l *subList) put(s *Subscription) (existed bool) {
-	if i, ok := l.pos[s.ClientID]; ok {
-		l.arr.Load().slots[i].Store(s)
-		return true
-	}
+// add appends cs (not yet in the list) and sets cs.slot.
+func (l *subList) add(cs *clientSub) {
 	a := l.arr.Load()
-	if a == nil || int(a.n.Load()) == len(a.slots) {
-		a = l.compact(max(4, 2*(len(l.pos)+1)))
+	if a == nil || len(l.owners) == len(a.slots) {
+		a = l.compact(max(2, 2*(l.len()+1)))
 	}
-	n := a.n.Load()
-	a.slots[n].Store(s)
-	if l.pos == nil {
-		l.pos = make(map[string]int)
-	}
-	l.pos[s.ClientID] = int(n)
-	a.n.Store(n + 1) // publishes the slot to readers that load n afterwards
-	return false
+	n := len(l.owners)
+	a.slots[n].Store(cs.rec)
+	cs.slot = n
+	l.owners = append(l.owners, cs)
+	a.n.Store(int64(n + 1)) // publishes the slot to readers that load n afterwards
 }
 
-// remove deletes clientID's subscription and reports whether it existed.
-func (l *subList) remove(clientID string) bool {
-	i, ok := l.pos[clientID]
-	if !ok {
-		return false
-	}
-	delete(l.pos, clientID)
-	if len(l.pos) == 0 {
-		l.arr.Store(nil)
-		l.pos, l.dead = nil, 0 // drop the map so memory shrinks under churn
-		return true
-	}
-	l.arr.Load().slots[i].Store(nil)
+// replace publishes cs.rec, the new record of a subscription in the list.
+func (l *subList) replace(cs *clientSub) {
+	l.arr.Load().slots[cs.slot].Store(cs.rec)
+}
+
+// remove deletes cs, which is in the list.
+func (l *subList) remove(cs *clientSub) {
+	l.arr.Load().slots[cs.slot].Store(nil)
+	l.owners[cs.slot] = nil
 	l.dead++
-	if l.dead > len(l.pos) {
-		l.compact(max(4, 2*len(l.pos)))
+	switch live := l.len(); {
+	case live == 0:
+		l.arr.Store(nil)
+		l.owners, l.dead = nil, 0 // memory follows the live set
+	case l.dead > live:
+		l.compact(max(2, 2*live))
 	}
-	return true
 }
 
 // compact publishes a new array of the given capacity holding the live
-// records in their current order, rebuilds pos and returns the new array.
+// records in their current order, updates owners and slot indices, and
+// returns the new array.
 func (l *subList) compact(capacity int) *slotArray {
 	na := &slotArray{slots: make([]atomic.Pointer[Subscription], capacity)}
-	pos := make(map[string]int, len(l.pos))
-	var n int64
-	if a := l.arr.Load(); a != nil {
-		used := a.n.Load()
-		for i := range used {
-			if s := a.slots[i].Load(); s != nil {
-				na.slots[n].Store(s)
-				pos[s.ClientID] = int(n)
-				n++
-			}
+	owners := make([]*clientSub, 0, capacity)
+	for _, cs := range l.owners {
+		if cs != nil {
+			cs.slot = len(owners)
+			na.slots[cs.slot].Store(cs.rec)
+			owners = append(owners, cs)
 		}
 	}
-	na.n.Store(n)
-	l.pos, l.dead = pos, 0
+	na.n.Store(int64(len(owners)))
+	l.owners, l.dead = owners, 0
 	l.arr.Store(na)
 	return na
 }
@@ -111,19 +100,4 @@ func (l *subList) appendTo(dst []Subscription) []Subscription {
 		}
 	}
 	return dst
-}
-
-// each calls fn for every live subscription. Writer side (or any side:
-// it is lock-free too).
-func (l *subList) each(fn func(*Subscription)) {
-	a := l.arr.Load()
-	if a == nil {
-		return
-	}
-	n := a.n.Load()
-	for i := range n {
-		if s := a.slots[i].Load(); s != nil {
-			fn(s)
-		}
-	}
 }

@@ -45,8 +45,9 @@ type CA struct {
 	Root, Intermediate       *x509.Certificate
 	RootKey, IntermediateKey crypto.Signer
 	opts                     Options
-	mu                       sync.Mutex
+	mu                       sync.Mutex // guards the fields below
 	serial                   int64
+	revoked                  map[string]time.Time
 }
 
 // Leaf is an issued certificate with its key.
@@ -213,12 +214,14 @@ func (ca *CA) leaf(t testing.TB, tmpl *x509.Certificate, opts Options) *Leaf {
 	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
 	tmpl.BasicConstraintsValid = true
 	ocspURL, crlURL := opts.OCSPURL, opts.CRLURL
+	ca.mu.Lock()
 	if ocspURL == "" {
 		ocspURL = ca.opts.OCSPURL
 	}
 	if crlURL == "" {
 		crlURL = ca.opts.CRLURL
 	}
+	ca.mu.Unlock()
 	if ocspURL != "" {
 		tmpl.OCSPServer = []string{ocspURL}
 	}
@@ -229,21 +232,34 @@ func (ca *CA) leaf(t testing.TB, tmpl *x509.Certificate, opts Options) *Leaf {
 	return &Leaf{Cert: c, Chain: []*x509.Certificate{c, ca.Intermediate}, Key: key}
 }
 
-// CRL returns a DER CRL signed by the intermediate that lists revoked,
-// valid for a day.
+// CRL returns a DER CRL signed by the intermediate that lists revoked
+// (and everything passed to Revoke), valid for a day.
 func (ca *CA) CRL(t testing.TB, revoked ...*x509.Certificate) []byte {
 	t.Helper()
-	var entries []x509.RevocationListEntry
-	now := time.Now()
+	set := ca.revokedSet()
 	for _, c := range revoked {
-		entries = append(entries, x509.RevocationListEntry{SerialNumber: c.SerialNumber, RevocationTime: now.Add(-time.Minute)})
+		set[c.SerialNumber.String()] = time.Now().Add(-time.Minute)
 	}
+	der := ca.crl(set)
+	if der == nil {
+		t.Fatal("pkitest: signing CRL failed")
+	}
+	return der
+}
+
+func (ca *CA) crl(set map[string]time.Time) []byte {
+	var entries []x509.RevocationListEntry
+	for s, at := range set {
+		n, _ := new(big.Int).SetString(s, 10)
+		entries = append(entries, x509.RevocationListEntry{SerialNumber: n, RevocationTime: at})
+	}
+	now := time.Now()
 	der, err := x509.CreateRevocationList(rand.Reader, &x509.RevocationList{
 		Number: ca.next(), ThisUpdate: now.Add(-time.Minute), NextUpdate: now.Add(24 * time.Hour),
 		RevokedCertificateEntries: entries,
 	}, ca.Intermediate, ca.IntermediateKey)
 	if err != nil {
-		t.Fatal(err)
+		return nil
 	}
 	return der
 }

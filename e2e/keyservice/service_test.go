@@ -1,0 +1,496 @@
+package keyservice
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"io"
+	"log/slog"
+	"math/big"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/moatmq/moat/e2e"
+)
+
+var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+
+type clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *clock) Now() time.Time          { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+func (c *clock) Advance(d time.Duration) { c.mu.Lock(); c.now = c.now.Add(d); c.mu.Unlock() }
+
+type testPKI struct {
+	ca    *x509.Certificate
+	caKey *ecdsa.PrivateKey
+	pool  *x509.CertPool
+}
+
+func newPKI(t *testing.T) *testPKI {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(der)
+	pool := x509.NewCertPool()
+	pool.AddCert(ca)
+	return &testPKI{ca: ca, caKey: key, pool: pool}
+}
+
+func (p *testPKI) issue(t *testing.T, cn string, server bool) tls.Certificate {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
+	tmpl := &x509.Certificate{
+		SerialNumber: serial, Subject: pkix.Name{CommonName: cn},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature,
+	}
+	if server {
+		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+		tmpl.IPAddresses = []net.IP{net.ParseIP("127.0.0.1")}
+	} else {
+		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.ca, key.Public(), p.caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+func (p *testPKI) client(t *testing.T, url, cn string) *Client {
+	var certs []tls.Certificate
+	if cn != "" {
+		certs = []tls.Certificate{p.issue(t, cn, false)}
+	}
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: p.pool, Certificates: certs, MinVersion: tls.VersionTLS13}}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &Client{BaseURL: url, HTTPClient: &http.Client{Transport: tr, Timeout: 10 * time.Second}}
+}
+
+func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func openTest(t *testing.T, path string, clk *clock, kek KEKBackend) *Service {
+	t.Helper()
+	s, err := Open(Config{Path: path, KEK: kek, Now: clk.Now, Logger: quietLogger(), Grace: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func startServer(t *testing.T, s *Service, p *testPKI) string {
+	t.Helper()
+	srv := httptest.NewUnstartedServer(s.Handler())
+	srv.TLS = &tls.Config{
+		Certificates: []tls.Certificate{p.issue(t, "keys.test", true)},
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+		ClientCAs:    p.pool,
+		MinVersion:   tls.VersionTLS13,
+	}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
+// member is a device or application using the key service over HTTPS.
+type member struct {
+	id   string
+	key  *e2e.MemberKey
+	cl   *Client
+	ring *e2e.Keyring
+}
+
+func newMember(t *testing.T, p *testPKI, url, id string, kem e2e.KEM) *member {
+	t.Helper()
+	k, err := e2e.GenerateMemberKey(kem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &member{id: id, key: k, cl: p.client(t, url, id), ring: &e2e.Keyring{}}
+	if err := m.cl.Register(context.Background(), k.Public()); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func (m *member) refresh(t *testing.T) error {
+	t.Helper()
+	ctx := context.Background()
+	svc, err := m.cl.ServiceKey(ctx)
+	if err != nil {
+		return err
+	}
+	raw, err := m.cl.Bundle(ctx)
+	if err != nil {
+		return err
+	}
+	b, err := e2e.OpenBundle(raw, m.key, m.id, svc)
+	if err != nil {
+		return err
+	}
+	return m.ring.ApplyBundle(b)
+}
+
+func TestKeyServiceEndToEnd(t *testing.T) {
+	p := newPKI(t)
+	clk := &clock{now: t0}
+	kek, _ := NewLocalKEK(make([]byte, 32))
+	dir := t.TempDir()
+	s := openTest(t, filepath.Join(dir, "keys.db"), clk, kek)
+	defer s.Close()
+	var changedMu sync.Mutex
+	var changed []string
+	s.cfg.OnChange = func(m []string) { changedMu.Lock(); changed = append(changed, m...); changedMu.Unlock() }
+
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(s.CreateGroup("temps", "factory/+/temp", 24*time.Hour))
+	must(s.AddMember("temps", "sensor-1", Writer))
+	must(s.AddMember("temps", "platform", Reader))
+	must(s.AddMember("temps", "auditor", Reader))
+	url := startServer(t, s, p)
+
+	sensor := newMember(t, p, url, "sensor-1", e2e.KEMMLKEM768X25519)
+	platform := newMember(t, p, url, "platform", e2e.KEMX25519)
+	auditor := newMember(t, p, url, "auditor", e2e.KEMP256)
+	for _, m := range []*member{sensor, platform, auditor} {
+		must(m.refresh(t))
+	}
+	if len(sensor.ring.EpochKeys()) != 0 || len(sensor.ring.SenderKeys()) != 1 {
+		t.Fatalf("a writer-only member must get only its sender key")
+	}
+
+	seal := func(plain string) []byte {
+		t.Helper()
+		s, err := e2e.NewGroupSealer(e2e.SealerConfig{Sender: "sensor-1", Keys: sensor.ring, Sequence: &e2e.MemorySequenceStore{}, Now: clk.Now})
+		must(err)
+		msg, err := s.Seal("factory/l1/temp", []byte(plain))
+		must(err)
+		return msg
+	}
+	open := func(m *member, msg []byte) (*e2e.Message, error) {
+		o, err := e2e.NewGroupOpener(e2e.OpenerConfig{Keys: m.ring, Now: clk.Now})
+		must(err)
+		return o.Open("factory/l1/temp", msg)
+	}
+	msg1 := seal("epoch 1")
+	for _, m := range []*member{platform, auditor} {
+		if got, err := open(m, msg1); err != nil || string(got.Plaintext) != "epoch 1" {
+			t.Fatalf("%s: %v", m.id, err)
+		}
+	}
+
+	// Removing the auditor starts epoch 2, which the auditor never gets.
+	must(s.RemoveMember("temps", "auditor"))
+	if err := auditor.refresh(t); err == nil {
+		t.Fatal("removed member still receives bundles")
+	}
+	must(sensor.refresh(t))
+	must(platform.refresh(t))
+	msg2 := seal("epoch 2")
+	if got, err := open(platform, msg2); err != nil || got.Epoch != 2 {
+		t.Fatalf("platform, epoch 2: %v %v", got, err)
+	}
+	if _, err := open(auditor, msg2); !errors.Is(err, e2e.ErrUnknownEpoch) {
+		t.Fatalf("removed member opened the new epoch: %v", err)
+	}
+	// Epoch 1 stays readable during the grace period.
+	if _, err := open(platform, msg1); err != nil {
+		t.Fatalf("grace: %v", err)
+	}
+
+	// Scheduled rotation: nothing is due yet; after 24 h it is.
+	if r, _ := s.RotateDue(); len(r) != 0 {
+		t.Fatalf("premature rotation %v", r)
+	}
+	clk.Advance(25 * time.Hour)
+	if r, err := s.RotateDue(); err != nil || len(r) != 1 {
+		t.Fatalf("scheduled rotation: %v %v", r, err)
+	}
+	gi, _ := s.Group("temps")
+	if gi.Current != 3 {
+		t.Fatalf("current epoch %d, want 3", gi.Current)
+	}
+	clk.Advance(2 * time.Hour)
+	s.RotateDue() // prunes epoch 2 whose grace ended
+	must(platform.refresh(t))
+	for _, k := range platform.ring.EpochKeys() {
+		if k.Epoch() < 3 {
+			t.Fatalf("expired epoch %d still in the bundle", k.Epoch())
+		}
+	}
+	changedMu.Lock()
+	if len(changed) == 0 {
+		t.Error("OnChange never called")
+	}
+	changedMu.Unlock()
+
+	// A client certificate of a non-member is refused; so is no certificate.
+	if err := p.client(t, url, "stranger").Register(context.Background(), sensor.key.Public()); err == nil {
+		t.Fatal("non-member registered")
+	}
+	if _, err := p.client(t, url, "").Bundle(context.Background()); err == nil {
+		t.Fatal("request without a client certificate served")
+	}
+}
+
+func TestHandlerWithoutTLS(t *testing.T) {
+	s := openTest(t, filepath.Join(t.TempDir(), "k.db"), &clock{now: t0}, mustKEK(t))
+	defer s.Close()
+	rec := httptest.NewRecorder()
+	s.Handler().ServeHTTP(rec, httptest.NewRequest("GET", PathBundle, nil))
+	if rec.Code != http.StatusUnauthorized {
+		t.Fatalf("got %d", rec.Code)
+	}
+}
+
+func mustKEK(t *testing.T) *LocalKEK {
+	k := make([]byte, 32)
+	rand.Read(k)
+	kek, err := NewLocalKEK(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kek
+}
+
+func TestKEKChecks(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "k.db")
+	fast := Argon2Params{Time: 1, Memory: 1024, Threads: 1}
+	s, err := Open(Config{Path: path, Passphrase: []byte("correct horse"), Argon2: fast, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateGroup("g", "a/#", 0); err != nil {
+		t.Fatal(err)
+	}
+	pub := s.PublicKey()
+	s.Close()
+	if _, err := Open(Config{Path: path, Passphrase: []byte("wrong"), Logger: quietLogger()}); !errors.Is(err, ErrWrongKEK) {
+		t.Fatalf("wrong passphrase: %v", err)
+	}
+	if _, err := Open(Config{Path: path, KEK: mustKEK(t), Logger: quietLogger()}); err == nil {
+		t.Fatal("KEK file accepted for a passphrase store")
+	}
+	s, err = Open(Config{Path: path, Passphrase: []byte("correct horse"), Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if !pub.Equal(s.PublicKey()) {
+		t.Fatal("service key changed across restarts")
+	}
+	// The epoch secret is stored wrapped: the database never holds it in clear.
+	if _, err := s.Rotate("g"); err != nil {
+		t.Fatal(err)
+	}
+
+	if _, err := Open(Config{}); err == nil {
+		t.Fatal("empty config accepted")
+	}
+}
+
+func TestKEKFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "kek")
+	if err := GenerateKEKFile(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := GenerateKEKFile(path); err == nil {
+		t.Fatal("overwrote a KEK file")
+	}
+	k, err := LoadKEKFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, _ := k.Wrap([]byte("dek"), []byte("aad"))
+	if _, err := k.Unwrap(w, []byte("other aad")); err == nil {
+		t.Fatal("unwrapped with the wrong aad")
+	}
+	os.Chmod(path, 0o644)
+	if _, err := LoadKEKFile(path); err == nil {
+		t.Fatal("world-readable KEK file accepted")
+	}
+}
+
+func TestDatabaseHoldsNoPlainSecrets(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "k.db")
+	clk := &clock{now: t0}
+	s := openTest(t, path, clk, mustKEK(t))
+	s.CreateGroup("g", "a/#", 0)
+	s.AddMember("g", "r", Reader)
+	mk, _ := e2e.GenerateMemberKey(e2e.KEMX25519)
+	s.Register("r", mk.Public())
+	raw, err := s.Bundle("r")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := e2e.OpenBundle(raw, mk, "r", s.PublicKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret := b.EpochKeys[0].Secret()
+	s.Close()
+	db, _ := os.ReadFile(path)
+	if containsBytes(db, secret) {
+		t.Fatal("the database holds an epoch secret in clear")
+	}
+}
+
+func containsBytes(hay, needle []byte) bool {
+	for i := 0; i+len(needle) <= len(hay); i++ {
+		if string(hay[i:i+len(needle)]) == string(needle) {
+			return true
+		}
+	}
+	return false
+}
+
+func TestBundleTopic(t *testing.T) {
+	for in, want := range map[string]string{
+		"sensor-1":             "$moat/keys/sensor-1",
+		"spiffe://plant/dev/7": "$moat/keys/spiffe:%2F%2Fplant%2Fdev%2F7",
+		"a+b#c%":               "$moat/keys/a%2Bb%23c%25",
+	} {
+		if got := BundleTopic(in); got != want {
+			t.Errorf("BundleTopic(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestRewrapKEK(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "k.db")
+	clk := &clock{now: t0}
+	oldKEK, newKEK := mustKEK(t), mustKEK(t)
+	s := openTest(t, path, clk, oldKEK)
+	s.CreateGroup("g", "a/#", 0)
+	s.Rotate("g")
+	s.AddMember("g", "r", Reader)
+	mk, _ := e2e.GenerateMemberKey(e2e.KEMX25519)
+	s.Register("r", mk.Public())
+	raw, _ := s.Bundle("r")
+	before, _ := e2e.OpenBundle(raw, mk, "r", s.PublicKey())
+	if err := s.RewrapKEK(newKEK); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if _, err := Open(Config{Path: path, KEK: oldKEK, Logger: quietLogger()}); !errors.Is(err, ErrWrongKEK) {
+		t.Fatalf("old KEK still opens the store: %v", err)
+	}
+	s = openTest(t, path, clk, newKEK)
+	defer s.Close()
+	raw, err := s.Bundle("r")
+	if err != nil {
+		t.Fatal(err)
+	}
+	after, err := e2e.OpenBundle(raw, mk, "r", s.PublicKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(after.EpochKeys) != 2 || string(after.EpochKeys[1].Secret()) != string(before.EpochKeys[1].Secret()) {
+		t.Fatal("epoch keys changed across a KEK rotation")
+	}
+}
+
+type recordingPublisher struct {
+	mu   sync.Mutex
+	msgs map[string][]byte
+}
+
+func (p *recordingPublisher) Publish(ctx context.Context, topic string, payload []byte, retain bool) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !retain {
+		return errors.New("bundles must be retained")
+	}
+	p.msgs[topic] = payload
+	return nil
+}
+
+// The bytes published for MQTT delivery are the same signed, sealed
+// bundles as over HTTPS: a member opens them with its key.
+func TestPublishBundles(t *testing.T) {
+	clk := &clock{now: t0}
+	s := openTest(t, filepath.Join(t.TempDir(), "k.db"), clk, mustKEK(t))
+	defer s.Close()
+	pub := &recordingPublisher{msgs: map[string][]byte{}}
+	var pending [][]string
+	s.cfg.OnChange = func(m []string) { pending = append(pending, m) }
+	s.CreateGroup("g", "a/#", 0)
+	s.AddMember("g", "r1", Reader)
+	s.AddMember("g", "w1", Writer)
+	mk, _ := e2e.GenerateMemberKey(e2e.KEMMLKEM768X25519)
+	if err := s.Register("r1", mk.Public()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Rotate("g"); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range pending {
+		if err := s.PublishBundles(context.Background(), pub, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, ok := pub.msgs[BundleTopic("w1")]; ok {
+		t.Fatal("bundle published for a member without a key")
+	}
+	raw := pub.msgs[BundleTopic("r1")]
+	b, err := e2e.OpenBundle(raw, mk, "r1", s.PublicKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b.EpochKeys) != 2 {
+		t.Fatalf("%d epoch keys", len(b.EpochKeys))
+	}
+}
+
+func TestRegisterRejectsBadBodies(t *testing.T) {
+	p := newPKI(t)
+	s := openTest(t, filepath.Join(t.TempDir(), "k.db"), &clock{now: t0}, mustKEK(t))
+	defer s.Close()
+	s.CreateGroup("g", "a/#", 0)
+	s.AddMember("g", "dev", Reader)
+	url := startServer(t, s, p)
+	cl := p.client(t, url, "dev")
+	for name, body := range map[string]string{
+		"unknown field": `{"kem":"x25519","public_key":"AAAA","extra":1}`,
+		"bad key":       `{"kem":"x25519","public_key":"AAAA"}`,
+		"unknown KEM":   `{"kem":"rsa","public_key":"AAAA"}`,
+		"oversized":     `{"kem":"x25519","public_key":"` + strings.Repeat("A", 20000) + `"}`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			if _, err := cl.do(context.Background(), http.MethodPost, PathRegister, []byte(body)); err == nil {
+				t.Fatal("accepted")
+			}
+		})
+	}
+}

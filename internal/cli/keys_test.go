@@ -1,0 +1,207 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/moatmq/moat/e2e"
+)
+
+type keysSyncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *keysSyncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+func (s *keysSyncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+func keysRunMoat(t *testing.T, args ...string) (string, string, int) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := Main(context.Background(), args, Stdio{In: strings.NewReader(""), Out: &out, Err: &errb})
+	return out.String(), errb.String(), code
+}
+
+// keysWriteTestPKI writes a CA, a server certificate for 127.0.0.1 and client
+// certificates for the given common names into dir.
+func keysWriteTestPKI(t *testing.T, dir string, clients ...string) {
+	t.Helper()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "keys test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	caDER, _ := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, caKey.Public(), caKey)
+	ca, _ := x509.ParseCertificate(caDER)
+	writePEM := func(name, typ string, b []byte) {
+		if err := os.WriteFile(filepath.Join(dir, name), pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: b}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writePEM("ca.pem", "CERTIFICATE", caDER)
+	issue := func(name, cn string, server bool) {
+		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
+		tmpl := &x509.Certificate{SerialNumber: serial, Subject: pkix.Name{CommonName: cn},
+			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), KeyUsage: x509.KeyUsageDigitalSignature}
+		if server {
+			tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+			tmpl.IPAddresses = []net.IP{net.ParseIP("127.0.0.1")}
+		} else {
+			tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+		}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, key.Public(), caKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kder, _ := x509.MarshalPKCS8PrivateKey(key)
+		writePEM(name+".pem", "CERTIFICATE", der)
+		writePEM(name+".key", "PRIVATE KEY", kder)
+	}
+	issue("server", "keys.test", true)
+	for _, c := range clients {
+		issue(c, c, false)
+	}
+}
+
+func TestKeysCommands(t *testing.T) {
+	dir := t.TempDir()
+	keysWriteTestPKI(t, dir, "sensor-1", "platform")
+	kek := filepath.Join(dir, "kek")
+	data := filepath.Join(dir, "keys")
+	store := []string{"--data", data, "--kek-file", kek}
+	keys := func(args ...string) (string, string, int) {
+		return keysRunMoat(t, append(append([]string{"keys"}, args...), store...)...)
+	}
+	mustOK := func(out, errs string, code int) string {
+		t.Helper()
+		if code != 0 {
+			t.Fatalf("exit %d: %s%s", code, out, errs)
+		}
+		return out
+	}
+	mustOK(keysRunMoat(t, "keys", "genkek", kek))
+	if fi, _ := os.Stat(kek); fi.Mode().Perm() != 0o600 {
+		t.Fatalf("KEK file mode %v", fi.Mode().Perm())
+	}
+	mustOK(keys("group", "create", "temps", "--filter", "factory/+/temp", "--rotate-every", "24h"))
+	mustOK(keys("group", "create", "office/+/co2"))
+	mustOK(keys("member", "add", "temps", "sensor-1", "--role", "writer"))
+	mustOK(keys("member", "add", "temps", "platform", "--role", "reader"))
+	if out := mustOK(keys("group", "list")); !strings.Contains(out, "factory/+/temp") || !strings.Contains(out, "office/+/co2") {
+		t.Fatalf("list: %s", out)
+	}
+	if _, errs, code := keysRunMoat(t, "keys", "status", "--data", data); code == 0 || !strings.Contains(errs, "--kek-file") {
+		t.Fatalf("missing KEK not explained: %s", errs)
+	}
+
+	// Serve on a free port and fetch bundles for two members.
+	ctx, cancel := context.WithCancel(context.Background())
+	serveErr := &keysSyncBuffer{}
+	done := make(chan int)
+	go func() {
+		args := append([]string{"keys", "serve", "--listen", "127.0.0.1:0", "--cert", filepath.Join(dir, "server.pem"),
+			"--key", filepath.Join(dir, "server.key"), "--client-ca", filepath.Join(dir, "ca.pem")}, store...)
+		done <- Main(ctx, args, Stdio{In: strings.NewReader(""), Out: &bytes.Buffer{}, Err: serveErr})
+	}()
+	addrRE := regexp.MustCompile(`serving on (https://127\.0\.0\.1:\d+)`)
+	var url string
+	for deadline := time.Now().Add(10 * time.Second); url == "" && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if m := addrRE.FindStringSubmatch(serveErr.String()); m != nil {
+			url = m[1]
+		}
+	}
+	if url == "" {
+		cancel()
+		t.Fatalf("server did not start: %s", serveErr.String())
+	}
+	// The store is locked while the server runs; admin commands say so.
+	if _, errs, code := keys("rotate", "temps"); code == 0 || !strings.Contains(errs, "locked") {
+		t.Fatalf("rotate while serving: %d %s", code, errs)
+	}
+	fetch := func(id, kem string) (*e2e.MemberKey, []byte) {
+		t.Helper()
+		mk := filepath.Join(dir, id+".member")
+		out := filepath.Join(dir, id+".bundle")
+		mustOK(keysRunMoat(t, "keys", "fetch", "--server", url, "--cert", filepath.Join(dir, id+".pem"), "--key", filepath.Join(dir, id+".key"),
+			"--ca", filepath.Join(dir, "ca.pem"), "--member-key", mk, "--kem", kem, "--out", out))
+		kb, _ := os.ReadFile(mk)
+		k, err := e2e.ParseMemberKeyPEM(kb)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := os.ReadFile(out)
+		return k, b
+	}
+	sk, sb := fetch("sensor-1", "mlkem768x25519")
+	pk, pb := fetch("platform", "x25519")
+	fetch("platform", "x25519") // a second fetch checks the pinned service key
+	cancel()
+	if code := <-done; code != 0 {
+		t.Fatalf("serve exit %d: %s", code, serveErr.String())
+	}
+
+	pinned, _ := os.ReadFile(filepath.Join(dir, "platform.bundle.service-key"))
+	blk, _ := pem.Decode(pinned)
+	svc := blk.Bytes
+	open := func(k *e2e.MemberKey, id string, raw []byte) *e2e.Keyring {
+		b, err := e2e.OpenBundle(raw, k, id, svc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := &e2e.Keyring{}
+		r.ApplyBundle(b)
+		return r
+	}
+	sring, pring := open(sk, "sensor-1", sb), open(pk, "platform", pb)
+	if r, err := keysLoadKeyring(filepath.Join(dir, "platform.member"), filepath.Join(dir, "platform.bundle"), "", "platform"); err != nil || len(r.EpochKeys()) != 1 {
+		t.Fatalf("keysLoadKeyring: %v", err)
+	}
+	if _, err := keysLoadKeyring(filepath.Join(dir, "platform.member"), filepath.Join(dir, "platform.bundle"), "", "sensor-1"); err == nil {
+		t.Fatal("bundle accepted for another member")
+	}
+	sealer, _ := e2e.NewGroupSealer(e2e.SealerConfig{Sender: "sensor-1", Keys: sring, Sequence: &e2e.MemorySequenceStore{}})
+	opener, _ := e2e.NewGroupOpener(e2e.OpenerConfig{Keys: pring})
+	msg, err := sealer.Seal("factory/l1/temp", []byte("21.5"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, err := opener.Open("factory/l1/temp", msg); err != nil || string(m.Plaintext) != "21.5" {
+		t.Fatalf("open: %v", err)
+	}
+
+	if out := mustOK(keys("rotate", "temps")); !strings.Contains(out, "epoch 2") {
+		t.Fatalf("rotate: %s", out)
+	}
+	if out := mustOK(keys("remove", "temps", "platform")); !strings.Contains(out, "new epoch 3") {
+		t.Fatalf("remove: %s", out)
+	}
+	kek2 := filepath.Join(dir, "kek2")
+	mustOK(keysRunMoat(t, "keys", "genkek", kek2))
+	mustOK(keys("rekek", "--new-kek-file", kek2))
+	store = []string{"--data", data, "--kek-file", kek2}
+	out := mustOK(keys("status", "temps"))
+	for _, want := range []string{"current epoch 3", "epoch 1", "readable until", "sensor-1", "registered mlkem768x25519"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status lacks %q:\n%s", want, out)
+		}
+	}
+}

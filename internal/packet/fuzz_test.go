@@ -1,0 +1,163 @@
+package packet_test
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"reflect"
+	"testing"
+
+	"github.com/moatmq/moat/internal/packet"
+	"github.com/moatmq/moat/internal/packet/packettest"
+)
+
+var update = flag.Bool("update", false, "rewrite the fuzz seed corpus in testdata/fuzz from packettest.Cases")
+
+// TestWriteCorpus writes testdata/fuzz/FuzzDecode and FuzzReader from the
+// shared table when run with -update.
+func TestWriteCorpus(t *testing.T) {
+	if !*update {
+		t.Skip("run with -update to regenerate the seed corpus")
+	}
+	for _, target := range []string{"FuzzDecode", "FuzzReader"} {
+		dir := filepath.Join("testdata", "fuzz", target)
+		if err := os.RemoveAll(dir); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range packettest.Cases {
+			second := fmt.Sprintf("byte(%q)", rune(c.Version))
+			if target == "FuzzReader" {
+				second += fmt.Sprintf("\nuint32(%d)", c.MaxSize)
+			}
+			body := fmt.Sprintf("go test fuzz v1\n[]byte(%q)\n%s\n", c.Raw, second)
+			sum := sha256.Sum256([]byte(body))
+			name := filepath.Join(dir, hex.EncodeToString(sum[:8]))
+			if err := os.WriteFile(name, []byte(body), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
+
+func fuzzVersion(b byte) packet.Version {
+	return packet.V31 + packet.Version(b%3)
+}
+
+// roundTrip checks that a decoded packet re-encodes, that Size agrees,
+// and that decoding the encoding gives the same packet and the same bytes.
+func roundTrip(t *testing.T, p packet.Packet, v packet.Version) {
+	t.Helper()
+	ev := encodeVersion(p, v)
+	enc, err := packet.Append(nil, p, ev)
+	if err != nil {
+		t.Fatalf("decoded %#v but Append fails: %v", p, err)
+	}
+	if n, err := packet.Size(p, ev); err != nil || n != len(enc) {
+		t.Fatalf("Size = %d, %v; Append wrote %d bytes", n, err, len(enc))
+	}
+	p2, n, err := packet.Decode(enc, v, 0)
+	if err != nil || n != len(enc) {
+		t.Fatalf("Decode(Append(p)) = %d, %v\nenc % x", n, err, enc)
+	}
+	if !reflect.DeepEqual(p, p2) {
+		t.Fatalf("round trip changed the packet\nfirst:  %s\nsecond: %s", dump(p), dump(p2))
+	}
+	enc2, err := packet.Append(nil, p2, ev)
+	if err != nil || !bytes.Equal(enc, enc2) {
+		t.Fatalf("second encoding differs: %v\n% x\n% x", err, enc, enc2)
+	}
+}
+
+func FuzzDecode(f *testing.F) {
+	for _, c := range packettest.Cases {
+		f.Add(c.Raw, byte(c.Version))
+	}
+	f.Fuzz(func(t *testing.T, data []byte, ver byte) {
+		v := fuzzVersion(ver)
+		p, n, err := packet.Decode(data, v, 0)
+		if err != nil {
+			if p != nil {
+				if _, ok := p.(*packet.Connect); !ok {
+					t.Fatalf("packet %T returned with error %v", p, err)
+				}
+			}
+			var pe *packet.Error
+			if !errors.As(err, &pe) && err != io.EOF && err != io.ErrUnexpectedEOF {
+				t.Fatalf("error of type %T: %v", err, err)
+			}
+			return
+		}
+		if n <= 0 || n > len(data) {
+			t.Fatalf("Decode used %d of %d bytes", n, len(data))
+		}
+		roundTrip(t, p, v)
+		// Whatever the encoder writes for another version, dropping what
+		// that version cannot carry, must decode there.
+		for _, ov := range []packet.Version{packet.V31, packet.V311, packet.V5} {
+			enc, err := packet.Append(nil, p, ov)
+			if err != nil {
+				continue
+			}
+			if _, _, err := packet.Decode(enc, ov, 0); err != nil {
+				t.Fatalf("%s encoded for %s does not decode: %v\n% x", dump(p), ov, err, enc)
+			}
+		}
+	})
+}
+
+// FuzzReader checks that the streaming Reader, under a size limit,
+// agrees with Decode packet by packet.
+func FuzzReader(f *testing.F) {
+	for _, c := range packettest.Cases {
+		f.Add(c.Raw, byte(c.Version), c.MaxSize)
+	}
+	f.Fuzz(func(t *testing.T, data []byte, ver byte, max uint32) {
+		v := fuzzVersion(ver)
+		max %= 1 << 16
+		r := packet.NewReader(&chunkReader{data: data, step: int(ver%7) + 1}, max)
+		r.SetVersion(v)
+		rest := data
+		for {
+			p1, err1 := r.ReadPacket()
+			p2, n, err2 := packet.Decode(rest, v, max)
+			if (err1 == nil) != (err2 == nil) || !reflect.DeepEqual(p1, p2) {
+				t.Fatalf("Reader: %s, %v\nDecode: %s, %v", dump(p1), err1, dump(p2), err2)
+			}
+			if err1 != nil {
+				if packet.CodeOf(err1) != packet.CodeOf(err2) || errors.Is(err1, io.EOF) != errors.Is(err2, io.EOF) {
+					t.Fatalf("Reader error %v, Decode error %v", err1, err2)
+				}
+				return
+			}
+			if c, ok := p1.(*packet.Connect); ok {
+				v = c.Version
+			}
+			rest = rest[n:]
+		}
+	})
+}
+
+// chunkReader returns data a few bytes at a time.
+type chunkReader struct {
+	data []byte
+	step int
+}
+
+func (c *chunkReader) Read(p []byte) (int, error) {
+	if len(c.data) == 0 {
+		return 0, io.EOF
+	}
+	n := min(len(p), c.step, len(c.data))
+	copy(p, c.data[:n])
+	c.data = c.data[n:]
+	return n, nil
+}
