@@ -30,46 +30,46 @@ import (
 	"github.com/moatmq/moat/internal/packet"
 )
 
-// syncBuffer is a bytes.Buffer safe for a command goroutine and the test.
-type syncBuffer struct {
+// psSyncBuffer is a bytes.Buffer safe for a command goroutine and the test.
+type psSyncBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
+func (s *psSyncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.Write(p)
 }
 
-func (s *syncBuffer) String() string {
+func (s *psSyncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
 }
 
-type result struct {
+type psResult struct {
 	code     int
 	out, err string
 }
 
-// run runs the moat command line with stdin.
-func run(ctx context.Context, stdin string, args ...string) result {
-	var out, errb syncBuffer
+// psRun runs the moat command line with stdin.
+func psRun(ctx context.Context, stdin string, args ...string) psResult {
+	var out, errb psSyncBuffer
 	code := Main(ctx, args, Stdio{In: strings.NewReader(stdin), Out: &out, Err: &errb})
-	return result{code, out.String(), errb.String()}
+	return psResult{code, out.String(), errb.String()}
 }
 
-// runAsync starts the command in a goroutine.
-func runAsync(ctx context.Context, args ...string) <-chan result {
-	ch := make(chan result, 1)
-	go func() { ch <- run(ctx, "", args...) }()
+// psRunAsync starts the command in a goroutine.
+func psRunAsync(ctx context.Context, args ...string) <-chan psResult {
+	ch := make(chan psResult, 1)
+	go func() { ch <- psRun(ctx, "", args...) }()
 	return ch
 }
 
-// pubUntil publishes with pub args every 50 ms until the subscriber
+// psPubUntil publishes with pub args every 50 ms until the subscriber
 // command finishes, and returns its result.
-func pubUntil(t *testing.T, sub <-chan result, pub func() error) result {
+func psPubUntil(t *testing.T, sub <-chan psResult, pub func() error) psResult {
 	t.Helper()
 	deadline := time.After(15 * time.Second)
 	for {
@@ -86,23 +86,23 @@ func pubUntil(t *testing.T, sub <-chan result, pub func() error) result {
 	}
 }
 
-func moatPub(ctx context.Context, args ...string) func() error {
+func psMoatPub(ctx context.Context, args ...string) func() error {
 	return func() error {
-		if r := run(ctx, "", append([]string{"pub"}, args...)...); r.code != 0 {
+		if r := psRun(ctx, "", append([]string{"pub"}, args...)...); r.code != 0 {
 			return fmt.Errorf("moat pub exit %d: %s", r.code, r.err)
 		}
 		return nil
 	}
 }
 
-func testCtx(t *testing.T) context.Context {
+func psTestCtx(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
 	return ctx
 }
 
-// startMoat runs Moat's broker in-process and returns its port.
-func startMoat(t *testing.T, cfg broker.Config) string {
+// psStartMoat runs Moat's broker in-process and returns its port.
+func psStartMoat(t *testing.T, cfg broker.Config) string {
 	t.Helper()
 	if cfg.Authenticator == nil {
 		cfg.AllowAnonymous = true
@@ -130,22 +130,22 @@ func startMoat(t *testing.T, cfg broker.Config) string {
 }
 
 func TestPubSub(t *testing.T) {
-	port := startMoat(t, broker.Config{})
-	ctx := testCtx(t)
+	port := psStartMoat(t, broker.Config{})
+	ctx := psTestCtx(t)
 	conn := []string{"-h", "127.0.0.1", "-p", port}
 	args := func(a ...string) []string { return append(append([]string(nil), a[:1]...), append(conn, a[1:]...)...) }
 	pa := func(a ...string) []string { return append(append([]string(nil), conn...), a...) }
 
 	t.Run("verbose", func(t *testing.T) {
-		sub := runAsync(ctx, args("sub", "-C", "1", "-t", "x/#", "-v")...)
-		r := pubUntil(t, sub, moatPub(ctx, pa("-t", "x/y", "-m", "hi")...))
+		sub := psRunAsync(ctx, args("sub", "-C", "1", "-t", "x/#", "-v")...)
+		r := psPubUntil(t, sub, psMoatPub(ctx, pa("-t", "x/y", "-m", "hi")...))
 		if r.code != 0 || r.out != "x/y hi\n" {
 			t.Fatalf("sub: %+v", r)
 		}
 	})
 	t.Run("json", func(t *testing.T) {
-		sub := runAsync(ctx, args("sub", "-C", "1", "-t", "j", "--json", "-q", "1")...)
-		r := pubUntil(t, sub, moatPub(ctx, pa("-t", "j", "-m", "héllo", "-q", "1", "--user-property", "k=v",
+		sub := psRunAsync(ctx, args("sub", "-C", "1", "-t", "j", "--json", "-q", "1")...)
+		r := psPubUntil(t, sub, psMoatPub(ctx, pa("-t", "j", "-m", "héllo", "-q", "1", "--user-property", "k=v",
 			"--content-type", "text/plain", "--message-expiry", "60")...))
 		if r.code != 0 {
 			t.Fatalf("sub: %+v", r)
@@ -171,8 +171,8 @@ func TestPubSub(t *testing.T) {
 	t.Run("json-binary", func(t *testing.T) {
 		bin := filepath.Join(t.TempDir(), "bin")
 		os.WriteFile(bin, []byte{0xff, 0x00, 0x01}, 0o600)
-		sub := runAsync(ctx, args("sub", "-C", "1", "-t", "b", "--json")...)
-		r := pubUntil(t, sub, moatPub(ctx, pa("-t", "b", "-f", bin)...))
+		sub := psRunAsync(ctx, args("sub", "-C", "1", "-t", "b", "--json")...)
+		r := psPubUntil(t, sub, psMoatPub(ctx, pa("-t", "b", "-f", bin)...))
 		if r.code != 0 || !strings.Contains(r.out, `"payload_base64":"/wAB"`) || strings.Contains(r.out, `"payload":`) {
 			t.Fatalf("sub: %+v", r)
 		}
@@ -180,19 +180,19 @@ func TestPubSub(t *testing.T) {
 	t.Run("lines-into-persistent-session", func(t *testing.T) {
 		// -E with -c creates the session; messages published while the
 		// subscriber is away are queued and delivered on return.
-		if r := run(ctx, "", args("sub", "-c", "-i", "lines-sub", "-q", "1", "-t", "lines", "-E")...); r.code != 0 {
+		if r := psRun(ctx, "", args("sub", "-c", "-i", "lines-sub", "-q", "1", "-t", "lines", "-E")...); r.code != 0 {
 			t.Fatalf("sub -E: %+v", r)
 		}
-		r := run(ctx, "one\n\ntwo\nthree\n", args("pub", "-t", "lines", "-l", "-q", "1", "--json")...)
+		r := psRun(ctx, "one\n\ntwo\nthree\n", args("pub", "-t", "lines", "-l", "-q", "1", "--json")...)
 		if r.code != 0 || strings.Count(r.out, `"status":"ok"`) != 3 {
 			t.Fatalf("pub -l: %+v", r)
 		}
 		// -C 1 prints one message; the others stay with the broker.
-		r = run(ctx, "", args("sub", "-c", "-i", "lines-sub", "-q", "1", "-t", "lines", "-C", "1")...)
+		r = psRun(ctx, "", args("sub", "-c", "-i", "lines-sub", "-q", "1", "-t", "lines", "-C", "1")...)
 		if r.code != 0 || r.out != "one\n" {
 			t.Fatalf("sub -C 1: %+v", r)
 		}
-		r = run(ctx, "", args("sub", "-c", "-i", "lines-sub", "-q", "1", "-t", "lines", "-C", "2")...)
+		r = psRun(ctx, "", args("sub", "-c", "-i", "lines-sub", "-q", "1", "-t", "lines", "-C", "2")...)
 		if r.code != 0 || r.out != "two\nthree\n" {
 			t.Fatalf("sub -C 2: %+v", r)
 		}
@@ -200,48 +200,48 @@ func TestPubSub(t *testing.T) {
 	t.Run("file-retained-and-stdin", func(t *testing.T) {
 		file := filepath.Join(t.TempDir(), "msg")
 		os.WriteFile(file, []byte("from file\nline 2"), 0o600)
-		if r := run(ctx, "", args("pub", "-t", "ret", "-f", file, "-r", "-q", "1")...); r.code != 0 {
+		if r := psRun(ctx, "", args("pub", "-t", "ret", "-f", file, "-r", "-q", "1")...); r.code != 0 {
 			t.Fatalf("pub -f: %+v", r)
 		}
-		r := run(ctx, "", args("sub", "-t", "ret", "-C", "1", "-N")...)
+		r := psRun(ctx, "", args("sub", "-t", "ret", "-C", "1", "-N")...)
 		if r.code != 0 || r.out != "from file\nline 2" {
 			t.Fatalf("sub retained: %+v", r)
 		}
-		if r := run(ctx, "", args("sub", "-t", "ret", "-R", "-W", "1")...); r.code != exitTimedOut || r.out != "" {
+		if r := psRun(ctx, "", args("sub", "-t", "ret", "-R", "-W", "1")...); r.code != exitTimedOut || r.out != "" {
 			t.Fatalf("sub -R printed the retained message or did not time out: %+v", r)
 		}
-		if r := run(ctx, "all of\nstdin", args("pub", "-t", "ret", "-s", "-r")...); r.code != 0 {
+		if r := psRun(ctx, "all of\nstdin", args("pub", "-t", "ret", "-s", "-r")...); r.code != 0 {
 			t.Fatalf("pub -s: %+v", r)
 		}
-		if r := run(ctx, "", args("sub", "-t", "ret", "-C", "1")...); r.out != "all of\nstdin\n" {
+		if r := psRun(ctx, "", args("sub", "-t", "ret", "-C", "1")...); r.out != "all of\nstdin\n" {
 			t.Fatalf("sub: %+v", r)
 		}
-		run(ctx, "", args("pub", "-t", "ret", "-n", "-r")...)
+		psRun(ctx, "", args("pub", "-t", "ret", "-n", "-r")...)
 	})
 	t.Run("filter-out", func(t *testing.T) {
-		sub := runAsync(ctx, args("sub", "-C", "1", "-t", "fo/#", "-T", "fo/skip", "-v")...)
+		sub := psRunAsync(ctx, args("sub", "-C", "1", "-t", "fo/#", "-T", "fo/skip", "-v")...)
 		n := 0
-		r := pubUntil(t, sub, func() error {
+		r := psPubUntil(t, sub, func() error {
 			n++
 			if n%2 == 1 {
-				return moatPub(ctx, pa("-t", "fo/skip", "-m", "no")...)()
+				return psMoatPub(ctx, pa("-t", "fo/skip", "-m", "no")...)()
 			}
-			return moatPub(ctx, pa("-t", "fo/keep", "-m", "yes")...)()
+			return psMoatPub(ctx, pa("-t", "fo/keep", "-m", "yes")...)()
 		})
 		if r.out != "fo/keep yes\n" {
 			t.Fatalf("sub: %+v", r)
 		}
 	})
 	t.Run("timeout", func(t *testing.T) {
-		r := run(ctx, "", args("sub", "-t", "quiet", "-W", "1")...)
+		r := psRun(ctx, "", args("sub", "-t", "quiet", "-W", "1")...)
 		if r.code != exitTimedOut || !strings.Contains(r.err, "Timed out") {
 			t.Fatalf("sub -W: %+v", r)
 		}
 	})
 	for _, v := range []string{"311", "mqttv31", "mqttv5"} {
 		t.Run("version-"+v, func(t *testing.T) {
-			sub := runAsync(ctx, args("sub", "-V", v, "-C", "1", "-t", "v"+v)...)
-			r := pubUntil(t, sub, moatPub(ctx, pa("-V", v, "-t", "v"+v, "-m", v)...))
+			sub := psRunAsync(ctx, args("sub", "-V", v, "-C", "1", "-t", "v"+v)...)
+			r := psPubUntil(t, sub, psMoatPub(ctx, pa("-V", v, "-t", "v"+v, "-m", v)...))
 			if r.code != 0 || r.out != v+"\n" {
 				t.Fatalf("sub: %+v", r)
 			}
@@ -250,8 +250,8 @@ func TestPubSub(t *testing.T) {
 }
 
 func TestPubSubErrors(t *testing.T) {
-	port := startMoat(t, broker.Config{})
-	ctx := testCtx(t)
+	port := psStartMoat(t, broker.Config{})
+	ctx := psTestCtx(t)
 	cases := []struct {
 		name string
 		args []string
@@ -275,7 +275,7 @@ func TestPubSubErrors(t *testing.T) {
 			if tc.name != "refused-port" && tc.name != "url-and-host" {
 				args = append(args, "-p", port, "-h", "127.0.0.1")
 			}
-			r := run(ctx, "", args...)
+			r := psRun(ctx, "", args...)
 			if r.code == 0 || !strings.Contains(r.err, tc.want) {
 				t.Fatalf("exit %d, stderr %q; want failure mentioning %q", r.code, r.err, tc.want)
 			}
@@ -293,8 +293,8 @@ func TestPasswordSources(t *testing.T) {
 		}
 		return broker.AuthResult{Code: packet.BadUsernameOrPassword, Reason: "test"}
 	})
-	port := startMoat(t, broker.Config{Authenticator: auth})
-	ctx := testCtx(t)
+	port := psStartMoat(t, broker.Config{Authenticator: auth})
+	ctx := psTestCtx(t)
 	dir := t.TempDir()
 	good := filepath.Join(dir, "good")
 	os.WriteFile(good, []byte("s3cret\n"), 0o600)
@@ -332,7 +332,7 @@ func TestPasswordSources(t *testing.T) {
 			if tc.name == "url-warns" {
 				args = []string{"pub", "-m", "x", "-L", tc.args[1]}
 			}
-			r := run(ctx, "", args...)
+			r := psRun(ctx, "", args...)
 			if (r.code == 0) != tc.ok {
 				t.Fatalf("exit %d, stderr %q", r.code, r.err)
 			}
@@ -352,7 +352,7 @@ func TestPasswordSources(t *testing.T) {
 // TestServerSelection checks the default port and TLS rules.
 func TestServerSelection(t *testing.T) {
 	ca := filepath.Join(t.TempDir(), "ca.pem")
-	writeTestCA(t, ca)
+	psWriteTestCA(t, ca)
 	cases := []struct {
 		args []string
 		want string
@@ -386,7 +386,7 @@ func TestServerSelection(t *testing.T) {
 	}
 }
 
-func writeTestCA(t *testing.T, file string) {
+func psWriteTestCA(t *testing.T, file string) {
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "ca"},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
@@ -407,11 +407,11 @@ func TestMosquittoClientsCompat(t *testing.T) {
 	if err1 != nil || err2 != nil {
 		t.Skip("mosquitto-clients not installed")
 	}
-	brokers := map[string]string{"moat": startMoat(t, broker.Config{})}
+	brokers := map[string]string{"moat": psStartMoat(t, broker.Config{})}
 	if bin, err := exec.LookPath("mosquitto"); err == nil {
-		brokers["mosquitto"] = startMosquittoPlain(t, bin)
+		brokers["mosquitto"] = psStartMosquittoPlain(t, bin)
 	}
-	ctx := testCtx(t)
+	ctx := psTestCtx(t)
 	for name, port := range brokers {
 		for _, v := range []string{"mqttv311", "mqttv5"} {
 			t.Run(name+"/"+v+"/moat-pub-to-mosquitto_sub", func(t *testing.T) {
@@ -421,16 +421,16 @@ func TestMosquittoClientsCompat(t *testing.T) {
 				if err := cmd.Start(); err != nil {
 					t.Fatal(err)
 				}
-				done := make(chan result, 1)
-				go func() { err := cmd.Wait(); done <- result{code: exitCode(err)} }()
-				r := pubUntil(t, done, moatPub(ctx, "-h", "127.0.0.1", "-p", port, "-V", v, "-t", "compat/a", "-m", "from moat", "-q", "1"))
+				done := make(chan psResult, 1)
+				go func() { err := cmd.Wait(); done <- psResult{code: psExitCode(err)} }()
+				r := psPubUntil(t, done, psMoatPub(ctx, "-h", "127.0.0.1", "-p", port, "-V", v, "-t", "compat/a", "-m", "from moat", "-q", "1"))
 				if r.code != 0 || out.String() != "compat/a from moat\n" {
 					t.Fatalf("mosquitto_sub exit %d output %q", r.code, out.String())
 				}
 			})
 			t.Run(name+"/"+v+"/mosquitto_pub-to-moat-sub", func(t *testing.T) {
-				sub := runAsync(ctx, "sub", "-h", "127.0.0.1", "-p", port, "-V", v, "-t", "compat/b", "-C", "1", "-v", "-q", "2")
-				r := pubUntil(t, sub, func() error {
+				sub := psRunAsync(ctx, "sub", "-h", "127.0.0.1", "-p", port, "-V", v, "-t", "compat/b", "-C", "1", "-v", "-q", "2")
+				r := psPubUntil(t, sub, func() error {
 					return exec.CommandContext(ctx, mpub, "-h", "127.0.0.1", "-p", port, "-V", v, "-t", "compat/b", "-m", "from mosquitto", "-q", "2").Run()
 				})
 				if r.code != 0 || r.out != "compat/b from mosquitto\n" {
@@ -441,7 +441,7 @@ func TestMosquittoClientsCompat(t *testing.T) {
 	}
 }
 
-func exitCode(err error) int {
+func psExitCode(err error) int {
 	if err == nil {
 		return 0
 	}
@@ -451,17 +451,17 @@ func exitCode(err error) int {
 	return -1
 }
 
-// startMosquittoPlain starts mosquitto with one anonymous listener and
+// psStartMosquittoPlain starts mosquitto with one anonymous listener and
 // returns its port.
-func startMosquittoPlain(t *testing.T, bin string) string {
-	return startMosquittoConf(t, bin, func(port string) string {
+func psStartMosquittoPlain(t *testing.T, bin string) string {
+	return psStartMosquittoConf(t, bin, func(port string) string {
 		return "listener " + port + " 127.0.0.1\nallow_anonymous true\npersistence false\n"
 	})
 }
 
-// issueCert issues a certificate signed by caKey/caCert into dir/name.pem
+// psIssueCert issues a certificate signed by caKey/caCert into dir/name.pem
 // and dir/name.key.
-func issueCert(t *testing.T, dir, name string, caCert *x509.Certificate, caKey *ecdsa.PrivateKey, tmpl *x509.Certificate) {
+func psIssueCert(t *testing.T, dir, name string, caCert *x509.Certificate, caKey *ecdsa.PrivateKey, tmpl *x509.Certificate) {
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	tmpl.SerialNumber = big.NewInt(time.Now().UnixNano())
 	tmpl.NotBefore, tmpl.NotAfter = time.Now().Add(-time.Hour), time.Now().Add(time.Hour)
@@ -475,7 +475,7 @@ func issueCert(t *testing.T, dir, name string, caCert *x509.Certificate, caKey *
 	os.WriteFile(filepath.Join(dir, name+".key"), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600)
 }
 
-func newCA(t *testing.T, dir, name string) (*x509.Certificate, *ecdsa.PrivateKey) {
+func psNewCA(t *testing.T, dir, name string) (*x509.Certificate, *ecdsa.PrivateKey) {
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
@@ -497,18 +497,18 @@ func TestPubSubMutualTLS(t *testing.T) {
 		t.Skip("mosquitto not installed")
 	}
 	dir := t.TempDir()
-	caCert, caKey := newCA(t, dir, "ca")
-	newCA(t, dir, "other-ca")
-	issueCert(t, dir, "server", caCert, caKey, &x509.Certificate{Subject: pkix.Name{CommonName: "localhost"},
+	caCert, caKey := psNewCA(t, dir, "ca")
+	psNewCA(t, dir, "other-ca")
+	psIssueCert(t, dir, "server", caCert, caKey, &x509.Certificate{Subject: pkix.Name{CommonName: "localhost"},
 		DNSNames: []string{"localhost"}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
-	issueCert(t, dir, "device", caCert, caKey, &x509.Certificate{Subject: pkix.Name{CommonName: "device-1"},
+	psIssueCert(t, dir, "device", caCert, caKey, &x509.Certificate{Subject: pkix.Name{CommonName: "device-1"},
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
 	f := func(n string) string { return filepath.Join(dir, n) }
-	port := startMosquittoConf(t, bin, func(port string) string {
+	port := psStartMosquittoConf(t, bin, func(port string) string {
 		return fmt.Sprintf("listener %s 127.0.0.1\nallow_anonymous true\npersistence false\ncafile %s\ncertfile %s\nkeyfile %s\nrequire_certificate true\n",
 			port, f("ca.pem"), f("server.pem"), f("server.key"))
 	})
-	ctx := testCtx(t)
+	ctx := psTestCtx(t)
 	mtls := []string{"-p", port, "--cafile", f("ca.pem"), "--cert", f("device.pem"), "--key", f("device.key")}
 	cases := []struct {
 		name      string
@@ -527,16 +527,16 @@ func TestPubSubMutualTLS(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			topic := "tls/" + tc.name
 			if !tc.ok {
-				r := run(ctx, "", append([]string{"pub", "-t", topic, "-m", "x", "--connect-timeout", "5s"}, tc.args...)...)
+				r := psRun(ctx, "", append([]string{"pub", "-t", topic, "-m", "x", "--connect-timeout", "5s"}, tc.args...)...)
 				if r.code == 0 || !strings.Contains(r.err, tc.errSubstr) {
 					t.Fatalf("exit %d stderr %q, want failure mentioning %q", r.code, r.err, tc.errSubstr)
 				}
 				return
 			}
-			sub := runAsync(ctx, append([]string{"sub", "-t", topic, "-C", "1"}, tc.args...)...)
+			sub := psRunAsync(ctx, append([]string{"sub", "-t", topic, "-C", "1"}, tc.args...)...)
 			var pubErr string
-			r := pubUntil(t, sub, func() error {
-				r := run(ctx, "", append([]string{"pub", "-t", topic, "-m", "secure"}, tc.args...)...)
+			r := psPubUntil(t, sub, func() error {
+				r := psRun(ctx, "", append([]string{"pub", "-t", topic, "-m", "secure"}, tc.args...)...)
 				pubErr = r.err
 				if r.code != 0 {
 					return fmt.Errorf("exit %d: %s", r.code, r.err)
@@ -553,9 +553,9 @@ func TestPubSubMutualTLS(t *testing.T) {
 	}
 }
 
-// startMosquittoConf starts mosquitto with the configuration conf(port)
+// psStartMosquittoConf starts mosquitto with the configuration conf(port)
 // and returns the port.
-func startMosquittoConf(t *testing.T, bin string, conf func(port string) string) string {
+func psStartMosquittoConf(t *testing.T, bin string, conf func(port string) string) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -569,7 +569,7 @@ func startMosquittoConf(t *testing.T, bin string, conf func(port string) string)
 	cf := filepath.Join(t.TempDir(), "mosquitto.conf")
 	os.WriteFile(cf, []byte(c), 0o600)
 	cmd := exec.Command(bin, "-c", cf)
-	var log syncBuffer
+	var log psSyncBuffer
 	cmd.Stderr = &log
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -597,7 +597,7 @@ func TestPubSubSOCKS5(t *testing.T) {
 	if err != nil {
 		t.Skip("microsocks not installed (apt-get install microsocks)")
 	}
-	port := startMoat(t, broker.Config{})
+	port := psStartMoat(t, broker.Config{})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -629,11 +629,11 @@ func TestPubSubSOCKS5(t *testing.T) {
 		return ""
 	}
 	defer func() { getenv = old }()
-	ctx := testCtx(t)
-	sub := runAsync(ctx, "sub", "-h", "localhost", "-p", port, "--proxy", "socks5h://px@127.0.0.1:"+pport, "-t", "sx", "-C", "1")
+	ctx := psTestCtx(t)
+	sub := psRunAsync(ctx, "sub", "-h", "localhost", "-p", port, "--proxy", "socks5h://px@127.0.0.1:"+pport, "-t", "sx", "-C", "1")
 	var pubErr string
-	r := pubUntil(t, sub, func() error {
-		r := run(ctx, "", "pub", "-h", "127.0.0.1", "-p", port, "--proxy", "socks5://px:pxpass@127.0.0.1:"+pport, "-t", "sx", "-m", "via proxy")
+	r := psPubUntil(t, sub, func() error {
+		r := psRun(ctx, "", "pub", "-h", "127.0.0.1", "-p", port, "--proxy", "socks5://px:pxpass@127.0.0.1:"+pport, "-t", "sx", "-m", "via proxy")
 		pubErr = r.err
 		if r.code != 0 {
 			return fmt.Errorf("exit %d: %s", r.code, r.err)
@@ -646,7 +646,7 @@ func TestPubSubSOCKS5(t *testing.T) {
 	if !strings.Contains(pubErr, "proxy password on the command line") {
 		t.Fatalf("no warning for a password in --proxy: %q", pubErr)
 	}
-	if r := run(ctx, "", "pub", "-h", "127.0.0.1", "-p", port, "--proxy", "socks5://px:wrong@127.0.0.1:"+pport, "-t", "sx", "-m", "x"); r.code == 0 || strings.Contains(r.err, "wrong") {
+	if r := psRun(ctx, "", "pub", "-h", "127.0.0.1", "-p", port, "--proxy", "socks5://px:wrong@127.0.0.1:"+pport, "-t", "sx", "-m", "x"); r.code == 0 || strings.Contains(r.err, "wrong") {
 		t.Fatalf("wrong proxy password: %+v", r)
 	}
 }
