@@ -31,6 +31,7 @@ type conn struct {
 	drained       chan struct{} // c.mu: closed when the writer takes wbuf
 	disconnecting bool          // c.mu: close after writing wbuf
 	recvInflight  int           // c.mu: inbound QoS 1/2 not yet acknowledged
+	warnedRecvMax bool          // c.mu: the server exceeded our Receive Maximum
 	pub           packet.Publish
 
 	aliases map[uint16]string // reader only: inbound topic aliases
@@ -635,10 +636,18 @@ func (cn *conn) handlePublish(p *packet.Publish) error {
 			c.recvQoS2[p.PacketID] = struct{}{}
 		}
 		cn.recvInflight++
-		over := cn.recvInflight > cn.recvMax
-		c.mu.Unlock()
+		n := cn.recvInflight
+		over := n > cn.recvMax && !cn.warnedRecvMax
 		if over {
-			return protoErr(packet.ReceiveMaximumExceeded, "server exceeded our Receive Maximum of %d", cn.recvMax)
+			cn.warnedRecvMax = true
+		}
+		c.mu.Unlock()
+		// The server breaks flow control [MQTT-3.3.4-9]. Debian's
+		// Mosquitto 2.0.11 does once acknowledgements flow; disconnecting
+		// would only hurt, so the client tolerates it and says so once per
+		// connection.
+		if over {
+			c.log.Warn("client: server exceeded our Receive Maximum", "receive_maximum", cn.recvMax, "unacknowledged", n)
 		}
 	}
 	m := &Message{Topic: p.Topic, Payload: p.Payload, QoS: p.QoS, Retain: p.Retain, Duplicate: p.Dup, Properties: p.Properties}
