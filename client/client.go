@@ -60,6 +60,7 @@ type Client struct {
 	reauth    *Token              // re-authentication in progress
 	info      ConnectInfo
 	callbacks atomic.Int32 // callbacks running on the Client's goroutines
+	storeBuf  []byte       // scratch for storePublishLocked
 	storeErr  error        // first Store failure, logged once
 	debug     bool         // the logger takes Debug records: log every packet
 }
@@ -265,7 +266,7 @@ func (c *Client) PublishAsync(ctx context.Context, m *Message) *Token {
 		return failed(fmt.Errorf("%w: publish with retain: the server does not support retained messages", ErrNotSupported))
 	}
 	if m.QoS == 0 {
-		_, err := c.encodePublishLocked(cn, m, 0, false)
+		err := c.encodePublishLocked(cn, m, 0, false)
 		c.mu.Unlock()
 		if err != nil {
 			return failed(err)
@@ -277,8 +278,7 @@ func (c *Client) PublishAsync(ctx context.Context, m *Message) *Token {
 		c.mu.Unlock()
 		return failed(err)
 	}
-	start, err := c.encodePublishLocked(cn, m, id, false)
-	if err != nil {
+	if err := c.encodePublishLocked(cn, m, id, false); err != nil {
 		c.mu.Unlock()
 		return failed(err)
 	}
@@ -288,7 +288,7 @@ func (c *Client) PublishAsync(ctx context.Context, m *Message) *Token {
 	t.seq = c.seq
 	c.ids[id] = t
 	c.inflight++
-	c.storePutLocked(id, cn.wbuf[start:])
+	c.storePublishLocked(id, m)
 	c.mu.Unlock()
 	return t
 }
@@ -350,27 +350,67 @@ func (c *Client) allocIDLocked() (uint16, error) {
 	return 0, errors.New("client: all 65535 packet identifiers are in use")
 }
 
-// encodePublishLocked appends m as a PUBLISH to cn's write buffer and
-// returns the offset where it starts.
-func (c *Client) encodePublishLocked(cn *conn, m *Message, id uint16, dup bool) (int, error) {
+// encodePublishLocked appends m as a PUBLISH to cn's write buffer,
+// replacing its topic by an alias when Config.TopicAliases allows it.
+func (c *Client) encodePublishLocked(cn *conn, m *Message, id uint16, dup bool) error {
 	p := &cn.pub
 	*p = packet.Publish{Dup: dup, QoS: m.QoS, Retain: m.Retain, Topic: m.Topic, PacketID: id, Payload: m.Payload}
+	defer func() { *p = packet.Publish{} }() // drop references to m
+	var newAlias uint16
+	if c.version == V5 {
+		p.Properties = m.Properties
+		p.Properties.Unmark(packet.PropTopicAlias)
+		p.Properties.SubscriptionIDs = nil
+		if cn.aliasMax > 0 && m.Topic != "" {
+			if a, ok := cn.aliasOut[m.Topic]; ok {
+				p.Topic = ""
+				p.Properties.SetTopicAlias(a)
+			} else if len(cn.aliasOut) < int(cn.aliasMax) {
+				newAlias = uint16(len(cn.aliasOut) + 1)
+				p.Properties.SetTopicAlias(newAlias)
+			}
+		}
+	}
+	if c.maxPacket != 0 {
+		n, err := packet.Size(p, c.version)
+		if err != nil {
+			return fmt.Errorf("client: publish: %w", err)
+		}
+		if n > int(c.maxPacket) {
+			return fmt.Errorf("%w: publish of %d bytes: the server's Maximum Packet Size is %d", ErrNotSupported, n, c.maxPacket)
+		}
+	}
+	if _, err := cn.appendLocked(p); err != nil {
+		return fmt.Errorf("client: publish: %w", err)
+	}
+	if newAlias != 0 {
+		if cn.aliasOut == nil {
+			cn.aliasOut = make(map[string]uint16)
+		}
+		cn.aliasOut[m.Topic] = newAlias
+	}
+	return nil
+}
+
+// storePublishLocked records a QoS 1/2 publish in the Store, encoded
+// without topic alias (aliases do not outlive a connection).
+func (c *Client) storePublishLocked(id uint16, m *Message) {
+	if c.cfg.Store == nil {
+		return
+	}
+	p := &packet.Publish{QoS: m.QoS, Retain: m.Retain, Topic: m.Topic, PacketID: id, Payload: m.Payload}
 	if c.version == V5 {
 		p.Properties = m.Properties
 		p.Properties.Unmark(packet.PropTopicAlias)
 		p.Properties.SubscriptionIDs = nil
 	}
-	defer func() { *p = packet.Publish{} }() // drop references to m
-	if c.maxPacket != 0 {
-		n, err := packet.Size(p, c.version)
-		if err != nil {
-			return 0, fmt.Errorf("client: publish: %w", err)
-		}
-		if n > int(c.maxPacket) {
-			return 0, fmt.Errorf("%w: publish of %d bytes: the server's Maximum Packet Size is %d", ErrNotSupported, n, c.maxPacket)
-		}
+	b, err := packet.Append(c.storeBuf[:0], p, c.version)
+	if err != nil {
+		c.storeCheck(err)
+		return
 	}
-	return cn.appendLocked(p)
+	c.storeBuf = b
+	c.storeCheck(c.cfg.Store.Put(id, b))
 }
 
 // completeLocked ends a QoS 1/2 publish with err.

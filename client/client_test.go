@@ -265,3 +265,43 @@ func TestConfigValidation(t *testing.T) {
 		t.Errorf("password leaked: %v", err)
 	}
 }
+
+// TestTopicAliasOutbound publishes with Config.TopicAliases to both
+// brokers: repeated topics go out as aliases and arrive with their names.
+func TestTopicAliasOutbound(t *testing.T) {
+	for name, addr := range resendBrokers(t) {
+		t.Run(name, func(t *testing.T) {
+			ctx := ctxT(t)
+			sub := dial(t, Config{Servers: []string{addr}})
+			if _, err := sub.Subscribe(ctx, Subscription{Filter: "aout/#", QoS: 1}); err != nil {
+				t.Fatal(err)
+			}
+			d := &ctlDialer{}
+			pub := dial(t, Config{Servers: []string{addr}, TopicAliases: true, Dialer: d})
+			var want []string
+			for round := range 2 {
+				for i := range 15 {
+					topic := fmt.Sprintf("aout/%d", i)
+					want = append(want, topic)
+					if err := pub.Publish(ctx, &Message{Topic: topic, Payload: []byte{byte(round)}, QoS: byte(i % 2)}); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			for i, w := range want {
+				if m := recv(t, sub); m.Topic != w {
+					t.Fatalf("message %d on %q, want %q", i, m.Topic, w)
+				}
+			}
+			aliased := 0
+			for _, p := range d.last().written(t, V5) {
+				if p, ok := p.(*packet.Publish); ok && p.Topic == "" {
+					aliased++
+				}
+			}
+			if max := pub.ConnectInfo().Properties.TopicAliasMaximum; aliased != int(max) || max == 0 {
+				t.Fatalf("%d publishes sent as alias only, server allows %d aliases", aliased, max)
+			}
+		})
+	}
+}

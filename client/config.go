@@ -111,6 +111,13 @@ type Config struct {
 	// client resolves. Default 0: no aliases.
 	TopicAliasMaximum uint16
 
+	// TopicAliases lets the client replace topics of outgoing MQTT 5
+	// messages by aliases: the first topics published on a connection,
+	// up to the server's Topic Alias Maximum, get aliases 1, 2, ... and
+	// are sent as an alias alone afterwards. It saves bandwidth when a
+	// few topics carry many messages. Default false.
+	TopicAliases bool
+
 	// Reconnect controls reconnection after a lost connection. The zero
 	// value does not reconnect.
 	Reconnect ReconnectPolicy
@@ -319,8 +326,8 @@ func (cfg *Config) validate() ([]server, *url.URL, error) {
 		if cfg.Auth != nil {
 			errs = append(errs, errors.New("client: enhanced authentication needs MQTT 5"))
 		}
-		if cfg.SessionExpiry != 0 || cfg.TopicAliasMaximum != 0 {
-			errs = append(errs, errors.New("client: SessionExpiry and TopicAliasMaximum need MQTT 5"))
+		if cfg.SessionExpiry != 0 || cfg.TopicAliasMaximum != 0 || cfg.TopicAliases {
+			errs = append(errs, errors.New("client: SessionExpiry, TopicAliasMaximum and TopicAliases need MQTT 5"))
 		}
 	}
 	var proxyURL *url.URL

@@ -34,7 +34,9 @@ type conn struct {
 	warnedRecvMax bool          // c.mu: the server exceeded our Receive Maximum
 	pub           packet.Publish
 
-	aliases map[uint16]string // reader only: inbound topic aliases
+	aliases  map[uint16]string // reader only: inbound topic aliases
+	aliasOut map[string]uint16 // c.mu: outbound topic aliases
+	aliasMax uint16            // the server's Topic Alias Maximum when Config.TopicAliases, else 0
 
 	wake     chan struct{}
 	done     chan struct{}
@@ -302,6 +304,9 @@ func (c *Client) install(cn *conn, ack *packet.Connack) error {
 	if pr.Has(packet.PropMaximumPacketSize) {
 		c.maxPacket = pr.MaximumPacketSize
 	}
+	if c.cfg.TopicAliases && pr.Has(packet.PropTopicAliasMaximum) {
+		cn.aliasMax = pr.TopicAliasMaximum
+	}
 	resumed := ack.SessionPresent
 	first := !c.connected
 	c.connected = true
@@ -326,13 +331,9 @@ func (c *Client) install(cn *conn, ack *packet.Connack) error {
 		case t.rel:
 			c.completeLocked(t, nil)
 		default:
-			start, err := c.encodePublishLocked(cn, t.msg, t.id, resumed)
-			if err != nil {
+			if err := c.encodePublishLocked(cn, t.msg, t.id, resumed); err != nil {
 				c.completeLocked(t, err)
 				continue
-			}
-			if !resumed {
-				c.storePutLocked(t.id, cn.wbuf[start:])
 			}
 		}
 	}
