@@ -31,6 +31,8 @@ func newPubCmd(stdio Stdio) *cobra.Command {
 		userProps             []string
 		contentType           string
 		messageExpiry         int64
+		repeat                int
+		repeatDelay           float64
 	)
 	cmd := &cobra.Command{
 		Use:   "pub -t TOPIC {-m MSG | -f FILE | -l | -n | -s} [flags]",
@@ -63,6 +65,9 @@ TLS is used with --cafile, --capath, --cert, --tls or port 8883 (default port 88
 			}
 			if n != 1 {
 				return errors.New("give exactly one of -m MSG, -f FILE, -l, -n or -s")
+			}
+			if repeat < 1 || repeatDelay < 0 || (lines && cmd.Flags().Changed("repeat")) {
+				return errors.New("--repeat must be at least 1 and --repeat-delay not negative; they do not apply to -l")
 			}
 			base := client.Message{Topic: topic, QoS: byte(f.qos), Retain: retain}
 			for _, kv := range userProps {
@@ -108,9 +113,21 @@ TLS is used with --cafile, --capath, --cert, --tls or port 8883 (default port 88
 			if lines {
 				err = p.lines(ctx, base)
 			} else {
-				m := base
-				m.Payload = payload
-				err = p.report(&m, c.Publish(ctx, &m))
+				for i := 0; i < repeat && err == nil; i++ {
+					if i > 0 && repeatDelay > 0 {
+						t := time.NewTimer(time.Duration(repeatDelay * float64(time.Second)))
+						select {
+						case <-t.C:
+						case <-ctx.Done():
+							t.Stop()
+							err = ctx.Err()
+							continue
+						}
+					}
+					m := base
+					m.Payload = payload
+					err = p.report(&m, c.Publish(ctx, &m))
+				}
 			}
 			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 			defer cancel()
@@ -132,6 +149,8 @@ TLS is used with --cafile, --capath, --cert, --tls or port 8883 (default port 88
 	fl.StringArrayVar(&userProps, "user-property", nil, "MQTT 5 user property KEY=VALUE (repeatable)")
 	fl.StringVar(&contentType, "content-type", "", "MQTT 5 content type")
 	fl.Int64Var(&messageExpiry, "message-expiry", -1, "MQTT 5 message expiry interval in seconds")
+	fl.IntVar(&repeat, "repeat", 1, "publish the message this many times")
+	fl.Float64Var(&repeatDelay, "repeat-delay", 0, "seconds to wait between repeated messages")
 	return cmd
 }
 

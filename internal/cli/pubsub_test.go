@@ -218,6 +218,18 @@ func TestPubSub(t *testing.T) {
 		}
 		psRun(ctx, "", args("pub", "-t", "ret", "-n", "-r")...)
 	})
+	t.Run("repeat", func(t *testing.T) {
+		if r := psRun(ctx, "", args("sub", "-c", "-i", "repeat-sub", "-q", "1", "-t", "rep", "-E")...); r.code != 0 {
+			t.Fatalf("sub -E: %+v", r)
+		}
+		if r := psRun(ctx, "", args("pub", "-t", "rep", "-m", "again", "-q", "1", "--repeat", "3", "--repeat-delay", "0.01")...); r.code != 0 {
+			t.Fatalf("pub --repeat: %+v", r)
+		}
+		r := psRun(ctx, "", args("sub", "-c", "-i", "repeat-sub", "-q", "1", "-t", "rep", "-C", "3")...)
+		if r.code != 0 || r.out != "again\nagain\nagain\n" {
+			t.Fatalf("sub: %+v", r)
+		}
+	})
 	t.Run("filter-out", func(t *testing.T) {
 		sub := psRunAsync(ctx, args("sub", "-C", "1", "-t", "fo/#", "-T", "fo/skip", "-v")...)
 		n := 0
