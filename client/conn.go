@@ -67,12 +67,21 @@ func (cn *conn) appendLocked(p packet.Packet) (int, error) {
 	return start, nil
 }
 
-// fail ends the connection with err (the first error wins).
+// fail ends the connection with err (the first error wins) and makes
+// new operations wait for the next connection. It must not be called with
+// c.mu held.
 func (cn *conn) fail(err error) {
 	cn.failOnce.Do(func() {
 		cn.err = err
 		close(cn.done)
 		cn.nc.Close()
+		c := cn.c
+		c.mu.Lock()
+		if c.cn == cn {
+			c.cn = nil
+			c.up = make(chan struct{})
+		}
+		c.mu.Unlock()
 	})
 }
 
