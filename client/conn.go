@@ -2,6 +2,7 @@ package client
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -332,7 +333,7 @@ func (c *Client) install(cn *conn, ack *packet.Connack) error {
 			pending = append(pending, t)
 		}
 	}
-	slices.SortFunc(pending, func(a, b *Token) int { return int(a.seq - b.seq) })
+	slices.SortFunc(pending, func(a, b *Token) int { return cmp.Compare(a.seq, b.seq) })
 	for _, t := range pending {
 		switch {
 		case t.rel && resumed:
