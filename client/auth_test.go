@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"runtime"
 	"testing"
@@ -265,4 +266,84 @@ func TestCloseFromCallback(t *testing.T) {
 		t.Fatal("Disconnect from OnMessage did not return")
 	}
 	<-c.Done()
+}
+
+// sinkServer accepts one MQTT connection, answers CONNACK and PUBACK for
+// every QoS 1 PUBLISH, and drops everything else: a peer that costs
+// almost nothing, to measure the client alone.
+func sinkServer(b *testing.B, ack bool) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { ln.Close() })
+	go func() {
+		nc, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer nc.Close()
+		r := packet.NewReader(nc, 0)
+		r.SetVersion(packet.V5)
+		var out []byte
+		for {
+			p, err := r.ReadPacket()
+			if err != nil {
+				return
+			}
+			out = out[:0]
+			switch p := p.(type) {
+			case *packet.Connect:
+				out, _ = packet.Append(out, &packet.Connack{}, packet.V5)
+				if !ack {
+					nc.Write(out)
+					io.Copy(io.Discard, nc)
+					return
+				}
+			case *packet.Publish:
+				if p.QoS == 1 {
+					out, _ = packet.Append(out, &packet.Puback{PacketID: p.PacketID}, packet.V5)
+				}
+			}
+			if len(out) > 0 {
+				if _, err := nc.Write(out); err != nil {
+					return
+				}
+			}
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// BenchmarkPublishClientOnly measures the client's own cost per message
+// (encoding, batching, acknowledgement tracking) against a sink server.
+func BenchmarkPublishClientOnly(b *testing.B) {
+	payload := bytes.Repeat([]byte("x"), 64)
+	for _, qos := range []byte{0, 1} {
+		b.Run(fmt.Sprintf("qos%d", qos), func(b *testing.B) {
+			c := dial(b, Config{Servers: []string{sinkServer(b, qos > 0)}})
+			ctx := context.Background()
+			msg := Message{Topic: "bench/x", Payload: payload, QoS: qos}
+			msgs := make([]Message, 512)
+			toks := make([]*Token, len(msgs))
+			b.ReportAllocs()
+			b.SetBytes(int64(len(payload)))
+			for i := 0; b.Loop(); i++ {
+				if qos == 0 {
+					if err := c.PublishAsync(ctx, &msg).Err(); err != nil {
+						b.Fatal(err)
+					}
+					continue
+				}
+				j := i % len(msgs)
+				if toks[j] != nil {
+					if err := toks[j].Wait(ctx); err != nil {
+						b.Fatal(err)
+					}
+				}
+				msgs[j] = msg
+				toks[j] = c.PublishAsync(ctx, &msgs[j])
+			}
+		})
+	}
 }
