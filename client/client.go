@@ -55,7 +55,7 @@ type Client struct {
 	maxQoS    byte
 	retainOK  bool
 	maxPacket uint32              // the server's Maximum Packet Size, 0 none
-	subs      []Subscription      // granted subscriptions, for resubscribing
+	subs      []savedSub          // granted subscriptions, for resubscribing
 	recvQoS2  map[uint16]struct{} // inbound QoS 2 ids awaiting PUBREL
 	reauth    *Token              // re-authentication in progress
 	info      ConnectInfo
@@ -522,7 +522,7 @@ func (c *Client) sendRequestLocked(cn *conn, k opKind, p packet.Packet) (*Token,
 	switch p := p.(type) {
 	case *packet.Subscribe:
 		p.PacketID = id
-		t.subs = p.Subscriptions
+		t.subs, t.subProps = p.Subscriptions, p.Properties
 	case *packet.Unsubscribe:
 		p.PacketID = id
 		t.filters = p.Filters
@@ -813,17 +813,25 @@ func (c *Client) ack(d delivery) {
 	d.cn.appendLocked(&packet.Pubrec{PacketID: d.id})
 }
 
-// activeSubscriptions returns a copy of the subscriptions to remake.
-func (c *Client) recordSubscriptionsLocked(subs []Subscription, codes []ReasonCode) {
+// savedSub is a granted subscription with the properties of its
+// SUBSCRIBE (Subscription Identifier, User properties).
+type savedSub struct {
+	sub   Subscription
+	props Properties
+}
+
+// recordSubscriptionsLocked remembers the granted subscriptions of a
+// SUBACK, replacing earlier ones with the same filter.
+func (c *Client) recordSubscriptionsLocked(subs []Subscription, props Properties, codes []ReasonCode) {
 	for i, s := range subs {
 		if i >= len(codes) || codes[i].IsError() {
 			continue
 		}
-		j := slices.IndexFunc(c.subs, func(o Subscription) bool { return o.Filter == s.Filter })
+		j := slices.IndexFunc(c.subs, func(o savedSub) bool { return o.sub.Filter == s.Filter })
 		if j >= 0 {
-			c.subs[j] = s
+			c.subs[j] = savedSub{s, props}
 		} else {
-			c.subs = append(c.subs, s)
+			c.subs = append(c.subs, savedSub{s, props})
 		}
 	}
 }

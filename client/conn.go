@@ -350,14 +350,12 @@ func (c *Client) install(cn *conn, ack *packet.Connack) error {
 	if !resumed {
 		clear(c.recvQoS2)
 	}
-	var resub []Subscription
-	if !resumed && !first && len(c.subs) > 0 {
-		resub = slices.Clone(c.subs)
-	}
-	for _, s := range resub {
-		t, err := c.sendRequestLocked(cn, opSubscribe, &packet.Subscribe{Subscriptions: []Subscription{s}})
-		if err == nil {
-			t.resub = true
+	if !resumed && !first {
+		for _, s := range slices.Clone(c.subs) {
+			t, err := c.sendRequestLocked(cn, opSubscribe, &packet.Subscribe{Properties: s.props, Subscriptions: []Subscription{s.sub}})
+			if err == nil {
+				t.resub = true
+			}
 		}
 	}
 	close(c.up)
@@ -563,7 +561,7 @@ func (cn *conn) handle(p packet.Packet) error {
 			return protoErr(packet.ProtocolError, "SUBACK has %d reason codes for %d subscriptions", len(p.ReasonCodes), len(t.subs))
 		}
 		t.codes = p.ReasonCodes
-		c.recordSubscriptionsLocked(t.subs, t.codes)
+		c.recordSubscriptionsLocked(t.subs, t.subProps, t.codes)
 		if t.resub {
 			for i, code := range t.codes {
 				if code.IsError() {
@@ -597,7 +595,7 @@ func (cn *conn) handle(p packet.Packet) error {
 		}
 		for i, f := range t.filters {
 			if !t.codes[i].IsError() {
-				c.subs = slices.DeleteFunc(c.subs, func(s Subscription) bool { return s.Filter == f })
+				c.subs = slices.DeleteFunc(c.subs, func(s savedSub) bool { return s.sub.Filter == f })
 			}
 		}
 		t.finish(nil)

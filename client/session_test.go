@@ -261,7 +261,7 @@ func TestReconnectBackoff(t *testing.T) {
 			Reconnect: ReconnectPolicy{Enabled: true, MinDelay: time.Millisecond, MaxDelay: 5 * time.Millisecond},
 			OnConnect: func(*Client, ConnectInfo) { ups.Add(1) }})
 		ctx := ctxT(t)
-		if _, err := c.Subscribe(ctx, Subscription{Filter: "rb/#"}); err != nil {
+		if _, err := c.SubscribeWith(ctx, Properties{SubscriptionIDs: []uint32{9}}, Subscription{Filter: "rb/#"}); err != nil {
 			t.Fatal(err)
 		}
 		d.mu.Lock()
@@ -281,8 +281,8 @@ func TestReconnectBackoff(t *testing.T) {
 		if err := c.Publish(ctx, &Message{Topic: "rb/x", Payload: []byte("back"), QoS: 1}); err != nil {
 			t.Fatal(err)
 		}
-		if m := recv(t, c); string(m.Payload) != "back" {
-			t.Fatalf("got %q", m.Payload)
+		if m := recv(t, c); string(m.Payload) != "back" || fmt.Sprint(m.Properties.SubscriptionIDs) != "[9]" {
+			t.Fatalf("got %q with subscription identifiers %v", m.Payload, m.Properties.SubscriptionIDs)
 		}
 	})
 	t.Run("gives-up", func(t *testing.T) {

@@ -25,10 +25,11 @@ type Token struct {
 	msg  *Message
 	rel  bool // QoS 2: PUBREC received, PUBREL sent, waiting for PUBCOMP
 
-	subs    []Subscription // SUBSCRIBE
-	filters []string       // UNSUBSCRIBE
-	resub   bool           // automatic resubscription: nobody waits
-	codes   []ReasonCode
+	subs     []Subscription // SUBSCRIBE
+	subProps Properties     // SUBSCRIBE properties
+	filters  []string       // UNSUBSCRIBE
+	resub    bool           // automatic resubscription: nobody waits
+	codes    []ReasonCode
 
 	mu       sync.Mutex
 	done     chan struct{} // made on demand by Done: most tokens are finished before anyone waits
