@@ -244,6 +244,19 @@ func TestPubSub(t *testing.T) {
 			t.Fatalf("sub: %+v", r)
 		}
 	})
+	t.Run("interrupt", func(t *testing.T) {
+		ictx, cancel := context.WithCancel(ctx)
+		sub := psRunAsync(ictx, args("sub", "-t", "quiet")...)
+		time.AfterFunc(500*time.Millisecond, cancel) // after the connection, generously
+		select {
+		case r := <-sub:
+			if r.code != 0 {
+				t.Fatalf("sub after interrupt: %+v", r)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("sub ignored the interrupt")
+		}
+	})
 	t.Run("timeout", func(t *testing.T) {
 		r := psRun(ctx, "", args("sub", "-t", "quiet", "-W", "1")...)
 		if r.code != exitTimedOut || !strings.Contains(r.err, "Timed out") {
