@@ -5,7 +5,6 @@ import (
 	"net"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -81,7 +80,7 @@ persistence:
 	if rc := connect(t, []proxyproto.TLV{ssl(t, true)}); rc != 0 {
 		t.Fatalf("verified certificate refused: reason 0x%02x\n%s", rc, p.logs.String())
 	}
-	if !strings.Contains(p.logs.String(), "username=sensor-042") || !strings.Contains(p.logs.String(), "203.0.113.7") {
+	if !p.waitLog(t, "username=sensor-042", "203.0.113.7") {
 		t.Errorf("username or real client address not taken from the PROXY header:\n%s", p.logs.String())
 	}
 	if rc := connect(t, []proxyproto.TLV{ssl(t, false)}); rc != 0x87 {

@@ -150,7 +150,7 @@ persistence:
 	if _, err := c2.Read(resp); err != nil || resp[0] != 0xD0 {
 		t.Fatalf("dev-2 lost its session: %v % x", err, resp)
 	}
-	if !strings.Contains(p.logs.String(), "client certificate no longer valid") {
+	if !p.waitLog(t, "client certificate no longer valid") {
 		t.Error("the disconnection is not logged")
 	}
 }

@@ -95,7 +95,7 @@ use_identity_as_username true
 	}
 	t.Run("mosquitto clients with the device certificate", func(t *testing.T) {
 		mosquittoRoundTrip(t, port, tlsArgs("client-cert.pem", "client-key.pem"), "factory/sensor-001/temp", "21.5", 1)
-		if !strings.Contains(p.logs.String(), "username=sensor-001") {
+		if !p.waitLog(t, "username=sensor-001") {
 			t.Error("use_identity_as_username: the CN is not the username")
 		}
 	})

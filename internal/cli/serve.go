@@ -407,6 +407,7 @@ func tlsListenerConfig(l *config.Listener, zc *zeroConfig, log *slog.Logger) (tl
 		out.OCSP.Mode = tlsconf.OCSPFailClosed
 	}
 	out.OCSP.Timeout = tc.OCSP.Timeout.D()
+	out.OCSP.CacheTTL = tc.OCSP.CacheTTL.D()
 	var err error
 	if out.Identity.Username, err = tlsconf.ParseIdentitySource(tc.Identity.UsernameFrom); err != nil {
 		return out, fmt.Errorf("serve: listener %s: %w", l.Name, err)

@@ -280,3 +280,27 @@ func TestServeGracefulShutdown(t *testing.T) {
 		t.Fatal("moat did not exit")
 	}
 }
+
+// waitLog waits until the broker's log contains all of subs. Log lines can
+// trail the packets a client sees (CONNACK is written before "client
+// connected" is logged), so tests poll.
+func (p *moatProc) waitLog(t *testing.T, subs ...string) bool {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		logs := p.logs.String()
+		all := true
+		for _, s := range subs {
+			if !strings.Contains(logs, s) {
+				all = false
+			}
+		}
+		if all {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -144,7 +144,7 @@ func TestOCSPGetAndCache(t *testing.T) {
 	for _, tc := range []struct {
 		path string
 		want int
-	}{{"/ocsp/" + raw, http.StatusOK}, {"/ocsp/" + strings.ReplaceAll(raw, "A", "//"), http.StatusBadRequest}} {
+	}{{"/ocsp/" + raw, http.StatusOK}, {"/ocsp/" + raw[:10] + "//" + raw[10:], http.StatusBadRequest}} {
 		resp, err := noRedirect.Get(httpURL + tc.path)
 		if err != nil {
 			t.Fatal(err)

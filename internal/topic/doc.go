@@ -5,7 +5,7 @@
 //
 // Both indexes are tries keyed by topic levels. Readers (Index.Match,
 // Retained.Get, Retained.Match, Retained.Range) take no lock: children are
-// found in lock-free concurrent maps and subscription sets are published
+// found in copy-on-write hash tables and subscription sets are published
 // through atomic pointers. Writers (Subscribe, Unsubscribe, Set, Delete) are
 // serialized by one mutex per index that readers never touch, and no mutex
 // is held while a caller's callback runs. docs/design/topic-index.md

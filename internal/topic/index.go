@@ -24,7 +24,7 @@ type Subscription struct {
 // SharedGroup is one shared subscription matched by a topic: all members of
 // group Group subscribed to Filter. The same group name with two different
 // filters ("$share/g/a/+" and "$share/g/a/#") is two distinct shared
-// subscriptions and yields two SharedGroup values [MQTT-4.8.2].
+// subscriptions and yields two SharedGroup values (MQTT 5.0 §4.8.2).
 type SharedGroup struct {
 	Group  string
 	Filter string

@@ -83,7 +83,7 @@ func TestIndexOverlapping(t *testing.T) {
 func TestIndexSharedGroups(t *testing.T) {
 	x := NewIndex()
 	// The same group name on two filters is two shared subscriptions
-	// [MQTT-5 §4.8.2]; members come from many clients.
+	// (MQTT 5.0 §4.8.2); members come from many clients.
 	for _, c := range []string{"w1", "w2", "w3"} {
 		x.Subscribe(Subscription{ClientID: c, Group: "g", Filter: "a/+"})
 	}
@@ -441,16 +441,24 @@ func TestIndexConcurrent(t *testing.T) {
 // near-duplicates exercise the rules that are easy to get wrong.
 var randLevels = []string{"a", "b", "", "$SYS", "$x", "ab", "A"}
 
-func randTopic(rng *rand.Rand) string {
+// wideLevels has more distinct levels than a node keeps in its single
+// bucket, so the property tests also exercise the hashed table.
+var wideLevels = append([]string{"0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11"}, randLevels...)
+
+func randTopic(rng *rand.Rand) string { return randTopicFrom(rng, randLevels) }
+
+func randFilter(rng *rand.Rand) string { return randFilterFrom(rng, randLevels) }
+
+func randTopicFrom(rng *rand.Rand, levels []string) string {
 	n := 1 + rng.IntN(4)
 	parts := make([]string, n)
 	for i := range parts {
-		parts[i] = randLevels[rng.IntN(len(randLevels))]
+		parts[i] = levels[rng.IntN(len(levels))]
 	}
 	return strings.Join(parts, "/")
 }
 
-func randFilter(rng *rand.Rand) string {
+func randFilterFrom(rng *rand.Rand, levels []string) string {
 	n := 1 + rng.IntN(4)
 	parts := make([]string, n)
 	for i := range parts {
@@ -464,7 +472,7 @@ func randFilter(rng *rand.Rand) string {
 			}
 			fallthrough
 		default:
-			parts[i] = randLevels[rng.IntN(len(randLevels))]
+			parts[i] = levels[rng.IntN(len(levels))]
 		}
 	}
 	return strings.Join(parts, "/")
@@ -473,12 +481,17 @@ func randFilter(rng *rand.Rand) string {
 // TestIndexMatchProperty compares Match with the brute-force reference
 // matcher for random filters and topics.
 func TestIndexMatchProperty(t *testing.T) {
+	t.Run("narrow", func(t *testing.T) { testIndexMatchProperty(t, randLevels) })
+	t.Run("wide", func(t *testing.T) { testIndexMatchProperty(t, wideLevels) })
+}
+
+func testIndexMatchProperty(t *testing.T, levels []string) {
 	rng := rand.New(rand.NewPCG(42, 4242))
-	for round := range 20 {
+	for round := range 10 {
 		x := NewIndex()
 		var filters []string
-		for i := range 200 {
-			f := randFilter(rng)
+		for i := range 300 {
+			f := randFilterFrom(rng, levels)
 			filters = append(filters, f)
 			g := ""
 			if i%5 == 0 {
@@ -486,10 +499,13 @@ func TestIndexMatchProperty(t *testing.T) {
 			}
 			x.Subscribe(Subscription{ClientID: fmt.Sprint(i), Group: g, Filter: f})
 		}
+		if len(levels) > 2*smallKids && len(x.root.kids.t.Load().buckets) == 1 {
+			t.Fatal("wide alphabet did not switch the root to a hashed table")
+		}
 		var dst []Subscription
 		var groups []SharedGroup
 		for range 200 {
-			tp := randTopic(rng)
+			tp := randTopicFrom(rng, levels)
 			dst, groups = x.Match(tp, dst[:0], groups[:0])
 			var got []string
 			for _, s := range dst {

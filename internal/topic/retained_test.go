@@ -164,12 +164,17 @@ func TestRetainedMatchSubtreeOnly(t *testing.T) {
 // TestRetainedProperty compares Match with the reference matcher on random
 // topics and filters, and checks churn leaves no node behind.
 func TestRetainedProperty(t *testing.T) {
+	t.Run("narrow", func(t *testing.T) { testRetainedProperty(t, randLevels) })
+	t.Run("wide", func(t *testing.T) { testRetainedProperty(t, wideLevels) })
+}
+
+func testRetainedProperty(t *testing.T, levels []string) {
 	rng := rand.New(rand.NewPCG(7, 77))
 	r := NewRetained[string]()
 	live := map[string]bool{}
-	for round := range 30 {
-		for range 100 {
-			tp := randTopic(rng)
+	for round := range 15 {
+		for range 150 {
+			tp := randTopicFrom(rng, levels)
 			if live[tp] && rng.IntN(2) == 0 {
 				if !r.Delete(tp) {
 					t.Fatalf("Delete(%q) = false", tp)
@@ -184,7 +189,7 @@ func TestRetainedProperty(t *testing.T) {
 			t.Fatalf("Len = %d, want %d", r.Len(), len(live))
 		}
 		for range 50 {
-			f := randFilter(rng)
+			f := randFilterFrom(rng, levels)
 			var want []string
 			for tp := range live {
 				if refMatch(f, tp) {
