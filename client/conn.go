@@ -420,7 +420,7 @@ func (cn *conn) writer() {
 			cn.lastSent.Store(c.now().UnixNano())
 		}
 		if closeAfter {
-			cn.fail(ErrClosed)
+			cn.closeAfterDisconnect()
 			return
 		}
 		if cap(buf) <= 2*c.limit {
@@ -756,4 +756,22 @@ func (c *Client) logPacket(msg string, p packet.Packet) {
 		attrs = append(attrs, "session_present", p.SessionPresent, "reason", p.ReasonCode.String())
 	}
 	c.log.Debug(msg, attrs...)
+}
+
+// disconnectLinger bounds how long the client waits, after DISCONNECT,
+// for the server to close the connection.
+const disconnectLinger = 2 * time.Second
+
+// closeAfterDisconnect ends the connection after DISCONNECT was written.
+// Where the transport can half-close (TCP, TLS), it shuts down its side
+// and lets the reader wait for the server's close: the server has then
+// processed everything sent before DISCONNECT (acknowledgements above
+// all), so a new connection of the same client cannot overtake them.
+func (cn *conn) closeAfterDisconnect() {
+	cw, ok := cn.nc.(interface{ CloseWrite() error })
+	if !ok || cw.CloseWrite() != nil {
+		cn.fail(ErrClosed)
+		return
+	}
+	time.AfterFunc(disconnectLinger, func() { cn.fail(ErrClosed) })
 }
