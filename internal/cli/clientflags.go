@@ -1,0 +1,437 @@
+package cli
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+	"unicode/utf8"
+
+	"github.com/spf13/pflag"
+
+	"github.com/moatmq/moat/client"
+)
+
+// getenv is os.Getenv; tests replace it.
+var getenv = os.Getenv
+
+// passwordEnv is the environment variable holding the MQTT password for
+// moat pub and moat sub.
+const passwordEnv = "MOAT_PASSWORD"
+
+// proxyPasswordEnv holds the SOCKS5 proxy password when --proxy names a
+// user without a password.
+const proxyPasswordEnv = "MOAT_PROXY_PASSWORD"
+
+// clientFlags are the connection flags shared by moat pub and moat sub,
+// named as in mosquitto_pub and mosquitto_sub.
+type clientFlags struct {
+	host, url, proxy       string
+	port                   int
+	id, idPrefix           string
+	username, password     string
+	passwordFile           string
+	version                string
+	keepAlive              int
+	disableClean           bool
+	sessionExpiry          string
+	qos                    int
+	cafile, capath         string
+	cert, key              string
+	insecure, tls          bool
+	debug, json            bool
+	willTopic, willPayload string
+	willQoS                int
+	willRetain             bool
+	connectTimeout         time.Duration
+}
+
+func (f *clientFlags) register(fs *pflag.FlagSet) {
+	// -h is the host, as in mosquitto; help is --help only.
+	fs.Bool("help", false, "help for this command")
+	fs.StringVarP(&f.host, "host", "h", "localhost", "broker host")
+	fs.IntVarP(&f.port, "port", "p", 0, "broker port (default 8883 with TLS, 1883 without)")
+	fs.StringVarP(&f.url, "url", "L", "", "broker URL: mqtt://, mqtts://, ws:// or wss://host[:port][/path]; for mqtt(s) the path is the topic, as in mosquitto")
+	fs.StringVarP(&f.id, "id", "i", "", "client ID (default: assigned by the server with MQTT 5, random otherwise)")
+	fs.StringVarP(&f.idPrefix, "id-prefix", "I", "", "client ID prefix; a random suffix is added")
+	fs.StringVarP(&f.username, "username", "u", "", "user name")
+	fs.StringVarP(&f.password, "pw", "P", "", "password ON THE COMMAND LINE (visible to other users; prefer --password-file or $"+passwordEnv+")")
+	fs.StringVar(&f.passwordFile, "password-file", "", "read the password from the first line of FILE")
+	fs.StringVarP(&f.version, "protocol-version", "V", "5", "MQTT version: 5 (mqttv5), 311 (mqttv311) or 31 (mqttv31)")
+	fs.IntVarP(&f.keepAlive, "keepalive", "k", 60, "keep alive in seconds (0 disables)")
+	fs.BoolVarP(&f.disableClean, "disable-clean-session", "c", false, "keep the session after disconnecting (needs -i)")
+	fs.StringVarP(&f.sessionExpiry, "session-expiry-interval", "x", "", "MQTT 5 session expiry in seconds, -1 or ∞ for never (default 0, or never with -c)")
+	fs.IntVarP(&f.qos, "qos", "q", 0, "quality of service: 0, 1 or 2")
+	fs.StringVar(&f.cafile, "cafile", "", "PEM file of trusted CA certificates; enables TLS")
+	fs.StringVar(&f.capath, "capath", "", "directory of trusted CA certificates (PEM); enables TLS")
+	fs.StringVar(&f.cert, "cert", "", "client certificate (PEM) for mutual TLS; enables TLS")
+	fs.StringVar(&f.key, "key", "", "private key (PEM) of --cert")
+	fs.BoolVar(&f.tls, "tls", false, "use TLS with the system's trusted CAs")
+	fs.BoolVar(&f.insecure, "insecure", false, "do not check that the server certificate matches the host name (DANGEROUS)")
+	fs.StringVar(&f.proxy, "proxy", "", "SOCKS5 proxy: socks5://[user@]host:port (local DNS) or socks5h://… (proxy resolves); password from $"+proxyPasswordEnv)
+	fs.BoolVarP(&f.debug, "debug", "d", false, "print connection events on stderr")
+	fs.BoolVar(&f.json, "json", false, "print JSON lines, for scripts")
+	fs.StringVar(&f.willTopic, "will-topic", "", "will message topic")
+	fs.StringVar(&f.willPayload, "will-payload", "", "will message payload")
+	fs.IntVar(&f.willQoS, "will-qos", 0, "will message QoS")
+	fs.BoolVar(&f.willRetain, "will-retain", false, "retain the will message")
+	fs.DurationVar(&f.connectTimeout, "connect-timeout", 30*time.Second, "give up connecting after this long")
+}
+
+// parseVersion accepts mosquitto's -V spellings.
+func parseVersion(s string) (client.Version, error) {
+	switch strings.ToLower(s) {
+	case "5", "mqttv5":
+		return client.V5, nil
+	case "311", "mqttv311":
+		return client.V311, nil
+	case "31", "mqttv31":
+		return client.V31, nil
+	}
+	return 0, fmt.Errorf("unknown protocol version %q: use 5, 311 or 31 (or mqttv5, mqttv311, mqttv31)", s)
+}
+
+// config builds the client configuration. topic is the topic taken from
+// an mqtt(s):// URL path, if any.
+func (f *clientFlags) config(fs *pflag.FlagSet, stdio Stdio) (cfg client.Config, topic string, err error) {
+	warn := func(format string, args ...any) { fmt.Fprintf(stdio.Err, "moat: warning: "+format+"\n", args...) }
+	v, err := parseVersion(f.version)
+	if err != nil {
+		return cfg, "", err
+	}
+	cfg.Version = v
+	if f.qos < 0 || f.qos > 2 || f.willQoS < 0 || f.willQoS > 2 {
+		return cfg, "", errors.New("QoS must be 0, 1 or 2")
+	}
+	if f.keepAlive < 0 || f.keepAlive > 65535 {
+		return cfg, "", errors.New("keep alive must be 0..65535 seconds")
+	}
+	cfg.KeepAlive = time.Duration(f.keepAlive) * time.Second
+	if f.keepAlive == 0 {
+		cfg.KeepAlive = -1
+	}
+	cfg.ConnectTimeout = f.connectTimeout
+
+	// Server address.
+	useTLS := f.cafile != "" || f.capath != "" || f.cert != "" || f.tls || f.insecure || f.port == 8883
+	var urlPassword string
+	if f.url != "" {
+		if fs.Changed("host") || fs.Changed("port") {
+			return cfg, "", errors.New("use either -L/--url or -h/-p, not both")
+		}
+		u, err := url.Parse(f.url)
+		if err != nil {
+			return cfg, "", fmt.Errorf("--url: %v", err)
+		}
+		if u.User != nil {
+			if f.username == "" {
+				f.username = u.User.Username()
+			}
+			if pw, ok := u.User.Password(); ok {
+				urlPassword = pw
+			}
+			u.User = nil
+		}
+		switch strings.ToLower(u.Scheme) {
+		case "mqtt", "mqtts":
+			topic = strings.TrimPrefix(u.Path, "/")
+			u.Path, u.RawPath = "", ""
+		case "ws", "wss":
+		default:
+			return cfg, "", fmt.Errorf("--url %q: scheme must be mqtt, mqtts, ws or wss", u.Redacted())
+		}
+		cfg.Servers = []string{u.String()}
+	} else {
+		port := f.port
+		if port == 0 {
+			port = 1883
+			if useTLS {
+				port = 8883
+			}
+		}
+		scheme := "mqtt"
+		if useTLS {
+			scheme = "mqtts"
+		}
+		cfg.Servers = []string{scheme + "://" + net.JoinHostPort(f.host, strconv.Itoa(port))}
+	}
+	if f.proxy != "" {
+		pu, err := url.Parse(f.proxy)
+		if err != nil {
+			return cfg, "", fmt.Errorf("--proxy: %v", err)
+		}
+		if pu.User != nil {
+			if _, ok := pu.User.Password(); ok {
+				warn("--proxy puts the proxy password on the command line, where other local users can read it; give only the user name and set $%s", proxyPasswordEnv)
+			} else if pw := getenv(proxyPasswordEnv); pw != "" {
+				pu.User = url.UserPassword(pu.User.Username(), pw)
+			}
+		}
+		cfg.Proxy = pu.String()
+	}
+
+	// TLS.
+	if tc, err := f.tlsConfig(warn); err != nil {
+		return cfg, "", err
+	} else {
+		cfg.TLSConfig = tc
+	}
+
+	// Identity and credentials.
+	cfg.ClientID = f.id
+	if f.idPrefix != "" {
+		if f.id != "" {
+			return cfg, "", errors.New("use either -i or -I, not both")
+		}
+		cfg.ClientID = f.idPrefix + strconv.FormatInt(int64(os.Getpid()), 10) + "-" + strconv.FormatInt(time.Now().UnixNano()%1e6, 10)
+	}
+	cfg.Username = f.username
+	pw, err := f.readPassword(fs, urlPassword, warn)
+	if err != nil {
+		return cfg, "", err
+	}
+	cfg.Password = pw
+
+	// Session.
+	cfg.CleanStart = !f.disableClean
+	if f.disableClean && cfg.ClientID == "" {
+		return cfg, "", errors.New("-c (persistent session) needs a client ID: add -i ID")
+	}
+	expiry := f.sessionExpiry
+	if expiry == "" && f.disableClean {
+		expiry = "-1"
+	}
+	if expiry != "" && v == client.V5 {
+		switch expiry {
+		case "-1", "∞", "4294967295":
+			cfg.SessionExpiry = math.MaxUint32
+		default:
+			n, err := strconv.ParseUint(expiry, 10, 32)
+			if err != nil {
+				return cfg, "", fmt.Errorf("-x %q: want seconds (0..4294967295), -1 or ∞", expiry)
+			}
+			cfg.SessionExpiry = uint32(n)
+		}
+	}
+
+	if f.willTopic != "" {
+		cfg.Will = &client.Will{Topic: f.willTopic, Payload: []byte(f.willPayload), QoS: byte(f.willQoS), Retain: f.willRetain}
+	} else if f.willPayload != "" || f.willRetain {
+		return cfg, "", errors.New("--will-payload and --will-retain need --will-topic")
+	}
+	if f.debug {
+		cfg.Logger = slog.New(slog.NewTextHandler(stdio.Err, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return cfg, topic, nil
+}
+
+// readPassword takes the password from --password-file, $MOAT_PASSWORD,
+// or, with a warning, from -P or the URL.
+func (f *clientFlags) readPassword(fs *pflag.FlagSet, urlPassword string, warn func(string, ...any)) (client.Secret, error) {
+	var sources []string
+	if fs.Changed("pw") {
+		sources = append(sources, "-P")
+	}
+	if urlPassword != "" {
+		sources = append(sources, "the URL")
+	}
+	if f.passwordFile != "" {
+		sources = append(sources, "--password-file")
+	}
+	if len(sources) > 1 {
+		return client.Secret{}, fmt.Errorf("password given by %s: use one", strings.Join(sources, " and "))
+	}
+	switch {
+	case f.passwordFile != "":
+		fi, err := os.Stat(f.passwordFile)
+		if err != nil {
+			return client.Secret{}, fmt.Errorf("--password-file: %v", err)
+		}
+		if fi.Mode().Perm()&0o077 != 0 {
+			warn("password file %s is readable by other users (mode %04o); chmod 600 it", f.passwordFile, fi.Mode().Perm())
+		}
+		b, err := os.ReadFile(f.passwordFile)
+		if err != nil {
+			return client.Secret{}, fmt.Errorf("--password-file: %v", err)
+		}
+		line, _, _ := strings.Cut(string(b), "\n")
+		return client.NewSecret([]byte(strings.TrimSuffix(line, "\r"))), nil
+	case fs.Changed("pw"):
+		warn("-P puts the password on the command line, where other local users can read it; use --password-file FILE or $%s", passwordEnv)
+		if f.username == "" {
+			return client.Secret{}, errors.New("-P needs -u")
+		}
+		return client.NewSecret([]byte(f.password)), nil
+	case urlPassword != "":
+		warn("the URL puts the password on the command line, where other local users can read it; use --password-file FILE or $%s", passwordEnv)
+		return client.NewSecret([]byte(urlPassword)), nil
+	}
+	if pw := getenv(passwordEnv); pw != "" {
+		return client.NewSecret([]byte(pw)), nil
+	}
+	return client.Secret{}, nil
+}
+
+// tlsConfig builds the TLS configuration from --cafile, --capath, --cert,
+// --key and --insecure; nil when none is given.
+func (f *clientFlags) tlsConfig(warn func(string, ...any)) (*tls.Config, error) {
+	if f.cafile == "" && f.capath == "" && f.cert == "" && f.key == "" && !f.insecure {
+		return nil, nil
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if f.cafile != "" || f.capath != "" {
+		pool := x509.NewCertPool()
+		var files []string
+		if f.cafile != "" {
+			files = append(files, f.cafile)
+		}
+		if f.capath != "" {
+			entries, err := os.ReadDir(f.capath)
+			if err != nil {
+				return nil, fmt.Errorf("--capath: %v", err)
+			}
+			for _, e := range entries {
+				if !e.IsDir() {
+					files = append(files, filepath.Join(f.capath, e.Name()))
+				}
+			}
+		}
+		for _, file := range files {
+			b, err := os.ReadFile(file)
+			if err != nil {
+				return nil, fmt.Errorf("reading CA certificates: %v", err)
+			}
+			if !pool.AppendCertsFromPEM(b) && file == f.cafile {
+				return nil, fmt.Errorf("--cafile %s: no PEM certificate found", file)
+			}
+		}
+		tc.RootCAs = pool
+	}
+	if (f.cert == "") != (f.key == "") {
+		return nil, errors.New("--cert and --key go together")
+	}
+	if f.cert != "" {
+		c, err := tls.LoadX509KeyPair(f.cert, f.key)
+		if err != nil {
+			return nil, fmt.Errorf("loading the client certificate: %v (check that --key matches --cert)", err)
+		}
+		tc.Certificates = []tls.Certificate{c}
+	}
+	if f.insecure {
+		warn("--insecure: the server certificate's host name is NOT checked; anyone with a certificate from the same CA can impersonate the broker")
+		roots := tc.RootCAs
+		tc.InsecureSkipVerify = true
+		// Still verify the chain, only not the name (as mosquitto does).
+		tc.VerifyConnection = func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) == 0 {
+				return errors.New("server sent no certificate")
+			}
+			opts := x509.VerifyOptions{Roots: roots, Intermediates: x509.NewCertPool()}
+			for _, c := range cs.PeerCertificates[1:] {
+				opts.Intermediates.AddCert(c)
+			}
+			_, err := cs.PeerCertificates[0].Verify(opts)
+			return err
+		}
+	}
+	return tc, nil
+}
+
+// jsonMessage is the --json form of a message.
+type jsonMessage struct {
+	Topic         string          `json:"topic"`
+	QoS           byte            `json:"qos"`
+	Retain        bool            `json:"retain"`
+	Dup           bool            `json:"dup,omitempty"`
+	Payload       *string         `json:"payload,omitempty"`
+	PayloadBase64 string          `json:"payload_base64,omitempty"`
+	Properties    *jsonProperties `json:"properties,omitempty"`
+	Status        string          `json:"status,omitempty"`
+	Error         string          `json:"error,omitempty"`
+	ReasonCode    *byte           `json:"reason_code,omitempty"`
+}
+
+type jsonProperties struct {
+	PayloadFormat   *byte       `json:"payload_format,omitempty"`
+	MessageExpiry   *uint32     `json:"message_expiry,omitempty"`
+	ContentType     string      `json:"content_type,omitempty"`
+	ResponseTopic   string      `json:"response_topic,omitempty"`
+	CorrelationData []byte      `json:"correlation_data,omitempty"` // base64
+	SubscriptionIDs []uint32    `json:"subscription_ids,omitempty"`
+	User            [][2]string `json:"user_properties,omitempty"`
+}
+
+// toJSON converts m; the payload is a string when it is valid UTF-8 and
+// payload_base64 otherwise.
+func toJSON(m *client.Message) *jsonMessage {
+	j := &jsonMessage{Topic: m.Topic, QoS: m.QoS, Retain: m.Retain, Dup: m.Duplicate}
+	if utf8.Valid(m.Payload) {
+		s := string(m.Payload)
+		j.Payload = &s
+	} else {
+		j.PayloadBase64 = base64.StdEncoding.EncodeToString(m.Payload)
+	}
+	p := &m.Properties
+	var jp jsonProperties
+	if p.Has(client.PropPayloadFormat) {
+		jp.PayloadFormat = &p.PayloadFormat
+	}
+	if p.Has(client.PropMessageExpiry) {
+		jp.MessageExpiry = &p.MessageExpiry
+	}
+	jp.ContentType, jp.ResponseTopic, jp.CorrelationData = p.ContentType, p.ResponseTopic, p.CorrelationData
+	jp.SubscriptionIDs = p.SubscriptionIDs
+	for _, u := range p.User {
+		jp.User = append(jp.User, [2]string{u.Key, u.Value})
+	}
+	if jp.PayloadFormat != nil || jp.MessageExpiry != nil || jp.ContentType != "" || jp.ResponseTopic != "" ||
+		jp.CorrelationData != nil || jp.SubscriptionIDs != nil || jp.User != nil {
+		j.Properties = &jp
+	}
+	return j
+}
+
+func writeJSON(w io.Writer, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(append(b, '\n'))
+	return err
+}
+
+func usesTLS(cfg client.Config) bool {
+	return len(cfg.Servers) > 0 && (strings.HasPrefix(cfg.Servers[0], "mqtts:") || strings.HasPrefix(cfg.Servers[0], "wss:"))
+}
+
+// connectHint adds an operator hint to a connection error.
+func connectHint(err error, cfg client.Config) error {
+	var re *client.ReasonError
+	switch {
+	case errors.As(err, &re) && re.Op == "connect" && re.Code == 0x84:
+		return fmt.Errorf("%w (hint: the broker may not speak MQTT %s; try -V 311)", err, cfg.Version)
+	case errors.As(err, &re) && (re.Code == 0x86 || re.Code == 0x87):
+		return fmt.Errorf("%w (hint: check -u and the password from --password-file or $%s)", err, passwordEnv)
+	case errors.As(err, new(x509.UnknownAuthorityError)):
+		return fmt.Errorf("%w (hint: pass the broker's CA with --cafile)", err)
+	case errors.As(err, new(x509.HostnameError)):
+		return fmt.Errorf("%w (hint: connect with the host name in the certificate)", err)
+	case usesTLS(cfg) && (cfg.TLSConfig == nil || len(cfg.TLSConfig.Certificates) == 0) &&
+		(errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)):
+		return fmt.Errorf("%w (hint: the broker may require a client certificate: --cert and --key)", err)
+	}
+	return err
+}

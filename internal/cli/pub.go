@@ -1,0 +1,224 @@
+package cli
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/moatmq/moat/client"
+	"github.com/moatmq/moat/internal/packet"
+)
+
+func init() { register(newPubCmd) }
+
+// pubWindow is how many QoS 1/2 messages of -l mode may wait for their
+// acknowledgement before moat pub reports on the oldest.
+const pubWindow = 1024
+
+func newPubCmd(stdio Stdio) *cobra.Command {
+	var (
+		f                     clientFlags
+		topic, message, file  string
+		lines, null, stdinMsg bool
+		retain                bool
+		userProps             []string
+		contentType           string
+		messageExpiry         int64
+		repeat                int
+		repeatDelay           float64
+	)
+	cmd := &cobra.Command{
+		Use:   "pub -t TOPIC {-m MSG | -f FILE | -l | -n | -s} [flags]",
+		Short: "Publish MQTT messages (flags as mosquitto_pub)",
+		Long: `Publish one message, a file, or every line of standard input to an MQTT broker.
+Flags follow mosquitto_pub. The password comes from --password-file FILE or the
+` + passwordEnv + ` environment variable (-P works but leaks it to other local users).
+TLS is used with --cafile, --capath, --cert, --tls or port 8883 (default port 8883 then,
+1883 otherwise). The default protocol is MQTT 5 (-V 311 for 3.1.1, mosquitto's default).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, urlTopic, err := f.config(cmd.Flags(), stdio)
+			if err != nil {
+				return err
+			}
+			if topic == "" {
+				topic = urlTopic
+			}
+			if topic == "" {
+				return errors.New("no topic: give -t TOPIC")
+			}
+			if err := packet.ValidTopicName(topic); err != nil {
+				return fmt.Errorf("-t %q: %v", topic, err)
+			}
+			n := 0
+			for _, set := range []bool{cmd.Flags().Changed("message"), file != "", lines, null, stdinMsg} {
+				if set {
+					n++
+				}
+			}
+			if n != 1 {
+				return errors.New("give exactly one of -m MSG, -f FILE, -l, -n or -s")
+			}
+			if repeat < 1 || repeatDelay < 0 || (lines && cmd.Flags().Changed("repeat")) {
+				return errors.New("--repeat must be at least 1 and --repeat-delay not negative; they do not apply to -l")
+			}
+			base := client.Message{Topic: topic, QoS: byte(f.qos), Retain: retain}
+			for _, kv := range userProps {
+				k, v, ok := strings.Cut(kv, "=")
+				if !ok {
+					return fmt.Errorf("--user-property %q: want KEY=VALUE", kv)
+				}
+				base.Properties.User = append(base.Properties.User, client.UserProperty{Key: k, Value: v})
+			}
+			if contentType != "" {
+				base.Properties.ContentType = contentType
+				base.Properties.Mark(client.PropContentType)
+			}
+			if messageExpiry >= 0 {
+				if messageExpiry > 0xFFFFFFFF {
+					return errors.New("--message-expiry: at most 4294967295 seconds")
+				}
+				base.Properties.SetMessageExpiry(uint32(messageExpiry))
+			}
+
+			var payload []byte
+			switch {
+			case file != "":
+				if payload, err = os.ReadFile(file); err != nil {
+					return fmt.Errorf("-f: %v", err)
+				}
+			case stdinMsg:
+				if payload, err = io.ReadAll(stdio.In); err != nil {
+					return fmt.Errorf("reading standard input: %v", err)
+				}
+			case null:
+			case !lines:
+				payload = []byte(message)
+			}
+
+			ctx := cmd.Context()
+			c, err := client.Dial(ctx, cfg)
+			if err != nil {
+				return connectHint(err, cfg)
+			}
+			defer c.Close()
+			p := &publisher{c: c, stdio: stdio, json: f.json}
+			if lines {
+				err = p.lines(ctx, base)
+			} else {
+				for i := 0; i < repeat && err == nil; i++ {
+					if i > 0 && repeatDelay > 0 {
+						t := time.NewTimer(time.Duration(repeatDelay * float64(time.Second)))
+						select {
+						case <-t.C:
+						case <-ctx.Done():
+							t.Stop()
+							err = ctx.Err()
+							continue
+						}
+					}
+					m := base
+					m.Payload = payload
+					err = p.report(&m, c.Publish(ctx, &m))
+				}
+			}
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			if derr := c.Disconnect(dctx); err == nil && derr != nil {
+				err = fmt.Errorf("disconnecting: %w", derr)
+			}
+			return err
+		},
+	}
+	fl := cmd.Flags()
+	f.register(fl)
+	fl.StringVarP(&topic, "topic", "t", "", "topic to publish to")
+	fl.StringVarP(&message, "message", "m", "", "message payload")
+	fl.StringVarP(&file, "file", "f", "", "send the contents of FILE as the message")
+	fl.BoolVarP(&lines, "stdin-line", "l", false, "send each line of standard input as a message (blank lines are skipped)")
+	fl.BoolVarP(&null, "null-message", "n", false, "send a zero-length message")
+	fl.BoolVarP(&stdinMsg, "stdin-file", "s", false, "send all of standard input as one message")
+	fl.BoolVarP(&retain, "retain", "r", false, "ask the broker to retain the message")
+	fl.StringArrayVar(&userProps, "user-property", nil, "MQTT 5 user property KEY=VALUE (repeatable)")
+	fl.StringVar(&contentType, "content-type", "", "MQTT 5 content type")
+	fl.Int64Var(&messageExpiry, "message-expiry", -1, "MQTT 5 message expiry interval in seconds")
+	fl.IntVar(&repeat, "repeat", 1, "publish the message this many times")
+	fl.Float64Var(&repeatDelay, "repeat-delay", 0, "seconds to wait between repeated messages")
+	return cmd
+}
+
+type publisher struct {
+	c     *client.Client
+	stdio Stdio
+	json  bool
+}
+
+// lines publishes each non-empty line of standard input, keeping up to
+// pubWindow acknowledgements outstanding.
+func (p *publisher) lines(ctx context.Context, base client.Message) error {
+	sc := bufio.NewScanner(p.stdio.In)
+	sc.Buffer(make([]byte, 64<<10), packet.MaxPacketSizeLimit)
+	type pending struct {
+		m   *client.Message
+		tok *client.Token
+	}
+	var queue []pending
+	var firstErr error
+	wait := func(q pending) {
+		err := p.report(q.m, q.tok.Wait(ctx))
+		if err != nil && firstErr == nil {
+			firstErr = err
+		}
+	}
+	for sc.Scan() {
+		line := sc.Bytes()
+		if len(line) == 0 {
+			continue
+		}
+		m := base
+		m.Payload = append([]byte(nil), line...)
+		queue = append(queue, pending{&m, p.c.PublishAsync(ctx, &m)})
+		if len(queue) >= pubWindow {
+			wait(queue[0])
+			queue = queue[1:]
+		}
+		if firstErr != nil {
+			break
+		}
+	}
+	for _, q := range queue {
+		wait(q)
+	}
+	if err := sc.Err(); err != nil && firstErr == nil {
+		firstErr = fmt.Errorf("reading standard input: %v", err)
+	}
+	return firstErr
+}
+
+// report prints the outcome of one publish (JSON mode) and returns err
+// with a hint.
+func (p *publisher) report(m *client.Message, err error) error {
+	if p.json {
+		j := &jsonMessage{Topic: m.Topic, QoS: m.QoS, Retain: m.Retain, Status: "ok"}
+		if err != nil {
+			j.Status, j.Error = "error", err.Error()
+			var re *client.ReasonError
+			if errors.As(err, &re) {
+				code := byte(re.Code)
+				j.ReasonCode = &code
+			}
+		}
+		writeJSON(p.stdio.Out, j)
+	}
+	if err != nil {
+		return fmt.Errorf("publish to %q: %w", m.Topic, err)
+	}
+	return nil
+}

@@ -1,0 +1,204 @@
+package cli
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/moatmq/moat/client"
+	"github.com/moatmq/moat/internal/packet"
+	"github.com/moatmq/moat/internal/topic"
+)
+
+func init() { register(newSubCmd) }
+
+// exitTimedOut is mosquitto_sub's exit status when -W expires.
+const exitTimedOut = 27
+
+func newSubCmd(stdio Stdio) *cobra.Command {
+	var (
+		f                   clientFlags
+		topics, filterOut   []string
+		unsubscribe         []string
+		count, timeout      int
+		verbose, noEOL      bool
+		noRetained, exitSub bool
+		noLocal, rap        bool
+		retainHandling      int
+		subscriptionID      uint32
+	)
+	cmd := &cobra.Command{
+		Use:   "sub -t FILTER [-t FILTER…] [flags]",
+		Short: "Subscribe and print MQTT messages (flags as mosquitto_sub)",
+		Long: `Subscribe to topic filters and print the messages received: the payload, with -v
+"topic payload", with --json one JSON object per line (payload as a string when it is
+UTF-8, payload_base64 otherwise; MQTT 5 properties included). Flags follow mosquitto_sub;
+the client reconnects when the connection drops. The password comes from --password-file
+FILE or the ` + passwordEnv + ` environment variable. Exit status 27 when -W expires.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, urlTopic, err := f.config(cmd.Flags(), stdio)
+			if err != nil {
+				return err
+			}
+			if len(topics) == 0 && urlTopic != "" {
+				topics = []string{urlTopic}
+			}
+			if len(topics) == 0 && len(unsubscribe) == 0 {
+				return errors.New("no topic filter: give -t FILTER")
+			}
+			if count < 0 || timeout < 0 || retainHandling < 0 || retainHandling > 2 {
+				return errors.New("-C and -W must not be negative, --retain-handling is 0, 1 or 2")
+			}
+			for _, t := range append(append([]string(nil), topics...), filterOut...) {
+				if err := packet.ValidTopicFilter(t); err != nil {
+					return fmt.Errorf("topic filter %q: %v", t, err)
+				}
+			}
+			// A message is acknowledged once it is printed, so that with -c
+			// the broker keeps what -C left unprinted.
+			cfg.ManualAck = true
+			cfg.Reconnect = client.ReconnectPolicy{Enabled: true, MinDelay: time.Second, MaxDelay: 30 * time.Second}
+			cfg.OnConnectionLost = func(_ *client.Client, err error) {
+				fmt.Fprintf(stdio.Err, "moat: connection lost: %v; reconnecting\n", err)
+			}
+			ctx := cmd.Context()
+			c, err := client.Dial(ctx, cfg)
+			if err != nil {
+				return connectHint(err, cfg)
+			}
+			defer c.Close()
+			disconnect := func() {
+				dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+				defer cancel()
+				c.Disconnect(dctx)
+			}
+			if len(unsubscribe) > 0 {
+				if _, err := c.Unsubscribe(ctx, unsubscribe...); err != nil {
+					return fmt.Errorf("unsubscribe: %w", err)
+				}
+			}
+			if len(topics) > 0 {
+				subs := make([]client.Subscription, len(topics))
+				for i, t := range topics {
+					subs[i] = client.Subscription{Filter: t, QoS: byte(f.qos), NoLocal: noLocal,
+						RetainAsPublished: rap, RetainHandling: byte(retainHandling)}
+				}
+				var props client.Properties
+				if subscriptionID > 0 {
+					props.SubscriptionIDs = []uint32{subscriptionID}
+				}
+				codes, err := c.SubscribeWith(ctx, props, subs...)
+				if err != nil && codes == nil {
+					return fmt.Errorf("subscribe: %w", err)
+				}
+				denied := 0
+				for i, code := range codes {
+					if code.IsError() {
+						denied++
+						fmt.Fprintf(stdio.Err, "moat: subscription to %q refused: %s\n", topics[i], code)
+					}
+				}
+				if denied == len(codes) {
+					disconnect()
+					return errors.New("all subscription requests were denied")
+				}
+			}
+			if exitSub {
+				disconnect()
+				return nil
+			}
+
+			var expired <-chan time.Time
+			if timeout > 0 {
+				t := time.NewTimer(time.Duration(timeout) * time.Second)
+				defer t.Stop()
+				expired = t.C
+			}
+			out := bufio.NewWriter(stdio.Out)
+			defer out.Flush()
+			received := 0
+			for {
+				select {
+				case m, ok := <-c.Messages():
+					if !ok {
+						return fmt.Errorf("client stopped: %w", c.Err())
+					}
+					if (noRetained && m.Retain) || filtered(m.Topic, filterOut) {
+						c.Ack(m)
+						continue
+					}
+					if err := printMessage(out, m, f.json, verbose, noEOL); err != nil {
+						return err
+					}
+					received++
+					if m.QoS > 0 || len(c.Messages()) == 0 || (count > 0 && received >= count) {
+						if err := out.Flush(); err != nil {
+							return fmt.Errorf("writing output: %w", err)
+						}
+					}
+					c.Ack(m)
+					if count > 0 && received >= count {
+						disconnect()
+						return nil
+					}
+				case <-expired:
+					out.Flush()
+					disconnect()
+					fmt.Fprintln(stdio.Err, "Timed out")
+					return &exitError{exitTimedOut, fmt.Errorf("no more messages after -W %d seconds", timeout)}
+				case <-c.Done():
+					return fmt.Errorf("client stopped: %w", c.Err())
+				case <-ctx.Done():
+					out.Flush()
+					disconnect()
+					return nil
+				}
+			}
+		},
+	}
+	fl := cmd.Flags()
+	f.register(fl)
+	fl.StringArrayVarP(&topics, "topic", "t", nil, "topic filter to subscribe to (repeatable)")
+	fl.StringArrayVarP(&filterOut, "filter-out", "T", nil, "do not print messages matching this filter (repeatable)")
+	fl.StringArrayVarP(&unsubscribe, "unsubscribe", "U", nil, "unsubscribe from this filter first (repeatable; for -c sessions)")
+	fl.IntVarP(&count, "count", "C", 0, "exit after printing this many messages")
+	fl.IntVarP(&timeout, "timeout", "W", 0, "exit with status 27 after this many seconds")
+	fl.BoolVarP(&verbose, "verbose", "v", false, "print \"topic payload\"")
+	fl.BoolVarP(&noEOL, "no-eol", "N", false, "do not add a newline after the payload")
+	fl.BoolVarP(&noRetained, "no-retained", "R", false, "do not print retained (stale) messages")
+	fl.BoolVarP(&exitSub, "exit-after-sub", "E", false, "exit once the subscriptions are acknowledged")
+	fl.BoolVar(&noLocal, "nl", false, "MQTT 5 No Local: do not receive our own messages")
+	fl.BoolVar(&rap, "rap", false, "MQTT 5 Retain As Published")
+	fl.IntVar(&retainHandling, "retain-handling", 0, "MQTT 5 retain handling: 0 send, 1 only if new, 2 never")
+	fl.Uint32Var(&subscriptionID, "subscription-id", 0, "MQTT 5 subscription identifier")
+	return cmd
+}
+
+func filtered(t string, filters []string) bool {
+	for _, f := range filters {
+		if topic.MatchFilter(f, t) {
+			return true
+		}
+	}
+	return false
+}
+
+func printMessage(w *bufio.Writer, m *client.Message, asJSON, verbose, noEOL bool) error {
+	if asJSON {
+		return writeJSON(w, toJSON(m))
+	}
+	if verbose {
+		w.WriteString(m.Topic)
+		w.WriteByte(' ')
+	}
+	w.Write(m.Payload)
+	if !noEOL {
+		w.WriteByte('\n')
+	}
+	return nil
+}
