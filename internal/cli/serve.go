@@ -409,6 +409,7 @@ func tlsListenerConfig(l *config.Listener, zc *zeroConfig, log *slog.Logger) (tl
 	}
 	out.OCSP.Timeout = tc.OCSP.Timeout.D()
 	out.OCSP.CacheTTL = tc.OCSP.CacheTTL.D()
+	out.OCSP.LiveRecheck = tc.OCSP.Recheck.D()
 	var err error
 	if out.Identity.Username, err = tlsconf.ParseIdentitySource(tc.Identity.UsernameFrom); err != nil {
 		return out, fmt.Errorf("serve: listener %s: %w", l.Name, err)

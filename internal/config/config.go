@@ -240,13 +240,13 @@ type OCSP struct {
 	Mode string `json:"mode" yaml:"mode"`
 	// Timeout bounds one OCSP request. Default 5s.
 	Timeout Duration `json:"timeout" yaml:"timeout"`
-	// CacheTTL bounds how long an OCSP answer is reused (never past its
-	// nextUpdate). It is also how often connected clients are re-checked,
-	// so it is the longest a client revoked only through OCSP stays
-	// connected: lower it (e.g. 5s) for faster cut-off at the cost of more
-	// responder requests, or use CRLs, which act within a second. Default
-	// 1h.
+	// CacheTTL bounds how long an OCSP answer is reused for new
+	// handshakes (never past its nextUpdate). Default 1h.
 	CacheTTL Duration `json:"cache_ttl,omitempty" yaml:"cache_ttl"`
+	// Recheck is how often the certificate of a connected client is asked
+	// about again, so that an OCSP-only revocation ends its session within
+	// about this long. Default 5s.
+	Recheck Duration `json:"recheck,omitempty" yaml:"recheck"`
 }
 
 // Identity maps a verified client certificate to MQTT identities.

@@ -90,6 +90,13 @@ type OCSPConfig struct {
 	// until its nextUpdate or CacheTTL, whichever comes first, and live
 	// sessions are re-checked when their cached answer expires. Default 1h.
 	CacheTTL time.Duration
+	// LiveRecheck is how often the certificate of a connected client is
+	// asked about again, whatever the cache says, so that a revocation
+	// known only to the responder ends the session within about this
+	// long. At most 64 re-checks start per poll interval, so with many
+	// distinct certificates a full cycle takes longer. Default 5s;
+	// negative disables re-checks before the cache expires.
+	LiveRecheck time.Duration
 	// HTTPClient sends requests. Default: a client with no proxy and
 	// Timeout applied per request.
 	HTTPClient *http.Client
@@ -197,6 +204,7 @@ type ListenerConfig struct {
 const (
 	defaultOCSPTimeout    = 5 * time.Second
 	defaultOCSPCacheTTL   = time.Hour
+	defaultOCSPRecheck    = 5 * time.Second
 	defaultTicketRotation = time.Hour
 	defaultPollInterval   = time.Second
 	maxPollInterval       = 5 * time.Second

@@ -31,6 +31,7 @@ type ocspResult struct {
 	this      time.Time
 	next      time.Time
 	expires   time.Time // by the Manager's clock
+	fetched   time.Time // when the responder was asked, by the Manager's clock
 	err       error
 }
 
@@ -58,6 +59,28 @@ func (m *Manager) ocspTimeout() time.Duration {
 		return m.cfg.OCSP.Timeout
 	}
 	return defaultOCSPTimeout
+}
+
+// ocspRecheck is the live re-check period; 0 means "when the cache
+// expires".
+func (m *Manager) ocspRecheck() time.Duration {
+	switch r := m.cfg.OCSP.LiveRecheck; {
+	case r < 0:
+		return 0
+	case r > 0:
+		return r
+	}
+	return defaultOCSPRecheck
+}
+
+// fresh returns the cached result if it has not expired and was fetched
+// less than maxAge ago (maxAge 0: any age).
+func (o *ocspChecker) fresh(key string, now time.Time, maxAge time.Duration) *ocspResult {
+	r := o.cached(key, now)
+	if r == nil || (maxAge > 0 && now.Sub(r.fetched) >= maxAge) {
+		return nil
+	}
+	return r
 }
 
 func (m *Manager) ocspTTL() time.Duration {
@@ -103,6 +126,7 @@ func (o *ocspChecker) get(ctx context.Context, leaf, issuer *x509.Certificate) *
 		o.mu.Unlock()
 
 		r := o.query(ctx, leaf, issuer)
+		r.fetched = o.m.now()
 		o.mu.Lock()
 		o.cache[key] = r
 		delete(o.inflight, key)
@@ -110,6 +134,21 @@ func (o *ocspChecker) get(ctx context.Context, leaf, issuer *x509.Certificate) *
 		close(ch)
 		return r
 	}
+}
+
+// refresh asks the responder again regardless of the cache and stores the
+// answer only when there is one: a failed re-check must not replace a good
+// cached answer (new handshakes would otherwise fail closed on a passing
+// responder outage).
+func (o *ocspChecker) refresh(ctx context.Context, leaf, issuer *x509.Certificate) *ocspResult {
+	r := o.query(ctx, leaf, issuer)
+	r.fetched = o.m.now()
+	if r.err == nil {
+		o.mu.Lock()
+		o.cache[ocspKey(leaf, issuer)] = r
+		o.mu.Unlock()
+	}
+	return r
 }
 
 // forget drops the cached answer for a certificate.

@@ -162,3 +162,20 @@ func TestOCSPStapling(t *testing.T) {
 		t.Fatal("valid staple dropped on a failed refresh")
 	}
 }
+
+func TestOCSPLiveRecheckBeforeCacheExpiry(t *testing.T) {
+	e := newEnv(t, testcerts.P256)
+	r := testcerts.NewResponder(t, e.ca, true)
+	dev := e.ca.Issue(t, testcerts.Options{CN: "dev", OCSP: []string{r.URL}})
+	// A long cache, the default live re-check (5 s).
+	e.cfg.OCSP = OCSPConfig{Mode: OCSPFailClosed, Timeout: time.Second, CacheTTL: time.Hour}
+	m := e.manager(t)
+	srv := serve(t, m)
+	if _, err := roundTrip(t, srv.addr, clientConfig(e.ca, dev)); err != nil {
+		t.Fatal(err)
+	}
+	d := watchConn(t, m, serverPeer(t, srv))
+	r.Revoke(dev)
+	e.clock.Advance(6 * time.Second)
+	waitFor(t, "OCSP-revoked session dropped by the live re-check", 5*time.Second, func() bool { return d.get() == ReasonRevoked })
+}

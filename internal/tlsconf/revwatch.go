@@ -240,7 +240,7 @@ func (w *watcher) recheckOCSP(now time.Time) {
 		if len(jobs) >= maxOCSPRechecksPerTick {
 			break
 		}
-		if w.checking[key] || w.m.ocsp.cached(key, now) != nil {
+		if w.checking[key] || w.m.ocsp.fresh(key, now, w.m.ocspRecheck()) != nil {
 			continue
 		}
 		for _, e := range set {
@@ -252,7 +252,9 @@ func (w *watcher) recheckOCSP(now time.Time) {
 	w.mu.Unlock()
 	for _, j := range jobs {
 		started := w.m.spawn(func() {
-			r := w.m.ocsp.get(w.m.ctx, j.leaf, j.issuer)
+			// The cached answer is older than the re-check period (or
+			// gone): ask the responder again.
+			r := w.m.ocsp.refresh(w.m.ctx, j.leaf, j.issuer)
 			w.mu.Lock()
 			delete(w.checking, j.key)
 			var ids []uint64
