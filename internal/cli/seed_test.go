@@ -215,3 +215,40 @@ crlfile %s
 		t.Fatal("revoked device reconnected")
 	}
 }
+
+// TestSecureWebSocketIdentity checks that certificate identity works the
+// same over secure WebSocket as over TLS: the seed's TLS keys on a
+// `protocol websockets` listener, with Python paho connecting over wss.
+func TestSecureWebSocketIdentity(t *testing.T) {
+	needTool(t, "/usr/bin/python3")
+	dir := t.TempDir()
+	opensslSeedPKI(t, dir)
+	port := freePort(t)
+	writeFile(t, filepath.Join(dir, "mosquitto.conf"), fmt.Sprintf(`listener %d 127.0.0.1
+protocol websockets
+cafile %s
+certfile %s
+keyfile %s
+require_certificate true
+use_identity_as_username true
+`, port, filepath.Join(dir, "ca-cert.pem"), filepath.Join(dir, "broker-cert.pem"), filepath.Join(dir, "broker-key.pem")))
+	p := startMoat(t, dir, []int{port}, "-c", "mosquitto.conf")
+	out, err := run(t, 20*time.Second, "/usr/bin/python3", "testdata/paho_roundtrip.py",
+		"--host", "localhost", "--port", strconv.Itoa(port), "--transport", "websockets", "--version", "5",
+		"--client-id", "wss-device",
+		"--cafile", filepath.Join(dir, "ca-cert.pem"), "--cert", filepath.Join(dir, "client-cert.pem"), "--key", filepath.Join(dir, "client-key.pem"),
+		"--topic", "factory/wss", "--message", "over wss")
+	if err != nil || strings.TrimSpace(out) != "over wss" {
+		t.Fatalf("paho over wss: %v\n%s", err, out)
+	}
+	if !p.waitLog(t, "username=sensor-001") {
+		t.Error("the certificate CN is not the username on the secure WebSocket listener")
+	}
+	// Without a client certificate the TLS handshake fails.
+	out, err = run(t, 20*time.Second, "/usr/bin/python3", "testdata/paho_roundtrip.py",
+		"--host", "localhost", "--port", strconv.Itoa(port), "--transport", "websockets",
+		"--cafile", filepath.Join(dir, "ca-cert.pem"))
+	if err == nil {
+		t.Fatalf("connected over wss without a certificate: %s", out)
+	}
+}
