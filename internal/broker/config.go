@@ -20,6 +20,7 @@ const (
 	DefaultWriteTimeout      = 30 * time.Second
 	DefaultMaxOutboundBytes  = 4 << 20 // bytes of QoS 0 messages waiting in a connection's queue
 	DefaultMaxTopicLevels    = 128
+	DefaultMaxSubscriptions  = 10000
 )
 
 // Config configures a Server. The zero value is usable: zero fields take
@@ -35,6 +36,11 @@ type Config struct {
 	// accepted (mosquitto's message_size_limit). Default: none beyond
 	// MaxPacketSize.
 	MessageSizeLimit uint32
+
+	// MaxSubscriptions is the number of subscriptions one session may
+	// hold; beyond it SUBACK says Quota exceeded (0x97; 0x80 for 3.x).
+	// Default 10000.
+	MaxSubscriptions int
 
 	// MaxTopicLevels is the largest number of levels ('/'-separated parts)
 	// in a topic name or filter. Every level of a subscription or retained
@@ -135,6 +141,12 @@ func (c *Config) withDefaults() (Config, error) {
 	}
 	if cfg.MaxPacketSize < 64 {
 		errs = append(errs, fmt.Errorf("broker: MaxPacketSize %d is too small (minimum 64 bytes)", cfg.MaxPacketSize))
+	}
+	if cfg.MaxSubscriptions == 0 {
+		cfg.MaxSubscriptions = DefaultMaxSubscriptions
+	}
+	if cfg.MaxSubscriptions < 0 {
+		errs = append(errs, errors.New("broker: MaxSubscriptions must not be negative"))
 	}
 	if cfg.MaxTopicLevels == 0 {
 		cfg.MaxTopicLevels = DefaultMaxTopicLevels

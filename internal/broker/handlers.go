@@ -158,6 +158,15 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 			ID:                subID,
 		}
 		existed := s.index.Subscribe(sub)
+		if !existed && c.sess.subs.Add(1) > int64(s.cfg.MaxSubscriptions) {
+			// Every subscription costs index memory: a client cannot
+			// add them without bound.
+			s.index.Unsubscribe(sub.ClientID, sub.Group, sub.Filter)
+			c.sess.subs.Add(-1)
+			c.log.Info("broker: subscription refused: too many subscriptions", "filter", req.Filter, "max", s.cfg.MaxSubscriptions)
+			codes[i] = packet.QuotaExceeded
+			continue
+		}
 		codes[i] = packet.ReasonCode(sub.QoS)
 		// [MQTT-3.3.1-9..11] retained messages on subscribe; none for a
 		// shared subscription [MQTT 5.0 §4.8.2].
@@ -203,6 +212,8 @@ func (c *conn) handleUnsubscribe(p *packet.Unsubscribe) {
 		}
 		if !s.index.Unsubscribe(c.client.ClientID, group, filter) {
 			codes[i] = packet.NoSubscriptionExisted
+		} else {
+			c.sess.subs.Add(-1)
 		}
 	}
 	if c.version != packet.V5 {

@@ -204,3 +204,21 @@ func TestTopicDepthLimit(t *testing.T) {
 		t.Fatalf("CONNACK %v", ack.ReasonCode)
 	}
 }
+
+func TestSubscriptionQuota(t *testing.T) {
+	_, addr := testServer(t, Config{MaxSubscriptions: 2})
+	c := dialRaw(t, addr, packet.V5)
+	c.connect(v5connect("greedy"))
+	ack := subscribe(t, c, 1, packet.Subscription{Filter: "a"}, packet.Subscription{Filter: "b"}, packet.Subscription{Filter: "a"}, packet.Subscription{Filter: "c"})
+	want := []packet.ReasonCode{0, 0, 0, packet.QuotaExceeded}
+	for i := range want {
+		if ack.ReasonCodes[i] != want[i] {
+			t.Fatalf("SUBACK %v, want %v", ack.ReasonCodes, want)
+		}
+	}
+	c.send(&packet.Unsubscribe{PacketID: 2, Filters: []string{"a"}})
+	c.recv()
+	if ack := subscribe(t, c, 3, packet.Subscription{Filter: "c"}); ack.ReasonCodes[0] != 0 {
+		t.Fatalf("after unsubscribe: SUBACK %v", ack.ReasonCodes)
+	}
+}

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/moatmq/moat/internal/packet"
@@ -34,6 +35,10 @@ type session struct {
 	// inboundQoS2 holds packet identifiers of QoS 2 messages received from
 	// the client and routed, awaiting PUBREL [MQTT-4.3.3-10].
 	inboundQoS2 map[uint16]struct{}
+
+	// subs counts the session's subscriptions for MaxSubscriptions; only
+	// the session's current connection changes it.
+	subs atomic.Int64
 
 	// pendingResend counts in-flight messages that still have to be
 	// resent on the current connection: a reconnecting client may allow

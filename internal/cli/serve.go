@@ -326,6 +326,7 @@ func brokerConfig(cfg *config.Config, log *slog.Logger) (broker.Config, error) {
 		MaxQueued:                  lim.MaxQueuedMessages,
 		QueueQoS0:                  lim.QueueQoS0,
 		MaxTopicLevels:             lim.MaxTopicLevels,
+		MaxSubscriptions:           lim.MaxSubscriptions,
 		PersistentClientExpiration: cfg.Sessions.PersistentClientExpiration.D(),
 		RetainDisabled:             !cfg.RetainAvailable,
 		SysInterval:                cfg.SysInterval.D(),

@@ -314,6 +314,9 @@ type Limits struct {
 	// MaxQueuedBytes bounds queued bytes per client; 0 means no limit.
 	// Default 0.
 	MaxQueuedBytes Size `json:"max_queued_bytes" yaml:"max_queued_bytes"`
+	// MaxSubscriptions is the number of subscriptions one client session
+	// may hold. Default 10000; mosquitto.conf has no equivalent.
+	MaxSubscriptions int `json:"max_subscriptions" yaml:"max_subscriptions"`
 	// MaxTopicLevels is the largest number of '/'-separated levels in a
 	// topic name or filter (each level costs the broker an index node).
 	// Default 128; mosquitto.conf has no equivalent.
@@ -409,6 +412,7 @@ func defaultLimits() Limits {
 		MaxInflight:       20,
 		MaxQueuedMessages: 1000,
 		MaxTopicLevels:    128,
+		MaxSubscriptions:  10000,
 	}
 }
 
