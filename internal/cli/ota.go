@@ -106,6 +106,7 @@ func newOTAPublish(stdio Stdio) *cobra.Command {
 				return err
 			}
 			var sealer e2e.Sealer
+			keyGroup := "raw key"
 			if kf.rawKey != "" {
 				if sealer, err = loadRawKey(kf.rawKey); err != nil {
 					return err
@@ -119,9 +120,7 @@ func newOTAPublish(stdio Stdio) *cobra.Command {
 				if err != nil {
 					return fmt.Errorf("ota publish: %w (hint: create a key group covering %q with member %s as a writer, then fetch its bundle)", err, topic, m.id)
 				}
-				if group != "" && sk.Group() != group {
-					return fmt.Errorf("ota publish: topic %q is covered by key group %q, not %q", topic, sk.Group(), group)
-				}
+				keyGroup = sk.Group()
 				if sealer, err = m.sealer(nil, 0); err != nil {
 					return err
 				}
@@ -154,14 +153,14 @@ func newOTAPublish(stdio Stdio) *cobra.Command {
 			if err := c.Disconnect(dctx); err != nil {
 				return fmt.Errorf("ota publish: disconnecting: %w", err)
 			}
-			fmt.Fprintf(stdio.Out, "published %s %s (%d bytes, %d chunks, sha256 %x) on %s\n", name, version, len(fw), len(msgs)-1, sha256.Sum256(fw), topic)
+			fmt.Fprintf(stdio.Out, "published %s %s (%d bytes, %d chunks, sha256 %x) on %s, encrypted with %s\n", name, version, len(fw), len(msgs)-1, sha256.Sum256(fw), topic, keyGroup)
 			return nil
 		},
 	}
 	fl := cmd.Flags()
 	f.register(fl)
 	kf.register(cmd)
-	fl.StringVar(&group, "group", "", "device group: the topic is ota/GROUP/NAME; with --keys, the key group covering it must be GROUP")
+	fl.StringVar(&group, "group", "", "device group: the topic is ota/GROUP/NAME (a key group must cover it)")
 	fl.StringVar(&name, "name", "", "firmware name (default: FIRMWARE's base name without extension)")
 	fl.StringVar(&version, "version", "", "firmware version, dotted decimal (e.g. 1.4.2)")
 	fl.StringVar(&topic, "topic", "", "publish on this topic instead of ota/GROUP/NAME")
