@@ -42,6 +42,12 @@ func (f *mqttFlags) register(fs *pflag.FlagSet, what string) {
 	fs.StringVar(&f.clientID, "mqtt-client-id", "", "MQTT client ID (default: assigned by the broker)")
 }
 
+// secure reports whether the URL asks for TLS.
+func (f *mqttFlags) secure() bool {
+	u, err := url.Parse(f.url)
+	return err == nil && (u.Scheme == "mqtts" || u.Scheme == "wss")
+}
+
 // config builds the client configuration.
 func (f *mqttFlags) config() (client.Config, error) {
 	var cfg client.Config

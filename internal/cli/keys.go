@@ -515,11 +515,15 @@ DIR/member (the member ID), DIR/member.key, DIR/bundle, DIR/service-key.`,
 				if svc, err = readServicePin(pinFile); err != nil {
 					return err
 				}
-				if mf.cert == "" && mf.key == "" {
-					mf.cert, mf.key = certFile, keyFile
-				}
-				if mf.cafile == "" {
-					mf.cafile = caFile
+				// Over TLS, the member's certificate and CA serve the
+				// broker connection too unless --mqtt-* says otherwise.
+				if mf.secure() {
+					if mf.cert == "" && mf.key == "" {
+						mf.cert, mf.key = certFile, keyFile
+					}
+					if mf.cafile == "" {
+						mf.cafile = caFile
+					}
 				}
 				if raw, err = keysFetchMQTT(cmd.Context(), &mf, memberID, timeout); err != nil {
 					return err
