@@ -32,8 +32,7 @@ type e2eFlags struct {
 	keyUpdates bool
 }
 
-// registerSeal adds the publisher's flags; mode is the name of the group
-// mode flag ("encrypt").
+// registerSeal adds the publisher's flags (moat pub).
 func (f *e2eFlags) registerSeal(fs *pflag.FlagSet) {
 	fs.BoolVar(&f.group, "encrypt", false, "encrypt end to end with the key group covering the topic (needs --keys DIR)")
 	f.registerCommon(fs)
@@ -41,7 +40,7 @@ func (f *e2eFlags) registerSeal(fs *pflag.FlagSet) {
 	fs.StringVar(&f.signKey, "sign-key", "", "private key (PEM) of --sign-cert")
 }
 
-// registerOpen adds the subscriber's flags.
+// registerOpen adds the subscriber's flags (moat sub).
 func (f *e2eFlags) registerOpen(fs *pflag.FlagSet) {
 	fs.BoolVar(&f.group, "decrypt", false, "decrypt end-to-end encrypted messages (needs --keys DIR); messages that do not open are reported on stderr, never printed")
 	f.registerCommon(fs)
@@ -187,7 +186,8 @@ func (f *e2eFlags) opener() (*payloadOpener, error) {
 	return o, nil
 }
 
-// loadRawKey reads a raw key file, warning-free but strict about its mode.
+// loadRawKey reads a raw key file; it refuses a file that group or
+// others can read.
 func loadRawKey(path string) (*e2e.RawKey, error) {
 	fi, err := os.Stat(path)
 	if err != nil {

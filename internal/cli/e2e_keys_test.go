@@ -2,13 +2,20 @@ package cli
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
+	"errors"
+	"log/slog"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/moatmq/moat/e2e"
+	"github.com/moatmq/moat/e2e/keyservice"
 	"github.com/moatmq/moat/internal/broker"
 )
 
@@ -133,4 +140,93 @@ func TestE2EKeyFlowOverMQTT(t *testing.T) {
 	if e := received(psPubUntil(t, sub, pub)); e.Epoch != 2 {
 		t.Fatalf("message after rotation: %+v", e)
 	}
+}
+
+// flakyPublisher fails its first failures publications, then records
+// topics.
+type flakyPublisher struct {
+	mu       sync.Mutex
+	failures int
+	topics   []string
+}
+
+func (p *flakyPublisher) Publish(_ context.Context, topic string, _ []byte, retain bool) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !retain {
+		return errors.New("bundle not retained")
+	}
+	if p.failures > 0 {
+		p.failures--
+		return errors.New("broker unavailable")
+	}
+	p.topics = append(p.topics, topic)
+	return nil
+}
+
+func (p *flakyPublisher) published() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.topics)
+}
+
+func TestPublishBundlesLoop(t *testing.T) {
+	kek := make([]byte, 32)
+	rand.Read(kek)
+	lk, _ := keyservice.NewLocalKEK(kek)
+	ch := newBundleChanges()
+	s, err := keyservice.Open(keyservice.Config{Path: filepath.Join(t.TempDir(), "keys.db"), KEK: lk,
+		Logger: slog.New(slog.DiscardHandler), OnChange: ch.add})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	s.CreateGroup("g", "a/#", 0)
+	for _, id := range []string{"m1", "m2", "unregistered"} {
+		s.AddMember("g", id, keyservice.Reader)
+	}
+	for _, id := range []string{"m1", "m2"} {
+		mk, _ := e2e.GenerateMemberKey(e2e.KEMX25519)
+		if err := s.Register(id, mk.Public()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ch.take() // the changes made above; the loop starts with "all"
+	ch.requeue(true, nil)
+	p := &flakyPublisher{failures: 1}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { publishBundlesLoop(ctx, s, p, ch, slog.New(slog.DiscardHandler), 10*time.Millisecond); close(done) }()
+	defer func() { cancel(); <-done }()
+	// waitCounts waits until each member's bundle was published at least
+	// the given number of times.
+	waitCounts := func(m1, m2 int) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+			n := map[string]int{}
+			for _, topic := range p.published() {
+				n[topic]++
+			}
+			if n["$moat/keys/m1"] >= m1 && n["$moat/keys/m2"] >= m2 {
+				if n["$moat/keys/unregistered"] > 0 {
+					t.Fatal("bundle published for a member without a registered key")
+				}
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("published %v, want m1 %d and m2 %d times", p.published(), m1, m2)
+			}
+		}
+	}
+	// The first attempt fails for m1; the retry publishes both again.
+	waitCounts(1, 1)
+	// A rotation changes every member's bundle.
+	if _, err := s.Rotate("g"); err != nil {
+		t.Fatal(err)
+	}
+	waitCounts(2, 2)
+	// A registration changes one.
+	mk, _ := e2e.GenerateMemberKey(e2e.KEMX25519)
+	s.Register("m2", mk.Public())
+	waitCounts(2, 3)
 }
