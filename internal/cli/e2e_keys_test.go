@@ -196,7 +196,10 @@ func TestPublishBundlesLoop(t *testing.T) {
 	p := &flakyPublisher{failures: 1}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { publishBundlesLoop(ctx, s, p, ch, slog.New(slog.DiscardHandler), 10*time.Millisecond); close(done) }()
+	go func() {
+		publishBundlesLoop(ctx, s, p, ch, slog.New(slog.DiscardHandler), 10*time.Millisecond)
+		close(done)
+	}()
 	defer func() { cancel(); <-done }()
 	// waitCounts waits until each member's bundle was published at least
 	// the given number of times.
