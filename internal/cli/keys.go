@@ -18,6 +18,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/moatmq/moat/client"
 	"github.com/moatmq/moat/e2e"
 	"github.com/moatmq/moat/e2e/keyservice"
 	"github.com/spf13/cobra"
@@ -32,6 +33,7 @@ type keyStoreFlags struct {
 	kekFile        string
 	passphraseFile string
 	grace          time.Duration
+	onChange       func(members []string) // keyservice.Config.OnChange
 }
 
 func (f *keyStoreFlags) register(cmd *cobra.Command) {
@@ -42,7 +44,7 @@ func (f *keyStoreFlags) register(cmd *cobra.Command) {
 }
 
 func (f *keyStoreFlags) open(logger *slog.Logger) (*keyservice.Service, error) {
-	cfg := keyservice.Config{Path: filepath.Join(f.data, "keys.db"), Grace: f.grace, Logger: logger}
+	cfg := keyservice.Config{Path: filepath.Join(f.data, "keys.db"), Grace: f.grace, Logger: logger, OnChange: f.onChange}
 	pass := os.Getenv(envKeysPassphrase)
 	switch {
 	case f.kekFile != "" && (f.passphraseFile != "" || pass != ""):
@@ -296,10 +298,18 @@ func keysDuration(d time.Duration) string {
 func newKeysServe(stdio Stdio, sf *keyStoreFlags, logger *slog.Logger) *cobra.Command {
 	var listen, certFile, keyFile, clientCA string
 	var checkEvery time.Duration
+	var mf mqttFlags
 	cmd := &cobra.Command{
-		Use:   "serve --cert FILE --key FILE --client-ca FILE",
-		Short: "Serve key registration and bundles over mutual-TLS HTTPS",
-		Args:  cobra.NoArgs,
+		Use:   "serve --cert FILE --key FILE --client-ca FILE [--mqtt URL]",
+		Short: "Serve key registration and bundles over mutual-TLS HTTPS (and publish bundles over MQTT)",
+		Long: `serve answers members' registrations and bundle downloads over HTTPS with
+mutual TLS, and rotates epochs on their schedules. With --mqtt URL it also
+publishes every registered member's bundle, retained and at QoS 1, on the
+member's topic $moat/keys/<member>: all of them at start, then each one
+whenever it changes (registration, rotation). A bundle is sealed to its
+member and signed by the service, so it is safe on any channel; restrict
+the topics with broker ACLs as defence in depth.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if certFile == "" || keyFile == "" || clientCA == "" {
 				return errors.New("keys serve: --cert, --key and --client-ca are required (members authenticate with client certificates)")
@@ -315,6 +325,15 @@ func newKeysServe(stdio Stdio, sf *keyStoreFlags, logger *slog.Logger) *cobra.Co
 			pool := x509.NewCertPool()
 			if !pool.AppendCertsFromPEM(caPEM) {
 				return fmt.Errorf("keys serve: %s holds no PEM certificate", clientCA)
+			}
+			var mqttCfg client.Config
+			var changes *bundleChanges
+			if mf.url != "" {
+				if mqttCfg, err = mf.config(); err != nil {
+					return fmt.Errorf("keys serve: %w", err)
+				}
+				changes = newBundleChanges()
+				sf.onChange = changes.add
 			}
 			s, err := sf.open(logger)
 			if err != nil {
@@ -342,6 +361,32 @@ func newKeysServe(stdio Stdio, sf *keyStoreFlags, logger *slog.Logger) *cobra.Co
 			defer cancel()
 			rotDone := make(chan struct{})
 			go func() { defer close(rotDone); s.Run(ctx, checkEvery) }()
+			if changes != nil {
+				mqttCfg.Reconnect = client.ReconnectPolicy{Enabled: true, MinDelay: time.Second, MaxDelay: 30 * time.Second}
+				mqttCfg.OnConnectionLost = func(_ *client.Client, err error) {
+					logger.Warn("keys: MQTT connection lost; reconnecting", "err", err)
+				}
+				mc, err := client.Dial(ctx, mqttCfg)
+				if err != nil {
+					ln.Close()
+					cancel()
+					<-rotDone
+					return fmt.Errorf("keys serve: connecting to %s: %w", mf.url, err)
+				}
+				defer mc.Close()
+				pubDone := make(chan struct{})
+				go func() {
+					defer close(pubDone)
+					publishBundlesLoop(ctx, s, mqttPublisher{mc}, changes, logger, 5*time.Second)
+				}()
+				defer func() {
+					<-pubDone
+					dctx, dcancel := context.WithTimeout(context.Background(), 5*time.Second)
+					mc.Disconnect(dctx)
+					dcancel()
+				}()
+				fmt.Fprintf(stdio.Err, "moat keys: publishing bundles on %s\n", mf.url)
+			}
 			fmt.Fprintf(stdio.Err, "moat keys: serving on https://%s (service key ID %x)\n", ln.Addr(), e2e.ServiceKeyID(s.PublicKey()))
 			errc := make(chan error, 1)
 			go func() { errc <- srv.ServeTLS(ln, "", "") }()
@@ -366,89 +411,228 @@ func newKeysServe(stdio Stdio, sf *keyStoreFlags, logger *slog.Logger) *cobra.Co
 	cmd.Flags().StringVar(&keyFile, "key", "", "server private key (PEM)")
 	cmd.Flags().StringVar(&clientCA, "client-ca", "", "CA certificates that issue member client certificates (PEM)")
 	cmd.Flags().DurationVar(&checkEvery, "check-every", time.Minute, "how often scheduled rotations and expired epochs are checked")
+	mf.register(cmd.Flags(), "also publish each member's bundle (retained, QoS 1, on $moat/keys/<member>)")
 	return cmd
 }
 
 func newKeysFetch(stdio Stdio) *cobra.Command {
-	var server, certFile, keyFile, caFile, memberKeyFile, kemName, out, pinFile string
+	var server, certFile, keyFile, caFile, memberKeyFile, kemName, out, pinFile, dir, memberID string
+	var timeout time.Duration
+	var mf mqttFlags
 	cmd := &cobra.Command{
-		Use:   "fetch --server URL --cert FILE --key FILE --ca FILE --member-key FILE --out FILE",
-		Short: "Register this member's HPKE key and download its key bundle",
-		Long: `fetch authenticates to the key service with the member's client
-certificate, registers the member's HPKE public key (the private key is
-created in --member-key, mode 0600, when the file does not exist), downloads
+		Use:   "fetch {--server URL | --mqtt URL} {--dir DIR | --member-key FILE --out FILE} [flags]",
+		Short: "Register this member's HPKE key and download its key bundle (HTTPS or MQTT)",
+		Long: `fetch over HTTPS (--server) authenticates to the key service with the
+member's client certificate, registers the member's HPKE public key (the
+private key is created, mode 0600, when the file does not exist), downloads
 the member's key bundle, checks its signature and that it decrypts, and
-writes it to --out. The service's signing key is pinned in --service-key:
-written on first use, checked on every later fetch.`,
+writes it. The service's signing key is pinned: written on first use,
+checked on every later fetch.
+
+fetch over MQTT (--mqtt) takes the bundle that "moat keys serve --mqtt"
+published retained on the member's topic $moat/keys/<member>, checks it
+against the pinned service key and the member key, and writes it when it is
+newer than the one held. It does not register: run fetch --server once
+first (and again whenever the member key changes).
+
+--dir DIR keeps everything in one member key directory, the one moat pub
+--encrypt, moat sub --decrypt and moat ota take with --keys DIR:
+DIR/member (the member ID), DIR/member.key, DIR/bundle, DIR/service-key.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			for name, v := range map[string]string{"--server": server, "--cert": certFile, "--key": keyFile, "--ca": caFile, "--member-key": memberKeyFile, "--out": out} {
-				if v == "" {
-					return fmt.Errorf("keys fetch: %s is required", name)
+			if (server == "") == (mf.url == "") {
+				return errors.New("keys fetch: give either --server URL (HTTPS: register and download) or --mqtt URL (take the bundle published on $moat/keys/<member>)")
+			}
+			if dir != "" {
+				if memberKeyFile != "" || out != "" || pinFile != "" {
+					return errors.New("keys fetch: --dir sets the files; do not combine it with --member-key, --out or --service-key")
 				}
+				if err := os.MkdirAll(dir, 0o700); err != nil {
+					return fmt.Errorf("keys fetch: %w", err)
+				}
+				memberKeyFile = filepath.Join(dir, memberKeyName)
+				out = filepath.Join(dir, memberBundle)
+				pinFile = filepath.Join(dir, memberPinFile)
 			}
-			cert, err := tls.LoadX509KeyPair(certFile, keyFile)
-			if err != nil {
-				return fmt.Errorf("keys fetch: loading client certificate: %w", err)
-			}
-			leaf, err := x509.ParseCertificate(cert.Certificate[0])
-			if err != nil {
-				return fmt.Errorf("keys fetch: %w", err)
-			}
-			id := e2e.CertIdentity(leaf)
-			caPEM, err := os.ReadFile(caFile)
-			if err != nil {
-				return fmt.Errorf("keys fetch: reading CA: %w", err)
-			}
-			pool := x509.NewCertPool()
-			if !pool.AppendCertsFromPEM(caPEM) {
-				return fmt.Errorf("keys fetch: %s holds no PEM certificate", caFile)
-			}
-			mk, err := keysMemberKey(memberKeyFile, kemName)
-			if err != nil {
-				return err
-			}
-			tr := &http.Transport{TLSClientConfig: &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, MinVersion: tls.VersionTLS12}}
-			defer tr.CloseIdleConnections()
-			cl := &keyservice.Client{BaseURL: strings.TrimRight(server, "/"), HTTPClient: &http.Client{Transport: tr, Timeout: 30 * time.Second}}
-			ctx := cmd.Context()
-			svc, err := cl.ServiceKey(ctx)
-			if err != nil {
-				return err
+			if memberKeyFile == "" || out == "" {
+				return errors.New("keys fetch: give --dir DIR, or --member-key FILE and --out FILE")
 			}
 			if pinFile == "" {
 				pinFile = out + ".service-key"
 			}
-			if err := keysCheckPin(pinFile, svc); err != nil {
-				return err
+			// The member ID: the identity of the client certificate, else
+			// --member, else DIR/member.
+			var cert tls.Certificate
+			if certFile != "" || keyFile != "" {
+				var err error
+				if cert, err = tls.LoadX509KeyPair(certFile, keyFile); err != nil {
+					return fmt.Errorf("keys fetch: loading client certificate: %w", err)
+				}
+				leaf, err := x509.ParseCertificate(cert.Certificate[0])
+				if err != nil {
+					return fmt.Errorf("keys fetch: %w", err)
+				}
+				id := e2e.CertIdentity(leaf)
+				if memberID != "" && memberID != id {
+					return fmt.Errorf("keys fetch: --member %q differs from the certificate's identity %q", memberID, id)
+				}
+				memberID = id
 			}
-			if err := cl.Register(ctx, mk.Public()); err != nil {
-				return err
+			if memberID == "" && dir != "" {
+				if b, err := os.ReadFile(filepath.Join(dir, memberIDFile)); err == nil {
+					memberID = strings.TrimSpace(string(b))
+				}
 			}
-			raw, err := cl.Bundle(ctx)
-			if err != nil {
-				return err
+			var (
+				raw []byte
+				svc ed25519.PublicKey
+				mk  *e2e.MemberKey
+				err error
+			)
+			if server != "" {
+				if certFile == "" || caFile == "" {
+					return errors.New("keys fetch: --server needs --cert, --key (the member's client certificate) and --ca")
+				}
+				if mk, err = keysMemberKey(memberKeyFile, kemName); err != nil {
+					return err
+				}
+				if raw, svc, err = keysFetchHTTPS(cmd.Context(), server, cert, caFile, mk, pinFile); err != nil {
+					return err
+				}
+			} else {
+				if memberID == "" {
+					return errors.New("keys fetch: --mqtt needs the member ID: --cert/--key, --member ID, or a --dir written by an earlier fetch --server")
+				}
+				kb, err := os.ReadFile(memberKeyFile)
+				if err != nil {
+					return fmt.Errorf("keys fetch: reading member key (register first with `moat keys fetch --server URL`): %w", err)
+				}
+				mk, err = e2e.ParseMemberKeyPEM(kb)
+				clear(kb)
+				if err != nil {
+					return err
+				}
+				if svc, err = readServicePin(pinFile); err != nil {
+					return err
+				}
+				// Over TLS, the member's certificate and CA serve the
+				// broker connection too unless --mqtt-* says otherwise.
+				if mf.secure() {
+					if mf.cert == "" && mf.key == "" {
+						mf.cert, mf.key = certFile, keyFile
+					}
+					if mf.cafile == "" {
+						mf.cafile = caFile
+					}
+				}
+				if raw, err = keysFetchMQTT(cmd.Context(), &mf, memberID, timeout); err != nil {
+					return err
+				}
 			}
-			b, err := e2e.OpenBundle(raw, mk, id, svc)
+			b, err := e2e.OpenBundle(raw, mk, memberID, svc)
 			if err != nil {
 				return fmt.Errorf("keys fetch: %w", err)
+			}
+			if old, err := os.ReadFile(out); err == nil {
+				if ob, err := e2e.OpenBundle(old, mk, memberID, svc); err == nil && ob.Serial >= b.Serial {
+					fmt.Fprintf(stdio.Out, "member %s: bundle %d is not newer than %s (bundle %d); kept\n", memberID, b.Serial, out, ob.Serial)
+					return nil
+				}
 			}
 			if err := keysWriteFile(out, raw, 0o600); err != nil {
 				return err
 			}
-			fmt.Fprintf(stdio.Out, "member %s: bundle %d with %d epoch keys and %d sender keys written to %s\n", id, b.Serial, len(b.EpochKeys), len(b.SenderKeys), out)
+			if dir != "" {
+				if err := keysWriteFile(filepath.Join(dir, memberIDFile), []byte(memberID+"\n"), 0o644); err != nil {
+					return err
+				}
+			}
+			fmt.Fprintf(stdio.Out, "member %s: bundle %d with %d epoch keys and %d sender keys written to %s\n", memberID, b.Serial, len(b.EpochKeys), len(b.SenderKeys), out)
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&server, "server", "", "key service URL, e.g. https://keys.example:8443")
-	cmd.Flags().StringVar(&certFile, "cert", "", "member client certificate (PEM); its identity is the member ID")
-	cmd.Flags().StringVar(&keyFile, "key", "", "member client private key (PEM)")
-	cmd.Flags().StringVar(&caFile, "ca", "", "CA that issued the key service's certificate (PEM)")
-	cmd.Flags().StringVar(&memberKeyFile, "member-key", "", "member HPKE private key file (created when absent)")
-	cmd.Flags().StringVar(&kemName, "kem", "mlkem768x25519", "KEM of a new member key: mlkem768x25519, x25519 or p256")
-	cmd.Flags().StringVar(&out, "out", "", "file to write the key bundle to")
-	cmd.Flags().StringVar(&pinFile, "service-key", "", "pinned service signing key (default OUT.service-key)")
+	fl := cmd.Flags()
+	fl.StringVar(&server, "server", "", "key service URL, e.g. https://keys.example:8443")
+	fl.StringVar(&certFile, "cert", "", "member client certificate (PEM); its identity is the member ID")
+	fl.StringVar(&keyFile, "key", "", "member client private key (PEM)")
+	fl.StringVar(&caFile, "ca", "", "CA that issued the key service's certificate (PEM); also the broker's for --mqtt unless --mqtt-cafile")
+	fl.StringVar(&dir, "dir", "", "member key `DIR`: member ID, member key, bundle and pinned service key (for --keys DIR of pub, sub and ota)")
+	fl.StringVar(&memberKeyFile, "member-key", "", "member HPKE private key file (created when absent)")
+	fl.StringVar(&kemName, "kem", "mlkem768x25519", "KEM of a new member key: mlkem768x25519, x25519 or p256")
+	fl.StringVar(&out, "out", "", "file to write the key bundle to")
+	fl.StringVar(&pinFile, "service-key", "", "pinned service signing key (default OUT.service-key)")
+	fl.StringVar(&memberID, "member", "", "member ID for --mqtt without --cert (default: from --dir)")
+	fl.DurationVar(&timeout, "timeout", 30*time.Second, "--mqtt: how long to wait for the bundle")
+	mf.register(fl, "take the bundle")
 	return cmd
+}
+
+// keysFetchHTTPS pins the service key, registers mk and downloads the
+// bundle.
+func keysFetchHTTPS(ctx context.Context, server string, cert tls.Certificate, caFile string, mk *e2e.MemberKey, pinFile string) ([]byte, ed25519.PublicKey, error) {
+	caPEM, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, nil, fmt.Errorf("keys fetch: reading CA: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return nil, nil, fmt.Errorf("keys fetch: %s holds no PEM certificate", caFile)
+	}
+	tr := &http.Transport{TLSClientConfig: &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, MinVersion: tls.VersionTLS12}}
+	defer tr.CloseIdleConnections()
+	cl := &keyservice.Client{BaseURL: strings.TrimRight(server, "/"), HTTPClient: &http.Client{Transport: tr, Timeout: 30 * time.Second}}
+	svc, err := cl.ServiceKey(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := keysCheckPin(pinFile, svc); err != nil {
+		return nil, nil, err
+	}
+	if err := cl.Register(ctx, mk.Public()); err != nil {
+		return nil, nil, err
+	}
+	raw, err := cl.Bundle(ctx)
+	return raw, svc, err
+}
+
+// keysFetchMQTT waits for the retained bundle on the member's topic.
+func keysFetchMQTT(ctx context.Context, mf *mqttFlags, member string, timeout time.Duration) ([]byte, error) {
+	cfg, err := mf.config()
+	if err != nil {
+		return nil, fmt.Errorf("keys fetch: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	c, err := client.Dial(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("keys fetch: connecting to %s: %w", mf.url, err)
+	}
+	defer func() {
+		dctx, dcancel := context.WithTimeout(context.Background(), 5*time.Second)
+		c.Disconnect(dctx)
+		dcancel()
+	}()
+	topic := keyservice.BundleTopic(member)
+	codes, err := c.Subscribe(ctx, client.Subscription{Filter: topic, QoS: 1})
+	if err != nil {
+		return nil, fmt.Errorf("keys fetch: subscribing to %s: %w", topic, err)
+	}
+	if len(codes) == 1 && codes[0].IsError() {
+		return nil, fmt.Errorf("keys fetch: subscription to %s refused: %s (hint: the broker's ACL must let the member read its bundle topic)", topic, codes[0])
+	}
+	for {
+		select {
+		case m, ok := <-c.Messages():
+			if !ok {
+				return nil, fmt.Errorf("keys fetch: %w", c.Err())
+			}
+			if m.Topic == topic && len(m.Payload) > 0 {
+				return m.Payload, nil
+			}
+		case <-ctx.Done():
+			return nil, fmt.Errorf("keys fetch: no bundle on %s within %s (hint: is `moat keys serve --mqtt` running, and has the member registered with `moat keys fetch --server`?)", topic, timeout)
+		}
+	}
 }
 
 func keysMemberKey(path, kemName string) (*e2e.MemberKey, error) {

@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/moatmq/moat/client"
+	"github.com/moatmq/moat/e2e"
 	"github.com/moatmq/moat/internal/packet"
 )
 
@@ -25,6 +26,7 @@ const pubWindow = 1024
 func newPubCmd(stdio Stdio) *cobra.Command {
 	var (
 		f                     clientFlags
+		ef                    e2eFlags
 		topic, message, file  string
 		lines, null, stdinMsg bool
 		retain                bool
@@ -41,7 +43,12 @@ func newPubCmd(stdio Stdio) *cobra.Command {
 Flags follow mosquitto_pub. The password comes from --password-file FILE or the
 ` + passwordEnv + ` environment variable (-P works but leaks it to other local users).
 TLS is used with --cafile, --capath, --cert, --tls or port 8883 (default port 8883 then,
-1883 otherwise). The default protocol is MQTT 5 (-V 311 for 3.1.1, mosquitto's default).`,
+1883 otherwise). The default protocol is MQTT 5 (-V 311 for 3.1.1, mosquitto's default).
+
+End-to-end encryption: --encrypt --keys DIR seals every message with the key
+group covering the topic (DIR from ` + "`moat keys fetch --dir DIR`" + `), optionally
+signed with --sign-cert/--sign-key; --raw-key FILE uses the seed's raw AES-GCM
+format. An empty message (-n) is sent as is: it clears a retained message.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg, urlTopic, err := f.config(cmd.Flags(), stdio)
@@ -103,13 +110,22 @@ TLS is used with --cafile, --capath, --cert, --tls or port 8883 (default port 88
 				payload = []byte(message)
 			}
 
+			block := uint64(repeat)
+			if lines {
+				block = 0
+			}
+			sealer, _, err := ef.sealer(block)
+			if err != nil {
+				return err
+			}
+
 			ctx := cmd.Context()
 			c, err := client.Dial(ctx, cfg)
 			if err != nil {
 				return connectHint(err, cfg)
 			}
 			defer c.Close()
-			p := &publisher{c: c, stdio: stdio, json: f.json}
+			p := &publisher{c: c, stdio: stdio, json: f.json, sealer: sealer}
 			if lines {
 				err = p.lines(ctx, base)
 			} else {
@@ -125,7 +141,9 @@ TLS is used with --cafile, --capath, --cert, --tls or port 8883 (default port 88
 						}
 					}
 					m := base
-					m.Payload = payload
+					if m.Payload, err = p.seal(m.Topic, payload); err != nil {
+						continue
+					}
 					err = p.report(&m, c.Publish(ctx, &m))
 				}
 			}
@@ -139,6 +157,7 @@ TLS is used with --cafile, --capath, --cert, --tls or port 8883 (default port 88
 	}
 	fl := cmd.Flags()
 	f.register(fl)
+	ef.registerSeal(fl)
 	fl.StringVarP(&topic, "topic", "t", "", "topic to publish to")
 	fl.StringVarP(&message, "message", "m", "", "message payload")
 	fl.StringVarP(&file, "file", "f", "", "send the contents of FILE as the message")
@@ -155,9 +174,28 @@ TLS is used with --cafile, --capath, --cert, --tls or port 8883 (default port 88
 }
 
 type publisher struct {
-	c     *client.Client
-	stdio Stdio
-	json  bool
+	c      *client.Client
+	stdio  Stdio
+	json   bool
+	sealer e2e.Sealer // nil: payloads are sent as given
+}
+
+// seal encrypts a payload when end-to-end encryption is on. Every
+// message is sealed on its own (fresh sequence number and nonce), also
+// repeated ones. An empty payload stays empty: it clears a retained
+// message and carries nothing to protect.
+func (p *publisher) seal(topic string, payload []byte) ([]byte, error) {
+	if p.sealer == nil || len(payload) == 0 {
+		return payload, nil
+	}
+	out, err := p.sealer.Seal(topic, payload)
+	if errors.Is(err, e2e.ErrNoKey) {
+		return nil, fmt.Errorf("%w (hint: no key group in --keys covers %q for this member as a writer; check `moat keys status` and fetch a fresh bundle)", err, topic)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("encrypting for %q: %w", topic, err)
+	}
+	return out, nil
 }
 
 // lines publishes each non-empty line of standard input, keeping up to
@@ -183,7 +221,12 @@ func (p *publisher) lines(ctx context.Context, base client.Message) error {
 			continue
 		}
 		m := base
-		m.Payload = append([]byte(nil), line...)
+		payload, err := p.seal(m.Topic, append([]byte(nil), line...))
+		if err != nil {
+			firstErr = err
+			break
+		}
+		m.Payload = payload
 		queue = append(queue, pending{&m, p.c.PublishAsync(ctx, &m)})
 		if len(queue) >= pubWindow {
 			wait(queue[0])

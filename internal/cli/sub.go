@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/moatmq/moat/client"
+	"github.com/moatmq/moat/e2e"
 	"github.com/moatmq/moat/internal/packet"
 	"github.com/moatmq/moat/internal/topic"
 )
@@ -22,6 +23,7 @@ const exitTimedOut = 27
 func newSubCmd(stdio Stdio) *cobra.Command {
 	var (
 		f                   clientFlags
+		ef                  e2eFlags
 		topics, filterOut   []string
 		unsubscribe         []string
 		count, timeout      int
@@ -38,7 +40,14 @@ func newSubCmd(stdio Stdio) *cobra.Command {
 "topic payload", with --json one JSON object per line (payload as a string when it is
 UTF-8, payload_base64 otherwise; MQTT 5 properties included). Flags follow mosquitto_sub;
 the client reconnects when the connection drops. The password comes from --password-file
-FILE or the ` + passwordEnv + ` environment variable. Exit status 27 when -W expires.`,
+FILE or the ` + passwordEnv + ` environment variable. Exit status 27 when -W expires.
+
+End-to-end encryption: --decrypt --keys DIR opens messages sealed by moat pub
+--encrypt (DIR from ` + "`moat keys fetch --dir DIR`" + `); it also follows the member's key
+bundle topic and applies newer bundles (--key-updates=false to stop that).
+--trust FILE and --require-signature check senders' signatures; --raw-key FILE
+opens the seed's raw AES-GCM format. A message that does not decrypt or verify
+is reported on stderr and never printed.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg, urlTopic, err := f.config(cmd.Flags(), stdio)
@@ -59,6 +68,11 @@ FILE or the ` + passwordEnv + ` environment variable. Exit status 27 when -W exp
 					return fmt.Errorf("topic filter %q: %v", t, err)
 				}
 			}
+			opener, err := ef.opener()
+			if err != nil {
+				return err
+			}
+			bundleTopic := opener.bundleTopic()
 			// A message is acknowledged once it is printed, so that with -c
 			// the broker keeps what -C left unprinted.
 			cfg.ManualAck = true
@@ -88,6 +102,9 @@ FILE or the ` + passwordEnv + ` environment variable. Exit status 27 when -W exp
 					subs[i] = client.Subscription{Filter: t, QoS: byte(f.qos), NoLocal: noLocal,
 						RetainAsPublished: rap, RetainHandling: byte(retainHandling)}
 				}
+				if bundleTopic != "" {
+					subs = append(subs, client.Subscription{Filter: bundleTopic, QoS: 1})
+				}
 				var props client.Properties
 				if subscriptionID > 0 {
 					props.SubscriptionIDs = []uint32{subscriptionID}
@@ -98,12 +115,16 @@ FILE or the ` + passwordEnv + ` environment variable. Exit status 27 when -W exp
 				}
 				denied := 0
 				for i, code := range codes {
-					if code.IsError() {
+					switch {
+					case !code.IsError():
+					case i < len(topics):
 						denied++
 						fmt.Fprintf(stdio.Err, "moat: subscription to %q refused: %s\n", topics[i], code)
+					default:
+						fmt.Fprintf(stdio.Err, "moat: warning: subscription to the key bundle topic %q refused (%s): key updates will not arrive\n", bundleTopic, code)
 					}
 				}
-				if denied == len(codes) {
+				if denied >= len(topics) {
 					disconnect()
 					return errors.New("all subscription requests were denied")
 				}
@@ -128,11 +149,27 @@ FILE or the ` + passwordEnv + ` environment variable. Exit status 27 when -W exp
 					if !ok {
 						return fmt.Errorf("client stopped: %w", c.Err())
 					}
+					if bundleTopic != "" && m.Topic == bundleTopic {
+						applyBundleMessage(stdio, opener.members, m)
+						c.Ack(m)
+						continue
+					}
 					if (noRetained && m.Retain) || filtered(m.Topic, filterOut) {
 						c.Ack(m)
 						continue
 					}
-					if err := printMessage(out, m, f.json, verbose, noEOL); err != nil {
+					if opener != nil {
+						em, err := opener.open(m)
+						if err != nil {
+							// Never print what did not open: report and drop it.
+							fmt.Fprintf(stdio.Err, "moat: message on %q refused: %v\n", m.Topic, err)
+							c.Ack(m)
+							continue
+						}
+						if err := printOpened(out, m, em, f.json, verbose, noEOL); err != nil {
+							return err
+						}
+					} else if err := printMessage(out, m, f.json, verbose, noEOL); err != nil {
 						return err
 					}
 					received++
@@ -163,6 +200,7 @@ FILE or the ` + passwordEnv + ` environment variable. Exit status 27 when -W exp
 	}
 	fl := cmd.Flags()
 	f.register(fl)
+	ef.registerOpen(fl)
 	fl.StringArrayVarP(&topics, "topic", "t", nil, "topic filter to subscribe to (repeatable)")
 	fl.StringArrayVarP(&filterOut, "filter-out", "T", nil, "do not print messages matching this filter (repeatable)")
 	fl.StringArrayVarP(&unsubscribe, "unsubscribe", "U", nil, "unsubscribe from this filter first (repeatable; for -c sessions)")
@@ -201,4 +239,52 @@ func printMessage(w *bufio.Writer, m *client.Message, asJSON, verbose, noEOL boo
 		w.WriteByte('\n')
 	}
 	return nil
+}
+
+// jsonE2E describes how a printed message was protected (--json).
+type jsonE2E struct {
+	Mode   string `json:"mode"` // "group" or "raw"
+	Group  string `json:"group,omitempty"`
+	Epoch  uint64 `json:"epoch,omitempty"`
+	Sender string `json:"sender,omitempty"`
+	Seq    uint64 `json:"seq,omitempty"`
+	Time   string `json:"time,omitempty"`
+	Signer string `json:"signer,omitempty"` // verified signer's identity
+}
+
+// printOpened prints a decrypted message like printMessage, with the
+// plaintext as its payload; --json adds an "e2e" object.
+func printOpened(w *bufio.Writer, m *client.Message, em *e2e.Message, asJSON, verbose, noEOL bool) error {
+	dm := *m
+	dm.Payload = em.Plaintext
+	if !asJSON {
+		return printMessage(w, &dm, false, verbose, noEOL)
+	}
+	info := &jsonE2E{Mode: "raw"}
+	if em.Group != "" {
+		info = &jsonE2E{Mode: "group", Group: em.Group, Epoch: em.Epoch, Sender: em.Sender, Seq: em.Seq,
+			Time: em.Time.UTC().Format(time.RFC3339Nano)}
+		if em.Signer != nil {
+			info.Signer = e2e.CertIdentity(em.Signer)
+		}
+	}
+	return writeJSON(w, struct {
+		*jsonMessage
+		E2E *jsonE2E `json:"e2e"`
+	}{toJSON(&dm), info})
+}
+
+// applyBundleMessage applies a key bundle received on the member's bundle
+// topic and reports the outcome on stderr.
+func applyBundleMessage(stdio Stdio, keys *memberKeys, m *client.Message) {
+	if len(m.Payload) == 0 {
+		return
+	}
+	u, err := keys.applyBundle(m.Payload)
+	switch {
+	case err != nil:
+		fmt.Fprintf(stdio.Err, "moat: key bundle on %q refused: %v\n", m.Topic, err)
+	case u.applied:
+		fmt.Fprintf(stdio.Err, "moat: key bundle %d applied (%d epoch keys, %d sender keys)\n", u.serial, u.epochs, u.senders)
+	}
 }
