@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,29 +18,11 @@ import (
 	"github.com/moatmq/moat/internal/pki"
 )
 
-// lockedBuffer is a bytes.Buffer safe for concurrent writers and readers.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // moat runs the command line in-process and returns stdout, stderr and
 // the exit status.
 func moat(t *testing.T, args ...string) (string, string, int) {
 	t.Helper()
-	var out, errb lockedBuffer
+	var out, errb syncBuffer
 	code := Main(context.Background(), args, Stdio{In: strings.NewReader(""), Out: &out, Err: &errb})
 	return out.String(), errb.String(), code
 }
@@ -172,7 +153,7 @@ var addrRE = regexp.MustCompile(`http=(\S+) https=(\S+)`)
 func startCAServe(t *testing.T, dir string) (string, string) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	var out, errb lockedBuffer
+	var out, errb syncBuffer
 	done := make(chan int, 1)
 	go func() {
 		done <- Main(ctx, []string{"ca", "serve", "--dir", dir, "--http", "127.0.0.1:0", "--https", "127.0.0.1:0"}, Stdio{In: strings.NewReader(""), Out: &out, Err: &errb})

@@ -21,8 +21,8 @@ import (
 
 // e2eRunAsync runs the moat command line in a goroutine; the returned
 // buffer shows its stderr while it runs.
-func e2eRunAsync(ctx context.Context, args ...string) (*psSyncBuffer, <-chan psResult) {
-	var out, errb psSyncBuffer
+func e2eRunAsync(ctx context.Context, args ...string) (*syncBuffer, <-chan psResult) {
+	var out, errb syncBuffer
 	ch := make(chan psResult, 1)
 	go func() {
 		code := Main(ctx, args, Stdio{In: strings.NewReader(""), Out: &out, Err: &errb})
@@ -32,7 +32,7 @@ func e2eRunAsync(ctx context.Context, args ...string) (*psSyncBuffer, <-chan psR
 }
 
 // e2eWaitFor polls buf until it contains want.
-func e2eWaitFor(t *testing.T, buf *psSyncBuffer, want string) string {
+func e2eWaitFor(t *testing.T, buf *syncBuffer, want string) string {
 	t.Helper()
 	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 		if s := buf.String(); strings.Contains(s, want) {
@@ -74,7 +74,7 @@ func TestE2EKeyFlowOverMQTT(t *testing.T) {
 	keys("member", "add", "temps", "sensor-1", "--role", "writer")
 	keys("member", "add", "temps", "platform", "--role", "reader")
 
-	serve := func() (func(), string, *psSyncBuffer) {
+	serve := func() (func(), string, *syncBuffer) {
 		t.Helper()
 		sctx, cancel := context.WithCancel(ctx)
 		errb, done := e2eRunAsync(sctx, append([]string{"keys", "serve", "--listen", "127.0.0.1:0", "--cert", pem("server.pem"), "--key", pem("server.key"),

@@ -19,7 +19,7 @@ import (
 // otaStartReceive runs moat ota receive and waits until it has subscribed.
 func otaStartReceive(t *testing.T, ctx context.Context, args ...string) <-chan psResult {
 	t.Helper()
-	var out, errb psSyncBuffer
+	var out, errb syncBuffer
 	ch := make(chan psResult, 1)
 	go func() {
 		code := Main(ctx, append([]string{"ota", "receive"}, args...), Stdio{In: strings.NewReader(""), Out: &out, Err: &errb})

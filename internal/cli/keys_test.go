@@ -15,31 +15,11 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/moatmq/moat/e2e"
 )
-
-type keysSyncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *keysSyncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *keysSyncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
-
-func keysRunMoat(t *testing.T, args ...string) (string, string, int) {
-	t.Helper()
-	var out, errb bytes.Buffer
-	code := Main(context.Background(), args, Stdio{In: strings.NewReader(""), Out: &out, Err: &errb})
-	return out.String(), errb.String(), code
-}
 
 // keysWriteTestPKI writes a CA, a server certificate for 127.0.0.1 and client
 // certificates for the given common names into dir.
@@ -89,7 +69,7 @@ func TestKeysCommands(t *testing.T) {
 	data := filepath.Join(dir, "keys")
 	store := []string{"--data", data, "--kek-file", kek}
 	keys := func(args ...string) (string, string, int) {
-		return keysRunMoat(t, append(append([]string{"keys"}, args...), store...)...)
+		return moat(t, append(append([]string{"keys"}, args...), store...)...)
 	}
 	mustOK := func(out, errs string, code int) string {
 		t.Helper()
@@ -98,7 +78,7 @@ func TestKeysCommands(t *testing.T) {
 		}
 		return out
 	}
-	mustOK(keysRunMoat(t, "keys", "genkek", kek))
+	mustOK(moat(t, "keys", "genkek", kek))
 	if fi, _ := os.Stat(kek); fi.Mode().Perm() != 0o600 {
 		t.Fatalf("KEK file mode %v", fi.Mode().Perm())
 	}
@@ -109,13 +89,13 @@ func TestKeysCommands(t *testing.T) {
 	if out := mustOK(keys("group", "list")); !strings.Contains(out, "factory/+/temp") || !strings.Contains(out, "office/+/co2") {
 		t.Fatalf("list: %s", out)
 	}
-	if _, errs, code := keysRunMoat(t, "keys", "status", "--data", data); code == 0 || !strings.Contains(errs, "--kek-file") {
+	if _, errs, code := moat(t, "keys", "status", "--data", data); code == 0 || !strings.Contains(errs, "--kek-file") {
 		t.Fatalf("missing KEK not explained: %s", errs)
 	}
 
 	// Serve on a free port and fetch bundles for two members.
 	ctx, cancel := context.WithCancel(context.Background())
-	serveErr := &keysSyncBuffer{}
+	serveErr := &syncBuffer{}
 	done := make(chan int)
 	go func() {
 		args := append([]string{"keys", "serve", "--listen", "127.0.0.1:0", "--cert", filepath.Join(dir, "server.pem"),
@@ -141,7 +121,7 @@ func TestKeysCommands(t *testing.T) {
 		t.Helper()
 		mk := filepath.Join(dir, id+".member")
 		out := filepath.Join(dir, id+".bundle")
-		mustOK(keysRunMoat(t, "keys", "fetch", "--server", url, "--cert", filepath.Join(dir, id+".pem"), "--key", filepath.Join(dir, id+".key"),
+		mustOK(moat(t, "keys", "fetch", "--server", url, "--cert", filepath.Join(dir, id+".pem"), "--key", filepath.Join(dir, id+".key"),
 			"--ca", filepath.Join(dir, "ca.pem"), "--member-key", mk, "--kem", kem, "--out", out))
 		kb, _ := os.ReadFile(mk)
 		k, err := e2e.ParseMemberKeyPEM(kb)
@@ -195,7 +175,7 @@ func TestKeysCommands(t *testing.T) {
 		t.Fatalf("remove: %s", out)
 	}
 	kek2 := filepath.Join(dir, "kek2")
-	mustOK(keysRunMoat(t, "keys", "genkek", kek2))
+	mustOK(moat(t, "keys", "genkek", kek2))
 	mustOK(keys("rekek", "--new-kek-file", kek2))
 	store = []string{"--data", data, "--kek-file", kek2}
 	out := mustOK(keys("status", "temps"))

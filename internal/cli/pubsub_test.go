@@ -20,7 +20,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -30,24 +29,6 @@ import (
 	"github.com/moatmq/moat/internal/packet"
 )
 
-// psSyncBuffer is a bytes.Buffer safe for a command goroutine and the test.
-type psSyncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *psSyncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *psSyncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 type psResult struct {
 	code     int
 	out, err string
@@ -55,7 +36,7 @@ type psResult struct {
 
 // psRun runs the moat command line with stdin.
 func psRun(ctx context.Context, stdin string, args ...string) psResult {
-	var out, errb psSyncBuffer
+	var out, errb syncBuffer
 	code := Main(ctx, args, Stdio{In: strings.NewReader(stdin), Out: &out, Err: &errb})
 	return psResult{code, out.String(), errb.String()}
 }
@@ -594,7 +575,7 @@ func psStartMosquittoConf(t *testing.T, bin string, conf func(port string) strin
 	cf := filepath.Join(t.TempDir(), "mosquitto.conf")
 	os.WriteFile(cf, []byte(c), 0o600)
 	cmd := exec.Command(bin, "-c", cf)
-	var log psSyncBuffer
+	var log syncBuffer
 	cmd.Stderr = &log
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
