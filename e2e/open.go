@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"crypto/sha256"
 	"crypto/subtle"
 	"crypto/x509"
 	"errors"
@@ -66,6 +65,7 @@ type OpenerConfig struct {
 // replay window per sender. It is safe for concurrent use.
 type GroupOpener struct {
 	cfg    OpenerConfig
+	topics topicChecks // validated topic names and their topic checks
 	mu     sync.Mutex
 	replay map[string]*window
 }
@@ -126,7 +126,8 @@ func (o *GroupOpener) OpenRetained(topic string, msg []byte) (*Message, error) {
 }
 
 func (o *GroupOpener) open(topic string, msg []byte, maxAge time.Duration, replay bool) (*Message, error) {
-	if err := ValidTopic(topic); err != nil {
+	tc, err := o.topics.check(topic)
+	if err != nil {
 		return nil, err
 	}
 	protected, ct, err := format.ParseEncrypt0(msg)
@@ -140,8 +141,7 @@ func (o *GroupOpener) open(topic string, msg []byte, maxAge time.Duration, repla
 	if len(ct) < tagSize {
 		return nil, wrapf(ErrMalformed, "ciphertext shorter than the GCM tag")
 	}
-	tc := sha256.Sum256([]byte(topic))
-	if subtle.ConstantTimeCompare(tc[:format.TopicCheckLen], h.TopicCheck) != 1 {
+	if subtle.ConstantTimeCompare(tc[:], h.TopicCheck) != 1 {
 		return nil, wrapf(ErrWrongTopic, "message was sealed for another topic than %q", topic)
 	}
 	var key *SenderKey

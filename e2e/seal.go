@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"sync"
@@ -59,6 +58,7 @@ type SealerConfig struct {
 // concurrent use.
 type GroupSealer struct {
 	cfg     SealerConfig
+	topics  topicChecks // validated topic names and their topic checks
 	mu      sync.Mutex
 	streams map[string]*seqBlock
 }
@@ -115,7 +115,8 @@ func (s *GroupSealer) nextSeq(stream string) (uint64, error) {
 // Seal encrypts plaintext for topic, a full topic name (never an alias),
 // with the current key of the group that covers it.
 func (s *GroupSealer) Seal(topic string, plaintext []byte) ([]byte, error) {
-	if err := ValidTopic(topic); err != nil {
+	tc, err := s.topics.check(topic)
+	if err != nil {
 		return nil, err
 	}
 	key, err := s.cfg.Keys.SendKey(topic, s.cfg.Sender)
@@ -135,12 +136,17 @@ func (s *GroupSealer) Seal(topic string, plaintext []byte) ([]byte, error) {
 		}
 		ct = format.ContentTypeSign1
 	}
-	return sealWith(key, topic, seq, ms, ct, plaintext), nil
+	return seal(key, topic, &tc, seq, ms, ct, plaintext), nil
 }
 
 // sealWith builds the COSE_Encrypt0 for one message.
 func sealWith(key *SenderKey, topic string, seq uint64, ms int64, contentType uint64, plaintext []byte) []byte {
-	tc := sha256.Sum256([]byte(topic))
+	tc := computeTopicCheck(topic)
+	return seal(key, topic, &tc, seq, ms, contentType, plaintext)
+}
+
+// seal is sealWith given the topic check of topic.
+func seal(key *SenderKey, topic string, tc *topicCheck, seq uint64, ms int64, contentType uint64, plaintext []byte) []byte {
 	h := format.Header{
 		ContentType: contentType,
 		Sender:      []byte(key.sender),
@@ -148,7 +154,7 @@ func sealWith(key *SenderKey, topic string, seq uint64, ms int64, contentType ui
 		Group:       []byte(key.group),
 		Epoch:       key.epoch,
 		TimeMillis:  ms,
-		TopicCheck:  tc[:format.TopicCheckLen],
+		TopicCheck:  tc[:],
 	}
 	var hbuf [160]byte
 	protected := format.AppendHeader(hbuf[:0], &h)
