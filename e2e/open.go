@@ -162,7 +162,14 @@ func (o *GroupOpener) open(topic string, msg []byte, maxAge time.Duration, repla
 		return nil, wrapf(ErrWrongTopic, "group %q (filter %q) does not cover topic %q", group, key.filter, topic)
 	}
 	sc := scratchPool.Get().(*scratch)
-	aad := appendEncAAD(sc.aad[:0], protected, topic, group, h.Epoch, sender)
+	var aad []byte
+	if key.epoch == h.Epoch {
+		aad = appendKeyAAD(sc.aad[:0], protected, topic, key)
+	} else {
+		// Only a custom OpenKeys can return a key of another epoch than
+		// the one asked for; the header's epoch is bound, as always.
+		aad = appendEncAAD(sc.aad[:0], protected, topic, group, h.Epoch, sender)
+	}
 	key.nonce(&sc.nonce, h.Seq)
 	pt, err := key.aead.Open(nil, sc.nonce[:], ct, aad)
 	scratchPool.Put(sc)

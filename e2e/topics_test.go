@@ -1,10 +1,12 @@
 package e2e
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestTopicChecks(t *testing.T) {
@@ -38,5 +40,57 @@ func TestTopicChecks(t *testing.T) {
 		if n > topicCacheEntries {
 			t.Fatalf("cache grew to %d entries (bound %d)", n, topicCacheEntries)
 		}
+	}
+}
+
+// TestAppendKeyAAD checks the fast AAD builder against the reference one
+// for topic names of every length class.
+func TestAppendKeyAAD(t *testing.T) {
+	for _, sender := range []string{"s", strings.Repeat("s", 24), strings.Repeat("s", 255)} {
+		for _, epoch := range []uint64{0, 24, 1 << 40} {
+			ek, err := NewEpochKey("temps", "#", epoch, testSecret(1), nil, time.Time{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			key, err := ek.SenderKey(sender)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, n := range []int{1, 23, 24, 255, 256, 65535} {
+				topic := strings.Repeat("t", n)
+				protected := []byte{0xa0}
+				want := appendEncAAD(nil, protected, topic, key.group, key.epoch, key.sender)
+				if got := appendKeyAAD(nil, protected, topic, key); !bytes.Equal(got, want) {
+					t.Fatalf("sender %d bytes, epoch %d, topic %d bytes: got %x, want %x", len(sender), epoch, n, got, want)
+				}
+			}
+		}
+	}
+}
+
+// otherEpochKeys is an OpenKeys that answers every request with one key,
+// whatever epoch was asked for.
+type otherEpochKeys struct{ key *SenderKey }
+
+func (k otherEpochKeys) OpenKey(string, uint64, string) (*SenderKey, error) { return k.key, nil }
+
+// TestOpenBindsHeaderEpoch checks that the associated data carries the
+// epoch of the header even when a custom OpenKeys returns a key labelled
+// with another epoch (same key material).
+func TestOpenBindsHeaderEpoch(t *testing.T) {
+	ek, _ := NewEpochKey("temps", "factory/#", 5, testSecret(1), nil, time.Time{})
+	sealKey, _ := ek.SenderKey("sensor-1")
+	msg := sealWith(sealKey, "factory/a", 1, t0.UnixMilli(), 0, []byte("x"))
+	other, err := NewSenderKey("temps", "factory/#", 6, "sensor-1", sealKey.Material(), time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, err := NewGroupOpener(OpenerConfig{Keys: otherEpochKeys{other}, Now: func() time.Time { return t0 }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := o.Open("factory/a", msg)
+	if err != nil || string(m.Plaintext) != "x" || m.Epoch != 5 {
+		t.Fatalf("Open = %+v, %v", m, err)
 	}
 }
