@@ -99,7 +99,8 @@ func AppendHeader(b []byte, h *Header) []byte {
 // ParseHeader decodes a protected header. Every field but the content type
 // is required; unknown labels are refused.
 func ParseHeader(b []byte) (Header, error) {
-	if h, ok := parseHeaderFast(b); ok {
+	var h Header
+	if parseHeaderFast(b, &h) {
 		return h, nil
 	}
 	return parseHeaderStrict(b)

@@ -112,66 +112,61 @@ const (
 )
 
 // parseHeaderFast decodes a protected header of the one shape ParseHeader
-// accepts. ok is false whenever the input is anything else; it is never
-// true where parseHeaderStrict would fail.
-func parseHeaderFast(b []byte) (h Header, ok bool) {
-	if len(b) == 0 {
-		return h, false
+// accepts into *h, which must be the zero Header. It returns false, with
+// *h in an unspecified state, whenever the input is anything else; it
+// never returns true where parseHeaderStrict would fail.
+func parseHeaderFast(b []byte, h *Header) bool {
+	// A map of 7 pairs (0xa7), or of 8 (0xa8) when the content type is
+	// present.
+	if len(b) == 0 || (b[0] != 0xa7 && b[0] != 0xa8) {
+		return false
 	}
-	var off int
-	switch b[0] {
-	case 0xa7: // map of 7 pairs: no content type
-		off = 1
-	case 0xa8: // map of 8 pairs: the content type is present
-		off = 1
-	default:
-		return h, false
-	}
-	if off, ok = fastLabel(b, off, encAlgA256GCM); !ok {
-		return h, false
+	off, ok := fastLabel(b, 1, encAlgA256GCM)
+	if !ok {
+		return false
 	}
 	if b[0] == 0xa8 {
 		if off, ok = fastLabel(b, off, encContentType); !ok {
-			return h, false
+			return false
 		}
 		h.ContentType = ContentTypeSign1
 	}
 	if off, ok = fastLabel(b, off, encKID); !ok {
-		return h, false
+		return false
 	}
 	if h.Sender, off, ok = fastBytes(b, off, MaxSenderID); !ok || len(h.Sender) == 0 {
-		return Header{}, false
+		return false
 	}
 	if off, ok = fastLabel(b, off, encPartialIV); !ok {
-		return Header{}, false
+		return false
 	}
 	piv, off, ok := fastBytes(b, off, MaxPartialIV)
 	if !ok || len(piv) == 0 || (len(piv) > 1 && piv[0] == 0) {
-		return Header{}, false
+		return false
 	}
 	for _, c := range piv {
 		h.Seq = h.Seq<<8 | uint64(c)
 	}
 	if off, ok = fastLabel(b, off, encKIDContext); !ok {
-		return Header{}, false
+		return false
 	}
 	if h.Group, off, ok = fastBytes(b, off, MaxGroup); !ok || len(h.Group) == 0 || !validUTF8(h.Group) {
-		return Header{}, false
+		return false
 	}
 	if off, ok = fastLabel(b, off, encEpoch); !ok {
-		return Header{}, false
+		return false
 	}
 	major, arg, off, ok := fastHead(b, off)
 	if !ok || major != majorUint {
-		return Header{}, false
+		return false
 	}
 	h.Epoch = arg
 	if off, ok = fastLabel(b, off, encTime); !ok {
-		return Header{}, false
+		return false
 	}
 	major, arg, off, ok = fastHead(b, off)
 	if !ok || arg > math.MaxInt64 {
-		return Header{}, false
+		return false
 	}
 	switch major {
 	case majorUint:
@@ -179,18 +174,18 @@ func parseHeaderFast(b []byte) (h Header, ok bool) {
 	case majorNint:
 		h.TimeMillis = -1 - int64(arg)
 	default:
-		return Header{}, false
+		return false
 	}
 	if off, ok = fastLabel(b, off, encTopicCheck); !ok {
-		return Header{}, false
+		return false
 	}
 	if h.TopicCheck, off, ok = fastBytes(b, off, TopicCheckLen); !ok || len(h.TopicCheck) != TopicCheckLen {
-		return Header{}, false
+		return false
 	}
 	if off != len(b) {
-		return Header{}, false
+		return false
 	}
-	return h, true
+	return true
 }
 
 // parseEncrypt0Fast splits a tagged COSE_Encrypt0 with an empty
