@@ -126,7 +126,7 @@ func (o *GroupOpener) OpenRetained(topic string, msg []byte) (*Message, error) {
 }
 
 func (o *GroupOpener) open(topic string, msg []byte, maxAge time.Duration, replay bool) (*Message, error) {
-	tc, err := o.topics.check(topic)
+	ti, err := o.topics.check(topic)
 	if err != nil {
 		return nil, err
 	}
@@ -141,7 +141,7 @@ func (o *GroupOpener) open(topic string, msg []byte, maxAge time.Duration, repla
 	if len(ct) < tagSize {
 		return nil, wrapf(ErrMalformed, "ciphertext shorter than the GCM tag")
 	}
-	if subtle.ConstantTimeCompare(tc[:], h.TopicCheck) != 1 {
+	if subtle.ConstantTimeCompare(ti.check[:], h.TopicCheck) != 1 {
 		return nil, wrapf(ErrWrongTopic, "message was sealed for another topic than %q", topic)
 	}
 	var key *SenderKey
@@ -158,7 +158,7 @@ func (o *GroupOpener) open(topic string, msg []byte, maxAge time.Duration, repla
 	if !key.notAfter.IsZero() && now.After(key.notAfter) {
 		return nil, wrapf(ErrUnknownEpoch, "group %q epoch %d was retired at %s", group, h.Epoch, key.notAfter.UTC().Format(time.RFC3339))
 	}
-	if !MatchTopic(key.filter, topic) {
+	if !o.topics.match(ti, key.filter, topic) { // MatchTopic, remembered
 		return nil, wrapf(ErrWrongTopic, "group %q (filter %q) does not cover topic %q", group, key.filter, topic)
 	}
 	sc := scratchPool.Get().(*scratch)

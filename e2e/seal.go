@@ -115,7 +115,7 @@ func (s *GroupSealer) nextSeq(stream string) (uint64, error) {
 // Seal encrypts plaintext for topic, a full topic name (never an alias),
 // with the current key of the group that covers it.
 func (s *GroupSealer) Seal(topic string, plaintext []byte) ([]byte, error) {
-	tc, err := s.topics.check(topic)
+	ti, err := s.topics.check(topic)
 	if err != nil {
 		return nil, err
 	}
@@ -136,7 +136,7 @@ func (s *GroupSealer) Seal(topic string, plaintext []byte) ([]byte, error) {
 		}
 		ct = format.ContentTypeSign1
 	}
-	return seal(key, topic, &tc, seq, ms, ct, plaintext), nil
+	return seal(key, topic, &ti.check, seq, ms, ct, plaintext), nil
 }
 
 // sealWith builds the COSE_Encrypt0 for one message.

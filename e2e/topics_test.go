@@ -14,8 +14,8 @@ func TestTopicChecks(t *testing.T) {
 	for round := 0; round < 2; round++ { // the second round hits the cache
 		for _, topic := range []string{"a", "factory/line1/temp", strings.Repeat("x", topicCacheMaxLen), strings.Repeat("y", topicCacheMaxLen+1)} {
 			got, err := c.check(topic)
-			if err != nil || got != computeTopicCheck(topic) {
-				t.Fatalf("round %d: check(%.20q) = %x, %v", round, topic, got, err)
+			if err != nil || got.check != computeTopicCheck(topic) {
+				t.Fatalf("round %d: check(%.20q) = %x, %v", round, topic, got.check, err)
 			}
 		}
 		for _, topic := range []string{"", "a/+", "a/#", "a\x00", "\xff"} {
@@ -31,14 +31,36 @@ func TestTopicChecks(t *testing.T) {
 	c.mu.Unlock()
 	for i := range 3 * topicCacheEntries {
 		topic := fmt.Sprintf("t/%d", i)
-		if got, err := c.check(topic); err != nil || got != computeTopicCheck(topic) {
-			t.Fatalf("check(%q) = %x, %v", topic, got, err)
+		if got, err := c.check(topic); err != nil || got.check != computeTopicCheck(topic) {
+			t.Fatalf("check(%q) = %x, %v", topic, got.check, err)
 		}
 		c.mu.Lock()
 		n := len(c.m)
 		c.mu.Unlock()
 		if n > topicCacheEntries {
 			t.Fatalf("cache grew to %d entries (bound %d)", n, topicCacheEntries)
+		}
+	}
+}
+
+// TestTopicMatchMemo checks that the remembered filter match is always
+// MatchTopic of the filter asked about, as filters change.
+func TestTopicMatchMemo(t *testing.T) {
+	var c topicChecks
+	long := strings.Repeat("z", topicCacheMaxLen+1)
+	for _, topic := range []string{"factory/a/temp", "factory/a", long} {
+		for range 2 {
+			for _, filter := range []string{"factory/+/temp", "factory/#", "other/#", "#", "factory/+/temp", "factory/a/temp", "+"} {
+				for range 2 { // the second time may come from the memo
+					info, err := c.check(topic)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if got, want := c.match(info, filter, topic), MatchTopic(filter, topic); got != want {
+						t.Fatalf("match(%q, %.20q) = %v, want %v", filter, topic, got, want)
+					}
+				}
+			}
 		}
 	}
 }
