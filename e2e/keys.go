@@ -124,6 +124,9 @@ type SenderKey struct {
 	aead          cipher.AEAD
 	notAfter      time.Time
 	stream        string // group NUL sender: the sequence and replay stream
+	// aadTail is the end of the external AAD, the same for every message
+	// under this key: group, epoch and sender (see appendKeyAAD).
+	aadTail []byte
 }
 
 // NewSenderKey returns a sender key from its KeySize+12 bytes of key
@@ -156,6 +159,9 @@ func newSenderKey(group, filter string, epoch uint64, sender string, material []
 	sk := &SenderKey{group: group, filter: filter, epoch: epoch, sender: sender, aead: aead, notAfter: notAfter, stream: group + "\x00" + sender}
 	copy(sk.material[:], material)
 	copy(sk.iv[:], material[KeySize:])
+	sk.aadTail = format.AppendText(nil, group)
+	sk.aadTail = format.AppendUint(sk.aadTail, epoch)
+	sk.aadTail = format.AppendBytes(sk.aadTail, []byte(sender))
 	return sk, nil
 }
 

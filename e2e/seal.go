@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"sync"
@@ -59,6 +58,7 @@ type SealerConfig struct {
 // concurrent use.
 type GroupSealer struct {
 	cfg     SealerConfig
+	topics  topicChecks // validated topic names and their topic checks
 	mu      sync.Mutex
 	streams map[string]*seqBlock
 }
@@ -115,7 +115,8 @@ func (s *GroupSealer) nextSeq(stream string) (uint64, error) {
 // Seal encrypts plaintext for topic, a full topic name (never an alias),
 // with the current key of the group that covers it.
 func (s *GroupSealer) Seal(topic string, plaintext []byte) ([]byte, error) {
-	if err := ValidTopic(topic); err != nil {
+	ti, err := s.topics.check(topic)
+	if err != nil {
 		return nil, err
 	}
 	key, err := s.cfg.Keys.SendKey(topic, s.cfg.Sender)
@@ -135,12 +136,17 @@ func (s *GroupSealer) Seal(topic string, plaintext []byte) ([]byte, error) {
 		}
 		ct = format.ContentTypeSign1
 	}
-	return sealWith(key, topic, seq, ms, ct, plaintext), nil
+	return seal(key, topic, &ti.check, seq, ms, ct, plaintext), nil
 }
 
 // sealWith builds the COSE_Encrypt0 for one message.
 func sealWith(key *SenderKey, topic string, seq uint64, ms int64, contentType uint64, plaintext []byte) []byte {
-	tc := sha256.Sum256([]byte(topic))
+	tc := computeTopicCheck(topic)
+	return seal(key, topic, &tc, seq, ms, contentType, plaintext)
+}
+
+// seal is sealWith given the topic check of topic.
+func seal(key *SenderKey, topic string, tc *topicCheck, seq uint64, ms int64, contentType uint64, plaintext []byte) []byte {
 	h := format.Header{
 		ContentType: contentType,
 		Sender:      []byte(key.sender),
@@ -148,13 +154,13 @@ func sealWith(key *SenderKey, topic string, seq uint64, ms int64, contentType ui
 		Group:       []byte(key.group),
 		Epoch:       key.epoch,
 		TimeMillis:  ms,
-		TopicCheck:  tc[:format.TopicCheckLen],
+		TopicCheck:  tc[:],
 	}
 	var hbuf [160]byte
 	protected := format.AppendHeader(hbuf[:0], &h)
 	sc := scratchPool.Get().(*scratch)
 	defer scratchPool.Put(sc)
-	aad := appendEncAAD(sc.aad[:0], protected, topic, key.group, key.epoch, key.sender)
+	aad := appendKeyAAD(sc.aad[:0], protected, topic, key)
 
 	ctLen := len(plaintext) + tagSize
 	out := make([]byte, 0, 16+len(protected)+ctLen)
@@ -176,8 +182,28 @@ type scratch struct {
 
 var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
 
+// Constant beginnings of the Enc_structure and of the external AAD.
+var (
+	encStructPrefix = format.AppendText(format.AppendArray(nil, 3), "Encrypt0")
+	extAADPrefix    = format.AppendText(format.AppendArray(nil, 5), aadContext)
+)
+
+// appendKeyAAD appends the same bytes as appendEncAAD for a message under
+// key, faster: everything but the protected header and the topic is either
+// constant or precomputed in the key.
+func appendKeyAAD(b, protected []byte, topic string, key *SenderKey) []byte {
+	extLen := len(extAADPrefix) + format.HeadLen(uint64(len(topic))) + len(topic) + len(key.aadTail)
+	b = append(b, encStructPrefix...)
+	b = format.AppendBytes(b, protected)
+	b = format.AppendBytesHead(b, extLen)
+	b = append(b, extAADPrefix...)
+	b = format.AppendText(b, topic)
+	return append(b, key.aadTail...)
+}
+
 // appendEncAAD appends the Enc_structure with Moat's external AAD:
-// ["moat-e2e/1", topic, group, epoch, sender].
+// ["moat-e2e/1", topic, group, epoch, sender]. It is the reference
+// appendKeyAAD is tested against.
 func appendEncAAD(b, protected []byte, topic, group string, epoch uint64, sender string) []byte {
 	var ebuf [384]byte
 	ext := format.AppendArray(ebuf[:0], 5)

@@ -57,6 +57,23 @@ func appendHead(b []byte, major byte, arg uint64) []byte {
 	}
 }
 
+// HeadLen returns the length of the head appendHead writes for arg: what a
+// string of arg bytes, or an array of arg items, adds before its contents.
+func HeadLen(arg uint64) int {
+	switch {
+	case arg < 24:
+		return 1
+	case arg <= math.MaxUint8:
+		return 2
+	case arg <= math.MaxUint16:
+		return 3
+	case arg <= math.MaxUint32:
+		return 5
+	default:
+		return 9
+	}
+}
+
 // AppendUint appends an unsigned integer.
 func AppendUint(b []byte, v uint64) []byte { return appendHead(b, majorUint, v) }
 

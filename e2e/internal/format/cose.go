@@ -100,6 +100,16 @@ func AppendHeader(b []byte, h *Header) []byte {
 // is required; unknown labels are refused.
 func ParseHeader(b []byte) (Header, error) {
 	var h Header
+	if parseHeaderFast(b, &h) {
+		return h, nil
+	}
+	return parseHeaderStrict(b)
+}
+
+// parseHeaderStrict is ParseHeader with the general decoder: the reference
+// the fast path is tested against, and the source of precise errors.
+func parseHeaderStrict(b []byte) (Header, error) {
+	var h Header
 	d := NewDecoder(b)
 	n, err := d.Map()
 	if err != nil {
@@ -203,6 +213,14 @@ func AppendEncrypt0(b, protected, ciphertext []byte) []byte {
 // ParseEncrypt0 splits a tagged COSE_Encrypt0 into its protected header
 // bytes and ciphertext. The unprotected header must be empty.
 func ParseEncrypt0(msg []byte) (protected, ciphertext []byte, err error) {
+	if protected, ciphertext, ok := parseEncrypt0Fast(msg); ok {
+		return protected, ciphertext, nil
+	}
+	return parseEncrypt0Strict(msg)
+}
+
+// parseEncrypt0Strict is ParseEncrypt0 with the general decoder.
+func parseEncrypt0Strict(msg []byte) (protected, ciphertext []byte, err error) {
 	d := NewDecoder(msg)
 	if err := d.Tag(TagEncrypt0); err != nil {
 		return nil, nil, err
