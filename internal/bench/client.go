@@ -361,5 +361,3 @@ func (c *client) disconnect() {
 	c.nc.Write([]byte{byte(packet.DISCONNECT) << 4, 0})
 	c.nc.Close()
 }
-
-
