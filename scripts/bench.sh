@@ -9,6 +9,11 @@
 # directory). Brokers are interleaved scenario by scenario so that a change in
 # machine load hits both. Everything listens on 127.0.0.1.
 #
+# Throughput scenarios (c, d, e) run closed loop (--max-backlog): publishers
+# pause while too many deliveries are outstanding, so "delivered msgs/s" is
+# the rate each broker sustains without piling up a queue, not its behaviour
+# in overload. Drop --max-backlog to measure overload instead.
+#
 # Knobs (environment):
 #   BENCH_DURATION   publishing time per scenario and broker   (default 20s)
 #   BENCH_SENSORS    scenario a: sensors at 1 msg/s             (200)
@@ -148,7 +153,7 @@ run() {
     [ "$transport" = mtls ] && tls=("${MTLS[@]}")
     echo "== $id on $b ($transport): moat bench $*" >&2
     start_broker "$b" "$id" "$([ "$transport" = mtls ] && echo tls)"
-    "$MOAT" bench "$@" --addr 127.0.0.1:$port "${tls[@]}" --label "$id $b" --broker-pid "$BROKER_PID" \
+    timeout --kill-after=10s 900 "$MOAT" bench "$@" --addr 127.0.0.1:$port "${tls[@]}" --label "$id $b" --broker-pid "$BROKER_PID" \
       --interval 5s --json "$OUT/$id.$b.json" --html "$OUT/$id.$b.html" >"$OUT/$id.$b.txt" || echo "bench: $id on $b failed" >&2
     stop_broker
     sed 's/^/    /' "$OUT/$id.$b.txt" >&2
@@ -169,9 +174,9 @@ for s in $SCENARIOS; do
     run a3-factory-mtls-e2e mtls "$BROKERS" -- fanin --pubs "$SENSORS" --subs 1 --rate 1 --qos 1 -d "$DUR" --encrypt
     ;;
   b) run b-mtls-storm mtls "$BROKERS" -- conn -n "$STORM" -d 2s ;;
-  c) run c-p2p-qos1-mtls mtls "$WITHNULL" -- p2p --pubs "$PAIRS" --subs "$PAIRS" --qos 1 --size 64 -d "$DUR" ;;
-  d) run d-fanout-qos0 plain "$WITHNULL" -- fanout --pubs 1 --subs "$FAN" --qos 0 --size 64 -d "$DUR" ;;
-  e) run e-fanin-qos1 plain "$WITHNULL" -- fanin --pubs "$FAN" --subs 1 --qos 1 --size 64 -d "$DUR" ;;
+  c) run c-p2p-qos1-mtls mtls "$WITHNULL" -- p2p --pubs "$PAIRS" --subs "$PAIRS" --qos 1 --size 64 -d "$DUR" --max-backlog $((PAIRS * 10)) ;;
+  d) run d-fanout-qos0 plain "$WITHNULL" -- fanout --pubs 1 --subs "$FAN" --qos 0 --size 64 -d "$DUR" --max-backlog $((FAN * 20)) ;;
+  e) run e-fanin-qos1 plain "$WITHNULL" -- fanin --pubs "$FAN" --subs 1 --qos 1 --size 64 -d "$DUR" --max-backlog 1000 ;;
   f) run f-idle-mtls mtls "$BROKERS" -- conn -n "$IDLE" -d "$HOLD" --source-addrs 8 --conn-concurrency 128 --connect-timeout 60s ;;
   *) echo "bench: unknown scenario $s (a-f)" >&2; exit 2 ;;
   esac

@@ -255,6 +255,9 @@ func (c *client) onPublish(b []byte) {
 		r.deliveredInWindow.Add(1)
 	}
 	r.latency.Record(time.Duration(now.UnixNano() - ts))
+	if r.cfg.MaxBacklog > 0 {
+		r.delivery()
+	}
 }
 
 // publishLoop publishes until stop is closed or the deadline passes.
@@ -284,6 +287,9 @@ func (c *client) publishLoop(stop <-chan struct{}, start, deadline time.Time) {
 	for {
 		now := time.Now()
 		if !now.Before(deadline) {
+			return
+		}
+		if cfg.MaxBacklog > 0 && !r.waitBacklog(stop, timer) {
 			return
 		}
 		n := maxBatch
@@ -344,7 +350,7 @@ func (c *client) publishLoop(stop <-chan struct{}, start, deadline time.Time) {
 			continue
 		}
 		if _, err := c.nc.Write(out); err != nil {
-			if !r.stopping.Load() {
+			if !r.pubStopped.Load() {
 				r.noteErr("publish", err)
 			}
 			return

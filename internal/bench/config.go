@@ -105,6 +105,14 @@ type Config struct {
 	MsgRate float64
 	// Inflight is the QoS 1 window per publisher. Default 16.
 	Inflight int
+	// MaxBacklog, when positive, closes the loop: publishers pause while
+	// more than MaxBacklog deliveries are outstanding (sent × subscribers
+	// per message − delivered), so the run measures the highest rate the
+	// broker sustains without queueing up, instead of how it copes with
+	// overload. A backlog that stops shrinking for 200 ms (the broker
+	// dropped messages) no longer holds publishers back. Only for p2p,
+	// fanin, fanout and shared. Default 0: open loop.
+	MaxBacklog int
 	// Duration is how long publishers publish (Conn: how long the
 	// connections are held). Default 10 s.
 	Duration time.Duration
@@ -203,6 +211,12 @@ func (cfg Config) withDefaults() (Config, error) {
 	}
 	if c.Inflight < 1 || c.Inflight > 1000 {
 		bad("inflight %d out of range (1..1000)", c.Inflight)
+	}
+	if c.MaxBacklog < 0 {
+		bad("max backlog must not be negative")
+	}
+	if c.MaxBacklog > 0 && (c.Scenario == Conn || c.Scenario == Pub || c.Scenario == Sub) {
+		bad("max backlog needs a scenario with publishers and subscribers, not %s", c.Scenario)
 	}
 	if c.ConnConcurrency == 0 {
 		c.ConnConcurrency = DefaultConnConcurrency

@@ -48,6 +48,7 @@ type Params struct {
 	PayloadSize     int     `json:"payload_size"`
 	MsgRate         float64 `json:"msg_rate"`
 	Inflight        int     `json:"inflight"`
+	MaxBacklog      int     `json:"max_backlog,omitempty"`
 	DurationSeconds float64 `json:"duration_s"`
 	Encrypted       bool    `json:"encrypted"`
 }
@@ -137,7 +138,11 @@ func (r *Result) WriteTable(w io.Writer) error {
 	if p.KeyExchange != "" {
 		transport += " (" + p.KeyExchange + ")"
 	}
-	row("run", "%s: %s over %s to %s", r.Label, r.Scenario, transport, p.Addr)
+	loop := ""
+	if p.MaxBacklog > 0 {
+		loop = fmt.Sprintf(", closed loop (max backlog %d)", p.MaxBacklog)
+	}
+	row("run", "%s: %s over %s to %s%s", r.Label, r.Scenario, transport, p.Addr, loop)
 	c := r.Connect
 	row("connections", "%d/%d ok (%.2f%%), %d failed, %.0f/s, %d resumed", c.Succeeded, c.Attempted, 100*c.SuccessRate, c.Failed, c.PerSecond, c.Resumed)
 	if c.Handshake.Count > 0 {

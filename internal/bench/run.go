@@ -31,6 +31,10 @@ type run struct {
 
 	latency, handshake, connack Histogram
 
+	gateMu sync.Mutex
+	gateCh chan struct{} // closed when the backlog falls; nil when open
+	gated  atomic.Bool
+
 	errMu  sync.Mutex
 	errs   map[string]int
 	errOrd []string
@@ -289,8 +293,15 @@ func (r *run) publishPhase(ctx context.Context, cs []*client) error {
 		}
 	}
 	err := sleepCtx(ctx, cfg.Duration)
-	close(stop)
 	r.pubStopped.Store(true)
+	close(stop)
+	// A publisher may be blocked writing to a broker that no longer reads
+	// from it: an expired deadline ends that write.
+	for _, c := range cs {
+		if c.role == rolePub && c.nc != nil {
+			c.nc.SetWriteDeadline(time.Now())
+		}
+	}
 	wg.Wait()
 	return err
 }
@@ -388,7 +399,7 @@ func paramsOf(c *Config) Params {
 		Addr: c.Addr, TLS: c.TLS != nil, ClientCerts: len(c.ClientCerts), Resume: c.Resume,
 		Clients: c.Clients, Pubs: c.Pubs, Subs: c.Subs, ConnRate: c.ConnRate,
 		QoS: c.QoS, PayloadSize: c.PayloadSize, MsgRate: c.MsgRate, Inflight: c.Inflight,
-		DurationSeconds: c.Duration.Seconds(), Encrypted: c.Encrypt != nil,
+		DurationSeconds: c.Duration.Seconds(), Encrypted: c.Encrypt != nil, MaxBacklog: c.MaxBacklog,
 	}
 	if c.TLS != nil {
 		p.MutualTLS = len(c.ClientCerts) > 0 || len(c.TLS.Certificates) > 0
@@ -399,4 +410,58 @@ func paramsOf(c *Config) Params {
 		p.KeyExchange = strings.Join(names, ",")
 	}
 	return p
+}
+
+// backlog is the number of deliveries still expected.
+func (r *run) backlog() int64 { return r.expected() - r.delivered.Load() }
+
+// armGate returns a channel closed when the backlog has shrunk.
+func (r *run) armGate() <-chan struct{} {
+	r.gateMu.Lock()
+	defer r.gateMu.Unlock()
+	if r.gateCh == nil {
+		r.gateCh = make(chan struct{})
+	}
+	r.gated.Store(true)
+	return r.gateCh
+}
+
+// delivery is called by readers after each delivery in closed loop.
+func (r *run) delivery() {
+	if !r.gated.Load() || r.backlog() > int64(r.cfg.MaxBacklog)/2 {
+		return
+	}
+	r.gateMu.Lock()
+	if r.gateCh != nil {
+		close(r.gateCh)
+		r.gateCh = nil
+	}
+	r.gated.Store(false)
+	r.gateMu.Unlock()
+}
+
+// waitBacklog blocks a publisher while the backlog exceeds MaxBacklog. It
+// returns false when stop is closed.
+func (r *run) waitBacklog(stop <-chan struct{}, t *time.Timer) bool {
+	limit := int64(r.cfg.MaxBacklog)
+	last, since := r.delivered.Load(), time.Now()
+	for r.backlog() > limit {
+		ch := r.armGate()
+		if r.backlog() <= limit {
+			return true
+		}
+		t.Reset(10 * time.Millisecond)
+		select {
+		case <-ch:
+		case <-t.C:
+		case <-stop:
+			return false
+		}
+		if d := r.delivered.Load(); d != last {
+			last, since = d, time.Now()
+		} else if time.Since(since) > 200*time.Millisecond {
+			return true // stalled: the broker dropped what is missing
+		}
+	}
+	return true
 }

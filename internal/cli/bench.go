@@ -111,6 +111,7 @@ func newBenchScenarioCmd(stdio Stdio, s bench.Scenario) *cobra.Command {
 	f.IntVarP(&c.PayloadSize, "size", "s", bench.DefaultPayloadSize, "payload size in bytes (>= 16)")
 	f.Float64VarP(&c.MsgRate, "rate", "r", 0, "messages per second per publisher (0: as fast as possible)")
 	f.IntVar(&c.Inflight, "inflight", bench.DefaultInflight, "QoS 1 messages awaiting PUBACK per publisher")
+	f.IntVar(&c.MaxBacklog, "max-backlog", 0, "closed loop: publishers pause while more than `N` deliveries are outstanding (0: open loop)")
 	f.DurationVarP(&c.Duration, "duration", "d", bench.DefaultDuration, "publishing time (conn: how long connections are held)")
 	f.DurationVar(&c.Drain, "drain", bench.DefaultDrain, "time to wait for messages in flight after publishing")
 	f.StringVarP(&c.Topic, "topic", "t", bench.DefaultTopic, "topic prefix")
