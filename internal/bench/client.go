@@ -284,6 +284,7 @@ func (c *client) publishLoop(stop <-chan struct{}, start, deadline time.Time) {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	var pid uint16
+	ends := make([]int, 0, maxBatch) // end offset of each packet in out
 	for {
 		now := time.Now()
 		if !now.Before(deadline) {
@@ -344,17 +345,29 @@ func (c *client) publishLoop(stop <-chan struct{}, start, deadline time.Time) {
 				r.noteErr("encode", err)
 				return
 			}
-			r.sent.Add(1)
+			ends = append(ends, len(out))
 		}
 		if len(out) == 0 {
 			continue
 		}
-		if _, err := c.nc.Write(out); err != nil {
+		// Count as sent the packets the connection took whole, before the
+		// write returns: a fast broker may deliver them first.
+		r.sent.Add(int64(len(ends)))
+		n, err := c.nc.Write(out)
+		if err != nil {
+			unsent := 0
+			for _, e := range ends {
+				if e > n {
+					unsent++
+				}
+			}
+			r.sent.Add(-int64(unsent))
 			if !r.pubStopped.Load() {
 				r.noteErr("publish", err)
 			}
 			return
 		}
+		ends = ends[:0]
 	}
 }
 
