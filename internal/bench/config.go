@@ -144,6 +144,10 @@ type Config struct {
 	// ProgressTTY rewrites the progress line in place ("\r") instead of
 	// printing one line per sample.
 	ProgressTTY bool
+	// OnConnected, when set, is called once every client has connected
+	// (or failed to), before the hold (conn) or the publishing starts; a
+	// profiler can snapshot the broker there. It runs on Run's goroutine.
+	OnConnected func()
 	// Logger receives debug details of failed connections. nil discards.
 	Logger *slog.Logger
 }

@@ -2,6 +2,9 @@ package bench
 
 import (
 	"context"
+	"os"
+	"runtime"
+	"runtime/pprof"
 	"testing"
 	"time"
 )
@@ -17,7 +20,12 @@ import (
 // The load generator runs in the same process, so focus the profile on the
 // broker's packages. Each sub-benchmark runs its scenario once per
 // iteration for a few seconds (use -benchtime 1x) and reports
-// delivered msgs/s and p99 latency.
+// delivered msgs/s and p99 latency. BENCH_HEAP_PROFILE=FILE writes the
+// in-use heap once the clients are connected to FILE.NAME:
+//
+//	BENCH_HEAP_PROFILE=/tmp/heap go test -run '^$' -bench 'Broker/idle' \
+//	    -benchtime 1x ./internal/bench
+//	go tool pprof -sample_index=inuse_space -top /tmp/heap.idle-mtls
 func BenchmarkBroker(b *testing.B) {
 	srv, cli, iss := testPKI(b)
 	plain := startBroker(b, nil)
@@ -47,6 +55,19 @@ func BenchmarkBroker(b *testing.B) {
 				cfg.Duration = 3 * time.Second
 			}
 			cfg.Drain = 2 * time.Second
+			if f := os.Getenv("BENCH_HEAP_PROFILE"); f != "" {
+				// In-use heap while the clients are connected, e.g. to see
+				// what an idle connection holds.
+				cfg.OnConnected = func() {
+					runtime.GC()
+					out, err := os.Create(f + "." + c.name)
+					if err != nil {
+						b.Fatal(err)
+					}
+					defer out.Close()
+					pprof.Lookup("heap").WriteTo(out, 0)
+				}
+			}
 			for b.Loop() {
 				res, err := Run(context.Background(), cfg)
 				if err != nil {

@@ -60,8 +60,10 @@ type ConnectStats struct {
 	Failed      int64   `json:"failed"`
 	Resumed     int64   `json:"resumed"`
 	SuccessRate float64 `json:"success_rate"`
-	Seconds     float64 `json:"seconds"`
-	PerSecond   float64 `json:"per_second"`
+	// Seconds is the length of the connection phase, failures included;
+	// PerSecond is Succeeded over the time to the last success.
+	Seconds   float64 `json:"seconds"`
+	PerSecond float64 `json:"per_second"`
 	// Handshake is TCP connect + TLS handshake; Connack is CONNECT to
 	// CONNACK.
 	Handshake LatencySummary `json:"handshake"`

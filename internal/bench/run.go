@@ -24,6 +24,7 @@ type run struct {
 	pubStopped atomic.Bool
 
 	attempted, connected, failed, resumed atomic.Int64
+	lastConnect                           atomic.Int64 // UnixNano of the latest successful CONNACK
 	dropped                               atomic.Int64 // connections lost unexpectedly
 	sent, acked                           atomic.Int64
 	delivered, deliveredInWindow          atomic.Int64
@@ -98,13 +99,20 @@ func (r *run) exec(ctx context.Context) (*Result, error) {
 	if res.Connect.Attempted > 0 {
 		res.Connect.SuccessRate = float64(res.Connect.Succeeded) / float64(res.Connect.Attempted)
 	}
-	if s := res.Connect.Seconds; s > 0 {
-		res.Connect.PerSecond = float64(res.Connect.Succeeded) / s
+	// The rate runs to the last success, so that a few connections
+	// hanging until their timeout do not dilute it.
+	if last := r.lastConnect.Load(); last > 0 {
+		if s := time.Unix(0, last).Sub(connStart).Seconds(); s > 0 {
+			res.Connect.PerSecond = float64(res.Connect.Succeeded) / s
+		}
 	}
 
 	var phaseStart, phaseEnd time.Time
 	var afterPhase *ProcStat
 	if err == nil {
+		if cfg.OnConnected != nil {
+			cfg.OnConnected()
+		}
 		phaseStart = time.Now()
 		switch cfg.Scenario {
 		case Conn:
@@ -269,6 +277,12 @@ func (r *run) connectOne(ctx context.Context, c *client) {
 				r.resumed.Add(1)
 			}
 			r.connected.Add(1)
+			for now := time.Now().UnixNano(); ; {
+				l := r.lastConnect.Load()
+				if now <= l || r.lastConnect.CompareAndSwap(l, now) {
+					break
+				}
+			}
 			go c.readLoop()
 			return
 		}
