@@ -55,10 +55,25 @@ func BenchmarkBroker(b *testing.B) {
 				cfg.Duration = 3 * time.Second
 			}
 			cfg.Drain = 2 * time.Second
+			if cfg.Scenario == Conn {
+				cfg.OnConnected = func() {
+					var ms runtime.MemStats
+					runtime.GC()
+					runtime.ReadMemStats(&ms)
+					n := float64(cfg.Clients)
+					// Client and broker share the process: both sides count.
+					b.Logf("per connection (client+broker): heap in use %.1f KiB, stacks %.1f KiB, goroutines %.1f",
+						float64(ms.HeapInuse)/1024/n, float64(ms.StackInuse)/1024/n, float64(runtime.NumGoroutine())/n)
+				}
+			}
 			if f := os.Getenv("BENCH_HEAP_PROFILE"); f != "" {
 				// In-use heap while the clients are connected, e.g. to see
 				// what an idle connection holds.
+				logMem := cfg.OnConnected
 				cfg.OnConnected = func() {
+					if logMem != nil {
+						logMem()
+					}
 					runtime.GC()
 					out, err := os.Create(f + "." + c.name)
 					if err != nil {
