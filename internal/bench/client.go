@@ -224,6 +224,10 @@ func (c *client) onPublish(b []byte) {
 	}
 	tl := int(binary.BigEndian.Uint16(b[i:]))
 	i += 2 + tl
+	if len(b) < i {
+		r.noteErr("publish", errors.New("bench: PUBLISH topic longer than the packet"))
+		return
+	}
 	if qos > 0 {
 		if len(b) < i+2 {
 			r.noteErr("publish", errors.New("bench: short PUBLISH"))

@@ -31,6 +31,9 @@ type NullForwarder struct {
 	TLS *tls.Config
 	// Logger receives connection errors; nil discards.
 	Logger *slog.Logger
+	// ReadBuffer is the read buffer per connection, which bounds the
+	// packet size. Default 64 KiB.
+	ReadBuffer int
 
 	mu    sync.RWMutex
 	exact map[string][]*fwdConn
@@ -127,7 +130,11 @@ func (f *NullForwarder) Serve(ctx context.Context, ln net.Listener) error {
 }
 
 func (f *NullForwarder) handle(c *fwdConn) error {
-	cl := &client{nc: c.nc, br: bufio.NewReaderSize(c.nc, 64<<10)}
+	size := f.ReadBuffer
+	if size <= 0 {
+		size = 64 << 10
+	}
+	cl := &client{nc: c.nc, br: bufio.NewReaderSize(c.nc, size)}
 	var fwd []byte
 	for {
 		b, err := cl.frame()
@@ -167,6 +174,9 @@ func (f *NullForwarder) handle(c *fwdConn) error {
 			topic := b[i+2 : i+2+tl]
 			body := i + 2 + tl
 			if qos > 0 {
+				if len(b) < body+2 {
+					return errors.New("nullfwd: short PUBLISH")
+				}
 				c.send([]byte{byte(packet.PUBACK) << 4, 2, b[body], b[body+1]})
 				body += 2
 			}
