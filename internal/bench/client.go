@@ -31,6 +31,7 @@ type client struct {
 	role  role
 	id    string
 	topic string // publish topic, or subscription filter
+	tls   *tls.Config
 	nc    net.Conn
 	br    *bufio.Reader
 	ack   []byte

@@ -78,7 +78,8 @@ type Config struct {
 	// publishers. See Issuer.IssueClients.
 	ClientCerts []tls.Certificate
 	// Resume makes every TLS client connect once, disconnect, and connect
-	// again resuming the TLS session; the second connection is measured.
+	// again resuming the TLS session; only the second round is measured
+	// (time, broker CPU and memory).
 	Resume bool
 
 	// Clients is the number of connections of the Conn scenario.

@@ -81,6 +81,25 @@ func (r *run) exec(ctx context.Context) (*Result, error) {
 	r.startNanos = time.Now().Add(-time.Second).UnixNano()
 
 	clients := r.makeClients()
+	for _, c := range clients {
+		c.tls = r.tlsFor(c.idx)
+	}
+	if cfg.Resume {
+		// A first full handshake per client fills its session cache; it is
+		// not measured.
+		r.forEach(ctx, clients, func(c *client) {
+			if _, _, err := c.dial(ctx, c.tls); err == nil {
+				_, err = c.handshakeMQTT()
+				c.disconnect()
+				if err != nil {
+					r.noteErr("warm-up connect", err)
+				}
+			} else {
+				r.noteErr("warm-up connect", err)
+			}
+			c.nc, c.br = nil, nil
+		})
+	}
 	smp := newSampler(r, cfg.BrokerPID)
 	smp.start()
 	defer smp.stop()
@@ -226,6 +245,12 @@ func (r *run) tlsFor(i int) *tls.Config {
 // at ConnRate per second when set. It fails only when ctx ends; failed
 // connections are counted.
 func (r *run) connectAll(ctx context.Context, cs []*client) error {
+	return r.forEach(ctx, cs, func(c *client) { r.connectOne(ctx, c) })
+}
+
+// forEach runs f for every client, at most ConnConcurrency at a time and
+// at ConnRate per second when set.
+func (r *run) forEach(ctx context.Context, cs []*client, f func(*client)) error {
 	cfg := &r.cfg
 	sem := make(chan struct{}, cfg.ConnConcurrency)
 	var wg sync.WaitGroup
@@ -246,7 +271,7 @@ func (r *run) connectAll(ctx context.Context, cs []*client) error {
 		}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			r.connectOne(ctx, c)
+			f(c)
 		})
 	}
 	wg.Wait()
@@ -254,20 +279,8 @@ func (r *run) connectAll(ctx context.Context, cs []*client) error {
 }
 
 func (r *run) connectOne(ctx context.Context, c *client) {
-	tc := r.tlsFor(c.idx)
-	if r.cfg.Resume {
-		// A first full handshake fills the client's session cache.
-		if _, _, err := c.dial(ctx, tc); err == nil {
-			_, err = c.handshakeMQTT()
-			c.disconnect()
-			if err != nil {
-				r.noteErr("warm-up connect", err)
-			}
-		}
-		c.nc, c.br = nil, nil
-	}
 	r.attempted.Add(1)
-	hs, resumed, err := c.dial(ctx, tc)
+	hs, resumed, err := c.dial(ctx, c.tls)
 	if err == nil {
 		var lat time.Duration
 		if lat, err = c.handshakeMQTT(); err == nil {
