@@ -153,7 +153,8 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// validate returns a copy of cfg with defaults applied, or every problem.
+// withDefaults returns a copy of cfg with defaults applied, or every
+// problem found.
 func (cfg Config) withDefaults() (Config, error) {
 	c := cfg
 	var errs []error

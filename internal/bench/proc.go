@@ -25,7 +25,7 @@ func ReadProc(pid int) (ProcStat, error) {
 	st := ProcStat{At: time.Now()}
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return st, fmt.Errorf("bench: reading broker stats: %w (is -broker-pid right?)", err)
+		return st, fmt.Errorf("bench: reading broker stats: %w (is --broker-pid right?)", err)
 	}
 	// The command name is in parentheses and may hold spaces: the fields
 	// of interest are counted from the last ')'.
