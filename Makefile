@@ -9,7 +9,7 @@ PKGS ?= ./...
 DEB_PACKAGES := mosquitto mosquitto-clients python3-paho-mqtt python3-cryptography python3-pycryptodome openssl testssl.sh curl microsocks
 FUZZTIME ?= 10s
 
-.PHONY: all build test deps vet unit fuzz bench clean
+.PHONY: all build test deps vet unit fuzz bench gobench clean
 
 all: build
 
@@ -31,7 +31,13 @@ fuzz:
 
 test: deps vet unit fuzz
 
+# Side-by-side benchmark of Moat and Mosquitto (scripts/bench.sh; knobs are
+# BENCH_* environment variables, see the script). Not part of `make test`.
 bench:
+	@./scripts/bench.sh
+
+# Go micro-benchmarks of the hot paths.
+gobench:
 	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)
 
 clean:
