@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -39,7 +40,9 @@ type conn struct {
 	// DISCONNECT may not raise [MQTT-3.14.2-2].
 	sessionExpiryZero bool
 	stopWatch         func()
-	writerStarted     bool
+	// onEnd runs once when the connection is fully cleaned up (the
+	// server's bookkeeping); set before serve starts.
+	onEnd func()
 
 	// maxOut is the client's Maximum Packet Size (0: none); set before
 	// the writer starts and never changed.
@@ -56,9 +59,12 @@ type conn struct {
 	outBytes  int  // QoS 0 bytes waiting
 	final     bool // close after the queue drains
 	closeCode packet.ReasonCode
+	// canWrite is set once the connection may have a writer goroutine
+	// (after CONNECT was accepted); writing is true while one runs.
+	canWrite   bool
+	writing    bool
+	writerExit chan struct{} // closed when the running writer returns
 
-	wake       chan struct{}
-	writerDone chan struct{}
 	done       chan struct{} // closed when the connection is fully cleaned up
 	closing    atomic.Bool
 	normalExit atomic.Bool // DISCONNECT 0x00 received: no will
@@ -80,12 +86,10 @@ type connectState struct {
 
 func (s *Server) newConn(nc net.Conn, lst *listenerState) *conn {
 	c := &conn{
-		srv:        s,
-		nc:         nc,
-		lst:        lst,
-		wake:       make(chan struct{}, 1),
-		writerDone: make(chan struct{}),
-		done:       make(chan struct{}),
+		srv:  s,
+		nc:   nc,
+		lst:  lst,
+		done: make(chan struct{}),
 	}
 	c.log = s.log.With("listener", lst.name, "remote", nc.RemoteAddr().String())
 	c.client.Listener = lst.name
@@ -94,24 +98,55 @@ func (s *Server) newConn(nc net.Conn, lst *listenerState) *conn {
 	return c
 }
 
-// serve runs the connection until it ends. It is the reader goroutine.
+// serve runs the TLS handshake and CONNECT on the accepting goroutine,
+// then hands the connection to a fresh reader goroutine: the handshake
+// grows a goroutine's stack well beyond what reading needs, and an idle
+// connection should not keep that stack for its lifetime.
 func (c *conn) serve() {
-	s := c.srv
-	defer close(c.done)
-	defer func() {
-		if r := recover(); r != nil {
-			s.stats.panics.Add(1)
-			c.log.Error("broker: panic while serving connection; connection closed", "panic", r, "client", c.client.ClientID)
-			c.nc.Close()
-			c.finish()
-		}
-	}()
+	defer c.recoverPanic()
 	if !c.handshakeAndConnect() {
 		c.nc.Close()
+		c.end()
 		return
 	}
+	c.srv.track(c.readMain)
+}
+
+// readMain is the reader goroutine of an accepted connection.
+func (c *conn) readMain() {
+	defer c.recoverPanic()
 	c.readLoop()
 	c.finish()
+	c.end()
+}
+
+// recoverPanic turns a panic in one connection into a closed connection,
+// counted and logged, instead of a crashed broker.
+func (c *conn) recoverPanic() {
+	r := recover()
+	if r == nil {
+		return
+	}
+	c.srv.stats.panics.Add(1)
+	c.log.Error("broker: panic while serving connection; connection closed", "panic", r, "client", c.client.ClientID)
+	c.nc.Close()
+	if c.sess != nil {
+		c.finish()
+	}
+	c.end()
+}
+
+// end marks the connection as fully cleaned up; it runs once.
+func (c *conn) end() {
+	select {
+	case <-c.done:
+		return
+	default:
+	}
+	close(c.done)
+	if c.onEnd != nil {
+		c.onEnd()
+	}
 }
 
 // handshakeAndConnect completes TLS (if any) and CONNECT within the
@@ -133,7 +168,10 @@ func (c *conn) handshakeAndConnect() bool {
 		st := cs.ConnectionState()
 		c.client.TLS = &st
 	}
-	c.r = packet.NewReader(c.nc, s.cfg.MaxPacketSize)
+	// A 1 KiB read buffer holds several typical MQTT packets per system
+	// call; larger packets are read straight into their own buffer. It
+	// is kept small because every idle connection holds one.
+	c.r = packet.NewReader(bufio.NewReaderSize(c.nc, 1024), s.cfg.MaxPacketSize)
 	p, err := c.r.ReadPacket()
 	if err != nil {
 		c.refuseBadConnect(p, err)
@@ -320,8 +358,9 @@ func (c *conn) connect(ctx context.Context, pkt *packet.Connect) bool {
 	// goroutines may queue packets for this connection.
 	c.nc.SetDeadline(time.Time{})
 	c.log = c.log.With("client", st.clientID)
-	c.writerStarted = true
-	s.track(c.writeLoop)
+	c.outMu.Lock()
+	c.canWrite = true
+	c.outMu.Unlock()
 	_, present := s.attach(c, &st)
 	s.stats.connected(s)
 	c.log.Info("broker: client connected", "version", pkt.Version.String(), "username", c.client.Username,
@@ -547,36 +586,42 @@ func (c *conn) handleDisconnect(p *packet.Disconnect) bool {
 // here: QoS 1/2 traffic is bounded by the in-flight window.
 func (c *conn) send(p packet.Packet) {
 	c.outMu.Lock()
-	if c.final {
-		c.outMu.Unlock()
-		return
+	if !c.final {
+		c.out = append(c.out, p)
+		c.startWriterLocked()
 	}
-	c.out = append(c.out, p)
 	c.outMu.Unlock()
-	c.signal()
 }
 
 // sendQoS0 queues a QoS 0 PUBLISH unless the connection's QoS 0 backlog is
 // over its byte budget (a slow consumer), in which case it is dropped.
 func (c *conn) sendQoS0(p *packet.Publish, size int) bool {
 	c.outMu.Lock()
+	defer c.outMu.Unlock()
 	if c.final || c.outBytes+size > c.srv.cfg.MaxOutboundBytes {
-		c.outMu.Unlock()
 		c.srv.stats.droppedSlow.Add(1)
 		return false
 	}
 	c.outBytes += size
 	c.out = append(c.out, p)
-	c.outMu.Unlock()
-	c.signal()
+	c.startWriterLocked()
 	return true
 }
 
-func (c *conn) signal() {
-	select {
-	case c.wake <- struct{}{}:
-	default:
+// startWriterLocked starts the writer goroutine if the connection may
+// write and none is running. The writer exits when the queue is empty, so
+// an idle connection has only its reader goroutine. c.outMu is held.
+func (c *conn) startWriterLocked() {
+	if c.writing || !c.canWrite {
+		return
 	}
+	c.writing = true
+	exit := make(chan struct{})
+	c.writerExit = exit
+	c.srv.track(func() {
+		defer close(exit)
+		c.writeLoop()
+	})
 }
 
 // kill starts closing the connection. For a v5 client that completed
@@ -599,8 +644,13 @@ func (c *conn) kill(code packet.ReasonCode, reason string) {
 		c.out = append(c.out, d)
 	}
 	c.final = true
+	c.startWriterLocked()
+	closeNow := !c.writing // nothing to flush: close here
 	c.outMu.Unlock()
-	c.signal()
+	if closeNow {
+		c.nc.Close()
+		return
+	}
 	// The writer closes the socket once the queue is flushed; make sure
 	// a stuck peer cannot hold it open.
 	time.AfterFunc(2*time.Second, func() { c.nc.Close() })
@@ -610,8 +660,17 @@ func (c *conn) kill(code packet.ReasonCode, reason string) {
 // detaches the session (publishing the will if due).
 func (c *conn) finish() {
 	c.kill(0, "")
-	if c.writerStarted {
-		<-c.writerDone
+	// No writer may start from now on; wait for the one running, if any.
+	c.outMu.Lock()
+	c.final = true
+	c.canWrite = false
+	var exit chan struct{}
+	if c.writing {
+		exit = c.writerExit
+	}
+	c.outMu.Unlock()
+	if exit != nil {
+		<-exit
 	}
 	c.nc.Close()
 	if c.stopWatch != nil {
@@ -623,24 +682,41 @@ func (c *conn) finish() {
 	}
 }
 
-// writeLoop is the writer goroutine.
+// writeLoop is the writer goroutine: it drains the outbound queue in
+// batches, encoding each batch into one buffer, and exits when the queue
+// is empty (closing the socket if the connection is ending).
 func (c *conn) writeLoop() {
-	defer close(c.writerDone)
 	defer func() {
 		if r := recover(); r != nil {
 			c.srv.stats.panics.Add(1)
 			c.log.Error("broker: panic in connection writer; connection closed", "panic", r)
+			c.stopWriting()
 			c.nc.Close()
 		}
 	}()
 	const flushAt = 64 << 10
 	for {
-		<-c.wake
 		c.outMu.Lock()
+		if len(c.out) == 0 {
+			// Done for now. The writer-owned fields are touched before
+			// writing is cleared: the next writer may start right after.
+			if cap(c.wbuf) > 4<<10 {
+				c.wbuf = nil // an idle connection keeps no large buffer
+			}
+			c.writing = false
+			final := c.final
+			c.outMu.Unlock()
+			if final {
+				c.nc.Close()
+			}
+			return
+		}
+		// Swap the queue with the spare slice; the two never share a
+		// backing array.
 		batch := c.out
 		c.out = c.spare[:0]
+		c.spare = nil
 		c.outBytes = 0
-		final := c.final
 		c.outMu.Unlock()
 
 		c.wbuf = c.wbuf[:0]
@@ -654,25 +730,28 @@ func (c *conn) writeLoop() {
 			}
 			if len(c.wbuf) >= flushAt {
 				if !c.flush() {
+					c.stopWriting()
 					return
 				}
 			}
 		}
-		c.spare = batch[:0]
 		if !c.flush() {
+			c.stopWriting()
 			return
 		}
-		if final {
-			c.outMu.Lock()
-			empty := len(c.out) == 0
-			c.outMu.Unlock()
-			if empty {
-				c.nc.Close()
-				return
-			}
-			c.signal()
-		}
+		c.outMu.Lock()
+		c.spare = batch[:0]
+		c.outMu.Unlock()
 	}
+}
+
+// stopWriting ends writing after a failed write: nothing more is queued.
+func (c *conn) stopWriting() {
+	c.outMu.Lock()
+	c.final = true
+	c.writing = false
+	c.out = nil
+	c.outMu.Unlock()
 }
 
 func (c *conn) flush() bool {

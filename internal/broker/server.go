@@ -173,15 +173,13 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, lc ListenerConfig) 
 		}
 		s.conns[c] = struct{}{}
 		s.mu.Unlock()
-		s.track(func() {
-			defer func() {
-				s.mu.Lock()
-				delete(s.conns, c)
-				s.mu.Unlock()
-				s.release(st)
-			}()
-			c.serve()
-		})
+		c.onEnd = func() {
+			s.mu.Lock()
+			delete(s.conns, c)
+			s.mu.Unlock()
+			s.release(st)
+		}
+		s.track(c.serve)
 	}
 }
 
