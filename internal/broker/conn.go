@@ -26,6 +26,7 @@ type conn struct {
 	lst     *listenerState
 	log     *slog.Logger
 	r       *packet.Reader
+	br      *bufio.Reader // under r; Buffered tells whether more input is waiting
 	version packet.Version
 	client  Client
 	sess    *session
@@ -63,6 +64,7 @@ type conn struct {
 	// (after CONNECT was accepted); writing is true while one runs.
 	canWrite   bool
 	writing    bool
+	handling   bool          // the reader is handling a packet and will write after it
 	writerExit chan struct{} // closed when the running writer returns
 
 	done       chan struct{} // closed when the connection is fully cleaned up
@@ -171,7 +173,8 @@ func (c *conn) handshakeAndConnect() bool {
 	// A 1 KiB read buffer holds several typical MQTT packets per system
 	// call; larger packets are read straight into their own buffer. It
 	// is kept small because every idle connection holds one.
-	c.r = packet.NewReader(bufio.NewReaderSize(c.nc, 1024), s.cfg.MaxPacketSize)
+	c.br = bufio.NewReaderSize(c.nc, 1024)
+	c.r = packet.NewReader(c.br, s.cfg.MaxPacketSize)
 	p, err := c.r.ReadPacket()
 	if err != nil {
 		c.refuseBadConnect(p, err)
@@ -479,10 +482,51 @@ func (c *conn) readLoop() {
 			return
 		}
 		c.srv.stats.packetsIn.Add(1)
-		if !c.handle(p) {
+		c.setHandling(true)
+		ok := c.handle(p)
+		c.setHandling(false)
+		if !ok {
 			return
 		}
+		if c.br.Buffered() == 0 {
+			// About to wait for input: write what handling queued on
+			// this goroutine rather than waking a writer goroutine.
+			c.writeInline()
+		} else {
+			// More input is waiting (perhaps only part of a packet):
+			// never hold queued packets back for it.
+			c.outMu.Lock()
+			c.startWriterLocked()
+			c.outMu.Unlock()
+		}
 	}
+}
+
+// setHandling marks whether the reader is handling a packet. While it is,
+// packets queued for this connection (acknowledgements, the next
+// in-flight messages) do not start a writer goroutine: the reader writes
+// them itself once its input is drained, which saves a goroutine hand-off
+// per exchange.
+func (c *conn) setHandling(on bool) {
+	c.outMu.Lock()
+	c.handling = on
+	c.outMu.Unlock()
+}
+
+// writeInline runs the writer on the reader goroutine if packets are
+// waiting and no writer is running.
+func (c *conn) writeInline() {
+	c.outMu.Lock()
+	if c.writing || !c.canWrite || len(c.out) == 0 {
+		c.outMu.Unlock()
+		return
+	}
+	c.writing = true
+	exit := make(chan struct{})
+	c.writerExit = exit
+	c.outMu.Unlock()
+	defer close(exit)
+	c.writeLoop()
 }
 
 func (c *conn) readError(err error) {
@@ -612,7 +656,7 @@ func (c *conn) sendQoS0(p *packet.Publish, size int) bool {
 // write and none is running. The writer exits when the queue is empty, so
 // an idle connection has only its reader goroutine. c.outMu is held.
 func (c *conn) startWriterLocked() {
-	if c.writing || !c.canWrite {
+	if c.writing || !c.canWrite || (c.handling && !c.final) {
 		return
 	}
 	c.writing = true
