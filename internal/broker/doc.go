@@ -10,10 +10,18 @@
 //
 // # Concurrency model
 //
-// Each connection has two goroutines, both started through the server's
-// tracker: a reader that decodes packets and handles them in order, and a
-// writer that drains the connection's outbound queue, encodes every pending
-// packet into one buffer and writes it with a single call (batched flushes).
+// Every goroutine is started through the server's tracker. A connection
+// uses one goroutine for the TLS handshake and CONNECT, then a fresh
+// reader goroutine that decodes packets and handles them in order (the
+// handshake's large stack is not kept for the connection's lifetime).
+// Outbound packets go to the connection's queue; a writer goroutine exists
+// only while the queue is non-empty: it encodes every pending packet into
+// one buffer, writes it with a single call (batched flushes) and exits when
+// the queue is empty. Packets queued while the reader handles a packet
+// (acknowledgements, the next in-flight messages) are written by the reader
+// itself once its input is drained, saving a goroutine hand-off per
+// exchange. An idle connection therefore costs one parked goroutine.
+//
 // A PUBLISH is routed on the publisher's reader goroutine: the subscription
 // index is matched without a global lock, and each matching session is
 // locked only long enough to assign a packet identifier and append to its
