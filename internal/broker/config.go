@@ -37,6 +37,15 @@ type Config struct {
 	// MaxPacketSize.
 	MessageSizeLimit uint32
 
+	// MaxSessions caps the number of sessions, live and offline, that the
+	// server holds; a CONNECT that would create one more is refused with
+	// Quota exceeded (0x97; "server unavailable" for 3.x). It bounds the
+	// memory a client population can pin with new client identifiers and
+	// persistent sessions. The check is not atomic with session creation,
+	// so concurrent connects may exceed it by a few. 0 means no cap.
+	// Default 0.
+	MaxSessions int
+
 	// MaxSubscriptions is the number of subscriptions one session may
 	// hold; beyond it SUBACK says Quota exceeded (0x97; 0x80 for 3.x).
 	// Default 10000.
@@ -123,6 +132,10 @@ type Config struct {
 	// Retained stores retained messages. Nil: an in-memory store.
 	Retained RetainedStore
 
+	// QuietConnections logs client connects and disconnects at debug level
+	// instead of info (mosquitto's connection_messages false).
+	QuietConnections bool
+
 	// Logger receives the server's structured logs. Nil: slog.Default().
 	Logger *slog.Logger
 
@@ -141,6 +154,9 @@ func (c *Config) withDefaults() (Config, error) {
 	}
 	if cfg.MaxPacketSize < 64 {
 		errs = append(errs, fmt.Errorf("broker: MaxPacketSize %d is too small (minimum 64 bytes)", cfg.MaxPacketSize))
+	}
+	if cfg.MaxSessions < 0 {
+		errs = append(errs, errors.New("broker: MaxSessions must not be negative"))
 	}
 	if cfg.MaxSubscriptions == 0 {
 		cfg.MaxSubscriptions = DefaultMaxSubscriptions

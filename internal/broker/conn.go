@@ -360,13 +360,21 @@ func (c *conn) connect(ctx context.Context, pkt *packet.Connect) bool {
 	// Start the writer, then attach the session: from attach on, other
 	// goroutines may queue packets for this connection.
 	c.nc.SetDeadline(time.Time{})
+	if max := s.cfg.MaxSessions; max > 0 && s.sessionCount.Load() >= int64(max) && s.lookup(st.clientID) == nil {
+		return c.refuse(pkt, packet.QuotaExceeded, "the server holds its maximum number of sessions")
+	}
+
 	c.log = c.log.With("client", st.clientID)
 	c.outMu.Lock()
 	c.canWrite = true
 	c.outMu.Unlock()
 	_, present := s.attach(c, &st)
 	s.stats.connected(s)
-	c.log.Info("broker: client connected", "version", pkt.Version.String(), "username", c.client.Username,
+	level := slog.LevelInfo
+	if s.cfg.QuietConnections {
+		level = slog.LevelDebug
+	}
+	c.log.Log(ctx, level, "broker: client connected", "version", pkt.Version.String(), "username", c.client.Username,
 		"clean", pkt.CleanStart, "session_present", present, "keep_alive", ka)
 
 	if w := c.lst.certWatcher; w != nil && c.client.TLS != nil && len(c.client.TLS.PeerCertificates) > 0 {

@@ -222,3 +222,25 @@ func TestSubscriptionQuota(t *testing.T) {
 		t.Fatalf("after unsubscribe: SUBACK %v", ack.ReasonCodes)
 	}
 }
+
+func TestSessionCap(t *testing.T) {
+	_, addr := testServer(t, Config{MaxSessions: 2})
+	a := dialRaw(t, addr, packet.V5)
+	cp := v5connect("s1")
+	cp.Properties.SessionExpiry = 60
+	cp.Properties.Mark(packet.PropSessionExpiry)
+	a.connect(cp)
+	a.send(&packet.Disconnect{})
+	a.expectClosed(5 * time.Second) // s1 stays as an offline session
+	b := dialRaw(t, addr, packet.V311)
+	b.connect(&packet.Connect{ClientID: "s2", CleanStart: true})
+	c := dialRaw(t, addr, packet.V5)
+	if ack := c.connect(v5connect("s3")); ack.ReasonCode != packet.QuotaExceeded {
+		t.Fatalf("third session: CONNACK %v, want quota exceeded", ack.ReasonCode)
+	}
+	// An existing session can still be resumed.
+	a2 := dialRaw(t, addr, packet.V5)
+	if ack := a2.connect(&packet.Connect{ClientID: "s1", KeepAlive: 30}); ack.ReasonCode != 0 || !ack.SessionPresent {
+		t.Fatalf("resuming s1: %+v", ack)
+	}
+}

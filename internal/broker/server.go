@@ -44,7 +44,8 @@ type Server struct {
 	conns     map[*conn]struct{}
 	closed    bool
 
-	conns0 atomic.Int64 // live connections, all listeners
+	conns0       atomic.Int64 // live connections, all listeners
+	sessionCount atomic.Int64 // entries in sessions
 }
 
 type listenerState struct {
@@ -311,6 +312,7 @@ func (s *Server) attach(c *conn, st *connectState) (*session, bool) {
 		if sess == nil {
 			sess = newSession(id, s.cfg.Now())
 			s.sessions.Store(id, sess)
+			s.sessionCount.Add(1)
 		}
 		sess.mu.Lock()
 		if sess.expiryTimer != nil {
@@ -357,7 +359,9 @@ func (s *Server) attach(c *conn, st *connectState) (*session, bool) {
 // delayed will at once [MQTT-3.1.3-9]) and hands the messages the session
 // still held for shared subscriptions to other members of their groups.
 func (s *Server) endSessionLocked(sess *session) func() {
-	s.sessions.CompareAndDelete(sess.id, sess)
+	if s.sessions.CompareAndDelete(sess.id, sess) {
+		s.sessionCount.Add(-1)
+	}
 	s.index.UnsubscribeAll(sess.id)
 	sess.mu.Lock()
 	defer sess.mu.Unlock()

@@ -327,6 +327,8 @@ func brokerConfig(cfg *config.Config, log *slog.Logger) (broker.Config, error) {
 		QueueQoS0:                  lim.QueueQoS0,
 		MaxTopicLevels:             lim.MaxTopicLevels,
 		MaxSubscriptions:           lim.MaxSubscriptions,
+		MaxSessions:                lim.MaxSessions,
+		QuietConnections:           !cfg.Log.ConnectionMessages,
 		PersistentClientExpiration: cfg.Sessions.PersistentClientExpiration.D(),
 		RetainDisabled:             !cfg.RetainAvailable,
 		SysInterval:                cfg.SysInterval.D(),

@@ -314,6 +314,10 @@ type Limits struct {
 	// MaxQueuedBytes bounds queued bytes per client; 0 means no limit.
 	// Default 0.
 	MaxQueuedBytes Size `json:"max_queued_bytes" yaml:"max_queued_bytes"`
+	// MaxSessions caps the sessions (live and offline) the broker holds;
+	// a CONNECT that would create one more is refused (0x97). 0 means no
+	// cap. Default 0; mosquitto.conf has no equivalent.
+	MaxSessions int `json:"max_sessions" yaml:"max_sessions"`
 	// MaxSubscriptions is the number of subscriptions one client session
 	// may hold. Default 10000; mosquitto.conf has no equivalent.
 	MaxSubscriptions int `json:"max_subscriptions" yaml:"max_subscriptions"`
