@@ -29,6 +29,7 @@ type serveOptions struct {
 	configFile string
 	dataDir    string
 	check      bool
+	pprof      string
 }
 
 func init() {
@@ -56,6 +57,7 @@ SIGHUP reloads certificates, keys, CA bundles and CRLs.`,
 		cmd.Flags().StringVarP(&o.configFile, "config", "c", "", "configuration `FILE` (Moat YAML or mosquitto.conf)")
 		cmd.Flags().StringVar(&o.dataDir, "data", "moat-data", "data `DIR` for the built-in CA and state")
 		cmd.Flags().BoolVar(&o.check, "check", false, "validate the configuration and exit")
+		cmd.Flags().StringVar(&o.pprof, "pprof", "", "serve Go runtime profiles on loopback `ADDR` (e.g. 127.0.0.1:6060), for performance work")
 		return cmd
 	})
 }
@@ -121,6 +123,11 @@ func runServe(ctx context.Context, stdio Stdio, o serveOptions, dataSet bool) er
 	bcfg, err := brokerConfig(cfg, log)
 	if err != nil {
 		return err
+	}
+	if o.pprof != "" {
+		if err := startPprof(ctx, o.pprof, log); err != nil {
+			return err
+		}
 	}
 	auth := &certAuthenticator{mappings: map[string]tlsconf.IdentityMapping{}, proxy: map[string]tlsconf.IdentitySource{}}
 	bcfg.Authenticator = auth

@@ -8,7 +8,9 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -302,5 +304,29 @@ func (p *moatProc) waitLog(t *testing.T, subs ...string) bool {
 			return false
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestServePprof(t *testing.T) {
+	dir := t.TempDir()
+	port, pp := freePort(t), freePort(t)
+	writeFile(t, filepath.Join(dir, "m.conf"), fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\n", port))
+	startMoat(t, dir, []int{port, pp}, "-c", "m.conf", "--pprof", "127.0.0.1:"+strconv.Itoa(pp))
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/goroutine?debug=1", pp))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(body), "goroutine profile") {
+		t.Fatalf("pprof: %s\n%.300s", resp.Status, body)
+	}
+
+	// Profiles reveal memory, so anything but loopback is refused.
+	cmd := exec.Command(moatBin, "serve", "-c", "m.conf", "--pprof", "0.0.0.0:0")
+	cmd.Dir = dir
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "only a loopback address") {
+		t.Fatalf("non-loopback --pprof must be refused: %v\n%s", err, out)
 	}
 }
