@@ -187,7 +187,7 @@ for s in $SCENARIOS; do
   b) run b-mtls-storm mtls "$BROKERS" -- conn -n "$STORM" -d 2s ;;
   c) run c-p2p-qos1-mtls mtls "$WITHNULL" -- p2p --pubs "$PAIRS" --subs "$PAIRS" --qos 1 --size 64 -d "$DUR" --max-backlog $((PAIRS * 10)) ;;
   d) run d-fanout-qos0 plain "$WITHNULL" -- fanout --pubs 1 --subs "$FAN" --qos 0 --size 64 -d "$DUR" --max-backlog $((FAN * 20)) ;;
-  e) run e-fanin-qos1 plain "$WITHNULL" -- fanin --pubs "$FAN" --subs 1 --qos 1 --size 64 -d "$DUR" --max-backlog 1000 ;;
+  e) run e-fanin-qos1 plain "$WITHNULL" -- fanin --pubs "$FAN" --subs 1 --qos 1 --size 64 -d "$DUR" --max-backlog 500 ;;
   f) run f-idle-mtls mtls "$BROKERS" -- conn -n "$IDLE" -d "$HOLD" --source-addrs 8 --conn-concurrency 128 --connect-timeout 60s ;;
   *) echo "bench: unknown scenario $s (a-f)" >&2; exit 2 ;;
   esac

@@ -295,9 +295,6 @@ func (c *client) publishLoop(stop <-chan struct{}, start, deadline time.Time) {
 		if !now.Before(deadline) {
 			return
 		}
-		if cfg.MaxBacklog > 0 && !r.waitBacklog(stop, timer) {
-			return
-		}
 		n := maxBatch
 		if interval > 0 {
 			if now.Before(next) {
@@ -314,17 +311,35 @@ func (c *client) publishLoop(stop <-chan struct{}, start, deadline time.Time) {
 		}
 		out = out[:0]
 		for k := 0; k < n; k++ {
+			// The first message of a batch waits for room (closed loop)
+			// and for the QoS 1 window; the others go only if both have
+			// room now.
+			if cfg.MaxBacklog > 0 {
+				if k == 0 {
+					if !r.reserve(stop, timer) {
+						return
+					}
+				} else if !r.tryReserve() {
+					break
+				}
+			}
 			if cfg.QoS > 0 {
 				if k == 0 {
 					select {
 					case c.win <- struct{}{}:
 					case <-stop:
+						if cfg.MaxBacklog > 0 {
+							r.unreserve()
+						}
 						return
 					}
 				} else {
 					select {
 					case c.win <- struct{}{}:
 					default:
+						if cfg.MaxBacklog > 0 {
+							r.unreserve()
+						}
 						k = n // window full: send what we have
 						continue
 					}

@@ -106,12 +106,14 @@ type Config struct {
 	MsgRate float64
 	// Inflight is the QoS 1 window per publisher. Default 16.
 	Inflight int
-	// MaxBacklog, when positive, closes the loop: publishers pause while
-	// more than MaxBacklog deliveries are outstanding (sent × subscribers
-	// per message − delivered), so the run measures the highest rate the
-	// broker sustains without queueing up, instead of how it copes with
-	// overload. A backlog that stops shrinking for 200 ms (the broker
-	// dropped messages) no longer holds publishers back. Only for p2p,
+	// MaxBacklog, when positive, closes the loop: before sending a
+	// message a publisher reserves its deliveries (subscribers per
+	// message), and it waits while MaxBacklog deliveries are outstanding,
+	// so the run measures the highest rate the broker sustains without
+	// queueing up, instead of how it copes with overload. Keep it within
+	// the broker's per-subscriber queue (max_queued_messages) to measure
+	// without loss. When deliveries stop for 1 s (the broker dropped
+	// messages) the outstanding reservations are forgiven. Only for p2p,
 	// fanin, fanout and shared. Default 0: open loop.
 	MaxBacklog int
 	// Duration is how long publishers publish (Conn: how long the

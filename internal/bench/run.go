@@ -35,6 +35,9 @@ type run struct {
 	gateMu sync.Mutex
 	gateCh chan struct{} // closed when the backlog falls; nil when open
 	gated  atomic.Bool
+	// pending counts the deliveries reserved by publishers in closed loop
+	// and not yet seen by a subscriber.
+	pending atomic.Int64
 
 	errMu  sync.Mutex
 	errs   map[string]int
@@ -439,8 +442,14 @@ func paramsOf(c *Config) Params {
 	return p
 }
 
-// backlog is the number of deliveries still expected.
-func (r *run) backlog() int64 { return r.expected() - r.delivered.Load() }
+// perMessage is the number of deliveries one published message should
+// cause.
+func (r *run) perMessage() int64 {
+	if r.cfg.Scenario == FanIn || r.cfg.Scenario == FanOut {
+		return int64(r.cfg.Subs)
+	}
+	return 1
+}
 
 // armGate returns a channel closed when the backlog has shrunk.
 func (r *run) armGate() <-chan struct{} {
@@ -453,9 +462,13 @@ func (r *run) armGate() <-chan struct{} {
 	return r.gateCh
 }
 
-// delivery is called by readers after each delivery in closed loop.
+// delivery is called by readers after each delivery in closed loop: it
+// returns the delivery's reservation and, once the backlog has fallen to
+// half of MaxBacklog, wakes the publishers waiting for room. The
+// hysteresis keeps the broker's queue between half and all of the limit
+// rather than waking every publisher for every delivery.
 func (r *run) delivery() {
-	if !r.gated.Load() || r.backlog() > int64(r.cfg.MaxBacklog)/2 {
+	if r.pending.Add(-1) > int64(r.cfg.MaxBacklog)/2 || !r.gated.Load() {
 		return
 	}
 	r.gateMu.Lock()
@@ -467,14 +480,35 @@ func (r *run) delivery() {
 	r.gateMu.Unlock()
 }
 
-// waitBacklog blocks a publisher while the backlog exceeds MaxBacklog. It
-// returns false when stop is closed.
-func (r *run) waitBacklog(stop <-chan struct{}, t *time.Timer) bool {
-	limit := int64(r.cfg.MaxBacklog)
+// tryReserve reserves the deliveries of one more message if they fit in
+// MaxBacklog. A single message is always allowed when nothing is
+// outstanding, so a fan-out wider than the limit still makes progress.
+func (r *run) tryReserve() bool {
+	per := r.perMessage()
+	if n := r.pending.Add(per); n > int64(r.cfg.MaxBacklog) && n > per {
+		r.pending.Add(-per)
+		return false
+	}
+	return true
+}
+
+// unreserve returns the reservation of a message that was not sent.
+func (r *run) unreserve() { r.pending.Add(-r.perMessage()) }
+
+// reserve blocks until the deliveries of one more message fit in
+// MaxBacklog, then reserves them. Reserving before sending (rather than
+// checking the backlog and then sending a batch) keeps the number of
+// outstanding deliveries at MaxBacklog exactly, however many publishers
+// pass the check at once. When deliveries stop for a second while messages
+// are outstanding, the broker is taken to have dropped them: their
+// reservations are forgiven so the run goes on. (A shorter wait would
+// mistake a broker's pause for loss and overfill its queue.) It returns
+// false when stop is closed.
+func (r *run) reserve(stop <-chan struct{}, t *time.Timer) bool {
 	last, since := r.delivered.Load(), time.Now()
-	for r.backlog() > limit {
+	for !r.tryReserve() {
 		ch := r.armGate()
-		if r.backlog() <= limit {
+		if r.tryReserve() {
 			return true
 		}
 		t.Reset(10 * time.Millisecond)
@@ -486,8 +520,9 @@ func (r *run) waitBacklog(stop <-chan struct{}, t *time.Timer) bool {
 		}
 		if d := r.delivered.Load(); d != last {
 			last, since = d, time.Now()
-		} else if time.Since(since) > 200*time.Millisecond {
-			return true // stalled: the broker dropped what is missing
+		} else if time.Since(since) > time.Second {
+			r.pending.Store(0) // stalled: the broker dropped what is missing
+			since = time.Now()
 		}
 	}
 	return true
