@@ -44,6 +44,9 @@ const (
 // Scenarios lists every scenario in display order.
 var Scenarios = []Scenario{Conn, Pub, Sub, P2P, FanIn, FanOut, Shared}
 
+// minPayload is the smallest payload: what PayloadSize describes.
+const minPayload = 24
+
 // Defaults applied by New for zero fields of Config.
 const (
 	DefaultAddr            = "127.0.0.1:1883"
@@ -97,8 +100,10 @@ type Config struct {
 
 	// QoS of publications and subscriptions (0 or 1).
 	QoS byte
-	// PayloadSize is the plaintext payload length in bytes, at least 16
-	// (the timestamp and sequence). Default 64.
+	// PayloadSize is the plaintext payload length in bytes, at least 24:
+	// a send timestamp, the run's identifier, the publisher's index and
+	// its sequence number (big-endian, 8+8+4+4 bytes), then filler.
+	// Default 64.
 	PayloadSize int
 	// MsgRate is each publisher's rate in messages per second; 0 means as
 	// fast as possible (QoS 1: Inflight unacknowledged messages at most;
@@ -208,8 +213,8 @@ func (cfg Config) withDefaults() (Config, error) {
 	if c.PayloadSize == 0 {
 		c.PayloadSize = DefaultPayloadSize
 	}
-	if c.PayloadSize < 16 || c.PayloadSize > 1<<20 {
-		bad("payload size %d out of range (16 B to 1 MiB)", c.PayloadSize)
+	if c.PayloadSize < minPayload || c.PayloadSize > 1<<20 {
+		bad("payload size %d out of range (%d B to 1 MiB)", c.PayloadSize, minPayload)
 	}
 	if c.MsgRate < 0 || c.ConnRate < 0 {
 		bad("rates must not be negative")

@@ -73,14 +73,18 @@ type ConnectStats struct {
 // MessageStats counts messages. Expected is -1 when the scenario cannot
 // know it (pub, sub).
 type MessageStats struct {
-	Sent               int64   `json:"sent"`
-	Acked              int64   `json:"acked"`
-	Delivered          int64   `json:"delivered"`
-	DeliveredInWindow  int64   `json:"delivered_in_window"`
-	Expected           int64   `json:"expected"`
-	Lost               int64   `json:"lost"`
-	LossRate           float64 `json:"loss_rate"`
-	Foreign            int64   `json:"foreign"`
+	Sent              int64   `json:"sent"`
+	Acked             int64   `json:"acked"`
+	Delivered         int64   `json:"delivered"`
+	DeliveredInWindow int64   `json:"delivered_in_window"`
+	Expected          int64   `json:"expected"`
+	Lost              int64   `json:"lost"`
+	LossRate          float64 `json:"loss_rate"`
+	Foreign           int64   `json:"foreign"`
+	// OutOfOrder counts deliveries (closed loop, not shared) whose
+	// sequence number was not above the last one seen from the same
+	// publisher: reordered or repeated messages.
+	OutOfOrder         int64   `json:"out_of_order,omitempty"`
 	DecryptErrors      int64   `json:"decrypt_errors"`
 	WindowSeconds      float64 `json:"window_s"`
 	SentPerSecond      float64 `json:"sent_per_s"`
@@ -158,6 +162,9 @@ func (r *Result) WriteTable(w io.Writer) error {
 		row("messages", "sent %d (%.0f/s), delivered %d (%.0f/s in window), acked %d", m.Sent, m.SentPerSecond, m.Delivered, m.DeliveredPerSecond, m.Acked)
 		if m.Expected >= 0 {
 			row("loss", "%d of %d expected (%.3f%%)", m.Lost, m.Expected, 100*m.LossRate)
+		}
+		if m.OutOfOrder > 0 {
+			row("order", "%d delivered out of order or repeated", m.OutOfOrder)
 		}
 		if m.DecryptErrors > 0 || m.Foreign > 0 {
 			row("rejected", "%d failed to decrypt, %d not from this run", m.DecryptErrors, m.Foreign)

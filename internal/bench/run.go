@@ -29,12 +29,16 @@ type run struct {
 	sent, acked                           atomic.Int64
 	delivered, deliveredInWindow          atomic.Int64
 	foreign, decryptErrs                  atomic.Int64
+	outOfOrder                            atomic.Int64 // closed loop: behind or equal to the publisher's last
 
 	latency, handshake, connack Histogram
 
-	gateMu sync.Mutex
-	gateCh chan struct{} // closed when the backlog falls; nil when open
-	gated  atomic.Bool
+	// room wakes one publisher waiting for room in closed loop (buffered,
+	// so a wake sent just before a publisher starts waiting is not lost);
+	// waiting counts those publishers.
+	room    chan struct{}
+	waiting atomic.Int64
+	wakeAt  int64 // backlog at or under which release wakes a publisher
 	// pending counts the deliveries reserved by publishers in closed loop
 	// and not yet seen by a subscriber.
 	pending atomic.Int64
@@ -70,10 +74,12 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	var idb [8]byte
 	rand.Read(idb[:])
-	r := &run{cfg: c, runID: binary.BigEndian.Uint64(idb[:]), errs: map[string]int{}}
+	r := &run{cfg: c, runID: binary.BigEndian.Uint64(idb[:]), errs: map[string]int{}, room: make(chan struct{}, 16)}
 	total := c.Duration + c.Drain + 60*time.Second
 	ka := max(60, 2*int(total/time.Second))
 	r.keepAlive = uint16(min(ka, 65535))
+	per := r.perMessage()
+	r.wakeAt = int64(c.MaxBacklog) - per*max(1, min(wakeBatch, int64(c.MaxBacklog)/per))
 	return r.exec(ctx)
 }
 
@@ -224,6 +230,13 @@ func (r *run) makeClients() []*client {
 			tp = fmt.Sprintf("%s/shared/%d", t, i)
 		}
 		add(rolePub, fmt.Sprintf("%s-p%d", prefix, i), tp)
+	}
+	if cfg.MaxBacklog > 0 && cfg.Scenario != Shared {
+		// Each subscriber sees every publisher's messages in order, so a
+		// gap in a publisher's sequence numbers is loss (see onPublish).
+		for _, c := range cs[:cfg.Subs] {
+			c.lastSeq = make([]uint32, len(cs))
+		}
 	}
 	return cs
 }
@@ -393,7 +406,7 @@ func (r *run) messageStats(window time.Duration) MessageStats {
 	m := MessageStats{
 		Sent: r.sent.Load(), Acked: r.acked.Load(), Delivered: r.delivered.Load(),
 		DeliveredInWindow: r.deliveredInWindow.Load(), Expected: r.expected(),
-		Foreign: r.foreign.Load(), DecryptErrors: r.decryptErrs.Load(),
+		Foreign: r.foreign.Load(), DecryptErrors: r.decryptErrs.Load(), OutOfOrder: r.outOfOrder.Load(),
 		WindowSeconds: window.Seconds(),
 	}
 	if m.Expected >= 0 {
@@ -451,33 +464,26 @@ func (r *run) perMessage() int64 {
 	return 1
 }
 
-// armGate returns a channel closed when the backlog has shrunk.
-func (r *run) armGate() <-chan struct{} {
-	r.gateMu.Lock()
-	defer r.gateMu.Unlock()
-	if r.gateCh == nil {
-		r.gateCh = make(chan struct{})
-	}
-	r.gated.Store(true)
-	return r.gateCh
-}
+// wakeBatch is how many messages' worth of room a closed loop waits for
+// before it wakes a publisher, so that publishers send small batches (one
+// write, one broker read) rather than one message per wake-up: the load
+// generator's own cost per message then stays well under the broker's.
+const wakeBatch = 8
 
-// delivery is called by readers after each delivery in closed loop: it
-// returns the delivery's reservation and, once the backlog has fallen to
-// half of MaxBacklog, wakes the publishers waiting for room. The
-// hysteresis keeps the broker's queue between half and all of the limit
-// rather than waking every publisher for every delivery.
-func (r *run) delivery() {
-	if r.pending.Add(-1) > int64(r.cfg.MaxBacklog)/2 || !r.gated.Load() {
+// release returns n delivery reservations in closed loop (deliveries
+// seen, or deliveries known to be lost) and, when a batch of messages fits
+// again, wakes one waiting publisher. Waking publishers one at a time
+// keeps the offered load steady, as a fleet of devices would, instead of
+// releasing every waiting publisher at once in bursts that the broker
+// then has to absorb.
+func (r *run) release(n int64) {
+	if r.pending.Add(-n) > r.wakeAt || r.waiting.Load() == 0 {
 		return
 	}
-	r.gateMu.Lock()
-	if r.gateCh != nil {
-		close(r.gateCh)
-		r.gateCh = nil
+	select {
+	case r.room <- struct{}{}:
+	default:
 	}
-	r.gated.Store(false)
-	r.gateMu.Unlock()
 }
 
 // tryReserve reserves the deliveries of one more message if they fit in
@@ -499,21 +505,23 @@ func (r *run) unreserve() { r.pending.Add(-r.perMessage()) }
 // MaxBacklog, then reserves them. Reserving before sending (rather than
 // checking the backlog and then sending a batch) keeps the number of
 // outstanding deliveries at MaxBacklog exactly, however many publishers
-// pass the check at once. When deliveries stop for a second while messages
-// are outstanding, the broker is taken to have dropped them: their
-// reservations are forgiven so the run goes on. (A shorter wait would
-// mistake a broker's pause for loss and overfill its queue.) It returns
-// false when stop is closed.
+// pass the check at once. Subscribers return the reservations of messages
+// they can tell were lost (a gap in a publisher's sequence); when
+// deliveries stop for a second while messages are outstanding, the broker
+// is taken to have dropped the rest, and their reservations are forgiven
+// so the run goes on. (A shorter wait would mistake a broker's pause for
+// loss and overfill its queue.) It returns false when stop is closed.
 func (r *run) reserve(stop <-chan struct{}, t *time.Timer) bool {
+	if r.tryReserve() {
+		return true
+	}
+	r.waiting.Add(1)
+	defer r.waiting.Add(-1)
 	last, since := r.delivered.Load(), time.Now()
 	for !r.tryReserve() {
-		ch := r.armGate()
-		if r.tryReserve() {
-			return true
-		}
 		t.Reset(10 * time.Millisecond)
 		select {
-		case <-ch:
+		case <-r.room:
 		case <-t.C:
 		case <-stop:
 			return false

@@ -51,6 +51,7 @@ type conn struct {
 
 	// writer-owned
 	wbuf        []byte
+	wdlSet      time.Time // when the write deadline was last moved
 	aliasOutMax uint16
 	aliasesOut  map[string]uint16
 
@@ -480,8 +481,12 @@ func (c *conn) connack(st *connectState, present bool) {
 // readLoop reads and handles packets until the connection ends.
 func (c *conn) readLoop() {
 	for {
-		if c.keepAlive > 0 {
-			// [MQTT-3.1.2-24]: one and a half times the keep alive.
+		if c.keepAlive > 0 && c.br.Buffered() == 0 {
+			// [MQTT-3.1.2-24]: one and a half times the keep alive. Set
+			// only before a read that may wait: packets still buffered
+			// arrived with the last read, whose deadline already counts
+			// from after their arrival. (Resetting it per packet costs a
+			// timer update per message at full load.)
 			c.nc.SetReadDeadline(time.Now().Add(c.keepAlive * 3 / 2))
 		}
 		p, err := c.r.ReadPacket()
@@ -578,12 +583,12 @@ func (c *conn) handle(p packet.Packet) bool {
 	case *packet.Pubrec:
 		if c.sess.received(c.srv, p.PacketID, p.ReasonCode) {
 			if !p.ReasonCode.IsError() {
-				c.send(&packet.Pubrel{PacketID: p.PacketID})
+				c.send(shortAck{typ: packet.PUBREL, pid: p.PacketID})
 			}
 		} else {
 			// Answer an unknown identifier with PUBREL 0x92 so the
 			// client can finish its flow [MQTT-4.3.3-4].
-			c.send(&packet.Pubrel{PacketID: p.PacketID, ReasonCode: packet.PacketIDNotFound})
+			c.send(shortAck{typ: packet.PUBREL, code: packet.PacketIDNotFound, pid: p.PacketID})
 		}
 	case *packet.Pubrel:
 		c.sess.mu.Lock()
@@ -594,7 +599,7 @@ func (c *conn) handle(p packet.Packet) bool {
 		if !ok {
 			code = packet.PacketIDNotFound
 		}
-		c.send(&packet.Pubcomp{PacketID: p.PacketID, ReasonCode: code})
+		c.send(shortAck{typ: packet.PUBCOMP, code: code, pid: p.PacketID})
 	case *packet.Pubcomp:
 		if !c.sess.ack(c.srv, p.PacketID, 2) {
 			c.log.Debug("broker: PUBCOMP for unknown packet identifier", "pid", p.PacketID)
@@ -810,7 +815,14 @@ func (c *conn) flush() bool {
 	if len(c.wbuf) == 0 {
 		return true
 	}
-	c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
+	// The write deadline is moved forward only when an eighth of the
+	// timeout has passed since it was last set, so a write may block for
+	// between 7/8 of WriteTimeout and all of it; updating the timer on
+	// every flush showed at full load.
+	if now := time.Now(); now.Sub(c.wdlSet) > c.srv.cfg.WriteTimeout/8 {
+		c.nc.SetWriteDeadline(now.Add(c.srv.cfg.WriteTimeout))
+		c.wdlSet = now
+	}
 	n, err := c.nc.Write(c.wbuf)
 	c.srv.stats.bytesOut.Add(int64(n))
 	c.wbuf = c.wbuf[:0]
@@ -830,6 +842,9 @@ func (c *conn) flush() bool {
 
 // encode appends p, applying outbound topic aliases to PUBLISH.
 func (c *conn) encode(dst []byte, p packet.Packet) ([]byte, error) {
+	if a, ok := p.(shortAck); ok {
+		return a.appendTo(dst, c.version), nil
+	}
 	if pub, ok := p.(*packet.Publish); ok {
 		c.srv.stats.messagesOut.Add(1)
 		if c.aliasOutMax > 0 {

@@ -80,7 +80,7 @@ func (c *conn) handlePublish(p *packet.Publish) bool {
 		}
 		c.sess.mu.Unlock()
 		if dup {
-			c.send(&packet.Pubrec{PacketID: p.PacketID})
+			c.send(shortAck{typ: packet.PUBREC, pid: p.PacketID})
 			return true
 		}
 	}
@@ -115,9 +115,9 @@ func (c *conn) ackPublish(p *packet.Publish, code packet.ReasonCode) bool {
 	}
 	switch p.QoS {
 	case 1:
-		c.send(&packet.Puback{PacketID: p.PacketID, ReasonCode: code})
+		c.send(shortAck{typ: packet.PUBACK, code: code, pid: p.PacketID})
 	case 2:
-		c.send(&packet.Pubrec{PacketID: p.PacketID, ReasonCode: code})
+		c.send(shortAck{typ: packet.PUBREC, code: code, pid: p.PacketID})
 	}
 	return true
 }

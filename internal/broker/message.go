@@ -88,8 +88,25 @@ type delivery struct {
 // shareKey names a shared subscription: group and filter.
 type shareKey struct{ group, filter string }
 
-// publishPacket builds the PUBLISH for this delivery.
-func (d *delivery) publishPacket(now time.Time, dup bool) *packet.Publish {
+// clock reads the server's clock once, when first asked: most deliveries
+// never need the time (no expiry, no size limit), and reading it per
+// message shows at full load.
+type clock struct {
+	now  func() time.Time
+	t    time.Time
+	read bool
+}
+
+func (c *clock) get() time.Time {
+	if !c.read {
+		c.t, c.read = c.now(), true
+	}
+	return c.t
+}
+
+// publishPacket builds the PUBLISH for this delivery. The clock is read
+// only for a message with an expiry interval.
+func (d *delivery) publishPacket(clk *clock, dup bool) *packet.Publish {
 	p := &packet.Publish{
 		Dup:      dup && d.qos > 0,
 		QoS:      d.qos,
@@ -103,7 +120,33 @@ func (d *delivery) publishPacket(now time.Time, dup bool) *packet.Publish {
 		p.Properties.SubscriptionIDs = d.subIDs
 	}
 	if !d.msg.Expires.IsZero() {
-		p.Properties.SetMessageExpiry(d.msg.remainingExpiry(now))
+		p.Properties.SetMessageExpiry(d.msg.remainingExpiry(clk.get()))
 	}
 	return p
+}
+
+// shortAck is a PUBACK, PUBREC, PUBREL or PUBCOMP without properties, the
+// form almost every acknowledgement takes. Queued as a value it costs a
+// few bytes instead of a whole packet struct with its property block,
+// which matters at one acknowledgement per message.
+type shortAck struct {
+	typ  packet.Type
+	code packet.ReasonCode
+	pid  uint16
+}
+
+// Type implements packet.Packet.
+func (a shortAck) Type() packet.Type { return a.typ }
+
+// appendTo encodes a for version v: the reason code is left out when it
+// is Success, and always before MQTT 5 [MQTT-3.4.2-1].
+func (a shortAck) appendTo(dst []byte, v packet.Version) []byte {
+	first := byte(a.typ) << 4
+	if a.typ == packet.PUBREL {
+		first |= 0x02 // [MQTT-3.6.1-1]
+	}
+	if v == packet.V5 && a.code != packet.Success {
+		return append(dst, first, 3, byte(a.pid>>8), byte(a.pid), byte(a.code))
+	}
+	return append(dst, first, 2, byte(a.pid>>8), byte(a.pid))
 }

@@ -111,7 +111,7 @@ func (s *session) deliver(srv *Server, d *delivery) bool {
 		}
 		return s.enqueueLocked(srv, d)
 	}
-	if s.maxPacket > 0 && !fitsPacket(d, c.version, s.maxPacket, srv.cfg.Now()) {
+	if s.maxPacket > 0 && !fitsPacket(d, c.version, s.maxPacket, &clock{now: srv.cfg.Now}) {
 		// [MQTT-3.1.2-25]: a message too large for the client is
 		// discarded for it as if it had been delivered.
 		srv.stats.droppedOversize.Add(1)
@@ -123,7 +123,7 @@ func (s *session) deliver(srv *Server, d *delivery) bool {
 			// first: messages of one QoS keep their order [MQTT-4.6.0-6].
 			return s.enqueueLocked(srv, d)
 		}
-		return c.sendQoS0(d.publishPacket(srv.cfg.Now(), false), len(d.msg.Payload)+len(d.msg.Topic))
+		return c.sendQoS0(d.publishPacket(&clock{now: srv.cfg.Now}, false), len(d.msg.Payload)+len(d.msg.Topic))
 	}
 	if len(s.queue) > 0 || len(s.inflight) >= s.inflightLimit {
 		return s.enqueueLocked(srv, d)
@@ -134,11 +134,15 @@ func (s *session) deliver(srv *Server, d *delivery) bool {
 
 // startLocked puts d in flight on c.
 func (s *session) startLocked(srv *Server, c *conn, d *delivery) {
+	s.startLockedAt(c, d, &clock{now: srv.cfg.Now})
+}
+
+func (s *session) startLockedAt(c *conn, d *delivery, clk *clock) {
 	d.pid = s.allocPID()
 	s.inflight = append(s.inflight, d)
 	dup := d.sent
 	d.sent = true
-	c.send(d.publishPacket(srv.cfg.Now(), dup))
+	c.send(d.publishPacket(clk, dup))
 }
 
 func (s *session) enqueueLocked(srv *Server, d *delivery) bool {
@@ -157,7 +161,7 @@ func (s *session) fillLocked(srv *Server) {
 	if c == nil || c.closing.Load() {
 		return
 	}
-	now := srv.cfg.Now()
+	clk := clock{now: srv.cfg.Now}
 	n := 0
 	for n < len(s.queue) {
 		d := s.queue[n]
@@ -166,19 +170,19 @@ func (s *session) fillLocked(srv *Server) {
 		}
 		n++
 		srv.stats.queued.Add(-1)
-		if d.msg.expired(now) {
+		if !d.msg.Expires.IsZero() && d.msg.expired(clk.get()) {
 			srv.stats.expired.Add(1)
 			continue
 		}
-		if s.maxPacket > 0 && !fitsPacket(d, c.version, s.maxPacket, now) {
+		if s.maxPacket > 0 && !fitsPacket(d, c.version, s.maxPacket, &clk) {
 			srv.stats.droppedOversize.Add(1)
 			continue
 		}
 		if d.qos == 0 {
-			c.sendQoS0(d.publishPacket(now, false), len(d.msg.Payload)+len(d.msg.Topic))
+			c.sendQoS0(d.publishPacket(&clk, false), len(d.msg.Payload)+len(d.msg.Topic))
 			continue
 		}
-		s.startLocked(srv, c, d)
+		s.startLockedAt(c, d, &clk)
 	}
 	if n > 0 {
 		rest := copy(s.queue, s.queue[n:])
@@ -194,7 +198,7 @@ func (s *session) fillLocked(srv *Server) {
 // in-flight limit (the client's Receive Maximum) are sent at once; the
 // rest follow as acknowledgements arrive [MQTT-3.3.4-9].
 func (s *session) resendLocked(srv *Server, c *conn) {
-	now := srv.cfg.Now()
+	clk := clock{now: srv.cfg.Now}
 	s.pendingResend = 0
 	for i, d := range s.inflight {
 		d.pending = i >= s.inflightLimit
@@ -202,17 +206,17 @@ func (s *session) resendLocked(srv *Server, c *conn) {
 			s.pendingResend++
 			continue
 		}
-		s.resendOneLocked(c, d, now)
+		s.resendOneLocked(c, d, &clk)
 	}
 }
 
-func (s *session) resendOneLocked(c *conn, d *delivery, now time.Time) {
+func (s *session) resendOneLocked(c *conn, d *delivery, clk *clock) {
 	if d.released {
-		c.send(&packet.Pubrel{PacketID: d.pid})
+		c.send(shortAck{typ: packet.PUBREL, pid: d.pid})
 		return
 	}
 	d.sent = true
-	c.send(d.publishPacket(now, true))
+	c.send(d.publishPacket(clk, true))
 }
 
 // resumeResendLocked resends held-back in-flight messages, oldest first,
@@ -223,7 +227,7 @@ func (s *session) resumeResendLocked(srv *Server) {
 		return
 	}
 	out := len(s.inflight) - s.pendingResend // sent on this connection
-	now := srv.cfg.Now()
+	clk := clock{now: srv.cfg.Now}
 	for _, d := range s.inflight {
 		if out >= s.inflightLimit || s.pendingResend == 0 {
 			return
@@ -232,7 +236,7 @@ func (s *session) resumeResendLocked(srv *Server) {
 			d.pending = false
 			s.pendingResend--
 			out++
-			s.resendOneLocked(c, d, now)
+			s.resendOneLocked(c, d, &clk)
 		}
 	}
 }
@@ -280,8 +284,8 @@ func (s *session) received(srv *Server, pid uint16, code packet.ReasonCode) bool
 }
 
 // fitsPacket reports whether the PUBLISH for d fits in max bytes.
-func fitsPacket(d *delivery, v packet.Version, max uint32, now time.Time) bool {
-	p := d.publishPacket(now, false)
+func fitsPacket(d *delivery, v packet.Version, max uint32, clk *clock) bool {
+	p := d.publishPacket(clk, false)
 	if p.QoS > 0 {
 		p.PacketID = 1 // any non-zero identifier has the same size
 	}

@@ -108,7 +108,7 @@ func newBenchScenarioCmd(stdio Stdio, s bench.Scenario) *cobra.Command {
 	f.IntVar(&c.ConnConcurrency, "conn-concurrency", bench.DefaultConnConcurrency, "connections being set up at once")
 	f.DurationVar(&c.ConnectTimeout, "connect-timeout", bench.DefaultConnectTimeout, "timeout of one connection setup")
 	f.Uint8VarP(&c.QoS, "qos", "q", 0, "QoS of publications and subscriptions (0 or 1)")
-	f.IntVarP(&c.PayloadSize, "size", "s", bench.DefaultPayloadSize, "payload size in bytes (>= 16)")
+	f.IntVarP(&c.PayloadSize, "size", "s", bench.DefaultPayloadSize, "payload size in bytes (>= 24)")
 	f.Float64VarP(&c.MsgRate, "rate", "r", 0, "messages per second per publisher (0: as fast as possible)")
 	f.IntVar(&c.Inflight, "inflight", bench.DefaultInflight, "QoS 1 messages awaiting PUBACK per publisher")
 	f.IntVar(&c.MaxBacklog, "max-backlog", 0, "closed loop: publishers pause while more than `N` deliveries are outstanding (0: open loop)")

@@ -124,6 +124,7 @@ func runServe(ctx context.Context, stdio Stdio, o serveOptions, dataSet bool) er
 	if err != nil {
 		return err
 	}
+	tuneGC(ctx, gcHeadroom)
 	if o.pprof != "" {
 		if err := startPprof(ctx, o.pprof, log); err != nil {
 			return err

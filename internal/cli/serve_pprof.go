@@ -9,11 +9,12 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"net/netip"
+	"runtime"
 	"time"
 )
 
 // startPprof serves Go's runtime profiles (net/http/pprof) on addr for
-// performance work. The handler exposes goroutine stacks and heap
+// performance work, with mutex contention sampled. The handler exposes goroutine stacks and heap
 // contents, so only loopback addresses are accepted: reach it from
 // elsewhere through an SSH tunnel. It stops when ctx ends.
 func startPprof(ctx context.Context, addr string, log *slog.Logger) error {
@@ -32,6 +33,9 @@ func startPprof(ctx context.Context, addr string, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("serve: --pprof: %w", err)
 	}
+	// Sample one contended lock in ten for /debug/pprof/mutex; costs
+	// nothing where locks are not contended.
+	runtime.SetMutexProfileFraction(10)
 	mux := http.NewServeMux()
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
