@@ -51,7 +51,8 @@ type conn struct {
 
 	// writer-owned
 	wbuf        []byte
-	wdlSet      time.Time // when the write deadline was last moved
+	wdlSet      time.Time      // when the write deadline was last moved
+	wpub        packet.Publish // the PUBLISH being encoded
 	aliasOutMax uint16
 	aliasesOut  map[string]uint16
 
@@ -652,7 +653,7 @@ func (c *conn) send(p packet.Packet) {
 
 // sendQoS0 queues a QoS 0 PUBLISH unless the connection's QoS 0 backlog is
 // over its byte budget (a slow consumer), in which case it is dropped.
-func (c *conn) sendQoS0(p *packet.Publish, size int) bool {
+func (c *conn) sendQoS0(p outPublish, size int) bool {
 	c.outMu.Lock()
 	defer c.outMu.Unlock()
 	if c.final || c.outBytes+size > c.srv.cfg.MaxOutboundBytes {
@@ -842,14 +843,26 @@ func (c *conn) flush() bool {
 
 // encode appends p, applying outbound topic aliases to PUBLISH.
 func (c *conn) encode(dst []byte, p packet.Packet) ([]byte, error) {
-	if a, ok := p.(shortAck); ok {
-		return a.appendTo(dst, c.version), nil
+	switch q := p.(type) {
+	case shortAck:
+		return q.appendTo(dst, c.version), nil
+	case outPublish:
+		// Built in the writer's own packet, cleared afterwards so that an
+		// idle connection does not keep the last message alive.
+		q.d.fillPublish(&c.wpub, &clock{now: c.srv.cfg.Now}, q.dup)
+		dst, err := c.encodePublish(dst, &c.wpub)
+		c.wpub = packet.Publish{}
+		return dst, err
+	case *packet.Publish:
+		return c.encodePublish(dst, q)
 	}
-	if pub, ok := p.(*packet.Publish); ok {
-		c.srv.stats.messagesOut.Add(1)
-		if c.aliasOutMax > 0 {
-			c.applyAlias(pub)
-		}
+	return packet.Append(dst, p, c.version)
+}
+
+func (c *conn) encodePublish(dst []byte, p *packet.Publish) ([]byte, error) {
+	c.srv.stats.messagesOut.Add(1)
+	if c.aliasOutMax > 0 {
+		c.applyAlias(p)
 	}
 	return packet.Append(dst, p, c.version)
 }

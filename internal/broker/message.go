@@ -17,8 +17,10 @@ type Message struct {
 	// Props holds the publisher's properties that travel with the message
 	// (payload format, content type, response topic, correlation data, user
 	// properties); topic alias, subscription identifiers and message
-	// expiry are not kept here.
-	Props packet.Properties
+	// expiry are not kept here. nil when the publisher sent none of them,
+	// as with every MQTT 3 client: the property block is large, and most
+	// messages would carry it empty.
+	Props *packet.Properties
 	// Expires is when the message expires (Message Expiry Interval); zero
 	// means never.
 	Expires time.Time
@@ -43,12 +45,16 @@ func newMessage(p *packet.Publish, from string, now time.Time) *Message {
 		From:    from,
 		Created: now,
 	}
-	m.Props.Present = p.Properties.Present & forwardedProps
-	m.Props.PayloadFormat = p.Properties.PayloadFormat
-	m.Props.ContentType = p.Properties.ContentType
-	m.Props.ResponseTopic = p.Properties.ResponseTopic
-	m.Props.CorrelationData = p.Properties.CorrelationData
-	m.Props.User = p.Properties.User
+	if p.Properties.Present&forwardedProps != 0 || len(p.Properties.User) > 0 {
+		m.Props = &packet.Properties{
+			Present:         p.Properties.Present & forwardedProps,
+			PayloadFormat:   p.Properties.PayloadFormat,
+			ContentType:     p.Properties.ContentType,
+			ResponseTopic:   p.Properties.ResponseTopic,
+			CorrelationData: p.Properties.CorrelationData,
+			User:            p.Properties.User,
+		}
+	}
 	if p.Properties.Has(packet.PropMessageExpiry) {
 		m.Expires = now.Add(time.Duration(p.Properties.MessageExpiry) * time.Second)
 	}
@@ -107,7 +113,15 @@ func (c *clock) get() time.Time {
 // publishPacket builds the PUBLISH for this delivery. The clock is read
 // only for a message with an expiry interval.
 func (d *delivery) publishPacket(clk *clock, dup bool) *packet.Publish {
-	p := &packet.Publish{
+	p := new(packet.Publish)
+	d.fillPublish(p, clk, dup)
+	return p
+}
+
+// fillPublish sets p to the PUBLISH for this delivery, overwriting all of
+// it.
+func (d *delivery) fillPublish(p *packet.Publish, clk *clock, dup bool) {
+	*p = packet.Publish{
 		Dup:      dup && d.qos > 0,
 		QoS:      d.qos,
 		Retain:   d.retain,
@@ -115,15 +129,30 @@ func (d *delivery) publishPacket(clk *clock, dup bool) *packet.Publish {
 		PacketID: d.pid,
 		Payload:  d.msg.Payload,
 	}
-	p.Properties = d.msg.Props
+	if d.msg.Props != nil {
+		p.Properties = *d.msg.Props
+	}
 	if len(d.subIDs) > 0 {
 		p.Properties.SubscriptionIDs = d.subIDs
 	}
 	if !d.msg.Expires.IsZero() {
 		p.Properties.SetMessageExpiry(d.msg.remainingExpiry(clk.get()))
 	}
-	return p
 }
+
+// outPublish is a PUBLISH waiting in a connection's outbound queue: the
+// delivery it comes from and whether it is a resend. The writer builds
+// the packet when it encodes it, into a buffer of its own, so queueing a
+// message allocates a few bytes rather than a packet struct. Only fields
+// of d that do not change once it is in flight or queued are read
+// (message, QoS, retain, subscription identifiers, packet identifier).
+type outPublish struct {
+	d   *delivery
+	dup bool
+}
+
+// Type implements packet.Packet.
+func (outPublish) Type() packet.Type { return packet.PUBLISH }
 
 // shortAck is a PUBACK, PUBREC, PUBREL or PUBCOMP without properties, the
 // form almost every acknowledgement takes. Queued as a value it costs a

@@ -341,7 +341,7 @@ func (s *Server) attach(c *conn, st *connectState) (*session, bool) {
 		c.connack(st, present)
 		c.established.Store(true)
 		if present {
-			sess.resendLocked(s, c)
+			sess.resendLocked(c)
 			sess.fillLocked(s)
 		}
 		sess.mu.Unlock()

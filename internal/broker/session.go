@@ -123,26 +123,22 @@ func (s *session) deliver(srv *Server, d *delivery) bool {
 			// first: messages of one QoS keep their order [MQTT-4.6.0-6].
 			return s.enqueueLocked(srv, d)
 		}
-		return c.sendQoS0(d.publishPacket(&clock{now: srv.cfg.Now}, false), len(d.msg.Payload)+len(d.msg.Topic))
+		return c.sendQoS0(outPublish{d: d}, len(d.msg.Payload)+len(d.msg.Topic))
 	}
 	if len(s.queue) > 0 || len(s.inflight) >= s.inflightLimit {
 		return s.enqueueLocked(srv, d)
 	}
-	s.startLocked(srv, c, d)
+	s.startLocked(c, d)
 	return true
 }
 
 // startLocked puts d in flight on c.
-func (s *session) startLocked(srv *Server, c *conn, d *delivery) {
-	s.startLockedAt(c, d, &clock{now: srv.cfg.Now})
-}
-
-func (s *session) startLockedAt(c *conn, d *delivery, clk *clock) {
+func (s *session) startLocked(c *conn, d *delivery) {
 	d.pid = s.allocPID()
 	s.inflight = append(s.inflight, d)
 	dup := d.sent
 	d.sent = true
-	c.send(d.publishPacket(clk, dup))
+	c.send(outPublish{d: d, dup: dup})
 }
 
 func (s *session) enqueueLocked(srv *Server, d *delivery) bool {
@@ -179,10 +175,10 @@ func (s *session) fillLocked(srv *Server) {
 			continue
 		}
 		if d.qos == 0 {
-			c.sendQoS0(d.publishPacket(&clk, false), len(d.msg.Payload)+len(d.msg.Topic))
+			c.sendQoS0(outPublish{d: d}, len(d.msg.Payload)+len(d.msg.Topic))
 			continue
 		}
-		s.startLockedAt(c, d, &clk)
+		s.startLocked(c, d)
 	}
 	if n > 0 {
 		rest := copy(s.queue, s.queue[n:])
@@ -197,8 +193,7 @@ func (s *session) fillLocked(srv *Server) {
 // the client [MQTT-4.4.0-1] [MQTT-4.6.0-1]. No more than the connection's
 // in-flight limit (the client's Receive Maximum) are sent at once; the
 // rest follow as acknowledgements arrive [MQTT-3.3.4-9].
-func (s *session) resendLocked(srv *Server, c *conn) {
-	clk := clock{now: srv.cfg.Now}
+func (s *session) resendLocked(c *conn) {
 	s.pendingResend = 0
 	for i, d := range s.inflight {
 		d.pending = i >= s.inflightLimit
@@ -206,17 +201,17 @@ func (s *session) resendLocked(srv *Server, c *conn) {
 			s.pendingResend++
 			continue
 		}
-		s.resendOneLocked(c, d, &clk)
+		s.resendOneLocked(c, d)
 	}
 }
 
-func (s *session) resendOneLocked(c *conn, d *delivery, clk *clock) {
+func (s *session) resendOneLocked(c *conn, d *delivery) {
 	if d.released {
 		c.send(shortAck{typ: packet.PUBREL, pid: d.pid})
 		return
 	}
 	d.sent = true
-	c.send(d.publishPacket(clk, true))
+	c.send(outPublish{d: d, dup: true})
 }
 
 // resumeResendLocked resends held-back in-flight messages, oldest first,
@@ -227,7 +222,6 @@ func (s *session) resumeResendLocked(srv *Server) {
 		return
 	}
 	out := len(s.inflight) - s.pendingResend // sent on this connection
-	clk := clock{now: srv.cfg.Now}
 	for _, d := range s.inflight {
 		if out >= s.inflightLimit || s.pendingResend == 0 {
 			return
@@ -236,7 +230,7 @@ func (s *session) resumeResendLocked(srv *Server) {
 			d.pending = false
 			s.pendingResend--
 			out++
-			s.resendOneLocked(c, d, &clk)
+			s.resendOneLocked(c, d)
 		}
 	}
 }
