@@ -74,7 +74,7 @@ type conn struct {
 	canWrite   bool
 	writing    bool
 	handling   bool          // the reader is handling a packet and will write after it
-	writerExit chan struct{} // closed when the running writer returns
+	writerExit chan struct{} // closed when the running writer returns; nil when none runs
 
 	done       chan struct{} // closed when the connection is fully cleaned up
 	closing    atomic.Bool
@@ -793,6 +793,7 @@ func (c *conn) writeLoop() {
 				c.wbuf = nil // an idle connection keeps no large buffer
 			}
 			c.writing = false
+			c.writerExit = nil
 			final := c.final
 			c.outMu.Unlock()
 			if final {
@@ -839,6 +840,7 @@ func (c *conn) stopWriting() {
 	c.outMu.Lock()
 	c.final = true
 	c.writing = false
+	c.writerExit = nil
 	c.out = nil
 	c.outMu.Unlock()
 }

@@ -59,7 +59,9 @@ func testServerTLS(t testing.TB, cfg Config) (*Server, string) {
 	}
 	addr := ln.Addr().String()
 	done := make(chan error, 1)
-	go func() { done <- s.Serve(context.Background(), tls.NewListener(ln, testTLSConfig(t)), ListenerConfig{Name: "tls"}) }()
+	go func() {
+		done <- s.Serve(context.Background(), tls.NewListener(ln, testTLSConfig(t)), ListenerConfig{Name: "tls"})
+	}()
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
