@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moatmq/moat/internal/listener"
 	"github.com/moatmq/moat/internal/packet"
 )
 
@@ -234,5 +235,61 @@ func TestKeepAliveWhileQuiet(t *testing.T) {
 	// quiet again would give 3 s.
 	if el := time.Since(start); el < 1400*time.Millisecond || el > 2700*time.Millisecond {
 		t.Fatalf("MQTT-3.1.2-24 closed %v after the last packet, want about 1.5 s", el)
+	}
+}
+
+// wrappedConn stands for a transport that frames its input (WebSocket):
+// it exposes its socket, but waiting on the socket would be wrong.
+type wrappedConn struct{ net.Conn }
+
+func (w wrappedConn) NetConn() net.Conn { return w.Conn }
+
+func TestRawConnOf(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	nc, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	lln, err := listener.Listen(context.Background(), listener.Config{Address: "127.0.0.1:0", Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lln.Close()
+	lclient, err := net.Dial("tcp", lln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lclient.Close()
+	lc, err := lln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lc.Close()
+	p1, p2 := net.Pipe()
+	defer p1.Close()
+	defer p2.Close()
+	for _, tt := range []struct {
+		name string
+		nc   net.Conn
+		want bool
+	}{
+		{"tcp", nc, true},
+		{"tls over tcp", tls.Server(nc, &tls.Config{}), true},
+		{"listener conn", lc, true},
+		{"tls over listener conn", tls.Server(lc, &tls.Config{}), true},
+		{"pipe", p1, false},
+		{"framed transport", wrappedConn{nc}, false},
+		{"tls over a framed transport", tls.Server(wrappedConn{nc}, &tls.Config{}), false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := rawConnOf(tt.nc) != nil; got != (tt.want && canWaitReadable) {
+				t.Errorf("rawConnOf: %v, want %v", got, tt.want && canWaitReadable)
+			}
+		})
 	}
 }
