@@ -2,7 +2,6 @@ package broker
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -186,10 +185,6 @@ func (c *conn) handshakeAndConnect() bool {
 			c.log.Info("broker: TLS handshake failed", "err", err)
 			return false
 		}
-	}
-	if cs, ok := c.nc.(interface{ ConnectionState() tls.ConnectionState }); ok {
-		st := cs.ConnectionState()
-		c.client.TLS = &st
 	}
 	c.raw = rawConnOf(c.nc)
 	c.takeInput()
@@ -395,12 +390,14 @@ func (c *conn) connect(ctx context.Context, pkt *packet.Connect) bool {
 	c.log.Log(ctx, level, "broker: client connected", "version", pkt.Version.String(), "username", c.client.Username,
 		"clean", pkt.CleanStart, "session_present", present, "keep_alive", ka)
 
-	if w := c.lst.certWatcher; w != nil && c.client.TLS != nil && len(c.client.TLS.PeerCertificates) > 0 {
-		c.stopWatch = w.Watch(c.client.TLS.PeerCertificates, func(reason string) {
-			c.log.Warn("broker: client certificate no longer valid; disconnecting", "reason", reason)
-			s.stats.revokedDisconnects.Add(1)
-			c.kill(packet.NotAuthorized, reason)
-		})
+	if w := c.lst.certWatcher; w != nil {
+		if chain := c.client.PeerCertificates(); len(chain) > 0 {
+			c.stopWatch = w.Watch(chain, func(reason string) {
+				c.log.Warn("broker: client certificate no longer valid; disconnecting", "reason", reason)
+				s.stats.revokedDisconnects.Add(1)
+				c.kill(packet.NotAuthorized, reason)
+			})
+		}
 	}
 	c.in.r.SetVersion(pkt.Version)
 	return true
