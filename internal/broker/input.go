@@ -143,12 +143,11 @@ func (c *conn) goQuiet() bool {
 	c.nc.SetReadDeadline(aLongTimeAgo)
 	n, err := c.nc.Read(c.src.head[:])
 	c.nc.SetReadDeadline(deadline)
-	switch {
-	case n > 0:
-		c.src.pending = true
-		return false
-	case err != nil && !isTimeout(err):
-		c.src.err = err
+	if err != nil && !isTimeout(err) {
+		c.src.err = err // after the byte, if one came with it
+	}
+	if n > 0 || c.src.err != nil {
+		c.src.pending = n > 0
 		return false
 	}
 	c.releaseInput()
