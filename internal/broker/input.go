@@ -31,8 +31,9 @@ import (
 // and only when every layer is empty does the read time out (a timeout is
 // not fatal for a tls.Conn; it keeps a partly read record).
 
-// quietAfter is how long a connection must have gone without input before
-// it waits for the next packet without a buffer and on a fresh goroutine.
+// quietAfter: a connection whose input runs dry at least quietAfter after
+// it last did (or that sent nothing after CONNECT) waits for its next
+// packet without a buffer and on a fresh goroutine.
 const quietAfter = time.Second
 
 // readBufSize is the read buffer of a connection receiving packets. 1 KiB
