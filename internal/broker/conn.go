@@ -1,9 +1,7 @@
 package broker
 
 import (
-	"bufio"
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -12,24 +10,34 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/moatmq/moat/internal/packet"
 )
 
 // conn is one client network connection. The reader goroutine owns the
-// fields above outMu; the writer goroutine owns wbuf and the outbound
-// alias table; fields below outMu are guarded by it.
+// fields above outMu (there is one reader goroutine at a time: a quiet
+// connection hands reading over to a fresh one, see input.go); the writer
+// goroutine owns wbuf and the outbound alias table; fields below outMu are
+// guarded by it.
 type conn struct {
-	srv     *Server
-	nc      net.Conn
-	lst     *listenerState
-	log     *slog.Logger
-	r       *packet.Reader
-	br      *bufio.Reader // under r; Buffered tells whether more input is waiting
-	version packet.Version
-	client  Client
-	sess    *session
+	srv *Server
+	nc  net.Conn
+	lst *listenerState
+	log *slog.Logger
+	// in is the read buffer and decoder; nil while the connection waits
+	// quietly for input.
+	in  *input
+	src source
+	// raw is the socket, for waiting until it is readable; nil when the
+	// transport does not allow it (see rawConnOf).
+	raw syscall.RawConn
+	// lastDrain is when the reader last ran out of input.
+	lastDrain time.Time
+	version   packet.Version
+	client    Client
+	sess      *session
 
 	keepAlive   time.Duration // 0: no keep alive
 	will        *packet.Will
@@ -67,7 +75,7 @@ type conn struct {
 	canWrite   bool
 	writing    bool
 	handling   bool          // the reader is handling a packet and will write after it
-	writerExit chan struct{} // closed when the running writer returns
+	writerExit chan struct{} // closed when the running writer returns; nil when none runs
 
 	done       chan struct{} // closed when the connection is fully cleaned up
 	closing    atomic.Bool
@@ -95,7 +103,8 @@ func (s *Server) newConn(nc net.Conn, lst *listenerState) *conn {
 		lst:  lst,
 		done: make(chan struct{}),
 	}
-	c.log = s.log.With("listener", lst.name, "remote", nc.RemoteAddr().String())
+	c.src.nc = nc
+	c.log = newConnLogger(s.log, lst.name, nc.RemoteAddr(), "")
 	c.client.Listener = lst.name
 	c.client.Remote = nc.RemoteAddr()
 	c.client.Conn = nc
@@ -105,7 +114,8 @@ func (s *Server) newConn(nc net.Conn, lst *listenerState) *conn {
 // serve runs the TLS handshake and CONNECT on the accepting goroutine,
 // then hands the connection to a fresh reader goroutine: the handshake
 // grows a goroutine's stack well beyond what reading needs, and an idle
-// connection should not keep that stack for its lifetime.
+// connection should not keep that stack for its lifetime. A client that
+// sent nothing after CONNECT starts quiet (see input.go).
 func (c *conn) serve() {
 	defer c.recoverPanic()
 	if !c.handshakeAndConnect() {
@@ -113,13 +123,23 @@ func (c *conn) serve() {
 		c.end()
 		return
 	}
+	c.lastDrain = time.Now()
+	if c.in.br.Buffered() == 0 && c.raw != nil {
+		if c.goQuiet() {
+			return
+		}
+	} else {
+		c.armKeepAlive()
+	}
 	c.srv.track(c.readMain)
 }
 
 // readMain is the reader goroutine of an accepted connection.
 func (c *conn) readMain() {
 	defer c.recoverPanic()
-	c.readLoop()
+	if c.readLoop() {
+		return
+	}
 	c.finish()
 	c.end()
 }
@@ -168,16 +188,9 @@ func (c *conn) handshakeAndConnect() bool {
 			return false
 		}
 	}
-	if cs, ok := c.nc.(interface{ ConnectionState() tls.ConnectionState }); ok {
-		st := cs.ConnectionState()
-		c.client.TLS = &st
-	}
-	// A 1 KiB read buffer holds several typical MQTT packets per system
-	// call; larger packets are read straight into their own buffer. It
-	// is kept small because every idle connection holds one.
-	c.br = bufio.NewReaderSize(c.nc, 1024)
-	c.r = packet.NewReader(c.br, s.cfg.MaxPacketSize)
-	p, err := c.r.ReadPacket()
+	c.raw = rawConnOf(c.nc)
+	c.takeInput()
+	p, err := c.in.r.ReadPacket()
 	if err != nil {
 		c.refuseBadConnect(p, err)
 		return false
@@ -366,7 +379,7 @@ func (c *conn) connect(ctx context.Context, pkt *packet.Connect) bool {
 		return c.refuse(pkt, packet.QuotaExceeded, "the server holds its maximum number of sessions")
 	}
 
-	c.log = c.log.With("client", st.clientID)
+	c.log = newConnLogger(s.log, c.lst.name, c.nc.RemoteAddr(), st.clientID)
 	c.outMu.Lock()
 	c.canWrite = true
 	c.outMu.Unlock()
@@ -379,14 +392,16 @@ func (c *conn) connect(ctx context.Context, pkt *packet.Connect) bool {
 	c.log.Log(ctx, level, "broker: client connected", "version", pkt.Version.String(), "username", c.client.Username,
 		"clean", pkt.CleanStart, "session_present", present, "keep_alive", ka)
 
-	if w := c.lst.certWatcher; w != nil && c.client.TLS != nil && len(c.client.TLS.PeerCertificates) > 0 {
-		c.stopWatch = w.Watch(c.client.TLS.PeerCertificates, func(reason string) {
-			c.log.Warn("broker: client certificate no longer valid; disconnecting", "reason", reason)
-			s.stats.revokedDisconnects.Add(1)
-			c.kill(packet.NotAuthorized, reason)
-		})
+	if w := c.lst.certWatcher; w != nil {
+		if chain := c.client.PeerCertificates(); len(chain) > 0 {
+			c.stopWatch = w.Watch(chain, func(reason string) {
+				c.log.Warn("broker: client certificate no longer valid; disconnecting", "reason", reason)
+				s.stats.revokedDisconnects.Add(1)
+				c.kill(packet.NotAuthorized, reason)
+			})
+		}
 	}
-	c.r.SetVersion(pkt.Version)
+	c.in.r.SetVersion(pkt.Version)
 	return true
 }
 
@@ -479,33 +494,52 @@ func (c *conn) connack(st *connectState, present bool) {
 	c.send(ack)
 }
 
-// readLoop reads and handles packets until the connection ends.
-func (c *conn) readLoop() {
+// armKeepAlive sets the read deadline for the next packet: one and a half
+// times the keep alive from now [MQTT-3.1.2-24].
+func (c *conn) armKeepAlive() {
+	if c.keepAlive > 0 {
+		c.nc.SetReadDeadline(time.Now().Add(c.keepAlive * 3 / 2))
+	}
+}
+
+// readLoop reads and handles packets until the connection ends, and
+// returns false then. It returns true when it handed reading over to a
+// fresh goroutine (goQuiet): the caller must return at once. The read
+// deadline for the first packet is already set (armKeepAlive, goQuiet).
+func (c *conn) readLoop() (handedOver bool) {
 	for {
-		if c.keepAlive > 0 && c.br.Buffered() == 0 {
-			// [MQTT-3.1.2-24]: one and a half times the keep alive. Set
-			// only before a read that may wait: packets still buffered
-			// arrived with the last read, whose deadline already counts
-			// from after their arrival. (Resetting it per packet costs a
-			// timer update per message at full load.)
-			c.nc.SetReadDeadline(time.Now().Add(c.keepAlive * 3 / 2))
-		}
-		p, err := c.r.ReadPacket()
+		p, err := c.in.r.ReadPacket()
 		if err != nil {
 			c.readError(err)
-			return
+			return false
 		}
 		c.srv.stats.packetsIn.Add(1)
 		c.setHandling(true)
 		ok := c.handle(p)
 		c.setHandling(false)
 		if !ok {
-			return
+			return false
 		}
-		if c.br.Buffered() == 0 {
+		if c.in.br.Buffered() == 0 {
 			// About to wait for input: write what handling queued on
 			// this goroutine rather than waking a writer goroutine.
 			c.writeInline()
+			if c.raw != nil {
+				now := time.Now()
+				quiet := now.Sub(c.lastDrain) >= quietAfter
+				c.lastDrain = now
+				if quiet {
+					if c.goQuiet() {
+						return true
+					}
+					continue // goQuiet set the read deadline
+				}
+			}
+			// The deadline moves only before a read that may wait:
+			// packets still buffered arrived with the last read, so
+			// their keep alive already counts from after it. (Moving it
+			// per packet costs a timer update per message at full load.)
+			c.armKeepAlive()
 		} else {
 			// More input is waiting (perhaps only part of a packet):
 			// never hold queued packets back for it.
@@ -762,6 +796,7 @@ func (c *conn) writeLoop() {
 				c.wbuf = nil // an idle connection keeps no large buffer
 			}
 			c.writing = false
+			c.writerExit = nil
 			final := c.final
 			c.outMu.Unlock()
 			if final {
@@ -808,6 +843,7 @@ func (c *conn) stopWriting() {
 	c.outMu.Lock()
 	c.final = true
 	c.writing = false
+	c.writerExit = nil
 	c.out = nil
 	c.outMu.Unlock()
 }

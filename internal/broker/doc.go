@@ -20,7 +20,12 @@
 // the queue is empty. Packets queued while the reader handles a packet
 // (acknowledgements, the next in-flight messages) are written by the reader
 // itself once its input is drained, saving a goroutine hand-off per
-// exchange. An idle connection therefore costs one parked goroutine.
+// exchange. A connection that has sent nothing for a second (or nothing
+// since CONNECT) gives its read buffer back to a pool and is watched by a
+// fresh goroutine that waits for the socket to become readable, a short
+// call chain that fits the smallest stack (input.go). An idle connection
+// therefore costs one parked goroutine with a 2 KiB stack and no buffer of
+// its own beyond those of crypto/tls.
 //
 // A PUBLISH is routed on the publisher's reader goroutine: the subscription
 // index is matched without a global lock, and each matching session is

@@ -12,12 +12,12 @@ import (
 // Client describes an authenticated (or authenticating) client for
 // authentication and authorization decisions. It is read-only for hooks.
 type Client struct {
-	Listener string               // listener name
-	Remote   net.Addr             // peer address (the real one behind a PROXY header)
-	TLS      *tls.ConnectionState // nil on plain transports
+	Listener string   // listener name
+	Remote   net.Addr // peer address (the real one behind a PROXY header)
 	// Conn is the client's network connection, for hooks that read
-	// transport metadata (PROXY protocol information, WebSocket details)
-	// by type assertion. Hooks must not read from or write to it.
+	// transport metadata (PROXY protocol information, WebSocket details,
+	// the TLS state through TLS) by type assertion. Hooks must not read
+	// from or write to it.
 	Conn     net.Conn
 	Version  packet.Version
 	ClientID string // as connected (assigned IDs included)
@@ -29,12 +29,24 @@ type Client struct {
 	Attributes map[string]string
 }
 
+// TLS returns the state of the client's TLS connection (TLS or secure
+// WebSocket), and false on plain transports. It is read from Conn on each
+// call: the broker keeps no copy per connection.
+func (c *Client) TLS() (tls.ConnectionState, bool) {
+	cs, ok := c.Conn.(interface{ ConnectionState() tls.ConnectionState })
+	if !ok {
+		return tls.ConnectionState{}, false
+	}
+	return cs.ConnectionState(), true
+}
+
 // PeerCertificates returns the verified client certificate chain, or nil.
 func (c *Client) PeerCertificates() []*x509.Certificate {
-	if c.TLS == nil {
+	st, ok := c.TLS()
+	if !ok {
 		return nil
 	}
-	return c.TLS.PeerCertificates
+	return st.PeerCertificates
 }
 
 // ConnectRequest is what an Authenticator decides on.

@@ -57,7 +57,9 @@ func (a *certAuthenticator) Authenticate(_ context.Context, req *broker.ConnectR
 	if mapped.ClientID != req.Client.ClientID {
 		res.ClientID = mapped.ClientID
 	}
-	res.Attributes = map[string]string{"cert.subject": certs[0].Subject.String(), "cert.serial": certs[0].SerialNumber.String()}
+	// No Attributes: they would be kept for the connection's lifetime, and
+	// an Authorizer that needs more of the certificate than the mapped
+	// identity reads it from Client.PeerCertificates.
 	return res
 }
 

@@ -2,8 +2,10 @@ package listener
 
 import (
 	"crypto/tls"
+	"errors"
 	"net"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -84,6 +86,18 @@ func (c *Conn) PeerAddr() net.Addr { return c.peer }
 // NetConn returns the underlying TCP connection. Reading from it directly
 // skips bytes buffered after the PROXY header.
 func (c *Conn) NetConn() net.Conn { return c.Conn }
+
+// SyscallConn returns the raw socket of the TCP connection, so that a
+// reader can wait until it is readable without reading (the broker does
+// for idle connections). Reading through it skips bytes buffered after the
+// PROXY header: a Read with a deadline in the past returns those first.
+func (c *Conn) SyscallConn() (syscall.RawConn, error) {
+	sc, ok := c.Conn.(syscall.Conn)
+	if !ok {
+		return nil, errors.New("listener: the connection has no socket")
+	}
+	return sc.SyscallConn()
+}
 
 // ListenerName returns the name of the listener that accepted the connection.
 func (c *Conn) ListenerName() string { return c.listener }

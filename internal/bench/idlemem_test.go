@@ -1,0 +1,239 @@
+package bench_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/moatmq/moat/internal/bench"
+	"github.com/moatmq/moat/internal/cli"
+)
+
+// BenchmarkServeIdleMTLS measures what one idle mutual-TLS connection
+// costs the broker, as scenario f of `make bench` does, but with the
+// broker's own counters: `moat serve` runs in this process with the
+// bench's mosquitto.conf (one mutual-TLS listener, identity as username),
+// and the clients, one certificate each, run in a child process (this test
+// binary again), so that only the broker's memory is counted.
+//
+//	go test -run '^$' -bench ServeIdleMTLS -benchtime 1x ./internal/bench
+//
+// BENCH_IDLE_N sets the number of connections (default 2000). Reported
+// per connection: live heap after a GC (heap-B/conn), heap spans in use
+// (inuse-B/conn, live heap plus the free slots between live objects),
+// goroutine stacks (stack-B/conn), goroutines, and the growth of the
+// process's RSS measured before that GC (rss-KiB/conn, what `make bench`
+// reports; it includes the garbage collector's headroom).
+func BenchmarkServeIdleMTLS(b *testing.B) {
+	n := 2000
+	if v := os.Getenv("BENCH_IDLE_N"); v != "" {
+		var err error
+		if n, err = strconv.Atoi(v); err != nil || n <= 0 {
+			b.Fatalf("BENCH_IDLE_N=%q: want a positive number", v)
+		}
+	}
+	dir := b.TempDir()
+	pki := filepath.Join(dir, "pki")
+	if err := bench.WritePKI(pki, bench.ECDSAP256); err != nil {
+		b.Fatal(err)
+	}
+	port := freePort(b)
+	p := func(f string) string { return filepath.Join(pki, f) }
+	conf := filepath.Join(dir, "broker.conf")
+	if err := os.WriteFile(conf, fmt.Appendf(nil, `per_listener_settings false
+allow_anonymous true
+persistence false
+connection_messages false
+log_type error
+log_type warning
+set_tcp_nodelay true
+max_inflight_messages 20
+max_queued_messages 1000
+max_packet_size 1048576
+listener %d 127.0.0.1
+cafile %s
+certfile %s
+keyfile %s
+require_certificate true
+use_identity_as_username true
+`, port, p(bench.PKIFiles.CA), p(bench.PKIFiles.Server), p(bench.PKIFiles.ServerKey)), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan int, 1)
+	var logs bytes.Buffer
+	go func() {
+		served <- cli.Main(ctx, []string{"serve", "-c", conf, "--data", filepath.Join(dir, "data")},
+			cli.Stdio{In: strings.NewReader(""), Out: io.Discard, Err: &logs})
+	}()
+	b.Cleanup(func() {
+		cancel()
+		<-served
+	})
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	waitListening(b, addr, served)
+
+	for b.Loop() {
+		time.Sleep(500 * time.Millisecond)
+		rss0 := vmRSS(b)
+		ms0 := memStats()
+		g0 := runtime.NumGoroutine()
+
+		child := exec.Command(os.Args[0], "-test.run=^TestIdleClientsChild$", "-test.v=false")
+		child.Env = append(os.Environ(), "BENCH_IDLE_CHILD="+addr+","+pki+","+strconv.Itoa(n))
+		child.Stderr = os.Stderr
+		out, err := child.StdoutPipe()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := child.Start(); err != nil {
+			b.Fatal(err)
+		}
+		line, err := bufio.NewReader(out).ReadString('\n')
+		if err != nil || !strings.HasPrefix(line, "connected ") {
+			child.Process.Kill()
+			child.Wait()
+			b.Fatalf("client process: %q, %v", line, err)
+		}
+		ok, _ := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(line, "connected ")))
+		if ok != n {
+			b.Logf("only %d of %d clients connected", ok, n)
+		}
+		// Let the last handshakes' goroutines end, as make bench holds
+		// the connections for a few seconds before it reads the RSS.
+		time.Sleep(3 * time.Second)
+		rss1 := vmRSS(b)
+		ms1 := memStats()
+		g1 := runtime.NumGoroutine()
+		child.Process.Kill()
+		child.Wait()
+
+		per := func(a, b uint64) float64 { return (float64(b) - float64(a)) / float64(ok) }
+		b.ReportMetric(per(ms0.HeapAlloc, ms1.HeapAlloc), "heap-B/conn")
+		b.ReportMetric(per(ms0.HeapInuse, ms1.HeapInuse), "inuse-B/conn")
+		b.ReportMetric(per(ms0.StackInuse, ms1.StackInuse), "stack-B/conn")
+		b.ReportMetric(float64(g1-g0)/float64(ok), "goroutines/conn")
+		b.ReportMetric(per(rss0, rss1)/1024, "rss-KiB/conn")
+		b.ReportMetric(0, "ns/op")
+
+		// Wait for the broker to drop the connections before the next round.
+		deadline := time.Now().Add(30 * time.Second)
+		for runtime.NumGoroutine() > g0+10 && time.Now().Before(deadline) {
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+}
+
+// TestIdleClientsChild is the client process of BenchmarkServeIdleMTLS:
+// it connects the clients, prints "connected N" and holds them until it is
+// killed. It does nothing in a normal test run.
+func TestIdleClientsChild(t *testing.T) {
+	spec := os.Getenv("BENCH_IDLE_CHILD")
+	if spec == "" {
+		t.Skip("client process of BenchmarkServeIdleMTLS")
+	}
+	parts := strings.Split(spec, ",")
+	addr, pki := parts[0], parts[1]
+	n, _ := strconv.Atoi(parts[2])
+	p := func(f string) string { return filepath.Join(pki, f) }
+	iss, err := bench.LoadIssuer(p(bench.PKIFiles.CA), p(bench.PKIFiles.CAKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	certs, err := iss.IssueClients("idle-", n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caPEM, err := os.ReadFile(p(bench.PKIFiles.CA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	cfg := bench.Config{
+		Scenario: bench.Conn, Addr: addr, Clients: n, Duration: time.Hour,
+		TLS:             &tls.Config{RootCAs: pool, ServerName: "localhost", CurvePreferences: []tls.CurveID{tls.X25519}},
+		ClientCerts:     certs,
+		ConnConcurrency: 128,
+		ConnectTimeout:  60 * time.Second,
+	}
+	var res *bench.Result
+	cfg.OnConnected = func() {
+		fmt.Printf("connected %d\n", n)
+		os.Stdout.Sync()
+	}
+	res, err = bench.Run(context.Background(), cfg)
+	_ = res
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func freePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+func waitListening(t testing.TB, addr string, exited <-chan int) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+			return
+		}
+		select {
+		case code := <-exited:
+			t.Fatalf("moat serve exited with %d", code)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nothing listens on %s", addr)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func memStats() runtime.MemStats {
+	runtime.GC()
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms
+}
+
+// vmRSS returns the process's resident set size in bytes.
+func vmRSS(t testing.TB) uint64 {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Skip("no /proc/self/status: ", err)
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseUint(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+			return kb * 1024
+		}
+	}
+	t.Skip("no VmRSS in /proc/self/status")
+	return 0
+}

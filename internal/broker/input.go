@@ -1,0 +1,171 @@
+package broker
+
+import (
+	"bufio"
+	"crypto/tls"
+	"net"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/moatmq/moat/internal/packet"
+)
+
+// An idle connection should cost little memory, and two things a reader
+// goroutine would hold while it waits for the next packet are large: its
+// read buffer, and its stack, which a blocking read through TLS grows to
+// 4 KiB (the call chain down to the socket is about 1.6 KiB deep). So a
+// connection that has been quiet waits differently: it gives its read
+// buffer back to a pool, and a fresh goroutine waits until the socket is
+// readable (syscall.RawConn.Read, a short call chain that fits the
+// smallest stack), then takes a buffer and reads on. Busy connections,
+// whose next packet comes within quietAfter, keep their buffer and read as
+// usual, so the extra system calls are paid only by connections that wake
+// rarely.
+//
+// Waiting on the socket is only correct when no layer above it holds
+// input already: crypto/tls may have read records it has not returned yet,
+// and a PROXY protocol connection may hold bytes read with the header.
+// Before going quiet, the reader therefore asks the whole stack for one
+// byte with a read deadline in the past: any buffered input is returned,
+// and only when every layer is empty does the read time out (a timeout is
+// not fatal for a tls.Conn; it keeps a partly read record).
+
+// quietAfter: a connection whose input runs dry at least quietAfter after
+// it last did (or that sent nothing after CONNECT) waits for its next
+// packet without a buffer and on a fresh goroutine.
+const quietAfter = time.Second
+
+// readBufSize is the read buffer of a connection receiving packets. 1 KiB
+// holds several typical MQTT packets per system call; larger packets are
+// read straight into their own buffer.
+const readBufSize = 1024
+
+// aLongTimeAgo is a read deadline that makes a read return at once.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// input is the read buffer and packet decoder of a connection that is
+// receiving packets.
+type input struct {
+	br *bufio.Reader
+	r  *packet.Reader
+}
+
+var inputPool = sync.Pool{New: func() any {
+	in := &input{br: bufio.NewReaderSize(nil, readBufSize)}
+	in.r = packet.NewReader(in.br, 0)
+	return in
+}}
+
+// source is what a connection's read buffer reads from: the byte a quiet
+// probe took (or the error it got) first, then the network connection.
+// Only the reader goroutine uses it.
+type source struct {
+	nc      net.Conn
+	head    [1]byte
+	pending bool  // head holds a byte not yet returned
+	err     error // returned (once) before reading nc again
+	peek    [1]byte
+}
+
+func (s *source) Read(p []byte) (int, error) {
+	if s.pending && len(p) > 0 {
+		s.pending = false
+		p[0] = s.head[0]
+		return 1, nil
+	}
+	if s.err != nil {
+		err := s.err
+		s.err = nil
+		return 0, err
+	}
+	return s.nc.Read(p)
+}
+
+// takeInput gives the connection a read buffer from the pool; the reader
+// goroutine calls it before reading packets.
+func (c *conn) takeInput() {
+	in := inputPool.Get().(*input)
+	in.br.Reset(&c.src)
+	in.r.SetVersion(c.version)
+	in.r.SetMaxPacketSize(c.srv.cfg.MaxPacketSize)
+	c.in = in
+}
+
+// releaseInput gives an empty read buffer back to the pool.
+func (c *conn) releaseInput() {
+	in := c.in
+	c.in = nil
+	in.br.Reset(nil)
+	inputPool.Put(in)
+}
+
+// rawConnOf returns the socket under nc when waiting on it is known to be
+// correct (see above): a TCP connection, possibly wrapped in the
+// listener's Conn (which has its own SyscallConn) and in TLS. WebSocket
+// connections and anything else return nil and are read as usual.
+func rawConnOf(nc net.Conn) syscall.RawConn {
+	if !canWaitReadable {
+		return nil
+	}
+	if t, ok := nc.(*tls.Conn); ok {
+		nc = t.NetConn()
+	}
+	var sc syscall.Conn
+	switch x := nc.(type) {
+	case *net.TCPConn:
+		sc = x
+	case interface {
+		syscall.Conn
+		PeerAddr() net.Addr // listener.Conn
+	}:
+		sc = x
+	default:
+		return nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return rc
+}
+
+// goQuiet runs on the reader goroutine when its input is drained and the
+// connection has been quiet. If no layer holds input, it releases the read
+// buffer, starts a fresh goroutine that waits for the socket to become
+// readable, and returns true: the caller's goroutine must return without
+// touching the connection's read side again. Otherwise the input (or the
+// error) that was found is kept for the next read and it returns false.
+func (c *conn) goQuiet() bool {
+	var deadline time.Time
+	if c.keepAlive > 0 {
+		deadline = time.Now().Add(c.keepAlive * 3 / 2)
+	}
+	c.nc.SetReadDeadline(aLongTimeAgo)
+	n, err := c.nc.Read(c.src.head[:])
+	c.nc.SetReadDeadline(deadline)
+	if err != nil && !isTimeout(err) {
+		c.src.err = err // after the byte, if one came with it
+	}
+	if n > 0 || c.src.err != nil {
+		c.src.pending = n > 0
+		return false
+	}
+	c.releaseInput()
+	c.srv.track(c.readQuiet)
+	return true
+}
+
+// readQuiet is the reader goroutine of a quiet connection: it waits until
+// the socket is readable (or closed, or past the keep-alive deadline, which
+// the next read then reports), then reads packets as readMain does.
+func (c *conn) readQuiet() {
+	defer c.recoverPanic()
+	waitReadable(c.raw, &c.src.peek)
+	c.takeInput()
+	if c.readLoop() {
+		return
+	}
+	c.finish()
+	c.end()
+}
