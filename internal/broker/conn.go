@@ -508,17 +508,32 @@ func (c *conn) armKeepAlive() {
 // deadline for the first packet is already set (armKeepAlive, goQuiet).
 func (c *conn) readLoop() (handedOver bool) {
 	for {
-		p, err := c.in.r.ReadPacket()
-		if err != nil {
-			c.readError(err)
-			return false
+		if c.in.br.Buffered() == 0 {
+			// Wait for input here, so that a short acknowledgement at
+			// its start can take the fast path below.
+			if _, err := c.in.br.Peek(1); err != nil {
+				c.readError(err)
+				return false
+			}
 		}
-		c.srv.stats.packetsIn.Add(1)
-		c.setHandling(true)
-		ok := c.handle(p)
-		c.setHandling(false)
-		if !ok {
-			return false
+		if typ, pid, ok := c.in.shortAckIn(); ok {
+			c.srv.stats.packetsIn.Add(1)
+			c.setHandling(true)
+			c.handleAck(typ, pid, packet.Success)
+			c.setHandling(false)
+		} else {
+			p, err := c.in.r.ReadPacket()
+			if err != nil {
+				c.readError(err)
+				return false
+			}
+			c.srv.stats.packetsIn.Add(1)
+			c.setHandling(true)
+			ok := c.handle(p)
+			c.setHandling(false)
+			if !ok {
+				return false
+			}
 		}
 		if c.in.br.Buffered() == 0 {
 			// About to wait for input: write what handling queued on
@@ -612,33 +627,13 @@ func (c *conn) handle(p packet.Packet) bool {
 	case *packet.Publish:
 		return c.handlePublish(p)
 	case *packet.Puback:
-		if !c.sess.ack(c.srv, p.PacketID, 1) {
-			c.log.Debug("broker: PUBACK for unknown packet identifier", "pid", p.PacketID)
-		}
+		c.handleAck(packet.PUBACK, p.PacketID, p.ReasonCode)
 	case *packet.Pubrec:
-		if c.sess.received(c.srv, p.PacketID, p.ReasonCode) {
-			if !p.ReasonCode.IsError() {
-				c.send(shortAck{typ: packet.PUBREL, pid: p.PacketID})
-			}
-		} else {
-			// Answer an unknown identifier with PUBREL 0x92 so the
-			// client can finish its flow [MQTT-4.3.3-4].
-			c.send(shortAck{typ: packet.PUBREL, code: packet.PacketIDNotFound, pid: p.PacketID})
-		}
+		c.handleAck(packet.PUBREC, p.PacketID, p.ReasonCode)
 	case *packet.Pubrel:
-		c.sess.mu.Lock()
-		_, ok := c.sess.inboundQoS2[p.PacketID]
-		delete(c.sess.inboundQoS2, p.PacketID)
-		c.sess.mu.Unlock()
-		code := packet.Success
-		if !ok {
-			code = packet.PacketIDNotFound
-		}
-		c.send(shortAck{typ: packet.PUBCOMP, code: code, pid: p.PacketID})
+		c.handleAck(packet.PUBREL, p.PacketID, p.ReasonCode)
 	case *packet.Pubcomp:
-		if !c.sess.ack(c.srv, p.PacketID, 2) {
-			c.log.Debug("broker: PUBCOMP for unknown packet identifier", "pid", p.PacketID)
-		}
+		c.handleAck(packet.PUBCOMP, p.PacketID, p.ReasonCode)
 	case *packet.Subscribe:
 		c.handleSubscribe(p)
 	case *packet.Unsubscribe:
@@ -656,6 +651,75 @@ func (c *conn) handle(p packet.Packet) bool {
 		return c.protocolError(packet.ProtocolError, fmt.Sprintf("unexpected %s from a client", p.Type()))
 	}
 	return true
+}
+
+// handleAck handles PUBACK, PUBREC, PUBREL and PUBCOMP (their properties,
+// a reason string or user properties, carry nothing the broker acts on).
+func (c *conn) handleAck(typ packet.Type, pid uint16, code packet.ReasonCode) {
+	switch typ {
+	case packet.PUBACK:
+		if !c.sess.ack(c.srv, pid, 1) {
+			c.log.Debug("broker: PUBACK for unknown packet identifier", "pid", pid)
+		}
+	case packet.PUBREC:
+		if c.sess.received(c.srv, pid, code) {
+			if !code.IsError() {
+				c.send(shortAck{typ: packet.PUBREL, pid: pid})
+			}
+		} else {
+			// Answer an unknown identifier with PUBREL 0x92 so the
+			// client can finish its flow [MQTT-4.3.3-4].
+			c.send(shortAck{typ: packet.PUBREL, code: packet.PacketIDNotFound, pid: pid})
+		}
+	case packet.PUBREL:
+		c.sess.mu.Lock()
+		_, ok := c.sess.inboundQoS2[pid]
+		delete(c.sess.inboundQoS2, pid)
+		c.sess.mu.Unlock()
+		code := packet.Success
+		if !ok {
+			code = packet.PacketIDNotFound
+		}
+		c.send(shortAck{typ: packet.PUBCOMP, code: code, pid: pid})
+	case packet.PUBCOMP:
+		if !c.sess.ack(c.srv, pid, 2) {
+			c.log.Debug("broker: PUBCOMP for unknown packet identifier", "pid", pid)
+		}
+	}
+}
+
+// shortAckIn takes a buffered PUBACK, PUBREC, PUBREL or PUBCOMP of the
+// 4-byte form (packet identifier only, Success) straight from the read
+// buffer, without decoding it into a packet struct: one arrives per QoS 1
+// message delivered. Anything else, including a malformed acknowledgement
+// (wrong flags, identifier 0), is left for the decoder and its errors.
+func (in *input) shortAckIn() (typ packet.Type, pid uint16, ok bool) {
+	if in.br.Buffered() < 4 {
+		return 0, 0, false
+	}
+	b, _ := in.br.Peek(4)
+	typ = packet.Type(b[0] >> 4)
+	flags := b[0] & 0x0F
+	switch {
+	case b[1] != 2:
+		return 0, 0, false
+	case typ == packet.PUBACK || typ == packet.PUBREC || typ == packet.PUBCOMP:
+		if flags != 0 {
+			return 0, 0, false
+		}
+	case typ == packet.PUBREL:
+		if flags != 0x02 {
+			return 0, 0, false
+		}
+	default:
+		return 0, 0, false
+	}
+	pid = uint16(b[2])<<8 | uint16(b[3])
+	if pid == 0 {
+		return 0, 0, false
+	}
+	in.br.Discard(4)
+	return typ, pid, true
 }
 
 func (c *conn) handleDisconnect(p *packet.Disconnect) bool {

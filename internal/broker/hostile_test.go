@@ -71,6 +71,27 @@ func TestHostileInput(t *testing.T) {
 			t.Fatalf("DISCONNECT %+v, want packet too large", d)
 		}
 	})
+	// Acknowledgements of the 4-byte form bypass the decoder; malformed
+	// ones must still be refused.
+	for _, tc := range []struct {
+		name string
+		raw  []byte
+	}{
+		{"MQTT-2.1.3-1 PUBACK with flags", []byte{0x41, 0x02, 0, 1}},
+		{"MQTT-2.1.3-1 PUBREL without its flags", []byte{0x60, 0x02, 0, 1}},
+		{"MQTT-2.2.1-3 PUBACK with identifier 0", []byte{0x40, 0x02, 0, 0}},
+		{"MQTT-2.2.1-3 PUBCOMP with identifier 0 after a valid one", []byte{0x70, 0x02, 0, 7, 0x70, 0x02, 0, 0}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := dialRaw(t, addr, packet.V5)
+			c.connect(v5connect("acks"))
+			c.write(tc.raw)
+			d := c.expectClosed(5 * time.Second)
+			if d == nil || (d.ReasonCode != packet.MalformedPacket && d.ReasonCode != packet.ProtocolError) {
+				t.Fatalf("DISCONNECT %+v, want malformed packet or protocol error", d)
+			}
+		})
+	}
 	t.Run("MQTT-4.7.3-2 wildcard in PUBLISH topic", func(t *testing.T) {
 		c := dialRaw(t, addr, packet.V311)
 		c.connect(&packet.Connect{ClientID: "wild", CleanStart: true})
