@@ -15,7 +15,8 @@
 # in overload. Drop --max-backlog to measure overload instead.
 #
 # Knobs (environment):
-#   BENCH_DURATION   publishing time per scenario and broker   (default 20s)
+#   BENCH_DURATION   publishing time per scenario and broker, over
+#                    all rounds (whole seconds, e.g. 20s, 1m)   (default 20s)
 #   BENCH_FACTORY_DURATION  the same for scenario a, whose p99 needs
 #                    enough samples at 200 msg/s                (45s)
 #   BENCH_SENSORS    scenario a: sensors at 1 msg/s             (200)
@@ -29,6 +30,9 @@
 #                    Debian's Mosquitto/OpenSSL 3.0 has no ML-KEM)
 #   BENCH_NULLFWD    1 to add the null forwarder as a ceiling   (1)
 #   BENCH_SCENARIOS  subset to run, e.g. "a c"                  (a b c d e f)
+#   BENCH_ROUNDS     scenarios a, c, d, e run in this many rounds that
+#                    alternate the brokers, each a share of the
+#                    duration; the rounds are merged per broker   (3)
 #   BENCH_PORT       first of the ports used                    (18830)
 #   BENCH_OUT        results directory        (bench/results/UTC-TIMESTAMP)
 set -euo pipefail
@@ -46,6 +50,7 @@ KEYTYPE=${BENCH_KEY_TYPE:-ecdsa}
 KEX=${BENCH_KEX:-classical}
 NULLFWD=${BENCH_NULLFWD:-1}
 SCENARIOS=${BENCH_SCENARIOS:-a b c d e f}
+ROUNDS=${BENCH_ROUNDS:-3}
 PORT=${BENCH_PORT:-18830}
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 OUT=${BENCH_OUT:-bench/results/$STAMP}
@@ -149,8 +154,11 @@ stop_broker() {
 MTLS=(--cafile "$PKI/ca.pem" --client-ca "$PKI/ca.pem" --client-ca-key "$PKI/ca.key" --kex "$KEX")
 
 # run ID TRANSPORT BROKERS -- moat bench args...
+# Results go to $OUT/ID.BROKER.* unless RUN_DIR and RUN_SUFFIX say otherwise
+# (rounds).
 run() {
   local id=$1 transport=$2 brokers=$3
+  local dir=${RUN_DIR:-$OUT} sfx=${RUN_SUFFIX:-}
   shift 4
   for b in $brokers; do
     local port
@@ -165,29 +173,78 @@ run() {
     echo "== $id on $b ($transport): moat bench $*" >&2
     start_broker "$b" "$id" "$([ "$transport" = mtls ] && echo tls)"
     timeout --kill-after=10s 900 "$MOAT" bench "$@" --addr 127.0.0.1:$port "${tls[@]}" --label "$id $b" --broker-pid "$BROKER_PID" \
-      --interval 2s --json "$OUT/$id.$b.json" --html "$OUT/$id.$b.html" >"$OUT/$id.$b.txt" || echo "bench: $id on $b failed" >&2
+      --interval 2s --json "$dir/$id.$b$sfx.json" --html "$dir/$id.$b$sfx.html" >"$dir/$id.$b$sfx.txt" || echo "bench: $id on $b failed" >&2
     stop_broker
+    sed 's/^/    /' "$dir/$id.$b$sfx.txt" >&2
+  done
+}
+
+# rounds ID TRANSPORT BROKERS SECONDS -- moat bench args (without -d)...
+# Runs the scenario in $ROUNDS rounds of SECONDS/ROUNDS each, alternating
+# the brokers round by round, then merges each broker's rounds into one
+# result (`moat bench merge`: counts add up, percentiles come from the
+# merged histograms). A burst of load from outside then falls on both
+# brokers' figures instead of deciding one of them.
+rounds() {
+  local id=$1 transport=$2 brokers=$3 secs=$4
+  shift 5
+  local per=$(((secs + ROUNDS - 1) / ROUNDS))
+  mkdir -p "$OUT/rounds"
+  for r in $(seq "$ROUNDS"); do
+    echo "== $id: round $r of $ROUNDS (${per}s per broker)" >&2
+    RUN_DIR="$OUT/rounds" RUN_SUFFIX=".r$r" run "$id" "$transport" "$brokers" -- "$@" -d "${per}s"
+  done
+  for b in $brokers; do
+    "$MOAT" bench merge --json "$OUT/$id.$b.json" --html "$OUT/$id.$b.html" "$OUT/rounds/$id.$b".r*.json \
+      >"$OUT/$id.$b.txt" || echo "bench: merging the rounds of $id on $b failed" >&2
+    echo "== $id on $b, $ROUNDS rounds merged:" >&2
     sed 's/^/    /' "$OUT/$id.$b.txt" >&2
   done
 }
 
+# secs DURATION: whole seconds of "20s", "45s" or "1m30s" style durations.
+secs() {
+  local d=$1 total=0
+  [[ $d =~ ^([0-9]+m)?([0-9]+s)?$ ]] || { echo "bench: duration $d: use e.g. 20s or 1m30s" >&2; exit 2; }
+  [ -n "${BASH_REMATCH[1]}" ] && total=$((${BASH_REMATCH[1]%m} * 60))
+  [ -n "${BASH_REMATCH[2]}" ] && total=$((total + ${BASH_REMATCH[2]%s}))
+  echo "$total"
+}
+
 BROKERS="moat mosquitto"
-WITHNULL=$BROKERS
-[ "$NULLFWD" = 1 ] && WITHNULL="$BROKERS nullfwd"
+DSECS=$(secs "$DUR")
+FSECS=$(secs "$FDUR")
+# The null forwarder is a ceiling for reference: one run, not in rounds.
+nullfwd() {
+  [ "$NULLFWD" = 1 ] || return 0
+  run "$@"
+}
 START=$(date +%s)
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 
 for s in $SCENARIOS; do
   case $s in
   a)
-    run a1-factory-plain plain "$BROKERS" -- fanin --pubs "$SENSORS" --subs 1 --rate 1 --qos 1 -d "$FDUR"
-    run a2-factory-mtls mtls "$BROKERS" -- fanin --pubs "$SENSORS" --subs 1 --rate 1 --qos 1 -d "$FDUR"
-    run a3-factory-mtls-e2e mtls "$BROKERS" -- fanin --pubs "$SENSORS" --subs 1 --rate 1 --qos 1 -d "$FDUR" --encrypt
+    rounds a1-factory-plain plain "$BROKERS" "$FSECS" -- fanin --pubs "$SENSORS" --subs 1 --rate 1 --qos 1
+    rounds a2-factory-mtls mtls "$BROKERS" "$FSECS" -- fanin --pubs "$SENSORS" --subs 1 --rate 1 --qos 1
+    rounds a3-factory-mtls-e2e mtls "$BROKERS" "$FSECS" -- fanin --pubs "$SENSORS" --subs 1 --rate 1 --qos 1 --encrypt
     ;;
   b) run b-mtls-storm mtls "$BROKERS" -- conn -n "$STORM" -d 2s ;;
-  c) run c-p2p-qos1-mtls mtls "$WITHNULL" -- p2p --pubs "$PAIRS" --subs "$PAIRS" --qos 1 --size 64 -d "$DUR" --max-backlog $((PAIRS * 10)) ;;
-  d) run d-fanout-qos0 plain "$WITHNULL" -- fanout --pubs 1 --subs "$FAN" --qos 0 --size 64 -d "$DUR" --max-backlog $((FAN * 20)) ;;
-  e) run e-fanin-qos1 plain "$WITHNULL" -- fanin --pubs "$FAN" --subs 1 --qos 1 --size 64 -d "$DUR" --max-backlog 500 ;;
+  c)
+    args=(p2p --pubs "$PAIRS" --subs "$PAIRS" --qos 1 --size 64 --max-backlog $((PAIRS * 10)))
+    rounds c-p2p-qos1-mtls mtls "$BROKERS" "$DSECS" -- "${args[@]}"
+    nullfwd c-p2p-qos1-mtls mtls nullfwd -- "${args[@]}" -d "$DUR"
+    ;;
+  d)
+    args=(fanout --pubs 1 --subs "$FAN" --qos 0 --size 64 --max-backlog $((FAN * 20)))
+    rounds d-fanout-qos0 plain "$BROKERS" "$DSECS" -- "${args[@]}"
+    nullfwd d-fanout-qos0 plain nullfwd -- "${args[@]}" -d "$DUR"
+    ;;
+  e)
+    args=(fanin --pubs "$FAN" --subs 1 --qos 1 --size 64 --max-backlog 500)
+    rounds e-fanin-qos1 plain "$BROKERS" "$DSECS" -- "${args[@]}"
+    nullfwd e-fanin-qos1 plain nullfwd -- "${args[@]}" -d "$DUR"
+    ;;
   f) run f-idle-mtls mtls "$BROKERS" -- conn -n "$IDLE" -d "$HOLD" --source-addrs 8 --conn-concurrency 128 --connect-timeout 60s ;;
   *) echo "bench: unknown scenario $s (a-f)" >&2; exit 2 ;;
   esac
@@ -197,7 +254,7 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 {
   echo "# moat bench vs Mosquitto, $STAMP"
   echo
-  echo "Command: \`make bench\` (scripts/bench.sh), BENCH_DURATION=$DUR, BENCH_FACTORY_DURATION=$FDUR, key type $KEYTYPE, key exchange $KEX;"
+  echo "Command: \`make bench\` (scripts/bench.sh), BENCH_DURATION=$DUR, BENCH_FACTORY_DURATION=$FDUR, BENCH_ROUNDS=$ROUNDS, key type $KEYTYPE, key exchange $KEX;"
   echo "$(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(go version | cut -d' ' -f3), $(mosquitto -h 2>/dev/null | head -1 | sed 's/ is an MQTT.*//');"
   echo "load average before: $LOAD_BEFORE, after: $LOAD_AFTER; wall time $(($(date +%s) - START)) s;"
   echo "open-file limit $FDS, so scenario f held $IDLE idle connections."

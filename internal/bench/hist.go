@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"fmt"
 	"math"
 	"math/bits"
 	"sync/atomic"
@@ -197,4 +198,54 @@ type LatencySummary struct {
 type Bucket struct {
 	UpperUs float64 `json:"upper_us"`
 	Count   uint64  `json:"count"`
+}
+
+// HistData is the exact content of a Histogram, kept in a Result so that
+// the results of several rounds can be merged (MergeResults) with the
+// same precision as one run.
+type HistData struct {
+	// Buckets holds [bucket index, count] for every non-empty bucket.
+	Buckets [][2]uint64 `json:"buckets"`
+	SumNs   uint64      `json:"sum_ns"`
+	MinNs   int64       `json:"min_ns"`
+	MaxNs   int64       `json:"max_ns"`
+}
+
+// Data returns the exact content of h, or nil when h is empty.
+func (h *Histogram) Data() *HistData {
+	if h.Count() == 0 {
+		return nil
+	}
+	d := &HistData{SumNs: h.sum.Load(), MinNs: int64(h.Min()), MaxNs: h.max.Load()}
+	for i := range h.counts {
+		if c := h.counts[i].Load(); c != 0 {
+			d.Buckets = append(d.Buckets, [2]uint64{uint64(i), c})
+		}
+	}
+	return d
+}
+
+// AddData adds the content of d (from Data) to h. Buckets outside h's
+// layout are refused.
+func (h *Histogram) AddData(d *HistData) error {
+	if d == nil {
+		return nil
+	}
+	for _, b := range d.Buckets {
+		if b[0] >= histBuckets {
+			return fmt.Errorf("bench: histogram bucket %d out of range", b[0])
+		}
+	}
+	for _, b := range d.Buckets {
+		h.counts[b[0]].Add(b[1])
+		h.total.Add(b[1])
+	}
+	h.sum.Add(d.SumNs)
+	if d.MaxNs > h.max.Load() {
+		h.max.Store(d.MaxNs)
+	}
+	if m := h.min.Load(); d.MinNs >= 0 && (m == 0 || d.MinNs+1 < m) {
+		h.min.Store(d.MinNs + 1)
+	}
+	return nil
 }

@@ -28,8 +28,13 @@ type Result struct {
 
 	LatencyBuckets   []Bucket `json:"latency_buckets,omitempty"`
 	HandshakeBuckets []Bucket `json:"handshake_buckets,omitempty"`
-	Series           []Sample `json:"series,omitempty"`
-	Errors           []string `json:"errors,omitempty"`
+	// The exact histograms of latency, handshake and CONNACK latency,
+	// for MergeResults.
+	LatencyHist   *HistData `json:"latency_hist,omitempty"`
+	HandshakeHist *HistData `json:"handshake_hist,omitempty"`
+	ConnackHist   *HistData `json:"connack_hist,omitempty"`
+	Series        []Sample  `json:"series,omitempty"`
+	Errors        []string  `json:"errors,omitempty"`
 }
 
 // Params echoes the configuration of a run.

@@ -163,6 +163,7 @@ func (r *run) exec(ctx context.Context) (*Result, error) {
 	res.Latency = r.latency.Summary()
 	res.LatencyBuckets = r.latency.Buckets(60)
 	res.HandshakeBuckets = r.handshake.Buckets(60)
+	res.LatencyHist, res.HandshakeHist, res.ConnackHist = r.latency.Data(), r.handshake.Data(), r.connack.Data()
 	res.Dropped = r.dropped.Load()
 	res.Series = smp.series()
 	res.Broker = brokerStats(cfg, before, afterConn, afterPhase, smp, res)

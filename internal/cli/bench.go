@@ -44,12 +44,13 @@ Scenarios:
 
 Helpers: "moat bench certs" writes a throw-away PKI, "moat bench compare" turns
 the JSON results of two brokers into a markdown table of ratios, "moat bench
+merge" combines the JSON results of several rounds into one, "moat bench
 nullfwd" runs a null forwarder (MQTT framing without broker logic) as a ceiling.`,
 	}
 	for _, s := range bench.Scenarios {
 		cmd.AddCommand(newBenchScenarioCmd(stdio, s))
 	}
-	cmd.AddCommand(newBenchCertsCmd(stdio), newBenchCompareCmd(stdio), newBenchNullfwdCmd(stdio))
+	cmd.AddCommand(newBenchCertsCmd(stdio), newBenchCompareCmd(stdio), newBenchMergeCmd(stdio), newBenchNullfwdCmd(stdio))
 	return cmd
 }
 
@@ -344,6 +345,48 @@ missed.`,
 	cmd.Flags().StringSliceVar(&extra, "extra", nil, "further brokers shown as columns (e.g. nullfwd)")
 	cmd.Flags().StringArrayVar(&targets, "target", nil, "SCENARIO:METRIC>=RATIO or <=RATIO (repeatable)")
 	cmd.Flags().StringVar(&out, "out", "", "also write the table to `FILE`")
+	return cmd
+}
+
+func newBenchMergeCmd(stdio Stdio) *cobra.Command {
+	var jsonOut, htmlOut string
+	cmd := &cobra.Command{
+		Use:   "merge --json OUT.json [--html OUT.html] ROUND.json...",
+		Short: "Combine the JSON results of several rounds into one result",
+		Long: `merge reads results of the same scenario and label (several rounds against
+one broker, written by "moat bench ... --json") and writes one result as if
+the rounds had been one run: counts add up, rates are totals over total time,
+latency percentiles come from the merged histograms, CPU is weighted by time,
+RSS peaks are the highest. It prints the merged summary table.`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var rs []*bench.Result
+			for _, name := range args {
+				f, err := os.Open(name)
+				if err != nil {
+					return fmt.Errorf("bench: %w", err)
+				}
+				r, err := bench.ReadResult(f)
+				f.Close()
+				if err != nil {
+					return fmt.Errorf("bench: %s: %w", name, err)
+				}
+				rs = append(rs, r)
+			}
+			m, err := bench.MergeResults(rs)
+			if err != nil {
+				return err
+			}
+			m.WriteTable(stdio.Out)
+			if err := writeOut(stdio, jsonOut, m.WriteJSON); err != nil {
+				return err
+			}
+			return writeOut(stdio, htmlOut, m.WriteHTML)
+		},
+	}
+	cmd.Flags().StringVar(&jsonOut, "json", "", "write the merged result as JSON to `FILE`")
+	cmd.Flags().StringVar(&htmlOut, "html", "", "write an HTML report of the merged result to `FILE`")
+	cmd.MarkFlagRequired("json")
 	return cmd
 }
 
