@@ -78,6 +78,14 @@ var Metrics = []Metric{
 		return r.Broker.CPUPerMessageUs, true
 	}},
 	{"rss_peak_mib", "broker RSS (peak)", false, "MiB", brokerMetric(func(b *BrokerStats) float64 { return b.RSSPeakMiB })},
+	// Not the broker's doing: the CPU time the hypervisor of a virtual
+	// machine took away during the run, which decides latency tails.
+	{"steal_pct", "machine: CPU stolen by the hypervisor", false, "%", func(r *Result) (float64, bool) {
+		if r.Host == nil {
+			return 0, false
+		}
+		return r.Host.StealPct, true
+	}},
 }
 
 // Target is a requirement on the ratio first/second broker of one metric

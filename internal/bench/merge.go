@@ -33,7 +33,18 @@ func MergeResults(rs []*Result) (*Result, error) {
 	exact := true
 	var connTime float64 // time to the last successful connection, summed
 	var brokers []*BrokerStats
+	var host HostStats
+	var hostTime float64
 	for _, r := range rs {
+		if r.Host != nil {
+			w := r.Messages.WindowSeconds
+			if r.Scenario == string(Conn) {
+				w = r.Params.DurationSeconds
+			}
+			host.StealPct += r.Host.StealPct * w
+			host.IdlePct += r.Host.IdlePct * w
+			hostTime += w
+		}
 		m.Params.DurationSeconds += r.Params.DurationSeconds
 		for _, s := range r.Series {
 			s.T += m.Elapsed
@@ -117,6 +128,9 @@ func MergeResults(rs []*Result) (*Result, error) {
 	m.LatencyHist, m.HandshakeHist, m.ConnackHist = lat.Data(), hs.Data(), ca.Data()
 	if len(brokers) == len(rs) {
 		m.Broker = mergeBroker(brokers, rs, m)
+	}
+	if hostTime > 0 {
+		m.Host = &HostStats{StealPct: host.StealPct / hostTime, IdlePct: host.IdlePct / hostTime}
 	}
 	return m, nil
 }

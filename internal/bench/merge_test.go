@@ -90,3 +90,31 @@ func TestMergeResults(t *testing.T) {
 		}
 	}
 }
+
+func TestHostStats(t *testing.T) {
+	a, err := ReadHostCPU()
+	if err != nil {
+		t.Skipf("no /proc/stat: %v", err)
+	}
+	if a.Total == 0 || a.Idle > a.Total || a.Steal > a.Total {
+		t.Fatalf("implausible counters %+v", a)
+	}
+	h := hostStats(HostCPU{Total: 1000, Idle: 500, Steal: 10}, HostCPU{Total: 2000, Idle: 800, Steal: 110}, nil, nil)
+	if h == nil || h.IdlePct != 30 || h.StealPct != 10 {
+		t.Fatalf("hostStats = %+v, want 30 %% idle, 10 %% steal", h)
+	}
+	if hostStats(a, a, nil, nil) != nil {
+		t.Fatal("no time passed: want nil")
+	}
+
+	// Merged: weighted by each round's window (10 s and 5 s).
+	ra, rb := round("x", []time.Duration{time.Millisecond}, 10, 1), round("x", []time.Duration{time.Millisecond}, 5, 1)
+	ra.Host, rb.Host = &HostStats{StealPct: 0, IdlePct: 90}, &HostStats{StealPct: 30, IdlePct: 60}
+	m, err := MergeResults([]*Result{ra, rb})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Host == nil || math.Abs(m.Host.StealPct-10) > 1e-9 || math.Abs(m.Host.IdlePct-80) > 1e-9 {
+		t.Fatalf("merged host %+v, want 10 %% steal, 80 %% idle", m.Host)
+	}
+}

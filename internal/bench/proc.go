@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -71,4 +72,54 @@ func cpuPercent(a, b ProcStat) float64 {
 		return 0
 	}
 	return 100 * float64(b.CPU-a.CPU) / float64(wall)
+}
+
+// HostCPU is the machine's CPU time from the first line of /proc/stat, in
+// clock ticks.
+type HostCPU struct {
+	Total, Idle, Steal uint64
+}
+
+// ReadHostCPU reads the machine's CPU counters (Linux only).
+func ReadHostCPU() (HostCPU, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return HostCPU{}, fmt.Errorf("bench: reading /proc/stat: %w", err)
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return HostCPU{}, fmt.Errorf("bench: unexpected /proc/stat line %q", line)
+	}
+	var h HostCPU
+	for i, s := range f[1:] {
+		if i >= 8 { // guest time is already counted in user time
+			break
+		}
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			return HostCPU{}, fmt.Errorf("bench: /proc/stat: %w", err)
+		}
+		h.Total += v
+		switch i {
+		case 3, 4: // idle, iowait
+			h.Idle += v
+		case 7:
+			h.Steal = v
+		}
+	}
+	return h, nil
+}
+
+// hostStats returns the machine's figures between a and b, or nil when
+// either could not be read or no time passed.
+func hostStats(a, b HostCPU, errA, errB error) *HostStats {
+	if errA != nil || errB != nil || b.Total <= a.Total {
+		return nil
+	}
+	t := float64(b.Total - a.Total)
+	return &HostStats{
+		StealPct: 100 * float64(b.Steal-a.Steal) / t,
+		IdlePct:  100 * float64(b.Idle-a.Idle) / t,
+	}
 }

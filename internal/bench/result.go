@@ -25,6 +25,9 @@ type Result struct {
 	// Dropped counts connections the broker closed during the run.
 	Dropped int64        `json:"dropped_connections"`
 	Broker  *BrokerStats `json:"broker,omitempty"`
+	// Host is the machine's CPU over the publishing phase (conn: the
+	// hold), from /proc/stat; nil where it cannot be read.
+	Host *HostStats `json:"host,omitempty"`
 
 	LatencyBuckets   []Bucket `json:"latency_buckets,omitempty"`
 	HandshakeBuckets []Bucket `json:"handshake_buckets,omitempty"`
@@ -117,6 +120,14 @@ type BrokerStats struct {
 	CPUPerMessageUs float64 `json:"cpu_per_msg_us,omitempty"`
 }
 
+// HostStats describes the machine during a phase, in percent of all its
+// CPUs' time. On a virtual machine StealPct is the time the hypervisor
+// gave the CPUs to someone else: latency tails follow it closely.
+type HostStats struct {
+	StealPct float64 `json:"steal_pct"`
+	IdlePct  float64 `json:"idle_pct"`
+}
+
 // WriteJSON writes r as indented JSON.
 func (r *Result) WriteJSON(w io.Writer) error {
 	enc := json.NewEncoder(w)
@@ -189,6 +200,9 @@ func (r *Result) WriteTable(w io.Writer) error {
 		if b.CPUPerMessageUs != 0 {
 			row("cpu/msg", "%.2f µs", b.CPUPerMessageUs)
 		}
+	}
+	if h := r.Host; h != nil {
+		row("machine", "%.1f%% idle, %.1f%% stolen by the hypervisor", h.IdlePct, h.StealPct)
 	}
 	for _, e := range r.Errors {
 		row("error", "%s", strings.TrimSpace(e))

@@ -142,6 +142,7 @@ func (r *run) exec(ctx context.Context) (*Result, error) {
 			cfg.OnConnected()
 		}
 		phaseStart = time.Now()
+		h0, err0 := ReadHostCPU()
 		switch cfg.Scenario {
 		case Conn:
 			err = sleepCtx(ctx, cfg.Duration)
@@ -150,6 +151,8 @@ func (r *run) exec(ctx context.Context) (*Result, error) {
 		}
 		phaseEnd = time.Now()
 		afterPhase = smp.read()
+		h1, err1 := ReadHostCPU()
+		res.Host = hostStats(h0, h1, err0, err1)
 		if cfg.Scenario != Conn && err == nil {
 			err = r.drain(ctx)
 		}
