@@ -1,8 +1,11 @@
 package broker
 
 import (
+	"bytes"
 	"context"
+	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -235,6 +238,19 @@ func TestSessionOwnerIgnored(t *testing.T) {
 	c = dialRaw(t, open, packet.V311)
 	if ack := c.connect(ownerConnect(packet.V311, "shared", "", "", false)); ack.ReasonCode != 0 || !ack.SessionPresent {
 		t.Fatalf("code %#x session present %v, want the session resumed", byte(ack.ReasonCode), ack.SessionPresent)
+	}
+
+	// Relaxing the check is said at start.
+	var buf bytes.Buffer
+	s, err := New(Config{IgnoreSessionOwner: true, AllowAnonymous: true, SysInterval: -1, Logger: slog.New(slog.NewTextHandler(&buf, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(buf.String(), "level=WARN") || !strings.Contains(buf.String(), "session owner check is off") {
+		t.Errorf("no start warning in %q", buf.String())
 	}
 }
 
