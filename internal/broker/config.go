@@ -121,6 +121,13 @@ type Config struct {
 	// that do not override it. Default false.
 	AllowAnonymous bool
 
+	// IgnoreSessionOwner lets any client resume a session, or take over
+	// its connection, by client ID alone, as Mosquitto does. Default
+	// false: a session belongs to the identity that created it (see
+	// docs/design/broker.md, "Session owners"); set it only on closed
+	// networks where every client is trusted.
+	IgnoreSessionOwner bool
+
 	// Authenticator decides CONNECT attempts. Nil: only anonymous access,
 	// as AllowAnonymous says.
 	Authenticator Authenticator

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -94,6 +95,9 @@ type connectState struct {
 	assignedID bool
 	expiry     time.Duration
 	serverKA   uint16 // Server Keep Alive to announce, 0 none
+	owner      sessionOwner
+	// idBound: the Authenticator proved the client's right to clientID.
+	idBound bool
 }
 
 func (s *Server) newConn(nc net.Conn, lst *listenerState) *conn {
@@ -253,7 +257,8 @@ func (c *conn) writeDirect(p packet.Packet, v packet.Version) {
 // refuse sends a CONNACK refusal (code is a v5 reason code) and logs it.
 func (c *conn) refuse(pkt *packet.Connect, code packet.ReasonCode, reason string) bool {
 	c.srv.stats.connectRefused.Add(1)
-	c.log.Info("broker: connection refused", "client", pkt.ClientID, "username", c.client.Username, "code", code, "reason", reason)
+	c.log.Info("broker: connection refused", "client", pkt.ClientID, "username", c.client.Username,
+		"claimed_username", c.client.ClaimedUsername, "code", code, "reason", reason)
 	ack := &packet.Connack{ReasonCode: code}
 	if pkt.Version != packet.V5 {
 		ack.ReasonCode = packet.V3ConnackCode(code)
@@ -277,7 +282,8 @@ func (c *conn) connect(ctx context.Context, pkt *packet.Connect) bool {
 	c.version = pkt.Version
 	c.client.Version = pkt.Version
 	c.client.ClientID = pkt.ClientID
-	c.client.Username = pkt.Username
+	// The CONNECT username is a claim until an Authenticator accepts it.
+	c.client.ClaimedUsername = pkt.Username
 	st := connectState{pkt: pkt, clientID: pkt.ClientID}
 
 	// Enhanced authentication is not offered yet.
@@ -333,11 +339,15 @@ func (c *conn) connect(ctx context.Context, pkt *packet.Connect) bool {
 	if !c.authenticate(ctx, pkt, &st) {
 		return false
 	}
-	if c.lst.usernameAsID && c.client.Username != "" && c.client.Username != st.clientID {
-		st.clientID = c.client.Username
+	if name := cmp.Or(c.client.Username, c.client.ClaimedUsername); c.lst.usernameAsID && name != "" && name != st.clientID {
+		// An unverified username may name the client ID as in Mosquitto:
+		// the client could have sent that ID itself, and the session owner
+		// check below does not depend on it.
+		st.clientID = name
 		c.client.ClientID = st.clientID
 		st.assignedID = true
 	}
+	st.owner = ownerOf(&c.client)
 
 	// Session expiry.
 	switch {
@@ -383,14 +393,17 @@ func (c *conn) connect(ctx context.Context, pkt *packet.Connect) bool {
 	c.outMu.Lock()
 	c.canWrite = true
 	c.outMu.Unlock()
-	_, present := s.attach(c, &st)
+	_, present, refusal := s.attach(c, &st)
+	if refusal != "" {
+		return c.refuse(pkt, packet.ClientIDNotValid, refusal)
+	}
 	s.stats.connected(s)
 	level := slog.LevelInfo
 	if s.cfg.QuietConnections {
 		level = slog.LevelDebug
 	}
 	c.log.Log(ctx, level, "broker: client connected", "version", pkt.Version.String(), "username", c.client.Username,
-		"clean", pkt.CleanStart, "session_present", present, "keep_alive", ka)
+		"claimed_username", c.client.ClaimedUsername, "anonymous", c.client.Anonymous, "clean", pkt.CleanStart, "session_present", present, "keep_alive", ka)
 
 	if w := c.lst.certWatcher; w != nil {
 		if chain := c.client.PeerCertificates(); len(chain) > 0 {
@@ -416,9 +429,10 @@ func (c *conn) authenticate(ctx context.Context, pkt *packet.Connect, st *connec
 	if s.cfg.Authenticator != nil {
 		res := s.cfg.Authenticator.Authenticate(ctx, &ConnectRequest{Client: &c.client, Connect: pkt})
 		if res.Allow {
-			if res.Username != "" {
-				c.client.Username = res.Username
-			}
+			// The Authenticator vouches for the name it returned, or else
+			// for the CONNECT username it accepted.
+			c.client.Username = cmp.Or(res.Username, pkt.Username)
+			st.idBound = res.ClientIDBound
 			if res.ClientID != "" && res.ClientID != st.clientID {
 				st.clientID = res.ClientID
 				st.assignedID = true
@@ -427,6 +441,7 @@ func (c *conn) authenticate(ctx context.Context, pkt *packet.Connect, st *connec
 			c.client.Attributes = res.Attributes
 			return true
 		}
+		st.idBound = res.ClientIDBound
 		if !res.NoOpinion {
 			code := res.Code
 			if code == 0 {
@@ -441,9 +456,10 @@ func (c *conn) authenticate(ctx context.Context, pkt *packet.Connect, st *connec
 		}
 		return c.refuse(pkt, packet.NotAuthorized, "anonymous access is not allowed on this listener")
 	}
-	// Admitted by the anonymous policy. As in Mosquitto, a username sent
-	// without a backend to check it is kept for logs and ACLs.
-	c.client.Anonymous = !pkt.UsernameFlag
+	// Admitted by the anonymous policy. Unlike Mosquitto, a username
+	// sent without a backend to check it stays a claim (ClaimedUsername,
+	// for logs): no Authorizer can mistake it for an identity.
+	c.client.Anonymous = true
 	return true
 }
 

@@ -21,8 +21,17 @@ type Client struct {
 	Conn     net.Conn
 	Version  packet.Version
 	ClientID string // as connected (assigned IDs included)
-	Username string // after authentication: the identity the Authenticator chose
-	// Anonymous is true when the client was let in without credentials.
+	// Username is the verified identity: the name an Authenticator
+	// returned, or the CONNECT username it accepted. It is empty while
+	// authentication runs and for clients admitted by the anonymous policy,
+	// so a non-empty Username can always be trusted.
+	Username string
+	// ClaimedUsername is the username as sent in CONNECT, never verified
+	// by itself. It is for logs only: grant nothing on it.
+	ClaimedUsername string
+	// Anonymous is true when the listener's anonymous policy admitted the
+	// client (no Authenticator vouched for it), whether or not it sent a
+	// username.
 	Anonymous bool
 	// Attributes carries what the Authenticator learned (certificate
 	// fields, token claims) for the Authorizer; nil when empty.
@@ -51,7 +60,7 @@ func (c *Client) PeerCertificates() []*x509.Certificate {
 
 // ConnectRequest is what an Authenticator decides on.
 type ConnectRequest struct {
-	Client  *Client         // ClientID and Username as sent in CONNECT
+	Client  *Client         // ClientID and ClaimedUsername as sent in CONNECT; Username empty
 	Connect *packet.Connect // the CONNECT packet, password included
 }
 
@@ -74,6 +83,12 @@ type AuthResult struct {
 	// ClientID, when non-empty, replaces the client identifier (identity
 	// bound client IDs); a v5 client is told through Assigned Client ID.
 	ClientID string
+	// ClientIDBound reports that the client proved its right to its
+	// client identifier (a certificate binding): a session that another
+	// identity holds under that identifier is ended, not resumed, instead
+	// of the client being refused. Honoured with Allow and with NoOpinion
+	// when the anonymous policy then admits the client.
+	ClientIDBound bool
 	// Attributes are handed to the Authorizer through Client.Attributes.
 	Attributes map[string]string
 }

@@ -79,6 +79,10 @@ func New(cfg Config) (*Server, error) {
 		listeners: make(map[net.Listener]*listenerState),
 		conns:     make(map[*conn]struct{}),
 	}
+	if c.IgnoreSessionOwner {
+		s.log.Warn("broker: session owner check is off: any client that knows a client ID can resume that session, " +
+			"receive its queued messages and disconnect its owner")
+	}
 	if c.SysInterval > 0 {
 		s.track(s.sysLoop)
 	}
@@ -278,20 +282,30 @@ func (s *Server) lookup(id string) *session {
 // attach binds c to its session: it takes over a live connection of the
 // same client, resumes or discards the old session as Clean Start says,
 // and queues CONNACK and the resends. It returns the session and whether
-// it was present.
-func (s *Server) attach(c *conn, st *connectState) (*session, bool) {
+// it was present, or, when the client ID belongs to another identity's
+// session (see ownerCheck), no session and the reason for refusing the
+// client; nothing was changed then.
+func (s *Server) attach(c *conn, st *connectState) (*session, bool, string) {
 	id := st.clientID
 	for {
 		s.sessMu.Lock()
 		old := s.lookup(id)
+		foreign := false // old belongs to another identity and is to be ended
 		if old != nil {
+			var refusal string
+			foreign, refusal = s.ownerCheck(c, st, old)
+			if refusal != "" {
+				s.sessMu.Unlock()
+				return nil, false, refusal
+			}
 			old.mu.Lock()
 			oc := old.conn
 			old.mu.Unlock()
 			if oc != nil {
 				s.sessMu.Unlock()
 				// [MQTT-3.1.4-3]: take over the existing connection.
-				oc.log.Info("broker: session taken over by a new connection", "remote_new", c.nc.RemoteAddr().String())
+				oc.log.Info("broker: session taken over by a new connection", "remote_new", c.nc.RemoteAddr().String(),
+					"other_identity", foreign)
 				oc.takenOver.Store(true)
 				oc.kill(packet.SessionTakenOver, "session taken over")
 				select {
@@ -304,13 +318,13 @@ func (s *Server) attach(c *conn, st *connectState) (*session, bool) {
 			}
 		}
 		var endedWill func()
-		if old != nil && st.pkt.CleanStart {
+		if old != nil && (st.pkt.CleanStart || foreign) {
 			endedWill = s.endSessionLocked(old)
 			old = nil
 		}
 		sess, present := old, old != nil
 		if sess == nil {
-			sess = newSession(id, s.cfg.Now())
+			sess = newSession(id, st.owner, s.cfg.Now())
 			s.sessions.Store(id, sess)
 			s.sessionCount.Add(1)
 		}
@@ -349,8 +363,39 @@ func (s *Server) attach(c *conn, st *connectState) (*session, bool) {
 		if endedWill != nil {
 			endedWill()
 		}
-		return sess, present
+		return sess, present, ""
 	}
+}
+
+// ownerCheck decides whether the client connecting on c with st may use
+// the session old, which holds its client ID. A session belongs to the
+// identity that created it: another identity may neither resume it nor
+// take over its connection, or it would receive the owner's queued
+// messages and could keep the owner offline. Two cases end the old
+// session instead (foreign is true; it is never resumed): the
+// Authenticator proved the client's right to the client ID (a certificate
+// binding), or an authenticated client meets an anonymous owner's session,
+// which otherwise would let an anonymous client reserve a device's client
+// ID before the device connects. Otherwise a different identity is
+// refused with the reason returned. The caller holds sessMu.
+func (s *Server) ownerCheck(c *conn, st *connectState, old *session) (foreign bool, refusal string) {
+	if s.cfg.IgnoreSessionOwner || old.owner == st.owner {
+		return false, ""
+	}
+	var why string
+	switch {
+	case st.idBound:
+		why = "the client ID is bound to the new client's certificate"
+	case st.owner.verified && !old.owner.verified:
+		why = "an authenticated client replaces an anonymous session"
+	default:
+		c.log.Warn("broker: client ID in use by another identity; connection refused",
+			"owner", old.owner.String(), "identity", st.owner.String())
+		return false, "client identifier in use by another identity"
+	}
+	c.log.Warn("broker: session of another identity ended", "reason", why,
+		"owner", old.owner.String(), "identity", st.owner.String())
+	return true, ""
 }
 
 // endSessionLocked removes an offline session; the caller holds sessMu.

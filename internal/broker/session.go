@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,6 +18,9 @@ const neverExpires time.Duration = -1
 type session struct {
 	id      string
 	created time.Time
+	// owner is the identity that created the session; set once, read
+	// under Server.sessMu.
+	owner sessionOwner
 
 	mu   sync.Mutex
 	conn *conn // nil while the client is offline
@@ -58,8 +62,47 @@ type session struct {
 	expiryTimer *time.Timer
 }
 
-func newSession(id string, now time.Time) *session {
-	return &session{id: id, created: now, inboundQoS2: make(map[uint16]struct{})}
+func newSession(id string, owner sessionOwner, now time.Time) *session {
+	return &session{id: id, owner: owner, created: now, inboundQoS2: make(map[uint16]struct{})}
+}
+
+// sessionOwner is the identity a session belongs to. Only a client with
+// the same owner may resume the session or take over its connection
+// (unless Config.IgnoreSessionOwner is set); see Server.attach.
+type sessionOwner struct {
+	// key names the identity: "user:" and the verified username,
+	// "cert:" and the certificate's issuer and subject when the client
+	// has a verified certificate but no username, else the listener
+	// ("anon:" for anonymous clients, "auth:" for clients an
+	// Authenticator admitted without a name).
+	key string
+	// verified is false for anonymous owners: anybody on the listener can
+	// claim to be them.
+	verified bool
+}
+
+// ownerOf returns the owner of the sessions c creates.
+func ownerOf(c *Client) sessionOwner {
+	if c.Username != "" {
+		return sessionOwner{key: "user:" + c.Username, verified: true}
+	}
+	if chain := c.PeerCertificates(); len(chain) > 0 {
+		// Issuer and subject rather than the certificate itself, so that
+		// a renewed certificate keeps its sessions.
+		return sessionOwner{key: "cert:" + chain[0].Issuer.String() + "\x00" + chain[0].Subject.String(), verified: true}
+	}
+	if c.Anonymous {
+		return sessionOwner{key: "anon:" + c.Listener}
+	}
+	return sessionOwner{key: "auth:" + c.Listener, verified: true}
+}
+
+// String describes the owner for logs.
+func (o sessionOwner) String() string {
+	if o.key == "" {
+		return "nobody"
+	}
+	return strings.ReplaceAll(o.key, "\x00", " / ")
 }
 
 // allocPID returns a free outbound packet identifier. The caller holds

@@ -338,6 +338,7 @@ func brokerConfig(cfg *config.Config, log *slog.Logger) (broker.Config, error) {
 		MaxSessions:                lim.MaxSessions,
 		QuietConnections:           !cfg.Log.ConnectionMessages,
 		PersistentClientExpiration: cfg.Sessions.PersistentClientExpiration.D(),
+		IgnoreSessionOwner:         cfg.Sessions.IgnoreOwner,
 		RetainDisabled:             !cfg.RetainAvailable,
 		SysInterval:                cfg.SysInterval.D(),
 		Version:                    "moat " + Version,

@@ -36,6 +36,12 @@ func (a *certAuthenticator) Authenticate(_ context.Context, req *broker.ConnectR
 	}
 	certs := req.Client.PeerCertificates()
 	if len(certs) == 0 {
+		if m.BindClientID != "" {
+			// bind_client_id reserves client IDs for the certificates
+			// that match the binding, and any client ID may match some
+			// certificate: without one, no client ID can be checked.
+			return broker.AuthResult{Code: packet.ClientIDNotValid, Reason: "this listener binds client IDs to certificates and none was presented"}
+		}
 		if m.Username != tlsconf.IdentityNone {
 			// The listener takes identities from certificates: without
 			// one there is nobody to authenticate (as Mosquitto refuses a
@@ -54,6 +60,9 @@ func (a *certAuthenticator) Authenticate(_ context.Context, req *broker.ConnectR
 	}
 	res := broker.AuthResult{Allow: mapped.UsernameFromCert, NoOpinion: !mapped.UsernameFromCert, Reason: "client certificate"}
 	res.Username = mapped.Username
+	// The binding was checked above: this certificate owns the client ID,
+	// and a session another identity holds under it is ended.
+	res.ClientIDBound = m.BindClientID != ""
 	if mapped.ClientID != req.Client.ClientID {
 		res.ClientID = mapped.ClientID
 	}

@@ -337,6 +337,13 @@ type Sessions struct {
 	// keeps them forever, as MQTT 3.1.1 says. In mosquitto.conf the value
 	// is N followed by h, d, w, m (30 days) or y (365 days).
 	PersistentClientExpiration Duration `json:"persistent_client_expiration" yaml:"persistent_client_expiration"`
+	// IgnoreOwner lets any client that knows a client ID resume that
+	// session, receive its queued messages and disconnect its owner, as
+	// Mosquitto does. Default false: a session belongs to the identity
+	// that created it and other identities are refused. Only for closed
+	// networks; the broker warns at start. In mosquitto.conf:
+	// session_owner_check false (a Moat extension).
+	IgnoreOwner bool `json:"ignore_owner,omitempty" yaml:"ignore_owner"`
 }
 
 // Log configures logging.

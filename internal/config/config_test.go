@@ -323,3 +323,26 @@ func TestImportsStayLeaf(t *testing.T) {
 		}
 	}
 }
+
+func TestSessionOwnerCheckKey(t *testing.T) {
+	for _, tc := range []struct {
+		name, file, text string
+		ignore           bool
+	}{
+		{"yaml default strict", "m.yaml", "listeners:\n  - address: 127.0.0.1:1883\n    transport: tcp\n", false},
+		{"yaml relaxed", "m.yaml", "listeners:\n  - address: 127.0.0.1:1883\n    transport: tcp\nsessions:\n  ignore_owner: true\n", true},
+		{"conf default strict", "m.conf", "listener 1883\n", false},
+		{"conf relaxed", "m.conf", "listener 1883\nsession_owner_check false\n", true},
+		{"conf explicit strict", "m.conf", "listener 1883\nsession_owner_check true\n", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Parse(tc.file, []byte(tc.text))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.Sessions.IgnoreOwner != tc.ignore {
+				t.Errorf("IgnoreOwner = %v, want %v", c.Sessions.IgnoreOwner, tc.ignore)
+			}
+		})
+	}
+}

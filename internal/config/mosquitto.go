@@ -481,6 +481,12 @@ func (p *mosqParser) apply(ln *line, cur *mosqListener) *mosqListener {
 				p.mark(ln, "sessions.persistent_client_expiration")
 			}
 		}
+	case "session_owner_check":
+		// Moat extension: Mosquitto has no owner check to turn off.
+		if b, ok := p.boolean(ln); ok {
+			p.cfg.Sessions.IgnoreOwner = !b
+			p.mark(ln, "sessions.ignore_owner")
+		}
 	case "retain_available":
 		if b, ok := p.boolean(ln); ok {
 			p.cfg.RetainAvailable = b

@@ -14,7 +14,7 @@ var knownKeys = map[string]bool{
 	"per_listener_settings": true, "allow_anonymous": true, "allow_zero_length_clientid": true, "auto_id_prefix": true,
 	"max_keepalive": true, "max_packet_size": true, "message_size_limit": true, "max_inflight_messages": true,
 	"max_inflight_bytes": true, "max_queued_bytes": true, "max_queued_messages": true, "queue_qos0_messages": true,
-	"persistent_client_expiration": true, "retain_available": true, "sys_interval": true,
+	"persistent_client_expiration": true, "session_owner_check": true, "retain_available": true, "sys_interval": true,
 	"persistence": true, "retained_persistence": true, "persistence_location": true, "persistence_file": true,
 	"autosave_interval": true, "autosave_on_changes": true,
 	"log_dest": true, "log_type": true, "log_timestamp": true, "log_timestamp_format": true, "connection_messages": true,
