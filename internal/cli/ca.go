@@ -627,8 +627,8 @@ from the CA for --name (default localhost, 127.0.0.1).`,
 			if err != nil {
 				return fmt.Errorf("ca serve: %w", err)
 			}
-			if reenrollLimit < 1 {
-				return errors.New("ca serve: --reenroll-limit must be at least 1")
+			if reenrollLimit < 1 || window <= 0 {
+				return errors.New("ca serve: --reenroll-limit must be at least 1 and --reenroll-window positive")
 			}
 			cfg := pki.ServerConfig{ESTNames: names, ManufacturerNames: prefixAll("URI:", mfrNames), ReenrollLimit: reenrollLimit, ReenrollWindow: window}
 			if len(mfrNames) > 0 && mfrCA == "" {

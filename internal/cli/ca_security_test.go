@@ -112,7 +112,7 @@ func TestSecurityCARevokeReachesSuccessors(t *testing.T) {
 	}
 	// Revoking A (by file) reaches C.
 	out := mustMoat(t, "ca", "revoke", "--dir", dir, filepath.Join(work, "certa.pem"), "--reason", "keyCompromise")
-	if !regexp.MustCompile(`Revoked successor of ` + serials[1] + `: ` + serials[2] + ` \(dev-r\), reason keyCompromise`).MatchString(out) || !strings.Contains(out, "already revoked") {
+	if !regexp.MustCompile(`Revoked successor of `+serials[1]+`: `+serials[2]+` \(dev-r\), reason keyCompromise`).MatchString(out) || !strings.Contains(out, "already revoked") {
 		t.Errorf("revoke A:\n%s", out)
 	}
 	if out, _, code := moat(t, "ca", "verify", "--dir", dir, filepath.Join(work, "certc.pem")); code != 1 || !strings.Contains(out, "keyCompromise") {
