@@ -234,6 +234,9 @@ func writeIssued(stdio Stdio, iss *pki.Issued, out string) error {
 		return err
 	}
 	fmt.Fprintf(stdio.Out, "Issued %s certificate for %q, serial %s, valid until %s\n", iss.Record.Profile, iss.Record.Subject, iss.Record.Serial, iss.Record.NotAfter.Format(time.RFC3339))
+	if names := iss.Record.SANs(); len(names) > 0 {
+		fmt.Fprintf(stdio.Out, "  names: %s\n", strings.Join(names, ", "))
+	}
 	fmt.Fprintf(stdio.Out, "  %s.pem (certificate and intermediate)\n", out)
 	if iss.Key != nil {
 		fmt.Fprintf(stdio.Out, "  %s.key (private key, mode 0600)\n", out)
@@ -245,6 +248,7 @@ func newCAIssueCmd(stdio Stdio, open caOpener) *cobra.Command {
 	var (
 		sans, uris         []string
 		out, lifetime, alg string
+		force              bool
 	)
 	c := &cobra.Command{
 		Use:   "issue server NAME | device ID",
@@ -281,9 +285,27 @@ func newCAIssueCmd(stdio Stdio, open caOpener) *cobra.Command {
 			if out == "" {
 				return errors.New("ca issue: give --out PREFIX (writes PREFIX.pem and PREFIX.key)")
 			}
+			if !force {
+				for _, f := range []string{out + ".pem", out + ".key"} {
+					if _, err := os.Lstat(f); err == nil {
+						return fmt.Errorf("ca issue: %s exists; choose another --out PREFIX, or give --force to replace it", f)
+					}
+				}
+			}
 			ca, err := open(false)
 			if err != nil {
 				return fmt.Errorf("ca issue: %w", err)
+			}
+			// Devices may hold overlapping certificates while they rotate,
+			// so an existing one is no error; but say so, since a second
+			// certificate is also how a forgotten copy stays valid.
+			if recs, err := ca.List(pki.ListFilter{Subject: args[1], Profile: profile}); err == nil {
+				for _, r := range recs {
+					if r.Status(time.Now()) == pki.StatusValid {
+						fmt.Fprintf(stdio.Err, "ca issue: warning: %q already has a valid %s certificate, serial %s, valid until %s; both stay valid (revoke the old one with moat ca revoke %s once it is replaced)\n",
+							args[1], profile, r.Serial, r.NotAfter.UTC().Format(time.RFC3339), r.Serial)
+					}
+				}
 			}
 			iss, err := ca.Issue(pki.IssueRequest{Profile: profile, CommonName: args[1], DNSNames: dns, IPAddresses: ips, URIs: us, Lifetime: life, KeyAlgorithm: a, AuthorizedBy: "cli"})
 			if err != nil {
@@ -298,6 +320,7 @@ func newCAIssueCmd(stdio Stdio, open caOpener) *cobra.Command {
 	f.StringVar(&out, "out", "", "write PREFIX.pem and PREFIX.key")
 	f.StringVar(&lifetime, "lifetime", "", "lifetime (default: server 90d, device 180d, as set at init)")
 	f.StringVar(&alg, "algorithm", "ecdsa-p256", "key algorithm of the new key")
+	f.BoolVar(&force, "force", false, "replace existing PREFIX.pem and PREFIX.key")
 	return c
 }
 
@@ -314,11 +337,20 @@ func prefixAll(p string, s []string) []string {
 
 func newCASignCmd(stdio Stdio, open caOpener) *cobra.Command {
 	var profile, out, lifetime, id string
+	var sans, uris []string
 	c := &cobra.Command{
 		Use:   "sign CSR.pem",
 		Short: "Sign a certificate request after checking it against a profile",
+		Long: `Sign a PKCS#10 request with the device or server profile.
+
+The names of the certificate are the operator's, not the requester's: every
+subject alternative name the CSR asks for (DNS, IP, URI, e-mail) must be
+listed with --san or --uri, and a server CSR's CN too; a CSR asking for any
+other name is refused, so nothing is copied without being read. The
+device profile's CN must equal --id when it is given.`,
 		Example: `  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout dev.key -subj /CN=sensor-7 -out dev.csr
-  moat ca sign dev.csr --profile device --out dev`,
+  moat ca sign dev.csr --profile device --id sensor-7 --out dev
+  moat ca sign broker.csr --profile server --san DNS:broker.example.com,IP:10.0.0.5 --out broker`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			csr, err := pki.ReadCSRFile(args[0])
@@ -329,11 +361,18 @@ func newCASignCmd(stdio Stdio, open caOpener) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("ca sign: %w", err)
 			}
+			names := append(append([]string{}, sans...), prefixAll("URI:", uris)...)
+			if _, _, _, err := pki.ParseSANs(names); err != nil {
+				return fmt.Errorf("ca sign: %w", err)
+			}
 			ca, err := open(false)
 			if err != nil {
 				return fmt.Errorf("ca sign: %w", err)
 			}
-			iss, err := ca.SignCSR(pki.SignRequest{CSR: csr, Profile: pki.Profile(profile), AuthorizedID: id, Lifetime: life, AuthorizedBy: "cli-sign"})
+			iss, err := ca.SignCSR(pki.SignRequest{CSR: csr, Profile: pki.Profile(profile), AuthorizedID: id, AuthorizedNames: names, Lifetime: life, AuthorizedBy: "cli-sign"})
+			if errors.Is(err, pki.ErrNamesNotAuthorized) {
+				return fmt.Errorf("ca sign: %w; read the request (openssl req -in %s -noout -text) and list every name the certificate may carry with --san DNS:...,IP:... or --uri URI", err, args[0])
+			}
 			if err != nil {
 				return fmt.Errorf("ca sign: %w", err)
 			}
@@ -343,6 +382,8 @@ func newCASignCmd(stdio Stdio, open caOpener) *cobra.Command {
 	f := c.Flags()
 	f.StringVar(&profile, "profile", "device", "issuance profile: device or server")
 	f.StringVar(&id, "id", "", "device profile: require the CSR's CN to be this ID")
+	f.StringSliceVar(&sans, "san", nil, "names the certificate may carry: DNS:name,IP:addr (the CSR may ask for no others)")
+	f.StringSliceVar(&uris, "uri", nil, "URI SAN the certificate may carry, e.g. spiffe://example.org/device/ID")
 	f.StringVar(&out, "out", "", "write PREFIX.pem (default: the certificate chain on stdout)")
 	f.StringVar(&lifetime, "lifetime", "", "lifetime (default from the profile)")
 	return c
@@ -350,10 +391,15 @@ func newCASignCmd(stdio Stdio, open caOpener) *cobra.Command {
 
 func newCARevokeCmd(stdio Stdio, open caOpener) *cobra.Command {
 	var reason string
+	var keepDescendants bool
 	c := &cobra.Command{
 		Use:   "revoke SERIAL|CERT.pem",
-		Short: "Revoke a certificate; the CRL and OCSP answers change at once",
-		Args:  cobra.ExactArgs(1),
+		Short: "Revoke a certificate and its re-enrolled successors; the CRL and OCSP answers change at once",
+		Long: `Revoke a certificate. Certificates re-enrolled from it over EST (its
+successors, and theirs) are revoked too, with the same reason, because a
+stolen certificate may have been used to get a new one; --no-descendants
+revokes only the one given. Every revoked certificate is listed.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			r, err := pki.ParseReason(reason)
 			if err != nil {
@@ -363,24 +409,37 @@ func newCARevokeCmd(stdio Stdio, open caOpener) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("ca revoke: %w", err)
 			}
-			var rec pki.Record
+			serial := args[0]
 			if _, statErr := os.Stat(args[0]); statErr == nil {
 				certs, err := pki.LoadCertificatesFile(args[0])
 				if err != nil {
 					return fmt.Errorf("ca revoke: %w", err)
 				}
-				rec, err = ca.RevokeCertificate(certs[0], r)
-				if err != nil {
-					return fmt.Errorf("ca revoke: %w", err)
+				if err := certs[0].CheckSignatureFrom(ca.Intermediate()); err != nil {
+					return fmt.Errorf("ca revoke: %s was not issued by this CA's intermediate (%s)", args[0], ca.Intermediate().Subject.CommonName)
 				}
-			} else if rec, err = ca.Revoke(args[0], r); err != nil {
+				serial = pki.SerialString(certs[0].SerialNumber)
+			}
+			recs, err := ca.RevokeTree(serial, r, pki.RevokeOptions{KeepDescendants: keepDescendants})
+			if err != nil {
 				return fmt.Errorf("ca revoke: %w", err)
 			}
-			fmt.Fprintf(stdio.Out, "Revoked %s (%s), reason %s; CRL regenerated (%s/%s)\n", rec.Serial, rec.Subject, rec.Reason, ca.Dir(), pki.FileCRL)
+			if n, _ := pki.NormalizeSerial(serial); recs[0].Serial != n {
+				fmt.Fprintf(stdio.Out, "%s was already revoked; revoking its successors\n", n)
+			}
+			for _, rec := range recs {
+				what := "Revoked"
+				if rec.Parent != "" {
+					what = fmt.Sprintf("Revoked successor of %s:", rec.Parent)
+				}
+				fmt.Fprintf(stdio.Out, "%s %s (%s), reason %s\n", what, rec.Serial, rec.Subject, rec.Reason)
+			}
+			fmt.Fprintf(stdio.Out, "CRL regenerated (%s/%s)\n", ca.Dir(), pki.FileCRL)
 			return nil
 		},
 	}
 	c.Flags().StringVar(&reason, "reason", "unspecified", "keyCompromise, superseded, cessationOfOperation, affiliationChanged, privilegeWithdrawn, unspecified")
+	c.Flags().BoolVar(&keepDescendants, "no-descendants", false, "do not revoke certificates re-enrolled from this one")
 	return c
 }
 
@@ -499,6 +558,9 @@ func newCAShowCmd(stdio Stdio, open caOpener) *cobra.Command {
 				fmt.Fprintf(w, "revoked at:    %s (%s)\n", r.RevokedAt.UTC().Format(time.RFC3339), r.Reason)
 			}
 			fmt.Fprintf(w, "authorized by: %s\n", r.AuthorizedBy)
+			if r.Parent != "" {
+				fmt.Fprintf(w, "successor of:  %s (re-enrollment; revoking that one revokes this one)\n", r.Parent)
+			}
 			if showPEM {
 				c, err := x509.ParseCertificate(r.DER)
 				if err != nil {
@@ -541,8 +603,9 @@ not (and 2 when the check could not be made).`,
 }
 
 func newCAServeCmd(stdio Stdio, open caOpener) *cobra.Command {
-	var httpAddr, httpsAddr, certFile, keyFile, mfrCA string
-	var names []string
+	var httpAddr, httpsAddr, certFile, keyFile, mfrCA, reenrollWindow string
+	var names, mfrNames []string
+	var reenrollLimit int
 	c := &cobra.Command{
 		Use:   "serve",
 		Short: "Serve OCSP, the CRL and metrics over HTTP and EST over HTTPS",
@@ -560,7 +623,17 @@ from the CA for --name (default localhost, 127.0.0.1).`,
 			if err != nil {
 				return fmt.Errorf("ca serve: %w", err)
 			}
-			cfg := pki.ServerConfig{ESTNames: names}
+			window, err := durationFlag(reenrollWindow, "--reenroll-window")
+			if err != nil {
+				return fmt.Errorf("ca serve: %w", err)
+			}
+			if reenrollLimit < 1 || window <= 0 {
+				return errors.New("ca serve: --reenroll-limit must be at least 1 and --reenroll-window positive")
+			}
+			cfg := pki.ServerConfig{ESTNames: names, ManufacturerNames: prefixAll("URI:", mfrNames), ReenrollLimit: reenrollLimit, ReenrollWindow: window}
+			if len(mfrNames) > 0 && mfrCA == "" {
+				return errors.New("ca serve: --manufacturer-uri needs --manufacturer-ca")
+			}
 			if certFile != "" || keyFile != "" {
 				tc, err := loadTLSPair(certFile, keyFile)
 				if err != nil {
@@ -623,16 +696,24 @@ from the CA for --name (default localhost, 127.0.0.1).`,
 	f.StringVar(&keyFile, "tls-key", "", "key for --tls-cert")
 	f.StringSliceVar(&names, "name", nil, "DNS names / IPs of the generated HTTPS certificate (default localhost,127.0.0.1)")
 	f.StringVar(&mfrCA, "manufacturer-ca", "", "PEM file of manufacturer CAs whose client certificates may enroll (CN = device ID)")
+	f.StringSliceVar(&mfrNames, "manufacturer-uri", nil, "URI SAN a manufacturer-certificate enrollment may get; {id} is the device ID, e.g. spiffe://factory.example/{id}")
+	f.IntVar(&reenrollLimit, "reenroll-limit", pki.DefaultReenrollLimit, "re-enrollments allowed per device ID within --reenroll-window")
+	f.StringVar(&reenrollWindow, "reenroll-window", "24h", "window of --reenroll-limit")
 	return c
 }
 
 func newCATokenCmd(stdio Stdio, open caOpener) *cobra.Command {
 	c := &cobra.Command{Use: "token", Short: "Manage one-time bootstrap tokens for EST enrollment"}
 	var ttl string
+	var tokURIs []string
 	create := &cobra.Command{
 		Use:   "create ID",
 		Short: "Create a one-time enrollment token for device ID (printed on stdout)",
-		Args:  cobra.ExactArgs(1),
+		Long: `Create a one-time enrollment token for device ID. The enrolled certificate
+has CN=ID and may carry only the URI SANs given with --uri (the device may
+request a subset); a request for any other name is refused.`,
+		Example: "  moat ca token create sensor-042 --uri spiffe://factory.example/sensor-042 > sensor-042.token",
+		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			d, err := durationFlag(ttl, "--ttl")
 			if err != nil {
@@ -642,7 +723,7 @@ func newCATokenCmd(stdio Stdio, open caOpener) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("ca token create: %w", err)
 			}
-			tok, err := ca.CreateToken(args[0], d)
+			tok, err := ca.CreateTokenFor(pki.TokenRequest{ID: args[0], TTL: d, Names: prefixAll("URI:", tokURIs)})
 			if err != nil {
 				return fmt.Errorf("ca token create: %w", err)
 			}
@@ -651,6 +732,7 @@ func newCATokenCmd(stdio Stdio, open caOpener) *cobra.Command {
 		},
 	}
 	create.Flags().StringVar(&ttl, "ttl", "24h", "how long the token can be used")
+	create.Flags().StringSliceVar(&tokURIs, "uri", nil, "URI SAN the enrolled certificate may carry, e.g. spiffe://example.org/device/ID")
 	list := &cobra.Command{
 		Use:   "list",
 		Short: "List unused tokens (without the secrets)",
@@ -665,9 +747,9 @@ func newCATokenCmd(stdio Stdio, open caOpener) *cobra.Command {
 				return fmt.Errorf("ca token list: %w", err)
 			}
 			tw := tabwriter.NewWriter(stdio.Out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tEXPIRES\tHASH")
+			fmt.Fprintln(tw, "ID\tEXPIRES\tHASH\tNAMES")
 			for _, t := range ts {
-				fmt.Fprintf(tw, "%s\t%s\t%s\n", t.ID, t.Expires.UTC().Format(time.RFC3339), t.Hash)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", t.ID, t.Expires.UTC().Format(time.RFC3339), t.Hash, strings.Join(t.Names, ","))
 			}
 			return tw.Flush()
 		},

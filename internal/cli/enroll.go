@@ -144,7 +144,7 @@ An existing, unexpired PREFIX.pem is renewed rather than enrolled again.`,
 	f.StringVar(&authKey, "auth-key", "", "key of --auth-cert")
 	f.StringVar(&out, "out", "", "write PREFIX.pem and PREFIX.key")
 	f.StringVar(&alg, "algorithm", "ecdsa-p256", "algorithm of the locally generated key")
-	f.StringSliceVar(&uris, "uri", nil, "URI SAN to request, e.g. spiffe://example.org/device/ID")
+	f.StringSliceVar(&uris, "uri", nil, "URI SAN to request, e.g. spiffe://example.org/device/ID (the token must allow it: moat ca token create ID --uri ...)")
 	f.BoolVar(&renew, "renew", false, "keep running and renew at two thirds of the lifetime")
 	return c
 }

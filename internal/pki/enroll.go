@@ -55,7 +55,7 @@ func (c *ESTClient) do(ctx context.Context, method, op string, body []byte, clie
 	defer tr.CloseIdleConnections()
 	var rd io.Reader
 	if body != nil {
-		rd = strings.NewReader(base64Lines(body))
+		rd = strings.NewReader(base64.StdEncoding.EncodeToString(body)) // RFC 8951: no line breaks
 	}
 	req, err := http.NewRequestWithContext(ctx, method, base+ESTPathPrefix+op, rd)
 	if err != nil {

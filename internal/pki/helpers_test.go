@@ -3,6 +3,7 @@ package pki
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/pem"
 	"log/slog"
 	"net"
@@ -149,4 +150,19 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// base64Lines encodes b as base64 in 64-character CRLF lines, the way
+// RFC 7030 clients before RFC 8951 sent requests.
+func base64Lines(b []byte) string {
+	s := base64.StdEncoding.EncodeToString(b)
+	var sb strings.Builder
+	for len(s) > 64 {
+		sb.WriteString(s[:64])
+		sb.WriteString("\r\n")
+		s = s[64:]
+	}
+	sb.WriteString(s)
+	sb.WriteString("\r\n")
+	return sb.String()
 }

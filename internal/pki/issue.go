@@ -101,7 +101,7 @@ func WriteCertKeyFiles(prefix string, chain []*x509.Certificate, key crypto.Sign
 
 // Issue creates, records and returns a leaf certificate.
 func (ca *CA) Issue(req IssueRequest) (*Issued, error) {
-	return ca.issue(req, nil)
+	return ca.issue(req, issueHooks{})
 }
 
 // IssueServer is Issue for a server certificate; sans are "DNS:name",
@@ -177,20 +177,90 @@ type SignRequest struct {
 	// AuthorizedID, when set, is the only device ID the CSR may name
 	// (device profile: the CSR's CN must equal it).
 	AuthorizedID string
-	Lifetime     time.Duration
-	AuthorizedBy string
+	// AuthorizedNames are the subject alternative names the certificate
+	// may carry, as "DNS:name", "IP:addr" or "URI:uri" (ParseSANs form).
+	// A CSR that asks for any other DNS name, IP address, URI or e-mail
+	// address is refused, and so is a server CSR whose CN is not among
+	// them. Nil authorizes no names: the CSR may then ask for none.
+	AuthorizedNames []string
+	Lifetime        time.Duration
+	AuthorizedBy    string
 }
 
-// SignCSR checks a CSR against the profile's policy and issues a
-// certificate for its public key. The CSR's subject and SANs are copied
-// only where the policy allows; its requested extensions are ignored.
+// SignCSR checks a CSR against the profile's policy and the names the
+// request is authorized for, and issues a certificate for its public key.
+// The certificate carries the CSR's CN and the SANs it asks for, never a
+// name outside AuthorizedNames; the CSR's other subject attributes and
+// requested extensions are ignored.
 func (ca *CA) SignCSR(req SignRequest) (*Issued, error) {
 	ir, err := ca.csrToIssue(req)
 	if err != nil {
 		return nil, err
 	}
-	return ca.issue(ir, nil)
+	return ca.issue(ir, issueHooks{})
 }
+
+// canonicalNames returns the SANs in "DNS:x", "IP:y", "URI:z", "email:w"
+// form, DNS names in lower case and IP addresses in their canonical
+// text, so that two spellings of a name compare equal.
+func canonicalNames(dns []string, ips []net.IP, uris []*url.URL, emails []string) []string {
+	var out []string
+	for _, d := range dns {
+		out = append(out, "DNS:"+strings.ToLower(d))
+	}
+	for _, ip := range ips {
+		out = append(out, "IP:"+ip.String())
+	}
+	for _, u := range uris {
+		out = append(out, "URI:"+u.String())
+	}
+	for _, e := range emails {
+		out = append(out, "email:"+e)
+	}
+	return out
+}
+
+// CSRNames returns every subject alternative name a CSR asks for, in
+// "DNS:x", "IP:y", "URI:z", "email:w" form.
+func CSRNames(csr *x509.CertificateRequest) []string {
+	return canonicalNames(csr.DNSNames, csr.IPAddresses, csr.URIs, csr.EmailAddresses)
+}
+
+// unauthorizedNames returns the names of csr (SANs, and for servers the
+// CN) that are not in allowed (ParseSANs form). E-mail names are never
+// authorized: no profile issues them.
+func unauthorizedNames(csr *x509.CertificateRequest, p Profile, allowed []string) ([]string, error) {
+	dns, ips, uris, err := ParseSANs(allowed)
+	if err != nil {
+		return nil, err
+	}
+	ok := make(map[string]bool)
+	for _, n := range canonicalNames(dns, ips, uris, nil) {
+		ok[n] = true
+	}
+	var bad []string
+	for _, n := range CSRNames(csr) {
+		if !ok[n] {
+			bad = append(bad, n)
+		}
+	}
+	if cn := csr.Subject.CommonName; p == ProfileServer && cn != "" {
+		var cnNames []string
+		if ip := net.ParseIP(cn); ip != nil {
+			cnNames = canonicalNames(nil, []net.IP{ip}, nil, nil)
+		} else {
+			cnNames = canonicalNames([]string{cn}, nil, nil, nil)
+		}
+		if !ok[cnNames[0]] {
+			bad = append(bad, "CN="+cn)
+		}
+	}
+	return bad, nil
+}
+
+// ErrNamesNotAuthorized is returned when a CSR asks for a name (a SAN,
+// or a server's CN) that what authorizes the request does not cover.
+var ErrNamesNotAuthorized = errors.New("pki: the CSR asks for names that are not authorized")
 
 func (ca *CA) csrToIssue(req SignRequest) (IssueRequest, error) {
 	csr := req.CSR
@@ -202,6 +272,17 @@ func (ca *CA) csrToIssue(req SignRequest) (IssueRequest, error) {
 	}
 	if len(csr.EmailAddresses) > 0 {
 		return IssueRequest{}, errors.New("pki: CSR requests e-mail SANs, which no profile allows")
+	}
+	bad, err := unauthorizedNames(csr, req.Profile, req.AuthorizedNames)
+	if err != nil {
+		return IssueRequest{}, err
+	}
+	if len(bad) > 0 {
+		allowed := "none"
+		if len(req.AuthorizedNames) > 0 {
+			allowed = strings.Join(req.AuthorizedNames, ", ")
+		}
+		return IssueRequest{}, fmt.Errorf("%w: %s (authorized: %s)", ErrNamesNotAuthorized, strings.Join(bad, ", "), allowed)
 	}
 	ir := IssueRequest{
 		Profile: req.Profile, CommonName: csr.Subject.CommonName, PublicKey: csr.PublicKey,
@@ -359,10 +440,20 @@ func inAnyRange(ip net.IP, ranges []*net.IPNet) bool {
 	return false
 }
 
-// issue builds, signs and records a certificate. consume, when not nil,
-// runs in the same write transaction that records the certificate (token
-// consumption); if it fails nothing is recorded.
-func (ca *CA) issue(req IssueRequest, consume func(tx *bolt.Tx) error) (*Issued, error) {
+// issueHooks extend an issuance with work done in the transaction that
+// records the certificate.
+type issueHooks struct {
+	// inTx, when not nil, runs in the write transaction that records rec
+	// (token consumption, superseding the parent of a re-enrollment) and
+	// may set fields of rec; if it fails nothing is recorded.
+	inTx func(tx *bolt.Tx, rec *Record) error
+	// rebuildCRL signs a new CRL in that transaction and writes crl.pem
+	// after it (inTx revoked a certificate).
+	rebuildCRL bool
+}
+
+// issue builds, signs and records a certificate.
+func (ca *CA) issue(req IssueRequest, hooks issueHooks) (*Issued, error) {
 	if err := ca.checkPolicy(&req); err != nil {
 		return nil, err
 	}
@@ -435,19 +526,32 @@ func (ca *CA) issue(req IssueRequest, consume func(tx *bolt.Tx) error) (*Issued,
 	if err != nil {
 		return nil, err
 	}
-	err = ca.update(func(tx *bolt.Tx) error {
-		if consume != nil {
-			if err := consume(tx); err != nil {
+	var crl []byte
+	var after func() error
+	if hooks.rebuildCRL {
+		after = func() error { return ca.writeCRLFile(crl) }
+	}
+	err = ca.updateThen(func(tx *bolt.Tx) error {
+		if hooks.inTx != nil {
+			if err := hooks.inTx(tx, &rec); err != nil {
 				return err
 			}
 		}
-		return putRecord(tx, rec)
-	})
+		if err := putRecord(tx, rec); err != nil {
+			return err
+		}
+		if !hooks.rebuildCRL {
+			return nil
+		}
+		var cerr error
+		crl, cerr = ca.buildCRL(tx, now)
+		return cerr
+	}, after)
 	if err != nil {
 		return nil, err
 	}
 	cert, _ := parseCert(der)
-	ca.cfg.logger().Info("pki: issued certificate", "serial", rec.Serial, "profile", rec.Profile, "subject", rec.Subject, "not_after", rec.NotAfter, "authorized_by", rec.AuthorizedBy)
+	ca.cfg.logger().Info("pki: issued certificate", "serial", rec.Serial, "profile", rec.Profile, "subject", rec.Subject, "names", strings.Join(rec.SANs(), ","), "not_after", rec.NotAfter, "authorized_by", rec.AuthorizedBy)
 	return &Issued{Certificate: cert, Chain: []*x509.Certificate{ca.inter}, Key: key, Record: rec}, nil
 }
 

@@ -66,7 +66,7 @@ func (ca *CA) ocspSigner() (*x509.Certificate, crypto.Signer, error) {
 	if alg == Ed25519 || alg == "" {
 		alg = ECDSAP256
 	}
-	iss, err := ca.issue(IssueRequest{Profile: ProfileOCSP, CommonName: ca.inter.Subject.CommonName + " OCSP Responder", KeyAlgorithm: alg, AuthorizedBy: "ocsp-rollover"}, nil)
+	iss, err := ca.issue(IssueRequest{Profile: ProfileOCSP, CommonName: ca.inter.Subject.CommonName + " OCSP Responder", KeyAlgorithm: alg, AuthorizedBy: "ocsp-rollover"}, issueHooks{})
 	if err != nil {
 		return nil, nil, fmt.Errorf("pki: issuing OCSP signer: %w", err)
 	}

@@ -2,6 +2,7 @@ package pki
 
 import (
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -60,41 +61,116 @@ func ParseReason(s string) (RevocationReason, error) {
 // ErrAlreadyRevoked is returned when revoking a revoked certificate.
 var ErrAlreadyRevoked = errors.New("pki: the certificate is already revoked")
 
-// Revoke marks the certificate with this serial revoked and regenerates
-// the CRL in the same transaction, so the CRL and OCSP answers change
-// together. It returns the updated record.
+// Revoke revokes the certificate with this serial and every certificate
+// descended from it by re-enrollment (RevokeTree with default options),
+// and returns the certificate's updated record.
 func (ca *CA) Revoke(serial string, reason RevocationReason) (Record, error) {
-	s, err := NormalizeSerial(serial)
-	if err != nil {
+	if _, err := ca.RevokeTree(serial, reason, RevokeOptions{}); err != nil {
 		return Record{}, err
 	}
-	if _, ok := reasonNames[reason]; !ok {
-		return Record{}, fmt.Errorf("pki: unknown revocation reason %d", reason)
+	return ca.Get(serial)
+}
+
+// RevokeOptions modify RevokeTree. The zero value revokes descendants.
+type RevokeOptions struct {
+	// KeepDescendants leaves the certificates re-enrolled from this one
+	// (and their successors) valid.
+	KeepDescendants bool
+}
+
+// RevokeTree marks the certificate with this serial revoked and, unless
+// opts.KeepDescendants, every unrevoked certificate descended from it
+// through re-enrollment (Record.Parent), with the same reason: a
+// successor minted with a stolen certificate must not outlive it. The
+// revocations and a new CRL are written in one transaction, so the CRL
+// and OCSP answers change together. It returns the records revoked now,
+// parents before children; a certificate revoked before (for example
+// superseded by a re-enrollment) is not in the list, but its descendants
+// are still searched. It fails with ErrAlreadyRevoked when nothing was
+// left to revoke.
+func (ca *CA) RevokeTree(serial string, reason RevocationReason, opts RevokeOptions) ([]Record, error) {
+	s, err := NormalizeSerial(serial)
+	if err != nil {
+		return nil, err
 	}
-	var rec Record
+	if _, ok := reasonNames[reason]; !ok {
+		return nil, fmt.Errorf("pki: unknown revocation reason %d", reason)
+	}
+	var revoked []Record
 	var crl []byte
 	now := ca.cfg.now()
 	err = ca.updateThen(func(tx *bolt.Tx) error {
+		revoked = nil
 		r, err := getRecord(tx, s)
 		if err != nil {
 			return err
 		}
-		if r.Revoked {
+		targets := []Record{r}
+		if !opts.KeepDescendants {
+			d, err := descendants(tx, s)
+			if err != nil {
+				return err
+			}
+			targets = append(targets, d...)
+		}
+		for _, t := range targets {
+			if t.Revoked {
+				continue
+			}
+			t.Revoked, t.RevokedAt, t.Reason = true, now.UTC().Truncate(time.Second), reason
+			if err := putRecord(tx, t); err != nil {
+				return err
+			}
+			revoked = append(revoked, t)
+		}
+		if len(revoked) == 0 {
 			return fmt.Errorf("%w (serial %s, %s at %s)", ErrAlreadyRevoked, s, r.Reason, r.RevokedAt.Format(time.RFC3339))
 		}
-		r.Revoked, r.RevokedAt, r.Reason = true, now.UTC().Truncate(time.Second), reason
-		if err := putRecord(tx, r); err != nil {
-			return err
-		}
-		rec = r
 		crl, err = ca.buildCRL(tx, now)
 		return err
 	}, func() error { return ca.writeCRLFile(crl) })
 	if err != nil {
-		return Record{}, err
+		return nil, err
 	}
-	ca.cfg.logger().Info("pki: revoked certificate", "serial", rec.Serial, "subject", rec.Subject, "reason", reason.String())
-	return rec, nil
+	for _, r := range revoked {
+		ca.cfg.logger().Info("pki: revoked certificate", "serial", r.Serial, "subject", r.Subject, "reason", reason.String(), "requested", s)
+	}
+	return revoked, nil
+}
+
+// descendants returns the records whose Parent chain leads to serial,
+// breadth first.
+func descendants(tx *bolt.Tx, serial string) ([]Record, error) {
+	children := make(map[string][]Record)
+	err := tx.Bucket(bucketCerts).ForEach(func(k, v []byte) error {
+		var r Record
+		if err := json.Unmarshal(v, &r); err != nil {
+			return fmt.Errorf("pki: corrupt inventory record %s: %w", k, err)
+		}
+		if r.Parent != "" {
+			children[r.Parent] = append(children[r.Parent], r)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	var out []Record
+	seen := map[string]bool{serial: true}
+	queue := []string{serial}
+	for len(queue) > 0 {
+		p := queue[0]
+		queue = queue[1:]
+		for _, c := range children[p] {
+			if seen[c.Serial] {
+				continue
+			}
+			seen[c.Serial] = true
+			out = append(out, c)
+			queue = append(queue, c.Serial)
+		}
+	}
+	return out, nil
 }
 
 // RevokeCertificate revokes cert, which must have been issued by this CA.

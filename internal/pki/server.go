@@ -29,8 +29,14 @@ type ServerConfig struct {
 	// "IP:y" or bare); default "localhost" and "127.0.0.1".
 	ESTNames []string
 	// ManufacturerRoots authorizes first enrollment by manufacturer
-	// certificates (see ESTConfig).
+	// certificates, and ManufacturerNames the SANs such an enrollment
+	// may get (see ESTConfig).
 	ManufacturerRoots *x509.CertPool
+	ManufacturerNames []string
+	// ReenrollLimit and ReenrollWindow rate-limit re-enrollment per
+	// device ID (see ESTConfig); zero means 3 per 24 hours.
+	ReenrollLimit  int
+	ReenrollWindow time.Duration
 	// CRLRefresh is how often the CRL's age is checked; a CRL with less
 	// than half its validity left is regenerated. Default: one tenth of
 	// the CRL validity, at most 10 minutes.
@@ -60,6 +66,12 @@ func (ca *CA) NewServer(cfg ServerConfig) (*Server, error) {
 	}
 	if cfg.CRLRefresh < 0 {
 		return nil, errors.New("pki: CRLRefresh must not be negative")
+	}
+	if cfg.ReenrollLimit < 0 || cfg.ReenrollWindow < 0 {
+		return nil, errors.New("pki: ReenrollLimit and ReenrollWindow must not be negative")
+	}
+	if err := CheckManufacturerNames(cfg.ManufacturerNames); err != nil {
+		return nil, err
 	}
 	if _, _, err := ca.ocspSigner(); err != nil {
 		return nil, err
@@ -114,7 +126,8 @@ func (s *Server) HTTPHandler() http.Handler {
 
 // ESTHandler is the CA's EST handler with this server's metrics.
 func (s *Server) ESTHandler() http.Handler {
-	return s.ca.ESTHandler(ESTConfig{ManufacturerRoots: s.cfg.ManufacturerRoots, Observe: func(op, res string) { s.estRes.WithLabelValues(op, res).Inc() }})
+	return s.ca.ESTHandler(ESTConfig{ManufacturerRoots: s.cfg.ManufacturerRoots, ManufacturerNames: s.cfg.ManufacturerNames,
+		ReenrollLimit: s.cfg.ReenrollLimit, ReenrollWindow: s.cfg.ReenrollWindow, Observe: func(op, res string) { s.estRes.WithLabelValues(op, res).Inc() }})
 }
 
 // ESTTLSConfig returns the TLS configuration of the EST listener: TLS 1.2

@@ -226,27 +226,36 @@ func TestESTWithCurlAndOpenSSL(t *testing.T) {
 	dir := t.TempDir()
 	caFile := filepath.Join(ca.Dir(), FileRoot)
 
-	// cacerts
-	out := run(t, true, curl, "-sS", "--cacert", caFile, estURL+ESTPathPrefix+"cacerts")
-	p7 := writeFile(t, filepath.Join(dir, "cacerts.b64"), []byte(out))
-	certs := run(t, true, openssl, "base64", "-d", "-in", p7, "-out", filepath.Join(dir, "cacerts.p7"))
-	_ = certs
-	printed := run(t, true, openssl, "pkcs7", "-inform", "DER", "-in", filepath.Join(dir, "cacerts.p7"), "-print_certs", "-noout")
+	bash := needTool(t, "bash")
+	needTool(t, "base64")
+
+	// cacerts, decoded the way RFC 8951 promises works: the answer is
+	// base64 without line breaks, which coreutils' base64 -d accepts.
+	printed := run(t, true, bash, "-c", "set -o pipefail; curl -sS --cacert \"$1\" \"$2\" | base64 -d | openssl pkcs7 -inform DER -print_certs -noout", "est", caFile, estURL+ESTPathPrefix+"cacerts")
 	if !strings.Contains(printed, "Moat Issuing CA") || !strings.Contains(printed, "Moat Root CA") {
 		t.Fatalf("cacerts:\n%s", printed)
 	}
+	if out := run(t, true, curl, "-sS", "--cacert", caFile, estURL+ESTPathPrefix+"cacerts"); strings.ContainsAny(out, "\r\n") {
+		t.Errorf("cacerts answer has line breaks (RFC 8951 §3.1): %q", out)
+	}
 
-	// A device makes its key and CSR with openssl.
+	// A device makes its key and CSR with openssl. Requests are sent
+	// with CRLF line breaks (RFC 7030 clients) or without (RFC 8951);
+	// both are accepted.
+	wrapped := true
 	mkCSR := func(name, cn string) string {
 		key := filepath.Join(dir, name+".key")
 		csr := filepath.Join(dir, name+".csr")
 		run(t, true, openssl, "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", key, "-subj", "/CN="+cn, "-outform", "DER", "-out", csr)
 		b, _ := os.ReadFile(csr)
+		if !wrapped {
+			return writeFile(t, csr+".b64", []byte(base64.StdEncoding.EncodeToString(b)))
+		}
 		return writeFile(t, csr+".b64", []byte(base64Lines(b)))
 	}
 	decode := func(name, body string) string {
 		b64 := writeFile(t, filepath.Join(dir, name+".p7.b64"), []byte(body))
-		run(t, true, openssl, "base64", "-d", "-in", b64, "-out", filepath.Join(dir, name+".p7"))
+		run(t, true, bash, "-c", "base64 -d \"$1\" > \"$2\"", "decode", b64, filepath.Join(dir, name+".p7"))
 		pemFile := filepath.Join(dir, name+".pem")
 		run(t, true, openssl, "pkcs7", "-inform", "DER", "-in", filepath.Join(dir, name+".p7"), "-print_certs", "-out", pemFile)
 		// Append the intermediate so the file is a PREFIX.pem chain.
@@ -302,6 +311,7 @@ func TestESTWithCurlAndOpenSSL(t *testing.T) {
 		if devPEM == "" {
 			t.Skip("enrollment failed")
 		}
+		wrapped = false
 		newCSR := mkCSR("sensor-7b", "sensor-7")
 		code, body := estCurl(t, curl, estURL, caFile, "simplereenroll", newCSR, "--cert", devPEM, "--key", filepath.Join(dir, "sensor-7.key"))
 		if code != http.StatusOK {
@@ -309,15 +319,23 @@ func TestESTWithCurlAndOpenSSL(t *testing.T) {
 		}
 		renewed := decode("sensor-7b", body)
 		run(t, true, openssl, "verify", "-CAfile", caFile, "-untrusted", renewed, renewed)
+		// The renewed certificate superseded the old one, which can no
+		// longer re-enroll.
+		code, body = estCurl(t, curl, estURL, caFile, "simplereenroll", mkCSR("sensor-7c", "sensor-7"), "--cert", devPEM, "--key", filepath.Join(dir, "sensor-7.key"))
+		if code != http.StatusForbidden || !strings.Contains(body, "revoked") {
+			t.Fatalf("superseded certificate: status %d: %s", code, body)
+		}
 		// Another device's name is refused even with a valid certificate.
-		code, _ = estCurl(t, curl, estURL, caFile, "simplereenroll", mkCSR("x", "sensor-8"), "--cert", devPEM, "--key", filepath.Join(dir, "sensor-7.key"))
+		code, _ = estCurl(t, curl, estURL, caFile, "simplereenroll", mkCSR("x", "sensor-8"), "--cert", renewed, "--key", filepath.Join(dir, "sensor-7b.key"))
 		if code != http.StatusForbidden {
 			t.Fatalf("rename: status %d", code)
 		}
 		// A revoked certificate cannot re-enroll.
-		certs, _ := LoadCertificatesFile(devPEM)
-		ca.RevokeCertificate(certs[0], ReasonKeyCompromise)
-		code, _ = estCurl(t, curl, estURL, caFile, "simplereenroll", newCSR, "--cert", devPEM, "--key", filepath.Join(dir, "sensor-7.key"))
+		certs, _ := LoadCertificatesFile(renewed)
+		if _, err := ca.RevokeCertificate(certs[0], ReasonKeyCompromise); err != nil {
+			t.Fatal(err)
+		}
+		code, _ = estCurl(t, curl, estURL, caFile, "simplereenroll", newCSR, "--cert", renewed, "--key", filepath.Join(dir, "sensor-7b.key"))
 		if code != http.StatusForbidden {
 			t.Fatalf("revoked: status %d", code)
 		}
@@ -334,7 +352,7 @@ func TestEnrollerEndToEnd(t *testing.T) {
 	t.Parallel()
 	ca := newCA(t, InitOptions{Settings: Settings{DeviceLifetime: Duration(time.Hour)}})
 	_, estURL, _ := startServer(t, ca, ServerConfig{})
-	tok, _ := ca.CreateToken("dev-9", time.Hour)
+	tok, _ := ca.CreateTokenFor(TokenRequest{ID: "dev-9", TTL: time.Hour, Names: []string{"spiffe://example.org/dev-9"}})
 	prefix := filepath.Join(t.TempDir(), "dev-9")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

@@ -18,10 +18,13 @@ import (
 var (
 	bucketCerts  = []byte("certs")  // serial (hex) → Record JSON
 	bucketTokens = []byte("tokens") // SHA-256(token) hex → tokenRecord JSON
-	bucketMeta   = []byte("meta")
-	keyRevision  = []byte("revision")   // uint64, bumped by every write
-	keyCRLNumber = []byte("crl_number") // uint64
-	keyCRL       = []byte("crl")        // DER of the current CRL
+	// bucketReenroll: device ID → JSON list of recent re-enrollment
+	// times (created on first use; older databases lack it).
+	bucketReenroll = []byte("reenroll")
+	bucketMeta     = []byte("meta")
+	keyRevision    = []byte("revision")   // uint64, bumped by every write
+	keyCRLNumber   = []byte("crl_number") // uint64
+	keyCRL         = []byte("crl")        // DER of the current CRL
 )
 
 // ErrDatabaseBusy is returned when another process holds the database
@@ -65,7 +68,10 @@ type Record struct {
 	RevokedAt    time.Time        `json:"revoked_at,omitzero"`
 	Reason       RevocationReason `json:"reason,omitempty"`
 	AuthorizedBy string           `json:"authorized_by,omitempty"` // how issuance was authorized
-	DER          []byte           `json:"der"`
+	// Parent is the serial of the certificate that authorized this one's
+	// re-enrollment (and that it superseded); empty for first issuance.
+	Parent string `json:"parent,omitempty"`
+	DER    []byte `json:"der"`
 }
 
 // Status returns the record's state at time now.
