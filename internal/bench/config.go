@@ -277,11 +277,3 @@ func (cfg Config) withDefaults() (Config, error) {
 	}
 	return c, errors.Join(errs...)
 }
-
-// clientCount is the number of connections of the run.
-func (c *Config) clientCount() int {
-	if c.Scenario == Conn {
-		return c.Clients
-	}
-	return c.Pubs + c.Subs
-}

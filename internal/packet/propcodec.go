@@ -185,26 +185,6 @@ var (
 	ctxAuth        = propCtx{allowed: authProps, where: "AUTH"}
 )
 
-func ctxFor(t Type) propCtx {
-	switch t {
-	case CONNECT:
-		return ctxConnect
-	case CONNACK:
-		return ctxConnack
-	case PUBLISH:
-		return ctxPublish
-	case SUBSCRIBE:
-		return ctxSubscribe
-	case UNSUBSCRIBE:
-		return ctxUnsubscribe
-	case DISCONNECT:
-		return ctxDisconnect
-	case AUTH:
-		return ctxAuth
-	}
-	return ctxAck
-}
-
 // props decodes a property list: its length, then the properties
 // [MQTT 5.0 §2.2.2]. Unknown identifiers and identifiers not allowed in
 // this packet make it malformed [MQTT 5.0 §2.2.2.2]; a repeated property
