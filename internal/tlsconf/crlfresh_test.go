@@ -3,9 +3,11 @@ package tlsconf
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -192,5 +194,46 @@ func TestCRLExpiryWarning(t *testing.T) {
 	waitFor(t, "repeated warning", 5*time.Second, func() bool { return count() == 2 })
 	if !strings.Contains(e.logs.String(), "renewed_here=false") {
 		t.Errorf("warning does not say nobody here renews it:\n%s", e.logs.String())
+	}
+}
+
+// TestCRLRenewFailureRetried: a failing renewal is logged and retried a
+// minute later, not on every poll.
+func TestCRLRenewFailureRetried(t *testing.T) {
+	e := newEnv(t, testcerts.P256)
+	crl := e.writeCRL(t, "ca.crl", 7*24*time.Hour)
+	e.cfg.CRLFiles = []string{crl}
+	var calls atomic.Int32
+	e.cfg.CRLRenewers = []CRLRenewer{{File: crl, Renew: func() error {
+		calls.Add(1)
+		return errors.New("pki: the CA database is in use by another moat process")
+	}}}
+	m := e.manager(t)
+	settle(m)
+	if calls.Load() != 0 {
+		t.Fatal("a fresh CRL was renewed")
+	}
+	e.clock.Advance(4 * 24 * time.Hour)
+	waitFor(t, "renewal attempt", 5*time.Second, func() bool { return calls.Load() == 1 })
+	e.clock.Advance(30 * time.Second)
+	settle(m)
+	settle(m)
+	if n := calls.Load(); n != 1 {
+		t.Fatalf("%d attempts within a minute, want 1", n)
+	}
+	if !strings.Contains(e.logs.String(), "renewing the CRL failed") {
+		t.Errorf("failure not logged:\n%s", e.logs.String())
+	}
+	e.clock.Advance(31 * time.Second)
+	waitFor(t, "retry", 5*time.Second, func() bool { return calls.Load() == 2 })
+}
+
+func TestCRLRenewerValidation(t *testing.T) {
+	e := newEnv(t, testcerts.P256)
+	e.cfg.CRLFiles = []string{e.writeCRL(t, "ca.crl", time.Hour)}
+	e.cfg.CRLRenewers = []CRLRenewer{{File: e.dir + "/other.crl", Renew: func() error { return nil }}, {File: e.cfg.CRLFiles[0]}}
+	_, err := New(e.cfg)
+	if err == nil || !strings.Contains(err.Error(), "is not one of the crlfiles") || !strings.Contains(err.Error(), "has no Renew function") {
+		t.Fatalf("New = %v, want both renewer problems", err)
 	}
 }
