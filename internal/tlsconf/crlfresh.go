@@ -108,8 +108,8 @@ func (m *Manager) renewCRLs(now time.Time) {
 	st := m.state.Load()
 	f := &m.crlFresh
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	if f.renewing {
+		f.mu.Unlock()
 		return
 	}
 	var due []CRLRenewer
@@ -122,6 +122,7 @@ func (m *Manager) renewCRLs(now time.Time) {
 		}
 	}
 	if len(due) == 0 {
+		f.mu.Unlock()
 		return
 	}
 	if f.lastRenew == nil {
@@ -131,6 +132,7 @@ func (m *Manager) renewCRLs(now time.Time) {
 		f.lastRenew[r.File] = now
 	}
 	f.renewing = true
+	f.mu.Unlock() // a leaf lock: not held while starting the goroutine
 	started := m.spawn(func() {
 		ok := 0
 		for _, r := range due {
@@ -150,7 +152,9 @@ func (m *Manager) renewCRLs(now time.Time) {
 		f.mu.Unlock()
 	})
 	if !started {
+		f.mu.Lock()
 		f.renewing = false
+		f.mu.Unlock()
 	}
 }
 
