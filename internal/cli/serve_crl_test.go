@@ -3,9 +3,14 @@ package cli
 import (
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -139,5 +144,61 @@ func TestCACRLUnopenable(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "cannot keep the CRL fresh") {
 		t.Errorf("no warning:\n%s", logs.String())
+	}
+}
+
+// TestSecurityBrokerRenewsAgedCRLAtStart: the attack is on availability.
+// The built-in CA's CRL was made 8 days ago (the broker was stopped, or ran
+// without `moat ca serve`), so it is past its nextUpdate and the default
+// policy refused every device. The real broker renews it before its
+// listener loads it: a device connects, and revoking it still cuts it off.
+func TestSecurityBrokerRenewsAgedCRLAtStart(t *testing.T) {
+	dir := t.TempDir()
+	caDir := filepath.Join(dir, "data", "ca")
+	past := time.Now().Add(-8 * 24 * time.Hour)
+	if _, err := pki.Init(caDir, pki.InitOptions{Config: pki.Config{Now: func() time.Time { return past }, Logger: slog.New(slog.DiscardHandler)}}); err != nil {
+		t.Fatal(err)
+	}
+	if old := readCRLFile(t, filepath.Join(caDir, pki.FileCRL)); !time.Now().After(old.NextUpdate) {
+		t.Fatalf("test setup: the CRL is not stale (nextUpdate %v)", old.NextUpdate)
+	}
+	port := freePort(t)
+	writeFile(t, filepath.Join(dir, "moat.yaml"), fmt.Sprintf(`listeners:
+  - name: mqtts
+    address: 127.0.0.1:%d
+    transport: tls
+    tls:
+      client_auth: required
+      identity:
+        username_from: cn
+data_dir: data
+persistence:
+  enabled: false
+`, port))
+	p := startMoat(t, dir, []int{port}, "-c", "moat.yaml")
+	moatCmd(t, dir, "ca", "issue", "device", "dev-1", "--dir", caDir, "--out", "dev-1")
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	caFile := filepath.Join(caDir, pki.FileRoot)
+	c, err := dialMQTT5(t, addr, caFile, filepath.Join(dir, "dev-1"), "dev-1")
+	if err != nil {
+		t.Fatalf("device refused with the CA's CRL 8 days old: %v\n%s", err, p.logs.String())
+	}
+	defer c.Close()
+	if crl := readCRLFile(t, filepath.Join(caDir, pki.FileCRL)); crl.NextUpdate.Sub(time.Now()) < pki.DefaultCRLValidity/2 {
+		t.Errorf("CRL not renewed: nextUpdate %v", crl.NextUpdate)
+	}
+	if !p.waitLog(t, "keeping the CA's CRL fresh") {
+		t.Errorf("renewal not announced:\n%s", p.logs.String())
+	}
+	moatCmd(t, dir, "ca", "revoke", "dev-1.pem", "--dir", caDir, "--reason", "keyCompromise")
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.Copy(io.Discard, c); err != nil && !errors.Is(err, io.EOF) {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			t.Fatal("revoked device still connected")
+		}
+	}
+	if _, err := dialMQTT5(t, addr, caFile, filepath.Join(dir, "dev-1"), "dev-1"); err == nil {
+		t.Fatal("revoked device reconnected")
 	}
 }
