@@ -261,10 +261,10 @@ func proxyInfoFromHeader(h *proxyproto.Header) (*ProxyInfo, error) {
 		// A LOCAL header (or one without addresses) describes the
 		// balancer's own connection, a health check: there is no client,
 		// so no client identity. A TLS TLV claiming one contradicts the
-		// header and is refused; other TLVs are dropped unread.
+		// header and is refused; other TLVs are dropped.
 		for _, t := range tlvs {
 			if t.Type == proxyproto.PP2_TYPE_SSL {
-				return nil, errors.New("listener: PROXY LOCAL header carries a client TLS (PP2_TYPE_SSL) TLV; a LOCAL connection has no client to identify")
+				return nil, errors.New("listener: a PROXY LOCAL (or address-less) header carries a client TLS (PP2_TYPE_SSL) TLV; such a connection has no client to identify")
 			}
 		}
 		return pi, nil
