@@ -154,6 +154,7 @@ func runServe(ctx context.Context, stdio Stdio, o serveOptions, dataSet bool) er
 		}
 	}
 	var zc *zeroConfig
+	caCRLs := newCACRLs(log, time.Now)
 	for i := range cfg.Listeners {
 		l := &cfg.Listeners[i]
 		r := running{}
@@ -206,6 +207,7 @@ func runServe(ctx context.Context, stdio Stdio, o serveOptions, dataSet bool) er
 				closeAll()
 				return err
 			}
+			tlc.CRLRenewers = caCRLs.renewers(l.Name, tlc.CRLFiles)
 			mgr, err := tlsconf.New(tlc)
 			if err != nil {
 				closeAll()

@@ -87,7 +87,7 @@ func proxyIdentity(conn net.Conn, src tlsconf.IdentitySource) (string, bool) {
 		id, err := tlsconf.Identity(pt.ClientCertificate, src)
 		return id, err == nil && id != ""
 	}
-	if src == tlsconf.IdentityCN && pt.CommonName != "" {
+	if src == tlsconf.IdentityCN && tlsconf.CheckIdentityValue(pt.CommonName) == nil {
 		return pt.CommonName, true
 	}
 	return "", false

@@ -9,9 +9,11 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/moatmq/moat/internal/pki"
+	"github.com/moatmq/moat/internal/tlsconf"
 )
 
 // zeroConfig is the secure default's key material: the built-in CA in
@@ -106,4 +108,98 @@ To connect a first device:
 The device's certificate CN (sensor-001) is its MQTT username.
 
 `, port, zc.caDir, zc.caFile)
+}
+
+// caCRLs keeps fresh the CRLs of the Moat CA directories the broker's
+// listeners read their CRL from: the built-in CA of the secure default, and
+// any crlfile that is the crl.pem of a directory holding a Moat CA (as
+// `moat ca init` makes it). Nothing else re-signs such a CRL unless `moat
+// ca serve` runs, and once it passes its nextUpdate the stale policy cuts
+// off every client of the CA. Each listener's tlsconf.Manager calls Renew
+// from its own goroutine at half the CRL's validity.
+type caCRLs struct {
+	log   *slog.Logger
+	now   func() time.Time
+	byDir map[string]*caCRLKeeper // nil entry: the CA could not be opened
+}
+
+func newCACRLs(log *slog.Logger, now func() time.Time) *caCRLs {
+	return &caCRLs{log: log, now: now, byDir: map[string]*caCRLKeeper{}}
+}
+
+// renewers returns a renewer for every file of files that is a Moat CA's
+// crl.pem.
+func (c *caCRLs) renewers(listener string, files []string) []tlsconf.CRLRenewer {
+	var out []tlsconf.CRLRenewer
+	for _, f := range files {
+		abs, err := filepath.Abs(f)
+		if err != nil || filepath.Base(abs) != pki.FileCRL || !pki.Exists(filepath.Dir(abs)) {
+			continue
+		}
+		dir := filepath.Dir(abs)
+		k, seen := c.byDir[dir]
+		if !seen {
+			ca, err := pki.Open(dir, pki.Config{Logger: c.log, Now: c.now})
+			if err != nil {
+				c.log.Warn("serve: the crlfile belongs to a Moat CA the broker cannot open, so it cannot keep the CRL fresh; run `moat ca serve` for it or renew it otherwise before its nextUpdate",
+					"listener", listener, "file", f, "err", err)
+			} else {
+				k = &caCRLKeeper{ca: ca, file: abs, now: c.now}
+				c.log.Info("serve: keeping the CA's CRL fresh (re-signed at half its validity)", "file", abs)
+				// Renew a CRL that aged while the broker was down before
+				// the listener loads it, instead of refusing clients
+				// until the first check.
+				if err := k.renew(); err != nil {
+					c.log.Error("serve: renewing the CA's CRL at start-up failed; retrying while serving", "file", abs, "err", err)
+				}
+			}
+			c.byDir[dir] = k
+		}
+		if k != nil {
+			out = append(out, tlsconf.CRLRenewer{File: f, Renew: k.renew})
+		}
+	}
+	return out
+}
+
+// caCRLKeeper renews one CA's crl.pem. Listeners of one broker share it.
+type caCRLKeeper struct {
+	mu   sync.Mutex // one renewal at a time within this process
+	ca   *pki.CA
+	file string
+	now  func() time.Time
+}
+
+// renew re-signs the CRL unless someone renewed it since the caller looked
+// (another listener, `moat ca serve`, `moat ca revoke`). The CA's database
+// lock serializes the re-signing with those other writers, and the new
+// CRL is built from the database, so no revocation is lost.
+func (k *caCRLKeeper) renew() error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if crlFileFresh(k.file, k.now()) {
+		return nil
+	}
+	if _, err := k.ca.RegenerateCRL(); err != nil {
+		return fmt.Errorf("serve: re-signing the CRL of the CA in %s: %w", k.ca.Dir(), err)
+	}
+	return nil
+}
+
+// crlFileFresh reports whether the CRL in path is in the first half of its
+// validity.
+func crlFileFresh(path string, now time.Time) bool {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return false
+	}
+	der := data
+	if b, _ := pem.Decode(data); b != nil {
+		der = b.Bytes
+	}
+	l, err := x509.ParseRevocationList(der)
+	if err != nil || l.NextUpdate.IsZero() {
+		return false
+	}
+	return now.Before(l.ThisUpdate.Add(l.NextUpdate.Sub(l.ThisUpdate) / 2))
 }

@@ -12,6 +12,8 @@ import (
 
 	proxyproto "github.com/pires/go-proxyproto"
 	"github.com/pires/go-proxyproto/tlvparse"
+
+	"github.com/moatmq/moat/internal/tlsconf"
 )
 
 // DefaultProxyHeaderTimeout is how long a trusted balancer has to send the
@@ -255,6 +257,18 @@ func proxyInfoFromHeader(h *proxyproto.Header) (*ProxyInfo, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listener: PROXY header TLVs: %w", err)
 	}
+	if pi.Local {
+		// A LOCAL header (or one without addresses) describes the
+		// balancer's own connection, a health check: there is no client,
+		// so no client identity. A TLS TLV claiming one contradicts the
+		// header and is refused; other TLVs are dropped.
+		for _, t := range tlvs {
+			if t.Type == proxyproto.PP2_TYPE_SSL {
+				return nil, errors.New("listener: a PROXY LOCAL (or address-less) header carries a client TLS (PP2_TYPE_SSL) TLV; such a connection has no client to identify")
+			}
+		}
+		return pi, nil
+	}
 	seen := make(map[proxyproto.PP2Type]bool)
 	for _, t := range tlvs {
 		if t.Type == proxyproto.PP2_TYPE_NOOP {
@@ -333,6 +347,15 @@ func proxyTLSFromTLV(t proxyproto.TLV) (*ProxyTLSInfo, error) {
 				return nil, fmt.Errorf("listener: PROXY SSL TLV client certificate: %w", err)
 			}
 			ti.ClientCertificate = cert
+		}
+	}
+	// The CN may become a username: it passes the check certificate
+	// identities pass, and a bad one refuses the connection rather than
+	// reaching logs and authentication. The value is not echoed. An empty
+	// CN is the same as none.
+	if ti.CommonName != "" {
+		if err := tlsconf.CheckIdentityValue(ti.CommonName); err != nil {
+			return nil, fmt.Errorf("listener: PROXY SSL TLV: the client certificate CN %v", err)
 		}
 	}
 	if ti.ClientCertificate != nil && seen[proxyproto.PP2_SUBTYPE_SSL_CN] && ti.ClientCertificate.Subject.CommonName != ti.CommonName {

@@ -102,6 +102,17 @@ type OCSPConfig struct {
 	HTTPClient *http.Client
 }
 
+// CRLRenewer keeps one CRL file fresh.
+type CRLRenewer struct {
+	// File is the CRL file Renew writes; it must be one of CRLFiles.
+	File string
+	// Renew writes a fresh CRL to File (atomically, under the CA's own
+	// lock). The Manager calls it from a goroutine it owns and waits for on
+	// Close, never twice at once for one Manager, and retries a failure
+	// after a minute. It should return within a few seconds.
+	Renew func() error
+}
+
 // KeyPair names a PEM certificate chain file and its private key file.
 type KeyPair struct {
 	CertFile string
@@ -164,6 +175,12 @@ type ListenerConfig struct {
 	// CRLStalePolicy applies when a CRL is past its nextUpdate. Default
 	// CRLStaleRefuse.
 	CRLStalePolicy CRLStalePolicy
+	// CRLRenewers name the CRL files this process can re-sign itself (the
+	// built-in CA's crl.pem). Each is renewed once half of its loaded
+	// CRL's validity has passed, and reloaded at once. Default none: every
+	// CRL is published by someone else, and a CRL close to its nextUpdate
+	// is only warned about.
+	CRLRenewers []CRLRenewer
 
 	// OCSP configures OCSP checking of client certificates (off by default)
 	// and the requests made for stapling.
@@ -267,6 +284,14 @@ func (c *ListenerConfig) validate() error {
 	case CRLStaleRefuse, CRLStaleWarn:
 	default:
 		add("unknown CRL stale policy %d", int(c.CRLStalePolicy))
+	}
+	for i, r := range c.CRLRenewers {
+		if r.Renew == nil {
+			add("CRL renewer %d (%s) has no Renew function", i+1, r.File)
+		}
+		if !slices.Contains(c.CRLFiles, r.File) {
+			add("CRL renewer %d: %q is not one of the crlfiles", i+1, r.File)
+		}
 	}
 	switch c.OCSP.Mode {
 	case OCSPOff, OCSPFailOpen, OCSPFailClosed:

@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 )
 
 // IdentitySource selects which part of a client certificate names the client.
@@ -119,15 +121,39 @@ func Identity(cert *x509.Certificate, src IdentitySource) (string, error) {
 	default:
 		return "", fmt.Errorf("tlsconf: identity source %v cannot name a client", src)
 	}
-	if v == "" {
-		return "", fmt.Errorf("%w: %v missing", ErrNoIdentity, src)
-	}
-	for i := 0; i < len(v); i++ {
-		if v[i] < 0x20 || v[i] == 0x7f {
-			return "", fmt.Errorf("%w: %v contains a control character", ErrNoIdentity, src)
-		}
+	if err := CheckIdentityValue(v); err != nil {
+		return "", fmt.Errorf("%w: %v %s", ErrNoIdentity, src, err.Error())
 	}
 	return v, nil
+}
+
+// Reasons CheckIdentityValue refuses a value.
+var (
+	errIdentityEmpty   = errors.New("missing")
+	errIdentityUTF8    = errors.New("is not valid UTF-8")
+	errIdentityControl = errors.New("contains a control character")
+)
+
+// CheckIdentityValue checks a value that is to become a client's MQTT
+// identity (username or client ID), whether Identity took it from a
+// certificate or a trusted load balancer reported it (the PROXY v2 CN): it
+// must not be empty, must be valid UTF-8, and must hold no control
+// character (C0, DEL, C1) or bidirectional formatting character, which
+// could make it print as another name, forge log lines or drive a
+// terminal. Identity applies it to every value it returns.
+func CheckIdentityValue(v string) error {
+	if v == "" {
+		return errIdentityEmpty
+	}
+	if !utf8.ValidString(v) {
+		return errIdentityUTF8
+	}
+	for _, r := range v {
+		if r < 0x20 || (r >= 0x7f && r <= 0x9f) || unicode.Is(unicode.Bidi_Control, r) {
+			return errIdentityControl
+		}
+	}
+	return nil
 }
 
 // firstCN returns the first commonName attribute in the subject, as

@@ -154,3 +154,27 @@ func TestManagerMapIdentity(t *testing.T) {
 		t.Fatalf("spoofed client ID: %v", err)
 	}
 }
+
+func TestCheckIdentityValue(t *testing.T) {
+	for _, tc := range []struct {
+		v  string
+		ok bool
+	}{
+		{"sensor-001", true},
+		{"capteur-é-温度", true},
+		{"CN=a\\,b,O=Acme", true},
+		{"", false},
+		{"adm\nin", false},
+		{"\x1b[31mred", false},
+		{"nul\x00", false},
+		{"del\x7f", false},
+		{"c1\u0085", false},
+		{"\u202eadmin", false},
+		{"iso\u2066x", false},
+		{"\xc3", false},
+	} {
+		if err := CheckIdentityValue(tc.v); (err == nil) != tc.ok {
+			t.Errorf("CheckIdentityValue(%q) = %v, want ok=%v", tc.v, err, tc.ok)
+		}
+	}
+}

@@ -30,9 +30,11 @@ type Manager struct {
 	lastSig  string
 	lastHash [32]byte
 
-	ocsp    *ocspChecker
-	watch   *watcher
-	tickets ticketRing
+	ocsp     *ocspChecker
+	watch    *watcher
+	tickets  ticketRing
+	crlFresh crlFreshness
+	polls    atomic.Uint64 // loop iterations past the CRL and expiry checks
 
 	ctx       context.Context // canceled by Close; bounds background requests
 	cancel    context.CancelFunc
@@ -72,6 +74,7 @@ func New(cfg ListenerConfig) (*Manager, error) {
 	cfg.CurvePreferences = slices.Clone(cfg.CurvePreferences)
 	cfg.NextProtos = slices.Clone(cfg.NextProtos)
 	cfg.CRLFiles = slices.Clone(cfg.CRLFiles)
+	cfg.CRLRenewers = slices.Clone(cfg.CRLRenewers)
 	m := &Manager{cfg: cfg, log: cfg.Logger, now: cfg.Now, stop: make(chan struct{})}
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	if m.log == nil {
@@ -293,7 +296,10 @@ func (m *Manager) loop() {
 		}
 		now := m.now()
 		m.checkStaleCRLs(now)
+		m.warnExpiringCRLs(now)
+		m.renewCRLs(now)
 		m.watch.expire(now)
+		m.polls.Add(1)
 		if m.cfg.OCSP.Mode != OCSPOff {
 			m.watch.recheckOCSP(now)
 		}
