@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"strings"
 	"syscall"
@@ -23,6 +24,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/moatmq/moat/client"
+	"github.com/moatmq/moat/internal/packet"
 )
 
 // getenv is os.Getenv; tests replace it.
@@ -417,19 +419,102 @@ func usesTLS(cfg client.Config) bool {
 	return len(cfg.Servers) > 0 && (strings.HasPrefix(cfg.Servers[0], "mqtts:") || strings.HasPrefix(cfg.Servers[0], "wss:"))
 }
 
+// TLS alerts (RFC 8446 §6) a server sends when it refuses the handshake.
+const (
+	alertHandshakeFailure     = 40
+	alertBadCertificate       = 42
+	alertUnsupportedCert      = 43
+	alertCertificateRevoked   = 44
+	alertCertificateExpired   = 45
+	alertCertificateUnknown   = 46
+	alertUnknownCA            = 48
+	alertAccessDenied         = 49
+	alertProtocolVersion      = 70
+	alertInsufficientSecurity = 71
+	alertCertificateRequired  = 116
+)
+
+// tlsAlert returns the TLS alert the server sent when err is one
+// ("remote error: tls: ..."). crypto/tls does not export the type of
+// received alerts, only their uint8 kind.
+func tlsAlert(err error) (byte, bool) {
+	var op *net.OpError
+	if !errors.As(err, &op) || op.Op != "remote error" || op.Err == nil {
+		return 0, false
+	}
+	if v := reflect.ValueOf(op.Err); v.Kind() == reflect.Uint8 {
+		return byte(v.Uint()), true
+	}
+	return 0, false
+}
+
+// permanentConnectError reports whether a failed connection attempt is a
+// refusal that retrying cannot cure: the server refused the handshake
+// (our certificate, the TLS version), we refused the server's
+// certificate, or the broker refused CONNECT for a reason other than
+// being busy or unavailable. Everything else (connection refused, reset,
+// timed out, closed) is taken as transient.
+func permanentConnectError(err error) bool {
+	var re *client.ReasonError
+	if errors.As(err, &re) {
+		switch re.Code {
+		case packet.ServerUnavailable, packet.ServerBusy, packet.QuotaExceeded, packet.ConnectionRateExceeded:
+			return false
+		}
+		return re.Op == "connect" || re.Op == "auth"
+	}
+	if a, ok := tlsAlert(err); ok {
+		switch a {
+		case alertHandshakeFailure, alertBadCertificate, alertUnsupportedCert, alertCertificateRevoked,
+			alertCertificateExpired, alertCertificateUnknown, alertUnknownCA, alertAccessDenied,
+			alertProtocolVersion, alertInsufficientSecurity, alertCertificateRequired:
+			return true
+		}
+		return false
+	}
+	return errors.As(err, new(*tls.CertificateVerificationError)) || errors.As(err, new(x509.UnknownAuthorityError)) ||
+		errors.As(err, new(x509.HostnameError)) || errors.As(err, new(x509.CertificateInvalidError))
+}
+
+// retryPolicy is the reconnection of moat sub: transient failures are
+// reported on stderr and retried with backoff, a permanent refusal
+// (permanentConnectError) stops the client, which then exits non-zero.
+func retryPolicy(errOut io.Writer) client.ReconnectPolicy {
+	return client.ReconnectPolicy{Enabled: true, MinDelay: time.Second, MaxDelay: 30 * time.Second,
+		Retry: func(attempt int, err error) bool {
+			if permanentConnectError(err) {
+				return false
+			}
+			fmt.Fprintf(errOut, "moat: reconnect attempt %d failed: %v; retrying\n", attempt, err)
+			return true
+		}}
+}
+
 // connectHint adds an operator hint to a connection error.
 func connectHint(err error, cfg client.Config) error {
 	var re *client.ReasonError
+	hasCert := cfg.TLSConfig != nil && len(cfg.TLSConfig.Certificates) > 0
+	alert, isAlert := tlsAlert(err)
 	switch {
 	case errors.As(err, &re) && re.Op == "connect" && re.Code == 0x84:
 		return fmt.Errorf("%w (hint: the broker may not speak MQTT %s; try -V 311)", err, cfg.Version)
 	case errors.As(err, &re) && (re.Code == 0x86 || re.Code == 0x87):
 		return fmt.Errorf("%w (hint: check -u and the password from --password-file or $%s)", err, passwordEnv)
 	case errors.As(err, new(x509.UnknownAuthorityError)):
-		return fmt.Errorf("%w (hint: pass the broker's CA with --cafile)", err)
+		return fmt.Errorf("%w (hint: the broker's certificate is from a CA not given: pass --cafile with the broker's CA, e.g. moat-data/ca/ca.pem)", err)
 	case errors.As(err, new(x509.HostnameError)):
 		return fmt.Errorf("%w (hint: connect with the host name in the certificate)", err)
-	case usesTLS(cfg) && (cfg.TLSConfig == nil || len(cfg.TLSConfig.Certificates) == 0) &&
+	case isAlert && (alert == alertCertificateRequired || (!hasCert && alert == alertBadCertificate)):
+		return fmt.Errorf("%w (hint: this broker requires a client certificate: pass --cert and --key)", err)
+	case isAlert && alert == alertCertificateRevoked:
+		return fmt.Errorf("%w (hint: the broker says the client certificate --cert is revoked: get a new one)", err)
+	case isAlert && alert == alertCertificateExpired:
+		return fmt.Errorf("%w (hint: the client certificate --cert has expired: renew it)", err)
+	case isAlert && (alert == alertBadCertificate || alert == alertUnknownCA || alert == alertCertificateUnknown):
+		return fmt.Errorf("%w (hint: the broker refused the client certificate --cert: it may be revoked, expired or issued by a CA the broker does not trust)", err)
+	case isAlert && alert == alertProtocolVersion:
+		return fmt.Errorf("%w (hint: the broker does not accept this TLS version: check --tls-version)", err)
+	case usesTLS(cfg) && !hasCert &&
 		(errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)):
 		return fmt.Errorf("%w (hint: the broker may require a client certificate: --cert and --key)", err)
 	}

@@ -76,7 +76,7 @@ is reported on stderr and never printed.`,
 			// A message is acknowledged once it is printed, so that with -c
 			// the broker keeps what -C left unprinted.
 			cfg.ManualAck = true
-			cfg.Reconnect = client.ReconnectPolicy{Enabled: true, MinDelay: time.Second, MaxDelay: 30 * time.Second}
+			cfg.Reconnect = retryPolicy(stdio.Err)
 			cfg.OnConnectionLost = func(_ *client.Client, err error) {
 				fmt.Fprintf(stdio.Err, "moat: connection lost: %v; reconnecting\n", err)
 			}
@@ -147,7 +147,7 @@ is reported on stderr and never printed.`,
 				select {
 				case m, ok := <-c.Messages():
 					if !ok {
-						return fmt.Errorf("client stopped: %w", c.Err())
+						return stopped(c, cfg)
 					}
 					if bundleTopic != "" && m.Topic == bundleTopic {
 						applyBundleMessage(stdio, opener.members, m)
@@ -189,7 +189,7 @@ is reported on stderr and never printed.`,
 					fmt.Fprintln(stdio.Err, "Timed out")
 					return &exitError{exitTimedOut, fmt.Errorf("no more messages after -W %d seconds", timeout)}
 				case <-c.Done():
-					return fmt.Errorf("client stopped: %w", c.Err())
+					return stopped(c, cfg)
 				case <-ctx.Done():
 					out.Flush()
 					disconnect()
@@ -215,6 +215,12 @@ is reported on stderr and never printed.`,
 	fl.IntVar(&retainHandling, "retain-handling", 0, "MQTT 5 retain handling: 0 send, 1 only if new, 2 never")
 	fl.Uint32Var(&subscriptionID, "subscription-id", 0, "MQTT 5 subscription identifier")
 	return cmd
+}
+
+// stopped is the error of a client that stopped on its own: the broker
+// refused to let it reconnect.
+func stopped(c *client.Client, cfg client.Config) error {
+	return connectHint(fmt.Errorf("the broker refused the connection, not retrying: %w", c.Err()), cfg)
 }
 
 func filtered(t string, filters []string) bool {
