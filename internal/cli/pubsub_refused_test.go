@@ -224,3 +224,33 @@ func TestPermanentConnectError(t *testing.T) {
 		}
 	}
 }
+
+// TestTLSConnectHints checks the hints on client-side TLS failures against
+// Moat's broker: a broker certificate from a CA not given, and a broker
+// that requires a client certificate when none is given.
+func TestTLSConnectHints(t *testing.T) {
+	port, caFile, dir := startMutualTLSMoat(t)
+	ctx := psTestCtx(t)
+	f := func(n string) string { return filepath.Join(dir, n) }
+	psNewCA(t, dir, "other-ca")
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"other-ca", []string{"--cafile", f("other-ca.pem"), "--cert", f("dev-1.pem"), "--key", f("dev-1.key")},
+			"hint: the broker's certificate is from a CA not given: pass --cafile with the broker's CA, e.g. moat-data/ca/ca.pem"},
+		{"no-client-cert", []string{"--cafile", caFile},
+			"hint: this broker requires a client certificate: pass --cert and --key"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, cmd := range [][]string{{"pub", "-m", "x"}, {"sub", "-W", "5"}} {
+				args := append(append(cmd, "-h", "localhost", "-p", port, "-t", "hint/x"), tc.args...)
+				r := psRun(ctx, "", args...)
+				if r.code != 1 || !strings.Contains(r.err, tc.want) {
+					t.Fatalf("%s: exit %d, stderr %q, want %q", cmd[0], r.code, r.err, tc.want)
+				}
+			}
+		})
+	}
+}

@@ -162,7 +162,7 @@ is reported on stderr and never printed.`,
 						em, err := opener.open(m)
 						if err != nil {
 							// Never print what did not open: report and drop it.
-							fmt.Fprintf(stdio.Err, "moat: message on %q refused: %v\n", m.Topic, err)
+							fmt.Fprintf(stdio.Err, "moat: message on %q refused: %v\n", m.Topic, ef.openHint(err))
 							c.Ack(m)
 							continue
 						}
