@@ -54,6 +54,9 @@ type clientFlags struct {
 	cafile, capath         string
 	cert, key              string
 	insecure, tls          bool
+	tlsVersion             string
+	osCerts                bool
+	quiet                  bool
 	debug, json            bool
 	willTopic, willPayload string
 	willQoS                int
@@ -82,6 +85,9 @@ func (f *clientFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.cert, "cert", "", "client certificate (PEM) for mutual TLS; enables TLS")
 	fs.StringVar(&f.key, "key", "", "private key (PEM) of --cert")
 	fs.BoolVar(&f.tls, "tls", false, "use TLS with the system's trusted CAs")
+	fs.StringVar(&f.tlsVersion, "tls-version", "", "TLS version: tlsv1.3 or tlsv1.2 (default: either, 1.3 preferred); enables TLS")
+	fs.BoolVar(&f.osCerts, "tls-use-os-certs", false, "also trust the system's CA certificates (with --cafile/--capath); enables TLS")
+	fs.BoolVar(&f.quiet, "quiet", false, "do not print error messages or warnings (the exit status still tells)")
 	fs.BoolVar(&f.insecure, "insecure", false, "do not check that the server certificate matches the host name (DANGEROUS)")
 	fs.StringVar(&f.proxy, "proxy", "", "SOCKS5 proxy: socks5://[user@]host:port (local DNS) or socks5h://… (proxy resolves); password from $"+proxyPasswordEnv)
 	fs.BoolVarP(&f.debug, "debug", "d", false, "print connection events on stderr")
@@ -128,7 +134,8 @@ func (f *clientFlags) config(fs *pflag.FlagSet, stdio Stdio) (cfg client.Config,
 	cfg.ConnectTimeout = f.connectTimeout
 
 	// Server address.
-	useTLS := f.cafile != "" || f.capath != "" || f.cert != "" || f.tls || f.insecure || f.port == 8883
+	useTLS := f.cafile != "" || f.capath != "" || f.cert != "" || f.tls || f.insecure || f.port == 8883 ||
+		f.tlsVersion != "" || f.osCerts
 	var urlPassword string
 	if f.url != "" {
 		if fs.Changed("host") || fs.Changed("port") {
@@ -288,14 +295,33 @@ func (f *clientFlags) readPassword(fs *pflag.FlagSet, urlPassword string, warn f
 }
 
 // tlsConfig builds the TLS configuration from --cafile, --capath, --cert,
-// --key and --insecure; nil when none is given.
+// --key, --insecure, --tls-version and --tls-use-os-certs; nil when none
+// is given.
 func (f *clientFlags) tlsConfig(warn func(string, ...any)) (*tls.Config, error) {
-	if f.cafile == "" && f.capath == "" && f.cert == "" && f.key == "" && !f.insecure {
+	if f.cafile == "" && f.capath == "" && f.cert == "" && f.key == "" && !f.insecure && f.tlsVersion == "" && !f.osCerts {
 		return nil, nil
 	}
 	tc := &tls.Config{MinVersion: tls.VersionTLS12}
-	if f.cafile != "" || f.capath != "" {
+	switch strings.ToLower(f.tlsVersion) {
+	case "":
+	case "tlsv1.3":
+		tc.MinVersion, tc.MaxVersion = tls.VersionTLS13, tls.VersionTLS13
+	case "tlsv1.2":
+		tc.MinVersion, tc.MaxVersion = tls.VersionTLS12, tls.VersionTLS12
+	case "tlsv1.1", "tlsv1":
+		return nil, fmt.Errorf("--tls-version %s: not supported, TLS before 1.2 is insecure; use tlsv1.2 or tlsv1.3", f.tlsVersion)
+	default:
+		return nil, fmt.Errorf("--tls-version %q: use tlsv1.3 or tlsv1.2", f.tlsVersion)
+	}
+	if f.cafile != "" || f.capath != "" || f.osCerts {
 		pool := x509.NewCertPool()
+		if f.osCerts {
+			sys, err := x509.SystemCertPool()
+			if err != nil {
+				return nil, fmt.Errorf("--tls-use-os-certs: the system's CA certificates: %v", err)
+			}
+			pool = sys
+		}
 		var files []string
 		if f.cafile != "" {
 			files = append(files, f.cafile)
@@ -519,4 +545,28 @@ func connectHint(err error, cfg client.Config) error {
 		return fmt.Errorf("%w (hint: the broker may require a client certificate: --cert and --key)", err)
 	}
 	return err
+}
+
+// quietExit is an error not to be printed (--quiet); Main returns its
+// exit status alone.
+type quietExit struct {
+	code int
+	err  error
+}
+
+func (e *quietExit) Error() string { return e.err.Error() }
+func (e *quietExit) Unwrap() error { return e.err }
+
+// quietError marks err, if any, as not to be printed (--quiet); the exit
+// status stays.
+func quietError(err error) error {
+	if err == nil {
+		return nil
+	}
+	code := 1
+	var ee *exitError
+	if errors.As(err, &ee) {
+		code = ee.code
+	}
+	return &quietExit{code: code, err: err}
 }

@@ -49,8 +49,21 @@ End-to-end encryption: --encrypt --keys DIR seals every message with the key
 group covering the topic (DIR from ` + "`moat keys fetch --dir DIR`" + `), optionally
 signed with --sign-cert/--sign-key; --raw-key FILE uses the seed's raw AES-GCM
 format. An empty message (-n) is sent as is: it clears a retained message.`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
+		// Flags are parsed by parseClientArgs, for -D.
+		DisableFlagParsing: true,
+		Args:               cobra.ArbitraryArgs,
+		RunE: func(cmd *cobra.Command, args []string) (err error) {
+			props, help, err := parseClientArgs(cmd, args)
+			if err != nil || help {
+				if help {
+					return cmd.Help()
+				}
+				return err
+			}
+			if f.quiet {
+				stdio.Err = io.Discard
+				defer func() { err = quietError(err) }()
+			}
 			cfg, urlTopic, err := f.config(cmd.Flags(), stdio)
 			if err != nil {
 				return err
@@ -93,6 +106,9 @@ format. An empty message (-n) is sent as is: it clears a retained message.`,
 					return errors.New("--message-expiry: at most 4294967295 seconds")
 				}
 				base.Properties.SetMessageExpiry(uint32(messageExpiry))
+			}
+			if err := applyProps(props, propTargets{cfg: &cfg, publish: &base.Properties}); err != nil {
+				return err
 			}
 
 			var payload []byte

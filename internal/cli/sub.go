@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"slices"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -32,6 +34,9 @@ func newSubCmd(stdio Stdio) *cobra.Command {
 		noLocal, rap        bool
 		retainHandling      int
 		subscriptionID      uint32
+		format              string
+		retainedOnly        bool
+		removeRetained      bool
 	)
 	cmd := &cobra.Command{
 		Use:   "sub -t FILTER [-t FILTER…] [flags]",
@@ -48,11 +53,43 @@ bundle topic and applies newer bundles (--key-updates=false to stop that).
 --trust FILE and --require-signature check senders' signatures; --raw-key FILE
 opens the seed's raw AES-GCM format. A message that does not decrypt or verify
 is reported on stderr and never printed.`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
+		// Flags are parsed by parseClientArgs, for -D.
+		DisableFlagParsing: true,
+		Args:               cobra.ArbitraryArgs,
+		RunE: func(cmd *cobra.Command, args []string) (err error) {
+			props, help, err := parseClientArgs(cmd, args)
+			if err != nil || help {
+				if help {
+					return cmd.Help()
+				}
+				return err
+			}
+			if f.quiet {
+				stdio.Err = io.Discard
+				defer func() { err = quietError(err) }()
+			}
 			cfg, urlTopic, err := f.config(cmd.Flags(), stdio)
 			if err != nil {
 				return err
+			}
+			var subProps client.Properties
+			if subscriptionID > 0 {
+				subProps.SubscriptionIDs = []uint32{subscriptionID}
+			}
+			if err := applyProps(props, propTargets{cfg: &cfg, subscribe: &subProps}); err != nil {
+				return err
+			}
+			po := printOpts{json: f.json, verbose: verbose, noEOL: noEOL}
+			if format != "" {
+				if f.json {
+					return errors.New("use either -F FORMAT or --json (-F %j prints the JSON form)")
+				}
+				if po.format, err = parseFormat(format); err != nil {
+					return err
+				}
+			}
+			if retainedOnly && noRetained {
+				return errors.New("--retained-only and -R (no retained messages) exclude each other")
 			}
 			if len(topics) == 0 && urlTopic != "" {
 				topics = []string{urlTopic}
@@ -105,11 +142,7 @@ is reported on stderr and never printed.`,
 				if bundleTopic != "" {
 					subs = append(subs, client.Subscription{Filter: bundleTopic, QoS: 1})
 				}
-				var props client.Properties
-				if subscriptionID > 0 {
-					props.SubscriptionIDs = []uint32{subscriptionID}
-				}
-				codes, err := c.SubscribeWith(ctx, props, subs...)
+				codes, err := c.SubscribeWith(ctx, subProps, subs...)
 				if err != nil && codes == nil {
 					return fmt.Errorf("subscribe: %w", err)
 				}
@@ -143,6 +176,18 @@ is reported on stderr and never printed.`,
 			out := bufio.NewWriter(stdio.Out)
 			defer out.Flush()
 			received := 0
+			// --remove-retained: the empty retained messages sent, waited
+			// for before exiting.
+			var clears []*client.Token
+			defer func() {
+				wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+				defer cancel()
+				for _, t := range clears {
+					if err := t.Wait(wctx); err != nil {
+						fmt.Fprintf(stdio.Err, "moat: clearing a retained message: %v\n", err)
+					}
+				}
+			}()
 			for {
 				select {
 				case m, ok := <-c.Messages():
@@ -154,7 +199,23 @@ is reported on stderr and never printed.`,
 						c.Ack(m)
 						continue
 					}
-					if (noRetained && m.Retain) || filtered(m.Topic, filterOut) {
+					if filtered(m.Topic, filterOut) {
+						c.Ack(m)
+						continue
+					}
+					if retainedOnly && !m.Retain {
+						// mosquitto_sub: stop at the first message that
+						// is not retained.
+						c.Ack(m)
+						out.Flush()
+						disconnect()
+						return nil
+					}
+					if removeRetained && m.Retain && len(m.Payload) > 0 {
+						clears = slices.DeleteFunc(clears, func(t *client.Token) bool { return t.Err() == nil && isDone(t) })
+						clears = append(clears, c.PublishAsync(ctx, &client.Message{Topic: m.Topic, QoS: 1, Retain: true}))
+					}
+					if noRetained && m.Retain {
 						c.Ack(m)
 						continue
 					}
@@ -166,10 +227,10 @@ is reported on stderr and never printed.`,
 							c.Ack(m)
 							continue
 						}
-						if err := printOpened(out, m, em, f.json, verbose, noEOL); err != nil {
+						if err := printOpened(out, m, em, po); err != nil {
 							return err
 						}
-					} else if err := printMessage(out, m, f.json, verbose, noEOL); err != nil {
+					} else if err := printMessage(out, m, po); err != nil {
 						return err
 					}
 					received++
@@ -201,6 +262,9 @@ is reported on stderr and never printed.`,
 	fl := cmd.Flags()
 	f.register(fl)
 	ef.registerOpen(fl)
+	fl.StringVarP(&format, "format", "F", "", "print each message by this FORMAT, as mosquitto_sub (%t topic, %p payload, %q, %r, %l, %m, %I, %U, %x, %j, …; see docs/client.md)")
+	fl.BoolVar(&retainedOnly, "retained-only", false, "print only retained messages; exit at the first message that is not retained")
+	fl.BoolVar(&removeRetained, "remove-retained", false, "clear every retained message received (sends an empty retained message; -T filters out topics to keep)")
 	fl.StringArrayVarP(&topics, "topic", "t", nil, "topic filter to subscribe to (repeatable)")
 	fl.StringArrayVarP(&filterOut, "filter-out", "T", nil, "do not print messages matching this filter (repeatable)")
 	fl.StringArrayVarP(&unsubscribe, "unsubscribe", "U", nil, "unsubscribe from this filter first (repeatable; for -c sessions)")
@@ -215,6 +279,16 @@ is reported on stderr and never printed.`,
 	fl.IntVar(&retainHandling, "retain-handling", 0, "MQTT 5 retain handling: 0 send, 1 only if new, 2 never")
 	fl.Uint32Var(&subscriptionID, "subscription-id", 0, "MQTT 5 subscription identifier")
 	return cmd
+}
+
+// isDone reports whether t has completed.
+func isDone(t *client.Token) bool {
+	select {
+	case <-t.Done():
+		return true
+	default:
+		return false
+	}
 }
 
 // stopped is the error of a client that stopped on its own: the broker
@@ -232,16 +306,31 @@ func filtered(t string, filters []string) bool {
 	return false
 }
 
-func printMessage(w *bufio.Writer, m *client.Message, asJSON, verbose, noEOL bool) error {
-	if asJSON {
+// printOpts are the output flags of moat sub.
+type printOpts struct {
+	json, verbose, noEOL bool
+	format               *msgFormat // -F
+}
+
+func printMessage(w *bufio.Writer, m *client.Message, o printOpts) error {
+	if o.json {
 		return writeJSON(w, toJSON(m))
 	}
-	if verbose {
+	if o.format != nil {
+		if err := o.format.write(w, m, time.Now()); err != nil {
+			return err
+		}
+		if !o.noEOL {
+			w.WriteByte('\n')
+		}
+		return nil
+	}
+	if o.verbose {
 		w.WriteString(m.Topic)
 		w.WriteByte(' ')
 	}
 	w.Write(m.Payload)
-	if !noEOL {
+	if !o.noEOL {
 		w.WriteByte('\n')
 	}
 	return nil
@@ -260,11 +349,11 @@ type jsonE2E struct {
 
 // printOpened prints a decrypted message like printMessage, with the
 // plaintext as its payload; --json adds an "e2e" object.
-func printOpened(w *bufio.Writer, m *client.Message, em *e2e.Message, asJSON, verbose, noEOL bool) error {
+func printOpened(w *bufio.Writer, m *client.Message, em *e2e.Message, o printOpts) error {
 	dm := *m
 	dm.Payload = em.Plaintext
-	if !asJSON {
-		return printMessage(w, &dm, false, verbose, noEOL)
+	if !o.json {
+		return printMessage(w, &dm, o)
 	}
 	info := &jsonE2E{Mode: "raw"}
 	if em.Group != "" {
