@@ -87,7 +87,6 @@ func (f *clientFlags) register(fs *pflag.FlagSet) {
 	fs.BoolVar(&f.tls, "tls", false, "use TLS with the system's trusted CAs")
 	fs.StringVar(&f.tlsVersion, "tls-version", "", "TLS version: tlsv1.3 or tlsv1.2 (default: either, 1.3 preferred); enables TLS")
 	fs.BoolVar(&f.osCerts, "tls-use-os-certs", false, "also trust the system's CA certificates (with --cafile/--capath); enables TLS")
-	fs.BoolVar(&f.quiet, "quiet", false, "do not print error messages or warnings (the exit status still tells)")
 	fs.BoolVar(&f.insecure, "insecure", false, "do not check that the server certificate matches the host name (DANGEROUS)")
 	fs.StringVar(&f.proxy, "proxy", "", "SOCKS5 proxy: socks5://[user@]host:port (local DNS) or socks5h://… (proxy resolves); password from $"+proxyPasswordEnv)
 	fs.BoolVarP(&f.debug, "debug", "d", false, "print connection events on stderr")
@@ -97,6 +96,14 @@ func (f *clientFlags) register(fs *pflag.FlagSet) {
 	fs.IntVar(&f.willQoS, "will-qos", 0, "will message QoS")
 	fs.BoolVar(&f.willRetain, "will-retain", false, "retain the will message")
 	fs.DurationVar(&f.connectTimeout, "connect-timeout", 30*time.Second, "give up connecting after this long")
+}
+
+// registerPubSub adds the flags of moat pub and moat sub only (they
+// parse their command line with parseClientArgs).
+func (f *clientFlags) registerPubSub(fs *pflag.FlagSet) {
+	// Taken out by parseClientArgs; registered for --help.
+	fs.StringArrayP("property", "D", nil, "MQTT 5 property, as mosquitto: -D COMMAND PROPERTY VALUE (user-property: KEY VALUE), e.g. -D connect session-expiry-interval 60 (repeatable)")
+	fs.BoolVar(&f.quiet, "quiet", false, "do not print error messages or warnings (the exit status still tells)")
 }
 
 // parseVersion accepts mosquitto's -V spellings.

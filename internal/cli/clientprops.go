@@ -70,6 +70,9 @@ func parseClientArgs(cmd *cobra.Command, args []string) (props []propArg, help b
 	if err := fs.Parse(rest); err != nil {
 		return nil, false, err
 	}
+	if fs.Changed("property") {
+		return nil, false, errors.New("-D takes three words: -D COMMAND PROPERTY VALUE, e.g. -D publish content-type text/plain")
+	}
 	if h, _ := fs.GetBool("help"); h {
 		return nil, true, nil
 	}

@@ -43,7 +43,8 @@ func newPubCmd(stdio Stdio) *cobra.Command {
 Flags follow mosquitto_pub. The password comes from --password-file FILE or the
 ` + passwordEnv + ` environment variable (-P works but leaks it to other local users).
 TLS is used with --cafile, --capath, --cert, --tls or port 8883 (default port 8883 then,
-1883 otherwise). The default protocol is MQTT 5 (-V 311 for 3.1.1, mosquitto's default).
+1883 otherwise). The default protocol is MQTT 5 (-V 311 for 3.1.1, mosquitto's default);
+-D COMMAND PROPERTY VALUE sets MQTT 5 properties as in mosquitto_pub.
 
 End-to-end encryption: --encrypt --keys DIR seals every message with the key
 group covering the topic (DIR from ` + "`moat keys fetch --dir DIR`" + `), optionally
@@ -173,6 +174,7 @@ format. An empty message (-n) is sent as is: it clears a retained message.`,
 	}
 	fl := cmd.Flags()
 	f.register(fl)
+	f.registerPubSub(fl)
 	ef.registerSeal(fl)
 	fl.StringVarP(&topic, "topic", "t", "", "topic to publish to")
 	fl.StringVarP(&message, "message", "m", "", "message payload")

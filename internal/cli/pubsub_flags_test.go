@@ -116,6 +116,7 @@ func TestPropertiesFlag(t *testing.T) {
 		{"bad number", []string{"pub", "-t", "a", "-m", "x", "-D", "connect", "receive-maximum", "0"}, "want 1..65535"},
 		{"missing value", []string{"pub", "-t", "a", "-m", "x", "-D", "publish", "user-property", "k"}, "needs a key and a value"},
 		{"MQTT 3.1.1", []string{"pub", "-V", "311", "-t", "a", "-m", "x", "-D", "publish", "content-type", "x"}, "not with -V 311"},
+		{"one-word form", []string{"pub", "-t", "a", "-m", "x", "--property=publish"}, "-D takes three words"},
 		{"will without will", []string{"pub", "-t", "a", "-m", "x", "-D", "will", "content-type", "x"}, "add --will-topic"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

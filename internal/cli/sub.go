@@ -44,7 +44,11 @@ func newSubCmd(stdio Stdio) *cobra.Command {
 		Long: `Subscribe to topic filters and print the messages received: the payload, with -v
 "topic payload", with --json one JSON object per line (payload as a string when it is
 UTF-8, payload_base64 otherwise; MQTT 5 properties included). Flags follow mosquitto_sub;
-the client reconnects when the connection drops. The password comes from --password-file
+the client reconnects when the connection drops (each failed attempt is
+reported on stderr) and exits with status 1 when the broker refuses it for
+good (certificate refused or revoked, CONNECT refused). -F FORMAT prints
+as mosquitto_sub's -F; -D COMMAND PROPERTY VALUE sets MQTT 5 properties.
+The password comes from --password-file
 FILE or the ` + passwordEnv + ` environment variable. Exit status 27 when -W expires.
 
 End-to-end encryption: --decrypt --keys DIR opens messages sealed by moat pub
@@ -261,6 +265,7 @@ is reported on stderr and never printed.`,
 	}
 	fl := cmd.Flags()
 	f.register(fl)
+	f.registerPubSub(fl)
 	ef.registerOpen(fl)
 	fl.StringVarP(&format, "format", "F", "", "print each message by this FORMAT, as mosquitto_sub (%t topic, %p payload, %q, %r, %l, %m, %I, %U, %x, %j, …; see docs/client.md)")
 	fl.BoolVar(&retainedOnly, "retained-only", false, "print only retained messages; exit at the first message that is not retained")
