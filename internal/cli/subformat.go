@@ -19,10 +19,11 @@ type msgFormat struct {
 	parts []fmtPart
 }
 
-// fmtPart is literal text (verb 0) or one specifier.
+// fmtPart is literal text (verb 0), a % specifier (verb its letter) or a
+// @ time field (at set, verb its letter).
 type fmtPart struct {
-	verb byte // '%' specifiers as letters, '@' fields as '@'+letter below
-	at   bool // a @ time field
+	verb byte
+	at   bool
 	text string
 }
 
