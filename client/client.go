@@ -728,6 +728,15 @@ func (c *Client) reconnect() *conn {
 		}
 		lastErr = err
 		c.log.Warn("client: reconnect failed", "attempt", attempt+1, "err", err)
+		if p.Retry != nil {
+			c.callbacks.Add(1)
+			retry := p.Retry(attempt+1, err)
+			c.callbacks.Add(-1)
+			if !retry {
+				c.shutdown(fmt.Errorf("client: reconnecting stopped: %w", err))
+				return nil
+			}
+		}
 	}
 	c.shutdown(fmt.Errorf("client: giving up after %d reconnect attempts: %w", p.MaxAttempts, lastErr))
 	return nil

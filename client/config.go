@@ -197,6 +197,13 @@ type ReconnectPolicy struct {
 	// MaxAttempts stops after that many consecutive failed attempts
 	// (the Client is then closed with the last error); 0 means never.
 	MaxAttempts int
+	// Retry is called after each failed reconnect attempt (attempt
+	// counts from 1) with its error. Returning false stops the Client:
+	// Done is closed and Err returns that error. Use it to give up on
+	// refusals that retrying cannot cure (a revoked certificate, bad
+	// credentials) and to report each failure. It runs on the Client's
+	// supervisor goroutine and may call Close. Nil retries every error.
+	Retry func(attempt int, err error) bool
 }
 
 // ConnectInfo describes an accepted connection.

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os/exec"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -303,6 +304,33 @@ func TestReconnectBackoff(t *testing.T) {
 		}
 		if err := c.Publish(ctxT(t), &Message{Topic: "x"}); err == nil {
 			t.Fatal("publish on a dead client succeeded")
+		}
+	})
+	t.Run("retry-hook-stops", func(t *testing.T) {
+		// Retry sees every failed attempt; false stops the client with
+		// that attempt's error.
+		d := &ctlDialer{}
+		var attempts []int
+		c := dial(t, Config{Servers: []string{addr}, Dialer: d,
+			Reconnect: ReconnectPolicy{Enabled: true, MinDelay: time.Millisecond, MaxDelay: 2 * time.Millisecond,
+				Retry: func(attempt int, err error) bool {
+					attempts = append(attempts, attempt)
+					return attempt < 3
+				}}})
+		d.mu.Lock()
+		d.failNext = 100
+		d.mu.Unlock()
+		d.last().Conn.Close()
+		select {
+		case <-c.Done():
+		case <-time.After(5 * time.Second):
+			t.Fatal("client did not stop")
+		}
+		if err := c.Err(); err == nil || !strings.Contains(err.Error(), "reconnecting stopped") || !strings.Contains(err.Error(), "test: dial refused") {
+			t.Fatalf("Err = %v", err)
+		}
+		if fmt.Sprint(attempts) != "[1 2 3]" {
+			t.Fatalf("Retry saw attempts %v, want [1 2 3]", attempts)
 		}
 	})
 	t.Run("disabled", func(t *testing.T) {

@@ -60,3 +60,7 @@ type Message struct {
 	ackConn *conn
 	ackID   uint16
 }
+
+// PacketID returns the packet identifier of a received QoS 1 or 2
+// message, 0 for QoS 0 and for messages being published.
+func (m *Message) PacketID() uint16 { return m.ackID }

@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"strings"
 	"syscall"
@@ -23,6 +24,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/moatmq/moat/client"
+	"github.com/moatmq/moat/internal/packet"
 )
 
 // getenv is os.Getenv; tests replace it.
@@ -52,6 +54,9 @@ type clientFlags struct {
 	cafile, capath         string
 	cert, key              string
 	insecure, tls          bool
+	tlsVersion             string
+	osCerts                bool
+	quiet                  bool
 	debug, json            bool
 	willTopic, willPayload string
 	willQoS                int
@@ -80,6 +85,8 @@ func (f *clientFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.cert, "cert", "", "client certificate (PEM) for mutual TLS; enables TLS")
 	fs.StringVar(&f.key, "key", "", "private key (PEM) of --cert")
 	fs.BoolVar(&f.tls, "tls", false, "use TLS with the system's trusted CAs")
+	fs.StringVar(&f.tlsVersion, "tls-version", "", "TLS version: tlsv1.3 or tlsv1.2 (default: either, 1.3 preferred); enables TLS")
+	fs.BoolVar(&f.osCerts, "tls-use-os-certs", false, "also trust the system's CA certificates (with --cafile/--capath); enables TLS")
 	fs.BoolVar(&f.insecure, "insecure", false, "do not check that the server certificate matches the host name (DANGEROUS)")
 	fs.StringVar(&f.proxy, "proxy", "", "SOCKS5 proxy: socks5://[user@]host:port (local DNS) or socks5h://… (proxy resolves); password from $"+proxyPasswordEnv)
 	fs.BoolVarP(&f.debug, "debug", "d", false, "print connection events on stderr")
@@ -89,6 +96,14 @@ func (f *clientFlags) register(fs *pflag.FlagSet) {
 	fs.IntVar(&f.willQoS, "will-qos", 0, "will message QoS")
 	fs.BoolVar(&f.willRetain, "will-retain", false, "retain the will message")
 	fs.DurationVar(&f.connectTimeout, "connect-timeout", 30*time.Second, "give up connecting after this long")
+}
+
+// registerPubSub adds the flags of moat pub and moat sub only (they
+// parse their command line with parseClientArgs).
+func (f *clientFlags) registerPubSub(fs *pflag.FlagSet) {
+	// Taken out by parseClientArgs; registered for --help.
+	fs.StringArrayP("property", "D", nil, "MQTT 5 property, as mosquitto: -D COMMAND PROPERTY VALUE (user-property: KEY VALUE), e.g. -D connect session-expiry-interval 60 (repeatable)")
+	fs.BoolVar(&f.quiet, "quiet", false, "do not print error messages or warnings (the exit status still tells)")
 }
 
 // parseVersion accepts mosquitto's -V spellings.
@@ -126,7 +141,8 @@ func (f *clientFlags) config(fs *pflag.FlagSet, stdio Stdio) (cfg client.Config,
 	cfg.ConnectTimeout = f.connectTimeout
 
 	// Server address.
-	useTLS := f.cafile != "" || f.capath != "" || f.cert != "" || f.tls || f.insecure || f.port == 8883
+	useTLS := f.cafile != "" || f.capath != "" || f.cert != "" || f.tls || f.insecure || f.port == 8883 ||
+		f.tlsVersion != "" || f.osCerts
 	var urlPassword string
 	if f.url != "" {
 		if fs.Changed("host") || fs.Changed("port") {
@@ -286,14 +302,33 @@ func (f *clientFlags) readPassword(fs *pflag.FlagSet, urlPassword string, warn f
 }
 
 // tlsConfig builds the TLS configuration from --cafile, --capath, --cert,
-// --key and --insecure; nil when none is given.
+// --key, --insecure, --tls-version and --tls-use-os-certs; nil when none
+// is given.
 func (f *clientFlags) tlsConfig(warn func(string, ...any)) (*tls.Config, error) {
-	if f.cafile == "" && f.capath == "" && f.cert == "" && f.key == "" && !f.insecure {
+	if f.cafile == "" && f.capath == "" && f.cert == "" && f.key == "" && !f.insecure && f.tlsVersion == "" && !f.osCerts {
 		return nil, nil
 	}
 	tc := &tls.Config{MinVersion: tls.VersionTLS12}
-	if f.cafile != "" || f.capath != "" {
+	switch strings.ToLower(f.tlsVersion) {
+	case "":
+	case "tlsv1.3":
+		tc.MinVersion, tc.MaxVersion = tls.VersionTLS13, tls.VersionTLS13
+	case "tlsv1.2":
+		tc.MinVersion, tc.MaxVersion = tls.VersionTLS12, tls.VersionTLS12
+	case "tlsv1.1", "tlsv1":
+		return nil, fmt.Errorf("--tls-version %s: not supported, TLS before 1.2 is insecure; use tlsv1.2 or tlsv1.3", f.tlsVersion)
+	default:
+		return nil, fmt.Errorf("--tls-version %q: use tlsv1.3 or tlsv1.2", f.tlsVersion)
+	}
+	if f.cafile != "" || f.capath != "" || f.osCerts {
 		pool := x509.NewCertPool()
+		if f.osCerts {
+			sys, err := x509.SystemCertPool()
+			if err != nil {
+				return nil, fmt.Errorf("--tls-use-os-certs: the system's CA certificates: %v", err)
+			}
+			pool = sys
+		}
 		var files []string
 		if f.cafile != "" {
 			files = append(files, f.cafile)
@@ -417,21 +452,128 @@ func usesTLS(cfg client.Config) bool {
 	return len(cfg.Servers) > 0 && (strings.HasPrefix(cfg.Servers[0], "mqtts:") || strings.HasPrefix(cfg.Servers[0], "wss:"))
 }
 
+// TLS alerts (RFC 8446 §6) a server sends when it refuses the handshake.
+const (
+	alertHandshakeFailure     = 40
+	alertBadCertificate       = 42
+	alertUnsupportedCert      = 43
+	alertCertificateRevoked   = 44
+	alertCertificateExpired   = 45
+	alertCertificateUnknown   = 46
+	alertUnknownCA            = 48
+	alertAccessDenied         = 49
+	alertProtocolVersion      = 70
+	alertInsufficientSecurity = 71
+	alertCertificateRequired  = 116
+)
+
+// tlsAlert returns the TLS alert the server sent when err is one
+// ("remote error: tls: ..."). crypto/tls does not export the type of
+// received alerts, only their uint8 kind.
+func tlsAlert(err error) (byte, bool) {
+	var op *net.OpError
+	if !errors.As(err, &op) || op.Op != "remote error" || op.Err == nil {
+		return 0, false
+	}
+	if v := reflect.ValueOf(op.Err); v.Kind() == reflect.Uint8 {
+		return byte(v.Uint()), true
+	}
+	return 0, false
+}
+
+// permanentConnectError reports whether a failed connection attempt is a
+// refusal that retrying cannot cure: the server refused the handshake
+// (our certificate, the TLS version), we refused the server's
+// certificate, or the broker refused CONNECT for a reason other than
+// being busy or unavailable. Everything else (connection refused, reset,
+// timed out, closed) is taken as transient.
+func permanentConnectError(err error) bool {
+	var re *client.ReasonError
+	if errors.As(err, &re) {
+		switch re.Code {
+		case packet.ServerUnavailable, packet.ServerBusy, packet.QuotaExceeded, packet.ConnectionRateExceeded:
+			return false
+		}
+		return re.Op == "connect" || re.Op == "auth"
+	}
+	if a, ok := tlsAlert(err); ok {
+		switch a {
+		case alertHandshakeFailure, alertBadCertificate, alertUnsupportedCert, alertCertificateRevoked,
+			alertCertificateExpired, alertCertificateUnknown, alertUnknownCA, alertAccessDenied,
+			alertProtocolVersion, alertInsufficientSecurity, alertCertificateRequired:
+			return true
+		}
+		return false
+	}
+	return errors.As(err, new(*tls.CertificateVerificationError)) || errors.As(err, new(x509.UnknownAuthorityError)) ||
+		errors.As(err, new(x509.HostnameError)) || errors.As(err, new(x509.CertificateInvalidError))
+}
+
+// retryPolicy is the reconnection of moat sub: transient failures are
+// reported on stderr and retried with backoff, a permanent refusal
+// (permanentConnectError) stops the client, which then exits non-zero.
+func retryPolicy(errOut io.Writer) client.ReconnectPolicy {
+	return client.ReconnectPolicy{Enabled: true, MinDelay: time.Second, MaxDelay: 30 * time.Second,
+		Retry: func(attempt int, err error) bool {
+			if permanentConnectError(err) {
+				return false
+			}
+			fmt.Fprintf(errOut, "moat: reconnect attempt %d failed: %v; retrying\n", attempt, err)
+			return true
+		}}
+}
+
 // connectHint adds an operator hint to a connection error.
 func connectHint(err error, cfg client.Config) error {
 	var re *client.ReasonError
+	hasCert := cfg.TLSConfig != nil && len(cfg.TLSConfig.Certificates) > 0
+	alert, isAlert := tlsAlert(err)
 	switch {
 	case errors.As(err, &re) && re.Op == "connect" && re.Code == 0x84:
 		return fmt.Errorf("%w (hint: the broker may not speak MQTT %s; try -V 311)", err, cfg.Version)
 	case errors.As(err, &re) && (re.Code == 0x86 || re.Code == 0x87):
 		return fmt.Errorf("%w (hint: check -u and the password from --password-file or $%s)", err, passwordEnv)
 	case errors.As(err, new(x509.UnknownAuthorityError)):
-		return fmt.Errorf("%w (hint: pass the broker's CA with --cafile)", err)
+		return fmt.Errorf("%w (hint: the broker's certificate is from a CA not given: pass --cafile with the broker's CA, e.g. moat-data/ca/ca.pem)", err)
 	case errors.As(err, new(x509.HostnameError)):
 		return fmt.Errorf("%w (hint: connect with the host name in the certificate)", err)
-	case usesTLS(cfg) && (cfg.TLSConfig == nil || len(cfg.TLSConfig.Certificates) == 0) &&
+	case isAlert && (alert == alertCertificateRequired || (!hasCert && alert == alertBadCertificate)):
+		return fmt.Errorf("%w (hint: this broker requires a client certificate: pass --cert and --key)", err)
+	case isAlert && alert == alertCertificateRevoked:
+		return fmt.Errorf("%w (hint: the broker says the client certificate --cert is revoked: get a new one)", err)
+	case isAlert && alert == alertCertificateExpired:
+		return fmt.Errorf("%w (hint: the client certificate --cert has expired: renew it)", err)
+	case isAlert && (alert == alertBadCertificate || alert == alertUnknownCA || alert == alertCertificateUnknown):
+		return fmt.Errorf("%w (hint: the broker refused the client certificate --cert: it may be revoked, expired or issued by a CA the broker does not trust)", err)
+	case isAlert && alert == alertProtocolVersion:
+		return fmt.Errorf("%w (hint: the broker does not accept this TLS version: check --tls-version)", err)
+	case usesTLS(cfg) && !hasCert &&
 		(errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)):
 		return fmt.Errorf("%w (hint: the broker may require a client certificate: --cert and --key)", err)
 	}
 	return err
+}
+
+// quietExit is an error not to be printed (--quiet); Main returns its
+// exit status alone.
+type quietExit struct {
+	code int
+	err  error
+}
+
+func (e *quietExit) Error() string { return e.err.Error() }
+func (e *quietExit) Unwrap() error { return e.err }
+
+// quietError marks err, if any, as not to be printed (--quiet); the exit
+// status stays.
+func quietError(err error) error {
+	if err == nil {
+		return nil
+	}
+	code := 1
+	var ee *exitError
+	if errors.As(err, &ee) {
+		code = ee.code
+	}
+	return &quietExit{code: code, err: err}
 }

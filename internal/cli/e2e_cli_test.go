@@ -157,6 +157,13 @@ func TestE2EPubSub(t *testing.T) {
 		if j.Payload != "19.0 C" || j.E2E.Mode != "group" || j.E2E.Group != "temps" || j.E2E.Sender != "sensor-1" || j.E2E.Signer != "sensor-1" || j.E2E.Epoch != 1 {
 			t.Fatalf("json: %+v", j)
 		}
+		// A signed message reaching a subscriber without --trust is
+		// refused with a hint saying what to pass.
+		r = psPubUntil(t, sub("--decrypt", "--keys", dirs["platform"], "-t", "factory/l6/temp", "-W", "1"),
+			pub("--encrypt", "--keys", dirs["sensor-1"], "--sign-cert", pem("sensor-1.pem"), "--sign-key", pem("sensor-1.key"), "-t", "factory/l6/temp", "-m", "signed"))
+		if r.code != exitTimedOut || r.out != "" || !strings.Contains(r.err, "no trust store") || !strings.Contains(r.err, "hint: the message is signed: pass --trust FILE") {
+			t.Fatalf("signed without --trust: %d %q %s", r.code, r.out, r.err)
+		}
 		// Unsigned messages are refused when a signature is required.
 		r = psPubUntil(t, sub("--decrypt", "--keys", dirs["platform"], "--trust", pem("sensor-1.pem"), "--require-signature", "-t", "factory/l4/temp", "-W", "1"),
 			pub("--encrypt", "--keys", dirs["sensor-1"], "-t", "factory/l4/temp", "-m", "unsigned"))

@@ -139,6 +139,15 @@ func (o *payloadOpener) open(m *client.Message) (*e2e.Message, error) {
 	}
 }
 
+// openHint adds a hint to a message that did not open because of how
+// moat sub was started rather than what was sent.
+func (f *e2eFlags) openHint(err error) error {
+	if errors.Is(err, e2e.ErrBadSignature) && f.trust == "" {
+		return fmt.Errorf("%w (hint: the message is signed: pass --trust FILE with the senders' certificates, the PEM files they give as --sign-cert, to verify and print such messages)", err)
+	}
+	return err
+}
+
 // bundleTopic is the member's bundle topic when key updates are on, or "".
 func (o *payloadOpener) bundleTopic() string {
 	if o == nil || o.members == nil {

@@ -43,14 +43,28 @@ func newPubCmd(stdio Stdio) *cobra.Command {
 Flags follow mosquitto_pub. The password comes from --password-file FILE or the
 ` + passwordEnv + ` environment variable (-P works but leaks it to other local users).
 TLS is used with --cafile, --capath, --cert, --tls or port 8883 (default port 8883 then,
-1883 otherwise). The default protocol is MQTT 5 (-V 311 for 3.1.1, mosquitto's default).
+1883 otherwise). The default protocol is MQTT 5 (-V 311 for 3.1.1, mosquitto's default);
+-D COMMAND PROPERTY VALUE sets MQTT 5 properties as in mosquitto_pub.
 
 End-to-end encryption: --encrypt --keys DIR seals every message with the key
 group covering the topic (DIR from ` + "`moat keys fetch --dir DIR`" + `), optionally
 signed with --sign-cert/--sign-key; --raw-key FILE uses the seed's raw AES-GCM
 format. An empty message (-n) is sent as is: it clears a retained message.`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
+		// Flags are parsed by parseClientArgs, for -D.
+		DisableFlagParsing: true,
+		Args:               cobra.ArbitraryArgs,
+		RunE: func(cmd *cobra.Command, args []string) (err error) {
+			props, help, err := parseClientArgs(cmd, args)
+			if err != nil || help {
+				if help {
+					return cmd.Help()
+				}
+				return err
+			}
+			if f.quiet {
+				stdio.Err = io.Discard
+				defer func() { err = quietError(err) }()
+			}
 			cfg, urlTopic, err := f.config(cmd.Flags(), stdio)
 			if err != nil {
 				return err
@@ -93,6 +107,9 @@ format. An empty message (-n) is sent as is: it clears a retained message.`,
 					return errors.New("--message-expiry: at most 4294967295 seconds")
 				}
 				base.Properties.SetMessageExpiry(uint32(messageExpiry))
+			}
+			if err := applyProps(props, propTargets{cfg: &cfg, publish: &base.Properties}); err != nil {
+				return err
 			}
 
 			var payload []byte
@@ -157,6 +174,7 @@ format. An empty message (-n) is sent as is: it clears a retained message.`,
 	}
 	fl := cmd.Flags()
 	f.register(fl)
+	f.registerPubSub(fl)
 	ef.registerSeal(fl)
 	fl.StringVarP(&topic, "topic", "t", "", "topic to publish to")
 	fl.StringVarP(&message, "message", "m", "", "message payload")

@@ -41,6 +41,9 @@ func Main(ctx context.Context, args []string, stdio Stdio) int {
 	if err == nil {
 		return 0
 	}
+	if q, ok := errors.AsType[*quietExit](err); ok {
+		return q.code // --quiet
+	}
 	fmt.Fprintf(stdio.Err, "moat: %v\n", err)
 	var ee *exitError
 	if errors.As(err, &ee) {

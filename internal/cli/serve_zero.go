@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sync"
 	"time"
@@ -101,13 +102,13 @@ func (zc *zeroConfig) printInstructions(w io.Writer, addr string) {
 Moat is listening with TLS on port %[1]s; clients need a certificate from the local CA.
 To connect a first device:
 
-  moat ca issue device sensor-001 --dir %[2]s --out sensor-001
+  %[4]s ca issue device sensor-001 --dir %[2]s --out sensor-001
   mosquitto_sub -h localhost -p %[1]s --cafile %[3]s --cert sensor-001.pem --key sensor-001.key -t 'demo/#' -v
   mosquitto_pub -h localhost -p %[1]s --cafile %[3]s --cert sensor-001.pem --key sensor-001.key -t demo/hello -m hi
 
 The device's certificate CN (sensor-001) is its MQTT username.
 
-`, port, zc.caDir, zc.caFile)
+`, port, zc.caDir, zc.caFile, moatInvocation(os.Args[0], exec.LookPath))
 }
 
 // caCRLs keeps fresh the CRLs of the Moat CA directories the broker's

@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"slices"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -32,6 +34,9 @@ func newSubCmd(stdio Stdio) *cobra.Command {
 		noLocal, rap        bool
 		retainHandling      int
 		subscriptionID      uint32
+		format              string
+		retainedOnly        bool
+		removeRetained      bool
 	)
 	cmd := &cobra.Command{
 		Use:   "sub -t FILTER [-t FILTER…] [flags]",
@@ -39,7 +44,11 @@ func newSubCmd(stdio Stdio) *cobra.Command {
 		Long: `Subscribe to topic filters and print the messages received: the payload, with -v
 "topic payload", with --json one JSON object per line (payload as a string when it is
 UTF-8, payload_base64 otherwise; MQTT 5 properties included). Flags follow mosquitto_sub;
-the client reconnects when the connection drops. The password comes from --password-file
+the client reconnects when the connection drops (each failed attempt is
+reported on stderr) and exits with status 1 when the broker refuses it for
+good (certificate refused or revoked, CONNECT refused). -F FORMAT prints
+as mosquitto_sub's -F; -D COMMAND PROPERTY VALUE sets MQTT 5 properties.
+The password comes from --password-file
 FILE or the ` + passwordEnv + ` environment variable. Exit status 27 when -W expires.
 
 End-to-end encryption: --decrypt --keys DIR opens messages sealed by moat pub
@@ -48,11 +57,43 @@ bundle topic and applies newer bundles (--key-updates=false to stop that).
 --trust FILE and --require-signature check senders' signatures; --raw-key FILE
 opens the seed's raw AES-GCM format. A message that does not decrypt or verify
 is reported on stderr and never printed.`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
+		// Flags are parsed by parseClientArgs, for -D.
+		DisableFlagParsing: true,
+		Args:               cobra.ArbitraryArgs,
+		RunE: func(cmd *cobra.Command, args []string) (err error) {
+			props, help, err := parseClientArgs(cmd, args)
+			if err != nil || help {
+				if help {
+					return cmd.Help()
+				}
+				return err
+			}
+			if f.quiet {
+				stdio.Err = io.Discard
+				defer func() { err = quietError(err) }()
+			}
 			cfg, urlTopic, err := f.config(cmd.Flags(), stdio)
 			if err != nil {
 				return err
+			}
+			var subProps client.Properties
+			if subscriptionID > 0 {
+				subProps.SubscriptionIDs = []uint32{subscriptionID}
+			}
+			if err := applyProps(props, propTargets{cfg: &cfg, subscribe: &subProps}); err != nil {
+				return err
+			}
+			po := printOpts{json: f.json, verbose: verbose, noEOL: noEOL}
+			if format != "" {
+				if f.json {
+					return errors.New("use either -F FORMAT or --json (-F %j prints the JSON form)")
+				}
+				if po.format, err = parseFormat(format); err != nil {
+					return err
+				}
+			}
+			if retainedOnly && noRetained {
+				return errors.New("--retained-only and -R (no retained messages) exclude each other")
 			}
 			if len(topics) == 0 && urlTopic != "" {
 				topics = []string{urlTopic}
@@ -76,7 +117,7 @@ is reported on stderr and never printed.`,
 			// A message is acknowledged once it is printed, so that with -c
 			// the broker keeps what -C left unprinted.
 			cfg.ManualAck = true
-			cfg.Reconnect = client.ReconnectPolicy{Enabled: true, MinDelay: time.Second, MaxDelay: 30 * time.Second}
+			cfg.Reconnect = retryPolicy(stdio.Err)
 			cfg.OnConnectionLost = func(_ *client.Client, err error) {
 				fmt.Fprintf(stdio.Err, "moat: connection lost: %v; reconnecting\n", err)
 			}
@@ -105,11 +146,7 @@ is reported on stderr and never printed.`,
 				if bundleTopic != "" {
 					subs = append(subs, client.Subscription{Filter: bundleTopic, QoS: 1})
 				}
-				var props client.Properties
-				if subscriptionID > 0 {
-					props.SubscriptionIDs = []uint32{subscriptionID}
-				}
-				codes, err := c.SubscribeWith(ctx, props, subs...)
+				codes, err := c.SubscribeWith(ctx, subProps, subs...)
 				if err != nil && codes == nil {
 					return fmt.Errorf("subscribe: %w", err)
 				}
@@ -143,18 +180,46 @@ is reported on stderr and never printed.`,
 			out := bufio.NewWriter(stdio.Out)
 			defer out.Flush()
 			received := 0
+			// --remove-retained: the empty retained messages sent, waited
+			// for before exiting.
+			var clears []*client.Token
+			defer func() {
+				wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+				defer cancel()
+				for _, t := range clears {
+					if err := t.Wait(wctx); err != nil {
+						fmt.Fprintf(stdio.Err, "moat: clearing a retained message: %v\n", err)
+					}
+				}
+			}()
 			for {
 				select {
 				case m, ok := <-c.Messages():
 					if !ok {
-						return fmt.Errorf("client stopped: %w", c.Err())
+						return stopped(c, cfg)
 					}
 					if bundleTopic != "" && m.Topic == bundleTopic {
 						applyBundleMessage(stdio, opener.members, m)
 						c.Ack(m)
 						continue
 					}
-					if (noRetained && m.Retain) || filtered(m.Topic, filterOut) {
+					if filtered(m.Topic, filterOut) {
+						c.Ack(m)
+						continue
+					}
+					if retainedOnly && !m.Retain {
+						// mosquitto_sub: stop at the first message that
+						// is not retained.
+						c.Ack(m)
+						out.Flush()
+						disconnect()
+						return nil
+					}
+					if removeRetained && m.Retain && len(m.Payload) > 0 {
+						clears = slices.DeleteFunc(clears, func(t *client.Token) bool { return t.Err() == nil && isDone(t) })
+						clears = append(clears, c.PublishAsync(ctx, &client.Message{Topic: m.Topic, QoS: 1, Retain: true}))
+					}
+					if noRetained && m.Retain {
 						c.Ack(m)
 						continue
 					}
@@ -162,14 +227,14 @@ is reported on stderr and never printed.`,
 						em, err := opener.open(m)
 						if err != nil {
 							// Never print what did not open: report and drop it.
-							fmt.Fprintf(stdio.Err, "moat: message on %q refused: %v\n", m.Topic, err)
+							fmt.Fprintf(stdio.Err, "moat: message on %q refused: %v\n", m.Topic, ef.openHint(err))
 							c.Ack(m)
 							continue
 						}
-						if err := printOpened(out, m, em, f.json, verbose, noEOL); err != nil {
+						if err := printOpened(out, m, em, po); err != nil {
 							return err
 						}
-					} else if err := printMessage(out, m, f.json, verbose, noEOL); err != nil {
+					} else if err := printMessage(out, m, po); err != nil {
 						return err
 					}
 					received++
@@ -189,7 +254,7 @@ is reported on stderr and never printed.`,
 					fmt.Fprintln(stdio.Err, "Timed out")
 					return &exitError{exitTimedOut, fmt.Errorf("no more messages after -W %d seconds", timeout)}
 				case <-c.Done():
-					return fmt.Errorf("client stopped: %w", c.Err())
+					return stopped(c, cfg)
 				case <-ctx.Done():
 					out.Flush()
 					disconnect()
@@ -200,7 +265,11 @@ is reported on stderr and never printed.`,
 	}
 	fl := cmd.Flags()
 	f.register(fl)
+	f.registerPubSub(fl)
 	ef.registerOpen(fl)
+	fl.StringVarP(&format, "format", "F", "", "print each message by this FORMAT, as mosquitto_sub (%t topic, %p payload, %q, %r, %l, %m, %I, %U, %x, %j, …; see docs/client.md)")
+	fl.BoolVar(&retainedOnly, "retained-only", false, "print only retained messages; exit at the first message that is not retained")
+	fl.BoolVar(&removeRetained, "remove-retained", false, "clear every retained message received (sends an empty retained message; -T filters out topics to keep)")
 	fl.StringArrayVarP(&topics, "topic", "t", nil, "topic filter to subscribe to (repeatable)")
 	fl.StringArrayVarP(&filterOut, "filter-out", "T", nil, "do not print messages matching this filter (repeatable)")
 	fl.StringArrayVarP(&unsubscribe, "unsubscribe", "U", nil, "unsubscribe from this filter first (repeatable; for -c sessions)")
@@ -217,6 +286,22 @@ is reported on stderr and never printed.`,
 	return cmd
 }
 
+// isDone reports whether t has completed.
+func isDone(t *client.Token) bool {
+	select {
+	case <-t.Done():
+		return true
+	default:
+		return false
+	}
+}
+
+// stopped is the error of a client that stopped on its own: the broker
+// refused to let it reconnect.
+func stopped(c *client.Client, cfg client.Config) error {
+	return connectHint(fmt.Errorf("the broker refused the connection, not retrying: %w", c.Err()), cfg)
+}
+
 func filtered(t string, filters []string) bool {
 	for _, f := range filters {
 		if topic.MatchFilter(f, t) {
@@ -226,16 +311,31 @@ func filtered(t string, filters []string) bool {
 	return false
 }
 
-func printMessage(w *bufio.Writer, m *client.Message, asJSON, verbose, noEOL bool) error {
-	if asJSON {
+// printOpts are the output flags of moat sub.
+type printOpts struct {
+	json, verbose, noEOL bool
+	format               *msgFormat // -F
+}
+
+func printMessage(w *bufio.Writer, m *client.Message, o printOpts) error {
+	if o.json {
 		return writeJSON(w, toJSON(m))
 	}
-	if verbose {
+	if o.format != nil {
+		if err := o.format.write(w, m, time.Now()); err != nil {
+			return err
+		}
+		if !o.noEOL {
+			w.WriteByte('\n')
+		}
+		return nil
+	}
+	if o.verbose {
 		w.WriteString(m.Topic)
 		w.WriteByte(' ')
 	}
 	w.Write(m.Payload)
-	if !noEOL {
+	if !o.noEOL {
 		w.WriteByte('\n')
 	}
 	return nil
@@ -254,11 +354,11 @@ type jsonE2E struct {
 
 // printOpened prints a decrypted message like printMessage, with the
 // plaintext as its payload; --json adds an "e2e" object.
-func printOpened(w *bufio.Writer, m *client.Message, em *e2e.Message, asJSON, verbose, noEOL bool) error {
+func printOpened(w *bufio.Writer, m *client.Message, em *e2e.Message, o printOpts) error {
 	dm := *m
 	dm.Payload = em.Plaintext
-	if !asJSON {
-		return printMessage(w, &dm, false, verbose, noEOL)
+	if !o.json {
+		return printMessage(w, &dm, o)
 	}
 	info := &jsonE2E{Mode: "raw"}
 	if em.Group != "" {
