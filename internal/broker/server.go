@@ -625,9 +625,15 @@ func (s *Server) retainFrom(msg *Message, c *Client) bool {
 	if reason == "" {
 		return true
 	}
-	s.retained.refused.Add(1)
-	s.log.Warn("broker: retained message refused", "client", c.ClientID, "identity", owner, "topic", msg.Topic,
-		"size", len(msg.Payload), "reason", reason)
+	n := s.retained.refused.Add(1)
+	// Every refusal is logged; the first and every 1000th at warn level,
+	// so that a flood cannot flood the log as well.
+	level := slog.LevelDebug
+	if n == 1 || n%1000 == 0 {
+		level = slog.LevelWarn
+	}
+	s.log.Log(s.ctx, level, "broker: retained message refused", "client", c.ClientID, "identity", owner, "topic", msg.Topic,
+		"size", len(msg.Payload), "reason", reason, "refused_total", n)
 	return false
 }
 
