@@ -35,6 +35,10 @@ type conn struct {
 	raw syscall.RawConn
 	// lastDrain is when the reader last ran out of input.
 	lastDrain time.Time
+	version   packet.Version
+	client    Client
+	sess      *session
+
 	// connectDeadline ends the wait for CONNECT; authenticated is set
 	// once CONNECT was accepted (the full MaxPacketSize applies from
 	// then on); reserved is the read budget held for the packet being
@@ -42,9 +46,6 @@ type conn struct {
 	connectDeadline time.Time
 	authenticated   bool
 	reserved        int64
-	version         packet.Version
-	client          Client
-	sess            *session
 
 	keepAlive   time.Duration // 0: no keep alive
 	will        *packet.Will

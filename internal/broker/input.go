@@ -103,7 +103,8 @@ func (c *conn) takeInput() {
 // reserveBody is the packet reader's reserve function: before a body
 // larger than readBudgetThreshold is allocated, it takes its size from the
 // server's read budget, waiting while the budget is spent (before CONNECT
-// no longer than the connect deadline). handled gives it back.
+// no longer than the connect deadline). releaseBody gives it back once
+// the packet is handled.
 func (c *conn) reserveBody(size int) error {
 	if size <= readBudgetThreshold {
 		return nil
