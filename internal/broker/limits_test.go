@@ -213,10 +213,10 @@ func connectHeader(size int) []byte {
 func TestSecurityPreAuthConnectSize(t *testing.T) {
 	s, addr := testServer(t, Config{ConnectTimeout: 30 * time.Second})
 	const n = 40
-	half := make([]byte, 512<<10)
+	half := make([]byte, 500_000)
 	for range n {
 		c := dialRaw(t, addr, packet.V5)
-		c.write(connectHeader(1 << 20))
+		c.write(connectHeader(1_000_000)) // under MaxPacketSize (1 MiB)
 		// The broker may close before all of it is written.
 		c.nc.SetWriteDeadline(time.Now().Add(5 * time.Second))
 		c.nc.Write(half)
