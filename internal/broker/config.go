@@ -21,6 +21,15 @@ const (
 	DefaultMaxOutboundBytes  = 4 << 20 // bytes of QoS 0 messages waiting in a connection's queue
 	DefaultMaxTopicLevels    = 128
 	DefaultMaxSubscriptions  = 10000
+
+	DefaultMaxTopicLength           = 1024    // bytes of a topic name or filter
+	DefaultMaxSubscriptionBytes     = 1 << 20 // filter bytes per session
+	DefaultPreAuthMaxPacketSize     = 64 << 10
+	DefaultMaxRetained              = 100000
+	DefaultMaxRetainedBytes         = 256 << 20
+	DefaultMaxRetainedPerIdentity   = 1000
+	DefaultMaxRetainedBytesIdentity = 16 << 20
+	DefaultReadBudget               = 64 << 20 // bytes of packet bodies being read, all connections
 )
 
 // Config configures a Server. The zero value is usable: zero fields take
@@ -57,12 +66,58 @@ type Config struct {
 	// it freely. Default 128, as EMQX's max_topic_levels.
 	MaxTopicLevels int
 
+	// MaxTopicLength is the largest topic name or filter, in bytes (a
+	// shared subscription's "$share/group/" prefix included). A longer
+	// filter is refused in SUBACK (Topic Filter invalid, 0x8F; 0x80 for
+	// 3.x); a longer topic name in PUBLISH ends the connection (DISCONNECT
+	// 0x90 for v5) and a longer will topic refuses CONNECT. Default 1024.
+	MaxTopicLength int
+
+	// MaxSubscriptionBytes bounds the sum of the filter lengths of one
+	// session's subscriptions; a subscription past it is refused in
+	// SUBACK (Quota exceeded, 0x97; 0x80 for 3.x). Default 1 MiB.
+	MaxSubscriptionBytes int
+
+	// PreAuthMaxPacketSize is the largest packet accepted before the
+	// client is authenticated (CONNECT), checked from the fixed header
+	// before anything is allocated; a larger one closes the connection.
+	// It takes effect only when smaller than MaxPacketSize. Default 64 KiB.
+	PreAuthMaxPacketSize uint32
+
+	// MaxRetained and MaxRetainedBytes bound the retained messages stored
+	// from clients, in number and in bytes (topic, payload and
+	// properties); MaxRetainedPerIdentity and MaxRetainedBytesPerIdentity
+	// bound those stored by one identity (the publishing client's
+	// username, or its client ID when it has none). A retained message
+	// that would pass a limit is not stored: a v5 QoS 1 or 2 publication
+	// is refused with Quota exceeded (0x97) and not delivered; other
+	// publications are delivered to current subscribers without being
+	// retained. Every refusal is logged and counted (Stats.RetainedRefused).
+	// Replacing or clearing a retained message is always allowed within
+	// the limits. Defaults 100000 messages, 256 MiB, 1000 messages and
+	// 16 MiB per identity.
+	MaxRetained                 int
+	MaxRetainedBytes            int64
+	MaxRetainedPerIdentity      int
+	MaxRetainedBytesPerIdentity int64
+
+	// ReadBudget bounds the bytes of packet bodies being read at once over
+	// all connections. A connection about to read a packet body larger
+	// than 4 KiB reserves its size first (at most the whole budget) and
+	// releases it once the packet is handled; while the budget is spent,
+	// it waits instead of allocating (before CONNECT, no longer than the
+	// connect timeout). Default 64 MiB.
+	ReadBudget int64
+
 	// ConnectTimeout bounds the time from accepting a connection to
 	// receiving CONNECT, TLS handshake included. Default 10 s.
 	ConnectTimeout time.Duration
 
 	// MaxConnections caps concurrent client connections over all
-	// listeners; 0 means no cap. ListenerConfig has a per-listener cap.
+	// listeners; a connection over the cap is closed at once. Default
+	// (0): the process's open-file limit (RLIMIT_NOFILE) less 64 kept for
+	// listeners, the store and logs, at least 64; DefaultMaxConnections
+	// reports it. ListenerConfig has a per-listener cap.
 	MaxConnections int
 
 	// MaxKeepAlive is the largest keep alive, in seconds, a client may use.
@@ -183,8 +238,43 @@ func (c *Config) withDefaults() (Config, error) {
 	if cfg.ConnectTimeout < 0 {
 		errs = append(errs, errors.New("broker: ConnectTimeout must not be negative"))
 	}
+	if cfg.MaxConnections == 0 {
+		cfg.MaxConnections = DefaultMaxConnections()
+	}
 	if cfg.MaxConnections < 0 {
 		errs = append(errs, errors.New("broker: MaxConnections must not be negative"))
+	}
+	if cfg.MaxTopicLength == 0 {
+		cfg.MaxTopicLength = DefaultMaxTopicLength
+	}
+	if cfg.MaxSubscriptionBytes == 0 {
+		cfg.MaxSubscriptionBytes = DefaultMaxSubscriptionBytes
+	}
+	if cfg.PreAuthMaxPacketSize == 0 {
+		cfg.PreAuthMaxPacketSize = DefaultPreAuthMaxPacketSize
+	}
+	if cfg.PreAuthMaxPacketSize < 64 {
+		errs = append(errs, fmt.Errorf("broker: PreAuthMaxPacketSize %d is too small (minimum 64 bytes)", cfg.PreAuthMaxPacketSize))
+	}
+	cfg.PreAuthMaxPacketSize = min(cfg.PreAuthMaxPacketSize, cfg.MaxPacketSize)
+	if cfg.MaxRetained == 0 {
+		cfg.MaxRetained = DefaultMaxRetained
+	}
+	if cfg.MaxRetainedBytes == 0 {
+		cfg.MaxRetainedBytes = DefaultMaxRetainedBytes
+	}
+	if cfg.MaxRetainedPerIdentity == 0 {
+		cfg.MaxRetainedPerIdentity = DefaultMaxRetainedPerIdentity
+	}
+	if cfg.MaxRetainedBytesPerIdentity == 0 {
+		cfg.MaxRetainedBytesPerIdentity = DefaultMaxRetainedBytesIdentity
+	}
+	if cfg.ReadBudget == 0 {
+		cfg.ReadBudget = DefaultReadBudget
+	}
+	if cfg.MaxTopicLength < 0 || cfg.MaxSubscriptionBytes < 0 || cfg.MaxRetained < 0 || cfg.MaxRetainedBytes < 0 ||
+		cfg.MaxRetainedPerIdentity < 0 || cfg.MaxRetainedBytesPerIdentity < 0 || cfg.ReadBudget < 0 {
+		errs = append(errs, errors.New("broker: MaxTopicLength, MaxSubscriptionBytes, MaxRetained*, and ReadBudget must not be negative"))
 	}
 	if cfg.MaxKeepAlive == 0 {
 		cfg.MaxKeepAlive = DefaultMaxKeepAlive

@@ -40,6 +40,14 @@ type conn struct {
 	client    Client
 	sess      *session
 
+	// connectDeadline ends the wait for CONNECT; authenticated is set
+	// once CONNECT was accepted (the full MaxPacketSize applies from
+	// then on); reserved is the read budget held for the packet being
+	// read and handled (see reserveBody).
+	connectDeadline time.Time
+	authenticated   bool
+	reserved        int64
+
 	keepAlive   time.Duration // 0: no keep alive
 	will        *packet.Will
 	willClient  *Client
@@ -79,6 +87,7 @@ type conn struct {
 	writerExit chan struct{} // closed when the running writer returns; nil when none runs
 
 	done       chan struct{} // closed when the connection is fully cleaned up
+	killed     chan struct{} // closed when closing is set
 	closing    atomic.Bool
 	normalExit atomic.Bool // DISCONNECT 0x00 received: no will
 	// established is set once CONNACK is queued; it publishes version to
@@ -102,10 +111,11 @@ type connectState struct {
 
 func (s *Server) newConn(nc net.Conn, lst *listenerState) *conn {
 	c := &conn{
-		srv:  s,
-		nc:   nc,
-		lst:  lst,
-		done: make(chan struct{}),
+		srv:    s,
+		nc:     nc,
+		lst:    lst,
+		done:   make(chan struct{}),
+		killed: make(chan struct{}),
 	}
 	c.src.nc = nc
 	c.log = newConnLogger(s.log, lst.name, nc.RemoteAddr(), "")
@@ -193,8 +203,10 @@ func (c *conn) handshakeAndConnect() bool {
 		}
 	}
 	c.raw = rawConnOf(c.nc)
+	c.connectDeadline = deadline
 	c.takeInput()
 	p, err := c.in.r.ReadPacket()
+	defer c.releaseBody()
 	if err != nil {
 		c.refuseBadConnect(p, err)
 		return false
@@ -215,6 +227,18 @@ func (c *conn) refuseBadConnect(p packet.Packet, err error) {
 	s := c.srv
 	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, os.ErrDeadlineExceeded) || isTimeout(err) {
 		c.log.Debug("broker: connection closed before CONNECT", "err", err)
+		return
+	}
+	if errors.Is(err, errBudgetWait) {
+		c.log.Info("broker: connection closed before CONNECT: the read budget stayed spent until the connect timeout", "err", err)
+		return
+	}
+	if errors.Is(err, packet.ErrPacketTooLarge) {
+		// Refused from the fixed header alone, before any allocation;
+		// the client's version is not known yet, so no CONNACK.
+		s.stats.preAuthTooBig.Add(1)
+		c.log.Info("broker: first packet larger than the limit before authentication; connection closed",
+			"err", err, "max", s.cfg.PreAuthMaxPacketSize)
 		return
 	}
 	s.stats.protocolErrors.Add(1)
@@ -323,6 +347,9 @@ func (c *conn) connect(ctx context.Context, pkt *packet.Connect) bool {
 
 	// Will checks that do not depend on the session.
 	if w := pkt.Will; w != nil {
+		if len(w.Topic) > s.cfg.MaxTopicLength {
+			return c.refuse(pkt, packet.TopicNameInvalid, fmt.Sprintf("will topic is longer than %d bytes", s.cfg.MaxTopicLength))
+		}
 		if tooDeep(w.Topic, s.cfg.MaxTopicLevels) {
 			return c.refuse(pkt, packet.TopicNameInvalid, fmt.Sprintf("will topic has more than %d levels", s.cfg.MaxTopicLevels))
 		}
@@ -415,6 +442,8 @@ func (c *conn) connect(ctx context.Context, pkt *packet.Connect) bool {
 		}
 	}
 	c.in.r.SetVersion(pkt.Version)
+	c.authenticated = true
+	c.in.r.SetMaxPacketSize(s.cfg.MaxPacketSize)
 	return true
 }
 
@@ -540,6 +569,7 @@ func (c *conn) readLoop() (handedOver bool) {
 		} else {
 			p, err := c.in.r.ReadPacket()
 			if err != nil {
+				c.releaseBody()
 				c.readError(err)
 				return false
 			}
@@ -547,6 +577,7 @@ func (c *conn) readLoop() (handedOver bool) {
 			c.setHandling(true)
 			ok := c.handle(p)
 			c.setHandling(false)
+			c.releaseBody()
 			if !ok {
 				return false
 			}
@@ -803,6 +834,7 @@ func (c *conn) kill(code packet.ReasonCode, reason string) {
 	if !c.closing.CompareAndSwap(false, true) {
 		return
 	}
+	close(c.killed)
 	c.outMu.Lock()
 	if code != 0 && c.established.Load() && c.version == packet.V5 {
 		d := &packet.Disconnect{ReasonCode: code}

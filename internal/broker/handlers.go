@@ -43,6 +43,9 @@ func (c *conn) handlePublish(p *packet.Publish) bool {
 			return c.protocolError(packet.ProtocolError, "empty topic without topic alias")
 		}
 	}
+	if len(p.Topic) > s.cfg.MaxTopicLength {
+		return c.protocolError(packet.TopicNameInvalid, fmt.Sprintf("topic is longer than %d bytes", s.cfg.MaxTopicLength))
+	}
 	if tooDeep(p.Topic, s.cfg.MaxTopicLevels) {
 		return c.protocolError(packet.TopicNameInvalid, fmt.Sprintf("topic has more than %d levels", s.cfg.MaxTopicLevels))
 	}
@@ -96,9 +99,18 @@ func (c *conn) handlePublish(p *packet.Publish) bool {
 			c.log.Info("broker: publish not authorized", "topic", p.Topic, "reason", d.Reason)
 		}
 	}
+	var msg *Message
 	if code == packet.Success {
-		msg := newMessage(p, c.client.ClientID, s.cfg.Now())
-		if n := s.publish(msg); n == 0 {
+		msg = newMessage(p, c.client.ClientID, s.cfg.Now())
+		if msg.Retain && !s.retainFrom(msg, &c.client) && c.version == packet.V5 && p.QoS > 0 {
+			// A v5 client can be told: the publication is refused as a
+			// whole. Others (v3, QoS 0) have no way to learn of it, so
+			// their message is still delivered, only not retained.
+			code = packet.QuotaExceeded
+		}
+	}
+	if code == packet.Success {
+		if n := s.deliver(msg); n == 0 {
 			code = packet.NoMatchingSubscribers
 		}
 	} else if p.QoS == 2 {
@@ -137,6 +149,11 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 	}
 	var sendRetained []retainedReq
 	for i, req := range p.Subscriptions {
+		if len(req.Filter) > s.cfg.MaxTopicLength {
+			c.log.Info("broker: subscription refused: filter too long", "length", len(req.Filter), "max", s.cfg.MaxTopicLength)
+			codes[i] = packet.TopicFilterInvalid
+			continue
+		}
 		group, filter, err := packet.SplitShared(req.Filter)
 		if err != nil || tooDeep(filter, s.cfg.MaxTopicLevels) {
 			codes[i] = packet.TopicFilterInvalid
@@ -158,14 +175,20 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 			ID:                subID,
 		}
 		existed := s.index.Subscribe(sub)
-		if !existed && c.sess.subs.Add(1) > int64(s.cfg.MaxSubscriptions) {
+		if !existed {
 			// Every subscription costs index memory: a client cannot
-			// add them without bound.
-			s.index.Unsubscribe(sub.ClientID, sub.Group, sub.Filter)
-			c.sess.subs.Add(-1)
-			c.log.Info("broker: subscription refused: too many subscriptions", "filter", req.Filter, "max", s.cfg.MaxSubscriptions)
-			codes[i] = packet.QuotaExceeded
-			continue
+			// add them without bound, in number or in bytes.
+			n, b := c.sess.subs.Add(1), c.sess.subBytes.Add(int64(len(req.Filter)))
+			if n > int64(s.cfg.MaxSubscriptions) || b > int64(s.cfg.MaxSubscriptionBytes) {
+				s.index.Unsubscribe(sub.ClientID, sub.Group, sub.Filter)
+				c.sess.subs.Add(-1)
+				c.sess.subBytes.Add(-int64(len(req.Filter)))
+				s.stats.subsRefused.Add(1)
+				c.log.Info("broker: subscription refused: too many subscriptions", "filter", req.Filter,
+					"max", s.cfg.MaxSubscriptions, "max_bytes", s.cfg.MaxSubscriptionBytes)
+				codes[i] = packet.QuotaExceeded
+				continue
+			}
 		}
 		codes[i] = packet.ReasonCode(sub.QoS)
 		// [MQTT-3.3.1-9..11] retained messages on subscribe; none for a
@@ -214,6 +237,7 @@ func (c *conn) handleUnsubscribe(p *packet.Unsubscribe) {
 			codes[i] = packet.NoSubscriptionExisted
 		} else {
 			c.sess.subs.Add(-1)
+			c.sess.subBytes.Add(-int64(len(f)))
 		}
 	}
 	if c.version != packet.V5 {

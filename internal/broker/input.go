@@ -88,8 +88,49 @@ func (c *conn) takeInput() {
 	in := inputPool.Get().(*input)
 	in.br.Reset(&c.src)
 	in.r.SetVersion(c.version)
-	in.r.SetMaxPacketSize(c.srv.cfg.MaxPacketSize)
+	if c.authenticated {
+		in.r.SetMaxPacketSize(c.srv.cfg.MaxPacketSize)
+	} else {
+		// Before authentication a peer gets a much smaller limit: it
+		// costs nothing to open many connections and announce large
+		// CONNECTs on each.
+		in.r.SetMaxPacketSize(c.srv.cfg.PreAuthMaxPacketSize)
+	}
+	in.r.SetReserve(c.reserveBody)
 	c.in = in
+}
+
+// reserveBody is the packet reader's reserve function: before a body
+// larger than readBudgetThreshold is allocated, it takes its size from the
+// server's read budget, waiting while the budget is spent (before CONNECT
+// no longer than the connect deadline). releaseBody gives it back once
+// the packet is handled.
+func (c *conn) reserveBody(size int) error {
+	if size <= readBudgetThreshold {
+		return nil
+	}
+	var deadline time.Time
+	if !c.authenticated {
+		deadline = c.connectDeadline
+	}
+	n, err := c.srv.readBudget.acquire(int64(size), deadline, c.killed, c.srv.ctx.Done())
+	if err != nil {
+		return err
+	}
+	c.reserved = n
+	if c.authenticated {
+		// Time spent waiting for the budget is not the client's.
+		c.armKeepAlive()
+	}
+	return nil
+}
+
+// releaseBody gives back the read budget held for the last packet.
+func (c *conn) releaseBody() {
+	if c.reserved != 0 {
+		c.srv.readBudget.release(c.reserved)
+		c.reserved = 0
+	}
 }
 
 // releaseInput gives an empty read buffer back to the pool.
@@ -97,6 +138,7 @@ func (c *conn) releaseInput() {
 	in := c.in
 	c.in = nil
 	in.br.Reset(nil)
+	in.r.SetReserve(nil)
 	inputPool.Put(in)
 }
 

@@ -46,6 +46,9 @@ type Server struct {
 
 	conns0       atomic.Int64 // live connections, all listeners
 	sessionCount atomic.Int64 // entries in sessions
+
+	retained   *retainedQuota // the retained store, with its limits
+	readBudget *byteBudget    // bytes of packet bodies being read
 }
 
 type listenerState struct {
@@ -70,14 +73,16 @@ func New(cfg Config) (*Server, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
-		cfg:       c,
-		log:       c.Logger,
-		index:     topic.NewIndex(),
-		ctx:       ctx,
-		cancel:    cancel,
-		start:     c.Now(),
-		listeners: make(map[net.Listener]*listenerState),
-		conns:     make(map[*conn]struct{}),
+		cfg:        c,
+		log:        c.Logger,
+		index:      topic.NewIndex(),
+		ctx:        ctx,
+		cancel:     cancel,
+		start:      c.Now(),
+		listeners:  make(map[net.Listener]*listenerState),
+		conns:      make(map[*conn]struct{}),
+		retained:   newRetainedQuota(&c),
+		readBudget: &byteBudget{size: c.ReadBudget},
 	}
 	if c.IgnoreSessionOwner {
 		s.log.Warn("broker: session owner check is off: any client that knows a client ID can resume that session, " +
@@ -610,7 +615,11 @@ func (s *Server) publishWill(msg *Message, from *Client) {
 	}
 	msg.Created = now
 	s.log.Debug("broker: publishing will", "client", from.ClientID, "topic", msg.Topic)
-	s.publish(msg)
+	if msg.Retain {
+		// Over a retained limit the will is still delivered.
+		s.retainFrom(msg, from)
+	}
+	s.deliver(msg)
 }
 
 func (s *Server) authorize(c *Client, a Action, topic string, qos byte, retain bool) Decision {
@@ -644,14 +653,37 @@ var matchPool = sync.Pool{New: func() any { return new(matchBuf) }}
 // 0 means there was no subscriber at all (PUBACK 0x10).
 func (s *Server) publish(msg *Message) int {
 	if msg.Retain {
-		if len(msg.Payload) == 0 {
-			// [MQTT-3.3.1-6] [MQTT-3.3.1-7]: an empty retained message
-			// clears the topic and is not itself retained.
-			s.cfg.Retained.Delete(msg.Topic)
-		} else {
-			s.cfg.Retained.Set(msg)
-		}
+		s.retained.retain(msg, "")
 	}
+	return s.deliver(msg)
+}
+
+// retainFrom stores or clears msg as a retained message on behalf of the
+// client c, within the retained limits. It returns false, after logging
+// and counting, when a limit refused it.
+func (s *Server) retainFrom(msg *Message, c *Client) bool {
+	owner := c.Username
+	if owner == "" {
+		owner = c.ClientID
+	}
+	reason := s.retained.retain(msg, owner)
+	if reason == "" {
+		return true
+	}
+	n := s.retained.refused.Add(1)
+	// Every refusal is logged; the first and every 1000th at warn level,
+	// so that a flood cannot flood the log as well.
+	level := slog.LevelDebug
+	if n == 1 || n%1000 == 0 {
+		level = slog.LevelWarn
+	}
+	s.log.Log(s.ctx, level, "broker: retained message refused", "client", c.ClientID, "identity", owner, "topic", msg.Topic,
+		"size", len(msg.Payload), "reason", reason, "refused_total", n)
+	return false
+}
+
+// deliver routes msg to every matching session; see publish.
+func (s *Server) deliver(msg *Message) int {
 	mb := matchPool.Get().(*matchBuf)
 	mb.subs, mb.groups = s.index.Match(msg.Topic, mb.subs[:0], mb.groups[:0])
 	n := s.route(msg, mb.subs)

@@ -43,6 +43,9 @@ type session struct {
 	// subs counts the session's subscriptions for MaxSubscriptions; only
 	// the session's current connection changes it.
 	subs atomic.Int64
+	// subBytes sums the lengths of those subscriptions' filters, for
+	// MaxSubscriptionBytes.
+	subBytes atomic.Int64
 
 	// pendingResend counts in-flight messages that still have to be
 	// resent on the current connection: a reconnecting client may allow

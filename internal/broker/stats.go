@@ -32,6 +32,9 @@ type stats struct {
 	droppedSlow      atomic.Int64 // QoS 0 to a client whose backlog is full
 	droppedOversize  atomic.Int64 // over the client's Maximum Packet Size
 	expired          atomic.Int64 // expired before delivery
+
+	subsRefused   atomic.Int64 // subscriptions over MaxSubscriptions or MaxSubscriptionBytes
+	preAuthTooBig atomic.Int64 // CONNECTs over PreAuthMaxPacketSize
 }
 
 func (st *stats) connected(s *Server) {
@@ -72,6 +75,26 @@ type Stats struct {
 	DroppedSlowClient  int64
 	DroppedOversize    int64
 	Expired            int64
+
+	// RetainedBytes is what the retained messages stored from clients are
+	// charged against MaxRetainedBytes; RetainedRefused counts retained
+	// messages refused by a retained limit.
+	RetainedBytes   int64
+	RetainedRefused int64
+	// SubscriptionsRefused counts subscriptions refused by
+	// MaxSubscriptions or MaxSubscriptionBytes.
+	SubscriptionsRefused int64
+	// PreAuthTooLarge counts connections closed because their CONNECT
+	// was larger than PreAuthMaxPacketSize.
+	PreAuthTooLarge int64
+	// ReadBudgetInUse and ReadBudgetPeak are the bytes of packet bodies
+	// reserved from the ReadBudget now and at most so far;
+	// ReadBudgetWaits counts reads that had to wait for it, and
+	// ReadBudgetWaiting those waiting now.
+	ReadBudgetInUse   int64
+	ReadBudgetPeak    int64
+	ReadBudgetWaits   int64
+	ReadBudgetWaiting int64
 }
 
 // Stats returns a snapshot of the server's counters. Safe for concurrent
@@ -104,6 +127,15 @@ func (s *Server) Stats() Stats {
 		DroppedSlowClient:  st.droppedSlow.Load(),
 		DroppedOversize:    st.droppedOversize.Load(),
 		Expired:            st.expired.Load(),
+
+		RetainedBytes:        s.retained.usage().bytes,
+		RetainedRefused:      s.retained.refused.Load(),
+		SubscriptionsRefused: st.subsRefused.Load(),
+		PreAuthTooLarge:      st.preAuthTooBig.Load(),
+		ReadBudgetInUse:      s.readBudget.inUse.Load(),
+		ReadBudgetPeak:       s.readBudget.maxUsed.Load(),
+		ReadBudgetWaits:      s.readBudget.waits.Load(),
+		ReadBudgetWaiting:    int64(s.readBudget.waiting()),
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -109,6 +110,10 @@ func runServe(ctx context.Context, stdio Stdio, o serveOptions, dataSet bool) er
 	}
 	for _, n := range cfg.Notes {
 		log.Debug("config: " + n)
+	}
+	if sd := cfg.SafeDefaults(); len(sd) > 0 {
+		log.Info("config: mosquitto.conf leaves these limits unlimited or has no key for them; Moat's safe defaults apply (max_packet_size can be set in the file, the others in Moat YAML's limits section)",
+			"limits", strings.Join(sd, " "))
 	}
 	if cfg.Persistence.Enabled {
 		log.Warn("persistence: the disk store is not available in this version; sessions, queued and retained messages are kept in memory only and are lost on restart")
@@ -345,6 +350,16 @@ func brokerConfig(cfg *config.Config, log *slog.Logger) (broker.Config, error) {
 		SysInterval:                cfg.SysInterval.D(),
 		Version:                    "moat " + Version,
 	}
+	// Memory limits (docs/configuration.md, limits).
+	b.MaxConnections = lim.MaxConnections
+	b.PreAuthMaxPacketSize = uint32(min(lim.MaxPreAuthPacketSize, config.MaxMQTTPacket))
+	b.MaxTopicLength = lim.MaxTopicLength
+	b.MaxSubscriptionBytes = int(lim.MaxSubscriptionBytes)
+	b.MaxRetained = lim.MaxRetainedMessages
+	b.MaxRetainedBytes = int64(lim.MaxRetainedBytes)
+	b.MaxRetainedPerIdentity = lim.MaxRetainedMessagesPerIdentity
+	b.MaxRetainedBytesPerIdentity = int64(lim.MaxRetainedBytesPerIdentity)
+	b.ReadBudget = int64(lim.ReadBudget)
 	switch {
 	case lim.MaxPacketSize == 0 || lim.MaxPacketSize > packet.MaxPacketSizeLimit:
 		b.MaxPacketSize = packet.MaxPacketSizeLimit

@@ -23,6 +23,7 @@ package config
 import (
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -285,9 +286,10 @@ type ProxyProtocol struct {
 // Limits bound what one client may cost the broker.
 type Limits struct {
 	// MaxPacketSize is the largest MQTT packet accepted, header included; 0
-	// means MQTT's own maximum (about 256 MiB). Default 1MiB in YAML; no
-	// limit (0) for mosquitto.conf, as in Mosquitto (which forbids values
-	// below 20). Announced to MQTT 5 clients.
+	// means MQTT's own maximum (about 256 MiB). Default 1MiB, in
+	// mosquitto.conf too unless the file sets max_packet_size (Mosquitto
+	// has no limit; it forbids values below 20). Announced to MQTT 5
+	// clients.
 	MaxPacketSize Size `json:"max_packet_size" yaml:"max_packet_size"`
 	// MessageSizeLimit is the largest PUBLISH payload forwarded; larger
 	// messages are dropped (the QoS flow completes). 0 means no limit.
@@ -328,6 +330,34 @@ type Limits struct {
 	// QueueQoS0 also queues QoS 0 messages for offline persistent clients
 	// (non-standard). Default false.
 	QueueQoS0 bool `json:"queue_qos0" yaml:"queue_qos0"`
+
+	// The keys below have no mosquitto.conf equivalent: their defaults
+	// apply there.
+
+	// MaxConnections caps concurrent client connections over all
+	// listeners (listeners[].max_connections caps one listener). 0, the
+	// default, means the process's open-file limit (RLIMIT_NOFILE) less 64.
+	MaxConnections int `json:"max_connections" yaml:"max_connections"`
+	// MaxPreAuthPacketSize is the largest packet accepted before the
+	// client is authenticated (CONNECT), refused from its fixed header
+	// before any allocation. Default 64KiB.
+	MaxPreAuthPacketSize Size `json:"max_preauth_packet_size" yaml:"max_preauth_packet_size"`
+	// MaxTopicLength is the largest topic name or filter in bytes.
+	// Default 1024.
+	MaxTopicLength int `json:"max_topic_length" yaml:"max_topic_length"`
+	// MaxSubscriptionBytes bounds the sum of a session's filter lengths.
+	// Default 1MiB.
+	MaxSubscriptionBytes Size `json:"max_subscription_bytes" yaml:"max_subscription_bytes"`
+	// MaxRetainedMessages and MaxRetainedBytes bound the retained store;
+	// the PerIdentity variants bound what one identity (username, else
+	// client ID) may store. Defaults 100000, 256MiB, 1000, 16MiB.
+	MaxRetainedMessages            int  `json:"max_retained_messages" yaml:"max_retained_messages"`
+	MaxRetainedBytes               Size `json:"max_retained_bytes" yaml:"max_retained_bytes"`
+	MaxRetainedMessagesPerIdentity int  `json:"max_retained_messages_per_identity" yaml:"max_retained_messages_per_identity"`
+	MaxRetainedBytesPerIdentity    Size `json:"max_retained_bytes_per_identity" yaml:"max_retained_bytes_per_identity"`
+	// ReadBudget bounds the bytes of packets being read at once over all
+	// connections; a read waits while it is spent. Default 64MiB.
+	ReadBudget Size `json:"read_budget" yaml:"read_budget"`
 }
 
 // Sessions controls persistent sessions.
@@ -424,7 +454,48 @@ func defaultLimits() Limits {
 		MaxQueuedMessages: 1000,
 		MaxTopicLevels:    128,
 		MaxSubscriptions:  10000,
+
+		MaxPreAuthPacketSize:           64 << 10,
+		MaxTopicLength:                 1024,
+		MaxSubscriptionBytes:           1 << 20,
+		MaxRetainedMessages:            100000,
+		MaxRetainedBytes:               256 << 20,
+		MaxRetainedMessagesPerIdentity: 1000,
+		MaxRetainedBytesPerIdentity:    16 << 20,
+		ReadBudget:                     64 << 20,
 	}
+}
+
+// SafeDefaults lists the limits a mosquitto.conf gets from Moat rather
+// than from Mosquitto, whose defaults are unlimited: max_packet_size
+// (unless the file sets it) and the limits mosquitto.conf has no key for.
+// It returns nil for other formats.
+func (c *Config) SafeDefaults() []string {
+	if c.Format != FormatMosquitto {
+		return nil
+	}
+	var out []string
+	lim := &c.Limits
+	if !c.IsSet("limits.max_packet_size") {
+		out = append(out, "max_packet_size="+lim.MaxPacketSize.String())
+	}
+	conns := "RLIMIT_NOFILE-64"
+	if lim.MaxConnections > 0 {
+		conns = strconv.Itoa(lim.MaxConnections)
+	}
+	return append(out,
+		"max_connections(all listeners)="+conns,
+		"max_preauth_packet_size="+lim.MaxPreAuthPacketSize.String(),
+		"max_topic_length="+strconv.Itoa(lim.MaxTopicLength),
+		"max_topic_levels="+strconv.Itoa(lim.MaxTopicLevels),
+		"max_subscriptions="+strconv.Itoa(lim.MaxSubscriptions),
+		"max_subscription_bytes="+lim.MaxSubscriptionBytes.String(),
+		"max_retained_messages="+strconv.Itoa(lim.MaxRetainedMessages),
+		"max_retained_bytes="+lim.MaxRetainedBytes.String(),
+		"max_retained_messages_per_identity="+strconv.Itoa(lim.MaxRetainedMessagesPerIdentity),
+		"max_retained_bytes_per_identity="+lim.MaxRetainedBytesPerIdentity.String(),
+		"read_budget="+lim.ReadBudget.String(),
+	)
 }
 
 // defaultListener is a TLS listener with every per-listener default set

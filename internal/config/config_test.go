@@ -346,3 +346,63 @@ func TestSessionOwnerCheckKey(t *testing.T) {
 		})
 	}
 }
+
+// The memory limits are read from Moat YAML; a mosquitto.conf gets Moat's
+// safe defaults for them (and for max_packet_size unless it sets it), and
+// SafeDefaults lists them for the start-up log line.
+func TestMemoryLimits(t *testing.T) {
+	c, err := Parse("l.yaml", []byte(`limits:
+  max_connections: 500
+  max_preauth_packet_size: 16KiB
+  max_topic_length: 256
+  max_subscription_bytes: 64KiB
+  max_retained_messages: 10
+  max_retained_bytes: 1MiB
+  max_retained_messages_per_identity: 2
+  max_retained_bytes_per_identity: 128KiB
+  read_budget: 8MiB
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := defaultLimits()
+	want.MaxConnections, want.MaxPreAuthPacketSize, want.MaxTopicLength, want.MaxSubscriptionBytes = 500, 16<<10, 256, 64<<10
+	want.MaxRetainedMessages, want.MaxRetainedBytes, want.MaxRetainedMessagesPerIdentity, want.MaxRetainedBytesPerIdentity = 10, 1<<20, 2, 128<<10
+	want.ReadBudget = 8 << 20
+	if !reflect.DeepEqual(c.Limits, want) {
+		t.Errorf("limits = %+v\nwant %+v", c.Limits, want)
+	}
+	if sd := c.SafeDefaults(); sd != nil {
+		t.Errorf("SafeDefaults of a YAML file = %q", sd)
+	}
+
+	m, err := Parse("m.conf", []byte("listener 1883 127.0.0.1\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(m.Limits, defaultLimits()) {
+		t.Errorf("mosquitto.conf limits = %+v, want Moat's defaults", m.Limits)
+	}
+	sd := strings.Join(m.SafeDefaults(), " ")
+	for _, s := range []string{"max_packet_size=1MiB", "max_connections(all listeners)=RLIMIT_NOFILE-64", "max_preauth_packet_size=64KiB", "max_retained_bytes_per_identity=16MiB", "read_budget=64MiB"} {
+		if !strings.Contains(sd, s) {
+			t.Errorf("SafeDefaults %q lacks %q", sd, s)
+		}
+	}
+	m, err = Parse("m.conf", []byte("listener 1883 127.0.0.1\nmax_packet_size 2000\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Limits.MaxPacketSize != 2000 || strings.Contains(strings.Join(m.SafeDefaults(), " "), "max_packet_size=") {
+		t.Errorf("max_packet_size %d, SafeDefaults %q", m.Limits.MaxPacketSize, m.SafeDefaults())
+	}
+
+	for _, bad := range []string{
+		"max_connections: -1", "max_preauth_packet_size: 10", "max_topic_length: 0", "max_topic_length: 70000",
+		"max_subscription_bytes: 0", "max_retained_messages: 0", "max_retained_bytes_per_identity: 0", "read_budget: 0",
+	} {
+		if _, err := Parse("b.yaml", []byte("limits: {"+bad+"}\n")); err == nil {
+			t.Errorf("limits {%s} accepted", bad)
+		}
+	}
+}

@@ -145,7 +145,6 @@ func parseMosquitto(name string, data []byte, readDir readDirFunc, readFile func
 		Persistence:     Persistence{AutosaveInterval: Duration(1800e9)},
 		keyPos:          map[string]string{},
 	}
-	c.Limits.MaxPacketSize = 0 // Mosquitto: no limit unless max_packet_size is set
 	p := &mosqParser{
 		cfg: c, readDir: readDir, readFile: readFile, localOnly: true,
 		global: mosqSecurity{allowAnon: -1, allowZeroLen: -1},

@@ -172,6 +172,21 @@ func (c *Config) validate() []error {
 	if lim.MaxInflightBytes < 0 || lim.MaxQueuedBytes < 0 {
 		top("limits byte limits must not be negative")
 	}
+	if lim.MaxConnections < 0 {
+		top("limits.max_connections must be 0 (the open-file limit less 64) or more")
+	}
+	if lim.MaxPreAuthPacketSize < 64 || lim.MaxPreAuthPacketSize > MaxMQTTPacket {
+		top("limits.max_preauth_packet_size must be from 64 bytes to %d", MaxMQTTPacket)
+	}
+	if lim.MaxTopicLength < 1 || lim.MaxTopicLength > 65535 {
+		top("limits.max_topic_length must be from 1 to 65535 bytes")
+	}
+	if lim.MaxSubscriptionBytes < 1 || lim.MaxRetainedBytes < 1 || lim.MaxRetainedBytesPerIdentity < 1 || lim.ReadBudget < 1 {
+		top("limits.max_subscription_bytes, max_retained_bytes, max_retained_bytes_per_identity and read_budget must be positive")
+	}
+	if lim.MaxRetainedMessages < 1 || lim.MaxRetainedMessagesPerIdentity < 1 {
+		top("limits.max_retained_messages and max_retained_messages_per_identity must be positive (retain_available false turns retained messages off)")
+	}
 	if c.SysInterval < 0 || c.Sessions.PersistentClientExpiration < 0 || c.Persistence.AutosaveInterval < 0 {
 		top("durations must not be negative")
 	}

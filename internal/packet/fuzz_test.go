@@ -125,10 +125,24 @@ func FuzzReader(f *testing.F) {
 		max %= 1 << 16
 		r := packet.NewReader(&chunkReader{data: data, step: int(ver%7) + 1}, max)
 		r.SetVersion(v)
+		// The reserve function sees each body's size before it is
+		// allocated, never more than the limit allows.
+		reserved := -1
+		r.SetReserve(func(size int) error {
+			if size <= 0 || (max != 0 && size >= int(max)) {
+				t.Fatalf("reserve(%d) with limit %d", size, max)
+			}
+			reserved = size
+			return nil
+		})
 		rest := data
 		for {
+			reserved = -1
 			p1, err1 := r.ReadPacket()
 			p2, n, err2 := packet.Decode(rest, v, max)
+			if err1 == nil && reserved != -1 && (n < reserved+2 || n > reserved+5) {
+				t.Fatalf("reserved %d for a packet of %d bytes", reserved, n)
+			}
 			if (err1 == nil) != (err2 == nil) || !reflect.DeepEqual(p1, p2) {
 				t.Fatalf("Reader: %s, %v\nDecode: %s, %v", dump(p1), err1, dump(p2), err2)
 			}

@@ -16,6 +16,7 @@ type Reader struct {
 	r       *bufio.Reader
 	max     uint32
 	version Version
+	reserve func(size int) error
 }
 
 // NewReader returns a Reader that refuses packets larger than maxPacketSize
@@ -37,6 +38,13 @@ func (r *Reader) SetVersion(v Version) { r.version = v }
 
 // SetMaxPacketSize changes the size limit for subsequent packets.
 func (r *Reader) SetMaxPacketSize(n uint32) { r.max = n }
+
+// SetReserve sets a function that ReadPacket calls with a packet's
+// remaining length once the fixed header has been checked, before the
+// body is read or allocated; it may wait (to bound the memory of packets
+// being read at once). If it returns an error, ReadPacket returns that
+// error unchanged and reads no further. nil (the default) means none.
+func (r *Reader) SetReserve(f func(size int) error) { r.reserve = f }
 
 // chunk is the largest body the Reader allocates before the bytes have
 // arrived. Larger bodies grow as data comes in, so a peer that announces a
@@ -94,6 +102,11 @@ func (r *Reader) ReadPacket() (Packet, error) {
 	total := 1 + uint64(n) + uint64(rl)
 	if max := limit(r.max); total > uint64(max) {
 		return nil, tooLarge(t, total, uint64(max))
+	}
+	if r.reserve != nil && rl > 0 {
+		if err := r.reserve(int(rl)); err != nil {
+			return nil, err
+		}
 	}
 	var body []byte
 	if rl > 0 {
