@@ -34,6 +34,7 @@ import (
 	"time"
 
 	"github.com/moatmq/moat/e2e"
+	"github.com/moatmq/moat/internal/tlsconf"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -111,15 +112,47 @@ type Config struct {
 	// slog.Default().
 	Logger *slog.Logger
 	// Identity maps a client certificate to a member ID; nil means
-	// e2e.CertIdentity (common name, else first URI SAN, else DNS SAN).
+	// CertIdentity (the first common name, else the first URI SAN, else
+	// the first DNS SAN).
 	Identity func(*x509.Certificate) string
 	// OnChange, when set, is called after a change with the members whose
 	// bundle changed, e.g. to publish new bundles over MQTT. It runs on
 	// the caller's goroutine after the change is committed.
 	OnChange func(members []string)
+	// Certs, when set, checks members' client certificates for revocation
+	// on every request (the handshake's own verification is not enough for
+	// a connection kept alive across a revocation), keeps the latest
+	// certificate of each member in the store, and watches it: when it is
+	// revoked, [Service.Run] removes the member from every group (a new
+	// epoch in each), forgets its registered key, and logs why. Nil means
+	// the caller's tls.Config alone verifies clients, with no revocation
+	// check. moat keys serve sets it to its tlsconf.Manager.
+	Certs CertChecker
 	// OpenTimeout bounds the wait for the database lock held by another
 	// process; zero means 1 second.
 	OpenTimeout time.Duration
+}
+
+// CertIdentity is the default [Config.Identity]: the member ID of a client
+// certificate is its first subject common name, by the same function the
+// broker's identity mapping uses (internal/tlsconf, identity source "cn"),
+// else the first URI SAN, else the first DNS SAN. It returns "" when there
+// is none or the chosen value holds a control character. e2e.CertIdentity
+// follows the same rule.
+func CertIdentity(cert *x509.Certificate) string {
+	src := tlsconf.IdentityCN
+	switch {
+	case tlsconf.FirstCommonName(cert) != "":
+	case len(cert.URIs) > 0:
+		src = tlsconf.IdentitySANURI
+	case len(cert.DNSNames) > 0:
+		src = tlsconf.IdentitySANDNS
+	}
+	id, err := tlsconf.Identity(cert, src)
+	if err != nil {
+		return ""
+	}
+	return id
 }
 
 // Service is a key service over one store. It is safe for concurrent use;
@@ -131,6 +164,14 @@ type Service struct {
 	signer ed25519.PrivateKey
 	log    *slog.Logger
 	mu     sync.Mutex // serializes read-modify-write operations
+
+	// Certificate watches (Config.Certs). Lock order: mu before watchMu;
+	// neither is held while calling Config.Certs or Config.OnChange.
+	watchMu     sync.Mutex
+	watches     map[string]*certWatch
+	pending     map[string]pendingRevocation
+	watchClosed bool
+	wake        chan struct{} // a revocation is pending (capacity 1)
 }
 
 var (
@@ -162,6 +203,11 @@ type memberRec struct {
 	PublicKey  []byte    `json:"public_key"`
 	Registered time.Time `json:"registered"`
 	Serial     uint64    `json:"serial"`
+	// Chain is the member's latest verified client certificate chain
+	// (DER, leaf first), watched for revocation.
+	Chain [][]byte `json:"chain,omitempty"`
+	// Revoked records the last removal for a revoked certificate.
+	Revoked *revokedRec `json:"revoked,omitempty"`
 }
 
 type metaRec struct {
@@ -199,7 +245,7 @@ func Open(cfg Config) (*Service, error) {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.Identity == nil {
-		cfg.Identity = e2e.CertIdentity
+		cfg.Identity = CertIdentity
 	}
 	if cfg.Argon2 == (Argon2Params{}) {
 		cfg.Argon2 = DefaultArgon2
@@ -214,7 +260,8 @@ func Open(cfg Config) (*Service, error) {
 		}
 		return nil, fmt.Errorf("keyservice: opening %s: %w", cfg.Path, err)
 	}
-	s := &Service{cfg: cfg, db: db, kek: cfg.KEK, log: cfg.Logger}
+	s := &Service{cfg: cfg, db: db, kek: cfg.KEK, log: cfg.Logger,
+		watches: map[string]*certWatch{}, pending: map[string]pendingRevocation{}, wake: make(chan struct{}, 1)}
 	err = s.init()
 	s.cfg.Passphrase = nil // not retained
 	if err != nil {
@@ -292,8 +339,11 @@ func (s *Service) init() error {
 	})
 }
 
-// Close closes the store.
-func (s *Service) Close() error { return s.db.Close() }
+// Close ends the certificate watches and closes the store.
+func (s *Service) Close() error {
+	s.stopWatches()
+	return s.db.Close()
+}
 
 // PublicKey returns the Ed25519 key that signs bundles; members pin it.
 func (s *Service) PublicKey() ed25519.PublicKey { return s.signer.Public().(ed25519.PublicKey) }

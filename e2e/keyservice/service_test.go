@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/moatmq/moat/e2e"
+	"github.com/moatmq/moat/internal/tlsconf"
 )
 
 var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
@@ -492,5 +493,61 @@ func TestRegisterRejectsBadBodies(t *testing.T) {
 				t.Fatal("accepted")
 			}
 		})
+	}
+}
+
+// TestSecurityIdentityTwoCommonNames performs the attack of a certificate
+// whose subject carries two common names, "dev-7" then "platform": the
+// broker's identity mapping (internal/tlsconf, source "cn") knows it as
+// dev-7, and a key service that took the last CN (Go's
+// Subject.CommonName) would register it as member platform, a reader. The
+// key service, e2e.CertIdentity and the broker must all name it dev-7.
+func TestSecurityIdentityTwoCommonNames(t *testing.T) {
+	p := newPKI(t)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(7),
+		Subject: pkix.Name{ExtraNames: []pkix.AttributeTypeAndValue{
+			{Type: []int{2, 5, 4, 3}, Value: "dev-7"}, {Type: []int{2, 5, 4, 3}, Value: "platform"}}},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.ca, key.Public(), p.caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	if cert.Subject.CommonName != "platform" {
+		t.Fatalf("test certificate: Go's CommonName is %q, want the last CN", cert.Subject.CommonName)
+	}
+	broker, err := tlsconf.Identity(cert, tlsconf.IdentityCN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := CertIdentity(cert); got != broker || got != "dev-7" {
+		t.Fatalf("key service identity %q, broker identity %q; want both dev-7", got, broker)
+	}
+	if got := e2e.CertIdentity(cert); got != broker {
+		t.Fatalf("e2e.CertIdentity %q, broker identity %q", got, broker)
+	}
+
+	clk := &clock{now: t0}
+	s := openTest(t, filepath.Join(t.TempDir(), "keys.db"), clk, mustKEK(t))
+	defer s.Close()
+	if err := s.CreateGroup("temps", "factory/+/temp", 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AddMember("temps", "platform", Reader); err != nil {
+		t.Fatal(err)
+	}
+	url := startServer(t, s, p)
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: p.pool, MinVersion: tls.VersionTLS13,
+		Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}}
+	defer tr.CloseIdleConnections()
+	cl := &Client{BaseURL: url, HTTPClient: &http.Client{Transport: tr, Timeout: 10 * time.Second}}
+	mk, _ := e2e.GenerateMemberKey(e2e.KEMX25519)
+	err = cl.Register(context.Background(), mk.Public())
+	if err == nil || !strings.Contains(err.Error(), "403") {
+		t.Fatalf("a certificate named dev-7 by the broker registered as platform: %v", err)
 	}
 }
