@@ -115,6 +115,18 @@ func (s *GroupSealer) nextSeq(stream string) (uint64, error) {
 // Seal encrypts plaintext for topic, a full topic name (never an alias),
 // with the current key of the group that covers it.
 func (s *GroupSealer) Seal(topic string, plaintext []byte) ([]byte, error) {
+	return s.seal(topic, plaintext, false)
+}
+
+// SealRetained is Seal for a message to be published with the MQTT retain
+// flag: the protected header marks it retained, so that receivers open it
+// under the retained-message rules (see [GroupOpener.Open]). The marker is
+// authenticated; the transport's retain flag is never trusted.
+func (s *GroupSealer) SealRetained(topic string, plaintext []byte) ([]byte, error) {
+	return s.seal(topic, plaintext, true)
+}
+
+func (s *GroupSealer) seal(topic string, plaintext []byte, retained bool) ([]byte, error) {
 	ti, err := s.topics.check(topic)
 	if err != nil {
 		return nil, err
@@ -136,18 +148,19 @@ func (s *GroupSealer) Seal(topic string, plaintext []byte) ([]byte, error) {
 		}
 		ct = format.ContentTypeSign1
 	}
-	return seal(key, topic, &ti.check, seq, ms, ct, plaintext), nil
+	return seal(key, topic, &ti.check, seq, ms, ct, retained, plaintext), nil
 }
 
 // sealWith builds the COSE_Encrypt0 for one message.
 func sealWith(key *SenderKey, topic string, seq uint64, ms int64, contentType uint64, plaintext []byte) []byte {
 	tc := computeTopicCheck(topic)
-	return seal(key, topic, &tc, seq, ms, contentType, plaintext)
+	return seal(key, topic, &tc, seq, ms, contentType, false, plaintext)
 }
 
 // seal is sealWith given the topic check of topic.
-func seal(key *SenderKey, topic string, tc *topicCheck, seq uint64, ms int64, contentType uint64, plaintext []byte) []byte {
+func seal(key *SenderKey, topic string, tc *topicCheck, seq uint64, ms int64, contentType uint64, retained bool, plaintext []byte) []byte {
 	h := format.Header{
+		Retained:    retained,
 		ContentType: contentType,
 		Sender:      []byte(key.sender),
 		Seq:         seq,

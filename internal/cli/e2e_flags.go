@@ -126,17 +126,14 @@ type payloadOpener struct {
 	members *memberKeys
 }
 
-// open decrypts the payload of m, using the retained-message rules for
-// retained messages.
+// open decrypts the payload of m. In group mode the retained-message
+// rules apply to messages their sender marked retained in the
+// authenticated header; the MQTT retain flag of m is not trusted.
 func (o *payloadOpener) open(m *client.Message) (*e2e.Message, error) {
-	switch {
-	case o.raw != nil:
+	if o.raw != nil {
 		return o.raw.Open(m.Topic, m.Payload)
-	case m.Retain:
-		return o.group.OpenRetained(m.Topic, m.Payload)
-	default:
-		return o.group.Open(m.Topic, m.Payload)
 	}
+	return o.group.Open(m.Topic, m.Payload)
 }
 
 // bundleTopic is the member's bundle topic when key updates are on, or "".

@@ -141,7 +141,7 @@ format. An empty message (-n) is sent as is: it clears a retained message.`,
 						}
 					}
 					m := base
-					if m.Payload, err = p.seal(m.Topic, payload); err != nil {
+					if m.Payload, err = p.seal(m.Topic, payload, m.Retain); err != nil {
 						continue
 					}
 					err = p.report(&m, c.Publish(ctx, &m))
@@ -183,12 +183,22 @@ type publisher struct {
 // seal encrypts a payload when end-to-end encryption is on. Every
 // message is sealed on its own (fresh sequence number and nonce), also
 // repeated ones. An empty payload stays empty: it clears a retained
-// message and carries nothing to protect.
-func (p *publisher) seal(topic string, payload []byte) ([]byte, error) {
+// message and carries nothing to protect. A message published with the
+// retain flag is sealed marked retained (group mode), so subscribers open
+// it under the retained-message rules; the flag itself is not trusted.
+func (p *publisher) seal(topic string, payload []byte, retain bool) ([]byte, error) {
 	if p.sealer == nil || len(payload) == 0 {
 		return payload, nil
 	}
-	out, err := p.sealer.Seal(topic, payload)
+	var out []byte
+	var err error
+	if rs, ok := p.sealer.(interface {
+		SealRetained(topic string, plaintext []byte) ([]byte, error)
+	}); ok && retain {
+		out, err = rs.SealRetained(topic, payload)
+	} else {
+		out, err = p.sealer.Seal(topic, payload)
+	}
 	if errors.Is(err, e2e.ErrNoKey) {
 		return nil, fmt.Errorf("%w (hint: no key group in --keys covers %q for this member as a writer; check `moat keys status` and fetch a fresh bundle)", err, topic)
 	}
@@ -221,7 +231,7 @@ func (p *publisher) lines(ctx context.Context, base client.Message) error {
 			continue
 		}
 		m := base
-		payload, err := p.seal(m.Topic, append([]byte(nil), line...))
+		payload, err := p.seal(m.Topic, append([]byte(nil), line...), m.Retain)
 		if err != nil {
 			firstErr = err
 			break
