@@ -101,14 +101,14 @@ func fastLabel(b []byte, off int, enc string) (int, bool) {
 // negative integers whose argument (-1 - label = 65536…65538) needs the
 // four-byte form, hence 0x3a.
 const (
-	encAlgA256GCM  = "\x01\x03"             // 1: 3
-	encContentType = "\x03\x12"             // 3: 18
-	encKID         = "\x04"                 // 4
-	encPartialIV   = "\x06"                 // 6
-	encKIDContext  = "\x0a"                 // 10
-	encEpoch       = "\x3a\x00\x01\x00\x00" // -65537
-	encTime        = "\x3a\x00\x01\x00\x01" // -65538
-	encTopicCheck  = "\x3a\x00\x01\x00\x02" // -65539
+	encAlgA256GCM  = "\x01\x03"                 // 1: 3
+	encContentType = "\x03\x12"                 // 3: 18
+	encKID         = "\x04"                     // 4
+	encPartialIV   = "\x06"                     // 6
+	encKIDContext  = "\x0a"                     // 10
+	encEpoch       = "\x3a\x00\x01\x00\x00"     // -65537
+	encTime        = "\x3a\x00\x01\x00\x01"     // -65538
+	encTopicCheck  = "\x3a\x00\x01\x00\x02"     // -65539
 	encRetained    = "\x3a\x00\x01\x00\x03\x01" // -65540: 1
 )
 
