@@ -195,6 +195,10 @@ func (o *GroupOpener) open(topic string, msg []byte) (*Message, error) {
 	if maxAge >= 0 && now.Sub(ts) > maxAge {
 		return nil, wrapf(ErrTooOld, "sent %s, %s ago (maximum %s)", ts.UTC().Format(time.RFC3339Nano), now.Sub(ts).Round(time.Millisecond), maxAge)
 	}
+	if !key.sealUntil.IsZero() && ts.After(key.sealUntil) {
+		return nil, wrapf(ErrSuperseded, "group %q epoch %d: sealed %s, after its writers' grace ended at %s (the sender has not applied its new key bundle)",
+			group, h.Epoch, ts.UTC().Format(time.RFC3339), key.sealUntil.UTC().Format(time.RFC3339))
+	}
 	if ts.Sub(now) > o.cfg.MaxSkew {
 		return nil, wrapf(ErrFromFuture, "sent %s, %s ahead of the local clock", ts.UTC().Format(time.RFC3339Nano), ts.Sub(now).Round(time.Millisecond))
 	}

@@ -135,11 +135,16 @@ func (s *GroupSealer) seal(topic string, plaintext []byte, retained bool) ([]byt
 	if err != nil {
 		return nil, err
 	}
+	now := s.cfg.Now()
+	if !key.sealUntil.IsZero() && now.After(key.sealUntil) {
+		return nil, wrapf(ErrSuperseded, "group %q epoch %d was superseded and its writers' grace ended at %s; fetch the new key bundle",
+			key.group, key.epoch, key.sealUntil.UTC().Format(time.RFC3339))
+	}
 	seq, err := s.nextSeq(key.stream)
 	if err != nil {
 		return nil, err
 	}
-	ms := s.cfg.Now().UnixMilli()
+	ms := now.UnixMilli()
 	var ct uint64
 	if s.cfg.Signer != nil {
 		plaintext, err = s.cfg.Signer.signMessage(topic, ms, plaintext)

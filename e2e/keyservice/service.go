@@ -84,7 +84,8 @@ var (
 
 // Defaults of [Config].
 const (
-	DefaultGrace = 24 * time.Hour
+	DefaultGrace       = 24 * time.Hour
+	DefaultWriterGrace = time.Minute
 )
 
 // Config configures a [Service]. Exactly one of KEK and Passphrase is
@@ -104,6 +105,13 @@ type Config struct {
 	// Grace is how long a superseded epoch stays readable; zero means
 	// DefaultGrace.
 	Grace time.Duration
+	// WriterGrace is how long after an epoch is superseded messages may
+	// still be sealed with it: bundles carry the end of it
+	// (e2e.EpochKey.SealUntil), senders refuse to seal and receivers
+	// refuse to open a message of the epoch sealed later. It covers
+	// writers that have not applied their new bundle yet. Zero means
+	// DefaultWriterGrace; it must not exceed Grace.
+	WriterGrace time.Duration
 	// Now returns the current time; nil means time.Now.
 	Now func() time.Time
 	// Rand supplies epoch secrets; nil means crypto/rand.Reader.
@@ -193,9 +201,10 @@ type groupRec struct {
 }
 
 type epochRec struct {
-	Wrapped  []byte    `json:"wrapped"`
-	Created  time.Time `json:"created"`
-	NotAfter time.Time `json:"not_after,omitzero"`
+	Wrapped    []byte    `json:"wrapped"`
+	Created    time.Time `json:"created"`
+	NotAfter   time.Time `json:"not_after,omitzero"`
+	Superseded time.Time `json:"superseded,omitzero"`
 }
 
 type memberRec struct {
@@ -226,14 +235,24 @@ func Open(cfg Config) (*Service, error) {
 	if (cfg.KEK == nil) == (len(cfg.Passphrase) == 0) {
 		errs = append(errs, errors.New("keyservice: set exactly one of Config.KEK (key file, KMS) and Config.Passphrase"))
 	}
-	if cfg.Grace < 0 {
-		errs = append(errs, errors.New("keyservice: Config.Grace must not be negative"))
+	if cfg.Grace < 0 || cfg.WriterGrace < 0 {
+		errs = append(errs, errors.New("keyservice: Config.Grace and Config.WriterGrace must not be negative"))
+	}
+	grace := cfg.Grace
+	if grace == 0 {
+		grace = DefaultGrace
+	}
+	if cfg.WriterGrace > grace {
+		errs = append(errs, fmt.Errorf("keyservice: Config.WriterGrace %v exceeds the grace period %v", cfg.WriterGrace, grace))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
 	if cfg.Grace == 0 {
 		cfg.Grace = DefaultGrace
+	}
+	if cfg.WriterGrace == 0 {
+		cfg.WriterGrace = min(DefaultWriterGrace, cfg.Grace)
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -410,7 +429,7 @@ func (s *Service) newEpoch(tx *bolt.Tx, g *groupRec) error {
 		if ok, err := getJSON(eb, epochKey(g.Name, g.Current), &cur); err != nil {
 			return err
 		} else if ok {
-			cur.NotAfter = now.Add(s.cfg.Grace)
+			cur.NotAfter, cur.Superseded = now.Add(s.cfg.Grace), now
 			if err := putJSON(eb, epochKey(g.Name, g.Current), &cur); err != nil {
 				return err
 			}
@@ -730,6 +749,9 @@ func (s *Service) addGroupKeys(tx *bolt.Tx, b *e2e.Bundle, g *groupRec, role Rol
 		clear(secret)
 		if err != nil {
 			return err
+		}
+		if !e.Superseded.IsZero() {
+			ek = ek.WithSealUntil(e.Superseded.Add(s.cfg.WriterGrace))
 		}
 		if role&Reader != 0 {
 			b.EpochKeys = append(b.EpochKeys, ek)

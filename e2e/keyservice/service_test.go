@@ -551,3 +551,94 @@ func TestSecurityIdentityTwoCommonNames(t *testing.T) {
 		t.Fatalf("a certificate named dev-7 by the broker registered as platform: %v", err)
 	}
 }
+
+// TestSecurityStaleWriterAfterRemoval performs the attack of a removed
+// reader on a writer that has not applied its new bundle: the auditor is
+// removed, but the sensor keeps sealing with epoch 1, which the auditor
+// still holds. Within the writers' grace (1 minute here) such messages
+// still open for the remaining readers; after it, the sensor's keyring,
+// once it learns of epoch 2, refuses epoch 1, and every reader holding the
+// new bundle refuses epoch-1 messages sealed later (ErrSuperseded), so a
+// stale writer's messages stop being accepted. What the auditor can still
+// read is what a writer seals before it applies its new bundle.
+func TestSecurityStaleWriterAfterRemoval(t *testing.T) {
+	p := newPKI(t)
+	clk := &clock{now: t0}
+	s, err := Open(Config{Path: filepath.Join(t.TempDir(), "keys.db"), KEK: mustKEK(t), Now: clk.Now, Logger: quietLogger(),
+		Grace: time.Hour, WriterGrace: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(s.CreateGroup("temps", "factory/+/temp", 0))
+	must(s.AddMember("temps", "sensor-1", Writer))
+	must(s.AddMember("temps", "platform", Reader))
+	must(s.AddMember("temps", "auditor", Reader))
+	url := startServer(t, s, p)
+	sensor := newMember(t, p, url, "sensor-1", e2e.KEMX25519)
+	platform := newMember(t, p, url, "platform", e2e.KEMX25519)
+	auditor := newMember(t, p, url, "auditor", e2e.KEMX25519)
+	for _, m := range []*member{sensor, platform, auditor} {
+		must(m.refresh(t))
+	}
+	sealer, err := e2e.NewGroupSealer(e2e.SealerConfig{Sender: "sensor-1", Keys: sensor.ring, Sequence: &e2e.MemorySequenceStore{}, Now: clk.Now})
+	must(err)
+	open := func(m *member, msg []byte) (*e2e.Message, error) {
+		o, err := e2e.NewGroupOpener(e2e.OpenerConfig{Keys: m.ring, Now: clk.Now})
+		must(err)
+		return o.Open("factory/l1/temp", msg)
+	}
+
+	must(s.RemoveMember("temps", "auditor"))
+	must(platform.refresh(t))
+	clk.Advance(30 * time.Second)
+	late, err := sealer.Seal("factory/l1/temp", []byte("within the writers' grace"))
+	must(err)
+	if _, err := open(platform, late); err != nil {
+		t.Fatalf("a message of the writers' grace is refused: %v", err)
+	}
+	clk.Advance(time.Minute)
+	stale, err := sealer.Seal("factory/l1/temp", []byte("after the writers' grace"))
+	must(err)
+	if _, err := open(platform, stale); !errors.Is(err, e2e.ErrSuperseded) {
+		t.Fatalf("a reader accepted epoch 1 sealed after the writers' grace: %v", err)
+	}
+	// Once the sensor has its new bundle it seals with epoch 2, which the
+	// auditor cannot open.
+	must(sensor.refresh(t))
+	fresh, err := sealer.Seal("factory/l1/temp", []byte("epoch 2"))
+	must(err)
+	if m, err := open(platform, fresh); err != nil || m.Epoch != 2 {
+		t.Fatalf("platform, epoch 2: %v", err)
+	}
+	if _, err := open(auditor, fresh); !errors.Is(err, e2e.ErrUnknownEpoch) {
+		t.Fatalf("the removed member read the new epoch: %v", err)
+	}
+	// A keyring that marks epoch 1 superseded refuses to seal with it.
+	var ek *e2e.EpochKey
+	for _, k := range platform.ring.EpochKeys() {
+		if k.Epoch() == 1 {
+			ek = k
+		}
+	}
+	if ek == nil || ek.SealUntil().IsZero() {
+		t.Fatal("the bundle does not carry the end of the writers' grace of epoch 1")
+	}
+	sk, err := ek.SenderKey("sensor-1")
+	must(err)
+	current, err := e2e.NewSenderKey("temps", "factory/+/temp", 1, "sensor-1", sk.Material(), time.Time{})
+	must(err)
+	old := &e2e.Keyring{}
+	old.AddSenderKey(current.WithSealUntil(ek.SealUntil()))
+	oldSealer, err := e2e.NewGroupSealer(e2e.SealerConfig{Sender: "sensor-1", Keys: old, Sequence: &e2e.MemorySequenceStore{}, Now: clk.Now})
+	must(err)
+	if _, err := oldSealer.Seal("factory/l1/temp", []byte("x")); !errors.Is(err, e2e.ErrSuperseded) {
+		t.Fatalf("sealed with epoch 1 after its writers' grace: %v", err)
+	}
+}

@@ -38,6 +38,7 @@ func (f *e2eFlags) registerSeal(fs *pflag.FlagSet) {
 	f.registerCommon(fs)
 	fs.StringVar(&f.signCert, "sign-cert", "", "sign each message with this certificate (PEM; its identity must be the member ID); with --sign-key")
 	fs.StringVar(&f.signKey, "sign-key", "", "private key (PEM) of --sign-cert")
+	fs.BoolVar(&f.keyUpdates, "key-updates", true, "with --encrypt: also subscribe to this member's key bundle topic ($moat/keys/<member>) and seal with the newest epoch it announces")
 }
 
 // registerOpen adds the subscriber's flags (moat sub).

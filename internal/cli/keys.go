@@ -34,6 +34,7 @@ type keyStoreFlags struct {
 	kekFile        string
 	passphraseFile string
 	grace          time.Duration
+	writerGrace    time.Duration
 	onChange       func(members []string) // keyservice.Config.OnChange
 	certs          keyservice.CertChecker // keyservice.Config.Certs
 }
@@ -43,10 +44,11 @@ func (f *keyStoreFlags) register(cmd *cobra.Command) {
 	cmd.PersistentFlags().StringVar(&f.kekFile, "kek-file", "", "`FILE` holding the 32-byte key-encryption key (binary or hex, mode 0600; create one with: moat keys genkek FILE)")
 	cmd.PersistentFlags().StringVar(&f.passphraseFile, "passphrase-file", "", "`FILE` holding the passphrase the KEK is derived from (argon2id); or set "+envKeysPassphrase)
 	cmd.PersistentFlags().DurationVar(&f.grace, "grace", keyservice.DefaultGrace, "how long a superseded epoch stays readable")
+	cmd.PersistentFlags().DurationVar(&f.writerGrace, "writer-grace", keyservice.DefaultWriterGrace, "how long after an epoch is superseded messages may still be sealed with it (senders and receivers refuse later ones)")
 }
 
 func (f *keyStoreFlags) open(logger *slog.Logger) (*keyservice.Service, error) {
-	cfg := keyservice.Config{Path: filepath.Join(f.data, "keys.db"), Grace: f.grace, Logger: logger, OnChange: f.onChange, Certs: f.certs}
+	cfg := keyservice.Config{Path: filepath.Join(f.data, "keys.db"), Grace: f.grace, WriterGrace: f.writerGrace, Logger: logger, OnChange: f.onChange, Certs: f.certs}
 	pass := os.Getenv(envKeysPassphrase)
 	switch {
 	case f.kekFile != "" && (f.passphraseFile != "" || pass != ""):

@@ -114,7 +114,7 @@ format. An empty message (-n) is sent as is: it clears a retained message.`,
 			if lines {
 				block = 0
 			}
-			sealer, _, err := ef.sealer(block)
+			sealer, members, err := ef.sealer(block)
 			if err != nil {
 				return err
 			}
@@ -125,6 +125,13 @@ format. An empty message (-n) is sent as is: it clears a retained message.`,
 				return connectHint(err, cfg)
 			}
 			defer c.Close()
+			if members != nil && ef.keyUpdates {
+				stop, err := followBundles(ctx, c, stdio, members)
+				if err != nil {
+					return err
+				}
+				defer stop()
+			}
 			p := &publisher{c: c, stdio: stdio, json: f.json, sealer: sealer}
 			if lines {
 				err = p.lines(ctx, base)
@@ -274,4 +281,64 @@ func (p *publisher) report(m *client.Message, err error) error {
 		return fmt.Errorf("publish to %q: %w", m.Topic, err)
 	}
 	return nil
+}
+
+// followBundles subscribes a publisher to its member's bundle topic, so
+// that it seals with a new epoch as soon as the key service announces one
+// (a member was removed, a rotation). The retained bundle is applied
+// before followBundles returns: a second SUBSCRIBE round trip follows the
+// first, and a broker sends a subscription's retained message before
+// acknowledging the next packet. Later bundles are applied as they
+// arrive, by a goroutine that stop ends and waits for.
+func followBundles(ctx context.Context, c *client.Client, stdio Stdio, members *memberKeys) (stop func(), err error) {
+	topic := (&payloadOpener{members: members}).bundleTopic()
+	sub := client.Subscription{Filter: topic, QoS: 1}
+	codes, err := c.Subscribe(ctx, sub)
+	if err != nil {
+		return nil, fmt.Errorf("subscribing to the key bundle topic %s: %w", topic, err)
+	}
+	if len(codes) == 1 && codes[0].IsError() {
+		fmt.Fprintf(stdio.Err, "moat: subscription to the key bundle topic %s refused (%s); sealing with %s/%s only (hint: let the member read its bundle topic, or pass --key-updates=false)\n", topic, codes[0], members.dir, memberBundle)
+		return func() {}, nil
+	}
+	apply := func(m *client.Message) {
+		if m.Topic == topic {
+			applyBundleMessage(stdio, members, m)
+		}
+	}
+	// The round trip: Moat and Mosquitto write the retained message
+	// before this SUBACK (with MQTT 3.1.1 it is sent again and ignored as
+	// not newer).
+	sub.RetainHandling = 2
+	if _, err := c.Subscribe(ctx, sub); err != nil {
+		return nil, fmt.Errorf("subscribing to the key bundle topic %s: %w", topic, err)
+	}
+	for drained := false; !drained; {
+		select {
+		case m, ok := <-c.Messages():
+			if !ok {
+				return nil, fmt.Errorf("client stopped: %w", c.Err())
+			}
+			apply(m)
+		default:
+			drained = true
+		}
+	}
+	done := make(chan struct{})
+	quit := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case m, ok := <-c.Messages():
+				if !ok {
+					return
+				}
+				apply(m)
+			case <-quit:
+				return
+			}
+		}
+	}()
+	return func() { close(quit); <-done }, nil
 }

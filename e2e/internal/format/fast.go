@@ -98,7 +98,7 @@ func fastLabel(b []byte, off int, enc string) (int, bool) {
 
 // Canonical encodings of the protected header's map keys and of the
 // constant values that follow some of them. The private-use labels are
-// negative integers whose argument (-1 - label = 65536…65538) needs the
+// negative integers whose argument (-1 - label = 65536…65539) needs the
 // four-byte form, hence 0x3a.
 const (
 	encAlgA256GCM  = "\x01\x03"                 // 1: 3
