@@ -36,6 +36,7 @@ import (
 	"github.com/moatmq/moat/e2e"
 	"github.com/moatmq/moat/internal/tlsconf"
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 // Role is a member's role in a group, a bit set.
@@ -274,7 +275,7 @@ func Open(cfg Config) (*Service, error) {
 	}
 	db, err := bolt.Open(cfg.Path, 0o600, &bolt.Options{Timeout: cfg.OpenTimeout})
 	if err != nil {
-		if errors.Is(err, bolt.ErrTimeout) {
+		if errors.Is(err, berrors.ErrTimeout) {
 			return nil, fmt.Errorf("keyservice: %s is locked by another process (is `moat keys serve` running?)", cfg.Path)
 		}
 		return nil, fmt.Errorf("keyservice: opening %s: %w", cfg.Path, err)

@@ -60,9 +60,6 @@ func (f *e2eFlags) registerTrust(fs *pflag.FlagSet) {
 	fs.BoolVar(&f.requireSig, "require-signature", false, "refuse unsigned messages (needs --trust)")
 }
 
-// enabled reports whether any end-to-end mode was asked for.
-func (f *e2eFlags) enabled() bool { return f.group || f.rawKey != "" }
-
 // check validates the combination of flags. groupFlag names --encrypt or
 // --decrypt.
 func (f *e2eFlags) check(groupFlag string) error {
