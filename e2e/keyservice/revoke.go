@@ -325,3 +325,33 @@ func (s *Service) stopWatches() {
 		}
 	}
 }
+
+// RevokedInfo describes the last removal of a member for a revoked
+// certificate.
+type RevokedInfo struct {
+	Member string
+	Serial string   // the revoked certificate's serial number, hex
+	Detail string   // why the checker reported it revoked
+	Groups []string // the groups it was removed from
+	At     time.Time
+}
+
+// Revoked returns the members removed for a revoked certificate, sorted by
+// member ID. A member added again keeps its record until it is removed
+// again.
+func (s *Service) Revoked() ([]RevokedInfo, error) {
+	var out []RevokedInfo
+	err := s.db.View(func(tx *bolt.Tx) error {
+		mb := tx.Bucket(bktMembers)
+		return mb.ForEach(func(k, v []byte) error {
+			var m memberRec
+			if _, err := getJSON(mb, k, &m); err != nil || m.Revoked == nil {
+				return err
+			}
+			r := m.Revoked
+			out = append(out, RevokedInfo{Member: string(k), Serial: r.Serial, Detail: r.Detail, Groups: slices.Clone(r.Groups), At: r.At})
+			return nil
+		})
+	})
+	return out, err
+}

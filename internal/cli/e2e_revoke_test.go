@@ -127,10 +127,13 @@ func TestSecurityKeyServiceRevokedMember(t *testing.T) {
 	stop()
 
 	status := keys("status", "temps")
-	if strings.Contains(status, "member sensor-1") || strings.Contains(status, "member platform") {
+	if strings.Contains(status, "  member sensor-1 ") || strings.Contains(status, "  member platform ") {
 		t.Fatalf("revoked members are still in the group after a restart:\n%s", status)
 	}
 	if !strings.Contains(status, "current epoch 3") || !strings.Contains(status, "member auditor") {
 		t.Fatalf("want a new epoch per removal and auditor kept:\n%s", status)
+	}
+	if !strings.Contains(status, "member sensor-1 removed from temps") || !strings.Contains(status, "member platform removed from temps") {
+		t.Fatalf("status does not show the removals and their reasons:\n%s", status)
 	}
 }

@@ -257,6 +257,14 @@ match --filter; without --filter the name itself is the filter, so
 						fmt.Fprintf(stdio.Out, "  member %s  %s  %s\n", m.ID, m.Role, reg)
 					}
 				}
+				revoked, err := s.Revoked()
+				if err != nil {
+					return err
+				}
+				for _, r := range revoked {
+					fmt.Fprintf(stdio.Out, "\nmember %s removed from %s at %s: certificate %s revoked (%s)\n",
+						r.Member, strings.Join(r.Groups, ", "), r.At.UTC().Format(time.RFC3339), r.Serial, r.Detail)
+				}
 				return nil
 			}),
 		}
