@@ -3,9 +3,12 @@ package cli
 import (
 	"context"
 	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/pem"
 	"math/big"
 	"os"
@@ -50,6 +53,34 @@ func keysWriteCRL(t *testing.T, dir string, number int64, names ...string) {
 	}
 }
 
+// keysIssueClient issues dir/NAME.pem and dir/NAME.key, a client
+// certificate for common name cn, from the CA of keysWriteTestPKI.
+func keysIssueClient(t *testing.T, dir, name, cn string) {
+	t.Helper()
+	ca, err := tls.LoadX509KeyPair(filepath.Join(dir, "ca.pem"), filepath.Join(dir, "ca.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCert, _ := x509.ParseCertificate(ca.Certificate[0])
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
+	der, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{SerialNumber: serial, Subject: pkix.Name{CommonName: cn},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}, caCert, key.Public(), ca.PrivateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, _ := x509.MarshalPKCS8PrivateKey(key)
+	for _, f := range []struct {
+		name, typ string
+		b         []byte
+	}{{name + ".pem", "CERTIFICATE", der}, {name + ".key", "PRIVATE KEY", kder}} {
+		if err := os.WriteFile(filepath.Join(dir, f.name), pem.EncodeToMemory(&pem.Block{Type: f.typ, Bytes: f.b}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // TestSecurityKeyServiceRevokedMember performs the attack of a stolen
 // device certificate after it was revoked: the thief, holding the revoked
 // certificate of member sensor-1, calls the key service to register its
@@ -59,7 +90,8 @@ func keysWriteCRL(t *testing.T, dir string, number int64, names ...string) {
 // member whose certificate is revoked is removed from its groups with a
 // new epoch, live (sensor-1) or at the next start when the CRL changed
 // while the service was stopped (platform); the removal is logged with its
-// reason and persists across restarts.
+// reason and persists across restarts. Revoking a certificate a member
+// has since replaced (auditor renewed its certificate) removes nothing.
 func TestSecurityKeyServiceRevokedMember(t *testing.T) {
 	ctx := psTestCtx(t)
 	dir := t.TempDir()
@@ -116,13 +148,22 @@ func TestSecurityKeyServiceRevokedMember(t *testing.T) {
 	if r := fetch(url, "sensor-1"); r.code == 0 {
 		t.Fatalf("a revoked certificate registered and fetched a bundle: %s", r.out)
 	}
-	// platform's certificate is revoked while the service is stopped.
+	// auditor renews its certificate and uses the new one.
+	keysIssueClient(t, dir, "auditor-new", "auditor")
+	if r := psRun(ctx, "", "keys", "fetch", "--server", url, "--dir", pem("auditor.d"), "--cert", pem("auditor-new.pem"), "--key", pem("auditor-new.key"), "--ca", pem("ca.pem")); r.code != 0 {
+		t.Fatalf("fetch with the renewed certificate: %s", r.err)
+	}
+	// platform's certificate, and auditor's old one, are revoked while
+	// the service is stopped.
 	stop()
-	keysWriteCRL(t, dir, 3, "sensor-1", "platform")
+	keysWriteCRL(t, dir, 3, "sensor-1", "platform", "auditor")
 	stop, url, serveLog = serve()
 	e2eWaitFor(t, serveLog, "member=platform")
-	if r := fetch(url, "auditor"); r.code != 0 {
-		t.Fatalf("the unrevoked member lost access: %s", r.err)
+	if r := psRun(ctx, "", "keys", "fetch", "--server", url, "--dir", pem("auditor.d"), "--cert", pem("auditor-new.pem"), "--key", pem("auditor-new.key"), "--ca", pem("ca.pem")); r.code != 0 {
+		t.Fatalf("the member with a renewed certificate lost access: %s", r.err)
+	}
+	if r := fetch(url, "auditor"); r.code == 0 {
+		t.Fatal("auditor's revoked old certificate still works")
 	}
 	stop()
 
@@ -130,7 +171,7 @@ func TestSecurityKeyServiceRevokedMember(t *testing.T) {
 	if strings.Contains(status, "  member sensor-1 ") || strings.Contains(status, "  member platform ") {
 		t.Fatalf("revoked members are still in the group after a restart:\n%s", status)
 	}
-	if !strings.Contains(status, "current epoch 3") || !strings.Contains(status, "member auditor") {
+	if !strings.Contains(status, "current epoch 3") || !strings.Contains(status, "  member auditor ") {
 		t.Fatalf("want a new epoch per removal and auditor kept:\n%s", status)
 	}
 	if !strings.Contains(status, "member sensor-1 removed from temps") || !strings.Contains(status, "member platform removed from temps") {
