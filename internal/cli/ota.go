@@ -71,6 +71,7 @@ func newOTAPublish(stdio Stdio) *cobra.Command {
 		group, name, version     string
 		topic, signCert, signKey string
 		chunkSize                int
+		keyUpdates               bool
 	)
 	cmd := &cobra.Command{
 		Use:   "publish FIRMWARE --group G --version V --sign-cert FILE --sign-key FILE {--keys DIR | --raw-key FILE} [flags]",
@@ -107,32 +108,18 @@ func newOTAPublish(stdio Stdio) *cobra.Command {
 				return err
 			}
 			var sealer e2e.Sealer
+			var members *memberKeys
 			keyGroup := "raw key"
 			if kf.rawKey != "" {
 				if sealer, err = loadRawKey(kf.rawKey); err != nil {
 					return err
 				}
-			} else {
-				m, err := loadMemberKeys(kf.keysDir)
-				if err != nil {
-					return err
-				}
-				sk, err := m.ring.SendKey(topic, m.id)
-				if err != nil {
-					return fmt.Errorf("ota publish: %w (hint: create a key group covering %q with member %s as a writer, then fetch its bundle)", err, topic, m.id)
-				}
-				keyGroup = sk.Group()
-				if sealer, err = m.sealer(nil, 0); err != nil {
-					return err
-				}
+			} else if members, err = loadMemberKeys(kf.keysDir); err != nil {
+				return err
 			}
 			fw, err := os.ReadFile(args[0])
 			if err != nil {
 				return fmt.Errorf("ota publish: %v", err)
-			}
-			msgs, err := ota.Publish(ota.PublishConfig{Topic: topic, Name: name, Version: version, ChunkSize: chunkSize, Signer: signer, Sealer: sealer}, fw)
-			if err != nil {
-				return err
 			}
 			ctx := cmd.Context()
 			c, err := client.Dial(ctx, cfg)
@@ -140,6 +127,28 @@ func newOTAPublish(stdio Stdio) *cobra.Command {
 				return connectHint(err, cfg)
 			}
 			defer c.Close()
+			if members != nil {
+				// Seal with the newest epoch the key service announced.
+				if keyUpdates {
+					stop, err := followBundles(ctx, c, stdio, members)
+					if err != nil {
+						return fmt.Errorf("ota publish: %w", err)
+					}
+					defer stop()
+				}
+				sk, err := members.ring.SendKey(topic, members.id)
+				if err != nil {
+					return fmt.Errorf("ota publish: %w (hint: create a key group covering %q with member %s as a writer, then fetch its bundle)", err, topic, members.id)
+				}
+				keyGroup = sk.Group()
+				if sealer, err = members.sealer(nil, 0); err != nil {
+					return err
+				}
+			}
+			msgs, err := ota.Publish(ota.PublishConfig{Topic: topic, Name: name, Version: version, ChunkSize: chunkSize, Signer: signer, Sealer: sealer}, fw)
+			if err != nil {
+				return err
+			}
 			toks := make([]*client.Token, len(msgs))
 			for i, om := range msgs {
 				toks[i] = c.PublishAsync(ctx, &client.Message{Topic: om.Topic, Payload: om.Payload, QoS: byte(f.qos)})
@@ -168,6 +177,7 @@ func newOTAPublish(stdio Stdio) *cobra.Command {
 	fl.StringVar(&signCert, "sign-cert", "", "certificate (PEM) that signs the manifest")
 	fl.StringVar(&signKey, "sign-key", "", "private key (PEM) of --sign-cert")
 	fl.IntVar(&chunkSize, "chunk-size", ota.DefaultChunkSize, "chunk size in bytes (at most 262144)")
+	fl.BoolVar(&keyUpdates, "key-updates", true, "with --keys: first apply a newer key bundle from $moat/keys/<member>, so the update is sealed with the newest epoch")
 	return cmd
 }
 
