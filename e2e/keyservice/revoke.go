@@ -122,17 +122,19 @@ func (s *Service) watchChain(id string, chain []*x509.Certificate) {
 		s.watchMu.Unlock()
 		return
 	}
+	var prev func()
 	if w := s.watches[id]; w != nil {
 		if w.leaf == sum && w.stop != nil {
 			s.watchMu.Unlock()
 			return
 		}
-		if w.stop != nil {
-			w.stop()
-		}
+		prev = w.stop
 	}
 	s.watches[id] = &certWatch{leaf: sum}
 	s.watchMu.Unlock()
+	if prev != nil {
+		prev()
+	}
 	stop, err := s.cfg.Certs.Watch(chain, func(revoked bool, detail string) {
 		if revoked {
 			s.queueRevocation(id, sum, serial, detail)
@@ -294,14 +296,16 @@ func (s *Service) removeRevoked(id string, p pendingRevocation) error {
 	if err != nil {
 		return err
 	}
+	var stop func()
 	s.watchMu.Lock()
 	if w := s.watches[id]; w != nil {
-		if w.stop != nil {
-			w.stop()
-		}
+		stop = w.stop
 		delete(s.watches, id)
 	}
 	s.watchMu.Unlock()
+	if stop != nil {
+		stop()
+	}
 	if len(groups) == 0 {
 		return nil
 	}
