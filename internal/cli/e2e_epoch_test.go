@@ -8,7 +8,11 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/moatmq/moat/client"
+	"github.com/moatmq/moat/e2e"
+	"github.com/moatmq/moat/e2e/keyservice"
 	"github.com/moatmq/moat/internal/broker"
 )
 
@@ -94,5 +98,54 @@ func TestSecurityWriterFollowsBundles(t *testing.T) {
 	}
 	if !strings.Contains(pubErr, "key bundle") || !strings.Contains(pubErr, "applied") {
 		t.Fatalf("the writer did not report applying its bundle: %q", pubErr)
+	}
+}
+
+// TestSecurityRetainFlagReplay performs the retain-flag attack through
+// the real commands: an attacker without any key republishes, with the
+// MQTT retain flag set, an encrypted command it captured ten minutes ago
+// ("unlock-door", sealed without the retained marker). moat sub --decrypt
+// used to open every message carrying the retain flag under the retained
+// rules (24 h, no replay window); it must refuse this one as too old, and
+// still print the fresh message published after it.
+func TestSecurityRetainFlagReplay(t *testing.T) {
+	port := psStartMoat(t, broker.Config{})
+	ctx := psTestCtx(t)
+	root := t.TempDir()
+	dirs := e2eMemberDirs(t, root, "doors", "doors/#",
+		e2eMember{"door-ctl", keyservice.Writer}, e2eMember{"door", keyservice.Reader})
+	conn := []string{"-h", "127.0.0.1", "-p", port}
+	const topic = "doors/front/cmd"
+
+	m, err := loadMemberKeys(dirs["door-ctl"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	past := func() time.Time { return time.Now().Add(-10 * time.Minute) }
+	sealer, err := e2e.NewGroupSealer(e2e.SealerConfig{Sender: m.id, Keys: m.ring, Sequence: &e2e.MemorySequenceStore{}, Now: past})
+	if err != nil {
+		t.Fatal(err)
+	}
+	captured, err := sealer.Seal(topic, []byte("unlock-door"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := client.Dial(ctx, client.Config{Servers: []string{"mqtt://127.0.0.1:" + port}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Publish(ctx, &client.Message{Topic: topic, Payload: captured, QoS: 1, Retain: true}); err != nil {
+		t.Fatal(err)
+	}
+
+	sub := psRunAsync(ctx, append([]string{"sub", "--decrypt", "--keys", dirs["door"], "-t", topic, "-C", "1"}, conn...)...)
+	pub := psMoatPub(ctx, append([]string{"--encrypt", "--keys", dirs["door-ctl"], "-t", topic, "-m", "status"}, conn...)...)
+	r := psPubUntil(t, sub, pub)
+	if r.code != 0 || strings.Contains(r.out, "unlock-door") || !strings.Contains(r.out, "status") {
+		t.Fatalf("sub opened the replayed command: %d %q %s", r.code, r.out, r.err)
+	}
+	if !strings.Contains(r.err, "refused") || !strings.Contains(r.err, "too old") {
+		t.Fatalf("the replayed command is not reported as too old: %s", r.err)
 	}
 }
