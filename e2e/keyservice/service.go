@@ -13,7 +13,10 @@
 // ([Service.RotateDue], driven by [Service.Run]) and whenever a member is
 // removed: the removed member never receives the new epoch. A superseded
 // epoch stays in bundles until its grace period ends, so late messages
-// still open.
+// still open; messages sealed with it after the short writers' grace are
+// refused. With [Config.Certs] the service checks members' certificates
+// for revocation (CRL, OCSP) on every request and removes a member whose
+// certificate is revoked from all its groups.
 package keyservice
 
 import (
