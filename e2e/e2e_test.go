@@ -53,6 +53,63 @@ func newFixture(t testing.TB) *fixture {
 	return f
 }
 
+// newFixtureOpener returns another opener of f's keys, with its own replay
+// state.
+func newFixtureOpener(t testing.TB, f *fixture) *GroupOpener {
+	t.Helper()
+	o, err := NewGroupOpener(OpenerConfig{Keys: f.ring, Now: f.clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return o
+}
+
+// TestSecurityRetainFlagNotTrusted performs the attack of an observer with
+// no key: it captures an encrypted, non-retained command ("unlock-door")
+// and republishes it with the MQTT retain flag set, again and again. The
+// transport flag is not trusted: the message is not marked retained in its
+// authenticated header, so it opens only once (replay window) and only
+// within MaxAge. A message its sender marked retained opens at most once
+// per opener (a replayed copy, or an older retained copy after a newer
+// one, is refused), within MaxRetainedAge.
+func TestSecurityRetainFlagNotTrusted(t *testing.T) {
+	f := newFixture(t)
+	const topic = "factory/door/temp"
+	cmd, err := f.sealer.Seal(topic, []byte("unlock-door"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.opener.Open(topic, cmd); err != nil {
+		t.Fatal(err)
+	}
+	// Republished with retain: every delivery is refused.
+	for i := 0; i < 3; i++ {
+		if _, err := f.opener.Open(topic, cmd); !errors.Is(err, ErrReplay) {
+			t.Fatalf("replayed command opened again: %v", err)
+		}
+	}
+	// A subscriber that did not see it live: MaxAge, not the 24 h.
+	f.clk.Advance(DefaultMaxAge + time.Second)
+	if _, err := newFixtureOpener(t, f).Open(topic, cmd); !errors.Is(err, ErrTooOld) {
+		t.Fatalf("replayed command older than MaxAge: %v", err)
+	}
+
+	// Retained-marked messages: at most once, and never an older one.
+	old, _ := f.sealer.SealRetained(topic, []byte("locked"))
+	cur, _ := f.sealer.SealRetained(topic, []byte("unlocked"))
+	f.clk.Advance(time.Hour)
+	o := newFixtureOpener(t, f)
+	if m, err := o.Open(topic, cur); err != nil || !m.Retained || string(m.Plaintext) != "unlocked" {
+		t.Fatalf("retained message: %v %+v", err, m)
+	}
+	if _, err := o.Open(topic, cur); !errors.Is(err, ErrReplay) {
+		t.Fatalf("retained message opened twice: %v", err)
+	}
+	if _, err := o.Open(topic, old); !errors.Is(err, ErrReplay) {
+		t.Fatalf("older retained message opened after a newer one: %v", err)
+	}
+}
+
 func TestSealOpenRoundTrip(t *testing.T) {
 	f := newFixture(t)
 	for _, pt := range [][]byte{nil, []byte("21.5"), bytes.Repeat([]byte{0xaa}, 70000)} {
@@ -158,10 +215,6 @@ func TestReplayWindow(t *testing.T) {
 	if err := open(ReplayWindow + 8); err != nil {
 		t.Fatal(err)
 	}
-	// Retained delivery does not touch the window.
-	if _, err := f.opener.OpenRetained(topic, msgs[5]); err != nil {
-		t.Fatal(err)
-	}
 }
 
 func TestAgeAndSkew(t *testing.T) {
@@ -172,11 +225,14 @@ func TestAgeAndSkew(t *testing.T) {
 	if _, err := f.opener.Open(topic, msg); !errors.Is(err, ErrTooOld) {
 		t.Fatalf("got %v", err)
 	}
-	if _, err := f.opener.OpenRetained(topic, msg); err != nil {
+	f.clk.Advance(-DefaultMaxAge - time.Second)
+	retained, _ := f.sealer.SealRetained(topic, []byte("x"))
+	f.clk.Advance(DefaultMaxAge + time.Second)
+	if m, err := f.opener.Open(topic, retained); err != nil || !m.Retained {
 		t.Fatalf("retained: %v", err)
 	}
 	f.clk.Advance(DefaultMaxRetainedAge)
-	if _, err := f.opener.OpenRetained(topic, msg); !errors.Is(err, ErrTooOld) {
+	if _, err := newFixtureOpener(t, f).Open(topic, retained); !errors.Is(err, ErrTooOld) {
 		t.Fatalf("got %v", err)
 	}
 	future, _ := f.sealer.Seal(topic, []byte("x"))
@@ -416,7 +472,9 @@ func TestConcurrentUse(t *testing.T) {
 		go func() {
 			defer owg.Done()
 			for m := range msgs {
-				got, err := f.opener.OpenRetained("factory/a/temp", m)
+				// Out of order beyond the replay window: a fresh opener
+				// for each message.
+				got, err := newFixtureOpener(t, f).Open("factory/a/temp", m)
 				if err != nil {
 					t.Error(err)
 					return

@@ -28,6 +28,10 @@ var (
 	// ErrUnknownEpoch: no key for the message's group and epoch is held,
 	// or its grace period has ended.
 	ErrUnknownEpoch = errors.New("e2e: unknown key epoch")
+	// ErrSuperseded: the message was sealed (or is being sealed) with an
+	// epoch that had been superseded for longer than the writers' grace
+	// (see EpochKey.SealUntil); the sender must fetch its new bundle.
+	ErrSuperseded = errors.New("e2e: key epoch superseded")
 	// ErrUnknownSender: the sender is not a writer of the key group.
 	ErrUnknownSender = errors.New("e2e: sender is not a writer of the group")
 	// ErrNoKey: no key is held to seal for this topic.

@@ -37,12 +37,12 @@ func FuzzOpen(f *testing.F) {
 	for _, s := range seeds {
 		f.Add(s)
 	}
-	o, err := NewGroupOpener(OpenerConfig{Keys: fuzzRing(f), Now: func() time.Time { return t0 }, MaxRetainedAge: -1})
+	o, err := NewGroupOpener(OpenerConfig{Keys: fuzzRing(f), Now: func() time.Time { return t0 }, MaxAge: -1, MaxRetainedAge: -1})
 	if err != nil {
 		f.Fatal(err)
 	}
 	f.Fuzz(func(t *testing.T, msg []byte) {
-		if _, err := o.OpenRetained("factory/a/temp", msg); err == nil {
+		if _, err := o.Open("factory/a/temp", msg); err == nil {
 			for _, s := range seeds {
 				if bytes.Equal(s, msg) {
 					return

@@ -39,6 +39,10 @@ type EpochKey struct {
 	// notAfter is the end of the grace period of a superseded epoch; zero
 	// for the current epoch.
 	notAfter time.Time
+	// sealUntil is the end of the writers' grace of a superseded epoch:
+	// no message of this epoch sealed later is sealed or opened. Zero:
+	// not set (the current epoch, or a key service that sets none).
+	sealUntil time.Time
 }
 
 // NewEpochKey returns the key of epoch epoch of group, a key group that
@@ -61,6 +65,19 @@ func NewEpochKey(group, filter string, epoch uint64, secret []byte, writers []st
 	slices.Sort(k.writers)
 	return k, nil
 }
+
+// WithSealUntil returns a copy of k whose messages sealed after t are
+// neither sealed nor opened (ErrSuperseded): the key service sets t to the
+// time the epoch was superseded plus the writers' grace. Zero clears it.
+func (k *EpochKey) WithSealUntil(t time.Time) *EpochKey {
+	c := *k
+	c.writers = slices.Clone(k.writers)
+	c.sealUntil = t
+	return &c
+}
+
+// SealUntil returns the end of the writers' grace (zero: not set).
+func (k *EpochKey) SealUntil() time.Time { return k.sealUntil }
 
 // Group returns the key group name.
 func (k *EpochKey) Group() string { return k.group }
@@ -109,7 +126,12 @@ func (k *EpochKey) SenderKey(sender string) (*SenderKey, error) {
 	if err != nil {
 		return nil, fmt.Errorf("e2e: deriving sender key: %w", err)
 	}
-	return newSenderKey(k.group, k.filter, k.epoch, sender, okm, k.notAfter)
+	sk, err := newSenderKey(k.group, k.filter, k.epoch, sender, okm, k.notAfter)
+	if err != nil {
+		return nil, err
+	}
+	sk.sealUntil = k.sealUntil
+	return sk, nil
 }
 
 // SenderKey is the key and IV one sender uses in one epoch of a group.
@@ -123,7 +145,8 @@ type SenderKey struct {
 	iv            [nonceSize]byte
 	aead          cipher.AEAD
 	notAfter      time.Time
-	stream        string // group NUL sender: the sequence and replay stream
+	sealUntil     time.Time // see EpochKey.sealUntil
+	stream        string    // group NUL sender: the sequence and replay stream
 	// aadTail is the end of the external AAD, the same for every message
 	// under this key: group, epoch and sender (see appendKeyAAD).
 	aadTail []byte
@@ -164,6 +187,17 @@ func newSenderKey(group, filter string, epoch uint64, sender string, material []
 	sk.aadTail = format.AppendBytes(sk.aadTail, []byte(sender))
 	return sk, nil
 }
+
+// WithSealUntil returns a copy of k whose messages sealed after t are
+// neither sealed nor opened (see EpochKey.WithSealUntil).
+func (k *SenderKey) WithSealUntil(t time.Time) *SenderKey {
+	c := *k
+	c.sealUntil = t
+	return &c
+}
+
+// SealUntil returns the end of the writers' grace (zero: not set).
+func (k *SenderKey) SealUntil() time.Time { return k.sealUntil }
 
 // Group returns the key group name.
 func (k *SenderKey) Group() string { return k.group }

@@ -186,7 +186,7 @@ func appendMillis(b []byte, t time.Time) []byte {
 func (b *Bundle) marshalKeys() []byte {
 	out := format.AppendArray(nil, len(b.EpochKeys)+len(b.SenderKeys))
 	for _, k := range b.EpochKeys {
-		out = format.AppendArray(out, 7)
+		out = format.AppendArray(out, entryLen(k.sealUntil))
 		out = format.AppendUint(out, entryEpoch)
 		out = format.AppendText(out, k.group)
 		out = format.AppendText(out, k.filter)
@@ -197,9 +197,12 @@ func (b *Bundle) marshalKeys() []byte {
 		for _, w := range k.writers {
 			out = format.AppendText(out, w)
 		}
+		if !k.sealUntil.IsZero() {
+			out = appendMillis(out, k.sealUntil)
+		}
 	}
 	for _, k := range b.SenderKeys {
-		out = format.AppendArray(out, 7)
+		out = format.AppendArray(out, entryLen(k.sealUntil))
 		out = format.AppendUint(out, entrySender)
 		out = format.AppendText(out, k.group)
 		out = format.AppendText(out, k.filter)
@@ -207,8 +210,20 @@ func (b *Bundle) marshalKeys() []byte {
 		out = appendMillis(out, k.notAfter)
 		out = format.AppendBytes(out, k.material[:])
 		out = format.AppendText(out, k.sender)
+		if !k.sealUntil.IsZero() {
+			out = appendMillis(out, k.sealUntil)
+		}
 	}
 	return out
+}
+
+// entryLen is the number of items of a bundle entry: 7, and 8 with the
+// optional seal_until_ms.
+func entryLen(sealUntil time.Time) int {
+	if sealUntil.IsZero() {
+		return 7
+	}
+	return 8
 }
 
 func (b *Bundle) unmarshalKeys(data []byte) error {
@@ -218,8 +233,12 @@ func (b *Bundle) unmarshalKeys(data []byte) error {
 		return err
 	}
 	for i := 0; i < n; i++ {
-		if err := d.ArrayLen(7); err != nil {
+		items, err := d.Array()
+		if err != nil {
 			return err
+		}
+		if items != 7 && items != 8 {
+			return fmt.Errorf("bundle entry of %d items (want 7 or 8)", items)
 		}
 		kind, err := d.Uint()
 		if err != nil {
@@ -267,6 +286,13 @@ func (b *Bundle) unmarshalKeys(data []byte) error {
 			if err != nil {
 				return err
 			}
+			if items == 8 {
+				t, err := decodeSealUntil(d)
+				if err != nil {
+					return err
+				}
+				k.sealUntil = t
+			}
 			b.EpochKeys = append(b.EpochKeys, k)
 		case entrySender:
 			sender, err := d.Text(format.MaxSenderID)
@@ -277,12 +303,31 @@ func (b *Bundle) unmarshalKeys(data []byte) error {
 			if err != nil {
 				return err
 			}
+			if items == 8 {
+				t, err := decodeSealUntil(d)
+				if err != nil {
+					return err
+				}
+				k.sealUntil = t
+			}
 			b.SenderKeys = append(b.SenderKeys, k)
 		default:
 			return fmt.Errorf("unknown entry kind %d", kind)
 		}
 	}
 	return d.Finish()
+}
+
+// decodeSealUntil reads the optional eighth item of a bundle entry.
+func decodeSealUntil(d *format.Decoder) (time.Time, error) {
+	ms, err := d.Int()
+	if err != nil {
+		return time.Time{}, err
+	}
+	if ms == 0 {
+		return time.Time{}, errors.New("bundle entry: seal_until_ms must not be 0 (omit it)")
+	}
+	return time.UnixMilli(ms), nil
 }
 
 func bundleInfo(member string, serial uint64, issued int64) []byte {

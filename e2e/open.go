@@ -31,6 +31,9 @@ type Message struct {
 	Sender    string // sender ID; empty for raw messages
 	Seq       uint64
 	Time      time.Time // protected timestamp; zero for raw messages
+	// Retained reports that the sender marked the message retained
+	// (SealRetained); it was opened under the retained-message rules.
+	Retained bool
 	// Signer is the verified signer's certificate, nil when unsigned.
 	Signer *x509.Certificate
 }
@@ -44,15 +47,18 @@ type OpenerConfig struct {
 	// MaxAge refuses messages whose timestamp is older (ErrTooOld). Zero
 	// means DefaultMaxAge; negative disables the check.
 	MaxAge time.Duration
-	// MaxRetainedAge is MaxAge for OpenRetained. Zero means
-	// DefaultMaxRetainedAge; negative disables the check.
+	// MaxRetainedAge is MaxAge for messages their sender marked retained
+	// (GroupSealer.SealRetained). Zero means DefaultMaxRetainedAge;
+	// negative disables the check.
 	MaxRetainedAge time.Duration
 	// MaxSkew is how far in the future a timestamp may be
 	// (ErrFromFuture). Zero means DefaultMaxSkew.
 	MaxSkew time.Duration
-	// MaxSenders bounds the replay state; zero means DefaultMaxSenders.
-	// When full, the state of an arbitrary sender is dropped, which lets
-	// that sender's messages be replayed within MaxAge.
+	// MaxSenders bounds the replay state (and, separately, the state of
+	// retained messages per sender and topic); zero means
+	// DefaultMaxSenders. When full, the state of an arbitrary sender is
+	// dropped, which lets that sender's messages be replayed within MaxAge
+	// (MaxRetainedAge).
 	MaxSenders int
 	// Trust verifies signed messages. A signed message is refused with
 	// ErrBadSignature when Trust is nil.
@@ -68,6 +74,9 @@ type GroupOpener struct {
 	topics topicChecks // validated topic names and their topic checks
 	mu     sync.Mutex
 	replay map[string]*window
+	// retained holds, per sender stream and topic, the highest sequence
+	// number of a retained-marked message opened.
+	retained map[string]uint64
 }
 
 type window struct {
@@ -108,24 +117,26 @@ func NewGroupOpener(cfg OpenerConfig) (*GroupOpener, error) {
 	if cfg.MaxSenders == 0 {
 		cfg.MaxSenders = DefaultMaxSenders
 	}
-	return &GroupOpener{cfg: cfg, replay: make(map[string]*window)}, nil
+	return &GroupOpener{cfg: cfg, replay: make(map[string]*window), retained: make(map[string]uint64)}, nil
 }
 
 // Open decrypts msg received on topic (the full topic name, after any
-// topic alias is resolved), checks its age and its sequence number against
-// the sender's replay window, and verifies its signature if it has one.
+// topic alias is resolved), checks its age, verifies its signature if it
+// has one, and checks it against replays.
+//
+// The rules depend on the message's authenticated header, never on the
+// transport's retain flag (which anyone who can publish may set on a
+// captured message). A message its sender sealed with SealRetained may be
+// up to MaxRetainedAge old, and it opens only if its sequence number is
+// above that of every retained-marked message already opened from the
+// same sender on the same topic: each retained message opens at most once
+// per GroupOpener, and never after a newer one. Any other message may be
+// up to MaxAge old and is checked against the sender's replay window.
 func (o *GroupOpener) Open(topic string, msg []byte) (*Message, error) {
-	return o.open(topic, msg, o.cfg.MaxAge, true)
+	return o.open(topic, msg)
 }
 
-// OpenRetained opens a retained message: it applies MaxRetainedAge
-// instead of MaxAge and neither checks nor updates the replay window (a
-// retained message is legitimately delivered again on every subscription).
-func (o *GroupOpener) OpenRetained(topic string, msg []byte) (*Message, error) {
-	return o.open(topic, msg, o.cfg.MaxRetainedAge, false)
-}
-
-func (o *GroupOpener) open(topic string, msg []byte, maxAge time.Duration, replay bool) (*Message, error) {
+func (o *GroupOpener) open(topic string, msg []byte) (*Message, error) {
 	ti, err := o.topics.check(topic)
 	if err != nil {
 		return nil, err
@@ -177,13 +188,21 @@ func (o *GroupOpener) open(topic string, msg []byte, maxAge time.Duration, repla
 		return nil, wrapf(ErrTampered, "group %q epoch %d sender %q seq %d", group, h.Epoch, sender, h.Seq)
 	}
 	ts := time.UnixMilli(h.TimeMillis)
+	maxAge := o.cfg.MaxAge
+	if h.Retained {
+		maxAge = o.cfg.MaxRetainedAge
+	}
 	if maxAge >= 0 && now.Sub(ts) > maxAge {
 		return nil, wrapf(ErrTooOld, "sent %s, %s ago (maximum %s)", ts.UTC().Format(time.RFC3339Nano), now.Sub(ts).Round(time.Millisecond), maxAge)
+	}
+	if !key.sealUntil.IsZero() && ts.After(key.sealUntil) {
+		return nil, wrapf(ErrSuperseded, "group %q epoch %d: sealed %s, after its writers' grace ended at %s (the sender has not applied its new key bundle)",
+			group, h.Epoch, ts.UTC().Format(time.RFC3339), key.sealUntil.UTC().Format(time.RFC3339))
 	}
 	if ts.Sub(now) > o.cfg.MaxSkew {
 		return nil, wrapf(ErrFromFuture, "sent %s, %s ahead of the local clock", ts.UTC().Format(time.RFC3339Nano), ts.Sub(now).Round(time.Millisecond))
 	}
-	m := &Message{Topic: topic, Plaintext: pt, Group: group, Epoch: h.Epoch, Sender: sender, Seq: h.Seq, Time: ts}
+	m := &Message{Topic: topic, Plaintext: pt, Group: group, Epoch: h.Epoch, Sender: sender, Seq: h.Seq, Time: ts, Retained: h.Retained}
 	if h.ContentType == format.ContentTypeSign1 {
 		if o.cfg.Trust == nil {
 			return nil, wrapf(ErrBadSignature, "message is signed but no trust store is configured")
@@ -196,12 +215,37 @@ func (o *GroupOpener) open(topic string, msg []byte, maxAge time.Duration, repla
 	} else if o.cfg.RequireSignature {
 		return nil, wrapf(ErrUnsigned, "sender %q on %q", sender, topic)
 	}
-	if replay {
-		if err := o.checkReplay(key.stream, h.Seq); err != nil {
-			return nil, err
-		}
+	if h.Retained {
+		err = o.checkRetained(key.stream+"\x00"+topic, h.Seq)
+	} else {
+		err = o.checkReplay(key.stream, h.Seq)
+	}
+	if err != nil {
+		return nil, err
 	}
 	return m, nil
+}
+
+// checkRetained accepts seq for a retained-marked message of a stream on a
+// topic only above every one accepted before, and records it.
+func (o *GroupOpener) checkRetained(key string, seq uint64) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	last, ok := o.retained[key]
+	if ok && seq <= last {
+		if seq == last {
+			return wrapf(ErrReplay, "retained message with sequence number %d was already opened", seq)
+		}
+		return wrapf(ErrReplay, "retained message with sequence number %d is older than one already opened (%d)", seq, last)
+	}
+	if !ok && len(o.retained) >= o.cfg.MaxSenders {
+		for k := range o.retained {
+			delete(o.retained, k)
+			break
+		}
+	}
+	o.retained[key] = seq
+	return nil
 }
 
 // checkReplay checks seq against the stream's window and records it.

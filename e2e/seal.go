@@ -115,6 +115,18 @@ func (s *GroupSealer) nextSeq(stream string) (uint64, error) {
 // Seal encrypts plaintext for topic, a full topic name (never an alias),
 // with the current key of the group that covers it.
 func (s *GroupSealer) Seal(topic string, plaintext []byte) ([]byte, error) {
+	return s.seal(topic, plaintext, false)
+}
+
+// SealRetained is Seal for a message to be published with the MQTT retain
+// flag: the protected header marks it retained, so that receivers open it
+// under the retained-message rules (see [GroupOpener.Open]). The marker is
+// authenticated; the transport's retain flag is never trusted.
+func (s *GroupSealer) SealRetained(topic string, plaintext []byte) ([]byte, error) {
+	return s.seal(topic, plaintext, true)
+}
+
+func (s *GroupSealer) seal(topic string, plaintext []byte, retained bool) ([]byte, error) {
 	ti, err := s.topics.check(topic)
 	if err != nil {
 		return nil, err
@@ -123,11 +135,16 @@ func (s *GroupSealer) Seal(topic string, plaintext []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	now := s.cfg.Now()
+	if !key.sealUntil.IsZero() && now.After(key.sealUntil) {
+		return nil, wrapf(ErrSuperseded, "group %q epoch %d was superseded and its writers' grace ended at %s; fetch the new key bundle",
+			key.group, key.epoch, key.sealUntil.UTC().Format(time.RFC3339))
+	}
 	seq, err := s.nextSeq(key.stream)
 	if err != nil {
 		return nil, err
 	}
-	ms := s.cfg.Now().UnixMilli()
+	ms := now.UnixMilli()
 	var ct uint64
 	if s.cfg.Signer != nil {
 		plaintext, err = s.cfg.Signer.signMessage(topic, ms, plaintext)
@@ -136,18 +153,19 @@ func (s *GroupSealer) Seal(topic string, plaintext []byte) ([]byte, error) {
 		}
 		ct = format.ContentTypeSign1
 	}
-	return seal(key, topic, &ti.check, seq, ms, ct, plaintext), nil
+	return seal(key, topic, &ti.check, seq, ms, ct, retained, plaintext), nil
 }
 
 // sealWith builds the COSE_Encrypt0 for one message.
 func sealWith(key *SenderKey, topic string, seq uint64, ms int64, contentType uint64, plaintext []byte) []byte {
 	tc := computeTopicCheck(topic)
-	return seal(key, topic, &tc, seq, ms, contentType, plaintext)
+	return seal(key, topic, &tc, seq, ms, contentType, false, plaintext)
 }
 
 // seal is sealWith given the topic check of topic.
-func seal(key *SenderKey, topic string, tc *topicCheck, seq uint64, ms int64, contentType uint64, plaintext []byte) []byte {
+func seal(key *SenderKey, topic string, tc *topicCheck, seq uint64, ms int64, contentType uint64, retained bool, plaintext []byte) []byte {
 	h := format.Header{
+		Retained:    retained,
 		ContentType: contentType,
 		Sender:      []byte(key.sender),
 		Seq:         seq,

@@ -23,18 +23,40 @@ import (
 const sigContext = "moat-e2e/1 signature"
 
 // CertIdentity returns the identity of a certificate as Moat uses it for
-// sender IDs and key-service members: the subject common name, or when it
-// is empty the first URI SAN, or else the first DNS SAN. It returns "" if
-// the certificate has none of them.
+// sender IDs and key-service members: the first common name of the
+// subject (the same attribute the broker maps with identity source "cn";
+// a subject may carry several and Go's Subject.CommonName holds the last),
+// or when there is none the first URI SAN, or else the first DNS SAN. It
+// returns "" if the certificate has none of them, or if the chosen value
+// contains a control character (which could spoof another name).
 func CertIdentity(cert *x509.Certificate) string {
-	if cert.Subject.CommonName != "" {
-		return cert.Subject.CommonName
+	v := firstCommonName(cert)
+	switch {
+	case v != "":
+	case len(cert.URIs) > 0:
+		v = cert.URIs[0].String()
+	case len(cert.DNSNames) > 0:
+		v = cert.DNSNames[0]
 	}
-	if len(cert.URIs) > 0 {
-		return cert.URIs[0].String()
+	for i := 0; i < len(v); i++ {
+		if v[i] < 0x20 || v[i] == 0x7f {
+			return ""
+		}
 	}
-	if len(cert.DNSNames) > 0 {
-		return cert.DNSNames[0]
+	return v
+}
+
+// oidCommonName is the X.520 commonName attribute type.
+var oidCommonName = asn1.ObjectIdentifier{2, 5, 4, 3}
+
+// firstCommonName returns the first commonName attribute of the subject,
+// the rule of internal/tlsconf's identity mapping.
+func firstCommonName(cert *x509.Certificate) string {
+	for _, a := range cert.Subject.Names {
+		if a.Type.Equal(oidCommonName) {
+			s, _ := a.Value.(string)
+			return s
+		}
 	}
 	return ""
 }

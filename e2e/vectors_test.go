@@ -33,6 +33,8 @@ type groupVector struct {
 	TimeMillis  int64  `json:"time_ms"`
 	Topic       string `json:"topic"`
 	Plaintext   string `json:"plaintext"`
+	// Retained: sealed with SealRetained (header label -65540 = 1).
+	Retained    bool   `json:"retained,omitempty"`
 	HKDFInfo    string `json:"hkdf_info"`
 	SenderKey   string `json:"sender_key"`
 	SenderIV    string `json:"sender_iv"`
@@ -98,6 +100,9 @@ func buildVectors(t *testing.T) vectorFile {
 		{Description: "large sequence number (8-byte partial IV)", Group: "ota", Filter: "ota/#", Epoch: 4294967296,
 			EpochSecret: hex.EncodeToString(seqBytes(32, 0x40)), Sender: "fw", Seq: 1<<64 - 2, TimeMillis: 1767225600123,
 			Topic: "ota/sensors/fw", Plaintext: hex.EncodeToString(seqBytes(256, 0)), WrongTopic: "ota/sensors/fw2"},
+		{Description: "retained message (marked in the protected header)", Group: "factory-temps", Filter: "factory/+/temp", Epoch: 3,
+			EpochSecret: hex.EncodeToString(seqBytes(32, 0x00)), Sender: "sensor-042", Seq: 1031, TimeMillis: 1767225660000,
+			Topic: "factory/line1/temp", Plaintext: hex.EncodeToString([]byte(`{"temp":21.7}`)), Retained: true, WrongTopic: "factory/line3/temp"},
 	}
 	var vf vectorFile
 	vf.Comment = "Moat e2e test vectors; see docs/e2e-format.md. All byte strings are hex."
@@ -123,7 +128,8 @@ func buildVectors(t *testing.T) vectorFile {
 		var nonce [nonceSize]byte
 		sk.nonce(&nonce, v.Seq)
 		v.Nonce = hex.EncodeToString(nonce[:])
-		msg := sealWith(sk, v.Topic, v.Seq, v.TimeMillis, 0, pt)
+		tc := computeTopicCheck(v.Topic)
+		msg := seal(sk, v.Topic, &tc, v.Seq, v.TimeMillis, 0, v.Retained, pt)
 		protected, _, err := format.ParseEncrypt0(msg)
 		if err != nil {
 			t.Fatal(err)
@@ -215,7 +221,7 @@ func TestVectors(t *testing.T) {
 			ring.AddEpochKey(ek)
 			o, _ := NewGroupOpener(OpenerConfig{Keys: ring, Now: func() time.Time { return time.UnixMilli(v.TimeMillis) }})
 			m, err := o.Open(v.Topic, msg)
-			if err != nil || !bytes.Equal(m.Plaintext, pt) || m.Seq != v.Seq {
+			if err != nil || !bytes.Equal(m.Plaintext, pt) || m.Seq != v.Seq || m.Retained != v.Retained {
 				t.Fatalf("open: %v", err)
 			}
 			if _, err := o.Open(v.WrongTopic, msg); !errors.Is(err, ErrWrongTopic) {

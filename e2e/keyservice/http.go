@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -53,14 +54,29 @@ func (s *Service) Handler() http.Handler {
 }
 
 func (s *Service) identity(w http.ResponseWriter, r *http.Request) (string, bool) {
-	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 || len(r.TLS.VerifiedChains[0]) == 0 {
+	var leaf *x509.Certificate
+	switch {
+	case r.TLS == nil:
+	case s.cfg.Certs != nil && len(r.TLS.PeerCertificates) > 0:
+		leaf = r.TLS.PeerCertificates[0]
+	case s.cfg.Certs == nil && len(r.TLS.VerifiedChains) > 0 && len(r.TLS.VerifiedChains[0]) > 0:
+		leaf = r.TLS.VerifiedChains[0][0]
+	}
+	if leaf == nil {
 		http.Error(w, "a verified client certificate is required", http.StatusUnauthorized)
 		return "", false
 	}
-	id := s.cfg.Identity(r.TLS.VerifiedChains[0][0])
+	id := s.cfg.Identity(leaf)
 	if id == "" {
 		http.Error(w, "the client certificate has no identity", http.StatusForbidden)
 		return "", false
+	}
+	if s.cfg.Certs != nil {
+		if err := s.verifyMember(r.Context(), id, r.TLS.PeerCertificates); err != nil {
+			s.log.Warn("keyservice: client certificate refused", "member", id, "serial", fmt.Sprintf("%X", leaf.SerialNumber), "err", err)
+			http.Error(w, "the client certificate is not valid: "+err.Error(), http.StatusForbidden)
+			return "", false
+		}
 	}
 	return id, true
 }
@@ -124,7 +140,12 @@ func (s *Service) handleServiceKey(w http.ResponseWriter, r *http.Request) {
 }
 
 // Run calls RotateDue every interval (zero: one minute) until ctx is done,
-// logging failures. It returns ctx.Err().
+// logging failures. With Config.Certs it also watches the stored latest
+// certificate of every member (at start, so revocations published while
+// the service was stopped take effect, and again each interval for watches
+// that ended without a revocation) and removes a member whose certificate
+// is revoked from all its groups as soon as the checker reports it. It
+// returns ctx.Err().
 func (s *Service) Run(ctx context.Context, interval time.Duration) error {
 	if interval <= 0 {
 		interval = time.Minute
@@ -132,13 +153,28 @@ func (s *Service) Run(ctx context.Context, interval time.Duration) error {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
+		s.rewatch()
+		s.applyRevocations()
 		if _, err := s.RotateDue(); err != nil {
 			s.log.Error("keyservice: scheduled rotation failed", "err", err)
 		}
+		if !s.waitTick(ctx, t.C) {
+			return ctx.Err()
+		}
+	}
+}
+
+// waitTick applies revocations as they are reported until tick fires
+// (true) or ctx is done (false).
+func (s *Service) waitTick(ctx context.Context, tick <-chan time.Time) bool {
+	for {
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
-		case <-t.C:
+			return false
+		case <-s.wake:
+			s.applyRevocations()
+		case <-tick:
+			return true
 		}
 	}
 }

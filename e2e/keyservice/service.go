@@ -13,7 +13,10 @@
 // ([Service.RotateDue], driven by [Service.Run]) and whenever a member is
 // removed: the removed member never receives the new epoch. A superseded
 // epoch stays in bundles until its grace period ends, so late messages
-// still open.
+// still open; messages sealed with it after the short writers' grace are
+// refused. With [Config.Certs] the service checks members' certificates
+// for revocation (CRL, OCSP) on every request and removes a member whose
+// certificate is revoked from all its groups.
 package keyservice
 
 import (
@@ -34,7 +37,9 @@ import (
 	"time"
 
 	"github.com/moatmq/moat/e2e"
+	"github.com/moatmq/moat/internal/tlsconf"
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 // Role is a member's role in a group, a bit set.
@@ -83,7 +88,8 @@ var (
 
 // Defaults of [Config].
 const (
-	DefaultGrace = 24 * time.Hour
+	DefaultGrace       = 24 * time.Hour
+	DefaultWriterGrace = time.Minute
 )
 
 // Config configures a [Service]. Exactly one of KEK and Passphrase is
@@ -103,6 +109,13 @@ type Config struct {
 	// Grace is how long a superseded epoch stays readable; zero means
 	// DefaultGrace.
 	Grace time.Duration
+	// WriterGrace is how long after an epoch is superseded messages may
+	// still be sealed with it: bundles carry the end of it
+	// (e2e.EpochKey.SealUntil), senders refuse to seal and receivers
+	// refuse to open a message of the epoch sealed later. It covers
+	// writers that have not applied their new bundle yet. Zero means
+	// DefaultWriterGrace; it must not exceed Grace.
+	WriterGrace time.Duration
 	// Now returns the current time; nil means time.Now.
 	Now func() time.Time
 	// Rand supplies epoch secrets; nil means crypto/rand.Reader.
@@ -111,15 +124,47 @@ type Config struct {
 	// slog.Default().
 	Logger *slog.Logger
 	// Identity maps a client certificate to a member ID; nil means
-	// e2e.CertIdentity (common name, else first URI SAN, else DNS SAN).
+	// CertIdentity (the first common name, else the first URI SAN, else
+	// the first DNS SAN).
 	Identity func(*x509.Certificate) string
 	// OnChange, when set, is called after a change with the members whose
 	// bundle changed, e.g. to publish new bundles over MQTT. It runs on
 	// the caller's goroutine after the change is committed.
 	OnChange func(members []string)
+	// Certs, when set, checks members' client certificates for revocation
+	// on every request (the handshake's own verification is not enough for
+	// a connection kept alive across a revocation), keeps the latest
+	// certificate of each member in the store, and watches it: when it is
+	// revoked, [Service.Run] removes the member from every group (a new
+	// epoch in each), forgets its registered key, and logs why. Nil means
+	// the caller's tls.Config alone verifies clients, with no revocation
+	// check. moat keys serve sets it to its tlsconf.Manager.
+	Certs CertChecker
 	// OpenTimeout bounds the wait for the database lock held by another
 	// process; zero means 1 second.
 	OpenTimeout time.Duration
+}
+
+// CertIdentity is the default [Config.Identity]: the member ID of a client
+// certificate is its first subject common name, by the same function the
+// broker's identity mapping uses (internal/tlsconf, identity source "cn"),
+// else the first URI SAN, else the first DNS SAN. It returns "" when there
+// is none or the chosen value holds a control character. e2e.CertIdentity
+// follows the same rule.
+func CertIdentity(cert *x509.Certificate) string {
+	src := tlsconf.IdentityCN
+	switch {
+	case tlsconf.FirstCommonName(cert) != "":
+	case len(cert.URIs) > 0:
+		src = tlsconf.IdentitySANURI
+	case len(cert.DNSNames) > 0:
+		src = tlsconf.IdentitySANDNS
+	}
+	id, err := tlsconf.Identity(cert, src)
+	if err != nil {
+		return ""
+	}
+	return id
 }
 
 // Service is a key service over one store. It is safe for concurrent use;
@@ -131,6 +176,14 @@ type Service struct {
 	signer ed25519.PrivateKey
 	log    *slog.Logger
 	mu     sync.Mutex // serializes read-modify-write operations
+
+	// Certificate watches (Config.Certs). Lock order: mu before watchMu;
+	// neither is held while calling Config.Certs or Config.OnChange.
+	watchMu     sync.Mutex
+	watches     map[string]*certWatch
+	pending     map[string]pendingRevocation
+	watchClosed bool
+	wake        chan struct{} // a revocation is pending (capacity 1)
 }
 
 var (
@@ -152,9 +205,10 @@ type groupRec struct {
 }
 
 type epochRec struct {
-	Wrapped  []byte    `json:"wrapped"`
-	Created  time.Time `json:"created"`
-	NotAfter time.Time `json:"not_after,omitzero"`
+	Wrapped    []byte    `json:"wrapped"`
+	Created    time.Time `json:"created"`
+	NotAfter   time.Time `json:"not_after,omitzero"`
+	Superseded time.Time `json:"superseded,omitzero"`
 }
 
 type memberRec struct {
@@ -162,6 +216,11 @@ type memberRec struct {
 	PublicKey  []byte    `json:"public_key"`
 	Registered time.Time `json:"registered"`
 	Serial     uint64    `json:"serial"`
+	// Chain is the member's latest verified client certificate chain
+	// (DER, leaf first), watched for revocation.
+	Chain [][]byte `json:"chain,omitempty"`
+	// Revoked records the last removal for a revoked certificate.
+	Revoked *revokedRec `json:"revoked,omitempty"`
 }
 
 type metaRec struct {
@@ -180,14 +239,24 @@ func Open(cfg Config) (*Service, error) {
 	if (cfg.KEK == nil) == (len(cfg.Passphrase) == 0) {
 		errs = append(errs, errors.New("keyservice: set exactly one of Config.KEK (key file, KMS) and Config.Passphrase"))
 	}
-	if cfg.Grace < 0 {
-		errs = append(errs, errors.New("keyservice: Config.Grace must not be negative"))
+	if cfg.Grace < 0 || cfg.WriterGrace < 0 {
+		errs = append(errs, errors.New("keyservice: Config.Grace and Config.WriterGrace must not be negative"))
+	}
+	grace := cfg.Grace
+	if grace == 0 {
+		grace = DefaultGrace
+	}
+	if cfg.WriterGrace > grace {
+		errs = append(errs, fmt.Errorf("keyservice: Config.WriterGrace %v exceeds the grace period %v", cfg.WriterGrace, grace))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
 	if cfg.Grace == 0 {
 		cfg.Grace = DefaultGrace
+	}
+	if cfg.WriterGrace == 0 {
+		cfg.WriterGrace = min(DefaultWriterGrace, cfg.Grace)
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -199,7 +268,7 @@ func Open(cfg Config) (*Service, error) {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.Identity == nil {
-		cfg.Identity = e2e.CertIdentity
+		cfg.Identity = CertIdentity
 	}
 	if cfg.Argon2 == (Argon2Params{}) {
 		cfg.Argon2 = DefaultArgon2
@@ -209,12 +278,13 @@ func Open(cfg Config) (*Service, error) {
 	}
 	db, err := bolt.Open(cfg.Path, 0o600, &bolt.Options{Timeout: cfg.OpenTimeout})
 	if err != nil {
-		if errors.Is(err, bolt.ErrTimeout) {
+		if errors.Is(err, berrors.ErrTimeout) {
 			return nil, fmt.Errorf("keyservice: %s is locked by another process (is `moat keys serve` running?)", cfg.Path)
 		}
 		return nil, fmt.Errorf("keyservice: opening %s: %w", cfg.Path, err)
 	}
-	s := &Service{cfg: cfg, db: db, kek: cfg.KEK, log: cfg.Logger}
+	s := &Service{cfg: cfg, db: db, kek: cfg.KEK, log: cfg.Logger,
+		watches: map[string]*certWatch{}, pending: map[string]pendingRevocation{}, wake: make(chan struct{}, 1)}
 	err = s.init()
 	s.cfg.Passphrase = nil // not retained
 	if err != nil {
@@ -292,8 +362,11 @@ func (s *Service) init() error {
 	})
 }
 
-// Close closes the store.
-func (s *Service) Close() error { return s.db.Close() }
+// Close ends the certificate watches and closes the store.
+func (s *Service) Close() error {
+	s.stopWatches()
+	return s.db.Close()
+}
 
 // PublicKey returns the Ed25519 key that signs bundles; members pin it.
 func (s *Service) PublicKey() ed25519.PublicKey { return s.signer.Public().(ed25519.PublicKey) }
@@ -360,7 +433,7 @@ func (s *Service) newEpoch(tx *bolt.Tx, g *groupRec) error {
 		if ok, err := getJSON(eb, epochKey(g.Name, g.Current), &cur); err != nil {
 			return err
 		} else if ok {
-			cur.NotAfter = now.Add(s.cfg.Grace)
+			cur.NotAfter, cur.Superseded = now.Add(s.cfg.Grace), now
 			if err := putJSON(eb, epochKey(g.Name, g.Current), &cur); err != nil {
 				return err
 			}
@@ -680,6 +753,9 @@ func (s *Service) addGroupKeys(tx *bolt.Tx, b *e2e.Bundle, g *groupRec, role Rol
 		clear(secret)
 		if err != nil {
 			return err
+		}
+		if !e.Superseded.IsZero() {
+			ek = ek.WithSealUntil(e.Superseded.Add(s.cfg.WriterGrace))
 		}
 		if role&Reader != 0 {
 			b.EpochKeys = append(b.EpochKeys, ek)

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/moatmq/moat/e2e"
+	"github.com/moatmq/moat/internal/tlsconf"
 )
 
 var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
@@ -492,5 +493,152 @@ func TestRegisterRejectsBadBodies(t *testing.T) {
 				t.Fatal("accepted")
 			}
 		})
+	}
+}
+
+// TestSecurityIdentityTwoCommonNames performs the attack of a certificate
+// whose subject carries two common names, "dev-7" then "platform": the
+// broker's identity mapping (internal/tlsconf, source "cn") knows it as
+// dev-7, and a key service that took the last CN (Go's
+// Subject.CommonName) would register it as member platform, a reader. The
+// key service, e2e.CertIdentity and the broker must all name it dev-7.
+func TestSecurityIdentityTwoCommonNames(t *testing.T) {
+	p := newPKI(t)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(7),
+		Subject: pkix.Name{ExtraNames: []pkix.AttributeTypeAndValue{
+			{Type: []int{2, 5, 4, 3}, Value: "dev-7"}, {Type: []int{2, 5, 4, 3}, Value: "platform"}}},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.ca, key.Public(), p.caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	if cert.Subject.CommonName != "platform" {
+		t.Fatalf("test certificate: Go's CommonName is %q, want the last CN", cert.Subject.CommonName)
+	}
+	broker, err := tlsconf.Identity(cert, tlsconf.IdentityCN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := CertIdentity(cert); got != broker || got != "dev-7" {
+		t.Fatalf("key service identity %q, broker identity %q; want both dev-7", got, broker)
+	}
+	if got := e2e.CertIdentity(cert); got != broker {
+		t.Fatalf("e2e.CertIdentity %q, broker identity %q", got, broker)
+	}
+
+	clk := &clock{now: t0}
+	s := openTest(t, filepath.Join(t.TempDir(), "keys.db"), clk, mustKEK(t))
+	defer s.Close()
+	if err := s.CreateGroup("temps", "factory/+/temp", 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AddMember("temps", "platform", Reader); err != nil {
+		t.Fatal(err)
+	}
+	url := startServer(t, s, p)
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: p.pool, MinVersion: tls.VersionTLS13,
+		Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}}
+	defer tr.CloseIdleConnections()
+	cl := &Client{BaseURL: url, HTTPClient: &http.Client{Transport: tr, Timeout: 10 * time.Second}}
+	mk, _ := e2e.GenerateMemberKey(e2e.KEMX25519)
+	err = cl.Register(context.Background(), mk.Public())
+	if err == nil || !strings.Contains(err.Error(), "403") {
+		t.Fatalf("a certificate named dev-7 by the broker registered as platform: %v", err)
+	}
+}
+
+// TestSecurityStaleWriterAfterRemoval performs the attack of a removed
+// reader on a writer that has not applied its new bundle: the auditor is
+// removed, but the sensor keeps sealing with epoch 1, which the auditor
+// still holds. Within the writers' grace (1 minute here) such messages
+// still open for the remaining readers; after it, the sensor's keyring,
+// once it learns of epoch 2, refuses epoch 1, and every reader holding the
+// new bundle refuses epoch-1 messages sealed later (ErrSuperseded), so a
+// stale writer's messages stop being accepted. What the auditor can still
+// read is what a writer seals before it applies its new bundle.
+func TestSecurityStaleWriterAfterRemoval(t *testing.T) {
+	p := newPKI(t)
+	clk := &clock{now: t0}
+	s, err := Open(Config{Path: filepath.Join(t.TempDir(), "keys.db"), KEK: mustKEK(t), Now: clk.Now, Logger: quietLogger(),
+		Grace: time.Hour, WriterGrace: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(s.CreateGroup("temps", "factory/+/temp", 0))
+	must(s.AddMember("temps", "sensor-1", Writer))
+	must(s.AddMember("temps", "platform", Reader))
+	must(s.AddMember("temps", "auditor", Reader))
+	url := startServer(t, s, p)
+	sensor := newMember(t, p, url, "sensor-1", e2e.KEMX25519)
+	platform := newMember(t, p, url, "platform", e2e.KEMX25519)
+	auditor := newMember(t, p, url, "auditor", e2e.KEMX25519)
+	for _, m := range []*member{sensor, platform, auditor} {
+		must(m.refresh(t))
+	}
+	sealer, err := e2e.NewGroupSealer(e2e.SealerConfig{Sender: "sensor-1", Keys: sensor.ring, Sequence: &e2e.MemorySequenceStore{}, Now: clk.Now})
+	must(err)
+	open := func(m *member, msg []byte) (*e2e.Message, error) {
+		o, err := e2e.NewGroupOpener(e2e.OpenerConfig{Keys: m.ring, Now: clk.Now})
+		must(err)
+		return o.Open("factory/l1/temp", msg)
+	}
+
+	must(s.RemoveMember("temps", "auditor"))
+	must(platform.refresh(t))
+	clk.Advance(30 * time.Second)
+	late, err := sealer.Seal("factory/l1/temp", []byte("within the writers' grace"))
+	must(err)
+	if _, err := open(platform, late); err != nil {
+		t.Fatalf("a message of the writers' grace is refused: %v", err)
+	}
+	clk.Advance(time.Minute)
+	stale, err := sealer.Seal("factory/l1/temp", []byte("after the writers' grace"))
+	must(err)
+	if _, err := open(platform, stale); !errors.Is(err, e2e.ErrSuperseded) {
+		t.Fatalf("a reader accepted epoch 1 sealed after the writers' grace: %v", err)
+	}
+	// Once the sensor has its new bundle it seals with epoch 2, which the
+	// auditor cannot open.
+	must(sensor.refresh(t))
+	fresh, err := sealer.Seal("factory/l1/temp", []byte("epoch 2"))
+	must(err)
+	if m, err := open(platform, fresh); err != nil || m.Epoch != 2 {
+		t.Fatalf("platform, epoch 2: %v", err)
+	}
+	if _, err := open(auditor, fresh); !errors.Is(err, e2e.ErrUnknownEpoch) {
+		t.Fatalf("the removed member read the new epoch: %v", err)
+	}
+	// A keyring that marks epoch 1 superseded refuses to seal with it.
+	var ek *e2e.EpochKey
+	for _, k := range platform.ring.EpochKeys() {
+		if k.Epoch() == 1 {
+			ek = k
+		}
+	}
+	if ek == nil || ek.SealUntil().IsZero() {
+		t.Fatal("the bundle does not carry the end of the writers' grace of epoch 1")
+	}
+	sk, err := ek.SenderKey("sensor-1")
+	must(err)
+	current, err := e2e.NewSenderKey("temps", "factory/+/temp", 1, "sensor-1", sk.Material(), time.Time{})
+	must(err)
+	old := &e2e.Keyring{}
+	old.AddSenderKey(current.WithSealUntil(ek.SealUntil()))
+	oldSealer, err := e2e.NewGroupSealer(e2e.SealerConfig{Sender: "sensor-1", Keys: old, Sequence: &e2e.MemorySequenceStore{}, Now: clk.Now})
+	must(err)
+	if _, err := oldSealer.Seal("factory/l1/temp", []byte("x")); !errors.Is(err, e2e.ErrSuperseded) {
+		t.Fatalf("sealed with epoch 1 after its writers' grace: %v", err)
 	}
 }

@@ -38,6 +38,7 @@ func (f *e2eFlags) registerSeal(fs *pflag.FlagSet) {
 	f.registerCommon(fs)
 	fs.StringVar(&f.signCert, "sign-cert", "", "sign each message with this certificate (PEM; its identity must be the member ID); with --sign-key")
 	fs.StringVar(&f.signKey, "sign-key", "", "private key (PEM) of --sign-cert")
+	fs.BoolVar(&f.keyUpdates, "key-updates", true, "with --encrypt: also subscribe to this member's key bundle topic ($moat/keys/<member>) and seal with the newest epoch it announces")
 }
 
 // registerOpen adds the subscriber's flags (moat sub).
@@ -58,9 +59,6 @@ func (f *e2eFlags) registerTrust(fs *pflag.FlagSet) {
 	fs.StringVar(&f.trust, "trust", "", "PEM `FILE` of sender certificates whose signatures are accepted")
 	fs.BoolVar(&f.requireSig, "require-signature", false, "refuse unsigned messages (needs --trust)")
 }
-
-// enabled reports whether any end-to-end mode was asked for.
-func (f *e2eFlags) enabled() bool { return f.group || f.rawKey != "" }
 
 // check validates the combination of flags. groupFlag names --encrypt or
 // --decrypt.
@@ -126,17 +124,14 @@ type payloadOpener struct {
 	members *memberKeys
 }
 
-// open decrypts the payload of m, using the retained-message rules for
-// retained messages.
+// open decrypts the payload of m. In group mode the retained-message
+// rules apply to messages their sender marked retained in the
+// authenticated header; the MQTT retain flag of m is not trusted.
 func (o *payloadOpener) open(m *client.Message) (*e2e.Message, error) {
-	switch {
-	case o.raw != nil:
+	if o.raw != nil {
 		return o.raw.Open(m.Topic, m.Payload)
-	case m.Retain:
-		return o.group.OpenRetained(m.Topic, m.Payload)
-	default:
-		return o.group.Open(m.Topic, m.Payload)
 	}
+	return o.group.Open(m.Topic, m.Payload)
 }
 
 // openHint adds a hint to a message that did not open because of how

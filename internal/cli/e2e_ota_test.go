@@ -194,3 +194,54 @@ func TestOTAPublishReceive(t *testing.T) {
 	defer cancel()
 	c.Disconnect(dctx)
 }
+
+// TestSecurityOTADowngradeRefusedByDefault performs a downgrade attack on
+// a device that runs moat ota receive without --installed: after it
+// received 1.2.0, an older, genuinely signed release (1.1.0, with a known
+// vulnerability) is published to it again. The receiver keeps the version
+// it last received in its state directory (mode 0600) and refuses the
+// older one; nothing is written.
+func TestSecurityOTADowngradeRefusedByDefault(t *testing.T) {
+	port := psStartMoat(t, broker.Config{})
+	ctx := psTestCtx(t)
+	root := t.TempDir()
+	keysWriteTestPKI(t, root, "release")
+	dirs := e2eMemberDirs(t, root, "fw", "ota/line1/#",
+		e2eMember{"release", keyservice.Writer}, e2eMember{"dev-1", keyservice.Reader})
+	conn := []string{"-h", "127.0.0.1", "-p", port}
+	fwFile := filepath.Join(root, "sensor-fw.bin")
+	if err := os.WriteFile(fwFile, []byte("firmware image"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	pem := func(name string) string { return filepath.Join(root, name) }
+	publish := func(version string) {
+		t.Helper()
+		r := psRun(ctx, "", append([]string{"ota", "publish", fwFile, "--group", "line1", "--version", version, "--keys", dirs["release"],
+			"--sign-cert", pem("release.pem"), "--sign-key", pem("release.key")}, conn...)...)
+		if r.code != 0 {
+			t.Fatalf("publish %s: %s", version, r.err)
+		}
+	}
+	receive := func(out string) <-chan psResult {
+		return otaStartReceive(t, ctx, append([]string{"--group", "line1", "--name", "sensor-fw", "--keys", dirs["dev-1"],
+			"--trust", pem("release.pem"), "--out", out, "--timeout", "10s"}, conn...)...)
+	}
+	ch := receive(pem("new.bin"))
+	publish("1.2.0")
+	if r := otaWait(t, ch); r.code != 0 {
+		t.Fatalf("receive 1.2.0: %d %s", r.code, r.err)
+	}
+	st, err := os.Stat(filepath.Join(dirs["dev-1"], otaStateFile))
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("state file: %v %v", st, err)
+	}
+	ch = receive(pem("old.bin"))
+	publish("1.1.0")
+	r := otaWait(t, ch)
+	if r.code != 1 || !strings.Contains(r.err, "not newer than the installed one") || !strings.Contains(r.err, "installed 1.2.0") {
+		t.Fatalf("a downgrade to 1.1.0 was not refused: %d %q %s", r.code, r.out, r.err)
+	}
+	if _, err := os.Stat(pem("old.bin")); err == nil {
+		t.Fatal("the downgraded image was written")
+	}
+}

@@ -21,6 +21,7 @@ import (
 	"github.com/moatmq/moat/client"
 	"github.com/moatmq/moat/e2e"
 	"github.com/moatmq/moat/e2e/keyservice"
+	"github.com/moatmq/moat/internal/tlsconf"
 	"github.com/spf13/cobra"
 )
 
@@ -33,7 +34,9 @@ type keyStoreFlags struct {
 	kekFile        string
 	passphraseFile string
 	grace          time.Duration
+	writerGrace    time.Duration
 	onChange       func(members []string) // keyservice.Config.OnChange
+	certs          keyservice.CertChecker // keyservice.Config.Certs
 }
 
 func (f *keyStoreFlags) register(cmd *cobra.Command) {
@@ -41,10 +44,11 @@ func (f *keyStoreFlags) register(cmd *cobra.Command) {
 	cmd.PersistentFlags().StringVar(&f.kekFile, "kek-file", "", "`FILE` holding the 32-byte key-encryption key (binary or hex, mode 0600; create one with: moat keys genkek FILE)")
 	cmd.PersistentFlags().StringVar(&f.passphraseFile, "passphrase-file", "", "`FILE` holding the passphrase the KEK is derived from (argon2id); or set "+envKeysPassphrase)
 	cmd.PersistentFlags().DurationVar(&f.grace, "grace", keyservice.DefaultGrace, "how long a superseded epoch stays readable")
+	cmd.PersistentFlags().DurationVar(&f.writerGrace, "writer-grace", keyservice.DefaultWriterGrace, "how long after an epoch is superseded messages may still be sealed with it (senders and receivers refuse later ones)")
 }
 
 func (f *keyStoreFlags) open(logger *slog.Logger) (*keyservice.Service, error) {
-	cfg := keyservice.Config{Path: filepath.Join(f.data, "keys.db"), Grace: f.grace, Logger: logger, OnChange: f.onChange}
+	cfg := keyservice.Config{Path: filepath.Join(f.data, "keys.db"), Grace: f.grace, WriterGrace: f.writerGrace, Logger: logger, OnChange: f.onChange, Certs: f.certs}
 	pass := os.Getenv(envKeysPassphrase)
 	switch {
 	case f.kekFile != "" && (f.passphraseFile != "" || pass != ""):
@@ -253,6 +257,14 @@ match --filter; without --filter the name itself is the filter, so
 						fmt.Fprintf(stdio.Out, "  member %s  %s  %s\n", m.ID, m.Role, reg)
 					}
 				}
+				revoked, err := s.Revoked()
+				if err != nil {
+					return err
+				}
+				for _, r := range revoked {
+					fmt.Fprintf(stdio.Out, "\nmember %s removed from %s at %s: certificate %s revoked (%s)\n",
+						r.Member, strings.Join(r.Groups, ", "), r.At.UTC().Format(time.RFC3339), r.Serial, r.Detail)
+				}
 				return nil
 			}),
 		}
@@ -288,6 +300,32 @@ the old one until you have checked the service starts with the new one.`,
 	})
 }
 
+// keysCertChecker adapts the listener's tlsconf.Manager, the broker's
+// certificate checker (CRLs reloaded on change, OCSP, live watches), to
+// keyservice.CertChecker.
+type keysCertChecker struct{ m *tlsconf.Manager }
+
+func (c keysCertChecker) VerifyChain(ctx context.Context, peer []*x509.Certificate) ([]*x509.Certificate, error) {
+	chain, err := c.m.VerifyChain(ctx, peer)
+	return chain, keysRevocationError(err)
+}
+
+func (c keysCertChecker) Watch(chain []*x509.Certificate, ended func(revoked bool, detail string)) (func(), error) {
+	stop, err := c.m.Watch(chain, func(r tlsconf.Reason) {
+		ended(r == tlsconf.ReasonRevoked, "certificate "+r.String())
+	})
+	return stop, keysRevocationError(err)
+}
+
+// keysRevocationError wraps keyservice.ErrRevoked around a revocation.
+func keysRevocationError(err error) error {
+	var ve *tlsconf.VerifyError
+	if errors.As(err, &ve) && ve.Reason == tlsconf.ReasonRevoked {
+		return fmt.Errorf("%w: %w", keyservice.ErrRevoked, err)
+	}
+	return err
+}
+
 func keysDuration(d time.Duration) string {
 	if d == 0 {
 		return "-"
@@ -298,6 +336,8 @@ func keysDuration(d time.Duration) string {
 func newKeysServe(stdio Stdio, sf *keyStoreFlags, logger *slog.Logger) *cobra.Command {
 	var listen, certFile, keyFile, clientCA string
 	var checkEvery time.Duration
+	var crlFiles []string
+	var ocspMode string
 	var mf mqttFlags
 	cmd := &cobra.Command{
 		Use:   "serve --cert FILE --key FILE --client-ca FILE [--mqtt URL]",
@@ -314,18 +354,28 @@ the topics with broker ACLs as defence in depth.`,
 			if certFile == "" || keyFile == "" || clientCA == "" {
 				return errors.New("keys serve: --cert, --key and --client-ca are required (members authenticate with client certificates)")
 			}
-			cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+			tcfg := tlsconf.ListenerConfig{
+				Name:         "keys " + listen,
+				Certificates: []tlsconf.KeyPair{{CertFile: certFile, KeyFile: keyFile}},
+				CAFile:       clientCA,
+				CRLFiles:     crlFiles,
+				Logger:       logger,
+			}
+			switch ocspMode {
+			case "off":
+			case "fail-open":
+				tcfg.OCSP.Mode = tlsconf.OCSPFailOpen
+			case "fail-closed":
+				tcfg.OCSP.Mode = tlsconf.OCSPFailClosed
+			default:
+				return fmt.Errorf("keys serve: --ocsp %q: want off, fail-open or fail-closed", ocspMode)
+			}
+			mgr, err := tlsconf.New(tcfg)
 			if err != nil {
-				return fmt.Errorf("keys serve: loading server certificate: %w", err)
+				return fmt.Errorf("keys serve: %w", err)
 			}
-			caPEM, err := os.ReadFile(clientCA)
-			if err != nil {
-				return fmt.Errorf("keys serve: reading client CA: %w", err)
-			}
-			pool := x509.NewCertPool()
-			if !pool.AppendCertsFromPEM(caPEM) {
-				return fmt.Errorf("keys serve: %s holds no PEM certificate", clientCA)
-			}
+			defer mgr.Close()
+			sf.certs = keysCertChecker{mgr}
 			var mqttCfg client.Config
 			var changes *bundleChanges
 			if mf.url != "" {
@@ -349,13 +399,8 @@ the topics with broker ACLs as defence in depth.`,
 				ReadHeaderTimeout: 10 * time.Second,
 				ReadTimeout:       30 * time.Second,
 				WriteTimeout:      30 * time.Second,
-				TLSConfig: &tls.Config{
-					Certificates: []tls.Certificate{cert},
-					ClientAuth:   tls.RequireAndVerifyClientCert,
-					ClientCAs:    pool,
-					MinVersion:   tls.VersionTLS12,
-				},
-				ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+				TLSConfig:         mgr.TLSConfig(),
+				ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 			}
 			ctx, cancel := context.WithCancel(cmd.Context())
 			defer cancel()
@@ -411,6 +456,8 @@ the topics with broker ACLs as defence in depth.`,
 	cmd.Flags().StringVar(&keyFile, "key", "", "server private key (PEM)")
 	cmd.Flags().StringVar(&clientCA, "client-ca", "", "CA certificates that issue member client certificates (PEM)")
 	cmd.Flags().DurationVar(&checkEvery, "check-every", time.Minute, "how often scheduled rotations and expired epochs are checked")
+	cmd.Flags().StringArrayVar(&crlFiles, "crl", nil, "CRL `FILE` (PEM or DER) of the client CA, reloaded when it changes; repeatable. A member whose certificate is revoked is refused and removed from its groups")
+	cmd.Flags().StringVar(&ocspMode, "ocsp", "off", "OCSP checking of member certificates: off, fail-open or fail-closed")
 	mf.register(cmd.Flags(), "also publish each member's bundle (retained, QoS 1, on $moat/keys/<member>)")
 	return cmd
 }

@@ -28,7 +28,7 @@ func keysWriteTestPKI(t *testing.T, dir string, clients ...string) {
 	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "keys test CA"},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign}
 	caDER, _ := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, caKey.Public(), caKey)
 	ca, _ := x509.ParseCertificate(caDER)
 	writePEM := func(name, typ string, b []byte) {
@@ -37,6 +37,8 @@ func keysWriteTestPKI(t *testing.T, dir string, clients ...string) {
 		}
 	}
 	writePEM("ca.pem", "CERTIFICATE", caDER)
+	caKeyDER, _ := x509.MarshalPKCS8PrivateKey(caKey)
+	writePEM("ca.key", "PRIVATE KEY", caKeyDER)
 	issue := func(name, cn string, server bool) {
 		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 		serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -70,6 +71,7 @@ func newOTAPublish(stdio Stdio) *cobra.Command {
 		group, name, version     string
 		topic, signCert, signKey string
 		chunkSize                int
+		keyUpdates               bool
 	)
 	cmd := &cobra.Command{
 		Use:   "publish FIRMWARE --group G --version V --sign-cert FILE --sign-key FILE {--keys DIR | --raw-key FILE} [flags]",
@@ -106,32 +108,18 @@ func newOTAPublish(stdio Stdio) *cobra.Command {
 				return err
 			}
 			var sealer e2e.Sealer
+			var members *memberKeys
 			keyGroup := "raw key"
 			if kf.rawKey != "" {
 				if sealer, err = loadRawKey(kf.rawKey); err != nil {
 					return err
 				}
-			} else {
-				m, err := loadMemberKeys(kf.keysDir)
-				if err != nil {
-					return err
-				}
-				sk, err := m.ring.SendKey(topic, m.id)
-				if err != nil {
-					return fmt.Errorf("ota publish: %w (hint: create a key group covering %q with member %s as a writer, then fetch its bundle)", err, topic, m.id)
-				}
-				keyGroup = sk.Group()
-				if sealer, err = m.sealer(nil, 0); err != nil {
-					return err
-				}
+			} else if members, err = loadMemberKeys(kf.keysDir); err != nil {
+				return err
 			}
 			fw, err := os.ReadFile(args[0])
 			if err != nil {
 				return fmt.Errorf("ota publish: %v", err)
-			}
-			msgs, err := ota.Publish(ota.PublishConfig{Topic: topic, Name: name, Version: version, ChunkSize: chunkSize, Signer: signer, Sealer: sealer}, fw)
-			if err != nil {
-				return err
 			}
 			ctx := cmd.Context()
 			c, err := client.Dial(ctx, cfg)
@@ -139,6 +127,28 @@ func newOTAPublish(stdio Stdio) *cobra.Command {
 				return connectHint(err, cfg)
 			}
 			defer c.Close()
+			if members != nil {
+				// Seal with the newest epoch the key service announced.
+				if keyUpdates {
+					stop, err := followBundles(ctx, c, stdio, members)
+					if err != nil {
+						return fmt.Errorf("ota publish: %w", err)
+					}
+					defer stop()
+				}
+				sk, err := members.ring.SendKey(topic, members.id)
+				if err != nil {
+					return fmt.Errorf("ota publish: %w (hint: create a key group covering %q with member %s as a writer, then fetch its bundle)", err, topic, members.id)
+				}
+				keyGroup = sk.Group()
+				if sealer, err = members.sealer(nil, 0); err != nil {
+					return err
+				}
+			}
+			msgs, err := ota.Publish(ota.PublishConfig{Topic: topic, Name: name, Version: version, ChunkSize: chunkSize, Signer: signer, Sealer: sealer}, fw)
+			if err != nil {
+				return err
+			}
 			toks := make([]*client.Token, len(msgs))
 			for i, om := range msgs {
 				toks[i] = c.PublishAsync(ctx, &client.Message{Topic: om.Topic, Payload: om.Payload, QoS: byte(f.qos)})
@@ -167,6 +177,7 @@ func newOTAPublish(stdio Stdio) *cobra.Command {
 	fl.StringVar(&signCert, "sign-cert", "", "certificate (PEM) that signs the manifest")
 	fl.StringVar(&signKey, "sign-key", "", "private key (PEM) of --sign-cert")
 	fl.IntVar(&chunkSize, "chunk-size", ota.DefaultChunkSize, "chunk size in bytes (at most 262144)")
+	fl.BoolVar(&keyUpdates, "key-updates", true, "with --keys: first apply a newer key bundle from $moat/keys/<member>, so the update is sealed with the newest epoch")
 	return cmd
 }
 
@@ -176,6 +187,7 @@ func newOTAReceive(stdio Stdio) *cobra.Command {
 		kf                      otaKeyFlags
 		group, name, topic, out string
 		trust, installed        string
+		stateDir                string
 		timeout, maxAge         time.Duration
 		maxSize                 uint64
 		keyUpdates              bool
@@ -229,6 +241,25 @@ when --timeout expires before any update arrived.`,
 				}
 				if opener, err = e2e.NewGroupOpener(e2e.OpenerConfig{Keys: members.ring, MaxAge: maxAge}); err != nil {
 					return err
+				}
+			}
+			// The installed version: the newer of --installed and the
+			// version last received on this topic, kept in the state
+			// directory, so a downgrade is refused without --installed.
+			if stateDir == "" {
+				stateDir = kf.keysDir
+			}
+			if stateDir == "" {
+				stateDir = otaDefaultStateDir
+			}
+			statePath := filepath.Join(stateDir, otaStateFile)
+			state, err := otaLoadState(statePath)
+			if err != nil {
+				return err
+			}
+			if v := state[topic]; v != "" {
+				if c, err := ota.CompareVersions(v, installed); installed == "" || (err == nil && c > 0) {
+					installed = v
 				}
 			}
 			rcv, err := ota.NewReceiver(ota.ReceiverConfig{Opener: opener, Trust: ts, Installed: installed, Name: name, MaxSize: maxSize})
@@ -311,6 +342,10 @@ when --timeout expires before any update arrived.`,
 						return fmt.Errorf("ota receive: %w", err)
 					}
 					mf := rcv.Manifest()
+					state[topic] = mf.Version
+					if err := otaSaveState(statePath, state); err != nil {
+						return fmt.Errorf("ota receive: image written to %s, but %w", out, err)
+					}
 					fmt.Fprintf(stdio.Out, "received %s %s (%d bytes, sha256 %x) into %s\n", mf.Name, mf.Version, len(img), mf.SHA256, out)
 					return nil
 				case <-expired:
@@ -335,10 +370,55 @@ when --timeout expires before any update arrived.`,
 	fl.StringVar(&topic, "topic", "", "subscribe to this topic instead of ota/GROUP/NAME")
 	fl.StringVar(&out, "out", "", "write the verified image to `FILE`")
 	fl.StringVar(&trust, "trust", "", "PEM `FILE` of the certificates allowed to sign firmware")
-	fl.StringVar(&installed, "installed", "", "installed version: only a newer one is accepted")
+	fl.StringVar(&installed, "installed", "", "installed version: only a newer one is accepted (the version last received, kept in --state-dir, counts too)")
+	fl.StringVar(&stateDir, "state-dir", "", "`DIR` keeping the version last received per topic in "+otaStateFile+" (default: the --keys DIR, else "+otaDefaultStateDir+")")
 	fl.DurationVar(&timeout, "timeout", 0, "give up after this long (0: wait forever)")
 	fl.DurationVar(&maxAge, "max-age", 24*time.Hour, "refuse update messages sealed longer ago than this (queued in a persistent session)")
 	fl.Uint64Var(&maxSize, "max-size", ota.DefaultMaxSize, "refuse images larger than this many bytes")
 	fl.BoolVar(&keyUpdates, "key-updates", true, "with --keys: also apply newer key bundles from $moat/keys/<member>")
 	return cmd
+}
+
+// The receiver's state: the version last received per update topic.
+const (
+	otaStateFile       = "ota-installed.json"
+	otaDefaultStateDir = "moat-data/ota"
+	otaMaxStateSize    = 1 << 20
+)
+
+// otaLoadState reads the state file; a missing file is an empty state, a
+// corrupt one an error (a downgrade check must not silently start over).
+func otaLoadState(path string) (map[string]string, error) {
+	state := map[string]string{}
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return state, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("ota receive: reading the installed versions: %w", err)
+	}
+	if len(data) > otaMaxStateSize || json.Unmarshal(data, &state) != nil {
+		return nil, fmt.Errorf("ota receive: %s is corrupt; it holds the installed version of each update topic (restore it, or delete it and pass --installed)", path)
+	}
+	for t, v := range state {
+		if _, err := ota.CompareVersions(v, v); err != nil {
+			return nil, fmt.Errorf("ota receive: %s: topic %q: %w", path, t, err)
+		}
+	}
+	return state, nil
+}
+
+// otaSaveState writes the state file atomically with mode 0600.
+func otaSaveState(path string, state map[string]string) error {
+	data, err := json.MarshalIndent(state, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("recording the installed version: %w", err)
+	}
+	if err := keysWriteFile(path, append(data, '\n'), 0o600); err != nil {
+		return fmt.Errorf("recording the installed version: %w", err)
+	}
+	return nil
 }

@@ -131,7 +131,7 @@ format. An empty message (-n) is sent as is: it clears a retained message.`,
 			if lines {
 				block = 0
 			}
-			sealer, _, err := ef.sealer(block)
+			sealer, members, err := ef.sealer(block)
 			if err != nil {
 				return err
 			}
@@ -142,6 +142,13 @@ format. An empty message (-n) is sent as is: it clears a retained message.`,
 				return connectHint(err, cfg)
 			}
 			defer c.Close()
+			if members != nil && ef.keyUpdates {
+				stop, err := followBundles(ctx, c, stdio, members)
+				if err != nil {
+					return err
+				}
+				defer stop()
+			}
 			p := &publisher{c: c, stdio: stdio, json: f.json, sealer: sealer}
 			if lines {
 				err = p.lines(ctx, base)
@@ -158,7 +165,7 @@ format. An empty message (-n) is sent as is: it clears a retained message.`,
 						}
 					}
 					m := base
-					if m.Payload, err = p.seal(m.Topic, payload); err != nil {
+					if m.Payload, err = p.seal(m.Topic, payload, m.Retain); err != nil {
 						continue
 					}
 					err = p.report(&m, c.Publish(ctx, &m))
@@ -201,12 +208,22 @@ type publisher struct {
 // seal encrypts a payload when end-to-end encryption is on. Every
 // message is sealed on its own (fresh sequence number and nonce), also
 // repeated ones. An empty payload stays empty: it clears a retained
-// message and carries nothing to protect.
-func (p *publisher) seal(topic string, payload []byte) ([]byte, error) {
+// message and carries nothing to protect. A message published with the
+// retain flag is sealed marked retained (group mode), so subscribers open
+// it under the retained-message rules; the flag itself is not trusted.
+func (p *publisher) seal(topic string, payload []byte, retain bool) ([]byte, error) {
 	if p.sealer == nil || len(payload) == 0 {
 		return payload, nil
 	}
-	out, err := p.sealer.Seal(topic, payload)
+	var out []byte
+	var err error
+	if rs, ok := p.sealer.(interface {
+		SealRetained(topic string, plaintext []byte) ([]byte, error)
+	}); ok && retain {
+		out, err = rs.SealRetained(topic, payload)
+	} else {
+		out, err = p.sealer.Seal(topic, payload)
+	}
 	if errors.Is(err, e2e.ErrNoKey) {
 		return nil, fmt.Errorf("%w (hint: no key group in --keys covers %q for this member as a writer; check `moat keys status` and fetch a fresh bundle)", err, topic)
 	}
@@ -239,7 +256,7 @@ func (p *publisher) lines(ctx context.Context, base client.Message) error {
 			continue
 		}
 		m := base
-		payload, err := p.seal(m.Topic, append([]byte(nil), line...))
+		payload, err := p.seal(m.Topic, append([]byte(nil), line...), m.Retain)
 		if err != nil {
 			firstErr = err
 			break
@@ -282,4 +299,64 @@ func (p *publisher) report(m *client.Message, err error) error {
 		return fmt.Errorf("publish to %q: %w", m.Topic, err)
 	}
 	return nil
+}
+
+// followBundles subscribes a publisher to its member's bundle topic, so
+// that it seals with a new epoch as soon as the key service announces one
+// (a member was removed, a rotation). The retained bundle is applied
+// before followBundles returns: a second SUBSCRIBE round trip follows the
+// first, and a broker sends a subscription's retained message before
+// acknowledging the next packet. Later bundles are applied as they
+// arrive, by a goroutine that stop ends and waits for.
+func followBundles(ctx context.Context, c *client.Client, stdio Stdio, members *memberKeys) (stop func(), err error) {
+	topic := (&payloadOpener{members: members}).bundleTopic()
+	sub := client.Subscription{Filter: topic, QoS: 1}
+	codes, err := c.Subscribe(ctx, sub)
+	if err != nil {
+		return nil, fmt.Errorf("subscribing to the key bundle topic %s: %w", topic, err)
+	}
+	if len(codes) == 1 && codes[0].IsError() {
+		fmt.Fprintf(stdio.Err, "moat: subscription to the key bundle topic %s refused (%s); sealing with %s/%s only (hint: let the member read its bundle topic, or pass --key-updates=false)\n", topic, codes[0], members.dir, memberBundle)
+		return func() {}, nil
+	}
+	apply := func(m *client.Message) {
+		if m.Topic == topic {
+			applyBundleMessage(stdio, members, m)
+		}
+	}
+	// The round trip: Moat and Mosquitto write the retained message
+	// before this SUBACK (with MQTT 3.1.1 it is sent again and ignored as
+	// not newer).
+	sub.RetainHandling = 2
+	if _, err := c.Subscribe(ctx, sub); err != nil {
+		return nil, fmt.Errorf("subscribing to the key bundle topic %s: %w", topic, err)
+	}
+	for drained := false; !drained; {
+		select {
+		case m, ok := <-c.Messages():
+			if !ok {
+				return nil, fmt.Errorf("client stopped: %w", c.Err())
+			}
+			apply(m)
+		default:
+			drained = true
+		}
+	}
+	done := make(chan struct{})
+	quit := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case m, ok := <-c.Messages():
+				if !ok {
+					return
+				}
+				apply(m)
+			case <-quit:
+				return
+			}
+		}
+	}()
+	return func() { close(quit); <-done }, nil
 }

@@ -90,7 +90,7 @@ func Identity(cert *x509.Certificate, src IdentitySource) (string, error) {
 	var v string
 	switch src {
 	case IdentityCN:
-		v = firstCN(cert)
+		v = FirstCommonName(cert)
 	case IdentitySubjectDN:
 		dn, err := SubjectDN(cert)
 		if err != nil {
@@ -156,9 +156,11 @@ func CheckIdentityValue(v string) error {
 	return nil
 }
 
-// firstCN returns the first commonName attribute in the subject, as
-// Mosquitto does (Go's Subject.CommonName holds the last one).
-func firstCN(cert *x509.Certificate) string {
+// FirstCommonName returns the first commonName attribute in the subject, as
+// Mosquitto does (Go's Subject.CommonName holds the last one), or "" when
+// there is none. It is the rule of IdentityCN, exported so that every part
+// of Moat names a certificate the same way.
+func FirstCommonName(cert *x509.Certificate) string {
 	for _, a := range cert.Subject.Names {
 		if a.Type.Equal(oidCN) {
 			if s, ok := a.Value.(string); ok {

@@ -20,6 +20,7 @@ const (
 	LabelEpoch       = -65537
 	LabelTime        = -65538
 	LabelTopicCheck  = -65539
+	LabelRetained    = -65540
 )
 
 // COSE algorithm identifiers (IANA COSE Algorithms registry).
@@ -53,6 +54,9 @@ type Header struct {
 	Epoch       uint64
 	TimeMillis  int64 // Unix milliseconds
 	TopicCheck  []byte
+	// Retained marks a message its sender sealed to be retained by the
+	// broker (label -65540, value 1; absent otherwise).
+	Retained bool
 }
 
 // AppendPartialIV appends the shortest big-endian encoding of seq (one byte
@@ -71,6 +75,9 @@ func AppendPartialIV(b []byte, seq uint64) []byte {
 func AppendHeader(b []byte, h *Header) []byte {
 	n := 7
 	if h.ContentType != 0 {
+		n++
+	}
+	if h.Retained {
 		n++
 	}
 	b = AppendMap(b, n)
@@ -93,6 +100,10 @@ func AppendHeader(b []byte, h *Header) []byte {
 	b = AppendInt(b, h.TimeMillis)
 	b = AppendInt(b, LabelTopicCheck)
 	b = AppendBytes(b, h.TopicCheck)
+	if h.Retained {
+		b = AppendInt(b, LabelRetained)
+		b = AppendUint(b, 1)
+	}
 	return b
 }
 
@@ -190,6 +201,15 @@ func parseHeaderStrict(b []byte) (Header, error) {
 				return h, errorf("topic check must be %d bytes", TopicCheckLen)
 			}
 			seen |= 64
+		case LabelRetained:
+			v, err := d.Uint()
+			if err != nil {
+				return h, err
+			}
+			if v != 1 {
+				return h, errorf("retained marker must be 1, got %d", v)
+			}
+			h.Retained = true
 		default:
 			return h, errorf("unknown header label %d", label)
 		}

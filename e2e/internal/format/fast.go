@@ -98,17 +98,18 @@ func fastLabel(b []byte, off int, enc string) (int, bool) {
 
 // Canonical encodings of the protected header's map keys and of the
 // constant values that follow some of them. The private-use labels are
-// negative integers whose argument (-1 - label = 65536…65538) needs the
+// negative integers whose argument (-1 - label = 65536…65539) needs the
 // four-byte form, hence 0x3a.
 const (
-	encAlgA256GCM  = "\x01\x03"             // 1: 3
-	encContentType = "\x03\x12"             // 3: 18
-	encKID         = "\x04"                 // 4
-	encPartialIV   = "\x06"                 // 6
-	encKIDContext  = "\x0a"                 // 10
-	encEpoch       = "\x3a\x00\x01\x00\x00" // -65537
-	encTime        = "\x3a\x00\x01\x00\x01" // -65538
-	encTopicCheck  = "\x3a\x00\x01\x00\x02" // -65539
+	encAlgA256GCM  = "\x01\x03"                 // 1: 3
+	encContentType = "\x03\x12"                 // 3: 18
+	encKID         = "\x04"                     // 4
+	encPartialIV   = "\x06"                     // 6
+	encKIDContext  = "\x0a"                     // 10
+	encEpoch       = "\x3a\x00\x01\x00\x00"     // -65537
+	encTime        = "\x3a\x00\x01\x00\x01"     // -65538
+	encTopicCheck  = "\x3a\x00\x01\x00\x02"     // -65539
+	encRetained    = "\x3a\x00\x01\x00\x03\x01" // -65540: 1
 )
 
 // parseHeaderFast decodes a protected header of the one shape ParseHeader
@@ -116,20 +117,20 @@ const (
 // *h in an unspecified state, whenever the input is anything else; it
 // never returns true where parseHeaderStrict would fail.
 func parseHeaderFast(b []byte, h *Header) bool {
-	// A map of 7 pairs (0xa7), or of 8 (0xa8) when the content type is
-	// present.
-	if len(b) == 0 || (b[0] != 0xa7 && b[0] != 0xa8) {
+	// A map of 7 pairs (0xa7), plus one for each of the content type
+	// and the retained marker when present.
+	if len(b) == 0 || b[0] < 0xa7 || b[0] > 0xa9 {
 		return false
 	}
+	extra := int(b[0] - 0xa7)
 	off, ok := fastLabel(b, 1, encAlgA256GCM)
 	if !ok {
 		return false
 	}
-	if b[0] == 0xa8 {
-		if off, ok = fastLabel(b, off, encContentType); !ok {
-			return false
-		}
+	if next, ok := fastLabel(b, off, encContentType); ok {
+		off = next
 		h.ContentType = ContentTypeSign1
+		extra--
 	}
 	if off, ok = fastLabel(b, off, encKID); !ok {
 		return false
@@ -180,6 +181,14 @@ func parseHeaderFast(b []byte, h *Header) bool {
 		return false
 	}
 	if h.TopicCheck, off, ok = fastBytes(b, off, TopicCheckLen); !ok || len(h.TopicCheck) != TopicCheckLen {
+		return false
+	}
+	if extra == 1 {
+		if off, ok = fastLabel(b, off, encRetained); !ok {
+			return false
+		}
+		h.Retained = true
+	} else if extra != 0 {
 		return false
 	}
 	if off != len(b) {

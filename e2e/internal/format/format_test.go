@@ -16,8 +16,13 @@ func TestHeaderRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got.Seq != seq || string(got.Sender) != "sensor-1" || string(got.Group) != "temps" || got.Epoch != 7 || got.ContentType != ContentTypeSign1 {
+		if got.Seq != seq || string(got.Sender) != "sensor-1" || string(got.Group) != "temps" || got.Epoch != 7 || got.ContentType != ContentTypeSign1 || got.Retained {
 			t.Fatalf("got %+v", got)
+		}
+		r := h
+		r.Retained = true
+		if got, err := ParseHeader(AppendHeader(nil, &r)); err != nil || !got.Retained {
+			t.Fatalf("retained marker: %v %+v", err, got)
 		}
 		if !bytes.Equal(AppendHeader(nil, &got), b) {
 			t.Fatal("re-encoding differs")
@@ -149,7 +154,7 @@ func checkFastHeader(t testing.TB, b []byte) {
 func sameHeader(a, b Header) bool {
 	return a.ContentType == b.ContentType && bytes.Equal(a.Sender, b.Sender) && a.Seq == b.Seq &&
 		bytes.Equal(a.Group, b.Group) && a.Epoch == b.Epoch && a.TimeMillis == b.TimeMillis &&
-		bytes.Equal(a.TopicCheck, b.TopicCheck)
+		bytes.Equal(a.TopicCheck, b.TopicCheck) && a.Retained == b.Retained
 }
 
 // checkFastEncrypt0 is checkFastHeader for the envelope.
@@ -208,6 +213,10 @@ func mutations(b []byte) [][]byte {
 func TestFastPathsMatch(t *testing.T) {
 	var headers [][]byte
 	for _, ct := range []uint64{0, ContentTypeSign1} {
+		for _, retained := range []bool{false, true} {
+			h := Header{ContentType: ct, Retained: retained, Sender: []byte("s"), Group: []byte("g"), TopicCheck: make([]byte, TopicCheckLen)}
+			headers = append(headers, AppendHeader(nil, &h))
+		}
 		for _, sender := range []int{1, 23, 24, 255} {
 			for _, group := range []int{1, 23, 24, 255, 256, 1024} {
 				for _, seq := range []uint64{0, 1, 23, 24, 255, 256, 1<<32 - 1, 1 << 32, 1<<64 - 1} {
@@ -236,6 +245,8 @@ func TestFastPathsMatch(t *testing.T) {
 		{ContentType: ContentTypeSign1, Sender: bytes.Repeat([]byte("s"), 255), Group: bytes.Repeat([]byte("g"), 24), Seq: 1<<64 - 1, Epoch: 1 << 32, TimeMillis: 1<<63 - 1},
 		{Sender: bytes.Repeat([]byte("s"), 23), Group: bytes.Repeat([]byte("g"), 1024), Seq: 256, Epoch: 300, TimeMillis: -1 << 63},
 		{Sender: []byte("s"), Group: []byte("g"), Seq: 24, Epoch: 24, TimeMillis: 70000},
+		{Sender: []byte("s"), Group: []byte("g"), Seq: 1, Epoch: 1, TimeMillis: 1, Retained: true},
+		{ContentType: ContentTypeSign1, Sender: []byte("s"), Group: []byte("g"), Seq: 1, Epoch: 1, TimeMillis: 1, Retained: true},
 	} {
 		h.TopicCheck = []byte("12345678")
 		for _, m := range mutations(AppendHeader(nil, &h)) {
