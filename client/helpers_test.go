@@ -44,17 +44,16 @@ func checkFor(t testing.TB, d time.Duration, f func() error) {
 // testPKI is a CA with a server certificate for 127.0.0.1/localhost and a
 // client certificate, generated at test time.
 type testPKI struct {
-	dir                          string
-	caFile, certFile, keyFile    string // server
-	clientCert, clientKey        string // client files
-	pool                         *x509.CertPool
-	client                       tls.Certificate
-	serverTLS                    tls.Certificate
-	caCert                       *x509.Certificate
-	caKey                        *ecdsa.PrivateKey
-	mu                           sync.Mutex
-	serial                       int64
-	otherCAFile, otherClientCert string
+	dir                       string
+	caFile, certFile, keyFile string // server
+	clientCert, clientKey     string // client files
+	pool                      *x509.CertPool
+	client                    tls.Certificate
+	serverTLS                 tls.Certificate
+	caCert                    *x509.Certificate
+	caKey                     *ecdsa.PrivateKey
+	mu                        sync.Mutex
+	serial                    int64
 }
 
 func newPKI(t testing.TB) *testPKI {

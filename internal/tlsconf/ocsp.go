@@ -151,13 +151,6 @@ func (o *ocspChecker) refresh(ctx context.Context, leaf, issuer *x509.Certificat
 	return r
 }
 
-// forget drops the cached answer for a certificate.
-func (o *ocspChecker) forget(key string) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	delete(o.cache, key)
-}
-
 // query asks the certificate's responders in turn and validates the answer.
 func (o *ocspChecker) query(ctx context.Context, leaf, issuer *x509.Certificate) *ocspResult {
 	m := o.m
