@@ -88,7 +88,8 @@ type Config struct {
 	// from clients, in number and in bytes (topic, payload and
 	// properties); MaxRetainedPerIdentity and MaxRetainedBytesPerIdentity
 	// bound those stored by one identity (the publishing client's
-	// username, or its client ID when it has none). A retained message
+	// verified username, else its certificate, else its source address;
+	// never its client ID, which a client chooses freely). A retained message
 	// that would pass a limit is not stored: a v5 QoS 1 or 2 publication
 	// is refused with Quota exceeded (0x97) and not delivered; other
 	// publications are delivered to current subscribers without being

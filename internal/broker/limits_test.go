@@ -2,6 +2,7 @@ package broker
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"strings"
 	"testing"
@@ -22,6 +23,15 @@ func TestSecurityRetainedFlood(t *testing.T) {
 		MaxRetainedBytes:            1 << 20,
 		MaxRetainedPerIdentity:      4,
 		MaxRetainedBytesPerIdentity: 200 << 10,
+		AllowAnonymous:              true,
+		// Usernames are verified: quotas belong to verified identities
+		// (anonymous clients are charged by source address).
+		Authenticator: AuthenticatorFunc(func(_ context.Context, req *ConnectRequest) AuthResult {
+			if req.Connect.Username != "" {
+				return AuthResult{Allow: true, Username: req.Connect.Username}
+			}
+			return AuthResult{NoOpinion: true}
+		}),
 	})
 	payload := bytes.Repeat([]byte{'x'}, 64<<10)
 	cp := v5connect("flooder")
@@ -72,7 +82,9 @@ func TestSecurityRetainedFlood(t *testing.T) {
 
 	// Another identity has its own quota, within the overall count.
 	other := dialRaw(t, addr, packet.V5)
-	other.connect(v5connect("other"))
+	op := v5connect("other")
+	op.Username, op.UsernameFlag = "other", true
+	other.connect(op)
 	for i := range 4 {
 		ack := publishAcked(t, other, uint16(i+1), &packet.Publish{Topic: fmt.Sprintf("other/%d", i), Payload: []byte("v"), Retain: true})
 		want := !ack.ReasonCode.IsError()

@@ -662,10 +662,7 @@ func (s *Server) publish(msg *Message) int {
 // client c, within the retained limits. It returns false, after logging
 // and counting, when a limit refused it.
 func (s *Server) retainFrom(msg *Message, c *Client) bool {
-	owner := c.Username
-	if owner == "" {
-		owner = c.ClientID
-	}
+	owner := retainedOwner(c)
 	reason := s.retained.retain(msg, owner)
 	if reason == "" {
 		return true

@@ -1,6 +1,8 @@
 package broker
 
 import (
+	"fmt"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -98,6 +100,21 @@ func ownerOf(c *Client) sessionOwner {
 		return sessionOwner{key: "anon:" + c.Listener}
 	}
 	return sessionOwner{key: "auth:" + c.Listener, verified: true}
+}
+
+// retainedOwner is the identity whose retained-message quota a client's
+// retained publications are charged to: its verified username or
+// certificate, else its source address. Client IDs (and usernames an
+// anonymous client claims) are free to choose, so charging them would let
+// one client spread its messages over as many quotas as it likes.
+func retainedOwner(c *Client) string {
+	if o := ownerOf(c); strings.HasPrefix(o.key, "user:") || strings.HasPrefix(o.key, "cert:") {
+		return o.key
+	}
+	if ap, err := netip.ParseAddrPort(fmt.Sprint(c.Remote)); err == nil {
+		return "addr:" + ap.Addr().Unmap().String()
+	}
+	return "client:" + c.ClientID
 }
 
 // String describes the owner for logs.
