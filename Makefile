@@ -6,7 +6,7 @@
 GO ?= go
 PKGS ?= ./...
 # Debian packages used by the interop tests (real peers, not mocks).
-DEB_PACKAGES := mosquitto mosquitto-clients python3-paho-mqtt python3-cryptography python3-pycryptodome openssl testssl.sh curl microsocks
+DEB_PACKAGES := mosquitto mosquitto-clients python3-paho-mqtt python3-cryptography python3-pycryptodome openssl testssl.sh curl microsocks slapd ldap-utils
 FUZZTIME ?= 10s
 
 .PHONY: all build test deps vet unit fuzz bench gobench clean
