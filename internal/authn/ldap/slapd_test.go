@@ -42,6 +42,7 @@ include /etc/ldap/schema/nis.schema
 modulepath /usr/lib/ldap
 moduleload back_mdb
 moduleload memberof
+allow bind_anon_dn
 pidfile {{dir}}/slapd.pid
 argsfile {{dir}}/slapd.args
 TLSCACertificateFile {{dir}}/ca.pem
@@ -257,9 +258,9 @@ func (d *directory) load(t *testing.T) {
 	person("uid=bob,"+peopleBase, "bob", bobPW)
 	person("uid=carol,"+peopleBase, "carol", carolPW)
 	add("ou=contractors,"+peopleBase, map[string][]string{"objectClass": {"organizationalUnit"}, "ou": {"contractors"}})
-	// A second bob in a sub-tree, reachable from the DN template only by
-	// injecting ",ou=contractors".
-	person("uid=bob,ou=contractors,"+peopleBase, "bob-contractor", contractPW)
+	// An entry in a sub-tree, which the DN template reaches only when
+	// ",ou=contractors" is injected.
+	person("uid=dave,ou=contractors,"+peopleBase, "dave", contractPW)
 	add("cn=operators,"+groupsBase, map[string][]string{
 		"objectClass": {"groupOfNames"},
 		"cn":          {"operators"},
