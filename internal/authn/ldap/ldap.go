@@ -32,6 +32,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -169,6 +170,7 @@ type Backend struct {
 	pool       *pool // nil without a service account
 	binds      chan struct{}
 	hasService bool
+	closed     atomic.Bool
 }
 
 var _ authn.Backend = (*Backend)(nil)
@@ -355,6 +357,7 @@ func (b *Backend) Name() string { return b.name }
 // Close closes the pooled connections. Authenticate and Recheck fail
 // (closed) afterwards.
 func (b *Backend) Close() error {
+	b.closed.Store(true)
 	if b.pool != nil {
 		b.pool.close()
 	}
@@ -371,6 +374,9 @@ func (b *Backend) Close() error {
 func (b *Backend) Authenticate(ctx context.Context, req *authn.Request) (authn.Result, error) {
 	deny := func(reason string) (authn.Result, error) {
 		return authn.Result{Verdict: authn.Deny, Reason: reason}, nil
+	}
+	if b.closed.Load() {
+		return authn.Result{}, b.unavailable("authenticate", errClosed)
 	}
 	if req.Username == "" || !req.HasPassword {
 		return authn.Result{Verdict: authn.NotMine, Reason: "ldap: no username and password"}, nil
@@ -437,10 +443,13 @@ func (b *Backend) Authenticate(ctx context.Context, req *authn.Request) (authn.R
 // user's current groups. It needs a service account (search.bind_dn). An
 // error wraps authn.ErrUnavailable when the directory could not answer.
 func (b *Backend) Recheck(ctx context.Context, username string) (groups []string, exists bool, err error) {
+	if b.closed.Load() {
+		return nil, false, b.unavailable("recheck", errClosed)
+	}
 	if !b.hasService {
 		return nil, false, errors.New("ldap: recheck needs a service account: set search.bind_dn and its password file")
 	}
-	if !validUsername(username) {
+	if username == "" || !validUsername(username) {
 		return nil, false, nil
 	}
 	var dn string

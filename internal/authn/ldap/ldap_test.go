@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -227,7 +228,7 @@ func TestSecurityLDAPEmptyPassword(t *testing.T) {
 	if _, err := c.SimpleBind(&goldap.SimpleBindRequest{Username: "uid=alice," + peopleBase, AllowEmptyPassword: true}); err != nil {
 		t.Fatalf("the directory refuses unauthenticated binds, so this test shows nothing: %v", err)
 	}
-	for _, cfg := range []Config{templateConfig(d), searchConfig(t, d)} {
+	for _, cfg := range []Config{searchConfig(t, d), templateConfig(d)} {
 		b := newBackend(t, cfg)
 		binds := d.count("BIND")
 		check(t, authenticate(t, b, "alice", ""), want{authn.Deny, nil, "empty password"})
@@ -460,11 +461,13 @@ func TestRecheck(t *testing.T) {
 	}
 }
 
-// TestConcurrent runs many authentications at once over a small pool.
+// TestConcurrent runs many authentications at once over a small pool,
+// and checks that no goroutine outlives Close.
 func TestConcurrent(t *testing.T) {
 	d := startSlapd(t)
 	cfg := searchConfig(t, d)
 	cfg.PoolSize, cfg.MaxBinds = 2, 3
+	base := runtime.NumGoroutine()
 	b := newBackend(t, cfg)
 	var wg sync.WaitGroup
 	for i := range 24 {
@@ -482,6 +485,16 @@ func TestConcurrent(t *testing.T) {
 	wg.Wait()
 	if n := len(b.pool.idle); n > 2 {
 		t.Errorf("%d idle service connections, pool size 2", n)
+	}
+	b.Close()
+	waitFor(t, "the connections' goroutines to end", func() bool { return runtime.NumGoroutine() <= base })
+	if _, err := b.Authenticate(t.Context(), request("alice", alicePW)); !errors.Is(err, authn.ErrUnavailable) {
+		t.Errorf("after Close: %v", err)
+	}
+	tb := newBackend(t, templateConfig(d))
+	tb.Close()
+	if _, err := tb.Authenticate(t.Context(), request("alice", alicePW)); !errors.Is(err, authn.ErrUnavailable) {
+		t.Errorf("template backend after Close: %v", err)
 	}
 }
 
