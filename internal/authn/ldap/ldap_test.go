@@ -314,6 +314,20 @@ func TestDirectoryDown(t *testing.T) {
 	}
 }
 
+// TestDirectoryRestart: pooled service connections die with the
+// directory; once it is back, the first request replaces them without
+// failing.
+func TestDirectoryRestart(t *testing.T) {
+	d := startSlapd(t)
+	b := newBackend(t, searchConfig(t, d))
+	check(t, authenticate(t, b, "alice", alicePW), want{authn.Allow, []string{"operators", "viewers"}, "bound"})
+	d.restart(t)
+	check(t, authenticate(t, b, "alice", alicePW), want{authn.Allow, []string{"operators", "viewers"}, "bound"})
+	if _, ok, err := b.Recheck(t.Context(), "bob"); !ok || err != nil {
+		t.Errorf("recheck after restart: %v %v", ok, err)
+	}
+}
+
 type allowAll struct{}
 
 func (allowAll) Name() string { return "allow-all" }

@@ -70,6 +70,9 @@ type directory struct {
 	ldapsURL string
 	caFile   string
 
+	bin, conf           string
+	ldapPort, ldapsPort int
+
 	cmd  *exec.Cmd
 	done chan struct{} // closed when slapd has exited
 	log  *lockedBuffer // slapd's stats log
@@ -130,7 +133,7 @@ func startSlapd(t *testing.T) *directory {
 		}
 	}
 	d.caFile = caFile
-	t.Cleanup(d.stop)
+	t.Cleanup(func() { d.stop() })
 	d.load(t)
 	return d
 }
@@ -147,10 +150,14 @@ func freePort(t *testing.T) int {
 
 func runSlapd(t *testing.T, bin, conf string, ldapPort, ldapsPort int) (*directory, error) {
 	d := &directory{
-		ldapURL:  fmt.Sprintf("ldap://127.0.0.1:%d", ldapPort),
-		ldapsURL: fmt.Sprintf("ldaps://127.0.0.1:%d", ldapsPort),
-		done:     make(chan struct{}),
-		log:      &lockedBuffer{},
+		bin:       bin,
+		conf:      conf,
+		ldapPort:  ldapPort,
+		ldapsPort: ldapsPort,
+		ldapURL:   fmt.Sprintf("ldap://127.0.0.1:%d", ldapPort),
+		ldapsURL:  fmt.Sprintf("ldaps://127.0.0.1:%d", ldapsPort),
+		done:      make(chan struct{}),
+		log:       &lockedBuffer{},
 	}
 	// -d 256 keeps slapd in the foreground and logs every operation
 	// (stats) to stderr.
@@ -204,6 +211,18 @@ func (d *directory) stop() {
 	}
 	_ = d.cmd.Process.Kill()
 	<-d.done
+}
+
+// restart stops slapd and starts it again on the same ports with the same
+// database: connections made before are gone.
+func (d *directory) restart(t *testing.T) {
+	t.Helper()
+	d.stop()
+	n, err := runSlapd(t, d.bin, d.conf, d.ldapPort, d.ldapsPort)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.cmd, d.done, d.log = n.cmd, n.done, n.log
 }
 
 // admin connects as the root DN, for setting up and changing entries.
