@@ -298,17 +298,18 @@ func New(cfg Config) (*Backend, error) {
 	if cfg.Search.BindDN != "" {
 		b.hasService = true
 		var pw []byte
+		var readErr error
 		switch {
 		case cfg.Search.BindPasswordFile != "":
-			pw, err = os.ReadFile(cfg.Search.BindPasswordFile)
-			if err != nil {
-				bad("search.bind_password_file: %v", err)
+			pw, readErr = os.ReadFile(cfg.Search.BindPasswordFile)
+			if readErr != nil {
+				bad("search.bind_password_file: %v", readErr)
 			}
 			pw = []byte(strings.TrimRight(string(pw), "\r\n"))
 		case cfg.Search.BindPasswordEnv != "":
 			pw = []byte(os.Getenv(cfg.Search.BindPasswordEnv))
 		}
-		if len(pw) == 0 && err == nil {
+		if len(pw) == 0 && readErr == nil {
 			bad("search.bind_dn %q needs a password: set search.bind_password_file (or bind_password_env) to a non-empty secret", cfg.Search.BindDN)
 		}
 		b.servicePW = authn.NewPassword(pw)
