@@ -39,9 +39,9 @@ type jwks struct {
 
 	mu        sync.Mutex
 	set       keyfunc.Keyfunc // nil until a fetch succeeded
-	fetched   time.Time // last successful fetch
-	attempted time.Time // last fetch attempt
-	lastErr   error     // of the last failed attempt
+	fetched   time.Time       // last successful fetch
+	attempted time.Time       // last fetch attempt
+	lastErr   error           // of the last failed attempt
 	inflight  *fetchCall
 }
 
