@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"io"
+	"log"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -131,7 +132,9 @@ type idp struct {
 func newIDP(t *testing.T, keys ...signer) *idp {
 	t.Helper()
 	p := &idp{keys: keys}
-	p.srv = httptest.NewTLSServer(http.HandlerFunc(p.serve))
+	p.srv = httptest.NewUnstartedServer(http.HandlerFunc(p.serve))
+	p.srv.Config.ErrorLog = log.New(io.Discard, "", 0) // handshakes refused on purpose
+	p.srv.StartTLS()
 	t.Cleanup(p.srv.Close)
 	p.caFile = writeFile(t, "idp-ca.pem", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: p.srv.Certificate().Raw}))
 	return p

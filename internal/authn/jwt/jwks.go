@@ -91,7 +91,7 @@ func newJWKS(c *Config, log *slog.Logger) (*jwks, error) {
 }
 
 func (j *jwks) unavailable(format string, args ...any) error {
-	return &unavailableError{msg: fmt.Sprintf("jwt: JWKS %s: ", j.url) + fmt.Sprintf(format, args...)}
+	return &unavailableError{msg: fmt.Sprintf("JWKS %s: ", j.url) + fmt.Sprintf(format, args...)}
 }
 
 // current returns the key set to decide with, fetching it first when it is

@@ -249,6 +249,9 @@ func New(cfg Config) (*Backend, error) {
 		if len(c.Audience) == 0 {
 			bad("audience is required with jwks_url: without it a token issued for another application is accepted")
 		}
+		if c.MaxStale < c.RefreshInterval {
+			bad("max_stale (%s) is shorter than refresh_interval (%s): keys would expire before they are refreshed", c.MaxStale, c.RefreshInterval)
+		}
 	} else if c.CAFile != "" {
 		bad("ca_file applies only to jwks_url")
 	}
@@ -306,7 +309,9 @@ func (b *Backend) Name() string { return b.name }
 // fetch on their own when needed.
 func (b *Backend) Refresh(ctx context.Context) error {
 	if j, ok := b.keys.(*jwks); ok {
-		return j.refresh(ctx)
+		if err := j.refresh(ctx); err != nil {
+			return fmt.Errorf("jwt: %s: JWKS %s: %w", b.name, j.url, err)
+		}
 	}
 	return nil
 }
@@ -331,7 +336,7 @@ func (b *Backend) Authenticate(ctx context.Context, req *authn.Request) (authn.R
 	})
 	if err != nil {
 		if errors.Is(err, authn.ErrUnavailable) {
-			return authn.Result{}, fmt.Errorf("%s: %w", b.name, unwrapUnavailable(err))
+			return authn.Result{}, fmt.Errorf("jwt: %s: %w", b.name, unwrapUnavailable(err))
 		}
 		return b.deny(denyReason(err)), nil
 	}
@@ -405,7 +410,7 @@ func denyReason(err error) string {
 		why string
 	}{
 		{errUnknownKID, "token signed with an unknown key ID"},
-		{errKeyType, "token's algorithm does not match the key's type"},
+		{errKeyType, "no configured key fits the token's algorithm (key type or size)"},
 		{gojwt.ErrTokenMalformed, "malformed token"},
 		{gojwt.ErrTokenSignatureInvalid, "bad signature or algorithm not allowed"},
 		{gojwt.ErrTokenExpired, "token expired"},

@@ -320,7 +320,8 @@ func TestUnavailableUnwraps(t *testing.T) {
 	if !errors.Is(err, authn.ErrUnavailable) || res.Verdict != authn.Deny || res.Backend != "idp" {
 		t.Fatalf("%v %q %v", res.Verdict, res.Backend, err)
 	}
-	if !strings.Contains(err.Error(), "503") {
+	t.Log(err)
+	if !strings.Contains(err.Error(), "503") || !strings.HasPrefix(err.Error(), "jwt: idp: JWKS https://") {
 		t.Errorf("error %q does not say why", err)
 	}
 }
