@@ -130,6 +130,7 @@ type Stats struct {
 // Backend asks an introspection endpoint. Create it with New.
 type Backend struct {
 	cfg    Config
+	url    string // for logs: without userinfo
 	client *http.Client
 	secret string
 	sem    chan struct{}
@@ -190,8 +191,11 @@ func New(cfg Config) (*Backend, error) {
 	bad := func(format string, args ...any) {
 		errs = append(errs, fmt.Errorf("introspect: "+format, args...))
 	}
-	if u, err := url.Parse(c.URL); c.URL == "" || err != nil || u.Scheme != "https" || u.Host == "" {
+	u, err := url.Parse(c.URL)
+	if c.URL == "" || err != nil || u.Scheme != "https" || u.Host == "" {
 		bad("url %q must be an https URL: tokens and the client secret would cross the network in clear text", c.URL)
+	} else if u.User != nil {
+		bad("url must not hold credentials: use client_id and client_secret_file")
 	}
 	if c.ClientID == "" {
 		bad("client_id is required: the endpoint must know who asks")
@@ -235,6 +239,7 @@ func New(cfg Config) (*Backend, error) {
 
 	b := &Backend{
 		cfg:    c,
+		url:    u.Redacted(),
 		secret: secret,
 		sem:    make(chan struct{}, c.MaxConcurrent),
 		cache:  newCache(c.MaxCacheEntries),
@@ -299,8 +304,8 @@ func (b *Backend) Authenticate(ctx context.Context, req *authn.Request) (authn.R
 		var err error
 		if a, err = b.introspect(ctx, tok); err != nil {
 			b.failures.Add(1)
-			b.log.Warn("introspect: endpoint failed; refusing the client", "url", b.cfg.URL, "err", err)
-			return authn.Result{}, fmt.Errorf("%w: introspect: %s: %v", authn.ErrUnavailable, b.cfg.URL, err)
+			b.log.Warn("introspect: endpoint failed; refusing the client", "url", b.url, "err", err)
+			return authn.Result{}, fmt.Errorf("introspect: %s: %s: %w (%w)", b.cfg.Name, b.url, err, authn.ErrUnavailable)
 		}
 		now = b.cfg.Now()
 		b.store(key, a, now)

@@ -277,7 +277,7 @@ func TestWrongClientSecret(t *testing.T) {
 		c.ClientSecretEnv = "MOAT_TEST_INTROSPECT_SECRET"
 	})
 	_, err := b2.Authenticate(context.Background(), req("", "tok"))
-	if !errors.Is(err, authn.ErrUnavailable) || !strings.Contains(err.Error(), "client_id") {
+	if !errors.Is(err, authn.ErrUnavailable) || !strings.Contains(err.Error(), "client_id") || !strings.HasPrefix(err.Error(), "introspect: introspection: https://") {
 		t.Fatalf("err %v, want ErrUnavailable pointing at the client credentials", err)
 	}
 	t.Setenv("MOAT_TEST_INTROSPECT_SECRET", secret)
@@ -390,6 +390,7 @@ func TestConfigErrors(t *testing.T) {
 		{"two secrets", Config{URL: "https://as/i", ClientID: "c", ClientSecretFile: sec, ClientSecretEnv: "X"}, "exactly one"},
 		{"empty secret", Config{URL: "https://as/i", ClientID: "c", ClientSecretFile: empty}, "is empty"},
 		{"unset env", Config{URL: "https://as/i", ClientID: "c", ClientSecretEnv: "MOAT_TEST_UNSET_SECRET"}, "unset or empty"},
+		{"credentials in url", Config{URL: "https://u:p@as/i", ClientID: "c", ClientSecretFile: sec}, "must not hold credentials"},
 		{"bad ca", Config{URL: "https://as/i", ClientID: "c", ClientSecretFile: sec, CAFile: sec}, "no PEM certificate"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"os"
 	"slices"
 	"strings"
@@ -240,7 +241,7 @@ func New(cfg Config) (*Backend, error) {
 		}
 	}
 	if c.JWKSURL != "" {
-		if !strings.HasPrefix(c.JWKSURL, "https://") {
+		if u, err := url.Parse(c.JWKSURL); err != nil || u.Scheme != "https" || u.Host == "" {
 			bad("jwks_url %q must be an https URL: keys fetched in clear text could be replaced", c.JWKSURL)
 		}
 		if c.Issuer == "" {
@@ -324,7 +325,7 @@ func (b *Backend) Authenticate(ctx context.Context, req *authn.Request) (authn.R
 		if !b.cfg.Exclusive {
 			return authn.Result{Verdict: authn.NotMine}, nil
 		}
-		return b.deny("the password is not a JWT"), nil
+		return b.deny("the password is not a JWT (exclusive backend)"), nil
 	}
 	if len(tok) > b.maxTokenLen {
 		return b.deny(fmt.Sprintf("token of %d bytes is larger than the limit of %d", len(tok), b.maxTokenLen)), nil
@@ -332,6 +333,11 @@ func (b *Backend) Authenticate(ctx context.Context, req *authn.Request) (authn.R
 
 	claims := gojwt.MapClaims{}
 	_, err := b.parser.ParseWithClaims(string(tok), claims, func(t *gojwt.Token) (any, error) {
+		if _, ok := t.Header["crit"]; ok {
+			// RFC 7515 §4.1.11: extensions marked critical must be
+			// understood; Moat understands none.
+			return nil, errCrit
+		}
 		return b.keys.key(ctx, t)
 	})
 	if err != nil {
@@ -410,6 +416,7 @@ func denyReason(err error) string {
 		why string
 	}{
 		{errUnknownKID, "token signed with an unknown key ID"},
+		{errCrit, "token has critical header extensions (crit), which are not supported"},
 		{errKeyType, "no configured key fits the token's algorithm (key type or size)"},
 		{gojwt.ErrTokenMalformed, "malformed token"},
 		{gojwt.ErrTokenSignatureInvalid, "bad signature or algorithm not allowed"},

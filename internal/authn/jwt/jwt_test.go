@@ -59,6 +59,13 @@ func TestSecurityHostileTokens(t *testing.T) {
 	swapped := parts[0] + "." + otherParts[1] + "." + parts[2]
 	// An attacker's own key under the provider's kid.
 	forged := signer{kid: "k1", alg: gojwt.SigningMethodRS256, priv: rsaKey(t, 2)}
+	// A critical header extension the verifier does not implement.
+	crit := gojwt.NewWithClaims(k1.alg, good)
+	crit.Header["kid"], crit.Header["crit"], crit.Header["b64"] = "k1", []string{"b64"}, false
+	critTok, err := crit.SignedString(k1.priv)
+	if err != nil {
+		t.Fatal(err)
+	}
 	// A huge token: refused before any parsing.
 	huge := k1.sign(t, with("pad", strings.Repeat("A", 9000)))
 
@@ -80,6 +87,7 @@ func TestSecurityHostileTokens(t *testing.T) {
 		{"numeric subject", k1.sign(t, with("sub", 42)), "no string claim"},
 		{"control characters in subject", k1.sign(t, with("sub", "dev\n1")), "unusable username"},
 		{"oversized", huge, "larger than the limit"},
+		{"crit header", critTok, "critical header"},
 		{"malformed header", "eyJhbGciOi." + parts[1] + "." + parts[2], "malformed"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -31,6 +31,8 @@ var (
 	// errKeyType: no configured key is of the token's algorithm's type
 	// (HS256 against an RSA key, ES256 against a P-384 key).
 	errKeyType = errors.New("jwt: no key of the token's algorithm")
+	// errCrit: the token asks for header extensions Moat does not know.
+	errCrit = errors.New("jwt: unsupported critical header extension")
 )
 
 // unavailableError wraps authn.ErrUnavailable: the keys could not be
