@@ -88,21 +88,19 @@ func parseLines(name string, data []byte, allowPlain bool) ([]line, error) {
 		}
 		h, err := parseHash(raw)
 		switch {
+		case errors.Is(err, errPlain) && !allowPlain:
+			// Never echo the value: it is a password.
+			fail(n, "user %q has a plain-text password; hash the file with \"moat passwd -U %s\"", clip(user), name)
+			continue
+		case errors.Is(err, errPlain) && strings.Contains(raw, ":"):
+			fail(n, "user %q: a plain-text password containing ':' is ambiguous (mosquitto_passwd -U would cut it at the ':'); set it with \"moat passwd\" instead", clip(user))
+			continue
 		case errors.Is(err, errPlain):
-			if !allowPlain {
-				// Never echo the value: it is a password.
-				fail(n, "user %q has a plain-text password; hash the file with \"moat passwd -U %s\"", clip(user), name)
-				continue
-			}
-			if strings.Contains(raw, ":") {
-				fail(n, "user %q: a plain-text password containing ':' is ambiguous (Mosquitto would cut it at the ':'); set it with \"moat passwd\" instead", clip(user))
-				continue
-			}
+		case strings.Contains(raw, ":"):
+			fail(n, "user %q: unexpected ':' in the hash", clip(user))
+			continue
 		case err != nil:
 			fail(n, "user %q: %v", clip(user), err)
-			continue
-		case strings.Contains(raw, ":"):
-			fail(n, "user %q: unexpected ':' after the hash", clip(user))
 			continue
 		default:
 			l.h = h
