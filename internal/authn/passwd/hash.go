@@ -67,9 +67,9 @@ const (
 
 // Parameters moat passwd writes. Argon2id follows RFC 9106's and OWASP's
 // memory-constrained choice (19 MiB, 2 passes, 1 lane), which keeps a burst
-// of connections affordable; PBKDF2 (written in FIPS mode) uses OWASP's
-// iteration count for HMAC-SHA512 and Mosquitto's 64-byte salt, so
-// Mosquitto 2.0 can read the line too.
+// of connections affordable. PBKDF2 (written in FIPS 140 mode) uses OWASP's
+// iteration count for HMAC-SHA512 and a 64-byte salt: FIPS wants at least
+// 16 bytes, and Mosquitto 2.1 reads 12 or 64 (Mosquitto 2.0 only 12).
 const (
 	writeArgon2Memory = 19 << 10
 	writeArgon2Time   = 2
