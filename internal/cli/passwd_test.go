@@ -162,3 +162,56 @@ assert hashlib.pbkdf2_hmac("sha512", b"fips pw", salt, int(it)) == base64.b64dec
 		t.Fatalf("python3 rejects the line: %v\n%s", err, out)
 	}
 }
+
+// ptyDriver runs argv[1:] on a pseudo-terminal, answers each prompt named
+// in the pairs "prompt=answer" that follow "--", and prints the output.
+const ptyDriver = `import os, pty, sys
+i = sys.argv.index("--")
+cmd, pairs = sys.argv[1:i], [a.split("=", 1) for a in sys.argv[i+1:]]
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(cmd[0], cmd)
+out = b""
+for prompt, answer in pairs:
+    while prompt.encode() not in out:
+        d = os.read(fd, 1024)
+        if not d:
+            sys.exit("no prompt %r in %r" % (prompt, out))
+        out += d
+    out = out.replace(prompt.encode(), b"<" + prompt.encode() + b">", 1)
+    os.write(fd, answer.encode() + b"\n")
+try:
+    while True:
+        d = os.read(fd, 1024)
+        if not d:
+            break
+        out += d
+except OSError:
+    pass
+_, st = os.waitpid(pid, 0)
+sys.stdout.write(out.decode(errors="replace"))
+sys.exit(os.waitstatus_to_exitcode(st))
+`
+
+// TestPasswdTerminal: on a terminal the password is asked twice and the
+// two answers must match.
+func TestPasswdTerminal(t *testing.T) {
+	needTool(t, "python3")
+	path := filepath.Join(t.TempDir(), "passwd")
+	out, err := run(t, 30*time.Second, "python3", "-c", ptyDriver, moatBin, "passwd", "-c", path, "tty",
+		"--", "Password: =tty pw", "Reenter password: =tty pw")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if v := passwdVerdict(t, path, "tty", "tty pw"); v != authn.Allow {
+		t.Fatalf("%v\n%s", v, out)
+	}
+	out, err = run(t, 30*time.Second, "python3", "-c", ptyDriver, moatBin, "passwd", path, "tty",
+		"--", "Password: =one", "Reenter password: =two")
+	if err == nil || !strings.Contains(out, "do not match") {
+		t.Fatalf("mismatch: %v\n%s", err, out)
+	}
+	if v := passwdVerdict(t, path, "tty", "tty pw"); v != authn.Allow {
+		t.Fatalf("a failed change altered the file: %v", v)
+	}
+}
