@@ -19,6 +19,7 @@ const MaxPassword = 65535
 type Editor struct {
 	path  string
 	mode  fs.FileMode
+	orig  fs.FileInfo // the file replaced, nil when new
 	lines []line
 }
 
@@ -35,6 +36,9 @@ func Edit(path string, create bool) (*Editor, error) {
 	switch {
 	case err == nil:
 		e.mode = mode
+		if e.orig, err = os.Stat(e.path); err != nil {
+			return nil, fmt.Errorf("passwd: %w", err)
+		}
 	case errors.Is(err, fs.ErrNotExist) && create:
 		return e, nil
 	case errors.Is(err, fs.ErrNotExist):
@@ -163,6 +167,12 @@ func (e *Editor) Write() error {
 	if err := tmp.Chmod(e.mode); err != nil {
 		tmp.Close()
 		return fmt.Errorf("passwd: %w", err)
+	}
+	if e.orig != nil {
+		if err := keepOwner(tmp, e.orig); err != nil {
+			tmp.Close()
+			return fmt.Errorf("passwd: %s could not keep its owner (%w); run as its owner or as root", e.path, err)
+		}
 	}
 	if _, err := tmp.WriteString(b.String()); err != nil {
 		tmp.Close()

@@ -52,6 +52,10 @@ func parseLines(name string, data []byte, allowPlain bool) ([]line, error) {
 			errs = append(errs, fmt.Errorf("passwd: %s: more problems not shown", name))
 		}
 	}
+	if bytes.HasPrefix(data, []byte("\xef\xbb\xbf")) {
+		// Otherwise the first username would silently begin with U+FEFF.
+		return nil, fmt.Errorf("passwd: %s:1: the file starts with a byte order mark; save it as UTF-8 without one", name)
+	}
 	for n := 1; len(data) > 0; n++ {
 		var text []byte
 		text, data, _ = bytes.Cut(data, []byte{'\n'})

@@ -15,7 +15,9 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"fmt"
+	"io/fs"
 	"maps"
+	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -253,14 +255,24 @@ func diff(old, cur *table) Change {
 // The wiring passes time.NewTicker(interval).C; tests pass their own
 // channel.
 func (f *File) Watch(ctx context.Context, tick <-chan time.Time, report func(Change, error)) {
-	last := "" // the failure reported last, so each one is reported once
+	last := ""           // the failure reported last, so each one is reported once
+	var seen fs.FileInfo // the file as last read; unchanged files are not read again
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick:
 		}
+		if fi, err := os.Stat(f.path); err == nil {
+			if seen != nil && os.SameFile(fi, seen) && fi.Size() == seen.Size() && fi.ModTime().Equal(seen.ModTime()) {
+				continue
+			}
+			seen = fi
+		}
 		c, key, err := f.poll()
+		if err != nil {
+			seen = nil // read it again next time: a permission fix does not change mtime
+		}
 		switch {
 		case err != nil && key != last:
 			last = key

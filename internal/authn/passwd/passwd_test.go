@@ -322,13 +322,14 @@ func TestLoadRejects(t *testing.T) {
 		{"control char", "al\x01ice:" + goodHash, "control character"},
 		{"bad utf8", "al\xffice:" + goodHash, "UTF-8"},
 		{"long line", "alice:" + strings.Repeat("A", MaxLine), "line is"},
+		{"byte order mark", "\ufeff" + good, ":1: the file starts with a byte order mark"},
 		{"long hash", "alice:$7$" + strings.Repeat("1", 2000), "at most 1024"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "pw")
 			// A good line first: the file is refused as a whole.
 			content := "# users\n" + good + "\n" + tc.line + "\n"
-			if tc.name == "duplicate" {
+			if tc.name == "duplicate" || tc.name == "byte order mark" {
 				content = tc.line + "\n"
 			}
 			writeFile(t, path, content)
