@@ -319,9 +319,7 @@ func newHash(password []byte) (*hash, error) {
 // hashWith hashes password under p with a fresh random salt.
 func hashWith(p params, password []byte) (*hash, error) {
 	h := &hash{scheme: p.scheme, iter: p.iter, mem: p.mem, par: p.par, salt: make([]byte, p.saltLen), sum: make([]byte, p.sumLen)}
-	if _, err := rand.Read(h.salt); err != nil {
-		return nil, fmt.Errorf("passwd: reading random salt: %w", err)
-	}
+	rand.Read(h.salt) // never fails (crypto/rand)
 	h.sum = h.derive(password)
 	if len(h.sum) != p.sumLen {
 		return nil, fmt.Errorf("passwd: %s hashing failed", p.scheme)

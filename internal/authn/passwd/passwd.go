@@ -102,7 +102,7 @@ func newTable(name string, data []byte) (*table, error) {
 	// The dummy has the parameters most entries have (the costlier on a
 	// tie), so an unknown user costs what a typical wrong password costs.
 	best, bestN := params{scheme: Argon2id, iter: writeArgon2Time, mem: writeArgon2Memory, par: writeArgon2Par, saltLen: writeArgon2Salt, sumLen: writeArgon2Sum}, 0
-	for _, p := range slices.SortedFunc(maps.Keys(count), func(a, b params) int { return compareParams(a, b) }) {
+	for _, p := range slices.SortedFunc(maps.Keys(count), compareParams) {
 		if n := count[p]; n > bestN || (n == bestN && p.cost() > best.cost()) {
 			best, bestN = p, n
 		}
@@ -112,12 +112,8 @@ func newTable(name string, data []byte) (*table, error) {
 	// costs.
 	t.dummy = &hash{scheme: best.scheme, iter: best.iter, mem: best.mem, par: best.par,
 		salt: make([]byte, best.saltLen), sum: make([]byte, best.sumLen)}
-	if _, err := rand.Read(t.dummy.salt); err != nil {
-		return nil, fmt.Errorf("passwd: reading random salt: %w", err)
-	}
-	if _, err := rand.Read(t.dummy.sum); err != nil {
-		return nil, fmt.Errorf("passwd: reading random salt: %w", err)
-	}
+	rand.Read(t.dummy.salt) // never fails (crypto/rand)
+	rand.Read(t.dummy.sum)
 	return t, nil
 }
 

@@ -497,3 +497,47 @@ func TestLimiterContext(t *testing.T) {
 		t.Errorf("free slot: err=%v ran=%v", err, ran)
 	}
 }
+
+// TestReloadConcurrent swaps generations while logins run (for -race): each
+// login sees one whole generation.
+func TestReloadConcurrent(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "passwd")
+	a, b := hashLine(t, cheap, "u", "one"), hashLine(t, cheap, "u", "two")
+	writeFile(t, path, a)
+	f, err := Load(path, Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				one, two := auth(t, f, "u", "one").Verdict, auth(t, f, "u", "two").Verdict
+				if one == authn.NotMine || two == authn.NotMine {
+					t.Error("NotMine for a listed user")
+				}
+			}
+		})
+	}
+	for i := range 20 {
+		content := a
+		if i%2 == 1 {
+			content = b
+		}
+		writeFile(t, path+".new", content)
+		if err := os.Rename(path+".new", path); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.Reload(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(stop)
+	wg.Wait()
+}
