@@ -541,3 +541,52 @@ func TestReloadConcurrent(t *testing.T) {
 	close(stop)
 	wg.Wait()
 }
+
+// libargon2Hash is argon2id_hash_encoded from the reference implementation
+// (the call Mosquitto 2.1 makes), through Python's ctypes.
+const libargon2Hash = `import ctypes, sys
+from ctypes import c_uint32 as u32, c_size_t as sz, c_char_p as s
+lib = ctypes.CDLL("libargon2.so.1")
+lib.argon2_encodedlen.restype = sz
+lib.argon2_encodedlen.argtypes = [u32, u32, u32, u32, u32, ctypes.c_int]
+lib.argon2id_hash_encoded.argtypes = [u32, u32, u32, s, sz, s, sz, sz, s, sz]
+t, m, p, saltlen, hashlen = map(int, sys.argv[1:6])
+pw, salt = sys.argv[6].encode(), bytes(range(saltlen))
+n = lib.argon2_encodedlen(t, m, p, saltlen, hashlen, 2) + 1
+buf = ctypes.create_string_buffer(n)
+assert lib.argon2id_hash_encoded(t, m, p, pw, len(pw), salt, saltlen, hashlen, buf, n) == 0
+print(buf.value.decode())
+`
+
+// TestLibargon2 checks argon2id PHC strings from the reference library
+// with several parameter sets, including Mosquitto 2.1's.
+func TestLibargon2(t *testing.T) {
+	if _, err := exec.LookPath("python3"); err != nil {
+		t.Skip("python3 is not installed")
+	}
+	if _, err := exec.Command("python3", "-c", `import ctypes; ctypes.CDLL("libargon2.so.1")`).CombinedOutput(); err != nil {
+		t.Skip("libargon2 is not installed (Debian package libargon2-1)")
+	}
+	var lines strings.Builder
+	sets := [][5]int{{1, 47104, 1, 64, 64}, {3, 4096, 4, 8, 16}, {2, 1024, 2, 32, 128}}
+	for i, p := range sets {
+		args := []string{"-c", libargon2Hash}
+		for _, v := range p {
+			args = append(args, fmt.Sprint(v))
+		}
+		out, err := exec.Command("python3", append(args, fmt.Sprintf("pw %d", i))...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("libargon2 %v: %v\n%s", p, err, out)
+		}
+		want := fmt.Sprintf("$argon2id$v=19$m=%d,t=%d,p=%d$", p[1], p[0], p[2])
+		if !strings.HasPrefix(string(out), want) {
+			t.Fatalf("libargon2 wrote %q", out)
+		}
+		fmt.Fprintf(&lines, "u%d:%s", i, out)
+	}
+	f := load(t, lines.String())
+	for i := range sets {
+		wantVerdict(t, f, fmt.Sprint("u", i), fmt.Sprintf("pw %d", i), authn.Allow)
+		wantVerdict(t, f, fmt.Sprint("u", i), "pw", authn.Deny)
+	}
+}
