@@ -12,8 +12,10 @@ package passwd
 
 import (
 	"context"
+	"crypto/fips140"
 	"crypto/rand"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io/fs"
 	"maps"
@@ -93,11 +95,21 @@ func newTable(name string, data []byte) (*table, error) {
 	}
 	t := &table{users: make(map[string]*hash), sum: sha256.Sum256(data)}
 	count := make(map[params]int)
+	var errs []error
 	for _, l := range lines {
+		if l.h != nil && fips140.Enforced() && l.h.scheme == PBKDF2 && len(l.h.salt) < 16 && len(errs) < maxErrors {
+			// Go refuses such a derivation in FIPS 140-only mode: the
+			// user could never log in. Say so now rather than answer
+			// "wrong password" later.
+			errs = append(errs, fmt.Errorf("passwd: %s:%d: user %q: FIPS 140-only mode refuses PBKDF2 salts shorter than 16 bytes (Mosquitto 2.0 writes 12); set a new password with moat passwd", name, l.num, clip(l.user)))
+		}
 		if l.h != nil {
 			t.users[l.user] = l.h
 			count[l.h.params()]++
 		}
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
 	}
 	// The dummy has the parameters most entries have (the costlier on a
 	// tie), so an unknown user costs what a typical wrong password costs.

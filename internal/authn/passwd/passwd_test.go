@@ -590,3 +590,24 @@ func TestLibargon2(t *testing.T) {
 		wantVerdict(t, f, fmt.Sprint("u", i), "pw", authn.Deny)
 	}
 }
+
+// TestFIPSOnlyShortSalt runs itself again with GODEBUG=fips140=only: the
+// 12-byte salts of Mosquitto 2.0's $7$ lines are then refused at load with
+// a reason, instead of every login failing as a wrong password.
+func TestFIPSOnlyShortSalt(t *testing.T) {
+	if os.Getenv("MOAT_PASSWD_FIPS_CHILD") == "1" {
+		_, err := Load(filepath.Join("testdata", "mosquitto20.passwd"), Config{})
+		if err == nil || !strings.Contains(err.Error(), "FIPS 140-only") || !strings.Contains(err.Error(), ":3:") {
+			t.Fatalf("FIPS 140-only mode: %v", err)
+		}
+		// Lines moat passwd writes in FIPS mode verify.
+		f := load(t, hashLine(t, params{scheme: PBKDF2, iter: 1000, saltLen: 64, sumLen: 64}, "u", "a long enough password"))
+		wantVerdict(t, f, "u", "a long enough password", authn.Allow)
+		return
+	}
+	cmd := exec.Command(os.Args[0], "-test.run", "^TestFIPSOnlyShortSalt$")
+	cmd.Env = append(os.Environ(), "MOAT_PASSWD_FIPS_CHILD=1", "GODEBUG=fips140=only")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+}
