@@ -142,14 +142,20 @@ func (c *conn) serve() {
 		return
 	}
 	c.lastDrain = time.Now()
-	if c.in.br.Buffered() == 0 && c.raw != nil {
-		if c.goQuiet() {
-			return
-		}
-	} else {
+	c.setHandling(false)
+	switch {
+	case c.in.br.Buffered() == 0 && c.raw != nil && c.goQuiet():
+	case c.raw == nil || c.in.br.Buffered() > 0:
 		c.armKeepAlive()
+		fallthrough
+	default: // goQuiet found input and set the read deadline
+		c.srv.track(c.readMain)
 	}
-	c.srv.track(c.readMain)
+	// CONNACK (and any resends) waited until the reader goroutine was
+	// started: a client may send SUBSCRIBE as soon as it reads CONNACK,
+	// and the reader should then be waiting for it, not still being set
+	// up. This goroutine writes only from here on.
+	c.writeInline()
 }
 
 // readMain is the reader goroutine of an accepted connection.
@@ -409,6 +415,9 @@ func (c *conn) connect(ctx context.Context, pkt *packet.Connect) bool {
 	c.log = newConnLogger(s.log, c.lst.name, c.nc.RemoteAddr(), st.clientID)
 	c.outMu.Lock()
 	c.canWrite = true
+	// Packets queued from now on (CONNACK first) are written by serve
+	// once the connection is ready to read the client's next packet.
+	c.handling = true
 	c.outMu.Unlock()
 	_, present, refusal := s.attach(c, &st)
 	if refusal != "" {
