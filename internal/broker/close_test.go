@@ -117,3 +117,40 @@ func TestSessionEndsBeforeClose(t *testing.T) {
 		}
 	}
 }
+
+// TestInflightExpiryResend checks the Message Expiry Interval of a
+// message resent after it expired in flight: it is resent [MQTT-4.3.3-7]
+// with the interval it was first sent with, not 0, because it stopped
+// waiting in the server when its delivery started [MQTT-3.3.2-6]; a
+// message that expired while queued is dropped [MQTT-3.3.2-5].
+func TestInflightExpiryResend(t *testing.T) {
+	clock := &fakeClock{t: time.Now()}
+	_, addr := testServer(t, Config{Now: clock.Now})
+	sub := dialRaw(t, addr, packet.V5)
+	sub.connect(connectV5("ie-sub", true, withExpiry(3600)))
+	subscribe(t, sub, 1, packet.Subscription{Filter: "ie/#", QoS: 1})
+	pub := dialRaw(t, addr, packet.V5)
+	pub.connect(v5connect("ie-pub"))
+	p := &packet.Publish{Topic: "ie/inflight", Payload: []byte("a")}
+	p.Properties.SetMessageExpiry(10)
+	publishAcked(t, pub, 1, p)
+	first := recvPublish(t, sub)
+	if first.Properties.MessageExpiry != 10 {
+		t.Fatalf("first send: expiry %d, want 10", first.Properties.MessageExpiry)
+	}
+	closeAndWait(t, sub, &packet.Disconnect{}) // not acknowledged
+	q := &packet.Publish{Topic: "ie/queued", Payload: []byte("b")}
+	q.Properties.SetMessageExpiry(10)
+	publishAcked(t, pub, 2, q)
+	clock.advance(30 * time.Second)
+	sub2, ack := reconnect(t, addr, packet.V5, connectV5("ie-sub", false, withExpiry(3600)))
+	if !ack.SessionPresent {
+		t.Fatal("session lost")
+	}
+	again := recvPublish(t, sub2)
+	if !again.Dup || again.Topic != "ie/inflight" || again.Properties.MessageExpiry != 10 {
+		t.Fatalf("resend: dup %v topic %q expiry %d, want the in-flight message with expiry 10", again.Dup, again.Topic, again.Properties.MessageExpiry)
+	}
+	sub2.send(&packet.Puback{PacketID: again.PacketID})
+	expectNone(t, sub2)
+}

@@ -179,6 +179,10 @@ func (s *session) deliver(srv *Server, d *delivery) bool {
 func (s *session) startLocked(c *conn, d *delivery) {
 	d.pid = s.allocPID()
 	s.inflight = append(s.inflight, d)
+	if !d.expiryFixed && !d.msg.Expires.IsZero() {
+		d.expiry = d.msg.remainingExpiry(c.srv.cfg.Now())
+		d.expiryFixed = true
+	}
 	dup := d.sent
 	d.sent = true
 	c.send(outPublish{d: d, dup: dup})
