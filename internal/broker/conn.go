@@ -58,6 +58,9 @@ type conn struct {
 	// maxOut is the client's Maximum Packet Size (0: none); set before
 	// the writer starts and never changed.
 	maxOut uint32
+	// problemInfo: the v5 client accepts Reason Strings on packets other
+	// than PUBLISH, CONNACK and DISCONNECT [MQTT-3.1.2-29].
+	problemInfo bool
 
 	// writer-owned
 	wbuf        []byte
@@ -402,6 +405,7 @@ func (c *conn) connect(ctx context.Context, pkt *packet.Connect) bool {
 		if pkt.Properties.Has(packet.PropMaximumPacketSize) {
 			c.maxOut = pkt.Properties.MaximumPacketSize
 		}
+		c.problemInfo = !pkt.Properties.Has(packet.PropRequestProblemInfo) || pkt.Properties.RequestProblemInfo != 0
 	}
 	c.connectedAt = s.cfg.Now()
 
@@ -1094,8 +1098,36 @@ func (c *conn) encode(dst []byte, p packet.Packet) ([]byte, error) {
 		return dst, err
 	case *packet.Publish:
 		return c.encodePublish(dst, q)
+	case *packet.Suback:
+		return c.encodeAck(dst, p, &q.Properties)
+	case *packet.Unsuback:
+		return c.encodeAck(dst, p, &q.Properties)
 	}
 	return packet.Append(dst, p, c.version)
+}
+
+// encodeAck appends a SUBACK or UNSUBACK (props are its properties)
+// within the client's Maximum Packet Size [MQTT-3.1.2-24]: the Reason
+// String and User Properties go first [MQTT-3.9.2-1] [MQTT-3.11.2-1]
+// [MQTT-3.11.2-2]; an acknowledgement still too large (a client that
+// subscribed to more filters than its own limit can acknowledge) is not
+// sent, which the specification requires of any packet over the limit;
+// its subscriptions are made all the same.
+func (c *conn) encodeAck(dst []byte, p packet.Packet, props *packet.Properties) ([]byte, error) {
+	start := len(dst)
+	out, err := packet.Append(dst, p, c.version)
+	if err != nil || c.maxOut == 0 || uint32(len(out)-start) <= c.maxOut {
+		return out, err
+	}
+	props.Unmark(packet.PropReasonString)
+	props.User = nil
+	out, err = packet.Append(out[:start], p, c.version)
+	if err != nil || uint32(len(out)-start) <= c.maxOut {
+		return out, err
+	}
+	c.log.Info("broker: acknowledgement larger than the client's Maximum Packet Size; not sent",
+		"type", p.Type(), "size", len(out)-start, "max", c.maxOut)
+	return out[:start], nil
 }
 
 func (c *conn) encodePublish(dst []byte, p *packet.Publish) ([]byte, error) {

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"cmp"
 	"fmt"
 	"strings"
 
@@ -136,6 +137,7 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 		sub    topic.Subscription
 	}
 	var sendRetained []retainedReq
+	var problem string // Reason String for the first refusal
 	for i, req := range p.Subscriptions {
 		group, filter, err := packet.SplitShared(req.Filter)
 		if err != nil || tooDeep(filter, s.cfg.MaxTopicLevels) {
@@ -145,6 +147,7 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 		if d := s.authorize(&c.client, ActionSubscribe, filter, req.QoS, false); !d.Allow {
 			c.log.Info("broker: subscription not authorized", "filter", req.Filter, "reason", d.Reason)
 			codes[i] = packet.NotAuthorized
+			problem = cmp.Or(problem, "subscription not authorized")
 			continue
 		}
 		sub := topic.Subscription{
@@ -165,6 +168,7 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 			c.sess.subs.Add(-1)
 			c.log.Info("broker: subscription refused: too many subscriptions", "filter", req.Filter, "max", s.cfg.MaxSubscriptions)
 			codes[i] = packet.QuotaExceeded
+			problem = cmp.Or(problem, fmt.Sprintf("at most %d subscriptions per session", s.cfg.MaxSubscriptions))
 			continue
 		}
 		codes[i] = packet.ReasonCode(sub.QoS)
@@ -181,7 +185,13 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 			}
 		}
 	}
-	c.send(&packet.Suback{PacketID: p.PacketID, ReasonCodes: codes})
+	ack := &packet.Suback{PacketID: p.PacketID, ReasonCodes: codes}
+	if problem != "" && c.version == packet.V5 && c.problemInfo {
+		// The writer drops it if the SUBACK would exceed the client's
+		// Maximum Packet Size (encodeAck).
+		ack.Properties.SetReasonString(problem)
+	}
+	c.send(ack)
 	now := s.cfg.Now()
 	for _, r := range sendRetained {
 		s.cfg.Retained.Match(r.filter, func(m *Message) bool {
