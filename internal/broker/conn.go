@@ -43,7 +43,6 @@ type conn struct {
 
 	keepAlive   time.Duration // 0: no keep alive
 	will        *packet.Will
-	willClient  *Client
 	aliasesIn   map[uint16]string
 	aliasMaxIn  uint16
 	connectedAt time.Time
@@ -69,12 +68,11 @@ type conn struct {
 	aliasOutMax uint16
 	aliasesOut  map[string]uint16
 
-	outMu     sync.Mutex
-	out       []packet.Packet
-	spare     []packet.Packet
-	outBytes  int  // QoS 0 bytes waiting
-	final     bool // close after the queue drains
-	closeCode packet.ReasonCode
+	outMu    sync.Mutex
+	out      []packet.Packet
+	spare    []packet.Packet
+	outBytes int  // QoS 0 bytes waiting
+	final    bool // close after the queue drains
 	// canWrite is set once the connection may have a writer goroutine
 	// (after CONNECT was accepted); writing is true while one runs.
 	canWrite   bool
