@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"crypto/tls"
 	"net"
 	"sync"
 	"syscall"
@@ -13,7 +14,7 @@ import (
 // dialSmallWindow dials addr with a small socket receive buffer, so that
 // what the server sends stays in the server's send queue until the client
 // reads it.
-func dialSmallWindow(t *testing.T, addr string) *rawClient {
+func dialSmallWindow(t *testing.T, addr string, useTLS bool) *rawClient {
 	t.Helper()
 	d := net.Dialer{Timeout: 5 * time.Second, Control: func(_, _ string, rc syscall.RawConn) error {
 		var serr error
@@ -25,11 +26,19 @@ func dialSmallWindow(t *testing.T, addr string) *rawClient {
 		}
 		return serr
 	}}
+	var nc net.Conn
 	nc, err := d.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { nc.Close() })
+	if useTLS {
+		tc := tls.Client(nc, &tls.Config{InsecureSkipVerify: true})
+		if err := tc.Handshake(); err != nil {
+			t.Fatal(err)
+		}
+		nc = tc
+	}
 	r := packet.NewReader(nc, 0)
 	r.SetVersion(packet.V5)
 	return &rawClient{t: t, nc: nc, r: r, v: packet.V5}
@@ -54,17 +63,27 @@ func floodQoS2(nc net.Conn) {
 // DISCONNECT sits in the server's send queue behind them when the server
 // ends the connection; closing a socket with unread input makes the
 // kernel send a reset and throw that queue away. The server must
-// half-close and drain the input instead. Several tries show it is
-// reliable.
+// half-close (after a TLS close_notify) and drain the input instead.
+// Several tries show it is reliable.
 func TestServerDisconnectReachesClient(t *testing.T) {
 	goroutineLeakCheck(t)
-	_, addr := testServer(t, Config{ReceiveMaximum: 2})
-	pub := dialRaw(t, addr, packet.V5)
+	t.Run("tcp", func(t *testing.T) {
+		_, addr := testServer(t, Config{ReceiveMaximum: 2})
+		disconnectWhileFlooding(t, addr, false)
+	})
+	t.Run("tls", func(t *testing.T) {
+		_, addr := testServerTLS(t, Config{ReceiveMaximum: 2})
+		disconnectWhileFlooding(t, addr, true)
+	})
+}
+
+func disconnectWhileFlooding(t *testing.T, addr string, useTLS bool) {
+	pub := dialSmallWindow(t, addr, useTLS)
 	pub.connect(v5connect("flood-pub"))
 	payload := make([]byte, 1024)
 	pid := uint16(0)
 	for try := range 5 {
-		c := dialSmallWindow(t, addr)
+		c := dialSmallWindow(t, addr, useTLS)
 		c.connect(v5connect("flood-" + itoa(try)))
 		subscribe(t, c, 1, packet.Subscription{Filter: "backlog/" + itoa(try)})
 		// 128 KiB for the client that it does not read yet; each PUBACK
