@@ -173,3 +173,29 @@ func TestInflightExpiryResend(t *testing.T) {
 	sub2.send(&packet.Puback{PacketID: again.PacketID})
 	expectNone(t, sub2)
 }
+
+// TestExpiredQueuedMessagesMakeRoom checks that messages that expired
+// while queued for an offline client are dropped rather than keep a full
+// queue from taking new messages [MQTT-3.3.2-5].
+func TestExpiredQueuedMessagesMakeRoom(t *testing.T) {
+	clock := &fakeClock{t: time.Now()}
+	_, addr := testServer(t, Config{Now: clock.Now, MaxQueued: 2})
+	sub := dialRaw(t, addr, packet.V5)
+	sub.connect(connectV5("eq-sub", true, withExpiry(3600)))
+	subscribe(t, sub, 1, packet.Subscription{Filter: "eq/#", QoS: 1})
+	closeAndWait(t, sub, &packet.Disconnect{})
+	pub := dialRaw(t, addr, packet.V5)
+	pub.connect(v5connect("eq-pub"))
+	for i := range 2 {
+		p := &packet.Publish{Topic: "eq/old", Payload: []byte("old")}
+		p.Properties.SetMessageExpiry(10)
+		publishAcked(t, pub, uint16(i+1), p)
+	}
+	clock.advance(30 * time.Second)
+	publishAcked(t, pub, 3, &packet.Publish{Topic: "eq/new", Payload: []byte("new")})
+	sub2, _ := reconnect(t, addr, packet.V5, connectV5("eq-sub", false, withExpiry(3600)))
+	if p := recvPublish(t, sub2); p.Topic != "eq/new" {
+		t.Fatalf("got %q, want eq/new", p.Topic)
+	}
+	expectNone(t, sub2)
+}
