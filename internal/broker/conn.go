@@ -3,6 +3,7 @@ package broker
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -64,6 +65,9 @@ type conn struct {
 	// maxOut is the client's Maximum Packet Size (0: none); set before
 	// the writer starts and never changed.
 	maxOut uint32
+	// problemInfo: the v5 client accepts Reason Strings on packets other
+	// than PUBLISH, CONNACK and DISCONNECT [MQTT-3.1.2-29].
+	problemInfo bool
 
 	// writer-owned
 	wbuf        []byte
@@ -83,11 +87,19 @@ type conn struct {
 	writing    bool
 	handling   bool          // the reader is handling a packet and will write after it
 	writerExit chan struct{} // closed when the running writer returns; nil when none runs
+	// draining is set while the reader reads and discards the input of a
+	// connection it is closing (see closeGracefully).
+	draining bool
 
-	done       chan struct{} // closed when the connection is fully cleaned up
-	killed     chan struct{} // closed when closing is set
-	closing    atomic.Bool
-	normalExit atomic.Bool // DISCONNECT 0x00 received: no will
+	// done is closed once the connection no longer holds its session
+	// (which a takeover waits for); the socket may still be closing.
+	done         chan struct{}
+	doneOnce     sync.Once
+	killed       chan struct{} // closed when closing is set
+	endOnce      sync.Once
+	wroteConnack bool // a CONNACK refusal was written (reader-owned)
+	closing      atomic.Bool
+	normalExit   atomic.Bool // DISCONNECT 0x00 received: no will
 	// established is set once CONNACK is queued; it publishes version to
 	// other goroutines (kill).
 	established atomic.Bool
@@ -131,19 +143,30 @@ func (s *Server) newConn(nc net.Conn, lst *listenerState) *conn {
 func (c *conn) serve() {
 	defer c.recoverPanic()
 	if !c.handshakeAndConnect() {
-		c.nc.Close()
+		if c.wroteConnack {
+			// Let the refusal reach a client that kept sending.
+			c.closeGracefully()
+		} else {
+			c.nc.Close()
+		}
 		c.end()
 		return
 	}
 	c.lastDrain = time.Now()
-	if c.in.br.Buffered() == 0 && c.raw != nil {
-		if c.goQuiet() {
-			return
-		}
-	} else {
+	c.setHandling(false)
+	switch {
+	case c.in.br.Buffered() == 0 && c.raw != nil && c.goQuiet():
+	case c.raw == nil || c.in.br.Buffered() > 0:
 		c.armKeepAlive()
+		fallthrough
+	default: // goQuiet found input and set the read deadline
+		c.srv.track(c.readMain)
 	}
-	c.srv.track(c.readMain)
+	// CONNACK (and any resends) waited until the reader goroutine was
+	// started: a client may send SUBSCRIBE as soon as it reads CONNACK,
+	// and the reader should then be waiting for it, not still being set
+	// up. This goroutine writes only from here on.
+	c.writeInline()
 }
 
 // readMain is the reader goroutine of an accepted connection.
@@ -172,17 +195,19 @@ func (c *conn) recoverPanic() {
 	c.end()
 }
 
+// detached closes done: the session no longer refers to this connection.
+func (c *conn) detached() {
+	c.doneOnce.Do(func() { close(c.done) })
+}
+
 // end marks the connection as fully cleaned up; it runs once.
 func (c *conn) end() {
-	select {
-	case <-c.done:
-		return
-	default:
-	}
-	close(c.done)
-	if c.onEnd != nil {
-		c.onEnd()
-	}
+	c.detached()
+	c.endOnce.Do(func() {
+		if c.onEnd != nil {
+			c.onEnd()
+		}
+	})
 }
 
 // handshakeAndConnect completes TLS (if any) and CONNECT within the
@@ -274,6 +299,7 @@ func (c *conn) writeDirect(p packet.Packet, v packet.Version) {
 	}
 	c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
 	c.nc.Write(b)
+	c.wroteConnack = true
 }
 
 // refuse sends a CONNACK refusal (code is a v5 reason code) and logs it.
@@ -404,6 +430,7 @@ func (c *conn) connect(ctx context.Context, pkt *packet.Connect) bool {
 		if pkt.Properties.Has(packet.PropMaximumPacketSize) {
 			c.maxOut = pkt.Properties.MaximumPacketSize
 		}
+		c.problemInfo = !pkt.Properties.Has(packet.PropRequestProblemInfo) || pkt.Properties.RequestProblemInfo != 0
 	}
 	c.connectedAt = s.cfg.Now()
 
@@ -417,6 +444,9 @@ func (c *conn) connect(ctx context.Context, pkt *packet.Connect) bool {
 	c.log = newConnLogger(s.log, c.lst.name, c.nc.RemoteAddr(), st.clientID)
 	c.outMu.Lock()
 	c.canWrite = true
+	// Packets queued from now on (CONNACK first) are written by serve
+	// once the connection is ready to read the client's next packet.
+	c.handling = true
 	c.outMu.Unlock()
 	_, present, refusal := s.attach(c, &st)
 	if refusal != "" {
@@ -551,6 +581,11 @@ func (c *conn) armKeepAlive() {
 // deadline for the first packet is already set (armKeepAlive, goQuiet).
 func (c *conn) readLoop() (handedOver bool) {
 	for {
+		if c.closing.Load() {
+			// kill was called: stop reading packets (the writer wakes a
+			// blocked read once it has flushed, see wakeReader).
+			return false
+		}
 		if c.in.br.Buffered() == 0 {
 			// Wait for input here, so that a short acknowledgement at
 			// its start can take the fast path below.
@@ -828,11 +863,26 @@ func (c *conn) startWriterLocked() {
 // kill starts closing the connection. For a v5 client that completed
 // CONNECT and a non-zero code, DISCONNECT with that code is sent first
 // [MQTT-4.13.2-1]. Safe to call from any goroutine, more than once.
+//
+// Before CONNECT completes, kill closes the socket: there is nothing to
+// deliver and closing is what interrupts the handshake. After it, the
+// writer flushes what is queued within closeGrace and then wakes the
+// reader, which detaches the session and closes the socket gracefully
+// (finish); the socket is never closed under a DISCONNECT still on its
+// way, nor before the session is gone.
 func (c *conn) kill(code packet.ReasonCode, reason string) {
 	if !c.closing.CompareAndSwap(false, true) {
 		return
 	}
 	close(c.killed)
+	if !c.established.Load() {
+		c.nc.Close()
+		return
+	}
+	// A peer that does not read cannot hold the connection open: the
+	// remaining writes get closeGrace (flush does not move this deadline
+	// once closing is set).
+	c.nc.SetWriteDeadline(time.Now().Add(closeGrace))
 	c.outMu.Lock()
 	if code != 0 && c.established.Load() && c.version == packet.V5 {
 		d := &packet.Disconnect{ReasonCode: code}
@@ -847,19 +897,90 @@ func (c *conn) kill(code packet.ReasonCode, reason string) {
 	}
 	c.final = true
 	c.startWriterLocked()
-	closeNow := !c.writing // nothing to flush: close here
+	wake := !c.writing // nothing to flush: wake the reader here
 	c.outMu.Unlock()
-	if closeNow {
-		c.nc.Close()
-		return
+	if wake {
+		c.wakeReader()
 	}
-	// The writer closes the socket once the queue is flushed; make sure
-	// a stuck peer cannot hold it open.
-	time.AfterFunc(2*time.Second, func() { c.nc.Close() })
 }
 
-// finish runs after the reader stops: it waits for the writer, then
-// detaches the session (publishing the will if due).
+// wakeReader makes a read blocked on the connection return at once (a
+// timeout, which the reader ignores once closing is set), so that the
+// reader goroutine runs finish.
+func (c *conn) wakeReader() {
+	c.nc.SetReadDeadline(aLongTimeAgo)
+}
+
+// closeGrace bounds how long a connection the server ends may take to
+// close: the last writes, and the draining of the client's input.
+const closeGrace = 2 * time.Second
+
+// drainMax bounds the input read and discarded while closing.
+const drainMax = 1 << 20
+
+// closeGracefully closes the socket so that what the server wrote last (a
+// DISCONNECT, a CONNACK refusal) reaches the client. Closing a TCP socket
+// that holds unread input makes the kernel send a reset and discard what
+// is still in the send queue, so a client that keeps sending would lose
+// the reason it was disconnected. Instead the write side is shut down
+// (after a TLS close_notify), which the client reads as the end of the
+// stream after the last packet, and the input is read and discarded until
+// the client closes too, for at most closeGrace or drainMax bytes. Runs
+// on the reader goroutine; Shutdown cuts the wait short (stopDrain).
+// WebSocket connections send a close frame when closed instead.
+func (c *conn) closeGracefully() {
+	if c.in != nil && halfClose(c.nc) && c.startDrain() {
+		c.in.br.Discard(drainMax)
+	}
+	c.nc.Close()
+}
+
+// startDrain sets the drain deadline unless the server is shutting down.
+func (c *conn) startDrain() bool {
+	c.outMu.Lock()
+	defer c.outMu.Unlock()
+	if c.srv.closing() {
+		return false
+	}
+	c.draining = true
+	c.nc.SetReadDeadline(time.Now().Add(closeGrace))
+	return true
+}
+
+// stopDrain ends a drain in progress; Shutdown calls it after cancelling
+// the server's context, so no drain starts after it.
+func (c *conn) stopDrain() {
+	c.outMu.Lock()
+	defer c.outMu.Unlock()
+	if c.draining {
+		c.nc.SetReadDeadline(aLongTimeAgo)
+	}
+}
+
+// halfClose shuts down the write side of nc: a TLS close_notify, then the
+// TCP FIN. It reports false when nc cannot be half-closed (WebSocket,
+// or the TLS alert could not be written).
+func halfClose(nc net.Conn) bool {
+	if t, ok := nc.(*tls.Conn); ok {
+		if t.CloseWrite() != nil {
+			return false
+		}
+		nc = t.NetConn()
+	}
+	if lc, ok := nc.(interface {
+		PeerAddr() net.Addr // listener.Conn
+		NetConn() net.Conn
+	}); ok {
+		nc = lc.NetConn()
+	}
+	cw, ok := nc.(interface{ CloseWrite() error })
+	return ok && cw.CloseWrite() == nil
+}
+
+// finish runs after the reader stops: it waits for the writer, detaches
+// the session (publishing the will if due) and only then closes the
+// socket, so a client that sees its connection end finds its session
+// ended too (a publish right after cannot reach it).
 func (c *conn) finish() {
 	c.kill(0, "")
 	// No writer may start from now on; wait for the one running, if any.
@@ -874,7 +995,6 @@ func (c *conn) finish() {
 	if exit != nil {
 		<-exit
 	}
-	c.nc.Close()
 	if c.stopWatch != nil {
 		c.stopWatch()
 	}
@@ -882,6 +1002,8 @@ func (c *conn) finish() {
 		c.srv.detach(c)
 		c.srv.stats.disconnected()
 	}
+	c.detached()
+	c.closeGracefully()
 }
 
 // writeLoop is the writer goroutine: it drains the outbound queue in
@@ -910,7 +1032,8 @@ func (c *conn) writeLoop() {
 			final := c.final
 			c.outMu.Unlock()
 			if final {
-				c.nc.Close()
+				// Flushed: the reader closes the connection.
+				c.wakeReader()
 			}
 			return
 		}
@@ -966,9 +1089,13 @@ func (c *conn) flush() bool {
 	// timeout has passed since it was last set, so a write may block for
 	// between 7/8 of WriteTimeout and all of it; updating the timer on
 	// every flush showed at full load.
-	if now := time.Now(); now.Sub(c.wdlSet) > c.srv.cfg.WriteTimeout/8 {
+	if now := time.Now(); now.Sub(c.wdlSet) > c.srv.cfg.WriteTimeout/8 && !c.closing.Load() {
 		c.nc.SetWriteDeadline(now.Add(c.srv.cfg.WriteTimeout))
 		c.wdlSet = now
+		if c.closing.Load() {
+			// kill ran meanwhile: keep its shorter deadline.
+			c.nc.SetWriteDeadline(now.Add(closeGrace))
+		}
 	}
 	n, err := c.nc.Write(c.wbuf)
 	c.srv.stats.bytesOut.Add(int64(n))
@@ -1001,8 +1128,36 @@ func (c *conn) encode(dst []byte, p packet.Packet) ([]byte, error) {
 		return dst, err
 	case *packet.Publish:
 		return c.encodePublish(dst, q)
+	case *packet.Suback:
+		return c.encodeAck(dst, p, &q.Properties)
+	case *packet.Unsuback:
+		return c.encodeAck(dst, p, &q.Properties)
 	}
 	return packet.Append(dst, p, c.version)
+}
+
+// encodeAck appends a SUBACK or UNSUBACK (props are its properties)
+// within the client's Maximum Packet Size [MQTT-3.1.2-24]: the Reason
+// String and User Properties go first [MQTT-3.9.2-1] [MQTT-3.11.2-1]
+// [MQTT-3.11.2-2]; an acknowledgement still too large (a client that
+// subscribed to more filters than its own limit can acknowledge) is not
+// sent, which the specification requires of any packet over the limit;
+// its subscriptions are made all the same.
+func (c *conn) encodeAck(dst []byte, p packet.Packet, props *packet.Properties) ([]byte, error) {
+	start := len(dst)
+	out, err := packet.Append(dst, p, c.version)
+	if err != nil || c.maxOut == 0 || uint32(len(out)-start) <= c.maxOut {
+		return out, err
+	}
+	props.Unmark(packet.PropReasonString)
+	props.User = nil
+	out, err = packet.Append(out[:start], p, c.version)
+	if err != nil || uint32(len(out)-start) <= c.maxOut {
+		return out, err
+	}
+	c.log.Info("broker: acknowledgement larger than the client's Maximum Packet Size; not sent",
+		"type", p.Type(), "size", len(out)-start, "max", c.maxOut)
+	return out[:start], nil
 }
 
 func (c *conn) encodePublish(dst []byte, p *packet.Publish) ([]byte, error) {

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"cmp"
 	"fmt"
 	"strings"
 
@@ -148,10 +149,12 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 		sub    topic.Subscription
 	}
 	var sendRetained []retainedReq
+	var problem string // Reason String for the first refusal
 	for i, req := range p.Subscriptions {
 		if len(req.Filter) > s.cfg.MaxTopicLength {
 			c.log.Info("broker: subscription refused: filter too long", "length", len(req.Filter), "max", s.cfg.MaxTopicLength)
 			codes[i] = packet.TopicFilterInvalid
+			problem = cmp.Or(problem, fmt.Sprintf("topic filter longer than %d bytes", s.cfg.MaxTopicLength))
 			continue
 		}
 		group, filter, err := packet.SplitShared(req.Filter)
@@ -162,6 +165,7 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 		if d := s.authorize(&c.client, ActionSubscribe, filter, req.QoS, false); !d.Allow {
 			c.log.Info("broker: subscription not authorized", "filter", req.Filter, "reason", d.Reason)
 			codes[i] = packet.NotAuthorized
+			problem = cmp.Or(problem, "subscription not authorized")
 			continue
 		}
 		sub := topic.Subscription{
@@ -187,6 +191,7 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 				c.log.Info("broker: subscription refused: too many subscriptions", "filter", req.Filter,
 					"max", s.cfg.MaxSubscriptions, "max_bytes", s.cfg.MaxSubscriptionBytes)
 				codes[i] = packet.QuotaExceeded
+				problem = cmp.Or(problem, fmt.Sprintf("at most %d subscriptions or %d bytes of filters per session", s.cfg.MaxSubscriptions, s.cfg.MaxSubscriptionBytes))
 				continue
 			}
 		}
@@ -204,7 +209,13 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 			}
 		}
 	}
-	c.send(&packet.Suback{PacketID: p.PacketID, ReasonCodes: codes})
+	ack := &packet.Suback{PacketID: p.PacketID, ReasonCodes: codes}
+	if problem != "" && c.version == packet.V5 && c.problemInfo {
+		// The writer drops it if the SUBACK would exceed the client's
+		// Maximum Packet Size (encodeAck).
+		ack.Properties.SetReasonString(problem)
+	}
+	c.send(ack)
 	now := s.cfg.Now()
 	for _, r := range sendRetained {
 		s.cfg.Retained.Match(r.filter, func(m *Message) bool {

@@ -186,6 +186,12 @@ func (c *conn) goQuiet() bool {
 	c.nc.SetReadDeadline(aLongTimeAgo)
 	n, err := c.nc.Read(c.src.head[:])
 	c.nc.SetReadDeadline(deadline)
+	if c.closing.Load() {
+		// kill may have woken the reader before the deadline was set
+		// back: let readLoop stop.
+		c.src.pending = n > 0
+		return false
+	}
 	if err != nil && !isTimeout(err) {
 		c.src.err = err // after the byte, if one came with it
 	}

@@ -89,6 +89,13 @@ type delivery struct {
 	sent     bool      // sent at least once on some connection (DUP on resend)
 	pending  bool      // in flight, but not yet resent on the current connection
 	share    *shareKey // the shared subscription it came through, or nil
+	// expiry is the Message Expiry Interval sent the first time the
+	// message went out in flight (expiryFixed): resends carry the same
+	// value, since the message stopped waiting in the server when its
+	// onward delivery started [MQTT-3.3.2-5] [MQTT-3.3.2-6], and a message
+	// in flight is resent even after it expired [MQTT-4.3.3-7].
+	expiry      uint32
+	expiryFixed bool
 }
 
 // shareKey names a shared subscription: group and filter.
@@ -136,7 +143,11 @@ func (d *delivery) fillPublish(p *packet.Publish, clk *clock, dup bool) {
 		p.Properties.SubscriptionIDs = d.subIDs
 	}
 	if !d.msg.Expires.IsZero() {
-		p.Properties.SetMessageExpiry(d.msg.remainingExpiry(clk.get()))
+		e := d.expiry
+		if !d.expiryFixed {
+			e = d.msg.remainingExpiry(clk.get())
+		}
+		p.Properties.SetMessageExpiry(e)
 	}
 }
 

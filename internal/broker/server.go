@@ -233,6 +233,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Unlock()
 	for _, c := range conns {
 		c.kill(packet.ServerShuttingDown, "server shutting down")
+		c.stopDrain()
 	}
 	done := make(chan struct{})
 	go func() {

@@ -199,19 +199,42 @@ func (s *session) deliver(srv *Server, d *delivery) bool {
 func (s *session) startLocked(c *conn, d *delivery) {
 	d.pid = s.allocPID()
 	s.inflight = append(s.inflight, d)
+	if !d.expiryFixed && !d.msg.Expires.IsZero() {
+		d.expiry = d.msg.remainingExpiry(c.srv.cfg.Now())
+		d.expiryFixed = true
+	}
 	dup := d.sent
 	d.sent = true
 	c.send(outPublish{d: d, dup: dup})
 }
 
 func (s *session) enqueueLocked(srv *Server, d *delivery) bool {
-	if len(s.queue) >= srv.cfg.MaxQueued {
+	if len(s.queue) >= srv.cfg.MaxQueued && !s.dropExpiredLocked(srv) {
 		srv.queueFull(s.id, d)
 		return false
 	}
 	s.queue = append(s.queue, d)
 	srv.stats.queued.Add(1)
 	return true
+}
+
+// dropExpiredLocked removes expired messages from a full queue: they will
+// never be sent [MQTT-3.3.2-5] and must not keep newer ones out. It
+// reports whether there is room now.
+func (s *session) dropExpiredLocked(srv *Server) bool {
+	now := srv.cfg.Now()
+	kept := s.queue[:0]
+	for _, d := range s.queue {
+		if !d.msg.expired(now) {
+			kept = append(kept, d)
+		}
+	}
+	n := len(s.queue) - len(kept)
+	clear(s.queue[len(kept):])
+	s.queue = kept
+	srv.stats.queued.Add(-int64(n))
+	srv.stats.expired.Add(int64(n))
+	return len(s.queue) < srv.cfg.MaxQueued
 }
 
 // fillLocked moves queued messages into flight while there is room.

@@ -166,16 +166,13 @@ func runServe(ctx context.Context, stdio Stdio, o serveOptions, dataSet bool) er
 		lcfg := listener.Config{
 			Name:      l.Name,
 			Address:   l.Address,
+			Network:   l.Network,
 			Logger:    log,
 			WebSocket: listener.WebSocketConfig{Path: l.WebSocketPath},
 		}
 		if lcfg.Transport, err = listener.ParseTransport(string(l.Transport)); err != nil {
 			closeAll()
 			return err
-		}
-		if l.Network != "" && l.Network != "tcp" {
-			closeAll()
-			return fmt.Errorf("serve: listener %s: network %q (socket_domain) is not supported yet; use an IPv4 or IPv6 address instead", l.Name, l.Network)
 		}
 		if l.ProxyProtocol.Enabled {
 			pc := &listener.ProxyConfig{}

@@ -104,6 +104,11 @@ type Config struct {
 	// port (tests); Listener.Addr reports the port chosen.
 	Address string
 
+	// Network is the socket domain: "tcp4" binds IPv4 only, "tcp6" IPv6
+	// only (Mosquitto socket_domain ipv4/ipv6). Default ("" or "tcp"):
+	// both, as the address allows.
+	Network string
+
 	// Transport is the protocol stack. Default (zero value): TCP.
 	Transport Transport
 
@@ -148,6 +153,11 @@ func (cfg *Config) validate() error {
 		errs = append(errs, errors.New("listener: Address is required (host:port, for example 0.0.0.0:8883)"))
 	} else if _, _, err := net.SplitHostPort(cfg.Address); err != nil {
 		errs = append(errs, fmt.Errorf("listener: Address %q is not host:port: %w", cfg.Address, err))
+	}
+	switch cfg.Network {
+	case "", "tcp", "tcp4", "tcp6":
+	default:
+		errs = append(errs, fmt.Errorf("listener: Network %q must be tcp, tcp4 (IPv4 only) or tcp6 (IPv6 only)", cfg.Network))
 	}
 	switch cfg.Transport {
 	case TCP, TLS, WebSocket, WebSocketTLS:
@@ -202,9 +212,16 @@ func Listen(ctx context.Context, cfg Config) (*Listener, error) {
 	}
 	logger = logger.With("listener", name)
 
+	network := cfg.Network
+	if network == "" {
+		network = "tcp"
+	}
 	lc := net.ListenConfig{KeepAlive: cfg.KeepAlive}
-	raw, err := lc.Listen(ctx, "tcp", cfg.Address)
+	raw, err := lc.Listen(ctx, network, cfg.Address)
 	if err != nil {
+		if network != "tcp" {
+			return nil, fmt.Errorf("listener: %s: %w (network %s: does the address belong to that IP version, and is it free?)", name, err, network)
+		}
 		return nil, fmt.Errorf("listener: %s: %w (is the address free and the port allowed?)", name, err)
 	}
 
