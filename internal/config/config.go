@@ -210,11 +210,22 @@ type TLS struct {
 	ClientAuth ClientAuth `json:"client_auth" yaml:"client_auth"`
 	// MinVersion is "1.2" or "1.3". Default "1.2".
 	MinVersion string `json:"min_version" yaml:"min_version"`
-	// CipherSuites restricts TLS 1.2 cipher suites, by Go/IANA name (e.g.
-	// "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"); only suites Go considers
-	// secure are accepted. Default empty: Moat's defaults (NIST SP 800-52r2).
+	// CipherSuites restricts TLS 1.2 cipher suites, by IANA name (e.g.
+	// "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"). Default empty: Moat's
+	// defaults (NIST SP 800-52r2). The names are translated, and checked
+	// against the TLS policy (ECDHE and AEAD only), when the broker starts
+	// or --check runs, not here: the policy lives in one place.
 	// TLS 1.3 suites cannot be restricted in Go and are always AEAD.
 	CipherSuites []string `json:"cipher_suites,omitempty" yaml:"cipher_suites"`
+	// Ciphers is mosquitto.conf's `ciphers` line as written: an OpenSSL
+	// cipher string, translated and checked like CipherSuites. Not set from
+	// YAML. Default "".
+	Ciphers string `json:"ciphers,omitempty" yaml:"-"`
+	// AllowInsecureCiphers lets CipherSuites or Ciphers name suites the
+	// policy refuses (CBC mode, RSA key exchange). Default false; when true
+	// the broker warns about each such suite at every start. mosquitto.conf:
+	// allow_insecure_ciphers true (a Moat extension, per listener).
+	AllowInsecureCiphers bool `json:"allow_insecure_ciphers,omitempty" yaml:"allow_insecure_ciphers"`
 	// CRL lists PEM CRL files checked on every handshake and, when they
 	// change, against live connections (Mosquitto crlfile).
 	CRL []string `json:"crl,omitempty" yaml:"crl"`

@@ -1,7 +1,6 @@
 package config
 
 import (
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -243,14 +242,8 @@ func (t *TLS) validate() []string {
 	default:
 		m = append(m, fmt.Sprintf("min_version %q must be \"1.2\" or \"1.3\"", t.MinVersion))
 	}
-	for _, cs := range t.CipherSuites {
-		if !secureSuite(cs) {
-			if insecureSuite(cs) {
-				m = append(m, fmt.Sprintf("cipher suite %s is insecure and not allowed", cs))
-			} else {
-				m = append(m, fmt.Sprintf("unknown cipher suite %q (use Go/IANA names such as TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256)", cs))
-			}
-		}
+	if len(t.CipherSuites) > 0 && t.Ciphers != "" {
+		m = append(m, "cipher_suites and ciphers are both set; use one")
 	}
 	switch t.CRLStale {
 	case "refuse", "warn":
@@ -278,24 +271,6 @@ func (t *TLS) validate() []string {
 	return m
 }
 
-func secureSuite(name string) bool {
-	for _, s := range tls.CipherSuites() {
-		if s.Name == name && slices.Contains(s.SupportedVersions, tls.VersionTLS12) {
-			return true
-		}
-	}
-	return false
-}
-
-func insecureSuite(name string) bool {
-	for _, s := range tls.InsecureCipherSuites() {
-		if s.Name == name {
-			return true
-		}
-	}
-	return false
-}
-
 // Warnings lists the insecure parts of c that the operator must hear about
 // loudly at startup: plain (unencrypted) listeners reachable from the
 // network, anonymous access from the network, missing resource limits, and
@@ -311,6 +286,9 @@ func (c *Config) Warnings() []string {
 		}
 		if remote && l.AllowAnonymous {
 			w = append(w, fmt.Sprintf("%s on %s: anonymous clients are allowed from the network", l.where(), l.Address))
+		}
+		if l.TLS != nil && l.TLS.AllowInsecureCiphers {
+			w = append(w, fmt.Sprintf("%s on %s: allow_insecure_ciphers is set: cipher suites the TLS policy refuses (CBC mode, RSA key exchange) may be negotiated", l.where(), l.Address))
 		}
 		if l.TLS != nil && l.TLS.ClientAuth == ClientAuthNone && !l.AllowAnonymous {
 			// Not insecure as such, but without a password backend nobody
@@ -345,6 +323,29 @@ func loopback(addr string) bool {
 	}
 	ip, err := netip.ParseAddr(host)
 	return err == nil && ip.IsLoopback()
+}
+
+// Pos returns "file:line" of the key that set the setting at path (e.g.
+// "listeners[0].tls.key" or "limits.max_inflight"), else of the nearest
+// enclosing setting or listener that has a line, else the file name ("" for
+// a Config not read from a file). Errors found after parsing (a certificate
+// file that cannot be read) use it to point at the line.
+func (c *Config) Pos(path string) string {
+	for p := path; ; {
+		if pos, ok := c.keyPos[p]; ok {
+			return pos
+		}
+		i := strings.LastIndexByte(p, '.')
+		if i < 0 {
+			break
+		}
+		p = p[:i]
+	}
+	var i int
+	if _, err := fmt.Sscanf(path, "listeners[%d]", &i); err == nil && i >= 0 && i < len(c.Listeners) && c.Listeners[i].pos != "" {
+		return c.Listeners[i].pos
+	}
+	return c.Source
 }
 
 func splitPos(pos string) (string, int) {
