@@ -180,11 +180,21 @@ func (c *Config) validate() []error {
 	if lim.MaxTopicLength < 1 || lim.MaxTopicLength > 65535 {
 		top("limits.max_topic_length must be from 1 to 65535 bytes")
 	}
-	if lim.MaxSubscriptionBytes < 1 || lim.MaxRetainedBytes < 1 || lim.MaxRetainedBytesPerIdentity < 1 || lim.ReadBudget < 1 {
-		top("limits.max_subscription_bytes, max_retained_bytes, max_retained_bytes_per_identity and read_budget must be positive")
-	}
-	if lim.MaxRetainedMessages < 1 || lim.MaxRetainedMessagesPerIdentity < 1 {
-		top("limits.max_retained_messages and max_retained_messages_per_identity must be positive (retain_available false turns retained messages off)")
+	for _, v := range []struct {
+		key string
+		n   Size
+	}{
+		{"max_subscription_bytes", lim.MaxSubscriptionBytes}, {"max_retained_bytes", lim.MaxRetainedBytes},
+		{"max_retained_bytes_per_identity", lim.MaxRetainedBytesPerIdentity}, {"read_budget", lim.ReadBudget},
+		{"max_retained_messages", Size(lim.MaxRetainedMessages)}, {"max_retained_messages_per_identity", Size(lim.MaxRetainedMessagesPerIdentity)},
+	} {
+		if v.n < 1 {
+			hint := ""
+			if strings.HasPrefix(v.key, "max_retained") {
+				hint = " (retain_available false turns retained messages off)"
+			}
+			top("limits.%s must be positive%s", v.key, hint)
+		}
 	}
 	if c.SysInterval < 0 || c.Sessions.PersistentClientExpiration < 0 || c.Persistence.AutosaveInterval < 0 {
 		top("durations must not be negative")
