@@ -184,10 +184,10 @@ func (p *servePlan) planBroker() {
 		b.MaxInflight = maxInflightUnlimited
 	}
 	// max_queued_messages 0: Mosquitto's "no limit". Memory must stay
-	// bounded, so Moat's documented meaning is a ceiling.
+	// bounded, so Moat's documented meaning is a ceiling (Config.Warnings
+	// says so).
 	if b.MaxQueued == 0 {
-		b.MaxQueued = maxQueuedUnlimited
-		p.warnings = append(p.warnings, fmt.Sprintf("%s: limits.max_queued_messages 0 (no limit) means at most %d messages per session", p.cfg.Pos("limits.max_queued_messages"), maxQueuedUnlimited))
+		b.MaxQueued = config.MaxQueuedNoLimit
 	}
 	if lim.MaxInflightBytes != 0 {
 		p.problem("limits.max_inflight_bytes", errors.New("limits.max_inflight_bytes is not supported yet; remove it (max_inflight, a message count, is enforced)"))
@@ -199,11 +199,8 @@ func (p *servePlan) planBroker() {
 	p.broker = b
 }
 
-// The broker values that stand for "no limit" in the configuration.
-const (
-	maxInflightUnlimited = 65535
-	maxQueuedUnlimited   = 1_000_000
-)
+// maxInflightUnlimited is the broker value for max_inflight 0.
+const maxInflightUnlimited = 65535
 
 // startBroker makes the broker Server, which validates broker.Config once
 // more. It starts the $SYS publisher, so the plan shuts it down on close.

@@ -314,14 +314,15 @@ type Limits struct {
 	// Default 65535 (Mosquitto max_keepalive).
 	MaxKeepalive int `json:"max_keepalive" yaml:"max_keepalive"`
 	// MaxInflight is the number of outgoing QoS 1/2 messages in flight per
-	// client; 0 means no limit. Default 20 (Mosquitto max_inflight_messages).
+	// client; 0 means no limit other than MQTT's own (65535 packet
+	// identifiers). Default 20 (Mosquitto max_inflight_messages).
 	MaxInflight int `json:"max_inflight" yaml:"max_inflight"`
 	// MaxInflightBytes bounds in-flight bytes per client; 0 means no
 	// limit. Default 0.
 	MaxInflightBytes Size `json:"max_inflight_bytes" yaml:"max_inflight_bytes"`
 	// MaxQueuedMessages is the number of QoS 1/2 messages queued per
-	// client beyond those in flight; 0 means no limit (not recommended).
-	// Default 1000.
+	// client beyond those in flight; 0 means Mosquitto's "no maximum",
+	// which Moat bounds at MaxQueuedNoLimit (warned about). Default 1000.
 	MaxQueuedMessages int `json:"max_queued_messages" yaml:"max_queued_messages"`
 	// MaxQueuedBytes bounds queued bytes per client; 0 means no limit.
 	// Default 0.

@@ -43,6 +43,10 @@ func joinErrors(errs []error) error {
 	return fmt.Errorf("config: %d %s:\n%w", len(errs), word, errors.Join(errs...))
 }
 
+// MaxQueuedNoLimit is what limits.max_queued_messages 0, Mosquitto's "no
+// maximum", means: memory must stay bounded, so a ceiling this high.
+const MaxQueuedNoLimit = 1_000_000
+
 // MaxMQTTPacket is the largest packet MQTT can encode: a fixed header of 5
 // bytes and a remaining length of 268,435,455.
 const MaxMQTTPacket = 268435455 + 5
@@ -310,7 +314,7 @@ func (c *Config) Warnings() []string {
 		w = append(w, "limits.max_packet_size is not set: clients may send packets of up to 256 MiB; set max_packet_size")
 	}
 	if c.Limits.MaxQueuedMessages == 0 && c.Limits.MaxQueuedBytes == 0 {
-		w = append(w, "limits: per-client message queues are unbounded (max_queued_messages 0)")
+		w = append(w, fmt.Sprintf("limits.max_queued_messages 0 (no limit) means at most %d messages per session", MaxQueuedNoLimit))
 	}
 	return append(w, c.parseWarnings...)
 }
