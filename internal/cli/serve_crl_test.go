@@ -118,8 +118,8 @@ func TestZeroConfigCRLRenewed(t *testing.T) {
 	}
 	p := &servePlan{cfg: config.Default(), log: log}
 	tlc := p.tlsListenerConfig(0, zc)
-	if err := errors.Join(p.errs...); err != nil {
-		t.Fatal(err)
+	if len(p.errs) > 0 {
+		t.Fatal(p.err())
 	}
 	rs := newCACRLs(log, time.Now).renewers(p.cfg.Listeners[0].Name, tlc.CRLFiles)
 	if len(rs) != 1 || rs[0].File != zc.crlFile {

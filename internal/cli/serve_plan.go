@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -13,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -50,7 +52,7 @@ type servePlan struct {
 
 	warnings []string // to log (serve) or print (--check)
 	notes    []string // what serve does at start that --check does not (creating the built-in CA)
-	errs     []error
+	errs     []planProblem
 	cleanup  []func()
 	tasks    sync.WaitGroup // goroutines started by the plan's adapters
 }
@@ -89,13 +91,32 @@ func buildPlan(cfg *config.Config, log *slog.Logger, check bool) (*servePlan, er
 	}
 	if len(p.errs) > 0 {
 		p.close()
-		word := "problems"
-		if len(p.errs) == 1 {
-			word = "problem"
-		}
-		return nil, fmt.Errorf("serve: %d %s:\n%w", len(p.errs), word, errors.Join(p.errs...))
+		return nil, p.err()
 	}
 	return p, nil
+}
+
+// planProblem is one problem of a plan, at the line of the setting.
+type planProblem struct {
+	file string
+	line int
+	msg  string // starting with "file:line: " where there is one
+}
+
+// err joins the problems in file and line order.
+func (p *servePlan) err() error {
+	slices.SortStableFunc(p.errs, func(a, b planProblem) int {
+		return cmp.Or(cmp.Compare(a.file, b.file), cmp.Compare(a.line, b.line))
+	})
+	msgs := make([]string, len(p.errs))
+	for i, e := range p.errs {
+		msgs[i] = e.msg
+	}
+	word := "problems"
+	if len(msgs) == 1 {
+		word = "problem"
+	}
+	return fmt.Errorf("serve: %d %s:\n%s", len(msgs), word, strings.Join(msgs, "\n"))
 }
 
 // close releases everything the plan opened, newest first, and waits for
@@ -110,28 +131,41 @@ func (p *servePlan) close() {
 
 // problem records an error at the setting path ("limits.max_inflight",
 // "listeners[0].tls.key"), prefixed with its file:line.
-func (p *servePlan) problem(path string, err error) {
-	msg := strings.TrimPrefix(strings.TrimPrefix(err.Error(), "serve: "), "tlsconf: ")
-	if pos := p.cfg.Pos(path); pos != "" {
-		msg = pos + ": " + msg
-	}
-	p.errs = append(p.errs, errors.New(msg))
-}
-
-// listenerProblem records err for listener i at its key, naming the
-// listener; an error joined of several is recorded one by one.
-func (p *servePlan) listenerProblem(i int, key string, err error) {
+// An error joined of several (errors.Join) is recorded one by one, each
+// after label; the package prefixes of the errors ("tlsconf: ") are left
+// out, since the whole starts with "serve: ".
+func (p *servePlan) problem(path, label string, err error) {
 	if j, ok := err.(interface{ Unwrap() []error }); ok {
 		for _, e := range j.Unwrap() {
-			p.listenerProblem(i, key, e)
+			p.problem(path, label, e)
 		}
 		return
 	}
+	msg := err.Error()
+	for _, pkg := range []string{"serve: ", "tlsconf: ", "listener: ", "broker: "} {
+		msg = strings.TrimPrefix(msg, pkg)
+	}
+	pr := planProblem{msg: label + msg}
+	if pos := p.cfg.Pos(path); pos != "" {
+		pr.msg = pos + ": " + pr.msg
+		pr.file = pos
+		if i := strings.LastIndexByte(pos, ':'); i >= 0 {
+			if n, err := strconv.Atoi(pos[i+1:]); err == nil {
+				pr.file, pr.line = pos[:i], n
+			}
+		}
+	}
+	p.errs = append(p.errs, pr)
+}
+
+// listenerProblem records err for listener i at its key (a path below
+// listeners[i], "" for the listener itself), naming the listener.
+func (p *servePlan) listenerProblem(i int, key, label string, err error) {
 	path := fmt.Sprintf("listeners[%d]", i)
 	if key != "" {
 		path += "." + key
 	}
-	p.problem(path, fmt.Errorf("listener %q: %w", p.cfg.Listeners[i].Name, err))
+	p.problem(path, fmt.Sprintf("listener %q: %s", p.cfg.Listeners[i].Name, label), err)
 }
 
 // planBroker translates the file's global settings into broker.Config.
@@ -190,10 +224,10 @@ func (p *servePlan) planBroker() {
 		b.MaxQueued = config.MaxQueuedNoLimit
 	}
 	if lim.MaxInflightBytes != 0 {
-		p.problem("limits.max_inflight_bytes", errors.New("limits.max_inflight_bytes is not supported yet; remove it (max_inflight, a message count, is enforced)"))
+		p.problem("limits.max_inflight_bytes", "", errors.New("limits.max_inflight_bytes is not supported yet; remove it (max_inflight, a message count, is enforced)"))
 	}
 	if lim.MaxQueuedBytes != 0 {
-		p.problem("limits.max_queued_bytes", errors.New("limits.max_queued_bytes is not supported yet; remove it (max_queued_messages, a message count, is enforced)"))
+		p.problem("limits.max_queued_bytes", "", errors.New("limits.max_queued_bytes is not supported yet; remove it (max_queued_messages, a message count, is enforced)"))
 	}
 	b.Authenticator = p.auth
 	p.broker = b
@@ -207,7 +241,7 @@ const maxInflightUnlimited = 65535
 func (p *servePlan) startBroker() {
 	srv, err := broker.New(p.broker)
 	if err != nil {
-		p.problem("limits", err)
+		p.problem("limits", "", err)
 		return
 	}
 	p.srv = srv
@@ -237,10 +271,10 @@ func (p *servePlan) planListener(i int) {
 	}
 	var err error
 	if pl.net.Transport, err = listener.ParseTransport(string(l.Transport)); err != nil {
-		p.listenerProblem(i, "transport", err)
+		p.listenerProblem(i, "transport", "", err)
 	}
 	if l.Network != "" && l.Network != "tcp" {
-		p.listenerProblem(i, "network", fmt.Errorf("network %q (socket_domain) is not supported yet; use an IPv4 or IPv6 address instead", l.Network))
+		p.listenerProblem(i, "network", "", fmt.Errorf("network %q (socket_domain) is not supported yet; use an IPv4 or IPv6 address instead", l.Network))
 	}
 	if l.ProxyProtocol.Enabled {
 		p.planProxy(i, pl)
@@ -249,7 +283,7 @@ func (p *servePlan) planListener(i int) {
 		p.planTLS(i, pl)
 	}
 	if err := pl.net.Validate(); err != nil {
-		p.listenerProblem(i, "", err)
+		p.listenerProblem(i, "", "", err)
 	}
 	anon := l.AllowAnonymous
 	q := byte(l.MaxQoS)
@@ -272,7 +306,7 @@ func (p *servePlan) planProxy(i int, pl *plannedListener) {
 	for _, s := range l.ProxyProtocol.Trusted {
 		pfx, err := parsePrefix(s)
 		if err != nil {
-			p.listenerProblem(i, "proxy_protocol.trusted", fmt.Errorf("proxy_protocol.trusted %q: %w", s, err))
+			p.listenerProblem(i, "proxy_protocol.trusted", "", fmt.Errorf("proxy_protocol.trusted %q: %w", s, err))
 			continue
 		}
 		pc.Trusted = append(pc.Trusted, pfx)
@@ -281,7 +315,7 @@ func (p *servePlan) planProxy(i int, pl *plannedListener) {
 	if u := l.ProxyProtocol.UsernameFrom; u != "" && u != config.IdentityNone {
 		src, err := tlsconf.ParseIdentitySource(u)
 		if err != nil {
-			p.listenerProblem(i, "proxy_protocol.username_from", fmt.Errorf("proxy_protocol.username_from: %w", err))
+			p.listenerProblem(i, "proxy_protocol.username_from", "proxy_protocol.username_from: ", err)
 			return
 		}
 		p.auth.proxy[l.Name] = src
@@ -344,7 +378,7 @@ func (p *servePlan) zeroFor(tc *config.TLS) (zc *zeroConfig, ok bool) {
 	default:
 		zc, err := prepareZeroConfig(p.cfg.DataDir, p.log)
 		if err != nil {
-			p.problem("data_dir", err)
+			p.problem("data_dir", "", err)
 			break
 		}
 		p.zero, p.zeroOK = zc, true
@@ -398,7 +432,7 @@ func (p *servePlan) tlsListenerConfig(i int, zc *zeroConfig) tlsconf.ListenerCon
 	if tc.MinVersion != "" {
 		v, err := tlsconf.ParseTLSVersion("tlsv" + tc.MinVersion)
 		if err != nil {
-			p.listenerProblem(i, "tls.min_version", err)
+			p.listenerProblem(i, "tls.min_version", "", err)
 		}
 		out.MinVersion = v
 	}
@@ -411,11 +445,11 @@ func (p *servePlan) tlsListenerConfig(i int, zc *zeroConfig) tlsconf.ListenerCon
 			p.warnings = append(p.warnings, fmt.Sprintf("%s: listener %q: ciphers: %s (left out)", p.cfg.Pos(fmt.Sprintf("listeners[%d].tls.ciphers", i)), l.Name, ig))
 		}
 		if err != nil {
-			p.listenerProblem(i, "tls.ciphers", fmt.Errorf("ciphers: %w", err))
+			p.listenerProblem(i, "tls.ciphers", "ciphers: ", err)
 		}
 	case len(tc.CipherSuites) > 0:
 		if out.CipherSuites, err = tlsconf.ParseCipherSuiteNames(tc.CipherSuites, tc.AllowInsecureCiphers); err != nil {
-			p.listenerProblem(i, "tls.cipher_suites", fmt.Errorf("cipher_suites: %w", err))
+			p.listenerProblem(i, "tls.cipher_suites", "cipher_suites: ", err)
 		}
 	}
 	out.AllowInsecureCipherSuites = tc.AllowInsecureCiphers
@@ -433,14 +467,14 @@ func (p *servePlan) tlsListenerConfig(i int, zc *zeroConfig) tlsconf.ListenerCon
 	out.OCSP.CacheTTL = tc.OCSP.CacheTTL.D()
 	out.OCSP.LiveRecheck = tc.OCSP.Recheck.D()
 	if out.Identity.Username, err = tlsconf.ParseIdentitySource(tc.Identity.UsernameFrom); err != nil {
-		p.listenerProblem(i, "tls.identity.username_from", err)
+		p.listenerProblem(i, "tls.identity.username_from", "", err)
 	}
 	if out.Identity.ClientID, err = tlsconf.ParseIdentitySource(tc.Identity.ClientIDFrom); err != nil {
-		p.listenerProblem(i, "tls.identity.client_id_from", err)
+		p.listenerProblem(i, "tls.identity.client_id_from", "", err)
 	}
 	if tc.Identity.BindClientID {
 		if tc.Identity.ClientIDFrom == config.IdentityNone || tc.Identity.ClientIDFrom == "" {
-			p.listenerProblem(i, "tls.identity.bind_client_id", errors.New("bind_client_id needs client_id_from"))
+			p.listenerProblem(i, "tls.identity.bind_client_id", "", errors.New("bind_client_id needs client_id_from"))
 		}
 		// Binding: the client ID must equal the certificate identity
 		// rather than being replaced by it.
@@ -458,7 +492,7 @@ func (p *servePlan) checkTLSFiles(i int, tlc tlsconf.ListenerConfig) bool {
 	tc := p.cfg.Listeners[i].TLS
 	ok := true
 	bad := func(key string, err error) {
-		p.listenerProblem(i, key, err)
+		p.listenerProblem(i, key, "", err)
 		ok = false
 	}
 	readable := func(key, what, path string) {
@@ -546,7 +580,7 @@ func (p *servePlan) tlsProblem(i int, tlc tlsconf.ListenerConfig, err error) {
 	case strings.Contains(msg, "cipher"):
 		key = "tls.ciphers"
 	}
-	p.listenerProblem(i, key, err)
+	p.listenerProblem(i, key, "", err)
 }
 
 // parsePrefix reads a CIDR range or a single address.
