@@ -204,8 +204,8 @@ func (p *servePlan) planBroker() {
 		ReadBudget:                  int64(lim.ReadBudget),
 		MaxPacketSize:               uint32(lim.MaxPacketSize),
 	}
-	// max_packet_size 0: MQTT's own maximum.
-	if lim.MaxPacketSize == 0 || lim.MaxPacketSize > packet.MaxPacketSizeLimit {
+	// max_packet_size 0: MQTT's own maximum (Validate bounds the others).
+	if lim.MaxPacketSize == 0 {
 		b.MaxPacketSize = packet.MaxPacketSizeLimit
 	}
 	// sys_interval 0 disables $SYS (the broker's zero means its default).
