@@ -27,13 +27,14 @@ type serveOptions struct {
 	pprof      string
 }
 
-func init() {
-	register(func(stdio Stdio) *cobra.Command {
-		var o serveOptions
-		cmd := &cobra.Command{
-			Use:   "serve [-c FILE] [--data DIR] [--check]",
-			Short: "Run the MQTT broker",
-			Long: `Run the MQTT broker.
+func init() { register(newServeCommand) }
+
+func newServeCommand(stdio Stdio) *cobra.Command {
+	var o serveOptions
+	cmd := &cobra.Command{
+		Use:   "serve [-c FILE] [--data DIR] [--check]",
+		Short: "Run the MQTT broker",
+		Long: `Run the MQTT broker.
 
 Without -c, Moat starts its secure default: one TLS listener on port 8883
 that requires client certificates issued by a local CA, which is created in
@@ -42,19 +43,20 @@ certificate for this host. Anonymous access is refused and there is no
 plain listener.
 
 FILE is either Moat's YAML configuration (see examples/moat.yaml) or a
-mosquitto.conf, which runs unchanged. --check validates FILE and exits.
+mosquitto.conf, which runs unchanged. --check builds everything serve
+would, loading every certificate, key, CA bundle and CRL, without binding
+a port, and exits: non-zero with every problem at its file:line.
 SIGHUP reloads certificates, keys, CA bundles and CRLs.`,
-			Args: cobra.NoArgs,
-			RunE: func(cmd *cobra.Command, args []string) error {
-				return runServe(cmd.Context(), stdio, o, cmd.Flags().Changed("data"))
-			},
-		}
-		cmd.Flags().StringVarP(&o.configFile, "config", "c", "", "configuration `FILE` (Moat YAML or mosquitto.conf)")
-		cmd.Flags().StringVar(&o.dataDir, "data", "moat-data", "data `DIR` for the built-in CA and state")
-		cmd.Flags().BoolVar(&o.check, "check", false, "validate the configuration and exit")
-		cmd.Flags().StringVar(&o.pprof, "pprof", "", "serve Go runtime profiles on loopback `ADDR` (e.g. 127.0.0.1:6060), for performance work")
-		return cmd
-	})
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runServe(cmd.Context(), stdio, o, cmd.Flags().Changed("data"))
+		},
+	}
+	cmd.Flags().StringVarP(&o.configFile, "config", "c", "", "configuration `FILE` (Moat YAML or mosquitto.conf)")
+	cmd.Flags().StringVar(&o.dataDir, "data", "moat-data", "data `DIR` for the built-in CA and state")
+	cmd.Flags().BoolVar(&o.check, "check", false, "check the configuration and the files it names without binding, and exit")
+	cmd.Flags().StringVar(&o.pprof, "pprof", "", "serve Go runtime profiles on loopback `ADDR` (e.g. 127.0.0.1:6060), for performance work")
+	return cmd
 }
 
 func loadServeConfig(o serveOptions, dataSet bool) (*config.Config, error) {
