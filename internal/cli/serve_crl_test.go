@@ -116,12 +116,12 @@ func TestZeroConfigCRLRenewed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := config.Default().Listeners[0]
-	tlc, err := tlsListenerConfig(&l, zc, log)
-	if err != nil {
-		t.Fatal(err)
+	p := &servePlan{cfg: config.Default(), log: log}
+	tlc := p.tlsListenerConfig(0, zc)
+	if len(p.errs) > 0 {
+		t.Fatal(p.err())
 	}
-	rs := newCACRLs(log, time.Now).renewers(l.Name, tlc.CRLFiles)
+	rs := newCACRLs(log, time.Now).renewers(p.cfg.Listeners[0].Name, tlc.CRLFiles)
 	if len(rs) != 1 || rs[0].File != zc.crlFile {
 		t.Fatalf("renewers = %+v, want one for %s", rs, zc.crlFile)
 	}

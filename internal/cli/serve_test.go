@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -89,9 +90,17 @@ type moatProc struct {
 }
 
 // startMoat runs `moat serve` with args in dir and waits until every port
-// in ports accepts connections.
+// in ports accepts connections. A configuration file given with -c must
+// first pass `moat serve --check`: what serve starts, --check accepts.
 func startMoat(t *testing.T, dir string, ports []int, args ...string) *moatProc {
 	t.Helper()
+	if slices.Contains(args, "-c") {
+		check := exec.Command(moatBin, append([]string{"serve", "--check"}, args...)...)
+		check.Dir = dir
+		if out, err := check.CombinedOutput(); err != nil {
+			t.Fatalf("moat serve --check %v refuses a configuration serve is expected to start: %v\n%s", args, err, out)
+		}
+	}
 	p := &moatProc{logs: &syncBuffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(moatBin, append([]string{"serve"}, args...)...)
 	p.cmd.Dir = dir

@@ -210,11 +210,22 @@ type TLS struct {
 	ClientAuth ClientAuth `json:"client_auth" yaml:"client_auth"`
 	// MinVersion is "1.2" or "1.3". Default "1.2".
 	MinVersion string `json:"min_version" yaml:"min_version"`
-	// CipherSuites restricts TLS 1.2 cipher suites, by Go/IANA name (e.g.
-	// "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"); only suites Go considers
-	// secure are accepted. Default empty: Moat's defaults (NIST SP 800-52r2).
+	// CipherSuites restricts TLS 1.2 cipher suites, by IANA name (e.g.
+	// "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"). Default empty: Moat's
+	// defaults (NIST SP 800-52r2). The names are translated, and checked
+	// against the TLS policy (ECDHE and AEAD only), when the broker starts
+	// or --check runs, not here: the policy lives in one place.
 	// TLS 1.3 suites cannot be restricted in Go and are always AEAD.
 	CipherSuites []string `json:"cipher_suites,omitempty" yaml:"cipher_suites"`
+	// Ciphers is mosquitto.conf's `ciphers` line as written: an OpenSSL
+	// cipher string, translated and checked like CipherSuites. Not set from
+	// YAML. Default "".
+	Ciphers string `json:"ciphers,omitempty" yaml:"-"`
+	// AllowInsecureCiphers lets CipherSuites or Ciphers name suites the
+	// policy refuses (CBC mode, RSA key exchange). Default false; when true
+	// the broker warns about each such suite at every start. mosquitto.conf:
+	// allow_insecure_ciphers true (a Moat extension, per listener).
+	AllowInsecureCiphers bool `json:"allow_insecure_ciphers,omitempty" yaml:"allow_insecure_ciphers"`
 	// CRL lists PEM CRL files checked on every handshake and, when they
 	// change, against live connections (Mosquitto crlfile).
 	CRL []string `json:"crl,omitempty" yaml:"crl"`
@@ -296,43 +307,46 @@ type Limits struct {
 	// Default 0 (Mosquitto message_size_limit).
 	MessageSizeLimit Size `json:"message_size_limit" yaml:"message_size_limit"`
 	// ConnectTimeout is how long a new connection may take to complete
-	// CONNECT (TLS handshake included). Default 10s in both syntaxes;
-	// mosquitto.conf has no equivalent.
+	// CONNECT (TLS handshake included). Default 10s in both syntaxes.
 	ConnectTimeout Duration `json:"connect_timeout" yaml:"connect_timeout"`
 	// MaxKeepalive is the largest keepalive, in seconds, a client may use
 	// (10-65535); MQTT 5 clients asking for more are told this value.
 	// Default 65535 (Mosquitto max_keepalive).
 	MaxKeepalive int `json:"max_keepalive" yaml:"max_keepalive"`
 	// MaxInflight is the number of outgoing QoS 1/2 messages in flight per
-	// client; 0 means no limit. Default 20 (Mosquitto max_inflight_messages).
+	// client; 0 means no limit other than MQTT's own (65535 packet
+	// identifiers). Default 20 (Mosquitto max_inflight_messages).
 	MaxInflight int `json:"max_inflight" yaml:"max_inflight"`
 	// MaxInflightBytes bounds in-flight bytes per client; 0 means no
 	// limit. Default 0.
 	MaxInflightBytes Size `json:"max_inflight_bytes" yaml:"max_inflight_bytes"`
 	// MaxQueuedMessages is the number of QoS 1/2 messages queued per
-	// client beyond those in flight; 0 means no limit (not recommended).
-	// Default 1000.
+	// client beyond those in flight; 0 means Mosquitto's "no maximum",
+	// which Moat bounds at MaxQueuedNoLimit (warned about). Default 1000.
 	MaxQueuedMessages int `json:"max_queued_messages" yaml:"max_queued_messages"`
 	// MaxQueuedBytes bounds queued bytes per client; 0 means no limit.
 	// Default 0.
 	MaxQueuedBytes Size `json:"max_queued_bytes" yaml:"max_queued_bytes"`
 	// MaxSessions caps the sessions (live and offline) the broker holds;
 	// a CONNECT that would create one more is refused (0x97). 0 means no
-	// cap. Default 0; mosquitto.conf has no equivalent.
+	// cap. Default 0.
 	MaxSessions int `json:"max_sessions" yaml:"max_sessions"`
 	// MaxSubscriptions is the number of subscriptions one client session
-	// may hold. Default 10000; mosquitto.conf has no equivalent.
+	// may hold. Default 10000.
 	MaxSubscriptions int `json:"max_subscriptions" yaml:"max_subscriptions"`
 	// MaxTopicLevels is the largest number of '/'-separated levels in a
 	// topic name or filter (each level costs the broker an index node).
-	// Default 128; mosquitto.conf has no equivalent.
+	// Default 128.
 	MaxTopicLevels int `json:"max_topic_levels" yaml:"max_topic_levels"`
 	// QueueQoS0 also queues QoS 0 messages for offline persistent clients
 	// (non-standard). Default false.
 	QueueQoS0 bool `json:"queue_qos0" yaml:"queue_qos0"`
 
-	// The keys below have no mosquitto.conf equivalent: their defaults
-	// apply there.
+	// Mosquitto has no key for the limits below, nor for MaxSessions,
+	// MaxSubscriptions, MaxTopicLevels and ConnectTimeout; a mosquitto.conf
+	// may set each under its YAML name as a Moat extension (MaxConnections
+	// as global_max_connections, since max_connections is per listener
+	// there; ConnectTimeout in whole seconds).
 
 	// MaxConnections caps concurrent client connections over all
 	// listeners (listeners[].max_connections caps one listener). 0, the
@@ -467,35 +481,38 @@ func defaultLimits() Limits {
 }
 
 // SafeDefaults lists the limits a mosquitto.conf gets from Moat rather
-// than from Mosquitto, whose defaults are unlimited: max_packet_size
-// (unless the file sets it) and the limits mosquitto.conf has no key for.
-// It returns nil for other formats.
+// than from Mosquitto, whose defaults are unlimited or which has no key for
+// them: every limit the file does not set (with max_packet_size, or the
+// Moat extensions such as read_budget). It returns nil for other formats.
 func (c *Config) SafeDefaults() []string {
 	if c.Format != FormatMosquitto {
 		return nil
 	}
-	var out []string
 	lim := &c.Limits
-	if !c.IsSet("limits.max_packet_size") {
-		out = append(out, "max_packet_size="+lim.MaxPacketSize.String())
-	}
 	conns := "RLIMIT_NOFILE-64"
 	if lim.MaxConnections > 0 {
 		conns = strconv.Itoa(lim.MaxConnections)
 	}
-	return append(out,
-		"max_connections(all listeners)="+conns,
-		"max_preauth_packet_size="+lim.MaxPreAuthPacketSize.String(),
-		"max_topic_length="+strconv.Itoa(lim.MaxTopicLength),
-		"max_topic_levels="+strconv.Itoa(lim.MaxTopicLevels),
-		"max_subscriptions="+strconv.Itoa(lim.MaxSubscriptions),
-		"max_subscription_bytes="+lim.MaxSubscriptionBytes.String(),
-		"max_retained_messages="+strconv.Itoa(lim.MaxRetainedMessages),
-		"max_retained_bytes="+lim.MaxRetainedBytes.String(),
-		"max_retained_messages_per_identity="+strconv.Itoa(lim.MaxRetainedMessagesPerIdentity),
-		"max_retained_bytes_per_identity="+lim.MaxRetainedBytesPerIdentity.String(),
-		"read_budget="+lim.ReadBudget.String(),
-	)
+	var out []string
+	for _, d := range []struct{ path, text string }{
+		{"max_packet_size", "max_packet_size=" + lim.MaxPacketSize.String()},
+		{"max_connections", "max_connections(all listeners)=" + conns},
+		{"max_preauth_packet_size", "max_preauth_packet_size=" + lim.MaxPreAuthPacketSize.String()},
+		{"max_topic_length", "max_topic_length=" + strconv.Itoa(lim.MaxTopicLength)},
+		{"max_topic_levels", "max_topic_levels=" + strconv.Itoa(lim.MaxTopicLevels)},
+		{"max_subscriptions", "max_subscriptions=" + strconv.Itoa(lim.MaxSubscriptions)},
+		{"max_subscription_bytes", "max_subscription_bytes=" + lim.MaxSubscriptionBytes.String()},
+		{"max_retained_messages", "max_retained_messages=" + strconv.Itoa(lim.MaxRetainedMessages)},
+		{"max_retained_bytes", "max_retained_bytes=" + lim.MaxRetainedBytes.String()},
+		{"max_retained_messages_per_identity", "max_retained_messages_per_identity=" + strconv.Itoa(lim.MaxRetainedMessagesPerIdentity)},
+		{"max_retained_bytes_per_identity", "max_retained_bytes_per_identity=" + lim.MaxRetainedBytesPerIdentity.String()},
+		{"read_budget", "read_budget=" + lim.ReadBudget.String()},
+	} {
+		if !c.IsSet("limits." + d.path) {
+			out = append(out, d.text)
+		}
+	}
+	return out
 }
 
 // defaultListener is a TLS listener with every per-listener default set

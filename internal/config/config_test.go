@@ -238,7 +238,7 @@ func TestWarnings(t *testing.T) {
 		{"anonymous on network", "listeners:\n  - {address: \":8883\", allow_anonymous: true}\n", []string{"anonymous clients are allowed from the network"}, false},
 		{"loopback plain anonymous is fine", "listeners:\n  - {address: \"127.0.0.1:1883\", transport: tcp, allow_anonymous: true}\n  - {address: \"[::1]:1884\", transport: tcp}\n  - {address: \"localhost:1885\", transport: tcp}\n", nil, true},
 		{"no packet limit", "limits: {max_packet_size: 0}\n", []string{"max_packet_size is not set"}, false},
-		{"unbounded queues", "limits: {max_queued_messages: 0}\n", []string{"unbounded"}, false},
+		{"unbounded queues", "limits: {max_queued_messages: 0}\n", []string{"at most 1000000 messages"}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := Parse("w.yaml", []byte(tc.conf))
@@ -404,5 +404,72 @@ func TestMemoryLimits(t *testing.T) {
 		if _, err := Parse("b.yaml", []byte("limits: {"+bad+"}\n")); err == nil {
 			t.Errorf("limits {%s} accepted", bad)
 		}
+	}
+}
+
+// Every limit can be set from a mosquitto.conf too, under its YAML name (a
+// Moat extension; the global connection cap as global_max_connections),
+// and a limit the file sets is no longer listed as a safe default.
+func TestMosquittoLimitExtensions(t *testing.T) {
+	m, err := Parse("m.conf", []byte(`listener 1883 127.0.0.1
+global_max_connections 500
+max_preauth_packet_size 16KiB
+max_topic_length 256
+max_topic_levels 16
+max_subscriptions 50
+max_sessions 1000
+max_subscription_bytes 65536
+max_retained_messages 10
+max_retained_bytes 1MiB
+max_retained_messages_per_identity 2
+max_retained_bytes_per_identity 128KiB
+read_budget 8MiB
+connect_timeout 5
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := defaultLimits()
+	want.MaxConnections, want.MaxPreAuthPacketSize, want.MaxTopicLength, want.MaxSubscriptionBytes = 500, 16<<10, 256, 64<<10
+	want.MaxTopicLevels, want.MaxSubscriptions, want.MaxSessions = 16, 50, 1000
+	want.MaxRetainedMessages, want.MaxRetainedBytes, want.MaxRetainedMessagesPerIdentity, want.MaxRetainedBytesPerIdentity = 10, 1<<20, 2, 128<<10
+	want.ReadBudget, want.ConnectTimeout = 8<<20, Duration(5e9)
+	if !reflect.DeepEqual(m.Limits, want) {
+		t.Errorf("limits = %+v\nwant %+v", m.Limits, want)
+	}
+	if sd := m.SafeDefaults(); !reflect.DeepEqual(sd, []string{"max_packet_size=1MiB"}) {
+		t.Errorf("SafeDefaults = %q, want only max_packet_size", sd)
+	}
+	if got := m.Pos("limits.read_budget"); got != "m.conf:13" {
+		t.Errorf("Pos(limits.read_budget) = %q, want m.conf:13", got)
+	}
+
+	for _, bad := range []string{
+		"global_max_connections -1", "max_preauth_packet_size 10", "max_topic_length 0", "max_topic_length 70000",
+		"max_retained_bytes 1Mb", "read_budget 0", "max_sessions x", "max_retained_messages 0",
+	} {
+		_, err := Parse("b.conf", []byte("listener 1883 127.0.0.1\n"+bad+"\n"))
+		if err == nil || !strings.Contains(err.Error(), "b.conf:2:") {
+			t.Errorf("%s: err = %v, want an error at b.conf:2", bad, err)
+		}
+	}
+}
+
+// Listener keys read after parsing point at their own line.
+func TestMosquittoListenerKeyPos(t *testing.T) {
+	m, err := Parse("m.conf", []byte("listener 8883\ncertfile /c.pem\nkeyfile /k.pem\nciphers HIGH\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for path, want := range map[string]string{
+		"listeners[0].tls.cert": "m.conf:2", "listeners[0].tls.key": "m.conf:3", "listeners[0].tls.ciphers": "m.conf:4",
+		"listeners[0].tls.crl": "m.conf:1", "limits.max_inflight": "m.conf",
+	} {
+		if got := m.Pos(path); got != want {
+			t.Errorf("Pos(%s) = %q, want %q", path, got, want)
+		}
+	}
+	if m.Listeners[0].TLS.Ciphers != "HIGH" {
+		t.Errorf("ciphers = %q, want the line as written", m.Listeners[0].TLS.Ciphers)
 	}
 }

@@ -76,15 +76,16 @@ type mosqListener struct {
 	useUserAsID bool
 
 	strs  map[string]string // string-valued TLS keys by Mosquitto name
-	bools map[string]bool   // require_certificate, use_identity_as_username, use_subject_as_username
+	bools map[string]bool   // require_certificate, use_identity_as_username, use_subject_as_username, allow_insecure_ciphers
 	sec   mosqSecurity
-	set   map[string]bool // YAML sub-paths set explicitly
+	set   map[string]bool   // YAML sub-paths set explicitly
+	where map[string]string // YAML sub-path -> file:line of the key that set it
 }
 
 func newMosqListener(isDefault bool) *mosqListener {
 	return &mosqListener{
 		isDefault: isDefault, protocol: "mqtt", network: "tcp", maxConn: -1, maxQoS: 2, maxAlias: 10,
-		strs: map[string]string{}, bools: map[string]bool{}, set: map[string]bool{},
+		strs: map[string]string{}, bools: map[string]bool{}, set: map[string]bool{}, where: map[string]string{},
 		sec: mosqSecurity{allowAnon: -1, allowZeroLen: -1},
 	}
 }
@@ -306,9 +307,10 @@ func (p *mosqParser) apply(ln *line, cur *mosqListener) *mosqListener {
 		p.touch(p.def, ln)
 	case "protocol", "socket_domain", "max_connections", "max_qos", "maximum_qos", "max_topic_alias", "use_username_as_clientid",
 		"cafile", "capath", "certfile", "keyfile", "crlfile", "ciphers", "ciphers_tls1.3", "tls_version", "dhparamfile",
-		"require_certificate", "use_identity_as_username", "use_subject_as_username":
+		"require_certificate", "use_identity_as_username", "use_subject_as_username", "allow_insecure_ciphers":
 		p.touch(cur, ln)
 	}
+	defer p.place(ln, cur)
 	switch key {
 	case "listener":
 		return p.listener(ln, cur)
@@ -392,6 +394,13 @@ func (p *mosqParser) apply(ln *line, cur *mosqListener) *mosqListener {
 				cur.set["tls.identity.username_from"] = true
 			}
 		}
+	case "allow_insecure_ciphers":
+		// Moat extension: the override of the cipher policy for this
+		// listener's ciphers line.
+		if b, ok := p.boolean(ln); ok {
+			cur.bools[key] = b
+			cur.set["tls.allow_insecure_ciphers"] = true
+		}
 
 	// Security options that per_listener_settings moves.
 	case "per_listener_settings":
@@ -466,6 +475,10 @@ func (p *mosqParser) apply(ln *line, cur *mosqListener) *mosqListener {
 			p.cfg.Limits.MaxQueuedMessages = int(max(n, 0))
 			p.mark(ln, "limits.max_queued_messages")
 		}
+	case "global_max_connections", "max_topic_length", "max_topic_levels", "max_subscriptions", "max_sessions",
+		"max_retained_messages", "max_retained_messages_per_identity", "connect_timeout",
+		"max_preauth_packet_size", "max_subscription_bytes", "max_retained_bytes", "max_retained_bytes_per_identity", "read_budget":
+		p.limit(ln)
 	case "queue_qos0_messages":
 		if b, ok := p.boolean(ln); ok {
 			p.cfg.Limits.QueueQoS0 = b
@@ -607,6 +620,80 @@ func (p *mosqParser) unknown(ln *line) {
 	p.errorf(ln, "unknown key %q", ln.key)
 }
 
+// listenerKeyPaths maps per-listener mosquitto.conf keys to the setting
+// they configure, so that problems found later (a key file that cannot be
+// read, a cipher the policy refuses) point at the key's line.
+var listenerKeyPaths = map[string]string{
+	"certfile": "tls.cert", "keyfile": "tls.key", "cafile": "tls.client_ca", "capath": "tls.client_ca_dir",
+	"crlfile": "tls.crl", "ciphers": "tls.ciphers", "tls_version": "tls.min_version",
+	"require_certificate": "tls.client_auth", "use_identity_as_username": "tls.identity.username_from",
+	"use_subject_as_username": "tls.identity.username_from", "allow_insecure_ciphers": "tls.allow_insecure_ciphers",
+	"protocol": "transport", "socket_domain": "network", "max_connections": "max_connections",
+	"max_qos": "max_qos", "maximum_qos": "max_qos", "max_topic_alias": "max_topic_alias",
+	"use_username_as_clientid": "use_username_as_client_id",
+}
+
+// place records the line of a per-listener key on the listener it applies
+// to.
+func (p *mosqParser) place(ln *line, cur *mosqListener) {
+	if path, ok := listenerKeyPaths[ln.key]; ok {
+		cur.where[path] = ln.pos()
+	}
+}
+
+// limit reads one of Moat's limits that Mosquitto has no key for (a Moat
+// extension; global_max_connections is Mosquitto 2.1's name for the same
+// cap). Counts are whole numbers, sizes take units (64KiB) as in YAML,
+// connect_timeout is in seconds like sys_interval. The ranges are checked
+// by Validate, with the YAML key's wording.
+func (p *mosqParser) limit(ln *line) {
+	v, ok := p.value(ln)
+	if !ok {
+		return
+	}
+	lim := &p.cfg.Limits
+	var path string
+	switch ln.key {
+	case "max_preauth_packet_size", "max_subscription_bytes", "max_retained_bytes", "max_retained_bytes_per_identity", "read_budget":
+		n, err := ParseSize(v)
+		if err != nil {
+			p.errorf(ln, "%s: %v", ln.key, err)
+			return
+		}
+		path = ln.key
+		*map[string]*Size{
+			"max_preauth_packet_size":         &lim.MaxPreAuthPacketSize,
+			"max_subscription_bytes":          &lim.MaxSubscriptionBytes,
+			"max_retained_bytes":              &lim.MaxRetainedBytes,
+			"max_retained_bytes_per_identity": &lim.MaxRetainedBytesPerIdentity,
+			"read_budget":                     &lim.ReadBudget,
+		}[ln.key] = n
+	default:
+		n, err := strconv.ParseInt(v, 10, 32)
+		if err != nil {
+			p.errorf(ln, "%s: invalid value %q (want a whole number)", ln.key, v)
+			return
+		}
+		path = ln.key
+		switch ln.key {
+		case "global_max_connections":
+			lim.MaxConnections, path = int(n), "max_connections"
+		case "connect_timeout":
+			lim.ConnectTimeout = Duration(n * 1e9)
+		default:
+			*map[string]*int{
+				"max_topic_length":                   &lim.MaxTopicLength,
+				"max_topic_levels":                   &lim.MaxTopicLevels,
+				"max_subscriptions":                  &lim.MaxSubscriptions,
+				"max_sessions":                       &lim.MaxSessions,
+				"max_retained_messages":              &lim.MaxRetainedMessages,
+				"max_retained_messages_per_identity": &lim.MaxRetainedMessagesPerIdentity,
+			}[ln.key] = int(n)
+		}
+	}
+	p.mark(ln, "limits."+path)
+}
+
 func (p *mosqParser) mark(ln *line, path string) {
 	p.set[path] = true
 	p.cfg.keyPos[path] = ln.pos()
@@ -673,10 +760,9 @@ func (p *mosqParser) tlsKey(ln *line, cur *mosqListener, key, v string) {
 		}
 		cur.set["tls.min_version"] = true
 	case "ciphers":
-		if _, err := opensslCiphers(v); err != nil {
-			p.errorf(ln, "ciphers: %v", err)
-		}
-		cur.set["tls.cipher_suites"] = true
+		// Kept as written; moat serve translates it with the TLS policy
+		// (internal/tlsconf), which is also where it is refused.
+		cur.set["tls.ciphers"] = true
 	case "ciphers_tls1.3":
 		for _, c := range strings.Split(v, ":") {
 			if !slices.Contains(tls13Suites, c) {
@@ -701,53 +787,6 @@ func (p *mosqParser) tlsKey(ln *line, cur *mosqListener, key, v string) {
 }
 
 var tls13Suites = []string{"TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256", "TLS_AES_128_CCM_SHA256", "TLS_AES_128_CCM_8_SHA256"}
-
-// opensslSuites maps OpenSSL cipher names to the Go/IANA names of the
-// TLS 1.2 suites Go implements securely.
-var opensslSuites = map[string]string{
-	"ECDHE-ECDSA-AES128-GCM-SHA256": "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
-	"ECDHE-RSA-AES128-GCM-SHA256":   "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
-	"ECDHE-ECDSA-AES256-GCM-SHA384": "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
-	"ECDHE-RSA-AES256-GCM-SHA384":   "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
-	"ECDHE-ECDSA-CHACHA20-POLY1305": "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
-	"ECDHE-RSA-CHACHA20-POLY1305":   "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
-	"ECDHE-ECDSA-AES128-SHA":        "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA",
-	"ECDHE-RSA-AES128-SHA":          "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA",
-	"ECDHE-ECDSA-AES256-SHA":        "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA",
-	"ECDHE-RSA-AES256-SHA":          "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA",
-}
-
-// opensslKeyword reports whether s is an OpenSSL cipher-string keyword or
-// operator (HIGH, !aNULL, +RSA, @STRENGTH ...) rather than a suite name.
-func opensslKeyword(s string) bool {
-	if s == "" || strings.ContainsAny(s[:1], "!+-@") {
-		return true
-	}
-	return !strings.Contains(s, "-")
-}
-
-// opensslCiphers translates a Mosquitto "ciphers" list. Suite names Go
-// supports securely are mapped; OpenSSL keywords and operators (HIGH,
-// !aNULL ...) are dropped because Moat's defaults already meet them;
-// anything else (unknown, or insecure such as RC4 or 3DES) is an error.
-func opensslCiphers(list string) ([]string, error) {
-	var out []string
-	var bad []string
-	for _, c := range strings.Split(list, ":") {
-		c = strings.TrimSpace(c)
-		if name, ok := opensslSuites[c]; ok {
-			out = append(out, name)
-		} else if strings.HasPrefix(c, "TLS_") && secureSuite(c) {
-			out = append(out, c)
-		} else if !opensslKeyword(c) {
-			bad = append(bad, c)
-		}
-	}
-	if len(bad) > 0 {
-		return nil, fmt.Errorf("cipher(s) %s are unknown to Moat or insecure; Moat supports the ECDHE AES-GCM, ChaCha20-Poly1305 and AES-CBC suites (remove the line to use Moat's NIST SP 800-52r2 defaults)", strings.Join(bad, ", "))
-	}
-	return out, nil
-}
 
 // parseExpiration reads persistent_client_expiration: a positive whole
 // number followed by h, d, w, m (30 days) or y (365 days).
@@ -930,6 +969,9 @@ func (p *mosqParser) finish() {
 		for k := range ml.set {
 			p.set[fmt.Sprintf("listeners[%d].%s", i, k)] = true
 		}
+		for k, pos := range ml.where {
+			c.keyPos[fmt.Sprintf("listeners[%d].%s", i, k)] = pos
+		}
 		c.Listeners = append(c.Listeners, l)
 	}
 	for k := range p.set {
@@ -967,7 +1009,7 @@ func (p *mosqParser) convert(ml *mosqListener) Listener {
 				tlsOnly = append(tlsOnly, k)
 			}
 		}
-		for _, k := range []string{"require_certificate", "use_identity_as_username", "use_subject_as_username"} {
+		for _, k := range []string{"require_certificate", "use_identity_as_username", "use_subject_as_username", "allow_insecure_ciphers"} {
 			if ml.bools[k] {
 				tlsOnly = append(tlsOnly, k)
 			}
@@ -1006,9 +1048,8 @@ func (p *mosqParser) convert(ml *mosqListener) Listener {
 	default:
 		t.MinVersion = "1.2"
 	}
-	if v, ok := ml.strs["ciphers"]; ok {
-		t.CipherSuites, _ = opensslCiphers(v) // errors were reported when read
-	}
+	t.Ciphers = ml.strs["ciphers"]
+	t.AllowInsecureCiphers = ml.bools["allow_insecure_ciphers"]
 	if v, ok := ml.strs["crlfile"]; ok {
 		t.CRL = []string{v}
 	}

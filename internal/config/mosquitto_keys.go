@@ -21,6 +21,11 @@ var knownKeys = map[string]bool{
 	"pid_file": true, "user": true, "include_dir": true, "log_facility": true, "allow_duplicate_messages": true,
 	"retry_interval": true, "set_tcp_nodelay": true, "check_retain_source": true,
 	"websockets_log_level": true, "websockets_headers_size": true,
+	// Moat extensions.
+	"allow_insecure_ciphers": true, "global_max_connections": true, "max_topic_length": true, "max_topic_levels": true,
+	"max_subscriptions": true, "max_sessions": true, "max_retained_messages": true, "max_retained_messages_per_identity": true,
+	"connect_timeout": true, "max_preauth_packet_size": true, "max_subscription_bytes": true, "max_retained_bytes": true,
+	"max_retained_bytes_per_identity": true, "read_budget": true,
 }
 
 const (
@@ -48,7 +53,7 @@ var unsupportedKeys = map[string]string{
 	"upgrade_outgoing_qos":     "this non-standard option is not supported",
 	"clientid_prefixes":        "deprecated in Mosquitto; use client certificates with identity mapping instead",
 	"memory_limit":             "a global heap limit is not supported; use limits (max_queued_messages, max_packet_size, max_connections)",
-	"accept_protocol_versions": hintMosq21, "global_max_clients": hintMosq21, "global_max_connections": hintMosq21,
+	"accept_protocol_versions": hintMosq21, "global_max_clients": hintMosq21,
 	"enable_control_api": hintMosq21, "disable_client_cert_date_checks": hintMosq21, "max_topic_alias_broker": hintMosq21,
 	"quic_log_level": hintMosq21,
 	// Bridges.

@@ -1,7 +1,6 @@
 package config
 
 import (
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -43,6 +42,10 @@ func joinErrors(errs []error) error {
 	}
 	return fmt.Errorf("config: %d %s:\n%w", len(errs), word, errors.Join(errs...))
 }
+
+// MaxQueuedNoLimit is what limits.max_queued_messages 0, Mosquitto's "no
+// maximum", means: memory must stay bounded, so a ceiling this high.
+const MaxQueuedNoLimit = 1_000_000
 
 // MaxMQTTPacket is the largest packet MQTT can encode: a fixed header of 5
 // bytes and a remaining length of 268,435,455.
@@ -181,11 +184,21 @@ func (c *Config) validate() []error {
 	if lim.MaxTopicLength < 1 || lim.MaxTopicLength > 65535 {
 		top("limits.max_topic_length must be from 1 to 65535 bytes")
 	}
-	if lim.MaxSubscriptionBytes < 1 || lim.MaxRetainedBytes < 1 || lim.MaxRetainedBytesPerIdentity < 1 || lim.ReadBudget < 1 {
-		top("limits.max_subscription_bytes, max_retained_bytes, max_retained_bytes_per_identity and read_budget must be positive")
-	}
-	if lim.MaxRetainedMessages < 1 || lim.MaxRetainedMessagesPerIdentity < 1 {
-		top("limits.max_retained_messages and max_retained_messages_per_identity must be positive (retain_available false turns retained messages off)")
+	for _, v := range []struct {
+		key string
+		n   Size
+	}{
+		{"max_subscription_bytes", lim.MaxSubscriptionBytes}, {"max_retained_bytes", lim.MaxRetainedBytes},
+		{"max_retained_bytes_per_identity", lim.MaxRetainedBytesPerIdentity}, {"read_budget", lim.ReadBudget},
+		{"max_retained_messages", Size(lim.MaxRetainedMessages)}, {"max_retained_messages_per_identity", Size(lim.MaxRetainedMessagesPerIdentity)},
+	} {
+		if v.n < 1 {
+			hint := ""
+			if strings.HasPrefix(v.key, "max_retained") {
+				hint = " (retain_available false turns retained messages off)"
+			}
+			top("limits.%s must be positive%s", v.key, hint)
+		}
 	}
 	if c.SysInterval < 0 || c.Sessions.PersistentClientExpiration < 0 || c.Persistence.AutosaveInterval < 0 {
 		top("durations must not be negative")
@@ -243,14 +256,8 @@ func (t *TLS) validate() []string {
 	default:
 		m = append(m, fmt.Sprintf("min_version %q must be \"1.2\" or \"1.3\"", t.MinVersion))
 	}
-	for _, cs := range t.CipherSuites {
-		if !secureSuite(cs) {
-			if insecureSuite(cs) {
-				m = append(m, fmt.Sprintf("cipher suite %s is insecure and not allowed", cs))
-			} else {
-				m = append(m, fmt.Sprintf("unknown cipher suite %q (use Go/IANA names such as TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256)", cs))
-			}
-		}
+	if len(t.CipherSuites) > 0 && t.Ciphers != "" {
+		m = append(m, "cipher_suites and ciphers are both set; use one")
 	}
 	switch t.CRLStale {
 	case "refuse", "warn":
@@ -278,24 +285,6 @@ func (t *TLS) validate() []string {
 	return m
 }
 
-func secureSuite(name string) bool {
-	for _, s := range tls.CipherSuites() {
-		if s.Name == name && slices.Contains(s.SupportedVersions, tls.VersionTLS12) {
-			return true
-		}
-	}
-	return false
-}
-
-func insecureSuite(name string) bool {
-	for _, s := range tls.InsecureCipherSuites() {
-		if s.Name == name {
-			return true
-		}
-	}
-	return false
-}
-
 // Warnings lists the insecure parts of c that the operator must hear about
 // loudly at startup: plain (unencrypted) listeners reachable from the
 // network, anonymous access from the network, missing resource limits, and
@@ -312,6 +301,9 @@ func (c *Config) Warnings() []string {
 		if remote && l.AllowAnonymous {
 			w = append(w, fmt.Sprintf("%s on %s: anonymous clients are allowed from the network", l.where(), l.Address))
 		}
+		if l.TLS != nil && l.TLS.AllowInsecureCiphers {
+			w = append(w, fmt.Sprintf("%s on %s: allow_insecure_ciphers is set: cipher suites the TLS policy refuses (CBC mode, RSA key exchange) may be negotiated", l.where(), l.Address))
+		}
 		if l.TLS != nil && l.TLS.ClientAuth == ClientAuthNone && !l.AllowAnonymous {
 			// Not insecure as such, but without a password backend nobody
 			// can authenticate: say so, it is a likely mistake.
@@ -322,7 +314,7 @@ func (c *Config) Warnings() []string {
 		w = append(w, "limits.max_packet_size is not set: clients may send packets of up to 256 MiB; set max_packet_size")
 	}
 	if c.Limits.MaxQueuedMessages == 0 && c.Limits.MaxQueuedBytes == 0 {
-		w = append(w, "limits: per-client message queues are unbounded (max_queued_messages 0)")
+		w = append(w, fmt.Sprintf("limits.max_queued_messages 0 (no limit) means at most %d messages per session", MaxQueuedNoLimit))
 	}
 	return append(w, c.parseWarnings...)
 }
@@ -345,6 +337,29 @@ func loopback(addr string) bool {
 	}
 	ip, err := netip.ParseAddr(host)
 	return err == nil && ip.IsLoopback()
+}
+
+// Pos returns "file:line" of the key that set the setting at path (e.g.
+// "listeners[0].tls.key" or "limits.max_inflight"), else of the nearest
+// enclosing setting or listener that has a line, else the file name ("" for
+// a Config not read from a file). Errors found after parsing (a certificate
+// file that cannot be read) use it to point at the line.
+func (c *Config) Pos(path string) string {
+	for p := path; ; {
+		if pos, ok := c.keyPos[p]; ok {
+			return pos
+		}
+		i := strings.LastIndexByte(p, '.')
+		if i < 0 {
+			break
+		}
+		p = p[:i]
+	}
+	var i int
+	if _, err := fmt.Sscanf(path, "listeners[%d]", &i); err == nil && i >= 0 && i < len(c.Listeners) && c.Listeners[i].pos != "" {
+		return c.Listeners[i].pos
+	}
+	return c.Source
 }
 
 func splitPos(pos string) (string, int) {

@@ -147,6 +147,11 @@ type Config struct {
 	Logger *slog.Logger
 }
 
+// Validate reports, all at once, every problem with cfg that Listen would
+// refuse before binding a socket. It does not check whether the address is
+// free.
+func (cfg *Config) Validate() error { return cfg.validate() }
+
 func (cfg *Config) validate() error {
 	var errs []error
 	if cfg.Address == "" {

@@ -265,7 +265,7 @@ func ParseOpenSSLCiphers(spec string, allowInsecure bool) (ids []uint16, ignored
 				s := suiteByID(id)
 				if !s.secure() && !allowInsecure {
 					if explicit {
-						errs = append(errs, fmt.Errorf("tlsconf: cipher %s is refused by policy: %s (set the insecure-ciphers override to allow it)", s.openssl, s.whyInsecure()))
+						errs = append(errs, fmt.Errorf("tlsconf: cipher %s is refused by policy: %s (set allow_insecure_ciphers to allow it)", s.openssl, s.whyInsecure()))
 					}
 					continue
 				}
@@ -280,6 +280,40 @@ func ParseOpenSSLCiphers(spec string, allowInsecure bool) (ids []uint16, ignored
 		return nil, ignored, fmt.Errorf("tlsconf: cipher string %q selects no cipher suite that is both supported and allowed by policy (ECDHE with AES-GCM or ChaCha20-Poly1305)", spec)
 	}
 	return selected, ignored, nil
+}
+
+// ParseCipherSuiteNames translates TLS 1.2 cipher suite names in IANA form
+// (TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256), as Moat YAML's cipher_suites
+// lists them, into Go suite IDs under the same policy as
+// ParseOpenSSLCiphers: a suite without forward secrecy or AEAD is refused,
+// naming it and why, unless allowInsecure is true. TLS 1.3 names, unknown
+// names and suites Go does not implement are errors. Every problem is
+// returned at once.
+func ParseCipherSuiteNames(names []string, allowInsecure bool) ([]uint16, error) {
+	var ids []uint16
+	var errs []error
+	for _, name := range names {
+		var s suiteInfo
+		for _, c := range suites {
+			if tls.CipherSuiteName(c.id) == name {
+				s = c
+			}
+		}
+		switch {
+		case s.id == 0:
+			errs = append(errs, fmt.Errorf("tlsconf: unknown cipher suite %q (use IANA names such as TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256)", name))
+		case s.tls13:
+			errs = append(errs, fmt.Errorf("tlsconf: cipher suite %s is a TLS 1.3 suite, which Go does not let a server restrict", name))
+		case !s.secure() && !allowInsecure:
+			errs = append(errs, fmt.Errorf("tlsconf: cipher suite %s is refused by policy: %s (set allow_insecure_ciphers to allow it)", name, s.whyInsecure()))
+		case !slices.Contains(ids, s.id):
+			ids = append(ids, s.id)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return ids, nil
 }
 
 func suiteByID(id uint16) suiteInfo {

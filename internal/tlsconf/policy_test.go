@@ -142,3 +142,31 @@ func FuzzParseOpenSSLCiphers(f *testing.F) {
 		}
 	})
 }
+
+func TestParseCipherSuiteNames(t *testing.T) {
+	tests := []struct {
+		names    []string
+		insecure bool
+		want     []uint16
+		err      string
+	}{
+		{names: []string{"TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"}, want: []uint16{tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256}},
+		{names: []string{"TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA"}, err: "refused by policy: CBC mode"},
+		{names: []string{"TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA"}, insecure: true, want: []uint16{tls.TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA}},
+		{names: []string{"TLS_RSA_WITH_AES_128_GCM_SHA256"}, err: "RSA key exchange"},
+		{names: []string{"TLS_AES_128_GCM_SHA256"}, err: "TLS 1.3 suite"},
+		{names: []string{"ECDHE-RSA-AES128-GCM-SHA256", "TLS_BOGUS"}, err: `unknown cipher suite "TLS_BOGUS"`},
+	}
+	for _, tt := range tests {
+		got, err := ParseCipherSuiteNames(tt.names, tt.insecure)
+		if tt.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.err) {
+				t.Errorf("%v: err = %v, want %q", tt.names, err, tt.err)
+			}
+			continue
+		}
+		if err != nil || !slices.Equal(got, tt.want) {
+			t.Errorf("%v: got %v, %v; want %v", tt.names, got, err, tt.want)
+		}
+	}
+}
