@@ -85,16 +85,15 @@ func (a *ACLFile) Name() string { return a.name }
 // larger than MaxACLFileSize and lines longer than 128 KiB.
 func ParseACLFile(name string, r io.Reader) (*ACLFile, error) {
 	a := &ACLFile{name: name, users: map[string]*aclList{}}
-	br := bufio.NewReaderSize(io.LimitReader(r, MaxACLFileSize+1), 64<<10)
+	cr := &countReader{r: io.LimitReader(r, MaxACLFileSize+1)}
+	br := bufio.NewReaderSize(cr, 64<<10)
 	var (
-		total int
-		user  *aclList // nil: the anonymous section
-		n     int
+		user *aclList // nil: the anonymous section
+		n    int
 	)
 	for {
 		raw, err := readLine(br)
-		total += len(raw)
-		if total > MaxACLFileSize {
+		if cr.n > MaxACLFileSize {
 			return nil, fmt.Errorf("authz: acl_file %s is larger than %d bytes", name, MaxACLFileSize)
 		}
 		if err != nil && !errors.Is(err, io.EOF) {
@@ -118,6 +117,17 @@ func ParseACLFile(name string, r io.Reader) (*ACLFile, error) {
 }
 
 var errLongLine = errors.New("line too long")
+
+type countReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
 
 // readLine returns one line without its newline; err is io.EOF at the end.
 func readLine(br *bufio.Reader) ([]byte, error) {
