@@ -34,6 +34,64 @@ type aclLine struct {
 
 type aclList struct {
 	lines []aclLine // deny lines first, then grants in file order
+	// For long lists: line indexes by the literal first level of their
+	// topic, and those starting with a wildcard or substitution.
+	byFirst map[string][]int32
+	wild    []int32
+}
+
+// minIndexed is the list length from which lines are indexed.
+const minIndexed = 16
+
+func (l *aclList) buildIndex() {
+	if len(l.lines) < minIndexed {
+		return
+	}
+	l.byFirst = map[string][]int32{}
+	for i := range l.lines {
+		if f := l.lines[i].p.first; f != "" {
+			l.byFirst[f] = append(l.byFirst[f], int32(i))
+		} else {
+			l.wild = append(l.wild, int32(i))
+		}
+	}
+}
+
+// check returns the decision of the first line that decides a publish
+// (want accessWrite) or receive (accessRead) on topic t.
+func (l *aclList) check(s *Subject, t string, want uint8) (Decision, bool) {
+	decide := func(e *aclLine) (Decision, bool) {
+		if !e.p.match(s, t) {
+			return Decision{}, false
+		}
+		if e.access == accessNone {
+			return Decision{Reason: e.deny, Rule: e.rule}, true
+		}
+		if e.access&want != 0 {
+			return Decision{Allow: true, Reason: e.allow, Rule: e.rule}, true
+		}
+		return Decision{}, false
+	}
+	if l.byFirst == nil {
+		for i := range l.lines {
+			if d, ok := decide(&l.lines[i]); ok {
+				return d, true
+			}
+		}
+		return Decision{}, false
+	}
+	m := merger{last: -1}
+	m.add(l.byFirst[firstLevel(t)])
+	m.add(l.wild)
+	for {
+		i, ok := m.next()
+		if !ok {
+			return Decision{}, false
+		}
+		if d, ok := decide(&l.lines[i]); ok {
+			return d, true
+		}
+	}
 }
 
 func (l *aclList) add(e aclLine) {
@@ -113,6 +171,13 @@ func ParseACLFile(name string, r io.Reader) (*ACLFile, error) {
 			break
 		}
 	}
+	if a.anon != nil {
+		a.anon.buildIndex()
+	}
+	for _, l := range a.users {
+		l.buildIndex()
+	}
+	a.patterns.buildIndex()
 	return a, nil
 }
 
@@ -284,17 +349,8 @@ func (a *ACLFile) decide(req *Request) (Decision, bool) {
 		want = accessWrite
 	}
 	if l := a.list(s); l != nil {
-		for i := range l.lines {
-			e := &l.lines[i]
-			if !e.p.match(s, t) {
-				continue
-			}
-			if e.access == accessNone {
-				return Decision{Reason: e.deny, Rule: e.rule}, true
-			}
-			if e.access&want != 0 {
-				return Decision{Allow: true, Reason: e.allow, Rule: e.rule}, true
-			}
+		if d, ok := l.check(s, t, want); ok {
+			return d, true
 		}
 	}
 	if len(a.patterns.lines) == 0 {
@@ -303,19 +359,7 @@ func (a *ACLFile) decide(req *Request) (Decision, bool) {
 	if d, bad := a.dangerous(s); bad {
 		return d, true
 	}
-	for i := range a.patterns.lines {
-		e := &a.patterns.lines[i]
-		if !e.p.match(s, t) {
-			continue
-		}
-		if e.access == accessNone {
-			return Decision{Reason: e.deny, Rule: e.rule}, true
-		}
-		if e.access&want != 0 {
-			return Decision{Allow: true, Reason: e.allow, Rule: e.rule}, true
-		}
-	}
-	return Decision{}, false
+	return a.patterns.check(s, t, want)
 }
 
 // list returns the lines for the subject's username (the anonymous section

@@ -137,16 +137,138 @@ type rule struct {
 	reason   string
 }
 
+// keyKind is a subject field rules are indexed by.
+type keyKind uint8
+
+const (
+	keyUser keyKind = iota
+	keyClient
+	keyCN
+	keyGroup
+	keyOU
+	keyO
+	keySPIFFE
+	keyListener
+	nKeys
+)
+
 // ruleSet is a compiled, indexed list of rules.
 type ruleSet struct {
 	rules []rule
-	// Candidate lists of rule indexes, each sorted. A rule is in exactly
-	// one of byUser, byClient, byCN and general; general rules are also
-	// split by the literal first level of their topics.
-	byUser, byClient, byCN map[string][]int32
-	genFirst               map[string][]int32
-	genWild                []int32 // general rules with a topic whose first level is not literal
-	general                []int32
+	// A rule that selects by one of the indexed subject fields is listed
+	// (in rule order) under each of its values of the first such field, in
+	// byKey; any other rule is "general" and listed under the literal
+	// first level of its topics (genFirst) or, if a topic starts with a
+	// wildcard or a substitution, in genWild.
+	byKey    [nKeys]map[string][]int32
+	used     []keyKind // kinds with entries
+	genFirst map[string][]int32
+	genWild  []int32
+	general  []int32
+}
+
+// keyValues returns the rule's values for an indexed field.
+func (sp *RuleSpec) keyValues(k keyKind) []string {
+	s := &sp.Subjects
+	switch k {
+	case keyUser:
+		return s.Usernames
+	case keyClient:
+		return s.ClientIDs
+	case keyCN:
+		return s.CN
+	case keyGroup:
+		return s.Groups
+	case keyOU:
+		return s.OU
+	case keyO:
+		return s.O
+	case keySPIFFE:
+		return s.SPIFFE
+	case keyListener:
+		return s.Listeners
+	}
+	return nil
+}
+
+// addKeys adds the candidate lists for the subject's values of field k.
+func (rs *ruleSet) addKeys(m *merger, s *Subject, k keyKind) {
+	idx := rs.byKey[k]
+	one := func(v string) {
+		if v != "" {
+			m.add(idx[v])
+		}
+	}
+	switch k {
+	case keyUser:
+		one(s.username())
+	case keyClient:
+		one(s.ClientID)
+	case keyCN:
+		one(s.Cert.CN)
+	case keyGroup:
+		for _, g := range s.Groups {
+			m.add(idx[g])
+		}
+	case keyOU:
+		for _, v := range s.Cert.OU {
+			m.add(idx[v])
+		}
+	case keyO:
+		for _, v := range s.Cert.O {
+			m.add(idx[v])
+		}
+	case keySPIFFE:
+		one(s.Cert.SPIFFE)
+	case keyListener:
+		one(s.Listener)
+	}
+}
+
+// merger yields the indexes of several ascending lists in ascending
+// order, each once. The first lists are held inline so that a decision
+// does not allocate.
+type merger struct {
+	inline [8][]int32
+	n      int
+	more   [][]int32
+	last   int32
+}
+
+func (m *merger) add(l []int32) {
+	switch {
+	case len(l) == 0:
+	case m.n < len(m.inline):
+		m.inline[m.n] = l
+		m.n++
+	default:
+		m.more = append(m.more, l)
+	}
+}
+
+func (m *merger) next() (int32, bool) {
+	for {
+		var best *[]int32
+		for i := range m.n {
+			if l := &m.inline[i]; len(*l) > 0 && (best == nil || (*l)[0] < (*best)[0]) {
+				best = l
+			}
+		}
+		for i := range m.more {
+			if l := &m.more[i]; len(*l) > 0 && (best == nil || (*l)[0] < (*best)[0]) {
+				best = l
+			}
+		}
+		if best == nil {
+			return 0, false
+		}
+		idx := (*best)[0]
+		*best = (*best)[1:]
+		if idx != m.last {
+			m.last = idx
+			return idx, true
+		}
+	}
 }
 
 func compileRules(specs []RuleSpec, source string) (*ruleSet, error) {
@@ -156,8 +278,7 @@ func compileRules(specs []RuleSpec, source string) (*ruleSet, error) {
 	if len(specs) > MaxRules {
 		return nil, fmt.Errorf("authz: %s: %d rules; at most %d", source, len(specs), MaxRules)
 	}
-	rs := &ruleSet{rules: make([]rule, len(specs)), byUser: map[string][]int32{},
-		byClient: map[string][]int32{}, byCN: map[string][]int32{}, genFirst: map[string][]int32{}}
+	rs := &ruleSet{rules: make([]rule, len(specs)), genFirst: map[string][]int32{}}
 	var errs []error
 	for i := range specs {
 		r, err := compileRule(&specs[i], i, source)
@@ -171,41 +292,39 @@ func compileRules(specs []RuleSpec, source string) (*ruleSet, error) {
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
+	for k := range nKeys {
+		if len(rs.byKey[k]) > 0 {
+			rs.used = append(rs.used, k)
+		}
+	}
 	return rs, nil
 }
 
 func (rs *ruleSet) index(r *rule, sp *RuleSpec) {
-	switch {
-	case len(sp.Subjects.Usernames) > 0:
-		for _, u := range dedup(sp.Subjects.Usernames) {
-			rs.byUser[u] = append(rs.byUser[u], r.idx)
+	for k := range nKeys {
+		vals := sp.keyValues(k)
+		if len(vals) == 0 {
+			continue
 		}
-	case len(sp.Subjects.ClientIDs) > 0:
-		for _, c := range dedup(sp.Subjects.ClientIDs) {
-			rs.byClient[c] = append(rs.byClient[c], r.idx)
+		if rs.byKey[k] == nil {
+			rs.byKey[k] = map[string][]int32{}
 		}
-	case len(sp.Subjects.CN) > 0:
-		for _, c := range dedup(sp.Subjects.CN) {
-			rs.byCN[c] = append(rs.byCN[c], r.idx)
+		for _, v := range dedup(vals) {
+			rs.byKey[k][v] = append(rs.byKey[k][v], r.idx)
 		}
-	default:
-		rs.general = append(rs.general, r.idx)
-		var firsts []string
-		wild := false
-		for _, p := range r.topics {
-			if p.first == "" {
-				wild = true
-			} else {
-				firsts = append(firsts, p.first)
-			}
-		}
-		if wild {
+		return
+	}
+	rs.general = append(rs.general, r.idx)
+	var firsts []string
+	for _, p := range r.topics {
+		if p.first == "" {
 			rs.genWild = append(rs.genWild, r.idx)
 			return
 		}
-		for _, f := range dedup(firsts) {
-			rs.genFirst[f] = append(rs.genFirst[f], r.idx)
-		}
+		firsts = append(firsts, p.first)
+	}
+	for _, f := range dedup(firsts) {
+		rs.genFirst[f] = append(rs.genFirst[f], r.idx)
 	}
 }
 
@@ -361,56 +480,22 @@ func (rs *ruleSet) decide(req *Request) (Decision, bool) {
 	if req.Topic == "" {
 		return Decision{Reason: "empty topic", Rule: "default"}, true
 	}
-	var lists [5][]int32
-	n := 0
-	if u := s.username(); u != "" {
-		if l := rs.byUser[u]; len(l) > 0 {
-			lists[n] = l
-			n++
-		}
-	}
-	if l := rs.byClient[s.ClientID]; len(l) > 0 {
-		lists[n] = l
-		n++
-	}
-	if s.Cert.CN != "" {
-		if l := rs.byCN[s.Cert.CN]; len(l) > 0 {
-			lists[n] = l
-			n++
-		}
+	m := merger{last: -1}
+	for _, k := range rs.used {
+		rs.addKeys(&m, s, k)
 	}
 	if first := firstLevel(req.Topic); req.Action == Subscribe && (first == "+" || first == "#") {
-		lists[n] = rs.general
-		n++
+		m.add(rs.general)
 	} else {
-		if l := rs.genFirst[first]; len(l) > 0 {
-			lists[n] = l
-			n++
-		}
-		if len(rs.genWild) > 0 {
-			lists[n] = rs.genWild
-			n++
-		}
+		m.add(rs.genFirst[first])
+		m.add(rs.genWild)
 	}
 	var subscribeDenies []string
-	last := int32(-1)
 	for {
-		// Take the smallest head: candidates are visited in rule order.
-		best := -1
-		for i := 0; i < n; i++ {
-			if len(lists[i]) > 0 && (best < 0 || lists[i][0] < lists[best][0]) {
-				best = i
-			}
-		}
-		if best < 0 {
+		idx, ok := m.next()
+		if !ok {
 			return Decision{}, false
 		}
-		idx := lists[best][0]
-		lists[best] = lists[best][1:]
-		if idx == last {
-			continue
-		}
-		last = idx
 		r := &rs.rules[idx]
 		if !r.conditionsHold(req) || !r.subjectMatches(s) {
 			continue
