@@ -264,19 +264,20 @@ func loadACLPolicy(f *aclTestFlags) (*authz.Policy, string, error) {
 		}
 		spec, source = s, f.config
 	}
-	return compileSpec(spec, source)
+	return buildPolicy(spec, source)
 }
 
-// compileSpec compiles a Spec read from the file named source; a relative
-// acl_file path is used as written (relative to the working directory),
-// as Mosquitto does.
-func compileSpec(spec authz.Spec, source string) (*authz.Policy, string, error) {
+// buildPolicy compiles a Spec read from the file named source and returns
+// the policy with a description of its sources. A relative acl_file path
+// is used as written (relative to the working directory), as Mosquitto
+// does. moat serve builds its policy the same way.
+func buildPolicy(spec authz.Spec, source string) (*authz.Policy, string, error) {
 	opts := authz.Options{Rules: spec.Rules, RulesSource: source}
 	desc := source
 	if spec.ACLFile != "" {
 		data, err := readPolicyFile(spec.ACLFile)
 		if err != nil {
-			return nil, "", fmt.Errorf("acl test: acl_file: %w", err)
+			return nil, "", fmt.Errorf("acl: acl_file: %w", err)
 		}
 		a, err := authz.ParseACLFile(spec.ACLFile, bytes.NewReader(data))
 		if err != nil {
@@ -288,7 +289,7 @@ func compileSpec(spec authz.Spec, source string) (*authz.Policy, string, error) 
 		}
 	}
 	if len(spec.Rules) == 0 && opts.ACL == nil {
-		return nil, "", fmt.Errorf("acl test: %s defines no rules and no acl_file", source)
+		return nil, "", fmt.Errorf("acl: %s defines no rules and no acl_file", source)
 	}
 	p, err := authz.New(opts)
 	if err != nil {
