@@ -1,7 +1,6 @@
 package authz
 
 import (
-	"bufio"
 	"io"
 	"net/netip"
 	"os"
@@ -127,44 +126,19 @@ func TestACLFileParseLikeMosquitto(t *testing.T) {
 	}
 }
 
-// mosquittoAccepts reports whether mosquitto starts with the acl_file: an
-// invalid file makes it exit at start (2.0.11 has no -t); a valid one lets
-// it log "running", and it is then stopped. It listens on a unix socket in
-// dir, so no port is involved.
+// mosquittoAccepts reports whether mosquitto starts with the acl_file
+// (2.0.11 has no -t: an invalid file makes it exit at start). It listens
+// on a unix socket in dir, so no port is involved.
 func mosquittoAccepts(t *testing.T, dir, aclPath string) bool {
 	t.Helper()
 	conf := filepath.Join(dir, "check.conf")
 	text := "listener 0 " + filepath.Join(dir, "sock") + "\nacl_file " + aclPath + "\n"
-	if os.Geteuid() == 0 {
-		text = "user root\n" + text
-	}
 	if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command("mosquitto", "-c", conf)
-	pr, pw := io.Pipe()
-	cmd.Stdout, cmd.Stderr = pw, pw
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		_ = pw.Close()
-		close(done)
-	}()
-	running := false
-	sc := bufio.NewScanner(pr)
-	for sc.Scan() {
-		if strings.Contains(sc.Text(), " running") {
-			running = true
-			_ = cmd.Process.Kill()
-			break
-		}
-	}
-	go func() { _, _ = io.Copy(io.Discard, pr) }()
-	<-done
-	return running
+	m := runMosquitto(t, conf)
+	m.stop()
+	return m.running
 }
 
 func TestACLFileSemantics(t *testing.T) {

@@ -145,6 +145,7 @@ var (
 	denyNoPolicy  = Decision{Reason: "authz: no access policy loaded; denied", Rule: "default"}
 	denyDefault   = Decision{Reason: "no rule matches; denied by default", Rule: "default"}
 	denyBadAction = Decision{Reason: "authz: unknown action; denied", Rule: "default"}
+	denyBadTopic  = Decision{Reason: "authz: empty topic or invalid topic filter; denied", Rule: "default"}
 	allowCred     = Decision{Allow: true, Reason: "granted by the client's credential", Rule: "credential"}
 )
 
@@ -191,6 +192,9 @@ func (p *Policy) Decide(req Request) Decision {
 	}
 	if p == nil {
 		return denyNoPolicy
+	}
+	if req.Topic == "" || (req.Action == Subscribe && ValidFilter(req.Topic) != nil) {
+		return denyBadTopic
 	}
 	if p.rules != nil {
 		if d, ok := p.rules.decide(&req); ok {

@@ -1,10 +1,11 @@
 package authz
 
 import (
-	"bytes"
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -206,49 +207,80 @@ func startMosquitto(t *testing.T, dir, pwfile, aclPath string) string {
 		_ = ln.Close()
 		conf := filepath.Join(dir, "mosquitto.conf")
 		text := fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\npassword_file %s\nacl_file %s\n", port, pwfile, aclPath)
-		if os.Geteuid() == 0 {
-			text = "user root\n" + text // as root, mosquitto would switch to a user that cannot read the temp dir
-		}
 		if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		var logs bytes.Buffer
-		cmd := exec.Command("mosquitto", "-c", conf)
-		cmd.Stdout, cmd.Stderr = &logs, &logs
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
+		m := runMosquitto(t, conf)
+		if m.running {
+			t.Cleanup(m.stop)
+			return fmt.Sprintf("127.0.0.1:%d", port)
 		}
-		exited := make(chan error, 1)
-		go func() { exited <- cmd.Wait() }()
-		addr := fmt.Sprintf("127.0.0.1:%d", port)
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			select {
-			case err := <-exited:
-				if strings.Contains(logs.String(), "in use") {
-					t.Logf("mosquitto could not bind %s; retrying", addr)
-					goto next
-				}
-				t.Fatalf("mosquitto exited: %v\n%s", err, logs.String())
-			default:
-			}
-			if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
-				_ = c.Close()
-				t.Cleanup(func() {
-					_ = cmd.Process.Kill()
-					<-exited
-				})
-				return addr
-			}
-			if time.Now().After(deadline) {
-				_ = cmd.Process.Kill()
-				<-exited
-				t.Fatalf("mosquitto did not listen on %s:\n%s", addr, logs.String())
-			}
-			time.Sleep(20 * time.Millisecond) // polling an external process's start-up
+		if !strings.Contains(m.log, "in use") {
+			t.Fatalf("mosquitto did not start:\n%s", m.log)
 		}
-	next:
+		t.Logf("mosquitto could not bind port %d; retrying", port)
 	}
 	t.Fatal("mosquitto: no free port after 5 attempts")
 	return ""
+}
+
+type mosquittoRun struct {
+	running bool
+	log     string // the log up to "running" or the exit
+	stop    func() // kills mosquitto and waits for it
+}
+
+// runMosquitto starts mosquitto with conf and reads its log until it says
+// it is running (it listens then) or exits (an invalid configuration).
+// When run as root, mosquitto is told to stay root: it would otherwise
+// switch to a user that cannot read the test's temporary files.
+func runMosquitto(t *testing.T, conf string) mosquittoRun {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		data, err := os.ReadFile(conf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(conf, append([]byte("user root\n"), data...), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cmd := exec.Command("mosquitto", "-c", conf)
+	pr, pw := io.Pipe()
+	cmd.Stdout, cmd.Stderr = pw, pw
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		_ = pw.Close()
+		close(exited)
+	}()
+	var log strings.Builder
+	running := false
+	sc := bufio.NewScanner(pr)
+	for sc.Scan() {
+		log.WriteString(sc.Text() + "\n")
+		if strings.Contains(sc.Text(), " running") {
+			running = true
+			break
+		}
+	}
+	// Keep draining the log so mosquitto never blocks on it; the drain
+	// ends when mosquitto exits.
+	drained := make(chan struct{})
+	go func() {
+		_, _ = io.Copy(io.Discard, pr)
+		close(drained)
+	}()
+	stop := func() {
+		_ = cmd.Process.Kill()
+		<-exited
+		<-drained
+	}
+	if !running {
+		stop()
+	}
+	return mosquittoRun{running: running, log: log.String(), stop: stop}
 }
