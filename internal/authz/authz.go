@@ -180,8 +180,7 @@ func New(o Options) (*Policy, error) {
 	return p, nil
 }
 
-// Decide answers req. It does not allocate for publish and receive
-// requests against rules without multi-valued substitutions.
+// Decide answers req. Publish and receive decisions do not allocate.
 func (p *Policy) Decide(req Request) Decision {
 	s := req.Subject
 	if s == nil {

@@ -520,6 +520,11 @@ func (rs *ruleSet) decide(req *Request) (Decision, bool) {
 // of part of it is left to the receive check and recorded for later allow
 // rules).
 func (r *rule) decideSubscribe(s *Subject, f string, denies *[]string) (Decision, bool) {
+	if !r.allow && r.retain != nil {
+		// It denies only some deliveries (retained or not); those are
+		// judged one by one.
+		return Decision{}, false
+	}
 	for _, p := range r.topics {
 		if f[0] == '$' && !p.dollar {
 			continue
@@ -527,7 +532,7 @@ func (r *rule) decideSubscribe(s *Subject, f string, denies *[]string) (Decision
 		for _, g := range p.expand(s) {
 			if r.allow {
 				if readable(g, f, *denies) {
-					return Decision{Allow: true, Reason: r.reason + " (part of the filter may be denied on delivery)", Rule: r.label}, true
+					return Decision{Allow: true, Reason: r.reason, Rule: r.label}, true
 				}
 				continue
 			}

@@ -163,6 +163,32 @@ rules:
 	}
 }
 
+// TestRulesRetainConditionOnSubscribe: a deny of retained messages alone
+// refuses their deliveries, not the subscription.
+func TestRulesRetainConditionOnSubscribe(t *testing.T) {
+	p := mustRules(t, `
+rules:
+  - {name: no-retained, effect: deny, subjects: {all: true}, actions: [read], topics: ["x/#"], retain: true}
+  - {name: x, effect: allow, subjects: {all: true}, actions: [read], topics: ["x/#"]}
+`)
+	s := &Subject{Username: "u", ClientID: "c"}
+	for _, c := range []struct {
+		action Action
+		retain bool
+		want   bool
+		rule   string
+	}{
+		{Subscribe, false, true, "moat.yaml: x"},
+		{Receive, true, false, "moat.yaml: no-retained"},
+		{Receive, false, true, "moat.yaml: x"},
+	} {
+		d := p.Decide(Request{Subject: s, Action: c.action, Topic: "x/a", Retain: c.retain})
+		if d.Allow != c.want || d.Rule != c.rule {
+			t.Errorf("%s retain %v = %v by %q, want %v by %q", c.action, c.retain, d.Allow, d.Rule, c.want, c.rule)
+		}
+	}
+}
+
 // TestSecurityHashDoesNotGrantDollar: an operator writes "#" meaning "every
 // application topic"; it must not give access to the broker's $SYS and
 // $moat trees, which MQTT keeps out of reach of a leading wildcard.
