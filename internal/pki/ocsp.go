@@ -80,6 +80,8 @@ func (ca *CA) ocspSigner() (*x509.Certificate, crypto.Signer, error) {
 }
 
 // OCSPResponse answers a DER OCSP request with a signed DER response.
+// A request nonce (RFC 8954) of 1 to 32 bytes is echoed in the response;
+// a longer, empty or repeated one makes the request malformed.
 // Malformed requests get a malformedRequest response, requests about
 // another issuer an unauthorized response (both unsigned, as RFC 6960
 // §2.3 prescribes). Good and revoked answers are cached per serial until
@@ -87,6 +89,11 @@ func (ca *CA) ocspSigner() (*x509.Certificate, crypto.Signer, error) {
 func (ca *CA) OCSPResponse(reqDER []byte) ([]byte, OCSPStatus, error) {
 	req, err := ocsp.ParseRequest(reqDER)
 	if err != nil {
+		return ocsp.MalformedRequestErrorResponse, OCSPStatus{}, nil
+	}
+	nonce, err := requestNonce(reqDER)
+	if err != nil {
+		ca.cfg.logger().Info("pki: OCSP request refused as malformed", "reason", err.Error())
 		return ocsp.MalformedRequestErrorResponse, OCSPStatus{}, nil
 	}
 	if !ca.ocspIssuerMatches(req) {
@@ -123,7 +130,7 @@ func (ca *CA) OCSPResponse(reqDER []byte) ([]byte, OCSPStatus, error) {
 	ca.ocspmu.Lock()
 	c, ok := ca.ocspCache[cacheKey]
 	ca.ocspmu.Unlock()
-	if ok && c.revision == rev && now.Before(c.fresh) {
+	if ok && nonce == nil && c.revision == rev && now.Before(c.fresh) {
 		st.ThisUpdate, st.NextUpdate = c.thisUpdate, c.nextUpdate
 		return c.der, st, nil
 	}
@@ -149,6 +156,14 @@ func (ca *CA) OCSPResponse(reqDER []byte) ([]byte, OCSPStatus, error) {
 	der, err := ocsp.CreateResponse(ca.inter, cert, tmpl, key)
 	if err != nil {
 		return ocsp.InternalErrorErrorResponse, st, fmt.Errorf("pki: signing OCSP response: %w", err)
+	}
+	if nonce != nil {
+		// A response with the client's nonce is unique to that request:
+		// it is neither cached nor taken from the cache.
+		if der, err = addResponseNonce(der, *nonce, key, ca.cfg.rand()); err != nil {
+			return ocsp.InternalErrorErrorResponse, st, err
+		}
+		return der, st, nil
 	}
 	ca.ocspmu.Lock()
 	if len(ca.ocspCache) >= maxOCSPCacheLen {
