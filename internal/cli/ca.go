@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -56,6 +57,7 @@ The trust anchor to give to brokers and devices is DIR/ca.pem.`,
 		newCASignCmd(stdio, open),
 		newCARevokeCmd(stdio, open),
 		newCACRLCmd(stdio, open),
+		newCAExportCmd(stdio, open),
 		newCAListCmd(stdio, open),
 		newCAShowCmd(stdio, open),
 		newCAVerifyCmd(stdio, open),
@@ -444,21 +446,45 @@ revokes only the one given. Every revoked certificate is listed.`,
 }
 
 func newCACRLCmd(stdio Stdio, open caOpener) *cobra.Command {
-	var out string
-	var der bool
+	var out, passFile, reason, validity string
+	var der, root, sign bool
+	var revoke []string
 	c := &cobra.Command{
 		Use:   "crl",
-		Short: "Write the current CRL (PEM; --der for DER)",
-		Args:  cobra.NoArgs,
+		Short: "Write the current CRL (PEM; --der for DER); --root for the root's CRL of revoked intermediates",
+		Long: `Write the issuing intermediate's current CRL.
+
+--root writes the root's CRL instead (DIR/root-crl.pem), which lists
+revoked intermediates. --sign re-signs it with the root key (its passphrase
+from $MOAT_CA_PASSPHRASE, --passphrase-file or a prompt); do so before its
+nextUpdate (one year by default). --revoke CERT.pem adds an old
+intermediate to it (implies --sign).`,
+		Example: `  moat ca crl --out crl.pem
+  moat ca crl --root --sign --passphrase-file /media/offline/root.pass
+  moat ca crl --root --revoke old-intermediate.pem --reason keyCompromise`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if !root && (sign || len(revoke) > 0) {
+				return errors.New("ca crl: --sign and --revoke apply to the root CRL; add --root")
+			}
 			ca, err := open(false)
 			if err != nil {
 				return fmt.Errorf("ca crl: %w", err)
 			}
 			var b []byte
-			if der {
+			switch {
+			case root && (sign || len(revoke) > 0):
+				b, err = signRootCRL(stdio, ca, passFile, revoke, reason, validity)
+				if err == nil && !der {
+					b, err = ca.RootCRLPEM()
+				}
+			case root && der:
+				b, err = ca.RootCRL()
+			case root:
+				b, err = ca.RootCRLPEM()
+			case der:
 				b, err = ca.CRL()
-			} else {
+			default:
 				b, err = ca.CRLPEM()
 			}
 			if err != nil {
@@ -474,8 +500,121 @@ func newCACRLCmd(stdio Stdio, open caOpener) *cobra.Command {
 			return nil
 		},
 	}
-	c.Flags().StringVar(&out, "out", "", "output file (default stdout)")
-	c.Flags().BoolVar(&der, "der", false, "write DER instead of PEM")
+	f := c.Flags()
+	f.StringVar(&out, "out", "", "output file (default stdout)")
+	f.BoolVar(&der, "der", false, "write DER instead of PEM")
+	f.BoolVar(&root, "root", false, "the root's CRL (revoked intermediates) instead of the intermediate's")
+	f.BoolVar(&sign, "sign", false, "re-sign the root CRL with the root key")
+	f.StringSliceVar(&revoke, "revoke", nil, "intermediate certificate file to add to the root CRL")
+	f.StringVar(&reason, "reason", "unspecified", "reason for --revoke: keyCompromise, cACompromise, superseded, cessationOfOperation, ...")
+	f.StringVar(&validity, "validity", "365d", "root CRL validity")
+	f.StringVar(&passFile, "passphrase-file", "", "file holding the root key passphrase (else $MOAT_CA_PASSPHRASE or a prompt)")
+	return c
+}
+
+// signRootCRL decrypts the root key and signs a new root CRL.
+func signRootCRL(stdio Stdio, ca *pki.CA, passFile string, revoke []string, reason, validity string) ([]byte, error) {
+	r, err := pki.ParseReason(reason)
+	if err != nil {
+		return nil, err
+	}
+	v, err := durationFlag(validity, "--validity")
+	if err != nil {
+		return nil, err
+	}
+	var certs []*x509.Certificate
+	for _, f := range revoke {
+		cs, err := pki.LoadCertificatesFile(f)
+		if err != nil {
+			return nil, err
+		}
+		certs = append(certs, cs[0])
+	}
+	pass, err := readPassphrase(stdio, passFile, false)
+	if err != nil {
+		return nil, err
+	}
+	key, err := ca.LoadRootKey(pass)
+	if err != nil {
+		return nil, err
+	}
+	return ca.SignRootCRL(pki.RootCRLRequest{RootKey: key, Revoke: certs, Reason: r, Validity: v})
+}
+
+func newCAExportCmd(stdio Stdio, open caOpener) *cobra.Command {
+	var out, interval string
+	var watch bool
+	c := &cobra.Command{
+		Use:   "export --out DIR",
+		Short: "Write the CA bundle and CRLs world-readable for other services; --watch keeps them current",
+		Long: `Write the public files that services running as another user need (the CA
+directory itself is private, mode 0700) into --out DIR: ca.pem (the root),
+ca-bundle.pem (root and intermediates), crl.pem (the intermediate's CRL)
+and root-crl.pem (revoked intermediates). DIR is created with mode 0755,
+the files have mode 0644 and are replaced atomically, and only when their
+content changed.
+
+--watch keeps running and re-exports every --interval: revocations made by
+other moat commands reach crl.pem within one interval, and the CRL is
+re-signed before half of its validity has passed. Run it as a service next
+to the consumers (see docs/pki.md).`,
+		Example: `  moat ca export --out /etc/moat/ca
+  moat ca export --out /etc/moat/ca --watch --interval 30s`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if out == "" {
+				return errors.New("ca export: give --out DIR (a directory readable by the services, e.g. /etc/moat/ca)")
+			}
+			every, err := durationFlag(interval, "--interval")
+			if err != nil {
+				return fmt.Errorf("ca export: %w", err)
+			}
+			if every <= 0 {
+				return errors.New("ca export: --interval must be positive")
+			}
+			ca, err := open(watch)
+			if err != nil {
+				return fmt.Errorf("ca export: %w", err)
+			}
+			export := func() error {
+				changed, err := ca.Export(out)
+				for _, f := range changed {
+					fmt.Fprintf(stdio.Out, "wrote %s\n", filepath.Join(out, f))
+				}
+				return err
+			}
+			if err := export(); err != nil {
+				return fmt.Errorf("ca export: %w", err)
+			}
+			if !watch {
+				return nil
+			}
+			ctx := cmd.Context()
+			if ctx == nil {
+				ctx = context.Background()
+			}
+			logger := caLogger(stdio, true)
+			logger.Info("moat ca export: watching", "dir", ca.Dir(), "out", out, "interval", every)
+			t := time.NewTicker(every)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-t.C:
+					// A failure (for example the database busy) is logged
+					// and retried; the previous files stay in place.
+					if err := export(); err != nil {
+						logger.Error("moat ca export: export failed; keeping the previous files", "err", err)
+					}
+				}
+			}
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&out, "out", "", "directory to write the public files into")
+	f.BoolVar(&watch, "watch", false, "keep running and rewrite the files when they change")
+	f.StringVar(&interval, "interval", "30s", "how often --watch checks")
 	return c
 }
 

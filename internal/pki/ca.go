@@ -9,6 +9,7 @@ import (
 	"encoding/asn1"
 	"encoding/base64"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -239,6 +240,10 @@ func Init(dir string, opts InitOptions) (*CA, error) {
 	}
 	inter, _ := x509.ParseCertificate(interDER)
 
+	rootCRL, err := signRootCRL(root, rootKey, nil, nil, ReasonUnspecified, now, 0, rnd)
+	if err != nil {
+		return nil, err
+	}
 	encRoot, err := EncryptKey(rootKey, pass, rnd)
 	if err != nil {
 		return nil, err
@@ -259,6 +264,7 @@ func Init(dir string, opts InitOptions) (*CA, error) {
 		{FileRootKey, encRoot, 0o600},
 		{FileRoot, EncodeCertificatesPEM(root), 0o644},
 		{FileIntermediate, EncodeCertificatesPEM(inter), 0o644},
+		{FileRootCRL, pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: rootCRL}), 0o644},
 		{FileSettings, append(settingsJSON, '\n'), 0o644},
 		{FileIntermediateKey, interPEM, 0o600}, // last: its presence marks an initialized CA
 	}

@@ -86,8 +86,8 @@ func (ca *CA) NewServer(cfg ServerConfig) (*Server, error) {
 // Registry returns the server's Prometheus registry.
 func (s *Server) Registry() *prometheus.Registry { return s.reg }
 
-// HTTPHandler serves /ocsp (GET and POST), /crl (DER), /crl.pem and
-// /metrics.
+// HTTPHandler serves /ocsp (GET and POST), /crl (DER), /crl.pem, the
+// root CRL at /root-crl (DER) and /root-crl.pem, and /metrics.
 func (s *Server) HTTPHandler() http.Handler {
 	mux := http.NewServeMux()
 	oh := s.ca.OCSPHandler(func(r string) { s.ocspRes.WithLabelValues(r).Inc() })
@@ -107,6 +107,25 @@ func (s *Server) HTTPHandler() http.Handler {
 		p, err := s.ca.CRLPEM()
 		if err != nil {
 			http.Error(w, "CRL unavailable", http.StatusServiceUnavailable)
+			return
+		}
+		w.Header().Set("Content-Type", "application/x-pem-file")
+		w.Write(p)
+	})
+	// The root CRL (revoked intermediates) is published next to the CRL.
+	mux.HandleFunc("GET /root-crl", func(w http.ResponseWriter, r *http.Request) {
+		der, err := s.ca.RootCRL()
+		if err != nil {
+			http.Error(w, "no root CRL", http.StatusNotFound)
+			return
+		}
+		w.Header().Set("Content-Type", "application/pkix-crl")
+		w.Write(der)
+	})
+	mux.HandleFunc("GET /root-crl.pem", func(w http.ResponseWriter, r *http.Request) {
+		p, err := s.ca.RootCRLPEM()
+		if err != nil {
+			http.Error(w, "no root CRL", http.StatusNotFound)
 			return
 		}
 		w.Header().Set("Content-Type", "application/x-pem-file")
