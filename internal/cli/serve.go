@@ -30,6 +30,7 @@ type serveOptions struct {
 	dataDir    string
 	check      bool
 	pprof      string
+	sans       []string
 }
 
 func init() {
@@ -57,6 +58,7 @@ SIGHUP reloads certificates, keys, CA bundles and CRLs.`,
 		cmd.Flags().StringVarP(&o.configFile, "config", "c", "", "configuration `FILE` (Moat YAML or mosquitto.conf)")
 		cmd.Flags().StringVar(&o.dataDir, "data", "moat-data", "data `DIR` for the built-in CA and state")
 		cmd.Flags().BoolVar(&o.check, "check", false, "validate the configuration and exit")
+		cmd.Flags().StringSliceVar(&o.sans, "san", nil, "names of the built-in server certificate: DNS:name,IP:addr; auto = localhost, the host name and its addresses (the default)")
 		cmd.Flags().StringVar(&o.pprof, "pprof", "", "serve Go runtime profiles on loopback `ADDR` (e.g. 127.0.0.1:6060), for performance work")
 		return cmd
 	})
@@ -195,7 +197,12 @@ func runServe(ctx context.Context, stdio Stdio, o serveOptions, dataSet bool) er
 			tc := l.TLS
 			if tc.Cert == "" || (tc.ClientAuth != config.ClientAuthNone && tc.ClientCA == "" && tc.ClientCADir == "") {
 				if zc == nil {
-					if zc, err = prepareZeroConfig(cfg.DataDir, log); err != nil {
+					names, err := zeroServerNames(cfg, o.sans)
+					if err != nil {
+						closeAll()
+						return err
+					}
+					if zc, err = prepareZeroConfig(cfg.DataDir, names, log); err != nil {
 						closeAll()
 						return err
 					}
