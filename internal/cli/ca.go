@@ -60,6 +60,7 @@ The trust anchor to give to brokers and devices is DIR/ca.pem.`,
 		newCARevokeCmd(stdio, open),
 		newCACRLCmd(stdio, open),
 		newCAExportCmd(stdio, open),
+		newCARotateCmd(stdio, open),
 		newCAListCmd(stdio, open),
 		newCAShowCmd(stdio, open),
 		newCAVerifyCmd(stdio, open),
@@ -516,7 +517,7 @@ revokes only the one given. Every revoked certificate is listed.`,
 				if err != nil {
 					return fmt.Errorf("ca revoke: %w", err)
 				}
-				if err := certs[0].CheckSignatureFrom(ca.Intermediate()); err != nil {
+				if !ca.IssuedHere(certs[0]) {
 					return fmt.Errorf("ca revoke: %s was not issued by this CA's intermediate (%s)", args[0], ca.Intermediate().Subject.CommonName)
 				}
 				serial = pki.SerialString(certs[0].SerialNumber)
@@ -638,6 +639,56 @@ func signRootCRL(stdio Stdio, ca *pki.CA, passFile string, revoke []string, reas
 		return nil, err
 	}
 	return ca.SignRootCRL(pki.RootCRLRequest{RootKey: key, Revoke: certs, Reason: r, Validity: v})
+}
+
+func newCARotateCmd(stdio Stdio, open caOpener) *cobra.Command {
+	var passFile, lifetime string
+	c := &cobra.Command{
+		Use:   "rotate-intermediate",
+		Short: "Replace the issuing intermediate; the old one stays valid until its last certificate expires",
+		Long: `Sign a new issuing intermediate with the root key (its passphrase from
+$MOAT_CA_PASSPHRASE, --passphrase-file or a prompt) and issue every new
+certificate from it. The old intermediate moves to DIR/retired/: the
+certificates it issued stay valid, revocable, and answered for by OCSP and
+its own CRL (in crl.pem and at /crl/KEYID) until the last of them expires,
+so devices renew at their own pace. The trust anchor (ca.pem, the root)
+does not change.
+
+Restart moat ca serve, moat ca export --watch and moat serve afterwards:
+until then they refuse to write with the old intermediate.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			life, err := durationFlag(lifetime, "--lifetime")
+			if err != nil {
+				return fmt.Errorf("ca rotate-intermediate: %w", err)
+			}
+			ca, err := open(false)
+			if err != nil {
+				return fmt.Errorf("ca rotate-intermediate: %w", err)
+			}
+			pass, err := readPassphrase(stdio, passFile, false)
+			if err != nil {
+				return fmt.Errorf("ca rotate-intermediate: %w", err)
+			}
+			key, err := ca.LoadRootKey(pass)
+			if err != nil {
+				return fmt.Errorf("ca rotate-intermediate: %w", err)
+			}
+			old := ca.Intermediate()
+			next, err := ca.RotateIntermediate(pki.RotateRequest{RootKey: key, Lifetime: life})
+			if err != nil {
+				return fmt.Errorf("ca rotate-intermediate: %w", err)
+			}
+			in := next.Intermediate()
+			fmt.Fprintf(stdio.Out, "New intermediate %q, valid until %s, issues from now on\n", in.Subject.CommonName, in.NotAfter.Format("2006-01-02"))
+			fmt.Fprintf(stdio.Out, "  old intermediate %q keeps its CRL and OCSP until its certificates expire\n", old.Subject.CommonName)
+			fmt.Fprintf(stdio.Out, "  restart moat ca serve, moat ca export --watch and moat serve\n")
+			return nil
+		},
+	}
+	c.Flags().StringVar(&passFile, "passphrase-file", "", "file holding the root key passphrase (else $MOAT_CA_PASSPHRASE or a prompt)")
+	c.Flags().StringVar(&lifetime, "lifetime", "10y", "lifetime of the new intermediate (at most until the root expires)")
+	return c
 }
 
 func newCAExportCmd(stdio Stdio, open caOpener) *cobra.Command {

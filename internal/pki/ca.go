@@ -121,6 +121,7 @@ type CA struct {
 	root     *x509.Certificate
 	inter    *x509.Certificate
 	interKey crypto.Signer
+	retired  []issuerCA // replaced intermediates, oldest first (rotate.go)
 
 	dbmu sync.RWMutex // serializes this process's database opens (see store.go)
 
@@ -323,6 +324,9 @@ func Open(dir string, cfg Config) (*CA, error) {
 	}
 	if err := ca.inter.CheckSignatureFrom(ca.root); err != nil {
 		return nil, fmt.Errorf("pki: %s is not signed by %s: %w", FileIntermediate, FileRoot, err)
+	}
+	if err := ca.loadRetired(); err != nil {
+		return nil, err
 	}
 	b, err := os.ReadFile(ca.path(FileSettings))
 	if err != nil {

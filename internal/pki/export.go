@@ -2,7 +2,7 @@ package pki
 
 import (
 	"bytes"
-	"encoding/pem"
+	"crypto/x509"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -54,7 +54,7 @@ func (ca *CA) Export(dir string) ([]string, error) {
 		data []byte
 	}{
 		{ExportRoot, EncodeCertificatesPEM(ca.root)},
-		{ExportBundle, EncodeCertificatesPEM(ca.root, ca.inter)},
+		{ExportBundle, EncodeCertificatesPEM(append([]*x509.Certificate{ca.root, ca.inter}, ca.Retired()...)...)},
 		{ExportCRL, crls},
 	}
 	if root, err := ca.RootCRLPEM(); err == nil {
@@ -79,14 +79,8 @@ func (ca *CA) Export(dir string) ([]string, error) {
 	return changed, nil
 }
 
-// exportCRLs returns the current CRL as PEM.
-func (ca *CA) exportCRLs() ([]byte, error) {
-	der, err := ca.CRL()
-	if err != nil {
-		return nil, err
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der}), nil
-}
+// exportCRLs returns the CRLs of every live intermediate as PEM.
+func (ca *CA) exportCRLs() ([]byte, error) { return ca.CRLPEM() }
 
 // mkdirAllReadable creates dir and its missing parents with mode 0755,
 // whatever the umask.

@@ -86,7 +86,9 @@ func (ca *CA) NewServer(cfg ServerConfig) (*Server, error) {
 // Registry returns the server's Prometheus registry.
 func (s *Server) Registry() *prometheus.Registry { return s.reg }
 
-// HTTPHandler serves /ocsp (GET and POST), /crl (DER), /crl.pem, the
+// HTTPHandler serves /ocsp (GET and POST), /crl (DER, the current
+// intermediate's), /crl/KEYID (DER, the intermediate with this hex
+// subject key identifier, current or retired), /crl.pem (all), the
 // root CRL at /root-crl (DER) and /root-crl.pem, and /metrics.
 func (s *Server) HTTPHandler() http.Handler {
 	mux := http.NewServeMux()
@@ -95,6 +97,20 @@ func (s *Server) HTTPHandler() http.Handler {
 	mux.Handle("/ocsp/", oh)
 	mux.HandleFunc("GET /crl", func(w http.ResponseWriter, r *http.Request) {
 		der, err := s.ca.CRL()
+		if err != nil {
+			s.log.Error("pki: CRL", "err", err)
+			http.Error(w, "CRL unavailable", http.StatusServiceUnavailable)
+			return
+		}
+		w.Header().Set("Content-Type", "application/pkix-crl")
+		w.Write(der)
+	})
+	mux.HandleFunc("GET /crl/{keyid}", func(w http.ResponseWriter, r *http.Request) {
+		der, err := s.ca.CRLFor(strings.ToLower(r.PathValue("keyid")))
+		if errors.Is(err, ErrNotFound) {
+			http.Error(w, "no CRL for this intermediate", http.StatusNotFound)
+			return
+		}
 		if err != nil {
 			s.log.Error("pki: CRL", "err", err)
 			http.Error(w, "CRL unavailable", http.StatusServiceUnavailable)

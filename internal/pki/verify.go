@@ -57,6 +57,9 @@ func (ca *CA) Verify(certs []*x509.Certificate) VerifyResult {
 
 	inters := x509.NewCertPool()
 	inters.AddCert(ca.inter)
+	for _, r := range ca.retired {
+		inters.AddCert(r.cert)
+	}
 	for _, c := range certs[1:] {
 		inters.AddCert(c)
 	}
@@ -79,7 +82,7 @@ func (ca *CA) Verify(certs []*x509.Certificate) VerifyResult {
 
 	checkLeaf(&v, leaf, now)
 
-	if leaf.CheckSignatureFrom(ca.inter) == nil {
+	if ca.IssuedHere(leaf) {
 		rec, err := ca.Get(SerialString(leaf.SerialNumber))
 		switch {
 		case errors.Is(err, ErrNotFound):
