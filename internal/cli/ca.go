@@ -722,11 +722,15 @@ to the consumers (see docs/pki.md).`,
 			if every <= 0 {
 				return errors.New("ca export: --interval must be positive")
 			}
-			ca, err := open(watch)
-			if err != nil {
-				return fmt.Errorf("ca export: %w", err)
-			}
+			// The CA is opened afresh for every export, so a rotation of
+			// the intermediate made meanwhile is picked up.
+			dir := ""
 			export := func() error {
+				ca, err := open(watch)
+				if err != nil {
+					return err
+				}
+				dir = ca.Dir()
 				changed, err := ca.Export(out)
 				for _, f := range changed {
 					fmt.Fprintf(stdio.Out, "wrote %s\n", filepath.Join(out, f))
@@ -744,7 +748,7 @@ to the consumers (see docs/pki.md).`,
 				ctx = context.Background()
 			}
 			logger := caLogger(stdio, true)
-			logger.Info("moat ca export: watching", "dir", ca.Dir(), "out", out, "interval", every)
+			logger.Info("moat ca export: watching", "dir", dir, "out", out, "interval", every)
 			t := time.NewTicker(every)
 			defer t.Stop()
 			for {
