@@ -139,3 +139,28 @@ func signRootCRL(root *x509.Certificate, key crypto.Signer, prev *x509.Revocatio
 	}
 	return der, nil
 }
+
+// onRootCRL reports whether the intermediate c is listed on the root CRL.
+// A missing root CRL lists nothing; an unreadable one, or one not signed
+// by the root, lists everything (fail closed).
+func (ca *CA) onRootCRL(c *x509.Certificate) bool {
+	der, err := ca.RootCRL()
+	if errors.Is(err, os.ErrNotExist) {
+		return false
+	}
+	if err != nil {
+		ca.cfg.logger().Error("pki: root CRL unreadable; treating intermediates as revoked", "err", err)
+		return true
+	}
+	crl, err := x509.ParseRevocationList(der)
+	if err != nil || crl.CheckSignatureFrom(ca.root) != nil {
+		ca.cfg.logger().Error("pki: root CRL invalid; treating intermediates as revoked", "file", ca.path(FileRootCRL))
+		return true
+	}
+	for _, e := range crl.RevokedCertificateEntries {
+		if e.SerialNumber.Cmp(c.SerialNumber) == 0 {
+			return true
+		}
+	}
+	return false
+}

@@ -177,3 +177,57 @@ func TestRotateIntermediateOverlap(t *testing.T) {
 		t.Fatalf("after the overlap crl.pem holds %d CRLs, want 1", countCRLs(t, b))
 	}
 }
+
+// TestSecurityReenrollUnderRevokedIntermediate: after a rotation, devices
+// re-enroll with certificates of the old intermediate and get one from the
+// new intermediate. Once the operator puts the old intermediate on the
+// root CRL (its key may be compromised), a certificate under it (which a
+// thief could have minted with that key) must not buy a fresh certificate
+// any more: the attack re-enrolls with it and is refused.
+func TestSecurityReenrollUnderRevokedIntermediate(t *testing.T) {
+	t.Parallel()
+	openssl := needTool(t, "openssl")
+	curl := needTool(t, "curl")
+	ca := newCA(t, InitOptions{})
+	dir := t.TempDir()
+	enroll := func(name string) (keyFile, pemFile string) {
+		tok, _ := ca.CreateToken(name, time.Hour)
+		key, csr := opensslCSR(t, openssl, dir, name, name, "")
+		_, estURL, _ := startServer(t, ca, ServerConfig{})
+		code, body := estCurl(t, curl, estURL, filepath.Join(ca.Dir(), FileRoot), "simpleenroll", csr, "-u", name+":"+tok)
+		if code != http.StatusOK {
+			t.Fatalf("enroll %s: %d %s", name, code, body)
+		}
+		_, p := estCertFromBody(t, ca, dir, name, body)
+		return key, p
+	}
+	keyA, pemA := enroll("sensor-a")
+	keyB, pemB := enroll("sensor-b")
+	oldInter := ca.Intermediate()
+
+	rk, _ := ca.LoadRootKey(testPass)
+	next, err := ca.RotateIntermediate(RotateRequest{RootKey: rk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, estURL, _ := startServer(t, next, ServerConfig{})
+	caFile := filepath.Join(next.Dir(), FileRoot)
+
+	_, csrA := opensslCSR(t, openssl, dir, "sensor-a2", "sensor-a", "")
+	code, body := estCurl(t, curl, estURL, caFile, "simplereenroll", csrA, "--cert", pemA, "--key", keyA)
+	if code != http.StatusOK {
+		t.Fatalf("re-enrollment with the old intermediate's certificate: %d %s", code, body)
+	}
+	renewed, _ := estCertFromBody(t, next, dir, "sensor-a2", body)
+	if renewed.CheckSignatureFrom(next.Intermediate()) != nil {
+		t.Fatal("renewed certificate not from the new intermediate")
+	}
+
+	if _, err := next.SignRootCRL(RootCRLRequest{RootKey: rk, Revoke: []*x509.Certificate{oldInter}, Reason: ReasonCACompromise}); err != nil {
+		t.Fatal(err)
+	}
+	_, csrB := opensslCSR(t, openssl, dir, "sensor-b2", "sensor-b", "")
+	if code, body := estCurl(t, curl, estURL, caFile, "simplereenroll", csrB, "--cert", pemB, "--key", keyB); code != http.StatusForbidden {
+		t.Fatalf("re-enrollment under a revoked intermediate: %d %s", code, body)
+	}
+}
