@@ -49,12 +49,10 @@ func ParseReason(s string) (RevocationReason, error) {
 	if n == "" {
 		return ReasonUnspecified, nil
 	}
-	var names []string
 	for r, name := range reasonNames {
 		if strings.ToLower(name) == n {
 			return r, nil
 		}
-		names = append(names, name)
 	}
 	return 0, fmt.Errorf("pki: unknown revocation reason %q (use keyCompromise, superseded, cessationOfOperation, affiliationChanged, privilegeWithdrawn or unspecified)", s)
 }

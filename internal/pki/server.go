@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
@@ -79,7 +80,7 @@ func (ca *CA) NewServer(cfg ServerConfig) (*Server, error) {
 	s.reg = prometheus.NewRegistry()
 	s.ocspRes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "moat_ca_ocsp_responses_total", Help: "OCSP responses by result."}, []string{"result"})
 	s.estRes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "moat_ca_est_requests_total", Help: "EST requests by operation and result."}, []string{"operation", "result"})
-	s.reg.MustRegister(s.ocspRes, s.estRes, &caCollector{ca: ca}, prometheus.NewGoCollector())
+	s.reg.MustRegister(s.ocspRes, s.estRes, &caCollector{ca: ca}, collectors.NewGoCollector())
 	return s, nil
 }
 

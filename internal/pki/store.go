@@ -13,6 +13,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 // Bucket and key names in ca.db.
@@ -161,7 +162,7 @@ func (ca *CA) openDB(write bool) (*bolt.DB, func(), error) {
 	db, err := bolt.Open(ca.path(FileDatabase), 0o600, &bolt.Options{Timeout: timeout, ReadOnly: !write})
 	if err != nil {
 		unlock()
-		if errors.Is(err, bolt.ErrTimeout) {
+		if errors.Is(err, berrors.ErrTimeout) {
 			return nil, nil, fmt.Errorf("%w (%s; waited %v, try again)", ErrDatabaseBusy, ca.path(FileDatabase), timeout)
 		}
 		return nil, nil, fmt.Errorf("pki: opening CA database: %w", err)
