@@ -1,8 +1,10 @@
 package cli
 
 import (
+	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -140,5 +142,31 @@ func TestZeroServerNamesFromYAML(t *testing.T) {
 	}
 	if _, err := zeroServerNames(cfg, nil); err == nil {
 		t.Fatal("server_names with tls.cert accepted")
+	}
+}
+
+// TestServeSANFlag starts the broker with --san and checks, with openssl
+// s_client as a device would, that the server certificate verifies for a
+// chosen name and not for another.
+func TestServeSANFlag(t *testing.T) {
+	needTool(t, "openssl")
+	dir := t.TempDir()
+	port := freePort(t)
+	conf := filepath.Join(dir, "moat.yaml")
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf("listeners:\n  - address: \"127.0.0.1:%d\"\n", port)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	startMoat(t, dir, []int{port}, "-c", conf, "--data", filepath.Join(dir, "data"), "--san", "DNS:mqtt.example.test,IP:127.0.0.1")
+	caFile := filepath.Join(dir, "data", "ca", "ca.pem")
+	connect := func(host string) string {
+		out, _ := exec.Command("openssl", "s_client", "-connect", fmt.Sprintf("127.0.0.1:%d", port), "-servername", host,
+			"-verify_hostname", host, "-CAfile", caFile, "-brief").CombinedOutput()
+		return string(out)
+	}
+	if out := connect("mqtt.example.test"); !strings.Contains(out, "Verification: OK") {
+		t.Fatalf("chosen name does not verify:\n%s", out)
+	}
+	if out := connect("localhost"); strings.Contains(out, "Verification: OK") {
+		t.Fatalf("a name not chosen verifies:\n%s", out)
 	}
 }
