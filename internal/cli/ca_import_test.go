@@ -77,6 +77,11 @@ func TestCAInitImportOpenSSLRootEncrypted(t *testing.T) {
 		p := filepath.Join(work, f)
 		opensslIn(t, work, nil, "verify", "-CAfile", "ca-cert.pem", "-untrusted", p, p)
 	}
+	// openssl's default root has no key usage extension, so it cannot
+	// sign a root CRL; the command says why.
+	if _, errs, code := moat(t, "ca", "crl", "--root", "--sign", "--dir", dir); code == 0 || !strings.Contains(errs, "cRLSign") {
+		t.Fatalf("root CRL of an openssl root: exit %d %s", code, errs)
+	}
 }
 
 // TestCAInitImportOpenSSLRootAndIntermediate: seed 001's CA ("openssl

@@ -71,6 +71,9 @@ func (ca *CA) SignRootCRL(req RootCRLRequest) ([]byte, error) {
 	if _, ok := reasonNames[req.Reason]; !ok {
 		return nil, fmt.Errorf("pki: unknown revocation reason %d", req.Reason)
 	}
+	if !canSignCRL(ca.root) {
+		return nil, errors.New("pki: the root cannot sign CRLs (its certificate lacks the cRLSign key usage or a subject key identifier, as openssl's default root does); revoke the intermediate by distributing a new trust anchor")
+	}
 	for _, c := range req.Revoke {
 		if err := c.CheckSignatureFrom(ca.root); err != nil || !c.IsCA {
 			return nil, fmt.Errorf("pki: %q is not an intermediate of this root; only intermediates go on the root CRL", c.Subject.CommonName)
