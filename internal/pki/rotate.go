@@ -118,11 +118,11 @@ func (ca *CA) issuerOf(c *x509.Certificate) (issuerCA, bool) {
 // checkCurrent fails with ErrRotated when DIR/intermediate.pem is no
 // longer the intermediate this CA was opened with.
 func (ca *CA) checkCurrent() error {
-	b, err := os.ReadFile(ca.path(FileIntermediate))
+	certs, err := LoadCertificatesFile(ca.path(FileIntermediate))
 	if err != nil {
-		return fmt.Errorf("pki: %w", err)
+		return err
 	}
-	if !bytes.Equal(b, EncodeCertificatesPEM(ca.inter)) {
+	if !bytes.Equal(certs[0].Raw, ca.inter.Raw) {
 		ca.cfg.logger().Error("pki: refusing to write with a replaced intermediate", "err", ErrRotated)
 		return ErrRotated
 	}
