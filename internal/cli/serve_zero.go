@@ -45,6 +45,10 @@ func prepareZeroConfig(dataDir string, names []string, log *slog.Logger) (*zeroC
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("serve: creating data directory: %w", err)
 	}
+	sans, err := resolveServerNames(names, log)
+	if err != nil {
+		return nil, err
+	}
 	ca, created, err := pki.OpenOrInit(zc.caDir, pki.InitOptions{Config: pki.Config{Logger: log}})
 	if err != nil {
 		return nil, fmt.Errorf("serve: built-in CA in %s: %w", zc.caDir, err)
@@ -52,10 +56,6 @@ func prepareZeroConfig(dataDir string, names []string, log *slog.Logger) (*zeroC
 	zc.createdCA = created
 	if created {
 		log.Info("serve: created a local certificate authority", "dir", zc.caDir, "trust_anchor", zc.caFile)
-	}
-	sans, err := resolveServerNames(names, log)
-	if err != nil {
-		return nil, err
 	}
 	renew := needsServerCert(zc.serverCert)
 	if !renew && serverCertNamesDiffer(zc.serverCert, sans) {
