@@ -153,7 +153,8 @@ type RotateRequest struct {
 var genSuffix = regexp.MustCompile(` G([0-9]+)$`)
 
 // RotateIntermediate signs a new issuing intermediate with the root key
-// and makes it current; the old one moves to DIR/retired/ and keeps
+// and makes it current (and re-signs the root CRL while the key is at
+// hand); the old one moves to DIR/retired/ and keeps
 // signing its CRL and OCSP answers (never new certificates) until its
 // last certificate expires, so devices renew at their own pace. Trust
 // anchors do not change: both chain to the same root. It returns the CA
@@ -224,6 +225,13 @@ func (ca *CA) RotateIntermediate(req RotateRequest) (*CA, error) {
 	}
 	if _, err := next.RegenerateCRL(); err != nil {
 		return nil, err
+	}
+	// The root key is at hand: renew the root CRL's dates (or make the
+	// first one for a CA older than root CRLs).
+	if canSignCRL(next.root) {
+		if _, err := next.SignRootCRL(RootCRLRequest{RootKey: req.RootKey}); err != nil {
+			next.cfg.logger().Warn("pki: could not re-sign the root CRL after the rotation; run moat ca crl --root --sign", "err", err)
+		}
 	}
 	return next, nil
 }

@@ -84,6 +84,11 @@ func TestRotateIntermediateOverlap(t *testing.T) {
 	if next.Intermediate().Equal(oldInter) || !strings.HasSuffix(next.Intermediate().Subject.CommonName, " G2") {
 		t.Fatalf("new intermediate %q", next.Intermediate().Subject.CommonName)
 	}
+	if der, err := next.RootCRL(); err != nil {
+		t.Fatal(err)
+	} else if crl, _ := x509.ParseRevocationList(der); crl.Number.Int64() != 2 {
+		t.Fatalf("root CRL not re-signed at the rotation: number %v", crl.Number)
+	}
 	// The stale handle refuses to sign with the old intermediate.
 	if _, err := ca.IssueDevice("dev-stale", nil, 0); !errors.Is(err, ErrRotated) {
 		t.Fatalf("stale CA issued: %v", err)
