@@ -654,8 +654,9 @@ its own CRL (in crl.pem and at /crl/KEYID) until the last of them expires,
 so devices renew at their own pace. The trust anchor (ca.pem, the root)
 does not change.
 
-Restart moat ca serve, moat ca export --watch and moat serve afterwards:
-until then they refuse to write with the old intermediate.`,
+A running moat ca serve stops within 10 seconds (restart it, or let its
+supervisor do so); moat ca export --watch follows by itself; restart moat
+serve. Until restarted they refuse to write with the old intermediate.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			life, err := durationFlag(lifetime, "--lifetime")
@@ -682,7 +683,7 @@ until then they refuse to write with the old intermediate.`,
 			in := next.Intermediate()
 			fmt.Fprintf(stdio.Out, "New intermediate %q, valid until %s, issues from now on\n", in.Subject.CommonName, in.NotAfter.Format("2006-01-02"))
 			fmt.Fprintf(stdio.Out, "  old intermediate %q keeps its CRL and OCSP until its certificates expire\n", old.Subject.CommonName)
-			fmt.Fprintf(stdio.Out, "  restart moat ca serve, moat ca export --watch and moat serve\n")
+			fmt.Fprintf(stdio.Out, "  moat ca serve stops within 10 seconds: restart it (and moat serve)\n")
 			return nil
 		},
 	}

@@ -123,7 +123,6 @@ func (ca *CA) checkCurrent() error {
 		return err
 	}
 	if !bytes.Equal(certs[0].Raw, ca.inter.Raw) {
-		ca.cfg.logger().Error("pki: refusing to write with a replaced intermediate", "err", ErrRotated)
 		return ErrRotated
 	}
 	return nil

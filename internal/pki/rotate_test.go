@@ -2,10 +2,12 @@ package pki
 
 import (
 	"bytes"
+	"context"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -234,5 +236,39 @@ func TestSecurityReenrollUnderRevokedIntermediate(t *testing.T) {
 	_, csrB := opensslCSR(t, openssl, dir, "sensor-b2", "sensor-b", "")
 	if code, body := estCurl(t, curl, estURL, caFile, "simplereenroll", csrB, "--cert", pemB, "--key", keyB); code != http.StatusForbidden {
 		t.Fatalf("re-enrollment under a revoked intermediate: %d %s", code, body)
+	}
+}
+
+// TestServeStopsAfterRotation: a running server whose intermediate is
+// rotated by another process stops with ErrRotated instead of serving the
+// old state.
+func TestServeStopsAfterRotation(t *testing.T) {
+	t.Parallel()
+	ca := newCA(t, InitOptions{})
+	srv, err := ca.NewServer(ServerConfig{RotationCheck: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(context.Background(), hl, nil) }()
+	other, err := Open(ca.Dir(), Config{Logger: ca.cfg.logger()}) // another process
+	if err != nil {
+		t.Fatal(err)
+	}
+	rk, _ := other.LoadRootKey(testPass)
+	if _, err := other.RotateIntermediate(RotateRequest{RootKey: rk}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrRotated) {
+			t.Fatalf("Serve returned %v, want ErrRotated", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Serve kept running with a rotated intermediate")
 	}
 }

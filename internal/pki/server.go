@@ -42,6 +42,11 @@ type ServerConfig struct {
 	// than half its validity left is regenerated. Default: one tenth of
 	// the CRL validity, at most 10 minutes.
 	CRLRefresh time.Duration
+	// RotationCheck is how often Serve checks whether another process
+	// rotated the intermediate (RotateIntermediate); it then stops and
+	// returns ErrRotated, so that a supervisor restarts it with the new
+	// intermediate. Default 10 seconds.
+	RotationCheck time.Duration
 	// Logger nil means the CA's logger.
 	Logger *slog.Logger
 }
@@ -65,8 +70,8 @@ func (ca *CA) NewServer(cfg ServerConfig) (*Server, error) {
 	if s.log == nil {
 		s.log = ca.cfg.logger()
 	}
-	if cfg.CRLRefresh < 0 {
-		return nil, errors.New("pki: CRLRefresh must not be negative")
+	if cfg.CRLRefresh < 0 || cfg.RotationCheck < 0 {
+		return nil, errors.New("pki: CRLRefresh and RotationCheck must not be negative")
 	}
 	if cfg.ReenrollLimit < 0 || cfg.ReenrollWindow < 0 {
 		return nil, errors.New("pki: ReenrollLimit and ReenrollWindow must not be negative")
@@ -190,7 +195,9 @@ func (s *Server) ESTTLSConfig() (*tls.Config, error) {
 
 // Serve serves HTTP on httpLn and EST over TLS on estLn (either may be
 // nil) until ctx is cancelled, then shuts down gracefully and returns
-// nil. It also keeps the CRL fresh. It closes the listeners.
+// nil. It also keeps the CRL fresh. When another process rotates the
+// intermediate it shuts down the same way and returns ErrRotated. It
+// closes the listeners.
 func (s *Server) Serve(ctx context.Context, httpLn, estLn net.Listener) error {
 	if httpLn == nil && estLn == nil {
 		return errors.New("pki: nothing to serve (give an HTTP and/or an HTTPS address)")
@@ -226,16 +233,28 @@ func (s *Server) Serve(ctx context.Context, httpLn, estLn net.Listener) error {
 	if refresh == 0 {
 		refresh = min(s.ca.settings.crlValidity()/10, 10*time.Minute)
 	}
+	rotation := s.cfg.RotationCheck
+	if rotation == 0 {
+		rotation = 10 * time.Second
+	}
 	stop := make(chan struct{})
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		t := time.NewTicker(refresh)
 		defer t.Stop()
+		rt := time.NewTicker(rotation)
+		defer rt.Stop()
 		for {
 			select {
 			case <-stop:
 				return
+			case <-rt.C:
+				if err := s.ca.checkCurrent(); errors.Is(err, ErrRotated) {
+					s.log.Warn("pki: the intermediate was rotated; stopping so that the new one is served after a restart")
+					errc <- err
+					return
+				}
 			case <-t.C:
 				if _, err := s.ca.CRL(); err != nil {
 					s.log.Error("pki: refreshing CRL", "err", err)

@@ -199,6 +199,7 @@ func (ca *CA) updateThen(fn func(tx *bolt.Tx) error, after func() error) error {
 	}
 	defer done()
 	if err := ca.checkCurrent(); err != nil {
+		ca.cfg.logger().Error("pki: refusing to write with a replaced intermediate", "err", err)
 		return err
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
