@@ -3,15 +3,18 @@ package cli
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -56,6 +59,8 @@ The trust anchor to give to brokers and devices is DIR/ca.pem.`,
 		newCASignCmd(stdio, open),
 		newCARevokeCmd(stdio, open),
 		newCACRLCmd(stdio, open),
+		newCAExportCmd(stdio, open),
+		newCARotateCmd(stdio, open),
 		newCAListCmd(stdio, open),
 		newCAShowCmd(stdio, open),
 		newCAVerifyCmd(stdio, open),
@@ -85,6 +90,8 @@ func newCAInitCmd(stdio Stdio, dir *string) *cobra.Command {
 		crlValidity, ocspValidity, ocspURL, crlURL  string
 		permitDNS, excludeDNS, permitIP, excludeIP  []string
 		generatePass                                bool
+		importRoot, importInter, importKey          string
+		importPassFile                              string
 	)
 	c := &cobra.Command{
 		Use:   "init",
@@ -94,7 +101,18 @@ func newCAInitCmd(stdio Stdio, dir *string) *cobra.Command {
 The root key is encrypted with a passphrase read from $MOAT_CA_PASSPHRASE,
 from --passphrase-file, or from a prompt on the terminal (never from the
 command line). --generate-passphrase writes a random one to DIR/root.pass
-(mode 0600) instead; move that file offline.`,
+(mode 0600) instead; move that file offline.
+
+An existing CA, for example one made with openssl, can be used instead:
+--import-root CERT --import-key KEY makes it the root (its key is then
+encrypted at rest like a generated one and signs a new intermediate);
+--import-intermediate CERT --import-key KEY --import-root ROOT makes an
+intermediate of an external CA the issuing CA (Moat never sees the root
+key). An encrypted KEY's passphrase comes from $MOAT_IMPORT_KEY_PASSPHRASE,
+--import-key-passphrase-file or a prompt.`,
+		Example: `  moat ca init --dir moat-data/ca
+  MOAT_IMPORT_KEY_PASSPHRASE=... moat ca init --import-root ca-cert.pem --import-key ca-key.pem
+  moat ca init --import-intermediate issuing.pem --import-key issuing.key --import-root corp-root.pem`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var errs []error
@@ -138,6 +156,27 @@ command line). --generate-passphrase writes a random one to DIR/root.pass
 			if pki.Exists(*dir) {
 				return fmt.Errorf("ca init: %s already holds a CA (choose another --dir, or use the existing one)", *dir)
 			}
+			if importRoot != "" || importInter != "" || importKey != "" {
+				if importKey == "" || importRoot == "" {
+					return errors.New("ca init: importing needs --import-key and --import-root (and --import-intermediate for an intermediate under an external root)")
+				}
+				key, err := loadImportKey(stdio, importKey, importPassFile)
+				if err != nil {
+					return fmt.Errorf("ca init: %w", err)
+				}
+				if opts.ImportRoot, err = loadImportCert("--import-root", importRoot); err != nil {
+					return fmt.Errorf("ca init: %w", err)
+				}
+				if importInter == "" {
+					opts.ImportRootKey = key
+				} else {
+					if opts.ImportIntermediate, err = loadImportCert("--import-intermediate", importInter); err != nil {
+						return fmt.Errorf("ca init: %w", err)
+					}
+					opts.ImportIntermediateKey = key
+					generatePass = true // no root key to protect
+				}
+			}
 			if !generatePass {
 				pass, err := readPassphrase(stdio, passFile, true)
 				if err != nil {
@@ -153,8 +192,14 @@ command line). --generate-passphrase writes a random one to DIR/root.pass
 			fmt.Fprintf(stdio.Out, "  root:          %s, valid until %s\n", ca.Root().Subject.CommonName, ca.Root().NotAfter.Format("2006-01-02"))
 			fmt.Fprintf(stdio.Out, "  intermediate:  %s, valid until %s\n", ca.Intermediate().Subject.CommonName, ca.Intermediate().NotAfter.Format("2006-01-02"))
 			fmt.Fprintf(stdio.Out, "  trust anchor:  %s/%s\n", *dir, pki.FileRoot)
-			if generatePass {
+			if generatePass && opts.ImportIntermediate == nil {
 				fmt.Fprintf(stdio.Out, "  root key passphrase written to %s/%s: move it offline\n", *dir, pki.FileRootPass)
+			}
+			if opts.ImportIntermediate != nil {
+				fmt.Fprintf(stdio.Out, "  imported intermediate under the external root; Moat holds no root key\n")
+			}
+			if importKey != "" {
+				fmt.Fprintf(stdio.Out, "  the key in %s is now kept in %s; store the original offline or delete it\n", importKey, *dir)
 			}
 			return nil
 		},
@@ -174,6 +219,10 @@ command line). --generate-passphrase writes a random one to DIR/root.pass
 	f.StringVar(&ocspValidity, "ocsp-validity", "1h", "validity of OCSP responses")
 	f.StringVar(&ocspURL, "ocsp-url", "", "OCSP responder URL written into issued certificates, e.g. http://ca.example.com:8080/ocsp")
 	f.StringVar(&crlURL, "crl-url", "", "CRL URL written into issued certificates, e.g. http://ca.example.com:8080/crl")
+	f.StringVar(&importRoot, "import-root", "", "use this existing CA certificate as the root (with --import-key), or as the root of --import-intermediate")
+	f.StringVar(&importInter, "import-intermediate", "", "use this existing intermediate certificate as the issuing CA (with --import-key and --import-root)")
+	f.StringVar(&importKey, "import-key", "", "private key (PEM, may be encrypted) of --import-root, or of --import-intermediate when given")
+	f.StringVar(&importPassFile, "import-key-passphrase-file", "", "file holding the passphrase of an encrypted --import-key (else $MOAT_IMPORT_KEY_PASSPHRASE or a prompt)")
 	f.StringSliceVar(&permitDNS, "permit-dns", nil, "name constraint: permitted DNS domains (repeat or comma-separate)")
 	f.StringSliceVar(&excludeDNS, "exclude-dns", nil, "name constraint: excluded DNS domains")
 	f.StringSliceVar(&permitIP, "permit-ip", nil, "name constraint: permitted IP ranges (CIDR)")
@@ -181,34 +230,49 @@ command line). --generate-passphrase writes a random one to DIR/root.pass
 	return c
 }
 
-// readPassphrase gets a secret from $MOAT_CA_PASSPHRASE, a file, or the
-// terminal, in that order.
+// readPassphrase gets the root key passphrase from $MOAT_CA_PASSPHRASE, a
+// file, or the terminal, in that order.
 func readPassphrase(stdio Stdio, file string, confirm bool) ([]byte, error) {
-	if v, ok := os.LookupEnv("MOAT_CA_PASSPHRASE"); ok && v != "" {
+	return readSecret(stdio, secretSource{
+		env: "MOAT_CA_PASSPHRASE", file: file, prompt: "Root key passphrase: ", confirm: confirm,
+		missing: "no root key passphrase: set MOAT_CA_PASSPHRASE, give --passphrase-file, run on a terminal, or use --generate-passphrase",
+	})
+}
+
+// secretSource says where readSecret looks for a secret.
+type secretSource struct {
+	env, file, prompt, missing string
+	confirm                    bool
+}
+
+// readSecret gets a secret from an environment variable, a file, or the
+// terminal, in that order; never from the command line.
+func readSecret(stdio Stdio, src secretSource) ([]byte, error) {
+	if v, ok := os.LookupEnv(src.env); ok && v != "" {
 		return []byte(v), nil
 	}
-	if file != "" {
-		b, err := os.ReadFile(file)
+	if src.file != "" {
+		b, err := os.ReadFile(src.file)
 		if err != nil {
 			return nil, fmt.Errorf("reading passphrase file: %w", err)
 		}
 		p := bytes.TrimRight(b, "\r\n")
 		if len(p) == 0 {
-			return nil, fmt.Errorf("passphrase file %s is empty", file)
+			return nil, fmt.Errorf("passphrase file %s is empty", src.file)
 		}
 		return p, nil
 	}
 	f, ok := stdio.In.(*os.File)
 	if !ok || !isTerminal(f) {
-		return nil, errors.New("no root key passphrase: set MOAT_CA_PASSPHRASE, give --passphrase-file, run on a terminal, or use --generate-passphrase")
+		return nil, errors.New(src.missing)
 	}
-	fmt.Fprint(stdio.Err, "Root key passphrase: ")
+	fmt.Fprint(stdio.Err, src.prompt)
 	p, err := readNoEcho(f)
 	fmt.Fprintln(stdio.Err)
 	if err != nil {
 		return nil, err
 	}
-	if confirm {
+	if src.confirm {
 		fmt.Fprint(stdio.Err, "Again: ")
 		p2, err := readNoEcho(f)
 		fmt.Fprintln(stdio.Err)
@@ -220,6 +284,44 @@ func readPassphrase(stdio Stdio, file string, confirm bool) ([]byte, error) {
 		}
 	}
 	return p, nil
+}
+
+// loadImportKey reads the private key of a CA to import; an encrypted
+// key's passphrase comes from $MOAT_IMPORT_KEY_PASSPHRASE, passFile or a
+// prompt.
+func loadImportKey(stdio Stdio, path, passFile string) (crypto.Signer, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("--import-key: %w", err)
+	}
+	if !pki.IsEncryptedKeyPEM(b) {
+		k, err := pki.ParseKeyPEM(b)
+		if err != nil {
+			return nil, fmt.Errorf("--import-key %s: %w", path, err)
+		}
+		return k, nil
+	}
+	pass, err := readSecret(stdio, secretSource{
+		env: "MOAT_IMPORT_KEY_PASSPHRASE", file: passFile, prompt: "Passphrase of " + path + ": ",
+		missing: path + " is encrypted: set MOAT_IMPORT_KEY_PASSPHRASE, give --import-key-passphrase-file, or run on a terminal",
+	})
+	if err != nil {
+		return nil, err
+	}
+	k, err := pki.ParseKeyPEMWithPassphrase(b, pass)
+	if err != nil {
+		return nil, fmt.Errorf("--import-key %s: %w", path, err)
+	}
+	return k, nil
+}
+
+// loadImportCert reads the first certificate of a PEM file.
+func loadImportCert(flag, path string) (*x509.Certificate, error) {
+	cs, err := pki.LoadCertificatesFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", flag, err)
+	}
+	return cs[0], nil
 }
 
 func writeIssued(stdio Stdio, iss *pki.Issued, out string) error {
@@ -415,7 +517,7 @@ revokes only the one given. Every revoked certificate is listed.`,
 				if err != nil {
 					return fmt.Errorf("ca revoke: %w", err)
 				}
-				if err := certs[0].CheckSignatureFrom(ca.Intermediate()); err != nil {
+				if !ca.IssuedHere(certs[0]) {
 					return fmt.Errorf("ca revoke: %s was not issued by this CA's intermediate (%s)", args[0], ca.Intermediate().Subject.CommonName)
 				}
 				serial = pki.SerialString(certs[0].SerialNumber)
@@ -444,21 +546,45 @@ revokes only the one given. Every revoked certificate is listed.`,
 }
 
 func newCACRLCmd(stdio Stdio, open caOpener) *cobra.Command {
-	var out string
-	var der bool
+	var out, passFile, reason, validity string
+	var der, root, sign bool
+	var revoke []string
 	c := &cobra.Command{
 		Use:   "crl",
-		Short: "Write the current CRL (PEM; --der for DER)",
-		Args:  cobra.NoArgs,
+		Short: "Write the current CRL (PEM; --der for DER); --root for the root's CRL of revoked intermediates",
+		Long: `Write the issuing intermediate's current CRL.
+
+--root writes the root's CRL instead (DIR/root-crl.pem), which lists
+revoked intermediates. --sign re-signs it with the root key (its passphrase
+from $MOAT_CA_PASSPHRASE, --passphrase-file or a prompt); do so before its
+nextUpdate (one year by default). --revoke CERT.pem adds an old
+intermediate to it (implies --sign).`,
+		Example: `  moat ca crl --out crl.pem
+  moat ca crl --root --sign --passphrase-file /media/offline/root.pass
+  moat ca crl --root --revoke old-intermediate.pem --reason keyCompromise`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if !root && (sign || len(revoke) > 0) {
+				return errors.New("ca crl: --sign and --revoke apply to the root CRL; add --root")
+			}
 			ca, err := open(false)
 			if err != nil {
 				return fmt.Errorf("ca crl: %w", err)
 			}
 			var b []byte
-			if der {
+			switch {
+			case root && (sign || len(revoke) > 0):
+				b, err = signRootCRL(stdio, ca, passFile, revoke, reason, validity)
+				if err == nil && !der {
+					b, err = ca.RootCRLPEM()
+				}
+			case root && der:
+				b, err = ca.RootCRL()
+			case root:
+				b, err = ca.RootCRLPEM()
+			case der:
 				b, err = ca.CRL()
-			} else {
+			default:
 				b, err = ca.CRLPEM()
 			}
 			if err != nil {
@@ -474,8 +600,176 @@ func newCACRLCmd(stdio Stdio, open caOpener) *cobra.Command {
 			return nil
 		},
 	}
-	c.Flags().StringVar(&out, "out", "", "output file (default stdout)")
-	c.Flags().BoolVar(&der, "der", false, "write DER instead of PEM")
+	f := c.Flags()
+	f.StringVar(&out, "out", "", "output file (default stdout)")
+	f.BoolVar(&der, "der", false, "write DER instead of PEM")
+	f.BoolVar(&root, "root", false, "the root's CRL (revoked intermediates) instead of the intermediate's")
+	f.BoolVar(&sign, "sign", false, "re-sign the root CRL with the root key")
+	f.StringSliceVar(&revoke, "revoke", nil, "intermediate certificate file to add to the root CRL")
+	f.StringVar(&reason, "reason", "unspecified", "reason for --revoke: keyCompromise, cACompromise, superseded, cessationOfOperation, ...")
+	f.StringVar(&validity, "validity", "365d", "root CRL validity")
+	f.StringVar(&passFile, "passphrase-file", "", "file holding the root key passphrase (else $MOAT_CA_PASSPHRASE or a prompt)")
+	return c
+}
+
+// signRootCRL decrypts the root key and signs a new root CRL.
+func signRootCRL(stdio Stdio, ca *pki.CA, passFile string, revoke []string, reason, validity string) ([]byte, error) {
+	r, err := pki.ParseReason(reason)
+	if err != nil {
+		return nil, err
+	}
+	v, err := durationFlag(validity, "--validity")
+	if err != nil {
+		return nil, err
+	}
+	var certs []*x509.Certificate
+	for _, f := range revoke {
+		cs, err := pki.LoadCertificatesFile(f)
+		if err != nil {
+			return nil, err
+		}
+		certs = append(certs, cs[0])
+	}
+	pass, err := readPassphrase(stdio, passFile, false)
+	if err != nil {
+		return nil, err
+	}
+	key, err := ca.LoadRootKey(pass)
+	if err != nil {
+		return nil, err
+	}
+	return ca.SignRootCRL(pki.RootCRLRequest{RootKey: key, Revoke: certs, Reason: r, Validity: v})
+}
+
+func newCARotateCmd(stdio Stdio, open caOpener) *cobra.Command {
+	var passFile, lifetime string
+	c := &cobra.Command{
+		Use:   "rotate-intermediate",
+		Short: "Replace the issuing intermediate; the old one stays valid until its last certificate expires",
+		Long: `Sign a new issuing intermediate with the root key (its passphrase from
+$MOAT_CA_PASSPHRASE, --passphrase-file or a prompt) and issue every new
+certificate from it. The old intermediate moves to DIR/retired/: the
+certificates it issued stay valid, revocable, and answered for by OCSP and
+its own CRL (in crl.pem and at /crl/KEYID) until the last of them expires,
+so devices renew at their own pace. The trust anchor (ca.pem, the root)
+does not change.
+
+A running moat ca serve stops within 10 seconds (restart it, or let its
+supervisor do so); moat ca export --watch follows by itself; restart moat
+serve. Until restarted they refuse to write with the old intermediate.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			life, err := durationFlag(lifetime, "--lifetime")
+			if err != nil {
+				return fmt.Errorf("ca rotate-intermediate: %w", err)
+			}
+			ca, err := open(false)
+			if err != nil {
+				return fmt.Errorf("ca rotate-intermediate: %w", err)
+			}
+			pass, err := readPassphrase(stdio, passFile, false)
+			if err != nil {
+				return fmt.Errorf("ca rotate-intermediate: %w", err)
+			}
+			key, err := ca.LoadRootKey(pass)
+			if err != nil {
+				return fmt.Errorf("ca rotate-intermediate: %w", err)
+			}
+			old := ca.Intermediate()
+			next, err := ca.RotateIntermediate(pki.RotateRequest{RootKey: key, Lifetime: life})
+			if err != nil {
+				return fmt.Errorf("ca rotate-intermediate: %w", err)
+			}
+			in := next.Intermediate()
+			fmt.Fprintf(stdio.Out, "New intermediate %q, valid until %s, issues from now on\n", in.Subject.CommonName, in.NotAfter.Format("2006-01-02"))
+			fmt.Fprintf(stdio.Out, "  old intermediate %q keeps its CRL and OCSP until its certificates expire\n", old.Subject.CommonName)
+			fmt.Fprintf(stdio.Out, "  moat ca serve stops within 10 seconds: restart it (and moat serve)\n")
+			return nil
+		},
+	}
+	c.Flags().StringVar(&passFile, "passphrase-file", "", "file holding the root key passphrase (else $MOAT_CA_PASSPHRASE or a prompt)")
+	c.Flags().StringVar(&lifetime, "lifetime", "10y", "lifetime of the new intermediate (at most until the root expires)")
+	return c
+}
+
+func newCAExportCmd(stdio Stdio, open caOpener) *cobra.Command {
+	var out, interval string
+	var watch bool
+	c := &cobra.Command{
+		Use:   "export --out DIR",
+		Short: "Write the CA bundle and CRLs world-readable for other services; --watch keeps them current",
+		Long: `Write the public files that services running as another user need (the CA
+directory itself is private, mode 0700) into --out DIR: ca.pem (the root),
+ca-bundle.pem (root and intermediates), crl.pem (the intermediate's CRL)
+and root-crl.pem (revoked intermediates). DIR is created with mode 0755,
+the files have mode 0644 and are replaced atomically, and only when their
+content changed.
+
+--watch keeps running and re-exports every --interval: revocations made by
+other moat commands reach crl.pem within one interval, and the CRL is
+re-signed before half of its validity has passed. Run it as a service next
+to the consumers (see docs/pki.md).`,
+		Example: `  moat ca export --out /etc/moat/ca
+  moat ca export --out /etc/moat/ca --watch --interval 30s`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if out == "" {
+				return errors.New("ca export: give --out DIR (a directory readable by the services, e.g. /etc/moat/ca)")
+			}
+			every, err := durationFlag(interval, "--interval")
+			if err != nil {
+				return fmt.Errorf("ca export: %w", err)
+			}
+			if every <= 0 {
+				return errors.New("ca export: --interval must be positive")
+			}
+			// The CA is opened afresh for every export, so a rotation of
+			// the intermediate made meanwhile is picked up.
+			dir := ""
+			export := func() error {
+				ca, err := open(watch)
+				if err != nil {
+					return err
+				}
+				dir = ca.Dir()
+				changed, err := ca.Export(out)
+				for _, f := range changed {
+					fmt.Fprintf(stdio.Out, "wrote %s\n", filepath.Join(out, f))
+				}
+				return err
+			}
+			if err := export(); err != nil {
+				return fmt.Errorf("ca export: %w", err)
+			}
+			if !watch {
+				return nil
+			}
+			ctx := cmd.Context()
+			if ctx == nil {
+				ctx = context.Background()
+			}
+			logger := caLogger(stdio, true)
+			logger.Info("moat ca export: watching", "dir", dir, "out", out, "interval", every)
+			t := time.NewTicker(every)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-t.C:
+					// A failure (for example the database busy) is logged
+					// and retried; the previous files stay in place.
+					if err := export(); err != nil {
+						logger.Error("moat ca export: export failed; keeping the previous files", "err", err)
+					}
+				}
+			}
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&out, "out", "", "directory to write the public files into")
+	f.BoolVar(&watch, "watch", false, "keep running and rewrite the files when they change")
+	f.StringVar(&interval, "interval", "30s", "how often --watch checks")
 	return c
 }
 
@@ -576,23 +870,51 @@ func newCAShowCmd(stdio Stdio, open caOpener) *cobra.Command {
 }
 
 func newCAVerifyCmd(stdio Stdio, open caOpener) *cobra.Command {
-	return &cobra.Command{
+	var caFile string
+	var crlFiles []string
+	c := &cobra.Command{
 		Use:   "verify CERT.pem",
 		Short: "Check a certificate: chain, validity window, key usage, revocation",
 		Long: `Check a certificate file (leaf first, intermediates may follow) against the
 CA in --dir and explain the result in words. Exit status 0 when valid, 1 when
-not (and 2 when the check could not be made).`,
+not (and 2 when the check could not be made).
+
+--ca FILE checks it against other CAs instead: the self-signed certificates
+in FILE are the trusted roots, the others intermediates; --crl FILE (PEM or
+DER, repeatable) adds revocation checking against those CAs' CRLs.`,
+		Example: `  moat ca verify broker.pem
+  moat ca verify --ca corp-ca-bundle.pem --crl corp-issuing.crl server.pem`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			certs, err := pki.LoadCertificatesFile(args[0])
 			if err != nil {
 				return &exitError{2, fmt.Errorf("ca verify: %w", err)}
 			}
-			ca, err := open(false)
-			if err != nil {
-				return &exitError{2, fmt.Errorf("ca verify: %w", err)}
+			if caFile == "" && len(crlFiles) > 0 {
+				return &exitError{2, errors.New("ca verify: --crl applies with --ca; the CA in --dir checks its own revocations")}
 			}
-			res := ca.Verify(certs)
+			var res pki.VerifyResult
+			if caFile != "" {
+				bundle, err := pki.LoadCertificatesFile(caFile)
+				if err != nil {
+					return &exitError{2, fmt.Errorf("ca verify: --ca: %w", err)}
+				}
+				var crls []*x509.RevocationList
+				for _, f := range crlFiles {
+					crl, err := loadCRLFile(f)
+					if err != nil {
+						return &exitError{2, fmt.Errorf("ca verify: --crl: %w", err)}
+					}
+					crls = append(crls, crl)
+				}
+				res = pki.VerifyWithCAs(certs, bundle, crls, time.Time{})
+			} else {
+				ca, err := open(false)
+				if err != nil {
+					return &exitError{2, fmt.Errorf("ca verify: %w", err)}
+				}
+				res = ca.Verify(certs)
+			}
 			fmt.Fprintf(stdio.Out, "%s: %s", args[0], res.String())
 			if !res.Valid {
 				return &exitError{1, fmt.Errorf("ca verify: %s is not valid: %s", args[0], strings.Join(res.Problems, "; "))}
@@ -600,6 +922,25 @@ not (and 2 when the check could not be made).`,
 			return nil
 		},
 	}
+	c.Flags().StringVar(&caFile, "ca", "", "PEM file of other CAs to verify against (roots and intermediates) instead of the CA in --dir")
+	c.Flags().StringSliceVar(&crlFiles, "crl", nil, "with --ca: CRL file (PEM or DER) of those CAs")
+	return c
+}
+
+// loadCRLFile reads a CRL in PEM or DER.
+func loadCRLFile(path string) (*x509.RevocationList, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	if blk, _ := pem.Decode(b); blk != nil && blk.Type == "X509 CRL" {
+		b = blk.Bytes
+	}
+	crl, err := x509.ParseRevocationList(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return crl, nil
 }
 
 func newCAServeCmd(stdio Stdio, open caOpener) *cobra.Command {

@@ -25,6 +25,7 @@ type serveOptions struct {
 	dataDir    string
 	check      bool
 	pprof      string
+	sans       []string
 }
 
 func init() { register(newServeCommand) }
@@ -55,6 +56,7 @@ SIGHUP reloads certificates, keys, CA bundles and CRLs.`,
 	cmd.Flags().StringVarP(&o.configFile, "config", "c", "", "configuration `FILE` (Moat YAML or mosquitto.conf)")
 	cmd.Flags().StringVar(&o.dataDir, "data", "moat-data", "data `DIR` for the built-in CA and state")
 	cmd.Flags().BoolVar(&o.check, "check", false, "check the configuration and the files it names without binding, and exit")
+	cmd.Flags().StringSliceVar(&o.sans, "san", nil, "names of the built-in server certificate: DNS:name,IP:addr; auto = localhost, the host name and its addresses (the default)")
 	cmd.Flags().StringVar(&o.pprof, "pprof", "", "serve Go runtime profiles on loopback `ADDR` (e.g. 127.0.0.1:6060), for performance work")
 	return cmd
 }
@@ -83,7 +85,7 @@ func runServe(ctx context.Context, stdio Stdio, o serveOptions, dataSet bool) er
 		return err
 	}
 	if o.check {
-		return checkServe(stdio, cfg)
+		return checkServe(stdio, cfg, o.sans)
 	}
 	log, closeLog, err := newLogger(cfg.Log, stdio.Err)
 	if err != nil {
@@ -91,7 +93,7 @@ func runServe(ctx context.Context, stdio Stdio, o serveOptions, dataSet bool) er
 	}
 	defer closeLog()
 	logConfig(log, cfg)
-	plan, err := buildPlan(cfg, log, false)
+	plan, err := buildPlan(cfg, log, false, o.sans...)
 	if err != nil {
 		return err
 	}
@@ -119,8 +121,8 @@ func runServe(ctx context.Context, stdio Stdio, o serveOptions, dataSet bool) er
 // checkServe is `moat serve --check`: it builds the same plan as serve,
 // which opens and parses every file, and closes it. Only whether the
 // addresses are free is left unknown.
-func checkServe(stdio Stdio, cfg *config.Config) error {
-	plan, err := buildPlan(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), true)
+func checkServe(stdio Stdio, cfg *config.Config, sans []string) error {
+	plan, err := buildPlan(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), true, sans...)
 	if err != nil {
 		return err
 	}

@@ -112,7 +112,7 @@ func TestSecurityCACRLRenewedByBroker(t *testing.T) {
 // built-in CA's CRL and gets a renewer for it.
 func TestZeroConfigCRLRenewed(t *testing.T) {
 	log := slog.New(slog.DiscardHandler)
-	zc, err := prepareZeroConfig(t.TempDir(), log)
+	zc, err := prepareZeroConfig(t.TempDir(), nil, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -200,5 +200,43 @@ persistence:
 	}
 	if _, err := dialMQTT5(t, addr, caFile, filepath.Join(dir, "dev-1"), "dev-1"); err == nil {
 		t.Fatal("revoked device reconnected")
+	}
+}
+
+// TestCACRLRenewedAfterRotation: `moat ca rotate-intermediate` in another
+// process leaves the broker's open CA stale (it refuses to sign with the
+// retired intermediate); the renewal opens the CA again instead of failing
+// until the broker is restarted, which would let the CRL go stale.
+func TestCACRLRenewedAfterRotation(t *testing.T) {
+	log := slog.New(slog.DiscardHandler)
+	caDir := filepath.Join(t.TempDir(), "ca")
+	pass := []byte("rotation test passphrase")
+	if _, err := pki.Init(caDir, pki.InitOptions{Passphrase: pass, Config: pki.Config{Logger: log}}); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	clock := func() time.Time { return now }
+	crlFile := filepath.Join(caDir, pki.FileCRL)
+	rs := newCACRLs(log, clock).renewers("l", []string{crlFile})
+	if len(rs) != 1 {
+		t.Fatalf("renewers = %+v", rs)
+	}
+	other, err := pki.Open(caDir, pki.Config{Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rk, err := other.LoadRootKey(pass)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.RotateIntermediate(pki.RotateRequest{RootKey: rk}); err != nil {
+		t.Fatal(err)
+	}
+	now = now.Add(pki.DefaultCRLValidity * 3 / 4)
+	if err := rs[0].Renew(); err != nil {
+		t.Fatalf("renewal after a rotation: %v", err)
+	}
+	if !crlFileFresh(crlFile, now) {
+		t.Fatal("the CRL was not renewed after the rotation")
 	}
 }

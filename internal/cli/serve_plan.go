@@ -41,6 +41,7 @@ type servePlan struct {
 	cfg   *config.Config
 	log   *slog.Logger
 	check bool
+	sans  []string // --san: names of the built-in server certificate
 
 	broker    broker.Config
 	srv       *broker.Server
@@ -72,11 +73,12 @@ type plannedListener struct {
 // plan for --check: it changes nothing on disk (no built-in CA is created,
 // no CRL re-signed) and starts no network requests. The caller must close
 // the plan.
-func buildPlan(cfg *config.Config, log *slog.Logger, check bool) (*servePlan, error) {
+func buildPlan(cfg *config.Config, log *slog.Logger, check bool, sans ...string) (*servePlan, error) {
 	p := &servePlan{
 		cfg:   cfg,
 		log:   log,
 		check: check,
+		sans:  sans,
 		auth:  &certAuthenticator{mappings: map[string]tlsconf.IdentityMapping{}, proxy: map[string]tlsconf.IdentitySource{}},
 	}
 	if !check {
@@ -368,13 +370,18 @@ func (p *servePlan) zeroFor(tc *config.TLS) (zc *zeroConfig, ok bool) {
 		return p.zero, p.zeroOK
 	}
 	p.zero = zeroPaths(p.cfg.DataDir)
+	names, err := zeroServerNames(p.cfg, p.sans)
+	if err != nil {
+		p.problem("tls.server_names", "", err)
+		return p.zero, false
+	}
 	switch {
 	case p.check && (!pki.Exists(p.zero.caDir) || needsServerCert(p.zero.serverCert)):
 		p.notes = append(p.notes, fmt.Sprintf("the built-in CA in %s and the broker's certificate will be created or renewed at start; they are not checked here", p.zero.caDir))
 	case p.check:
 		p.zeroOK = true
 	default:
-		zc, err := prepareZeroConfig(p.cfg.DataDir, p.log)
+		zc, err := prepareZeroConfig(p.cfg.DataDir, names, p.log)
 		if err != nil {
 			p.problem("data_dir", "", err)
 			break

@@ -3,6 +3,7 @@ package cli
 import (
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -10,9 +11,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/moatmq/moat/internal/config"
 	"github.com/moatmq/moat/internal/pki"
 	"github.com/moatmq/moat/internal/tlsconf"
 )
@@ -32,7 +35,10 @@ type zeroConfig struct {
 // is renewed at start-up once less than a third of it is left.
 const serverCertLifetime = 90 * 24 * time.Hour
 
-func prepareZeroConfig(dataDir string, log *slog.Logger) (*zeroConfig, error) {
+// prepareZeroConfig opens or creates the built-in CA and issues the
+// broker's certificate when it is missing, near its end, or names other
+// than names (see resolveServerNames).
+func prepareZeroConfig(dataDir string, names []string, log *slog.Logger) (*zeroConfig, error) {
 	zc := &zeroConfig{
 		caDir:      filepath.Join(dataDir, "ca"),
 		serverCert: filepath.Join(dataDir, "server.pem"),
@@ -43,6 +49,10 @@ func prepareZeroConfig(dataDir string, log *slog.Logger) (*zeroConfig, error) {
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("serve: creating data directory: %w", err)
 	}
+	sans, err := resolveServerNames(names, log)
+	if err != nil {
+		return nil, err
+	}
 	ca, created, err := pki.OpenOrInit(zc.caDir, pki.InitOptions{Config: pki.Config{Logger: log}})
 	if err != nil {
 		return nil, fmt.Errorf("serve: built-in CA in %s: %w", zc.caDir, err)
@@ -51,12 +61,13 @@ func prepareZeroConfig(dataDir string, log *slog.Logger) (*zeroConfig, error) {
 	if created {
 		log.Info("serve: created a local certificate authority", "dir", zc.caDir, "trust_anchor", zc.caFile)
 	}
-	if needsServerCert(zc.serverCert) {
-		sans := []string{"DNS:localhost", "IP:127.0.0.1", "IP:::1"}
+	renew := needsServerCert(zc.serverCert)
+	if !renew && serverCertNamesDiffer(zc.serverCert, sans) {
+		log.Info("serve: the server certificate's names differ from the wanted names; issuing a new one", "file", zc.serverCert, "names", sans)
+		renew = true
+	}
+	if renew {
 		host, _ := os.Hostname()
-		if host != "" && host != "localhost" {
-			sans = append(sans, "DNS:"+host)
-		}
 		name := "localhost"
 		if host != "" {
 			name = host
@@ -181,7 +192,18 @@ func (k *caCRLKeeper) renew() error {
 	if crlFileFresh(k.file, k.now()) {
 		return nil
 	}
-	if _, err := k.ca.RegenerateCRL(); err != nil {
+	_, err := k.ca.RegenerateCRL()
+	if errors.Is(err, pki.ErrRotated) {
+		// `moat ca rotate-intermediate` ran since the CA was opened: the
+		// CA refuses to sign with the retired intermediate, so open it
+		// again to sign with the new one.
+		var ca *pki.CA
+		if ca, err = pki.Open(k.ca.Dir(), pki.Config{Now: k.now}); err == nil {
+			k.ca = ca
+			_, err = k.ca.RegenerateCRL()
+		}
+	}
+	if err != nil {
 		return fmt.Errorf("serve: re-signing the CRL of the CA in %s: %w", k.ca.Dir(), err)
 	}
 	return nil
@@ -203,4 +225,125 @@ func crlFileFresh(path string, now time.Time) bool {
 		return false
 	}
 	return now.Before(l.ThisUpdate.Add(l.NextUpdate.Sub(l.ThisUpdate) / 2))
+}
+
+// maxAutoServerAddrs bounds the host addresses put into the server
+// certificate (a host with many container bridges has many).
+const maxAutoServerAddrs = 64
+
+// zeroServerNames returns the names wanted for the built-in server
+// certificate: --san when given, else the tls.server_names of the
+// listeners that use it. A listener with its own certificate must not
+// set server_names, which would have no effect.
+func zeroServerNames(cfg *config.Config, flag []string) ([]string, error) {
+	var names []string
+	for _, l := range cfg.Listeners {
+		if l.TLS == nil || len(l.TLS.ServerNames) == 0 {
+			continue
+		}
+		if l.TLS.Cert != "" {
+			return nil, fmt.Errorf("serve: listener %s: tls.server_names applies to the built-in certificate only; with tls.cert, put the names into that certificate", l.Name)
+		}
+		names = append(names, l.TLS.ServerNames...)
+	}
+	if len(flag) > 0 {
+		return flag, nil
+	}
+	return names, nil
+}
+
+// resolveServerNames validates names and expands "auto" (also the
+// meaning of an empty list) to localhost, the loopback addresses, the
+// host name and every non-loopback, non-link-local address of the host.
+func resolveServerNames(names []string, log *slog.Logger) ([]string, error) {
+	if len(names) == 0 {
+		names = []string{"auto"}
+	}
+	var out []string
+	seen := map[string]bool{}
+	add := func(n string) {
+		if !seen[n] {
+			seen[n] = true
+			out = append(out, n)
+		}
+	}
+	for _, e := range names {
+		for _, n := range strings.Split(e, ",") {
+			n = strings.TrimSpace(n)
+			if strings.EqualFold(n, "auto") {
+				for _, a := range autoServerNames(log) {
+					add(a)
+				}
+				continue
+			}
+			dns, ips, uris, err := pki.ParseSANs([]string{n})
+			if err != nil || len(uris) > 0 || len(dns)+len(ips) != 1 {
+				return nil, fmt.Errorf("serve: server name %q: give DNS:name or IP:address, or auto (%v)", n, err)
+			}
+			if len(ips) == 1 {
+				add("IP:" + ips[0].String())
+			} else {
+				add("DNS:" + dns[0])
+			}
+		}
+	}
+	return out, nil
+}
+
+// autoServerNames is the default name set of the broker's certificate.
+func autoServerNames(log *slog.Logger) []string {
+	sans := []string{"DNS:localhost", "IP:127.0.0.1", "IP:::1"}
+	if host, _ := os.Hostname(); host != "" && host != "localhost" {
+		if _, _, _, err := pki.ParseSANs([]string{"DNS:" + host}); err == nil {
+			sans = append(sans, "DNS:"+host)
+		}
+	}
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		log.Warn("serve: cannot list the host's addresses; the server certificate names only localhost and the host name (use --san)", "err", err)
+		return sans
+	}
+	n := 0
+	for _, a := range addrs {
+		ipn, ok := a.(*net.IPNet)
+		if !ok {
+			continue
+		}
+		ip := ipn.IP
+		if ip.IsLoopback() || ip.IsLinkLocalUnicast() || ip.IsUnspecified() || ip.IsMulticast() {
+			continue
+		}
+		if n == maxAutoServerAddrs {
+			log.Warn("serve: the host has many addresses; only the first ones are in the server certificate (use --san to choose)", "limit", maxAutoServerAddrs)
+			break
+		}
+		sans = append(sans, "IP:"+ip.String())
+		n++
+	}
+	return sans
+}
+
+// serverCertNamesDiffer reports whether the certificate in path names
+// anything else than sans ("DNS:x", "IP:y"), ignoring order.
+func serverCertNamesDiffer(path string, sans []string) bool {
+	certs, err := pki.LoadCertificatesFile(path)
+	if err != nil {
+		return true
+	}
+	have := map[string]bool{}
+	for _, d := range certs[0].DNSNames {
+		have["DNS:"+d] = true
+	}
+	for _, ip := range certs[0].IPAddresses {
+		have["IP:"+ip.String()] = true
+	}
+	if len(have) != len(sans) {
+		return true
+	}
+	for _, s := range sans {
+		if !have[s] {
+			return true
+		}
+	}
+	return false
 }

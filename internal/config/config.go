@@ -201,6 +201,11 @@ type TLS struct {
 	// listener; a client is served the one whose names match the server
 	// name it asks for (SNI), and Cert/Key otherwise. Default none.
 	SNICertificates []CertKey `json:"sni_certificates,omitempty" yaml:"sni_certificates"`
+	// ServerNames are the names ("DNS:x", "IP:y") of the certificate the
+	// built-in CA issues when Cert is empty; "auto" stands for the
+	// automatic set. Default empty: auto (localhost, loopback, the host
+	// name and every non-loopback address of the host).
+	ServerNames []string `json:"server_names,omitempty" yaml:"server_names"`
 	// ClientCA is a PEM file of CA certificates trusted for client
 	// certificates (Mosquitto cafile); ClientCADir a directory of them
 	// (capath, files ending in .pem). Both empty means the built-in CA.

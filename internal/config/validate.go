@@ -246,6 +246,9 @@ func (t *TLS) validate() []string {
 	if (t.Cert == "") != (t.Key == "") {
 		m = append(m, "cert and key must be given together (both empty means the built-in CA issues the server certificate)")
 	}
+	if len(t.ServerNames) > 0 && t.Cert != "" {
+		m = append(m, "server_names names the certificate the built-in CA issues; with cert, put the names into that certificate")
+	}
 	switch t.ClientAuth {
 	case ClientAuthNone, ClientAuthOptional, ClientAuthRequired:
 	default:

@@ -9,6 +9,7 @@ import (
 	"encoding/asn1"
 	"encoding/base64"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -90,6 +91,20 @@ type InitOptions struct {
 	// RootLifetime defaults to 20 years, IntermediateLifetime to 10 years.
 	RootLifetime         time.Duration
 	IntermediateLifetime time.Duration
+	// ImportRoot and ImportRootKey make an existing self-signed CA (for
+	// example one made with openssl) the root instead of generating one:
+	// its key is encrypted at rest with Passphrase like a generated one,
+	// and it signs a new intermediate. Both or neither.
+	ImportRoot    *x509.Certificate
+	ImportRootKey crypto.Signer
+	// ImportIntermediate and ImportIntermediateKey make an existing CA
+	// the issuing intermediate, under ImportRoot, whose key Moat never
+	// holds (ImportRootKey must be nil; there is then no root.key, no
+	// passphrase and no root CRL, and the external CA publishes the
+	// intermediate's revocation). The intermediate must carry the
+	// keyCertSign and cRLSign key usages and a subject key identifier.
+	ImportIntermediate    *x509.Certificate
+	ImportIntermediateKey crypto.Signer
 	// Passphrase encrypts the root key. Nil means: generate a random one
 	// and write it to DIR/root.pass (mode 0600), the unattended choice the
 	// broker's zero-config default uses; move it offline afterwards.
@@ -106,6 +121,7 @@ type CA struct {
 	root     *x509.Certificate
 	inter    *x509.Certificate
 	interKey crypto.Signer
+	retired  []issuerCA // replaced intermediates, oldest first (rotate.go)
 
 	dbmu sync.RWMutex // serializes this process's database opens (see store.go)
 
@@ -157,6 +173,7 @@ func Init(dir string, opts InitOptions) (*CA, error) {
 	if opts.Passphrase != nil && len(opts.Passphrase) < 8 {
 		errs = append(errs, errors.New("pki: the root key passphrase must have at least 8 characters"))
 	}
+	errs = append(errs, checkImport(opts, opts.Config.now())...)
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
@@ -171,77 +188,79 @@ func Init(dir string, opts InitOptions) (*CA, error) {
 	rnd := cfg.rand()
 	org := orDefault(opts.Organization, defaultOrganization)
 
-	pass := opts.Passphrase
-	if pass == nil {
-		b := make([]byte, generatedPassEntropy)
-		if _, err := io.ReadFull(rnd, b); err != nil {
-			return nil, fmt.Errorf("pki: reading randomness: %w", err)
-		}
-		pass = []byte(base64.RawURLEncoding.EncodeToString(b))
-		if err := writeFileAtomic(filepath.Join(dir, FileRootPass), append(append([]byte{}, pass...), '\n'), 0o600); err != nil {
+	var root *x509.Certificate
+	var rootKey crypto.Signer
+	var err error
+	switch {
+	case opts.ImportIntermediate != nil:
+		root = opts.ImportRoot // the key stays with the external CA
+	case opts.ImportRoot != nil:
+		root, rootKey = opts.ImportRoot, opts.ImportRootKey
+	default:
+		if rootKey, err = GenerateKey(opts.Algorithm, rnd); err != nil {
 			return nil, err
 		}
+		rootTmpl := &x509.Certificate{
+			Subject:               pkix.Name{Organization: []string{org}, CommonName: orDefault(opts.RootCommonName, defaultRootCN)},
+			NotBefore:             now.Add(-time.Hour),
+			NotAfter:              now.Add(orDur(opts.RootLifetime, DefaultRootLifetime)),
+			KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+			BasicConstraintsValid: true,
+			IsCA:                  true,
+			MaxPathLen:            1,
+			SubjectKeyId:          keyID(rootKey.Public()),
+		}
+		if rootTmpl.SerialNumber, err = newSerial(rnd); err != nil {
+			return nil, err
+		}
+		rootDER, err := x509.CreateCertificate(rnd, rootTmpl, rootTmpl, rootKey.Public(), rootKey)
+		if err != nil {
+			return nil, fmt.Errorf("pki: creating root certificate: %w", err)
+		}
+		root, _ = x509.ParseCertificate(rootDER)
 	}
 
-	rootKey, err := GenerateKey(opts.Algorithm, rnd)
-	if err != nil {
-		return nil, err
+	type file struct {
+		name string
+		data []byte
+		mode fs.FileMode
 	}
-	rootTmpl := &x509.Certificate{
-		Subject:               pkix.Name{Organization: []string{org}, CommonName: orDefault(opts.RootCommonName, defaultRootCN)},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(orDur(opts.RootLifetime, DefaultRootLifetime)),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		MaxPathLen:            1,
-		SubjectKeyId:          keyID(rootKey.Public()),
+	var files []file
+	if rootKey != nil {
+		pass := opts.Passphrase
+		if pass == nil {
+			b := make([]byte, generatedPassEntropy)
+			if _, err := io.ReadFull(rnd, b); err != nil {
+				return nil, fmt.Errorf("pki: reading randomness: %w", err)
+			}
+			pass = []byte(base64.RawURLEncoding.EncodeToString(b))
+			if err := writeFileAtomic(filepath.Join(dir, FileRootPass), append(append([]byte{}, pass...), '\n'), 0o600); err != nil {
+				return nil, err
+			}
+		}
+		encRoot, err := EncryptKey(rootKey, pass, rnd)
+		if err != nil {
+			return nil, err
+		}
+		files = append(files, file{FileRootKey, encRoot, 0o600})
+		if canSignCRL(root) {
+			rootCRL, err := signRootCRL(root, rootKey, nil, nil, ReasonUnspecified, now, 0, rnd)
+			if err != nil {
+				return nil, err
+			}
+			files = append(files, file{FileRootCRL, pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: rootCRL}), 0o644})
+		} else {
+			cfg.logger().Warn("pki: the imported root cannot sign CRLs (it lacks the cRLSign key usage or a subject key identifier); there will be no root CRL, so an intermediate cannot be revoked by CRL", "root", root.Subject.String())
+		}
 	}
-	if rootTmpl.SerialNumber, err = newSerial(rnd); err != nil {
-		return nil, err
-	}
-	rootDER, err := x509.CreateCertificate(rnd, rootTmpl, rootTmpl, rootKey.Public(), rootKey)
-	if err != nil {
-		return nil, fmt.Errorf("pki: creating root certificate: %w", err)
-	}
-	root, _ := x509.ParseCertificate(rootDER)
 
-	interKey, err := GenerateKey(opts.Algorithm, rnd)
-	if err != nil {
-		return nil, err
-	}
-	interNotAfter := now.Add(orDur(opts.IntermediateLifetime, DefaultIntermediateLifetime))
-	if interNotAfter.After(root.NotAfter) {
-		interNotAfter = root.NotAfter
-	}
-	interTmpl := &x509.Certificate{
-		Subject:                     pkix.Name{Organization: []string{org}, CommonName: orDefault(opts.IntermediateCommonName, defaultIntermediateCN)},
-		NotBefore:                   now.Add(-time.Hour),
-		NotAfter:                    interNotAfter,
-		KeyUsage:                    x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
-		BasicConstraintsValid:       true,
-		IsCA:                        true,
-		MaxPathLen:                  0,
-		MaxPathLenZero:              true,
-		SubjectKeyId:                keyID(interKey.Public()),
-		PermittedDNSDomains:         opts.PermittedDNSDomains,
-		ExcludedDNSDomains:          opts.ExcludedDNSDomains,
-		PermittedIPRanges:           parseRanges(opts.PermittedIPRanges),
-		ExcludedIPRanges:            parseRanges(opts.ExcludedIPRanges),
-		PermittedDNSDomainsCritical: len(opts.PermittedDNSDomains)+len(opts.ExcludedDNSDomains)+len(opts.PermittedIPRanges)+len(opts.ExcludedIPRanges) > 0,
-	}
-	if interTmpl.SerialNumber, err = newSerial(rnd); err != nil {
-		return nil, err
-	}
-	interDER, err := x509.CreateCertificate(rnd, interTmpl, root, interKey.Public(), rootKey)
-	if err != nil {
-		return nil, fmt.Errorf("pki: creating intermediate certificate: %w", err)
-	}
-	inter, _ := x509.ParseCertificate(interDER)
-
-	encRoot, err := EncryptKey(rootKey, pass, rnd)
-	if err != nil {
-		return nil, err
+	inter, interKey := opts.ImportIntermediate, opts.ImportIntermediateKey
+	if inter == nil {
+		inter, interKey, err = newIntermediate(opts.Settings, org, orDefault(opts.IntermediateCommonName, defaultIntermediateCN),
+			orDur(opts.IntermediateLifetime, DefaultIntermediateLifetime), root, rootKey, now, rnd)
+		if err != nil {
+			return nil, err
+		}
 	}
 	interPEM, err := MarshalKeyPEM(interKey)
 	if err != nil {
@@ -251,17 +270,12 @@ func Init(dir string, opts InitOptions) (*CA, error) {
 	if err != nil {
 		return nil, err
 	}
-	files := []struct {
-		name string
-		data []byte
-		mode fs.FileMode
-	}{
-		{FileRootKey, encRoot, 0o600},
-		{FileRoot, EncodeCertificatesPEM(root), 0o644},
-		{FileIntermediate, EncodeCertificatesPEM(inter), 0o644},
-		{FileSettings, append(settingsJSON, '\n'), 0o644},
-		{FileIntermediateKey, interPEM, 0o600}, // last: its presence marks an initialized CA
-	}
+	files = append(files,
+		file{FileRoot, EncodeCertificatesPEM(root), 0o644},
+		file{FileIntermediate, EncodeCertificatesPEM(inter), 0o644},
+		file{FileSettings, append(settingsJSON, '\n'), 0o644},
+		file{FileIntermediateKey, interPEM, 0o600}, // last: its presence marks an initialized CA
+	)
 	for _, f := range files {
 		if err := writeFileAtomic(filepath.Join(dir, f.name), f.data, f.mode); err != nil {
 			return nil, err
@@ -277,7 +291,9 @@ func Init(dir string, opts InitOptions) (*CA, error) {
 	if _, err := ca.RegenerateCRL(); err != nil {
 		return nil, err
 	}
-	cfg.logger().Info("pki: created CA", "dir", dir, "algorithm", opts.Algorithm, "root", root.Subject.CommonName, "generated_passphrase", opts.Passphrase == nil)
+	cfg.logger().Info("pki: created CA", "dir", dir, "algorithm", opts.Algorithm, "root", root.Subject.CommonName,
+		"imported_root", opts.ImportRoot != nil, "imported_intermediate", opts.ImportIntermediate != nil,
+		"generated_passphrase", rootKey != nil && opts.Passphrase == nil)
 	return ca, nil
 }
 
@@ -308,6 +324,9 @@ func Open(dir string, cfg Config) (*CA, error) {
 	}
 	if err := ca.inter.CheckSignatureFrom(ca.root); err != nil {
 		return nil, fmt.Errorf("pki: %s is not signed by %s: %w", FileIntermediate, FileRoot, err)
+	}
+	if err := ca.loadRetired(); err != nil {
+		return nil, err
 	}
 	b, err := os.ReadFile(ca.path(FileSettings))
 	if err != nil {
@@ -435,4 +454,113 @@ func writeFileAtomic(path string, data []byte, mode fs.FileMode) error {
 		return fmt.Errorf("pki: writing %s: %w", path, err)
 	}
 	return nil
+}
+
+// canSignCRL reports whether Go can sign a CRL as c: it needs the
+// cRLSign key usage and a subject key identifier.
+func canSignCRL(c *x509.Certificate) bool {
+	return c.KeyUsage&x509.KeyUsageCRLSign != 0 && len(c.SubjectKeyId) > 0
+}
+
+// newIntermediate makes an issuing CA certificate and key signed by
+// root, with the name constraints of s, valid at most until the root
+// expires.
+func newIntermediate(s Settings, org, cn string, lifetime time.Duration, root *x509.Certificate, rootKey crypto.Signer, now time.Time, rnd io.Reader) (*x509.Certificate, crypto.Signer, error) {
+	key, err := GenerateKey(orAlg(s.Algorithm), rnd)
+	if err != nil {
+		return nil, nil, err
+	}
+	notAfter := now.Add(lifetime)
+	if notAfter.After(root.NotAfter) {
+		notAfter = root.NotAfter
+	}
+	tmpl := &x509.Certificate{
+		Subject:                     pkix.Name{Organization: []string{org}, CommonName: cn},
+		NotBefore:                   now.Add(-time.Hour),
+		NotAfter:                    notAfter,
+		KeyUsage:                    x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
+		BasicConstraintsValid:       true,
+		IsCA:                        true,
+		MaxPathLen:                  0,
+		MaxPathLenZero:              true,
+		SubjectKeyId:                keyID(key.Public()),
+		PermittedDNSDomains:         s.PermittedDNSDomains,
+		ExcludedDNSDomains:          s.ExcludedDNSDomains,
+		PermittedIPRanges:           parseRanges(s.PermittedIPRanges),
+		ExcludedIPRanges:            parseRanges(s.ExcludedIPRanges),
+		PermittedDNSDomainsCritical: len(s.PermittedDNSDomains)+len(s.ExcludedDNSDomains)+len(s.PermittedIPRanges)+len(s.ExcludedIPRanges) > 0,
+	}
+	if tmpl.SerialNumber, err = newSerial(rnd); err != nil {
+		return nil, nil, err
+	}
+	der, err := x509.CreateCertificate(rnd, tmpl, root, key.Public(), rootKey)
+	if err != nil {
+		return nil, nil, fmt.Errorf("pki: creating intermediate certificate: %w", err)
+	}
+	c, err := x509.ParseCertificate(der)
+	return c, key, err
+}
+
+func orAlg(a KeyAlgorithm) KeyAlgorithm {
+	if a == "" {
+		return ECDSAP256
+	}
+	return a
+}
+
+// checkImport validates the Import fields of opts.
+func checkImport(opts InitOptions, now time.Time) []error {
+	var errs []error
+	usable := func(what string, c *x509.Certificate) {
+		if !c.BasicConstraintsValid || !c.IsCA {
+			errs = append(errs, fmt.Errorf("pki: the %s %q is not a CA certificate (it lacks basicConstraints CA:TRUE)", what, c.Subject))
+		}
+		if c.KeyUsage != 0 && c.KeyUsage&x509.KeyUsageCertSign == 0 {
+			errs = append(errs, fmt.Errorf("pki: the %s %q may not sign certificates (its key usage lacks keyCertSign)", what, c.Subject))
+		}
+		if now.Before(c.NotBefore) || now.After(c.NotAfter) {
+			errs = append(errs, fmt.Errorf("pki: the %s %q is valid from %s to %s, not now", what, c.Subject, c.NotBefore.Format(time.RFC3339), c.NotAfter.Format(time.RFC3339)))
+		}
+		if _, err := AlgorithmOf(c.PublicKey); err != nil {
+			errs = append(errs, fmt.Errorf("pki: the %s %q: %w", what, c.Subject, err))
+		}
+	}
+	switch {
+	case opts.ImportIntermediate == nil && opts.ImportIntermediateKey == nil && opts.ImportRoot == nil && opts.ImportRootKey == nil:
+	case opts.ImportIntermediate != nil:
+		if opts.ImportIntermediateKey == nil || opts.ImportRoot == nil {
+			return []error{errors.New("pki: importing an intermediate needs its key and the root certificate it chains to")}
+		}
+		if opts.ImportRootKey != nil {
+			return []error{errors.New("pki: import either a root with its key, or an intermediate with its key under a root certificate (whose key Moat does not need)")}
+		}
+		in, root := opts.ImportIntermediate, opts.ImportRoot
+		usable("intermediate", in)
+		usable("root", root)
+		if !publicKeysEqual(opts.ImportIntermediateKey.Public(), in.PublicKey) {
+			errs = append(errs, fmt.Errorf("pki: the imported key does not belong to the intermediate %q", in.Subject))
+		}
+		if err := in.CheckSignatureFrom(root); err != nil {
+			errs = append(errs, fmt.Errorf("pki: the intermediate %q is not signed by the root %q: %w", in.Subject, root.Subject, err))
+		}
+		if !canSignCRL(in) {
+			errs = append(errs, fmt.Errorf("pki: the intermediate %q cannot sign CRLs: it needs the key usages keyCertSign and cRLSign and a subject key identifier (openssl: keyUsage=critical,keyCertSign,cRLSign,digitalSignature and subjectKeyIdentifier=hash)", in.Subject))
+		}
+	default:
+		if opts.ImportRoot == nil || opts.ImportRootKey == nil {
+			return []error{errors.New("pki: importing a root needs its certificate and its key")}
+		}
+		root := opts.ImportRoot
+		usable("root", root)
+		if !publicKeysEqual(opts.ImportRootKey.Public(), root.PublicKey) {
+			errs = append(errs, fmt.Errorf("pki: the imported key does not belong to the root %q", root.Subject))
+		}
+		if root.CheckSignatureFrom(root) != nil {
+			errs = append(errs, fmt.Errorf("pki: %q is not self-signed, so it is not a root; import it as an intermediate (--import-intermediate) with the root it chains to", root.Subject))
+		}
+		if root.MaxPathLenZero {
+			errs = append(errs, fmt.Errorf("pki: the root %q has pathlen:0 and cannot sign an intermediate", root.Subject))
+		}
+	}
+	return errs
 }

@@ -21,10 +21,15 @@
 //	ca.json           settings chosen at Init (profiles, lifetimes, URLs)
 //	est.pem/.key      TLS certificate of the EST listener (issued on first use)
 //	ca.db             bbolt inventory: certificates, revocations, tokens, CRL
-//	crl.pem           the current CRL, rewritten on every regeneration
+//	crl.pem           the current CRL, rewritten on every regeneration (after
+//	                  a rotation also the CRLs of retired intermediates)
+//	root-crl.pem      the root's CRL of revoked intermediates (SignRootCRL)
+//	retired/          intermediates replaced by RotateIntermediate, with keys
 //
-// The root key is used only by Init, which signs the intermediate with it;
-// afterwards it can be moved offline. Open needs no passphrase.
+// The root key is used only by Init, RotateIntermediate and SignRootCRL;
+// between them it can be kept offline. Open needs no passphrase. Init can
+// also import an existing root, or an intermediate under an external root
+// (InitOptions.ImportRoot, ImportIntermediate).
 //
 // # Concurrency
 //

@@ -281,11 +281,21 @@ func checkReenrollRate(tx *bolt.Tx, id string, now time.Time, lim reenrollLimit)
 func (ca *CA) verifyDeviceCert(chain []*x509.Certificate) (Record, error) {
 	inters := x509.NewCertPool()
 	inters.AddCert(ca.inter)
+	for _, r := range ca.retired { // devices renew after a rotation with the old certificate
+		inters.AddCert(r.cert)
+	}
 	for _, c := range chain[1:] {
 		inters.AddCert(c)
 	}
 	if _, err := chain[0].Verify(x509.VerifyOptions{Roots: ca.Roots(), Intermediates: inters, CurrentTime: ca.cfg.now(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
 		return Record{}, fmt.Errorf("the client certificate is not a valid certificate of this CA: %v", err)
+	}
+	iss, ok := ca.issuerOf(chain[0])
+	if !ok {
+		return Record{}, errors.New("the client certificate was not issued by this CA's intermediates")
+	}
+	if ca.onRootCRL(iss.cert) {
+		return Record{}, fmt.Errorf("the client certificate's intermediate %q is revoked on the root CRL", iss.cert.Subject.CommonName)
 	}
 	rec, err := ca.Get(SerialString(chain[0].SerialNumber))
 	if err != nil {

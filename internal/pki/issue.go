@@ -526,7 +526,7 @@ func (ca *CA) issue(req IssueRequest, hooks issueHooks) (*Issued, error) {
 	if err != nil {
 		return nil, err
 	}
-	var crl []byte
+	var crl crlSet
 	var after func() error
 	if hooks.rebuildCRL {
 		after = func() error { return ca.writeCRLFile(crl) }

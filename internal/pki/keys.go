@@ -145,6 +145,9 @@ func ParseKeyPEM(data []byte) (crypto.Signer, error) {
 		}
 		var k any
 		var err error
+		if b.Headers["Proc-Type"] != "" {
+			return nil, fmt.Errorf("%w in the legacy OpenSSL format; convert it with: openssl pkcs8 -topk8 -v2 aes-256-cbc -in KEY -out KEY.new", ErrKeyEncrypted)
+		}
 		switch b.Type {
 		case "PRIVATE KEY":
 			k, err = x509.ParsePKCS8PrivateKey(b.Bytes)
@@ -153,7 +156,7 @@ func ParseKeyPEM(data []byte) (crypto.Signer, error) {
 		case "RSA PRIVATE KEY":
 			k, err = x509.ParsePKCS1PrivateKey(b.Bytes)
 		case encryptedKeyPEMType, "ENCRYPTED PRIVATE KEY":
-			return nil, errors.New("pki: the private key is encrypted (decrypt it first)")
+			return nil, fmt.Errorf("%w (decrypt it first)", ErrKeyEncrypted)
 		default:
 			continue
 		}

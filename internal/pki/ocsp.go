@@ -80,6 +80,8 @@ func (ca *CA) ocspSigner() (*x509.Certificate, crypto.Signer, error) {
 }
 
 // OCSPResponse answers a DER OCSP request with a signed DER response.
+// A request nonce (RFC 8954) of 1 to 32 bytes is echoed in the response;
+// a longer, empty or repeated one makes the request malformed.
 // Malformed requests get a malformedRequest response, requests about
 // another issuer an unauthorized response (both unsigned, as RFC 6960
 // §2.3 prescribes). Good and revoked answers are cached per serial until
@@ -89,7 +91,13 @@ func (ca *CA) OCSPResponse(reqDER []byte) ([]byte, OCSPStatus, error) {
 	if err != nil {
 		return ocsp.MalformedRequestErrorResponse, OCSPStatus{}, nil
 	}
-	if !ca.ocspIssuerMatches(req) {
+	nonce, err := requestNonce(reqDER)
+	if err != nil {
+		ca.cfg.logger().Info("pki: OCSP request refused as malformed", "reason", err.Error())
+		return ocsp.MalformedRequestErrorResponse, OCSPStatus{}, nil
+	}
+	issuer, ok := ca.ocspIssuer(req)
+	if !ok {
 		return ocsp.UnauthorizedErrorResponse, OCSPStatus{}, nil
 	}
 	serial := SerialString(req.SerialNumber)
@@ -119,17 +127,24 @@ func (ca *CA) OCSPResponse(reqDER []byte) ([]byte, OCSPStatus, error) {
 			st.Status = ocsp.Revoked
 		}
 	}
-	cacheKey := fmt.Sprintf("%s/%d", serial, req.HashAlgorithm)
+	if found && rec.Issuer != "" && rec.Issuer != issuer.id {
+		st = OCSPStatus{Status: ocsp.Unknown} // a serial of another intermediate
+	}
+	cacheKey := fmt.Sprintf("%s/%s/%d", issuer.id, serial, req.HashAlgorithm)
 	ca.ocspmu.Lock()
 	c, ok := ca.ocspCache[cacheKey]
 	ca.ocspmu.Unlock()
-	if ok && c.revision == rev && now.Before(c.fresh) {
+	if ok && nonce == nil && c.revision == rev && now.Before(c.fresh) {
 		st.ThisUpdate, st.NextUpdate = c.thisUpdate, c.nextUpdate
 		return c.der, st, nil
 	}
-	cert, key, err := ca.ocspSigner()
-	if err != nil {
-		return ocsp.InternalErrorErrorResponse, st, err
+	// The current intermediate answers through its delegated responder;
+	// a retired one signs its answers itself (RFC 6960 §4.2.2.2).
+	cert, key := issuer.cert, issuer.key
+	if issuer.cert == ca.inter {
+		if cert, key, err = ca.ocspSigner(); err != nil {
+			return ocsp.InternalErrorErrorResponse, st, err
+		}
 	}
 	validity := ca.settings.ocspValidity()
 	st.ThisUpdate = now.UTC().Truncate(time.Second)
@@ -146,9 +161,20 @@ func (ca *CA) OCSPResponse(reqDER []byte) ([]byte, OCSPStatus, error) {
 		tmpl.RevokedAt = rec.RevokedAt
 		tmpl.RevocationReason = int(rec.Reason)
 	}
-	der, err := ocsp.CreateResponse(ca.inter, cert, tmpl, key)
+	if issuer.cert != ca.inter {
+		tmpl.Certificate = nil
+	}
+	der, err := ocsp.CreateResponse(issuer.cert, cert, tmpl, key)
 	if err != nil {
 		return ocsp.InternalErrorErrorResponse, st, fmt.Errorf("pki: signing OCSP response: %w", err)
+	}
+	if nonce != nil {
+		// A response with the client's nonce is unique to that request:
+		// it is neither cached nor taken from the cache.
+		if der, err = addResponseNonce(der, *nonce, key, ca.cfg.rand()); err != nil {
+			return ocsp.InternalErrorErrorResponse, st, err
+		}
+		return der, st, nil
 	}
 	ca.ocspmu.Lock()
 	if len(ca.ocspCache) >= maxOCSPCacheLen {
@@ -159,7 +185,22 @@ func (ca *CA) OCSPResponse(reqDER []byte) ([]byte, OCSPStatus, error) {
 	return der, st, nil
 }
 
-func (ca *CA) ocspIssuerMatches(req *ocsp.Request) bool {
+// ocspIssuer returns the intermediate a request asks about: the current
+// one, or a retired one that still has unexpired certificates.
+func (ca *CA) ocspIssuer(req *ocsp.Request) (issuerCA, bool) {
+	if ocspIssuerMatches(req, ca.inter) {
+		return issuerCA{cert: ca.inter, key: ca.interKey, id: keyIDHex(ca.inter)}, true
+	}
+	now := ca.cfg.now()
+	for _, r := range ca.retired {
+		if now.Before(r.cert.NotAfter) && ocspIssuerMatches(req, r.cert) {
+			return r, true
+		}
+	}
+	return issuerCA{}, false
+}
+
+func ocspIssuerMatches(req *ocsp.Request, issuer *x509.Certificate) bool {
 	if !req.HashAlgorithm.Available() {
 		return false
 	}
@@ -167,11 +208,11 @@ func (ca *CA) ocspIssuerMatches(req *ocsp.Request) bool {
 		Algorithm asn1.RawValue
 		Key       asn1.BitString
 	}
-	if _, err := asn1.Unmarshal(ca.inter.RawSubjectPublicKeyInfo, &spki); err != nil {
+	if _, err := asn1.Unmarshal(issuer.RawSubjectPublicKeyInfo, &spki); err != nil {
 		return false
 	}
 	h := req.HashAlgorithm.New()
-	h.Write(ca.inter.RawSubject)
+	h.Write(issuer.RawSubject)
 	nameHash := h.Sum(nil)
 	h.Reset()
 	h.Write(spki.Key.Bytes)

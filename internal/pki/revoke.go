@@ -1,6 +1,7 @@
 package pki
 
 import (
+	"crypto"
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
@@ -95,7 +96,7 @@ func (ca *CA) RevokeTree(serial string, reason RevocationReason, opts RevokeOpti
 		return nil, fmt.Errorf("pki: unknown revocation reason %d", reason)
 	}
 	var revoked []Record
-	var crl []byte
+	var crl crlSet
 	now := ca.cfg.now()
 	err = ca.updateThen(func(tx *bolt.Tx) error {
 		revoked = nil
@@ -173,75 +174,128 @@ func descendants(tx *bolt.Tx, serial string) ([]Record, error) {
 
 // RevokeCertificate revokes cert, which must have been issued by this CA.
 func (ca *CA) RevokeCertificate(cert *x509.Certificate, reason RevocationReason) (Record, error) {
-	if err := cert.CheckSignatureFrom(ca.inter); err != nil {
-		return Record{}, fmt.Errorf("pki: this certificate was not issued by this CA's intermediate (%s)", ca.inter.Subject.CommonName)
+	if _, ok := ca.issuerOf(cert); !ok {
+		return Record{}, fmt.Errorf("pki: this certificate was not issued by this CA's intermediate (%s) nor a retired one", ca.inter.Subject.CommonName)
 	}
 	return ca.Revoke(SerialString(cert.SerialNumber), reason)
 }
 
-// buildCRL signs a new CRL of every revoked, unexpired certificate and
-// stores it with an incremented CRL number.
-func (ca *CA) buildCRL(tx *bolt.Tx, now time.Time) ([]byte, error) {
-	var entries []x509.RevocationListEntry
+// crlSet is what buildCRL signed: the current intermediate's CRL and
+// the PEM file of every live intermediate's CRL, current first.
+type crlSet struct {
+	current []byte
+	pem     []byte
+}
+
+func metaCRLKey(id string) []byte { return []byte("crl:" + id) }
+
+// buildCRL signs a new CRL of every revoked, unexpired certificate for
+// the current intermediate and for each retired one that still has
+// unexpired certificates, and stores them with one incremented CRL
+// number.
+func (ca *CA) buildCRL(tx *bolt.Tx, now time.Time) (crlSet, error) {
+	type acc struct {
+		entries []x509.RevocationListEntry
+		live    bool
+	}
+	curID := keyIDHex(ca.inter)
+	per := map[string]*acc{curID: {live: true}}
+	for _, r := range ca.retired {
+		per[r.id] = &acc{}
+	}
+	// An expired certificate may leave the CRL (RFC 5280 §3.3); keep it
+	// one extra CRL period so relying parties with skewed clocks still
+	// see it. A retired intermediate's CRL lives as long.
+	grace := ca.settings.crlValidity()
 	err := tx.Bucket(bucketCerts).ForEach(func(k, v []byte) error {
 		r, err := getRecord(tx, string(k))
 		if err != nil {
 			return err
 		}
-		// An expired certificate may leave the CRL (RFC 5280 §3.3); keep
-		// it one extra CRL period so relying parties with skewed clocks
-		// still see it.
-		if !r.Revoked || now.After(r.NotAfter.Add(ca.settings.crlValidity())) {
+		id := curID
+		if len(ca.retired) > 0 {
+			id = recordIssuer(r)
+		}
+		a := per[id]
+		if a == nil || now.After(r.NotAfter.Add(grace)) {
 			return nil
 		}
-		n, _ := new(big.Int).SetString(r.Serial, 16)
-		entries = append(entries, x509.RevocationListEntry{SerialNumber: n, RevocationTime: r.RevokedAt, ReasonCode: int(r.Reason)})
+		a.live = true
+		if r.Revoked {
+			n, _ := new(big.Int).SetString(r.Serial, 16)
+			a.entries = append(a.entries, x509.RevocationListEntry{SerialNumber: n, RevocationTime: r.RevokedAt, ReasonCode: int(r.Reason)})
+		}
 		return nil
 	})
 	if err != nil {
-		return nil, err
+		return crlSet{}, err
 	}
 	m := tx.Bucket(bucketMeta)
 	num := getU64(m, keyCRLNumber) + 1
 	this := now.Add(-ca.settings.backdate()).UTC().Truncate(time.Second)
-	tmpl := &x509.RevocationList{
-		Number:                    new(big.Int).SetUint64(num),
-		ThisUpdate:                this,
-		NextUpdate:                this.Add(ca.settings.crlValidity()),
-		RevokedCertificateEntries: entries,
+	sign := func(issuer *x509.Certificate, key crypto.Signer, entries []x509.RevocationListEntry) ([]byte, error) {
+		der, err := x509.CreateRevocationList(ca.cfg.rand(), &x509.RevocationList{
+			Number:                    new(big.Int).SetUint64(num),
+			ThisUpdate:                this,
+			NextUpdate:                this.Add(ca.settings.crlValidity()),
+			RevokedCertificateEntries: entries,
+		}, issuer, key)
+		if err != nil {
+			return nil, fmt.Errorf("pki: signing CRL of %s: %w", issuer.Subject.CommonName, err)
+		}
+		return der, nil
 	}
-	der, err := x509.CreateRevocationList(ca.cfg.rand(), tmpl, ca.inter, ca.interKey)
-	if err != nil {
-		return nil, fmt.Errorf("pki: signing CRL: %w", err)
+	var set crlSet
+	if set.current, err = sign(ca.inter, ca.interKey, per[curID].entries); err != nil {
+		return crlSet{}, err
+	}
+	set.pem = pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: set.current})
+	for _, r := range ca.retired {
+		a := per[r.id]
+		if !a.live || !now.Before(r.cert.NotAfter) {
+			if err := m.Delete(metaCRLKey(r.id)); err != nil {
+				return crlSet{}, err
+			}
+			continue
+		}
+		der, err := sign(r.cert, r.key, a.entries)
+		if err != nil {
+			return crlSet{}, err
+		}
+		if err := m.Put(metaCRLKey(r.id), der); err != nil {
+			return crlSet{}, err
+		}
+		set.pem = append(set.pem, pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der})...)
 	}
 	if err := m.Put(keyCRLNumber, u64(num)); err != nil {
-		return nil, err
+		return crlSet{}, err
 	}
-	return der, m.Put(keyCRL, der)
+	return set, m.Put(keyCRL, set.current)
 }
 
-func (ca *CA) writeCRLFile(der []byte) error {
-	return writeFileAtomic(ca.path(FileCRL), pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der}), 0o644)
+func (ca *CA) writeCRLFile(set crlSet) error {
+	return writeFileAtomic(ca.path(FileCRL), set.pem, 0o644)
 }
 
-// RegenerateCRL signs a fresh CRL now, stores it and writes DIR/crl.pem.
-// It returns the DER encoding.
+// RegenerateCRL signs fresh CRLs now, stores them and writes DIR/crl.pem.
+// It returns the DER encoding of the current intermediate's CRL.
 func (ca *CA) RegenerateCRL() ([]byte, error) {
-	var der []byte
+	var set crlSet
 	err := ca.updateThen(func(tx *bolt.Tx) error {
 		var err error
-		der, err = ca.buildCRL(tx, ca.cfg.now())
+		set, err = ca.buildCRL(tx, ca.cfg.now())
 		return err
-	}, func() error { return ca.writeCRLFile(der) })
+	}, func() error { return ca.writeCRLFile(set) })
 	if err != nil {
 		return nil, err
 	}
-	return der, nil
+	return set.current, nil
 }
 
-// CRL returns the current CRL (DER). When less than half of its validity
-// remains it is regenerated first, so a CRL served by Moat always has at
-// least CRLValidity/2 before its nextUpdate.
+// CRL returns the current intermediate's CRL (DER). When less than half
+// of its validity remains it is regenerated first (with the CRLs of the
+// retired intermediates), so a CRL served by Moat always has at least
+// CRLValidity/2 before its nextUpdate.
 func (ca *CA) CRL() ([]byte, error) {
 	var der []byte
 	err := ca.view(func(tx *bolt.Tx) error {
@@ -260,11 +314,40 @@ func (ca *CA) CRL() ([]byte, error) {
 	return ca.RegenerateCRL()
 }
 
-// CRLPEM is CRL encoded as an "X509 CRL" PEM block.
+// CRLFor returns the CRL (DER) of the intermediate with this hex key
+// identifier, current or retired; ErrNotFound when there is none.
+func (ca *CA) CRLFor(keyID string) ([]byte, error) {
+	cur, err := ca.CRL() // refreshes all when needed
+	if err != nil {
+		return nil, err
+	}
+	if keyID == keyIDHex(ca.inter) {
+		return cur, nil
+	}
+	var der []byte
+	err = ca.view(func(tx *bolt.Tx) error {
+		der = append([]byte(nil), tx.Bucket(bucketMeta).Get(metaCRLKey(keyID))...)
+		return nil
+	})
+	if err == nil && len(der) == 0 {
+		err = fmt.Errorf("%w: no CRL for intermediate %s", ErrNotFound, keyID)
+	}
+	return der, err
+}
+
+// CRLPEM returns the CRLs of every intermediate that still has valid
+// certificates as "X509 CRL" PEM blocks, the current intermediate's
+// first (without a rotation: exactly one), as DIR/crl.pem holds them.
 func (ca *CA) CRLPEM() ([]byte, error) {
 	der, err := ca.CRL()
 	if err != nil {
 		return nil, err
 	}
-	return pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der}), nil
+	out := pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der})
+	for _, r := range ca.retired {
+		if d, err := ca.CRLFor(r.id); err == nil {
+			out = append(out, pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: d})...)
+		}
+	}
+	return out, nil
 }

@@ -42,6 +42,11 @@ type ServerConfig struct {
 	// than half its validity left is regenerated. Default: one tenth of
 	// the CRL validity, at most 10 minutes.
 	CRLRefresh time.Duration
+	// RotationCheck is how often Serve checks whether another process
+	// rotated the intermediate (RotateIntermediate); it then stops and
+	// returns ErrRotated, so that a supervisor restarts it with the new
+	// intermediate. Default 10 seconds.
+	RotationCheck time.Duration
 	// Logger nil means the CA's logger.
 	Logger *slog.Logger
 }
@@ -65,8 +70,8 @@ func (ca *CA) NewServer(cfg ServerConfig) (*Server, error) {
 	if s.log == nil {
 		s.log = ca.cfg.logger()
 	}
-	if cfg.CRLRefresh < 0 {
-		return nil, errors.New("pki: CRLRefresh must not be negative")
+	if cfg.CRLRefresh < 0 || cfg.RotationCheck < 0 {
+		return nil, errors.New("pki: CRLRefresh and RotationCheck must not be negative")
 	}
 	if cfg.ReenrollLimit < 0 || cfg.ReenrollWindow < 0 {
 		return nil, errors.New("pki: ReenrollLimit and ReenrollWindow must not be negative")
@@ -87,8 +92,10 @@ func (ca *CA) NewServer(cfg ServerConfig) (*Server, error) {
 // Registry returns the server's Prometheus registry.
 func (s *Server) Registry() *prometheus.Registry { return s.reg }
 
-// HTTPHandler serves /ocsp (GET and POST), /crl (DER), /crl.pem and
-// /metrics.
+// HTTPHandler serves /ocsp (GET and POST), /crl (DER, the current
+// intermediate's), /crl/KEYID (DER, the intermediate with this hex
+// subject key identifier, current or retired), /crl.pem (all), the
+// root CRL at /root-crl (DER) and /root-crl.pem, and /metrics.
 func (s *Server) HTTPHandler() http.Handler {
 	mux := http.NewServeMux()
 	oh := s.ca.OCSPHandler(func(r string) { s.ocspRes.WithLabelValues(r).Inc() })
@@ -104,10 +111,43 @@ func (s *Server) HTTPHandler() http.Handler {
 		w.Header().Set("Content-Type", "application/pkix-crl")
 		w.Write(der)
 	})
+	mux.HandleFunc("GET /crl/{keyid}", func(w http.ResponseWriter, r *http.Request) {
+		der, err := s.ca.CRLFor(strings.ToLower(r.PathValue("keyid")))
+		if errors.Is(err, ErrNotFound) {
+			http.Error(w, "no CRL for this intermediate", http.StatusNotFound)
+			return
+		}
+		if err != nil {
+			s.log.Error("pki: CRL", "err", err)
+			http.Error(w, "CRL unavailable", http.StatusServiceUnavailable)
+			return
+		}
+		w.Header().Set("Content-Type", "application/pkix-crl")
+		w.Write(der)
+	})
 	mux.HandleFunc("GET /crl.pem", func(w http.ResponseWriter, r *http.Request) {
 		p, err := s.ca.CRLPEM()
 		if err != nil {
 			http.Error(w, "CRL unavailable", http.StatusServiceUnavailable)
+			return
+		}
+		w.Header().Set("Content-Type", "application/x-pem-file")
+		w.Write(p)
+	})
+	// The root CRL (revoked intermediates) is published next to the CRL.
+	mux.HandleFunc("GET /root-crl", func(w http.ResponseWriter, r *http.Request) {
+		der, err := s.ca.RootCRL()
+		if err != nil {
+			http.Error(w, "no root CRL", http.StatusNotFound)
+			return
+		}
+		w.Header().Set("Content-Type", "application/pkix-crl")
+		w.Write(der)
+	})
+	mux.HandleFunc("GET /root-crl.pem", func(w http.ResponseWriter, r *http.Request) {
+		p, err := s.ca.RootCRLPEM()
+		if err != nil {
+			http.Error(w, "no root CRL", http.StatusNotFound)
 			return
 		}
 		w.Header().Set("Content-Type", "application/x-pem-file")
@@ -155,7 +195,9 @@ func (s *Server) ESTTLSConfig() (*tls.Config, error) {
 
 // Serve serves HTTP on httpLn and EST over TLS on estLn (either may be
 // nil) until ctx is cancelled, then shuts down gracefully and returns
-// nil. It also keeps the CRL fresh. It closes the listeners.
+// nil. It also keeps the CRL fresh. When another process rotates the
+// intermediate it shuts down the same way and returns ErrRotated. It
+// closes the listeners.
 func (s *Server) Serve(ctx context.Context, httpLn, estLn net.Listener) error {
 	if httpLn == nil && estLn == nil {
 		return errors.New("pki: nothing to serve (give an HTTP and/or an HTTPS address)")
@@ -191,16 +233,28 @@ func (s *Server) Serve(ctx context.Context, httpLn, estLn net.Listener) error {
 	if refresh == 0 {
 		refresh = min(s.ca.settings.crlValidity()/10, 10*time.Minute)
 	}
+	rotation := s.cfg.RotationCheck
+	if rotation == 0 {
+		rotation = 10 * time.Second
+	}
 	stop := make(chan struct{})
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		t := time.NewTicker(refresh)
 		defer t.Stop()
+		rt := time.NewTicker(rotation)
+		defer rt.Stop()
 		for {
 			select {
 			case <-stop:
 				return
+			case <-rt.C:
+				if err := s.ca.checkCurrent(); errors.Is(err, ErrRotated) {
+					s.log.Warn("pki: the intermediate was rotated; stopping so that the new one is served after a restart")
+					errc <- err
+					return
+				}
 			case <-t.C:
 				if _, err := s.ca.CRL(); err != nil {
 					s.log.Error("pki: refreshing CRL", "err", err)

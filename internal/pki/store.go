@@ -2,6 +2,7 @@ package pki
 
 import (
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -72,6 +73,10 @@ type Record struct {
 	// Parent is the serial of the certificate that authorized this one's
 	// re-enrollment (and that it superseded); empty for first issuance.
 	Parent string `json:"parent,omitempty"`
+	// Issuer is the hex subject key identifier of the intermediate that
+	// signed the certificate (empty in records made before rotation
+	// existed; the certificate's authority key identifier says it).
+	Issuer string `json:"issuer,omitempty"`
 	DER    []byte `json:"der"`
 }
 
@@ -125,7 +130,7 @@ func newRecord(der []byte, p Profile, authorizedBy string) (Record, error) {
 	r := Record{
 		Serial: SerialString(c.SerialNumber), Profile: p, Subject: c.Subject.CommonName,
 		DNSNames: c.DNSNames, NotBefore: c.NotBefore, NotAfter: c.NotAfter,
-		AuthorizedBy: authorizedBy, DER: der,
+		AuthorizedBy: authorizedBy, DER: der, Issuer: hex.EncodeToString(c.AuthorityKeyId),
 	}
 	for _, ip := range c.IPAddresses {
 		r.IPAddresses = append(r.IPAddresses, ip.String())
@@ -193,6 +198,10 @@ func (ca *CA) updateThen(fn func(tx *bolt.Tx) error, after func() error) error {
 		return err
 	}
 	defer done()
+	if err := ca.checkCurrent(); err != nil {
+		ca.cfg.logger().Error("pki: refusing to write with a replaced intermediate", "err", err)
+		return err
+	}
 	err = db.Update(func(tx *bolt.Tx) error {
 		if err := fn(tx); err != nil {
 			return err

@@ -57,6 +57,9 @@ func (ca *CA) Verify(certs []*x509.Certificate) VerifyResult {
 
 	inters := x509.NewCertPool()
 	inters.AddCert(ca.inter)
+	for _, r := range ca.retired {
+		inters.AddCert(r.cert)
+	}
 	for _, c := range certs[1:] {
 		inters.AddCert(c)
 	}
@@ -77,35 +80,9 @@ func (ca *CA) Verify(certs []*x509.Certificate) VerifyResult {
 		v.Facts = append(v.Facts, "chain: "+strings.Join(names, " → ")+" (trusted root "+ca.path(FileRoot)+")")
 	}
 
-	switch {
-	case now.Before(leaf.NotBefore):
-		v.Problems = append(v.Problems, fmt.Sprintf("not yet valid: it becomes valid at %s (in %s); check the clock", leaf.NotBefore.Format(time.RFC3339), human(leaf.NotBefore.Sub(now))))
-	case now.After(leaf.NotAfter):
-		v.Problems = append(v.Problems, fmt.Sprintf("expired at %s (%s ago); issue or enroll a new certificate", leaf.NotAfter.Format(time.RFC3339), human(now.Sub(leaf.NotAfter))))
-	default:
-		v.Facts = append(v.Facts, fmt.Sprintf("validity: until %s (%s left)", leaf.NotAfter.Format(time.RFC3339), human(leaf.NotAfter.Sub(now))))
-	}
+	checkLeaf(&v, leaf, now)
 
-	var uses []string
-	for _, u := range leaf.ExtKeyUsage {
-		uses = append(uses, map[x509.ExtKeyUsage]string{
-			x509.ExtKeyUsageServerAuth: "TLS server (serverAuth)", x509.ExtKeyUsageClientAuth: "TLS client (clientAuth)",
-			x509.ExtKeyUsageOCSPSigning: "OCSP signing", x509.ExtKeyUsageAny: "any",
-		}[u])
-	}
-	if leaf.IsCA {
-		uses = append(uses, "certificate authority")
-	}
-	if len(uses) == 0 {
-		v.Problems = append(v.Problems, "usage: the certificate has no extended key usage; TLS peers may reject it")
-	} else {
-		v.Facts = append(v.Facts, "usage: "+strings.Join(uses, ", "))
-	}
-	if leaf.KeyUsage&x509.KeyUsageDigitalSignature == 0 && !leaf.IsCA {
-		v.Problems = append(v.Problems, "usage: the key usage lacks digitalSignature, required for TLS")
-	}
-
-	if leaf.CheckSignatureFrom(ca.inter) == nil {
+	if ca.IssuedHere(leaf) {
 		rec, err := ca.Get(SerialString(leaf.SerialNumber))
 		switch {
 		case errors.Is(err, ErrNotFound):
@@ -179,4 +156,120 @@ func human(d time.Duration) string {
 		return fmt.Sprintf("%d minutes", int(d/time.Minute))
 	}
 	return d.Round(time.Second).String()
+}
+
+// checkLeaf adds the validity window and key usage findings for leaf.
+func checkLeaf(v *VerifyResult, leaf *x509.Certificate, now time.Time) {
+	switch {
+	case now.Before(leaf.NotBefore):
+		v.Problems = append(v.Problems, fmt.Sprintf("not yet valid: it becomes valid at %s (in %s); check the clock", leaf.NotBefore.Format(time.RFC3339), human(leaf.NotBefore.Sub(now))))
+	case now.After(leaf.NotAfter):
+		v.Problems = append(v.Problems, fmt.Sprintf("expired at %s (%s ago); issue or enroll a new certificate", leaf.NotAfter.Format(time.RFC3339), human(now.Sub(leaf.NotAfter))))
+	default:
+		v.Facts = append(v.Facts, fmt.Sprintf("validity: until %s (%s left)", leaf.NotAfter.Format(time.RFC3339), human(leaf.NotAfter.Sub(now))))
+	}
+
+	var uses []string
+	for _, u := range leaf.ExtKeyUsage {
+		uses = append(uses, map[x509.ExtKeyUsage]string{
+			x509.ExtKeyUsageServerAuth: "TLS server (serverAuth)", x509.ExtKeyUsageClientAuth: "TLS client (clientAuth)",
+			x509.ExtKeyUsageOCSPSigning: "OCSP signing", x509.ExtKeyUsageAny: "any",
+		}[u])
+	}
+	if leaf.IsCA {
+		uses = append(uses, "certificate authority")
+	}
+	if len(uses) == 0 {
+		v.Problems = append(v.Problems, "usage: the certificate has no extended key usage; TLS peers may reject it")
+	} else {
+		v.Facts = append(v.Facts, "usage: "+strings.Join(uses, ", "))
+	}
+	if leaf.KeyUsage&x509.KeyUsageDigitalSignature == 0 && !leaf.IsCA {
+		v.Problems = append(v.Problems, "usage: the key usage lacks digitalSignature, required for TLS")
+	}
+
+}
+
+// VerifyWithCAs checks certs[0] (further elements are intermediates sent
+// with it) against the CA certificates in bundle, for chains of CAs other
+// than Moat's: self-signed certificates in bundle are the trusted roots,
+// the others intermediates. Each CRL in crls that verifies against a CA of
+// the chain is checked for the leaf's serial; a CRL that is past its
+// nextUpdate is a problem. now zero means the current time.
+func VerifyWithCAs(certs, bundle []*x509.Certificate, crls []*x509.RevocationList, now time.Time) VerifyResult {
+	var v VerifyResult
+	if len(certs) == 0 {
+		v.Problems = append(v.Problems, "no certificate given")
+		return v
+	}
+	if now.IsZero() {
+		now = time.Now()
+	}
+	leaf := certs[0]
+	v.Facts = append(v.Facts, fmt.Sprintf("subject: %s", leaf.Subject), fmt.Sprintf("serial: %s", SerialString(leaf.SerialNumber)))
+	if sans := sanList(leaf); len(sans) > 0 {
+		v.Facts = append(v.Facts, "names: "+strings.Join(sans, ", "))
+	}
+	roots, inters := x509.NewCertPool(), x509.NewCertPool()
+	nroots := 0
+	for _, c := range bundle {
+		if c.CheckSignatureFrom(c) == nil {
+			roots.AddCert(c)
+			nroots++
+		} else {
+			inters.AddCert(c)
+		}
+	}
+	for _, c := range certs[1:] {
+		inters.AddCert(c)
+	}
+	var chain []*x509.Certificate
+	if nroots == 0 {
+		v.Problems = append(v.Problems, "chain: the CA file holds no self-signed root certificate")
+	} else {
+		opts := x509.VerifyOptions{Roots: roots, Intermediates: inters, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}
+		chains, err := leaf.Verify(opts)
+		if err != nil {
+			opts.CurrentTime = leaf.NotBefore.Add(time.Second)
+			chains, err = leaf.Verify(opts)
+		}
+		if err != nil {
+			var ua x509.UnknownAuthorityError
+			if errors.As(err, &ua) {
+				v.Problems = append(v.Problems, fmt.Sprintf("chain: issued by %q, which does not lead to a root in the CA file (wrong CA, or an intermediate is missing)", leaf.Issuer.CommonName))
+			} else {
+				v.Problems = append(v.Problems, "chain: "+err.Error())
+			}
+		} else {
+			chain = chains[0]
+			var names []string
+			for _, c := range chain {
+				names = append(names, c.Subject.CommonName)
+			}
+			v.Facts = append(v.Facts, "chain: "+strings.Join(names, " → "))
+		}
+	}
+	checkLeaf(&v, leaf, now)
+	if len(chain) > 1 {
+		for _, crl := range crls {
+			if crl.CheckSignatureFrom(chain[1]) != nil {
+				continue
+			}
+			if now.After(crl.NextUpdate) {
+				v.Problems = append(v.Problems, fmt.Sprintf("revocation: the CRL of %s is stale (nextUpdate %s)", chain[1].Subject.CommonName, crl.NextUpdate.Format(time.RFC3339)))
+			}
+			listed := false
+			for _, e := range crl.RevokedCertificateEntries {
+				if e.SerialNumber.Cmp(leaf.SerialNumber) == 0 {
+					listed = true
+					v.Problems = append(v.Problems, fmt.Sprintf("revoked at %s (CRL of %s)", e.RevocationTime.Format(time.RFC3339), chain[1].Subject.CommonName))
+				}
+			}
+			if !listed {
+				v.Facts = append(v.Facts, fmt.Sprintf("revocation: not on the CRL #%s of %s", crl.Number, chain[1].Subject.CommonName))
+			}
+		}
+	}
+	v.Valid = len(v.Problems) == 0
+	return v
 }
