@@ -203,7 +203,7 @@ func (v *verifier) entry(line []byte, fileIndex int) error {
 	case e.Seq <= v.prevSeq:
 		return v.bad(e.Seq, "out of order: seq %d follows seq %d (entries reordered or inserted)", e.Seq, v.prevSeq)
 	case e.Seq > v.prevSeq+1:
-		return v.bad(e.Seq, "seq jumps from %d to %d: %d entries removed", v.prevSeq, e.Seq, e.Seq-v.prevSeq-1)
+		return v.bad(e.Seq, "seq jumps from %d to %d: %d entries removed, or entries reordered", v.prevSeq, e.Seq, e.Seq-v.prevSeq-1)
 	case e.Prev != v.prevHash:
 		return v.bad(e.Seq, "does not chain to the entry before it (seq %d): an entry was changed, inserted or removed", v.prevSeq)
 	}
