@@ -126,17 +126,21 @@ func (e *Entry) seal(b []byte) []byte {
 func appendString(b []byte, s string) []byte {
 	const hexdig = "0123456789abcdef"
 	b = append(b, '"')
+	start := 0
 	for i := 0; i < len(s); i++ {
 		c := s[i]
-		switch {
-		case c == '"' || c == '\\':
-			b = append(b, '\\', c)
-		case c < 0x20 || c == 0x7f:
-			b = append(b, '\\', 'u', '0', '0', hexdig[c>>4], hexdig[c&0xf])
-		default:
-			b = append(b, c)
+		if c >= 0x20 && c != '"' && c != '\\' && c != 0x7f {
+			continue
 		}
+		b = append(b, s[start:i]...)
+		if c == '"' || c == '\\' {
+			b = append(b, '\\', c)
+		} else {
+			b = append(b, '\\', 'u', '0', '0', hexdig[c>>4], hexdig[c&0xf])
+		}
+		start = i + 1
 	}
+	b = append(b, s[start:]...)
 	return append(b, '"')
 }
 
