@@ -6,10 +6,12 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -559,5 +561,174 @@ func TestConfigErrors(t *testing.T) {
 	}
 	if _, err := Open(Config{Dir: dir}); err == nil || !strings.Contains(err.Error(), "chmod 600") {
 		t.Fatal(err)
+	}
+}
+
+func TestSyslogTCP(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	got := make(chan []byte, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			got <- nil
+			return
+		}
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		data, _ := io.ReadAll(c)
+		got <- data
+	}()
+	dir := t.TempDir()
+	l := openLog(t, Config{Dir: dir, Syslog: &SyslogConfig{Network: "tcp", Address: ln.Addr().String()}})
+	l.Record(Event{Type: TypeAuthSuccess, Fields: []Field{String("reason", "certificate")}})
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	data := <-got
+	lines := readLines(t, filepath.Join(dir, DefaultFile))
+	// RFC 6587 octet counting: LEN SP MSG, one frame per line.
+	for i, want := range lines {
+		sp := bytes.IndexByte(data, ' ')
+		if sp < 0 {
+			t.Fatalf("frame %d missing in %q", i, data)
+		}
+		n, err := strconv.Atoi(string(data[:sp]))
+		if err != nil || sp+1+n > len(data) {
+			t.Fatalf("frame %d: bad length in %q", i, data)
+		}
+		msg := data[sp+1 : sp+1+n]
+		if !bytes.HasPrefix(msg, []byte("<85>1 ")) || !bytes.HasSuffix(msg, bytes.TrimSuffix(want, []byte("\n"))) {
+			t.Fatalf("frame %d: %q", i, msg)
+		}
+		data = data[sp+1+n:]
+	}
+	if len(data) != 0 {
+		t.Fatalf("trailing bytes %q", data)
+	}
+}
+
+// TestSyslogReceiverDown: a receiver that refuses connections costs lines
+// (counted), never the log.
+func TestSyslogReceiverDown(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	dir := t.TempDir()
+	l := openLog(t, Config{Dir: dir, Syslog: &SyslogConfig{Network: "tcp", Address: addr, QueueSize: 2}})
+	for range 50 {
+		l.Record(Event{Type: TypeAuthFailure, Fields: []Field{String("reason", "bad password")}})
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s := l.Stats()
+	if s.Forwarded != 0 || s.ForwardDropped != s.Written || s.Written != 52 {
+		t.Fatalf("stats %+v", s)
+	}
+	if _, p := verifyErr(t, trusted(t, dir), false, filepath.Join(dir, DefaultFile)); p != nil {
+		t.Fatal(p)
+	}
+}
+
+// TestCrashDuringFileRotation: audit.log was renamed to audit.log.1 but
+// the new file was not written. The next Open continues the chain.
+func TestCrashDuringFileRotation(t *testing.T) {
+	dir := t.TempDir()
+	path := writeLog(t, dir, 3)
+	// The rotation's checkpoint was written (rotate instead of close).
+	key, err := readKey(filepath.Join(dir, KeyFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := readLines(t, path)
+	lines[len(lines)-1] = bytes.Replace(lines[len(lines)-1], []byte(`"reason":"close"`), []byte(`"reason":"rotate"`), 1)
+	writeLines(t, path+".1", rechain(t, lines, len(lines)-1, key, b64.EncodeToString(key.public())))
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	l := openLog(t, Config{Dir: dir})
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	first := mustParse(t, readLines(t, path)[0])
+	if first.Type != TypeFile {
+		t.Fatalf("first entry %+v", first)
+	}
+	keys := trusted(t, dir)
+	if _, p := verifyErr(t, keys, false, path+".1", path); p != nil {
+		t.Fatal(p)
+	}
+}
+
+// TestInterruptedKeyRotation: a crash after the rotation checkpoint but
+// before audit.key was replaced is finished at the next start; one before
+// the checkpoint is rolled back.
+func TestInterruptedKeyRotation(t *testing.T) {
+	dir := t.TempDir()
+	writeLog(t, dir, 2)
+	keyPath, pubPath := filepath.Join(dir, KeyFile), filepath.Join(dir, PubFile)
+	oldKey, _ := os.ReadFile(keyPath)
+	oldPub, _ := os.ReadFile(pubPath)
+
+	// Rolled back: the new key was written, nothing else.
+	if err := writeKey(filepath.Join(dir, newKeyFile), newSigner(t, 2)); err != nil {
+		t.Fatal(err)
+	}
+	l := openLog(t, Config{Dir: dir})
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if s, _ := readKey(keyPath); s.epoch != 1 {
+		t.Fatal("rotation without its checkpoint was applied")
+	}
+	if _, err := os.Stat(filepath.Join(dir, newKeyFile)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatal("audit.key.new left behind")
+	}
+
+	// Finished: the checkpoint is in the log, audit.key and audit.pub are old.
+	l = openLog(t, Config{Dir: dir})
+	if err := l.RotateKey(); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Checkpoint(); err != nil {
+		t.Fatal(err)
+	}
+	// Simulate the crash: keep the log up to the rotation checkpoint, put
+	// back the old key and public key, and leave the new key as .new.
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	newKey, _ := os.ReadFile(keyPath)
+	lines := readLines(t, filepath.Join(dir, DefaultFile))
+	for i, line := range lines {
+		if bytes.Contains(line, []byte("next_key")) {
+			lines = lines[:i+1]
+			break
+		}
+	}
+	writeLines(t, filepath.Join(dir, DefaultFile), lines)
+	os.WriteFile(keyPath, oldKey, 0o600)
+	os.WriteFile(pubPath, oldPub, 0o644)
+	os.WriteFile(filepath.Join(dir, newKeyFile), newKey, 0o600)
+	l = openLog(t, Config{Dir: dir})
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if s, _ := readKey(keyPath); s.epoch != 2 {
+		t.Fatal("interrupted rotation not finished")
+	}
+	rep, p := verifyErr(t, trusted(t, dir), false, filepath.Join(dir, DefaultFile))
+	if p != nil {
+		t.Fatal(p)
+	}
+	if rep.Epochs[len(rep.Epochs)-1] != 2 {
+		t.Fatalf("epochs %v", rep.Epochs)
 	}
 }

@@ -267,7 +267,7 @@ func ParseLine(line []byte) (*Entry, error) {
 	if e.Seq, err = strconv.ParseUint(r.Seq.String(), 10, 64); err != nil {
 		return nil, fmt.Errorf("%w: seq: %v", ErrNotCanonical, err)
 	}
-	if !validKey(e.Type) || len(r.Fields) > MaxFields+1 {
+	if !validKey(e.Type) || len(r.Fields) > MaxFields {
 		return nil, fmt.Errorf("%w: type or number of fields", ErrNotCanonical)
 	}
 	for k, v := range r.Fields {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -48,8 +49,19 @@ func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
 	}
 }
 
+// checkNoLeaks records the goroutine count and, at cleanup, waits for it
+// to come back down: every Log must have stopped its goroutines.
+func checkNoLeaks(t *testing.T) {
+	t.Helper()
+	before := runtime.NumGoroutine()
+	t.Cleanup(func() {
+		waitFor(t, "the log's goroutines to end", 5*time.Second, func() bool { return runtime.NumGoroutine() <= before })
+	})
+}
+
 func openLog(t *testing.T, cfg Config) *Log {
 	t.Helper()
+	checkNoLeaks(t)
 	if cfg.Now == nil {
 		cfg.Now = newClock().Now
 	}
