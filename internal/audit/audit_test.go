@@ -732,3 +732,27 @@ func TestInterruptedKeyRotation(t *testing.T) {
 		t.Fatalf("epochs %v", rep.Epochs)
 	}
 }
+
+func TestSyslogUnixDatagram(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "log.sock")
+	pc, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	dir := t.TempDir()
+	l := openLog(t, Config{Dir: dir, Syslog: &SyslogConfig{Network: "unix", Address: sock, Facility: 13}})
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4096)
+	pc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, _, err := pc.ReadFrom(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := readLines(t, filepath.Join(dir, DefaultFile))[0]
+	if msg := buf[:n]; !bytes.HasPrefix(msg, []byte("<109>1 ")) || !bytes.HasSuffix(msg, bytes.TrimSuffix(first, []byte("\n"))) {
+		t.Fatalf("%q", msg)
+	}
+}
