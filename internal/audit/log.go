@@ -198,25 +198,17 @@ func Open(cfg Config) (*Log, error) {
 	if l.log == nil {
 		l.log = slog.Default()
 	}
-	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
-		return nil, fmt.Errorf("audit: data directory: %w", err)
-	}
-	if err := l.loadKey(); err != nil {
-		return nil, err
-	}
-	if err := l.openFile(); err != nil {
-		return nil, err
-	}
 	if cfg.Syslog != nil {
 		fwd, err := newForwarder(*cfg.Syslog, l.now)
 		if err != nil {
-			l.f.Close()
 			return nil, err
 		}
 		l.fwd = fwd
 	}
-	if err := l.flush(); err != nil {
-		l.f.Close()
+	if err := l.start(); err != nil {
+		if l.f != nil {
+			l.f.Close()
+		}
 		if l.fwd != nil {
 			l.fwd.close()
 		}
@@ -225,6 +217,20 @@ func Open(cfg Config) (*Log, error) {
 	l.lastCP = l.now()
 	go l.run()
 	return l, nil
+}
+
+// start prepares the key and the file and writes the first entries.
+func (l *Log) start() error {
+	if err := os.MkdirAll(l.cfg.Dir, 0o700); err != nil {
+		return fmt.Errorf("audit: data directory: %w", err)
+	}
+	if err := l.loadKey(); err != nil {
+		return err
+	}
+	if err := l.openFile(); err != nil {
+		return err
+	}
+	return l.flush()
 }
 
 // loadKey loads audit.key, creating it (epoch 1) and audit.pub on first
