@@ -1,6 +1,7 @@
 package guard
 
 import (
+	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"io"
@@ -93,7 +94,7 @@ func (b *Ban) validate() error {
 // banSet indexes the ban list. It is guarded by Guard.bansMu.
 type banSet struct {
 	byID   map[string]*Ban
-	prefix map[netip.Prefix][]*Ban
+	prefix map[prefixKey][]*Ban
 	// lens4 and lens6 count address bans per prefix length, so that a
 	// lookup masks the address only to lengths that are in use.
 	lens4 [33]int
@@ -104,7 +105,7 @@ type banSet struct {
 func newBanSet() *banSet {
 	return &banSet{
 		byID:   map[string]*Ban{},
-		prefix: map[netip.Prefix][]*Ban{},
+		prefix: map[prefixKey][]*Ban{},
 		ids: map[Kind]map[string][]*Ban{
 			KindClientID: {}, KindUsername: {}, KindCertFingerprint: {}, KindCertSerial: {},
 		},
@@ -118,7 +119,8 @@ func (s *banSet) add(b *Ban) {
 	s.byID[b.ID] = b
 	if b.Kind == KindIP {
 		p, _ := netip.ParsePrefix(b.Value)
-		s.prefix[p] = append(s.prefix[p], b)
+		k := prefixKeyOf(p.Addr(), p.Bits())
+		s.prefix[k] = append(s.prefix[k], b)
 		if p.Addr().Is4() {
 			s.lens4[p.Bits()]++
 		} else {
@@ -147,10 +149,11 @@ func (s *banSet) remove(id string) *Ban {
 	}
 	if b.Kind == KindIP {
 		p, _ := netip.ParsePrefix(b.Value)
-		if l := drop(s.prefix[p]); len(l) > 0 {
-			s.prefix[p] = l
+		k := prefixKeyOf(p.Addr(), p.Bits())
+		if l := drop(s.prefix[k]); len(l) > 0 {
+			s.prefix[k] = l
 		} else {
-			delete(s.prefix, p)
+			delete(s.prefix, k)
 		}
 		if p.Addr().Is4() {
 			s.lens4[p.Bits()]--
@@ -166,6 +169,33 @@ func (s *banSet) remove(id string) *Ban {
 		delete(m, b.Value)
 	}
 	return b
+}
+
+// prefixKey is an address masked to bits, in a form cheap to build and
+// hash (a lookup masks the address once per prefix length in use).
+type prefixKey struct {
+	hi, lo uint64
+	bits   uint8
+	v4     bool
+}
+
+func prefixKeyOf(a netip.Addr, bits int) prefixKey {
+	b := a.As16()
+	hi, lo := binary.BigEndian.Uint64(b[:8]), binary.BigEndian.Uint64(b[8:])
+	total := bits
+	if a.Is4() {
+		total += 96
+	}
+	switch {
+	case total <= 0:
+		hi, lo = 0, 0
+	case total < 64:
+		hi &= ^uint64(0) << (64 - total)
+		lo = 0
+	case total < 128:
+		lo &= ^uint64(0) << (128 - total)
+	}
+	return prefixKey{hi: hi, lo: lo, bits: uint8(bits), v4: a.Is4()}
 }
 
 func firstActive(list []*Ban, now time.Time) (*Ban, bool) {
@@ -191,11 +221,7 @@ func (s *banSet) addr(a netip.Addr, now time.Time) (*Ban, bool) {
 		if lens[bits] == 0 {
 			continue
 		}
-		p, err := a.Prefix(bits)
-		if err != nil {
-			continue
-		}
-		if b, ok := firstActive(s.prefix[p], now); ok {
+		if b, ok := firstActive(s.prefix[prefixKeyOf(a, bits)], now); ok {
 			return b, true
 		}
 	}
