@@ -345,7 +345,9 @@ func (g *Guard) AddBan(b Ban) (Ban, error) {
 	}
 	nb := b
 	g.bans.add(&nb)
-	g.pending = append(g.pending, nb)
+	if g.cfg.BansFile != "" {
+		g.pending = append(g.pending, nb)
+	}
 	g.bansMu.Unlock()
 	g.stats.bansAdded.Add(1)
 	g.log.Warn("guard: ban added", "ban", b.ID, "kind", string(b.Kind), "value", clip(b.Value), "source", b.Source,

@@ -234,9 +234,15 @@ func (g *Guard) syncFile() error {
 		}
 		for _, b := range pend {
 			written[b.ID] = true
-			if !have[b.ID] && b.active(now) && len(next) < g.cfg.MaxBans {
-				next = append(next, b)
+			if have[b.ID] || !b.active(now) {
+				continue
 			}
+			if len(next) >= g.cfg.MaxBans {
+				g.stats.bansRefusedFull.Add(1)
+				g.log.Error("guard: ban dropped: the bans file is full (max_bans)", "ban", b.ID, "kind", string(b.Kind), "value", clip(b.Value))
+				continue
+			}
+			next = append(next, b)
 		}
 		if err := f.write(next); err != nil {
 			unlock()

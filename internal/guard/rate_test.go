@@ -127,8 +127,10 @@ func TestListenerRate(t *testing.T) {
 func TestMaxConnsPerAddr(t *testing.T) {
 	g, _ := newGuard(t, Config{MaxConnsPerAddr: 2}, newClock(), nil)
 	a := ip("127.0.0.2")
-	if !g.Acquire(a).Allow || !g.Acquire(a).Allow {
-		t.Fatal("refused under the cap")
+	for i := range 2 {
+		if !g.Acquire(a).Allow {
+			t.Fatalf("connection %d refused under the cap", i+1)
+		}
 	}
 	if d := g.Acquire(a); d.Allow || d.Reason != ReasonConnsPerAddr {
 		t.Fatalf("third connection: %+v", d)
