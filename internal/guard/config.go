@@ -118,7 +118,7 @@ type Config struct {
 	ConnRate  float64
 	ConnBurst int
 	// ConnTableSize caps the addresses whose connection rate is tracked
-	// (rounded up to a multiple of 8). Default 65,536 (about 2 MiB);
+	// (rounded up to 8 times a power of two). Default 65,536 (about 2 MiB);
 	// when full, the most idle address is forgotten.
 	ConnTableSize int
 	// ListenerConnRate and ListenerConnBurst bound new connections per
