@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"slices"
 	"time"
 )
 
@@ -354,4 +355,37 @@ func (g *Guard) AddBan(b Ban) (Ban, error) {
 		"expires", b.Expires, "reason", clip(b.Reason))
 	g.notify([]Ban{b})
 	return b, nil
+}
+
+// RemoveBan lifts the ban with the given ID, in memory and in the bans
+// file, and returns it (for the admin API; `moat ban remove` edits the
+// file directly).
+func (g *Guard) RemoveBan(id string) (Ban, error) {
+	g.bansMu.Lock()
+	removed := g.bans.remove(id)
+	g.pending = slices.DeleteFunc(g.pending, func(b Ban) bool { return b.ID == id })
+	g.bansMu.Unlock()
+	var out Ban
+	if removed != nil {
+		out = *removed
+	}
+	if g.cfg.BansFile != "" {
+		err := File{Path: g.cfg.BansFile, MaxBans: g.cfg.MaxBans, MaxSize: g.cfg.MaxBansFileSize}.Update(func(cur []Ban) ([]Ban, error) {
+			return slices.DeleteFunc(cur, func(b Ban) bool {
+				if b.ID == id && out.ID == "" {
+					out = b
+				}
+				return b.ID == id
+			}), nil
+		})
+		if err != nil {
+			return Ban{}, err
+		}
+	}
+	if out.ID == "" {
+		return Ban{}, fmt.Errorf("guard: no ban with ID %q", clip(id))
+	}
+	g.stats.bansRemoved.Add(1)
+	g.log.Warn("guard: ban removed", "ban", out.ID, "kind", string(out.Kind), "value", clip(out.Value))
+	return out, nil
 }

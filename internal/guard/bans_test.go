@@ -226,3 +226,31 @@ func TestSecurityHostileBansFile(t *testing.T) {
 		t.Error("error not logged")
 	}
 }
+
+func TestRemoveBan(t *testing.T) {
+	clk := newClock()
+	path := filepath.Join(t.TempDir(), BansFileName)
+	tick := make(chan time.Time)
+	g, _ := newGuard(t, Config{BansFile: path}, clk, tick)
+	b, err := g.AddBan(Ban{Kind: KindClientID, Value: "x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tick <- clk.Now() // written to the file
+	waitFor(t, "the ban in the file", 5*time.Second, func() bool {
+		bans, _ := File{Path: path}.Read()
+		return len(bans) == 1
+	})
+	if _, err := g.RemoveBan(b.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := g.BannedIdentity(Identity{ClientID: "x"}); ok {
+		t.Error("still banned in memory")
+	}
+	if bans, _ := (File{Path: path}).Read(); len(bans) != 0 {
+		t.Errorf("file still holds %+v", bans)
+	}
+	if _, err := g.RemoveBan(b.ID); err == nil {
+		t.Error("removing twice succeeded")
+	}
+}

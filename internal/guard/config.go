@@ -61,6 +61,27 @@ const (
 	KeysAll          = KeyAddr | KeyClientID | KeyUsername | KeyCert
 )
 
+// ParseKeys reads identity kinds by their configuration names: address,
+// client_id, username, certificate.
+func ParseKeys(names []string) (Keys, error) {
+	var k Keys
+	for _, n := range names {
+		switch n {
+		case "address":
+			k |= KeyAddr
+		case "client_id":
+			k |= KeyClientID
+		case "username":
+			k |= KeyUsername
+		case "certificate":
+			k |= KeyCert
+		default:
+			return 0, fmt.Errorf("guard: unknown identity kind %q: use address, client_id, username or certificate", n)
+		}
+	}
+	return k, nil
+}
+
 // Detector configures one behaviour detector: Threshold events within
 // Window by any one identity trigger Action. Each identity kind in Keys is
 // counted on its own, so that changing one (a new client ID, another
