@@ -153,13 +153,13 @@ type Conversation struct {
 	reauth     bool
 	reauthUser string
 
-	st        state
-	first     clientFirst
-	nonce     string // client nonce + server nonce
-	sfirst    string
-	cred      Credential
-	user      string
-	unknown   bool
+	st      state
+	first   clientFirst
+	nonce   string // client nonce + server nonce
+	sfirst  string
+	cred    Credential
+	user    string
+	unknown bool
 }
 
 // Mechanism returns the conversation's mechanism.
