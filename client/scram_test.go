@@ -167,6 +167,17 @@ func TestSecuritySCRAMReauthForged(t *testing.T) {
 	<-errc
 }
 
+// TestSecuritySCRAMNoPasswordInConnect: a program that sets both
+// Password and SCRAM would send the password in clear in CONNECT, which
+// SCRAM exists to avoid; Dial refuses before connecting.
+func TestSecuritySCRAMNoPasswordInConnect(t *testing.T) {
+	pw := NewSecret([]byte("correct horse"))
+	_, err := Dial(ctxT(t), Config{Servers: []string{"127.0.0.1:1"}, Username: "alice", Password: pw, Auth: SCRAM("SCRAM-SHA-256", "alice", pw)})
+	if err == nil || !strings.Contains(err.Error(), "Password is set together with SCRAM") {
+		t.Fatalf("Dial = %v", err)
+	}
+}
+
 func TestSCRAMSecretNotCopiedOut(t *testing.T) {
 	pw := []byte("correct horse")
 	a := SCRAM("SCRAM-SHA-256", "alice", NewSecret(pw))

@@ -138,3 +138,9 @@ func (c *Client) Verify(serverFinalMsg []byte) error {
 	}
 	return nil
 }
+
+// String describes the client without its password.
+func (c *Client) String() string { return "scram.Client{" + c.mech.String() + ", password " + redacted + "}" }
+
+// GoString redacts the password in %#v.
+func (c *Client) GoString() string { return c.String() }

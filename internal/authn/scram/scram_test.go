@@ -507,3 +507,10 @@ func TestCredentialRedacted(t *testing.T) {
 		t.Fatal("4095 iterations accepted")
 	}
 }
+
+func TestClientRedacted(t *testing.T) {
+	cl, _ := NewClient(SHA256, "user", []byte("pencil"), ClientConfig{})
+	if s := fmt.Sprintf("%v %+v %#v %s", cl, cl, cl, cl); strings.Contains(s, "pencil") {
+		t.Fatalf("password printed: %s", s)
+	}
+}

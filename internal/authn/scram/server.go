@@ -226,11 +226,14 @@ func (c *Conversation) stepFirst(ctx context.Context, in []byte) ([]byte, error)
 	if c.reauth && cf.user != c.reauthUser {
 		return nil, fmt.Errorf("%w: the connection is %s, the client-first-message names %s", ErrUserChanged, clip(c.reauthUser), clip(cf.user))
 	}
+	// The fake credential is derived for every user, so known and unknown
+	// users cost the same work.
+	fake := c.s.fake(cf.user, c.mech)
 	cred, err := c.s.lookup.LookupCredential(ctx, cf.user, c.mech)
 	switch {
 	case errors.Is(err, ErrUnknownUser):
 		c.unknown = true
-		cred = c.s.fake(cf.user, c.mech)
+		cred = fake
 		if c.s.onUnknown != nil {
 			c.s.onUnknown(c.mech)
 		}

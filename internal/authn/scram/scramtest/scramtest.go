@@ -126,7 +126,7 @@ func (p *Peer) conn(ln net.Listener) error {
 		return s.send(ack)
 	}
 	if len(c.Password) > 0 {
-		ack.ReasonCode = packet.ProtocolError
+		ack.ReasonCode = packet.NotAuthorized
 		s.send(ack)
 		return errors.New("the client sent a password in CONNECT along with SCRAM")
 	}
