@@ -140,7 +140,9 @@ func (c *Client) Verify(serverFinalMsg []byte) error {
 }
 
 // String describes the client without its password.
-func (c *Client) String() string { return "scram.Client{" + c.mech.String() + ", password " + redacted + "}" }
+func (c *Client) String() string {
+	return "scram.Client{" + c.mech.String() + ", password " + redacted + "}"
+}
 
 // GoString redacts the password in %#v.
 func (c *Client) GoString() string { return c.String() }
