@@ -178,6 +178,42 @@ func TestSecuritySCRAMNoPasswordInConnect(t *testing.T) {
 	}
 }
 
+// TestSCRAMConcurrentReauthenticate: a second Reauthenticate while one
+// runs must not restart the SCRAM exchange under it (the server-first
+// message would no longer match the client's nonce and the connection
+// would fail); it is refused instead.
+func TestSCRAMConcurrentReauthenticate(t *testing.T) {
+	srv := scramServer(t, "alice:correct horse")
+	ln := listen(t)
+	errc := (&scramtest.Peer{Server: srv}).Serve(ln)
+	c := dial(t, Config{Servers: []string{ln.Addr().String()}, Auth: SCRAM("SCRAM-SHA-256", "alice", NewSecret([]byte("correct horse")))})
+	for range 20 {
+		res := make(chan error, 2)
+		for range 2 {
+			go func() { res <- c.Reauthenticate(ctxT(t)) }()
+		}
+		ok := 0
+		for range 2 {
+			err := <-res
+			switch {
+			case err == nil:
+				ok++
+			case !strings.Contains(err.Error(), "already in progress"):
+				t.Fatalf("Reauthenticate: %v", err)
+			}
+		}
+		if ok == 0 {
+			t.Fatal("no re-authentication succeeded")
+		}
+	}
+	if err := c.Disconnect(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatalf("server: %v", err)
+	}
+}
+
 func TestSCRAMSecretNotCopiedOut(t *testing.T) {
 	pw := []byte("correct horse")
 	a := SCRAM("SCRAM-SHA-256", "alice", NewSecret(pw))
