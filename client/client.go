@@ -38,6 +38,11 @@ type Client struct {
 	deliverQ chan delivery
 	msgs     chan *Message
 
+	// reauthMu is held for a whole Reauthenticate (before mu), so that a
+	// second call cannot restart a stateful Authenticator (SCRAM) in the
+	// middle of an exchange.
+	reauthMu sync.Mutex
+
 	mu        sync.Mutex // guards the fields below and every conn's write state
 	cn        *conn      // current connection, nil while disconnected
 	up        chan struct{}
@@ -541,6 +546,10 @@ func (c *Client) Reauthenticate(ctx context.Context) error {
 	if c.cfg.Auth == nil {
 		return errors.New("client: reauthenticate: Config.Auth is nil")
 	}
+	if !c.reauthMu.TryLock() {
+		return errors.New("client: reauthenticate: already in progress")
+	}
+	defer c.reauthMu.Unlock()
 	data, err := c.cfg.Auth.Start(ctx)
 	if err != nil {
 		return fmt.Errorf("client: reauthenticate: %w", err)

@@ -329,6 +329,10 @@ func (cfg *Config) validate() ([]server, *url.URL, error) {
 			errs = append(errs, fmt.Errorf("client: will QoS %d (want 0, 1 or 2)", cfg.Will.QoS))
 		}
 	}
+	if _, ok := cfg.Auth.(*SCRAMAuthenticator); ok && !cfg.Password.Empty() {
+		// SCRAM exists so that the password never crosses the network.
+		errs = append(errs, errors.New("client: Password is set together with SCRAM authentication, which would send the password in CONNECT; leave Password empty"))
+	}
 	if v != V5 {
 		if cfg.Auth != nil {
 			errs = append(errs, errors.New("client: enhanced authentication needs MQTT 5"))

@@ -24,6 +24,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/moatmq/moat/client"
+	"github.com/moatmq/moat/internal/authn/scram"
 	"github.com/moatmq/moat/internal/packet"
 )
 
@@ -46,6 +47,7 @@ type clientFlags struct {
 	id, idPrefix           string
 	username, password     string
 	passwordFile           string
+	authMethod             string
 	version                string
 	keepAlive              int
 	disableClean           bool
@@ -75,6 +77,7 @@ func (f *clientFlags) register(fs *pflag.FlagSet) {
 	fs.StringVarP(&f.username, "username", "u", "", "user name")
 	fs.StringVarP(&f.password, "pw", "P", "", "password ON THE COMMAND LINE (visible to other users; prefer --password-file or $"+passwordEnv+")")
 	fs.StringVar(&f.passwordFile, "password-file", "", "read the password from the first line of FILE")
+	fs.StringVar(&f.authMethod, "auth-method", "", "MQTT 5 enhanced authentication with -u and the password: SCRAM-SHA-256 or SCRAM-SHA-512 (the password is then not sent)")
 	fs.StringVarP(&f.version, "protocol-version", "V", "5", "MQTT version: 5 (mqttv5), 311 (mqttv311) or 31 (mqttv31)")
 	fs.IntVarP(&f.keepAlive, "keepalive", "k", 60, "keep alive in seconds (0 disables)")
 	fs.BoolVarP(&f.disableClean, "disable-clean-session", "c", false, "keep the session after disconnecting (needs -i)")
@@ -220,6 +223,11 @@ func (f *clientFlags) config(fs *pflag.FlagSet, stdio Stdio) (cfg client.Config,
 		return cfg, "", err
 	}
 	cfg.Password = pw
+	if f.authMethod != "" {
+		if err := f.scramAuth(&cfg); err != nil {
+			return cfg, "", err
+		}
+	}
 
 	// Session.
 	cfg.CleanStart = !f.disableClean
@@ -299,6 +307,25 @@ func (f *clientFlags) readPassword(fs *pflag.FlagSet, urlPassword string, warn f
 		return client.NewSecret([]byte(pw)), nil
 	}
 	return client.Secret{}, nil
+}
+
+// scramAuth replaces the CONNECT password with SCRAM enhanced
+// authentication (--auth-method).
+func (f *clientFlags) scramAuth(cfg *client.Config) error {
+	if _, err := scram.ParseMechanism(f.authMethod); err != nil {
+		return fmt.Errorf("--auth-method: %w", err)
+	}
+	switch {
+	case cfg.Version != client.V5:
+		return errors.New("--auth-method needs MQTT 5 (-V 5): enhanced authentication does not exist in 3.1.1")
+	case f.username == "":
+		return errors.New("--auth-method needs -u USER")
+	case cfg.Password.Empty():
+		return fmt.Errorf("--auth-method needs the password: --password-file FILE or $%s", passwordEnv)
+	}
+	cfg.Auth = client.SCRAM(f.authMethod, f.username, cfg.Password)
+	cfg.Password = client.Secret{}
+	return nil
 }
 
 // tlsConfig builds the TLS configuration from --cafile, --capath, --cert,
