@@ -168,4 +168,3 @@ func bucketOf(kind string) []byte {
 	}
 	return nil
 }
-

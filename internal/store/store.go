@@ -3,9 +3,9 @@ package store
 import (
 	"crypto/rand"
 	"encoding/binary"
-	"hash/fnv"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"os"
 	"path/filepath"
 	"runtime/debug"
