@@ -118,7 +118,9 @@ func TestNothingReportedBeforeCommit(t *testing.T) {
 	}}
 	s := mustOpen(t, cfg)
 	syncDone := make(chan error, 1)
-	go func() { syncDone <- s.Commit(context.Background(), PutRetained{&Retained{Topic: "sync", Payload: []byte("1")}}) }()
+	go func() {
+		syncDone <- s.Commit(context.Background(), PutRetained{&Retained{Topic: "sync", Payload: []byte("1")}})
+	}()
 	<-entered
 	asyncDone := make(chan error, 1)
 	s.CommitAsync(func(err error) { asyncDone <- err }, PutRetained{&Retained{Topic: "async", Payload: []byte("1")}})
@@ -165,8 +167,12 @@ func TestFailedOpFailsOnlyItsCaller(t *testing.T) {
 	go func() { first <- s.Commit(context.Background(), DeleteWill{"x"}) }()
 	<-entered
 	good, bad := make(chan error, 1), make(chan error, 1)
-	go func() { good <- s.Commit(context.Background(), PutRetained{&Retained{Topic: "ok", Payload: []byte("1")}}) }()
-	go func() { bad <- s.Commit(context.Background(), PutDelivery{&Delivery{ClientID: "a", Seq: 1, MsgID: 77}}) }()
+	go func() {
+		good <- s.Commit(context.Background(), PutRetained{&Retained{Topic: "ok", Payload: []byte("1")}})
+	}()
+	go func() {
+		bad <- s.Commit(context.Background(), PutDelivery{&Delivery{ClientID: "a", Seq: 1, MsgID: 77}})
+	}()
 	waitFor(t, "both commits to be submitted", func() bool { return len(s.reqs) == 2 })
 	close(release)
 	if err := <-first; err != nil {

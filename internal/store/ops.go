@@ -88,6 +88,11 @@ func (t *txn) noteID(id uint64) {
 // put seals plaintext under bucket/key and keeps the digest current.
 func (t *txn) put(bucket, key, plaintext []byte) error {
 	b := t.tx.Bucket(bucket)
+	if bytes.Equal(bucket, bktMessage) || bytes.Equal(bucket, bktDelivery) {
+		// Message IDs and a session's delivery sequence numbers grow:
+		// pages filled before they split stay dense.
+		b.FillPercent = 0.9
+	}
 	if old := b.Get(key); old != nil {
 		t.forget(bucket, key, old)
 	}
