@@ -201,6 +201,7 @@ func Rekey(cfg Config, next NewKey) error {
 		return errors.New("store: rekey to a KEK or a passphrase, not both")
 	}
 	cfg.setDefaults()
+	defer clear(cfg.Passphrase)
 	old, err := Open(cfg)
 	if err != nil {
 		return err
