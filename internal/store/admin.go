@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -85,12 +87,7 @@ func Verify(cfg Config) (*Report, error) {
 		return nil, err
 	}
 	defer s.Close()
-	var rep *Report
-	err = s.db.View(func(tx *bolt.Tx) error {
-		rep = s.scan(tx, false)
-		return nil
-	})
-	return rep, err
+	return s.report, nil
 }
 
 func openReadOnly(cfg Config) (*Store, error) {
@@ -110,7 +107,8 @@ func Export(cfg Config, w io.Writer) error {
 	st := s.Recovered()
 	enc := json.NewEncoder(w)
 	line := func(kind string, v any) error { return enc.Encode(map[string]any{"kind": kind, "record": v}) }
-	for id, ss := range st.Sessions {
+	for _, id := range slices.Sorted(maps.Keys(st.Sessions)) {
+		ss := st.Sessions[id]
 		if ss.Session != nil {
 			if err := line("session", ss.Session); err != nil {
 				return err
@@ -127,8 +125,8 @@ func Export(cfg Config, w io.Writer) error {
 			}
 		}
 	}
-	for _, m := range st.Messages {
-		if err := line("message", m); err != nil {
+	for _, id := range slices.Sorted(maps.Keys(st.Messages)) {
+		if err := line("message", st.Messages[id]); err != nil {
 			return err
 		}
 	}

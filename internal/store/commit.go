@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -112,8 +113,18 @@ func (s *Store) commitBatch(reqs []*request) {
 	if h := s.cfg.hooks; h != nil && h.beforeCommit != nil {
 		h.beforeCommit(len(reqs))
 	}
-	err := s.commitTx(reqs)
-	if err != nil && len(reqs) > 1 {
+	err := s.failed
+	if err == nil {
+		err = s.commitTx(reqs)
+		var oe *opError
+		if err != nil && !errors.As(err, &oe) {
+			// The disk refused a write or an fsync: what the file holds
+			// is no longer known, so nothing more is reported durable.
+			s.failed = fmt.Errorf("%w: %v", ErrFailed, err)
+			err = s.failed
+		}
+	}
+	if err != nil && s.failed == nil && len(reqs) > 1 {
 		for _, r := range reqs {
 			s.commitBatch([]*request{r})
 		}
@@ -140,9 +151,14 @@ func (s *Store) commitTx(reqs []*request) (err error) {
 		for _, r := range reqs {
 			for _, op := range r.ops {
 				if err := op.apply(t); err != nil {
-					return err
+					return &opError{err}
 				}
 				nops++
+			}
+		}
+		if h := s.cfg.hooks; h != nil && h.diskError != nil {
+			if err := h.diskError(); err != nil {
+				return err
 			}
 		}
 		// A message no delivery refers to is not kept.
@@ -171,6 +187,13 @@ func (s *Store) commitTx(reqs []*request) (err error) {
 	return nil
 }
 
+// opError marks an error of one caller's ops (bad input), as opposed to
+// an error of the disk.
+type opError struct{ err error }
+
+func (e *opError) Error() string { return e.err.Error() }
+func (e *opError) Unwrap() error { return e.err }
+
 // afterCommit counts the fsync of SyncAlways and refreshes the counter
 // file when it is due.
 func (s *Store) afterCommit() {
@@ -188,7 +211,8 @@ func (s *Store) periodicSync() {
 		return
 	}
 	if err := s.db.Sync(); err != nil {
-		return // the next tick tries again; Close reports it
+		s.failed = fmt.Errorf("%w: %v", ErrFailed, err)
+		return
 	}
 	s.dirty = false
 	s.stats.syncs.Add(1)

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -183,5 +184,36 @@ func TestFailedOpFailsOnlyItsCaller(t *testing.T) {
 	}
 	if err := <-bad; err == nil {
 		t.Fatal("the bad commit succeeded")
+	}
+}
+
+// TestDiskErrorStopsCommits: after a write to the disk failed, the store
+// reports nothing more as durable (what the file holds is unknown), until
+// it is reopened.
+func TestDiskErrorStopsCommits(t *testing.T) {
+	cfg := testConfig(t)
+	var fail bool
+	cfg.hooks = &hooks{diskError: func() error {
+		if fail {
+			return errors.New("input/output error")
+		}
+		return nil
+	}}
+	s := mustOpen(t, cfg)
+	mustCommit(t, s, PutRetained{&Retained{Topic: "a", Payload: []byte("1")}})
+	fail = true
+	if err := s.Commit(context.Background(), PutRetained{&Retained{Topic: "b", Payload: []byte("1")}}); !errors.Is(err, ErrFailed) {
+		t.Fatalf("commit during a disk error: %v, want ErrFailed", err)
+	}
+	fail = false
+	if err := s.Commit(context.Background(), PutRetained{&Retained{Topic: "c", Payload: []byte("1")}}); !errors.Is(err, ErrFailed) {
+		t.Fatalf("commit after a disk error: %v, want ErrFailed", err)
+	}
+	s.Close()
+	cfg.hooks = nil
+	s = mustOpen(t, cfg)
+	defer mustClose(t, s)
+	if got := len(s.Recovered().Retained); got != 1 {
+		t.Fatalf("%d retained after reopen, want 1", got)
 	}
 }

@@ -195,8 +195,11 @@ func TestSecurityTamperTruncatedFile(t *testing.T) {
 	}
 	mustClose(t, s)
 	path := filepath.Join(cfg.Dir, DBFile)
-	fi, _ := os.Stat(path)
-	for _, size := range []int64{fi.Size() / 2, 3 * 4096, 4096 + 100, 10, 0} {
+	used, _, err := usedSize(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, size := range []int64{used - 4096, used / 2, 3 * 4096, 4096 + 100, 10, 0} {
 		t.Run("", func(t *testing.T) {
 			c := cfg
 			c.Dir = t.TempDir()

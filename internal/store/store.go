@@ -111,6 +111,7 @@ type Config struct {
 // hooks let tests observe and stall the committer.
 type hooks struct {
 	beforeCommit func(requests int) // in the committer, before the transaction
+	diskError    func() error       // inside the transaction: a simulated write failure
 }
 
 // Errors. Each is wrapped with details; test with errors.Is.
@@ -130,6 +131,10 @@ var (
 	ErrRollback = errors.New("store: the store file is older than its commit counter (rolled back to an older copy?)")
 	// ErrClosed is returned by commits after Close.
 	ErrClosed = errors.New("store: closed")
+	// ErrFailed: a write or fsync of the store failed. The store reports
+	// no further commit as durable; the broker must stop acknowledging
+	// messages it cannot keep, and the store must be reopened.
+	ErrFailed = errors.New("store: a write to the disk failed; no further commit is accepted until the store is reopened")
 	// ErrInUse: another process (a running broker?) holds the store.
 	ErrInUse = errors.New("store: the store is in use by another process (is the broker running?)")
 )
@@ -149,6 +154,7 @@ type Store struct {
 	refs        map[uint64]int // message ID → deliveries referring to it
 	lastCounter time.Time      // when the counter file was last written
 	dirty       bool           // SyncBatch: committed since the last fsync
+	failed      error          // set at the first disk error; wraps ErrFailed
 
 	nextID atomic.Uint64
 
@@ -159,6 +165,7 @@ type Store struct {
 	wg     sync.WaitGroup
 
 	recovered *State
+	report    *Report // what Open's check found (read-only opens)
 	stats     struct{ commits, syncs, requests, ops, failed atomic.Int64 }
 }
 
@@ -298,17 +305,30 @@ func recoverCorrupt(err *error) {
 // meta page says it holds (a truncated file), before it is mapped: the
 // engine would otherwise fault on the missing pages.
 func checkFileSize(path string) error {
-	f, err := os.Open(path)
+	used, size, err := usedSize(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("store: %w", err)
+		return err
+	}
+	if size < used {
+		return fmt.Errorf("%w: %s is truncated (%d bytes, %d expected)", ErrCorrupt, path, size, used)
+	}
+	return nil
+}
+
+// usedSize returns the bytes the engine's newest valid meta page claims
+// (high-water page × page size) and the file's size.
+func usedSize(path string) (used, size int64, err error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, 0, err
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
-		return fmt.Errorf("store: %w", err)
+		return 0, 0, fmt.Errorf("store: %w", err)
 	}
 	var best struct{ txid, pages, pageSize uint64 }
 	for _, off := range []int64{0, 4096} {
@@ -328,18 +348,14 @@ func checkFileSize(path string) error {
 		if h.Sum64() != binary.LittleEndian.Uint64(b[56:]) {
 			continue
 		}
-		txid := binary.LittleEndian.Uint64(b[48:])
-		if txid >= best.txid {
+		if txid := binary.LittleEndian.Uint64(b[48:]); txid >= best.txid {
 			best.txid, best.pages, best.pageSize = txid, binary.LittleEndian.Uint64(b[40:]), uint64(binary.LittleEndian.Uint32(b[8:]))
 		}
 	}
 	if best.pageSize == 0 {
-		return fmt.Errorf("%w: %s has no valid meta page (not a store, or damaged)", ErrCorrupt, path)
+		return 0, fi.Size(), fmt.Errorf("%w: %s has no valid meta page (not a store, or damaged)", ErrCorrupt, path)
 	}
-	if uint64(fi.Size()) < best.pages*best.pageSize {
-		return fmt.Errorf("%w: %s is truncated (%d bytes, %d expected)", ErrCorrupt, path, fi.Size(), best.pages*best.pageSize)
-	}
-	return nil
+	return int64(best.pages * best.pageSize), fi.Size(), nil
 }
 
 func (s *Store) create() error {
@@ -398,8 +414,7 @@ func (s *Store) create() error {
 // every record.
 func (s *Store) load() (err error) {
 	defer recoverCorrupt(&err)
-	debug.SetPanicOnFault(true)
-	defer debug.SetPanicOnFault(false)
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	return s.db.View(func(tx *bolt.Tx) error {
 		meta := tx.Bucket(bktMeta)
 		if meta == nil {
@@ -448,12 +463,13 @@ func (s *Store) load() (err error) {
 		if len(rep.Problems) > 0 {
 			return &CorruptError{Problems: rep.Problems}
 		}
-		s.recovered = rep.state
 		for _, ss := range rep.state.Sessions {
 			for _, d := range ss.Deliveries {
 				s.refs[d.MsgID]++
 			}
 		}
+		s.recovered, rep.state = rep.state, nil
+		s.report = rep
 		return nil
 	})
 }
@@ -482,7 +498,8 @@ func (e *CorruptError) Unwrap() error { return ErrCorrupt }
 
 // Recovered returns what Open read from the store, once: the broker
 // rebuilds its sessions, queues, retained messages and wills from it. The
-// store drops its reference, so the second call returns nil.
+// store drops its reference, so the second call returns nil. Call it
+// before sharing the Store between goroutines.
 func (s *Store) Recovered() *State {
 	r := s.recovered
 	s.recovered = nil
