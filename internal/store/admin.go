@@ -53,7 +53,7 @@ func OpenOrQuarantine(cfg Config) (*Store, *QuarantinedError, error) {
 	suffix := ".quarantined-" + now().UTC().Format("20060102T150405.000000000Z")
 	db := filepath.Join(cfg.Dir, DBFile)
 	q := &QuarantinedError{Path: db + suffix, Reason: err}
-	if rerr := os.Rename(db, q.Path); rerr != nil {
+	if rerr := os.Rename(db, q.Path); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
 		return nil, nil, fmt.Errorf("store: moving the damaged store aside: %w (after: %v)", rerr, err)
 	}
 	ctr := filepath.Join(cfg.Dir, CounterFile)

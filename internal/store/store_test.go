@@ -286,3 +286,59 @@ func TestCommitAfterClose(t *testing.T) {
 		t.Fatalf("CommitAsync after Close: %v", got)
 	}
 }
+
+// TestInUse: a second opener (the tools while the broker runs) is told the
+// store is in use, instead of waiting or writing beside the broker.
+func TestInUse(t *testing.T) {
+	cfg := testConfig(t)
+	s := mustOpen(t, cfg)
+	defer mustClose(t, s)
+	if _, err := Open(cfg); !errors.Is(err, ErrInUse) {
+		t.Fatalf("second Open: %v, want ErrInUse", err)
+	}
+	if _, err := Verify(cfg); !errors.Is(err, ErrInUse) {
+		t.Fatalf("Verify of an open store: %v, want ErrInUse", err)
+	}
+}
+
+// TestInterruptedCreation: a crash after the engine created its file but
+// before the store's first transaction leaves a file that opens as a new
+// store, not a quarantine.
+func TestInterruptedCreation(t *testing.T) {
+	cfg := testConfig(t)
+	db, err := bolt.Open(filepath.Join(cfg.Dir, DBFile), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	s, q, err := OpenOrQuarantine(cfg)
+	if err != nil || q != nil {
+		t.Fatalf("OpenOrQuarantine: %v %v", q, err)
+	}
+	mustClose(t, s)
+}
+
+// TestSecurityStoreRemoved: the attacker deletes the store file, or puts
+// an empty one in its place, so that the broker starts empty and forgets
+// queued messages and sessions silently. The counter file outlives it:
+// the start is loud (ErrRollback, then quarantine of what is left).
+func TestSecurityStoreRemoved(t *testing.T) {
+	for _, replace := range []bool{false, true} {
+		cfg := populated(t)
+		db := filepath.Join(cfg.Dir, DBFile)
+		os.Remove(db)
+		if replace {
+			b, err := bolt.Open(db, 0o600, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b.Close()
+		}
+		wantOpenErr(t, cfg, ErrRollback)
+		s, q, err := OpenOrQuarantine(cfg)
+		if err != nil || q == nil || !errors.Is(q, ErrRollback) {
+			t.Fatalf("OpenOrQuarantine: %v %v", q, err)
+		}
+		mustClose(t, s)
+	}
+}
