@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -216,4 +217,18 @@ func TestDiskErrorStopsCommits(t *testing.T) {
 	if got := len(s.Recovered().Retained); got != 1 {
 		t.Fatalf("%d retained after reopen, want 1", got)
 	}
+}
+
+// TestCloseEndsCommitter: Close waits for the committer goroutine (and
+// every mode's ticker) to end.
+func TestCloseEndsCommitter(t *testing.T) {
+	before := runtime.NumGoroutine()
+	for _, mode := range []SyncMode{SyncAlways, SyncBatch, SyncOff} {
+		cfg := testConfig(t)
+		cfg.Sync = mode
+		s := mustOpen(t, cfg)
+		mustCommit(t, s, DeleteWill{"x"})
+		mustClose(t, s)
+	}
+	waitFor(t, "the committers to end", func() bool { return runtime.NumGoroutine() <= before })
 }

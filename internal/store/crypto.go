@@ -222,13 +222,13 @@ func (h *header) wrapAAD() []byte {
 
 // maxArgon2Memory bounds the memory a header may ask Argon2 for (KiB), so
 // a damaged header cannot exhaust memory.
-const maxArgon2Memory = 1 << 22 // 4 GiB
+const maxArgon2Memory = 1 << 20 // 1 GiB
 
 func passphraseKEK(pass []byte, salt [16]byte, p keyservice.Argon2Params) (keyservice.KEKBackend, error) {
 	if len(pass) == 0 {
 		return nil, errors.New("store: empty passphrase")
 	}
-	if p.Time == 0 || p.Time > 100 || p.Memory < 8*uint32(max(p.Threads, 1)) || p.Memory > maxArgon2Memory || p.Threads == 0 {
+	if p.Time == 0 || p.Time > 16 || p.Memory < 8*uint32(max(p.Threads, 1)) || p.Memory > maxArgon2Memory || p.Threads == 0 {
 		return nil, errors.New("store: header carries unusable Argon2 parameters (damaged header?)")
 	}
 	key := argon2.IDKey(pass, salt[:], p.Time, p.Memory, p.Threads, 32)
