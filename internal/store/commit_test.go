@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"runtime"
 	"sync"
 	"testing"
@@ -231,4 +232,50 @@ func TestCloseEndsCommitter(t *testing.T) {
 		mustClose(t, s)
 	}
 	waitFor(t, "the committers to end", func() bool { return runtime.NumGoroutine() <= before })
+}
+
+// TestBatchModeSyncsPeriodically: SyncBatch fsyncs on its own, without
+// Close, once something was committed.
+func TestBatchModeSyncsPeriodically(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Sync, cfg.BatchInterval = SyncBatch, 5*time.Millisecond
+	s := mustOpen(t, cfg)
+	defer mustClose(t, s)
+	mustCommit(t, s, PutRetained{&Retained{Topic: "a", Payload: []byte("1")}})
+	waitFor(t, "a periodic fsync", func() bool { return s.Stats().Syncs >= 1 })
+}
+
+// TestSecurityRollbackAfterCrash: the counter file is refreshed while the
+// store runs, not only at Close. An image of the directory taken after a
+// crash (no Close) opens; the same image with the store file replaced by
+// a copy from before the last counter refresh is a rollback.
+func TestSecurityRollbackAfterCrash(t *testing.T) {
+	cfg := testConfig(t)
+	now := t0
+	var mu sync.Mutex
+	cfg.Now = func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	s := mustOpen(t, cfg)
+	defer s.Close()
+	mustCommit(t, s, PutRetained{&Retained{Topic: "a", Payload: []byte("old")}})
+	old := filepath.Join(t.TempDir(), "old.db")
+	copyFile(t, filepath.Join(cfg.Dir, DBFile), old)
+	mu.Lock()
+	now = now.Add(2 * time.Second) // past CounterInterval
+	mu.Unlock()
+	mustCommit(t, s, PutRetained{&Retained{Topic: "a", Payload: []byte("new")}})
+
+	crash := cfg
+	crash.Dir = t.TempDir()
+	crash.Now = nil
+	for _, f := range []string{DBFile, CounterFile} {
+		copyFile(t, filepath.Join(cfg.Dir, f), filepath.Join(crash.Dir, f))
+	}
+	c := mustOpen(t, crash)
+	if r := c.Recovered().Retained; len(r) != 1 || string(r[0].Payload) != "new" {
+		t.Fatalf("crash image recovered %+v", r)
+	}
+	mustClose(t, c)
+	copyFile(t, filepath.Join(cfg.Dir, CounterFile), filepath.Join(crash.Dir, CounterFile))
+	copyFile(t, old, filepath.Join(crash.Dir, DBFile))
+	wantOpenErr(t, crash, ErrRollback)
 }
