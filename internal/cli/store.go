@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/hex"
 	"errors"
@@ -128,8 +127,24 @@ func promptPassphrase(stdio Stdio, label string) ([]byte, error) {
 		}
 		return p, err
 	}
-	line, err := bufio.NewReader(stdio.In).ReadBytes('\n')
-	p := bytes.TrimRight(line, "\r\n")
+	// One byte at a time, so that a second passphrase (rekey) is left for
+	// the next read.
+	var line []byte
+	var err error
+	for b := make([]byte, 1); len(line) < 4096; {
+		var n int
+		n, err = stdio.In.Read(b)
+		if n == 1 {
+			if b[0] == '\n' {
+				break
+			}
+			line = append(line, b[0])
+		}
+		if err != nil {
+			break
+		}
+	}
+	p := bytes.TrimRight(line, "\r")
 	if len(p) == 0 {
 		return nil, fmt.Errorf("store: no passphrase on standard input (%v)", err)
 	}

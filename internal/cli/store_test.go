@@ -57,6 +57,15 @@ func TestStoreCommands(t *testing.T) {
 	if code, out, errs = runStore(t, "", "rekey", "--data", dir, "--new-passphrase-file", newPass); code != 0 {
 		t.Fatalf("rekey: %d\n%s%s", code, out, errs)
 	}
+	// Old and new passphrase both on standard input, one per line.
+	t.Setenv(envStoreKey, "")
+	if code, out, errs = runStore(t, "a new store passphrase\nanother passphrase\n", "rekey", "--data", dir, "--passphrase", "--new-passphrase"); code != 0 {
+		t.Fatalf("rekey with passphrases on stdin: %d\n%s%s", code, out, errs)
+	}
+	if code, out, errs = runStore(t, "another passphrase\n", "rekey", "--data", dir, "--passphrase", "--new-passphrase-file", newPass); code != 0 {
+		t.Fatalf("rekey back: %d\n%s%s", code, out, errs)
+	}
+	t.Setenv(envStoreKey, hex.EncodeToString(key))
 	if code, _, errs = runStore(t, "", "verify", "--data", dir); code == 0 || !strings.Contains(errs, "created with a passphrase") {
 		t.Fatalf("verify with the old key after rekey: %d %s", code, errs)
 	}

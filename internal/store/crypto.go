@@ -10,6 +10,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash"
+	"sync"
 
 	"golang.org/x/crypto/argon2"
 
@@ -47,6 +49,17 @@ type recordKeys struct {
 	aead    cipher.AEAD
 	idKey   []byte // HMAC key for bucket keys
 	sumKey  []byte // HMAC key for the record digest
+	idMACs  sync.Pool
+	sumMACs sync.Pool
+}
+
+// mac takes a reset HMAC from pool, keyed with key.
+func mac(pool *sync.Pool, key []byte) hash.Hash {
+	if h, ok := pool.Get().(hash.Hash); ok {
+		h.Reset()
+		return h
+	}
+	return hmac.New(sha256.New, key)
 }
 
 func deriveKeys(dek []byte, storeID [16]byte) (*recordKeys, error) {
@@ -79,11 +92,13 @@ func deriveKeys(dek []byte, storeID [16]byte) (*recordKeys, error) {
 // bucket keys: equal names give equal keys, and the key reveals nothing
 // about the name without the DEK.
 func (k *recordKeys) name(kind string, s string) []byte {
-	m := hmac.New(sha256.New, k.idKey)
+	m := mac(&k.idMACs, k.idKey)
 	m.Write([]byte(kind))
 	m.Write([]byte{0})
 	m.Write([]byte(s))
-	return m.Sum(nil)[:idLen]
+	out := m.Sum(make([]byte, 0, sha256.Size+8))[:idLen]
+	k.idMACs.Put(m)
+	return out
 }
 
 func (k *recordKeys) sessionKey(clientID string) []byte { return k.name("sess", clientID) }
@@ -145,7 +160,8 @@ func (k *recordKeys) open(bucket, key, value []byte) (uint64, []byte, error) {
 // put or delete updates it without reading other records, and a record
 // replaced by an older version of itself, removed or added changes it.
 func (k *recordKeys) element(bucket, key []byte, version uint64) [32]byte {
-	m := hmac.New(sha256.New, k.sumKey)
+	m := mac(&k.sumMACs, k.sumKey)
+	defer k.sumMACs.Put(m)
 	m.Write([]byte{byte(len(bucket))})
 	m.Write(bucket)
 	var v [8]byte
