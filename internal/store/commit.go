@@ -146,6 +146,9 @@ func (s *Store) commitTx(reqs []*request) (err error) {
 	t := &txn{s: s, version: s.st.Counter + 1, st: s.st, refs: map[uint64]int{}, newMsgs: map[uint64]bool{}}
 	t.st.Counter = t.version
 	nops := 0
+	if err := s.keys.newTxnKey(); err != nil {
+		return err
+	}
 	err = s.db.Update(func(tx *bolt.Tx) error {
 		t.tx = tx
 		for _, r := range reqs {

@@ -44,13 +44,74 @@ const (
 )
 
 // recordKeys are the keys derived from one data key (DEK).
+//
+// Records are not sealed under the DEK-derived key directly: every
+// transaction draws a random 16-byte salt and seals its records under
+// HKDF(record key, salt), with random 12-byte nonces. A key then seals at
+// most one transaction's records, far below the 2^32 random nonces
+// AES-GCM allows per key, however long the store lives, and a counter
+// reused after a crash cannot make nonces repeat.
 type recordKeys struct {
 	storeID [16]byte
-	aead    cipher.AEAD
+	recKey  []byte // HKDF input for the per-transaction keys
 	idKey   []byte // HMAC key for bucket keys
 	sumKey  []byte // HMAC key for the record digest
 	idMACs  sync.Pool
 	sumMACs sync.Pool
+
+	cur *txnKey // the sealing key of the transaction being written (one writer)
+
+	mu    sync.Mutex
+	cache map[[saltLen]byte]cipher.AEAD // opening keys by salt
+}
+
+// txnKey is the sealing key of one transaction.
+type txnKey struct {
+	salt [saltLen]byte
+	aead cipher.AEAD
+}
+
+const saltLen = 16
+
+// aeadFor returns the AES-256-GCM key of the transaction that drew salt.
+func (k *recordKeys) aeadFor(salt [saltLen]byte) (cipher.AEAD, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if a := k.cache[salt]; a != nil {
+		return a, nil
+	}
+	key, err := hkdf.Key(sha256.New, k.recKey, salt[:], "moat store transaction key", 32)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(key)
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, err
+	}
+	a, err := cipher.NewGCM(block)
+	if err != nil {
+		return nil, err
+	}
+	if k.cache == nil || len(k.cache) >= 4096 {
+		k.cache = map[[saltLen]byte]cipher.AEAD{}
+	}
+	k.cache[salt] = a
+	return a, nil
+}
+
+// newTxnKey draws the sealing key for the next transaction. Only the
+// single writer calls it.
+func (k *recordKeys) newTxnKey() error {
+	t := &txnKey{}
+	rand.Read(t.salt[:])
+	a, err := k.aeadFor(t.salt)
+	if err != nil {
+		return err
+	}
+	t.aead = a
+	k.cur = t
+	return nil
 }
 
 // mac takes a reset HMAC from pool, keyed with key.
@@ -67,16 +128,8 @@ func deriveKeys(dek []byte, storeID [16]byte) (*recordKeys, error) {
 		return nil, errors.New("store: data key has the wrong length")
 	}
 	k := &recordKeys{storeID: storeID}
-	enc, err := hkdf.Key(sha256.New, dek, storeID[:], "moat store record encryption", 32)
-	if err != nil {
-		return nil, err
-	}
-	defer clear(enc)
-	block, err := aes.NewCipher(enc)
-	if err != nil {
-		return nil, err
-	}
-	if k.aead, err = cipher.NewGCM(block); err != nil {
+	var err error
+	if k.recKey, err = hkdf.Key(sha256.New, dek, storeID[:], "moat store record encryption", 32); err != nil {
 		return nil, err
 	}
 	if k.idKey, err = hkdf.Key(sha256.New, dek, storeID[:], "moat store key names", 32); err != nil {
@@ -85,7 +138,7 @@ func deriveKeys(dek []byte, storeID [16]byte) (*recordKeys, error) {
 	if k.sumKey, err = hkdf.Key(sha256.New, dek, storeID[:], "moat store record digest", 32); err != nil {
 		return nil, err
 	}
-	return k, nil
+	return k, k.newTxnKey()
 }
 
 // name returns the keyed hash that stands for a client ID or topic in
@@ -130,12 +183,18 @@ func (k *recordKeys) aad(bucket, key []byte, version uint64) []byte {
 	return append(a, key...)
 }
 
-// seal returns version ‖ nonce ‖ AES-256-GCM(plaintext).
+// gcmOverhead is the AES-GCM tag length.
+const gcmOverhead = 16
+
+// seal returns version ‖ salt ‖ nonce ‖ AES-256-GCM(plaintext) under the
+// current transaction's key.
 func (k *recordKeys) seal(bucket, key []byte, version uint64, plaintext []byte) []byte {
-	out := make([]byte, versionLen+nonceLen, versionLen+nonceLen+len(plaintext)+k.aead.Overhead())
+	const head = versionLen + saltLen + nonceLen
+	out := make([]byte, head, head+len(plaintext)+gcmOverhead)
 	binary.BigEndian.PutUint64(out, version)
-	rand.Read(out[versionLen:])
-	return k.aead.Seal(out, out[versionLen:], plaintext, k.aad(bucket, key, version))
+	copy(out[versionLen:], k.cur.salt[:])
+	rand.Read(out[versionLen+saltLen : head])
+	return k.cur.aead.Seal(out, out[versionLen+saltLen:head], plaintext, k.aad(bucket, key, version))
 }
 
 // errSeal is wrapped when a value does not open.
@@ -144,11 +203,16 @@ var errSeal = errors.New("store: record fails authentication (altered, moved or 
 // open authenticates and decrypts a sealed value and returns its version
 // and plaintext.
 func (k *recordKeys) open(bucket, key, value []byte) (uint64, []byte, error) {
-	if len(value) < versionLen+nonceLen+k.aead.Overhead() {
+	const head = versionLen + saltLen + nonceLen
+	if len(value) < head+gcmOverhead {
 		return 0, nil, fmt.Errorf("%w: value too short", errSeal)
 	}
 	v := binary.BigEndian.Uint64(value)
-	pt, err := k.aead.Open(nil, value[versionLen:versionLen+nonceLen], value[versionLen+nonceLen:], k.aad(bucket, key, v))
+	a, err := k.aeadFor([saltLen]byte(value[versionLen : versionLen+saltLen]))
+	if err != nil {
+		return 0, nil, err
+	}
+	pt, err := a.Open(nil, value[versionLen+saltLen:head], value[head:], k.aad(bucket, key, v))
 	if err != nil {
 		return 0, nil, errSeal
 	}
