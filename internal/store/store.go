@@ -162,7 +162,6 @@ type Store struct {
 	mu     sync.RWMutex // guards closed against sends on reqs
 	closed bool
 	reqs   chan *request
-	done   chan struct{}
 	wg     sync.WaitGroup
 
 	recovered *State
@@ -184,6 +183,9 @@ func Open(cfg Config) (*Store, error) {
 	}
 	s := &Store{cfg: cfg, path: filepath.Join(cfg.Dir, DBFile), refs: map[uint64]int{}}
 	_, statErr := os.Stat(s.path)
+	if statErr != nil && !errors.Is(statErr, os.ErrNotExist) {
+		return nil, fmt.Errorf("store: %w", statErr)
+	}
 	exists := statErr == nil
 	if !exists && cfg.readOnly {
 		return nil, fmt.Errorf("store: no store at %s", s.path)
@@ -221,7 +223,6 @@ func Open(cfg Config) (*Store, error) {
 	s.nextID.Store(s.st.MaxID)
 	if !cfg.readOnly {
 		s.reqs = make(chan *request, 256)
-		s.done = make(chan struct{})
 		s.wg.Add(1)
 		go s.committer()
 	}
@@ -300,8 +301,13 @@ func (s *Store) openDB() (err error) {
 	if errors.Is(err, bolterrors.ErrTimeout) {
 		return fmt.Errorf("%w: %s", ErrInUse, s.path)
 	}
-	if err != nil {
+	if errors.Is(err, bolterrors.ErrInvalid) || errors.Is(err, bolterrors.ErrChecksum) || errors.Is(err, bolterrors.ErrVersionMismatch) {
 		return fmt.Errorf("%w: %s: %v", ErrCorrupt, s.path, err)
+	}
+	if err != nil {
+		// Permissions, a full disk, a read-only file system: the
+		// operator's to fix, not a reason to move the store aside.
+		return fmt.Errorf("store: opening %s: %w", s.path, err)
 	}
 	s.db = db
 	return nil
@@ -342,6 +348,9 @@ func checkFileSize(path string) error {
 	used, size, err := usedSize(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
+	}
+	if err != nil && !errors.Is(err, ErrCorrupt) {
+		return fmt.Errorf("store: %w", err)
 	}
 	if err != nil {
 		return err

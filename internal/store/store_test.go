@@ -342,3 +342,17 @@ func TestSecurityStoreRemoved(t *testing.T) {
 		mustClose(t, s)
 	}
 }
+
+// TestUnreadableIsNotCorrupt: a store the process may not read (wrong
+// owner, permissions) is an error for the operator, never quarantined.
+func TestUnreadableIsNotCorrupt(t *testing.T) {
+	if os.Geteuid() == 0 {
+		t.Skip("root reads any file")
+	}
+	cfg := populated(t)
+	os.Chmod(filepath.Join(cfg.Dir, DBFile), 0)
+	defer os.Chmod(filepath.Join(cfg.Dir, DBFile), 0o600)
+	if _, q, err := OpenOrQuarantine(cfg); err == nil || q != nil || errors.Is(err, ErrCorrupt) {
+		t.Fatalf("unreadable store: %v %v", q, err)
+	}
+}
