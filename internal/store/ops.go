@@ -67,6 +67,18 @@ type DeleteWill struct{ ClientID string }
 // the store nor in the same commit.
 var ErrUnknownMessage = errors.New("store: delivery refers to a message that is not stored (commit the message with its deliveries)")
 
+// ErrUnknownSession is returned for a delivery or an inbound QoS 2
+// identifier of a session that is not stored: only persistent sessions
+// are stored, and their records go with them.
+var ErrUnknownSession = errors.New("store: the session is not stored (commit PutSession first; clean sessions are not stored)")
+
+func (t *txn) needSession(clientID string) error {
+	if t.tx.Bucket(bktSession).Get(t.s.keys.sessionKey(clientID)) == nil {
+		return ErrUnknownSession
+	}
+	return nil
+}
+
 // txn is one write transaction of the committer.
 type txn struct {
 	s       *Store
@@ -193,6 +205,9 @@ func (o PutDelivery) apply(t *txn) error {
 	if d == nil || d.Seq == 0 {
 		return errors.New("store: PutDelivery needs a delivery with a Seq from NextID")
 	}
+	if err := t.needSession(d.ClientID); err != nil {
+		return err
+	}
 	if t.tx.Bucket(bktMessage).Get(messageKey(d.MsgID)) == nil {
 		return fmt.Errorf("%w (message %d)", ErrUnknownMessage, d.MsgID)
 	}
@@ -232,6 +247,9 @@ func (o DeleteDelivery) apply(t *txn) error {
 }
 
 func (o PutInbound) apply(t *txn) error {
+	if err := t.needSession(o.ClientID); err != nil {
+		return err
+	}
 	return t.put(bktInbound, t.s.keys.inboundKey(o.ClientID, o.PacketID), encodeRecord(&inbound{ClientID: o.ClientID, PacketID: o.PacketID}))
 }
 

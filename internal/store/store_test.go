@@ -191,6 +191,14 @@ func TestMessageStoredOnce(t *testing.T) {
 	if !errors.Is(err, ErrUnknownMessage) {
 		t.Fatalf("delivery without message: %v, want ErrUnknownMessage", err)
 	}
+	m := &Message{ID: s.NextID(), Topic: "t"}
+	err = s.Commit(context.Background(), PutMessage{m}, PutDelivery{&Delivery{ClientID: "clean-client", Seq: s.NextID(), MsgID: m.ID}})
+	if !errors.Is(err, ErrUnknownSession) {
+		t.Fatalf("delivery for a session that is not stored: %v, want ErrUnknownSession", err)
+	}
+	if err := s.Commit(context.Background(), PutInbound{"clean-client", 1}); !errors.Is(err, ErrUnknownSession) {
+		t.Fatalf("inbound ID for a session that is not stored: %v, want ErrUnknownSession", err)
+	}
 	mustClose(t, s)
 	rep, err := Verify(cfg)
 	if err != nil || len(rep.Problems) > 0 {
