@@ -48,8 +48,9 @@ func (s *Store) Commit(ctx context.Context, ops ...Op) error {
 // CommitAsync is Commit without waiting: done is called with the outcome
 // once the ops are durable as Config.Sync says (or immediately with
 // ErrClosed after Close). done runs on the store's committer goroutine: it
-// must return quickly and must not call Commit. Ops submitted by one
-// goroutine are committed in submission order. Safe for concurrent use.
+// must return quickly and must not call Commit (which would wait for the
+// committer itself); it may call CommitAsync. Requests are applied in the
+// order they were submitted. Safe for concurrent use.
 func (s *Store) CommitAsync(done func(error), ops ...Op) {
 	r := &request{ops: ops, cb: done}
 	if err := s.submit(r); err != nil {
@@ -57,20 +58,39 @@ func (s *Store) CommitAsync(done func(error), ops ...Op) {
 	}
 }
 
+// submit queues r for the committer. It never blocks, so a CommitAsync
+// callback may submit again; the broker's own limits (in-flight windows,
+// Receive Maximum) bound how many requests can wait.
 func (s *Store) submit(r *request) error {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	if s.closed || s.reqs == nil {
+	s.mu.Lock()
+	if s.closed || s.wake == nil {
+		s.mu.Unlock()
 		return ErrClosed
 	}
-	s.reqs <- r
+	s.pending = append(s.pending, r)
+	s.mu.Unlock()
+	s.signal()
 	return nil
 }
 
-// committer is the store's only writer. It takes every request waiting,
-// commits them in one transaction (one fsync in SyncAlways), and reports
-// to each. It returns when Close has closed reqs and the last request is
-// done.
+func (s *Store) signal() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// pendingLen is the number of requests waiting for the committer.
+func (s *Store) pendingLen() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.pending)
+}
+
+// committer is the store's only writer. It takes every request waiting
+// (up to MaxBatch), commits them in one transaction (one fsync in
+// SyncAlways), and reports to each. It returns once Close was called and
+// no request is left.
 func (s *Store) committer() {
 	defer s.wg.Done()
 	var tick <-chan time.Time
@@ -79,30 +99,31 @@ func (s *Store) committer() {
 		defer t.Stop()
 		tick = t.C
 	}
-	batch := make([]*request, 0, 64)
+	var batch []*request
 	for {
 		select {
-		case r, ok := <-s.reqs:
-			if !ok {
-				return
-			}
-			batch = append(batch[:0], r)
-		more:
-			for len(batch) < s.cfg.MaxBatch {
-				select {
-				case r, ok := <-s.reqs:
-					if !ok {
-						break more
-					}
-					batch = append(batch, r)
-				default:
-					break more
+		case <-s.wake:
+		case <-tick:
+			s.periodicSync()
+			continue
+		}
+		for {
+			s.mu.Lock()
+			n := min(len(s.pending), s.cfg.MaxBatch)
+			batch = append(batch[:0], s.pending[:n]...)
+			rest := copy(s.pending, s.pending[n:])
+			clear(s.pending[rest:])
+			s.pending = s.pending[:rest]
+			closed := s.closed
+			s.mu.Unlock()
+			if n == 0 {
+				if closed {
+					return
 				}
+				break
 			}
 			s.commitBatch(batch)
 			clear(batch)
-		case <-tick:
-			s.periodicSync()
 		}
 	}
 }

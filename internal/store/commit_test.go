@@ -50,7 +50,7 @@ func TestGroupCommit(t *testing.T) {
 		wg.Add(1)
 		go commit(i)
 	}
-	waitFor(t, "every commit to be submitted", func() bool { return len(s.reqs) == n-1 })
+	waitFor(t, "every commit to be submitted", func() bool { return s.pendingLen() == n-1 })
 	close(release)
 	wg.Wait()
 	close(errs)
@@ -176,7 +176,7 @@ func TestFailedOpFailsOnlyItsCaller(t *testing.T) {
 	go func() {
 		bad <- s.Commit(context.Background(), PutDelivery{&Delivery{ClientID: "a", Seq: 1, MsgID: 77}})
 	}()
-	waitFor(t, "both commits to be submitted", func() bool { return len(s.reqs) == 2 })
+	waitFor(t, "both commits to be submitted", func() bool { return s.pendingLen() == 2 })
 	close(release)
 	if err := <-first; err != nil {
 		t.Fatal(err)
@@ -278,4 +278,27 @@ func TestSecurityRollbackAfterCrash(t *testing.T) {
 	copyFile(t, filepath.Join(cfg.Dir, CounterFile), filepath.Join(crash.Dir, CounterFile))
 	copyFile(t, old, filepath.Join(crash.Dir, DBFile))
 	wantOpenErr(t, crash, ErrRollback)
+}
+
+// TestCommitAsyncFromCallback: a callback may submit the next commit (the
+// broker's PUBREL after a committed PUBREC, say) without deadlocking the
+// committer, also when many are chained.
+func TestCommitAsyncFromCallback(t *testing.T) {
+	s := mustOpen(t, testConfig(t))
+	defer mustClose(t, s)
+	done := make(chan error, 1)
+	var step func(i int) func(error)
+	step = func(i int) func(error) {
+		return func(err error) {
+			if err != nil || i == 500 {
+				done <- err
+				return
+			}
+			s.CommitAsync(step(i+1), PutRetained{&Retained{Topic: fmt.Sprint(i), Payload: []byte("x")}})
+		}
+	}
+	s.CommitAsync(step(0), DeleteWill{"x"})
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
 }

@@ -18,6 +18,7 @@
 // not import this package: it declares the interface it needs, and an
 // adapter wired in internal/cli connects the two (docs/design/store.md).
 //
-// Locks: Store.mu only orders Close against submissions; everything else
-// after Open belongs to the committer goroutine.
+// Locks: Store.mu guards the queue of submitted requests and is never held
+// during I/O; everything else after Open belongs to the committer
+// goroutine.
 package store

@@ -159,9 +159,10 @@ type Store struct {
 
 	nextID atomic.Uint64
 
-	mu     sync.RWMutex // guards closed against sends on reqs
-	closed bool
-	reqs   chan *request
+	mu      sync.Mutex // guards closed and pending
+	closed  bool
+	pending []*request    // waiting for the committer, in submission order
+	wake    chan struct{} // capacity 1: there is work, or Close was called
 	wg     sync.WaitGroup
 
 	recovered *State
@@ -222,7 +223,7 @@ func Open(cfg Config) (*Store, error) {
 	}
 	s.nextID.Store(s.st.MaxID)
 	if !cfg.readOnly {
-		s.reqs = make(chan *request, 256)
+		s.wake = make(chan struct{}, 1)
 		s.wg.Add(1)
 		go s.committer()
 	}
@@ -584,8 +585,8 @@ func (s *Store) Close() error {
 	}
 	s.closed = true
 	s.mu.Unlock()
-	if s.reqs != nil {
-		close(s.reqs)
+	if s.wake != nil {
+		s.signal()
 		s.wg.Wait()
 	}
 	var errs []error
