@@ -163,7 +163,7 @@ type Store struct {
 	closed  bool
 	pending []*request    // waiting for the committer, in submission order
 	wake    chan struct{} // capacity 1: there is work, or Close was called
-	wg     sync.WaitGroup
+	wg      sync.WaitGroup
 
 	recovered *State
 	report    *Report // what Open's check found (read-only opens)
