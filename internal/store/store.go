@@ -241,6 +241,9 @@ func (c *Config) validate() error {
 	if c.Sync < SyncAlways || c.Sync > SyncOff {
 		errs = append(errs, fmt.Errorf("store: unknown sync mode %d", c.Sync))
 	}
+	if a := c.Argon2; a != (keyservice.Argon2Params{}) && (a.Time == 0 || a.Time > 16 || a.Threads == 0 || a.Memory < 8*uint32(a.Threads) || a.Memory > maxArgon2Memory) {
+		errs = append(errs, errors.New("store: Config.Argon2 needs Time 1-16, Threads ≥ 1 and Memory between 8×Threads KiB and 1 GiB"))
+	}
 	if c.BatchInterval < 0 || c.CounterInterval < 0 || c.MaxBatch < 0 {
 		errs = append(errs, errors.New("store: BatchInterval, CounterInterval and MaxBatch must not be negative"))
 	}

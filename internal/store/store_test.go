@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -362,5 +363,15 @@ func TestUnreadableIsNotCorrupt(t *testing.T) {
 	defer os.Chmod(filepath.Join(cfg.Dir, DBFile), 0o600)
 	if _, q, err := OpenOrQuarantine(cfg); err == nil || q != nil || errors.Is(err, ErrCorrupt) {
 		t.Fatalf("unreadable store: %v %v", q, err)
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	_, err := Open(Config{KEK: testKEK(t, testKey), Passphrase: []byte("x"), Sync: 7, BatchInterval: -1,
+		Argon2: keyservice.Argon2Params{Time: 1000, Memory: 1, Threads: 1}})
+	for _, want := range []string{"Dir is required", "at most one of", "unknown sync mode", "must not be negative", "Config.Argon2"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Open with a bad config: %v; want it to mention %q", err, want)
+		}
 	}
 }
