@@ -179,8 +179,10 @@ func Open(cfg Config) (*Store, error) {
 		return nil, err
 	}
 	cfg.setDefaults()
-	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
-		return nil, fmt.Errorf("store: creating %s: %w", cfg.Dir, err)
+	if !cfg.readOnly {
+		if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+			return nil, fmt.Errorf("store: creating %s: %w", cfg.Dir, err)
+		}
 	}
 	s := &Store{cfg: cfg, path: filepath.Join(cfg.Dir, DBFile), refs: map[uint64]int{}}
 	_, statErr := os.Stat(s.path)
