@@ -65,7 +65,12 @@ func newRoot(stdio Stdio) *cobra.Command {
 		Short:         "Moat is a security-first MQTT broker and toolkit",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       versionLine(),
+		// The man pages carry no generation date, so that they are the same
+		// for every build of the same source.
+		DisableAutoGenTag: true,
 	}
+	root.SetVersionTemplate("{{.Version}}\n") // the same line as `moat version`
 	for _, f := range subcommands {
 		root.AddCommand(f(stdio))
 	}
