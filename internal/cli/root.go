@@ -61,16 +61,16 @@ func register(f func(Stdio) *cobra.Command) { subcommands = append(subcommands, 
 
 func newRoot(stdio Stdio) *cobra.Command {
 	root := &cobra.Command{
-		Use:   "moat",
-		Short: "Moat is a security-first MQTT broker and toolkit",
+		Use:           "moat",
+		Short:         "Moat is a security-first MQTT broker and toolkit",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Version:       versionLine(),
 		Long: `Moat is a security-first MQTT broker and toolkit in one binary: the
 broker (moat serve), its certificate authority (moat ca), device
 enrollment, publish and subscribe clients, end-to-end payload encryption
 and the operator's tools. Every command has a page of its own,
 moat-COMMAND(1), and --help.`,
-		SilenceUsage:  true,
-		SilenceErrors: true,
-		Version:       versionLine(),
 		// The man pages carry no generation date, so that they are the same
 		// for every build of the same source.
 		DisableAutoGenTag: true,
