@@ -71,8 +71,8 @@ broker (moat serve), its certificate authority (moat ca), device
 enrollment, publish and subscribe clients, end-to-end payload encryption
 and the operator's tools. Every command has a page of its own,
 moat-COMMAND(1), and --help.`,
-		// The man pages carry no generation date, so that they are the same
-		// for every build of the same source.
+		// No "auto generated" footer with the day of generation in the man
+		// pages; their month comes from SOURCE_DATE_EPOCH (make install).
 		DisableAutoGenTag: true,
 	}
 	root.SetVersionTemplate("{{.Version}}\n") // the same line as `moat version`
