@@ -11,7 +11,7 @@ FUZZTIME ?= 10s
 # staticcheck, pinned; fetched through the Go module proxy on first use.
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all build test deps vet lint unit fuzz bench gobench clean
+.PHONY: all build test deps vet lint unit fuzz bench gobench clean install uninstall man completions moat-stamped
 
 all: build
 
@@ -47,3 +47,62 @@ gobench:
 
 clean:
 	rm -rf bin
+
+# Installation (docs/operations.md). `make install` builds bin/moat with the
+# version stamped, generates the man pages and shell completions from the
+# command tree, and installs them with the systemd unit, the sysusers.d and
+# tmpfiles.d entries and, when none exists yet, /etc/moat/moat.yaml.
+# PREFIX and DESTDIR work as usual; `make uninstall` removes it all again
+# except the configuration file.
+PREFIX ?= /usr/local
+SYSCONFDIR ?= /etc
+BINDIR ?= $(PREFIX)/bin
+MANDIR ?= $(PREFIX)/share/man
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+ZSHCOMPDIR ?= $(PREFIX)/share/zsh/site-functions
+FISHCOMPDIR ?= $(PREFIX)/share/fish/vendor_completions.d
+SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
+# Where the stamped binary, the man pages and the completions are built.
+INSTALL_BUILD ?= bin
+VERSION ?= $(or $(shell git describe --always --dirty 2>/dev/null),dev)
+# The man pages' date: the last commit's, so that a rebuild gives the same pages.
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null)
+export SOURCE_DATE_EPOCH
+INSTALL ?= install
+
+moat-stamped:
+	$(GO) build -ldflags "-X github.com/moatmq/moat/internal/cli.Version=$(VERSION)" -o $(INSTALL_BUILD)/moat ./cmd/moat
+
+man: moat-stamped
+	rm -rf $(INSTALL_BUILD)/man
+	$(INSTALL_BUILD)/moat gen man $(INSTALL_BUILD)/man
+
+completions: moat-stamped
+	rm -rf $(INSTALL_BUILD)/completions
+	$(INSTALL_BUILD)/moat gen completion $(INSTALL_BUILD)/completions
+
+install: moat-stamped man completions
+	$(INSTALL) -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(FISHCOMPDIR) $(DESTDIR)$(SYSTEMDUNITDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(TMPFILESDIR)
+	$(INSTALL) -m 0755 $(INSTALL_BUILD)/moat $(DESTDIR)$(BINDIR)/moat
+	$(INSTALL) -m 0644 $(INSTALL_BUILD)/man/*.1 $(DESTDIR)$(MANDIR)/man1/
+	$(INSTALL) -m 0644 $(INSTALL_BUILD)/completions/moat $(DESTDIR)$(BASHCOMPDIR)/moat
+	$(INSTALL) -m 0644 $(INSTALL_BUILD)/completions/_moat $(DESTDIR)$(ZSHCOMPDIR)/_moat
+	$(INSTALL) -m 0644 $(INSTALL_BUILD)/completions/moat.fish $(DESTDIR)$(FISHCOMPDIR)/moat.fish
+	sed -e 's|/usr/local/bin/moat|$(BINDIR)/moat|g' -e 's|/etc/moat/|$(SYSCONFDIR)/moat/|g' packaging/moat.service > $(INSTALL_BUILD)/moat.service
+	$(INSTALL) -m 0644 $(INSTALL_BUILD)/moat.service $(DESTDIR)$(SYSTEMDUNITDIR)/moat.service
+	$(INSTALL) -m 0644 packaging/moat.sysusers $(DESTDIR)$(SYSUSERSDIR)/moat.conf
+	$(INSTALL) -m 0644 packaging/moat.tmpfiles $(DESTDIR)$(TMPFILESDIR)/moat.conf
+	@if [ -e $(DESTDIR)$(SYSCONFDIR)/moat/moat.yaml ]; then \
+		echo "keeping $(DESTDIR)$(SYSCONFDIR)/moat/moat.yaml"; \
+	else \
+		$(INSTALL) -d -m 0755 $(DESTDIR)$(SYSCONFDIR)/moat && \
+		$(INSTALL) -m 0644 packaging/moat.yaml $(DESTDIR)$(SYSCONFDIR)/moat/moat.yaml; \
+	fi
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/moat $(DESTDIR)$(MANDIR)/man1/moat.1 $(DESTDIR)$(MANDIR)/man1/moat-*.1
+	rm -f $(DESTDIR)$(BASHCOMPDIR)/moat $(DESTDIR)$(ZSHCOMPDIR)/_moat $(DESTDIR)$(FISHCOMPDIR)/moat.fish
+	rm -f $(DESTDIR)$(SYSTEMDUNITDIR)/moat.service $(DESTDIR)$(SYSUSERSDIR)/moat.conf $(DESTDIR)$(TMPFILESDIR)/moat.conf
+	@echo "kept $(DESTDIR)$(SYSCONFDIR)/moat and /var/lib/moat (configuration and state)"

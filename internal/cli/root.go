@@ -65,7 +65,17 @@ func newRoot(stdio Stdio) *cobra.Command {
 		Short:         "Moat is a security-first MQTT broker and toolkit",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       versionLine(),
+		Long: `Moat is a security-first MQTT broker and toolkit in one binary: the
+broker (moat serve), its certificate authority (moat ca), device
+enrollment, publish and subscribe clients, end-to-end payload encryption
+and the operator's tools. Every command has a page of its own,
+moat-COMMAND(1), and --help.`,
+		// No "auto generated" footer with the day of generation in the man
+		// pages; their month comes from SOURCE_DATE_EPOCH (make install).
+		DisableAutoGenTag: true,
 	}
+	root.SetVersionTemplate("{{.Version}}\n") // the same line as `moat version`
 	for _, f := range subcommands {
 		root.AddCommand(f(stdio))
 	}
