@@ -594,7 +594,10 @@ func (c *conn) readLoop() (handedOver bool) {
 				return false
 			}
 		}
-		if typ, pid, ok := c.in.shortAckIn(); ok {
+		if typ, pid, ok := c.in.r.PeekShortAck(); ok {
+			// One acknowledgement arrives per QoS 1/2 message delivered:
+			// the 4-byte form is taken from the read buffer without a
+			// packet struct; anything else goes through the decoder.
 			c.srv.stats.packetsIn.Add(1)
 			c.setHandling(true)
 			c.handleAck(typ, pid, packet.Success)
@@ -766,40 +769,6 @@ func (c *conn) handleAck(typ packet.Type, pid uint16, code packet.ReasonCode) {
 			c.log.Debug("broker: PUBCOMP for unknown packet identifier", "pid", pid)
 		}
 	}
-}
-
-// shortAckIn takes a buffered PUBACK, PUBREC, PUBREL or PUBCOMP of the
-// 4-byte form (packet identifier only, Success) straight from the read
-// buffer, without decoding it into a packet struct: one arrives per QoS 1
-// message delivered. Anything else, including a malformed acknowledgement
-// (wrong flags, identifier 0), is left for the decoder and its errors.
-func (in *input) shortAckIn() (typ packet.Type, pid uint16, ok bool) {
-	if in.br.Buffered() < 4 {
-		return 0, 0, false
-	}
-	b, _ := in.br.Peek(4)
-	typ = packet.Type(b[0] >> 4)
-	flags := b[0] & 0x0F
-	switch {
-	case b[1] != 2:
-		return 0, 0, false
-	case typ == packet.PUBACK || typ == packet.PUBREC || typ == packet.PUBCOMP:
-		if flags != 0 {
-			return 0, 0, false
-		}
-	case typ == packet.PUBREL:
-		if flags != 0x02 {
-			return 0, 0, false
-		}
-	default:
-		return 0, 0, false
-	}
-	pid = uint16(b[2])<<8 | uint16(b[3])
-	if pid == 0 {
-		return 0, 0, false
-	}
-	in.br.Discard(4)
-	return typ, pid, true
 }
 
 func (c *conn) handleDisconnect(p *packet.Disconnect) bool {
@@ -1118,7 +1087,7 @@ func (c *conn) flush() bool {
 func (c *conn) encode(dst []byte, p packet.Packet) ([]byte, error) {
 	switch q := p.(type) {
 	case shortAck:
-		return q.appendTo(dst, c.version), nil
+		return packet.AppendShortAck(dst, q.typ, q.pid, q.code, c.version), nil
 	case outPublish:
 		// Built in the writer's own packet, cleared afterwards so that an
 		// idle connection does not keep the last message alive.

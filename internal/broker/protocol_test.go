@@ -685,30 +685,3 @@ func TestQueueLimit(t *testing.T) {
 		t.Fatalf("dropped %d queued %d, want 2 and 3", st.DroppedQueueFull, st.Queued)
 	}
 }
-
-// TestShortAckEncoding checks the compact acknowledgement against the
-// codec's encoding of the same packet, for every type, version and code.
-func TestShortAckEncoding(t *testing.T) {
-	for _, v := range []packet.Version{packet.V31, packet.V311, packet.V5} {
-		for _, code := range []packet.ReasonCode{packet.Success, packet.NoMatchingSubscribers, packet.PacketIDNotFound, packet.NotAuthorized} {
-			for _, tc := range []struct {
-				typ packet.Type
-				p   packet.Packet
-			}{
-				{packet.PUBACK, &packet.Puback{PacketID: 0x1234, ReasonCode: code}},
-				{packet.PUBREC, &packet.Pubrec{PacketID: 0x1234, ReasonCode: code}},
-				{packet.PUBREL, &packet.Pubrel{PacketID: 0x1234, ReasonCode: code}},
-				{packet.PUBCOMP, &packet.Pubcomp{PacketID: 0x1234, ReasonCode: code}},
-			} {
-				want, err := packet.Append(nil, tc.p, v)
-				if err != nil {
-					continue // a code this packet type cannot carry
-				}
-				got := shortAck{typ: tc.typ, code: code, pid: 0x1234}.appendTo(nil, v)
-				if !bytes.Equal(got, want) {
-					t.Errorf("%v v%d code %v: got % x, want % x", tc.typ, v, code, got, want)
-				}
-			}
-		}
-	}
-}
