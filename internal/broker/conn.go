@@ -172,7 +172,7 @@ func (c *conn) serve() {
 		c.armKeepAlive()
 		fallthrough
 	default: // goQuiet found input and set the read deadline
-		c.srv.track(c.readMain)
+		c.srv.goroutines.goTracked(goReader, c.readMain)
 	}
 	// CONNACK (and any resends) waited until the reader goroutine was
 	// started: a client may send SUBSCRIBE as soon as it reads CONNACK,

@@ -69,7 +69,7 @@ func (c *conn) startWriterLocked() {
 	c.writing = true
 	exit := make(chan struct{})
 	c.writerExit = exit
-	c.srv.track(func() {
+	c.srv.goroutines.goTracked(goWriter, func() {
 		defer close(exit)
 		c.writeLoop()
 	})
