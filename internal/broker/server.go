@@ -264,9 +264,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		return nil
 	default:
 	}
+	running := s.goroutines.running()
+	if running == "" {
+		running = "none but the last one returning"
+	}
 	return fmt.Errorf("broker: shutdown did not finish before its context ended (%w): still running %s; "+
 		"a connection is usually stuck in an Authenticator or Authorizer call, or the context allowed too little time",
-		ctx.Err(), s.goroutines.running())
+		ctx.Err(), running)
 }
 
 // stopTimers stops session expiry and will timers after shutdown.
