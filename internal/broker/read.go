@@ -10,12 +10,6 @@ import (
 	"github.com/moatmq/moat/internal/packet"
 )
 
-// isTimeout reports whether err is a deadline passing.
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
-}
-
 // armKeepAlive sets the read deadline for the next packet: one and a half
 // times the keep alive from now [MQTT-3.1.2-24].
 func (c *conn) armKeepAlive() {
@@ -116,6 +110,12 @@ func (c *conn) readError(err error) {
 		c.log.Info("broker: read error; disconnecting", "err", err)
 		c.kill(0, "")
 	}
+}
+
+// isTimeout reports whether err is a deadline passing.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // protocolError disconnects for a rule broken by a well-formed packet.
