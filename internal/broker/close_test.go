@@ -1,8 +1,11 @@
 package broker
 
 import (
+	"context"
 	"crypto/tls"
+	"errors"
 	"net"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -143,8 +146,8 @@ func TestSessionEndsBeforeClose(t *testing.T) {
 // waiting in the server when its delivery started [MQTT-3.3.2-6]; a
 // message that expired while queued is dropped [MQTT-3.3.2-5].
 func TestInflightExpiryResend(t *testing.T) {
-	clock := &fakeClock{t: time.Now()}
-	_, addr := testServer(t, Config{Now: clock.Now})
+	clock := newFakeClock()
+	_, addr := testServer(t, Config{Clock: clock})
 	sub := dialRaw(t, addr, packet.V5)
 	sub.connect(connectV5("ie-sub", true, withExpiry(3600)))
 	subscribe(t, sub, 1, packet.Subscription{Filter: "ie/#", QoS: 1})
@@ -178,8 +181,8 @@ func TestInflightExpiryResend(t *testing.T) {
 // while queued for an offline client are dropped rather than keep a full
 // queue from taking new messages [MQTT-3.3.2-5].
 func TestExpiredQueuedMessagesMakeRoom(t *testing.T) {
-	clock := &fakeClock{t: time.Now()}
-	_, addr := testServer(t, Config{Now: clock.Now, MaxQueued: 2})
+	clock := newFakeClock()
+	_, addr := testServer(t, Config{Clock: clock, MaxQueued: 2})
 	sub := dialRaw(t, addr, packet.V5)
 	sub.connect(connectV5("eq-sub", true, withExpiry(3600)))
 	subscribe(t, sub, 1, packet.Subscription{Filter: "eq/#", QoS: 1})
@@ -198,4 +201,64 @@ func TestExpiredQueuedMessagesMakeRoom(t *testing.T) {
 		t.Fatalf("got %q, want eq/new", p.Topic)
 	}
 	expectNone(t, sub2)
+}
+
+// TestShutdownReportsStuckGoroutines checks Shutdown with a context that
+// ends while a goroutine of the server cannot finish (an Authenticator
+// that does not return): Shutdown still returns, with an error wrapping
+// the context's and counting what is left by kind, and a second Shutdown
+// waits for it once it can finish.
+func TestShutdownReportsStuckGoroutines(t *testing.T) {
+	entered, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	srv, addr := testServer(t, Config{Authenticator: AuthenticatorFunc(func(context.Context, *ConnectRequest) AuthResult {
+		once.Do(func() { close(entered) })
+		<-release // ignores its context, as a broken backend might
+		return AuthResult{Allow: true}
+	})})
+	c := dialRaw(t, addr, packet.V5)
+	c.send(v5connect("stuck"))
+	<-entered
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	err := srv.Shutdown(ctx)
+	if !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "connecting: 1") {
+		t.Fatalf("Shutdown = %v, want context.Canceled and the connecting goroutine counted", err)
+	}
+	close(release)
+	ctx, cancel = context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil {
+		t.Fatalf("second Shutdown: %v", err)
+	}
+	if n := srv.goroutines.total.Load(); n != 0 {
+		t.Fatalf("%d goroutines running after Shutdown", n)
+	}
+}
+
+// TestShutdownStopsTimers checks that a session expiry or will delay
+// timer that is due during Shutdown does nothing: no goroutine runs after
+// Shutdown returns.
+func TestShutdownStopsTimers(t *testing.T) {
+	clock := newFakeClock()
+	srv, addr := testServer(t, Config{Clock: clock})
+	cp := connectV5("timers", true, withExpiry(60))
+	cp.Will = &packet.Will{Topic: "will/timers", Payload: []byte("x")}
+	cp.Will.Properties.SetWillDelay(30)
+	c := dialRaw(t, addr, packet.V5)
+	c.connect(cp)
+	c.nc.Close()
+	waitOffline(t, srv, "timers")
+	if n := clock.pending(); n != 2 {
+		t.Fatalf("%d timers pending, want will delay and session expiry", n)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := clock.pending(); n != 0 {
+		t.Fatalf("%d timers pending after Shutdown", n)
+	}
 }

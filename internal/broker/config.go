@@ -202,8 +202,15 @@ type Config struct {
 	// Logger receives the server's structured logs. Nil: slog.Default().
 	Logger *slog.Logger
 
-	// Now is the clock. Nil: time.Now.
+	// Now is the clock's time when Clock is nil. Nil: time.Now.
 	Now func() time.Time
+
+	// Clock provides the time and the timers of session expiry, will
+	// delay and the wait for a taken-over connection (tests advance a
+	// fake one instead of sleeping). Socket deadlines always use the
+	// system clock. Nil: the system clock, reading the time from Now. Set
+	// Clock or Now, not both.
+	Clock Clock
 
 	// Version is reported in $SYS/broker/version. Default "moat".
 	Version string
@@ -319,8 +326,16 @@ func (c *Config) withDefaults() (Config, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
+	switch {
+	case cfg.Clock != nil && cfg.Now != nil:
+		errs = append(errs, errors.New("broker: Clock and Now are both set; set only Clock, whose Now method is the time"))
+	case cfg.Clock != nil:
+		cfg.Now = cfg.Clock.Now
+	default:
+		if cfg.Now == nil {
+			cfg.Now = time.Now
+		}
+		cfg.Clock = systemClock{now: cfg.Now}
 	}
 	if cfg.Version == "" {
 		cfg.Version = "moat"

@@ -194,7 +194,8 @@ func TestConformanceConnackLimitsV5(t *testing.T) {
 }
 
 func TestConformanceSessionV5(t *testing.T) {
-	srv, addr := testServer(t, Config{})
+	clock := newFakeClock()
+	srv, addr := testServer(t, Config{Clock: clock})
 	// subscribeAndLeave creates a session with one subscription and
 	// closes its connection with DISCONNECT d.
 	subscribeAndLeave := func(t *testing.T, cp *packet.Connect, d *packet.Disconnect) {
@@ -263,7 +264,9 @@ func TestConformanceSessionV5(t *testing.T) {
 		d := &packet.Disconnect{}
 		d.Properties.SetSessionExpiry(600)
 		subscribeAndLeave(t, connectV5("s-longer", true, withExpiry(1)), d)
-		time.Sleep(1500 * time.Millisecond) // past the original interval
+		// closeAndWait returned after the session was detached (see
+		// TestSessionEndsBeforeClose), so its expiry timer is set.
+		clock.advance(1500 * time.Millisecond) // past the original interval
 		_, ack := reconnect(t, addr, packet.V5, connectV5("s-longer", false, withExpiry(1)))
 		if !ack.SessionPresent {
 			t.Fatal("session expired with the CONNECT interval despite DISCONNECT's")
@@ -274,12 +277,14 @@ func TestConformanceSessionV5(t *testing.T) {
 		if srv.lookup("s-short") == nil {
 			t.Fatal("session ended at once")
 		}
-		checkFor(t, 5*time.Second, func() error {
-			if srv.lookup("s-short") != nil {
-				return errString("session still present")
-			}
-			return nil
-		})
+		clock.advance(999 * time.Millisecond)
+		if srv.lookup("s-short") == nil {
+			t.Fatal("session ended before its interval")
+		}
+		clock.advance(time.Millisecond) // the timer runs within advance
+		if srv.lookup("s-short") != nil {
+			t.Fatal("session still present after its interval")
+		}
 		if _, ack := reconnect(t, addr, packet.V5, connectV5("s-short", false, withExpiry(1))); ack.SessionPresent {
 			t.Fatal("session present after expiry")
 		}
@@ -291,8 +296,8 @@ type errString string
 func (e errString) Error() string { return string(e) }
 
 func TestConformanceWillV5(t *testing.T) {
-	clock := &fakeClock{t: time.Now()}
-	_, addr := testServer(t, Config{Now: clock.Now})
+	clock := newFakeClock()
+	srv, addr := testServer(t, Config{Clock: clock})
 	watcher := dialRaw(t, addr, packet.V5)
 	watcher.connect(v5connect("will-watch"))
 	subscribe(t, watcher, 1, packet.Subscription{Filter: "will/#"})
@@ -343,11 +348,11 @@ func TestConformanceWillV5(t *testing.T) {
 		cp.Will = will("will/expiry", 3600)
 		c := dialRaw(t, addr, packet.V5)
 		c.connect(cp)
-		start := time.Now()
 		c.nc.Close()
-		p := recvPublish(t, watcher)
-		if p.Topic != "will/expiry" || time.Since(start) > 4*time.Second {
-			t.Fatalf("got %q after %v", p.Topic, time.Since(start))
+		waitOffline(t, srv, "w-expiry")
+		clock.advance(time.Second) // the session's expiry, not the will delay
+		if p := recvPublish(t, watcher); p.Topic != "will/expiry" {
+			t.Fatalf("got %q", p.Topic)
 		}
 	})
 	t.Run("MQTT-3.1.2-15 will retain: the will becomes the retained message", func(t *testing.T) {
@@ -381,13 +386,13 @@ func TestConformanceWillV5(t *testing.T) {
 	})
 	t.Run("MQTT-3.1.3 will Message Expiry runs from publication, not from disconnection", func(t *testing.T) {
 		cp := connectV5("w-msgexp", true, withExpiry(600))
-		cp.Will = will("will/msg-expiry", 1)
+		cp.Will = will("will/msg-expiry", 20)
 		cp.Will.Properties.SetMessageExpiry(30)
 		c := dialRaw(t, addr, packet.V5)
 		c.connect(cp)
 		c.nc.Close()
-		time.Sleep(100 * time.Millisecond) // let the server see the close
-		clock.advance(20 * time.Second)    // the fake clock; the delay timer is real
+		waitOffline(t, srv, "w-msgexp")
+		clock.advance(20 * time.Second) // the will is published 20 s after the close
 		p := recvPublish(t, watcher)
 		if p.Topic != "will/msg-expiry" || p.Properties.MessageExpiry != 30 {
 			t.Fatalf("got %q with Message Expiry %d, want 30", p.Topic, p.Properties.MessageExpiry)
@@ -399,9 +404,8 @@ func TestConformanceWillV5(t *testing.T) {
 		c := dialRaw(t, addr, packet.V5)
 		c.connect(cp)
 		closeAndWait(t, c, &packet.Disconnect{})
-		if p, err := watcher.recvErr(1500 * time.Millisecond); err == nil {
-			t.Fatalf("will sent: %+v", p)
-		}
+		clock.advance(2 * time.Second) // past the will delay and the session
+		expectNone(t, watcher)
 	})
 }
 
@@ -925,8 +929,8 @@ func TestConformanceLimitsV5(t *testing.T) {
 }
 
 func TestConformanceRetainedExpiryV5(t *testing.T) {
-	clock := &fakeClock{t: time.Now()}
-	_, addr := testServer(t, Config{Now: clock.Now})
+	clock := newFakeClock()
+	_, addr := testServer(t, Config{Clock: clock})
 	pub := dialRaw(t, addr, packet.V5)
 	pub.connect(v5connect("rx-pub"))
 	for i, exp := range []uint32{10, 100} {

@@ -80,6 +80,25 @@ func checkFor(t testing.TB, timeout time.Duration, cond func() error) {
 	t.Fatalf("condition not met after %v: %v", timeout, err)
 }
 
+// waitOffline waits until the server has seen the connection of the
+// session id close: the session has no connection any more, and its will
+// delay and expiry timers are set.
+func waitOffline(t testing.TB, srv *Server, id string) {
+	t.Helper()
+	checkFor(t, 5*time.Second, func() error {
+		sess := srv.lookup(id)
+		if sess == nil {
+			return errString("no session " + id)
+		}
+		sess.mu.Lock()
+		defer sess.mu.Unlock()
+		if sess.conn != nil {
+			return errString("session " + id + " still connected")
+		}
+		return nil
+	})
+}
+
 // rawClient speaks MQTT byte by byte with the codec, for tests that need
 // exact control over what is sent.
 type rawClient struct {

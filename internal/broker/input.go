@@ -200,7 +200,7 @@ func (c *conn) goQuiet() bool {
 		return false
 	}
 	c.releaseInput()
-	c.srv.track(c.readQuiet)
+	c.srv.goroutines.goTracked(goReader, c.readQuiet)
 	return true
 }
 

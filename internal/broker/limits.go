@@ -79,6 +79,9 @@ func (b *byteBudget) acquire(n int64, deadline time.Time, closed, shutdown <-cha
 
 	var timeout <-chan time.Time
 	if !deadline.IsZero() {
+		// The system clock, not Config.Clock: deadline is the
+		// connection's connect deadline, which its socket measures on
+		// the system clock too.
 		t := time.NewTimer(time.Until(deadline))
 		defer t.Stop()
 		timeout = t.C

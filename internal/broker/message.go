@@ -177,16 +177,3 @@ type shortAck struct {
 
 // Type implements packet.Packet.
 func (a shortAck) Type() packet.Type { return a.typ }
-
-// appendTo encodes a for version v: the reason code is left out when it
-// is Success, and always before MQTT 5 [MQTT-3.4.2-1].
-func (a shortAck) appendTo(dst []byte, v packet.Version) []byte {
-	first := byte(a.typ) << 4
-	if a.typ == packet.PUBREL {
-		first |= 0x02 // [MQTT-3.6.1-1]
-	}
-	if v == packet.V5 && a.code != packet.Success {
-		return append(dst, first, 3, byte(a.pid>>8), byte(a.pid), byte(a.code))
-	}
-	return append(dst, first, 2, byte(a.pid>>8), byte(a.pid))
-}

@@ -32,13 +32,16 @@ type Server struct {
 	cancel context.CancelFunc
 	start  time.Time
 
-	wg sync.WaitGroup // every goroutine the server starts
+	goroutines *tracker // every goroutine the server starts
 
 	// sessMu serializes session creation, takeover and removal; lookups
 	// on the publish path go through sessions without it.
 	sessMu   sync.Mutex
 	sessions sync.Map // client ID → *session
 
+	// mu guards the listener and connection sets and closed, which
+	// Shutdown sets before it waits for the goroutines: the accept loop
+	// and the timers start goroutines only while it is false.
 	mu        sync.Mutex
 	listeners map[net.Listener]*listenerState
 	conns     map[*conn]struct{}
@@ -78,6 +81,7 @@ func New(cfg Config) (*Server, error) {
 		index:      topic.NewIndex(),
 		ctx:        ctx,
 		cancel:     cancel,
+		goroutines: newTracker(),
 		start:      c.Now(),
 		listeners:  make(map[net.Listener]*listenerState),
 		conns:      make(map[*conn]struct{}),
@@ -89,18 +93,9 @@ func New(cfg Config) (*Server, error) {
 			"receive its queued messages and disconnect its owner")
 	}
 	if c.SysInterval > 0 {
-		s.track(s.sysLoop)
+		s.goroutines.goTracked(goSys, s.sysLoop)
 	}
 	return s, nil
-}
-
-// track runs f on a goroutine the server waits for in Shutdown.
-func (s *Server) track(f func()) {
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		f()
-	}()
 }
 
 // Serve accepts connections on ln until ctx is cancelled, Shutdown is
@@ -146,8 +141,18 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, lc ListenerConfig) 
 		s.mu.Unlock()
 		ln.Close()
 	}()
-	stop := context.AfterFunc(ctx, func() { ln.Close() })
-	defer stop()
+	// ln is closed when ctx ends; Serve returns only after that call
+	// did, so that it leaves no goroutine behind.
+	lnClosed := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		defer close(lnClosed)
+		ln.Close()
+	})
+	defer func() {
+		if !stop() {
+			<-lnClosed
+		}
+	}()
 
 	s.log.Info("broker: listening", "listener", st.name, "address", ln.Addr().String())
 	var backoff time.Duration
@@ -161,7 +166,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, lc ListenerConfig) 
 			if errors.As(err, &ne) && ne.Timeout() || isTemporary(err) {
 				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
 				s.log.Warn("broker: accept failed; retrying", "listener", st.name, "err", err, "retry_in", backoff)
-				time.Sleep(backoff)
+				if !s.wait(backoff, ctx.Done(), s.ctx.Done()) {
+					return ErrServerClosed
+				}
 				continue
 			}
 			return err
@@ -181,15 +188,17 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, lc ListenerConfig) 
 			s.release(st)
 			continue
 		}
-		s.conns[c] = struct{}{}
-		s.mu.Unlock()
 		c.onEnd = func() {
 			s.mu.Lock()
 			delete(s.conns, c)
 			s.mu.Unlock()
 			s.release(st)
 		}
-		s.track(c.serve)
+		s.conns[c] = struct{}{}
+		// Started under mu: Shutdown sets closed under mu before it
+		// waits, so it either waits for this goroutine or kills c first.
+		s.goroutines.goTracked(goConnect, c.serve)
+		s.mu.Unlock()
 	}
 }
 
@@ -218,7 +227,11 @@ func (s *Server) release(st *listenerState) {
 }
 
 // Shutdown stops accepting connections, disconnects every client (v5
-// clients get DISCONNECT 0x8B) and waits for all goroutines, or for ctx.
+// clients get DISCONNECT 0x8B) and waits for every goroutine the server
+// started. If ctx ends first, it closes every connection's socket at once
+// and returns an error that wraps ctx.Err() and counts the goroutines
+// still running by kind; they end by themselves, and calling Shutdown
+// again waits for them. Safe to call more than once.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.cancel()
 	s.mu.Lock()
@@ -235,21 +248,29 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		c.kill(packet.ServerShuttingDown, "server shutting down")
 		c.stopDrain()
 	}
-	done := make(chan struct{})
-	go func() {
-		s.wg.Wait()
-		close(done)
-	}()
+	idle := s.goroutines.close()
 	select {
-	case <-done:
+	case <-idle:
 		s.stopTimers()
 		return nil
 	case <-ctx.Done():
-		for _, c := range conns {
-			c.nc.Close()
-		}
-		return ctx.Err()
 	}
+	for _, c := range conns {
+		c.nc.Close()
+	}
+	s.stopTimers()
+	select {
+	case <-idle:
+		return nil
+	default:
+	}
+	running := s.goroutines.running()
+	if running == "" {
+		running = "none but the last one returning"
+	}
+	return fmt.Errorf("broker: shutdown did not finish before its context ended (%w): still running %s; "+
+		"a connection is usually stuck in an Authenticator or Authorizer call, or the context allowed too little time",
+		ctx.Err(), running)
 }
 
 // stopTimers stops session expiry and will timers after shutdown.
@@ -314,9 +335,7 @@ func (s *Server) attach(c *conn, st *connectState) (*session, bool, string) {
 					"other_identity", foreign)
 				oc.takenOver.Store(true)
 				oc.kill(packet.SessionTakenOver, "session taken over")
-				select {
-				case <-oc.done:
-				case <-time.After(s.cfg.ConnectTimeout):
+				if s.wait(s.cfg.ConnectTimeout, oc.done, nil) {
 					oc.nc.Close()
 					<-oc.done
 				}
@@ -529,7 +548,7 @@ func (s *Server) detach(c *conn) {
 	}
 	sess.mu.Lock()
 	if expiry > 0 && !s.closing() {
-		sess.expiryTimer = time.AfterFunc(expiry, func() { s.expire(sess) })
+		sess.expiryTimer = s.afterFunc(expiry, func() { s.expire(sess) })
 	}
 	if willMsg != nil {
 		if expiry > 0 && willDelay > expiry {
@@ -537,7 +556,7 @@ func (s *Server) detach(c *conn) {
 		}
 		if willDelay > 0 {
 			sess.willMsg, sess.willFrom = willMsg, &from
-			sess.willTimer = time.AfterFunc(willDelay, func() { s.delayedWill(sess) })
+			sess.willTimer = s.afterFunc(willDelay, func() { s.delayedWill(sess) })
 			willMsg = nil
 		}
 	}

@@ -60,11 +60,11 @@ type session struct {
 	maxPacket     uint32 // client's Maximum Packet Size, 0 = none
 
 	// Pending will: set at disconnection while the will delay runs.
-	willTimer *time.Timer
+	willTimer Timer
 	willMsg   *Message
 	willFrom  *Client
 	// expiryTimer removes the offline session when it fires.
-	expiryTimer *time.Timer
+	expiryTimer Timer
 }
 
 func newSession(id string, owner sessionOwner, now time.Time) *session {

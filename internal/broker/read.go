@@ -1,0 +1,210 @@
+package broker
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"time"
+
+	"github.com/moatmq/moat/internal/packet"
+)
+
+// armKeepAlive sets the read deadline for the next packet: one and a half
+// times the keep alive from now [MQTT-3.1.2-24].
+func (c *conn) armKeepAlive() {
+	if c.keepAlive > 0 {
+		c.nc.SetReadDeadline(time.Now().Add(c.keepAlive * 3 / 2))
+	}
+}
+
+// readLoop reads and handles packets until the connection ends, and
+// returns false then. It returns true when it handed reading over to a
+// fresh goroutine (goQuiet): the caller must return at once. The read
+// deadline for the first packet is already set (armKeepAlive, goQuiet).
+func (c *conn) readLoop() (handedOver bool) {
+	for {
+		if c.closing.Load() {
+			// kill was called: stop reading packets (the writer wakes a
+			// blocked read once it has flushed, see wakeReader).
+			return false
+		}
+		if c.in.br.Buffered() == 0 {
+			// Wait for input here, so that a short acknowledgement at
+			// its start can take the fast path below.
+			if _, err := c.in.br.Peek(1); err != nil {
+				c.readError(err)
+				return false
+			}
+		}
+		if typ, pid, ok := c.in.r.PeekShortAck(); ok {
+			// One acknowledgement arrives per QoS 1/2 message delivered:
+			// the 4-byte form is taken from the read buffer without a
+			// packet struct; anything else goes through the decoder.
+			c.srv.stats.packetsIn.Add(1)
+			c.setHandling(true)
+			c.handleAck(typ, pid, packet.Success)
+			c.setHandling(false)
+		} else {
+			p, err := c.in.r.ReadPacket()
+			if err != nil {
+				c.releaseBody()
+				c.readError(err)
+				return false
+			}
+			c.srv.stats.packetsIn.Add(1)
+			c.setHandling(true)
+			ok := c.handle(p)
+			c.setHandling(false)
+			c.releaseBody()
+			if !ok {
+				return false
+			}
+		}
+		if c.in.br.Buffered() == 0 {
+			// About to wait for input: write what handling queued on
+			// this goroutine rather than waking a writer goroutine.
+			c.writeInline()
+			if c.raw != nil {
+				now := time.Now()
+				quiet := now.Sub(c.lastDrain) >= quietAfter
+				c.lastDrain = now
+				if quiet {
+					if c.goQuiet() {
+						return true
+					}
+					continue // goQuiet set the read deadline
+				}
+			}
+			// The deadline moves only before a read that may wait:
+			// packets still buffered arrived with the last read, so
+			// their keep alive already counts from after it. (Moving it
+			// per packet costs a timer update per message at full load.)
+			c.armKeepAlive()
+		} else {
+			// More input is waiting (perhaps only part of a packet):
+			// never hold queued packets back for it.
+			c.outMu.Lock()
+			c.startWriterLocked()
+			c.outMu.Unlock()
+		}
+	}
+}
+
+func (c *conn) readError(err error) {
+	var pe *packet.Error
+	switch {
+	case c.closing.Load():
+		// We are closing it ourselves.
+	case errors.As(err, &pe):
+		c.srv.stats.protocolErrors.Add(1)
+		c.log.Info("broker: protocol violation; disconnecting", "err", err)
+		c.kill(pe.Code, pe.Reason)
+	case isTimeout(err):
+		c.log.Info("broker: keep alive timeout; disconnecting", "keep_alive", c.keepAlive)
+		c.kill(packet.KeepAliveTimeout, "keep alive timeout")
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
+		c.log.Debug("broker: connection closed by client", "err", err)
+		c.kill(0, "")
+	default:
+		c.log.Info("broker: read error; disconnecting", "err", err)
+		c.kill(0, "")
+	}
+}
+
+// isTimeout reports whether err is a deadline passing.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// protocolError disconnects for a rule broken by a well-formed packet.
+func (c *conn) protocolError(code packet.ReasonCode, reason string) bool {
+	c.srv.stats.protocolErrors.Add(1)
+	c.log.Info("broker: protocol violation; disconnecting", "code", code, "reason", reason)
+	c.kill(code, reason)
+	return false
+}
+
+// handle dispatches one packet; it returns false to stop reading.
+func (c *conn) handle(p packet.Packet) bool {
+	switch p := p.(type) {
+	case *packet.Publish:
+		return c.handlePublish(p)
+	case *packet.Puback:
+		c.handleAck(packet.PUBACK, p.PacketID, p.ReasonCode)
+	case *packet.Pubrec:
+		c.handleAck(packet.PUBREC, p.PacketID, p.ReasonCode)
+	case *packet.Pubrel:
+		c.handleAck(packet.PUBREL, p.PacketID, p.ReasonCode)
+	case *packet.Pubcomp:
+		c.handleAck(packet.PUBCOMP, p.PacketID, p.ReasonCode)
+	case *packet.Subscribe:
+		c.handleSubscribe(p)
+	case *packet.Unsubscribe:
+		c.handleUnsubscribe(p)
+	case *packet.Pingreq:
+		c.send(&packet.Pingresp{})
+	case *packet.Disconnect:
+		return c.handleDisconnect(p)
+	case *packet.Connect:
+		// [MQTT-3.1.0-2]: a second CONNECT is a protocol violation.
+		return c.protocolError(packet.ProtocolError, "second CONNECT")
+	case *packet.Auth:
+		return c.protocolError(packet.ProtocolError, "AUTH without enhanced authentication")
+	default:
+		return c.protocolError(packet.ProtocolError, fmt.Sprintf("unexpected %s from a client", p.Type()))
+	}
+	return true
+}
+
+// handleAck handles PUBACK, PUBREC, PUBREL and PUBCOMP (their properties,
+// a reason string or user properties, carry nothing the broker acts on).
+func (c *conn) handleAck(typ packet.Type, pid uint16, code packet.ReasonCode) {
+	switch typ {
+	case packet.PUBACK:
+		if !c.sess.ack(c.srv, pid, 1) {
+			c.log.Debug("broker: PUBACK for unknown packet identifier", "pid", pid)
+		}
+	case packet.PUBREC:
+		if c.sess.received(c.srv, pid, code) {
+			if !code.IsError() {
+				c.send(shortAck{typ: packet.PUBREL, pid: pid})
+			}
+		} else {
+			// Answer an unknown identifier with PUBREL 0x92 so the
+			// client can finish its flow [MQTT-4.3.3-4].
+			c.send(shortAck{typ: packet.PUBREL, code: packet.PacketIDNotFound, pid: pid})
+		}
+	case packet.PUBREL:
+		c.sess.mu.Lock()
+		_, ok := c.sess.inboundQoS2[pid]
+		delete(c.sess.inboundQoS2, pid)
+		c.sess.mu.Unlock()
+		code := packet.Success
+		if !ok {
+			code = packet.PacketIDNotFound
+		}
+		c.send(shortAck{typ: packet.PUBCOMP, code: code, pid: pid})
+	case packet.PUBCOMP:
+		if !c.sess.ack(c.srv, pid, 2) {
+			c.log.Debug("broker: PUBCOMP for unknown packet identifier", "pid", pid)
+		}
+	}
+}
+
+func (c *conn) handleDisconnect(p *packet.Disconnect) bool {
+	if c.version == packet.V5 && p.Properties.Has(packet.PropSessionExpiry) {
+		if c.sessionExpiryZero && p.Properties.SessionExpiry != 0 {
+			return c.protocolError(packet.ProtocolError, "session expiry raised from 0 in DISCONNECT")
+		}
+		c.srv.setExpiry(c.sess, p.Properties.SessionExpiry)
+	}
+	if p.ReasonCode != packet.DisconnectWithWill {
+		// [MQTT-3.14.4-3]: a normal DISCONNECT discards the will.
+		c.normalExit.Store(true)
+	}
+	c.log.Debug("broker: client disconnected", "code", p.ReasonCode)
+	c.kill(0, "")
+	return false
+}
