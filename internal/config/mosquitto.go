@@ -603,7 +603,7 @@ func (p *mosqParser) apply(ln *line, cur *mosqListener) *mosqListener {
 		}
 	case "check_retain_source":
 		if _, ok := p.boolean(ln); ok {
-			p.note(ln, "check_retain_source is ignored until ACLs are supported")
+			p.note(ln, "check_retain_source is ignored: retained messages are checked against the subscriber's right to receive them, not yet against the publisher's current right")
 		}
 	case "websockets_log_level", "websockets_headers_size":
 		if _, ok := p.integer(ln, math.MinInt32, math.MaxInt32); ok {
