@@ -611,7 +611,6 @@ func (a *accessPlan) reload() {
 // value (the request-struct step).
 type clientTable struct {
 	m sync.Map // weak.Pointer[broker.Client] -> *clientAccess
-	n atomic.Int64
 }
 
 // clientAccess is one connection's authorization state.
@@ -635,11 +634,7 @@ func (t *clientTable) get(c *broker.Client) *clientAccess {
 	if v, loaded := t.m.LoadOrStore(k, ca); loaded {
 		return v.(*clientAccess)
 	}
-	t.n.Add(1)
-	runtime.AddCleanup(c, func(k weak.Pointer[broker.Client]) {
-		t.m.Delete(k)
-		t.n.Add(-1)
-	}, k)
+	runtime.AddCleanup(c, func(k weak.Pointer[broker.Client]) { t.m.Delete(k) }, k)
 	return ca
 }
 

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	gojwt "github.com/golang-jwt/jwt/v5"
+
 	"github.com/moatmq/moat/internal/config"
 )
 
@@ -459,5 +461,65 @@ func TestServeZeroConfigDefaultPolicy(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "authz: denied") {
 		t.Error("denials not logged")
+	}
+}
+
+// Groups and topic grants from a JWT reach the authorization rules of the
+// connection: a rule for group "ops" admits a token carrying it, and a
+// token's own publish grant is used when no rule matches.
+func TestServeJWTGroupsReachRules(t *testing.T) {
+	needTool(t, "mosquitto_pub", "mosquitto_sub")
+	dir := t.TempDir()
+	secret := strings.Repeat("k", 40)
+	writeFile(t, filepath.Join(dir, "jwt.secret"), secret)
+	port := freePort(t)
+	writeFile(t, filepath.Join(dir, "moat.yaml"), fmt.Sprintf(`listeners:
+  - address: 127.0.0.1:%d
+    transport: tcp
+auth:
+  - {type: jwt, hmac_secret_file: %s, groups_claim: groups, publish_claim: mqtt_pub}
+acl:
+  rules:
+    - {name: ops-all, effect: allow, subjects: {groups: [ops]}, actions: [publish, read], topics: ["#"]}
+`, port, filepath.Join(dir, "jwt.secret")))
+	m := startMoat(t, dir, []int{port}, "-c", "moat.yaml", "--data", filepath.Join(dir, "data"))
+	token := func(sub string, groups, pub []string) string {
+		claims := gojwt.MapClaims{"sub": sub, "exp": time.Now().Add(time.Hour).Unix(), "groups": groups, "mqtt_pub": pub}
+		s, err := gojwt.NewWithClaims(gojwt.SigningMethodHS256, claims).SignedString([]byte(secret))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	base := []string{"-h", "127.0.0.1", "-p", strconv.Itoa(port), "-q", "1"}
+	opsTok := token("olga", []string{"ops"}, nil)
+	s := &subscriber{cmd: exec.Command("mosquitto_sub", append(base, "-t", "#", "-v", "-u", "olga", "-P", opsTok, "-i", "olga-sub")...), out: &syncBuffer{}}
+	s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.cmd.Process.Kill(); s.cmd.Wait() })
+	pub := func(user, tok, topic string) {
+		if out, err := run(t, 15*time.Second, "mosquitto_pub", append(base, "-u", user, "-P", tok, "-t", topic, "-m", user)...); err != nil {
+			t.Fatalf("%s: %v %s", user, err, out)
+		}
+	}
+	waitFor(t, "the ops subscription", func() bool {
+		pub("olga", opsTok, "ops/ready")
+		return strings.Contains(s.out.String(), "ops/ready olga")
+	})
+	devTok := token("dev-1", nil, []string{"telemetry/%u"})
+	pub("dev-1", devTok, "telemetry/dev-1") // the token's own grant
+	pub("dev-1", devTok, "telemetry/dev-2") // not granted
+	pub("olga", opsTok, "ops/end")
+	waitFor(t, "the end marker", func() bool { return strings.Contains(s.out.String(), "ops/end") })
+	if got := s.out.String(); !strings.Contains(got, "telemetry/dev-1 dev-1") || strings.Contains(got, "telemetry/dev-2") {
+		t.Errorf("delivered:\n%s", got)
+	}
+	if !m.waitLog(t, "topic=telemetry/dev-2", "rule=default") {
+		t.Error("the denial is not logged")
+	}
+	if strings.Contains(m.logs.String(), opsTok) {
+		t.Error("a token reached the log")
 	}
 }
