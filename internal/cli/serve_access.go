@@ -401,15 +401,12 @@ func (ps *policySource) fingerprint() [sha256.Size]byte {
 // reload recompiles the policy when its files changed. A policy that does
 // not compile leaves the previous one in force; the error is logged once
 // per content.
-func (ps *policySource) reload(log *slog.Logger, force bool) {
+func (ps *policySource) reload(log *slog.Logger) {
 	if ps.holder == nil {
 		return
 	}
 	fp := ps.fingerprint()
-	if fp == ps.sum && !force {
-		return
-	}
-	if fp == ps.failed && !force {
+	if fp == ps.sum || fp == ps.failed {
 		return
 	}
 	pol, desc, sum, err := ps.compile()
@@ -551,7 +548,7 @@ func (a *accessPlan) startWatch(p *servePlan) {
 				case <-ctx.Done():
 					return
 				case <-t.C:
-					a.reloadPolicies(false)
+					a.reloadPolicies()
 				}
 			}
 		})
@@ -569,11 +566,11 @@ func (a *accessPlan) uniqueFiles() []*passwd.File {
 	return out
 }
 
-func (a *accessPlan) reloadPolicies(force bool) {
+func (a *accessPlan) reloadPolicies() {
 	a.policyMu.Lock()
 	defer a.policyMu.Unlock()
 	for _, ps := range a.policies {
-		ps.reload(a.log, force)
+		ps.reload(a.log)
 	}
 }
 
@@ -599,7 +596,7 @@ func (a *accessPlan) reload() {
 		c, err := f.Reload()
 		a.reportPasswd(f, c, err)
 	}
-	a.reloadPolicies(false)
+	a.reloadPolicies()
 }
 
 // clientTable keeps what the authorizer needs per connection: the Subject
@@ -612,6 +609,11 @@ func (a *accessPlan) reload() {
 type clientTable struct {
 	m sync.Map // weak.Pointer[broker.Client] -> *clientAccess
 }
+
+// connCacheSize bounds the decisions cached per connection. A key holds a
+// topic of up to limits.max_topic_length bytes (1 KiB by default), so a
+// client cycling through topics costs at most about this many KiB.
+const connCacheSize = 64
 
 // clientAccess is one connection's authorization state.
 type clientAccess struct {
@@ -630,7 +632,7 @@ func (t *clientTable) get(c *broker.Client) *clientAccess {
 	if v, ok := t.m.Load(k); ok {
 		return v.(*clientAccess)
 	}
-	ca := &clientAccess{cache: authz.NewCache(0)}
+	ca := &clientAccess{cache: authz.NewCache(connCacheSize)}
 	if v, loaded := t.m.LoadOrStore(k, ca); loaded {
 		return v.(*clientAccess)
 	}
