@@ -533,3 +533,61 @@ acl:
 		t.Error("a token reached the log")
 	}
 }
+
+// With allow_anonymous true next to a password_file, clients without a
+// username use the acl_file's anonymous section, as in Mosquitto 2.0; a
+// username that is not in the file is still refused.
+func TestServeMosquittoAnonymousSection(t *testing.T) {
+	needTool(t, "mosquitto", "mosquitto_passwd", "mosquitto_pub", "mosquitto_sub")
+	dir := t.TempDir()
+	pw, acl := filepath.Join(dir, "passwd"), filepath.Join(dir, "acl")
+	makePasswd(t, pw, "alice")
+	writeFile(t, acl, "topic readwrite public/#\ntopic deny public/secret\n\nuser alice\ntopic readwrite alice/#\ntopic read public/#\n")
+	conf := "listener %s 127.0.0.1\nallow_anonymous true\npassword_file " + pw + "\nacl_file " + acl + "\n"
+	port := freePort(t)
+	writeFile(t, filepath.Join(dir, "mosquitto.conf"), fmt.Sprintf(conf, strconv.Itoa(port)))
+	startMoat(t, dir, []int{port}, "-c", "mosquitto.conf", "--data", filepath.Join(dir, "data"))
+	mport, _ := strconv.Atoi(psStartMosquittoConf(t, "mosquitto", func(p string) string { return fmt.Sprintf(conf, p) }))
+
+	anonymous := func(port int) []string {
+		base := []string{"-h", "127.0.0.1", "-p", strconv.Itoa(port), "-q", "1"}
+		if out, err := mqttTry(t, port, "mallory", "public/x"); err == nil {
+			t.Errorf("port %d: an unknown username was admitted: %s", port, out)
+		}
+		s := &subscriber{cmd: exec.Command("mosquitto_sub", append(base, "-t", "public/#", "-v")...), out: &syncBuffer{}}
+		s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
+		if err := s.cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.cmd.Process.Kill(); s.cmd.Wait() })
+		anon := func(topic string) {
+			if out, err := run(t, 15*time.Second, "mosquitto_pub", append(base, "-t", topic, "-m", "anon")...); err != nil {
+				t.Fatalf("anonymous publish %s: %v %s", topic, err, out)
+			}
+		}
+		waitFor(t, "the anonymous subscription", func() bool {
+			anon("public/warm")
+			return strings.Contains(s.out.String(), "public/warm")
+		})
+		anon("public/a")
+		anon("public/secret")
+		anon("alice/x")
+		mqttTry(t, port, "alice", "public/from-alice")
+		anon("public/end")
+		waitFor(t, "the end marker", func() bool { return strings.Contains(s.out.String(), "public/end") })
+		var got []string
+		for l := range strings.SplitSeq(strings.TrimSpace(s.out.String()), "\n") {
+			if !strings.Contains(l, "/warm") {
+				got = append(got, l)
+			}
+		}
+		return got
+	}
+	moat, mosq := anonymous(port), anonymous(mport)
+	if !slices.Equal(moat, mosq) {
+		t.Errorf("anonymous subscriber: moat received %q, mosquitto %q", moat, mosq)
+	}
+	if !slices.Contains(moat, "public/a anon") || slices.Contains(moat, "public/secret anon") {
+		t.Errorf("moat delivered %q", moat)
+	}
+}
