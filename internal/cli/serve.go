@@ -47,7 +47,8 @@ FILE is either Moat's YAML configuration (see examples/moat.yaml) or a
 mosquitto.conf, which runs unchanged. --check builds everything serve
 would, loading every certificate, key, CA bundle and CRL, without binding
 a port, and exits: non-zero with every problem at its file:line.
-SIGHUP reloads certificates, keys, CA bundles and CRLs.`,
+SIGHUP reloads certificates, keys, CA bundles, CRLs, password files and
+access policies (acl_file).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runServe(cmd.Context(), stdio, o, cmd.Flags().Changed("data"))
@@ -166,6 +167,7 @@ func (p *servePlan) serve(ctx context.Context, stdio Stdio) error {
 	}
 	if p.zero != nil {
 		p.zero.printInstructions(stdio.Err, p.listeners[0].ln.Addr().String())
+		p.access.printDefaultPolicy(stdio.Err, p.zero.caDir)
 	}
 	stopHUP := p.reloadOnSIGHUP()
 	defer stopHUP()
@@ -258,7 +260,8 @@ func (p *servePlan) reloadOnSIGHUP() (stop func()) {
 // reload reloads certificates, keys, CA bundles and CRLs; a listener whose
 // new files do not load keeps its previous ones.
 func (p *servePlan) reload() {
-	p.log.Info("serve: SIGHUP received; reloading certificates, CA bundles and CRLs")
+	p.log.Info("serve: SIGHUP received; reloading certificates, CA bundles, CRLs, password files and access policies")
+	p.access.reload()
 	for _, pl := range p.listeners {
 		if pl.mgr == nil {
 			continue

@@ -3,8 +3,11 @@ package cli
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net"
+	"net/netip"
 
+	"github.com/moatmq/moat/internal/authn"
 	"github.com/moatmq/moat/internal/broker"
 	"github.com/moatmq/moat/internal/listener"
 	"github.com/moatmq/moat/internal/packet"
@@ -15,7 +18,8 @@ import (
 // certificate, per listener: the identity mapping of the listener names the
 // username (use_identity_as_username and friends) and may replace or bind
 // the client ID. Clients it cannot decide on are left to the listener's
-// anonymous policy; password and token backends plug in here later.
+// anonymous policy, after the listener's authentication chain
+// (accessAuthenticator).
 type certAuthenticator struct {
 	mappings map[string]tlsconf.IdentityMapping // by listener name; read-only after start
 	// proxy maps listener names to the identity source of PROXY-reported
@@ -91,4 +95,85 @@ func proxyIdentity(conn net.Conn, src tlsconf.IdentitySource) (string, bool) {
 		return pt.CommonName, true
 	}
 	return "", false
+}
+
+// accessAuthenticator is the broker's Authenticator: the certificate
+// identity of the listener first (certAuthenticator), then the listener's
+// authentication chain (password files, LDAP, JWT, introspection). A chain
+// backend that cannot answer refuses the client as "server unavailable"
+// (fail closed). Every decision is logged with its reason; passwords
+// never are.
+type accessAuthenticator struct {
+	cert    *certAuthenticator
+	chains  map[string]*authn.Chain // by listener name; read-only after start
+	clients *clientTable
+	log     *slog.Logger
+}
+
+func (a *accessAuthenticator) Authenticate(ctx context.Context, req *broker.ConnectRequest) broker.AuthResult {
+	res := a.cert.Authenticate(ctx, req)
+	chain := a.chains[req.Client.Listener]
+	if res.Allow || !res.NoOpinion || chain == nil || len(chain.Backends) == 0 {
+		a.logDecision(req, res, "certificate")
+		return res
+	}
+	areq := &authn.Request{
+		Listener:     req.Client.Listener,
+		ClientID:     req.Client.ClientID,
+		Username:     req.Connect.Username,
+		Password:     authn.NewPassword(req.Connect.Password),
+		HasPassword:  req.Connect.PasswordFlag,
+		Chain:        req.Client.PeerCertificates(),
+		CertIdentity: res.Username,
+	}
+	if ap, ok := addrPort(req.Client.Remote); ok {
+		areq.Remote = ap
+	}
+	r, err := chain.Authenticate(ctx, areq)
+	out := res // keeps a certificate-bound or certificate-derived client ID
+	switch {
+	case err != nil:
+		out = broker.AuthResult{Code: packet.ServerUnavailable, Reason: r.Reason}
+		a.log.Error("auth: backend unavailable; client refused (fail closed)", "listener", req.Client.Listener,
+			"client_id", req.Client.ClientID, "username", clipLog(req.Connect.Username), "backend", r.Backend, "err", err)
+		return out
+	case r.Verdict == authn.Allow:
+		out.Allow, out.NoOpinion = true, false
+		out.Username = cmpOr(r.Username, req.Connect.Username)
+		out.Reason = r.Reason
+		a.clients.setAuth(req.Client, r)
+	case r.Verdict == authn.Deny:
+		out = broker.AuthResult{Code: packet.BadUsernameOrPassword, Reason: r.Reason}
+	default:
+		// No backend knows the client: the listener's anonymous policy
+		// decides (Mosquitto: a client without a username).
+		out.Reason = r.Reason
+	}
+	a.logDecision(req, out, r.Backend)
+	return out
+}
+
+// logDecision logs an authentication decision with its reason.
+func (a *accessAuthenticator) logDecision(req *broker.ConnectRequest, res broker.AuthResult, backend string) {
+	verdict := "refused"
+	switch {
+	case res.Allow:
+		verdict = "admitted"
+	case res.NoOpinion:
+		verdict = "left to the anonymous policy"
+	}
+	a.log.Info("auth: client "+verdict, "listener", req.Client.Listener, "client_id", clipLog(req.Client.ClientID),
+		"username", clipLog(cmpOr(res.Username, req.Connect.Username)), "backend", backend, "reason", res.Reason)
+}
+
+// addrPort converts a peer address to netip form.
+func addrPort(a net.Addr) (netip.AddrPort, bool) {
+	switch v := a.(type) {
+	case nil:
+		return netip.AddrPort{}, false
+	case *net.TCPAddr:
+		return v.AddrPort(), true
+	}
+	ap, err := netip.ParseAddrPort(a.String())
+	return ap, err == nil
 }

@@ -46,6 +46,7 @@ type servePlan struct {
 	broker    broker.Config
 	srv       *broker.Server
 	auth      *certAuthenticator
+	access    *accessPlan // authentication chains and access policies
 	listeners []*plannedListener
 	zero      *zeroConfig // the built-in CA, when a listener uses it
 	zeroOK    bool        // its files exist and can be loaded
@@ -88,6 +89,7 @@ func buildPlan(cfg *config.Config, log *slog.Logger, check bool, sans ...string)
 	for i := range cfg.Listeners {
 		p.planListener(i)
 	}
+	p.planAccess()
 	if len(p.errs) == 0 {
 		p.startBroker()
 	}

@@ -93,6 +93,19 @@ type Config struct {
 	// 127.0.0.1:1883 and [::1]:1883 with anonymous access.
 	Listeners []Listener `json:"listeners" yaml:"listeners"`
 
+	// Auth is the authentication chain of every listener that has no auth
+	// list of its own: ordered backends (password_file, ldap, jwt,
+	// introspection), tried after the certificate identity of a TLS
+	// listener. Default none: only certificates and the anonymous policy
+	// decide. mosquitto.conf: password_file (global unless
+	// per_listener_settings true).
+	Auth []AuthBackend `json:"auth,omitempty" yaml:"auth"`
+	// ACL is the access policy: Moat rules and/or a Mosquitto acl_file.
+	// Default nil. Without one, a mosquitto.conf keeps Mosquitto's meaning
+	// (every admitted client may do everything) and the broker says so
+	// loudly at start; see docs/access-control.md for YAML.
+	ACL *ACL `json:"acl,omitempty" yaml:"acl"`
+
 	// Limits bound what one client may cost the broker.
 	Limits Limits `json:"limits" yaml:"limits"`
 	// Sessions controls persistent sessions.
@@ -184,6 +197,15 @@ type Listener struct {
 	// MaxTopicAlias is the number of topic aliases an MQTT 5 client may
 	// create (0-65535). Default 10.
 	MaxTopicAlias int `json:"max_topic_alias" yaml:"max_topic_alias"`
+	// Auth is this listener's authentication chain; when the file sets it
+	// (even to an empty list) it replaces the global Auth for this
+	// listener. mosquitto.conf: password_file with per_listener_settings
+	// true.
+	Auth []AuthBackend `json:"auth,omitempty" yaml:"auth"`
+	// ACLFile is this listener's Mosquitto acl_file (mosquitto.conf with
+	// per_listener_settings true only); it replaces the global ACL for
+	// this listener. Not set from YAML: rules select listeners by name.
+	ACLFile string `json:"acl_file,omitempty" yaml:"-"`
 
 	// pos is "file:line" of the listener's definition, for error messages.
 	pos string

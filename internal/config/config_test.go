@@ -132,7 +132,7 @@ func TestErrorsCarryPosition(t *testing.T) {
 }
 
 func TestUnsupportedKeysAreErrors(t *testing.T) {
-	for _, key := range []string{"password_file /x", "acl_file /x", "psk_file /x", "psk_hint h", "plugin /x.so", "auth_plugin /x.so",
+	for _, key := range []string{"psk_file /x", "psk_hint h", "plugin /x.so", "auth_plugin /x.so",
 		"auth_opt_db x", "plugin_opt_x y", "connection b", "address 1.2.3.4", "topic # both", "bridge_cafile /x",
 		"http_dir /www", "bind_interface eth0", "mount_point m/", "tls_engine x"} {
 		t.Run(key, func(t *testing.T) {

@@ -61,6 +61,10 @@ type mosqSecurity struct {
 	autoIDPrefix  string
 	autoIDSet     bool
 	allowAnonLine string
+	passwordFile  string // password_file
+	passwordLine  string // its file:line
+	aclFile       string // acl_file
+	aclLine       string
 }
 
 type mosqListener struct {
@@ -419,6 +423,20 @@ func (p *mosqParser) apply(ln *line, cur *mosqListener) *mosqListener {
 			s.allowAnon = b2i(b)
 			s.allowAnonLine = ln.pos()
 		}
+	case "password_file", "acl_file":
+		// Mosquitto 2.0: global, or per listener with
+		// per_listener_settings true; given twice for one scope is an
+		// error, as in Mosquitto.
+		s := p.security(cur)
+		dst, pos := &s.passwordFile, &s.passwordLine
+		if key == "acl_file" {
+			dst, pos = &s.aclFile, &s.aclLine
+		}
+		if *dst != "" {
+			p.errorf(ln, "duplicate %s (first at %s)", key, *pos)
+		} else if v, ok := p.str(ln, nil); ok {
+			*dst, *pos = v, ln.pos()
+		}
 	case "allow_zero_length_clientid":
 		if b, ok := p.boolean(ln); ok {
 			p.security(cur).allowZeroLen = b2i(b)
@@ -585,7 +603,7 @@ func (p *mosqParser) apply(ln *line, cur *mosqListener) *mosqListener {
 		}
 	case "check_retain_source":
 		if _, ok := p.boolean(ln); ok {
-			p.note(ln, "check_retain_source is ignored until ACLs are supported")
+			p.note(ln, "check_retain_source is ignored: retained messages are checked against the subscriber's right to receive them, not yet against the publisher's current right")
 		}
 	case "websockets_log_level", "websockets_headers_size":
 		if _, ok := p.integer(ln, math.MinInt32, math.MaxInt32); ok {
@@ -928,9 +946,34 @@ func (p *mosqParser) finish() {
 		all = []*mosqListener{v4, v6}
 		defer func() { c.Listeners[1].Optional = true }()
 	}
+	if !p.pls {
+		if g := &p.global; g.passwordFile != "" {
+			c.Auth = []AuthBackend{{Type: AuthPasswordFile, Path: g.passwordFile}}
+			c.keyPos["auth[0].path"] = g.passwordLine
+			p.set["auth"] = true
+		}
+		if g := &p.global; g.aclFile != "" {
+			c.ACL = &ACL{File: g.aclFile}
+			c.keyPos["acl.acl_file"] = g.aclLine
+			p.set["acl.acl_file"] = true
+		}
+	}
 	used := map[string]bool{}
 	for i, ml := range all {
 		l := p.convert(ml)
+		if p.pls {
+			// per_listener_settings true: each listener has its own
+			// password_file and acl_file, or none.
+			if ml.sec.passwordFile != "" {
+				l.Auth = []AuthBackend{{Type: AuthPasswordFile, Path: ml.sec.passwordFile}}
+				ml.where["auth[0].path"] = ml.sec.passwordLine
+				ml.set["auth"] = true
+			}
+			if ml.sec.aclFile != "" {
+				l.ACLFile = ml.sec.aclFile
+				ml.where["acl_file"] = ml.sec.aclLine
+			}
+		}
 		// Anonymous access, Mosquitto 2.0: forced on in local-only mode
 		// (even for a default listener started by a TLS key, which then
 		// listens on every interface); otherwise false unless set.

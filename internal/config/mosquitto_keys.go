@@ -11,7 +11,7 @@ var knownKeys = map[string]bool{
 	"cafile": true, "capath": true, "certfile": true, "keyfile": true, "crlfile": true, "ciphers": true,
 	"ciphers_tls1.3": true, "tls_version": true, "dhparamfile": true, "require_certificate": true,
 	"use_identity_as_username": true, "use_subject_as_username": true,
-	"per_listener_settings": true, "allow_anonymous": true, "allow_zero_length_clientid": true, "auto_id_prefix": true,
+	"per_listener_settings": true, "allow_anonymous": true, "password_file": true, "acl_file": true, "allow_zero_length_clientid": true, "auto_id_prefix": true,
 	"max_keepalive": true, "max_packet_size": true, "message_size_limit": true, "max_inflight_messages": true,
 	"max_inflight_bytes": true, "max_queued_bytes": true, "max_queued_messages": true, "queue_qos0_messages": true,
 	"persistent_client_expiration": true, "session_owner_check": true, "retain_available": true, "sys_interval": true,
@@ -29,9 +29,8 @@ var knownKeys = map[string]bool{
 }
 
 const (
-	hintAuth     = "Moat's own password files (moat passwd, argon2id) and ACLs are configured in Moat YAML once available; for now authenticate devices with client certificates (require_certificate true, use_identity_as_username true)"
 	hintBridge   = "Moat cannot bridge to other brokers yet; run the bridge on the other broker's side"
-	hintPlugin   = "Mosquitto plugins are C shared libraries and cannot be loaded by Moat"
+	hintPlugin   = "Mosquitto plugins are C shared libraries and cannot be loaded by Moat; Moat has the common ones built in: in Moat YAML, an auth list of backends (password_file, ldap, jwt, introspection) per listener or global, and an acl section (rules and/or acl_file); see docs/access-control.md"
 	hintPSK      = "TLS-PSK is not available in Go's crypto/tls; use certificates (Moat's built-in CA issues them: moat ca issue)"
 	hintEngine   = "OpenSSL engines are not supported; use a PEM key file"
 	hintMosq21   = "this key is from a newer Mosquitto than 2.0 and is not supported"
@@ -42,7 +41,7 @@ const (
 // yet. Ignoring them would silently weaken security or change behaviour,
 // so each is an error with a hint.
 var unsupportedKeys = map[string]string{
-	"password_file": hintAuth, "acl_file": hintAuth, "auth_plugin": hintPlugin, "plugin": hintPlugin,
+	"auth_plugin": hintPlugin, "plugin": hintPlugin,
 	"global_plugin": hintPlugin, "auth_plugin_deny_special_chars": hintPlugin,
 	"psk_file": hintPSK, "psk_hint": hintPSK,
 	"tls_engine": hintEngine, "tls_keyform": hintEngine, "tls_engine_kpass_sha1": hintEngine,

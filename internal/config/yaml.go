@@ -240,6 +240,9 @@ func parseYAML(name string, data []byte) (*Config, []error) {
 		used[l.Name] = true
 	}
 	c.keyPos = map[string]string{}
+	for p, line := range paths.items {
+		c.keyPos[p] = fmt.Sprintf("%s:%d", name, line)
+	}
 	for p, line := range paths.lines {
 		c.keyPos[p] = fmt.Sprintf("%s:%d", name, line)
 	}

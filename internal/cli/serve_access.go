@@ -1,0 +1,730 @@
+package cli
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+	"weak"
+
+	"github.com/moatmq/moat/internal/authn"
+	"github.com/moatmq/moat/internal/authn/introspect"
+	"github.com/moatmq/moat/internal/authn/jwt"
+	"github.com/moatmq/moat/internal/authn/ldap"
+	"github.com/moatmq/moat/internal/authn/passwd"
+	"github.com/moatmq/moat/internal/authz"
+	"github.com/moatmq/moat/internal/broker"
+	"github.com/moatmq/moat/internal/config"
+)
+
+// accessPlan is the access control of a serve plan: every listener's
+// authentication chain and access policy, and what reloads them. See
+// docs/access-control.md, "Configuration and precedence".
+type accessPlan struct {
+	log *slog.Logger
+
+	limiter  *passwd.Limiter          // one per process, shared by every password file
+	files    map[string]*passwd.File  // by path and mode, shared by the listeners naming it
+	chains   map[string]*authn.Chain  // by listener name; nil or empty: certificates and the anonymous policy only
+	policies []*policySource          // distinct policies
+	byLn     map[string]*policySource // by listener name; nil: no ACL (everything allowed)
+	clients  clientTable
+
+	defaultPolicy string // the zero-config policy file, when in use
+	watchEvery    time.Duration
+	policyMu      sync.Mutex // serializes policy reloads (the watcher and SIGHUP)
+}
+
+// policySource is one access policy and the files it was compiled from.
+type policySource struct {
+	spec   authz.Spec
+	source string // where the spec was written (a file, or the config file)
+	rules  string // a rules file to re-read on reload (the zero-config policy), or ""
+	holder *authz.Holder
+	sum    [sha256.Size]byte // of the files, as last compiled
+	failed [sha256.Size]byte // of the files, as last refused (logged once)
+}
+
+// accessWatchInterval is how often password files and ACL files are
+// checked for changes.
+const accessWatchInterval = 2 * time.Second
+
+// planAccess builds the authentication chains and access policies. Every
+// problem is recorded at the line of its setting; files named by the
+// configuration are read and checked now, for --check as for serve.
+func (p *servePlan) planAccess() {
+	a := &accessPlan{
+		log:        p.log,
+		limiter:    passwd.NewLimiter(0),
+		files:      map[string]*passwd.File{},
+		chains:     map[string]*authn.Chain{},
+		byLn:       map[string]*policySource{},
+		watchEvery: accessWatchInterval,
+	}
+	p.access = a
+	cfg := p.cfg
+	global := p.planChain("auth", cfg.Auth)
+	var globalPolicy *policySource
+	switch {
+	case cfg.ACL != nil:
+		globalPolicy = p.planPolicy("acl", cfg.ACL, cfg.Source)
+	case cfg.Source == "":
+		globalPolicy = p.planDefaultPolicy()
+	}
+	perFile := map[string]*policySource{}
+	var open []string
+	for i := range cfg.Listeners {
+		l := &cfg.Listeners[i]
+		chain := global
+		if p.cfg.IsSet(fmt.Sprintf("listeners[%d].auth", i)) {
+			chain = p.planChain(fmt.Sprintf("listeners[%d].auth", i), l.Auth)
+		}
+		a.chains[l.Name] = chain
+		ps := globalPolicy
+		if l.ACLFile != "" {
+			if ps = perFile[l.ACLFile]; ps == nil {
+				ps = p.planPolicy(fmt.Sprintf("listeners[%d].acl_file", i), &config.ACL{File: l.ACLFile}, cfg.Source)
+				perFile[l.ACLFile] = ps
+			}
+		}
+		a.byLn[l.Name] = ps
+		if ps == nil {
+			open = append(open, l.Name)
+		}
+	}
+	if len(open) > 0 {
+		p.warnings = append(p.warnings, fmt.Sprintf("no access policy (acl_file or acl rules) applies to listener(s) %s: every client they admit may publish and subscribe to every topic, as in Mosquitto without an acl_file; see docs/access-control.md", strings.Join(open, ", ")))
+	}
+	for _, ps := range a.policies {
+		if ps.holder != nil {
+			p.log.Info("access: policy loaded", "policy", ps.source, "generation", ps.holder.Generation())
+		}
+	}
+	p.broker.Authenticator = &accessAuthenticator{cert: p.auth, chains: a.chains, clients: &a.clients, log: p.log}
+	p.broker.Authorizer = &accessAuthorizer{byLn: a.byLn, clients: &a.clients, log: p.log}
+	if !p.check {
+		a.startWatch(p)
+	}
+}
+
+// planChain builds the chain of an auth list at path.
+func (p *servePlan) planChain(path string, list []config.AuthBackend) *authn.Chain {
+	chain := &authn.Chain{}
+	for i := range list {
+		bp := fmt.Sprintf("%s[%d]", path, i)
+		b, err := p.access.backend(&list[i], p.log)
+		if err != nil {
+			p.backendProblem(bp, err)
+			continue
+		}
+		if c, ok := b.(interface{ Close() error }); ok {
+			p.cleanup = append(p.cleanup, func() { c.Close() })
+		}
+		chain.Backends = append(chain.Backends, b)
+	}
+	return chain
+}
+
+// backendProblem records err for the auth entry at bp: an unknown key at
+// that key's line, anything else at the entry's path or type.
+func (p *servePlan) backendProblem(bp string, err error) {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		for _, e := range j.Unwrap() {
+			p.backendProblem(bp, e)
+		}
+		return
+	}
+	msg := err.Error()
+	key := bp + ".type"
+	if k, ok := strings.CutPrefix(msg, `unknown key "`); ok {
+		k, _, _ = strings.Cut(k, `"`)
+		key = bp + "." + k
+	} else if p.cfg.Pos(bp+".path") != p.cfg.Pos(bp) {
+		key = bp + ".path"
+	}
+	p.problem(key, bp+": ", err)
+}
+
+// passwordFileYAML is a password_file entry of an auth list.
+type passwordFileYAML struct {
+	Type string `yaml:"type"`
+	Path string `yaml:"path"`
+	// UnknownUsers is "deny" (the default, as Mosquitto) or "pass": a
+	// username the file does not list is left to the next backend.
+	UnknownUsers string `yaml:"unknown_users"`
+}
+
+type ldapYAML struct {
+	Type              string `yaml:"type"`
+	URL               string `yaml:"url"`
+	StartTLS          bool   `yaml:"starttls"`
+	InsecurePlaintext bool   `yaml:"insecure_plaintext"`
+	CAFile            string `yaml:"ca_file"`
+	ServerName        string `yaml:"server_name"`
+	BindDNTemplate    string `yaml:"bind_dn_template"`
+	Search            struct {
+		Base             string `yaml:"base"`
+		Filter           string `yaml:"filter"`
+		BindDN           string `yaml:"bind_dn"`
+		BindPasswordFile string `yaml:"bind_password_file"`
+		BindPasswordEnv  string `yaml:"bind_password_env"`
+	} `yaml:"search"`
+	Group struct {
+		Base          string            `yaml:"base"`
+		Filter        string            `yaml:"filter"`
+		Attribute     string            `yaml:"attribute"`
+		UserAttribute string            `yaml:"user_attribute"`
+		Map           map[string]string `yaml:"map"`
+	} `yaml:"group"`
+	Timeout  config.Duration `yaml:"timeout"`
+	PoolSize int             `yaml:"pool_size"`
+	MaxBinds int             `yaml:"max_binds"`
+}
+
+type jwtYAML struct {
+	Type               string          `yaml:"type"`
+	JWKSURL            string          `yaml:"jwks_url"`
+	PublicKeyFiles     []string        `yaml:"public_key_files"`
+	HMACSecretFile     string          `yaml:"hmac_secret_file"`
+	CAFile             string          `yaml:"ca_file"`
+	Issuer             string          `yaml:"issuer"`
+	Audience           []string        `yaml:"audience"`
+	Algorithms         []string        `yaml:"algorithms"`
+	Leeway             config.Duration `yaml:"leeway"`
+	ExpOptional        bool            `yaml:"exp_optional"`
+	MaxTokenSize       config.Size     `yaml:"max_token_size"`
+	UsernameClaim      string          `yaml:"username_claim"`
+	MatchUsername      bool            `yaml:"match_username"`
+	Exclusive          bool            `yaml:"exclusive"`
+	GroupsClaim        string          `yaml:"groups_claim"`
+	PublishClaim       string          `yaml:"publish_claim"`
+	SubscribeClaim     string          `yaml:"subscribe_claim"`
+	RefreshInterval    config.Duration `yaml:"refresh_interval"`
+	MinRefreshInterval config.Duration `yaml:"min_refresh_interval"`
+	MaxStale           config.Duration `yaml:"max_stale"`
+}
+
+type introspectionYAML struct {
+	Type             string          `yaml:"type"`
+	URL              string          `yaml:"url"`
+	CAFile           string          `yaml:"ca_file"`
+	ClientID         string          `yaml:"client_id"`
+	ClientSecretFile string          `yaml:"client_secret_file"`
+	ClientSecretEnv  string          `yaml:"client_secret_env"`
+	UsernameClaim    string          `yaml:"username_claim"`
+	GroupsClaim      string          `yaml:"groups_claim"`
+	Issuer           string          `yaml:"issuer"`
+	Audience         []string        `yaml:"audience"`
+	MatchUsername    bool            `yaml:"match_username"`
+	Leeway           config.Duration `yaml:"leeway"`
+	MaxTokenSize     config.Size     `yaml:"max_token_size"`
+	MaxResponseSize  config.Size     `yaml:"max_response_size"`
+	Timeout          config.Duration `yaml:"timeout"`
+	MaxConcurrent    int             `yaml:"max_concurrent"`
+	CacheTTL         config.Duration `yaml:"cache_ttl"`
+	NegativeCacheTTL config.Duration `yaml:"negative_cache_ttl"`
+	MaxCacheEntries  int             `yaml:"max_cache_entries"`
+}
+
+// backend builds one backend of an auth list. A password file named by
+// several listeners is loaded once.
+func (a *accessPlan) backend(b *config.AuthBackend, log *slog.Logger) (authn.Backend, error) {
+	switch b.Type {
+	case config.AuthPasswordFile:
+		var y passwordFileYAML
+		if err := b.Decode(&y); err != nil {
+			return nil, err
+		}
+		pass := false
+		switch y.UnknownUsers {
+		case "", "deny":
+		case "pass":
+			pass = true
+		default:
+			return nil, fmt.Errorf("unknown_users %q: want deny or pass", y.UnknownUsers)
+		}
+		key := fmt.Sprintf("%s\x00%v", y.Path, pass)
+		if f := a.files[key]; f != nil {
+			return f, nil
+		}
+		f, err := passwd.Load(y.Path, passwd.Config{Limiter: a.limiter, PassUnknown: pass})
+		if err != nil {
+			return nil, err
+		}
+		a.files[key] = f
+		return f, nil
+	case config.AuthLDAP:
+		var y ldapYAML
+		if err := b.Decode(&y); err != nil {
+			return nil, err
+		}
+		return ldap.New(ldap.Config{
+			URL: y.URL, StartTLS: y.StartTLS, InsecurePlaintext: y.InsecurePlaintext, CAFile: y.CAFile, ServerName: y.ServerName,
+			BindDNTemplate: y.BindDNTemplate,
+			Search: ldap.Search{Base: y.Search.Base, Filter: y.Search.Filter, BindDN: y.Search.BindDN,
+				BindPasswordFile: y.Search.BindPasswordFile, BindPasswordEnv: y.Search.BindPasswordEnv},
+			Group: ldap.Group{Base: y.Group.Base, Filter: y.Group.Filter, Attribute: y.Group.Attribute,
+				UserAttribute: y.Group.UserAttribute, Map: y.Group.Map},
+			Timeout: y.Timeout.D(), PoolSize: y.PoolSize, MaxBinds: y.MaxBinds, Logger: log,
+		})
+	case config.AuthJWT:
+		var y jwtYAML
+		if err := b.Decode(&y); err != nil {
+			return nil, err
+		}
+		return jwt.New(jwt.Config{
+			JWKSURL: y.JWKSURL, CAFile: y.CAFile, PublicKeyFiles: y.PublicKeyFiles, HMACSecretFile: y.HMACSecretFile,
+			Algorithms: y.Algorithms, Issuer: y.Issuer, Audience: y.Audience, Leeway: y.Leeway.D(), ExpOptional: y.ExpOptional,
+			MaxTokenBytes: int(y.MaxTokenSize), UsernameClaim: y.UsernameClaim, MatchUsername: y.MatchUsername,
+			Exclusive: y.Exclusive, GroupsClaim: y.GroupsClaim, PublishClaim: y.PublishClaim, SubscribeClaim: y.SubscribeClaim,
+			RefreshInterval: y.RefreshInterval.D(), MinRefreshInterval: y.MinRefreshInterval.D(), MaxStale: y.MaxStale.D(),
+			Logger: log,
+		})
+	case config.AuthIntrospection:
+		var y introspectionYAML
+		if err := b.Decode(&y); err != nil {
+			return nil, err
+		}
+		return introspect.New(introspect.Config{
+			URL: y.URL, CAFile: y.CAFile, ClientID: y.ClientID, ClientSecretFile: y.ClientSecretFile, ClientSecretEnv: y.ClientSecretEnv,
+			UsernameClaim: y.UsernameClaim, GroupsClaim: y.GroupsClaim, Issuer: y.Issuer, Audience: y.Audience,
+			MatchUsername: y.MatchUsername, Leeway: y.Leeway.D(), MaxTokenBytes: int(y.MaxTokenSize),
+			MaxResponseBytes: int64(y.MaxResponseSize), Timeout: y.Timeout.D(), MaxConcurrent: y.MaxConcurrent,
+			CacheTTL: y.CacheTTL.D(), NegativeCacheTTL: y.NegativeCacheTTL.D(), MaxCacheEntries: y.MaxCacheEntries,
+			Logger: log,
+		})
+	}
+	return nil, fmt.Errorf("unknown backend type %q", b.Type)
+}
+
+// planPolicy compiles an acl section (rules and/or acl_file) at path.
+func (p *servePlan) planPolicy(path string, acl *config.ACL, source string) *policySource {
+	var spec authz.Spec
+	if err := acl.Decode(&spec); err != nil {
+		p.problem(path, "", fmt.Errorf("%s: %w", path, err))
+		return nil
+	}
+	ps := &policySource{spec: spec, source: cmpOr(source, "built-in default")}
+	pol, desc, sum, err := ps.compile()
+	if err != nil {
+		key := path
+		if acl.File != "" && !strings.HasSuffix(path, "acl_file") {
+			key = path + ".acl_file"
+		}
+		p.problem(key, "", err)
+		return nil
+	}
+	ps.source, ps.sum = desc, sum
+	ps.holder = authz.NewHolder(pol)
+	p.access.policies = append(p.access.policies, ps)
+	return ps
+}
+
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
+
+// compile reads the policy's files and compiles it. sum covers what was
+// read, so that a reload can tell whether anything changed.
+func (ps *policySource) compile() (*authz.Policy, string, [sha256.Size]byte, error) {
+	h := sha256.New()
+	spec := ps.spec
+	if ps.rules != "" {
+		data, err := readPolicyFile(ps.rules)
+		if err != nil {
+			return nil, "", [32]byte{}, fmt.Errorf("access policy %s: %w", ps.rules, err)
+		}
+		h.Write(data)
+		spec = authz.Spec{}
+		if err := decodeStrict(data, &spec); err != nil {
+			return nil, "", [32]byte{}, fmt.Errorf("access policy %s: %w", ps.rules, err)
+		}
+	}
+	if spec.ACLFile != "" {
+		data, err := readPolicyFile(spec.ACLFile)
+		if err == nil {
+			h.Write([]byte{0})
+			h.Write(data)
+		}
+	}
+	src := ps.source
+	if ps.rules != "" {
+		src = ps.rules
+	}
+	pol, desc, err := buildPolicy(spec, src)
+	if err != nil {
+		return nil, "", [32]byte{}, err
+	}
+	return pol, desc, [sha256.Size]byte(h.Sum(nil)), nil
+}
+
+// fingerprint hashes the policy's files as they are now.
+func (ps *policySource) fingerprint() [sha256.Size]byte {
+	h := sha256.New()
+	aclFile := ps.spec.ACLFile
+	if ps.rules != "" {
+		data, err := readPolicyFile(ps.rules)
+		if err != nil {
+			return [32]byte{1}
+		}
+		h.Write(data)
+		var spec authz.Spec
+		if decodeStrict(data, &spec) == nil {
+			aclFile = spec.ACLFile
+		}
+	}
+	if aclFile != "" {
+		data, err := readPolicyFile(aclFile)
+		if err != nil {
+			return [32]byte{2}
+		}
+		h.Write([]byte{0})
+		h.Write(data)
+	}
+	return [sha256.Size]byte(h.Sum(nil))
+}
+
+// reload recompiles the policy when its files changed. A policy that does
+// not compile leaves the previous one in force; the error is logged once
+// per content.
+func (ps *policySource) reload(log *slog.Logger) {
+	if ps.holder == nil {
+		return
+	}
+	fp := ps.fingerprint()
+	if fp == ps.sum || fp == ps.failed {
+		return
+	}
+	pol, desc, sum, err := ps.compile()
+	if err != nil {
+		ps.failed = fp
+		log.Error("access: the changed policy was not loaded; the previous one stays in force", "policy", ps.source, "err", err)
+		return
+	}
+	if sum == ps.sum {
+		return
+	}
+	ps.sum, ps.failed = sum, [32]byte{}
+	gen := ps.holder.Swap(pol)
+	// Sessions that lost access are re-evaluated by the loss-of-access
+	// path (a later step); cached decisions are dropped at once through
+	// the generation.
+	log.Warn("access: policy reloaded; new decisions use it, live subscriptions are not re-checked yet", "policy", desc, "generation", gen)
+}
+
+// Default policy of the zero-configuration broker.
+const defaultPolicyName = "acl.yaml"
+
+const defaultPolicyText = `# Moat's default access policy, written by "moat serve" on first start.
+# First matching rule decides; a request no rule matches is denied.
+# Usernames are the CN of the client certificate (issued by "moat ca issue").
+# Edit this file to change the policy: it is reloaded when it changes.
+rules:
+  # Full access for the operator: a certificate with CN "operator", issued
+  # with: moat ca issue device operator --out operator
+  # (never give a device the name "operator").
+  - name: operator
+    effect: allow
+    subjects: {usernames: [operator]}
+    actions: [publish, subscribe, receive]
+    topics: ["#", "$SYS/#"]
+  # Each device publishes and subscribes under its own tree.
+  - name: device-own-tree
+    effect: allow
+    subjects: {anonymous: false}
+    actions: [publish, subscribe, receive]
+    topics: ["devices/%u/#"]
+  # Every device reads the broadcast tree (the operator writes it).
+  - name: broadcast-read
+    effect: allow
+    subjects: {anonymous: false}
+    actions: [subscribe, receive]
+    topics: ["broadcast/#"]
+`
+
+// planDefaultPolicy loads DATA_DIR/acl.yaml, writing the default policy
+// first when it is absent (serve only; --check says it will).
+func (p *servePlan) planDefaultPolicy() *policySource {
+	path := filepath.Join(p.cfg.DataDir, defaultPolicyName)
+	ps := &policySource{rules: path, source: path}
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		if p.check {
+			p.notes = append(p.notes, fmt.Sprintf("the default access policy will be written to %s at start", path))
+			ps.rules = ""
+			ps.spec = defaultPolicySpec()
+		} else if err := writeDefaultPolicy(path); err != nil {
+			p.problem("data_dir", "", err)
+			return nil
+		} else {
+			p.log.Info("access: wrote the default access policy", "file", path)
+		}
+	}
+	pol, desc, sum, err := ps.compile()
+	if err != nil {
+		p.problem("data_dir", "", err)
+		return nil
+	}
+	ps.source, ps.sum = desc, sum
+	ps.holder = authz.NewHolder(pol)
+	p.access.policies = append(p.access.policies, ps)
+	p.access.defaultPolicy = path
+	return ps
+}
+
+func defaultPolicySpec() authz.Spec {
+	var spec authz.Spec
+	if err := decodeStrict([]byte(defaultPolicyText), &spec); err != nil {
+		panic(err) // a constant; its test parses it
+	}
+	return spec
+}
+
+// writeDefaultPolicy creates path with the default policy, mode 0600,
+// never replacing a file that appeared meanwhile.
+func writeDefaultPolicy(path string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("serve: creating data directory: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("serve: writing the default access policy: %w", err)
+	}
+	if _, err := f.WriteString(defaultPolicyText); err != nil {
+		f.Close()
+		return fmt.Errorf("serve: writing the default access policy: %w", err)
+	}
+	return f.Close()
+}
+
+// printDefaultPolicy tells the operator where the zero-config policy is
+// and how to get the operator's identity.
+func (a *accessPlan) printDefaultPolicy(w io.Writer, caDir string) {
+	if a == nil || a.defaultPolicy == "" {
+		return
+	}
+	fmt.Fprintf(w, `Access policy: %[1]s (reloaded when edited).
+Each device may publish and subscribe under devices/<its CN>/# and read
+broadcast/#; everything else is denied. Full access needs an operator
+certificate:
+
+  %[3]s ca issue device operator --dir %[2]s --out operator
+
+`, a.defaultPolicy, caDir, moatInvocation(os.Args[0], exec.LookPath))
+}
+
+// startWatch starts the goroutines that reload password files and ACL
+// files when they change. They belong to the plan: cleanup stops them and
+// close waits for them.
+func (a *accessPlan) startWatch(p *servePlan) {
+	ctx, cancel := context.WithCancel(context.Background())
+	p.cleanup = append(p.cleanup, cancel)
+	for _, f := range a.uniqueFiles() {
+		t := time.NewTicker(a.watchEvery)
+		p.tasks.Go(func() {
+			defer t.Stop()
+			f.Watch(ctx, t.C, func(c passwd.Change, err error) { a.reportPasswd(f, c, err) })
+		})
+	}
+	if len(a.policies) > 0 {
+		t := time.NewTicker(a.watchEvery)
+		p.tasks.Go(func() {
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+					a.reloadPolicies()
+				}
+			}
+		})
+	}
+}
+
+func (a *accessPlan) uniqueFiles() []*passwd.File {
+	var out []*passwd.File
+	for _, f := range a.files {
+		if !slices.Contains(out, f) {
+			out = append(out, f)
+		}
+	}
+	slices.SortFunc(out, func(x, y *passwd.File) int { return strings.Compare(x.Path(), y.Path()) })
+	return out
+}
+
+func (a *accessPlan) reloadPolicies() {
+	a.policyMu.Lock()
+	defer a.policyMu.Unlock()
+	for _, ps := range a.policies {
+		ps.reload(a.log)
+	}
+}
+
+func (a *accessPlan) reportPasswd(f *passwd.File, c passwd.Change, err error) {
+	if err != nil {
+		a.log.Error("access: password file not reloaded; the previous one stays in force", "file", f.Path(), "err", err)
+		return
+	}
+	if c.Empty() {
+		return
+	}
+	// Live sessions of removed and changed users keep running until the
+	// loss-of-access path re-evaluates them (a later step).
+	a.log.Warn("access: password file reloaded", "file", f.Path(), "users", f.Len(), "added", c.Added, "removed", c.Removed, "changed", c.Changed)
+}
+
+// reload re-reads every password file and policy now (SIGHUP).
+func (a *accessPlan) reload() {
+	if a == nil {
+		return
+	}
+	for _, f := range a.uniqueFiles() {
+		c, err := f.Reload()
+		a.reportPasswd(f, c, err)
+	}
+	a.reloadPolicies()
+}
+
+// clientTable keeps what the authorizer needs per connection: the Subject
+// built once, the groups and grants authentication returned, and the
+// decision cache. It is keyed by the broker's *Client, which lives as long
+// as its connection, through a weak pointer: an entry goes away when the
+// connection is collected, with no hook in the broker. This is temporary
+// wiring until the broker's authorization seam carries a per-connection
+// value (the request-struct step).
+type clientTable struct {
+	m sync.Map // weak.Pointer[broker.Client] -> *clientAccess
+}
+
+// connCacheSize bounds the decisions cached per connection. A key holds a
+// topic of up to limits.max_topic_length bytes (1 KiB by default), so a
+// client cycling through topics costs at most about this many KiB.
+const connCacheSize = 64
+
+// clientAccess is one connection's authorization state.
+type clientAccess struct {
+	groups     []string
+	pub, sub   []string
+	fromChain  bool
+	once       sync.Once
+	subj       *authz.Subject
+	cache      *authz.Cache
+	denyLogged atomic.Int32
+}
+
+// get returns c's entry, creating it.
+func (t *clientTable) get(c *broker.Client) *clientAccess {
+	k := weak.Make(c)
+	if v, ok := t.m.Load(k); ok {
+		return v.(*clientAccess)
+	}
+	ca := &clientAccess{cache: authz.NewCache(connCacheSize)}
+	if v, loaded := t.m.LoadOrStore(k, ca); loaded {
+		return v.(*clientAccess)
+	}
+	runtime.AddCleanup(c, func(k weak.Pointer[broker.Client]) { t.m.Delete(k) }, k)
+	return ca
+}
+
+// setAuth records what an authentication chain returned for c.
+func (t *clientTable) setAuth(c *broker.Client, r authn.Result) {
+	ca := t.get(c)
+	ca.groups = slices.Clone(r.Groups)
+	ca.pub, ca.sub = slices.Clone(r.Publish), slices.Clone(r.Subscribe)
+	ca.fromChain = true
+}
+
+// subject builds c's Subject on first use: after CONNECT, when the broker
+// has set the verified username and the final client ID.
+func (ca *clientAccess) subject(c *broker.Client) *authz.Subject {
+	ca.once.Do(func() {
+		s := &authz.Subject{
+			Username:            c.Username,
+			Anonymous:           c.Anonymous || c.Username == "",
+			ClientID:            c.ClientID,
+			Listener:            c.Listener,
+			Groups:              ca.groups,
+			CredentialPublish:   ca.pub,
+			CredentialSubscribe: ca.sub,
+		}
+		if ap, ok := addrPort(c.Remote); ok {
+			s.Addr = ap.Addr().Unmap()
+		}
+		if certs := c.PeerCertificates(); len(certs) > 0 {
+			s.Cert = certFields(certs[0])
+		}
+		ca.subj = s
+	})
+	return ca.subj
+}
+
+// accessAuthorizer adapts the listeners' policies to broker.Authorizer.
+type accessAuthorizer struct {
+	byLn    map[string]*policySource // read-only after start
+	clients *clientTable
+	log     *slog.Logger
+}
+
+// maxDenyLogs is how many denials of one connection are logged at info
+// level; later ones go to debug, so a client cannot flood the log.
+const maxDenyLogs = 20
+
+var allowNoACL = broker.Decision{Allow: true, Reason: "no access policy configured for this listener"}
+
+func (a *accessAuthorizer) Authorize(c *broker.Client, action broker.Action, topic string, qos byte, retain bool) broker.Decision {
+	ps := a.byLn[c.Listener]
+	if ps == nil {
+		return allowNoACL
+	}
+	var act authz.Action
+	switch action {
+	case broker.ActionPublish:
+		act = authz.Publish
+	case broker.ActionSubscribe:
+		act = authz.Subscribe
+	case broker.ActionReceive:
+		act = authz.Receive
+	}
+	ca := a.clients.get(c)
+	d := ca.cache.Decide(ps.holder, authz.Request{Subject: ca.subject(c), Action: act, Topic: topic, QoS: qos, Retain: retain})
+	if !d.Allow {
+		level := slog.LevelInfo
+		if act == authz.Receive {
+			level = slog.LevelDebug // per delivered message: the subscription was allowed
+		}
+		n := ca.denyLogged.Add(1)
+		switch {
+		case n == maxDenyLogs+1:
+			a.log.Info("authz: further denials of this client are logged at debug level", "listener", c.Listener, "client_id", c.ClientID)
+			level = slog.LevelDebug
+		case n > maxDenyLogs:
+			level = slog.LevelDebug
+		}
+		a.log.Log(context.Background(), level, "authz: denied", "listener", c.Listener, "client_id", c.ClientID, "username", c.Username,
+			"action", act.String(), "topic", clipLog(topic), "qos", qos, "retain", retain, "rule", d.Rule, "reason", d.Reason)
+	}
+	return broker.Decision{Allow: d.Allow, Reason: d.Reason}
+}
+
+// clipLog shortens a peer-controlled string for a log line.
+func clipLog(s string) string {
+	const maxLen = 256
+	if len(s) > maxLen {
+		return s[:maxLen] + "…"
+	}
+	return s
+}
