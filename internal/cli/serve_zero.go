@@ -114,10 +114,11 @@ Moat is listening with TLS on port %[1]s; clients need a certificate from the lo
 To connect a first device:
 
   %[4]s ca issue device sensor-001 --dir %[2]s --out sensor-001
-  mosquitto_sub -h localhost -p %[1]s --cafile %[3]s --cert sensor-001.pem --key sensor-001.key -t 'demo/#' -v
-  mosquitto_pub -h localhost -p %[1]s --cafile %[3]s --cert sensor-001.pem --key sensor-001.key -t demo/hello -m hi
+  mosquitto_sub -h localhost -p %[1]s --cafile %[3]s --cert sensor-001.pem --key sensor-001.key -t 'devices/sensor-001/#' -v
+  mosquitto_pub -h localhost -p %[1]s --cafile %[3]s --cert sensor-001.pem --key sensor-001.key -t devices/sensor-001/hello -m hi
 
-The device's certificate CN (sensor-001) is its MQTT username.
+The device's certificate CN (sensor-001) is its MQTT username; the default policy
+lets each device use devices/<its name>/# and read broadcast/#.
 
 `, port, zc.caDir, zc.caFile, moatInvocation(os.Args[0], exec.LookPath))
 }
