@@ -104,6 +104,7 @@ type conn struct {
 	// other goroutines (kill).
 	established atomic.Bool
 	takenOver   atomic.Bool
+	endedBy     atomic.Pointer[connEnd] // why it ended (connlog.go)
 }
 
 // connectState is the result of CONNECT processing, applied once the
@@ -686,10 +687,10 @@ func (c *conn) readError(err error) {
 		c.kill(packet.KeepAliveTimeout, "keep alive timeout")
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
 		c.log.Debug("broker: connection closed by client", "err", err)
-		c.kill(0, "")
+		c.kill(0, "client closed the connection without DISCONNECT")
 	default:
 		c.log.Info("broker: read error; disconnecting", "err", err)
-		c.kill(0, "")
+		c.kill(0, "socket error: "+err.Error())
 	}
 }
 
@@ -813,8 +814,7 @@ func (c *conn) handleDisconnect(p *packet.Disconnect) bool {
 		// [MQTT-3.14.4-3]: a normal DISCONNECT discards the will.
 		c.normalExit.Store(true)
 	}
-	c.log.Debug("broker: client disconnected", "code", p.ReasonCode)
-	c.kill(0, "")
+	c.kill(0, clientDisconnectReason(p.ReasonCode))
 	return false
 }
 
@@ -871,6 +871,7 @@ func (c *conn) startWriterLocked() {
 // (finish); the socket is never closed under a DISCONNECT still on its
 // way, nor before the session is gone.
 func (c *conn) kill(code packet.ReasonCode, reason string) {
+	c.noteEnd(code, reason)
 	if !c.closing.CompareAndSwap(false, true) {
 		return
 	}
@@ -1001,6 +1002,7 @@ func (c *conn) finish() {
 	if c.sess != nil {
 		c.srv.detach(c)
 		c.srv.stats.disconnected()
+		c.logDisconnect()
 	}
 	c.detached()
 	c.closeGracefully()
@@ -1104,6 +1106,7 @@ func (c *conn) flush() bool {
 		if !c.closing.Load() {
 			c.log.Info("broker: write failed; disconnecting", "err", err)
 		}
+		c.noteEnd(0, "socket error: "+err.Error())
 		c.closing.Store(true)
 		c.nc.Close()
 		return false
