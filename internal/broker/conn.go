@@ -680,7 +680,7 @@ func (c *conn) readError(err error) {
 		// We are closing it ourselves.
 	case errors.As(err, &pe):
 		c.srv.stats.protocolErrors.Add(1)
-		c.log.Info("broker: protocol violation; disconnecting", "err", err)
+		c.logViolation(err)
 		c.kill(pe.Code, pe.Reason)
 	case isTimeout(err):
 		c.log.Info("broker: keep alive timeout; disconnecting", "keep_alive", c.keepAlive)

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -75,6 +76,19 @@ func (c *conn) noteEnd(code packet.ReasonCode, reason string) {
 	if reason != "" {
 		c.endedBy.CompareAndSwap(nil, &connEnd{code: code, reason: reason})
 	}
+}
+
+// logViolation logs a packet the codec refused. A packet over
+// MaxPacketSize is most often a legitimate but large message (a firmware
+// image, a file sent with mosquitto_pub -f): its line is a warning that
+// names the size, the limit and the setting to raise.
+func (c *conn) logViolation(err error) {
+	if errors.Is(err, packet.ErrPacketTooLarge) {
+		c.log.Warn("broker: packet larger than max_packet_size; disconnecting", "err", err,
+			"limit", c.srv.cfg.MaxPacketSize, "raise", "max_packet_size in mosquitto.conf, limits.max_packet_size in YAML")
+		return
+	}
+	c.log.Info("broker: protocol violation; disconnecting", "err", err)
 }
 
 // clientDisconnectReason describes a DISCONNECT the client sent.

@@ -3,7 +3,12 @@ package cli
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -40,4 +45,53 @@ func TestLogTimestampFormat(t *testing.T) {
 	if _, _, err := newLogger(lc, &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), "%c is not supported") {
 		t.Errorf("unsupported format: %v", err)
 	}
+}
+
+// waitLog waits up to 10 s for a line of p's log holding every part and
+// returns it.
+func waitLog(t *testing.T, p *moatProc, parts ...string) string {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		for line := range strings.SplitSeq(p.logs.String(), "\n") {
+			if !slices.ContainsFunc(parts, func(s string) bool { return !strings.Contains(line, s) }) {
+				return line
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no log line with %q in:\n%s", parts, p.logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestOversizePublishLogged: a 2 MB file sent with mosquitto_pub -f
+// exceeds the 1 MiB default max_packet_size. The broker's log names the
+// client, the declared size, the limit and the setting to raise; an
+// MQTT 5 client learns the limit from CONNACK and does not send it.
+func TestOversizePublishLogged(t *testing.T) {
+	needTool(t, "mosquitto_pub")
+	dir := t.TempDir()
+	port := freePort(t)
+	writeFile(t, filepath.Join(dir, "moat.yaml"), fmt.Sprintf(`listeners:
+  - {address: "127.0.0.1:%d", transport: tcp, allow_anonymous: true}
+persistence: {enabled: false}
+`, port))
+	big := filepath.Join(dir, "firmware.bin")
+	if err := os.WriteFile(big, bytes.Repeat([]byte("x"), 2_000_000), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := startMoat(t, dir, []int{port}, "-c", "moat.yaml")
+	out, err := run(t, 20*time.Second, "mosquitto_pub", "-h", "127.0.0.1", "-p", strconv.Itoa(port), "-V", "mqttv311",
+		"-i", "uploader", "-q", "1", "-t", "fw", "-f", big)
+	if err == nil {
+		t.Fatalf("mosquitto_pub succeeded: %s", out)
+	}
+	line := waitLog(t, p, "level=WARN", "packet larger than max_packet_size", "client=uploader")
+	for _, s := range []string{"packet of 200001", "limit=1048576", "limits.max_packet_size in YAML"} {
+		if !strings.Contains(line, s) {
+			t.Errorf("log line lacks %q: %s", s, line)
+		}
+	}
+	waitLog(t, p, "broker: client disconnected", "client=uploader", `code="0x95 packet too large"`)
 }
