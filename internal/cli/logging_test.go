@@ -47,9 +47,9 @@ func TestLogTimestampFormat(t *testing.T) {
 	}
 }
 
-// waitLog waits up to 10 s for a line of p's log holding every part and
+// waitLine waits up to 10 s for one line of the log holding every part and
 // returns it.
-func waitLog(t *testing.T, p *moatProc, parts ...string) string {
+func (p *moatProc) waitLine(t *testing.T, parts ...string) string {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -87,11 +87,34 @@ persistence: {enabled: false}
 	if err == nil {
 		t.Fatalf("mosquitto_pub succeeded: %s", out)
 	}
-	line := waitLog(t, p, "level=WARN", "packet larger than max_packet_size", "client=uploader")
+	line := p.waitLine(t, "level=WARN", "packet larger than max_packet_size", "client=uploader")
 	for _, s := range []string{"packet of 200001", "limit=1048576", "limits.max_packet_size in YAML"} {
 		if !strings.Contains(line, s) {
 			t.Errorf("log line lacks %q: %s", s, line)
 		}
 	}
-	waitLog(t, p, "broker: client disconnected", "client=uploader", `code="0x95 packet too large"`)
+	p.waitLine(t, "broker: client disconnected", "client=uploader", `code="0x95 packet too large"`)
+}
+
+// TestZeroConfigSaysWhereRootPassIs: the built-in CA's generated root key
+// passphrase is named at its creation, with the advice to move it offline
+// (docs/pki.md), in the log and in the start-up instructions.
+func TestZeroConfigSaysWhereRootPassIs(t *testing.T) {
+	dir := t.TempDir()
+	port := freePort(t)
+	writeFile(t, filepath.Join(dir, "moat.yaml"), fmt.Sprintf(`listeners:
+  - {address: "127.0.0.1:%d", transport: tls}
+data_dir: data
+persistence: {enabled: false}
+`, port))
+	p := startMoat(t, dir, []int{port}, "-c", "moat.yaml")
+	pass := filepath.Join("data", "ca", "root.pass")
+	line := p.waitLine(t, "created a local certificate authority", "root_passphrase="+pass)
+	if !strings.Contains(line, "level=WARN") || !strings.Contains(line, "offline") {
+		t.Errorf("creation line: %s", line)
+	}
+	p.waitLine(t, "The CA's root key passphrase was generated into "+pass)
+	if _, err := os.Stat(filepath.Join(dir, pass)); err != nil {
+		t.Fatalf("the named file does not exist: %v", err)
+	}
 }
