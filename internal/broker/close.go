@@ -19,6 +19,7 @@ import (
 // (finish); the socket is never closed under a DISCONNECT still on its
 // way, nor before the session is gone.
 func (c *conn) kill(code packet.ReasonCode, reason string) {
+	c.noteEnd(code, reason)
 	if !c.closing.CompareAndSwap(false, true) {
 		return
 	}
@@ -149,6 +150,7 @@ func (c *conn) finish() {
 	if c.sess != nil {
 		c.srv.detach(c)
 		c.srv.stats.disconnected()
+		c.logDisconnect()
 	}
 	c.detached()
 	c.closeGracefully()

@@ -128,6 +128,7 @@ type conn struct {
 	// fields fixed at CONNECT to other goroutines (kill).
 	established atomic.Bool
 	takenOver   atomic.Bool
+	endedBy     atomic.Pointer[connEnd] // why it ended (connlog.go)
 }
 
 // newConn makes the conn for an accepted socket on lst.

@@ -98,17 +98,17 @@ func (c *conn) readError(err error) {
 		// We are closing it ourselves.
 	case errors.As(err, &pe):
 		c.srv.stats.protocolErrors.Add(1)
-		c.log.Info("broker: protocol violation; disconnecting", "err", err)
+		c.logViolation(err)
 		c.kill(pe.Code, pe.Reason)
 	case isTimeout(err):
 		c.log.Info("broker: keep alive timeout; disconnecting", "keep_alive", c.keepAlive)
 		c.kill(packet.KeepAliveTimeout, "keep alive timeout")
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
 		c.log.Debug("broker: connection closed by client", "err", err)
-		c.kill(0, "")
+		c.kill(0, "client closed the connection without DISCONNECT")
 	default:
 		c.log.Info("broker: read error; disconnecting", "err", err)
-		c.kill(0, "")
+		c.kill(0, "socket error: "+err.Error())
 	}
 }
 
@@ -204,7 +204,6 @@ func (c *conn) handleDisconnect(p *packet.Disconnect) bool {
 		// [MQTT-3.14.4-3]: a normal DISCONNECT discards the will.
 		c.normalExit.Store(true)
 	}
-	c.log.Debug("broker: client disconnected", "code", p.ReasonCode)
-	c.kill(0, "")
+	c.kill(0, clientDisconnectReason(p.ReasonCode))
 	return false
 }

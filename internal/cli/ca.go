@@ -996,6 +996,13 @@ from the CA for --name (default localhost, 127.0.0.1).`,
 			if err != nil {
 				return fmt.Errorf("ca serve: %w", err)
 			}
+			if httpsAddr != "" && cfg.ESTCertificate == nil {
+				// Issue the HTTPS certificate now, so that a name the CA
+				// may not certify stops the command before it listens.
+				if _, err := srv.ESTTLSConfig(); err != nil {
+					return fmt.Errorf("ca serve: --https: %w; give --name with names the CA may certify (the default is localhost,127.0.0.1), or --tls-cert and --tls-key", err)
+				}
+			}
 			var hl, sl net.Listener
 			if httpAddr != "" {
 				if hl, err = net.Listen("tcp", httpAddr); err != nil {

@@ -138,6 +138,7 @@ persistence:
 		t.Errorf("revoked client disconnected after %v, want within 5s", took)
 	}
 	t.Logf("revoked client disconnected %v after revocation", took.Round(time.Millisecond))
+	p.waitLine(t, "broker: client disconnected", "client=dev-1", "0x87")
 
 	// It cannot come back; the other device is unaffected.
 	if c, err := dialMQTT5(t, addr, caFile, filepath.Join(dir, "dev-1"), "dev-1"); err == nil {

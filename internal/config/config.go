@@ -432,6 +432,10 @@ type Log struct {
 	// Timestamps adds a time to each record. Default true
 	// (Mosquitto log_timestamp).
 	Timestamps bool `json:"timestamps" yaml:"timestamps"`
+	// TimestampFormat is a strftime format for the time of each record
+	// (Mosquitto log_timestamp_format; see StrftimeSpecifiers). Default
+	// empty: RFC 3339 with nanoseconds.
+	TimestampFormat string `json:"timestamp_format,omitempty" yaml:"timestamp_format"`
 	// ConnectionMessages logs client connects and disconnects. Default
 	// true (Mosquitto connection_messages).
 	ConnectionMessages bool `json:"connection_messages" yaml:"connection_messages"`

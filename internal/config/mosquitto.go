@@ -567,7 +567,8 @@ func (p *mosqParser) apply(ln *line, cur *mosqListener) *mosqListener {
 		}
 	case "log_timestamp_format":
 		if v, ok := p.str(ln, nil); ok {
-			p.note(ln, "log_timestamp_format %q is ignored: Moat writes RFC 3339 timestamps", v)
+			p.cfg.Log.TimestampFormat = v
+			p.mark(ln, "log.timestamp_format")
 		}
 	case "connection_messages":
 		if b, ok := p.boolean(ln); ok {

@@ -217,6 +217,11 @@ func (c *Config) validate() []error {
 	default:
 		top("log.format %q must be text or json", c.Log.Format)
 	}
+	if c.Log.TimestampFormat != "" {
+		if _, err := ParseTimeFormat(c.Log.TimestampFormat); err != nil {
+			top("log.timestamp_format: %s", strings.TrimPrefix(err.Error(), "config: "))
+		}
+	}
 	hasFile := false
 	for _, d := range c.Log.Dest {
 		switch d {
@@ -318,7 +323,7 @@ func (c *Config) Warnings() []string {
 		}
 	}
 	if c.Limits.MaxPacketSize == 0 {
-		w = append(w, "limits.max_packet_size is not set: clients may send packets of up to 256 MiB; set max_packet_size")
+		w = append(w, "limits.max_packet_size is 0 (no limit of Moat's own): clients may send packets of up to MQTT's maximum of 256 MiB; remove it for the 1MiB default or set a limit")
 	}
 	if c.Limits.MaxQueuedMessages == 0 && c.Limits.MaxQueuedBytes == 0 {
 		w = append(w, fmt.Sprintf("limits.max_queued_messages 0 (no limit) means at most %d messages per session", MaxQueuedNoLimit))

@@ -266,7 +266,7 @@ func Listen(ctx context.Context, cfg Config) (*Listener, error) {
 	}
 	logger.Info("listener: listening", "transport", cfg.Transport.String(), "address", raw.Addr().String(),
 		"proxy_protocol", cfg.Proxy != nil)
-	if !cfg.Transport.usesTLS() && cfg.Proxy == nil {
+	if !cfg.Transport.usesTLS() && cfg.Proxy == nil && onNetwork(raw.Addr()) {
 		logger.Warn("listener: INSECURE plain-text listener: passwords, tokens and payloads cross the network unencrypted",
 			"transport", cfg.Transport.String(), "address", raw.Addr().String())
 	}
@@ -279,6 +279,19 @@ func Listen(ctx context.Context, cfg Config) (*Listener, error) {
 		}
 	}
 	return l, nil
+}
+
+// onNetwork reports whether clients on other hosts can reach addr: a
+// plain-text listener on a loopback address or a Unix socket is not
+// reported (docs/configuration.md).
+func onNetwork(addr net.Addr) bool {
+	switch a := addr.(type) {
+	case *net.TCPAddr:
+		return !a.IP.IsLoopback()
+	case *net.UnixAddr:
+		return false
+	}
+	return true
 }
 
 // Accept waits for and returns the next connection ready for MQTT. For TLS it

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"strings"
@@ -305,3 +306,29 @@ func TestSeveralListeners(t *testing.T) {
 type closerFunc func() error
 
 func (f closerFunc) Close() error { return f() }
+
+// TestPlainWarningOnlyOnNetwork: the INSECURE warning of a plain-text
+// listener is for addresses other hosts can reach; a loopback listener is
+// not reported (docs/configuration.md).
+func TestPlainWarningOnlyOnNetwork(t *testing.T) {
+	var buf bytes.Buffer
+	listen(t, Config{Name: "local", Logger: slog.New(slog.NewTextHandler(&buf, nil))})
+	if strings.Contains(buf.String(), "INSECURE") {
+		t.Errorf("a loopback listener was reported: %s", buf.String())
+	}
+	for _, tc := range []struct {
+		addr net.Addr
+		want bool
+	}{
+		{&net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)}, false},
+		{&net.TCPAddr{IP: net.IPv6loopback}, false},
+		{&net.UnixAddr{Name: "/run/moat.sock", Net: "unix"}, false},
+		{&net.TCPAddr{IP: net.IPv4zero}, true},
+		{&net.TCPAddr{IP: net.IPv6unspecified}, true},
+		{&net.TCPAddr{IP: net.IPv4(192, 0, 2, 1)}, true},
+	} {
+		if got := onNetwork(tc.addr); got != tc.want {
+			t.Errorf("onNetwork(%v) = %v, want %v", tc.addr, got, tc.want)
+		}
+	}
+}
