@@ -23,6 +23,15 @@ func requireFIPS(t *testing.T) {
 	}
 }
 
+// skipInFIPS skips a test of the policy outside FIPS 140-3 mode, which
+// that mode narrows (TestFIPSConfigRefused covers it there).
+func skipInFIPS(t *testing.T) {
+	t.Helper()
+	if fips140.Enabled() {
+		t.Skip("tests the policy outside FIPS 140-3 mode")
+	}
+}
+
 // TestFIPSMode checks that FIPS140Mode reports what the process runs in.
 func TestFIPSMode(t *testing.T) {
 	want := "off"
