@@ -28,6 +28,7 @@ func init() {
 					}
 				}
 				fmt.Fprintf(stdio.Out, "moat %s%s %s %s/%s\n", Version, rev, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+				fmt.Fprintln(stdio.Out, fipsState())
 				return nil
 			},
 		}

@@ -1,8 +1,14 @@
 package tlsconf
 
 import (
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
 	"crypto/fips140"
+	"crypto/rsa"
 	"crypto/tls"
+	"crypto/x509"
+	"fmt"
 	"slices"
 )
 
@@ -99,6 +105,31 @@ func (s suiteInfo) fipsRefuses() bool { return fips140.Enabled() && !s.fipsAppro
 // because the process runs in FIPS 140-3 mode.
 func fipsRefusesGroup(g tls.CurveID) bool {
 	return fips140.Enabled() && !slices.Contains(fipsGroups, g)
+}
+
+// fipsRefusedKey describes the public key of a server certificate that
+// FIPS 140-3 mode does not allow (Go would fail every handshake with it),
+// or returns "" when the key is allowed or the process is not in that
+// mode.
+func fipsRefusedKey(c *x509.Certificate) string {
+	if !fips140.Enabled() {
+		return ""
+	}
+	switch k := c.PublicKey.(type) {
+	case *rsa.PublicKey:
+		if k.N.BitLen() < 2048 {
+			return fmt.Sprintf("%d-bit RSA", k.N.BitLen())
+		}
+		return ""
+	case *ecdsa.PublicKey:
+		if k.Curve == elliptic.P256() || k.Curve == elliptic.P384() || k.Curve == elliptic.P521() {
+			return ""
+		}
+		return "ECDSA " + k.Curve.Params().Name
+	case ed25519.PublicKey:
+		return ""
+	}
+	return fmt.Sprintf("%T", c.PublicKey)
 }
 
 // defaultCipherSuites returns the TLS 1.2 suites of a listener that

@@ -3,9 +3,18 @@ package tlsconf
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/fips140"
+	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -81,7 +90,7 @@ func TestFIPSConfigRefused(t *testing.T) {
 	requireFIPS(t)
 	t.Run("ciphers", func(t *testing.T) {
 		_, _, err := ParseOpenSSLCiphers("ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-CHACHA20-POLY1305", false)
-		wantFIPSErr(t, err, "ciphers: ECDHE-RSA-CHACHA20-POLY1305")
+		wantFIPSErr(t, err, "cipher ECDHE-RSA-CHACHA20-POLY1305")
 		// An alias leaves ChaCha20 out silently, as it does insecure suites.
 		ids, _, err := ParseOpenSSLCiphers("HIGH:!aNULL", false)
 		if err != nil {
@@ -96,11 +105,11 @@ func TestFIPSConfigRefused(t *testing.T) {
 	})
 	t.Run("cipher_suites", func(t *testing.T) {
 		_, err := ParseCipherSuiteNames([]string{"TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256"}, true)
-		wantFIPSErr(t, err, "cipher_suites: TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256")
+		wantFIPSErr(t, err, "cipher suite TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256")
 	})
 	t.Run("ciphers_tls1.3", func(t *testing.T) {
 		_, err := ParseTLS13Ciphers("TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256")
-		wantFIPSErr(t, err, "ciphers_tls1.3: TLS_CHACHA20_POLY1305_SHA256")
+		wantFIPSErr(t, err, "TLS 1.3 cipher suite TLS_CHACHA20_POLY1305_SHA256")
 	})
 	e := newEnv(t, testcerts.P256)
 	tests := []struct {
@@ -234,5 +243,44 @@ func TestFIPSOpenSSLClient(t *testing.T) {
 				checkApproved(t, res.conn.ConnectionState())
 			}
 		})
+	}
+}
+
+// TestFIPSServerKeyRefused checks that in FIPS 140-3 mode a server
+// certificate whose key that mode does not allow (ECDSA P-224) is refused
+// when it is loaded, rather than failing every handshake.
+func TestFIPSServerKeyRefused(t *testing.T) {
+	requireFIPS(t)
+	key, err := ecdsa.GenerateKey(elliptic.P224(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "localhost"}, DNSNames: []string{"localhost"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	cf, kf := filepath.Join(dir, "p224.pem"), filepath.Join(dir, "p224.key")
+	if err := os.WriteFile(cf, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(kf, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e := newEnv(t, testcerts.P256)
+	e.cfg.Certificates = []KeyPair{{CertFile: cf, KeyFile: kf}}
+	m, err := New(e.cfg)
+	if err == nil {
+		m.Close()
+		t.Fatal("a P-224 server certificate was accepted in FIPS mode")
+	}
+	if !strings.Contains(err.Error(), "ECDSA P-224 key, which is not approved in FIPS 140-3 mode") {
+		t.Fatalf("error %q does not name the key and FIPS mode", err)
 	}
 }

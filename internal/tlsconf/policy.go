@@ -273,7 +273,7 @@ func ParseOpenSSLCiphers(spec string, allowInsecure bool) (ids []uint16, ignored
 				}
 				if s.fipsRefuses() {
 					if explicit {
-						errs = append(errs, fmt.Errorf("tlsconf: ciphers: %s is %s", s.openssl, fipsNote()))
+						errs = append(errs, fmt.Errorf("tlsconf: cipher %s is %s", s.openssl, fipsNote()))
 					}
 					continue
 				}
@@ -316,7 +316,7 @@ func ParseCipherSuiteNames(names []string, allowInsecure bool) ([]uint16, error)
 		case !s.secure() && !allowInsecure:
 			errs = append(errs, fmt.Errorf("tlsconf: cipher suite %s is refused by policy: %s (set allow_insecure_ciphers to allow it)", name, s.whyInsecure()))
 		case s.fipsRefuses():
-			errs = append(errs, fmt.Errorf("tlsconf: cipher_suites: %s is %s", name, fipsNote()))
+			errs = append(errs, fmt.Errorf("tlsconf: cipher suite %s is %s", name, fipsNote()))
 		case !slices.Contains(ids, s.id):
 			ids = append(ids, s.id)
 		}
@@ -413,7 +413,7 @@ func ParseTLS13Ciphers(spec string) ([]uint16, error) {
 		for _, s := range suites {
 			if s.tls13 && strings.EqualFold(tls.CipherSuiteName(s.id), tok) {
 				if s.fipsRefuses() {
-					errs = append(errs, fmt.Errorf("tlsconf: ciphers_tls1.3: %s is %s", tls.CipherSuiteName(s.id), fipsNote()))
+					errs = append(errs, fmt.Errorf("tlsconf: TLS 1.3 cipher suite %s is %s", tls.CipherSuiteName(s.id), fipsNote()))
 				} else if !slices.Contains(ids, s.id) {
 					ids = append(ids, s.id)
 				}
