@@ -48,7 +48,11 @@ func TestFIPSBuild(t *testing.T) {
 	if err != nil {
 		t.Skip("go command not found")
 	}
-	zips, _ := filepath.Glob(filepath.Join(runtime.GOROOT(), "lib", "fips140", "v1.0.0*.zip"))
+	goroot, err := exec.Command(gobin, "env", "GOROOT").Output()
+	if err != nil {
+		t.Fatalf("go env GOROOT: %v", err)
+	}
+	zips, _ := filepath.Glob(filepath.Join(strings.TrimSpace(string(goroot)), "lib", "fips140", "v1.0.0*.zip"))
 	if len(zips) == 0 {
 		t.Skipf("this toolchain (%s) ships no Go Cryptographic Module v1.0.0 snapshot in GOROOT/lib/fips140; cannot build it offline", runtime.Version())
 	}
