@@ -16,7 +16,7 @@ func fipsState() string {
 	}
 	v := fips140.Version()
 	if v == "latest" {
-		v = "latest: the toolchain's own copy, not a frozen snapshot; build with make build-fips"
+		v = "latest: the toolchain's in-tree module, not the v1.0.0 snapshot; build with make build-fips"
 	}
 	return "fips140: " + mode + " (Go Cryptographic Module " + v + ")"
 }

@@ -12,11 +12,13 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"math/big"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -81,6 +83,61 @@ func TestFIPSListsMatchGo(t *testing.T) {
 	if slices.Contains(fipsGroups, tls.X25519) {
 		t.Error("X25519 approved in FIPS mode")
 	}
+}
+
+// TestFIPSListsAgreeWithGo checks Moat's FIPS lists against what Go's
+// FIPS 140-3 mode really negotiates: a handshake whose both sides offer
+// only one suite (or group) succeeds exactly when Moat calls it approved.
+func TestFIPSListsAgreeWithGo(t *testing.T) {
+	requireFIPS(t)
+	ca := testcerts.NewRoot(t, "Moat FIPS list CA", testcerts.P256)
+	certs := map[string]tls.Certificate{}
+	for _, kt := range []testcerts.KeyType{testcerts.P256, testcerts.RSA2048} {
+		certs[kt.String()] = ca.Issue(t, testcerts.Options{CN: "localhost", DNS: []string{"localhost"}, Key: kt, KeyIndex: 1}).TLS()
+	}
+	for _, s := range suites {
+		if s.tls13 {
+			continue // Go does not let TLS 1.3 suites be chosen
+		}
+		kt := "RSA2048"
+		if s.au == "ECDSA" {
+			kt = "P256"
+		}
+		srv := &tls.Config{Certificates: []tls.Certificate{certs[kt]}, CipherSuites: []uint16{s.id}, MaxVersion: tls.VersionTLS12}
+		cli := &tls.Config{InsecureSkipVerify: true, CipherSuites: []uint16{s.id}, MaxVersion: tls.VersionTLS12}
+		if ok := pipeHandshake(t, srv, cli); ok != s.fipsApproved() {
+			t.Errorf("%s: Go's FIPS mode negotiates it: %v; Moat approves it: %v", tls.CipherSuiteName(s.id), ok, s.fipsApproved())
+		}
+	}
+	for _, g := range []tls.CurveID{tls.X25519MLKEM768, tls.SecP256r1MLKEM768, tls.SecP384r1MLKEM1024, tls.X25519, tls.CurveP256, tls.CurveP384, tls.CurveP521} {
+		srv := &tls.Config{Certificates: []tls.Certificate{certs["P256"]}, CurvePreferences: []tls.CurveID{g}}
+		cli := &tls.Config{InsecureSkipVerify: true, CurvePreferences: []tls.CurveID{g}}
+		if ok, approved := pipeHandshake(t, srv, cli), slices.Contains(fipsGroups, g); ok != approved {
+			t.Errorf("%v: Go's FIPS mode negotiates it: %v; Moat approves it: %v", g, ok, approved)
+		}
+	}
+}
+
+// pipeHandshake reports whether a handshake between srv and cli over an
+// in-memory connection succeeds.
+func pipeHandshake(t *testing.T, srv, cli *tls.Config) bool {
+	t.Helper()
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	a.SetDeadline(deadline)
+	b.SetDeadline(deadline)
+	var wg sync.WaitGroup
+	var serr error
+	wg.Go(func() {
+		serr = tls.Server(a, srv).Handshake()
+		a.Close() // unblock the client when the server gives up
+	})
+	cerr := tls.Client(b, cli).Handshake()
+	b.Close()
+	wg.Wait()
+	return serr == nil && cerr == nil
 }
 
 // TestFIPSConfigRefused checks that, in FIPS 140-3 mode, settings that
