@@ -612,7 +612,7 @@ DIR/member (the member ID), DIR/member.key, DIR/bundle, DIR/service-key.`,
 	fl.StringVar(&caFile, "ca", "", "CA that issued the key service's certificate (PEM); also the broker's for --mqtt unless --mqtt-cafile")
 	fl.StringVar(&dir, "dir", "", "member key `DIR`: member ID, member key, bundle and pinned service key (for --keys DIR of pub, sub and ota)")
 	fl.StringVar(&memberKeyFile, "member-key", "", "member HPKE private key file (created when absent)")
-	fl.StringVar(&kemName, "kem", "mlkem768x25519", "KEM of a new member key: mlkem768x25519, x25519 or p256")
+	fl.StringVar(&kemName, "kem", "", "KEM of a new member key: mlkem768x25519 (default), mlkem768p256 (default in FIPS 140-3 mode), mlkem1024p384, x25519 or p256")
 	fl.StringVar(&out, "out", "", "file to write the key bundle to")
 	fl.StringVar(&pinFile, "service-key", "", "pinned service signing key (default OUT.service-key)")
 	fl.StringVar(&memberID, "member", "", "member ID for --mqtt without --cert (default: from --dir)")

@@ -94,6 +94,7 @@ func runServe(ctx context.Context, stdio Stdio, o serveOptions, dataSet bool) er
 	}
 	defer closeLog()
 	logConfig(log, cfg)
+	logFIPS(log)
 	plan, err := buildPlan(cfg, log, false, o.sans...)
 	if err != nil {
 		return err

@@ -171,6 +171,7 @@ func TestTLS13CipherRestriction(t *testing.T) {
 }
 
 func TestNewValidation(t *testing.T) {
+	skipInFIPS(t)
 	e := newEnv(t, testcerts.P256)
 	tests := []struct {
 		name string
