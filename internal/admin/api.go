@@ -78,7 +78,12 @@ func (h *Handler) routes() {
 	}))
 	sub, _ := fs.Sub(webFiles, "web")
 	static := http.FileServerFS(sub)
-	h.mux.HandleFunc("GET /", func(w http.ResponseWriter, r *http.Request) {
+	h.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			w.Header().Set("Allow", "GET, HEAD")
+			writeError(w, http.StatusMethodNotAllowed, "the dashboard's files are read-only")
+			return
+		}
 		w.Header().Set("Cache-Control", "no-cache")
 		static.ServeHTTP(w, r)
 	})
