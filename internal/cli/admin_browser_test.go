@@ -76,11 +76,11 @@ func TestAdminDashboardBrowser(t *testing.T) {
 	}
 	shot := func(name string) {
 		t.Helper()
-		buf, err := chromedp.Run(ctx, chromedp.FullScreenshot(90))
+		buf, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
 		if err != nil {
 			t.Fatalf("screenshot %s: %v", name, err)
 		}
-		if err := os.WriteFile(filepath.Join(shots, name+".jpg"), buf, 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(shots, name+".png"), buf, 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
