@@ -317,6 +317,15 @@ func TestAdminAPI(t *testing.T) {
 		t.Errorf("kick of a client not connected: %d; want 404", code)
 	}
 
+	// Revocation through the API marks the device's certificate revoked.
+	if code, b := e.call(t, "POST", "/api/v1/certificates/"+serial+"/revoke", e.operator, map[string]string{"reason": "keyCompromise"}); code != 200 ||
+		!strings.Contains(string(b), `"status": "revoked"`) {
+		t.Errorf("revoke: %d %s", code, b)
+	}
+	if code, b := e.call(t, "GET", "/api/v1/audit", e.viewer, nil); code != 200 || !strings.Contains(string(b), `"chain"`) {
+		t.Errorf("audit: %d %s", code, b)
+	}
+
 	// Tokens apply without a restart: a new one works, a revoked one not.
 	late := createToken(t, e.dir, "late", "viewer")
 	if code, b := e.call(t, "GET", "/api/v1/whoami", late, nil); code != 200 || !strings.Contains(string(b), `"late"`) {
@@ -370,5 +379,33 @@ func TestAdminRefusesPlainNonLoopback(t *testing.T) {
 	out, err := cmd.CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "not loopback") {
 		t.Fatalf("plain non-loopback admin address must be refused: %v\n%s", err, out)
+	}
+}
+
+// TestAdminPlainLoopback: a broker without a certificate serves the admin
+// API over plain HTTP on loopback; moat_connections follows the clients
+// connected with mosquitto_sub.
+func TestAdminPlainLoopback(t *testing.T) {
+	needTool(t, "mosquitto_sub")
+	dir := t.TempDir()
+	port, ap := freePort(t), freePort(t)
+	writeFile(t, filepath.Join(dir, "m.conf"), fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\n", port))
+	tok := createToken(t, dir, "scrape", "viewer")
+	startMoat(t, dir, []int{port, ap}, "-c", "m.conf", "--data", "data", "--admin", "127.0.0.1:"+strconv.Itoa(ap))
+	e := &adminEnv{base: "http://127.0.0.1:" + strconv.Itoa(ap), http: &http.Client{Timeout: 10 * time.Second}, viewer: tok}
+	if code, _ := e.call(t, "GET", "/metrics", "", nil); code != 401 {
+		t.Fatalf("/metrics without a token: %d", code)
+	}
+	for i := range 3 {
+		ctx, cancel := context.WithCancel(context.Background())
+		cmd := exec.CommandContext(ctx, "mosquitto_sub", "-h", "127.0.0.1", "-p", strconv.Itoa(port), "-i", "plain-"+strconv.Itoa(i), "-t", "x")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cancel(); cmd.Wait() })
+	}
+	waitFor(t, "moat_connections 3", func() bool { v, _ := e.connectionsMetric(t); return v == 3 })
+	if n := len(e.clients(t).Clients); n != 3 {
+		t.Fatalf("/api/v1/clients lists %d clients; want 3", n)
 	}
 }

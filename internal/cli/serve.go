@@ -132,6 +132,9 @@ func checkServe(stdio Stdio, cfg *config.Config, sans []string) error {
 		return err
 	}
 	plan.close()
+	if _, err := planAdmin(plan, ""); err != nil {
+		return err
+	}
 	for _, w := range append(cfg.Warnings(), plan.warnings...) {
 		fmt.Fprintf(stdio.Err, "warning: %s\n", w)
 	}
