@@ -79,6 +79,11 @@ admin:
 		t.Fatal("the token file holds a token in clear")
 	}
 	e.proc = startMoat(t, e.dir, []int{e.mqtt, adminPort}, "-c", "moat.yaml")
+	t.Cleanup(func() {
+		if strings.Contains(e.proc.logs.String(), "DATA RACE") {
+			t.Error("the race detector reported a data race in moat serve")
+		}
+	})
 	pool := x509.NewCertPool()
 	caPEM, err := os.ReadFile(filepath.Join(e.data, "ca", "ca.pem"))
 	if err != nil {
