@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moatmq/moat/internal/audit"
 	"github.com/moatmq/moat/internal/broker"
 )
 
@@ -237,5 +238,52 @@ func TestIsLoopback(t *testing.T) {
 		if got := IsLoopback(addr); got != want {
 			t.Errorf("IsLoopback(%q) = %v", addr, got)
 		}
+	}
+}
+
+// TestAuditTail reads a real audit log: its last entries and a verified
+// chain; an edited entry turns the chain status to not verified.
+func TestAuditTail(t *testing.T) {
+	dir := t.TempDir()
+	l, err := audit.Open(audit.Config{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		l.Record(audit.Event{Type: audit.TypeAdminAction, Fields: []audit.Field{audit.String("action", "test"), audit.Int("n", int64(i))}})
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	file, pub := filepath.Join(dir, audit.DefaultFile), filepath.Join(dir, audit.PubFile)
+	h, viewer, _ := newTestHandler(t, Config{AuditFile: file, AuditKeyFile: pub})
+	var resp struct {
+		Chain   map[string]any    `json:"chain"`
+		Entries []json.RawMessage `json:"entries"`
+	}
+	get := func() {
+		t.Helper()
+		rec := do(t, h, "GET", "/api/v1/audit?n=3", viewer, "")
+		if rec.Code != 200 {
+			t.Fatalf("audit: %d %s", rec.Code, rec.Body)
+		}
+		resp.Chain, resp.Entries = nil, nil
+		if err := json.Unmarshal(rec.Body.Bytes(), &resp); err != nil {
+			t.Fatal(err)
+		}
+	}
+	get()
+	if resp.Chain["ok"] != true || len(resp.Entries) != 3 {
+		t.Fatalf("chain %v, %d entries", resp.Chain, len(resp.Entries))
+	}
+	data, _ := os.ReadFile(file)
+	edited := bytes.Replace(data, []byte(`"n":2`), []byte(`"n":7`), 1)
+	if bytes.Equal(edited, data) {
+		t.Fatalf("no entry to edit in:\n%s", data)
+	}
+	os.WriteFile(file, edited, 0o600)
+	get()
+	if resp.Chain["ok"] != false || resp.Chain["problem"] == "" {
+		t.Fatalf("edited log: chain %v", resp.Chain)
 	}
 }

@@ -138,6 +138,8 @@ type Handler struct {
 
 	mu       sync.Mutex
 	limiters map[string]*rate.Limiter
+	chain    map[string]any // last audit chain status, for chainSig
+	chainSig string
 }
 
 // New returns the admin handler.

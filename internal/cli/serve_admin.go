@@ -9,6 +9,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -86,8 +87,10 @@ func (p *servePlan) startAdmin(ctx context.Context, ap *adminPlan) (stop func(),
 		},
 		Posture: func() admin.Posture { return p.adminPosture(ap) },
 		Metrics: metrics.Handler(metrics.SourceFunc(func() metrics.Snapshot { return p.metricsSnapshot(ap, bans) })),
-		Logger:  p.log,
-		TLS:     ap.certFile != "",
+		// Auditor stays nil: moat serve does not open the audit log yet,
+		// so changes are recorded in the broker's log only.
+		Logger: p.log,
+		TLS:    ap.certFile != "",
 	})
 	if err != nil {
 		return nil, fmt.Errorf("serve: %w", err)
@@ -113,6 +116,7 @@ func (p *servePlan) startAdmin(ctx context.Context, ap *adminPlan) (stop func(),
 		WriteTimeout:      60 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
 	}
 	var wg sync.WaitGroup
 	wg.Go(func() {
