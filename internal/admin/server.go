@@ -126,8 +126,6 @@ type Config struct {
 	Now    func() time.Time
 	// MutationsPerMinute bounds mutating calls per token. Default 60.
 	MutationsPerMinute int
-	// TLS is set when the admin listener serves HTTPS (adds HSTS).
-	TLS bool
 }
 
 // Handler is the admin HTTP handler. Create it with New.
@@ -185,7 +183,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	hd.Set("Cross-Origin-Opener-Policy", "same-origin")
 	hd.Set("Cross-Origin-Resource-Policy", "same-origin")
 	hd.Set("Permissions-Policy", "camera=(), microphone=(), geolocation=()")
-	if h.cfg.TLS {
+	if r.TLS != nil {
 		hd.Set("Strict-Transport-Security", "max-age=31536000")
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, maxBody)

@@ -370,6 +370,16 @@ func TestAdminDashboardHeaders(t *testing.T) {
 	if resp.Header.Get("Strict-Transport-Security") == "" {
 		t.Error("no HSTS on HTTPS")
 	}
+
+	// On loopback the same port also answers plain HTTP, with the same
+	// token check.
+	plain := &adminEnv{base: strings.Replace(e.base, "https://", "http://", 1), http: &http.Client{Timeout: 10 * time.Second}, viewer: e.viewer}
+	if code, b := plain.call(t, "GET", "/metrics", "", nil); code != 401 {
+		t.Errorf("plain HTTP /metrics without a token: %d %s", code, b)
+	}
+	if code, b := plain.call(t, "GET", "/api/v1/whoami", e.viewer, nil); code != 200 || !strings.Contains(string(b), "ci-viewer") {
+		t.Errorf("plain HTTP whoami: %d %s", code, b)
+	}
 }
 
 // TestAdminRefusesPlainNonLoopback: without a certificate for HTTPS, the

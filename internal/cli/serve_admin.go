@@ -90,7 +90,6 @@ func (p *servePlan) startAdmin(ctx context.Context, ap *adminPlan) (stop func(),
 		// Auditor stays nil: moat serve does not open the audit log yet,
 		// so changes are recorded in the broker's log only.
 		Logger: p.log,
-		TLS:    ap.certFile != "",
 	})
 	if err != nil {
 		return nil, fmt.Errorf("serve: %w", err)
@@ -106,8 +105,17 @@ func (p *servePlan) startAdmin(ctx context.Context, ap *adminPlan) (stop func(),
 			ln.Close()
 			return nil, fmt.Errorf("serve: admin listener certificate: %w", err)
 		}
-		ln = tls.NewListener(ln, &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: kp.get, NextProtos: []string{"h2", "http/1.1"}})
+		tc := &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: kp.get, NextProtos: []string{"h2", "http/1.1"}}
 		scheme = "https"
+		if admin.IsLoopback(ap.addr) {
+			// On loopback, where plain HTTP is accepted anyway, both
+			// work on the one port.
+			tc.NextProtos = []string{"http/1.1"}
+			ln = newDualListener(ln, tc)
+			scheme = "https (and http)"
+		} else {
+			ln = tls.NewListener(ln, tc)
+		}
 	}
 	srv := &http.Server{
 		Handler:           h,
@@ -125,7 +133,7 @@ func (p *servePlan) startAdmin(ctx context.Context, ap *adminPlan) (stop func(),
 		}
 	})
 	stopCtx := context.AfterFunc(ctx, func() { srv.Close() })
-	p.log.Info("admin: serving the API, metrics and dashboard", "url", scheme+"://"+ln.Addr().String()+"/",
+	p.log.Info("admin: serving the API, metrics and dashboard", "address", ln.Addr().String(), "scheme", scheme,
 		"tokens", tokens.Path())
 	if scheme == "http" {
 		p.log.Warn("admin: plain HTTP on loopback: tokens cross the loopback interface unencrypted")
