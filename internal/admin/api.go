@@ -663,11 +663,12 @@ func tailLines(path string, n int) ([][]byte, error) {
 	return lines[max(len(lines)-n, 0):], nil
 }
 
+// clip shortens an operator's text to at most n bytes of valid UTF-8.
 func clip(s string, n int) string {
-	if len(s) <= n {
-		return s
+	if len(s) > n {
+		s = s[:n]
 	}
-	return s[:n]
+	return strings.ToValidUTF8(s, "")
 }
 
 // printable renders a payload preview: UTF-8 text as is, anything else as

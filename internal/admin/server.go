@@ -274,9 +274,6 @@ func writeError(w http.ResponseWriter, code int, msg string) {
 
 // decodeBody decodes a JSON body strictly; an empty body leaves v as is.
 func decodeBody(r *http.Request, v any) error {
-	if r.ContentLength == 0 && r.Body == http.NoBody {
-		return nil
-	}
 	dec := json.NewDecoder(r.Body)
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil && !errors.Is(err, io.EOF) {
