@@ -41,7 +41,7 @@ func TestAdminDashboardBrowser(t *testing.T) {
 	}
 	e := startAdminEnv(t)
 	serial, _, _ := e.device(t, "sensor-9")
-	waitFor(t, "the device to connect", func() bool { return len(e.clients(t).Clients) == 1 })
+	adminWaitFor(t, "the device to connect", func() bool { return len(e.clients(t).Clients) == 1 })
 	shots := artifactsDir(t)
 
 	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(browser), chromedp.NoSandbox, chromedp.DisableGPU,

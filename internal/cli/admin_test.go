@@ -183,8 +183,8 @@ func (e *adminEnv) clients(t *testing.T) clientsResp {
 	return cr
 }
 
-// waitFor polls cond until it holds or 10 seconds pass.
-func waitFor(t *testing.T, what string, cond func() bool) {
+// adminWaitFor polls cond until it holds or 10 seconds pass.
+func adminWaitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for !cond() {
@@ -233,7 +233,7 @@ func TestAdminAPI(t *testing.T) {
 
 	// The device appears with its certificate identity.
 	var cr clientsResp
-	waitFor(t, "the device in /api/v1/clients", func() bool {
+	adminWaitFor(t, "the device in /api/v1/clients", func() bool {
 		cr = e.clients(t)
 		return len(cr.Clients) == 1
 	})
@@ -309,7 +309,7 @@ func TestAdminAPI(t *testing.T) {
 	if !e.proc.waitLog(t, "client disconnected by an operator", "admin: change") {
 		t.Error("the kick is not logged")
 	}
-	waitFor(t, "the device to leave", func() bool {
+	adminWaitFor(t, "the device to leave", func() bool {
 		select {
 		case <-exited:
 			return len(e.clients(t).Clients) == 0
@@ -317,7 +317,7 @@ func TestAdminAPI(t *testing.T) {
 		}
 		return len(e.clients(t).Clients) == 0
 	})
-	waitFor(t, "moat_connections 0", func() bool { v, _ := e.connectionsMetric(t); return v == 0 })
+	adminWaitFor(t, "moat_connections 0", func() bool { v, _ := e.connectionsMetric(t); return v == 0 })
 	if code, _ := e.call(t, "POST", "/api/v1/clients/sensor-7/kick", e.operator, nil); code != 404 {
 		t.Errorf("kick of a client not connected: %d; want 404", code)
 	}
@@ -419,7 +419,7 @@ func TestAdminPlainLoopback(t *testing.T) {
 		}
 		t.Cleanup(func() { cancel(); cmd.Wait() })
 	}
-	waitFor(t, "moat_connections 3", func() bool { v, _ := e.connectionsMetric(t); return v == 3 })
+	adminWaitFor(t, "moat_connections 3", func() bool { v, _ := e.connectionsMetric(t); return v == 3 })
 	if n := len(e.clients(t).Clients); n != 3 {
 		t.Fatalf("/api/v1/clients lists %d clients; want 3", n)
 	}
