@@ -25,6 +25,7 @@ type serveOptions struct {
 	dataDir    string
 	check      bool
 	pprof      string
+	admin      string
 	sans       []string
 }
 
@@ -33,7 +34,7 @@ func init() { register(newServeCommand) }
 func newServeCommand(stdio Stdio) *cobra.Command {
 	var o serveOptions
 	cmd := &cobra.Command{
-		Use:   "serve [-c FILE] [--data DIR] [--check]",
+		Use:   "serve [-c FILE] [--data DIR] [--check] [--admin ADDR]",
 		Short: "Run the MQTT broker",
 		Long: `Run the MQTT broker.
 
@@ -58,6 +59,7 @@ access policies (acl_file).`,
 	cmd.Flags().StringVar(&o.dataDir, "data", "moat-data", "data `DIR` for the built-in CA and state")
 	cmd.Flags().BoolVar(&o.check, "check", false, "check the configuration and the files it names without binding, and exit")
 	cmd.Flags().StringSliceVar(&o.sans, "san", nil, "names of the built-in server certificate: DNS:name,IP:addr; auto = localhost, the host name and its addresses (the default)")
+	cmd.Flags().StringVar(&o.admin, "admin", "", "serve the admin API, metrics and dashboard on `ADDR` (loopback unless HTTPS; see docs/operations.md)")
 	cmd.Flags().StringVar(&o.pprof, "pprof", "", "serve Go runtime profiles on loopback `ADDR` (e.g. 127.0.0.1:6060), for performance work")
 	return cmd
 }
@@ -100,6 +102,9 @@ func runServe(ctx context.Context, stdio Stdio, o serveOptions, dataSet bool) er
 		return err
 	}
 	defer plan.close()
+	if plan.admin, err = planAdmin(plan, o.admin); err != nil {
+		return err
+	}
 	for _, w := range plan.warnings {
 		log.Warn("config: " + w)
 	}
@@ -129,6 +134,9 @@ func checkServe(stdio Stdio, cfg *config.Config, sans []string) error {
 		return err
 	}
 	plan.close()
+	if _, err := planAdmin(plan, ""); err != nil {
+		return err
+	}
 	for _, w := range append(cfg.Warnings(), plan.warnings...) {
 		fmt.Fprintf(stdio.Err, "warning: %s\n", w)
 	}
@@ -172,6 +180,11 @@ func (p *servePlan) serve(ctx context.Context, stdio Stdio) error {
 	}
 	stopHUP := p.reloadOnSIGHUP()
 	defer stopHUP()
+	stopAdmin, err := p.serveAdmin(ctx)
+	if err != nil {
+		return err
+	}
+	defer stopAdmin()
 
 	errc := make(chan error, len(p.listeners))
 	var wg sync.WaitGroup

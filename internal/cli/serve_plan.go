@@ -51,6 +51,7 @@ type servePlan struct {
 	zero      *zeroConfig // the built-in CA, when a listener uses it
 	zeroOK    bool        // its files exist and can be loaded
 	crls      *caCRLs     // nil for --check: it re-signs CRLs
+	admin     *adminPlan  // nil: no admin API (serve_admin.go)
 
 	warnings []string // to log (serve) or print (--check)
 	notes    []string // what serve does at start that --check does not (creating the built-in CA)

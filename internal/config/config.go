@@ -131,6 +131,9 @@ type Config struct {
 	// PIDFile, when set, is where the broker writes its process ID.
 	// Default "" (none). Mosquitto pid_file.
 	PIDFile string `json:"pid_file,omitempty" yaml:"pid_file"`
+	// Admin configures the admin HTTP API, metrics and dashboard
+	// (docs/operations.md). Default: off.
+	Admin Admin `json:"admin,omitzero" yaml:"admin"`
 
 	// Set lists the settings the file gave explicitly, as YAML paths such as
 	// "limits.max_packet_size" or "listeners[0].tls.client_auth" (a
@@ -264,6 +267,14 @@ type TLS struct {
 	OCSP OCSP `json:"ocsp" yaml:"ocsp"`
 	// Identity maps the client certificate to MQTT identities.
 	Identity Identity `json:"identity" yaml:"identity"`
+}
+
+// Admin is the admin HTTP listener.
+type Admin struct {
+	// Listen is the admin API's host:port; "" disables it. A plain HTTP
+	// address must be loopback (HTTPS is used when the broker has a
+	// certificate). moat serve --admin overrides it.
+	Listen string `json:"listen,omitempty" yaml:"listen"`
 }
 
 // CertKey is a certificate chain file and its private key file.
