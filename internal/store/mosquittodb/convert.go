@@ -2,6 +2,7 @@ package mosquittodb
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -71,6 +72,7 @@ const (
 	skipQoS0            = "QoS 0 message (never stored)"
 	skipInbound         = "inbound QoS 2 message awaiting PUBREL (Mosquitto delivers it only on PUBREL)"
 	skipUnexpectedState = "outgoing message in an inbound state"
+	skipPacketID        = "in-flight message with a packet identifier already in use"
 )
 
 // Convert turns a parsed file into store operations, to be committed
@@ -106,8 +108,11 @@ func Convert(db *DB, o ImportOptions) ([]store.Op, *Summary) {
 	subs := map[string][]store.Subscription{}
 	v5 := map[string]bool{}
 	for _, s := range db.Subscriptions {
-		subs[s.ClientID] = append(subs[s.ClientID], store.Subscription{Filter: s.Filter, QoS: s.QoS,
-			NoLocal: s.NoLocal, RetainAsPublished: s.RetainAsPublished, ID: s.Identifier})
+		sub := store.Subscription{Filter: s.Filter, QoS: s.QoS, NoLocal: s.NoLocal, RetainAsPublished: s.RetainAsPublished, ID: s.Identifier}
+		list := subs[s.ClientID]
+		// A filter subscribed again replaces the earlier subscription.
+		list = slices.DeleteFunc(list, func(o store.Subscription) bool { return o.Filter == s.Filter })
+		subs[s.ClientID] = append(list, sub)
 		if s.Identifier != 0 || s.NoLocal || s.RetainAsPublished {
 			v5[s.ClientID] = true
 		}
@@ -158,7 +163,8 @@ func Convert(db *DB, o ImportOptions) ([]store.Op, *Summary) {
 		}
 	}
 
-	msgIDs := map[uint64]uint64{} // store ID → Moat message ID
+	msgIDs := map[uint64]uint64{}            // store ID → Moat message ID
+	inFlight := map[string]map[uint16]bool{} // packet IDs in use per session
 	for _, cm := range db.ClientMessages {
 		m := db.Messages[cm.StoreID]
 		var state store.DeliveryState
@@ -197,6 +203,16 @@ func Convert(db *DB, o ImportOptions) ([]store.Op, *Summary) {
 		default:
 			skip(skipUnexpectedState)
 			continue
+		}
+		if pid != 0 {
+			if inFlight[cm.ClientID] == nil {
+				inFlight[cm.ClientID] = map[uint16]bool{}
+			}
+			if inFlight[cm.ClientID][pid] {
+				skip(skipPacketID)
+				continue
+			}
+			inFlight[cm.ClientID][pid] = true
 		}
 		id, ok := msgIDs[cm.StoreID]
 		if !ok {
