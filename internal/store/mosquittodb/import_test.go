@@ -102,8 +102,11 @@ func TestImportFromMosquitto(t *testing.T) {
 // mosquitto.
 func checkImported(t *testing.T, st *store.State, sum *Summary, now time.Time) {
 	t.Helper()
+	// The retained $SYS message dev-v311 receives on subscribing is still
+	// in flight when it disconnects, unless it was quick: skipped if
+	// present.
 	if sum.Sessions != 2 || sum.Subscriptions != 4 || sum.Retained != 3 || sum.Messages != 5 ||
-		sum.SkippedTotal() != 1 || sum.Skipped[skipSys] != 1 {
+		sum.SkippedTotal() != sum.Skipped[skipSys] || sum.Skipped[skipSys] > 1 {
 		t.Errorf("summary: %v %v", sum, sum.Skipped)
 	}
 	v5 := st.Sessions["dev-v5"]
@@ -260,6 +263,9 @@ func TestImportSkips(t *testing.T) {
 		chunk(chunkClientMsg, clientMsgBody("keep", 5, 5, 1, byte(StateQueued), 0, 1, nil)).         // expired
 		chunk(chunkClientMsg, clientMsgBody("keep", 8, 6, 1, byte(StateQueued), 0, 1, nil)).         // no message
 		chunk(chunkClientMsg, clientMsgBody("keep", 1, 7, 2, byte(StateWaitForPubcomp), 0, 1, nil)). // released
+		chunk(chunkClientMsg, clientMsgBody("keep", 1, 7, 1, byte(StateWaitForPuback), 0, 1, nil)).  // packet ID 7 again
+		chunk(chunkSub, subBody("keep", "x", 0, 0, 0)).
+		chunk(chunkSub, subBody("keep", "x", 2, 0, 3)). // the same filter again: replaces
 		chunk(chunkClientMsg, clientMsgBody("ghost", 1, 1, 1, byte(StateQueued), 0, 1, nil)).
 		chunk(chunkSub, subBody("ghost", "x", 0, 0, 0)).
 		chunk(chunkSub, subBody("exists", "x", 0, 0, 0)).
@@ -273,12 +279,15 @@ func TestImportSkips(t *testing.T) {
 	ops, sum := Convert(db, ImportOptions{Now: now, NextID: func() uint64 { return 1 },
 		HaveSession: func(id string) bool { return id == "exists" }})
 	want := map[string]int{skipQoS0: 1, skipInbound: 1, skipExpired: 2, skipNoMessage: 2, skipNoClient: 2,
-		skipSessionEnds: 1, skipSessionExists: 2}
+		skipSessionEnds: 1, skipSessionExists: 2, skipPacketID: 1}
 	if !reflect.DeepEqual(sum.Skipped, want) || sum.Sessions != 1 || sum.Messages != 1 || sum.Retained != 1 {
 		t.Fatalf("summary %v: %v", sum, sum.Skipped)
 	}
 	if len(ops) != 4 { // session, message, delivery, retained
 		t.Fatalf("ops: %d", len(ops))
+	}
+	if subs := ops[0].(store.PutSession).Session.Subscriptions; !reflect.DeepEqual(subs, []store.Subscription{{Filter: "x", QoS: 2, ID: 3}}) {
+		t.Fatalf("subscriptions: %+v", subs)
 	}
 	d := ops[2].(store.PutDelivery).Delivery
 	if d.State != store.Released || d.PacketID != 7 || !d.Dup {
