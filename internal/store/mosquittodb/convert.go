@@ -84,8 +84,8 @@ const (
 //     ("user:NAME", verified) when the file names one; without a username
 //     (or when the file's username is unreliable, see
 //     Client.UsernameUnknown) the session has no owner. A finite expiry
-//     keeps the deadline the file records when it lies ahead, else it
-//     starts again at the import (Mosquitto 2.0 leaves the deadline of a
+//     keeps the deadline the file records when it lies ahead (by at most
+//     the interval), else it starts again at the import (Mosquitto 2.0 leaves the deadline of a
 //     client connected at the save at 0 or at an old value).
 //   - Outgoing QoS 1 and 2 messages owed to a session become a Message
 //     (stored once) and a Delivery each: queued, sent (the packet
@@ -183,7 +183,7 @@ func Convert(db *DB, o ImportOptions) ([]store.Op, *Summary) {
 		case m == nil:
 			skip(skipNoMessage)
 			continue
-		case strings.HasPrefix(m.Topic, "$"):
+		case isSys(m.Topic):
 			skip(skipSys)
 			continue
 		case cm.QoS == 0 || m.QoS == 0 || cm.State == StatePublishQoS0:
@@ -234,7 +234,7 @@ func Convert(db *DB, o ImportOptions) ([]store.Op, *Summary) {
 		case m == nil:
 			skip(skipNoMessage)
 			continue
-		case strings.HasPrefix(m.Topic, "$"):
+		case isSys(m.Topic):
 			skip(skipSys)
 			continue
 		case expired(m, now):
@@ -259,6 +259,8 @@ func Convert(db *DB, o ImportOptions) ([]store.Op, *Summary) {
 	}
 	return ops, sum
 }
+
+func isSys(topic string) bool { return topic == "$SYS" || strings.HasPrefix(topic, "$SYS/") }
 
 func expired(m *Message, now time.Time) bool {
 	return m.ExpiryTime > 0 && !time.Unix(m.ExpiryTime, 0).After(now)
