@@ -85,8 +85,9 @@ const (
 //     (or when the file's username is unreliable, see
 //     Client.UsernameUnknown) the session has no owner. A finite expiry
 //     keeps the deadline the file records when it lies ahead (by at most
-//     the interval), else it starts again at the import (Mosquitto 2.0 leaves the deadline of a
-//     client connected at the save at 0 or at an old value).
+//     the interval), else it starts again at the import (Mosquitto 2.0
+//     leaves the deadline of a client connected at the save at 0 or at an
+//     old value).
 //   - Outgoing QoS 1 and 2 messages owed to a session become a Message
 //     (stored once) and a Delivery each: queued, sent (the packet
 //     identifier is kept and the resend carries DUP) or released (PUBREL
