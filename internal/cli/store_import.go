@@ -19,7 +19,7 @@ func newStoreImportMosquitto(stdio Stdio, f *storeFlags) *cobra.Command {
 	var merge bool
 	var maxSize int64
 	cmd := &cobra.Command{
-		Use:   "import-mosquitto [--data DIR] [--merge] FILE",
+		Use:   "import-mosquitto FILE",
 		Short: "Bring retained messages and persistent sessions over from Mosquitto 2.0's mosquitto.db",
 		Long: `import-mosquitto reads the persistence file of Mosquitto 2.0 (mosquitto.db,
 written with persistence true; stop Mosquitto first so that it saves it) and
