@@ -81,6 +81,10 @@ type conn struct {
 	// server's bookkeeping); set by the accept loop before serve starts.
 	onEnd func()
 
+	// plim bounds the PUBLISH commits in flight (persist.go); its channel
+	// is made by the reader.
+	plim persistLimiter
+
 	// maxOut is the client's Maximum Packet Size (0: none); fixed at
 	// CONNECT, read by every role.
 	maxOut uint32
