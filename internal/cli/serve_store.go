@@ -1,7 +1,9 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 
 	"github.com/moatmq/moat/internal/store"
@@ -33,7 +35,11 @@ func (p *servePlan) planStore() {
 		return
 	}
 	if p.check {
-		p.notes = append(p.notes, fmt.Sprintf("serve opens the store in %s (sync %s), creating it and its key if missing", dir, mode))
+		// --check changes nothing on disk, and a running broker holds the
+		// store's lock: it only says when serve would create the store.
+		if _, err := os.Stat(filepath.Join(dir, store.DBFile)); errors.Is(err, os.ErrNotExist) {
+			p.notes = append(p.notes, fmt.Sprintf("serve creates the store in %s (sync %s) and, unless a key is configured, its key file", dir, mode))
+		}
 		return
 	}
 	kek, pass, err := keySource(Stdio{}, pc.KeyFile, envStoreKey, "", envStorePassphrase, false, "")
