@@ -148,6 +148,7 @@ type pbatch struct {
 	changes []Change
 	msgPut  bool
 	dlv     []batched // deliveries whose first put is in changes
+	sends   []func()  // QoS 2 PUBLISHes to send once the batch is durable
 }
 
 type batched struct {
@@ -186,18 +187,23 @@ func (s *Server) persistLogged(err error) {
 }
 
 // storeDeliveryLocked gives d a sequence number and records its put in b,
-// or submits it at once when b is nil. The caller holds sess.mu.
-func (sess *session) storeDeliveryLocked(srv *Server, d *delivery, b *pbatch) {
+// or submits it at once when b is nil. then, if not nil, runs once the put
+// is durable (or failed); it reports whether d is stored and then was
+// taken. The caller holds sess.mu.
+func (sess *session) storeDeliveryLocked(srv *Server, d *delivery, b *pbatch, then func()) bool {
 	if !srv.persisting(sess) || d.qos == 0 || d.msg.id == 0 {
-		return
+		return false
 	}
 	d.seq = srv.persist.NewID()
 	sd := sess.storedDelivery(d)
 	if b == nil {
 		d.pstate.Store(pstateSubmitted)
-		srv.persistAsync(Change{Kind: ChangePutMessage, MsgID: d.msg.id, Message: d.msg},
-			Change{Kind: ChangePutDelivery, Delivery: sd})
-		return
+		srv.persist.Persist([]Change{{Kind: ChangePutMessage, MsgID: d.msg.id, Message: d.msg},
+			{Kind: ChangePutDelivery, Delivery: sd}}, srv.persistThen(then))
+		return then != nil
+	}
+	if then != nil {
+		b.sends = append(b.sends, then)
 	}
 	if !b.msgPut {
 		b.msgPut = true
@@ -205,6 +211,36 @@ func (sess *session) storeDeliveryLocked(srv *Server, d *delivery, b *pbatch) {
 	}
 	b.changes = append(b.changes, Change{Kind: ChangePutDelivery, Delivery: sd})
 	b.dlv = append(b.dlv, batched{d, sess.id})
+	return then != nil
+}
+
+// persistThen returns a done function that logs a failure and then runs
+// then (if any).
+func (s *Server) persistThen(then func()) func(error) {
+	if then == nil {
+		return s.persistLogged
+	}
+	return func(err error) {
+		s.persistLogged(err)
+		then()
+	}
+}
+
+// storeInFlightLocked stores the state of d, just put in flight, and
+// reports whether it took send: a QoS 2 PUBLISH to a stored session is
+// sent only once its packet identifier is durable, so that a restart
+// cannot resend it under another identifier, which the subscriber would
+// take for a new message. The caller holds sess.mu.
+func (sess *session) storeInFlightLocked(c *conn, d *delivery, b *pbatch, dup bool) bool {
+	srv := c.srv
+	var then func()
+	if d.qos == 2 {
+		then = func() { c.send(outPublish{d: d, dup: dup}) }
+	}
+	if d.seq == 0 {
+		return sess.storeDeliveryLocked(srv, d, b, then)
+	}
+	return sess.updateDeliveryLocked(srv, d, then)
 }
 
 func (sess *session) storedDelivery(d *delivery) *StoredDelivery {
@@ -222,13 +258,15 @@ func (sess *session) storedDelivery(d *delivery) *StoredDelivery {
 	return sd
 }
 
-// updateDeliveryLocked stores d's new state (in flight, released). The
-// caller holds sess.mu.
-func (sess *session) updateDeliveryLocked(srv *Server, d *delivery) {
+// updateDeliveryLocked stores d's new state (in flight, released); then,
+// if not nil, runs once that is durable, and it reports whether it took
+// then. The caller holds sess.mu.
+func (sess *session) updateDeliveryLocked(srv *Server, d *delivery, then func()) bool {
 	if d.seq == 0 || !srv.persisting(sess) || d.pstate.Load() != pstateSubmitted {
-		return
+		return false
 	}
-	srv.persistAsync(Change{Kind: ChangePutDelivery, Delivery: sess.storedDelivery(d)})
+	srv.persist.Persist([]Change{{Kind: ChangePutDelivery, Delivery: sess.storedDelivery(d)}}, srv.persistThen(then))
+	return then != nil
 }
 
 // dropDeliveryLocked removes d from the store: acknowledged, expired or
@@ -247,6 +285,15 @@ func (sess *session) dropDeliveryLocked(srv *Server, d *delivery) {
 // calls done when durable. Deliveries acknowledged while the batch was
 // being built are deleted after it.
 func (s *Server) submitBatch(b *pbatch, done func(error)) {
+	if sends := b.sends; len(sends) > 0 {
+		ack := done
+		done = func(err error) {
+			for _, f := range sends {
+				f()
+			}
+			ack(err)
+		}
+	}
 	s.persist.Persist(b.changes, done)
 	var dels []Change
 	for _, x := range b.dlv {

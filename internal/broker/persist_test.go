@@ -359,3 +359,35 @@ func TestPersistExpiredAtStart(t *testing.T) {
 		return nil
 	})
 }
+
+// A QoS 2 PUBLISH to an online persistent subscriber waits for the commit
+// of its delivery with its packet identifier: were it sent first, a crash
+// before the commit would make the publisher resend it and the subscriber
+// receive it again under a new identifier. QoS 1 is sent at once (a
+// duplicate is allowed).
+func TestPersistQoS2SentAfterCommit(t *testing.T) {
+	model := newModel()
+	_, addr := testServer(t, Config{Persistence: model})
+	sub := dialRaw(t, addr, packet.V5)
+	sub.connect(persistentConnect("online-sub"))
+	subscribe(t, sub, 1, packet.Subscription{Filter: "t/#", QoS: 2})
+	pub := dialRaw(t, addr, packet.V5)
+	pub.connect(v5connect("pub"))
+
+	model.setHold(true)
+	pub.send(&packet.Publish{Topic: "t/1", QoS: 1, PacketID: 1, Payload: []byte("one")})
+	if p := recvPublish(t, sub); p.QoS != 1 {
+		t.Fatalf("QoS 1 delivery: %+v", p)
+	}
+	pub.send(&packet.Publish{Topic: "t/2", QoS: 2, PacketID: 2, Payload: []byte("two")})
+	if p, err := sub.recvErr(200 * time.Millisecond); err == nil {
+		t.Fatalf("QoS 2 PUBLISH %s sent before its commit", p.Type())
+	}
+	model.release()
+	if p := recvPublish(t, sub); p.QoS != 2 || string(p.Payload) != "two" {
+		t.Fatalf("QoS 2 delivery: %+v", p)
+	}
+	for range 2 {
+		pub.recv() // PUBACK, PUBREC
+	}
+}

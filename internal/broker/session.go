@@ -181,7 +181,7 @@ func (s *session) deliver(srv *Server, d *delivery, b *pbatch) bool {
 		if !s.enqueueLocked(srv, d) {
 			return false
 		}
-		s.storeDeliveryLocked(srv, d, b)
+		s.storeDeliveryLocked(srv, d, b, nil)
 		return true
 	}
 	if s.maxPacket > 0 && !fitsPacket(d, c.version, s.maxPacket, &clock{now: srv.cfg.Now}) {
@@ -202,7 +202,7 @@ func (s *session) deliver(srv *Server, d *delivery, b *pbatch) bool {
 		if !s.enqueueLocked(srv, d) {
 			return false
 		}
-		s.storeDeliveryLocked(srv, d, b)
+		s.storeDeliveryLocked(srv, d, b, nil)
 		return true
 	}
 	s.startLocked(c, d, b)
@@ -220,12 +220,10 @@ func (s *session) startLocked(c *conn, d *delivery, b *pbatch) {
 		d.expiryFixed = true
 	}
 	dup := d.sent
-	if d.seq == 0 {
-		s.storeDeliveryLocked(c.srv, d, b)
-	} else {
-		s.updateDeliveryLocked(c.srv, d)
-	}
 	d.sent = true
+	if c.srv.persisting(s) && s.storeInFlightLocked(c, d, b, dup) {
+		return // sent once stored
+	}
 	c.send(outPublish{d: d, dup: dup})
 }
 
@@ -382,7 +380,7 @@ func (s *session) received(srv *Server, pid uint16, code packet.ReasonCode) bool
 	}
 	d := s.inflight[i]
 	d.released = true
-	s.updateDeliveryLocked(srv, d)
+	s.updateDeliveryLocked(srv, d, nil)
 	if d.pending {
 		// Acknowledged before we resent it: it is in flight again.
 		d.pending = false
