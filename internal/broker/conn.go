@@ -82,8 +82,10 @@ type conn struct {
 	onEnd func()
 
 	// plim bounds the PUBLISH commits in flight (persist.go); its channel
-	// is made by the reader.
-	plim persistLimiter
+	// is made by the reader. sessStored reports the commit of the
+	// session's record, which CONNACK waits for; set by attach.
+	plim       persistLimiter
+	sessStored chan error
 
 	// maxOut is the client's Maximum Packet Size (0: none); fixed at
 	// CONNECT, read by every role.

@@ -555,3 +555,23 @@ func (c *conn) persistRelease(pid uint16) {
 		c.send(shortAck{typ: packet.PUBCOMP, pid: pid})
 	})
 }
+
+// awaitSessionStored holds CONNACK (queued by attach, written once the
+// reader runs) until the session's record is committed: a client told
+// its session is kept finds it after a crash. On a commit error the
+// connection is closed (the reader sees it closing) and the error
+// counted and logged.
+func (c *conn) awaitSessionStored() {
+	if c.sessStored == nil {
+		return
+	}
+	select {
+	case err := <-c.sessStored:
+		if err != nil {
+			c.srv.stats.persistFailed.Add(1)
+			c.log.Error("broker: storing the session failed; disconnecting", "err", err)
+			c.kill(packet.UnspecifiedError, "session could not be stored")
+		}
+	case <-c.killed:
+	}
+}

@@ -391,3 +391,20 @@ func TestPersistQoS2SentAfterCommit(t *testing.T) {
 		pub.recv() // PUBACK, PUBREC
 	}
 }
+
+// CONNACK of a persistent session waits for the commit of its record.
+func TestPersistConnackAfterCommit(t *testing.T) {
+	model := newModel()
+	_, addr := testServer(t, Config{Persistence: model})
+	model.setHold(true)
+	c := dialRaw(t, addr, packet.V5)
+	c.send(&packet.Connect{ProtocolName: "MQTT", Version: packet.V5, ClientID: "held", KeepAlive: 30,
+		Properties: persistentConnect("held").Properties})
+	if p, err := c.recvErr(200 * time.Millisecond); err == nil {
+		t.Fatalf("%s before the session was stored", p.Type())
+	}
+	model.release()
+	if _, ok := c.recv().(*packet.Connack); !ok {
+		t.Fatal("want CONNACK after the commit")
+	}
+}

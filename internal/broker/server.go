@@ -381,8 +381,11 @@ func (s *Server) attach(c *conn, st *connectState) (*session, bool, string) {
 			sess.stored, sess.subList = true, make(map[string]StoredSubscription)
 		}
 		if s.persisting(sess) {
-			// Submitted before any delivery to the session can be.
-			s.persistAsync(Change{Kind: ChangePutSession, Session: s.storedSessionLocked(sess, c.version, false)})
+			// Submitted before any delivery to the session can be;
+			// CONNACK waits for it (awaitSessionStored).
+			c.sessStored = make(chan error, 1)
+			s.persist.Persist([]Change{{Kind: ChangePutSession, Session: s.storedSessionLocked(sess, c.version, false)}},
+				func(err error) { c.sessStored <- err })
 		}
 		sess.inflightLimit = s.cfg.MaxInflight
 		sess.maxPacket = 0
