@@ -2,6 +2,7 @@ package brokerstore_test
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"log/slog"
@@ -15,13 +16,28 @@ import (
 
 	"github.com/moatmq/moat/internal/broker"
 	"github.com/moatmq/moat/internal/packet"
+	"github.com/moatmq/moat/internal/pki/pkitest"
 	"github.com/moatmq/moat/internal/store"
 	"github.com/moatmq/moat/internal/store/brokerstore"
 )
 
+// benchTLS is mutual TLS for the benchmark: the server's and one client's
+// configuration, both from one test CA.
+type benchTLS struct{ server, client *tls.Config }
+
+func newBenchTLS(b *testing.B) *benchTLS {
+	ca := pkitest.New(b, pkitest.Options{})
+	srv := ca.Server(b, pkitest.Options{}, "127.0.0.1")
+	cl := ca.Client(b, pkitest.Options{}, "bench-client")
+	return &benchTLS{
+		server: &tls.Config{Certificates: []tls.Certificate{srv.TLS()}, ClientCAs: ca.Pool(), ClientAuth: tls.RequireAndVerifyClientCert},
+		client: &tls.Config{Certificates: []tls.Certificate{cl.TLS()}, RootCAs: ca.Pool(), ServerName: "127.0.0.1"},
+	}
+}
+
 // benchBroker serves a broker with the store in the given sync mode, or in
-// memory for mode "memory".
-func benchBroker(b *testing.B, mode string) string {
+// memory for mode "memory"; with mutual TLS when tc is not nil.
+func benchBroker(b *testing.B, mode string, tc *benchTLS) string {
 	b.Helper()
 	cfg := broker.Config{AllowAnonymous: true, SysInterval: -1, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	if mode != "memory" {
@@ -45,6 +61,9 @@ func benchBroker(b *testing.B, mode string) string {
 	if err != nil {
 		b.Fatal(err)
 	}
+	if tc != nil {
+		ln = tls.NewListener(ln, tc.server)
+	}
 	done := make(chan struct{})
 	go func() { srv.Serve(context.Background(), ln, broker.ListenerConfig{}); close(done) }()
 	b.Cleanup(func() {
@@ -56,9 +75,15 @@ func benchBroker(b *testing.B, mode string) string {
 	return ln.Addr().String()
 }
 
-func benchDial(b *testing.B, addr, id string, expiry uint32) (net.Conn, *packet.Reader) {
+func benchDial(b *testing.B, addr, id string, expiry uint32, tc *benchTLS) (net.Conn, *packet.Reader) {
 	b.Helper()
-	nc, err := net.Dial("tcp", addr)
+	var nc net.Conn
+	var err error
+	if tc != nil {
+		nc, err = tls.Dial("tcp", addr, tc.client)
+	} else {
+		nc, err = net.Dial("tcp", addr)
+	}
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -86,77 +111,81 @@ func write(b *testing.B, nc net.Conn, p packet.Packet) {
 
 // BenchmarkP2PQoS1Persistent: 100 publishers each send QoS 1 messages
 // (64-byte payload, up to 16 unacknowledged) to their own persistent
-// subscriber (session expiry 1 h, online, acknowledging). With a store,
-// every PUBACK waits for the commit of the message and its delivery, and
-// every subscriber PUBACK deletes the delivery. Reported: messages/s.
+// subscriber (session expiry 1 h, online, acknowledging), over plain TCP
+// and over mutual TLS. With a store, every PUBACK waits for the commit of
+// the message and its delivery, and every subscriber PUBACK deletes the
+// delivery. Reported: messages/s.
 func BenchmarkP2PQoS1Persistent(b *testing.B) {
-	const pairs, window = 100, 16
 	for _, mode := range []string{"memory", "always", "batch", "off"} {
-		b.Run(mode, func(b *testing.B) {
-			addr := benchBroker(b, mode)
-			per := max(b.N/pairs, 1)
-			payload := make([]byte, 64)
-			var subsReady, wg sync.WaitGroup
-			for i := range pairs {
-				nc, r := benchDial(b, addr, fmt.Sprintf("sub-%d", i), 3600)
-				write(b, nc, &packet.Subscribe{PacketID: 1, Subscriptions: []packet.Subscription{{Filter: fmt.Sprintf("p2p/%d", i), QoS: 1}}})
-				if _, err := r.ReadPacket(); err != nil {
-					b.Fatal(err)
+		b.Run(mode, func(b *testing.B) { benchP2P(b, mode, nil) })
+		b.Run("mtls-"+mode, func(b *testing.B) { benchP2P(b, mode, newBenchTLS(b)) })
+	}
+}
+
+func benchP2P(b *testing.B, mode string, tc *benchTLS) {
+	const pairs, window = 100, 16
+	addr := benchBroker(b, mode, tc)
+	per := max(b.N/pairs, 1)
+	payload := make([]byte, 64)
+	var subsReady, wg sync.WaitGroup
+	for i := range pairs {
+		nc, r := benchDial(b, addr, fmt.Sprintf("sub-%d", i), 3600, tc)
+		write(b, nc, &packet.Subscribe{PacketID: 1, Subscriptions: []packet.Subscription{{Filter: fmt.Sprintf("p2p/%d", i), QoS: 1}}})
+		if _, err := r.ReadPacket(); err != nil {
+			b.Fatal(err)
+		}
+		subsReady.Add(1)
+		wg.Go(func() {
+			subsReady.Done()
+			for n := 0; n < per; {
+				p, err := r.ReadPacket()
+				if err != nil {
+					b.Error(err)
+					return
 				}
-				subsReady.Add(1)
-				wg.Go(func() {
-					subsReady.Done()
-					for n := 0; n < per; {
-						p, err := r.ReadPacket()
-						if err != nil {
-							b.Error(err)
-							return
-						}
-						if pub, ok := p.(*packet.Publish); ok {
-							n++
-							write(b, nc, &packet.Puback{PacketID: pub.PacketID})
-						}
-					}
-				})
+				if pub, ok := p.(*packet.Publish); ok {
+					n++
+					write(b, nc, &packet.Puback{PacketID: pub.PacketID})
+				}
 			}
-			subsReady.Wait()
-			pubs := make([]net.Conn, pairs)
-			readers := make([]*packet.Reader, pairs)
-			for i := range pairs {
-				pubs[i], readers[i] = benchDial(b, addr, fmt.Sprintf("pub-%d", i), 0)
-			}
-			b.ResetTimer()
-			start := time.Now()
-			for i := range pairs {
-				wg.Go(func() {
-					sem := make(chan struct{}, window)
-					acks := make(chan struct{})
-					go func() {
-						defer close(acks)
-						for n := 0; n < per; {
-							p, err := readers[i].ReadPacket()
-							if err != nil {
-								b.Error(err)
-								return
-							}
-							if _, ok := p.(*packet.Puback); ok {
-								n++
-								<-sem
-							}
-						}
-					}()
-					topic := fmt.Sprintf("p2p/%d", i)
-					for n := range per {
-						sem <- struct{}{}
-						write(b, pubs[i], &packet.Publish{Topic: topic, QoS: 1, PacketID: uint16(n%60000 + 1), Payload: payload})
-					}
-					<-acks
-				})
-			}
-			wg.Wait()
-			b.ReportMetric(float64(per*pairs)/time.Since(start).Seconds(), "msg/s")
 		})
 	}
+	subsReady.Wait()
+	pubs := make([]net.Conn, pairs)
+	readers := make([]*packet.Reader, pairs)
+	for i := range pairs {
+		pubs[i], readers[i] = benchDial(b, addr, fmt.Sprintf("pub-%d", i), 0, tc)
+	}
+	b.ResetTimer()
+	start := time.Now()
+	for i := range pairs {
+		wg.Go(func() {
+			sem := make(chan struct{}, window)
+			acks := make(chan struct{})
+			go func() {
+				defer close(acks)
+				for n := 0; n < per; {
+					p, err := readers[i].ReadPacket()
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					if _, ok := p.(*packet.Puback); ok {
+						n++
+						<-sem
+					}
+				}
+			}()
+			topic := fmt.Sprintf("p2p/%d", i)
+			for n := range per {
+				sem <- struct{}{}
+				write(b, pubs[i], &packet.Publish{Topic: topic, QoS: 1, PacketID: uint16(n%60000 + 1), Payload: payload})
+			}
+			<-acks
+		})
+	}
+	wg.Wait()
+	b.ReportMetric(float64(per*pairs)/time.Since(start).Seconds(), "msg/s")
 }
 
 // BenchmarkRestart measures opening a store holding 10,000 persistent
