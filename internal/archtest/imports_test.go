@@ -150,11 +150,13 @@ var allowedImports = map[string][]string{
 	"internal/pki/pkitest":       {"internal/pki"},
 	// The store wraps its data key with the key service's KEK interface
 	// (key file, passphrase, KMS/HSM): one interface, two users.
-	"internal/store":   {"e2e/keyservice"},
-	"internal/tlsconf": {},
+	"internal/store": {"e2e/keyservice"},
+	// The adapter between the broker's Persistence and the store.
+	"internal/store/brokerstore": {"internal/broker", "internal/packet", "internal/store"},
 	// The Mosquitto file reader checks names with the codec's rules and
 	// turns what it read into store operations.
 	"internal/store/mosquittodb": {"internal/packet", "internal/store"},
+	"internal/tlsconf":           {},
 	// Test-only package: it runs `make install` and checks the files.
 	"packaging":      {},
 	"internal/topic": {},

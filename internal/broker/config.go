@@ -195,6 +195,13 @@ type Config struct {
 	// Retained stores retained messages. Nil: an in-memory store.
 	Retained RetainedStore
 
+	// Persistence keeps persistent sessions, their messages, retained
+	// messages and wills across restarts (docs/durability.md). Nil: in
+	// memory only. StoreQuarantines is reported in Stats: how many corrupt
+	// stores were moved aside when it was opened.
+	Persistence      Persistence
+	StoreQuarantines int
+
 	// QuietConnections logs client connects and disconnects at debug level
 	// instead of info (mosquitto's connection_messages false).
 	QuietConnections bool

@@ -81,6 +81,12 @@ type conn struct {
 	// server's bookkeeping); set by the accept loop before serve starts.
 	onEnd func()
 
+	// plim bounds the PUBLISH commits in flight (persist.go); its channel
+	// is made by the reader. sessStored reports the commit of the
+	// session's record, which CONNACK waits for; set by attach.
+	plim       persistLimiter
+	sessStored chan error
+
 	// maxOut is the client's Maximum Packet Size (0: none); fixed at
 	// CONNECT, read by every role.
 	maxOut uint32

@@ -263,6 +263,7 @@ func (c *conn) connect(ctx context.Context, pkt *packet.Connect) bool {
 	if refusal != "" {
 		return c.refuse(pkt, packet.ClientIDNotValid, refusal)
 	}
+	c.awaitSessionStored()
 	s.stats.connected(s)
 	level := slog.LevelInfo
 	if s.cfg.QuietConnections {

@@ -84,6 +84,9 @@ func (c *conn) handlePublish(p *packet.Publish) bool {
 		}
 		c.sess.mu.Unlock()
 		if dup {
+			if s.persist != nil {
+				return c.persistPublish(p, packet.Success, &pbatch{}, false)
+			}
 			c.send(shortAck{typ: packet.PUBREC, pid: p.PacketID})
 			return true
 		}
@@ -101,23 +104,39 @@ func (c *conn) handlePublish(p *packet.Publish) bool {
 		}
 	}
 	var msg *Message
+	var b *pbatch // durable changes the acknowledgement waits for
+	if s.persist != nil && p.QoS > 0 {
+		b = &pbatch{}
+	}
 	if code == packet.Success {
 		msg = newMessage(p, c.client.ClientID, s.cfg.Now())
-		if msg.Retain && !s.retainFrom(msg, &c.client) && c.version == packet.V5 && p.QoS > 0 {
-			// A v5 client can be told: the publication is refused as a
-			// whole. Others (v3, QoS 0) have no way to learn of it, so
-			// their message is still delivered, only not retained.
-			code = packet.QuotaExceeded
+		if b != nil {
+			msg.id = s.persist.NewID()
+		}
+		if msg.Retain {
+			if s.retainFrom(msg, &c.client) {
+				if s.persist != nil {
+					c.persistRetained(msg, b)
+				}
+			} else if c.version == packet.V5 && p.QoS > 0 {
+				// A v5 client can be told: the publication is refused as
+				// a whole. Others (v3, QoS 0) have no way to learn of it,
+				// so their message is still delivered, only not retained.
+				code = packet.QuotaExceeded
+			}
 		}
 	}
 	if code == packet.Success {
-		if n := s.deliver(msg); n == 0 {
+		if n := s.deliver(msg, b); n == 0 {
 			code = packet.NoMatchingSubscribers
 		}
 	} else if p.QoS == 2 {
 		c.sess.mu.Lock()
 		delete(c.sess.inboundQoS2, p.PacketID)
 		c.sess.mu.Unlock()
+	}
+	if b != nil {
+		return c.persistPublish(p, code, b, p.QoS == 2 && code == packet.Success && s.persisting(c.sess))
 	}
 	return c.ackPublish(p, code)
 }
@@ -196,6 +215,12 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 			}
 		}
 		codes[i] = packet.ReasonCode(sub.QoS)
+		if s.persisting(c.sess) {
+			c.sess.mu.Lock()
+			c.sess.subList[req.Filter] = StoredSubscription{Filter: req.Filter, QoS: sub.QoS, NoLocal: sub.NoLocal,
+				RetainAsPublished: sub.RetainAsPublished, RetainHandling: sub.RetainHandling, ID: sub.ID}
+			c.sess.mu.Unlock()
+		}
 		// [MQTT-3.3.1-9..11] retained messages on subscribe; none for a
 		// shared subscription [MQTT 5.0 §4.8.2].
 		if group == "" && !s.cfg.RetainDisabled && (req.RetainHandling == 0 || (req.RetainHandling == 1 && !existed)) {
@@ -215,6 +240,9 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 		// Maximum Packet Size (encodeAck).
 		ack.Properties.SetReasonString(problem)
 	}
+	if c.persistSession() != nil {
+		return
+	}
 	c.send(ack)
 	now := s.cfg.Now()
 	for _, r := range sendRetained {
@@ -229,7 +257,7 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 			if r.sub.ID != 0 {
 				d.subIDs = []uint32{r.sub.ID}
 			}
-			c.sess.deliver(s, d)
+			c.sess.deliver(s, d, nil)
 			return true
 		})
 	}
@@ -249,7 +277,15 @@ func (c *conn) handleUnsubscribe(p *packet.Unsubscribe) {
 		} else {
 			c.sess.subs.Add(-1)
 			c.sess.subBytes.Add(-int64(len(f)))
+			if s.persisting(c.sess) {
+				c.sess.mu.Lock()
+				delete(c.sess.subList, f)
+				c.sess.mu.Unlock()
+			}
 		}
+	}
+	if c.persistSession() != nil {
+		return
 	}
 	if c.version != packet.V5 {
 		codes = nil

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"sync/atomic"
 	"time"
 
 	"github.com/moatmq/moat/internal/packet"
@@ -29,6 +30,9 @@ type Message struct {
 	From string
 	// Created is when the broker received the message.
 	Created time.Time
+	// id names the message in the Persistence; 0 when it is never stored
+	// ($SYS, or persistence off).
+	id uint64
 }
 
 // forwardedProps is the set of PUBLISH properties forwarded unchanged to
@@ -96,6 +100,10 @@ type delivery struct {
 	// in flight is resent even after it expired [MQTT-4.3.3-7].
 	expiry      uint32
 	expiryFixed bool
+	// seq names the delivery in the Persistence (0: not stored); pstate
+	// orders its first put before its delete (see pbatch).
+	seq    uint64
+	pstate atomic.Uint32
 }
 
 // shareKey names a shared subscription: group and filter.

@@ -184,6 +184,11 @@ func (c *conn) handleAck(typ packet.Type, pid uint16, code packet.ReasonCode) {
 		code := packet.Success
 		if !ok {
 			code = packet.PacketIDNotFound
+		} else if c.srv.persisting(c.sess) {
+			// PUBCOMP follows the durable removal: a lost removal would
+			// drop the client's next message with this identifier.
+			c.persistRelease(pid)
+			return
 		}
 		c.send(shortAck{typ: packet.PUBCOMP, code: code, pid: pid})
 	case packet.PUBCOMP:

@@ -35,6 +35,7 @@ type stats struct {
 
 	subsRefused   atomic.Int64 // subscriptions over MaxSubscriptions or MaxSubscriptionBytes
 	preAuthTooBig atomic.Int64 // CONNECTs over PreAuthMaxPacketSize
+	persistFailed atomic.Int64 // Persistence commits that failed
 }
 
 func (st *stats) connected(s *Server) {
@@ -95,6 +96,11 @@ type Stats struct {
 	ReadBudgetPeak    int64
 	ReadBudgetWaits   int64
 	ReadBudgetWaiting int64
+	// PersistFailures counts changes the Persistence could not store;
+	// StoreQuarantines is Config.StoreQuarantines (stores moved aside as
+	// corrupt at start).
+	PersistFailures  int64
+	StoreQuarantines int64
 }
 
 // Stats returns a snapshot of the server's counters. Safe for concurrent
@@ -136,6 +142,8 @@ func (s *Server) Stats() Stats {
 		ReadBudgetPeak:       s.readBudget.maxUsed.Load(),
 		ReadBudgetWaits:      s.readBudget.waits.Load(),
 		ReadBudgetWaiting:    int64(s.readBudget.waiting()),
+		PersistFailures:      st.persistFailed.Load(),
+		StoreQuarantines:     int64(s.cfg.StoreQuarantines),
 	}
 }
 
@@ -184,6 +192,8 @@ func (s *Server) publishSys() {
 		{"$SYS/broker/subscriptions/count", i(st.Subscriptions)},
 		{"$SYS/broker/retained messages/count", i(st.Retained)},
 		{"$SYS/broker/panics", i(st.Panics)},
+		{"$SYS/broker/store/failures", i(st.PersistFailures)},
+		{"$SYS/broker/store/quarantined", i(st.StoreQuarantines)},
 	}
 	now := s.cfg.Now()
 	for _, t := range topics {

@@ -163,9 +163,6 @@ func logConfig(log *slog.Logger, cfg *config.Config) {
 		log.Info("config: mosquitto.conf leaves these limits unlimited or has no key for them; Moat's safe defaults apply (each can be set in the file, see docs/configuration.md)",
 			"limits", strings.Join(sd, " "))
 	}
-	if cfg.Persistence.Enabled {
-		log.Warn("persistence: the disk store is not available in this version; sessions, queued and retained messages are kept in memory only and are lost on restart")
-	}
 }
 
 // serve binds every listener, serves them until ctx ends or one fails,

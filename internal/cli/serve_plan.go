@@ -87,6 +87,7 @@ func buildPlan(cfg *config.Config, log *slog.Logger, check bool, sans ...string)
 		p.crls = newCACRLs(log, time.Now)
 	}
 	p.planBroker()
+	p.planStore()
 	for i := range cfg.Listeners {
 		p.planListener(i)
 	}

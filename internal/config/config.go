@@ -124,9 +124,9 @@ type Config struct {
 	// persistence is on and Persistence.Location is empty, the store.
 	// Default "moat-data", relative to the working directory.
 	DataDir string `json:"data_dir" yaml:"data_dir"`
-	// Persistence configures the on-disk store of sessions, queued and
-	// retained messages. The disk store lands in a later stage; until then
-	// the broker keeps state in memory and says so in its log.
+	// Persistence configures the encrypted on-disk store of persistent
+	// sessions, queued and retained messages and wills
+	// (docs/durability.md).
 	Persistence Persistence `json:"persistence" yaml:"persistence"`
 	// PIDFile, when set, is where the broker writes its process ID.
 	// Default "" (none). Mosquitto pid_file.
@@ -458,13 +458,22 @@ type Persistence struct {
 	// restarts. Default true in YAML and Default(); false for
 	// mosquitto.conf unless "persistence true" (Mosquitto's default).
 	Enabled bool `json:"enabled" yaml:"enabled"`
-	// Location is the directory of the store; "" means DataDir
+	// Location is the directory of the store; "" means DataDir/store
 	// (Mosquitto persistence_location).
 	Location string `json:"location,omitempty" yaml:"location"`
-	// AutosaveInterval is kept for mosquitto.conf compatibility
-	// (autosave_interval, default 30m): Moat's store commits every change
-	// transactionally, so it only bounds how long a batch may be held back.
+	// AutosaveInterval is accepted for mosquitto.conf compatibility
+	// (autosave_interval, default 30m) and changes nothing: Moat's store
+	// commits every change before it is acknowledged.
 	AutosaveInterval Duration `json:"autosave_interval" yaml:"autosave_interval"`
+	// Sync is when a commit is reported durable: "always" (default: fsync,
+	// group commit), "batch" (fsync every BatchInterval) or "off".
+	Sync string `json:"sync" yaml:"sync"`
+	// BatchInterval is the fsync period of sync batch. Default 1s.
+	BatchInterval Duration `json:"batch_interval" yaml:"batch_interval"`
+	// KeyFile holds the key-encryption key (32 bytes or 64 hex digits,
+	// mode 0600). "" means store.key in the store directory, created on
+	// first start; MOAT_STORE_KEY in the environment overrides both.
+	KeyFile string `json:"key_file,omitempty" yaml:"key_file"`
 }
 
 // IsSet reports whether the file set the setting at path explicitly, e.g.
@@ -487,7 +496,7 @@ func Default() *Config {
 		Log:             defaultLog(),
 		DataDir:         "moat-data",
 		Limits:          defaultLimits(),
-		Persistence:     Persistence{Enabled: true, AutosaveInterval: Duration(1800e9)},
+		Persistence:     Persistence{Enabled: true, AutosaveInterval: Duration(1800e9), Sync: "always", BatchInterval: Duration(1e9)},
 	}
 	l := defaultListener()
 	l.Name = "mqtts"

@@ -238,6 +238,14 @@ func (c *Config) validate() []error {
 	if c.DataDir == "" {
 		top("data_dir must not be empty")
 	}
+	switch c.Persistence.Sync {
+	case "always", "batch", "off":
+	default:
+		top("persistence.sync %q must be always, batch or off", c.Persistence.Sync)
+	}
+	if c.Persistence.BatchInterval <= 0 {
+		top("persistence.batch_interval must be positive")
+	}
 	return errs
 }
 
