@@ -120,15 +120,15 @@ func (e *enhancedAuth) certIdentity(listener string) bool {
 
 // logDecision logs the outcome of an exchange with its reason.
 func (e *enhancedAuth) logDecision(c *broker.Client, method, backend string, reauth bool, res authn.Result, err error) {
-	what := "auth: client admitted"
+	what := "auth: enhanced authentication succeeded"
 	if reauth {
-		what = "auth: client re-authenticated"
+		what = "auth: re-authentication succeeded"
 	}
 	level := slog.LevelInfo
 	if err != nil {
-		what, level = "auth: client refused", slog.LevelInfo
+		what = "auth: enhanced authentication failed"
 		if reauth {
-			what = "auth: re-authentication refused"
+			what = "auth: re-authentication failed"
 		}
 		if errors.Is(err, authn.ErrUnavailable) {
 			level = slog.LevelError
