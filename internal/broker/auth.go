@@ -165,7 +165,9 @@ func (c *conn) handleAuth(p *packet.Auth) bool {
 		return c.protocolError(packet.ProtocolError, "AUTH without enhanced authentication")
 	}
 	if p.Properties.AuthMethod != c.authMethod {
-		return c.protocolError(packet.BadAuthenticationMethod, "AUTH with another authentication method than CONNECT")
+		// [MQTT-4.12.1-1]. 0x8C Bad authentication method is not a
+		// DISCONNECT reason code (§3.14.2.1): this is a protocol error.
+		return c.protocolError(packet.ProtocolError, "AUTH with another authentication method than CONNECT")
 	}
 	switch p.ReasonCode {
 	case packet.ReAuthenticate:
@@ -174,12 +176,10 @@ func (c *conn) handleAuth(p *packet.Auth) bool {
 		}
 		x, err := s.cfg.EnhancedAuthenticator.Begin(&c.client, c.authMethod, true)
 		if err != nil {
+			// The method was accepted at CONNECT: the configuration
+			// changed since. (0x8C is not a DISCONNECT reason code.)
 			c.log.Info("broker: re-authentication refused", "err", err)
-			code := packet.NotAuthorized
-			if errors.Is(err, ErrBadAuthMethod) {
-				code = packet.BadAuthenticationMethod
-			}
-			c.kill(code, "re-authentication failed")
+			c.kill(packet.NotAuthorized, "re-authentication failed")
 			return false
 		}
 		c.reauth, c.reauthRounds = x, 0
