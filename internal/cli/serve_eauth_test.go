@@ -3,10 +3,12 @@ package cli
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -525,5 +527,46 @@ func TestSecurityJWTReauthAsAnotherUser(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("connection not ended")
+	}
+}
+
+// moat pub and moat sub --auth-method SCRAM-SHA-256 against moat serve
+// with a {type: scram} auth entry; a wrong password is refused and its
+// reason logged by the broker, never sent to the client.
+func TestServeSCRAMPubSub(t *testing.T) {
+	dir := t.TempDir()
+	ctx := psTestCtx(t)
+	creds := filepath.Join(dir, "scram.creds")
+	if r := psRun(ctx, "alice-pw\n", "scram", "add", "-c", creds, "alice"); r.code != 0 {
+		t.Fatalf("scram add: %+v", r)
+	}
+	pw, bad := filepath.Join(dir, "pw"), filepath.Join(dir, "bad")
+	writeFile(t, pw, "alice-pw\n")
+	writeFile(t, bad, "wrong\n")
+	port := freePort(t)
+	writeFile(t, filepath.Join(dir, "moat.yaml"), fmt.Sprintf(`listeners:
+  - address: 127.0.0.1:%d
+    transport: tcp
+auth:
+  - {type: scram, path: %s}
+`, port, creds))
+	m := startMoat(t, dir, []int{port}, "-c", "moat.yaml", "--data", filepath.Join(dir, "data"))
+	conn := []string{"-h", "127.0.0.1", "-p", strconv.Itoa(port), "-u", "alice", "--auth-method", "SCRAM-SHA-256"}
+	sub := psRunAsync(ctx, append([]string{"sub", "-C", "1", "-t", "s/#", "-v", "--password-file", pw}, conn...)...)
+	r := psPubUntil(t, sub, psMoatPub(ctx, append([]string{"-t", "s/x", "-m", "hi", "--password-file", pw}, conn...)...))
+	if r.code != 0 || r.out != "s/x hi\n" {
+		t.Fatalf("sub: %+v", r)
+	}
+	r = psRun(ctx, "", append([]string{"pub", "-t", "s/x", "-m", "no", "--password-file", bad}, conn...)...)
+	if r.code == 0 || !strings.Contains(r.err, "not authorized") || strings.Contains(r.err, "wrong password") {
+		t.Fatalf("wrong password: %+v", r)
+	}
+	if !m.waitLog(t, "auth: enhanced authentication failed", "(wrong password)") {
+		t.Error("the refusal is not logged with its reason")
+	}
+	// A password in CONNECT is not checked against SCRAM credentials.
+	r = psRun(ctx, "", "pub", "-h", "127.0.0.1", "-p", strconv.Itoa(port), "-u", "alice", "--password-file", pw, "-t", "s/x", "-m", "no")
+	if r.code == 0 {
+		t.Fatalf("password login against a scram entry: %+v", r)
 	}
 }
