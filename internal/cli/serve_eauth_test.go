@@ -570,3 +570,40 @@ auth:
 		t.Fatalf("password login against a scram entry: %+v", r)
 	}
 }
+
+// moat pub --auth-method moat-jwt sends the token in CONNECT's
+// Authentication Data to moat serve with a jwt auth entry.
+func TestServeJWTAuthMethod(t *testing.T) {
+	dir := t.TempDir()
+	ctx := psTestCtx(t)
+	secret := strings.Repeat("k", 40)
+	writeFile(t, filepath.Join(dir, "jwt.secret"), secret)
+	port := freePort(t)
+	writeFile(t, filepath.Join(dir, "moat.yaml"), fmt.Sprintf(`listeners:
+  - address: 127.0.0.1:%d
+    transport: tcp
+auth:
+  - {type: jwt, hmac_secret_file: %s}
+`, port, filepath.Join(dir, "jwt.secret")))
+	m := startMoat(t, dir, []int{port}, "-c", "moat.yaml", "--data", filepath.Join(dir, "data"))
+	tok, err := gojwt.NewWithClaims(gojwt.SigningMethodHS256, gojwt.MapClaims{"sub": "dev1", "exp": time.Now().Add(time.Hour).Unix()}).SignedString([]byte(secret))
+	if err != nil {
+		t.Fatal(err)
+	}
+	good, bad := filepath.Join(dir, "tok"), filepath.Join(dir, "bad")
+	writeFile(t, good, tok+"\n")
+	writeFile(t, bad, tok[:len(tok)-4]+"AAAA\n")
+	base := []string{"pub", "-h", "127.0.0.1", "-p", strconv.Itoa(port), "-t", "dev1/x", "-m", "hi", "--auth-method", "moat-jwt"}
+	if r := psRun(ctx, "", append(base, "--password-file", good)...); r.code != 0 {
+		t.Fatalf("good token: %+v", r)
+	}
+	if r := psRun(ctx, "", append(base, "--password-file", bad)...); r.code == 0 || !strings.Contains(r.err, "not authorized") {
+		t.Fatalf("bad token: %+v", r)
+	}
+	if !m.waitLog(t, "auth: enhanced authentication succeeded", "method=moat-jwt", "username=dev1") {
+		t.Error("the admission is not logged")
+	}
+	if strings.Contains(m.logs.String(), tok) {
+		t.Error("the token reached the log")
+	}
+}
