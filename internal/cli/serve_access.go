@@ -620,7 +620,7 @@ func (a *accessPlan) reload() {
 		if err := sb.file.Reload(); err != nil {
 			a.log.Error("access: SCRAM credentials file not reloaded; the previous one stays in force", "file", sb.file.Path(), "err", err)
 		} else {
-			a.log.Info("access: SCRAM credentials file reloaded", "file", sb.file.Path(), "users", sb.file.Len())
+			a.log.Info("access: SCRAM credentials file reloaded", "file", sb.file.Path(), "credentials", sb.file.Len())
 		}
 	}
 	a.reloadPolicies()

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -22,6 +23,7 @@ import (
 	"github.com/moatmq/moat/internal/authn/scram"
 	"github.com/moatmq/moat/internal/broker"
 	"github.com/moatmq/moat/internal/packet"
+	"github.com/moatmq/moat/internal/tlsconf"
 )
 
 // eaClock is a broker.Clock that tests advance by hand.
@@ -568,6 +570,39 @@ auth:
 	r = psRun(ctx, "", "pub", "-h", "127.0.0.1", "-p", strconv.Itoa(port), "-u", "alice", "--password-file", pw, "-t", "s/x", "-m", "no")
 	if r.code == 0 {
 		t.Fatalf("password login against a scram entry: %+v", r)
+	}
+
+	// A user added to the file can connect after SIGHUP.
+	bobConn := []string{"pub", "-h", "127.0.0.1", "-p", strconv.Itoa(port), "-u", "bob", "--auth-method", "SCRAM-SHA-512", "--password-file", pw, "-t", "s/b", "-m", "b"}
+	if r := psRun(ctx, "", bobConn...); r.code == 0 {
+		t.Fatalf("bob admitted before he is in the file: %+v", r)
+	}
+	if r := psRun(ctx, "alice-pw\n", "scram", "add", creds, "bob"); r.code != 0 {
+		t.Fatalf("scram add: %+v", r)
+	}
+	m.cmd.Process.Signal(syscall.SIGHUP)
+	if !m.waitLog(t, "SCRAM credentials file reloaded", "credentials=4") {
+		t.Fatal("the SCRAM file was not reloaded")
+	}
+	if r := psRun(ctx, "", bobConn...); r.code != 0 {
+		t.Fatalf("bob refused after the reload: %+v", r)
+	}
+}
+
+// A listener that takes identities from client certificates offers no
+// enhanced authentication: a SCRAM identity must not bypass the mapping.
+func TestSecurityEnhancedAuthNotOnCertificateListeners(t *testing.T) {
+	sb := scramCreds(t, "alice")
+	e := &enhancedAuth{
+		cert:   &certAuthenticator{mappings: map[string]tlsconf.IdentityMapping{"mtls": {Username: tlsconf.IdentityCN}}},
+		chains: map[string]*authn.Chain{"mtls": {Backends: []authn.Backend{sb}}, "plain": {Backends: []authn.Backend{sb}}},
+		log:    slog.New(slog.DiscardHandler),
+	}
+	if _, err := e.Begin(&broker.Client{Listener: "mtls"}, "SCRAM-SHA-256", false); !errors.Is(err, broker.ErrBadAuthMethod) {
+		t.Fatalf("certificate listener: %v, want ErrBadAuthMethod", err)
+	}
+	if _, err := e.Begin(&broker.Client{Listener: "plain"}, "SCRAM-SHA-256", false); err != nil {
+		t.Fatalf("plain listener: %v", err)
 	}
 }
 
