@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -640,5 +641,28 @@ auth:
 	}
 	if strings.Contains(m.logs.String(), tok) {
 		t.Error("the token reached the log")
+	}
+}
+
+// --check loads SCRAM credentials files and reports their problems, and
+// those of the entry, at their lines.
+func TestServeCheckSCRAMEntry(t *testing.T) {
+	dir := t.TempDir()
+	creds := filepath.Join(dir, "scram.creds")
+	writeFile(t, creds, "# users\nalice:SCRAM-SHA-256:10:abc:def:ghi\n")
+	writeFile(t, filepath.Join(dir, "moat.yaml"), "listeners:\n  - address: 127.0.0.1:1883\n    transport: tcp\nauth:\n  - {type: scram, path: "+creds+"}\n  - type: scram\n    path: "+creds+"\n    fake_secret: x\n")
+	out, err := exec.Command(moatBin, "serve", "--check", "-c", filepath.Join(dir, "moat.yaml")).CombinedOutput()
+	if err == nil {
+		t.Fatalf("--check accepted a bad credentials file:\n%s", out)
+	}
+	for _, want := range []string{"moat.yaml:5", creds + ":2", "moat.yaml:8", `unknown key "fake_secret"`} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("--check output lacks %q:\n%s", want, out)
+		}
+	}
+	writeFile(t, filepath.Join(dir, "moat.yaml"), "listeners:\n  - address: 127.0.0.1:1883\n    transport: tcp\nauth:\n  - {type: scram}\n")
+	out, err = exec.Command(moatBin, "serve", "--check", "-c", filepath.Join(dir, "moat.yaml")).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "a scram backend needs path") {
+		t.Errorf("--check without path: %v\n%s", err, out)
 	}
 }
