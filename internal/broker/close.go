@@ -147,6 +147,7 @@ func (c *conn) finish() {
 	if c.stopWatch != nil {
 		c.stopWatch()
 	}
+	c.stopExpiry()
 	if c.sess != nil {
 		c.srv.detach(c)
 		c.srv.stats.disconnected()

@@ -11,6 +11,7 @@ import (
 const (
 	DefaultMaxPacketSize     = 1 << 20 // 1 MiB
 	DefaultConnectTimeout    = 10 * time.Second
+	DefaultReauthGrace       = 30 * time.Second
 	DefaultMaxInflight       = 20    // outbound QoS 1/2 per session, as Mosquitto's max_inflight_messages
 	DefaultReceiveMaximum    = 100   // inbound QoS 1/2 per connection, advertised to v5 clients
 	DefaultMaxQueued         = 1000  // messages queued per session
@@ -188,6 +189,17 @@ type Config struct {
 	// as AllowAnonymous says.
 	Authenticator Authenticator
 
+	// EnhancedAuthenticator runs MQTT 5 enhanced authentication and
+	// re-authentication (auth.go). Nil: a CONNECT with an Authentication
+	// Method is refused with 0x8C Bad authentication method.
+	EnhancedAuthenticator EnhancedAuthenticator
+
+	// ReauthGrace is how long past the expiry of its authentication (a
+	// token's exp) a client that connected with an Authentication Method
+	// may stay connected to re-authenticate; clients that cannot are
+	// disconnected at expiry. Default DefaultReauthGrace.
+	ReauthGrace time.Duration
+
 	// Authorizer decides publish and subscribe requests. Nil allows every
 	// request of an authenticated client.
 	Authorizer Authorizer
@@ -249,6 +261,12 @@ func (c *Config) withDefaults() (Config, error) {
 	}
 	if cfg.ConnectTimeout == 0 {
 		cfg.ConnectTimeout = DefaultConnectTimeout
+	}
+	if cfg.ReauthGrace == 0 {
+		cfg.ReauthGrace = DefaultReauthGrace
+	}
+	if cfg.ReauthGrace < 0 {
+		errs = append(errs, errors.New("broker: ReauthGrace must not be negative"))
 	}
 	if cfg.ConnectTimeout < 0 {
 		errs = append(errs, errors.New("broker: ConnectTimeout must not be negative"))

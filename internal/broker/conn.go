@@ -77,6 +77,17 @@ type conn struct {
 	// DISCONNECT may not raise [MQTT-3.14.2-2].
 	sessionExpiryZero bool
 	stopWatch         func()
+	// authMethod is the Authentication Method of CONNECT ("" none), fixed
+	// at CONNECT. reauth is the re-authentication in progress and
+	// reauthRounds its AUTH packets so far (reader-owned).
+	authMethod   string
+	reauth       AuthExchange
+	reauthRounds int
+	// authMu guards the authentication expiry timer (a leaf lock).
+	authMu     sync.Mutex
+	expTimer   Timer
+	expGen     uint64 // bumped when the timer is re-armed
+	expStopped bool   // the connection ended: arm nothing
 	// onEnd runs once when the connection is fully cleaned up (the
 	// server's bookkeeping); set by the accept loop before serve starts.
 	onEnd func()

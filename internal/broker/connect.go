@@ -24,6 +24,12 @@ type connectState struct {
 	owner      sessionOwner
 	// idBound: the Authenticator proved the client's right to clientID.
 	idBound bool
+	// authMethod is the v5 Authentication Method ("" none); authData the
+	// server's last data for CONNACK; authExpires when the
+	// authentication stops holding (zero: never).
+	authMethod  string
+	authData    []byte
+	authExpires time.Time
 }
 
 // handshakeAndConnect completes TLS (if any) and CONNECT within the
@@ -145,9 +151,9 @@ func (c *conn) connect(ctx context.Context, pkt *packet.Connect) bool {
 	c.client.ClaimedUsername = pkt.Username
 	st := connectState{pkt: pkt, clientID: pkt.ClientID}
 
-	// Enhanced authentication is not offered yet.
+	// Enhanced authentication (auth.go); MQTT 3.1.1 has no properties.
 	if pkt.Version == packet.V5 && pkt.Properties.Has(packet.PropAuthMethod) {
-		return c.refuse(pkt, packet.BadAuthenticationMethod, "enhanced authentication is not supported")
+		st.authMethod = pkt.Properties.AuthMethod
 	}
 
 	// Client identifier rules.
@@ -198,7 +204,11 @@ func (c *conn) connect(ctx context.Context, pkt *packet.Connect) bool {
 
 	// Authentication.
 	c.client.ClientID = st.clientID
-	if !c.authenticate(ctx, pkt, &st) {
+	if st.authMethod != "" {
+		if !c.enhancedConnect(ctx, pkt, &st) {
+			return false
+		}
+	} else if !c.authenticate(ctx, pkt, &st) {
 		return false
 	}
 	if name := cmp.Or(c.client.Username, c.client.ClaimedUsername); c.lst.usernameAsID && name != "" && name != st.clientID {
@@ -281,6 +291,7 @@ func (c *conn) connect(ctx context.Context, pkt *packet.Connect) bool {
 			})
 		}
 	}
+	c.armExpiry(st.authExpires)
 	c.in.r.SetVersion(pkt.Version)
 	c.authenticated = true
 	c.in.r.SetMaxPacketSize(s.cfg.MaxPacketSize)
@@ -308,6 +319,7 @@ func (c *conn) authenticate(ctx context.Context, pkt *packet.Connect, st *connec
 				c.client.ClientID = res.ClientID
 			}
 			c.client.Attributes = res.Attributes
+			st.authExpires = res.Expires
 			return true
 		}
 		st.idBound = res.ClientIDBound
@@ -360,6 +372,14 @@ func (c *conn) connack(st *connectState, present bool) {
 		if st.assignedID {
 			p.AssignedClientID = st.clientID
 			p.Mark(packet.PropAssignedClientID)
+		}
+		if st.authMethod != "" {
+			p.AuthMethod = st.authMethod
+			p.Mark(packet.PropAuthMethod)
+			if st.authData != nil {
+				p.AuthData = st.authData
+				p.Mark(packet.PropAuthData)
+			}
 		}
 		if st.serverKA != 0 {
 			p.ServerKeepAlive = st.serverKA

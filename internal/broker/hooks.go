@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"net"
+	"time"
 
 	"github.com/moatmq/moat/internal/packet"
 )
@@ -91,6 +92,10 @@ type AuthResult struct {
 	ClientIDBound bool
 	// Attributes are handed to the Authorizer through Client.Attributes.
 	Attributes map[string]string
+	// Expires, when not zero, is when the authentication stops holding (a
+	// token's exp): the connection is ended then, or ReauthGrace later for
+	// a client that can re-authenticate (auth.go).
+	Expires time.Time
 }
 
 // Authenticator decides whether a client may connect. Implementations must

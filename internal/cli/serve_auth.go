@@ -141,6 +141,7 @@ func (a *accessAuthenticator) Authenticate(ctx context.Context, req *broker.Conn
 		out.Allow, out.NoOpinion = true, false
 		out.Username = cmpOr(r.Username, req.Connect.Username)
 		out.Reason = r.Reason
+		out.Expires = r.Expires
 		a.clients.setAuth(req.Client, r)
 	case r.Verdict == authn.Deny:
 		out = broker.AuthResult{Code: packet.BadUsernameOrPassword, Reason: r.Reason}

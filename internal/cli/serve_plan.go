@@ -184,6 +184,7 @@ func (p *servePlan) planBroker() {
 		Logger:                     p.log,
 		MessageSizeLimit:           uint32(lim.MessageSizeLimit),
 		ConnectTimeout:             lim.ConnectTimeout.D(),
+		ReauthGrace:                lim.ReauthGrace.D(),
 		MaxKeepAlive:               uint16(lim.MaxKeepalive),
 		MaxInflight:                lim.MaxInflight,
 		MaxQueued:                  lim.MaxQueuedMessages,

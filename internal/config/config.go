@@ -347,6 +347,11 @@ type Limits struct {
 	// ConnectTimeout is how long a new connection may take to complete
 	// CONNECT (TLS handshake included). Default 10s in both syntaxes.
 	ConnectTimeout Duration `json:"connect_timeout" yaml:"connect_timeout"`
+	// ReauthGrace is how long past the expiry of its token a client that
+	// connected with MQTT 5 enhanced authentication may stay connected to
+	// re-authenticate with a fresh one (docs/access-control.md). Default
+	// 30s in both syntaxes.
+	ReauthGrace Duration `json:"reauth_grace" yaml:"reauth_grace"`
 	// MaxKeepalive is the largest keepalive, in seconds, a client may use
 	// (10-65535); MQTT 5 clients asking for more are told this value.
 	// Default 65535 (Mosquitto max_keepalive).
@@ -514,6 +519,7 @@ func defaultLimits() Limits {
 	return Limits{
 		MaxPacketSize:     1 << 20,
 		ConnectTimeout:    Duration(10e9),
+		ReauthGrace:       Duration(30e9),
 		MaxKeepalive:      65535,
 		MaxInflight:       20,
 		MaxQueuedMessages: 1000,

@@ -167,6 +167,9 @@ func (c *Config) validate() []error {
 	if lim.ConnectTimeout <= 0 {
 		top("limits.connect_timeout must be positive")
 	}
+	if lim.ReauthGrace <= 0 {
+		top("limits.reauth_grace must be positive")
+	}
 	if lim.MaxKeepalive < 10 || lim.MaxKeepalive > 65535 {
 		top("limits.max_keepalive must be from 10 to 65535 seconds")
 	}
