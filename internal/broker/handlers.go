@@ -98,6 +98,9 @@ func (c *conn) handlePublish(p *packet.Publish) bool {
 		if d := s.authorize(&c.client, ActionPublish, p.Topic, p.QoS, p.Retain); !d.Allow {
 			code = packet.NotAuthorized
 			c.log.Info("broker: publish not authorized", "topic", p.Topic, "reason", d.Reason)
+			if !c.obsVerdict(c.obs.Denied(&c.client, ActionPublish, p.Topic, d.Reason)) {
+				return false
+			}
 		}
 	}
 	var msg *Message
@@ -113,6 +116,9 @@ func (c *conn) handlePublish(p *packet.Publish) bool {
 	if code == packet.Success {
 		if n := s.deliver(msg); n == 0 {
 			code = packet.NoMatchingSubscribers
+			if !c.obsVerdict(c.obs.Undeliverable(&c.client, p.Topic)) {
+				return false
+			}
 		}
 	} else if p.QoS == 2 {
 		c.sess.mu.Lock()
@@ -149,7 +155,8 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 		sub    topic.Subscription
 	}
 	var sendRetained []retainedReq
-	var problem string // Reason String for the first refusal
+	var problem string  // Reason String for the first refusal
+	var verdict Verdict // the Observer's, on a denial
 	for i, req := range p.Subscriptions {
 		if len(req.Filter) > s.cfg.MaxTopicLength {
 			c.log.Info("broker: subscription refused: filter too long", "length", len(req.Filter), "max", s.cfg.MaxTopicLength)
@@ -164,6 +171,9 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 		}
 		if d := s.authorize(&c.client, ActionSubscribe, filter, req.QoS, false); !d.Allow {
 			c.log.Info("broker: subscription not authorized", "filter", req.Filter, "reason", d.Reason)
+			if v := c.obs.Denied(&c.client, ActionSubscribe, filter, d.Reason); v.Disconnect {
+				verdict = v
+			}
 			codes[i] = packet.NotAuthorized
 			problem = cmp.Or(problem, "subscription not authorized")
 			continue
@@ -216,6 +226,9 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 		ack.Properties.SetReasonString(problem)
 	}
 	c.send(ack)
+	if !c.obsVerdict(verdict) {
+		return
+	}
 	now := s.cfg.Now()
 	for _, r := range sendRetained {
 		s.cfg.Retained.Match(r.filter, func(m *Message) bool {

@@ -15,6 +15,7 @@ type stats struct {
 	clientsTotal       atomic.Int64
 	connectRefused     atomic.Int64
 	connRejected       atomic.Int64 // over a connection cap
+	acceptRefused      atomic.Int64 // refused by the Observer at accept
 	tlsFailures        atomic.Int64
 	protocolErrors     atomic.Int64
 	panics             atomic.Int64
@@ -59,6 +60,7 @@ type Stats struct {
 	Sessions           int64 // live and offline sessions
 	ConnectRefused     int64
 	ConnectionsOverCap int64
+	AcceptRefused      int64 // sockets the Observer refused at accept (rate, ban)
 	TLSFailures        int64
 	ProtocolErrors     int64
 	Panics             int64
@@ -111,6 +113,7 @@ func (s *Server) Stats() Stats {
 		Sessions:           sessions,
 		ConnectRefused:     st.connectRefused.Load(),
 		ConnectionsOverCap: st.connRejected.Load(),
+		AcceptRefused:      st.acceptRefused.Load(),
 		TLSFailures:        st.tlsFailures.Load(),
 		ProtocolErrors:     st.protocolErrors.Load(),
 		Panics:             st.panics.Load(),
@@ -184,6 +187,12 @@ func (s *Server) publishSys() {
 		{"$SYS/broker/subscriptions/count", i(st.Subscriptions)},
 		{"$SYS/broker/retained messages/count", i(st.Retained)},
 		{"$SYS/broker/panics", i(st.Panics)},
+		{"$SYS/broker/connections/refused_at_accept", i(st.AcceptRefused)},
+	}
+	if o, ok := s.cfg.Observer.(ObserverCounters); ok {
+		for name, v := range o.Counters() {
+			topics = append(topics, [2]string{"$SYS/broker/moat/" + name, i(v)})
+		}
 	}
 	now := s.cfg.Now()
 	for _, t := range topics {
