@@ -263,9 +263,11 @@ func (p *servePlan) reload() {
 		if pl.mgr == nil {
 			continue
 		}
-		if err := pl.mgr.Reload(); err != nil {
+		err := pl.mgr.Reload()
+		if err != nil {
 			p.log.Error("serve: reload failed; keeping the previous TLS configuration", "listener", pl.lc.Name, "err", err)
 		}
+		p.defense.reloaded(pl.lc.Name, err)
 	}
 }
 

@@ -46,6 +46,7 @@ type servePlan struct {
 	broker    broker.Config
 	srv       *broker.Server
 	auth      *certAuthenticator
+	defense   *defense // guard and audit log; nil when both are off
 	listeners []*plannedListener
 	zero      *zeroConfig // the built-in CA, when a listener uses it
 	zeroOK    bool        // its files exist and can be loaded
@@ -85,6 +86,7 @@ func buildPlan(cfg *config.Config, log *slog.Logger, check bool, sans ...string)
 		p.crls = newCACRLs(log, time.Now)
 	}
 	p.planBroker()
+	p.planDefense()
 	for i := range cfg.Listeners {
 		p.planListener(i)
 	}
@@ -247,6 +249,9 @@ func (p *servePlan) startBroker() {
 		return
 	}
 	p.srv = srv
+	if p.defense != nil {
+		p.defense.srv.Store(srv)
+	}
 	p.cleanup = append(p.cleanup, p.shutdown)
 }
 
@@ -355,7 +360,7 @@ func (p *servePlan) planTLS(i int, pl *plannedListener) {
 	pl.mgr = mgr
 	pl.net.TLS = mgr.TLSConfig()
 	p.auth.mappings[l.Name] = tlc.Identity
-	pl.lc.CertWatcher = certWatcher{m: mgr, tasks: &p.tasks}
+	pl.lc.CertWatcher = certWatcher{m: mgr, tasks: &p.tasks, d: p.defense}
 }
 
 // zeroFor returns the built-in CA's files when the listener needs them
@@ -604,9 +609,11 @@ func parsePrefix(s string) (netip.Prefix, error) {
 type certWatcher struct {
 	m     *tlsconf.Manager
 	tasks *sync.WaitGroup // the plan's; waited for on close
+	d     *defense        // records the cut-offs in the audit log; may be nil
 }
 
 func (w certWatcher) Watch(chain []*x509.Certificate, drop func(string)) func() {
+	drop = w.d.cutoff(chain[0], drop)
 	stop, err := w.m.Watch(chain, func(r tlsconf.Reason) { drop("client certificate " + r.String()) })
 	if err != nil {
 		// The chain no longer verifies (revoked between handshake and

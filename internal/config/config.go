@@ -118,6 +118,13 @@ type Config struct {
 	// PIDFile, when set, is where the broker writes its process ID.
 	// Default "" (none). Mosquitto pid_file.
 	PIDFile string `json:"pid_file,omitempty" yaml:"pid_file"`
+	// Defense configures abuse detection, bans and rate limits (on by
+	// default; docs/defense.md). mosquitto.conf has no keys for it: the
+	// defaults apply.
+	Defense Defense `json:"defense,omitzero" yaml:"defense"`
+	// Audit configures the audit log (on by default, DataDir/audit.log;
+	// docs/audit.md).
+	Audit Audit `json:"audit,omitzero" yaml:"audit"`
 
 	// Set lists the settings the file gave explicitly, as YAML paths such as
 	// "limits.max_packet_size" or "listeners[0].tls.client_auth" (a
