@@ -104,6 +104,7 @@ func (p *servePlan) planDefense() {
 			gc.BansFile = ""
 		}
 		gc.Logger = slog.New(&auditTee{next: p.log.Handler(), d: d})
+		gc.Now, gc.Tick = p.guardNow, p.guardTick
 		g, err := guard.New(gc)
 		if err != nil {
 			p.problem("defense", "", err)
@@ -224,7 +225,8 @@ func (d *defense) acceptRefusal(typ, listener string, addr netip.Addr, reason st
 }
 
 // onBan records a new ban and disconnects the live clients it matches:
-// v5 clients get DISCONNECT 0x8A Banned, 3.1.1 clients are closed.
+// v5 clients get DISCONNECT 0x98 or 0x87 with the ban as reason, 3.1.1
+// clients are closed.
 func (d *defense) onBan(m guard.Match) {
 	b := m.Ban
 	fields := []audit.Field{audit.String("ban", b.ID), audit.String("kind", string(b.Kind)), audit.String("value", b.Value),
@@ -232,9 +234,15 @@ func (d *defense) onBan(m guard.Match) {
 	if !b.Expires.IsZero() {
 		fields = append(fields, audit.String("expires", b.Expires.UTC().Format(time.RFC3339)))
 	}
+	// MQTT 5 has no Banned (0x8A) in DISCONNECT: an operator's ban is an
+	// Administrative action (0x98), a detector's Not authorized (0x87).
+	code := packet.NotAuthorized
+	if b.Source == guard.SourceManual {
+		code = packet.AdministrativeAction
+	}
 	srv := d.srv.Load()
 	if srv != nil {
-		n := srv.DisconnectMatching(func(c *broker.Client) bool { return m.Matches(liveIdentity(c)) }, packet.Banned, b.Refusal())
+		n := srv.DisconnectMatching(func(c *broker.Client) bool { return m.Matches(liveIdentity(c)) }, code, b.Refusal())
 		fields = append(fields, audit.Int("disconnected", int64(n)))
 	}
 	d.record(audit.TypeBanAdd, fields...)
@@ -322,8 +330,8 @@ func (cd *connDefense) who(c *broker.Client, fields ...audit.Field) []audit.Fiel
 }
 
 // verdict records a detection and turns the guard's verdict into the
-// broker's. A ban the detection added has already disconnected the client
-// with 0x8A (onBan); otherwise a disconnect uses 0x87.
+// broker's: a disconnect uses 0x87 Not authorized (a ban the detection
+// added has already ended the client through onBan).
 func (cd *connDefense) verdict(c *broker.Client, v guard.Verdict) broker.Verdict {
 	if v.Detected == "" {
 		return broker.Verdict{}

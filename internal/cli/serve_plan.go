@@ -43,10 +43,14 @@ type servePlan struct {
 	check bool
 	sans  []string // --san: names of the built-in server certificate
 
-	broker    broker.Config
-	srv       *broker.Server
-	auth      *certAuthenticator
-	defense   *defense // guard and audit log; nil when both are off
+	broker  broker.Config
+	srv     *broker.Server
+	auth    *certAuthenticator
+	defense *defense // guard and audit log; nil when both are off
+	// guardNow and guardTick, when set, are the guard's clock and poll
+	// ticker (tests); nil: the system clock.
+	guardNow  func() time.Time
+	guardTick <-chan time.Time
 	listeners []*plannedListener
 	zero      *zeroConfig // the built-in CA, when a listener uses it
 	zeroOK    bool        // its files exist and can be loaded
