@@ -64,6 +64,14 @@ type defBroker struct {
 
 func startDefended(t *testing.T, yaml string, auth broker.Authenticator, authz broker.Authorizer) *defBroker {
 	t.Helper()
+	return startDefendedClock(t, yaml, auth, authz, false)
+}
+
+// startDefendedClock starts the broker with the guard on the system clock
+// when realClock is set (rate limits measured in real time), else on the
+// injected one, which the broker's own time (silence) follows too.
+func startDefendedClock(t *testing.T, yaml string, auth broker.Authenticator, authz broker.Authorizer, realClock bool) *defBroker {
+	t.Helper()
 	dir := t.TempDir()
 	cfg, err := config.Parse("moat.yaml", []byte(yaml))
 	if err != nil {
@@ -77,7 +85,13 @@ func startDefended(t *testing.T, yaml string, auth broker.Authenticator, authz b
 		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
 	p := &servePlan{cfg: cfg, log: log, guardNow: clock.now, guardTick: tick}
+	if realClock {
+		p.guardNow = nil
+	}
 	p.planBroker()
+	if !realClock {
+		p.broker.Now = clock.now
+	}
 	p.planDefense()
 	if len(p.errs) > 0 {
 		p.close()
@@ -490,6 +504,73 @@ func TestSecurityAuditLogOfRunTampered(t *testing.T) {
 			t.Errorf("%s: verify passed", name)
 		} else {
 			t.Logf("%s: exit %d: %s", name, code, strings.TrimSpace(errOut))
+		}
+	}
+}
+
+func anonymousOnly() broker.Authenticator {
+	return broker.AuthenticatorFunc(func(context.Context, *broker.ConnectRequest) broker.AuthResult {
+		return broker.AuthResult{NoOpinion: true}
+	})
+}
+
+// TestSecurityRateLimitPausesReading: a client on 127.0.0.12 pipelines 120
+// QoS 1 publishes at once against a limit of 200 messages per second with a
+// burst of 20 (the attack). The broker stops reading while the client is
+// over its rate: the acknowledgements take at least the 0.5 s the rate
+// allows, and the client, which never stays over its rate for the
+// throttle limit, is not disconnected.
+func TestSecurityRateLimitPausesReading(t *testing.T) {
+	b := startDefendedClock(t, defYAML+"defense: {message_rate: 200, message_burst: 20}\n", anonymousOnly(), nil, true)
+	c := connectFrom(t, b, "127.0.0.12", "fast", "", "")
+	var buf []byte
+	for i := range 120 {
+		var err error
+		buf, err = packet.Append(buf, &packet.Publish{Topic: "t/x", QoS: 1, PacketID: uint16(i + 1), Payload: []byte("x")}, packet.V5)
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	start := time.Now()
+	if _, err := c.nc.Write(buf); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 120 {
+		p, err := c.r.ReadPacket()
+		if err != nil || p.Type() != packet.PUBACK {
+			t.Fatalf("ack %d: %v %v", i, p, err)
+		}
+	}
+	if d := time.Since(start); d < 450*time.Millisecond {
+		t.Errorf("120 messages at 200/s (burst 20) acknowledged in %v, want at least 0.5 s", d)
+	}
+	c.roundTrip(t)
+}
+
+// TestSilentAndFlappingClientsDetected: a client that sends nothing but
+// PINGREQ for 10 minutes (on the injected clock), and a client ID that
+// connects 10 times within a minute, are detected and recorded in the
+// audit log; by default they are only logged, so both keep working.
+func TestSilentAndFlappingClientsDetected(t *testing.T) {
+	b := startDefended(t, defYAML, anonymousOnly(), nil)
+	quiet := connectFrom(t, b, "127.0.0.13", "quiet", "", "")
+	quiet.roundTrip(t)
+	b.clock.advance(11 * time.Minute)
+	quiet.roundTrip(t)
+	for range 10 {
+		c := connectFrom(t, b, "127.0.0.14", "flapper", "", "")
+		c.send(t, &packet.Disconnect{})
+		c.nc.Close()
+	}
+	quiet.roundTrip(t)
+	b.stop()
+	data, err := os.ReadFile(filepath.Join(b.dir, audit.DefaultFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"detector":"silence"`, `"detector":"flapping"`} {
+		if !strings.Contains(string(data), want) {
+			t.Errorf("audit log lacks %s", want)
 		}
 	}
 }
