@@ -40,7 +40,7 @@ type conn struct {
 	srv *Server
 	nc  net.Conn // its methods are safe for concurrent use
 	lst *listenerState
-	obs ConnObserver // set by the accept loop before serve starts
+	obs ConnObserver // the Observer's, set by the accept loop before serve starts
 	// log is fixed at CONNECT (it gains the client ID there).
 	log *slog.Logger
 	// Reader-owned. in is the read buffer and decoder; nil while the
@@ -144,6 +144,7 @@ func (s *Server) newConn(nc net.Conn, lst *listenerState) *conn {
 		srv:    s,
 		nc:     nc,
 		lst:    lst,
+		obs:    nopConnObserver{},
 		done:   make(chan struct{}),
 		killed: make(chan struct{}),
 	}
@@ -224,9 +225,7 @@ func (c *conn) detached() {
 func (c *conn) end() {
 	c.detached()
 	c.endOnce.Do(func() {
-		if c.obs != nil {
-			c.obs.Closed(&c.client, c.authenticated, !c.cleanEnd && !c.takenOver.Load() && !c.srv.closing())
-		}
+		c.obs.Closed(&c.client, c.authenticated, !c.cleanEnd && !c.takenOver.Load() && !c.srv.closing())
 		if c.onEnd != nil {
 			c.onEnd()
 		}
