@@ -186,6 +186,7 @@ func (p *servePlan) serve(ctx context.Context, stdio Stdio) error {
 	case serveErr = <-errc:
 		p.log.Error("serve: listener failed; shutting down", "err", serveErr)
 	}
+	stopHUP() // a reload in progress finishes (and is audited) first
 	p.shutdown()
 	wg.Wait()
 	p.close() // the listeners, the TLS managers, the plan's goroutines
@@ -232,7 +233,8 @@ func (p *servePlan) bind(ctx context.Context) error {
 }
 
 // reloadOnSIGHUP reloads every listener's TLS material on SIGHUP. The
-// returned stop ends the goroutine and waits for it.
+// returned stop ends the goroutine and waits for it; calling it again does
+// nothing.
 func (p *servePlan) reloadOnSIGHUP() (stop func()) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -248,10 +250,13 @@ func (p *servePlan) reloadOnSIGHUP() (stop func()) {
 			}
 		}
 	})
+	var once sync.Once
 	return func() {
-		signal.Stop(hup)
-		close(done)
-		wg.Wait()
+		once.Do(func() {
+			signal.Stop(hup)
+			close(done)
+			wg.Wait()
+		})
 	}
 }
 
