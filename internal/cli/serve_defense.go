@@ -35,7 +35,7 @@ type defense struct {
 	srv        atomic.Pointer[broker.Server] // set once the broker exists
 
 	lmu       sync.Mutex
-	listeners map[string]*guard.Listener
+	listeners map[string]*defListener
 
 	// refusals at accept, for sampling their audit entries
 	acceptRefused atomic.Int64
@@ -58,7 +58,7 @@ const acceptSample = 1000
 // with its final checkpoint.
 func (p *servePlan) planDefense() {
 	dc, ac := p.cfg.Defense, p.cfg.Audit
-	d := &defense{log: p.log, listeners: map[string]*guard.Listener{}, denySample: int64(cmp.Or(ac.DenySample, 10))}
+	d := &defense{log: p.log, listeners: map[string]*defListener{}, denySample: int64(cmp.Or(ac.DenySample, 10))}
 	if ac.DenySample < 0 {
 		p.problem("audit.deny_sample", "", errors.New("audit.deny_sample must not be negative"))
 	}
@@ -177,39 +177,74 @@ func (d *defense) record(typ string, fields ...audit.Field) {
 	}
 }
 
-func (d *defense) listener(name string) *guard.Listener {
+// defListener is a listener's connection gate.
+type defListener struct {
+	gl *guard.Listener
+	// gated: the listener runs the accept checks itself (gate), before
+	// TLS and the WebSocket upgrade; Accept only counts the connection.
+	gated bool
+}
+
+func (d *defense) listener(name string) *defListener {
 	d.lmu.Lock()
 	defer d.lmu.Unlock()
 	l, ok := d.listeners[name]
 	if !ok {
-		l = d.g.Listener(name)
+		l = &defListener{gl: d.g.Listener(name)}
 		d.listeners[name] = l
 	}
 	return l
+}
+
+// gate returns the listener.Config.Gate of a WebSocket listener, whose
+// HTTP server runs TLS and the upgrade before the broker sees a
+// connection: the connection rates and address bans are checked there,
+// and the broker's Accept only counts connections per address. nil when
+// defense is off. Called while planning, before serving.
+func (d *defense) gate(name string) func(net.Addr) bool {
+	if d == nil || d.g == nil {
+		return nil
+	}
+	l := d.listener(name)
+	d.lmu.Lock()
+	l.gated = true
+	d.lmu.Unlock()
+	return func(remote net.Addr) bool {
+		return d.preTLS(l, name, guard.AddrOf(remote)).Allow
+	}
+}
+
+// preTLS runs the checks that cost no TLS work: the source address's and
+// the listener's connection rates, then address bans.
+func (d *defense) preTLS(l *defListener, listener string, addr netip.Addr) broker.Decision {
+	if dec := l.gl.AllowAccept(addr); !dec.Allow {
+		d.acceptRefusal(audit.TypeLimit, listener, addr, dec.Reason)
+		return broker.Decision{Reason: dec.Reason}
+	}
+	if b, ok := d.g.BannedAddr(addr); ok {
+		d.acceptRefusal(audit.TypeBanRefuse, listener, addr, b.Refusal())
+		return broker.Decision{Reason: b.Refusal()}
+	}
+	return broker.Decision{Allow: true}
 }
 
 // Accept runs the checks that cost no TLS work: the source address's and
 // the listener's connection rates, address bans, connections per address.
 func (d *defense) Accept(listener string, remote net.Addr) (broker.ConnObserver, broker.Decision) {
 	addr := guard.AddrOf(remote)
-	cd := &connDefense{d: d, addr: addr, listener: listener}
 	if d.g == nil {
-		return cd, broker.Decision{Allow: true}
+		return &connDefense{d: d, addr: addr, listener: listener}, broker.Decision{Allow: true}
 	}
-	if dec := d.listener(listener).AllowAccept(addr); !dec.Allow {
-		d.acceptRefusal(audit.TypeLimit, listener, addr, dec.Reason)
-		return nil, broker.Decision{Reason: dec.Reason}
-	}
-	if b, ok := d.g.BannedAddr(addr); ok {
-		d.acceptRefusal(audit.TypeBanRefuse, listener, addr, b.Refusal())
-		return nil, broker.Decision{Reason: b.Refusal()}
+	if l := d.listener(listener); !l.gated {
+		if dec := d.preTLS(l, listener, addr); !dec.Allow {
+			return nil, dec
+		}
 	}
 	if dec := d.g.Acquire(addr); !dec.Allow {
 		d.acceptRefusal(audit.TypeLimit, listener, addr, dec.Reason)
 		return nil, broker.Decision{Reason: dec.Reason}
 	}
-	cd.acquired = true
-	return cd, broker.Decision{Allow: true}
+	return &connDefense{d: d, addr: addr, listener: listener, acquired: true}, broker.Decision{Allow: true}
 }
 
 // acceptRefusal records a refusal at accept: the first and then one in

@@ -574,3 +574,50 @@ func TestSilentAndFlappingClientsDetected(t *testing.T) {
 		}
 	}
 }
+
+// TestSecurityWebSocketFloodCutBeforeUpgrade: `moat serve` with a
+// WebSocket listener; 300 connections from 127.0.0.15 each send an HTTP
+// upgrade request (the attack). Beyond the per-address burst (100) they are
+// closed before the HTTP server reads them; a request from 127.0.0.16 is
+// still answered.
+func TestSecurityWebSocketFloodCutBeforeUpgrade(t *testing.T) {
+	dir := t.TempDir()
+	port := freePort(t)
+	writeFile(t, filepath.Join(dir, "moat.yaml"), fmt.Sprintf(`listeners:
+  - address: 127.0.0.1:%d
+    transport: ws
+    allow_anonymous: true
+data_dir: data
+persistence:
+  enabled: false
+`, port))
+	startMoat(t, dir, []int{port}, "-c", "moat.yaml")
+	// startMoat's readiness probe came from 127.0.0.1: a separate address.
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	ask := func(src string) bool {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 5 * time.Second}
+		nc, err := d.Dial("tcp", addr)
+		if err != nil {
+			return false
+		}
+		defer nc.Close()
+		nc.SetDeadline(time.Now().Add(5 * time.Second))
+		nc.Write([]byte("GET /mqtt HTTP/1.1\r\nHost: x\r\n\r\n"))
+		b, _ := io.ReadAll(io.LimitReader(nc, 16))
+		return strings.HasPrefix(string(b), "HTTP/1.1 ")
+	}
+	answered := 0
+	start := time.Now()
+	for range 300 {
+		if ask("127.0.0.15") {
+			answered++
+		}
+	}
+	// The burst, plus 20 per second of the flood's duration.
+	if most := 100 + int(20*time.Since(start).Seconds()) + 2; answered < 100 || answered > most {
+		t.Errorf("%d of 300 flood requests answered, want 100 to %d", answered, most)
+	}
+	if !ask("127.0.0.16") {
+		t.Error("a request from another address was not answered")
+	}
+}

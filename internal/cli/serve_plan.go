@@ -291,6 +291,9 @@ func (p *servePlan) planListener(i int) {
 	if l.TLS != nil {
 		p.planTLS(i, pl)
 	}
+	if l.Transport.WebSocket() {
+		pl.net.Gate = p.defense.gate(l.Name)
+	}
 	if err := pl.net.Validate(); err != nil {
 		p.listenerProblem(i, "", "", err)
 	}
