@@ -371,12 +371,14 @@ func (cd *connDefense) verdict(c *broker.Client, v guard.Verdict) broker.Verdict
 	if v.Detected == "" {
 		return broker.Verdict{}
 	}
-	action := "log"
+	var disconnect int64
 	if v.Disconnect {
-		action = "disconnect"
+		disconnect = 1
 	}
+	// Bans the detection added are recorded by onBan (ban.add, source
+	// the detector), before this entry.
 	cd.d.record(audit.TypeDetect, cd.who(c, audit.String("detector", v.Detected), audit.String("reason", v.Reason),
-		audit.String("action", action))...)
+		audit.Int("disconnect", disconnect))...)
 	return broker.Verdict{Disconnect: v.Disconnect, Code: packet.NotAuthorized, Reason: v.Reason}
 }
 
