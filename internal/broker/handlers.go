@@ -98,9 +98,8 @@ func (c *conn) handlePublish(p *packet.Publish) bool {
 		if d := s.authorize(&c.client, ActionPublish, p.Topic, p.QoS, p.Retain); !d.Allow {
 			code = packet.NotAuthorized
 			c.log.Info("broker: publish not authorized", "topic", p.Topic, "reason", d.Reason)
-			if !c.obsVerdict(c.obs.Denied(&c.client, ActionPublish, p.Topic, d.Reason)) {
-				return false
-			}
+			// A disconnect follows the acknowledgement (and the QoS 2 cleanup).
+			defer c.obsVerdict(c.obs.Denied(&c.client, ActionPublish, p.Topic, d.Reason))
 		}
 	}
 	var msg *Message
@@ -116,9 +115,7 @@ func (c *conn) handlePublish(p *packet.Publish) bool {
 	if code == packet.Success {
 		if n := s.deliver(msg); n == 0 {
 			code = packet.NoMatchingSubscribers
-			if !c.obsVerdict(c.obs.Undeliverable(&c.client, p.Topic)) {
-				return false
-			}
+			defer c.obsVerdict(c.obs.Undeliverable(&c.client, p.Topic))
 		}
 	} else if p.QoS == 2 {
 		c.sess.mu.Lock()
