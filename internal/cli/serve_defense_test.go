@@ -621,3 +621,64 @@ persistence:
 		t.Error("a request from another address was not answered")
 	}
 }
+
+// TestSecurityMaxConnsPerAddress: a client on 127.0.0.17 holds the 3
+// connections its address may have open (the attack holds sockets to
+// exhaust the broker); a fourth is closed at accept, while 127.0.0.18
+// connects. A connection that ends, refused or not, gives its place back.
+func TestSecurityMaxConnsPerAddress(t *testing.T) {
+	b := startDefended(t, defYAML+"defense: {max_conns_per_addr: 3}\n", broker.AuthenticatorFunc(func(_ context.Context, req *broker.ConnectRequest) broker.AuthResult {
+		if req.Client.ClientID == "refused" {
+			return broker.AuthResult{Code: packet.NotAuthorized, Reason: "test"}
+		}
+		return broker.AuthResult{NoOpinion: true}
+	}), nil)
+	// Refused and closed connections are released.
+	for range 5 {
+		c, err := dialFrom(t, "127.0.0.17", b.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ack, err := c.connect(t, "refused", "", ""); err != nil || ack.ReasonCode != packet.NotAuthorized {
+			t.Fatalf("refused client: %v %v", ack, err)
+		}
+		c.nc.Close()
+	}
+	var held []*mqttClient
+	for i := range 3 {
+		var c *mqttClient
+		psCheckFor(t, 5*time.Second, func() error {
+			// the refused connections' places come back once they end
+			var err error
+			if c, err = dialFrom(t, "127.0.0.17", b.addr); err != nil {
+				return err
+			}
+			ack, err := c.connect(t, fmt.Sprintf("h%d", i), "", "")
+			if err != nil {
+				c.nc.Close()
+				return err
+			}
+			if ack.ReasonCode != packet.Success {
+				t.Fatalf("CONNACK %v", ack.ReasonCode)
+			}
+			return nil
+		})
+		held = append(held, c)
+	}
+	if !closedAtAccept(t, b, "127.0.0.17") {
+		t.Fatal("a fourth connection from the address was admitted")
+	}
+	connectFrom(t, b, "127.0.0.18", "other", "", "").roundTrip(t)
+	held[0].send(t, &packet.Disconnect{})
+	held[0].nc.Close()
+	psCheckFor(t, 5*time.Second, func() error {
+		if closedAtAccept(t, b, "127.0.0.17") {
+			return errors.New("the ended connection's place did not come back")
+		}
+		return nil
+	})
+	for _, c := range held[1:] {
+		c.roundTrip(t)
+		c.nc.Close()
+	}
+}
