@@ -97,6 +97,9 @@ func (c *conn) enhancedConnect(ctx context.Context, pkt *packet.Connect, st *con
 		if err != nil {
 			c.log.Info("broker: enhanced authentication failed", "method", clipString(method),
 				"claimed_username", c.client.ClaimedUsername, "reason", res.Reason, "err", err)
+			// The defense counts a failed exchange like a wrong password:
+			// guessing through SCRAM must trigger the same bans.
+			c.obs.AuthFailed(&c.client, "enhanced authentication failed: "+res.Reason)
 			return c.refuse(pkt, failCode(res), authFailed)
 		}
 		if done {

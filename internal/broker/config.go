@@ -204,6 +204,12 @@ type Config struct {
 	// request of an authenticated client.
 	Authorizer Authorizer
 
+	// Observer is told of every accepted socket (before TLS) and of the
+	// security events of each connection, and may refuse or end it
+	// (defense and audit). Nil: nothing is checked or reported; moat serve
+	// always sets one.
+	Observer Observer
+
 	// Retained stores retained messages. Nil: an in-memory store.
 	Retained RetainedStore
 

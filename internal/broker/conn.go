@@ -40,6 +40,7 @@ type conn struct {
 	srv *Server
 	nc  net.Conn // its methods are safe for concurrent use
 	lst *listenerState
+	obs ConnObserver // the Observer's, set by the accept loop before serve starts
 	// log is fixed at CONNECT (it gains the client ID there).
 	log *slog.Logger
 	// Reader-owned. in is the read buffer and decoder; nil while the
@@ -64,6 +65,13 @@ type conn struct {
 	connectDeadline time.Time
 	authenticated   bool
 	reserved        int64
+	// Reader-owned, for the Observer: the body size of the packet just
+	// read; whether the client sent anything but PINGREQ since the last
+	// PINGREQ, and since when it has not; whether it ended normally.
+	bodySize   int
+	active     bool
+	quietSince time.Time
+	cleanEnd   bool
 
 	// Fixed at CONNECT, then read by the reader (aliasesIn is reader-owned
 	// and grows as the client sends aliases; will is read by detach, which
@@ -154,6 +162,7 @@ func (s *Server) newConn(nc net.Conn, lst *listenerState) *conn {
 		srv:    s,
 		nc:     nc,
 		lst:    lst,
+		obs:    nopConnObserver{},
 		done:   make(chan struct{}),
 		killed: make(chan struct{}),
 	}
@@ -234,6 +243,7 @@ func (c *conn) detached() {
 func (c *conn) end() {
 	c.detached()
 	c.endOnce.Do(func() {
+		c.obs.Closed(&c.client, c.authenticated, !c.cleanEnd && !c.takenOver.Load() && !c.srv.closing())
 		if c.onEnd != nil {
 			c.onEnd()
 		}

@@ -204,6 +204,9 @@ func (c *conn) connect(ctx context.Context, pkt *packet.Connect) bool {
 
 	// Authentication.
 	c.client.ClientID = st.clientID
+	if d := c.obs.Connecting(&c.client); !d.Allow {
+		return c.refuse(pkt, packet.Banned, d.Reason)
+	}
 	if st.authMethod != "" {
 		if !c.enhancedConnect(ctx, pkt, &st) {
 			return false
@@ -220,6 +223,9 @@ func (c *conn) connect(ctx context.Context, pkt *packet.Connect) bool {
 		st.assignedID = true
 	}
 	st.owner = ownerOf(&c.client)
+	if d := c.obs.Connected(&c.client); !d.Allow {
+		return c.refuse(pkt, packet.Banned, d.Reason)
+	}
 
 	// Session expiry.
 	switch {
@@ -254,6 +260,7 @@ func (c *conn) connect(ctx context.Context, pkt *packet.Connect) bool {
 		c.problemInfo = !pkt.Properties.Has(packet.PropRequestProblemInfo) || pkt.Properties.RequestProblemInfo != 0
 	}
 	c.connectedAt = s.cfg.Now()
+	c.quietSince = c.connectedAt
 
 	// Start the writer, then attach the session: from attach on, other
 	// goroutines may queue packets for this connection.
@@ -328,20 +335,26 @@ func (c *conn) authenticate(ctx context.Context, pkt *packet.Connect, st *connec
 			if code == 0 {
 				code = packet.NotAuthorized
 			}
-			return c.refuse(pkt, code, res.Reason)
+			return c.authFailed(pkt, code, res.Reason)
 		}
 	}
 	if !anonymousOK {
 		if pkt.UsernameFlag || pkt.PasswordFlag {
-			return c.refuse(pkt, packet.BadUsernameOrPassword, "no authentication backend accepts these credentials")
+			return c.authFailed(pkt, packet.BadUsernameOrPassword, "no authentication backend accepts these credentials")
 		}
-		return c.refuse(pkt, packet.NotAuthorized, "anonymous access is not allowed on this listener")
+		return c.authFailed(pkt, packet.NotAuthorized, "anonymous access is not allowed on this listener")
 	}
 	// Admitted by the anonymous policy. Unlike Mosquitto, a username
 	// sent without a backend to check it stays a claim (ClaimedUsername,
 	// for logs): no Authorizer can mistake it for an identity.
 	c.client.Anonymous = true
 	return true
+}
+
+// authFailed reports a refused authentication to the Observer and refuses.
+func (c *conn) authFailed(pkt *packet.Connect, code packet.ReasonCode, reason string) bool {
+	c.obs.AuthFailed(&c.client, reason)
+	return c.refuse(pkt, code, reason)
 }
 
 // connack builds and queues CONNACK for a new session attachment. Called

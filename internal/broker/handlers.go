@@ -101,6 +101,8 @@ func (c *conn) handlePublish(p *packet.Publish) bool {
 		if d := s.authorize(&c.client, ActionPublish, p.Topic, p.QoS, p.Retain); !d.Allow {
 			code = packet.NotAuthorized
 			c.log.Info("broker: publish not authorized", "topic", p.Topic, "reason", d.Reason)
+			// A disconnect follows the acknowledgement (and the QoS 2 cleanup).
+			defer c.obsVerdict(c.obs.Denied(&c.client, ActionPublish, p.Topic, d.Reason))
 		}
 	}
 	var msg *Message
@@ -129,6 +131,7 @@ func (c *conn) handlePublish(p *packet.Publish) bool {
 	if code == packet.Success {
 		if n := s.deliver(msg, b); n == 0 {
 			code = packet.NoMatchingSubscribers
+			defer c.obsVerdict(c.obs.Undeliverable(&c.client, p.Topic))
 		}
 	} else if p.QoS == 2 {
 		c.sess.mu.Lock()
@@ -168,7 +171,8 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 		sub    topic.Subscription
 	}
 	var sendRetained []retainedReq
-	var problem string // Reason String for the first refusal
+	var problem string  // Reason String for the first refusal
+	var verdict Verdict // the Observer's, on a denial
 	for i, req := range p.Subscriptions {
 		if len(req.Filter) > s.cfg.MaxTopicLength {
 			c.log.Info("broker: subscription refused: filter too long", "length", len(req.Filter), "max", s.cfg.MaxTopicLength)
@@ -183,6 +187,9 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 		}
 		if d := s.authorize(&c.client, ActionSubscribe, filter, req.QoS, false); !d.Allow {
 			c.log.Info("broker: subscription not authorized", "filter", req.Filter, "reason", d.Reason)
+			if v := c.obs.Denied(&c.client, ActionSubscribe, filter, d.Reason); v.Disconnect {
+				verdict = v
+			}
 			codes[i] = packet.NotAuthorized
 			problem = cmp.Or(problem, "subscription not authorized")
 			continue
@@ -244,6 +251,9 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 		return
 	}
 	c.send(ack)
+	if !c.obsVerdict(verdict) {
+		return
+	}
 	now := s.cfg.Now()
 	for _, r := range sendRetained {
 		s.cfg.Retained.Match(r.filter, func(m *Message) bool {

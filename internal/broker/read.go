@@ -45,6 +45,10 @@ func (c *conn) readLoop() (handedOver bool) {
 			c.setHandling(true)
 			c.handleAck(typ, pid, packet.Success)
 			c.setHandling(false)
+			c.active = true
+			if !c.throttle(4) {
+				return false
+			}
 		} else {
 			p, err := c.in.r.ReadPacket()
 			if err != nil {
@@ -53,11 +57,14 @@ func (c *conn) readLoop() (handedOver bool) {
 				return false
 			}
 			c.srv.stats.packetsIn.Add(1)
+			if _, ping := p.(*packet.Pingreq); !ping {
+				c.active = true
+			}
 			c.setHandling(true)
 			ok := c.handle(p)
 			c.setHandling(false)
 			c.releaseBody()
-			if !ok {
+			if !ok || !c.throttle(2+c.bodySize) {
 				return false
 			}
 		}
@@ -145,6 +152,7 @@ func (c *conn) handle(p packet.Packet) bool {
 		c.handleUnsubscribe(p)
 	case *packet.Pingreq:
 		c.send(&packet.Pingresp{})
+		return c.ping()
 	case *packet.Disconnect:
 		return c.handleDisconnect(p)
 	case *packet.Connect:
@@ -205,6 +213,7 @@ func (c *conn) handleDisconnect(p *packet.Disconnect) bool {
 		}
 		c.srv.setExpiry(c.sess, p.Properties.SessionExpiry)
 	}
+	c.cleanEnd = !p.ReasonCode.IsError()
 	if p.ReasonCode != packet.DisconnectWithWill {
 		// [MQTT-3.14.4-3]: a normal DISCONNECT discards the will.
 		c.normalExit.Store(true)

@@ -188,12 +188,18 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, lc ListenerConfig) 
 			nc.Close()
 			continue
 		}
+		obs, ok := s.observe(st, nc)
+		if !ok {
+			continue
+		}
 		c := s.newConn(nc, st)
+		c.obs = obs
 		s.mu.Lock()
 		if s.closed {
 			s.mu.Unlock()
 			nc.Close()
 			s.release(st)
+			c.obs.Closed(&c.client, false, false)
 			continue
 		}
 		c.onEnd = func() {

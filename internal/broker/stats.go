@@ -15,6 +15,7 @@ type stats struct {
 	clientsTotal       atomic.Int64
 	connectRefused     atomic.Int64
 	connRejected       atomic.Int64 // over a connection cap
+	acceptRefused      atomic.Int64 // refused by the Observer at accept
 	tlsFailures        atomic.Int64
 	protocolErrors     atomic.Int64
 	panics             atomic.Int64
@@ -60,6 +61,7 @@ type Stats struct {
 	Sessions           int64 // live and offline sessions
 	ConnectRefused     int64
 	ConnectionsOverCap int64
+	AcceptRefused      int64 // sockets the Observer refused at accept (rate, ban)
 	TLSFailures        int64
 	ProtocolErrors     int64
 	Panics             int64
@@ -117,6 +119,7 @@ func (s *Server) Stats() Stats {
 		Sessions:           sessions,
 		ConnectRefused:     st.connectRefused.Load(),
 		ConnectionsOverCap: st.connRejected.Load(),
+		AcceptRefused:      st.acceptRefused.Load(),
 		TLSFailures:        st.tlsFailures.Load(),
 		ProtocolErrors:     st.protocolErrors.Load(),
 		Panics:             st.panics.Load(),
@@ -194,6 +197,12 @@ func (s *Server) publishSys() {
 		{"$SYS/broker/panics", i(st.Panics)},
 		{"$SYS/broker/store/failures", i(st.PersistFailures)},
 		{"$SYS/broker/store/quarantined", i(st.StoreQuarantines)},
+		{"$SYS/broker/connections/refused_at_accept", i(st.AcceptRefused)},
+	}
+	if o, ok := s.cfg.Observer.(ObserverCounters); ok {
+		for name, v := range o.Counters() {
+			topics = append(topics, [2]string{"$SYS/broker/moat/" + name, i(v)})
+		}
 	}
 	now := s.cfg.Now()
 	for _, t := range topics {

@@ -199,6 +199,7 @@ func (p *servePlan) serve(ctx context.Context, stdio Stdio) error {
 	case serveErr = <-errc:
 		p.log.Error("serve: listener failed; shutting down", "err", serveErr)
 	}
+	stopHUP() // a reload in progress finishes (and is audited) first
 	p.shutdown()
 	wg.Wait()
 	p.close() // the listeners, the TLS managers, the plan's goroutines
@@ -245,7 +246,8 @@ func (p *servePlan) bind(ctx context.Context) error {
 }
 
 // reloadOnSIGHUP reloads every listener's TLS material on SIGHUP. The
-// returned stop ends the goroutine and waits for it.
+// returned stop ends the goroutine and waits for it; calling it again does
+// nothing.
 func (p *servePlan) reloadOnSIGHUP() (stop func()) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -261,10 +263,13 @@ func (p *servePlan) reloadOnSIGHUP() (stop func()) {
 			}
 		}
 	})
+	var once sync.Once
 	return func() {
-		signal.Stop(hup)
-		close(done)
-		wg.Wait()
+		once.Do(func() {
+			signal.Stop(hup)
+			close(done)
+			wg.Wait()
+		})
 	}
 }
 
@@ -277,9 +282,11 @@ func (p *servePlan) reload() {
 		if pl.mgr == nil {
 			continue
 		}
-		if err := pl.mgr.Reload(); err != nil {
+		err := pl.mgr.Reload()
+		if err != nil {
 			p.log.Error("serve: reload failed; keeping the previous TLS configuration", "listener", pl.lc.Name, "err", err)
 		}
+		p.defense.reloaded(pl.lc.Name, err)
 	}
 }
 

@@ -134,6 +134,13 @@ type Config struct {
 	// Admin configures the admin HTTP API, metrics and dashboard
 	// (docs/operations.md). Default: off.
 	Admin Admin `json:"admin,omitzero" yaml:"admin"`
+	// Defense configures abuse detection, bans and rate limits (on by
+	// default; docs/defense.md). mosquitto.conf has no keys for it: the
+	// defaults apply.
+	Defense Defense `json:"defense,omitzero" yaml:"defense"`
+	// Audit configures the audit log (on by default, DataDir/audit.log;
+	// docs/audit.md).
+	Audit Audit `json:"audit,omitzero" yaml:"audit"`
 
 	// Set lists the settings the file gave explicitly, as YAML paths such as
 	// "limits.max_packet_size" or "listeners[0].tls.client_auth" (a

@@ -137,6 +137,15 @@ type Config struct {
 	// Default: DefaultMaxPending.
 	MaxPending int
 
+	// Gate, when set, is asked about every connection as soon as its
+	// client address is known (after the PROXY header, if any), before any
+	// TLS or WebSocket work; false closes it at once. It must be fast and
+	// safe for concurrent use. Default nil: every connection proceeds.
+	// (For TCP and TLS listeners the broker makes the same check when it
+	// accepts; WebSocket listeners need it here, since their HTTP server
+	// runs TLS and the upgrade before the broker sees the connection.)
+	Gate func(remote net.Addr) bool
+
 	// KeepAlive is the TCP keep-alive period. Default (0): the Go default
 	// (15s); negative disables TCP keep-alives.
 	KeepAlive time.Duration
@@ -246,6 +255,7 @@ func Listen(ctx context.Context, cfg Config) (*Listener, error) {
 	if cfg.Proxy != nil {
 		b.proxy = newProxyPolicy(cfg.Proxy)
 	}
+	b.gate = cfg.Gate
 	if cfg.Proxy != nil || cfg.Transport.usesWebSocket() {
 		b.pending = make(chan struct{}, maxPending)
 	}
@@ -350,7 +360,8 @@ type baseListener struct {
 	name      string
 	transport Transport
 	log       *slog.Logger
-	proxy     *proxyPolicy // nil: no PROXY protocol
+	proxy     *proxyPolicy        // nil: no PROXY protocol
+	gate      func(net.Addr) bool // Config.Gate; nil: none
 
 	pending        chan struct{} // semaphore of pending connections; nil: unbounded (not used)
 	holdPending    bool          // keep the slot after Accept (WebSocket: released on upgrade)
@@ -405,9 +416,12 @@ func (b *baseListener) closed() bool {
 
 // Accept returns the next connection (a *Conn) ready for the layer above.
 func (b *baseListener) Accept() (net.Conn, error) {
-	if b.proxy != nil {
+	for b.proxy != nil {
 		select {
 		case c := <-b.ready:
+			if !b.admit(c) {
+				continue
+			}
 			return c, nil
 		case <-b.done:
 			if p := b.loopErr.Load(); p != nil {
@@ -422,11 +436,23 @@ func (b *baseListener) Accept() (net.Conn, error) {
 			return nil, err
 		}
 		c := b.wrap(raw, nil)
-		if !b.acquire(c) {
+		if !b.admit(c) || !b.acquire(c) {
 			continue
 		}
 		return c, nil
 	}
+}
+
+// admit asks the Gate about c and closes c when it refuses.
+func (b *baseListener) admit(c *Conn) bool {
+	if b.gate == nil || b.gate(c.RemoteAddr()) {
+		return true
+	}
+	if b.log.Enabled(context.Background(), slog.LevelDebug) {
+		b.log.Debug("listener: connection refused by the gate", "remote", c.RemoteAddr().String())
+	}
+	c.Close()
+	return false
 }
 
 // acceptRaw accepts one TCP connection, retrying transient errors with a
