@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -26,6 +27,7 @@ type serveOptions struct {
 	check      bool
 	pprof      string
 	admin      string
+	profile    string
 	sans       []string
 }
 
@@ -59,6 +61,7 @@ access policies (acl_file).`,
 	cmd.Flags().StringVar(&o.dataDir, "data", "moat-data", "data `DIR` for the built-in CA and state")
 	cmd.Flags().BoolVar(&o.check, "check", false, "check the configuration and the files it names without binding, and exit")
 	cmd.Flags().StringSliceVar(&o.sans, "san", nil, "names of the built-in server certificate: DNS:name,IP:addr; auto = localhost, the host name and its addresses (the default)")
+	cmd.Flags().StringVar(&o.profile, "profile", "", "security `PROFILE` (open, secure-network, secure-transport, industry; overrides the file's profile; see docs/profiles.md)")
 	cmd.Flags().StringVar(&o.admin, "admin", "", "serve the admin API, metrics and dashboard on `ADDR` (loopback unless HTTPS; see docs/operations.md)")
 	cmd.Flags().StringVar(&o.pprof, "pprof", "", "serve Go runtime profiles on loopback `ADDR` (e.g. 127.0.0.1:6060), for performance work")
 	return cmd
@@ -76,6 +79,12 @@ func loadServeConfig(o serveOptions, dataSet bool) (*config.Config, error) {
 	}
 	if dataSet || o.configFile == "" {
 		cfg.DataDir = o.dataDir
+	}
+	if o.profile != "" {
+		if !slices.Contains(config.Profiles, o.profile) {
+			return nil, fmt.Errorf("serve: --profile %q must be one of %s", o.profile, strings.Join(config.Profiles, ", "))
+		}
+		cfg.Profile = o.profile
 	}
 	return cfg, nil
 }

@@ -91,6 +91,7 @@ func buildPlan(cfg *config.Config, log *slog.Logger, check bool, sans ...string)
 		p.planListener(i)
 	}
 	p.planAccess()
+	p.planProfile()
 	if len(p.errs) == 0 {
 		p.startBroker()
 	}

@@ -134,6 +134,11 @@ type Config struct {
 	// Admin configures the admin HTTP API, metrics and dashboard
 	// (docs/operations.md). Default: off.
 	Admin Admin `json:"admin,omitzero" yaml:"admin"`
+	// Profile is the security profile: open, secure-network,
+	// secure-transport or industry (docs/profiles.md). Default "" (none):
+	// Moat's secure defaults and warnings, without a profile's hard
+	// requirements. Checked by the start-up plan (ProfileViolations).
+	Profile string `json:"profile,omitempty" yaml:"profile"`
 
 	// Set lists the settings the file gave explicitly, as YAML paths such as
 	// "limits.max_packet_size" or "listeners[0].tls.client_auth" (a

@@ -238,6 +238,9 @@ func (c *Config) validate() []error {
 	if c.DataDir == "" {
 		top("data_dir must not be empty")
 	}
+	if c.Profile != "" && !slices.Contains(Profiles, c.Profile) {
+		top("profile %q must be one of %s (or left out)", c.Profile, strings.Join(Profiles, ", "))
+	}
 	return errs
 }
 
