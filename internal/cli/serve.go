@@ -7,12 +7,10 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/signal"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -50,8 +48,10 @@ FILE is either Moat's YAML configuration (see examples/moat.yaml) or a
 mosquitto.conf, which runs unchanged. --check builds everything serve
 would, loading every certificate, key, CA bundle and CRL, without binding
 a port, and exits: non-zero with every problem at its file:line.
-SIGHUP reloads certificates, keys, CA bundles, CRLs, password files and
-access policies (acl_file).`,
+SIGHUP (or moat reload) reloads the configuration: certificates, keys, CA
+bundles, CRLs, password files, access policies, log.level and profile
+change live; a reload that changes anything else is refused as a whole
+(see docs/operations.md).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runServe(cmd.Context(), stdio, o, cmd.Flags().Changed("data"))
@@ -99,7 +99,7 @@ func runServe(ctx context.Context, stdio Stdio, o serveOptions, dataSet bool) er
 	if o.check {
 		return checkServe(stdio, cfg, o.sans)
 	}
-	log, closeLog, err := newLogger(cfg.Log, stdio.Err)
+	log, level, closeLog, err := newLevelLogger(cfg.Log, stdio.Err)
 	if err != nil {
 		return err
 	}
@@ -111,6 +111,7 @@ func runServe(ctx context.Context, stdio Stdio, o serveOptions, dataSet bool) er
 		return err
 	}
 	defer plan.close()
+	plan.live = &liveConfig{load: func() (*config.Config, error) { return loadServeConfig(o, dataSet) }, level: level}
 	if plan.admin, err = planAdmin(plan, o.admin); err != nil {
 		return err
 	}
@@ -254,45 +255,6 @@ func (p *servePlan) bind(ctx context.Context) error {
 		}
 	})
 	return nil
-}
-
-// reloadOnSIGHUP reloads every listener's TLS material on SIGHUP. The
-// returned stop ends the goroutine and waits for it.
-func (p *servePlan) reloadOnSIGHUP() (stop func()) {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			select {
-			case <-done:
-				return
-			case <-hup:
-				p.reload()
-			}
-		}
-	})
-	return func() {
-		signal.Stop(hup)
-		close(done)
-		wg.Wait()
-	}
-}
-
-// reload reloads certificates, keys, CA bundles and CRLs; a listener whose
-// new files do not load keeps its previous ones.
-func (p *servePlan) reload() {
-	p.log.Info("serve: SIGHUP received; reloading certificates, CA bundles, CRLs, password files and access policies")
-	p.access.reload()
-	for _, pl := range p.listeners {
-		if pl.mgr == nil {
-			continue
-		}
-		if err := pl.mgr.Reload(); err != nil {
-			p.log.Error("serve: reload failed; keeping the previous TLS configuration", "listener", pl.lc.Name, "err", err)
-		}
-	}
 }
 
 func formatName(f config.Format) string {
