@@ -207,8 +207,9 @@ func (p *servePlan) reloadConfig() (string, error) {
 	}
 	acl := p.pairPolicies(check)
 	var restart []string
+	needRestart := slices.ContainsFunc(changes, func(c reloadSetting) bool { return c.reason != "" })
 	for _, c := range changes {
-		if c.reason == "" && strings.HasPrefix(c.path, "acl") && acl == nil {
+		if c.reason == "" && strings.HasPrefix(c.path, "acl") && acl == nil && !needRestart {
 			c.reason = "adding or removing the access policy, or giving listeners different ones, needs a restart"
 		}
 		if c.reason != "" {
@@ -244,16 +245,17 @@ func (p *servePlan) reloadConfig() (string, error) {
 			p.log.Error("serve: TLS files changed again during the reload and do not load; the listener keeps its previous ones", "listener", pl.lc.Name, "err", err)
 		}
 	}
-	var lv slog.Level
-	if lv.UnmarshalText([]byte(next.Log.Level)) == nil {
-		p.live.level.Set(lv)
-	}
 	p.live.cur.Store(next)
 	summary := "configuration reloaded; certificates, CRLs, password files and access policies re-read"
 	if len(changed) > 0 {
 		summary += "; changed: " + strings.Join(changed, ", ")
 	}
+	// The summary goes out at the level in force before the reload.
 	p.log.Info("serve: configuration reloaded", "changed", changed, "profile", profileName(next), "log_level", next.Log.Level, "tls_not_reloaded", tlsFailed)
+	var lv slog.Level
+	if lv.UnmarshalText([]byte(next.Log.Level)) == nil {
+		p.live.level.Set(lv)
+	}
 	for _, c := range changed {
 		p.log.Debug("serve: reload applied a changed setting", "setting", c)
 	}
