@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/moatmq/moat/internal/config"
 )
 
 // reloadYAML is the configuration of the reload tests: one anonymous
@@ -179,5 +181,79 @@ func TestReloadCommandAdmin(t *testing.T) {
 	cmd.Env = append(os.Environ(), adminTokenEnv+"=")
 	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "needs an operator token") {
 		t.Errorf("moat reload --admin without a token: %v\n%s", err, out)
+	}
+}
+
+// The comparison sees every setting, the options of auth entries and acl
+// rules included, and tells live ones from those needing a restart.
+func TestReloadDiff(t *testing.T) {
+	base := `profile: open
+log: {level: info}
+limits: {max_inflight: 20}
+auth:
+  - {type: ldap, url: "ldaps://a.example", bind_dn_template: "uid=%u,dc=example"}
+acl:
+  rules:
+    - {name: r, effect: allow, subjects: {all: true}, actions: [publish], topics: ["a/#"]}
+listeners:
+  - {address: "127.0.0.1:1883", transport: tcp}
+`
+	parse := func(s string) *config.Config {
+		t.Helper()
+		c, err := config.Parse("m.yaml", []byte(s))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	old := parse(base)
+	for _, tc := range []struct {
+		from, to string
+		want     []string // path=live or path=restart
+	}{
+		{"", "", nil},
+		{"profile: open", "profile: secure-network", []string{"profile=live"}},
+		{"level: info", "level: debug", []string{"log.level=live"}},
+		{`"a/#"`, `"b/#"`, []string{"acl.rules[0].topics[0]=live"}},
+		{"max_inflight: 20", "max_inflight: 30", []string{"limits.max_inflight=restart"}},
+		{"a.example", "b.example", []string{"auth[0].url=restart"}},
+		{"127.0.0.1:1883", "127.0.0.1:1884", []string{"listeners[0].address=restart", "listeners[0].name=restart"}},
+	} {
+		changes, err := diffConfigs(old, parse(strings.Replace(base, tc.from, tc.to, 1)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, c := range changes {
+			kind := "live"
+			if c.reason != "" {
+				kind = "restart"
+			}
+			got = append(got, c.path+"="+kind)
+		}
+		if strings.Join(got, " ") != strings.Join(tc.want, " ") {
+			t.Errorf("%q -> %q: %q, want %q", tc.from, tc.to, got, tc.want)
+		}
+	}
+}
+
+// A pid file left behind and naming another process does not get that
+// process signalled.
+func TestReloadCommandStalePIDFile(t *testing.T) {
+	data := t.TempDir()
+	sleeper := exec.Command("sleep", "30")
+	if err := sleeper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(data, pidFileName), strconv.Itoa(sleeper.Process.Pid)+"\n")
+	out, err := exec.Command(moatBin, "reload", "--data", data).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "which is not moat serve; refusing to signal it") {
+		t.Errorf("moat reload with a stale pid file: %v\n%s", err, out)
+	}
+	// Had it been sent SIGHUP, it would have died of it before this kill.
+	sleeper.Process.Kill()
+	sleeper.Wait()
+	if ws, ok := sleeper.ProcessState.Sys().(syscall.WaitStatus); !ok || ws.Signal() != syscall.SIGKILL {
+		t.Errorf("the process named by the stale pid file ended with %v", sleeper.ProcessState)
 	}
 }
