@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -255,5 +256,43 @@ func TestReloadCommandStalePIDFile(t *testing.T) {
 	sleeper.Wait()
 	if ws, ok := sleeper.ProcessState.Sys().(syscall.WaitStatus); !ok || ws.Signal() != syscall.SIGKILL {
 		t.Errorf("the process named by the stale pid file ended with %v", sleeper.ProcessState)
+	}
+}
+
+// A reload to a profile the file does not meet is refused; one it meets
+// is applied and becomes the profile in force.
+func TestReloadChecksProfile(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "m.yaml")
+	body := "listeners:\n  - {address: \"127.0.0.1:1883\", transport: tcp, allow_anonymous: true}\n"
+	writeFile(t, file, body)
+	cfg, err := config.Load(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs syncBuffer
+	plan, err := buildPlan(cfg, slog.New(slog.NewTextHandler(&logs, nil)), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plan.close()
+	plan.live = &liveConfig{load: func() (*config.Config, error) { return config.Load(file) }, level: &slog.LevelVar{}}
+
+	writeFile(t, file, "profile: secure-transport\n"+body)
+	if _, err := plan.reloadConfig(); err == nil || !strings.Contains(err.Error(), "m.yaml:3: profile secure-transport: listener \"tcp-1883\": anonymous access is refused") {
+		t.Fatalf("reload to secure-transport: %v", err)
+	}
+	if p := profileName(plan.runningConfig()); p != "none" {
+		t.Errorf("profile after a refused reload: %s", p)
+	}
+	writeFile(t, file, "profile: secure-network\n"+body)
+	if _, err := plan.reloadConfig(); err != nil {
+		t.Fatal(err)
+	}
+	if p := profileName(plan.runningConfig()); p != "secure-network" {
+		t.Errorf("profile after the reload: %s", p)
+	}
+	if !strings.Contains(logs.String(), "changed=[profile]") {
+		t.Errorf("no summary in the log:\n%s", logs.String())
 	}
 }
