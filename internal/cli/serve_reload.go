@@ -347,6 +347,9 @@ func restartReason(path string) string {
 		if strings.Contains(path, ".auth") {
 			return "authentication chains are built at start (the password files' contents reload live)"
 		}
+		if strings.HasSuffix(path, ".acl_file") {
+			return "per-listener access policies are set up at start (the files' contents reload live)"
+		}
 		if strings.Contains(path, ".tls.") {
 			return "TLS settings are read at start (the files' contents reload live)"
 		}
