@@ -175,3 +175,16 @@ func TestProfileUnknown(t *testing.T) {
 		t.Errorf("open: %v %v", err, c.ProfileWarnings())
 	}
 }
+
+// secure-network admits anonymous clients, with a warning naming the
+// listener.
+func TestProfileSecureNetworkWarnsAnonymous(t *testing.T) {
+	c, err := Parse("m.yaml", fmt.Appendf(nil, profileConfigs["plain-lan"], ProfileSecureNetwork))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := c.ProfileWarnings()
+	if len(w) != 1 || !strings.Contains(w[0], `m.yaml:3: listener "tcp-1883" on 192.168.1.10:1883 admits anonymous clients`) {
+		t.Errorf("warnings: %q", w)
+	}
+}
