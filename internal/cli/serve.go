@@ -7,11 +7,10 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -26,6 +25,7 @@ type serveOptions struct {
 	check      bool
 	pprof      string
 	admin      string
+	profile    string
 	sans       []string
 }
 
@@ -48,8 +48,10 @@ FILE is either Moat's YAML configuration (see examples/moat.yaml) or a
 mosquitto.conf, which runs unchanged. --check builds everything serve
 would, loading every certificate, key, CA bundle and CRL, without binding
 a port, and exits: non-zero with every problem at its file:line.
-SIGHUP reloads certificates, keys, CA bundles, CRLs, password files and
-access policies (acl_file).`,
+SIGHUP (or moat reload) reloads the configuration: certificates, keys, CA
+bundles, CRLs, password files, access policies, log.level and profile
+change live; a reload that changes anything else is refused as a whole
+(see docs/operations.md).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runServe(cmd.Context(), stdio, o, cmd.Flags().Changed("data"))
@@ -59,6 +61,7 @@ access policies (acl_file).`,
 	cmd.Flags().StringVar(&o.dataDir, "data", "moat-data", "data `DIR` for the built-in CA and state")
 	cmd.Flags().BoolVar(&o.check, "check", false, "check the configuration and the files it names without binding, and exit")
 	cmd.Flags().StringSliceVar(&o.sans, "san", nil, "names of the built-in server certificate: DNS:name,IP:addr; auto = localhost, the host name and its addresses (the default)")
+	cmd.Flags().StringVar(&o.profile, "profile", "", "security `PROFILE` (open, secure-network, secure-transport, industry; overrides the file's profile; see docs/profiles.md)")
 	cmd.Flags().StringVar(&o.admin, "admin", "", "serve the admin API, metrics and dashboard on `ADDR` (loopback unless HTTPS; see docs/operations.md)")
 	cmd.Flags().StringVar(&o.pprof, "pprof", "", "serve Go runtime profiles on loopback `ADDR` (e.g. 127.0.0.1:6060), for performance work")
 	return cmd
@@ -77,6 +80,12 @@ func loadServeConfig(o serveOptions, dataSet bool) (*config.Config, error) {
 	if dataSet || o.configFile == "" {
 		cfg.DataDir = o.dataDir
 	}
+	if o.profile != "" {
+		if !slices.Contains(config.Profiles, o.profile) {
+			return nil, fmt.Errorf("serve: --profile %q must be one of %s", o.profile, strings.Join(config.Profiles, ", "))
+		}
+		cfg.Profile = o.profile
+	}
 	return cfg, nil
 }
 
@@ -90,7 +99,7 @@ func runServe(ctx context.Context, stdio Stdio, o serveOptions, dataSet bool) er
 	if o.check {
 		return checkServe(stdio, cfg, o.sans)
 	}
-	log, closeLog, err := newLogger(cfg.Log, stdio.Err)
+	log, level, closeLog, err := newLevelLogger(cfg.Log, stdio.Err)
 	if err != nil {
 		return err
 	}
@@ -102,6 +111,7 @@ func runServe(ctx context.Context, stdio Stdio, o serveOptions, dataSet bool) er
 		return err
 	}
 	defer plan.close()
+	plan.live = &liveConfig{load: func() (*config.Config, error) { return loadServeConfig(o, dataSet) }, level: level}
 	if plan.admin, err = planAdmin(plan, o.admin); err != nil {
 		return err
 	}
@@ -243,51 +253,6 @@ func (p *servePlan) bind(ctx context.Context) error {
 		}
 	})
 	return nil
-}
-
-// reloadOnSIGHUP reloads every listener's TLS material on SIGHUP. The
-// returned stop ends the goroutine and waits for it; calling it again does
-// nothing.
-func (p *servePlan) reloadOnSIGHUP() (stop func()) {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			select {
-			case <-done:
-				return
-			case <-hup:
-				p.reload()
-			}
-		}
-	})
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			signal.Stop(hup)
-			close(done)
-			wg.Wait()
-		})
-	}
-}
-
-// reload reloads certificates, keys, CA bundles and CRLs; a listener whose
-// new files do not load keeps its previous ones.
-func (p *servePlan) reload() {
-	p.log.Info("serve: SIGHUP received; reloading certificates, CA bundles, CRLs, password files and access policies")
-	p.access.reload()
-	for _, pl := range p.listeners {
-		if pl.mgr == nil {
-			continue
-		}
-		err := pl.mgr.Reload()
-		if err != nil {
-			p.log.Error("serve: reload failed; keeping the previous TLS configuration", "listener", pl.lc.Name, "err", err)
-		}
-		p.defense.reloaded(pl.lc.Name, err)
-	}
 }
 
 func formatName(f config.Format) string {

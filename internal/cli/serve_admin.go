@@ -80,10 +80,10 @@ func (p *servePlan) startAdmin(ctx context.Context, ap *adminPlan) (stop func(),
 		AuditFile:    filepath.Join(p.cfg.DataDir, audit.DefaultFile),
 		AuditKeyFile: filepath.Join(p.cfg.DataDir, audit.PubFile),
 		Listeners:    p.adminListeners,
-		Config:       func() any { return p.cfg },
+		Config:       func() any { return p.runningConfig() },
 		Reload: func(context.Context) error {
-			p.reload()
-			return nil
+			_, err := p.reloadConfig()
+			return err
 		},
 		Posture: func() admin.Posture { return p.adminPosture(ap) },
 		Metrics: metrics.Handler(metrics.SourceFunc(func() metrics.Snapshot { return p.metricsSnapshot(ap, bans) })),
@@ -276,11 +276,11 @@ func certNotAfter(path string) time.Time {
 
 func (p *servePlan) adminPosture(ap *adminPlan) admin.Posture {
 	ps := admin.Posture{
-		Profile:      "none",
+		Profile:      profileName(p.runningConfig()),
 		FIPS:         fips140.Enabled(),
 		AuthFailures: p.srv.Stats().ConnectRefused,
 		Detections:   -1,
-		Notes:        []string{"security profiles are not configured in this version; the abuse detectors are not wired to the admin API yet"},
+		Notes:        []string{"the abuse detectors are not wired to the admin API yet"},
 	}
 	if ap.certFile != "" {
 		ps.ServerCertNotAfter = certNotAfter(ap.certFile)

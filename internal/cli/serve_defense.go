@@ -562,14 +562,15 @@ func (d *defense) cutoff(leaf *x509.Certificate, drop func(string)) func(string)
 }
 
 // reloaded records a listener's TLS reload (SIGHUP). d may be nil.
-func (d *defense) reloaded(listener string, err error) {
+func (d *defense) reloaded(changed []string, err error) {
 	if d == nil {
 		return
 	}
 	if err != nil {
-		d.record(audit.TypeConfigReload, audit.String("reason", "SIGHUP"), audit.String("listener", listener),
+		d.record(audit.TypeConfigReload, audit.String("reason", "reload requested"),
 			audit.String("result", "refused"), audit.String("error", err.Error()))
 		return
 	}
-	d.record(audit.TypeConfigReload, audit.String("reason", "SIGHUP"), audit.String("listener", listener), audit.String("result", "applied"))
+	d.record(audit.TypeConfigReload, audit.String("reason", "reload requested"), audit.String("result", "applied"),
+		audit.String("changed", strings.Join(changed, ",")))
 }

@@ -57,6 +57,7 @@ type servePlan struct {
 	zeroOK    bool        // its files exist and can be loaded
 	crls      *caCRLs     // nil for --check: it re-signs CRLs
 	admin     *adminPlan  // nil: no admin API (serve_admin.go)
+	live      *liveConfig // serve only: what a reload needs (serve_reload.go)
 
 	warnings []string // to log (serve) or print (--check)
 	notes    []string // what serve does at start that --check does not (creating the built-in CA)
@@ -98,6 +99,7 @@ func buildPlan(cfg *config.Config, log *slog.Logger, check bool, sans ...string)
 		p.planListener(i)
 	}
 	p.planAccess()
+	p.planProfile()
 	if len(p.errs) == 0 {
 		p.startBroker()
 	}

@@ -141,6 +141,11 @@ type Config struct {
 	// Audit configures the audit log (on by default, DataDir/audit.log;
 	// docs/audit.md).
 	Audit Audit `json:"audit,omitzero" yaml:"audit"`
+	// Profile is the security profile: open, secure-network,
+	// secure-transport or industry (docs/profiles.md). Default "" (none):
+	// Moat's secure defaults and warnings, without a profile's hard
+	// requirements. Checked by the start-up plan (ProfileViolations).
+	Profile string `json:"profile,omitempty" yaml:"profile"`
 
 	// Set lists the settings the file gave explicitly, as YAML paths such as
 	// "limits.max_packet_size" or "listeners[0].tls.client_auth" (a

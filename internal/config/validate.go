@@ -249,6 +249,9 @@ func (c *Config) validate() []error {
 	if c.Persistence.BatchInterval <= 0 {
 		top("persistence.batch_interval must be positive")
 	}
+	if c.Profile != "" && !slices.Contains(Profiles, c.Profile) {
+		top("profile %q must be one of %s (or left out)", c.Profile, strings.Join(Profiles, ", "))
+	}
 	return errs
 }
 
