@@ -145,6 +145,10 @@ var allowedImports = map[string][]string{
 	// (key file, passphrase, KMS/HSM): one interface, two users.
 	"internal/store":   {"e2e/keyservice"},
 	"internal/tlsconf": {},
+	// Test helpers shared by every package's tests: the standard library,
+	// goleak and (testpki, for its OCSP responder) x/crypto only.
+	"internal/testutil":         {},
+	"internal/testutil/testpki": {},
 	// Test-only package: it runs `make install` and checks the files.
 	"packaging":      {},
 	"internal/topic": {},
