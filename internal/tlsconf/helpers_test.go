@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/moatmq/moat/internal/tlsconf/internal/testcerts"
+	"github.com/moatmq/moat/internal/testutil/testpki"
 )
 
 // fakeClock is an injectable clock.
@@ -58,36 +58,24 @@ func (l *logBuf) logger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(l, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // env is a CA, a server certificate on disk, and a listener config.
 type env struct {
 	dir    string
-	ca     *testcerts.Cert
-	server *testcerts.Cert
+	ca     *testpki.Cert
+	server *testpki.Cert
 	clock  *fakeClock
 	logs   *logBuf
 	cfg    ListenerConfig
 }
 
-func newEnv(t *testing.T, kt testcerts.KeyType) *env {
+func newEnv(t *testing.T, kt testpki.KeyType) *env {
 	t.Helper()
 	e := &env{dir: t.TempDir(), clock: newClock(), logs: &logBuf{}}
-	e.ca = testcerts.NewRoot(t, "Moat Test CA "+kt.String(), kt)
-	e.server = e.ca.Issue(t, testcerts.Options{CN: "localhost", DNS: []string{"localhost"}, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, Key: kt, KeyIndex: 1})
+	e.ca = testpki.NewRoot(t, "Moat Test CA "+kt.String(), kt)
+	e.server = e.ca.Issue(t, testpki.Options{CN: "localhost", DNS: []string{"localhost"}, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, Key: kt, KeyIndex: 1})
 	cf, kf := e.server.WriteFiles(t, e.dir, "server")
 	caFile := e.dir + "/ca.pem"
-	testcerts.WriteFile(t, caFile, e.ca.PEM())
+	testpki.WriteFile(t, caFile, e.ca.PEM())
 	e.cfg = ListenerConfig{
 		Name:         "test",
 		Certificates: []KeyPair{{CertFile: cf, KeyFile: kf}},
@@ -109,11 +97,11 @@ func (e *env) manager(t *testing.T) *Manager {
 	return m
 }
 
-func (e *env) writeCRL(t *testing.T, name string, next time.Duration, revoked ...*testcerts.Cert) string {
+func (e *env) writeCRL(t *testing.T, name string, next time.Duration, revoked ...*testpki.Cert) string {
 	t.Helper()
 	p := e.dir + "/" + name
 	now := e.clock.Now()
-	testcerts.WriteFile(t, p, e.ca.CRL(t, now.Add(-time.Minute), now.Add(next), revoked...))
+	testpki.WriteFile(t, p, e.ca.CRL(t, now.Add(-time.Minute), now.Add(next), revoked...))
 	return p
 }
 
@@ -168,7 +156,7 @@ func serve(t *testing.T, m *Manager) *server {
 }
 
 // clientConfig trusts ca and presents cert (when not nil).
-func clientConfig(ca *testcerts.Cert, cert *testcerts.Cert) *tls.Config {
+func clientConfig(ca *testpki.Cert, cert *testpki.Cert) *tls.Config {
 	pool := x509.NewCertPool()
 	pool.AddCert(ca.Cert)
 	c := &tls.Config{RootCAs: pool, ServerName: "localhost"}
