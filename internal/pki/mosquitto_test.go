@@ -1,27 +1,16 @@
 package pki
 
 import (
-	"context"
 	"fmt"
-	"net"
 	"os/exec"
 	"os/user"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
-)
 
-// freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
+	"github.com/moatmq/moat/internal/testutil"
+)
 
 // TestMosquittoAcceptsMoatCertificates starts Debian's mosquitto with
 // require_certificate and a CRL, all made by the CA, and publishes with
@@ -50,9 +39,12 @@ func TestMosquittoAcceptsMoatCertificates(t *testing.T) {
 			}
 		}
 	}
-	port := freePort(t)
 	u, _ := user.Current()
-	conf := fmt.Sprintf(`listener %d 127.0.0.1
+	peer := testutil.StartPeer(t, testutil.Peer{
+		Name:  "mosquitto",
+		Ports: 1,
+		Command: func(ports []int) *exec.Cmd {
+			conf := fmt.Sprintf(`listener %d 127.0.0.1
 cafile %s
 certfile %s
 keyfile %s
@@ -63,23 +55,11 @@ allow_anonymous false
 persistence false
 user %s
 log_dest stderr
-`, port, filepath.Join(ca.Dir(), FileRoot), filepath.Join(dir, "server.pem"), filepath.Join(dir, "server.key"), filepath.Join(ca.Dir(), FileCRL), u.Username)
-	confFile := writeFile(t, filepath.Join(dir, "mosquitto.conf"), []byte(conf))
-	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, mosquitto, "-c", confFile)
-	var log syncBuffer
-	cmd.Stderr = &log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cancel(); cmd.Wait() })
-	checkFor(t, 10*time.Second, func() error {
-		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		if err == nil {
-			c.Close()
-		}
-		return err
+`, ports[0], filepath.Join(ca.Dir(), FileRoot), filepath.Join(dir, "server.pem"), filepath.Join(dir, "server.key"), filepath.Join(ca.Dir(), FileCRL), u.Username)
+			return exec.Command(mosquitto, "-c", writeFile(t, filepath.Join(dir, "mosquitto.conf"), []byte(conf)))
+		},
 	})
+	port := peer.Ports[0]
 	tests := []struct {
 		id     string
 		wantOK bool
@@ -93,13 +73,10 @@ log_dest stderr
 			}
 		})
 	}
-	checkFor(t, 5*time.Second, func() error {
-		if !strings.Contains(log.String(), "certificate verify failed") {
+	testutil.CheckFor(t, 5*time.Second, func() error {
+		if !strings.Contains(peer.Log(), "certificate verify failed") {
 			return fmt.Errorf("mosquitto did not log the refused revoked certificate")
 		}
 		return nil
 	})
-	if t.Failed() {
-		t.Logf("mosquitto log:\n%s", log.String())
-	}
 }
