@@ -44,33 +44,56 @@ type Peer struct {
 }
 
 // RunningPeer is a started peer. It is killed and waited for when the
-// test ends; its output is logged if the test failed.
+// test ends; its output is logged if the test failed. Its methods are
+// meant for the test's goroutine.
 type RunningPeer struct {
 	// Ports are the ports the peer listens on, in Peer.Command's order.
 	Ports []int
-	log   *Buffer
-	done  chan struct{}
+	p     Peer
+	log   *Buffer // all output, across restarts
+	cmd   *exec.Cmd
+	done  chan struct{} // closed when cmd has exited
 }
 
 // Addr returns "127.0.0.1:port" for the i-th port.
-func (p *RunningPeer) Addr(i int) string {
-	return net.JoinHostPort("127.0.0.1", strconv.Itoa(p.Ports[i]))
+func (r *RunningPeer) Addr(i int) string {
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(r.Ports[i]))
 }
 
-// Log returns the peer's output so far.
-func (p *RunningPeer) Log() string { return p.log.String() }
+// Log returns the peer's output so far, across restarts.
+func (r *RunningPeer) Log() string { return r.log.String() }
 
 // Exited reports whether the peer process has ended.
-func (p *RunningPeer) Exited() bool {
+func (r *RunningPeer) Exited() bool {
 	select {
-	case <-p.done:
+	case <-r.done:
 		return true
 	default:
 		return false
 	}
 }
 
-var bindFailure = regexp.MustCompile(`(?i)address already in use|address in use|unable to create .*listener|could not bind|cannot bind|bind\(\) failed|eaddrinuse|errno 98`)
+// Stop kills the peer and waits for it to exit. Stopping a stopped peer
+// does nothing.
+func (r *RunningPeer) Stop() {
+	if !r.Exited() {
+		r.cmd.Process.Kill()
+	}
+	<-r.done
+}
+
+// Restart stops the peer and starts it again on the same ports, for tests
+// of reconnection. It fails the test if the peer does not come back (for
+// instance because another process took a port meanwhile).
+func (r *RunningPeer) Restart(t testing.TB) {
+	t.Helper()
+	r.Stop()
+	if err := r.run(); err != nil {
+		t.Fatalf("testutil: restarting %s: %v", r.p.Name, err)
+	}
+}
+
+var bindFailure = regexp.MustCompile(`(?i)address already in use|address in use|unable to create .*listener|could not bind|cannot bind|bind\(\d*\) failed|eaddrinuse|errno=?\s*98`)
 
 // startAttempts bounds the retries of a peer whose ports were taken.
 const startAttempts = 5
@@ -90,8 +113,18 @@ func StartPeer(t testing.TB, p Peer) *RunningPeer {
 		p.BindFailed = bindFailure.MatchString
 	}
 	for attempt := 1; ; attempt++ {
-		r, err := startOnce(t, p)
+		r := &RunningPeer{Ports: make([]int, p.Ports), p: p, log: &Buffer{}}
+		for i := range r.Ports {
+			r.Ports[i] = FreePort(t)
+		}
+		err := r.run()
 		if err == nil {
+			t.Cleanup(func() {
+				r.Stop()
+				if t.Failed() {
+					t.Logf("%s output:\n%s", p.Name, r.log.String())
+				}
+			})
 			return r
 		}
 		if !errors.Is(err, errBind) || attempt == startAttempts {
@@ -103,53 +136,41 @@ func StartPeer(t testing.TB, p Peer) *RunningPeer {
 
 var errBind = errors.New("a port was taken before the peer bound it")
 
-func startOnce(t testing.TB, p Peer) (*RunningPeer, error) {
-	t.Helper()
-	ports := make([]int, p.Ports)
-	for i := range ports {
-		ports[i] = FreePort(t)
+// run starts the command on r.Ports and waits until it is ready; on an
+// error the process has exited.
+func (r *RunningPeer) run() error {
+	r.cmd = r.p.Command(r.Ports)
+	r.cmd.Stdout, r.cmd.Stderr = r.log, r.log
+	r.done = make(chan struct{})
+	start := len(r.log.String()) // this run's output begins here
+	if err := r.cmd.Start(); err != nil {
+		close(r.done)
+		return err
 	}
-	r := &RunningPeer{Ports: ports, log: &Buffer{}, done: make(chan struct{})}
-	cmd := p.Command(ports)
-	cmd.Stdout, cmd.Stderr = r.log, r.log
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	go func() { cmd.Wait(); close(r.done) }()
-	stop := func() {
-		cmd.Process.Kill()
-		<-r.done
-	}
-	deadline := time.Now().Add(p.ReadyTimeout)
+	go func(cmd *exec.Cmd, done chan struct{}) { cmd.Wait(); close(done) }(r.cmd, r.done)
+	deadline := time.Now().Add(r.p.ReadyTimeout)
 	wait := 5 * time.Millisecond
 	for {
 		if r.Exited() {
-			log := r.log.String()
-			if p.BindFailed(log) {
-				return nil, fmt.Errorf("%w:\n%s", errBind, log)
+			log := r.log.String()[start:]
+			if r.p.BindFailed(log) {
+				return fmt.Errorf("%w:\n%s", errBind, log)
 			}
-			return nil, fmt.Errorf("exited early (%v):\n%s", cmd.ProcessState, log)
+			return fmt.Errorf("exited early (%v):\n%s", r.cmd.ProcessState, log)
 		}
-		err := p.Ready(ports)
+		err := r.p.Ready(r.Ports)
 		if err == nil {
-			break
+			return nil
 		}
 		if time.Now().After(deadline) {
-			stop()
-			return nil, fmt.Errorf("not ready within %v: %v\n%s", p.ReadyTimeout, err, r.log.String())
+			r.Stop()
+			return fmt.Errorf("not ready within %v: %v\n%s", r.p.ReadyTimeout, err, r.log.String()[start:])
 		}
 		time.Sleep(wait)
 		if wait < 50*time.Millisecond {
 			wait *= 2
 		}
 	}
-	t.Cleanup(func() {
-		stop()
-		if t.Failed() {
-			t.Logf("%s output:\n%s", p.Name, r.log.String())
-		}
-	})
-	return r, nil
 }
 
 func dialAll(ports []int) error {
