@@ -140,7 +140,6 @@ var allowedImports = map[string][]string{
 	"internal/packet":            {},
 	"internal/packet/packettest": {"internal/packet"},
 	"internal/pki":               {},
-	"internal/pki/pkitest":       {"internal/pki"},
 	// The store wraps its data key with the key service's KEK interface
 	// (key file, passphrase, KMS/HSM): one interface, two users.
 	"internal/store":   {"e2e/keyservice"},
