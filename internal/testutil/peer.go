@@ -95,8 +95,41 @@ func (r *RunningPeer) Restart(t testing.TB) {
 
 var bindFailure = regexp.MustCompile(`(?i)address already in use|address in use|unable to create .*listener|could not bind|cannot bind|bind\(\d*\) failed|eaddrinuse|errno=?\s*98`)
 
+// IsPortTaken reports whether a peer's log says that it could not bind an
+// address ("address already in use", "Unable to create ... listener",
+// "could not bind", errno 98).
+func IsPortTaken(log string) bool { return bindFailure.MatchString(log) }
+
+// ErrPortTaken is wrapped by a start function passed to RetryPorts when
+// the peer could not bind one of its ports.
+var ErrPortTaken = errors.New("a port was taken before the peer bound it")
+
 // startAttempts bounds the retries of a peer whose ports were taken.
 const startAttempts = 5
+
+// RetryPorts calls start with n ports of 127.0.0.1 that are free at that
+// moment until start returns nil, and returns those ports. When start's
+// error wraps ErrPortTaken it is called again with new ports (up to five
+// times); any other error fails the test. start must leave nothing
+// running when it fails. Use it for peers that StartPeer's exec.Cmd does
+// not fit, such as a server run in-process on a configured port.
+func RetryPorts(t testing.TB, n int, start func(ports []int) error) []int {
+	t.Helper()
+	for attempt := 1; ; attempt++ {
+		ports := make([]int, n)
+		for i := range ports {
+			ports[i] = FreePort(t)
+		}
+		err := start(ports)
+		if err == nil {
+			return ports
+		}
+		if !errors.Is(err, ErrPortTaken) || attempt == startAttempts {
+			t.Fatalf("testutil: %v", err)
+		}
+		t.Logf("testutil: ports %v were taken (attempt %d), retrying with new ones", ports, attempt)
+	}
+}
 
 // StartPeer starts p on fresh ports of 127.0.0.1 and waits until it is
 // ready. It retries with new ports when the peer exits because a port was
@@ -110,31 +143,24 @@ func StartPeer(t testing.TB, p Peer) *RunningPeer {
 		p.ReadyTimeout = 15 * time.Second
 	}
 	if p.BindFailed == nil {
-		p.BindFailed = bindFailure.MatchString
+		p.BindFailed = IsPortTaken
 	}
-	for attempt := 1; ; attempt++ {
-		r := &RunningPeer{Ports: make([]int, p.Ports), p: p, log: &Buffer{}}
-		for i := range r.Ports {
-			r.Ports[i] = FreePort(t)
+	var r *RunningPeer
+	RetryPorts(t, p.Ports, func(ports []int) error {
+		r = &RunningPeer{Ports: ports, p: p, log: &Buffer{}}
+		if err := r.run(); err != nil {
+			return fmt.Errorf("starting %s: %w", p.Name, err)
 		}
-		err := r.run()
-		if err == nil {
-			t.Cleanup(func() {
-				r.Stop()
-				if t.Failed() {
-					t.Logf("%s output:\n%s", p.Name, r.log.String())
-				}
-			})
-			return r
+		return nil
+	})
+	t.Cleanup(func() {
+		r.Stop()
+		if t.Failed() {
+			t.Logf("%s output:\n%s", p.Name, r.log.String())
 		}
-		if !errors.Is(err, errBind) || attempt == startAttempts {
-			t.Fatalf("testutil: starting %s: %v", p.Name, err)
-		}
-		t.Logf("testutil: %s could not bind its ports (attempt %d), retrying with new ones", p.Name, attempt)
-	}
+	})
+	return r
 }
-
-var errBind = errors.New("a port was taken before the peer bound it")
 
 // run starts the command on r.Ports and waits until it is ready; on an
 // error the process has exited.
@@ -154,7 +180,7 @@ func (r *RunningPeer) run() error {
 		if r.Exited() {
 			log := r.log.String()[start:]
 			if r.p.BindFailed(log) {
-				return fmt.Errorf("%w:\n%s", errBind, log)
+				return fmt.Errorf("%w:\n%s", ErrPortTaken, log)
 			}
 			return fmt.Errorf("exited early (%v):\n%s", r.cmd.ProcessState, log)
 		}
