@@ -3,6 +3,7 @@ package tlsconf
 import (
 	"context"
 	"crypto/x509"
+	"io"
 	"testing"
 	"time"
 
@@ -19,7 +20,7 @@ func benchEnv(b *testing.B) (*Manager, *testpki.Cert) {
 	now := time.Now()
 	testpki.WriteFile(b, dir+"/ca.crl", ca.CRL(b, now.Add(-time.Minute), now.Add(time.Hour)))
 	m, err := New(ListenerConfig{Certificates: []KeyPair{{cf, kf}}, CAFile: dir + "/ca.pem", CRLFiles: []string{dir + "/ca.crl"},
-		Logger: (&logBuf{}).logger(), DisableOCSPStapling: true})
+		Logger: debugLogger(io.Discard), DisableOCSPStapling: true})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -73,10 +73,10 @@ func pkiClient(t *testing.T, ca *pki.CA, iss *pki.Issued) *tls.Config {
 // revocation made meanwhile must still end its session.
 func TestSecurityBuiltinCRLKeptFresh(t *testing.T) {
 	clock := newClock()
-	logs := &logBuf{}
+	logs := &testutil.Buffer{}
 	dir := t.TempDir()
 	caDir := filepath.Join(dir, "ca")
-	ca, err := pki.Init(caDir, pki.InitOptions{Config: pki.Config{Now: clock.Now, Logger: logs.logger()}})
+	ca, err := pki.Init(caDir, pki.InitOptions{Config: pki.Config{Now: clock.Now, Logger: debugLogger(logs)}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,7 +99,7 @@ func TestSecurityBuiltinCRLKeptFresh(t *testing.T) {
 		}}},
 		PollInterval: 10 * time.Millisecond,
 		Now:          clock.Now,
-		Logger:       logs.logger(),
+		Logger:       debugLogger(logs),
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -1,7 +1,6 @@
 package tlsconf
 
 import (
-	"bytes"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -13,49 +12,18 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moatmq/moat/internal/testutil"
+
 	"github.com/moatmq/moat/internal/testutil/testpki"
 )
 
-// fakeClock is an injectable clock.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
+// newClock returns a manual clock at the current time.
+func newClock() *testutil.Clock { return testutil.NewClock(time.Now()) }
 
-func newClock() *fakeClock { return &fakeClock{t: time.Now()} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
-// logBuf collects log output for assertions.
-type logBuf struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
-func (l *logBuf) logger() *slog.Logger {
-	return slog.New(slog.NewTextHandler(l, &slog.HandlerOptions{Level: slog.LevelDebug}))
+// debugLogger logs everything, as text, to w (a *testutil.Buffer the test
+// inspects).
+func debugLogger(w io.Writer) *slog.Logger {
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
 // env is a CA, a server certificate on disk, and a listener config.
@@ -63,14 +31,14 @@ type env struct {
 	dir    string
 	ca     *testpki.Cert
 	server *testpki.Cert
-	clock  *fakeClock
-	logs   *logBuf
+	clock  *testutil.Clock
+	logs   *testutil.Buffer
 	cfg    ListenerConfig
 }
 
 func newEnv(t *testing.T, kt testpki.KeyType) *env {
 	t.Helper()
-	e := &env{dir: t.TempDir(), clock: newClock(), logs: &logBuf{}}
+	e := &env{dir: t.TempDir(), clock: newClock(), logs: &testutil.Buffer{}}
 	e.ca = testpki.NewRoot(t, "Moat Test CA "+kt.String(), kt)
 	e.server = e.ca.Issue(t, testpki.Options{CN: "localhost", DNS: []string{"localhost"}, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, Key: kt, KeyIndex: 1})
 	cf, kf := e.server.WriteFiles(t, e.dir, "server")
@@ -82,7 +50,7 @@ func newEnv(t *testing.T, kt testpki.KeyType) *env {
 		CAFile:       caFile,
 		PollInterval: 10 * time.Millisecond,
 		Now:          e.clock.Now,
-		Logger:       e.logs.logger(),
+		Logger:       debugLogger(e.logs),
 	}
 	return e
 }
