@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -55,19 +53,9 @@ type mosquitto struct {
 // extra is appended to the configuration.
 func startMosquitto(t testing.TB, extra string) *mosquitto {
 	t.Helper()
-	bin, err := exec.LookPath("mosquitto")
-	if err != nil {
-		if bin, err = exec.LookPath("/usr/sbin/mosquitto"); err != nil {
-			t.Skip("mosquitto not installed (apt-get install mosquitto)")
-		}
-	}
 	p := newPKI(t)
-	dir := t.TempDir()
-	peer := testutil.StartPeer(t, testutil.Peer{
-		Name:  "mosquitto",
-		Ports: 4,
-		Command: func(ports []int) *exec.Cmd {
-			conf := fmt.Sprintf(`per_listener_settings false
+	peer := testutil.StartMosquitto(t, 4, func(ports []int) string {
+		return fmt.Sprintf(`per_listener_settings false
 allow_anonymous true
 persistence false
 log_dest stderr
@@ -88,15 +76,6 @@ listener %d 127.0.0.1
 protocol websockets
 %s
 `, ports[0], ports[1], p.caFile, p.certFile, p.keyFile, ports[2], p.caFile, p.certFile, p.keyFile, ports[3], extra)
-			if os.Geteuid() == 0 {
-				conf = "user root\n" + conf
-			}
-			cf := filepath.Join(dir, "mosquitto.conf")
-			if err := os.WriteFile(cf, []byte(conf), 0o600); err != nil {
-				t.Fatal(err)
-			}
-			return exec.Command(bin, "-c", cf)
-		},
 	})
 	return &mosquitto{pki: p, tcp: peer.Addr(0), tls: peer.Addr(1), mtls: peer.Addr(2), ws: peer.Addr(3)}
 }
