@@ -117,7 +117,7 @@ func TestMosquittoACLFileInterop(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := startMosquitto(t, dir, pwfile, aclPath)
+	addr := startMosquitto(t, pwfile, aclPath)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -197,24 +197,10 @@ func TestMosquittoACLFileInterop(t *testing.T) {
 
 // startMosquitto starts mosquitto on a loopback port and returns its
 // address; it is stopped when the test ends.
-func startMosquitto(t *testing.T, dir, pwfile, aclPath string) string {
+func startMosquitto(t *testing.T, pwfile, aclPath string) string {
 	t.Helper()
-	m := testutil.StartPeer(t, testutil.Peer{
-		Name:  "mosquitto",
-		Ports: 1,
-		Command: func(ports []int) *exec.Cmd {
-			text := fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\npassword_file %s\nacl_file %s\n", ports[0], pwfile, aclPath)
-			if os.Geteuid() == 0 {
-				// Stay root: mosquitto would otherwise switch to a user
-				// that cannot read the test's temporary files.
-				text = "user root\n" + text
-			}
-			conf := filepath.Join(dir, "mosquitto.conf")
-			if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
-				t.Fatal(err)
-			}
-			return exec.Command("mosquitto", "-c", conf)
-		},
+	m := testutil.StartMosquitto(t, 1, func(ports []int) string {
+		return fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\npassword_file %s\nacl_file %s\n", ports[0], pwfile, aclPath)
 	})
 	return m.Addr(0)
 }
