@@ -4,9 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"net"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -19,21 +16,8 @@ import (
 // its address. The test is skipped when mosquitto is absent.
 func startMosquitto(t *testing.T) string {
 	t.Helper()
-	bin, err := exec.LookPath("mosquitto")
-	if err != nil {
-		t.Skip("mosquitto not installed")
-	}
-	conf := filepath.Join(t.TempDir(), "mosquitto.conf")
-	m := testutil.StartPeer(t, testutil.Peer{
-		Name:  "mosquitto",
-		Ports: 1,
-		Command: func(ports []int) *exec.Cmd {
-			cfg := fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\n", ports[0])
-			if err := os.WriteFile(conf, []byte(cfg), 0o600); err != nil {
-				t.Fatal(err)
-			}
-			return exec.Command(bin, "-c", conf)
-		},
+	m := testutil.StartMosquitto(t, 1, func(ports []int) string {
+		return fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\n", ports[0])
 	})
 	return m.Addr(0)
 }
