@@ -2,8 +2,6 @@ package pki
 
 import (
 	"fmt"
-	"os/exec"
-	"os/user"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -17,7 +15,6 @@ import (
 // mosquitto_pub using device certificates of several key types.
 func TestMosquittoAcceptsMoatCertificates(t *testing.T) {
 	t.Parallel()
-	mosquitto := needTool(t, "mosquitto")
 	pub := needTool(t, "mosquitto_pub")
 	ca := newCA(t, InitOptions{})
 	dir := t.TempDir()
@@ -39,12 +36,8 @@ func TestMosquittoAcceptsMoatCertificates(t *testing.T) {
 			}
 		}
 	}
-	u, _ := user.Current()
-	peer := testutil.StartPeer(t, testutil.Peer{
-		Name:  "mosquitto",
-		Ports: 1,
-		Command: func(ports []int) *exec.Cmd {
-			conf := fmt.Sprintf(`listener %d 127.0.0.1
+	peer := testutil.StartMosquitto(t, 1, func(ports []int) string {
+		return fmt.Sprintf(`listener %d 127.0.0.1
 cafile %s
 certfile %s
 keyfile %s
@@ -53,11 +46,8 @@ require_certificate true
 use_identity_as_username true
 allow_anonymous false
 persistence false
-user %s
 log_dest stderr
-`, ports[0], filepath.Join(ca.Dir(), FileRoot), filepath.Join(dir, "server.pem"), filepath.Join(dir, "server.key"), filepath.Join(ca.Dir(), FileCRL), u.Username)
-			return exec.Command(mosquitto, "-c", writeFile(t, filepath.Join(dir, "mosquitto.conf"), []byte(conf)))
-		},
+`, ports[0], filepath.Join(ca.Dir(), FileRoot), filepath.Join(dir, "server.pem"), filepath.Join(dir, "server.key"), filepath.Join(ca.Dir(), FileCRL))
 	})
 	port := peer.Ports[0]
 	tests := []struct {
