@@ -244,3 +244,16 @@ func (b *Buffer) String() string {
 	defer b.mu.Unlock()
 	return b.b.String()
 }
+
+// NeedTool returns the path of the program name (a name looked up in
+// PATH, or an absolute path) and skips the test when it is not installed.
+// `make deps` installs every Debian peer the tests use, so a full run
+// skips nothing.
+func NeedTool(t testing.TB, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		t.Skipf("%s not installed (make deps installs the test peers)", name)
+	}
+	return p
+}
