@@ -41,15 +41,6 @@ func newCA(t testing.TB, opts InitOptions) *CA {
 	return ca
 }
 
-func needTool(t testing.TB, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		t.Skipf("%s not installed", name)
-	}
-	return p
-}
-
 // run runs a command and returns its combined output; it fails the test
 // when the exit status differs from wantOK.
 func run(t testing.TB, wantOK bool, name string, args ...string) string {

@@ -15,7 +15,7 @@ import (
 // mosquitto_pub using device certificates of several key types.
 func TestMosquittoAcceptsMoatCertificates(t *testing.T) {
 	t.Parallel()
-	pub := needTool(t, "mosquitto_pub")
+	pub := testutil.NeedTool(t, "mosquitto_pub")
 	ca := newCA(t, InitOptions{})
 	dir := t.TempDir()
 	srv, err := ca.IssueServer("broker", []string{"localhost", "127.0.0.1"}, 0)
