@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
 	"net"
 	"os"
@@ -194,19 +193,6 @@ func readPacket(r *bufio.Reader) (byte, []byte, error) {
 
 // connectPacket is a minimal MQTT 3.1.1 CONNECT for client ID "c".
 var connectPacket = []byte{0x10, 0x0d, 0x00, 0x04, 'M', 'Q', 'T', 'T', 0x04, 0x02, 0x00, 0x3c, 0x00, 0x01, 'c'}
-
-func lookPath(t testing.TB, file string) string {
-	t.Helper()
-	if _, err := os.Stat(file); errors.Is(err, fs.ErrNotExist) {
-		t.Skipf("%s not installed", file)
-	}
-	return file
-}
-
-func hasPythonPaho(t testing.TB) string {
-	py := lookPath(t, "/usr/bin/python3")
-	return py
-}
 
 func tail(s string) string {
 	s = strings.TrimSpace(s)

@@ -437,7 +437,7 @@ func TestSecureWebSocket(t *testing.T) {
 // TestWebSocketPahoPython connects Debian's python3-paho-mqtt over ws:// and
 // wss:// to a fake broker that answers CONNACK.
 func TestWebSocketPahoPython(t *testing.T) {
-	py := hasPythonPaho(t)
+	py := testutil.NeedTool(t, "/usr/bin/python3")
 	if err := runCmd(t, py, "-c", "import paho.mqtt.client"); err != nil {
 		t.Skipf("python3-paho-mqtt not installed: %v", err)
 	}
