@@ -147,7 +147,6 @@ var allowedImports = map[string][]string{
 	"internal/packet":            {},
 	"internal/packet/packettest": {"internal/packet"},
 	"internal/pki":               {},
-	"internal/pki/pkitest":       {"internal/pki"},
 	// The store wraps its data key with the key service's KEK interface
 	// (key file, passphrase, KMS/HSM): one interface, two users.
 	"internal/store": {"e2e/keyservice"},
@@ -157,6 +156,10 @@ var allowedImports = map[string][]string{
 	// turns what it read into store operations.
 	"internal/store/mosquittodb": {"internal/packet", "internal/store"},
 	"internal/tlsconf":           {},
+	// Test helpers shared by every package's tests: the standard library,
+	// goleak and (testpki, for its OCSP responder) x/crypto only.
+	"internal/testutil":         {},
+	"internal/testutil/testpki": {},
 	// Test-only package: it runs `make install` and checks the files.
 	"packaging":      {},
 	"internal/topic": {},

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moatmq/moat/internal/testutil"
+
 	"github.com/coder/websocket"
 )
 
@@ -73,7 +75,7 @@ func TestParseTransport(t *testing.T) {
 }
 
 func TestTCPEcho(t *testing.T) {
-	checkNoLeaks(t)
+	testutil.CheckNoLeaks(t)
 	l := listen(t, Config{Name: "plain"})
 	if l.Name() != "plain" || l.Transport() != TCP {
 		t.Fatalf("Name/Transport = %q/%v", l.Name(), l.Transport())
@@ -122,7 +124,7 @@ func TestDefaultName(t *testing.T) {
 // ClientHello does not hold up Accept, and that the broker runs the
 // handshake itself with its own deadline.
 func TestTLSAcceptDoesNotHandshake(t *testing.T) {
-	checkNoLeaks(t)
+	testutil.CheckNoLeaks(t)
 	p := newTestPKI(t)
 	l := listen(t, Config{Name: "secure", Transport: TLS, TLS: p.serverTLS()})
 
@@ -207,7 +209,7 @@ func TestCloseUnblocksAcceptAndLeavesNoGoroutines(t *testing.T) {
 			name += "+proxy"
 		}
 		t.Run(name, func(t *testing.T) {
-			checkNoLeaks(t)
+			testutil.CheckNoLeaks(t)
 			cfg.Address = "127.0.0.1:0"
 			cfg.Logger = testLogger(t)
 			l, err := Listen(context.Background(), cfg)
@@ -262,7 +264,7 @@ func TestCloseUnblocksAcceptAndLeavesNoGoroutines(t *testing.T) {
 // TestSeveralListeners runs one listener per transport side by side and
 // checks each connection reports the listener it came through.
 func TestSeveralListeners(t *testing.T) {
-	checkNoLeaks(t)
+	testutil.CheckNoLeaks(t)
 	p := newTestPKI(t)
 	ls := map[string]*Listener{
 		"mqtt":  listen(t, Config{Name: "mqtt", Transport: TCP}),

@@ -22,7 +22,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/moatmq/moat/internal/tlsconf/internal/testcerts"
+	"github.com/moatmq/moat/internal/testutil/testpki"
 )
 
 // The FIPS tests run when the process is in FIPS 140-3 mode:
@@ -90,10 +90,10 @@ func TestFIPSListsMatchGo(t *testing.T) {
 // only one suite (or group) succeeds exactly when Moat calls it approved.
 func TestFIPSListsAgreeWithGo(t *testing.T) {
 	requireFIPS(t)
-	ca := testcerts.NewRoot(t, "Moat FIPS list CA", testcerts.P256)
+	ca := testpki.NewRoot(t, "Moat FIPS list CA", testpki.P256)
 	certs := map[string]tls.Certificate{}
-	for _, kt := range []testcerts.KeyType{testcerts.P256, testcerts.RSA2048} {
-		certs[kt.String()] = ca.Issue(t, testcerts.Options{CN: "localhost", DNS: []string{"localhost"}, Key: kt, KeyIndex: 1}).TLS()
+	for _, kt := range []testpki.KeyType{testpki.P256, testpki.RSA2048} {
+		certs[kt.String()] = ca.Issue(t, testpki.Options{CN: "localhost", DNS: []string{"localhost"}, Key: kt, KeyIndex: 1}).TLS()
 	}
 	for _, s := range suites {
 		if s.tls13 {
@@ -168,7 +168,7 @@ func TestFIPSConfigRefused(t *testing.T) {
 		_, err := ParseTLS13Ciphers("TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256")
 		wantFIPSErr(t, err, "TLS 1.3 cipher suite TLS_CHACHA20_POLY1305_SHA256")
 	})
-	e := newEnv(t, testcerts.P256)
+	e := newEnv(t, testpki.P256)
 	tests := []struct {
 		name string
 		mod  func(*ListenerConfig)
@@ -224,9 +224,9 @@ func names(ids []uint16) []string {
 // negotiates is approved: an AES-GCM suite and an approved group.
 func TestFIPSHandshake(t *testing.T) {
 	requireFIPS(t)
-	for _, kt := range []testcerts.KeyType{testcerts.P256, testcerts.RSA2048} {
+	for _, kt := range []testpki.KeyType{testpki.P256, testpki.RSA2048} {
 		e := newEnv(t, kt)
-		client := e.ca.Issue(t, testcerts.Options{CN: "fips-device", Key: kt, KeyIndex: 2})
+		client := e.ca.Issue(t, testpki.Options{CN: "fips-device", Key: kt, KeyIndex: 2})
 		srv := serve(t, e.manager(t))
 		for _, v := range []uint16{tls.VersionTLS12, tls.VersionTLS13} {
 			t.Run(kt.String()+"/"+tls.VersionName(v), func(t *testing.T) {
@@ -264,8 +264,8 @@ func TestFIPSOpenSSLClient(t *testing.T) {
 	if err != nil {
 		t.Skip("openssl not installed")
 	}
-	e := newEnv(t, testcerts.RSA2048)
-	client := e.ca.Issue(t, testcerts.Options{CN: "openssl-fips", Key: testcerts.RSA2048, KeyIndex: 2})
+	e := newEnv(t, testpki.RSA2048)
+	client := e.ca.Issue(t, testpki.Options{CN: "openssl-fips", Key: testpki.RSA2048, KeyIndex: 2})
 	cf, kf := client.WriteFiles(t, t.TempDir(), "client")
 	srv := serve(t, e.manager(t))
 	tests := []struct {
@@ -330,7 +330,7 @@ func TestFIPSServerKeyRefused(t *testing.T) {
 	if err := os.WriteFile(kf, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	e := newEnv(t, testcerts.P256)
+	e := newEnv(t, testpki.P256)
 	e.cfg.Certificates = []KeyPair{{CertFile: cf, KeyFile: kf}}
 	m, err := New(e.cfg)
 	if err == nil {

@@ -15,10 +15,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moatmq/moat/internal/testutil"
+
 	goldap "github.com/go-ldap/ldap/v3"
 
 	"github.com/moatmq/moat/internal/authn"
-	"github.com/moatmq/moat/internal/pki/pkitest"
+	"github.com/moatmq/moat/internal/testutil/testpki"
 )
 
 func newBackend(t *testing.T, cfg Config) *Backend {
@@ -130,7 +132,7 @@ func TestBind(t *testing.T) {
 		})
 	}
 	// StartTLS was really negotiated (slapd logs the extended operation).
-	if !strings.Contains(d.log.String(), "oid=1.3.6.1.4.1.1466.20037") {
+	if !strings.Contains(d.log(), "oid=1.3.6.1.4.1.1466.20037") {
 		t.Error("no StartTLS operation in slapd's log")
 	}
 }
@@ -254,7 +256,7 @@ func TestSecurityLDAPUserEnumeration(t *testing.T) {
 			reason = authenticate(t, b, user, pw).Reason
 			// slapd logs an operation when it has answered it; the answer
 			// has arrived, the log line follows.
-			waitFor(t, "slapd's log of the bind", func() bool { return d.count("BIND") > b0 })
+			testutil.WaitFor(t, "slapd's log of the bind", 10*time.Second, func() bool { return d.count("BIND") > b0 })
 			return reason, d.count("BIND") - b0, d.count("SRCH") - s0
 		}
 		r1, b1, s1 := ops("nobody", "guess")
@@ -363,7 +365,7 @@ func TestTimeouts(t *testing.T) {
 			c.Close()
 		}
 	})
-	ca := pkitest.New(t, pkitest.Options{})
+	ca := testpki.NewRoot(t, "silent server CA", testpki.P256)
 	for _, tc := range []struct {
 		name    string
 		cfg     Config
@@ -402,7 +404,7 @@ func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
 // never sees a password: LDAPS and StartTLS both fail closed.
 func TestSecurityLDAPUntrustedCertificate(t *testing.T) {
 	d := startSlapd(t)
-	other := pkitest.New(t, pkitest.Options{}).WriteRoot(t, t.TempDir())
+	other := testpki.NewRoot(t, "other CA", testpki.P256).WritePEM(t, filepath.Join(t.TempDir(), "ca.pem"))
 	for _, cfg := range []Config{templateConfig(d), searchConfig(t, d)} {
 		cfg.CAFile = other
 		b := newBackend(t, cfg)
@@ -501,7 +503,7 @@ func TestConcurrent(t *testing.T) {
 		t.Errorf("%d idle service connections, pool size 2", n)
 	}
 	b.Close()
-	waitFor(t, "the connections' goroutines to end", func() bool { return runtime.NumGoroutine() <= base })
+	testutil.WaitFor(t, "the connections' goroutines to end", 10*time.Second, func() bool { return runtime.NumGoroutine() <= base })
 	if _, err := b.Authenticate(t.Context(), request("alice", alicePW)); !errors.Is(err, authn.ErrUnavailable) {
 		t.Errorf("after Close: %v", err)
 	}

@@ -16,9 +16,9 @@ import (
 
 	"github.com/moatmq/moat/internal/broker"
 	"github.com/moatmq/moat/internal/packet"
-	"github.com/moatmq/moat/internal/pki/pkitest"
 	"github.com/moatmq/moat/internal/store"
 	"github.com/moatmq/moat/internal/store/brokerstore"
+	"github.com/moatmq/moat/internal/testutil/testpki"
 )
 
 // benchTLS is mutual TLS for the benchmark: the server's and one client's
@@ -26,9 +26,9 @@ import (
 type benchTLS struct{ server, client *tls.Config }
 
 func newBenchTLS(b *testing.B) *benchTLS {
-	ca := pkitest.New(b, pkitest.Options{})
-	srv := ca.Server(b, pkitest.Options{}, "127.0.0.1")
-	cl := ca.Client(b, pkitest.Options{}, "bench-client")
+	ca := testpki.NewRoot(b, "bench CA", testpki.P256)
+	srv := ca.Issue(b, testpki.ServerOptions())
+	cl := ca.Issue(b, testpki.Options{CN: "bench-client", EKU: testpki.ClientAuth})
 	return &benchTLS{
 		server: &tls.Config{Certificates: []tls.Certificate{srv.TLS()}, ClientCAs: ca.Pool(), ClientAuth: tls.RequireAndVerifyClientCert},
 		client: &tls.Config{Certificates: []tls.Certificate{cl.TLS()}, RootCAs: ca.Pool(), ServerName: "127.0.0.1"},
