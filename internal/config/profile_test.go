@@ -135,8 +135,6 @@ func TestProfileFacts(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := strings.Join(violationLines(c, c.ProfileViolations(ProfileFacts{OpenPolicies: []string{"m.yaml:2"}})), "\n")
-	c.Audit.Disabled = true
-	got = strings.Join(violationLines(c, c.ProfileViolations(ProfileFacts{OpenPolicies: []string{"m.yaml:2"}})), "\n")
 	for _, w := range []string{"FIPS 140-3 mode is off", "the audit log is required", "TLS 1.2 with suites NIST SP 800-52r2 does not approve", "access policy m.yaml:2 lets any client publish"} {
 		if !strings.Contains(got, w) {
 			t.Errorf("missing %q in:\n%s", w, got)
