@@ -90,7 +90,8 @@ func (p *servePlan) runningConfig() *config.Config {
 // reloadOnSIGHUP reloads the configuration on SIGHUP, and writes
 // DATA_DIR/moat.pid once the signal is handled, so that `moat reload`
 // never signals a broker that would die of it. The returned stop ends the
-// goroutine, waits for it and removes the pid file.
+// goroutine, waits for it and removes the pid file; calling it again does
+// nothing.
 func (p *servePlan) reloadOnSIGHUP() (stop func()) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -108,11 +109,14 @@ func (p *servePlan) reloadOnSIGHUP() (stop func()) {
 			}
 		}
 	})
+	var once sync.Once
 	return func() {
-		signal.Stop(hup)
-		close(done)
-		wg.Wait()
-		removePID()
+		once.Do(func() {
+			signal.Stop(hup)
+			close(done)
+			wg.Wait()
+			removePID()
+		})
 	}
 }
 
