@@ -204,8 +204,14 @@ func TestCrashDurability(t *testing.T) {
 		}
 		return m
 	}
+	q2count := func() int {
+		gotMu.Lock()
+		defer gotMu.Unlock()
+		return got[crashQ2Topic+" "+crashQ2Body]
+	}
+	// The QoS 2 message comes on its own connection: wait for it too.
 	deadline := time.Now().Add(30 * time.Second)
-	for len(missing()) > 0 && time.Now().Before(deadline) {
+	for (len(missing()) > 0 || q2count() == 0) && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	if m := missing(); len(m) > 0 {
