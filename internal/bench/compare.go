@@ -22,7 +22,7 @@ type Metric struct {
 
 // neutral names the figures shown for information only: neither higher
 // nor lower is better, so they have no best peer and no ratio.
-var neutral = map[string]bool{"accepted_per_s": true}
+var neutral = map[string]bool{"accepted_per_s": true, "steal_pct": true}
 
 func brokerMetric(f func(*BrokerStats) float64) func(*Result) (float64, bool) {
 	return func(r *Result) (float64, bool) {
