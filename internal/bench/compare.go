@@ -20,8 +20,9 @@ type Metric struct {
 	Get    func(*Result) (float64, bool)
 }
 
-// neutral names the figures shown for information only: neither higher
-// nor lower is better, so they have no best peer and no ratio.
+// neutral names the figures shown for information only, with no best
+// peer and no ratio: the open loop's accepted rate (neither higher nor
+// lower is better) and the hypervisor's steal (no broker's doing).
 var neutral = map[string]bool{"accepted_per_s": true, "steal_pct": true}
 
 func brokerMetric(f func(*BrokerStats) float64) func(*Result) (float64, bool) {

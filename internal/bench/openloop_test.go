@@ -1,6 +1,12 @@
 package bench
 
 import (
+	"bytes"
+	"context"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -123,5 +129,98 @@ func TestComparePeers(t *testing.T) {
 	}
 	if missed != 2 {
 		t.Errorf("missed %d targets, want 2", missed)
+	}
+}
+
+// TestOpenLoopSmoke runs the open-loop scenarios of `make bench` (g: p2p
+// QoS 1 with a deep window, h: fan-out QoS 0 at a fixed input rate) in
+// miniature against an in-process Moat and, when installed, Mosquitto: the
+// result carries the offered and accepted rates and the broker's figures.
+func TestOpenLoopSmoke(t *testing.T) {
+	brokers := map[string]string{"moat": startBroker(t, nil)}
+	pids := map[string]int{"moat": os.Getpid()}
+	if path, err := exec.LookPath("mosquitto"); err == nil {
+		brokers["mosquitto"], pids["mosquitto"] = startMosquitto(t, path)
+	} else {
+		t.Log("mosquitto not installed: Moat only")
+	}
+	for name, addr := range brokers {
+		for _, cfg := range []Config{
+			{Scenario: P2P, Pubs: 4, Subs: 4, QoS: 1, Inflight: 64, MsgRate: 500},
+			{Scenario: FanOut, Pubs: 1, Subs: 20, MsgRate: 200},
+		} {
+			t.Run(name+"/"+string(cfg.Scenario), func(t *testing.T) {
+				cfg.Addr, cfg.BrokerPID = addr, pids[name]
+				cfg.Duration, cfg.Drain, cfg.SampleInterval = 300*time.Millisecond, 2*time.Second, 100*time.Millisecond
+				cfg.Topic = "open/" + string(cfg.Scenario)
+				res, err := Run(context.Background(), cfg)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var buf bytes.Buffer
+				res.WriteTable(&buf)
+				t.Log("\n" + buf.String())
+				m := res.Messages
+				offered := cfg.MsgRate * float64(cfg.Pubs)
+				if res.Params.OfferedPerSecond != offered || !strings.Contains(buf.String(), "open loop") {
+					t.Errorf("offered %v, want %v, in the table too", res.Params.OfferedPerSecond, offered)
+				}
+				if m.AcceptedPerSecond <= 0 || m.AcceptedPerSecond > 1.5*offered {
+					t.Errorf("accepted %.0f/s for %.0f/s offered", m.AcceptedPerSecond, offered)
+				}
+				// (The broker's CPU over 300 ms may be under one clock tick:
+				// not checked.)
+				if m.Delivered == 0 || res.Broker == nil || res.Broker.RSSPeakMiB <= 0 {
+					t.Errorf("delivered %d, broker %+v", m.Delivered, res.Broker)
+				}
+			})
+		}
+	}
+}
+
+// startMosquitto runs Mosquitto on a free loopback port with the open
+// loop's queue and returns its address and process id.
+func startMosquitto(t *testing.T, path string) (string, int) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	_, port, _ := net.SplitHostPort(addr)
+	conf := filepath.Join(t.TempDir(), "mosquitto.conf")
+	if err := os.WriteFile(conf, []byte("allow_anonymous true\npersistence false\nlog_dest stderr\nlog_type error\n"+
+		"max_queued_messages 100000\nuser root\nlistener "+port+" 127.0.0.1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(path, "-c", conf)
+	var logs bytes.Buffer
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-exited
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+			return addr, cmd.Process.Pid
+		}
+		select {
+		case <-exited:
+			t.Fatalf("mosquitto exited: %s", logs.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("mosquitto does not listen on %s: %s", addr, logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
