@@ -39,7 +39,7 @@
 #   BENCH_NULLFWD    1 to add the null forwarder as a ceiling   (1)
 #   BENCH_OPEN_DURATION  scenarios g, h: the open loop's window (10s)
 #   BENCH_OPEN_RATE  scenario g: offered msgs/s per publisher,
-#                    100 publishers                             (2500)
+#                    100 publishers                             (5000)
 #   BENCH_FANOUT_RATE  scenario h: msgs/s in, 1 -> BENCH_FAN     (2000)
 #   BENCH_HANDSHAKES scenario i: handshakes per broker           (2000)
 #   BENCH_PEERS      Go peers built and run: mochi natsmqtt      (both)
@@ -69,7 +69,7 @@ KEX=${BENCH_KEX:-classical}
 NULLFWD=${BENCH_NULLFWD:-1}
 SCENARIOS=${BENCH_SCENARIOS:-a b c d e f g h i}
 ODUR=${BENCH_OPEN_DURATION:-10s}
-OPEN_RATE=${BENCH_OPEN_RATE:-2500}
+OPEN_RATE=${BENCH_OPEN_RATE:-5000}
 FANOUT_RATE=${BENCH_FANOUT_RATE:-2000}
 HANDSHAKES=${BENCH_HANDSHAKES:-2000}
 PEERS=${BENCH_PEERS-mochi natsmqtt}
