@@ -1,18 +1,26 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark of Moat and Mosquitto (`make bench`).
+# Side-by-side benchmark of Moat and its peers (`make bench`): Mosquitto,
+# mochi-mqtt v2 and nats-server's MQTT side.
 #
-# Installs Mosquitto 2.x from Debian when missing, builds moat, writes a
-# throw-away PKI, then for every scenario starts each broker fresh from the
-# SAME mosquitto.conf (plain, TLS and mutual-TLS listeners, same certificates),
-# drives it with the same `moat bench` client, and finally prints a markdown
-# table with the Moat/Mosquitto ratio per metric (also written to the results
-# directory). Brokers are interleaved scenario by scenario so that a change in
-# machine load hits both. Everything listens on 127.0.0.1.
+# Installs Mosquitto 2.x from Debian when missing, builds moat, builds the
+# Go peers (bench/peers, their own module) from the Go module proxy into a
+# cache directory, writes a throw-away PKI, then for every scenario starts
+# each broker fresh: Moat and Mosquitto from the SAME mosquitto.conf (plain,
+# TLS and mutual-TLS listeners, same certificates), mochi and nats-server
+# with the same certificates and listeners on the same ports. Each is driven
+# by the same `moat bench` client, and a markdown table finally gives every
+# broker's figures and Moat's ratio to the best peer per metric (also written
+# to the results directory). Brokers are interleaved scenario by scenario so
+# that a change in machine load hits all. Everything listens on 127.0.0.1.
 #
 # Throughput scenarios (c, d, e) run closed loop (--max-backlog): publishers
 # pause while too many deliveries are outstanding, so "delivered msgs/s" is
 # the rate each broker sustains without piling up a queue, not its behaviour
-# in overload. Drop --max-backlog to measure overload instead.
+# in overload. Scenarios g and h measure overload: open loop, publishers at
+# a fixed offered rate faster than the subscribers can take (Moat and
+# Mosquitto with max_queued_messages 100000; mochi and nats with their
+# defaults). Scenario i is the mutual-TLS handshake against the crypto floor
+# (the null forwarder: a bare crypto/tls server), and the resumption storm.
 #
 # Knobs (environment):
 #   BENCH_DURATION   publishing time per scenario and broker, over
@@ -29,7 +37,17 @@
 #   BENCH_KEX        TLS key exchange: classical, pq, p256      (classical;
 #                    Debian's Mosquitto/OpenSSL 3.0 has no ML-KEM)
 #   BENCH_NULLFWD    1 to add the null forwarder as a ceiling   (1)
-#   BENCH_SCENARIOS  subset to run, e.g. "a c"                  (a b c d e f)
+#   BENCH_OPEN_DURATION  scenarios g, h: the open loop's window (10s)
+#   BENCH_OPEN_RATE  scenario g: offered msgs/s per publisher,
+#                    100 publishers                             (5000)
+#   BENCH_FANOUT_RATE  scenario h: msgs/s in, 1 -> BENCH_FAN     (2000)
+#   BENCH_HANDSHAKES scenario i: handshakes per broker           (2000)
+#   BENCH_PEERS      Go peers built and run: mochi natsmqtt      (both)
+#   BENCH_IDLE_PEERS peers in scenario f (mochi holds ~0.4 MiB
+#                    per idle connection, 8 GB at 20,000)       (natsmqtt)
+#   BENCH_PEER_CACHE where the peers are built
+#                    (${XDG_CACHE_HOME:-~/.cache}/moat-bench-peers)
+#   BENCH_SCENARIOS  subset to run, e.g. "a c"            (a b c d e f g h i)
 #   BENCH_ROUNDS     scenarios a, c, d, e run in this many rounds that
 #                    alternate the brokers, each a share of the
 #                    duration; the rounds are merged per broker   (3)
@@ -49,7 +67,14 @@ HOLD=${BENCH_HOLD:-5s}
 KEYTYPE=${BENCH_KEY_TYPE:-ecdsa}
 KEX=${BENCH_KEX:-classical}
 NULLFWD=${BENCH_NULLFWD:-1}
-SCENARIOS=${BENCH_SCENARIOS:-a b c d e f}
+SCENARIOS=${BENCH_SCENARIOS:-a b c d e f g h i}
+ODUR=${BENCH_OPEN_DURATION:-10s}
+OPEN_RATE=${BENCH_OPEN_RATE:-5000}
+FANOUT_RATE=${BENCH_FANOUT_RATE:-2000}
+HANDSHAKES=${BENCH_HANDSHAKES:-2000}
+PEERS=${BENCH_PEERS-mochi natsmqtt}
+IDLE_PEERS=${BENCH_IDLE_PEERS-natsmqtt}
+PEER_CACHE=${BENCH_PEER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/moat-bench-peers}
 ROUNDS=${BENCH_ROUNDS:-3}
 PORT=${BENCH_PORT:-18830}
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
@@ -60,6 +85,22 @@ P_PLAIN=$PORT P_TLS=$((PORT + 1)) P_MTLS=$((PORT + 2)) P_NULL=$((PORT + 3)) P_NU
 command -v mosquitto >/dev/null || ./scripts/install-deps.sh mosquitto
 go build -o bin/moat ./cmd/moat
 MOAT=$PWD/bin/moat
+
+# The Go peers: built from the module proxy (the versions pinned in
+# bench/peers/go.mod), incrementally, into the cache directory. A peer that
+# does not build (no network, no module cache) is left out, with a warning.
+BUILT=""
+if [ -n "$PEERS" ]; then
+  mkdir -p "$PEER_CACHE"
+  for p in $PEERS; do
+    if (cd bench/peers && GOFLAGS=-mod=mod go build -o "$PEER_CACHE/$p" "./$p"); then
+      BUILT="$BUILT $p"
+    else
+      echo "bench: building peer $p failed (is the Go module proxy reachable?); it is left out" >&2
+    fi
+  done
+fi
+PEERS=${BUILT# }
 
 # Tens of thousands of sockets: raise the open-file limit as far as allowed.
 # Where the hard limit is too low for BENCH_IDLE connections (the broker and
@@ -85,6 +126,7 @@ trap cleanup EXIT
 
 "$MOAT" bench certs --dir "$WORK/pki" --key-type "$KEYTYPE" >/dev/null
 PKI=$WORK/pki
+CONF=$WORK/broker.conf
 
 # One configuration for both brokers. `user root` only matters to Mosquitto
 # when started as root (Moat ignores it and never switches user).
@@ -115,6 +157,9 @@ keyfile $PKI/server.key
 require_certificate true
 use_identity_as_username true
 CONF
+# The open loop (scenarios g, h) lets the brokers queue deeply, as in the
+# overload the scenarios stand for.
+sed 's/^max_queued_messages .*/max_queued_messages 100000/' "$WORK/broker.conf" >"$WORK/broker-open.conf"
 
 # Moat reads the same settings from YAML, plus a defense section: the load
 # generator opens every connection from 127.0.0.1 and its publishers send
@@ -154,33 +199,64 @@ defense:
   byte_burst: 1000000000
 CONF
 
+MOAT_CONF=$WORK/moat.yaml
+sed 's/max_queued_messages: 1000}/max_queued_messages: 100000}/' "$WORK/moat.yaml" >"$WORK/moat-open.yaml"
+
+# wait_port PORT: 0 once something listens on PORT, 1 when the broker
+# exited or nothing listens within 10 s.
 wait_port() {
   for _ in $(seq 100); do
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    kill -0 "$BROKER_PID" 2>/dev/null || return 1
     sleep 0.1
   done
-  echo "bench: nothing listens on port $1; see $OUT/$2.log" >&2
   return 1
 }
 
-start_broker() { # NAME ID
+# start_broker NAME ID [tls]: starts NAME and waits for its listeners. A
+# broker that exits or does not listen (most often a port still held by the
+# previous one) is started again, three times at most.
+start_broker() {
+  local try
+  for try in 1 2 3; do
+    start_once "$@"
+    local ports=($P_PLAIN $P_MTLS)
+    case $1 in
+    nullfwd|floor) if [ "$3" = tls ]; then ports=($P_NULLTLS); else ports=($P_NULL); fi ;;
+    natsmqtt) if [ "$3" = tls ]; then ports=($P_MTLS); else ports=($P_PLAIN); fi ;;
+    esac
+    local ok=1 p
+    for p in "${ports[@]}"; do wait_port "$p" || { ok=0; break; }; done
+    [ $ok = 1 ] && return 0
+    echo "bench: $1 does not listen on ${ports[*]} (attempt $try); see $OUT/$2.$1.log" >&2
+    stop_broker
+    sleep 1
+  done
+  return 1
+}
+
+start_once() { # NAME ID [tls]
+  # exec: BROKER_PID must be the broker itself (its CPU and RSS are read).
+  local log="$OUT/$2.$1.log"
   case $1 in
-  moat) "$MOAT" serve -c "$WORK/moat.yaml" --data "$WORK/moat-data" >>"$OUT/$2.moat.log" 2>&1 &
-    BROKER_PID=$! ;;
-  mosquitto) mosquitto -c "$WORK/broker.conf" >>"$OUT/$2.mosquitto.log" 2>&1 &
-    BROKER_PID=$! ;;
-  nullfwd)
+  moat) exec "$MOAT" serve -c "$MOAT_CONF" --data "$WORK/moat-data" >>"$log" 2>&1 ;;
+  mosquitto) exec mosquitto -c "$CONF" >>"$log" 2>&1 ;;
+  mochi) exec "$PEER_CACHE/mochi" -plain 127.0.0.1:$P_PLAIN -mtls 127.0.0.1:$P_MTLS \
+    -cafile "$PKI/ca.pem" -cert "$PKI/server.pem" -key "$PKI/server.key" >>"$log" 2>&1 ;;
+  natsmqtt)
     if [ "$3" = tls ]; then
-      "$MOAT" bench nullfwd --listen 127.0.0.1:$P_NULLTLS --cert "$PKI/server.pem" --key "$PKI/server.key" --cafile "$PKI/ca.pem" >>"$OUT/$2.nullfwd.log" 2>&1 &
+      exec "$PEER_CACHE/natsmqtt" -mtls 127.0.0.1:$P_MTLS -cafile "$PKI/ca.pem" -cert "$PKI/server.pem" -key "$PKI/server.key" >>"$log" 2>&1
     else
-      "$MOAT" bench nullfwd --listen 127.0.0.1:$P_NULL >>"$OUT/$2.nullfwd.log" 2>&1 &
-    fi
-    BROKER_PID=$! ;;
-  esac
-  case $1 in
-  nullfwd) if [ "$3" = tls ]; then wait_port $P_NULLTLS "$2.$1"; else wait_port $P_NULL "$2.$1"; fi ;;
-  *) wait_port $P_PLAIN "$2.$1" && wait_port $P_MTLS "$2.$1" ;;
-  esac
+      exec "$PEER_CACHE/natsmqtt" -plain 127.0.0.1:$P_PLAIN >>"$log" 2>&1
+    fi ;;
+  nullfwd|floor)
+    if [ "$3" = tls ]; then
+      exec "$MOAT" bench nullfwd --listen 127.0.0.1:$P_NULLTLS --cert "$PKI/server.pem" --key "$PKI/server.key" --cafile "$PKI/ca.pem" >>"$log" 2>&1
+    else
+      exec "$MOAT" bench nullfwd --listen 127.0.0.1:$P_NULL >>"$log" 2>&1
+    fi ;;
+  esac &
+  BROKER_PID=$!
 }
 
 stop_broker() {
@@ -190,6 +266,9 @@ stop_broker() {
 }
 
 MTLS=(--cafile "$PKI/ca.pem" --client-ca "$PKI/ca.pem" --client-ca-key "$PKI/ca.key" --kex "$KEX")
+# Scenario i: the client offers what Go offers by default
+# (X25519MLKEM768 first, X25519 too, which Mosquitto picks).
+MTLS_GO=(--cafile "$PKI/ca.pem" --client-ca "$PKI/ca.pem" --client-ca-key "$PKI/ca.key")
 
 # run ID TRANSPORT BROKERS -- moat bench args...
 # Results go to $OUT/ID.BROKER.* unless RUN_DIR and RUN_SUFFIX say otherwise
@@ -201,15 +280,20 @@ run() {
   for b in $brokers; do
     local port
     case $b/$transport in
-    nullfwd/plain) port=$P_NULL ;;
-    nullfwd/mtls) port=$P_NULLTLS ;;
+    nullfwd/plain|floor/plain) port=$P_NULL ;;
+    nullfwd/mtls|floor/mtls) port=$P_NULLTLS ;;
     */plain) port=$P_PLAIN ;;
     */mtls) port=$P_MTLS ;;
     esac
     local tls=()
-    [ "$transport" = mtls ] && tls=("${MTLS[@]}")
+    if [ "$transport" = mtls ]; then
+      if [ -n "${GO_KEX:-}" ]; then tls=("${MTLS_GO[@]}"); else tls=("${MTLS[@]}"); fi
+    fi
     echo "== $id on $b ($transport): moat bench $*" >&2
-    start_broker "$b" "$id" "$([ "$transport" = mtls ] && echo tls)"
+    if ! start_broker "$b" "$id" "$([ "$transport" = mtls ] && echo tls)"; then
+      echo "bench: $id on $b skipped: the broker did not start" >&2
+      continue
+    fi
     timeout --kill-after=10s 900 "$MOAT" bench "$@" --addr 127.0.0.1:$port "${tls[@]}" --label "$id $b" --broker-pid "$BROKER_PID" \
       --interval 2s --json "$dir/$id.$b$sfx.json" --html "$dir/$id.$b$sfx.html" >"$dir/$id.$b$sfx.txt" || echo "bench: $id on $b failed" >&2
     stop_broker
@@ -249,7 +333,10 @@ secs() {
   echo "$total"
 }
 
-BROKERS="moat mosquitto"
+BROKERS="moat mosquitto $PEERS"
+IDLE_BROKERS="moat mosquitto"
+for p in $IDLE_PEERS; do case " $PEERS " in *" $p "*) IDLE_BROKERS="$IDLE_BROKERS $p" ;; esac; done
+OSECS=$(secs "$ODUR")
 DSECS=$(secs "$DUR")
 FSECS=$(secs "$FDUR")
 # The null forwarder is a ceiling for reference: one run, not in rounds.
@@ -283,29 +370,62 @@ for s in $SCENARIOS; do
     rounds e-fanin-qos1 plain "$BROKERS" "$DSECS" -- "${args[@]}"
     nullfwd e-fanin-qos1 plain nullfwd -- "${args[@]}" -d "$DUR"
     ;;
-  f) run f-idle-mtls mtls "$BROKERS" -- conn -n "$IDLE" -d "$HOLD" --source-addrs 8 --conn-concurrency 128 --connect-timeout 60s ;;
-  *) echo "bench: unknown scenario $s (a-f)" >&2; exit 2 ;;
+  f) run f-idle-mtls mtls "$IDLE_BROKERS" -- conn -n "$IDLE" -d "$HOLD" --source-addrs 8 --conn-concurrency 128 --connect-timeout 60s ;;
+  g)
+    CONF=$WORK/broker-open.conf MOAT_CONF=$WORK/moat-open.yaml run g-open-p2p-qos1 plain "$BROKERS" -- \
+      p2p --pubs 100 --subs 100 --qos 1 --size 64 --inflight 64 --rate "$OPEN_RATE" -d "${OSECS}s" --drain 5s
+    ;;
+  h)
+    CONF=$WORK/broker-open.conf MOAT_CONF=$WORK/moat-open.yaml run h-open-fanout-qos0 plain "$BROKERS" -- \
+      fanout --pubs 1 --subs "$FAN" --qos 0 --size 64 --rate "$FANOUT_RATE" -d "${OSECS}s" --drain 5s
+    ;;
+  i)
+    # The floor is the null forwarder over TLS: crypto/tls doing the same
+    # mutual-TLS handshake, with nothing of a broker around it. Results go
+    # to their own directory, compared with the floor below.
+    mkdir -p "$OUT/handshake"
+    GO_KEX=1 RUN_DIR="$OUT/handshake" run i1-handshake-mtls mtls "moat floor $BROKERS" -- conn -n "$HANDSHAKES" -d 1s
+    GO_KEX=1 RUN_DIR="$OUT/handshake" run i2-resume-mtls mtls "moat floor" -- conn -n "$HANDSHAKES" -d 1s --resume
+    ;;
+  *) echo "bench: unknown scenario $s (a-i)" >&2; exit 2 ;;
   esac
 done
 
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 {
-  echo "# moat bench vs Mosquitto, $STAMP"
+  echo "# moat bench vs Mosquitto${PEERS:+, ${PEERS// /, }}, $STAMP"
   echo
   echo "Command: \`make bench\` (scripts/bench.sh), BENCH_DURATION=$DUR, BENCH_FACTORY_DURATION=$FDUR, BENCH_ROUNDS=$ROUNDS, key type $KEYTYPE, key exchange $KEX;"
   echo "$(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(go version | cut -d' ' -f3), $(mosquitto -h 2>/dev/null | head -1 | sed 's/ is an MQTT.*//');"
   echo "load average before: $LOAD_BEFORE, after: $LOAD_AFTER; wall time $(($(date +%s) - START)) s;"
-  echo "open-file limit $FDS, so scenario f held $IDLE idle connections."
+  echo "open-file limit $FDS, so scenario f held $IDLE idle connections ($IDLE_BROKERS)."
+  echo "Peers: mochi-mqtt $(sed -n 's/.*mochi-mqtt\/server\/v2 \(v[^ ]*\).*/\1/p' bench/peers/go.mod), nats-server $(sed -n 's/.*nats-server\/v2 \(v[^ ]*\).*/\1/p' bench/peers/go.mod) (MQTT, JetStream); open loop (g, h): ${OSECS} s window, g offers $((OPEN_RATE * 100)) msgs/s, h $FANOUT_RATE msgs/s in."
   echo
 } >"$OUT/summary.md"
 set +e
-"$MOAT" bench compare "$OUT" --extra nullfwd \
+PEER_LIST=$(echo mosquitto $PEERS | tr ' ' ,)
+"$MOAT" bench compare "$OUT" --peers "$PEER_LIST" --extra nullfwd \
   --target a1-factory-plain:latency_p99_ms\<=1 --target a2-factory-mtls:latency_p99_ms\<=1 \
   --target a3-factory-mtls-e2e:latency_p99_ms\<=1 \
   --target b-mtls-storm:conn_per_s\>=2 --target b-mtls-storm:cpu_per_conn_ms\<=0.7 \
   --target c-p2p-qos1-mtls:delivered_per_s\>=2 --target d-fanout-qos0:delivered_per_s\>=2 \
-  --target e-fanin-qos1:delivered_per_s\>=2 --target f-idle-mtls:rss_per_conn_kib\<=1.5 >>"$OUT/summary.md"
+  --target e-fanin-qos1:delivered_per_s\>=2 --target f-idle-mtls:rss_per_conn_kib\<=1.5 \
+  --target g-open-p2p-qos1:delivered_per_s\>=2 --target h-open-fanout-qos0:delivered_per_s\>=1 \
+  --target h-open-fanout-qos0:cpu_per_msg_us\<=1 >>"$OUT/summary.md"
 status=$?
+if [ -d "$OUT/handshake" ]; then
+  {
+    echo
+    echo "## Mutual-TLS handshake against the crypto floor (scenario i)"
+    echo
+    echo "The floor is crypto/tls alone (the null forwarder over TLS) doing the same handshake; the client offers Go's default groups. i2 resumes TLS sessions (tickets) instead of full handshakes."
+    echo
+    "$MOAT" bench compare "$OUT/handshake" --peers floor --extra "$(echo mosquitto $PEERS | tr ' ' ,)" \
+      --target i1-handshake-mtls:cpu_per_conn_ms\<=1.1
+  } >>"$OUT/summary.md"
+  s2=$?
+  [ $status -ne 0 ] || status=$s2
+fi
 set -e
 cp "$OUT/summary.md" bench/results/latest.md
 cat "$OUT/summary.md"

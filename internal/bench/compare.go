@@ -20,6 +20,11 @@ type Metric struct {
 	Get    func(*Result) (float64, bool)
 }
 
+// neutral names the figures shown for information only, with no best
+// peer and no ratio: the open loop's accepted rate (neither higher nor
+// lower is better) and the hypervisor's steal (no broker's doing).
+var neutral = map[string]bool{"accepted_per_s": true, "steal_pct": true}
+
 func brokerMetric(f func(*BrokerStats) float64) func(*Result) (float64, bool) {
 	return func(r *Result) (float64, bool) {
 		if r.Broker == nil {
@@ -34,6 +39,11 @@ func brokerMetric(f func(*BrokerStats) float64) func(*Result) (float64, bool) {
 var Metrics = []Metric{
 	{"delivered_per_s", "delivered msgs/s", true, "", func(r *Result) (float64, bool) {
 		return r.Messages.DeliveredPerSecond, r.Scenario != string(Conn)
+	}},
+	// Open loop: what the broker took from the publishers in the window
+	// (above the delivered rate, it queues).
+	{"accepted_per_s", "accepted msgs/s (open loop)", true, "", func(r *Result) (float64, bool) {
+		return r.Messages.AcceptedPerSecond, r.Params.OfferedPerSecond > 0
 	}},
 	{"loss_pct", "lost %", false, "%", func(r *Result) (float64, bool) {
 		return 100 * r.Messages.LossRate, r.Messages.Expected >= 0 && r.Scenario != string(Conn)
@@ -168,19 +178,48 @@ func fmtVal(v float64) string {
 	return strconv.FormatFloat(v, 'g', 2, 64)
 }
 
-// Compare writes a markdown table of every metric present in both the
-// first and the second broker's results, scenario by scenario, with the
-// ratio first/second, any further brokers (e.g. a null forwarder) as
-// extra columns, and whether each target is met. It returns the number of
-// targets missed.
-func Compare(w io.Writer, results map[string]map[string]*Result, first, second string, extra []string, targets []Target) int {
+// bestPeer returns the index in vals of the best value of m among those
+// present (ok), or -1 when none is.
+func bestPeer(m Metric, vals []float64, ok []bool) int {
+	best := -1
+	for i, v := range vals {
+		if !ok[i] {
+			continue
+		}
+		if best < 0 || m.Higher && v > vals[best] || !m.Higher && v < vals[best] {
+			best = i
+		}
+	}
+	return best
+}
+
+// Compare writes a markdown table of every metric present in the first
+// broker's results and at least one peer's, scenario by scenario. With one
+// peer it gives the ratio first/peer; with several, every peer's value,
+// the best peer per row and the ratio first/best. Further brokers (extra,
+// e.g. a null forwarder) are shown as columns, outside the comparison.
+// Targets apply to the ratio to the best peer (the only peer when there is
+// one); it returns the number of targets missed.
+func Compare(w io.Writer, results map[string]map[string]*Result, first string, peers, extra []string, targets []Target) int {
 	ids := make([]string, 0, len(results))
 	for id := range results {
 		ids = append(ids, id)
 	}
 	slices.Sort(ids)
-	hdr := "| scenario | metric | " + first + " | " + second + " | " + first + "/" + second + " | target |"
-	sep := "| --- | --- | ---: | ---: | ---: | --- |"
+	many := len(peers) > 1
+	hdr := "| scenario | metric | " + first + " |"
+	sep := "| --- | --- | ---: |"
+	for _, p := range peers {
+		hdr += " " + p + " |"
+		sep += " ---: |"
+	}
+	if many {
+		hdr += " best peer | " + first + "/best | target |"
+		sep += " --- | ---: | --- |"
+	} else {
+		hdr += " " + first + "/" + strings.Join(peers, "") + " | target |"
+		sep += " ---: | --- |"
+	}
 	for _, e := range extra {
 		hdr += " " + e + " |"
 		sep += " ---: |"
@@ -188,19 +227,32 @@ func Compare(w io.Writer, results map[string]map[string]*Result, first, second s
 	fmt.Fprintln(w, hdr)
 	fmt.Fprintln(w, sep)
 	missed := 0
+	vals, oks := make([]float64, len(peers)), make([]bool, len(peers))
 	for _, id := range ids {
-		a, b := results[id][first], results[id][second]
-		if a == nil || b == nil {
+		a := results[id][first]
+		if a == nil {
 			continue
 		}
 		for _, m := range Metrics {
 			va, ok1 := m.Get(a)
-			vb, ok2 := m.Get(b)
-			if !ok1 || !ok2 {
+			if !ok1 {
 				continue
 			}
-			ratio := "–"
-			if vb != 0 {
+			for i, p := range peers {
+				vals[i], oks[i] = 0, false
+				if r := results[id][p]; r != nil {
+					vals[i], oks[i] = m.Get(r)
+				}
+			}
+			bi := bestPeer(m, vals, oks)
+			if bi < 0 {
+				continue
+			}
+			vb := vals[bi]
+			ratio, bestName := "–", peers[bi]
+			if neutral[m.Name] {
+				bestName = "–"
+			} else if vb != 0 {
 				ratio = fmt.Sprintf("%.2f×", va/vb)
 			}
 			tgt := ""
@@ -233,7 +285,18 @@ func Compare(w io.Writer, results map[string]map[string]*Result, first, second s
 			if m.Unit == "%" && !strings.HasSuffix(m.Label, "%") {
 				unit = " (%)"
 			}
-			fmt.Fprintf(w, "| %s | %s%s | %s | %s | %s | %s |", id, m.Label, unit, fmtVal(va), fmtVal(vb), ratio, tgt)
+			fmt.Fprintf(w, "| %s | %s%s | %s |", id, m.Label, unit, fmtVal(va))
+			for i := range peers {
+				cell := ""
+				if oks[i] {
+					cell = fmtVal(vals[i])
+				}
+				fmt.Fprintf(w, " %s |", cell)
+			}
+			if many {
+				fmt.Fprintf(w, " %s |", bestName)
+			}
+			fmt.Fprintf(w, " %s | %s |", ratio, tgt)
 			for _, e := range extra {
 				cell := ""
 				if r := results[id][e]; r != nil {

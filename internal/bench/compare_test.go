@@ -44,7 +44,7 @@ func TestCompare(t *testing.T) {
 		targets = append(targets, tg)
 	}
 	var sb strings.Builder
-	missed := Compare(&sb, res, "moat", "mosquitto", []string{"nullfwd"}, targets)
+	missed := Compare(&sb, res, "moat", []string{"mosquitto"}, []string{"nullfwd"}, targets)
 	out := sb.String()
 	t.Log("\n" + out)
 	if missed != 1 {

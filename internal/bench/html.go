@@ -185,5 +185,8 @@ func (r *Result) writeParams(w io.Writer) {
 	fmt.Fprintf(w, "scenario %s, start %s, elapsed %.1fs, GOMAXPROCS %d\n", r.Scenario, r.Start.Format("2006-01-02 15:04:05Z"), r.Elapsed, r.GoMaxProcs)
 	fmt.Fprintf(w, "clients %d, publishers %d, subscribers %d, conn rate %g/s\n", p.Clients, p.Pubs, p.Subs, p.ConnRate)
 	fmt.Fprintf(w, "QoS %d, payload %d B, rate %g msg/s per publisher, inflight %d, max backlog %d, duration %gs, encrypted %v\n", p.QoS, p.PayloadSize, p.MsgRate, p.Inflight, p.MaxBacklog, p.DurationSeconds, p.Encrypted)
+	if p.OfferedPerSecond > 0 {
+		fmt.Fprintf(w, "open loop: %g msg/s offered in all\n", p.OfferedPerSecond)
+	}
 	fmt.Fprintf(w, "TLS %v, mutual %v, key exchange %q, client certificates %d, resumption %v\n", p.TLS, p.MutualTLS, p.KeyExchange, p.ClientCerts, p.Resume)
 }

@@ -65,6 +65,7 @@ func MergeResults(rs []*Result) (*Result, error) {
 		ms := &m.Messages
 		ms.Sent += r.Messages.Sent
 		ms.Acked += r.Messages.Acked
+		ms.AckedInWindow += r.Messages.AckedInWindow
 		ms.Delivered += r.Messages.Delivered
 		ms.DeliveredInWindow += r.Messages.DeliveredInWindow
 		if ms.Expected >= 0 && r.Messages.Expected >= 0 {
@@ -121,6 +122,10 @@ func MergeResults(rs []*Result) (*Result, error) {
 	if ms.WindowSeconds > 0 {
 		ms.SentPerSecond = float64(ms.Sent) / ms.WindowSeconds
 		ms.DeliveredPerSecond = float64(ms.DeliveredInWindow) / ms.WindowSeconds
+		ms.AcceptedPerSecond = ms.SentPerSecond
+		if m.Params.QoS > 0 {
+			ms.AcceptedPerSecond = float64(ms.AckedInWindow) / ms.WindowSeconds
+		}
 	}
 
 	m.Latency = lat.Summary()
@@ -168,7 +173,7 @@ func mergeBroker(bs []*BrokerStats, rs []*Result, m *Result) *BrokerStats {
 		out.CPUPerConnectMs = 1e3 * out.ConnectCPUSeconds / float64(n)
 		out.RSSPerConnKiB = rssPerConn / float64(n)
 	}
-	if d := m.Messages.Delivered; d > 0 {
+	if d := cpuDeliveries(m); d > 0 {
 		out.CPUPerMessageUs = 1e6 * out.PhaseCPUSeconds / float64(d)
 	}
 	return out

@@ -42,23 +42,26 @@ type Result struct {
 
 // Params echoes the configuration of a run.
 type Params struct {
-	Addr            string  `json:"addr"`
-	TLS             bool    `json:"tls"`
-	MutualTLS       bool    `json:"mtls"`
-	KeyExchange     string  `json:"key_exchange,omitempty"`
-	ClientCerts     int     `json:"client_certs"`
-	Resume          bool    `json:"resume"`
-	Clients         int     `json:"clients,omitempty"`
-	Pubs            int     `json:"pubs,omitempty"`
-	Subs            int     `json:"subs,omitempty"`
-	ConnRate        float64 `json:"conn_rate,omitempty"`
-	QoS             byte    `json:"qos"`
-	PayloadSize     int     `json:"payload_size"`
-	MsgRate         float64 `json:"msg_rate"`
-	Inflight        int     `json:"inflight"`
-	MaxBacklog      int     `json:"max_backlog,omitempty"`
-	DurationSeconds float64 `json:"duration_s"`
-	Encrypted       bool    `json:"encrypted"`
+	Addr        string  `json:"addr"`
+	TLS         bool    `json:"tls"`
+	MutualTLS   bool    `json:"mtls"`
+	KeyExchange string  `json:"key_exchange,omitempty"`
+	ClientCerts int     `json:"client_certs"`
+	Resume      bool    `json:"resume"`
+	Clients     int     `json:"clients,omitempty"`
+	Pubs        int     `json:"pubs,omitempty"`
+	Subs        int     `json:"subs,omitempty"`
+	ConnRate    float64 `json:"conn_rate,omitempty"`
+	QoS         byte    `json:"qos"`
+	PayloadSize int     `json:"payload_size"`
+	MsgRate     float64 `json:"msg_rate"`
+	Inflight    int     `json:"inflight"`
+	MaxBacklog  int     `json:"max_backlog,omitempty"`
+	// OfferedPerSecond is the open loop's offered load, messages per
+	// second over all publishers (a rate and no max backlog); 0 otherwise.
+	OfferedPerSecond float64 `json:"offered_per_s,omitempty"`
+	DurationSeconds  float64 `json:"duration_s"`
+	Encrypted        bool    `json:"encrypted"`
 }
 
 // ConnectStats describes the connection phase.
@@ -81,8 +84,10 @@ type ConnectStats struct {
 // MessageStats counts messages. Expected is -1 when the scenario cannot
 // know it (pub, sub).
 type MessageStats struct {
-	Sent              int64   `json:"sent"`
-	Acked             int64   `json:"acked"`
+	Sent  int64 `json:"sent"`
+	Acked int64 `json:"acked"`
+	// AckedInWindow counts the PUBACKs received while publishing.
+	AckedInWindow     int64   `json:"acked_in_window"`
 	Delivered         int64   `json:"delivered"`
 	DeliveredInWindow int64   `json:"delivered_in_window"`
 	Expected          int64   `json:"expected"`
@@ -97,6 +102,10 @@ type MessageStats struct {
 	WindowSeconds      float64 `json:"window_s"`
 	SentPerSecond      float64 `json:"sent_per_s"`
 	DeliveredPerSecond float64 `json:"delivered_per_s"`
+	// AcceptedPerSecond is what the broker took from the publishers in
+	// the window: PUBACKs per second at QoS 1, SentPerSecond at QoS 0.
+	// Above DeliveredPerSecond, the broker is queueing.
+	AcceptedPerSecond float64 `json:"accepted_per_s"`
 }
 
 // BrokerStats are the broker's CPU and memory figures from /proc.
@@ -163,6 +172,8 @@ func (r *Result) WriteTable(w io.Writer) error {
 	loop := ""
 	if p.MaxBacklog > 0 {
 		loop = fmt.Sprintf(", closed loop (max backlog %d)", p.MaxBacklog)
+	} else if p.OfferedPerSecond > 0 {
+		loop = fmt.Sprintf(", open loop (%.0f msgs/s offered)", p.OfferedPerSecond)
 	}
 	row("run", "%s: %s over %s to %s%s", r.Label, r.Scenario, transport, p.Addr, loop)
 	c := r.Connect
@@ -175,7 +186,7 @@ func (r *Result) WriteTable(w io.Writer) error {
 	}
 	if r.Scenario != string(Conn) {
 		m := r.Messages
-		row("messages", "sent %d (%.0f/s), delivered %d (%.0f/s in window), acked %d", m.Sent, m.SentPerSecond, m.Delivered, m.DeliveredPerSecond, m.Acked)
+		row("messages", "sent %d (%.0f/s), accepted %.0f/s, delivered %d (%.0f/s in window), acked %d", m.Sent, m.SentPerSecond, m.AcceptedPerSecond, m.Delivered, m.DeliveredPerSecond, m.Acked)
 		if m.Expected >= 0 {
 			row("loss", "%d of %d expected (%.3f%%)", m.Lost, m.Expected, 100*m.LossRate)
 		}

@@ -26,7 +26,7 @@ type run struct {
 	attempted, connected, failed, resumed atomic.Int64
 	lastConnect                           atomic.Int64 // UnixNano of the latest successful CONNACK
 	dropped                               atomic.Int64 // connections lost unexpectedly
-	sent, acked                           atomic.Int64
+	sent, acked, ackedInWindow            atomic.Int64
 	delivered, deliveredInWindow          atomic.Int64
 	foreign, decryptErrs                  atomic.Int64
 	outOfOrder                            atomic.Int64 // closed loop: behind or equal to the publisher's last
@@ -408,7 +408,7 @@ func (r *run) closeAll(cs []*client) {
 
 func (r *run) messageStats(window time.Duration) MessageStats {
 	m := MessageStats{
-		Sent: r.sent.Load(), Acked: r.acked.Load(), Delivered: r.delivered.Load(),
+		Sent: r.sent.Load(), Acked: r.acked.Load(), AckedInWindow: r.ackedInWindow.Load(), Delivered: r.delivered.Load(),
 		DeliveredInWindow: r.deliveredInWindow.Load(), Expected: r.expected(),
 		Foreign: r.foreign.Load(), DecryptErrors: r.decryptErrs.Load(), OutOfOrder: r.outOfOrder.Load(),
 		WindowSeconds: window.Seconds(),
@@ -422,6 +422,10 @@ func (r *run) messageStats(window time.Duration) MessageStats {
 	if s := window.Seconds(); s > 0 {
 		m.SentPerSecond = float64(m.Sent) / s
 		m.DeliveredPerSecond = float64(m.DeliveredInWindow) / s
+		m.AcceptedPerSecond = m.SentPerSecond
+		if r.cfg.QoS > 0 {
+			m.AcceptedPerSecond = float64(m.AckedInWindow) / s
+		}
 	}
 	return m
 }
@@ -447,6 +451,9 @@ func paramsOf(c *Config) Params {
 		Clients: c.Clients, Pubs: c.Pubs, Subs: c.Subs, ConnRate: c.ConnRate,
 		QoS: c.QoS, PayloadSize: c.PayloadSize, MsgRate: c.MsgRate, Inflight: c.Inflight,
 		DurationSeconds: c.Duration.Seconds(), Encrypted: c.Encrypt != nil, MaxBacklog: c.MaxBacklog,
+	}
+	if c.MsgRate > 0 && c.MaxBacklog == 0 {
+		p.OfferedPerSecond = c.MsgRate * float64(c.Pubs)
 	}
 	if c.TLS != nil {
 		p.MutualTLS = len(c.ClientCerts) > 0 || len(c.TLS.Certificates) > 0

@@ -150,7 +150,7 @@ func brokerStats(cfg *Config, before, afterConn, afterPhase *ProcStat, s *sample
 			// Memory held per idle connection at the end of the hold.
 			b.RSSPerConnKiB = (float64(afterPhase.RSSBytes) - float64(before.RSSBytes)) / 1024 / float64(res.Connect.Succeeded)
 		}
-		if d := res.Messages.Delivered; d > 0 {
+		if d := cpuDeliveries(res); d > 0 {
 			b.CPUPerMessageUs = 1e6 * b.PhaseCPUSeconds / float64(d)
 		}
 	}
@@ -158,3 +158,14 @@ func brokerStats(cfg *Config, before, afterConn, afterPhase *ProcStat, s *sample
 }
 
 func mib(b uint64) float64 { return float64(b) / (1 << 20) }
+
+// cpuDeliveries is the number of deliveries the broker's CPU over the
+// publishing phase is divided by. In open loop, only those within the
+// window: the backlog delivered afterwards costs CPU outside it. (Closed
+// loop keeps every delivery, its backlog after the window being small.)
+func cpuDeliveries(r *Result) int64 {
+	if r.Params.OfferedPerSecond > 0 {
+		return r.Messages.DeliveredInWindow
+	}
+	return r.Messages.Delivered
+}

@@ -301,7 +301,7 @@ func newBenchCertsCmd(stdio Stdio) *cobra.Command {
 
 func newBenchCompareCmd(stdio Stdio) *cobra.Command {
 	var first, second string
-	var extra, targets []string
+	var extra, targets, peers []string
 	var out string
 	cmd := &cobra.Command{
 		Use:   "compare DIR",
@@ -309,8 +309,10 @@ func newBenchCompareCmd(stdio Stdio) *cobra.Command {
 		Long: `compare reads every SCENARIO.BROKER.json file in DIR (written by
 "moat bench ... --json") and prints, per scenario and metric, the value for
 --first and --second, their ratio and whether each --target is met, e.g.
---target 'c-p2p:delivered_per_s>=2'. It exits with status 3 when a target is
-missed.`,
+--target 'c-p2p:delivered_per_s>=2'. With --peers (e.g.
+mosquitto,mochi,natsmqtt) instead of --second, it prints every peer's value,
+the best peer of each row and --first's ratio to it; targets then apply to
+that ratio. It exits with status 3 when a target is missed.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var ts []bench.Target
@@ -334,7 +336,10 @@ missed.`,
 				defer f.Close()
 				w = io.MultiWriter(stdio.Out, f)
 			}
-			if missed := bench.Compare(w, res, first, second, extra, ts); missed > 0 {
+			if len(peers) == 0 {
+				peers = []string{second}
+			}
+			if missed := bench.Compare(w, res, first, peers, extra, ts); missed > 0 {
 				return &exitError{3, fmt.Errorf("bench: %d target(s) missed", missed)}
 			}
 			return nil
@@ -342,6 +347,7 @@ missed.`,
 	}
 	cmd.Flags().StringVar(&first, "first", "moat", "broker in the numerator")
 	cmd.Flags().StringVar(&second, "second", "mosquitto", "broker in the denominator")
+	cmd.Flags().StringSliceVar(&peers, "peers", nil, "brokers compared with --first, each row against the best of them (replaces --second)")
 	cmd.Flags().StringSliceVar(&extra, "extra", nil, "further brokers shown as columns (e.g. nullfwd)")
 	cmd.Flags().StringArrayVar(&targets, "target", nil, "SCENARIO:METRIC>=RATIO or <=RATIO (repeatable)")
 	cmd.Flags().StringVar(&out, "out", "", "also write the table to `FILE`")
