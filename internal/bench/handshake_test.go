@@ -17,6 +17,7 @@ import (
 
 	"github.com/moatmq/moat/internal/bench"
 	"github.com/moatmq/moat/internal/cli"
+	"github.com/moatmq/moat/internal/testutil"
 )
 
 // BenchmarkHandshakeCPU measures the server CPU of one full mutual-TLS
@@ -76,34 +77,46 @@ func BenchmarkHandshakeCPU(b *testing.B) {
 	go func() { floorDone <- nf.Serve(ctx, ln) }()
 
 	// Moat: `moat serve` with the bench's mutual-TLS listener.
-	port := freePort(b)
-	conf := filepath.Join(dir, "broker.conf")
-	if err := os.WriteFile(conf, fmt.Appendf(nil, `per_listener_settings false
-allow_anonymous true
-persistence false
-connection_messages false
-log_type error
-listener %d 127.0.0.1
-cafile %s
-certfile %s
-keyfile %s
-require_certificate true
-use_identity_as_username true
+	// The connection-rate defense is raised out of the way: every
+	// handshake comes from 127.0.0.1, far faster than one device connects.
+	port := testutil.FreePort(b)
+	conf := filepath.Join(dir, "moat.yaml")
+	if err := os.WriteFile(conf, fmt.Appendf(nil, `listeners:
+  - address: 127.0.0.1:%d
+    transport: tls
+    tls:
+      client_ca: %s
+      cert: %s
+      key: %s
+      client_auth: required
+      identity: {username_from: cn}
+log: {level: error, connection_messages: false}
+persistence: {enabled: false}
+audit: {disabled: true}
+defense:
+  conn_rate: 1000000
+  conn_burst: 1000000
+  listener_conn_rate: 1000000
+  listener_conn_burst: 1000000
+  max_conns_per_addr: 1000000
 `, port, p(bench.PKIFiles.CA), p(bench.PKIFiles.Server), p(bench.PKIFiles.ServerKey)), 0o600); err != nil {
 		b.Fatal(err)
 	}
-	served := make(chan int, 1)
+	exited := make(chan struct{})
 	go func() {
-		served <- cli.Main(ctx, []string{"serve", "-c", conf, "--data", filepath.Join(dir, "data")},
+		defer close(exited)
+		cli.Main(ctx, []string{"serve", "-c", conf, "--data", filepath.Join(dir, "data")},
 			cli.Stdio{In: strings.NewReader(""), Out: io.Discard, Err: io.Discard})
 	}()
 	b.Cleanup(func() {
 		cancel()
-		<-served
+		<-exited
 		<-floorDone
 	})
 	moatAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	waitListening(b, moatAddr, served)
+	if err := waitListening(moatAddr, exited); err != nil {
+		b.Fatalf("moat serve: %v", err)
+	}
 
 	for b.Loop() {
 		floor := handshakeChild(b, floorAddr, pki, n, false)
