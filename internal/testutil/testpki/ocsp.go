@@ -1,6 +1,7 @@
 package testpki
 
 import (
+	"context"
 	"crypto/x509"
 	"io"
 	"net"
@@ -29,6 +30,8 @@ type Responder struct {
 	// Now is the responder's clock (default time.Now); set it before use.
 	Now func() time.Time
 
+	stop chan struct{} // closed at test cleanup: delayed answers end
+
 	Hits atomic.Int64 // requests served
 	Fail atomic.Bool  // answer HTTP 500
 }
@@ -46,9 +49,24 @@ func NewResponder(t testing.TB, issuer *Cert, delegated bool) *Responder {
 	if err != nil {
 		t.Fatalf("testpki: %v", err)
 	}
+	r.stop = make(chan struct{})
 	srv := &http.Server{Handler: r, ReadHeaderTimeout: 5 * time.Second}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		srv.Serve(ln)
+	}()
+	// Cleanup ends delayed answers first, then waits for every handler
+	// (Shutdown) and for Serve, so no goroutine outlives the test.
+	t.Cleanup(func() {
+		close(r.stop)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := srv.Shutdown(ctx); err != nil {
+			srv.Close()
+		}
+		<-served
+	})
 	r.URL = "http://" + ln.Addr().String() + "/ocsp"
 	return r
 }
@@ -91,6 +109,8 @@ func (r *Responder) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		select {
 		case <-time.After(delay):
 		case <-req.Context().Done():
+			return
+		case <-r.stop:
 			return
 		}
 	}
