@@ -23,6 +23,9 @@ func storePlanConfig(t *testing.T, dir string) *config.Config {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The audit log and bans live in the data directory: never the
+	// package directory a relative default would name.
+	cfg.DataDir = filepath.Join(dir, "data")
 	return cfg
 }
 
