@@ -77,6 +77,9 @@ type conn struct {
 	// DISCONNECT may not raise [MQTT-3.14.2-2].
 	sessionExpiryZero bool
 	stopWatch         func()
+	// retainSnap is the identity snapshot this connection's retained
+	// messages carry (Message.Publisher); reader-owned, made on first use.
+	retainSnap *Client
 	// onEnd runs once when the connection is fully cleaned up (the
 	// server's bookkeeping); set by the accept loop before serve starts.
 	onEnd func()
@@ -144,6 +147,7 @@ func (s *Server) newConn(nc net.Conn, lst *listenerState) *conn {
 	c.client.Listener = lst.name
 	c.client.Remote = nc.RemoteAddr()
 	c.client.Conn = nc
+	c.client.az = newAuthzState()
 	return c
 }
 

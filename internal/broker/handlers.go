@@ -95,14 +95,30 @@ func (c *conn) handlePublish(p *packet.Publish) bool {
 		code = packet.NotAuthorized
 		c.log.Info("broker: publish to $SYS refused", "topic", p.Topic)
 	default:
-		if d := s.authorize(&c.client, ActionPublish, p.Topic, p.QoS, p.Retain); !d.Allow {
+		// p.Topic is the full topic name: any alias was resolved above.
+		if d := s.authorize(&c.client, ActionPublish, p.Topic, p.QoS, p.Retain, ""); !d.Allow {
 			code = packet.NotAuthorized
-			c.log.Info("broker: publish not authorized", "topic", p.Topic, "reason", d.Reason)
+			s.denied(&c.client, ActionPublish, p.Topic, d, "publish")
+			if c.version != packet.V5 && s.cfg.DisconnectDeniedPublishV3 {
+				if p.QoS == 2 {
+					c.sess.mu.Lock()
+					delete(c.sess.inboundQoS2, p.PacketID)
+					c.sess.mu.Unlock()
+				}
+				c.kill(0, "publish not authorized")
+				return false
+			}
 		}
 	}
 	var msg *Message
 	if code == packet.Success {
 		msg = newMessage(p, c.client.ClientID, s.cfg.Now())
+		if msg.Retain {
+			if c.retainSnap == nil {
+				c.retainSnap = c.client.snapshot(false)
+			}
+			msg.Publisher = c.retainSnap
+		}
 		if msg.Retain && !s.retainFrom(msg, &c.client) && c.version == packet.V5 && p.QoS > 0 {
 			// A v5 client can be told: the publication is refused as a
 			// whole. Others (v3, QoS 0) have no way to learn of it, so
@@ -162,8 +178,11 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 			codes[i] = packet.TopicFilterInvalid
 			continue
 		}
-		if d := s.authorize(&c.client, ActionSubscribe, filter, req.QoS, false); !d.Allow {
-			c.log.Info("broker: subscription not authorized", "filter", req.Filter, "reason", d.Reason)
+		// Judged on the filter (a shared subscription's without its
+		// $share/GROUP/ prefix): refused when no topic it matches can
+		// ever be read. Each delivered message is checked again.
+		if d := s.authorize(&c.client, ActionSubscribe, filter, req.QoS, false, group); !d.Allow {
+			s.denied(&c.client, ActionSubscribe, req.Filter, d, "subscription")
 			codes[i] = packet.NotAuthorized
 			problem = cmp.Or(problem, "subscription not authorized")
 			continue
@@ -222,7 +241,12 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 			if m.expired(now) {
 				return true
 			}
-			if d := s.authorize(&c.client, ActionReceive, m.Topic, m.QoS, true); !d.Allow {
+			if d := s.authorize(&c.client, ActionReceive, m.Topic, m.QoS, true, ""); !d.Allow {
+				s.denied(&c.client, ActionReceive, m.Topic, d, "retained message")
+				return true
+			}
+			if d, ok := s.retainSourceAllowed(m); !ok {
+				s.denied(m.Publisher, ActionPublish, m.Topic, d, "retained message of a publisher")
 				return true
 			}
 			d := &delivery{msg: m, qos: min(m.QoS, r.sub.QoS), retain: true}

@@ -29,6 +29,12 @@ type Message struct {
 	From string
 	// Created is when the broker received the message.
 	Created time.Time
+	// Publisher is a snapshot of the publishing client's identity, kept
+	// for retained messages (nil otherwise, and for the server's own) so
+	// that a replay can check the publisher's right to have written it
+	// (Config.CheckRetainSource). A persistent store keeps its identity
+	// fields (Username, ClientID, Listener, Anonymous, Groups, certificate).
+	Publisher *Client
 }
 
 // forwardedProps is the set of PUBLISH properties forwarded unchanged to

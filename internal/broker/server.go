@@ -51,6 +51,11 @@ type Server struct {
 	sessionCount atomic.Int64 // entries in sessions
 
 	retained   *retainedQuota // the retained store, with its limits
+	// authorizer is Config.Authorizer, AllowAll when that is nil;
+	// authzGen moves on whenever cached decisions must not be used any
+	// more (Reevaluate).
+	authorizer Authorizer
+	authzGen   atomic.Uint64
 	readBudget *byteBudget    // bytes of packet bodies being read
 }
 
@@ -87,6 +92,11 @@ func New(cfg Config) (*Server, error) {
 		conns:      make(map[*conn]struct{}),
 		retained:   newRetainedQuota(&c),
 		readBudget: &byteBudget{size: c.ReadBudget},
+	}
+	s.authorizer = c.Authorizer
+	if s.authorizer == nil {
+		s.authorizer = AllowAll
+		s.log.Warn("broker: no Authorizer: every client may publish and subscribe to every topic")
 	}
 	if c.IgnoreSessionOwner {
 		s.log.Warn("broker: session owner check is off: any client that knows a client ID can resume that session, " +
@@ -377,6 +387,7 @@ func (s *Server) attach(c *conn, st *connectState) (*session, bool, string) {
 			}
 		}
 		c.sess = sess
+		sess.client = c.client.snapshot(true)
 		c.connack(st, present)
 		c.established.Store(true)
 		if present {
@@ -623,8 +634,8 @@ func (s *Server) publishWill(msg *Message, from *Client) {
 	if strings.HasPrefix(msg.Topic, "$SYS") {
 		return
 	}
-	if d := s.authorize(from, ActionPublish, msg.Topic, msg.QoS, msg.Retain); !d.Allow {
-		s.log.Info("broker: will not authorized; discarded", "client", from.ClientID, "topic", msg.Topic, "reason", d.Reason)
+	if d := s.authorize(from, ActionPublish, msg.Topic, msg.QoS, msg.Retain, ""); !d.Allow {
+		s.denied(from, ActionPublish, msg.Topic, d, "will")
 		return
 	}
 	// The will's Message Expiry Interval runs from the moment it is
@@ -637,16 +648,10 @@ func (s *Server) publishWill(msg *Message, from *Client) {
 	s.log.Debug("broker: publishing will", "client", from.ClientID, "topic", msg.Topic)
 	if msg.Retain {
 		// Over a retained limit the will is still delivered.
+		msg.Publisher = from.snapshot(false)
 		s.retainFrom(msg, from)
 	}
 	s.deliver(msg)
-}
-
-func (s *Server) authorize(c *Client, a Action, topic string, qos byte, retain bool) Decision {
-	if s.cfg.Authorizer == nil {
-		return Decision{Allow: true}
-	}
-	return s.cfg.Authorizer.Authorize(c, a, topic, qos, retain)
 }
 
 func (s *Server) queueFull(id string, d *delivery) {
@@ -770,14 +775,15 @@ func (s *Server) deliverTo(msg *Message, clientID string, subQoS byte, retainAsP
 	if sess == nil {
 		return false
 	}
-	if s.cfg.Authorizer != nil {
-		sess.mu.Lock()
-		c := sess.conn
-		sess.mu.Unlock()
-		if c != nil {
-			if d := s.authorize(&c.client, ActionReceive, msg.Topic, msg.QoS, msg.Retain); !d.Allow {
-				return false
-			}
+	sess.mu.Lock()
+	cl := sess.client
+	sess.mu.Unlock()
+	if cl != nil {
+		// Checked for every delivered message, offline sessions included
+		// (their queued messages are checked again when sent).
+		if d := s.authorize(cl, ActionReceive, msg.Topic, msg.QoS, msg.Retain, ""); !d.Allow {
+			s.denied(cl, ActionReceive, msg.Topic, d, "delivery")
+			return false
 		}
 	}
 	d := &delivery{msg: msg, qos: min(msg.QoS, subQoS), retain: retainAsPublished && msg.Retain, subIDs: ids, share: share}

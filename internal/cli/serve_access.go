@@ -10,13 +10,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
-	"weak"
 
 	"github.com/moatmq/moat/internal/authn"
 	"github.com/moatmq/moat/internal/authn/introspect"
@@ -39,7 +36,6 @@ type accessPlan struct {
 	chains   map[string]*authn.Chain  // by listener name; nil or empty: certificates and the anonymous policy only
 	policies []*policySource          // distinct policies
 	byLn     map[string]*policySource // by listener name; nil: no ACL (everything allowed)
-	clients  clientTable
 
 	defaultPolicy string // the zero-config policy file, when in use
 	watchEvery    time.Duration
@@ -111,8 +107,8 @@ func (p *servePlan) planAccess() {
 			p.log.Info("access: policy loaded", "policy", ps.source, "generation", ps.holder.Generation())
 		}
 	}
-	p.broker.Authenticator = &accessAuthenticator{cert: p.auth, chains: a.chains, clients: &a.clients, log: p.log}
-	p.broker.Authorizer = &accessAuthorizer{byLn: a.byLn, clients: &a.clients, log: p.log}
+	p.broker.Authenticator = &accessAuthenticator{cert: p.auth, chains: a.chains, log: p.log}
+	p.broker.Authorizer = &accessAuthorizer{byLn: a.byLn}
 	if !p.check {
 		a.startWatch(p)
 	}
@@ -599,67 +595,20 @@ func (a *accessPlan) reload() {
 	a.reloadPolicies()
 }
 
-// clientTable keeps what the authorizer needs per connection: the Subject
-// built once, the groups and grants authentication returned, and the
-// decision cache. It is keyed by the broker's *Client, which lives as long
-// as its connection, through a weak pointer: an entry goes away when the
-// connection is collected, with no hook in the broker. This is temporary
-// wiring until the broker's authorization seam carries a per-connection
-// value (the request-struct step).
-type clientTable struct {
-	m sync.Map // weak.Pointer[broker.Client] -> *clientAccess
-}
-
-// connCacheSize bounds the decisions cached per connection. A key holds a
-// topic of up to limits.max_topic_length bytes (1 KiB by default), so a
-// client cycling through topics costs at most about this many KiB.
-const connCacheSize = 64
-
-// clientAccess is one connection's authorization state.
-type clientAccess struct {
-	groups     []string
-	pub, sub   []string
-	fromChain  bool
-	once       sync.Once
-	subj       *authz.Subject
-	cache      *authz.Cache
-	denyLogged atomic.Int32
-}
-
-// get returns c's entry, creating it.
-func (t *clientTable) get(c *broker.Client) *clientAccess {
-	k := weak.Make(c)
-	if v, ok := t.m.Load(k); ok {
-		return v.(*clientAccess)
-	}
-	ca := &clientAccess{cache: authz.NewCache(connCacheSize)}
-	if v, loaded := t.m.LoadOrStore(k, ca); loaded {
-		return v.(*clientAccess)
-	}
-	runtime.AddCleanup(c, func(k weak.Pointer[broker.Client]) { t.m.Delete(k) }, k)
-	return ca
-}
-
-// setAuth records what an authentication chain returned for c.
-func (t *clientTable) setAuth(c *broker.Client, r authn.Result) {
-	ca := t.get(c)
-	ca.groups = slices.Clone(r.Groups)
-	ca.pub, ca.sub = slices.Clone(r.Publish), slices.Clone(r.Subscribe)
-	ca.fromChain = true
-}
-
-// subject builds c's Subject on first use: after CONNECT, when the broker
-// has set the verified username and the final client ID.
-func (ca *clientAccess) subject(c *broker.Client) *authz.Subject {
-	ca.once.Do(func() {
+// subjectOf builds c's policy Subject once per connection (through
+// Client.Memo): after CONNECT, when the broker has set the verified
+// username, the final client ID and what the authentication chain
+// returned.
+func subjectOf(c *broker.Client) *authz.Subject {
+	return c.Memo(func(c *broker.Client) any {
 		s := &authz.Subject{
 			Username:            c.Username,
 			Anonymous:           c.Anonymous || c.Username == "",
 			ClientID:            c.ClientID,
 			Listener:            c.Listener,
-			Groups:              ca.groups,
-			CredentialPublish:   ca.pub,
-			CredentialSubscribe: ca.sub,
+			Groups:              c.Groups,
+			CredentialPublish:   c.Publish,
+			CredentialSubscribe: c.Subscribe,
 		}
 		if ap, ok := addrPort(c.Remote); ok {
 			s.Addr = ap.Addr().Unmap()
@@ -667,31 +616,28 @@ func (ca *clientAccess) subject(c *broker.Client) *authz.Subject {
 		if certs := c.PeerCertificates(); len(certs) > 0 {
 			s.Cert = certFields(certs[0])
 		}
-		ca.subj = s
-	})
-	return ca.subj
+		return s
+	}).(*authz.Subject)
 }
 
 // accessAuthorizer adapts the listeners' policies to broker.Authorizer.
+// A listener without a policy allows everything (Mosquitto without an
+// acl_file; the plan warns about it). The broker caches the decisions per
+// connection and logs the denials.
 type accessAuthorizer struct {
-	byLn    map[string]*policySource // read-only after start
-	clients *clientTable
-	log     *slog.Logger
+	byLn map[string]*policySource // read-only after start
 }
 
-// maxDenyLogs is how many denials of one connection are logged at info
-// level; later ones go to debug, so a client cannot flood the log.
-const maxDenyLogs = 20
+var allowNoACL = broker.Decision{Allow: true, Reason: "no access policy configured for this listener", Rule: "none"}
 
-var allowNoACL = broker.Decision{Allow: true, Reason: "no access policy configured for this listener"}
-
-func (a *accessAuthorizer) Authorize(c *broker.Client, action broker.Action, topic string, qos byte, retain bool) broker.Decision {
+func (a *accessAuthorizer) Authorize(req *broker.AuthzRequest) broker.Decision {
+	c := req.Client
 	ps := a.byLn[c.Listener]
 	if ps == nil {
 		return allowNoACL
 	}
 	var act authz.Action
-	switch action {
+	switch req.Action {
 	case broker.ActionPublish:
 		act = authz.Publish
 	case broker.ActionSubscribe:
@@ -699,25 +645,8 @@ func (a *accessAuthorizer) Authorize(c *broker.Client, action broker.Action, top
 	case broker.ActionReceive:
 		act = authz.Receive
 	}
-	ca := a.clients.get(c)
-	d := ca.cache.Decide(ps.holder, authz.Request{Subject: ca.subject(c), Action: act, Topic: topic, QoS: qos, Retain: retain})
-	if !d.Allow {
-		level := slog.LevelInfo
-		if act == authz.Receive {
-			level = slog.LevelDebug // per delivered message: the subscription was allowed
-		}
-		n := ca.denyLogged.Add(1)
-		switch {
-		case n == maxDenyLogs+1:
-			a.log.Info("authz: further denials of this client are logged at debug level", "listener", c.Listener, "client_id", c.ClientID)
-			level = slog.LevelDebug
-		case n > maxDenyLogs:
-			level = slog.LevelDebug
-		}
-		a.log.Log(context.Background(), level, "authz: denied", "listener", c.Listener, "client_id", c.ClientID, "username", c.Username,
-			"action", act.String(), "topic", clipLog(topic), "qos", qos, "retain", retain, "rule", d.Rule, "reason", d.Reason)
-	}
-	return broker.Decision{Allow: d.Allow, Reason: d.Reason}
+	d := ps.holder.Decide(authz.Request{Subject: subjectOf(c), Action: act, Topic: req.Topic, ShareGroup: req.ShareGroup, QoS: req.QoS, Retain: req.Retain})
+	return broker.Decision{Allow: d.Allow, Reason: d.Reason, Rule: d.Rule}
 }
 
 // clipLog shortens a peer-controlled string for a log line.
