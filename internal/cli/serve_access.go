@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -13,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/moatmq/moat/internal/authn"
@@ -40,7 +42,24 @@ type accessPlan struct {
 	defaultPolicy string // the zero-config policy file, when in use
 	watchEvery    time.Duration
 	policyMu      sync.Mutex // serializes policy reloads (the watcher and SIGHUP)
+
+	// srv is the broker once started: the loss-of-access path
+	// (Reevaluate) runs on it. Nil before (nothing to re-evaluate then).
+	srv atomic.Pointer[broker.Server]
+	// ldaps are the LDAP backends whose live clients are looked up again
+	// every recheck interval.
+	ldaps []ldapRecheck
 }
+
+// ldapRecheck is one LDAP backend and how often its clients are checked.
+type ldapRecheck struct {
+	b     *ldap.Backend
+	every time.Duration
+}
+
+// defaultLDAPRecheck is how often the clients an LDAP backend admitted
+// are looked up again (ldap recheck_interval).
+const defaultLDAPRecheck = 5 * time.Minute
 
 // policySource is one access policy and the files it was compiled from.
 type policySource struct {
@@ -186,6 +205,10 @@ type ldapYAML struct {
 	Timeout  config.Duration `yaml:"timeout"`
 	PoolSize int             `yaml:"pool_size"`
 	MaxBinds int             `yaml:"max_binds"`
+	// RecheckInterval is how often connected clients are looked up again
+	// (groups changed, account removed); default 5m, negative: never.
+	// Needs a service account (search.bind_dn).
+	RecheckInterval config.Duration `yaml:"recheck_interval"`
 }
 
 type jwtYAML struct {
@@ -265,7 +288,7 @@ func (a *accessPlan) backend(b *config.AuthBackend, log *slog.Logger) (authn.Bac
 		if err := b.Decode(&y); err != nil {
 			return nil, err
 		}
-		return ldap.New(ldap.Config{
+		b, err := ldap.New(ldap.Config{
 			URL: y.URL, StartTLS: y.StartTLS, InsecurePlaintext: y.InsecurePlaintext, CAFile: y.CAFile, ServerName: y.ServerName,
 			BindDNTemplate: y.BindDNTemplate,
 			Search: ldap.Search{Base: y.Search.Base, Filter: y.Search.Filter, BindDN: y.Search.BindDN,
@@ -274,6 +297,15 @@ func (a *accessPlan) backend(b *config.AuthBackend, log *slog.Logger) (authn.Bac
 				UserAttribute: y.Group.UserAttribute, Map: y.Group.Map},
 			Timeout: y.Timeout.D(), PoolSize: y.PoolSize, MaxBinds: y.MaxBinds, Logger: log,
 		})
+		if err != nil {
+			return nil, err
+		}
+		if every := y.RecheckInterval.D(); every >= 0 && y.Search.BindDN != "" {
+			a.ldaps = append(a.ldaps, ldapRecheck{b: b, every: cmp.Or(every, defaultLDAPRecheck)})
+		} else if every >= 0 {
+			log.Warn("access: LDAP clients are not re-checked while connected: set search.bind_dn (a service account) for that", "url", y.URL)
+		}
+		return b, nil
 	case config.AuthJWT:
 		var y jwtYAML
 		if err := b.Decode(&y); err != nil {
@@ -397,7 +429,7 @@ func (ps *policySource) fingerprint() [sha256.Size]byte {
 // reload recompiles the policy when its files changed. A policy that does
 // not compile leaves the previous one in force; the error is logged once
 // per content.
-func (ps *policySource) reload(log *slog.Logger) {
+func (ps *policySource) reload(log *slog.Logger) (changed bool) {
 	if ps.holder == nil {
 		return
 	}
@@ -416,10 +448,9 @@ func (ps *policySource) reload(log *slog.Logger) {
 	}
 	ps.sum, ps.failed = sum, [32]byte{}
 	gen := ps.holder.Swap(pol)
-	// Sessions that lost access are re-evaluated by the loss-of-access
-	// path (a later step); cached decisions are dropped at once through
-	// the generation.
-	log.Warn("access: policy reloaded; new decisions use it, live subscriptions are not re-checked yet", "policy", desc, "generation", gen)
+	log.Warn("access: policy reloaded; live sessions are re-checked against it", "policy", desc, "generation", gen)
+	changed = true
+	return changed
 }
 
 // Default policy of the zero-configuration broker.
@@ -535,6 +566,20 @@ func (a *accessPlan) startWatch(p *servePlan) {
 			f.Watch(ctx, t.C, func(c passwd.Change, err error) { a.reportPasswd(f, c, err) })
 		})
 	}
+	for _, l := range a.ldaps {
+		t := time.NewTicker(l.every)
+		p.tasks.Go(func() {
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+					a.recheckLDAP(ctx, l.b)
+				}
+			}
+		})
+	}
 	if len(a.policies) > 0 {
 		t := time.NewTicker(a.watchEvery)
 		p.tasks.Go(func() {
@@ -566,7 +611,17 @@ func (a *accessPlan) reloadPolicies() {
 	a.policyMu.Lock()
 	defer a.policyMu.Unlock()
 	for _, ps := range a.policies {
-		ps.reload(a.log)
+		if !ps.reload(a.log) {
+			continue
+		}
+		// The swap is done: Reevaluate drops every cached decision
+		// before it re-checks the sessions of this policy's listeners.
+		if srv := a.srv.Load(); srv != nil {
+			srv.Reevaluate(broker.Reevaluation{
+				Match:  func(c *broker.Client) bool { return a.byLn[c.Listener] == ps },
+				Reason: "access policy " + ps.source + " changed",
+			})
+		}
 	}
 }
 
@@ -578,9 +633,70 @@ func (a *accessPlan) reportPasswd(f *passwd.File, c passwd.Change, err error) {
 	if c.Empty() {
 		return
 	}
-	// Live sessions of removed and changed users keep running until the
-	// loss-of-access path re-evaluates them (a later step).
 	a.log.Warn("access: password file reloaded", "file", f.Path(), "users", f.Len(), "added", c.Added, "removed", c.Removed, "changed", c.Changed)
+	// A removed user, or one whose password changed, no longer holds the
+	// authentication its connection was admitted with.
+	gone := make(map[string]bool, len(c.Removed)+len(c.Changed))
+	for _, u := range slices.Concat(c.Removed, c.Changed) {
+		gone[u] = true
+	}
+	if srv := a.srv.Load(); srv != nil && len(gone) > 0 {
+		srv.Reevaluate(broker.Reevaluation{
+			Match:      func(cl *broker.Client) bool { return cl.AuthBackend == f.Name() && gone[cl.Username] },
+			Disconnect: true,
+			Reason:     "password removed or changed in " + f.Path(),
+		})
+	}
+}
+
+// recheckLDAP looks every client b admitted up again: a client whose
+// account is gone or whose groups changed is disconnected (it reconnects
+// with its current groups). A directory that cannot answer leaves the
+// connections alone; the error is logged.
+func (a *accessPlan) recheckLDAP(ctx context.Context, b *ldap.Backend) {
+	srv := a.srv.Load()
+	if srv == nil {
+		return
+	}
+	lost := map[string]string{} // username → reason
+	checked := map[string]bool{}
+	for _, c := range srv.Clients() {
+		if c.AuthBackend != b.Name() || checked[c.Username] {
+			continue
+		}
+		checked[c.Username] = true
+		groups, exists, err := b.Recheck(ctx, c.Username)
+		switch {
+		case err != nil:
+			a.log.Error("access: LDAP re-check failed; connections kept", "backend", b.Name(), "username", c.Username, "err", err)
+			return
+		case !exists:
+			lost[c.Username] = "LDAP account no longer exists"
+		case !sameSet(groups, c.Groups):
+			lost[c.Username] = "LDAP groups changed"
+		}
+	}
+	if len(lost) == 0 {
+		return
+	}
+	for u, why := range lost {
+		srv.Reevaluate(broker.Reevaluation{
+			Match:      func(c *broker.Client) bool { return c.AuthBackend == b.Name() && c.Username == u },
+			Disconnect: true,
+			Reason:     why,
+		})
+	}
+}
+
+// sameSet reports whether a and b hold the same strings.
+func sameSet(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	x, y := slices.Clone(a), slices.Clone(b)
+	slices.Sort(x)
+	slices.Sort(y)
+	return slices.Equal(x, y)
 }
 
 // reload re-reads every password file and policy now (SIGHUP).

@@ -104,9 +104,9 @@ func proxyIdentity(conn net.Conn, src tlsconf.IdentitySource) (string, bool) {
 // (fail closed). Every decision is logged with its reason; passwords
 // never are.
 type accessAuthenticator struct {
-	cert    *certAuthenticator
-	chains  map[string]*authn.Chain // by listener name; read-only after start
-	log     *slog.Logger
+	cert   *certAuthenticator
+	chains map[string]*authn.Chain // by listener name; read-only after start
+	log    *slog.Logger
 }
 
 func (a *accessAuthenticator) Authenticate(ctx context.Context, req *broker.ConnectRequest) broker.AuthResult {

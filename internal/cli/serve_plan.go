@@ -249,6 +249,7 @@ func (p *servePlan) startBroker() {
 		return
 	}
 	p.srv = srv
+	p.access.srv.Store(srv)
 	p.cleanup = append(p.cleanup, p.shutdown)
 }
 
