@@ -50,13 +50,14 @@ type Server struct {
 	conns0       atomic.Int64 // live connections, all listeners
 	sessionCount atomic.Int64 // entries in sessions
 
-	retained *retainedQuota // the retained store, with its limits
+	retained   *retainedQuota // the retained store, with its limits
+	readBudget *byteBudget    // bytes of packet bodies being read
+
 	// authorizer is Config.Authorizer, AllowAll when that is nil;
 	// authzGen moves on whenever cached decisions must not be used any
 	// more (Reevaluate).
 	authorizer Authorizer
 	authzGen   atomic.Uint64
-	readBudget *byteBudget // bytes of packet bodies being read
 }
 
 type listenerState struct {
