@@ -234,6 +234,14 @@ func (p *servePlan) planBroker() {
 		p.problem("limits.max_queued_bytes", "", errors.New("limits.max_queued_bytes is not supported yet; remove it (max_queued_messages, a message count, is enforced)"))
 	}
 	b.Authenticator = p.auth
+	b.CheckRetainSource = cfg.CheckRetainSource
+	switch cfg.DeniedPublishV3 {
+	case "", "drop":
+	case "disconnect":
+		b.DisconnectDeniedPublishV3 = true
+	default:
+		p.problem("denied_publish_v3", "", fmt.Errorf("denied_publish_v3 %q: want drop or disconnect", cfg.DeniedPublishV3))
+	}
 	p.broker = b
 }
 

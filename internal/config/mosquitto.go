@@ -602,8 +602,9 @@ func (p *mosqParser) apply(ln *line, cur *mosqListener) *mosqListener {
 			p.note(ln, "set_tcp_nodelay is ignored: Moat always disables Nagle's algorithm")
 		}
 	case "check_retain_source":
-		if _, ok := p.boolean(ln); ok {
-			p.note(ln, "check_retain_source is ignored: retained messages are checked against the subscriber's right to receive them, not yet against the publisher's current right")
+		if b, ok := p.boolean(ln); ok {
+			p.cfg.CheckRetainSource = b
+			p.mark(ln, "check_retain_source")
 		}
 	case "websockets_log_level", "websockets_headers_size":
 		if _, ok := p.integer(ln, math.MinInt32, math.MaxInt32); ok {
