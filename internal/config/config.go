@@ -116,7 +116,7 @@ type Config struct {
 	RetainAvailable bool `json:"retain_available" yaml:"retain_available"`
 	// CheckRetainSource checks, when a retained message is replayed to a
 	// new subscription, that its publisher may still publish it. Default
-	// true (Mosquitto's check_retain_source, whose default is false).
+	// true (Mosquitto's check_retain_source, with the same default).
 	CheckRetainSource bool `json:"check_retain_source,omitempty" yaml:"check_retain_source"`
 	// DeniedPublishV3 is what happens to an MQTT 3.1.1 client whose
 	// PUBLISH is not authorized: "drop" (default, as Mosquitto) or

@@ -150,6 +150,7 @@ func parseMosquitto(name string, data []byte, readDir readDirFunc, readFile func
 		Persistence:     Persistence{AutosaveInterval: Duration(1800e9)},
 		keyPos:          map[string]string{},
 	}
+	c.CheckRetainSource = true // Mosquitto's default
 	p := &mosqParser{
 		cfg: c, readDir: readDir, readFile: readFile, localOnly: true,
 		global: mosqSecurity{allowAnon: -1, allowZeroLen: -1},
