@@ -64,7 +64,7 @@ func (c *Client) Memo(build func(*Client) any) any {
 // anything, so no decision taken under an older policy is served after.
 func (s *Server) authorize(c *Client, a Action, topic string, qos byte, retain bool, group string) Decision {
 	az := c.az
-	if az == nil {
+	if az == nil || az.m == nil {
 		req := &AuthzRequest{Client: c, Action: a, Topic: topic, ShareGroup: group, QoS: qos, Retain: retain}
 		return s.authorizer.Authorize(req)
 	}
@@ -100,6 +100,7 @@ func (s *Server) retainSourceAllowed(m *Message) (Decision, bool) {
 	if !s.cfg.CheckRetainSource || m.Publisher == nil {
 		return Decision{}, true
 	}
+	// Not through a cache: the publisher snapshot has none (m is nil).
 	d := s.authorizer.Authorize(&AuthzRequest{Client: m.Publisher, Action: ActionPublish, Topic: m.Topic, QoS: m.QoS, Retain: true, RetainSource: true})
 	return d, d.Allow
 }
@@ -149,6 +150,16 @@ func (c *Client) snapshot(withState bool) *Client {
 		cp.az = nil
 	}
 	return &cp
+}
+
+// publisherSnapshot returns the identity a retained message keeps of its
+// publisher: a snapshot with its own Memo (the Authorizer's subject is
+// built once per publishing connection, not per replay) and no decision
+// cache (RetainSource requests are not cached).
+func (c *Client) publisherSnapshot() *Client {
+	cp := c.snapshot(false)
+	cp.az = &authzState{}
+	return cp
 }
 
 // Reevaluation says which sessions lost access and how.

@@ -115,7 +115,7 @@ func (c *conn) handlePublish(p *packet.Publish) bool {
 		msg = newMessage(p, c.client.ClientID, s.cfg.Now())
 		if msg.Retain {
 			if c.retainSnap == nil {
-				c.retainSnap = c.client.snapshot(false)
+				c.retainSnap = c.client.publisherSnapshot()
 			}
 			msg.Publisher = c.retainSnap
 		}
@@ -246,7 +246,10 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 				return true
 			}
 			if d, ok := s.retainSourceAllowed(m); !ok {
-				s.denied(m.Publisher, ActionPublish, m.Topic, d, "retained message of a publisher")
+				// Logged under the subscriber's connection, whose
+				// denials are rate-limited.
+				d.Reason = "its publisher " + m.Publisher.Username + " (" + m.Publisher.ClientID + ") may no longer publish it: " + d.Reason
+				s.denied(&c.client, ActionReceive, m.Topic, d, "retained message")
 				return true
 			}
 			d := &delivery{msg: m, qos: min(m.QoS, r.sub.QoS), retain: true}

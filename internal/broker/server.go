@@ -649,7 +649,7 @@ func (s *Server) publishWill(msg *Message, from *Client) {
 	s.log.Debug("broker: publishing will", "client", from.ClientID, "topic", msg.Topic)
 	if msg.Retain {
 		// Over a retained limit the will is still delivered.
-		msg.Publisher = from.snapshot(false)
+		msg.Publisher = from.publisherSnapshot()
 		s.retainFrom(msg, from)
 	}
 	s.deliver(msg)

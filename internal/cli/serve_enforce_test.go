@@ -25,6 +25,9 @@ topic read shared/#
 user carol
 topic write shared/#
 topic write alice/#
+topic write devices/#
+
+pattern read devices/%c/#
 `
 
 // TestSecurityServeLossOfAccess: rights removed while clients are
@@ -51,6 +54,17 @@ func TestSecurityServeLossOfAccess(t *testing.T) {
 			"-u", "bob", "-P", "bob-pw", "-i", "bob-never", "-t", "alice/#", "-C", "1", "-W", "5")
 		if !strings.Contains(out, "denied") {
 			t.Errorf("MQTT %s: subscription to a never readable filter: %v %q, want a refusal in SUBACK", v, err, out)
+		}
+	}
+
+	// %c injection: a client ID of "+" or "#" would turn the pattern
+	// devices/%c/# into a wildcard over every device; the pattern does
+	// not match such an identity, so nothing is readable.
+	for _, id := range []string{"+", "#"} {
+		out, _ := run(t, 15*time.Second, "mosquitto_sub", "-h", "127.0.0.1", "-p", strconv.Itoa(port), "-V", "5",
+			"-u", "bob", "-P", "bob-pw", "-i", id, "-t", "devices/+/#", "-C", "1", "-W", "5")
+		if !strings.Contains(out, "denied") {
+			t.Errorf("client ID %q: subscription to devices/+/#: %q, want a refusal", id, out)
 		}
 	}
 
