@@ -250,3 +250,20 @@ func TestSecurityWillChecked(t *testing.T) {
 	w.nc.Close()
 	expectNone(t, s)
 }
+
+// BenchmarkAuthorizeCached is the per-message cost of a decision on the
+// publish path once the connection's cache holds it (every message after
+// the first on a topic).
+func BenchmarkAuthorizeCached(b *testing.B) {
+	s, err := New(Config{Authorizer: AllowAll, SysInterval: -1, Logger: testLogger(b)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	c := &Client{ClientID: "bench", az: newAuthzState()}
+	b.ReportAllocs()
+	for b.Loop() {
+		if !s.authorize(c, ActionPublish, "devices/dev1/data", 1, false, "").Allow {
+			b.Fatal("denied")
+		}
+	}
+}
