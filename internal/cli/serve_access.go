@@ -53,8 +53,14 @@ type accessPlan struct {
 
 // ldapRecheck is one LDAP backend and how often its clients are checked.
 type ldapRecheck struct {
-	b     *ldap.Backend
+	b     rechecker
 	every time.Duration
+}
+
+// rechecker looks a connected user up again (ldap.Backend.Recheck).
+type rechecker interface {
+	Name() string
+	Recheck(ctx context.Context, username string) (groups []string, exists bool, err error)
 }
 
 // defaultLDAPRecheck is how often the clients an LDAP backend admitted
@@ -653,7 +659,7 @@ func (a *accessPlan) reportPasswd(f *passwd.File, c passwd.Change, err error) {
 // account is gone or whose groups changed is disconnected (it reconnects
 // with its current groups). A directory that cannot answer leaves the
 // connections alone; the error is logged.
-func (a *accessPlan) recheckLDAP(ctx context.Context, b *ldap.Backend) {
+func (a *accessPlan) recheckLDAP(ctx context.Context, b rechecker) {
 	srv := a.srv.Load()
 	if srv == nil {
 		return
