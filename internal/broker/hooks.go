@@ -189,9 +189,6 @@ type AuthzRequest struct {
 	// RetainSource marks the check, on retained replay, that the message's
 	// publisher may still publish it (Mosquitto's check_retain_source).
 	RetainSource bool
-	// Reevaluate marks a check made by Server.Reevaluate on a live or
-	// offline session, not on a request of the client.
-	Reevaluate bool
 }
 
 // Authorizer decides topic access. Implementations must be safe for
