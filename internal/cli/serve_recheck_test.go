@@ -5,12 +5,15 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/moatmq/moat/internal/broker"
+	"github.com/moatmq/moat/internal/config"
 )
 
 // directoryState stands in for the directory's answers to re-checks; the
@@ -85,5 +88,32 @@ func TestSecurityLDAPRecheckDisconnects(t *testing.T) {
 	}
 	if !bobThere {
 		t.Error("bob, whose account did not change, was disconnected")
+	}
+}
+
+// TestServeAlwaysWiresAuthorizer: moat serve never leaves the broker's
+// Authorizer nil; a listener without a policy gets an explicit
+// allow-everything decision that names its cause.
+func TestServeAlwaysWiresAuthorizer(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "mosquitto.conf")
+	writeFile(t, file, "listener 18830 127.0.0.1\nallow_anonymous true\n")
+	cfg, err := config.Load(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.DataDir = t.TempDir()
+	p, err := buildPlan(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.close()
+	az, ok := p.broker.Authorizer.(*accessAuthorizer)
+	if !ok {
+		t.Fatalf("Authorizer is %T", p.broker.Authorizer)
+	}
+	d := az.Authorize(&broker.AuthzRequest{Client: &broker.Client{Listener: cfg.Listeners[0].Name}, Action: broker.ActionPublish, Topic: "a"})
+	if !d.Allow || !strings.Contains(d.Reason, "no access policy") {
+		t.Errorf("decision %+v", d)
 	}
 }
