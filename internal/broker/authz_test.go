@@ -267,3 +267,29 @@ func BenchmarkAuthorizeCached(b *testing.B) {
 		}
 	}
 }
+
+// TestSecuritySharedMemberRefused: a shared subscription is judged on its
+// filter, and each message on the member that would get it. A member the
+// policy refuses for a topic is passed over: the group's other member gets
+// every message instead of half of them being dropped.
+func TestSecuritySharedMemberRefused(t *testing.T) {
+	az := &switchAuthz{}
+	_, addr := testServer(t, Config{Authorizer: az})
+	az.set("m-no", ActionReceive, "s/secret")
+	no := dialRaw(t, addr, packet.V5)
+	no.connect(v5connect("m-no"))
+	subscribe(t, no, 1, packet.Subscription{Filter: "$share/g/s/#", QoS: 1})
+	yes := dialRaw(t, addr, packet.V5)
+	yes.connect(v5connect("m-yes"))
+	subscribe(t, yes, 1, packet.Subscription{Filter: "$share/g/s/#", QoS: 1})
+	p := dialRaw(t, addr, packet.V5)
+	p.connect(v5connect("p"))
+	for i := range uint16(4) {
+		publishAcked(t, p, i+1, &packet.Publish{Topic: "s/secret"})
+	}
+	for range 4 {
+		m := recvPublish(t, yes)
+		yes.send(&packet.Puback{PacketID: m.PacketID})
+	}
+	expectNone(t, no)
+}

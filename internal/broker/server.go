@@ -501,7 +501,7 @@ func (s *Server) redistribute(orphans []*delivery) {
 			if g.Group != d.share.group || g.Filter != d.share.filter {
 				continue
 			}
-			if sub, ok := g.Pick(s.online); ok {
+			if sub, ok := g.Pick(s.eligibleFor(d.msg)); ok {
 				s.deliverTo(d.msg, sub.ClientID, sub.QoS, sub.RetainAsPublished, idsOf(sub.ID), d.share)
 			}
 		}
@@ -710,9 +710,13 @@ func (s *Server) deliver(msg *Message) int {
 	mb := matchPool.Get().(*matchBuf)
 	mb.subs, mb.groups = s.index.Match(msg.Topic, mb.subs[:0], mb.groups[:0])
 	n := s.route(msg, mb.subs)
+	var eligible func(string) bool
+	if len(mb.groups) > 0 {
+		eligible = s.eligibleFor(msg)
+	}
 	for i := range mb.groups {
 		g := &mb.groups[i]
-		sub, ok := g.Pick(s.online)
+		sub, ok := g.Pick(eligible)
 		if ok && s.deliverTo(msg, sub.ClientID, sub.QoS, sub.RetainAsPublished, idsOf(sub.ID), &shareKey{g.Group, g.Filter}) {
 			n++
 		}
