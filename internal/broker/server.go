@@ -511,17 +511,6 @@ func (s *Server) redistribute(orphans []*delivery) {
 	matchPool.Put(mb)
 }
 
-// online reports whether the session of clientID has a connection.
-func (s *Server) online(clientID string) bool {
-	sess := s.lookup(clientID)
-	if sess == nil {
-		return false
-	}
-	sess.mu.Lock()
-	defer sess.mu.Unlock()
-	return sess.conn != nil
-}
-
 // detach runs when a connection ends: it unbinds the session, publishes or
 // schedules the will, and ends or schedules the end of the session.
 func (s *Server) detach(c *conn) {

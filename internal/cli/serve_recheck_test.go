@@ -72,7 +72,7 @@ func TestSecurityLDAPRecheckDisconnects(t *testing.T) {
 
 	dir.mu.Lock()
 	dir.groups["alice"] = []string{"devices"} // left "operators"
-	delete(dir.groups, "carol")              // account removed
+	delete(dir.groups, "carol")               // account removed
 	dir.mu.Unlock()
 	a := &accessPlan{log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	a.srv.Store(srv)
