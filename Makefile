@@ -6,17 +6,24 @@
 GO ?= go
 PKGS ?= ./...
 # Debian packages used by the interop tests (real peers, not mocks).
-DEB_PACKAGES := mosquitto mosquitto-clients python3-paho-mqtt python3-cryptography python3-pycryptodome openssl testssl.sh curl microsocks slapd ldap-utils
+DEB_PACKAGES := mosquitto mosquitto-clients python3-paho-mqtt python3-cryptography python3-pycryptodome openssl testssl.sh curl microsocks slapd ldap-utils chromium prometheus
 FUZZTIME ?= 10s
 # staticcheck, pinned; fetched through the Go module proxy on first use.
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all build test deps vet lint unit fuzz bench gobench clean install uninstall man completions moat-stamped
+.PHONY: all build build-fips test deps vet lint unit fuzz fips-test bench gobench clean install uninstall man completions moat-stamped
 
 all: build
 
 build:
 	$(GO) build -o bin/moat ./cmd/moat
+
+# FIPS 140-3 build (docs/fips.md): the Go Cryptographic Module snapshot
+# shipped with the toolchain (GOROOT/lib/fips140, no download), FIPS mode on
+# without any GODEBUG setting.
+GOFIPS140_VERSION ?= v1.0.0
+build-fips:
+	GOFIPS140=$(GOFIPS140_VERSION) $(GO) build -o bin/moat-fips ./cmd/moat
 
 deps:
 	@./scripts/install-deps.sh $(DEB_PACKAGES)
@@ -34,7 +41,15 @@ unit:
 fuzz:
 	@./scripts/fuzz-all.sh $(FUZZTIME)
 
-test: deps vet lint unit fuzz
+# The FIPS 140-3 claims, run in FIPS mode: the TLS policy (handshakes with
+# Go and openssl, refused settings), e2e, password hashes, the key service,
+# `moat version` and a GOFIPS140 build. testssl.sh's scan runs in `unit`.
+FIPS_PKGS := ./internal/tlsconf/... ./e2e/ ./e2e/internal/... ./e2e/ota/ ./internal/authn/passwd/...
+fips-test:
+	GODEBUG=fips140=on $(GO) test -count=1 -timeout 5m -skip 'TestTestSSLScan|ExampleGenerateMemberKey' $(FIPS_PKGS)
+	GODEBUG=fips140=on $(GO) test -count=1 -timeout 5m -run FIPS ./e2e/keyservice/ ./internal/cli/
+
+test: deps vet lint unit fuzz fips-test
 
 # Side-by-side benchmark of Moat and Mosquitto (scripts/bench.sh; knobs are
 # BENCH_* environment variables, see the script). Not part of `make test`.

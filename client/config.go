@@ -333,6 +333,9 @@ func (cfg *Config) validate() ([]server, *url.URL, error) {
 		// SCRAM exists so that the password never crosses the network.
 		errs = append(errs, errors.New("client: Password is set together with SCRAM authentication, which would send the password in CONNECT; leave Password empty"))
 	}
+	if _, ok := cfg.Auth.(*JWTAuthenticator); ok && !cfg.Password.Empty() {
+		errs = append(errs, errors.New("client: Password is set together with JWT authentication, which sends the token itself; leave Password empty"))
+	}
 	if v != V5 {
 		if cfg.Auth != nil {
 			errs = append(errs, errors.New("client: enhanced authentication needs MQTT 5"))

@@ -1,6 +1,7 @@
 package client_test
 
 import (
+	"bytes"
 	"context"
 	"log"
 	"os"
@@ -25,6 +26,29 @@ func ExampleSCRAM() {
 		log.Fatal(err)
 	}
 	defer c.Disconnect(ctx)
+	if err := c.Reauthenticate(ctx); err != nil {
+		log.Fatal(err)
+	}
+}
+
+// Authenticate with a JWT sent as Authentication Data (Moat's "moat-jwt"
+// method), and renew it on the open connection before it expires: the
+// broker ends a connection whose token expired and was not renewed.
+func ExampleJWT() {
+	token := func(ctx context.Context) (client.Secret, error) {
+		b, err := os.ReadFile("/run/secrets/mqtt-token") // refreshed by an agent
+		return client.NewSecret(bytes.TrimSpace(b)), err
+	}
+	ctx := context.Background()
+	c, err := client.Dial(ctx, client.Config{
+		Servers: []string{"mqtts://broker.example:8883"},
+		Auth:    client.JWT(token),
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Disconnect(ctx)
+	// Later, before the token's exp:
 	if err := c.Reauthenticate(ctx); err != nil {
 		log.Fatal(err)
 	}

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moatmq/moat/internal/testutil"
+
 	"github.com/moatmq/moat/internal/broker"
 	"github.com/moatmq/moat/internal/packet"
 )
@@ -232,7 +234,7 @@ func TestSessionStoreAcrossClients(t *testing.T) {
 			}
 			cfg.CleanStart = false
 			p2 := dial(t, cfg)
-			checkFor(t, 5*time.Second, func() error {
+			testutil.CheckFor(t, 5*time.Second, func() error {
 				if n := store.Len(); n != 0 {
 					return fmt.Errorf("store still holds %d entries", n)
 				}
@@ -269,7 +271,7 @@ func TestReconnectBackoff(t *testing.T) {
 		d.failNext = 3
 		d.mu.Unlock()
 		d.last().Conn.Close()
-		checkFor(t, 5*time.Second, func() error {
+		testutil.CheckFor(t, 5*time.Second, func() error {
 			if ups.Load() != 2 {
 				return fmt.Errorf("%d connections", ups.Load())
 			}
@@ -416,21 +418,14 @@ func TestSOCKS5Proxy(t *testing.T) {
 	m := startMosquitto(t, "")
 	_, port, _ := net.SplitHostPort(m.tcp)
 	_, wsPort, _ := net.SplitHostPort(m.ws)
-	pport := strconv.Itoa(freePort(t))
-	cmd := exec.Command(bin, "-i", "127.0.0.1", "-p", pport, "-u", "proxyuser", "-P", "proxypass")
-	var log bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &log, &log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	checkFor(t, 5*time.Second, func() error {
-		c, err := net.Dial("tcp", "127.0.0.1:"+pport)
-		if err == nil {
-			c.Close()
-		}
-		return err
+	proxy := testutil.StartPeer(t, testutil.Peer{
+		Name:  "microsocks",
+		Ports: 1,
+		Command: func(ports []int) *exec.Cmd {
+			return exec.Command(bin, "-i", "127.0.0.1", "-p", strconv.Itoa(ports[0]), "-u", "proxyuser", "-P", "proxypass")
+		},
 	})
+	pport := strconv.Itoa(proxy.Ports[0])
 	cases := []struct {
 		name, proxy, server string
 		ok                  bool

@@ -22,7 +22,7 @@
 // Keys reach members as bundles: a key service (package
 // github.com/moatmq/moat/e2e/keyservice) seals the epoch keys a member may
 // use to that member's HPKE public key ([MemberKey], ML-KEM-768 + X25519
-// by default) and signs the result, so a bundle may travel over any
+// by default, ML-KEM-768 + P-256 in FIPS 140-3 mode) and signs the result, so a bundle may travel over any
 // channel, HTTPS or an MQTT topic, without trusting that channel.
 //
 // Optional signatures ([Signer], [TrustStore]) add non-repudiation: a

@@ -7,17 +7,11 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/moatmq/moat/internal/testutil"
 )
 
 var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
-
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *clock) Now() time.Time          { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
-func (c *clock) Advance(d time.Duration) { c.mu.Lock(); c.now = c.now.Add(d); c.mu.Unlock() }
 
 func testSecret(b byte) []byte { return bytes.Repeat([]byte{b}, KeySize) }
 
@@ -31,7 +25,7 @@ func mustEpoch(t testing.TB, group, filter string, epoch uint64, secret []byte, 
 }
 
 type fixture struct {
-	clk    *clock
+	clk    *testutil.Clock
 	ring   *Keyring
 	sealer *GroupSealer
 	opener *GroupOpener
@@ -39,7 +33,7 @@ type fixture struct {
 
 func newFixture(t testing.TB) *fixture {
 	t.Helper()
-	f := &fixture{clk: &clock{now: t0}, ring: &Keyring{}}
+	f := &fixture{clk: testutil.NewClock(t0), ring: &Keyring{}}
 	f.ring.AddEpochKey(mustEpoch(t, "temps", "factory/+/temp", 1, testSecret(1), []string{"sensor-1", "sensor-2"}, time.Time{}))
 	var err error
 	f.sealer, err = NewGroupSealer(SealerConfig{Sender: "sensor-1", Keys: f.ring, Sequence: &MemorySequenceStore{}, Now: f.clk.Now})

@@ -43,6 +43,10 @@ var (
 	ErrUnsigned = errors.New("e2e: message is not signed")
 	// ErrBadBundle: a key bundle failed to verify or decrypt.
 	ErrBadBundle = errors.New("e2e: bad key bundle")
+	// ErrNotApproved: the process runs in FIPS 140-3 mode and the
+	// algorithm asked for is not approved there (a member key using
+	// X25519).
+	ErrNotApproved = errors.New("e2e: algorithm not approved in FIPS 140-3 mode")
 )
 
 func wrapf(sentinel error, format string, args ...any) error {

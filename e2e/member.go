@@ -4,6 +4,7 @@ import (
 	"crypto"
 	"crypto/ecdh"
 	"crypto/ed25519"
+	"crypto/fips140"
 	"crypto/hpke"
 	"crypto/sha256"
 	"encoding/pem"
@@ -20,13 +21,33 @@ import (
 type KEM uint16
 
 // Supported KEMs. The default is the post-quantum hybrid ML-KEM-768 +
-// X25519 (X-Wing, draft-ietf-hpke-pq), as crypto/hpke implements it.
+// X25519 (X-Wing, draft-ietf-hpke-pq), as crypto/hpke implements it. In
+// FIPS 140-3 mode it is FIPSKEM, ML-KEM-768 with P-256, whose both halves
+// are NIST-approved (FIPS 203, SP 800-56A).
 const (
 	KEMMLKEM768X25519 KEM = 0x647a
 	KEMX25519         KEM = 0x0020
 	KEMP256           KEM = 0x0010
+	KEMMLKEM768P256   KEM = 0x0050
+	KEMMLKEM1024P384  KEM = 0x0051
 	DefaultKEM            = KEMMLKEM768X25519
+	FIPSKEM               = KEMMLKEM768P256
 )
+
+// FIPSApproved reports whether k is allowed in FIPS 140-3 mode: ML-KEM
+// with a NIST curve, or DHKEM(P-256). Keys of other KEMs are refused in
+// that mode, when generated, parsed, registered or sealed to.
+func (k KEM) FIPSApproved() bool {
+	return k == KEMMLKEM768P256 || k == KEMMLKEM1024P384 || k == KEMP256
+}
+
+// defaultKEM is the KEM of a new member key that names none.
+func defaultKEM() KEM {
+	if fips140.Enabled() {
+		return FIPSKEM
+	}
+	return DefaultKEM
+}
 
 // String returns the name ParseKEM accepts.
 func (k KEM) String() string {
@@ -37,26 +58,46 @@ func (k KEM) String() string {
 		return "x25519"
 	case KEMP256:
 		return "p256"
+	case KEMMLKEM768P256:
+		return "mlkem768p256"
+	case KEMMLKEM1024P384:
+		return "mlkem1024p384"
 	}
 	return fmt.Sprintf("kem(0x%04x)", uint16(k))
 }
 
-// ParseKEM parses "mlkem768x25519" (also "hybrid", "x-wing"), "x25519" or
-// "p256". The empty string is the default KEM.
+// ParseKEM parses "mlkem768x25519" (also "hybrid", "x-wing"),
+// "mlkem768p256", "mlkem1024p384", "x25519" or "p256". The empty string is
+// the default KEM: DefaultKEM, or FIPSKEM in FIPS 140-3 mode.
 func ParseKEM(name string) (KEM, error) {
 	switch strings.ToLower(name) {
-	case "", "mlkem768x25519", "mlkem768-x25519", "hybrid", "x-wing", "xwing":
+	case "":
+		return defaultKEM(), nil
+	case "mlkem768x25519", "mlkem768-x25519", "hybrid", "x-wing", "xwing":
 		return KEMMLKEM768X25519, nil
+	case "mlkem768p256", "mlkem768-p256":
+		return KEMMLKEM768P256, nil
+	case "mlkem1024p384", "mlkem1024-p384":
+		return KEMMLKEM1024P384, nil
 	case "x25519":
 		return KEMX25519, nil
 	case "p256", "p-256":
 		return KEMP256, nil
 	}
-	return 0, fmt.Errorf("e2e: unknown KEM %q (use mlkem768x25519, x25519 or p256)", name)
+	return 0, fmt.Errorf("e2e: unknown KEM %q (use mlkem768x25519, mlkem768p256, mlkem1024p384, x25519 or p256)", name)
 }
 
+// hpke returns the HPKE KEM of k. In FIPS 140-3 mode a KEM that mode does
+// not approve is refused, so no key of it is made or used.
 func (k KEM) hpke() (hpke.KEM, error) {
+	if fips140.Enabled() && (k == KEMMLKEM768X25519 || k == KEMX25519) {
+		return nil, fmt.Errorf("%w: KEM %s uses X25519; in FIPS 140-3 mode member keys are %s (or mlkem1024p384, p256): generate a new member key and register it (see docs/fips.md)", ErrNotApproved, k, FIPSKEM)
+	}
 	switch k {
+	case KEMMLKEM768P256:
+		return hpke.MLKEM768P256(), nil
+	case KEMMLKEM1024P384:
+		return hpke.MLKEM1024P384(), nil
 	case KEMMLKEM768X25519:
 		return hpke.MLKEM768X25519(), nil
 	case KEMX25519:
@@ -102,10 +143,12 @@ func (p MemberPublicKey) Validate() error {
 	return nil
 }
 
-// GenerateMemberKey generates a member key for kem (0: DefaultKEM).
+// GenerateMemberKey generates a member key for kem (0: DefaultKEM, or
+// FIPSKEM in FIPS 140-3 mode, where a KEM using X25519 is refused with
+// ErrNotApproved).
 func GenerateMemberKey(kem KEM) (*MemberKey, error) {
 	if kem == 0 {
-		kem = DefaultKEM
+		kem = defaultKEM()
 	}
 	k, err := kem.hpke()
 	if err != nil {

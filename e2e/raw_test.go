@@ -10,35 +10,12 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/moatmq/moat/internal/testutil"
 )
 
-// The seed's snippet, verbatim in substance: PyCryptodome AES-GCM with a
-// 12-byte random nonce, returning nonce + ciphertext + tag.
-// Debian packages PyCryptodome under the name Cryptodome; the alias keeps
-// the seed's import line unchanged.
-const seedPyCryptodome = `
-import sys, json, os
-try:
-    import Crypto.Cipher.AES
-except ImportError:
-    import Cryptodome, Cryptodome.Cipher, Cryptodome.Cipher.AES
-    sys.modules["Crypto"] = Cryptodome
-    sys.modules["Crypto.Cipher"] = Cryptodome.Cipher
-from Crypto.Cipher import AES
-def encrypt_payload(plaintext, key):
-    nonce = os.urandom(12)
-    cipher = AES.new(key, AES.MODE_GCM, nonce=nonce)
-    ciphertext, tag = cipher.encrypt_and_digest(plaintext)
-    return nonce + ciphertext + tag
-def decrypt_payload(ciphertext, key):
-    nonce = ciphertext[:12]
-    tag = ciphertext[-16:]
-    ciphertext = ciphertext[12:-16]
-    cipher = AES.new(key, AES.MODE_GCM, nonce=nonce)
-    return cipher.decrypt_and_verify(ciphertext, tag)
-`
-
-// The same format with Debian's python3-cryptography.
+// The seed's PyCryptodome device code is testutil.SeedAESGCMPython; this is
+// the same format with Debian's python3-cryptography.
 const seedCryptography = `
 import sys, json, os
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -52,6 +29,7 @@ def decrypt_payload(ciphertext, key):
 // The driver reads the key and messages from stdin (never argv: secrets
 // stay off command lines), encrypts pt and decrypts ct.
 const pyDriver = `
+import sys, json
 out = []
 for req in json.load(sys.stdin):
     key = bytes.fromhex(req["key"])
@@ -71,7 +49,7 @@ func TestRawInteropPython(t *testing.T) {
 	}
 	impls := []struct{ name, module, code string }{
 		{"cryptography", "cryptography.hazmat.primitives.ciphers.aead", seedCryptography},
-		{"pycryptodome", "Cryptodome.Cipher.AES", seedPyCryptodome},
+		{"pycryptodome", "Cryptodome.Cipher.AES", testutil.SeedAESGCMPython},
 	}
 	for _, impl := range impls {
 		t.Run(impl.name, func(t *testing.T) {

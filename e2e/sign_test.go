@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
+	"crypto/fips140"
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -114,8 +115,11 @@ func TestSignedMessages(t *testing.T) {
 
 func TestBundleRoundTrip(t *testing.T) {
 	_, svc, _ := ed25519.GenerateKey(rand.Reader)
-	for _, kem := range []KEM{KEMMLKEM768X25519, KEMX25519, KEMP256} {
+	for _, kem := range []KEM{KEMMLKEM768X25519, KEMX25519, KEMP256, KEMMLKEM768P256, KEMMLKEM1024P384} {
 		t.Run(kem.String(), func(t *testing.T) {
+			if fips140.Enabled() && !kem.FIPSApproved() {
+				t.Skip("refused in FIPS 140-3 mode (TestFIPSMemberKeys)")
+			}
 			mk, err := GenerateMemberKey(kem)
 			if err != nil {
 				t.Fatal(err)

@@ -22,6 +22,7 @@ package keyservice
 import (
 	"bytes"
 	"crypto/ed25519"
+	"crypto/fips140"
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/binary"
@@ -100,7 +101,8 @@ type Config struct {
 	// KEK wraps epoch secrets and the service's signing key.
 	KEK KEKBackend
 	// Passphrase derives the KEK with argon2id; the salt and parameters
-	// are stored in the database. The slice is not retained.
+	// are stored in the database. The slice is not retained. Refused in
+	// FIPS 140-3 mode (argon2id is not an approved algorithm).
 	Passphrase []byte
 	// Argon2 sets the argon2id parameters of a new store; zero means
 	// DefaultArgon2. An existing store keeps the parameters it was
@@ -238,6 +240,9 @@ func Open(cfg Config) (*Service, error) {
 	}
 	if (cfg.KEK == nil) == (len(cfg.Passphrase) == 0) {
 		errs = append(errs, errors.New("keyservice: set exactly one of Config.KEK (key file, KMS) and Config.Passphrase"))
+	}
+	if len(cfg.Passphrase) > 0 && fips140.Enabled() {
+		errs = append(errs, errors.New("keyservice: a passphrase KEK is derived with argon2id, which is not approved in FIPS 140-3 mode; use a KEK key file (moat keys genkek FILE, then --kek-file FILE)"))
 	}
 	if cfg.Grace < 0 || cfg.WriterGrace < 0 {
 		errs = append(errs, errors.New("keyservice: Config.Grace and Config.WriterGrace must not be negative"))

@@ -2,8 +2,6 @@ package keyservice
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
@@ -11,8 +9,6 @@ import (
 	"errors"
 	"io"
 	"log/slog"
-	"math/big"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -22,64 +18,37 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moatmq/moat/internal/testutil"
+	"github.com/moatmq/moat/internal/testutil/testpki"
+
 	"github.com/moatmq/moat/e2e"
 	"github.com/moatmq/moat/internal/tlsconf"
 )
 
 var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *clock) Now() time.Time          { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
-func (c *clock) Advance(d time.Duration) { c.mu.Lock(); c.now = c.now.Add(d); c.mu.Unlock() }
-
+// testPKI is a CA of the shared test PKI and its pool.
 type testPKI struct {
-	ca    *x509.Certificate
-	caKey *ecdsa.PrivateKey
-	pool  *x509.CertPool
+	ca   *testpki.Cert
+	pool *x509.CertPool
 }
 
 func newPKI(t *testing.T) *testPKI {
 	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, _ := x509.ParseCertificate(der)
-	pool := x509.NewCertPool()
-	pool.AddCert(ca)
-	return &testPKI{ca: ca, caKey: key, pool: pool}
+	ca := testpki.NewRoot(t, "test CA", testpki.P256)
+	return &testPKI{ca: ca, pool: ca.Pool()}
 }
 
+// issue returns a client certificate for cn, or a server certificate for
+// 127.0.0.1 with common name cn.
 func (p *testPKI) issue(t *testing.T, cn string, server bool) tls.Certificate {
 	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
-	tmpl := &x509.Certificate{
-		SerialNumber: serial, Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature,
-	}
+	o := testpki.Options{CN: cn, EKU: testpki.ClientAuth}
 	if server {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-		tmpl.IPAddresses = []net.IP{net.ParseIP("127.0.0.1")}
-	} else {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+		o = testpki.ServerOptions()
+		o.CN = cn
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.ca, key.Public(), p.caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	return p.ca.Issue(t, o).TLS()
 }
 
 func (p *testPKI) client(t *testing.T, url, cn string) *Client {
@@ -94,7 +63,7 @@ func (p *testPKI) client(t *testing.T, url, cn string) *Client {
 
 func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
-func openTest(t *testing.T, path string, clk *clock, kek KEKBackend) *Service {
+func openTest(t *testing.T, path string, clk *testutil.Clock, kek KEKBackend) *Service {
 	t.Helper()
 	s, err := Open(Config{Path: path, KEK: kek, Now: clk.Now, Logger: quietLogger(), Grace: time.Hour})
 	if err != nil {
@@ -158,7 +127,7 @@ func (m *member) refresh(t *testing.T) error {
 
 func TestKeyServiceEndToEnd(t *testing.T) {
 	p := newPKI(t)
-	clk := &clock{now: t0}
+	clk := testutil.NewClock(t0)
 	kek, _ := NewLocalKEK(make([]byte, 32))
 	dir := t.TempDir()
 	s := openTest(t, filepath.Join(dir, "keys.db"), clk, kek)
@@ -264,7 +233,7 @@ func TestKeyServiceEndToEnd(t *testing.T) {
 }
 
 func TestHandlerWithoutTLS(t *testing.T) {
-	s := openTest(t, filepath.Join(t.TempDir(), "k.db"), &clock{now: t0}, mustKEK(t))
+	s := openTest(t, filepath.Join(t.TempDir(), "k.db"), testutil.NewClock(t0), mustKEK(t))
 	defer s.Close()
 	rec := httptest.NewRecorder()
 	s.Handler().ServeHTTP(rec, httptest.NewRequest("GET", PathBundle, nil))
@@ -345,7 +314,7 @@ func TestKEKFile(t *testing.T) {
 
 func TestDatabaseHoldsNoPlainSecrets(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "k.db")
-	clk := &clock{now: t0}
+	clk := testutil.NewClock(t0)
 	s := openTest(t, path, clk, mustKEK(t))
 	s.CreateGroup("g", "a/#", 0)
 	s.AddMember("g", "r", Reader)
@@ -390,7 +359,7 @@ func TestBundleTopic(t *testing.T) {
 
 func TestRewrapKEK(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "k.db")
-	clk := &clock{now: t0}
+	clk := testutil.NewClock(t0)
 	oldKEK, newKEK := mustKEK(t), mustKEK(t)
 	s := openTest(t, path, clk, oldKEK)
 	s.CreateGroup("g", "a/#", 0)
@@ -440,7 +409,7 @@ func (p *recordingPublisher) Publish(ctx context.Context, topic string, payload 
 // The bytes published for MQTT delivery are the same signed, sealed
 // bundles as over HTTPS: a member opens them with its key.
 func TestPublishBundles(t *testing.T) {
-	clk := &clock{now: t0}
+	clk := testutil.NewClock(t0)
 	s := openTest(t, filepath.Join(t.TempDir(), "k.db"), clk, mustKEK(t))
 	defer s.Close()
 	pub := &recordingPublisher{msgs: map[string][]byte{}}
@@ -476,7 +445,7 @@ func TestPublishBundles(t *testing.T) {
 
 func TestRegisterRejectsBadBodies(t *testing.T) {
 	p := newPKI(t)
-	s := openTest(t, filepath.Join(t.TempDir(), "k.db"), &clock{now: t0}, mustKEK(t))
+	s := openTest(t, filepath.Join(t.TempDir(), "k.db"), testutil.NewClock(t0), mustKEK(t))
 	defer s.Close()
 	s.CreateGroup("g", "a/#", 0)
 	s.AddMember("g", "dev", Reader)
@@ -504,19 +473,12 @@ func TestRegisterRejectsBadBodies(t *testing.T) {
 // key service, e2e.CertIdentity and the broker must all name it dev-7.
 func TestSecurityIdentityTwoCommonNames(t *testing.T) {
 	p := newPKI(t)
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(7),
-		Subject: pkix.Name{ExtraNames: []pkix.AttributeTypeAndValue{
+	leaf := p.ca.Issue(t, testpki.Options{
+		Subject: &pkix.Name{ExtraNames: []pkix.AttributeTypeAndValue{
 			{Type: []int{2, 5, 4, 3}, Value: "dev-7"}, {Type: []int{2, 5, 4, 3}, Value: "platform"}}},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.ca, key.Public(), p.caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
+		EKU: testpki.ClientAuth,
+	})
+	cert := leaf.Cert
 	if cert.Subject.CommonName != "platform" {
 		t.Fatalf("test certificate: Go's CommonName is %q, want the last CN", cert.Subject.CommonName)
 	}
@@ -531,7 +493,7 @@ func TestSecurityIdentityTwoCommonNames(t *testing.T) {
 		t.Fatalf("e2e.CertIdentity %q, broker identity %q", got, broker)
 	}
 
-	clk := &clock{now: t0}
+	clk := testutil.NewClock(t0)
 	s := openTest(t, filepath.Join(t.TempDir(), "keys.db"), clk, mustKEK(t))
 	defer s.Close()
 	if err := s.CreateGroup("temps", "factory/+/temp", 0); err != nil {
@@ -542,7 +504,7 @@ func TestSecurityIdentityTwoCommonNames(t *testing.T) {
 	}
 	url := startServer(t, s, p)
 	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: p.pool, MinVersion: tls.VersionTLS13,
-		Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}}
+		Certificates: []tls.Certificate{leaf.TLS()}}}
 	defer tr.CloseIdleConnections()
 	cl := &Client{BaseURL: url, HTTPClient: &http.Client{Transport: tr, Timeout: 10 * time.Second}}
 	mk, _ := e2e.GenerateMemberKey(e2e.KEMX25519)
@@ -563,7 +525,7 @@ func TestSecurityIdentityTwoCommonNames(t *testing.T) {
 // read is what a writer seals before it applies its new bundle.
 func TestSecurityStaleWriterAfterRemoval(t *testing.T) {
 	p := newPKI(t)
-	clk := &clock{now: t0}
+	clk := testutil.NewClock(t0)
 	s, err := Open(Config{Path: filepath.Join(t.TempDir(), "keys.db"), KEK: mustKEK(t), Now: clk.Now, Logger: quietLogger(),
 		Grace: time.Hour, WriterGrace: time.Minute})
 	if err != nil {

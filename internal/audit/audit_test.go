@@ -15,6 +15,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/moatmq/moat/internal/testutil"
 )
 
 func TestRoundTrip(t *testing.T) {
@@ -485,18 +487,18 @@ func TestOpenRefusesUnreadableLastEntry(t *testing.T) {
 }
 
 func TestCheckpointInterval(t *testing.T) {
-	clock := newClock()
+	clock := testutil.NewSteppingClock(time.Date(2026, 3, 1, 12, 0, 0, 123456789, time.UTC), time.Millisecond)
 	dir := t.TempDir()
 	l := openLog(t, Config{Dir: dir, Now: clock.Now, CheckpointEvery: 1000, CheckpointInterval: time.Minute})
 	defer l.Close()
 	l.Record(Event{Type: TypeDetect, Fields: []Field{String("reason", "a")}})
-	waitFor(t, "the first event", 5*time.Second, func() bool { return l.Stats().Written == 2 })
+	testutil.WaitFor(t, "the first event", 5*time.Second, func() bool { return l.Stats().Written == 2 })
 	if l.Stats().Checkpoints != 0 {
 		t.Fatal("checkpoint before the interval")
 	}
 	clock.Advance(time.Minute)
 	l.Record(Event{Type: TypeDetect, Fields: []Field{String("reason", "b")}})
-	waitFor(t, "an interval checkpoint", 5*time.Second, func() bool { return l.Stats().Checkpoints == 1 })
+	testutil.WaitFor(t, "an interval checkpoint", 5*time.Second, func() bool { return l.Stats().Checkpoints == 1 })
 	lines := readLines(t, filepath.Join(dir, DefaultFile))
 	cp := mustParse(t, lines[len(lines)-1])
 	if r, _ := cp.Get("reason"); cp.Type != TypeCheckpoint || r.Value() != "interval" {

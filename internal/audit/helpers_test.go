@@ -7,63 +7,18 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/moatmq/moat/internal/testutil"
 )
-
-// fakeClock is an injected clock tests advance by hand.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newClock() *fakeClock {
-	return &fakeClock{t: time.Date(2026, 3, 1, 12, 0, 0, 123456789, time.UTC)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(time.Millisecond) // every reading is distinct
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
-// waitFor polls cond until it holds or d passes.
-func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
-
-// checkNoLeaks records the goroutine count and, at cleanup, waits for it
-// to come back down: every Log must have stopped its goroutines.
-func checkNoLeaks(t *testing.T) {
-	t.Helper()
-	before := runtime.NumGoroutine()
-	t.Cleanup(func() {
-		waitFor(t, "the log's goroutines to end", 5*time.Second, func() bool { return runtime.NumGoroutine() <= before })
-	})
-}
 
 func openLog(t *testing.T, cfg Config) *Log {
 	t.Helper()
-	checkNoLeaks(t)
+	testutil.CheckNoLeaks(t)
 	if cfg.Now == nil {
-		cfg.Now = newClock().Now
+		cfg.Now = testutil.NewSteppingClock(time.Date(2026, 3, 1, 12, 0, 0, 123456789, time.UTC), time.Millisecond).Now
 	}
 	l, err := Open(cfg)
 	if err != nil {

@@ -6,13 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/moatmq/moat/internal/testutil"
 
 	"github.com/moatmq/moat/client"
 )
@@ -116,7 +117,7 @@ func TestMosquittoACLFileInterop(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := startMosquitto(t, dir, pwfile, aclPath)
+	addr := startMosquitto(t, pwfile, aclPath)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -194,34 +195,14 @@ func TestMosquittoACLFileInterop(t *testing.T) {
 	}
 }
 
-// startMosquitto starts mosquitto on a free loopback port and returns its
-// address. A port taken between choosing and binding is retried.
-func startMosquitto(t *testing.T, dir, pwfile, aclPath string) string {
+// startMosquitto starts mosquitto on a loopback port and returns its
+// address; it is stopped when the test ends.
+func startMosquitto(t *testing.T, pwfile, aclPath string) string {
 	t.Helper()
-	for attempt := 0; attempt < 5; attempt++ {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := ln.Addr().(*net.TCPAddr).Port
-		_ = ln.Close()
-		conf := filepath.Join(dir, "mosquitto.conf")
-		text := fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\npassword_file %s\nacl_file %s\n", port, pwfile, aclPath)
-		if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		m := runMosquitto(t, conf)
-		if m.running {
-			t.Cleanup(m.stop)
-			return fmt.Sprintf("127.0.0.1:%d", port)
-		}
-		if !strings.Contains(m.log, "in use") {
-			t.Fatalf("mosquitto did not start:\n%s", m.log)
-		}
-		t.Logf("mosquitto could not bind port %d; retrying", port)
-	}
-	t.Fatal("mosquitto: no free port after 5 attempts")
-	return ""
+	m := testutil.StartMosquitto(t, 1, func(ports []int) string {
+		return fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\npassword_file %s\nacl_file %s\n", ports[0], pwfile, aclPath)
+	})
+	return m.Addr(0)
 }
 
 type mosquittoRun struct {

@@ -2,10 +2,10 @@ package bench_test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -17,6 +17,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/moatmq/moat/internal/testutil"
 
 	"github.com/moatmq/moat/internal/bench"
 	"github.com/moatmq/moat/internal/cli"
@@ -50,10 +52,12 @@ func BenchmarkServeIdleMTLS(b *testing.B) {
 	if err := bench.WritePKI(pki, bench.ECDSAP256); err != nil {
 		b.Fatal(err)
 	}
-	port := freePort(b)
 	p := func(f string) string { return filepath.Join(pki, f) }
 	conf := filepath.Join(dir, "broker.conf")
-	if err := os.WriteFile(conf, fmt.Appendf(nil, `per_listener_settings false
+	// moat serve runs in-process (its memory is what is measured) on a
+	// configured port; a port taken before it binds is retried.
+	ports := testutil.RetryPorts(b, 1, func(ports []int) error {
+		if err := os.WriteFile(conf, fmt.Appendf(nil, `per_listener_settings false
 allow_anonymous true
 persistence false
 connection_messages false
@@ -69,22 +73,32 @@ certfile %s
 keyfile %s
 require_certificate true
 use_identity_as_username true
-`, port, p(bench.PKIFiles.CA), p(bench.PKIFiles.Server), p(bench.PKIFiles.ServerKey)), 0o600); err != nil {
-		b.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan int, 1)
-	var logs bytes.Buffer
-	go func() {
-		served <- cli.Main(ctx, []string{"serve", "-c", conf, "--data", filepath.Join(dir, "data")},
-			cli.Stdio{In: strings.NewReader(""), Out: io.Discard, Err: &logs})
-	}()
-	b.Cleanup(func() {
-		cancel()
-		<-served
+`, ports[0], p(bench.PKIFiles.CA), p(bench.PKIFiles.Server), p(bench.PKIFiles.ServerKey)), 0o600); err != nil {
+			return err
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		served := make(chan struct{}) // closed when moat serve has returned
+		logs := &testutil.Buffer{}
+		go func() {
+			defer close(served)
+			cli.Main(ctx, []string{"serve", "-c", conf, "--data", filepath.Join(dir, "data")},
+				cli.Stdio{In: strings.NewReader(""), Out: io.Discard, Err: logs})
+		}()
+		if err := waitListening(net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0])), served); err != nil {
+			cancel()
+			<-served
+			if testutil.IsPortTaken(logs.String()) {
+				err = testutil.ErrPortTaken
+			}
+			return fmt.Errorf("moat serve: %w\n%s", err, logs.String())
+		}
+		b.Cleanup(func() {
+			cancel()
+			<-served
+		})
+		return nil
 	})
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	waitListening(b, addr, served)
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
 
 	for b.Loop() {
 		time.Sleep(500 * time.Millisecond)
@@ -182,32 +196,23 @@ func TestIdleClientsChild(t *testing.T) {
 	}
 }
 
-func freePort(t testing.TB) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
-func waitListening(t testing.TB, addr string, exited <-chan int) {
-	t.Helper()
+// waitListening waits until addr accepts connections; it fails when
+// moat serve has exited (exited is closed) or after 20 seconds.
+func waitListening(addr string, exited <-chan struct{}) error {
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		c, err := net.DialTimeout("tcp", addr, time.Second)
 		if err == nil {
 			c.Close()
-			return
+			return nil
 		}
 		select {
-		case code := <-exited:
-			t.Fatalf("moat serve exited with %d", code)
+		case <-exited:
+			return errors.New("exited")
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("nothing listens on %s", addr)
+			return fmt.Errorf("nothing listens on %s", addr)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

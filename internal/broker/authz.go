@@ -302,23 +302,6 @@ func (s *Server) mayReceive(cl *Client, d *delivery) bool {
 	return dec.Allow
 }
 
-// Clients returns the identities of the connected clients, as snapshots
-// (no Conn), for periodic re-checks such as a directory lookup; act on
-// them with Reevaluate.
-func (s *Server) Clients() []*Client {
-	var out []*Client
-	s.sessions.Range(func(_, v any) bool {
-		sess := v.(*session)
-		sess.mu.Lock()
-		if sess.conn != nil && sess.client != nil {
-			out = append(out, sess.client)
-		}
-		sess.mu.Unlock()
-		return true
-	})
-	return out
-}
-
 // eligibleFor returns the shared-subscription member filter for msg: an
 // online member that may receive it. A member refused by the policy is
 // passed over, so that a group with one member the policy excludes still

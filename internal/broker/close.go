@@ -19,6 +19,7 @@ import (
 // (finish); the socket is never closed under a DISCONNECT still on its
 // way, nor before the session is gone.
 func (c *conn) kill(code packet.ReasonCode, reason string) {
+	c.noteEnd(code, reason)
 	if !c.closing.CompareAndSwap(false, true) {
 		return
 	}
@@ -146,9 +147,11 @@ func (c *conn) finish() {
 	if c.stopWatch != nil {
 		c.stopWatch()
 	}
+	c.stopExpiry()
 	if c.sess != nil {
 		c.srv.detach(c)
 		c.srv.stats.disconnected()
+		c.logDisconnect()
 	}
 	c.detached()
 	c.closeGracefully()

@@ -11,6 +11,7 @@ import (
 const (
 	DefaultMaxPacketSize     = 1 << 20 // 1 MiB
 	DefaultConnectTimeout    = 10 * time.Second
+	DefaultReauthGrace       = 30 * time.Second
 	DefaultMaxInflight       = 20    // outbound QoS 1/2 per session, as Mosquitto's max_inflight_messages
 	DefaultReceiveMaximum    = 100   // inbound QoS 1/2 per connection, advertised to v5 clients
 	DefaultMaxQueued         = 1000  // messages queued per session
@@ -188,6 +189,17 @@ type Config struct {
 	// as AllowAnonymous says.
 	Authenticator Authenticator
 
+	// EnhancedAuthenticator runs MQTT 5 enhanced authentication and
+	// re-authentication (auth.go). Nil: a CONNECT with an Authentication
+	// Method is refused with 0x8C Bad authentication method.
+	EnhancedAuthenticator EnhancedAuthenticator
+
+	// ReauthGrace is how long past the expiry of its authentication (a
+	// token's exp) a client that connected with an Authentication Method
+	// may stay connected to re-authenticate; clients that cannot are
+	// disconnected at expiry. Default DefaultReauthGrace.
+	ReauthGrace time.Duration
+
 	// Authorizer decides publish, subscribe and delivery requests. Nil is
 	// AllowAll (New logs a warning); moat serve always sets one.
 	Authorizer Authorizer
@@ -201,8 +213,21 @@ type Config struct {
 	// reason code 0x87 either way).
 	DisconnectDeniedPublishV3 bool
 
+	// Observer is told of every accepted socket (before TLS) and of the
+	// security events of each connection, and may refuse or end it
+	// (defense and audit). Nil: nothing is checked or reported; moat serve
+	// always sets one.
+	Observer Observer
+
 	// Retained stores retained messages. Nil: an in-memory store.
 	Retained RetainedStore
+
+	// Persistence keeps persistent sessions, their messages, retained
+	// messages and wills across restarts (docs/durability.md). Nil: in
+	// memory only. StoreQuarantines is reported in Stats: how many corrupt
+	// stores were moved aside when it was opened.
+	Persistence      Persistence
+	StoreQuarantines int
 
 	// QuietConnections logs client connects and disconnects at debug level
 	// instead of info (mosquitto's connection_messages false).
@@ -251,6 +276,12 @@ func (c *Config) withDefaults() (Config, error) {
 	}
 	if cfg.ConnectTimeout == 0 {
 		cfg.ConnectTimeout = DefaultConnectTimeout
+	}
+	if cfg.ReauthGrace == 0 {
+		cfg.ReauthGrace = DefaultReauthGrace
+	}
+	if cfg.ReauthGrace < 0 {
+		errs = append(errs, errors.New("broker: ReauthGrace must not be negative"))
 	}
 	if cfg.ConnectTimeout < 0 {
 		errs = append(errs, errors.New("broker: ConnectTimeout must not be negative"))

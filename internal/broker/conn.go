@@ -40,6 +40,7 @@ type conn struct {
 	srv *Server
 	nc  net.Conn // its methods are safe for concurrent use
 	lst *listenerState
+	obs ConnObserver // the Observer's, set by the accept loop before serve starts
 	// log is fixed at CONNECT (it gains the client ID there).
 	log *slog.Logger
 	// Reader-owned. in is the read buffer and decoder; nil while the
@@ -64,6 +65,13 @@ type conn struct {
 	connectDeadline time.Time
 	authenticated   bool
 	reserved        int64
+	// Reader-owned, for the Observer: the body size of the packet just
+	// read; whether the client sent anything but PINGREQ since the last
+	// PINGREQ, and since when it has not; whether it ended normally.
+	bodySize   int
+	active     bool
+	quietSince time.Time
+	cleanEnd   bool
 
 	// Fixed at CONNECT, then read by the reader (aliasesIn is reader-owned
 	// and grows as the client sends aliases; will is read by detach, which
@@ -80,9 +88,26 @@ type conn struct {
 	// retainSnap is the identity snapshot this connection's retained
 	// messages carry (Message.Publisher); reader-owned, made on first use.
 	retainSnap *Client
+	// authMethod is the Authentication Method of CONNECT ("" none), fixed
+	// at CONNECT. reauth is the re-authentication in progress and
+	// reauthRounds its AUTH packets so far (reader-owned).
+	authMethod   string
+	reauth       AuthExchange
+	reauthRounds int
+	// authMu guards the authentication expiry timer (a leaf lock).
+	authMu     sync.Mutex
+	expTimer   Timer
+	expGen     uint64 // bumped when the timer is re-armed
+	expStopped bool   // the connection ended: arm nothing
 	// onEnd runs once when the connection is fully cleaned up (the
 	// server's bookkeeping); set by the accept loop before serve starts.
 	onEnd func()
+
+	// plim bounds the PUBLISH commits in flight (persist.go); its channel
+	// is made by the reader. sessStored reports the commit of the
+	// session's record, which CONNACK waits for; set by attach.
+	plim       persistLimiter
+	sessStored chan error
 
 	// maxOut is the client's Maximum Packet Size (0: none); fixed at
 	// CONNECT, read by every role.
@@ -131,6 +156,7 @@ type conn struct {
 	// fields fixed at CONNECT to other goroutines (kill).
 	established atomic.Bool
 	takenOver   atomic.Bool
+	endedBy     atomic.Pointer[connEnd] // why it ended (connlog.go)
 }
 
 // newConn makes the conn for an accepted socket on lst.
@@ -139,6 +165,7 @@ func (s *Server) newConn(nc net.Conn, lst *listenerState) *conn {
 		srv:    s,
 		nc:     nc,
 		lst:    lst,
+		obs:    nopConnObserver{},
 		done:   make(chan struct{}),
 		killed: make(chan struct{}),
 	}
@@ -220,6 +247,7 @@ func (c *conn) detached() {
 func (c *conn) end() {
 	c.detached()
 	c.endOnce.Do(func() {
+		c.obs.Closed(&c.client, c.authenticated, !c.cleanEnd && !c.takenOver.Load() && !c.srv.closing())
 		if c.onEnd != nil {
 			c.onEnd()
 		}

@@ -24,6 +24,12 @@ type connectState struct {
 	owner      sessionOwner
 	// idBound: the Authenticator proved the client's right to clientID.
 	idBound bool
+	// authMethod is the v5 Authentication Method ("" none); authData the
+	// server's last data for CONNACK; authExpires when the
+	// authentication stops holding (zero: never).
+	authMethod  string
+	authData    []byte
+	authExpires time.Time
 }
 
 // handshakeAndConnect completes TLS (if any) and CONNECT within the
@@ -145,9 +151,9 @@ func (c *conn) connect(ctx context.Context, pkt *packet.Connect) bool {
 	c.client.ClaimedUsername = pkt.Username
 	st := connectState{pkt: pkt, clientID: pkt.ClientID}
 
-	// Enhanced authentication is not offered yet.
+	// Enhanced authentication (auth.go); MQTT 3.1.1 has no properties.
 	if pkt.Version == packet.V5 && pkt.Properties.Has(packet.PropAuthMethod) {
-		return c.refuse(pkt, packet.BadAuthenticationMethod, "enhanced authentication is not supported")
+		st.authMethod = pkt.Properties.AuthMethod
 	}
 
 	// Client identifier rules.
@@ -198,7 +204,14 @@ func (c *conn) connect(ctx context.Context, pkt *packet.Connect) bool {
 
 	// Authentication.
 	c.client.ClientID = st.clientID
-	if !c.authenticate(ctx, pkt, &st) {
+	if d := c.obs.Connecting(&c.client); !d.Allow {
+		return c.refuse(pkt, packet.Banned, d.Reason)
+	}
+	if st.authMethod != "" {
+		if !c.enhancedConnect(ctx, pkt, &st) {
+			return false
+		}
+	} else if !c.authenticate(ctx, pkt, &st) {
 		return false
 	}
 	if name := cmp.Or(c.client.Username, c.client.ClaimedUsername); c.lst.usernameAsID && name != "" && name != st.clientID {
@@ -210,6 +223,9 @@ func (c *conn) connect(ctx context.Context, pkt *packet.Connect) bool {
 		st.assignedID = true
 	}
 	st.owner = ownerOf(&c.client)
+	if d := c.obs.Connected(&c.client); !d.Allow {
+		return c.refuse(pkt, packet.Banned, d.Reason)
+	}
 
 	// Session expiry.
 	switch {
@@ -244,6 +260,7 @@ func (c *conn) connect(ctx context.Context, pkt *packet.Connect) bool {
 		c.problemInfo = !pkt.Properties.Has(packet.PropRequestProblemInfo) || pkt.Properties.RequestProblemInfo != 0
 	}
 	c.connectedAt = s.cfg.Now()
+	c.quietSince = c.connectedAt
 
 	// Start the writer, then attach the session: from attach on, other
 	// goroutines may queue packets for this connection.
@@ -263,6 +280,7 @@ func (c *conn) connect(ctx context.Context, pkt *packet.Connect) bool {
 	if refusal != "" {
 		return c.refuse(pkt, packet.ClientIDNotValid, refusal)
 	}
+	c.awaitSessionStored()
 	s.stats.connected(s)
 	level := slog.LevelInfo
 	if s.cfg.QuietConnections {
@@ -278,6 +296,7 @@ func (c *conn) connect(ctx context.Context, pkt *packet.Connect) bool {
 			})
 		}
 	}
+	c.armExpiry(st.authExpires)
 	c.in.r.SetVersion(pkt.Version)
 	c.authenticated = true
 	c.in.r.SetMaxPacketSize(s.cfg.MaxPacketSize)
@@ -307,6 +326,7 @@ func (c *conn) authenticate(ctx context.Context, pkt *packet.Connect, st *connec
 			c.client.Attributes = res.Attributes
 			c.client.Groups, c.client.Publish, c.client.Subscribe = res.Groups, res.Publish, res.Subscribe
 			c.client.AuthBackend, c.client.AuthExpires = res.Backend, res.Expires
+			st.authExpires = res.Expires
 			return true
 		}
 		st.idBound = res.ClientIDBound
@@ -315,20 +335,26 @@ func (c *conn) authenticate(ctx context.Context, pkt *packet.Connect, st *connec
 			if code == 0 {
 				code = packet.NotAuthorized
 			}
-			return c.refuse(pkt, code, res.Reason)
+			return c.authFailed(pkt, code, res.Reason)
 		}
 	}
 	if !anonymousOK {
 		if pkt.UsernameFlag || pkt.PasswordFlag {
-			return c.refuse(pkt, packet.BadUsernameOrPassword, "no authentication backend accepts these credentials")
+			return c.authFailed(pkt, packet.BadUsernameOrPassword, "no authentication backend accepts these credentials")
 		}
-		return c.refuse(pkt, packet.NotAuthorized, "anonymous access is not allowed on this listener")
+		return c.authFailed(pkt, packet.NotAuthorized, "anonymous access is not allowed on this listener")
 	}
 	// Admitted by the anonymous policy. Unlike Mosquitto, a username
 	// sent without a backend to check it stays a claim (ClaimedUsername,
 	// for logs): no Authorizer can mistake it for an identity.
 	c.client.Anonymous = true
 	return true
+}
+
+// authFailed reports a refused authentication to the Observer and refuses.
+func (c *conn) authFailed(pkt *packet.Connect, code packet.ReasonCode, reason string) bool {
+	c.obs.AuthFailed(&c.client, reason)
+	return c.refuse(pkt, code, reason)
 }
 
 // connack builds and queues CONNACK for a new session attachment. Called
@@ -359,6 +385,14 @@ func (c *conn) connack(st *connectState, present bool) {
 		if st.assignedID {
 			p.AssignedClientID = st.clientID
 			p.Mark(packet.PropAssignedClientID)
+		}
+		if st.authMethod != "" {
+			p.AuthMethod = st.authMethod
+			p.Mark(packet.PropAuthMethod)
+			if st.authData != nil {
+				p.AuthData = st.authData
+				p.Mark(packet.PropAuthData)
+			}
 		}
 		if st.serverKA != 0 {
 			p.ServerKeepAlive = st.serverKA

@@ -2,8 +2,13 @@ package broker
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 	"net"
+	"time"
+
+	"github.com/moatmq/moat/internal/packet"
 )
 
 // connLogHandler adds a connection's attributes (listener, remote address
@@ -56,4 +61,62 @@ func (h *connLogHandler) WithAttrs(as []slog.Attr) slog.Handler {
 
 func (h *connLogHandler) WithGroup(name string) slog.Handler {
 	return h.h.WithAttrs(h.attrs()).WithGroup(name)
+}
+
+// connEnd is why a connection ended, for its disconnect line.
+type connEnd struct {
+	code   packet.ReasonCode // the DISCONNECT sent, or the client's; 0 none
+	reason string
+}
+
+// noteEnd records why the connection ends; the first reason noted wins,
+// later ones (the clean-up that follows it) are ignored. With code 0 the
+// reason is only logged, nothing is sent.
+func (c *conn) noteEnd(code packet.ReasonCode, reason string) {
+	if reason != "" {
+		c.endedBy.CompareAndSwap(nil, &connEnd{code: code, reason: reason})
+	}
+}
+
+// logViolation logs a packet the codec refused. A packet over
+// MaxPacketSize is most often a legitimate but large message (a firmware
+// image, a file sent with mosquitto_pub -f): its line is a warning that
+// names the size, the limit and the setting to raise.
+func (c *conn) logViolation(err error) {
+	if errors.Is(err, packet.ErrPacketTooLarge) {
+		c.log.Warn("broker: packet larger than max_packet_size; disconnecting", "err", err,
+			"limit", c.srv.cfg.MaxPacketSize, "raise", "max_packet_size in mosquitto.conf, limits.max_packet_size in YAML")
+		return
+	}
+	c.log.Info("broker: protocol violation; disconnecting", "err", err)
+}
+
+// clientDisconnectReason describes a DISCONNECT the client sent.
+func clientDisconnectReason(code packet.ReasonCode) string {
+	name := code.String()
+	if code == packet.Success {
+		name = "normal disconnection"
+	}
+	return fmt.Sprintf("client sent DISCONNECT (0x%02X %s)", byte(code), name)
+}
+
+// logDisconnect logs that an established connection ended and why, at the
+// level of its connect line (info, or debug with QuietConnections).
+func (c *conn) logDisconnect() {
+	level := slog.LevelInfo
+	if c.srv.cfg.QuietConnections {
+		level = slog.LevelDebug
+	}
+	e := c.endedBy.Load()
+	if e == nil {
+		e = &connEnd{reason: "connection closed"}
+	}
+	attrs := []any{"reason", e.reason}
+	if e.code != 0 {
+		attrs = append(attrs, "code", fmt.Sprintf("0x%02X %s", byte(e.code), e.code))
+	}
+	if !c.connectedAt.IsZero() {
+		attrs = append(attrs, "duration", c.srv.cfg.Now().Sub(c.connectedAt).Round(time.Millisecond))
+	}
+	c.log.Log(context.Background(), level, "broker: client disconnected", attrs...)
 }

@@ -84,6 +84,9 @@ func (c *conn) handlePublish(p *packet.Publish) bool {
 		}
 		c.sess.mu.Unlock()
 		if dup {
+			if s.persist != nil {
+				return c.persistPublish(p, packet.Success, &pbatch{}, false)
+			}
 			c.send(shortAck{typ: packet.PUBREC, pid: p.PacketID})
 			return true
 		}
@@ -99,41 +102,62 @@ func (c *conn) handlePublish(p *packet.Publish) bool {
 		if d := s.authorize(&c.client, ActionPublish, p.Topic, p.QoS, p.Retain, ""); !d.Allow {
 			code = packet.NotAuthorized
 			s.denied(&c.client, ActionPublish, p.Topic, d, "publish")
+			v := c.obs.Denied(&c.client, ActionPublish, p.Topic, d.Reason)
 			if c.version != packet.V5 && s.cfg.DisconnectDeniedPublishV3 {
 				if p.QoS == 2 {
 					c.sess.mu.Lock()
 					delete(c.sess.inboundQoS2, p.PacketID)
 					c.sess.mu.Unlock()
 				}
+				if !c.obsVerdict(v) {
+					return false
+				}
 				c.kill(0, "publish not authorized")
 				return false
 			}
+			// A disconnect follows the acknowledgement (and the QoS 2 cleanup).
+			defer c.obsVerdict(v)
 		}
 	}
 	var msg *Message
+	var b *pbatch // durable changes the acknowledgement waits for
+	if s.persist != nil && p.QoS > 0 {
+		b = &pbatch{}
+	}
 	if code == packet.Success {
 		msg = newMessage(p, c.client.ClientID, s.cfg.Now())
+		if b != nil {
+			msg.id = s.persist.NewID()
+		}
 		if msg.Retain {
 			if c.retainSnap == nil {
 				c.retainSnap = c.client.publisherSnapshot()
 			}
 			msg.Publisher = c.retainSnap
-		}
-		if msg.Retain && !s.retainFrom(msg, &c.client) && c.version == packet.V5 && p.QoS > 0 {
-			// A v5 client can be told: the publication is refused as a
-			// whole. Others (v3, QoS 0) have no way to learn of it, so
-			// their message is still delivered, only not retained.
-			code = packet.QuotaExceeded
+			if s.retainFrom(msg, &c.client) {
+				if s.persist != nil {
+					c.persistRetained(msg, b)
+				}
+			} else if c.version == packet.V5 && p.QoS > 0 {
+				// A v5 client can be told: the publication is refused as
+				// a whole. Others (v3, QoS 0) have no way to learn of it,
+				// so their message is still delivered, only not retained.
+				code = packet.QuotaExceeded
+			}
 		}
 	}
 	if code == packet.Success {
-		if n := s.deliver(msg); n == 0 {
+		if n := s.deliver(msg, b); n == 0 {
 			code = packet.NoMatchingSubscribers
+			defer c.obsVerdict(c.obs.Undeliverable(&c.client, p.Topic))
 		}
 	} else if p.QoS == 2 {
 		c.sess.mu.Lock()
 		delete(c.sess.inboundQoS2, p.PacketID)
 		c.sess.mu.Unlock()
+	}
+	if b != nil {
+		return c.persistPublish(p, code, b, p.QoS == 2 && code == packet.Success && s.persisting(c.sess))
 	}
 	return c.ackPublish(p, code)
 }
@@ -165,7 +189,8 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 		sub    topic.Subscription
 	}
 	var sendRetained []retainedReq
-	var problem string // Reason String for the first refusal
+	var problem string  // Reason String for the first refusal
+	var verdict Verdict // the Observer's, on a denial
 	for i, req := range p.Subscriptions {
 		if len(req.Filter) > s.cfg.MaxTopicLength {
 			c.log.Info("broker: subscription refused: filter too long", "length", len(req.Filter), "max", s.cfg.MaxTopicLength)
@@ -183,6 +208,9 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 		// ever be read. Each delivered message is checked again.
 		if d := s.authorize(&c.client, ActionSubscribe, filter, req.QoS, false, group); !d.Allow {
 			s.denied(&c.client, ActionSubscribe, req.Filter, d, "subscription")
+			if v := c.obs.Denied(&c.client, ActionSubscribe, filter, d.Reason); v.Disconnect {
+				verdict = v
+			}
 			codes[i] = packet.NotAuthorized
 			problem = cmp.Or(problem, "subscription not authorized")
 			continue
@@ -215,6 +243,12 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 			}
 		}
 		codes[i] = packet.ReasonCode(sub.QoS)
+		if s.persisting(c.sess) {
+			c.sess.mu.Lock()
+			c.sess.subList[req.Filter] = StoredSubscription{Filter: req.Filter, QoS: sub.QoS, NoLocal: sub.NoLocal,
+				RetainAsPublished: sub.RetainAsPublished, RetainHandling: sub.RetainHandling, ID: sub.ID}
+			c.sess.mu.Unlock()
+		}
 		// [MQTT-3.3.1-9..11] retained messages on subscribe; none for a
 		// shared subscription [MQTT 5.0 §4.8.2].
 		if group == "" && !s.cfg.RetainDisabled && (req.RetainHandling == 0 || (req.RetainHandling == 1 && !existed)) {
@@ -234,7 +268,13 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 		// Maximum Packet Size (encodeAck).
 		ack.Properties.SetReasonString(problem)
 	}
+	if c.persistSession() != nil {
+		return
+	}
 	c.send(ack)
+	if !c.obsVerdict(verdict) {
+		return
+	}
 	now := s.cfg.Now()
 	for _, r := range sendRetained {
 		s.cfg.Retained.Match(r.filter, func(m *Message) bool {
@@ -256,7 +296,7 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 			if r.sub.ID != 0 {
 				d.subIDs = []uint32{r.sub.ID}
 			}
-			c.sess.deliver(s, d)
+			c.sess.deliver(s, d, nil)
 			return true
 		})
 	}
@@ -276,7 +316,15 @@ func (c *conn) handleUnsubscribe(p *packet.Unsubscribe) {
 		} else {
 			c.sess.subs.Add(-1)
 			c.sess.subBytes.Add(-int64(len(f)))
+			if s.persisting(c.sess) {
+				c.sess.mu.Lock()
+				delete(c.sess.subList, f)
+				c.sess.mu.Unlock()
+			}
 		}
+	}
+	if c.persistSession() != nil {
+		return
 	}
 	if c.version != packet.V5 {
 		codes = nil

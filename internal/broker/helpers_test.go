@@ -27,6 +27,11 @@ func testServer(t testing.TB, cfg Config) (*Server, string) {
 	if cfg.SysInterval == 0 {
 		cfg.SysInterval = -1
 	}
+	if os.Getenv("MOAT_TEST_PERSIST") != "" && cfg.Persistence == nil {
+		// The whole suite again with every persistent session written
+		// through to a model of the store.
+		cfg.Persistence = newModel()
+	}
 	s, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -42,7 +42,8 @@ type Client struct {
 	// credential grants by itself. AuthBackend names the backend that
 	// admitted the client, for loss-of-access matching ("" when the
 	// certificate or the anonymous policy admitted it); AuthExpires is
-	// when the authentication stops holding (zero: never).
+	// when the authentication of CONNECT stops holding (zero: never; a
+	// re-authentication moves the connection's expiry timer, not this).
 	Groups             []string
 	Publish, Subscribe []string
 	AuthBackend        string
@@ -115,9 +116,12 @@ type AuthResult struct {
 	ClientIDBound bool
 	// Attributes are handed to the Authorizer through Client.Attributes.
 	Attributes map[string]string
-	// Groups, Publish, Subscribe, Backend and Expires are handed to the
-	// Authorizer through the Client fields of the same meaning (Backend
-	// as AuthBackend, Expires as AuthExpires).
+	// Groups, Publish, Subscribe and Backend are handed to the Authorizer
+	// through the Client fields of the same meaning (Backend as
+	// AuthBackend). Expires, when not zero, is when the authentication
+	// stops holding (a token's exp; Client.AuthExpires): the connection is
+	// ended then, or ReauthGrace later for a client that can
+	// re-authenticate (auth.go).
 	Groups             []string
 	Publish, Subscribe []string
 	Backend            string

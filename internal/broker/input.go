@@ -106,6 +106,7 @@ func (c *conn) takeInput() {
 // no longer than the connect deadline). releaseBody gives it back once
 // the packet is handled.
 func (c *conn) reserveBody(size int) error {
+	c.bodySize = size
 	if size <= readBudgetThreshold {
 		return nil
 	}

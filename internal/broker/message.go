@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"sync/atomic"
 	"time"
 
 	"github.com/moatmq/moat/internal/packet"
@@ -32,9 +33,13 @@ type Message struct {
 	// Publisher is a snapshot of the publishing client's identity, kept
 	// for retained messages (nil otherwise, and for the server's own) so
 	// that a replay can check the publisher's right to have written it
-	// (Config.CheckRetainSource). A persistent store keeps its identity
-	// fields (Username, ClientID, Listener, Anonymous, Groups, certificate).
+	// (Config.CheckRetainSource). The Persistence does not store it yet: a
+	// retained message recovered after a restart has none, and its replay
+	// is not checked against its publisher (persist.go, recover).
 	Publisher *Client
+	// id names the message in the Persistence; 0 when it is never stored
+	// ($SYS, or persistence off).
+	id uint64
 }
 
 // forwardedProps is the set of PUBLISH properties forwarded unchanged to
@@ -102,6 +107,10 @@ type delivery struct {
 	// in flight is resent even after it expired [MQTT-4.3.3-7].
 	expiry      uint32
 	expiryFixed bool
+	// seq names the delivery in the Persistence (0: not stored); pstate
+	// orders its first put before its delete (see pbatch).
+	seq    uint64
+	pstate atomic.Uint32
 }
 
 // shareKey names a shared subscription: group and filter.

@@ -45,6 +45,10 @@ func (c *conn) readLoop() (handedOver bool) {
 			c.setHandling(true)
 			c.handleAck(typ, pid, packet.Success)
 			c.setHandling(false)
+			c.active = true
+			if !c.throttle(4) {
+				return false
+			}
 		} else {
 			p, err := c.in.r.ReadPacket()
 			if err != nil {
@@ -53,11 +57,14 @@ func (c *conn) readLoop() (handedOver bool) {
 				return false
 			}
 			c.srv.stats.packetsIn.Add(1)
+			if _, ping := p.(*packet.Pingreq); !ping {
+				c.active = true
+			}
 			c.setHandling(true)
 			ok := c.handle(p)
 			c.setHandling(false)
 			c.releaseBody()
-			if !ok {
+			if !ok || !c.throttle(2+c.bodySize) {
 				return false
 			}
 		}
@@ -98,17 +105,17 @@ func (c *conn) readError(err error) {
 		// We are closing it ourselves.
 	case errors.As(err, &pe):
 		c.srv.stats.protocolErrors.Add(1)
-		c.log.Info("broker: protocol violation; disconnecting", "err", err)
+		c.logViolation(err)
 		c.kill(pe.Code, pe.Reason)
 	case isTimeout(err):
 		c.log.Info("broker: keep alive timeout; disconnecting", "keep_alive", c.keepAlive)
 		c.kill(packet.KeepAliveTimeout, "keep alive timeout")
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
 		c.log.Debug("broker: connection closed by client", "err", err)
-		c.kill(0, "")
+		c.kill(0, "client closed the connection without DISCONNECT")
 	default:
 		c.log.Info("broker: read error; disconnecting", "err", err)
-		c.kill(0, "")
+		c.kill(0, "socket error: "+err.Error())
 	}
 }
 
@@ -145,13 +152,14 @@ func (c *conn) handle(p packet.Packet) bool {
 		c.handleUnsubscribe(p)
 	case *packet.Pingreq:
 		c.send(&packet.Pingresp{})
+		return c.ping()
 	case *packet.Disconnect:
 		return c.handleDisconnect(p)
 	case *packet.Connect:
 		// [MQTT-3.1.0-2]: a second CONNECT is a protocol violation.
 		return c.protocolError(packet.ProtocolError, "second CONNECT")
 	case *packet.Auth:
-		return c.protocolError(packet.ProtocolError, "AUTH without enhanced authentication")
+		return c.handleAuth(p)
 	default:
 		return c.protocolError(packet.ProtocolError, fmt.Sprintf("unexpected %s from a client", p.Type()))
 	}
@@ -184,6 +192,11 @@ func (c *conn) handleAck(typ packet.Type, pid uint16, code packet.ReasonCode) {
 		code := packet.Success
 		if !ok {
 			code = packet.PacketIDNotFound
+		} else if c.srv.persisting(c.sess) {
+			// PUBCOMP follows the durable removal: a lost removal would
+			// drop the client's next message with this identifier.
+			c.persistRelease(pid)
+			return
 		}
 		c.send(shortAck{typ: packet.PUBCOMP, code: code, pid: pid})
 	case packet.PUBCOMP:
@@ -200,11 +213,11 @@ func (c *conn) handleDisconnect(p *packet.Disconnect) bool {
 		}
 		c.srv.setExpiry(c.sess, p.Properties.SessionExpiry)
 	}
+	c.cleanEnd = !p.ReasonCode.IsError()
 	if p.ReasonCode != packet.DisconnectWithWill {
 		// [MQTT-3.14.4-3]: a normal DISCONNECT discards the will.
 		c.normalExit.Store(true)
 	}
-	c.log.Debug("broker: client disconnected", "code", p.ReasonCode)
-	c.kill(0, "")
+	c.kill(0, clientDisconnectReason(p.ReasonCode))
 	return false
 }

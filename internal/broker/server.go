@@ -58,6 +58,7 @@ type Server struct {
 	// more (Reevaluate).
 	authorizer Authorizer
 	authzGen   atomic.Uint64
+	persist    Persistence // nil: state in memory only
 }
 
 type listenerState struct {
@@ -93,6 +94,13 @@ func New(cfg Config) (*Server, error) {
 		conns:      make(map[*conn]struct{}),
 		retained:   newRetainedQuota(&c),
 		readBudget: &byteBudget{size: c.ReadBudget},
+		persist:    c.Persistence,
+	}
+	if s.persist != nil {
+		if err := s.recover(); err != nil {
+			cancel()
+			return nil, fmt.Errorf("broker: recovering the stored state: %w", err)
+		}
 	}
 	s.authorizer = c.Authorizer
 	if s.authorizer == nil {
@@ -191,12 +199,18 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, lc ListenerConfig) 
 			nc.Close()
 			continue
 		}
+		obs, ok := s.observe(st, nc)
+		if !ok {
+			continue
+		}
 		c := s.newConn(nc, st)
+		c.obs = obs
 		s.mu.Lock()
 		if s.closed {
 			s.mu.Unlock()
 			nc.Close()
 			s.release(st)
+			c.obs.Closed(&c.client, false, false)
 			continue
 		}
 		c.onEnd = func() {
@@ -374,9 +388,22 @@ func (s *Server) attach(c *conn, st *connectState) (*session, bool, string) {
 			// ends cancels the will.
 			sess.willTimer.Stop()
 			sess.willTimer, sess.willMsg, sess.willFrom = nil, nil, nil
+			if s.persisting(sess) {
+				s.persistAsync(Change{Kind: ChangeDeleteWill, ClientID: sess.id})
+			}
 		}
 		sess.conn = c
 		sess.expiry = st.expiry
+		if s.persist != nil && st.expiry != 0 && !sess.stored {
+			sess.stored, sess.subList = true, make(map[string]StoredSubscription)
+		}
+		if s.persisting(sess) {
+			// Submitted before any delivery to the session can be;
+			// CONNACK waits for it (awaitSessionStored).
+			c.sessStored = make(chan error, 1)
+			s.persist.Persist([]Change{{Kind: ChangePutSession, Session: s.storedSessionLocked(sess, c.version, false)}},
+				func(err error) { c.sessStored <- err })
+		}
 		sess.inflightLimit = s.cfg.MaxInflight
 		sess.maxPacket = 0
 		if c.version == packet.V5 {
@@ -443,6 +470,9 @@ func (s *Server) ownerCheck(c *conn, st *connectState, old *session) (foreign bo
 func (s *Server) endSessionLocked(sess *session) func() {
 	if s.sessions.CompareAndDelete(sess.id, sess) {
 		s.sessionCount.Add(-1)
+		if s.persisting(sess) {
+			s.persistAsync(Change{Kind: ChangeDeleteSession, ClientID: sess.id})
+		}
 	}
 	s.index.UnsubscribeAll(sess.id)
 	sess.mu.Lock()
@@ -502,7 +532,7 @@ func (s *Server) redistribute(orphans []*delivery) {
 				continue
 			}
 			if sub, ok := g.Pick(s.eligibleFor(d.msg)); ok {
-				s.deliverTo(d.msg, sub.ClientID, sub.QoS, sub.RetainAsPublished, idsOf(sub.ID), d.share)
+				s.deliverTo(d.msg, sub.ClientID, sub.QoS, sub.RetainAsPublished, idsOf(sub.ID), d.share, nil)
 			}
 		}
 		clear(mb.subs)
@@ -558,8 +588,15 @@ func (s *Server) detach(c *conn) {
 		if willDelay > 0 {
 			sess.willMsg, sess.willFrom = willMsg, &from
 			sess.willTimer = s.afterFunc(willDelay, func() { s.delayedWill(sess) })
+			if s.persisting(sess) {
+				s.persistAsync(Change{Kind: ChangePutWill, Will: &StoredWill{ClientID: sess.id,
+					FireAt: s.cfg.Now().Add(willDelay), Owner: sess.owner.key, Message: willMsg}})
+			}
 			willMsg = nil
 		}
+	}
+	if s.persisting(sess) {
+		s.persistAsync(Change{Kind: ChangePutSession, Session: s.storedSessionLocked(sess, c.version, true)})
 	}
 	sess.mu.Unlock()
 	s.sessMu.Unlock()
@@ -605,6 +642,9 @@ func (s *Server) delayedWill(sess *session) {
 	msg, from := sess.willMsg, sess.willFrom
 	sess.willTimer, sess.willMsg, sess.willFrom = nil, nil, nil
 	online := sess.conn != nil
+	if msg != nil && s.persisting(sess) {
+		s.persistAsync(Change{Kind: ChangeDeleteWill, ClientID: sess.id})
+	}
 	sess.mu.Unlock()
 	if msg != nil && !online {
 		s.publishWill(msg, from)
@@ -636,12 +676,17 @@ func (s *Server) publishWill(msg *Message, from *Client) {
 	}
 	msg.Created = now
 	s.log.Debug("broker: publishing will", "client", from.ClientID, "topic", msg.Topic)
+	if s.persist != nil && msg.QoS > 0 {
+		msg.id = s.persist.NewID()
+	}
 	if msg.Retain {
 		// Over a retained limit the will is still delivered.
 		msg.Publisher = from.publisherSnapshot()
-		s.retainFrom(msg, from)
+		if s.retainFrom(msg, from) && s.persist != nil {
+			s.persistAsync(retainChange(msg, retainedOwner(from)))
+		}
 	}
-	s.deliver(msg)
+	s.deliver(msg, nil)
 }
 
 func (s *Server) queueFull(id string, d *delivery) {
@@ -670,7 +715,7 @@ func (s *Server) publish(msg *Message) int {
 	if msg.Retain {
 		s.retained.retain(msg, "")
 	}
-	return s.deliver(msg)
+	return s.deliver(msg, nil)
 }
 
 // retainFrom stores or clears msg as a retained message on behalf of the
@@ -694,11 +739,12 @@ func (s *Server) retainFrom(msg *Message, c *Client) bool {
 	return false
 }
 
-// deliver routes msg to every matching session; see publish.
-func (s *Server) deliver(msg *Message) int {
+// deliver routes msg to every matching session; see publish. The changes
+// for stored sessions go into b, or are submitted at once when b is nil.
+func (s *Server) deliver(msg *Message, b *pbatch) int {
 	mb := matchPool.Get().(*matchBuf)
 	mb.subs, mb.groups = s.index.Match(msg.Topic, mb.subs[:0], mb.groups[:0])
-	n := s.route(msg, mb.subs)
+	n := s.route(msg, mb.subs, b)
 	var eligible func(string) bool
 	if len(mb.groups) > 0 {
 		eligible = s.eligibleFor(msg)
@@ -706,7 +752,7 @@ func (s *Server) deliver(msg *Message) int {
 	for i := range mb.groups {
 		g := &mb.groups[i]
 		sub, ok := g.Pick(eligible)
-		if ok && s.deliverTo(msg, sub.ClientID, sub.QoS, sub.RetainAsPublished, idsOf(sub.ID), &shareKey{g.Group, g.Filter}) {
+		if ok && s.deliverTo(msg, sub.ClientID, sub.QoS, sub.RetainAsPublished, idsOf(sub.ID), &shareKey{g.Group, g.Filter}, b) {
 			n++
 		}
 	}
@@ -726,7 +772,7 @@ func idsOf(id uint32) []uint32 {
 // route delivers msg once per client, at the highest QoS of the client's
 // matching subscriptions and with all their identifiers [MQTT-3.3.4-2]
 // [MQTT-3.3.4-3].
-func (s *Server) route(msg *Message, subs []topic.Subscription) int {
+func (s *Server) route(msg *Message, subs []topic.Subscription, b *pbatch) int {
 	if len(subs) > 1 {
 		slices.SortFunc(subs, func(a, b topic.Subscription) int { return strings.Compare(a.ClientID, b.ClientID) })
 	}
@@ -754,7 +800,7 @@ func (s *Server) route(msg *Message, subs []topic.Subscription) int {
 				ids = append(ids, sub.ID)
 			}
 		}
-		if matched && s.deliverTo(msg, id, qos, rap, ids, nil) {
+		if matched && s.deliverTo(msg, id, qos, rap, ids, nil, b) {
 			n++
 		}
 	}
@@ -764,7 +810,7 @@ func (s *Server) route(msg *Message, subs []topic.Subscription) int {
 // deliverTo hands msg to one client's session. It reports whether the
 // session exists and may receive msg, whether or not msg was then queued,
 // sent or dropped.
-func (s *Server) deliverTo(msg *Message, clientID string, subQoS byte, retainAsPublished bool, ids []uint32, share *shareKey) bool {
+func (s *Server) deliverTo(msg *Message, clientID string, subQoS byte, retainAsPublished bool, ids []uint32, share *shareKey, b *pbatch) bool {
 	sess := s.lookup(clientID)
 	if sess == nil {
 		return false
@@ -781,6 +827,6 @@ func (s *Server) deliverTo(msg *Message, clientID string, subQoS byte, retainAsP
 		}
 	}
 	d := &delivery{msg: msg, qos: min(msg.QoS, subQoS), retain: retainAsPublished && msg.Retain, subIDs: ids, share: share}
-	sess.deliver(s, d)
+	sess.deliver(s, d, b)
 	return true
 }

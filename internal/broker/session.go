@@ -64,6 +64,12 @@ type session struct {
 	inflightLimit int
 	maxPacket     uint32 // client's Maximum Packet Size, 0 = none
 
+	// stored: the session is kept by Config.Persistence (it outlived a
+	// connection's CONNECT with a non-zero expiry); subList mirrors its
+	// subscriptions for the store, by filter as subscribed.
+	stored  bool
+	subList map[string]StoredSubscription
+
 	// Pending will: set at disconnection while the will delay runs.
 	willTimer Timer
 	willMsg   *Message
@@ -166,7 +172,7 @@ func (s *session) removeInflight(i int) {
 // deliver hands one message to the session: straight to the connection
 // when it is online and has room, into the queue otherwise. It reports
 // false when the message was dropped.
-func (s *session) deliver(srv *Server, d *delivery) bool {
+func (s *session) deliver(srv *Server, d *delivery, b *pbatch) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c := s.conn
@@ -177,7 +183,11 @@ func (s *session) deliver(srv *Server, d *delivery) bool {
 			srv.stats.droppedQoS0.Add(1)
 			return false
 		}
-		return s.enqueueLocked(srv, d)
+		if !s.enqueueLocked(srv, d) {
+			return false
+		}
+		s.storeDeliveryLocked(srv, d, b, nil)
+		return true
 	}
 	if s.maxPacket > 0 && !fitsPacket(d, c.version, s.maxPacket, &clock{now: srv.cfg.Now}) {
 		// [MQTT-3.1.2-25]: a message too large for the client is
@@ -194,14 +204,20 @@ func (s *session) deliver(srv *Server, d *delivery) bool {
 		return c.sendQoS0(outPublish{d: d}, len(d.msg.Payload)+len(d.msg.Topic))
 	}
 	if len(s.queue) > 0 || len(s.inflight) >= s.inflightLimit {
-		return s.enqueueLocked(srv, d)
+		if !s.enqueueLocked(srv, d) {
+			return false
+		}
+		s.storeDeliveryLocked(srv, d, b, nil)
+		return true
 	}
-	s.startLocked(c, d)
+	s.startLocked(c, d, b)
 	return true
 }
 
-// startLocked puts d in flight on c.
-func (s *session) startLocked(c *conn, d *delivery) {
+// startLocked puts d in flight on c. A delivery new to the session (b or
+// routing without a batch) is stored with its packet identifier; one from
+// the queue has its new state stored.
+func (s *session) startLocked(c *conn, d *delivery, b *pbatch) {
 	d.pid = s.allocPID()
 	s.inflight = append(s.inflight, d)
 	if !d.expiryFixed && !d.msg.Expires.IsZero() {
@@ -210,6 +226,9 @@ func (s *session) startLocked(c *conn, d *delivery) {
 	}
 	dup := d.sent
 	d.sent = true
+	if c.srv.persisting(s) && s.storeInFlightLocked(c, d, b, dup) {
+		return // sent once stored
+	}
 	c.send(outPublish{d: d, dup: dup})
 }
 
@@ -232,6 +251,8 @@ func (s *session) dropExpiredLocked(srv *Server) bool {
 	for _, d := range s.queue {
 		if !d.msg.expired(now) {
 			kept = append(kept, d)
+		} else {
+			s.dropDeliveryLocked(srv, d)
 		}
 	}
 	n := len(s.queue) - len(kept)
@@ -259,10 +280,12 @@ func (s *session) fillLocked(srv *Server) {
 		srv.stats.queued.Add(-1)
 		if !d.msg.Expires.IsZero() && d.msg.expired(clk.get()) {
 			srv.stats.expired.Add(1)
+			s.dropDeliveryLocked(srv, d)
 			continue
 		}
 		if s.maxPacket > 0 && !fitsPacket(d, c.version, s.maxPacket, &clk) {
 			srv.stats.droppedOversize.Add(1)
+			s.dropDeliveryLocked(srv, d)
 			continue
 		}
 		if !srv.mayReceive(&c.client, d) {
@@ -275,7 +298,7 @@ func (s *session) fillLocked(srv *Server) {
 			c.sendQoS0(outPublish{d: d}, len(d.msg.Payload)+len(d.msg.Topic))
 			continue
 		}
-		s.startLocked(c, d)
+		s.startLocked(c, d, nil)
 	}
 	if n > 0 {
 		rest := copy(s.queue, s.queue[n:])
@@ -351,6 +374,7 @@ func (s *session) ack(srv *Server, pid uint16, qos byte) bool {
 	if i < 0 || s.inflight[i].qos != qos || (qos == 2 && !s.inflight[i].released) {
 		return false
 	}
+	s.dropDeliveryLocked(srv, s.inflight[i])
 	s.removeInflight(i)
 	s.resumeResendLocked(srv)
 	s.fillLocked(srv)
@@ -369,6 +393,7 @@ func (s *session) received(srv *Server, pid uint16, code packet.ReasonCode) bool
 	if code.IsError() {
 		// An error PUBREC ends the flow: no PUBREL [MQTT-4.3.3-4], and
 		// the message is not sent again [MQTT-4.4.0-2].
+		s.dropDeliveryLocked(srv, s.inflight[i])
 		s.removeInflight(i)
 		s.resumeResendLocked(srv)
 		s.fillLocked(srv)
@@ -376,6 +401,7 @@ func (s *session) received(srv *Server, pid uint16, code packet.ReasonCode) bool
 	}
 	d := s.inflight[i]
 	d.released = true
+	s.updateDeliveryLocked(srv, d, nil)
 	if d.pending {
 		// Acknowledged before we resent it: it is in flight again.
 		d.pending = false

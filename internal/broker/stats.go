@@ -15,6 +15,7 @@ type stats struct {
 	clientsTotal       atomic.Int64
 	connectRefused     atomic.Int64
 	connRejected       atomic.Int64 // over a connection cap
+	acceptRefused      atomic.Int64 // refused by the Observer at accept
 	tlsFailures        atomic.Int64
 	protocolErrors     atomic.Int64
 	panics             atomic.Int64
@@ -39,6 +40,7 @@ type stats struct {
 
 	subsRefused   atomic.Int64 // subscriptions over MaxSubscriptions or MaxSubscriptionBytes
 	preAuthTooBig atomic.Int64 // CONNECTs over PreAuthMaxPacketSize
+	persistFailed atomic.Int64 // Persistence commits that failed
 }
 
 func (st *stats) connected(s *Server) {
@@ -63,6 +65,7 @@ type Stats struct {
 	Sessions           int64 // live and offline sessions
 	ConnectRefused     int64
 	ConnectionsOverCap int64
+	AcceptRefused      int64 // sockets the Observer refused at accept (rate, ban)
 	TLSFailures        int64
 	ProtocolErrors     int64
 	Panics             int64
@@ -106,6 +109,11 @@ type Stats struct {
 	AuthzDenied          int64
 	SubscriptionsRevoked int64
 	DroppedUnauthorized  int64
+	// PersistFailures counts changes the Persistence could not store;
+	// StoreQuarantines is Config.StoreQuarantines (stores moved aside as
+	// corrupt at start).
+	PersistFailures  int64
+	StoreQuarantines int64
 }
 
 // Stats returns a snapshot of the server's counters. Safe for concurrent
@@ -122,6 +130,7 @@ func (s *Server) Stats() Stats {
 		Sessions:           sessions,
 		ConnectRefused:     st.connectRefused.Load(),
 		ConnectionsOverCap: st.connRejected.Load(),
+		AcceptRefused:      st.acceptRefused.Load(),
 		TLSFailures:        st.tlsFailures.Load(),
 		ProtocolErrors:     st.protocolErrors.Load(),
 		Panics:             st.panics.Load(),
@@ -150,6 +159,8 @@ func (s *Server) Stats() Stats {
 		AuthzDenied:          st.authzDenied.Load(),
 		SubscriptionsRevoked: st.subsRevoked.Load(),
 		DroppedUnauthorized:  st.droppedUnauthorized.Load(),
+		PersistFailures:      st.persistFailed.Load(),
+		StoreQuarantines:     int64(s.cfg.StoreQuarantines),
 	}
 }
 
@@ -198,6 +209,14 @@ func (s *Server) publishSys() {
 		{"$SYS/broker/subscriptions/count", i(st.Subscriptions)},
 		{"$SYS/broker/retained messages/count", i(st.Retained)},
 		{"$SYS/broker/panics", i(st.Panics)},
+		{"$SYS/broker/store/failures", i(st.PersistFailures)},
+		{"$SYS/broker/store/quarantined", i(st.StoreQuarantines)},
+		{"$SYS/broker/connections/refused_at_accept", i(st.AcceptRefused)},
+	}
+	if o, ok := s.cfg.Observer.(ObserverCounters); ok {
+		for name, v := range o.Counters() {
+			topics = append(topics, [2]string{"$SYS/broker/moat/" + name, i(v)})
+		}
 	}
 	now := s.cfg.Now()
 	for _, t := range topics {

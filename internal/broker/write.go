@@ -173,6 +173,7 @@ func (c *conn) flush() bool {
 		if !c.closing.Load() {
 			c.log.Info("broker: write failed; disconnecting", "err", err)
 		}
+		c.noteEnd(0, "socket error: "+err.Error())
 		c.closing.Store(true)
 		c.nc.Close()
 		return false

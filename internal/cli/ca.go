@@ -22,6 +22,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
+	"github.com/moatmq/moat/internal/audit"
 	"github.com/moatmq/moat/internal/pki"
 )
 
@@ -413,7 +414,15 @@ func newCAIssueCmd(stdio Stdio, open caOpener) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("ca issue: %w", err)
 			}
-			return writeIssued(stdio, iss, out)
+			if err := writeIssued(stdio, iss, out); err != nil {
+				return err
+			}
+			if err := caAudit(ca.Dir(), audit.Event{Type: audit.TypeCAIssue, Fields: []audit.Field{audit.String("reason", "moat ca issue"),
+				audit.String("serial", iss.Record.Serial), audit.String("subject", iss.Record.Subject), audit.String("profile", string(iss.Record.Profile)),
+				audit.String("not_after", iss.Record.NotAfter.UTC().Format(time.RFC3339))}}); err != nil {
+				fmt.Fprintf(stdio.Err, "ca issue: warning: not recorded in the audit log: %v\n", err)
+			}
+			return nil
 		},
 	}
 	f := c.Flags()
@@ -535,6 +544,10 @@ revokes only the one given. Every revoked certificate is listed.`,
 					what = fmt.Sprintf("Revoked successor of %s:", rec.Parent)
 				}
 				fmt.Fprintf(stdio.Out, "%s %s (%s), reason %s\n", what, rec.Serial, rec.Subject, rec.Reason)
+				if err := caAudit(ca.Dir(), audit.Event{Type: audit.TypeCARevoke, Fields: []audit.Field{audit.String("reason", rec.Reason.String()),
+					audit.String("serial", rec.Serial), audit.String("subject", rec.Subject), audit.String("parent", rec.Parent)}}); err != nil {
+					fmt.Fprintf(stdio.Err, "ca revoke: warning: not recorded in the audit log: %v\n", err)
+				}
 			}
 			fmt.Fprintf(stdio.Out, "CRL regenerated (%s/%s)\n", ca.Dir(), pki.FileCRL)
 			return nil
@@ -995,6 +1008,13 @@ from the CA for --name (default localhost, 127.0.0.1).`,
 			srv, err := ca.NewServer(cfg)
 			if err != nil {
 				return fmt.Errorf("ca serve: %w", err)
+			}
+			if httpsAddr != "" && cfg.ESTCertificate == nil {
+				// Issue the HTTPS certificate now, so that a name the CA
+				// may not certify stops the command before it listens.
+				if _, err := srv.ESTTLSConfig(); err != nil {
+					return fmt.Errorf("ca serve: --https: %w; give --name with names the CA may certify (the default is localhost,127.0.0.1), or --tls-cert and --tls-key", err)
+				}
 			}
 			var hl, sl net.Listener
 			if httpAddr != "" {

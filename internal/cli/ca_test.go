@@ -149,14 +149,14 @@ func TestCAInitNeedsPassphraseSource(t *testing.T) {
 var addrRE = regexp.MustCompile(`http=(\S+) https=(\S+)`)
 
 // startCAServe runs "moat ca serve" on 127.0.0.1:0 and returns the bound
-// HTTP and HTTPS addresses read from its log line.
-func startCAServe(t *testing.T, dir string) (string, string) {
+// HTTP and HTTPS addresses read from its log line; extra flags follow.
+func startCAServe(t *testing.T, dir string, extra ...string) (string, string) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	var out, errb syncBuffer
 	done := make(chan int, 1)
 	go func() {
-		done <- Main(ctx, []string{"ca", "serve", "--dir", dir, "--http", "127.0.0.1:0", "--https", "127.0.0.1:0"}, Stdio{In: strings.NewReader(""), Out: &out, Err: &errb})
+		done <- Main(ctx, append([]string{"ca", "serve", "--dir", dir, "--http", "127.0.0.1:0", "--https", "127.0.0.1:0"}, extra...), Stdio{In: strings.NewReader(""), Out: &out, Err: &errb})
 	}()
 	t.Cleanup(func() {
 		cancel()
@@ -178,6 +178,21 @@ func startCAServe(t *testing.T, dir string) (string, string) {
 	}
 	t.Fatalf("no listening line from ca serve: %s", errb.String())
 	return "", ""
+}
+
+// TestCAServeNameConstrainedCA: a CA whose name constraints exclude the
+// default HTTPS names (localhost, 127.0.0.1) cannot serve EST without
+// --name. ca serve says so and exits before it claims to listen; with a
+// permitted --name it serves.
+func TestCAServeNameConstrainedCA(t *testing.T) {
+	t.Setenv("MOAT_CA_PASSPHRASE", "a long test passphrase")
+	dir := filepath.Join(t.TempDir(), "ca")
+	mustMoat(t, "ca", "init", "--dir", dir, "--permit-dns", "factory.example")
+	_, errs, code := moat(t, "ca", "serve", "--dir", dir, "--http", "127.0.0.1:0", "--https", "127.0.0.1:0")
+	if code == 0 || strings.Contains(errs, "listening") || !strings.Contains(errs, "outside the CA's permitted domains") || !strings.Contains(errs, "give --name") {
+		t.Fatalf("exit %d, stderr:\n%s", code, errs)
+	}
+	startCAServe(t, dir, "--name", "ca.factory.example")
 }
 
 func TestCAServeOCSPAndCRL(t *testing.T) {

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
@@ -77,7 +78,7 @@ func (f *clientFlags) register(fs *pflag.FlagSet) {
 	fs.StringVarP(&f.username, "username", "u", "", "user name")
 	fs.StringVarP(&f.password, "pw", "P", "", "password ON THE COMMAND LINE (visible to other users; prefer --password-file or $"+passwordEnv+")")
 	fs.StringVar(&f.passwordFile, "password-file", "", "read the password from the first line of FILE")
-	fs.StringVar(&f.authMethod, "auth-method", "", "MQTT 5 enhanced authentication with -u and the password: SCRAM-SHA-256 or SCRAM-SHA-512 (the password is then not sent)")
+	fs.StringVar(&f.authMethod, "auth-method", "", "MQTT 5 enhanced authentication: SCRAM-SHA-256 or SCRAM-SHA-512 with -u and the password (the password is then not sent), or moat-jwt with a JWT as the password")
 	fs.StringVarP(&f.version, "protocol-version", "V", "5", "MQTT version: 5 (mqttv5), 311 (mqttv311) or 31 (mqttv31)")
 	fs.IntVarP(&f.keepAlive, "keepalive", "k", 60, "keep alive in seconds (0 disables)")
 	fs.BoolVarP(&f.disableClean, "disable-clean-session", "c", false, "keep the session after disconnecting (needs -i)")
@@ -312,6 +313,20 @@ func (f *clientFlags) readPassword(fs *pflag.FlagSet, urlPassword string, warn f
 // scramAuth replaces the CONNECT password with SCRAM enhanced
 // authentication (--auth-method).
 func (f *clientFlags) scramAuth(cfg *client.Config) error {
+	if f.authMethod == client.JWTMethod {
+		// The token from --password-file or $MOAT_PASSWORD goes in AUTH
+		// data instead of the password field.
+		switch {
+		case cfg.Version != client.V5:
+			return errors.New("--auth-method needs MQTT 5 (-V 5): enhanced authentication does not exist in 3.1.1")
+		case cfg.Password.Empty():
+			return fmt.Errorf("--auth-method %s needs the token: --password-file FILE or $%s", client.JWTMethod, passwordEnv)
+		}
+		tok := cfg.Password
+		cfg.Auth = client.JWT(func(context.Context) (client.Secret, error) { return tok, nil })
+		cfg.Password = client.Secret{}
+		return nil
+	}
 	if _, err := scram.ParseMechanism(f.authMethod); err != nil {
 		return fmt.Errorf("--auth-method: %w", err)
 	}

@@ -73,6 +73,12 @@ func TestE2EKeyFlowOverMQTT(t *testing.T) {
 	keys("group", "create", "temps", "--filter", "factory/+/temp")
 	keys("member", "add", "temps", "sensor-1", "--role", "writer")
 	keys("member", "add", "temps", "platform", "--role", "reader")
+	// The first fetch prints the key ID it pins, for comparing with what
+	// status prints on the service (docs/e2e.md); later ones confirm it.
+	svcID := regexp.MustCompile(`service key ID: ([0-9a-f]+)`).FindStringSubmatch(keys("status"))
+	if svcID == nil {
+		t.Fatal("keys status prints no service key ID")
+	}
 
 	serve := func() (func(), string, *syncBuffer) {
 		t.Helper()
@@ -97,10 +103,12 @@ func TestE2EKeyFlowOverMQTT(t *testing.T) {
 		}
 		return r.out
 	}
-	fetch("sensor-1", "--server", url)
+	if out := fetch("sensor-1", "--server", url); !strings.Contains(out, "service key ID "+svcID[1]+" pinned in") {
+		t.Fatalf("first fetch does not print the pinned key ID %s: %s", svcID[1], out)
+	}
 	fetch("platform", "--server", url, "--kem", "x25519")
 	// Registration makes the service publish the member's bundle.
-	if out := fetch("platform", "--mqtt", mqttURL); !strings.Contains(out, "member platform: bundle") {
+	if out := fetch("platform", "--mqtt", mqttURL); !strings.Contains(out, "member platform: bundle") || !strings.Contains(out, "service key ID "+svcID[1]+" matches the pin") {
 		t.Fatalf("fetch --mqtt: %s", out)
 	}
 

@@ -451,7 +451,7 @@ the topics with broker ACLs as defence in depth.`,
 			return err
 		},
 	}
-	cmd.Flags().StringVar(&listen, "listen", ":8443", "address to listen on")
+	cmd.Flags().StringVar(&listen, "listen", ":8444", "address to listen on (8444, so that moat ca serve can take 8443 on the same host)")
 	cmd.Flags().StringVar(&certFile, "cert", "", "server certificate (PEM, chain allowed)")
 	cmd.Flags().StringVar(&keyFile, "key", "", "server private key (PEM)")
 	cmd.Flags().StringVar(&clientCA, "client-ca", "", "CA certificates that issue member client certificates (PEM)")
@@ -536,6 +536,8 @@ DIR/member (the member ID), DIR/member.key, DIR/bundle, DIR/service-key.`,
 				mk  *e2e.MemberKey
 				err error
 			)
+			_, statErr := os.Stat(pinFile)
+			pinnedBefore := statErr == nil
 			if server != "" {
 				if certFile == "" || caFile == "" {
 					return errors.New("keys fetch: --server needs --cert, --key (the member's client certificate) and --ca")
@@ -580,6 +582,11 @@ DIR/member (the member ID), DIR/member.key, DIR/bundle, DIR/service-key.`,
 			if err != nil {
 				return fmt.Errorf("keys fetch: %w", err)
 			}
+			if pinnedBefore {
+				fmt.Fprintf(stdio.Out, "service key ID %x matches the pin in %s\n", e2e.ServiceKeyID(svc), pinFile)
+			} else {
+				fmt.Fprintf(stdio.Out, "service key ID %x pinned in %s: compare it with the ID `moat keys status` prints on the key service\n", e2e.ServiceKeyID(svc), pinFile)
+			}
 			if old, err := os.ReadFile(out); err == nil {
 				if ob, err := e2e.OpenBundle(old, mk, memberID, svc); err == nil && ob.Serial >= b.Serial {
 					fmt.Fprintf(stdio.Out, "member %s: bundle %d is not newer than %s (bundle %d); kept\n", memberID, b.Serial, out, ob.Serial)
@@ -599,13 +606,13 @@ DIR/member (the member ID), DIR/member.key, DIR/bundle, DIR/service-key.`,
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&server, "server", "", "key service URL, e.g. https://keys.example:8443")
+	fl.StringVar(&server, "server", "", "key service URL, e.g. https://keys.example:8444")
 	fl.StringVar(&certFile, "cert", "", "member client certificate (PEM); its identity is the member ID")
 	fl.StringVar(&keyFile, "key", "", "member client private key (PEM)")
 	fl.StringVar(&caFile, "ca", "", "CA that issued the key service's certificate (PEM); also the broker's for --mqtt unless --mqtt-cafile")
 	fl.StringVar(&dir, "dir", "", "member key `DIR`: member ID, member key, bundle and pinned service key (for --keys DIR of pub, sub and ota)")
 	fl.StringVar(&memberKeyFile, "member-key", "", "member HPKE private key file (created when absent)")
-	fl.StringVar(&kemName, "kem", "mlkem768x25519", "KEM of a new member key: mlkem768x25519, x25519 or p256")
+	fl.StringVar(&kemName, "kem", "", "KEM of a new member key: mlkem768x25519 (default), mlkem768p256 (default in FIPS 140-3 mode), mlkem1024p384, x25519 or p256")
 	fl.StringVar(&out, "out", "", "file to write the key bundle to")
 	fl.StringVar(&pinFile, "service-key", "", "pinned service signing key (default OUT.service-key)")
 	fl.StringVar(&memberID, "member", "", "member ID for --mqtt without --cert (default: from --dir)")

@@ -187,3 +187,38 @@ func TestKeysCommands(t *testing.T) {
 		}
 	}
 }
+
+// TestKeysServePortBesideCAServe: moat keys serve and moat ca serve --https
+// run side by side on one host, so the key service's default port differs
+// from the EST port docs/pki.md uses, and docs/e2e.md shows the default.
+func TestKeysServePortBesideCAServe(t *testing.T) {
+	cmd, _, err := newRoot(Stdio{In: strings.NewReader(""), Out: &bytes.Buffer{}, Err: &bytes.Buffer{}}).Find([]string{"keys", "serve"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	def := cmd.Flags().Lookup("listen").DefValue
+	read := func(name string) string {
+		b, err := os.ReadFile(filepath.Join("..", "..", "docs", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	est := regexp.MustCompile(`moat ca serve [^\n]*--https (:\d+)`).FindStringSubmatch(read("pki.md"))
+	if est == nil {
+		t.Fatal("docs/pki.md shows no ca serve --https port")
+	}
+	if def == est[1] {
+		t.Errorf("keys serve listens on %s by default, the port docs/pki.md gives ca serve --https", def)
+	}
+	for _, m := range regexp.MustCompile(`moat keys serve --listen (:\d+)`).FindAllStringSubmatch(read("e2e.md"), -1) {
+		if m[1] != def {
+			t.Errorf("docs/e2e.md: keys serve --listen %s, the default is %s", m[1], def)
+		}
+	}
+	for _, m := range regexp.MustCompile(`https://keys\.example(:\d+)`).FindAllStringSubmatch(read("e2e.md"), -1) {
+		if m[1] != def {
+			t.Errorf("docs/e2e.md: keys fetch --server on %s, the default is %s", m[1], def)
+		}
+	}
+}

@@ -52,10 +52,22 @@ func newLogger(lc config.Log, stderr io.Writer) (*slog.Logger, func(), error) {
 		w = io.MultiWriter(ws...)
 	}
 	opts := &slog.HandlerOptions{Level: level}
-	if !lc.Timestamps {
+	switch {
+	case !lc.Timestamps:
 		opts.ReplaceAttr = func(groups []string, a slog.Attr) slog.Attr {
 			if len(groups) == 0 && a.Key == slog.TimeKey {
 				return slog.Attr{}
+			}
+			return a
+		}
+	case lc.TimestampFormat != "":
+		tf, err := config.ParseTimeFormat(lc.TimestampFormat)
+		if err != nil {
+			return nil, nil, fmt.Errorf("log: timestamp_format: %w", err)
+		}
+		opts.ReplaceAttr = func(groups []string, a slog.Attr) slog.Attr {
+			if len(groups) == 0 && a.Key == slog.TimeKey && a.Value.Kind() == slog.KindTime {
+				return slog.String(slog.TimeKey, tf.Format(a.Value.Time()))
 			}
 			return a
 		}

@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -138,6 +139,7 @@ persistence:
 		t.Errorf("revoked client disconnected after %v, want within 5s", took)
 	}
 	t.Logf("revoked client disconnected %v after revocation", took.Round(time.Millisecond))
+	p.waitLine(t, "broker: client disconnected", "client=dev-1", "0x87")
 
 	// It cannot come back; the other device is unaffected.
 	if c, err := dialMQTT5(t, addr, caFile, filepath.Join(dir, "dev-1"), "dev-1"); err == nil {
@@ -152,5 +154,27 @@ persistence:
 	}
 	if !p.waitLog(t, "client certificate no longer valid") {
 		t.Error("the disconnection is not logged")
+	}
+
+	// A reload is recorded too. After a clean stop the audit log holds the
+	// cut-off and the reload and verifies; the issuance and revocation are
+	// in the CA's chain beside it.
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	if !p.waitLog(t, "SIGHUP received") {
+		t.Error("no reload")
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	<-p.done
+	data := filepath.Join(dir, "data")
+	if n := auditTypes(t, filepath.Join(data, "audit.log")); n["revoke.cutoff"] != 1 || n["auth.success"] < 2 || n["config.reload"] != 1 {
+		t.Errorf("audit.log entries: %v", n)
+	}
+	if n := auditTypes(t, filepath.Join(data, caAuditFile)); n["ca.issue"] != 2 || n["ca.revoke"] != 1 {
+		t.Errorf("ca-audit.log entries: %v", n)
+	}
+	for _, f := range []string{"audit.log", caAuditFile} {
+		if code, out, errOut := runAudit(t, filepath.Join(data, f)); code != 0 {
+			t.Errorf("moat audit verify %s: exit %d\n%s%s", f, code, out, errOut)
+		}
 	}
 }

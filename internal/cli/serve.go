@@ -7,11 +7,10 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -25,6 +24,8 @@ type serveOptions struct {
 	dataDir    string
 	check      bool
 	pprof      string
+	admin      string
+	profile    string
 	sans       []string
 }
 
@@ -33,7 +34,7 @@ func init() { register(newServeCommand) }
 func newServeCommand(stdio Stdio) *cobra.Command {
 	var o serveOptions
 	cmd := &cobra.Command{
-		Use:   "serve [-c FILE] [--data DIR] [--check]",
+		Use:   "serve [-c FILE] [--data DIR] [--check] [--admin ADDR]",
 		Short: "Run the MQTT broker",
 		Long: `Run the MQTT broker.
 
@@ -47,8 +48,10 @@ FILE is either Moat's YAML configuration (see examples/moat.yaml) or a
 mosquitto.conf, which runs unchanged. --check builds everything serve
 would, loading every certificate, key, CA bundle and CRL, without binding
 a port, and exits: non-zero with every problem at its file:line.
-SIGHUP reloads certificates, keys, CA bundles, CRLs, password files and
-access policies (acl_file).`,
+SIGHUP (or moat reload) reloads the configuration: certificates, keys, CA
+bundles, CRLs, password files, access policies, log.level and profile
+change live; a reload that changes anything else is refused as a whole
+(see docs/operations.md).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runServe(cmd.Context(), stdio, o, cmd.Flags().Changed("data"))
@@ -58,6 +61,8 @@ access policies (acl_file).`,
 	cmd.Flags().StringVar(&o.dataDir, "data", "moat-data", "data `DIR` for the built-in CA and state")
 	cmd.Flags().BoolVar(&o.check, "check", false, "check the configuration and the files it names without binding, and exit")
 	cmd.Flags().StringSliceVar(&o.sans, "san", nil, "names of the built-in server certificate: DNS:name,IP:addr; auto = localhost, the host name and its addresses (the default)")
+	cmd.Flags().StringVar(&o.profile, "profile", "", "security `PROFILE` (open, secure-network, secure-transport, industry; overrides the file's profile; see docs/profiles.md)")
+	cmd.Flags().StringVar(&o.admin, "admin", "", "serve the admin API, metrics and dashboard on `ADDR` (loopback unless HTTPS; see docs/operations.md)")
 	cmd.Flags().StringVar(&o.pprof, "pprof", "", "serve Go runtime profiles on loopback `ADDR` (e.g. 127.0.0.1:6060), for performance work")
 	return cmd
 }
@@ -75,6 +80,12 @@ func loadServeConfig(o serveOptions, dataSet bool) (*config.Config, error) {
 	if dataSet || o.configFile == "" {
 		cfg.DataDir = o.dataDir
 	}
+	if o.profile != "" {
+		if !slices.Contains(config.Profiles, o.profile) {
+			return nil, fmt.Errorf("serve: --profile %q must be one of %s", o.profile, strings.Join(config.Profiles, ", "))
+		}
+		cfg.Profile = o.profile
+	}
 	return cfg, nil
 }
 
@@ -88,17 +99,22 @@ func runServe(ctx context.Context, stdio Stdio, o serveOptions, dataSet bool) er
 	if o.check {
 		return checkServe(stdio, cfg, o.sans)
 	}
-	log, closeLog, err := newLogger(cfg.Log, stdio.Err)
+	log, level, closeLog, err := newLevelLogger(cfg.Log, stdio.Err)
 	if err != nil {
 		return err
 	}
 	defer closeLog()
 	logConfig(log, cfg)
+	logFIPS(log)
 	plan, err := buildPlan(cfg, log, false, o.sans...)
 	if err != nil {
 		return err
 	}
 	defer plan.close()
+	plan.live = &liveConfig{load: func() (*config.Config, error) { return loadServeConfig(o, dataSet) }, level: level}
+	if plan.admin, err = planAdmin(plan, o.admin); err != nil {
+		return err
+	}
 	for _, w := range plan.warnings {
 		log.Warn("config: " + w)
 	}
@@ -128,6 +144,9 @@ func checkServe(stdio Stdio, cfg *config.Config, sans []string) error {
 		return err
 	}
 	plan.close()
+	if _, err := planAdmin(plan, ""); err != nil {
+		return err
+	}
 	for _, w := range append(cfg.Warnings(), plan.warnings...) {
 		fmt.Fprintf(stdio.Err, "warning: %s\n", w)
 	}
@@ -154,9 +173,6 @@ func logConfig(log *slog.Logger, cfg *config.Config) {
 		log.Info("config: mosquitto.conf leaves these limits unlimited or has no key for them; Moat's safe defaults apply (each can be set in the file, see docs/configuration.md)",
 			"limits", strings.Join(sd, " "))
 	}
-	if cfg.Persistence.Enabled {
-		log.Warn("persistence: the disk store is not available in this version; sessions, queued and retained messages are kept in memory only and are lost on restart")
-	}
 }
 
 // serve binds every listener, serves them until ctx ends or one fails,
@@ -171,6 +187,11 @@ func (p *servePlan) serve(ctx context.Context, stdio Stdio) error {
 	}
 	stopHUP := p.reloadOnSIGHUP()
 	defer stopHUP()
+	stopAdmin, err := p.serveAdmin(ctx)
+	if err != nil {
+		return err
+	}
+	defer stopAdmin()
 
 	errc := make(chan error, len(p.listeners))
 	var wg sync.WaitGroup
@@ -188,6 +209,7 @@ func (p *servePlan) serve(ctx context.Context, stdio Stdio) error {
 	case serveErr = <-errc:
 		p.log.Error("serve: listener failed; shutting down", "err", serveErr)
 	}
+	stopHUP() // a reload in progress finishes (and is audited) first
 	p.shutdown()
 	wg.Wait()
 	p.close() // the listeners, the TLS managers, the plan's goroutines
@@ -231,45 +253,6 @@ func (p *servePlan) bind(ctx context.Context) error {
 		}
 	})
 	return nil
-}
-
-// reloadOnSIGHUP reloads every listener's TLS material on SIGHUP. The
-// returned stop ends the goroutine and waits for it.
-func (p *servePlan) reloadOnSIGHUP() (stop func()) {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			select {
-			case <-done:
-				return
-			case <-hup:
-				p.reload()
-			}
-		}
-	})
-	return func() {
-		signal.Stop(hup)
-		close(done)
-		wg.Wait()
-	}
-}
-
-// reload reloads certificates, keys, CA bundles and CRLs; a listener whose
-// new files do not load keeps its previous ones.
-func (p *servePlan) reload() {
-	p.log.Info("serve: SIGHUP received; reloading certificates, CA bundles, CRLs, password files and access policies")
-	p.access.reload()
-	for _, pl := range p.listeners {
-		if pl.mgr == nil {
-			continue
-		}
-		if err := pl.mgr.Reload(); err != nil {
-			p.log.Error("serve: reload failed; keeping the previous TLS configuration", "listener", pl.lc.Name, "err", err)
-		}
-	}
 }
 
 func formatName(f config.Format) string {

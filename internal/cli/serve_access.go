@@ -35,6 +35,7 @@ type accessPlan struct {
 
 	limiter  *passwd.Limiter          // one per process, shared by every password file
 	files    map[string]*passwd.File  // by path and mode, shared by the listeners naming it
+	scram    map[string]*scramBackend // by path, shared by the listeners naming it
 	chains   map[string]*authn.Chain  // by listener name; nil or empty: certificates and the anonymous policy only
 	policies []*policySource          // distinct policies
 	byLn     map[string]*policySource // by listener name; nil: no ACL (everything allowed)
@@ -89,6 +90,7 @@ func (p *servePlan) planAccess() {
 		log:        p.log,
 		limiter:    passwd.NewLimiter(0),
 		files:      map[string]*passwd.File{},
+		scram:      map[string]*scramBackend{},
 		chains:     map[string]*authn.Chain{},
 		byLn:       map[string]*policySource{},
 		watchEvery: accessWatchInterval,
@@ -133,6 +135,7 @@ func (p *servePlan) planAccess() {
 		}
 	}
 	p.broker.Authenticator = &accessAuthenticator{cert: p.auth, chains: a.chains, log: p.log}
+	p.broker.EnhancedAuthenticator = &enhancedAuth{cert: p.auth, chains: a.chains, log: p.log}
 	p.broker.Authorizer = &accessAuthorizer{byLn: a.byLn}
 	if !p.check {
 		a.startWatch(p)
@@ -289,6 +292,23 @@ func (a *accessPlan) backend(b *config.AuthBackend, log *slog.Logger) (authn.Bac
 		}
 		a.files[key] = f
 		return f, nil
+	case config.AuthSCRAM:
+		var y struct {
+			Type string `yaml:"type"`
+			Path string `yaml:"path"`
+		}
+		if err := b.Decode(&y); err != nil {
+			return nil, err
+		}
+		if sb := a.scram[y.Path]; sb != nil {
+			return sb, nil
+		}
+		sb, err := newSCRAMBackend(y.Path)
+		if err != nil {
+			return nil, err
+		}
+		a.scram[y.Path] = sb
+		return sb, nil
 	case config.AuthLDAP:
 		var y ldapYAML
 		if err := b.Decode(&y); err != nil {
@@ -666,7 +686,8 @@ func (a *accessPlan) recheckLDAP(ctx context.Context, b rechecker) {
 	}
 	lost := map[string]string{} // username → reason
 	checked := map[string]bool{}
-	for _, c := range srv.Clients() {
+	for _, ci := range srv.Clients() {
+		c := &ci.Client
 		if c.AuthBackend != b.Name() || checked[c.Username] {
 			continue
 		}
@@ -713,6 +734,13 @@ func (a *accessPlan) reload() {
 	for _, f := range a.uniqueFiles() {
 		c, err := f.Reload()
 		a.reportPasswd(f, c, err)
+	}
+	for _, sb := range a.scram {
+		if err := sb.file.Reload(); err != nil {
+			a.log.Error("access: SCRAM credentials file not reloaded; the previous one stays in force", "file", sb.file.Path(), "err", err)
+		} else {
+			a.log.Info("access: SCRAM credentials file reloaded", "file", sb.file.Path(), "credentials", sb.file.Len())
+		}
 	}
 	a.reloadPolicies()
 }

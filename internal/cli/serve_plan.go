@@ -43,14 +43,21 @@ type servePlan struct {
 	check bool
 	sans  []string // --san: names of the built-in server certificate
 
-	broker    broker.Config
-	srv       *broker.Server
-	auth      *certAuthenticator
-	access    *accessPlan // authentication chains and access policies
+	broker  broker.Config
+	srv     *broker.Server
+	auth    *certAuthenticator
+	access  *accessPlan // authentication chains and access policies
+	defense *defense    // guard and audit log; nil when both are off
+	// guardNow and guardTick, when set, are the guard's clock and poll
+	// ticker (tests); nil: the system clock.
+	guardNow  func() time.Time
+	guardTick <-chan time.Time
 	listeners []*plannedListener
 	zero      *zeroConfig // the built-in CA, when a listener uses it
 	zeroOK    bool        // its files exist and can be loaded
 	crls      *caCRLs     // nil for --check: it re-signs CRLs
+	admin     *adminPlan  // nil: no admin API (serve_admin.go)
+	live      *liveConfig // serve only: what a reload needs (serve_reload.go)
 
 	warnings []string // to log (serve) or print (--check)
 	notes    []string // what serve does at start that --check does not (creating the built-in CA)
@@ -86,10 +93,13 @@ func buildPlan(cfg *config.Config, log *slog.Logger, check bool, sans ...string)
 		p.crls = newCACRLs(log, time.Now)
 	}
 	p.planBroker()
+	p.planStore()
+	p.planDefense()
 	for i := range cfg.Listeners {
 		p.planListener(i)
 	}
 	p.planAccess()
+	p.planProfile()
 	if len(p.errs) == 0 {
 		p.startBroker()
 	}
@@ -182,6 +192,7 @@ func (p *servePlan) planBroker() {
 		Logger:                     p.log,
 		MessageSizeLimit:           uint32(lim.MessageSizeLimit),
 		ConnectTimeout:             lim.ConnectTimeout.D(),
+		ReauthGrace:                lim.ReauthGrace.D(),
 		MaxKeepAlive:               uint16(lim.MaxKeepalive),
 		MaxInflight:                lim.MaxInflight,
 		MaxQueued:                  lim.MaxQueuedMessages,
@@ -257,7 +268,12 @@ func (p *servePlan) startBroker() {
 		return
 	}
 	p.srv = srv
-	p.access.srv.Store(srv)
+	if p.access != nil {
+		p.access.srv.Store(srv)
+	}
+	if p.defense != nil {
+		p.defense.srv.Store(srv)
+	}
 	p.cleanup = append(p.cleanup, p.shutdown)
 }
 
@@ -292,6 +308,9 @@ func (p *servePlan) planListener(i int) {
 	}
 	if l.TLS != nil {
 		p.planTLS(i, pl)
+	}
+	if l.Transport.WebSocket() {
+		pl.net.Gate = p.defense.gate(l.Name)
 	}
 	if err := pl.net.Validate(); err != nil {
 		p.listenerProblem(i, "", "", err)
@@ -366,7 +385,7 @@ func (p *servePlan) planTLS(i int, pl *plannedListener) {
 	pl.mgr = mgr
 	pl.net.TLS = mgr.TLSConfig()
 	p.auth.mappings[l.Name] = tlc.Identity
-	pl.lc.CertWatcher = certWatcher{m: mgr, tasks: &p.tasks}
+	pl.lc.CertWatcher = certWatcher{m: mgr, tasks: &p.tasks, d: p.defense}
 }
 
 // zeroFor returns the built-in CA's files when the listener needs them
@@ -615,9 +634,11 @@ func parsePrefix(s string) (netip.Prefix, error) {
 type certWatcher struct {
 	m     *tlsconf.Manager
 	tasks *sync.WaitGroup // the plan's; waited for on close
+	d     *defense        // records the cut-offs in the audit log; may be nil
 }
 
 func (w certWatcher) Watch(chain []*x509.Certificate, drop func(string)) func() {
+	drop = w.d.cutoff(chain[0], drop)
 	stop, err := w.m.Watch(chain, func(r tlsconf.Reason) { drop("client certificate " + r.String()) })
 	if err != nil {
 		// The chain no longer verifies (revoked between handshake and

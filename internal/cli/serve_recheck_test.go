@@ -84,7 +84,7 @@ func TestSecurityLDAPRecheckDisconnects(t *testing.T) {
 	}
 	bobThere := false
 	for _, c := range srv.Clients() {
-		bobThere = bobThere || c.Username == "bob"
+		bobThere = bobThere || c.Client.Username == "bob"
 	}
 	if !bobThere {
 		t.Error("bob, whose account did not change, was disconnected")

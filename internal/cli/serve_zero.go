@@ -59,7 +59,9 @@ func prepareZeroConfig(dataDir string, names []string, log *slog.Logger) (*zeroC
 	}
 	zc.createdCA = created
 	if created {
-		log.Info("serve: created a local certificate authority", "dir", zc.caDir, "trust_anchor", zc.caFile)
+		log.Warn("serve: created a local certificate authority; its root key passphrase was generated into root_passphrase: move root_key and root_passphrase offline (the broker and moat ca issue/revoke do not need them)",
+			"dir", zc.caDir, "trust_anchor", zc.caFile,
+			"root_key", filepath.Join(zc.caDir, pki.FileRootKey), "root_passphrase", filepath.Join(zc.caDir, pki.FileRootPass))
 	}
 	renew := needsServerCert(zc.serverCert)
 	if !renew && serverCertNamesDiffer(zc.serverCert, sans) {
@@ -121,6 +123,13 @@ The device's certificate CN (sensor-001) is its MQTT username; the default polic
 lets each device use devices/<its name>/# and read broadcast/#.
 
 `, port, zc.caDir, zc.caFile, moatInvocation(os.Args[0], exec.LookPath))
+	if zc.createdCA {
+		fmt.Fprintf(w, `The CA's root key passphrase was generated into %s.
+Move it and %s offline: only moat ca rotate-intermediate and
+moat ca crl --root need them (see docs/pki.md).
+
+`, filepath.Join(zc.caDir, pki.FileRootPass), filepath.Join(zc.caDir, pki.FileRootKey))
+	}
 }
 
 // caCRLs keeps fresh the CRLs of the Moat CA directories the broker's

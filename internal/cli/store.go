@@ -151,6 +151,10 @@ func promptPassphrase(stdio Stdio, label string) ([]byte, error) {
 	return p, nil
 }
 
+// storeSubcommands adds subcommands of `moat store` kept in files of
+// their own; they share the store flags.
+var storeSubcommands []func(Stdio, *storeFlags) *cobra.Command
+
 func init() {
 	register(func(stdio Stdio) *cobra.Command {
 		var f storeFlags
@@ -268,6 +272,9 @@ change it. Configure the broker with the new key before it starts again.`,
 		rekey.Flags().StringVar(&newPassFile, "new-passphrase-file", "", "`FILE` with the new passphrase")
 		rekey.Flags().BoolVar(&newPass, "new-passphrase", false, "read the new passphrase from the terminal (or standard input)")
 		root.AddCommand(rekey)
+		for _, sub := range storeSubcommands {
+			root.AddCommand(sub(stdio, &f))
+		}
 		return root
 	})
 }

@@ -147,6 +147,19 @@ is reported on stderr and never printed.`,
 					subs = append(subs, client.Subscription{Filter: bundleTopic, QoS: 1})
 				}
 				codes, err := c.SubscribeWith(ctx, subProps, subs...)
+				// A connection that breaks before SUBACK is a transient
+				// failure like any other: the client reconnects, and the
+				// subscription is asked for again (mosquitto_sub subscribes
+				// on every connect). Permanent refusals end the loop with
+				// their own error.
+				for try := 1; err != nil && codes == nil && errors.Is(err, client.ErrConnectionLost) && ctx.Err() == nil && try <= maxSubscribeRetries; try++ {
+					fmt.Fprintf(stdio.Err, "moat: connection lost before the subscription was acknowledged; retrying (%d)\n", try)
+					select {
+					case <-ctx.Done():
+					case <-time.After(subscribeRetryDelay):
+					}
+					codes, err = c.SubscribeWith(ctx, subProps, subs...)
+				}
 				if err != nil && codes == nil {
 					return fmt.Errorf("subscribe: %w", err)
 				}
@@ -388,3 +401,11 @@ func applyBundleMessage(stdio Stdio, keys *memberKeys, m *client.Message) {
 		fmt.Fprintf(stdio.Err, "moat: key bundle %d applied (%d epoch keys, %d sender keys)\n", u.serial, u.epochs, u.senders)
 	}
 }
+
+// A subscription whose connection breaks before SUBACK is asked for again
+// after the client reconnects, at most maxSubscribeRetries times, waiting
+// subscribeRetryDelay between tries.
+const (
+	maxSubscribeRetries = 100
+	subscribeRetryDelay = 200 * time.Millisecond
+)

@@ -55,5 +55,8 @@ func versionLine() string {
 	case fips140.Enabled():
 		fips = "on"
 	}
+	if fips != "off" {
+		fips += " (Go Cryptographic Module " + fips140.Version() + ")"
+	}
 	return fmt.Sprintf("moat %s%s %s %s/%s fips140=%s", v, rev, runtime.Version(), runtime.GOOS, runtime.GOARCH, fips)
 }

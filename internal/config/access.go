@@ -17,18 +17,19 @@ const (
 	AuthLDAP          = "ldap"          // simple bind against a directory
 	AuthJWT           = "jwt"           // a JSON Web Token as the password
 	AuthIntrospection = "introspection" // an OAuth 2.0 token checked by RFC 7662 introspection
+	AuthSCRAM         = "scram"         // SCRAM credentials for MQTT 5 enhanced authentication
 )
 
-var authTypes = []string{AuthPasswordFile, AuthLDAP, AuthJWT, AuthIntrospection}
+var authTypes = []string{AuthPasswordFile, AuthLDAP, AuthJWT, AuthIntrospection, AuthSCRAM}
 
 // AuthBackend is one entry of an auth list: a backend of a listener's
 // authentication chain. Type selects the backend; the other keys are the
 // backend's own (docs/access-control.md) and are decoded strictly, with
 // unknown keys refused, by the start-up plan through Decode.
 type AuthBackend struct {
-	// Type is password_file, ldap, jwt or introspection. Required.
+	// Type is password_file, ldap, jwt, introspection or scram. Required.
 	Type string `json:"type"`
-	// Path is the password file of a password_file backend.
+	// Path is the file of a password_file or scram backend.
 	Path string `json:"path,omitempty"`
 
 	node *yaml.Node // the YAML mapping, nil for mosquitto.conf
@@ -158,6 +159,8 @@ func (c *Config) validateAuth(path string, list []AuthBackend) []error {
 			errs = append(errs, c.errAt(p+".type", p, "%s.type: unknown backend %q (want %s)", p, b.Type, joinOr(authTypes)))
 		case b.Type == AuthPasswordFile && b.Path == "":
 			errs = append(errs, c.errAt(p+".path", p, "%s: a password_file backend needs path", p))
+		case b.Type == AuthSCRAM && b.Path == "":
+			errs = append(errs, c.errAt(p+".path", p, "%s: a scram backend needs path (a file made by moat scram add)", p))
 		}
 	}
 	return errs

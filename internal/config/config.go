@@ -132,13 +132,28 @@ type Config struct {
 	// persistence is on and Persistence.Location is empty, the store.
 	// Default "moat-data", relative to the working directory.
 	DataDir string `json:"data_dir" yaml:"data_dir"`
-	// Persistence configures the on-disk store of sessions, queued and
-	// retained messages. The disk store lands in a later stage; until then
-	// the broker keeps state in memory and says so in its log.
+	// Persistence configures the encrypted on-disk store of persistent
+	// sessions, queued and retained messages and wills
+	// (docs/durability.md).
 	Persistence Persistence `json:"persistence" yaml:"persistence"`
 	// PIDFile, when set, is where the broker writes its process ID.
 	// Default "" (none). Mosquitto pid_file.
 	PIDFile string `json:"pid_file,omitempty" yaml:"pid_file"`
+	// Admin configures the admin HTTP API, metrics and dashboard
+	// (docs/operations.md). Default: off.
+	Admin Admin `json:"admin,omitzero" yaml:"admin"`
+	// Defense configures abuse detection, bans and rate limits (on by
+	// default; docs/defense.md). mosquitto.conf has no keys for it: the
+	// defaults apply.
+	Defense Defense `json:"defense,omitzero" yaml:"defense"`
+	// Audit configures the audit log (on by default, DataDir/audit.log;
+	// docs/audit.md).
+	Audit Audit `json:"audit,omitzero" yaml:"audit"`
+	// Profile is the security profile: open, secure-network,
+	// secure-transport or industry (docs/profiles.md). Default "" (none):
+	// Moat's secure defaults and warnings, without a profile's hard
+	// requirements. Checked by the start-up plan (ProfileViolations).
+	Profile string `json:"profile,omitempty" yaml:"profile"`
 
 	// Set lists the settings the file gave explicitly, as YAML paths such as
 	// "limits.max_packet_size" or "listeners[0].tls.client_auth" (a
@@ -274,6 +289,14 @@ type TLS struct {
 	Identity Identity `json:"identity" yaml:"identity"`
 }
 
+// Admin is the admin HTTP listener.
+type Admin struct {
+	// Listen is the admin API's host:port; "" disables it. A plain HTTP
+	// address must be loopback (HTTPS is used when the broker has a
+	// certificate). moat serve --admin overrides it.
+	Listen string `json:"listen,omitempty" yaml:"listen"`
+}
+
 // CertKey is a certificate chain file and its private key file.
 type CertKey struct {
 	Cert string `json:"cert" yaml:"cert"`
@@ -344,6 +367,11 @@ type Limits struct {
 	// ConnectTimeout is how long a new connection may take to complete
 	// CONNECT (TLS handshake included). Default 10s in both syntaxes.
 	ConnectTimeout Duration `json:"connect_timeout" yaml:"connect_timeout"`
+	// ReauthGrace is how long past the expiry of its token a client that
+	// connected with MQTT 5 enhanced authentication may stay connected to
+	// re-authenticate with a fresh one (docs/access-control.md). Default
+	// 30s in both syntaxes.
+	ReauthGrace Duration `json:"reauth_grace" yaml:"reauth_grace"`
 	// MaxKeepalive is the largest keepalive, in seconds, a client may use
 	// (10-65535); MQTT 5 clients asking for more are told this value.
 	// Default 65535 (Mosquitto max_keepalive).
@@ -440,6 +468,10 @@ type Log struct {
 	// Timestamps adds a time to each record. Default true
 	// (Mosquitto log_timestamp).
 	Timestamps bool `json:"timestamps" yaml:"timestamps"`
+	// TimestampFormat is a strftime format for the time of each record
+	// (Mosquitto log_timestamp_format; see StrftimeSpecifiers). Default
+	// empty: RFC 3339 with nanoseconds.
+	TimestampFormat string `json:"timestamp_format,omitempty" yaml:"timestamp_format"`
 	// ConnectionMessages logs client connects and disconnects. Default
 	// true (Mosquitto connection_messages).
 	ConnectionMessages bool `json:"connection_messages" yaml:"connection_messages"`
@@ -451,13 +483,22 @@ type Persistence struct {
 	// restarts. Default true in YAML and Default(); false for
 	// mosquitto.conf unless "persistence true" (Mosquitto's default).
 	Enabled bool `json:"enabled" yaml:"enabled"`
-	// Location is the directory of the store; "" means DataDir
+	// Location is the directory of the store; "" means DataDir/store
 	// (Mosquitto persistence_location).
 	Location string `json:"location,omitempty" yaml:"location"`
-	// AutosaveInterval is kept for mosquitto.conf compatibility
-	// (autosave_interval, default 30m): Moat's store commits every change
-	// transactionally, so it only bounds how long a batch may be held back.
+	// AutosaveInterval is accepted for mosquitto.conf compatibility
+	// (autosave_interval, default 30m) and changes nothing: Moat's store
+	// commits every change before it is acknowledged.
 	AutosaveInterval Duration `json:"autosave_interval" yaml:"autosave_interval"`
+	// Sync is when a commit is reported durable: "always" (default: fsync,
+	// group commit), "batch" (fsync every BatchInterval) or "off".
+	Sync string `json:"sync" yaml:"sync"`
+	// BatchInterval is the fsync period of sync batch. Default 1s.
+	BatchInterval Duration `json:"batch_interval" yaml:"batch_interval"`
+	// KeyFile holds the key-encryption key (32 bytes or 64 hex digits,
+	// mode 0600). "" means store.key in the store directory, created on
+	// first start; MOAT_STORE_KEY in the environment overrides both.
+	KeyFile string `json:"key_file,omitempty" yaml:"key_file"`
 }
 
 // IsSet reports whether the file set the setting at path explicitly, e.g.
@@ -480,7 +521,7 @@ func Default() *Config {
 		Log:             defaultLog(),
 		DataDir:         "moat-data",
 		Limits:          defaultLimits(),
-		Persistence:     Persistence{Enabled: true, AutosaveInterval: Duration(1800e9)},
+		Persistence:     Persistence{Enabled: true, AutosaveInterval: Duration(1800e9), Sync: "always", BatchInterval: Duration(1e9)},
 	}
 	c.CheckRetainSource = true
 	l := defaultListener()
@@ -499,6 +540,7 @@ func defaultLimits() Limits {
 	return Limits{
 		MaxPacketSize:     1 << 20,
 		ConnectTimeout:    Duration(10e9),
+		ReauthGrace:       Duration(30e9),
 		MaxKeepalive:      65535,
 		MaxInflight:       20,
 		MaxQueuedMessages: 1000,

@@ -237,7 +237,8 @@ func TestWarnings(t *testing.T) {
 		{"plain websocket on network", "listeners:\n  - {address: \"10.0.0.1:8080\", transport: ws}\n", []string{"plain MQTT over WebSocket"}, false},
 		{"anonymous on network", "listeners:\n  - {address: \":8883\", allow_anonymous: true}\n", []string{"anonymous clients are allowed from the network"}, false},
 		{"loopback plain anonymous is fine", "listeners:\n  - {address: \"127.0.0.1:1883\", transport: tcp, allow_anonymous: true}\n  - {address: \"[::1]:1884\", transport: tcp}\n  - {address: \"localhost:1885\", transport: tcp}\n", nil, true},
-		{"no packet limit", "limits: {max_packet_size: 0}\n", []string{"max_packet_size is not set"}, false},
+		{"no packet limit", "limits: {max_packet_size: 0}\n", []string{"max_packet_size is 0 (no limit of Moat's own)", "1MiB default"}, false},
+		{"explicit packet limit", "limits: {max_packet_size: 1MiB}\n", nil, true},
 		{"unbounded queues", "limits: {max_queued_messages: 0}\n", []string{"at most 1000000 messages"}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

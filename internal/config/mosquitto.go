@@ -147,7 +147,7 @@ func parseMosquitto(name string, data []byte, readDir readDirFunc, readFile func
 		Log:             defaultLog(),
 		DataDir:         "moat-data",
 		Limits:          defaultLimits(),
-		Persistence:     Persistence{AutosaveInterval: Duration(1800e9)},
+		Persistence:     Persistence{AutosaveInterval: Duration(1800e9), Sync: "always", BatchInterval: Duration(1e9)},
 		keyPos:          map[string]string{},
 	}
 	c.CheckRetainSource = true // Mosquitto's default
@@ -549,11 +549,11 @@ func (p *mosqParser) apply(ln *line, cur *mosqListener) *mosqListener {
 		}
 	case "persistence_file":
 		if _, ok := p.str(ln, nil); ok {
-			p.note(ln, "persistence_file is ignored: Moat's store has its own file name inside persistence_location")
+			p.note(ln, "persistence_file is ignored: Moat's store keeps store.db, store.counter and store.key inside persistence_location")
 		}
 	case "autosave_on_changes":
 		if _, ok := p.boolean(ln); ok {
-			p.note(ln, "autosave_on_changes is ignored: Moat's store commits every change")
+			p.note(ln, "autosave_on_changes is ignored: Moat's store commits every change before acknowledging it")
 		}
 
 	// Logging and process.
@@ -568,7 +568,8 @@ func (p *mosqParser) apply(ln *line, cur *mosqListener) *mosqListener {
 		}
 	case "log_timestamp_format":
 		if v, ok := p.str(ln, nil); ok {
-			p.note(ln, "log_timestamp_format %q is ignored: Moat writes RFC 3339 timestamps", v)
+			p.cfg.Log.TimestampFormat = v
+			p.mark(ln, "log.timestamp_format")
 		}
 	case "connection_messages":
 		if b, ok := p.boolean(ln); ok {

@@ -167,6 +167,9 @@ func (c *Config) validate() []error {
 	if lim.ConnectTimeout <= 0 {
 		top("limits.connect_timeout must be positive")
 	}
+	if lim.ReauthGrace <= 0 {
+		top("limits.reauth_grace must be positive")
+	}
 	if lim.MaxKeepalive < 10 || lim.MaxKeepalive > 65535 {
 		top("limits.max_keepalive must be from 10 to 65535 seconds")
 	}
@@ -217,6 +220,11 @@ func (c *Config) validate() []error {
 	default:
 		top("log.format %q must be text or json", c.Log.Format)
 	}
+	if c.Log.TimestampFormat != "" {
+		if _, err := ParseTimeFormat(c.Log.TimestampFormat); err != nil {
+			top("log.timestamp_format: %s", strings.TrimPrefix(err.Error(), "config: "))
+		}
+	}
 	hasFile := false
 	for _, d := range c.Log.Dest {
 		switch d {
@@ -232,6 +240,17 @@ func (c *Config) validate() []error {
 	}
 	if c.DataDir == "" {
 		top("data_dir must not be empty")
+	}
+	switch c.Persistence.Sync {
+	case "always", "batch", "off":
+	default:
+		top("persistence.sync %q must be always, batch or off", c.Persistence.Sync)
+	}
+	if c.Persistence.BatchInterval <= 0 {
+		top("persistence.batch_interval must be positive")
+	}
+	if c.Profile != "" && !slices.Contains(Profiles, c.Profile) {
+		top("profile %q must be one of %s (or left out)", c.Profile, strings.Join(Profiles, ", "))
 	}
 	return errs
 }
@@ -318,7 +337,7 @@ func (c *Config) Warnings() []string {
 		}
 	}
 	if c.Limits.MaxPacketSize == 0 {
-		w = append(w, "limits.max_packet_size is not set: clients may send packets of up to 256 MiB; set max_packet_size")
+		w = append(w, "limits.max_packet_size is 0 (no limit of Moat's own): clients may send packets of up to MQTT's maximum of 256 MiB; remove it for the 1MiB default or set a limit")
 	}
 	if c.Limits.MaxQueuedMessages == 0 && c.Limits.MaxQueuedBytes == 0 {
 		w = append(w, fmt.Sprintf("limits.max_queued_messages 0 (no limit) means at most %d messages per session", MaxQueuedNoLimit))

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/moatmq/moat/internal/testutil"
 )
 
 func TestBanMatchingCIDR(t *testing.T) {
@@ -136,7 +138,7 @@ func TestBansFileWatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	tick <- clk.Now()
-	waitFor(t, "the new ban", 5*time.Second, func() bool {
+	testutil.WaitFor(t, "the new ban", 5*time.Second, func() bool {
 		_, ok := g.BannedIdentity(Identity{ClientID: "rogue"})
 		return ok
 	})
@@ -151,7 +153,7 @@ func TestBansFileWatch(t *testing.T) {
 		g.AuthFailed(Identity{Addr: ip("127.0.0.9")}, "bad password")
 	}
 	tick <- clk.Now()
-	waitFor(t, "the automatic ban in the file", 5*time.Second, func() bool {
+	testutil.WaitFor(t, "the automatic ban in the file", 5*time.Second, func() bool {
 		bans, err := f.Read()
 		return err == nil && len(bans) == 3
 	})
@@ -169,7 +171,7 @@ func TestBansFileWatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	tick <- clk.Now()
-	waitFor(t, "the removal", 5*time.Second, func() bool {
+	testutil.WaitFor(t, "the removal", 5*time.Second, func() bool {
 		_, ok := g.BannedAddr(ip("192.0.2.9"))
 		return !ok
 	})
@@ -213,7 +215,7 @@ func TestSecurityHostileBansFile(t *testing.T) {
 			}
 			errs++
 			tick <- clk.Now()
-			waitFor(t, "the reload error", 5*time.Second, func() bool { return g.Stats().BansFileErrors == errs })
+			testutil.WaitFor(t, "the reload error", 5*time.Second, func() bool { return g.Stats().BansFileErrors == errs })
 			if _, ok := g.BannedIdentity(Identity{Username: "eve"}); !ok {
 				t.Error("old ban lost")
 			}
@@ -237,10 +239,13 @@ func TestRemoveBan(t *testing.T) {
 		t.Fatal(err)
 	}
 	tick <- clk.Now() // written to the file
-	waitFor(t, "the ban in the file", 5*time.Second, func() bool {
-		bans, _ := File{Path: path}.Read()
-		return len(bans) == 1
-	})
+	// The watcher takes the next tick only when that poll is over: the
+	// removal below must not run while the poll still installs the
+	// file's bans in memory.
+	tick <- clk.Now()
+	if bans, _ := (File{Path: path}).Read(); len(bans) != 1 {
+		t.Fatalf("file holds %+v, want the ban", bans)
+	}
 	if _, err := g.RemoveBan(b.ID); err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,8 @@ import (
 	"runtime"
 	"testing"
 	"time"
+
+	"github.com/moatmq/moat/internal/testutil"
 )
 
 // Close stops the watcher goroutine (the default ticker included) and
@@ -25,7 +27,7 @@ func TestCloseStopsWatcherAndFlushes(t *testing.T) {
 		t.Fatal(err)
 	}
 	g.Close() // idempotent
-	waitFor(t, "the watcher to exit", 5*time.Second, func() bool { return runtime.NumGoroutine() <= before })
+	testutil.WaitFor(t, "the watcher to exit", 5*time.Second, func() bool { return runtime.NumGoroutine() <= before })
 	bans, err := File{Path: path}.Read()
 	if err != nil || len(bans) != 1 || bans[0].Value != "eve" || bans[0].Source != SourceManual {
 		t.Fatalf("bans file after Close: %+v, %v", bans, err)

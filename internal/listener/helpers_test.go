@@ -3,31 +3,25 @@ package listener
 import (
 	"bufio"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
-	"math/big"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/moatmq/moat/internal/testutil/testpki"
 )
 
-// testPKI is a throw-away CA with a server certificate for 127.0.0.1 and
-// localhost and one client certificate.
+// testPKI is a CA from the shared test PKI with a server certificate for
+// 127.0.0.1 and localhost and one client certificate.
 type testPKI struct {
 	caPool     *x509.CertPool
 	caFile     string // PEM, for external clients
@@ -38,62 +32,15 @@ type testPKI struct {
 
 func newTestPKI(t testing.TB) *testPKI {
 	t.Helper()
-	now := time.Now()
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
+	ca := testpki.NewRoot(t, "listener test CA", testpki.P256)
+	client := ca.Issue(t, testpki.Options{CN: "device-0001", EKU: testpki.ClientAuth})
+	return &testPKI{
+		caPool:     ca.Pool(),
+		caFile:     ca.WritePEM(t, filepath.Join(t.TempDir(), "ca.pem")),
+		server:     ca.Issue(t, testpki.ServerOptions()).TLS(),
+		client:     client.TLS(),
+		clientCert: client.Cert,
 	}
-	caTmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "listener test CA"},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, err := x509.ParseCertificate(caDER)
-	if err != nil {
-		t.Fatal(err)
-	}
-	issue := func(serial int64, cn string, usage x509.ExtKeyUsage, ips []net.IP, dns []string) (tls.Certificate, *x509.Certificate) {
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tmpl := &x509.Certificate{
-			SerialNumber: big.NewInt(serial),
-			Subject:      pkix.Name{CommonName: cn},
-			NotBefore:    now.Add(-time.Hour),
-			NotAfter:     now.Add(time.Hour),
-			KeyUsage:     x509.KeyUsageDigitalSignature,
-			ExtKeyUsage:  []x509.ExtKeyUsage{usage},
-			IPAddresses:  ips,
-			DNSNames:     dns,
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		leaf, err := x509.ParseCertificate(der)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, leaf
-	}
-	p := &testPKI{caPool: x509.NewCertPool()}
-	p.caPool.AddCert(ca)
-	p.server, _ = issue(2, "localhost", x509.ExtKeyUsageServerAuth, []net.IP{net.IPv4(127, 0, 0, 1)}, []string{"localhost"})
-	p.client, p.clientCert = issue(3, "device-0001", x509.ExtKeyUsageClientAuth, nil, nil)
-	p.caFile = filepath.Join(t.TempDir(), "ca.pem")
-	if err := os.WriteFile(p.caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return p
 }
 
 // serverTLS requests (but does not require) a client certificate.
@@ -166,49 +113,6 @@ func waitAccept(t testing.TB, ch <-chan acceptResult) net.Conn {
 		t.Fatal("Accept did not return")
 	}
 	return nil
-}
-
-// checkFor polls f until it succeeds or the timeout passes.
-func checkFor(t testing.TB, timeout time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	wait := time.Millisecond
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatal(err)
-		}
-		time.Sleep(wait)
-		if wait < 50*time.Millisecond {
-			wait *= 2
-		}
-	}
-}
-
-// checkNoLeaks records the goroutine count and, at cleanup, waits for it to
-// come back down. Register it first so it runs after the other cleanups.
-func checkNoLeaks(t *testing.T) {
-	t.Helper()
-	before := runtime.NumGoroutine()
-	t.Cleanup(func() {
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			n := runtime.NumGoroutine()
-			if n <= before {
-				return
-			}
-			if time.Now().After(deadline) {
-				buf := make([]byte, 1<<20)
-				buf = buf[:runtime.Stack(buf, true)]
-				t.Errorf("goroutine leak: %d before, %d after\n%s", before, n, buf)
-				return
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	})
 }
 
 // expectClosed reads from c until EOF or error within the timeout, failing
@@ -289,19 +193,6 @@ func readPacket(r *bufio.Reader) (byte, []byte, error) {
 
 // connectPacket is a minimal MQTT 3.1.1 CONNECT for client ID "c".
 var connectPacket = []byte{0x10, 0x0d, 0x00, 0x04, 'M', 'Q', 'T', 'T', 0x04, 0x02, 0x00, 0x3c, 0x00, 0x01, 'c'}
-
-func lookPath(t testing.TB, file string) string {
-	t.Helper()
-	if _, err := os.Stat(file); errors.Is(err, fs.ErrNotExist) {
-		t.Skipf("%s not installed", file)
-	}
-	return file
-}
-
-func hasPythonPaho(t testing.TB) string {
-	py := lookPath(t, "/usr/bin/python3")
-	return py
-}
 
 func tail(s string) string {
 	s = strings.TrimSpace(s)

@@ -137,6 +137,15 @@ type Config struct {
 	// Default: DefaultMaxPending.
 	MaxPending int
 
+	// Gate, when set, is asked about every connection as soon as its
+	// client address is known (after the PROXY header, if any), before any
+	// TLS or WebSocket work; false closes it at once. It must be fast and
+	// safe for concurrent use. Default nil: every connection proceeds.
+	// (For TCP and TLS listeners the broker makes the same check when it
+	// accepts; WebSocket listeners need it here, since their HTTP server
+	// runs TLS and the upgrade before the broker sees the connection.)
+	Gate func(remote net.Addr) bool
+
 	// KeepAlive is the TCP keep-alive period. Default (0): the Go default
 	// (15s); negative disables TCP keep-alives.
 	KeepAlive time.Duration
@@ -246,6 +255,7 @@ func Listen(ctx context.Context, cfg Config) (*Listener, error) {
 	if cfg.Proxy != nil {
 		b.proxy = newProxyPolicy(cfg.Proxy)
 	}
+	b.gate = cfg.Gate
 	if cfg.Proxy != nil || cfg.Transport.usesWebSocket() {
 		b.pending = make(chan struct{}, maxPending)
 	}
@@ -266,7 +276,7 @@ func Listen(ctx context.Context, cfg Config) (*Listener, error) {
 	}
 	logger.Info("listener: listening", "transport", cfg.Transport.String(), "address", raw.Addr().String(),
 		"proxy_protocol", cfg.Proxy != nil)
-	if !cfg.Transport.usesTLS() && cfg.Proxy == nil {
+	if !cfg.Transport.usesTLS() && cfg.Proxy == nil && onNetwork(raw.Addr()) {
 		logger.Warn("listener: INSECURE plain-text listener: passwords, tokens and payloads cross the network unencrypted",
 			"transport", cfg.Transport.String(), "address", raw.Addr().String())
 	}
@@ -279,6 +289,19 @@ func Listen(ctx context.Context, cfg Config) (*Listener, error) {
 		}
 	}
 	return l, nil
+}
+
+// onNetwork reports whether clients on other hosts can reach addr: a
+// plain-text listener on a loopback address or a Unix socket is not
+// reported (docs/configuration.md).
+func onNetwork(addr net.Addr) bool {
+	switch a := addr.(type) {
+	case *net.TCPAddr:
+		return !a.IP.IsLoopback()
+	case *net.UnixAddr:
+		return false
+	}
+	return true
 }
 
 // Accept waits for and returns the next connection ready for MQTT. For TLS it
@@ -337,7 +360,8 @@ type baseListener struct {
 	name      string
 	transport Transport
 	log       *slog.Logger
-	proxy     *proxyPolicy // nil: no PROXY protocol
+	proxy     *proxyPolicy        // nil: no PROXY protocol
+	gate      func(net.Addr) bool // Config.Gate; nil: none
 
 	pending        chan struct{} // semaphore of pending connections; nil: unbounded (not used)
 	holdPending    bool          // keep the slot after Accept (WebSocket: released on upgrade)
@@ -392,9 +416,12 @@ func (b *baseListener) closed() bool {
 
 // Accept returns the next connection (a *Conn) ready for the layer above.
 func (b *baseListener) Accept() (net.Conn, error) {
-	if b.proxy != nil {
+	for b.proxy != nil {
 		select {
 		case c := <-b.ready:
+			if !b.admit(c) {
+				continue
+			}
 			return c, nil
 		case <-b.done:
 			if p := b.loopErr.Load(); p != nil {
@@ -409,11 +436,23 @@ func (b *baseListener) Accept() (net.Conn, error) {
 			return nil, err
 		}
 		c := b.wrap(raw, nil)
-		if !b.acquire(c) {
+		if !b.admit(c) || !b.acquire(c) {
 			continue
 		}
 		return c, nil
 	}
+}
+
+// admit asks the Gate about c and closes c when it refuses.
+func (b *baseListener) admit(c *Conn) bool {
+	if b.gate == nil || b.gate(c.RemoteAddr()) {
+		return true
+	}
+	if b.log.Enabled(context.Background(), slog.LevelDebug) {
+		b.log.Debug("listener: connection refused by the gate", "remote", c.RemoteAddr().String())
+	}
+	c.Close()
+	return false
 }
 
 // acceptRaw accepts one TCP connection, retrying transient errors with a

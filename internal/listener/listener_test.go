@@ -6,11 +6,14 @@ import (
 	"crypto/tls"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/moatmq/moat/internal/testutil"
 
 	"github.com/coder/websocket"
 )
@@ -72,7 +75,7 @@ func TestParseTransport(t *testing.T) {
 }
 
 func TestTCPEcho(t *testing.T) {
-	checkNoLeaks(t)
+	testutil.CheckNoLeaks(t)
 	l := listen(t, Config{Name: "plain"})
 	if l.Name() != "plain" || l.Transport() != TCP {
 		t.Fatalf("Name/Transport = %q/%v", l.Name(), l.Transport())
@@ -121,7 +124,7 @@ func TestDefaultName(t *testing.T) {
 // ClientHello does not hold up Accept, and that the broker runs the
 // handshake itself with its own deadline.
 func TestTLSAcceptDoesNotHandshake(t *testing.T) {
-	checkNoLeaks(t)
+	testutil.CheckNoLeaks(t)
 	p := newTestPKI(t)
 	l := listen(t, Config{Name: "secure", Transport: TLS, TLS: p.serverTLS()})
 
@@ -206,7 +209,7 @@ func TestCloseUnblocksAcceptAndLeavesNoGoroutines(t *testing.T) {
 			name += "+proxy"
 		}
 		t.Run(name, func(t *testing.T) {
-			checkNoLeaks(t)
+			testutil.CheckNoLeaks(t)
 			cfg.Address = "127.0.0.1:0"
 			cfg.Logger = testLogger(t)
 			l, err := Listen(context.Background(), cfg)
@@ -261,7 +264,7 @@ func TestCloseUnblocksAcceptAndLeavesNoGoroutines(t *testing.T) {
 // TestSeveralListeners runs one listener per transport side by side and
 // checks each connection reports the listener it came through.
 func TestSeveralListeners(t *testing.T) {
-	checkNoLeaks(t)
+	testutil.CheckNoLeaks(t)
 	p := newTestPKI(t)
 	ls := map[string]*Listener{
 		"mqtt":  listen(t, Config{Name: "mqtt", Transport: TCP}),
@@ -305,3 +308,29 @@ func TestSeveralListeners(t *testing.T) {
 type closerFunc func() error
 
 func (f closerFunc) Close() error { return f() }
+
+// TestPlainWarningOnlyOnNetwork: the INSECURE warning of a plain-text
+// listener is for addresses other hosts can reach; a loopback listener is
+// not reported (docs/configuration.md).
+func TestPlainWarningOnlyOnNetwork(t *testing.T) {
+	var buf bytes.Buffer
+	listen(t, Config{Name: "local", Logger: slog.New(slog.NewTextHandler(&buf, nil))})
+	if strings.Contains(buf.String(), "INSECURE") {
+		t.Errorf("a loopback listener was reported: %s", buf.String())
+	}
+	for _, tc := range []struct {
+		addr net.Addr
+		want bool
+	}{
+		{&net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)}, false},
+		{&net.TCPAddr{IP: net.IPv6loopback}, false},
+		{&net.UnixAddr{Name: "/run/moat.sock", Net: "unix"}, false},
+		{&net.TCPAddr{IP: net.IPv4zero}, true},
+		{&net.TCPAddr{IP: net.IPv6unspecified}, true},
+		{&net.TCPAddr{IP: net.IPv4(192, 0, 2, 1)}, true},
+	} {
+		if got := onNetwork(tc.addr); got != tc.want {
+			t.Errorf("onNetwork(%v) = %v, want %v", tc.addr, got, tc.want)
+		}
+	}
+}

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moatmq/moat/internal/testutil"
+
 	"github.com/coder/websocket"
 	proxyproto "github.com/pires/go-proxyproto"
 	"github.com/pires/go-proxyproto/tlvparse"
@@ -118,7 +120,7 @@ func TestProxyHeaders(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			checkNoLeaks(t)
+			testutil.CheckNoLeaks(t)
 			l := listen(t, Config{Name: "behind-lb", Proxy: &ProxyConfig{Trusted: loopbackOnly}})
 			ch := acceptAsync(l)
 			c := dialFrom(t, l, "127.0.0.1")
@@ -195,7 +197,7 @@ func TestProxyLocalCommand(t *testing.T) {
 }
 
 func TestProxyUntrustedRefused(t *testing.T) {
-	checkNoLeaks(t)
+	testutil.CheckNoLeaks(t)
 	l := listen(t, Config{Proxy: &ProxyConfig{Trusted: loopbackOnly}})
 	ch := acceptAsync(l)
 	// An untrusted source cannot spoof its address, with or without header.
@@ -231,7 +233,7 @@ func TestProxyPassUntrusted(t *testing.T) {
 }
 
 func TestProxyHeaderRequiredAndTimed(t *testing.T) {
-	checkNoLeaks(t)
+	testutil.CheckNoLeaks(t)
 	l := listen(t, Config{Proxy: &ProxyConfig{Trusted: loopbackOnly, HeaderTimeout: 200 * time.Millisecond}})
 	ch := acceptAsync(l)
 	// A trusted source that sends MQTT without a header is refused.
@@ -256,7 +258,7 @@ func TestProxyHeaderRequiredAndTimed(t *testing.T) {
 // TestProxyThenTLS: the balancer passes TCP through (PROXY header first) and
 // the broker terminates TLS.
 func TestProxyThenTLS(t *testing.T) {
-	checkNoLeaks(t)
+	testutil.CheckNoLeaks(t)
 	p := newTestPKI(t)
 	l := listen(t, Config{Transport: TLS, TLS: p.serverTLS(), Proxy: &ProxyConfig{Trusted: loopbackOnly}})
 	ch := acceptAsync(l)
@@ -294,7 +296,7 @@ func TestProxyThenTLS(t *testing.T) {
 // TestProxyThenWebSocket: a balancer that terminated TLS sends a PROXY v2
 // header with the SSL TLV, then the WebSocket upgrade in clear.
 func TestProxyThenWebSocket(t *testing.T) {
-	checkNoLeaks(t)
+	testutil.CheckNoLeaks(t)
 	l := listen(t, Config{Transport: WebSocket, Proxy: &ProxyConfig{Trusted: loopbackOnly}})
 	hdr := proxyHeader(t, 2, sslTLV(t, tlvparse.PP2SSL{
 		Client: tlvparse.PP2_BITFIELD_CLIENT_SSL | tlvparse.PP2_BITFIELD_CLIENT_CERT_CONN,

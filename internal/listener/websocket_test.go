@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moatmq/moat/internal/testutil"
+
 	"github.com/coder/websocket"
 )
 
@@ -42,7 +44,7 @@ func tlsHTTPClient(cfg *tls.Config) *http.Client {
 // TestWebSocketByteStream checks [MQTT-6.0.0-2]: the receiver must not
 // assume packets are aligned on WebSocket message boundaries.
 func TestWebSocketByteStream(t *testing.T) {
-	checkNoLeaks(t)
+	testutil.CheckNoLeaks(t)
 	l := listen(t, Config{Name: "ws", Transport: WebSocket})
 	ch := acceptAsync(l)
 	client, _, err := wsDial(t, l, "/mqtt", nil)
@@ -147,7 +149,7 @@ func TestWebSocketSubprotocols(t *testing.T) {
 // TestWebSocketTextFrameRefused checks [MQTT-6.0.0-1]: a text frame closes
 // the connection (status 1003, unsupported data).
 func TestWebSocketTextFrameRefused(t *testing.T) {
-	checkNoLeaks(t)
+	testutil.CheckNoLeaks(t)
 	l := listen(t, Config{Transport: WebSocket})
 	ch := acceptAsync(l)
 	client, _, err := wsDial(t, l, "/", nil)
@@ -172,7 +174,7 @@ func TestWebSocketTextFrameRefused(t *testing.T) {
 }
 
 func TestWebSocketOversizedMessageRefused(t *testing.T) {
-	checkNoLeaks(t)
+	testutil.CheckNoLeaks(t)
 	l := listen(t, Config{Transport: WebSocket, WebSocket: WebSocketConfig{MaxMessageSize: 1024}})
 	ch := acceptAsync(l)
 	client, _, err := wsDial(t, l, "/", nil)
@@ -283,7 +285,7 @@ func TestWebSocketAnyOriginByDefault(t *testing.T) {
 // TestWebSocketSlowClient: a client that connects and never sends its
 // upgrade request neither blocks Accept nor stays past UpgradeTimeout.
 func TestWebSocketSlowClient(t *testing.T) {
-	checkNoLeaks(t)
+	testutil.CheckNoLeaks(t)
 	l := listen(t, Config{Transport: WebSocket, WebSocket: WebSocketConfig{UpgradeTimeout: 300 * time.Millisecond}})
 	slow, err := net.Dial("tcp", l.Addr().String())
 	if err != nil {
@@ -310,14 +312,14 @@ func TestWebSocketSlowClient(t *testing.T) {
 }
 
 func TestWebSocketMaxPending(t *testing.T) {
-	checkNoLeaks(t)
+	testutil.CheckNoLeaks(t)
 	l := listen(t, Config{Transport: WebSocket, MaxPending: 1})
 	slow, err := net.Dial("tcp", l.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer slow.Close()
-	checkFor(t, 5*time.Second, func() error {
+	testutil.CheckFor(t, 5*time.Second, func() error {
 		if len(l.base.pending) != 1 {
 			return errors.New("slow client not pending yet")
 		}
@@ -331,7 +333,7 @@ func TestWebSocketMaxPending(t *testing.T) {
 	expectClosed(t, over)
 
 	slow.Close()
-	checkFor(t, 5*time.Second, func() error {
+	testutil.CheckFor(t, 5*time.Second, func() error {
 		if len(l.base.pending) != 0 {
 			return errors.New("slot not released")
 		}
@@ -369,7 +371,7 @@ func TestWebSocketReadDeadlineIsTimeout(t *testing.T) {
 }
 
 func TestWebSocketCloseWithUnacceptedUpgrade(t *testing.T) {
-	checkNoLeaks(t)
+	testutil.CheckNoLeaks(t)
 	l, err := Listen(context.Background(), Config{Address: "127.0.0.1:0", Transport: WebSocket, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
@@ -389,7 +391,7 @@ func TestWebSocketCloseWithUnacceptedUpgrade(t *testing.T) {
 }
 
 func TestSecureWebSocket(t *testing.T) {
-	checkNoLeaks(t)
+	testutil.CheckNoLeaks(t)
 	p := newTestPKI(t)
 	srvTLS := p.serverTLS()
 	srvTLS.NextProtos = []string{"mqtt"} // must not break wss (ALPN http/1.1)
@@ -435,7 +437,7 @@ func TestSecureWebSocket(t *testing.T) {
 // TestWebSocketPahoPython connects Debian's python3-paho-mqtt over ws:// and
 // wss:// to a fake broker that answers CONNACK.
 func TestWebSocketPahoPython(t *testing.T) {
-	py := hasPythonPaho(t)
+	py := testutil.NeedTool(t, "/usr/bin/python3")
 	if err := runCmd(t, py, "-c", "import paho.mqtt.client"); err != nil {
 		t.Skipf("python3-paho-mqtt not installed: %v", err)
 	}

@@ -4,61 +4,22 @@ import (
 	"bytes"
 	"fmt"
 	"net"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/moatmq/moat/internal/testutil"
 
 	"github.com/moatmq/moat/internal/packet"
 )
 
-// startMosquitto runs a mosquitto broker on a free 127.0.0.1 port and
-// returns its address. The test is skipped when mosquitto is absent.
+// startMosquitto runs a mosquitto broker on a 127.0.0.1 port and returns
+// its address. The test is skipped when mosquitto is absent.
 func startMosquitto(t *testing.T) string {
 	t.Helper()
-	bin, err := exec.LookPath("mosquitto")
-	if err != nil {
-		t.Skip("mosquitto not installed")
-	}
-	// mosquitto cannot listen on port 0: take a free port and hand it over.
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	_, port, _ := net.SplitHostPort(addr)
-	l.Close()
-	conf := filepath.Join(t.TempDir(), "mosquitto.conf")
-	cfg := fmt.Sprintf("listener %s 127.0.0.1\nallow_anonymous true\npersistence false\n", port)
-	if err := os.WriteFile(conf, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, "-c", conf)
-	var logs bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-		if t.Failed() {
-			t.Logf("mosquitto log:\n%s", logs.String())
-		}
+	m := testutil.StartMosquitto(t, 1, func(ports []int) string {
+		return fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\n", ports[0])
 	})
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		c, err := net.Dial("tcp", addr)
-		if err == nil {
-			c.Close()
-			return addr
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("mosquitto did not start: %v\n%s", err, logs.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	return m.Addr(0)
 }
 
 // mqttConn is one client connection speaking through the codec.

@@ -18,12 +18,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moatmq/moat/internal/testutil"
+
 	bolt "go.etcd.io/bbolt"
 )
 
 func TestInitAndIssueOpenSSLVerify(t *testing.T) {
 	t.Parallel()
-	openssl := needTool(t, "openssl")
+	openssl := testutil.NeedTool(t, "openssl")
 	for _, alg := range []KeyAlgorithm{ECDSAP256, ECDSAP384, Ed25519, RSA2048} {
 		t.Run(string(alg), func(t *testing.T) {
 			ca := newCA(t, InitOptions{Settings: Settings{Algorithm: alg, OCSPURL: "http://127.0.0.1:1/ocsp", CRLURL: "http://127.0.0.1:1/crl"}})
@@ -221,7 +223,7 @@ func TestSignCSRPolicy(t *testing.T) {
 
 func TestSignOpenSSLCSRs(t *testing.T) {
 	t.Parallel()
-	openssl := needTool(t, "openssl")
+	openssl := testutil.NeedTool(t, "openssl")
 	ca := newCA(t, InitOptions{})
 	dir := t.TempDir()
 	tests := []struct {
@@ -263,7 +265,7 @@ func writeParam(t *testing.T, openssl, dir, curve string) string {
 
 func TestNameConstraintsInIntermediate(t *testing.T) {
 	t.Parallel()
-	openssl := needTool(t, "openssl")
+	openssl := testutil.NeedTool(t, "openssl")
 	ca := newCA(t, InitOptions{Settings: Settings{PermittedDNSDomains: []string{"example.com"}, PermittedIPRanges: []string{"127.0.0.0/8"}}})
 	if !ca.Intermediate().PermittedDNSDomainsCritical || len(ca.Intermediate().PermittedDNSDomains) != 1 {
 		t.Fatal("name constraints missing from the intermediate")

@@ -16,6 +16,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/moatmq/moat/internal/testutil"
 )
 
 // opensslCSR makes a key and a base64 DER CSR (the EST request body) with
@@ -64,8 +66,8 @@ func estCertFromBody(t *testing.T, ca *CA, dir, name, body string) (*x509.Certif
 // e-mail names and for a token that allows another URI.
 func TestSecurityESTTokenNamesAreAuthorized(t *testing.T) {
 	t.Parallel()
-	openssl := needTool(t, "openssl")
-	curl := needTool(t, "curl")
+	openssl := testutil.NeedTool(t, "openssl")
+	curl := testutil.NeedTool(t, "curl")
 	ca := newCA(t, InitOptions{})
 	_, estURL, _ := startServer(t, ca, ServerConfig{})
 	caFile := filepath.Join(ca.Dir(), FileRoot)
@@ -175,8 +177,8 @@ func TestSecurityESTManufacturerNamesAreAuthorized(t *testing.T) {
 // parent at once, and revoking a certificate revokes its descendants.
 func TestSecurityReenrollRevocationReachesSuccessors(t *testing.T) {
 	t.Parallel()
-	openssl := needTool(t, "openssl")
-	curl := needTool(t, "curl")
+	openssl := testutil.NeedTool(t, "openssl")
+	curl := testutil.NeedTool(t, "curl")
 	ca := newCA(t, InitOptions{})
 	_, estURL, _ := startServer(t, ca, ServerConfig{})
 	caFile := filepath.Join(ca.Dir(), FileRoot)

@@ -11,14 +11,15 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/moatmq/moat/internal/testutil"
 )
 
 func TestMain(m *testing.M) {
 	scryptLogN = 10 // keep Init fast under -race; the format records the cost
-	os.Exit(m.Run())
+	testutil.VerifyTestMain(m)
 }
 
 var testPass = []byte("correct horse battery")
@@ -40,15 +41,6 @@ func newCA(t testing.TB, opts InitOptions) *CA {
 	return ca
 }
 
-func needTool(t testing.TB, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		t.Skipf("%s not installed", name)
-	}
-	return p
-}
-
 // run runs a command and returns its combined output; it fails the test
 // when the exit status differs from wantOK.
 func run(t testing.TB, wantOK bool, name string, args ...string) string {
@@ -63,22 +55,6 @@ func run(t testing.TB, wantOK bool, name string, args ...string) string {
 		t.Fatalf("%s %s: err=%v, want ok=%v\n%s", name, strings.Join(args, " "), err, wantOK, out.String())
 	}
 	return out.String()
-}
-
-// checkFor polls f until it returns nil or d passes.
-func checkFor(t testing.TB, d time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %v: %v", d, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // startServer serves the CA on 127.0.0.1 ports and returns base URLs.
@@ -132,24 +108,6 @@ func decodePEMBody(t testing.TB, b []byte) []byte {
 
 func encodePEMBody(b []byte) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: encryptedKeyPEMType, Bytes: b})
-}
-
-// syncBuffer is a strings.Builder safe for a writer goroutine and a reader.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // base64Lines encodes b as base64 in 64-character CRLF lines, the way

@@ -1,35 +1,21 @@
 package pki
 
 import (
-	"context"
 	"fmt"
-	"net"
-	"os/exec"
-	"os/user"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
-)
 
-// freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
+	"github.com/moatmq/moat/internal/testutil"
+)
 
 // TestMosquittoAcceptsMoatCertificates starts Debian's mosquitto with
 // require_certificate and a CRL, all made by the CA, and publishes with
 // mosquitto_pub using device certificates of several key types.
 func TestMosquittoAcceptsMoatCertificates(t *testing.T) {
 	t.Parallel()
-	mosquitto := needTool(t, "mosquitto")
-	pub := needTool(t, "mosquitto_pub")
+	pub := testutil.NeedTool(t, "mosquitto_pub")
 	ca := newCA(t, InitOptions{})
 	dir := t.TempDir()
 	srv, err := ca.IssueServer("broker", []string{"localhost", "127.0.0.1"}, 0)
@@ -50,9 +36,8 @@ func TestMosquittoAcceptsMoatCertificates(t *testing.T) {
 			}
 		}
 	}
-	port := freePort(t)
-	u, _ := user.Current()
-	conf := fmt.Sprintf(`listener %d 127.0.0.1
+	peer := testutil.StartMosquitto(t, 1, func(ports []int) string {
+		return fmt.Sprintf(`listener %d 127.0.0.1
 cafile %s
 certfile %s
 keyfile %s
@@ -61,25 +46,10 @@ require_certificate true
 use_identity_as_username true
 allow_anonymous false
 persistence false
-user %s
 log_dest stderr
-`, port, filepath.Join(ca.Dir(), FileRoot), filepath.Join(dir, "server.pem"), filepath.Join(dir, "server.key"), filepath.Join(ca.Dir(), FileCRL), u.Username)
-	confFile := writeFile(t, filepath.Join(dir, "mosquitto.conf"), []byte(conf))
-	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, mosquitto, "-c", confFile)
-	var log syncBuffer
-	cmd.Stderr = &log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cancel(); cmd.Wait() })
-	checkFor(t, 10*time.Second, func() error {
-		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		if err == nil {
-			c.Close()
-		}
-		return err
+`, ports[0], filepath.Join(ca.Dir(), FileRoot), filepath.Join(dir, "server.pem"), filepath.Join(dir, "server.key"), filepath.Join(ca.Dir(), FileCRL))
 	})
+	port := peer.Ports[0]
 	tests := []struct {
 		id     string
 		wantOK bool
@@ -93,13 +63,10 @@ log_dest stderr
 			}
 		})
 	}
-	checkFor(t, 5*time.Second, func() error {
-		if !strings.Contains(log.String(), "certificate verify failed") {
+	testutil.CheckFor(t, 5*time.Second, func() error {
+		if !strings.Contains(peer.Log(), "certificate verify failed") {
 			return fmt.Errorf("mosquitto did not log the refused revoked certificate")
 		}
 		return nil
 	})
-	if t.Failed() {
-		t.Logf("mosquitto log:\n%s", log.String())
-	}
 }

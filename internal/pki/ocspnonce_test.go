@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/moatmq/moat/internal/testutil"
+
 	"golang.org/x/crypto/ocsp"
 )
 
@@ -66,7 +68,7 @@ func responseNonce(t *testing.T, respDER []byte) []byte {
 // checks that the response echoes it (RFC 8954).
 func TestOCSPNonceWithOpenSSL(t *testing.T) {
 	t.Parallel()
-	openssl := needTool(t, "openssl")
+	openssl := testutil.NeedTool(t, "openssl")
 	for _, alg := range []KeyAlgorithm{ECDSAP256, ECDSAP384, RSA2048} {
 		t.Run(string(alg), func(t *testing.T) {
 			ca := newCA(t, InitOptions{Settings: Settings{Algorithm: alg}})

@@ -5,13 +5,15 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/moatmq/moat/internal/testutil"
 )
 
 // TestParseOpenSSLEncryptedKeys decrypts keys that openssl encrypted with
 // the PBES2 variants it offers.
 func TestParseOpenSSLEncryptedKeys(t *testing.T) {
 	t.Parallel()
-	openssl := needTool(t, "openssl")
+	openssl := testutil.NeedTool(t, "openssl")
 	dir := t.TempDir()
 	plain := filepath.Join(dir, "plain.key")
 	run(t, true, openssl, "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", plain)

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/moatmq/moat/internal/testutil"
 )
 
 // TestRootCRL: Init writes a root CRL that openssl verifies against the
@@ -14,7 +16,7 @@ import (
 // issuing intermediate cannot be put on it.
 func TestRootCRL(t *testing.T) {
 	t.Parallel()
-	openssl := needTool(t, "openssl")
+	openssl := testutil.NeedTool(t, "openssl")
 	ca := newCA(t, InitOptions{})
 	out := run(t, true, openssl, "crl", "-in", filepath.Join(ca.Dir(), FileRootCRL), "-CAfile", filepath.Join(ca.Dir(), FileRoot), "-noout", "-text")
 	if !strings.Contains(out, "verify OK") || !strings.Contains(out, "No Revoked Certificates") {

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moatmq/moat/internal/testutil"
+
 	"golang.org/x/crypto/ocsp"
 )
 
@@ -60,7 +62,7 @@ func ocspStatus(t *testing.T, httpURL string, cert, issuer *x509.Certificate) in
 // still has the old intermediate open refuses to issue.
 func TestRotateIntermediateOverlap(t *testing.T) {
 	t.Parallel()
-	openssl := needTool(t, "openssl")
+	openssl := testutil.NeedTool(t, "openssl")
 	ca := newCA(t, InitOptions{})
 	work := t.TempDir()
 	oldDev, err := ca.IssueDevice("dev-old", nil, 0)
@@ -193,8 +195,8 @@ func TestRotateIntermediateOverlap(t *testing.T) {
 // any more: the attack re-enrolls with it and is refused.
 func TestSecurityReenrollUnderRevokedIntermediate(t *testing.T) {
 	t.Parallel()
-	openssl := needTool(t, "openssl")
-	curl := needTool(t, "curl")
+	openssl := testutil.NeedTool(t, "openssl")
+	curl := testutil.NeedTool(t, "curl")
 	ca := newCA(t, InitOptions{})
 	dir := t.TempDir()
 	enroll := func(name string) (keyFile, pemFile string) {

@@ -19,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moatmq/moat/internal/testutil"
+
 	"golang.org/x/crypto/ocsp"
 )
 
@@ -32,7 +34,7 @@ func opensslOCSP(t *testing.T, openssl string, ca *CA, certFile, ocspURL string)
 
 func TestOCSPAndCRLWithOpenSSL(t *testing.T) {
 	t.Parallel()
-	openssl := needTool(t, "openssl")
+	openssl := testutil.NeedTool(t, "openssl")
 	for _, alg := range []KeyAlgorithm{ECDSAP256, Ed25519, RSA2048} {
 		t.Run(string(alg), func(t *testing.T) {
 			ca := newCA(t, InitOptions{Settings: Settings{Algorithm: alg}})
@@ -219,15 +221,15 @@ func estCurl(t *testing.T, curl, estURL, caFile, op, csrB64File string, extra ..
 
 func TestESTWithCurlAndOpenSSL(t *testing.T) {
 	t.Parallel()
-	openssl := needTool(t, "openssl")
-	curl := needTool(t, "curl")
+	openssl := testutil.NeedTool(t, "openssl")
+	curl := testutil.NeedTool(t, "curl")
 	ca := newCA(t, InitOptions{})
 	_, estURL, _ := startServer(t, ca, ServerConfig{})
 	dir := t.TempDir()
 	caFile := filepath.Join(ca.Dir(), FileRoot)
 
-	bash := needTool(t, "bash")
-	needTool(t, "base64")
+	bash := testutil.NeedTool(t, "bash")
+	testutil.NeedTool(t, "base64")
 
 	// cacerts, decoded the way RFC 8951 promises works: the answer is
 	// base64 without line breaks, which coreutils' base64 -d accepts.
@@ -504,7 +506,7 @@ func FuzzParseCSR(f *testing.F) {
 
 func TestParseCertsOnlyFromOpenSSL(t *testing.T) {
 	t.Parallel()
-	openssl := needTool(t, "openssl")
+	openssl := testutil.NeedTool(t, "openssl")
 	ca := newCA(t, InitOptions{})
 	iss, _ := ca.IssueServer("", []string{"localhost"}, 0)
 	dir := t.TempDir()

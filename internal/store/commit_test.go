@@ -5,23 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
-	"runtime"
 	"sync"
 	"testing"
 	"time"
-)
 
-// waitFor polls cond until it holds or the test's patience runs out.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
+	"github.com/moatmq/moat/internal/testutil"
+)
 
 // TestGroupCommit: N concurrent committers in SyncAlways share fsyncs.
 // The first commit is held in the committer until the other N-1 requests
@@ -50,7 +39,7 @@ func TestGroupCommit(t *testing.T) {
 		wg.Add(1)
 		go commit(i)
 	}
-	waitFor(t, "every commit to be submitted", func() bool { return s.pendingLen() == n-1 })
+	testutil.WaitFor(t, "every commit to be submitted", 10*time.Second, func() bool { return s.pendingLen() == n-1 })
 	close(release)
 	wg.Wait()
 	close(errs)
@@ -176,7 +165,7 @@ func TestFailedOpFailsOnlyItsCaller(t *testing.T) {
 	go func() {
 		bad <- s.Commit(context.Background(), PutDelivery{&Delivery{ClientID: "a", Seq: 1, MsgID: 77}})
 	}()
-	waitFor(t, "both commits to be submitted", func() bool { return s.pendingLen() == 2 })
+	testutil.WaitFor(t, "both commits to be submitted", 10*time.Second, func() bool { return s.pendingLen() == 2 })
 	close(release)
 	if err := <-first; err != nil {
 		t.Fatal(err)
@@ -223,7 +212,7 @@ func TestDiskErrorStopsCommits(t *testing.T) {
 // TestCloseEndsCommitter: Close waits for the committer goroutine (and
 // every mode's ticker) to end.
 func TestCloseEndsCommitter(t *testing.T) {
-	before := runtime.NumGoroutine()
+	testutil.CheckNoLeaks(t)
 	for _, mode := range []SyncMode{SyncAlways, SyncBatch, SyncOff} {
 		cfg := testConfig(t)
 		cfg.Sync = mode
@@ -231,7 +220,6 @@ func TestCloseEndsCommitter(t *testing.T) {
 		mustCommit(t, s, DeleteWill{"x"})
 		mustClose(t, s)
 	}
-	waitFor(t, "the committers to end", func() bool { return runtime.NumGoroutine() <= before })
 }
 
 // TestBatchModeSyncsPeriodically: SyncBatch fsyncs on its own, without
@@ -242,7 +230,7 @@ func TestBatchModeSyncsPeriodically(t *testing.T) {
 	s := mustOpen(t, cfg)
 	defer mustClose(t, s)
 	mustCommit(t, s, PutRetained{&Retained{Topic: "a", Payload: []byte("1")}})
-	waitFor(t, "a periodic fsync", func() bool { return s.Stats().Syncs >= 1 })
+	testutil.WaitFor(t, "a periodic fsync", 10*time.Second, func() bool { return s.Stats().Syncs >= 1 })
 }
 
 // TestSecurityRollbackAfterCrash: the counter file is refreshed while the

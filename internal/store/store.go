@@ -329,9 +329,15 @@ func checkNoCounter(dir string) error {
 	return nil
 }
 
-// emptyDB reports whether the engine's file holds no bucket at all.
-func (s *Store) emptyDB() bool {
-	empty := true
+// emptyDB reports whether the engine's file holds no bucket at all. A
+// file the engine cannot even list is not empty: load reports it corrupt.
+func (s *Store) emptyDB() (empty bool) {
+	empty = true
+	defer func() {
+		if recover() != nil {
+			empty = false
+		}
+	}()
 	s.db.View(func(tx *bolt.Tx) error {
 		return tx.ForEach(func([]byte, *bolt.Bucket) error { empty = false; return errors.New("stop") })
 	})

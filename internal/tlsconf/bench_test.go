@@ -3,28 +3,29 @@ package tlsconf
 import (
 	"context"
 	"crypto/x509"
+	"io"
 	"testing"
 	"time"
 
-	"github.com/moatmq/moat/internal/tlsconf/internal/testcerts"
+	"github.com/moatmq/moat/internal/testutil/testpki"
 )
 
-func benchEnv(b *testing.B) (*Manager, *testcerts.Cert) {
+func benchEnv(b *testing.B) (*Manager, *testpki.Cert) {
 	b.Helper()
-	ca := testcerts.NewRoot(b, "Bench CA", testcerts.P256)
+	ca := testpki.NewRoot(b, "Bench CA", testpki.P256)
 	dir := b.TempDir()
-	srv := ca.Issue(b, testcerts.Options{CN: "localhost", DNS: []string{"localhost"}})
+	srv := ca.Issue(b, testpki.Options{CN: "localhost", DNS: []string{"localhost"}})
 	cf, kf := srv.WriteFiles(b, dir, "server")
-	testcerts.WriteFile(b, dir+"/ca.pem", ca.PEM())
+	testpki.WriteFile(b, dir+"/ca.pem", ca.PEM())
 	now := time.Now()
-	testcerts.WriteFile(b, dir+"/ca.crl", ca.CRL(b, now.Add(-time.Minute), now.Add(time.Hour)))
+	testpki.WriteFile(b, dir+"/ca.crl", ca.CRL(b, now.Add(-time.Minute), now.Add(time.Hour)))
 	m, err := New(ListenerConfig{Certificates: []KeyPair{{cf, kf}}, CAFile: dir + "/ca.pem", CRLFiles: []string{dir + "/ca.crl"},
-		Logger: (&logBuf{}).logger(), DisableOCSPStapling: true})
+		Logger: debugLogger(io.Discard), DisableOCSPStapling: true})
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { m.Close() })
-	return m, ca.Issue(b, testcerts.Options{CN: "dev"})
+	return m, ca.Issue(b, testpki.Options{CN: "dev"})
 }
 
 // BenchmarkVerifyChain is the per-handshake verification with the chain
@@ -69,8 +70,8 @@ func BenchmarkRecheck20k(b *testing.B) {
 }
 
 func BenchmarkSubjectDN(b *testing.B) {
-	ca := testcerts.NewRoot(b, "Bench CA", testcerts.P256)
-	c := ca.Issue(b, testcerts.Options{CN: "sensor-1"})
+	ca := testpki.NewRoot(b, "Bench CA", testpki.P256)
+	c := ca.Issue(b, testpki.Options{CN: "sensor-1"})
 	for b.Loop() {
 		if _, err := SubjectDN(c.Cert); err != nil {
 			b.Fatal(err)

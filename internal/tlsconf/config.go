@@ -149,9 +149,11 @@ type ListenerConfig struct {
 	// refused.
 	MinVersion uint16
 
-	// CipherSuites overrides DefaultCipherSuites for TLS 1.2. Suites without
-	// forward secrecy or AEAD are refused by New unless
-	// AllowInsecureCipherSuites is set (and then logged as a warning).
+	// CipherSuites overrides DefaultCipherSuites (FIPSCipherSuites in FIPS
+	// 140-3 mode) for TLS 1.2. Suites without forward secrecy or AEAD are
+	// refused by New unless AllowInsecureCipherSuites is set (and then
+	// logged as a warning); in FIPS 140-3 mode suites that mode does not
+	// approve are refused whatever AllowInsecureCipherSuites says.
 	CipherSuites              []uint16
 	AllowInsecureCipherSuites bool
 
@@ -162,7 +164,9 @@ type ListenerConfig struct {
 	// with forward secrecy).
 	TLS13CipherSuites []uint16
 
-	// CurvePreferences overrides DefaultCurvePreferences.
+	// CurvePreferences overrides DefaultCurvePreferences
+	// (FIPSCurvePreferences in FIPS 140-3 mode, where X25519 alone is
+	// refused by New).
 	CurvePreferences []tls.CurveID
 
 	// NextProtos are the ALPN protocols offered (e.g. "mqtt"). Default none.
@@ -268,16 +272,24 @@ func (c *ListenerConfig) validate() error {
 			add("cipher suite %s is a TLS 1.3 suite: use TLS13CipherSuites", tls.CipherSuiteName(id))
 		case !s.secure() && !c.AllowInsecureCipherSuites:
 			add("cipher suite %s is refused by policy (%s)", tls.CipherSuiteName(id), s.whyInsecure())
+		case s.fipsRefuses():
+			add("cipher suites: %s is %s", tls.CipherSuiteName(id), fipsNote())
 		}
 	}
 	for _, id := range c.TLS13CipherSuites {
-		if !suiteByID(id).tls13 {
+		switch s := suiteByID(id); {
+		case !s.tls13:
 			add("%s is not a TLS 1.3 cipher suite", tls.CipherSuiteName(id))
+		case s.fipsRefuses():
+			add("TLS 1.3 cipher suites (ciphers_tls1.3): %s is %s", tls.CipherSuiteName(id), fipsNote())
 		}
 	}
 	for _, cv := range c.CurvePreferences {
-		if !slices.Contains([]tls.CurveID{tls.X25519MLKEM768, tls.SecP256r1MLKEM768, tls.SecP384r1MLKEM1024, tls.X25519, tls.CurveP256, tls.CurveP384, tls.CurveP521}, cv) {
+		switch {
+		case !slices.Contains([]tls.CurveID{tls.X25519MLKEM768, tls.SecP256r1MLKEM768, tls.SecP384r1MLKEM1024, tls.X25519, tls.CurveP256, tls.CurveP384, tls.CurveP521}, cv):
 			add("unsupported key exchange group %v", cv)
+		case fipsRefusesGroup(cv):
+			add("key exchange groups: %v is %s", cv, fipsNote())
 		}
 	}
 	switch c.CRLStalePolicy {

@@ -11,8 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moatmq/moat/internal/testutil"
+
 	"github.com/moatmq/moat/internal/pki"
-	"github.com/moatmq/moat/internal/tlsconf/internal/testcerts"
+	"github.com/moatmq/moat/internal/testutil/testpki"
 )
 
 // loadedCRLLeft returns the time left before the nextUpdate of the CRL
@@ -71,10 +73,10 @@ func pkiClient(t *testing.T, ca *pki.CA, iss *pki.Issued) *tls.Config {
 // revocation made meanwhile must still end its session.
 func TestSecurityBuiltinCRLKeptFresh(t *testing.T) {
 	clock := newClock()
-	logs := &logBuf{}
+	logs := &testutil.Buffer{}
 	dir := t.TempDir()
 	caDir := filepath.Join(dir, "ca")
-	ca, err := pki.Init(caDir, pki.InitOptions{Config: pki.Config{Now: clock.Now, Logger: logs.logger()}})
+	ca, err := pki.Init(caDir, pki.InitOptions{Config: pki.Config{Now: clock.Now, Logger: debugLogger(logs)}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,7 +99,7 @@ func TestSecurityBuiltinCRLKeptFresh(t *testing.T) {
 		}}},
 		PollInterval: 10 * time.Millisecond,
 		Now:          clock.Now,
-		Logger:       logs.logger(),
+		Logger:       debugLogger(logs),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -139,7 +141,7 @@ func TestSecurityBuiltinCRLKeptFresh(t *testing.T) {
 			if _, err := ca.RevokeCertificate(victim.Certificate, pki.ReasonKeyCompromise); err != nil {
 				t.Fatal(err)
 			}
-			waitFor(t, "revoked session dropped", 5*time.Second, func() bool { return dVictim.get() == ReasonRevoked })
+			testutil.WaitFor(t, "revoked session dropped", 5*time.Second, func() bool { return dVictim.get() == ReasonRevoked })
 			if _, err := roundTrip(t, srv.addr, pkiClient(t, ca, victim)); err == nil {
 				t.Fatal("revoked client reconnected")
 			}
@@ -172,7 +174,7 @@ func TestSecurityBuiltinCRLKeptFresh(t *testing.T) {
 // TestCRLExpiryWarning: a CRL published by someone else warns, rate-limited,
 // once less than a third of its validity (or two days) is left.
 func TestCRLExpiryWarning(t *testing.T) {
-	e := newEnv(t, testcerts.P256)
+	e := newEnv(t, testpki.P256)
 	e.cfg.CRLFiles = []string{e.writeCRL(t, "ca.crl", 7*24*time.Hour)}
 	m := e.manager(t)
 	const msg = "CRL expires soon"
@@ -184,14 +186,14 @@ func TestCRLExpiryWarning(t *testing.T) {
 		t.Fatalf("warned with 3 days of 7 left:\n%s", e.logs.String())
 	}
 	e.clock.Advance(24 * time.Hour) // ~2 days left: warn
-	waitFor(t, "expiry warning", 5*time.Second, func() bool { return count() == 1 })
+	testutil.WaitFor(t, "expiry warning", 5*time.Second, func() bool { return count() == 1 })
 	e.clock.Advance(30 * time.Minute)
 	settle(m)
 	if n := count(); n != 1 {
 		t.Fatalf("warning not rate-limited: %d warnings in 30 minutes", n)
 	}
 	e.clock.Advance(31 * time.Minute)
-	waitFor(t, "repeated warning", 5*time.Second, func() bool { return count() == 2 })
+	testutil.WaitFor(t, "repeated warning", 5*time.Second, func() bool { return count() == 2 })
 	if !strings.Contains(e.logs.String(), "renewed_here=false") {
 		t.Errorf("warning does not say nobody here renews it:\n%s", e.logs.String())
 	}
@@ -200,7 +202,7 @@ func TestCRLExpiryWarning(t *testing.T) {
 // TestCRLRenewFailureRetried: a failing renewal is logged and retried a
 // minute later, not on every poll.
 func TestCRLRenewFailureRetried(t *testing.T) {
-	e := newEnv(t, testcerts.P256)
+	e := newEnv(t, testpki.P256)
 	crl := e.writeCRL(t, "ca.crl", 7*24*time.Hour)
 	e.cfg.CRLFiles = []string{crl}
 	var calls atomic.Int32
@@ -214,7 +216,7 @@ func TestCRLRenewFailureRetried(t *testing.T) {
 		t.Fatal("a fresh CRL was renewed")
 	}
 	e.clock.Advance(4 * 24 * time.Hour)
-	waitFor(t, "renewal attempt", 5*time.Second, func() bool { return calls.Load() == 1 })
+	testutil.WaitFor(t, "renewal attempt", 5*time.Second, func() bool { return calls.Load() == 1 })
 	e.clock.Advance(30 * time.Second)
 	settle(m)
 	settle(m)
@@ -225,11 +227,11 @@ func TestCRLRenewFailureRetried(t *testing.T) {
 		t.Errorf("failure not logged:\n%s", e.logs.String())
 	}
 	e.clock.Advance(31 * time.Second)
-	waitFor(t, "retry", 5*time.Second, func() bool { return calls.Load() == 2 })
+	testutil.WaitFor(t, "retry", 5*time.Second, func() bool { return calls.Load() == 2 })
 }
 
 func TestCRLRenewerValidation(t *testing.T) {
-	e := newEnv(t, testcerts.P256)
+	e := newEnv(t, testpki.P256)
 	e.cfg.CRLFiles = []string{e.writeCRL(t, "ca.crl", time.Hour)}
 	e.cfg.CRLRenewers = []CRLRenewer{{File: e.dir + "/other.crl", Renew: func() error { return nil }}, {File: e.cfg.CRLFiles[0]}}
 	_, err := New(e.cfg)

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/moatmq/moat/internal/tlsconf/internal/testcerts"
+	"github.com/moatmq/moat/internal/testutil/testpki"
 )
 
 // TestSubjectDNMatchesOpenSSL checks SubjectDN against
@@ -21,7 +21,7 @@ func TestSubjectDNMatchesOpenSSL(t *testing.T) {
 	if err != nil {
 		t.Skip("openssl not installed")
 	}
-	ca := testcerts.NewRoot(t, "DN test CA", testcerts.P256)
+	ca := testpki.NewRoot(t, "DN test CA", testpki.P256)
 	bmp := asn1.RawValue{Class: asn1.ClassUniversal, Tag: asn1.TagBMPString, Bytes: []byte{0, 'd', 0, 0xe9, 0, 'v'}}
 	tests := []struct {
 		name string
@@ -44,7 +44,7 @@ func TestSubjectDNMatchesOpenSSL(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			subj := tt.subj
-			c := ca.Issue(t, testcerts.Options{Subject: &subj})
+			c := ca.Issue(t, testpki.Options{Subject: &subj})
 			got, err := SubjectDN(c.Cert)
 			if err != nil {
 				t.Fatal(err)

@@ -1,7 +1,6 @@
 package tlsconf
 
 import (
-	"bytes"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -13,88 +12,45 @@ import (
 	"testing"
 	"time"
 
-	"github.com/moatmq/moat/internal/tlsconf/internal/testcerts"
+	"github.com/moatmq/moat/internal/testutil"
+
+	"github.com/moatmq/moat/internal/testutil/testpki"
 )
 
-// fakeClock is an injectable clock.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
+// newClock returns a manual clock at the current time.
+func newClock() *testutil.Clock { return testutil.NewClock(time.Now()) }
 
-func newClock() *fakeClock { return &fakeClock{t: time.Now()} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
-// logBuf collects log output for assertions.
-type logBuf struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
-func (l *logBuf) logger() *slog.Logger {
-	return slog.New(slog.NewTextHandler(l, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+// debugLogger logs everything, as text, to w (a *testutil.Buffer the test
+// inspects).
+func debugLogger(w io.Writer) *slog.Logger {
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
 // env is a CA, a server certificate on disk, and a listener config.
 type env struct {
 	dir    string
-	ca     *testcerts.Cert
-	server *testcerts.Cert
-	clock  *fakeClock
-	logs   *logBuf
+	ca     *testpki.Cert
+	server *testpki.Cert
+	clock  *testutil.Clock
+	logs   *testutil.Buffer
 	cfg    ListenerConfig
 }
 
-func newEnv(t *testing.T, kt testcerts.KeyType) *env {
+func newEnv(t *testing.T, kt testpki.KeyType) *env {
 	t.Helper()
-	e := &env{dir: t.TempDir(), clock: newClock(), logs: &logBuf{}}
-	e.ca = testcerts.NewRoot(t, "Moat Test CA "+kt.String(), kt)
-	e.server = e.ca.Issue(t, testcerts.Options{CN: "localhost", DNS: []string{"localhost"}, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, Key: kt, KeyIndex: 1})
+	e := &env{dir: t.TempDir(), clock: newClock(), logs: &testutil.Buffer{}}
+	e.ca = testpki.NewRoot(t, "Moat Test CA "+kt.String(), kt)
+	e.server = e.ca.Issue(t, testpki.Options{CN: "localhost", DNS: []string{"localhost"}, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, Key: kt, KeyIndex: 1})
 	cf, kf := e.server.WriteFiles(t, e.dir, "server")
 	caFile := e.dir + "/ca.pem"
-	testcerts.WriteFile(t, caFile, e.ca.PEM())
+	testpki.WriteFile(t, caFile, e.ca.PEM())
 	e.cfg = ListenerConfig{
 		Name:         "test",
 		Certificates: []KeyPair{{CertFile: cf, KeyFile: kf}},
 		CAFile:       caFile,
 		PollInterval: 10 * time.Millisecond,
 		Now:          e.clock.Now,
-		Logger:       e.logs.logger(),
+		Logger:       debugLogger(e.logs),
 	}
 	return e
 }
@@ -109,11 +65,11 @@ func (e *env) manager(t *testing.T) *Manager {
 	return m
 }
 
-func (e *env) writeCRL(t *testing.T, name string, next time.Duration, revoked ...*testcerts.Cert) string {
+func (e *env) writeCRL(t *testing.T, name string, next time.Duration, revoked ...*testpki.Cert) string {
 	t.Helper()
 	p := e.dir + "/" + name
 	now := e.clock.Now()
-	testcerts.WriteFile(t, p, e.ca.CRL(t, now.Add(-time.Minute), now.Add(next), revoked...))
+	testpki.WriteFile(t, p, e.ca.CRL(t, now.Add(-time.Minute), now.Add(next), revoked...))
 	return p
 }
 
@@ -168,7 +124,7 @@ func serve(t *testing.T, m *Manager) *server {
 }
 
 // clientConfig trusts ca and presents cert (when not nil).
-func clientConfig(ca *testcerts.Cert, cert *testcerts.Cert) *tls.Config {
+func clientConfig(ca *testpki.Cert, cert *testpki.Cert) *tls.Config {
 	pool := x509.NewCertPool()
 	pool.AddCert(ca.Cert)
 	c := &tls.Config{RootCAs: pool, ServerName: "localhost"}

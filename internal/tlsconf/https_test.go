@@ -8,7 +8,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/moatmq/moat/internal/tlsconf/internal/testcerts"
+	"github.com/moatmq/moat/internal/testutil"
+
+	"github.com/moatmq/moat/internal/testutil/testpki"
 )
 
 // TestSecureWebSocketServer serves the Manager's config through net/http,
@@ -16,9 +18,9 @@ import (
 // checks verification, identity mapping and ticket rotation through the
 // clone.
 func TestSecureWebSocketServer(t *testing.T) {
-	e := newEnv(t, testcerts.P256)
-	dev := e.ca.Issue(t, testcerts.Options{CN: "ws-device"})
-	revoked := e.ca.Issue(t, testcerts.Options{CN: "ws-revoked"})
+	e := newEnv(t, testpki.P256)
+	dev := e.ca.Issue(t, testpki.Options{CN: "ws-device"})
+	revoked := e.ca.Issue(t, testpki.Options{CN: "ws-revoked"})
 	e.cfg.CRLFiles = []string{e.writeCRL(t, "ca.crl", 24*time.Hour, revoked)}
 	e.cfg.Identity = IdentityMapping{Username: IdentityCN}
 	m := e.manager(t)
@@ -42,7 +44,7 @@ func TestSecureWebSocketServer(t *testing.T) {
 	t.Cleanup(func() { hs.Close() })
 
 	cache := tls.NewLRUClientSessionCache(4)
-	get := func(cert *testcerts.Cert) (string, bool, error) {
+	get := func(cert *testpki.Cert) (string, bool, error) {
 		cfg := clientConfig(e.ca, cert)
 		if cert == dev {
 			cfg.ClientSessionCache = cache
@@ -76,7 +78,7 @@ func TestSecureWebSocketServer(t *testing.T) {
 	for i := 0; i < 4; i++ {
 		head := m.tickets.keys()[0]
 		e.clock.Advance(61 * time.Minute)
-		waitFor(t, "rotation", 5*time.Second, func() bool { return m.tickets.keys()[0] != head })
+		testutil.WaitFor(t, "rotation", 5*time.Second, func() bool { return m.tickets.keys()[0] != head })
 	}
 	if _, resumed, err := get(dev); err != nil || resumed {
 		t.Fatalf("after rotation: resumed=%v err=%v (old key must be gone)", resumed, err)

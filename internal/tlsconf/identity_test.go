@@ -8,29 +8,29 @@ import (
 	"errors"
 	"testing"
 
-	"github.com/moatmq/moat/internal/tlsconf/internal/testcerts"
+	"github.com/moatmq/moat/internal/testutil/testpki"
 )
 
 func TestIdentity(t *testing.T) {
-	ca := testcerts.NewRoot(t, "Identity CA", testcerts.P256)
-	full := ca.Issue(t, testcerts.Options{
+	ca := testpki.NewRoot(t, "Identity CA", testpki.P256)
+	full := ca.Issue(t, testpki.Options{
 		Subject: &pkix.Name{CommonName: "sensor-17", Organization: []string{"Acme, Inc."}, Country: []string{"DE"}},
 		DNS:     []string{"sensor-17.devices.example", "alt.example"},
 		URIs:    []string{"spiffe://factory.example/line3/sensor-17"},
 		Emails:  []string{"ops@example.com"},
 	})
-	bare := ca.Issue(t, testcerts.Options{CN: ""})
-	twoURIs := ca.Issue(t, testcerts.Options{CN: "x", URIs: []string{"spiffe://a.example/x", "https://b.example/"}})
-	badSpiffe := ca.Issue(t, testcerts.Options{CN: "x", URIs: []string{"spiffe://A.example/x/"}})
-	twoCN := ca.Issue(t, testcerts.Options{Subject: &pkix.Name{ExtraNames: []pkix.AttributeTypeAndValue{
+	bare := ca.Issue(t, testpki.Options{CN: ""})
+	twoURIs := ca.Issue(t, testpki.Options{CN: "x", URIs: []string{"spiffe://a.example/x", "https://b.example/"}})
+	badSpiffe := ca.Issue(t, testpki.Options{CN: "x", URIs: []string{"spiffe://A.example/x/"}})
+	twoCN := ca.Issue(t, testpki.Options{Subject: &pkix.Name{ExtraNames: []pkix.AttributeTypeAndValue{
 		{Type: oidCN, Value: "first"}, {Type: oidCN, Value: "second"}}}})
-	nulCN := ca.Issue(t, testcerts.Options{Subject: &pkix.Name{ExtraNames: []pkix.AttributeTypeAndValue{
+	nulCN := ca.Issue(t, testpki.Options{Subject: &pkix.Name{ExtraNames: []pkix.AttributeTypeAndValue{
 		{Type: oidCN, Value: asn1.RawValue{Tag: asn1.TagUTF8String, Bytes: []byte("admin\x00evil")}}}}})
 	sum := sha256.Sum256(full.Cert.Raw)
 
 	tests := []struct {
 		name string
-		cert *testcerts.Cert
+		cert *testpki.Cert
 		src  IdentitySource
 		want string
 		err  bool
@@ -62,8 +62,8 @@ func TestIdentity(t *testing.T) {
 }
 
 func TestIdentityMappingAndBinding(t *testing.T) {
-	ca := testcerts.NewRoot(t, "Identity CA", testcerts.P256)
-	dev := ca.Issue(t, testcerts.Options{CN: "sensor-17", DNS: []string{"s17.example"}})
+	ca := testpki.NewRoot(t, "Identity CA", testpki.P256)
+	dev := ca.Issue(t, testpki.Options{CN: "sensor-17", DNS: []string{"s17.example"}})
 	tests := []struct {
 		name     string
 		mapping  IdentityMapping
@@ -118,10 +118,10 @@ func TestParseIdentitySource(t *testing.T) {
 }
 
 func FuzzFormatDN(f *testing.F) {
-	ca := testcerts.NewRoot(f, "Fuzz CA", testcerts.P256)
+	ca := testpki.NewRoot(f, "Fuzz CA", testpki.P256)
 	f.Add(ca.Cert.RawSubject)
 	f.Add([]byte{0x30, 0x00})
-	c := ca.Issue(f, testcerts.Options{Subject: &pkix.Name{CommonName: `a,b+"é`, Organization: []string{"x", "y"}}})
+	c := ca.Issue(f, testpki.Options{Subject: &pkix.Name{CommonName: `a,b+"é`, Organization: []string{"x", "y"}}})
 	f.Add(c.Cert.RawSubject)
 	f.Fuzz(func(t *testing.T, der []byte) {
 		s, err := FormatDN(der)
@@ -137,8 +137,8 @@ func FuzzFormatDN(f *testing.F) {
 }
 
 func TestManagerMapIdentity(t *testing.T) {
-	e := newEnv(t, testcerts.P256)
-	dev := e.ca.Issue(t, testcerts.Options{CN: "sensor-9"})
+	e := newEnv(t, testpki.P256)
+	dev := e.ca.Issue(t, testpki.Options{CN: "sensor-9"})
 	e.cfg.Identity = IdentityMapping{Username: IdentityCN, BindClientID: "{cn}"}
 	srv := serve(t, e.manager(t))
 	if _, err := roundTrip(t, srv.addr, clientConfig(e.ca, dev)); err != nil {

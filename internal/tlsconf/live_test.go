@@ -8,7 +8,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/moatmq/moat/internal/tlsconf/internal/testcerts"
+	"github.com/moatmq/moat/internal/testutil"
+
+	"github.com/moatmq/moat/internal/testutil/testpki"
 )
 
 // dropRecorder records the reason of a drop callback.
@@ -39,9 +41,9 @@ func serverPeer(t *testing.T, srv *server) *tls.Conn {
 }
 
 func TestLiveRevocationByCRLReload(t *testing.T) {
-	e := newEnv(t, testcerts.P256)
-	dev := e.ca.Issue(t, testcerts.Options{CN: "device-7"})
-	other := e.ca.Issue(t, testcerts.Options{CN: "device-8"})
+	e := newEnv(t, testpki.P256)
+	dev := e.ca.Issue(t, testpki.Options{CN: "device-7"})
+	other := e.ca.Issue(t, testpki.Options{CN: "device-8"})
 	crl := e.writeCRL(t, "ca.crl", 24*time.Hour)
 	e.cfg.CRLFiles = []string{crl}
 	m := e.manager(t)
@@ -59,7 +61,7 @@ func TestLiveRevocationByCRLReload(t *testing.T) {
 	// Publish a CRL revoking device-7; the file watcher picks it up.
 	start := time.Now()
 	e.writeCRL(t, "ca.crl", 24*time.Hour, dev)
-	waitFor(t, "revoked session dropped", 5*time.Second, func() bool { return d.get() == ReasonRevoked })
+	testutil.WaitFor(t, "revoked session dropped", 5*time.Second, func() bool { return d.get() == ReasonRevoked })
 	t.Logf("dropped %v after the CRL was written", time.Since(start))
 	if dOther.get() != 0 {
 		t.Errorf("unrevoked session dropped: %v", dOther.get())
@@ -77,9 +79,9 @@ func TestLiveRevocationByCRLReload(t *testing.T) {
 }
 
 func TestLiveExpiry(t *testing.T) {
-	e := newEnv(t, testcerts.Ed25519)
+	e := newEnv(t, testpki.Ed25519)
 	now := e.clock.Now()
-	dev := e.ca.Issue(t, testcerts.Options{CN: "short-lived", Key: testcerts.Ed25519, NotAfter: now.Add(time.Hour)})
+	dev := e.ca.Issue(t, testpki.Options{CN: "short-lived", Key: testpki.Ed25519, NotAfter: now.Add(time.Hour)})
 	m := e.manager(t)
 	srv := serve(t, m)
 	if _, err := roundTrip(t, srv.addr, clientConfig(e.ca, dev)); err != nil {
@@ -92,14 +94,14 @@ func TestLiveExpiry(t *testing.T) {
 		t.Fatalf("dropped early: %v", d.get())
 	}
 	e.clock.Advance(2 * time.Minute)
-	waitFor(t, "expired session dropped", 5*time.Second, func() bool { return d.get() == ReasonExpired })
+	testutil.WaitFor(t, "expired session dropped", 5*time.Second, func() bool { return d.get() == ReasonExpired })
 }
 
 func TestStaleCRLPolicies(t *testing.T) {
 	for _, policy := range []CRLStalePolicy{CRLStaleRefuse, CRLStaleWarn} {
 		t.Run(map[CRLStalePolicy]string{CRLStaleRefuse: "refuse", CRLStaleWarn: "warn"}[policy], func(t *testing.T) {
-			e := newEnv(t, testcerts.P256)
-			dev := e.ca.Issue(t, testcerts.Options{CN: "dev"})
+			e := newEnv(t, testpki.P256)
+			dev := e.ca.Issue(t, testpki.Options{CN: "dev"})
 			e.cfg.CRLFiles = []string{e.writeCRL(t, "ca.crl", time.Hour)}
 			e.cfg.CRLStalePolicy = policy
 			m := e.manager(t)
@@ -109,10 +111,10 @@ func TestStaleCRLPolicies(t *testing.T) {
 			}
 			d := watchConn(t, m, serverPeer(t, srv))
 			e.clock.Advance(2 * time.Hour)
-			waitFor(t, "stale CRL logged", 5*time.Second, func() bool { return contains(e.logs.String(), "CRL is past its nextUpdate") })
+			testutil.WaitFor(t, "stale CRL logged", 5*time.Second, func() bool { return contains(e.logs.String(), "CRL is past its nextUpdate") })
 			_, err := roundTrip(t, srv.addr, clientConfig(e.ca, dev))
 			if policy == CRLStaleRefuse {
-				waitFor(t, "session dropped", 5*time.Second, func() bool { return d.get() == ReasonCRLStale })
+				testutil.WaitFor(t, "session dropped", 5*time.Second, func() bool { return d.get() == ReasonCRLStale })
 				if err == nil {
 					t.Fatal("new client accepted with a stale CRL under refuse policy")
 				}
@@ -129,9 +131,9 @@ func TestStaleCRLPolicies(t *testing.T) {
 }
 
 func TestCRLMissingForIssuer(t *testing.T) {
-	e := newEnv(t, testcerts.P256)
-	inter := e.ca.Issue(t, testcerts.Options{CN: "Issuing CA", IsCA: true, KeyIndex: 4})
-	dev := inter.Issue(t, testcerts.Options{CN: "dev"})
+	e := newEnv(t, testpki.P256)
+	inter := e.ca.Issue(t, testpki.Options{CN: "Issuing CA", IsCA: true, KeyIndex: 4})
+	dev := inter.Issue(t, testpki.Options{CN: "dev"})
 	e.cfg.CRLFiles = []string{e.writeCRL(t, "root.crl", time.Hour)} // only the root's CRL
 	srv := serve(t, e.manager(t))
 	if _, err := roundTrip(t, srv.addr, clientConfig(e.ca, dev)); err == nil {
@@ -143,7 +145,7 @@ func TestCRLMissingForIssuer(t *testing.T) {
 	// With the intermediate's CRL as well, the device is accepted.
 	p := e.dir + "/inter.crl"
 	now := e.clock.Now()
-	testcerts.WriteFile(t, p, inter.CRL(t, now.Add(-time.Minute), now.Add(time.Hour)))
+	testpki.WriteFile(t, p, inter.CRL(t, now.Add(-time.Minute), now.Add(time.Hour)))
 	e.cfg.CRLFiles = append(e.cfg.CRLFiles, p)
 	srv2 := serve(t, e.manager(t))
 	if _, err := roundTrip(t, srv2.addr, clientConfig(e.ca, dev)); err != nil {
@@ -156,8 +158,8 @@ func TestCRLMissingForIssuer(t *testing.T) {
 // clients see the new certificate, and a session whose CA was removed is
 // dropped.
 func TestReloadKeepsConnections(t *testing.T) {
-	e := newEnv(t, testcerts.P256)
-	dev := e.ca.Issue(t, testcerts.Options{CN: "dev"})
+	e := newEnv(t, testpki.P256)
+	dev := e.ca.Issue(t, testpki.Options{CN: "dev"})
 	m := e.manager(t)
 	srv := serve(t, m)
 	c, err := roundTrip(t, srv.addr, clientConfig(e.ca, dev))
@@ -167,9 +169,9 @@ func TestReloadKeepsConnections(t *testing.T) {
 	d := watchConn(t, m, serverPeer(t, srv))
 
 	// New server certificate from the same CA: existing sessions unaffected.
-	newServer := e.ca.Issue(t, testcerts.Options{CN: "localhost", DNS: []string{"localhost"}, KeyIndex: 5})
+	newServer := e.ca.Issue(t, testpki.Options{CN: "localhost", DNS: []string{"localhost"}, KeyIndex: 5})
 	newServer.WriteFiles(t, e.dir, "server")
-	waitFor(t, "reload", 5*time.Second, func() bool { return contains(e.logs.String(), "reloaded certificates") })
+	testutil.WaitFor(t, "reload", 5*time.Second, func() bool { return contains(e.logs.String(), "reloaded certificates") })
 	if err := echo(c); err != nil {
 		t.Fatalf("existing connection broken by reload: %v", err)
 	}
@@ -183,7 +185,7 @@ func TestReloadKeepsConnections(t *testing.T) {
 	serverPeer(t, srv)
 
 	// A broken file keeps the old state.
-	testcerts.WriteFile(t, e.cfg.Certificates[0].KeyFile, []byte("garbage"))
+	testpki.WriteFile(t, e.cfg.Certificates[0].KeyFile, []byte("garbage"))
 	if err := m.Reload(); err == nil {
 		t.Fatal("Reload accepted a broken key")
 	}
@@ -194,21 +196,21 @@ func TestReloadKeepsConnections(t *testing.T) {
 	newServer.WriteFiles(t, e.dir, "server")
 
 	// Replace the CA bundle: the old CA's sessions are cut off.
-	newCA := testcerts.NewRoot(t, "New CA", testcerts.P256)
-	testcerts.WriteFile(t, e.cfg.CAFile, newCA.PEM())
+	newCA := testpki.NewRoot(t, "New CA", testpki.P256)
+	testpki.WriteFile(t, e.cfg.CAFile, newCA.PEM())
 	if err := m.Reload(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "untrusted session dropped", 5*time.Second, func() bool { return d.get() == ReasonUntrusted })
+	testutil.WaitFor(t, "untrusted session dropped", 5*time.Second, func() bool { return d.get() == ReasonUntrusted })
 	if err := echo(c); err != nil {
 		t.Fatalf("the TLS connection itself must stay usable until the broker closes it: %v", err)
 	}
 }
 
 func TestSNI(t *testing.T) {
-	e := newEnv(t, testcerts.P256)
-	a := e.ca.Issue(t, testcerts.Options{CN: "a.test", DNS: []string{"a.test"}, KeyIndex: 6})
-	b := e.ca.Issue(t, testcerts.Options{CN: "b.test", DNS: []string{"b.test"}, Key: testcerts.RSA2048, KeyIndex: 1})
+	e := newEnv(t, testpki.P256)
+	a := e.ca.Issue(t, testpki.Options{CN: "a.test", DNS: []string{"a.test"}, KeyIndex: 6})
+	b := e.ca.Issue(t, testpki.Options{CN: "b.test", DNS: []string{"b.test"}, Key: testpki.RSA2048, KeyIndex: 1})
 	ca, ka := a.WriteFiles(t, e.dir, "a")
 	cb, kb := b.WriteFiles(t, e.dir, "b")
 	e.cfg.Certificates = append(e.cfg.Certificates, KeyPair{ca, ka}, KeyPair{cb, kb})
@@ -216,7 +218,7 @@ func TestSNI(t *testing.T) {
 	srv := serve(t, e.manager(t))
 	for _, tt := range []struct {
 		sni  string
-		want *testcerts.Cert
+		want *testpki.Cert
 	}{{"a.test", a}, {"b.test", b}, {"localhost", e.server}, {"", e.server}, {"unknown.test", e.server}} {
 		cfg := clientConfig(e.ca, nil)
 		cfg.ServerName = tt.sni
@@ -234,8 +236,8 @@ func TestSNI(t *testing.T) {
 func TestSessionResumptionAndTicketRotation(t *testing.T) {
 	for _, v := range []uint16{tls.VersionTLS12, tls.VersionTLS13} {
 		t.Run(tls.VersionName(v), func(t *testing.T) {
-			e := newEnv(t, testcerts.P256)
-			dev := e.ca.Issue(t, testcerts.Options{CN: "dev"})
+			e := newEnv(t, testpki.P256)
+			dev := e.ca.Issue(t, testpki.Options{CN: "dev"})
 			e.cfg.TicketKeyRotation = time.Hour
 			m := e.manager(t)
 			srv := serve(t, m)
@@ -267,7 +269,7 @@ func TestSessionResumptionAndTicketRotation(t *testing.T) {
 			}
 			// After one rotation the previous key still decrypts.
 			e.clock.Advance(61 * time.Minute)
-			waitFor(t, "rotation", 5*time.Second, func() bool { return len(m.tickets.keys()) == 2 })
+			testutil.WaitFor(t, "rotation", 5*time.Second, func() bool { return len(m.tickets.keys()) == 2 })
 			if !dial() {
 				t.Fatal("no resumption within the key lifetime")
 			}
@@ -276,7 +278,7 @@ func TestSessionResumptionAndTicketRotation(t *testing.T) {
 			for i := 0; i < 4; i++ {
 				head := m.tickets.keys()[0]
 				e.clock.Advance(61 * time.Minute)
-				waitFor(t, "rotation", 5*time.Second, func() bool { return m.tickets.keys()[0] != head })
+				testutil.WaitFor(t, "rotation", 5*time.Second, func() bool { return m.tickets.keys()[0] != head })
 			}
 			if n := len(m.tickets.keys()); n != 3 {
 				t.Errorf("%d ticket keys kept, want 3 (lifetime 3h / rotation 1h)", n)
@@ -291,8 +293,8 @@ func TestSessionResumptionAndTicketRotation(t *testing.T) {
 // TestManyWatchers checks that watching many sessions is
 // cheap: one goroutine, indexed checks.
 func TestManyWatchers(t *testing.T) {
-	e := newEnv(t, testcerts.P256)
-	dev := e.ca.Issue(t, testcerts.Options{CN: "dev", NotAfter: e.clock.Now().Add(time.Hour)})
+	e := newEnv(t, testpki.P256)
+	dev := e.ca.Issue(t, testpki.Options{CN: "dev", NotAfter: e.clock.Now().Add(time.Hour)})
 	e.cfg.CRLFiles = []string{e.writeCRL(t, "ca.crl", 24*time.Hour)}
 	m := e.manager(t)
 	before := runtime.NumGoroutine()
@@ -313,7 +315,7 @@ func TestManyWatchers(t *testing.T) {
 		s()
 	}
 	e.clock.Advance(2 * time.Hour)
-	waitFor(t, "expiry of all sessions", 10*time.Second, func() bool { return dropped.Load() == n/2 })
+	testutil.WaitFor(t, "expiry of all sessions", 10*time.Second, func() bool { return dropped.Load() == n/2 })
 	if m.Watched() != 0 {
 		t.Errorf("Watched() = %d after expiry", m.Watched())
 	}
@@ -321,9 +323,9 @@ func TestManyWatchers(t *testing.T) {
 
 func TestCloseLeavesNoGoroutines(t *testing.T) {
 	before := runtime.NumGoroutine()
-	e := newEnv(t, testcerts.P256)
-	r := testcerts.NewResponder(t, e.ca, false)
-	srvCert := e.ca.Issue(t, testcerts.Options{CN: "localhost", DNS: []string{"localhost"}, OCSP: []string{r.URL}, KeyIndex: 7})
+	e := newEnv(t, testpki.P256)
+	r := testpki.NewResponder(t, e.ca, false)
+	srvCert := e.ca.Issue(t, testpki.Options{CN: "localhost", DNS: []string{"localhost"}, OCSP: []string{r.URL}, KeyIndex: 7})
 	srvCert.WriteFiles(t, e.dir, "server")
 	e.cfg.OCSP.Mode = OCSPFailOpen
 	for i := 0; i < 3; i++ {
@@ -336,7 +338,7 @@ func TestCloseLeavesNoGoroutines(t *testing.T) {
 	}
 	http := defaultOCSPClient.Transport.(interface{ CloseIdleConnections() })
 	http.CloseIdleConnections()
-	waitFor(t, "goroutines to exit", 5*time.Second, func() bool { return runtime.NumGoroutine() <= before+1 })
+	testutil.WaitFor(t, "goroutines to exit", 5*time.Second, func() bool { return runtime.NumGoroutine() <= before+1 })
 }
 
 // TestRevokedCannotResume checks that a session ticket obtained before a
@@ -344,8 +346,8 @@ func TestCloseLeavesNoGoroutines(t *testing.T) {
 func TestRevokedCannotResume(t *testing.T) {
 	for _, v := range []uint16{tls.VersionTLS12, tls.VersionTLS13} {
 		t.Run(tls.VersionName(v), func(t *testing.T) {
-			e := newEnv(t, testcerts.P256)
-			dev := e.ca.Issue(t, testcerts.Options{CN: "dev"})
+			e := newEnv(t, testpki.P256)
+			dev := e.ca.Issue(t, testpki.Options{CN: "dev"})
 			e.cfg.CRLFiles = []string{e.writeCRL(t, "ca.crl", 24*time.Hour)}
 			m := e.manager(t)
 			srv := serve(t, m)

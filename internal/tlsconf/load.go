@@ -301,6 +301,9 @@ func (m *Manager) loadKeyPair(kp KeyPair, now time.Time) (*servedCert, error) {
 	if weakSignature(leaf.SignatureAlgorithm) {
 		return nil, fmt.Errorf("tlsconf: certificate %s is signed with %v, which is refused (SHA-1/MD5)", kp.CertFile, leaf.SignatureAlgorithm)
 	}
+	if key := fipsRefusedKey(leaf); key != "" {
+		return nil, fmt.Errorf("tlsconf: certificate %s has a %s key, which is %s (use RSA of 2048 bits or more, ECDSA P-256/P-384/P-521 or Ed25519)", kp.CertFile, key, fipsNote())
+	}
 	if now.After(leaf.NotAfter) || now.Before(leaf.NotBefore) {
 		m.log.Error("tlsconf: server certificate is outside its validity period; clients will refuse it",
 			"listener", m.cfg.Name, "file", kp.CertFile, "not_before", leaf.NotBefore, "not_after", leaf.NotAfter)

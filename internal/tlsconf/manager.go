@@ -140,8 +140,8 @@ func (m *Manager) buildConfig(st *state) *tls.Config {
 	c := &tls.Config{
 		MinVersion:             tls.VersionTLS12,
 		MaxVersion:             tls.VersionTLS13,
-		CipherSuites:           DefaultCipherSuites,
-		CurvePreferences:       DefaultCurvePreferences,
+		CipherSuites:           defaultCipherSuites(),
+		CurvePreferences:       defaultCurvePreferences(),
 		GetCertificate:         m.getCertificate,
 		VerifyConnection:       func(cs tls.ConnectionState) error { return m.verifyConnection(cs, "") },
 		Time:                   m.now,

@@ -10,30 +10,32 @@ import (
 	"testing"
 	"time"
 
-	"github.com/moatmq/moat/internal/tlsconf/internal/testcerts"
+	"github.com/moatmq/moat/internal/testutil"
+
+	"github.com/moatmq/moat/internal/testutil/testpki"
 )
 
 func TestCAPath(t *testing.T) {
-	e := newEnv(t, testcerts.P256)
-	ca2 := testcerts.NewRoot(t, "Second CA", testcerts.P256)
-	ca3 := testcerts.NewRoot(t, "Third CA", testcerts.P256)
+	e := newEnv(t, testpki.P256)
+	ca2 := testpki.NewRoot(t, "Second CA", testpki.P256)
+	ca3 := testpki.NewRoot(t, "Third CA", testpki.P256)
 	capath := filepath.Join(e.dir, "certs")
 	if err := os.Mkdir(capath, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	testcerts.WriteFile(t, filepath.Join(capath, "9d66eef0.0"), e.ca.PEM())   // c_rehash name
-	testcerts.WriteFile(t, filepath.Join(capath, "second.crt"), ca2.Cert.Raw) // DER .crt
-	testcerts.WriteFile(t, filepath.Join(capath, "README"), []byte("not a cert"))
-	testcerts.WriteFile(t, filepath.Join(capath, "9d66eef0.r0"), []byte("a CRL slot, ignored"))
+	testpki.WriteFile(t, filepath.Join(capath, "9d66eef0.0"), e.ca.PEM())   // c_rehash name
+	testpki.WriteFile(t, filepath.Join(capath, "second.crt"), ca2.Cert.Raw) // DER .crt
+	testpki.WriteFile(t, filepath.Join(capath, "README"), []byte("not a cert"))
+	testpki.WriteFile(t, filepath.Join(capath, "9d66eef0.r0"), []byte("a CRL slot, ignored"))
 	e.cfg.CAFile = ""
 	e.cfg.CAPath = capath
 	m := e.manager(t)
 	srv := serve(t, m)
 	for _, tt := range []struct {
-		ca *testcerts.Cert
+		ca *testpki.Cert
 		ok bool
 	}{{e.ca, true}, {ca2, true}, {ca3, false}} {
-		dev := tt.ca.Issue(t, testcerts.Options{CN: "dev"})
+		dev := tt.ca.Issue(t, testpki.Options{CN: "dev"})
 		_, err := roundTrip(t, srv.addr, clientConfig(e.ca, dev))
 		if (err == nil) != tt.ok {
 			t.Errorf("device of %s: err=%v, want ok=%v", tt.ca.Cert.Subject.CommonName, err, tt.ok)
@@ -41,9 +43,9 @@ func TestCAPath(t *testing.T) {
 		srv.nextResult(t)
 	}
 	// A CA added to the directory is picked up by the watcher.
-	testcerts.WriteFile(t, filepath.Join(capath, "third.pem"), ca3.PEM())
-	waitFor(t, "reload", 5*time.Second, func() bool { return contains(e.logs.String(), "cas=3") })
-	if _, err := roundTrip(t, srv.addr, clientConfig(e.ca, ca3.Issue(t, testcerts.Options{CN: "dev3"}))); err != nil {
+	testpki.WriteFile(t, filepath.Join(capath, "third.pem"), ca3.PEM())
+	testutil.WaitFor(t, "reload", 5*time.Second, func() bool { return contains(e.logs.String(), "cas=3") })
+	if _, err := roundTrip(t, srv.addr, clientConfig(e.ca, ca3.Issue(t, testpki.Options{CN: "dev3"}))); err != nil {
 		t.Fatalf("device of the added CA refused: %v", err)
 	}
 
@@ -55,7 +57,7 @@ func TestCAPath(t *testing.T) {
 }
 
 func TestHandshakeTimeout(t *testing.T) {
-	e := newEnv(t, testcerts.P256)
+	e := newEnv(t, testpki.P256)
 	m := e.manager(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -83,7 +85,7 @@ func TestHandshakeTimeout(t *testing.T) {
 }
 
 func TestWatchAfterClose(t *testing.T) {
-	e := newEnv(t, testcerts.P256)
+	e := newEnv(t, testpki.P256)
 	m := e.manager(t)
 	m.Close()
 	if _, err := m.Watch(nil, func(Reason) {}); !errors.Is(err, ErrClosed) {

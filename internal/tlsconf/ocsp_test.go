@@ -4,7 +4,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/moatmq/moat/internal/tlsconf/internal/testcerts"
+	"github.com/moatmq/moat/internal/testutil"
+
+	"github.com/moatmq/moat/internal/testutil/testpki"
 	"golang.org/x/crypto/ocsp"
 )
 
@@ -12,10 +14,10 @@ func TestOCSPClientChecks(t *testing.T) {
 	for _, delegated := range []bool{false, true} {
 		name := map[bool]string{false: "CA-signed", true: "delegated"}[delegated]
 		t.Run(name, func(t *testing.T) {
-			e := newEnv(t, testcerts.P256)
-			r := testcerts.NewResponder(t, e.ca, delegated)
-			good := e.ca.Issue(t, testcerts.Options{CN: "good", OCSP: []string{r.URL}})
-			bad := e.ca.Issue(t, testcerts.Options{CN: "bad", OCSP: []string{r.URL}})
+			e := newEnv(t, testpki.P256)
+			r := testpki.NewResponder(t, e.ca, delegated)
+			good := e.ca.Issue(t, testpki.Options{CN: "good", OCSP: []string{r.URL}})
+			bad := e.ca.Issue(t, testpki.Options{CN: "bad", OCSP: []string{r.URL}})
 			r.Revoke(bad)
 			e.cfg.OCSP = OCSPConfig{Mode: OCSPFailClosed, Timeout: time.Second, CacheTTL: 10 * time.Minute}
 			m := e.manager(t)
@@ -48,24 +50,24 @@ func TestOCSPFailurePolicies(t *testing.T) {
 	tests := []struct {
 		name   string
 		mode   OCSPMode
-		setup  func(r *testcerts.Responder)
+		setup  func(r *testpki.Responder)
 		noAIA  bool
 		wantOK bool
 	}{
-		{"closed/responder down", OCSPFailClosed, func(r *testcerts.Responder) { r.Fail.Store(true) }, false, false},
-		{"open/responder down", OCSPFailOpen, func(r *testcerts.Responder) { r.Fail.Store(true) }, false, true},
-		{"closed/timeout", OCSPFailClosed, func(r *testcerts.Responder) { r.SetDelay(2 * time.Second) }, false, false},
-		{"open/timeout", OCSPFailOpen, func(r *testcerts.Responder) { r.SetDelay(2 * time.Second) }, false, true},
-		{"closed/unknown", OCSPFailClosed, func(r *testcerts.Responder) { r.SetUnknown(true) }, false, false},
-		{"closed/no responder in AIA", OCSPFailClosed, func(*testcerts.Responder) {}, true, false},
-		{"open/no responder in AIA", OCSPFailOpen, func(*testcerts.Responder) {}, true, true},
+		{"closed/responder down", OCSPFailClosed, func(r *testpki.Responder) { r.Fail.Store(true) }, false, false},
+		{"open/responder down", OCSPFailOpen, func(r *testpki.Responder) { r.Fail.Store(true) }, false, true},
+		{"closed/timeout", OCSPFailClosed, func(r *testpki.Responder) { r.SetDelay(2 * time.Second) }, false, false},
+		{"open/timeout", OCSPFailOpen, func(r *testpki.Responder) { r.SetDelay(2 * time.Second) }, false, true},
+		{"closed/unknown", OCSPFailClosed, func(r *testpki.Responder) { r.SetUnknown(true) }, false, false},
+		{"closed/no responder in AIA", OCSPFailClosed, func(*testpki.Responder) {}, true, false},
+		{"open/no responder in AIA", OCSPFailOpen, func(*testpki.Responder) {}, true, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			e := newEnv(t, testcerts.P256)
-			r := testcerts.NewResponder(t, e.ca, false)
+			e := newEnv(t, testpki.P256)
+			r := testpki.NewResponder(t, e.ca, false)
 			tt.setup(r)
-			o := testcerts.Options{CN: "dev", OCSP: []string{r.URL}}
+			o := testpki.Options{CN: "dev", OCSP: []string{r.URL}}
 			if tt.noAIA {
 				o.OCSP = nil
 			}
@@ -87,12 +89,12 @@ func TestOCSPFailurePolicies(t *testing.T) {
 }
 
 func TestOCSPWrongSigner(t *testing.T) {
-	e := newEnv(t, testcerts.P256)
+	e := newEnv(t, testpki.P256)
 	// A responder for another CA answers for our certificates.
-	other := testcerts.NewRoot(t, "Other CA", testcerts.P256)
-	r := testcerts.NewResponder(t, e.ca, false)
+	other := testpki.NewRoot(t, "Other CA", testpki.P256)
+	r := testpki.NewResponder(t, e.ca, false)
 	r.Signer = other
-	dev := e.ca.Issue(t, testcerts.Options{CN: "dev", OCSP: []string{r.URL}})
+	dev := e.ca.Issue(t, testpki.Options{CN: "dev", OCSP: []string{r.URL}})
 	e.cfg.OCSP = OCSPConfig{Mode: OCSPFailClosed, Timeout: time.Second}
 	srv := serve(t, e.manager(t))
 	if _, err := roundTrip(t, srv.addr, clientConfig(e.ca, dev)); err == nil {
@@ -104,9 +106,9 @@ func TestOCSPWrongSigner(t *testing.T) {
 }
 
 func TestOCSPLiveRevocation(t *testing.T) {
-	e := newEnv(t, testcerts.P256)
-	r := testcerts.NewResponder(t, e.ca, true)
-	dev := e.ca.Issue(t, testcerts.Options{CN: "dev", OCSP: []string{r.URL}})
+	e := newEnv(t, testpki.P256)
+	r := testpki.NewResponder(t, e.ca, true)
+	dev := e.ca.Issue(t, testpki.Options{CN: "dev", OCSP: []string{r.URL}})
 	e.cfg.OCSP = OCSPConfig{Mode: OCSPFailOpen, Timeout: time.Second, CacheTTL: 5 * time.Minute}
 	m := e.manager(t)
 	srv := serve(t, m)
@@ -120,18 +122,18 @@ func TestOCSPLiveRevocation(t *testing.T) {
 		t.Fatal("dropped before the cached answer expired")
 	}
 	e.clock.Advance(6 * time.Minute)
-	waitFor(t, "OCSP-revoked session dropped", 5*time.Second, func() bool { return d.get() == ReasonRevoked })
+	testutil.WaitFor(t, "OCSP-revoked session dropped", 5*time.Second, func() bool { return d.get() == ReasonRevoked })
 	if _, err := roundTrip(t, srv.addr, clientConfig(e.ca, dev)); err == nil {
 		t.Fatal("OCSP-revoked client reconnected")
 	}
 }
 
 func TestOCSPStapling(t *testing.T) {
-	e := newEnv(t, testcerts.P256)
-	r := testcerts.NewResponder(t, e.ca, false)
+	e := newEnv(t, testpki.P256)
+	r := testpki.NewResponder(t, e.ca, false)
 	r.Now = e.clock.Now
 	r.SetValidity(time.Hour)
-	srvCert := e.ca.Issue(t, testcerts.Options{CN: "localhost", DNS: []string{"localhost"}, OCSP: []string{r.URL}, KeyIndex: 7})
+	srvCert := e.ca.Issue(t, testpki.Options{CN: "localhost", DNS: []string{"localhost"}, OCSP: []string{r.URL}, KeyIndex: 7})
 	srvCert.WriteFiles(t, e.dir, "server")
 	e.cfg.ClientAuth = ClientAuthNone
 	m := e.manager(t)
@@ -151,22 +153,22 @@ func TestOCSPStapling(t *testing.T) {
 	// Refreshed before nextUpdate: half-way, i.e. after 30 minutes.
 	hits := r.Hits.Load()
 	e.clock.Advance(31 * time.Minute)
-	waitFor(t, "staple refresh", 5*time.Second, func() bool { return r.Hits.Load() > hits })
-	waitFor(t, "new staple", 5*time.Second, func() bool { return string(m.Staple()) != string(staple) })
+	testutil.WaitFor(t, "staple refresh", 5*time.Second, func() bool { return r.Hits.Load() > hits })
+	testutil.WaitFor(t, "new staple", 5*time.Second, func() bool { return string(m.Staple()) != string(staple) })
 	// A responder outage keeps the still-valid staple.
 	r.Fail.Store(true)
 	cur := m.Staple()
 	e.clock.Advance(31 * time.Minute)
-	waitFor(t, "failed refresh logged", 5*time.Second, func() bool { return contains(e.logs.String(), "OCSP staple fetch failed") })
+	testutil.WaitFor(t, "failed refresh logged", 5*time.Second, func() bool { return contains(e.logs.String(), "OCSP staple fetch failed") })
 	if string(m.Staple()) != string(cur) {
 		t.Fatal("valid staple dropped on a failed refresh")
 	}
 }
 
 func TestOCSPLiveRecheckBeforeCacheExpiry(t *testing.T) {
-	e := newEnv(t, testcerts.P256)
-	r := testcerts.NewResponder(t, e.ca, true)
-	dev := e.ca.Issue(t, testcerts.Options{CN: "dev", OCSP: []string{r.URL}})
+	e := newEnv(t, testpki.P256)
+	r := testpki.NewResponder(t, e.ca, true)
+	dev := e.ca.Issue(t, testpki.Options{CN: "dev", OCSP: []string{r.URL}})
 	// A long cache, the default live re-check (5 s).
 	e.cfg.OCSP = OCSPConfig{Mode: OCSPFailClosed, Timeout: time.Second, CacheTTL: time.Hour}
 	m := e.manager(t)
@@ -177,5 +179,5 @@ func TestOCSPLiveRecheckBeforeCacheExpiry(t *testing.T) {
 	d := watchConn(t, m, serverPeer(t, srv))
 	r.Revoke(dev)
 	e.clock.Advance(6 * time.Second)
-	waitFor(t, "OCSP-revoked session dropped by the live re-check", 5*time.Second, func() bool { return d.get() == ReasonRevoked })
+	testutil.WaitFor(t, "OCSP-revoked session dropped by the live re-check", 5*time.Second, func() bool { return d.get() == ReasonRevoked })
 }

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/moatmq/moat/internal/tlsconf/internal/testcerts"
+	"github.com/moatmq/moat/internal/testutil/testpki"
 )
 
 // TestOpenSSLClientInterop drives real handshakes from openssl s_client,
@@ -18,16 +18,16 @@ func TestOpenSSLClientInterop(t *testing.T) {
 	if err != nil {
 		t.Skip("openssl not installed")
 	}
-	e := newEnv(t, testcerts.RSA2048)
-	good := e.ca.Issue(t, testcerts.Options{CN: "openssl-device", Key: testcerts.RSA2048, KeyIndex: 2})
-	revoked := e.ca.Issue(t, testcerts.Options{CN: "openssl-revoked", Key: testcerts.RSA2048, KeyIndex: 2})
-	expired := e.ca.Issue(t, testcerts.Options{CN: "openssl-expired", Key: testcerts.RSA2048, KeyIndex: 2, NotBefore: time.Now().Add(-48 * time.Hour), NotAfter: time.Now().Add(-time.Hour)})
+	e := newEnv(t, testpki.RSA2048)
+	good := e.ca.Issue(t, testpki.Options{CN: "openssl-device", Key: testpki.RSA2048, KeyIndex: 2})
+	revoked := e.ca.Issue(t, testpki.Options{CN: "openssl-revoked", Key: testpki.RSA2048, KeyIndex: 2})
+	expired := e.ca.Issue(t, testpki.Options{CN: "openssl-expired", Key: testpki.RSA2048, KeyIndex: 2, NotBefore: time.Now().Add(-48 * time.Hour), NotAfter: time.Now().Add(-time.Hour)})
 	e.cfg.CRLFiles = []string{e.writeCRL(t, "ca.crl", 24*time.Hour, revoked)}
 	srv := serve(t, e.manager(t))
 
 	tests := []struct {
 		name   string
-		cert   *testcerts.Cert
+		cert   *testpki.Cert
 		args   []string
 		wantOK bool
 		log    string

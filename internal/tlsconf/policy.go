@@ -215,7 +215,9 @@ var unsupportedPrefixes = []string{
 //
 // Suites that break the policy (no forward secrecy or not AEAD) are refused
 // with an error when named explicitly, and silently left out when only an
-// alias selects them, unless allowInsecure is true. Cipher names OpenSSL knows
+// alias selects them, unless allowInsecure is true. In FIPS 140-3 mode the
+// same holds, whatever allowInsecure says, for suites that mode does not
+// approve (ChaCha20-Poly1305). Cipher names OpenSSL knows
 // but Go does not implement (DHE, CCM, CAMELLIA, PSK, ...) and TLS 1.3 suite
 // names are left out and reported in ignored. An unknown name, or a string
 // that selects no suite, is an error.
@@ -269,6 +271,12 @@ func ParseOpenSSLCiphers(spec string, allowInsecure bool) (ids []uint16, ignored
 					}
 					continue
 				}
+				if s.fipsRefuses() {
+					if explicit {
+						errs = append(errs, fmt.Errorf("tlsconf: cipher %s is %s", s.openssl, fipsNote()))
+					}
+					continue
+				}
 				selected = append(selected, id)
 			}
 		}
@@ -287,8 +295,9 @@ func ParseOpenSSLCiphers(spec string, allowInsecure bool) (ids []uint16, ignored
 // lists them, into Go suite IDs under the same policy as
 // ParseOpenSSLCiphers: a suite without forward secrecy or AEAD is refused,
 // naming it and why, unless allowInsecure is true. TLS 1.3 names, unknown
-// names and suites Go does not implement are errors. Every problem is
-// returned at once.
+// names and suites Go does not implement are errors, and so are suites
+// FIPS 140-3 mode does not approve when the process runs in it. Every
+// problem is returned at once.
 func ParseCipherSuiteNames(names []string, allowInsecure bool) ([]uint16, error) {
 	var ids []uint16
 	var errs []error
@@ -306,6 +315,8 @@ func ParseCipherSuiteNames(names []string, allowInsecure bool) ([]uint16, error)
 			errs = append(errs, fmt.Errorf("tlsconf: cipher suite %s is a TLS 1.3 suite, which Go does not let a server restrict", name))
 		case !s.secure() && !allowInsecure:
 			errs = append(errs, fmt.Errorf("tlsconf: cipher suite %s is refused by policy: %s (set allow_insecure_ciphers to allow it)", name, s.whyInsecure()))
+		case s.fipsRefuses():
+			errs = append(errs, fmt.Errorf("tlsconf: cipher suite %s is %s", name, fipsNote()))
 		case !slices.Contains(ids, s.id):
 			ids = append(ids, s.id)
 		}
@@ -392,7 +403,8 @@ func matchCipherToken(tok string) (ids []uint16, explicit bool, ignored []string
 // a Manager enforces the list after negotiation: a TLS 1.3 handshake that
 // settles on a suite outside the list is refused (see
 // ListenerConfig.TLS13CipherSuites). Every TLS 1.3 suite is AEAD with forward
-// secrecy, so none is refused by policy.
+// secrecy, so none is refused by policy; in FIPS 140-3 mode
+// TLS_CHACHA20_POLY1305_SHA256 is refused as not approved.
 func ParseTLS13Ciphers(spec string) ([]uint16, error) {
 	var ids []uint16
 	var errs []error
@@ -400,7 +412,9 @@ func ParseTLS13Ciphers(spec string) ([]uint16, error) {
 		found := false
 		for _, s := range suites {
 			if s.tls13 && strings.EqualFold(tls.CipherSuiteName(s.id), tok) {
-				if !slices.Contains(ids, s.id) {
+				if s.fipsRefuses() {
+					errs = append(errs, fmt.Errorf("tlsconf: TLS 1.3 cipher suite %s is %s", tls.CipherSuiteName(s.id), fipsNote()))
+				} else if !slices.Contains(ids, s.id) {
 					ids = append(ids, s.id)
 				}
 				found = true

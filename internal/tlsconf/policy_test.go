@@ -8,6 +8,7 @@ import (
 )
 
 func TestParseOpenSSLCiphers(t *testing.T) {
+	skipInFIPS(t)
 	gcm := []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
 		tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384}
 	tests := []struct {
@@ -87,6 +88,7 @@ func TestDefaultsAreSecure(t *testing.T) {
 }
 
 func TestParseTLS13Ciphers(t *testing.T) {
+	skipInFIPS(t)
 	got, err := ParseTLS13Ciphers("TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256")
 	if err != nil || !slices.Equal(got, []uint16{tls.TLS_AES_256_GCM_SHA384, tls.TLS_CHACHA20_POLY1305_SHA256}) {
 		t.Fatalf("got %v, %v", got, err)
@@ -144,6 +146,7 @@ func FuzzParseOpenSSLCiphers(f *testing.F) {
 }
 
 func TestParseCipherSuiteNames(t *testing.T) {
+	skipInFIPS(t)
 	tests := []struct {
 		names    []string
 		insecure bool

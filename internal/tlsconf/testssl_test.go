@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/moatmq/moat/internal/tlsconf/internal/testcerts"
+	"github.com/moatmq/moat/internal/testutil/testpki"
 )
 
 // TestTestSSLScan scans a listener using the default policy with
@@ -34,15 +34,15 @@ func TestTestSSLScan(t *testing.T) {
 	}
 	// One scan (about 90 s) with the seeds' key type, RSA 2048; the
 	// policy does not depend on it beyond the signature suites.
-	testSSLScan(t, bin, testcerts.RSA2048)
+	testSSLScan(t, bin, testpki.RSA2048)
 }
 
-func testSSLScan(t *testing.T, bin string, kt testcerts.KeyType) {
+func testSSLScan(t *testing.T, bin string, kt testpki.KeyType) {
 	e := newEnv(t, kt)
 	e.clock = nil
 	e.cfg.Now = nil
-	r := testcerts.NewResponder(t, e.ca, false)
-	srvCert := e.ca.Issue(t, testcerts.Options{CN: "localhost", DNS: []string{"localhost"}, IPs: []net.IP{net.IPv4(127, 0, 0, 1)},
+	r := testpki.NewResponder(t, e.ca, false)
+	srvCert := e.ca.Issue(t, testpki.Options{CN: "localhost", DNS: []string{"localhost"}, IPs: []net.IP{net.IPv4(127, 0, 0, 1)},
 		Key: kt, KeyIndex: 8, OCSP: []string{r.URL}, CRLDP: []string{strings.Replace(r.URL, "/ocsp", "/ca.crl", 1)},
 		NotAfter: time.Now().Add(90 * 24 * time.Hour)})
 	srvCert.WriteFiles(t, e.dir, "server")

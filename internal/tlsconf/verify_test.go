@@ -7,45 +7,45 @@ import (
 	"testing"
 	"time"
 
-	"github.com/moatmq/moat/internal/tlsconf/internal/testcerts"
+	"github.com/moatmq/moat/internal/testutil/testpki"
 )
 
 // TestClientCertificateRefusals runs real handshakes with client
 // certificates generated for each key type and checks that every bad one
 // is refused with a clear log line and the right reason.
 func TestClientCertificateRefusals(t *testing.T) {
-	for _, kt := range []testcerts.KeyType{testcerts.RSA2048, testcerts.P256, testcerts.Ed25519} {
+	for _, kt := range []testpki.KeyType{testpki.RSA2048, testpki.P256, testpki.Ed25519} {
 		t.Run(kt.String(), func(t *testing.T) {
 			e := newEnv(t, kt)
 			now := e.clock.Now()
-			good := e.ca.Issue(t, testcerts.Options{CN: "good-device", Key: kt, KeyIndex: 2})
-			revoked := e.ca.Issue(t, testcerts.Options{CN: "revoked-device", Key: kt, KeyIndex: 2})
+			good := e.ca.Issue(t, testpki.Options{CN: "good-device", Key: kt, KeyIndex: 2})
+			revoked := e.ca.Issue(t, testpki.Options{CN: "revoked-device", Key: kt, KeyIndex: 2})
 			e.cfg.CRLFiles = []string{e.writeCRL(t, "ca.crl", 24*time.Hour, revoked)}
 			m := e.manager(t)
 			srv := serve(t, m)
-			otherCA := testcerts.NewRoot(t, "Other CA", kt)
+			otherCA := testpki.NewRoot(t, "Other CA", kt)
 
 			tests := []struct {
 				name    string
-				cert    *testcerts.Cert
+				cert    *testpki.Cert
 				reason  Reason
 				logText string
 			}{
 				{"valid", good, 0, ""},
-				{"expired", e.ca.Issue(t, testcerts.Options{CN: "expired", Key: kt, NotBefore: now.Add(-48 * time.Hour), NotAfter: now.Add(-time.Hour)}), ReasonExpired, "expired at"},
-				{"not yet valid", e.ca.Issue(t, testcerts.Options{CN: "future", Key: kt, NotBefore: now.Add(time.Hour), NotAfter: now.Add(48 * time.Hour)}), ReasonExpired, "not yet valid"},
-				{"wrong CA", otherCA.Issue(t, testcerts.Options{CN: "stranger", Key: kt}), ReasonUntrusted, "is not a trusted CA"},
-				{"no clientAuth usage", e.ca.Issue(t, testcerts.Options{CN: "server-only", Key: kt, EKU: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}), ReasonUsage, "clientAuth missing"},
+				{"expired", e.ca.Issue(t, testpki.Options{CN: "expired", Key: kt, NotBefore: now.Add(-48 * time.Hour), NotAfter: now.Add(-time.Hour)}), ReasonExpired, "expired at"},
+				{"not yet valid", e.ca.Issue(t, testpki.Options{CN: "future", Key: kt, NotBefore: now.Add(time.Hour), NotAfter: now.Add(48 * time.Hour)}), ReasonExpired, "not yet valid"},
+				{"wrong CA", otherCA.Issue(t, testpki.Options{CN: "stranger", Key: kt}), ReasonUntrusted, "is not a trusted CA"},
+				{"no clientAuth usage", e.ca.Issue(t, testpki.Options{CN: "server-only", Key: kt, EKU: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}), ReasonUsage, "clientAuth missing"},
 				{"revoked by CRL", revoked, ReasonRevoked, "listed in CRL"},
-				{"self-signed", testcerts.SelfSigned(t, testcerts.Options{CN: "selfie", Key: kt}), ReasonUntrusted, "self-signed"},
+				{"self-signed", testpki.SelfSigned(t, testpki.Options{CN: "selfie", Key: kt}), ReasonUntrusted, "self-signed"},
 			}
-			if kt == testcerts.RSA2048 {
+			if kt == testpki.RSA2048 {
 				tests = append(tests, struct {
 					name    string
-					cert    *testcerts.Cert
+					cert    *testpki.Cert
 					reason  Reason
 					logText string
-				}{"SHA-1 signature", e.ca.Issue(t, testcerts.Options{CN: "sha1", Key: kt, SigAlg: x509.SHA1WithRSA}), ReasonWeakAlgorithm, "SHA1-RSA"})
+				}{"SHA-1 signature", e.ca.Issue(t, testpki.Options{CN: "sha1", Key: kt, SigAlg: x509.SHA1WithRSA}), ReasonWeakAlgorithm, "SHA1-RSA"})
 			}
 			for _, tt := range tests {
 				t.Run(tt.name, func(t *testing.T) {
@@ -86,9 +86,9 @@ func TestClientCertificateRefusals(t *testing.T) {
 }
 
 func TestClientAuthModes(t *testing.T) {
-	e := newEnv(t, testcerts.P256)
-	client := e.ca.Issue(t, testcerts.Options{CN: "dev"})
-	stranger := testcerts.SelfSigned(t, testcerts.Options{CN: "stranger"})
+	e := newEnv(t, testpki.P256)
+	client := e.ca.Issue(t, testpki.Options{CN: "dev"})
+	stranger := testpki.SelfSigned(t, testpki.Options{CN: "stranger"})
 	tests := []struct {
 		mode                        ClientAuth
 		noCertOK, goodOK, strangeOK bool
@@ -103,7 +103,7 @@ func TestClientAuthModes(t *testing.T) {
 			m := e.manager(t)
 			srv := serve(t, m)
 			for _, c := range []struct {
-				cert *testcerts.Cert
+				cert *testpki.Cert
 				ok   bool
 			}{{nil, tt.noCertOK}, {client, tt.goodOK}, {stranger, tt.strangeOK}} {
 				_, err := roundTrip(t, srv.addr, clientConfig(e.ca, c.cert))
@@ -116,9 +116,9 @@ func TestClientAuthModes(t *testing.T) {
 }
 
 func TestIntermediateChainAndTLSVersions(t *testing.T) {
-	e := newEnv(t, testcerts.P256)
-	inter := e.ca.Issue(t, testcerts.Options{CN: "Issuing CA", IsCA: true, KeyIndex: 4})
-	dev := inter.Issue(t, testcerts.Options{CN: "dev-1"})
+	e := newEnv(t, testpki.P256)
+	inter := e.ca.Issue(t, testpki.Options{CN: "Issuing CA", IsCA: true, KeyIndex: 4})
+	dev := inter.Issue(t, testpki.Options{CN: "dev-1"})
 	e.cfg.MinVersion = tls.VersionTLS13
 	srv := serve(t, e.manager(t))
 	if _, err := roundTrip(t, srv.addr, clientConfig(e.ca, dev)); err != nil {
@@ -132,8 +132,8 @@ func TestIntermediateChainAndTLSVersions(t *testing.T) {
 }
 
 func TestDefaultPolicyNegotiation(t *testing.T) {
-	e := newEnv(t, testcerts.P256)
-	dev := e.ca.Issue(t, testcerts.Options{CN: "dev"})
+	e := newEnv(t, testpki.P256)
+	dev := e.ca.Issue(t, testpki.Options{CN: "dev"})
 	srv := serve(t, e.manager(t))
 	c, err := roundTrip(t, srv.addr, clientConfig(e.ca, dev))
 	if err != nil {
@@ -157,8 +157,8 @@ func TestDefaultPolicyNegotiation(t *testing.T) {
 }
 
 func TestTLS13CipherRestriction(t *testing.T) {
-	e := newEnv(t, testcerts.P256)
-	dev := e.ca.Issue(t, testcerts.Options{CN: "dev"})
+	e := newEnv(t, testpki.P256)
+	dev := e.ca.Issue(t, testpki.Options{CN: "dev"})
 	e.cfg.TLS13CipherSuites = []uint16{tls.TLS_AES_256_GCM_SHA384}
 	srv := serve(t, e.manager(t))
 	c, err := roundTrip(t, srv.addr, clientConfig(e.ca, dev))
@@ -171,7 +171,8 @@ func TestTLS13CipherRestriction(t *testing.T) {
 }
 
 func TestNewValidation(t *testing.T) {
-	e := newEnv(t, testcerts.P256)
+	skipInFIPS(t)
+	e := newEnv(t, testpki.P256)
 	tests := []struct {
 		name string
 		mut  func(c *ListenerConfig)

@@ -18,25 +18,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moatmq/moat/internal/testutil"
+
 	"github.com/moatmq/moat/internal/authn"
 )
-
-type testClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *testClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *testClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
 
 const (
 	clientID = "moat broker" // a space, to check the form encoding of Basic credentials
@@ -114,10 +99,10 @@ func writeFile(t *testing.T, name string, data []byte) string {
 	return p
 }
 
-func setup(t *testing.T, mod func(*Config)) (*Backend, *authServer, *testClock) {
+func setup(t *testing.T, mod func(*Config)) (*Backend, *authServer, *testutil.Clock) {
 	t.Helper()
 	a := newAuthServer(t)
-	clk := &testClock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
+	clk := testutil.NewClock(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
 	cfg := Config{
 		URL:              a.srv.URL + "/oauth2/introspect",
 		CAFile:           a.caFile,

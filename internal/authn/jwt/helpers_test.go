@@ -23,31 +23,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moatmq/moat/internal/testutil"
+
 	"github.com/MicahParks/jwkset"
 	gojwt "github.com/golang-jwt/jwt/v5"
 
 	"github.com/moatmq/moat/internal/authn"
 )
-
-// testClock is an injectable clock moved by the test.
-type testClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newClock() *testClock { return &testClock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)} }
-
-func (c *testClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *testClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
 
 // signer is a test key with its key ID and algorithm.
 type signer struct {
@@ -195,7 +177,7 @@ const (
 )
 
 // claimsAt returns valid claims for user at the clock's time.
-func claimsAt(c *testClock, user string) gojwt.MapClaims {
+func claimsAt(c *testutil.Clock, user string) gojwt.MapClaims {
 	now := c.Now()
 	return gojwt.MapClaims{
 		"sub": user,
@@ -207,7 +189,7 @@ func claimsAt(c *testClock, user string) gojwt.MapClaims {
 	}
 }
 
-func jwksConfig(p *idp, c *testClock) Config {
+func jwksConfig(p *idp, c *testutil.Clock) Config {
 	return Config{
 		JWKSURL:  p.url(),
 		CAFile:   p.caFile,
@@ -246,4 +228,9 @@ func wantVerdict(t *testing.T, res authn.Result, v authn.Verdict) {
 	if res.Verdict != v {
 		t.Fatalf("verdict %v (%s), want %v", res.Verdict, res.Reason, v)
 	}
+}
+
+// newClock returns a manual clock at the tests' epoch.
+func newClock() *testutil.Clock {
+	return testutil.NewClock(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
 }

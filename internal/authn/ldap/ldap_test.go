@@ -15,10 +15,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moatmq/moat/internal/testutil"
+
 	goldap "github.com/go-ldap/ldap/v3"
 
 	"github.com/moatmq/moat/internal/authn"
-	"github.com/moatmq/moat/internal/pki/pkitest"
+	"github.com/moatmq/moat/internal/testutil/testpki"
 )
 
 func newBackend(t *testing.T, cfg Config) *Backend {
@@ -130,7 +132,7 @@ func TestBind(t *testing.T) {
 		})
 	}
 	// StartTLS was really negotiated (slapd logs the extended operation).
-	if !strings.Contains(d.log.String(), "oid=1.3.6.1.4.1.1466.20037") {
+	if !strings.Contains(d.log(), "oid=1.3.6.1.4.1.1466.20037") {
 		t.Error("no StartTLS operation in slapd's log")
 	}
 }
@@ -249,12 +251,24 @@ func TestSecurityLDAPUserEnumeration(t *testing.T) {
 	for _, cfg := range []Config{searchConfig(t, d), templateConfig(d)} {
 		b := newBackend(t, cfg)
 		authenticate(t, b, "carol", carolPW) // warm the service pool
+		// slapd logs an operation after it has answered it, so its log
+		// lags the answers: wait until the counts stop moving (two polls
+		// in a row agree) before and after each measured attempt.
+		settle := func() {
+			prev := -1
+			testutil.WaitFor(t, "slapd's log to settle", 10*time.Second, func() bool {
+				n := d.count("BIND") + d.count("SRCH")
+				same := n == prev
+				prev = n
+				return same
+			})
+		}
 		ops := func(user, pw string) (reason string, binds, searches int) {
+			settle()
 			b0, s0 := d.count("BIND"), d.count("SRCH")
 			reason = authenticate(t, b, user, pw).Reason
-			// slapd logs an operation when it has answered it; the answer
-			// has arrived, the log line follows.
-			waitFor(t, "slapd's log of the bind", func() bool { return d.count("BIND") > b0 })
+			testutil.WaitFor(t, "slapd's log of the bind", 10*time.Second, func() bool { return d.count("BIND") > b0 })
+			settle()
 			return reason, d.count("BIND") - b0, d.count("SRCH") - s0
 		}
 		r1, b1, s1 := ops("nobody", "guess")
@@ -363,7 +377,7 @@ func TestTimeouts(t *testing.T) {
 			c.Close()
 		}
 	})
-	ca := pkitest.New(t, pkitest.Options{})
+	ca := testpki.NewRoot(t, "silent server CA", testpki.P256)
 	for _, tc := range []struct {
 		name    string
 		cfg     Config
@@ -402,7 +416,7 @@ func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
 // never sees a password: LDAPS and StartTLS both fail closed.
 func TestSecurityLDAPUntrustedCertificate(t *testing.T) {
 	d := startSlapd(t)
-	other := pkitest.New(t, pkitest.Options{}).WriteRoot(t, t.TempDir())
+	other := testpki.NewRoot(t, "other CA", testpki.P256).WritePEM(t, filepath.Join(t.TempDir(), "ca.pem"))
 	for _, cfg := range []Config{templateConfig(d), searchConfig(t, d)} {
 		cfg.CAFile = other
 		b := newBackend(t, cfg)
@@ -501,7 +515,7 @@ func TestConcurrent(t *testing.T) {
 		t.Errorf("%d idle service connections, pool size 2", n)
 	}
 	b.Close()
-	waitFor(t, "the connections' goroutines to end", func() bool { return runtime.NumGoroutine() <= base })
+	testutil.WaitFor(t, "the connections' goroutines to end", 10*time.Second, func() bool { return runtime.NumGoroutine() <= base })
 	if _, err := b.Authenticate(t.Context(), request("alice", alicePW)); !errors.Is(err, authn.ErrUnavailable) {
 		t.Errorf("after Close: %v", err)
 	}

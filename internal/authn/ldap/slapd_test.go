@@ -1,21 +1,19 @@
 package ldap
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
-	"time"
+
+	"github.com/moatmq/moat/internal/testutil"
 
 	goldap "github.com/go-ldap/ldap/v3"
 
-	"github.com/moatmq/moat/internal/pki/pkitest"
+	"github.com/moatmq/moat/internal/testutil/testpki"
 )
 
 // The throw-away directory the tests run against: a real OpenLDAP slapd
@@ -69,35 +67,15 @@ type directory struct {
 	ldapURL  string // ldap:// (StartTLS offered)
 	ldapsURL string
 	caFile   string
-
-	bin, conf           string
-	ldapPort, ldapsPort int
-
-	cmd  *exec.Cmd
-	done chan struct{} // closed when slapd has exited
-	log  *lockedBuffer // slapd's stats log
+	peer     *testutil.RunningPeer // slapd; its output is the stats log
 }
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
+// log returns slapd's stats log so far.
+func (d *directory) log() string { return d.peer.Log() }
 
 // count returns how many operations of kind ("BIND", "SRCH") slapd has
 // logged.
-func (d *directory) count(kind string) int { return strings.Count(d.log.String(), " "+kind+" ") }
+func (d *directory) count(kind string) int { return strings.Count(d.log(), " "+kind+" ") }
 
 // startSlapd starts a directory for the test and loads the test entries.
 // It is stopped when the test ends.
@@ -110,10 +88,9 @@ func startSlapd(t *testing.T) *directory {
 		}
 	}
 	dir := t.TempDir()
-	ca := pkitest.New(t, pkitest.Options{})
-	leaf := ca.Server(t, pkitest.Options{})
-	leaf.WriteFiles(t, dir, "server")
-	caFile := ca.WriteRoot(t, dir)
+	ca := testpki.NewRoot(t, "ldap test CA", testpki.P256)
+	ca.Issue(t, testpki.ServerOptions()).WriteFiles(t, dir, "server")
+	caFile := ca.WritePEM(t, filepath.Join(dir, "ca.pem"))
 	if err := os.Mkdir(filepath.Join(dir, "db"), 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -121,108 +98,33 @@ func startSlapd(t *testing.T) *directory {
 	if err := os.WriteFile(conf, []byte(strings.ReplaceAll(slapdConfig, "{{dir}}", dir)), 0o600); err != nil {
 		t.Fatal(err)
 	}
-
-	var d *directory
-	for attempt := 0; d == nil; attempt++ {
-		// Ports are chosen by the kernel, then released for slapd; another
-		// process may take one in between, so a failed start is retried.
-		ldapPort, ldapsPort := freePort(t), freePort(t)
-		d, err = runSlapd(t, bin, conf, ldapPort, ldapsPort)
-		if err != nil && attempt == 4 {
-			t.Fatal(err)
-		}
+	// -d 256 keeps slapd in the foreground and logs every operation
+	// (stats) to stderr.
+	peer := testutil.StartPeer(t, testutil.Peer{
+		Name:  "slapd",
+		Ports: 2,
+		Command: func(ports []int) *exec.Cmd {
+			return exec.Command(bin, "-d", "256", "-h", fmt.Sprintf("ldap://127.0.0.1:%d/ ldaps://127.0.0.1:%d/", ports[0], ports[1]), "-f", conf)
+		},
+	})
+	d := &directory{
+		ldapURL:  "ldap://" + peer.Addr(0),
+		ldapsURL: "ldaps://" + peer.Addr(1),
+		caFile:   caFile,
+		peer:     peer,
 	}
-	d.caFile = caFile
-	t.Cleanup(func() { d.stop() })
 	d.load(t)
 	return d
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-func runSlapd(t *testing.T, bin, conf string, ldapPort, ldapsPort int) (*directory, error) {
-	d := &directory{
-		bin:       bin,
-		conf:      conf,
-		ldapPort:  ldapPort,
-		ldapsPort: ldapsPort,
-		ldapURL:   fmt.Sprintf("ldap://127.0.0.1:%d", ldapPort),
-		ldapsURL:  fmt.Sprintf("ldaps://127.0.0.1:%d", ldapsPort),
-		done:      make(chan struct{}),
-		log:       &lockedBuffer{},
-	}
-	// -d 256 keeps slapd in the foreground and logs every operation
-	// (stats) to stderr.
-	d.cmd = exec.Command(bin, "-d", "256", "-h", d.ldapURL+"/ "+d.ldapsURL+"/", "-f", conf)
-	d.cmd.Stdout = d.log
-	d.cmd.Stderr = d.log
-	if err := d.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start slapd: %w", err)
-	}
-	go func() {
-		_ = d.cmd.Wait()
-		close(d.done)
-	}()
-	deadline := time.Now().Add(10 * time.Second)
-	wait := time.Millisecond
-	for {
-		select {
-		case <-d.done:
-			return nil, fmt.Errorf("slapd exited at start:\n%s", d.log.String())
-		default:
-		}
-		if reachable(ldapPort) && reachable(ldapsPort) {
-			return d, nil
-		}
-		if time.Now().After(deadline) {
-			d.stop()
-			return nil, fmt.Errorf("slapd did not listen within 10s:\n%s", d.log.String())
-		}
-		time.Sleep(wait)
-		if wait < 50*time.Millisecond {
-			wait *= 2
-		}
-	}
-}
-
-func reachable(port int) bool {
-	c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second)
-	if err != nil {
-		return false
-	}
-	c.Close()
-	return true
-}
-
 // stop kills slapd and waits for it.
-func (d *directory) stop() {
-	select {
-	case <-d.done:
-		return
-	default:
-	}
-	_ = d.cmd.Process.Kill()
-	<-d.done
-}
+func (d *directory) stop() { d.peer.Stop() }
 
 // restart stops slapd and starts it again on the same ports with the same
 // database: connections made before are gone.
 func (d *directory) restart(t *testing.T) {
 	t.Helper()
-	d.stop()
-	n, err := runSlapd(t, d.bin, d.conf, d.ldapPort, d.ldapsPort)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d.cmd, d.done, d.log = n.cmd, n.done, n.log
+	d.peer.Restart(t)
 }
 
 // admin connects as the root DN, for setting up and changing entries.
@@ -309,21 +211,5 @@ func (d *directory) deleteEntry(t *testing.T, dn string) {
 	c := d.admin(t)
 	if err := c.Del(goldap.NewDelRequest(dn, nil)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		t.Fatal(err)
-	}
-}
-
-// waitFor polls cond until it holds or 10 s pass.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	wait := time.Millisecond
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(wait)
-		if wait < 50*time.Millisecond {
-			wait *= 2
-		}
 	}
 }

@@ -1,4 +1,4 @@
-package testcerts
+package testpki
 
 import (
 	"crypto/x509"
@@ -44,7 +44,7 @@ func NewResponder(t testing.TB, issuer *Cert, delegated bool) *Responder {
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatalf("testcerts: %v", err)
+		t.Fatalf("testpki: %v", err)
 	}
 	srv := &http.Server{Handler: r, ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(ln)

@@ -1,8 +1,15 @@
-// Package testcerts builds throw-away certificate authorities, certificates,
-// CRLs and OCSP responders for tlsconf's tests. Nothing here is meant for
-// production: keys are cached per process to keep tests fast, and errors
-// fail the calling test.
-package testcerts
+// Package testpki is the one throw-away PKI of Moat's tests: certificate
+// authorities, intermediates, leaves with any key type, CRLs and a real
+// OCSP responder, in memory and written to files on request. Nothing here
+// is meant for production: keys are cached per process to keep tests fast,
+// and errors fail the calling test.
+//
+// A typical server and client pair:
+//
+//	ca := testpki.NewRoot(t, "Test CA", testpki.P256)
+//	srv := ca.Issue(t, testpki.ServerOptions())
+//	cli := ca.Issue(t, testpki.Options{CN: "device-1", EKU: testpki.ClientAuth})
+package testpki
 
 import (
 	"bytes"
@@ -77,7 +84,7 @@ func Key(t testing.TB, k KeyType, n int) crypto.Signer {
 			s, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 		}
 		if err != nil {
-			t.Fatalf("testcerts: generate key: %v", err)
+			t.Fatalf("testpki: generate key: %v", err)
 		}
 		if keyCache[k] == nil {
 			keyCache[k] = map[int]crypto.Signer{}
@@ -143,7 +150,7 @@ func (c *Cert) KeyPEM(t testing.TB) []byte {
 	t.Helper()
 	der, err := x509.MarshalPKCS8PrivateKey(c.Key)
 	if err != nil {
-		t.Fatalf("testcerts: marshal key: %v", err)
+		t.Fatalf("testpki: marshal key: %v", err)
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
 }
@@ -173,10 +180,10 @@ func WriteFile(t testing.TB, path string, data []byte) {
 	t.Helper()
 	tmp := path + ".tmp"
 	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		t.Fatalf("testcerts: %v", err)
+		t.Fatalf("testpki: %v", err)
 	}
 	if err := os.Rename(tmp, path); err != nil {
-		t.Fatalf("testcerts: %v", err)
+		t.Fatalf("testpki: %v", err)
 	}
 }
 
@@ -240,7 +247,7 @@ func issue(t testing.TB, parent *Cert, o Options) *Cert {
 	for _, u := range o.URIs {
 		pu, err := url.Parse(u)
 		if err != nil {
-			t.Fatalf("testcerts: %v", err)
+			t.Fatalf("testpki: %v", err)
 		}
 		tmpl.URIs = append(tmpl.URIs, pu)
 	}
@@ -266,11 +273,11 @@ func issue(t testing.TB, parent *Cert, o Options) *Cert {
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, parentCert, key.Public(), signer)
 	if err != nil {
-		t.Fatalf("testcerts: create certificate %q: %v", o.CN, err)
+		t.Fatalf("testpki: create certificate %q: %v", o.CN, err)
 	}
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
-		t.Fatalf("testcerts: %v", err)
+		t.Fatalf("testpki: %v", err)
 	}
 	return &Cert{Cert: cert, Key: key, Issuer: parent}
 }
@@ -291,7 +298,34 @@ func (c *Cert) CRL(t testing.TB, thisUpdate, nextUpdate time.Time, revoked ...*C
 	}
 	der, err := x509.CreateRevocationList(rand.Reader, tmpl, c.Cert, c.Key)
 	if err != nil {
-		t.Fatalf("testcerts: create CRL: %v", err)
+		t.Fatalf("testpki: create CRL: %v", err)
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der})
+}
+
+// Extended key usages for Options.EKU.
+var (
+	ServerAuth = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+	ClientAuth = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+)
+
+// ServerOptions are the options of a serverAuth certificate for
+// "localhost" and 127.0.0.1, the names every test server listens on.
+func ServerOptions() Options {
+	return Options{CN: "localhost", DNS: []string{"localhost"}, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, EKU: ServerAuth}
+}
+
+// Pool returns a certificate pool holding only c, for RootCAs or ClientCAs.
+func (c *Cert) Pool() *x509.CertPool {
+	p := x509.NewCertPool()
+	p.AddCert(c.Cert)
+	return p
+}
+
+// WritePEM writes the certificate alone (no chain, no key) to path, mode
+// 0600, and returns path: a CA file for peers such as Mosquitto or openssl.
+func (c *Cert) WritePEM(t testing.TB, path string) string {
+	t.Helper()
+	WriteFile(t, path, c.PEM())
+	return path
 }

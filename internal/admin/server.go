@@ -1,0 +1,297 @@
+// Package admin is Moat's admin HTTP API (/api/v1), its OpenAPI document
+// and the web dashboard, all served by one handler. Every API request
+// carries a bearer token (see Tokens); there is no cookie, so no request
+// a browser makes on its own is ever authenticated (CSRF-safe by
+// construction). Viewers read; operators also change state, and every
+// change is rate-limited, logged and handed to an Auditor.
+//
+// The package reaches the broker, the ban list, the CA and the audit log
+// through what Config hands it; internal/cli wires them.
+package admin
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/moatmq/moat/internal/broker"
+	"github.com/moatmq/moat/internal/guard"
+	"github.com/moatmq/moat/internal/pki"
+	"github.com/moatmq/moat/internal/topic"
+)
+
+// Broker is what the API reads from and does to the broker
+// (*broker.Server implements it).
+type Broker interface {
+	Stats() broker.Stats
+	Clients() []broker.ClientInfo
+	Kick(clientID, reason string) bool
+	Sessions() []broker.SessionInfo
+	Subscriptions() []topic.Subscription
+	RetainedMatch(filter string, limit int) ([]broker.RetainedInfo, bool)
+	DeleteRetained(topic string) bool
+}
+
+var _ Broker = (*broker.Server)(nil)
+
+// Action is one mutating API call, for the audit log.
+type Action struct {
+	Token  string // name of the token that made the call
+	Remote string // the caller's address
+	Action string // "kick", "ban.add", "ban.remove", "retained.delete", "cert.revoke", "reload"
+	Target string // what it acted on
+	Result string // "ok" or the error
+}
+
+// Auditor records mutating calls. Implementations must be safe for
+// concurrent use.
+type Auditor interface {
+	AdminAction(a Action)
+}
+
+// Listener describes one broker listener for the API.
+type Listener struct {
+	Name      string `json:"name"`
+	Address   string `json:"address"`
+	Transport string `json:"transport"`
+	// TLS policy; empty for plain listeners.
+	TLS               bool     `json:"tls"`
+	ClientAuth        string   `json:"client_auth,omitempty"`
+	MinVersion        string   `json:"min_version,omitempty"`
+	Groups            []string `json:"groups,omitempty"`
+	AllowAnonymous    bool     `json:"allow_anonymous"`
+	IdentitySource    string   `json:"identity_source,omitempty"`
+	ActiveConnections int      `json:"active_connections"`
+}
+
+// Posture is the security posture panel's static part; the handler adds
+// what it measures (TLS in use, certificates near expiry).
+type Posture struct {
+	Profile string `json:"profile"`
+	FIPS    bool   `json:"fips"`
+	// CRLs lists the CRLs the listeners check, with their age.
+	CRLs []CRLInfo `json:"crls"`
+	// AuthFailures and Detections are counters where the subsystems
+	// provide them; -1 when they are not wired.
+	AuthFailures int64 `json:"auth_failures"`
+	Detections   int64 `json:"detections"`
+	// ServerCertNotAfter is the broker certificate's expiry (zero: none).
+	ServerCertNotAfter time.Time `json:"server_cert_not_after,omitzero"`
+	Notes              []string  `json:"notes,omitempty"`
+}
+
+// CRLInfo is one CRL's freshness.
+type CRLInfo struct {
+	File       string    `json:"file"`
+	ThisUpdate time.Time `json:"this_update"`
+	NextUpdate time.Time `json:"next_update,omitzero"`
+}
+
+// Config configures the Handler. Broker and Tokens are required; a nil
+// optional field makes its endpoints answer 501.
+type Config struct {
+	Broker Broker
+	Tokens *Tokens
+	// Bans is the ban list file (DATA_DIR/bans.json).
+	Bans *guard.File
+	// CA opens the built-in CA; nil or an error: no certificates API.
+	CA func() (*pki.CA, error)
+	// AuditFile and AuditKeyFile are the audit log and its audit.pub.
+	AuditFile, AuditKeyFile string
+	// Listeners returns the broker's listeners.
+	Listeners func() []Listener
+	// Config returns the effective configuration, JSON-encodable; the
+	// handler redacts every field whose name says it is a secret.
+	Config func() any
+	// Reload applies the configuration again (the start-up plan's reload).
+	Reload func(ctx context.Context) error
+	// Posture returns the posture panel's static part.
+	Posture func() Posture
+	// Metrics serves /metrics (behind the same token check).
+	Metrics http.Handler
+	// Auditor records mutating calls; nil records nothing.
+	Auditor Auditor
+	// Logger defaults to slog.Default(). Now defaults to time.Now.
+	Logger *slog.Logger
+	Now    func() time.Time
+	// MutationsPerMinute bounds mutating calls per token. Default 60.
+	MutationsPerMinute int
+}
+
+// Handler is the admin HTTP handler. Create it with New.
+type Handler struct {
+	cfg Config
+	log *slog.Logger
+	mux *http.ServeMux
+
+	mu       sync.Mutex
+	limiters map[string]*rate.Limiter
+	chain    map[string]any // last audit chain status, for chainSig
+	chainSig string
+}
+
+// New returns the admin handler.
+func New(cfg Config) (*Handler, error) {
+	var errs []error
+	if cfg.Broker == nil {
+		errs = append(errs, errors.New("admin: Config.Broker is required"))
+	}
+	if cfg.Tokens == nil {
+		errs = append(errs, errors.New("admin: Config.Tokens is required"))
+	}
+	if cfg.MutationsPerMinute < 0 {
+		errs = append(errs, errors.New("admin: Config.MutationsPerMinute must not be negative"))
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.MutationsPerMinute == 0 {
+		cfg.MutationsPerMinute = 60
+	}
+	h := &Handler{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux(), limiters: map[string]*rate.Limiter{}}
+	h.routes()
+	return h, nil
+}
+
+// maxBody bounds request bodies.
+const maxBody = 64 << 10
+
+// ServeHTTP sets the security headers and dispatches.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	hd := w.Header()
+	hd.Set("Content-Security-Policy", "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "+
+		"connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+	hd.Set("X-Content-Type-Options", "nosniff")
+	hd.Set("X-Frame-Options", "DENY")
+	hd.Set("Referrer-Policy", "no-referrer")
+	hd.Set("Cross-Origin-Opener-Policy", "same-origin")
+	hd.Set("Cross-Origin-Resource-Policy", "same-origin")
+	hd.Set("Permissions-Policy", "camera=(), microphone=(), geolocation=()")
+	if r.TLS != nil {
+		hd.Set("Strict-Transport-Security", "max-age=31536000")
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+	h.mux.ServeHTTP(w, r)
+}
+
+type ctxKey struct{}
+
+// identityOf returns the identity the auth middleware stored.
+func identityOf(r *http.Request) Identity {
+	id, _ := r.Context().Value(ctxKey{}).(Identity)
+	return id
+}
+
+// authed wraps an API handler: a valid bearer token is required; mutate
+// also requires the operator role and passes the rate limit.
+func (h *Handler) authed(mutate bool, f http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "no-store")
+		auth := r.Header.Get("Authorization")
+		tok, ok := strings.CutPrefix(auth, "Bearer ")
+		if !ok {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="moat"`)
+			writeError(w, http.StatusUnauthorized, "a bearer token is required (moat admin token create)")
+			return
+		}
+		id, ok := h.cfg.Tokens.Check(strings.TrimSpace(tok))
+		if !ok {
+			h.log.Warn("admin: request with an unknown token refused", "remote", r.RemoteAddr, "path", r.URL.Path)
+			w.Header().Set("WWW-Authenticate", `Bearer realm="moat", error="invalid_token"`)
+			writeError(w, http.StatusUnauthorized, "unknown or revoked token")
+			return
+		}
+		if mutate {
+			if id.Role != RoleOperator {
+				h.log.Warn("admin: viewer token refused for a change", "token", id.Name, "remote", r.RemoteAddr,
+					"method", r.Method, "path", r.URL.Path)
+				writeError(w, http.StatusForbidden, "this token has the viewer role; changes need an operator token")
+				return
+			}
+			if !h.limiter(id.Name).Allow() {
+				h.log.Warn("admin: change refused: rate limit", "token", id.Name, "remote", r.RemoteAddr, "path", r.URL.Path)
+				w.Header().Set("Retry-After", "1")
+				writeError(w, http.StatusTooManyRequests, "too many changes; slow down")
+				return
+			}
+		}
+		f(w, r.WithContext(context.WithValue(r.Context(), ctxKey{}, id)))
+	}
+}
+
+func (h *Handler) limiter(name string) *rate.Limiter {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	l := h.limiters[name]
+	if l == nil {
+		n := h.cfg.MutationsPerMinute
+		l = rate.NewLimiter(rate.Limit(float64(n)/60), max(n/6, 1))
+		h.limiters[name] = l
+	}
+	return l
+}
+
+// record logs and audits a mutating call.
+func (h *Handler) record(r *http.Request, action, target string, err error) {
+	id := identityOf(r)
+	res := "ok"
+	if err != nil {
+		res = err.Error()
+	}
+	h.log.Info("admin: change", "token", id.Name, "remote", r.RemoteAddr, "action", action, "target", target, "result", res)
+	if h.cfg.Auditor != nil {
+		h.cfg.Auditor.AdminAction(Action{Token: id.Name, Remote: r.RemoteAddr, Action: action, Target: target, Result: res})
+	}
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, code int, msg string) {
+	writeJSON(w, code, map[string]string{"error": msg})
+}
+
+// decodeBody decodes a JSON body strictly; an empty body leaves v as is.
+func decodeBody(r *http.Request, v any) error {
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil && !errors.Is(err, io.EOF) {
+		return err
+	}
+	return nil
+}
+
+// IsLoopback reports whether addr (host:port) names a loopback address.
+// "localhost" counts; any other name does not.
+func IsLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.IsLoopback()
+}

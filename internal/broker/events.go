@@ -1,0 +1,179 @@
+package broker
+
+import (
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/moatmq/moat/internal/packet"
+)
+
+// Observer watches connections for abuse and records security decisions
+// (defense and audit, wired in internal/cli). The server calls Accept for
+// every socket it accepts, before any TLS work; each connection it admits
+// then reports to its own ConnObserver. Implementations must be safe for
+// concurrent use and must not block: Accept runs on the accept loop, the
+// ConnObserver on the connection's reader. None of them is called with a
+// server lock held, so they may call Server.DisconnectMatching.
+type Observer interface {
+	// Accept decides on a new socket from remote on listener before the
+	// TLS handshake (rate limits, address bans, connections per address).
+	// A refusal closes the socket at once; its reason is logged.
+	Accept(listener string, remote net.Addr) (ConnObserver, Decision)
+}
+
+// ObserverCounters is an optional interface of an Observer: each counter
+// it returns (name → value, e.g. "bans" or "detections/topic_scan") is
+// published as $SYS/broker/moat/NAME with the server's own.
+type ObserverCounters interface {
+	Counters() map[string]int64
+}
+
+// ConnObserver follows one accepted connection. Its methods are called by
+// the connection's reader (the goroutine that owns reading, see conn),
+// one at a time, so it needs no lock for its per-connection state.
+type ConnObserver interface {
+	// Connecting is called after CONNECT was read, before authentication,
+	// with the claimed username: a refusal (a banned identity) answers
+	// CONNACK 0x8A Banned (3.1.1: 0x05) without checking credentials.
+	Connecting(c *Client) Decision
+	// AuthFailed reports a refused authentication with its reason.
+	AuthFailed(c *Client, reason string)
+	// Connected is called once authentication succeeded, before the
+	// session is attached, with the verified identity; a refusal answers
+	// CONNACK 0x8A Banned as for Connecting.
+	Connected(c *Client) Decision
+	// Denied reports a SUBSCRIBE filter or PUBLISH topic the Authorizer
+	// refused with reason.
+	Denied(c *Client, a Action, topic, reason string) Verdict
+	// Undeliverable reports a client PUBLISH no subscriber received.
+	Undeliverable(c *Client, topic string) Verdict
+	// Read charges a packet of n bytes read from the client. A non-zero
+	// wait pauses reading for that long (back-pressure); a refusal
+	// disconnects the client with 0x96 Message rate too high.
+	Read(n int) (wait time.Duration, d Decision)
+	// Ping reports a PINGREQ received after quiet, the time since the
+	// client last sent anything else (silent clients).
+	Ping(c *Client, quiet time.Duration) Verdict
+	// Closed is called once when the connection has ended, admitted or
+	// not; connected says whether CONNECT was accepted, abnormal whether
+	// it ended without a normal DISCONNECT.
+	Closed(c *Client, connected, abnormal bool)
+}
+
+// Verdict is an Observer's answer to an event: Disconnect asks the server
+// to end the connection now with Code (a v5 reason code; 3.1.1 clients are
+// simply disconnected) and Reason.
+type Verdict struct {
+	Disconnect bool
+	Code       packet.ReasonCode
+	Reason     string
+}
+
+// DisconnectMatching ends every connected client for which match returns
+// true, sending v5 clients DISCONNECT with code and reason, and returns how
+// many it ended. Used when a ban is added, so that it takes effect on live
+// clients at once. match runs under the server's connection lock and must
+// not block or call back into the server. Safe for concurrent use.
+func (s *Server) DisconnectMatching(match func(*Client) bool, code packet.ReasonCode, reason string) int {
+	var hit []*conn
+	s.mu.Lock()
+	for c := range s.conns {
+		// The client's fields are fixed once established is set.
+		if c.established.Load() && !c.closing.Load() && match(&c.client) {
+			hit = append(hit, c)
+		}
+	}
+	s.mu.Unlock()
+	for _, c := range hit {
+		c.log.Warn("broker: client disconnected", "code", code, "reason", reason)
+		c.kill(code, reason)
+	}
+	return len(hit)
+}
+
+// obsVerdict applies v from the Observer on the reader: it returns false
+// when the connection is being ended.
+func (c *conn) obsVerdict(v Verdict) bool {
+	if !v.Disconnect {
+		return true
+	}
+	c.log.Warn("broker: client disconnected by defense", "code", v.Code, "reason", v.Reason)
+	c.kill(v.Code, v.Reason)
+	return false
+}
+
+// nopConnObserver is used when Config.Observer is nil.
+type nopConnObserver struct{}
+
+func (nopConnObserver) Connecting(*Client) Decision                    { return Decision{Allow: true} }
+func (nopConnObserver) AuthFailed(*Client, string)                     {}
+func (nopConnObserver) Connected(*Client) Decision                     { return Decision{Allow: true} }
+func (nopConnObserver) Denied(*Client, Action, string, string) Verdict { return Verdict{} }
+func (nopConnObserver) Undeliverable(*Client, string) Verdict          { return Verdict{} }
+func (nopConnObserver) Read(int) (time.Duration, Decision)             { return 0, Decision{Allow: true} }
+func (nopConnObserver) Ping(*Client, time.Duration) Verdict            { return Verdict{} }
+func (nopConnObserver) Closed(*Client, bool, bool)                     {}
+
+// observe asks the Observer about a socket just accepted on st, before any
+// TLS work. On refusal it closes the socket, releases the slot admit took
+// and returns false. Refusals are counted and logged, the first and every
+// 1000th at info level (a flood must not flood the log).
+func (s *Server) observe(st *listenerState, nc net.Conn) (ConnObserver, bool) {
+	if s.cfg.Observer == nil {
+		return nopConnObserver{}, true
+	}
+	obs, d := s.cfg.Observer.Accept(st.name, nc.RemoteAddr())
+	if d.Allow && obs != nil {
+		return obs, true
+	}
+	nc.Close()
+	s.release(st)
+	n := s.stats.acceptRefused.Add(1)
+	level := slog.LevelDebug
+	if n == 1 || n%1000 == 0 {
+		level = slog.LevelInfo
+	}
+	if !s.log.Enabled(s.ctx, level) {
+		return nil, false
+	}
+	s.log.Log(s.ctx, level, "broker: connection refused at accept", "listener", st.name, "remote", nc.RemoteAddr().String(),
+		"reason", d.Reason, "refused_total", n)
+	return nil, false
+}
+
+// throttle charges a packet of n bytes to the client's rate limits on the
+// reader. Over the rate, the reader writes what it queued and then stops
+// reading for the wait the Observer asks (back-pressure: the client's
+// socket buffers fill and its sends block); a client that stays over its
+// rate is disconnected with 0x96. It returns false when the connection is
+// ending.
+func (c *conn) throttle(n int) bool {
+	c.bodySize = 0
+	wait, d := c.obs.Read(n)
+	if !d.Allow {
+		c.log.Warn("broker: client over its rate limit; disconnecting", "reason", d.Reason)
+		c.kill(packet.MessageRateTooHigh, d.Reason)
+		return false
+	}
+	if wait <= 0 {
+		return true
+	}
+	c.outMu.Lock()
+	c.startWriterLocked() // what handling queued goes out during the pause
+	c.outMu.Unlock()
+	return c.srv.wait(wait, c.killed, c.srv.ctx.Done())
+}
+
+// ping reports a PINGREQ to the Observer with the time since the client
+// last sent anything else, measured from the first PINGREQ after its last
+// other packet (or from CONNECT). It returns false when the connection is
+// ending.
+func (c *conn) ping() bool {
+	now := c.srv.cfg.Now()
+	if c.active {
+		c.active = false
+		c.quietSince = now
+	}
+	return c.obsVerdict(c.obs.Ping(&c.client, now.Sub(c.quietSince)))
+}

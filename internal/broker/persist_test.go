@@ -1,0 +1,410 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/moatmq/moat/internal/packet"
+)
+
+// modelPersistence is a Persistence in memory that applies changes the
+// way the store does (a session's records go with it, a message with its
+// last delivery) and can hold commits back or fail them. It stands in for
+// the store in the broker's own tests; internal/store/brokerstore tests
+// the real one.
+type modelPersistence struct {
+	mu       sync.Mutex
+	id       uint64
+	sessions map[string]*StoredSession
+	dlv      map[string]map[uint64]*StoredDelivery
+	in       map[string]map[uint16]bool
+	msgs     map[uint64]*Message
+	retained map[string]RecoveredRetained
+	wills    map[string]*StoredWill
+	hold     bool           // hold commits back until release
+	held     []func()       // held commits, in order
+	fail     error          // fail the next commits with this error
+	log      [][]ChangeKind // kinds of every commit, in order
+}
+
+func newModel() *modelPersistence {
+	return &modelPersistence{sessions: map[string]*StoredSession{}, dlv: map[string]map[uint64]*StoredDelivery{},
+		in: map[string]map[uint16]bool{}, msgs: map[uint64]*Message{}, retained: map[string]RecoveredRetained{},
+		wills: map[string]*StoredWill{}}
+}
+
+func (m *modelPersistence) NewID() uint64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.id++
+	return m.id
+}
+
+func (m *modelPersistence) Persist(changes []Change, done func(error)) {
+	m.mu.Lock()
+	if m.fail != nil {
+		err := m.fail
+		m.mu.Unlock()
+		done(err)
+		return
+	}
+	var kinds []ChangeKind
+	for _, c := range changes {
+		kinds = append(kinds, c.Kind)
+	}
+	m.log = append(m.log, kinds)
+	commit := func() {
+		m.mu.Lock()
+		for _, c := range changes {
+			m.apply(c)
+		}
+		m.mu.Unlock()
+		done(nil)
+	}
+	if m.hold {
+		m.held = append(m.held, commit)
+		m.mu.Unlock()
+		return
+	}
+	m.mu.Unlock()
+	commit()
+}
+
+func (m *modelPersistence) apply(c Change) {
+	switch c.Kind {
+	case ChangePutSession:
+		s := *c.Session
+		m.sessions[s.ClientID] = &s
+	case ChangeDeleteSession:
+		delete(m.sessions, c.ClientID)
+		delete(m.dlv, c.ClientID)
+		delete(m.in, c.ClientID)
+		delete(m.wills, c.ClientID)
+	case ChangePutMessage:
+		m.msgs[c.MsgID] = c.Message
+	case ChangePutDelivery:
+		d := *c.Delivery
+		if m.sessions[d.ClientID] == nil {
+			return
+		}
+		if m.dlv[d.ClientID] == nil {
+			m.dlv[d.ClientID] = map[uint64]*StoredDelivery{}
+		}
+		m.dlv[d.ClientID][d.Seq] = &d
+	case ChangeDeleteDelivery:
+		delete(m.dlv[c.ClientID], c.Seq)
+	case ChangePutInbound:
+		if m.in[c.ClientID] == nil {
+			m.in[c.ClientID] = map[uint16]bool{}
+		}
+		m.in[c.ClientID][c.PacketID] = true
+	case ChangeDeleteInbound:
+		delete(m.in[c.ClientID], c.PacketID)
+	case ChangePutRetained:
+		m.retained[c.Message.Topic] = RecoveredRetained{Message: c.Message, Owner: c.Owner}
+	case ChangeDeleteRetained:
+		delete(m.retained, c.Topic)
+	case ChangePutWill:
+		w := *c.Will
+		m.wills[w.ClientID] = &w
+	case ChangeDeleteWill:
+		delete(m.wills, c.ClientID)
+	}
+}
+
+// Recover returns copies of the model's state, as a restarted broker
+// would read it.
+func (m *modelPersistence) Recover() (*Recovered, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r := &Recovered{Messages: map[uint64]*Message{}}
+	for id, msg := range m.msgs {
+		c := *msg
+		r.Messages[id] = &c
+	}
+	for id, s := range m.sessions {
+		c := *s
+		rs := RecoveredSession{Session: &c}
+		for _, d := range m.dlv[id] {
+			dc := *d
+			rs.Deliveries = append(rs.Deliveries, &dc)
+		}
+		slices.SortFunc(rs.Deliveries, func(a, b *StoredDelivery) int { return int(a.Seq) - int(b.Seq) })
+		for pid := range m.in[id] {
+			rs.Inbound = append(rs.Inbound, pid)
+		}
+		r.Sessions = append(r.Sessions, rs)
+	}
+	for _, rr := range m.retained {
+		c := *rr.Message
+		r.Retained = append(r.Retained, RecoveredRetained{Message: &c, Owner: rr.Owner})
+	}
+	for _, w := range m.wills {
+		c := *w
+		mc := *w.Message
+		c.Message = &mc
+		r.Wills = append(r.Wills, &c)
+	}
+	return r, nil
+}
+
+func (m *modelPersistence) setHold(h bool) {
+	m.mu.Lock()
+	m.hold = h
+	m.mu.Unlock()
+}
+
+// release runs the held commits in order.
+func (m *modelPersistence) release() {
+	m.mu.Lock()
+	held := m.held
+	m.held, m.hold = nil, false
+	m.mu.Unlock()
+	for _, f := range held {
+		f()
+	}
+}
+
+func persistentConnect(id string) *packet.Connect {
+	c := &packet.Connect{ClientID: id, CleanStart: false, KeepAlive: 30}
+	c.Properties.SetSessionExpiry(300)
+	return c
+}
+
+// A PUBACK is never sent before the commit of the message and the
+// delivery it owes an offline persistent session: with the commit held,
+// the publisher gets no PUBACK, while its connection keeps being served
+// (PINGRESP); the PUBACK follows the release.
+func TestPersistPubackAfterCommit(t *testing.T) {
+	model := newModel()
+	srv, addr := testServer(t, Config{Persistence: model})
+	sub := dialRaw(t, addr, packet.V5)
+	sub.connect(persistentConnect("durable-sub"))
+	subscribe(t, sub, 1, packet.Subscription{Filter: "t/#", QoS: 1})
+	sub.nc.Close()
+	waitOffline(t, srv, "durable-sub")
+
+	model.setHold(true)
+	pub := dialRaw(t, addr, packet.V5)
+	pub.connect(v5connect("pub"))
+	pub.send(&packet.Publish{Topic: "t/1", QoS: 1, PacketID: 1, Payload: []byte("m1")})
+	pub.send(&packet.Publish{Topic: "t/2", QoS: 1, PacketID: 2, Payload: []byte("m2")})
+	pub.send(&packet.Pingreq{})
+	if p := pub.recv(); p.Type() != packet.PINGRESP {
+		t.Fatalf("got %s before the commit was released, want PINGRESP only", p.Type())
+	}
+	if p, err := pub.recvErr(200 * time.Millisecond); err == nil {
+		t.Fatalf("got %s while the commit is held", p.Type())
+	}
+	model.release()
+	for want := uint16(1); want <= 2; want++ {
+		ack, ok := pub.recv().(*packet.Puback)
+		if !ok || ack.PacketID != want {
+			t.Fatalf("want PUBACK %d in order, got %#v", want, ack)
+		}
+	}
+	model.mu.Lock()
+	n := len(model.dlv["durable-sub"])
+	model.mu.Unlock()
+	if n != 2 {
+		t.Fatalf("%d deliveries stored, want 2", n)
+	}
+
+	// A commit error: no PUBACK with success, the connection is closed.
+	model.mu.Lock()
+	model.fail = errors.New("disk full")
+	model.mu.Unlock()
+	pub.send(&packet.Publish{Topic: "t/3", QoS: 1, PacketID: 3, Payload: []byte("m3")})
+	if ack, ok := pub.recv().(*packet.Puback); !ok || ack.ReasonCode != packet.UnspecifiedError {
+		t.Fatalf("want PUBACK 0x80, got %#v", ack)
+	}
+	pub.expectClosed(5 * time.Second)
+	if n := srv.Stats().PersistFailures; n == 0 {
+		t.Fatal("failure not counted")
+	}
+}
+
+// Clean sessions and QoS 0 never reach the Persistence.
+func TestPersistCleanAndQoS0NotStored(t *testing.T) {
+	model := newModel()
+	_, addr := testServer(t, Config{Persistence: model})
+	sub := dialRaw(t, addr, packet.V5)
+	sub.connect(v5connect("clean-sub"))
+	subscribe(t, sub, 1, packet.Subscription{Filter: "t/#", QoS: 1})
+	pub := dialRaw(t, addr, packet.V5)
+	pub.connect(v5connect("pub"))
+	pub.send(&packet.Publish{Topic: "t/0", Payload: []byte("q0")})
+	pub.send(&packet.Publish{Topic: "t/1", QoS: 1, PacketID: 1, Payload: []byte("q1")})
+	pub.recv()
+	recvPublish(t, sub)
+	recvPublish(t, sub)
+	model.mu.Lock()
+	defer model.mu.Unlock()
+	if len(model.log) != 0 {
+		t.Fatalf("commits for clean sessions and QoS 0: %v", model.log)
+	}
+}
+
+// After a restart on the same Persistence: the session is present, the
+// in-flight message is resent with DUP and its packet identifier, the
+// queued one follows, the retained message is back, an inbound QoS 2
+// identifier still suppresses the duplicate, and a pending will fires at
+// its time on the injected clock.
+func TestPersistRecovery(t *testing.T) {
+	model := newModel()
+	clock := newFakeClock()
+	srv1, addr := testServer(t, Config{Persistence: model, Clock: clock})
+	sub := dialRaw(t, addr, packet.V5)
+	sub.connect(persistentConnect("sub"))
+	subscribe(t, sub, 1, packet.Subscription{Filter: "t/#", QoS: 2})
+	pub := dialRaw(t, addr, packet.V5)
+	pub.connect(persistentConnect("pub"))
+	pub.send(&packet.Publish{Topic: "t/1", QoS: 1, PacketID: 1, Payload: []byte("inflight")})
+	pub.recv()
+	first := recvPublish(t, sub) // not acknowledged
+	sub.nc.Close()
+	waitOffline(t, srv1, "sub")
+	pub.send(&packet.Publish{Topic: "t/2", QoS: 2, PacketID: 2, Payload: []byte("queued"), Retain: true})
+	if ack, ok := pub.recv().(*packet.Pubrec); !ok || ack.PacketID != 2 {
+		t.Fatalf("want PUBREC 2, got %#v", ack)
+	}
+	// No PUBREL: the identifier stays in the publisher's session.
+	w := dialRaw(t, addr, packet.V5)
+	wc := persistentConnect("willer")
+	wc.Will = &packet.Will{Topic: "t/will", Payload: []byte("gone"), QoS: 1}
+	wc.Will.Properties.SetWillDelay(60)
+	w.connect(wc)
+	w.nc.Close()
+	waitOffline(t, srv1, "willer")
+	pub.nc.Close()
+	waitOffline(t, srv1, "pub")
+	if err := srv1.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+
+	srv2, addr2 := testServer(t, Config{Persistence: model, Clock: clock})
+	if n := srv2.Stats().Retained; n != 1 {
+		t.Fatalf("%d retained messages after restart, want 1", n)
+	}
+	sub2 := dialRaw(t, addr2, packet.V5)
+	if ack := sub2.connect(persistentConnect("sub")); !ack.SessionPresent {
+		t.Fatal("session not present after restart")
+	}
+	re := recvPublish(t, sub2)
+	if !re.Dup || re.PacketID != first.PacketID || string(re.Payload) != "inflight" {
+		t.Fatalf("resend: %+v", re)
+	}
+	sub2.send(&packet.Puback{PacketID: re.PacketID})
+	q := recvPublish(t, sub2)
+	if string(q.Payload) != "queued" || q.QoS != 2 {
+		t.Fatalf("queued: %+v", q)
+	}
+	sub2.send(&packet.Pubrec{PacketID: q.PacketID})
+	sub2.recv() // PUBREL
+	sub2.send(&packet.Pubcomp{PacketID: q.PacketID})
+
+	pub2 := dialRaw(t, addr2, packet.V5)
+	if ack := pub2.connect(persistentConnect("pub")); !ack.SessionPresent {
+		t.Fatal("publisher session not present")
+	}
+	pub2.send(&packet.Publish{Topic: "t/2", QoS: 2, PacketID: 2, Dup: true, Payload: []byte("queued")})
+	if ack, ok := pub2.recv().(*packet.Pubrec); !ok || ack.PacketID != 2 {
+		t.Fatalf("want PUBREC 2, got %#v", ack)
+	}
+	pub2.send(&packet.Pubrel{PacketID: 2})
+	if ack, ok := pub2.recv().(*packet.Pubcomp); !ok || ack.ReasonCode != packet.Success {
+		t.Fatalf("want PUBCOMP, got %#v", ack)
+	}
+
+	clock.advance(61 * time.Second)
+	p := recvPublish(t, sub2)
+	if p.Topic != "t/will" {
+		t.Fatalf("got %q, want the will (no duplicate of t/2)", p.Topic)
+	}
+	model.mu.Lock()
+	defer model.mu.Unlock()
+	if len(model.wills) != 0 || len(model.in["pub"]) != 0 {
+		t.Fatalf("will or inbound identifier left in the store: %v %v", model.wills, model.in)
+	}
+}
+
+// A session whose expiry passed while the broker was down is removed at
+// start.
+func TestPersistExpiredAtStart(t *testing.T) {
+	model := newModel()
+	clock := newFakeClock()
+	srv1, addr := testServer(t, Config{Persistence: model, Clock: clock})
+	c := dialRaw(t, addr, packet.V5)
+	cc := persistentConnect("short")
+	cc.Properties.SetSessionExpiry(10)
+	c.connect(cc)
+	c.nc.Close()
+	waitOffline(t, srv1, "short")
+	srv1.Shutdown(context.Background())
+	clock.advance(11 * time.Second)
+	srv2, _ := testServer(t, Config{Persistence: model, Clock: clock})
+	if srv2.lookup("short") != nil {
+		t.Fatal("expired session restored")
+	}
+	checkFor(t, 5*time.Second, func() error {
+		model.mu.Lock()
+		defer model.mu.Unlock()
+		if model.sessions["short"] != nil {
+			return errString("expired session still stored")
+		}
+		return nil
+	})
+}
+
+// A QoS 2 PUBLISH to an online persistent subscriber waits for the commit
+// of its delivery with its packet identifier: were it sent first, a crash
+// before the commit would make the publisher resend it and the subscriber
+// receive it again under a new identifier. QoS 1 is sent at once (a
+// duplicate is allowed).
+func TestPersistQoS2SentAfterCommit(t *testing.T) {
+	model := newModel()
+	_, addr := testServer(t, Config{Persistence: model})
+	sub := dialRaw(t, addr, packet.V5)
+	sub.connect(persistentConnect("online-sub"))
+	subscribe(t, sub, 1, packet.Subscription{Filter: "t/#", QoS: 2})
+	pub := dialRaw(t, addr, packet.V5)
+	pub.connect(v5connect("pub"))
+
+	model.setHold(true)
+	pub.send(&packet.Publish{Topic: "t/1", QoS: 1, PacketID: 1, Payload: []byte("one")})
+	if p := recvPublish(t, sub); p.QoS != 1 {
+		t.Fatalf("QoS 1 delivery: %+v", p)
+	}
+	pub.send(&packet.Publish{Topic: "t/2", QoS: 2, PacketID: 2, Payload: []byte("two")})
+	if p, err := sub.recvErr(200 * time.Millisecond); err == nil {
+		t.Fatalf("QoS 2 PUBLISH %s sent before its commit", p.Type())
+	}
+	model.release()
+	if p := recvPublish(t, sub); p.QoS != 2 || string(p.Payload) != "two" {
+		t.Fatalf("QoS 2 delivery: %+v", p)
+	}
+	for range 2 {
+		pub.recv() // PUBACK, PUBREC
+	}
+}
+
+// CONNACK of a persistent session waits for the commit of its record.
+func TestPersistConnackAfterCommit(t *testing.T) {
+	model := newModel()
+	_, addr := testServer(t, Config{Persistence: model})
+	model.setHold(true)
+	c := dialRaw(t, addr, packet.V5)
+	c.send(&packet.Connect{ProtocolName: "MQTT", Version: packet.V5, ClientID: "held", KeepAlive: 30,
+		Properties: persistentConnect("held").Properties})
+	if p, err := c.recvErr(200 * time.Millisecond); err == nil {
+		t.Fatalf("%s before the session was stored", p.Type())
+	}
+	model.release()
+	if _, ok := c.recv().(*packet.Connack); !ok {
+		t.Fatal("want CONNACK after the commit")
+	}
+}

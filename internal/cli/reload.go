@@ -1,0 +1,190 @@
+package cli
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/moatmq/moat/internal/admin"
+)
+
+// adminTokenEnv names the environment variable `moat reload --admin`
+// reads the admin token from (never from the command line).
+const adminTokenEnv = "MOAT_ADMIN_TOKEN"
+
+type reloadOptions struct {
+	dataDir   string
+	admin     string
+	tokenFile string
+	caFile    string
+}
+
+func init() { register(newReloadCommand) }
+
+func newReloadCommand(stdio Stdio) *cobra.Command {
+	var o reloadOptions
+	cmd := &cobra.Command{
+		Use:   "reload [--data DIR] [--admin ADDR [--token-file FILE] [--cacert FILE]]",
+		Short: "Make the running broker reload its configuration",
+		Long: `Make the running broker re-read its configuration, as SIGHUP does.
+
+Without --admin, the broker is found through DIR/` + pidFileName + `, which moat serve
+writes at start (mode 0600) and removes at stop, and is sent SIGHUP; it logs
+what changed or why it refused the new configuration.
+
+With --admin ADDR (host:port or a URL), the admin API's
+POST /api/v1/config/reload is called with an operator token read from the
+file --token-file names or from $` + adminTokenEnv + ` (never from the
+command line), and the outcome is printed. HTTPS is verified with --cacert,
+else DIR/ca/ca.pem when it exists; a loopback ADDR without a scheme is
+reached over plain HTTP.
+
+What can change live and what needs a restart: docs/operations.md.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if o.admin != "" {
+				return reloadAdmin(cmd.Context(), stdio, o)
+			}
+			return reloadSignal(stdio, o.dataDir)
+		},
+	}
+	cmd.Flags().StringVar(&o.dataDir, "data", "moat-data", "data `DIR` of the running broker")
+	cmd.Flags().StringVar(&o.admin, "admin", "", "reload through the admin API at `ADDR` instead of a signal")
+	cmd.Flags().StringVar(&o.tokenFile, "token-file", "", "`FILE` holding an operator token (default: $"+adminTokenEnv+")")
+	cmd.Flags().StringVar(&o.caFile, "cacert", "", "CA `FILE` to verify the admin API's certificate (default DIR/ca/ca.pem)")
+	return cmd
+}
+
+// reloadSignal sends SIGHUP to the broker named by DIR/moat.pid.
+func reloadSignal(stdio Stdio, dataDir string) error {
+	path := filepath.Join(dataDir, pidFileName)
+	pid, err := readPIDFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("reload: %s does not exist: no broker is running with data directory %s (give --data, or use --admin)", path, dataDir)
+	}
+	if err != nil {
+		return fmt.Errorf("reload: %w", err)
+	}
+	if !processAlive(pid) {
+		return fmt.Errorf("reload: %s names process %d, which is not running; the broker stopped without removing it", path, pid)
+	}
+	if !isServeProcess(pid) {
+		return fmt.Errorf("reload: %s names process %d, which is not moat serve; refusing to signal it (remove the stale file)", path, pid)
+	}
+	if err := syscall.Kill(pid, syscall.SIGHUP); err != nil {
+		return fmt.Errorf("reload: signalling process %d: %w", pid, err)
+	}
+	fmt.Fprintf(stdio.Out, "sent SIGHUP to the broker (pid %d); its log says what changed or why the new configuration was refused\n", pid)
+	return nil
+}
+
+// isServeProcess checks, where /proc tells, that pid runs `moat serve`, so
+// that a stale pid file never gets an unrelated process signalled.
+func isServeProcess(pid int) bool {
+	if runtime.GOOS != "linux" {
+		return true
+	}
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return false
+	}
+	for _, arg := range strings.Split(string(data), "\x00") {
+		if arg == "serve" {
+			return true
+		}
+	}
+	return false
+}
+
+// reloadAdmin calls POST /api/v1/config/reload.
+func reloadAdmin(ctx context.Context, stdio Stdio, o reloadOptions) error {
+	token, err := readAdminToken(o.tokenFile)
+	if err != nil {
+		return err
+	}
+	base := o.admin
+	if !strings.Contains(base, "://") {
+		if admin.IsLoopback(base) {
+			base = "http://" + base
+		} else {
+			base = "https://" + base
+		}
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	ca := o.caFile
+	if ca == "" {
+		if p := filepath.Join(o.dataDir, "ca", "ca.pem"); fileExists(p) {
+			ca = p
+		}
+	}
+	if ca != "" {
+		pem, err := os.ReadFile(ca)
+		if err != nil {
+			return fmt.Errorf("reload: %w", err)
+		}
+		tc.RootCAs = x509.NewCertPool()
+		if !tc.RootCAs.AppendCertsFromPEM(pem) {
+			return fmt.Errorf("reload: %s holds no PEM certificate", ca)
+		}
+	}
+	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: tc}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(base, "/")+"/api/v1/config/reload", nil)
+	if err != nil {
+		return fmt.Errorf("reload: --admin %q: %w", o.admin, err)
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := client.Do(req)
+	if err != nil {
+		return fmt.Errorf("reload: %w", err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if resp.StatusCode != http.StatusOK {
+		var e struct {
+			Error string `json:"error"`
+		}
+		msg := strings.TrimSpace(string(body))
+		if json.Unmarshal(body, &e) == nil && e.Error != "" {
+			msg = e.Error
+		}
+		return fmt.Errorf("reload: the broker answered %s: %s", resp.Status, msg)
+	}
+	fmt.Fprintln(stdio.Out, "configuration reloaded")
+	return nil
+}
+
+// readAdminToken reads the token from file, else from $MOAT_ADMIN_TOKEN.
+func readAdminToken(file string) (string, error) {
+	if file != "" {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			return "", fmt.Errorf("reload: token file: %w", err)
+		}
+		if t := strings.TrimSpace(string(data)); t != "" {
+			return t, nil
+		}
+		return "", fmt.Errorf("reload: token file %s is empty", file)
+	}
+	if t := strings.TrimSpace(os.Getenv(adminTokenEnv)); t != "" {
+		return t, nil
+	}
+	return "", fmt.Errorf("reload: --admin needs an operator token: --token-file FILE or $%s", adminTokenEnv)
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}

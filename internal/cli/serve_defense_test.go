@@ -1,0 +1,678 @@
+package cli
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/moatmq/moat/internal/audit"
+	"github.com/moatmq/moat/internal/broker"
+	"github.com/moatmq/moat/internal/config"
+	"github.com/moatmq/moat/internal/packet"
+)
+
+// defYAML is the configuration of the defense tests: the defaults.
+const defYAML = "listeners:\n  - address: 127.0.0.1:0\n    transport: tcp\n    allow_anonymous: true\n"
+
+// defClock is the guard's injected clock.
+type defClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *defClock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *defClock) advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// defBroker is a broker wired as moat serve wires it (planDefense), with an
+// Authenticator and an Authorizer of the test's own, serving a plain TCP
+// listener on 127.0.0.1.
+type defBroker struct {
+	addr  string
+	dir   string
+	srv   *broker.Server
+	plan  *servePlan
+	clock *defClock
+	tick  chan time.Time
+	stop  func() // shuts the broker down and closes the plan (audit log)
+}
+
+func startDefended(t *testing.T, yaml string, auth broker.Authenticator, authz broker.Authorizer) *defBroker {
+	t.Helper()
+	return startDefendedClock(t, yaml, auth, authz, false)
+}
+
+// startDefendedClock starts the broker with the guard on the system clock
+// when realClock is set (rate limits measured in real time), else on the
+// injected one, which the broker's own time (silence) follows too.
+func startDefendedClock(t *testing.T, yaml string, auth broker.Authenticator, authz broker.Authorizer, realClock bool) *defBroker {
+	t.Helper()
+	dir := t.TempDir()
+	cfg, err := config.Parse("moat.yaml", []byte(yaml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.DataDir = dir
+	clock := &defClock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
+	tick := make(chan time.Time)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if testing.Verbose() {
+		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	p := &servePlan{cfg: cfg, log: log, guardNow: clock.now, guardTick: tick}
+	if realClock {
+		p.guardNow = nil
+	}
+	p.planBroker()
+	if !realClock {
+		p.broker.Now = clock.now
+	}
+	p.planDefense()
+	if len(p.errs) > 0 {
+		p.close()
+		t.Fatal(p.err())
+	}
+	p.broker.Authenticator = auth
+	p.broker.Authorizer = authz
+	p.broker.SysInterval = -1
+	p.startBroker()
+	if len(p.errs) > 0 {
+		p.close()
+		t.Fatal(p.err())
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		p.close()
+		t.Fatal(err)
+	}
+	anon := true
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { p.srv.Serve(ctx, ln, broker.ListenerConfig{Name: "test", AllowAnonymous: &anon}) })
+	var once sync.Once
+	b := &defBroker{addr: ln.Addr().String(), dir: dir, srv: p.srv, plan: p, clock: clock, tick: tick}
+	b.stop = func() {
+		once.Do(func() {
+			cancel()
+			p.shutdown()
+			wg.Wait()
+			p.close()
+		})
+	}
+	t.Cleanup(b.stop)
+	return b
+}
+
+// poll runs one round of the guard's watcher (bans file, expiry).
+func (b *defBroker) poll() { b.tick <- b.clock.now() }
+
+// mqttClient is a raw MQTT 5 client dialled from a chosen loopback
+// source address.
+type mqttClient struct {
+	nc net.Conn
+	r  *packet.Reader
+}
+
+func dialFrom(t *testing.T, src, addr string) (*mqttClient, error) {
+	t.Helper()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 5 * time.Second}
+	nc, err := d.Dial("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	nc.SetDeadline(time.Now().Add(10 * time.Second))
+	r := packet.NewReader(bufio.NewReader(nc), 1<<20)
+	r.SetVersion(packet.V5)
+	return &mqttClient{nc: nc, r: r}, nil
+}
+
+func (c *mqttClient) send(t *testing.T, p packet.Packet) error {
+	t.Helper()
+	b, err := packet.Append(nil, p, packet.V5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.nc.Write(b)
+	return err
+}
+
+// connect sends CONNECT and returns CONNACK, or the error of a socket the
+// broker closed without answering.
+func (c *mqttClient) connect(t *testing.T, clientID, user, pass string) (*packet.Connack, error) {
+	t.Helper()
+	cp := &packet.Connect{Version: packet.V5, ClientID: clientID, CleanStart: true, KeepAlive: 60}
+	if user != "" {
+		cp.Username, cp.UsernameFlag = user, true
+	}
+	if pass != "" {
+		cp.Password, cp.PasswordFlag = []byte(pass), true
+	}
+	if err := c.send(t, cp); err != nil {
+		return nil, err
+	}
+	p, err := c.r.ReadPacket()
+	if err != nil {
+		return nil, err
+	}
+	ack, ok := p.(*packet.Connack)
+	if !ok {
+		t.Fatalf("got %s, want CONNACK", p.Type())
+	}
+	return ack, nil
+}
+
+// connectFrom dials from src and connects; it fails the test unless the
+// broker accepts.
+func connectFrom(t *testing.T, b *defBroker, src, clientID, user, pass string) *mqttClient {
+	t.Helper()
+	c, err := dialFrom(t, src, b.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ack, err := c.connect(t, clientID, user, pass)
+	if err != nil {
+		t.Fatalf("%s from %s: %v", clientID, src, err)
+	}
+	if ack.ReasonCode != packet.Success {
+		t.Fatalf("%s from %s: CONNACK %v", clientID, src, ack.ReasonCode)
+	}
+	t.Cleanup(func() { c.nc.Close() })
+	return c
+}
+
+// closedAtAccept reports whether a connection from src is closed by the
+// broker without any answer to CONNECT.
+func closedAtAccept(t *testing.T, b *defBroker, src string) bool {
+	t.Helper()
+	c, err := dialFrom(t, src, b.addr)
+	if err != nil {
+		return true
+	}
+	defer c.nc.Close()
+	_, err = c.connect(t, "probe", "", "")
+	return err != nil
+}
+
+// roundTrip checks that c still works: PINGREQ answered.
+func (c *mqttClient) roundTrip(t *testing.T) {
+	t.Helper()
+	if err := c.send(t, &packet.Pingreq{}); err != nil {
+		t.Fatalf("well-behaved client: %v", err)
+	}
+	p, err := c.r.ReadPacket()
+	if err != nil {
+		t.Fatalf("well-behaved client: %v", err)
+	}
+	if p.Type() != packet.PINGRESP {
+		t.Fatalf("well-behaved client got %s", p.Type())
+	}
+}
+
+// readDisconnect reads until the broker's DISCONNECT and returns its code,
+// or 0 when the socket just closed.
+func (c *mqttClient) readDisconnect(t *testing.T) packet.ReasonCode {
+	t.Helper()
+	for {
+		p, err := c.r.ReadPacket()
+		if err != nil {
+			t.Logf("read: %v", err)
+			return 0
+		}
+		if d, ok := p.(*packet.Disconnect); ok {
+			return d.ReasonCode
+		}
+	}
+}
+
+// auditTypes counts the entry types of the run's audit log.
+func auditTypes(t *testing.T, path string) map[string]int {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := map[string]int{}
+	for line := range strings.Lines(string(data)) {
+		e, err := audit.ParseLine([]byte(strings.TrimSuffix(line, "\n")))
+		if err != nil {
+			t.Fatalf("audit line %q: %v", line, err)
+		}
+		n[e.Type]++
+	}
+	return n
+}
+
+// TestSecurityConnectionFloodCutAtAccept: an attacker opens connections
+// from 127.0.0.2 as fast as it can (the attack). Beyond the per-address
+// burst (100) the broker closes each socket at accept, before reading a
+// byte, while a client on 127.0.0.3 connects and keeps working.
+func TestSecurityConnectionFloodCutAtAccept(t *testing.T) {
+	b := startDefended(t, defYAML, broker.AuthenticatorFunc(func(context.Context, *broker.ConnectRequest) broker.AuthResult {
+		return broker.AuthResult{NoOpinion: true}
+	}), nil)
+	good := connectFrom(t, b, "127.0.0.3", "good", "", "")
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	refused := 0
+	for range 300 {
+		c, err := dialFrom(t, "127.0.0.2", b.addr)
+		if err != nil {
+			refused++
+			continue
+		}
+		conns = append(conns, c.nc)
+	}
+	// The refused sockets were closed by the broker: a read sees EOF; the
+	// admitted ones wait for CONNECT and time out here.
+	deadline := time.Now().Add(time.Second)
+	var closed atomic.Int64
+	var wg sync.WaitGroup
+	for _, nc := range conns {
+		wg.Go(func() {
+			nc.SetReadDeadline(deadline)
+			var one [1]byte
+			if _, err := nc.Read(one[:]); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+				closed.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	refused += int(closed.Load())
+	if refused < 190 || refused > 200 {
+		t.Errorf("%d of 300 flood connections refused at accept, want 200 (burst 100)", refused)
+	}
+	if st := b.srv.Stats(); st.AcceptRefused < 190 {
+		t.Errorf("broker counted %d refusals at accept", st.AcceptRefused)
+	}
+	good.roundTrip(t)
+	connectFrom(t, b, "127.0.0.3", "good-2", "", "").roundTrip(t)
+}
+
+// TestSecurityPasswordGuessingBansAddress: a client on 127.0.0.4 guesses
+// alice's password 10 times within a minute (the attack). The address and
+// the username are banned for 5 minutes: the next connection from the
+// address is closed at accept, alice cannot log in from elsewhere, and a
+// client on 127.0.0.5 is unaffected. The ban is in bans.json, it expires on
+// the injected clock, and every step is in the audit log, which verifies.
+func TestSecurityPasswordGuessingBansAddress(t *testing.T) {
+	auth := broker.AuthenticatorFunc(func(_ context.Context, req *broker.ConnectRequest) broker.AuthResult {
+		if string(req.Connect.Password) == "right-"+req.Connect.Username {
+			return broker.AuthResult{Allow: true, Reason: "password"}
+		}
+		return broker.AuthResult{Code: packet.BadUsernameOrPassword, Reason: "bad password"}
+	})
+	b := startDefended(t, defYAML, auth, nil)
+	good := connectFrom(t, b, "127.0.0.5", "good", "bob", "right-bob")
+	for i := range 10 {
+		c, err := dialFrom(t, "127.0.0.4", b.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ack, err := c.connect(t, fmt.Sprintf("guess-%d", i), "alice", fmt.Sprintf("guess-%d", i))
+		c.nc.Close()
+		if err != nil || ack.ReasonCode != packet.BadUsernameOrPassword {
+			t.Fatalf("guess %d: %v %v", i, ack, err)
+		}
+	}
+	if !closedAtAccept(t, b, "127.0.0.4") {
+		t.Fatal("the guessing address was not banned")
+	}
+	c, err := dialFrom(t, "127.0.0.6", b.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ack, err := c.connect(t, "alice-elsewhere", "alice", "right-alice"); err != nil || ack.ReasonCode != packet.Banned {
+		t.Fatalf("alice from another address: %v %v, want CONNACK 0x8A", ack, err)
+	}
+	c.nc.Close()
+	good.roundTrip(t)
+	b.poll() // writes the automatic bans to the file
+	b.poll()
+	bans, err := os.ReadFile(filepath.Join(b.dir, "bans.json"))
+	if err != nil || !strings.Contains(string(bans), "127.0.0.4") || !strings.Contains(string(bans), "alice") {
+		t.Fatalf("bans.json: %v\n%s", err, bans)
+	}
+
+	// 4 minutes later the ban holds; after 5 it is gone.
+	b.clock.advance(4 * time.Minute)
+	b.poll()
+	if !closedAtAccept(t, b, "127.0.0.4") {
+		t.Fatal("ban lifted before 5 minutes")
+	}
+	b.clock.advance(time.Minute + time.Second)
+	b.poll()
+	b.poll() // the second tick runs after the first Poll finished
+	connectFrom(t, b, "127.0.0.4", "alice", "alice", "right-alice").roundTrip(t)
+
+	b.stop()
+	path := filepath.Join(b.dir, audit.DefaultFile)
+	n := auditTypes(t, path)
+	if n[audit.TypeAuthFailure] != 10 || n[audit.TypeBanAdd] < 2 || n[audit.TypeBanExpire] < 2 || n[audit.TypeDetect] < 1 ||
+		n[audit.TypeBanRefuse] < 1 || n[audit.TypeAuthSuccess] < 2 {
+		t.Errorf("audit entries: %v", n)
+	}
+	if code, out, errOut := runAudit(t, path); code != 0 {
+		t.Fatalf("moat audit verify: exit %d\n%s%s", code, out, errOut)
+	}
+}
+
+// TestSecurityTopicScanDisconnectsAndBans: a client on 127.0.0.7 probes
+// 20 topics the ACL denies within a minute (the attack). It is disconnected
+// with 0x87 Not authorized and its address is banned, while a client on 127.0.0.8
+// keeps publishing.
+func TestSecurityTopicScanDisconnectsAndBans(t *testing.T) {
+	authz := broker.AuthorizerFunc(func(r *broker.AuthzRequest) broker.Decision {
+		if strings.HasPrefix(r.Topic, "secret/") {
+			return broker.Decision{Reason: "acl: no rule allows this topic"}
+		}
+		return broker.Decision{Allow: true}
+	})
+	b := startDefended(t, defYAML, broker.AuthenticatorFunc(func(context.Context, *broker.ConnectRequest) broker.AuthResult {
+		return broker.AuthResult{NoOpinion: true}
+	}), authz)
+	good := connectFrom(t, b, "127.0.0.8", "good", "", "")
+	scan := connectFrom(t, b, "127.0.0.7", "scanner", "", "")
+	for i := range 20 {
+		if err := scan.send(t, &packet.Subscribe{PacketID: uint16(i + 1), Subscriptions: []packet.Subscription{{Filter: fmt.Sprintf("secret/%d", i)}}}); err != nil {
+			break // disconnected already
+		}
+	}
+	if code := scan.readDisconnect(t); code != packet.NotAuthorized {
+		t.Fatalf("scanner disconnected with %v, want 0x87 Not authorized", code)
+	}
+	if !closedAtAccept(t, b, "127.0.0.7") {
+		t.Fatal("the scanning address was not banned")
+	}
+	good.roundTrip(t)
+	if err := good.send(t, &packet.Publish{Topic: "public/x", QoS: 1, PacketID: 1, Payload: []byte("ok")}); err != nil {
+		t.Fatal(err)
+	}
+	if p, err := good.r.ReadPacket(); err != nil || p.Type() != packet.PUBACK {
+		t.Fatalf("well-behaved client's publish: %v %v", p, err)
+	}
+}
+
+// TestBanAddDisconnectsLiveClient: `moat ban add` on the data directory of
+// a running broker ends the matching live client with DISCONNECT 0x98 at the
+// next poll of the bans file, and refuses it from then on; other clients
+// stay. `moat ban remove` lifts it.
+func TestBanAddDisconnectsLiveClient(t *testing.T) {
+	b := startDefended(t, defYAML, broker.AuthenticatorFunc(func(context.Context, *broker.ConnectRequest) broker.AuthResult {
+		return broker.AuthResult{NoOpinion: true}
+	}), nil)
+	victim := connectFrom(t, b, "127.0.0.9", "victim", "", "")
+	other := connectFrom(t, b, "127.0.0.10", "other", "", "")
+	code, out, errOut := runMoat("ban", "add", "--client-id", "victim", "--reason", "test", "--data", b.dir)
+	if code != 0 {
+		t.Fatalf("moat ban add: %d %s %s", code, out, errOut)
+	}
+	b.poll()
+	if code := victim.readDisconnect(t); code != packet.AdministrativeAction {
+		t.Fatalf("victim disconnected with %v, want 0x98 Administrative action", code)
+	}
+	c, err := dialFrom(t, "127.0.0.9", b.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ack, err := c.connect(t, "victim", "", ""); err != nil || ack.ReasonCode != packet.Banned {
+		t.Fatalf("banned client ID reconnecting: %v %v", ack, err)
+	}
+	c.nc.Close()
+	other.roundTrip(t)
+	id := strings.Fields(out)[1] // "ban ID added: ..."
+	if code, out, errOut := runMoat("ban", "remove", id, "--data", b.dir); code != 0 {
+		t.Fatalf("moat ban remove %s: %d %s %s", id, code, out, errOut)
+	}
+	b.poll()
+	b.poll()
+	connectFrom(t, b, "127.0.0.9", "victim", "", "").roundTrip(t)
+}
+
+// TestSecurityAuditLogOfRunTampered: the audit log of a run verifies after
+// a clean stop, and fails after a flipped byte, a removed line, swapped
+// lines or a cut tail.
+func TestSecurityAuditLogOfRunTampered(t *testing.T) {
+	b := startDefended(t, defYAML, broker.AuthenticatorFunc(func(context.Context, *broker.ConnectRequest) broker.AuthResult {
+		return broker.AuthResult{Code: packet.NotAuthorized, Reason: "nobody"}
+	}), nil)
+	for i := range 5 {
+		c, err := dialFrom(t, "127.0.0.11", b.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.connect(t, fmt.Sprintf("c%d", i), "u", "p")
+		c.nc.Close()
+	}
+	b.stop()
+	path := filepath.Join(b.dir, audit.DefaultFile)
+	if code, out, errOut := runAudit(t, path); code != 0 {
+		t.Fatalf("verify: %d %s %s", code, out, errOut)
+	}
+	orig, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.SplitAfter(string(orig), "\n")
+	lines = lines[:len(lines)-1] // the empty string after the last newline
+	if len(lines) < 6 {
+		t.Fatalf("only %d lines", len(lines))
+	}
+	flip := []byte(string(orig))
+	i := strings.Index(string(flip), `"reason":"nobody"`) + len(`"reason":"`)
+	flip[i] ^= 0x20
+	swap := append([]string{}, lines...)
+	swap[2], swap[3] = swap[3], swap[2]
+	for name, data := range map[string]string{
+		"flipped byte":  string(flip),
+		"removed line":  strings.Join(append(append([]string{}, lines[:2]...), lines[3:]...), ""),
+		"swapped lines": strings.Join(swap, ""),
+		"cut tail":      strings.Join(lines[:len(lines)-1], ""),
+	} {
+		if err := os.WriteFile(path, []byte(data), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if code, _, errOut := runAudit(t, path); code == 0 {
+			t.Errorf("%s: verify passed", name)
+		} else {
+			t.Logf("%s: exit %d: %s", name, code, strings.TrimSpace(errOut))
+		}
+	}
+}
+
+func anonymousOnly() broker.Authenticator {
+	return broker.AuthenticatorFunc(func(context.Context, *broker.ConnectRequest) broker.AuthResult {
+		return broker.AuthResult{NoOpinion: true}
+	})
+}
+
+// TestSecurityRateLimitPausesReading: a client on 127.0.0.12 pipelines 120
+// QoS 1 publishes at once against a limit of 200 messages per second with a
+// burst of 20 (the attack). The broker stops reading while the client is
+// over its rate: the acknowledgements take at least the 0.5 s the rate
+// allows, and the client, which never stays over its rate for the
+// throttle limit, is not disconnected.
+func TestSecurityRateLimitPausesReading(t *testing.T) {
+	b := startDefendedClock(t, defYAML+"defense: {message_rate: 200, message_burst: 20}\n", anonymousOnly(), nil, true)
+	c := connectFrom(t, b, "127.0.0.12", "fast", "", "")
+	var buf []byte
+	for i := range 120 {
+		var err error
+		buf, err = packet.Append(buf, &packet.Publish{Topic: "t/x", QoS: 1, PacketID: uint16(i + 1), Payload: []byte("x")}, packet.V5)
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	start := time.Now()
+	if _, err := c.nc.Write(buf); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 120 {
+		p, err := c.r.ReadPacket()
+		if err != nil || p.Type() != packet.PUBACK {
+			t.Fatalf("ack %d: %v %v", i, p, err)
+		}
+	}
+	if d := time.Since(start); d < 450*time.Millisecond {
+		t.Errorf("120 messages at 200/s (burst 20) acknowledged in %v, want at least 0.5 s", d)
+	}
+	c.roundTrip(t)
+}
+
+// TestSilentAndFlappingClientsDetected: a client that sends nothing but
+// PINGREQ for 10 minutes (on the injected clock), and a client ID that
+// connects 10 times within a minute, are detected and recorded in the
+// audit log; by default they are only logged, so both keep working.
+func TestSilentAndFlappingClientsDetected(t *testing.T) {
+	b := startDefended(t, defYAML, anonymousOnly(), nil)
+	quiet := connectFrom(t, b, "127.0.0.13", "quiet", "", "")
+	quiet.roundTrip(t)
+	b.clock.advance(11 * time.Minute)
+	quiet.roundTrip(t)
+	for range 10 {
+		c := connectFrom(t, b, "127.0.0.14", "flapper", "", "")
+		c.send(t, &packet.Disconnect{})
+		c.nc.Close()
+	}
+	quiet.roundTrip(t)
+	b.stop()
+	data, err := os.ReadFile(filepath.Join(b.dir, audit.DefaultFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"detector":"silence"`, `"detector":"flapping"`} {
+		if !strings.Contains(string(data), want) {
+			t.Errorf("audit log lacks %s", want)
+		}
+	}
+}
+
+// TestSecurityWebSocketFloodCutBeforeUpgrade: `moat serve` with a
+// WebSocket listener; 300 connections from 127.0.0.15 each send an HTTP
+// upgrade request (the attack). Beyond the per-address burst (100) they are
+// closed before the HTTP server reads them; a request from 127.0.0.16 is
+// still answered.
+func TestSecurityWebSocketFloodCutBeforeUpgrade(t *testing.T) {
+	dir := t.TempDir()
+	port := freePort(t)
+	writeFile(t, filepath.Join(dir, "moat.yaml"), fmt.Sprintf(`listeners:
+  - address: 127.0.0.1:%d
+    transport: ws
+    allow_anonymous: true
+data_dir: data
+persistence:
+  enabled: false
+`, port))
+	startMoat(t, dir, []int{port}, "-c", "moat.yaml")
+	// startMoat's readiness probe came from 127.0.0.1: a separate address.
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	ask := func(src string) bool {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 5 * time.Second}
+		nc, err := d.Dial("tcp", addr)
+		if err != nil {
+			return false
+		}
+		defer nc.Close()
+		nc.SetDeadline(time.Now().Add(5 * time.Second))
+		nc.Write([]byte("GET /mqtt HTTP/1.1\r\nHost: x\r\n\r\n"))
+		b, _ := io.ReadAll(io.LimitReader(nc, 16))
+		return strings.HasPrefix(string(b), "HTTP/1.1 ")
+	}
+	answered := 0
+	start := time.Now()
+	for range 300 {
+		if ask("127.0.0.15") {
+			answered++
+		}
+	}
+	// The burst, plus 20 per second of the flood's duration.
+	if most := 100 + int(20*time.Since(start).Seconds()) + 2; answered < 100 || answered > most {
+		t.Errorf("%d of 300 flood requests answered, want 100 to %d", answered, most)
+	}
+	if !ask("127.0.0.16") {
+		t.Error("a request from another address was not answered")
+	}
+}
+
+// TestSecurityMaxConnsPerAddress: a client on 127.0.0.17 holds the 3
+// connections its address may have open (the attack holds sockets to
+// exhaust the broker); a fourth is closed at accept, while 127.0.0.18
+// connects. A connection that ends, refused or not, gives its place back.
+func TestSecurityMaxConnsPerAddress(t *testing.T) {
+	b := startDefended(t, defYAML+"defense: {max_conns_per_addr: 3}\n", broker.AuthenticatorFunc(func(_ context.Context, req *broker.ConnectRequest) broker.AuthResult {
+		if req.Client.ClientID == "refused" {
+			return broker.AuthResult{Code: packet.NotAuthorized, Reason: "test"}
+		}
+		return broker.AuthResult{NoOpinion: true}
+	}), nil)
+	// Refused and closed connections are released.
+	for range 5 {
+		c, err := dialFrom(t, "127.0.0.17", b.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ack, err := c.connect(t, "refused", "", ""); err != nil || ack.ReasonCode != packet.NotAuthorized {
+			t.Fatalf("refused client: %v %v", ack, err)
+		}
+		c.nc.Close()
+	}
+	var held []*mqttClient
+	for i := range 3 {
+		var c *mqttClient
+		psCheckFor(t, 5*time.Second, func() error {
+			// the refused connections' places come back once they end
+			var err error
+			if c, err = dialFrom(t, "127.0.0.17", b.addr); err != nil {
+				return err
+			}
+			ack, err := c.connect(t, fmt.Sprintf("h%d", i), "", "")
+			if err != nil {
+				c.nc.Close()
+				return err
+			}
+			if ack.ReasonCode != packet.Success {
+				t.Fatalf("CONNACK %v", ack.ReasonCode)
+			}
+			return nil
+		})
+		held = append(held, c)
+	}
+	if !closedAtAccept(t, b, "127.0.0.17") {
+		t.Fatal("a fourth connection from the address was admitted")
+	}
+	connectFrom(t, b, "127.0.0.18", "other", "", "").roundTrip(t)
+	held[0].send(t, &packet.Disconnect{})
+	held[0].nc.Close()
+	psCheckFor(t, 5*time.Second, func() error {
+		if closedAtAccept(t, b, "127.0.0.17") {
+			return errors.New("the ended connection's place did not come back")
+		}
+		return nil
+	})
+	for _, c := range held[1:] {
+		c.roundTrip(t)
+		c.nc.Close()
+	}
+}

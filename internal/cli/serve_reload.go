@@ -1,0 +1,459 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"github.com/moatmq/moat/internal/broker"
+	"github.com/moatmq/moat/internal/config"
+)
+
+// Live reload (docs/operations.md, "Live reload"). SIGHUP, `moat reload`
+// and the admin API's POST /api/v1/config/reload all call
+// servePlan.reloadConfig: the file is read again and built into a
+// check-mode start-up plan, which loads every file it names; the result is
+// compared with the configuration in force; what can change at run time is
+// applied, and a reload that changes anything else is refused as a whole,
+// naming each such setting. Nothing is applied before everything was
+// validated.
+
+// liveConfig is what a running broker needs to reload its configuration.
+type liveConfig struct {
+	load  func() (*config.Config, error) // reads the configuration as serve did at start
+	level *slog.LevelVar                 // the log level in force
+
+	mu  sync.Mutex                    // one reload at a time
+	cur atomic.Pointer[config.Config] // the configuration in force; nil: the plan's
+}
+
+// pidFileName is the file in the data directory that names the running
+// broker's process, for `moat reload`.
+const pidFileName = "moat.pid"
+
+// newLevelLogger is newLogger with a log level that can change at run
+// time: the handler writes everything, and the returned LevelVar decides.
+func newLevelLogger(lc config.Log, stderr io.Writer) (*slog.Logger, *slog.LevelVar, func(), error) {
+	var lv slog.LevelVar
+	if err := lv.UnmarshalText([]byte(cmpOr(lc.Level, "info"))); err != nil {
+		return nil, nil, nil, fmt.Errorf("log: unknown level %q", lc.Level)
+	}
+	all := lc
+	all.Level = "debug"
+	log, closeLog, err := newLogger(all, stderr)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return slog.New(levelHandler{log.Handler(), &lv}), &lv, closeLog, nil
+}
+
+// levelHandler filters records below a LevelVar.
+type levelHandler struct {
+	slog.Handler
+	level *slog.LevelVar
+}
+
+func (h levelHandler) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= h.level.Level() && h.Handler.Enabled(ctx, l)
+}
+
+func (h levelHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return levelHandler{h.Handler.WithAttrs(as), h.level}
+}
+
+func (h levelHandler) WithGroup(name string) slog.Handler {
+	return levelHandler{h.Handler.WithGroup(name), h.level}
+}
+
+// runningConfig is the configuration in force: the start's, or the last
+// one a reload applied.
+func (p *servePlan) runningConfig() *config.Config {
+	if p.live != nil {
+		if c := p.live.cur.Load(); c != nil {
+			return c
+		}
+	}
+	return p.cfg
+}
+
+// reloadOnSIGHUP reloads the configuration on SIGHUP, and writes
+// DATA_DIR/moat.pid once the signal is handled, so that `moat reload`
+// never signals a broker that would die of it. The returned stop ends the
+// goroutine, waits for it and removes the pid file; calling it again does
+// nothing.
+func (p *servePlan) reloadOnSIGHUP() (stop func()) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	removePID := p.writePIDFile()
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			select {
+			case <-done:
+				return
+			case <-hup:
+				p.log.Info("serve: SIGHUP received; reloading the configuration")
+				_, _ = p.reloadConfig() // the outcome is logged
+			}
+		}
+	})
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			signal.Stop(hup)
+			close(done)
+			wg.Wait()
+			removePID()
+		})
+	}
+}
+
+// writePIDFile writes DATA_DIR/moat.pid (mode 0600) and returns what
+// removes it, if it still names this process.
+func (p *servePlan) writePIDFile() (remove func()) {
+	path := filepath.Join(p.cfg.DataDir, pidFileName)
+	if fi, err := os.Stat(p.cfg.DataDir); err != nil || !fi.IsDir() {
+		p.log.Info("serve: no pid file: the data directory does not exist; moat reload needs --admin to reach this broker", "data_dir", p.cfg.DataDir)
+		return func() {}
+	}
+	me := strconv.Itoa(os.Getpid()) + "\n"
+	if old, err := readPIDFile(path); err == nil && old != os.Getpid() && processAlive(old) {
+		p.log.Warn("serve: the pid file names another running process; is a second broker using this data directory?", "file", path, "pid", old)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err == nil {
+		err = f.Chmod(0o600)
+		if _, werr := f.WriteString(me); err == nil {
+			err = werr
+		}
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
+		p.log.Warn("serve: cannot write the pid file; moat reload needs --admin to reach this broker", "err", err)
+		return func() {}
+	}
+	return func() {
+		if pid, err := readPIDFile(path); err == nil && pid == os.Getpid() {
+			os.Remove(path)
+		}
+	}
+}
+
+// readPIDFile reads the process ID on the first line of a pid file.
+func readPIDFile(path string) (int, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	line, _, _ := strings.Cut(string(data), "\n")
+	pid, err := strconv.Atoi(strings.TrimSpace(line))
+	if err != nil || pid <= 1 {
+		return 0, fmt.Errorf("%s does not hold a process ID", path)
+	}
+	return pid, nil
+}
+
+// processAlive reports whether a process with the ID exists.
+func processAlive(pid int) bool {
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
+}
+
+// reloadSetting is one setting that changed, and whether it can change at
+// run time.
+type reloadSetting struct {
+	path   string
+	reason string // why it needs a restart; "" when it applies live
+}
+
+// reloadConfig re-reads the configuration and applies it, or refuses it
+// as a whole. It returns a summary of what changed.
+func (p *servePlan) reloadConfig() (string, error) {
+	if p.live == nil {
+		return "", errors.New("serve: reload is not available (the configuration cannot be read again)")
+	}
+	p.live.mu.Lock()
+	defer p.live.mu.Unlock()
+	fail := func(err error) (string, error) {
+		p.log.Error("serve: reload refused; nothing was applied and the running configuration stays in force", "err", err)
+		p.defense.reloaded(nil, err)
+		return "", err
+	}
+	old := p.runningConfig()
+	next, err := p.live.load()
+	if err != nil {
+		return fail(err)
+	}
+	// The check-mode plan loads every file the new configuration names
+	// (certificates, keys, CRLs, password files, policies) and checks the
+	// profile, without binding or writing anything.
+	check, err := buildPlan(next, slog.New(slog.DiscardHandler), true, p.sans...)
+	if err != nil {
+		return fail(err)
+	}
+	defer check.close()
+	changes, err := diffConfigs(old, next)
+	if err != nil {
+		return fail(err)
+	}
+	acl := p.pairPolicies(check)
+	var restart []string
+	needRestart := slices.ContainsFunc(changes, func(c reloadSetting) bool { return c.reason != "" })
+	for _, c := range changes {
+		if c.reason == "" && strings.HasPrefix(c.path, "acl") && acl == nil && !needRestart {
+			c.reason = "adding or removing the access policy, or giving listeners different ones, needs a restart"
+		}
+		if c.reason != "" {
+			at := next.Pos(c.path)
+			if at == "" || at == next.Source {
+				at = old.Pos(c.path)
+			}
+			restart = append(restart, fmt.Sprintf("%s: %s: %s", cmpOr(at, "(built-in)"), c.path, c.reason))
+		}
+	}
+	if len(restart) > 0 {
+		return fail(fmt.Errorf("serve: reload refused: %d setting(s) need a restart (systemctl restart moat):\n%s", len(restart), strings.Join(restart, "\n")))
+	}
+
+	// Everything is validated: apply.
+	var changed []string
+	aclChanged := false
+	for _, c := range changes {
+		changed = append(changed, c.path)
+		aclChanged = aclChanged || strings.HasPrefix(c.path, "acl")
+	}
+	if aclChanged {
+		p.swapPolicies(acl)
+	}
+	p.access.reload() // password files and policy files, as loaded by the check
+	var tlsFailed []string
+	for _, pl := range p.listeners {
+		if pl.mgr == nil {
+			continue
+		}
+		if err := pl.mgr.Reload(); err != nil {
+			tlsFailed = append(tlsFailed, pl.lc.Name)
+			p.log.Error("serve: TLS files changed again during the reload and do not load; the listener keeps its previous ones", "listener", pl.lc.Name, "err", err)
+		}
+	}
+	p.live.cur.Store(next)
+	p.defense.reloaded(changed, nil)
+	summary := "configuration reloaded; certificates, CRLs, password files and access policies re-read"
+	if len(changed) > 0 {
+		summary += "; changed: " + strings.Join(changed, ", ")
+	}
+	// The summary goes out at the level in force before the reload.
+	p.log.Info("serve: configuration reloaded", "changed", changed, "profile", profileName(next), "log_level", next.Log.Level, "tls_not_reloaded", tlsFailed)
+	var lv slog.Level
+	if lv.UnmarshalText([]byte(next.Log.Level)) == nil {
+		p.live.level.Set(lv)
+	}
+	for _, c := range changed {
+		p.log.Debug("serve: reload applied a changed setting", "setting", c)
+	}
+	return summary, nil
+}
+
+// pairPolicies maps each running access policy to the check plan's
+// policy of the same listeners. It returns nil when the two cannot be
+// paired: a policy was added or removed, or listeners that shared one no
+// longer do.
+func (p *servePlan) pairPolicies(check *servePlan) map[*policySource]*policySource {
+	pairs := map[*policySource]*policySource{}
+	for name, ps := range p.access.byLn {
+		nps, ok := check.access.byLn[name]
+		if !ok || (ps == nil) != (nps == nil) {
+			return nil
+		}
+		if ps == nil {
+			continue
+		}
+		if prev, ok := pairs[ps]; ok && prev != nps {
+			return nil
+		}
+		pairs[ps] = nps
+	}
+	if len(check.access.byLn) != len(p.access.byLn) {
+		return nil
+	}
+	return pairs
+}
+
+// swapPolicies installs the check plan's compiled policies in the running
+// holders, then re-evaluates the sessions of each swapped policy's
+// listeners (Reevaluate drops every cached decision first): subscriptions,
+// queued and in-flight messages the new policy refuses are removed.
+func (p *servePlan) swapPolicies(pairs map[*policySource]*policySource) {
+	a := p.access
+	a.policyMu.Lock()
+	defer a.policyMu.Unlock()
+	for ps, nps := range pairs {
+		if ps.holder == nil || nps.holder == nil {
+			continue
+		}
+		pol, _ := nps.holder.Load()
+		ps.spec, ps.rules, ps.source, ps.sum, ps.failed = nps.spec, nps.rules, nps.source, nps.sum, [32]byte{}
+		gen := ps.holder.Swap(pol)
+		p.log.Info("access: policy reloaded", "policy", ps.source, "generation", gen)
+		if srv := a.srv.Load(); srv != nil {
+			srv.Reevaluate(broker.Reevaluation{
+				Match:  func(c *broker.Client) bool { return a.byLn[c.Listener] == ps },
+				Reason: "access policy " + ps.source + " changed",
+			})
+		}
+	}
+}
+
+// diffConfigs lists the settings whose values differ between two
+// configurations, by YAML path, each with why it needs a restart ("" when
+// it can change at run time).
+func diffConfigs(old, next *config.Config) ([]reloadSetting, error) {
+	a, err := configView(old)
+	if err != nil {
+		return nil, err
+	}
+	b, err := configView(next)
+	if err != nil {
+		return nil, err
+	}
+	var paths []string
+	for k, v := range a {
+		if w, ok := b[k]; !ok || w != v {
+			paths = append(paths, k)
+		}
+	}
+	for k := range b {
+		if _, ok := a[k]; !ok {
+			paths = append(paths, k)
+		}
+	}
+	slices.Sort(paths)
+	out := make([]reloadSetting, len(paths))
+	for i, path := range paths {
+		out[i] = reloadSetting{path: path, reason: restartReason(path)}
+	}
+	return out, nil
+}
+
+// restartReason says why a changed setting needs a restart, or "" when a
+// reload applies it.
+func restartReason(path string) string {
+	switch {
+	case path == "profile", path == "log.level", path == "acl" || strings.HasPrefix(path, "acl."):
+		return ""
+	case strings.HasPrefix(path, "limits."):
+		return "the broker cannot change this limit at run time yet"
+	case strings.HasPrefix(path, "listeners"):
+		if strings.Contains(path, ".auth") {
+			return "authentication chains are built at start (the password files' contents reload live)"
+		}
+		if strings.HasSuffix(path, ".acl_file") {
+			return "per-listener access policies are set up at start (the files' contents reload live)"
+		}
+		if strings.Contains(path, ".tls.") {
+			return "TLS settings are read at start (the files' contents reload live)"
+		}
+		return "listeners are bound at start"
+	case path == "auth" || strings.HasPrefix(path, "auth"):
+		return "authentication chains are built at start (the password files' contents reload live)"
+	case path == "data_dir" || strings.HasPrefix(path, "persistence"):
+		return "the data directory and the store are opened at start"
+	case strings.HasPrefix(path, "log."):
+		return "the log output is opened at start (only log.level reloads)"
+	case strings.HasPrefix(path, "admin"):
+		return "the admin listener is bound at start"
+	}
+	return "read at start only"
+}
+
+// configView flattens a configuration into "path: value" for comparison.
+// auth entries and the acl section are decoded whole: their JSON form
+// shows only type, path and acl_file.
+func configView(c *config.Config) (map[string]string, error) {
+	data, err := json.Marshal(c)
+	if err != nil {
+		return nil, fmt.Errorf("serve: reload: %w", err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(data, &m); err != nil {
+		return nil, fmt.Errorf("serve: reload: %w", err)
+	}
+	for _, k := range []string{"source", "format", "set", "notes"} {
+		delete(m, k)
+	}
+	m["auth"] = authView(c.Auth)
+	if ls, ok := m["listeners"].([]any); ok {
+		for i := range min(len(ls), len(c.Listeners)) {
+			if lm, ok := ls[i].(map[string]any); ok {
+				lm["auth"] = authView(c.Listeners[i].Auth)
+			}
+		}
+	}
+	if c.ACL != nil {
+		var v map[string]any
+		if err := c.ACL.Decode(&v); err != nil {
+			return nil, fmt.Errorf("serve: reload: acl: %w", err)
+		}
+		m["acl"] = v
+	}
+	out := map[string]string{}
+	flattenView("", m, out)
+	return out, nil
+}
+
+func authView(list []config.AuthBackend) any {
+	if list == nil {
+		return nil
+	}
+	out := make([]any, len(list))
+	for i := range list {
+		var v map[string]any
+		if err := list[i].Decode(&v); err != nil {
+			out[i] = list[i]
+			continue
+		}
+		out[i] = v
+	}
+	return out
+}
+
+func flattenView(prefix string, v any, out map[string]string) {
+	switch t := v.(type) {
+	case map[string]any:
+		if len(t) == 0 && prefix != "" {
+			out[prefix] = "{}"
+		}
+		for k, x := range t {
+			p := k
+			if prefix != "" {
+				p = prefix + "." + k
+			}
+			flattenView(p, x, out)
+		}
+	case []any:
+		if len(t) == 0 {
+			out[prefix] = "[]"
+		}
+		for i, x := range t {
+			flattenView(fmt.Sprintf("%s[%d]", prefix, i), x, out)
+		}
+	default:
+		b, _ := json.Marshal(t)
+		out[prefix] = string(b)
+	}
+}

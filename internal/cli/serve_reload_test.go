@@ -1,0 +1,298 @@
+package cli
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/moatmq/moat/internal/config"
+)
+
+// reloadYAML is the configuration of the reload tests: one anonymous
+// loopback listener, an access policy over topics, a log level.
+func reloadYAML(port int, level string, topics ...string) string {
+	return fmt.Sprintf(`log:
+  level: %s
+acl:
+  rules:
+    - {name: anon, effect: allow, subjects: {anonymous: true}, actions: [publish, subscribe, receive], topics: [%s]}
+listeners:
+  - address: 127.0.0.1:%d
+    transport: tcp
+    allow_anonymous: true
+`, level, `"`+strings.Join(topics, `", "`)+`"`, port)
+}
+
+// startReloadBroker starts moat serve on reloadYAML with a data
+// directory, and returns it with the file's and the directory's paths.
+func startReloadBroker(t *testing.T, extra ...string) (m *moatProc, port int, file, data string) {
+	t.Helper()
+	dir := t.TempDir()
+	data = filepath.Join(dir, "data")
+	if err := os.Mkdir(data, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	port = freePort(t)
+	file = filepath.Join(dir, "moat.yaml")
+	writeFile(t, file, reloadYAML(port, "info", "t/#"))
+	m = startMoat(t, dir, []int{port}, append([]string{"-c", "moat.yaml", "--data", data}, extra...)...)
+	return m, port, file, data
+}
+
+// anonSub runs mosquitto_sub as an anonymous client.
+func anonSub(t *testing.T, port int, filter string) *subscriber {
+	t.Helper()
+	s := &subscriber{cmd: exec.Command("mosquitto_sub", "-h", "127.0.0.1", "-p", strconv.Itoa(port), "-t", filter, "-q", "1", "-v", "-i", "anon-sub"), out: &syncBuffer{}}
+	s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.cmd.Process.Kill(); s.cmd.Wait() })
+	return s
+}
+
+// SIGHUP applies a changed access policy and log level: a topic the old
+// policy denied is delivered, and debug records appear.
+func TestServeReloadSIGHUPAppliesACLAndLogLevel(t *testing.T) {
+	needTool(t, "mosquitto_pub", "mosquitto_sub")
+	m, port, file, _ := startReloadBroker(t)
+	mqttTry(t, port, "", "u/before")
+	if !m.waitLog(t, "broker: publish not authorized", "u/before") {
+		t.Fatal("u/before was not denied by the first policy")
+	}
+	writeFile(t, file, reloadYAML(port, "debug", "t/#", "u/#"))
+	m.cmd.Process.Signal(syscall.SIGHUP)
+	if !m.waitLog(t, "serve: configuration reloaded", "acl.rules[0].topics[1]", "log.level", "level=DEBUG msg=\"serve: reload applied a changed setting\"") {
+		t.Fatal("the reload was not applied")
+	}
+	s := anonSub(t, port, "u/#")
+	waitFor(t, "a message on u/ under the new policy", func() bool {
+		mqttTry(t, port, "", "u/after")
+		return strings.Contains(s.out.String(), "u/after m")
+	})
+}
+
+// A reload that changes a listener's address is refused with a message
+// naming the setting, and nothing else it changes is applied; a file that
+// does not parse keeps the running configuration too.
+func TestServeReloadRefusesRestartSettings(t *testing.T) {
+	needTool(t, "mosquitto_pub", "mosquitto_sub")
+	m, port, file, _ := startReloadBroker(t)
+	writeFile(t, file, reloadYAML(freePort(t), "debug", "t/#", "u/#"))
+	m.cmd.Process.Signal(syscall.SIGHUP)
+	if !m.waitLog(t, "serve: reload refused", "moat.yaml:7: listeners[0].address: listeners are bound at start") {
+		t.Fatal("the changed address was not refused")
+	}
+	mqttTry(t, port, "", "u/refused")
+	if !m.waitLog(t, "broker: publish not authorized", "u/refused") {
+		t.Fatal("the access policy of the refused reload was applied")
+	}
+	if strings.Contains(m.logs.String(), "configuration reloaded") || strings.Contains(m.logs.String(), "level=DEBUG") {
+		t.Fatal("part of the refused reload was applied")
+	}
+
+	writeFile(t, file, "listeners: [\n")
+	m.cmd.Process.Signal(syscall.SIGHUP)
+	waitFor(t, "the broken file to be refused", func() bool {
+		return strings.Count(m.logs.String(), `msg="serve: reload refused`) == 2 && strings.Contains(m.logs.String(), "invalid YAML")
+	})
+	s := anonSub(t, port, "t/#")
+	waitFor(t, "a message under the running configuration", func() bool {
+		mqttTry(t, port, "", "t/still")
+		return strings.Contains(s.out.String(), "t/still m")
+	})
+}
+
+// moat reload finds the broker through DATA_DIR/moat.pid (0600, removed at
+// stop) and signals it.
+func TestReloadCommandPIDFile(t *testing.T) {
+	m, port, file, data := startReloadBroker(t)
+	pidFile := filepath.Join(data, pidFileName)
+	fi, err := os.Stat(pidFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("pid file mode %v, want 0600", fi.Mode().Perm())
+	}
+	if pid, err := readPIDFile(pidFile); err != nil || pid != m.cmd.Process.Pid {
+		t.Fatalf("pid file: %d, %v; want %d", pid, err, m.cmd.Process.Pid)
+	}
+	writeFile(t, file, reloadYAML(port, "warn", "t/#"))
+	out, err := exec.Command(moatBin, "reload", "--data", data).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), fmt.Sprintf("sent SIGHUP to the broker (pid %d)", m.cmd.Process.Pid)) {
+		t.Fatalf("moat reload: %v\n%s", err, out)
+	}
+	if !m.waitLog(t, "serve: configuration reloaded", "changed=[log.level]", "log_level=warn") {
+		t.Fatal("moat reload did not reload")
+	}
+	m.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-m.done:
+	case <-time.After(15 * time.Second):
+		t.Fatal("the broker did not stop")
+	}
+	if _, err := os.Stat(pidFile); !os.IsNotExist(err) {
+		t.Errorf("pid file left after stop: %v", err)
+	}
+	out, err = exec.Command(moatBin, "reload", "--data", data).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "no broker is running") {
+		t.Errorf("moat reload without a broker: %v\n%s", err, out)
+	}
+}
+
+// moat reload --admin calls the API's reload with a token from a file,
+// and prints the refusal of a change that needs a restart.
+func TestReloadCommandAdmin(t *testing.T) {
+	dir := t.TempDir()
+	data := filepath.Join(dir, "data")
+	tok, err := exec.Command(moatBin, "admin", "token", "create", "ops", "--role", "operator", "--data", data).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokFile := filepath.Join(dir, "token")
+	writeFile(t, tokFile, string(tok))
+	port, adminPort := freePort(t), freePort(t)
+	file := filepath.Join(dir, "moat.yaml")
+	writeFile(t, file, reloadYAML(port, "info", "t/#"))
+	m := startMoat(t, dir, []int{port, adminPort}, "-c", "moat.yaml", "--data", data, "--admin", "127.0.0.1:"+strconv.Itoa(adminPort))
+	addr := "127.0.0.1:" + strconv.Itoa(adminPort)
+
+	writeFile(t, file, reloadYAML(port, "info", "t/#", "v/#"))
+	out, err := exec.Command(moatBin, "reload", "--data", data, "--admin", addr, "--token-file", tokFile).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "configuration reloaded") {
+		t.Fatalf("moat reload --admin: %v\n%s", err, out)
+	}
+	if !m.waitLog(t, "changed=[acl.rules[0].topics[1]]") {
+		t.Fatal("the API reload was not applied")
+	}
+	writeFile(t, file, strings.Replace(reloadYAML(port, "info", "t/#"), "transport: tcp", "transport: ws", 1))
+	out, err = exec.Command(moatBin, "reload", "--data", data, "--admin", addr, "--token-file", tokFile).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "listeners[0].transport: listeners are bound at start") {
+		t.Fatalf("moat reload --admin of a transport change: %v\n%s", err, out)
+	}
+	cmd := exec.Command(moatBin, "reload", "--admin", addr)
+	cmd.Env = append(os.Environ(), adminTokenEnv+"=")
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "needs an operator token") {
+		t.Errorf("moat reload --admin without a token: %v\n%s", err, out)
+	}
+}
+
+// The comparison sees every setting, the options of auth entries and acl
+// rules included, and tells live ones from those needing a restart.
+func TestReloadDiff(t *testing.T) {
+	base := `profile: open
+log: {level: info}
+limits: {max_inflight: 20}
+auth:
+  - {type: ldap, url: "ldaps://a.example", bind_dn_template: "uid=%u,dc=example"}
+acl:
+  rules:
+    - {name: r, effect: allow, subjects: {all: true}, actions: [publish], topics: ["a/#"]}
+listeners:
+  - {address: "127.0.0.1:1883", transport: tcp}
+`
+	parse := func(s string) *config.Config {
+		t.Helper()
+		c, err := config.Parse("m.yaml", []byte(s))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	old := parse(base)
+	for _, tc := range []struct {
+		from, to string
+		want     []string // path=live or path=restart
+	}{
+		{"", "", nil},
+		{"profile: open", "profile: secure-network", []string{"profile=live"}},
+		{"level: info", "level: debug", []string{"log.level=live"}},
+		{`"a/#"`, `"b/#"`, []string{"acl.rules[0].topics[0]=live"}},
+		{"max_inflight: 20", "max_inflight: 30", []string{"limits.max_inflight=restart"}},
+		{"a.example", "b.example", []string{"auth[0].url=restart"}},
+		{"127.0.0.1:1883", "127.0.0.1:1884", []string{"listeners[0].address=restart", "listeners[0].name=restart"}},
+	} {
+		changes, err := diffConfigs(old, parse(strings.Replace(base, tc.from, tc.to, 1)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, c := range changes {
+			kind := "live"
+			if c.reason != "" {
+				kind = "restart"
+			}
+			got = append(got, c.path+"="+kind)
+		}
+		if strings.Join(got, " ") != strings.Join(tc.want, " ") {
+			t.Errorf("%q -> %q: %q, want %q", tc.from, tc.to, got, tc.want)
+		}
+	}
+}
+
+// A pid file left behind and naming another process does not get that
+// process signalled.
+func TestReloadCommandStalePIDFile(t *testing.T) {
+	data := t.TempDir()
+	sleeper := exec.Command("sleep", "30")
+	if err := sleeper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(data, pidFileName), strconv.Itoa(sleeper.Process.Pid)+"\n")
+	out, err := exec.Command(moatBin, "reload", "--data", data).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "which is not moat serve; refusing to signal it") {
+		t.Errorf("moat reload with a stale pid file: %v\n%s", err, out)
+	}
+	// Had it been sent SIGHUP, it would have died of it before this kill.
+	sleeper.Process.Kill()
+	sleeper.Wait()
+	if ws, ok := sleeper.ProcessState.Sys().(syscall.WaitStatus); !ok || ws.Signal() != syscall.SIGKILL {
+		t.Errorf("the process named by the stale pid file ended with %v", sleeper.ProcessState)
+	}
+}
+
+// A reload to a profile the file does not meet is refused; one it meets
+// is applied and becomes the profile in force.
+func TestReloadChecksProfile(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "m.yaml")
+	body := "listeners:\n  - {address: \"127.0.0.1:1883\", transport: tcp, allow_anonymous: true}\n"
+	writeFile(t, file, body)
+	cfg, err := config.Load(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs syncBuffer
+	plan, err := buildPlan(cfg, slog.New(slog.NewTextHandler(&logs, nil)), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plan.close()
+	plan.live = &liveConfig{load: func() (*config.Config, error) { return config.Load(file) }, level: &slog.LevelVar{}}
+
+	writeFile(t, file, "profile: secure-transport\n"+body)
+	if _, err := plan.reloadConfig(); err == nil || !strings.Contains(err.Error(), "m.yaml:3: profile secure-transport: listener \"tcp-1883\": anonymous access is refused") {
+		t.Fatalf("reload to secure-transport: %v", err)
+	}
+	if p := profileName(plan.runningConfig()); p != "none" {
+		t.Errorf("profile after a refused reload: %s", p)
+	}
+	writeFile(t, file, "profile: secure-network\n"+body)
+	if _, err := plan.reloadConfig(); err != nil {
+		t.Fatal(err)
+	}
+	if p := profileName(plan.runningConfig()); p != "secure-network" {
+		t.Errorf("profile after the reload: %s", p)
+	}
+	if !strings.Contains(logs.String(), "changed=[profile]") {
+		t.Errorf("no summary in the log:\n%s", logs.String())
+	}
+}

@@ -1,0 +1,77 @@
+package cli
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/moatmq/moat/internal/store"
+)
+
+// mosquittoDB is a file Debian's mosquitto 2.0.11 wrote (see
+// internal/store/mosquittodb, TestGolden).
+const mosquittoDB = "../store/mosquittodb/testdata/mosquitto-2.0.db"
+
+func TestStoreImportMosquitto(t *testing.T) {
+	t.Setenv(envStoreKey, "")
+	t.Setenv(envStorePassphrase, "")
+	dir := filepath.Join(t.TempDir(), "store")
+
+	// A damaged file is refused before any store is created.
+	b, err := os.ReadFile(mosquittoDB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cut := filepath.Join(t.TempDir(), "cut.db")
+	os.WriteFile(cut, b[:300], 0o600)
+	code, _, errs := runStore(t, "", "import-mosquitto", "--data", dir, cut)
+	if code == 0 || !strings.Contains(errs, "mosquittodb: byte ") {
+		t.Fatalf("truncated file: %d %s", code, errs)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatalf("a store was created for a refused file: %v", err)
+	}
+
+	// Into a new store: created with its key file, everything counted.
+	code, out, errs := runStore(t, "", "import-mosquitto", "--data", dir, mosquittoDB)
+	if code != 0 {
+		t.Fatalf("import: %d\n%s%s", code, out, errs)
+	}
+	for _, want := range []string{"sessions       2", "subscriptions  4", "retained       3", "messages       5", "skipped        1", "$SYS message", "note: byte 1078"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("summary lacks %q:\n%s", want, out)
+		}
+	}
+	if !strings.Contains(errs, "created the store") {
+		t.Errorf("no word of the new store: %s", errs)
+	}
+	if fi, err := os.Stat(filepath.Join(dir, store.KeyFile)); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("key file: %v %v", fi, err)
+	}
+	code, out, _ = runStore(t, "", "export", "--data", dir)
+	if code != 0 || !strings.Contains(out, `"Topic":"plant/1/config"`) || !strings.Contains(out, `"ClientID":"dev-v5"`) {
+		t.Fatalf("export after import: %d\n%s", code, out)
+	}
+
+	// Again: refused, the store holds sessions.
+	code, _, errs = runStore(t, "", "import-mosquitto", "--data", dir, mosquittoDB)
+	if code == 0 || !strings.Contains(errs, "already holds 2 sessions") || !strings.Contains(errs, "--merge") {
+		t.Fatalf("second import: %d %s", code, errs)
+	}
+	// With --merge: nothing is duplicated or replaced.
+	code, out, errs = runStore(t, "", "import-mosquitto", "--merge", "--data", dir, mosquittoDB)
+	if code != 0 || !strings.Contains(out, "sessions       0") || !strings.Contains(out, "retained       0") ||
+		!strings.Contains(out, "session already in the store") || !strings.Contains(out, "retained topic already in the store") {
+		t.Fatalf("merge: %d\n%s%s", code, out, errs)
+	}
+	code, out, _ = runStore(t, "", "verify", "--data", dir)
+	if code != 0 || !strings.Contains(out, "sessions      2") || !strings.Contains(out, "retained      3") || !strings.Contains(out, "deliveries    5") {
+		t.Fatalf("verify: %d\n%s", code, out)
+	}
+
+	// A size limit below the file's size.
+	if code, _, errs = runStore(t, "", "import-mosquitto", "--max-size", "100", "--data", dir, mosquittoDB); code == 0 || !strings.Contains(errs, "limit") {
+		t.Fatalf("max-size: %d %s", code, errs)
+	}
+}
