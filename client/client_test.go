@@ -201,8 +201,8 @@ func TestPublishRefused(t *testing.T) {
 
 type denyTopic string
 
-func (d denyTopic) Authorize(c *broker.Client, a broker.Action, topic string, qos byte, retain bool) broker.Decision {
-	if strings.HasPrefix(topic, string(d)) {
+func (d denyTopic) Authorize(r *broker.AuthzRequest) broker.Decision {
+	if strings.HasPrefix(r.Topic, string(d)) {
 		return broker.Decision{Reason: "test denies " + string(d)}
 	}
 	return broker.Decision{Allow: true}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/moatmq/moat/internal/packet"
@@ -112,6 +113,8 @@ func (c *conn) enhancedConnect(ctx context.Context, pkt *packet.Connect, st *con
 			}
 			c.client.Username = res.Username
 			c.client.Attributes = res.Attributes
+			c.client.Groups, c.client.Publish, c.client.Subscribe = res.Groups, res.Publish, res.Subscribe
+			c.client.AuthBackend, c.client.AuthExpires = res.Backend, res.Expires
 			c.authMethod = method
 			st.authData = out
 			st.authExpires = res.Expires
@@ -220,6 +223,14 @@ func (c *conn) handleAuth(p *packet.Auth) bool {
 		c.kill(packet.NotAuthorized, "re-authentication failed")
 		return false
 	}
+	if !sameGrants(&c.client, &res) {
+		// The Client is shared with deliveries, the decision cache and
+		// retained snapshots, and does not change while connected: a
+		// new set of groups or grants is taken up by a new connection.
+		c.log.Warn("broker: re-authentication changed the groups or grants; disconnecting", "username", c.client.Username)
+		c.loseAccess("re-authentication changed the groups or grants")
+		return false
+	}
 	c.armExpiry(res.Expires)
 	c.log.Info("broker: client re-authenticated", "method", clipString(c.authMethod), "username", c.client.Username,
 		"expires", res.Expires, "reason", res.Reason)
@@ -284,4 +295,11 @@ func clipString(s string) string {
 		return s[:maxLen] + "…"
 	}
 	return s
+}
+
+// sameGrants reports whether a re-authentication's result r carries the
+// groups, grants and backend the connection was admitted with.
+func sameGrants(c *Client, r *AuthResult) bool {
+	return slices.Equal(c.Groups, r.Groups) && slices.Equal(c.Publish, r.Publish) &&
+		slices.Equal(c.Subscribe, r.Subscribe) && c.AuthBackend == r.Backend
 }

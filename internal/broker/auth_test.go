@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,6 +18,7 @@ import (
 // over 4096 bytes fails, as SCRAM's parser refuses it.
 type twoStep struct {
 	expires time.Time
+	groups  atomic.Pointer[[]string] // the groups the exchange returns
 }
 
 func (a *twoStep) Begin(c *Client, method string, reauth bool) (AuthExchange, error) {
@@ -56,7 +59,11 @@ func (x *twoStepX) Step(_ context.Context, data []byte) ([]byte, bool, AuthResul
 		if string(data) != "proof" {
 			return nil, false, AuthResult{Reason: "wrong proof"}, errors.New("test: wrong proof")
 		}
-		return []byte("server-final"), true, AuthResult{Allow: true, Username: x.user, Expires: x.a.expires}, nil
+		var groups []string
+		if g := x.a.groups.Load(); g != nil {
+			groups = *g
+		}
+		return []byte("server-final"), true, AuthResult{Allow: true, Username: x.user, Expires: x.a.expires, Groups: groups}, nil
 	}
 	return nil, false, AuthResult{Reason: "out of order"}, errors.New("test: out of order")
 }
@@ -306,4 +313,39 @@ func TestAuthExpiry(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestSecurityReauthWithOtherGroupsEndsConnection: alice connects with
+// enhanced authentication as a member of "ops", which may read ops/#, and
+// subscribes. Her membership is withdrawn; the attack is to re-authenticate
+// with the fresh credential and keep the connection, whose Client (and the
+// decisions cached for it) still carry "ops". A re-authentication whose
+// groups differ ends the connection with 0x87 through the loss-of-access
+// path instead.
+func TestSecurityReauthWithOtherGroupsEndsConnection(t *testing.T) {
+	ea := &twoStep{}
+	ea.groups.Store(&[]string{"ops"})
+	authz := AuthorizerFunc(func(r *AuthzRequest) Decision {
+		if strings.HasPrefix(r.Topic, "ops/") && !slices.Contains(r.Client.Groups, "ops") {
+			return Decision{Reason: "test: ops only"}
+		}
+		return Decision{Allow: true}
+	})
+	s, addr := testServer(t, Config{EnhancedAuthenticator: ea, Authorizer: authz})
+	c := connectTEST(t, addr)
+	if ack := subscribe(t, c, 1, packet.Subscription{Filter: "ops/#"}); ack.ReasonCodes[0] != packet.GrantedQoS0 {
+		t.Fatalf("SUBACK %v: the groups of the exchange did not reach the Authorizer", ack.ReasonCodes[0])
+	}
+	ea.groups.Store(&[]string{})
+	c.send(authPkt(packet.ReAuthenticate, "TEST", "user:alice"))
+	if a, ok := c.recv().(*packet.Auth); !ok || a.ReasonCode != packet.ContinueAuthentication {
+		t.Fatalf("want AUTH 0x18, got %#v", a)
+	}
+	c.send(authPkt(packet.ContinueAuthentication, "TEST", "proof"))
+	if d := c.expectClosed(5 * time.Second); d == nil || d.ReasonCode != packet.NotAuthorized {
+		t.Fatalf("DISCONNECT %#v, want 0x87", d)
+	}
+	if n := s.Stats().RevokedDisconnects; n != 1 {
+		t.Errorf("RevokedDisconnects %d, want 1", n)
+	}
 }

@@ -200,9 +200,18 @@ type Config struct {
 	// disconnected at expiry. Default DefaultReauthGrace.
 	ReauthGrace time.Duration
 
-	// Authorizer decides publish and subscribe requests. Nil allows every
-	// request of an authenticated client.
+	// Authorizer decides publish, subscribe and delivery requests. Nil is
+	// AllowAll (New logs a warning); moat serve always sets one.
 	Authorizer Authorizer
+	// CheckRetainSource checks, when a retained message is replayed to a
+	// new subscription, that its publisher may still publish it
+	// (Mosquitto's check_retain_source).
+	CheckRetainSource bool
+	// DisconnectDeniedPublishV3 closes the connection of an MQTT 3.1.1
+	// client whose PUBLISH is not authorized; by default the message is
+	// dropped silently, as Mosquitto does (MQTT 5 clients are told with
+	// reason code 0x87 either way).
+	DisconnectDeniedPublishV3 bool
 
 	// Observer is told of every accepted socket (before TLS) and of the
 	// security events of each connection, and may refuse or end it

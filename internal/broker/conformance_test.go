@@ -19,8 +19,8 @@ const quiet = 250 * time.Millisecond
 // denyAuthorizer refuses every action on topics under "deny/".
 type denyAuthorizer struct{}
 
-func (denyAuthorizer) Authorize(_ *Client, _ Action, topic string, _ byte, _ bool) Decision {
-	if strings.HasPrefix(topic, "deny/") {
+func (denyAuthorizer) Authorize(r *AuthzRequest) Decision {
+	if strings.HasPrefix(r.Topic, "deny/") {
 		return Decision{Reason: "test policy denies deny/"}
 	}
 	return Decision{Allow: true}

@@ -85,6 +85,9 @@ type conn struct {
 	// DISCONNECT may not raise [MQTT-3.14.2-2].
 	sessionExpiryZero bool
 	stopWatch         func()
+	// retainSnap is the identity snapshot this connection's retained
+	// messages carry (Message.Publisher); reader-owned, made on first use.
+	retainSnap *Client
 	// authMethod is the Authentication Method of CONNECT ("" none), fixed
 	// at CONNECT. reauth is the re-authentication in progress and
 	// reauthRounds its AUTH packets so far (reader-owned).
@@ -171,6 +174,7 @@ func (s *Server) newConn(nc net.Conn, lst *listenerState) *conn {
 	c.client.Listener = lst.name
 	c.client.Remote = nc.RemoteAddr()
 	c.client.Conn = nc
+	c.client.az = newAuthzState()
 	return c
 }
 

@@ -292,9 +292,7 @@ func (c *conn) connect(ctx context.Context, pkt *packet.Connect) bool {
 	if w := c.lst.certWatcher; w != nil {
 		if chain := c.client.PeerCertificates(); len(chain) > 0 {
 			c.stopWatch = w.Watch(chain, func(reason string) {
-				c.log.Warn("broker: client certificate no longer valid; disconnecting", "reason", reason)
-				s.stats.revokedDisconnects.Add(1)
-				c.kill(packet.NotAuthorized, reason)
+				c.loseAccess("client certificate no longer valid: " + reason)
 			})
 		}
 	}
@@ -326,6 +324,8 @@ func (c *conn) authenticate(ctx context.Context, pkt *packet.Connect, st *connec
 				c.client.ClientID = res.ClientID
 			}
 			c.client.Attributes = res.Attributes
+			c.client.Groups, c.client.Publish, c.client.Subscribe = res.Groups, res.Publish, res.Subscribe
+			c.client.AuthBackend, c.client.AuthExpires = res.Backend, res.Expires
 			st.authExpires = res.Expires
 			return true
 		}

@@ -74,8 +74,8 @@ func (r recConn) Closed(c *Client, connected, abnormal bool) {
 
 type denyPrefix string
 
-func (p denyPrefix) Authorize(_ *Client, _ Action, topic string, _ byte, _ bool) Decision {
-	if strings.HasPrefix(topic, string(p)) {
+func (p denyPrefix) Authorize(r *AuthzRequest) Decision {
+	if strings.HasPrefix(r.Topic, string(p)) {
 		return Decision{Reason: "denied by test"}
 	}
 	return Decision{Allow: true}

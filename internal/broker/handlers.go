@@ -98,11 +98,25 @@ func (c *conn) handlePublish(p *packet.Publish) bool {
 		code = packet.NotAuthorized
 		c.log.Info("broker: publish to $SYS refused", "topic", p.Topic)
 	default:
-		if d := s.authorize(&c.client, ActionPublish, p.Topic, p.QoS, p.Retain); !d.Allow {
+		// p.Topic is the full topic name: any alias was resolved above.
+		if d := s.authorize(&c.client, ActionPublish, p.Topic, p.QoS, p.Retain, ""); !d.Allow {
 			code = packet.NotAuthorized
-			c.log.Info("broker: publish not authorized", "topic", p.Topic, "reason", d.Reason)
+			s.denied(&c.client, ActionPublish, p.Topic, d, "publish")
+			v := c.obs.Denied(&c.client, ActionPublish, p.Topic, d.Reason)
+			if c.version != packet.V5 && s.cfg.DisconnectDeniedPublishV3 {
+				if p.QoS == 2 {
+					c.sess.mu.Lock()
+					delete(c.sess.inboundQoS2, p.PacketID)
+					c.sess.mu.Unlock()
+				}
+				if !c.obsVerdict(v) {
+					return false
+				}
+				c.kill(0, "publish not authorized")
+				return false
+			}
 			// A disconnect follows the acknowledgement (and the QoS 2 cleanup).
-			defer c.obsVerdict(c.obs.Denied(&c.client, ActionPublish, p.Topic, d.Reason))
+			defer c.obsVerdict(v)
 		}
 	}
 	var msg *Message
@@ -116,6 +130,10 @@ func (c *conn) handlePublish(p *packet.Publish) bool {
 			msg.id = s.persist.NewID()
 		}
 		if msg.Retain {
+			if c.retainSnap == nil {
+				c.retainSnap = c.client.publisherSnapshot()
+			}
+			msg.Publisher = c.retainSnap
 			if s.retainFrom(msg, &c.client) {
 				if s.persist != nil {
 					c.persistRetained(msg, b)
@@ -185,8 +203,11 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 			codes[i] = packet.TopicFilterInvalid
 			continue
 		}
-		if d := s.authorize(&c.client, ActionSubscribe, filter, req.QoS, false); !d.Allow {
-			c.log.Info("broker: subscription not authorized", "filter", req.Filter, "reason", d.Reason)
+		// Judged on the filter (a shared subscription's without its
+		// $share/GROUP/ prefix): refused when no topic it matches can
+		// ever be read. Each delivered message is checked again.
+		if d := s.authorize(&c.client, ActionSubscribe, filter, req.QoS, false, group); !d.Allow {
+			s.denied(&c.client, ActionSubscribe, req.Filter, d, "subscription")
 			if v := c.obs.Denied(&c.client, ActionSubscribe, filter, d.Reason); v.Disconnect {
 				verdict = v
 			}
@@ -260,7 +281,15 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 			if m.expired(now) {
 				return true
 			}
-			if d := s.authorize(&c.client, ActionReceive, m.Topic, m.QoS, true); !d.Allow {
+			if d := s.authorize(&c.client, ActionReceive, m.Topic, m.QoS, true, ""); !d.Allow {
+				s.denied(&c.client, ActionReceive, m.Topic, d, "retained message")
+				return true
+			}
+			if d, ok := s.retainSourceAllowed(m); !ok {
+				// Logged under the subscriber's connection, whose
+				// denials are rate-limited.
+				d.Reason = "its publisher " + m.Publisher.Username + " (" + m.Publisher.ClientID + ") may no longer publish it: " + d.Reason
+				s.denied(&c.client, ActionReceive, m.Topic, d, "retained message")
 				return true
 			}
 			d := &delivery{msg: m, qos: min(m.QoS, r.sub.QoS), retain: true}

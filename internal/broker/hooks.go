@@ -37,12 +37,33 @@ type Client struct {
 	// Attributes carries what the Authenticator learned (certificate
 	// fields, token claims) for the Authorizer; nil when empty.
 	Attributes map[string]string
+	// Groups, Publish and Subscribe are what the Authenticator returned
+	// (AuthResult): the identity's groups and the topic filters its
+	// credential grants by itself. AuthBackend names the backend that
+	// admitted the client, for loss-of-access matching ("" when the
+	// certificate or the anonymous policy admitted it); AuthExpires is
+	// when the authentication of CONNECT stops holding (zero: never; a
+	// re-authentication moves the connection's expiry timer, not this).
+	Groups             []string
+	Publish, Subscribe []string
+	AuthBackend        string
+	AuthExpires        time.Time
+
+	// peerCerts holds the certificate chain of a snapshot that has no
+	// Conn (retainedPublisher); az is the connection's authorization
+	// state (decision cache, denial log limit, the Authorizer's memo),
+	// nil for snapshots.
+	peerCerts []*x509.Certificate
+	az        *authzState
 }
 
 // TLS returns the state of the client's TLS connection (TLS or secure
 // WebSocket), and false on plain transports. It is read from Conn on each
 // call: the broker keeps no copy per connection.
 func (c *Client) TLS() (tls.ConnectionState, bool) {
+	if c.Conn == nil {
+		return tls.ConnectionState{}, false
+	}
 	cs, ok := c.Conn.(interface{ ConnectionState() tls.ConnectionState })
 	if !ok {
 		return tls.ConnectionState{}, false
@@ -52,6 +73,9 @@ func (c *Client) TLS() (tls.ConnectionState, bool) {
 
 // PeerCertificates returns the verified client certificate chain, or nil.
 func (c *Client) PeerCertificates() []*x509.Certificate {
+	if c.peerCerts != nil {
+		return c.peerCerts
+	}
 	st, ok := c.TLS()
 	if !ok {
 		return nil
@@ -92,10 +116,16 @@ type AuthResult struct {
 	ClientIDBound bool
 	// Attributes are handed to the Authorizer through Client.Attributes.
 	Attributes map[string]string
-	// Expires, when not zero, is when the authentication stops holding (a
-	// token's exp): the connection is ended then, or ReauthGrace later for
-	// a client that can re-authenticate (auth.go).
-	Expires time.Time
+	// Groups, Publish, Subscribe and Backend are handed to the Authorizer
+	// through the Client fields of the same meaning (Backend as
+	// AuthBackend). Expires, when not zero, is when the authentication
+	// stops holding (a token's exp; Client.AuthExpires): the connection is
+	// ended then, or ReauthGrace later for a client that can
+	// re-authenticate (auth.go).
+	Groups             []string
+	Publish, Subscribe []string
+	Backend            string
+	Expires            time.Time
 }
 
 // Authenticator decides whether a client may connect. Implementations must
@@ -115,8 +145,11 @@ func (f AuthenticatorFunc) Authenticate(ctx context.Context, req *ConnectRequest
 
 // Decision is an Authorizer's answer with the reason for logs.
 type Decision struct {
-	Allow  bool
+	Allow bool
+	// Reason explains the decision for logs and the audit trail.
 	Reason string
+	// Rule names what decided (a rule, an acl_file line), for logs.
+	Rule string
 }
 
 // Action is what a client asks to do with a topic.
@@ -141,14 +174,50 @@ func (a Action) String() string {
 	return "unknown"
 }
 
-// Authorizer decides topic access. topic is a full topic name (never a
-// topic alias) for ActionPublish and ActionReceive, and a topic filter
-// (with any $share/group/ prefix removed) for ActionSubscribe.
-// Implementations must be safe for concurrent use and fast: they run on
-// the publish path.
-type Authorizer interface {
-	Authorize(c *Client, action Action, topic string, qos byte, retain bool) Decision
+// AuthzRequest is one authorization question.
+type AuthzRequest struct {
+	// Client is the client asking. For a RetainSource request it is a
+	// snapshot of the retained message's publisher, who may be offline:
+	// its Conn is nil, PeerCertificates still works.
+	Client *Client
+	Action Action
+	// Topic is a full topic name (after topic-alias resolution) for
+	// ActionPublish and ActionReceive, and a topic filter without any
+	// $share/GROUP/ prefix for ActionSubscribe.
+	Topic string
+	// ShareGroup is the GROUP of a shared subscription, for logs: rules
+	// judge the filter.
+	ShareGroup string
+	QoS        byte
+	Retain     bool
+	// RetainSource marks the check, on retained replay, that the message's
+	// publisher may still publish it (Mosquitto's check_retain_source).
+	RetainSource bool
 }
+
+// Authorizer decides topic access. Implementations must be safe for
+// concurrent use and fast: they run on the publish path. The broker
+// caches decisions per connection (see Server.Reevaluate for when the
+// cache is dropped), so a decision must depend only on the request and
+// the policy in force, never on time or on a counter.
+//
+// A nil Config.Authorizer is AllowAll (logged as a warning by New);
+// production wiring always sets one.
+type Authorizer interface {
+	Authorize(req *AuthzRequest) Decision
+}
+
+// AuthorizerFunc adapts a function to Authorizer.
+type AuthorizerFunc func(req *AuthzRequest) Decision
+
+// Authorize calls f.
+func (f AuthorizerFunc) Authorize(req *AuthzRequest) Decision { return f(req) }
+
+// AllowAll allows every request: Mosquitto's behaviour without an
+// acl_file. Use it deliberately.
+var AllowAll Authorizer = AuthorizerFunc(func(*AuthzRequest) Decision {
+	return Decision{Allow: true, Reason: "no access policy: everything is allowed", Rule: "allow_all"}
+})
 
 // CertWatcher watches client certificates of live connections. Watch is
 // called once per connection that presented a certificate; drop must be

@@ -30,6 +30,13 @@ type Message struct {
 	From string
 	// Created is when the broker received the message.
 	Created time.Time
+	// Publisher is a snapshot of the publishing client's identity, kept
+	// for retained messages (nil otherwise, and for the server's own) so
+	// that a replay can check the publisher's right to have written it
+	// (Config.CheckRetainSource). The Persistence does not store it yet: a
+	// retained message recovered after a restart has none, and its replay
+	// is not checked against its publisher (persist.go, recover).
+	Publisher *Client
 	// id names the message in the Persistence; 0 when it is never stored
 	// ($SYS, or persistence off).
 	id uint64

@@ -294,6 +294,6 @@ func TestSecurityUnverifiedUsername(t *testing.T) {
 
 type authorizerFunc func(c *Client, a Action, topic string, qos byte, retain bool) Decision
 
-func (f authorizerFunc) Authorize(c *Client, a Action, topic string, qos byte, retain bool) Decision {
-	return f(c, a, topic, qos, retain)
+func (f authorizerFunc) Authorize(r *AuthzRequest) Decision {
+	return f(r.Client, r.Action, r.Topic, r.QoS, r.Retain)
 }

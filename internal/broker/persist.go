@@ -438,6 +438,9 @@ func (s *Server) recover() error {
 			s.persistAsync(Change{Kind: ChangeDeleteRetained, Topic: m.Topic})
 			continue
 		}
+		// TODO(persist): the store keeps no publisher identity
+		// (Message.Publisher), so check_retain_source does not apply to
+		// a recovered retained message until it is published again.
 		s.retained.retain(m, r.Owner)
 	}
 	var expired []string

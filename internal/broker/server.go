@@ -52,7 +52,13 @@ type Server struct {
 
 	retained   *retainedQuota // the retained store, with its limits
 	readBudget *byteBudget    // bytes of packet bodies being read
-	persist    Persistence    // nil: state in memory only
+
+	// authorizer is Config.Authorizer, AllowAll when that is nil;
+	// authzGen moves on whenever cached decisions must not be used any
+	// more (Reevaluate).
+	authorizer Authorizer
+	authzGen   atomic.Uint64
+	persist    Persistence // nil: state in memory only
 }
 
 type listenerState struct {
@@ -95,6 +101,11 @@ func New(cfg Config) (*Server, error) {
 			cancel()
 			return nil, fmt.Errorf("broker: recovering the stored state: %w", err)
 		}
+	}
+	s.authorizer = c.Authorizer
+	if s.authorizer == nil {
+		s.authorizer = AllowAll
+		s.log.Warn("broker: no Authorizer: every client may publish and subscribe to every topic")
 	}
 	if c.IgnoreSessionOwner {
 		s.log.Warn("broker: session owner check is off: any client that knows a client ID can resume that session, " +
@@ -404,6 +415,7 @@ func (s *Server) attach(c *conn, st *connectState) (*session, bool, string) {
 			}
 		}
 		c.sess = sess
+		sess.client = c.client.snapshot(true)
 		c.connack(st, present)
 		c.established.Store(true)
 		if present {
@@ -519,7 +531,7 @@ func (s *Server) redistribute(orphans []*delivery) {
 			if g.Group != d.share.group || g.Filter != d.share.filter {
 				continue
 			}
-			if sub, ok := g.Pick(s.online); ok {
+			if sub, ok := g.Pick(s.eligibleFor(d.msg)); ok {
 				s.deliverTo(d.msg, sub.ClientID, sub.QoS, sub.RetainAsPublished, idsOf(sub.ID), d.share, nil)
 			}
 		}
@@ -527,17 +539,6 @@ func (s *Server) redistribute(orphans []*delivery) {
 		clear(mb.groups)
 	}
 	matchPool.Put(mb)
-}
-
-// online reports whether the session of clientID has a connection.
-func (s *Server) online(clientID string) bool {
-	sess := s.lookup(clientID)
-	if sess == nil {
-		return false
-	}
-	sess.mu.Lock()
-	defer sess.mu.Unlock()
-	return sess.conn != nil
 }
 
 // detach runs when a connection ends: it unbinds the session, publishes or
@@ -663,8 +664,8 @@ func (s *Server) publishWill(msg *Message, from *Client) {
 	if strings.HasPrefix(msg.Topic, "$SYS") {
 		return
 	}
-	if d := s.authorize(from, ActionPublish, msg.Topic, msg.QoS, msg.Retain); !d.Allow {
-		s.log.Info("broker: will not authorized; discarded", "client", from.ClientID, "topic", msg.Topic, "reason", d.Reason)
+	if d := s.authorize(from, ActionPublish, msg.Topic, msg.QoS, msg.Retain, ""); !d.Allow {
+		s.denied(from, ActionPublish, msg.Topic, d, "will")
 		return
 	}
 	// The will's Message Expiry Interval runs from the moment it is
@@ -680,18 +681,12 @@ func (s *Server) publishWill(msg *Message, from *Client) {
 	}
 	if msg.Retain {
 		// Over a retained limit the will is still delivered.
+		msg.Publisher = from.publisherSnapshot()
 		if s.retainFrom(msg, from) && s.persist != nil {
 			s.persistAsync(retainChange(msg, retainedOwner(from)))
 		}
 	}
 	s.deliver(msg, nil)
-}
-
-func (s *Server) authorize(c *Client, a Action, topic string, qos byte, retain bool) Decision {
-	if s.cfg.Authorizer == nil {
-		return Decision{Allow: true}
-	}
-	return s.cfg.Authorizer.Authorize(c, a, topic, qos, retain)
 }
 
 func (s *Server) queueFull(id string, d *delivery) {
@@ -750,9 +745,13 @@ func (s *Server) deliver(msg *Message, b *pbatch) int {
 	mb := matchPool.Get().(*matchBuf)
 	mb.subs, mb.groups = s.index.Match(msg.Topic, mb.subs[:0], mb.groups[:0])
 	n := s.route(msg, mb.subs, b)
+	var eligible func(string) bool
+	if len(mb.groups) > 0 {
+		eligible = s.eligibleFor(msg)
+	}
 	for i := range mb.groups {
 		g := &mb.groups[i]
-		sub, ok := g.Pick(s.online)
+		sub, ok := g.Pick(eligible)
 		if ok && s.deliverTo(msg, sub.ClientID, sub.QoS, sub.RetainAsPublished, idsOf(sub.ID), &shareKey{g.Group, g.Filter}, b) {
 			n++
 		}
@@ -816,14 +815,15 @@ func (s *Server) deliverTo(msg *Message, clientID string, subQoS byte, retainAsP
 	if sess == nil {
 		return false
 	}
-	if s.cfg.Authorizer != nil {
-		sess.mu.Lock()
-		c := sess.conn
-		sess.mu.Unlock()
-		if c != nil {
-			if d := s.authorize(&c.client, ActionReceive, msg.Topic, msg.QoS, msg.Retain); !d.Allow {
-				return false
-			}
+	sess.mu.Lock()
+	cl := sess.client
+	sess.mu.Unlock()
+	if cl != nil {
+		// Checked for every delivered message, offline sessions included
+		// (their queued messages are checked again when sent).
+		if d := s.authorize(cl, ActionReceive, msg.Topic, msg.QoS, msg.Retain, ""); !d.Allow {
+			s.denied(cl, ActionReceive, msg.Topic, d, "delivery")
+			return false
 		}
 	}
 	d := &delivery{msg: msg, qos: min(msg.QoS, subQoS), retain: retainAsPublished && msg.Retain, subIDs: ids, share: share}

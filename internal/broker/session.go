@@ -26,6 +26,11 @@ type session struct {
 
 	mu   sync.Mutex
 	conn *conn // nil while the client is offline
+	// client is a snapshot of the Client of the latest connection (set by
+	// attach, kept while offline): the identity queued messages and
+	// subscriptions are authorized for, sharing that connection's
+	// decision cache.
+	client *Client
 
 	// expiry is how long the session outlives its connection; 0 ends it
 	// at disconnection, neverExpires keeps it until taken over cleanly.
@@ -283,6 +288,12 @@ func (s *session) fillLocked(srv *Server) {
 			s.dropDeliveryLocked(srv, d)
 			continue
 		}
+		if !srv.mayReceive(&c.client, d) {
+			// Queued messages are checked again when finally sent: the
+			// policy may have changed while they waited.
+			srv.stats.droppedUnauthorized.Add(1)
+			continue
+		}
 		if d.qos == 0 {
 			c.sendQoS0(outPublish{d: d}, len(d.msg.Payload)+len(d.msg.Topic))
 			continue
@@ -304,6 +315,16 @@ func (s *session) fillLocked(srv *Server) {
 // rest follow as acknowledgements arrive [MQTT-3.3.4-9].
 func (s *session) resendLocked(c *conn) {
 	s.pendingResend = 0
+	// In-flight messages not yet received by the client are checked
+	// again: the client may have lost the right to read them while away.
+	for i := 0; i < len(s.inflight); {
+		if d := s.inflight[i]; !d.released && !c.srv.mayReceive(&c.client, d) {
+			s.removeInflight(i)
+			c.srv.stats.droppedUnauthorized.Add(1)
+			continue
+		}
+		i++
+	}
 	for i, d := range s.inflight {
 		d.pending = i >= s.inflightLimit
 		if d.pending {

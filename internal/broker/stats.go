@@ -21,6 +21,10 @@ type stats struct {
 	panics             atomic.Int64
 	revokedDisconnects atomic.Int64
 
+	authzDenied         atomic.Int64
+	subsRevoked         atomic.Int64
+	droppedUnauthorized atomic.Int64
+
 	packetsIn   atomic.Int64
 	messagesIn  atomic.Int64
 	messagesOut atomic.Int64
@@ -98,6 +102,13 @@ type Stats struct {
 	ReadBudgetPeak    int64
 	ReadBudgetWaits   int64
 	ReadBudgetWaiting int64
+	// AuthzDenied counts requests the Authorizer refused (publish,
+	// subscribe, delivery); SubscriptionsRevoked and DroppedUnauthorized
+	// count the subscriptions removed and the queued or in-flight messages
+	// dropped by Reevaluate and at delivery because access was lost.
+	AuthzDenied          int64
+	SubscriptionsRevoked int64
+	DroppedUnauthorized  int64
 	// PersistFailures counts changes the Persistence could not store;
 	// StoreQuarantines is Config.StoreQuarantines (stores moved aside as
 	// corrupt at start).
@@ -145,6 +156,9 @@ func (s *Server) Stats() Stats {
 		ReadBudgetPeak:       s.readBudget.maxUsed.Load(),
 		ReadBudgetWaits:      s.readBudget.waits.Load(),
 		ReadBudgetWaiting:    int64(s.readBudget.waiting()),
+		AuthzDenied:          st.authzDenied.Load(),
+		SubscriptionsRevoked: st.subsRevoked.Load(),
+		DroppedUnauthorized:  st.droppedUnauthorized.Load(),
 		PersistFailures:      st.persistFailed.Load(),
 		StoreQuarantines:     int64(s.cfg.StoreQuarantines),
 	}

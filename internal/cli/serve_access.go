@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -10,13 +11,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
-	"weak"
 
 	"github.com/moatmq/moat/internal/authn"
 	"github.com/moatmq/moat/internal/authn/introspect"
@@ -40,12 +39,34 @@ type accessPlan struct {
 	chains   map[string]*authn.Chain  // by listener name; nil or empty: certificates and the anonymous policy only
 	policies []*policySource          // distinct policies
 	byLn     map[string]*policySource // by listener name; nil: no ACL (everything allowed)
-	clients  clientTable
 
 	defaultPolicy string // the zero-config policy file, when in use
 	watchEvery    time.Duration
 	policyMu      sync.Mutex // serializes policy reloads (the watcher and SIGHUP)
+
+	// srv is the broker once started: the loss-of-access path
+	// (Reevaluate) runs on it. Nil before (nothing to re-evaluate then).
+	srv atomic.Pointer[broker.Server]
+	// ldaps are the LDAP backends whose live clients are looked up again
+	// every recheck interval.
+	ldaps []ldapRecheck
 }
+
+// ldapRecheck is one LDAP backend and how often its clients are checked.
+type ldapRecheck struct {
+	b     rechecker
+	every time.Duration
+}
+
+// rechecker looks a connected user up again (ldap.Backend.Recheck).
+type rechecker interface {
+	Name() string
+	Recheck(ctx context.Context, username string) (groups []string, exists bool, err error)
+}
+
+// defaultLDAPRecheck is how often the clients an LDAP backend admitted
+// are looked up again (ldap recheck_interval).
+const defaultLDAPRecheck = 5 * time.Minute
 
 // policySource is one access policy and the files it was compiled from.
 type policySource struct {
@@ -113,9 +134,9 @@ func (p *servePlan) planAccess() {
 			p.log.Info("access: policy loaded", "policy", ps.source, "generation", ps.holder.Generation())
 		}
 	}
-	p.broker.Authenticator = &accessAuthenticator{cert: p.auth, chains: a.chains, clients: &a.clients, log: p.log}
-	p.broker.EnhancedAuthenticator = &enhancedAuth{cert: p.auth, chains: a.chains, clients: &a.clients, log: p.log}
-	p.broker.Authorizer = &accessAuthorizer{byLn: a.byLn, clients: &a.clients, log: p.log}
+	p.broker.Authenticator = &accessAuthenticator{cert: p.auth, chains: a.chains, log: p.log}
+	p.broker.EnhancedAuthenticator = &enhancedAuth{cert: p.auth, chains: a.chains, log: p.log}
+	p.broker.Authorizer = &accessAuthorizer{byLn: a.byLn}
 	if !p.check {
 		a.startWatch(p)
 	}
@@ -193,6 +214,10 @@ type ldapYAML struct {
 	Timeout  config.Duration `yaml:"timeout"`
 	PoolSize int             `yaml:"pool_size"`
 	MaxBinds int             `yaml:"max_binds"`
+	// RecheckInterval is how often connected clients are looked up again
+	// (groups changed, account removed); default 5m, negative: never.
+	// Needs a service account (search.bind_dn).
+	RecheckInterval config.Duration `yaml:"recheck_interval"`
 }
 
 type jwtYAML struct {
@@ -289,7 +314,7 @@ func (a *accessPlan) backend(b *config.AuthBackend, log *slog.Logger) (authn.Bac
 		if err := b.Decode(&y); err != nil {
 			return nil, err
 		}
-		return ldap.New(ldap.Config{
+		b, err := ldap.New(ldap.Config{
 			URL: y.URL, StartTLS: y.StartTLS, InsecurePlaintext: y.InsecurePlaintext, CAFile: y.CAFile, ServerName: y.ServerName,
 			BindDNTemplate: y.BindDNTemplate,
 			Search: ldap.Search{Base: y.Search.Base, Filter: y.Search.Filter, BindDN: y.Search.BindDN,
@@ -298,6 +323,15 @@ func (a *accessPlan) backend(b *config.AuthBackend, log *slog.Logger) (authn.Bac
 				UserAttribute: y.Group.UserAttribute, Map: y.Group.Map},
 			Timeout: y.Timeout.D(), PoolSize: y.PoolSize, MaxBinds: y.MaxBinds, Logger: log,
 		})
+		if err != nil {
+			return nil, err
+		}
+		if every := y.RecheckInterval.D(); every >= 0 && y.Search.BindDN != "" {
+			a.ldaps = append(a.ldaps, ldapRecheck{b: b, every: cmp.Or(every, defaultLDAPRecheck)})
+		} else if every >= 0 {
+			log.Warn("access: LDAP clients are not re-checked while connected: set search.bind_dn (a service account) for that", "url", y.URL)
+		}
+		return b, nil
 	case config.AuthJWT:
 		var y jwtYAML
 		if err := b.Decode(&y); err != nil {
@@ -421,7 +455,7 @@ func (ps *policySource) fingerprint() [sha256.Size]byte {
 // reload recompiles the policy when its files changed. A policy that does
 // not compile leaves the previous one in force; the error is logged once
 // per content.
-func (ps *policySource) reload(log *slog.Logger) {
+func (ps *policySource) reload(log *slog.Logger) (changed bool) {
 	if ps.holder == nil {
 		return
 	}
@@ -440,10 +474,9 @@ func (ps *policySource) reload(log *slog.Logger) {
 	}
 	ps.sum, ps.failed = sum, [32]byte{}
 	gen := ps.holder.Swap(pol)
-	// Sessions that lost access are re-evaluated by the loss-of-access
-	// path (a later step); cached decisions are dropped at once through
-	// the generation.
-	log.Warn("access: policy reloaded; new decisions use it, live subscriptions are not re-checked yet", "policy", desc, "generation", gen)
+	log.Warn("access: policy reloaded; live sessions are re-checked against it", "policy", desc, "generation", gen)
+	changed = true
+	return changed
 }
 
 // Default policy of the zero-configuration broker.
@@ -559,6 +592,20 @@ func (a *accessPlan) startWatch(p *servePlan) {
 			f.Watch(ctx, t.C, func(c passwd.Change, err error) { a.reportPasswd(f, c, err) })
 		})
 	}
+	for _, l := range a.ldaps {
+		t := time.NewTicker(l.every)
+		p.tasks.Go(func() {
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+					a.recheckLDAP(ctx, l.b)
+				}
+			}
+		})
+	}
 	if len(a.policies) > 0 {
 		t := time.NewTicker(a.watchEvery)
 		p.tasks.Go(func() {
@@ -590,7 +637,17 @@ func (a *accessPlan) reloadPolicies() {
 	a.policyMu.Lock()
 	defer a.policyMu.Unlock()
 	for _, ps := range a.policies {
-		ps.reload(a.log)
+		if !ps.reload(a.log) {
+			continue
+		}
+		// The swap is done: Reevaluate drops every cached decision
+		// before it re-checks the sessions of this policy's listeners.
+		if srv := a.srv.Load(); srv != nil {
+			srv.Reevaluate(broker.Reevaluation{
+				Match:  func(c *broker.Client) bool { return a.byLn[c.Listener] == ps },
+				Reason: "access policy " + ps.source + " changed",
+			})
+		}
 	}
 }
 
@@ -602,9 +659,71 @@ func (a *accessPlan) reportPasswd(f *passwd.File, c passwd.Change, err error) {
 	if c.Empty() {
 		return
 	}
-	// Live sessions of removed and changed users keep running until the
-	// loss-of-access path re-evaluates them (a later step).
 	a.log.Warn("access: password file reloaded", "file", f.Path(), "users", f.Len(), "added", c.Added, "removed", c.Removed, "changed", c.Changed)
+	// A removed user, or one whose password changed, no longer holds the
+	// authentication its connection was admitted with.
+	gone := make(map[string]bool, len(c.Removed)+len(c.Changed))
+	for _, u := range slices.Concat(c.Removed, c.Changed) {
+		gone[u] = true
+	}
+	if srv := a.srv.Load(); srv != nil && len(gone) > 0 {
+		srv.Reevaluate(broker.Reevaluation{
+			Match:      func(cl *broker.Client) bool { return cl.AuthBackend == f.Name() && gone[cl.Username] },
+			Disconnect: true,
+			Reason:     "password removed or changed in " + f.Path(),
+		})
+	}
+}
+
+// recheckLDAP looks every client b admitted up again: a client whose
+// account is gone or whose groups changed is disconnected (it reconnects
+// with its current groups). A directory that cannot answer leaves the
+// connections alone; the error is logged.
+func (a *accessPlan) recheckLDAP(ctx context.Context, b rechecker) {
+	srv := a.srv.Load()
+	if srv == nil {
+		return
+	}
+	lost := map[string]string{} // username → reason
+	checked := map[string]bool{}
+	for _, ci := range srv.Clients() {
+		c := &ci.Client
+		if c.AuthBackend != b.Name() || checked[c.Username] {
+			continue
+		}
+		checked[c.Username] = true
+		groups, exists, err := b.Recheck(ctx, c.Username)
+		switch {
+		case err != nil:
+			a.log.Error("access: LDAP re-check failed; connections kept", "backend", b.Name(), "username", c.Username, "err", err)
+			return
+		case !exists:
+			lost[c.Username] = "LDAP account no longer exists"
+		case !sameSet(groups, c.Groups):
+			lost[c.Username] = "LDAP groups changed"
+		}
+	}
+	if len(lost) == 0 {
+		return
+	}
+	for u, why := range lost {
+		srv.Reevaluate(broker.Reevaluation{
+			Match:      func(c *broker.Client) bool { return c.AuthBackend == b.Name() && c.Username == u },
+			Disconnect: true,
+			Reason:     why,
+		})
+	}
+}
+
+// sameSet reports whether a and b hold the same strings.
+func sameSet(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	x, y := slices.Clone(a), slices.Clone(b)
+	slices.Sort(x)
+	slices.Sort(y)
+	return slices.Equal(x, y)
 }
 
 // reload re-reads every password file and policy now (SIGHUP).
@@ -626,67 +745,20 @@ func (a *accessPlan) reload() {
 	a.reloadPolicies()
 }
 
-// clientTable keeps what the authorizer needs per connection: the Subject
-// built once, the groups and grants authentication returned, and the
-// decision cache. It is keyed by the broker's *Client, which lives as long
-// as its connection, through a weak pointer: an entry goes away when the
-// connection is collected, with no hook in the broker. This is temporary
-// wiring until the broker's authorization seam carries a per-connection
-// value (the request-struct step).
-type clientTable struct {
-	m sync.Map // weak.Pointer[broker.Client] -> *clientAccess
-}
-
-// connCacheSize bounds the decisions cached per connection. A key holds a
-// topic of up to limits.max_topic_length bytes (1 KiB by default), so a
-// client cycling through topics costs at most about this many KiB.
-const connCacheSize = 64
-
-// clientAccess is one connection's authorization state.
-type clientAccess struct {
-	groups     []string
-	pub, sub   []string
-	fromChain  bool
-	once       sync.Once
-	subj       *authz.Subject
-	cache      *authz.Cache
-	denyLogged atomic.Int32
-}
-
-// get returns c's entry, creating it.
-func (t *clientTable) get(c *broker.Client) *clientAccess {
-	k := weak.Make(c)
-	if v, ok := t.m.Load(k); ok {
-		return v.(*clientAccess)
-	}
-	ca := &clientAccess{cache: authz.NewCache(connCacheSize)}
-	if v, loaded := t.m.LoadOrStore(k, ca); loaded {
-		return v.(*clientAccess)
-	}
-	runtime.AddCleanup(c, func(k weak.Pointer[broker.Client]) { t.m.Delete(k) }, k)
-	return ca
-}
-
-// setAuth records what an authentication chain returned for c.
-func (t *clientTable) setAuth(c *broker.Client, r authn.Result) {
-	ca := t.get(c)
-	ca.groups = slices.Clone(r.Groups)
-	ca.pub, ca.sub = slices.Clone(r.Publish), slices.Clone(r.Subscribe)
-	ca.fromChain = true
-}
-
-// subject builds c's Subject on first use: after CONNECT, when the broker
-// has set the verified username and the final client ID.
-func (ca *clientAccess) subject(c *broker.Client) *authz.Subject {
-	ca.once.Do(func() {
+// subjectOf builds c's policy Subject once per connection (through
+// Client.Memo): after CONNECT, when the broker has set the verified
+// username, the final client ID and what the authentication chain
+// returned.
+func subjectOf(c *broker.Client) *authz.Subject {
+	return c.Memo(func(c *broker.Client) any {
 		s := &authz.Subject{
 			Username:            c.Username,
 			Anonymous:           c.Anonymous || c.Username == "",
 			ClientID:            c.ClientID,
 			Listener:            c.Listener,
-			Groups:              ca.groups,
-			CredentialPublish:   ca.pub,
-			CredentialSubscribe: ca.sub,
+			Groups:              c.Groups,
+			CredentialPublish:   c.Publish,
+			CredentialSubscribe: c.Subscribe,
 		}
 		if ap, ok := addrPort(c.Remote); ok {
 			s.Addr = ap.Addr().Unmap()
@@ -694,31 +766,28 @@ func (ca *clientAccess) subject(c *broker.Client) *authz.Subject {
 		if certs := c.PeerCertificates(); len(certs) > 0 {
 			s.Cert = certFields(certs[0])
 		}
-		ca.subj = s
-	})
-	return ca.subj
+		return s
+	}).(*authz.Subject)
 }
 
 // accessAuthorizer adapts the listeners' policies to broker.Authorizer.
+// A listener without a policy allows everything (Mosquitto without an
+// acl_file; the plan warns about it). The broker caches the decisions per
+// connection and logs the denials.
 type accessAuthorizer struct {
-	byLn    map[string]*policySource // read-only after start
-	clients *clientTable
-	log     *slog.Logger
+	byLn map[string]*policySource // read-only after start
 }
 
-// maxDenyLogs is how many denials of one connection are logged at info
-// level; later ones go to debug, so a client cannot flood the log.
-const maxDenyLogs = 20
+var allowNoACL = broker.Decision{Allow: true, Reason: "no access policy configured for this listener", Rule: "none"}
 
-var allowNoACL = broker.Decision{Allow: true, Reason: "no access policy configured for this listener"}
-
-func (a *accessAuthorizer) Authorize(c *broker.Client, action broker.Action, topic string, qos byte, retain bool) broker.Decision {
+func (a *accessAuthorizer) Authorize(req *broker.AuthzRequest) broker.Decision {
+	c := req.Client
 	ps := a.byLn[c.Listener]
 	if ps == nil {
 		return allowNoACL
 	}
 	var act authz.Action
-	switch action {
+	switch req.Action {
 	case broker.ActionPublish:
 		act = authz.Publish
 	case broker.ActionSubscribe:
@@ -726,25 +795,8 @@ func (a *accessAuthorizer) Authorize(c *broker.Client, action broker.Action, top
 	case broker.ActionReceive:
 		act = authz.Receive
 	}
-	ca := a.clients.get(c)
-	d := ca.cache.Decide(ps.holder, authz.Request{Subject: ca.subject(c), Action: act, Topic: topic, QoS: qos, Retain: retain})
-	if !d.Allow {
-		level := slog.LevelInfo
-		if act == authz.Receive {
-			level = slog.LevelDebug // per delivered message: the subscription was allowed
-		}
-		n := ca.denyLogged.Add(1)
-		switch {
-		case n == maxDenyLogs+1:
-			a.log.Info("authz: further denials of this client are logged at debug level", "listener", c.Listener, "client_id", c.ClientID)
-			level = slog.LevelDebug
-		case n > maxDenyLogs:
-			level = slog.LevelDebug
-		}
-		a.log.Log(context.Background(), level, "authz: denied", "listener", c.Listener, "client_id", c.ClientID, "username", c.Username,
-			"action", act.String(), "topic", clipLog(topic), "qos", qos, "retain", retain, "rule", d.Rule, "reason", d.Reason)
-	}
-	return broker.Decision{Allow: d.Allow, Reason: d.Reason}
+	d := ps.holder.Decide(authz.Request{Subject: subjectOf(c), Action: act, Topic: req.Topic, ShareGroup: req.ShareGroup, QoS: req.QoS, Retain: req.Retain})
+	return broker.Decision{Allow: d.Allow, Reason: d.Reason, Rule: d.Rule}
 }
 
 // clipLog shortens a peer-controlled string for a log line.

@@ -203,7 +203,7 @@ func TestServeMosquittoPasswordFileAndACL(t *testing.T) {
 	if !slices.Contains(moat["alice"], "alice/inbox m") || slices.Contains(moat["alice"], "alice/e m") || !slices.Contains(moat["bob"], "bob/ret m") {
 		t.Errorf("alice received %q", moat["alice"])
 	}
-	if !m.waitLog(t, "authz: denied", "rule=default") {
+	if !m.waitLog(t, "not authorized", "rule=default") {
 		t.Error("denied publishes are not logged with their rule")
 	}
 
@@ -469,7 +469,7 @@ func TestServeZeroConfigDefaultPolicy(t *testing.T) {
 	if got := op.out.String(); strings.Contains(got, "broadcast/hello") || !strings.Contains(got, "devices/sensor-2/state sensor-2") {
 		t.Errorf("operator received %s", got)
 	}
-	if !strings.Contains(logs.String(), "authz: denied") {
+	if !strings.Contains(logs.String(), "not authorized") {
 		t.Error("denials not logged")
 	}
 }

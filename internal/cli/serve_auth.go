@@ -104,10 +104,9 @@ func proxyIdentity(conn net.Conn, src tlsconf.IdentitySource) (string, bool) {
 // (fail closed). Every decision is logged with its reason; passwords
 // never are.
 type accessAuthenticator struct {
-	cert    *certAuthenticator
-	chains  map[string]*authn.Chain // by listener name; read-only after start
-	clients *clientTable
-	log     *slog.Logger
+	cert   *certAuthenticator
+	chains map[string]*authn.Chain // by listener name; read-only after start
+	log    *slog.Logger
 }
 
 func (a *accessAuthenticator) Authenticate(ctx context.Context, req *broker.ConnectRequest) broker.AuthResult {
@@ -141,8 +140,8 @@ func (a *accessAuthenticator) Authenticate(ctx context.Context, req *broker.Conn
 		out.Allow, out.NoOpinion = true, false
 		out.Username = cmpOr(r.Username, req.Connect.Username)
 		out.Reason = r.Reason
-		out.Expires = r.Expires
-		a.clients.setAuth(req.Client, r)
+		out.Groups, out.Publish, out.Subscribe = r.Groups, r.Publish, r.Subscribe
+		out.Backend, out.Expires = r.Backend, r.Expires
 	case r.Verdict == authn.Deny:
 		out = broker.AuthResult{Code: packet.BadUsernameOrPassword, Reason: r.Reason}
 	default:

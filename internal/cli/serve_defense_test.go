@@ -25,12 +25,6 @@ import (
 // defYAML is the configuration of the defense tests: the defaults.
 const defYAML = "listeners:\n  - address: 127.0.0.1:0\n    transport: tcp\n    allow_anonymous: true\n"
 
-type authorizerFunc func(c *broker.Client, a broker.Action, topic string, qos byte, retain bool) broker.Decision
-
-func (f authorizerFunc) Authorize(c *broker.Client, a broker.Action, topic string, qos byte, retain bool) broker.Decision {
-	return f(c, a, topic, qos, retain)
-}
-
 // defClock is the guard's injected clock.
 type defClock struct {
 	mu sync.Mutex
@@ -390,8 +384,8 @@ func TestSecurityPasswordGuessingBansAddress(t *testing.T) {
 // with 0x87 Not authorized and its address is banned, while a client on 127.0.0.8
 // keeps publishing.
 func TestSecurityTopicScanDisconnectsAndBans(t *testing.T) {
-	authz := authorizerFunc(func(_ *broker.Client, _ broker.Action, topic string, _ byte, _ bool) broker.Decision {
-		if strings.HasPrefix(topic, "secret/") {
+	authz := broker.AuthorizerFunc(func(r *broker.AuthzRequest) broker.Decision {
+		if strings.HasPrefix(r.Topic, "secret/") {
 			return broker.Decision{Reason: "acl: no rule allows this topic"}
 		}
 		return broker.Decision{Allow: true}

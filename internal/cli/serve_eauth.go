@@ -57,10 +57,9 @@ func newSCRAMBackend(path string) (*scramBackend, error) {
 // moat-jwt on listeners whose auth list has a jwt entry. Listeners that
 // take identities from client certificates offer no method.
 type enhancedAuth struct {
-	cert    *certAuthenticator
-	chains  map[string]*authn.Chain // by listener name; read-only after start
-	clients *clientTable
-	log     *slog.Logger
+	cert   *certAuthenticator
+	chains map[string]*authn.Chain // by listener name; read-only after start
+	log    *slog.Logger
 }
 
 var _ broker.EnhancedAuthenticator = (*enhancedAuth)(nil)
@@ -172,7 +171,8 @@ func (x *scramExchange) Step(ctx context.Context, data []byte) ([]byte, bool, br
 		return out, false, broker.AuthResult{}, nil
 	}
 	x.e.logDecision(x.c, method, "scram "+x.file, reauth, res, nil)
-	return out, true, broker.AuthResult{Allow: true, Username: res.Username, Reason: res.Reason}, nil
+	return out, true, broker.AuthResult{Allow: true, Username: res.Username, Reason: res.Reason,
+		Groups: res.Groups, Backend: "scram " + x.file}, nil
 }
 
 // jwtExchange checks the JWT of CONNECT or of AUTH 0x19 with the
@@ -222,8 +222,6 @@ func (x *jwtExchange) Step(ctx context.Context, data []byte) ([]byte, bool, brok
 	if err != nil {
 		return nil, false, failResult(r, err), err
 	}
-	if !x.reauth {
-		x.e.clients.setAuth(x.c, r)
-	}
-	return nil, true, broker.AuthResult{Allow: true, Username: cmpOr(r.Username, req.Username), Reason: r.Reason, Expires: r.Expires}, nil
+	return nil, true, broker.AuthResult{Allow: true, Username: cmpOr(r.Username, req.Username), Reason: r.Reason,
+		Groups: r.Groups, Publish: r.Publish, Subscribe: r.Subscribe, Backend: r.Backend, Expires: r.Expires}, nil
 }

@@ -101,10 +101,9 @@ func startEABroker(t *testing.T, backends ...authn.Backend) *eaBroker {
 	log := slog.New(slog.NewTextHandler(b.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	chains := map[string]*authn.Chain{"t": {Backends: backends}}
 	cert := &certAuthenticator{}
-	clients := &clientTable{}
 	srv, err := broker.New(broker.Config{
-		Authenticator:         &accessAuthenticator{cert: cert, chains: chains, clients: clients, log: log},
-		EnhancedAuthenticator: &enhancedAuth{cert: cert, chains: chains, clients: clients, log: log},
+		Authenticator:         &accessAuthenticator{cert: cert, chains: chains, log: log},
+		EnhancedAuthenticator: &enhancedAuth{cert: cert, chains: chains, log: log},
 		Clock:                 b.clock,
 		Logger:                log,
 	})

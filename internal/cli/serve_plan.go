@@ -245,6 +245,14 @@ func (p *servePlan) planBroker() {
 		p.problem("limits.max_queued_bytes", "", errors.New("limits.max_queued_bytes is not supported yet; remove it (max_queued_messages, a message count, is enforced)"))
 	}
 	b.Authenticator = p.auth
+	b.CheckRetainSource = cfg.CheckRetainSource
+	switch cfg.DeniedPublishV3 {
+	case "", "drop":
+	case "disconnect":
+		b.DisconnectDeniedPublishV3 = true
+	default:
+		p.problem("denied_publish_v3", "", fmt.Errorf("denied_publish_v3 %q: want drop or disconnect", cfg.DeniedPublishV3))
+	}
 	p.broker = b
 }
 
@@ -260,6 +268,9 @@ func (p *servePlan) startBroker() {
 		return
 	}
 	p.srv = srv
+	if p.access != nil {
+		p.access.srv.Store(srv)
+	}
 	if p.defense != nil {
 		p.defense.srv.Store(srv)
 	}

@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"syscall"
 
+	"github.com/moatmq/moat/internal/broker"
 	"github.com/moatmq/moat/internal/config"
 )
 
@@ -294,7 +295,9 @@ func (p *servePlan) pairPolicies(check *servePlan) map[*policySource]*policySour
 }
 
 // swapPolicies installs the check plan's compiled policies in the running
-// holders; cached decisions are dropped through the holders' generations.
+// holders, then re-evaluates the sessions of each swapped policy's
+// listeners (Reevaluate drops every cached decision first): subscriptions,
+// queued and in-flight messages the new policy refuses are removed.
 func (p *servePlan) swapPolicies(pairs map[*policySource]*policySource) {
 	a := p.access
 	a.policyMu.Lock()
@@ -306,7 +309,13 @@ func (p *servePlan) swapPolicies(pairs map[*policySource]*policySource) {
 		pol, _ := nps.holder.Load()
 		ps.spec, ps.rules, ps.source, ps.sum, ps.failed = nps.spec, nps.rules, nps.source, nps.sum, [32]byte{}
 		gen := ps.holder.Swap(pol)
-		p.log.Warn("access: policy reloaded; new decisions use it, live subscriptions are not re-checked yet", "policy", ps.source, "generation", gen)
+		p.log.Info("access: policy reloaded", "policy", ps.source, "generation", gen)
+		if srv := a.srv.Load(); srv != nil {
+			srv.Reevaluate(broker.Reevaluation{
+				Match:  func(c *broker.Client) bool { return a.byLn[c.Listener] == ps },
+				Reason: "access policy " + ps.source + " changed",
+			})
+		}
 	}
 }
 

@@ -64,7 +64,7 @@ func TestServeReloadSIGHUPAppliesACLAndLogLevel(t *testing.T) {
 	needTool(t, "mosquitto_pub", "mosquitto_sub")
 	m, port, file, _ := startReloadBroker(t)
 	mqttTry(t, port, "", "u/before")
-	if !m.waitLog(t, "authz: denied", "u/before") {
+	if !m.waitLog(t, "broker: publish not authorized", "u/before") {
 		t.Fatal("u/before was not denied by the first policy")
 	}
 	writeFile(t, file, reloadYAML(port, "debug", "t/#", "u/#"))
@@ -91,7 +91,7 @@ func TestServeReloadRefusesRestartSettings(t *testing.T) {
 		t.Fatal("the changed address was not refused")
 	}
 	mqttTry(t, port, "", "u/refused")
-	if !m.waitLog(t, "authz: denied", "u/refused") {
+	if !m.waitLog(t, "broker: publish not authorized", "u/refused") {
 		t.Fatal("the access policy of the refused reload was applied")
 	}
 	if strings.Contains(m.logs.String(), "configuration reloaded") || strings.Contains(m.logs.String(), "level=DEBUG") {

@@ -114,6 +114,14 @@ type Config struct {
 	// client that publishes with the retain flag is disconnected
 	// (Mosquitto retain_available).
 	RetainAvailable bool `json:"retain_available" yaml:"retain_available"`
+	// CheckRetainSource checks, when a retained message is replayed to a
+	// new subscription, that its publisher may still publish it. Default
+	// true (Mosquitto's check_retain_source, with the same default).
+	CheckRetainSource bool `json:"check_retain_source,omitempty" yaml:"check_retain_source"`
+	// DeniedPublishV3 is what happens to an MQTT 3.1.1 client whose
+	// PUBLISH is not authorized: "drop" (default, as Mosquitto) or
+	// "disconnect". MQTT 5 clients get reason code 0x87 either way.
+	DeniedPublishV3 string `json:"denied_publish_v3,omitempty" yaml:"denied_publish_v3"`
 	// SysInterval is the period of $SYS updates; 0 disables $SYS.
 	// Default 10s (Mosquitto sys_interval).
 	SysInterval Duration `json:"sys_interval" yaml:"sys_interval"`
@@ -515,6 +523,7 @@ func Default() *Config {
 		Limits:          defaultLimits(),
 		Persistence:     Persistence{Enabled: true, AutosaveInterval: Duration(1800e9), Sync: "always", BatchInterval: Duration(1e9)},
 	}
+	c.CheckRetainSource = true
 	l := defaultListener()
 	l.Name = "mqtts"
 	l.Address = ":8883"

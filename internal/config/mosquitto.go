@@ -150,6 +150,7 @@ func parseMosquitto(name string, data []byte, readDir readDirFunc, readFile func
 		Persistence:     Persistence{AutosaveInterval: Duration(1800e9), Sync: "always", BatchInterval: Duration(1e9)},
 		keyPos:          map[string]string{},
 	}
+	c.CheckRetainSource = true // Mosquitto's default
 	p := &mosqParser{
 		cfg: c, readDir: readDir, readFile: readFile, localOnly: true,
 		global: mosqSecurity{allowAnon: -1, allowZeroLen: -1},
@@ -603,8 +604,9 @@ func (p *mosqParser) apply(ln *line, cur *mosqListener) *mosqListener {
 			p.note(ln, "set_tcp_nodelay is ignored: Moat always disables Nagle's algorithm")
 		}
 	case "check_retain_source":
-		if _, ok := p.boolean(ln); ok {
-			p.note(ln, "check_retain_source is ignored: retained messages are checked against the subscriber's right to receive them, not yet against the publisher's current right")
+		if b, ok := p.boolean(ln); ok {
+			p.cfg.CheckRetainSource = b
+			p.mark(ln, "check_retain_source")
 		}
 	case "websockets_log_level", "websockets_headers_size":
 		if _, ok := p.integer(ln, math.MinInt32, math.MaxInt32); ok {

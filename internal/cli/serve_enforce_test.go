@@ -1,0 +1,278 @@
+package cli
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// lossACL is the acl_file of the loss-of-access test.
+const lossACL = `user alice
+topic read shared/#
+topic read alice/#
+
+user bob
+topic read shared/#
+
+user carol
+topic write shared/#
+topic write alice/#
+topic write devices/#
+
+pattern read devices/%c/#
+`
+
+// TestSecurityServeLossOfAccess: rights removed while clients are
+// connected take effect on them at once (the attack: keep a session open
+// and keep reading after the operator revoked access, as in EMQX #10192 and
+// #10433). An edited acl_file removes the subscription alice may no longer
+// make while her permitted one keeps delivering; a password removed from
+// the password file disconnects bob (MQTT 5 DISCONNECT 0x87) and he cannot
+// come back. A subscription that can never be read is refused in SUBACK
+// (0x87, MQTT 3.1.1 0x80).
+func TestSecurityServeLossOfAccess(t *testing.T) {
+	needTool(t, "mosquitto_passwd", "mosquitto_pub", "mosquitto_sub")
+	dir := t.TempDir()
+	pw, acl := filepath.Join(dir, "passwd"), filepath.Join(dir, "acl")
+	makePasswd(t, pw, "alice", "bob", "carol")
+	writeFile(t, acl, lossACL)
+	port := freePort(t)
+	writeFile(t, filepath.Join(dir, "mosquitto.conf"), fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous false\npassword_file %s\nacl_file %s\n", port, pw, acl))
+	m := startMoat(t, dir, []int{port}, "-c", "mosquitto.conf", "--data", filepath.Join(dir, "data"))
+
+	// Never readable: refused in SUBACK, for both protocol versions.
+	for _, v := range []string{"5", "311"} {
+		out, err := run(t, 15*time.Second, "mosquitto_sub", "-h", "127.0.0.1", "-p", strconv.Itoa(port), "-V", v,
+			"-u", "bob", "-P", "bob-pw", "-i", "bob-never", "-t", "alice/#", "-C", "1", "-W", "5")
+		if !strings.Contains(out, "denied") {
+			t.Errorf("MQTT %s: subscription to a never readable filter: %v %q, want a refusal in SUBACK", v, err, out)
+		}
+	}
+
+	// %c injection: a client ID of "+" or "#" would turn the pattern
+	// devices/%c/# into a wildcard over every device; the pattern does
+	// not match such an identity, so nothing is readable.
+	for _, id := range []string{"+", "#"} {
+		out, _ := run(t, 15*time.Second, "mosquitto_sub", "-h", "127.0.0.1", "-p", strconv.Itoa(port), "-V", "5",
+			"-u", "bob", "-P", "bob-pw", "-i", id, "-t", "devices/+/#", "-C", "1", "-W", "5")
+		if !strings.Contains(out, "denied") {
+			t.Errorf("client ID %q: subscription to devices/+/#: %q, want a refusal", id, out)
+		}
+	}
+
+	alice := startSub(t, port, "alice", "shared/#", "-V", "5", "-t", "alice/#")
+	bob := startSub(t, port, "bob", "shared/#", "-V", "5")
+	waitFor(t, "both subscriptions", func() bool {
+		mqttTry(t, port, "carol", "shared/ready")
+		return strings.Contains(alice.out.String(), "shared/ready") && strings.Contains(bob.out.String(), "shared/ready")
+	})
+
+	// The ACL is edited: alice loses shared/#.
+	writeFile(t, acl, strings.Replace(lossACL, "user alice\ntopic read shared/#\n", "user alice\n", 1))
+	m.cmd.Process.Signal(syscall.SIGHUP)
+	if !m.waitLog(t, "subscription removed: no longer authorized", "client=alice-sub", "filter=shared/#") {
+		t.Fatal("alice's subscription was not removed")
+	}
+	mqttTry(t, port, "carol", "shared/after")
+	mqttTry(t, port, "carol", "alice/marker")
+	waitFor(t, "alice's marker and bob's message", func() bool {
+		return strings.Contains(alice.out.String(), "alice/marker") && strings.Contains(bob.out.String(), "shared/after")
+	})
+	if strings.Contains(alice.out.String(), "shared/after") {
+		t.Errorf("alice still reads shared/#: %s", alice.out.String())
+	}
+
+	// bob's password is removed.
+	if out, err := run(t, 20*time.Second, "mosquitto_passwd", "-D", pw, "bob"); err != nil {
+		t.Fatal(err, out)
+	}
+	m.cmd.Process.Signal(syscall.SIGHUP)
+	if !m.waitLog(t, "client lost access; disconnecting", "client_id=bob-sub", "password removed or changed") {
+		t.Fatal("bob was not disconnected")
+	}
+	if out, err := mqttTry(t, port, "bob", "x"); err == nil {
+		t.Errorf("bob connected after his password was removed: %s", out)
+	}
+	mqttTry(t, port, "carol", "alice/still")
+	waitFor(t, "alice untouched", func() bool { return strings.Contains(alice.out.String(), "alice/still") })
+}
+
+// mosquittoProc is a running Debian mosquitto with its log.
+type mosquittoProc struct {
+	cmd  *exec.Cmd
+	log  *syncBuffer
+	port int
+}
+
+func startMosquittoProc(t *testing.T, conf func(port int) string) *mosquittoProc {
+	t.Helper()
+	needTool(t, "mosquitto")
+	port := freePort(t)
+	c := conf(port) + "log_dest stderr\nlog_type all\n"
+	if os.Geteuid() == 0 {
+		c = "user root\n" + c
+	}
+	cf := filepath.Join(t.TempDir(), "mosquitto.conf")
+	writeFile(t, cf, c)
+	p := &mosquittoProc{cmd: exec.Command("mosquitto", "-c", cf), log: &syncBuffer{}, port: port}
+	p.cmd.Stderr, p.cmd.Stdout = p.log, p.log
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.cmd.Process.Kill(); p.cmd.Wait() })
+	waitFor(t, "mosquitto to listen", func() bool {
+		c, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(port))
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	return p
+}
+
+// willRetainACL is the acl_file of the will and retained-source comparison.
+const willRetainACL = `user alice
+topic write will/#
+topic write ret/#
+topic read alice/#
+
+user bob
+topic read bob/#
+
+user carol
+topic write ret/#
+
+user spy
+topic read #
+`
+
+// brokerUnderTest is one of the two brokers the comparison runs against:
+// its port, how to reload its files, and how to wait until it saw a
+// client's connection end.
+type brokerUnderTest struct {
+	port     int
+	reload   func()
+	waitConn func(clientID string)
+	waitEnd  func(clientID string)
+}
+
+// willAndRetainOutcomes runs the same will and retained-replay scenario on
+// a broker and returns what the observers received.
+func willAndRetainOutcomes(t *testing.T, b brokerUnderTest, acl string) (wills, replay []string) {
+	t.Helper()
+	spy := startSub(t, b.port, "spy", "will/#")
+	waitFor(t, "the spy's subscription", func() bool {
+		mqttTry(t, b.port, "alice", "will/ready")
+		return strings.Contains(spy.out.String(), "will/ready")
+	})
+	// bob's will is on a topic he may not publish to; alice's is allowed.
+	for _, who := range []string{"bob", "alice"} {
+		s := startSub(t, b.port, who, who+"/#", "--will-topic", "will/"+who, "--will-payload", "bye")
+		b.waitConn(who + "-sub")
+		s.cmd.Process.Kill()
+		s.cmd.Wait()
+		if who == "bob" {
+			b.waitEnd(who + "-sub")
+		}
+	}
+	waitFor(t, "alice's will", func() bool { return strings.Contains(spy.out.String(), "will/alice") })
+	for l := range strings.SplitSeq(strings.TrimSpace(spy.out.String()), "\n") {
+		if !strings.Contains(l, "ready") {
+			wills = append(wills, l)
+		}
+	}
+
+	// alice and carol leave retained messages; alice then loses ret/#.
+	for _, p := range [][2]string{{"alice", "ret/alice"}, {"carol", "ret/carol"}} {
+		if out, err := mqttTry(t, b.port, p[0], p[1], "-r"); err != nil {
+			t.Fatalf("%s: %v %s", p[0], err, out)
+		}
+	}
+	writeFile(t, acl, strings.Replace(willRetainACL, "topic write ret/#\ntopic read alice/#", "topic read alice/#", 1))
+	b.reload()
+	// The marker is retained too: every retained message is replayed
+	// right after SUBACK, so once it arrived the others have.
+	mqttTry(t, b.port, "carol", "ret/marker", "-r")
+	r := startSub(t, b.port, "spy", "ret/#", "-i", "spy-ret")
+	waitFor(t, "the marker", func() bool { return strings.Contains(r.out.String(), "ret/marker") })
+	for l := range strings.SplitSeq(r.out.String(), "\n") {
+		if strings.HasPrefix(l, "ret/") {
+			replay = append(replay, l)
+		}
+	}
+	slices.Sort(replay)
+	return wills, replay
+}
+
+// TestServeMosquittoWillAndRetainSource compares will and retained-replay
+// outcomes with Debian's mosquitto on the same password_file and acl_file
+// (check_retain_source true, the default of both): a will on a topic its
+// client may not publish to is discarded, and a retained message whose
+// publisher lost the right to write it is no longer replayed.
+func TestServeMosquittoWillAndRetainSource(t *testing.T) {
+	needTool(t, "mosquitto", "mosquitto_passwd", "mosquitto_pub", "mosquitto_sub")
+	conf := func(dir string, port int) string {
+		return fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous false\npassword_file %s\nacl_file %s\ncheck_retain_source true\n",
+			port, filepath.Join(dir, "passwd"), filepath.Join(dir, "acl"))
+	}
+	setup := func() string {
+		dir := t.TempDir()
+		makePasswd(t, filepath.Join(dir, "passwd"), "alice", "bob", "carol", "spy")
+		writeFile(t, filepath.Join(dir, "acl"), willRetainACL)
+		return dir
+	}
+
+	dir := setup()
+	port := freePort(t)
+	writeFile(t, filepath.Join(dir, "mosquitto.conf"), conf(dir, port))
+	m := startMoat(t, dir, []int{port}, "-c", "mosquitto.conf", "--data", filepath.Join(dir, "data"))
+	moatWills, moatReplay := willAndRetainOutcomes(t, brokerUnderTest{
+		port: port,
+		reload: func() {
+			n := strings.Count(m.logs.String(), "access: policy reloaded")
+			m.cmd.Process.Signal(syscall.SIGHUP)
+			waitFor(t, "the policy reload", func() bool { return strings.Count(m.logs.String(), "access: policy reloaded") > n })
+		},
+		waitConn: func(id string) {
+			waitFor(t, id+"'s connection", func() bool {
+				return strings.Contains(m.logs.String(), "client connected\" listener=tcp-"+strconv.Itoa(port)+" remote=") && strings.Contains(m.logs.String(), "client="+id+" version")
+			})
+		},
+		waitEnd: func(id string) {
+			waitFor(t, id+"'s refused will", func() bool {
+				return strings.Contains(m.logs.String(), "will not authorized") && strings.Contains(m.logs.String(), "client="+id)
+			})
+		},
+	}, filepath.Join(dir, "acl"))
+	if !slices.Equal(moatWills, []string{"will/alice bye"}) || !slices.Equal(moatReplay, []string{"ret/carol m", "ret/marker m"}) {
+		t.Errorf("moat: wills %q, replay %q", moatWills, moatReplay)
+	}
+
+	mdir := setup()
+	mq := startMosquittoProc(t, func(port int) string { return conf(mdir, port) })
+	mqWills, mqReplay := willAndRetainOutcomes(t, brokerUnderTest{
+		port: mq.port,
+		reload: func() {
+			n := strings.Count(mq.log.String(), "Reloading config")
+			mq.cmd.Process.Signal(syscall.SIGHUP)
+			waitFor(t, "mosquitto's reload", func() bool { return strings.Count(mq.log.String(), "Reloading config") > n })
+		},
+		waitConn: func(id string) {
+			waitFor(t, id+"'s connection", func() bool { return strings.Contains(mq.log.String(), " as "+id+" ") })
+		},
+		waitEnd: func(id string) {
+			waitFor(t, id+"'s disconnection", func() bool { return strings.Contains(mq.log.String(), "Client "+id+" closed its connection") })
+		},
+	}, filepath.Join(mdir, "acl"))
+	if !slices.Equal(moatWills, mqWills) || !slices.Equal(moatReplay, mqReplay) {
+		t.Errorf("moat: wills %q replay %q; mosquitto: wills %q replay %q", moatWills, moatReplay, mqWills, mqReplay)
+	}
+}
