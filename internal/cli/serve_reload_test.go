@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/moatmq/moat/internal/config"
+	"github.com/moatmq/moat/internal/testutil"
 )
 
 // reloadYAML is the configuration of the reload tests: one anonymous
@@ -115,10 +116,13 @@ func TestServeReloadRefusesRestartSettings(t *testing.T) {
 func TestReloadCommandPIDFile(t *testing.T) {
 	m, port, file, data := startReloadBroker(t)
 	pidFile := filepath.Join(data, pidFileName)
-	fi, err := os.Stat(pidFile)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// serve writes the pid file once its SIGHUP handler is in place,
+	// which may be just after the port accepts connections.
+	var fi os.FileInfo
+	testutil.CheckFor(t, 10*time.Second, func() (err error) {
+		fi, err = os.Stat(pidFile)
+		return err
+	})
 	if fi.Mode().Perm() != 0o600 {
 		t.Errorf("pid file mode %v, want 0600", fi.Mode().Perm())
 	}
