@@ -29,7 +29,6 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"github.com/moatmq/moat/internal/authn"
 )
@@ -462,41 +461,7 @@ func numericDate(m map[string]any, name string) (time.Time, error) {
 }
 
 func stringList(m map[string]any, name string, spaces bool) ([]string, error) {
-	var out []string
-	switch v := m[name].(type) {
-	case nil:
-		return nil, nil
-	case string:
-		if spaces {
-			out = strings.Fields(v)
-		} else {
-			out = []string{v}
-		}
-	case []any:
-		for _, e := range v {
-			s, ok := e.(string)
-			if !ok {
-				return nil, fmt.Errorf("%q holds a %T; want strings", name, e)
-			}
-			out = append(out, s)
-		}
-	default:
-		return nil, fmt.Errorf("%q holds a %T; want a list of strings", name, v)
-	}
-	if len(out) > maxListEntries {
-		return nil, fmt.Errorf("%q has %d entries (at most %d)", name, len(out), maxListEntries)
-	}
-	return out, nil
+	return authn.StringList(m[name], fmt.Sprintf("%q", name), spaces)
 }
 
-func validIdentity(s string) bool {
-	if len(s) > maxIdentityBytes || !utf8.ValidString(s) {
-		return false
-	}
-	for _, r := range s {
-		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
-			return false
-		}
-	}
-	return true
-}
+func validIdentity(s string) bool { return authn.ValidIdentity(s) }

@@ -6,10 +6,11 @@ import (
 	"unicode/utf8"
 
 	gojwt "github.com/golang-jwt/jwt/v5"
+
+	"github.com/moatmq/moat/internal/authn"
 )
 
 // maxIdentityBytes caps a username taken from a token.
-const maxIdentityBytes = 1024
 
 // lookupClaim returns the claim called name, or, when there is none, the
 // value reached by reading name as a dotted path into nested objects
@@ -47,50 +48,14 @@ func claimString(c gojwt.MapClaims, name string) (string, bool) {
 // than half-read).
 func claimList(c gojwt.MapClaims, name string, spaces bool) ([]string, error) {
 	v, ok := lookupClaim(c, name)
-	if !ok || v == nil {
+	if !ok {
 		return nil, nil
 	}
-	var out []string
-	switch vv := v.(type) {
-	case string:
-		if spaces {
-			out = strings.Fields(vv)
-		} else {
-			out = []string{vv}
-		}
-	case []any:
-		if len(vv) > maxListEntries {
-			return nil, fmt.Errorf("claim %q has %d entries (at most %d)", name, len(vv), maxListEntries)
-		}
-		for _, e := range vv {
-			s, ok := e.(string)
-			if !ok {
-				return nil, fmt.Errorf("claim %q holds a %T; want strings", name, e)
-			}
-			out = append(out, s)
-		}
-	default:
-		return nil, fmt.Errorf("claim %q holds a %T; want a list of strings", name, v)
-	}
-	if len(out) > maxListEntries {
-		return nil, fmt.Errorf("claim %q has %d entries (at most %d)", name, len(out), maxListEntries)
-	}
-	return out, nil
+	return authn.StringList(v, fmt.Sprintf("claim %q", name), spaces)
 }
 
-// validIdentity reports whether s can be an MQTT username: UTF-8, no
-// control characters, at most maxIdentityBytes.
-func validIdentity(s string) bool {
-	if len(s) > maxIdentityBytes || !utf8.ValidString(s) {
-		return false
-	}
-	for _, r := range s {
-		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
-			return false
-		}
-	}
-	return true
-}
+// validIdentity reports whether s can be an MQTT username.
+func validIdentity(s string) bool { return authn.ValidIdentity(s) }
 
 // substitute replaces %u with user and %c with clientID in the topic filter
 // f and checks the result. An identity holding "+", "#" or "/" would widen
