@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/moatmq/moat/internal/packet"
+	"github.com/moatmq/moat/internal/testutil"
 )
 
 // recObserver records the Observer calls and answers as its fields say.
@@ -139,7 +140,7 @@ func TestObserverSeesConnectionEvents(t *testing.T) {
 	c.send(&packet.Disconnect{})
 	c.expectClosed(5 * time.Second)
 	want := []string{"connecting a", "connected a", "denied subscribe deny/x", "undeliverable nobody/here", "ping", "closed a normal"}
-	checkFor(t, 5*time.Second, func() error {
+	testutil.CheckFor(t, 5*time.Second, func() error {
 		got := obs.seen()
 		for _, w := range want {
 			if !slices.Contains(got, w) {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/moatmq/moat/internal/packet"
+	"github.com/moatmq/moat/internal/testutil"
 )
 
 // modelPersistence is a Persistence in memory that applies changes the
@@ -350,7 +351,7 @@ func TestPersistExpiredAtStart(t *testing.T) {
 	if srv2.lookup("short") != nil {
 		t.Fatal("expired session restored")
 	}
-	checkFor(t, 5*time.Second, func() error {
+	testutil.CheckFor(t, 5*time.Second, func() error {
 		model.mu.Lock()
 		defer model.mu.Unlock()
 		if model.sessions["short"] != nil {

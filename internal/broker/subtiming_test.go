@@ -2,6 +2,7 @@ package broker
 
 import (
 	"os"
+	"strconv"
 	"testing"
 
 	"github.com/moatmq/moat/internal/packet"
@@ -38,7 +39,7 @@ func TestSubscribeTakesEffectOnArrival(t *testing.T) {
 					b = dialRaw(t, addr, packet.V5)
 					b.connect(v5connect("timing-b"))
 				}
-				filter := "timing/" + name + "/" + itoa(i)
+				filter := "timing/" + name + "/" + strconv.Itoa(i)
 				b.send(&packet.Subscribe{PacketID: 1, Subscriptions: []packet.Subscription{{Filter: filter}}})
 				a.send(&packet.Publish{Topic: filter, Payload: []byte("m")})
 				// A PINGREQ round trip on A: A's PUBLISH has been routed.
