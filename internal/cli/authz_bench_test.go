@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/moatmq/moat/internal/authz"
 	"github.com/moatmq/moat/internal/broker"
+	"github.com/moatmq/moat/internal/broker/brokertest"
 	"github.com/moatmq/moat/internal/packet"
 )
 
@@ -61,7 +61,7 @@ func benchServe(b *testing.B, acl bool) (string, *broker.Server) {
 	if acl {
 		az.byLn["bench"] = &policySource{holder: authz.NewHolder(benchPolicy(b))}
 	}
-	srv, err := broker.New(broker.Config{
+	srv := brokertest.Start(b, broker.Config{
 		Authenticator: broker.AuthenticatorFunc(func(_ context.Context, r *broker.ConnectRequest) broker.AuthResult {
 			id := r.Client.ClientID
 			for i := range len(id) {
@@ -74,24 +74,8 @@ func benchServe(b *testing.B, acl bool) (string, *broker.Server) {
 		}),
 		Authorizer:  az,
 		SysInterval: -1,
-		Logger:      slog.New(slog.NewTextHandler(io.Discard, nil)),
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { defer close(done); srv.Serve(context.Background(), ln, broker.ListenerConfig{Name: "bench"}) }()
-	b.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-		<-done
-	})
-	return ln.Addr().String(), srv
+	}, brokertest.Options{Listener: broker.ListenerConfig{Name: "bench"}})
+	return srv.Addr, srv.Server
 }
 
 // benchConn connects id and subscribes it to filter when one is given.

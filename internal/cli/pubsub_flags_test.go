@@ -9,19 +9,17 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"log/slog"
-	"net"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/moatmq/moat/internal/broker"
+	"github.com/moatmq/moat/internal/broker/brokertest"
 	"github.com/moatmq/moat/internal/packet"
 )
 
@@ -205,31 +203,6 @@ func TestRetainedOnlyAndRemoveRetained(t *testing.T) {
 	}
 }
 
-// psStartMoatTLS runs the in-process broker behind TLS with the server
-// configuration tc and returns its port.
-func psStartMoatTLS(t *testing.T, tc *tls.Config) string {
-	t.Helper()
-	srv, err := broker.New(broker.Config{AllowAnonymous: true, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { srv.Serve(ctx, tls.NewListener(ln, tc), broker.ListenerConfig{}); close(done) }()
-	t.Cleanup(func() {
-		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer scancel()
-		srv.Shutdown(sctx)
-		cancel()
-		<-done
-	})
-	return strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
-}
-
 func TestTLSVersionAndOSCerts(t *testing.T) {
 	dir := t.TempDir()
 	caCert, caKey := psNewCA(t, dir, "ca")
@@ -241,7 +214,9 @@ func TestTLSVersionAndOSCerts(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The broker speaks TLS 1.2 only.
-	port := psStartMoatTLS(t, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, MaxVersion: tls.VersionTLS12})
+	port := strconv.Itoa(brokertest.Start(t, broker.Config{AllowAnonymous: true}, brokertest.Options{
+		TLS: &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, MaxVersion: tls.VersionTLS12},
+	}).Port())
 	ctx := psTestCtx(t)
 	base := []string{"pub", "-h", "localhost", "-p", port, "-t", "tv", "-m", "x"}
 	for _, tc := range []struct {

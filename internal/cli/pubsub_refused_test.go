@@ -10,7 +10,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"net"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/moatmq/moat/client"
 	"github.com/moatmq/moat/internal/broker"
+	"github.com/moatmq/moat/internal/broker/brokertest"
 	"github.com/moatmq/moat/internal/packet"
 )
 
@@ -160,19 +160,8 @@ func TestSubExitsWhenConnectRefused(t *testing.T) {
 // reconnection fails with "connection refused", which moat sub reports on
 // stderr and retries.
 func TestSubRetriesTransientFailures(t *testing.T) {
-	cfg := broker.Config{AllowAnonymous: true}
-	srv, err := broker.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	sctx, scancel := context.WithCancel(context.Background())
-	served := make(chan struct{})
-	go func() { srv.Serve(sctx, ln, broker.ListenerConfig{}); close(served) }()
+	b := brokertest.Start(t, broker.Config{AllowAnonymous: true}, brokertest.Options{})
+	srv, port := b.Server, b.Port()
 
 	ctx, cancel := context.WithCancel(psTestCtx(t))
 	_, stderr, done := psRunLive(ctx, "sub", "-h", "127.0.0.1", "-p", strconv.Itoa(port), "-t", "a", "--connect-timeout", "2s")
@@ -182,11 +171,7 @@ func TestSubRetriesTransientFailures(t *testing.T) {
 		}
 		return nil
 	})
-	shctx, shcancel := context.WithTimeout(context.Background(), 5*time.Second)
-	srv.Shutdown(shctx)
-	shcancel()
-	scancel()
-	<-served
+	b.Stop()
 	psCheckFor(t, 15*time.Second, func() error {
 		if s := stderr.String(); !strings.Contains(s, "reconnect attempt 1 failed") || !strings.Contains(s, "retrying") {
 			return fmt.Errorf("no retry message on stderr: %q", s)

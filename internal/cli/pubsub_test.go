@@ -12,7 +12,6 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
-	"log/slog"
 	"math/big"
 	"net"
 	"os"
@@ -26,6 +25,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/moatmq/moat/internal/broker"
+	"github.com/moatmq/moat/internal/broker/brokertest"
 	"github.com/moatmq/moat/internal/packet"
 )
 
@@ -82,32 +82,14 @@ func psTestCtx(t *testing.T) context.Context {
 	return ctx
 }
 
-// psStartMoat runs Moat's broker in-process and returns its port.
+// psStartMoat runs Moat's broker in-process and returns its port; clients
+// are anonymous unless cfg has an Authenticator.
 func psStartMoat(t *testing.T, cfg broker.Config) string {
 	t.Helper()
 	if cfg.Authenticator == nil {
 		cfg.AllowAnonymous = true
 	}
-	cfg.Logger = slog.New(slog.DiscardHandler)
-	srv, err := broker.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { srv.Serve(ctx, ln, broker.ListenerConfig{}); close(done) }()
-	t.Cleanup(func() {
-		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer scancel()
-		srv.Shutdown(sctx)
-		cancel()
-		<-done
-	})
-	return strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+	return strconv.Itoa(brokertest.Start(t, cfg, brokertest.Options{}).Port())
 }
 
 func TestPubSub(t *testing.T) {

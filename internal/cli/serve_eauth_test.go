@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,6 +22,7 @@ import (
 	"github.com/moatmq/moat/internal/authn/jwt"
 	"github.com/moatmq/moat/internal/authn/scram"
 	"github.com/moatmq/moat/internal/broker"
+	"github.com/moatmq/moat/internal/broker/brokertest"
 	"github.com/moatmq/moat/internal/packet"
 	"github.com/moatmq/moat/internal/tlsconf"
 )
@@ -101,33 +101,17 @@ func startEABroker(t *testing.T, backends ...authn.Backend) *eaBroker {
 	log := slog.New(slog.NewTextHandler(b.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	chains := map[string]*authn.Chain{"t": {Backends: backends}}
 	cert := &certAuthenticator{}
-	srv, err := broker.New(broker.Config{
-		Authenticator:         &accessAuthenticator{cert: cert, chains: chains, log: log},
-		EnhancedAuthenticator: &enhancedAuth{cert: cert, chains: chains, log: log},
-		Clock:                 b.clock,
-		Logger:                log,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b.addr = ln.Addr().String()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { srv.Serve(ctx, ln, broker.ListenerConfig{Name: "t"}); close(done) }()
-	t.Cleanup(func() {
-		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer scancel()
-		srv.Shutdown(sctx)
-		cancel()
-		<-done
+	t.Cleanup(func() { // after the broker has stopped
 		if t.Failed() {
 			t.Logf("broker logs:\n%s", b.logs.String())
 		}
 	})
+	b.addr = brokertest.Start(t, broker.Config{
+		Authenticator:         &accessAuthenticator{cert: cert, chains: chains, log: log},
+		EnhancedAuthenticator: &enhancedAuth{cert: cert, chains: chains, log: log},
+		Clock:                 b.clock,
+		Logger:                log,
+	}, brokertest.Options{Listener: broker.ListenerConfig{Name: "t"}}).Addr
 	return b
 }
 

@@ -4,15 +4,14 @@ import (
 	"context"
 	"io"
 	"log/slog"
-	"net"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/moatmq/moat/internal/broker"
+	"github.com/moatmq/moat/internal/broker/brokertest"
 	"github.com/moatmq/moat/internal/config"
 )
 
@@ -40,31 +39,15 @@ func (d *directoryState) Recheck(_ context.Context, u string) ([]string, bool, e
 func TestSecurityLDAPRecheckDisconnects(t *testing.T) {
 	needTool(t, "mosquitto_sub")
 	dir := &directoryState{groups: map[string][]string{"alice": {"operators"}, "bob": {"devices"}, "carol": {"devices"}}}
-	srv, err := broker.New(broker.Config{
+	b := brokertest.Start(t, broker.Config{
 		Authenticator: broker.AuthenticatorFunc(func(_ context.Context, r *broker.ConnectRequest) broker.AuthResult {
 			g, _, _ := dir.Recheck(context.Background(), r.Connect.Username)
 			return broker.AuthResult{Allow: true, Username: r.Connect.Username, Backend: dir.Name(), Groups: g}
 		}),
 		Authorizer:  broker.AllowAll,
 		SysInterval: -1,
-		Logger:      slog.New(slog.NewTextHandler(io.Discard, nil)),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { defer close(done); srv.Serve(context.Background(), ln, broker.ListenerConfig{Name: "ldap"}) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-		<-done
-	})
-	port := ln.Addr().(*net.TCPAddr).Port
+	}, brokertest.Options{Listener: broker.ListenerConfig{Name: "ldap"}})
+	srv, port := b.Server, b.Port()
 	for _, u := range []string{"alice", "bob", "carol"} {
 		startSub(t, port, u, "x/#", "-V", "5")
 	}
