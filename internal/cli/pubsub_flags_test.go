@@ -7,8 +7,6 @@ package cli
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -21,6 +19,8 @@ import (
 	"github.com/moatmq/moat/internal/broker"
 	"github.com/moatmq/moat/internal/broker/brokertest"
 	"github.com/moatmq/moat/internal/packet"
+	"github.com/moatmq/moat/internal/testutil"
+	"github.com/moatmq/moat/internal/testutil/testpki"
 )
 
 func TestSubFormat(t *testing.T) {
@@ -205,9 +205,8 @@ func TestRetainedOnlyAndRemoveRetained(t *testing.T) {
 
 func TestTLSVersionAndOSCerts(t *testing.T) {
 	dir := t.TempDir()
-	caCert, caKey := psNewCA(t, dir, "ca")
-	psIssueCert(t, dir, "server", caCert, caKey, &x509.Certificate{Subject: pkix.Name{CommonName: "localhost"},
-		DNSNames: []string{"localhost"}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+	psNewCA(t, dir, "ca").Issue(t, testpki.Options{CN: "localhost", DNS: []string{"localhost"}, EKU: testpki.ServerAuth,
+		KeyIndex: nextKeyIndex()}).WriteFiles(t, dir, "server")
 	f := func(n string) string { return filepath.Join(dir, n) }
 	cert, err := tls.LoadX509KeyPair(f("server.pem"), f("server.key"))
 	if err != nil {
@@ -248,7 +247,7 @@ func TestTLSVersionAndOSCerts(t *testing.T) {
 func TestQuiet(t *testing.T) {
 	port := psStartMoat(t, broker.Config{})
 	ctx := psTestCtx(t)
-	closed := strconv.Itoa(freePort(t))
+	closed := strconv.Itoa(testutil.FreePort(t)) // nothing listens
 	for _, tc := range []struct {
 		name string
 		args []string

@@ -21,12 +21,13 @@ import (
 	"github.com/moatmq/moat/internal/broker"
 	"github.com/moatmq/moat/internal/broker/brokertest"
 	"github.com/moatmq/moat/internal/packet"
+	"github.com/moatmq/moat/internal/testutil"
 )
 
 // psRunLive runs the command in a goroutine with its output readable
 // while it runs.
-func psRunLive(ctx context.Context, args ...string) (stdout, stderr *syncBuffer, done <-chan psResult) {
-	stdout, stderr = &syncBuffer{}, &syncBuffer{}
+func psRunLive(ctx context.Context, args ...string) (stdout, stderr *testutil.Buffer, done <-chan psResult) {
+	stdout, stderr = &testutil.Buffer{}, &testutil.Buffer{}
 	ch := make(chan psResult, 1)
 	go func() {
 		code := Main(ctx, args, Stdio{In: strings.NewReader(""), Out: stdout, Err: stderr})
@@ -51,10 +52,9 @@ func psWait(t *testing.T, done <-chan psResult, d time.Duration) psResult {
 // the port, the CA file and the directory holding the certificates.
 func startMutualTLSMoat(t *testing.T) (port, caFile, dir string) {
 	dir = t.TempDir()
-	p := freePort(t)
-	writeFile(t, filepath.Join(dir, "moat.yaml"), fmt.Sprintf(`listeners:
+	writeFile(t, filepath.Join(dir, "moat.yaml"), `listeners:
   - name: mqtts
-    address: 127.0.0.1:%d
+    address: 127.0.0.1:0
     transport: tls
     tls:
       client_auth: required
@@ -63,11 +63,11 @@ func startMutualTLSMoat(t *testing.T) (port, caFile, dir string) {
 data_dir: data
 persistence:
   enabled: false
-`, p))
-	startMoat(t, dir, []int{p}, "-c", "moat.yaml")
+`)
+	p := startMoat(t, dir, "-c", "moat.yaml")
 	ca := filepath.Join(dir, "data", "ca")
 	moatCmd(t, dir, "ca", "issue", "device", "dev-1", "--dir", ca, "--out", "dev-1")
-	return strconv.Itoa(p), filepath.Join(ca, "ca.pem"), dir
+	return strconv.Itoa(p.port(0)), filepath.Join(ca, "ca.pem"), dir
 }
 
 // TestSubExitsWhenCertificateRevoked revokes the certificate of a running
@@ -82,7 +82,7 @@ func TestSubExitsWhenCertificateRevoked(t *testing.T) {
 
 	stdout, _, done := psRunLive(ctx, append([]string{"sub", "-t", "rev/#"}, tlsArgs...)...)
 	// Wait until the subscriber is in: a message it prints proves it.
-	psCheckFor(t, 15*time.Second, func() error {
+	testutil.CheckFor(t, 15*time.Second, func() error {
 		if strings.Contains(stdout.String(), "hello") {
 			return nil
 		}
@@ -105,21 +105,6 @@ func TestSubExitsWhenCertificateRevoked(t *testing.T) {
 }
 
 // checkFor polls f until it returns nil or d passes.
-func psCheckFor(t *testing.T, d time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatal(err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // TestSubExitsWhenConnectRefused lets a subscriber in once, takes its
 // session over, and refuses its reconnection with CONNACK 0x87: moat sub
 // exits with status 1 and the broker's reason.
@@ -136,7 +121,7 @@ func TestSubExitsWhenConnectRefused(t *testing.T) {
 	port := psStartMoat(t, broker.Config{Authenticator: auth})
 	ctx := psTestCtx(t)
 	_, stderr, done := psRunLive(ctx, "sub", "-h", "127.0.0.1", "-p", port, "-i", "refused-sub", "-t", "a")
-	psCheckFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, func() error {
 		if connects.Load() < 1 {
 			return errors.New("subscriber did not connect")
 		}
@@ -165,14 +150,14 @@ func TestSubRetriesTransientFailures(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(psTestCtx(t))
 	_, stderr, done := psRunLive(ctx, "sub", "-h", "127.0.0.1", "-p", strconv.Itoa(port), "-t", "a", "--connect-timeout", "2s")
-	psCheckFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, func() error {
 		if srv.Stats().ClientsConnected < 1 {
 			return errors.New("subscriber did not connect")
 		}
 		return nil
 	})
 	b.Stop()
-	psCheckFor(t, 15*time.Second, func() error {
+	testutil.CheckFor(t, 15*time.Second, func() error {
 		if s := stderr.String(); !strings.Contains(s, "reconnect attempt 1 failed") || !strings.Contains(s, "retrying") {
 			return fmt.Errorf("no retry message on stderr: %q", s)
 		}
@@ -187,7 +172,7 @@ func TestSubRetriesTransientFailures(t *testing.T) {
 // TestPermanentConnectError classifies the errors of real connection
 // attempts.
 func TestPermanentConnectError(t *testing.T) {
-	port := freePort(t) // nothing listens
+	port := testutil.FreePort(t) // nothing listens
 	ctx := psTestCtx(t)
 	_, err := client.Dial(ctx, client.Config{Servers: []string{"127.0.0.1:" + strconv.Itoa(port)}})
 	if err == nil || permanentConnectError(err) {

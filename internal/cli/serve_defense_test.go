@@ -20,6 +20,7 @@ import (
 	"github.com/moatmq/moat/internal/broker"
 	"github.com/moatmq/moat/internal/config"
 	"github.com/moatmq/moat/internal/packet"
+	"github.com/moatmq/moat/internal/testutil"
 )
 
 // defYAML is the configuration of the defense tests: the defaults.
@@ -576,18 +577,15 @@ func TestSilentAndFlappingClientsDetected(t *testing.T) {
 // still answered.
 func TestSecurityWebSocketFloodCutBeforeUpgrade(t *testing.T) {
 	dir := t.TempDir()
-	port := freePort(t)
-	writeFile(t, filepath.Join(dir, "moat.yaml"), fmt.Sprintf(`listeners:
-  - address: 127.0.0.1:%d
+	writeFile(t, filepath.Join(dir, "moat.yaml"), `listeners:
+  - address: 127.0.0.1:0
     transport: ws
     allow_anonymous: true
 data_dir: data
 persistence:
   enabled: false
-`, port))
-	startMoat(t, dir, []int{port}, "-c", "moat.yaml")
-	// startMoat's readiness probe came from 127.0.0.1: a separate address.
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
+`)
+	addr := startMoat(t, dir, "-c", "moat.yaml").addr(0)
 	ask := func(src string) bool {
 		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 5 * time.Second}
 		nc, err := d.Dial("tcp", addr)
@@ -641,7 +639,7 @@ func TestSecurityMaxConnsPerAddress(t *testing.T) {
 	var held []*mqttClient
 	for i := range 3 {
 		var c *mqttClient
-		psCheckFor(t, 5*time.Second, func() error {
+		testutil.CheckFor(t, 5*time.Second, func() error {
 			// the refused connections' places come back once they end
 			var err error
 			if c, err = dialFrom(t, "127.0.0.17", b.addr); err != nil {
@@ -665,7 +663,7 @@ func TestSecurityMaxConnsPerAddress(t *testing.T) {
 	connectFrom(t, b, "127.0.0.18", "other", "", "").roundTrip(t)
 	held[0].send(t, &packet.Disconnect{})
 	held[0].nc.Close()
-	psCheckFor(t, 5*time.Second, func() error {
+	testutil.CheckFor(t, 5*time.Second, func() error {
 		if closedAtAccept(t, b, "127.0.0.17") {
 			return errors.New("the ended connection's place did not come back")
 		}

@@ -24,6 +24,7 @@ import (
 	"github.com/moatmq/moat/internal/broker"
 	"github.com/moatmq/moat/internal/broker/brokertest"
 	"github.com/moatmq/moat/internal/packet"
+	"github.com/moatmq/moat/internal/testutil"
 	"github.com/moatmq/moat/internal/tlsconf"
 )
 
@@ -92,12 +93,12 @@ func (c *eaClock) advance(d time.Duration) {
 type eaBroker struct {
 	addr  string
 	clock *eaClock
-	logs  *syncBuffer
+	logs  *testutil.Buffer
 }
 
 func startEABroker(t *testing.T, backends ...authn.Backend) *eaBroker {
 	t.Helper()
-	b := &eaBroker{clock: &eaClock{now: time.Now()}, logs: &syncBuffer{}}
+	b := &eaBroker{clock: &eaClock{now: time.Now()}, logs: &testutil.Buffer{}}
 	log := slog.New(slog.NewTextHandler(b.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	chains := map[string]*authn.Chain{"t": {Backends: backends}}
 	cert := &certAuthenticator{}
@@ -529,14 +530,14 @@ func TestServeSCRAMPubSub(t *testing.T) {
 	pw, bad := filepath.Join(dir, "pw"), filepath.Join(dir, "bad")
 	writeFile(t, pw, "alice-pw\n")
 	writeFile(t, bad, "wrong\n")
-	port := freePort(t)
 	writeFile(t, filepath.Join(dir, "moat.yaml"), fmt.Sprintf(`listeners:
-  - address: 127.0.0.1:%d
+  - address: 127.0.0.1:0
     transport: tcp
 auth:
   - {type: scram, path: %s}
-`, port, creds))
-	m := startMoat(t, dir, []int{port}, "-c", "moat.yaml", "--data", filepath.Join(dir, "data"))
+`, creds))
+	m := startMoat(t, dir, "-c", "moat.yaml", "--data", filepath.Join(dir, "data"))
+	port := m.port(0)
 	conn := []string{"-h", "127.0.0.1", "-p", strconv.Itoa(port), "-u", "alice", "--auth-method", "SCRAM-SHA-256"}
 	sub := psRunAsync(ctx, append([]string{"sub", "-C", "1", "-t", "s/#", "-v", "--password-file", pw}, conn...)...)
 	r := psPubUntil(t, sub, psMoatPub(ctx, append([]string{"-t", "s/x", "-m", "hi", "--password-file", pw}, conn...)...))
@@ -597,14 +598,14 @@ func TestServeJWTAuthMethod(t *testing.T) {
 	ctx := psTestCtx(t)
 	secret := strings.Repeat("k", 40)
 	writeFile(t, filepath.Join(dir, "jwt.secret"), secret)
-	port := freePort(t)
 	writeFile(t, filepath.Join(dir, "moat.yaml"), fmt.Sprintf(`listeners:
-  - address: 127.0.0.1:%d
+  - address: 127.0.0.1:0
     transport: tcp
 auth:
   - {type: jwt, hmac_secret_file: %s}
-`, port, filepath.Join(dir, "jwt.secret")))
-	m := startMoat(t, dir, []int{port}, "-c", "moat.yaml", "--data", filepath.Join(dir, "data"))
+`, filepath.Join(dir, "jwt.secret")))
+	m := startMoat(t, dir, "-c", "moat.yaml", "--data", filepath.Join(dir, "data"))
+	port := m.port(0)
 	tok, err := gojwt.NewWithClaims(gojwt.SigningMethodHS256, gojwt.MapClaims{"sub": "dev1", "exp": time.Now().Add(time.Hour).Unix()}).SignedString([]byte(secret))
 	if err != nil {
 		t.Fatal(err)

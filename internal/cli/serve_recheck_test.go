@@ -9,10 +9,12 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/moatmq/moat/internal/broker"
 	"github.com/moatmq/moat/internal/broker/brokertest"
 	"github.com/moatmq/moat/internal/config"
+	"github.com/moatmq/moat/internal/testutil"
 )
 
 // directoryState stands in for the directory's answers to re-checks; the
@@ -51,7 +53,7 @@ func TestSecurityLDAPRecheckDisconnects(t *testing.T) {
 	for _, u := range []string{"alice", "bob", "carol"} {
 		startSub(t, port, u, "x/#", "-V", "5")
 	}
-	waitFor(t, "three connected clients", func() bool { return len(srv.Clients()) == 3 })
+	testutil.WaitFor(t, "three connected clients", 15*time.Second, func() bool { return len(srv.Clients()) == 3 })
 
 	dir.mu.Lock()
 	dir.groups["alice"] = []string{"devices"} // left "operators"
