@@ -37,9 +37,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintf(os.Stderr, "building moat: %v\n%s", err, out)
 		os.Exit(1)
 	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+	testutil.VerifyTestMain(m, func() { os.RemoveAll(dir) })
 }
 
 // needTool skips the test when an external peer is not installed; `make
