@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"crypto/tls"
 	"io"
 	"log/slog"
 	"net"
@@ -14,9 +15,17 @@ import (
 	"github.com/moatmq/moat/internal/testutil"
 )
 
-// testServer starts a Server on a fresh 127.0.0.1:0 TCP listener and
-// returns it with its address; it is shut down when the test ends.
+// testServer starts a Server on a fresh 127.0.0.1:0 TCP listener named
+// "test" and returns it with its address; it is shut down when the test
+// ends. (Other packages' tests use internal/broker/brokertest, which this
+// package cannot import.)
 func testServer(t testing.TB, cfg Config) (*Server, string) {
+	t.Helper()
+	return serveTest(t, cfg, nil, "test")
+}
+
+// serveTest is testServer with TLS (when tc is set) and a listener name.
+func serveTest(t testing.TB, cfg Config, tc *tls.Config, name string) (*Server, string) {
 	t.Helper()
 	if cfg.Logger == nil {
 		cfg.Logger = testLogger(t)
@@ -40,8 +49,12 @@ func testServer(t testing.TB, cfg Config) (*Server, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	addr := ln.Addr().String()
+	if tc != nil {
+		ln = tls.NewListener(ln, tc)
+	}
 	done := make(chan error, 1)
-	go func() { done <- s.Serve(context.Background(), ln, ListenerConfig{Name: "test"}) }()
+	go func() { done <- s.Serve(context.Background(), ln, ListenerConfig{Name: name}) }()
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -52,7 +65,7 @@ func testServer(t testing.TB, cfg Config) (*Server, string) {
 			t.Errorf("Serve returned %v, want ErrServerClosed", err)
 		}
 	})
-	return s, ln.Addr().String()
+	return s, addr
 }
 
 // testLogger logs to the test log when MOAT_TEST_LOG is set, and discards
