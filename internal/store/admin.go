@@ -223,7 +223,7 @@ func Rekey(cfg Config, next NewKey) error {
 	case len(next.Passphrase) > 0:
 		ncfg.KEK, ncfg.Passphrase = nil, next.Passphrase
 	}
-	ns := &Store{cfg: ncfg, refs: map[uint64]int{}, kek: ncfg.KEK}
+	ns := &Store{cfg: ncfg, refs: map[uint64]int{}, prefs: map[string]int{}, kek: ncfg.KEK}
 	ns.cfg.setDefaults()
 	ns.path = filepath.Join(ncfg.Dir, DBFile)
 	if err := os.MkdirAll(ncfg.Dir, 0o700); err != nil {

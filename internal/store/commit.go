@@ -164,7 +164,7 @@ func (s *Store) commitBatch(reqs []*request) {
 
 func (s *Store) commitTx(reqs []*request) (err error) {
 	defer recoverCorrupt(&err)
-	t := &txn{s: s, version: s.st.Counter + 1, st: s.st, refs: map[uint64]int{}, newMsgs: map[uint64]bool{}}
+	t := &txn{s: s, version: s.st.Counter + 1, st: s.st, refs: map[uint64]int{}, newMsgs: map[uint64]bool{}, prefs: map[string]int{}}
 	t.st.Counter = t.version
 	nops := 0
 	if err := s.keys.newTxnKey(); err != nil {
@@ -204,6 +204,13 @@ func (s *Store) commitTx(reqs []*request) (err error) {
 			s.refs[id] = n
 		} else {
 			delete(s.refs, id)
+		}
+	}
+	for k, d := range t.prefs {
+		if n := s.prefs[k] + d; n > 0 {
+			s.prefs[k] = n
+		} else {
+			delete(s.prefs, k)
 		}
 	}
 	s.stats.commits.Add(1)

@@ -265,7 +265,7 @@ func TestSecurityNoPlaintextOnDisk(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			for _, p := range []string{secretClient, secretOwner, "PLAINTEXT", "alice", secretTopic, "factory/", secretPayload, secretRetained, secretWill, "publisher-1", "other-client"} {
+			for _, p := range []string{secretClient, secretOwner, "PLAINTEXT", "alice", secretTopic, "factory/", secretPayload, secretRetained, secretWill, secretCert, "publisher-1", "other-client", "device-17"} {
 				if bytes.Contains(b, []byte(p)) {
 					t.Errorf("%s: %s holds %q in plaintext", when, filepath.Base(path), p)
 				}

@@ -153,6 +153,7 @@ type Store struct {
 	// Owned by the committer goroutine after Open.
 	st          state
 	refs        map[uint64]int // message ID → deliveries referring to it
+	prefs       map[string]int // publisher key → retained messages and wills naming it
 	lastCounter time.Time      // when the counter file was last written
 	dirty       bool           // SyncBatch: committed since the last fsync
 	failed      error          // set at the first disk error; wraps ErrFailed
@@ -184,7 +185,7 @@ func Open(cfg Config) (*Store, error) {
 			return nil, fmt.Errorf("store: creating %s: %w", cfg.Dir, err)
 		}
 	}
-	s := &Store{cfg: cfg, path: filepath.Join(cfg.Dir, DBFile), refs: map[uint64]int{}}
+	s := &Store{cfg: cfg, path: filepath.Join(cfg.Dir, DBFile), refs: map[uint64]int{}, prefs: map[string]int{}}
 	_, statErr := os.Stat(s.path)
 	if statErr != nil && !errors.Is(statErr, os.ErrNotExist) {
 		return nil, fmt.Errorf("store: %w", statErr)
@@ -216,6 +217,9 @@ func Open(cfg Config) (*Store, error) {
 	var err error
 	if exists {
 		err = s.load()
+		if err == nil && !cfg.readOnly {
+			err = s.addBuckets()
+		}
 	} else {
 		err = s.create()
 	}
@@ -471,6 +475,25 @@ func (s *Store) create() error {
 	return nil
 }
 
+// addBuckets creates, once the store verified, the buckets a store
+// written by an earlier version lacks (bktPublisher). An empty bucket
+// holds no record, so the digest still holds.
+func (s *Store) addBuckets() (err error) {
+	defer recoverCorrupt(&err)
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		for _, b := range dataBuckets {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, ErrCorrupt) {
+		err = fmt.Errorf("store: %w", err)
+	}
+	return err
+}
+
 // load opens an existing store: header, key, state, counter file and
 // every record.
 func (s *Store) load() (err error) {
@@ -527,6 +550,16 @@ func (s *Store) load() (err error) {
 		for _, ss := range rep.state.Sessions {
 			for _, d := range ss.Deliveries {
 				s.refs[d.MsgID]++
+			}
+		}
+		for _, r := range rep.state.Retained {
+			if r.pubKey != nil {
+				s.prefs[string(r.pubKey)]++
+			}
+		}
+		for _, w := range rep.state.Wills {
+			if w.pubKey != nil {
+				s.prefs[string(w.pubKey)]++
 			}
 		}
 		s.recovered, rep.state = rep.state, nil
