@@ -428,3 +428,17 @@ func TestSecurityTamperRawBytes(t *testing.T) {
 	}
 	t.Logf("%d of %d flips detected, the rest hit unused space", detected, len(orig)/1021+1)
 }
+
+// An empty store rekeys and opens afterwards (the rewrite writes its
+// state even with no record to copy).
+func TestRekeyEmpty(t *testing.T) {
+	cfg := testConfig(t)
+	s := mustOpen(t, cfg)
+	mustCommit(t, s, PutRetained{&Retained{Topic: "a", Payload: []byte("x")}})
+	mustCommit(t, s, DeleteRetained{"a"})
+	mustClose(t, s)
+	if err := Rekey(cfg, NewKey{}); err != nil {
+		t.Fatal(err)
+	}
+	mustClose(t, mustOpen(t, cfg))
+}

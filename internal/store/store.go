@@ -155,8 +155,14 @@ type Store struct {
 	refs        map[uint64]int // message ID → deliveries referring to it
 	prefs       map[string]int // publisher key → retained messages and wills naming it
 	lastCounter time.Time      // when the counter file was last written
-	dirty       bool           // SyncBatch: committed since the last fsync
 	failed      error          // set at the first disk error; wraps ErrFailed
+
+	// SyncBatch: the syncer goroutine fsyncs what the committer wrote.
+	committed  atomic.Uint64         // counter of the last commit written
+	dirty      atomic.Bool           // committed since the last fsync
+	syncFailed atomic.Pointer[error] // the syncer's fsync failed (wraps ErrFailed)
+	syncStop   chan struct{}
+	syncWG     sync.WaitGroup
 
 	nextID atomic.Uint64
 
@@ -168,7 +174,7 @@ type Store struct {
 
 	recovered *State
 	report    *Report // what Open's check found (read-only opens)
-	stats     struct{ commits, syncs, requests, ops, failed atomic.Int64 }
+	stats     struct{ commits, syncs, requests, ops, failed, coalesced atomic.Int64 }
 }
 
 // Open opens or creates the store in cfg.Dir, verifies every record and
@@ -232,6 +238,11 @@ func Open(cfg Config) (*Store, error) {
 		s.wake = make(chan struct{}, 1)
 		s.wg.Add(1)
 		go s.committer()
+		if cfg.Sync == SyncBatch {
+			s.syncStop = make(chan struct{})
+			s.syncWG.Add(1)
+			go s.syncer(s.syncStop)
+		}
 	}
 	return s, nil
 }
@@ -611,12 +622,16 @@ type Stats struct {
 	Commits  int64 // transactions
 	Syncs    int64 // fsyncs of the store file (one per transaction in SyncAlways)
 	Failed   int64 // requests that failed
+	// Coalesced counts the ops not written because they cancelled out in
+	// their transaction: deliveries acknowledged before their commit,
+	// and the messages only they referred to.
+	Coalesced int64
 }
 
 // Stats returns the store's counters. Safe for concurrent use.
 func (s *Store) Stats() Stats {
 	return Stats{Requests: s.stats.requests.Load(), Ops: s.stats.ops.Load(), Commits: s.stats.commits.Load(),
-		Syncs: s.stats.syncs.Load(), Failed: s.stats.failed.Load()}
+		Syncs: s.stats.syncs.Load(), Failed: s.stats.failed.Load(), Coalesced: s.stats.coalesced.Load()}
 }
 
 // Close commits what was submitted, fsyncs, writes the commit counter and
@@ -630,8 +645,12 @@ func (s *Store) Close() error {
 	s.closed = true
 	s.mu.Unlock()
 	if s.wake != nil {
-		s.signal()
+		s.signal() // the committer drains what is pending and returns
 		s.wg.Wait()
+	}
+	if s.syncStop != nil {
+		close(s.syncStop)
+		s.syncWG.Wait()
 	}
 	var errs []error
 	if !s.cfg.readOnly {
