@@ -511,7 +511,7 @@ func (s *Server) recover() error {
 		}
 		return c
 	}
-	unknown := 0
+	unknown, refused, why := 0, 0, ""
 	for _, r := range rec.Retained {
 		m := r.Message
 		m.id = s.persist.NewID()
@@ -525,7 +525,14 @@ func (s *Server) recover() error {
 		} else {
 			unknown++
 		}
-		s.retained.retain(m, r.Owner)
+		if w := s.retained.retain(m, r.Owner); w != "" {
+			refused, why = refused+1, w
+		}
+	}
+	if refused > 0 {
+		// Left in the store: they load once the limits allow them.
+		s.log.Warn("broker: stored retained messages over the retained limits were not loaded; they stay in the store and load at a start with limits that allow them",
+			"count", refused, "reason", why)
 	}
 	if unknown > 0 && s.cfg.CheckRetainSource {
 		s.log.Warn("broker: retained messages stored without their publisher are not replayed while check_retain_source is on "+

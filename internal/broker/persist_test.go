@@ -601,3 +601,23 @@ func TestPersistWillsAcrossShutdown(t *testing.T) {
 	clock.advance(time.Hour)
 	expectNone(t, w) // neither "returns" (its client came back) nor "clean"
 }
+
+// Stored retained messages over the retained limits are not loaded at
+// start, and stay in the store for a start with higher limits.
+func TestPersistRetainedOverLimits(t *testing.T) {
+	model := newModel()
+	for _, tp := range []string{"r/1", "r/2", "r/3"} {
+		model.retained[tp] = RecoveredRetained{Owner: "user:a", Publisher: &StoredPublisher{ClientID: "a"},
+			Message: &Message{Topic: tp, Payload: []byte("v"), Retain: true}}
+	}
+	srv, _ := testServer(t, Config{Persistence: model, MaxRetained: 2})
+	if n := srv.Stats().Retained; n != 2 {
+		t.Fatalf("%d retained messages loaded, want the limit of 2", n)
+	}
+	model.mu.Lock()
+	n := len(model.retained)
+	model.mu.Unlock()
+	if n != 3 {
+		t.Fatalf("%d retained messages left in the store, want 3", n)
+	}
+}

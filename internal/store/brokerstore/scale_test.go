@@ -175,8 +175,10 @@ func TestRecoveryChild(t *testing.T) {
 		t.Fatal(err)
 	}
 	opened := time.Now()
+	// Limits raised for the retained messages (defaults 100,000 and 256
+	// MiB): an operator keeping a million raises them too.
 	srv, err := broker.New(broker.Config{Persistence: brokerstore.New(st), SysInterval: -1, CheckRetainSource: true,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		MaxRetained: 10_000_000, MaxRetainedBytes: 8 << 30, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
