@@ -21,6 +21,11 @@
 # Mosquitto with max_queued_messages 100000; mochi and nats with their
 # defaults). Scenario i is the mutual-TLS handshake against the crypto floor
 # (the null forwarder: a bare crypto/tls server), and the resumption storm.
+# Scenario j is the durable store: p2p QoS 1 with persistent sessions over
+# mutual TLS, Moat in memory and on its encrypted store in each sync mode
+# (moat-always, moat-batch, moat-off), against nats-server's MQTT, whose
+# QoS 1 messages and persistent sessions live in JetStream (its defaults:
+# a PUBACK after the store write, fsync every 2 minutes).
 #
 # Knobs (environment):
 #   BENCH_DURATION   publishing time per scenario and broker, over
@@ -42,12 +47,13 @@
 #                    100 publishers                             (5000)
 #   BENCH_FANOUT_RATE  scenario h: msgs/s in, 1 -> BENCH_FAN     (2000)
 #   BENCH_HANDSHAKES scenario i: handshakes per broker           (2000)
+#   BENCH_DURABLE_DURATION  scenario j, per broker over all rounds (30s)
 #   BENCH_PEERS      Go peers built and run: mochi natsmqtt      (both)
 #   BENCH_IDLE_PEERS peers in scenario f (mochi holds ~0.4 MiB
 #                    per idle connection, 8 GB at 20,000)       (natsmqtt)
 #   BENCH_PEER_CACHE where the peers are built
 #                    (${XDG_CACHE_HOME:-~/.cache}/moat-bench-peers)
-#   BENCH_SCENARIOS  subset to run, e.g. "a c"            (a b c d e f g h i)
+#   BENCH_SCENARIOS  subset to run, e.g. "a c"          (a b c d e f g h i j)
 #   BENCH_ROUNDS     scenarios a, c, d, e run in this many rounds that
 #                    alternate the brokers, each a share of the
 #                    duration; the rounds are merged per broker   (3)
@@ -67,7 +73,8 @@ HOLD=${BENCH_HOLD:-5s}
 KEYTYPE=${BENCH_KEY_TYPE:-ecdsa}
 KEX=${BENCH_KEX:-classical}
 NULLFWD=${BENCH_NULLFWD:-1}
-SCENARIOS=${BENCH_SCENARIOS:-a b c d e f g h i}
+SCENARIOS=${BENCH_SCENARIOS:-a b c d e f g h i j}
+JDUR=${BENCH_DURABLE_DURATION:-30s}
 ODUR=${BENCH_OPEN_DURATION:-10s}
 OPEN_RATE=${BENCH_OPEN_RATE:-5000}
 FANOUT_RATE=${BENCH_FANOUT_RATE:-2000}
@@ -201,6 +208,11 @@ CONF
 
 MOAT_CONF=$WORK/moat.yaml
 sed 's/max_queued_messages: 1000}/max_queued_messages: 100000}/' "$WORK/moat.yaml" >"$WORK/moat-open.yaml"
+# Scenario j: the same with the durable store in each sync mode (its own
+# data directory, emptied before every start).
+for m in always batch off; do
+  sed "s/^persistence: {enabled: false}/persistence: {enabled: true, sync: $m}/" "$WORK/moat.yaml" >"$WORK/moat-$m.yaml"
+done
 
 # wait_port PORT: 0 once something listens on PORT, 1 when the broker
 # exited or nothing listens within 10 s.
@@ -240,6 +252,9 @@ start_once() { # NAME ID [tls]
   local log="$OUT/$2.$1.log"
   case $1 in
   moat) exec "$MOAT" serve -c "$MOAT_CONF" --data "$WORK/moat-data" >>"$log" 2>&1 ;;
+  moat-always|moat-batch|moat-off)
+    rm -rf "$WORK/moat-data-durable"
+    exec "$MOAT" serve -c "$WORK/$1.yaml" --data "$WORK/moat-data-durable" >>"$log" 2>&1 ;;
   mosquitto) exec mosquitto -c "$CONF" >>"$log" 2>&1 ;;
   mochi) exec "$PEER_CACHE/mochi" -plain 127.0.0.1:$P_PLAIN -mtls 127.0.0.1:$P_MTLS \
     -cafile "$PKI/ca.pem" -cert "$PKI/server.pem" -key "$PKI/server.key" >>"$log" 2>&1 ;;
@@ -338,6 +353,7 @@ IDLE_BROKERS="moat mosquitto"
 for p in $IDLE_PEERS; do case " $PEERS " in *" $p "*) IDLE_BROKERS="$IDLE_BROKERS $p" ;; esac; done
 OSECS=$(secs "$ODUR")
 DSECS=$(secs "$DUR")
+JSECS=$(secs "$JDUR")
 FSECS=$(secs "$FDUR")
 # The null forwarder is a ceiling for reference: one run, not in rounds.
 nullfwd() {
@@ -387,7 +403,16 @@ for s in $SCENARIOS; do
     GO_KEX=1 RUN_DIR="$OUT/handshake" run i1-handshake-mtls mtls "moat floor $BROKERS" -- conn -n "$HANDSHAKES" -d 1s
     GO_KEX=1 RUN_DIR="$OUT/handshake" run i2-resume-mtls mtls "moat floor" -- conn -n "$HANDSHAKES" -d 1s --resume
     ;;
-  *) echo "bench: unknown scenario $s (a-i)" >&2; exit 2 ;;
+  j)
+    # Results in their own directory: Moat with sync always is compared
+    # with nats-server and with Moat in memory below.
+    mkdir -p "$OUT/durable"
+    DURABLE_BROKERS="moat moat-always moat-batch moat-off"
+    case " $PEERS " in *" natsmqtt "*) DURABLE_BROKERS="$DURABLE_BROKERS natsmqtt" ;; esac
+    OUT="$OUT/durable" rounds j-durable-p2p-qos1-mtls mtls "$DURABLE_BROKERS" "$JSECS" -- \
+      p2p --pubs 100 --subs 100 --qos 1 --size 64 --persistent --max-backlog 1000
+    ;;
+  *) echo "bench: unknown scenario $s (a-j)" >&2; exit 2 ;;
   esac
 done
 
@@ -404,15 +429,16 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 } >"$OUT/summary.md"
 set +e
 PEER_LIST=$(echo mosquitto $PEERS | tr ' ' ,)
-"$MOAT" bench compare "$OUT" --peers "$PEER_LIST" --extra nullfwd \
+status=0
+# Only scenarios in their own directories (i, j) ran: no main table.
+ls "$OUT"/*.json >/dev/null 2>&1 && "$MOAT" bench compare "$OUT" --peers "$PEER_LIST" --extra nullfwd \
   --target a1-factory-plain:latency_p99_ms\<=1 --target a2-factory-mtls:latency_p99_ms\<=1 \
   --target a3-factory-mtls-e2e:latency_p99_ms\<=1 \
   --target b-mtls-storm:conn_per_s\>=2 --target b-mtls-storm:cpu_per_conn_ms\<=0.7 \
   --target c-p2p-qos1-mtls:delivered_per_s\>=2 --target d-fanout-qos0:delivered_per_s\>=2 \
   --target e-fanin-qos1:delivered_per_s\>=2 --target f-idle-mtls:rss_per_conn_kib\<=1.5 \
   --target g-open-p2p-qos1:delivered_per_s\>=2 --target h-open-fanout-qos0:delivered_per_s\>=1 \
-  --target h-open-fanout-qos0:cpu_per_msg_us\<=1 >>"$OUT/summary.md"
-status=$?
+  --target h-open-fanout-qos0:cpu_per_msg_us\<=1 >>"$OUT/summary.md" || status=$?
 if [ -d "$OUT/handshake" ]; then
   {
     echo
@@ -425,6 +451,22 @@ if [ -d "$OUT/handshake" ]; then
   } >>"$OUT/summary.md"
   s2=$?
   [ $status -ne 0 ] || status=$s2
+fi
+if [ -d "$OUT/durable" ]; then
+  s3=0
+  {
+    echo
+    echo "## Durable store (scenario j)"
+    echo
+    echo "p2p QoS 1, 100 -> 100 persistent sessions, mutual TLS. moat-always, moat-batch and moat-off run on the encrypted store (sync always, batch, off); moat keeps everything in memory; natsmqtt keeps QoS 1 in JetStream (default settings). First against nats-server (target: ahead), then against Moat in memory (target: at least half)."
+    echo
+    "$MOAT" bench compare "$OUT/durable" --first moat-always --peers natsmqtt --extra moat,moat-batch,moat-off \
+      --target j-durable-p2p-qos1-mtls:delivered_per_s\>=1 || s3=$?
+    echo
+    "$MOAT" bench compare "$OUT/durable" --first moat-always --peers moat \
+      --target j-durable-p2p-qos1-mtls:delivered_per_s\>=0.5 || s3=$?
+  } >>"$OUT/summary.md"
+  [ $status -ne 0 ] || status=$s3
 fi
 set -e
 cp "$OUT/summary.md" bench/results/latest.md

@@ -67,6 +67,7 @@ func TestRunScenarios(t *testing.T) {
 	}{
 		{"p2p qos1", Config{Scenario: P2P, Pubs: 3, Subs: 3, QoS: 1, MsgRate: 200}, 100, true},
 		{"p2p qos1 unlimited", Config{Scenario: P2P, Pubs: 2, Subs: 2, QoS: 1}, 100, false},
+		{"p2p qos1 persistent", Config{Scenario: P2P, Pubs: 2, Subs: 2, QoS: 1, MsgRate: 200, Persistent: true}, 100, true},
 		{"fanin qos1 encrypted", Config{Scenario: FanIn, Pubs: 4, Subs: 1, QoS: 1, MsgRate: 100, Encrypt: key}, 100, true},
 		{"fanout qos0", Config{Scenario: FanOut, Pubs: 1, Subs: 5, MsgRate: 200}, 100, false},
 		{"shared qos1", Config{Scenario: Shared, Pubs: 2, Subs: 3, QoS: 1, MsgRate: 200}, 100, true},
@@ -88,6 +89,9 @@ func TestRunScenarios(t *testing.T) {
 				t.Fatal(err)
 			}
 			checkResult(t, res, tt.minDeliv, tt.lossless)
+			if res.Params.Persistent != cfg.Persistent {
+				t.Errorf("params: persistent %v", res.Params.Persistent)
+			}
 		})
 	}
 }

@@ -92,7 +92,7 @@ func (c *client) handshakeMQTT() (time.Duration, error) {
 	c.nc.SetDeadline(time.Now().Add(r.cfg.ConnectTimeout))
 	defer c.nc.SetDeadline(time.Time{})
 	buf, err := packet.Append(make([]byte, 0, 128), &packet.Connect{
-		Version: packet.V311, CleanStart: true, KeepAlive: r.keepAlive, ClientID: c.id,
+		Version: packet.V311, CleanStart: !r.cfg.Persistent, KeepAlive: r.keepAlive, ClientID: c.id,
 	}, packet.V311)
 	if err != nil {
 		return 0, err

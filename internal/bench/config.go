@@ -131,6 +131,11 @@ type Config struct {
 	Topic string
 	// Filter is the Sub scenario's topic filter. Default TOPIC/#.
 	Filter string
+	// Persistent makes every client connect with clean session 0, so that
+	// the broker keeps a persistent session for it (and, with a durable
+	// store, writes its QoS 1 messages to disk before acknowledging them).
+	// Client IDs are new in every run. Default false: clean sessions.
+	Persistent bool
 	// Encrypt, when set, makes publishers seal every payload in the seed's
 	// raw AES-256-GCM format and subscribers open it.
 	Encrypt *e2e.RawKey

@@ -57,6 +57,7 @@ type Params struct {
 	MsgRate     float64 `json:"msg_rate"`
 	Inflight    int     `json:"inflight"`
 	MaxBacklog  int     `json:"max_backlog,omitempty"`
+	Persistent  bool    `json:"persistent,omitempty"`
 	// OfferedPerSecond is the open loop's offered load, messages per
 	// second over all publishers (a rate and no max backlog); 0 otherwise.
 	OfferedPerSecond float64 `json:"offered_per_s,omitempty"`
@@ -174,6 +175,9 @@ func (r *Result) WriteTable(w io.Writer) error {
 		loop = fmt.Sprintf(", closed loop (max backlog %d)", p.MaxBacklog)
 	} else if p.OfferedPerSecond > 0 {
 		loop = fmt.Sprintf(", open loop (%.0f msgs/s offered)", p.OfferedPerSecond)
+	}
+	if p.Persistent {
+		loop += ", persistent sessions"
 	}
 	row("run", "%s: %s over %s to %s%s", r.Label, r.Scenario, transport, p.Addr, loop)
 	c := r.Connect

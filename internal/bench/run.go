@@ -451,6 +451,7 @@ func paramsOf(c *Config) Params {
 		Clients: c.Clients, Pubs: c.Pubs, Subs: c.Subs, ConnRate: c.ConnRate,
 		QoS: c.QoS, PayloadSize: c.PayloadSize, MsgRate: c.MsgRate, Inflight: c.Inflight,
 		DurationSeconds: c.Duration.Seconds(), Encrypted: c.Encrypt != nil, MaxBacklog: c.MaxBacklog,
+		Persistent: c.Persistent,
 	}
 	if c.MsgRate > 0 && c.MaxBacklog == 0 {
 		p.OfferedPerSecond = c.MsgRate * float64(c.Pubs)

@@ -95,13 +95,25 @@ func (s *Server) authorize(c *Client, a Action, topic string, qos byte, retain b
 
 // retainSourceAllowed checks, on retained replay, that the message's
 // publisher may still publish it (Config.CheckRetainSource). Messages the
-// server published ($SYS) have no publisher and pass.
+// server published ($SYS) have no publisher and pass; a recovered message
+// whose publisher the store did not keep is refused. A refusal's Reason
+// names the publisher, for the subscriber's log line.
 func (s *Server) retainSourceAllowed(m *Message) (Decision, bool) {
-	if !s.cfg.CheckRetainSource || m.Publisher == nil {
+	if !s.cfg.CheckRetainSource {
+		return Decision{}, true
+	}
+	if m.publisherUnknown {
+		return Decision{Reason: "its publisher is unknown (stored before the store kept publishers, or imported without one)",
+			Rule: "check_retain_source"}, false
+	}
+	if m.Publisher == nil {
 		return Decision{}, true
 	}
 	// Not through a cache: the publisher snapshot has none (m is nil).
 	d := s.authorizer.Authorize(&AuthzRequest{Client: m.Publisher, Action: ActionPublish, Topic: m.Topic, QoS: m.QoS, Retain: true, RetainSource: true})
+	if !d.Allow {
+		d.Reason = "its publisher " + m.Publisher.Username + " (" + m.Publisher.ClientID + ") may no longer publish it: " + d.Reason
+	}
 	return d, d.Allow
 }
 

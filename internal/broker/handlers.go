@@ -288,7 +288,6 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 			if d, ok := s.retainSourceAllowed(m); !ok {
 				// Logged under the subscriber's connection, whose
 				// denials are rate-limited.
-				d.Reason = "its publisher " + m.Publisher.Username + " (" + m.Publisher.ClientID + ") may no longer publish it: " + d.Reason
 				s.denied(&c.client, ActionReceive, m.Topic, d, "retained message")
 				return true
 			}

@@ -33,10 +33,14 @@ type Message struct {
 	// Publisher is a snapshot of the publishing client's identity, kept
 	// for retained messages (nil otherwise, and for the server's own) so
 	// that a replay can check the publisher's right to have written it
-	// (Config.CheckRetainSource). The Persistence does not store it yet: a
-	// retained message recovered after a restart has none, and its replay
-	// is not checked against its publisher (persist.go, recover).
+	// (Config.CheckRetainSource). The Persistence keeps it
+	// (StoredPublisher), so a retained message recovered after a restart
+	// is checked as before.
 	Publisher *Client
+	// publisherUnknown marks a recovered retained message whose record
+	// names no publisher (an earlier version's, or imported without
+	// one): its replay is refused while the check is on (fail closed).
+	publisherUnknown bool
 	// id names the message in the Persistence; 0 when it is never stored
 	// ($SYS, or persistence off).
 	id uint64

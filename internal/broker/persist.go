@@ -1,8 +1,10 @@
 package broker
 
 import (
+	"crypto/x509"
 	"errors"
-	"strings"
+	"net"
+	"net/netip"
 	"sync/atomic"
 	"time"
 
@@ -41,9 +43,9 @@ const (
 	ChangeDeleteDelivery                       // ClientID, Seq
 	ChangePutInbound                           // ClientID, PacketID
 	ChangeDeleteInbound                        // ClientID, PacketID
-	ChangePutRetained                          // Message, Owner
+	ChangePutRetained                          // Message, Owner, Publisher
 	ChangeDeleteRetained                       // Topic
-	ChangePutWill                              // Will
+	ChangePutWill                              // Will (with its Publisher)
 	ChangeDeleteWill                           // ClientID
 )
 
@@ -61,6 +63,67 @@ type Change struct {
 	Session  *StoredSession
 	Delivery *StoredDelivery
 	Will     *StoredWill
+	// Publisher is the retained message's publisher (nil: unknown).
+	Publisher *StoredPublisher
+}
+
+// StoredPublisher is what a retained message and a pending will keep of
+// the client that published or set them: the identity the Authorizer
+// reads (a Client without its connection), so that after a restart a
+// retained message's replay is still checked against its publisher's
+// rights (Config.CheckRetainSource) and a will is authorized as the
+// client that set it. The remote address keeps only the IP: its port
+// changes with every connection, and rules judge the address.
+type StoredPublisher struct {
+	Listener           string
+	Addr               netip.Addr // invalid: unknown
+	Version            packet.Version
+	ClientID           string
+	Username           string
+	Anonymous          bool
+	Attributes         map[string]string
+	Groups             []string
+	Publish, Subscribe []string
+	AuthBackend        string
+	AuthExpires        time.Time
+	// Certs is the verified certificate chain, leaf first.
+	Certs []*x509.Certificate
+}
+
+// storedPublisher describes c for the store; nil for nil (a message of
+// the server itself).
+func storedPublisher(c *Client) *StoredPublisher {
+	if c == nil {
+		return nil
+	}
+	p := &StoredPublisher{Listener: c.Listener, Version: c.Version, ClientID: c.ClientID, Username: c.Username,
+		Anonymous: c.Anonymous, Attributes: c.Attributes, Groups: c.Groups, Publish: c.Publish, Subscribe: c.Subscribe,
+		AuthBackend: c.AuthBackend, AuthExpires: c.AuthExpires, Certs: c.PeerCertificates()}
+	switch a := c.Remote.(type) {
+	case nil:
+	case *net.TCPAddr:
+		p.Addr, _ = netip.AddrFromSlice(a.IP)
+	default:
+		if ap, err := netip.ParseAddrPort(a.String()); err == nil {
+			p.Addr = ap.Addr()
+		}
+	}
+	p.Addr = p.Addr.Unmap()
+	return p
+}
+
+// client returns the publisher as the Client the Authorizer is asked
+// about: no connection (the certificate chain is kept, PeerCertificates
+// works), port 0 in Remote, its own Memo and no decision cache, as
+// Client.publisherSnapshot gives.
+func (p *StoredPublisher) client() *Client {
+	c := &Client{Listener: p.Listener, Version: p.Version, ClientID: p.ClientID, Username: p.Username,
+		Anonymous: p.Anonymous, Attributes: p.Attributes, Groups: p.Groups, Publish: p.Publish, Subscribe: p.Subscribe,
+		AuthBackend: p.AuthBackend, AuthExpires: p.AuthExpires, peerCerts: p.Certs, az: &authzState{}}
+	if p.Addr.IsValid() {
+		c.Remote = net.TCPAddrFromAddrPort(netip.AddrPortFrom(p.Addr, 0))
+	}
+	return c
 }
 
 // StoredSession is a persistent session without its messages.
@@ -119,6 +182,9 @@ type StoredWill struct {
 	FireAt   time.Time
 	Owner    string
 	Message  *Message
+	// Publisher is the client that set the will; nil: unknown (a record
+	// of an earlier version), and the will is not published.
+	Publisher *StoredPublisher
 }
 
 // Recovered is what a Persistence returns at start.
@@ -136,10 +202,13 @@ type RecoveredSession struct {
 	Inbound    []uint16
 }
 
-// RecoveredRetained is a retained message and the identity charged for it.
+// RecoveredRetained is a retained message, the identity charged for it
+// and its publisher (nil: unknown; its replay is refused while
+// Config.CheckRetainSource is on).
 type RecoveredRetained struct {
-	Message *Message
-	Owner   string
+	Message   *Message
+	Owner     string
+	Publisher *StoredPublisher
 }
 
 // pbatch collects the changes one PUBLISH causes while it is routed; the
@@ -395,7 +464,7 @@ func retainChange(msg *Message, owner string) Change {
 	if len(msg.Payload) == 0 {
 		return Change{Kind: ChangeDeleteRetained, Topic: msg.Topic}
 	}
-	return Change{Kind: ChangePutRetained, Message: msg, Owner: owner}
+	return Change{Kind: ChangePutRetained, Message: msg, Owner: owner, Publisher: storedPublisher(msg.Publisher)}
 }
 
 // errConnEnded is returned by persistWait when the connection ends first.
@@ -431,6 +500,18 @@ func (s *Server) recover() error {
 	for id, m := range rec.Messages {
 		m.id = id
 	}
+	// One Client per stored publisher: a device's retained topics share
+	// its snapshot (and the Authorizer's memo of it), as they did before.
+	clients := map[*StoredPublisher]*Client{}
+	clientOf := func(p *StoredPublisher) *Client {
+		c := clients[p]
+		if c == nil {
+			c = p.client()
+			clients[p] = c
+		}
+		return c
+	}
+	unknown, refused, why := 0, 0, ""
 	for _, r := range rec.Retained {
 		m := r.Message
 		m.id = s.persist.NewID()
@@ -438,10 +519,25 @@ func (s *Server) recover() error {
 			s.persistAsync(Change{Kind: ChangeDeleteRetained, Topic: m.Topic})
 			continue
 		}
-		// TODO(persist): the store keeps no publisher identity
-		// (Message.Publisher), so check_retain_source does not apply to
-		// a recovered retained message until it is published again.
-		s.retained.retain(m, r.Owner)
+		m.Publisher, m.publisherUnknown = nil, r.Publisher == nil
+		if r.Publisher != nil {
+			m.Publisher = clientOf(r.Publisher)
+		} else {
+			unknown++
+		}
+		if w := s.retained.retain(m, r.Owner); w != "" {
+			refused, why = refused+1, w
+		}
+	}
+	if refused > 0 {
+		// Left in the store: they load once the limits allow them.
+		s.log.Warn("broker: stored retained messages over the retained limits were not loaded; they stay in the store and load at a start with limits that allow them",
+			"count", refused, "reason", why)
+	}
+	if unknown > 0 && s.cfg.CheckRetainSource {
+		s.log.Warn("broker: retained messages stored without their publisher are not replayed while check_retain_source is on "+
+			"(written before the store kept publishers, or imported without one); publish them again, or turn the check off",
+			"count", unknown)
 	}
 	var expired []string
 	for _, rs := range rec.Sessions {
@@ -503,11 +599,16 @@ func (s *Server) recover() error {
 		s.persistAsync(Change{Kind: ChangeDeleteSession, ClientID: id})
 	}
 	for _, w := range rec.Wills {
-		w := w
-		from := &Client{ClientID: w.ClientID}
-		if u, ok := strings.CutPrefix(w.Owner, "user:"); ok {
-			from.Username = u
+		if w.Publisher == nil {
+			// Its client's rights cannot be checked: not published
+			// rather than published unchecked (fail closed).
+			s.log.Warn("broker: a stored will names no publisher (written by an earlier version); it is not published",
+				"client", w.ClientID)
+			s.persistAsync(Change{Kind: ChangeDeleteWill, ClientID: w.ClientID})
+			continue
 		}
+		from := clientOf(w.Publisher)
+		w.Message.Publisher = nil
 		sess := s.lookup(w.ClientID)
 		if sess == nil || !now.Before(w.FireAt) {
 			s.persistAsync(Change{Kind: ChangeDeleteWill, ClientID: w.ClientID})

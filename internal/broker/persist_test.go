@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -106,7 +107,7 @@ func (m *modelPersistence) apply(c Change) {
 	case ChangeDeleteInbound:
 		delete(m.in[c.ClientID], c.PacketID)
 	case ChangePutRetained:
-		m.retained[c.Message.Topic] = RecoveredRetained{Message: c.Message, Owner: c.Owner}
+		m.retained[c.Message.Topic] = RecoveredRetained{Message: c.Message, Owner: c.Owner, Publisher: c.Publisher}
 	case ChangeDeleteRetained:
 		delete(m.retained, c.Topic)
 	case ChangePutWill:
@@ -140,13 +141,17 @@ func (m *modelPersistence) Recover() (*Recovered, error) {
 		}
 		r.Sessions = append(r.Sessions, rs)
 	}
+	// The store keeps the publisher apart from the message (Publisher),
+	// not the live snapshot.
 	for _, rr := range m.retained {
 		c := *rr.Message
-		r.Retained = append(r.Retained, RecoveredRetained{Message: &c, Owner: rr.Owner})
+		c.Publisher = nil
+		r.Retained = append(r.Retained, RecoveredRetained{Message: &c, Owner: rr.Owner, Publisher: rr.Publisher})
 	}
 	for _, w := range m.wills {
 		c := *w
 		mc := *w.Message
+		mc.Publisher = nil
 		c.Message = &mc
 		r.Wills = append(r.Wills, &c)
 	}
@@ -407,5 +412,213 @@ func TestPersistConnackAfterCommit(t *testing.T) {
 	model.release()
 	if _, ok := c.recv().(*packet.Connack); !ok {
 		t.Fatal("want CONNACK after the commit")
+	}
+}
+
+// listenerPolicy is an Authorizer with a policy per listener, as the
+// command line wires them: a listener without a policy allows
+// everything. On "test", client IDs starting with "intruder" may not
+// publish below alarm/.
+func listenerPolicy() Authorizer {
+	return AuthorizerFunc(func(r *AuthzRequest) Decision {
+		if r.Client.Listener != "test" {
+			return Decision{Allow: true, Reason: "no policy for this listener"}
+		}
+		if r.Action == ActionPublish && strings.HasPrefix(r.Client.ClientID, "intruder") && strings.HasPrefix(r.Topic, "alarm/") {
+			return Decision{Reason: "intruders may not raise alarms"}
+		}
+		return Decision{Allow: true}
+	})
+}
+
+// TestSecurityRetainSourceAfterRestart: check_retain_source still applies
+// to a retained message recovered after a restart, because its publisher
+// was stored with it. A writer that lost its right to r/ while the broker
+// was down does not feed new subscribers through the message it left; a
+// writer that kept it does.
+func TestSecurityRetainSourceAfterRestart(t *testing.T) {
+	model := newModel()
+	srv1, addr := testServer(t, Config{Persistence: model, Authorizer: AllowAll, CheckRetainSource: true})
+	for _, w := range []string{"writer", "keeper"} {
+		p := dialRaw(t, addr, packet.V5)
+		p.connect(v5connect(w))
+		publishAcked(t, p, 1, &packet.Publish{Topic: "r/" + w, Retain: true, Payload: []byte(w)})
+		closeAndWait(t, p, &packet.Disconnect{})
+	}
+	if err := srv1.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	az := &switchAuthz{}
+	az.set("writer", ActionPublish, "r/")
+	_, addr = testServer(t, Config{Persistence: model, Authorizer: az, CheckRetainSource: true})
+	s := dialRaw(t, addr, packet.V5)
+	s.connect(v5connect("reader"))
+	subscribe(t, s, 1, packet.Subscription{Filter: "r/#", QoS: 1})
+	if m := recvPublish(t, s); m.Topic != "r/keeper" || !m.Retain {
+		t.Fatalf("got %+v, want only r/keeper", m)
+	}
+	expectNone(t, s)
+}
+
+// TestSecurityRecoveredWillAuthorizedAsItsClient: a will recovered after
+// a restart is authorized as the client that set it, on its listener.
+// Were it judged as a bare client ID (no listener), a listener-based
+// policy would not apply, and a client denied alarm/ on its listener
+// could raise a false alarm by disconnecting before a restart.
+func TestSecurityRecoveredWillAuthorizedAsItsClient(t *testing.T) {
+	model := newModel()
+	clock := newFakeClock()
+	cfg := Config{Persistence: model, Clock: clock, Authorizer: listenerPolicy()}
+	srv1, addr := testServer(t, cfg)
+	for _, id := range []string{"intruder", "sensor"} {
+		c := dialRaw(t, addr, packet.V5)
+		cc := persistentConnect(id)
+		cc.Will = &packet.Will{Topic: "alarm/" + id, Payload: []byte("fire"), QoS: 1}
+		cc.Will.Properties.SetWillDelay(30)
+		c.connect(cc)
+		c.nc.Close()
+		waitOffline(t, srv1, id)
+	}
+	if err := srv1.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	_, addr = testServer(t, cfg)
+	s := dialRaw(t, addr, packet.V5)
+	s.connect(v5connect("watch"))
+	subscribe(t, s, 1, packet.Subscription{Filter: "alarm/#", QoS: 1})
+	clock.advance(31 * time.Second)
+	if m := recvPublish(t, s); m.Topic != "alarm/sensor" {
+		t.Fatalf("got %s, want alarm/sensor only", m.Topic)
+	}
+	expectNone(t, s)
+}
+
+// Records of an earlier version name no publisher: a retained message
+// without one is not replayed while check_retain_source is on (it is
+// with the check off), and a will without one is not published and is
+// removed. Fail closed: their rights cannot be checked.
+func TestPersistUnknownPublisherFailsClosed(t *testing.T) {
+	for _, check := range []bool{true, false} {
+		model := newModel()
+		clock := newFakeClock()
+		model.retained["old/r"] = RecoveredRetained{Owner: "user:a",
+			Message: &Message{Topic: "old/r", Payload: []byte("v"), QoS: 1, Retain: true, Created: clock.Now()}}
+		model.sessions["old-willer"] = &StoredSession{ClientID: "old-willer", Expiry: time.Hour, ExpiresAt: clock.Now().Add(time.Hour)}
+		model.wills["old-willer"] = &StoredWill{ClientID: "old-willer", FireAt: clock.Now().Add(10 * time.Second), Owner: "user:a",
+			Message: &Message{Topic: "old/will", Payload: []byte("w"), QoS: 1, From: "old-willer", Created: clock.Now()}}
+		_, addr := testServer(t, Config{Persistence: model, Clock: clock, Authorizer: AllowAll, CheckRetainSource: check})
+		s := dialRaw(t, addr, packet.V5)
+		s.connect(v5connect("reader"))
+		subscribe(t, s, 1, packet.Subscription{Filter: "old/#", QoS: 1})
+		if check {
+			expectNone(t, s)
+		} else if m := recvPublish(t, s); m.Topic != "old/r" {
+			t.Fatalf("check off: got %s, want the retained message", m.Topic)
+		}
+		clock.advance(11 * time.Second)
+		expectNone(t, s)
+		testutil.CheckFor(t, 5*time.Second, func() error {
+			model.mu.Lock()
+			defer model.mu.Unlock()
+			if len(model.wills) != 0 {
+				return errString("will without publisher still stored")
+			}
+			return nil
+		})
+	}
+}
+
+// A clean shutdown keeps pending wills: one whose delay was running (its
+// client gone before the shutdown) and one of a client the shutdown
+// disconnected (its delay starts then). After the restart each fires at
+// its time on the clock, unless its client came back first; a client
+// with a clean session leaves nothing behind.
+func TestPersistWillsAcrossShutdown(t *testing.T) {
+	model := newModel()
+	clock := newFakeClock()
+	cfg := Config{Persistence: model, Clock: clock, Authorizer: AllowAll}
+	srv1, addr := testServer(t, cfg)
+	w := dialRaw(t, addr, packet.V5)
+	w.connect(persistentConnect("watch"))
+	subscribe(t, w, 1, packet.Subscription{Filter: "status/#", QoS: 1})
+	dialWill := func(id string, delay uint32, persistentSession bool) *rawClient {
+		c := dialRaw(t, addr, packet.V5)
+		cc := v5connect(id)
+		if persistentSession {
+			cc = persistentConnect(id)
+		}
+		cc.Will = &packet.Will{Topic: "status/" + id, Payload: []byte("offline"), QoS: 1}
+		cc.Will.Properties.SetWillDelay(delay)
+		c.connect(cc)
+		return c
+	}
+	gone := dialWill("gone", 60, true)
+	gone.nc.Close()
+	waitOffline(t, srv1, "gone")
+	clock.advance(10 * time.Second) // 50 s left of gone's delay
+	dialWill("online", 30, true)
+	dialWill("returns", 30, true)
+	dialWill("immediate", 0, true)
+	dialWill("clean", 0, false)
+	if err := srv1.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	model.mu.Lock()
+	n := len(model.wills)
+	model.mu.Unlock()
+	if n != 4 {
+		t.Fatalf("%d wills stored at shutdown, want 4 (gone, online, returns, immediate)", n)
+	}
+
+	clock.advance(5 * time.Second) // the broker is down for 5 s
+	_, addr = testServer(t, cfg)
+	// The will without delay was published during the recovery, into
+	// the watcher's stored session.
+	w = dialRaw(t, addr, packet.V5)
+	w.connect(persistentConnect("watch"))
+	m := recvPublish(t, w)
+	if m.Topic != "status/immediate" {
+		t.Fatalf("got %s, want the will without delay first", m.Topic)
+	}
+	w.send(&packet.Puback{PacketID: m.PacketID})
+	r := dialRaw(t, addr, packet.V5)
+	if ack := r.connect(persistentConnect("returns")); !ack.SessionPresent {
+		t.Fatal("session not present")
+	}
+	clock.advance(24 * time.Second) // 29 s after the shutdown
+	expectNone(t, w)
+	clock.advance(2 * time.Second)
+	if m = recvPublish(t, w); m.Topic != "status/online" {
+		t.Fatalf("got %s, want status/online 30 s after the shutdown", m.Topic)
+	}
+	w.send(&packet.Puback{PacketID: m.PacketID})
+	clock.advance(18 * time.Second) // 59 s after gone's disconnection
+	expectNone(t, w)
+	clock.advance(2 * time.Second)
+	if m = recvPublish(t, w); m.Topic != "status/gone" {
+		t.Fatalf("got %s, want status/gone", m.Topic)
+	}
+	w.send(&packet.Puback{PacketID: m.PacketID})
+	clock.advance(time.Hour)
+	expectNone(t, w) // neither "returns" (its client came back) nor "clean"
+}
+
+// Stored retained messages over the retained limits are not loaded at
+// start, and stay in the store for a start with higher limits.
+func TestPersistRetainedOverLimits(t *testing.T) {
+	model := newModel()
+	for _, tp := range []string{"r/1", "r/2", "r/3"} {
+		model.retained[tp] = RecoveredRetained{Owner: "user:a", Publisher: &StoredPublisher{ClientID: "a"},
+			Message: &Message{Topic: tp, Payload: []byte("v"), Retain: true}}
+	}
+	srv, _ := testServer(t, Config{Persistence: model, MaxRetained: 2})
+	if n := srv.Stats().Retained; n != 2 {
+		t.Fatalf("%d retained messages loaded, want the limit of 2", n)
+	}
+	model.mu.Lock()
+	n := len(model.retained)
+	model.mu.Unlock()
+	if n != 3 {
+		t.Fatalf("%d retained messages left in the store, want 3", n)
 	}
 }

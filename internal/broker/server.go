@@ -96,16 +96,18 @@ func New(cfg Config) (*Server, error) {
 		readBudget: &byteBudget{size: c.ReadBudget},
 		persist:    c.Persistence,
 	}
+	s.authorizer = c.Authorizer
+	if s.authorizer == nil {
+		s.authorizer = AllowAll
+		s.log.Warn("broker: no Authorizer: every client may publish and subscribe to every topic")
+	}
+	// After the Authorizer: a will whose time passed while the broker was
+	// down is published (and authorized) during recovery.
 	if s.persist != nil {
 		if err := s.recover(); err != nil {
 			cancel()
 			return nil, fmt.Errorf("broker: recovering the stored state: %w", err)
 		}
-	}
-	s.authorizer = c.Authorizer
-	if s.authorizer == nil {
-		s.authorizer = AllowAll
-		s.log.Warn("broker: no Authorizer: every client may publish and subscribe to every topic")
 	}
 	if c.IgnoreSessionOwner {
 		s.log.Warn("broker: session owner check is off: any client that knows a client ID can resume that session, " +
@@ -547,7 +549,8 @@ func (s *Server) detach(c *conn) {
 	sess := c.sess
 	var willMsg *Message
 	var willDelay time.Duration
-	if c.will != nil && !c.normalExit.Load() && !s.closing() {
+	closing := s.closing()
+	if c.will != nil && !c.normalExit.Load() {
 		willMsg = willMessage(c.will, c.client.ClientID, s.cfg.Now())
 		if c.version == packet.V5 {
 			willDelay = time.Duration(c.will.Properties.WillDelay) * time.Second
@@ -578,19 +581,34 @@ func (s *Server) detach(c *conn) {
 		return
 	}
 	sess.mu.Lock()
-	if expiry > 0 && !s.closing() {
+	if expiry > 0 && !closing {
 		sess.expiryTimer = s.afterFunc(expiry, func() { s.expire(sess) })
 	}
 	if willMsg != nil {
 		if expiry > 0 && willDelay > expiry {
 			willDelay = expiry
 		}
-		if willDelay > 0 {
+		switch {
+		case closing && s.persisting(sess):
+			// The server's shutdown closed the connection: the will is
+			// owed once its delay has run [MQTT-3.1.2-8], and the delay
+			// runs on across the restart from the stored deadline
+			// (recover), unless the client comes back first.
+			s.persistAsync(Change{Kind: ChangePutWill, Will: &StoredWill{ClientID: sess.id,
+				FireAt: s.cfg.Now().Add(willDelay), Owner: sess.owner.key, Message: willMsg,
+				Publisher: storedPublisher(&from)}})
+			willMsg = nil
+		case closing:
+			// Without a store the will cannot outlive the server, and
+			// none is published during its own shutdown.
+			willMsg = nil
+		case willDelay > 0:
 			sess.willMsg, sess.willFrom = willMsg, &from
 			sess.willTimer = s.afterFunc(willDelay, func() { s.delayedWill(sess) })
 			if s.persisting(sess) {
 				s.persistAsync(Change{Kind: ChangePutWill, Will: &StoredWill{ClientID: sess.id,
-					FireAt: s.cfg.Now().Add(willDelay), Owner: sess.owner.key, Message: willMsg}})
+					FireAt: s.cfg.Now().Add(willDelay), Owner: sess.owner.key, Message: willMsg,
+					Publisher: storedPublisher(&from)}})
 			}
 			willMsg = nil
 		}

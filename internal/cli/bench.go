@@ -117,6 +117,7 @@ func newBenchScenarioCmd(stdio Stdio, s bench.Scenario) *cobra.Command {
 	f.DurationVar(&c.Drain, "drain", bench.DefaultDrain, "time to wait for messages in flight after publishing")
 	f.StringVarP(&c.Topic, "topic", "t", bench.DefaultTopic, "topic prefix")
 	f.StringVar(&c.Filter, "filter", "", "topic filter of the sub scenario (default TOPIC/#)")
+	f.BoolVar(&c.Persistent, "persistent", false, "connect with clean session 0: persistent sessions (with a durable store, QoS 1 goes to disk)")
 	f.BoolVar(&o.encrypt, "encrypt", false, "seal payloads end to end (seed raw AES-256-GCM) with a random key")
 	f.StringVar(&o.encryptKey, "encrypt-key", "", "seal payloads with the raw AES-256 key in `FILE` (32 bytes or 64 hex digits)")
 	f.IntVar(&c.SourceAddrs, "source-addrs", 1, "spread connections over 127.0.0.1..127.0.0.N (past the ephemeral port limit)")

@@ -18,7 +18,6 @@ import (
 	"github.com/moatmq/moat/internal/testutil"
 )
 
-// caWaitFor polls f until it returns nil or d passes.
 // asUser runs name args as the system user u (the test must be root).
 func asUser(u *user.User, name string, args ...string) ([]byte, error) {
 	full := append([]string{"--reuid=" + u.Uid, "--regid=" + u.Gid, "--clear-groups", name}, args...)

@@ -104,7 +104,6 @@ func TestSubExitsWhenCertificateRevoked(t *testing.T) {
 	}
 }
 
-// checkFor polls f until it returns nil or d passes.
 // TestSubExitsWhenConnectRefused lets a subscriber in once, takes its
 // session over, and refuses its reconnection with CONNACK 0x87: moat sub
 // exits with status 1 and the broker's reason.

@@ -3,12 +3,15 @@ package cli
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/moatmq/moat/internal/config"
 	"github.com/moatmq/moat/internal/store"
 	"github.com/moatmq/moat/internal/store/mosquittodb"
 )
@@ -18,6 +21,7 @@ func init() { storeSubcommands = append(storeSubcommands, newStoreImportMosquitt
 func newStoreImportMosquitto(stdio Stdio, f *storeFlags) *cobra.Command {
 	var merge bool
 	var maxSize int64
+	var confFile string
 	cmd := &cobra.Command{
 		Use:   "import-mosquitto FILE",
 		Short: "Bring retained messages and persistent sessions over from Mosquitto 2.0's mosquitto.db",
@@ -30,10 +34,22 @@ $SYS messages, expired messages, inbound QoS 2 messages awaiting PUBREL) is
 counted in the summary. The store is created if it does not exist, with the
 same key handling as the broker's. A store that already holds sessions is
 refused unless --merge is given; sessions and retained topics already in the
-store are kept as they are. See docs/durability.md.`,
+store are kept as they are.
+
+A retained message keeps its publisher (client ID, username and the listener
+it arrived on) for check_retain_source when -c names the configuration the
+broker will run with (the same mosquitto.conf, or Moat YAML): Mosquitto saves
+the port the message arrived on, and the listener with that port is taken.
+Without it, or for a port no listener has, the publisher is unknown and the
+broker does not replay the message while check_retain_source is on. See
+docs/durability.md.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			db, err := mosquittodb.ReadFile(args[0], maxSize)
+			if err != nil {
+				return err
+			}
+			listeners, err := listenersByPort(confFile)
 			if err != nil {
 				return err
 			}
@@ -63,6 +79,7 @@ store are kept as they are. See docs/durability.md.`,
 				NextID:       s.NextID,
 				HaveSession:  func(id string) bool { return st.Sessions[id] != nil },
 				HaveRetained: func(topic string) bool { return retained[topic] },
+				Listeners:    listeners,
 			})
 			if len(ops) > 0 {
 				if err := s.Commit(cmd.Context(), ops...); err != nil {
@@ -77,6 +94,13 @@ store are kept as they are. See docs/durability.md.`,
 			fmt.Fprintf(stdio.Out, "  sessions       %d\n", sum.Sessions)
 			fmt.Fprintf(stdio.Out, "  subscriptions  %d\n", sum.Subscriptions)
 			fmt.Fprintf(stdio.Out, "  retained       %d\n", sum.Retained)
+			if n := sum.RetainedUnknownPublisher; n > 0 {
+				hint := "give -c with the broker's configuration to keep them"
+				if confFile != "" {
+					hint = "the file names no client, or no listener of " + confFile + " has the port they arrived on"
+				}
+				fmt.Fprintf(stdio.Out, "    %6d  with an unknown publisher: not replayed while check_retain_source is on (%s)\n", n, hint)
+			}
 			fmt.Fprintf(stdio.Out, "  messages       %d (queued and in flight)\n", sum.Messages)
 			fmt.Fprintf(stdio.Out, "  skipped        %d\n", sum.SkippedTotal())
 			for _, why := range sum.Reasons() {
@@ -90,5 +114,34 @@ store are kept as they are. See docs/durability.md.`,
 	}
 	cmd.Flags().BoolVar(&merge, "merge", false, "import into a store that already holds sessions (what it holds is kept)")
 	cmd.Flags().Int64Var(&maxSize, "max-size", mosquittodb.DefaultMaxSize, "refuse files larger than `BYTES`")
+	cmd.Flags().StringVarP(&confFile, "config", "c", "", "the broker's configuration `FILE` (mosquitto.conf or Moat YAML): "+
+		"retained messages keep their publisher on the listener of the port they arrived on")
 	return cmd
+}
+
+// listenersByPort maps each listening port of the configuration in path
+// to its listener's name, as moat serve names them (the first listener
+// of a port, as Mosquitto takes when it restores a message's listener).
+// An empty path gives nil.
+func listenersByPort(path string) (map[uint16]string, error) {
+	if path == "" {
+		return nil, nil
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		return nil, err
+	}
+	m := map[uint16]string{}
+	for _, l := range cfg.Listeners {
+		_, p, err := net.SplitHostPort(l.Address)
+		if err != nil {
+			continue
+		}
+		port, err := strconv.ParseUint(p, 10, 16)
+		if _, dup := m[uint16(port)]; err != nil || dup {
+			continue
+		}
+		m[uint16(port)] = l.Name
+	}
+	return m, nil
 }

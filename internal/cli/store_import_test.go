@@ -38,7 +38,8 @@ func TestStoreImportMosquitto(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("import: %d\n%s%s", code, out, errs)
 	}
-	for _, want := range []string{"sessions       2", "subscriptions  4", "retained       3", "messages       5", "skipped        1", "$SYS message", "note: byte 1078"} {
+	for _, want := range []string{"sessions       2", "subscriptions  4", "retained       3", "messages       5", "skipped        1", "$SYS message", "note: byte 1078",
+		"3  with an unknown publisher: not replayed while check_retain_source is on (give -c"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("summary lacks %q:\n%s", want, out)
 		}
@@ -73,5 +74,20 @@ func TestStoreImportMosquitto(t *testing.T) {
 	// A size limit below the file's size.
 	if code, _, errs = runStore(t, "", "import-mosquitto", "--max-size", "100", "--data", dir, mosquittoDB); code == 0 || !strings.Contains(errs, "limit") {
 		t.Fatalf("max-size: %d %s", code, errs)
+	}
+
+	// With the broker's mosquitto.conf, the retained messages keep their
+	// publisher on the listener of the port Mosquitto saved (the file was
+	// written by a broker listening on 33315).
+	conf := filepath.Join(t.TempDir(), "mosquitto.conf")
+	os.WriteFile(conf, []byte("listener 1883 127.0.0.1\nlistener 33315 127.0.0.1\nallow_anonymous true\n"), 0o600)
+	dir2 := filepath.Join(t.TempDir(), "store")
+	code, out, errs = runStore(t, "", "import-mosquitto", "-c", conf, "--data", dir2, mosquittoDB)
+	if code != 0 || strings.Contains(out, "unknown publisher") {
+		t.Fatalf("import with -c: %d\n%s%s", code, out, errs)
+	}
+	code, out, _ = runStore(t, "", "export", "--data", dir2)
+	if code != 0 || strings.Count(out, `"Listener":"tcp-33315"`) != 3 {
+		t.Fatalf("export after import with -c: %d\n%s", code, out)
 	}
 }

@@ -223,7 +223,7 @@ func Rekey(cfg Config, next NewKey) error {
 	case len(next.Passphrase) > 0:
 		ncfg.KEK, ncfg.Passphrase = nil, next.Passphrase
 	}
-	ns := &Store{cfg: ncfg, refs: map[uint64]int{}, kek: ncfg.KEK}
+	ns := &Store{cfg: ncfg, refs: map[uint64]int{}, prefs: map[string]int{}, kek: ncfg.KEK}
 	ns.cfg.setDefaults()
 	ns.path = filepath.Join(ncfg.Dir, DBFile)
 	if err := os.MkdirAll(ncfg.Dir, 0o700); err != nil {
@@ -249,7 +249,7 @@ func Rekey(cfg Config, next NewKey) error {
 	// The new counter goes beside the old one first: whichever store file
 	// a crash leaves in place, one of the two counter files opens it.
 	ctr := filepath.Join(cfg.Dir, CounterFile)
-	if err := ns.writeCounterTo(ctr+".next", true); err != nil {
+	if err := ns.writeCounterTo(ctr+".next", true, ns.st.Counter); err != nil {
 		return err
 	}
 	if err := os.Rename(ns.path, filepath.Join(cfg.Dir, DBFile)); err != nil {
@@ -301,7 +301,7 @@ func (s *Store) rewrite(st *State, counter, maxID uint64) error {
 	if err != nil {
 		return fmt.Errorf("store: %w", err)
 	}
-	if err := s.commitTx([]*request{{ops: ops}}); err != nil {
+	if _, err := s.commitTx([]*request{{ops: ops}}, true); err != nil {
 		return err
 	}
 	return s.db.Sync()

@@ -93,20 +93,8 @@ func (s *Store) pendingLen() int {
 // no request is left.
 func (s *Store) committer() {
 	defer s.wg.Done()
-	var tick <-chan time.Time
-	if s.cfg.Sync == SyncBatch {
-		t := time.NewTicker(s.cfg.BatchInterval)
-		defer t.Stop()
-		tick = t.C
-	}
 	var batch []*request
-	for {
-		select {
-		case <-s.wake:
-		case <-tick:
-			s.periodicSync()
-			continue
-		}
+	for range s.wake {
 		for {
 			s.mu.Lock()
 			n := min(len(s.pending), s.cfg.MaxBatch)
@@ -128,15 +116,57 @@ func (s *Store) committer() {
 	}
 }
 
+// syncer fsyncs the store every BatchInterval in SyncBatch, on its own
+// goroutine: the committer goes on writing while the disk flushes what
+// the interval wrote, which can take long (every page the interval
+// dirtied), instead of stalling every connection's commits meanwhile. It
+// returns when stop is closed; Close then syncs once more.
+func (s *Store) syncer(stop <-chan struct{}) {
+	defer s.syncWG.Done()
+	t := time.NewTicker(s.cfg.BatchInterval)
+	defer t.Stop()
+	var lastCounter time.Time
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		if !s.dirty.Swap(false) {
+			continue
+		}
+		// Every commit up to this counter was written before the
+		// fsync starts, so it is on disk when the fsync returns: the
+		// counter file may name it, never a later one.
+		c := s.committed.Load()
+		if err := s.db.Sync(); err != nil {
+			err = fmt.Errorf("%w: %v", ErrFailed, err)
+			s.syncFailed.Store(&err)
+			return
+		}
+		s.stats.syncs.Add(1)
+		if now := s.cfg.Now(); now.Sub(lastCounter) >= s.cfg.CounterInterval && s.writeCounterAt(c) == nil {
+			lastCounter = now
+		}
+	}
+}
+
 // commitBatch commits requests in one transaction. When it fails, each
 // request is retried alone, so one caller's bad op fails only that caller.
 func (s *Store) commitBatch(reqs []*request) {
 	if h := s.cfg.hooks; h != nil && h.beforeCommit != nil {
 		h.beforeCommit(len(reqs))
 	}
+	if p := s.syncFailed.Load(); p != nil && s.failed == nil {
+		s.failed = *p // the periodic fsync failed (SyncBatch)
+	}
 	err := s.failed
 	if err == nil {
-		err = s.commitTx(reqs)
+		var wrote bool
+		wrote, err = s.commitTx(reqs, false)
+		if err == nil && wrote {
+			s.afterCommit()
+		}
 		var oe *opError
 		if err != nil && !errors.As(err, &oe) {
 			// The disk refused a write or an fsync: what the file holds
@@ -151,9 +181,7 @@ func (s *Store) commitBatch(reqs []*request) {
 		}
 		return
 	}
-	if err == nil {
-		s.afterCommit()
-	} else {
+	if err != nil {
 		s.stats.failed.Add(int64(len(reqs)))
 	}
 	s.stats.requests.Add(int64(len(reqs)))
@@ -162,23 +190,36 @@ func (s *Store) commitBatch(reqs []*request) {
 	}
 }
 
-func (s *Store) commitTx(reqs []*request) (err error) {
+// commitTx applies reqs in one transaction and reports whether it wrote
+// one: with nothing to write it writes none, unless force is set.
+func (s *Store) commitTx(reqs []*request, force bool) (wrote bool, err error) {
 	defer recoverCorrupt(&err)
-	t := &txn{s: s, version: s.st.Counter + 1, st: s.st, refs: map[uint64]int{}, newMsgs: map[uint64]bool{}}
+	t := &txn{s: s, version: s.st.Counter + 1, st: s.st, refs: map[uint64]int{}, newMsgs: map[uint64]bool{}, prefs: map[string]int{}}
 	t.st.Counter = t.version
 	nops := 0
 	if err := s.keys.newTxnKey(); err != nil {
-		return err
+		return false, err
 	}
+	dropped := 0
 	err = s.db.Update(func(tx *bolt.Tx) error {
 		t.tx = tx
-		for _, r := range reqs {
-			for _, op := range r.ops {
+		var batch [][]Op
+		batch, dropped = t.coalesce(reqs)
+		empty := true
+		for _, ops := range batch {
+			for _, op := range ops {
+				empty = false
 				if err := op.apply(t); err != nil {
 					return &opError{err}
 				}
 				nops++
 			}
+		}
+		if empty && !force {
+			// Nothing to write (ops that cancelled out, or requests
+			// without ops that only keep a caller's order): no
+			// transaction, no fsync. Every earlier request is durable.
+			return errNothingLeft
 		}
 		if h := s.cfg.hooks; h != nil && h.diskError != nil {
 			if err := h.diskError(); err != nil {
@@ -195,8 +236,12 @@ func (s *Store) commitTx(reqs []*request) (err error) {
 		}
 		return tx.Bucket(bktMeta).Put(keyState, s.keys.seal(bktMeta, keyState, t.st.Counter, encodeRecord(&t.st)))
 	})
+	s.stats.coalesced.Add(int64(dropped))
+	if err == errNothingLeft {
+		return false, nil
+	}
 	if err != nil {
-		return fmt.Errorf("store: commit: %w", err)
+		return false, fmt.Errorf("store: commit: %w", err)
 	}
 	s.st = t.st
 	for id, d := range t.refs {
@@ -206,9 +251,128 @@ func (s *Store) commitTx(reqs []*request) (err error) {
 			delete(s.refs, id)
 		}
 	}
+	for k, d := range t.prefs {
+		if n := s.prefs[k] + d; n > 0 {
+			s.prefs[k] = n
+		} else {
+			delete(s.prefs, k)
+		}
+	}
 	s.stats.commits.Add(1)
 	s.stats.ops.Add(int64(nops))
-	return nil
+	return true, nil
+}
+
+// errNothingLeft rolls back a transaction that has nothing to write.
+var errNothingLeft = errors.New("store: nothing left to write")
+
+// deliveryName names one delivery of one session.
+type deliveryName struct {
+	client string
+	seq    uint64
+}
+
+// coalesce returns each request's ops to apply, leaving out the deliveries
+// the batch puts and deletes again, and the messages only they referred
+// to: a subscriber that acknowledged a message before the commit that
+// stores it is owed nothing, so neither the delivery nor (unless another
+// session is owed it) the message needs to reach the disk. The state
+// after the transaction is the same as with every op applied. Only a
+// delivery that was not stored before the batch, of a session that was,
+// and that the batch neither puts again after its delete nor touches
+// through a DeleteSession, is left out; a message only when it was not
+// stored either. It reports how many ops it left out.
+func (t *txn) coalesce(reqs []*request) ([][]Op, int) {
+	type pos struct{ req, op int }
+	var puts map[deliveryName][]pos
+	var dels map[deliveryName]pos
+	var spoiled map[deliveryName]bool
+	var sessionGone map[string]bool
+	for i, r := range reqs {
+		for j, op := range r.ops {
+			switch o := op.(type) {
+			case PutDelivery:
+				if o.Delivery == nil {
+					continue
+				}
+				k := deliveryName{o.Delivery.ClientID, o.Delivery.Seq}
+				if _, deleted := dels[k]; deleted {
+					spoiled[k] = true // put again after its delete
+					continue
+				}
+				if puts == nil {
+					puts = map[deliveryName][]pos{}
+				}
+				puts[k] = append(puts[k], pos{i, j})
+			case DeleteDelivery:
+				k := deliveryName{o.ClientID, o.Seq}
+				if _, put := puts[k]; !put {
+					continue
+				}
+				if _, deleted := dels[k]; deleted {
+					continue
+				}
+				if dels == nil {
+					dels, spoiled = map[deliveryName]pos{}, map[deliveryName]bool{}
+				}
+				dels[k] = pos{i, j}
+			case DeleteSession:
+				if sessionGone == nil {
+					sessionGone = map[string]bool{}
+				}
+				sessionGone[o.ClientID] = true
+			}
+		}
+	}
+	if len(dels) == 0 {
+		out := make([][]Op, len(reqs))
+		for i, r := range reqs {
+			out[i] = r.ops
+		}
+		return out, 0
+	}
+	drop := map[pos]bool{}
+	dropMsg := map[uint64]bool{} // messages of dropped deliveries
+	dlv, sess := t.tx.Bucket(bktDelivery), t.tx.Bucket(bktSession)
+	for k, d := range dels {
+		if spoiled[k] || sessionGone[k.client] || dlv.Get(t.s.keys.deliveryKey(k.client, k.seq)) != nil ||
+			sess.Get(t.s.keys.sessionKey(k.client)) == nil {
+			continue
+		}
+		drop[d] = true
+		for _, p := range puts[k] {
+			drop[p] = true
+			dropMsg[reqs[p.req].ops[p.op].(PutDelivery).Delivery.MsgID] = true
+		}
+	}
+	// A message stays when it was stored before or a delivery that is
+	// written refers to it.
+	for _, ps := range puts {
+		for _, p := range ps {
+			if !drop[p] {
+				delete(dropMsg, reqs[p.req].ops[p.op].(PutDelivery).Delivery.MsgID)
+			}
+		}
+	}
+	for id := range dropMsg {
+		if t.s.refs[id] > 0 {
+			delete(dropMsg, id)
+		}
+	}
+	out := make([][]Op, len(reqs))
+	n := 0
+	for i, r := range reqs {
+		var ops []Op
+		for j, op := range r.ops {
+			if m, ok := op.(PutMessage); ok && m.Message != nil && dropMsg[m.Message.ID] || drop[pos{i, j}] {
+				n++
+				continue
+			}
+			ops = append(ops, op)
+		}
+		out[i] = ops
+	}
+	return out, n
 }
 
 // opError marks an error of one caller's ops (bad input), as opposed to
@@ -219,28 +383,16 @@ func (e *opError) Error() string { return e.err.Error() }
 func (e *opError) Unwrap() error { return e.err }
 
 // afterCommit counts the fsync of SyncAlways and refreshes the counter
-// file when it is due.
+// file when it is due; in SyncBatch it tells the syncer what to flush.
 func (s *Store) afterCommit() {
 	switch s.cfg.Sync {
 	case SyncAlways:
 		s.stats.syncs.Add(1)
 		s.counterIfDue()
 	case SyncBatch:
-		s.dirty = true
+		s.committed.Store(s.st.Counter)
+		s.dirty.Store(true)
 	}
-}
-
-func (s *Store) periodicSync() {
-	if !s.dirty {
-		return
-	}
-	if err := s.db.Sync(); err != nil {
-		s.failed = fmt.Errorf("%w: %v", ErrFailed, err)
-		return
-	}
-	s.dirty = false
-	s.stats.syncs.Add(1)
-	s.counterIfDue()
 }
 
 func (s *Store) counterIfDue() {

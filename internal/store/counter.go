@@ -26,14 +26,18 @@ func (s *Store) counterAAD(next bool) []byte {
 }
 
 // writeCounter atomically replaces the counter file with the current
-// commit counter.
-func (s *Store) writeCounter() error {
-	return s.writeCounterTo(filepath.Join(s.cfg.Dir, CounterFile), false)
+// commit counter. Only the committer, or the owner of the Store once the
+// committer has ended, calls it.
+func (s *Store) writeCounter() error { return s.writeCounterAt(s.st.Counter) }
+
+// writeCounterAt writes counter c, which must be on disk.
+func (s *Store) writeCounterAt(c uint64) error {
+	return s.writeCounterTo(filepath.Join(s.cfg.Dir, CounterFile), false, c)
 }
 
-func (s *Store) writeCounterTo(path string, next bool) error {
+func (s *Store) writeCounterTo(path string, next bool, c uint64) error {
 	var v [8]byte
-	binary.BigEndian.PutUint64(v[:], s.st.Counter)
+	binary.BigEndian.PutUint64(v[:], c)
 	wrapped, err := s.kek.Wrap(v[:], s.counterAAD(next))
 	if err != nil {
 		return fmt.Errorf("store: wrapping the commit counter: %w", err)

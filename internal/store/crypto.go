@@ -28,7 +28,10 @@ var (
 	bktInbound  = []byte("in2")
 	bktRetained = []byte("ret")
 	bktWill     = []byte("will")
-	dataBuckets = [][]byte{bktSession, bktMessage, bktDelivery, bktInbound, bktRetained, bktWill}
+	// bktPublisher was added after the first stores were written: Open
+	// creates it in a store that lacks it.
+	bktPublisher = []byte("pub")
+	dataBuckets  = [][]byte{bktSession, bktMessage, bktDelivery, bktInbound, bktRetained, bktWill, bktPublisher}
 )
 
 var (
@@ -157,6 +160,10 @@ func (k *recordKeys) name(kind string, s string) []byte {
 func (k *recordKeys) sessionKey(clientID string) []byte { return k.name("sess", clientID) }
 func (k *recordKeys) willKey(clientID string) []byte    { return k.name("will", clientID) }
 func (k *recordKeys) retainedKey(topic string) []byte   { return k.name("ret", topic) }
+
+// publisherKey names a publisher record by its content: the records of
+// equal publishers share it.
+func (k *recordKeys) publisherKey(enc []byte) []byte { return k.name("pub", string(enc)) }
 func (k *recordKeys) deliveryPrefix(clientID string) []byte {
 	return k.name("dlv", clientID)
 }

@@ -14,7 +14,8 @@ func FuzzDecodeRecord(f *testing.F) {
 	s.nextID.Store(100)
 	sess, msg, d, ret, will := sample(s)
 	for _, r := range []any{sess, msg, d, ret, will, &inbound{ClientID: "c", PacketID: 1}, &state{Counter: 3, Records: 2, MaxID: 9},
-		&Session{}, &Message{}, &Delivery{}, &Retained{}, &Will{}} {
+		&Session{}, &Message{}, &Delivery{}, &Retained{}, &Will{}, samplePublisher(), &Publisher{},
+		&Retained{pubKey: make([]byte, idLen)}, &Will{pubKey: make([]byte, idLen)}} {
 		f.Add(encodeRecord(r))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -48,6 +49,9 @@ func TestDecodeRecordRejects(t *testing.T) {
 		"huge list":     {tagDelivery, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0xff, 0xff, 0x03},
 		"bad delivery":  append(encodeRecord(&Delivery{})[:len(encodeRecord(&Delivery{}))-6], 9, 0, 0, 0, 0, 0),
 		"bad props tag": {tagRetained, 0, 0, 0, 5},
+		"short pub key": append(encodeRecord(&Retained{})[:len(encodeRecord(&Retained{}))-1], 3, 1, 2, 3),
+		"attr order":    {tagPublisher, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 1, 'b', 0, 1, 'a', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},
+		"empty cert":    append(encodeRecord(&Publisher{Certs: [][]byte{{1}}})[:len(encodeRecord(&Publisher{Certs: [][]byte{{1}}}))-2], 0),
 	} {
 		if _, err := decodeRecord(b); err == nil {
 			t.Errorf("%s: accepted", name)

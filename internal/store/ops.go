@@ -51,13 +51,14 @@ type DeleteInbound struct {
 	PacketID uint16
 }
 
-// PutRetained stores a topic's retained message, replacing any.
+// PutRetained stores a topic's retained message, replacing any, with its
+// publisher (kept once for all the records that name it).
 type PutRetained struct{ Retained *Retained }
 
 // DeleteRetained clears a topic's retained message.
 type DeleteRetained struct{ Topic string }
 
-// PutWill stores a pending will.
+// PutWill stores a pending will with its publisher.
 type PutWill struct{ Will *Will }
 
 // DeleteWill removes a pending will (it fired, or the client came back).
@@ -87,9 +88,60 @@ type txn struct {
 	st      state
 	refs    map[uint64]int // changes to Store.refs
 	newMsgs map[uint64]bool
+	prefs   map[string]int // changes to Store.prefs
 }
 
 func (t *txn) refcount(id uint64) int { return t.s.refs[id] + t.refs[id] }
+
+// refPublisher stores p's record unless it is there, counts the
+// reference and returns its key; nil for a nil (unknown) publisher.
+func (t *txn) refPublisher(p *Publisher) ([]byte, error) {
+	if p == nil {
+		return nil, nil
+	}
+	enc := encodeRecord(p)
+	key := t.s.keys.publisherKey(enc)
+	k := string(key)
+	if t.s.prefs[k]+t.prefs[k] <= 0 {
+		if err := t.put(bktPublisher, key, enc); err != nil {
+			return nil, err
+		}
+	}
+	t.prefs[k]++
+	return key, nil
+}
+
+// unrefPublisher drops a reference to a publisher record (the key a
+// retained message or will being replaced or deleted held) and the record
+// with its last reference.
+func (t *txn) unrefPublisher(key []byte) error {
+	if key == nil {
+		return nil
+	}
+	k := string(key)
+	t.prefs[k]--
+	if t.s.prefs[k]+t.prefs[k] <= 0 {
+		_, err := t.del(bktPublisher, key)
+		return err
+	}
+	return nil
+}
+
+// oldPubKey returns the publisher key of the retained message or will at
+// bucket/key, nil when there is none or it names no publisher.
+func (t *txn) oldPubKey(bucket, key []byte) ([]byte, error) {
+	old, err := t.get(bucket, key)
+	if err != nil {
+		return nil, err
+	}
+	switch o := old.(type) {
+	case *Retained:
+		return o.pubKey, nil
+	case *Will:
+		return o.pubKey, nil
+	}
+	return nil, nil
+}
 
 func (t *txn) noteID(id uint64) {
 	if id > t.st.MaxID {
@@ -187,8 +239,7 @@ func (o DeleteSession) apply(t *txn) error {
 			return err
 		}
 	}
-	_, err := t.del(bktWill, t.s.keys.willKey(o.ClientID))
-	return err
+	return t.deleteWill(o.ClientID)
 }
 
 func (o PutMessage) apply(t *txn) error {
@@ -262,25 +313,58 @@ func (o PutRetained) apply(t *txn) error {
 	if o.Retained == nil {
 		return errors.New("store: PutRetained without a message")
 	}
-	return t.put(bktRetained, t.s.keys.retainedKey(o.Retained.Topic), encodeRecord(o.Retained))
+	r := *o.Retained // the caller's value is not modified
+	return t.putWithPublisher(bktRetained, t.s.keys.retainedKey(r.Topic), r.Publisher, &r.pubKey, &r)
+}
+
+// putWithPublisher puts a retained message or will, referencing its
+// publisher's record (new reference first, so that a publisher both
+// records name is never removed and stored again) and releasing the one
+// the replaced record held.
+func (t *txn) putWithPublisher(bucket, key []byte, p *Publisher, pubKey *[]byte, rec any) error {
+	old, err := t.oldPubKey(bucket, key)
+	if err != nil {
+		return err
+	}
+	if *pubKey, err = t.refPublisher(p); err != nil {
+		return err
+	}
+	if err := t.put(bucket, key, encodeRecord(rec)); err != nil {
+		return err
+	}
+	return t.unrefPublisher(old)
+}
+
+// delWithPublisher deletes a retained message or will and releases its
+// publisher.
+func (t *txn) delWithPublisher(bucket, key []byte) error {
+	old, err := t.oldPubKey(bucket, key)
+	if err != nil {
+		return err
+	}
+	if _, err := t.del(bucket, key); err != nil {
+		return err
+	}
+	return t.unrefPublisher(old)
 }
 
 func (o DeleteRetained) apply(t *txn) error {
-	_, err := t.del(bktRetained, t.s.keys.retainedKey(o.Topic))
-	return err
+	return t.delWithPublisher(bktRetained, t.s.keys.retainedKey(o.Topic))
 }
 
 func (o PutWill) apply(t *txn) error {
 	if o.Will == nil {
 		return errors.New("store: PutWill without a will")
 	}
-	return t.put(bktWill, t.s.keys.willKey(o.Will.ClientID), encodeRecord(o.Will))
+	w := *o.Will
+	return t.putWithPublisher(bktWill, t.s.keys.willKey(w.ClientID), w.Publisher, &w.pubKey, &w)
 }
 
-func (o DeleteWill) apply(t *txn) error {
-	_, err := t.del(bktWill, t.s.keys.willKey(o.ClientID))
-	return err
+func (t *txn) deleteWill(clientID string) error {
+	return t.delWithPublisher(bktWill, t.s.keys.willKey(clientID))
 }
+
+func (o DeleteWill) apply(t *txn) error { return t.deleteWill(o.ClientID) }
 
 func beUint64(b []byte) uint64 {
 	return uint64(b[0])<<56 | uint64(b[1])<<48 | uint64(b[2])<<40 | uint64(b[3])<<32 |

@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 )
 
@@ -124,6 +126,14 @@ type Retained struct {
 	// ("" for the server).
 	Owner   string
 	Created time.Time
+	// Publisher is who published it, for the broker's check that the
+	// publisher may still publish it when it is replayed
+	// (check_retain_source). nil: unknown (a record written before
+	// publishers were kept, or imported without one); the broker then
+	// refuses the replay while the check is on.
+	Publisher *Publisher
+
+	pubKey []byte // the publisher record's key, as read (see Publisher)
 }
 
 // Will is a will message waiting for its delay to run out.
@@ -138,6 +148,36 @@ type Will struct {
 	Props    *Properties
 	// ExpiryInterval is the will's Message Expiry Interval, 0 = none.
 	ExpiryInterval time.Duration
+	// Publisher is the client that set the will, whose rights the broker
+	// checks when it fires. nil: unknown (a record written before
+	// publishers were kept); the broker then does not publish it.
+	Publisher *Publisher
+
+	pubKey []byte
+}
+
+// Publisher is the identity of a client as the broker's authorization
+// sees it: what a retained message and a pending will keep of the client
+// that published or set them, so that they are authorized after a
+// restart as they would have been before. The store keeps each distinct
+// publisher once (a record under a keyed hash of its content), referenced
+// by the retained messages and wills that name it, and removes it with
+// the last of them.
+type Publisher struct {
+	Listener        string
+	Addr            string // IP address without the port ("" unknown): ports change per connection
+	ProtocolVersion byte
+	ClientID        string
+	Username        string // verified; "" anonymous
+	Anonymous       bool
+	Groups          []string
+	Publish         []string // topic filters the credential grants
+	Subscribe       []string
+	Attributes      map[string]string
+	AuthBackend     string
+	AuthExpires     time.Time
+	// Certs is the verified client certificate chain (DER), leaf first.
+	Certs [][]byte
 }
 
 // Record type tags: the first byte of every sealed plaintext.
@@ -149,6 +189,12 @@ const (
 	tagRetained byte = 5
 	tagWill     byte = 6
 	tagState    byte = 7
+	// Since publishers are kept: a retained message and a will carry the
+	// key of their publisher's record. Tags 5 and 6 still decode (the
+	// publisher is then unknown) and are no longer written.
+	tagPublisher byte = 8
+	tagRetained2 byte = 9
+	tagWill2     byte = 10
 )
 
 // inbound is an inbound QoS 2 packet identifier awaiting PUBREL.
@@ -187,6 +233,12 @@ func (e *enc) bytes(v []byte) {
 func (e *enc) str(v string) {
 	e.uv(uint64(len(v)))
 	e.b = append(e.b, v...)
+}
+func (e *enc) strs(v []string) {
+	e.uv(uint64(len(v)))
+	for _, s := range v {
+		e.str(s)
+	}
 }
 func (e *enc) boolean(v bool) {
 	if v {
@@ -357,6 +409,24 @@ func (d *dec) props() *Properties {
 	}
 	return p
 }
+func (d *dec) strs() []string {
+	n := d.count()
+	if n == 0 {
+		return nil
+	}
+	v := make([]string, n)
+	for i := range v {
+		v[i] = d.str()
+	}
+	return v
+}
+func (d *dec) pubKey() []byte {
+	k := d.bytes()
+	if k != nil && len(k) != idLen {
+		d.fail("bad publisher key")
+	}
+	return k
+}
 func (d *dec) qos() byte {
 	q := d.u8()
 	if q > 2 {
@@ -420,7 +490,7 @@ func encodeRecord(r any) []byte {
 		e.str(v.ClientID)
 		e.u16(v.PacketID)
 	case *Retained:
-		e.u8(tagRetained)
+		e.u8(tagRetained2)
 		e.str(v.Topic)
 		e.bytes(v.Payload)
 		e.u8(v.QoS)
@@ -428,8 +498,9 @@ func encodeRecord(r any) []byte {
 		e.time(v.Expires)
 		e.str(v.Owner)
 		e.time(v.Created)
+		e.bytes(v.pubKey)
 	case *Will:
-		e.u8(tagWill)
+		e.u8(tagWill2)
 		e.str(v.ClientID)
 		e.time(v.FireAt)
 		e.str(v.Owner)
@@ -439,6 +510,31 @@ func encodeRecord(r any) []byte {
 		e.boolean(v.Retain)
 		e.props(v.Props)
 		e.u64(uint64(v.ExpiryInterval))
+		e.bytes(v.pubKey)
+	case *Publisher:
+		e.u8(tagPublisher)
+		e.str(v.Listener)
+		e.str(v.Addr)
+		e.u8(v.ProtocolVersion)
+		e.str(v.ClientID)
+		e.str(v.Username)
+		e.boolean(v.Anonymous)
+		e.strs(v.Groups)
+		e.strs(v.Publish)
+		e.strs(v.Subscribe)
+		// Sorted: equal publishers encode equally (one record for both).
+		keys := slices.Sorted(maps.Keys(v.Attributes))
+		e.uv(uint64(len(keys)))
+		for _, k := range keys {
+			e.str(k)
+			e.str(v.Attributes[k])
+		}
+		e.str(v.AuthBackend)
+		e.time(v.AuthExpires)
+		e.uv(uint64(len(v.Certs)))
+		for _, c := range v.Certs {
+			e.bytes(c)
+		}
 	case *state:
 		e.u8(tagState)
 		e.u64(v.Counter)
@@ -453,11 +549,12 @@ func encodeRecord(r any) []byte {
 
 // decodeRecord parses a record's plaintext strictly: a known tag, every
 // length inside the record, nothing left over. It returns one of
-// *Session, *Message, *Delivery, *inbound, *Retained, *Will, *state.
+// *Session, *Message, *Delivery, *inbound, *Retained, *Will, *Publisher,
+// *state.
 func decodeRecord(b []byte) (any, error) {
 	d := &dec{b: b}
 	var r any
-	switch d.u8() {
+	switch tag := d.u8(); tag {
 	case tagSession:
 		v := &Session{ClientID: d.str(), Owner: d.str(), OwnerVerified: d.boolean(), ProtocolVersion: d.u8()}
 		v.ExpiryInterval = time.Duration(d.u64())
@@ -496,16 +593,50 @@ func decodeRecord(b []byte) (any, error) {
 		r = v
 	case tagInbound:
 		r = &inbound{ClientID: d.str(), PacketID: d.u16()}
-	case tagRetained:
+	case tagRetained, tagRetained2:
 		v := &Retained{Topic: d.str(), Payload: d.bytes(), QoS: d.qos(), Props: d.props()}
 		v.Expires = d.time()
 		v.Owner = d.str()
 		v.Created = d.time()
+		if tag == tagRetained2 {
+			v.pubKey = d.pubKey()
+		}
 		r = v
-	case tagWill:
+	case tagWill, tagWill2:
 		v := &Will{ClientID: d.str(), FireAt: d.time(), Owner: d.str(), Topic: d.str(), Payload: d.bytes(),
 			QoS: d.qos(), Retain: d.boolean(), Props: d.props()}
 		v.ExpiryInterval = time.Duration(d.u64())
+		if tag == tagWill2 {
+			v.pubKey = d.pubKey()
+		}
+		r = v
+	case tagPublisher:
+		v := &Publisher{Listener: d.str(), Addr: d.str(), ProtocolVersion: d.u8(), ClientID: d.str(), Username: d.str(),
+			Anonymous: d.boolean()}
+		v.Groups = d.strs()
+		v.Publish = d.strs()
+		v.Subscribe = d.strs()
+		if n := d.count(); n > 0 {
+			v.Attributes = make(map[string]string, n)
+			last := ""
+			for i := range n {
+				k, val := d.str(), d.str()
+				if i > 0 && k <= last {
+					d.fail("attributes not in order")
+				}
+				v.Attributes[k], last = val, k
+			}
+		}
+		v.AuthBackend = d.str()
+		v.AuthExpires = d.time()
+		if n := d.count(); n > 0 {
+			v.Certs = make([][]byte, n)
+			for i := range v.Certs {
+				if v.Certs[i] = d.bytes(); v.Certs[i] == nil {
+					d.fail("empty certificate")
+				}
+			}
+		}
 		r = v
 	case tagState:
 		v := &state{Counter: d.u64()}

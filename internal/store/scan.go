@@ -62,8 +62,12 @@ func (s *Store) scan(tx *bolt.Tx, keep bool) *Report {
 	st := &State{Sessions: map[string]*SessionState{}, Messages: map[uint64]*Message{}}
 	var digest [32]byte
 	var n uint64
+	pubs := map[string]*Publisher{}
 	for _, bucket := range dataBuckets {
 		b := tx.Bucket(bucket)
+		if b == nil && bytes.Equal(bucket, bktPublisher) {
+			continue // a store from before publishers were kept, opened read-only
+		}
 		if b == nil {
 			rep.problem("bucket %s missing", bucket)
 			continue
@@ -108,6 +112,9 @@ func (s *Store) scan(tx *bolt.Tx, keep bool) *Report {
 			case *Will:
 				want, kind = s.keys.willKey(r.ClientID), "wills"
 				st.Wills = append(st.Wills, r)
+			case *Publisher:
+				want, kind = s.keys.publisherKey(pt), "publishers"
+				pubs[string(want)] = r
 			default:
 				rep.problem("%s/%x: unexpected record type", bucket, k)
 				return nil
@@ -145,6 +152,31 @@ func (s *Store) scan(tx *bolt.Tx, keep bool) *Report {
 			rep.problem("message %d is stored but no delivery refers to it", id)
 		}
 	}
+	// Retained messages and wills share their publishers' records (one
+	// *Publisher each, so a reader can convert each publisher once).
+	prefs := map[string]int{}
+	resolve := func(key []byte, what string) *Publisher {
+		if key == nil {
+			return nil
+		}
+		prefs[string(key)]++
+		p := pubs[string(key)]
+		if p == nil {
+			rep.problem("%s refers to the missing publisher %x", what, key)
+		}
+		return p
+	}
+	for _, r := range st.Retained {
+		r.Publisher = resolve(r.pubKey, "a retained message")
+	}
+	for _, w := range st.Wills {
+		w.Publisher = resolve(w.pubKey, "a will")
+	}
+	for k := range pubs {
+		if prefs[k] == 0 {
+			rep.problem("publisher %x is stored but nothing refers to it", k)
+		}
+	}
 	if keep {
 		rep.state = st
 	}
@@ -165,6 +197,8 @@ func bucketOf(kind string) []byte {
 		return bktRetained
 	case "wills":
 		return bktWill
+	case "publishers":
+		return bktPublisher
 	}
 	return nil
 }

@@ -265,7 +265,7 @@ func TestSecurityNoPlaintextOnDisk(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			for _, p := range []string{secretClient, secretOwner, "PLAINTEXT", "alice", secretTopic, "factory/", secretPayload, secretRetained, secretWill, "publisher-1", "other-client"} {
+			for _, p := range []string{secretClient, secretOwner, "PLAINTEXT", "alice", secretTopic, "factory/", secretPayload, secretRetained, secretWill, secretCert, "publisher-1", "other-client", "device-17"} {
 				if bytes.Contains(b, []byte(p)) {
 					t.Errorf("%s: %s holds %q in plaintext", when, filepath.Base(path), p)
 				}
@@ -427,4 +427,18 @@ func TestSecurityTamperRawBytes(t *testing.T) {
 		os.WriteFile(path, orig, 0o600) // Close rewrote the counter; keep the file as it was
 	}
 	t.Logf("%d of %d flips detected, the rest hit unused space", detected, len(orig)/1021+1)
+}
+
+// An empty store rekeys and opens afterwards (the rewrite writes its
+// state even with no record to copy).
+func TestRekeyEmpty(t *testing.T) {
+	cfg := testConfig(t)
+	s := mustOpen(t, cfg)
+	mustCommit(t, s, PutRetained{&Retained{Topic: "a", Payload: []byte("x")}})
+	mustCommit(t, s, DeleteRetained{"a"})
+	mustClose(t, s)
+	if err := Rekey(cfg, NewKey{}); err != nil {
+		t.Fatal(err)
+	}
+	mustClose(t, mustOpen(t, cfg))
 }

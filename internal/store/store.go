@@ -153,9 +153,16 @@ type Store struct {
 	// Owned by the committer goroutine after Open.
 	st          state
 	refs        map[uint64]int // message ID → deliveries referring to it
+	prefs       map[string]int // publisher key → retained messages and wills naming it
 	lastCounter time.Time      // when the counter file was last written
-	dirty       bool           // SyncBatch: committed since the last fsync
 	failed      error          // set at the first disk error; wraps ErrFailed
+
+	// SyncBatch: the syncer goroutine fsyncs what the committer wrote.
+	committed  atomic.Uint64         // counter of the last commit written
+	dirty      atomic.Bool           // committed since the last fsync
+	syncFailed atomic.Pointer[error] // the syncer's fsync failed (wraps ErrFailed)
+	syncStop   chan struct{}
+	syncWG     sync.WaitGroup
 
 	nextID atomic.Uint64
 
@@ -167,7 +174,7 @@ type Store struct {
 
 	recovered *State
 	report    *Report // what Open's check found (read-only opens)
-	stats     struct{ commits, syncs, requests, ops, failed atomic.Int64 }
+	stats     struct{ commits, syncs, requests, ops, failed, coalesced atomic.Int64 }
 }
 
 // Open opens or creates the store in cfg.Dir, verifies every record and
@@ -184,7 +191,7 @@ func Open(cfg Config) (*Store, error) {
 			return nil, fmt.Errorf("store: creating %s: %w", cfg.Dir, err)
 		}
 	}
-	s := &Store{cfg: cfg, path: filepath.Join(cfg.Dir, DBFile), refs: map[uint64]int{}}
+	s := &Store{cfg: cfg, path: filepath.Join(cfg.Dir, DBFile), refs: map[uint64]int{}, prefs: map[string]int{}}
 	_, statErr := os.Stat(s.path)
 	if statErr != nil && !errors.Is(statErr, os.ErrNotExist) {
 		return nil, fmt.Errorf("store: %w", statErr)
@@ -216,6 +223,9 @@ func Open(cfg Config) (*Store, error) {
 	var err error
 	if exists {
 		err = s.load()
+		if err == nil && !cfg.readOnly {
+			err = s.addBuckets()
+		}
 	} else {
 		err = s.create()
 	}
@@ -228,6 +238,11 @@ func Open(cfg Config) (*Store, error) {
 		s.wake = make(chan struct{}, 1)
 		s.wg.Add(1)
 		go s.committer()
+		if cfg.Sync == SyncBatch {
+			s.syncStop = make(chan struct{})
+			s.syncWG.Add(1)
+			go s.syncer(s.syncStop)
+		}
 	}
 	return s, nil
 }
@@ -471,6 +486,25 @@ func (s *Store) create() error {
 	return nil
 }
 
+// addBuckets creates, once the store verified, the buckets a store
+// written by an earlier version lacks (bktPublisher). An empty bucket
+// holds no record, so the digest still holds.
+func (s *Store) addBuckets() (err error) {
+	defer recoverCorrupt(&err)
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		for _, b := range dataBuckets {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, ErrCorrupt) {
+		err = fmt.Errorf("store: %w", err)
+	}
+	return err
+}
+
 // load opens an existing store: header, key, state, counter file and
 // every record.
 func (s *Store) load() (err error) {
@@ -529,6 +563,16 @@ func (s *Store) load() (err error) {
 				s.refs[d.MsgID]++
 			}
 		}
+		for _, r := range rep.state.Retained {
+			if r.pubKey != nil {
+				s.prefs[string(r.pubKey)]++
+			}
+		}
+		for _, w := range rep.state.Wills {
+			if w.pubKey != nil {
+				s.prefs[string(w.pubKey)]++
+			}
+		}
 		s.recovered, rep.state = rep.state, nil
 		s.report = rep
 		return nil
@@ -578,12 +622,16 @@ type Stats struct {
 	Commits  int64 // transactions
 	Syncs    int64 // fsyncs of the store file (one per transaction in SyncAlways)
 	Failed   int64 // requests that failed
+	// Coalesced counts the ops not written because they cancelled out in
+	// their transaction: deliveries acknowledged before their commit,
+	// and the messages only they referred to.
+	Coalesced int64
 }
 
 // Stats returns the store's counters. Safe for concurrent use.
 func (s *Store) Stats() Stats {
 	return Stats{Requests: s.stats.requests.Load(), Ops: s.stats.ops.Load(), Commits: s.stats.commits.Load(),
-		Syncs: s.stats.syncs.Load(), Failed: s.stats.failed.Load()}
+		Syncs: s.stats.syncs.Load(), Failed: s.stats.failed.Load(), Coalesced: s.stats.coalesced.Load()}
 }
 
 // Close commits what was submitted, fsyncs, writes the commit counter and
@@ -597,8 +645,12 @@ func (s *Store) Close() error {
 	s.closed = true
 	s.mu.Unlock()
 	if s.wake != nil {
-		s.signal()
+		s.signal() // the committer drains what is pending and returns
 		s.wg.Wait()
+	}
+	if s.syncStop != nil {
+		close(s.syncStop)
+		s.syncWG.Wait()
 	}
 	var errs []error
 	if !s.cfg.readOnly {

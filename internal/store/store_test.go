@@ -61,6 +61,7 @@ const (
 	secretPayload  = "PLAINTEXT-PAYLOAD-temperature=21.5"
 	secretRetained = "PLAINTEXT-RETAINED-VALUE"
 	secretWill     = "PLAINTEXT-WILL-GOODBYE"
+	secretCert     = "PLAINTEXT-CERTIFICATE-CN=device-17"
 )
 
 var t0 = time.Unix(1_800_000_000, 0)
@@ -85,11 +86,21 @@ func sample(s *Store) (*Session, *Message, *Delivery, *Retained, *Will) {
 	}
 	d := &Delivery{ClientID: secretClient, Seq: s.NextID(), MsgID: msg.ID, QoS: 2, Retain: true,
 		SubIDs: []uint32{7, 9}, State: Released, PacketID: 42, Dup: true, ShareGroup: "g", ShareFilter: secretTopic}
+	pub := samplePublisher()
 	ret := &Retained{Topic: secretTopic + "/status", Payload: []byte(secretRetained), QoS: 1,
-		Props: &Properties{ContentType: "a"}, Expires: t0.Add(time.Hour), Owner: secretOwner, Created: t0}
+		Props: &Properties{ContentType: "a"}, Expires: t0.Add(time.Hour), Owner: secretOwner, Created: t0, Publisher: pub}
 	will := &Will{ClientID: secretClient, FireAt: t0.Add(30 * time.Second), Owner: secretOwner,
-		Topic: secretTopic + "/will", Payload: []byte(secretWill), QoS: 1, Retain: true, ExpiryInterval: time.Minute}
+		Topic: secretTopic + "/will", Payload: []byte(secretWill), QoS: 1, Retain: true, ExpiryInterval: time.Minute,
+		Publisher: pub}
 	return sess, msg, d, ret, will
+}
+
+// samplePublisher is a publisher with every field set.
+func samplePublisher() *Publisher {
+	return &Publisher{Listener: "tls-8883", Addr: "192.0.2.7", ProtocolVersion: 5, ClientID: secretClient,
+		Username: "PLAINTEXT-USERNAME-alice", Groups: []string{"g1", "g2"}, Publish: []string{secretTopic + "/#"},
+		Subscribe: []string{"s/#"}, Attributes: map[string]string{"cn": "device-17", "ou": "line-7"},
+		AuthBackend: "ldap", AuthExpires: t0.Add(time.Hour), Certs: [][]byte{[]byte(secretCert), []byte("issuer")}}
 }
 
 func TestRoundTripEveryRecordType(t *testing.T) {
@@ -137,8 +148,27 @@ func TestRoundTripEveryRecordType(t *testing.T) {
 }
 
 // sameRecord compares records by their encoding (times compare by
-// instant, not by location).
+// instant, not by location), retained messages and wills with their
+// publishers.
 func sameRecord(a, b any) bool {
+	pubOf := func(r any) (any, *Publisher) {
+		switch v := r.(type) {
+		case *Retained:
+			c := *v
+			c.pubKey, c.Publisher = nil, nil
+			return &c, v.Publisher
+		case *Will:
+			c := *v
+			c.pubKey, c.Publisher = nil, nil
+			return &c, v.Publisher
+		}
+		return r, nil
+	}
+	a, pa := pubOf(a)
+	b, pb := pubOf(b)
+	if (pa == nil) != (pb == nil) || pa != nil && !reflect.DeepEqual(encodeRecord(pa), encodeRecord(pb)) {
+		return false
+	}
 	return reflect.DeepEqual(encodeRecord(a), encodeRecord(b))
 }
 

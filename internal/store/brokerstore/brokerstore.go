@@ -5,7 +5,9 @@
 package brokerstore
 
 import (
+	"crypto/x509"
 	"fmt"
+	"net/netip"
 	"time"
 
 	"github.com/moatmq/moat/internal/broker"
@@ -67,7 +69,8 @@ func toOp(c *broker.Change) (store.Op, error) {
 	case broker.ChangePutRetained:
 		m := c.Message
 		return store.PutRetained{Retained: &store.Retained{Topic: m.Topic, Payload: m.Payload, QoS: m.QoS,
-			Props: toProps(m.Props), Expires: m.Expires, Owner: c.Owner, Created: m.Created}}, nil
+			Props: toProps(m.Props), Expires: m.Expires, Owner: c.Owner, Created: m.Created,
+			Publisher: toPublisher(c.Publisher)}}, nil
 	case broker.ChangeDeleteRetained:
 		return store.DeleteRetained{Topic: c.Topic}, nil
 	case broker.ChangePutWill:
@@ -77,11 +80,69 @@ func toOp(c *broker.Change) (store.Op, error) {
 			exp = max(m.Expires.Sub(m.Created), time.Second)
 		}
 		return store.PutWill{Will: &store.Will{ClientID: w.ClientID, FireAt: w.FireAt, Owner: w.Owner, Topic: m.Topic,
-			Payload: m.Payload, QoS: m.QoS, Retain: m.Retain, Props: toProps(m.Props), ExpiryInterval: exp}}, nil
+			Payload: m.Payload, QoS: m.QoS, Retain: m.Retain, Props: toProps(m.Props), ExpiryInterval: exp,
+			Publisher: toPublisher(w.Publisher)}}, nil
 	case broker.ChangeDeleteWill:
 		return store.DeleteWill{ClientID: c.ClientID}, nil
 	}
 	return nil, fmt.Errorf("brokerstore: unknown change kind %d", c.Kind)
+}
+
+func toPublisher(p *broker.StoredPublisher) *store.Publisher {
+	if p == nil {
+		return nil
+	}
+	out := &store.Publisher{Listener: p.Listener, ProtocolVersion: byte(p.Version), ClientID: p.ClientID,
+		Username: p.Username, Anonymous: p.Anonymous, Groups: p.Groups, Publish: p.Publish, Subscribe: p.Subscribe,
+		Attributes: p.Attributes, AuthBackend: p.AuthBackend, AuthExpires: p.AuthExpires}
+	if p.Addr.IsValid() {
+		out.Addr = p.Addr.String()
+	}
+	for _, c := range p.Certs {
+		out.Certs = append(out.Certs, c.Raw)
+	}
+	return out
+}
+
+// publishers converts the store's publishers, each once (the records of
+// one publisher share it).
+type publishers map[*store.Publisher]*broker.StoredPublisher
+
+func (ps publishers) get(p *store.Publisher) *broker.StoredPublisher {
+	if p == nil {
+		return nil
+	}
+	if bp, ok := ps[p]; ok {
+		return bp
+	}
+	bp := fromPublisher(p)
+	ps[p] = bp
+	return bp
+}
+
+// fromPublisher converts a stored publisher; a record that does not
+// convert (a certificate that no longer parses, an address that does not)
+// gives nil, an unknown publisher, which the broker treats as refused
+// rather than judging a publisher with part of its identity missing.
+func fromPublisher(p *store.Publisher) *broker.StoredPublisher {
+	out := &broker.StoredPublisher{Listener: p.Listener, Version: packet.Version(p.ProtocolVersion), ClientID: p.ClientID,
+		Username: p.Username, Anonymous: p.Anonymous, Groups: p.Groups, Publish: p.Publish, Subscribe: p.Subscribe,
+		Attributes: p.Attributes, AuthBackend: p.AuthBackend, AuthExpires: p.AuthExpires}
+	if p.Addr != "" {
+		a, err := netip.ParseAddr(p.Addr)
+		if err != nil {
+			return nil
+		}
+		out.Addr = a
+	}
+	for _, der := range p.Certs {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil
+		}
+		out.Certs = append(out.Certs, c)
+	}
+	return out
 }
 
 func toSession(s *broker.StoredSession) *store.Session {
@@ -163,9 +224,11 @@ func (p *Persistence) Recover() (*broker.Recovered, error) {
 		}
 		r.Sessions = append(r.Sessions, rs)
 	}
+	pubs := publishers{}
 	for _, m := range st.Retained {
-		r.Retained = append(r.Retained, broker.RecoveredRetained{Owner: m.Owner, Message: &broker.Message{Topic: m.Topic,
-			Payload: m.Payload, QoS: m.QoS, Retain: true, Props: fromProps(m.Props), Expires: m.Expires, Created: m.Created}})
+		r.Retained = append(r.Retained, broker.RecoveredRetained{Owner: m.Owner, Publisher: pubs.get(m.Publisher),
+			Message: &broker.Message{Topic: m.Topic, Payload: m.Payload, QoS: m.QoS, Retain: true, Props: fromProps(m.Props),
+				Expires: m.Expires, Created: m.Created}})
 	}
 	for _, w := range st.Wills {
 		m := &broker.Message{Topic: w.Topic, Payload: w.Payload, QoS: w.QoS, Retain: w.Retain, Props: fromProps(w.Props),
@@ -173,7 +236,8 @@ func (p *Persistence) Recover() (*broker.Recovered, error) {
 		if w.ExpiryInterval > 0 {
 			m.Expires = w.FireAt.Add(w.ExpiryInterval)
 		}
-		r.Wills = append(r.Wills, &broker.StoredWill{ClientID: w.ClientID, FireAt: w.FireAt, Owner: w.Owner, Message: m})
+		r.Wills = append(r.Wills, &broker.StoredWill{ClientID: w.ClientID, FireAt: w.FireAt, Owner: w.Owner, Message: m,
+			Publisher: pubs.get(w.Publisher)})
 	}
 	return r, nil
 }

@@ -27,6 +27,11 @@ type ImportOptions struct {
 	// store's copy wins) and counted as skipped. Nil: nothing.
 	HaveSession  func(clientID string) bool
 	HaveRetained func(topic string) bool
+	// Listeners names the Moat listener of each port Mosquitto listened
+	// on: a retained message keeps its publisher (client ID, username,
+	// listener) only when the port it arrived on is named here. Nil: no
+	// retained message keeps its publisher.
+	Listeners map[uint16]string
 }
 
 // Summary counts what Convert carried over and what it left behind.
@@ -34,7 +39,12 @@ type Summary struct {
 	Sessions      int
 	Subscriptions int
 	Retained      int
-	Messages      int // queued and in-flight messages owed to sessions
+	// RetainedUnknownPublisher counts the imported retained messages
+	// whose publisher is unknown (no client ID in the file, or a port no
+	// listener of ImportOptions.Listeners has): the broker refuses their
+	// replay while check_retain_source is on.
+	RetainedUnknownPublisher int
+	Messages                 int // queued and in-flight messages owed to sessions
 	// Skipped counts what was not imported, by reason.
 	Skipped map[string]int
 	// Notes are the parser's notes (chunks skipped, unknown usernames).
@@ -96,7 +106,11 @@ const (
 //   - Retained messages keep topic, payload, QoS, expiry and the
 //     properties the store represents (payload format, content type,
 //     response topic, correlation data, user properties), charged to
-//     "user:NAME" of the publisher when the file names one.
+//     "user:NAME" of the publisher when the file names one. Their
+//     publisher is what Mosquitto's own check_retain_source judges: the
+//     client ID, the username (anonymous without one) and the listener of
+//     the port the message arrived on (ImportOptions.Listeners); without
+//     a client ID or a known listener it is unknown.
 //
 // Expired messages, QoS 0 messages and $SYS messages are skipped and
 // counted.
@@ -246,19 +260,37 @@ func Convert(db *DB, o ImportOptions) ([]store.Op, *Summary) {
 			continue
 		}
 		r := &store.Retained{Topic: m.Topic, Payload: m.Payload, QoS: m.QoS, Props: storeProps(&m.Props),
-			Expires: expiry(m), Created: now}
+			Expires: expiry(m), Created: now, Publisher: publisher(m, o.Listeners)}
 		if m.SourceUsername != "" {
 			r.Owner = "user:" + m.SourceUsername
 		}
 		if i, dup := retained[m.Topic]; dup {
+			if ops[i].(store.PutRetained).Retained.Publisher == nil {
+				sum.RetainedUnknownPublisher--
+			}
 			ops[i] = store.PutRetained{Retained: r}
-			continue
+		} else {
+			retained[m.Topic] = len(ops)
+			ops = append(ops, store.PutRetained{Retained: r})
+			sum.Retained++
 		}
-		retained[m.Topic] = len(ops)
-		ops = append(ops, store.PutRetained{Retained: r})
-		sum.Retained++
+		if r.Publisher == nil {
+			sum.RetainedUnknownPublisher++
+		}
 	}
 	return ops, sum
+}
+
+// publisher is the publisher of a retained message as Mosquitto saved
+// it, nil when the file names no client ID or the port's listener is not
+// known. Mosquitto keeps no certificate or address of it: rules on those
+// do not match an imported publisher.
+func publisher(m *Message, listeners map[uint16]string) *store.Publisher {
+	ln, ok := listeners[m.SourcePort]
+	if m.SourceID == "" || !ok || m.SourcePort == 0 {
+		return nil
+	}
+	return &store.Publisher{Listener: ln, ClientID: m.SourceID, Username: m.SourceUsername, Anonymous: m.SourceUsername == ""}
 }
 
 func isSys(topic string) bool { return topic == "$SYS" || strings.HasPrefix(topic, "$SYS/") }

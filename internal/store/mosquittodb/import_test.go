@@ -212,7 +212,8 @@ func TestGolden(t *testing.T) {
 	// written.
 	now := time.Unix(client(t, db, "dev-v5").SessionExpiryTime-3600, 0).UTC()
 	next := uint64(0)
-	ops, sum := Convert(db, ImportOptions{Now: now, NextID: func() uint64 { next++; return next }})
+	ops, sum := Convert(db, ImportOptions{Now: now, NextID: func() uint64 { next++; return next },
+		Listeners: map[uint16]string{33315: "tcp-33315"}})
 	type opJSON struct {
 		Op   string
 		Data store.Op
@@ -244,6 +245,44 @@ func TestGolden(t *testing.T) {
 	}
 	st, sum2 := importInto(t, db, now)
 	checkImported(t, st, sum2, now)
+}
+
+// A retained message keeps its publisher as Mosquitto saved it (client
+// ID, username or anonymous, and the listener of the port it came in on)
+// when that port's listener is named; otherwise its publisher is unknown
+// and counted.
+func TestImportRetainedPublisher(t *testing.T) {
+	b, err := os.ReadFile(goldenDB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := Parse(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Unix(client(t, db, "dev-v5").SessionExpiryTime-3600, 0).UTC()
+	next := uint64(0)
+	for _, ln := range []map[uint16]string{nil, {1883: "tcp-1883"}, {33315: "tcp-33315"}} {
+		ops, sum := Convert(db, ImportOptions{Now: now, NextID: func() uint64 { next++; return next }, Listeners: ln})
+		known := 0
+		for _, op := range ops {
+			r, ok := op.(store.PutRetained)
+			if !ok || r.Retained.Publisher == nil {
+				continue
+			}
+			known++
+			if p := r.Retained.Publisher; p.Listener != "tcp-33315" || !strings.HasPrefix(p.ClientID, "auto-") || !p.Anonymous || p.Username != "" {
+				t.Errorf("publisher of %s: %+v", r.Retained.Topic, p)
+			}
+		}
+		want := 0
+		if ln[33315] != "" {
+			want = 3
+		}
+		if known != want || sum.RetainedUnknownPublisher != 3-want {
+			t.Errorf("listeners %v: %d retained messages with a publisher, %d unknown; want %d, %d", ln, known, sum.RetainedUnknownPublisher, want, 3-want)
+		}
+	}
 }
 
 // TestImportSkips covers what is not carried over.
