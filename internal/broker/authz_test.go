@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -265,6 +266,81 @@ func BenchmarkAuthorizeCached(b *testing.B) {
 		if !s.authorize(c, ActionPublish, "devices/dev1/data", 1, false, "").Allow {
 			b.Fatal("denied")
 		}
+	}
+}
+
+// BenchmarkAuthorizeCachedParallel is the same with every CPU deciding
+// for one connection, as the publishers of a fan-in do for its collector:
+// the cache takes no lock, so they do not queue behind each other.
+func BenchmarkAuthorizeCachedParallel(b *testing.B) {
+	s, err := New(Config{Authorizer: AllowAll, SysInterval: -1, Logger: testLogger(b)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	c := &Client{ClientID: "bench", az: newAuthzState()}
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if !s.authorize(c, ActionReceive, "devices/dev1/data", 1, false, "").Allow {
+				b.Error("denied")
+				return
+			}
+		}
+	})
+}
+
+// TestAuthorizeCache: the connection's cache answers repeated questions
+// without the Authorizer, grows instead of forgetting when topics
+// collide, keeps at most authzCacheSize slots, and serves nothing taken
+// under an older generation or an older identity.
+func TestAuthorizeCache(t *testing.T) {
+	az := &switchAuthz{}
+	s, err := New(Config{Authorizer: az, SysInterval: -1, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &Client{ClientID: "c", az: newAuthzState()}
+	ask := func(topic string) bool { return s.authorize(c, ActionPublish, topic, 1, false, "").Allow }
+	topics := make([]string, 64)
+	for i := range topics {
+		topics[i] = fmt.Sprintf("t/%d", i)
+		ask(topics[i])
+	}
+	before := az.calls.Load()
+	for _, tp := range topics {
+		ask(tp)
+	}
+	// 64 topics in a table that grows to 256 slots: a few may still
+	// share a slot, most must be answered from the cache.
+	if n := az.calls.Load() - before; n > 8 {
+		t.Errorf("%d of 64 repeated decisions asked the Authorizer again", n)
+	}
+	for i := range 10 * authzCacheSize {
+		ask(fmt.Sprintf("u/%d", i))
+	}
+	if n := len(c.az.tab.Load().slots); n != authzCacheSize {
+		t.Errorf("table has %d slots, want %d", n, authzCacheSize)
+	}
+	// A new generation: nothing cached may answer.
+	ask("x/1")
+	az.set("", ActionPublish, "x/")
+	s.authzGen.Add(1)
+	if ask("x/1") {
+		t.Fatal("stale allow after a generation change")
+	}
+	// A new identity (re-authentication with new grants): the same.
+	az.set("", ActionPublish)
+	c.az.id.Store(&authzIdentity{grants: &Grants{Groups: []string{"g"}}})
+	if !ask("x/1") {
+		t.Fatal("the denial was cached across a new identity")
+	}
+	az.set("", ActionPublish, "x/")
+	c.az.id.Store(&authzIdentity{grants: &Grants{Groups: []string{"h"}}})
+	if ask("x/1") {
+		t.Fatal("stale allow after an identity change")
+	}
+	if g := c.Grants(); len(g.Groups) != 1 || g.Groups[0] != "h" {
+		t.Errorf("Grants = %+v", g)
 	}
 }
 
