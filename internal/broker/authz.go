@@ -304,32 +304,56 @@ type Reevaluation struct {
 	// Disconnect says the authentication of the selected clients no
 	// longer holds (password removed or changed, certificate revoked, ban,
 	// token expired, directory account gone): their connections are
-	// closed (MQTT 5: DISCONNECT 0x87 with Reason). Without it, the
+	// closed (MQTT 5: DISCONNECT with Code and Reason). Without it, the
 	// selected sessions' subscriptions, queued and in-flight messages are
 	// re-checked against the Authorizer (the policy changed).
 	Disconnect bool
+	// Code is the DISCONNECT reason code sent to MQTT 5 clients; default
+	// 0x87 Not authorized. An operator's ban uses 0x98 Administrative
+	// action (MQTT 5 has no Banned code in DISCONNECT).
+	Code packet.ReasonCode
 	// Reason is logged with every step and sent in the DISCONNECT.
 	Reason string
 }
 
-// ReevaluateResult counts what Reevaluate did.
+// ReevaluateResult counts what Reevaluate did, and lists the sessions it
+// acted on (for the audit trail).
 type ReevaluateResult struct {
 	Disconnected int // connections closed
 	Unsubscribed int // subscriptions removed
 	Dropped      int // queued and in-flight messages dropped
+	Clients      []ReevaluatedClient
+}
+
+// ReevaluatedClient is one session Reevaluate acted on.
+type ReevaluatedClient struct {
+	// Client is the identity of the session's latest connection (a
+	// snapshot: its Conn is nil).
+	Client       *Client
+	Disconnected bool
+	Unsubscribed int
+	Dropped      int
 }
 
 // Reevaluate is the one path of loss of access: every trigger (policy
 // reloaded, password removed or changed, certificate revoked, ban, token
-// expiry, group change) calls it. It first invalidates every cached
-// decision of every connection, then, for each session r.Match selects:
-// with r.Disconnect it closes the live connection; otherwise it removes
-// the subscriptions the Authorizer no longer allows and drops the queued
-// and not yet delivered in-flight messages the client may no longer
-// receive. Every step is logged with r.Reason and counted in Stats. Safe
-// for concurrent use; it must not be called from an Authorizer.
+// expiry, group change) calls it. For each session r.Match selects: with
+// r.Disconnect it closes the live connection; otherwise, after
+// invalidating every cached decision of every connection, it removes the
+// subscriptions the Authorizer no longer allows and drops the queued and
+// not yet delivered in-flight messages the client may no longer receive.
+// Every step is logged with r.Reason and counted in Stats. Safe for
+// concurrent use; it must not be called from an Authorizer.
 func (s *Server) Reevaluate(r Reevaluation) ReevaluateResult {
-	s.authzGen.Add(1)
+	if !r.Disconnect {
+		// A closed connection's decisions die with it; a changed policy
+		// retires everyone's.
+		s.authzGen.Add(1)
+	}
+	code := r.Code
+	if code == 0 {
+		code = packet.NotAuthorized
+	}
 	var res ReevaluateResult
 	s.sessions.Range(func(_, v any) bool {
 		sess := v.(*session)
@@ -340,15 +364,16 @@ func (s *Server) Reevaluate(r Reevaluation) ReevaluateResult {
 			return true
 		}
 		if r.Disconnect {
-			if c != nil && c.loseAccess(r.Reason) {
+			if c != nil && c.loseAccessCode(code, r.Reason) {
 				res.Disconnected++
+				res.Clients = append(res.Clients, ReevaluatedClient{Client: cl, Disconnected: true})
 			}
 			return true
 		}
 		s.recheckSession(sess, cl, r.Reason, &res)
 		return true
 	})
-	if res != (ReevaluateResult{}) || r.Disconnect {
+	if len(res.Clients) > 0 || r.Disconnect {
 		s.log.Info("broker: access re-evaluated", "reason", r.Reason, "disconnected", res.Disconnected,
 			"unsubscribed", res.Unsubscribed, "dropped", res.Dropped)
 	}
@@ -356,20 +381,32 @@ func (s *Server) Reevaluate(r Reevaluation) ReevaluateResult {
 }
 
 // loseAccess closes the connection because its authentication no longer
-// holds. It reports false when the connection was already closing.
+// holds (MQTT 5: DISCONNECT 0x87 Not authorized). It reports false when
+// the connection was already closing.
 func (c *conn) loseAccess(reason string) bool {
+	return c.loseAccessCode(packet.NotAuthorized, reason)
+}
+
+// loseAccessCode is loseAccess with another DISCONNECT reason code.
+func (c *conn) loseAccessCode(code packet.ReasonCode, reason string) bool {
 	if c.closing.Load() {
 		return false
 	}
-	c.log.Warn("broker: client lost access; disconnecting", "reason", reason)
+	c.log.Warn("broker: client lost access; disconnecting", "code", code, "reason", reason)
 	c.srv.stats.revokedDisconnects.Add(1)
-	c.kill(packet.NotAuthorized, reason)
+	c.kill(code, reason)
 	return true
 }
 
 // recheckSession removes the subscriptions of sess that cl may no longer
 // make and drops the messages it may no longer receive.
 func (s *Server) recheckSession(sess *session, cl *Client, reason string, res *ReevaluateResult) {
+	before := ReevaluateResult{Unsubscribed: res.Unsubscribed, Dropped: res.Dropped}
+	defer func() {
+		if u, d := res.Unsubscribed-before.Unsubscribed, res.Dropped-before.Dropped; u > 0 || d > 0 {
+			res.Clients = append(res.Clients, ReevaluatedClient{Client: cl, Unsubscribed: u, Dropped: d})
+		}
+	}()
 	for _, sub := range s.index.Subscriptions(sess.id) {
 		d := s.authorize(cl, ActionSubscribe, sub.Filter, sub.QoS, false, sub.Group)
 		if d.Allow {

@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/moatmq/moat/internal/audit"
 	"github.com/moatmq/moat/internal/authn"
 	"github.com/moatmq/moat/internal/authn/introspect"
 	"github.com/moatmq/moat/internal/authn/jwt"
@@ -25,6 +26,7 @@ import (
 	"github.com/moatmq/moat/internal/authz"
 	"github.com/moatmq/moat/internal/broker"
 	"github.com/moatmq/moat/internal/config"
+	"github.com/moatmq/moat/internal/guard"
 )
 
 // accessPlan is the access control of a serve plan: every listener's
@@ -47,6 +49,8 @@ type accessPlan struct {
 	// srv is the broker once started: the loss-of-access path
 	// (Reevaluate) runs on it. Nil before (nothing to re-evaluate then).
 	srv atomic.Pointer[broker.Server]
+	// record writes an audit entry (the defense's; nil without one).
+	record func(typ string, fields ...audit.Field)
 	// ldaps are the LDAP backends whose live clients are looked up again
 	// every recheck interval.
 	ldaps []ldapRecheck
@@ -96,6 +100,9 @@ func (p *servePlan) planAccess() {
 		watchEvery: accessWatchInterval,
 	}
 	p.access = a
+	if p.defense != nil {
+		a.record = p.defense.record
+	}
 	cfg := p.cfg
 	global := p.planChain("auth", cfg.Auth)
 	var globalPolicy *policySource
@@ -642,12 +649,10 @@ func (a *accessPlan) reloadPolicies() {
 		}
 		// The swap is done: Reevaluate drops every cached decision
 		// before it re-checks the sessions of this policy's listeners.
-		if srv := a.srv.Load(); srv != nil {
-			srv.Reevaluate(broker.Reevaluation{
-				Match:  func(c *broker.Client) bool { return a.byLn[c.Listener] == ps },
-				Reason: "access policy " + ps.source + " changed",
-			})
-		}
+		a.reevaluate("policy", broker.Reevaluation{
+			Match:  func(c *broker.Client) bool { return a.byLn[c.Listener] == ps },
+			Reason: "access policy " + ps.source + " changed",
+		})
 	}
 }
 
@@ -666,9 +671,9 @@ func (a *accessPlan) reportPasswd(f *passwd.File, c passwd.Change, err error) {
 	for _, u := range slices.Concat(c.Removed, c.Changed) {
 		gone[u] = true
 	}
-	if srv := a.srv.Load(); srv != nil && len(gone) > 0 {
-		srv.Reevaluate(broker.Reevaluation{
-			Match:      func(cl *broker.Client) bool { return cl.AuthBackend == f.Name() && gone[cl.Username] },
+	if len(gone) > 0 {
+		a.reevaluate("password", broker.Reevaluation{
+			Match:      func(cl *broker.Client) bool { return cl.Grants().Backend == f.Name() && gone[cl.Username] },
 			Disconnect: true,
 			Reason:     "password removed or changed in " + f.Path(),
 		})
@@ -688,7 +693,8 @@ func (a *accessPlan) recheckLDAP(ctx context.Context, b rechecker) {
 	checked := map[string]bool{}
 	for _, ci := range srv.Clients() {
 		c := &ci.Client
-		if c.AuthBackend != b.Name() || checked[c.Username] {
+		g := c.Grants()
+		if g.Backend != b.Name() || checked[c.Username] {
 			continue
 		}
 		checked[c.Username] = true
@@ -699,7 +705,7 @@ func (a *accessPlan) recheckLDAP(ctx context.Context, b rechecker) {
 			return
 		case !exists:
 			lost[c.Username] = "LDAP account no longer exists"
-		case !sameSet(groups, c.Groups):
+		case !sameSet(groups, g.Groups):
 			lost[c.Username] = "LDAP groups changed"
 		}
 	}
@@ -707,12 +713,63 @@ func (a *accessPlan) recheckLDAP(ctx context.Context, b rechecker) {
 		return
 	}
 	for u, why := range lost {
-		srv.Reevaluate(broker.Reevaluation{
-			Match:      func(c *broker.Client) bool { return c.AuthBackend == b.Name() && c.Username == u },
+		a.reevaluate("ldap", broker.Reevaluation{
+			Match:      func(c *broker.Client) bool { return c.Grants().Backend == b.Name() && c.Username == u },
 			Disconnect: true,
 			Reason:     why,
 		})
 	}
+}
+
+// reevaluate takes the loss-of-access path for a trigger of the access
+// plan. Before the broker starts it does nothing (no session exists).
+func (a *accessPlan) reevaluate(trigger string, r broker.Reevaluation) broker.ReevaluateResult {
+	srv := a.srv.Load()
+	if srv == nil {
+		return broker.ReevaluateResult{}
+	}
+	return reevaluate(srv, a.record, trigger, r)
+}
+
+// reevaluate runs the broker's one loss-of-access path (Reevaluate) for a
+// trigger ("policy", "reload", "password", "ldap", "ban") and records each
+// client it acted on in the audit log as access.lost (record may be nil),
+// so that every trigger leaves the same trail.
+func reevaluate(srv *broker.Server, record func(string, ...audit.Field), trigger string, r broker.Reevaluation) broker.ReevaluateResult {
+	res := srv.Reevaluate(r)
+	if record != nil {
+		for _, rc := range res.Clients {
+			record(audit.TypeAccessLost, accessLostFields(trigger, r.Reason, rc)...)
+		}
+	}
+	return res
+}
+
+// accessLostFields describes one client that lost access.
+func accessLostFields(trigger, reason string, rc broker.ReevaluatedClient) []audit.Field {
+	c := rc.Client
+	fields := []audit.Field{audit.String("reason", reason), audit.String("trigger", trigger),
+		audit.String("listener", c.Listener), audit.String("client_id", c.ClientID)}
+	if ap, ok := addrPort(c.Remote); ok {
+		fields = append(fields, audit.String("addr", ap.String()))
+	}
+	if c.Username != "" {
+		fields = append(fields, audit.String("username", c.Username))
+	}
+	if certs := c.PeerCertificates(); len(certs) > 0 {
+		fp, _ := guard.CertIdentity(certs[0])
+		fields = append(fields, audit.String("cert_sha256", fp))
+	}
+	if rc.Disconnected {
+		fields = append(fields, audit.Int("disconnected", 1))
+	}
+	if rc.Unsubscribed > 0 {
+		fields = append(fields, audit.Int("unsubscribed", int64(rc.Unsubscribed)))
+	}
+	if rc.Dropped > 0 {
+		fields = append(fields, audit.Int("dropped", int64(rc.Dropped)))
+	}
+	return fields
 }
 
 // sameSet reports whether a and b hold the same strings.
@@ -756,10 +813,9 @@ func subjectOf(c *broker.Client) *authz.Subject {
 			Anonymous:           c.Anonymous || c.Username == "",
 			ClientID:            c.ClientID,
 			Listener:            c.Listener,
-			Groups:              c.Groups,
-			CredentialPublish:   c.Publish,
-			CredentialSubscribe: c.Subscribe,
 		}
+		g := c.Grants()
+		s.Groups, s.CredentialPublish, s.CredentialSubscribe = g.Groups, g.Publish, g.Subscribe
 		if ap, ok := addrPort(c.Remote); ok {
 			s.Addr = ap.Addr().Unmap()
 		}
