@@ -809,10 +809,10 @@ func (a *accessPlan) reload() {
 func subjectOf(c *broker.Client) *authz.Subject {
 	return c.Memo(func(c *broker.Client) any {
 		s := &authz.Subject{
-			Username:            c.Username,
-			Anonymous:           c.Anonymous || c.Username == "",
-			ClientID:            c.ClientID,
-			Listener:            c.Listener,
+			Username:  c.Username,
+			Anonymous: c.Anonymous || c.Username == "",
+			ClientID:  c.ClientID,
+			Listener:  c.Listener,
 		}
 		g := c.Grants()
 		s.Groups, s.CredentialPublish, s.CredentialSubscribe = g.Groups, g.Publish, g.Subscribe
