@@ -398,6 +398,33 @@ func (c *conn) loseAccessCode(code packet.ReasonCode, reason string) bool {
 	return true
 }
 
+// regrant installs the groups and grants of a re-authentication that
+// changed them, and re-checks the connection's session against them on the
+// loss-of-access path (as Reevaluate does after a policy change):
+// subscriptions they no longer allow are removed, queued and not yet
+// delivered in-flight messages they no longer allow are dropped. The new
+// identity retires every decision cached for the old one, and the
+// Authorizer's memo, before anything is re-checked. Called by the reader.
+func (c *conn) regrant(res *AuthResult) ReevaluateResult {
+	s := c.srv
+	g := &Grants{Groups: res.Groups, Publish: res.Publish, Subscribe: res.Subscribe, Backend: res.Backend}
+	c.client.az.id.Store(&authzIdentity{grants: g})
+	var out ReevaluateResult
+	const reason = "re-authentication changed the groups or grants"
+	if sess := s.lookup(c.client.ClientID); sess != nil {
+		sess.mu.Lock()
+		cl, own := sess.client, sess.conn == c
+		sess.mu.Unlock()
+		if own && cl != nil {
+			s.recheckSession(sess, cl, reason, &out)
+		}
+	}
+	c.log.Info("broker: re-authentication changed the groups or grants; applied", "username", c.client.Username,
+		"groups", len(g.Groups), "publish_grants", len(g.Publish), "subscribe_grants", len(g.Subscribe),
+		"unsubscribed", out.Unsubscribed, "dropped", out.Dropped)
+	return out
+}
+
 // recheckSession removes the subscriptions of sess that cl may no longer
 // make and drops the messages it may no longer receive.
 func (s *Server) recheckSession(sess *session, cl *Client, reason string, res *ReevaluateResult) {

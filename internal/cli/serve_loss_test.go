@@ -2,12 +2,20 @@ package cli
 
 import (
 	"context"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
+	gojwt "github.com/golang-jwt/jwt/v5"
+
+	"github.com/moatmq/moat/client"
 	"github.com/moatmq/moat/internal/audit"
+	"github.com/moatmq/moat/internal/authn/jwt"
+	"github.com/moatmq/moat/internal/authz"
 	"github.com/moatmq/moat/internal/broker"
 	"github.com/moatmq/moat/internal/packet"
 )
@@ -113,5 +121,85 @@ func TestSecurityBanTakesLossOfAccessPath(t *testing.T) {
 	}
 	if lost < 0 || added < 0 || lost > added {
 		t.Fatalf("access.lost at %d, ban.add at %d: want both, the client first", lost, added)
+	}
+}
+
+// TestSecurityJWTReauthAppliesNewGrants: dev1 connects with the moat-jwt
+// method and a token naming group "ops" (whose rule lets it write and
+// read ops/#) and subscribes to ops/cmd. Its next token drops "ops" and
+// grants publishing on dev1/out by itself (a publish claim). The attack
+// is to keep the old rights on the live connection after re-authenticating;
+// instead the new grants apply at once through the loss-of-access path:
+// the ops/cmd subscription is removed, publishing and subscribing there are
+// refused, the new credential grant works, and the connection stays.
+func TestSecurityJWTReauthAppliesNewGrants(t *testing.T) {
+	secret := []byte(strings.Repeat("k", 40))
+	path := filepath.Join(t.TempDir(), "jwt.secret")
+	if err := os.WriteFile(path, secret, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	jb, err := jwt.New(jwt.Config{HMACSecretFile: path, GroupsClaim: "groups", PublishClaim: "mqtt_pub", Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol, err := authz.New(authz.Options{Rules: []authz.RuleSpec{
+		{Name: "ops", Effect: "allow", Subjects: authz.Subjects{Groups: []string{"ops"}}, Actions: []string{"publish", "read"}, Topics: []string{"ops/#"}},
+		{Name: "own-tree", Effect: "allow", Subjects: authz.Subjects{Anonymous: new(false)}, Actions: []string{"read"}, Topics: []string{"%u/#"}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := startEABrokerPolicy(t, pol, jb)
+	exp := b.clock.Now().Add(time.Hour)
+	token := func(claims gojwt.MapClaims) client.Secret {
+		claims["sub"], claims["exp"] = "dev1", exp.Unix()
+		s, err := gojwt.NewWithClaims(gojwt.SigningMethodHS256, claims).SignedString(secret)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return client.NewSecret([]byte(s))
+	}
+	var mu sync.Mutex
+	next := token(gojwt.MapClaims{"groups": []string{"ops"}})
+	c, lost, err := eaDial(t, b, client.Config{ClientID: "dev1", Auth: client.JWT(func(context.Context) (client.Secret, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return next, nil
+	})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := eaCtx(t)
+	roundTrip(t, c, "ops/cmd")
+	if codes, err := c.Subscribe(ctx, client.Subscription{Filter: "dev1/#", QoS: 1}); err != nil || codes[0] != 1 {
+		t.Fatalf("subscribe dev1/#: %v %v", codes, err)
+	}
+	if err := c.Publish(ctx, &client.Message{Topic: "dev1/out", Payload: []byte("x"), QoS: 1}); reasonCode(err) != packet.NotAuthorized {
+		t.Fatalf("publish dev1/out before the grant: %v, want 0x87", err)
+	}
+
+	mu.Lock()
+	next = token(gojwt.MapClaims{"groups": []string{}, "mqtt_pub": []string{"%u/out"}})
+	mu.Unlock()
+	if err := c.Reauthenticate(ctx); err != nil {
+		t.Fatalf("re-authentication: %v", err)
+	}
+	if err := c.Publish(ctx, &client.Message{Topic: "ops/cmd", Payload: []byte("x"), QoS: 1}); reasonCode(err) != packet.NotAuthorized {
+		t.Fatalf("publish ops/cmd after losing ops: %v, want 0x87", err)
+	}
+	if codes, err := c.Subscribe(ctx, client.Subscription{Filter: "ops/#", QoS: 1}); len(codes) != 1 || codes[0] != packet.NotAuthorized {
+		t.Fatalf("subscribe ops/# after losing ops: %v %v, want 0x87", codes, err)
+	}
+	// The new credential grant applies; and the message comes back
+	// through dev1/#, not through the removed ops/cmd subscription.
+	delivered(t, c, "dev1/out", "granted now")
+	select {
+	case err := <-lost:
+		t.Fatalf("connection lost: %v", err)
+	default:
+	}
+	if logs := b.logs.String(); !strings.Contains(logs, "re-authentication changed the groups or grants; applied") ||
+		!strings.Contains(logs, "subscription removed: no longer authorized") {
+		t.Errorf("the change and the removed subscription are not logged:\n%s", logs)
 	}
 }
