@@ -308,6 +308,12 @@ type Reevaluation struct {
 	// selected sessions' subscriptions, queued and in-flight messages are
 	// re-checked against the Authorizer (the policy changed).
 	Disconnect bool
+	// Regrant, when set (without Disconnect), gives each selected session
+	// new grants, computed from those in force (a directory's re-check
+	// found other groups): they become the connection's identity, which
+	// retires its cached decisions, and the session is re-checked against
+	// them. The connection stays.
+	Regrant func(Grants) Grants
 	// Code is the DISCONNECT reason code sent to MQTT 5 clients; default
 	// 0x87 Not authorized. An operator's ban uses 0x98 Administrative
 	// action (MQTT 5 has no Banned code in DISCONNECT).
@@ -345,9 +351,10 @@ type ReevaluatedClient struct {
 // Every step is logged with r.Reason and counted in Stats. Safe for
 // concurrent use; it must not be called from an Authorizer.
 func (s *Server) Reevaluate(r Reevaluation) ReevaluateResult {
-	if !r.Disconnect {
-		// A closed connection's decisions die with it; a changed policy
-		// retires everyone's.
+	if !r.Disconnect && r.Regrant == nil {
+		// A changed policy retires everyone's decisions. A closed
+		// connection's die with it, and new grants retire those of the
+		// sessions they are given to.
 		s.authzGen.Add(1)
 	}
 	code := r.Code
@@ -368,6 +375,10 @@ func (s *Server) Reevaluate(r Reevaluation) ReevaluateResult {
 				res.Disconnected++
 				res.Clients = append(res.Clients, ReevaluatedClient{Client: cl, Disconnected: true})
 			}
+			return true
+		}
+		if r.Regrant != nil {
+			s.regrantSession(sess, cl, r.Regrant(cl.Grants()), r.Reason, &res)
 			return true
 		}
 		s.recheckSession(sess, cl, r.Reason, &res)
@@ -399,30 +410,46 @@ func (c *conn) loseAccessCode(code packet.ReasonCode, reason string) bool {
 }
 
 // regrant installs the groups and grants of a re-authentication that
-// changed them, and re-checks the connection's session against them on the
-// loss-of-access path (as Reevaluate does after a policy change):
-// subscriptions they no longer allow are removed, queued and not yet
-// delivered in-flight messages they no longer allow are dropped. The new
-// identity retires every decision cached for the old one, and the
-// Authorizer's memo, before anything is re-checked. Called by the reader.
-func (c *conn) regrant(res *AuthResult) ReevaluateResult {
+// changed them, on the loss-of-access path (see regrantSession). Called by
+// the reader.
+func (c *conn) regrant(res *AuthResult) {
 	s := c.srv
-	g := &Grants{Groups: res.Groups, Publish: res.Publish, Subscribe: res.Subscribe, Backend: res.Backend}
-	c.client.az.id.Store(&authzIdentity{grants: g})
-	var out ReevaluateResult
+	g := Grants{Groups: res.Groups, Publish: res.Publish, Subscribe: res.Subscribe, Backend: res.Backend}
 	const reason = "re-authentication changed the groups or grants"
-	if sess := s.lookup(c.client.ClientID); sess != nil {
+	var out ReevaluateResult
+	sess := s.lookup(c.client.ClientID)
+	var cl *Client
+	if sess != nil {
 		sess.mu.Lock()
-		cl, own := sess.client, sess.conn == c
-		sess.mu.Unlock()
-		if own && cl != nil {
-			s.recheckSession(sess, cl, reason, &out)
+		if sess.conn == c {
+			cl = sess.client
 		}
+		sess.mu.Unlock()
+	}
+	if cl == nil {
+		// No session of its own (being taken over): the identity
+		// changes all the same for what the connection still does.
+		c.client.az.id.Store(&authzIdentity{grants: &g})
+	} else {
+		s.regrantSession(sess, cl, g, reason, &out)
 	}
 	c.log.Info("broker: re-authentication changed the groups or grants; applied", "username", c.client.Username,
 		"groups", len(g.Groups), "publish_grants", len(g.Publish), "subscribe_grants", len(g.Subscribe),
 		"unsubscribed", out.Unsubscribed, "dropped", out.Dropped)
-	return out
+}
+
+// regrantSession makes g the identity of sess's connection (cl is its
+// snapshot, sharing the connection's authorization state) and re-checks
+// the session against it as Reevaluate does after a policy change:
+// subscriptions g no longer allows are removed, queued and not yet
+// delivered in-flight messages it no longer allows are dropped. The new
+// identity retires every decision cached for the old one, and the
+// Authorizer's memo, before anything is re-checked.
+func (s *Server) regrantSession(sess *session, cl *Client, g Grants, reason string, res *ReevaluateResult) {
+	if cl.az != nil {
+		cl.az.id.Store(&authzIdentity{grants: &g})
+	}
+	s.recheckSession(sess, cl, reason, res)
 }
 
 // recheckSession removes the subscriptions of sess that cl may no longer

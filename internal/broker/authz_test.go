@@ -1,7 +1,9 @@
 package broker
 
 import (
+	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -368,4 +370,50 @@ func TestSecuritySharedMemberRefused(t *testing.T) {
 		yes.send(&packet.Puback{PacketID: m.PacketID})
 	}
 	expectNone(t, no)
+}
+
+// TestSecurityReevaluateRegrant: a directory re-check finds that a
+// connected client left the group "ops" (the attack: keep reading through
+// the subscription made while a member). Reevaluate with Regrant gives the
+// session its new groups: the subscription is removed, an ops/ message is
+// no longer delivered, the decision cached for the old groups is not used,
+// and the connection stays.
+func TestSecurityReevaluateRegrant(t *testing.T) {
+	authn := AuthenticatorFunc(func(_ context.Context, r *ConnectRequest) AuthResult {
+		return AuthResult{Allow: true, Username: r.Connect.ClientID, Groups: []string{"ops"}, Backend: "dir"}
+	})
+	authz := AuthorizerFunc(func(r *AuthzRequest) Decision {
+		if r.Client.ClientID == "member" && strings.HasPrefix(r.Topic, "ops/") && !slices.Contains(r.Client.Grants().Groups, "ops") {
+			return Decision{Reason: "test: ops only"}
+		}
+		return Decision{Allow: true}
+	})
+	srv, addr := testServer(t, Config{Authenticator: authn, Authorizer: authz})
+	m := dialRaw(t, addr, packet.V5)
+	m.connect(v5connect("member"))
+	subscribe(t, m, 1, packet.Subscription{Filter: "ops/#", QoS: 1}, packet.Subscription{Filter: "pub/#", QoS: 1})
+	p := dialRaw(t, addr, packet.V5)
+	p.connect(v5connect("publisher"))
+
+	res := srv.Reevaluate(Reevaluation{
+		Match:   func(c *Client) bool { return c.Grants().Backend == "dir" && c.Username == "member" },
+		Regrant: func(g Grants) Grants { g.Groups = nil; return g },
+		Reason:  "directory groups changed",
+	})
+	if res.Unsubscribed != 1 || res.Disconnected != 0 || len(res.Clients) != 1 || res.Clients[0].Client.ClientID != "member" {
+		t.Fatalf("Reevaluate: %+v, want one subscription removed from member", res)
+	}
+	publishAcked(t, p, 1, &packet.Publish{Topic: "ops/secret", QoS: 1})
+	publishAcked(t, p, 2, &packet.Publish{Topic: "pub/news", QoS: 1})
+	if got := recvPublish(t, m); got.Topic != "pub/news" {
+		t.Fatalf("after leaving ops: received %q", got.Topic)
+	}
+	if ack := subscribe(t, m, 3, packet.Subscription{Filter: "ops/#", QoS: 1}); ack.ReasonCodes[0] != packet.NotAuthorized {
+		t.Fatalf("SUBACK %v: a decision cached for the old groups was used", ack.ReasonCodes[0])
+	}
+	for _, c := range srv.Clients() {
+		if c.Client.ClientID == "member" && len(c.Client.Grants().Groups) != 0 {
+			t.Errorf("Grants after the change: %+v", c.Client.Grants())
+		}
+	}
 }

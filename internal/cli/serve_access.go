@@ -600,14 +600,18 @@ func (a *accessPlan) startWatch(p *servePlan) {
 		})
 	}
 	for _, l := range a.ldaps {
-		t := time.NewTicker(l.every)
+		tick := p.recheckTick
+		if tick == nil {
+			t := time.NewTicker(l.every)
+			p.cleanup = append(p.cleanup, t.Stop)
+			tick = t.C
+		}
 		p.tasks.Go(func() {
-			defer t.Stop()
 			for {
 				select {
 				case <-ctx.Done():
 					return
-				case <-t.C:
+				case <-tick:
 					a.recheckLDAP(ctx, l.b)
 				}
 			}
@@ -681,15 +685,18 @@ func (a *accessPlan) reportPasswd(f *passwd.File, c passwd.Change, err error) {
 }
 
 // recheckLDAP looks every client b admitted up again: a client whose
-// account is gone or whose groups changed is disconnected (it reconnects
-// with its current groups). A directory that cannot answer leaves the
-// connections alone; the error is logged.
+// account is gone is disconnected; one whose groups changed keeps its
+// connection with its new groups, and its session is re-checked against
+// them (subscriptions and queued messages they no longer allow are
+// removed). A directory that cannot answer leaves the connections alone;
+// the error is logged.
 func (a *accessPlan) recheckLDAP(ctx context.Context, b rechecker) {
 	srv := a.srv.Load()
 	if srv == nil {
 		return
 	}
-	lost := map[string]string{} // username → reason
+	gone := map[string]bool{}
+	changed := map[string][]string{} // username → its groups now
 	checked := map[string]bool{}
 	for _, ci := range srv.Clients() {
 		c := &ci.Client
@@ -704,19 +711,24 @@ func (a *accessPlan) recheckLDAP(ctx context.Context, b rechecker) {
 			a.log.Error("access: LDAP re-check failed; connections kept", "backend", b.Name(), "username", c.Username, "err", err)
 			return
 		case !exists:
-			lost[c.Username] = "LDAP account no longer exists"
+			gone[c.Username] = true
 		case !sameSet(groups, g.Groups):
-			lost[c.Username] = "LDAP groups changed"
+			changed[c.Username] = groups
 		}
 	}
-	if len(lost) == 0 {
-		return
-	}
-	for u, why := range lost {
+	for u := range gone {
 		a.reevaluate("ldap", broker.Reevaluation{
 			Match:      func(c *broker.Client) bool { return c.Grants().Backend == b.Name() && c.Username == u },
 			Disconnect: true,
-			Reason:     why,
+			Reason:     "LDAP account no longer exists",
+		})
+	}
+	for u, groups := range changed {
+		a.log.Info("access: LDAP groups changed; applying them", "backend", b.Name(), "username", u, "groups", groups)
+		a.reevaluate("ldap", broker.Reevaluation{
+			Match:   func(c *broker.Client) bool { return c.Grants().Backend == b.Name() && c.Username == u },
+			Regrant: func(g broker.Grants) broker.Grants { g.Groups = groups; return g },
+			Reason:  "LDAP groups changed",
 		})
 	}
 }
