@@ -105,12 +105,24 @@ func (p *servePlan) planAccess() {
 	}
 	cfg := p.cfg
 	global := p.planChain("auth", cfg.Auth)
+	// Which policy applies where nothing more specific does: the acl
+	// section; for Moat YAML without one (and without any configuration)
+	// the default policy, because no match must mean deny; nothing for
+	// acl.allow_all, the explicit opt-out, and for a mosquitto.conf without
+	// acl_file, which keeps Mosquitto's meaning (everything allowed). Both
+	// are warned about at every start.
 	var globalPolicy *policySource
 	switch {
+	case cfg.ACL != nil && cfg.ACL.AllowAll:
+		p.planAllowAll(cfg.ACL)
 	case cfg.ACL != nil:
 		globalPolicy = p.planPolicy("acl", cfg.ACL, cfg.Source)
-	case cfg.Source == "":
+	case cfg.Source == "" || cfg.Format == config.FormatYAML:
 		globalPolicy = p.planDefaultPolicy()
+		if globalPolicy != nil && cfg.Source != "" {
+			p.log.Info("access: the configuration has no acl section; the default access policy applies: each identity may publish and subscribe under devices/<username>/# and read broadcast/#, the identity operator everything, and nothing else",
+				"policy", globalPolicy.source)
+		}
 	}
 	perFile := map[string]*policySource{}
 	var open []string
@@ -133,8 +145,23 @@ func (p *servePlan) planAccess() {
 			open = append(open, l.Name)
 		}
 	}
-	if len(open) > 0 {
+	switch {
+	case len(open) == 0:
+	case cfg.ACL != nil && cfg.ACL.AllowAll:
+		p.warnings = append(p.warnings, fmt.Sprintf("ACCESS CONTROL IS OFF (acl.allow_all: true): every client listener(s) %s admit may publish and subscribe to every topic, $SYS and every device's command topics included; write acl rules instead (docs/access-control.md)", strings.Join(open, ", ")))
+	default:
 		p.warnings = append(p.warnings, fmt.Sprintf("no access policy (acl_file or acl rules) applies to listener(s) %s: every client they admit may publish and subscribe to every topic, as in Mosquitto without an acl_file; see docs/access-control.md", strings.Join(open, ", ")))
+	}
+	if a.defaultPolicy != "" {
+		var anon []string
+		for i := range cfg.Listeners {
+			if l := &cfg.Listeners[i]; l.AllowAnonymous && a.byLn[l.Name] == globalPolicy {
+				anon = append(anon, l.Name)
+			}
+		}
+		if len(anon) > 0 {
+			p.warnings = append(p.warnings, fmt.Sprintf("listener(s) %s admit anonymous clients, to which the default access policy %s grants nothing: add an acl section with rules for them (docs/access-control.md)", strings.Join(anon, ", "), a.defaultPolicy))
+		}
 	}
 	for _, ps := range a.policies {
 		if ps.holder != nil {
@@ -369,13 +396,35 @@ func (a *accessPlan) backend(b *config.AuthBackend, log *slog.Logger) (authn.Bac
 	return nil, fmt.Errorf("unknown backend type %q", b.Type)
 }
 
+// aclSection is the acl section of Moat YAML: the policy's Spec and the
+// opt-out from access control.
+type aclSection struct {
+	authz.Spec `yaml:",inline"`
+	AllowAll   bool `yaml:"allow_all"`
+}
+
+// planAllowAll checks an acl section that turns access control off: it
+// may say nothing else, since rules next to it would look as if they
+// applied.
+func (p *servePlan) planAllowAll(acl *config.ACL) {
+	var sec aclSection
+	if err := acl.Decode(&sec); err != nil {
+		p.problem("acl", "", fmt.Errorf("acl: %w", err))
+		return
+	}
+	if len(sec.Rules) > 0 || sec.ACLFile != "" {
+		p.problem("acl.allow_all", "", errors.New("acl.allow_all: true turns access control off, and the rules and acl_file beside it would never apply: remove allow_all or them"))
+	}
+}
+
 // planPolicy compiles an acl section (rules and/or acl_file) at path.
 func (p *servePlan) planPolicy(path string, acl *config.ACL, source string) *policySource {
-	var spec authz.Spec
-	if err := acl.Decode(&spec); err != nil {
+	var sec aclSection
+	if err := acl.Decode(&sec); err != nil {
 		p.problem(path, "", fmt.Errorf("%s: %w", path, err))
 		return nil
 	}
+	spec := sec.Spec
 	ps := &policySource{spec: spec, source: cmpOr(source, "built-in default")}
 	pol, desc, sum, err := ps.compile()
 	if err != nil {

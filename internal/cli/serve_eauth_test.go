@@ -564,6 +564,9 @@ func TestServeSCRAMPubSub(t *testing.T) {
     transport: tcp
 auth:
   - {type: scram, path: %s}
+acl:
+  rules:
+    - {name: alice, effect: allow, subjects: {usernames: [alice]}, actions: [publish, subscribe, receive], topics: ["s/#"]}
 `, port, creds))
 	m := startMoat(t, dir, []int{port}, "-c", "moat.yaml", "--data", filepath.Join(dir, "data"))
 	conn := []string{"-h", "127.0.0.1", "-p", strconv.Itoa(port), "-u", "alice", "--auth-method", "SCRAM-SHA-256"}
