@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/moatmq/moat/internal/config"
@@ -154,5 +155,38 @@ acl:
 		if code != tc.code || !strings.Contains(out, "built-in default policy") {
 			t.Errorf("moat acl test %v on YAML without acl: %d %s %s, want %d from the default policy", tc.args, code, out, errOut, tc.code)
 		}
+	}
+}
+
+// A reload that adds an acl section to Moat YAML that had none replaces
+// the default policy live (both are policies); one that turns access
+// control off with allow_all needs a restart and is refused.
+func TestServeReloadFromDefaultPolicy(t *testing.T) {
+	needTool(t, "mosquitto_pub", "mosquitto_sub")
+	dir := t.TempDir()
+	data := filepath.Join(dir, "data")
+	port := freePort(t)
+	file := filepath.Join(dir, "moat.yaml")
+	listener := fmt.Sprintf("listeners:\n  - {address: \"127.0.0.1:%d\", transport: tcp, allow_anonymous: true}\n", port)
+	writeFile(t, file, listener)
+	m := startMoat(t, dir, []int{port}, "-c", "moat.yaml", "--data", data)
+	mqttTry(t, port, "", "t/before")
+	if !m.waitLog(t, "broker: publish not authorized", "t/before") {
+		t.Fatal("the default policy did not deny an anonymous publish")
+	}
+	writeFile(t, file, reloadYAML(port, "info", "t/#"))
+	m.cmd.Process.Signal(syscall.SIGHUP)
+	if !m.waitLog(t, "serve: configuration reloaded", "acl") {
+		t.Fatal("adding the acl section was not applied live")
+	}
+	s := anonSub(t, port, "t/#")
+	waitFor(t, "a message under the new policy", func() bool {
+		mqttTry(t, port, "", "t/after")
+		return strings.Contains(s.out.String(), "t/after m")
+	})
+	writeFile(t, file, listener+"acl: {allow_all: true}\n")
+	m.cmd.Process.Signal(syscall.SIGHUP)
+	if !m.waitLog(t, "serve: reload refused", "acl", "needs a restart") {
+		t.Fatal("switching to allow_all was not refused")
 	}
 }
