@@ -192,6 +192,9 @@ listeners:
       client_auth: required
       identity: {username_from: cn}
 limits: {max_packet_size: 1048576, max_inflight: 20, max_queued_messages: 1000}
+# No ACL, as the other brokers run without one (docs/performance.md,
+# "Access control", measures the cost of a policy).
+acl: {allow_all: true}
 log: {level: warn, dest: stderr, connection_messages: false}
 persistence: {enabled: false}
 defense:

@@ -24,6 +24,9 @@ func TestSecurityMemoryLimitsMosquittoClients(t *testing.T) {
 limits:
   max_retained_messages_per_identity: 2
   max_topic_length: 64
+acl:
+  rules:  # the limits are under test, not the policy
+    - {name: all, effect: allow, subjects: {all: true}, actions: [publish, subscribe, receive], topics: ["#"]}
 `, port))
 	startMoat(t, dir, []int{port}, "-c", "moat.yaml")
 	base := []string{"-h", "127.0.0.1", "-p", strconv.Itoa(port)}

@@ -32,7 +32,7 @@ func TestBrokerAcceptsBothIntermediatesAfterRotation(t *testing.T) {
 	startMoat(t, dir, []int{port}, "-c", conf, "--data", data)
 	publish := func(dev string) error {
 		out, err := exec.Command("mosquitto_pub", "-h", "127.0.0.1", "-p", fmt.Sprint(port), "--cafile", filepath.Join(caDir, "ca.pem"),
-			"--cert", filepath.Join(dir, dev+".pem"), "--key", filepath.Join(dir, dev+".key"), "-t", "demo/"+dev, "-m", "hi", "-q", "1").CombinedOutput()
+			"--cert", filepath.Join(dir, dev+".pem"), "--key", filepath.Join(dir, dev+".key"), "-t", "devices/"+dev+"/hello", "-m", "hi", "-q", "1").CombinedOutput()
 		if err != nil {
 			return fmt.Errorf("%s: %v %s", dev, err, out)
 		}

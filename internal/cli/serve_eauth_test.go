@@ -22,6 +22,7 @@ import (
 	"github.com/moatmq/moat/internal/authn"
 	"github.com/moatmq/moat/internal/authn/jwt"
 	"github.com/moatmq/moat/internal/authn/scram"
+	"github.com/moatmq/moat/internal/authz"
 	"github.com/moatmq/moat/internal/broker"
 	"github.com/moatmq/moat/internal/packet"
 	"github.com/moatmq/moat/internal/tlsconf"
@@ -97,13 +98,25 @@ type eaBroker struct {
 
 func startEABroker(t *testing.T, backends ...authn.Backend) *eaBroker {
 	t.Helper()
+	return startEABrokerPolicy(t, nil, backends...)
+}
+
+// startEABrokerPolicy is startEABroker with an access policy on listener
+// "t" (nil: none, everything allowed).
+func startEABrokerPolicy(t *testing.T, pol *authz.Policy, backends ...authn.Backend) *eaBroker {
+	t.Helper()
 	b := &eaBroker{clock: &eaClock{now: time.Now()}, logs: &syncBuffer{}}
+	az := &accessAuthorizer{byLn: map[string]*policySource{}}
+	if pol != nil {
+		az.byLn["t"] = &policySource{holder: authz.NewHolder(pol)}
+	}
 	log := slog.New(slog.NewTextHandler(b.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	chains := map[string]*authn.Chain{"t": {Backends: backends}}
 	cert := &certAuthenticator{}
 	srv, err := broker.New(broker.Config{
 		Authenticator:         &accessAuthenticator{cert: cert, chains: chains, log: log},
 		EnhancedAuthenticator: &enhancedAuth{cert: cert, chains: chains, log: log},
+		Authorizer:            az,
 		Clock:                 b.clock,
 		Logger:                log,
 	})
@@ -551,6 +564,9 @@ func TestServeSCRAMPubSub(t *testing.T) {
     transport: tcp
 auth:
   - {type: scram, path: %s}
+acl:
+  rules:
+    - {name: alice, effect: allow, subjects: {usernames: [alice]}, actions: [publish, subscribe, receive], topics: ["s/#"]}
 `, port, creds))
 	m := startMoat(t, dir, []int{port}, "-c", "moat.yaml", "--data", filepath.Join(dir, "data"))
 	conn := []string{"-h", "127.0.0.1", "-p", strconv.Itoa(port), "-u", "alice", "--auth-method", "SCRAM-SHA-256"}

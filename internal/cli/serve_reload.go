@@ -310,12 +310,10 @@ func (p *servePlan) swapPolicies(pairs map[*policySource]*policySource) {
 		ps.spec, ps.rules, ps.source, ps.sum, ps.failed = nps.spec, nps.rules, nps.source, nps.sum, [32]byte{}
 		gen := ps.holder.Swap(pol)
 		p.log.Info("access: policy reloaded", "policy", ps.source, "generation", gen)
-		if srv := a.srv.Load(); srv != nil {
-			srv.Reevaluate(broker.Reevaluation{
-				Match:  func(c *broker.Client) bool { return a.byLn[c.Listener] == ps },
-				Reason: "access policy " + ps.source + " changed",
-			})
-		}
+		a.reevaluate("reload", broker.Reevaluation{
+			Match:  func(c *broker.Client) bool { return a.byLn[c.Listener] == ps },
+			Reason: "access policy " + ps.source + " changed",
+		})
 	}
 }
 
