@@ -13,8 +13,7 @@ import (
 // authorization, routing and the acknowledgement flow.
 func (c *conn) handlePublish(p *packet.Publish) bool {
 	s := c.srv
-	s.stats.messagesIn.Add(1)
-	s.stats.bytesIn.Add(int64(len(p.Payload)))
+	c.ctr.publishIn(p.QoS, len(p.Payload))
 
 	if c.version == packet.V5 {
 		if len(p.Properties.SubscriptionIDs) > 0 {

@@ -107,6 +107,7 @@ func New(cfg Config) (*Server, error) {
 		s.authorizer = AllowAll
 		s.log.Warn("broker: no Authorizer: every client may publish and subscribe to every topic")
 	}
+	s.authorizer = countedAuthorizer{s.authorizer, &s.stats}
 	if c.IgnoreSessionOwner {
 		s.log.Warn("broker: session owner check is off: any client that knows a client ID can resume that session, " +
 			"receive its queued messages and disconnect its owner")
@@ -494,6 +495,7 @@ func (s *Server) endSessionLocked(sess *session) func() {
 		}
 	}
 	s.stats.queued.Add(-int64(len(sess.queue)))
+	s.stats.droppedSessionEnd.Add(lostWithSession(sess.queue, sess.inflight))
 	sess.queue, sess.inflight = nil, nil
 	var willMsg *Message
 	var willFrom *Client

@@ -167,7 +167,7 @@ func (c *conn) flush() bool {
 		}
 	}
 	n, err := c.nc.Write(c.wbuf)
-	c.srv.stats.bytesOut.Add(int64(n))
+	c.ctr.wireOut.Add(int64(n))
 	c.wbuf = c.wbuf[:0]
 	if err != nil {
 		if !c.closing.Load() {
@@ -231,7 +231,7 @@ func (c *conn) encodeAck(dst []byte, p packet.Packet, props *packet.Properties) 
 }
 
 func (c *conn) encodePublish(dst []byte, p *packet.Publish) ([]byte, error) {
-	c.srv.stats.messagesOut.Add(1)
+	c.ctr.publishOut(p.QoS, len(p.Payload))
 	if c.aliasOutMax > 0 {
 		c.applyAlias(p)
 	}
