@@ -136,7 +136,11 @@ func (s *Store) commitBatch(reqs []*request) {
 	}
 	err := s.failed
 	if err == nil {
+		// Latency is measured, not scheduled: the system clock, not
+		// Config.Now.
+		start := time.Now()
 		err = s.commitTx(reqs)
+		s.latency.observe(time.Since(start))
 		var oe *opError
 		if err != nil && !errors.As(err, &oe) {
 			// The disk refused a write or an fsync: what the file holds
