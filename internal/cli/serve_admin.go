@@ -276,11 +276,22 @@ func certNotAfter(path string) time.Time {
 
 func (p *servePlan) adminPosture(ap *adminPlan) admin.Posture {
 	ps := admin.Posture{
-		Profile:      profileName(p.runningConfig()),
-		FIPS:         fips140.Enabled(),
-		AuthFailures: p.srv.Stats().ConnectRefused,
-		Detections:   -1,
-		Notes:        []string{"the abuse detectors are not wired to the admin API yet"},
+		Profile:    profileName(p.runningConfig()),
+		FIPS:       fips140.Enabled(),
+		Detections: -1,
+	}
+	for _, a := range p.srv.Stats().Authentications {
+		if !a.Success {
+			ps.AuthFailures += a.N
+		}
+	}
+	if g := p.defense.guard(); g != nil {
+		ps.Detections = 0
+		for _, d := range g.Stats().Detectors {
+			ps.Detections += int64(d.Detections)
+		}
+	} else {
+		ps.Notes = append(ps.Notes, "defense is off: no abuse detection")
 	}
 	if ap.certFile != "" {
 		ps.ServerCertNotAfter = certNotAfter(ap.certFile)
@@ -294,8 +305,9 @@ func (p *servePlan) adminPosture(ap *adminPlan) admin.Posture {
 	return ps
 }
 
-// metricsSnapshot adapts the broker's Stats, its live connections and the
-// files the plan serves to the metrics package.
+// metricsSnapshot adapts the broker's Stats, its live connections, the
+// guard, the store, the TLS managers and the files the plan serves to the
+// metrics package.
 func (p *servePlan) metricsSnapshot(ap *adminPlan, bans *guard.File) metrics.Snapshot {
 	st := p.srv.Stats()
 	s := metrics.Snapshot{
@@ -306,31 +318,54 @@ func (p *servePlan) metricsSnapshot(ap *adminPlan, bans *guard.File) metrics.Sna
 		ConnectionsRefused: map[string]int64{
 			"connect_refused": st.ConnectRefused, "over_cap": st.ConnectionsOverCap, "pre_auth_too_large": st.PreAuthTooLarge,
 		},
-		TLSFailures:        st.TLSFailures,
 		ProtocolErrors:     st.ProtocolErrors,
 		RevokedDisconnects: st.RevokedDisconnects,
 		Panics:             st.Panics,
-		MessagesReceived:   st.MessagesReceived,
-		MessagesSent:       st.MessagesSent,
+		MessagesReceived:   st.MessagesReceivedByQoS,
+		MessagesSent:       st.MessagesSentByQoS,
+		PayloadReceived:    st.PayloadReceivedByQoS,
+		PayloadSent:        st.PayloadSentByQoS,
 		BytesReceived:      st.BytesReceived,
 		BytesSent:          st.BytesSent,
+		PacketsReceived:    st.PacketsReceived,
 		Queued:             st.Queued,
 		Dropped: map[string]int64{
 			"queue_full": st.DroppedQueueFull, "qos0_offline": st.DroppedQoS0Offline, "slow_client": st.DroppedSlowClient,
-			"oversize": st.DroppedOversize, "expired": st.Expired,
+			"oversize": st.DroppedOversize, "expired": st.Expired, "unauthorized": st.DroppedUnauthorized,
+			"session_ended": st.DroppedSessionEnd,
 		},
 		Sessions:             st.Sessions,
 		Subscriptions:        st.Subscriptions,
 		SubscriptionsRefused: st.SubscriptionsRefused,
+		SubscriptionsRevoked: st.SubscriptionsRevoked,
 		Retained:             st.Retained,
 		RetainedBytes:        st.RetainedBytes,
 		RetainedRefused:      st.RetainedRefused,
+		TLSHandshakeFailures: st.TLSHandshakeFailures,
 		CRLs:                 map[string]time.Time{},
+		OCSPResponses:        map[string]uint64{},
+		StoreQuarantined:     st.StoreQuarantines,
+		PersistenceFailures:  st.PersistFailures,
 		Bans:                 -1,
 		FIPS:                 fips140.Enabled(),
+		ReadBudgetInUse:      st.ReadBudgetInUse,
+		ReadBudgetPeak:       st.ReadBudgetPeak,
+		ReadBudgetWaits:      st.ReadBudgetWaits,
+	}
+	for _, a := range st.Authentications {
+		s.Authentications = append(s.Authentications, metrics.Count{A: map[bool]string{true: "success", false: "failure"}[a.Success], B: a.Reason, N: a.N})
+	}
+	for _, a := range st.AuthzDecisions {
+		s.AuthzDecisions = append(s.AuthzDecisions, metrics.Count{A: a.Kind, B: a.Reason, N: a.N})
+	}
+	for _, a := range st.AuthzDenials {
+		s.AuthzDenials = append(s.AuthzDenials, metrics.Count{A: a.Kind, B: a.Reason, N: a.N})
+	}
+	for _, h := range st.TLSHandshakes {
+		s.TLSHandshakes = append(s.TLSHandshakes, metrics.TLSCount{Version: h.Version, Group: h.Group, Count: h.N})
 	}
 	type vg struct{ v, g string }
-	tlsCount := map[vg]int{}
+	tlsCount := map[vg]int64{}
 	for _, c := range p.srv.Clients() {
 		cs, ok := c.Client.TLS()
 		if !ok {
@@ -342,7 +377,7 @@ func (p *servePlan) metricsSnapshot(ap *adminPlan, bans *guard.File) metrics.Sna
 		}
 	}
 	for k, n := range tlsCount {
-		s.TLSConnections = append(s.TLSConnections, metrics.TLSConnections{Version: k.v, Group: k.g, Count: n})
+		s.TLSConnections = append(s.TLSConnections, metrics.TLSCount{Version: k.v, Group: k.g, Count: n})
 	}
 	if ap.certFile != "" {
 		s.ServerCertNotAfter = certNotAfter(ap.certFile)
@@ -352,7 +387,39 @@ func (p *servePlan) metricsSnapshot(ap *adminPlan, bans *guard.File) metrics.Sna
 			s.CRLs[f] = this
 		}
 	}
-	if b, err := bans.Read(); err == nil {
+	for _, pl := range p.listeners {
+		if pl.mgr == nil {
+			continue
+		}
+		o := pl.mgr.OCSPStatus()
+		for k, v := range o.Responses {
+			s.OCSPResponses[k] += v
+		}
+		for _, sp := range o.Staples {
+			s.OCSPStaples = append(s.OCSPStaples, metrics.Staple{Listener: pl.lc.Name, CertFile: sp.CertFile, Good: sp.Good, NextUpdate: sp.NextUpdate})
+		}
+	}
+	if p.store != nil {
+		ss := p.store.Stats()
+		s.StoreEnabled = true
+		s.StoreCommitLatency = metrics.Histogram{Bounds: ss.CommitLatency.Bounds, Counts: ss.CommitLatency.Counts, Sum: ss.CommitLatency.Sum}
+		s.StoreTransactions, s.StoreFsyncs, s.StoreFailures = ss.Commits, ss.Syncs, ss.Failed
+	}
+	if g := p.defense.guard(); g != nil {
+		gs := g.Stats()
+		s.Bans = int64(gs.Bans)
+		s.Detections = map[string]int64{}
+		for name, d := range gs.Detectors {
+			s.Detections[name] = int64(d.Detections)
+		}
+		s.Throttled, s.ThrottleKicks = int64(gs.Throttled), int64(gs.ThrottleDisconnects)
+		s.ConnectionsRefused["conn_rate"] = int64(gs.ConnRateRefused)
+		s.ConnectionsRefused["listener_rate"] = int64(gs.ListenerRateRefused)
+		s.ConnectionsRefused["conns_per_addr"] = int64(gs.ConnsPerAddrRefused)
+		s.ConnectionsRefused["banned_addr"] = int64(gs.AddrBanRefused)
+	} else if b, err := bans.Read(); err == nil {
+		// The guard is off: the ban list is not enforced, but an operator
+		// may still keep one.
 		now := time.Now()
 		s.Bans = int64(len(slices.DeleteFunc(b, func(x guard.Ban) bool { return !x.Expires.IsZero() && !now.Before(x.Expires) })))
 	}
