@@ -121,6 +121,7 @@ func (c *conn) writeDirect(p packet.Packet, v packet.Version) {
 	c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
 	n, _ := c.nc.Write(b)
 	c.ctr.wireOut.Add(int64(n))
+	c.ctr.packetsOut.Add(1)
 	c.wroteConnack = true
 }
 

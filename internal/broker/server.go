@@ -631,6 +631,7 @@ func (s *Server) expire(sess *session) {
 	var will func()
 	if offline && s.lookup(sess.id) == sess {
 		s.log.Debug("broker: session expired", "client", sess.id)
+		s.stats.sessionsExpired.Add(1)
 		will = s.endSessionLocked(sess)
 	}
 	s.sessMu.Unlock()

@@ -9,7 +9,6 @@ import (
 	"maps"
 	"net"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -52,6 +51,7 @@ type stats struct {
 	persistFailed atomic.Int64 // Persistence commits that failed
 
 	droppedSessionEnd atomic.Int64 // queued and in-flight messages of sessions that ended
+	sessionsExpired   atomic.Int64 // offline sessions ended by their expiry
 
 	auth        [numAuthOutcomes]atomic.Int64
 	authzAsked  [numActions][2]atomic.Int64 // Authorizer decisions by action, [0] denied, [1] allowed
@@ -60,6 +60,9 @@ type stats struct {
 	tlsMu       sync.Mutex
 	tlsOK       map[tlsKey]int64
 	tlsFailedBy map[string]int64
+
+	sysMu sync.Mutex // serializes publishSys
+	sys   sysLoads
 
 	nextShard atomic.Uint32
 	shards    [numShards]counterShard
@@ -82,12 +85,14 @@ type counterShard struct {
 	payloadIn  [3]atomic.Int64
 	_          [64]byte
 	wireOut    atomic.Int64 // bytes written
+	packetsOut atomic.Int64
 	msgsOut    [3]atomic.Int64
 	payloadOut [3]atomic.Int64
-	_          [72]byte
+	_          [64]byte
 }
 
-// shard assigns a new connection its counter shard.
+// shard assigns a new connection its counter shard. It is called once
+// per accepted socket, so nextShard also counts the sockets.
 func (st *stats) shard() *counterShard {
 	return &st.shards[st.nextShard.Add(1)%numShards]
 }
@@ -305,9 +310,10 @@ func tlsFailureReason(err error) string {
 
 // traffic is the sum of the shards.
 type traffic struct {
-	packetsIn, wireIn, wireOut int64
-	msgsIn, msgsOut            [3]int64
-	payloadIn, payloadOut      [3]int64
+	packetsIn, packetsOut int64
+	wireIn, wireOut       int64
+	msgsIn, msgsOut       [3]int64
+	payloadIn, payloadOut [3]int64
 }
 
 func (st *stats) traffic() traffic {
@@ -315,6 +321,7 @@ func (st *stats) traffic() traffic {
 	for i := range st.shards {
 		sh := &st.shards[i]
 		t.packetsIn += sh.packetsIn.Load()
+		t.packetsOut += sh.packetsOut.Load()
 		t.wireIn += sh.wireIn.Load()
 		t.wireOut += sh.wireOut.Load()
 		for q := range 3 {
@@ -364,6 +371,7 @@ type Stats struct {
 	BytesReceived    int64
 	BytesSent        int64
 	PacketsReceived  int64
+	PacketsSent      int64
 	// ByQoS split the PUBLISH messages and their payload bytes by QoS
 	// (index 0, 1, 2).
 	MessagesReceivedByQoS [3]int64
@@ -415,6 +423,13 @@ type Stats struct {
 	// DroppedSessionEnd counts the queued and in-flight messages lost
 	// with a session that ended (expired, or replaced by a clean start).
 	DroppedSessionEnd int64
+	// SessionsExpired counts offline sessions ended by their expiry;
+	// SharedSubscriptions the members of shared subscriptions among
+	// Subscriptions; SocketsAccepted every socket accepted, before any
+	// check.
+	SessionsExpired     int64
+	SharedSubscriptions int64
+	SocketsAccepted     int64
 	// Authentications counts the results of authentication at CONNECT.
 	Authentications []AuthCount
 	// AuthzDecisions counts the Authorizer's decisions (requests its
@@ -487,6 +502,7 @@ func (s *Server) Stats() Stats {
 		BytesReceived:      t.wireIn,
 		BytesSent:          t.wireOut,
 		PacketsReceived:    t.packetsIn,
+		PacketsSent:        t.packetsOut,
 
 		MessagesReceivedByQoS: t.msgsIn,
 		MessagesSentByQoS:     t.msgsOut,
@@ -516,6 +532,9 @@ func (s *Server) Stats() Stats {
 		PersistFailures:      st.persistFailed.Load(),
 		StoreQuarantines:     int64(s.cfg.StoreQuarantines),
 		DroppedSessionEnd:    st.droppedSessionEnd.Load(),
+		SessionsExpired:      st.sessionsExpired.Load(),
+		SharedSubscriptions:  int64(s.index.SharedCount()),
+		SocketsAccepted:      int64(st.nextShard.Load()),
 
 		Authentications:      st.authCounts(),
 		AuthzDecisions:       st.authzDecisions(),
@@ -569,65 +588,4 @@ func (st *stats) tlsSnapshot() ([]TLSCount, map[string]int64) {
 		return cmp.Or(cmp.Compare(a.Version, b.Version), cmp.Compare(a.Group, b.Group))
 	})
 	return counts, maps.Clone(st.tlsFailedBy)
-}
-
-// sysLoop publishes $SYS topics every SysInterval.
-func (s *Server) sysLoop() {
-	t := time.NewTicker(s.cfg.SysInterval)
-	defer t.Stop()
-	s.publishSys()
-	for {
-		select {
-		case <-s.ctx.Done():
-			return
-		case <-t.C:
-			s.publishSys()
-		}
-	}
-}
-
-// publishSys publishes the $SYS tree as retained messages, with the topic
-// names Mosquitto uses where one exists.
-func (s *Server) publishSys() {
-	st := s.Stats()
-	i := func(v int64) string { return strconv.FormatInt(v, 10) }
-	topics := [][2]string{
-		{"$SYS/broker/version", s.cfg.Version},
-		{"$SYS/broker/uptime", strconv.FormatInt(int64(st.Uptime/time.Second), 10) + " seconds"},
-		{"$SYS/broker/clients/connected", i(st.ClientsConnected)},
-		{"$SYS/broker/clients/maximum", i(st.ClientsMaximum)},
-		{"$SYS/broker/clients/total", i(st.Sessions)},
-		{"$SYS/broker/clients/disconnected", i(max(st.Sessions-st.ClientsConnected, 0))},
-		{"$SYS/broker/connections/accepted", i(st.ClientsTotal)},
-		{"$SYS/broker/connections/refused", i(st.ConnectRefused + st.ConnectionsOverCap)},
-		{"$SYS/broker/connections/tls_failures", i(st.TLSFailures)},
-		{"$SYS/broker/connections/protocol_errors", i(st.ProtocolErrors)},
-		{"$SYS/broker/connections/revoked", i(st.RevokedDisconnects)},
-		{"$SYS/broker/messages/received", i(st.MessagesReceived)},
-		{"$SYS/broker/messages/sent", i(st.MessagesSent)},
-		{"$SYS/broker/messages/queued", i(st.Queued)},
-		{"$SYS/broker/messages/dropped", i(st.DroppedQueueFull)},
-		{"$SYS/broker/messages/dropped/slow_client", i(st.DroppedSlowClient)},
-		{"$SYS/broker/messages/dropped/oversize", i(st.DroppedOversize)},
-		{"$SYS/broker/messages/dropped/qos0_offline", i(st.DroppedQoS0Offline)},
-		{"$SYS/broker/messages/expired", i(st.Expired)},
-		{"$SYS/broker/bytes/received", i(st.BytesReceived)},
-		{"$SYS/broker/bytes/sent", i(st.BytesSent)},
-		{"$SYS/broker/subscriptions/count", i(st.Subscriptions)},
-		{"$SYS/broker/retained messages/count", i(st.Retained)},
-		{"$SYS/broker/panics", i(st.Panics)},
-		{"$SYS/broker/store/failures", i(st.PersistFailures)},
-		{"$SYS/broker/store/quarantined", i(st.StoreQuarantines)},
-		{"$SYS/broker/connections/refused_at_accept", i(st.AcceptRefused)},
-	}
-	if o, ok := s.cfg.Observer.(ObserverCounters); ok {
-		for name, v := range o.Counters() {
-			topics = append(topics, [2]string{"$SYS/broker/moat/" + name, i(v)})
-		}
-	}
-	now := s.cfg.Now()
-	for _, t := range topics {
-		p := &packet.Publish{Topic: t[0], Payload: []byte(t[1]), Retain: true}
-		s.publish(newMessage(p, "", now))
-	}
 }

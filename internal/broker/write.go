@@ -186,6 +186,7 @@ func (c *conn) flush() bool {
 
 // encode appends p, applying outbound topic aliases to PUBLISH.
 func (c *conn) encode(dst []byte, p packet.Packet) ([]byte, error) {
+	c.ctr.packetsOut.Add(1)
 	switch q := p.(type) {
 	case shortAck:
 		return packet.AppendShortAck(dst, q.typ, q.pid, q.code, c.version), nil
