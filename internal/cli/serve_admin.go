@@ -328,6 +328,8 @@ func (p *servePlan) metricsSnapshot(ap *adminPlan, bans *guard.File) metrics.Sna
 		BytesReceived:      st.BytesReceived,
 		BytesSent:          st.BytesSent,
 		PacketsReceived:    st.PacketsReceived,
+		PacketsSent:        st.PacketsSent,
+		SocketsAccepted:    st.SocketsAccepted,
 		Queued:             st.Queued,
 		Dropped: map[string]int64{
 			"queue_full": st.DroppedQueueFull, "qos0_offline": st.DroppedQoS0Offline, "slow_client": st.DroppedSlowClient,
@@ -335,7 +337,9 @@ func (p *servePlan) metricsSnapshot(ap *adminPlan, bans *guard.File) metrics.Sna
 			"session_ended": st.DroppedSessionEnd,
 		},
 		Sessions:             st.Sessions,
+		SessionsExpired:      st.SessionsExpired,
 		Subscriptions:        st.Subscriptions,
+		SharedSubscriptions:  st.SharedSubscriptions,
 		SubscriptionsRefused: st.SubscriptionsRefused,
 		SubscriptionsRevoked: st.SubscriptionsRevoked,
 		Retained:             st.Retained,

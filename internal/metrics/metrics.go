@@ -44,12 +44,16 @@ type Snapshot struct {
 	BytesReceived    int64
 	BytesSent        int64
 	PacketsReceived  int64
+	PacketsSent      int64
+	SocketsAccepted  int64
 	Queued           int64
 	// Dropped counts undelivered messages by reason.
 	Dropped map[string]int64
 
 	Sessions             int64
+	SessionsExpired      int64
 	Subscriptions        int64
+	SharedSubscriptions  int64
 	SubscriptionsRefused int64
 	SubscriptionsRevoked int64
 	Retained             int64
@@ -189,10 +193,14 @@ var (
 	dBytesIn        = desc("received_bytes_total", "Bytes of MQTT packets received from clients.")
 	dBytesOut       = desc("sent_bytes_total", "Bytes of MQTT packets sent to clients.")
 	dPacketsIn      = desc("packets_received_total", "MQTT packets received from clients.")
+	dPacketsOut     = desc("packets_sent_total", "MQTT packets sent to clients.")
+	dSockets        = desc("sockets_accepted_total", "Sockets accepted on the MQTT listeners, before any check.")
 	dQueued         = desc("messages_queued", "Messages waiting in session queues.")
 	dDropped        = desc("messages_dropped_total", "Messages not delivered, by reason.", "reason")
 	dSessions       = desc("sessions", "Sessions, connected and offline.")
+	dSessExpired    = desc("sessions_expired_total", "Offline sessions ended by their expiry.")
 	dSubs           = desc("subscriptions", "Subscriptions of all sessions.")
+	dSharedSubs     = desc("shared_subscriptions", "Members of shared subscriptions, among the subscriptions.")
 	dSubsRefused    = desc("subscriptions_refused_total", "Subscriptions refused by a subscription limit.")
 	dSubsRevoked    = desc("subscriptions_revoked_total", "Subscriptions removed because a changed access policy or a lost authentication no longer allows them.")
 	dRetained       = desc("retained_messages", "Retained messages stored.")
@@ -225,7 +233,7 @@ var (
 	dReadBudgetWait = desc("read_budget_waits_total", "Packet reads that waited for the read budget.")
 	dFIPS           = desc("fips_mode", "1 when the process runs in FIPS 140-3 mode.")
 	allDescs        = []*prometheus.Desc{dStart, dConns, dConnsMax, dConnsAccepted, dConnsRefused, dProtoErr, dRevoked,
-		dPanics, dMsgIn, dMsgOut, dPayloadIn, dPayloadOut, dBytesIn, dBytesOut, dPacketsIn, dQueued, dDropped, dSessions, dSubs,
+		dPanics, dMsgIn, dMsgOut, dPayloadIn, dPayloadOut, dBytesIn, dBytesOut, dPacketsIn, dPacketsOut, dSockets, dQueued, dDropped, dSessions, dSessExpired, dSubs, dSharedSubs,
 		dSubsRefused, dSubsRevoked, dRetained, dRetainedBytes, dRetainedRef, dAuthn, dAuthzDecisions, dAuthzDenials,
 		dTLSHandshakes, dTLSFail, dTLSConns, dServerCert, dClientCert, dCRLAge, dOCSPResponses, dOCSPStaple, dOCSPStapleNext,
 		dStoreLatency, dStoreTx, dStoreFsyncs, dStoreFailures, dStoreQuar, dPersistFail, dBans, dDetections, dThrottled,
@@ -277,12 +285,16 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	n(dBytesIn, s.BytesReceived)
 	n(dBytesOut, s.BytesSent)
 	n(dPacketsIn, s.PacketsReceived)
+	n(dPacketsOut, s.PacketsSent)
+	n(dSockets, s.SocketsAccepted)
 	g(dQueued, float64(s.Queued))
 	for r, v := range s.Dropped {
 		n(dDropped, v, r)
 	}
 	g(dSessions, float64(s.Sessions))
+	n(dSessExpired, s.SessionsExpired)
 	g(dSubs, float64(s.Subscriptions))
+	g(dSharedSubs, float64(s.SharedSubscriptions))
 	n(dSubsRefused, s.SubscriptionsRefused)
 	n(dSubsRevoked, s.SubscriptionsRevoked)
 	g(dRetained, float64(s.Retained))
