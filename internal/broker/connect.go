@@ -181,7 +181,7 @@ func (c *conn) connect(ctx context.Context, pkt *packet.Connect) bool {
 
 	// Keep alive against max_keepalive.
 	ka := pkt.KeepAlive
-	if max := s.cfg.MaxKeepAlive; max < 65535 && (ka == 0 || ka > max) {
+	if max := s.limits().MaxKeepAlive; max < 65535 && (ka == 0 || ka > max) {
 		if pkt.Version == packet.V5 {
 			st.serverKA = max
 			ka = max
@@ -282,7 +282,7 @@ func (c *conn) connect(ctx context.Context, pkt *packet.Connect) bool {
 	// Start the writer, then attach the session: from attach on, other
 	// goroutines may queue packets for this connection.
 	c.nc.SetDeadline(time.Time{})
-	if max := s.cfg.MaxSessions; max > 0 && s.sessionCount.Load() >= int64(max) && s.lookup(st.clientID) == nil {
+	if max := s.limits().MaxSessions; max > 0 && s.sessionCount.Load() >= int64(max) && s.lookup(st.clientID) == nil {
 		return c.refuse(pkt, packet.QuotaExceeded, "the server holds its maximum number of sessions")
 	}
 
