@@ -23,6 +23,7 @@ import (
 	"github.com/moatmq/moat/internal/guard"
 	"github.com/moatmq/moat/internal/metrics"
 	"github.com/moatmq/moat/internal/pki"
+	"github.com/moatmq/moat/internal/tlsconf"
 )
 
 // adminPlan is the admin listener of `moat serve --admin ADDR` (or YAML
@@ -72,6 +73,21 @@ func (p *servePlan) startAdmin(ctx context.Context, ap *adminPlan) (stop func(),
 		return nil, fmt.Errorf("serve: %w", err)
 	}
 	bans := &guard.File{Path: filepath.Join(p.cfg.DataDir, guard.BansFileName)}
+	var (
+		tc         *tls.Config
+		verifyCert func(context.Context, []*x509.Certificate) error
+		closeTLS   = func() {}
+	)
+	if ap.certFile != "" {
+		if tc, verifyCert, closeTLS, err = p.adminTLS(ap); err != nil {
+			return nil, err
+		}
+	}
+	defer func() {
+		if err != nil {
+			closeTLS()
+		}
+	}()
 	h, err := admin.New(admin.Config{
 		Broker:       p.srv,
 		Tokens:       tokens,
@@ -85,8 +101,9 @@ func (p *servePlan) startAdmin(ctx context.Context, ap *adminPlan) (stop func(),
 			_, err := p.reloadConfig()
 			return err
 		},
-		Posture: func() admin.Posture { return p.adminPosture(ap) },
-		Metrics: metrics.Handler(metrics.SourceFunc(func() metrics.Snapshot { return p.metricsSnapshot(ap, bans) })),
+		Posture:          func() admin.Posture { return p.adminPosture(ap) },
+		Metrics:          metrics.Handler(metrics.SourceFunc(func() metrics.Snapshot { return p.metricsSnapshot(ap, bans) })),
+		VerifyClientCert: verifyCert,
 		// Auditor stays nil: moat serve does not open the audit log yet,
 		// so changes are recorded in the broker's log only.
 		Logger: p.log,
@@ -99,18 +116,11 @@ func (p *servePlan) startAdmin(ctx context.Context, ap *adminPlan) (stop func(),
 		return nil, fmt.Errorf("serve: admin listener: %w", err)
 	}
 	scheme := "http"
-	if ap.certFile != "" {
-		kp := &keyPairFiles{cert: ap.certFile, key: ap.keyFile}
-		if _, err := kp.get(nil); err != nil {
-			ln.Close()
-			return nil, fmt.Errorf("serve: admin listener certificate: %w", err)
-		}
-		tc := &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: kp.get, NextProtos: []string{"h2", "http/1.1"}}
+	if tc != nil {
 		scheme = "https"
 		if admin.IsLoopback(ap.addr) {
 			// On loopback, where plain HTTP is accepted anyway, both
 			// work on the one port.
-			tc.NextProtos = []string{"http/1.1"}
 			ln = newDualListener(ln, tc)
 			scheme = "https (and http)"
 		} else {
@@ -142,7 +152,62 @@ func (p *servePlan) startAdmin(ctx context.Context, ap *adminPlan) (stop func(),
 		stopCtx()
 		srv.Close()
 		wg.Wait()
+		closeTLS()
 	}, nil
+}
+
+// adminTLS is the admin listener's TLS configuration. With the built-in
+// CA in the data directory, it is a tlsconf.Manager that asks for a client
+// certificate (optional: token clients send none) and verifies one against
+// the CA and its CRL; verify checks it again on every request, so a
+// certificate revoked while its connection stays open is refused at once.
+// Without the CA, it serves the certificate alone and verify is nil.
+// closeTLS releases what it started.
+func (p *servePlan) adminTLS(ap *adminPlan) (tc *tls.Config, verify func(context.Context, []*x509.Certificate) error, closeTLS func(), err error) {
+	// HTTP/2 only where the port speaks TLS alone (the dual listener
+	// reads the first bytes itself).
+	protos := []string{"h2", "http/1.1"}
+	if admin.IsLoopback(ap.addr) {
+		protos = []string{"http/1.1"}
+	}
+	dir := filepath.Join(p.cfg.DataDir, "ca")
+	if p.zero != nil {
+		dir = p.zero.caDir
+	}
+	caFile := filepath.Join(dir, "ca.pem")
+	if _, err := os.Stat(caFile); err != nil {
+		kp := &keyPairFiles{cert: ap.certFile, key: ap.keyFile}
+		if _, err := kp.get(nil); err != nil {
+			return nil, nil, nil, fmt.Errorf("serve: admin listener certificate: %w", err)
+		}
+		p.log.Info("admin: no built-in CA in the data directory: bearer tokens only, no admin client certificates", "ca", caFile)
+		return &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: kp.get, NextProtos: protos}, nil, func() {}, nil
+	}
+	lc := tlsconf.ListenerConfig{
+		Name:         "admin",
+		Certificates: []tlsconf.KeyPair{{CertFile: ap.certFile, KeyFile: ap.keyFile}},
+		CAFile:       caFile,
+		ClientAuth:   tlsconf.ClientAuthOptional,
+		NextProtos:   protos,
+		Logger:       p.log,
+	}
+	if crl := filepath.Join(dir, "crl.pem"); fileExists(crl) {
+		lc.CRLFiles = []string{crl}
+		if p.crls != nil {
+			lc.CRLRenewers = p.crls.renewers("admin", lc.CRLFiles)
+		}
+	}
+	mgr, err := tlsconf.New(lc)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("serve: admin listener TLS: %w", err)
+	}
+	p.log.Info("admin: client certificates of the built-in CA with a role are accepted",
+		"ca", caFile, "crl", lc.CRLFiles, "role_uri", admin.CertRoleURIPrefix+"viewer|operator")
+	verify = func(ctx context.Context, chain []*x509.Certificate) error {
+		_, err := mgr.VerifyChain(ctx, chain)
+		return err
+	}
+	return mgr.TLSConfig(), verify, func() { mgr.Close() }, nil
 }
 
 // keyPairFiles serves a certificate and key from files, reloading them
