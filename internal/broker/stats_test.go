@@ -323,3 +323,29 @@ func TestStatsDroppedWithSession(t *testing.T) {
 		t.Fatalf("dropped with the session %d, queued %d; want 3 and 0", st.DroppedSessionEnd, st.Queued)
 	}
 }
+
+// BenchmarkStats is the broker's share of one scrape with 100 connected
+// clients: Stats (the 64 counter shards, the sessions) and Clients (the
+// per-connection view the TLS gauges are counted from).
+func BenchmarkStats(b *testing.B) {
+	s, addr := testServer(b, Config{})
+	for i := range 100 {
+		benchSubscriber(b, addr, fmt.Sprintf("c%d", i), "t/#", 0)
+	}
+	checkFor(b, 5*time.Second, func() error {
+		if n := s.Stats().ClientsConnected; n != 100 {
+			return fmt.Errorf("%d connected", n)
+		}
+		return nil
+	})
+	b.Run("Stats", func(b *testing.B) {
+		for b.Loop() {
+			s.Stats()
+		}
+	})
+	b.Run("Clients", func(b *testing.B) {
+		for b.Loop() {
+			s.Clients()
+		}
+	})
+}

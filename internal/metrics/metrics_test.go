@@ -134,3 +134,19 @@ func TestEveryMetricDocumented(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkScrape is the metrics package's share of one scrape: a full
+// snapshot collected, formatted and written, with the Go runtime and
+// process collectors.
+func BenchmarkScrape(b *testing.B) {
+	s := fullSnapshot()
+	h := Handler(SourceFunc(func() Snapshot { return s }))
+	req := httptest.NewRequest("GET", "/metrics", nil)
+	for b.Loop() {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if rec.Code != 200 {
+			b.Fatal(rec.Code)
+		}
+	}
+}
