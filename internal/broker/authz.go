@@ -253,6 +253,7 @@ func (s *Server) retainSourceAllowed(m *Message) (Decision, bool) {
 // (one per message a subscription matched) are always at debug level.
 func (s *Server) denied(c *Client, a Action, topic string, d Decision, what string) {
 	s.stats.authzDenied.Add(1)
+	s.stats.countDenial(what, d)
 	level := slog.LevelInfo
 	if a == ActionReceive {
 		level = slog.LevelDebug

@@ -40,7 +40,8 @@ type conn struct {
 	srv *Server
 	nc  net.Conn // its methods are safe for concurrent use
 	lst *listenerState
-	obs ConnObserver // the Observer's, set by the accept loop before serve starts
+	ctr *counterShard // the publish path's counters (stats.go)
+	obs ConnObserver  // the Observer's, set by the accept loop before serve starts
 	// log is fixed at CONNECT (it gains the client ID there).
 	log *slog.Logger
 	// Reader-owned. in is the read buffer and decoder; nil while the
@@ -165,6 +166,7 @@ func (s *Server) newConn(nc net.Conn, lst *listenerState) *conn {
 		srv:    s,
 		nc:     nc,
 		lst:    lst,
+		ctr:    s.stats.shard(),
 		obs:    nopConnObserver{},
 		done:   make(chan struct{}),
 		killed: make(chan struct{}),

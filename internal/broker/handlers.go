@@ -13,8 +13,7 @@ import (
 // authorization, routing and the acknowledgement flow.
 func (c *conn) handlePublish(p *packet.Publish) bool {
 	s := c.srv
-	s.stats.messagesIn.Add(1)
-	s.stats.bytesIn.Add(int64(len(p.Payload)))
+	c.ctr.publishIn(p.QoS, len(p.Payload))
 
 	if c.version == packet.V5 {
 		if len(p.Properties.SubscriptionIDs) > 0 {
@@ -58,7 +57,7 @@ func (c *conn) handlePublish(p *packet.Publish) bool {
 		// Retain Available 0 was announced [MQTT 5.0 §3.2.2.3.5].
 		return c.protocolError(packet.RetainNotSupported, "retained messages are not available")
 	}
-	if lim := s.cfg.MessageSizeLimit; lim > 0 && uint32(len(p.Payload)) > lim {
+	if lim := s.limits().MessageSizeLimit; lim > 0 && uint32(len(p.Payload)) > lim {
 		if c.version == packet.V5 {
 			return c.protocolError(packet.PacketTooLarge, "payload exceeds the message size limit")
 		}
@@ -230,15 +229,15 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 			// Every subscription costs index memory: a client cannot
 			// add them without bound, in number or in bytes.
 			n, b := c.sess.subs.Add(1), c.sess.subBytes.Add(int64(len(req.Filter)))
-			if n > int64(s.cfg.MaxSubscriptions) || b > int64(s.cfg.MaxSubscriptionBytes) {
+			if lim := s.limits(); n > int64(lim.MaxSubscriptions) || b > int64(lim.MaxSubscriptionBytes) {
 				s.index.Unsubscribe(sub.ClientID, sub.Group, sub.Filter)
 				c.sess.subs.Add(-1)
 				c.sess.subBytes.Add(-int64(len(req.Filter)))
 				s.stats.subsRefused.Add(1)
 				c.log.Info("broker: subscription refused: too many subscriptions", "filter", req.Filter,
-					"max", s.cfg.MaxSubscriptions, "max_bytes", s.cfg.MaxSubscriptionBytes)
+					"max", lim.MaxSubscriptions, "max_bytes", lim.MaxSubscriptionBytes)
 				codes[i] = packet.QuotaExceeded
-				problem = cmp.Or(problem, fmt.Sprintf("at most %d subscriptions or %d bytes of filters per session", s.cfg.MaxSubscriptions, s.cfg.MaxSubscriptionBytes))
+				problem = cmp.Or(problem, fmt.Sprintf("at most %d subscriptions or %d bytes of filters per session", lim.MaxSubscriptions, lim.MaxSubscriptionBytes))
 				continue
 			}
 		}

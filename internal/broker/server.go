@@ -59,6 +59,8 @@ type Server struct {
 	authorizer Authorizer
 	authzGen   atomic.Uint64
 	persist    Persistence // nil: state in memory only
+
+	lim atomic.Pointer[Limits] // the limits in force (livelimits.go)
 }
 
 type listenerState struct {
@@ -96,11 +98,13 @@ func New(cfg Config) (*Server, error) {
 		readBudget: &byteBudget{size: c.ReadBudget},
 		persist:    c.Persistence,
 	}
+	s.lim.Store(limitsOf(&c))
 	s.authorizer = c.Authorizer
 	if s.authorizer == nil {
 		s.authorizer = AllowAll
 		s.log.Warn("broker: no Authorizer: every client may publish and subscribe to every topic")
 	}
+	s.authorizer = countedAuthorizer{s.authorizer, &s.stats}
 	// After the Authorizer: a will whose time passed while the broker was
 	// down is published (and authorized) during recovery.
 	if s.persist != nil {
@@ -236,7 +240,7 @@ func isTemporary(err error) bool {
 
 // admit reserves a connection slot on st, honouring both caps.
 func (s *Server) admit(st *listenerState) bool {
-	if n := s.conns0.Add(1); s.cfg.MaxConnections > 0 && n > int64(s.cfg.MaxConnections) {
+	if n, max := s.conns0.Add(1), s.limits().MaxConnections; max > 0 && n > int64(max) {
 		s.conns0.Add(-1)
 		return false
 	}
@@ -406,7 +410,7 @@ func (s *Server) attach(c *conn, st *connectState) (*session, bool, string) {
 			s.persist.Persist([]Change{{Kind: ChangePutSession, Session: s.storedSessionLocked(sess, c.version, false)}},
 				func(err error) { c.sessStored <- err })
 		}
-		sess.inflightLimit = s.cfg.MaxInflight
+		sess.inflightLimit = s.limits().MaxInflight
 		sess.maxPacket = 0
 		if c.version == packet.V5 {
 			if rm := st.pkt.Properties.ReceiveMaximum; st.pkt.Properties.Has(packet.PropReceiveMaximum) && int(rm) < sess.inflightLimit {
@@ -496,6 +500,7 @@ func (s *Server) endSessionLocked(sess *session) func() {
 		}
 	}
 	s.stats.queued.Add(-int64(len(sess.queue)))
+	s.stats.droppedSessionEnd.Add(lostWithSession(sess.queue, sess.inflight))
 	sess.queue, sess.inflight = nil, nil
 	var willMsg *Message
 	var willFrom *Client
@@ -647,6 +652,7 @@ func (s *Server) expire(sess *session) {
 	var will func()
 	if offline && s.lookup(sess.id) == sess {
 		s.log.Debug("broker: session expired", "client", sess.id)
+		s.stats.sessionsExpired.Add(1)
 		will = s.endSessionLocked(sess)
 	}
 	s.sessMu.Unlock()
@@ -713,7 +719,7 @@ func (s *Server) queueFull(id string, d *delivery) {
 	// the log too.
 	if n == 1 || n%1000 == 0 {
 		s.log.Warn("broker: session queue full; message dropped", "client", id, "topic", d.msg.Topic, "qos", d.qos,
-			"max_queued", s.cfg.MaxQueued, "dropped_total", n)
+			"max_queued", s.limits().MaxQueued, "dropped_total", n)
 	}
 }
 

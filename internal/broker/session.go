@@ -233,7 +233,7 @@ func (s *session) startLocked(c *conn, d *delivery, b *pbatch) {
 }
 
 func (s *session) enqueueLocked(srv *Server, d *delivery) bool {
-	if len(s.queue) >= srv.cfg.MaxQueued && !s.dropExpiredLocked(srv) {
+	if len(s.queue) >= srv.limits().MaxQueued && !s.dropExpiredLocked(srv) {
 		srv.queueFull(s.id, d)
 		return false
 	}
@@ -260,7 +260,7 @@ func (s *session) dropExpiredLocked(srv *Server) bool {
 	s.queue = kept
 	srv.stats.queued.Add(-int64(n))
 	srv.stats.expired.Add(int64(n))
-	return len(s.queue) < srv.cfg.MaxQueued
+	return len(s.queue) < srv.limits().MaxQueued
 }
 
 // fillLocked moves queued messages into flight while there is room.

@@ -54,6 +54,13 @@ func createToken(t *testing.T, dir, name, role string) string {
 
 func startAdminEnv(t *testing.T) *adminEnv {
 	t.Helper()
+	return startAdminEnvWith(t, "")
+}
+
+// startAdminEnvWith is startAdminEnv with more YAML at the end of the
+// configuration file.
+func startAdminEnvWith(t *testing.T, extra string) *adminEnv {
+	t.Helper()
 	e := &adminEnv{dir: t.TempDir(), mqtt: freePort(t)}
 	e.data = filepath.Join(e.dir, "data")
 	adminPort := freePort(t)
@@ -68,7 +75,7 @@ func startAdminEnv(t *testing.T) *adminEnv {
 data_dir: data
 admin:
   listen: 127.0.0.1:%d
-`, e.mqtt, adminPort))
+`, e.mqtt, adminPort)+extra)
 	e.viewer = createToken(t, e.dir, "ci-viewer", "viewer")
 	e.operator = createToken(t, e.dir, "ci-operator", "operator")
 	if fi, err := os.Stat(filepath.Join(e.data, "admin-tokens.json")); err != nil || fi.Mode().Perm() != 0o600 {

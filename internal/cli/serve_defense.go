@@ -581,3 +581,11 @@ func (d *defense) reloaded(changed []string, err error) {
 	d.record(audit.TypeConfigReload, audit.String("reason", "reload requested"), audit.String("result", "applied"),
 		audit.String("changed", strings.Join(changed, ",")))
 }
+
+// guard returns the guard, nil when defense is off. d may be nil.
+func (d *defense) guard() *guard.Guard {
+	if d == nil {
+		return nil
+	}
+	return d.g
+}

@@ -24,6 +24,7 @@ import (
 	"github.com/moatmq/moat/internal/listener"
 	"github.com/moatmq/moat/internal/packet"
 	"github.com/moatmq/moat/internal/pki"
+	"github.com/moatmq/moat/internal/store"
 	"github.com/moatmq/moat/internal/tlsconf"
 )
 
@@ -61,6 +62,8 @@ type servePlan struct {
 	crls        *caCRLs     // nil for --check: it re-signs CRLs
 	admin       *adminPlan  // nil: no admin API (serve_admin.go)
 	live        *liveConfig // serve only: what a reload needs (serve_reload.go)
+
+	store *store.Store // the durable store; nil when persistence is off (serve_store.go)
 
 	warnings []string // to log (serve) or print (--check)
 	notes    []string // what serve does at start that --check does not (creating the built-in CA)

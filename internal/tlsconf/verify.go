@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -82,6 +83,23 @@ func (e *VerifyError) Error() string {
 		s += ": " + e.Detail
 	}
 	return s
+}
+
+// HandshakeFailure names the refusal in the few words a metric label
+// carries: "certificate_revoked", "certificate_expired",
+// "certificate_untrusted", "certificate_missing", "cipher_suite", ...
+// The broker counts failed handshakes by it.
+func (e *VerifyError) HandshakeFailure() string {
+	switch e.Reason {
+	case ReasonCipherSuite:
+		return "cipher_suite"
+	case ReasonNoCertificate:
+		return "certificate_missing"
+	}
+	if n, ok := reasonNames[e.Reason]; ok {
+		return "certificate_" + strings.ReplaceAll(n, "-", "_")
+	}
+	return "certificate"
 }
 
 func certError(r Reason, c *x509.Certificate, format string, a ...any) *VerifyError {
