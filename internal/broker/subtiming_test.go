@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/tls"
 	"net"
+	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
@@ -139,4 +141,32 @@ func dialRawTLS(t testing.TB, addr string, v packet.Version) *rawClient {
 	r := packet.NewReader(tc, 0)
 	r.SetVersion(v)
 	return &rawClient{t: t, nc: tc, r: r, v: v}
+}
+
+// TestSubscribeTakesEffectOnArrivalPaho runs the same check with the
+// Eclipse Paho Python client (Debian's python3-paho-mqtt), the way an
+// independent conformance suite does: B's subscribe() writes SUBSCRIBE and
+// returns without waiting for SUBACK, then A's publish() writes PUBLISH
+// (testdata/subtiming.py). Mosquitto delivers 20 of 20 there.
+func TestSubscribeTakesEffectOnArrivalPaho(t *testing.T) {
+	const py = "/usr/bin/python3"
+	if err := exec.Command(py, "-c", "import paho.mqtt.client").Run(); err != nil {
+		t.Skip("python3-paho-mqtt not installed (make test installs it)")
+	}
+	_, addr := testServer(t, Config{})
+	waitKernelStamps(t)
+	host, port, _ := net.SplitHostPort(addr)
+	for _, mode := range []string{"new", "connected"} {
+		for _, version := range []string{"3", "5"} {
+			t.Run(mode+" v"+version, func(t *testing.T) {
+				out, err := exec.Command(py, "testdata/subtiming.py", host, port, mode, version).CombinedOutput()
+				if err != nil {
+					t.Fatalf("subtiming.py: %v\n%s", err, out)
+				}
+				if got := strings.TrimSpace(string(out)); got != "delivered 20 of 20" {
+					t.Errorf("%s; want delivered 20 of 20", got)
+				}
+			})
+		}
+	}
 }
