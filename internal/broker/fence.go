@@ -20,41 +20,42 @@ import (
 // recent messages (recent.go) before it is matched. Once a SUBSCRIBE's
 // subscriptions are in the index, the record is searched for messages
 // that match them and arrived after the SUBSCRIBE: those were published
-// after it, and if routing did not deliver them to the session they are
-// delivered now, as routing would have (the same authorization, QoS, Retain
-// As Published, subscription identifiers and No Local).
+// after it, and routing may have matched them before the subscriptions
+// were there. They are delivered now, as routing would have (the same
+// authorization, QoS, Retain As Published, subscription identifiers and
+// No Local), unless they reached the session already:
 //
-// A session's fence makes that exactly once and in order:
+//   - Through another subscription. When a subscription of the session
+//     that this SUBSCRIBE did not make matches the message, routing
+//     delivered the message through it (the subscription was in place when
+//     the message was matched, or an earlier SUBSCRIBE's replay delivered
+//     it, since the message arrived after that SUBSCRIBE too). A
+//     subscription this SUBSCRIBE replaced, or one the client removed and
+//     makes again while the fence stands, counts as another one.
+//   - Through the new subscriptions themselves. From the first
+//     subscription a SUBSCRIBE installs until its replays are done,
+//     routed deliveries to the session are held back, in order: a message
+//     routed through a new subscription is among them, and is not
+//     replayed; the held ones are released after the replays, since they
+//     are younger than any replayed one, so messages of one publisher on
+//     one topic keep their order [MQTT-4.6.0-6]. A replayed message is
+//     claimed, so that routing that matched it and is late to deliver it
+//     drops it.
 //
-//   - Claims. While the fence stands, every delivery to the session of a
-//     recorded message claims it (per shared subscription for shared
-//     ones), whether routing or a replay makes it; the second claim of the
-//     same message is a duplicate and is dropped. A retained message sent
-//     from the store on subscription is claimed as such: routing does not
-//     deliver it live a moment later, but a later SUBSCRIBE sends it from
-//     the store again as the protocol asks [MQTT-3.8.4-3].
-//   - New subscriptions. A replay is for subscriptions installed while the
-//     fence stands. When the session had another matching subscription
-//     before (installed before the fence, or removed and made again), the
-//     message was delivered through it, perhaps before any claim was
-//     taken; it is not replayed.
-//   - Holding. From the first subscription a SUBSCRIBE installs until its
-//     replays are done, routed deliveries to the session are held in
-//     order and released after the replays: a message routed through the
-//     new subscription is younger than any replayed one, and messages of
-//     one publisher on one topic keep their order [MQTT-4.6.0-6].
+// A retained message sent from the store on subscription is claimed as
+// such, so that routing does not deliver it live as well; one that is
+// replayed or held is not sent from the store.
 //
-// A fence lasts recentWindow after the session's last SUBSCRIBE or
-// UNSUBSCRIBE; the record keeps messages no longer than that, so a
-// subscription installed under an earlier fence was in the index when any
-// message still recorded was routed. Routing pays for the fence only for
-// sessions that have one: a claim (a map entry) per delivery.
+// A session's fence holds this state (under session.mu). It lasts
+// recentWindow after the session's last SUBSCRIBE or UNSUBSCRIBE, as long
+// as the record keeps a message. Routing pays for it a nil check per
+// delivery, and for a session that has one a check of the fence.
 
-// maxFenceClaims bounds the claims of one fence. A session that receives
-// more messages than this within recentWindow of subscribing gets no
-// further replays from this fence (what it missed stays missed, as it
-// would without a fence), and its deliveries take claims only while a
-// SUBSCRIBE holds them.
+// maxFenceClaims bounds the claims of one fence (replayed messages and
+// retained messages sent, within recentWindow). A client that subscribes
+// again and again while many messages arrive gets no further replays from
+// this fence once it is reached (and a retained message sent from the
+// store may then also come live, as without a fence).
 const maxFenceClaims = 4096
 
 // maxReleaseRounds bounds how often a SUBSCRIBE releases the deliveries
@@ -67,13 +68,13 @@ const maxReleaseRounds = 64
 type subFence struct {
 	// until is when the fence lapses (Unix nanoseconds, arrival times).
 	until int64
-	// installed: subscriptions (group, filter) installed while the fence
-	// stands; removed: older ones removed while it stands.
-	installed map[shareKey]struct{}
-	removed   map[shareKey]struct{}
-	// claims holds the recorded messages delivered while the fence
-	// stands, with their arrival times.
+	// removed: subscriptions (group, filter) removed while the fence
+	// stands.
+	removed map[shareKey]struct{}
+	// claims holds the recorded messages replayed or sent from the
+	// retained store while the fence stands, with their arrival times.
 	claims  map[claimKey]int64
+	ids     map[uint64]int // claims per recentID, for routing's quick check
 	pruneAt int
 	latest  int64 // the latest arrival time claimed
 	// full: claims reached maxFenceClaims; no further replays.
@@ -124,20 +125,17 @@ func (sess *session) fenceLocked(now int64) *subFence {
 
 // admit runs when routing is about to deliver msg to the session (the
 // caller holds sess.mu). It reports false when the delivery is not to be
-// made now: it is a duplicate, or it was held back for a SUBSCRIBE in
-// progress, which makes it later.
+// made now: a replay or the retained store delivered msg already, or it is
+// held back for a SUBSCRIBE in progress, which makes it later.
 func (f *subFence) admit(sess *session, msg *Message, qos byte, rap bool, ids []uint32, share *shareKey) bool {
 	if !f.holding && msg.arrived > f.until {
 		sess.fence = nil // lapsed
 		return true
 	}
-	if msg.recentID != 0 {
-		k := claimKey{id: msg.recentID, share: keyOf(share)}
-		if _, dup := f.claims[k]; dup || (share == nil && f.sentRetained(msg)) {
+	if _, claimed := f.ids[msg.recentID]; claimed && msg.recentID != 0 {
+		if f.has(claimKey{id: msg.recentID, share: keyOf(share)}) ||
+			(share == nil && f.has(claimKey{id: msg.recentID, retained: true})) {
 			return false
-		}
-		if f.holding || !f.full {
-			f.claim(k, msg.arrived)
 		}
 	}
 	if f.holding {
@@ -147,80 +145,65 @@ func (f *subFence) admit(sess *session, msg *Message, qos byte, rap bool, ids []
 	return true
 }
 
+func (f *subFence) has(k claimKey) bool {
+	_, ok := f.claims[k]
+	return ok
+}
+
 // claim records k, forgetting claims older than the record keeps
-// messages when the map has grown.
-func (f *subFence) claim(k claimKey, at int64) {
-	if f.claims == nil {
-		f.claims = make(map[claimKey]int64)
+// messages when the map has grown. It reports false, recording nothing,
+// once the fence is full.
+func (f *subFence) claim(k claimKey, at int64) bool {
+	if f.full {
+		return false
 	}
-	f.claims[k] = at
 	f.latest = max(f.latest, at)
-	if len(f.claims) > f.pruneAt {
+	if n := len(f.claims); n >= f.pruneAt || n >= maxFenceClaims {
 		old := f.latest - recentWindow
 		for k, t := range f.claims {
 			if t < old {
 				delete(f.claims, k)
+				if f.ids[k.id]--; f.ids[k.id] == 0 {
+					delete(f.ids, k.id)
+				}
 			}
 		}
-		f.full = f.full || len(f.claims) >= maxFenceClaims
 		f.pruneAt = max(2*len(f.claims), 64)
+		if len(f.claims) >= maxFenceClaims {
+			f.full = true
+			return false
+		}
 	}
-}
-
-// tryClaim claims k unless it is claimed already, and reports whether it
-// did.
-func (f *subFence) tryClaim(k claimKey, at int64) bool {
-	if _, dup := f.claims[k]; dup {
-		return false
+	if f.claims == nil {
+		f.claims = make(map[claimKey]int64)
+		f.ids = make(map[uint64]int)
 	}
-	f.claim(k, at)
+	if _, dup := f.claims[k]; !dup {
+		f.ids[k.id]++
+	}
+	f.claims[k] = at
 	return true
 }
 
-// sentRetained reports whether msg was sent from the retained store on a
-// subscription while the fence stands.
-func (f *subFence) sentRetained(msg *Message) bool {
-	_, ok := f.claims[claimKey{id: msg.recentID, retained: true}]
-	return ok
-}
-
-// install notes that key was put in the index (existed: it replaced a
-// subscription of the same key) and reports whether it counts as new.
-func (f *subFence) install(key shareKey, existed bool) bool {
-	if _, gone := f.removed[key]; gone {
-		return false
+// isHeld reports whether a delivery of msg through share is held back.
+func (f *subFence) isHeld(msg *Message, share shareKey) bool {
+	for _, h := range f.held {
+		if h.msg == msg && keyOf(h.share) == share {
+			return true
+		}
 	}
-	if _, ok := f.installed[key]; ok {
-		return true
-	}
-	if existed {
-		return false
-	}
-	if f.installed == nil {
-		f.installed = make(map[shareKey]struct{})
-	}
-	f.installed[key] = struct{}{}
-	return true
-}
-
-// uninstall notes that key was removed from the index.
-func (f *subFence) uninstall(key shareKey) {
-	if _, ok := f.installed[key]; ok {
-		// Deliveries through it were claimed: made again, it is new.
-		delete(f.installed, key)
-		return
-	}
-	if f.removed == nil {
-		f.removed = make(map[shareKey]struct{})
-	}
-	f.removed[key] = struct{}{}
+	return false
 }
 
 // fenceUnsubscribed runs after an UNSUBSCRIBE removed (group, filter).
 func (c *conn) fenceUnsubscribed(group, filter string) {
 	sess := c.sess
 	sess.mu.Lock()
-	sess.fenceLocked(time.Now().UnixNano()).uninstall(shareKey{group, filter})
+	f := sess.fenceLocked(time.Now().UnixNano())
+	if f.removed == nil {
+		f.removed = make(map[shareKey]struct{})
+	}
+	f.removed[shareKey{group, filter}] = struct{}{}
 	sess.mu.Unlock()
 }
 
@@ -228,12 +211,13 @@ func (c *conn) fenceUnsubscribed(group, filter string) {
 // beforeInstall and installed around every subscription put in the index,
 // then scan, retainedDup for each retained message sent, and finish
 // (deferred, so that held deliveries are released whatever happens).
+// Only the connection's reader uses it.
 type subscribeFence struct {
-	c       *conn
-	at      int64     // when the SUBSCRIBE arrived
-	f       *subFence // nil until the first subscription is installed
-	filters []string  // filters of the subscriptions new to the fence
-	cands   []recentEntry
+	c     *conn
+	at    int64     // when the SUBSCRIBE arrived
+	f     *subFence // nil until the first subscription is installed
+	news  map[shareKey]struct{}
+	cands []recentEntry
 }
 
 func (c *conn) beginSubscribe() *subscribeFence {
@@ -253,21 +237,30 @@ func (sf *subscribeFence) beforeInstall() {
 	sess.mu.Unlock()
 }
 
-// installed runs once sub is in the index for good.
+// installed runs once sub is in the index for good; existed: it replaced
+// a subscription of the same key.
 func (sf *subscribeFence) installed(sub topic.Subscription, existed bool) {
+	key := shareKey{sub.Group, sub.Filter}
+	if _, again := sf.news[key]; existed && !again {
+		return
+	}
 	sess := sf.c.sess
 	sess.mu.Lock()
-	isNew := sf.f.install(shareKey{sub.Group, sub.Filter}, existed)
+	_, removed := sf.f.removed[key]
 	sess.mu.Unlock()
-	if isNew {
-		sf.filters = append(sf.filters, sub.Filter)
+	if removed {
+		return
 	}
+	if sf.news == nil {
+		sf.news = make(map[shareKey]struct{})
+	}
+	sf.news[key] = struct{}{}
 }
 
 // scan finds the recorded messages the new subscriptions may have missed:
 // those that match them and arrived after the SUBSCRIBE, oldest first.
 func (sf *subscribeFence) scan() {
-	if sf.f == nil || len(sf.filters) == 0 {
+	if len(sf.news) == 0 {
 		return
 	}
 	sess := sf.c.sess
@@ -277,7 +270,11 @@ func (sf *subscribeFence) scan() {
 	if full {
 		return
 	}
-	sf.cands = sf.c.srv.recent.since(sf.at, time.Now().UnixNano(), sf.filters, nil)
+	filters := make([]string, 0, len(sf.news))
+	for k := range sf.news {
+		filters = append(filters, k.filter)
+	}
+	sf.cands = sf.c.srv.recent.since(sf.at, time.Now().UnixNano(), filters, nil)
 	slices.SortFunc(sf.cands, func(a, b recentEntry) int {
 		return cmp.Or(cmp.Compare(a.at, b.at), cmp.Compare(a.msg.recentID>>recentShardBits, b.msg.recentID>>recentShardBits))
 	})
@@ -285,8 +282,8 @@ func (sf *subscribeFence) scan() {
 
 // retainedDup reports whether the retained message m is not to be sent
 // from the store: it arrived after the SUBSCRIBE and is replayed live, or
-// routing delivered it live already. Otherwise it notes that m is sent
-// from the store, so that routing does not deliver it live as well.
+// routing is delivering it live. Otherwise it notes that m is sent from
+// the store, so that routing does not deliver it live as well.
 func (sf *subscribeFence) retainedDup(m *Message) bool {
 	if sf.f == nil || m.recentID == 0 || m.arrived < sf.at-recentWindow {
 		// Not recorded, or routed long ago: routing cannot be
@@ -301,7 +298,7 @@ func (sf *subscribeFence) retainedDup(m *Message) bool {
 	sess := sf.c.sess
 	sess.mu.Lock()
 	defer sess.mu.Unlock()
-	if _, live := sf.f.claims[claimKey{id: m.recentID}]; live {
+	if sf.f.isHeld(m, shareKey{}) {
 		return true
 	}
 	sf.f.claim(claimKey{id: m.recentID, retained: true}, m.arrived)
@@ -353,26 +350,17 @@ func (sf *subscribeFence) replay(m *Message) {
 	}()
 	mb.subs, mb.groups = s.index.Match(m.Topic, mb.subs[:0], mb.groups[:0])
 	id := sess.id
-	f := sf.f
 
 	// The session's non-shared subscriptions, combined as route does.
 	var qos byte
-	rap, matched, all := false, false, true
+	rap, matched, onlyNew := false, false, true
 	var ids []uint32
-	type sharedReplay struct {
-		sub topic.Subscription
-		key shareKey
-	}
-	var shared []sharedReplay
-
-	sess.mu.Lock()
-	cl := sess.client
 	for _, sub := range mb.subs {
 		if sub.ClientID != id {
 			continue
 		}
-		if _, ok := f.installed[shareKey{filter: sub.Filter}]; !ok {
-			all = false // an older subscription matched: routing delivered it
+		if _, ok := sf.news[shareKey{filter: sub.Filter}]; !ok {
+			onlyNew = false // another subscription matched: delivered through it
 			break
 		}
 		if sub.NoLocal && id == m.From {
@@ -385,7 +373,17 @@ func (sf *subscribeFence) replay(m *Message) {
 			ids = append(ids, sub.ID)
 		}
 	}
-	plain := all && matched && !f.sentRetained(m) && f.tryClaim(claimKey{id: m.recentID}, m.arrived)
+	type sharedReplay struct {
+		sub topic.Subscription
+		key shareKey
+	}
+	var shared []sharedReplay
+	f := sf.f
+
+	sess.mu.Lock()
+	cl := sess.client
+	plain := onlyNew && matched && !f.has(claimKey{id: m.recentID, retained: true}) &&
+		f.replayable(m, shareKey{})
 	for i := range mb.groups {
 		g := &mb.groups[i]
 		// Only a group the session alone belongs to missed the message:
@@ -394,10 +392,7 @@ func (sf *subscribeFence) replay(m *Message) {
 			continue
 		}
 		key := shareKey{g.Group, g.Filter}
-		if _, ok := f.installed[key]; !ok {
-			continue
-		}
-		if f.tryClaim(claimKey{id: m.recentID, share: key}, m.arrived) {
+		if _, ok := sf.news[key]; ok && f.replayable(m, key) {
 			shared = append(shared, sharedReplay{g.Members[0], key})
 		}
 	}
@@ -409,4 +404,15 @@ func (sf *subscribeFence) replay(m *Message) {
 	for _, r := range shared {
 		s.deliverChecked(sess, cl, m, r.sub.QoS, r.sub.RetainAsPublished, idsOf(r.sub.ID), &r.key, nil)
 	}
+}
+
+// replayable claims the delivery of m through share for a replay, unless
+// routing is delivering it (held) or it was claimed already; it reports
+// whether it did. The caller holds session.mu.
+func (f *subFence) replayable(m *Message, share shareKey) bool {
+	k := claimKey{id: m.recentID, share: share}
+	if f.isHeld(m, share) || f.has(k) {
+		return false
+	}
+	return f.claim(k, m.arrived)
 }
