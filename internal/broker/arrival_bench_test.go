@@ -65,7 +65,7 @@ func BenchmarkFenceAdmit(b *testing.B) {
 	now := time.Now().UnixNano()
 	f := sess.fenceLocked(now)
 	for i := range 8 {
-		f.replayable(&Message{recentID: uint64(1<<40+i) << recentShardBits, arrived: now}, shareKey{})
+		f.replayable(&Message{recentID: (1<<40 + uint64(i)) << recentShardBits, arrived: now}, shareKey{})
 	}
 	m := &Message{}
 	b.ReportAllocs()
