@@ -53,6 +53,12 @@ type conn struct {
 	raw syscall.RawConn
 	// lastDrain is when the reader last ran out of input. Reader-owned.
 	lastDrain time.Time
+	// arr reads the socket with arrival times, nil when the transport
+	// does not allow it (arrival.go); recentShard is the shard of the
+	// server's record of recent messages this connection's PUBLISH
+	// packets go to (recent.go). Reader-owned; recentShard is immutable.
+	arr         *stampedReader
+	recentShard uint8
 	// version and client are fixed at CONNECT (kill reads version only
 	// after established); sess is set by attach and fixed from then on.
 	version packet.Version
@@ -172,6 +178,7 @@ func (s *Server) newConn(nc net.Conn, lst *listenerState) *conn {
 		killed: make(chan struct{}),
 	}
 	c.src.nc = nc
+	c.recentShard = s.recent.shardFor()
 	c.log = newConnLogger(s.log, lst.name, nc.RemoteAddr(), "")
 	c.client.Listener = lst.name
 	c.client.Remote = nc.RemoteAddr()

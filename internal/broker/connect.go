@@ -36,6 +36,7 @@ type connectState struct {
 // connect timeout. It returns false when the connection must be closed.
 func (c *conn) handshakeAndConnect() bool {
 	s := c.srv
+	c.stampArrivals()
 	deadline := time.Now().Add(s.cfg.ConnectTimeout)
 	c.nc.SetDeadline(deadline)
 	ctx, cancel := context.WithDeadline(s.ctx, deadline)

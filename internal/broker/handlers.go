@@ -125,10 +125,14 @@ func (c *conn) handlePublish(p *packet.Publish) bool {
 	}
 	if code == packet.Success {
 		msg = newMessage(p, c.client.ClientID, s.cfg.Now())
+		msg.arrived = c.arrivalTime()
 		if b != nil {
 			msg.id = s.persist.NewID()
 		}
 		if msg.Retain {
+			// Named in the record of recent messages before the store
+			// shows it to a subscription (fence.go).
+			s.recent.reserve(c.recentShard, msg)
 			if c.retainSnap == nil {
 				c.retainSnap = c.client.publisherSnapshot()
 			}
@@ -146,6 +150,9 @@ func (c *conn) handlePublish(p *packet.Publish) bool {
 		}
 	}
 	if code == packet.Success {
+		// Recorded before it is matched, for subscriptions that arrived
+		// before it but are installed after (fence.go).
+		s.recent.add(c.recentShard, msg)
 		if n := s.deliver(msg, b); n == 0 {
 			code = packet.NoMatchingSubscribers
 			defer c.obsVerdict(c.obs.Undeliverable(&c.client, p.Topic))
@@ -190,6 +197,10 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 	var sendRetained []retainedReq
 	var problem string  // Reason String for the first refusal
 	var verdict Verdict // the Observer's, on a denial
+	// Messages that arrived after this SUBSCRIBE but were routed before
+	// its subscriptions are in place are delivered too (fence.go).
+	fence := c.beginSubscribe()
+	defer fence.finish()
 	for i, req := range p.Subscriptions {
 		if len(req.Filter) > s.cfg.MaxTopicLength {
 			c.log.Info("broker: subscription refused: filter too long", "length", len(req.Filter), "max", s.cfg.MaxTopicLength)
@@ -224,6 +235,7 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 			RetainHandling:    req.RetainHandling,
 			ID:                subID,
 		}
+		fence.beforeInstall()
 		existed := s.index.Subscribe(sub)
 		if !existed {
 			// Every subscription costs index memory: a client cannot
@@ -241,6 +253,7 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 				continue
 			}
 		}
+		fence.installed(sub, existed)
 		codes[i] = packet.ReasonCode(sub.QoS)
 		if s.persisting(c.sess) {
 			c.sess.mu.Lock()
@@ -267,6 +280,7 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 		// Maximum Packet Size (encodeAck).
 		ack.Properties.SetReasonString(problem)
 	}
+	fence.scan()
 	if c.persistSession() != nil {
 		return
 	}
@@ -277,7 +291,7 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 	now := s.cfg.Now()
 	for _, r := range sendRetained {
 		s.cfg.Retained.Match(r.filter, func(m *Message) bool {
-			if m.expired(now) {
+			if m.expired(now) || fence.retainedDup(m) {
 				return true
 			}
 			if d := s.authorize(&c.client, ActionReceive, m.Topic, m.QoS, true, ""); !d.Allow {
@@ -312,6 +326,7 @@ func (c *conn) handleUnsubscribe(p *packet.Unsubscribe) {
 		if !s.index.Unsubscribe(c.client.ClientID, group, filter) {
 			codes[i] = packet.NoSubscriptionExisted
 		} else {
+			c.fenceUnsubscribed(group, filter)
 			c.sess.subs.Add(-1)
 			c.sess.subBytes.Add(-int64(len(f)))
 			if s.persisting(c.sess) {

@@ -66,6 +66,12 @@ type source struct {
 	pending bool  // head holds a byte not yet returned
 	err     error // returned (once) before reading nc again
 	peek    [1]byte
+	// sr reads a plain TCP socket in nc's place, with arrival times
+	// (arrival.go); nil otherwise. stamp: no kernel timestamps, so at
+	// records when the last read returned.
+	sr    *stampedReader
+	stamp bool
+	at    int64
 }
 
 func (s *source) Read(p []byte) (int, error) {
@@ -79,7 +85,14 @@ func (s *source) Read(p []byte) (int, error) {
 		s.err = nil
 		return 0, err
 	}
-	return s.nc.Read(p)
+	if s.sr != nil {
+		return s.sr.Read(p)
+	}
+	n, err := s.nc.Read(p)
+	if s.stamp && n > 0 {
+		s.at = time.Now().UnixNano()
+	}
+	return n, err
 }
 
 // takeInput gives the connection a read buffer from the pool; the reader

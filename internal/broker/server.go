@@ -61,6 +61,11 @@ type Server struct {
 	persist    Persistence // nil: state in memory only
 
 	lim atomic.Pointer[Limits] // the limits in force (livelimits.go)
+
+	// recent records recently routed messages with their arrival times
+	// (recent.go); stamps keeps the kernel stamping them (arrival.go).
+	recent recentRing
+	stamps stampHold
 }
 
 type listenerState struct {
@@ -120,6 +125,7 @@ func New(cfg Config) (*Server, error) {
 	if c.SysInterval > 0 {
 		s.goroutines.goTracked(goSys, s.sysLoop)
 	}
+	s.stamps.hold()
 	return s, nil
 }
 
@@ -265,6 +271,7 @@ func (s *Server) release(st *listenerState) {
 // again waits for them. Safe to call more than once.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.cancel()
+	s.stamps.drop()
 	s.mu.Lock()
 	s.closed = true
 	for ln := range s.listeners {
@@ -703,13 +710,18 @@ func (s *Server) publishWill(msg *Message, from *Client) {
 	if s.persist != nil && msg.QoS > 0 {
 		msg.id = s.persist.NewID()
 	}
+	// Published now, as far as subscriptions are concerned (fence.go).
+	msg.arrived = time.Now().UnixNano()
+	shard := s.recent.shardFor()
 	if msg.Retain {
 		// Over a retained limit the will is still delivered.
 		msg.Publisher = from.publisherSnapshot()
+		s.recent.reserve(shard, msg)
 		if s.retainFrom(msg, from) && s.persist != nil {
 			s.persistAsync(retainChange(msg, retainedOwner(from)))
 		}
 	}
+	s.recent.add(shard, msg)
 	s.deliver(msg, nil)
 }
 
@@ -841,7 +853,18 @@ func (s *Server) deliverTo(msg *Message, clientID string, subQoS byte, retainAsP
 	}
 	sess.mu.Lock()
 	cl := sess.client
+	if f := sess.fence; f != nil && !f.admit(sess, msg, subQoS, retainAsPublished, ids, share) {
+		// A duplicate, or held back for a SUBSCRIBE in progress (fence.go).
+		sess.mu.Unlock()
+		return true
+	}
 	sess.mu.Unlock()
+	return s.deliverChecked(sess, cl, msg, subQoS, retainAsPublished, ids, share, b)
+}
+
+// deliverChecked authorizes msg for the session's client cl and hands it
+// to the session; see deliverTo.
+func (s *Server) deliverChecked(sess *session, cl *Client, msg *Message, subQoS byte, retainAsPublished bool, ids []uint32, share *shareKey, b *pbatch) bool {
 	if cl != nil {
 		// Checked for every delivered message, offline sessions included
 		// (their queued messages are checked again when sent).

@@ -76,6 +76,10 @@ type session struct {
 	willFrom  *Client
 	// expiryTimer removes the offline session when it fires.
 	expiryTimer Timer
+
+	// fence orders the session's recent subscriptions against messages
+	// routed meanwhile (fence.go); nil when it has none.
+	fence *subFence
 }
 
 func newSession(id string, owner sessionOwner, now time.Time) *session {
