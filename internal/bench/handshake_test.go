@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"testing"
@@ -120,7 +121,9 @@ defense:
 
 	for b.Loop() {
 		floor := handshakeChild(b, floorAddr, pki, n, false)
+		stopProfile := startCPUProfile(b, os.Getenv("BENCH_HS_CPUPROFILE"))
 		moat := handshakeChild(b, moatAddr, pki, n, false)
+		stopProfile()
 		floorR := handshakeChild(b, floorAddr, pki, n, true)
 		moatR := handshakeChild(b, moatAddr, pki, n, true)
 		cpu := func(r *bench.Result) float64 { return 1e3 * r.Broker.CPUPerConnectMs }
@@ -135,6 +138,25 @@ defense:
 		b.Logf("server CPU per full handshake: Moat %.0f µs, floor %.0f µs, ratio %.2f; resumed: Moat %.0f µs (%d of %d resumed), floor %.0f µs (%d of %d); Moat %.0f conn/s full, %.0f resumed",
 			cpu(moat), cpu(floor), cpu(moat)/cpu(floor), cpu(moatR), moatR.Connect.Resumed, moatR.Connect.Succeeded,
 			cpu(floorR), floorR.Connect.Resumed, floorR.Connect.Succeeded, moat.Connect.PerSecond, moatR.Connect.PerSecond)
+	}
+}
+
+// startCPUProfile writes a CPU profile of this process to file until the
+// returned function is called; it does nothing when file is empty.
+func startCPUProfile(b *testing.B, file string) func() {
+	if file == "" {
+		return func() {}
+	}
+	f, err := os.Create(file)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		b.Fatal(err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
 	}
 }
 
