@@ -14,7 +14,7 @@ func FuzzDecodeRecord(f *testing.F) {
 	s.nextID.Store(100)
 	sess, msg, d, ret, will := sample(s)
 	for _, r := range []any{sess, msg, d, ret, will, &inbound{ClientID: "c", PacketID: 1}, &state{Counter: 3, Records: 2, MaxID: 9},
-		&Session{}, &Message{}, &Delivery{}, &Retained{}, &Will{}} {
+		&Session{}, &Message{}, &Delivery{}, &Retained{}, &Will{}, sampleTicketKeys("l"), &TicketKeys{}} {
 		f.Add(encodeRecord(r))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -38,16 +38,17 @@ func TestDecodeRecordRejects(t *testing.T) {
 	sess, _, _, _, _ := sample(s)
 	good := encodeRecord(sess)
 	for name, b := range map[string][]byte{
-		"empty":         nil,
-		"unknown tag":   {99},
-		"truncated":     good[:len(good)-1],
-		"trailing":      append(bytes.Clone(good), 0),
-		"huge length":   {tagInbound, 0xff, 0xff, 0xff, 0xff, 0x0f},
-		"bad boolean":   {tagSession, 0, 0, 2},
-		"bad qos":       append([]byte{tagMessage, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0}, 3),
-		"huge list":     {tagDelivery, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0xff, 0xff, 0x03},
-		"bad delivery":  append(encodeRecord(&Delivery{})[:len(encodeRecord(&Delivery{}))-6], 9, 0, 0, 0, 0, 0),
-		"bad props tag": {tagRetained, 0, 0, 0, 5},
+		"empty":            nil,
+		"unknown tag":      {99},
+		"truncated":        good[:len(good)-1],
+		"trailing":         append(bytes.Clone(good), 0),
+		"huge length":      {tagInbound, 0xff, 0xff, 0xff, 0xff, 0x0f},
+		"bad boolean":      {tagSession, 0, 0, 2},
+		"bad qos":          append([]byte{tagMessage, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0}, 3),
+		"huge list":        {tagDelivery, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0xff, 0xff, 0x03},
+		"bad delivery":     append(encodeRecord(&Delivery{})[:len(encodeRecord(&Delivery{}))-6], 9, 0, 0, 0, 0, 0),
+		"bad props tag":    {tagRetained, 0, 0, 0, 5},
+		"short ticket key": append([]byte{tagTicketKeys, 1, 'l', 1}, make([]byte, 31)...),
 	} {
 		if _, err := decodeRecord(b); err == nil {
 			t.Errorf("%s: accepted", name)

@@ -439,6 +439,8 @@ func encodeRecord(r any) []byte {
 		e.boolean(v.Retain)
 		e.props(v.Props)
 		e.u64(uint64(v.ExpiryInterval))
+	case *TicketKeys:
+		encodeTicketKeys(e, v)
 	case *state:
 		e.u8(tagState)
 		e.u64(v.Counter)
@@ -453,7 +455,8 @@ func encodeRecord(r any) []byte {
 
 // decodeRecord parses a record's plaintext strictly: a known tag, every
 // length inside the record, nothing left over. It returns one of
-// *Session, *Message, *Delivery, *inbound, *Retained, *Will, *state.
+// *Session, *Message, *Delivery, *inbound, *Retained, *Will, *TicketKeys,
+// *state.
 func decodeRecord(b []byte) (any, error) {
 	d := &dec{b: b}
 	var r any
@@ -507,6 +510,8 @@ func decodeRecord(b []byte) (any, error) {
 			QoS: d.qos(), Retain: d.boolean(), Props: d.props()}
 		v.ExpiryInterval = time.Duration(d.u64())
 		r = v
+	case tagTicketKeys:
+		r = decodeTicketKeys(d)
 	case tagState:
 		v := &state{Counter: d.u64()}
 		if d.need(32) {

@@ -18,6 +18,8 @@ type State struct {
 	Messages map[uint64]*Message
 	Retained []*Retained
 	Wills    []*Will
+	// TicketKeys by listener name (nil when there are none).
+	TicketKeys map[string]*TicketKeys
 }
 
 // SessionState is one session and what it holds.
@@ -62,10 +64,12 @@ func (s *Store) scan(tx *bolt.Tx, keep bool) *Report {
 	st := &State{Sessions: map[string]*SessionState{}, Messages: map[uint64]*Message{}}
 	var digest [32]byte
 	var n uint64
-	for _, bucket := range dataBuckets {
+	for _, bucket := range scannedBuckets {
 		b := tx.Bucket(bucket)
 		if b == nil {
-			rep.problem("bucket %s missing", bucket)
+			if !isOptional(bucket) {
+				rep.problem("bucket %s missing", bucket)
+			}
 			continue
 		}
 		b.ForEach(func(k, v []byte) error {
@@ -108,6 +112,12 @@ func (s *Store) scan(tx *bolt.Tx, keep bool) *Report {
 			case *Will:
 				want, kind = s.keys.willKey(r.ClientID), "wills"
 				st.Wills = append(st.Wills, r)
+			case *TicketKeys:
+				want, kind = s.keys.ticketKeysKey(r.Listener), "ticket_keys"
+				if st.TicketKeys == nil {
+					st.TicketKeys = map[string]*TicketKeys{}
+				}
+				st.TicketKeys[r.Listener] = r
 			default:
 				rep.problem("%s/%x: unexpected record type", bucket, k)
 				return nil
@@ -165,6 +175,8 @@ func bucketOf(kind string) []byte {
 		return bktRetained
 	case "wills":
 		return bktWill
+	case "ticket_keys":
+		return bktTicketKeys
 	}
 	return nil
 }
