@@ -111,7 +111,7 @@ func New(cfg ListenerConfig) (*Manager, error) {
 	m.base = m.buildConfig(st)
 	m.base.GetConfigForClient = m.getConfigForClient
 	if !cfg.DisableSessionTickets {
-		if err := m.tickets.rotate(m.now(), m.rand, cfg.ticketRotation(), cfg.ticketLifetime()); err != nil {
+		if err := m.initTickets(); err != nil {
 			m.cancel()
 			return nil, err
 		}
@@ -311,7 +311,7 @@ func (m *Manager) loop() {
 			}
 		}
 		if !m.cfg.DisableSessionTickets && m.tickets.due(now, m.cfg.ticketRotation()) {
-			if err := m.tickets.rotate(now, m.rand, m.cfg.ticketRotation(), m.cfg.ticketLifetime()); err != nil {
+			if err := m.rotateTickets(now); err != nil {
 				m.log.Error("tlsconf: session ticket key rotation failed", "listener", m.cfg.Name, "error", err)
 				continue
 			}
