@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"slices"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 // TicketKeys are the TLS session ticket keys of one listener, kept so
@@ -127,4 +129,36 @@ func decodeTicketKeys(d *dec) *TicketKeys {
 		}
 	}
 	return v
+}
+
+// TicketKeys returns the ticket keys stored for listener, or nil when
+// there are none. Unlike the rest of the store, which the broker reads
+// once through Recovered, it reads the current record, so a listener set
+// up after commits sees the keys saved last. Safe for concurrent use with
+// commits.
+func (s *Store) TicketKeys(listener string) (*TicketKeys, error) {
+	var out *TicketKeys
+	err := s.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bktTicketKeys)
+		if b == nil {
+			return nil
+		}
+		key := s.keys.ticketKeysKey(listener)
+		v := b.Get(key)
+		if v == nil {
+			return nil
+		}
+		_, pt, err := s.keys.open(bktTicketKeys, key, v)
+		if err != nil {
+			return fmt.Errorf("%w: ticket keys of %q: %v", ErrCorrupt, listener, err)
+		}
+		r, err := decodeRecord(pt)
+		tk, ok := r.(*TicketKeys)
+		if err != nil || !ok || tk.Listener != listener {
+			return fmt.Errorf("%w: ticket keys of %q: malformed record", ErrCorrupt, listener)
+		}
+		out = tk
+		return nil
+	})
+	return out, err
 }

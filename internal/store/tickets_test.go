@@ -43,6 +43,12 @@ func TestTicketKeysRoundTrip(t *testing.T) {
 	if !reflect.DeepEqual(got, map[string]*TicketKeys{a.Listener: a, b.Listener: b}) {
 		t.Fatalf("recovered %v", got)
 	}
+	if tk, err := s.TicketKeys(a.Listener); err != nil || !reflect.DeepEqual(tk, a) {
+		t.Fatalf("TicketKeys(%q) = %v, %v", a.Listener, tk, err)
+	}
+	if tk, err := s.TicketKeys("none"); err != nil || tk != nil {
+		t.Fatalf("TicketKeys of a listener without keys = %v, %v", tk, err)
+	}
 	// Replace one listener's keys, delete the other's.
 	a2 := sampleTicketKeys(a.Listener)
 	a2.Keys = a2.Keys[1:]
@@ -61,6 +67,11 @@ func TestTicketKeysRoundTrip(t *testing.T) {
 	if got := s.Recovered().TicketKeys; !reflect.DeepEqual(got, map[string]*TicketKeys{a.Listener: a2}) {
 		t.Fatalf("after replace and delete: %v", got)
 	}
+	// TicketKeys reads what was committed last.
+	mustCommit(t, s, PutTicketKeys{a})
+	if tk, err := s.TicketKeys(a.Listener); err != nil || !reflect.DeepEqual(tk, a) {
+		t.Fatalf("TicketKeys after a commit = %v, %v", tk, err)
+	}
 }
 
 // TestTicketKeysInOlderStore: a store made before ticket keys existed has
@@ -71,6 +82,9 @@ func TestTicketKeysInOlderStore(t *testing.T) {
 	s := mustOpen(t, cfg)
 	if tk := s.Recovered().TicketKeys; tk != nil {
 		t.Fatalf("ticket keys in a store without them: %v", tk)
+	}
+	if tk, err := s.TicketKeys("l"); err != nil || tk != nil {
+		t.Fatalf("TicketKeys without the bucket = %v, %v", tk, err)
 	}
 	mustCommit(t, s, DeleteTicketKeys{"l"}) // nothing to delete, no bucket: fine
 	mustCommit(t, s, PutTicketKeys{sampleTicketKeys("l")})
