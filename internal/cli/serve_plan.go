@@ -24,6 +24,7 @@ import (
 	"github.com/moatmq/moat/internal/listener"
 	"github.com/moatmq/moat/internal/packet"
 	"github.com/moatmq/moat/internal/pki"
+	"github.com/moatmq/moat/internal/store"
 	"github.com/moatmq/moat/internal/tlsconf"
 )
 
@@ -64,6 +65,10 @@ type servePlan struct {
 	errs     []planProblem
 	cleanup  []func()
 	tasks    sync.WaitGroup // goroutines started by the plan's adapters
+
+	// store is the durable store, nil when persistence is off (and for
+	// --check); TLS listeners keep their ticket keys in it.
+	store *store.Store
 }
 
 // plannedListener is one listener, built but not bound.
@@ -375,6 +380,9 @@ func (p *servePlan) planTLS(i int, pl *plannedListener) {
 		tlc.DisableOCSPStapling = true
 	} else {
 		tlc.CRLRenewers = p.crls.renewers(l.Name, tlc.CRLFiles)
+	}
+	if p.store != nil {
+		tlc.TicketKeyStore = storeTicketKeys{st: p.store, listener: l.Name}
 	}
 	mgr, err := tlsconf.New(tlc)
 	if err != nil {
