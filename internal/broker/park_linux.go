@@ -250,16 +250,22 @@ func (p *parker) poll() {
 	var woken []*conn
 	for {
 		n := 0
+		var werr error
 		err := p.rc.Read(func(fd uintptr) bool {
-			var werr error
 			for {
 				n, werr = syscall.EpollWait(int(fd), events[:], 0)
 				if werr != syscall.EINTR {
 					break
 				}
 			}
-			return n > 0 || werr != nil && werr != syscall.EAGAIN
+			if werr == syscall.EAGAIN {
+				werr = nil
+			}
+			return n > 0 || werr != nil
 		})
+		if err == nil && werr != nil {
+			err = werr
+		}
 		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
 			// The instance failed (it never should): hand every
 			// connection back to a goroutine of its own and stop.
