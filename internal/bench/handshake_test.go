@@ -2,6 +2,7 @@ package bench_test
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -50,7 +51,8 @@ import (
 // (moat-restart-resumed-µs/hs) and without them
 // (moat-restart-full-µs/hs), and connections per second on Moat for each.
 // BENCH_HS_CPUPROFILE=FILE writes a CPU profile of Moat's full handshakes
-// (the first round).
+// in the first round, or of the phase BENCH_HS_PROFILE_PHASE names (a
+// resumed phase's profile includes its first, full, connections).
 func BenchmarkHandshakeCPU(b *testing.B) {
 	n := envInt(b, "BENCH_HS_N", 1000)
 	rounds := envInt(b, "BENCH_HS_ROUNDS", 3)
@@ -124,7 +126,7 @@ func BenchmarkHandshakeCPU(b *testing.B) {
 		for round := range rounds {
 			for _, ph := range phases {
 				stopProfile := func() {}
-				if ph.name == "moat" && round == 0 {
+				if ph.name == cmp.Or(os.Getenv("BENCH_HS_PROFILE_PHASE"), "moat") && round == 0 {
 					stopProfile = startCPUProfile(b, os.Getenv("BENCH_HS_CPUPROFILE"))
 				}
 				res := handshakeChild(b, ph.addr, pki, n, ph.resume, ph.restart)
