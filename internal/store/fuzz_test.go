@@ -38,17 +38,17 @@ func TestDecodeRecordRejects(t *testing.T) {
 	sess, _, _, _, _ := sample(s)
 	good := encodeRecord(sess)
 	for name, b := range map[string][]byte{
-		"empty":            nil,
-		"unknown tag":      {99},
-		"truncated":        good[:len(good)-1],
-		"trailing":         append(bytes.Clone(good), 0),
-		"huge length":      {tagInbound, 0xff, 0xff, 0xff, 0xff, 0x0f},
-		"bad boolean":      {tagSession, 0, 0, 2},
-		"bad qos":          append([]byte{tagMessage, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0}, 3),
-		"huge list":        {tagDelivery, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0xff, 0xff, 0x03},
-		"bad delivery":     append(encodeRecord(&Delivery{})[:len(encodeRecord(&Delivery{}))-6], 9, 0, 0, 0, 0, 0),
-		"bad props tag":    {tagRetained, 0, 0, 0, 5},
-		"short ticket key": append([]byte{tagTicketKeys, 1, 'l', 1}, make([]byte, 31)...),
+		"empty":         nil,
+		"unknown tag":   {99},
+		"truncated":     good[:len(good)-1],
+		"trailing":      append(bytes.Clone(good), 0),
+		"huge length":   {tagInbound, 0xff, 0xff, 0xff, 0xff, 0x0f},
+		"bad boolean":   {tagSession, 0, 0, 2},
+		"bad qos":       append([]byte{tagMessage, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0}, 3),
+		"huge list":     {tagDelivery, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0xff, 0xff, 0x03},
+		"bad delivery":  append(encodeRecord(&Delivery{})[:len(encodeRecord(&Delivery{}))-6], 9, 0, 0, 0, 0, 0),
+		"bad props tag": {tagRetained, 0, 0, 0, 5},
+		"short tkey":    append([]byte{tagTicketKeys, 1, 'l', 1}, make([]byte, 31)...),
 	} {
 		if _, err := decodeRecord(b); err == nil {
 			t.Errorf("%s: accepted", name)
