@@ -481,7 +481,7 @@ status=0
   --target a3-factory-mtls-e2e:latency_p99_ms\<=1 \
   --target b-mtls-storm:conn_per_s\>=2 --target b-mtls-storm:cpu_per_conn_ms\<=0.7 \
   --target c-p2p-qos1-mtls:delivered_per_s\>=2 --target d-fanout-qos0:delivered_per_s\>=2 \
-  --target e-fanin-qos1:delivered_per_s\>=2 --target f-idle-mtls:rss_per_conn_kib\<=1.5 \
+  --target e-fanin-qos1:delivered_per_s\>=2 --target f-idle-mtls:rss_per_conn_kib\<=1 \
   --target g-open-p2p-qos1:delivered_per_s\>=2 --target h-open-fanout-qos0:delivered_per_s\>=1 \
   --target h-open-fanout-qos0:cpu_per_msg_us\<=1 >>"$OUT/summary.md" || status=$?
 if [ -d "$OUT/handshake" ]; then

@@ -33,6 +33,7 @@ type Server struct {
 	start  time.Time
 
 	goroutines *tracker // every goroutine the server starts
+	parked     parker   // quiet connections waiting without a goroutine
 
 	// sessMu serializes session creation, takeover and removal; lookups
 	// on the publish path go through sessions without it.
@@ -286,6 +287,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		c.kill(packet.ServerShuttingDown, "server shutting down")
 		c.stopDrain()
 	}
+	s.parked.close()
 	idle := s.goroutines.close()
 	select {
 	case <-idle:

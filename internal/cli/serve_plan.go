@@ -63,13 +63,15 @@ type servePlan struct {
 	admin       *adminPlan  // nil: no admin API (serve_admin.go)
 	live        *liveConfig // serve only: what a reload needs (serve_reload.go)
 
-	store *store.Store // the durable store; nil when persistence is off (serve_store.go)
-
 	warnings []string // to log (serve) or print (--check)
 	notes    []string // what serve does at start that --check does not (creating the built-in CA)
 	errs     []planProblem
 	cleanup  []func()
 	tasks    sync.WaitGroup // goroutines started by the plan's adapters
+
+	// store is the durable store, nil when persistence is off (and for
+	// --check); TLS listeners keep their ticket keys in it.
+	store *store.Store
 }
 
 // plannedListener is one listener, built but not bound.
@@ -392,6 +394,9 @@ func (p *servePlan) planTLS(i int, pl *plannedListener) {
 		tlc.DisableOCSPStapling = true
 	} else {
 		tlc.CRLRenewers = p.crls.renewers(l.Name, tlc.CRLFiles)
+	}
+	if p.store != nil {
+		tlc.TicketKeyStore = storeTicketKeys{st: p.store, listener: l.Name}
 	}
 	mgr, err := tlsconf.New(tlc)
 	if err != nil {

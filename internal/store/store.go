@@ -468,7 +468,7 @@ func (s *Store) create() error {
 		if err != nil {
 			return err
 		}
-		for _, b := range dataBuckets {
+		for _, b := range scannedBuckets {
 			if _, err := tx.CreateBucket(b); err != nil {
 				return err
 			}

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"slices"
 	"strings"
 	"time"
@@ -111,12 +112,17 @@ func certError(r Reason, c *x509.Certificate, format string, a ...any) *VerifyEr
 	return e
 }
 
-// verifyConnection is the tls.Config.VerifyConnection callback.
-func (m *Manager) verifyConnection(cs tls.ConnectionState, remote string) error {
+// verifyConnection is the tls.Config.VerifyConnection callback; remote
+// is the peer's address, or nil (only a refusal reads it).
+func (m *Manager) verifyConnection(cs tls.ConnectionState, remote net.Addr) error {
 	err := m.verifyState(cs)
 	if err != nil {
 		var ve *VerifyError
-		attrs := []any{"listener", m.cfg.Name, "remote", remote, "error", err.Error()}
+		addr := ""
+		if remote != nil {
+			addr = remote.String()
+		}
+		attrs := []any{"listener", m.cfg.Name, "remote", addr, "error", err.Error()}
 		if errors.As(err, &ve) {
 			attrs = append(attrs, "reason", ve.Reason.String(), "subject", ve.Subject, "serial", ve.Serial)
 		}
@@ -181,7 +187,7 @@ func (m *Manager) verifyPeer(ctx context.Context, st *state, peer []*x509.Certif
 			Roots:         st.roots,
 			Intermediates: x509.NewCertPool(),
 			CurrentTime:   now,
-			KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+			KeyUsages:     clientAuthUsage,
 		}
 		for _, c := range peer[1:] {
 			opts.Intermediates.AddCert(c)
@@ -210,6 +216,10 @@ func (m *Manager) verifyPeer(ctx context.Context, st *state, peer []*x509.Certif
 	}
 	return nil, firstErr
 }
+
+// clientAuthUsage is the extended key usage a client certificate needs
+// (read only).
+var clientAuthUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
 
 func isSelfSigned(c *x509.Certificate) bool {
 	return string(c.RawIssuer) == string(c.RawSubject)
