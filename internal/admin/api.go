@@ -123,7 +123,8 @@ func (h *Handler) overview(w http.ResponseWriter, r *http.Request) {
 		Connections: st.ClientsConnected, ConnectionsMaximum: st.ClientsMaximum, Sessions: st.Sessions,
 		Subscriptions: st.Subscriptions, Retained: st.Retained,
 		MessagesReceived: st.MessagesReceived, MessagesSent: st.MessagesSent, BytesReceived: st.BytesReceived, BytesSent: st.BytesSent,
-		Queued: st.Queued, Dropped: st.DroppedQueueFull + st.DroppedQoS0Offline + st.DroppedSlowClient + st.DroppedOversize,
+		Queued: st.Queued, Dropped: st.DroppedQueueFull + st.DroppedQoS0Offline + st.DroppedSlowClient + st.DroppedOversize +
+			st.Expired + st.DroppedUnauthorized + st.DroppedSessionEnd,
 		ConnectRefused: st.ConnectRefused + st.ConnectionsOverCap, TLSFailures: st.TLSFailures,
 	})
 }

@@ -11,6 +11,7 @@ package admin
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"io"
@@ -18,6 +19,8 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -119,6 +122,12 @@ type Config struct {
 	Posture func() Posture
 	// Metrics serves /metrics (behind the same token check).
 	Metrics http.Handler
+	// VerifyClientCert verifies a client certificate chain as the TLS
+	// peer sent it (leaf first) against the built-in CA, its CRL and the
+	// clock, on every request that authenticates by certificate; an
+	// error refuses it. nil: client certificates are not accepted (see
+	// CertificateRole).
+	VerifyClientCert func(ctx context.Context, chain []*x509.Certificate) error
 	// Auditor records mutating calls; nil records nothing.
 	Auditor Auditor
 	// Logger defaults to slog.Default(). Now defaults to time.Now.
@@ -198,24 +207,24 @@ func identityOf(r *http.Request) Identity {
 	return id
 }
 
-// authed wraps an API handler: a valid bearer token is required; mutate
-// also requires the operator role and passes the rate limit.
+// authed wraps an API handler: a valid bearer token or admin client
+// certificate is required; mutate also requires the operator role and
+// passes the rate limit.
 func (h *Handler) authed(mutate bool, f http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Cache-Control", "no-store")
-		auth := r.Header.Get("Authorization")
-		tok, ok := strings.CutPrefix(auth, "Bearer ")
+		id, byCert, ok := h.authenticate(w, r)
 		if !ok {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="moat"`)
-			writeError(w, http.StatusUnauthorized, "a bearer token is required (moat admin token create)")
 			return
 		}
-		id, ok := h.cfg.Tokens.Check(strings.TrimSpace(tok))
-		if !ok {
-			h.log.Warn("admin: request with an unknown token refused", "remote", r.RemoteAddr, "path", r.URL.Path)
-			w.Header().Set("WWW-Authenticate", `Bearer realm="moat", error="invalid_token"`)
-			writeError(w, http.StatusUnauthorized, "unknown or revoked token")
-			return
+		if mutate && byCert {
+			if why := crossSite(r); why != "" {
+				h.log.Warn("admin: change with a client certificate refused: not from the API's own origin", "certificate", id.Name,
+					"remote", r.RemoteAddr, "path", r.URL.Path, "reason", why)
+				writeError(w, http.StatusForbidden, "a change authenticated by a client certificate must come from the API's own origin "+
+					"with a JSON body ("+why+")")
+				return
+			}
 		}
 		if mutate {
 			if id.Role != RoleOperator {
@@ -233,6 +242,111 @@ func (h *Handler) authed(mutate bool, f http.HandlerFunc) http.HandlerFunc {
 		}
 		f(w, r.WithContext(context.WithValue(r.Context(), ctxKey{}, id)))
 	}
+}
+
+// authenticate finds the caller's identity: the bearer token when the
+// request carries an Authorization header, else the TLS client
+// certificate (byCert). On failure it has answered 401.
+func (h *Handler) authenticate(w http.ResponseWriter, r *http.Request) (id Identity, byCert, ok bool) {
+	auth, hasAuth := r.Header["Authorization"]
+	if !hasAuth && r.TLS != nil && len(r.TLS.PeerCertificates) > 0 && h.cfg.VerifyClientCert != nil {
+		id, ok := h.certIdentity(w, r)
+		return id, true, ok
+	}
+	tok, ok := "", false
+	if hasAuth {
+		tok, ok = strings.CutPrefix(auth[0], "Bearer ")
+	}
+	if !ok {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="moat"`)
+		writeError(w, http.StatusUnauthorized, "a bearer token (moat admin token create) or an admin client certificate is required")
+		return Identity{}, false, false
+	}
+	id, ok = h.cfg.Tokens.Check(strings.TrimSpace(tok))
+	if !ok {
+		h.log.Warn("admin: request with an unknown token refused", "remote", r.RemoteAddr, "path", r.URL.Path)
+		w.Header().Set("WWW-Authenticate", `Bearer realm="moat", error="invalid_token"`)
+		writeError(w, http.StatusUnauthorized, "unknown or revoked token")
+		return Identity{}, false, false
+	}
+	return id, false, true
+}
+
+// crossSite says why a request may have been made by a page of another
+// origin, or "". A client certificate is an ambient credential: a browser
+// that holds one presents it to any page's request, as it sends cookies,
+// so a change authenticated by one must show that the API's own origin
+// made it. Browsers say where a request comes from (Sec-Fetch-Site,
+// Origin), and a page elsewhere cannot send a JSON body without a CORS
+// preflight, which this API never answers; a form can only send form and
+// text bodies.
+func crossSite(r *http.Request) string {
+	if s := r.Header.Get("Sec-Fetch-Site"); s != "" && s != "same-origin" && s != "none" {
+		return "Sec-Fetch-Site: " + s
+	}
+	if o := r.Header.Get("Origin"); o != "" {
+		u, err := url.Parse(o)
+		if err != nil || u.Host != r.Host {
+			return "Origin " + o + " is not " + r.Host
+		}
+	}
+	if r.Method == http.MethodPost || r.Method == http.MethodPut || r.Method == http.MethodPatch {
+		if ct, _, _ := strings.Cut(r.Header.Get("Content-Type"), ";"); strings.TrimSpace(strings.ToLower(ct)) != "application/json" {
+			return "Content-Type is not application/json"
+		}
+	}
+	return ""
+}
+
+// certIdentity authenticates by the TLS client certificate: verified
+// again on every request (a certificate revoked while its connection
+// stays open is refused at once), and mapped to a role by its URI SAN
+// (CertificateRole).
+func (h *Handler) certIdentity(w http.ResponseWriter, r *http.Request) (Identity, bool) {
+	leaf := r.TLS.PeerCertificates[0]
+	name := "cert:" + leaf.Subject.CommonName + "/" + strings.ToUpper(leaf.SerialNumber.Text(16))
+	refuse := func(why string, err error) (Identity, bool) {
+		h.log.Warn("admin: request with a client certificate refused", "certificate", name, "remote", r.RemoteAddr,
+			"path", r.URL.Path, "reason", why, "err", err)
+		writeError(w, http.StatusUnauthorized, why)
+		return Identity{}, false
+	}
+	if err := h.cfg.VerifyClientCert(r.Context(), r.TLS.PeerCertificates); err != nil {
+		return refuse("the client certificate is not valid (unknown issuer, expired or revoked)", err)
+	}
+	role, ok := CertificateRole(leaf)
+	if !ok {
+		return refuse("the client certificate carries no admin role (a URI SAN "+CertRoleURIPrefix+"viewer or "+CertRoleURIPrefix+"operator)", nil)
+	}
+	return Identity{Name: name, Role: role}, true
+}
+
+// CertRoleURIPrefix starts the URI SAN that makes a client certificate of
+// the built-in CA an admin credential: urn:moat:admin:viewer or
+// urn:moat:admin:operator (`moat ca issue device NAME --uri
+// urn:moat:admin:operator`). A URN, because the CA's device profile
+// allows URI SANs of the urn, spiffe and https schemes only.
+const CertRoleURIPrefix = "urn:moat:admin:"
+
+// CertificateRole returns the admin role a certificate's URI SAN names.
+// A certificate naming both roles, or an unknown one, has none: the
+// issuer's intent is not clear, and the API does not guess.
+func CertificateRole(c *x509.Certificate) (Role, bool) {
+	var found []Role
+	for _, u := range c.URIs {
+		s := u.String()
+		if rest, ok := strings.CutPrefix(s, CertRoleURIPrefix); ok {
+			r, err := ParseRole(rest)
+			if err != nil {
+				return "", false
+			}
+			found = append(found, r)
+		}
+	}
+	if len(found) == 0 || slices.ContainsFunc(found, func(r Role) bool { return r != found[0] }) {
+		return "", false
+	}
+	return found[0], true
 }
 
 func (h *Handler) limiter(name string) *rate.Limiter {

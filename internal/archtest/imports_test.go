@@ -162,6 +162,10 @@ var allowedImports = map[string][]string{
 	// goleak and (testpki, for its OCSP responder) x/crypto only.
 	"internal/testutil":         {},
 	"internal/testutil/testpki": {},
+	// The throw-away OpenLDAP directory of the LDAP backend's tests and
+	// the broker's end-to-end tests: started as a peer (testutil) with a
+	// test CA's certificate (testpki), set up with go-ldap.
+	"internal/testutil/testslapd": {"internal/testutil", "internal/testutil/testpki"},
 	// Test-only package: it runs `make install` and checks the files.
 	"packaging":      {},
 	"internal/topic": {},

@@ -18,6 +18,7 @@ const (
 	TypeAdminAction  = "admin.action"  // decision: an action through the admin API or CLI
 	TypeConfigReload = "config.reload" // decision: a configuration reload applied or refused
 	TypeLimit        = "limit"         // decision: a limit enforced on a client
+	TypeAccessLost   = "access.lost"   // decision: a live session lost access (policy, password, LDAP, ban), and what was done
 )
 
 // decisionTypes are the types that must carry a reason.
@@ -25,5 +26,5 @@ var decisionTypes = map[string]bool{
 	TypeAuthSuccess: true, TypeAuthFailure: true, TypeAuthzDeny: true,
 	TypeBanAdd: true, TypeBanRemove: true, TypeBanRefuse: true, TypeDetect: true,
 	TypeRevokeCutoff: true, TypeCAIssue: true, TypeCARevoke: true,
-	TypeAdminAction: true, TypeConfigReload: true, TypeLimit: true,
+	TypeAdminAction: true, TypeConfigReload: true, TypeLimit: true, TypeAccessLost: true,
 }

@@ -33,63 +33,37 @@ type aclLine struct {
 }
 
 type aclList struct {
-	lines []aclLine // deny lines first, then grants in file order
-	// For long lists: line indexes by the literal first level of their
-	// topic, and those starting with a wildcard or substitution.
-	byFirst map[string][]int32
-	wild    []int32
+	lines []aclLine   // deny lines first, then grants in file order
+	index *topicIndex // the lines by their topics, built once parsed
 }
 
-// minIndexed is the list length from which lines are indexed.
-const minIndexed = 16
-
 func (l *aclList) buildIndex() {
-	if len(l.lines) < minIndexed {
-		return
-	}
-	l.byFirst = map[string][]int32{}
+	es := make([]indexEntry, len(l.lines))
 	for i := range l.lines {
-		if f := l.lines[i].p.first; f != "" {
-			l.byFirst[f] = append(l.byFirst[f], int32(i))
-		} else {
-			l.wild = append(l.wild, int32(i))
-		}
+		es[i] = indexEntry{pos: int32(i), patterns: []*pattern{l.lines[i].p}}
 	}
+	l.index = newTopicIndex(es)
 }
 
 // check returns the decision of the first line that decides a publish
 // (want accessWrite) or receive (accessRead) on topic t.
 func (l *aclList) check(s *Subject, t string, want uint8) (Decision, bool) {
-	decide := func(e *aclLine) (Decision, bool) {
-		if !e.p.match(s, t) {
+	m := newMerger()
+	l.index.collect(&m, t, false)
+	for {
+		i, ok := m.next()
+		if !ok {
 			return Decision{}, false
+		}
+		e := &l.lines[i]
+		if !e.p.match(s, t) {
+			continue
 		}
 		if e.access == accessNone {
 			return Decision{Reason: e.deny, Rule: e.rule}, true
 		}
 		if e.access&want != 0 {
 			return Decision{Allow: true, Reason: e.allow, Rule: e.rule}, true
-		}
-		return Decision{}, false
-	}
-	if l.byFirst == nil {
-		for i := range l.lines {
-			if d, ok := decide(&l.lines[i]); ok {
-				return d, true
-			}
-		}
-		return Decision{}, false
-	}
-	m := merger{last: -1}
-	m.add(l.byFirst[firstLevel(t)])
-	m.add(l.wild)
-	for {
-		i, ok := m.next()
-		if !ok {
-			return Decision{}, false
-		}
-		if d, ok := decide(&l.lines[i]); ok {
-			return d, true
 		}
 	}
 }

@@ -42,6 +42,30 @@ func benchRules(tb testing.TB) *Policy {
 	return p
 }
 
+// benchGeneral builds 10,000 rules that select every client, so that no
+// subject index narrows them: wildcard patterns with a literal second
+// level, literal trees, and the collector's grant last but one.
+func benchGeneral(tb testing.TB) *Policy {
+	tb.Helper()
+	var rules []RuleSpec
+	for i := range 4999 {
+		rules = append(rules, RuleSpec{Effect: "allow", Subjects: Subjects{All: true}, Actions: []string{"receive"},
+			Topics: []string{fmt.Sprintf("+/k%d/%%c/#", i), fmt.Sprintf("area%d/+/temp", i)}})
+	}
+	for i := range 4999 {
+		rules = append(rules, RuleSpec{Effect: "allow", Subjects: Subjects{All: true}, Actions: []string{"publish", "receive"},
+			Topics: []string{fmt.Sprintf("site/%d/+/%%u/#", i)}})
+	}
+	rules = append(rules, RuleSpec{Name: "collector", Effect: "allow", Subjects: Subjects{All: true}, Actions: []string{"subscribe", "receive"},
+		Topics: []string{"devices/+/data/#"}})
+	rules = append(rules, RuleSpec{Name: "deny-rest", Effect: "deny", Subjects: Subjects{All: true}, Actions: []string{"publish", "subscribe", "receive"}, Topics: []string{"#"}})
+	p, err := New(Options{Rules: rules})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return p
+}
+
 func benchACL(tb testing.TB) *Policy {
 	tb.Helper()
 	var b strings.Builder
@@ -56,7 +80,7 @@ func benchACL(tb testing.TB) *Policy {
 }
 
 func BenchmarkDecide(b *testing.B) {
-	rules, acl := benchRules(b), benchACL(b)
+	rules, acl, general := benchRules(b), benchACL(b), benchGeneral(b)
 	dev := &Subject{Username: "dev5000", ClientID: "dev5000", Groups: []string{"g500"}}
 	devACL := &Subject{Username: "dev2000", ClientID: "dev2000"}
 	for _, c := range []struct {
@@ -70,6 +94,9 @@ func BenchmarkDecide(b *testing.B) {
 		{"rules/receive-literal-first-level", rules, Request{Subject: dev, Action: Receive, Topic: "area700/x/temp"}, true},
 		{"rules/publish-denied-by-last-rule", rules, Request{Subject: dev, Action: Publish, Topic: "devices/dev5001/sensors/temp"}, false},
 		{"rules/subscribe-wildcard", rules, Request{Subject: dev, Action: Subscribe, Topic: "devices/dev5000/+/temp"}, true},
+		{"general/receive-collector", general, Request{Subject: dev, Action: Receive, Topic: "devices/dev7/data/3"}, true},
+		{"general/publish-site", general, Request{Subject: dev, Action: Publish, Topic: "site/4000/x/dev5000/y"}, true},
+		{"general/subscribe-wildcard", general, Request{Subject: dev, Action: Subscribe, Topic: "devices/+/data/#"}, true},
 		{"acl_file/publish-allowed", acl, Request{Subject: devACL, Action: Publish, Topic: "devices/dev2000/sensors/temp"}, true},
 		{"acl_file/receive-pattern-miss", acl, Request{Subject: devACL, Action: Receive, Topic: "other/topic"}, false},
 	} {

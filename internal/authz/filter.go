@@ -188,9 +188,3 @@ func cutLevel(s string) (level, rest string, more bool) {
 	}
 	return s, "", false
 }
-
-// firstLevel returns the first level of s.
-func firstLevel(s string) string {
-	l, _, _ := cutLevel(s)
-	return l
-}

@@ -105,9 +105,6 @@ type pattern struct {
 	levels []plevel
 	vars   bool // has substitutions
 	dollar bool // the written pattern starts with '$'
-	// first is the literal first level, "" when it is a wildcard or has a
-	// substitution (used for indexing).
-	first string
 }
 
 // syntax selects the substitutions a pattern may use.
@@ -141,9 +138,6 @@ func compilePattern(src string, syn syntax) (*pattern, error) {
 			break
 		}
 		rest = r
-	}
-	if p.levels[0].kind == kLit {
-		p.first = p.levels[0].lit
 	}
 	return p, nil
 }

@@ -155,16 +155,19 @@ const (
 // ruleSet is a compiled, indexed list of rules.
 type ruleSet struct {
 	rules []rule
-	// A rule that selects by one of the indexed subject fields is listed
-	// (in rule order) under each of its values of the first such field, in
-	// byKey; any other rule is "general" and listed under the literal
-	// first level of its topics (genFirst) or, if a topic starts with a
-	// wildcard or a substitution, in genWild.
-	byKey    [nKeys]map[string][]int32
-	used     []keyKind // kinds with entries
-	genFirst map[string][]int32
-	genWild  []int32
-	general  []int32
+	// by[a] indexes the rules that name action a, so that a decision
+	// tries only the rules that apply to its action, select the subject's
+	// values or every client, and have a topic that can match.
+	by [Receive + 1]ruleIndex
+}
+
+// ruleIndex: a rule that selects by one of the indexed subject fields is
+// listed under each of its values of the first such field, in byKey; any
+// other rule is general. Each list is a topicIndex over the rules' topics.
+type ruleIndex struct {
+	byKey   [nKeys]map[string]*topicIndex
+	used    []keyKind // kinds with entries
+	general *topicIndex
 }
 
 // keyValues returns the rule's values for an indexed field.
@@ -191,12 +194,17 @@ func (sp *RuleSpec) keyValues(k keyKind) []string {
 	return nil
 }
 
-// addKeys adds the candidate lists for the subject's values of field k.
-func (rs *ruleSet) addKeys(m *merger, s *Subject, k keyKind) {
-	idx := rs.byKey[k]
+// addKeys adds the candidates for the subject's values of field k.
+func (ri *ruleIndex) addKeys(m *merger, s *Subject, k keyKind, topic string, filter bool) {
+	idx := ri.byKey[k]
 	one := func(v string) {
 		if v != "" {
-			m.add(idx[v])
+			idx[v].collect(m, topic, filter)
+		}
+	}
+	many := func(vs []string) {
+		for _, v := range vs {
+			idx[v].collect(m, topic, filter)
 		}
 	}
 	switch k {
@@ -207,67 +215,15 @@ func (rs *ruleSet) addKeys(m *merger, s *Subject, k keyKind) {
 	case keyCN:
 		one(s.Cert.CN)
 	case keyGroup:
-		for _, g := range s.Groups {
-			m.add(idx[g])
-		}
+		many(s.Groups)
 	case keyOU:
-		for _, v := range s.Cert.OU {
-			m.add(idx[v])
-		}
+		many(s.Cert.OU)
 	case keyO:
-		for _, v := range s.Cert.O {
-			m.add(idx[v])
-		}
+		many(s.Cert.O)
 	case keySPIFFE:
 		one(s.Cert.SPIFFE)
 	case keyListener:
 		one(s.Listener)
-	}
-}
-
-// merger yields the indexes of several ascending lists in ascending
-// order, each once. The first lists are held inline so that a decision
-// does not allocate.
-type merger struct {
-	inline [8][]int32
-	n      int
-	more   [][]int32
-	last   int32
-}
-
-func (m *merger) add(l []int32) {
-	switch {
-	case len(l) == 0:
-	case m.n < len(m.inline):
-		m.inline[m.n] = l
-		m.n++
-	default:
-		m.more = append(m.more, l)
-	}
-}
-
-func (m *merger) next() (int32, bool) {
-	for {
-		var best *[]int32
-		for i := range m.n {
-			if l := &m.inline[i]; len(*l) > 0 && (best == nil || (*l)[0] < (*best)[0]) {
-				best = l
-			}
-		}
-		for i := range m.more {
-			if l := &m.more[i]; len(*l) > 0 && (best == nil || (*l)[0] < (*best)[0]) {
-				best = l
-			}
-		}
-		if best == nil {
-			return 0, false
-		}
-		idx := (*best)[0]
-		*best = (*best)[1:]
-		if idx != m.last {
-			m.last = idx
-			return idx, true
-		}
 	}
 }
 
@@ -278,7 +234,7 @@ func compileRules(specs []RuleSpec, source string) (*ruleSet, error) {
 	if len(specs) > MaxRules {
 		return nil, fmt.Errorf("authz: %s: %d rules; at most %d", source, len(specs), MaxRules)
 	}
-	rs := &ruleSet{rules: make([]rule, len(specs)), genFirst: map[string][]int32{}}
+	rs := &ruleSet{rules: make([]rule, len(specs))}
 	var errs []error
 	for i := range specs {
 		r, err := compileRule(&specs[i], i, source)
@@ -287,45 +243,62 @@ func compileRules(specs []RuleSpec, source string) (*ruleSet, error) {
 			continue
 		}
 		rs.rules[i] = r
-		rs.index(&rs.rules[i], &specs[i])
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
-	for k := range nKeys {
-		if len(rs.byKey[k]) > 0 {
-			rs.used = append(rs.used, k)
-		}
+	for a := Publish; a <= Receive; a++ {
+		rs.by[a] = buildRuleIndex(rs.rules, specs, a)
 	}
 	return rs, nil
 }
 
-func (rs *ruleSet) index(r *rule, sp *RuleSpec) {
-	for k := range nKeys {
-		vals := sp.keyValues(k)
-		if len(vals) == 0 {
+// buildRuleIndex indexes the rules that name action a.
+func buildRuleIndex(rules []rule, specs []RuleSpec, a Action) ruleIndex {
+	var ri ruleIndex
+	var keyed [nKeys]map[string][]indexEntry
+	var general []indexEntry
+	for i := range rules {
+		r := &rules[i]
+		if r.actions&(1<<a) == 0 {
 			continue
 		}
-		if rs.byKey[k] == nil {
-			rs.byKey[k] = map[string][]int32{}
+		e := indexEntry{pos: r.idx, patterns: r.topics}
+		k, vals := indexKey(&specs[i])
+		if k == nKeys {
+			general = append(general, e)
+			continue
 		}
-		for _, v := range dedup(vals) {
-			rs.byKey[k][v] = append(rs.byKey[k][v], r.idx)
+		if keyed[k] == nil {
+			keyed[k] = map[string][]indexEntry{}
 		}
-		return
-	}
-	rs.general = append(rs.general, r.idx)
-	var firsts []string
-	for _, p := range r.topics {
-		if p.first == "" {
-			rs.genWild = append(rs.genWild, r.idx)
-			return
+		for _, v := range vals {
+			keyed[k][v] = append(keyed[k][v], e)
 		}
-		firsts = append(firsts, p.first)
 	}
-	for _, f := range dedup(firsts) {
-		rs.genFirst[f] = append(rs.genFirst[f], r.idx)
+	for k := range nKeys {
+		if len(keyed[k]) == 0 {
+			continue
+		}
+		ri.used = append(ri.used, k)
+		ri.byKey[k] = make(map[string]*topicIndex, len(keyed[k]))
+		for v, es := range keyed[k] {
+			ri.byKey[k][v] = newTopicIndex(es)
+		}
 	}
+	ri.general = newTopicIndex(general)
+	return ri
+}
+
+// indexKey returns the first indexed subject field the rule sets and its
+// distinct values, or nKeys when it sets none.
+func indexKey(sp *RuleSpec) (keyKind, []string) {
+	for k := range nKeys {
+		if vals := sp.keyValues(k); len(vals) > 0 {
+			return k, dedup(vals)
+		}
+	}
+	return nKeys, nil
 }
 
 func dedup(v []string) []string {
@@ -480,16 +453,22 @@ func (rs *ruleSet) decide(req *Request) (Decision, bool) {
 	if req.Topic == "" {
 		return Decision{Reason: "empty topic", Rule: "default"}, true
 	}
-	m := merger{last: -1}
-	for _, k := range rs.used {
-		rs.addKeys(&m, s, k)
+	if req.Action < Publish || req.Action > Receive {
+		return Decision{}, false
 	}
-	if first := firstLevel(req.Topic); req.Action == Subscribe && (first == "+" || first == "#") {
-		m.add(rs.general)
-	} else {
-		m.add(rs.genFirst[first])
-		m.add(rs.genWild)
+	ri := &rs.by[req.Action]
+	filter := req.Action == Subscribe
+	m := newMerger()
+	for _, k := range ri.used {
+		ri.addKeys(&m, s, k, req.Topic, filter)
 	}
+	ri.general.collect(&m, req.Topic, filter)
+	return rs.decideFrom(req, &m)
+}
+
+// decideFrom tries the candidate rules m yields, in order.
+func (rs *ruleSet) decideFrom(req *Request, m *merger) (Decision, bool) {
+	s := req.Subject
 	var subscribeDenies []string
 	for {
 		idx, ok := m.next()

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -84,6 +85,11 @@ type Config struct {
 	// again resuming the TLS session; only the second round is measured
 	// (time, broker CPU and memory).
 	Resume bool
+	// AfterWarmUp, when set with Resume, is called between the first
+	// round (every session established) and the measured one: a caller
+	// restarts the broker there, to measure the reconnect storm after a
+	// restart. An error ends the run. It runs on Run's goroutine.
+	AfterWarmUp func(ctx context.Context) error
 
 	// Clients is the number of connections of the Conn scenario.
 	Clients int

@@ -1,6 +1,8 @@
 package bench_test
 
 import (
+	"bufio"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -10,6 +12,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -30,22 +34,28 @@ import (
 // phase, as `make bench` does for a broker, so only the server's CPU is
 // counted. Then the same with resumed sessions (TLS 1.3 tickets from a
 // first connection of every client), the reconnect storm after a short
-// outage.
+// outage, and the storm after a broker restart: every client connects
+// once, Moat restarts, and every client connects again, resuming with the
+// ticket key Moat kept in its store, or, when Moat comes back without a
+// store, doing a full handshake.
 //
 //	go test -run '^$' -bench HandshakeCPU -benchtime 1x ./internal/bench
 //
-// BENCH_HS_N sets the handshakes per measurement (default 1000). Reported:
-// server CPU per handshake (floor-µs/hs, moat-µs/hs and their ratio
-// moat/floor), per resumed handshake (…-resumed-µs/hs), and connections
-// per second, full and resumed, on Moat.
+// BENCH_HS_N sets the handshakes per measurement (default 1000),
+// BENCH_HS_ROUNDS the rounds (default 3): the measurements alternate
+// within each round, so that a change in the machine's load hits all of
+// them, and each figure reported is the median over the rounds (the
+// ratio moat/floor is the median of the rounds' ratios). Reported: server
+// CPU per handshake (floor-µs/hs, moat-µs/hs and moat/floor), per resumed
+// handshake (…-resumed-µs/hs), after a restart with the ticket keys kept
+// (moat-restart-resumed-µs/hs) and without them
+// (moat-restart-full-µs/hs), and connections per second on Moat for each.
+// BENCH_HS_CPUPROFILE=FILE writes a CPU profile of Moat's full handshakes
+// in the first round, or of the phase BENCH_HS_PROFILE_PHASE names (a
+// resumed phase's profile includes its first, full, connections).
 func BenchmarkHandshakeCPU(b *testing.B) {
-	n := 1000
-	if v := os.Getenv("BENCH_HS_N"); v != "" {
-		var err error
-		if n, err = strconv.Atoi(v); err != nil || n <= 0 {
-			b.Fatalf("BENCH_HS_N=%q: want a positive number", v)
-		}
-	}
+	n := envInt(b, "BENCH_HS_N", 1000)
+	rounds := envInt(b, "BENCH_HS_ROUNDS", 3)
 	dir := b.TempDir()
 	pki := filepath.Join(dir, "pki")
 	if err := bench.WritePKI(pki, bench.ECDSAP256); err != nil {
@@ -75,14 +85,134 @@ func BenchmarkHandshakeCPU(b *testing.B) {
 	ctx, cancel := context.WithCancel(context.Background())
 	floorDone := make(chan error, 1)
 	go func() { floorDone <- nf.Serve(ctx, ln) }()
+	b.Cleanup(func() {
+		cancel()
+		<-floorDone
+	})
 
-	// Moat: `moat serve` with the bench's mutual-TLS listener.
+	// Moat: `moat serve` with the bench's mutual-TLS listener, and the
+	// durable store on (its ticket keys survive a restart; the bench's
+	// clients have clean sessions, so nothing else is written).
+	moat := &moatServe{b: b, dir: dir, port: testutil.FreePort(b), pki: p}
+	moat.start(true)
+	b.Cleanup(moat.stop)
+	moatAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(moat.port))
+
+	type phase struct {
+		name string
+		addr string
+		// resume: a first connection of every client, not measured;
+		// restart, when set, runs between the two (Moat restarts).
+		resume  bool
+		restart func()
+		results []*bench.Result
+	}
+	restartWith := func(persist bool) func() {
+		return func() {
+			moat.stop()
+			moat.start(persist)
+		}
+	}
+	phases := []*phase{
+		{name: "floor", addr: floorAddr},
+		{name: "moat", addr: moatAddr},
+		{name: "floor-resumed", addr: floorAddr, resume: true},
+		{name: "moat-resumed", addr: moatAddr, resume: true},
+		{name: "moat-restart-resumed", addr: moatAddr, resume: true, restart: restartWith(true)},
+		// Moat comes back without its store, then goes back to it.
+		{name: "moat-restart-full", addr: moatAddr, resume: true, restart: restartWith(false)},
+	}
+	for b.Loop() {
+		for round := range rounds {
+			for _, ph := range phases {
+				stopProfile := func() {}
+				if ph.name == cmp.Or(os.Getenv("BENCH_HS_PROFILE_PHASE"), "moat") && round == 0 {
+					stopProfile = startCPUProfile(b, os.Getenv("BENCH_HS_CPUPROFILE"))
+				}
+				res := handshakeChild(b, ph.addr, pki, n, ph.resume, ph.restart)
+				stopProfile()
+				ph.results = append(ph.results, res)
+				if ph.name == "moat-restart-full" {
+					moat.stop()
+					moat.start(true)
+				}
+			}
+		}
+		cpu := func(r *bench.Result) float64 { return 1e3 * r.Broker.CPUPerConnectMs }
+		median := func(ph *phase, f func(*bench.Result) float64) float64 {
+			v := make([]float64, len(ph.results))
+			for i, r := range ph.results {
+				v[i] = f(r)
+			}
+			slices.Sort(v)
+			return v[len(v)/2]
+		}
+		ratios := make([]float64, rounds)
+		for i := range ratios {
+			ratios[i] = cpu(phases[1].results[i]) / cpu(phases[0].results[i])
+		}
+		slices.Sort(ratios)
+		perSec := func(r *bench.Result) float64 { return r.Connect.PerSecond }
+		resumedShare := func(r *bench.Result) float64 { return float64(r.Connect.Resumed) / float64(r.Connect.Succeeded) }
+		for _, ph := range phases {
+			b.ReportMetric(median(ph, cpu), ph.name+"-µs/hs")
+			if strings.HasPrefix(ph.name, "moat") {
+				b.ReportMetric(median(ph, perSec), ph.name+"-conn/s")
+			}
+		}
+		b.ReportMetric(ratios[len(ratios)/2], "moat/floor")
+		b.ReportMetric(0, "ns/op")
+		for _, ph := range phases {
+			var line strings.Builder
+			for i, r := range ph.results {
+				fmt.Fprintf(&line, " [%d] %.0f µs %.0f conn/s resumed %.0f%%", i, cpu(r), perSec(r), 100*resumedShare(r))
+			}
+			b.Logf("%-21s%s", ph.name, line.String())
+		}
+		b.Logf("moat/floor per round: %.2f (median %.2f)", ratios, ratios[len(ratios)/2])
+		if share := median(phases[4], resumedShare); share < 0.99 {
+			b.Errorf("after a restart with the store only %.0f%% of the sessions resumed", 100*share)
+		}
+		if share := median(phases[5], resumedShare); share != 0 {
+			b.Errorf("after a restart without the store %.0f%% of the sessions resumed", 100*share)
+		}
+	}
+}
+
+// envInt reads a positive number from the environment, or def.
+func envInt(b *testing.B, name string, def int) int {
+	v := os.Getenv(name)
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n <= 0 {
+		b.Fatalf("%s=%q: want a positive number", name, v)
+	}
+	return n
+}
+
+// moatServe runs `moat serve` in this process for BenchmarkHandshakeCPU,
+// with the bench's mutual-TLS listener on a fixed port and data directory,
+// so that it can be stopped and started again (a restart).
+type moatServe struct {
+	b      *testing.B
+	dir    string
+	port   int
+	pki    func(string) string
+	cancel context.CancelFunc
+	exited chan struct{}
+}
+
+// start starts moat serve, with the durable store when persist is set,
+// and waits until it listens.
+func (m *moatServe) start(persist bool) {
 	// The connection-rate defense is raised out of the way: every
 	// handshake comes from 127.0.0.1, far faster than one device connects.
-	port := testutil.FreePort(b)
-	conf := filepath.Join(dir, "moat.yaml")
+	conf := filepath.Join(m.dir, "moat.yaml")
 	if err := os.WriteFile(conf, fmt.Appendf(nil, `listeners:
-  - address: 127.0.0.1:%d
+  - name: mqtts
+    address: 127.0.0.1:%d
     transport: tls
     tls:
       client_ca: %s
@@ -91,7 +221,7 @@ func BenchmarkHandshakeCPU(b *testing.B) {
       client_auth: required
       identity: {username_from: cn}
 log: {level: error, connection_messages: false}
-persistence: {enabled: false}
+persistence: {enabled: %t, sync: batch}
 audit: {disabled: true}
 defense:
   conn_rate: 1000000
@@ -99,64 +229,96 @@ defense:
   listener_conn_rate: 1000000
   listener_conn_burst: 1000000
   max_conns_per_addr: 1000000
-`, port, p(bench.PKIFiles.CA), p(bench.PKIFiles.Server), p(bench.PKIFiles.ServerKey)), 0o600); err != nil {
+`, m.port, m.pki(bench.PKIFiles.CA), m.pki(bench.PKIFiles.Server), m.pki(bench.PKIFiles.ServerKey), persist), 0o600); err != nil {
+		m.b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	m.cancel, m.exited = cancel, make(chan struct{})
+	logs := &testutil.Buffer{}
+	go func(exited chan struct{}) {
+		defer close(exited)
+		cli.Main(ctx, []string{"serve", "-c", conf, "--data", filepath.Join(m.dir, "data")},
+			cli.Stdio{In: strings.NewReader(""), Out: io.Discard, Err: logs})
+	}(m.exited)
+	if err := waitListening(net.JoinHostPort("127.0.0.1", strconv.Itoa(m.port)), m.exited); err != nil {
+		m.b.Fatalf("moat serve: %v\n%s", err, logs.String())
+	}
+}
+
+// stop ends moat serve and waits for it; it does nothing when stopped.
+func (m *moatServe) stop() {
+	if m.cancel == nil {
+		return
+	}
+	m.cancel()
+	<-m.exited
+	m.cancel = nil
+}
+
+// startCPUProfile writes a CPU profile of this process to file until the
+// returned function is called; it does nothing when file is empty.
+func startCPUProfile(b *testing.B, file string) func() {
+	if file == "" {
+		return func() {}
+	}
+	f, err := os.Create(file)
+	if err != nil {
 		b.Fatal(err)
 	}
-	exited := make(chan struct{})
-	go func() {
-		defer close(exited)
-		cli.Main(ctx, []string{"serve", "-c", conf, "--data", filepath.Join(dir, "data")},
-			cli.Stdio{In: strings.NewReader(""), Out: io.Discard, Err: io.Discard})
-	}()
-	b.Cleanup(func() {
-		cancel()
-		<-exited
-		<-floorDone
-	})
-	moatAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	if err := waitListening(moatAddr, exited); err != nil {
-		b.Fatalf("moat serve: %v", err)
+	if err := pprof.StartCPUProfile(f); err != nil {
+		b.Fatal(err)
 	}
-
-	for b.Loop() {
-		floor := handshakeChild(b, floorAddr, pki, n, false)
-		moat := handshakeChild(b, moatAddr, pki, n, false)
-		floorR := handshakeChild(b, floorAddr, pki, n, true)
-		moatR := handshakeChild(b, moatAddr, pki, n, true)
-		cpu := func(r *bench.Result) float64 { return 1e3 * r.Broker.CPUPerConnectMs }
-		b.ReportMetric(cpu(floor), "floor-µs/hs")
-		b.ReportMetric(cpu(moat), "moat-µs/hs")
-		b.ReportMetric(cpu(moat)/cpu(floor), "moat/floor")
-		b.ReportMetric(cpu(floorR), "floor-resumed-µs/hs")
-		b.ReportMetric(cpu(moatR), "moat-resumed-µs/hs")
-		b.ReportMetric(moat.Connect.PerSecond, "moat-full-conn/s")
-		b.ReportMetric(moatR.Connect.PerSecond, "moat-resumed-conn/s")
-		b.ReportMetric(0, "ns/op")
-		b.Logf("server CPU per full handshake: Moat %.0f µs, floor %.0f µs, ratio %.2f; resumed: Moat %.0f µs (%d of %d resumed), floor %.0f µs (%d of %d); Moat %.0f conn/s full, %.0f resumed",
-			cpu(moat), cpu(floor), cpu(moat)/cpu(floor), cpu(moatR), moatR.Connect.Resumed, moatR.Connect.Succeeded,
-			cpu(floorR), floorR.Connect.Resumed, floorR.Connect.Succeeded, moat.Connect.PerSecond, moatR.Connect.PerSecond)
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
 	}
 }
 
 // handshakeChild runs n connections to addr in a child process (resumed
 // ones when resume is set) and returns its result, whose broker figures
-// are this process's.
-func handshakeChild(b *testing.B, addr, pki string, n int, resume bool) *bench.Result {
+// are this process's. restart, when set, runs between the child's first
+// and measured rounds.
+func handshakeChild(b *testing.B, addr, pki string, n int, resume bool, restart func()) *bench.Result {
 	b.Helper()
 	child := exec.Command(os.Args[0], "-test.run=^TestHandshakeClientsChild$", "-test.v=false")
-	child.Env = append(os.Environ(), fmt.Sprintf("BENCH_HS_CHILD=%s,%s,%d,%t", addr, pki, n, resume))
+	child.Env = append(os.Environ(), fmt.Sprintf("BENCH_HS_CHILD=%s,%s,%d,%t,%t", addr, pki, n, resume, restart != nil))
 	child.Stderr = os.Stderr
-	out, err := child.Output()
+	stdin, err := child.StdinPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	stdout, err := child.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := child.Start(); err != nil {
+		b.Fatal(err)
+	}
+	out := bufio.NewReader(stdout)
+	if restart != nil {
+		line, err := out.ReadString('\n')
+		if err != nil || line != "warm\n" {
+			child.Process.Kill()
+			child.Wait()
+			b.Fatalf("client process: %q, %v (want warm)", line, err)
+		}
+		restart()
+		stdin.Write([]byte("go\n"))
+	}
+	rest, err := io.ReadAll(out)
+	if werr := child.Wait(); err == nil {
+		err = werr
+	}
 	if err != nil {
 		b.Fatalf("client process: %v", err)
 	}
 	// The test binary may print PASS after the result.
-	js, _, _ := strings.Cut(string(out), "\nPASS")
+	js, _, _ := strings.Cut(string(rest), "\nPASS")
 	res, err := bench.ReadResult(strings.NewReader(js))
 	if err != nil {
 		b.Fatal(err)
 	}
-	if res.Broker == nil || res.Connect.Succeeded != int64(n) || resume && res.Connect.Resumed == 0 {
+	if res.Broker == nil || res.Connect.Succeeded != int64(n) || resume && restart == nil && res.Connect.Resumed == 0 {
 		b.Fatalf("client process to %s: %d of %d connected, %d resumed, broker stats %v, errors %v",
 			addr, res.Connect.Succeeded, n, res.Connect.Resumed, res.Broker, res.Errors)
 	}
@@ -190,12 +352,21 @@ func TestHandshakeClientsChild(t *testing.T) {
 	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(caPEM)
-	res, err := bench.Run(context.Background(), bench.Config{
+	cfg := bench.Config{
 		Scenario: bench.Conn, Addr: addr, Clients: n, Duration: 100 * time.Millisecond,
 		TLS:         &tls.Config{RootCAs: pool, ServerName: "localhost"},
 		ClientCerts: certs, Resume: parts[3] == "true",
 		ConnConcurrency: 16, BrokerPID: os.Getppid(), SampleInterval: time.Second,
-	})
+	}
+	if parts[4] == "true" {
+		// The parent restarts the server between the two rounds.
+		cfg.AfterWarmUp = func(context.Context) error {
+			fmt.Println("warm")
+			_, err := bufio.NewReader(os.Stdin).ReadString('\n')
+			return err
+		}
+	}
+	res, err := bench.Run(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

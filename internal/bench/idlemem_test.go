@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"testing"
@@ -27,18 +28,23 @@ import (
 // BenchmarkServeIdleMTLS measures what one idle mutual-TLS connection
 // costs the broker, as scenario f of `make bench` does, but with the
 // broker's own counters: `moat serve` runs in this process with the
-// bench's mosquitto.conf (one mutual-TLS listener, identity as username),
-// and the clients, one certificate each, run in a child process (this test
-// binary again), so that only the broker's memory is counted.
+// bench's settings (one mutual-TLS listener, identity as username, the
+// per-address connection limits raised out of the way as scripts/bench.sh
+// does: every client comes from 127.0.0.1), and the clients, one
+// certificate each, run in a child process (this test binary again), so
+// that only the broker's memory is counted.
 //
 //	go test -run '^$' -bench ServeIdleMTLS -benchtime 1x ./internal/bench
 //
 // BENCH_IDLE_N sets the number of connections (default 2000). Reported
-// per connection: live heap after a GC (heap-B/conn), heap spans in use
+// per connection: live heap after a GC (heap-B/conn), goroutine stacks
+// (stack-B/conn), the two together (heap+stack-B/conn), heap spans in use
 // (inuse-B/conn, live heap plus the free slots between live objects),
-// goroutine stacks (stack-B/conn), goroutines, and the growth of the
-// process's RSS measured before that GC (rss-KiB/conn, what `make bench`
-// reports; it includes the garbage collector's headroom).
+// goroutines, and the growth of the process's RSS measured before that GC
+// (rss-KiB/conn, what `make bench` reports; it includes the garbage the
+// handshakes left that the collector has not yet returned to the system).
+// BENCH_IDLE_HEAPPROFILE=FILE writes a heap profile of the idle broker,
+// every allocation sampled, for `go tool pprof -sample_index=inuse_space`.
 func BenchmarkServeIdleMTLS(b *testing.B) {
 	n := 2000
 	if v := os.Getenv("BENCH_IDLE_N"); v != "" {
@@ -47,33 +53,42 @@ func BenchmarkServeIdleMTLS(b *testing.B) {
 			b.Fatalf("BENCH_IDLE_N=%q: want a positive number", v)
 		}
 	}
+	if os.Getenv("BENCH_IDLE_HEAPPROFILE") != "" {
+		// Every allocation, so that the profile accounts for each byte.
+		defer func(r int) { runtime.MemProfileRate = r }(runtime.MemProfileRate)
+		runtime.MemProfileRate = 1
+	}
 	dir := b.TempDir()
 	pki := filepath.Join(dir, "pki")
 	if err := bench.WritePKI(pki, bench.ECDSAP256); err != nil {
 		b.Fatal(err)
 	}
 	p := func(f string) string { return filepath.Join(pki, f) }
-	conf := filepath.Join(dir, "broker.conf")
+	conf := filepath.Join(dir, "moat.yaml")
 	// moat serve runs in-process (its memory is what is measured) on a
 	// configured port; a port taken before it binds is retried.
 	ports := testutil.RetryPorts(b, 1, func(ports []int) error {
-		if err := os.WriteFile(conf, fmt.Appendf(nil, `per_listener_settings false
-allow_anonymous true
-persistence false
-connection_messages false
-log_type error
-log_type warning
-set_tcp_nodelay true
-max_inflight_messages 20
-max_queued_messages 1000
-max_packet_size 1048576
-listener %d 127.0.0.1
-cafile %s
-certfile %s
-keyfile %s
-require_certificate true
-use_identity_as_username true
-`, ports[0], p(bench.PKIFiles.CA), p(bench.PKIFiles.Server), p(bench.PKIFiles.ServerKey)), 0o600); err != nil {
+		if err := os.WriteFile(conf, fmt.Appendf(nil, `listeners:
+  - address: 127.0.0.1:%d
+    transport: tls
+    allow_anonymous: true
+    tls:
+      cert: %s
+      key: %s
+      client_ca: %s
+      client_auth: required
+      identity: {username_from: cn}
+limits: {max_packet_size: 1048576, max_inflight: 20, max_queued_messages: 1000}
+log: {level: warn, connection_messages: false}
+persistence: {enabled: false}
+audit: {disabled: true}
+defense:
+  conn_rate: 1000000
+  conn_burst: 1000000
+  listener_conn_rate: 1000000
+  listener_conn_burst: 1000000
+  max_conns_per_addr: 1000000
+`, ports[0], p(bench.PKIFiles.Server), p(bench.PKIFiles.ServerKey), p(bench.PKIFiles.CA)), 0o600); err != nil {
 			return err
 		}
 		ctx, cancel := context.WithCancel(context.Background())
@@ -132,6 +147,9 @@ use_identity_as_username true
 		rss1 := vmRSS(b)
 		ms1 := memStats()
 		g1 := runtime.NumGoroutine()
+		if f := os.Getenv("BENCH_IDLE_HEAPPROFILE"); f != "" {
+			writeHeapProfile(b, f)
+		}
 		child.Process.Kill()
 		child.Wait()
 
@@ -139,6 +157,7 @@ use_identity_as_username true
 		b.ReportMetric(per(ms0.HeapAlloc, ms1.HeapAlloc), "heap-B/conn")
 		b.ReportMetric(per(ms0.HeapInuse, ms1.HeapInuse), "inuse-B/conn")
 		b.ReportMetric(per(ms0.StackInuse, ms1.StackInuse), "stack-B/conn")
+		b.ReportMetric(per(ms0.HeapAlloc+ms0.StackInuse, ms1.HeapAlloc+ms1.StackInuse), "heap+stack-B/conn")
 		b.ReportMetric(float64(g1-g0)/float64(ok), "goroutines/conn")
 		b.ReportMetric(per(rss0, rss1)/1024, "rss-KiB/conn")
 		b.ReportMetric(0, "ns/op")
@@ -215,6 +234,19 @@ func waitListening(addr string, exited <-chan struct{}) error {
 			return fmt.Errorf("nothing listens on %s", addr)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// writeHeapProfile writes the heap profile (live objects as of the last
+// GC) to file.
+func writeHeapProfile(b *testing.B, file string) {
+	f, err := os.Create(file)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+		b.Fatal(err)
 	}
 }
 

@@ -108,6 +108,11 @@ func (r *run) exec(ctx context.Context) (*Result, error) {
 			}
 			c.nc, c.br = nil, nil
 		})
+		if cfg.AfterWarmUp != nil {
+			if err := cfg.AfterWarmUp(ctx); err != nil {
+				return res, fmt.Errorf("bench: after the warm-up: %w", err)
+			}
+		}
 	}
 	smp := newSampler(r, cfg.BrokerPID)
 	smp.start()

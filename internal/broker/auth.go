@@ -223,13 +223,10 @@ func (c *conn) handleAuth(p *packet.Auth) bool {
 		c.kill(packet.NotAuthorized, "re-authentication failed")
 		return false
 	}
-	if !sameGrants(&c.client, &res) {
-		// The Client is shared with deliveries, the decision cache and
-		// retained snapshots, and does not change while connected: a
-		// new set of groups or grants is taken up by a new connection.
-		c.log.Warn("broker: re-authentication changed the groups or grants; disconnecting", "username", c.client.Username)
-		c.loseAccess("re-authentication changed the groups or grants")
-		return false
+	if !sameGrants(c.client.Grants(), &res) {
+		// The new groups and grants apply at once: what they no longer
+		// allow is taken away now, what they add is allowed from now on.
+		c.regrant(&res)
 	}
 	c.armExpiry(res.Expires)
 	c.log.Info("broker: client re-authenticated", "method", clipString(c.authMethod), "username", c.client.Username,
@@ -298,8 +295,8 @@ func clipString(s string) string {
 }
 
 // sameGrants reports whether a re-authentication's result r carries the
-// groups, grants and backend the connection was admitted with.
-func sameGrants(c *Client, r *AuthResult) bool {
-	return slices.Equal(c.Groups, r.Groups) && slices.Equal(c.Publish, r.Publish) &&
-		slices.Equal(c.Subscribe, r.Subscribe) && c.AuthBackend == r.Backend
+// groups, grants and backend g the connection holds.
+func sameGrants(g Grants, r *AuthResult) bool {
+	return slices.Equal(g.Groups, r.Groups) && slices.Equal(g.Publish, r.Publish) &&
+		slices.Equal(g.Subscribe, r.Subscribe) && g.Backend == r.Backend
 }

@@ -316,37 +316,82 @@ func TestAuthExpiry(t *testing.T) {
 	})
 }
 
-// TestSecurityReauthWithOtherGroupsEndsConnection: alice connects with
-// enhanced authentication as a member of "ops", which may read ops/#, and
-// subscribes. Her membership is withdrawn; the attack is to re-authenticate
-// with the fresh credential and keep the connection, whose Client (and the
-// decisions cached for it) still carry "ops". A re-authentication whose
-// groups differ ends the connection with 0x87 through the loss-of-access
-// path instead.
-func TestSecurityReauthWithOtherGroupsEndsConnection(t *testing.T) {
+// reauthTEST re-authenticates c as alice and returns the broker's answer.
+func reauthTEST(t *testing.T, c *rawClient) packet.Packet {
+	t.Helper()
+	c.send(authPkt(packet.ReAuthenticate, "TEST", "user:alice"))
+	if a, ok := c.recv().(*packet.Auth); !ok || a.ReasonCode != packet.ContinueAuthentication {
+		t.Fatalf("want AUTH 0x18, got %#v", a)
+	}
+	c.send(authPkt(packet.ContinueAuthentication, "TEST", "proof"))
+	return c.recv()
+}
+
+// TestSecurityReauthWithOtherGroupsAppliesThem: alice connects with
+// enhanced authentication as a member of "ops", which may read and write
+// ops/#, and subscribes. Her membership is withdrawn; the attack is to
+// re-authenticate with the fresh credential and keep reading and writing
+// through the subscription, and the decisions cached, of the old groups.
+// The re-authentication succeeds (the credential is good) and its groups
+// apply at once on the loss-of-access path: the ops/# subscription is
+// removed, an ops/ message published after it is not delivered, and
+// publishing or subscribing there is refused, while her other subscription
+// keeps working and the connection stays. A later re-authentication that
+// gives "ops" back allows it again.
+func TestSecurityReauthWithOtherGroupsAppliesThem(t *testing.T) {
 	ea := &twoStep{}
 	ea.groups.Store(&[]string{"ops"})
 	authz := AuthorizerFunc(func(r *AuthzRequest) Decision {
-		if strings.HasPrefix(r.Topic, "ops/") && !slices.Contains(r.Client.Groups, "ops") {
+		// The publisher (any other client) may write ops/.
+		if r.Client.ClientID == "ea" && strings.HasPrefix(r.Topic, "ops/") && !slices.Contains(r.Client.Grants().Groups, "ops") {
 			return Decision{Reason: "test: ops only"}
 		}
 		return Decision{Allow: true}
 	})
 	s, addr := testServer(t, Config{EnhancedAuthenticator: ea, Authorizer: authz})
 	c := connectTEST(t, addr)
-	if ack := subscribe(t, c, 1, packet.Subscription{Filter: "ops/#"}); ack.ReasonCodes[0] != packet.GrantedQoS0 {
-		t.Fatalf("SUBACK %v: the groups of the exchange did not reach the Authorizer", ack.ReasonCodes[0])
+	if ack := subscribe(t, c, 1, packet.Subscription{Filter: "ops/#", QoS: 1}, packet.Subscription{Filter: "pub/#", QoS: 1}); ack.ReasonCodes[0] != packet.GrantedQoS1 {
+		t.Fatalf("SUBACK %v: the groups of the exchange did not reach the Authorizer", ack.ReasonCodes)
 	}
+	p := dialRaw(t, addr, packet.V5)
+	p.connect(v5connect("publisher"))
+	publishAcked(t, p, 1, &packet.Publish{Topic: "ops/cmd", QoS: 1})
+	if m := recvPublish(t, c); m.Topic != "ops/cmd" {
+		t.Fatalf("got %q", m.Topic)
+	} else {
+		c.send(&packet.Puback{PacketID: m.PacketID})
+	}
+
 	ea.groups.Store(&[]string{})
-	c.send(authPkt(packet.ReAuthenticate, "TEST", "user:alice"))
-	if a, ok := c.recv().(*packet.Auth); !ok || a.ReasonCode != packet.ContinueAuthentication {
-		t.Fatalf("want AUTH 0x18, got %#v", a)
+	if a, ok := reauthTEST(t, c).(*packet.Auth); !ok || a.ReasonCode != packet.Success {
+		t.Fatalf("re-authentication: %#v, want AUTH 0x00", a)
 	}
-	c.send(authPkt(packet.ContinueAuthentication, "TEST", "proof"))
-	if d := c.expectClosed(5 * time.Second); d == nil || d.ReasonCode != packet.NotAuthorized {
-		t.Fatalf("DISCONNECT %#v, want 0x87", d)
+	if st := s.Stats(); st.SubscriptionsRevoked != 1 || st.RevokedDisconnects != 0 {
+		t.Errorf("stats: %d subscriptions revoked, %d disconnects; want 1 and 0", st.SubscriptionsRevoked, st.RevokedDisconnects)
 	}
-	if n := s.Stats().RevokedDisconnects; n != 1 {
-		t.Errorf("RevokedDisconnects %d, want 1", n)
+	publishAcked(t, p, 2, &packet.Publish{Topic: "ops/secret", QoS: 1})
+	publishAcked(t, p, 3, &packet.Publish{Topic: "pub/news", QoS: 1})
+	if m := recvPublish(t, c); m.Topic != "pub/news" {
+		t.Fatalf("after losing ops: received %q", m.Topic)
+	} else {
+		c.send(&packet.Puback{PacketID: m.PacketID})
+	}
+	if ack := publishAcked(t, c, 3, &packet.Publish{Topic: "ops/cmd", QoS: 1}); ack.ReasonCode != packet.NotAuthorized {
+		t.Fatalf("publish to ops/ after losing ops: PUBACK %v, want 0x87 (a stale cached allow?)", ack.ReasonCode)
+	}
+	if ack := subscribe(t, c, 4, packet.Subscription{Filter: "ops/#", QoS: 1}); ack.ReasonCodes[0] != packet.NotAuthorized {
+		t.Fatalf("SUBACK %v after losing ops, want 0x87", ack.ReasonCodes[0])
+	}
+
+	ea.groups.Store(&[]string{"ops"})
+	if a, ok := reauthTEST(t, c).(*packet.Auth); !ok || a.ReasonCode != packet.Success {
+		t.Fatalf("re-authentication: %#v, want AUTH 0x00", a)
+	}
+	if ack := subscribe(t, c, 5, packet.Subscription{Filter: "ops/#", QoS: 1}); ack.ReasonCodes[0] != packet.GrantedQoS1 {
+		t.Fatalf("SUBACK %v once ops is back, want granted", ack.ReasonCodes[0])
+	}
+	c.send(&packet.Pingreq{})
+	if _, ok := c.recv().(*packet.Pingresp); !ok {
+		t.Fatal("the connection did not stay")
 	}
 }

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"hash/maphash"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -9,11 +10,16 @@ import (
 	"github.com/moatmq/moat/internal/packet"
 )
 
-// authzCacheSize bounds the decisions cached per connection. A key holds
-// a topic of up to MaxTopicLength bytes, so a client cycling through
-// topics costs at most this many topics; a full cache is emptied rather
-// than grown.
-const authzCacheSize = 256
+// authzCacheSize bounds the decisions cached per connection. A connection
+// starts with authzCacheMin slots and doubles them, up to this, when two
+// of its topics collide, so a device with a few topics costs a few slots
+// and a collector reading many topics gets the whole table. An entry
+// holds a topic of up to MaxTopicLength bytes, so a client cycling
+// through topics costs at most this many topics.
+const (
+	authzCacheSize = 256
+	authzCacheMin  = 8
+)
 
 // maxDenyLogs is how many denials of one connection are logged at info
 // level; later ones go to debug, so a client cannot flood the log.
@@ -22,74 +28,199 @@ const maxDenyLogs = 20
 // authzState is one connection's authorization state. It is shared by the
 // connection's Client and the session's snapshot of it (session.client),
 // so that an offline session's queued messages are judged with the same
-// cache.
+// cache and identity.
 type authzState struct {
-	mu  sync.Mutex
-	gen uint64 // Server.authzGen the entries were decided at
-	m   map[authzKey]Decision
+	// tab is the decision cache; nil for a state that caches nothing (a
+	// retained message's publisher).
+	tab atomic.Pointer[authzTable]
+	// id is the identity decisions are taken for; a re-authentication
+	// that changes the grants replaces it, which also retires every
+	// cached decision and the Authorizer's memo.
+	id atomic.Pointer[authzIdentity]
 
 	denials atomic.Int32
+}
 
+// authzIdentity is what decisions of a connection are taken for: the
+// grants of CONNECT (grants nil: the Client's own fields) or of the last
+// re-authentication that changed them, and the Authorizer's memo built
+// from them. It is replaced as a whole, never modified (but for the memo,
+// built once).
+type authzIdentity struct {
+	grants   *Grants
 	memoOnce sync.Once
 	memo     any
 }
 
-type authzKey struct {
+// Grants are what the authentication of a connection grants by itself:
+// the identity's groups, the topic filters its credential allows, and the
+// backend that vouched for it.
+type Grants struct {
+	Groups             []string
+	Publish, Subscribe []string
+	Backend            string
+}
+
+// authzTable is a four-way set-associative table of decisions: a key may
+// sit in any slot of the set of authzWays its hash selects. Entries are immutable
+// and read without a lock; a stale one (older policy generation or
+// identity) is never used and is the first to be overwritten.
+type authzTable struct {
+	mask  uint64 // of the slot index
+	slots []atomic.Pointer[authzEntry]
+}
+
+// authzWays is the number of slots a key may take.
+const authzWays = 4
+
+type authzEntry struct {
+	hash   uint64
+	gen    uint64         // Server.authzGen the decision was taken at
+	id     *authzIdentity // the identity it was taken for
 	action Action
-	topic  string
 	qos    byte
 	retain bool
+	topic  string
+	d      Decision
+}
+
+func newAuthzTable(n int) *authzTable {
+	return &authzTable{mask: uint64(n - 1), slots: make([]atomic.Pointer[authzEntry], n)}
 }
 
 func newAuthzState() *authzState {
-	return &authzState{m: make(map[authzKey]Decision)}
+	az := &authzState{}
+	az.tab.Store(newAuthzTable(authzCacheMin))
+	az.id.Store(&authzIdentity{})
+	return az
+}
+
+// authzSeed keys the cache's hash; per process, so a peer cannot choose
+// topics that collide.
+var authzSeed = maphash.MakeSeed()
+
+func authzHash(a Action, topic string, qos byte, retain bool) uint64 {
+	h := maphash.String(authzSeed, topic)
+	k := uint64(a)<<3 | uint64(qos)<<1
+	if retain {
+		k |= 1
+	}
+	return h ^ k*0x9e3779b97f4a7c15
+}
+
+func (e *authzEntry) is(h uint64, a Action, topic string, qos byte, retain bool) bool {
+	return e.hash == h && e.action == a && e.qos == qos && e.retain == retain && e.topic == topic
+}
+
+// set returns the slots h may sit in.
+func (t *authzTable) set(h uint64) []atomic.Pointer[authzEntry] {
+	i := h & t.mask &^ (authzWays - 1)
+	return t.slots[i : i+authzWays]
+}
+
+// lookup returns the cached decision, if it was taken at gen for id.
+func (t *authzTable) lookup(h, gen uint64, id *authzIdentity, a Action, topic string, qos byte, retain bool) (Decision, bool) {
+	set := t.set(h)
+	for i := range set {
+		if e := set[i].Load(); e != nil && e.gen == gen && e.id == id && e.is(h, a, topic, qos, retain) {
+			return e.d, true
+		}
+	}
+	return Decision{}, false
+}
+
+// put stores e in a free, stale or same-key slot of its set, and reports
+// false when all hold other live decisions.
+func (t *authzTable) put(e *authzEntry) bool {
+	set := t.set(e.hash)
+	for i := range set {
+		if o := set[i].Load(); o == nil || o.gen != e.gen || o.id != e.id || o.is(e.hash, e.action, e.topic, e.qos, e.retain) {
+			set[i].Store(e)
+			return true
+		}
+	}
+	return false
+}
+
+// store caches e. When every slot of its set holds another live
+// decision, the table doubles (up to authzCacheSize) or, at full size,
+// one of them (chosen by the hash's top bits) is replaced. A store racing with another may be lost, which costs one
+// decision later, never a wrong one.
+func (az *authzState) store(e *authzEntry) {
+	t := az.tab.Load()
+	if t.put(e) {
+		return
+	}
+	if len(t.slots) >= authzCacheSize {
+		t.set(e.hash)[e.hash>>62].Store(e)
+		return
+	}
+	nt := newAuthzTable(2 * len(t.slots))
+	for i := range t.slots {
+		if o := t.slots[i].Load(); o != nil && o.gen == e.gen && o.id == e.id {
+			nt.put(o)
+		}
+	}
+	nt.put(e)
+	az.tab.CompareAndSwap(t, nt)
 }
 
 // Memo returns the value build makes for this client, building it once
-// per connection: an Authorizer keeps what it derives from the client
-// (its policy subject) here rather than per request. A Client without
-// connection state (a snapshot of an offline publisher, a Client built by
-// a test) builds it on every call.
+// per connection and identity: an Authorizer keeps what it derives from
+// the client (its policy subject) here rather than per request. A
+// re-authentication that changes the grants starts a new memo. A Client
+// without connection state (a snapshot of an offline publisher, a Client
+// built by a test) builds it on every call.
 func (c *Client) Memo(build func(*Client) any) any {
 	if c.az == nil {
 		return build(c)
 	}
-	c.az.memoOnce.Do(func() { c.az.memo = build(c) })
-	return c.az.memo
+	id := c.az.id.Load()
+	id.memoOnce.Do(func() { id.memo = build(c) })
+	return id.memo
+}
+
+// Grants returns what the connection's authentication grants now: the
+// fields Groups, Publish, Subscribe and AuthBackend as of CONNECT, or what
+// the latest re-authentication that changed them returned.
+func (c *Client) Grants() Grants {
+	if c.az != nil {
+		if g := c.az.id.Load().grants; g != nil {
+			return *g
+		}
+	}
+	return Grants{Groups: c.Groups, Publish: c.Publish, Subscribe: c.Subscribe, Backend: c.AuthBackend}
 }
 
 // authorize asks the Authorizer, through c's decision cache. A decision
-// is cached with the server's authorization generation and used only
-// while it holds: Reevaluate moves the generation on before it re-checks
-// anything, so no decision taken under an older policy is served after.
+// is cached with the server's authorization generation and the
+// connection's identity, and used only while both hold: Reevaluate moves
+// the generation on, and a re-authentication that changes the grants
+// replaces the identity, before anything is re-checked, so no decision
+// taken under an older policy or older grants is served after. A hit
+// takes no lock and does not allocate.
 func (s *Server) authorize(c *Client, a Action, topic string, qos byte, retain bool, group string) Decision {
 	az := c.az
-	if az == nil || az.m == nil {
+	var t *authzTable
+	if az != nil {
+		t = az.tab.Load()
+	}
+	if t == nil {
 		req := &AuthzRequest{Client: c, Action: a, Topic: topic, ShareGroup: group, QoS: qos, Retain: retain}
 		return s.authorizer.Authorize(req)
 	}
+	// The generation and the identity are read before deciding: a
+	// decision racing with a change is stored under the old ones, and
+	// never used.
 	gen := s.authzGen.Load()
-	k := authzKey{action: a, topic: topic, qos: qos, retain: retain}
-	az.mu.Lock()
-	if az.gen != gen {
-		clear(az.m)
-		az.gen = gen
-	}
-	d, ok := az.m[k]
-	az.mu.Unlock()
-	if ok {
+	id := az.id.Load()
+	h := authzHash(a, topic, qos, retain)
+	if d, ok := t.lookup(h, gen, id, a, topic, qos, retain); ok {
 		return d
 	}
 	req := &AuthzRequest{Client: c, Action: a, Topic: topic, ShareGroup: group, QoS: qos, Retain: retain}
-	d = s.authorizer.Authorize(req)
-	az.mu.Lock()
-	if az.gen == gen {
-		if len(az.m) >= authzCacheSize {
-			clear(az.m)
-		}
-		az.m[k] = d
-	}
-	az.mu.Unlock()
+	d := s.authorizer.Authorize(req)
+	az.store(&authzEntry{hash: h, gen: gen, id: id, action: a, qos: qos, retain: retain, topic: topic, d: d})
 	return d
 }
 
@@ -122,6 +253,7 @@ func (s *Server) retainSourceAllowed(m *Message) (Decision, bool) {
 // (one per message a subscription matched) are always at debug level.
 func (s *Server) denied(c *Client, a Action, topic string, d Decision, what string) {
 	s.stats.authzDenied.Add(1)
+	s.stats.countDenial(what, d)
 	level := slog.LevelInfo
 	if a == ActionReceive {
 		level = slog.LevelDebug
@@ -153,12 +285,14 @@ func clipTopic(s string) string {
 
 // snapshot returns a copy of c that outlives its connection: no Conn
 // (the certificate chain is kept), the authorization state shared when
-// withState is set.
+// withState is set; without it, the copy carries the grants in force now.
 func (c *Client) snapshot(withState bool) *Client {
 	cp := *c
 	cp.peerCerts = c.PeerCertificates()
 	cp.Conn = nil
 	if !withState {
+		g := c.Grants()
+		cp.Groups, cp.Publish, cp.Subscribe, cp.AuthBackend = g.Groups, g.Publish, g.Subscribe, g.Backend
 		cp.az = nil
 	}
 	return &cp
@@ -171,6 +305,7 @@ func (c *Client) snapshot(withState bool) *Client {
 func (c *Client) publisherSnapshot() *Client {
 	cp := c.snapshot(false)
 	cp.az = &authzState{}
+	cp.az.id.Store(&authzIdentity{})
 	return cp
 }
 
@@ -182,32 +317,63 @@ type Reevaluation struct {
 	// Disconnect says the authentication of the selected clients no
 	// longer holds (password removed or changed, certificate revoked, ban,
 	// token expired, directory account gone): their connections are
-	// closed (MQTT 5: DISCONNECT 0x87 with Reason). Without it, the
+	// closed (MQTT 5: DISCONNECT with Code and Reason). Without it, the
 	// selected sessions' subscriptions, queued and in-flight messages are
 	// re-checked against the Authorizer (the policy changed).
 	Disconnect bool
+	// Regrant, when set (without Disconnect), gives each selected session
+	// new grants, computed from those in force (a directory's re-check
+	// found other groups): they become the connection's identity, which
+	// retires its cached decisions, and the session is re-checked against
+	// them. The connection stays.
+	Regrant func(Grants) Grants
+	// Code is the DISCONNECT reason code sent to MQTT 5 clients; default
+	// 0x87 Not authorized. An operator's ban uses 0x98 Administrative
+	// action (MQTT 5 has no Banned code in DISCONNECT).
+	Code packet.ReasonCode
 	// Reason is logged with every step and sent in the DISCONNECT.
 	Reason string
 }
 
-// ReevaluateResult counts what Reevaluate did.
+// ReevaluateResult counts what Reevaluate did, and lists the sessions it
+// acted on (for the audit trail).
 type ReevaluateResult struct {
 	Disconnected int // connections closed
 	Unsubscribed int // subscriptions removed
 	Dropped      int // queued and in-flight messages dropped
+	Clients      []ReevaluatedClient
+}
+
+// ReevaluatedClient is one session Reevaluate acted on.
+type ReevaluatedClient struct {
+	// Client is the identity of the session's latest connection (a
+	// snapshot: its Conn is nil).
+	Client       *Client
+	Disconnected bool
+	Unsubscribed int
+	Dropped      int
 }
 
 // Reevaluate is the one path of loss of access: every trigger (policy
 // reloaded, password removed or changed, certificate revoked, ban, token
-// expiry, group change) calls it. It first invalidates every cached
-// decision of every connection, then, for each session r.Match selects:
-// with r.Disconnect it closes the live connection; otherwise it removes
-// the subscriptions the Authorizer no longer allows and drops the queued
-// and not yet delivered in-flight messages the client may no longer
-// receive. Every step is logged with r.Reason and counted in Stats. Safe
-// for concurrent use; it must not be called from an Authorizer.
+// expiry, group change) calls it. For each session r.Match selects: with
+// r.Disconnect it closes the live connection; otherwise, after
+// invalidating every cached decision of every connection, it removes the
+// subscriptions the Authorizer no longer allows and drops the queued and
+// not yet delivered in-flight messages the client may no longer receive.
+// Every step is logged with r.Reason and counted in Stats. Safe for
+// concurrent use; it must not be called from an Authorizer.
 func (s *Server) Reevaluate(r Reevaluation) ReevaluateResult {
-	s.authzGen.Add(1)
+	if !r.Disconnect && r.Regrant == nil {
+		// A changed policy retires everyone's decisions. A closed
+		// connection's die with it, and new grants retire those of the
+		// sessions they are given to.
+		s.authzGen.Add(1)
+	}
+	code := r.Code
+	if code == 0 {
+		code = packet.NotAuthorized
+	}
 	var res ReevaluateResult
 	s.sessions.Range(func(_, v any) bool {
 		sess := v.(*session)
@@ -218,15 +384,20 @@ func (s *Server) Reevaluate(r Reevaluation) ReevaluateResult {
 			return true
 		}
 		if r.Disconnect {
-			if c != nil && c.loseAccess(r.Reason) {
+			if c != nil && c.loseAccessCode(code, r.Reason) {
 				res.Disconnected++
+				res.Clients = append(res.Clients, ReevaluatedClient{Client: cl, Disconnected: true})
 			}
+			return true
+		}
+		if r.Regrant != nil {
+			s.regrantSession(sess, cl, r.Regrant(cl.Grants()), r.Reason, &res)
 			return true
 		}
 		s.recheckSession(sess, cl, r.Reason, &res)
 		return true
 	})
-	if res != (ReevaluateResult{}) || r.Disconnect {
+	if len(res.Clients) > 0 || r.Disconnect {
 		s.log.Info("broker: access re-evaluated", "reason", r.Reason, "disconnected", res.Disconnected,
 			"unsubscribed", res.Unsubscribed, "dropped", res.Dropped)
 	}
@@ -234,20 +405,75 @@ func (s *Server) Reevaluate(r Reevaluation) ReevaluateResult {
 }
 
 // loseAccess closes the connection because its authentication no longer
-// holds. It reports false when the connection was already closing.
+// holds (MQTT 5: DISCONNECT 0x87 Not authorized). It reports false when
+// the connection was already closing.
 func (c *conn) loseAccess(reason string) bool {
+	return c.loseAccessCode(packet.NotAuthorized, reason)
+}
+
+// loseAccessCode is loseAccess with another DISCONNECT reason code.
+func (c *conn) loseAccessCode(code packet.ReasonCode, reason string) bool {
 	if c.closing.Load() {
 		return false
 	}
-	c.log.Warn("broker: client lost access; disconnecting", "reason", reason)
+	c.log.Warn("broker: client lost access; disconnecting", "code", code, "reason", reason)
 	c.srv.stats.revokedDisconnects.Add(1)
-	c.kill(packet.NotAuthorized, reason)
+	c.kill(code, reason)
 	return true
+}
+
+// regrant installs the groups and grants of a re-authentication that
+// changed them, on the loss-of-access path (see regrantSession). Called by
+// the reader.
+func (c *conn) regrant(res *AuthResult) {
+	s := c.srv
+	g := Grants{Groups: res.Groups, Publish: res.Publish, Subscribe: res.Subscribe, Backend: res.Backend}
+	const reason = "re-authentication changed the groups or grants"
+	var out ReevaluateResult
+	sess := s.lookup(c.client.ClientID)
+	var cl *Client
+	if sess != nil {
+		sess.mu.Lock()
+		if sess.conn == c {
+			cl = sess.client
+		}
+		sess.mu.Unlock()
+	}
+	if cl == nil {
+		// No session of its own (being taken over): the identity
+		// changes all the same for what the connection still does.
+		c.client.az.id.Store(&authzIdentity{grants: &g})
+	} else {
+		s.regrantSession(sess, cl, g, reason, &out)
+	}
+	c.log.Info("broker: re-authentication changed the groups or grants; applied", "username", c.client.Username,
+		"groups", len(g.Groups), "publish_grants", len(g.Publish), "subscribe_grants", len(g.Subscribe),
+		"unsubscribed", out.Unsubscribed, "dropped", out.Dropped)
+}
+
+// regrantSession makes g the identity of sess's connection (cl is its
+// snapshot, sharing the connection's authorization state) and re-checks
+// the session against it as Reevaluate does after a policy change:
+// subscriptions g no longer allows are removed, queued and not yet
+// delivered in-flight messages it no longer allows are dropped. The new
+// identity retires every decision cached for the old one, and the
+// Authorizer's memo, before anything is re-checked.
+func (s *Server) regrantSession(sess *session, cl *Client, g Grants, reason string, res *ReevaluateResult) {
+	if cl.az != nil {
+		cl.az.id.Store(&authzIdentity{grants: &g})
+	}
+	s.recheckSession(sess, cl, reason, res)
 }
 
 // recheckSession removes the subscriptions of sess that cl may no longer
 // make and drops the messages it may no longer receive.
 func (s *Server) recheckSession(sess *session, cl *Client, reason string, res *ReevaluateResult) {
+	before := ReevaluateResult{Unsubscribed: res.Unsubscribed, Dropped: res.Dropped}
+	defer func() {
+		if u, d := res.Unsubscribed-before.Unsubscribed, res.Dropped-before.Dropped; u > 0 || d > 0 {
+			res.Clients = append(res.Clients, ReevaluatedClient{Client: cl, Unsubscribed: u, Dropped: d})
+		}
+	}()
 	for _, sub := range s.index.Subscriptions(sess.id) {
 		d := s.authorize(cl, ActionSubscribe, sub.Filter, sub.QoS, false, sub.Group)
 		if d.Allow {

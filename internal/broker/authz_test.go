@@ -1,6 +1,9 @@
 package broker
 
 import (
+	"context"
+	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -268,6 +271,81 @@ func BenchmarkAuthorizeCached(b *testing.B) {
 	}
 }
 
+// BenchmarkAuthorizeCachedParallel is the same with every CPU deciding
+// for one connection, as the publishers of a fan-in do for its collector:
+// the cache takes no lock, so they do not queue behind each other.
+func BenchmarkAuthorizeCachedParallel(b *testing.B) {
+	s, err := New(Config{Authorizer: AllowAll, SysInterval: -1, Logger: testLogger(b)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	c := &Client{ClientID: "bench", az: newAuthzState()}
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if !s.authorize(c, ActionReceive, "devices/dev1/data", 1, false, "").Allow {
+				b.Error("denied")
+				return
+			}
+		}
+	})
+}
+
+// TestAuthorizeCache: the connection's cache answers repeated questions
+// without the Authorizer, grows instead of forgetting when topics
+// collide, keeps at most authzCacheSize slots, and serves nothing taken
+// under an older generation or an older identity.
+func TestAuthorizeCache(t *testing.T) {
+	az := &switchAuthz{}
+	s, err := New(Config{Authorizer: az, SysInterval: -1, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &Client{ClientID: "c", az: newAuthzState()}
+	ask := func(topic string) bool { return s.authorize(c, ActionPublish, topic, 1, false, "").Allow }
+	topics := make([]string, 64)
+	for i := range topics {
+		topics[i] = fmt.Sprintf("t/%d", i)
+		ask(topics[i])
+	}
+	before := az.calls.Load()
+	for _, tp := range topics {
+		ask(tp)
+	}
+	// 64 topics in a table that grows to 256 slots: a few may still
+	// share a slot, most must be answered from the cache.
+	if n := az.calls.Load() - before; n > 8 {
+		t.Errorf("%d of 64 repeated decisions asked the Authorizer again", n)
+	}
+	for i := range 10 * authzCacheSize {
+		ask(fmt.Sprintf("u/%d", i))
+	}
+	if n := len(c.az.tab.Load().slots); n != authzCacheSize {
+		t.Errorf("table has %d slots, want %d", n, authzCacheSize)
+	}
+	// A new generation: nothing cached may answer.
+	ask("x/1")
+	az.set("", ActionPublish, "x/")
+	s.authzGen.Add(1)
+	if ask("x/1") {
+		t.Fatal("stale allow after a generation change")
+	}
+	// A new identity (re-authentication with new grants): the same.
+	az.set("", ActionPublish)
+	c.az.id.Store(&authzIdentity{grants: &Grants{Groups: []string{"g"}}})
+	if !ask("x/1") {
+		t.Fatal("the denial was cached across a new identity")
+	}
+	az.set("", ActionPublish, "x/")
+	c.az.id.Store(&authzIdentity{grants: &Grants{Groups: []string{"h"}}})
+	if ask("x/1") {
+		t.Fatal("stale allow after an identity change")
+	}
+	if g := c.Grants(); len(g.Groups) != 1 || g.Groups[0] != "h" {
+		t.Errorf("Grants = %+v", g)
+	}
+}
+
 // TestSecuritySharedMemberRefused: a shared subscription is judged on its
 // filter, and each message on the member that would get it. A member the
 // policy refuses for a topic is passed over: the group's other member gets
@@ -292,4 +370,50 @@ func TestSecuritySharedMemberRefused(t *testing.T) {
 		yes.send(&packet.Puback{PacketID: m.PacketID})
 	}
 	expectNone(t, no)
+}
+
+// TestSecurityReevaluateRegrant: a directory re-check finds that a
+// connected client left the group "ops" (the attack: keep reading through
+// the subscription made while a member). Reevaluate with Regrant gives the
+// session its new groups: the subscription is removed, an ops/ message is
+// no longer delivered, the decision cached for the old groups is not used,
+// and the connection stays.
+func TestSecurityReevaluateRegrant(t *testing.T) {
+	authn := AuthenticatorFunc(func(_ context.Context, r *ConnectRequest) AuthResult {
+		return AuthResult{Allow: true, Username: r.Connect.ClientID, Groups: []string{"ops"}, Backend: "dir"}
+	})
+	authz := AuthorizerFunc(func(r *AuthzRequest) Decision {
+		if r.Client.ClientID == "member" && strings.HasPrefix(r.Topic, "ops/") && !slices.Contains(r.Client.Grants().Groups, "ops") {
+			return Decision{Reason: "test: ops only"}
+		}
+		return Decision{Allow: true}
+	})
+	srv, addr := testServer(t, Config{Authenticator: authn, Authorizer: authz})
+	m := dialRaw(t, addr, packet.V5)
+	m.connect(v5connect("member"))
+	subscribe(t, m, 1, packet.Subscription{Filter: "ops/#", QoS: 1}, packet.Subscription{Filter: "pub/#", QoS: 1})
+	p := dialRaw(t, addr, packet.V5)
+	p.connect(v5connect("publisher"))
+
+	res := srv.Reevaluate(Reevaluation{
+		Match:   func(c *Client) bool { return c.Grants().Backend == "dir" && c.Username == "member" },
+		Regrant: func(g Grants) Grants { g.Groups = nil; return g },
+		Reason:  "directory groups changed",
+	})
+	if res.Unsubscribed != 1 || res.Disconnected != 0 || len(res.Clients) != 1 || res.Clients[0].Client.ClientID != "member" {
+		t.Fatalf("Reevaluate: %+v, want one subscription removed from member", res)
+	}
+	publishAcked(t, p, 1, &packet.Publish{Topic: "ops/secret", QoS: 1})
+	publishAcked(t, p, 2, &packet.Publish{Topic: "pub/news", QoS: 1})
+	if got := recvPublish(t, m); got.Topic != "pub/news" {
+		t.Fatalf("after leaving ops: received %q", got.Topic)
+	}
+	if ack := subscribe(t, m, 3, packet.Subscription{Filter: "ops/#", QoS: 1}); ack.ReasonCodes[0] != packet.NotAuthorized {
+		t.Fatalf("SUBACK %v: a decision cached for the old groups was used", ack.ReasonCodes[0])
+	}
+	for _, c := range srv.Clients() {
+		if c.Client.ClientID == "member" && len(c.Client.Grants().Groups) != 0 {
+			t.Errorf("Grants after the change: %+v", c.Client.Grants())
+		}
+	}
 }

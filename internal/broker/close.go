@@ -58,6 +58,7 @@ func (c *conn) kill(code packet.ReasonCode, reason string) {
 // reader goroutine runs finish.
 func (c *conn) wakeReader() {
 	c.nc.SetReadDeadline(aLongTimeAgo)
+	c.srv.parked.unpark(c) // a parked connection has no reader to wake: start one
 }
 
 // closeGrace bounds how long a connection the server ends may take to

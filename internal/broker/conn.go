@@ -40,7 +40,8 @@ type conn struct {
 	srv *Server
 	nc  net.Conn // its methods are safe for concurrent use
 	lst *listenerState
-	obs ConnObserver // the Observer's, set by the accept loop before serve starts
+	ctr *counterShard // the publish path's counters (stats.go)
+	obs ConnObserver  // the Observer's, set by the accept loop before serve starts
 	// log is fixed at CONNECT (it gains the client ID there).
 	log *slog.Logger
 	// Reader-owned. in is the read buffer and decoder; nil while the
@@ -52,6 +53,12 @@ type conn struct {
 	raw syscall.RawConn
 	// lastDrain is when the reader last ran out of input. Reader-owned.
 	lastDrain time.Time
+	// arr reads the socket with arrival times, nil when the transport
+	// does not allow it (arrival.go); recentShard is the shard of the
+	// server's record of recent messages this connection's PUBLISH
+	// packets go to (recent.go). Reader-owned; recentShard is immutable.
+	arr         *stampedReader
+	recentShard uint8
 	// version and client are fixed at CONNECT (kill reads version only
 	// after established); sess is set by attach and fixed from then on.
 	version packet.Version
@@ -165,11 +172,13 @@ func (s *Server) newConn(nc net.Conn, lst *listenerState) *conn {
 		srv:    s,
 		nc:     nc,
 		lst:    lst,
+		ctr:    s.stats.shard(),
 		obs:    nopConnObserver{},
 		done:   make(chan struct{}),
 		killed: make(chan struct{}),
 	}
 	c.src.nc = nc
+	c.recentShard = s.recent.shardFor()
 	c.log = newConnLogger(s.log, lst.name, nc.RemoteAddr(), "")
 	c.client.Listener = lst.name
 	c.client.Remote = nc.RemoteAddr()

@@ -36,16 +36,20 @@ type connectState struct {
 // connect timeout. It returns false when the connection must be closed.
 func (c *conn) handshakeAndConnect() bool {
 	s := c.srv
+	c.stampArrivals()
 	deadline := time.Now().Add(s.cfg.ConnectTimeout)
 	c.nc.SetDeadline(deadline)
 	ctx, cancel := context.WithDeadline(s.ctx, deadline)
 	defer cancel()
 	if hs, ok := c.nc.(interface{ HandshakeContext(context.Context) error }); ok {
-		if err := hs.HandshakeContext(ctx); err != nil {
-			s.stats.tlsFailures.Add(1)
+		err := hs.HandshakeContext(ctx)
+		s.stats.tlsHandshake(c.nc, err)
+		if err != nil {
 			c.log.Info("broker: TLS handshake failed", "err", err)
 			return false
 		}
+	} else if hasTLSState(c.nc) {
+		s.stats.tlsHandshake(c.nc, nil) // secure WebSocket: the HTTP server's handshake
 	}
 	c.raw = rawConnOf(c.nc)
 	c.connectDeadline = deadline
@@ -56,6 +60,7 @@ func (c *conn) handshakeAndConnect() bool {
 		c.refuseBadConnect(p, err)
 		return false
 	}
+	c.ctr.packetIn(c.bodySize)
 	pkt, ok := p.(*packet.Connect)
 	if !ok {
 		// [MQTT-3.1.0-1]: the first packet must be CONNECT.
@@ -115,7 +120,9 @@ func (c *conn) writeDirect(p packet.Packet, v packet.Version) {
 		return
 	}
 	c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
-	c.nc.Write(b)
+	n, _ := c.nc.Write(b)
+	c.ctr.wireOut.Add(int64(n))
+	c.ctr.packetsOut.Add(1)
 	c.wroteConnack = true
 }
 
@@ -175,7 +182,7 @@ func (c *conn) connect(ctx context.Context, pkt *packet.Connect) bool {
 
 	// Keep alive against max_keepalive.
 	ka := pkt.KeepAlive
-	if max := s.cfg.MaxKeepAlive; max < 65535 && (ka == 0 || ka > max) {
+	if max := s.limits().MaxKeepAlive; max < 65535 && (ka == 0 || ka > max) {
 		if pkt.Version == packet.V5 {
 			st.serverKA = max
 			ka = max
@@ -205,10 +212,12 @@ func (c *conn) connect(ctx context.Context, pkt *packet.Connect) bool {
 	// Authentication.
 	c.client.ClientID = st.clientID
 	if d := c.obs.Connecting(&c.client); !d.Allow {
+		s.stats.countAuth(authBanned)
 		return c.refuse(pkt, packet.Banned, d.Reason)
 	}
 	if st.authMethod != "" {
 		if !c.enhancedConnect(ctx, pkt, &st) {
+			s.stats.countAuth(authEnhancedFailed)
 			return false
 		}
 	} else if !c.authenticate(ctx, pkt, &st) {
@@ -224,7 +233,16 @@ func (c *conn) connect(ctx context.Context, pkt *packet.Connect) bool {
 	}
 	st.owner = ownerOf(&c.client)
 	if d := c.obs.Connected(&c.client); !d.Allow {
+		s.stats.countAuth(authBanned)
 		return c.refuse(pkt, packet.Banned, d.Reason)
+	}
+	switch {
+	case st.authMethod != "":
+		s.stats.countAuth(authEnhanced)
+	case c.client.Anonymous:
+		s.stats.countAuth(authAnonymous)
+	default:
+		s.stats.countAuth(authAccepted)
 	}
 
 	// Session expiry.
@@ -265,7 +283,7 @@ func (c *conn) connect(ctx context.Context, pkt *packet.Connect) bool {
 	// Start the writer, then attach the session: from attach on, other
 	// goroutines may queue packets for this connection.
 	c.nc.SetDeadline(time.Time{})
-	if max := s.cfg.MaxSessions; max > 0 && s.sessionCount.Load() >= int64(max) && s.lookup(st.clientID) == nil {
+	if max := s.limits().MaxSessions; max > 0 && s.sessionCount.Load() >= int64(max) && s.lookup(st.clientID) == nil {
 		return c.refuse(pkt, packet.QuotaExceeded, "the server holds its maximum number of sessions")
 	}
 
@@ -335,13 +353,16 @@ func (c *conn) authenticate(ctx context.Context, pkt *packet.Connect, st *connec
 			if code == 0 {
 				code = packet.NotAuthorized
 			}
+			s.stats.countAuthRefusal(code)
 			return c.authFailed(pkt, code, res.Reason)
 		}
 	}
 	if !anonymousOK {
 		if pkt.UsernameFlag || pkt.PasswordFlag {
+			s.stats.countAuth(authBadCredentials)
 			return c.authFailed(pkt, packet.BadUsernameOrPassword, "no authentication backend accepts these credentials")
 		}
+		s.stats.countAuth(authAnonymousRefused)
 		return c.authFailed(pkt, packet.NotAuthorized, "anonymous access is not allowed on this listener")
 	}
 	// Admitted by the anonymous policy. Unlike Mosquitto, a username

@@ -13,8 +13,7 @@ import (
 // authorization, routing and the acknowledgement flow.
 func (c *conn) handlePublish(p *packet.Publish) bool {
 	s := c.srv
-	s.stats.messagesIn.Add(1)
-	s.stats.bytesIn.Add(int64(len(p.Payload)))
+	c.ctr.publishIn(p.QoS, len(p.Payload))
 
 	if c.version == packet.V5 {
 		if len(p.Properties.SubscriptionIDs) > 0 {
@@ -58,7 +57,7 @@ func (c *conn) handlePublish(p *packet.Publish) bool {
 		// Retain Available 0 was announced [MQTT 5.0 §3.2.2.3.5].
 		return c.protocolError(packet.RetainNotSupported, "retained messages are not available")
 	}
-	if lim := s.cfg.MessageSizeLimit; lim > 0 && uint32(len(p.Payload)) > lim {
+	if lim := s.limits().MessageSizeLimit; lim > 0 && uint32(len(p.Payload)) > lim {
 		if c.version == packet.V5 {
 			return c.protocolError(packet.PacketTooLarge, "payload exceeds the message size limit")
 		}
@@ -126,10 +125,14 @@ func (c *conn) handlePublish(p *packet.Publish) bool {
 	}
 	if code == packet.Success {
 		msg = newMessage(p, c.client.ClientID, s.cfg.Now())
+		msg.arrived = c.arrivalTime()
 		if b != nil {
 			msg.id = s.persist.NewID()
 		}
 		if msg.Retain {
+			// Named in the record of recent messages before the store
+			// shows it to a subscription (fence.go).
+			s.recent.reserve(c.recentShard, msg)
 			if c.retainSnap == nil {
 				c.retainSnap = c.client.publisherSnapshot()
 			}
@@ -147,6 +150,9 @@ func (c *conn) handlePublish(p *packet.Publish) bool {
 		}
 	}
 	if code == packet.Success {
+		// Recorded before it is matched, for subscriptions that arrived
+		// before it but are installed after (fence.go).
+		s.recent.add(c.recentShard, msg)
 		if n := s.deliver(msg, b); n == 0 {
 			code = packet.NoMatchingSubscribers
 			defer c.obsVerdict(c.obs.Undeliverable(&c.client, p.Topic))
@@ -191,6 +197,10 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 	var sendRetained []retainedReq
 	var problem string  // Reason String for the first refusal
 	var verdict Verdict // the Observer's, on a denial
+	// Messages that arrived after this SUBSCRIBE but were routed before
+	// its subscriptions are in place are delivered too (fence.go).
+	fence := c.beginSubscribe()
+	defer fence.finish()
 	for i, req := range p.Subscriptions {
 		if len(req.Filter) > s.cfg.MaxTopicLength {
 			c.log.Info("broker: subscription refused: filter too long", "length", len(req.Filter), "max", s.cfg.MaxTopicLength)
@@ -225,23 +235,25 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 			RetainHandling:    req.RetainHandling,
 			ID:                subID,
 		}
+		fence.beforeInstall()
 		existed := s.index.Subscribe(sub)
 		if !existed {
 			// Every subscription costs index memory: a client cannot
 			// add them without bound, in number or in bytes.
 			n, b := c.sess.subs.Add(1), c.sess.subBytes.Add(int64(len(req.Filter)))
-			if n > int64(s.cfg.MaxSubscriptions) || b > int64(s.cfg.MaxSubscriptionBytes) {
+			if lim := s.limits(); n > int64(lim.MaxSubscriptions) || b > int64(lim.MaxSubscriptionBytes) {
 				s.index.Unsubscribe(sub.ClientID, sub.Group, sub.Filter)
 				c.sess.subs.Add(-1)
 				c.sess.subBytes.Add(-int64(len(req.Filter)))
 				s.stats.subsRefused.Add(1)
 				c.log.Info("broker: subscription refused: too many subscriptions", "filter", req.Filter,
-					"max", s.cfg.MaxSubscriptions, "max_bytes", s.cfg.MaxSubscriptionBytes)
+					"max", lim.MaxSubscriptions, "max_bytes", lim.MaxSubscriptionBytes)
 				codes[i] = packet.QuotaExceeded
-				problem = cmp.Or(problem, fmt.Sprintf("at most %d subscriptions or %d bytes of filters per session", s.cfg.MaxSubscriptions, s.cfg.MaxSubscriptionBytes))
+				problem = cmp.Or(problem, fmt.Sprintf("at most %d subscriptions or %d bytes of filters per session", lim.MaxSubscriptions, lim.MaxSubscriptionBytes))
 				continue
 			}
 		}
+		fence.installed(sub, existed)
 		codes[i] = packet.ReasonCode(sub.QoS)
 		if s.persisting(c.sess) {
 			c.sess.mu.Lock()
@@ -268,6 +280,7 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 		// Maximum Packet Size (encodeAck).
 		ack.Properties.SetReasonString(problem)
 	}
+	fence.scan()
 	if c.persistSession() != nil {
 		return
 	}
@@ -278,7 +291,7 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 	now := s.cfg.Now()
 	for _, r := range sendRetained {
 		s.cfg.Retained.Match(r.filter, func(m *Message) bool {
-			if m.expired(now) {
+			if m.expired(now) || fence.retainedDup(m) {
 				return true
 			}
 			if d := s.authorize(&c.client, ActionReceive, m.Topic, m.QoS, true, ""); !d.Allow {
@@ -313,6 +326,7 @@ func (c *conn) handleUnsubscribe(p *packet.Unsubscribe) {
 		if !s.index.Unsubscribe(c.client.ClientID, group, filter) {
 			codes[i] = packet.NoSubscriptionExisted
 		} else {
+			c.fenceUnsubscribed(group, filter)
 			c.sess.subs.Add(-1)
 			c.sess.subBytes.Add(-int64(len(f)))
 			if s.persisting(c.sess) {

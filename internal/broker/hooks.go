@@ -44,6 +44,9 @@ type Client struct {
 	// certificate or the anonymous policy admitted it); AuthExpires is
 	// when the authentication of CONNECT stops holding (zero: never; a
 	// re-authentication moves the connection's expiry timer, not this).
+	// All are as of CONNECT and never change while connected: Grants
+	// returns the grants in force after a re-authentication, and is what
+	// an Authorizer must read.
 	Groups             []string
 	Publish, Subscribe []string
 	AuthBackend        string

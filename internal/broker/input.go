@@ -66,6 +66,12 @@ type source struct {
 	pending bool  // head holds a byte not yet returned
 	err     error // returned (once) before reading nc again
 	peek    [1]byte
+	// sr reads a plain TCP socket in nc's place, with arrival times
+	// (arrival.go); nil otherwise. stamp: no kernel timestamps, so at
+	// records when the last read returned.
+	sr    *stampedReader
+	stamp bool
+	at    int64
 }
 
 func (s *source) Read(p []byte) (int, error) {
@@ -79,7 +85,14 @@ func (s *source) Read(p []byte) (int, error) {
 		s.err = nil
 		return 0, err
 	}
-	return s.nc.Read(p)
+	if s.sr != nil {
+		return s.sr.Read(p)
+	}
+	n, err := s.nc.Read(p)
+	if s.stamp && n > 0 {
+		s.at = time.Now().UnixNano()
+	}
+	return n, err
 }
 
 // takeInput gives the connection a read buffer from the pool; the reader
@@ -176,7 +189,8 @@ func rawConnOf(nc net.Conn) syscall.RawConn {
 // goQuiet runs on the reader goroutine when its input is drained and the
 // connection has been quiet. If no layer holds input, it releases the read
 // buffer, starts a fresh goroutine that waits for the socket to become
-// readable, and returns true: the caller's goroutine must return without
+// readable (and parks the connection if it stays silent, park_linux.go),
+// and returns true: the caller's goroutine must return without
 // touching the connection's read side again. Otherwise the input (or the
 // error) that was found is kept for the next read and it returns false.
 func (c *conn) goQuiet() bool {
@@ -201,16 +215,20 @@ func (c *conn) goQuiet() bool {
 		return false
 	}
 	c.releaseInput()
-	c.srv.goroutines.goTracked(goReader, c.readQuiet)
+	c.srv.goroutines.goTracked(goReader, func() { c.readQuiet(deadline) })
 	return true
 }
 
 // readQuiet is the reader goroutine of a quiet connection: it waits until
-// the socket is readable (or closed, or past the keep-alive deadline, which
-// the next read then reports), then reads packets as readMain does.
-func (c *conn) readQuiet() {
+// the socket is readable (or closed, or past the keep-alive deadline,
+// which the next read then reports), then reads packets as readMain does.
+// A connection that stays silent is parked instead (waitQuiet), and this
+// goroutine ends. deadline is the socket's read deadline (zero: none).
+func (c *conn) readQuiet(deadline time.Time) {
 	defer c.recoverPanic()
-	waitReadable(c.raw, &c.src.peek)
+	if c.waitQuiet(deadline) {
+		return
+	}
 	c.takeInput()
 	if c.readLoop() {
 		return

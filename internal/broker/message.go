@@ -44,6 +44,12 @@ type Message struct {
 	// id names the message in the Persistence; 0 when it is never stored
 	// ($SYS, or persistence off).
 	id uint64
+	// arrived is when the PUBLISH reached the host (Unix nanoseconds,
+	// arrival.go); recentID names it in the record of recent messages
+	// (recent.go), 0 when it is not recorded. Both are set before the
+	// message is routed.
+	arrived  int64
+	recentID uint64
 }
 
 // forwardedProps is the set of PUBLISH properties forwarded unchanged to

@@ -549,7 +549,7 @@ func (s *Server) recover() error {
 		sess := newSession(ss.ClientID, sessionOwner{key: ss.Owner, verified: ss.OwnerVerified}, ss.Created)
 		sess.stored = true
 		sess.expiry = ss.Expiry
-		sess.inflightLimit = s.cfg.MaxInflight
+		sess.inflightLimit = s.limits().MaxInflight
 		sess.subList = make(map[string]StoredSubscription, len(ss.Subscriptions))
 		for _, sub := range ss.Subscriptions {
 			group, filter, err := packet.SplitShared(sub.Filter)

@@ -41,7 +41,7 @@ func (c *conn) readLoop() (handedOver bool) {
 			// One acknowledgement arrives per QoS 1/2 message delivered:
 			// the 4-byte form is taken from the read buffer without a
 			// packet struct; anything else goes through the decoder.
-			c.srv.stats.packetsIn.Add(1)
+			c.ctr.packetIn(2)
 			c.setHandling(true)
 			c.handleAck(typ, pid, packet.Success)
 			c.setHandling(false)
@@ -56,7 +56,7 @@ func (c *conn) readLoop() (handedOver bool) {
 				c.readError(err)
 				return false
 			}
-			c.srv.stats.packetsIn.Add(1)
+			c.ctr.packetIn(c.bodySize)
 			if _, ping := p.(*packet.Pingreq); !ping {
 				c.active = true
 			}

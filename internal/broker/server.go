@@ -33,6 +33,7 @@ type Server struct {
 	start  time.Time
 
 	goroutines *tracker // every goroutine the server starts
+	parked     parker   // quiet connections waiting without a goroutine
 
 	// sessMu serializes session creation, takeover and removal; lookups
 	// on the publish path go through sessions without it.
@@ -59,6 +60,13 @@ type Server struct {
 	authorizer Authorizer
 	authzGen   atomic.Uint64
 	persist    Persistence // nil: state in memory only
+
+	lim atomic.Pointer[Limits] // the limits in force (livelimits.go)
+
+	// recent records recently routed messages with their arrival times
+	// (recent.go); stamps keeps the kernel stamping them (arrival.go).
+	recent recentRing
+	stamps stampHold
 }
 
 type listenerState struct {
@@ -96,11 +104,13 @@ func New(cfg Config) (*Server, error) {
 		readBudget: &byteBudget{size: c.ReadBudget},
 		persist:    c.Persistence,
 	}
+	s.lim.Store(limitsOf(&c))
 	s.authorizer = c.Authorizer
 	if s.authorizer == nil {
 		s.authorizer = AllowAll
 		s.log.Warn("broker: no Authorizer: every client may publish and subscribe to every topic")
 	}
+	s.authorizer = countedAuthorizer{s.authorizer, &s.stats}
 	// After the Authorizer: a will whose time passed while the broker was
 	// down is published (and authorized) during recovery.
 	if s.persist != nil {
@@ -116,6 +126,7 @@ func New(cfg Config) (*Server, error) {
 	if c.SysInterval > 0 {
 		s.goroutines.goTracked(goSys, s.sysLoop)
 	}
+	s.stamps.hold()
 	return s, nil
 }
 
@@ -236,7 +247,7 @@ func isTemporary(err error) bool {
 
 // admit reserves a connection slot on st, honouring both caps.
 func (s *Server) admit(st *listenerState) bool {
-	if n := s.conns0.Add(1); s.cfg.MaxConnections > 0 && n > int64(s.cfg.MaxConnections) {
+	if n, max := s.conns0.Add(1), s.limits().MaxConnections; max > 0 && n > int64(max) {
 		s.conns0.Add(-1)
 		return false
 	}
@@ -261,6 +272,7 @@ func (s *Server) release(st *listenerState) {
 // again waits for them. Safe to call more than once.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.cancel()
+	s.stamps.drop()
 	s.mu.Lock()
 	s.closed = true
 	for ln := range s.listeners {
@@ -275,6 +287,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		c.kill(packet.ServerShuttingDown, "server shutting down")
 		c.stopDrain()
 	}
+	s.parked.close()
 	idle := s.goroutines.close()
 	select {
 	case <-idle:
@@ -406,7 +419,7 @@ func (s *Server) attach(c *conn, st *connectState) (*session, bool, string) {
 			s.persist.Persist([]Change{{Kind: ChangePutSession, Session: s.storedSessionLocked(sess, c.version, false)}},
 				func(err error) { c.sessStored <- err })
 		}
-		sess.inflightLimit = s.cfg.MaxInflight
+		sess.inflightLimit = s.limits().MaxInflight
 		sess.maxPacket = 0
 		if c.version == packet.V5 {
 			if rm := st.pkt.Properties.ReceiveMaximum; st.pkt.Properties.Has(packet.PropReceiveMaximum) && int(rm) < sess.inflightLimit {
@@ -496,6 +509,7 @@ func (s *Server) endSessionLocked(sess *session) func() {
 		}
 	}
 	s.stats.queued.Add(-int64(len(sess.queue)))
+	s.stats.droppedSessionEnd.Add(lostWithSession(sess.queue, sess.inflight))
 	sess.queue, sess.inflight = nil, nil
 	var willMsg *Message
 	var willFrom *Client
@@ -647,6 +661,7 @@ func (s *Server) expire(sess *session) {
 	var will func()
 	if offline && s.lookup(sess.id) == sess {
 		s.log.Debug("broker: session expired", "client", sess.id)
+		s.stats.sessionsExpired.Add(1)
 		will = s.endSessionLocked(sess)
 	}
 	s.sessMu.Unlock()
@@ -697,13 +712,18 @@ func (s *Server) publishWill(msg *Message, from *Client) {
 	if s.persist != nil && msg.QoS > 0 {
 		msg.id = s.persist.NewID()
 	}
+	// Published now, as far as subscriptions are concerned (fence.go).
+	msg.arrived = time.Now().UnixNano()
+	shard := s.recent.shardFor()
 	if msg.Retain {
 		// Over a retained limit the will is still delivered.
 		msg.Publisher = from.publisherSnapshot()
+		s.recent.reserve(shard, msg)
 		if s.retainFrom(msg, from) && s.persist != nil {
 			s.persistAsync(retainChange(msg, retainedOwner(from)))
 		}
 	}
+	s.recent.add(shard, msg)
 	s.deliver(msg, nil)
 }
 
@@ -713,7 +733,7 @@ func (s *Server) queueFull(id string, d *delivery) {
 	// the log too.
 	if n == 1 || n%1000 == 0 {
 		s.log.Warn("broker: session queue full; message dropped", "client", id, "topic", d.msg.Topic, "qos", d.qos,
-			"max_queued", s.cfg.MaxQueued, "dropped_total", n)
+			"max_queued", s.limits().MaxQueued, "dropped_total", n)
 	}
 }
 
@@ -835,7 +855,18 @@ func (s *Server) deliverTo(msg *Message, clientID string, subQoS byte, retainAsP
 	}
 	sess.mu.Lock()
 	cl := sess.client
+	if f := sess.fence; f != nil && !f.admit(sess, msg, subQoS, retainAsPublished, ids, share) {
+		// A duplicate, or held back for a SUBSCRIBE in progress (fence.go).
+		sess.mu.Unlock()
+		return true
+	}
 	sess.mu.Unlock()
+	return s.deliverChecked(sess, cl, msg, subQoS, retainAsPublished, ids, share, b)
+}
+
+// deliverChecked authorizes msg for the session's client cl and hands it
+// to the session; see deliverTo.
+func (s *Server) deliverChecked(sess *session, cl *Client, msg *Message, subQoS byte, retainAsPublished bool, ids []uint32, share *shareKey, b *pbatch) bool {
 	if cl != nil {
 		// Checked for every delivered message, offline sessions included
 		// (their queued messages are checked again when sent).

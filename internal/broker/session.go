@@ -76,6 +76,10 @@ type session struct {
 	willFrom  *Client
 	// expiryTimer removes the offline session when it fires.
 	expiryTimer Timer
+
+	// fence orders the session's recent subscriptions against messages
+	// routed meanwhile (fence.go); nil when it has none.
+	fence *subFence
 }
 
 func newSession(id string, owner sessionOwner, now time.Time) *session {
@@ -233,7 +237,7 @@ func (s *session) startLocked(c *conn, d *delivery, b *pbatch) {
 }
 
 func (s *session) enqueueLocked(srv *Server, d *delivery) bool {
-	if len(s.queue) >= srv.cfg.MaxQueued && !s.dropExpiredLocked(srv) {
+	if len(s.queue) >= srv.limits().MaxQueued && !s.dropExpiredLocked(srv) {
 		srv.queueFull(s.id, d)
 		return false
 	}
@@ -260,7 +264,7 @@ func (s *session) dropExpiredLocked(srv *Server) bool {
 	s.queue = kept
 	srv.stats.queued.Add(-int64(n))
 	srv.stats.expired.Add(int64(n))
-	return len(s.queue) < srv.cfg.MaxQueued
+	return len(s.queue) < srv.limits().MaxQueued
 }
 
 // fillLocked moves queued messages into flight while there is room.

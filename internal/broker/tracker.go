@@ -13,14 +13,15 @@ type goKind int
 
 const (
 	goConnect goKind = iota // TLS handshake and CONNECT (conn.serve)
-	goReader                // a connection's reader (readMain, readQuiet)
+	goReader                // a connection's reader (readMain, readQuiet, readWoken)
 	goWriter                // a connection's writer (writeLoop)
 	goSys                   // the $SYS publisher (sysLoop)
 	goTimer                 // a session expiry or will delay timer running
+	goPoller                // the poller of parked quiet connections (park_linux.go)
 	numGoKinds
 )
 
-var goKindNames = [numGoKinds]string{"connecting", "reader", "writer", "$SYS publisher", "timer"}
+var goKindNames = [numGoKinds]string{"connecting", "reader", "writer", "$SYS publisher", "timer", "quiet-connection poller"}
 
 // tracker counts the goroutines the server started, by kind, so that
 // Shutdown can wait for all of them and, when it cannot, say which are

@@ -167,7 +167,7 @@ func (c *conn) flush() bool {
 		}
 	}
 	n, err := c.nc.Write(c.wbuf)
-	c.srv.stats.bytesOut.Add(int64(n))
+	c.ctr.wireOut.Add(int64(n))
 	c.wbuf = c.wbuf[:0]
 	if err != nil {
 		if !c.closing.Load() {
@@ -186,6 +186,7 @@ func (c *conn) flush() bool {
 
 // encode appends p, applying outbound topic aliases to PUBLISH.
 func (c *conn) encode(dst []byte, p packet.Packet) ([]byte, error) {
+	c.ctr.packetsOut.Add(1)
 	switch q := p.(type) {
 	case shortAck:
 		return packet.AppendShortAck(dst, q.typ, q.pid, q.code, c.version), nil
@@ -231,7 +232,7 @@ func (c *conn) encodeAck(dst []byte, p packet.Packet, props *packet.Properties) 
 }
 
 func (c *conn) encodePublish(dst []byte, p *packet.Publish) ([]byte, error) {
-	c.srv.stats.messagesOut.Add(1)
+	c.ctr.publishOut(p.QoS, len(p.Payload))
 	if c.aliasOutMax > 0 {
 		c.applyAlias(p)
 	}

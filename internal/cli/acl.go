@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -55,9 +56,10 @@ func newACLTestCommand(stdio Stdio) *cobra.Command {
 		Use:   "test [flags] publish|subscribe|receive TOPIC",
 		Short: "Show whether a client may publish, subscribe or receive, and which rule decides",
 		Long: `Decide one request against an access policy and print the decision and the
-rule that made it. The policy comes from --config (Moat YAML with an acl
-section, or a mosquitto.conf with acl_file), --rules (a YAML file with rules:)
-or --acl-file (a Mosquitto acl_file).
+rule that made it. The policy comes from --config (Moat YAML: its acl
+section, or without one the default policy serve applies, DATA_DIR/acl.yaml;
+or a mosquitto.conf with acl_file), --rules (a YAML file with rules:) or
+--acl-file (a Mosquitto acl_file).
 
 Without --user the client is anonymous; with --cert and no --user its
 username is the certificate's common name. For subscribe, TOPIC is a filter
@@ -83,7 +85,7 @@ Exit status: 0 allowed, 1 denied, 2 usage or policy error.`,
 	}
 	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usage(fmt.Errorf("acl test: %w", err)) })
 	fl := cmd.Flags()
-	fl.StringVarP(&f.config, "config", "c", "", "configuration file: Moat YAML with an acl section, or mosquitto.conf with acl_file")
+	fl.StringVarP(&f.config, "config", "c", "", "configuration file: Moat YAML (its acl section, or the default policy without one), or mosquitto.conf with acl_file")
 	fl.StringVar(&f.aclFile, "acl-file", "", "Mosquitto acl_file to test")
 	fl.StringVar(&f.rules, "rules", "", "YAML file with Moat rules (rules: [...], optional acl_file:)")
 	fl.StringVarP(&f.user, "user", "u", "", "verified username (empty: anonymous)")
@@ -124,7 +126,10 @@ func runACLTest(stdio Stdio, f *aclTestFlags, actionArg, topic string) (int, err
 	if err != nil {
 		return 0, err
 	}
-	d := policy.Decide(req)
+	d := authz.Decision{Allow: true, Reason: "access control is off (acl.allow_all): everything is allowed", Rule: "none"}
+	if policy != nil {
+		d = policy.Decide(req)
+	}
 	verdict, code := "deny", aclExitDeny
 	if d.Allow {
 		verdict, code = "allow", aclExitAllow
@@ -230,7 +235,8 @@ func readPolicyFile(path string) ([]byte, error) {
 	return data, nil
 }
 
-// loadACLPolicy builds the policy from the flags and names its source.
+// loadACLPolicy builds the policy from the flags and names its source. A
+// nil policy without an error is acl.allow_all: everything is allowed.
 func loadACLPolicy(f *aclTestFlags) (*authz.Policy, string, error) {
 	n := 0
 	for _, s := range []string{f.config, f.aclFile, f.rules} {
@@ -258,11 +264,17 @@ func loadACLPolicy(f *aclTestFlags) (*authz.Policy, string, error) {
 		}
 		source = f.rules
 	default:
-		s, err := aclSpecFromConfig(f.config)
+		s, src, allowAll, err := aclSpecFromConfig(f.config)
 		if err != nil {
 			return nil, "", err
 		}
-		spec, source = s, f.config
+		if allowAll {
+			if len(s.Rules) > 0 || s.ACLFile != "" {
+				return nil, "", fmt.Errorf("acl test: %s: acl.allow_all: true with rules or an acl_file; remove one", f.config)
+			}
+			return nil, f.config + " (acl.allow_all: no access policy)", nil
+		}
+		spec, source = s, src
 	}
 	return buildPolicy(spec, source)
 }
@@ -310,30 +322,48 @@ func decodeStrict(data []byte, v any) error {
 }
 
 // aclSpecFromConfig reads the access policy of a configuration file: the
-// acl section of Moat YAML, or the acl_file key of a mosquitto.conf.
-func aclSpecFromConfig(path string) (authz.Spec, error) {
+// acl section of Moat YAML (or, without one, the default policy serve
+// applies: DATA_DIR/acl.yaml, or the built-in text it writes there), or
+// the acl_file key of a mosquitto.conf. source names where the policy
+// came from; allowAll reports acl.allow_all (no policy).
+func aclSpecFromConfig(path string) (spec authz.Spec, source string, allowAll bool, err error) {
 	data, err := readPolicyFile(path)
 	if err != nil {
-		return authz.Spec{}, fmt.Errorf("acl test: --config: %w", err)
+		return authz.Spec{}, "", false, fmt.Errorf("acl test: --config: %w", err)
 	}
 	if config.DetectFormat(path, data) == config.FormatYAML {
 		var top map[string]yaml.Node
 		if err := yaml.Unmarshal(data, &top); err != nil {
-			return authz.Spec{}, fmt.Errorf("acl test: %s: %w", path, err)
+			return authz.Spec{}, "", false, fmt.Errorf("acl test: %s: %w", path, err)
 		}
 		node, ok := top["acl"]
 		if !ok {
-			return authz.Spec{}, fmt.Errorf("acl test: %s has no acl section", path)
+			cfg, err := config.Load(path)
+			if err != nil {
+				return authz.Spec{}, "", false, fmt.Errorf("acl test: %w", err)
+			}
+			file := filepath.Join(cfg.DataDir, defaultPolicyName)
+			data, err := readPolicyFile(file)
+			switch {
+			case errors.Is(err, os.ErrNotExist):
+				return defaultPolicySpec(), "built-in default policy (" + path + " has no acl section; serve writes it to " + file + ")", false, nil
+			case err != nil:
+				return authz.Spec{}, "", false, fmt.Errorf("acl test: the default policy: %w", err)
+			}
+			if err := decodeStrict(data, &spec); err != nil {
+				return authz.Spec{}, "", false, fmt.Errorf("acl test: %s: %w", file, err)
+			}
+			return spec, file + " (the default policy: " + path + " has no acl section)", false, nil
 		}
 		raw, err := yaml.Marshal(&node)
 		if err != nil {
-			return authz.Spec{}, fmt.Errorf("acl test: %s: acl: %w", path, err)
+			return authz.Spec{}, "", false, fmt.Errorf("acl test: %s: acl: %w", path, err)
 		}
-		var spec authz.Spec
-		if err := decodeStrict(raw, &spec); err != nil {
-			return authz.Spec{}, fmt.Errorf("acl test: %s: acl: %w", path, err)
+		var sec aclSection
+		if err := decodeStrict(raw, &sec); err != nil {
+			return authz.Spec{}, "", false, fmt.Errorf("acl test: %s: acl: %w", path, err)
 		}
-		return spec, nil
+		return sec.Spec, path, sec.AllowAll, nil
 	}
 	var files []string
 	for line := range strings.SplitSeq(string(data), "\n") {
@@ -347,9 +377,9 @@ func aclSpecFromConfig(path string) (authz.Spec, error) {
 	}
 	switch len(files) {
 	case 0:
-		return authz.Spec{}, fmt.Errorf("acl test: %s has no acl_file line", path)
+		return authz.Spec{}, "", false, fmt.Errorf("acl test: %s has no acl_file line", path)
 	case 1:
-		return authz.Spec{ACLFile: files[0]}, nil
+		return authz.Spec{ACLFile: files[0]}, path, false, nil
 	}
-	return authz.Spec{}, fmt.Errorf("acl test: %s has %d acl_file lines (%s); choose one with --acl-file", path, len(files), strings.Join(files, ", "))
+	return authz.Spec{}, "", false, fmt.Errorf("acl test: %s has %d acl_file lines (%s); choose one with --acl-file", path, len(files), strings.Join(files, ", "))
 }

@@ -55,6 +55,13 @@ func createToken(t *testing.T, dir, name, role string) string {
 
 func startAdminEnv(t *testing.T) *adminEnv {
 	t.Helper()
+	return startAdminEnvWith(t, "")
+}
+
+// startAdminEnvWith is startAdminEnv with more YAML at the end of the
+// configuration file.
+func startAdminEnvWith(t *testing.T, extra string) *adminEnv {
+	t.Helper()
 	e := &adminEnv{dir: t.TempDir()}
 	e.data = filepath.Join(e.dir, "data")
 	writeFile(t, filepath.Join(e.dir, "moat.yaml"), `listeners:
@@ -68,7 +75,7 @@ func startAdminEnv(t *testing.T) *adminEnv {
 data_dir: data
 admin:
   listen: 127.0.0.1:0
-`)
+`+extra)
 	e.viewer = createToken(t, e.dir, "ci-viewer", "viewer")
 	e.operator = createToken(t, e.dir, "ci-operator", "operator")
 	if fi, err := os.Stat(filepath.Join(e.data, "admin-tokens.json")); err != nil || fi.Mode().Perm() != 0o600 {

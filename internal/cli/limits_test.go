@@ -23,6 +23,9 @@ func TestSecurityMemoryLimitsMosquittoClients(t *testing.T) {
 limits:
   max_retained_messages_per_identity: 2
   max_topic_length: 64
+acl:
+  rules:  # the limits are under test, not the policy
+    - {name: all, effect: allow, subjects: {all: true}, actions: [publish, subscribe, receive], topics: ["#"]}
 `)
 	port := startMoat(t, dir, "-c", "moat.yaml").port(0)
 	base := []string{"-h", "127.0.0.1", "-p", strconv.Itoa(port)}

@@ -63,6 +63,9 @@ func startMutualTLSMoat(t *testing.T) (port, caFile, dir string) {
 data_dir: data
 persistence:
   enabled: false
+acl:
+  rules:  # what the tests publish and read; the refusals under test are not the policy's
+    - {name: tests, effect: allow, subjects: {anonymous: false}, actions: [publish, subscribe, receive], topics: ["rev/#", "hint/#"]}
 `)
 	p := startMoat(t, dir, "-c", "moat.yaml")
 	ca := filepath.Join(dir, "data", "ca")

@@ -51,31 +51,37 @@ func dialMQTT5(t *testing.T, addr, caFile, prefix, clientID string) (*tls.Conn, 
 	if err != nil {
 		return nil, err
 	}
+	if err := connectMQTT5(c, clientID); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// connectMQTT5 sends an MQTT 5 CONNECT for clientID on c and reads a
+// successful CONNACK.
+func connectMQTT5(c *tls.Conn, clientID string) error {
 	id := []byte(clientID)
 	body := append([]byte{0, 4, 'M', 'Q', 'T', 'T', 5, 2, 0, 30, 0, byte(len(id) >> 8), byte(len(id))}, id...)
 	c.SetDeadline(time.Now().Add(5 * time.Second))
 	if _, err := c.Write(append([]byte{0x10, byte(len(body))}, body...)); err != nil {
-		c.Close()
-		return nil, err
+		return err
 	}
 	hdr := make([]byte, 4)
-	if _, err := c.Read(hdr); err != nil {
-		c.Close()
-		return nil, err
+	if _, err := io.ReadFull(c, hdr); err != nil {
+		return err
 	}
 	if hdr[0] != 0x20 || hdr[3] != 0 {
-		c.Close()
-		return nil, fmt.Errorf("CONNACK % x", hdr)
+		return fmt.Errorf("CONNACK % x", hdr)
 	}
 	// Read the rest of the CONNACK (its properties).
 	if rest := int(hdr[1]) - 2; rest > 0 {
 		if _, err := io.ReadFull(c, make([]byte, rest)); err != nil {
-			c.Close()
-			return nil, err
+			return err
 		}
 	}
 	c.SetDeadline(time.Time{})
-	return c, nil
+	return nil
 }
 
 func TestRevokedClientDisconnectedLive(t *testing.T) {

@@ -33,7 +33,7 @@ func TestBrokerAcceptsBothIntermediatesAfterRotation(t *testing.T) {
 	port := startMoat(t, dir, "-c", conf, "--data", data).port(0)
 	publish := func(dev string) error {
 		out, err := exec.Command("mosquitto_pub", "-h", "127.0.0.1", "-p", fmt.Sprint(port), "--cafile", filepath.Join(caDir, "ca.pem"),
-			"--cert", filepath.Join(dir, dev+".pem"), "--key", filepath.Join(dir, dev+".key"), "-t", "demo/"+dev, "-m", "hi", "-q", "1").CombinedOutput()
+			"--cert", filepath.Join(dir, dev+".pem"), "--key", filepath.Join(dir, dev+".key"), "-t", "devices/"+dev+"/hello", "-m", "hi", "-q", "1").CombinedOutput()
 		if err != nil {
 			return fmt.Errorf("%s: %v %s", dev, err, out)
 		}

@@ -125,6 +125,8 @@ func runServe(ctx context.Context, stdio Stdio, o serveOptions, dataSet bool) er
 		defer os.Remove(cfg.PIDFile)
 	}
 	tuneGC(ctx, gcHeadroom)
+	trim := startTrimmer(trimInterval)
+	defer trim.close()
 	if o.pprof != "" {
 		stop, err := startPprof(ctx, o.pprof, log)
 		if err != nil {

@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/moatmq/moat/internal/audit"
 	"github.com/moatmq/moat/internal/authn"
 	"github.com/moatmq/moat/internal/authn/introspect"
 	"github.com/moatmq/moat/internal/authn/jwt"
@@ -25,6 +26,7 @@ import (
 	"github.com/moatmq/moat/internal/authz"
 	"github.com/moatmq/moat/internal/broker"
 	"github.com/moatmq/moat/internal/config"
+	"github.com/moatmq/moat/internal/guard"
 )
 
 // accessPlan is the access control of a serve plan: every listener's
@@ -47,6 +49,8 @@ type accessPlan struct {
 	// srv is the broker once started: the loss-of-access path
 	// (Reevaluate) runs on it. Nil before (nothing to re-evaluate then).
 	srv atomic.Pointer[broker.Server]
+	// record writes an audit entry (the defense's; nil without one).
+	record func(typ string, fields ...audit.Field)
 	// ldaps are the LDAP backends whose live clients are looked up again
 	// every recheck interval.
 	ldaps []ldapRecheck
@@ -96,14 +100,29 @@ func (p *servePlan) planAccess() {
 		watchEvery: accessWatchInterval,
 	}
 	p.access = a
+	if p.defense != nil {
+		a.record = p.defense.record
+	}
 	cfg := p.cfg
 	global := p.planChain("auth", cfg.Auth)
+	// Which policy applies where nothing more specific does: the acl
+	// section; for Moat YAML without one (and without any configuration)
+	// the default policy, because no match must mean deny; nothing for
+	// acl.allow_all, the explicit opt-out, and for a mosquitto.conf without
+	// acl_file, which keeps Mosquitto's meaning (everything allowed). Both
+	// are warned about at every start.
 	var globalPolicy *policySource
 	switch {
+	case cfg.ACL != nil && cfg.ACL.AllowAll:
+		p.planAllowAll(cfg.ACL)
 	case cfg.ACL != nil:
 		globalPolicy = p.planPolicy("acl", cfg.ACL, cfg.Source)
-	case cfg.Source == "":
+	case cfg.Source == "" || cfg.Format == config.FormatYAML:
 		globalPolicy = p.planDefaultPolicy()
+		if globalPolicy != nil && cfg.Source != "" {
+			p.log.Info("access: the configuration has no acl section; the default access policy applies: each identity may publish and subscribe under devices/<username>/# and read broadcast/#, the identity operator everything, and nothing else",
+				"policy", globalPolicy.source)
+		}
 	}
 	perFile := map[string]*policySource{}
 	var open []string
@@ -126,8 +145,23 @@ func (p *servePlan) planAccess() {
 			open = append(open, l.Name)
 		}
 	}
-	if len(open) > 0 {
+	switch {
+	case len(open) == 0:
+	case cfg.ACL != nil && cfg.ACL.AllowAll:
+		p.warnings = append(p.warnings, fmt.Sprintf("ACCESS CONTROL IS OFF (acl.allow_all: true): every client listener(s) %s admit may publish and subscribe to every topic, $SYS and every device's command topics included; write acl rules instead (docs/access-control.md)", strings.Join(open, ", ")))
+	default:
 		p.warnings = append(p.warnings, fmt.Sprintf("no access policy (acl_file or acl rules) applies to listener(s) %s: every client they admit may publish and subscribe to every topic, as in Mosquitto without an acl_file; see docs/access-control.md", strings.Join(open, ", ")))
+	}
+	if a.defaultPolicy != "" {
+		var anon []string
+		for i := range cfg.Listeners {
+			if l := &cfg.Listeners[i]; l.AllowAnonymous && a.byLn[l.Name] == globalPolicy {
+				anon = append(anon, l.Name)
+			}
+		}
+		if len(anon) > 0 {
+			p.warnings = append(p.warnings, fmt.Sprintf("listener(s) %s admit anonymous clients, to which the default access policy %s grants nothing: add an acl section with rules for them (docs/access-control.md)", strings.Join(anon, ", "), a.defaultPolicy))
+		}
 	}
 	for _, ps := range a.policies {
 		if ps.holder != nil {
@@ -362,13 +396,35 @@ func (a *accessPlan) backend(b *config.AuthBackend, log *slog.Logger) (authn.Bac
 	return nil, fmt.Errorf("unknown backend type %q", b.Type)
 }
 
+// aclSection is the acl section of Moat YAML: the policy's Spec and the
+// opt-out from access control.
+type aclSection struct {
+	authz.Spec `yaml:",inline"`
+	AllowAll   bool `yaml:"allow_all"`
+}
+
+// planAllowAll checks an acl section that turns access control off: it
+// may say nothing else, since rules next to it would look as if they
+// applied.
+func (p *servePlan) planAllowAll(acl *config.ACL) {
+	var sec aclSection
+	if err := acl.Decode(&sec); err != nil {
+		p.problem("acl", "", fmt.Errorf("acl: %w", err))
+		return
+	}
+	if len(sec.Rules) > 0 || sec.ACLFile != "" {
+		p.problem("acl.allow_all", "", errors.New("acl.allow_all: true turns access control off, and the rules and acl_file beside it would never apply: remove allow_all or them"))
+	}
+}
+
 // planPolicy compiles an acl section (rules and/or acl_file) at path.
 func (p *servePlan) planPolicy(path string, acl *config.ACL, source string) *policySource {
-	var spec authz.Spec
-	if err := acl.Decode(&spec); err != nil {
+	var sec aclSection
+	if err := acl.Decode(&sec); err != nil {
 		p.problem(path, "", fmt.Errorf("%s: %w", path, err))
 		return nil
 	}
+	spec := sec.Spec
 	ps := &policySource{spec: spec, source: cmpOr(source, "built-in default")}
 	pol, desc, sum, err := ps.compile()
 	if err != nil {
@@ -593,14 +649,18 @@ func (a *accessPlan) startWatch(p *servePlan) {
 		})
 	}
 	for _, l := range a.ldaps {
-		t := time.NewTicker(l.every)
+		tick := p.recheckTick
+		if tick == nil {
+			t := time.NewTicker(l.every)
+			p.cleanup = append(p.cleanup, t.Stop)
+			tick = t.C
+		}
 		p.tasks.Go(func() {
-			defer t.Stop()
 			for {
 				select {
 				case <-ctx.Done():
 					return
-				case <-t.C:
+				case <-tick:
 					a.recheckLDAP(ctx, l.b)
 				}
 			}
@@ -642,12 +702,10 @@ func (a *accessPlan) reloadPolicies() {
 		}
 		// The swap is done: Reevaluate drops every cached decision
 		// before it re-checks the sessions of this policy's listeners.
-		if srv := a.srv.Load(); srv != nil {
-			srv.Reevaluate(broker.Reevaluation{
-				Match:  func(c *broker.Client) bool { return a.byLn[c.Listener] == ps },
-				Reason: "access policy " + ps.source + " changed",
-			})
-		}
+		a.reevaluate("policy", broker.Reevaluation{
+			Match:  func(c *broker.Client) bool { return a.byLn[c.Listener] == ps },
+			Reason: "access policy " + ps.source + " changed",
+		})
 	}
 }
 
@@ -666,9 +724,9 @@ func (a *accessPlan) reportPasswd(f *passwd.File, c passwd.Change, err error) {
 	for _, u := range slices.Concat(c.Removed, c.Changed) {
 		gone[u] = true
 	}
-	if srv := a.srv.Load(); srv != nil && len(gone) > 0 {
-		srv.Reevaluate(broker.Reevaluation{
-			Match:      func(cl *broker.Client) bool { return cl.AuthBackend == f.Name() && gone[cl.Username] },
+	if len(gone) > 0 {
+		a.reevaluate("password", broker.Reevaluation{
+			Match:      func(cl *broker.Client) bool { return cl.Grants().Backend == f.Name() && gone[cl.Username] },
 			Disconnect: true,
 			Reason:     "password removed or changed in " + f.Path(),
 		})
@@ -676,19 +734,23 @@ func (a *accessPlan) reportPasswd(f *passwd.File, c passwd.Change, err error) {
 }
 
 // recheckLDAP looks every client b admitted up again: a client whose
-// account is gone or whose groups changed is disconnected (it reconnects
-// with its current groups). A directory that cannot answer leaves the
-// connections alone; the error is logged.
+// account is gone is disconnected; one whose groups changed keeps its
+// connection with its new groups, and its session is re-checked against
+// them (subscriptions and queued messages they no longer allow are
+// removed). A directory that cannot answer leaves the connections alone;
+// the error is logged.
 func (a *accessPlan) recheckLDAP(ctx context.Context, b rechecker) {
 	srv := a.srv.Load()
 	if srv == nil {
 		return
 	}
-	lost := map[string]string{} // username → reason
+	gone := map[string]bool{}
+	changed := map[string][]string{} // username → its groups now
 	checked := map[string]bool{}
 	for _, ci := range srv.Clients() {
 		c := &ci.Client
-		if c.AuthBackend != b.Name() || checked[c.Username] {
+		g := c.Grants()
+		if g.Backend != b.Name() || checked[c.Username] {
 			continue
 		}
 		checked[c.Username] = true
@@ -698,21 +760,77 @@ func (a *accessPlan) recheckLDAP(ctx context.Context, b rechecker) {
 			a.log.Error("access: LDAP re-check failed; connections kept", "backend", b.Name(), "username", c.Username, "err", err)
 			return
 		case !exists:
-			lost[c.Username] = "LDAP account no longer exists"
-		case !sameSet(groups, c.Groups):
-			lost[c.Username] = "LDAP groups changed"
+			gone[c.Username] = true
+		case !sameSet(groups, g.Groups):
+			changed[c.Username] = groups
 		}
 	}
-	if len(lost) == 0 {
-		return
-	}
-	for u, why := range lost {
-		srv.Reevaluate(broker.Reevaluation{
-			Match:      func(c *broker.Client) bool { return c.AuthBackend == b.Name() && c.Username == u },
+	for u := range gone {
+		a.reevaluate("ldap", broker.Reevaluation{
+			Match:      func(c *broker.Client) bool { return c.Grants().Backend == b.Name() && c.Username == u },
 			Disconnect: true,
-			Reason:     why,
+			Reason:     "LDAP account no longer exists",
 		})
 	}
+	for u, groups := range changed {
+		a.log.Info("access: LDAP groups changed; applying them", "backend", b.Name(), "username", u, "groups", groups)
+		a.reevaluate("ldap", broker.Reevaluation{
+			Match:   func(c *broker.Client) bool { return c.Grants().Backend == b.Name() && c.Username == u },
+			Regrant: func(g broker.Grants) broker.Grants { g.Groups = groups; return g },
+			Reason:  "LDAP groups changed",
+		})
+	}
+}
+
+// reevaluate takes the loss-of-access path for a trigger of the access
+// plan. Before the broker starts it does nothing (no session exists).
+func (a *accessPlan) reevaluate(trigger string, r broker.Reevaluation) broker.ReevaluateResult {
+	srv := a.srv.Load()
+	if srv == nil {
+		return broker.ReevaluateResult{}
+	}
+	return reevaluate(srv, a.record, trigger, r)
+}
+
+// reevaluate runs the broker's one loss-of-access path (Reevaluate) for a
+// trigger ("policy", "reload", "password", "ldap", "ban") and records each
+// client it acted on in the audit log as access.lost (record may be nil),
+// so that every trigger leaves the same trail.
+func reevaluate(srv *broker.Server, record func(string, ...audit.Field), trigger string, r broker.Reevaluation) broker.ReevaluateResult {
+	res := srv.Reevaluate(r)
+	if record != nil {
+		for _, rc := range res.Clients {
+			record(audit.TypeAccessLost, accessLostFields(trigger, r.Reason, rc)...)
+		}
+	}
+	return res
+}
+
+// accessLostFields describes one client that lost access.
+func accessLostFields(trigger, reason string, rc broker.ReevaluatedClient) []audit.Field {
+	c := rc.Client
+	fields := []audit.Field{audit.String("reason", reason), audit.String("trigger", trigger),
+		audit.String("listener", c.Listener), audit.String("client_id", c.ClientID)}
+	if ap, ok := addrPort(c.Remote); ok {
+		fields = append(fields, audit.String("addr", ap.String()))
+	}
+	if c.Username != "" {
+		fields = append(fields, audit.String("username", c.Username))
+	}
+	if certs := c.PeerCertificates(); len(certs) > 0 {
+		fp, _ := guard.CertIdentity(certs[0])
+		fields = append(fields, audit.String("cert_sha256", fp))
+	}
+	if rc.Disconnected {
+		fields = append(fields, audit.Int("disconnected", 1))
+	}
+	if rc.Unsubscribed > 0 {
+		fields = append(fields, audit.Int("unsubscribed", int64(rc.Unsubscribed)))
+	}
+	if rc.Dropped > 0 {
+		fields = append(fields, audit.Int("dropped", int64(rc.Dropped)))
+	}
+	return fields
 }
 
 // sameSet reports whether a and b hold the same strings.
@@ -752,14 +870,13 @@ func (a *accessPlan) reload() {
 func subjectOf(c *broker.Client) *authz.Subject {
 	return c.Memo(func(c *broker.Client) any {
 		s := &authz.Subject{
-			Username:            c.Username,
-			Anonymous:           c.Anonymous || c.Username == "",
-			ClientID:            c.ClientID,
-			Listener:            c.Listener,
-			Groups:              c.Groups,
-			CredentialPublish:   c.Publish,
-			CredentialSubscribe: c.Subscribe,
+			Username:  c.Username,
+			Anonymous: c.Anonymous || c.Username == "",
+			ClientID:  c.ClientID,
+			Listener:  c.Listener,
 		}
+		g := c.Grants()
+		s.Groups, s.CredentialPublish, s.CredentialSubscribe = g.Groups, g.Publish, g.Subscribe
 		if ap, ok := addrPort(c.Remote); ok {
 			s.Addr = ap.Addr().Unmap()
 		}

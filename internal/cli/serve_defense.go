@@ -259,9 +259,10 @@ func (d *defense) acceptRefusal(typ, listener string, addr netip.Addr, reason st
 		audit.String("stage", "accept"), audit.Int("refused_total", n))
 }
 
-// onBan records a new ban and disconnects the live clients it matches:
-// v5 clients get DISCONNECT 0x98 or 0x87 with the ban as reason, 3.1.1
-// clients are closed.
+// onBan records a new ban and disconnects the live clients it matches
+// through the one loss-of-access path (broker.Reevaluate, each client
+// recorded as access.lost): v5 clients get DISCONNECT 0x98 or 0x87 with
+// the ban as reason, 3.1.1 clients are closed.
 func (d *defense) onBan(m guard.Match) {
 	b := m.Ban
 	fields := []audit.Field{audit.String("ban", b.ID), audit.String("kind", string(b.Kind)), audit.String("value", b.Value),
@@ -275,10 +276,16 @@ func (d *defense) onBan(m guard.Match) {
 	if b.Source == guard.SourceManual {
 		code = packet.AdministrativeAction
 	}
-	srv := d.srv.Load()
-	if srv != nil {
-		n := srv.DisconnectMatching(func(c *broker.Client) bool { return m.Matches(liveIdentity(c)) }, code, b.Refusal())
-		fields = append(fields, audit.Int("disconnected", int64(n)))
+	// The clients the ban ends are recorded (access.lost) before the
+	// ban.add entry that counts them.
+	if srv := d.srv.Load(); srv != nil {
+		res := reevaluate(srv, d.record, "ban", broker.Reevaluation{
+			Match:      func(c *broker.Client) bool { return m.Matches(liveIdentity(c)) },
+			Disconnect: true,
+			Code:       code,
+			Reason:     b.Refusal(),
+		})
+		fields = append(fields, audit.Int("disconnected", int64(res.Disconnected)))
 	}
 	d.record(audit.TypeBanAdd, fields...)
 }
@@ -573,4 +580,12 @@ func (d *defense) reloaded(changed []string, err error) {
 	}
 	d.record(audit.TypeConfigReload, audit.String("reason", "reload requested"), audit.String("result", "applied"),
 		audit.String("changed", strings.Join(changed, ",")))
+}
+
+// guard returns the guard, nil when defense is off. d may be nil.
+func (d *defense) guard() *guard.Guard {
+	if d == nil {
+		return nil
+	}
+	return d.g
 }

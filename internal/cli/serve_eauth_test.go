@@ -21,6 +21,7 @@ import (
 	"github.com/moatmq/moat/internal/authn"
 	"github.com/moatmq/moat/internal/authn/jwt"
 	"github.com/moatmq/moat/internal/authn/scram"
+	"github.com/moatmq/moat/internal/authz"
 	"github.com/moatmq/moat/internal/broker"
 	"github.com/moatmq/moat/internal/broker/brokertest"
 	"github.com/moatmq/moat/internal/packet"
@@ -98,7 +99,18 @@ type eaBroker struct {
 
 func startEABroker(t *testing.T, backends ...authn.Backend) *eaBroker {
 	t.Helper()
+	return startEABrokerPolicy(t, nil, backends...)
+}
+
+// startEABrokerPolicy is startEABroker with an access policy on listener
+// "t" (nil: none, everything allowed).
+func startEABrokerPolicy(t *testing.T, pol *authz.Policy, backends ...authn.Backend) *eaBroker {
+	t.Helper()
 	b := &eaBroker{clock: &eaClock{now: time.Now()}, logs: &testutil.Buffer{}}
+	az := &accessAuthorizer{byLn: map[string]*policySource{}}
+	if pol != nil {
+		az.byLn["t"] = &policySource{holder: authz.NewHolder(pol)}
+	}
 	log := slog.New(slog.NewTextHandler(b.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	chains := map[string]*authn.Chain{"t": {Backends: backends}}
 	cert := &certAuthenticator{}
@@ -110,6 +122,7 @@ func startEABroker(t *testing.T, backends ...authn.Backend) *eaBroker {
 	b.addr = brokertest.Start(t, broker.Config{
 		Authenticator:         &accessAuthenticator{cert: cert, chains: chains, log: log},
 		EnhancedAuthenticator: &enhancedAuth{cert: cert, chains: chains, log: log},
+		Authorizer:            az,
 		Clock:                 b.clock,
 		Logger:                log,
 	}, brokertest.Options{Listener: broker.ListenerConfig{Name: "t"}}).Addr
@@ -535,6 +548,9 @@ func TestServeSCRAMPubSub(t *testing.T) {
     transport: tcp
 auth:
   - {type: scram, path: %s}
+acl:
+  rules:
+    - {name: alice, effect: allow, subjects: {usernames: [alice]}, actions: [publish, subscribe, receive], topics: ["s/#"]}
 `, creds))
 	m := startMoat(t, dir, "-c", "moat.yaml", "--data", filepath.Join(dir, "data"))
 	port := m.port(0)

@@ -24,6 +24,7 @@ import (
 	"github.com/moatmq/moat/internal/listener"
 	"github.com/moatmq/moat/internal/packet"
 	"github.com/moatmq/moat/internal/pki"
+	"github.com/moatmq/moat/internal/store"
 	"github.com/moatmq/moat/internal/tlsconf"
 )
 
@@ -52,18 +53,25 @@ type servePlan struct {
 	// ticker (tests); nil: the system clock.
 	guardNow  func() time.Time
 	guardTick <-chan time.Time
-	listeners []*plannedListener
-	zero      *zeroConfig // the built-in CA, when a listener uses it
-	zeroOK    bool        // its files exist and can be loaded
-	crls      *caCRLs     // nil for --check: it re-signs CRLs
-	admin     *adminPlan  // nil: no admin API (serve_admin.go)
-	live      *liveConfig // serve only: what a reload needs (serve_reload.go)
+	// recheckTick, when set, replaces the tickers of the LDAP re-checks
+	// (tests); nil: one ticker per backend's recheck_interval.
+	recheckTick <-chan time.Time
+	listeners   []*plannedListener
+	zero        *zeroConfig // the built-in CA, when a listener uses it
+	zeroOK      bool        // its files exist and can be loaded
+	crls        *caCRLs     // nil for --check: it re-signs CRLs
+	admin       *adminPlan  // nil: no admin API (serve_admin.go)
+	live        *liveConfig // serve only: what a reload needs (serve_reload.go)
 
 	warnings []string // to log (serve) or print (--check)
 	notes    []string // what serve does at start that --check does not (creating the built-in CA)
 	errs     []planProblem
 	cleanup  []func()
 	tasks    sync.WaitGroup // goroutines started by the plan's adapters
+
+	// store is the durable store, nil when persistence is off (and for
+	// --check); TLS listeners keep their ticket keys in it.
+	store *store.Store
 }
 
 // plannedListener is one listener, built but not bound.
@@ -82,13 +90,24 @@ type plannedListener struct {
 // no CRL re-signed) and starts no network requests. The caller must close
 // the plan.
 func buildPlan(cfg *config.Config, log *slog.Logger, check bool, sans ...string) (*servePlan, error) {
-	p := &servePlan{
+	return newPlan(cfg, log, check, sans...).build()
+}
+
+// newPlan returns an empty plan for build; tests set its injected clocks
+// in between.
+func newPlan(cfg *config.Config, log *slog.Logger, check bool, sans ...string) *servePlan {
+	return &servePlan{
 		cfg:   cfg,
 		log:   log,
 		check: check,
 		sans:  sans,
 		auth:  &certAuthenticator{mappings: map[string]tlsconf.IdentityMapping{}, proxy: map[string]tlsconf.IdentitySource{}},
 	}
+}
+
+// build is buildPlan's work.
+func (p *servePlan) build() (*servePlan, error) {
+	cfg, log, check := p.cfg, p.log, p.check
 	if !check {
 		p.crls = newCACRLs(log, time.Now)
 	}
@@ -375,6 +394,9 @@ func (p *servePlan) planTLS(i int, pl *plannedListener) {
 		tlc.DisableOCSPStapling = true
 	} else {
 		tlc.CRLRenewers = p.crls.renewers(l.Name, tlc.CRLFiles)
+	}
+	if p.store != nil {
+		tlc.TicketKeyStore = storeTicketKeys{st: p.store, listener: l.Name}
 	}
 	mgr, err := tlsconf.New(tlc)
 	if err != nil {

@@ -218,6 +218,9 @@ func (p *servePlan) reloadConfig() (string, error) {
 		if c.reason == "" && strings.HasPrefix(c.path, "acl") && acl == nil && !needRestart {
 			c.reason = "adding or removing the access policy, or giving listeners different ones, needs a restart"
 		}
+		if c.reason == "" && strings.HasPrefix(c.path, "defense.") && (p.defense.guard() == nil || check.defense.guard() == nil) {
+			c.reason = "defense is off: turning it on needs a restart"
+		}
 		if c.reason != "" {
 			at := next.Pos(c.path)
 			if at == "" || at == next.Source {
@@ -232,13 +235,32 @@ func (p *servePlan) reloadConfig() (string, error) {
 
 	// Everything is validated: apply.
 	var changed []string
-	aclChanged := false
+	aclChanged, limitsChanged, ratesChanged := false, false, false
 	for _, c := range changes {
 		changed = append(changed, c.path)
 		aclChanged = aclChanged || strings.HasPrefix(c.path, "acl")
+		limitsChanged = limitsChanged || strings.HasPrefix(c.path, "limits.")
+		ratesChanged = ratesChanged || strings.HasPrefix(c.path, "defense.")
 	}
 	if aclChanged {
 		p.swapPolicies(acl)
+	}
+	// The check plan's broker and guard hold the new limits with the
+	// start-up plan's translation and defaults, and validated them.
+	if limitsChanged {
+		lim, err := p.srv.SetLimits(check.srv.Limits())
+		if err != nil {
+			// Not reached: the check plan's broker.New validated them.
+			p.log.Error("serve: reload: the limits do not apply", "err", err)
+		}
+		p.log.Info("serve: limits changed", "limits", fmt.Sprintf("%+v", lim))
+	}
+	if ratesChanged {
+		r, err := p.defense.guard().SetClientRates(check.defense.guard().ClientRates())
+		if err != nil {
+			p.log.Error("serve: reload: the client rates do not apply", "err", err)
+		}
+		p.log.Info("serve: client rate limits changed", "rates", fmt.Sprintf("%+v", r))
 	}
 	p.access.reload() // password files and policy files, as loaded by the check
 	var tlsFailed []string
@@ -310,12 +332,10 @@ func (p *servePlan) swapPolicies(pairs map[*policySource]*policySource) {
 		ps.spec, ps.rules, ps.source, ps.sum, ps.failed = nps.spec, nps.rules, nps.source, nps.sum, [32]byte{}
 		gen := ps.holder.Swap(pol)
 		p.log.Info("access: policy reloaded", "policy", ps.source, "generation", gen)
-		if srv := a.srv.Load(); srv != nil {
-			srv.Reevaluate(broker.Reevaluation{
-				Match:  func(c *broker.Client) bool { return a.byLn[c.Listener] == ps },
-				Reason: "access policy " + ps.source + " changed",
-			})
-		}
+		a.reevaluate("reload", broker.Reevaluation{
+			Match:  func(c *broker.Client) bool { return a.byLn[c.Listener] == ps },
+			Reason: "access policy " + ps.source + " changed",
+		})
 	}
 }
 
@@ -357,7 +377,13 @@ func restartReason(path string) string {
 	case path == "profile", path == "log.level", path == "acl" || strings.HasPrefix(path, "acl."):
 		return ""
 	case strings.HasPrefix(path, "limits."):
-		return "the broker cannot change this limit at run time yet"
+		return limitRestartReason(strings.TrimPrefix(path, "limits."))
+	case strings.HasPrefix(path, "defense."):
+		switch strings.TrimPrefix(path, "defense.") {
+		case "message_rate", "message_burst", "byte_rate", "byte_burst", "throttle_limit":
+			return ""
+		}
+		return "only the per-client rates (message_rate, message_burst, byte_rate, byte_burst, throttle_limit) of defense change at run time"
 	case strings.HasPrefix(path, "listeners"):
 		if strings.Contains(path, ".auth") {
 			return "authentication chains are built at start (the password files' contents reload live)"
@@ -379,6 +405,22 @@ func restartReason(path string) string {
 		return "the admin listener is bound at start"
 	}
 	return "read at start only"
+}
+
+// limitRestartReason says why a limit needs a restart, or "" when a
+// reload applies it (broker.Limits says when each takes effect).
+func limitRestartReason(key string) string {
+	switch key {
+	case "message_size_limit", "max_queued_messages", "max_subscriptions", "max_subscription_bytes", "max_sessions",
+		"max_connections", "max_inflight", "max_keepalive":
+		return ""
+	case "max_packet_size":
+		return "MQTT 5 clients are told the maximum packet size in CONNACK for the whole connection"
+	case "max_preauth_packet_size", "read_budget", "max_retained_messages", "max_retained_bytes",
+		"max_retained_messages_per_identity", "max_retained_bytes_per_identity":
+		return "memory bounds are sized at start"
+	}
+	return "this limit is read at start"
 }
 
 // configView flattens a configuration into "path: value" for comparison.

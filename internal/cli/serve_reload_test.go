@@ -220,7 +220,11 @@ listeners:
 		{"profile: open", "profile: secure-network", []string{"profile=live"}},
 		{"level: info", "level: debug", []string{"log.level=live"}},
 		{`"a/#"`, `"b/#"`, []string{"acl.rules[0].topics[0]=live"}},
-		{"max_inflight: 20", "max_inflight: 30", []string{"limits.max_inflight=restart"}},
+		{"max_inflight: 20", "max_inflight: 30", []string{"limits.max_inflight=live"}},
+		{"max_inflight: 20", "max_inflight: 20, max_packet_size: 1000", []string{"limits.max_packet_size=restart"}},
+		{"max_inflight: 20", "max_inflight: 20, read_budget: 1MiB", []string{"limits.read_budget=restart"}},
+		{"profile: open", "profile: open\ndefense: {message_rate: 5, message_burst: 5}", []string{"defense.message_burst=live", "defense.message_rate=live"}},
+		{"profile: open", "profile: open\ndefense: {conn_rate: 5}", []string{"defense.conn_rate=restart"}},
 		{"a.example", "b.example", []string{"auth[0].url=restart"}},
 		{"127.0.0.1:1883", "127.0.0.1:1884", []string{"listeners[0].address=restart", "listeners[0].name=restart"}},
 	} {
@@ -298,5 +302,94 @@ func TestReloadChecksProfile(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "changed=[profile]") {
 		t.Errorf("no summary in the log:\n%s", logs.String())
+	}
+}
+
+// A reload applies changed limits and client rates to the running broker
+// and guard; one that also changes a limit needing a restart applies none.
+func TestReloadLimits(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "m.yaml")
+	body := "listeners:\n  - {address: \"127.0.0.1:1883\", transport: tcp, allow_anonymous: true}\n"
+	writeFile(t, file, body)
+	cfg, err := config.Load(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs testutil.Buffer
+	plan, err := buildPlan(cfg, slog.New(slog.NewTextHandler(&logs, nil)), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plan.close()
+	plan.live = &liveConfig{load: func() (*config.Config, error) { return config.Load(file) }, level: &slog.LevelVar{}}
+	before, rates := plan.srv.Limits(), plan.defense.guard().ClientRates()
+
+	// A limit that needs a restart refuses the whole reload.
+	writeFile(t, file, "limits: {message_size_limit: 100, max_packet_size: 2000}\n"+body)
+	if _, err := plan.reloadConfig(); err == nil || !strings.Contains(err.Error(),
+		"m.yaml:1: limits.max_packet_size: MQTT 5 clients are told the maximum packet size in CONNACK") {
+		t.Fatalf("reload changing max_packet_size: %v", err)
+	}
+	if plan.srv.Limits() != before {
+		t.Fatalf("a refused reload changed the limits: %+v", plan.srv.Limits())
+	}
+
+	writeFile(t, file, `limits:
+  message_size_limit: 100
+  max_queued_messages: 0
+  max_inflight: 5
+  max_subscriptions: 7
+  max_keepalive: 120
+defense:
+  message_rate: 50
+  message_burst: 60
+  byte_rate: 1MiB
+`+body)
+	if _, err := plan.reloadConfig(); err != nil {
+		t.Fatal(err)
+	}
+	got := plan.srv.Limits()
+	want := before
+	want.MessageSizeLimit, want.MaxQueued, want.MaxInflight, want.MaxSubscriptions, want.MaxKeepAlive = 100, config.MaxQueuedNoLimit, 5, 7, 120
+	if got != want {
+		t.Errorf("limits after the reload:\n%+v\nwant\n%+v", got, want)
+	}
+	r := plan.defense.guard().ClientRates()
+	if r.MessageRate != 50 || r.MessageBurst != 60 || r.ByteRate != 1<<20 || r.ThrottleLimit != rates.ThrottleLimit {
+		t.Errorf("client rates after the reload: %+v", r)
+	}
+	if !strings.Contains(logs.String(), "serve: limits changed") || !strings.Contains(logs.String(), "serve: client rate limits changed") {
+		t.Errorf("the changes are not logged:\n%s", logs.String())
+	}
+}
+
+// SIGHUP lowers message_size_limit on a running broker: a message it
+// forwarded before is dropped after.
+func TestServeReloadMessageSizeLimit(t *testing.T) {
+	needTool(t, "mosquitto_pub", "mosquitto_sub")
+	m, port, file, _ := startReloadBroker(t)
+	s := anonSub(t, port, "t/#")
+	big := strings.Repeat("x", 64)
+	pub := func(topic string) {
+		exec.Command("mosquitto_pub", "-h", "127.0.0.1", "-p", strconv.Itoa(port), "-V", "311", "-q", "1", "-t", topic, "-m", big).Run()
+	}
+	testutil.WaitFor(t, "a large message before the reload", 15*time.Second, func() bool {
+		pub("t/before")
+		return strings.Contains(s.out.String(), "t/before "+big)
+	})
+	writeFile(t, file, reloadYAML("info", "t/#")+"limits:\n  message_size_limit: 32\n")
+	m.cmd.Process.Signal(syscall.SIGHUP)
+	if !m.waitLog(t, "serve: configuration reloaded", "changed=[limits.message_size_limit]") {
+		t.Fatal("the reload was not applied")
+	}
+	pub("t/after")
+	if !m.waitLog(t, "payload exceeds message_size_limit; dropped", "t/after") {
+		t.Fatal("the large message was not dropped after the reload")
+	}
+	mqttTry(t, port, "", "t/small")
+	testutil.WaitFor(t, "a small message after the reload", 15*time.Second, func() bool { return strings.Contains(s.out.String(), "t/small") })
+	if strings.Contains(s.out.String(), "t/after") {
+		t.Fatal("the large message was delivered after the reload")
 	}
 }

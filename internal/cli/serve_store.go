@@ -62,6 +62,7 @@ func (p *servePlan) planStore() {
 		p.broker.StoreQuarantines = 1
 	}
 	p.broker.Persistence = brokerstore.New(st)
+	p.store = st // TLS listeners keep their ticket keys in it (serve_tickets.go)
 	p.cleanup = append(p.cleanup, func() {
 		if err := st.Close(); err != nil {
 			p.log.Error("serve: closing the store failed", "dir", dir, "err", err)

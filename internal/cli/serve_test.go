@@ -6,6 +6,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -114,6 +115,27 @@ func logAddrs(logs, msg, key string) []string {
 		}
 	}
 	return addrs
+}
+
+// readyPort waits until a plan served in-process with its log in logs
+// has bound its first listener ("serve: listener ready") and returns that
+// listener's port: how an in-process test learns the port of a listener
+// configured as 127.0.0.1:0.
+func readyPort(t *testing.T, logs *testutil.Buffer) int {
+	t.Helper()
+	var port int
+	testutil.CheckFor(t, 15*time.Second, func() error {
+		bound := logAddrs(logs.String(), "serve: listener ready", "address")
+		if len(bound) == 0 {
+			return errors.New("no \"serve: listener ready\" line in the log")
+		}
+		_, ps, err := net.SplitHostPort(bound[0])
+		if err == nil {
+			port, err = strconv.Atoi(ps)
+		}
+		return err
+	})
+	return port
 }
 
 // startMoat runs `moat serve` with args in dir on a configuration whose

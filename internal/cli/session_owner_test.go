@@ -141,6 +141,9 @@ func TestSecurityServeSessionOwner(t *testing.T) {
 data_dir: data
 persistence:
   enabled: false
+acl:
+  rules:  # the victims' queues; the session owner is under test, not the policy
+    - {name: queues, effect: allow, subjects: {all: true}, actions: [publish, subscribe, receive], topics: ["q/#"]}
 `)
 	p := startMoat(t, dir, "-c", "moat.yaml")
 	ca := filepath.Join(dir, "data", "ca")

@@ -81,6 +81,11 @@ type ACL struct {
 	// File is a Mosquitto acl_file (acl.acl_file in YAML, acl_file in
 	// mosquitto.conf), consulted after the rules.
 	File string `json:"acl_file,omitempty"`
+	// AllowAll (acl.allow_all: true in YAML) turns access control off:
+	// every client a listener admits may publish and subscribe to every
+	// topic, as Mosquitto without an acl_file. Only an explicit opt-out
+	// does this; the broker warns at every start.
+	AllowAll bool `json:"allow_all,omitempty"`
 
 	node *yaml.Node
 }
@@ -91,11 +96,16 @@ func (a *ACL) UnmarshalYAML(n *yaml.Node) error {
 		return typeErr(n, "acl must be a mapping with rules and/or acl_file")
 	}
 	for i := 0; i+1 < len(n.Content); i += 2 {
-		if k, v := n.Content[i], n.Content[i+1]; k.Value == "acl_file" {
+		switch k, v := n.Content[i], n.Content[i+1]; k.Value {
+		case "acl_file":
 			if v.Kind != yaml.ScalarNode {
 				return typeErr(v, "acl.acl_file must be a file name")
 			}
 			a.File = v.Value
+		case "allow_all":
+			if err := v.Decode(&a.AllowAll); err != nil {
+				return typeErr(v, "acl.allow_all must be true or false")
+			}
 		}
 	}
 	a.node = n

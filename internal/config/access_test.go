@@ -119,3 +119,33 @@ listeners:
 		}
 	}
 }
+
+// Which listeners have no access policy: a mosquitto.conf without an
+// acl_file for them (Mosquitto's meaning), or YAML with acl.allow_all.
+// YAML without an acl section gets the default policy, so it is not open.
+func TestOpenACL(t *testing.T) {
+	for _, tc := range []struct {
+		name, src string
+		open      []bool
+	}{
+		{"m.conf", "listener 1883\n", []bool{true}},
+		{"m.conf", "listener 1883\nacl_file /acl\n", []bool{false}},
+		{"m.conf", "per_listener_settings true\nlistener 1883\nacl_file /acl\nlistener 1884\n", []bool{false, true}},
+		{"m.yaml", "listeners:\n  - {address: \":1883\", transport: tcp}\n", []bool{false}},
+		{"m.yaml", "acl: {allow_all: true}\nlisteners:\n  - {address: \":1883\", transport: tcp}\n", []bool{true}},
+		{"m.yaml", "acl: {allow_all: false, acl_file: /acl}\nlisteners:\n  - {address: \":1883\", transport: tcp}\n", []bool{false}},
+	} {
+		c, err := Parse(tc.name, []byte(tc.src))
+		if err != nil {
+			t.Fatalf("%q: %v", tc.src, err)
+		}
+		for i, want := range tc.open {
+			if got := c.OpenACL(i); got != want {
+				t.Errorf("%q: OpenACL(%d) = %v, want %v", tc.src, i, got, want)
+			}
+		}
+	}
+	if _, err := Parse("m.yaml", []byte("acl: {allow_all: yes please}\n")); err == nil || !strings.Contains(err.Error(), "acl.allow_all must be true or false") {
+		t.Errorf("allow_all with a bad value: %v", err)
+	}
+}

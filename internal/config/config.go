@@ -30,6 +30,16 @@ import (
 // Format is the syntax a configuration was written in.
 type Format string
 
+// OpenACL reports whether no access policy applies to listener i: every
+// client it admits may do everything (acl.allow_all, or a mosquitto.conf
+// without an acl_file for it).
+func (c *Config) OpenACL(i int) bool {
+	if c.ACL != nil {
+		return c.ACL.AllowAll
+	}
+	return c.Format == FormatMosquitto && c.Listeners[i].ACLFile == ""
+}
+
 // The configuration syntaxes.
 const (
 	FormatYAML      Format = "yaml"
@@ -101,9 +111,12 @@ type Config struct {
 	// per_listener_settings true).
 	Auth []AuthBackend `json:"auth,omitempty" yaml:"auth"`
 	// ACL is the access policy: Moat rules and/or a Mosquitto acl_file.
-	// Default nil. Without one, a mosquitto.conf keeps Mosquitto's meaning
-	// (every admitted client may do everything) and the broker says so
-	// loudly at start; see docs/access-control.md for YAML.
+	// Default nil. Without one, Moat YAML (and no configuration at all)
+	// gets the default policy, DATA_DIR/acl.yaml, which confines each
+	// identity to its own topics; a mosquitto.conf keeps Mosquitto's
+	// meaning (every admitted client may do everything) and the broker
+	// says so loudly at start. acl: {allow_all: true} is the explicit
+	// opt-out for YAML. See docs/access-control.md.
 	ACL *ACL `json:"acl,omitempty" yaml:"acl"`
 
 	// Limits bound what one client may cost the broker.

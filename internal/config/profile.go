@@ -131,16 +131,18 @@ func (c *Config) ProfileViolations(f ProfileFacts) []Violation {
 	if !f.AuditLog {
 		add("audit.disabled", "the audit log is required: remove audit.disabled")
 	}
-	if c.ACL == nil && c.Source != "" {
-		var open []string
-		for i := range c.Listeners {
-			if c.Listeners[i].ACLFile == "" {
-				open = append(open, c.Listeners[i].Name)
-			}
+	var open []string
+	for i := range c.Listeners {
+		if c.OpenACL(i) {
+			open = append(open, c.Listeners[i].Name)
 		}
-		if len(open) > 0 {
-			add("profile", "no access policy applies to listener(s) %s: add an acl section (docs/access-control.md)", strings.Join(open, ", "))
-		}
+	}
+	switch {
+	case len(open) == 0:
+	case c.ACL != nil && c.ACL.AllowAll:
+		add("acl.allow_all", "no access policy applies to listener(s) %s: acl.allow_all turns access control off; write rules instead (docs/access-control.md)", strings.Join(open, ", "))
+	default:
+		add("profile", "no access policy applies to listener(s) %s: add an acl_file (docs/access-control.md)", strings.Join(open, ", "))
 	}
 	for _, p := range f.OpenPolicies {
 		add("acl", "the access policy %s lets any client publish to any topic; restrict it", p)

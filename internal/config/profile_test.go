@@ -58,6 +58,7 @@ listeners:
     tls:
       allow_insecure_ciphers: true
       cipher_suites: [TLS_RSA_WITH_AES_128_CBC_SHA]
+acl: {allow_all: true}
 `,
 }
 
@@ -69,20 +70,20 @@ func TestProfileViolations(t *testing.T) {
 		"plain-lan": {
 			ProfileSecureNetwork:   nil,
 			ProfileSecureTransport: {"3: no way to authenticate", "4: only loopback addresses may have a plain listener", "5: anonymous access is refused"},
-			ProfileIndustry:        {"1: no access policy applies to listener(s) tcp-1883", "4: every listener must be tls or wss", "5: anonymous access is refused"},
+			ProfileIndustry:        {"4: every listener must be tls or wss", "5: anonymous access is refused"},
 		},
 		"plain-any": {
 			ProfileSecureNetwork:   {"5: plain MQTT is allowed only on loopback or private addresses"},
 			ProfileSecureTransport: {"6: only loopback addresses"},
-			ProfileIndustry:        {"1: no access policy", "6: every listener must be tls or wss"},
+			ProfileIndustry:        {"6: every listener must be tls or wss"},
 		},
 		"mtls-strict": {},
 		"tls-password": {
-			ProfileIndustry: {"1: no access policy", "4: not checked for revocation", "7: client certificates are required on every listener"},
+			ProfileIndustry: {"4: not checked for revocation", "7: client certificates are required on every listener"},
 		},
 		"loose": {
 			ProfileSecureTransport: {"3: sessions.ignore_owner", "5: no way to authenticate", "7: anonymous access is refused", "10: allow_insecure_ciphers is refused"},
-			ProfileIndustry:        {"1: no access policy", "3: sessions.ignore_owner", "6: every listener must be tls or wss", "7: anonymous access is refused", "10: allow_insecure_ciphers is refused"},
+			ProfileIndustry:        {"3: sessions.ignore_owner", "6: every listener must be tls or wss", "7: anonymous access is refused", "10: allow_insecure_ciphers is refused", "12: no access policy applies to listener(s) tcp-1883, tls-8883: acl.allow_all turns access control off"},
 		},
 	}
 	facts := ProfileFacts{FIPS: true, AuditLog: true}

@@ -68,6 +68,7 @@ type Guard struct {
 	offences map[trackKey]offence
 
 	stats counters
+	rates atomic.Pointer[ClientRates] // live.go
 
 	done      chan struct{}
 	wg        sync.WaitGroup
@@ -106,6 +107,7 @@ func New(cfg Config) (*Guard, error) {
 	if _, err := io.ReadFull(g.rand, seed[:]); err != nil {
 		return nil, errors.New("guard: reading randomness for the address table: " + err.Error())
 	}
+	g.rates.Store(clientRatesOf(&s))
 	g.conns = newAddrTable(s.ConnTableSize, s.ConnRate, s.ConnBurst, seed)
 	g.perAddr.n = map[addrKey]int32{}
 	for name, d := range s.detectors {

@@ -261,7 +261,7 @@ func (g *Guard) NewClientLimiter() *ClientLimiter { return &ClientLimiter{g: g} 
 // says to disconnect it (reason ReasonThrottleLimit). Reserve does not
 // allocate.
 func (l *ClientLimiter) Reserve(n int) (time.Duration, Decision) {
-	cfg := &l.g.cfg
+	cfg := l.g.rates.Load()
 	now := l.g.now().UnixNano()
 	var wait int64
 	if cfg.MessageRate > 0 {

@@ -140,6 +140,13 @@ func Export(cfg Config, w io.Writer) error {
 			return err
 		}
 	}
+	// Ticket keys are listed without their key bytes (TicketKey's
+	// MarshalJSON): they are secrets, and useless anywhere else.
+	for _, l := range slices.Sorted(maps.Keys(st.TicketKeys)) {
+		if err := line("ticket_keys", st.TicketKeys[l]); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -193,7 +200,10 @@ type NewKey struct {
 // a new file (one transaction), wraps the data key with the current or a
 // new KEK, and replaces the store and its counter file. The store must
 // not be open elsewhere. A crash before the final rename leaves the old
-// store in place.
+// store in place. Session ticket keys are not carried over: a rekey is
+// done when the old key may be known, and with it the ticket keys it
+// sealed; the broker makes new ones at its next start (clients then do
+// one full handshake each).
 func Rekey(cfg Config, next NewKey) error {
 	if next.KEK != nil && len(next.Passphrase) > 0 {
 		return errors.New("store: rekey to a KEK or a passphrase, not both")

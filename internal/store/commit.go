@@ -163,7 +163,11 @@ func (s *Store) commitBatch(reqs []*request) {
 	err := s.failed
 	if err == nil {
 		var wrote bool
+		// Latency is measured, not scheduled: the system clock, not
+		// Config.Now.
+		start := time.Now()
 		wrote, err = s.commitTx(reqs, false)
+		s.latency.observe(time.Since(start))
 		if err == nil && wrote {
 			s.afterCommit()
 		}

@@ -15,7 +15,7 @@ func FuzzDecodeRecord(f *testing.F) {
 	sess, msg, d, ret, will := sample(s)
 	for _, r := range []any{sess, msg, d, ret, will, &inbound{ClientID: "c", PacketID: 1}, &state{Counter: 3, Records: 2, MaxID: 9},
 		&Session{}, &Message{}, &Delivery{}, &Retained{}, &Will{}, samplePublisher(), &Publisher{},
-		&Retained{pubKey: make([]byte, idLen)}, &Will{pubKey: make([]byte, idLen)}} {
+		&Retained{pubKey: make([]byte, idLen)}, &Will{pubKey: make([]byte, idLen)}, sampleTicketKeys("l"), &TicketKeys{}} {
 		f.Add(encodeRecord(r))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -52,6 +52,7 @@ func TestDecodeRecordRejects(t *testing.T) {
 		"short pub key": append(encodeRecord(&Retained{})[:len(encodeRecord(&Retained{}))-1], 3, 1, 2, 3),
 		"attr order":    {tagPublisher, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 1, 'b', 0, 1, 'a', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},
 		"empty cert":    append(encodeRecord(&Publisher{Certs: [][]byte{{1}}})[:len(encodeRecord(&Publisher{Certs: [][]byte{{1}}}))-2], 0),
+		"short tkey":    append([]byte{tagTicketKeys, 1, 'l', 1}, make([]byte, 31)...),
 	} {
 		if _, err := decodeRecord(b); err == nil {
 			t.Errorf("%s: accepted", name)

@@ -535,6 +535,8 @@ func encodeRecord(r any) []byte {
 		for _, c := range v.Certs {
 			e.bytes(c)
 		}
+	case *TicketKeys:
+		encodeTicketKeys(e, v)
 	case *state:
 		e.u8(tagState)
 		e.u64(v.Counter)
@@ -550,7 +552,7 @@ func encodeRecord(r any) []byte {
 // decodeRecord parses a record's plaintext strictly: a known tag, every
 // length inside the record, nothing left over. It returns one of
 // *Session, *Message, *Delivery, *inbound, *Retained, *Will, *Publisher,
-// *state.
+// *TicketKeys, *state.
 func decodeRecord(b []byte) (any, error) {
 	d := &dec{b: b}
 	var r any
@@ -638,6 +640,8 @@ func decodeRecord(b []byte) (any, error) {
 			}
 		}
 		r = v
+	case tagTicketKeys:
+		r = decodeTicketKeys(d)
 	case tagState:
 		v := &state{Counter: d.u64()}
 		if d.need(32) {

@@ -18,6 +18,8 @@ type State struct {
 	Messages map[uint64]*Message
 	Retained []*Retained
 	Wills    []*Will
+	// TicketKeys by listener name (nil when there are none).
+	TicketKeys map[string]*TicketKeys
 }
 
 // SessionState is one session and what it holds.
@@ -63,13 +65,15 @@ func (s *Store) scan(tx *bolt.Tx, keep bool) *Report {
 	var digest [32]byte
 	var n uint64
 	pubs := map[string]*Publisher{}
-	for _, bucket := range dataBuckets {
+	for _, bucket := range scannedBuckets {
 		b := tx.Bucket(bucket)
 		if b == nil && bytes.Equal(bucket, bktPublisher) {
 			continue // a store from before publishers were kept, opened read-only
 		}
 		if b == nil {
-			rep.problem("bucket %s missing", bucket)
+			if !isOptional(bucket) {
+				rep.problem("bucket %s missing", bucket)
+			}
 			continue
 		}
 		b.ForEach(func(k, v []byte) error {
@@ -115,6 +119,12 @@ func (s *Store) scan(tx *bolt.Tx, keep bool) *Report {
 			case *Publisher:
 				want, kind = s.keys.publisherKey(pt), "publishers"
 				pubs[string(want)] = r
+			case *TicketKeys:
+				want, kind = s.keys.ticketKeysKey(r.Listener), "ticket_keys"
+				if st.TicketKeys == nil {
+					st.TicketKeys = map[string]*TicketKeys{}
+				}
+				st.TicketKeys[r.Listener] = r
 			default:
 				rep.problem("%s/%x: unexpected record type", bucket, k)
 				return nil
@@ -199,6 +209,8 @@ func bucketOf(kind string) []byte {
 		return bktWill
 	case "publishers":
 		return bktPublisher
+	case "ticket_keys":
+		return bktTicketKeys
 	}
 	return nil
 }

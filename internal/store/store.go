@@ -175,6 +175,7 @@ type Store struct {
 	recovered *State
 	report    *Report // what Open's check found (read-only opens)
 	stats     struct{ commits, syncs, requests, ops, failed, coalesced atomic.Int64 }
+	latency   latency // of each transaction, fsync included
 }
 
 // Open opens or creates the store in cfg.Dir, verifies every record and
@@ -467,7 +468,7 @@ func (s *Store) create() error {
 		if err != nil {
 			return err
 		}
-		for _, b := range dataBuckets {
+		for _, b := range scannedBuckets {
 			if _, err := tx.CreateBucket(b); err != nil {
 				return err
 			}
@@ -626,12 +627,17 @@ type Stats struct {
 	// their transaction: deliveries acknowledged before their commit,
 	// and the messages only they referred to.
 	Coalesced int64
+	// CommitLatency is the time each transaction took, from the start of
+	// its write to its durability (fsync included in SyncAlways), by the
+	// system clock. One transaction carries every request waiting.
+	CommitLatency Histogram
 }
 
 // Stats returns the store's counters. Safe for concurrent use.
 func (s *Store) Stats() Stats {
 	return Stats{Requests: s.stats.requests.Load(), Ops: s.stats.ops.Load(), Commits: s.stats.commits.Load(),
-		Syncs: s.stats.syncs.Load(), Failed: s.stats.failed.Load(), Coalesced: s.stats.coalesced.Load()}
+		Syncs: s.stats.syncs.Load(), Failed: s.stats.failed.Load(), Coalesced: s.stats.coalesced.Load(),
+		CommitLatency: s.latency.snapshot()}
 }
 
 // Close commits what was submitted, fsyncs, writes the commit counter and

@@ -201,7 +201,17 @@ type ListenerConfig struct {
 	// TicketKeyLifetime is how long a ticket key stays valid for resuming
 	// sessions after it was made; tickets encrypted under older keys are
 	// refused (a full handshake follows). Default 3 × TicketKeyRotation.
+	// It bounds the age of any ticket that still resumes a session.
 	TicketKeyLifetime time.Duration
+	// TicketKeyStore, when set, keeps the ticket keys across restarts: New
+	// restores the saved keys still within TicketKeyLifetime, and every
+	// new key is saved before it seals a ticket, so that clients resume
+	// their sessions after a restart instead of all doing full handshakes
+	// at once. A resumed session passes the same checks as a full
+	// handshake (chain, validity, CRLs, OCSP: VerifyConnection runs on
+	// resumption too). Default nil: the keys live in this process only,
+	// and after a restart every client does a full handshake.
+	TicketKeyStore TicketKeyStore
 
 	// Identity maps a client certificate to an MQTT username and client ID.
 	// The zero value maps nothing.

@@ -47,12 +47,20 @@ type state struct {
 // a clearing.
 const maxVerifiedCache = 4096
 
-func chainKey(peer []*x509.Certificate) string {
+// chainKey is the verified-chain cache's key for the certificates a peer
+// sent: the SHA-256 of the leaf alone (the usual case, without an
+// allocation), or of all of them.
+func chainKey(peer []*x509.Certificate) [sha256.Size]byte {
+	if len(peer) == 1 {
+		return sha256.Sum256(peer[0].Raw)
+	}
 	h := sha256.New()
 	for _, c := range peer {
 		h.Write(c.Raw)
 	}
-	return string(h.Sum(nil))
+	var k [sha256.Size]byte
+	h.Sum(k[:0])
+	return k
 }
 
 // servedCert is a server certificate with its current OCSP staple.

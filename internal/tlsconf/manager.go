@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"slices"
 	"sync"
@@ -111,7 +112,7 @@ func New(cfg ListenerConfig) (*Manager, error) {
 	m.base = m.buildConfig(st)
 	m.base.GetConfigForClient = m.getConfigForClient
 	if !cfg.DisableSessionTickets {
-		if err := m.tickets.rotate(m.now(), m.rand, cfg.ticketRotation(), cfg.ticketLifetime()); err != nil {
+		if err := m.initTickets(); err != nil {
 			m.cancel()
 			return nil, err
 		}
@@ -143,7 +144,7 @@ func (m *Manager) buildConfig(st *state) *tls.Config {
 		CipherSuites:           defaultCipherSuites(),
 		CurvePreferences:       defaultCurvePreferences(),
 		GetCertificate:         m.getCertificate,
-		VerifyConnection:       func(cs tls.ConnectionState) error { return m.verifyConnection(cs, "") },
+		VerifyConnection:       func(cs tls.ConnectionState) error { return m.verifyConnection(cs, nil) },
 		Time:                   m.now,
 		Rand:                   m.rand,
 		SessionTicketsDisabled: m.cfg.DisableSessionTickets,
@@ -180,9 +181,9 @@ func (m *Manager) buildConfig(st *state) *tls.Config {
 func (m *Manager) getConfigForClient(hello *tls.ClientHelloInfo) (*tls.Config, error) {
 	st := m.state.Load()
 	c := st.conf.Clone()
-	remote := ""
-	if hello.Conn != nil && hello.Conn.RemoteAddr() != nil {
-		remote = hello.Conn.RemoteAddr().String()
+	var remote net.Addr
+	if hello.Conn != nil {
+		remote = hello.Conn.RemoteAddr()
 	}
 	c.VerifyConnection = func(cs tls.ConnectionState) error { return m.verifyConnection(cs, remote) }
 	return c, nil
@@ -311,7 +312,7 @@ func (m *Manager) loop() {
 			}
 		}
 		if !m.cfg.DisableSessionTickets && m.tickets.due(now, m.cfg.ticketRotation()) {
-			if err := m.tickets.rotate(now, m.rand, m.cfg.ticketRotation(), m.cfg.ticketLifetime()); err != nil {
+			if err := m.rotateTickets(now); err != nil {
 				m.log.Error("tlsconf: session ticket key rotation failed", "listener", m.cfg.Name, "error", err)
 				continue
 			}

@@ -42,6 +42,7 @@ type ocspChecker struct {
 	mu       sync.Mutex
 	cache    map[string]*ocspResult
 	inflight map[string]chan struct{}
+	answers  ocspAnswers // status.go
 }
 
 func newOCSPChecker(m *Manager) *ocspChecker {
@@ -155,7 +156,7 @@ func (o *ocspChecker) refresh(ctx context.Context, leaf, issuer *x509.Certificat
 func (o *ocspChecker) query(ctx context.Context, leaf, issuer *x509.Certificate) *ocspResult {
 	m := o.m
 	fail := func(err error) *ocspResult {
-		return &ocspResult{status: -1, err: err, expires: m.now().Add(min(ocspErrorCacheTTL, m.ocspTTL()))}
+		return o.answers.count(&ocspResult{status: -1, err: err, expires: m.now().Add(min(ocspErrorCacheTTL, m.ocspTTL()))})
 	}
 	if len(leaf.OCSPServer) == 0 {
 		return fail(errors.New("the certificate names no OCSP responder (AIA)"))
@@ -168,7 +169,7 @@ func (o *ocspChecker) query(ctx context.Context, leaf, issuer *x509.Certificate)
 	for _, url := range leaf.OCSPServer {
 		r, err := o.ask(ctx, url, req, leaf, issuer)
 		if err == nil {
-			return r
+			return o.answers.count(r)
 		}
 		errs = append(errs, fmt.Errorf("%s: %w", url, err))
 	}

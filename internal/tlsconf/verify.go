@@ -6,7 +6,9 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -84,6 +86,23 @@ func (e *VerifyError) Error() string {
 	return s
 }
 
+// HandshakeFailure names the refusal in the few words a metric label
+// carries: "certificate_revoked", "certificate_expired",
+// "certificate_untrusted", "certificate_missing", "cipher_suite", ...
+// The broker counts failed handshakes by it.
+func (e *VerifyError) HandshakeFailure() string {
+	switch e.Reason {
+	case ReasonCipherSuite:
+		return "cipher_suite"
+	case ReasonNoCertificate:
+		return "certificate_missing"
+	}
+	if n, ok := reasonNames[e.Reason]; ok {
+		return "certificate_" + strings.ReplaceAll(n, "-", "_")
+	}
+	return "certificate"
+}
+
 func certError(r Reason, c *x509.Certificate, format string, a ...any) *VerifyError {
 	e := &VerifyError{Reason: r, Detail: fmt.Sprintf(format, a...)}
 	if c != nil {
@@ -93,12 +112,17 @@ func certError(r Reason, c *x509.Certificate, format string, a ...any) *VerifyEr
 	return e
 }
 
-// verifyConnection is the tls.Config.VerifyConnection callback.
-func (m *Manager) verifyConnection(cs tls.ConnectionState, remote string) error {
+// verifyConnection is the tls.Config.VerifyConnection callback; remote
+// is the peer's address, or nil (only a refusal reads it).
+func (m *Manager) verifyConnection(cs tls.ConnectionState, remote net.Addr) error {
 	err := m.verifyState(cs)
 	if err != nil {
 		var ve *VerifyError
-		attrs := []any{"listener", m.cfg.Name, "remote", remote, "error", err.Error()}
+		addr := ""
+		if remote != nil {
+			addr = remote.String()
+		}
+		attrs := []any{"listener", m.cfg.Name, "remote", addr, "error", err.Error()}
 		if errors.As(err, &ve) {
 			attrs = append(attrs, "reason", ve.Reason.String(), "subject", ve.Subject, "serial", ve.Serial)
 		}
@@ -163,7 +187,7 @@ func (m *Manager) verifyPeer(ctx context.Context, st *state, peer []*x509.Certif
 			Roots:         st.roots,
 			Intermediates: x509.NewCertPool(),
 			CurrentTime:   now,
-			KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+			KeyUsages:     clientAuthUsage,
 		}
 		for _, c := range peer[1:] {
 			opts.Intermediates.AddCert(c)
@@ -192,6 +216,10 @@ func (m *Manager) verifyPeer(ctx context.Context, st *state, peer []*x509.Certif
 	}
 	return nil, firstErr
 }
+
+// clientAuthUsage is the extended key usage a client certificate needs
+// (read only).
+var clientAuthUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
 
 func isSelfSigned(c *x509.Certificate) bool {
 	return string(c.RawIssuer) == string(c.RawSubject)

@@ -121,8 +121,9 @@ type clientSub struct {
 // Subscribe, Unsubscribe, UnsubscribeAll and Subscriptions are serialized
 // by a mutex that Match never takes.
 type Index struct {
-	root  *node
-	count atomic.Int64
+	root   *node
+	count  atomic.Int64
+	shared atomic.Int64 // the shared subscriptions' members among count
 
 	mu       sync.Mutex // serializes writers; never held by Match
 	subs     map[subKey]*clientSub
@@ -141,6 +142,9 @@ func NewIndex() *Index {
 
 // Count reports the number of subscriptions, shared members included.
 func (x *Index) Count() int { return int(x.count.Load()) }
+
+// SharedCount reports the number of shared subscriptions' members.
+func (x *Index) SharedCount() int { return int(x.shared.Load()) }
 
 // Subscribe adds s, or replaces the subscription with the same (ClientID,
 // Group, Filter), and reports whether it replaced one (what Retain
@@ -171,6 +175,9 @@ func (x *Index) Subscribe(s Subscription) (existed bool) {
 	cs.ci = len(list)
 	x.byClient[s.ClientID] = append(list, cs)
 	x.count.Add(1)
+	if s.Group != "" {
+		x.shared.Add(1)
+	}
 	return false
 }
 
@@ -311,6 +318,9 @@ func (x *Index) remove(cs *clientSub) {
 	x.prune(cs.node)
 	delete(x.subs, subKey{s.ClientID, s.Group, s.Filter})
 	x.count.Add(-1)
+	if s.Group != "" {
+		x.shared.Add(-1)
+	}
 }
 
 // UnsubscribeAll removes every subscription of clientID, as when its session

@@ -1,0 +1,76 @@
+//go:build linux && (amd64 || arm64 || loong64 || mips64 || mips64le || ppc64 || ppc64le || riscv64 || s390x)
+
+package broker
+
+import (
+	"encoding/binary"
+	"syscall"
+	"testing"
+)
+
+// cmsg builds one control message as the kernel lays it out on 64-bit
+// Linux, padded to 8 bytes.
+func cmsg(level, typ int32, data []byte) []byte {
+	b := make([]byte, cmsgHeader, cmsgHeader+len(data)+8)
+	binary.NativeEndian.PutUint64(b, uint64(cmsgHeader+len(data)))
+	binary.NativeEndian.PutUint32(b[8:], uint32(level))
+	binary.NativeEndian.PutUint32(b[12:], uint32(typ))
+	b = append(b, data...)
+	for len(b)%8 != 0 {
+		b = append(b, 0)
+	}
+	return b
+}
+
+func timespec(sec, nsec int64) []byte {
+	b := make([]byte, 16)
+	binary.NativeEndian.PutUint64(b, uint64(sec))
+	binary.NativeEndian.PutUint64(b[8:], uint64(nsec))
+	return b
+}
+
+func TestStampOf(t *testing.T) {
+	if syscall.SizeofCmsghdr != cmsgHeader {
+		t.Fatalf("struct cmsghdr is %d bytes here, stampOf assumes %d", syscall.SizeofCmsghdr, cmsgHeader)
+	}
+	stamp := cmsg(syscall.SOL_SOCKET, syscall.SO_TIMESTAMPNS, timespec(1700000000, 123))
+	other := cmsg(syscall.SOL_SOCKET, syscall.SO_TIMESTAMP, timespec(1, 2))
+	odd := cmsg(syscall.IPPROTO_IP, 1, []byte{1, 2, 3})
+	for _, tc := range []struct {
+		name string
+		oob  []byte
+		want int64
+	}{
+		{"none", nil, 0},
+		{"stamp", stamp, 1700000000_000000123},
+		{"after another message", append(append([]byte{}, odd...), stamp...), 1700000000_000000123},
+		{"only other messages", append(append([]byte{}, other...), odd...), 0},
+		{"truncated header", stamp[:10], 0},
+		{"truncated data", stamp[:cmsgHeader+8], 0},
+		{"length past the buffer", func() []byte {
+			b := append([]byte{}, stamp...)
+			binary.NativeEndian.PutUint64(b, 1000)
+			return b
+		}(), 0},
+		{"length below the header", func() []byte {
+			b := append([]byte{}, stamp...)
+			binary.NativeEndian.PutUint64(b, 3)
+			return b
+		}(), 0},
+	} {
+		if got := stampOf(tc.oob); got != tc.want {
+			t.Errorf("%s: stampOf = %d, want %d", tc.name, got, tc.want)
+		}
+	}
+}
+
+// FuzzStampOf: any control buffer is parsed without reading out of
+// bounds or looping forever.
+func FuzzStampOf(f *testing.F) {
+	f.Add(cmsg(syscall.SOL_SOCKET, syscall.SO_TIMESTAMPNS, timespec(1, 2)))
+	f.Add(append(cmsg(syscall.IPPROTO_IP, 1, []byte{1}), cmsg(syscall.SOL_SOCKET, syscall.SO_TIMESTAMPNS, timespec(3, 4))...))
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, oob []byte) {
+		stampOf(oob)
+	})
+}

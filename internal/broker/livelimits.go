@@ -1,0 +1,98 @@
+package broker
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Limits are the limits a running Server can change (SetLimits). Each
+// field has the meaning, the zero value and the default of the Config
+// field of the same name. A change applies to what comes next and never
+// to what is already under way:
+//
+//   - MessageSizeLimit: to the next PUBLISH of every client.
+//   - MaxQueued: to the next message queued; queues already longer keep
+//     their messages but take no more until they fall below it.
+//   - MaxSubscriptions, MaxSubscriptionBytes: to the next SUBSCRIBE;
+//     subscriptions already made stay.
+//   - MaxSessions, MaxConnections: to the next CONNECT and the next
+//     accepted socket; nobody is disconnected.
+//   - MaxInflight, MaxKeepAlive: to sessions and connections set up
+//     afterwards (a connected client keeps the window and keep alive it
+//     was given, as MQTT 5 announces them in CONNACK).
+//
+// The limits MQTT 5 clients are told once in CONNACK for the whole
+// connection (Maximum Packet Size, Receive Maximum, Topic Alias Maximum)
+// and the memory bounds sized at start (ReadBudget, the retained store)
+// are not among them: they need a restart.
+type Limits struct {
+	MessageSizeLimit     uint32
+	MaxKeepAlive         uint16
+	MaxInflight          int
+	MaxQueued            int
+	MaxSubscriptions     int
+	MaxSubscriptionBytes int
+	MaxSessions          int
+	MaxConnections       int
+}
+
+// limitsOf returns the limits of a Config whose defaults are applied.
+func limitsOf(c *Config) *Limits {
+	return &Limits{
+		MessageSizeLimit: c.MessageSizeLimit, MaxKeepAlive: c.MaxKeepAlive, MaxInflight: c.MaxInflight,
+		MaxQueued: c.MaxQueued, MaxSubscriptions: c.MaxSubscriptions, MaxSubscriptionBytes: c.MaxSubscriptionBytes,
+		MaxSessions: c.MaxSessions, MaxConnections: c.MaxConnections,
+	}
+}
+
+// withDefaults applies Config's defaults to l and checks it, returning
+// every problem at once.
+func (l Limits) withDefaults() (Limits, error) {
+	var errs []error
+	if l.MaxKeepAlive == 0 {
+		l.MaxKeepAlive = DefaultMaxKeepAlive
+	}
+	if l.MaxInflight == 0 {
+		l.MaxInflight = DefaultMaxInflight
+	}
+	if l.MaxInflight < 0 || l.MaxInflight > 65535 {
+		errs = append(errs, fmt.Errorf("broker: MaxInflight %d out of range 1..65535", l.MaxInflight))
+	}
+	if l.MaxQueued == 0 {
+		l.MaxQueued = DefaultMaxQueued
+	}
+	if l.MaxSubscriptions == 0 {
+		l.MaxSubscriptions = DefaultMaxSubscriptions
+	}
+	if l.MaxSubscriptionBytes == 0 {
+		l.MaxSubscriptionBytes = DefaultMaxSubscriptionBytes
+	}
+	if l.MaxConnections == 0 {
+		l.MaxConnections = DefaultMaxConnections()
+	}
+	if l.MaxQueued < 0 || l.MaxSubscriptions < 0 || l.MaxSubscriptionBytes < 0 || l.MaxSessions < 0 || l.MaxConnections < 0 {
+		errs = append(errs, errors.New("broker: MaxQueued, MaxSubscriptions, MaxSubscriptionBytes, MaxSessions and MaxConnections must not be negative"))
+	}
+	return l, errors.Join(errs...)
+}
+
+// limits returns the limits in force. The pointer is replaced, never
+// written through, so readers need no lock.
+func (s *Server) limits() *Limits { return s.lim.Load() }
+
+// Limits returns the limits in force, defaults applied. Safe for
+// concurrent use.
+func (s *Server) Limits() Limits { return *s.limits() }
+
+// SetLimits replaces the limits in force with l, whose zero fields take
+// their defaults, after checking it; on error nothing changes. It returns
+// the limits now in force. Safe for concurrent use; see Limits for when
+// each limit takes effect.
+func (s *Server) SetLimits(l Limits) (Limits, error) {
+	l, err := l.withDefaults()
+	if err != nil {
+		return s.Limits(), err
+	}
+	s.lim.Store(&l)
+	return l, nil
+}

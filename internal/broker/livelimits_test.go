@@ -1,0 +1,105 @@
+package broker
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/moatmq/moat/internal/packet"
+)
+
+// TestSetLimits: limits changed on a running server apply to what comes
+// next; invalid limits change nothing.
+func TestSetLimits(t *testing.T) {
+	s, addr := testServer(t, Config{})
+	before := s.Limits()
+	if before.MaxInflight != DefaultMaxInflight || before.MaxQueued != DefaultMaxQueued || before.MessageSizeLimit != 0 {
+		t.Fatalf("defaults: %+v", before)
+	}
+	if _, err := s.SetLimits(Limits{MaxInflight: 70000, MaxQueued: -1}); err == nil ||
+		!strings.Contains(err.Error(), "MaxInflight") || !strings.Contains(err.Error(), "negative") {
+		t.Fatalf("invalid limits: %v; want both problems", err)
+	}
+	if s.Limits() != before {
+		t.Fatalf("invalid limits changed %+v into %+v", before, s.Limits())
+	}
+
+	// A subscriber connected before the change.
+	sub := dialRaw(t, addr, packet.V5)
+	sub.connect(&packet.Connect{ClientID: "sub", CleanStart: true})
+	subscribe(t, sub, 1, packet.Subscription{Filter: "a/#"})
+
+	got, err := s.SetLimits(Limits{MessageSizeLimit: 8, MaxSubscriptions: 1, MaxKeepAlive: 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.MaxInflight != DefaultMaxInflight || got.MessageSizeLimit != 8 || s.Limits() != got {
+		t.Fatalf("SetLimits returned %+v, Limits %+v", got, s.Limits())
+	}
+
+	// The subscription limit applies to the next SUBSCRIBE.
+	sub.send(&packet.Subscribe{PacketID: 2, Subscriptions: []packet.Subscription{{Filter: "b/#"}}})
+	if ack, ok := sub.recv().(*packet.Suback); !ok || len(ack.ReasonCodes) != 1 || ack.ReasonCodes[0] != packet.QuotaExceeded {
+		t.Fatalf("SUBACK over the new limit: %+v", ack)
+	}
+
+	// The message size limit applies to the next PUBLISH: 3.1.1 drops,
+	// 5.0 disconnects with 0x95.
+	pub3 := dialRaw(t, addr, packet.V311)
+	pub3.connect(&packet.Connect{ClientID: "pub3", CleanStart: true})
+	pub3.send(&packet.Publish{Topic: "a/big", QoS: 1, PacketID: 1, Payload: []byte("more than eight")})
+	if _, ok := pub3.recv().(*packet.Puback); !ok {
+		t.Fatal("expected PUBACK")
+	}
+	pub3.send(&packet.Publish{Topic: "a/small", QoS: 1, PacketID: 2, Payload: []byte("tiny")})
+	if _, ok := pub3.recv().(*packet.Puback); !ok {
+		t.Fatal("expected PUBACK")
+	}
+	if p := recvPublish(t, sub); p.Topic != "a/small" {
+		t.Fatalf("delivered %q; the large message should have been dropped", p.Topic)
+	}
+	pub5 := dialRaw(t, addr, packet.V5)
+	pub5.connect(&packet.Connect{ClientID: "pub5", CleanStart: true})
+	pub5.send(&packet.Publish{Topic: "a/big", Payload: []byte("more than eight")})
+	if d := pub5.expectClosed(5 * time.Second); d == nil || d.ReasonCode != packet.PacketTooLarge {
+		t.Fatalf("DISCONNECT %+v; want 0x95", d)
+	}
+
+	// The keep-alive bound applies to the next CONNECT (MQTT 5: Server
+	// Keep Alive).
+	c := dialRaw(t, addr, packet.V5)
+	ack := c.connect(&packet.Connect{ClientID: "ka", CleanStart: true, KeepAlive: 600})
+	if !ack.Properties.Has(packet.PropServerKeepAlive) || ack.Properties.ServerKeepAlive != 30 {
+		t.Fatalf("CONNACK Server Keep Alive %v; want 30", ack.Properties.ServerKeepAlive)
+	}
+}
+
+// TestSetLimitsQueue: a lower queue limit refuses the next queued
+// message and keeps those already queued.
+func TestSetLimitsQueue(t *testing.T) {
+	s, addr := testServer(t, Config{})
+	sub := dialRaw(t, addr, packet.V5)
+	cp := &packet.Connect{ClientID: "sub"}
+	cp.Properties.SetSessionExpiry(3600)
+	sub.connect(cp)
+	subscribe(t, sub, 1, packet.Subscription{Filter: "q", QoS: 1})
+	sub.nc.Close()
+	waitOffline(t, s, "sub")
+	pub := dialRaw(t, addr, packet.V5)
+	pub.connect(&packet.Connect{ClientID: "pub", CleanStart: true})
+	send := func(id uint16) {
+		pub.send(&packet.Publish{Topic: "q", QoS: 1, PacketID: id, Payload: []byte("m")})
+		if _, ok := pub.recv().(*packet.Puback); !ok {
+			t.Fatal("expected PUBACK")
+		}
+	}
+	send(1)
+	send(2)
+	if _, err := s.SetLimits(Limits{MaxQueued: 1}); err != nil {
+		t.Fatal(err)
+	}
+	send(3)
+	if st := s.Stats(); st.Queued != 2 || st.DroppedQueueFull != 1 {
+		t.Fatalf("queued %d, dropped %d; want 2 kept and 1 dropped", st.Queued, st.DroppedQueueFull)
+	}
+}

@@ -1,0 +1,125 @@
+package broker
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func recentMsg(topic string, payload int, at int64) *Message {
+	return &Message{Topic: topic, Payload: make([]byte, payload), arrived: at}
+}
+
+func liveEntries(r *recentRing) (n, bytes int) {
+	for i := range r.shards {
+		sh := &r.shards[i]
+		sh.mu.Lock()
+		for seq := sh.tail; seq < sh.head; seq++ {
+			if sh.ents[seq%recentPerShard].msg != nil {
+				n++
+			}
+		}
+		bytes += sh.bytes
+		sh.mu.Unlock()
+	}
+	return n, bytes
+}
+
+// TestRecentRingBounds: the record keeps at most recentPerShard entries and
+// recentShardBytes per shard, forgets what has aged past the window, and
+// does not record a message larger than a shard may hold.
+func TestRecentRingBounds(t *testing.T) {
+	now := time.Now().UnixNano()
+	t.Run("count", func(t *testing.T) {
+		var r recentRing
+		for i := range 3 * recentPerShard {
+			r.add(1, recentMsg("c", 0, now+int64(i)))
+		}
+		if n, _ := liveEntries(&r); n != recentPerShard {
+			t.Fatalf("%d entries, want %d", n, recentPerShard)
+		}
+		got := r.since(now-1, now, []string{"#"}, nil)
+		if len(got) != recentPerShard || got[0].at != now+2*recentPerShard {
+			t.Fatalf("found %d, the oldest at +%d; want the newest %d", len(got), got[0].at-now, recentPerShard)
+		}
+	})
+	t.Run("bytes", func(t *testing.T) {
+		var r recentRing
+		size := recentShardBytes / 4
+		for i := range 10 {
+			r.add(2, recentMsg("b", size-1, now+int64(i)))
+		}
+		if n, b := liveEntries(&r); n != 4 || b != 4*size {
+			t.Fatalf("%d entries of %d bytes, want 4 of %d", n, b, 4*size)
+		}
+		r.add(2, recentMsg("big", recentShardBytes, now+100))
+		if got := r.since(now+50, now, []string{"#"}, nil); len(got) != 0 {
+			t.Fatal("a message larger than a shard was recorded")
+		}
+	})
+	t.Run("age", func(t *testing.T) {
+		var r recentRing
+		r.add(3, recentMsg("a", 10, now-2*recentWindow))
+		r.add(3, recentMsg("a", 10, now))
+		if n, _ := liveEntries(&r); n != 1 {
+			t.Fatalf("%d entries, want the recent one alone", n)
+		}
+		r.add(4, recentMsg("a", 10, now-recentWindow/2))
+		if got := r.since(0, now+recentWindow, []string{"a"}, nil); len(got) != 1 {
+			t.Fatalf("found %d entries past the window's start, want 1", len(got))
+		}
+		if n, _ := liveEntries(&r); n != 1 {
+			t.Fatalf("%d entries after a search, want the aged one forgotten", n)
+		}
+	})
+}
+
+// TestRecentRingSince: a search finds the messages that arrived after the
+// given time and match one of the filters, in every shard.
+func TestRecentRingSince(t *testing.T) {
+	var r recentRing
+	now := time.Now().UnixNano()
+	for i, topic := range []string{"a/1", "a/2", "b/1", "$SYS/x", "a/3"} {
+		r.add(uint8(i), recentMsg(topic, 1, now+int64(i)))
+	}
+	var got []string
+	for _, e := range r.since(now, now, []string{"a/+", "$SYS/#", "#"}, nil) {
+		got = append(got, e.msg.Topic)
+	}
+	// "#" does not match $SYS [MQTT-4.7.2-1], "$SYS/#" does; a/1 arrived
+	// at t itself, not after it.
+	if strings.Join(got, " ") != "a/2 b/1 $SYS/x a/3" {
+		t.Fatalf("found %v", got)
+	}
+}
+
+// TestRecentRingReserve: a message reserved before it is stored is found
+// once recorded; one reserved and never recorded (refused) is never found
+// and holds no place once the shard moves on.
+func TestRecentRingReserve(t *testing.T) {
+	var r recentRing
+	now := time.Now().UnixNano()
+	kept, refused := recentMsg("r/kept", 1, now+1), recentMsg("r/refused", 1, now+2)
+	r.reserve(5, kept)
+	r.reserve(5, refused)
+	if kept.recentID == 0 || refused.recentID == 0 || kept.recentID == refused.recentID {
+		t.Fatalf("recentIDs %d, %d", kept.recentID, refused.recentID)
+	}
+	if got := r.since(now, now, []string{"#"}, nil); len(got) != 0 {
+		t.Fatalf("found %d before anything was recorded", len(got))
+	}
+	r.add(0, recentMsg("r/other", 1, now+3)) // another shard
+	r.add(9, kept)                           // its reserved shard wins
+	got := r.since(now, now, []string{"r/#"}, nil)
+	if len(got) != 2 || got[0].msg != kept && got[1].msg != kept {
+		t.Fatalf("found %d entries without the reserved one", len(got))
+	}
+	for range recentPerShard {
+		r.add(5, recentMsg("r/fill", 0, now+4))
+	}
+	for _, e := range r.since(now, now, []string{"r/#"}, nil) {
+		if e.msg == refused {
+			t.Fatal("a refused message was found")
+		}
+	}
+}
