@@ -108,26 +108,34 @@ func TestSubExitsWhenCertificateRevoked(t *testing.T) {
 }
 
 // TestSubExitsWhenConnectRefused lets a subscriber in once, takes its
-// session over, and refuses its reconnection with CONNACK 0x87: moat sub
-// exits with status 1 and the broker's reason.
+// session over once it is subscribed, and refuses its reconnection with
+// CONNACK 0x87: moat sub exits with status 1 and the broker's reason.
 func TestSubExitsWhenConnectRefused(t *testing.T) {
 	var connects atomic.Int32
 	auth := broker.AuthenticatorFunc(func(ctx context.Context, req *broker.ConnectRequest) broker.AuthResult {
 		// The subscriber and the test's takeover client get in; every
-		// later attempt is refused.
-		if connects.Add(1) <= 2 {
+		// later attempt with their client ID is refused.
+		if req.Client.ClientID != "refused-sub" || connects.Add(1) <= 2 {
 			return broker.AuthResult{Allow: true}
 		}
 		return broker.AuthResult{Code: packet.NotAuthorized, Reason: "test: account disabled"}
 	})
 	port := psStartMoat(t, broker.Config{Authenticator: auth})
 	ctx := psTestCtx(t)
-	_, stderr, done := psRunLive(ctx, "sub", "-h", "127.0.0.1", "-p", port, "-i", "refused-sub", "-t", "a")
-	testutil.CheckFor(t, 10*time.Second, func() error {
-		if connects.Load() < 1 {
-			return errors.New("subscriber did not connect")
-		}
-		return nil
+	// A retained message the subscriber prints once its subscription is
+	// acknowledged (moat sub reads messages only after SUBACK): a
+	// takeover before that would end the subscribe step instead.
+	pub, err := client.Dial(ctx, client.Config{Servers: []string{"127.0.0.1:" + port}, ClientID: "retainer"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pub.Publish(ctx, &client.Message{Topic: "a", Payload: []byte("subscribed"), QoS: 1, Retain: true}); err != nil {
+		t.Fatal(err)
+	}
+	pub.Close()
+	stdout, stderr, done := psRunLive(ctx, "sub", "-h", "127.0.0.1", "-p", port, "-i", "refused-sub", "-t", "a")
+	testutil.WaitFor(t, "the subscriber to print the retained message", 10*time.Second, func() bool {
+		return strings.Contains(stdout.String(), "subscribed")
 	})
 	c, err := client.Dial(ctx, client.Config{Servers: []string{"127.0.0.1:" + port}, ClientID: "refused-sub"})
 	if err != nil {
