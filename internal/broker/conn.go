@@ -121,6 +121,8 @@ type conn struct {
 	wbuf        []byte
 	wdlSet      time.Time      // when the write deadline was last moved
 	wpub        packet.Publish // the PUBLISH being encoded
+	wclk        clock          // the time of the batch being encoded, read once if needed
+	wpubs       int64          // PUBLISH packets in that batch, for the statistics
 	aliasOutMax uint16
 	aliasesOut  map[string]uint16
 

@@ -235,7 +235,7 @@ func (sess *session) storeInFlightLocked(c *conn, d *delivery, b *pbatch, dup bo
 	srv := c.srv
 	var then func()
 	if d.qos == 2 {
-		then = func() { c.send(outPublish{d: d, dup: dup}) }
+		then = func() { c.sendPublish(d, dup) }
 	}
 	if d.seq == 0 {
 		return sess.storeDeliveryLocked(srv, d, b, then)

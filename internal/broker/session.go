@@ -3,6 +3,7 @@ package broker
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -169,12 +170,45 @@ func (s *session) removeInflight(i int) {
 	s.inflight = s.inflight[:len(s.inflight)-1]
 }
 
+// offer hands the session a message of a routing pass (es holds the
+// message and its shared encodings), matched by the session's
+// subscriptions with the given QoS, retain flag as sent and subscription
+// identifiers (subIDs is copied, never kept). A QoS 0 message for an
+// online client is queued as the shared encoding itself, which allocates
+// nothing per subscriber; anything else becomes a delivery.
+func (s *session) offer(srv *Server, es *encSet, qos byte, retain bool, subIDs []uint32, share *shareKey, b *pbatch) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.conn
+	online := c != nil && !c.closing.Load()
+	if online && qos == 0 && !(srv.cfg.QueueQoS0 && len(s.queue) > 0) {
+		if e := es.get(c.version, 0, retain, subIDs); e != nil {
+			if s.maxPacket > 0 && uint32(len(e.b)) > s.maxPacket {
+				// [MQTT-3.1.2-25], as in deliverLocked.
+				srv.stats.droppedOversize.Add(1)
+				return
+			}
+			c.sendQoS0(e, len(es.msg.Payload)+len(es.msg.Topic))
+			return
+		}
+	}
+	d := &delivery{msg: es.msg, qos: qos, retain: retain, subIDs: slices.Clone(subIDs), share: share}
+	if online && qos > 0 {
+		d.enc = es.get(c.version, qos, retain, subIDs)
+	}
+	s.deliverLocked(srv, d, b)
+}
+
 // deliver hands one message to the session: straight to the connection
 // when it is online and has room, into the queue otherwise. It reports
 // false when the message was dropped.
 func (s *session) deliver(srv *Server, d *delivery, b *pbatch) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.deliverLocked(srv, d, b)
+}
+
+func (s *session) deliverLocked(srv *Server, d *delivery, b *pbatch) bool {
 	c := s.conn
 	if c == nil || c.closing.Load() {
 		// Offline, or the connection is going away: what is sent now
@@ -201,7 +235,7 @@ func (s *session) deliver(srv *Server, d *delivery, b *pbatch) bool {
 			// first: messages of one QoS keep their order [MQTT-4.6.0-6].
 			return s.enqueueLocked(srv, d)
 		}
-		return c.sendQoS0(outPublish{d: d}, len(d.msg.Payload)+len(d.msg.Topic))
+		return c.sendQoS0(d, len(d.msg.Payload)+len(d.msg.Topic))
 	}
 	if len(s.queue) > 0 || len(s.inflight) >= s.inflightLimit {
 		if !s.enqueueLocked(srv, d) {
@@ -229,10 +263,13 @@ func (s *session) startLocked(c *conn, d *delivery, b *pbatch) {
 	if c.srv.persisting(s) && s.storeInFlightLocked(c, d, b, dup) {
 		return // sent once stored
 	}
-	c.send(outPublish{d: d, dup: dup})
+	c.sendPublish(d, dup)
 }
 
 func (s *session) enqueueLocked(srv *Server, d *delivery) bool {
+	// A queued message waits, perhaps for another connection: it keeps
+	// no shared encoding alive meanwhile.
+	d.enc = nil
 	if len(s.queue) >= srv.cfg.MaxQueued && !s.dropExpiredLocked(srv) {
 		srv.queueFull(s.id, d)
 		return false
@@ -295,7 +332,7 @@ func (s *session) fillLocked(srv *Server) {
 			continue
 		}
 		if d.qos == 0 {
-			c.sendQoS0(outPublish{d: d}, len(d.msg.Payload)+len(d.msg.Topic))
+			c.sendQoS0(d, len(d.msg.Payload)+len(d.msg.Topic))
 			continue
 		}
 		s.startLocked(c, d, nil)
@@ -341,7 +378,7 @@ func (s *session) resendOneLocked(c *conn, d *delivery) {
 		return
 	}
 	d.sent = true
-	c.send(outPublish{d: d, dup: true})
+	c.sendPublish(d, true)
 }
 
 // resumeResendLocked resends held-back in-flight messages, oldest first,
@@ -412,6 +449,9 @@ func (s *session) received(srv *Server, pid uint16, code packet.ReasonCode) bool
 
 // fitsPacket reports whether the PUBLISH for d fits in max bytes.
 func fitsPacket(d *delivery, v packet.Version, max uint32, clk *clock) bool {
+	if e := d.enc; e != nil && e.v5 == (v == packet.V5) {
+		return uint32(len(e.b)) <= max // the size does not depend on the values patched
+	}
 	p := d.publishPacket(clk, false)
 	if p.QoS > 0 {
 		p.PacketID = 1 // any non-zero identifier has the same size

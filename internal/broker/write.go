@@ -44,9 +44,21 @@ func (c *conn) send(p packet.Packet) {
 	c.outMu.Unlock()
 }
 
-// sendQoS0 queues a QoS 0 PUBLISH unless the connection's QoS 0 backlog is
+// sendPublish queues the PUBLISH of d, in flight on this connection
+// (dup: a resend). A first send is queued as d itself, which allocates
+// nothing.
+func (c *conn) sendPublish(d *delivery, dup bool) {
+	if dup {
+		c.send(outPublish{d: d, dup: true})
+		return
+	}
+	c.send(d)
+}
+
+// sendQoS0 queues a QoS 0 PUBLISH (a *pubEnc shared with other
+// connections, or a *delivery) unless the connection's QoS 0 backlog is
 // over its byte budget (a slow consumer), in which case it is dropped.
-func (c *conn) sendQoS0(p outPublish, size int) bool {
+func (c *conn) sendQoS0(p packet.Packet, size int) bool {
 	c.outMu.Lock()
 	defer c.outMu.Unlock()
 	if c.final || c.outBytes+size > c.srv.cfg.MaxOutboundBytes {
@@ -115,6 +127,8 @@ func (c *conn) writeLoop() {
 		c.outMu.Unlock()
 
 		c.wbuf = c.wbuf[:0]
+		c.wclk = clock{now: c.srv.cfg.Now}
+		c.wpubs = 0
 		for i, p := range batch {
 			batch[i] = nil
 			var err error
@@ -124,12 +138,15 @@ func (c *conn) writeLoop() {
 				continue
 			}
 			if len(c.wbuf) >= flushAt {
+				c.srv.stats.messagesOut.Add(c.wpubs)
+				c.wpubs = 0
 				if !c.flush() {
 					c.stopWriting()
 					return
 				}
 			}
 		}
+		c.srv.stats.messagesOut.Add(c.wpubs)
 		if !c.flush() {
 			c.stopWriting()
 			return
@@ -189,13 +206,12 @@ func (c *conn) encode(dst []byte, p packet.Packet) ([]byte, error) {
 	switch q := p.(type) {
 	case shortAck:
 		return packet.AppendShortAck(dst, q.typ, q.pid, q.code, c.version), nil
+	case *pubEnc:
+		return c.appendShared(dst, q)
+	case *delivery:
+		return c.appendDelivery(dst, q, false)
 	case outPublish:
-		// Built in the writer's own packet, cleared afterwards so that an
-		// idle connection does not keep the last message alive.
-		q.d.fillPublish(&c.wpub, &clock{now: c.srv.cfg.Now}, q.dup)
-		dst, err := c.encodePublish(dst, &c.wpub)
-		c.wpub = packet.Publish{}
-		return dst, err
+		return c.appendDelivery(dst, q.d, q.dup)
 	case *packet.Publish:
 		return c.encodePublish(dst, q)
 	case *packet.Suback:
@@ -204,6 +220,46 @@ func (c *conn) encode(dst []byte, p packet.Packet) ([]byte, error) {
 		return c.encodeAck(dst, p, &q.Properties)
 	}
 	return packet.Append(dst, p, c.version)
+}
+
+// appendShared appends a QoS 0 PUBLISH encoded for many connections: its
+// bytes as they are, unless this connection needs others (an outbound
+// topic alias, or a Message Expiry Interval that moved on while the
+// packet waited [MQTT-3.3.2-6]).
+func (c *conn) appendShared(dst []byte, e *pubEnc) ([]byte, error) {
+	expiry := e.expiry
+	if e.v5 && !e.msg.Expires.IsZero() {
+		expiry = e.msg.remainingExpiry(c.wclk.get())
+	}
+	if c.aliasOutMax == 0 && expiry == e.expiry {
+		c.wpubs++
+		return append(dst, e.b...), nil
+	}
+	// Built in the writer's own packet, cleared afterwards so that an
+	// idle connection does not keep the last message alive.
+	e.fill(&c.wpub, expiry, 0, false)
+	dst, err := c.encodePublish(dst, &c.wpub)
+	c.wpub = packet.Publish{}
+	return dst, err
+}
+
+// appendDelivery appends the PUBLISH of d: a copy of the routing pass's
+// shared encoding with this delivery's packet identifier and DUP flag
+// when it has one that fits this connection, else encoded here.
+func (c *conn) appendDelivery(dst []byte, d *delivery, dup bool) ([]byte, error) {
+	if e := d.enc; e != nil && c.aliasOutMax == 0 && e.v5 == (c.version == packet.V5) && (!e.v5 || e.expiry == d.expiryAt(&c.wclk)) {
+		c.wpubs++
+		start := len(dst)
+		dst = append(dst, e.b...)
+		if d.qos > 0 {
+			packet.PatchPublish(dst[start:], e.idAt, dup, d.pid)
+		}
+		return dst, nil
+	}
+	d.fillPublish(&c.wpub, &c.wclk, dup)
+	dst, err := c.encodePublish(dst, &c.wpub)
+	c.wpub = packet.Publish{}
+	return dst, err
 }
 
 // encodeAck appends a SUBACK or UNSUBACK (props are its properties)
@@ -231,7 +287,7 @@ func (c *conn) encodeAck(dst []byte, p packet.Packet, props *packet.Properties) 
 }
 
 func (c *conn) encodePublish(dst []byte, p *packet.Publish) ([]byte, error) {
-	c.srv.stats.messagesOut.Add(1)
+	c.wpubs++
 	if c.aliasOutMax > 0 {
 		c.applyAlias(p)
 	}

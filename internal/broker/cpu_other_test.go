@@ -1,0 +1,8 @@
+//go:build !unix
+
+package broker
+
+import "time"
+
+// cpuTime is not measured on this platform: CPU figures read 0.
+func cpuTime() time.Duration { return 0 }
