@@ -27,6 +27,11 @@ type authzState struct {
 	mu  sync.Mutex
 	gen uint64 // Server.authzGen the entries were decided at
 	m   map[authzKey]Decision
+	// last is the latest decision taken, read without the lock: a
+	// subscriber in a fan-out is asked the same question for every
+	// message, and the map's lock and hash showed at that rate. Entries
+	// are immutable; a new decision replaces the pointer.
+	last atomic.Pointer[lastDecision]
 
 	denials atomic.Int32
 
@@ -39,6 +44,14 @@ type authzKey struct {
 	topic  string
 	qos    byte
 	retain bool
+}
+
+// lastDecision is a decision with its key and the generation it was
+// taken at (authzState.last).
+type lastDecision struct {
+	gen uint64
+	key authzKey
+	d   Decision
 }
 
 func newAuthzState() *authzState {
@@ -70,6 +83,9 @@ func (s *Server) authorize(c *Client, a Action, topic string, qos byte, retain b
 	}
 	gen := s.authzGen.Load()
 	k := authzKey{action: a, topic: topic, qos: qos, retain: retain}
+	if l := az.last.Load(); l != nil && l.gen == gen && l.key == k {
+		return l.d
+	}
 	az.mu.Lock()
 	if az.gen != gen {
 		clear(az.m)
@@ -88,6 +104,9 @@ func (s *Server) authorize(c *Client, a Action, topic string, qos byte, retain b
 			clear(az.m)
 		}
 		az.m[k] = d
+		// Under the lock and only at the current generation, like the
+		// map: Reevaluate moves the generation before it re-checks.
+		az.last.Store(&lastDecision{gen: gen, key: k, d: d})
 	}
 	az.mu.Unlock()
 	return d
