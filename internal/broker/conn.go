@@ -65,6 +65,12 @@ type conn struct {
 	connectDeadline time.Time
 	authenticated   bool
 	reserved        int64
+	// Reader-owned: the connections whose writers this reader holds
+	// back while it routes the rest of its buffered input, and the
+	// PUBLISH packets queued for them meanwhile (write.go, kickWriters).
+	// Anything that makes the reader wait must call kickWriters first.
+	kicks    []*conn
+	deferred int
 	// Reader-owned, for the Observer: the body size of the packet just
 	// read; whether the client sent anything but PINGREQ since the last
 	// PINGREQ, and since when it has not; whether it ended normally.
@@ -139,6 +145,9 @@ type conn struct {
 	writing    bool
 	handling   bool          // the reader is handling a packet and will write after it
 	writerExit chan struct{} // closed when the running writer returns; nil when none runs
+	// kickPending: another connection's reader holds this writer back
+	// and will start it (wakeWriterLocked).
+	kickPending bool
 	// draining is set while the reader reads and discards the input of a
 	// connection it is closing (see closeGracefully).
 	draining bool

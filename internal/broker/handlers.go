@@ -147,7 +147,7 @@ func (c *conn) handlePublish(p *packet.Publish) bool {
 		}
 	}
 	if code == packet.Success {
-		if n := s.deliver(msg, b); n == 0 {
+		if n := s.deliverFrom(msg, b, c); n == 0 {
 			code = packet.NoMatchingSubscribers
 			defer c.obsVerdict(c.obs.Undeliverable(&c.client, p.Topic))
 		}

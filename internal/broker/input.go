@@ -110,6 +110,7 @@ func (c *conn) reserveBody(size int) error {
 	if size <= readBudgetThreshold {
 		return nil
 	}
+	c.kickWriters() // the budget may make the reader wait
 	var deadline time.Time
 	if !c.authenticated {
 		deadline = c.connectDeadline

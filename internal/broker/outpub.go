@@ -90,7 +90,11 @@ const maxEncodings = 16
 // pass. It belongs to the routing goroutine; the encodings it hands out
 // outlive it.
 type encSet struct {
-	msg  *Message
+	msg *Message
+	// from is the connection whose reader routes the message, which
+	// may hold the receivers' writers back (conn.wakeWriterLocked); nil
+	// for routing elsewhere (wills, $SYS, redistribution).
+	from *conn
 	clk  clock
 	encs []*pubEnc
 	// share is set when the pass has more than one receiver: a message
@@ -104,9 +108,9 @@ type encSet struct {
 
 // reset prepares s for a routing pass of msg. The encodings of the last
 // pass are released.
-func (s *encSet) reset(msg *Message, clk clock, receivers int) {
+func (s *encSet) reset(msg *Message, from *conn, clk clock, receivers int) {
 	s.release()
-	s.msg, s.clk, s.failed, s.share = msg, clk, false, receivers > 1
+	s.msg, s.from, s.clk, s.failed, s.share = msg, from, clk, false, receivers > 1
 }
 
 // release drops the references of the last pass, so that a pooled set
@@ -114,7 +118,7 @@ func (s *encSet) reset(msg *Message, clk clock, receivers int) {
 func (s *encSet) release() {
 	clear(s.encs)
 	s.encs = s.encs[:0]
-	s.msg = nil
+	s.msg, s.from = nil, nil
 }
 
 // get returns the shared encoding of the message for a connection of

@@ -382,7 +382,7 @@ func TestSharedEncodingExpiryMoves(t *testing.T) {
 	p.Properties.SetMessageExpiry(10)
 	msg := newMessage(p, "pub", t0)
 	var es encSet
-	es.reset(msg, clock{now: s.cfg.Now}, 2)
+	es.reset(msg, nil, clock{now: s.cfg.Now}, 2)
 	e := es.get(packet.V5, 0, false, []uint32{3})
 	if e == nil || e.expiry != 10 {
 		t.Fatalf("shared encoding %+v", e)
@@ -430,4 +430,63 @@ func netPipe(t *testing.T) (net.Conn, net.Conn) {
 	a, b := net.Pipe()
 	t.Cleanup(func() { a.Close(); b.Close() })
 	return a, b
+}
+
+// TestHeldWritersStartBeforeReaderWaits: a publisher's reader holds the
+// subscribers' writers back only while complete packets wait in its read
+// buffer. Messages followed by part of a packet, by nothing, or by the
+// end of the connection reach the subscribers without waiting for more
+// input.
+func TestHeldWritersStartBeforeReaderWaits(t *testing.T) {
+	_, addr := testServer(t, Config{})
+	var subs []*rawClient
+	for i := range 3 {
+		c := dialRaw(t, addr, packet.V311)
+		c.connect(&packet.Connect{ClientID: fmt.Sprintf("held-sub-%d", i), CleanStart: true})
+		c.send(&packet.Subscribe{PacketID: 1, Subscriptions: []packet.Subscription{{Filter: "held/#", QoS: byte(i % 2)}}})
+		c.recv()
+		subs = append(subs, c)
+	}
+	burst := func(from, n int) []byte {
+		var b []byte
+		for i := from; i < from+n; i++ {
+			b, _ = packet.Append(b, &packet.Publish{Topic: "held/x", Payload: fmt.Appendf(nil, "m%d", i)}, packet.V311)
+		}
+		return b
+	}
+	expect := func(from, n int) {
+		t.Helper()
+		for _, c := range subs {
+			for i := from; i < from+n; i++ {
+				p, ok := c.recv().(*packet.Publish)
+				if !ok || string(p.Payload) != fmt.Sprintf("m%d", i) {
+					t.Fatalf("expected m%d, got %+v", i, p)
+				}
+				if p.QoS == 1 {
+					c.send(&packet.Puback{PacketID: p.PacketID})
+				}
+			}
+		}
+	}
+	pub := dialRaw(t, addr, packet.V311)
+	pub.connect(&packet.Connect{ClientID: "held-pub", CleanStart: true})
+
+	// Ten messages and the first bytes of an eleventh, in one write.
+	next := burst(10, 1)
+	pub.write(append(burst(0, 10), next[:4]...))
+	expect(0, 10)
+	pub.write(next[4:])
+	expect(10, 1)
+
+	// A burst and nothing after it.
+	pub.write(burst(11, 20))
+	expect(11, 20)
+
+	// A burst, and the publisher goes away.
+	pub.write(burst(31, 20))
+	pub.nc.Close()
+	expect(31, 20)
+	for _, c := range subs {
+		expectNone(t, c)
+	}
 }

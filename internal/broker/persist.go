@@ -235,7 +235,7 @@ func (sess *session) storeInFlightLocked(c *conn, d *delivery, b *pbatch, dup bo
 	srv := c.srv
 	var then func()
 	if d.qos == 2 {
-		then = func() { c.sendPublish(d, dup) }
+		then = func() { c.sendPublish(d, dup, nil) }
 	}
 	if d.seq == 0 {
 		return sess.storeDeliveryLocked(srv, d, b, then)
@@ -335,6 +335,13 @@ func (c *conn) acquirePersist() bool {
 	if c.plim.slots == nil {
 		c.plim.slots = make(chan struct{}, max(int(c.srv.cfg.ReceiveMaximum), 1))
 	}
+	select {
+	case c.plim.slots <- struct{}{}:
+		c.plim.n.Add(1)
+		return true
+	default:
+	}
+	c.kickWriters() // about to wait for a commit slot
 	select {
 	case c.plim.slots <- struct{}{}:
 		c.plim.n.Add(1)

@@ -526,7 +526,7 @@ func (s *Server) redistribute(orphans []*delivery) {
 			continue
 		}
 		mb.subs, mb.groups = s.index.Match(d.msg.Topic, mb.subs[:0], mb.groups[:0])
-		mb.enc.reset(d.msg, clock{now: s.cfg.Now}, 1) // one receiver per group
+		mb.enc.reset(d.msg, nil, clock{now: s.cfg.Now}, 1) // one receiver per group
 		for i := range mb.groups {
 			g := &mb.groups[i]
 			if g.Group != d.share.group || g.Filter != d.share.filter {
@@ -755,9 +755,16 @@ func (s *Server) retainFrom(msg *Message, c *Client) bool {
 // deliver routes msg to every matching session; see publish. The changes
 // for stored sessions go into b, or are submitted at once when b is nil.
 func (s *Server) deliver(msg *Message, b *pbatch) int {
+	return s.deliverFrom(msg, b, nil)
+}
+
+// deliverFrom is deliver run by the reader of from, the publisher's
+// connection, which may hold the receivers' writers back until it has
+// routed the rest of its buffered input (conn.kickWriters).
+func (s *Server) deliverFrom(msg *Message, b *pbatch, from *conn) int {
 	mb := matchPool.Get().(*matchBuf)
 	mb.subs, mb.groups = s.index.Match(msg.Topic, mb.subs[:0], mb.groups[:0])
-	mb.enc.reset(msg, clock{now: s.cfg.Now}, len(mb.subs)+len(mb.groups))
+	mb.enc.reset(msg, from, clock{now: s.cfg.Now}, len(mb.subs)+len(mb.groups))
 	n := s.route(&mb.enc, mb.subs, b)
 	var eligible func(string) bool
 	if len(mb.groups) > 0 {

@@ -188,7 +188,7 @@ func (s *session) offer(srv *Server, es *encSet, qos byte, retain bool, subIDs [
 				srv.stats.droppedOversize.Add(1)
 				return
 			}
-			c.sendQoS0(e, len(es.msg.Payload)+len(es.msg.Topic))
+			c.sendQoS0(e, len(es.msg.Payload)+len(es.msg.Topic), es.from)
 			return
 		}
 	}
@@ -196,7 +196,7 @@ func (s *session) offer(srv *Server, es *encSet, qos byte, retain bool, subIDs [
 	if online && qos > 0 {
 		d.enc = es.get(c.version, qos, retain, subIDs)
 	}
-	s.deliverLocked(srv, d, b)
+	s.deliverLocked(srv, d, b, es.from)
 }
 
 // deliver hands one message to the session: straight to the connection
@@ -205,10 +205,13 @@ func (s *session) offer(srv *Server, es *encSet, qos byte, retain bool, subIDs [
 func (s *session) deliver(srv *Server, d *delivery, b *pbatch) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.deliverLocked(srv, d, b)
+	return s.deliverLocked(srv, d, b, nil)
 }
 
-func (s *session) deliverLocked(srv *Server, d *delivery, b *pbatch) bool {
+// deliverLocked is deliver with s.mu held. from is the connection whose
+// reader routes the message, which may hold the writer back (see
+// conn.wakeWriterLocked), or nil.
+func (s *session) deliverLocked(srv *Server, d *delivery, b *pbatch, from *conn) bool {
 	c := s.conn
 	if c == nil || c.closing.Load() {
 		// Offline, or the connection is going away: what is sent now
@@ -235,7 +238,7 @@ func (s *session) deliverLocked(srv *Server, d *delivery, b *pbatch) bool {
 			// first: messages of one QoS keep their order [MQTT-4.6.0-6].
 			return s.enqueueLocked(srv, d)
 		}
-		return c.sendQoS0(d, len(d.msg.Payload)+len(d.msg.Topic))
+		return c.sendQoS0(d, len(d.msg.Payload)+len(d.msg.Topic), from)
 	}
 	if len(s.queue) > 0 || len(s.inflight) >= s.inflightLimit {
 		if !s.enqueueLocked(srv, d) {
@@ -244,14 +247,14 @@ func (s *session) deliverLocked(srv *Server, d *delivery, b *pbatch) bool {
 		s.storeDeliveryLocked(srv, d, b, nil)
 		return true
 	}
-	s.startLocked(c, d, b)
+	s.startLocked(c, d, b, from)
 	return true
 }
 
 // startLocked puts d in flight on c. A delivery new to the session (b or
 // routing without a batch) is stored with its packet identifier; one from
 // the queue has its new state stored.
-func (s *session) startLocked(c *conn, d *delivery, b *pbatch) {
+func (s *session) startLocked(c *conn, d *delivery, b *pbatch, from *conn) {
 	d.pid = s.allocPID()
 	s.inflight = append(s.inflight, d)
 	if !d.expiryFixed && !d.msg.Expires.IsZero() {
@@ -263,7 +266,7 @@ func (s *session) startLocked(c *conn, d *delivery, b *pbatch) {
 	if c.srv.persisting(s) && s.storeInFlightLocked(c, d, b, dup) {
 		return // sent once stored
 	}
-	c.sendPublish(d, dup)
+	c.sendPublish(d, dup, from)
 }
 
 func (s *session) enqueueLocked(srv *Server, d *delivery) bool {
@@ -332,10 +335,10 @@ func (s *session) fillLocked(srv *Server) {
 			continue
 		}
 		if d.qos == 0 {
-			c.sendQoS0(d, len(d.msg.Payload)+len(d.msg.Topic))
+			c.sendQoS0(d, len(d.msg.Payload)+len(d.msg.Topic), nil)
 			continue
 		}
-		s.startLocked(c, d, nil)
+		s.startLocked(c, d, nil, nil)
 	}
 	if n > 0 {
 		rest := copy(s.queue, s.queue[n:])
@@ -378,7 +381,7 @@ func (s *session) resendOneLocked(c *conn, d *delivery) {
 		return
 	}
 	d.sent = true
-	c.sendPublish(d, true)
+	c.sendPublish(d, true, nil)
 }
 
 // resumeResendLocked resends held-back in-flight messages, oldest first,

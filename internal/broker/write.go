@@ -46,19 +46,26 @@ func (c *conn) send(p packet.Packet) {
 
 // sendPublish queues the PUBLISH of d, in flight on this connection
 // (dup: a resend). A first send is queued as d itself, which allocates
-// nothing.
-func (c *conn) sendPublish(d *delivery, dup bool) {
+// nothing. from is the connection whose reader routes it, or nil (see
+// wakeWriterLocked).
+func (c *conn) sendPublish(d *delivery, dup bool, from *conn) {
+	var p packet.Packet = d
 	if dup {
-		c.send(outPublish{d: d, dup: true})
-		return
+		p = outPublish{d: d, dup: true}
 	}
-	c.send(d)
+	c.outMu.Lock()
+	if !c.final {
+		c.out = append(c.out, p)
+		c.wakeWriterLocked(from)
+	}
+	c.outMu.Unlock()
 }
 
 // sendQoS0 queues a QoS 0 PUBLISH (a *pubEnc shared with other
 // connections, or a *delivery) unless the connection's QoS 0 backlog is
 // over its byte budget (a slow consumer), in which case it is dropped.
-func (c *conn) sendQoS0(p packet.Packet, size int) bool {
+// from is as for sendPublish.
+func (c *conn) sendQoS0(p packet.Packet, size int, from *conn) bool {
 	c.outMu.Lock()
 	defer c.outMu.Unlock()
 	if c.final || c.outBytes+size > c.srv.cfg.MaxOutboundBytes {
@@ -67,8 +74,74 @@ func (c *conn) sendQoS0(p packet.Packet, size int) bool {
 	}
 	c.outBytes += size
 	c.out = append(c.out, p)
-	c.startWriterLocked()
+	c.wakeWriterLocked(from)
 	return true
+}
+
+// Writers are woken once per batch of inbound messages, not once per
+// message. A publisher's reader that routes a message while more complete
+// packets wait in its read buffer does not start the writers of the
+// receiving connections at once: it notes them (from.kicks) and starts
+// them all when its buffered input is routed, before it waits for
+// anything (kickWriters). The receivers' writers then find several
+// messages queued and write them with one system call, where a writer
+// started per message would write each alone: in a fan-out to a thousand
+// subscribers this divides the writes, and the goroutines started, by the
+// number of messages read at once. The hold is bounded: a connection with
+// deferWriteMax bytes queued is woken at once, and a reader kicks once it
+// has held back maxDeferred packets.
+
+// deferWriteMax is the QoS 0 backlog from which a held-back writer is
+// started at once: about one full write.
+const deferWriteMax = 64 << 10
+
+// maxDeferred bounds the PUBLISH packets one reader queues for other
+// connections before it starts their writers, and so the delay it adds
+// to the first of them (some milliseconds of routing).
+const maxDeferred = 1 << 16
+
+// wakeWriterLocked has what was just queued written: at once, or, when
+// from is the connection whose reader is routing it and that reader has
+// more input to route, once that reader calls kickWriters. c.outMu is
+// held; the caller runs on from's reader, which owns from.kicks.
+func (c *conn) wakeWriterLocked(from *conn) {
+	if from == nil || from == c || c.final || c.outBytes >= deferWriteMax {
+		c.startWriterLocked()
+		return
+	}
+	if c.writing || !c.canWrite {
+		return // the running writer takes it, or nothing may be written
+	}
+	if !c.kickPending {
+		c.kickPending = true
+		from.kicks = append(from.kicks, c)
+	}
+	from.deferred++
+}
+
+// kickWriters starts the writers this reader held back. It runs on the
+// reader, which must call it before anything that may make it wait (a
+// read of input not yet buffered, the read budget, the rate limit, a
+// store's commit slot) and when it stops reading.
+func (c *conn) kickWriters() {
+	if len(c.kicks) == 0 {
+		return
+	}
+	for i, t := range c.kicks {
+		c.kicks[i] = nil
+		t.outMu.Lock()
+		t.kickPending = false
+		if len(t.out) > 0 {
+			t.startWriterLocked()
+		}
+		t.outMu.Unlock()
+	}
+	if cap(c.kicks) > 1024 {
+		c.kicks = nil // a quiet publisher keeps no large list
+	} else {
+		c.kicks = c.kicks[:0]
+	}
+	c.deferred = 0
 }
 
 // startWriterLocked starts the writer goroutine if the connection may
