@@ -169,7 +169,7 @@ func BenchmarkFanoutTCP(b *testing.B) {
 			}
 			w := bufio.NewWriterSize(pc, 16<<10)
 			enc, _ := packet.Append(nil, pub, packet.V311)
-			r.run(b, 200, func(int) { w.Write(enc) }, func() { w.Flush() })
+			r.run(b, 5000, func(int) { w.Write(enc) }, func() { w.Flush() })
 		})
 	}
 }

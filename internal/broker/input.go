@@ -174,6 +174,27 @@ func rawConnOf(nc net.Conn) syscall.RawConn {
 	return rc
 }
 
+// probeInput adds input that has already arrived to the read buffer,
+// without waiting: it reads only when the socket holds input (MSG_PEEK),
+// so that the read returns at once. Only for plain TCP connections
+// (c.raw set, no TLS): a TLS record may have arrived in part, and reading
+// it would wait for the rest.
+func (c *conn) probeInput() {
+	want := c.in.br.Buffered() + 1
+	if want > c.in.br.Size() || !inputArrived(c.raw, &c.src.peek) {
+		return // a packet larger than the buffer is read past it
+	}
+	if _, err := c.in.br.Peek(want); err != nil && err != bufio.ErrBufferFull {
+		c.src.err = err // the next read reports it
+	}
+}
+
+// isTLS reports whether nc is a TLS connection.
+func isTLS(nc net.Conn) bool {
+	_, ok := nc.(*tls.Conn)
+	return ok
+}
+
 // goQuiet runs on the reader goroutine when its input is drained and the
 // connection has been quiet. If no layer holds input, it releases the read
 // buffer, starts a fresh goroutine that waits for the socket to become

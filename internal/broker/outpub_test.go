@@ -8,6 +8,7 @@ import (
 	"net"
 	"runtime"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 	"weak"
@@ -488,5 +489,63 @@ func TestHeldWritersStartBeforeReaderWaits(t *testing.T) {
 	expect(31, 20)
 	for _, c := range subs {
 		expectNone(t, c)
+	}
+}
+
+// TestFanoutBurstsAllDelivered sends bursts of QoS 0 and QoS 1 messages
+// to many subscribers over TCP, so that the publisher's reader holds the
+// subscribers' writers back while writers are running: every subscriber
+// must receive every message, in order.
+func TestFanoutBurstsAllDelivered(t *testing.T) {
+	_, addr := testServer(t, Config{MaxInflight: 65535})
+	const subs, msgs = 40, 3000
+	type got struct {
+		n   int
+		err error
+	}
+	results := make(chan got, subs)
+	var wg sync.WaitGroup
+	t.Cleanup(wg.Wait)
+	for i := range subs {
+		c := dialRaw(t, addr, packet.V311)
+		c.connect(&packet.Connect{ClientID: fmt.Sprintf("burst-sub-%d", i), CleanStart: true})
+		c.send(&packet.Subscribe{PacketID: 1, Subscriptions: []packet.Subscription{{Filter: "burst/+", QoS: byte(i % 2)}}})
+		c.recv()
+		wg.Go(func() {
+			var acks []byte
+			for n := 0; n < msgs; n++ {
+				p, err := c.recvErr(10 * time.Second)
+				if err != nil {
+					results <- got{n, err}
+					return
+				}
+				pub, ok := p.(*packet.Publish)
+				if !ok || string(pub.Payload) != fmt.Sprint(n) {
+					results <- got{n, fmt.Errorf("message %d: got %+v", n, p)}
+					return
+				}
+				if pub.QoS == 1 {
+					acks, _ = packet.Append(acks[:0], &packet.Puback{PacketID: pub.PacketID}, packet.V311)
+					c.nc.Write(acks)
+				}
+			}
+			results <- got{msgs, nil}
+		})
+	}
+	pub := dialRaw(t, addr, packet.V311)
+	pub.connect(&packet.Connect{ClientID: "burst-pub", CleanStart: true})
+	var buf []byte
+	for n := range msgs {
+		buf, _ = packet.Append(buf, &packet.Publish{Topic: "burst/x", QoS: byte(n % 2), PacketID: uint16(n%2) * uint16(n%60000+1), Payload: fmt.Append(nil, n)}, packet.V311)
+		if len(buf) > 8<<10 || n == msgs-1 {
+			pub.write(buf)
+			buf = buf[:0]
+		}
+	}
+	wg.Go(func() { io.Copy(io.Discard, pub.nc) }) // its PUBACKs are not looked at
+	for range subs {
+		if r := <-results; r.err != nil {
+			t.Fatalf("a subscriber received %d of %d: %v", r.n, msgs, r.err)
+		}
 	}
 }

@@ -73,6 +73,12 @@ func (c *conn) readLoop() (handedOver bool) {
 				return false
 			}
 		}
+		if c.deferred > 0 && c.deferred < maxDeferred && c.raw != nil && !isTLS(c.nc) && c.in.r.BufferedPacket() == 0 {
+			// Writers are held back and the next packet is not all
+			// here: take in what has arrived meanwhile, without waiting,
+			// and route it before starting them.
+			c.probeInput()
+		}
 		if c.in.br.Buffered() == 0 {
 			// About to wait for input: start the writers held back for
 			// the messages routed (write.go), and write what handling

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"sync"
 	"time"
 
 	"github.com/moatmq/moat/internal/packet"
@@ -109,14 +110,24 @@ func (c *conn) wakeWriterLocked(from *conn) {
 		c.startWriterLocked()
 		return
 	}
-	if c.writing || !c.canWrite {
-		return // the running writer takes it, or nothing may be written
+	if !c.canWrite {
+		return
 	}
+	// A running writer stops after the batch it is writing (heldLocked)
+	// rather than take this batch's messages one write at a time.
 	if !c.kickPending {
 		c.kickPending = true
 		from.kicks = append(from.kicks, c)
 	}
 	from.deferred++
+}
+
+// heldLocked reports whether a reader holds this connection's writer
+// back: a running writer then stops after its batch, unless the
+// connection is closing or its QoS 0 backlog reached deferWriteMax.
+// c.outMu is held.
+func (c *conn) heldLocked() bool {
+	return c.kickPending && !c.final && c.outBytes < deferWriteMax
 }
 
 // kickWriters starts the writers this reader held back. It runs on the
@@ -173,13 +184,23 @@ func (c *conn) writeLoop() {
 		}
 	}()
 	const flushAt = 64 << 10
-	for {
+	for wrote := false; ; wrote = true {
 		c.outMu.Lock()
-		if len(c.out) == 0 {
-			// Done for now. The writer-owned fields are touched before
-			// writing is cleared: the next writer may start right after.
-			if cap(c.wbuf) > 4<<10 {
-				c.wbuf = nil // an idle connection keeps no large buffer
+		if len(c.out) == 0 || (wrote && c.heldLocked()) {
+			// Done for now, or held back after a batch: the reader
+			// holding it back starts a writer again (a writer that was
+			// just started writes what it finds first, so that a kick
+			// is never lost to the next hold). The writer-owned fields
+			// are touched before writing is cleared: the next writer may
+			// start right after. An idle connection keeps no write
+			// buffer and no large queue.
+			putWriteBuf(c.wbuf)
+			c.wbuf = nil
+			if len(c.out) == 0 && cap(c.out) > idleQueueCap {
+				c.out = nil // held back, it still has its packets
+			}
+			if cap(c.spare) > idleQueueCap {
+				c.spare = nil
 			}
 			c.writing = false
 			c.writerExit = nil
@@ -199,6 +220,9 @@ func (c *conn) writeLoop() {
 		c.outBytes = 0
 		c.outMu.Unlock()
 
+		if c.wbuf == nil {
+			c.wbuf = getWriteBuf(batchSize(batch))
+		}
 		c.wbuf = c.wbuf[:0]
 		c.wclk = clock{now: c.srv.cfg.Now}
 		c.wpubs = 0
@@ -228,6 +252,66 @@ func (c *conn) writeLoop() {
 		c.spare = batch[:0]
 		c.outMu.Unlock()
 	}
+}
+
+// idleQueueCap is the capacity of outbound queue slices a connection
+// keeps once its writer has drained them.
+const idleQueueCap = 64
+
+// batchSize estimates the bytes batch encodes to: exact for shared
+// encodings, a guess from the message for the rest.
+func batchSize(batch []packet.Packet) int {
+	n := 0
+	for _, p := range batch {
+		switch q := p.(type) {
+		case *pubEnc:
+			n += len(q.b)
+		case *delivery:
+			n += 64 + len(q.msg.Topic) + len(q.msg.Payload)
+		case outPublish:
+			n += 64 + len(q.d.msg.Topic) + len(q.d.msg.Payload)
+		default:
+			n += 16
+		}
+	}
+	return n
+}
+
+// Write buffers are shared by all connections through pools of a few
+// sizes: a writer takes one for a batch and gives it back when its queue
+// is drained, so that neither a connection at rest nor one that writes
+// in bursts keeps or grows a buffer of its own.
+var writeBufSizes = [...]int{1 << 10, 4 << 10, 16 << 10, 64 << 10, 256 << 10}
+
+var writeBufPools [len(writeBufSizes)]sync.Pool
+
+// getWriteBuf returns an empty buffer with room for n bytes, or for the
+// largest pooled size when n is larger (the buffer grows as it fills).
+func getWriteBuf(n int) []byte {
+	for i, size := range writeBufSizes {
+		if n <= size || i == len(writeBufSizes)-1 {
+			if bp, ok := writeBufPools[i].Get().(*[]byte); ok {
+				return (*bp)[:0]
+			}
+			return make([]byte, 0, size)
+		}
+	}
+	return nil
+}
+
+// putWriteBuf gives b back to the pool of the largest size it holds.
+// Buffers above a MiB (grown for a large packet) are left to the garbage
+// collector.
+func putWriteBuf(b []byte) {
+	if cap(b) < writeBufSizes[0] || cap(b) > 1<<20 {
+		return
+	}
+	i := len(writeBufSizes) - 1
+	for cap(b) < writeBufSizes[i] {
+		i--
+	}
+	b = b[:0]
+	writeBufPools[i].Put(&b)
 }
 
 // stopWriting ends writing after a failed write: nothing more is queued.
@@ -269,7 +353,7 @@ func (c *conn) flush() bool {
 		return false
 	}
 	if cap(c.wbuf) > 1<<20 {
-		c.wbuf = nil // do not keep a large buffer for an idle connection
+		c.wbuf = nil // grown for a large packet: not kept
 	}
 	return true
 }
