@@ -124,11 +124,22 @@ type conn struct {
 	problemInfo bool
 
 	// Writer-owned (aliasOutMax is fixed at CONNECT).
-	wbuf        []byte
-	wdlSet      time.Time      // when the write deadline was last moved
-	wpub        packet.Publish // the PUBLISH being encoded
-	wclk        clock          // the time of the batch being encoded, read once if needed
-	wpubs       int64          // PUBLISH packets in that batch, for the statistics
+	wbuf   []byte
+	wdlSet time.Time      // when the write deadline was last moved
+	wpub   packet.Publish // the PUBLISH being encoded
+	wclk   clock          // the time of the batch being encoded, read once if needed
+	wpubs  int64          // PUBLISH packets in that batch, for the statistics
+	// Shared encodings written in place (write.go, appendTail): the
+	// pieces of the batch so far, wbuf's bytes from wcut on not among
+	// them yet, and the shared bytes they hold. wvec is the copy a
+	// writev consumes. wtcp is the TCP connection writev goes to, nil
+	// when there is none (TLS, WebSocket); known once looked up.
+	wsegs       net.Buffers
+	wvec        net.Buffers
+	wcut        int
+	wshared     int
+	wtcp        *net.TCPConn
+	wtcpKnown   bool
 	aliasOutMax uint16
 	aliasesOut  map[string]uint16
 

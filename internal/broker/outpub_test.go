@@ -495,10 +495,30 @@ func TestHeldWritersStartBeforeReaderWaits(t *testing.T) {
 // TestFanoutBurstsAllDelivered sends bursts of QoS 0 and QoS 1 messages
 // to many subscribers over TCP, so that the publisher's reader holds the
 // subscribers' writers back while writers are running: every subscriber
-// must receive every message, in order.
+// must receive every message, in order. Large payloads are written in
+// place from the shared encoding (writev), between the packet
+// identifiers each connection patches.
 func TestFanoutBurstsAllDelivered(t *testing.T) {
+	for _, tc := range []struct {
+		name             string
+		subs, msgs, size int
+	}{
+		{"small", 40, 2000, 0},
+		{"writev", 8, 200, writevMin + 500},
+	} {
+		t.Run(tc.name, func(t *testing.T) { fanoutBursts(t, tc.subs, tc.msgs, tc.size) })
+	}
+}
+
+func fanoutBursts(t *testing.T, subs, msgs, size int) {
 	_, addr := testServer(t, Config{MaxInflight: 65535})
-	const subs, msgs = 40, 3000
+	payload := func(n int) []byte {
+		b := fmt.Appendf(nil, "%d.", n)
+		for len(b) < size {
+			b = append(b, byte('a'+len(b)%26))
+		}
+		return b
+	}
 	type got struct {
 		n   int
 		err error
@@ -507,7 +527,11 @@ func TestFanoutBurstsAllDelivered(t *testing.T) {
 	var wg sync.WaitGroup
 	t.Cleanup(wg.Wait)
 	for i := range subs {
-		c := dialRaw(t, addr, packet.V311)
+		v := packet.V311
+		if i%3 == 2 {
+			v = packet.V5
+		}
+		c := dialRaw(t, addr, v)
 		c.connect(&packet.Connect{ClientID: fmt.Sprintf("burst-sub-%d", i), CleanStart: true})
 		c.send(&packet.Subscribe{PacketID: 1, Subscriptions: []packet.Subscription{{Filter: "burst/+", QoS: byte(i % 2)}}})
 		c.recv()
@@ -520,12 +544,12 @@ func TestFanoutBurstsAllDelivered(t *testing.T) {
 					return
 				}
 				pub, ok := p.(*packet.Publish)
-				if !ok || string(pub.Payload) != fmt.Sprint(n) {
+				if !ok || !bytes.Equal(pub.Payload, payload(n)) || pub.Topic != "burst/x" {
 					results <- got{n, fmt.Errorf("message %d: got %+v", n, p)}
 					return
 				}
 				if pub.QoS == 1 {
-					acks, _ = packet.Append(acks[:0], &packet.Puback{PacketID: pub.PacketID}, packet.V311)
+					acks, _ = packet.Append(acks[:0], &packet.Puback{PacketID: pub.PacketID}, v)
 					c.nc.Write(acks)
 				}
 			}
@@ -534,15 +558,15 @@ func TestFanoutBurstsAllDelivered(t *testing.T) {
 	}
 	pub := dialRaw(t, addr, packet.V311)
 	pub.connect(&packet.Connect{ClientID: "burst-pub", CleanStart: true})
+	wg.Go(func() { io.Copy(io.Discard, pub.nc) }) // its PUBACKs are not looked at
 	var buf []byte
 	for n := range msgs {
-		buf, _ = packet.Append(buf, &packet.Publish{Topic: "burst/x", QoS: byte(n % 2), PacketID: uint16(n%2) * uint16(n%60000+1), Payload: fmt.Append(nil, n)}, packet.V311)
+		buf, _ = packet.Append(buf, &packet.Publish{Topic: "burst/x", QoS: byte(n % 2), PacketID: uint16(n%2) * uint16(n%60000+1), Payload: payload(n)}, packet.V311)
 		if len(buf) > 8<<10 || n == msgs-1 {
 			pub.write(buf)
 			buf = buf[:0]
 		}
 	}
-	wg.Go(func() { io.Copy(io.Discard, pub.nc) }) // its PUBACKs are not looked at
 	for range subs {
 		if r := <-results; r.err != nil {
 			t.Fatalf("a subscriber received %d of %d: %v", r.n, msgs, r.err)

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"net"
 	"sync"
 	"time"
 
@@ -234,7 +235,7 @@ func (c *conn) writeLoop() {
 				c.log.Error("broker: cannot encode outbound packet; dropped", "type", p.Type(), "err", err)
 				continue
 			}
-			if len(c.wbuf) >= flushAt {
+			if len(c.wbuf)+c.wshared >= flushAt {
 				c.srv.stats.messagesOut.Add(c.wpubs)
 				c.wpubs = 0
 				if !c.flush() {
@@ -325,7 +326,7 @@ func (c *conn) stopWriting() {
 }
 
 func (c *conn) flush() bool {
-	if len(c.wbuf) == 0 {
+	if len(c.wbuf) == 0 && len(c.wsegs) == 0 {
 		return true
 	}
 	// The write deadline is moved forward only when an eighth of the
@@ -340,7 +341,24 @@ func (c *conn) flush() bool {
 			c.nc.SetWriteDeadline(now.Add(closeGrace))
 		}
 	}
-	n, err := c.nc.Write(c.wbuf)
+	var n int
+	var err error
+	if len(c.wsegs) == 0 {
+		n, err = c.nc.Write(c.wbuf)
+	} else {
+		// Shared tails go out in place, with the pieces of the buffer
+		// between them, in one writev. wvec is consumed by WriteTo; it
+		// is a field so that it does not escape per flush.
+		if c.wcut < len(c.wbuf) {
+			c.wsegs = append(c.wsegs, c.wbuf[c.wcut:])
+		}
+		c.wvec = c.wsegs
+		var n64 int64
+		n64, err = c.wvec.WriteTo(c.wtcp)
+		n = int(n64)
+		clear(c.wsegs) // no shared encoding is kept past its write
+		c.wsegs, c.wvec, c.wcut, c.wshared = c.wsegs[:0], nil, 0, 0
+	}
 	c.srv.stats.bytesOut.Add(int64(n))
 	c.wbuf = c.wbuf[:0]
 	if err != nil {
@@ -390,6 +408,9 @@ func (c *conn) appendShared(dst []byte, e *pubEnc) ([]byte, error) {
 	}
 	if c.aliasOutMax == 0 && expiry == e.expiry {
 		c.wpubs++
+		if c.writev(len(e.b)) {
+			return c.appendTail(dst, e.b), nil
+		}
 		return append(dst, e.b...), nil
 	}
 	// Built in the writer's own packet, cleared afterwards so that an
@@ -407,6 +428,17 @@ func (c *conn) appendDelivery(dst []byte, d *delivery, dup bool) ([]byte, error)
 	if e := d.enc; e != nil && c.aliasOutMax == 0 && e.v5 == (c.version == packet.V5) && (!e.v5 || e.expiry == d.expiryAt(&c.wclk)) {
 		c.wpubs++
 		start := len(dst)
+		head := len(e.b) // what this connection gets a copy of
+		if d.qos > 0 {
+			head = e.idAt + 2
+		}
+		if c.writev(len(e.b) - head) {
+			dst = append(dst, e.b[:head]...)
+			if d.qos > 0 {
+				packet.PatchPublish(dst[start:], e.idAt, dup, d.pid)
+			}
+			return c.appendTail(dst, e.b[head:]), nil
+		}
 		dst = append(dst, e.b...)
 		if d.qos > 0 {
 			packet.PatchPublish(dst[start:], e.idAt, dup, d.pid)
@@ -417,6 +449,56 @@ func (c *conn) appendDelivery(dst []byte, d *delivery, dup bool) ([]byte, error)
 	dst, err := c.encodePublish(dst, &c.wpub)
 	c.wpub = packet.Publish{}
 	return dst, err
+}
+
+// writevMin is the size from which a shared encoding (after the bytes a
+// connection patches) is written in place with writev rather than copied
+// into the write buffer: below it, copying costs less than another I/O
+// vector.
+const writevMin = 2 << 10
+
+// writev reports whether n shared bytes are written in place: on plain
+// TCP connections only. Through TLS each piece would become a record of
+// its own; the encryption copies the bytes anyway.
+func (c *conn) writev(n int) bool {
+	if n < writevMin {
+		return false
+	}
+	if !c.wtcpKnown {
+		c.wtcp, c.wtcpKnown = tcpOf(c.nc), true
+	}
+	return c.wtcp != nil
+}
+
+// appendTail ends the current piece of the write buffer at dst's end and
+// queues tail, shared and read-only, to be written in place after it. It
+// returns dst, whose bytes from here on go into the next piece.
+func (c *conn) appendTail(dst []byte, tail []byte) []byte {
+	if c.wcut < len(dst) {
+		c.wsegs = append(c.wsegs, dst[c.wcut:len(dst):len(dst)])
+	}
+	c.wsegs = append(c.wsegs, tail)
+	c.wcut = len(dst)
+	c.wshared += len(tail)
+	return dst
+}
+
+// tcpOf returns the TCP connection writes to nc go to unchanged, or nil:
+// nc itself, or the connection under a listener.Conn (PROXY protocol and
+// listener bookkeeping), which changes how it is read and addressed but
+// writes straight to its TCP connection.
+func tcpOf(nc net.Conn) *net.TCPConn {
+	switch x := nc.(type) {
+	case *net.TCPConn:
+		return x
+	case interface {
+		PeerAddr() net.Addr // listener.Conn
+		NetConn() net.Conn
+	}:
+		t, _ := x.NetConn().(*net.TCPConn)
+		return t
+	}
+	return nil
 }
 
 // encodeAck appends a SUBACK or UNSUBACK (props are its properties)
