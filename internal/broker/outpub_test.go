@@ -82,10 +82,7 @@ func TestFanoutSharedEncodings(t *testing.T) {
 
 	pub := dialRaw(t, addr, packet.V5)
 	pub.connect(&packet.Connect{ClientID: "fan-pub", CleanStart: true, KeepAlive: 30})
-	type sent struct {
-		p       *packet.Publish
-		payload []byte
-	}
+	type sent struct{ p *packet.Publish }
 	var msgs []sent
 	for i, m := range []struct {
 		topic  string
