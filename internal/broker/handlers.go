@@ -224,6 +224,7 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 			RetainAsPublished: req.RetainAsPublished,
 			RetainHandling:    req.RetainHandling,
 			ID:                subID,
+			Owner:             c.sess,
 		}
 		existed := s.index.Subscribe(sub)
 		if !existed {

@@ -570,3 +570,28 @@ func fanoutBursts(t *testing.T, subs, msgs, size int) {
 		}
 	}
 }
+
+// TestOfferToEndedSession: a routing pass may find a session through a
+// subscription that its end has not removed yet; it delivers nothing
+// there, and the queue gauge does not move.
+func TestOfferToEndedSession(t *testing.T) {
+	s, err := New(Config{SysInterval: -1, AllowAnonymous: true, QueueQoS0: true, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Shutdown(context.Background()) })
+	sess := newSession("gone", sessionOwner{key: "anon:test"}, time.Now())
+	msg := newMessage(&packet.Publish{Topic: "t", QoS: 1, PacketID: 1, Payload: []byte("x")}, "pub", time.Now())
+	var es encSet
+	es.reset(msg, nil, clock{now: s.cfg.Now}, 2)
+	if !sess.offer(s, &es, 1, false, nil, nil, nil) || len(sess.queue) != 1 {
+		t.Fatalf("an offline session did not queue the message: %d queued", len(sess.queue))
+	}
+	s.sessMu.Lock()
+	s.endSessionLocked(sess)
+	s.sessMu.Unlock()
+	queued := s.stats.queued.Load()
+	if sess.offer(s, &es, 1, false, nil, nil, nil) || len(sess.queue) != 0 || s.stats.queued.Load() != queued {
+		t.Fatalf("an ended session took the message: %d queued, gauge %d -> %d", len(sess.queue), queued, s.stats.queued.Load())
+	}
+}

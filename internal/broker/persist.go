@@ -468,7 +468,8 @@ func (s *Server) recover() error {
 				continue
 			}
 			s.index.Subscribe(topic.Subscription{ClientID: ss.ClientID, Filter: filter, Group: group, QoS: sub.QoS,
-				NoLocal: sub.NoLocal, RetainAsPublished: sub.RetainAsPublished, RetainHandling: sub.RetainHandling, ID: sub.ID})
+				NoLocal: sub.NoLocal, RetainAsPublished: sub.RetainAsPublished, RetainHandling: sub.RetainHandling, ID: sub.ID,
+				Owner: sess})
 			sess.subList[sub.Filter] = sub
 			sess.subs.Add(1)
 			sess.subBytes.Add(int64(len(sub.Filter)))

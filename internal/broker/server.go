@@ -477,6 +477,7 @@ func (s *Server) endSessionLocked(sess *session) func() {
 	s.index.UnsubscribeAll(sess.id)
 	sess.mu.Lock()
 	defer sess.mu.Unlock()
+	sess.ended = true
 	if sess.expiryTimer != nil {
 		sess.expiryTimer.Stop()
 		sess.expiryTimer = nil
@@ -533,7 +534,7 @@ func (s *Server) redistribute(orphans []*delivery) {
 				continue
 			}
 			if sub, ok := g.Pick(s.eligibleFor(d.msg)); ok {
-				s.deliverTo(&mb.enc, sub.ClientID, sub.QoS, sub.RetainAsPublished, idsOf(sub.ID), d.share, nil)
+				s.deliverTo(&mb.enc, &sub, sub.QoS, sub.RetainAsPublished, idsOf(sub.ID), d.share, nil)
 			}
 		}
 		clear(mb.subs)
@@ -773,7 +774,7 @@ func (s *Server) deliverFrom(msg *Message, b *pbatch, from *conn) int {
 	for i := range mb.groups {
 		g := &mb.groups[i]
 		sub, ok := g.Pick(eligible)
-		if ok && s.deliverTo(&mb.enc, sub.ClientID, sub.QoS, sub.RetainAsPublished, idsOf(sub.ID), &shareKey{g.Group, g.Filter}, b) {
+		if ok && s.deliverTo(&mb.enc, &sub, sub.QoS, sub.RetainAsPublished, idsOf(sub.ID), &shareKey{g.Group, g.Filter}, b) {
 			n++
 		}
 	}
@@ -825,7 +826,7 @@ func (s *Server) route(es *encSet, subs []topic.Subscription, b *pbatch) int {
 				ids = append(ids, sub.ID)
 			}
 		}
-		if matched && s.deliverTo(es, id, qos, rap, ids, nil, b) {
+		if matched && s.deliverTo(es, &group[0], qos, rap, ids, nil, b) {
 			n++
 		}
 	}
@@ -844,26 +845,19 @@ func oneFilter(subs []topic.Subscription) bool {
 	return true
 }
 
-// deliverTo hands the message of es to one client's session. It reports
-// whether the session exists and may receive the message, whether or not
-// it was then queued, sent or dropped. ids is copied, never kept.
-func (s *Server) deliverTo(es *encSet, clientID string, subQoS byte, retainAsPublished bool, ids []uint32, share *shareKey, b *pbatch) bool {
-	sess := s.lookup(clientID)
+// deliverTo hands the message of es to the session of sub's client, with
+// the options given (those of all the client's matching subscriptions).
+// It reports whether the session exists and may receive the message,
+// whether or not it was then queued, sent or dropped. ids is copied,
+// never kept. The session is the subscription's Owner, set when it was
+// made, so that a fan-out does not look each subscriber up by client ID;
+// a session that has ended meanwhile delivers nothing (session.offer).
+func (s *Server) deliverTo(es *encSet, sub *topic.Subscription, subQoS byte, retainAsPublished bool, ids []uint32, share *shareKey, b *pbatch) bool {
+	sess, _ := sub.Owner.(*session)
 	if sess == nil {
-		return false
-	}
-	msg := es.msg
-	sess.mu.Lock()
-	cl := sess.client
-	sess.mu.Unlock()
-	if cl != nil {
-		// Checked for every delivered message, offline sessions included
-		// (their queued messages are checked again when sent).
-		if d := s.authorize(cl, ActionReceive, msg.Topic, msg.QoS, msg.Retain, ""); !d.Allow {
-			s.denied(cl, ActionReceive, msg.Topic, d, "delivery")
+		if sess = s.lookup(sub.ClientID); sess == nil {
 			return false
 		}
 	}
-	sess.offer(s, es, min(msg.QoS, subQoS), retainAsPublished && msg.Retain, ids, share, b)
-	return true
+	return sess.offer(s, es, subQoS, retainAsPublished, ids, share, b)
 }

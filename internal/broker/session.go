@@ -27,6 +27,9 @@ type session struct {
 
 	mu   sync.Mutex
 	conn *conn // nil while the client is offline
+	// ended is set when the session is removed: a routing pass that
+	// found it through a subscription not yet removed delivers nothing.
+	ended bool
 	// client is a snapshot of the Client of the latest connection (set by
 	// attach, kept while offline): the identity queued messages and
 	// subscriptions are authorized for, sharing that connection's
@@ -172,13 +175,34 @@ func (s *session) removeInflight(i int) {
 
 // offer hands the session a message of a routing pass (es holds the
 // message and its shared encodings), matched by the session's
-// subscriptions with the given QoS, retain flag as sent and subscription
-// identifiers (subIDs is copied, never kept). A QoS 0 message for an
-// online client is queued as the shared encoding itself, which allocates
-// nothing per subscriber; anything else becomes a delivery.
-func (s *session) offer(srv *Server, es *encSet, qos byte, retain bool, subIDs []uint32, share *shareKey, b *pbatch) {
+// subscriptions with the maximum QoS subQoS, Retain As Published rap and
+// the subscription identifiers subIDs (copied, never kept). It reports
+// whether the session may receive the message (it exists and the
+// Authorizer allows it), whether or not the message was then queued,
+// sent or dropped. A QoS 0 message for an online client is queued as the
+// shared encoding itself, which allocates nothing per subscriber;
+// anything else becomes a delivery.
+//
+// The receive permission is checked here for every message, offline
+// sessions included (their queued messages are checked again when sent),
+// under s.mu like the checks of fillLocked and resendLocked: one lock per
+// delivery instead of two.
+func (s *session) offer(srv *Server, es *encSet, subQoS byte, rap bool, subIDs []uint32, share *shareKey, b *pbatch) bool {
+	msg := es.msg
 	s.mu.Lock()
+	if s.ended {
+		s.mu.Unlock()
+		return false
+	}
+	if cl := s.client; cl != nil {
+		if d := srv.authorize(cl, ActionReceive, msg.Topic, msg.QoS, msg.Retain, ""); !d.Allow {
+			s.mu.Unlock()
+			srv.denied(cl, ActionReceive, msg.Topic, d, "delivery")
+			return false
+		}
+	}
 	defer s.mu.Unlock()
+	qos, retain := min(msg.QoS, subQoS), rap && msg.Retain
 	c := s.conn
 	online := c != nil && !c.closing.Load()
 	if online && qos == 0 && !(srv.cfg.QueueQoS0 && len(s.queue) > 0) {
@@ -186,17 +210,18 @@ func (s *session) offer(srv *Server, es *encSet, qos byte, retain bool, subIDs [
 			if s.maxPacket > 0 && uint32(len(e.b)) > s.maxPacket {
 				// [MQTT-3.1.2-25], as in deliverLocked.
 				srv.stats.droppedOversize.Add(1)
-				return
+				return true
 			}
-			c.sendQoS0(e, len(es.msg.Payload)+len(es.msg.Topic), es.from)
-			return
+			c.sendQoS0(e, len(msg.Payload)+len(msg.Topic), es.from)
+			return true
 		}
 	}
-	d := &delivery{msg: es.msg, qos: qos, retain: retain, subIDs: slices.Clone(subIDs), share: share}
+	d := &delivery{msg: msg, qos: qos, retain: retain, subIDs: slices.Clone(subIDs), share: share}
 	if online && qos > 0 {
 		d.enc = es.get(c.version, qos, retain, subIDs)
 	}
 	s.deliverLocked(srv, d, b, es.from)
+	return true
 }
 
 // deliver hands one message to the session: straight to the connection
