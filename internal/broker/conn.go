@@ -155,7 +155,7 @@ type conn struct {
 	canWrite   bool
 	writing    bool
 	handling   bool          // the reader is handling a packet and will write after it
-	writerExit chan struct{} // closed when the running writer returns; nil when none runs
+	writerDone chan struct{} // closed when the running writer stops; made by a waiter (finish)
 	// kickPending: another connection's reader holds this writer back
 	// and will start it (wakeWriterLocked).
 	kickPending bool

@@ -28,10 +28,7 @@ func (c *conn) writeInline() {
 		return
 	}
 	c.writing = true
-	exit := make(chan struct{})
-	c.writerExit = exit
 	c.outMu.Unlock()
-	defer close(exit)
 	c.writeLoop()
 }
 
@@ -164,12 +161,26 @@ func (c *conn) startWriterLocked() {
 		return
 	}
 	c.writing = true
-	exit := make(chan struct{})
-	c.writerExit = exit
-	c.srv.goroutines.goTracked(goWriter, func() {
-		defer close(exit)
-		c.writeLoop()
-	})
+	// As goTracked does, without its closures: one writer starts per
+	// batch, and this allocates only the goroutine's own.
+	c.srv.goroutines.add(goWriter)
+	go c.writeMain()
+}
+
+// writeMain is the writer goroutine started by startWriterLocked.
+func (c *conn) writeMain() {
+	defer c.srv.goroutines.done(goWriter)
+	c.writeLoop()
+}
+
+// writerStoppedLocked runs when the writer clears writing: it wakes
+// whoever waits for it (finish). c.outMu is held.
+func (c *conn) writerStoppedLocked() {
+	c.writing = false
+	if c.writerDone != nil {
+		close(c.writerDone)
+		c.writerDone = nil
+	}
 }
 
 // writeLoop is the writer goroutine: it drains the outbound queue in
@@ -203,8 +214,7 @@ func (c *conn) writeLoop() {
 			if cap(c.spare) > idleQueueCap {
 				c.spare = nil
 			}
-			c.writing = false
-			c.writerExit = nil
+			c.writerStoppedLocked()
 			final := c.final
 			c.outMu.Unlock()
 			if final {
@@ -257,7 +267,7 @@ func (c *conn) writeLoop() {
 
 // idleQueueCap is the capacity of outbound queue slices a connection
 // keeps once its writer has drained them.
-const idleQueueCap = 64
+const idleQueueCap = 256
 
 // batchSize estimates the bytes batch encodes to: exact for shared
 // encodings, a guess from the message for the rest.
@@ -292,7 +302,10 @@ func getWriteBuf(n int) []byte {
 	for i, size := range writeBufSizes {
 		if n <= size || i == len(writeBufSizes)-1 {
 			if bp, ok := writeBufPools[i].Get().(*[]byte); ok {
-				return (*bp)[:0]
+				b := (*bp)[:0]
+				*bp = nil
+				bufBoxes.Put(bp)
+				return b
 			}
 			return make([]byte, 0, size)
 		}
@@ -311,16 +324,20 @@ func putWriteBuf(b []byte) {
 	for cap(b) < writeBufSizes[i] {
 		i--
 	}
-	b = b[:0]
-	writeBufPools[i].Put(&b)
+	bp := bufBoxes.Get().(*[]byte)
+	*bp = b[:0]
+	writeBufPools[i].Put(bp)
 }
+
+// bufBoxes holds the *[]byte that carry buffers in the pools, so that
+// giving a buffer back allocates nothing.
+var bufBoxes = sync.Pool{New: func() any { return new([]byte) }}
 
 // stopWriting ends writing after a failed write: nothing more is queued.
 func (c *conn) stopWriting() {
 	c.outMu.Lock()
 	c.final = true
-	c.writing = false
-	c.writerExit = nil
+	c.writerStoppedLocked()
 	c.out = nil
 	c.outMu.Unlock()
 }
