@@ -28,9 +28,11 @@ import (
 //     time owns its fields and each sees what the previous one wrote.
 //   - the writer: whoever set writing under outMu (a writer goroutine,
 //     or the reader itself in writeInline) until it clears it.
-//   - any goroutine: routing (send, sendQoS0), a takeover or Shutdown
-//     (kill), a certificate watcher; they use only outMu's fields, the
-//     atomics and channels, and the fields fixed before established.
+//   - any goroutine: routing (send, sendPublish, sendQoS0), a takeover or
+//     Shutdown (kill), a certificate watcher; they use only outMu's
+//     fields, the atomics and channels, and the fields fixed before
+//     established. Routing on a publisher's reader also adds to that
+//     reader's own kicks (wakeWriterLocked).
 //
 // "Fixed at CONNECT" means written by the reader before attach publishes
 // the connection to other goroutines (under sessMu and session.mu, then
