@@ -154,7 +154,7 @@ func (s *encSet) get(v packet.Version, qos byte, retain bool, subIDs []uint32) *
 		pid = 1 // a placeholder: every copy gets its own
 	}
 	e.fill(&p, expiry, pid, false)
-	b, idAt, err := packet.AppendPublishTemplate(nil, &p, v)
+	b, idAt, err := packet.AppendPublishTemplate(make([]byte, 0, encodedSizeHint(&p, v5)), &p, v)
 	if err != nil {
 		s.failed = true
 		return nil
@@ -162,4 +162,18 @@ func (s *encSet) get(v packet.Version, qos byte, retain bool, subIDs []uint32) *
 	e.b, e.idAt = b, idAt
 	s.encs = append(s.encs, e)
 	return e
+}
+
+// encodedSizeHint is a capacity for the encoding of p that is rarely too
+// small, so that encoding it allocates once.
+func encodedSizeHint(p *packet.Publish, v5 bool) int {
+	n := 16 + len(p.Topic) + len(p.Payload)
+	if v5 {
+		pr := &p.Properties
+		n += 32 + len(pr.ContentType) + len(pr.ResponseTopic) + len(pr.CorrelationData) + 5*len(pr.SubscriptionIDs)
+		for _, u := range pr.User {
+			n += 5 + len(u.Key) + len(u.Value)
+		}
+	}
+	return n
 }

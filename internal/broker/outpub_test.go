@@ -595,3 +595,39 @@ func TestOfferToEndedSession(t *testing.T) {
 		t.Fatalf("an ended session took the message: %d queued, gauge %d -> %d", len(sess.queue), queued, s.stats.queued.Load())
 	}
 }
+
+// TestFanoutAllocationsPerMessage: routing a QoS 0 message allocates per
+// message (its shared encoding), not per subscriber. The subscribers'
+// writers are held back during the measurement, as a publisher's reader
+// holds them, so that only routing is counted.
+func TestFanoutAllocationsPerMessage(t *testing.T) {
+	s, addr := testServer(t, Config{})
+	const subs = 200
+	var conns []*conn
+	for i := range subs {
+		c := dialRaw(t, addr, packet.V311)
+		id := fmt.Sprintf("alloc-sub-%d", i)
+		c.connect(&packet.Connect{ClientID: id, CleanStart: true})
+		c.send(&packet.Subscribe{PacketID: 1, Subscriptions: []packet.Subscription{{Filter: "alloc/+", QoS: 0}}})
+		c.recv()
+		sess := s.lookup(id)
+		sess.mu.Lock()
+		conns = append(conns, sess.conn)
+		sess.mu.Unlock()
+	}
+	const runs = 100
+	for _, c := range conns {
+		c.outMu.Lock()
+		c.out = make([]packet.Packet, 0, 2*runs) // the queues' growth is not routing's
+		c.outMu.Unlock()
+	}
+	from := &conn{kicks: make([]*conn, 0, subs)} // a publisher's reader holding the writers
+	msg := newMessage(&packet.Publish{Topic: "alloc/x", Payload: make([]byte, 64)}, "pub", time.Now())
+	s.deliverFrom(msg, nil, from) // warms the routing buffers up
+	allocs := testing.AllocsPerRun(runs, func() { s.deliverFrom(msg, nil, from) })
+	from.kickWriters()
+	// The shared encoding and its bytes; nothing per subscriber.
+	if allocs > 2 {
+		t.Fatalf("routing a message to %d subscribers allocated %.1f times", subs, allocs)
+	}
+}

@@ -18,15 +18,26 @@ package packet
 // completes its copy with PatchPublish. p.PacketID must be valid for
 // p.QoS, as for Append (any non-zero value for QoS 1 and 2).
 func AppendPublishTemplate(dst []byte, p *Publish, v Version) (out []byte, idAt int, err error) {
-	start := len(dst)
-	out, err = Append(dst, p, v)
-	if err != nil || p.QoS == 0 {
-		return out, 0, err
+	// What Append does for a *Publish, without making p an interface
+	// value: the caller's packet need not escape to the heap.
+	if v, err = checkVersion(v); err != nil {
+		return dst, 0, err
 	}
+	n, err := p.bodySize(v)
+	if err != nil {
+		return dst, 0, err
+	}
+	if n > maxVBI {
+		return dst, 0, tooLarge(PUBLISH, uint64(1+4+n), MaxPacketSizeLimit)
+	}
+	out = append(dst, firstByte(PUBLISH, p.flags()))
+	out = appendVBI(out, n)
 	// Fixed header (the first byte and the remaining length), topic name
 	// (a length and the bytes), then the identifier [MQTT-3.3.2].
-	_, l, _ := parseVBI(out[start+1:])
-	return out, start + 1 + l + 2 + len(p.Topic), nil
+	if p.QoS > 0 {
+		idAt = len(out) + 2 + len(p.Topic)
+	}
+	return p.appendBody(out, v), idAt, nil
 }
 
 // PatchPublish sets the DUP flag and the packet identifier of b, a copy of
