@@ -627,7 +627,7 @@ func TestFanoutAllocationsPerMessage(t *testing.T) {
 	allocs := testing.AllocsPerRun(runs, func() { s.deliverFrom(msg, nil, from) })
 	from.kickWriters()
 	// The shared encoding and its bytes; nothing per subscriber.
-	if allocs > 2 {
+	if allocs > 2 && !raceEnabled {
 		t.Fatalf("routing a message to %d subscribers allocated %.1f times", subs, allocs)
 	}
 }
