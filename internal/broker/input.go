@@ -181,8 +181,11 @@ func rawConnOf(nc net.Conn) syscall.RawConn {
 // it would wait for the rest.
 func (c *conn) probeInput() {
 	want := c.in.br.Buffered() + 1
-	if want > c.in.br.Size() || !inputArrived(c.raw, &c.src.peek) {
-		return // a packet larger than the buffer is read past it
+	if want > c.in.br.Size() {
+		return // the rest of a packet larger than the buffer is read past it
+	}
+	if !inputArrived(c.raw, &c.src.peek) {
+		return
 	}
 	if _, err := c.in.br.Peek(want); err != nil && err != bufio.ErrBufferFull {
 		c.src.err = err // the next read reports it

@@ -178,6 +178,7 @@ func (c *conn) handle(p packet.Packet) bool {
 		// [MQTT-3.1.0-2]: a second CONNECT is a protocol violation.
 		return c.protocolError(packet.ProtocolError, "second CONNECT")
 	case *packet.Auth:
+		c.kickWriters() // re-authentication may wait on the network
 		return c.handleAuth(p)
 	default:
 		return c.protocolError(packet.ProtocolError, fmt.Sprintf("unexpected %s from a client", p.Type()))
