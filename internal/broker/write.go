@@ -131,7 +131,7 @@ func (c *conn) heldLocked() bool {
 // kickWriters starts the writers this reader held back. It runs on the
 // reader, which must call it before anything that may make it wait (a
 // read of input not yet buffered, the read budget, the rate limit, a
-// store's commit slot) and when it stops reading.
+// store's commit slot, a re-authentication) and when it stops reading.
 func (c *conn) kickWriters() {
 	if len(c.kicks) == 0 {
 		return
