@@ -139,7 +139,10 @@ func (c *conn) finish() {
 	c.canWrite = false
 	var exit chan struct{}
 	if c.writing {
-		exit = c.writerExit
+		if c.writerDone == nil {
+			c.writerDone = make(chan struct{})
+		}
+		exit = c.writerDone
 	}
 	c.outMu.Unlock()
 	if exit != nil {

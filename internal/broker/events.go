@@ -159,6 +159,7 @@ func (c *conn) throttle(n int) bool {
 	if wait <= 0 {
 		return true
 	}
+	c.kickWriters()
 	c.outMu.Lock()
 	c.startWriterLocked() // what handling queued goes out during the pause
 	c.outMu.Unlock()

@@ -153,7 +153,7 @@ func (c *conn) handlePublish(p *packet.Publish) bool {
 		// Recorded before it is matched, for subscriptions that arrived
 		// before it but are installed after (fence.go).
 		s.recent.add(c.recentShard, msg)
-		if n := s.deliver(msg, b); n == 0 {
+		if n := s.deliverFrom(msg, b, c); n == 0 {
 			code = packet.NoMatchingSubscribers
 			defer c.obsVerdict(c.obs.Undeliverable(&c.client, p.Topic))
 		}
@@ -234,6 +234,7 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 			RetainAsPublished: req.RetainAsPublished,
 			RetainHandling:    req.RetainHandling,
 			ID:                subID,
+			Owner:             c.sess,
 		}
 		fence.beforeInstall()
 		existed := s.index.Subscribe(sub)

@@ -123,6 +123,7 @@ func (c *conn) reserveBody(size int) error {
 	if size <= readBudgetThreshold {
 		return nil
 	}
+	c.kickWriters() // the budget may make the reader wait
 	var deadline time.Time
 	if !c.authenticated {
 		deadline = c.connectDeadline
@@ -184,6 +185,30 @@ func rawConnOf(nc net.Conn) syscall.RawConn {
 		return nil
 	}
 	return rc
+}
+
+// probeInput adds input that has already arrived to the read buffer,
+// without waiting: it reads only when the socket holds input (MSG_PEEK),
+// so that the read returns at once. Only for plain TCP connections
+// (c.raw set, no TLS): a TLS record may have arrived in part, and reading
+// it would wait for the rest.
+func (c *conn) probeInput() {
+	want := c.in.br.Buffered() + 1
+	if want > c.in.br.Size() {
+		return // the rest of a packet larger than the buffer is read past it
+	}
+	if !inputArrived(c.raw, &c.src.peek) {
+		return
+	}
+	if _, err := c.in.br.Peek(want); err != nil && err != bufio.ErrBufferFull {
+		c.src.err = err // the next read reports it
+	}
+}
+
+// isTLS reports whether nc is a TLS connection.
+func isTLS(nc net.Conn) bool {
+	_, ok := nc.(*tls.Conn)
+	return ok
 }
 
 // goQuiet runs on the reader goroutine when its input is drained and the

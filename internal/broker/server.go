@@ -492,6 +492,7 @@ func (s *Server) endSessionLocked(sess *session) func() {
 	s.index.UnsubscribeAll(sess.id)
 	sess.mu.Lock()
 	defer sess.mu.Unlock()
+	sess.ended = true
 	if sess.expiryTimer != nil {
 		sess.expiryTimer.Stop()
 		sess.expiryTimer = nil
@@ -542,19 +543,20 @@ func (s *Server) redistribute(orphans []*delivery) {
 			continue
 		}
 		mb.subs, mb.groups = s.index.Match(d.msg.Topic, mb.subs[:0], mb.groups[:0])
+		mb.enc.reset(d.msg, nil, clock{now: s.cfg.Now}, 1) // one receiver per group
 		for i := range mb.groups {
 			g := &mb.groups[i]
 			if g.Group != d.share.group || g.Filter != d.share.filter {
 				continue
 			}
 			if sub, ok := g.Pick(s.eligibleFor(d.msg)); ok {
-				s.deliverTo(d.msg, sub.ClientID, sub.QoS, sub.RetainAsPublished, idsOf(sub.ID), d.share, nil)
+				s.deliverTo(&mb.enc, &sub, sub.QoS, sub.RetainAsPublished, idsOf(sub.ID), d.share, nil)
 			}
 		}
 		clear(mb.subs)
 		clear(mb.groups)
 	}
-	matchPool.Put(mb)
+	putMatchBuf(mb)
 }
 
 // detach runs when a connection ends: it unbinds the session, publishes or
@@ -737,13 +739,25 @@ func (s *Server) queueFull(id string, d *delivery) {
 	}
 }
 
-// matchBuf is reused across publishes to keep routing allocation-free.
+// matchBuf is reused across publishes to keep routing allocation-free:
+// the matches of one topic and the shared encodings of one message.
 type matchBuf struct {
 	subs   []topic.Subscription
 	groups []topic.SharedGroup
+	enc    encSet
 }
 
 var matchPool = sync.Pool{New: func() any { return new(matchBuf) }}
+
+// putMatchBuf returns mb to the pool without the references of its last
+// pass.
+func putMatchBuf(mb *matchBuf) {
+	clear(mb.subs)
+	clear(mb.groups)
+	mb.subs, mb.groups = mb.subs[:0], mb.groups[:0]
+	mb.enc.release()
+	matchPool.Put(mb)
+}
 
 // publish stores (if retained) and routes msg to every matching session.
 // It returns the number of matching sessions, counting those for which
@@ -780,9 +794,17 @@ func (s *Server) retainFrom(msg *Message, c *Client) bool {
 // deliver routes msg to every matching session; see publish. The changes
 // for stored sessions go into b, or are submitted at once when b is nil.
 func (s *Server) deliver(msg *Message, b *pbatch) int {
+	return s.deliverFrom(msg, b, nil)
+}
+
+// deliverFrom is deliver run by the reader of from, the publisher's
+// connection, which may hold the receivers' writers back until it has
+// routed the rest of its buffered input (conn.kickWriters).
+func (s *Server) deliverFrom(msg *Message, b *pbatch, from *conn) int {
 	mb := matchPool.Get().(*matchBuf)
 	mb.subs, mb.groups = s.index.Match(msg.Topic, mb.subs[:0], mb.groups[:0])
-	n := s.route(msg, mb.subs, b)
+	mb.enc.reset(msg, from, clock{now: s.cfg.Now}, len(mb.subs)+len(mb.groups))
+	n := s.route(&mb.enc, mb.subs, b)
 	var eligible func(string) bool
 	if len(mb.groups) > 0 {
 		eligible = s.eligibleFor(msg)
@@ -790,13 +812,11 @@ func (s *Server) deliver(msg *Message, b *pbatch) int {
 	for i := range mb.groups {
 		g := &mb.groups[i]
 		sub, ok := g.Pick(eligible)
-		if ok && s.deliverTo(msg, sub.ClientID, sub.QoS, sub.RetainAsPublished, idsOf(sub.ID), &shareKey{g.Group, g.Filter}, b) {
+		if ok && s.deliverTo(&mb.enc, &sub, sub.QoS, sub.RetainAsPublished, idsOf(sub.ID), &shareKey{g.Group, g.Filter}, b) {
 			n++
 		}
 	}
-	clear(mb.subs)
-	clear(mb.groups)
-	matchPool.Put(mb)
+	putMatchBuf(mb)
 	return n
 }
 
@@ -807,13 +827,19 @@ func idsOf(id uint32) []uint32 {
 	return []uint32{id}
 }
 
-// route delivers msg once per client, at the highest QoS of the client's
-// matching subscriptions and with all their identifiers [MQTT-3.3.4-2]
-// [MQTT-3.3.4-3].
-func (s *Server) route(msg *Message, subs []topic.Subscription, b *pbatch) int {
-	if len(subs) > 1 {
+// route delivers the message of es once per client, at the highest QoS
+// of the client's matching subscriptions and with all their identifiers
+// [MQTT-3.3.4-2] [MQTT-3.3.4-3].
+func (s *Server) route(es *encSet, subs []topic.Subscription, b *pbatch) int {
+	msg := es.msg
+	if len(subs) > 1 && !oneFilter(subs) {
+		// A client can match through several filters: sorting by client
+		// brings its subscriptions together. Subscriptions of one filter
+		// belong to distinct clients, so a fan-out through a single
+		// filter needs no sort.
 		slices.SortFunc(subs, func(a, b topic.Subscription) int { return strings.Compare(a.ClientID, b.ClientID) })
 	}
+	var idBuf [4]uint32 // subscription identifiers of one client, usually at most one
 	n := 0
 	for i := 0; i < len(subs); {
 		j := i + 1
@@ -825,7 +851,7 @@ func (s *Server) route(msg *Message, subs []topic.Subscription, b *pbatch) int {
 		id := group[0].ClientID
 		var qos byte
 		rap, matched := false, false
-		var ids []uint32
+		ids := idBuf[:0]
 		for _, sub := range group {
 			if sub.NoLocal && id == msg.From {
 				// [MQTT-3.8.3-3]
@@ -838,34 +864,28 @@ func (s *Server) route(msg *Message, subs []topic.Subscription, b *pbatch) int {
 				ids = append(ids, sub.ID)
 			}
 		}
-		if matched && s.deliverTo(msg, id, qos, rap, ids, nil, b) {
+		if matched && s.deliverTo(es, &group[0], qos, rap, ids, nil, b) {
 			n++
 		}
 	}
 	return n
 }
 
-// deliverTo hands msg to one client's session. It reports whether the
-// session exists and may receive msg, whether or not msg was then queued,
-// sent or dropped.
-func (s *Server) deliverTo(msg *Message, clientID string, subQoS byte, retainAsPublished bool, ids []uint32, share *shareKey, b *pbatch) bool {
-	sess := s.lookup(clientID)
-	if sess == nil {
-		return false
+// oneFilter reports whether every subscription in subs (at least one)
+// is to the same filter.
+func oneFilter(subs []topic.Subscription) bool {
+	f := subs[0].Filter
+	for i := 1; i < len(subs); i++ {
+		if subs[i].Filter != f {
+			return false
+		}
 	}
-	sess.mu.Lock()
-	cl := sess.client
-	if f := sess.fence; f != nil && !f.admit(sess, msg, subQoS, retainAsPublished, ids, share) {
-		// A duplicate, or held back for a SUBSCRIBE in progress (fence.go).
-		sess.mu.Unlock()
-		return true
-	}
-	sess.mu.Unlock()
-	return s.deliverChecked(sess, cl, msg, subQoS, retainAsPublished, ids, share, b)
+	return true
 }
 
 // deliverChecked authorizes msg for the session's client cl and hands it
-// to the session; see deliverTo.
+// to the session: the fence's replays and released deliveries (fence.go),
+// which have no shared encodings.
 func (s *Server) deliverChecked(sess *session, cl *Client, msg *Message, subQoS byte, retainAsPublished bool, ids []uint32, share *shareKey, b *pbatch) bool {
 	if cl != nil {
 		// Checked for every delivered message, offline sessions included
@@ -875,7 +895,24 @@ func (s *Server) deliverChecked(sess *session, cl *Client, msg *Message, subQoS 
 			return false
 		}
 	}
-	d := &delivery{msg: msg, qos: min(msg.QoS, subQoS), retain: retainAsPublished && msg.Retain, subIDs: ids, share: share}
+	d := &delivery{msg: msg, qos: min(msg.QoS, subQoS), retain: retainAsPublished && msg.Retain, subIDs: slices.Clone(ids), share: share}
 	sess.deliver(s, d, b)
 	return true
+}
+
+// deliverTo hands the message of es to the session of sub's client, with
+// the options given (those of all the client's matching subscriptions).
+// It reports whether the session exists and may receive the message,
+// whether or not it was then queued, sent or dropped. ids is copied,
+// never kept. The session is the subscription's Owner, set when it was
+// made, so that a fan-out does not look each subscriber up by client ID;
+// a session that has ended meanwhile delivers nothing (session.offer).
+func (s *Server) deliverTo(es *encSet, sub *topic.Subscription, subQoS byte, retainAsPublished bool, ids []uint32, share *shareKey, b *pbatch) bool {
+	sess, _ := sub.Owner.(*session)
+	if sess == nil {
+		if sess = s.lookup(sub.ClientID); sess == nil {
+			return false
+		}
+	}
+	return sess.offer(s, es, subQoS, retainAsPublished, ids, share, b)
 }
