@@ -196,11 +196,13 @@ func (d *defense) listener(name string) *defListener {
 	return l
 }
 
-// gate returns the listener.Config.Gate of a WebSocket listener, whose
-// HTTP server runs TLS and the upgrade before the broker sees a
-// connection: the connection rates and address bans are checked there,
-// and the broker's Accept only counts connections per address. nil when
-// defense is off. Called while planning, before serving.
+// gate returns the listener.Config.Gate of a listener: the connection
+// rates and address bans are checked there, on the bare socket (before
+// TLS, the WebSocket upgrade and the broker's own accept work), and the
+// broker's Accept only counts connections per address. A refusal costs
+// no allocation and no log line (it is counted, and sampled into the
+// audit log). nil when defense is off. Called while planning, before
+// serving.
 func (d *defense) gate(name string) func(net.Addr) bool {
 	if d == nil || d.g == nil {
 		return nil
@@ -210,20 +212,30 @@ func (d *defense) gate(name string) func(net.Addr) bool {
 	l.gated = true
 	d.lmu.Unlock()
 	return func(remote net.Addr) bool {
-		return d.preTLS(l, name, guard.AddrOf(remote)).Allow
+		return d.preTLS(l, name, guard.AddrOf(remote), false).Allow
 	}
 }
 
 // preTLS runs the checks that cost no TLS work: the source address's and
-// the listener's connection rates, then address bans.
-func (d *defense) preTLS(l *defListener, listener string, addr netip.Addr) broker.Decision {
+// the listener's connection rates, then address bans. The reason of a ban
+// refusal is built only when withReason is set or the refusal is sampled
+// into the audit log: a flood of banned sockets allocates nothing.
+func (d *defense) preTLS(l *defListener, listener string, addr netip.Addr, withReason bool) broker.Decision {
 	if dec := l.gl.AllowAccept(addr); !dec.Allow {
-		d.acceptRefusal(audit.TypeLimit, listener, addr, dec.Reason)
+		if n, sample := d.sampleRefusal(); sample {
+			d.recordRefusal(audit.TypeLimit, listener, addr, dec.Reason, n)
+		}
 		return broker.Decision{Reason: dec.Reason}
 	}
 	if b, ok := d.g.BannedAddr(addr); ok {
-		d.acceptRefusal(audit.TypeBanRefuse, listener, addr, b.Refusal())
-		return broker.Decision{Reason: b.Refusal()}
+		var reason string
+		if n, sample := d.sampleRefusal(); sample || withReason {
+			reason = b.Refusal()
+			if sample {
+				d.recordRefusal(audit.TypeBanRefuse, listener, addr, reason, n)
+			}
+		}
+		return broker.Decision{Reason: reason}
 	}
 	return broker.Decision{Allow: true}
 }
@@ -236,25 +248,30 @@ func (d *defense) Accept(listener string, remote net.Addr) (broker.ConnObserver,
 		return &connDefense{d: d, addr: addr, listener: listener}, broker.Decision{Allow: true}
 	}
 	if l := d.listener(listener); !l.gated {
-		if dec := d.preTLS(l, listener, addr); !dec.Allow {
+		if dec := d.preTLS(l, listener, addr, true); !dec.Allow {
 			return nil, dec
 		}
 	}
 	if dec := d.g.Acquire(addr); !dec.Allow {
-		d.acceptRefusal(audit.TypeLimit, listener, addr, dec.Reason)
+		if n, sample := d.sampleRefusal(); sample {
+			d.recordRefusal(audit.TypeLimit, listener, addr, dec.Reason, n)
+		}
 		return nil, broker.Decision{Reason: dec.Reason}
 	}
 	return &connDefense{d: d, addr: addr, listener: listener, acquired: true}, broker.Decision{Allow: true}
 }
 
-// acceptRefusal records a refusal at accept: the first and then one in
-// acceptSample, so that a flood cannot fill the audit log (the broker
-// counts every one).
-func (d *defense) acceptRefusal(typ, listener string, addr netip.Addr, reason string) {
+// sampleRefusal counts a refusal at accept and reports whether it is to
+// be recorded in the audit log: the first and then one in acceptSample,
+// so that a flood cannot fill the audit log (the guard counts every one).
+// It returns the count so far with the answer.
+func (d *defense) sampleRefusal() (int64, bool) {
 	n := d.acceptRefused.Add(1)
-	if d.audit == nil || n != 1 && n%acceptSample != 0 {
-		return
-	}
+	return n, d.audit != nil && (n == 1 || n%acceptSample == 0)
+}
+
+// recordRefusal records sampled refusal number n at accept.
+func (d *defense) recordRefusal(typ, listener string, addr netip.Addr, reason string, n int64) {
 	d.record(typ, audit.String("reason", reason), audit.String("addr", addr.String()), audit.String("listener", listener),
 		audit.String("stage", "accept"), audit.Int("refused_total", n))
 }

@@ -8,17 +8,22 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/moatmq/moat/internal/audit"
+	"github.com/moatmq/moat/internal/bench"
 	"github.com/moatmq/moat/internal/broker"
 	"github.com/moatmq/moat/internal/config"
+	"github.com/moatmq/moat/internal/guard"
 	"github.com/moatmq/moat/internal/packet"
 )
 
@@ -674,5 +679,138 @@ func TestSecurityMaxConnsPerAddress(t *testing.T) {
 	for _, c := range held[1:] {
 		c.roundTrip(t)
 		c.nc.Close()
+	}
+}
+
+// TestSecurityFloodLeavesOtherAddressesServed: `moat serve` with the
+// default defense; 127.0.0.31 floods it with bare TCP connection attempts
+// at 3,000 per second for a second (the attack, made by `moat bench
+// flood`'s generator). While the flood runs, a client on 127.0.0.32 keeps
+// connecting and one already connected on 127.0.0.33 keeps answering: both
+// are unaffected. The refusals cost no log line each, and only a sample of
+// them reaches the audit log.
+func TestSecurityFloodLeavesOtherAddressesServed(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("the flood generator runs on Linux only")
+	}
+	dir := t.TempDir()
+	port := freePort(t)
+	writeFile(t, filepath.Join(dir, "moat.yaml"), fmt.Sprintf(`listeners:
+  - address: 127.0.0.1:%d
+    transport: tcp
+    allow_anonymous: true
+data_dir: data
+persistence:
+  enabled: false
+`, port))
+	p := startMoat(t, dir, []int{port}, "-c", "moat.yaml")
+	b := &defBroker{addr: fmt.Sprintf("127.0.0.1:%d", port)}
+	held := connectFrom(t, b, "127.0.0.33", "held", "", "")
+
+	var res *bench.FloodResult
+	var floodErr error
+	start := time.Now()
+	flooding := make(chan struct{})
+	go func() {
+		defer close(flooding)
+		res, floodErr = bench.Flood(context.Background(), bench.FloodConfig{
+			Addr: b.addr, Sources: []netip.Addr{netip.MustParseAddr("127.0.0.31")},
+			Rate: 3000, Duration: time.Second,
+		})
+	}()
+	served := 0
+	for done := false; !done && served < 50; {
+		select {
+		case <-flooding:
+			done = true
+		default:
+		}
+		c := connectFrom(t, b, "127.0.0.32", fmt.Sprintf("good-%d", served), "", "")
+		c.roundTrip(t)
+		c.nc.Close()
+		held.roundTrip(t)
+		served++
+	}
+	<-flooding
+	if floodErr != nil {
+		t.Fatal(floodErr)
+	}
+	t.Logf("flood: %+v; %d connections from another address served meanwhile", *res, served)
+	if reached := res.Established + res.Reset; reached < res.Offered/2 {
+		t.Fatalf("only %d of %d flood attempts reached the broker: the flood did not happen", reached, res.Offered)
+	}
+	if served < 3 {
+		t.Errorf("%d connections from another address served during the flood, want several", served)
+	}
+
+	// No log line per refused socket: the lines naming the flooding
+	// address are those of the connections admitted (burst 100, then 20
+	// per second), which the broker logs when they end without CONNECT.
+	n := 0
+	for line := range strings.Lines(p.logs.String()) {
+		if strings.Contains(line, "127.0.0.31") {
+			n++
+		}
+	}
+	if most := 100 + int(20*time.Since(start).Seconds()) + 5; n > most {
+		t.Errorf("%d log lines name the flooding address, more than the %d connections admitted; refusals must not be logged one by one", n, most)
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	<-p.done
+	data, err := os.ReadFile(filepath.Join(dir, "data", audit.DefaultFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sampled int
+	var total int64
+	for line := range strings.Lines(string(data)) {
+		e, err := audit.ParseLine([]byte(strings.TrimSuffix(line, "\n")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f, ok := e.Get("addr"); !ok || f.Value() != "127.0.0.31" || e.Type != audit.TypeLimit {
+			continue
+		}
+		sampled++
+		if f, ok := e.Get("refused_total"); ok {
+			total = max(total, f.Value().(int64))
+		}
+	}
+	// Burst 100 and 20/s admitted: the rest, about 2,880, refused; the
+	// first refusal and every 1000th are recorded.
+	if sampled < 2 || sampled > 4 || total < 1000 {
+		t.Errorf("audit log: %d sampled refusals of the flooding address, the last counting %d; want 2 to 4, over 1000", sampled, total)
+	}
+}
+
+// TestGateRefusalAllocatesNothing: refusing a socket at the listener's
+// gate (the per-address rate exceeded, then a banned address) allocates
+// nothing, with the audit log on: a flood costs the checks and the
+// accept, not garbage.
+func TestGateRefusalAllocatesNothing(t *testing.T) {
+	b := startDefended(t, defYAML, broker.AuthenticatorFunc(func(context.Context, *broker.ConnectRequest) broker.AuthResult {
+		return broker.AuthResult{NoOpinion: true}
+	}), nil)
+	gate := b.plan.defense.gate("gated")
+	flood := &net.TCPAddr{IP: net.ParseIP("127.0.0.41"), Port: 40000}
+	for range 200 {
+		gate(flood)
+	}
+	if gate(flood) {
+		t.Fatal("the flooding address is still admitted after 200 connections")
+	}
+	if n := testing.AllocsPerRun(1000, func() { gate(flood) }); n != 0 {
+		t.Errorf("a rate refusal allocates %v times", n)
+	}
+	if _, err := b.plan.defense.g.AddBan(guard.Ban{Kind: guard.KindIP, Value: "127.0.0.42"}); err != nil {
+		t.Fatal(err)
+	}
+	banned := &net.TCPAddr{IP: net.ParseIP("127.0.0.42"), Port: 40000}
+	// Fewer runs than the address's burst (100): the ban refuses each.
+	if n := testing.AllocsPerRun(50, func() { gate(banned) }); n != 0 {
+		t.Errorf("a ban refusal allocates %v times", n)
+	}
+	if gate(banned) {
+		t.Fatal("banned address admitted")
 	}
 }
