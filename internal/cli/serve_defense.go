@@ -117,6 +117,9 @@ func (p *servePlan) planDefense() {
 			}
 		})
 		g.OnBan(d.onBan)
+		// After OnBan: a ban the watcher loaded in between is listed here
+		// (and maybe also as ban.add), never in neither.
+		d.recordBansInForce()
 	}
 	if d.g != nil || d.audit != nil {
 		p.broker.Observer = d
@@ -274,6 +277,35 @@ func (d *defense) sampleRefusal() (int64, bool) {
 func (d *defense) recordRefusal(typ, listener string, addr netip.Addr, reason string, n int64) {
 	d.record(typ, audit.String("reason", reason), audit.String("addr", addr.String()), audit.String("listener", listener),
 		audit.String("stage", "accept"), audit.Int("refused_total", n))
+}
+
+// recordBansInForce records every ban in force when the broker starts
+// (from the bans file), one ban.load entry each, so that the audit chain
+// shows every ban that refuses clients, not only those added while it
+// ran. The entries are written before serving and none is dropped (the
+// list is bounded by max_bans); an error is logged, not fatal: the bans
+// are in force either way.
+func (d *defense) recordBansInForce() {
+	if d.audit == nil || d.g == nil {
+		return
+	}
+	bans := d.g.Bans()
+	if len(bans) == 0 {
+		return
+	}
+	evs := make([]audit.Event, 0, len(bans))
+	for _, b := range bans {
+		fields := []audit.Field{audit.String("ban", b.ID), audit.String("kind", string(b.Kind)), audit.String("value", b.Value),
+			audit.String("reason", cmp.Or(b.Reason, "unspecified")), audit.String("source", b.Source),
+			audit.String("created", b.Created.UTC().Format(time.RFC3339)), audit.Int("count", int64(len(bans)))}
+		if !b.Expires.IsZero() {
+			fields = append(fields, audit.String("expires", b.Expires.UTC().Format(time.RFC3339)))
+		}
+		evs = append(evs, audit.Event{Type: audit.TypeBanLoad, Fields: fields})
+	}
+	if err := d.audit.RecordWait(evs...); err != nil {
+		d.log.Error("serve: recording the bans in force in the audit log", "bans", len(bans), "err", err)
+	}
 }
 
 // onBan records a new ban and disconnects the live clients it matches:

@@ -3,6 +3,7 @@ package cli
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -71,7 +72,12 @@ func startDefended(t *testing.T, yaml string, auth broker.Authenticator, authz b
 // injected one, which the broker's own time (silence) follows too.
 func startDefendedClock(t *testing.T, yaml string, auth broker.Authenticator, authz broker.Authorizer, realClock bool) *defBroker {
 	t.Helper()
-	dir := t.TempDir()
+	return startDefendedIn(t, t.TempDir(), yaml, auth, authz, realClock)
+}
+
+// startDefendedIn is startDefendedClock with dir as the data directory.
+func startDefendedIn(t *testing.T, dir, yaml string, auth broker.Authenticator, authz broker.Authorizer, realClock bool) *defBroker {
+	t.Helper()
 	cfg, err := config.Parse("moat.yaml", []byte(yaml))
 	if err != nil {
 		t.Fatal(err)
@@ -812,5 +818,96 @@ func TestGateRefusalAllocatesNothing(t *testing.T) {
 	}
 	if gate(banned) {
 		t.Fatal("banned address admitted")
+	}
+}
+
+// TestBansInForceAtStartAreAudited: bans.json holds two bans in force and
+// one expired when the broker starts. Each ban in force gets a ban.load
+// entry (before any client is served), the expired one none, and the log
+// verifies; a second start records them again, so every run's part of the
+// chain shows the bans that refused its clients.
+func TestBansInForceAtStartAreAudited(t *testing.T) {
+	dir := t.TempDir()
+	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC) // the injected clock's start
+	var want []guard.Ban
+	err := guard.File{Path: filepath.Join(dir, guard.BansFileName)}.Update(func([]guard.Ban) ([]guard.Ban, error) {
+		var out []guard.Ban
+		for _, b := range []struct {
+			kind  guard.Kind
+			value string
+			d     time.Duration
+			ago   time.Duration
+		}{
+			// In the order of creation, as the bans are listed.
+			{guard.KindUsername, "mallory", 0, time.Hour},
+			{guard.KindIP, "127.0.0.51", time.Hour, time.Minute},
+			{guard.KindClientID, "gone", time.Minute, time.Hour},
+		} {
+			nb, err := guard.NewManualBan(b.kind, b.value, b.d, "test "+b.value, now.Add(-b.ago), rand.Reader)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, nb)
+		}
+		want = out[:2]
+		return out, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	noOpinion := broker.AuthenticatorFunc(func(context.Context, *broker.ConnectRequest) broker.AuthResult {
+		return broker.AuthResult{NoOpinion: true}
+	})
+	for run := 1; run <= 2; run++ {
+		b := startDefendedIn(t, dir, defYAML, noOpinion, nil, false)
+		if !closedAtAccept(t, b, "127.0.0.51") {
+			t.Fatal("the banned address was admitted")
+		}
+		connectFrom(t, b, "127.0.0.52", "fine", "", "").nc.Close()
+		b.stop()
+
+		path := filepath.Join(dir, audit.DefaultFile)
+		if n := auditTypes(t, path)[audit.TypeBanLoad]; n != 2*run {
+			t.Fatalf("run %d: %d ban.load entries, want %d", run, n, 2*run)
+		}
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// This run's part of the log: from its audit.start on.
+		var types []string
+		var loaded []*audit.Entry
+		for line := range strings.Lines(string(data)) {
+			e, err := audit.ParseLine([]byte(strings.TrimSuffix(line, "\n")))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if e.Type == audit.TypeStart {
+				types, loaded = nil, nil
+			}
+			types = append(types, e.Type)
+			if e.Type == audit.TypeBanLoad {
+				loaded = append(loaded, e)
+			}
+		}
+		if len(types) < 3 || types[0] != audit.TypeStart || types[1] != audit.TypeBanLoad || types[2] != audit.TypeBanLoad {
+			t.Fatalf("run %d: entries %v, want audit.start then the two ban.load before anything else", run, types)
+		}
+		for i, e := range loaded {
+			w := want[i]
+			for k, v := range map[string]any{"ban": w.ID, "kind": string(w.Kind), "value": w.Value, "reason": w.Reason,
+				"source": guard.SourceManual, "count": int64(2), "created": w.Created.Format(time.RFC3339)} {
+				if f, ok := e.Get(k); !ok || f.Value() != v {
+					t.Errorf("run %d: ban.load %d: %s = %v, want %v", run, i, k, f.Value(), v)
+				}
+			}
+			f, ok := e.Get("expires")
+			if w.Expires.IsZero() == ok || ok && f.Value() != w.Expires.Format(time.RFC3339) {
+				t.Errorf("run %d: ban.load %d: expires %v, want %v", run, i, f.Value(), w.Expires)
+			}
+		}
+		if code, out, errOut := runAudit(t, path); code != 0 {
+			t.Fatalf("run %d: moat audit verify: exit %d\n%s%s", run, code, out, errOut)
+		}
 	}
 }
