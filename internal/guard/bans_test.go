@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -257,5 +258,93 @@ func TestRemoveBan(t *testing.T) {
 	}
 	if _, err := g.RemoveBan(b.ID); err == nil {
 		t.Error("removing twice succeeded")
+	}
+}
+
+// TestSecurityRemoveBanDuringPoll: an operator lifts ban X (RemoveBan,
+// the admin API's path) while the watcher is reloading the bans file
+// because `moat ban add` added Y to it. The poll read the file while it
+// still held X; X must not come back from that stale read (in memory,
+// refusing the client again, and reported as a new ban to OnBan), and Y
+// must be in force. The interleaving is forced with the guard's hook
+// points: the poll waits after reading the file until the removal has
+// started.
+func TestSecurityRemoveBanDuringPoll(t *testing.T) {
+	clk := newClock()
+	path := filepath.Join(t.TempDir(), BansFileName)
+	tick := make(chan time.Time)
+	g, _ := newGuard(t, Config{BansFile: path}, clk, tick)
+	notified := map[string]int{}
+	var mu sync.Mutex
+	g.OnBan(func(m Match) {
+		mu.Lock()
+		notified[m.Ban.Value]++
+		mu.Unlock()
+	})
+	x, err := g.AddBan(Ban{Kind: KindClientID, Value: "x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tick <- clk.Now() // X written to the file
+	tick <- clk.Now() // and that poll is over
+	y, err := NewManualBan(KindClientID, "y", 0, "added by moat ban add", clk.Now(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := (File{Path: path}).Update(func(cur []Ban) ([]Ban, error) { return append(cur, y), nil }); err != nil {
+		t.Fatal(err)
+	}
+
+	read, release, removing := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	var armed atomic.Bool
+	armed.Store(true)
+	g.hook = func(point string) {
+		switch point {
+		case hookFileRead:
+			if armed.CompareAndSwap(true, false) {
+				close(read)
+				<-release
+			}
+		case hookRemoving:
+			close(removing)
+		}
+	}
+	polled := make(chan struct{})
+	go func() {
+		defer close(polled)
+		g.Poll()
+	}()
+	<-read // the poll holds the file's content, X included
+	removed := make(chan error, 1)
+	go func() {
+		_, err := g.RemoveBan(x.ID)
+		removed <- err
+	}()
+	<-removing
+	close(release)
+	<-polled
+	if err := <-removed; err != nil {
+		t.Fatal(err)
+	}
+
+	if b, ok := g.BannedIdentity(Identity{ClientID: "x"}); ok {
+		t.Errorf("X came back from the poll's stale read: %+v", b)
+	}
+	if _, ok := g.BannedIdentity(Identity{ClientID: "y"}); !ok {
+		t.Error("Y, added to the file, is not in force")
+	}
+	if bans, _ := (File{Path: path}).Read(); len(bans) != 1 || bans[0].ID != y.ID {
+		t.Errorf("file holds %+v, want Y only", bans)
+	}
+	// The next poll changes nothing: the file and memory agree.
+	tick <- clk.Now()
+	tick <- clk.Now()
+	if _, ok := g.BannedIdentity(Identity{ClientID: "x"}); ok {
+		t.Error("X came back at the next poll")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if notified["x"] != 1 || notified["y"] != 1 {
+		t.Errorf("OnBan calls %v, want x and y once each", notified)
 	}
 }
