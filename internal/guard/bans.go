@@ -277,6 +277,16 @@ func (g *Guard) BannedIdentity(id Identity) (Ban, bool) {
 	return out, ok
 }
 
+// BanEpoch changes whenever a ban is added (by AddBan, a detector or the
+// bans file), before the OnBan callbacks run; removals and expiry leave
+// it. It closes the window between checking a client and making it
+// visible to the code that ends the clients a new ban matches: read it
+// before BannedIdentity; once the client is attached (where an OnBan
+// callback would find it), read it again, and check the identity again
+// if it moved. A ban added after that second read finds the client
+// attached; one added before moved the epoch. Safe for concurrent use.
+func (g *Guard) BanEpoch() uint64 { return g.epoch.Load() }
+
 // OnBan registers f to be called for every ban added (by a detector, by
 // AddBan, or found in the bans file), so that the broker disconnects the
 // live clients it matches. f runs on the goroutine that added the ban,
@@ -349,6 +359,7 @@ func (g *Guard) AddBan(b Ban) (Ban, error) {
 	if g.cfg.BansFile != "" {
 		g.pending = append(g.pending, nb)
 	}
+	g.epoch.Add(1)
 	g.bansMu.Unlock()
 	g.stats.bansAdded.Add(1)
 	g.log.Warn("guard: ban added", "ban", b.ID, "kind", string(b.Kind), "value", clip(b.Value), "source", b.Source,

@@ -348,3 +348,56 @@ func TestSecurityRemoveBanDuringPoll(t *testing.T) {
 		t.Errorf("OnBan calls %v, want x and y once each", notified)
 	}
 }
+
+// TestBanEpoch: the epoch moves with every ban added (AddBan, a detector,
+// the bans file), before OnBan runs, and not when bans are removed or
+// expire.
+func TestBanEpoch(t *testing.T) {
+	clk := newClock()
+	path := filepath.Join(t.TempDir(), BansFileName)
+	tick := make(chan time.Time)
+	g, _ := newGuard(t, Config{BansFile: path, AuthFailures: Detector{Threshold: 2}}, clk, tick)
+	var seen []uint64
+	g.OnBan(func(Match) { seen = append(seen, g.BanEpoch()) })
+	e0 := g.BanEpoch()
+	b, err := g.AddBan(Ban{Kind: KindUsername, Value: "u", Expires: clk.Now().Add(time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.BanEpoch() != e0+1 || len(seen) != 1 || seen[0] != e0+1 {
+		t.Fatalf("after AddBan: epoch %d (was %d), seen by OnBan %v", g.BanEpoch(), e0, seen)
+	}
+	// A detector's ban.
+	for range 2 {
+		g.AuthFailed(Identity{Addr: ip("192.0.2.9")}, "bad password")
+	}
+	if g.BanEpoch() != e0+2 {
+		t.Fatalf("after an automatic ban: epoch %d, want %d", g.BanEpoch(), e0+2)
+	}
+	// A ban added to the file by `moat ban add`.
+	fb, err := NewManualBan(KindClientID, "c", 0, "", clk.Now(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := (File{Path: path}).Update(func(cur []Ban) ([]Ban, error) { return append(cur, fb), nil }); err != nil {
+		t.Fatal(err)
+	}
+	tick <- clk.Now()
+	tick <- clk.Now()
+	e := g.BanEpoch()
+	if e != e0+3 {
+		t.Fatalf("after a ban from the file: epoch %d, want %d", e, e0+3)
+	}
+	if _, err := g.RemoveBan(fb.ID); err != nil {
+		t.Fatal(err)
+	}
+	clk.Advance(2 * time.Minute) // b expires
+	tick <- clk.Now()
+	tick <- clk.Now()
+	if _, ok := g.BannedIdentity(Identity{Username: b.Value}); ok {
+		t.Fatal("ban did not expire")
+	}
+	if g.BanEpoch() != e {
+		t.Errorf("removal and expiry moved the epoch from %d to %d", e, g.BanEpoch())
+	}
+}

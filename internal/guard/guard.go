@@ -56,7 +56,8 @@ type Guard struct {
 
 	bansMu    sync.RWMutex
 	bans      *banSet
-	pending   []Ban // added in memory, not yet written to the bans file
+	epoch     atomic.Uint64 // BanEpoch; moved on under bansMu with every ban added
+	pending   []Ban         // added in memory, not yet written to the bans file
 	fileStamp os.FileInfo
 
 	cbMu  sync.Mutex
@@ -294,6 +295,9 @@ func (g *Guard) syncFile() error {
 	}
 	g.bans = next
 	g.fileStamp = fi
+	if len(added) > 0 {
+		g.epoch.Add(1)
+	}
 	g.bansMu.Unlock()
 	unlock()
 
