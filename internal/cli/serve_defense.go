@@ -39,12 +39,17 @@ type defense struct {
 
 	// refusals at accept, for sampling their audit entries
 	acceptRefused atomic.Int64
+
+	// checked, set by tests, runs in Connected right after the identity
+	// passed the ban check (the window Attached closes).
+	checked atomic.Pointer[func(c *broker.Client)]
 }
 
 var (
 	_ broker.Observer         = (*defense)(nil)
 	_ broker.ObserverCounters = (*defense)(nil)
 	_ broker.ConnObserver     = (*connDefense)(nil)
+	_ broker.AttachObserver   = (*connDefense)(nil)
 )
 
 // acceptSample: of the connections refused at accept (a flood), the first
@@ -385,7 +390,8 @@ type connDefense struct {
 	certDone bool
 	fp, ser  string
 	denies   int64
-	silent   bool // a silent period was reported and has not ended
+	silent   bool   // a silent period was reported and has not ended
+	epoch    uint64 // guard.BanEpoch when Connected checked the identity
 }
 
 // id builds the guard identity; username is the verified one, or the
@@ -457,8 +463,15 @@ func (cd *connDefense) AuthFailed(c *broker.Client, reason string) {
 
 func (cd *connDefense) Connected(c *broker.Client) broker.Decision {
 	id := cd.id(c, c.Username)
+	if cd.d.g != nil {
+		// Read before the check: a ban added after it moves the epoch.
+		cd.epoch = cd.d.g.BanEpoch()
+	}
 	if d := cd.banned(c, id, "authenticated"); !d.Allow {
 		return d
+	}
+	if f := cd.d.checked.Load(); f != nil {
+		(*f)(c)
 	}
 	method := "backend"
 	switch {
@@ -475,6 +488,17 @@ func (cd *connDefense) Connected(c *broker.Client) broker.Decision {
 		return broker.Decision{Reason: v.Reason}
 	}
 	return broker.Decision{Allow: true}
+}
+
+// Attached checks the identity again when a ban was added since
+// Connected checked it: until the attach, the ban's OnBan callback could
+// not find this client to end it. A ban added after this reading of the
+// epoch finds the client attached. (guard.BanEpoch)
+func (cd *connDefense) Attached(c *broker.Client) broker.Decision {
+	if cd.d.g == nil || cd.d.g.BanEpoch() == cd.epoch {
+		return broker.Decision{Allow: true}
+	}
+	return cd.banned(c, cd.id(c, c.Username), "attached")
 }
 
 func (cd *connDefense) Denied(c *broker.Client, a broker.Action, topic, reason string) broker.Verdict {

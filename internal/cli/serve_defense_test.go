@@ -26,6 +26,7 @@ import (
 	"github.com/moatmq/moat/internal/config"
 	"github.com/moatmq/moat/internal/guard"
 	"github.com/moatmq/moat/internal/packet"
+	"github.com/moatmq/moat/internal/testutil"
 )
 
 // defYAML is the configuration of the defense tests: the defaults.
@@ -909,5 +910,69 @@ func TestBansInForceAtStartAreAudited(t *testing.T) {
 		if code, out, errOut := runAudit(t, path); code != 0 {
 			t.Fatalf("run %d: moat audit verify: exit %d\n%s%s", run, code, out, errOut)
 		}
+	}
+}
+
+// TestSecurityBanBetweenCheckAndAttach: a ban on client "victim" is added
+// in the instant after the broker checked its identity at CONNECT and
+// before its session is attached (the attack wins that race; the test
+// forces it with the defense's hook in that window, not with timing). The
+// ban's disconnect found no attached client to end, so the broker checks
+// again once the client is attached: the client receives no CONNACK and
+// is not left connected, and the refusal is audited; a client connecting
+// beside it is unaffected.
+func TestSecurityBanBetweenCheckAndAttach(t *testing.T) {
+	b := startDefended(t, defYAML, broker.AuthenticatorFunc(func(context.Context, *broker.ConnectRequest) broker.AuthResult {
+		return broker.AuthResult{NoOpinion: true}
+	}), nil)
+	d := b.plan.defense
+	var inWindow atomic.Int64
+	hook := func(c *broker.Client) {
+		if c.ClientID != "victim" {
+			return
+		}
+		inWindow.Add(1)
+		if _, err := d.g.AddBan(guard.Ban{Kind: guard.KindClientID, Value: "victim", Reason: "added in the window"}); err != nil {
+			t.Error(err)
+		}
+	}
+	d.checked.Store(&hook)
+
+	c, err := dialFrom(t, "127.0.0.61", b.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.nc.Close()
+	if ack, err := c.connect(t, "victim", "", ""); err == nil {
+		t.Fatalf("the client banned in the window got CONNACK %v", ack.ReasonCode)
+	}
+	if inWindow.Load() != 1 {
+		t.Fatalf("the window was reached %d times, want 1", inWindow.Load())
+	}
+	connectFrom(t, b, "127.0.0.62", "bystander", "", "").roundTrip(t)
+	testutil.WaitFor(t, "the banned client's connection to end", 5*time.Second, func() bool {
+		for _, ci := range b.srv.Clients() {
+			if ci.Client.ClientID == "victim" {
+				return false
+			}
+		}
+		return true
+	})
+	// Later attempts are refused at CONNECT as usual.
+	if c2, err := dialFrom(t, "127.0.0.63", b.addr); err == nil {
+		ack, err := c2.connect(t, "victim", "", "")
+		if err != nil || ack.ReasonCode != packet.Banned {
+			t.Errorf("a later connection as victim: %v %v, want CONNACK Banned", ack, err)
+		}
+		c2.nc.Close()
+	}
+
+	b.stop()
+	data, err := os.ReadFile(filepath.Join(b.dir, audit.DefaultFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(data), `"stage":"attached"`) {
+		t.Errorf("no ban.refuse entry at stage attached in the audit log:\n%s", data)
 	}
 }
