@@ -52,7 +52,9 @@ func createToken(t *testing.T, dir, name, role string) string {
 	return tok
 }
 
-func startAdminEnv(t *testing.T) *adminEnv {
+// startAdminEnv starts moat serve with an admin listener; extra is
+// appended to its configuration.
+func startAdminEnv(t *testing.T, extra ...string) *adminEnv {
 	t.Helper()
 	e := &adminEnv{dir: t.TempDir(), mqtt: freePort(t)}
 	e.data = filepath.Join(e.dir, "data")
@@ -68,7 +70,7 @@ func startAdminEnv(t *testing.T) *adminEnv {
 data_dir: data
 admin:
   listen: 127.0.0.1:%d
-`, e.mqtt, adminPort))
+`, e.mqtt, adminPort)+strings.Join(extra, ""))
 	e.viewer = createToken(t, e.dir, "ci-viewer", "viewer")
 	e.operator = createToken(t, e.dir, "ci-operator", "operator")
 	if fi, err := os.Stat(filepath.Join(e.data, "admin-tokens.json")); err != nil || fi.Mode().Perm() != 0o600 {

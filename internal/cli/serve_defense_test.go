@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -974,5 +975,72 @@ func TestSecurityBanBetweenCheckAndAttach(t *testing.T) {
 	}
 	if !strings.Contains(string(data), `"stage":"attached"`) {
 		t.Errorf("no ban.refuse entry at stage attached in the audit log:\n%s", data)
+	}
+}
+
+// TestAdminBanChangesAudited: bans added and removed through the admin
+// API go to the file the guard watches (here defense.bans_file, not the
+// default bans.json), take effect in the broker, and every change is in
+// the audit log as admin.action with the token's name; the log verifies.
+func TestAdminBanChangesAudited(t *testing.T) {
+	custom := filepath.Join(t.TempDir(), "custom-bans.json")
+	e := startAdminEnv(t, "defense:\n  bans_file: "+custom+"\n")
+	code, b := e.call(t, "POST", "/api/v1/bans", e.operator, map[string]string{"kind": "ip", "value": "127.0.0.71", "reason": "audited"})
+	if code != 201 {
+		t.Fatalf("add ban: %d %s", code, b)
+	}
+	var ban struct{ ID string }
+	json.Unmarshal(b, &ban)
+	if file, _ := os.ReadFile(custom); !strings.Contains(string(file), ban.ID) {
+		t.Fatalf("ban %s not in %s: %s", ban.ID, custom, file)
+	}
+	if _, err := os.Stat(filepath.Join(e.data, guard.BansFileName)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the API wrote the default bans file too (%v)", err)
+	}
+	// In force: the broker's watcher loads the file it was told to.
+	addr := fmt.Sprintf("127.0.0.1:%d", e.mqtt)
+	testutil.WaitFor(t, "the API's ban to refuse 127.0.0.71 at accept", 10*time.Second, func() bool {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.71")}, Timeout: 2 * time.Second}
+		nc, err := d.Dial("tcp", addr)
+		if err != nil {
+			return true // reset before the dial returned
+		}
+		defer nc.Close()
+		nc.SetDeadline(time.Now().Add(2 * time.Second))
+		_, err = nc.Read(make([]byte, 1))
+		return errors.Is(err, syscall.ECONNRESET)
+	})
+	if code, b := e.call(t, "DELETE", "/api/v1/bans/"+ban.ID, e.operator, nil); code != 200 {
+		t.Fatalf("remove ban: %d %s", code, b)
+	}
+	e.proc.cmd.Process.Signal(syscall.SIGTERM)
+	<-e.proc.done
+
+	path := filepath.Join(e.data, audit.DefaultFile)
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	actions := map[string]bool{}
+	for line := range strings.Lines(string(data)) {
+		en, err := audit.ParseLine([]byte(strings.TrimSuffix(line, "\n")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if en.Type != audit.TypeAdminAction {
+			continue
+		}
+		act, _ := en.Get("action")
+		tok, _ := en.Get("token")
+		res, _ := en.Get("result")
+		if tok.Value() == "ci-operator" && res.Value() == "ok" {
+			actions[act.Value().(string)] = true
+		}
+	}
+	if !actions["ban.add"] || !actions["ban.remove"] {
+		t.Errorf("admin.action entries %v, want ban.add and ban.remove by ci-operator", actions)
+	}
+	if code, out, errOut := runAudit(t, path); code != 0 {
+		t.Fatalf("moat audit verify: exit %d\n%s%s", code, out, errOut)
 	}
 }
