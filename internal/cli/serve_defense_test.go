@@ -1044,3 +1044,121 @@ func TestAdminBanChangesAudited(t *testing.T) {
 		t.Fatalf("moat audit verify: exit %d\n%s%s", code, out, errOut)
 	}
 }
+
+// TestSecurityMosquittoConfDefenseAndAudit is the issue's acceptance
+// check: an unchanged mosquitto.conf with a password_file and an
+// acl_file, served with the defense and audit defaults; from separate
+// loopback addresses a connection flood (127.0.0.90), password guessing
+// (127.0.0.91, as bob) and topic scanning (127.0.0.92, as carol, whom
+// the ACL lets read nothing). Each is cut off, alice keeps working
+// throughout, and DATA_DIR/audit.log verifies until a byte of it is
+// changed.
+func TestSecurityMosquittoConfDefenseAndAudit(t *testing.T) {
+	needTool(t, "mosquitto_passwd")
+	if runtime.GOOS != "linux" {
+		t.Skip("the flood generator runs on Linux only")
+	}
+	dir := t.TempDir()
+	pw, acl := filepath.Join(dir, "passwd"), filepath.Join(dir, "acl")
+	makePasswd(t, pw, "alice", "bob", "carol")
+	writeFile(t, acl, accessACL)
+	port := freePort(t)
+	writeFile(t, filepath.Join(dir, "mosquitto.conf"), fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous false\npassword_file %s\nacl_file %s\n", port, pw, acl))
+	p := startMoat(t, dir, []int{port}, "-c", "mosquitto.conf", "--data", filepath.Join(dir, "data"))
+	b := &defBroker{addr: fmt.Sprintf("127.0.0.1:%d", port)}
+	alice := connectFrom(t, b, "127.0.0.93", "alice-1", "alice", "alice-pw")
+
+	// The flood: cut at accept beyond the address's burst (its
+	// refusals are counted in the audit log's samples, below; a probe
+	// right after it could fall on one of the 20 admissions a second).
+	res, err := bench.Flood(context.Background(), bench.FloodConfig{Addr: b.addr,
+		Sources: []netip.Addr{netip.MustParseAddr("127.0.0.90")}, Rate: 3000, Duration: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Established+res.Reset < res.Offered/2 {
+		t.Fatalf("flood: %+v", res)
+	}
+	alice.roundTrip(t)
+
+	// Password guessing: 10 failures in a minute ban the address and bob.
+	for i := range 10 {
+		c, err := dialFrom(t, "127.0.0.91", b.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ack, err := c.connect(t, "guesser", "bob", fmt.Sprintf("guess-%d", i))
+		c.nc.Close()
+		if err != nil || ack.ReasonCode != packet.BadUsernameOrPassword {
+			t.Fatalf("guess %d: %v %v", i, ack, err)
+		}
+	}
+	if !closedAtAccept(t, b, "127.0.0.91") {
+		t.Error("the guessing address is still admitted")
+	}
+	if c, err := dialFrom(t, "127.0.0.94", b.addr); err == nil {
+		ack, err := c.connect(t, "bob-1", "bob", "bob-pw")
+		c.nc.Close()
+		if err != nil || ack.ReasonCode != packet.Banned {
+			t.Errorf("bob with the right password from elsewhere: %v %v, want CONNACK Banned", ack, err)
+		}
+	}
+	alice.roundTrip(t)
+
+	// Topic scanning: 20 denied SUBSCRIBE filters disconnect and ban.
+	scan := connectFrom(t, b, "127.0.0.92", "carol-1", "carol", "carol-pw")
+	for i := range 20 {
+		if err := scan.send(t, &packet.Subscribe{PacketID: uint16(i + 1), Subscriptions: []packet.Subscription{{Filter: fmt.Sprintf("alice/%d", i)}}}); err != nil {
+			break
+		}
+	}
+	if code := scan.readDisconnect(t); code != packet.NotAuthorized {
+		t.Errorf("scanner disconnected with %v, want 0x87", code)
+	}
+	if !closedAtAccept(t, b, "127.0.0.92") {
+		t.Error("the scanning address is still admitted")
+	}
+	alice.roundTrip(t)
+	connectFrom(t, b, "127.0.0.93", "alice-2", "alice", "alice-pw").roundTrip(t)
+
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	<-p.done
+	path := filepath.Join(dir, "data", audit.DefaultFile)
+	n := auditTypes(t, path)
+	if n[audit.TypeAuthFailure] != 10 || n[audit.TypeLimit] < 1 || n[audit.TypeDetect] < 2 || n[audit.TypeBanAdd] < 4 ||
+		n[audit.TypeAuthzDeny] < 10 || n[audit.TypeBanRefuse] < 1 {
+		t.Errorf("audit entries: %v", n)
+	}
+	if code, out, errOut := runAudit(t, path); code != 0 {
+		t.Fatalf("moat audit verify: exit %d\n%s%s", code, out, errOut)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var floodRefused int64
+	for line := range strings.Lines(string(data)) {
+		e, err := audit.ParseLine([]byte(strings.TrimSuffix(line, "\n")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a, _ := e.Get("addr"); e.Type == audit.TypeLimit && a.Value() == "127.0.0.90" {
+			if f, ok := e.Get("refused_total"); ok {
+				floodRefused = max(floodRefused, f.Value().(int64))
+			}
+		}
+	}
+	if floodRefused < 1000 {
+		t.Errorf("the flood's sampled refusals count %d, want over 1000 (3,000 attempts, about 120 admitted)", floodRefused)
+	}
+	i := strings.Index(string(data), `"type":"auth.failure"`)
+	data[i+len(`"type":"auth.failure","fields":{"addr":"127.0.0.`)] ^= 1 // another address
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	line := strings.Count(string(data[:i]), "\n") + 1
+	if code, out, errOut := runAudit(t, path); code == 0 || !strings.Contains(out+errOut, fmt.Sprintf("audit.log:%d: ", line)) ||
+		!strings.Contains(out+errOut, "the entry was changed") {
+		t.Errorf("moat audit verify of a log changed at line %d: exit %d\n%s%s", line, code, out, errOut)
+	}
+}
