@@ -298,7 +298,7 @@ func TestSecurityRemoveBanDuringPoll(t *testing.T) {
 	read, release, removing := make(chan struct{}), make(chan struct{}), make(chan struct{})
 	var armed atomic.Bool
 	armed.Store(true)
-	g.hook = func(point string) {
+	hook := func(point string) {
 		switch point {
 		case hookFileRead:
 			if armed.CompareAndSwap(true, false) {
@@ -309,6 +309,7 @@ func TestSecurityRemoveBanDuringPoll(t *testing.T) {
 			close(removing)
 		}
 	}
+	g.hook.Store(&hook)
 	polled := make(chan struct{})
 	go func() {
 		defer close(polled)

@@ -70,10 +70,10 @@ type Guard struct {
 
 	stats counters
 
-	// hook, set by tests before use, is called at named points of the
-	// bans file's handling, so that a test can interleave a poll and a
-	// removal without sleeping.
-	hook func(point string)
+	// hook, set by tests, is called at named points of the bans file's
+	// handling, so that a test can interleave a poll and a removal
+	// without sleeping.
+	hook atomic.Pointer[func(point string)]
 
 	done      chan struct{}
 	wg        sync.WaitGroup
@@ -321,8 +321,8 @@ const (
 )
 
 func (g *Guard) at(point string) {
-	if g.hook != nil {
-		g.hook(point)
+	if f := g.hook.Load(); f != nil {
+		(*f)(point)
 	}
 }
 
