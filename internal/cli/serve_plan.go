@@ -328,9 +328,9 @@ func (p *servePlan) planListener(i int) {
 	if l.TLS != nil {
 		p.planTLS(i, pl)
 	}
-	if l.Transport.WebSocket() {
-		pl.net.Gate = p.defense.gate(l.Name)
-	}
+	// The connection rates and address bans run in the listener, on the
+	// bare socket, before TLS, WebSocket and the broker's own accept work.
+	pl.net.Gate = p.defense.gate(l.Name)
 	if err := pl.net.Validate(); err != nil {
 		p.listenerProblem(i, "", "", err)
 	}
