@@ -56,7 +56,7 @@ func createToken(t *testing.T, dir, name, role string) string {
 // appended to its configuration.
 func startAdminEnv(t *testing.T, extra ...string) *adminEnv {
 	t.Helper()
-	return startAdminEnvWith(t, "")
+	return startAdminEnvWith(t, strings.Join(extra, ""))
 }
 
 // startAdminEnvWith is startAdminEnv with more YAML at the end of the
