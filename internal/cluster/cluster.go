@@ -49,9 +49,11 @@ type Config struct {
 	// Listing this node's own address too is harmless.
 	Peers []string
 	// RouteTLS secures the routes: it must hold this node's certificate
-	// (usable for server and client authentication) and the CA pool that
-	// verifies the others' (RootCAs and ClientCAs). Nil: plain routes,
-	// which the caller allows only when every address is loopback.
+	// and the CA pool that verifies the others' (RootCAs, and ClientCAs
+	// or VerifyPeerCertificate for the nodes that dial in). A ClientAuth
+	// below RequireAnyClientCert is raised to RequireAndVerifyClientCert.
+	// Nil: plain routes, which the caller allows only when every address
+	// is loopback.
 	RouteTLS *tls.Config
 	// StoreDir is the JetStream store directory of the embedded server.
 	StoreDir string
@@ -236,7 +238,9 @@ func (n *Node) startEmbedded() error {
 	}
 	if n.cfg.RouteTLS != nil {
 		t := n.cfg.RouteTLS.Clone()
-		t.ClientAuth = tls.RequireAndVerifyClientCert
+		if t.ClientAuth < tls.RequireAnyClientCert {
+			t.ClientAuth = tls.RequireAndVerifyClientCert
+		}
 		opts.Cluster.TLSConfig = t
 		opts.Cluster.TLSTimeout = 5
 	}
