@@ -77,6 +77,11 @@ type Config struct {
 	Logger *slog.Logger
 }
 
+// maxSubject bounds a subject (encoded topic or filter) well inside the
+// embedded server's control line limit (MaxControlLine): a longer line
+// would make NATS close the connection.
+const maxSubject = 60 << 10
+
 // Node is this broker's membership in a cluster. Start it with Start,
 // hand it to the broker as broker.Config.Cluster, connect the two with
 // Attach, and Close it after the broker has shut down. Its methods are
@@ -360,6 +365,10 @@ func (n *Node) Interest(filter string, on bool) {
 	}
 	var list []*nats.Subscription
 	for _, subj := range filterSubjects(filter) {
+		if len(subj) > maxSubject {
+			n.log.Warn("cluster: filter too long for the cluster; it receives messages of this node only", "length", len(filter))
+			continue
+		}
 		s, err := n.nc.ChanSubscribe(subj, n.in)
 		if err != nil {
 			n.log.Error("cluster: subscribing failed; messages of other nodes for this filter are not received",
@@ -383,7 +392,13 @@ func (n *Node) Forward(msg *broker.Message) {
 		}
 		return
 	}
-	m := &nats.Msg{Subject: topicSubject(msg.Topic), Data: data, Header: nats.Header{}}
+	subj := topicSubject(msg.Topic)
+	if len(subj) > maxSubject {
+		n.stats.forwardErrors.Add(1)
+		n.log.Warn("cluster: topic too long to forward; delivered on this node only", "length", len(msg.Topic))
+		return
+	}
+	m := &nats.Msg{Subject: subj, Data: data, Header: nats.Header{}}
 	m.Header[hdrOrigin] = []string{n.origin}
 	if msg.From != "" {
 		m.Header[hdrFrom] = []string{msg.From}
