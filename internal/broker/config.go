@@ -229,6 +229,10 @@ type Config struct {
 	Persistence      Persistence
 	StoreQuarantines int
 
+	// Cluster connects this broker to the other nodes of a cluster
+	// (cluster.go, docs/cluster.md). Nil: a single node.
+	Cluster Cluster
+
 	// QuietConnections logs client connects and disconnects at debug level
 	// instead of info (mosquitto's connection_messages false).
 	QuietConnections bool

@@ -153,7 +153,9 @@ func (c *conn) handlePublish(p *packet.Publish) bool {
 		// Recorded before it is matched, for subscriptions that arrived
 		// before it but are installed after (fence.go).
 		s.recent.add(c.recentShard, msg)
-		if n := s.deliverFrom(msg, b, c); n == 0 {
+		n := s.deliverFrom(msg, b, c)
+		s.clusterForward(msg)
+		if n == 0 && s.cluster == nil {
 			code = packet.NoMatchingSubscribers
 			defer c.obsVerdict(c.obs.Undeliverable(&c.client, p.Topic))
 		}
@@ -254,6 +256,7 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 				continue
 			}
 		}
+		s.clusterSubscribed(sub, existed)
 		fence.installed(sub, existed)
 		codes[i] = packet.ReasonCode(sub.QoS)
 		if s.persisting(c.sess) {
@@ -327,6 +330,7 @@ func (c *conn) handleUnsubscribe(p *packet.Unsubscribe) {
 		if !s.index.Unsubscribe(c.client.ClientID, group, filter) {
 			codes[i] = packet.NoSubscriptionExisted
 		} else {
+			s.clusterUnsub(filter)
 			c.fenceUnsubscribed(group, filter)
 			c.sess.subs.Add(-1)
 			c.sess.subBytes.Add(-int64(len(f)))

@@ -563,9 +563,10 @@ func (s *Server) recover() error {
 			if err != nil {
 				continue
 			}
-			s.index.Subscribe(topic.Subscription{ClientID: ss.ClientID, Filter: filter, Group: group, QoS: sub.QoS,
+			ts := topic.Subscription{ClientID: ss.ClientID, Filter: filter, Group: group, QoS: sub.QoS,
 				NoLocal: sub.NoLocal, RetainAsPublished: sub.RetainAsPublished, RetainHandling: sub.RetainHandling, ID: sub.ID,
-				Owner: sess})
+				Owner: sess}
+			s.clusterSubscribed(ts, s.index.Subscribe(ts))
 			sess.subList[sub.Filter] = sub
 			sess.subs.Add(1)
 			sess.subBytes.Add(int64(len(sub.Filter)))

@@ -61,6 +61,9 @@ type Server struct {
 	authzGen   atomic.Uint64
 	persist    Persistence // nil: state in memory only
 
+	cluster        Cluster // nil: a single node (cluster.go)
+	clusterFilters clusterFilters
+
 	lim atomic.Pointer[Limits] // the limits in force (livelimits.go)
 
 	// recent records recently routed messages with their arrival times
@@ -103,6 +106,7 @@ func New(cfg Config) (*Server, error) {
 		retained:   newRetainedQuota(&c),
 		readBudget: &byteBudget{size: c.ReadBudget},
 		persist:    c.Persistence,
+		cluster:    c.Cluster,
 	}
 	s.lim.Store(limitsOf(&c))
 	s.authorizer = c.Authorizer
@@ -442,6 +446,9 @@ func (s *Server) attach(c *conn, st *connectState) (*session, bool, string) {
 		if endedWill != nil {
 			endedWill()
 		}
+		if s.cluster != nil {
+			s.cluster.Connected(id, st.owner.key)
+		}
 		return sess, present, ""
 	}
 }
@@ -489,7 +496,7 @@ func (s *Server) endSessionLocked(sess *session) func() {
 			s.persistAsync(Change{Kind: ChangeDeleteSession, ClientID: sess.id})
 		}
 	}
-	s.index.UnsubscribeAll(sess.id)
+	s.unsubscribeAll(sess.id)
 	sess.mu.Lock()
 	defer sess.mu.Unlock()
 	sess.ended = true
@@ -727,6 +734,7 @@ func (s *Server) publishWill(msg *Message, from *Client) {
 	}
 	s.recent.add(shard, msg)
 	s.deliver(msg, nil)
+	s.clusterForward(msg)
 }
 
 func (s *Server) queueFull(id string, d *delivery) {
@@ -777,6 +785,7 @@ func (s *Server) retainFrom(msg *Message, c *Client) bool {
 	owner := retainedOwner(c)
 	reason := s.retained.retain(msg, owner)
 	if reason == "" {
+		s.clusterRetained(msg)
 		return true
 	}
 	n := s.retained.refused.Add(1)

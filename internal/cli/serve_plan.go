@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/moatmq/moat/internal/broker"
+	"github.com/moatmq/moat/internal/cluster"
 	"github.com/moatmq/moat/internal/config"
 	"github.com/moatmq/moat/internal/listener"
 	"github.com/moatmq/moat/internal/packet"
@@ -72,6 +73,10 @@ type servePlan struct {
 	// store is the durable store, nil when persistence is off (and for
 	// --check); TLS listeners keep their ticket keys in it.
 	store *store.Store
+
+	// cluster is this node's membership, nil without a cluster section
+	// (and for --check); serve_cluster.go.
+	cluster *cluster.Node
 }
 
 // plannedListener is one listener, built but not bound.
@@ -119,6 +124,7 @@ func (p *servePlan) build() (*servePlan, error) {
 	}
 	p.planAccess()
 	p.planProfile()
+	p.planCluster()
 	if len(p.errs) == 0 {
 		p.startBroker()
 	}
@@ -287,6 +293,9 @@ func (p *servePlan) startBroker() {
 		return
 	}
 	p.srv = srv
+	if p.cluster != nil {
+		p.cluster.Attach(srv)
+	}
 	if p.access != nil {
 		p.access.srv.Store(srv)
 	}

@@ -155,6 +155,9 @@ type Config struct {
 	// Admin configures the admin HTTP API, metrics and dashboard
 	// (docs/operations.md). Default: off.
 	Admin Admin `json:"admin,omitzero" yaml:"admin"`
+	// Cluster joins this broker with others (docs/cluster.md). Default:
+	// off. YAML only.
+	Cluster Cluster `json:"cluster,omitzero" yaml:"cluster"`
 	// Defense configures abuse detection, bans and rate limits (on by
 	// default; docs/defense.md). mosquitto.conf has no keys for it: the
 	// defaults apply.

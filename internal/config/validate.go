@@ -79,6 +79,7 @@ func (c *Config) validate() []error {
 	if len(c.Listeners) == 0 {
 		top("no listener defined")
 	}
+	c.validateCluster(top)
 	errs = append(errs, c.validateAuth("auth", c.Auth)...)
 	for i := range c.Listeners {
 		errs = append(errs, c.validateAuth(fmt.Sprintf("listeners[%d].auth", i), c.Listeners[i].Auth)...)
