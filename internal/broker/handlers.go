@@ -147,7 +147,8 @@ func (c *conn) handlePublish(p *packet.Publish) bool {
 		}
 	}
 	if code == packet.Success {
-		if n := s.deliver(msg, b); n == 0 {
+		c.pub.self = c.sess
+		if n := s.deliver(msg, b, &c.pub); n == 0 {
 			code = packet.NoMatchingSubscribers
 			defer c.obsVerdict(c.obs.Undeliverable(&c.client, p.Topic))
 		}
@@ -296,7 +297,7 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 			if r.sub.ID != 0 {
 				d.subIDs = []uint32{r.sub.ID}
 			}
-			c.sess.deliver(s, d, nil)
+			c.sess.deliver(s, d, nil, nil)
 			return true
 		})
 	}

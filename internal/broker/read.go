@@ -29,6 +29,12 @@ func (c *conn) readLoop() (handedOver bool) {
 			// blocked read once it has flushed, see wakeReader).
 			return false
 		}
+		if len(c.pub.holds) > 0 && !c.awaitHolds() {
+			// The last PUBLISH found subscribers over their backlog
+			// mark: the next packet waits until they took some of it
+			// (overload.go). What handling queued was written above.
+			return false
+		}
 		if c.in.br.Buffered() == 0 {
 			// Wait for input here, so that a short acknowledgement at
 			// its start can take the fast path below.

@@ -59,6 +59,14 @@ type Server struct {
 	authorizer Authorizer
 	authzGen   atomic.Uint64
 	persist    Persistence // nil: state in memory only
+
+	// markMsgs is the backlog in messages at which publishers are held
+	// back: Config.PushbackMessages, at most MaxQueued; 0 when off.
+	// markBytes and markQ0Bytes are the byte marks of queues and of QoS 0
+	// backlogs: Config.PushbackBytes, below the byte limits where those
+	// are lower (so that publishers are held back before messages are
+	// dropped); 0 for none.
+	markMsgs, markBytes, markQ0Bytes int64
 }
 
 type listenerState struct {
@@ -95,6 +103,18 @@ func New(cfg Config) (*Server, error) {
 		retained:   newRetainedQuota(&c),
 		readBudget: &byteBudget{size: c.ReadBudget},
 		persist:    c.Persistence,
+	}
+	if c.PushbackMessages > 0 {
+		s.markMsgs = int64(min(c.PushbackMessages, c.MaxQueued))
+		if c.PushbackBytes > 0 {
+			s.markBytes, s.markQ0Bytes = c.PushbackBytes, c.PushbackBytes
+		}
+		if q := c.MaxQueuedBytes; q > 0 && (s.markBytes == 0 || q < s.markBytes) {
+			s.markBytes = q
+		}
+		if o := int64(c.MaxOutboundBytes - c.MaxOutboundBytes/4); s.markQ0Bytes == 0 || o < s.markQ0Bytes {
+			s.markQ0Bytes = o
+		}
 	}
 	if s.persist != nil {
 		if err := s.recover(); err != nil {
@@ -393,6 +413,7 @@ func (s *Server) attach(c *conn, st *connectState) (*session, bool, string) {
 			}
 		}
 		sess.conn = c
+		sess.releaseGateLocked() // a new connection starts with a clean slate
 		sess.expiry = st.expiry
 		if s.persist != nil && st.expiry != 0 && !sess.stored {
 			sess.stored, sess.subList = true, make(map[string]StoredSubscription)
@@ -494,7 +515,8 @@ func (s *Server) endSessionLocked(sess *session) func() {
 		}
 	}
 	s.stats.queued.Add(-int64(len(sess.queue)))
-	sess.queue, sess.inflight = nil, nil
+	sess.queue, sess.inflight, sess.queueBytes = nil, nil, 0
+	sess.releaseGateLocked()
 	var willMsg *Message
 	var willFrom *Client
 	if sess.willTimer != nil && sess.willTimer.Stop() {
@@ -532,7 +554,7 @@ func (s *Server) redistribute(orphans []*delivery) {
 				continue
 			}
 			if sub, ok := g.Pick(s.eligibleFor(d.msg)); ok {
-				s.deliverTo(d.msg, sub.ClientID, sub.QoS, sub.RetainAsPublished, idsOf(sub.ID), d.share, nil)
+				s.deliverTo(d.msg, sub.ClientID, sub.QoS, sub.RetainAsPublished, idsOf(sub.ID), d.share, nil, nil)
 			}
 		}
 		clear(mb.subs)
@@ -563,6 +585,7 @@ func (s *Server) detach(c *conn) {
 		return
 	}
 	sess.conn = nil
+	sess.releaseGateLocked() // nobody waits for an offline session
 	expiry := sess.expiry
 	sess.mu.Unlock()
 
@@ -686,7 +709,7 @@ func (s *Server) publishWill(msg *Message, from *Client) {
 			s.persistAsync(retainChange(msg, retainedOwner(from)))
 		}
 	}
-	s.deliver(msg, nil)
+	s.deliver(msg, nil, nil)
 }
 
 func (s *Server) queueFull(id string, d *delivery) {
@@ -695,7 +718,7 @@ func (s *Server) queueFull(id string, d *delivery) {
 	// the log too.
 	if n == 1 || n%1000 == 0 {
 		s.log.Warn("broker: session queue full; message dropped", "client", id, "topic", d.msg.Topic, "qos", d.qos,
-			"max_queued", s.cfg.MaxQueued, "dropped_total", n)
+			"max_queued", s.cfg.MaxQueued, "max_queued_bytes", s.cfg.MaxQueuedBytes, "dropped_total", n)
 	}
 }
 
@@ -715,7 +738,7 @@ func (s *Server) publish(msg *Message) int {
 	if msg.Retain {
 		s.retained.retain(msg, "")
 	}
-	return s.deliver(msg, nil)
+	return s.deliver(msg, nil, nil)
 }
 
 // retainFrom stores or clears msg as a retained message on behalf of the
@@ -741,10 +764,12 @@ func (s *Server) retainFrom(msg *Message, c *Client) bool {
 
 // deliver routes msg to every matching session; see publish. The changes
 // for stored sessions go into b, or are submitted at once when b is nil.
-func (s *Server) deliver(msg *Message, b *pbatch) int {
+// pub is the publishing client, when routing its PUBLISH: it is told
+// which subscribers it must wait for (overload.go).
+func (s *Server) deliver(msg *Message, b *pbatch, pub *publisher) int {
 	mb := matchPool.Get().(*matchBuf)
 	mb.subs, mb.groups = s.index.Match(msg.Topic, mb.subs[:0], mb.groups[:0])
-	n := s.route(msg, mb.subs, b)
+	n := s.route(msg, mb.subs, b, pub)
 	var eligible func(string) bool
 	if len(mb.groups) > 0 {
 		eligible = s.eligibleFor(msg)
@@ -752,7 +777,7 @@ func (s *Server) deliver(msg *Message, b *pbatch) int {
 	for i := range mb.groups {
 		g := &mb.groups[i]
 		sub, ok := g.Pick(eligible)
-		if ok && s.deliverTo(msg, sub.ClientID, sub.QoS, sub.RetainAsPublished, idsOf(sub.ID), &shareKey{g.Group, g.Filter}, b) {
+		if ok && s.deliverTo(msg, sub.ClientID, sub.QoS, sub.RetainAsPublished, idsOf(sub.ID), &shareKey{g.Group, g.Filter}, b, pub) {
 			n++
 		}
 	}
@@ -772,7 +797,7 @@ func idsOf(id uint32) []uint32 {
 // route delivers msg once per client, at the highest QoS of the client's
 // matching subscriptions and with all their identifiers [MQTT-3.3.4-2]
 // [MQTT-3.3.4-3].
-func (s *Server) route(msg *Message, subs []topic.Subscription, b *pbatch) int {
+func (s *Server) route(msg *Message, subs []topic.Subscription, b *pbatch, pub *publisher) int {
 	if len(subs) > 1 {
 		slices.SortFunc(subs, func(a, b topic.Subscription) int { return strings.Compare(a.ClientID, b.ClientID) })
 	}
@@ -800,7 +825,7 @@ func (s *Server) route(msg *Message, subs []topic.Subscription, b *pbatch) int {
 				ids = append(ids, sub.ID)
 			}
 		}
-		if matched && s.deliverTo(msg, id, qos, rap, ids, nil, b) {
+		if matched && s.deliverTo(msg, id, qos, rap, ids, nil, b, pub) {
 			n++
 		}
 	}
@@ -810,7 +835,7 @@ func (s *Server) route(msg *Message, subs []topic.Subscription, b *pbatch) int {
 // deliverTo hands msg to one client's session. It reports whether the
 // session exists and may receive msg, whether or not msg was then queued,
 // sent or dropped.
-func (s *Server) deliverTo(msg *Message, clientID string, subQoS byte, retainAsPublished bool, ids []uint32, share *shareKey, b *pbatch) bool {
+func (s *Server) deliverTo(msg *Message, clientID string, subQoS byte, retainAsPublished bool, ids []uint32, share *shareKey, b *pbatch, pub *publisher) bool {
 	sess := s.lookup(clientID)
 	if sess == nil {
 		return false
@@ -827,6 +852,6 @@ func (s *Server) deliverTo(msg *Message, clientID string, subQoS byte, retainAsP
 		}
 	}
 	d := &delivery{msg: msg, qos: min(msg.QoS, subQoS), retain: retainAsPublished && msg.Retain, subIDs: ids, share: share}
-	sess.deliver(s, d, b)
+	sess.deliver(s, d, b, pub)
 	return true
 }

@@ -38,6 +38,10 @@ type stats struct {
 	droppedOversize  atomic.Int64 // over the client's Maximum Packet Size
 	expired          atomic.Int64 // expired before delivery
 
+	pushbacks       atomic.Int64 // times a publisher was held back
+	held            atomic.Int64 // publishers held back now
+	slowSubscribers atomic.Int64 // times a subscriber was found slow
+
 	subsRefused   atomic.Int64 // subscriptions over MaxSubscriptions or MaxSubscriptionBytes
 	preAuthTooBig atomic.Int64 // CONNECTs over PreAuthMaxPacketSize
 	persistFailed atomic.Int64 // Persistence commits that failed
@@ -82,6 +86,15 @@ type Stats struct {
 	DroppedSlowClient  int64
 	DroppedOversize    int64
 	Expired            int64
+
+	// Overload control (docs/design/broker.md): Pushbacks counts the
+	// times a publisher was held back because a subscriber's backlog was
+	// over its mark (or its queue full under QueueBlock), PublishersHeld
+	// the publishers held back now, SlowSubscribers the times a subscriber
+	// was found too slow to hold its publishers back any longer.
+	Pushbacks       int64
+	PublishersHeld  int64
+	SlowSubscribers int64
 
 	// RetainedBytes is what the retained messages stored from clients are
 	// charged against MaxRetainedBytes; RetainedRefused counts retained
@@ -147,6 +160,9 @@ func (s *Server) Stats() Stats {
 		DroppedSlowClient:  st.droppedSlow.Load(),
 		DroppedOversize:    st.droppedOversize.Load(),
 		Expired:            st.expired.Load(),
+		Pushbacks:          st.pushbacks.Load(),
+		PublishersHeld:     st.held.Load(),
+		SlowSubscribers:    st.slowSubscribers.Load(),
 
 		RetainedBytes:        s.retained.usage().bytes,
 		RetainedRefused:      s.retained.refused.Load(),
@@ -204,6 +220,9 @@ func (s *Server) publishSys() {
 		{"$SYS/broker/messages/dropped/oversize", i(st.DroppedOversize)},
 		{"$SYS/broker/messages/dropped/qos0_offline", i(st.DroppedQoS0Offline)},
 		{"$SYS/broker/messages/expired", i(st.Expired)},
+		{"$SYS/broker/publishers/held", i(st.PublishersHeld)},
+		{"$SYS/broker/publishers/pushbacks", i(st.Pushbacks)},
+		{"$SYS/broker/subscribers/slow", i(st.SlowSubscribers)},
 		{"$SYS/broker/bytes/received", i(st.BytesReceived)},
 		{"$SYS/broker/bytes/sent", i(st.BytesSent)},
 		{"$SYS/broker/subscriptions/count", i(st.Subscriptions)},

@@ -44,19 +44,23 @@ func (c *conn) send(p packet.Packet) {
 	c.outMu.Unlock()
 }
 
-// sendQoS0 queues a QoS 0 PUBLISH unless the connection's QoS 0 backlog is
-// over its byte budget (a slow consumer), in which case it is dropped.
-func (c *conn) sendQoS0(p outPublish, size int) bool {
+// sendQoS0 queues a QoS 0 PUBLISH of size bytes (topic and payload).
+// Past the connection's QoS 0 byte budget (a slow consumer) the oldest
+// QoS 0 messages waiting are dropped to make room (overload.go). It
+// reports whether the message was queued, and whether the QoS 0 backlog
+// is over the mark at which its publishers are held back.
+func (c *conn) sendQoS0(p outPublish, size int) (sent, congested bool) {
 	c.outMu.Lock()
 	defer c.outMu.Unlock()
-	if c.final || c.outBytes+size > c.srv.cfg.MaxOutboundBytes {
-		c.srv.stats.droppedSlow.Add(1)
-		return false
+	if c.final || c.outBytes+size > c.srv.cfg.MaxOutboundBytes && !c.dropOldestQoS0Locked(size) {
+		c.srv.droppedSlow(c, 1)
+		return false, false
 	}
 	c.outBytes += size
+	c.outQ0++
 	c.out = append(c.out, p)
 	c.startWriterLocked()
-	return true
+	return true, c.q0CongestedLocked()
 }
 
 // startWriterLocked starts the writer goroutine if the connection may
@@ -111,6 +115,7 @@ func (c *conn) writeLoop() {
 		batch := c.out
 		c.out = c.spare[:0]
 		c.spare = nil
+		c.q0DrainedLocked()
 		c.outBytes = 0
 		c.outMu.Unlock()
 

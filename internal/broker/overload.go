@@ -1,0 +1,472 @@
+package broker
+
+import (
+	"slices"
+	"strconv"
+)
+
+// Overload control (docs/design/broker.md, "Overload control"): when the
+// messages a publisher sends back up at a connected subscriber, the
+// publisher's reader stops reading until the backlog goes down, so that
+// the publisher's own in-flight window fills instead of the broker's
+// memory. A subscriber's backlog is two things: its session's queue of
+// QoS 1 and 2 messages waiting for room in the in-flight window
+// (session.gate, under session.mu), and its connection's QoS 0 messages
+// waiting to be written (conn.q0gate, under conn.outMu).
+//
+// Routing puts the publisher in line at each subscriber found over its
+// mark (or with publishers in line already), under the lock that guards
+// that backlog, and notes it in the publisher's hold list; before reading
+// its next packet, the reader waits until each of those gates let it go
+// (conn.awaitHolds). Every delivery
+// that leaves a backlog wakes the longest-waiting publisher, so the
+// backlog stays near its mark and publishers sharing a subscriber take
+// turns. A subscriber that keeps a publisher waiting longer than
+// Config.PushbackWait while that publisher's other messages reach
+// subscribers that keep up, or that takes nothing from its backlog in
+// that time, is marked slow: it holds nobody back until its backlog is
+// down to half the mark, and its messages go to its queue's limits and
+// Config.QueueFullPolicy (QoS 0: the oldest are dropped past
+// MaxOutboundBytes).
+
+// QueuePolicy says what happens to a QoS 1 or 2 message for a connected
+// client whose queue is full (Config.MaxQueued, Config.MaxQueuedBytes).
+// Messages for offline sessions are always dropped when the queue is full.
+type QueuePolicy byte
+
+const (
+	// QueueDrop drops the message for that client; the drop is counted
+	// (Stats.DroppedQueueFull) and logged. Mosquitto's behaviour.
+	QueueDrop QueuePolicy = iota
+	// QueueBlock queues the message all the same and holds its publisher
+	// back until the queue has room, for as long as the client stays
+	// connected: nothing is lost, and a queue exceeds its limit by at most
+	// one message per publisher held. A client that stops acknowledging
+	// stops its publishers.
+	QueueBlock
+)
+
+// String returns the policy's configuration name.
+func (p QueuePolicy) String() string {
+	switch p {
+	case QueueDrop:
+		return "drop"
+	case QueueBlock:
+		return "block"
+	}
+	return "QueuePolicy(" + strconv.Itoa(int(p)) + ")"
+}
+
+// flowGate is where publishers wait for one subscriber's backlog to go
+// down. Its owner's lock (session.mu or conn.outMu) guards every field.
+type flowGate struct {
+	// waiters are the publishers held back, woken oldest first.
+	waiters []*waiter
+	// progress counts the deliveries that left the backlog: a waiter that
+	// sees it unchanged for PushbackWait finds the subscriber stuck.
+	progress uint64
+	// slow is set once the subscriber held a publisher back for longer
+	// than PushbackWait (see awaitHold); cleared when its backlog is down
+	// to half the mark, or when it reconnects.
+	slow bool
+}
+
+// waiter is one place of a publisher in a gate's line. ch (capacity 1)
+// is empty whenever the waiter is in the line: a token is sent only when
+// it is taken off the line, under the owner's lock, and the publisher
+// receives it before the waiter is used again.
+type waiter struct {
+	ch     chan struct{}
+	queued bool   // in a gate's line; guarded by that gate's owner lock
+	seen   uint64 // the gate's progress when last looked at
+}
+
+func (g *flowGate) add(w *waiter) {
+	w.queued = true
+	w.seen = g.progress
+	g.waiters = append(g.waiters, w)
+}
+
+// wake wakes up to n waiters, oldest first.
+func (g *flowGate) wake(n int) {
+	for ; n > 0 && len(g.waiters) > 0; n-- {
+		w := g.waiters[0]
+		g.waiters[0] = nil
+		g.waiters = g.waiters[1:]
+		w.queued = false
+		select {
+		case w.ch <- struct{}{}:
+		default: // cannot happen (see waiter); never block under a lock
+			panic("DEBUG token lost")
+		}
+	}
+}
+
+func (g *flowGate) wakeAll() { g.wake(len(g.waiters)) }
+
+// remove takes w off the list; false when it was woken meanwhile (its
+// token is then in w.ch).
+func (g *flowGate) remove(w *waiter) bool {
+	if !w.queued {
+		return false
+	}
+	if i := slices.Index(g.waiters, w); i >= 0 {
+		g.waiters = slices.Delete(g.waiters, i, i+1)
+	}
+	w.queued = false
+	return true
+}
+
+// publisher is what routing notes about the client whose PUBLISH it
+// routes, for holding that client back. Reader-owned (conn.pub).
+type publisher struct {
+	self  *session // the publisher's own session: never waited for
+	holds []hold   // the gates it is in line at
+	// free holds up to two distinct subscribers that took a message
+	// without being over their mark since the publisher last waited: a
+	// publisher that feeds others is not kept waiting long by one.
+	free [2]*session
+	// waiters are reused: holds[i] uses waiters[i].
+	waiters []*waiter
+}
+
+// hold is one gate a publisher is in line at: its session's queue, or (c
+// set) the QoS 0 backlog of its connection c.
+type hold struct {
+	sess *session
+	c    *conn
+	w    *waiter
+}
+
+// nextWaiter returns the waiter for the next hold.
+func (p *publisher) nextWaiter() *waiter {
+	i := len(p.holds)
+	if i == len(p.waiters) {
+		p.waiters = append(p.waiters, &waiter{ch: make(chan struct{}, 1)})
+	}
+	return p.waiters[i]
+}
+
+func (p *publisher) noteFree(s *session) {
+	switch {
+	case p.free[0] == nil:
+		p.free[0] = s
+	case p.free[0] != s && p.free[1] == nil:
+		p.free[1] = s
+	}
+}
+
+// feedsOthers reports whether a subscriber other than s took a message
+// from the publisher without being over its mark since it last waited.
+func (p *publisher) feedsOthers(s *session) bool {
+	return p.free[0] != nil && p.free[0] != s || p.free[1] != nil && p.free[1] != s
+}
+
+// notePublisherLocked puts the publisher of a message just given to s in
+// line at s's gate when s holds it back. The caller holds s.mu.
+func (s *session) notePublisherLocked(srv *Server, pub *publisher) {
+	if pub == nil || pub.self == s {
+		// A client is never held back by its own session: its reader
+		// is what reads the acknowledgements that would drain it.
+		return
+	}
+	if s.holdsBackLocked(srv) || len(s.gate.waiters) > 0 {
+		// Over the mark, or publishers wait already: this one waits
+		// behind them, so that they take turns.
+		w := pub.nextWaiter()
+		s.gate.add(w)
+		pub.holds = append(pub.holds, hold{sess: s, w: w})
+	} else {
+		pub.noteFree(s)
+	}
+}
+
+// notePublisherQoS0 is notePublisherLocked for a QoS 0 message given to
+// c, whose backlog sendQoS0 found over its mark (congested) or not. The
+// caller holds s.mu.
+func (s *session) notePublisherQoS0(c *conn, pub *publisher, congested bool) {
+	if pub == nil || pub.self == s {
+		return
+	}
+	if !congested {
+		pub.noteFree(s)
+		return
+	}
+	// Checked again under outMu: the writer may have taken the backlog
+	// since sendQoS0 released it.
+	c.outMu.Lock()
+	if c.q0CongestedLocked() {
+		w := pub.nextWaiter()
+		c.q0gate.add(w)
+		pub.holds = append(pub.holds, hold{sess: s, c: c, w: w})
+	}
+	c.outMu.Unlock()
+}
+
+// size is what a delivery counts for in the byte limits of queues and
+// backlogs: its topic and payload.
+func (d *delivery) size() int64 { return int64(len(d.msg.Topic) + len(d.msg.Payload)) }
+
+// fullLocked reports whether s's queue is at its limits. The caller
+// holds s.mu.
+func (s *session) fullLocked(srv *Server) bool {
+	return len(s.queue) >= srv.cfg.MaxQueued || srv.cfg.MaxQueuedBytes > 0 && s.queueBytes >= srv.cfg.MaxQueuedBytes
+}
+
+// overMark reports whether a backlog of n messages and b bytes is at the
+// pushback mark, whose byte mark is markBytes.
+func (srv *Server) overMark(n int, b, markBytes int64) bool {
+	return srv.markMsgs > 0 && (int64(n) >= srv.markMsgs || markBytes > 0 && b >= markBytes)
+}
+
+// underLow reports whether a backlog is down to half the mark, where a
+// slow subscriber holds publishers back again.
+func (srv *Server) underLow(n int, b, markBytes int64) bool {
+	return int64(n) <= srv.markMsgs/2 && b <= markBytes/2
+}
+
+// holdsBackLocked reports whether a publisher of a message just given to
+// s must wait before it reads on: s is connected and its queue is over
+// the mark (unless s is slow), or full under QueueBlock. The caller holds
+// s.mu.
+func (s *session) holdsBackLocked(srv *Server) bool {
+	c := s.conn
+	if c == nil || c.closing.Load() {
+		return false
+	}
+	if srv.cfg.QueueFullPolicy == QueueBlock && s.fullLocked(srv) {
+		return true
+	}
+	return !s.gate.slow && srv.overMark(len(s.queue), s.queueBytes, srv.markBytes)
+}
+
+// drainedLocked runs when n deliveries left s's queue, or when an
+// acknowledgement found it empty while publishers wait: while the queue
+// is under its mark it wakes one held publisher per delivery, and every
+// one once it is down to half the mark. The caller holds s.mu.
+func (s *session) drainedLocked(srv *Server, n int) {
+	g := &s.gate
+	g.progress += uint64(n)
+	low := srv.underLow(len(s.queue), s.queueBytes, srv.markBytes)
+	if low {
+		g.slow = false
+	}
+	if len(g.waiters) == 0 || s.holdsBackLocked(srv) {
+		return
+	}
+	if low {
+		g.wakeAll()
+	} else {
+		g.wake(n)
+	}
+}
+
+// releaseGateLocked wakes every publisher waiting for s, which went
+// offline or connected anew; the caller holds s.mu.
+func (s *session) releaseGateLocked() {
+	s.gate.slow = false
+	s.gate.wakeAll()
+}
+
+// q0CongestedLocked reports whether c's QoS 0 backlog holds publishers
+// back: it is over its mark, or publishers wait already. The caller holds
+// c.outMu.
+func (c *conn) q0CongestedLocked() bool {
+	return !c.final && !c.q0gate.slow &&
+		(c.srv.overMark(c.outQ0, int64(c.outBytes), c.srv.markQ0Bytes) || len(c.q0gate.waiters) > 0)
+}
+
+// q0DrainedLocked runs when the writer takes the queued packets: the QoS
+// 0 backlog is being written, and every publisher waiting for it may go
+// on. The caller holds c.outMu.
+func (c *conn) q0DrainedLocked() {
+	g := &c.q0gate
+	if c.outQ0 == 0 && len(g.waiters) == 0 && !g.slow {
+		return
+	}
+	g.progress += uint64(c.outQ0)
+	if c.srv.underLow(c.outQ0, int64(c.outBytes), c.srv.markQ0Bytes) {
+		g.slow = false
+	}
+	c.outQ0 = 0
+	g.wakeAll()
+}
+
+// dropOldestQoS0Locked makes room for a QoS 0 message of size bytes in
+// c's backlog by dropping the oldest QoS 0 messages waiting: a quarter of
+// MaxOutboundBytes more than needed, so that a slow consumer's queue is
+// not compacted at every message. Control packets and QoS 1/2 messages
+// stay. It reports false when the message cannot fit at all. The caller
+// holds c.outMu.
+func (c *conn) dropOldestQoS0Locked(size int) bool {
+	limit := c.srv.cfg.MaxOutboundBytes
+	if size > limit {
+		return false
+	}
+	target := limit - limit/4 - size
+	kept := c.out[:0]
+	dropped := 0
+	for _, p := range c.out {
+		if op, ok := p.(outPublish); ok && op.d.qos == 0 && c.outBytes > target {
+			c.outBytes -= int(op.d.size())
+			c.outQ0--
+			dropped++
+			continue
+		}
+		kept = append(kept, p)
+	}
+	clear(c.out[len(kept):])
+	c.out = kept
+	c.srv.droppedSlow(c, dropped)
+	return c.outBytes+size <= limit
+}
+
+// droppedSlow counts and logs QoS 0 messages dropped for a client whose
+// backlog is full: the first and then every 1000th, so that a flood does
+// not flood the log.
+func (srv *Server) droppedSlow(c *conn, n int) {
+	if n <= 0 {
+		return
+	}
+	total := srv.stats.droppedSlow.Add(int64(n))
+	if total == int64(n) || total/1000 != (total-int64(n))/1000 {
+		c.log.Warn("broker: client reads too slowly; oldest QoS 0 messages dropped", "dropped", n,
+			"max_outbound_bytes", srv.cfg.MaxOutboundBytes, "dropped_total", total)
+	}
+}
+
+// awaitHolds runs on the reader before it reads on: it waits until each
+// gate the last PUBLISH put it in line at lets it go. The time spent
+// waiting is not the client's: the keep-alive deadline starts again
+// afterwards. It returns false when the connection or the server is
+// closing.
+func (c *conn) awaitHolds() bool {
+	p := &c.pub
+	ok, waited := true, false
+	for i, h := range p.holds {
+		p.holds[i] = hold{}
+		if ok {
+			var w bool
+			w, ok = c.awaitHold(h)
+			waited = waited || w
+		} else {
+			h.leave()
+		}
+	}
+	p.holds = p.holds[:0]
+	p.free = [2]*session{}
+	if waited && ok {
+		c.armKeepAlive()
+	}
+	return ok
+}
+
+// lockGate locks the owner's lock of h's gate and returns the gate.
+func (h hold) lockGate() *flowGate {
+	if h.c != nil {
+		h.c.outMu.Lock()
+		return &h.c.q0gate
+	}
+	h.sess.mu.Lock()
+	return &h.sess.gate
+}
+
+func (h hold) unlock() {
+	if h.c != nil {
+		h.c.outMu.Unlock()
+	} else {
+		h.sess.mu.Unlock()
+	}
+}
+
+// forRoomLocked reports whether h waits for room in a full queue under
+// QueueBlock, which no time limit ends. The caller holds the owner lock.
+func (h hold) forRoomLocked(srv *Server) bool {
+	return h.c == nil && srv.cfg.QueueFullPolicy == QueueBlock && h.sess.fullLocked(srv)
+}
+
+// leave takes h's waiter out of line, or takes the token it was let go
+// with.
+func (h hold) leave() {
+	g := h.lockGate()
+	woken := !g.remove(h.w)
+	h.unlock()
+	if woken {
+		<-h.w.ch
+	}
+}
+
+// awaitHold waits until h's gate lets the publisher go: a delivery left
+// the backlog, or the subscriber was found slow. It reports false when
+// the connection or the server is closing, and whether it had to wait.
+func (c *conn) awaitHold(h hold) (waited, ok bool) {
+	srv := c.srv
+	select {
+	case <-h.w.ch:
+		return false, true // let go already
+	default:
+	}
+	srv.stats.pushbacks.Add(1)
+	fired := make(chan struct{})
+	t := srv.cfg.Clock.AfterFunc(srv.cfg.PushbackWait, func() { close(fired) })
+	// Counted once the timer is set, so that a test that sees the
+	// publisher held may advance its clock past the wait.
+	srv.stats.held.Add(1)
+	defer srv.stats.held.Add(-1)
+	for {
+		select {
+		case <-h.w.ch:
+			t.Stop()
+			return true, true
+		case <-fired:
+		case <-c.killed:
+			t.Stop()
+			h.leave()
+			return true, false
+		case <-srv.ctx.Done():
+			t.Stop()
+			h.leave()
+			return true, false
+		}
+		g := h.lockGate()
+		if !h.w.queued {
+			h.unlock()
+			<-h.w.ch
+			return true, true
+		}
+		stuck := g.progress == h.w.seen
+		if !h.forRoomLocked(srv) && (stuck || c.pub.feedsOthers(h.sess)) {
+			g.slow = true
+			g.wakeAll() // this waiter too
+			h.unlock()
+			<-h.w.ch
+			srv.slowSubscriber(h, stuck)
+			return true, true
+		}
+		// The subscriber takes its backlog, only not fast enough for
+		// every publisher in line: wait on.
+		h.w.seen = g.progress
+		h.unlock()
+		fired = make(chan struct{})
+		t = srv.cfg.Clock.AfterFunc(srv.cfg.PushbackWait, func() { close(fired) })
+	}
+}
+
+// slowSubscriber counts and logs a subscriber found slow: the first and
+// then every 1000th.
+func (srv *Server) slowSubscriber(h hold, stuck bool) {
+	n := srv.stats.slowSubscribers.Add(1)
+	if n != 1 && n%1000 != 0 {
+		return
+	}
+	why := "its publishers also feed subscribers that keep up"
+	if stuck {
+		why = "it took nothing from its backlog"
+	}
+	what := "QoS 1/2 messages queue up to max_queued_messages, then the queue_full_policy applies (" + srv.cfg.QueueFullPolicy.String() + ")"
+	if h.c != nil {
+		what = "QoS 0 messages wait up to max_outbound_bytes, then the oldest are dropped"
+	}
+	srv.log.Warn("broker: subscriber too slow; its publishers are no longer held back for it", "client", h.sess.id,
+		"wait", srv.cfg.PushbackWait, "why", why, "then", what, "slow_total", n)
+}
