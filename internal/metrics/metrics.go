@@ -41,6 +41,12 @@ type Snapshot struct {
 	Queued           int64
 	// Dropped counts undelivered messages by reason.
 	Dropped map[string]int64
+	// Overload control: publishers held back now, the times one was held
+	// back, the times a subscriber was found too slow to hold publishers
+	// back.
+	PublishersHeld  int64
+	Pushbacks       int64
+	SlowSubscribers int64
 
 	Sessions             int64
 	Subscriptions        int64
@@ -130,6 +136,9 @@ var (
 	dBytesOut                           = desc("sent_bytes_total", "Bytes sent to clients.")
 	dQueued                             = desc("messages_queued", "Messages waiting in session queues.")
 	dDropped                            = desc("messages_dropped_total", "Messages not delivered, by reason.", "reason")
+	dHeld                               = desc("publishers_held", "Publishers held back now because a subscriber's backlog is over its mark.")
+	dPushbacks                          = desc("pushbacks_total", "Times a publisher was held back for a subscriber's backlog.")
+	dSlowSubs                           = desc("slow_subscribers_total", "Times a subscriber was found too slow to hold its publishers back.")
 	dSessions                           = desc("sessions", "Sessions, connected and offline.")
 	dSubs                               = desc("subscriptions", "Subscriptions of all sessions.")
 	dSubsRefused                        = desc("subscriptions_refused_total", "Subscriptions refused by a subscription limit.")
@@ -143,7 +152,7 @@ var (
 	dBans                               = desc("bans", "Bans in force.")
 	dDetections                         = desc("detections_total", "Abnormal behaviour detections, by detector.", "detector")
 	dFIPS                               = desc("fips_mode", "1 when the process runs in FIPS 140-3 mode.")
-	allDescs                            = []*prometheus.Desc{dStart, dConns, dConnsMax, dConnsAccepted, dConnsRefused, dTLSFail, dProtoErr, dRevoked, dPanics, dMsgIn, dMsgOut, dBytesIn, dBytesOut, dQueued, dDropped, dSessions, dSubs, dSubsRefused, dRetained, dRetainedBytes, dRetainedRef, dTLSConns, dServerCert, dClientCert, dCRLAge, dBans, dDetections, dFIPS}
+	allDescs                            = []*prometheus.Desc{dStart, dConns, dConnsMax, dConnsAccepted, dConnsRefused, dTLSFail, dProtoErr, dRevoked, dPanics, dMsgIn, dMsgOut, dBytesIn, dBytesOut, dQueued, dDropped, dHeld, dPushbacks, dSlowSubs, dSessions, dSubs, dSubsRefused, dRetained, dRetainedBytes, dRetainedRef, dTLSConns, dServerCert, dClientCert, dCRLAge, dBans, dDetections, dFIPS}
 	_              prometheus.Collector = (*Collector)(nil)
 )
 
@@ -184,6 +193,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	for r, v := range s.Dropped {
 		n(dDropped, v, r)
 	}
+	g(dHeld, float64(s.PublishersHeld))
+	n(dPushbacks, s.Pushbacks)
+	n(dSlowSubs, s.SlowSubscribers)
 	g(dSessions, float64(s.Sessions))
 	g(dSubs, float64(s.Subscriptions))
 	n(dSubsRefused, s.SubscriptionsRefused)

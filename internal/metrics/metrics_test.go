@@ -16,7 +16,7 @@ func fullSnapshot() Snapshot {
 		ConnectionsRefused: map[string]int64{"connect_refused": 2, "over_cap": 1},
 		TLSFailures:        1, ProtocolErrors: 1, RevokedDisconnects: 1, Panics: 0,
 		MessagesReceived: 100, MessagesSent: 200, BytesReceived: 1000, BytesSent: 2000, Queued: 4,
-		Dropped:  map[string]int64{"queue_full": 1, "expired": 2},
+		Dropped:  map[string]int64{"queue_full": 1, "expired": 2}, PublishersHeld: 2, Pushbacks: 7, SlowSubscribers: 1,
 		Sessions: 4, Subscriptions: 6, SubscriptionsRefused: 1, Retained: 2, RetainedBytes: 300, RetainedRefused: 0,
 		TLSConnections:     []TLSConnections{{"TLS 1.3", "X25519MLKEM768", 2}, {"TLS 1.2", "CurveP256", 1}},
 		ServerCertNotAfter: now.Add(90 * 24 * time.Hour), ClientCertNotAfter: now.Add(24 * time.Hour),
@@ -58,6 +58,7 @@ func TestEveryMetricExposed(t *testing.T) {
 		"moat_connections 3", "moat_connections_refused_total{reason=\"over_cap\"} 1",
 		"moat_tls_connections{group=\"X25519MLKEM768\",version=\"TLS 1.3\"} 2", "moat_fips_mode 1",
 		"moat_messages_dropped_total{reason=\"expired\"} 2", "moat_bans 1", "go_goroutines", "process_open_fds",
+		"moat_publishers_held 2", "moat_pushbacks_total 7", "moat_slow_subscribers_total 1",
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("scrape lacks %q", want)
