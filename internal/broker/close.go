@@ -133,6 +133,7 @@ func halfClose(nc net.Conn) bool {
 // ended too (a publish right after cannot reach it).
 func (c *conn) finish() {
 	c.kill(0, "")
+	c.leaveHolds()
 	// No writer may start from now on; wait for the one running, if any.
 	c.outMu.Lock()
 	c.final = true

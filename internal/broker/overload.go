@@ -361,6 +361,17 @@ func (c *conn) awaitHolds() bool {
 	return ok
 }
 
+// leaveHolds takes the publisher out of the lines it is still in: its
+// reader stopped before it waited (finish).
+func (c *conn) leaveHolds() {
+	p := &c.pub
+	for i, h := range p.holds {
+		p.holds[i] = hold{}
+		h.leave()
+	}
+	p.holds = p.holds[:0]
+}
+
 // lockGate locks the owner's lock of h's gate and returns the gate.
 func (h hold) lockGate() *flowGate {
 	if h.c != nil {

@@ -3,6 +3,7 @@ package broker
 import (
 	"errors"
 	"fmt"
+	"net"
 	"runtime"
 	"strconv"
 	"strings"
@@ -536,5 +537,63 @@ func TestOverloadSelfSubscriber(t *testing.T) {
 	}
 	if st := srv.Stats(); st.Pushbacks != 0 {
 		t.Fatalf("held back %d times by its own session", st.Pushbacks)
+	}
+}
+
+// cutObserver ends the connection of client "pub" at its limit-th packet
+// after CONNECT, as a rate limit would.
+type cutObserver struct{ limit int }
+
+func (o cutObserver) Accept(string, net.Addr) (ConnObserver, Decision) {
+	return &cutConn{limit: o.limit}, Decision{Allow: true}
+}
+
+type cutConn struct {
+	nopConnObserver
+	limit, n int
+	pub      bool
+}
+
+func (c *cutConn) Connected(cl *Client) Decision {
+	c.pub = cl.ClientID == "pub"
+	return Decision{Allow: true}
+}
+
+func (c *cutConn) Read(int) (time.Duration, Decision) {
+	if c.n++; c.pub && c.n >= c.limit {
+		return 0, Decision{Reason: "test limit"}
+	}
+	return 0, Decision{Allow: true}
+}
+
+// TestOverloadPublisherEndsInLine: a publisher whose last PUBLISH put it
+// in line at a subscriber's gate, and whose connection then ends before
+// it waited, leaves the line: it does not take a wake-up another
+// publisher needs.
+func TestOverloadPublisherEndsInLine(t *testing.T) {
+	const mark, window = 5, 1
+	srv, addr := testServer(t, Config{Clock: newFakeClock(), PushbackMessages: mark,
+		Observer: cutObserver{limit: window + mark}})
+	sub := dialRaw(t, addr, packet.V5)
+	sub.connect(connectV5("sub", true, func(p *packet.Properties) { p.SetReceiveMaximum(window) }))
+	subscribe(t, sub, 1, packet.Subscription{Filter: "t", QoS: 1})
+	pub := dialRaw(t, addr, packet.V5)
+	pub.connect(v5connect("pub"))
+	for i := range window + mark {
+		pub.send(&packet.Publish{Topic: "t", QoS: 1, PacketID: uint16(i + 1), Payload: []byte("p " + strconv.Itoa(i))})
+	}
+	pub.expectClosed(5 * time.Second)
+	checkFor(t, 5*time.Second, func() error {
+		if srv.lookup("pub") != nil {
+			return errors.New("publisher's session still there")
+		}
+		return nil
+	})
+	sess := srv.lookup("sub")
+	sess.mu.Lock()
+	n := len(sess.gate.waiters)
+	sess.mu.Unlock()
+	if q, _, _ := backlog(srv, "sub"); q != mark || n != 0 {
+		t.Fatalf("queue %d, %d in line; want %d and nobody", q, n, mark)
 	}
 }
