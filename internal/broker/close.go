@@ -45,7 +45,7 @@ func (c *conn) kill(code packet.ReasonCode, reason string) {
 		c.out = append(c.out, d)
 	}
 	c.final = true
-	c.q0gate.wakeAll() // nobody waits for a connection that is closing
+	c.q0gate.release() // nobody waits for a connection that is closing
 	c.startWriterLocked()
 	wake := !c.writing // nothing to flush: wake the reader here
 	c.outMu.Unlock()

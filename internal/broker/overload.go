@@ -3,6 +3,7 @@ package broker
 import (
 	"slices"
 	"strconv"
+	"sync/atomic"
 )
 
 // Overload control (docs/design/broker.md, "Overload control"): when the
@@ -62,13 +63,20 @@ func (p QueuePolicy) String() string {
 type flowGate struct {
 	// waiters are the publishers held back, woken oldest first.
 	waiters []*waiter
-	// progress counts the deliveries that left the backlog: a waiter that
-	// sees it unchanged for PushbackWait finds the subscriber stuck.
+	// progress counts the deliveries that left the backlog.
 	progress uint64
-	// slow is set once the subscriber held a publisher back for longer
-	// than PushbackWait (see awaitHold); cleared when its backlog is down
-	// to half the mark, or when it reconnects.
+	// slow is set when the subscriber held publishers back too long (see
+	// checkLocked); cleared when its backlog is down to half the mark,
+	// or when it goes offline or reconnects.
 	slow bool
+	// timer runs checkLocked every PushbackWait while publishers wait:
+	// one timer per gate, not per wait, which would cost a timer for
+	// every message a held publisher sends. epoch counts its periods (a
+	// waiter that joined in an earlier one has waited at least a
+	// period); atTick is progress when the period began.
+	timer  Timer
+	epoch  uint64
+	atTick uint64
 }
 
 // waiter is one place of a publisher in a gate's line. ch (capacity 1)
@@ -78,13 +86,23 @@ type flowGate struct {
 type waiter struct {
 	ch     chan struct{}
 	queued bool   // in a gate's line; guarded by that gate's owner lock
-	seen   uint64 // the gate's progress when last looked at
+	epoch  uint64 // the gate's epoch when it joined; guarded likewise
+	// feeds: its publisher also gave messages to subscribers under their
+	// marks since it last waited. Set by the reader before it waits,
+	// read by the gate's timer.
+	feeds atomic.Bool
 }
 
-func (g *flowGate) add(w *waiter) {
+// join puts w in line; arm, when no timer runs, starts one.
+func (g *flowGate) join(w *waiter, arm func() Timer) {
 	w.queued = true
-	w.seen = g.progress
+	w.epoch = g.epoch
 	g.waiters = append(g.waiters, w)
+	if g.timer == nil {
+		g.epoch++ // w will have waited a whole period at the first check
+		g.atTick = g.progress
+		g.timer = arm()
+	}
 }
 
 // wake wakes up to n waiters, oldest first.
@@ -97,14 +115,24 @@ func (g *flowGate) wake(n int) {
 		select {
 		case w.ch <- struct{}{}:
 		default: // cannot happen (see waiter); never block under a lock
-			panic("DEBUG token lost")
 		}
 	}
 }
 
 func (g *flowGate) wakeAll() { g.wake(len(g.waiters)) }
 
-// remove takes w off the list; false when it was woken meanwhile (its
+// release lets everyone go and forgets that the subscriber was slow: it
+// went offline, reconnected, or its connection is closing.
+func (g *flowGate) release() {
+	g.wakeAll()
+	g.slow = false
+	if g.timer != nil {
+		g.timer.Stop()
+		g.timer = nil
+	}
+}
+
+// remove takes w off the line; false when it was woken meanwhile (its
 // token is then in w.ch).
 func (g *flowGate) remove(w *waiter) bool {
 	if !w.queued {
@@ -115,6 +143,36 @@ func (g *flowGate) remove(w *waiter) bool {
 	}
 	w.queued = false
 	return true
+}
+
+// checkLocked runs from the gate's timer every PushbackWait while
+// publishers wait. The subscriber is too slow to hold them back any
+// longer when it took nothing from its backlog for the whole period
+// (stuck), or when a publisher that also feeds subscribers that keep up
+// has waited a whole period; unless they wait for room in a full queue
+// (forRoom), which only room ends. It reports whether the subscriber was
+// marked slow (everyone in line is let go) and whether it was stuck;
+// otherwise, while publishers still wait, it starts the next period. The
+// caller holds the owner's lock.
+func (g *flowGate) checkLocked(forRoom bool, arm func() Timer) (slow, stuck bool) {
+	g.timer = nil
+	if len(g.waiters) == 0 {
+		return false, false
+	}
+	stuck = g.progress == g.atTick
+	overdue := stuck
+	for _, w := range g.waiters {
+		overdue = overdue || w.epoch < g.epoch && w.feeds.Load()
+	}
+	if overdue && !forRoom {
+		g.slow = true
+		g.wakeAll()
+		return true, stuck
+	}
+	g.epoch++
+	g.atTick = g.progress
+	g.timer = arm()
+	return false, false
 }
 
 // publisher is what routing notes about the client whose PUBLISH it
@@ -174,7 +232,7 @@ func (s *session) notePublisherLocked(srv *Server, pub *publisher) {
 		// Over the mark, or publishers wait already: this one waits
 		// behind them, so that they take turns.
 		w := pub.nextWaiter()
-		s.gate.add(w)
+		s.gate.join(w, func() Timer { return srv.afterFunc(srv.cfg.PushbackWait, func() { s.checkGate(srv) }) })
 		pub.holds = append(pub.holds, hold{sess: s, w: w})
 	} else {
 		pub.noteFree(s)
@@ -197,10 +255,37 @@ func (s *session) notePublisherQoS0(c *conn, pub *publisher, congested bool) {
 	c.outMu.Lock()
 	if c.q0CongestedLocked() {
 		w := pub.nextWaiter()
-		c.q0gate.add(w)
+		c.q0gate.join(w, c.armQ0Check)
 		pub.holds = append(pub.holds, hold{sess: s, c: c, w: w})
 	}
 	c.outMu.Unlock()
+}
+
+// checkGate is the timer of s's gate (flowGate.checkLocked).
+func (s *session) checkGate(srv *Server) {
+	s.mu.Lock()
+	forRoom := srv.cfg.QueueFullPolicy == QueueBlock && s.fullLocked(srv)
+	slow, stuck := s.gate.checkLocked(forRoom, func() Timer {
+		return srv.afterFunc(srv.cfg.PushbackWait, func() { s.checkGate(srv) })
+	})
+	s.mu.Unlock()
+	if slow {
+		srv.slowSubscriber(s.id, false, stuck)
+	}
+}
+
+func (c *conn) armQ0Check() Timer {
+	return c.srv.afterFunc(c.srv.cfg.PushbackWait, c.checkQ0Gate)
+}
+
+// checkQ0Gate is the timer of c's QoS 0 gate (flowGate.checkLocked).
+func (c *conn) checkQ0Gate() {
+	c.outMu.Lock()
+	slow, stuck := c.q0gate.checkLocked(false, c.armQ0Check)
+	c.outMu.Unlock()
+	if slow {
+		c.srv.slowSubscriber(c.client.ClientID, true, stuck)
+	}
 }
 
 // size is what a delivery counts for in the byte limits of queues and
@@ -263,10 +348,7 @@ func (s *session) drainedLocked(srv *Server, n int) {
 
 // releaseGateLocked wakes every publisher waiting for s, which went
 // offline or connected anew; the caller holds s.mu.
-func (s *session) releaseGateLocked() {
-	s.gate.slow = false
-	s.gate.wakeAll()
-}
+func (s *session) releaseGateLocked() { s.gate.release() }
 
 // q0CongestedLocked reports whether c's QoS 0 backlog holds publishers
 // back: it is over its mark, or publishers wait already. The caller holds
@@ -338,8 +420,8 @@ func (srv *Server) droppedSlow(c *conn, n int) {
 // awaitHolds runs on the reader before it reads on: it waits until each
 // gate the last PUBLISH put it in line at lets it go. The time spent
 // waiting is not the client's: the keep-alive deadline starts again
-// afterwards. It returns false when the connection or the server is
-// closing.
+// afterwards (readLoop does not move it while holds are pending). It
+// returns false when the connection or the server is closing.
 func (c *conn) awaitHolds() bool {
 	p := &c.pub
 	ok, waited := true, false
@@ -355,10 +437,34 @@ func (c *conn) awaitHolds() bool {
 	}
 	p.holds = p.holds[:0]
 	p.free = [2]*session{}
-	if waited && ok {
+	if ok && (waited || c.in.br.Buffered() == 0) {
 		c.armKeepAlive()
 	}
 	return ok
+}
+
+// awaitHold waits until h's gate lets the publisher go: a delivery left
+// the backlog, or the subscriber was found slow. It reports whether it
+// had to wait, and false when the connection or the server is closing.
+func (c *conn) awaitHold(h hold) (waited, ok bool) {
+	select {
+	case <-h.w.ch:
+		return false, true // let go already
+	default:
+	}
+	srv := c.srv
+	h.w.feeds.Store(c.pub.feedsOthers(h.sess))
+	srv.stats.pushbacks.Add(1)
+	srv.stats.held.Add(1)
+	defer srv.stats.held.Add(-1)
+	select {
+	case <-h.w.ch:
+		return true, true
+	case <-c.killed:
+	case <-srv.ctx.Done():
+	}
+	h.leave()
+	return true, false
 }
 
 // leaveHolds takes the publisher out of the lines it is still in: its
@@ -390,12 +496,6 @@ func (h hold) unlock() {
 	}
 }
 
-// forRoomLocked reports whether h waits for room in a full queue under
-// QueueBlock, which no time limit ends. The caller holds the owner lock.
-func (h hold) forRoomLocked(srv *Server) bool {
-	return h.c == nil && srv.cfg.QueueFullPolicy == QueueBlock && h.sess.fullLocked(srv)
-}
-
 // leave takes h's waiter out of line, or takes the token it was let go
 // with.
 func (h hold) leave() {
@@ -407,65 +507,9 @@ func (h hold) leave() {
 	}
 }
 
-// awaitHold waits until h's gate lets the publisher go: a delivery left
-// the backlog, or the subscriber was found slow. It reports false when
-// the connection or the server is closing, and whether it had to wait.
-func (c *conn) awaitHold(h hold) (waited, ok bool) {
-	srv := c.srv
-	select {
-	case <-h.w.ch:
-		return false, true // let go already
-	default:
-	}
-	srv.stats.pushbacks.Add(1)
-	fired := make(chan struct{})
-	t := srv.cfg.Clock.AfterFunc(srv.cfg.PushbackWait, func() { close(fired) })
-	// Counted once the timer is set, so that a test that sees the
-	// publisher held may advance its clock past the wait.
-	srv.stats.held.Add(1)
-	defer srv.stats.held.Add(-1)
-	for {
-		select {
-		case <-h.w.ch:
-			t.Stop()
-			return true, true
-		case <-fired:
-		case <-c.killed:
-			t.Stop()
-			h.leave()
-			return true, false
-		case <-srv.ctx.Done():
-			t.Stop()
-			h.leave()
-			return true, false
-		}
-		g := h.lockGate()
-		if !h.w.queued {
-			h.unlock()
-			<-h.w.ch
-			return true, true
-		}
-		stuck := g.progress == h.w.seen
-		if !h.forRoomLocked(srv) && (stuck || c.pub.feedsOthers(h.sess)) {
-			g.slow = true
-			g.wakeAll() // this waiter too
-			h.unlock()
-			<-h.w.ch
-			srv.slowSubscriber(h, stuck)
-			return true, true
-		}
-		// The subscriber takes its backlog, only not fast enough for
-		// every publisher in line: wait on.
-		h.w.seen = g.progress
-		h.unlock()
-		fired = make(chan struct{})
-		t = srv.cfg.Clock.AfterFunc(srv.cfg.PushbackWait, func() { close(fired) })
-	}
-}
-
 // slowSubscriber counts and logs a subscriber found slow: the first and
 // then every 1000th.
-func (srv *Server) slowSubscriber(h hold, stuck bool) {
+func (srv *Server) slowSubscriber(client string, qos0, stuck bool) {
 	n := srv.stats.slowSubscribers.Add(1)
 	if n != 1 && n%1000 != 0 {
 		return
@@ -474,10 +518,10 @@ func (srv *Server) slowSubscriber(h hold, stuck bool) {
 	if stuck {
 		why = "it took nothing from its backlog"
 	}
-	what := "QoS 1/2 messages queue up to max_queued_messages, then the queue_full_policy applies (" + srv.cfg.QueueFullPolicy.String() + ")"
-	if h.c != nil {
-		what = "QoS 0 messages wait up to max_outbound_bytes, then the oldest are dropped"
+	then := "QoS 1/2 messages queue up to max_queued_messages, then the queue_full_policy applies (" + srv.cfg.QueueFullPolicy.String() + ")"
+	if qos0 {
+		then = "QoS 0 messages wait up to max_outbound_bytes, then the oldest are dropped"
 	}
-	srv.log.Warn("broker: subscriber too slow; its publishers are no longer held back for it", "client", h.sess.id,
-		"wait", srv.cfg.PushbackWait, "why", why, "then", what, "slow_total", n)
+	srv.log.Warn("broker: subscriber too slow; its publishers are no longer held back for it", "client", client,
+		"wait", srv.cfg.PushbackWait, "why", why, "then", then, "slow_total", n)
 }

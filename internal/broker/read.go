@@ -93,7 +93,11 @@ func (c *conn) readLoop() (handedOver bool) {
 			// packets still buffered arrived with the last read, so
 			// their keep alive already counts from after it. (Moving it
 			// per packet costs a timer update per message at full load.)
-			c.armKeepAlive()
+			// A reader about to be held back moves it once let go
+			// (awaitHolds).
+			if len(c.pub.holds) == 0 {
+				c.armKeepAlive()
+			}
 		} else {
 			// More input is waiting (perhaps only part of a packet):
 			// never hold queued packets back for it.

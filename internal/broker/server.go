@@ -329,6 +329,9 @@ func (s *Server) stopTimers() {
 		if sess.willTimer != nil {
 			sess.willTimer.Stop()
 		}
+		if sess.gate.timer != nil {
+			sess.gate.timer.Stop()
+		}
 		sess.mu.Unlock()
 		return true
 	})
