@@ -16,7 +16,7 @@ func fullSnapshot() Snapshot {
 		ConnectionsRefused: map[string]int64{"connect_refused": 2, "over_cap": 1},
 		TLSFailures:        1, ProtocolErrors: 1, RevokedDisconnects: 1, Panics: 0,
 		MessagesReceived: 100, MessagesSent: 200, BytesReceived: 1000, BytesSent: 2000, Queued: 4,
-		Dropped:  map[string]int64{"queue_full": 1, "expired": 2}, PublishersHeld: 2, Pushbacks: 7, SlowSubscribers: 1,
+		Dropped: map[string]int64{"queue_full": 1, "expired": 2}, PublishersHeld: 2, Pushbacks: 7, SlowSubscribers: 1,
 		Sessions: 4, Subscriptions: 6, SubscriptionsRefused: 1, Retained: 2, RetainedBytes: 300, RetainedRefused: 0,
 		TLSConnections:     []TLSConnections{{"TLS 1.3", "X25519MLKEM768", 2}, {"TLS 1.2", "CurveP256", 1}},
 		ServerCertNotAfter: now.Add(90 * 24 * time.Hour), ClientCertNotAfter: now.Add(24 * time.Hour),
