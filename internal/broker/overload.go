@@ -307,7 +307,7 @@ func (srv *Server) overMark(n int, b, markBytes int64) bool {
 // underLow reports whether a backlog is down to half the mark, where a
 // slow subscriber holds publishers back again.
 func (srv *Server) underLow(n int, b, markBytes int64) bool {
-	return int64(n) <= srv.markMsgs/2 && b <= markBytes/2
+	return int64(n) <= srv.markMsgs/2 && (markBytes <= 0 || b <= markBytes/2)
 }
 
 // holdsBackLocked reports whether a publisher of a message just given to
