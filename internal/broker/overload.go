@@ -417,11 +417,11 @@ func (srv *Server) droppedSlow(c *conn, n int) {
 	}
 }
 
-// awaitHolds runs on the reader before it reads on: it waits until each
-// gate the last PUBLISH put it in line at lets it go. The time spent
-// waiting is not the client's: the keep-alive deadline starts again
-// afterwards (readLoop does not move it while holds are pending). It
-// returns false when the connection or the server is closing.
+// awaitHolds runs on the reader before it handles the next packet: it
+// waits until each gate the last PUBLISH put it in line at lets it go.
+// The time spent waiting is not the client's: the keep-alive deadline
+// starts again afterwards. It returns false when the connection or the
+// server is closing.
 func (c *conn) awaitHolds() bool {
 	p := &c.pub
 	ok, waited := true, false
@@ -437,7 +437,7 @@ func (c *conn) awaitHolds() bool {
 	}
 	p.holds = p.holds[:0]
 	p.free = [2]*session{}
-	if ok && (waited || c.in.br.Buffered() == 0) {
+	if ok && waited {
 		c.armKeepAlive()
 	}
 	return ok

@@ -29,12 +29,6 @@ func (c *conn) readLoop() (handedOver bool) {
 			// blocked read once it has flushed, see wakeReader).
 			return false
 		}
-		if len(c.pub.holds) > 0 && !c.awaitHolds() {
-			// The last PUBLISH found subscribers over their backlog
-			// mark: the next packet waits until they took some of it
-			// (overload.go). What handling queued was written above.
-			return false
-		}
 		if c.in.br.Buffered() == 0 {
 			// Wait for input here, so that a short acknowledgement at
 			// its start can take the fast path below.
@@ -42,6 +36,15 @@ func (c *conn) readLoop() (handedOver bool) {
 				c.readError(err)
 				return false
 			}
+		}
+		if len(c.pub.holds) > 0 && !c.awaitHolds() {
+			// The last PUBLISH found subscribers over their backlog
+			// mark: the next packet waits until they took some of it
+			// (overload.go). The client keeps its place in line while
+			// it sends nothing, so a client that sends one message at a
+			// time waits only if it sends the next before its turn.
+			// What handling queued was written below.
+			return false
 		}
 		if typ, pid, ok := c.in.r.PeekShortAck(); ok {
 			// One acknowledgement arrives per QoS 1/2 message delivered:
@@ -93,11 +96,7 @@ func (c *conn) readLoop() (handedOver bool) {
 			// packets still buffered arrived with the last read, so
 			// their keep alive already counts from after it. (Moving it
 			// per packet costs a timer update per message at full load.)
-			// A reader about to be held back moves it once let go
-			// (awaitHolds).
-			if len(c.pub.holds) == 0 {
-				c.armKeepAlive()
-			}
+			c.armKeepAlive()
 		} else {
 			// More input is waiting (perhaps only part of a packet):
 			// never hold queued packets back for it.
