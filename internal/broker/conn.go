@@ -178,6 +178,7 @@ func (s *Server) newConn(nc net.Conn, lst *listenerState) *conn {
 		killed: make(chan struct{}),
 	}
 	c.src.nc = nc
+	c.src.c = c
 	c.log = newConnLogger(s.log, lst.name, nc.RemoteAddr(), "")
 	c.client.Listener = lst.name
 	c.client.Remote = nc.RemoteAddr()

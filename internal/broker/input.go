@@ -62,6 +62,7 @@ var inputPool = sync.Pool{New: func() any {
 // Only the reader goroutine uses it.
 type source struct {
 	nc      net.Conn
+	c       *conn // for holding back (overload.go)
 	head    [1]byte
 	pending bool  // head holds a byte not yet returned
 	err     error // returned (once) before reading nc again
@@ -79,7 +80,16 @@ func (s *source) Read(p []byte) (int, error) {
 		s.err = nil
 		return 0, err
 	}
-	return s.nc.Read(p)
+	n, err := s.nc.Read(p)
+	if c := s.c; n > 0 && c != nil && len(c.pub.holds) > 0 && !c.awaitHolds() {
+		// The client is held back (overload.go): what it sent since
+		// what is handled is not handled until the subscribers it feeds
+		// took some of their backlog; this read (at most the read
+		// buffer, or the rest of a packet whose size was checked) waits
+		// for that, and nothing more is read meanwhile.
+		return 0, errHeldClosed
+	}
+	return n, err
 }
 
 // takeInput gives the connection a read buffer from the pool; the reader

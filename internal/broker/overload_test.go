@@ -80,6 +80,12 @@ func parseSeq(payload []byte) (string, int, error) {
 	return tag, n, nil
 }
 
+// bigPacket is a payload size that makes every PUBLISH larger than the
+// broker's read buffer, so that each one is read from the socket on its
+// own: a held client handles what its read buffer holds before it waits,
+// and tests that count messages exactly use packets that fill it alone.
+const bigPacket = 2 << 10
+
 // recvAck receives a PUBLISH and acknowledges it at QoS 1.
 func recvAck(t *testing.T, c *rawClient) *packet.Publish {
 	t.Helper()
@@ -194,7 +200,7 @@ func TestOverloadFairPublishers(t *testing.T) {
 	for _, id := range []string{"a", "b"} {
 		c := dialRaw(t, addr, packet.V5)
 		c.connect(v5connect(id))
-		defer flood(t, c, "t", id, 1, n, 16)()
+		defer flood(t, c, "t", id, 1, n, bigPacket)()
 	}
 	waitHeld(t, srv, 2, "sub")
 	routed := int(srv.Stats().MessagesReceived)
@@ -328,7 +334,7 @@ func TestOverloadQueueFullPolicy(t *testing.T) {
 			subscribe(t, sub, 1, packet.Subscription{Filter: "t", QoS: 1})
 			pub := dialRaw(t, addr, packet.V5)
 			pub.connect(v5connect("pub"))
-			wait := flood(t, pub, "t", "p", 1, n, 16)
+			wait := flood(t, pub, "t", "p", 1, n, bigPacket)
 			defer wait()
 
 			want := n
@@ -477,11 +483,12 @@ func TestOverloadOfflineSessionHoldsNobody(t *testing.T) {
 
 // TestOverloadHeldPublisherKeepsItsKeepAlive: a publisher held back
 // longer than one and a half times its keep alive is not disconnected
-// for it: the broker stopped reading, not the client sending. The client
-// has sent the first byte of a PINGREQ behind the PUBLISH that got it
-// held; the second byte arrives while it is held, and is read once it is
-// let go, which needs a fresh read deadline. The keep alive is a socket
-// deadline on the system clock, so real time passes.
+// for it: the broker stopped reading, not the client sending. The
+// publisher fills the subscriber's queue to the mark, then sends the
+// start of one more PUBLISH, which is read and makes it wait; the rest of
+// that packet is read once it is let go, which needs a fresh read
+// deadline. The keep alive is a socket deadline on the system clock, so
+// real time passes.
 func TestOverloadHeldPublisherKeepsItsKeepAlive(t *testing.T) {
 	if testing.Short() {
 		t.Skip("waits 2 s of real time")
@@ -495,19 +502,32 @@ func TestOverloadHeldPublisherKeepsItsKeepAlive(t *testing.T) {
 	cp := v5connect("pub")
 	cp.KeepAlive = 1
 	pub.connect(cp)
+	publish := func(i int) []byte {
+		b, _ := packet.Append(nil, &packet.Publish{Topic: "t", QoS: 1, PacketID: uint16(i + 1), Payload: []byte("p " + strconv.Itoa(i))}, packet.V5)
+		return b
+	}
 	var buf []byte
 	for i := range window + mark {
-		buf, _ = packet.Append(buf, &packet.Publish{Topic: "t", QoS: 1, PacketID: uint16(i + 1), Payload: []byte("p " + strconv.Itoa(i))}, packet.V5)
+		buf = append(buf, publish(i)...)
 	}
-	pub.write(append(buf, 0xC0)) // PINGREQ's first byte
+	pub.write(buf)
+	checkFor(t, 5*time.Second, func() error {
+		if q, _, _ := backlog(srv, "sub"); q != mark {
+			return fmt.Errorf("queue %d", q)
+		}
+		return nil
+	})
+	last := publish(window + mark)
+	pub.write(last[:2])
 	waitHeld(t, srv, 1, "sub")
 	time.Sleep(2 * time.Second)
-	pub.write([]byte{0})
-	for i := range window + mark {
+	pub.write(last[2:])
+	for i := range window + mark + 1 {
 		if _, seq := seqOf(t, recvAck(t, sub)); seq != i {
 			t.Fatalf("message %d arrived as number %d", seq, i)
 		}
 	}
+	pub.send(&packet.Pingreq{})
 	for {
 		switch p := pub.recv().(type) {
 		case *packet.Puback:

@@ -37,15 +37,6 @@ func (c *conn) readLoop() (handedOver bool) {
 				return false
 			}
 		}
-		if len(c.pub.holds) > 0 && !c.awaitHolds() {
-			// The last PUBLISH found subscribers over their backlog
-			// mark: the next packet waits until they took some of it
-			// (overload.go). The client keeps its place in line while
-			// it sends nothing, so a client that sends one message at a
-			// time waits only if it sends the next before its turn.
-			// What handling queued was written below.
-			return false
-		}
 		if typ, pid, ok := c.in.r.PeekShortAck(); ok {
 			// One acknowledgement arrives per QoS 1/2 message delivered:
 			// the 4-byte form is taken from the read buffer without a
