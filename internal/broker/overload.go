@@ -45,8 +45,9 @@ const (
 	// QueueBlock queues the message all the same and holds its publisher
 	// back until the queue has room, for as long as the client stays
 	// connected: nothing is lost, and a queue exceeds its limit by at most
-	// one message per publisher held. A client that stops acknowledging
-	// stops its publishers.
+	// what each publisher held had read (its 1 KiB read buffer, or one
+	// larger packet). A client that stops acknowledging stops its
+	// publishers.
 	QueueBlock
 )
 

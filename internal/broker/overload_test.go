@@ -144,8 +144,9 @@ func heapInUse() uint64 {
 // stops reading the publisher: it has read no more than the subscriber's
 // window and the mark, and its heap has not grown by what the publisher
 // wrote. When the subscriber reads, every message arrives, in order, and
-// the queue never passed the mark by more than the one message per
-// publisher that finds it over.
+// the queue never passed the mark by more than the one message the
+// publisher had read when it found the mark reached (each of its packets
+// is larger than the read buffer).
 func TestOverloadBoundedQueueAndMemory(t *testing.T) {
 	const mark, window, n, size = 10, 2, 5000, 4000
 	clk := newFakeClock() // never advanced: nobody is found slow
