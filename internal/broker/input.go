@@ -120,6 +120,11 @@ func (c *conn) reserveBody(size int) error {
 	if size <= readBudgetThreshold {
 		return nil
 	}
+	if len(c.pub.holds) > 0 && !c.awaitHolds() {
+		// A held client waits for its turn before it takes read budget
+		// for the rest of this packet, not while holding it.
+		return errHeldClosed
+	}
 	var deadline time.Time
 	if !c.authenticated {
 		deadline = c.connectDeadline

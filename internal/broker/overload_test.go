@@ -621,3 +621,33 @@ func TestOverloadPublisherEndsInLine(t *testing.T) {
 		t.Fatalf("queue %d, %d in line; want %d and nobody", q, n, mark)
 	}
 }
+
+// TestOverloadHeldPublisherHoldsNoReadBudget: a held client whose next
+// packet is large waits for its turn before it reserves read budget for
+// that packet's body, so that held clients cannot take the budget other
+// connections read with.
+func TestOverloadHeldPublisherHoldsNoReadBudget(t *testing.T) {
+	const mark, window = 5, 1
+	srv, addr := testServer(t, Config{Clock: newFakeClock(), PushbackMessages: mark})
+	sub := dialRaw(t, addr, packet.V5)
+	sub.connect(connectV5("sub", true, func(p *packet.Properties) { p.SetReceiveMaximum(window) }))
+	subscribe(t, sub, 1, packet.Subscription{Filter: "t", QoS: 1})
+	pub := dialRaw(t, addr, packet.V5)
+	pub.connect(v5connect("pub"))
+	var buf []byte
+	for i := range window + mark + 1 {
+		size := 0
+		if i == window+mark {
+			size = 64 << 10 // over the 4 KiB below which no budget is taken
+		}
+		buf = append(buf, floodPackets(t, packet.V5, "t", "p", 1, 1, size)...) // packet identifier 1 each time: allowed at QoS 1
+	}
+	pub.write(buf)
+	waitHeld(t, srv, 1, "sub")
+	if st := srv.Stats(); st.ReadBudgetInUse != 0 {
+		t.Fatalf("held with %d bytes of read budget", st.ReadBudgetInUse)
+	}
+	for range window + mark + 1 {
+		recvAck(t, sub)
+	}
+}
