@@ -82,11 +82,11 @@ func (s *source) Read(p []byte) (int, error) {
 	}
 	n, err := s.nc.Read(p)
 	if c := s.c; n > 0 && c != nil && len(c.pub.holds) > 0 && !c.awaitHolds() {
-		// The client is held back (overload.go): what it sent since
-		// what is handled is not handled until the subscribers it feeds
-		// took some of their backlog; this read (at most the read
-		// buffer, or the rest of a packet whose size was checked) waits
-		// for that, and nothing more is read meanwhile.
+		// The client is held back (overload.go): the input this read
+		// returned (at most the read buffer, or the rest of a packet
+		// whose size was checked) is handed on only once the
+		// subscribers the client feeds took some of their backlog, and
+		// nothing more is read meanwhile.
 		return 0, errHeldClosed
 	}
 	return n, err

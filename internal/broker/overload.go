@@ -20,15 +20,15 @@ import (
 //
 // Routing puts the publisher in line at each subscriber found over its
 // mark (or with publishers in line already), under the lock that guards
-// that backlog, and notes it in the publisher's hold list; before reading
-// its next packet, the reader waits until each of those gates let it go
-// (conn.awaitHolds). Every delivery
-// that leaves a backlog wakes the longest-waiting publisher, so the
-// backlog stays near its mark and publishers sharing a subscriber take
-// turns. A subscriber that keeps a publisher waiting longer than
-// Config.PushbackWait while that publisher's other messages reach
-// subscribers that keep up, or that takes nothing from its backlog in
-// that time, is marked slow: it holds nobody back until its backlog is
+// that backlog, and notes it in the publisher's hold list; once the
+// reader's next read from the socket returns input, the input waits until
+// each of those gates let the publisher go (source.Read, conn.awaitHolds).
+// Every delivery that leaves a backlog wakes the longest-waiting
+// publisher, so the backlog stays near its mark and publishers sharing a
+// subscriber take turns. A subscriber that keeps a publisher waiting
+// longer than Config.PushbackWait while that publisher's other messages
+// reach subscribers that keep up, or that takes nothing from its backlog
+// in that time, is marked slow: it holds nobody back until its backlog is
 // down to half the mark, and its messages go to its queue's limits and
 // Config.QueueFullPolicy (QoS 0: the oldest are dropped past
 // MaxOutboundBytes).
