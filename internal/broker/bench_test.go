@@ -254,3 +254,94 @@ func BenchmarkRouteQoS1(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkFanInQoS1 is a closed-loop fan-in like make bench's scenario e
+// in one process: P publishers on loopback TCP send QoS 1 messages to one
+// subscriber that acknowledges each, with at most window messages of each
+// publisher outstanding, far more in all than the subscriber's in-flight
+// window: its queue stays long, so publishers are held back at its mark
+// (pushback=on) or not (off). The difference is what holding back costs
+// per message when it does not change the throughput. The driver and the
+// broker share the process, so compare the two only in one run (on a
+// shared machine the figures move by a factor of two between runs).
+func BenchmarkFanInQoS1(b *testing.B) {
+	const pubs, window = 100, 5
+	for _, pushback := range []int{-1, 0} {
+		name := "pushback=on"
+		if pushback < 0 {
+			name = "pushback=off"
+		}
+		b.Run(name, func(b *testing.B) {
+			s, addr := testServer(b, Config{PushbackMessages: pushback, MaxQueued: pubs * window})
+			tokens := make([]chan struct{}, pubs)
+			for i := range tokens {
+				tokens[i] = make(chan struct{}, window)
+			}
+			var received atomic.Int64
+			nc, r := benchSubscriber(b, addr, "fanin-sub", "bench/in", 1)
+			go func() {
+				var ack []byte
+				for {
+					p, err := r.ReadPacket()
+					if err != nil {
+						return
+					}
+					pub, ok := p.(*packet.Publish)
+					if !ok {
+						continue
+					}
+					ack, _ = packet.Append(ack[:0], &packet.Puback{PacketID: pub.PacketID}, packet.V311)
+					if _, err := nc.Write(ack); err != nil {
+						return
+					}
+					received.Add(1)
+					<-tokens[int(pub.Payload[0])<<8|int(pub.Payload[1])]
+				}
+			}()
+			writers := make([]*bufio.Writer, pubs)
+			for i := range writers {
+				pc, err := net.Dial("tcp", addr)
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.Cleanup(func() { pc.Close() })
+				conn, _ := packet.Append(nil, &packet.Connect{Version: packet.V311, ClientID: fmt.Sprintf("fanin-%d", i), CleanStart: true}, packet.V311)
+				pc.Write(conn)
+				go io.Copy(io.Discard, pc) // CONNACK and PUBACKs
+				writers[i] = bufio.NewWriterSize(pc, 4<<10)
+			}
+			payload := make([]byte, 64)
+			var buf []byte
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := range b.N {
+				p := i % pubs
+				select {
+				case tokens[p] <- struct{}{}:
+				default:
+					for _, w := range writers {
+						w.Flush()
+					}
+					tokens[p] <- struct{}{}
+				}
+				payload[0], payload[1] = byte(p>>8), byte(p)
+				buf, _ = packet.Append(buf[:0], &packet.Publish{Topic: "bench/in", QoS: 1, PacketID: uint16(i/pubs%65535 + 1), Payload: payload}, packet.V311)
+				writers[p].Write(buf)
+			}
+			for _, w := range writers {
+				w.Flush()
+			}
+			deadline := time.Now().Add(30 * time.Second)
+			for received.Load() < int64(b.N) {
+				if time.Now().After(deadline) {
+					b.Fatalf("subscriber received %d of %d", received.Load(), b.N)
+				}
+				time.Sleep(50 * time.Microsecond)
+			}
+			b.StopTimer()
+			st := s.Stats()
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "deliveries/s")
+			b.ReportMetric(float64(st.Pushbacks)/float64(b.N), "pushbacks/msg")
+		})
+	}
+}

@@ -45,6 +45,7 @@ func (c *conn) kill(code packet.ReasonCode, reason string) {
 		c.out = append(c.out, d)
 	}
 	c.final = true
+	c.q0gate.release() // nobody waits for a connection that is closing
 	c.startWriterLocked()
 	wake := !c.writing // nothing to flush: wake the reader here
 	c.outMu.Unlock()
@@ -133,6 +134,7 @@ func halfClose(nc net.Conn) bool {
 // ended too (a publish right after cannot reach it).
 func (c *conn) finish() {
 	c.kill(0, "")
+	c.leaveHolds()
 	// No writer may start from now on; wait for the one running, if any.
 	c.outMu.Lock()
 	c.final = true

@@ -118,6 +118,10 @@ type conn struct {
 	// server's bookkeeping); set by the accept loop before serve starts.
 	onEnd func()
 
+	// pub is what routing notes about this client as a publisher, to hold
+	// it back (overload.go). Reader-owned.
+	pub publisher
+
 	// plim bounds the PUBLISH commits in flight (persist.go); its channel
 	// is made by the reader. sessStored reports the commit of the
 	// session's record, which CONNACK waits for; set by attach.
@@ -159,7 +163,11 @@ type conn struct {
 	out      []packet.Packet
 	spare    []packet.Packet
 	outBytes int  // QoS 0 bytes waiting
+	outQ0    int  // QoS 0 messages waiting
 	final    bool // close after the queue drains
+	// q0gate holds back publishers while the QoS 0 backlog is over its
+	// mark (overload.go).
+	q0gate flowGate
 	// canWrite is set once the connection may have a writer goroutine
 	// (after CONNECT was accepted); writing is true while a writer runs.
 	canWrite   bool
@@ -204,6 +212,7 @@ func (s *Server) newConn(nc net.Conn, lst *listenerState) *conn {
 	}
 	c.src.nc = nc
 	c.recentShard = s.recent.shardFor()
+	c.src.c = c
 	c.log = newConnLogger(s.log, lst.name, nc.RemoteAddr(), "")
 	c.client.Listener = lst.name
 	c.client.Remote = nc.RemoteAddr()

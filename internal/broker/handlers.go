@@ -153,6 +153,7 @@ func (c *conn) handlePublish(p *packet.Publish) bool {
 		// Recorded before it is matched, for subscriptions that arrived
 		// before it but are installed after (fence.go).
 		s.recent.add(c.recentShard, msg)
+		c.pub.self = c.sess
 		n := s.deliverFrom(msg, b, c)
 		s.clusterForward(msg)
 		if n == 0 && s.cluster == nil {
@@ -312,7 +313,7 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 			if r.sub.ID != 0 {
 				d.subIDs = []uint32{r.sub.ID}
 			}
-			c.sess.deliver(s, d, nil)
+			c.sess.deliver(s, d, nil, nil)
 			return true
 		})
 	}

@@ -62,6 +62,7 @@ var inputPool = sync.Pool{New: func() any {
 // Only the reader goroutine uses it.
 type source struct {
 	nc      net.Conn
+	c       *conn // for holding back (overload.go)
 	head    [1]byte
 	pending bool  // head holds a byte not yet returned
 	err     error // returned (once) before reading nc again
@@ -85,12 +86,23 @@ func (s *source) Read(p []byte) (int, error) {
 		s.err = nil
 		return 0, err
 	}
+	var n int
+	var err error
 	if s.sr != nil {
-		return s.sr.Read(p)
+		n, err = s.sr.Read(p)
+	} else {
+		n, err = s.nc.Read(p)
+		if s.stamp && n > 0 {
+			s.at = time.Now().UnixNano()
+		}
 	}
-	n, err := s.nc.Read(p)
-	if s.stamp && n > 0 {
-		s.at = time.Now().UnixNano()
+	if c := s.c; n > 0 && c != nil && len(c.pub.holds) > 0 && !c.awaitHolds() {
+		// The client is held back (overload.go): the input this read
+		// returned (at most the read buffer, or the rest of a packet
+		// whose size was checked) is handed on only once the
+		// subscribers the client feeds took some of their backlog, and
+		// nothing more is read meanwhile.
+		return 0, errHeldClosed
 	}
 	return n, err
 }
@@ -123,7 +135,12 @@ func (c *conn) reserveBody(size int) error {
 	if size <= readBudgetThreshold {
 		return nil
 	}
-	c.kickWriters() // the budget may make the reader wait
+	c.kickWriters() // the budget, or a hold, may make the reader wait
+	if len(c.pub.holds) > 0 && !c.awaitHolds() {
+		// A held client waits for its turn before it takes read budget
+		// for the rest of this packet, not while holding it.
+		return errHeldClosed
+	}
 	var deadline time.Time
 	if !c.authenticated {
 		deadline = c.connectDeadline

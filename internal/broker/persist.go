@@ -584,6 +584,7 @@ func (s *Server) recover() error {
 			}
 			if sd.State == DeliveryQueued || sd.PacketID == 0 || sess.findInflight(sd.PacketID) >= 0 {
 				sess.queue = append(sess.queue, d)
+				sess.queueBytes += d.size()
 				s.stats.queued.Add(1)
 				continue
 			}

@@ -70,6 +70,13 @@ type Server struct {
 	// (recent.go); stamps keeps the kernel stamping them (arrival.go).
 	recent recentRing
 	stamps stampHold
+	// markMsgs is the backlog in messages at which publishers are held
+	// back: Config.PushbackMessages, at most MaxQueued; 0 when off.
+	// markBytes and markQ0Bytes are the byte marks of queues and of QoS 0
+	// backlogs: Config.PushbackBytes, below the byte limits where those
+	// are lower (so that publishers are held back before messages are
+	// dropped); 0 for none.
+	markMsgs, markBytes, markQ0Bytes int64
 }
 
 type listenerState struct {
@@ -117,6 +124,18 @@ func New(cfg Config) (*Server, error) {
 	s.authorizer = countedAuthorizer{s.authorizer, &s.stats}
 	// After the Authorizer: a will whose time passed while the broker was
 	// down is published (and authorized) during recovery.
+	if c.PushbackMessages > 0 {
+		s.markMsgs = int64(min(c.PushbackMessages, c.MaxQueued))
+		if c.PushbackBytes > 0 {
+			s.markBytes, s.markQ0Bytes = c.PushbackBytes, c.PushbackBytes
+		}
+		if q := c.MaxQueuedBytes; q > 0 && (s.markBytes == 0 || q < s.markBytes) {
+			s.markBytes = q
+		}
+		if o := int64(c.MaxOutboundBytes - c.MaxOutboundBytes/4); s.markQ0Bytes == 0 || o < s.markQ0Bytes {
+			s.markQ0Bytes = o
+		}
+	}
 	if s.persist != nil {
 		if err := s.recover(); err != nil {
 			cancel()
@@ -328,6 +347,9 @@ func (s *Server) stopTimers() {
 		if sess.willTimer != nil {
 			sess.willTimer.Stop()
 		}
+		if sess.gate.timer != nil {
+			sess.gate.timer.Stop()
+		}
 		sess.mu.Unlock()
 		return true
 	})
@@ -412,6 +434,7 @@ func (s *Server) attach(c *conn, st *connectState) (*session, bool, string) {
 			}
 		}
 		sess.conn = c
+		sess.releaseGateLocked() // a new connection starts with a clean slate
 		sess.expiry = st.expiry
 		if s.persist != nil && st.expiry != 0 && !sess.stored {
 			sess.stored, sess.subList = true, make(map[string]StoredSubscription)
@@ -518,7 +541,8 @@ func (s *Server) endSessionLocked(sess *session) func() {
 	}
 	s.stats.queued.Add(-int64(len(sess.queue)))
 	s.stats.droppedSessionEnd.Add(lostWithSession(sess.queue, sess.inflight))
-	sess.queue, sess.inflight = nil, nil
+	sess.queue, sess.inflight, sess.queueBytes = nil, nil, 0
+	sess.releaseGateLocked()
 	var willMsg *Message
 	var willFrom *Client
 	if sess.willTimer != nil && sess.willTimer.Stop() {
@@ -557,7 +581,7 @@ func (s *Server) redistribute(orphans []*delivery) {
 				continue
 			}
 			if sub, ok := g.Pick(s.eligibleFor(d.msg)); ok {
-				s.deliverTo(&mb.enc, &sub, sub.QoS, sub.RetainAsPublished, idsOf(sub.ID), d.share, nil)
+				s.deliverTo(&mb.enc, &sub, sub.QoS, sub.RetainAsPublished, idsOf(sub.ID), d.share, nil, nil)
 			}
 		}
 		clear(mb.subs)
@@ -589,6 +613,7 @@ func (s *Server) detach(c *conn) {
 		return
 	}
 	sess.conn = nil
+	sess.releaseGateLocked() // nobody waits for an offline session
 	expiry := sess.expiry
 	sess.mu.Unlock()
 
@@ -743,7 +768,7 @@ func (s *Server) queueFull(id string, d *delivery) {
 	// the log too.
 	if n == 1 || n%1000 == 0 {
 		s.log.Warn("broker: session queue full; message dropped", "client", id, "topic", d.msg.Topic, "qos", d.qos,
-			"max_queued", s.limits().MaxQueued, "dropped_total", n)
+			"max_queued", s.limits().MaxQueued, "max_queued_bytes", s.cfg.MaxQueuedBytes, "dropped_total", n)
 	}
 }
 
@@ -808,12 +833,18 @@ func (s *Server) deliver(msg *Message, b *pbatch) int {
 
 // deliverFrom is deliver run by the reader of from, the publisher's
 // connection, which may hold the receivers' writers back until it has
-// routed the rest of its buffered input (conn.kickWriters).
+// routed the rest of its buffered input (conn.kickWriters). from, when
+// not nil, is also told which subscribers it must wait for (from.pub,
+// overload.go).
 func (s *Server) deliverFrom(msg *Message, b *pbatch, from *conn) int {
+	var pub *publisher
+	if from != nil {
+		pub = &from.pub
+	}
 	mb := matchPool.Get().(*matchBuf)
 	mb.subs, mb.groups = s.index.Match(msg.Topic, mb.subs[:0], mb.groups[:0])
 	mb.enc.reset(msg, from, clock{now: s.cfg.Now}, len(mb.subs)+len(mb.groups))
-	n := s.route(&mb.enc, mb.subs, b)
+	n := s.route(&mb.enc, mb.subs, b, pub)
 	var eligible func(string) bool
 	if len(mb.groups) > 0 {
 		eligible = s.eligibleFor(msg)
@@ -821,7 +852,7 @@ func (s *Server) deliverFrom(msg *Message, b *pbatch, from *conn) int {
 	for i := range mb.groups {
 		g := &mb.groups[i]
 		sub, ok := g.Pick(eligible)
-		if ok && s.deliverTo(&mb.enc, &sub, sub.QoS, sub.RetainAsPublished, idsOf(sub.ID), &shareKey{g.Group, g.Filter}, b) {
+		if ok && s.deliverTo(&mb.enc, &sub, sub.QoS, sub.RetainAsPublished, idsOf(sub.ID), &shareKey{g.Group, g.Filter}, b, pub) {
 			n++
 		}
 	}
@@ -838,8 +869,10 @@ func idsOf(id uint32) []uint32 {
 
 // route delivers the message of es once per client, at the highest QoS
 // of the client's matching subscriptions and with all their identifiers
-// [MQTT-3.3.4-2] [MQTT-3.3.4-3].
-func (s *Server) route(es *encSet, subs []topic.Subscription, b *pbatch) int {
+// [MQTT-3.3.4-2] [MQTT-3.3.4-3]. pub is the publishing client, when
+// routing its PUBLISH: it is told which subscribers it must wait for
+// (overload.go).
+func (s *Server) route(es *encSet, subs []topic.Subscription, b *pbatch, pub *publisher) int {
 	msg := es.msg
 	if len(subs) > 1 && !oneFilter(subs) {
 		// A client can match through several filters: sorting by client
@@ -873,7 +906,7 @@ func (s *Server) route(es *encSet, subs []topic.Subscription, b *pbatch) int {
 				ids = append(ids, sub.ID)
 			}
 		}
-		if matched && s.deliverTo(es, &group[0], qos, rap, ids, nil, b) {
+		if matched && s.deliverTo(es, &group[0], qos, rap, ids, nil, b, pub) {
 			n++
 		}
 	}
@@ -905,7 +938,7 @@ func (s *Server) deliverChecked(sess *session, cl *Client, msg *Message, subQoS 
 		}
 	}
 	d := &delivery{msg: msg, qos: min(msg.QoS, subQoS), retain: retainAsPublished && msg.Retain, subIDs: slices.Clone(ids), share: share}
-	sess.deliver(s, d, b)
+	sess.deliver(s, d, b, nil)
 	return true
 }
 
@@ -916,12 +949,12 @@ func (s *Server) deliverChecked(sess *session, cl *Client, msg *Message, subQoS 
 // never kept. The session is the subscription's Owner, set when it was
 // made, so that a fan-out does not look each subscriber up by client ID;
 // a session that has ended meanwhile delivers nothing (session.offer).
-func (s *Server) deliverTo(es *encSet, sub *topic.Subscription, subQoS byte, retainAsPublished bool, ids []uint32, share *shareKey, b *pbatch) bool {
+func (s *Server) deliverTo(es *encSet, sub *topic.Subscription, subQoS byte, retainAsPublished bool, ids []uint32, share *shareKey, b *pbatch, pub *publisher) bool {
 	sess, _ := sub.Owner.(*session)
 	if sess == nil {
 		if sess = s.lookup(sub.ClientID); sess == nil {
 			return false
 		}
 	}
-	return sess.offer(s, es, subQoS, retainAsPublished, ids, share, b)
+	return sess.offer(s, es, subQoS, retainAsPublished, ids, share, b, pub)
 }

@@ -44,8 +44,12 @@ type session struct {
 	inflight []*delivery
 	nextPID  uint16
 	// Messages waiting for a connection or for room in the in-flight
-	// window, oldest first.
-	queue []*delivery
+	// window, oldest first, and the sum of their sizes (delivery.size).
+	queue      []*delivery
+	queueBytes int64
+	// gate holds back publishers while the queue is over its mark
+	// (overload.go).
+	gate flowGate
 
 	// inboundQoS2 holds packet identifiers of QoS 2 messages received from
 	// the client and routed, awaiting PUBREL [MQTT-4.3.3-10].
@@ -190,8 +194,8 @@ func (s *session) removeInflight(i int) {
 // The receive permission is checked here for every message, offline
 // sessions included (their queued messages are checked again when sent),
 // under s.mu like the checks of fillLocked and resendLocked: one lock per
-// delivery instead of two.
-func (s *session) offer(srv *Server, es *encSet, subQoS byte, rap bool, subIDs []uint32, share *shareKey, b *pbatch) bool {
+// delivery instead of two. pub is as for deliver.
+func (s *session) offer(srv *Server, es *encSet, subQoS byte, rap bool, subIDs []uint32, share *shareKey, b *pbatch, pub *publisher) bool {
 	msg := es.msg
 	s.mu.Lock()
 	if s.ended {
@@ -221,7 +225,8 @@ func (s *session) offer(srv *Server, es *encSet, subQoS byte, rap bool, subIDs [
 				srv.stats.droppedOversize.Add(1)
 				return true
 			}
-			c.sendQoS0(e, len(msg.Payload)+len(msg.Topic), es.from)
+			_, congested := c.sendQoS0(e, len(msg.Payload)+len(msg.Topic), es.from)
+			s.notePublisherQoS0(c, pub, congested)
 			return true
 		}
 	}
@@ -229,32 +234,35 @@ func (s *session) offer(srv *Server, es *encSet, subQoS byte, rap bool, subIDs [
 	if online && qos > 0 {
 		d.enc = es.get(c.version, qos, retain, subIDs)
 	}
-	s.deliverLocked(srv, d, b, es.from)
+	s.deliverLocked(srv, d, b, es.from, pub)
 	return true
 }
 
 // deliver hands one message to the session: straight to the connection
 // when it is online and has room, into the queue otherwise. It reports
-// false when the message was dropped.
-func (s *session) deliver(srv *Server, d *delivery, b *pbatch) bool {
+// false when the message was dropped. pub, when routing a client's
+// PUBLISH, is told whether that client must wait for this session
+// (overload.go).
+func (s *session) deliver(srv *Server, d *delivery, b *pbatch, pub *publisher) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.deliverLocked(srv, d, b, nil)
+	return s.deliverLocked(srv, d, b, nil, pub)
 }
 
 // deliverLocked is deliver with s.mu held. from is the connection whose
 // reader routes the message, which may hold the writer back (see
-// conn.wakeWriterLocked), or nil.
-func (s *session) deliverLocked(srv *Server, d *delivery, b *pbatch, from *conn) bool {
+// conn.wakeWriterLocked), or nil; pub is as for deliver.
+func (s *session) deliverLocked(srv *Server, d *delivery, b *pbatch, from *conn, pub *publisher) bool {
 	c := s.conn
 	if c == nil || c.closing.Load() {
 		// Offline, or the connection is going away: what is sent now
-		// would be lost with it, so queue instead.
+		// would be lost with it, so queue instead. Nobody is held back
+		// for an offline session: its queue's limits apply.
 		if d.qos == 0 && !srv.cfg.QueueQoS0 {
 			srv.stats.droppedQoS0.Add(1)
 			return false
 		}
-		if !s.enqueueLocked(srv, d) {
+		if !s.enqueueLocked(srv, d, false) {
 			return false
 		}
 		s.storeDeliveryLocked(srv, d, b, nil)
@@ -270,18 +278,26 @@ func (s *session) deliverLocked(srv *Server, d *delivery, b *pbatch, from *conn)
 		if srv.cfg.QueueQoS0 && len(s.queue) > 0 {
 			// QoS 0 messages queued while the client was offline go
 			// first: messages of one QoS keep their order [MQTT-4.6.0-6].
-			return s.enqueueLocked(srv, d)
+			ok := s.enqueueLocked(srv, d, true)
+			s.notePublisherLocked(srv, pub)
+			return ok
 		}
-		return c.sendQoS0(d, len(d.msg.Payload)+len(d.msg.Topic), from)
+		sent, congested := c.sendQoS0(d, int(d.size()), from)
+		s.notePublisherQoS0(c, pub, congested)
+		return sent
 	}
 	if len(s.queue) > 0 || len(s.inflight) >= s.inflightLimit {
-		if !s.enqueueLocked(srv, d) {
-			return false
+		ok := s.enqueueLocked(srv, d, true)
+		if ok {
+			s.storeDeliveryLocked(srv, d, b, nil)
 		}
-		s.storeDeliveryLocked(srv, d, b, nil)
-		return true
+		s.notePublisherLocked(srv, pub)
+		return ok
 	}
 	s.startLocked(c, d, b, from)
+	if pub != nil && pub.self != s {
+		pub.noteFree(s)
+	}
 	return true
 }
 
@@ -303,15 +319,20 @@ func (s *session) startLocked(c *conn, d *delivery, b *pbatch, from *conn) {
 	c.sendPublish(d, dup, from)
 }
 
-func (s *session) enqueueLocked(srv *Server, d *delivery) bool {
+// enqueueLocked appends d to the queue within its limits. A full queue
+// drops d, unless the client is online (the caller is routing to its
+// connection) and the policy is QueueBlock: d is queued all the same and
+// its publisher is held back until there is room (notePublisherLocked).
+func (s *session) enqueueLocked(srv *Server, d *delivery, online bool) bool {
 	// A queued message waits, perhaps for another connection: it keeps
 	// no shared encoding alive meanwhile.
 	d.enc = nil
-	if len(s.queue) >= srv.limits().MaxQueued && !s.dropExpiredLocked(srv) {
+	if s.fullLocked(srv) && !s.dropExpiredLocked(srv) && (!online || srv.cfg.QueueFullPolicy != QueueBlock) {
 		srv.queueFull(s.id, d)
 		return false
 	}
 	s.queue = append(s.queue, d)
+	s.queueBytes += d.size()
 	srv.stats.queued.Add(1)
 	return true
 }
@@ -326,6 +347,7 @@ func (s *session) dropExpiredLocked(srv *Server) bool {
 		if !d.msg.expired(now) {
 			kept = append(kept, d)
 		} else {
+			s.queueBytes -= d.size()
 			s.dropDeliveryLocked(srv, d)
 		}
 	}
@@ -334,7 +356,10 @@ func (s *session) dropExpiredLocked(srv *Server) bool {
 	s.queue = kept
 	srv.stats.queued.Add(-int64(n))
 	srv.stats.expired.Add(int64(n))
-	return len(s.queue) < srv.limits().MaxQueued
+	if n > 0 {
+		s.drainedLocked(srv, n)
+	}
+	return !s.fullLocked(srv)
 }
 
 // fillLocked moves queued messages into flight while there is room.
@@ -351,6 +376,7 @@ func (s *session) fillLocked(srv *Server) {
 			break
 		}
 		n++
+		s.queueBytes -= d.size()
 		srv.stats.queued.Add(-1)
 		if !d.msg.Expires.IsZero() && d.msg.expired(clk.get()) {
 			srv.stats.expired.Add(1)
@@ -378,6 +404,9 @@ func (s *session) fillLocked(srv *Server) {
 		rest := copy(s.queue, s.queue[n:])
 		clear(s.queue[rest:])
 		s.queue = s.queue[:rest]
+	}
+	if n > 0 || len(s.gate.waiters) > 0 {
+		s.drainedLocked(srv, n)
 	}
 }
 

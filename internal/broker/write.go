@@ -61,20 +61,24 @@ func (c *conn) sendPublish(d *delivery, dup bool, from *conn) {
 }
 
 // sendQoS0 queues a QoS 0 PUBLISH (a *pubEnc shared with other
-// connections, or a *delivery) unless the connection's QoS 0 backlog is
-// over its byte budget (a slow consumer), in which case it is dropped.
-// from is as for sendPublish.
-func (c *conn) sendQoS0(p packet.Packet, size int, from *conn) bool {
+// connections, or a *delivery) of size bytes (topic and payload). Past
+// the connection's QoS 0 byte budget (a slow consumer) the oldest QoS 0
+// messages waiting are dropped to make room (overload.go). It reports
+// whether the message was queued, and whether the QoS 0 backlog is over
+// the mark at which its publishers are held back. from is as for
+// sendPublish.
+func (c *conn) sendQoS0(p packet.Packet, size int, from *conn) (sent, congested bool) {
 	c.outMu.Lock()
 	defer c.outMu.Unlock()
-	if c.final || c.outBytes+size > c.srv.cfg.MaxOutboundBytes {
-		c.srv.stats.droppedSlow.Add(1)
-		return false
+	if c.final || c.outBytes+size > c.srv.cfg.MaxOutboundBytes && !c.dropOldestQoS0Locked(size) {
+		c.srv.droppedSlow(c, 1)
+		return false, false
 	}
 	c.outBytes += size
+	c.outQ0++
 	c.out = append(c.out, p)
 	c.wakeWriterLocked(from)
-	return true
+	return true, c.q0CongestedLocked()
 }
 
 // Writers are woken once per batch of inbound messages, not once per
@@ -228,6 +232,7 @@ func (c *conn) writeLoop() {
 		batch := c.out
 		c.out = c.spare[:0]
 		c.spare = nil
+		c.q0DrainedLocked()
 		c.outBytes = 0
 		c.outMu.Unlock()
 

@@ -266,8 +266,18 @@ func (p *servePlan) planBroker() {
 	if lim.MaxInflightBytes != 0 {
 		p.problem("limits.max_inflight_bytes", "", errors.New("limits.max_inflight_bytes is not supported yet; remove it (max_inflight, a message count, is enforced)"))
 	}
-	if lim.MaxQueuedBytes != 0 {
-		p.problem("limits.max_queued_bytes", "", errors.New("limits.max_queued_bytes is not supported yet; remove it (max_queued_messages, a message count, is enforced)"))
+	// Overload control: the config's 0 turns a mark off, the broker's
+	// zero means its default.
+	b.MaxQueuedBytes = int64(lim.MaxQueuedBytes)
+	b.PushbackMessages, b.PushbackBytes, b.PushbackWait = lim.PushbackMessages, int64(lim.PushbackBytes), lim.PushbackWait.D()
+	if b.PushbackMessages == 0 {
+		b.PushbackMessages = -1
+	}
+	if b.PushbackBytes == 0 {
+		b.PushbackBytes = -1
+	}
+	if lim.QueueFullPolicy == config.QueueFullBlock {
+		b.QueueFullPolicy = broker.QueueBlock
 	}
 	b.Authenticator = p.auth
 	b.CheckRetainSource = cfg.CheckRetainSource
