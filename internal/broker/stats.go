@@ -113,12 +113,6 @@ func (sh *counterShard) publishIn(qos byte, payload int) {
 	sh.payloadIn[qos].Add(int64(payload))
 }
 
-// publishOut counts a PUBLISH encoded for the client.
-func (sh *counterShard) publishOut(qos byte, payload int) {
-	sh.msgsOut[qos].Add(1)
-	sh.payloadOut[qos].Add(int64(payload))
-}
-
 // wireSize is the size of a packet of remaining length rl: the first
 // byte, the remaining length's variable byte integer and the body.
 func wireSize(rl int) int {
