@@ -10,6 +10,7 @@ const (
 	TypeBanAdd       = "ban.add"       // decision: a ban was added
 	TypeBanRemove    = "ban.remove"    // decision: a ban was removed by an operator
 	TypeBanExpire    = "ban.expire"    // a ban expired
+	TypeBanLoad      = "ban.load"      // a ban in force when the broker started
 	TypeBanRefuse    = "ban.refuse"    // decision: a connection refused by a ban
 	TypeDetect       = "detect"        // decision: abnormal behaviour detected, and the action taken
 	TypeRevokeCutoff = "revoke.cutoff" // decision: a connected client cut off by revocation or expiry

@@ -482,6 +482,7 @@ func (s *Server) recheckSession(sess *session, cl *Client, reason string, res *R
 		if !s.index.Unsubscribe(sess.id, sub.Group, sub.Filter) {
 			continue
 		}
+		s.clusterUnsub(sub.Filter)
 		n := len(sub.Filter)
 		if sub.Group != "" {
 			n += len("$share/") + len(sub.Group) + 1
@@ -503,11 +504,15 @@ func (s *Server) recheckSession(sess *session, cl *Client, reason string, res *R
 			kept = append(kept, d)
 			continue
 		}
+		sess.queueBytes -= d.size()
 		dropped++
 	}
 	clear(sess.queue[len(kept):])
 	sess.queue = kept
 	s.stats.queued.Add(-int64(dropped))
+	if dropped > 0 {
+		sess.drainedLocked(s, dropped)
+	}
 	// In-flight messages the client already holds (sent on its current
 	// connection, or released QoS 2) cannot be taken back; the others
 	// would be resent, and are dropped.

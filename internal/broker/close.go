@@ -55,6 +55,7 @@ func (c *conn) kill(code packet.ReasonCode, reason string) {
 		c.out = append(c.out, d)
 	}
 	c.final = true
+	c.q0gate.release() // nobody waits for a connection that is closing
 	c.startWriterLocked()
 	wake := !c.writing // nothing to flush: wake the reader here
 	c.outMu.Unlock()
@@ -143,13 +144,17 @@ func halfClose(nc net.Conn) bool {
 // ended too (a publish right after cannot reach it).
 func (c *conn) finish() {
 	c.kill(0, "")
+	c.leaveHolds()
 	// No writer may start from now on; wait for the one running, if any.
 	c.outMu.Lock()
 	c.final = true
 	c.canWrite = false
 	var exit chan struct{}
 	if c.writing {
-		exit = c.writerExit
+		if c.writerDone == nil {
+			c.writerDone = make(chan struct{})
+		}
+		exit = c.writerDone
 	}
 	c.outMu.Unlock()
 	if exit != nil {

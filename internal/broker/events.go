@@ -61,6 +61,19 @@ type ConnObserver interface {
 	Closed(c *Client, connected, abnormal bool)
 }
 
+// AttachObserver is an optional interface of a ConnObserver. Attached is
+// called on the reader once the client's session is attached, when
+// DisconnectMatching and Reevaluate can find the connection, before
+// anything is written to it (CONNACK included) and before its next packet
+// is read. A refusal closes the socket unwritten, so the client receives
+// neither its CONNACK nor its queued messages, and ends the connection as
+// the loss of access does. It closes the window between Connected and the
+// attach: a ban added in it found no connection to end, and Attached is
+// where the Observer checks again.
+type AttachObserver interface {
+	Attached(c *Client) Decision
+}
+
 // Verdict is an Observer's answer to an event: Disconnect asks the server
 // to end the connection now with Code (a v5 reason code; 3.1.1 clients are
 // simply disconnected) and Reason.
@@ -159,6 +172,7 @@ func (c *conn) throttle(n int) bool {
 	if wait <= 0 {
 		return true
 	}
+	c.kickWriters()
 	c.outMu.Lock()
 	c.startWriterLocked() // what handling queued goes out during the pause
 	c.outMu.Unlock()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"net"
 	"slices"
 	"strings"
@@ -110,10 +111,14 @@ func TestSecurityObserverRefusesBeforeTLS(t *testing.T) {
 			t.Fatal("TLS handshake completed with a refused socket")
 		}
 	}
-	st := s.Stats()
-	if st.AcceptRefused != 3 || st.TLSFailures != 0 {
-		t.Fatalf("accept refusals %d, TLS failures %d; want 3 and 0", st.AcceptRefused, st.TLSFailures)
-	}
+	// The client sees the socket close before the accept loop counts the
+	// refusal: wait for the count.
+	testutil.CheckFor(t, 5*time.Second, func() error {
+		if st := s.Stats(); st.AcceptRefused != 3 || st.TLSFailures != 0 {
+			return fmt.Errorf("accept refusals %d, TLS failures %d; want 3 and 0", st.AcceptRefused, st.TLSFailures)
+		}
+		return nil
+	})
 }
 
 // TestObserverSeesConnectionEvents: the Observer is told of CONNECT,

@@ -53,9 +53,11 @@ func createToken(t *testing.T, dir, name, role string) string {
 	return tok
 }
 
-func startAdminEnv(t *testing.T) *adminEnv {
+// startAdminEnv starts moat serve with an admin listener; extra is
+// appended to its configuration.
+func startAdminEnv(t *testing.T, extra ...string) *adminEnv {
 	t.Helper()
-	return startAdminEnvWith(t, "")
+	return startAdminEnvWith(t, strings.Join(extra, ""))
 }
 
 // startAdminEnvWith is startAdminEnv with more YAML at the end of the

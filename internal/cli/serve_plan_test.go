@@ -206,7 +206,7 @@ func TestServeCheckAcceptsGoldenConfigs(t *testing.T) {
 			}
 			if serveErr != nil {
 				// Some golden files name settings Moat refuses at start
-				// (socket_domain, max_queued_bytes): both refuse them.
+				// (socket_domain): both refuse them.
 				t.Logf("refused by both: %v", serveErr)
 				return
 			}
