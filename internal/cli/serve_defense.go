@@ -31,7 +31,7 @@ type defense struct {
 	g          *guard.Guard // nil: defense disabled
 	audit      *audit.Log   // nil: audit log disabled
 	log        *slog.Logger
-	denySample int64
+	denySample atomic.Int64                  // audit.deny_sample; a reload changes it
 	srv        atomic.Pointer[broker.Server] // set once the broker exists
 
 	lmu       sync.Mutex
@@ -58,7 +58,8 @@ const acceptSample = 1000
 // with its final checkpoint.
 func (p *servePlan) planDefense() {
 	dc, ac := p.cfg.Defense, p.cfg.Audit
-	d := &defense{log: p.log, listeners: map[string]*defListener{}, denySample: int64(cmp.Or(ac.DenySample, 10))}
+	d := &defense{log: p.log, listeners: map[string]*defListener{}}
+	d.setDenySample(ac.DenySample)
 	if ac.DenySample < 0 {
 		p.problem("audit.deny_sample", "", errors.New("audit.deny_sample must not be negative"))
 	}
@@ -122,6 +123,14 @@ func (p *servePlan) planDefense() {
 		p.broker.Observer = d
 		p.defense = d
 	}
+}
+
+// setDenySample sets audit.deny_sample (0: the default, 10) and returns
+// the value in force.
+func (d *defense) setDenySample(n int) int64 {
+	v := int64(cmp.Or(n, 10))
+	d.denySample.Store(v)
+	return v
 }
 
 // guardConfig translates the defense section, reporting bad actions and
@@ -437,7 +446,7 @@ func (cd *connDefense) Connected(c *broker.Client) broker.Decision {
 
 func (cd *connDefense) Denied(c *broker.Client, a broker.Action, topic, reason string) broker.Verdict {
 	cd.denies++
-	if n := cd.denies; n <= cd.d.denySample || n%cd.d.denySample == 0 {
+	if n, every := cd.denies, cd.d.denySample.Load(); n <= every || n%every == 0 {
 		cd.d.record(audit.TypeAuthzDeny, cd.who(c, audit.String("reason", cmp.Or(reason, "not authorized")), audit.String("action", a.String()),
 			audit.String("topic", topic), audit.Int("denied_total", n))...)
 	}
