@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/moatmq/moat/internal/admin"
 	"github.com/moatmq/moat/internal/audit"
 	"github.com/moatmq/moat/internal/broker"
 	"github.com/moatmq/moat/internal/config"
@@ -126,12 +127,31 @@ func (p *servePlan) planDefense() {
 	}
 }
 
-// setDenySample sets audit.deny_sample (0: the default, 10) and returns
-// the value in force.
-func (d *defense) setDenySample(n int) int64 {
-	v := int64(cmp.Or(n, 10))
-	d.denySample.Store(v)
-	return v
+// bansFile is the ban list's file: defense.bans_file, or bans.json in the
+// data directory.
+func (p *servePlan) bansFile() string {
+	return cmp.Or(p.cfg.Defense.BansFile, filepath.Join(p.cfg.DataDir, guard.BansFileName))
+}
+
+// adminAuditor records the admin API's changes in the audit log; nil
+// (nothing recorded there) when the log is off. d may be nil.
+func (d *defense) adminAuditor() admin.Auditor {
+	if d == nil || d.audit == nil {
+		return nil
+	}
+	return adminAudit{d}
+}
+
+type adminAudit struct{ d *defense }
+
+// AdminAction records one change made through the admin API as an
+// admin.action entry: who (the token's name and address), what, and the
+// result. The change itself is recorded as well where it takes effect
+// (a ban added through the API is also a ban.add once the broker loads it).
+func (a adminAudit) AdminAction(x admin.Action) {
+	a.d.record(audit.TypeAdminAction, audit.String("reason", "admin API"), audit.String("action", x.Action),
+		audit.String("target", x.Target), audit.String("token", x.Token), audit.String("remote", x.Remote),
+		audit.String("result", x.Result))
 }
 
 // guardConfig translates the defense section, reporting bad actions and
@@ -144,7 +164,7 @@ func (p *servePlan) guardConfig(dc config.Defense) guard.Config {
 		MessageRate: dc.MessageRate, MessageBurst: dc.MessageBurst,
 		ByteRate: float64(dc.ByteRate), ByteBurst: int(dc.ByteBurst), ThrottleLimit: dc.ThrottleLimit.D(),
 		TrackedKeys: dc.TrackedKeys, RepeatMemory: dc.RepeatMemory.D(), MaxBans: dc.MaxBans,
-		BansFile:     cmp.Or(dc.BansFile, filepath.Join(p.cfg.DataDir, guard.BansFileName)),
+		BansFile:     p.bansFile(),
 		PollInterval: dc.PollInterval.D(),
 	}
 	for _, det := range []struct {
@@ -660,6 +680,14 @@ func (d *defense) reloaded(changed []string, err error) {
 	}
 	d.record(audit.TypeConfigReload, audit.String("reason", "reload requested"), audit.String("result", "applied"),
 		audit.String("changed", strings.Join(changed, ",")))
+}
+
+// setDenySample sets audit.deny_sample (0: the default, 10) and returns
+// the value in force.
+func (d *defense) setDenySample(n int) int64 {
+	v := int64(cmp.Or(n, 10))
+	d.denySample.Store(v)
+	return v
 }
 
 // guard returns the guard, nil when defense is off. d may be nil.
