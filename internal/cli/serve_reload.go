@@ -220,7 +220,7 @@ func (p *servePlan) reloadConfig() (string, error) {
 		if c.apply == liveACL && acl == nil && !needRestart {
 			c.reason = "adding or removing the access policy, or giving listeners different ones, needs a restart"
 		}
-		if c.apply == liveRates && (p.defense.guard() == nil || check.defense.guard() == nil) {
+		if (c.apply == liveRates || c.apply == liveDetectors) && (p.defense.guard() == nil || check.defense.guard() == nil) {
 			c.reason = "defense is off: turning it on needs a restart"
 		}
 		if c.reason != "" {
@@ -262,6 +262,13 @@ func (p *servePlan) reloadConfig() (string, error) {
 			p.log.Error("serve: reload: the client rates do not apply", "err", err)
 		}
 		p.log.Info("serve: client rate limits changed", "rates", fmt.Sprintf("%+v", r))
+	}
+	if kinds[liveDetectors] {
+		ds, err := p.defense.guard().SetDetectors(check.defense.guard().Detectors())
+		if err != nil {
+			p.log.Error("serve: reload: the detectors do not apply", "err", err)
+		}
+		p.log.Info("serve: detectors changed", "detectors", fmt.Sprintf("%+v", ds))
 	}
 	if kinds[liveAudit] && p.defense != nil {
 		n := p.defense.setDenySample(next.Audit.DenySample)
@@ -380,12 +387,13 @@ func diffConfigs(old, next *config.Config) ([]reloadSetting, error) {
 
 // How a reload treats each setting (what applies it live).
 const (
-	liveACL     = "access policy"  // swapPolicies, then the sessions re-evaluated
-	liveLimits  = "broker limits"  // broker.Server.SetLimits
-	liveRates   = "client rates"   // guard.Guard.SetClientRates
-	liveLevel   = "log level"      // the LevelVar of the logger
-	liveProfile = "profile"        // checked by the reload's plan; in force as the running configuration
-	liveAudit   = "audit sampling" // defense.denySample
+	liveACL       = "access policy"  // swapPolicies, then the sessions re-evaluated
+	liveLimits    = "broker limits"  // broker.Server.SetLimits
+	liveRates     = "client rates"   // guard.Guard.SetClientRates
+	liveDetectors = "detectors"      // guard.Guard.SetDetectors
+	liveLevel     = "log level"      // the LevelVar of the logger
+	liveProfile   = "profile"        // checked by the reload's plan; in force as the running configuration
+	liveAudit     = "audit sampling" // defense.denySample
 )
 
 // reloadRule says how a reload treats the settings whose path matches
@@ -400,7 +408,7 @@ type reloadRule struct {
 // Reasons shared by several rules.
 const (
 	whyBrokerStart  = "the broker reads it at start"
-	whyGuardStart   = "the guard is built with it at start (only the per-client rates of defense change at run time)"
+	whyGuardStart   = "the guard is built with it at start (of defense, only the per-client rates and the detectors change at run time)"
 	whyAuthChain    = "authentication chains are built at start (the password files' contents reload live)"
 	whyAuditOpen    = "the audit log is opened at start (only audit.deny_sample reloads)"
 	whyLimitAtStart = "the broker reads this limit at start"
@@ -443,6 +451,12 @@ var reloadRules = []reloadRule{
 	{key: "defense.byte_rate", apply: liveRates},
 	{key: "defense.byte_burst", apply: liveRates},
 	{key: "defense.throttle_limit", apply: liveRates},
+	{key: "defense.auth_failures*", apply: liveDetectors},
+	{key: "defense.topic_scan*", apply: liveDetectors},
+	{key: "defense.flapping*", apply: liveDetectors},
+	{key: "defense.abnormal_disconnects*", apply: liveDetectors},
+	{key: "defense.undeliverable*", apply: liveDetectors},
+	{key: "defense.silence*", apply: liveDetectors},
 	{key: "defense.disabled", why: "turning defense on or off needs a restart"},
 	{key: "defense.ipv6_prefix", why: "connections are counted per address prefix: those open would be released under another prefix than they were counted under"},
 	{key: "defense.conn_table_size", why: "the connection-rate table's memory is allocated once, at start"},

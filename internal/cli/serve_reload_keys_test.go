@@ -86,7 +86,8 @@ func TestReloadRulesCoverEveryKey(t *testing.T) {
 		"listeners[0].auth[2].url":                 "listeners[].auth*",
 		"auth[0].bind_dn_template":                 "auth*",
 		"acl.rules[4].topics[0]":                   "acl*",
-		"defense.auth_failures.threshold":          "defense.*",
+		"defense.auth_failures.threshold":          "defense.auth_failures*",
+		"defense.conn_rate":                        "defense.*",
 		"log.dest[0]":                              "log.*",
 		"limits.connect_timeout":                   "limits.connect_timeout",
 	} {
@@ -177,6 +178,25 @@ func TestReloadAppliesEveryLiveKey(t *testing.T) {
 		"defense.throttle_limit": {"defense: {throttle_limit: 5s}", func(p *servePlan) error {
 			return want("ThrottleLimit", p.defense.guard().ClientRates().ThrottleLimit, 5*time.Second)
 		}},
+		"defense.auth_failures*": {"defense: {auth_failures: {threshold: 3, action: log}}", func(p *servePlan) error {
+			d := p.defense.guard().Detectors().AuthFailures
+			return want("auth_failures", fmt.Sprint(d.Threshold, d.Action), "3 log")
+		}},
+		"defense.topic_scan*": {"defense: {topic_scan: {window: 5m}}", func(p *servePlan) error {
+			return want("topic_scan window", p.defense.guard().Detectors().TopicScan.Window, 5*time.Minute)
+		}},
+		"defense.flapping*": {"defense: {flapping: {action: disconnect}}", func(p *servePlan) error {
+			return want("flapping action", p.defense.guard().Detectors().Flapping.Action.String(), "disconnect")
+		}},
+		"defense.abnormal_disconnects*": {"defense: {abnormal_disconnects: {keys: [address]}}", func(p *servePlan) error {
+			return want("abnormal_disconnects keys", p.defense.guard().Detectors().Abnormal.Keys.String(), "source address")
+		}},
+		"defense.undeliverable*": {"defense: {undeliverable: {disabled: true}}", func(p *servePlan) error {
+			return want("undeliverable disabled", p.defense.guard().Detectors().Undeliverable.Disabled, true)
+		}},
+		"defense.silence*": {"defense: {silence: {window: 2m, ban_for: 1m, max_ban: 2m}}", func(p *servePlan) error {
+			return want("silence after", p.defense.guard().SilenceAfter(), 2*time.Minute)
+		}},
 		"audit.deny_sample": {"audit: {deny_sample: 3}", func(p *servePlan) error {
 			return want("deny sample", p.defense.denySample.Load(), int64(3))
 		}},
@@ -236,9 +256,10 @@ func TestReloadAppliesEveryLiveKey(t *testing.T) {
 // running broker: a silent connection is closed after the new timeout,
 // and an identity's second retained message is refused (the broker's own
 // $SYS messages count towards max_retained_messages, so the test lowers
-// the limit per identity). A change to the guard's
-// connection rate is refused with its reason, and nothing of that reload
-// is applied.
+// the limit per identity). A change to the guard's connection rate is
+// refused with its reason, and nothing of that reload is applied. A
+// lowered detector threshold applies: two denied publications are
+// detected.
 func TestServeReloadConnectTimeoutRetainedAndDefense(t *testing.T) {
 	needTool(t, "mosquitto_pub", "mosquitto_sub")
 	m, port, file, _ := startReloadBroker(t)
@@ -281,6 +302,24 @@ func TestServeReloadConnectTimeoutRetainedAndDefense(t *testing.T) {
 	}
 	if n := strings.Count(m.logs.String(), "serve: configuration reloaded"); n != 1 || strings.Contains(m.logs.String(), "level=DEBUG") {
 		t.Fatalf("part of the refused reload was applied (%d reloads)", n)
+	}
+
+	// A detector's threshold and action change live: two denied
+	// publications from this address are detected now (the default is
+	// 20), and only logged.
+	writeFile(t, file, reloadYAML(port, "info", "t/#")+"limits:\n  connect_timeout: 1s\n  max_retained_messages_per_identity: 1\n"+
+		"defense:\n  topic_scan: {threshold: 2, action: log}\n")
+	m.cmd.Process.Signal(syscall.SIGHUP)
+	if !m.waitLog(t, "serve: detectors changed", "defense.topic_scan.action", "defense.topic_scan.threshold") {
+		t.Fatal("the detector change was not applied")
+	}
+	mqttTry(t, port, "", "u/one")
+	mqttTry(t, port, "", "u/two")
+	if !m.waitLog(t, "guard: topic scan detected", "2 denied topics", "action=log") {
+		t.Fatal("two denied publications were not detected under the new threshold")
+	}
+	if strings.Contains(m.logs.String(), "guard: ban added") {
+		t.Fatal("the detection banned under action log")
 	}
 }
 
