@@ -147,7 +147,7 @@ type Handler struct {
 
 	mu        sync.Mutex
 	limiters  map[string]*rate.Limiter
-	limitedAt map[string]time.Time // last refusal by a limiter recorded in the audit log
+	auditedAt map[string]time.Time // last refusal of a kind recorded in the audit log, by kind and name
 	chain     map[string]any       // last audit chain status, for chainSig
 	chainSig  string
 }
@@ -176,7 +176,7 @@ func New(cfg Config) (*Handler, error) {
 	if cfg.MutationsPerMinute == 0 {
 		cfg.MutationsPerMinute = 60
 	}
-	h := &Handler{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux(), limiters: map[string]*rate.Limiter{}, limitedAt: map[string]time.Time{}}
+	h := &Handler{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux(), limiters: map[string]*rate.Limiter{}, auditedAt: map[string]time.Time{}}
 	h.routes()
 	return h, nil
 }
@@ -212,12 +212,13 @@ func identityOf(r *http.Request) Identity {
 
 // authed wraps an API handler: a valid bearer token or admin client
 // certificate is required. A change (mutate) passes, in this order, the
-// rate limit of its token or certificate (so that refusals, too, are
-// bounded), the origin check of a certificate-authenticated call, and the
-// operator role. Every change that passes authentication is audited:
-// handlers record their outcome (record), and authed records the calls
-// it refuses and those a handler refused without recording (a malformed
-// body); refusals by the rate limit at most once a minute per token.
+// origin check of a certificate-authenticated call, the rate limit of its
+// token or certificate (refusals by role count too, so they are bounded)
+// and the operator role. Every change that passes authentication is
+// audited: handlers record their outcome (record), and authed records the
+// calls it refuses and those a handler refused without recording (a
+// malformed body); refusals by origin and by the rate limit at most once a
+// minute per token or certificate.
 func (h *Handler) authed(mutate bool, f http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Cache-Control", "no-store")
@@ -233,24 +234,30 @@ func (h *Handler) authed(mutate bool, f http.HandlerFunc) http.HandlerFunc {
 		m := &mutation{}
 		r = r.WithContext(context.WithValue(ctx, mutationKey{}, m))
 		action := actionOf(r)
-		if !h.limiter(id.Name).Allow() {
-			h.log.Warn("admin: change refused: rate limit", "token", id.Name, "remote", r.RemoteAddr, "path", r.URL.Path)
-			if h.limitedAuditDue(id.Name) {
-				h.record(r, action, requestTarget(r), errors.New("refused: rate limit (recorded at most once a minute)"))
-			}
-			w.Header().Set("Retry-After", "1")
-			writeError(w, http.StatusTooManyRequests, "too many changes; slow down")
-			return
-		}
+		// A page elsewhere can make a browser that holds a certificate
+		// send changes: they are refused before the rate limit, so that
+		// they cannot use up the certificate's changes, and recorded at
+		// most once a minute, so that they cannot flood the audit log.
 		if byCert {
 			if why := crossSite(r); why != "" {
 				h.log.Warn("admin: change with a client certificate refused: not from the API's own origin", "certificate", id.Name,
 					"remote", r.RemoteAddr, "path", r.URL.Path, "reason", why)
-				h.record(r, action, requestTarget(r), errors.New("refused: not from the API's own origin ("+why+")"))
+				if h.auditDue("cross-site", id.Name) {
+					h.record(r, action, requestTarget(r), errors.New("refused: not from the API's own origin ("+why+"); recorded at most once a minute"))
+				}
 				writeError(w, http.StatusForbidden, "a change authenticated by a client certificate must come from the API's own origin "+
 					"with a JSON body ("+why+")")
 				return
 			}
+		}
+		if !h.limiter(id.Name).Allow() {
+			h.log.Warn("admin: change refused: rate limit", "token", id.Name, "remote", r.RemoteAddr, "path", r.URL.Path)
+			if h.auditDue("rate", id.Name) {
+				h.record(r, action, requestTarget(r), errors.New("refused: rate limit; recorded at most once a minute"))
+			}
+			w.Header().Set("Retry-After", "1")
+			writeError(w, http.StatusTooManyRequests, "too many changes; slow down")
+			return
 		}
 		if id.Role != RoleOperator {
 			h.log.Warn("admin: viewer token refused for a change", "token", id.Name, "remote", r.RemoteAddr,
@@ -307,17 +314,18 @@ func actionOf(r *http.Request) string {
 // requestTarget is what a refused change was aimed at: its path and query.
 func requestTarget(r *http.Request) string { return clip(r.URL.RequestURI(), 200) }
 
-// limitedAuditDue reports whether a refusal by the rate limit of token
-// name is to be recorded: the first, then at most one a minute, so that a
-// client hammering the API cannot flood the audit log.
-func (h *Handler) limitedAuditDue(name string) bool {
+// auditDue reports whether a refusal of kind for the token or
+// certificate name is to be recorded in the audit log: the first, then at
+// most one a minute, so that refusals in bulk cannot flood it.
+func (h *Handler) auditDue(kind, name string) bool {
 	now := h.cfg.Now()
+	key := kind + "\x00" + name
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if last, ok := h.limitedAt[name]; ok && now.Sub(last) < time.Minute {
+	if last, ok := h.auditedAt[key]; ok && now.Sub(last) < time.Minute {
 		return false
 	}
-	h.limitedAt[name] = now
+	h.auditedAt[key] = now
 	return true
 }
 
