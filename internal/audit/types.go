@@ -20,6 +20,7 @@ const (
 	TypeConfigReload = "config.reload" // decision: a configuration reload applied or refused
 	TypeLimit        = "limit"         // decision: a limit enforced on a client
 	TypeAccessLost   = "access.lost"   // decision: a live session lost access (policy, password, LDAP, ban), and what was done
+	TypeAuthRegrant  = "auth.regrant"  // decision: re-authentication changed a live client's groups or grants, and what the re-check took away
 )
 
 // decisionTypes are the types that must carry a reason.
@@ -27,5 +28,5 @@ var decisionTypes = map[string]bool{
 	TypeAuthSuccess: true, TypeAuthFailure: true, TypeAuthzDeny: true,
 	TypeBanAdd: true, TypeBanRemove: true, TypeBanRefuse: true, TypeDetect: true,
 	TypeRevokeCutoff: true, TypeCAIssue: true, TypeCARevoke: true,
-	TypeAdminAction: true, TypeConfigReload: true, TypeLimit: true, TypeAccessLost: true,
+	TypeAdminAction: true, TypeConfigReload: true, TypeLimit: true, TypeAccessLost: true, TypeAuthRegrant: true,
 }

@@ -427,6 +427,7 @@ func (c *conn) loseAccessCode(code packet.ReasonCode, reason string) bool {
 // the reader.
 func (c *conn) regrant(res *AuthResult) {
 	s := c.srv
+	before := c.client.Grants()
 	g := Grants{Groups: res.Groups, Publish: res.Publish, Subscribe: res.Subscribe, Backend: res.Backend}
 	const reason = "re-authentication changed the groups or grants"
 	var out ReevaluateResult
@@ -449,6 +450,7 @@ func (c *conn) regrant(res *AuthResult) {
 	c.log.Info("broker: re-authentication changed the groups or grants; applied", "username", c.client.Username,
 		"groups", len(g.Groups), "publish_grants", len(g.Publish), "subscribe_grants", len(g.Subscribe),
 		"unsubscribed", out.Unsubscribed, "dropped", out.Dropped)
+	c.regranted(GrantChange{Before: before, After: g, Reason: reason, Unsubscribed: out.Unsubscribed, Dropped: out.Dropped})
 }
 
 // regrantSession makes g the identity of sess's connection (cl is its

@@ -37,7 +37,7 @@ type connectState struct {
 func (c *conn) handshakeAndConnect() bool {
 	s := c.srv
 	c.stampArrivals()
-	deadline := time.Now().Add(s.cfg.ConnectTimeout)
+	deadline := time.Now().Add(s.connectTimeout())
 	c.nc.SetDeadline(deadline)
 	ctx, cancel := context.WithDeadline(s.ctx, deadline)
 	defer cancel()

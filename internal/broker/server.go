@@ -401,7 +401,7 @@ func (s *Server) attach(c *conn, st *connectState) (*session, bool, string) {
 					"other_identity", foreign)
 				oc.takenOver.Store(true)
 				oc.kill(packet.SessionTakenOver, "session taken over")
-				if s.wait(s.cfg.ConnectTimeout, oc.done, nil) {
+				if s.wait(s.connectTimeout(), oc.done, nil) {
 					oc.nc.Close()
 					<-oc.done
 				}

@@ -32,7 +32,7 @@ type defense struct {
 	g          *guard.Guard // nil: defense disabled
 	audit      *audit.Log   // nil: audit log disabled
 	log        *slog.Logger
-	denySample int64
+	denySample atomic.Int64                  // audit.deny_sample; a reload changes it
 	srv        atomic.Pointer[broker.Server] // set once the broker exists
 
 	lmu       sync.Mutex
@@ -51,6 +51,7 @@ var (
 	_ broker.ObserverCounters = (*defense)(nil)
 	_ broker.ConnObserver     = (*connDefense)(nil)
 	_ broker.AttachObserver   = (*connDefense)(nil)
+	_ broker.GrantObserver    = (*connDefense)(nil)
 )
 
 // acceptSample: of the connections refused at accept (a flood), the first
@@ -64,7 +65,8 @@ const acceptSample = 1000
 // with its final checkpoint.
 func (p *servePlan) planDefense() {
 	dc, ac := p.cfg.Defense, p.cfg.Audit
-	d := &defense{log: p.log, listeners: map[string]*defListener{}, denySample: int64(cmp.Or(ac.DenySample, 10))}
+	d := &defense{log: p.log, listeners: map[string]*defListener{}}
+	d.setDenySample(ac.DenySample)
 	if ac.DenySample < 0 {
 		p.problem("audit.deny_sample", "", errors.New("audit.deny_sample must not be negative"))
 	}
@@ -538,7 +540,7 @@ func (cd *connDefense) Attached(c *broker.Client) broker.Decision {
 
 func (cd *connDefense) Denied(c *broker.Client, a broker.Action, topic, reason string) broker.Verdict {
 	cd.denies++
-	if n := cd.denies; n <= cd.d.denySample || n%cd.d.denySample == 0 {
+	if n, every := cd.denies, cd.d.denySample.Load(); n <= every || n%every == 0 {
 		cd.d.record(audit.TypeAuthzDeny, cd.who(c, audit.String("reason", cmp.Or(reason, "not authorized")), audit.String("action", a.String()),
 			audit.String("topic", topic), audit.Int("denied_total", n))...)
 	}
@@ -584,6 +586,76 @@ func (cd *connDefense) Ping(c *broker.Client, quiet time.Duration) broker.Verdic
 	}
 	cd.silent = true
 	return cd.verdict(c, cd.d.g.Silent(cd.id(c, c.Username), quiet))
+}
+
+// Regranted records a change of a live client's groups or grants by
+// MQTT 5 re-authentication (auth.regrant): what was added and removed,
+// and what the re-check of its session took away. The lists are clipped
+// (regrantListMax); the counts are whole.
+func (cd *connDefense) Regranted(c *broker.Client, ch broker.GrantChange) {
+	fields := cd.who(c, audit.String("reason", ch.Reason))
+	if ch.After.Backend != "" || ch.Before.Backend != "" {
+		fields = append(fields, audit.String("backend", ch.After.Backend))
+		if ch.Before.Backend != ch.After.Backend {
+			fields = append(fields, audit.String("backend_before", ch.Before.Backend))
+		}
+	}
+	for _, l := range []struct {
+		name          string
+		before, after []string
+	}{{"groups", ch.Before.Groups, ch.After.Groups}, {"publish", ch.Before.Publish, ch.After.Publish},
+		{"subscribe", ch.Before.Subscribe, ch.After.Subscribe}} {
+		added, removed := listChanges(l.before, l.after)
+		if len(added) > 0 {
+			fields = append(fields, audit.String(l.name+"_added", clipList(added)))
+		}
+		if len(removed) > 0 {
+			fields = append(fields, audit.String(l.name+"_removed", clipList(removed)))
+		}
+	}
+	fields = append(fields, audit.Int("unsubscribed", int64(ch.Unsubscribed)), audit.Int("dropped", int64(ch.Dropped)))
+	cd.d.record(audit.TypeAuthRegrant, fields...)
+}
+
+// regrantListMax bounds a list of groups or grants in an auth.regrant
+// entry: a token may carry many, and the audit log must stay small.
+const regrantListMax = 1024
+
+// listChanges returns what is in after and not in before, and the
+// reverse, each once, in order. Linear: a token's lists may be long.
+func listChanges(before, after []string) (added, removed []string) {
+	diff := func(from, other []string) []string {
+		have := make(map[string]bool, len(other))
+		for _, s := range other {
+			have[s] = true
+		}
+		var out []string
+		for _, s := range from {
+			if !have[s] {
+				have[s] = true // once
+				out = append(out, s)
+			}
+		}
+		return out
+	}
+	return diff(after, before), diff(before, after)
+}
+
+// clipList joins a list with commas, cut to regrantListMax bytes with a
+// note of how many items were left out.
+func clipList(list []string) string {
+	var b strings.Builder
+	for i, s := range list {
+		if b.Len()+len(s)+1 > regrantListMax {
+			fmt.Fprintf(&b, " (and %d more)", len(list)-i)
+			break
+		}
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(s)
+	}
+	return b.String()
 }
 
 func (cd *connDefense) Closed(c *broker.Client, connected, abnormal bool) {
@@ -681,6 +753,14 @@ func (d *defense) reloaded(changed []string, err error) {
 	}
 	d.record(audit.TypeConfigReload, audit.String("reason", "reload requested"), audit.String("result", "applied"),
 		audit.String("changed", strings.Join(changed, ",")))
+}
+
+// setDenySample sets audit.deny_sample (0: the default, 10) and returns
+// the value in force.
+func (d *defense) setDenySample(n int) int64 {
+	v := int64(cmp.Or(n, 10))
+	d.denySample.Store(v)
+	return v
 }
 
 // guard returns the guard, nil when defense is off. d may be nil.

@@ -117,7 +117,8 @@ func New(cfg Config) (*Guard, error) {
 	g.conns = newAddrTable(s.ConnTableSize, s.ConnRate, s.ConnBurst, seed)
 	g.perAddr.n = map[addrKey]int32{}
 	for name, d := range s.detectors {
-		g.det[name] = &detector{name: name, cfg: d, keys: map[trackKey]*window{}}
+		g.det[name] = &detector{name: name, keys: map[trackKey]*window{}}
+		g.det[name].cfg.Store(&d)
 	}
 	if s.BansFile != "" {
 		if err := g.syncFile(); err != nil {
