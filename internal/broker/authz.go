@@ -499,18 +499,13 @@ func (s *Server) recheckSession(sess *session, cl *Client, reason string, res *R
 	sess.mu.Lock()
 	defer sess.mu.Unlock()
 	online := sess.conn != nil && !sess.conn.closing.Load()
-	kept := sess.queue[:0]
-	dropped := 0
-	for _, d := range sess.queue {
+	dropped := sess.queue.filter(func(d *delivery) bool {
 		if s.mayReceive(cl, d) {
-			kept = append(kept, d)
-			continue
+			return true
 		}
 		sess.queueBytes -= d.size()
-		dropped++
-	}
-	clear(sess.queue[len(kept):])
-	sess.queue = kept
+		return false
+	})
 	s.stats.queued.Add(-int64(dropped))
 	if dropped > 0 {
 		sess.drainedLocked(s, dropped)

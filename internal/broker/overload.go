@@ -346,7 +346,7 @@ func (d *delivery) size() int64 { return int64(len(d.msg.Topic) + len(d.msg.Payl
 // fullLocked reports whether s's queue is at its limits. The caller
 // holds s.mu.
 func (s *session) fullLocked(srv *Server) bool {
-	return len(s.queue) >= srv.limits().MaxQueued || srv.cfg.MaxQueuedBytes > 0 && s.queueBytes >= srv.cfg.MaxQueuedBytes
+	return s.queue.len() >= srv.limits().MaxQueued || srv.cfg.MaxQueuedBytes > 0 && s.queueBytes >= srv.cfg.MaxQueuedBytes
 }
 
 // overMark reports whether a backlog of n messages and b bytes is at the
@@ -373,7 +373,7 @@ func (s *session) holdsBackLocked(srv *Server) bool {
 	if srv.cfg.QueueFullPolicy == QueueBlock && s.fullLocked(srv) {
 		return true
 	}
-	return !s.gate.slow && srv.overMark(len(s.queue), s.queueBytes, srv.markBytes)
+	return !s.gate.slow && srv.overMark(s.queue.len(), s.queueBytes, srv.markBytes)
 }
 
 // drainedLocked runs when n deliveries left s's queue, or when an
@@ -383,7 +383,7 @@ func (s *session) holdsBackLocked(srv *Server) bool {
 func (s *session) drainedLocked(srv *Server, n int) {
 	g := &s.gate
 	g.progress += uint64(n)
-	low := srv.underLow(len(s.queue), s.queueBytes, srv.markBytes)
+	low := srv.underLow(s.queue.len(), s.queueBytes, srv.markBytes)
 	if low {
 		g.slow = false
 	}

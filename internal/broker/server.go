@@ -532,16 +532,17 @@ func (s *Server) endSessionLocked(sess *session) func() {
 	// refused with an error code was already discarded [MQTT-4.8.2-6], and
 	// a QoS 2 message it has received (PUBREL stage) stays delivered.
 	var orphans []*delivery
-	for _, list := range [][]*delivery{sess.inflight, sess.queue} {
+	for _, list := range [][]*delivery{sess.inflight, sess.queue.items()} {
 		for _, d := range list {
 			if d.share != nil && !d.released {
 				orphans = append(orphans, d)
 			}
 		}
 	}
-	s.stats.queued.Add(-int64(len(sess.queue)))
-	s.stats.droppedSessionEnd.Add(lostWithSession(sess.queue, sess.inflight))
-	sess.queue, sess.inflight, sess.queueBytes = nil, nil, 0
+	s.stats.queued.Add(-int64(sess.queue.len()))
+	s.stats.droppedSessionEnd.Add(lostWithSession(sess.queue.items(), sess.inflight))
+	sess.queue.reset()
+	sess.inflight, sess.queueBytes = nil, 0
 	sess.releaseGateLocked()
 	var willMsg *Message
 	var willFrom *Client

@@ -45,7 +45,7 @@ type session struct {
 	nextPID  uint16
 	// Messages waiting for a connection or for room in the in-flight
 	// window, oldest first, and the sum of their sizes (delivery.size).
-	queue      []*delivery
+	queue      msgQueue
 	queueBytes int64
 	// gate holds back publishers while the queue is over its mark
 	// (overload.go).
@@ -218,7 +218,7 @@ func (s *session) offer(srv *Server, es *encSet, subQoS byte, rap bool, subIDs [
 	qos, retain := min(msg.QoS, subQoS), rap && msg.Retain
 	c := s.conn
 	online := c != nil && !c.closing.Load()
-	if online && qos == 0 && !(srv.cfg.QueueQoS0 && len(s.queue) > 0) {
+	if online && qos == 0 && !(srv.cfg.QueueQoS0 && s.queue.len() > 0) {
 		if e := es.get(c.version, 0, retain, subIDs); e != nil {
 			if s.maxPacket > 0 && uint32(len(e.b)) > s.maxPacket {
 				// [MQTT-3.1.2-25], as in deliverLocked.
@@ -275,7 +275,7 @@ func (s *session) deliverLocked(srv *Server, d *delivery, b *pbatch, from *conn,
 		return false
 	}
 	if d.qos == 0 {
-		if srv.cfg.QueueQoS0 && len(s.queue) > 0 {
+		if srv.cfg.QueueQoS0 && s.queue.len() > 0 {
 			// QoS 0 messages queued while the client was offline go
 			// first: messages of one QoS keep their order [MQTT-4.6.0-6].
 			ok := s.enqueueLocked(srv, d, true)
@@ -286,7 +286,7 @@ func (s *session) deliverLocked(srv *Server, d *delivery, b *pbatch, from *conn,
 		s.notePublisherQoS0(c, pub, congested)
 		return sent
 	}
-	if len(s.queue) > 0 || len(s.inflight) >= s.inflightLimit {
+	if s.queue.len() > 0 || len(s.inflight) >= s.inflightLimit {
 		ok := s.enqueueLocked(srv, d, true)
 		if ok {
 			s.storeDeliveryLocked(srv, d, b, nil)
@@ -331,7 +331,7 @@ func (s *session) enqueueLocked(srv *Server, d *delivery, online bool) bool {
 		srv.queueFull(s.id, d)
 		return false
 	}
-	s.queue = append(s.queue, d)
+	s.queue.push(d)
 	s.queueBytes += d.size()
 	srv.stats.queued.Add(1)
 	return true
@@ -342,18 +342,14 @@ func (s *session) enqueueLocked(srv *Server, d *delivery, online bool) bool {
 // reports whether there is room now.
 func (s *session) dropExpiredLocked(srv *Server) bool {
 	now := srv.cfg.Now()
-	kept := s.queue[:0]
-	for _, d := range s.queue {
+	n := s.queue.filter(func(d *delivery) bool {
 		if !d.msg.expired(now) {
-			kept = append(kept, d)
-		} else {
-			s.queueBytes -= d.size()
-			s.dropDeliveryLocked(srv, d)
+			return true
 		}
-	}
-	n := len(s.queue) - len(kept)
-	clear(s.queue[len(kept):])
-	s.queue = kept
+		s.queueBytes -= d.size()
+		s.dropDeliveryLocked(srv, d)
+		return false
+	})
 	srv.stats.queued.Add(-int64(n))
 	srv.stats.expired.Add(int64(n))
 	if n > 0 {
@@ -369,9 +365,10 @@ func (s *session) fillLocked(srv *Server) {
 		return
 	}
 	clk := clock{now: srv.cfg.Now}
+	queued := s.queue.items()
 	n := 0
-	for n < len(s.queue) {
-		d := s.queue[n]
+	for n < len(queued) {
+		d := queued[n]
 		if d.qos > 0 && len(s.inflight) >= s.inflightLimit {
 			break
 		}
@@ -401,9 +398,7 @@ func (s *session) fillLocked(srv *Server) {
 		s.startLocked(c, d, nil, nil)
 	}
 	if n > 0 {
-		rest := copy(s.queue, s.queue[n:])
-		clear(s.queue[rest:])
-		s.queue = s.queue[:rest]
+		s.queue.popFront(n)
 	}
 	if n > 0 || len(s.gate.waiters) > 0 {
 		s.drainedLocked(srv, n)
