@@ -283,7 +283,7 @@ func (s *session) notePublisherLocked(srv *Server, pub *publisher) {
 		// Over the mark, or publishers wait already: this one waits
 		// behind them, so that they take turns.
 		w := pub.nextWaiter()
-		s.gate.join(w, func() Timer { return srv.afterFunc(srv.cfg.PushbackWait, func() { s.checkGate(srv) }) })
+		s.gate.join(w, func() Timer { return srv.afterFunc(srv.limits().PushbackWait, func() { s.checkGate(srv) }) })
 		pub.addHold(hold{sess: s, w: w})
 	} else {
 		pub.noteFree(s)
@@ -315,9 +315,9 @@ func (s *session) notePublisherQoS0(c *conn, pub *publisher, congested bool) {
 // checkGate is the timer of s's gate (flowGate.checkLocked).
 func (s *session) checkGate(srv *Server) {
 	s.mu.Lock()
-	forRoom := srv.cfg.QueueFullPolicy == QueueBlock && s.fullLocked(srv)
+	forRoom := srv.limits().QueueFullPolicy == QueueBlock && s.fullLocked(srv)
 	slow, stuck := s.gate.checkLocked(forRoom, func() Timer {
-		return srv.afterFunc(srv.cfg.PushbackWait, func() { s.checkGate(srv) })
+		return srv.afterFunc(srv.limits().PushbackWait, func() { s.checkGate(srv) })
 	})
 	s.mu.Unlock()
 	if slow {
@@ -326,7 +326,7 @@ func (s *session) checkGate(srv *Server) {
 }
 
 func (c *conn) armQ0Check() Timer {
-	return c.srv.afterFunc(c.srv.cfg.PushbackWait, c.checkQ0Gate)
+	return c.srv.afterFunc(c.srv.limits().PushbackWait, c.checkQ0Gate)
 }
 
 // checkQ0Gate is the timer of c's QoS 0 gate (flowGate.checkLocked).
@@ -350,15 +350,16 @@ func (s *session) fullLocked(srv *Server) bool {
 }
 
 // overMark reports whether a backlog of n messages and b bytes is at the
-// pushback mark, whose byte mark is markBytes.
-func (srv *Server) overMark(n int, b, markBytes int64) bool {
-	return srv.markMsgs > 0 && (int64(n) >= srv.markMsgs || markBytes > 0 && b >= markBytes)
+// pushback mark, whose byte mark is markBytes (l.markBytes for a queue,
+// l.markQ0Bytes for a QoS 0 backlog).
+func (l *liveLimits) overMark(n int, b, markBytes int64) bool {
+	return l.markMsgs > 0 && (int64(n) >= l.markMsgs || markBytes > 0 && b >= markBytes)
 }
 
 // underLow reports whether a backlog is down to half the mark, where a
 // slow subscriber holds publishers back again.
-func (srv *Server) underLow(n int, b, markBytes int64) bool {
-	return int64(n) <= srv.markMsgs/2 && (markBytes <= 0 || b <= markBytes/2)
+func (l *liveLimits) underLow(n int, b, markBytes int64) bool {
+	return int64(n) <= l.markMsgs/2 && (markBytes <= 0 || b <= markBytes/2)
 }
 
 // holdsBackLocked reports whether a publisher of a message just given to
@@ -370,10 +371,11 @@ func (s *session) holdsBackLocked(srv *Server) bool {
 	if c == nil || c.closing.Load() {
 		return false
 	}
-	if srv.cfg.QueueFullPolicy == QueueBlock && s.fullLocked(srv) {
+	l := srv.limits()
+	if l.QueueFullPolicy == QueueBlock && s.fullLocked(srv) {
 		return true
 	}
-	return !s.gate.slow && srv.overMark(s.queue.len(), s.queueBytes, srv.markBytes)
+	return !s.gate.slow && l.overMark(s.queue.len(), s.queueBytes, l.markBytes)
 }
 
 // drainedLocked runs when n deliveries left s's queue, or when an
@@ -383,7 +385,8 @@ func (s *session) holdsBackLocked(srv *Server) bool {
 func (s *session) drainedLocked(srv *Server, n int) {
 	g := &s.gate
 	g.progress += uint64(n)
-	low := srv.underLow(s.queue.len(), s.queueBytes, srv.markBytes)
+	l := srv.limits()
+	low := l.underLow(s.queue.len(), s.queueBytes, l.markBytes)
 	if low {
 		g.slow = false
 	}
@@ -405,8 +408,14 @@ func (s *session) releaseGateLocked() { s.gate.release() }
 // back: it is over its mark, or publishers wait already. The caller holds
 // c.outMu.
 func (c *conn) q0CongestedLocked() bool {
-	return !c.final && !c.q0gate.slow &&
-		(c.srv.overMark(c.outQ0, int64(c.outBytes), c.srv.markQ0Bytes) || len(c.q0gate.waiters) > 0)
+	return !c.final && !c.q0gate.slow && (c.q0OverMarkLocked() || len(c.q0gate.waiters) > 0)
+}
+
+// q0OverMarkLocked reports whether c's QoS 0 backlog is at its mark. The
+// caller holds c.outMu.
+func (c *conn) q0OverMarkLocked() bool {
+	l := c.srv.limits()
+	return l.overMark(c.outQ0, int64(c.outBytes), l.markQ0Bytes)
 }
 
 // q0DrainedLocked runs when the writer takes the queued packets: the QoS
@@ -418,7 +427,7 @@ func (c *conn) q0DrainedLocked() {
 		return
 	}
 	g.progress += uint64(c.outQ0)
-	if c.srv.underLow(c.outQ0, int64(c.outBytes), c.srv.markQ0Bytes) {
+	if l := c.srv.limits(); l.underLow(c.outQ0, int64(c.outBytes), l.markQ0Bytes) {
 		g.slow = false
 	}
 	c.outQ0 = 0
@@ -608,10 +617,11 @@ func (srv *Server) slowSubscriber(client string, qos0, stuck bool) {
 	if stuck {
 		why = "it took nothing from its backlog"
 	}
-	then := "QoS 1/2 messages queue up to max_queued_messages, then the queue_full_policy applies (" + srv.cfg.QueueFullPolicy.String() + ")"
+	l := srv.limits()
+	then := "QoS 1/2 messages queue up to max_queued_messages, then the queue_full_policy applies (" + l.QueueFullPolicy.String() + ")"
 	if qos0 {
 		then = "QoS 0 messages wait up to max_outbound_bytes, then the oldest are dropped"
 	}
 	srv.log.Warn("broker: subscriber too slow; its publishers are no longer held back for it", "client", client,
-		"wait", srv.cfg.PushbackWait, "why", why, "then", then, "slow_total", n)
+		"wait", l.PushbackWait, "why", why, "then", then, "slow_total", n)
 }

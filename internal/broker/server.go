@@ -64,19 +64,12 @@ type Server struct {
 	cluster        Cluster // nil: a single node (cluster.go)
 	clusterFilters clusterFilters
 
-	lim atomic.Pointer[Limits] // the limits in force (livelimits.go)
+	lim atomic.Pointer[liveLimits] // the limits in force and the pushback marks (livelimits.go)
 
 	// recent records recently routed messages with their arrival times
 	// (recent.go); stamps keeps the kernel stamping them (arrival.go).
 	recent recentRing
 	stamps stampHold
-	// markMsgs is the backlog in messages at which publishers are held
-	// back: Config.PushbackMessages, at most MaxQueued; 0 when off.
-	// markBytes and markQ0Bytes are the byte marks of queues and of QoS 0
-	// backlogs: Config.PushbackBytes, below the byte limits where those
-	// are lower (so that publishers are held back before messages are
-	// dropped); 0 for none.
-	markMsgs, markBytes, markQ0Bytes int64
 }
 
 type listenerState struct {
@@ -115,7 +108,7 @@ func New(cfg Config) (*Server, error) {
 		persist:    c.Persistence,
 		cluster:    c.Cluster,
 	}
-	s.lim.Store(limitsOf(&c))
+	s.lim.Store(newLiveLimits(limitsOf(&c), &c))
 	s.authorizer = c.Authorizer
 	if s.authorizer == nil {
 		s.authorizer = AllowAll
@@ -124,18 +117,6 @@ func New(cfg Config) (*Server, error) {
 	s.authorizer = countedAuthorizer{s.authorizer, &s.stats}
 	// After the Authorizer: a will whose time passed while the broker was
 	// down is published (and authorized) during recovery.
-	if c.PushbackMessages > 0 {
-		s.markMsgs = int64(min(c.PushbackMessages, c.MaxQueued))
-		if c.PushbackBytes > 0 {
-			s.markBytes, s.markQ0Bytes = c.PushbackBytes, c.PushbackBytes
-		}
-		if q := c.MaxQueuedBytes; q > 0 && (s.markBytes == 0 || q < s.markBytes) {
-			s.markBytes = q
-		}
-		if o := int64(c.MaxOutboundBytes - c.MaxOutboundBytes/4); s.markQ0Bytes == 0 || o < s.markQ0Bytes {
-			s.markQ0Bytes = o
-		}
-	}
 	if s.persist != nil {
 		if err := s.recover(); err != nil {
 			cancel()

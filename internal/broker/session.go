@@ -327,7 +327,7 @@ func (s *session) enqueueLocked(srv *Server, d *delivery, online bool) bool {
 	// A queued message waits, perhaps for another connection: it keeps
 	// no shared encoding alive meanwhile.
 	d.enc = nil
-	if s.fullLocked(srv) && !s.dropExpiredLocked(srv) && (!online || srv.cfg.QueueFullPolicy != QueueBlock) {
+	if s.fullLocked(srv) && !s.dropExpiredLocked(srv) && (!online || srv.limits().QueueFullPolicy != QueueBlock) {
 		srv.queueFull(s.id, d)
 		return false
 	}
