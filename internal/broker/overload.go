@@ -47,7 +47,9 @@ const (
 	// connected: nothing is lost, and a queue exceeds its limit by at most
 	// what each publisher held had read (its 1 KiB read buffer, or one
 	// larger packet). A client that stops acknowledging stops its
-	// publishers.
+	// publishers. A message with no publisher to hold back (from another
+	// cluster node, a will, the broker's own, a client's to itself) is
+	// dropped as under QueueDrop.
 	QueueBlock
 )
 

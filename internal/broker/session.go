@@ -274,11 +274,12 @@ func (s *session) deliverLocked(srv *Server, d *delivery, b *pbatch, from *conn,
 		srv.stats.droppedOversize.Add(1)
 		return false
 	}
+	held := pub != nil && pub.self != s // see enqueueLocked
 	if d.qos == 0 {
 		if srv.cfg.QueueQoS0 && s.queue.len() > 0 {
 			// QoS 0 messages queued while the client was offline go
 			// first: messages of one QoS keep their order [MQTT-4.6.0-6].
-			ok := s.enqueueLocked(srv, d, true)
+			ok := s.enqueueLocked(srv, d, held)
 			s.notePublisherLocked(srv, pub)
 			return ok
 		}
@@ -287,7 +288,7 @@ func (s *session) deliverLocked(srv *Server, d *delivery, b *pbatch, from *conn,
 		return sent
 	}
 	if s.queue.len() > 0 || len(s.inflight) >= s.inflightLimit {
-		ok := s.enqueueLocked(srv, d, true)
+		ok := s.enqueueLocked(srv, d, held)
 		if ok {
 			s.storeDeliveryLocked(srv, d, b, nil)
 		}
@@ -320,14 +321,18 @@ func (s *session) startLocked(c *conn, d *delivery, b *pbatch, from *conn) {
 }
 
 // enqueueLocked appends d to the queue within its limits. A full queue
-// drops d, unless the client is online (the caller is routing to its
-// connection) and the policy is QueueBlock: d is queued all the same and
+// drops d, unless the policy is QueueBlock and d has a publisher to hold
+// back (held: the client is online, and d comes from another client's
+// PUBLISH routed by that client's reader): d is queued all the same and
 // its publisher is held back until there is room (notePublisherLocked).
-func (s *session) enqueueLocked(srv *Server, d *delivery, online bool) bool {
+// Without a publisher to hold (a message of another cluster node, a will,
+// the broker's own, a client's message to itself), a queue past its
+// limit would grow with nothing to stop it, so the drop policy applies.
+func (s *session) enqueueLocked(srv *Server, d *delivery, held bool) bool {
 	// A queued message waits, perhaps for another connection: it keeps
 	// no shared encoding alive meanwhile.
 	d.enc = nil
-	if s.fullLocked(srv) && !s.dropExpiredLocked(srv) && (!online || srv.limits().QueueFullPolicy != QueueBlock) {
+	if s.fullLocked(srv) && !s.dropExpiredLocked(srv) && (!held || srv.limits().QueueFullPolicy != QueueBlock) {
 		srv.queueFull(s.id, d)
 		return false
 	}
