@@ -541,23 +541,3 @@ func (s *Server) mayReceive(cl *Client, d *delivery) bool {
 	}
 	return dec.Allow
 }
-
-// eligibleFor returns the shared-subscription member filter for msg: an
-// online member that may receive it. A member refused by the policy is
-// passed over, so that a group with one member the policy excludes still
-// delivers to the others.
-func (s *Server) eligibleFor(msg *Message) func(clientID string) bool {
-	return func(id string) bool {
-		sess := s.lookup(id)
-		if sess == nil {
-			return false
-		}
-		sess.mu.Lock()
-		cl, online := sess.client, sess.conn != nil
-		sess.mu.Unlock()
-		if !online {
-			return false
-		}
-		return cl == nil || s.authorize(cl, ActionReceive, msg.Topic, msg.QoS, msg.Retain, "").Allow
-	}
-}

@@ -75,7 +75,7 @@ func limitsOf(c *Config) *Limits {
 		MaxSessions: c.MaxSessions, MaxConnections: c.MaxConnections,
 		PushbackMessages: c.PushbackMessages, PushbackBytes: c.PushbackBytes, PushbackWait: c.PushbackWait,
 		QueueFullPolicy: c.QueueFullPolicy,
-		ConnectTimeout: c.ConnectTimeout, ReauthGrace: c.ReauthGrace,
+		ConnectTimeout:  c.ConnectTimeout, ReauthGrace: c.ReauthGrace,
 		MaxRetained: c.MaxRetained, MaxRetainedBytes: c.MaxRetainedBytes,
 		MaxRetainedPerIdentity: c.MaxRetainedPerIdentity, MaxRetainedBytesPerIdentity: c.MaxRetainedBytesPerIdentity,
 	}

@@ -380,6 +380,27 @@ func (s *session) holdsBackLocked(srv *Server) bool {
 	return !s.gate.slow && l.overMark(s.queue.len(), s.queueBytes, l.markBytes)
 }
 
+// behindLocked reports whether one more message of qos and size bytes
+// (topic and payload) for s, which is connected, would reach the
+// pushback mark of the backlog it joins, or finds publishers waiting
+// there already, or (QoS 1 and 2) finds the queue full; a shared
+// subscription passes such a member over while another keeps up
+// (memberRank). A message that goes straight into flight joins no
+// backlog. The caller holds s.mu.
+func (s *session) behindLocked(srv *Server, qos byte, size int64) bool {
+	l := srv.limits()
+	if qos > 0 {
+		if s.queue.len() == 0 && len(s.inflight) < s.inflightLimit {
+			return false
+		}
+		return len(s.gate.waiters) > 0 || s.fullLocked(srv) || l.overMark(s.queue.len()+1, s.queueBytes+size, l.markBytes)
+	}
+	c := s.conn
+	c.outMu.Lock()
+	defer c.outMu.Unlock()
+	return len(c.q0gate.waiters) > 0 || l.overMark(c.outQ0+1, int64(c.outBytes)+size, l.markQ0Bytes)
+}
+
 // drainedLocked runs when n deliveries left s's queue, or when an
 // acknowledgement found it empty while publishers wait: while the queue
 // is under its mark it wakes one held publisher per delivery, and every

@@ -562,7 +562,7 @@ func (s *Server) redistribute(orphans []*delivery) {
 			if g.Group != d.share.group || g.Filter != d.share.filter {
 				continue
 			}
-			if sub, ok := g.Pick(s.eligibleFor(d.msg)); ok {
+			if sub, ok := g.PickRanked(s.memberRank(d.msg)); ok {
 				s.deliverTo(&mb.enc, &sub, sub.QoS, sub.RetainAsPublished, idsOf(sub.ID), d.share, nil, nil)
 			}
 		}
@@ -827,13 +827,13 @@ func (s *Server) deliverFrom(msg *Message, b *pbatch, from *conn) int {
 	mb.subs, mb.groups = s.index.Match(msg.Topic, mb.subs[:0], mb.groups[:0])
 	mb.enc.reset(msg, from, clock{now: s.cfg.Now}, len(mb.subs)+len(mb.groups))
 	n := s.route(&mb.enc, mb.subs, b, pub)
-	var eligible func(string) bool
+	var rank func(*topic.Subscription) int
 	if len(mb.groups) > 0 {
-		eligible = s.eligibleFor(msg)
+		rank = s.memberRank(msg)
 	}
 	for i := range mb.groups {
 		g := &mb.groups[i]
-		sub, ok := g.Pick(eligible)
+		sub, ok := g.PickRanked(rank)
 		if ok && s.deliverTo(&mb.enc, &sub, sub.QoS, sub.RetainAsPublished, idsOf(sub.ID), &shareKey{g.Group, g.Filter}, b, pub) {
 			n++
 		}
