@@ -75,6 +75,11 @@ type flowGate struct {
 	// checkLocked); cleared when its backlog is down to half the mark,
 	// or when it goes offline or reconnects.
 	slow bool
+	// cycle is set when publishers held for room in the full queue under
+	// QueueBlock were let go because the subscriber itself waits for one
+	// of them (session.checkGate): the queue drops as under QueueDrop
+	// until it has room again. Session gates only.
+	cycle bool
 	// timer runs checkLocked every PushbackWait while publishers wait:
 	// one timer per gate, not per wait, which would cost a timer for
 	// every message a held publisher sends. epoch counts its periods (a
@@ -131,7 +136,7 @@ func (g *flowGate) wakeAll() { g.wake(len(g.waiters)) }
 // went offline, reconnected, or its connection is closing.
 func (g *flowGate) release() {
 	g.wakeAll()
-	g.slow = false
+	g.slow, g.cycle = false, false
 	if g.timer != nil {
 		g.timer.Stop()
 		g.timer = nil
@@ -314,10 +319,26 @@ func (s *session) notePublisherQoS0(c *conn, pub *publisher, congested bool) {
 	c.outMu.Unlock()
 }
 
-// checkGate is the timer of s's gate (flowGate.checkLocked).
+// checkGate is the timer of s's gate (flowGate.checkLocked). Publishers
+// waiting for room in the full queue under QueueBlock wait on, however
+// long, unless the subscriber took nothing from its queue for the whole
+// period and its own client is held back, directly or through others, at
+// the queue of one of them: then nobody can make room (each waits for the
+// other's reader to read the acknowledgements that would), and the
+// publishers are let go; the queue drops as under QueueDrop until it has
+// room again.
 func (s *session) checkGate(srv *Server) {
 	s.mu.Lock()
+	g := &s.gate
 	forRoom := srv.limits().QueueFullPolicy == QueueBlock && s.fullLocked(srv)
+	if forRoom && len(g.waiters) > 0 && g.progress == g.atTick && s.waitCycleLocked() {
+		g.timer = nil
+		g.cycle, g.slow = true, true
+		g.wakeAll()
+		s.mu.Unlock()
+		srv.holdCycle(s.id)
+		return
+	}
 	slow, stuck := s.gate.checkLocked(forRoom, func() Timer {
 		return srv.afterFunc(srv.limits().PushbackWait, func() { s.checkGate(srv) })
 	})
@@ -325,6 +346,41 @@ func (s *session) checkGate(srv *Server) {
 	if slow {
 		srv.slowSubscriber(s.id, false, stuck)
 	}
+}
+
+// maxWaitChain bounds the sessions waitCycleLocked follows: a chain of
+// held publishers longer than this is not taken for a cycle.
+const maxWaitChain = 1024
+
+// waitCycleLocked reports whether the client of s waits, directly or
+// through a chain of held publishers, at the queue of a session whose
+// client waits at s: following waitingOn from s comes back to s. Only
+// atomics of other sessions are read, so no lock is taken. The caller
+// holds s.mu.
+func (s *session) waitCycleLocked() bool {
+	x := s.waitingOn.Load()
+	for range maxWaitChain {
+		if x == nil {
+			return false
+		}
+		if x == s {
+			return true
+		}
+		x = x.waitingOn.Load()
+	}
+	return false
+}
+
+// holdCycle counts and logs a cycle of held publishers broken at the full
+// queue of client: the first and then every 1000th.
+func (srv *Server) holdCycle(client string) {
+	n := srv.stats.holdCycles.Add(1)
+	if n != 1 && n%1000 != 0 {
+		return
+	}
+	srv.log.Warn("broker: publishers held for a full queue under queue_full_policy block wait for each other; "+
+		"they are let go and the queue drops until it has room", "client", client, "wait", srv.limits().PushbackWait,
+		"cycles_total", n)
 }
 
 func (c *conn) armQ0Check() Timer {
@@ -374,7 +430,7 @@ func (s *session) holdsBackLocked(srv *Server) bool {
 		return false
 	}
 	l := srv.limits()
-	if l.QueueFullPolicy == QueueBlock && s.fullLocked(srv) {
+	if l.QueueFullPolicy == QueueBlock && !s.gate.cycle && s.fullLocked(srv) {
 		return true
 	}
 	return !s.gate.slow && l.overMark(s.queue.len(), s.queueBytes, l.markBytes)
@@ -412,6 +468,9 @@ func (s *session) drainedLocked(srv *Server, n int) {
 	low := l.underLow(s.queue.len(), s.queueBytes, l.markBytes)
 	if low {
 		g.slow = false
+	}
+	if g.cycle && !s.fullLocked(srv) {
+		g.cycle = false
 	}
 	if len(g.waiters) == 0 || s.holdsBackLocked(srv) {
 		return
@@ -575,6 +634,12 @@ func (c *conn) awaitHold(h hold) (waited, ok bool) {
 	srv.stats.pushbacks.Add(1)
 	srv.stats.held.Add(1)
 	defer srv.stats.held.Add(-1)
+	if h.c == nil {
+		// For the gates' cycle check (session.checkGate); a QoS 0
+		// backlog's gate never waits for room, and lets go by itself.
+		c.sess.waitingOn.Store(h.sess)
+		defer c.sess.waitingOn.Store(nil)
+	}
 	select {
 	case <-h.w.ch:
 		return true, true

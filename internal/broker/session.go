@@ -50,6 +50,10 @@ type session struct {
 	// gate holds back publishers while the queue is over its mark
 	// (overload.go).
 	gate flowGate
+	// waitingOn is the session at whose queue the reader of this
+	// session's connection waits now (a publisher held back), or nil;
+	// read by other sessions' gates to find cycles (waitCycleLocked).
+	waitingOn atomic.Pointer[session]
 
 	// inboundQoS2 holds packet identifiers of QoS 2 messages received from
 	// the client and routed, awaiting PUBREL [MQTT-4.3.3-10].
@@ -332,7 +336,7 @@ func (s *session) enqueueLocked(srv *Server, d *delivery, held bool) bool {
 	// A queued message waits, perhaps for another connection: it keeps
 	// no shared encoding alive meanwhile.
 	d.enc = nil
-	if s.fullLocked(srv) && !s.dropExpiredLocked(srv) && (!held || srv.limits().QueueFullPolicy != QueueBlock) {
+	if s.fullLocked(srv) && !s.dropExpiredLocked(srv) && (!held || srv.limits().QueueFullPolicy != QueueBlock || s.gate.cycle) {
 		srv.queueFull(s.id, d)
 		return false
 	}
