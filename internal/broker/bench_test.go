@@ -313,7 +313,7 @@ func BenchmarkFanInQoS1(b *testing.B) {
 			payload := make([]byte, 64)
 			var buf []byte
 			b.ReportAllocs()
-			cpu0, w0 := cpuTime(), writeCalls()
+			cpu0, w0, r0 := cpuTime(), writeCalls(), readCalls()
 			b.ResetTimer()
 			for i := range b.N {
 				p := i % pubs
@@ -340,7 +340,7 @@ func BenchmarkFanInQoS1(b *testing.B) {
 				time.Sleep(50 * time.Microsecond)
 			}
 			b.StopTimer()
-			cpu, writes := cpuTime()-cpu0, writeCalls()-w0
+			cpu, writes, reads := cpuTime()-cpu0, writeCalls()-w0, readCalls()-r0
 			st := s.Stats()
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "deliveries/s")
 			b.ReportMetric(float64(st.Pushbacks)/float64(b.N), "pushbacks/msg")
@@ -349,6 +349,7 @@ func BenchmarkFanInQoS1(b *testing.B) {
 			b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N), "cpu-ns/msg")
 			if writes > 0 {
 				b.ReportMetric(float64(writes)/float64(b.N), "writes/msg")
+				b.ReportMetric(float64(reads)/float64(b.N), "reads/msg")
 			}
 		})
 	}
