@@ -594,14 +594,15 @@ func (srv *Server) droppedSlow(c *conn, n int) {
 // came, not while the broker waits for its input anyway (waiting per
 // message cost a goroutine switch and a write each, and tripled the CPU
 // per message of a closed-loop fan-in). The time spent waiting is not the
-// client's: the keep-alive deadline starts again afterwards. It returns
-// false when the connection or the server is closing.
-func (c *conn) awaitHolds() bool {
+// client's: the keep-alive deadline starts again afterwards. It reports
+// whether it had to wait, and ok false when the connection or the server
+// is closing.
+func (c *conn) awaitHolds() (waited, ok bool) {
 	// Writers this reader held back are started before it waits: the
 	// subscribers it waits for may be among them (conn.kickWriters).
 	c.kickWriters()
 	p := &c.pub
-	ok, waited := true, false
+	ok = true
 	for i, h := range p.holds {
 		p.holds[i] = hold{}
 		if ok {
@@ -617,7 +618,7 @@ func (c *conn) awaitHolds() bool {
 	if ok && waited {
 		c.armKeepAlive()
 	}
-	return ok
+	return waited, ok
 }
 
 // awaitHold waits until h's gate lets the publisher go: a delivery left
