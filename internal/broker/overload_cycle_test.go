@@ -29,7 +29,7 @@ func TestOverloadBlockCycleBroken(t *testing.T) {
 	var received [2]atomic.Int64
 	clients := make([]paho3.Client, 2)
 	for i := range clients {
-		o := paho3.NewClientOptions().AddBroker("tcp://"+addr).SetClientID(fmt.Sprintf("peer%d", i)).
+		o := paho3.NewClientOptions().AddBroker("tcp://" + addr).SetClientID(fmt.Sprintf("peer%d", i)).
 			SetCleanSession(true).SetAutoReconnect(false).SetConnectRetry(false).SetProtocolVersion(4).
 			SetKeepAlive(time.Minute)
 		c := paho3.NewClient(o)
