@@ -480,6 +480,7 @@ var reloadRules = []reloadRule{
 	{key: "data_dir", why: "the data directory and the store are opened at start"},
 	{key: "persistence.*", why: "the data directory and the store are opened at start"},
 	{key: "admin.*", why: "the admin listener is bound at start"},
+	{key: "cluster.*", why: "the cluster node is started, and joins its peers, before the broker"},
 	{key: "pid_file", why: "the pid file is written at start"},
 	{key: "sys_interval", why: "the $SYS publisher's period is set at start"},
 	{key: "sessions.*", why: whyBrokerStart},
