@@ -60,3 +60,34 @@ func BenchmarkQueueAck(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkQueueFullDrop is a message for a full queue under the drop
+// policy (a flood at a stalled subscriber, or from another node): each
+// operation delivers one message that the queue, at max_queued_messages,
+// drops. Before dropping, the queue is searched for expired messages to
+// make room; with none that can expire, that search must not cost a pass
+// over the whole queue per message.
+func BenchmarkQueueFullDrop(b *testing.B) {
+	for _, queued := range []int{100, 10_000, 100_000} {
+		b.Run(fmt.Sprintf("queued=%d", queued), func(b *testing.B) {
+			srv, addr := testServer(b, Config{MaxQueued: queued, PushbackMessages: -1})
+			sub := dialRaw(b, addr, packet.V5)
+			sub.connect(connectV5("sub", true, func(p *packet.Properties) { p.SetReceiveMaximum(1) }))
+			sess := srv.lookup("sub")
+			msg := &Message{Topic: "q", Payload: make([]byte, 64), QoS: 1, Created: time.Now()}
+			for range queued + 1 { // one in flight, the rest queued
+				sess.deliver(srv, &delivery{msg: msg, qos: 1}, nil, nil)
+			}
+			dropped := srv.Stats().DroppedQueueFull
+			b.ReportAllocs()
+			b.ResetTimer()
+			for range b.N {
+				sess.deliver(srv, &delivery{msg: msg, qos: 1}, nil, nil)
+			}
+			b.StopTimer()
+			if d := srv.Stats().DroppedQueueFull - dropped; d != int64(b.N) {
+				b.Fatalf("%d dropped of %d", d, b.N)
+			}
+		})
+	}
+}
