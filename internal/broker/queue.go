@@ -1,5 +1,7 @@
 package broker
 
+import "time"
+
 // msgQueue is a session's queue of deliveries waiting for a connection or
 // for room in the in-flight window, oldest first. Messages leave from
 // the front, one per acknowledgement while the client catches up, so the
@@ -11,9 +13,18 @@ package broker
 // costs one copy of what is left: at most one copy per message taken
 // since the last time, so every operation is O(1) amortized. The owning
 // session's mu guards it; the zero value is an empty queue.
+//
+// It also keeps the earliest expiry of the messages queued, so that a
+// full queue is searched for expired messages only when one may have
+// expired (session.dropExpiredLocked): otherwise every message for a full
+// queue of max_queued_messages would cost a pass over all of them.
 type msgQueue struct {
 	buf  []*delivery // buf[head:] is the queue
 	head int
+	// expiry is no later than the earliest Message.Expires of the
+	// messages queued, zero when none of them expires: exact after push
+	// and filter, possibly earlier than needed once the earliest left.
+	expiry time.Time
 }
 
 // keepQueueCap is the capacity an emptied queue keeps for reuse; a
@@ -35,6 +46,15 @@ func (q *msgQueue) push(d *delivery) {
 		q.buf, q.head = q.buf[:n], 0
 	}
 	q.buf = append(q.buf, d)
+	if e := d.msg.Expires; !e.IsZero() && (q.expiry.IsZero() || e.Before(q.expiry)) {
+		q.expiry = e
+	}
+}
+
+// mayHaveExpired reports whether a message queued may have expired at
+// now; false means none has.
+func (q *msgQueue) mayHaveExpired(now time.Time) bool {
+	return !q.expiry.IsZero() && !now.Before(q.expiry)
 }
 
 // popFront removes the n oldest deliveries (n at most len).
@@ -49,9 +69,13 @@ func (q *msgQueue) popFront(n int) {
 func (q *msgQueue) filter(keep func(*delivery) bool) int {
 	items := q.items()
 	kept := items[:0]
+	q.expiry = time.Time{}
 	for _, d := range items {
 		if keep(d) {
 			kept = append(kept, d)
+			if e := d.msg.Expires; !e.IsZero() && (q.expiry.IsZero() || e.Before(q.expiry)) {
+				q.expiry = e
+			}
 		}
 	}
 	clear(items[len(kept):])
@@ -61,7 +85,7 @@ func (q *msgQueue) filter(keep func(*delivery) bool) int {
 }
 
 // reset empties the queue and lets its buffer go.
-func (q *msgQueue) reset() { q.buf, q.head = nil, 0 }
+func (q *msgQueue) reset() { *q = msgQueue{} }
 
 // emptied starts the buffer over from its beginning once nothing is
 // queued.
@@ -73,5 +97,5 @@ func (q *msgQueue) emptied() {
 		q.reset()
 		return
 	}
-	q.buf, q.head = q.buf[:0], 0
+	q.buf, q.head, q.expiry = q.buf[:0], 0, time.Time{}
 }

@@ -3,6 +3,7 @@ package broker
 import (
 	"slices"
 	"testing"
+	"time"
 )
 
 // TestMsgQueue checks the queue against a plain slice through pushes,
@@ -25,7 +26,7 @@ func TestMsgQueue(t *testing.T) {
 	}
 	ds := make([]*delivery, 5000)
 	for i := range ds {
-		ds[i] = &delivery{pid: uint16(i)}
+		ds[i] = &delivery{pid: uint16(i), msg: &Message{Topic: "t"}}
 	}
 	next := 0
 	push := func(n int) {
@@ -81,5 +82,48 @@ func TestMsgQueue(t *testing.T) {
 	check("drained")
 	if cap(q.buf) > keepQueueCap {
 		t.Fatalf("an emptied queue keeps a buffer of %d", cap(q.buf))
+	}
+}
+
+// TestMsgQueueExpiry: the queue knows when a message in it may have
+// expired, so that a full queue is searched for expired messages only
+// then; never too late, and exactly again after a search.
+func TestMsgQueueExpiry(t *testing.T) {
+	t0 := time.Now()
+	at := func(s int) time.Time { return t0.Add(time.Duration(s) * time.Second) }
+	d := func(expires int) *delivery {
+		m := &Message{Topic: "t"}
+		if expires > 0 {
+			m.Expires = at(expires)
+		}
+		return &delivery{msg: m}
+	}
+	var q msgQueue
+	q.push(d(0))
+	if q.mayHaveExpired(at(1000)) {
+		t.Fatal("a queue of messages that never expire may have expired ones")
+	}
+	q.push(d(30))
+	q.push(d(10))
+	q.push(d(20))
+	if q.mayHaveExpired(at(9)) || !q.mayHaveExpired(at(10)) {
+		t.Fatal("the earliest expiry is not 10 s")
+	}
+	// The search removes the expired message; the next expiry is exact.
+	now := at(15)
+	if n := q.filter(func(d *delivery) bool { return !d.msg.expired(now) }); n != 1 {
+		t.Fatalf("removed %d", n)
+	}
+	if q.mayHaveExpired(at(19)) || !q.mayHaveExpired(at(20)) {
+		t.Fatal("after the search the earliest expiry is not 20 s")
+	}
+	// Taking from the front may leave the bound early, never late.
+	q.popFront(2) // the message that never expires and the one at 30 s
+	if !q.mayHaveExpired(at(20)) {
+		t.Fatal("the message expiring at 20 s is not seen")
+	}
+	q.popFront(1)
+	if q.mayHaveExpired(at(1000)) {
+		t.Fatal("an empty queue may have expired messages")
 	}
 }

@@ -348,9 +348,13 @@ func (s *session) enqueueLocked(srv *Server, d *delivery, held bool) bool {
 
 // dropExpiredLocked removes expired messages from a full queue: they will
 // never be sent [MQTT-3.3.2-5] and must not keep newer ones out. It
-// reports whether there is room now.
+// reports whether there is room now. The queue is searched only when a
+// message in it may have expired (msgQueue.expiry).
 func (s *session) dropExpiredLocked(srv *Server) bool {
 	now := srv.cfg.Now()
+	if !s.queue.mayHaveExpired(now) {
+		return !s.fullLocked(srv)
+	}
 	n := s.queue.filter(func(d *delivery) bool {
 		if !d.msg.expired(now) {
 			return true
