@@ -49,6 +49,7 @@ type stats struct {
 	pushbacks       atomic.Int64 // times a publisher was held back
 	held            atomic.Int64 // publishers held back now
 	slowSubscribers atomic.Int64 // times a subscriber was found slow
+	holdCycles      atomic.Int64 // cycles of publishers held for full queues, broken
 
 	subsRefused   atomic.Int64 // subscriptions over MaxSubscriptions or MaxSubscriptionBytes
 	preAuthTooBig atomic.Int64 // CONNECTs over PreAuthMaxPacketSize
@@ -390,10 +391,14 @@ type Stats struct {
 	// times a publisher was held back because a subscriber's backlog was
 	// over its mark (or its queue full under QueueBlock), PublishersHeld
 	// the publishers held back now, SlowSubscribers the times a subscriber
-	// was found too slow to hold its publishers back any longer.
+	// was found too slow to hold its publishers back any longer,
+	// HoldCycles the times publishers held for a full queue under
+	// QueueBlock were let go because they waited for each other (the
+	// queue's further messages are counted in DroppedQueueFull).
 	Pushbacks       int64
 	PublishersHeld  int64
 	SlowSubscribers int64
+	HoldCycles      int64
 
 	// RetainedBytes is what the retained messages stored from clients are
 	// charged against MaxRetainedBytes; RetainedRefused counts retained
@@ -527,6 +532,7 @@ func (s *Server) Stats() Stats {
 		Pushbacks:          st.pushbacks.Load(),
 		PublishersHeld:     st.held.Load(),
 		SlowSubscribers:    st.slowSubscribers.Load(),
+		HoldCycles:         st.holdCycles.Load(),
 
 		RetainedBytes:        s.retained.usage().bytes,
 		RetainedRefused:      s.retained.refused.Load(),

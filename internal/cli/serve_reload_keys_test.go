@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moatmq/moat/internal/broker"
 	"github.com/moatmq/moat/internal/config"
 )
 
@@ -162,6 +163,18 @@ func TestReloadAppliesEveryLiveKey(t *testing.T) {
 		}},
 		"limits.max_retained_bytes_per_identity": {"limits: {max_retained_bytes_per_identity: 64KiB}", func(p *servePlan) error {
 			return want("MaxRetainedBytesPerIdentity", p.srv.Limits().MaxRetainedBytesPerIdentity, int64(64<<10))
+		}},
+		"limits.pushback_messages": {"limits: {pushback_messages: 30}", func(p *servePlan) error {
+			return want("PushbackMessages", p.srv.Limits().PushbackMessages, 30)
+		}},
+		"limits.pushback_bytes": {"limits: {pushback_bytes: 64KiB}", func(p *servePlan) error {
+			return want("PushbackBytes", p.srv.Limits().PushbackBytes, int64(64<<10))
+		}},
+		"limits.pushback_wait": {"limits: {pushback_wait: 3s}", func(p *servePlan) error {
+			return want("PushbackWait", p.srv.Limits().PushbackWait, 3*time.Second)
+		}},
+		"limits.queue_full_policy": {"limits: {queue_full_policy: block}", func(p *servePlan) error {
+			return want("QueueFullPolicy", p.srv.Limits().QueueFullPolicy, broker.QueueBlock)
 		}},
 		"defense.message_rate": {"defense: {message_rate: 50}", func(p *servePlan) error {
 			return want("MessageRate", p.defense.guard().ClientRates().MessageRate, 50.0)
