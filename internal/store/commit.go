@@ -13,9 +13,22 @@ import (
 // other callers' ops, and it is told the outcome once that transaction is
 // durable as the sync mode says.
 type request struct {
-	ops  []Op
-	done chan error  // Commit
-	cb   func(error) // CommitAsync
+	ops    []Op        // prepared (prepareOps)
+	err    error       // preparing the ops failed: the request fails alone
+	done   chan error  // Commit
+	cb     func(error) // CommitAsync
+	opsBuf [3]Op       // ops of a small request (a message and its delivery)
+}
+
+// newRequest prepares ops for a request, on the caller's goroutine.
+func (s *Store) newRequest(ops []Op) *request {
+	r := &request{}
+	var buf []Op
+	if len(ops) <= len(r.opsBuf) {
+		buf = r.opsBuf[:len(ops)]
+	}
+	r.ops, r.err = s.prepareOps(ops, buf)
+	return r
 }
 
 func (r *request) finish(err error) {
@@ -31,9 +44,11 @@ func (r *request) finish(err error) {
 // says: fsynced (SyncAlways), written to the operating system (SyncBatch,
 // SyncOff). The ops of one Commit are applied all or none. When ctx ends
 // first, Commit returns ctx.Err() and the outcome is unknown: the ops may
-// still be committed. Safe for concurrent use.
+// still be committed. The ops' records are encoded and sealed on the
+// calling goroutine. Safe for concurrent use.
 func (s *Store) Commit(ctx context.Context, ops ...Op) error {
-	r := &request{ops: ops, done: make(chan error, 1)}
+	r := s.newRequest(ops)
+	r.done = make(chan error, 1)
 	if err := s.submit(r); err != nil {
 		return err
 	}
@@ -50,9 +65,12 @@ func (s *Store) Commit(ctx context.Context, ops ...Op) error {
 // ErrClosed after Close). done runs on the store's committer goroutine: it
 // must return quickly and must not call Commit (which would wait for the
 // committer itself); it may call CommitAsync. Requests are applied in the
-// order they were submitted. Safe for concurrent use.
+// order they were submitted. The ops' records are encoded and sealed on
+// the calling goroutine before CommitAsync returns; the ops are not used
+// afterwards. Safe for concurrent use.
 func (s *Store) CommitAsync(done func(error), ops ...Op) {
-	r := &request{ops: ops, cb: done}
+	r := s.newRequest(ops)
+	r.cb = done
 	if err := s.submit(r); err != nil {
 		done(err)
 	}
@@ -198,15 +216,17 @@ func (s *Store) commitBatch(reqs []*request) {
 // one: with nothing to write it writes none, unless force is set.
 func (s *Store) commitTx(reqs []*request, force bool) (wrote bool, err error) {
 	defer recoverCorrupt(&err)
-	t := &txn{s: s, version: s.st.Counter + 1, st: s.st, refs: map[uint64]int{}, newMsgs: map[uint64]bool{}, prefs: map[string]int{}}
-	t.st.Counter = t.version
+	t := &txn{s: s, st: s.st, refs: map[uint64]int{}, newMsgs: map[uint64]bool{}, prefs: map[string]int{}, maxID0: s.st.MaxID}
+	t.st.Counter++
 	nops := 0
-	if err := s.keys.newTxnKey(); err != nil {
-		return false, err
-	}
 	dropped := 0
 	err = s.db.Update(func(tx *bolt.Tx) error {
 		t.tx = tx
+		for _, r := range reqs {
+			if r.err != nil {
+				return &opError{r.err}
+			}
+		}
 		var batch [][]Op
 		batch, dropped = t.coalesce(reqs)
 		empty := true
@@ -238,7 +258,15 @@ func (s *Store) commitTx(reqs []*request, force bool) (wrote bool, err error) {
 				}
 			}
 		}
-		return tx.Bucket(bktMeta).Put(keyState, s.keys.seal(bktMeta, keyState, t.st.Counter, encodeRecord(&t.st)))
+		// The counter covers every ID the transaction wrote, seal IDs
+		// included: a record's version never exceeds the counter, and a
+		// later counter never repeats a seal ID (see sealed).
+		t.st.Counter = max(t.st.Counter, t.st.MaxID)
+		st, err := s.keys.seal(bktMeta, keyState, t.st.Counter, encodeRecord(&t.st))
+		if err != nil {
+			return err
+		}
+		return tx.Bucket(bktMeta).Put(keyState, st)
 	})
 	s.stats.coalesced.Add(int64(dropped))
 	if err == errNothingLeft {
@@ -270,12 +298,6 @@ func (s *Store) commitTx(reqs []*request, force bool) (wrote bool, err error) {
 // errNothingLeft rolls back a transaction that has nothing to write.
 var errNothingLeft = errors.New("store: nothing left to write")
 
-// deliveryName names one delivery of one session.
-type deliveryName struct {
-	client string
-	seq    uint64
-}
-
 // coalesce returns each request's ops to apply, leaving out the deliveries
 // the batch puts and deletes again, and the messages only they referred
 // to: a subscriber that acknowledged a message before the commit that
@@ -285,31 +307,31 @@ type deliveryName struct {
 // delivery that was not stored before the batch, of a session that was,
 // and that the batch neither puts again after its delete nor touches
 // through a DeleteSession, is left out; a message only when it was not
-// stored either. It reports how many ops it left out.
+// stored either. It reports how many ops it left out. It works on
+// prepared ops, whose keys are computed: deliveries are named by their
+// keys (a keyed hash of the client ID and the sequence number).
 func (t *txn) coalesce(reqs []*request) ([][]Op, int) {
 	type pos struct{ req, op int }
-	var puts map[deliveryName][]pos
-	var dels map[deliveryName]pos
-	var spoiled map[deliveryName]bool
-	var sessionGone map[string]bool
+	type dkey = [idLen + 8]byte // a delivery's key
+	var puts map[dkey][]pos
+	var dels map[dkey]pos
+	var spoiled map[dkey]bool
+	var sessionGone map[[idLen]byte]bool // by delivery key prefix
 	for i, r := range reqs {
 		for j, op := range r.ops {
 			switch o := op.(type) {
-			case PutDelivery:
-				if o.Delivery == nil {
-					continue
-				}
-				k := deliveryName{o.Delivery.ClientID, o.Delivery.Seq}
+			case *putDelivery:
+				k := dkey(o.key)
 				if _, deleted := dels[k]; deleted {
 					spoiled[k] = true // put again after its delete
 					continue
 				}
 				if puts == nil {
-					puts = map[deliveryName][]pos{}
+					puts = make(map[dkey][]pos, len(reqs))
 				}
 				puts[k] = append(puts[k], pos{i, j})
-			case DeleteDelivery:
-				k := deliveryName{o.ClientID, o.Seq}
+			case *deleteDelivery:
+				k := dkey(o.key)
 				if _, put := puts[k]; !put {
 					continue
 				}
@@ -317,14 +339,14 @@ func (t *txn) coalesce(reqs []*request) ([][]Op, int) {
 					continue
 				}
 				if dels == nil {
-					dels, spoiled = map[deliveryName]pos{}, map[deliveryName]bool{}
+					dels, spoiled = make(map[dkey]pos, len(puts)), map[dkey]bool{}
 				}
 				dels[k] = pos{i, j}
-			case DeleteSession:
+			case *deleteSession:
 				if sessionGone == nil {
-					sessionGone = map[string]bool{}
+					sessionGone = map[[idLen]byte]bool{}
 				}
-				sessionGone[o.ClientID] = true
+				sessionGone[[idLen]byte(o.dlvPrefix)] = true
 			}
 		}
 	}
@@ -335,18 +357,19 @@ func (t *txn) coalesce(reqs []*request) ([][]Op, int) {
 		}
 		return out, 0
 	}
-	drop := map[pos]bool{}
-	dropMsg := map[uint64]bool{} // messages of dropped deliveries
-	dlv, sess := t.tx.Bucket(bktDelivery), t.tx.Bucket(bktSession)
+	putOf := func(p pos) *putDelivery { return reqs[p.req].ops[p.op].(*putDelivery) }
+	drop := make(map[pos]bool, 3*len(dels))
+	dropMsg := make(map[uint64]bool, len(dels)) // messages of dropped deliveries
+	dlv := t.tx.Bucket(bktDelivery)
 	for k, d := range dels {
-		if spoiled[k] || sessionGone[k.client] || dlv.Get(t.s.keys.deliveryKey(k.client, k.seq)) != nil ||
-			sess.Get(t.s.keys.sessionKey(k.client)) == nil {
+		first := putOf(puts[k][0])
+		if spoiled[k] || sessionGone[[idLen]byte(k[:idLen])] || dlv.Get(first.key) != nil || t.needSession(first.sessKey) != nil {
 			continue
 		}
 		drop[d] = true
 		for _, p := range puts[k] {
 			drop[p] = true
-			dropMsg[reqs[p.req].ops[p.op].(PutDelivery).Delivery.MsgID] = true
+			dropMsg[putOf(p).msgID] = true
 		}
 	}
 	// A message stays when it was stored before or a delivery that is
@@ -354,7 +377,7 @@ func (t *txn) coalesce(reqs []*request) ([][]Op, int) {
 	for _, ps := range puts {
 		for _, p := range ps {
 			if !drop[p] {
-				delete(dropMsg, reqs[p.req].ops[p.op].(PutDelivery).Delivery.MsgID)
+				delete(dropMsg, putOf(p).msgID)
 			}
 		}
 	}
@@ -368,7 +391,7 @@ func (t *txn) coalesce(reqs []*request) ([][]Op, int) {
 	for i, r := range reqs {
 		var ops []Op
 		for j, op := range r.ops {
-			if m, ok := op.(PutMessage); ok && m.Message != nil && dropMsg[m.Message.ID] || drop[pos{i, j}] {
+			if m, ok := op.(*putMessage); ok && dropMsg[m.id] || drop[pos{i, j}] {
 				n++
 				continue
 			}

@@ -234,7 +234,9 @@ func Open(cfg Config) (*Store, error) {
 		s.db.Close()
 		return nil, err
 	}
-	s.nextID.Store(s.st.MaxID)
+	// IDs start above every ID and every commit counter the store holds:
+	// seal IDs never repeat a version (see sealed).
+	s.nextID.Store(max(s.st.MaxID, s.st.Counter))
 	if !cfg.readOnly {
 		s.wake = make(chan struct{}, 1)
 		s.wg.Add(1)
@@ -476,7 +478,11 @@ func (s *Store) create() error {
 		if err := meta.Put(keyHeader, h.marshal()); err != nil {
 			return err
 		}
-		return meta.Put(keyState, s.keys.seal(bktMeta, keyState, s.st.Counter, encodeRecord(&s.st)))
+		st, err := s.keys.seal(bktMeta, keyState, s.st.Counter, encodeRecord(&s.st))
+		if err != nil {
+			return err
+		}
+		return meta.Put(keyState, st)
 	})
 	if err != nil {
 		return fmt.Errorf("store: creating %s: %w", s.path, err)
