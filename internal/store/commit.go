@@ -78,7 +78,11 @@ func (s *Store) CommitAsync(done func(error), ops ...Op) {
 
 // submit queues r for the committer. It never blocks, so a CommitAsync
 // callback may submit again; the broker's own limits (in-flight windows,
-// Receive Maximum) bound how many requests can wait.
+// Receive Maximum) bound how many requests can wait. A request is not
+// changed once it is queued, and append never writes below the length
+// another goroutine read under s.mu, so the committer may read the
+// requests of a copy of s.pending without the lock (lateCoalesce); only
+// the committer removes requests.
 func (s *Store) submit(r *request) error {
 	s.mu.Lock()
 	if s.closed || s.wake == nil {
@@ -238,6 +242,13 @@ func (s *Store) commitTx(reqs []*request, force bool) (wrote bool, err error) {
 				}
 				nops++
 			}
+		}
+		if !empty {
+			late, err := t.lateCoalesce()
+			if err != nil {
+				return err
+			}
+			dropped += late
 		}
 		if empty && !force {
 			// Nothing to write (ops that cancelled out, or requests
@@ -400,6 +411,79 @@ func (t *txn) coalesce(reqs []*request) ([][]Op, int) {
 		out[i] = ops
 	}
 	return out, n
+}
+
+// lateCoalesce looks, once the batch is applied, at the requests that
+// arrived while it was: a request that only deletes deliveries
+// (subscribers' acknowledgements) and deletes one this transaction put is
+// applied to it now, ahead of its turn, so that neither the delivery nor
+// (unless another delivery refers to it) its message is written. The
+// request itself is applied and reported in its turn, when the delete
+// finds nothing left to do. Applied early, a delete changes nothing a
+// later request can see, as long as no request between the put and the
+// delete touches that delivery or removes its session, and no request
+// before the delete adds a delivery of the same message (which needs the
+// message stored): such deliveries are left alone. A crash between the
+// two transactions leaves the store without a delivery that the
+// subscriber had acknowledged when the transaction was written, which is
+// what the acknowledgement asks for. It reports how many ops it left out
+// of the disk (the delivery, its delete and, when it went too, the
+// message).
+func (t *txn) lateCoalesce() (int, error) {
+	if len(t.putDlv) == 0 {
+		return 0, nil
+	}
+	t.s.mu.Lock()
+	pend := t.s.pending // read below without the lock: see submit
+	t.s.mu.Unlock()
+	var touched map[[idLen + 8]byte]bool
+	var gone map[[idLen]byte]bool
+	var msgUsed map[uint64]bool
+	n := 0
+	for _, r := range pend {
+		onlyDeletes := r.err == nil && len(r.ops) > 0
+		for _, op := range r.ops {
+			if _, ok := op.(*deleteDelivery); !ok {
+				onlyDeletes = false
+				break
+			}
+		}
+		for _, op := range r.ops {
+			switch o := op.(type) {
+			case *deleteDelivery:
+				k := [idLen + 8]byte(o.key)
+				msg, put := t.putDlv[k]
+				if onlyDeletes && put && !touched[k] && !gone[[idLen]byte(o.key)] && !msgUsed[msg] {
+					if err := t.deleteDelivery(o.key); err != nil {
+						return n, err
+					}
+					n += 2
+					if t.refcount(msg) <= 0 {
+						n++
+					}
+				}
+				if touched == nil {
+					touched = map[[idLen + 8]byte]bool{}
+				}
+				touched[k] = true
+			case *putDelivery:
+				if touched == nil {
+					touched = map[[idLen + 8]byte]bool{}
+				}
+				touched[[idLen + 8]byte(o.key)] = true
+				if msgUsed == nil {
+					msgUsed = map[uint64]bool{}
+				}
+				msgUsed[o.msgID] = true
+			case *deleteSession:
+				if gone == nil {
+					gone = map[[idLen]byte]bool{}
+				}
+				gone[[idLen]byte(o.dlvPrefix)] = true
+			}
+		}
+	}
+	return n, nil
 }
 
 // opError marks an error of one caller's ops (bad input), as opposed to

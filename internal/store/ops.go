@@ -173,6 +173,9 @@ type txn struct {
 	// transaction put it already (freshPuts).
 	maxID0    uint64
 	freshPuts map[[idLen + 8]byte]bool
+	// putDlv are the deliveries this transaction put and that are
+	// stored as it has left them so far (lateCoalesce).
+	putDlv map[[idLen + 8]byte]uint64 // → message ID
 }
 
 func (t *txn) refcount(id uint64) int { return t.s.refs[id] + t.refs[id] }
@@ -519,6 +522,10 @@ func (o *putDelivery) apply(t *txn) error {
 	if err != nil {
 		return err
 	}
+	if t.putDlv == nil {
+		t.putDlv = map[[idLen + 8]byte]uint64{}
+	}
+	t.putDlv[[idLen + 8]byte(o.key)] = o.msgID
 	t.noteID(o.seq)
 	t.refs[o.msgID]++
 	if err := t.putOver(b, bktDelivery, o.key, old, rec); err != nil {
@@ -543,6 +550,9 @@ func (t *txn) deleteDelivery(key []byte) error {
 	t.forget(bktDelivery, key, v)
 	if err := c.Delete(); err != nil {
 		return err
+	}
+	if len(key) == idLen+8 {
+		delete(t.putDlv, [idLen + 8]byte(key))
 	}
 	return t.unref(od.MsgID)
 }
