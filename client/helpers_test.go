@@ -5,12 +5,11 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
-	"log/slog"
-	"net"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/moatmq/moat/internal/broker/brokertest"
 	"github.com/moatmq/moat/internal/testutil"
 	"github.com/moatmq/moat/internal/testutil/testpki"
 
@@ -80,34 +79,12 @@ protocol websockets
 	return &mosquitto{pki: p, tcp: peer.Addr(0), tls: peer.Addr(1), mtls: peer.Addr(2), ws: peer.Addr(3)}
 }
 
-// startMoat runs Moat's broker in-process on a 127.0.0.1 port and returns
-// its address.
+// startMoat runs Moat's broker in-process (anonymous clients allowed) and
+// returns its address.
 func startMoat(t testing.TB, cfg broker.Config) string {
 	t.Helper()
 	cfg.AllowAnonymous = true
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.DiscardHandler)
-	}
-	srv, err := broker.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { srv.Serve(ctx, ln, broker.ListenerConfig{}); close(done) }()
-	t.Cleanup(func() {
-		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer scancel()
-		srv.Shutdown(sctx)
-		cancel()
-		ln.Close()
-		<-done
-	})
-	return ln.Addr().String()
+	return brokertest.Start(t, cfg, brokertest.Options{}).Addr
 }
 
 // dial connects a client and closes it when the test ends.

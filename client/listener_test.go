@@ -6,9 +6,9 @@ import (
 	"crypto/tls"
 	"log/slog"
 	"testing"
-	"time"
 
 	"github.com/moatmq/moat/internal/broker"
+	"github.com/moatmq/moat/internal/broker/brokertest"
 	"github.com/moatmq/moat/internal/listener"
 )
 
@@ -17,26 +17,11 @@ import (
 func startMoatListener(t *testing.T, tr listener.Transport, tc *tls.Config) string {
 	t.Helper()
 	quiet := slog.New(slog.DiscardHandler)
-	srv, err := broker.New(broker.Config{AllowAnonymous: true, Logger: quiet})
+	ln, err := listener.Listen(context.Background(), listener.Config{Address: "127.0.0.1:0", Transport: tr, TLS: tc, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ln, err := listener.Listen(ctx, listener.Config{Address: "127.0.0.1:0", Transport: tr, TLS: tc, Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { srv.Serve(ctx, ln, broker.ListenerConfig{}); close(done) }()
-	t.Cleanup(func() {
-		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer scancel()
-		srv.Shutdown(sctx)
-		cancel()
-		ln.Close()
-		<-done
-	})
-	return ln.Addr().String()
+	return brokertest.Start(t, broker.Config{AllowAnonymous: true, Logger: quiet}, brokertest.Options{Net: ln}).Addr
 }
 
 // TestMoatListeners connects to Moat's broker over its TLS and WebSocket

@@ -10,10 +10,12 @@
 package admin
 
 import (
+	"cmp"
 	"context"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -143,10 +145,11 @@ type Handler struct {
 	log *slog.Logger
 	mux *http.ServeMux
 
-	mu       sync.Mutex
-	limiters map[string]*rate.Limiter
-	chain    map[string]any // last audit chain status, for chainSig
-	chainSig string
+	mu        sync.Mutex
+	limiters  map[string]*rate.Limiter
+	auditedAt map[string]time.Time // last refusal of a kind recorded in the audit log, by kind and name
+	chain     map[string]any       // last audit chain status, for chainSig
+	chainSig  string
 }
 
 // New returns the admin handler.
@@ -173,7 +176,7 @@ func New(cfg Config) (*Handler, error) {
 	if cfg.MutationsPerMinute == 0 {
 		cfg.MutationsPerMinute = 60
 	}
-	h := &Handler{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux(), limiters: map[string]*rate.Limiter{}}
+	h := &Handler{cfg: cfg, log: cfg.Logger, mux: http.NewServeMux(), limiters: map[string]*rate.Limiter{}, auditedAt: map[string]time.Time{}}
 	h.routes()
 	return h, nil
 }
@@ -208,8 +211,14 @@ func identityOf(r *http.Request) Identity {
 }
 
 // authed wraps an API handler: a valid bearer token or admin client
-// certificate is required; mutate also requires the operator role and
-// passes the rate limit.
+// certificate is required. A change (mutate) passes, in this order, the
+// origin check of a certificate-authenticated call, the rate limit of its
+// token or certificate (refusals by role count too, so they are bounded)
+// and the operator role. Every change that passes authentication is
+// audited: handlers record their outcome (record), and authed records the
+// calls it refuses and those a handler refused without recording (a
+// malformed body); refusals by origin and by the rate limit at most once a
+// minute per token or certificate.
 func (h *Handler) authed(mutate bool, f http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Cache-Control", "no-store")
@@ -217,31 +226,107 @@ func (h *Handler) authed(mutate bool, f http.HandlerFunc) http.HandlerFunc {
 		if !ok {
 			return
 		}
-		if mutate && byCert {
+		ctx := context.WithValue(r.Context(), ctxKey{}, id)
+		if !mutate {
+			f(w, r.WithContext(ctx))
+			return
+		}
+		m := &mutation{}
+		r = r.WithContext(context.WithValue(ctx, mutationKey{}, m))
+		action := actionOf(r)
+		// A page elsewhere can make a browser that holds a certificate
+		// send changes: they are refused before the rate limit, so that
+		// they cannot use up the certificate's changes, and recorded at
+		// most once a minute, so that they cannot flood the audit log.
+		if byCert {
 			if why := crossSite(r); why != "" {
 				h.log.Warn("admin: change with a client certificate refused: not from the API's own origin", "certificate", id.Name,
 					"remote", r.RemoteAddr, "path", r.URL.Path, "reason", why)
+				if h.auditDue("cross-site", id.Name) {
+					h.record(r, action, requestTarget(r), errors.New("refused: not from the API's own origin ("+why+"); recorded at most once a minute"))
+				}
 				writeError(w, http.StatusForbidden, "a change authenticated by a client certificate must come from the API's own origin "+
 					"with a JSON body ("+why+")")
 				return
 			}
 		}
-		if mutate {
-			if id.Role != RoleOperator {
-				h.log.Warn("admin: viewer token refused for a change", "token", id.Name, "remote", r.RemoteAddr,
-					"method", r.Method, "path", r.URL.Path)
-				writeError(w, http.StatusForbidden, "this token has the viewer role; changes need an operator token")
-				return
+		if !h.limiter(id.Name).Allow() {
+			h.log.Warn("admin: change refused: rate limit", "token", id.Name, "remote", r.RemoteAddr, "path", r.URL.Path)
+			if h.auditDue("rate", id.Name) {
+				h.record(r, action, requestTarget(r), errors.New("refused: rate limit; recorded at most once a minute"))
 			}
-			if !h.limiter(id.Name).Allow() {
-				h.log.Warn("admin: change refused: rate limit", "token", id.Name, "remote", r.RemoteAddr, "path", r.URL.Path)
-				w.Header().Set("Retry-After", "1")
-				writeError(w, http.StatusTooManyRequests, "too many changes; slow down")
-				return
-			}
+			w.Header().Set("Retry-After", "1")
+			writeError(w, http.StatusTooManyRequests, "too many changes; slow down")
+			return
 		}
-		f(w, r.WithContext(context.WithValue(r.Context(), ctxKey{}, id)))
+		if id.Role != RoleOperator {
+			h.log.Warn("admin: viewer token refused for a change", "token", id.Name, "remote", r.RemoteAddr,
+				"method", r.Method, "path", r.URL.Path)
+			h.record(r, action, requestTarget(r), errors.New("refused: the viewer role makes no changes"))
+			writeError(w, http.StatusForbidden, "this token has the viewer role; changes need an operator token")
+			return
+		}
+		sw := &statusWriter{ResponseWriter: w}
+		f(sw, r)
+		if !m.recorded {
+			h.record(r, action, requestTarget(r), fmt.Errorf("refused: HTTP %d", cmp.Or(sw.code, http.StatusOK)))
+		}
 	}
+}
+
+// mutation is a change in progress; record marks it recorded.
+type mutation struct{ recorded bool }
+
+type mutationKey struct{}
+
+// statusWriter remembers the status a handler answered.
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (s *statusWriter) WriteHeader(code int) {
+	if s.code == 0 {
+		s.code = code
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+// mutationActions names the changes of the API in the audit log, by
+// route pattern (TestEveryChangeHasAnAction checks the list).
+var mutationActions = map[string]string{
+	"POST /api/v1/clients/{id}/kick":            "kick",
+	"DELETE /api/v1/retained":                   "retained.delete",
+	"POST /api/v1/bans":                         "ban.add",
+	"DELETE /api/v1/bans/{id}":                  "ban.remove",
+	"POST /api/v1/certificates/{serial}/revoke": "cert.revoke",
+	"POST /api/v1/config/reload":                "reload",
+}
+
+// actionOf is the audit name of the change r makes.
+func actionOf(r *http.Request) string {
+	if a, ok := mutationActions[r.Pattern]; ok {
+		return a
+	}
+	return r.Method + " " + r.URL.Path
+}
+
+// requestTarget is what a refused change was aimed at: its path and query.
+func requestTarget(r *http.Request) string { return clip(r.URL.RequestURI(), 200) }
+
+// auditDue reports whether a refusal of kind for the token or
+// certificate name is to be recorded in the audit log: the first, then at
+// most one a minute, so that refusals in bulk cannot flood it.
+func (h *Handler) auditDue(kind, name string) bool {
+	now := h.cfg.Now()
+	key := kind + "\x00" + name
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if last, ok := h.auditedAt[key]; ok && now.Sub(last) < time.Minute {
+		return false
+	}
+	h.auditedAt[key] = now
+	return true
 }
 
 // authenticate finds the caller's identity: the bearer token when the
@@ -363,6 +448,9 @@ func (h *Handler) limiter(name string) *rate.Limiter {
 
 // record logs and audits a mutating call.
 func (h *Handler) record(r *http.Request, action, target string, err error) {
+	if m, ok := r.Context().Value(mutationKey{}).(*mutation); ok {
+		m.recorded = true
+	}
 	id := identityOf(r)
 	res := "ok"
 	if err != nil {

@@ -134,7 +134,13 @@ var allowedImports = map[string][]string{
 	"internal/authz":            {},
 	"internal/bench":            {"e2e", "internal/packet"},
 	"internal/broker":           {"internal/packet", "internal/topic"},
-	"internal/config":           {},
+	// Test helper: the in-process broker other packages' tests start.
+	"internal/broker/brokertest": {"internal/broker"},
+	// The cluster implements the broker's Cluster seam: it builds and
+	// reads the broker's Messages (as the store adapter does) and carries
+	// them between nodes as PUBLISH packets of the broker's own codec.
+	"internal/cluster": {"internal/broker", "internal/packet"},
+	"internal/config":  {},
 	// The guard decides on addresses and identities handed to it and
 	// imports nothing of the module: the broker reaches it only through
 	// calls and callbacks wired in internal/cli.

@@ -443,6 +443,52 @@ func TestQueueFullDropsWithoutBlocking(t *testing.T) {
 	}
 }
 
+// TestRecordWaitDropsNothing: RecordWait writes a list longer than the
+// queue whole, after what was queued before it, and the log verifies.
+func TestRecordWaitDropsNothing(t *testing.T) {
+	dir := t.TempDir()
+	l := openLog(t, Config{Dir: dir, QueueSize: 4, CheckpointEvery: 7})
+	l.Record(Event{Type: TypeDetect, Fields: []Field{String("reason", "before")}})
+	var evs []Event
+	for i := range 50 {
+		evs = append(evs, Event{Type: TypeBanLoad, Fields: []Field{String("ban", fmt.Sprintf("%04x", i))}})
+	}
+	if err := l.RecordWait(evs...); err != nil {
+		t.Fatal(err)
+	}
+	// Written, not only queued: the file holds them before Close.
+	var bans []string
+	var first string
+	for _, line := range readLines(t, filepath.Join(dir, DefaultFile)) {
+		e := mustParse(t, line)
+		if e.Type == TypeDetect && first == "" {
+			first = "detect"
+		}
+		if e.Type == TypeBanLoad {
+			if first == "" {
+				first = "ban.load"
+			}
+			f, _ := e.Get("ban")
+			bans = append(bans, f.str)
+		}
+	}
+	if first != "detect" || len(bans) != 50 || bans[0] != "0000" || bans[49] != "0031" {
+		t.Fatalf("first %q, %d ban.load entries %v", first, len(bans), bans)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if s := l.Stats(); s.Dropped != 0 {
+		t.Fatalf("dropped %d", s.Dropped)
+	}
+	if err := l.RecordWait(evs[0]); !errors.Is(err, ErrClosed) {
+		t.Fatalf("RecordWait after Close: %v", err)
+	}
+	if _, p := verifyErr(t, trusted(t, dir), false, filepath.Join(dir, DefaultFile)); p != nil {
+		t.Fatal(p)
+	}
+}
+
 // TestTornLastLine: a crash in the middle of a write leaves a partial
 // line. Verify reports it as such (not as tampering of the entries before
 // it), and the next Open removes it and records it.

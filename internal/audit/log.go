@@ -414,6 +414,23 @@ func (l *Log) Record(ev Event) {
 	l.mu.RUnlock()
 }
 
+// RecordWait writes evs, in order, after the events queued before it,
+// and returns once they are written to the file (not synced: the next
+// checkpoint syncs them). Unlike Record it waits and drops nothing, so it
+// is for short, bounded lists the log must hold whole, such as the bans in
+// force when the broker starts; never for the publish path. It returns
+// ErrClosed after Close, or the write error.
+func (l *Log) RecordWait(evs ...Event) error {
+	t := l.now()
+	return l.do(func() error {
+		l.drain()
+		for _, ev := range evs {
+			l.write(queued{ev, t})
+		}
+		return l.flush()
+	})
+}
+
 // Stats returns the counters.
 func (l *Log) Stats() Stats {
 	s := Stats{

@@ -10,6 +10,7 @@ const (
 	TypeBanAdd       = "ban.add"       // decision: a ban was added
 	TypeBanRemove    = "ban.remove"    // decision: a ban was removed by an operator
 	TypeBanExpire    = "ban.expire"    // a ban expired
+	TypeBanLoad      = "ban.load"      // a ban in force when the broker started
 	TypeBanRefuse    = "ban.refuse"    // decision: a connection refused by a ban
 	TypeDetect       = "detect"        // decision: abnormal behaviour detected, and the action taken
 	TypeRevokeCutoff = "revoke.cutoff" // decision: a connected client cut off by revocation or expiry
@@ -19,6 +20,7 @@ const (
 	TypeConfigReload = "config.reload" // decision: a configuration reload applied or refused
 	TypeLimit        = "limit"         // decision: a limit enforced on a client
 	TypeAccessLost   = "access.lost"   // decision: a live session lost access (policy, password, LDAP, ban), and what was done
+	TypeAuthRegrant  = "auth.regrant"  // decision: re-authentication changed a live client's groups or grants, and what the re-check took away
 )
 
 // decisionTypes are the types that must carry a reason.
@@ -26,5 +28,5 @@ var decisionTypes = map[string]bool{
 	TypeAuthSuccess: true, TypeAuthFailure: true, TypeAuthzDeny: true,
 	TypeBanAdd: true, TypeBanRemove: true, TypeBanRefuse: true, TypeDetect: true,
 	TypeRevokeCutoff: true, TypeCAIssue: true, TypeCARevoke: true,
-	TypeAdminAction: true, TypeConfigReload: true, TypeLimit: true, TypeAccessLost: true,
+	TypeAdminAction: true, TypeConfigReload: true, TypeLimit: true, TypeAccessLost: true, TypeAuthRegrant: true,
 }

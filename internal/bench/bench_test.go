@@ -6,8 +6,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"io"
-	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,34 +14,15 @@ import (
 
 	"github.com/moatmq/moat/e2e"
 	"github.com/moatmq/moat/internal/broker"
+	"github.com/moatmq/moat/internal/broker/brokertest"
 )
 
 // startBroker runs an in-process Moat broker on 127.0.0.1:0, with TLS
 // when tc is non-nil, and returns its address.
 func startBroker(t testing.TB, tc *tls.Config) string {
 	t.Helper()
-	s, err := broker.New(broker.Config{AllowAnonymous: true, SysInterval: -1,
-		Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	if tc != nil {
-		ln = tls.NewListener(ln, tc)
-	}
-	done := make(chan error, 1)
-	go func() { done <- s.Serve(context.Background(), ln, broker.ListenerConfig{Name: "bench"}) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		s.Shutdown(ctx)
-		<-done
-	})
-	return addr
+	return brokertest.Start(t, broker.Config{AllowAnonymous: true, SysInterval: -1},
+		brokertest.Options{Listener: broker.ListenerConfig{Name: "bench"}, TLS: tc}).Addr
 }
 
 // testPKI writes a PKI and returns the server and client TLS configs and

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"strconv"
 	"testing"
 
 	"github.com/moatmq/moat/internal/packet"
@@ -34,7 +35,7 @@ func TestConformanceAckSizeV5(t *testing.T) {
 		subs := make([]packet.Subscription, 20)
 		filters := make([]string, 20)
 		for i := range subs {
-			filters[i] = "t/" + itoa(i)
+			filters[i] = "t/" + strconv.Itoa(i)
 			subs[i] = packet.Subscription{Filter: filters[i]}
 		}
 		c.send(&packet.Subscribe{PacketID: 1, Subscriptions: subs})

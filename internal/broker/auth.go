@@ -197,7 +197,7 @@ func (c *conn) handleAuth(p *packet.Auth) bool {
 		return c.protocolError(packet.ProtocolError, fmt.Sprintf("AUTH with reason code %s from a client", p.ReasonCode))
 	}
 	c.reauthRounds++
-	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.ConnectTimeout)
+	ctx, cancel := context.WithTimeout(s.ctx, s.connectTimeout())
 	out, done, res, err := c.reauth.Step(ctx, p.Properties.AuthData)
 	cancel()
 	if err != nil {
@@ -254,7 +254,7 @@ func (c *conn) armExpiry(exp time.Time) {
 	}
 	d := exp.Sub(s.cfg.Now())
 	if c.authMethod != "" {
-		d += s.cfg.ReauthGrace
+		d += s.limits().ReauthGrace
 	}
 	gen := c.expGen
 	c.expTimer = s.afterFunc(max(d, 0), func() { c.expired(gen, exp) })

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/moatmq/moat/internal/packet"
+	"github.com/moatmq/moat/internal/testutil"
 )
 
 // twoStep is an EnhancedAuthenticator for method "TEST": the client sends
@@ -307,7 +308,7 @@ func TestAuthExpiry(t *testing.T) {
 	if d := ea.expectClosed(5 * time.Second); d == nil || d.ReasonCode != packet.NotAuthorized {
 		t.Fatalf("after the grace: DISCONNECT %#v, want 0x87", d)
 	}
-	checkFor(t, 5*time.Second, func() error {
+	testutil.CheckFor(t, 5*time.Second, func() error {
 		if n := clk.pending(); n != 0 {
 			return fmt.Errorf("%d timers still pending", n)
 		}

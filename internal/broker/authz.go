@@ -427,6 +427,7 @@ func (c *conn) loseAccessCode(code packet.ReasonCode, reason string) bool {
 // the reader.
 func (c *conn) regrant(res *AuthResult) {
 	s := c.srv
+	before := c.client.Grants()
 	g := Grants{Groups: res.Groups, Publish: res.Publish, Subscribe: res.Subscribe, Backend: res.Backend}
 	const reason = "re-authentication changed the groups or grants"
 	var out ReevaluateResult
@@ -449,6 +450,7 @@ func (c *conn) regrant(res *AuthResult) {
 	c.log.Info("broker: re-authentication changed the groups or grants; applied", "username", c.client.Username,
 		"groups", len(g.Groups), "publish_grants", len(g.Publish), "subscribe_grants", len(g.Subscribe),
 		"unsubscribed", out.Unsubscribed, "dropped", out.Dropped)
+	c.regranted(GrantChange{Before: before, After: g, Reason: reason, Unsubscribed: out.Unsubscribed, Dropped: out.Dropped})
 }
 
 // regrantSession makes g the identity of sess's connection (cl is its
@@ -482,6 +484,7 @@ func (s *Server) recheckSession(sess *session, cl *Client, reason string, res *R
 		if !s.index.Unsubscribe(sess.id, sub.Group, sub.Filter) {
 			continue
 		}
+		s.clusterUnsub(sub.Filter)
 		n := len(sub.Filter)
 		if sub.Group != "" {
 			n += len("$share/") + len(sub.Group) + 1
@@ -503,11 +506,15 @@ func (s *Server) recheckSession(sess *session, cl *Client, reason string, res *R
 			kept = append(kept, d)
 			continue
 		}
+		sess.queueBytes -= d.size()
 		dropped++
 	}
 	clear(sess.queue[len(kept):])
 	sess.queue = kept
 	s.stats.queued.Add(-int64(dropped))
+	if dropped > 0 {
+		sess.drainedLocked(s, dropped)
+	}
 	// In-flight messages the client already holds (sent on its current
 	// connection, or released QoS 2) cannot be taken back; the others
 	// would be resent, and are dropped.

@@ -20,11 +20,22 @@ import (
 // way, nor before the session is gone.
 func (c *conn) kill(code packet.ReasonCode, reason string) {
 	c.noteEnd(code, reason)
+	// closing is set, and the DISCONNECT queued, under one hold of outMu:
+	// a reader that stops meanwhile runs finish, whose kill waits here
+	// until the DISCONNECT is queued and the writer started, and then
+	// waits for that writer. With closing set before outMu was taken,
+	// finish could end all writing in between and the DISCONNECT was
+	// lost. Nothing below takes a lock while outMu is held
+	// (SetWriteDeadline takes none in net, crypto/tls or the listener
+	// package).
+	c.outMu.Lock()
 	if !c.closing.CompareAndSwap(false, true) {
+		c.outMu.Unlock()
 		return
 	}
 	close(c.killed)
 	if !c.established.Load() {
+		c.outMu.Unlock()
 		c.nc.Close()
 		return
 	}
@@ -32,7 +43,6 @@ func (c *conn) kill(code packet.ReasonCode, reason string) {
 	// remaining writes get closeGrace (flush does not move this deadline
 	// once closing is set).
 	c.nc.SetWriteDeadline(time.Now().Add(closeGrace))
-	c.outMu.Lock()
 	if code != 0 && c.established.Load() && c.version == packet.V5 {
 		d := &packet.Disconnect{ReasonCode: code}
 		if reason != "" {
@@ -45,6 +55,7 @@ func (c *conn) kill(code packet.ReasonCode, reason string) {
 		c.out = append(c.out, d)
 	}
 	c.final = true
+	c.q0gate.release() // nobody waits for a connection that is closing
 	c.startWriterLocked()
 	wake := !c.writing // nothing to flush: wake the reader here
 	c.outMu.Unlock()
@@ -133,13 +144,17 @@ func halfClose(nc net.Conn) bool {
 // ended too (a publish right after cannot reach it).
 func (c *conn) finish() {
 	c.kill(0, "")
+	c.leaveHolds()
 	// No writer may start from now on; wait for the one running, if any.
 	c.outMu.Lock()
 	c.final = true
 	c.canWrite = false
 	var exit chan struct{}
 	if c.writing {
-		exit = c.writerExit
+		if c.writerDone == nil {
+			c.writerDone = make(chan struct{})
+		}
+		exit = c.writerDone
 	}
 	c.outMu.Unlock()
 	if exit != nil {

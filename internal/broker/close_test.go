@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/moatmq/moat/internal/packet"
+	"github.com/moatmq/moat/internal/testutil"
 )
 
 // dialSmallWindow dials addr with a small socket receive buffer, so that
@@ -69,7 +71,7 @@ func floodQoS2(nc net.Conn) {
 // half-close (after a TLS close_notify) and drain the input instead.
 // Several tries show it is reliable.
 func TestServerDisconnectReachesClient(t *testing.T) {
-	goroutineLeakCheck(t)
+	testutil.CheckNoLeaks(t)
 	t.Run("tcp", func(t *testing.T) {
 		_, addr := testServer(t, Config{ReceiveMaximum: 2})
 		disconnectWhileFlooding(t, addr, false)
@@ -87,13 +89,13 @@ func disconnectWhileFlooding(t *testing.T, addr string, useTLS bool) {
 	pid := uint16(0)
 	for try := range 5 {
 		c := dialSmallWindow(t, addr, useTLS)
-		c.connect(v5connect("flood-" + itoa(try)))
-		subscribe(t, c, 1, packet.Subscription{Filter: "backlog/" + itoa(try)})
+		c.connect(v5connect("flood-" + strconv.Itoa(try)))
+		subscribe(t, c, 1, packet.Subscription{Filter: "backlog/" + strconv.Itoa(try)})
 		// 128 KiB for the client that it does not read yet; each PUBACK
 		// means the message was queued for it.
 		for range 128 {
 			pid++
-			publishAcked(t, pub, pid, &packet.Publish{Topic: "backlog/" + itoa(try), Payload: payload})
+			publishAcked(t, pub, pid, &packet.Publish{Topic: "backlog/" + strconv.Itoa(try), Payload: payload})
 		}
 		var wg sync.WaitGroup
 		wg.Add(1)

@@ -31,6 +31,10 @@ const (
 	DefaultMaxRetainedPerIdentity   = 1000
 	DefaultMaxRetainedBytesIdentity = 16 << 20
 	DefaultReadBudget               = 64 << 20 // bytes of packet bodies being read, all connections
+
+	DefaultPushbackMessages = 100         // backlog of one subscriber that holds its publishers back
+	DefaultPushbackBytes    = 1 << 20     // the same in topic and payload bytes
+	DefaultPushbackWait     = time.Second // how long a subscriber may hold a publisher back before it counts as slow
 )
 
 // Config configures a Server. The zero value is usable: zero fields take
@@ -140,8 +144,49 @@ type Config struct {
 
 	// MaxQueued is the number of messages held for a session whose client
 	// is offline or whose in-flight window is full. Beyond it QoS 1 and 2
-	// messages are dropped, counted, logged and shown in $SYS. Default 1000.
+	// messages are dropped, counted, logged and shown in $SYS (or, for a
+	// connected client under QueueBlock, their publishers held back).
+	// Default 1000.
 	MaxQueued int
+
+	// MaxQueuedBytes bounds the topic and payload bytes of the messages
+	// queued for one session, as MaxQueued bounds their number: a queue
+	// takes messages while it holds fewer bytes. 0: no byte limit. Default
+	// 0.
+	MaxQueuedBytes int64
+
+	// QueueFullPolicy says what happens to a QoS 1 or 2 message for a
+	// connected client whose queue is full: QueueDrop (the default) drops
+	// it, counted and logged; QueueBlock queues it and holds its publisher
+	// back until there is room (see QueuePolicy). A full queue of an
+	// offline session always drops.
+	QueueFullPolicy QueuePolicy
+
+	// PushbackMessages and PushbackBytes are the backlog of one connected
+	// client at which the publishers of the messages it receives are held
+	// back: their connections are not read until the backlog goes down,
+	// so that their own in-flight windows fill instead of the broker's
+	// queues (docs/design/broker.md, "Overload control"). The backlog is
+	// counted twice over, against each mark on its own: the session's
+	// queue of QoS 1 and 2 messages waiting for room in the in-flight
+	// window, and the connection's QoS 0 messages waiting to be written;
+	// bytes are topic and payload. A client is never held back by its own
+	// session, nor by an offline one. Defaults 100 messages (at most
+	// MaxQueued) and 1 MiB; a negative PushbackMessages turns holding back
+	// off, a negative PushbackBytes leaves only the message mark.
+	PushbackMessages int
+	PushbackBytes    int64
+
+	// PushbackWait bounds how long a connected client holds a publisher
+	// back before it counts as slow: when that publisher's other messages
+	// reach clients that keep up, or when the client took nothing from
+	// its backlog in that time. A slow client holds nobody back until its
+	// backlog is down to half the mark; its QoS 1 and 2 messages queue up
+	// to MaxQueued and QueueFullPolicy applies, its QoS 0 messages wait up
+	// to MaxOutboundBytes and then the oldest are dropped. Publishers whose
+	// only subscriber it is wait on while it takes messages at all.
+	// Default 1 s.
+	PushbackWait time.Duration
 
 	// QueueQoS0 also queues QoS 0 messages for offline persistent sessions
 	// (mosquitto's queue_qos0_messages). Default false.
@@ -169,9 +214,10 @@ type Config struct {
 	// not read for that long is disconnected. Default 30 s.
 	WriteTimeout time.Duration
 
-	// MaxOutboundBytes bounds the QoS 0 bytes waiting in one connection's
-	// outbound queue; beyond it QoS 0 messages to that client are dropped
-	// and counted. Default 4 MiB.
+	// MaxOutboundBytes bounds the QoS 0 bytes (topic and payload) waiting
+	// in one connection's outbound queue; beyond it the oldest QoS 0
+	// messages waiting for that client are dropped, counted
+	// (Stats.DroppedSlowClient) and logged. Default 4 MiB.
 	MaxOutboundBytes int
 
 	// AllowAnonymous lets clients without credentials connect on listeners
@@ -228,6 +274,10 @@ type Config struct {
 	// stores were moved aside when it was opened.
 	Persistence      Persistence
 	StoreQuarantines int
+
+	// Cluster connects this broker to the other nodes of a cluster
+	// (cluster.go, docs/cluster.md). Nil: a single node.
+	Cluster Cluster
 
 	// QuietConnections logs client connects and disconnects at debug level
 	// instead of info (mosquitto's connection_messages false).
@@ -341,6 +391,24 @@ func (c *Config) withDefaults() (Config, error) {
 	}
 	if cfg.MaxQueued < 0 {
 		errs = append(errs, errors.New("broker: MaxQueued must not be negative"))
+	}
+	if cfg.MaxQueuedBytes < 0 {
+		errs = append(errs, errors.New("broker: MaxQueuedBytes must not be negative"))
+	}
+	if cfg.QueueFullPolicy > QueueBlock {
+		errs = append(errs, fmt.Errorf("broker: QueueFullPolicy %v is not QueueDrop or QueueBlock", cfg.QueueFullPolicy))
+	}
+	if cfg.PushbackMessages == 0 {
+		cfg.PushbackMessages = DefaultPushbackMessages
+	}
+	if cfg.PushbackBytes == 0 {
+		cfg.PushbackBytes = DefaultPushbackBytes
+	}
+	if cfg.PushbackWait == 0 {
+		cfg.PushbackWait = DefaultPushbackWait
+	}
+	if cfg.PushbackWait < 0 {
+		errs = append(errs, errors.New("broker: PushbackWait must not be negative"))
 	}
 	if cfg.TopicAliasMaximum == 0 {
 		cfg.TopicAliasMaximum = DefaultTopicAliasMaximum

@@ -28,9 +28,11 @@ import (
 //     time owns its fields and each sees what the previous one wrote.
 //   - the writer: whoever set writing under outMu (a writer goroutine,
 //     or the reader itself in writeInline) until it clears it.
-//   - any goroutine: routing (send, sendQoS0), a takeover or Shutdown
-//     (kill), a certificate watcher; they use only outMu's fields, the
-//     atomics and channels, and the fields fixed before established.
+//   - any goroutine: routing (send, sendPublish, sendQoS0), a takeover or
+//     Shutdown (kill), a certificate watcher; they use only outMu's
+//     fields, the atomics and channels, and the fields fixed before
+//     established. Routing on a publisher's reader also adds to that
+//     reader's own kicks (wakeWriterLocked).
 //
 // "Fixed at CONNECT" means written by the reader before attach publishes
 // the connection to other goroutines (under sessMu and session.mu, then
@@ -72,6 +74,12 @@ type conn struct {
 	connectDeadline time.Time
 	authenticated   bool
 	reserved        int64
+	// Reader-owned: the connections whose writers this reader holds
+	// back while it routes the rest of its buffered input, and the
+	// PUBLISH packets queued for them meanwhile (write.go, kickWriters).
+	// Anything that makes the reader wait must call kickWriters first.
+	kicks    []*conn
+	deferred int
 	// Reader-owned, for the Observer: the body size of the packet just
 	// read; whether the client sent anything but PINGREQ since the last
 	// PINGREQ, and since when it has not; whether it ended normally.
@@ -110,6 +118,10 @@ type conn struct {
 	// server's bookkeeping); set by the accept loop before serve starts.
 	onEnd func()
 
+	// pub is what routing notes about this client as a publisher, to hold
+	// it back (overload.go). Reader-owned.
+	pub publisher
+
 	// plim bounds the PUBLISH commits in flight (persist.go); its channel
 	// is made by the reader. sessStored reports the commit of the
 	// session's record, which CONNACK waits for; set by attach.
@@ -125,9 +137,23 @@ type conn struct {
 	problemInfo bool
 
 	// Writer-owned (aliasOutMax is fixed at CONNECT).
-	wbuf        []byte
-	wdlSet      time.Time      // when the write deadline was last moved
-	wpub        packet.Publish // the PUBLISH being encoded
+	wbuf   []byte
+	wdlSet time.Time      // when the write deadline was last moved
+	wpub   packet.Publish // the PUBLISH being encoded
+	wclk   clock          // the time of the batch being encoded, read once if needed
+	wmsgs  [3]int64       // PUBLISH packets in that batch by QoS, for the statistics (countOut)
+	wpay   [3]int64       // and their payload bytes
+	// Shared encodings written in place (write.go, appendTail): the
+	// pieces of the batch so far, wbuf's bytes from wcut on not among
+	// them yet, and the shared bytes they hold. wvec is the copy a
+	// writev consumes. wtcp is the TCP connection writev goes to, nil
+	// when there is none (TLS, WebSocket); known once looked up.
+	wsegs       net.Buffers
+	wvec        net.Buffers
+	wcut        int
+	wshared     int
+	wtcp        *net.TCPConn
+	wtcpKnown   bool
 	aliasOutMax uint16
 	aliasesOut  map[string]uint16
 
@@ -137,13 +163,20 @@ type conn struct {
 	out      []packet.Packet
 	spare    []packet.Packet
 	outBytes int  // QoS 0 bytes waiting
+	outQ0    int  // QoS 0 messages waiting
 	final    bool // close after the queue drains
+	// q0gate holds back publishers while the QoS 0 backlog is over its
+	// mark (overload.go).
+	q0gate flowGate
 	// canWrite is set once the connection may have a writer goroutine
 	// (after CONNECT was accepted); writing is true while a writer runs.
 	canWrite   bool
 	writing    bool
 	handling   bool          // the reader is handling a packet and will write after it
-	writerExit chan struct{} // closed when the running writer returns; nil when none runs
+	writerDone chan struct{} // closed when the running writer stops; made by a waiter (finish)
+	// kickPending: another connection's reader holds this writer back
+	// and will start it (wakeWriterLocked).
+	kickPending bool
 	// draining is set while the reader reads and discards the input of a
 	// connection it is closing (see closeGracefully).
 	draining bool
@@ -179,6 +212,7 @@ func (s *Server) newConn(nc net.Conn, lst *listenerState) *conn {
 	}
 	c.src.nc = nc
 	c.recentShard = s.recent.shardFor()
+	c.src.c = c
 	c.log = newConnLogger(s.log, lst.name, nc.RemoteAddr(), "")
 	c.client.Listener = lst.name
 	c.client.Remote = nc.RemoteAddr()

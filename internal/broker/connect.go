@@ -37,7 +37,7 @@ type connectState struct {
 func (c *conn) handshakeAndConnect() bool {
 	s := c.srv
 	c.stampArrivals()
-	deadline := time.Now().Add(s.cfg.ConnectTimeout)
+	deadline := time.Now().Add(s.connectTimeout())
 	c.nc.SetDeadline(deadline)
 	ctx, cancel := context.WithDeadline(s.ctx, deadline)
 	defer cancel()
@@ -318,6 +318,16 @@ func (c *conn) connect(ctx context.Context, pkt *packet.Connect) bool {
 	c.in.r.SetVersion(pkt.Version)
 	c.authenticated = true
 	c.in.r.SetMaxPacketSize(s.cfg.MaxPacketSize)
+	if ao, ok := c.obs.(AttachObserver); ok {
+		if d := ao.Attached(&c.client); !d.Allow {
+			// Nothing is written yet (CONNACK and any resends wait for
+			// serve): the socket is closed first, so the refused client
+			// receives neither; the reader then ends the attached session
+			// as for any lost connection.
+			c.nc.Close()
+			c.loseAccess(d.Reason)
+		}
+	}
 	return true
 }
 

@@ -14,7 +14,9 @@ import (
 // then reports to its own ConnObserver. Implementations must be safe for
 // concurrent use and must not block: Accept runs on the accept loop, the
 // ConnObserver on the connection's reader. None of them is called with a
-// server lock held, so they may call Server.DisconnectMatching.
+// server lock held, so they may call back into the server: a ban a
+// detection adds ends the live clients it matches through
+// Server.Reevaluate, the one loss-of-access path.
 type Observer interface {
 	// Accept decides on a new socket from remote on listener before the
 	// TLS handshake (rate limits, address bans, connections per address).
@@ -61,6 +63,47 @@ type ConnObserver interface {
 	Closed(c *Client, connected, abnormal bool)
 }
 
+// AttachObserver is an optional interface of a ConnObserver. Attached is
+// called on the reader once the client's session is attached, when
+// Reevaluate can find the connection, before
+// anything is written to it (CONNACK included) and before its next packet
+// is read. A refusal closes the socket unwritten, so the client receives
+// neither its CONNACK nor its queued messages, and ends the connection as
+// the loss of access does. It closes the window between Connected and the
+// attach: a ban added in it found no connection to end, and Attached is
+// where the Observer checks again.
+type AttachObserver interface {
+	Attached(c *Client) Decision
+}
+
+// GrantObserver is an optional interface of a ConnObserver. Regranted is
+// called on the reader when MQTT 5 re-authentication changed the client's
+// groups or grants (a token with other claims, an LDAP group left), once
+// the new grants are in force and the session was re-checked against them
+// as Reevaluate does: what they no longer allow is already taken away.
+type GrantObserver interface {
+	Regranted(c *Client, ch GrantChange)
+}
+
+// GrantChange is a change of a live client's grants and what it took
+// away.
+type GrantChange struct {
+	Before, After Grants
+	Reason        string
+	// Unsubscribed counts the subscriptions removed, Dropped the queued
+	// and in-flight messages dropped, because the new grants no longer
+	// allow them.
+	Unsubscribed, Dropped int
+}
+
+// regranted reports a change of grants to the ConnObserver, when it
+// wants it. Called on the reader.
+func (c *conn) regranted(ch GrantChange) {
+	if o, ok := c.obs.(GrantObserver); ok {
+		o.Regranted(&c.client, ch)
+	}
+}
+
 // Verdict is an Observer's answer to an event: Disconnect asks the server
 // to end the connection now with Code (a v5 reason code; 3.1.1 clients are
 // simply disconnected) and Reason.
@@ -68,28 +111,6 @@ type Verdict struct {
 	Disconnect bool
 	Code       packet.ReasonCode
 	Reason     string
-}
-
-// DisconnectMatching ends every connected client for which match returns
-// true, sending v5 clients DISCONNECT with code and reason, and returns how
-// many it ended. Used when a ban is added, so that it takes effect on live
-// clients at once. match runs under the server's connection lock and must
-// not block or call back into the server. Safe for concurrent use.
-func (s *Server) DisconnectMatching(match func(*Client) bool, code packet.ReasonCode, reason string) int {
-	var hit []*conn
-	s.mu.Lock()
-	for c := range s.conns {
-		// The client's fields are fixed once established is set.
-		if c.established.Load() && !c.closing.Load() && match(&c.client) {
-			hit = append(hit, c)
-		}
-	}
-	s.mu.Unlock()
-	for _, c := range hit {
-		c.log.Warn("broker: client disconnected", "code", code, "reason", reason)
-		c.kill(code, reason)
-	}
-	return len(hit)
 }
 
 // obsVerdict applies v from the Observer on the reader: it returns false
@@ -159,6 +180,7 @@ func (c *conn) throttle(n int) bool {
 	if wait <= 0 {
 		return true
 	}
+	c.kickWriters()
 	c.outMu.Lock()
 	c.startWriterLocked() // what handling queued goes out during the pause
 	c.outMu.Unlock()

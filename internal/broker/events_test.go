@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"net"
 	"slices"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/moatmq/moat/internal/packet"
+	"github.com/moatmq/moat/internal/testutil"
 )
 
 // recObserver records the Observer calls and answers as its fields say.
@@ -109,19 +111,23 @@ func TestSecurityObserverRefusesBeforeTLS(t *testing.T) {
 			t.Fatal("TLS handshake completed with a refused socket")
 		}
 	}
-	st := s.Stats()
-	if st.AcceptRefused != 3 || st.TLSFailures != 0 {
-		t.Fatalf("accept refusals %d, TLS failures %d; want 3 and 0", st.AcceptRefused, st.TLSFailures)
-	}
+	// The client sees the socket close before the accept loop counts the
+	// refusal: wait for the count.
+	testutil.CheckFor(t, 5*time.Second, func() error {
+		if st := s.Stats(); st.AcceptRefused != 3 || st.TLSFailures != 0 {
+			return fmt.Errorf("accept refusals %d, TLS failures %d; want 3 and 0", st.AcceptRefused, st.TLSFailures)
+		}
+		return nil
+	})
 }
 
 // TestObserverSeesConnectionEvents: the Observer is told of CONNECT,
 // denials, undeliverable publishes, PINGREQ and the end; a banned client
 // ID is refused with CONNACK 0x8A; a Denied verdict ends the client with
-// DISCONNECT; DisconnectMatching ends the clients it matches.
+// DISCONNECT.
 func TestObserverSeesConnectionEvents(t *testing.T) {
 	obs := &recObserver{}
-	s, addr := testServer(t, Config{Observer: obs, Authorizer: denyPrefix("deny/")})
+	_, addr := testServer(t, Config{Observer: obs, Authorizer: denyPrefix("deny/")})
 
 	b := dialRaw(t, addr, packet.V5)
 	if ack := b.connect(&packet.Connect{ClientID: "banned", CleanStart: true}); ack.ReasonCode != packet.Banned {
@@ -139,7 +145,7 @@ func TestObserverSeesConnectionEvents(t *testing.T) {
 	c.send(&packet.Disconnect{})
 	c.expectClosed(5 * time.Second)
 	want := []string{"connecting a", "connected a", "denied subscribe deny/x", "undeliverable nobody/here", "ping", "closed a normal"}
-	checkFor(t, 5*time.Second, func() error {
+	testutil.CheckFor(t, 5*time.Second, func() error {
 		got := obs.seen()
 		for _, w := range want {
 			if !slices.Contains(got, w) {
@@ -157,20 +163,5 @@ func TestObserverSeesConnectionEvents(t *testing.T) {
 	d.send(&packet.Publish{Topic: "deny/y", QoS: 0})
 	if disc := d.expectClosed(5 * time.Second); disc == nil || disc.ReasonCode != packet.NotAuthorized {
 		t.Fatalf("scanner: DISCONNECT %v, want 0x87", disc)
-	}
-
-	e := dialRaw(t, addr, packet.V5)
-	e.connect(&packet.Connect{ClientID: "victim", CleanStart: true})
-	f := dialRaw(t, addr, packet.V5)
-	f.connect(&packet.Connect{ClientID: "bystander", CleanStart: true})
-	if n := s.DisconnectMatching(func(c *Client) bool { return c.ClientID == "victim" }, packet.AdministrativeAction, "banned"); n != 1 {
-		t.Fatalf("DisconnectMatching ended %d clients", n)
-	}
-	if disc := e.expectClosed(5 * time.Second); disc == nil || disc.ReasonCode != packet.AdministrativeAction {
-		t.Fatalf("victim: DISCONNECT %v, want 0x98", disc)
-	}
-	f.send(&packet.Pingreq{})
-	if p := f.recv(); p.Type() != packet.PINGRESP {
-		t.Fatalf("bystander got %s", p.Type())
 	}
 }

@@ -139,7 +139,7 @@ func (f *subFence) admit(sess *session, msg *Message, qos byte, rap bool, ids []
 		}
 	}
 	if f.holding {
-		f.held = append(f.held, heldDelivery{msg: msg, qos: qos, rap: rap, ids: ids, share: share})
+		f.held = append(f.held, heldDelivery{msg: msg, qos: qos, rap: rap, ids: slices.Clone(ids), share: share})
 		return false
 	}
 	return true

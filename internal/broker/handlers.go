@@ -153,7 +153,10 @@ func (c *conn) handlePublish(p *packet.Publish) bool {
 		// Recorded before it is matched, for subscriptions that arrived
 		// before it but are installed after (fence.go).
 		s.recent.add(c.recentShard, msg)
-		if n := s.deliver(msg, b); n == 0 {
+		c.pub.self = c.sess
+		n := s.deliverFrom(msg, b, c)
+		s.clusterForward(msg)
+		if n == 0 && s.cluster == nil {
 			code = packet.NoMatchingSubscribers
 			defer c.obsVerdict(c.obs.Undeliverable(&c.client, p.Topic))
 		}
@@ -234,6 +237,7 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 			RetainAsPublished: req.RetainAsPublished,
 			RetainHandling:    req.RetainHandling,
 			ID:                subID,
+			Owner:             c.sess,
 		}
 		fence.beforeInstall()
 		existed := s.index.Subscribe(sub)
@@ -253,6 +257,7 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 				continue
 			}
 		}
+		s.clusterSubscribed(sub, existed)
 		fence.installed(sub, existed)
 		codes[i] = packet.ReasonCode(sub.QoS)
 		if s.persisting(c.sess) {
@@ -308,7 +313,7 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 			if r.sub.ID != 0 {
 				d.subIDs = []uint32{r.sub.ID}
 			}
-			c.sess.deliver(s, d, nil)
+			c.sess.deliver(s, d, nil, nil)
 			return true
 		})
 	}
@@ -326,6 +331,7 @@ func (c *conn) handleUnsubscribe(p *packet.Unsubscribe) {
 		if !s.index.Unsubscribe(c.client.ClientID, group, filter) {
 			codes[i] = packet.NoSubscriptionExisted
 		} else {
+			s.clusterUnsub(filter)
 			c.fenceUnsubscribed(group, filter)
 			c.sess.subs.Add(-1)
 			c.sess.subBytes.Add(-int64(len(f)))

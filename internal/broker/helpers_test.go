@@ -2,21 +2,30 @@ package broker
 
 import (
 	"context"
+	"crypto/tls"
 	"io"
 	"log/slog"
 	"net"
 	"os"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/moatmq/moat/internal/packet"
+	"github.com/moatmq/moat/internal/testutil"
 )
 
-// testServer starts a Server on a fresh 127.0.0.1:0 TCP listener and
-// returns it with its address; it is shut down when the test ends.
+// testServer starts a Server on a fresh 127.0.0.1:0 TCP listener named
+// "test" and returns it with its address; it is shut down when the test
+// ends. (Other packages' tests use internal/broker/brokertest, which this
+// package cannot import.)
 func testServer(t testing.TB, cfg Config) (*Server, string) {
+	t.Helper()
+	return serveTest(t, cfg, nil, "test")
+}
+
+// serveTest is testServer with TLS (when tc is set) and a listener name.
+func serveTest(t testing.TB, cfg Config, tc *tls.Config, name string) (*Server, string) {
 	t.Helper()
 	if cfg.Logger == nil {
 		cfg.Logger = testLogger(t)
@@ -40,8 +49,12 @@ func testServer(t testing.TB, cfg Config) (*Server, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	addr := ln.Addr().String()
+	if tc != nil {
+		ln = tls.NewListener(ln, tc)
+	}
 	done := make(chan error, 1)
-	go func() { done <- s.Serve(context.Background(), ln, ListenerConfig{Name: "test"}) }()
+	go func() { done <- s.Serve(context.Background(), ln, ListenerConfig{Name: name}) }()
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -52,7 +65,7 @@ func testServer(t testing.TB, cfg Config) (*Server, string) {
 			t.Errorf("Serve returned %v, want ErrServerClosed", err)
 		}
 	})
-	return s, ln.Addr().String()
+	return s, addr
 }
 
 // testLogger logs to the test log when MOAT_TEST_LOG is set, and discards
@@ -71,26 +84,12 @@ func (w testWriter) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
-// checkFor polls cond until it returns nil or the timeout passes.
-func checkFor(t testing.TB, timeout time.Duration, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	var err error
-	for time.Now().Before(deadline) {
-		if err = cond(); err == nil {
-			return
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatalf("condition not met after %v: %v", timeout, err)
-}
-
 // waitOffline waits until the server has seen the connection of the
 // session id close: the session has no connection any more, and its will
 // delay and expiry timers are set.
 func waitOffline(t testing.TB, srv *Server, id string) {
 	t.Helper()
-	checkFor(t, 5*time.Second, func() error {
+	testutil.CheckFor(t, 5*time.Second, func() error {
 		sess := srv.lookup(id)
 		if sess == nil {
 			return errString("no session " + id)
@@ -197,39 +196,4 @@ func (c *rawClient) connect(p *packet.Connect) *packet.Connack {
 		c.t.Fatalf("expected CONNACK")
 	}
 	return ack
-}
-
-// goroutineLeakCheck fails the test if goroutines started during it are
-// still running shortly after it ends.
-func goroutineLeakCheck(t *testing.T) {
-	before := runtime.NumGoroutine()
-	t.Cleanup(func() {
-		checkFor(t, 5*time.Second, func() error {
-			if n := runtime.NumGoroutine(); n > before {
-				return &leakErr{before, n}
-			}
-			return nil
-		})
-	})
-}
-
-type leakErr struct{ before, after int }
-
-func (e *leakErr) Error() string {
-	buf := make([]byte, 1<<16)
-	n := runtime.Stack(buf, true)
-	return "goroutines leaked: before " + itoa(e.before) + ", after " + itoa(e.after) + "\n" + string(buf[:n])
-}
-
-func itoa(n int) string {
-	var b [20]byte
-	i := len(b)
-	for {
-		i--
-		b[i] = byte('0' + n%10)
-		n /= 10
-		if n == 0 {
-			return string(b[i:])
-		}
-	}
 }

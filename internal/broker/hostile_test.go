@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/moatmq/moat/internal/packet"
+	"github.com/moatmq/moat/internal/testutil"
 )
 
 // stillServes checks that a well-behaved client can connect and round-trip.
@@ -162,7 +163,7 @@ func TestConnectionCap(t *testing.T) {
 	c.expectClosed(5 * time.Second)
 	a.send(&packet.Disconnect{})
 	a.expectClosed(5 * time.Second)
-	checkFor(t, 5*time.Second, func() error {
+	testutil.CheckFor(t, 5*time.Second, func() error {
 		d := dialRaw(t, addr, packet.V5)
 		d.send(v5connect("d"))
 		p, err := d.recvErr(time.Second)
@@ -175,7 +176,7 @@ func TestConnectionCap(t *testing.T) {
 }
 
 func TestShutdown(t *testing.T) {
-	goroutineLeakCheck(t)
+	testutil.CheckNoLeaks(t)
 	s, err := New(Config{AllowAnonymous: true, Logger: testLogger(t), SysInterval: time.Hour})
 	if err != nil {
 		t.Fatal(err)

@@ -62,6 +62,7 @@ var inputPool = sync.Pool{New: func() any {
 // Only the reader goroutine uses it.
 type source struct {
 	nc      net.Conn
+	c       *conn // for holding back (overload.go)
 	head    [1]byte
 	pending bool  // head holds a byte not yet returned
 	err     error // returned (once) before reading nc again
@@ -85,12 +86,23 @@ func (s *source) Read(p []byte) (int, error) {
 		s.err = nil
 		return 0, err
 	}
+	var n int
+	var err error
 	if s.sr != nil {
-		return s.sr.Read(p)
+		n, err = s.sr.Read(p)
+	} else {
+		n, err = s.nc.Read(p)
+		if s.stamp && n > 0 {
+			s.at = time.Now().UnixNano()
+		}
 	}
-	n, err := s.nc.Read(p)
-	if s.stamp && n > 0 {
-		s.at = time.Now().UnixNano()
+	if c := s.c; n > 0 && c != nil && len(c.pub.holds) > 0 && !c.awaitHolds() {
+		// The client is held back (overload.go): the input this read
+		// returned (at most the read buffer, or the rest of a packet
+		// whose size was checked) is handed on only once the
+		// subscribers the client feeds took some of their backlog, and
+		// nothing more is read meanwhile.
+		return 0, errHeldClosed
 	}
 	return n, err
 }
@@ -122,6 +134,12 @@ func (c *conn) reserveBody(size int) error {
 	c.bodySize = size
 	if size <= readBudgetThreshold {
 		return nil
+	}
+	c.kickWriters() // the budget, or a hold, may make the reader wait
+	if len(c.pub.holds) > 0 && !c.awaitHolds() {
+		// A held client waits for its turn before it takes read budget
+		// for the rest of this packet, not while holding it.
+		return errHeldClosed
 	}
 	var deadline time.Time
 	if !c.authenticated {
@@ -184,6 +202,30 @@ func rawConnOf(nc net.Conn) syscall.RawConn {
 		return nil
 	}
 	return rc
+}
+
+// probeInput adds input that has already arrived to the read buffer,
+// without waiting: it reads only when the socket holds input (MSG_PEEK),
+// so that the read returns at once. Only for plain TCP connections
+// (c.raw set, no TLS): a TLS record may have arrived in part, and reading
+// it would wait for the rest.
+func (c *conn) probeInput() {
+	want := c.in.br.Buffered() + 1
+	if want > c.in.br.Size() {
+		return // the rest of a packet larger than the buffer is read past it
+	}
+	if !inputArrived(c.raw, &c.src.peek) {
+		return
+	}
+	if _, err := c.in.br.Peek(want); err != nil && err != bufio.ErrBufferFull {
+		c.src.err = err // the next read reports it
+	}
+}
+
+// isTLS reports whether nc is a TLS connection.
+func isTLS(nc net.Conn) bool {
+	_, ok := nc.(*tls.Conn)
+	return ok
 }
 
 // goQuiet runs on the reader goroutine when its input is drained and the

@@ -3,13 +3,7 @@ package broker
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"math/big"
 	"net"
 	"sync"
 	"testing"
@@ -17,59 +11,21 @@ import (
 
 	"github.com/moatmq/moat/internal/listener"
 	"github.com/moatmq/moat/internal/packet"
+	"github.com/moatmq/moat/internal/testutil/testpki"
 )
 
-// testTLSConfig returns a server config with a fresh self-signed
-// certificate for 127.0.0.1.
+// testTLSConfig returns a server config with a self-signed certificate
+// for 127.0.0.1.
 func testTLSConfig(t testing.TB) *tls.Config {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "broker test"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}
+	c := testpki.SelfSigned(t, testpki.Options{CN: "broker test", IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, EKU: testpki.ServerAuth})
+	return &tls.Config{Certificates: []tls.Certificate{c.TLS()}}
 }
 
-// testServerTLS is testServer on a TLS listener.
+// testServerTLS is testServer on a TLS listener named "tls".
 func testServerTLS(t testing.TB, cfg Config) (*Server, string) {
 	t.Helper()
-	if cfg.Logger == nil {
-		cfg.Logger = testLogger(t)
-	}
-	cfg.AllowAnonymous = true
-	cfg.SysInterval = -1
-	s, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	done := make(chan error, 1)
-	go func() {
-		done <- s.Serve(context.Background(), tls.NewListener(ln, testTLSConfig(t)), ListenerConfig{Name: "tls"})
-	}()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		s.Shutdown(ctx)
-		<-done
-	})
-	return s, addr
+	return serveTest(t, cfg, testTLSConfig(t), "tls")
 }
 
 // heldConn sends what is written to it in one system call on flush, so

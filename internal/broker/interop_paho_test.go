@@ -13,6 +13,7 @@ import (
 
 	"github.com/eclipse/paho.golang/paho"
 	paho3 "github.com/eclipse/paho.mqtt.golang"
+	"github.com/moatmq/moat/internal/testutil"
 )
 
 type paho5 struct {
@@ -155,7 +156,7 @@ func TestPahoV311Interop(t *testing.T) {
 			t.Fatal(tok.Error())
 		}
 	}
-	checkFor(t, 5*time.Second, func() error {
+	testutil.CheckFor(t, 5*time.Second, func() error {
 		mu.Lock()
 		defer mu.Unlock()
 		for q := range 3 {
@@ -170,7 +171,7 @@ func TestPahoV311Interop(t *testing.T) {
 		sub.Disconnect(100)
 		pub.Publish("plant/offline", 1, false, "while away").WaitTimeout(5 * time.Second)
 		connect(t, opts("v3-sub", false).SetDefaultPublishHandler(recv))
-		checkFor(t, 5*time.Second, func() error {
+		testutil.CheckFor(t, 5*time.Second, func() error {
 			mu.Lock()
 			defer mu.Unlock()
 			if len(got["plant/offline"]) != 1 {

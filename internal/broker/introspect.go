@@ -177,7 +177,9 @@ func (s *Server) DeleteRetained(name string) bool {
 	found := false
 	s.cfg.Retained.Match(name, func(*Message) bool { found = true; return false })
 	if found {
-		s.retained.retain(&Message{Topic: name, Retain: true, Created: s.cfg.Now()}, "")
+		m := &Message{Topic: name, Retain: true, Created: s.cfg.Now()}
+		s.retained.retain(m, "")
+		s.clusterRetained(m)
 	}
 	return found
 }

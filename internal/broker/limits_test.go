@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/moatmq/moat/internal/packet"
+	"github.com/moatmq/moat/internal/testutil"
 )
 
 // TestSecurityRetainedFlood: one client publishes retained messages of
@@ -278,7 +279,7 @@ func TestSecurityReadBudget(t *testing.T) {
 		clients[i], rest[i] = c, b[len(b)/2:]
 	}
 	// 4 × 256 KiB fit; 6 wait.
-	checkFor(t, 5*time.Second, func() error {
+	testutil.CheckFor(t, 5*time.Second, func() error {
 		if st := s.Stats(); st.ReadBudgetInUse < budget-256 || st.ReadBudgetInUse > budget || st.ReadBudgetWaiting != n-4 {
 			return fmt.Errorf("budget in use %d, waiting %d", st.ReadBudgetInUse, st.ReadBudgetWaiting)
 		}
@@ -290,7 +291,7 @@ func TestSecurityReadBudget(t *testing.T) {
 	pre := dialRaw(t, addr, packet.V5)
 	pre.write(connectHeader(40_000))
 	pre.write(make([]byte, 100))
-	checkFor(t, 5*time.Second, func() error {
+	testutil.CheckFor(t, 5*time.Second, func() error {
 		if w := s.Stats().ReadBudgetWaiting; w != n-4+1 {
 			return fmt.Errorf("waiting %d", w)
 		}
@@ -304,7 +305,7 @@ func TestSecurityReadBudget(t *testing.T) {
 			t.Fatalf("client %d: expected PUBACK, got %#v", i, ack)
 		}
 	}
-	checkFor(t, 5*time.Second, func() error {
+	testutil.CheckFor(t, 5*time.Second, func() error {
 		st := s.Stats()
 		if st.ReadBudgetInUse != 0 || st.ReadBudgetWaiting != 0 {
 			return fmt.Errorf("budget in use %d, waiting %d", st.ReadBudgetInUse, st.ReadBudgetWaiting)
@@ -326,7 +327,7 @@ func TestByteBudgetOrder(t *testing.T) {
 		n, _ := b.acquire(100, time.Time{}, nil, nil) // clamped to the budget
 		bigDone <- n
 	}()
-	checkFor(t, 5*time.Second, func() error {
+	testutil.CheckFor(t, 5*time.Second, func() error {
 		if b.waiting() != 1 {
 			return fmt.Errorf("waiting %d", b.waiting())
 		}

@@ -3,6 +3,7 @@ package broker
 import (
 	"errors"
 	"fmt"
+	"time"
 )
 
 // Limits are the limits a running Server can change (SetLimits). Each
@@ -20,11 +21,21 @@ import (
 //   - MaxInflight, MaxKeepAlive: to sessions and connections set up
 //     afterwards (a connected client keeps the window and keep alive it
 //     was given, as MQTT 5 announces them in CONNACK).
+//   - ConnectTimeout: to connections accepted afterwards (one already
+//     in its TLS handshake or CONNECT keeps the deadline it was given),
+//     to the next re-authentication step and the next session takeover.
+//   - ReauthGrace: to the next expiry armed, at CONNECT or at a
+//     re-authentication; an expiry already armed keeps its time.
+//   - MaxRetained, MaxRetainedBytes, MaxRetainedPerIdentity,
+//     MaxRetainedBytesPerIdentity: to the next retained message stored;
+//     a store already over a lowered bound keeps its messages (they are
+//     still replayed and may be cleared or replaced by a smaller one)
+//     and takes no new one until it is below it.
 //
 // The limits MQTT 5 clients are told once in CONNACK for the whole
 // connection (Maximum Packet Size, Receive Maximum, Topic Alias Maximum)
-// and the memory bounds sized at start (ReadBudget, the retained store)
-// are not among them: they need a restart.
+// and the memory bound sized at start (ReadBudget) are not among them:
+// they need a restart.
 type Limits struct {
 	MessageSizeLimit     uint32
 	MaxKeepAlive         uint16
@@ -34,6 +45,14 @@ type Limits struct {
 	MaxSubscriptionBytes int
 	MaxSessions          int
 	MaxConnections       int
+
+	ConnectTimeout time.Duration
+	ReauthGrace    time.Duration
+
+	MaxRetained                 int
+	MaxRetainedBytes            int64
+	MaxRetainedPerIdentity      int
+	MaxRetainedBytesPerIdentity int64
 }
 
 // limitsOf returns the limits of a Config whose defaults are applied.
@@ -42,6 +61,9 @@ func limitsOf(c *Config) *Limits {
 		MessageSizeLimit: c.MessageSizeLimit, MaxKeepAlive: c.MaxKeepAlive, MaxInflight: c.MaxInflight,
 		MaxQueued: c.MaxQueued, MaxSubscriptions: c.MaxSubscriptions, MaxSubscriptionBytes: c.MaxSubscriptionBytes,
 		MaxSessions: c.MaxSessions, MaxConnections: c.MaxConnections,
+		ConnectTimeout: c.ConnectTimeout, ReauthGrace: c.ReauthGrace,
+		MaxRetained: c.MaxRetained, MaxRetainedBytes: c.MaxRetainedBytes,
+		MaxRetainedPerIdentity: c.MaxRetainedPerIdentity, MaxRetainedBytesPerIdentity: c.MaxRetainedBytesPerIdentity,
 	}
 }
 
@@ -73,6 +95,30 @@ func (l Limits) withDefaults() (Limits, error) {
 	if l.MaxQueued < 0 || l.MaxSubscriptions < 0 || l.MaxSubscriptionBytes < 0 || l.MaxSessions < 0 || l.MaxConnections < 0 {
 		errs = append(errs, errors.New("broker: MaxQueued, MaxSubscriptions, MaxSubscriptionBytes, MaxSessions and MaxConnections must not be negative"))
 	}
+	if l.ConnectTimeout == 0 {
+		l.ConnectTimeout = DefaultConnectTimeout
+	}
+	if l.ReauthGrace == 0 {
+		l.ReauthGrace = DefaultReauthGrace
+	}
+	if l.ConnectTimeout < 0 || l.ReauthGrace < 0 {
+		errs = append(errs, errors.New("broker: ConnectTimeout and ReauthGrace must not be negative"))
+	}
+	if l.MaxRetained == 0 {
+		l.MaxRetained = DefaultMaxRetained
+	}
+	if l.MaxRetainedBytes == 0 {
+		l.MaxRetainedBytes = DefaultMaxRetainedBytes
+	}
+	if l.MaxRetainedPerIdentity == 0 {
+		l.MaxRetainedPerIdentity = DefaultMaxRetainedPerIdentity
+	}
+	if l.MaxRetainedBytesPerIdentity == 0 {
+		l.MaxRetainedBytesPerIdentity = DefaultMaxRetainedBytesIdentity
+	}
+	if l.MaxRetained < 0 || l.MaxRetainedBytes < 0 || l.MaxRetainedPerIdentity < 0 || l.MaxRetainedBytesPerIdentity < 0 {
+		errs = append(errs, errors.New("broker: MaxRetained* must not be negative"))
+	}
 	return l, errors.Join(errs...)
 }
 
@@ -94,5 +140,18 @@ func (s *Server) SetLimits(l Limits) (Limits, error) {
 		return s.Limits(), err
 	}
 	s.lim.Store(&l)
+	s.retained.setLimits(&l)
 	return l, nil
+}
+
+// connectTimeout is the ConnectTimeout in force.
+func (s *Server) connectTimeout() time.Duration { return s.limits().ConnectTimeout }
+
+// setLimits replaces the retained store's bounds; retain reads them under
+// the same lock, so a publication sees either the old bounds or the new.
+func (q *retainedQuota) setLimits(l *Limits) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.maxCount, q.maxBytes = l.MaxRetained, l.MaxRetainedBytes
+	q.maxOwnerCount, q.maxOwnerBytes = l.MaxRetainedPerIdentity, l.MaxRetainedBytesPerIdentity
 }

@@ -103,3 +103,72 @@ func TestSetLimitsQueue(t *testing.T) {
 		t.Fatalf("queued %d, dropped %d; want 2 kept and 1 dropped", st.Queued, st.DroppedQueueFull)
 	}
 }
+
+// TestSetLimitsConnectTimeout: a lower connect timeout applies to the
+// next connection accepted, which is closed when it sends no CONNECT in
+// time; invalid durations change nothing.
+func TestSetLimitsConnectTimeout(t *testing.T) {
+	s, addr := testServer(t, Config{})
+	if got := s.Limits(); got.ConnectTimeout != DefaultConnectTimeout || got.ReauthGrace != DefaultReauthGrace {
+		t.Fatalf("defaults: %+v", got)
+	}
+	before := s.Limits()
+	if _, err := s.SetLimits(Limits{ConnectTimeout: -time.Second}); err == nil || !strings.Contains(err.Error(), "ConnectTimeout") {
+		t.Fatalf("negative ConnectTimeout: %v", err)
+	}
+	if s.Limits() != before {
+		t.Fatalf("an invalid timeout changed the limits: %+v", s.Limits())
+	}
+	if _, err := s.SetLimits(Limits{ConnectTimeout: 200 * time.Millisecond, ReauthGrace: time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.Limits(); got.ConnectTimeout != 200*time.Millisecond || got.ReauthGrace != time.Second {
+		t.Fatalf("limits in force: %+v", got)
+	}
+	start := time.Now()
+	silent := dialRaw(t, addr, packet.V5)
+	// The default timeout (10 s) would keep it open past this wait.
+	silent.expectClosed(5 * time.Second)
+	if d := time.Since(start); d < 200*time.Millisecond {
+		t.Fatalf("closed after %v, before the timeout", d)
+	}
+}
+
+// TestSetLimitsRetained: lowered retained limits refuse the next retained
+// message and keep those stored; raised ones take it again.
+func TestSetLimitsRetained(t *testing.T) {
+	s, addr := testServer(t, Config{})
+	c := dialRaw(t, addr, packet.V5)
+	c.connect(&packet.Connect{ClientID: "retainer", CleanStart: true})
+	publishAcked(t, c, 1, &packet.Publish{Topic: "r/1", Payload: []byte("one"), Retain: true})
+	publishAcked(t, c, 2, &packet.Publish{Topic: "r/2", Payload: []byte("two"), Retain: true})
+	if _, err := s.SetLimits(Limits{MaxRetainedPerIdentity: -1}); err == nil || !strings.Contains(err.Error(), "MaxRetained") {
+		t.Fatalf("negative MaxRetainedPerIdentity: %v", err)
+	}
+	if _, err := s.SetLimits(Limits{MaxRetained: 2}); err != nil {
+		t.Fatal(err)
+	}
+	if ack := publishAcked(t, c, 3, &packet.Publish{Topic: "r/3", Payload: []byte("three"), Retain: true}); ack.ReasonCode != packet.QuotaExceeded {
+		t.Fatalf("a third retained message under MaxRetained 2: PUBACK %v, want quota exceeded", ack.ReasonCode)
+	}
+	// Replacing a stored one stays within the limit.
+	if ack := publishAcked(t, c, 4, &packet.Publish{Topic: "r/2", Payload: []byte("TWO"), Retain: true}); ack.ReasonCode.IsError() {
+		t.Fatalf("replacing r/2: PUBACK %v", ack.ReasonCode)
+	}
+	if _, err := s.SetLimits(Limits{MaxRetained: 2, MaxRetainedBytesPerIdentity: 10}); err != nil {
+		t.Fatal(err)
+	}
+	if ack := publishAcked(t, c, 5, &packet.Publish{Topic: "r/1", Payload: []byte("x"), Retain: true}); ack.ReasonCode != packet.QuotaExceeded {
+		t.Fatalf("replacing r/1 over MaxRetainedBytesPerIdentity: PUBACK %v, want quota exceeded", ack.ReasonCode)
+	}
+	if st := s.Stats(); st.Retained != 2 || st.RetainedRefused != 2 {
+		t.Fatalf("retained %d, refused %d; want 2 kept and 2 refused", st.Retained, st.RetainedRefused)
+	}
+	if _, err := s.SetLimits(Limits{}); err != nil {
+		t.Fatal(err)
+	}
+	publishAcked(t, c, 6, &packet.Publish{Topic: "r/3", Payload: []byte("three"), Retain: true})
+	if st := s.Stats(); st.Retained != 3 {
+		t.Fatalf("retained %d after the limits were raised, want 3", st.Retained)
+	}
+}

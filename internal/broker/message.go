@@ -110,6 +110,11 @@ type delivery struct {
 	sent     bool      // sent at least once on some connection (DUP on resend)
 	pending  bool      // in flight, but not yet resent on the current connection
 	share    *shareKey // the shared subscription it came through, or nil
+	// enc is the shared encoding of the routing pass that put the
+	// delivery straight in flight on a connection, or nil (see
+	// outpub.go). Set before the delivery is shared; cleared only by
+	// enqueueLocked, before the delivery is queued.
+	enc *pubEnc
 	// expiry is the Message Expiry Interval sent the first time the
 	// message went out in flight (expiryFixed): resends carry the same
 	// value, since the message stopped waiting in the server when its
@@ -153,35 +158,29 @@ func (d *delivery) publishPacket(clk *clock, dup bool) *packet.Publish {
 // fillPublish sets p to the PUBLISH for this delivery, overwriting all of
 // it.
 func (d *delivery) fillPublish(p *packet.Publish, clk *clock, dup bool) {
-	*p = packet.Publish{
-		Dup:      dup && d.qos > 0,
-		QoS:      d.qos,
-		Retain:   d.retain,
-		Topic:    d.msg.Topic,
-		PacketID: d.pid,
-		Payload:  d.msg.Payload,
-	}
-	if d.msg.Props != nil {
-		p.Properties = *d.msg.Props
-	}
-	if len(d.subIDs) > 0 {
-		p.Properties.SubscriptionIDs = d.subIDs
-	}
-	if !d.msg.Expires.IsZero() {
-		e := d.expiry
-		if !d.expiryFixed {
-			e = d.msg.remainingExpiry(clk.get())
-		}
-		p.Properties.SetMessageExpiry(e)
-	}
+	fillPublish(p, d.msg, d.qos, d.retain, d.subIDs, d.expiryAt(clk), d.pid, dup)
 }
 
-// outPublish is a PUBLISH waiting in a connection's outbound queue: the
-// delivery it comes from and whether it is a resend. The writer builds
-// the packet when it encodes it, into a buffer of its own, so queueing a
-// message allocates a few bytes rather than a packet struct. Only fields
-// of d that do not change once it is in flight or queued are read
-// (message, QoS, retain, subscription identifiers, packet identifier).
+// expiryAt returns the Message Expiry Interval to send for d: the one
+// fixed when it first went out in flight, or what remains at the clock's
+// time.
+func (d *delivery) expiryAt(clk *clock) uint32 {
+	if d.expiryFixed || d.msg.Expires.IsZero() {
+		return d.expiry
+	}
+	return d.msg.remainingExpiry(clk.get())
+}
+
+// Type implements packet.Packet: a delivery queued on a connection is
+// its PUBLISH, sent for the first time (without DUP). The writer builds
+// the packet when it encodes it, so queueing a message allocates nothing
+// beyond the delivery. Only fields of d that do not change once it is in
+// flight or queued are read (message, QoS, retain, subscription
+// identifiers, packet identifier, expiry, enc).
+func (*delivery) Type() packet.Type { return packet.PUBLISH }
+
+// outPublish is a PUBLISH resent with the DUP flag: the delivery it comes
+// from and the flag (see delivery.Type for first sends).
 type outPublish struct {
 	d   *delivery
 	dup bool

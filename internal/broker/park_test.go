@@ -11,12 +11,13 @@ import (
 	"time"
 
 	"github.com/moatmq/moat/internal/packet"
+	"github.com/moatmq/moat/internal/testutil"
 )
 
 // waitParked waits until n connections of s are parked.
 func waitParked(t testing.TB, s *Server, n int) {
 	t.Helper()
-	checkFor(t, 5*time.Second, func() error {
+	testutil.CheckFor(t, 5*time.Second, func() error {
 		if got := s.parked.parked(); got != n {
 			return fmt.Errorf("%d connections parked, want %d", got, n)
 		}
@@ -51,7 +52,7 @@ func TestParkedConnectionsHaveNoReader(t *testing.T) {
 			// A client that sent nothing after CONNECT is quiet at once,
 			// and parked parkAfter later; its reader goroutine ends.
 			waitParked(t, s, n)
-			checkFor(t, 5*time.Second, func() error {
+			testutil.CheckFor(t, 5*time.Second, func() error {
 				if r := s.goroutines.byKind[goReader].Load(); r != 0 {
 					return fmt.Errorf("%d reader goroutines for %d parked connections", r, n)
 				}
@@ -133,7 +134,7 @@ func TestParkedTakeover(t *testing.T) {
 // parked connections (each client reads DISCONNECT) and that nothing is
 // left running, the poller included.
 func TestShutdownWithParkedConnections(t *testing.T) {
-	goroutineLeakCheck(t)
+	testutil.CheckNoLeaks(t)
 	s, err := New(Config{AllowAnonymous: true, SysInterval: -1, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)

@@ -304,7 +304,7 @@ func (sess *session) storeInFlightLocked(c *conn, d *delivery, b *pbatch, dup bo
 	srv := c.srv
 	var then func()
 	if d.qos == 2 {
-		then = func() { c.send(outPublish{d: d, dup: dup}) }
+		then = func() { c.sendPublish(d, dup, nil) }
 	}
 	if d.seq == 0 {
 		return sess.storeDeliveryLocked(srv, d, b, then)
@@ -404,6 +404,13 @@ func (c *conn) acquirePersist() bool {
 	if c.plim.slots == nil {
 		c.plim.slots = make(chan struct{}, max(int(c.srv.cfg.ReceiveMaximum), 1))
 	}
+	select {
+	case c.plim.slots <- struct{}{}:
+		c.plim.n.Add(1)
+		return true
+	default:
+	}
+	c.kickWriters() // about to wait for a commit slot
 	select {
 	case c.plim.slots <- struct{}{}:
 		c.plim.n.Add(1)
@@ -556,8 +563,10 @@ func (s *Server) recover() error {
 			if err != nil {
 				continue
 			}
-			s.index.Subscribe(topic.Subscription{ClientID: ss.ClientID, Filter: filter, Group: group, QoS: sub.QoS,
-				NoLocal: sub.NoLocal, RetainAsPublished: sub.RetainAsPublished, RetainHandling: sub.RetainHandling, ID: sub.ID})
+			ts := topic.Subscription{ClientID: ss.ClientID, Filter: filter, Group: group, QoS: sub.QoS,
+				NoLocal: sub.NoLocal, RetainAsPublished: sub.RetainAsPublished, RetainHandling: sub.RetainHandling, ID: sub.ID,
+				Owner: sess}
+			s.clusterSubscribed(ts, s.index.Subscribe(ts))
 			sess.subList[sub.Filter] = sub
 			sess.subs.Add(1)
 			sess.subBytes.Add(int64(len(sub.Filter)))
@@ -575,6 +584,7 @@ func (s *Server) recover() error {
 			}
 			if sd.State == DeliveryQueued || sd.PacketID == 0 || sess.findInflight(sd.PacketID) >= 0 {
 				sess.queue = append(sess.queue, d)
+				sess.queueBytes += d.size()
 				s.stats.queued.Add(1)
 				continue
 			}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/moatmq/moat/internal/packet"
+	"github.com/moatmq/moat/internal/testutil"
 )
 
 // modelPersistence is a Persistence in memory that applies changes the
@@ -355,7 +356,7 @@ func TestPersistExpiredAtStart(t *testing.T) {
 	if srv2.lookup("short") != nil {
 		t.Fatal("expired session restored")
 	}
-	checkFor(t, 5*time.Second, func() error {
+	testutil.CheckFor(t, 5*time.Second, func() error {
 		model.mu.Lock()
 		defer model.mu.Unlock()
 		if model.sessions["short"] != nil {
@@ -516,7 +517,7 @@ func TestPersistUnknownPublisherFailsClosed(t *testing.T) {
 		}
 		clock.advance(11 * time.Second)
 		expectNone(t, s)
-		checkFor(t, 5*time.Second, func() error {
+		testutil.CheckFor(t, 5*time.Second, func() error {
 			model.mu.Lock()
 			defer model.mu.Unlock()
 			if len(model.wills) != 0 {

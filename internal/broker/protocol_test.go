@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/moatmq/moat/internal/packet"
+	"github.com/moatmq/moat/internal/testutil"
 )
 
 func v5connect(id string) *packet.Connect {
@@ -418,7 +419,7 @@ func TestSessionResumeAndRedelivery(t *testing.T) {
 
 	sub2 := dialRaw(t, addr, packet.V311)
 	var ack *packet.Connack
-	checkFor(t, 5*time.Second, func() error {
+	testutil.CheckFor(t, 5*time.Second, func() error {
 		ack = sub2.connect(&packet.Connect{ClientID: "persist", CleanStart: false})
 		return nil
 	})

@@ -23,6 +23,11 @@ func (c *conn) armKeepAlive() {
 // fresh goroutine (goQuiet): the caller must return at once. The read
 // deadline for the first packet is already set (armKeepAlive, goQuiet).
 func (c *conn) readLoop() (handedOver bool) {
+	defer func() {
+		if !handedOver { // else the next reader owns c.kicks (empty then)
+			c.kickWriters()
+		}
+	}()
 	for {
 		if c.closing.Load() {
 			// kill was called: stop reading packets (the writer wakes a
@@ -68,9 +73,18 @@ func (c *conn) readLoop() (handedOver bool) {
 				return false
 			}
 		}
+		if c.deferred > 0 && c.deferred < maxDeferred && c.raw != nil && !isTLS(c.nc) && c.in.r.BufferedPacket() == 0 {
+			// Writers are held back and the next packet is not all
+			// here: take in what has arrived meanwhile, without waiting,
+			// and route it before starting them.
+			c.probeInput()
+		}
 		if c.in.br.Buffered() == 0 {
-			// About to wait for input: write what handling queued on
-			// this goroutine rather than waking a writer goroutine.
+			// About to wait for input: start the writers held back for
+			// the messages routed (write.go), and write what handling
+			// queued on this goroutine rather than waking a writer
+			// goroutine.
+			c.kickWriters()
 			c.writeInline()
 			if c.raw != nil {
 				now := time.Now()
@@ -90,7 +104,12 @@ func (c *conn) readLoop() (handedOver bool) {
 			c.armKeepAlive()
 		} else {
 			// More input is waiting (perhaps only part of a packet):
-			// never hold queued packets back for it.
+			// never hold queued packets back for it. Other connections'
+			// writers wait for the next packet only if all of it is
+			// buffered, so that routing it cannot wait for the network.
+			if c.deferred > 0 && (c.deferred >= maxDeferred || c.in.r.BufferedPacket() == 0) {
+				c.kickWriters()
+			}
 			c.outMu.Lock()
 			c.startWriterLocked()
 			c.outMu.Unlock()
@@ -159,6 +178,7 @@ func (c *conn) handle(p packet.Packet) bool {
 		// [MQTT-3.1.0-2]: a second CONNECT is a protocol violation.
 		return c.protocolError(packet.ProtocolError, "second CONNECT")
 	case *packet.Auth:
+		c.kickWriters() // re-authentication may wait on the network
 		return c.handleAuth(p)
 	default:
 		return c.protocolError(packet.ProtocolError, fmt.Sprintf("unexpected %s from a client", p.Type()))

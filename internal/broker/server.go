@@ -61,12 +61,22 @@ type Server struct {
 	authzGen   atomic.Uint64
 	persist    Persistence // nil: state in memory only
 
+	cluster        Cluster // nil: a single node (cluster.go)
+	clusterFilters clusterFilters
+
 	lim atomic.Pointer[Limits] // the limits in force (livelimits.go)
 
 	// recent records recently routed messages with their arrival times
 	// (recent.go); stamps keeps the kernel stamping them (arrival.go).
 	recent recentRing
 	stamps stampHold
+	// markMsgs is the backlog in messages at which publishers are held
+	// back: Config.PushbackMessages, at most MaxQueued; 0 when off.
+	// markBytes and markQ0Bytes are the byte marks of queues and of QoS 0
+	// backlogs: Config.PushbackBytes, below the byte limits where those
+	// are lower (so that publishers are held back before messages are
+	// dropped); 0 for none.
+	markMsgs, markBytes, markQ0Bytes int64
 }
 
 type listenerState struct {
@@ -103,6 +113,7 @@ func New(cfg Config) (*Server, error) {
 		retained:   newRetainedQuota(&c),
 		readBudget: &byteBudget{size: c.ReadBudget},
 		persist:    c.Persistence,
+		cluster:    c.Cluster,
 	}
 	s.lim.Store(limitsOf(&c))
 	s.authorizer = c.Authorizer
@@ -113,6 +124,18 @@ func New(cfg Config) (*Server, error) {
 	s.authorizer = countedAuthorizer{s.authorizer, &s.stats}
 	// After the Authorizer: a will whose time passed while the broker was
 	// down is published (and authorized) during recovery.
+	if c.PushbackMessages > 0 {
+		s.markMsgs = int64(min(c.PushbackMessages, c.MaxQueued))
+		if c.PushbackBytes > 0 {
+			s.markBytes, s.markQ0Bytes = c.PushbackBytes, c.PushbackBytes
+		}
+		if q := c.MaxQueuedBytes; q > 0 && (s.markBytes == 0 || q < s.markBytes) {
+			s.markBytes = q
+		}
+		if o := int64(c.MaxOutboundBytes - c.MaxOutboundBytes/4); s.markQ0Bytes == 0 || o < s.markQ0Bytes {
+			s.markQ0Bytes = o
+		}
+	}
 	if s.persist != nil {
 		if err := s.recover(); err != nil {
 			cancel()
@@ -324,6 +347,9 @@ func (s *Server) stopTimers() {
 		if sess.willTimer != nil {
 			sess.willTimer.Stop()
 		}
+		if sess.gate.timer != nil {
+			sess.gate.timer.Stop()
+		}
 		sess.mu.Unlock()
 		return true
 	})
@@ -375,7 +401,7 @@ func (s *Server) attach(c *conn, st *connectState) (*session, bool, string) {
 					"other_identity", foreign)
 				oc.takenOver.Store(true)
 				oc.kill(packet.SessionTakenOver, "session taken over")
-				if s.wait(s.cfg.ConnectTimeout, oc.done, nil) {
+				if s.wait(s.connectTimeout(), oc.done, nil) {
 					oc.nc.Close()
 					<-oc.done
 				}
@@ -408,6 +434,7 @@ func (s *Server) attach(c *conn, st *connectState) (*session, bool, string) {
 			}
 		}
 		sess.conn = c
+		sess.releaseGateLocked() // a new connection starts with a clean slate
 		sess.expiry = st.expiry
 		if s.persist != nil && st.expiry != 0 && !sess.stored {
 			sess.stored, sess.subList = true, make(map[string]StoredSubscription)
@@ -441,6 +468,9 @@ func (s *Server) attach(c *conn, st *connectState) (*session, bool, string) {
 		s.sessMu.Unlock()
 		if endedWill != nil {
 			endedWill()
+		}
+		if s.cluster != nil {
+			s.cluster.Connected(id, st.owner.key)
 		}
 		return sess, present, ""
 	}
@@ -489,9 +519,10 @@ func (s *Server) endSessionLocked(sess *session) func() {
 			s.persistAsync(Change{Kind: ChangeDeleteSession, ClientID: sess.id})
 		}
 	}
-	s.index.UnsubscribeAll(sess.id)
+	s.unsubscribeAll(sess.id)
 	sess.mu.Lock()
 	defer sess.mu.Unlock()
+	sess.ended = true
 	if sess.expiryTimer != nil {
 		sess.expiryTimer.Stop()
 		sess.expiryTimer = nil
@@ -510,7 +541,8 @@ func (s *Server) endSessionLocked(sess *session) func() {
 	}
 	s.stats.queued.Add(-int64(len(sess.queue)))
 	s.stats.droppedSessionEnd.Add(lostWithSession(sess.queue, sess.inflight))
-	sess.queue, sess.inflight = nil, nil
+	sess.queue, sess.inflight, sess.queueBytes = nil, nil, 0
+	sess.releaseGateLocked()
 	var willMsg *Message
 	var willFrom *Client
 	if sess.willTimer != nil && sess.willTimer.Stop() {
@@ -542,19 +574,20 @@ func (s *Server) redistribute(orphans []*delivery) {
 			continue
 		}
 		mb.subs, mb.groups = s.index.Match(d.msg.Topic, mb.subs[:0], mb.groups[:0])
+		mb.enc.reset(d.msg, nil, clock{now: s.cfg.Now}, 1) // one receiver per group
 		for i := range mb.groups {
 			g := &mb.groups[i]
 			if g.Group != d.share.group || g.Filter != d.share.filter {
 				continue
 			}
 			if sub, ok := g.Pick(s.eligibleFor(d.msg)); ok {
-				s.deliverTo(d.msg, sub.ClientID, sub.QoS, sub.RetainAsPublished, idsOf(sub.ID), d.share, nil)
+				s.deliverTo(&mb.enc, &sub, sub.QoS, sub.RetainAsPublished, idsOf(sub.ID), d.share, nil, nil)
 			}
 		}
 		clear(mb.subs)
 		clear(mb.groups)
 	}
-	matchPool.Put(mb)
+	putMatchBuf(mb)
 }
 
 // detach runs when a connection ends: it unbinds the session, publishes or
@@ -580,6 +613,7 @@ func (s *Server) detach(c *conn) {
 		return
 	}
 	sess.conn = nil
+	sess.releaseGateLocked() // nobody waits for an offline session
 	expiry := sess.expiry
 	sess.mu.Unlock()
 
@@ -725,6 +759,7 @@ func (s *Server) publishWill(msg *Message, from *Client) {
 	}
 	s.recent.add(shard, msg)
 	s.deliver(msg, nil)
+	s.clusterForward(msg)
 }
 
 func (s *Server) queueFull(id string, d *delivery) {
@@ -733,17 +768,29 @@ func (s *Server) queueFull(id string, d *delivery) {
 	// the log too.
 	if n == 1 || n%1000 == 0 {
 		s.log.Warn("broker: session queue full; message dropped", "client", id, "topic", d.msg.Topic, "qos", d.qos,
-			"max_queued", s.limits().MaxQueued, "dropped_total", n)
+			"max_queued", s.limits().MaxQueued, "max_queued_bytes", s.cfg.MaxQueuedBytes, "dropped_total", n)
 	}
 }
 
-// matchBuf is reused across publishes to keep routing allocation-free.
+// matchBuf is reused across publishes to keep routing allocation-free:
+// the matches of one topic and the shared encodings of one message.
 type matchBuf struct {
 	subs   []topic.Subscription
 	groups []topic.SharedGroup
+	enc    encSet
 }
 
 var matchPool = sync.Pool{New: func() any { return new(matchBuf) }}
+
+// putMatchBuf returns mb to the pool without the references of its last
+// pass.
+func putMatchBuf(mb *matchBuf) {
+	clear(mb.subs)
+	clear(mb.groups)
+	mb.subs, mb.groups = mb.subs[:0], mb.groups[:0]
+	mb.enc.release()
+	matchPool.Put(mb)
+}
 
 // publish stores (if retained) and routes msg to every matching session.
 // It returns the number of matching sessions, counting those for which
@@ -763,6 +810,7 @@ func (s *Server) retainFrom(msg *Message, c *Client) bool {
 	owner := retainedOwner(c)
 	reason := s.retained.retain(msg, owner)
 	if reason == "" {
+		s.clusterRetained(msg)
 		return true
 	}
 	n := s.retained.refused.Add(1)
@@ -780,9 +828,23 @@ func (s *Server) retainFrom(msg *Message, c *Client) bool {
 // deliver routes msg to every matching session; see publish. The changes
 // for stored sessions go into b, or are submitted at once when b is nil.
 func (s *Server) deliver(msg *Message, b *pbatch) int {
+	return s.deliverFrom(msg, b, nil)
+}
+
+// deliverFrom is deliver run by the reader of from, the publisher's
+// connection, which may hold the receivers' writers back until it has
+// routed the rest of its buffered input (conn.kickWriters). from, when
+// not nil, is also told which subscribers it must wait for (from.pub,
+// overload.go).
+func (s *Server) deliverFrom(msg *Message, b *pbatch, from *conn) int {
+	var pub *publisher
+	if from != nil {
+		pub = &from.pub
+	}
 	mb := matchPool.Get().(*matchBuf)
 	mb.subs, mb.groups = s.index.Match(msg.Topic, mb.subs[:0], mb.groups[:0])
-	n := s.route(msg, mb.subs, b)
+	mb.enc.reset(msg, from, clock{now: s.cfg.Now}, len(mb.subs)+len(mb.groups))
+	n := s.route(&mb.enc, mb.subs, b, pub)
 	var eligible func(string) bool
 	if len(mb.groups) > 0 {
 		eligible = s.eligibleFor(msg)
@@ -790,13 +852,11 @@ func (s *Server) deliver(msg *Message, b *pbatch) int {
 	for i := range mb.groups {
 		g := &mb.groups[i]
 		sub, ok := g.Pick(eligible)
-		if ok && s.deliverTo(msg, sub.ClientID, sub.QoS, sub.RetainAsPublished, idsOf(sub.ID), &shareKey{g.Group, g.Filter}, b) {
+		if ok && s.deliverTo(&mb.enc, &sub, sub.QoS, sub.RetainAsPublished, idsOf(sub.ID), &shareKey{g.Group, g.Filter}, b, pub) {
 			n++
 		}
 	}
-	clear(mb.subs)
-	clear(mb.groups)
-	matchPool.Put(mb)
+	putMatchBuf(mb)
 	return n
 }
 
@@ -807,13 +867,21 @@ func idsOf(id uint32) []uint32 {
 	return []uint32{id}
 }
 
-// route delivers msg once per client, at the highest QoS of the client's
-// matching subscriptions and with all their identifiers [MQTT-3.3.4-2]
-// [MQTT-3.3.4-3].
-func (s *Server) route(msg *Message, subs []topic.Subscription, b *pbatch) int {
-	if len(subs) > 1 {
+// route delivers the message of es once per client, at the highest QoS
+// of the client's matching subscriptions and with all their identifiers
+// [MQTT-3.3.4-2] [MQTT-3.3.4-3]. pub is the publishing client, when
+// routing its PUBLISH: it is told which subscribers it must wait for
+// (overload.go).
+func (s *Server) route(es *encSet, subs []topic.Subscription, b *pbatch, pub *publisher) int {
+	msg := es.msg
+	if len(subs) > 1 && !oneFilter(subs) {
+		// A client can match through several filters: sorting by client
+		// brings its subscriptions together. Subscriptions of one filter
+		// belong to distinct clients, so a fan-out through a single
+		// filter needs no sort.
 		slices.SortFunc(subs, func(a, b topic.Subscription) int { return strings.Compare(a.ClientID, b.ClientID) })
 	}
+	var idBuf [4]uint32 // subscription identifiers of one client, usually at most one
 	n := 0
 	for i := 0; i < len(subs); {
 		j := i + 1
@@ -825,7 +893,7 @@ func (s *Server) route(msg *Message, subs []topic.Subscription, b *pbatch) int {
 		id := group[0].ClientID
 		var qos byte
 		rap, matched := false, false
-		var ids []uint32
+		ids := idBuf[:0]
 		for _, sub := range group {
 			if sub.NoLocal && id == msg.From {
 				// [MQTT-3.8.3-3]
@@ -838,34 +906,28 @@ func (s *Server) route(msg *Message, subs []topic.Subscription, b *pbatch) int {
 				ids = append(ids, sub.ID)
 			}
 		}
-		if matched && s.deliverTo(msg, id, qos, rap, ids, nil, b) {
+		if matched && s.deliverTo(es, &group[0], qos, rap, ids, nil, b, pub) {
 			n++
 		}
 	}
 	return n
 }
 
-// deliverTo hands msg to one client's session. It reports whether the
-// session exists and may receive msg, whether or not msg was then queued,
-// sent or dropped.
-func (s *Server) deliverTo(msg *Message, clientID string, subQoS byte, retainAsPublished bool, ids []uint32, share *shareKey, b *pbatch) bool {
-	sess := s.lookup(clientID)
-	if sess == nil {
-		return false
+// oneFilter reports whether every subscription in subs (at least one)
+// is to the same filter.
+func oneFilter(subs []topic.Subscription) bool {
+	f := subs[0].Filter
+	for i := 1; i < len(subs); i++ {
+		if subs[i].Filter != f {
+			return false
+		}
 	}
-	sess.mu.Lock()
-	cl := sess.client
-	if f := sess.fence; f != nil && !f.admit(sess, msg, subQoS, retainAsPublished, ids, share) {
-		// A duplicate, or held back for a SUBSCRIBE in progress (fence.go).
-		sess.mu.Unlock()
-		return true
-	}
-	sess.mu.Unlock()
-	return s.deliverChecked(sess, cl, msg, subQoS, retainAsPublished, ids, share, b)
+	return true
 }
 
 // deliverChecked authorizes msg for the session's client cl and hands it
-// to the session; see deliverTo.
+// to the session: the fence's replays and released deliveries (fence.go),
+// which have no shared encodings.
 func (s *Server) deliverChecked(sess *session, cl *Client, msg *Message, subQoS byte, retainAsPublished bool, ids []uint32, share *shareKey, b *pbatch) bool {
 	if cl != nil {
 		// Checked for every delivered message, offline sessions included
@@ -875,7 +937,24 @@ func (s *Server) deliverChecked(sess *session, cl *Client, msg *Message, subQoS 
 			return false
 		}
 	}
-	d := &delivery{msg: msg, qos: min(msg.QoS, subQoS), retain: retainAsPublished && msg.Retain, subIDs: ids, share: share}
-	sess.deliver(s, d, b)
+	d := &delivery{msg: msg, qos: min(msg.QoS, subQoS), retain: retainAsPublished && msg.Retain, subIDs: slices.Clone(ids), share: share}
+	sess.deliver(s, d, b, nil)
 	return true
+}
+
+// deliverTo hands the message of es to the session of sub's client, with
+// the options given (those of all the client's matching subscriptions).
+// It reports whether the session exists and may receive the message,
+// whether or not it was then queued, sent or dropped. ids is copied,
+// never kept. The session is the subscription's Owner, set when it was
+// made, so that a fan-out does not look each subscriber up by client ID;
+// a session that has ended meanwhile delivers nothing (session.offer).
+func (s *Server) deliverTo(es *encSet, sub *topic.Subscription, subQoS byte, retainAsPublished bool, ids []uint32, share *shareKey, b *pbatch, pub *publisher) bool {
+	sess, _ := sub.Owner.(*session)
+	if sess == nil {
+		if sess = s.lookup(sub.ClientID); sess == nil {
+			return false
+		}
+	}
+	return sess.offer(s, es, subQoS, retainAsPublished, ids, share, b, pub)
 }

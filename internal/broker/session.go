@@ -3,6 +3,7 @@ package broker
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -26,6 +27,9 @@ type session struct {
 
 	mu   sync.Mutex
 	conn *conn // nil while the client is offline
+	// ended is set when the session is removed: a routing pass that
+	// found it through a subscription not yet removed delivers nothing.
+	ended bool
 	// client is a snapshot of the Client of the latest connection (set by
 	// attach, kept while offline): the identity queued messages and
 	// subscriptions are authorized for, sharing that connection's
@@ -40,8 +44,12 @@ type session struct {
 	inflight []*delivery
 	nextPID  uint16
 	// Messages waiting for a connection or for room in the in-flight
-	// window, oldest first.
-	queue []*delivery
+	// window, oldest first, and the sum of their sizes (delivery.size).
+	queue      []*delivery
+	queueBytes int64
+	// gate holds back publishers while the queue is over its mark
+	// (overload.go).
+	gate flowGate
 
 	// inboundQoS2 holds packet identifiers of QoS 2 messages received from
 	// the client and routed, awaiting PUBREL [MQTT-4.3.3-10].
@@ -173,21 +181,88 @@ func (s *session) removeInflight(i int) {
 	s.inflight = s.inflight[:len(s.inflight)-1]
 }
 
+// offer hands the session a message of a routing pass (es holds the
+// message and its shared encodings), matched by the session's
+// subscriptions with the maximum QoS subQoS, Retain As Published rap and
+// the subscription identifiers subIDs (copied, never kept). It reports
+// whether the session may receive the message (it exists and the
+// Authorizer allows it), whether or not the message was then queued,
+// sent or dropped. A QoS 0 message for an online client is queued as the
+// shared encoding itself, which allocates nothing per subscriber;
+// anything else becomes a delivery.
+//
+// The receive permission is checked here for every message, offline
+// sessions included (their queued messages are checked again when sent),
+// under s.mu like the checks of fillLocked and resendLocked: one lock per
+// delivery instead of two. pub is as for deliver.
+func (s *session) offer(srv *Server, es *encSet, subQoS byte, rap bool, subIDs []uint32, share *shareKey, b *pbatch, pub *publisher) bool {
+	msg := es.msg
+	s.mu.Lock()
+	if s.ended {
+		s.mu.Unlock()
+		return false
+	}
+	if f := s.fence; f != nil && !f.admit(s, msg, subQoS, rap, subIDs, share) {
+		// A duplicate, or held back for a SUBSCRIBE in progress (fence.go).
+		s.mu.Unlock()
+		return true
+	}
+	if cl := s.client; cl != nil {
+		if d := srv.authorize(cl, ActionReceive, msg.Topic, msg.QoS, msg.Retain, ""); !d.Allow {
+			s.mu.Unlock()
+			srv.denied(cl, ActionReceive, msg.Topic, d, "delivery")
+			return false
+		}
+	}
+	defer s.mu.Unlock()
+	qos, retain := min(msg.QoS, subQoS), rap && msg.Retain
+	c := s.conn
+	online := c != nil && !c.closing.Load()
+	if online && qos == 0 && !(srv.cfg.QueueQoS0 && len(s.queue) > 0) {
+		if e := es.get(c.version, 0, retain, subIDs); e != nil {
+			if s.maxPacket > 0 && uint32(len(e.b)) > s.maxPacket {
+				// [MQTT-3.1.2-25], as in deliverLocked.
+				srv.stats.droppedOversize.Add(1)
+				return true
+			}
+			_, congested := c.sendQoS0(e, len(msg.Payload)+len(msg.Topic), es.from)
+			s.notePublisherQoS0(c, pub, congested)
+			return true
+		}
+	}
+	d := &delivery{msg: msg, qos: qos, retain: retain, subIDs: slices.Clone(subIDs), share: share}
+	if online && qos > 0 {
+		d.enc = es.get(c.version, qos, retain, subIDs)
+	}
+	s.deliverLocked(srv, d, b, es.from, pub)
+	return true
+}
+
 // deliver hands one message to the session: straight to the connection
 // when it is online and has room, into the queue otherwise. It reports
-// false when the message was dropped.
-func (s *session) deliver(srv *Server, d *delivery, b *pbatch) bool {
+// false when the message was dropped. pub, when routing a client's
+// PUBLISH, is told whether that client must wait for this session
+// (overload.go).
+func (s *session) deliver(srv *Server, d *delivery, b *pbatch, pub *publisher) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.deliverLocked(srv, d, b, nil, pub)
+}
+
+// deliverLocked is deliver with s.mu held. from is the connection whose
+// reader routes the message, which may hold the writer back (see
+// conn.wakeWriterLocked), or nil; pub is as for deliver.
+func (s *session) deliverLocked(srv *Server, d *delivery, b *pbatch, from *conn, pub *publisher) bool {
 	c := s.conn
 	if c == nil || c.closing.Load() {
 		// Offline, or the connection is going away: what is sent now
-		// would be lost with it, so queue instead.
+		// would be lost with it, so queue instead. Nobody is held back
+		// for an offline session: its queue's limits apply.
 		if d.qos == 0 && !srv.cfg.QueueQoS0 {
 			srv.stats.droppedQoS0.Add(1)
 			return false
 		}
-		if !s.enqueueLocked(srv, d) {
+		if !s.enqueueLocked(srv, d, false) {
 			return false
 		}
 		s.storeDeliveryLocked(srv, d, b, nil)
@@ -203,25 +278,33 @@ func (s *session) deliver(srv *Server, d *delivery, b *pbatch) bool {
 		if srv.cfg.QueueQoS0 && len(s.queue) > 0 {
 			// QoS 0 messages queued while the client was offline go
 			// first: messages of one QoS keep their order [MQTT-4.6.0-6].
-			return s.enqueueLocked(srv, d)
+			ok := s.enqueueLocked(srv, d, true)
+			s.notePublisherLocked(srv, pub)
+			return ok
 		}
-		return c.sendQoS0(outPublish{d: d}, len(d.msg.Payload)+len(d.msg.Topic))
+		sent, congested := c.sendQoS0(d, int(d.size()), from)
+		s.notePublisherQoS0(c, pub, congested)
+		return sent
 	}
 	if len(s.queue) > 0 || len(s.inflight) >= s.inflightLimit {
-		if !s.enqueueLocked(srv, d) {
-			return false
+		ok := s.enqueueLocked(srv, d, true)
+		if ok {
+			s.storeDeliveryLocked(srv, d, b, nil)
 		}
-		s.storeDeliveryLocked(srv, d, b, nil)
-		return true
+		s.notePublisherLocked(srv, pub)
+		return ok
 	}
-	s.startLocked(c, d, b)
+	s.startLocked(c, d, b, from)
+	if pub != nil && pub.self != s {
+		pub.noteFree(s)
+	}
 	return true
 }
 
 // startLocked puts d in flight on c. A delivery new to the session (b or
 // routing without a batch) is stored with its packet identifier; one from
 // the queue has its new state stored.
-func (s *session) startLocked(c *conn, d *delivery, b *pbatch) {
+func (s *session) startLocked(c *conn, d *delivery, b *pbatch, from *conn) {
 	d.pid = s.allocPID()
 	s.inflight = append(s.inflight, d)
 	if !d.expiryFixed && !d.msg.Expires.IsZero() {
@@ -233,15 +316,23 @@ func (s *session) startLocked(c *conn, d *delivery, b *pbatch) {
 	if c.srv.persisting(s) && s.storeInFlightLocked(c, d, b, dup) {
 		return // sent once stored
 	}
-	c.send(outPublish{d: d, dup: dup})
+	c.sendPublish(d, dup, from)
 }
 
-func (s *session) enqueueLocked(srv *Server, d *delivery) bool {
-	if len(s.queue) >= srv.limits().MaxQueued && !s.dropExpiredLocked(srv) {
+// enqueueLocked appends d to the queue within its limits. A full queue
+// drops d, unless the client is online (the caller is routing to its
+// connection) and the policy is QueueBlock: d is queued all the same and
+// its publisher is held back until there is room (notePublisherLocked).
+func (s *session) enqueueLocked(srv *Server, d *delivery, online bool) bool {
+	// A queued message waits, perhaps for another connection: it keeps
+	// no shared encoding alive meanwhile.
+	d.enc = nil
+	if s.fullLocked(srv) && !s.dropExpiredLocked(srv) && (!online || srv.cfg.QueueFullPolicy != QueueBlock) {
 		srv.queueFull(s.id, d)
 		return false
 	}
 	s.queue = append(s.queue, d)
+	s.queueBytes += d.size()
 	srv.stats.queued.Add(1)
 	return true
 }
@@ -256,6 +347,7 @@ func (s *session) dropExpiredLocked(srv *Server) bool {
 		if !d.msg.expired(now) {
 			kept = append(kept, d)
 		} else {
+			s.queueBytes -= d.size()
 			s.dropDeliveryLocked(srv, d)
 		}
 	}
@@ -264,7 +356,10 @@ func (s *session) dropExpiredLocked(srv *Server) bool {
 	s.queue = kept
 	srv.stats.queued.Add(-int64(n))
 	srv.stats.expired.Add(int64(n))
-	return len(s.queue) < srv.limits().MaxQueued
+	if n > 0 {
+		s.drainedLocked(srv, n)
+	}
+	return !s.fullLocked(srv)
 }
 
 // fillLocked moves queued messages into flight while there is room.
@@ -281,6 +376,7 @@ func (s *session) fillLocked(srv *Server) {
 			break
 		}
 		n++
+		s.queueBytes -= d.size()
 		srv.stats.queued.Add(-1)
 		if !d.msg.Expires.IsZero() && d.msg.expired(clk.get()) {
 			srv.stats.expired.Add(1)
@@ -299,15 +395,18 @@ func (s *session) fillLocked(srv *Server) {
 			continue
 		}
 		if d.qos == 0 {
-			c.sendQoS0(outPublish{d: d}, len(d.msg.Payload)+len(d.msg.Topic))
+			c.sendQoS0(d, len(d.msg.Payload)+len(d.msg.Topic), nil)
 			continue
 		}
-		s.startLocked(c, d, nil)
+		s.startLocked(c, d, nil, nil)
 	}
 	if n > 0 {
 		rest := copy(s.queue, s.queue[n:])
 		clear(s.queue[rest:])
 		s.queue = s.queue[:rest]
+	}
+	if n > 0 || len(s.gate.waiters) > 0 {
+		s.drainedLocked(srv, n)
 	}
 }
 
@@ -345,7 +444,7 @@ func (s *session) resendOneLocked(c *conn, d *delivery) {
 		return
 	}
 	d.sent = true
-	c.send(outPublish{d: d, dup: true})
+	c.sendPublish(d, true, nil)
 }
 
 // resumeResendLocked resends held-back in-flight messages, oldest first,
@@ -416,6 +515,9 @@ func (s *session) received(srv *Server, pid uint16, code packet.ReasonCode) bool
 
 // fitsPacket reports whether the PUBLISH for d fits in max bytes.
 func fitsPacket(d *delivery, v packet.Version, max uint32, clk *clock) bool {
+	if e := d.enc; e != nil && e.v5 == (v == packet.V5) {
+		return uint32(len(e.b)) <= max // the size does not depend on the values patched
+	}
 	p := d.publishPacket(clk, false)
 	if p.QoS > 0 {
 		p.PacketID = 1 // any non-zero identifier has the same size

@@ -46,6 +46,10 @@ type stats struct {
 	droppedOversize  atomic.Int64 // over the client's Maximum Packet Size
 	expired          atomic.Int64 // expired before delivery
 
+	pushbacks       atomic.Int64 // times a publisher was held back
+	held            atomic.Int64 // publishers held back now
+	slowSubscribers atomic.Int64 // times a subscriber was found slow
+
 	subsRefused   atomic.Int64 // subscriptions over MaxSubscriptions or MaxSubscriptionBytes
 	preAuthTooBig atomic.Int64 // CONNECTs over PreAuthMaxPacketSize
 	persistFailed atomic.Int64 // Persistence commits that failed
@@ -107,12 +111,6 @@ func (sh *counterShard) packetIn(rl int) {
 func (sh *counterShard) publishIn(qos byte, payload int) {
 	sh.msgsIn[qos].Add(1)
 	sh.payloadIn[qos].Add(int64(payload))
-}
-
-// publishOut counts a PUBLISH encoded for the client.
-func (sh *counterShard) publishOut(qos byte, payload int) {
-	sh.msgsOut[qos].Add(1)
-	sh.payloadOut[qos].Add(int64(payload))
 }
 
 // wireSize is the size of a packet of remaining length rl: the first
@@ -388,6 +386,15 @@ type Stats struct {
 	DroppedOversize    int64
 	Expired            int64
 
+	// Overload control (docs/design/broker.md): Pushbacks counts the
+	// times a publisher was held back because a subscriber's backlog was
+	// over its mark (or its queue full under QueueBlock), PublishersHeld
+	// the publishers held back now, SlowSubscribers the times a subscriber
+	// was found too slow to hold its publishers back any longer.
+	Pushbacks       int64
+	PublishersHeld  int64
+	SlowSubscribers int64
+
 	// RetainedBytes is what the retained messages stored from clients are
 	// charged against MaxRetainedBytes; RetainedRefused counts retained
 	// messages refused by a retained limit.
@@ -517,6 +524,9 @@ func (s *Server) Stats() Stats {
 		DroppedSlowClient:  st.droppedSlow.Load(),
 		DroppedOversize:    st.droppedOversize.Load(),
 		Expired:            st.expired.Load(),
+		Pushbacks:          st.pushbacks.Load(),
+		PublishersHeld:     st.held.Load(),
+		SlowSubscribers:    st.slowSubscribers.Load(),
 
 		RetainedBytes:        s.retained.usage().bytes,
 		RetainedRefused:      s.retained.refused.Load(),

@@ -11,6 +11,7 @@ import (
 	"unsafe"
 
 	"github.com/moatmq/moat/internal/packet"
+	"github.com/moatmq/moat/internal/testutil"
 )
 
 // countingConn counts the bytes read from and written to a connection.
@@ -91,7 +92,7 @@ func TestStatsTrafficByQoS(t *testing.T) {
 	sub.expectClosed(5 * time.Second)
 	pub.expectClosed(5 * time.Second)
 
-	checkFor(t, 5*time.Second, func() error {
+	testutil.CheckFor(t, 5*time.Second, func() error {
 		st := s.Stats()
 		in := subConn.out.Load() + pubConn.out.Load()
 		out := subConn.in.Load() + pubConn.in.Load()
@@ -158,7 +159,7 @@ func TestStatsAuthentications(t *testing.T) {
 		c.nc.Close()
 	}
 	want := map[string]int64{"true/credentials": 2, "false/bad_credentials": 1, "false/not_authorized": 1, "true/anonymous": 1}
-	checkFor(t, 5*time.Second, func() error {
+	testutil.CheckFor(t, 5*time.Second, func() error {
 		for _, a := range s.Stats().Authentications {
 			k := fmt.Sprintf("%v/%s", a.Success, a.Reason)
 			if a.N != want[k] {
@@ -267,7 +268,7 @@ func TestStatsTLSHandshakes(t *testing.T) {
 		"TLS 1.3/X25519MLKEM768": 1, "TLS 1.3/CurveP256": 1, "TLS 1.2/X25519": 1,
 		"failed client_alert": 1, "failed not_tls": 1,
 	}
-	checkFor(t, 5*time.Second, func() error {
+	testutil.CheckFor(t, 5*time.Second, func() error {
 		st := s.Stats()
 		got := map[string]int64{}
 		for _, h := range st.TLSHandshakes {
@@ -332,7 +333,7 @@ func BenchmarkStats(b *testing.B) {
 	for i := range 100 {
 		benchSubscriber(b, addr, fmt.Sprintf("c%d", i), "t/#", 0)
 	}
-	checkFor(b, 5*time.Second, func() error {
+	testutil.CheckFor(b, 5*time.Second, func() error {
 		if n := s.Stats().ClientsConnected; n != 100 {
 			return fmt.Errorf("%d connected", n)
 		}

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"net"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -54,7 +55,7 @@ func TestSubscribeTakesEffectOnArrival(t *testing.T) {
 							b = dial(t, addr, packet.V5)
 							b.connect(v5connect("timing-b"))
 						}
-						filter := "timing/" + name + "/" + itoa(i)
+						filter := "timing/" + name + "/" + strconv.Itoa(i)
 						b.send(&packet.Subscribe{PacketID: 1, Subscriptions: []packet.Subscription{{Filter: filter}}})
 						a.send(&packet.Publish{Topic: filter, Payload: []byte("m")})
 						// A PINGREQ round trip on A: A's PUBLISH has been routed.

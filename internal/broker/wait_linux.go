@@ -27,3 +27,21 @@ func waitReadable(rc syscall.RawConn, buf *[1]byte) {
 		}
 	})
 }
+
+// inputArrived reports, without waiting, whether the socket holds input
+// (or has reached its end or failed: the next read then returns at once
+// too).
+func inputArrived(rc syscall.RawConn, buf *[1]byte) bool {
+	arrived := false
+	rc.Read(func(fd uintptr) bool {
+		for {
+			_, _, err := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+			if err == syscall.EINTR {
+				continue
+			}
+			arrived = err != syscall.EAGAIN
+			return true
+		}
+	})
+	return arrived
+}

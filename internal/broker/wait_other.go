@@ -9,3 +9,5 @@ import "syscall"
 const canWaitReadable = false
 
 func waitReadable(syscall.RawConn, *[1]byte) {}
+
+func inputArrived(syscall.RawConn, *[1]byte) bool { return false }

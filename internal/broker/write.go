@@ -1,6 +1,8 @@
 package broker
 
 import (
+	"net"
+	"sync"
 	"time"
 
 	"github.com/moatmq/moat/internal/packet"
@@ -26,10 +28,7 @@ func (c *conn) writeInline() {
 		return
 	}
 	c.writing = true
-	exit := make(chan struct{})
-	c.writerExit = exit
 	c.outMu.Unlock()
-	defer close(exit)
 	c.writeLoop()
 }
 
@@ -44,19 +43,118 @@ func (c *conn) send(p packet.Packet) {
 	c.outMu.Unlock()
 }
 
-// sendQoS0 queues a QoS 0 PUBLISH unless the connection's QoS 0 backlog is
-// over its byte budget (a slow consumer), in which case it is dropped.
-func (c *conn) sendQoS0(p outPublish, size int) bool {
+// sendPublish queues the PUBLISH of d, in flight on this connection
+// (dup: a resend). A first send is queued as d itself, which allocates
+// nothing. from is the connection whose reader routes it, or nil (see
+// wakeWriterLocked).
+func (c *conn) sendPublish(d *delivery, dup bool, from *conn) {
+	var p packet.Packet = d
+	if dup {
+		p = outPublish{d: d, dup: true}
+	}
+	c.outMu.Lock()
+	if !c.final {
+		c.out = append(c.out, p)
+		c.wakeWriterLocked(from)
+	}
+	c.outMu.Unlock()
+}
+
+// sendQoS0 queues a QoS 0 PUBLISH (a *pubEnc shared with other
+// connections, or a *delivery) of size bytes (topic and payload). Past
+// the connection's QoS 0 byte budget (a slow consumer) the oldest QoS 0
+// messages waiting are dropped to make room (overload.go). It reports
+// whether the message was queued, and whether the QoS 0 backlog is over
+// the mark at which its publishers are held back. from is as for
+// sendPublish.
+func (c *conn) sendQoS0(p packet.Packet, size int, from *conn) (sent, congested bool) {
 	c.outMu.Lock()
 	defer c.outMu.Unlock()
-	if c.final || c.outBytes+size > c.srv.cfg.MaxOutboundBytes {
-		c.srv.stats.droppedSlow.Add(1)
-		return false
+	if c.final || c.outBytes+size > c.srv.cfg.MaxOutboundBytes && !c.dropOldestQoS0Locked(size) {
+		c.srv.droppedSlow(c, 1)
+		return false, false
 	}
 	c.outBytes += size
+	c.outQ0++
 	c.out = append(c.out, p)
-	c.startWriterLocked()
-	return true
+	c.wakeWriterLocked(from)
+	return true, c.q0CongestedLocked()
+}
+
+// Writers are woken once per batch of inbound messages, not once per
+// message. A publisher's reader that routes a message while more complete
+// packets wait in its read buffer does not start the writers of the
+// receiving connections at once: it notes them (from.kicks) and starts
+// them all when its buffered input is routed, before it waits for
+// anything (kickWriters). The receivers' writers then find several
+// messages queued and write them with one system call, where a writer
+// started per message would write each alone: in a fan-out to a thousand
+// subscribers this divides the writes, and the goroutines started, by the
+// number of messages read at once. The hold is bounded: a connection with
+// deferWriteMax bytes queued is woken at once, and a reader kicks once it
+// has held back maxDeferred packets.
+
+// deferWriteMax is the QoS 0 backlog from which a held-back writer is
+// started at once: about one full write.
+const deferWriteMax = 64 << 10
+
+// maxDeferred bounds the PUBLISH packets one reader queues for other
+// connections before it starts their writers, and so the delay it adds
+// to the first of them (some milliseconds of routing).
+const maxDeferred = 1 << 16
+
+// wakeWriterLocked has what was just queued written: at once, or, when
+// from is the connection whose reader is routing it and that reader has
+// more input to route, once that reader calls kickWriters. c.outMu is
+// held; the caller runs on from's reader, which owns from.kicks.
+func (c *conn) wakeWriterLocked(from *conn) {
+	if from == nil || from == c || c.final || c.outBytes >= deferWriteMax {
+		c.startWriterLocked()
+		return
+	}
+	if !c.canWrite {
+		return
+	}
+	// A running writer stops after the batch it is writing (heldLocked)
+	// rather than take this batch's messages one write at a time.
+	if !c.kickPending {
+		c.kickPending = true
+		from.kicks = append(from.kicks, c)
+	}
+	from.deferred++
+}
+
+// heldLocked reports whether a reader holds this connection's writer
+// back: a running writer then stops after its batch, unless the
+// connection is closing or its QoS 0 backlog reached deferWriteMax.
+// c.outMu is held.
+func (c *conn) heldLocked() bool {
+	return c.kickPending && !c.final && c.outBytes < deferWriteMax
+}
+
+// kickWriters starts the writers this reader held back. It runs on the
+// reader, which must call it before anything that may make it wait (a
+// read of input not yet buffered, the read budget, the rate limit, a
+// store's commit slot, a re-authentication) and when it stops reading.
+func (c *conn) kickWriters() {
+	if len(c.kicks) == 0 {
+		return
+	}
+	for i, t := range c.kicks {
+		c.kicks[i] = nil
+		t.outMu.Lock()
+		t.kickPending = false
+		if len(t.out) > 0 {
+			t.startWriterLocked()
+		}
+		t.outMu.Unlock()
+	}
+	if cap(c.kicks) > 1024 {
+		c.kicks = nil // a quiet publisher keeps no large list
+	} else {
+		c.kicks = c.kicks[:0]
+	}
+	c.deferred = 0
 }
 
 // startWriterLocked starts the writer goroutine if the connection may
@@ -67,12 +165,26 @@ func (c *conn) startWriterLocked() {
 		return
 	}
 	c.writing = true
-	exit := make(chan struct{})
-	c.writerExit = exit
-	c.srv.goroutines.goTracked(goWriter, func() {
-		defer close(exit)
-		c.writeLoop()
-	})
+	// As goTracked does, without its closures: one writer starts per
+	// batch, and this allocates only the goroutine's own.
+	c.srv.goroutines.add(goWriter)
+	go c.writeMain()
+}
+
+// writeMain is the writer goroutine started by startWriterLocked.
+func (c *conn) writeMain() {
+	defer c.srv.goroutines.done(goWriter)
+	c.writeLoop()
+}
+
+// writerStoppedLocked runs when the writer clears writing: it wakes
+// whoever waits for it (finish). c.outMu is held.
+func (c *conn) writerStoppedLocked() {
+	c.writing = false
+	if c.writerDone != nil {
+		close(c.writerDone)
+		c.writerDone = nil
+	}
 }
 
 // writeLoop is the writer goroutine: it drains the outbound queue in
@@ -88,16 +200,25 @@ func (c *conn) writeLoop() {
 		}
 	}()
 	const flushAt = 64 << 10
-	for {
+	for wrote := false; ; wrote = true {
 		c.outMu.Lock()
-		if len(c.out) == 0 {
-			// Done for now. The writer-owned fields are touched before
-			// writing is cleared: the next writer may start right after.
-			if cap(c.wbuf) > 4<<10 {
-				c.wbuf = nil // an idle connection keeps no large buffer
+		if len(c.out) == 0 || (wrote && c.heldLocked()) {
+			// Done for now, or held back after a batch: the reader
+			// holding it back starts a writer again (a writer that was
+			// just started writes what it finds first, so that a kick
+			// is never lost to the next hold). The writer-owned fields
+			// are touched before writing is cleared: the next writer may
+			// start right after. An idle connection keeps no write
+			// buffer and no large queue.
+			putWriteBuf(c.wbuf)
+			c.wbuf = nil
+			if len(c.out) == 0 && cap(c.out) > idleQueueCap {
+				c.out = nil // held back, it still has its packets
 			}
-			c.writing = false
-			c.writerExit = nil
+			if cap(c.spare) > idleQueueCap {
+				c.spare = nil
+			}
+			c.writerStoppedLocked()
 			final := c.final
 			c.outMu.Unlock()
 			if final {
@@ -111,10 +232,15 @@ func (c *conn) writeLoop() {
 		batch := c.out
 		c.out = c.spare[:0]
 		c.spare = nil
+		c.q0DrainedLocked()
 		c.outBytes = 0
 		c.outMu.Unlock()
 
+		if c.wbuf == nil {
+			c.wbuf = getWriteBuf(batchSize(batch))
+		}
 		c.wbuf = c.wbuf[:0]
+		c.wclk = clock{now: c.srv.cfg.Now}
 		for i, p := range batch {
 			batch[i] = nil
 			var err error
@@ -123,13 +249,15 @@ func (c *conn) writeLoop() {
 				c.log.Error("broker: cannot encode outbound packet; dropped", "type", p.Type(), "err", err)
 				continue
 			}
-			if len(c.wbuf) >= flushAt {
+			if len(c.wbuf)+c.wshared >= flushAt {
+				c.flushCounts()
 				if !c.flush() {
 					c.stopWriting()
 					return
 				}
 			}
 		}
+		c.flushCounts()
 		if !c.flush() {
 			c.stopWriting()
 			return
@@ -140,18 +268,85 @@ func (c *conn) writeLoop() {
 	}
 }
 
+// idleQueueCap is the capacity of outbound queue slices a connection
+// keeps once its writer has drained them.
+const idleQueueCap = 256
+
+// batchSize estimates the bytes batch encodes to: exact for shared
+// encodings, a guess from the message for the rest.
+func batchSize(batch []packet.Packet) int {
+	n := 0
+	for _, p := range batch {
+		switch q := p.(type) {
+		case *pubEnc:
+			n += len(q.b)
+		case *delivery:
+			n += 64 + len(q.msg.Topic) + len(q.msg.Payload)
+		case outPublish:
+			n += 64 + len(q.d.msg.Topic) + len(q.d.msg.Payload)
+		default:
+			n += 16
+		}
+	}
+	return n
+}
+
+// Write buffers are shared by all connections through pools of a few
+// sizes: a writer takes one for a batch and gives it back when its queue
+// is drained, so that neither a connection at rest nor one that writes
+// in bursts keeps or grows a buffer of its own.
+var writeBufSizes = [...]int{1 << 10, 4 << 10, 16 << 10, 64 << 10, 256 << 10}
+
+var writeBufPools [len(writeBufSizes)]sync.Pool
+
+// getWriteBuf returns an empty buffer with room for n bytes, or for the
+// largest pooled size when n is larger (the buffer grows as it fills).
+func getWriteBuf(n int) []byte {
+	for i, size := range writeBufSizes {
+		if n <= size || i == len(writeBufSizes)-1 {
+			if bp, ok := writeBufPools[i].Get().(*[]byte); ok {
+				b := (*bp)[:0]
+				*bp = nil
+				bufBoxes.Put(bp)
+				return b
+			}
+			return make([]byte, 0, size)
+		}
+	}
+	return nil
+}
+
+// putWriteBuf gives b back to the pool of the largest size it holds.
+// Buffers above a MiB (grown for a large packet) are left to the garbage
+// collector.
+func putWriteBuf(b []byte) {
+	if cap(b) < writeBufSizes[0] || cap(b) > 1<<20 {
+		return
+	}
+	i := len(writeBufSizes) - 1
+	for cap(b) < writeBufSizes[i] {
+		i--
+	}
+	bp := bufBoxes.Get().(*[]byte)
+	*bp = b[:0]
+	writeBufPools[i].Put(bp)
+}
+
+// bufBoxes holds the *[]byte that carry buffers in the pools, so that
+// giving a buffer back allocates nothing.
+var bufBoxes = sync.Pool{New: func() any { return new([]byte) }}
+
 // stopWriting ends writing after a failed write: nothing more is queued.
 func (c *conn) stopWriting() {
 	c.outMu.Lock()
 	c.final = true
-	c.writing = false
-	c.writerExit = nil
+	c.writerStoppedLocked()
 	c.out = nil
 	c.outMu.Unlock()
 }
 
 func (c *conn) flush() bool {
-	if len(c.wbuf) == 0 {
+	if len(c.wbuf) == 0 && len(c.wsegs) == 0 {
 		return true
 	}
 	// The write deadline is moved forward only when an eighth of the
@@ -166,7 +361,24 @@ func (c *conn) flush() bool {
 			c.nc.SetWriteDeadline(now.Add(closeGrace))
 		}
 	}
-	n, err := c.nc.Write(c.wbuf)
+	var n int
+	var err error
+	if len(c.wsegs) == 0 {
+		n, err = c.nc.Write(c.wbuf)
+	} else {
+		// Shared tails go out in place, with the pieces of the buffer
+		// between them, in one writev. wvec is consumed by WriteTo; it
+		// is a field so that it does not escape per flush.
+		if c.wcut < len(c.wbuf) {
+			c.wsegs = append(c.wsegs, c.wbuf[c.wcut:])
+		}
+		c.wvec = c.wsegs
+		var n64 int64
+		n64, err = c.wvec.WriteTo(c.wtcp)
+		n = int(n64)
+		clear(c.wsegs) // no shared encoding is kept past its write
+		c.wsegs, c.wvec, c.wcut, c.wshared = c.wsegs[:0], nil, 0, 0
+	}
 	c.ctr.wireOut.Add(int64(n))
 	c.wbuf = c.wbuf[:0]
 	if err != nil {
@@ -179,7 +391,7 @@ func (c *conn) flush() bool {
 		return false
 	}
 	if cap(c.wbuf) > 1<<20 {
-		c.wbuf = nil // do not keep a large buffer for an idle connection
+		c.wbuf = nil // grown for a large packet: not kept
 	}
 	return true
 }
@@ -190,13 +402,12 @@ func (c *conn) encode(dst []byte, p packet.Packet) ([]byte, error) {
 	switch q := p.(type) {
 	case shortAck:
 		return packet.AppendShortAck(dst, q.typ, q.pid, q.code, c.version), nil
+	case *pubEnc:
+		return c.appendShared(dst, q)
+	case *delivery:
+		return c.appendDelivery(dst, q, false)
 	case outPublish:
-		// Built in the writer's own packet, cleared afterwards so that an
-		// idle connection does not keep the last message alive.
-		q.d.fillPublish(&c.wpub, &clock{now: c.srv.cfg.Now}, q.dup)
-		dst, err := c.encodePublish(dst, &c.wpub)
-		c.wpub = packet.Publish{}
-		return dst, err
+		return c.appendDelivery(dst, q.d, q.dup)
 	case *packet.Publish:
 		return c.encodePublish(dst, q)
 	case *packet.Suback:
@@ -205,6 +416,110 @@ func (c *conn) encode(dst []byte, p packet.Packet) ([]byte, error) {
 		return c.encodeAck(dst, p, &q.Properties)
 	}
 	return packet.Append(dst, p, c.version)
+}
+
+// appendShared appends a QoS 0 PUBLISH encoded for many connections: its
+// bytes as they are, unless this connection needs others (an outbound
+// topic alias, or a Message Expiry Interval that moved on while the
+// packet waited [MQTT-3.3.2-6]).
+func (c *conn) appendShared(dst []byte, e *pubEnc) ([]byte, error) {
+	expiry := e.expiry
+	if e.v5 && !e.msg.Expires.IsZero() {
+		expiry = e.msg.remainingExpiry(c.wclk.get())
+	}
+	if c.aliasOutMax == 0 && expiry == e.expiry {
+		c.countOut(0, len(e.msg.Payload))
+		if c.writev(len(e.b)) {
+			return c.appendTail(dst, e.b), nil
+		}
+		return append(dst, e.b...), nil
+	}
+	// Built in the writer's own packet, cleared afterwards so that an
+	// idle connection does not keep the last message alive.
+	e.fill(&c.wpub, expiry, 0, false)
+	dst, err := c.encodePublish(dst, &c.wpub)
+	c.wpub = packet.Publish{}
+	return dst, err
+}
+
+// appendDelivery appends the PUBLISH of d: a copy of the routing pass's
+// shared encoding with this delivery's packet identifier and DUP flag
+// when it has one that fits this connection, else encoded here.
+func (c *conn) appendDelivery(dst []byte, d *delivery, dup bool) ([]byte, error) {
+	if e := d.enc; e != nil && c.aliasOutMax == 0 && e.v5 == (c.version == packet.V5) && (!e.v5 || e.expiry == d.expiryAt(&c.wclk)) {
+		c.countOut(d.qos, len(d.msg.Payload))
+		start := len(dst)
+		head := len(e.b) // what this connection gets a copy of
+		if d.qos > 0 {
+			head = e.idAt + 2
+		}
+		if c.writev(len(e.b) - head) {
+			dst = append(dst, e.b[:head]...)
+			if d.qos > 0 {
+				packet.PatchPublish(dst[start:], e.idAt, dup, d.pid)
+			}
+			return c.appendTail(dst, e.b[head:]), nil
+		}
+		dst = append(dst, e.b...)
+		if d.qos > 0 {
+			packet.PatchPublish(dst[start:], e.idAt, dup, d.pid)
+		}
+		return dst, nil
+	}
+	d.fillPublish(&c.wpub, &c.wclk, dup)
+	dst, err := c.encodePublish(dst, &c.wpub)
+	c.wpub = packet.Publish{}
+	return dst, err
+}
+
+// writevMin is the size from which a shared encoding (after the bytes a
+// connection patches) is written in place with writev rather than copied
+// into the write buffer: below it, copying costs less than another I/O
+// vector.
+const writevMin = 2 << 10
+
+// writev reports whether n shared bytes are written in place: on plain
+// TCP connections only. Through TLS each piece would become a record of
+// its own; the encryption copies the bytes anyway.
+func (c *conn) writev(n int) bool {
+	if n < writevMin {
+		return false
+	}
+	if !c.wtcpKnown {
+		c.wtcp, c.wtcpKnown = tcpOf(c.nc), true
+	}
+	return c.wtcp != nil
+}
+
+// appendTail ends the current piece of the write buffer at dst's end and
+// queues tail, shared and read-only, to be written in place after it. It
+// returns dst, whose bytes from here on go into the next piece.
+func (c *conn) appendTail(dst []byte, tail []byte) []byte {
+	if c.wcut < len(dst) {
+		c.wsegs = append(c.wsegs, dst[c.wcut:len(dst):len(dst)])
+	}
+	c.wsegs = append(c.wsegs, tail)
+	c.wcut = len(dst)
+	c.wshared += len(tail)
+	return dst
+}
+
+// tcpOf returns the TCP connection writes to nc go to unchanged, or nil:
+// nc itself, or the connection under a listener.Conn (PROXY protocol and
+// listener bookkeeping), which changes how it is read and addressed but
+// writes straight to its TCP connection.
+func tcpOf(nc net.Conn) *net.TCPConn {
+	switch x := nc.(type) {
+	case *net.TCPConn:
+		return x
+	case interface {
+		PeerAddr() net.Addr // listener.Conn
+		NetConn() net.Conn
+	}:
+		t, _ := x.NetConn().(*net.TCPConn)
+		return t
+	}
+	return nil
 }
 
 // encodeAck appends a SUBACK or UNSUBACK (props are its properties)
@@ -232,7 +547,7 @@ func (c *conn) encodeAck(dst []byte, p packet.Packet, props *packet.Properties) 
 }
 
 func (c *conn) encodePublish(dst []byte, p *packet.Publish) ([]byte, error) {
-	c.ctr.publishOut(p.QoS, len(p.Payload))
+	c.countOut(p.QoS, len(p.Payload))
 	if c.aliasOutMax > 0 {
 		c.applyAlias(p)
 	}
@@ -273,4 +588,23 @@ func (c *conn) applyAlias(p *packet.Publish) {
 func fits(p packet.Packet, v packet.Version, max uint32) bool {
 	n, err := packet.Size(p, v)
 	return err == nil && uint32(n) <= max
+}
+
+// countOut counts a PUBLISH written in the writer's batch; flushCounts
+// adds the batch's counts to the connection's statistics shard, once per
+// flush rather than once per message (in a fan-out, many writers share a
+// shard).
+func (c *conn) countOut(qos byte, payload int) {
+	c.wmsgs[qos]++
+	c.wpay[qos] += int64(payload)
+}
+
+func (c *conn) flushCounts() {
+	for q := range c.wmsgs {
+		if c.wmsgs[q] != 0 {
+			c.ctr.msgsOut[q].Add(c.wmsgs[q])
+			c.ctr.payloadOut[q].Add(c.wpay[q])
+			c.wmsgs[q], c.wpay[q] = 0, 0
+		}
+	}
 }

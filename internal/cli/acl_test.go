@@ -3,19 +3,13 @@ package cli
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/pem"
 	"math/big"
-	"net/url"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/moatmq/moat/internal/testutil/testpki"
 )
 
 func runACL(t *testing.T, args ...string) (int, string, string) {
@@ -112,25 +106,14 @@ func TestACLTestUsageErrors(t *testing.T) {
 	}
 }
 
+// writeTestCert writes a self-signed certificate for sensor-7 (OU
+// devices, a SPIFFE ID) to path: the identity `moat acl test --cert` reads.
 func writeTestCert(t *testing.T, path string) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u, _ := url.Parse("spiffe://example.org/sensor-7")
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(7),
-		Subject:      pkix.Name{CommonName: "sensor-7", OrganizationalUnit: []string{"devices"}},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		URIs:         []*url.URL{u},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	testpki.SelfSigned(t, testpki.Options{
+		Subject: &pkix.Name{CommonName: "sensor-7", OrganizationalUnit: []string{"devices"}},
+		URIs:    []string{"spiffe://example.org/sensor-7"},
+		Serial:  big.NewInt(7),
+		NoEKU:   true,
+	}).WritePEM(t, path)
 }

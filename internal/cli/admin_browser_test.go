@@ -12,6 +12,7 @@ import (
 
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
+	"github.com/moatmq/moat/internal/testutil"
 )
 
 // artifactsDir is where browser tests keep their screenshots:
@@ -41,7 +42,7 @@ func TestAdminDashboardBrowser(t *testing.T) {
 	}
 	e := startAdminEnv(t)
 	serial, _, _ := e.device(t, "sensor-9")
-	adminWaitFor(t, "the device to connect", func() bool { return len(e.clients(t).Clients) == 1 })
+	testutil.WaitFor(t, "the device to connect", 10*time.Second, func() bool { return len(e.clients(t).Clients) == 1 })
 	shots := artifactsDir(t)
 
 	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(browser), chromedp.NoSandbox, chromedp.DisableGPU,

@@ -6,6 +6,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/moatmq/moat/internal/testutil"
 )
 
 // curlAdmin calls the admin API with curl and a client certificate
@@ -78,7 +81,7 @@ func TestSecurityAdminClientCertificates(t *testing.T) {
 
 	// Revoked: refused, on a new connection and on every request.
 	moatCmd(t, e.dir, "ca", "revoke", "alice.pem", "--dir", ca, "--reason", "keyCompromise")
-	adminWaitFor(t, "the revoked certificate to be refused", func() bool {
+	testutil.WaitFor(t, "the revoked certificate to be refused", 10*time.Second, func() bool {
 		code, _ := e.curlAdmin(t, "GET", "/api/v1/whoami", "alice")
 		return code == "401" || code == "000"
 	})

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/moatmq/moat/internal/pki"
+	"github.com/moatmq/moat/internal/testutil"
 )
 
 // adminEnv is a running `moat serve --admin` with the built-in CA, one
@@ -52,21 +53,22 @@ func createToken(t *testing.T, dir, name, role string) string {
 	return tok
 }
 
-func startAdminEnv(t *testing.T) *adminEnv {
+// startAdminEnv starts moat serve with an admin listener; extra is
+// appended to its configuration.
+func startAdminEnv(t *testing.T, extra ...string) *adminEnv {
 	t.Helper()
-	return startAdminEnvWith(t, "")
+	return startAdminEnvWith(t, strings.Join(extra, ""))
 }
 
 // startAdminEnvWith is startAdminEnv with more YAML at the end of the
 // configuration file.
 func startAdminEnvWith(t *testing.T, extra string) *adminEnv {
 	t.Helper()
-	e := &adminEnv{dir: t.TempDir(), mqtt: freePort(t)}
+	e := &adminEnv{dir: t.TempDir()}
 	e.data = filepath.Join(e.dir, "data")
-	adminPort := freePort(t)
-	writeFile(t, filepath.Join(e.dir, "moat.yaml"), fmt.Sprintf(`listeners:
+	writeFile(t, filepath.Join(e.dir, "moat.yaml"), `listeners:
   - name: devices
-    address: 127.0.0.1:%d
+    address: 127.0.0.1:0
     transport: tls
     tls:
       client_auth: required
@@ -74,8 +76,8 @@ func startAdminEnvWith(t *testing.T, extra string) *adminEnv {
         username_from: cn
 data_dir: data
 admin:
-  listen: 127.0.0.1:%d
-`, e.mqtt, adminPort)+extra)
+  listen: 127.0.0.1:0
+`+extra)
 	e.viewer = createToken(t, e.dir, "ci-viewer", "viewer")
 	e.operator = createToken(t, e.dir, "ci-operator", "operator")
 	if fi, err := os.Stat(filepath.Join(e.data, "admin-tokens.json")); err != nil || fi.Mode().Perm() != 0o600 {
@@ -85,7 +87,8 @@ admin:
 	if strings.Contains(string(raw), e.viewer) || strings.Contains(string(raw), strings.TrimPrefix(e.viewer, "moat_")) {
 		t.Fatal("the token file holds a token in clear")
 	}
-	e.proc = startMoat(t, e.dir, []int{e.mqtt, adminPort}, "-c", "moat.yaml")
+	e.proc = startMoat(t, e.dir, "-c", "moat.yaml")
+	e.mqtt = e.proc.port(0)
 	t.Cleanup(func() {
 		if strings.Contains(e.proc.logs.String(), "DATA RACE") {
 			t.Error("the race detector reported a data race in moat serve")
@@ -99,7 +102,7 @@ admin:
 	pool.AppendCertsFromPEM(caPEM)
 	e.http = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
 	t.Cleanup(e.http.CloseIdleConnections)
-	e.base = "https://127.0.0.1:" + strconv.Itoa(adminPort)
+	e.base = "https://" + e.proc.logAddr(t, "admin: serving the API", "address")
 	return e
 }
 
@@ -190,18 +193,6 @@ func (e *adminEnv) clients(t *testing.T) clientsResp {
 	return cr
 }
 
-// adminWaitFor polls cond until it holds or 10 seconds pass.
-func adminWaitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 var connectionsRe = regexp.MustCompile(`(?m)^moat_connections (\S+)$`)
 
 func (e *adminEnv) connectionsMetric(t *testing.T) (float64, []byte) {
@@ -240,7 +231,7 @@ func TestAdminAPI(t *testing.T) {
 
 	// The device appears with its certificate identity.
 	var cr clientsResp
-	adminWaitFor(t, "the device in /api/v1/clients", func() bool {
+	testutil.WaitFor(t, "the device in /api/v1/clients", 10*time.Second, func() bool {
 		cr = e.clients(t)
 		return len(cr.Clients) == 1
 	})
@@ -316,7 +307,7 @@ func TestAdminAPI(t *testing.T) {
 	if !e.proc.waitLog(t, "client disconnected by an operator", "admin: change") {
 		t.Error("the kick is not logged")
 	}
-	adminWaitFor(t, "the device to leave", func() bool {
+	testutil.WaitFor(t, "the device to leave", 10*time.Second, func() bool {
 		select {
 		case <-exited:
 			return len(e.clients(t).Clients) == 0
@@ -324,7 +315,7 @@ func TestAdminAPI(t *testing.T) {
 		}
 		return len(e.clients(t).Clients) == 0
 	})
-	adminWaitFor(t, "moat_connections 0", func() bool { v, _ := e.connectionsMetric(t); return v == 0 })
+	testutil.WaitFor(t, "moat_connections 0", 10*time.Second, func() bool { v, _ := e.connectionsMetric(t); return v == 0 })
 	if code, _ := e.call(t, "POST", "/api/v1/clients/sensor-7/kick", e.operator, nil); code != 404 {
 		t.Errorf("kick of a client not connected: %d; want 404", code)
 	}
@@ -394,8 +385,8 @@ func TestAdminDashboardHeaders(t *testing.T) {
 // cross the network in clear.
 func TestAdminRefusesPlainNonLoopback(t *testing.T) {
 	dir := t.TempDir()
-	port := freePort(t)
-	writeFile(t, filepath.Join(dir, "m.conf"), fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\n", port))
+	// The port is never bound: serve refuses the admin address first.
+	writeFile(t, filepath.Join(dir, "m.conf"), "listener 1883 127.0.0.1\nallow_anonymous true\n")
 	cmd := exec.Command(moatBin, "serve", "-c", "m.conf", "--admin", "0.0.0.0:0")
 	cmd.Dir = dir
 	out, err := cmd.CombinedOutput()
@@ -410,11 +401,13 @@ func TestAdminRefusesPlainNonLoopback(t *testing.T) {
 func TestAdminPlainLoopback(t *testing.T) {
 	needTool(t, "mosquitto_sub")
 	dir := t.TempDir()
-	port, ap := freePort(t), freePort(t)
-	writeFile(t, filepath.Join(dir, "m.conf"), fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\n", port))
 	tok := createToken(t, dir, "scrape", "viewer")
-	startMoat(t, dir, []int{port, ap}, "-c", "m.conf", "--data", "data", "--admin", "127.0.0.1:"+strconv.Itoa(ap))
-	e := &adminEnv{base: "http://127.0.0.1:" + strconv.Itoa(ap), http: &http.Client{Timeout: 10 * time.Second}, viewer: tok}
+	m := startMoatOn(t, dir, 1, func(ports []int) []string {
+		writeFile(t, filepath.Join(dir, "m.conf"), fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\n", ports[0]))
+		return []string{"-c", "m.conf", "--data", "data", "--admin", "127.0.0.1:0"}
+	})
+	port := m.port(0)
+	e := &adminEnv{base: "http://" + m.logAddr(t, "admin: serving the API", "address"), http: &http.Client{Timeout: 10 * time.Second}, viewer: tok}
 	if code, _ := e.call(t, "GET", "/metrics", "", nil); code != 401 {
 		t.Fatalf("/metrics without a token: %d", code)
 	}
@@ -426,7 +419,7 @@ func TestAdminPlainLoopback(t *testing.T) {
 		}
 		t.Cleanup(func() { cancel(); cmd.Wait() })
 	}
-	adminWaitFor(t, "moat_connections 3", func() bool { v, _ := e.connectionsMetric(t); return v == 3 })
+	testutil.WaitFor(t, "moat_connections 3", 10*time.Second, func() bool { v, _ := e.connectionsMetric(t); return v == 3 })
 	if n := len(e.clients(t).Clients); n != 3 {
 		t.Fatalf("/api/v1/clients lists %d clients; want 3", n)
 	}

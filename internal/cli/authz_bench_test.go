@@ -6,7 +6,6 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"runtime"
 	"strings"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/moatmq/moat/internal/authz"
 	"github.com/moatmq/moat/internal/broker"
+	"github.com/moatmq/moat/internal/broker/brokertest"
 	"github.com/moatmq/moat/internal/packet"
 	"github.com/moatmq/moat/internal/testutil/testpki"
 	"github.com/moatmq/moat/internal/tlsconf"
@@ -102,36 +102,21 @@ func benchServe(b *testing.B, pol *authz.Policy, pki *benchPKI) (string, *broker
 	if pki != nil {
 		authn = &certAuthenticator{mappings: map[string]tlsconf.IdentityMapping{"bench": {Username: tlsconf.IdentityCN}}}
 	}
-	srv, err := broker.New(broker.Config{
-		Authenticator: authn,
-		Authorizer:    az,
-		SysInterval:   -1,
-		Logger:        slog.New(slog.NewTextHandler(io.Discard, nil)),
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
+	o := brokertest.Options{Listener: broker.ListenerConfig{Name: "bench"}}
 	if pki != nil {
-		ln = tls.NewListener(ln, &tls.Config{
+		o.TLS = &tls.Config{
 			Certificates: []tls.Certificate{pki.server.TLS()},
 			ClientAuth:   tls.RequireAndVerifyClientCert,
 			ClientCAs:    pki.root.Pool(),
 			MinVersion:   tls.VersionTLS12,
-		})
+		}
 	}
-	done := make(chan struct{})
-	go func() { defer close(done); srv.Serve(context.Background(), ln, broker.ListenerConfig{Name: "bench"}) }()
-	b.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-		<-done
-	})
-	return ln.Addr().String(), srv
+	srv := brokertest.Start(b, broker.Config{
+		Authenticator: authn,
+		Authorizer:    az,
+		SysInterval:   -1,
+	}, o)
+	return srv.Addr, srv.Server
 }
 
 // benchConn connects id and subscribes it to filter when one is given;

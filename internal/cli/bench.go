@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"syscall"
@@ -45,12 +46,15 @@ Scenarios:
 Helpers: "moat bench certs" writes a throw-away PKI, "moat bench compare" turns
 the JSON results of two brokers into a markdown table of ratios, "moat bench
 merge" combines the JSON results of several rounds into one, "moat bench
-nullfwd" runs a null forwarder (MQTT framing without broker logic) as a ceiling.`,
+nullfwd" runs a null forwarder (MQTT framing without broker logic) as a ceiling,
+"moat bench flood" offers bare TCP connection attempts at a fixed rate (what a
+flood costs a broker that closes them at accept).`,
 	}
 	for _, s := range bench.Scenarios {
 		cmd.AddCommand(newBenchScenarioCmd(stdio, s))
 	}
-	cmd.AddCommand(newBenchCertsCmd(stdio), newBenchCompareCmd(stdio), newBenchMergeCmd(stdio), newBenchNullfwdCmd(stdio))
+	cmd.AddCommand(newBenchCertsCmd(stdio), newBenchCompareCmd(stdio), newBenchMergeCmd(stdio), newBenchNullfwdCmd(stdio),
+		newBenchFloodCmd(stdio))
 	return cmd
 }
 
@@ -442,5 +446,57 @@ generator; it accepts any client, so it refuses non-loopback addresses.`,
 	cmd.Flags().StringVar(&certFile, "cert", "", "server certificate `FILE` for TLS")
 	cmd.Flags().StringVar(&keyFile, "key", "", "key `FILE` of --cert")
 	cmd.Flags().StringVar(&caFile, "cafile", "", "require client certificates signed by this CA `FILE`")
+	return cmd
+}
+
+func newBenchFloodCmd(stdio Stdio) *cobra.Command {
+	var cfg bench.FloodConfig
+	var sources []string
+	var jsonOut string
+	cmd := &cobra.Command{
+		Use:   "flood --addr HOST:PORT --rate N",
+		Short: "Offer bare TCP connection attempts at a fixed rate (connection flood, loopback only)",
+		Long: `flood makes --rate TCP connection attempts per second for --duration from the
+--source addresses, each closed with a reset as soon as its handshake completes,
+without sending a byte: a connection flood. The attempts are made with raw
+non-blocking sockets, so the rate is the generator's and not bounded by the
+broker's answers. With --broker-pid it reports the broker's CPU time over the
+flood and per attempt. It reaches loopback addresses only.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			for _, s := range sources {
+				a, err := netip.ParseAddr(s)
+				if err != nil {
+					return fmt.Errorf("bench: --source %q: %w", s, err)
+				}
+				cfg.Sources = append(cfg.Sources, a)
+			}
+			raiseFileLimit()
+			res, err := bench.Flood(cmd.Context(), cfg)
+			if res == nil {
+				return err
+			}
+			if jsonOut != "-" {
+				res.WriteTable(stdio.Out)
+			}
+			if werr := writeOut(stdio, jsonOut, res.WriteJSON); werr != nil {
+				return werr
+			}
+			if err != nil {
+				return fmt.Errorf("bench: flood interrupted: %w", err)
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVarP(&cfg.Addr, "addr", "a", bench.DefaultAddr, "broker `IP:PORT` (loopback)")
+	f.StringSliceVar(&sources, "source", nil, "source `ADDR` of the attempts, taken in turn when repeated (default: the kernel's choice)")
+	f.Float64Var(&cfg.Rate, "rate", 10000, "attempts per second")
+	f.DurationVarP(&cfg.Duration, "duration", "d", bench.DefaultFloodDuration, "how long attempts are offered")
+	f.IntVar(&cfg.Workers, "workers", bench.DefaultFloodWorkers, "threads making attempts")
+	f.DurationVar(&cfg.ConnectTimeout, "connect-timeout", bench.DefaultFloodConnectTimeout, "an attempt not answered by then counts as timed out")
+	f.DurationVar(&cfg.Settle, "settle", bench.DefaultFloodSettle, "wait after the last answer before reading the broker's CPU")
+	f.IntVar(&cfg.BrokerPID, "broker-pid", 0, "read this process's CPU time from /proc")
+	f.StringVar(&jsonOut, "json", "", "write the result as JSON to `FILE` (- for stdout)")
 	return cmd
 }

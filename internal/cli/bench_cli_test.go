@@ -9,9 +9,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/moatmq/moat/internal/bench"
+	"github.com/moatmq/moat/internal/testutil"
 )
 
 // benchMain runs `moat bench args...` in-process.
@@ -65,9 +65,11 @@ require_certificate true
 use_identity_as_username true
 `, plain, mtls, p("ca.pem"), p("server.pem"), p("server.key"))
 	}
-	plain, mtls := freePort(t), freePort(t)
-	writeFile(t, filepath.Join(dir, "moat.conf"), conf(plain, mtls))
-	m := startMoat(t, dir, []int{plain, mtls}, "-c", "moat.conf", "--data", filepath.Join(dir, "data"))
+	m := startMoatOn(t, dir, 2, func(ports []int) []string {
+		writeFile(t, filepath.Join(dir, "moat.conf"), conf(ports[0], ports[1]))
+		return []string{"-c", "moat.conf", "--data", filepath.Join(dir, "data")}
+	})
+	plain, mtls := m.port(0), m.port(1)
 	pid := fmt.Sprint(m.cmd.Process.Pid)
 	results := filepath.Join(dir, "results")
 	os.Mkdir(results, 0o700)
@@ -126,28 +128,13 @@ use_identity_as_username true
 
 	if _, err := exec.LookPath("mosquitto"); err == nil {
 		t.Run("mosquitto side by side", func(t *testing.T) {
-			plain2, mtls2 := freePort(t), freePort(t)
-			writeFile(t, filepath.Join(dir, "mosquitto.conf"), conf(plain2, mtls2))
-			cmd := exec.Command("mosquitto", "-c", filepath.Join(dir, "mosquitto.conf"))
-			var logs bytes.Buffer
-			cmd.Stdout, cmd.Stderr = &logs, &logs
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			defer func() { cmd.Process.Kill(); cmd.Wait() }()
+			mq := testutil.StartMosquitto(t, 2, func(ports []int) string { return conf(ports[0], ports[1]) })
 			args := append([]string{"p2p", "--pubs", "3", "--subs", "3", "-q", "1", "-r", "100",
-				"--addr", fmt.Sprintf("127.0.0.1:%d", mtls2), "--json", filepath.Join(results, "p2p.mosquitto.json")}, tlsArgs...)
+				"--addr", mq.Addr(1), "--json", filepath.Join(results, "p2p.mosquitto.json")}, tlsArgs...)
 			args = append(args, common[:len(common)-1]...)
-			args = append(args, fmt.Sprint(cmd.Process.Pid))
-			var code int
-			for deadline := time.Now().Add(10 * time.Second); ; {
-				if _, code = benchMain(t, args...); code == 0 || time.Now().After(deadline) {
-					break
-				}
-				time.Sleep(200 * time.Millisecond) // mosquitto still starting
-			}
-			if code != 0 {
-				t.Fatalf("bench against mosquitto failed; mosquitto log:\n%s", logs.String())
+			args = append(args, fmt.Sprint(mq.Pid()))
+			if _, code := benchMain(t, args...); code != 0 {
+				t.Fatalf("bench against mosquitto failed; mosquitto log:\n%s", mq.Log())
 			}
 			out, code := benchMain(t, "compare", results, "--target", "p2p:delivered_per_s>=0.1")
 			if code != 0 || !strings.Contains(out, "| p2p | delivered msgs/s |") {

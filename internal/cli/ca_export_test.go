@@ -5,7 +5,6 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"os/user"
@@ -16,23 +15,8 @@ import (
 	"time"
 
 	"github.com/moatmq/moat/internal/pki"
+	"github.com/moatmq/moat/internal/testutil"
 )
-
-// caWaitFor polls f until it returns nil or d passes.
-func caWaitFor(t *testing.T, d time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %v: %v", d, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
 
 // asUser runs name args as the system user u (the test must be root).
 func asUser(u *user.User, name string, args ...string) ([]byte, error) {
@@ -137,7 +121,7 @@ func TestCAExportWatchFollowsRevocation(t *testing.T) {
 	os.Chmod(filepath.Join(base, "broker.key"), 0o644) // for the mosquitto user in this test only
 
 	ctx, cancel := context.WithCancel(context.Background())
-	var stdout, stderr syncBuffer
+	var stdout, stderr testutil.Buffer
 	done := make(chan int, 1)
 	go func() {
 		done <- Main(ctx, []string{"ca", "export", "--dir", dir, "--out", out, "--watch", "--interval", "50ms"}, Stdio{In: strings.NewReader(""), Out: &stdout, Err: &stderr})
@@ -154,7 +138,7 @@ func TestCAExportWatchFollowsRevocation(t *testing.T) {
 		}
 	})
 	crlFile := filepath.Join(out, "crl.pem")
-	caWaitFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, func() error {
 		_, err := os.Stat(crlFile)
 		return err
 	})
@@ -177,40 +161,32 @@ func TestCAExportWatchFollowsRevocation(t *testing.T) {
 		return nil
 	}
 	if errM == nil && errP == nil {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port = l.Addr().(*net.TCPAddr).Port
-		l.Close()
-		conf := fmt.Sprintf("listener %d 127.0.0.1\ncafile %s\ncertfile %s\nkeyfile %s\ncrlfile %s\nrequire_certificate true\nuse_identity_as_username true\nallow_anonymous false\npersistence false\n%s\nlog_dest stderr\n",
-			port, filepath.Join(out, "ca.pem"), filepath.Join(base, "broker.pem"), filepath.Join(base, "broker.key"), crlFile, mqUser)
+		// Not testutil.StartMosquitto, which keeps its configuration in a
+		// private directory: Mosquitto runs as its own user here (to check
+		// what that user can read) and re-reads the file on SIGHUP.
 		confFile := filepath.Join(base, "mosquitto.conf")
-		os.WriteFile(confFile, []byte(conf), 0o644)
-		mctx, mcancel := context.WithCancel(context.Background())
-		cmd := exec.CommandContext(mctx, mosq, "-c", confFile)
-		var mlog syncBuffer
-		cmd.Stderr = &mlog
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { mcancel(); cmd.Wait() })
-		caWaitFor(t, 10*time.Second, publish)
+		mq := testutil.StartPeer(t, testutil.Peer{
+			Name:  "mosquitto",
+			Ports: 1,
+			Command: func(ports []int) *exec.Cmd {
+				conf := fmt.Sprintf("listener %d 127.0.0.1\ncafile %s\ncertfile %s\nkeyfile %s\ncrlfile %s\nrequire_certificate true\nuse_identity_as_username true\nallow_anonymous false\npersistence false\n%s\nlog_dest stderr\n",
+					ports[0], filepath.Join(out, "ca.pem"), filepath.Join(base, "broker.pem"), filepath.Join(base, "broker.key"), crlFile, mqUser)
+				os.WriteFile(confFile, []byte(conf), 0o644)
+				return exec.Command(mosq, "-c", confFile)
+			},
+		})
+		port = mq.Ports[0]
+		testutil.CheckFor(t, 10*time.Second, publish)
 		// Mosquitto reads its crlfile at start and on SIGHUP.
-		defer func() {
-			if t.Failed() {
-				t.Logf("mosquitto log:\n%s", mlog.String())
-			}
-		}()
 		mustMoat(t, "ca", "revoke", "--dir", dir, filepath.Join(base, "d1.pem"))
-		caWaitFor(t, 10*time.Second, func() error {
+		testutil.CheckFor(t, 10*time.Second, func() error {
 			if len(crlSerials(t, crlFile)) == 0 {
 				return fmt.Errorf("exported CRL lists nothing")
 			}
 			return nil
 		})
-		cmd.Process.Signal(syscall.SIGHUP)
-		caWaitFor(t, 10*time.Second, func() error {
+		mq.Signal(syscall.SIGHUP)
+		testutil.CheckFor(t, 10*time.Second, func() error {
 			if publish() == nil {
 				return fmt.Errorf("the revoked device still connects")
 			}
@@ -219,7 +195,7 @@ func TestCAExportWatchFollowsRevocation(t *testing.T) {
 		return
 	}
 	mustMoat(t, "ca", "revoke", "--dir", dir, filepath.Join(base, "d1.pem"))
-	caWaitFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, func() error {
 		if len(crlSerials(t, crlFile)) == 0 {
 			return fmt.Errorf("exported CRL lists nothing")
 		}

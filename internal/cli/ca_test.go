@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -16,13 +17,14 @@ import (
 	"golang.org/x/crypto/ocsp"
 
 	"github.com/moatmq/moat/internal/pki"
+	"github.com/moatmq/moat/internal/testutil"
 )
 
 // moat runs the command line in-process and returns stdout, stderr and
 // the exit status.
 func moat(t *testing.T, args ...string) (string, string, int) {
 	t.Helper()
-	var out, errb syncBuffer
+	var out, errb testutil.Buffer
 	code := Main(context.Background(), args, Stdio{In: strings.NewReader(""), Out: &out, Err: &errb})
 	return out.String(), errb.String(), code
 }
@@ -153,7 +155,7 @@ var addrRE = regexp.MustCompile(`http=(\S+) https=(\S+)`)
 func startCAServe(t *testing.T, dir string, extra ...string) (string, string) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	var out, errb syncBuffer
+	var out, errb testutil.Buffer
 	done := make(chan int, 1)
 	go func() {
 		done <- Main(ctx, append([]string{"ca", "serve", "--dir", dir, "--http", "127.0.0.1:0", "--https", "127.0.0.1:0"}, extra...), Stdio{In: strings.NewReader(""), Out: &out, Err: &errb})
@@ -169,15 +171,14 @@ func startCAServe(t *testing.T, dir string, extra ...string) (string, string) {
 			t.Error("ca serve did not stop on cancel")
 		}
 	})
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		if m := addrRE.FindStringSubmatch(errb.String()); m != nil {
-			return m[1], m[2]
+	var m []string
+	testutil.CheckFor(t, 10*time.Second, func() error {
+		if m = addrRE.FindStringSubmatch(errb.String()); m == nil {
+			return fmt.Errorf("no listening line from ca serve: %s", errb.String())
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("no listening line from ca serve: %s", errb.String())
-	return "", ""
+		return nil
+	})
+	return m[1], m[2]
 }
 
 // TestCAServeNameConstrainedCA: a CA whose name constraints exclude the

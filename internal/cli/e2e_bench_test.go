@@ -5,15 +5,14 @@ import (
 	"crypto/rand"
 	"fmt"
 	"log/slog"
-	"net"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/moatmq/moat/client"
 	"github.com/moatmq/moat/e2e"
 	"github.com/moatmq/moat/e2e/keyservice"
 	"github.com/moatmq/moat/internal/broker"
+	"github.com/moatmq/moat/internal/broker/brokertest"
 )
 
 // BenchmarkKeyDeliveryMQTT measures what `moat keys serve --mqtt` spends
@@ -25,25 +24,9 @@ import (
 // instead of publishing them, isolating the key service's share.
 func BenchmarkKeyDeliveryMQTT(b *testing.B) {
 	const members = 50
-	srv, err := broker.New(broker.Config{AllowAnonymous: true, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		b.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { srv.Serve(ctx, ln, broker.ListenerConfig{}); close(done) }()
-	defer func() {
-		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
-		srv.Shutdown(sctx)
-		scancel()
-		cancel()
-		<-done
-	}()
-	c, err := client.Dial(ctx, client.Config{Servers: []string{"mqtt://" + ln.Addr().String()}})
+	srv := brokertest.Start(b, broker.Config{AllowAnonymous: true}, brokertest.Options{})
+	ctx := context.Background()
+	c, err := client.Dial(ctx, client.Config{Servers: []string{"mqtt://" + srv.Addr}})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -159,10 +159,11 @@ func processMemoryContains(t *testing.T, pid int, markers ...[]byte) []bool {
 
 func TestE2EBrokerSeesNoPlaintext(t *testing.T) {
 	dir := t.TempDir()
-	port := freePort(t)
-	writeFile(t, filepath.Join(dir, "mosquitto.conf"), fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\n", port))
-	broker := startMoat(t, dir, []int{port}, "-c", "mosquitto.conf")
-	proxy := startRecordingProxy(t, "127.0.0.1:"+strconv.Itoa(port))
+	broker := startMoatOn(t, dir, 1, func(ports []int) []string {
+		writeFile(t, filepath.Join(dir, "mosquitto.conf"), fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\n", ports[0]))
+		return []string{"-c", "mosquitto.conf"}
+	})
+	proxy := startRecordingProxy(t, broker.addr(0))
 	conn := []string{"-h", "127.0.0.1", "-p", proxy.port()}
 
 	dirs := e2eMemberDirs(t, dir, "temps", "factory/+/temp",

@@ -14,6 +14,7 @@ import (
 	"github.com/moatmq/moat/e2e"
 	"github.com/moatmq/moat/e2e/keyservice"
 	"github.com/moatmq/moat/internal/broker"
+	"github.com/moatmq/moat/internal/testutil"
 )
 
 // TestSecurityWriterFollowsBundles performs the attack of a removed member
@@ -47,7 +48,7 @@ func TestSecurityWriterFollowsBundles(t *testing.T) {
 	keys("member", "add", "temps", "sensor-1", "--role", "writer")
 	keys("member", "add", "temps", "platform", "--role", "reader")
 	keys("member", "add", "temps", "intruder", "--role", "reader")
-	serve := func() (func(), string, *syncBuffer) {
+	serve := func() (func(), string, *testutil.Buffer) {
 		t.Helper()
 		sctx, cancel := context.WithCancel(ctx)
 		errb, done := e2eRunAsync(sctx, append([]string{"keys", "serve", "--listen", "127.0.0.1:0", "--cert", pem("server.pem"), "--key", pem("server.key"),

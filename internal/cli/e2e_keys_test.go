@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"path/filepath"
 	"regexp"
@@ -17,12 +18,13 @@ import (
 	"github.com/moatmq/moat/e2e"
 	"github.com/moatmq/moat/e2e/keyservice"
 	"github.com/moatmq/moat/internal/broker"
+	"github.com/moatmq/moat/internal/testutil"
 )
 
 // e2eRunAsync runs the moat command line in a goroutine; the returned
 // buffer shows its stderr while it runs.
-func e2eRunAsync(ctx context.Context, args ...string) (*syncBuffer, <-chan psResult) {
-	var out, errb syncBuffer
+func e2eRunAsync(ctx context.Context, args ...string) (*testutil.Buffer, <-chan psResult) {
+	var out, errb testutil.Buffer
 	ch := make(chan psResult, 1)
 	go func() {
 		code := Main(ctx, args, Stdio{In: strings.NewReader(""), Out: &out, Err: &errb})
@@ -32,16 +34,16 @@ func e2eRunAsync(ctx context.Context, args ...string) (*syncBuffer, <-chan psRes
 }
 
 // e2eWaitFor polls buf until it contains want.
-func e2eWaitFor(t *testing.T, buf *syncBuffer, want string) string {
+func e2eWaitFor(t *testing.T, buf *testutil.Buffer, want string) string {
 	t.Helper()
-	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if s := buf.String(); strings.Contains(s, want) {
-			return s
+	var s string
+	testutil.CheckFor(t, 15*time.Second, func() error {
+		if s = buf.String(); !strings.Contains(s, want) {
+			return fmt.Errorf("waited in vain for %q in:\n%s", want, s)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("waited in vain for %q in:\n%s", want, buf.String())
-		}
-	}
+		return nil
+	})
+	return s
 }
 
 // TestE2EKeyFlowOverMQTT walks the documented flow with the real commands:
@@ -80,7 +82,7 @@ func TestE2EKeyFlowOverMQTT(t *testing.T) {
 		t.Fatal("keys status prints no service key ID")
 	}
 
-	serve := func() (func(), string, *syncBuffer) {
+	serve := func() (func(), string, *testutil.Buffer) {
 		t.Helper()
 		sctx, cancel := context.WithCancel(ctx)
 		errb, done := e2eRunAsync(sctx, append([]string{"keys", "serve", "--listen", "127.0.0.1:0", "--cert", pem("server.pem"), "--key", pem("server.key"),

@@ -14,12 +14,13 @@ import (
 	"github.com/moatmq/moat/e2e/keyservice"
 	"github.com/moatmq/moat/e2e/ota"
 	"github.com/moatmq/moat/internal/broker"
+	"github.com/moatmq/moat/internal/testutil"
 )
 
 // otaStartReceive runs moat ota receive and waits until it has subscribed.
 func otaStartReceive(t *testing.T, ctx context.Context, args ...string) <-chan psResult {
 	t.Helper()
-	var out, errb syncBuffer
+	var out, errb testutil.Buffer
 	ch := make(chan psResult, 1)
 	go func() {
 		code := Main(ctx, append([]string{"ota", "receive"}, args...), Stdio{In: strings.NewReader(""), Out: &out, Err: &errb})

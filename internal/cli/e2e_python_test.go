@@ -9,36 +9,16 @@ import (
 	"time"
 
 	"github.com/moatmq/moat/internal/broker"
+	"github.com/moatmq/moat/internal/testutil"
 )
 
-// seedPyDevice is the seed's device code (000, §4.2): PyCryptodome AES-GCM,
-// a 12-byte random nonce, the tag appended. Debian installs PyCryptodome
-// as "Cryptodome"; the alias keeps the seed's import line unchanged. The
-// MQTT side is paho-mqtt. The key file path is an argument, the key itself
+// seedPyDriver runs the seed's device code (testutil.SeedAESGCMPython)
+// over paho-mqtt: it publishes stdin encrypted, or prints the first
+// message it decrypts. The key file path is an argument, the key itself
 // never is.
-const seedPyDevice = `
-import sys, os, time
-try:
-    import Crypto.Cipher.AES
-except ImportError:
-    import Cryptodome, Cryptodome.Cipher, Cryptodome.Cipher.AES
-    sys.modules["Crypto"] = Cryptodome
-    sys.modules["Crypto.Cipher"] = Cryptodome.Cipher
-from Crypto.Cipher import AES
+const seedPyDriver = `
+import time
 import paho.mqtt.client as mqtt
-
-def encrypt_payload(plaintext, key):
-    nonce = os.urandom(12)
-    cipher = AES.new(key, AES.MODE_GCM, nonce=nonce)
-    ciphertext, tag = cipher.encrypt_and_digest(plaintext)
-    return nonce + ciphertext + tag
-
-def decrypt_payload(ciphertext, key):
-    nonce = ciphertext[:12]
-    tag = ciphertext[-16:]
-    ciphertext = ciphertext[12:-16]
-    cipher = AES.new(key, AES.MODE_GCM, nonce=nonce)
-    return cipher.decrypt_and_verify(ciphertext, tag)
 
 mode, port, keyfile, topic = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 key = bytes.fromhex(open(keyfile).read().strip())
@@ -79,7 +59,7 @@ func TestE2ESeedPythonRawInterop(t *testing.T) {
 	keyFile := filepath.Join(dir, "raw.key")
 	e2eRawKeyFile(t, keyFile)
 	script := filepath.Join(dir, "seed_device.py")
-	if err := os.WriteFile(script, []byte(seedPyDevice), 0o600); err != nil {
+	if err := os.WriteFile(script, []byte(testutil.SeedAESGCMPython+seedPyDriver), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	python := func(stdin string, args ...string) string {

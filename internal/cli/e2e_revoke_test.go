@@ -2,83 +2,34 @@ package cli
 
 import (
 	"context"
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/moatmq/moat/internal/testutil"
+	"github.com/moatmq/moat/internal/testutil/testpki"
 )
 
 // keysWriteCRL writes dir/crl.pem, signed by the CA of keysWriteTestPKI,
-// revoking the certificates dir/NAME.pem of names.
-func keysWriteCRL(t *testing.T, dir string, number int64, names ...string) {
+// revoking the certificates dir/NAME.pem of names. Each CRL written has a
+// higher number than the last.
+func keysWriteCRL(t *testing.T, dir string, names ...string) {
 	t.Helper()
-	ca, err := tls.LoadX509KeyPair(filepath.Join(dir, "ca.pem"), filepath.Join(dir, "ca.key"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	caCert, _ := x509.ParseCertificate(ca.Certificate[0])
-	var revoked []x509.RevocationListEntry
+	var revoked []*testpki.Cert
 	for _, n := range names {
-		c, err := tls.LoadX509KeyPair(filepath.Join(dir, n+".pem"), filepath.Join(dir, n+".key"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		leaf, _ := x509.ParseCertificate(c.Certificate[0])
-		revoked = append(revoked, x509.RevocationListEntry{SerialNumber: leaf.SerialNumber, RevocationTime: time.Now().Add(-time.Second), ReasonCode: 1})
+		revoked = append(revoked, loadTestCert(t, dir, n))
 	}
-	der, err := x509.CreateRevocationList(rand.Reader, &x509.RevocationList{
-		Number: big.NewInt(number), ThisUpdate: time.Now().Add(-time.Minute), NextUpdate: time.Now().Add(time.Hour),
-		RevokedCertificateEntries: revoked,
-	}, caCert, ca.PrivateKey.(crypto.Signer))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmp := filepath.Join(dir, "crl.pem.tmp")
-	if err := os.WriteFile(tmp, pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der}), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, filepath.Join(dir, "crl.pem")); err != nil {
-		t.Fatal(err)
-	}
+	crl := loadTestCert(t, dir, "ca").CRL(t, time.Now().Add(-time.Minute), time.Now().Add(time.Hour), revoked...)
+	testpki.WriteFile(t, filepath.Join(dir, "crl.pem"), crl)
 }
 
 // keysIssueClient issues dir/NAME.pem and dir/NAME.key, a client
 // certificate for common name cn, from the CA of keysWriteTestPKI.
 func keysIssueClient(t *testing.T, dir, name, cn string) {
 	t.Helper()
-	ca, err := tls.LoadX509KeyPair(filepath.Join(dir, "ca.pem"), filepath.Join(dir, "ca.key"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	caCert, _ := x509.ParseCertificate(ca.Certificate[0])
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
-	der, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{SerialNumber: serial, Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), KeyUsage: x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}, caCert, key.Public(), ca.PrivateKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, _ := x509.MarshalPKCS8PrivateKey(key)
-	for _, f := range []struct {
-		name, typ string
-		b         []byte
-	}{{name + ".pem", "CERTIFICATE", der}, {name + ".key", "PRIVATE KEY", kder}} {
-		if err := os.WriteFile(filepath.Join(dir, f.name), pem.EncodeToMemory(&pem.Block{Type: f.typ, Bytes: f.b}), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	loadTestCert(t, dir, "ca").Issue(t, testpki.Options{CN: cn, EKU: testpki.ClientAuth, KeyIndex: nextKeyIndex()}).WriteFiles(t, dir, name)
 }
 
 // TestSecurityKeyServiceRevokedMember performs the attack of a stolen
@@ -96,7 +47,7 @@ func TestSecurityKeyServiceRevokedMember(t *testing.T) {
 	ctx := psTestCtx(t)
 	dir := t.TempDir()
 	keysWriteTestPKI(t, dir, "sensor-1", "platform", "auditor")
-	keysWriteCRL(t, dir, 1)
+	keysWriteCRL(t, dir)
 	pem := func(name string) string { return filepath.Join(dir, name) }
 	store := []string{"--data", pem("keys"), "--kek-file", pem("kek")}
 	keys := func(args ...string) string {
@@ -115,7 +66,7 @@ func TestSecurityKeyServiceRevokedMember(t *testing.T) {
 	keys("member", "add", "temps", "platform", "--role", "reader")
 	keys("member", "add", "temps", "auditor", "--role", "reader")
 
-	serve := func() (func(), string, *syncBuffer) {
+	serve := func() (func(), string, *testutil.Buffer) {
 		t.Helper()
 		sctx, cancel := context.WithCancel(ctx)
 		errb, done := e2eRunAsync(sctx, append([]string{"keys", "serve", "--listen", "127.0.0.1:0", "--cert", pem("server.pem"), "--key", pem("server.key"),
@@ -139,7 +90,7 @@ func TestSecurityKeyServiceRevokedMember(t *testing.T) {
 	}
 
 	// sensor-1's certificate is revoked while the service runs.
-	keysWriteCRL(t, dir, 2, "sensor-1")
+	keysWriteCRL(t, dir, "sensor-1")
 	e2eWaitFor(t, serveLog, "member certificate revoked")
 	if s := serveLog.String(); !regexp.MustCompile(`member=sensor-1 .*reason=.*revoked`).MatchString(s) {
 		t.Fatalf("the removal is not logged with its reason:\n%s", s)
@@ -156,7 +107,7 @@ func TestSecurityKeyServiceRevokedMember(t *testing.T) {
 	// platform's certificate, and auditor's old one, are revoked while
 	// the service is stopped.
 	stop()
-	keysWriteCRL(t, dir, 3, "sensor-1", "platform", "auditor")
+	keysWriteCRL(t, dir, "sensor-1", "platform", "auditor")
 	stop, url, serveLog = serve()
 	e2eWaitFor(t, serveLog, "member=platform")
 	if r := psRun(ctx, "", "keys", "fetch", "--server", url, "--dir", pem("auditor.d"), "--cert", pem("auditor-new.pem"), "--key", pem("auditor-new.key"), "--ca", pem("ca.pem")); r.code != 0 {

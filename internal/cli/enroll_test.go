@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/moatmq/moat/internal/pki"
+	"github.com/moatmq/moat/internal/testutil"
 )
 
 func TestEnrollCommandEndToEnd(t *testing.T) {
@@ -74,10 +75,10 @@ func TestEnrollRenewRunsUntilCancelled(t *testing.T) {
 	t.Setenv("MOAT_ENROLL_TOKEN", tok)
 	prefix := filepath.Join(work, "dev-r")
 	ctx, cancel := context.WithCancel(context.Background())
-	var errb syncBuffer
+	var errb testutil.Buffer
 	done := make(chan int, 1)
 	go func() {
-		done <- Main(ctx, []string{"enroll", "--server", "https://" + httpsAddr, "--ca", filepath.Join(dir, "ca.pem"), "--id", "dev-r", "--out", prefix, "--renew"}, Stdio{In: strings.NewReader(""), Out: &syncBuffer{}, Err: &errb})
+		done <- Main(ctx, []string{"enroll", "--server", "https://" + httpsAddr, "--ca", filepath.Join(dir, "ca.pem"), "--id", "dev-r", "--out", prefix, "--renew"}, Stdio{In: strings.NewReader(""), Out: &testutil.Buffer{}, Err: &errb})
 	}()
 	deadline := time.Now().Add(10 * time.Second)
 	for !strings.Contains(errb.String(), "next renewal") {

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/moatmq/moat/internal/testutil"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 )
@@ -15,7 +16,7 @@ import (
 // manTree is the command tree the man pages describe: a fresh root with the
 // completion command cobra adds when it executes.
 func manTree() *cobra.Command {
-	root := newRoot(Stdio{In: strings.NewReader(""), Out: &syncBuffer{}, Err: &syncBuffer{}})
+	root := newRoot(Stdio{In: strings.NewReader(""), Out: &testutil.Buffer{}, Err: &testutil.Buffer{}})
 	root.InitDefaultCompletionCmd()
 	return root
 }

@@ -79,109 +79,153 @@ func (f *keyStoreFlags) open(logger *slog.Logger) (*keyservice.Service, error) {
 	return s, err
 }
 
-func init() {
-	register(func(stdio Stdio) *cobra.Command {
-		var sf keyStoreFlags
-		logger := slog.New(slog.NewTextHandler(stdio.Err, nil))
-		quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-		withStore := func(fn func(s *keyservice.Service, args []string) error) func(*cobra.Command, []string) error {
-			return func(cmd *cobra.Command, args []string) error {
-				s, err := sf.open(quiet)
-				if err != nil {
-					return err
-				}
-				defer s.Close()
-				return fn(s, args)
-			}
+// run returns a command's RunE that opens the key store, calls fn with it
+// and closes it. The store's own log is discarded: the administration
+// commands print what they did.
+func (f *keyStoreFlags) run(fn func(s *keyservice.Service, args []string) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		s, err := f.open(slog.New(slog.NewTextHandler(io.Discard, nil)))
+		if err != nil {
+			return err
 		}
-		root := &cobra.Command{
-			Use:   "keys",
-			Short: "End-to-end key groups, members, rotation and the key service",
-			Long: `moat keys manages end-to-end encryption key groups. A group covers an
+		defer s.Close()
+		return fn(s, args)
+	}
+}
+
+func init() { register(newKeysCmd) }
+
+func newKeysCmd(stdio Stdio) *cobra.Command {
+	sf := &keyStoreFlags{}
+	root := &cobra.Command{
+		Use:   "keys",
+		Short: "End-to-end key groups, members, rotation and the key service",
+		Long: `moat keys manages end-to-end encryption key groups. A group covers an
 MQTT topic filter, has writer and reader members (certificate identities)
 and numbered epochs. Epoch keys are stored wrapped under a key-encryption
 key (KEK) and delivered to members sealed with HPKE (ML-KEM-768 + X25519 by
 default). The store is a single file, DIR/keys.db: the administration
 commands open it directly, so stop "moat keys serve" before running them.`,
-		}
-		sf.register(root)
+	}
+	sf.register(root)
+	root.AddCommand(
+		newKeysRekekCmd(stdio, sf),
+		newKeysGenKEKCmd(stdio),
+		newKeysGroupCmd(stdio, sf),
+		newKeysMemberCmd(stdio, sf),
+		newKeysRemoveCmd(stdio, sf, "Same as `moat keys member remove`"),
+		newKeysRotateCmd(stdio, sf),
+		newKeysStatusCmd(stdio, sf),
+		newKeysServe(stdio, sf, slog.New(slog.NewTextHandler(stdio.Err, nil))),
+		newKeysFetch(stdio),
+	)
+	return root
+}
 
-		genkek := &cobra.Command{
-			Use:   "genkek FILE",
-			Short: "Create a random key-encryption key file (mode 0600)",
-			Args:  cobra.ExactArgs(1),
-			RunE: func(cmd *cobra.Command, args []string) error {
-				if err := keyservice.GenerateKEKFile(args[0]); err != nil {
-					return err
-				}
-				fmt.Fprintf(stdio.Out, "wrote %s; keep a backup: without it the key store cannot be read\n", args[0])
-				return nil
-			},
-		}
+func newKeysGenKEKCmd(stdio Stdio) *cobra.Command {
+	return &cobra.Command{
+		Use:   "genkek FILE",
+		Short: "Create a random key-encryption key file (mode 0600)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := keyservice.GenerateKEKFile(args[0]); err != nil {
+				return err
+			}
+			fmt.Fprintf(stdio.Out, "wrote %s; keep a backup: without it the key store cannot be read\n", args[0])
+			return nil
+		},
+	}
+}
 
-		group := &cobra.Command{Use: "group", Short: "Create and list key groups"}
-		var filter string
-		var rotateEvery time.Duration
-		create := &cobra.Command{
-			Use:   "create NAME [--filter FILTER]",
-			Short: "Create a key group covering an MQTT topic filter (epoch 1)",
-			Long: `create makes a key group with epoch 1. The group covers the topics that
+func newKeysGroupCmd(stdio Stdio, sf *keyStoreFlags) *cobra.Command {
+	group := &cobra.Command{Use: "group", Short: "Create and list key groups"}
+	group.AddCommand(newKeysGroupCreateCmd(stdio, sf), newKeysGroupListCmd(stdio, sf))
+	return group
+}
+
+func newKeysGroupCreateCmd(stdio Stdio, sf *keyStoreFlags) *cobra.Command {
+	var filter string
+	var rotateEvery time.Duration
+	cmd := &cobra.Command{
+		Use:   "create NAME [--filter FILTER]",
+		Short: "Create a key group covering an MQTT topic filter (epoch 1)",
+		Long: `create makes a key group with epoch 1. The group covers the topics that
 match --filter; without --filter the name itself is the filter, so
 "moat keys group create 'factory/+/temp'" names a group by its filter.`,
-			Args: cobra.ExactArgs(1),
-			RunE: withStore(func(s *keyservice.Service, args []string) error {
-				filter := filter
-				if filter == "" {
-					filter = args[0]
-				}
-				if err := s.CreateGroup(args[0], filter, rotateEvery); err != nil {
-					return err
-				}
-				fmt.Fprintf(stdio.Out, "group %s created for %s, epoch 1\n", args[0], filter)
-				return nil
-			}),
-		}
-		create.Flags().StringVar(&filter, "filter", "", "MQTT topic filter the group covers (default: the group name)")
-		create.Flags().DurationVar(&rotateEvery, "rotate-every", 0, "rotate the epoch on this schedule (0: only on demand)")
-		list := &cobra.Command{
-			Use:   "list",
-			Short: "List key groups",
-			Args:  cobra.NoArgs,
-			RunE: withStore(func(s *keyservice.Service, args []string) error {
-				gs, err := s.Groups()
-				if err != nil {
-					return err
-				}
-				tw := tabwriter.NewWriter(stdio.Out, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "GROUP\tFILTER\tEPOCH\tMEMBERS\tROTATE-EVERY")
-				for _, g := range gs {
-					fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\n", g.Name, g.Filter, g.Current, len(g.Members), keysDuration(g.RotateEvery))
-				}
-				return tw.Flush()
-			}),
-		}
-		group.AddCommand(create, list)
+		Args: cobra.ExactArgs(1),
+		RunE: sf.run(func(s *keyservice.Service, args []string) error {
+			filter := filter
+			if filter == "" {
+				filter = args[0]
+			}
+			if err := s.CreateGroup(args[0], filter, rotateEvery); err != nil {
+				return err
+			}
+			fmt.Fprintf(stdio.Out, "group %s created for %s, epoch 1\n", args[0], filter)
+			return nil
+		}),
+	}
+	cmd.Flags().StringVar(&filter, "filter", "", "MQTT topic filter the group covers (default: the group name)")
+	cmd.Flags().DurationVar(&rotateEvery, "rotate-every", 0, "rotate the epoch on this schedule (0: only on demand)")
+	return cmd
+}
 
-		member := &cobra.Command{Use: "member", Short: "Add and remove group members"}
-		var role string
-		add := &cobra.Command{
-			Use:   "add GROUP ID --role writer|reader|both",
-			Short: "Add a member (a certificate identity) to a group, or change its role",
-			Args:  cobra.ExactArgs(2),
-			RunE: withStore(func(s *keyservice.Service, args []string) error {
-				r, err := keyservice.ParseRole(role)
-				if err != nil {
-					return err
-				}
-				if err := s.AddMember(args[0], args[1], r); err != nil {
-					return err
-				}
-				fmt.Fprintf(stdio.Out, "%s is a %s of %s\n", args[1], r, args[0])
-				return nil
-			}),
-		}
-		add.Flags().StringVar(&role, "role", "reader", "writer, reader or both")
-		removeRun := withStore(func(s *keyservice.Service, args []string) error {
+func newKeysGroupListCmd(stdio Stdio, sf *keyStoreFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "list",
+		Short: "List key groups",
+		Args:  cobra.NoArgs,
+		RunE: sf.run(func(s *keyservice.Service, args []string) error {
+			gs, err := s.Groups()
+			if err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(stdio.Out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "GROUP\tFILTER\tEPOCH\tMEMBERS\tROTATE-EVERY")
+			for _, g := range gs {
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\n", g.Name, g.Filter, g.Current, len(g.Members), keysDuration(g.RotateEvery))
+			}
+			return tw.Flush()
+		}),
+	}
+}
+
+func newKeysMemberCmd(stdio Stdio, sf *keyStoreFlags) *cobra.Command {
+	member := &cobra.Command{Use: "member", Short: "Add and remove group members"}
+	member.AddCommand(newKeysMemberAddCmd(stdio, sf), newKeysRemoveCmd(stdio, sf, "Remove a member and start a new epoch it cannot read"))
+	return member
+}
+
+func newKeysMemberAddCmd(stdio Stdio, sf *keyStoreFlags) *cobra.Command {
+	var role string
+	cmd := &cobra.Command{
+		Use:   "add GROUP ID --role writer|reader|both",
+		Short: "Add a member (a certificate identity) to a group, or change its role",
+		Args:  cobra.ExactArgs(2),
+		RunE: sf.run(func(s *keyservice.Service, args []string) error {
+			r, err := keyservice.ParseRole(role)
+			if err != nil {
+				return err
+			}
+			if err := s.AddMember(args[0], args[1], r); err != nil {
+				return err
+			}
+			fmt.Fprintf(stdio.Out, "%s is a %s of %s\n", args[1], r, args[0])
+			return nil
+		}),
+	}
+	cmd.Flags().StringVar(&role, "role", "reader", "writer, reader or both")
+	return cmd
+}
+
+// newKeysRemoveCmd is `moat keys member remove` and, with its own short
+// help, its shortcut `moat keys remove`.
+func newKeysRemoveCmd(stdio Stdio, sf *keyStoreFlags, short string) *cobra.Command {
+	return &cobra.Command{
+		Use:   "remove GROUP ID",
+		Short: short,
+		Args:  cobra.ExactArgs(2),
+		RunE: sf.run(func(s *keyservice.Service, args []string) error {
 			if err := s.RemoveMember(args[0], args[1]); err != nil {
 				return err
 			}
@@ -191,113 +235,110 @@ match --filter; without --filter the name itself is the filter, so
 			}
 			fmt.Fprintf(stdio.Out, "%s removed from %s; new epoch %d\n", args[1], args[0], g.Current)
 			return nil
-		})
-		remove := &cobra.Command{
-			Use:   "remove GROUP ID",
-			Short: "Remove a member and start a new epoch it cannot read",
-			Args:  cobra.ExactArgs(2),
-			RunE:  removeRun,
-		}
-		member.AddCommand(add, remove)
-		topRemove := &cobra.Command{
-			Use:   "remove GROUP ID",
-			Short: "Same as `moat keys member remove`",
-			Args:  cobra.ExactArgs(2),
-			RunE:  removeRun,
-		}
+		}),
+	}
+}
 
-		rotate := &cobra.Command{
-			Use:   "rotate GROUP",
-			Short: "Start a new epoch now; the previous one stays readable for the grace period",
-			Args:  cobra.ExactArgs(1),
-			RunE: withStore(func(s *keyservice.Service, args []string) error {
-				e, err := s.Rotate(args[0])
+func newKeysRotateCmd(stdio Stdio, sf *keyStoreFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "rotate GROUP",
+		Short: "Start a new epoch now; the previous one stays readable for the grace period",
+		Args:  cobra.ExactArgs(1),
+		RunE: sf.run(func(s *keyservice.Service, args []string) error {
+			e, err := s.Rotate(args[0])
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(stdio.Out, "group %s: epoch %d\n", args[0], e)
+			return nil
+		}),
+	}
+}
+
+func newKeysStatusCmd(stdio Stdio, sf *keyStoreFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "status [GROUP]",
+		Short: "Show groups, epochs, members and the service's bundle-signing key ID",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: sf.run(func(s *keyservice.Service, args []string) error {
+			var gs []keyservice.GroupInfo
+			if len(args) == 1 {
+				g, err := s.Group(args[0])
 				if err != nil {
 					return err
 				}
-				fmt.Fprintf(stdio.Out, "group %s: epoch %d\n", args[0], e)
-				return nil
-			}),
-		}
-
-		status := &cobra.Command{
-			Use:   "status [GROUP]",
-			Short: "Show groups, epochs, members and the service's bundle-signing key ID",
-			Args:  cobra.MaximumNArgs(1),
-			RunE: withStore(func(s *keyservice.Service, args []string) error {
-				var gs []keyservice.GroupInfo
-				if len(args) == 1 {
-					g, err := s.Group(args[0])
-					if err != nil {
-						return err
-					}
-					gs = append(gs, *g)
-				} else {
-					var err error
-					if gs, err = s.Groups(); err != nil {
-						return err
-					}
-				}
-				fmt.Fprintf(stdio.Out, "service key ID: %x\n", e2e.ServiceKeyID(s.PublicKey()))
-				for _, g := range gs {
-					fmt.Fprintf(stdio.Out, "\ngroup %s (filter %s), current epoch %d, rotated %s, rotate every %s\n",
-						g.Name, g.Filter, g.Current, g.LastRotated.UTC().Format(time.RFC3339), keysDuration(g.RotateEvery))
-					for _, e := range g.Epochs {
-						state := "current"
-						if !e.NotAfter.IsZero() {
-							state = "readable until " + e.NotAfter.UTC().Format(time.RFC3339)
-						}
-						fmt.Fprintf(stdio.Out, "  epoch %d  created %s  %s\n", e.Epoch, e.Created.UTC().Format(time.RFC3339), state)
-					}
-					for _, m := range g.Members {
-						reg := "not registered"
-						if m.KEM != 0 {
-							reg = "registered " + m.KEM.String()
-						}
-						fmt.Fprintf(stdio.Out, "  member %s  %s  %s\n", m.ID, m.Role, reg)
-					}
-				}
-				revoked, err := s.Revoked()
-				if err != nil {
+				gs = append(gs, *g)
+			} else {
+				var err error
+				if gs, err = s.Groups(); err != nil {
 					return err
 				}
-				for _, r := range revoked {
-					fmt.Fprintf(stdio.Out, "\nmember %s removed from %s at %s: certificate %s revoked (%s)\n",
-						r.Member, strings.Join(r.Groups, ", "), r.At.UTC().Format(time.RFC3339), r.Serial, r.Detail)
-				}
-				return nil
-			}),
-		}
+			}
+			fmt.Fprintf(stdio.Out, "service key ID: %x\n", e2e.ServiceKeyID(s.PublicKey()))
+			for _, g := range gs {
+				printKeysGroup(stdio.Out, g)
+			}
+			revoked, err := s.Revoked()
+			if err != nil {
+				return err
+			}
+			for _, r := range revoked {
+				fmt.Fprintf(stdio.Out, "\nmember %s removed from %s at %s: certificate %s revoked (%s)\n",
+					r.Member, strings.Join(r.Groups, ", "), r.At.UTC().Format(time.RFC3339), r.Serial, r.Detail)
+			}
+			return nil
+		}),
+	}
+}
 
-		var newKEKFile string
-		rekek := &cobra.Command{
-			Use:   "rekek --new-kek-file FILE",
-			Short: "Re-encrypt every stored key under a new key-encryption key",
-			Long: `rekek unwraps every epoch key and the service signing key with the
+// printKeysGroup prints one group of `moat keys status`: its epochs and
+// its members.
+func printKeysGroup(w io.Writer, g keyservice.GroupInfo) {
+	fmt.Fprintf(w, "\ngroup %s (filter %s), current epoch %d, rotated %s, rotate every %s\n",
+		g.Name, g.Filter, g.Current, g.LastRotated.UTC().Format(time.RFC3339), keysDuration(g.RotateEvery))
+	for _, e := range g.Epochs {
+		state := "current"
+		if !e.NotAfter.IsZero() {
+			state = "readable until " + e.NotAfter.UTC().Format(time.RFC3339)
+		}
+		fmt.Fprintf(w, "  epoch %d  created %s  %s\n", e.Epoch, e.Created.UTC().Format(time.RFC3339), state)
+	}
+	for _, m := range g.Members {
+		reg := "not registered"
+		if m.KEM != 0 {
+			reg = "registered " + m.KEM.String()
+		}
+		fmt.Fprintf(w, "  member %s  %s  %s\n", m.ID, m.Role, reg)
+	}
+}
+
+func newKeysRekekCmd(stdio Stdio, sf *keyStoreFlags) *cobra.Command {
+	var newKEKFile string
+	cmd := &cobra.Command{
+		Use:   "rekek --new-kek-file FILE",
+		Short: "Re-encrypt every stored key under a new key-encryption key",
+		Long: `rekek unwraps every epoch key and the service signing key with the
 current KEK (--kek-file or passphrase) and wraps them under the KEK in
 --new-kek-file, in one transaction. Use the new file from then on and keep
 the old one until you have checked the service starts with the new one.`,
-			Args: cobra.NoArgs,
-			RunE: withStore(func(s *keyservice.Service, args []string) error {
-				if newKEKFile == "" {
-					return errors.New("keys rekek: --new-kek-file is required (create one with `moat keys genkek FILE`)")
-				}
-				nk, err := keyservice.LoadKEKFile(newKEKFile)
-				if err != nil {
-					return err
-				}
-				if err := s.RewrapKEK(nk); err != nil {
-					return err
-				}
-				fmt.Fprintf(stdio.Out, "all keys re-encrypted under %s; use --kek-file %s from now on\n", newKEKFile, newKEKFile)
-				return nil
-			}),
-		}
-		rekek.Flags().StringVar(&newKEKFile, "new-kek-file", "", "file holding the new KEK")
-
-		root.AddCommand(rekek, genkek, group, member, topRemove, rotate, status, newKeysServe(stdio, &sf, logger), newKeysFetch(stdio))
-		return root
-	})
+		Args: cobra.NoArgs,
+		RunE: sf.run(func(s *keyservice.Service, args []string) error {
+			if newKEKFile == "" {
+				return errors.New("keys rekek: --new-kek-file is required (create one with `moat keys genkek FILE`)")
+			}
+			nk, err := keyservice.LoadKEKFile(newKEKFile)
+			if err != nil {
+				return err
+			}
+			if err := s.RewrapKEK(nk); err != nil {
+				return err
+			}
+			fmt.Fprintf(stdio.Out, "all keys re-encrypted under %s; use --kek-file %s from now on\n", newKEKFile, newKEKFile)
+			return nil
+		}),
+	}
+	cmd.Flags().StringVar(&newKEKFile, "new-kek-file", "", "file holding the new KEK")
+	return cmd
 }
 
 // keysCertChecker adapts the listener's tlsconf.Manager, the broker's

@@ -3,65 +3,57 @@ package cli
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
+	"crypto"
+	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/moatmq/moat/e2e"
+	"github.com/moatmq/moat/internal/testutil"
+	"github.com/moatmq/moat/internal/testutil/testpki"
 )
 
 // keysWriteTestPKI writes a CA, a server certificate for 127.0.0.1 and client
 // certificates for the given common names into dir.
 func keysWriteTestPKI(t *testing.T, dir string, clients ...string) {
 	t.Helper()
-	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "keys test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign}
-	caDER, _ := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, caKey.Public(), caKey)
-	ca, _ := x509.ParseCertificate(caDER)
-	writePEM := func(name, typ string, b []byte) {
-		if err := os.WriteFile(filepath.Join(dir, name), pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: b}), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	writePEM("ca.pem", "CERTIFICATE", caDER)
-	caKeyDER, _ := x509.MarshalPKCS8PrivateKey(caKey)
-	writePEM("ca.key", "PRIVATE KEY", caKeyDER)
-	issue := func(name, cn string, server bool) {
-		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
-		tmpl := &x509.Certificate{SerialNumber: serial, Subject: pkix.Name{CommonName: cn},
-			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), KeyUsage: x509.KeyUsageDigitalSignature}
-		if server {
-			tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-			tmpl.IPAddresses = []net.IP{net.ParseIP("127.0.0.1")}
-		} else {
-			tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, key.Public(), caKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		kder, _ := x509.MarshalPKCS8PrivateKey(key)
-		writePEM(name+".pem", "CERTIFICATE", der)
-		writePEM(name+".key", "PRIVATE KEY", kder)
-	}
-	issue("server", "keys.test", true)
+	ca := testpki.NewRoot(t, "keys test CA", testpki.P256)
+	ca.WritePEM(t, filepath.Join(dir, "ca.pem"))
+	testpki.WriteFile(t, filepath.Join(dir, "ca.key"), ca.KeyPEM(t))
+	ca.Issue(t, testpki.Options{CN: "keys.test", IPs: []net.IP{net.ParseIP("127.0.0.1")}, EKU: testpki.ServerAuth,
+		KeyIndex: nextKeyIndex()}).WriteFiles(t, dir, "server")
 	for _, c := range clients {
-		issue(c, c, false)
+		ca.Issue(t, testpki.Options{CN: c, EKU: testpki.ClientAuth, KeyIndex: nextKeyIndex()}).WriteFiles(t, dir, c)
 	}
+}
+
+// keyIndex numbers the keys of the certificates the tests issue, so that
+// no two certificates share a key (testpki caches keys by index).
+var keyIndex atomic.Int32
+
+func nextKeyIndex() int { return 1000 + int(keyIndex.Add(1)) }
+
+// loadTestCert reads dir/NAME.pem and dir/NAME.key, as written by
+// testpki's WriteFiles or moat ca, for issuing or revoking with testpki.
+func loadTestCert(t *testing.T, dir, name string) *testpki.Cert {
+	t.Helper()
+	pair, err := tls.LoadX509KeyPair(filepath.Join(dir, name+".pem"), filepath.Join(dir, name+".key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(pair.Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &testpki.Cert{Cert: leaf, Key: pair.PrivateKey.(crypto.Signer)}
 }
 
 func TestKeysCommands(t *testing.T) {
@@ -97,7 +89,7 @@ func TestKeysCommands(t *testing.T) {
 
 	// Serve on a free port and fetch bundles for two members.
 	ctx, cancel := context.WithCancel(context.Background())
-	serveErr := &syncBuffer{}
+	serveErr := &testutil.Buffer{}
 	done := make(chan int)
 	go func() {
 		args := append([]string{"keys", "serve", "--listen", "127.0.0.1:0", "--cert", filepath.Join(dir, "server.pem"),

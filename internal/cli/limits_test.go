@@ -18,17 +18,16 @@ import (
 func TestSecurityMemoryLimitsMosquittoClients(t *testing.T) {
 	needTool(t, "mosquitto_pub", "mosquitto_sub")
 	dir := t.TempDir()
-	port := freePort(t)
-	writeFile(t, filepath.Join(dir, "moat.yaml"), fmt.Sprintf(`listeners:
-  - {address: "127.0.0.1:%d", transport: tcp, allow_anonymous: true}
+	writeFile(t, filepath.Join(dir, "moat.yaml"), `listeners:
+  - {address: "127.0.0.1:0", transport: tcp, allow_anonymous: true}
 limits:
   max_retained_messages_per_identity: 2
   max_topic_length: 64
 acl:
   rules:  # the limits are under test, not the policy
     - {name: all, effect: allow, subjects: {all: true}, actions: [publish, subscribe, receive], topics: ["#"]}
-`, port))
-	startMoat(t, dir, []int{port}, "-c", "moat.yaml")
+`)
+	port := startMoat(t, dir, "-c", "moat.yaml").port(0)
 	base := []string{"-h", "127.0.0.1", "-p", strconv.Itoa(port)}
 	pub := func(v, topic string) string {
 		out, err := run(t, 10*time.Second, "mosquitto_pub", append(base, "-V", v, "-q", "1", "-r", "-u", "mallory", "-t", topic, "-m", "m-"+topic)...)
@@ -63,9 +62,10 @@ acl:
 // limit Moat's safe defaults apply, and the log says so once at start.
 func TestServeMosquittoConfSafeDefaults(t *testing.T) {
 	dir := t.TempDir()
-	port := freePort(t)
-	writeFile(t, filepath.Join(dir, "mosquitto.conf"), fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\n", port))
-	p := startMoat(t, dir, []int{port}, "-c", "mosquitto.conf")
+	p := startMoatOn(t, dir, 1, func(ports []int) []string {
+		writeFile(t, filepath.Join(dir, "mosquitto.conf"), fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\n", ports[0]))
+		return []string{"-c", "mosquitto.conf"}
+	})
 	logs := p.logs.String()
 	if n := strings.Count(logs, "safe defaults apply"); n != 1 {
 		t.Fatalf("%d safe-defaults lines in:\n%s", n, logs)

@@ -3,11 +3,9 @@ package cli
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -47,24 +45,6 @@ func TestLogTimestampFormat(t *testing.T) {
 	}
 }
 
-// waitLine waits up to 10 s for one line of the log holding every part and
-// returns it.
-func (p *moatProc) waitLine(t *testing.T, parts ...string) string {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		for line := range strings.SplitSeq(p.logs.String(), "\n") {
-			if !slices.ContainsFunc(parts, func(s string) bool { return !strings.Contains(line, s) }) {
-				return line
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no log line with %q in:\n%s", parts, p.logs.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // TestOversizePublishLogged: a 2 MB file sent with mosquitto_pub -f
 // exceeds the 1 MiB default max_packet_size. The broker's log names the
 // client, the declared size, the limit and the setting to raise; an
@@ -72,17 +52,16 @@ func (p *moatProc) waitLine(t *testing.T, parts ...string) string {
 func TestOversizePublishLogged(t *testing.T) {
 	needTool(t, "mosquitto_pub")
 	dir := t.TempDir()
-	port := freePort(t)
-	writeFile(t, filepath.Join(dir, "moat.yaml"), fmt.Sprintf(`listeners:
-  - {address: "127.0.0.1:%d", transport: tcp, allow_anonymous: true}
+	writeFile(t, filepath.Join(dir, "moat.yaml"), `listeners:
+  - {address: "127.0.0.1:0", transport: tcp, allow_anonymous: true}
 persistence: {enabled: false}
-`, port))
+`)
 	big := filepath.Join(dir, "firmware.bin")
 	if err := os.WriteFile(big, bytes.Repeat([]byte("x"), 2_000_000), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p := startMoat(t, dir, []int{port}, "-c", "moat.yaml")
-	out, err := run(t, 20*time.Second, "mosquitto_pub", "-h", "127.0.0.1", "-p", strconv.Itoa(port), "-V", "mqttv311",
+	p := startMoat(t, dir, "-c", "moat.yaml")
+	out, err := run(t, 20*time.Second, "mosquitto_pub", "-h", "127.0.0.1", "-p", strconv.Itoa(p.port(0)), "-V", "mqttv311",
 		"-i", "uploader", "-q", "1", "-t", "fw", "-f", big)
 	if err == nil {
 		t.Fatalf("mosquitto_pub succeeded: %s", out)
@@ -101,13 +80,12 @@ persistence: {enabled: false}
 // (docs/pki.md), in the log and in the start-up instructions.
 func TestZeroConfigSaysWhereRootPassIs(t *testing.T) {
 	dir := t.TempDir()
-	port := freePort(t)
-	writeFile(t, filepath.Join(dir, "moat.yaml"), fmt.Sprintf(`listeners:
-  - {address: "127.0.0.1:%d", transport: tls}
+	writeFile(t, filepath.Join(dir, "moat.yaml"), `listeners:
+  - {address: "127.0.0.1:0", transport: tls}
 data_dir: data
 persistence: {enabled: false}
-`, port))
-	p := startMoat(t, dir, []int{port}, "-c", "moat.yaml")
+`)
+	p := startMoat(t, dir, "-c", "moat.yaml")
 	pass := filepath.Join("data", "ca", "root.pass")
 	line := p.waitLine(t, "created a local certificate authority", "root_passphrase="+pass)
 	if !strings.Contains(line, "level=WARN") || !strings.Contains(line, "offline") {

@@ -10,6 +10,9 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/moatmq/moat/internal/testutil"
 )
 
 // metricValue returns the value of the series name{labels} (labels in
@@ -38,7 +41,7 @@ func TestMetricsEndToEnd(t *testing.T) {
     - {name: own-tree, effect: allow, subjects: {all: true}, actions: [publish, subscribe, receive], topics: ["devices/%{cn}/#"]}
 `)
 	e.device(t, "sensor-7")
-	adminWaitFor(t, "the subscriber", func() bool { return len(e.clients(t).Clients) == 1 })
+	testutil.WaitFor(t, "the subscriber", 10*time.Second, func() bool { return len(e.clients(t).Clients) == 1 })
 
 	ca := filepath.Join(e.data, "ca", "ca.pem")
 	pub := func(args ...string) error {
@@ -71,7 +74,7 @@ func TestMetricsEndToEnd(t *testing.T) {
 	nc.Close()
 
 	var body []byte
-	adminWaitFor(t, "the counters", func() bool {
+	testutil.WaitFor(t, "the counters", 10*time.Second, func() bool {
 		_, body = e.connectionsMetric(t)
 		return metricValue(body, `moat_tls_handshake_failures_total{reason="not_tls"}`) == 1 &&
 			metricValue(body, `moat_tls_handshake_failures_total{reason="certificate_missing"}`) == 1 &&

@@ -1,10 +1,8 @@
 package cli
 
 import (
-	"fmt"
 	"net"
 	"path/filepath"
-	"strconv"
 	"testing"
 	"time"
 
@@ -17,10 +15,9 @@ import (
 // verified client certificate's CN, which becomes the MQTT username.
 func TestProxyProtocolIdentity(t *testing.T) {
 	dir := t.TempDir()
-	port := freePort(t)
-	writeFile(t, filepath.Join(dir, "moat.yaml"), fmt.Sprintf(`listeners:
+	writeFile(t, filepath.Join(dir, "moat.yaml"), `listeners:
   - name: behind-lb
-    address: 127.0.0.1:%d
+    address: 127.0.0.1:0
     transport: tcp
     proxy_protocol:
       enabled: true
@@ -28,12 +25,12 @@ func TestProxyProtocolIdentity(t *testing.T) {
       username_from: cn
 persistence:
   enabled: false
-`, port))
-	p := startMoat(t, dir, []int{port}, "-c", "moat.yaml")
+`)
+	p := startMoat(t, dir, "-c", "moat.yaml")
 
 	connect := func(t *testing.T, tlvs []proxyproto.TLV) byte {
 		t.Helper()
-		nc, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(port))
+		nc, err := net.Dial("tcp", p.addr(0))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -7,22 +7,20 @@ package cli
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"log/slog"
-	"net"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/moatmq/moat/internal/broker"
+	"github.com/moatmq/moat/internal/broker/brokertest"
 	"github.com/moatmq/moat/internal/packet"
+	"github.com/moatmq/moat/internal/testutil"
+	"github.com/moatmq/moat/internal/testutil/testpki"
 )
 
 func TestSubFormat(t *testing.T) {
@@ -205,43 +203,19 @@ func TestRetainedOnlyAndRemoveRetained(t *testing.T) {
 	}
 }
 
-// psStartMoatTLS runs the in-process broker behind TLS with the server
-// configuration tc and returns its port.
-func psStartMoatTLS(t *testing.T, tc *tls.Config) string {
-	t.Helper()
-	srv, err := broker.New(broker.Config{AllowAnonymous: true, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { srv.Serve(ctx, tls.NewListener(ln, tc), broker.ListenerConfig{}); close(done) }()
-	t.Cleanup(func() {
-		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer scancel()
-		srv.Shutdown(sctx)
-		cancel()
-		<-done
-	})
-	return strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
-}
-
 func TestTLSVersionAndOSCerts(t *testing.T) {
 	dir := t.TempDir()
-	caCert, caKey := psNewCA(t, dir, "ca")
-	psIssueCert(t, dir, "server", caCert, caKey, &x509.Certificate{Subject: pkix.Name{CommonName: "localhost"},
-		DNSNames: []string{"localhost"}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+	psNewCA(t, dir, "ca").Issue(t, testpki.Options{CN: "localhost", DNS: []string{"localhost"}, EKU: testpki.ServerAuth,
+		KeyIndex: nextKeyIndex()}).WriteFiles(t, dir, "server")
 	f := func(n string) string { return filepath.Join(dir, n) }
 	cert, err := tls.LoadX509KeyPair(f("server.pem"), f("server.key"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	// The broker speaks TLS 1.2 only.
-	port := psStartMoatTLS(t, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, MaxVersion: tls.VersionTLS12})
+	port := strconv.Itoa(brokertest.Start(t, broker.Config{AllowAnonymous: true}, brokertest.Options{
+		TLS: &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, MaxVersion: tls.VersionTLS12},
+	}).Port())
 	ctx := psTestCtx(t)
 	base := []string{"pub", "-h", "localhost", "-p", port, "-t", "tv", "-m", "x"}
 	for _, tc := range []struct {
@@ -273,7 +247,7 @@ func TestTLSVersionAndOSCerts(t *testing.T) {
 func TestQuiet(t *testing.T) {
 	port := psStartMoat(t, broker.Config{})
 	ctx := psTestCtx(t)
-	closed := strconv.Itoa(freePort(t))
+	closed := strconv.Itoa(testutil.FreePort(t)) // nothing listens
 	for _, tc := range []struct {
 		name string
 		args []string

@@ -10,7 +10,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"net"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -20,13 +19,15 @@ import (
 
 	"github.com/moatmq/moat/client"
 	"github.com/moatmq/moat/internal/broker"
+	"github.com/moatmq/moat/internal/broker/brokertest"
 	"github.com/moatmq/moat/internal/packet"
+	"github.com/moatmq/moat/internal/testutil"
 )
 
 // psRunLive runs the command in a goroutine with its output readable
 // while it runs.
-func psRunLive(ctx context.Context, args ...string) (stdout, stderr *syncBuffer, done <-chan psResult) {
-	stdout, stderr = &syncBuffer{}, &syncBuffer{}
+func psRunLive(ctx context.Context, args ...string) (stdout, stderr *testutil.Buffer, done <-chan psResult) {
+	stdout, stderr = &testutil.Buffer{}, &testutil.Buffer{}
 	ch := make(chan psResult, 1)
 	go func() {
 		code := Main(ctx, args, Stdio{In: strings.NewReader(""), Out: stdout, Err: stderr})
@@ -51,10 +52,9 @@ func psWait(t *testing.T, done <-chan psResult, d time.Duration) psResult {
 // the port, the CA file and the directory holding the certificates.
 func startMutualTLSMoat(t *testing.T) (port, caFile, dir string) {
 	dir = t.TempDir()
-	p := freePort(t)
-	writeFile(t, filepath.Join(dir, "moat.yaml"), fmt.Sprintf(`listeners:
+	writeFile(t, filepath.Join(dir, "moat.yaml"), `listeners:
   - name: mqtts
-    address: 127.0.0.1:%d
+    address: 127.0.0.1:0
     transport: tls
     tls:
       client_auth: required
@@ -66,11 +66,11 @@ persistence:
 acl:
   rules:  # what the tests publish and read; the refusals under test are not the policy's
     - {name: tests, effect: allow, subjects: {anonymous: false}, actions: [publish, subscribe, receive], topics: ["rev/#", "hint/#"]}
-`, p))
-	startMoat(t, dir, []int{p}, "-c", "moat.yaml")
+`)
+	p := startMoat(t, dir, "-c", "moat.yaml")
 	ca := filepath.Join(dir, "data", "ca")
 	moatCmd(t, dir, "ca", "issue", "device", "dev-1", "--dir", ca, "--out", "dev-1")
-	return strconv.Itoa(p), filepath.Join(ca, "ca.pem"), dir
+	return strconv.Itoa(p.port(0)), filepath.Join(ca, "ca.pem"), dir
 }
 
 // TestSubExitsWhenCertificateRevoked revokes the certificate of a running
@@ -85,7 +85,7 @@ func TestSubExitsWhenCertificateRevoked(t *testing.T) {
 
 	stdout, _, done := psRunLive(ctx, append([]string{"sub", "-t", "rev/#"}, tlsArgs...)...)
 	// Wait until the subscriber is in: a message it prints proves it.
-	psCheckFor(t, 15*time.Second, func() error {
+	testutil.CheckFor(t, 15*time.Second, func() error {
 		if strings.Contains(stdout.String(), "hello") {
 			return nil
 		}
@@ -107,43 +107,35 @@ func TestSubExitsWhenCertificateRevoked(t *testing.T) {
 	}
 }
 
-// checkFor polls f until it returns nil or d passes.
-func psCheckFor(t *testing.T, d time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatal(err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // TestSubExitsWhenConnectRefused lets a subscriber in once, takes its
-// session over, and refuses its reconnection with CONNACK 0x87: moat sub
-// exits with status 1 and the broker's reason.
+// session over once it is subscribed, and refuses its reconnection with
+// CONNACK 0x87: moat sub exits with status 1 and the broker's reason.
 func TestSubExitsWhenConnectRefused(t *testing.T) {
 	var connects atomic.Int32
 	auth := broker.AuthenticatorFunc(func(ctx context.Context, req *broker.ConnectRequest) broker.AuthResult {
 		// The subscriber and the test's takeover client get in; every
-		// later attempt is refused.
-		if connects.Add(1) <= 2 {
+		// later attempt with their client ID is refused.
+		if req.Client.ClientID != "refused-sub" || connects.Add(1) <= 2 {
 			return broker.AuthResult{Allow: true}
 		}
 		return broker.AuthResult{Code: packet.NotAuthorized, Reason: "test: account disabled"}
 	})
 	port := psStartMoat(t, broker.Config{Authenticator: auth})
 	ctx := psTestCtx(t)
-	_, stderr, done := psRunLive(ctx, "sub", "-h", "127.0.0.1", "-p", port, "-i", "refused-sub", "-t", "a")
-	psCheckFor(t, 10*time.Second, func() error {
-		if connects.Load() < 1 {
-			return errors.New("subscriber did not connect")
-		}
-		return nil
+	// A retained message the subscriber prints once its subscription is
+	// acknowledged (moat sub reads messages only after SUBACK): a
+	// takeover before that would end the subscribe step instead.
+	pub, err := client.Dial(ctx, client.Config{Servers: []string{"127.0.0.1:" + port}, ClientID: "retainer"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pub.Publish(ctx, &client.Message{Topic: "a", Payload: []byte("subscribed"), QoS: 1, Retain: true}); err != nil {
+		t.Fatal(err)
+	}
+	pub.Close()
+	stdout, stderr, done := psRunLive(ctx, "sub", "-h", "127.0.0.1", "-p", port, "-i", "refused-sub", "-t", "a")
+	testutil.WaitFor(t, "the subscriber to print the retained message", 10*time.Second, func() bool {
+		return strings.Contains(stdout.String(), "subscribed")
 	})
 	c, err := client.Dial(ctx, client.Config{Servers: []string{"127.0.0.1:" + port}, ClientID: "refused-sub"})
 	if err != nil {
@@ -163,34 +155,19 @@ func TestSubExitsWhenConnectRefused(t *testing.T) {
 // reconnection fails with "connection refused", which moat sub reports on
 // stderr and retries.
 func TestSubRetriesTransientFailures(t *testing.T) {
-	cfg := broker.Config{AllowAnonymous: true}
-	srv, err := broker.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	sctx, scancel := context.WithCancel(context.Background())
-	served := make(chan struct{})
-	go func() { srv.Serve(sctx, ln, broker.ListenerConfig{}); close(served) }()
+	b := brokertest.Start(t, broker.Config{AllowAnonymous: true}, brokertest.Options{})
+	srv, port := b.Server, b.Port()
 
 	ctx, cancel := context.WithCancel(psTestCtx(t))
 	_, stderr, done := psRunLive(ctx, "sub", "-h", "127.0.0.1", "-p", strconv.Itoa(port), "-t", "a", "--connect-timeout", "2s")
-	psCheckFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, func() error {
 		if srv.Stats().ClientsConnected < 1 {
 			return errors.New("subscriber did not connect")
 		}
 		return nil
 	})
-	shctx, shcancel := context.WithTimeout(context.Background(), 5*time.Second)
-	srv.Shutdown(shctx)
-	shcancel()
-	scancel()
-	<-served
-	psCheckFor(t, 15*time.Second, func() error {
+	b.Stop()
+	testutil.CheckFor(t, 15*time.Second, func() error {
 		if s := stderr.String(); !strings.Contains(s, "reconnect attempt 1 failed") || !strings.Contains(s, "retrying") {
 			return fmt.Errorf("no retry message on stderr: %q", s)
 		}
@@ -205,7 +182,7 @@ func TestSubRetriesTransientFailures(t *testing.T) {
 // TestPermanentConnectError classifies the errors of real connection
 // attempts.
 func TestPermanentConnectError(t *testing.T) {
-	port := freePort(t) // nothing listens
+	port := testutil.FreePort(t) // nothing listens
 	ctx := psTestCtx(t)
 	_, err := client.Dial(ctx, client.Config{Servers: []string{"127.0.0.1:" + strconv.Itoa(port)}})
 	if err == nil || permanentConnectError(err) {

@@ -3,18 +3,9 @@ package cli
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/subtle"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
-	"log/slog"
-	"math/big"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,7 +17,10 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/moatmq/moat/internal/broker"
+	"github.com/moatmq/moat/internal/broker/brokertest"
 	"github.com/moatmq/moat/internal/packet"
+	"github.com/moatmq/moat/internal/testutil"
+	"github.com/moatmq/moat/internal/testutil/testpki"
 )
 
 type psResult struct {
@@ -36,7 +30,7 @@ type psResult struct {
 
 // psRun runs the moat command line with stdin.
 func psRun(ctx context.Context, stdin string, args ...string) psResult {
-	var out, errb syncBuffer
+	var out, errb testutil.Buffer
 	code := Main(ctx, args, Stdio{In: strings.NewReader(stdin), Out: &out, Err: &errb})
 	return psResult{code, out.String(), errb.String()}
 }
@@ -82,32 +76,14 @@ func psTestCtx(t *testing.T) context.Context {
 	return ctx
 }
 
-// psStartMoat runs Moat's broker in-process and returns its port.
+// psStartMoat runs Moat's broker in-process and returns its port; clients
+// are anonymous unless cfg has an Authenticator.
 func psStartMoat(t *testing.T, cfg broker.Config) string {
 	t.Helper()
 	if cfg.Authenticator == nil {
 		cfg.AllowAnonymous = true
 	}
-	cfg.Logger = slog.New(slog.DiscardHandler)
-	srv, err := broker.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { srv.Serve(ctx, ln, broker.ListenerConfig{}); close(done) }()
-	t.Cleanup(func() {
-		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer scancel()
-		srv.Shutdown(sctx)
-		cancel()
-		<-done
-	})
-	return strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+	return strconv.Itoa(brokertest.Start(t, cfg, brokertest.Options{}).Port())
 }
 
 func TestPubSub(t *testing.T) {
@@ -393,15 +369,7 @@ func TestServerSelection(t *testing.T) {
 }
 
 func psWriteTestCA(t *testing.T, file string) {
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "ca"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageCertSign}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.WriteFile(file, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+	testpki.NewRoot(t, "ca", testpki.P256).WritePEM(t, file)
 }
 
 // TestMosquittoClientsCompat checks that mosquitto_sub receives what moat
@@ -414,8 +382,11 @@ func TestMosquittoClientsCompat(t *testing.T) {
 		t.Skip("mosquitto-clients not installed")
 	}
 	brokers := map[string]string{"moat": psStartMoat(t, broker.Config{})}
-	if bin, err := exec.LookPath("mosquitto"); err == nil {
-		brokers["mosquitto"] = psStartMosquittoPlain(t, bin)
+	if _, err := exec.LookPath("mosquitto"); err == nil {
+		mq := testutil.StartMosquitto(t, 1, func(ports []int) string {
+			return fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\n", ports[0])
+		})
+		brokers["mosquitto"] = strconv.Itoa(mq.Ports[0])
 	}
 	ctx := psTestCtx(t)
 	for name, port := range brokers {
@@ -457,63 +428,27 @@ func psExitCode(err error) int {
 	return -1
 }
 
-// psStartMosquittoPlain starts mosquitto with one anonymous listener and
-// returns its port.
-func psStartMosquittoPlain(t *testing.T, bin string) string {
-	return psStartMosquittoConf(t, bin, func(port string) string {
-		return "listener " + port + " 127.0.0.1\nallow_anonymous true\npersistence false\n"
-	})
-}
-
-// psIssueCert issues a certificate signed by caKey/caCert into dir/name.pem
-// and dir/name.key.
-func psIssueCert(t *testing.T, dir, name string, caCert *x509.Certificate, caKey *ecdsa.PrivateKey, tmpl *x509.Certificate) {
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl.SerialNumber = big.NewInt(time.Now().UnixNano())
-	tmpl.NotBefore, tmpl.NotAfter = time.Now().Add(-time.Hour), time.Now().Add(time.Hour)
-	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, _ := x509.MarshalECPrivateKey(key)
-	os.WriteFile(filepath.Join(dir, name+".pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
-	os.WriteFile(filepath.Join(dir, name+".key"), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600)
-}
-
-func psNewCA(t *testing.T, dir, name string) (*x509.Certificate, *ecdsa.PrivateKey) {
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageCertSign}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.WriteFile(filepath.Join(dir, name+".pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
-	c, _ := x509.ParseCertificate(der)
-	return c, key
+// psNewCA makes a CA and writes its certificate to dir/NAME.pem.
+func psNewCA(t *testing.T, dir, name string) *testpki.Cert {
+	ca := testpki.NewRoot(t, name, testpki.P256)
+	ca.WritePEM(t, filepath.Join(dir, name+".pem"))
+	return ca
 }
 
 // TestPubSubMutualTLS runs moat pub/sub against a mosquitto listener that
 // requires client certificates, and checks --insecure.
 func TestPubSubMutualTLS(t *testing.T) {
-	bin, err := exec.LookPath("mosquitto")
-	if err != nil {
-		t.Skip("mosquitto not installed")
-	}
+	testutil.NeedTool(t, "mosquitto")
 	dir := t.TempDir()
-	caCert, caKey := psNewCA(t, dir, "ca")
+	ca := psNewCA(t, dir, "ca")
 	psNewCA(t, dir, "other-ca")
-	psIssueCert(t, dir, "server", caCert, caKey, &x509.Certificate{Subject: pkix.Name{CommonName: "localhost"},
-		DNSNames: []string{"localhost"}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
-	psIssueCert(t, dir, "device", caCert, caKey, &x509.Certificate{Subject: pkix.Name{CommonName: "device-1"},
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	ca.Issue(t, testpki.Options{CN: "localhost", DNS: []string{"localhost"}, EKU: testpki.ServerAuth, KeyIndex: nextKeyIndex()}).WriteFiles(t, dir, "server")
+	ca.Issue(t, testpki.Options{CN: "device-1", EKU: testpki.ClientAuth, KeyIndex: nextKeyIndex()}).WriteFiles(t, dir, "device")
 	f := func(n string) string { return filepath.Join(dir, n) }
-	port := psStartMosquittoConf(t, bin, func(port string) string {
-		return fmt.Sprintf("listener %s 127.0.0.1\nallow_anonymous true\npersistence false\ncafile %s\ncertfile %s\nkeyfile %s\nrequire_certificate true\n",
-			port, f("ca.pem"), f("server.pem"), f("server.key"))
-	})
+	port := strconv.Itoa(testutil.StartMosquitto(t, 1, func(ports []int) string {
+		return fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\ncafile %s\ncertfile %s\nkeyfile %s\nrequire_certificate true\n",
+			ports[0], f("ca.pem"), f("server.pem"), f("server.key"))
+	}).Ports[0])
 	ctx := psTestCtx(t)
 	mtls := []string{"-p", port, "--cafile", f("ca.pem"), "--cert", f("device.pem"), "--key", f("device.key")}
 	cases := []struct {
@@ -559,42 +494,6 @@ func TestPubSubMutualTLS(t *testing.T) {
 	}
 }
 
-// psStartMosquittoConf starts mosquitto with the configuration conf(port)
-// and returns the port.
-func psStartMosquittoConf(t *testing.T, bin string, conf func(port string) string) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
-	ln.Close()
-	c := conf(port)
-	if os.Geteuid() == 0 {
-		c = "user root\n" + c
-	}
-	cf := filepath.Join(t.TempDir(), "mosquitto.conf")
-	os.WriteFile(cf, []byte(c), 0o600)
-	cmd := exec.Command(bin, "-c", cf)
-	var log syncBuffer
-	cmd.Stderr = &log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		c, err := net.Dial("tcp", "127.0.0.1:"+port)
-		if err == nil {
-			c.Close()
-			return port
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("mosquitto did not start: %s", log.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // TestPubSubSOCKS5 goes through Debian's microsocks with proxy
 // authentication, the password from $MOAT_PROXY_PASSWORD or (with a
 // warning) from the URL.
@@ -604,29 +503,14 @@ func TestPubSubSOCKS5(t *testing.T) {
 		t.Skip("microsocks not installed (apt-get install microsocks)")
 	}
 	port := psStartMoat(t, broker.Config{})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	pport := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
-	ln.Close()
-	cmd := exec.Command(bin, "-i", "127.0.0.1", "-p", pport, "-u", "px", "-P", "pxpass")
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		c, err := net.Dial("tcp", "127.0.0.1:"+pport)
-		if err == nil {
-			c.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("microsocks did not start")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	socks := testutil.StartPeer(t, testutil.Peer{
+		Name:  "microsocks",
+		Ports: 1,
+		Command: func(ports []int) *exec.Cmd {
+			return exec.Command(bin, "-i", "127.0.0.1", "-p", strconv.Itoa(ports[0]), "-u", "px", "-P", "pxpass")
+		},
+	})
+	pport := strconv.Itoa(socks.Ports[0])
 	old := getenv
 	getenv = func(k string) string {
 		if k == proxyPasswordEnv {

@@ -15,7 +15,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -87,10 +86,9 @@ func connectMQTT5(c *tls.Conn, clientID string) error {
 
 func TestRevokedClientDisconnectedLive(t *testing.T) {
 	dir := t.TempDir()
-	port := freePort(t)
-	writeFile(t, filepath.Join(dir, "moat.yaml"), fmt.Sprintf(`listeners:
+	writeFile(t, filepath.Join(dir, "moat.yaml"), `listeners:
   - name: mqtts
-    address: 127.0.0.1:%d
+    address: 127.0.0.1:0
     transport: tls
     tls:
       client_auth: required
@@ -99,12 +97,12 @@ func TestRevokedClientDisconnectedLive(t *testing.T) {
 data_dir: data
 persistence:
   enabled: false
-`, port))
-	p := startMoat(t, dir, []int{port}, "-c", "moat.yaml")
+`)
+	p := startMoat(t, dir, "-c", "moat.yaml")
 	ca := filepath.Join(dir, "data", "ca")
 	moatCmd(t, dir, "ca", "issue", "device", "dev-1", "--dir", ca, "--out", "dev-1")
 	moatCmd(t, dir, "ca", "issue", "device", "dev-2", "--dir", ca, "--out", "dev-2")
-	addr := "127.0.0.1:" + strconv.Itoa(port)
+	addr := p.addr(0)
 	caFile := filepath.Join(ca, "ca.pem")
 
 	c1, err := dialMQTT5(t, addr, caFile, filepath.Join(dir, "dev-1"), "dev-1")

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/moatmq/moat/internal/testutil"
 )
 
 // TestBrokerAcceptsBothIntermediatesAfterRotation: after rotate-intermediate
@@ -24,12 +26,11 @@ func TestBrokerAcceptsBothIntermediatesAfterRotation(t *testing.T) {
 	mustMoat(t, "ca", "rotate-intermediate", "--dir", caDir)
 	mustMoat(t, "ca", "issue", "device", "d-new", "--dir", caDir, "--out", filepath.Join(dir, "d-new"))
 
-	port := freePort(t)
 	conf := filepath.Join(dir, "moat.yaml")
-	if err := os.WriteFile(conf, []byte(fmt.Sprintf("listeners:\n  - address: \"127.0.0.1:%d\"\n    tls:\n      identity: {username_from: cn}\n", port)), 0o600); err != nil {
+	if err := os.WriteFile(conf, []byte("listeners:\n  - address: \"127.0.0.1:0\"\n    tls:\n      identity: {username_from: cn}\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	startMoat(t, dir, []int{port}, "-c", conf, "--data", data)
+	port := startMoat(t, dir, "-c", conf, "--data", data).port(0)
 	publish := func(dev string) error {
 		out, err := exec.Command("mosquitto_pub", "-h", "127.0.0.1", "-p", fmt.Sprint(port), "--cafile", filepath.Join(caDir, "ca.pem"),
 			"--cert", filepath.Join(dir, dev+".pem"), "--key", filepath.Join(dir, dev+".key"), "-t", "devices/"+dev+"/hello", "-m", "hi", "-q", "1").CombinedOutput()
@@ -44,7 +45,7 @@ func TestBrokerAcceptsBothIntermediatesAfterRotation(t *testing.T) {
 		}
 	}
 	mustMoat(t, "ca", "revoke", "--dir", caDir, filepath.Join(dir, "d-old.pem"))
-	caWaitFor(t, 10*time.Second, func() error {
+	testutil.CheckFor(t, 10*time.Second, func() error {
 		if publish("d-old") == nil {
 			return fmt.Errorf("the revoked old device still connects")
 		}

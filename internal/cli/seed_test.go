@@ -75,10 +75,10 @@ func TestSeedMutualTLSConfig(t *testing.T) {
 	needTool(t, "mosquitto_pub", "mosquitto_sub", "/usr/bin/python3")
 	dir := t.TempDir()
 	opensslSeedPKI(t, dir)
-	port := freePort(t)
 	// Seed 000 §3.2, with the files in the test directory and a free port
 	// instead of 8883.
-	writeFile(t, filepath.Join(dir, "mosquitto.conf"), fmt.Sprintf(`# 启用TLS监听端口
+	p := startMoatOn(t, dir, 1, func(ports []int) []string {
+		writeFile(t, filepath.Join(dir, "mosquitto.conf"), fmt.Sprintf(`# 启用TLS监听端口
 listener %d
 # 服务端证书链
 cafile %s
@@ -87,8 +87,10 @@ keyfile %s
 # 强制客户端证书验证
 require_certificate true
 use_identity_as_username true
-`, port, filepath.Join(dir, "ca-cert.pem"), filepath.Join(dir, "broker-cert.pem"), filepath.Join(dir, "broker-key.pem")))
-	p := startMoat(t, dir, []int{port}, "-c", "mosquitto.conf")
+`, ports[0], filepath.Join(dir, "ca-cert.pem"), filepath.Join(dir, "broker-cert.pem"), filepath.Join(dir, "broker-key.pem")))
+		return []string{"-c", "mosquitto.conf"}
+	})
+	port := p.port(0)
 
 	tlsArgs := func(cert, key string) []string {
 		return []string{"--cafile", filepath.Join(dir, "ca-cert.pem"), "--cert", filepath.Join(dir, cert), "--key", filepath.Join(dir, key)}
@@ -163,18 +165,19 @@ commonName = supplied
 	}
 	openssl("ca", "-config", "ca.cnf", "-gencrl", "-out", "crl.pem")
 
-	port := freePort(t)
-	writeFile(t, filepath.Join(dir, "mosquitto.conf"), fmt.Sprintf(`listener %d
+	p := startMoatOn(t, dir, 1, func(ports []int) []string {
+		writeFile(t, filepath.Join(dir, "mosquitto.conf"), fmt.Sprintf(`listener %d
 cafile %s
 certfile %s
 keyfile %s
 require_certificate true
 use_identity_as_username true
 crlfile %s
-`, port, filepath.Join(dir, "ca-cert.pem"), filepath.Join(dir, "broker-cert.pem"), filepath.Join(dir, "broker-key.pem"), filepath.Join(dir, "crl.pem")))
-	p := startMoat(t, dir, []int{port}, "-c", "mosquitto.conf")
+`, ports[0], filepath.Join(dir, "ca-cert.pem"), filepath.Join(dir, "broker-cert.pem"), filepath.Join(dir, "broker-key.pem"), filepath.Join(dir, "crl.pem")))
+		return []string{"-c", "mosquitto.conf"}
+	})
 
-	addr := "127.0.0.1:" + strconv.Itoa(port)
+	addr := p.addr(0)
 	prefix := filepath.Join(dir, "client")
 	// dialMQTT5 wants PREFIX.pem and PREFIX.key.
 	for _, f := range [][2]string{{"client-cert.pem", "client.pem"}, {"client-key.pem", "client.key"}} {
@@ -223,16 +226,18 @@ func TestSecureWebSocketIdentity(t *testing.T) {
 	needTool(t, "/usr/bin/python3")
 	dir := t.TempDir()
 	opensslSeedPKI(t, dir)
-	port := freePort(t)
-	writeFile(t, filepath.Join(dir, "mosquitto.conf"), fmt.Sprintf(`listener %d 127.0.0.1
+	p := startMoatOn(t, dir, 1, func(ports []int) []string {
+		writeFile(t, filepath.Join(dir, "mosquitto.conf"), fmt.Sprintf(`listener %d 127.0.0.1
 protocol websockets
 cafile %s
 certfile %s
 keyfile %s
 require_certificate true
 use_identity_as_username true
-`, port, filepath.Join(dir, "ca-cert.pem"), filepath.Join(dir, "broker-cert.pem"), filepath.Join(dir, "broker-key.pem")))
-	p := startMoat(t, dir, []int{port}, "-c", "mosquitto.conf")
+`, ports[0], filepath.Join(dir, "ca-cert.pem"), filepath.Join(dir, "broker-cert.pem"), filepath.Join(dir, "broker-key.pem")))
+		return []string{"-c", "mosquitto.conf"}
+	})
+	port := p.port(0)
 	out, err := run(t, 20*time.Second, "/usr/bin/python3", "testdata/paho_roundtrip.py",
 		"--host", "localhost", "--port", strconv.Itoa(port), "--transport", "websockets", "--version", "5",
 		"--client-id", "wss-device",

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +19,7 @@ import (
 	gojwt "github.com/golang-jwt/jwt/v5"
 
 	"github.com/moatmq/moat/internal/config"
+	"github.com/moatmq/moat/internal/testutil"
 )
 
 // accessACL is the acl_file of the Mosquitto comparison: user sections,
@@ -68,32 +70,20 @@ func mqttTry(t *testing.T, port int, user, topic string, extra ...string) (strin
 // subscriber is a running mosquitto_sub.
 type subscriber struct {
 	cmd *exec.Cmd
-	out *syncBuffer
+	out *testutil.Buffer
 }
 
 func startSub(t *testing.T, port int, user, filter string, extra ...string) *subscriber {
 	t.Helper()
 	args := []string{"-h", "127.0.0.1", "-p", strconv.Itoa(port), "-t", filter, "-q", "1", "-v",
 		"-u", user, "-P", user + "-pw", "-i", user + "-sub"}
-	s := &subscriber{cmd: exec.Command("mosquitto_sub", append(args, extra...)...), out: &syncBuffer{}}
+	s := &subscriber{cmd: exec.Command("mosquitto_sub", append(args, extra...)...), out: &testutil.Buffer{}}
 	s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
 	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.cmd.Process.Kill(); s.cmd.Wait() })
 	return s
-}
-
-// waitFor polls until cond holds or 15 s pass.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
 
 // deliveries runs the same sequence of publishes against a broker and
@@ -115,7 +105,7 @@ func deliveries(t *testing.T, port int) map[string][]string {
 		"spy":   startSub(t, port, "spy", "#"),
 	}
 	warm := map[string]string{"alice": "alice/warm", "bob": "bob/warm", "spy": "alice/warm"}
-	waitFor(t, "subscribers to be ready", func() bool {
+	testutil.WaitFor(t, "subscribers to be ready", 15*time.Second, func() bool {
 		for name, s := range subs {
 			pub := "alice"
 			if name == "bob" {
@@ -142,7 +132,7 @@ func deliveries(t *testing.T, port int) map[string][]string {
 			t.Fatalf("%s publishing %s: %v %s", p[0], p[1], err, out)
 		}
 	}
-	waitFor(t, "the end markers", func() bool {
+	testutil.WaitFor(t, "the end markers", 15*time.Second, func() bool {
 		return strings.Contains(subs["alice"].out.String(), "alice/end") && strings.Contains(subs["bob"].out.String(), "bob/end") &&
 			strings.Contains(subs["spy"].out.String(), "bob/end")
 	})
@@ -169,10 +159,12 @@ func TestServeMosquittoPasswordFileAndACL(t *testing.T) {
 	pw, acl := filepath.Join(dir, "passwd"), filepath.Join(dir, "acl")
 	makePasswd(t, pw, "alice", "bob", "carol", "spy")
 	writeFile(t, acl, accessACL)
-	port := freePort(t)
 	conf := "listener %s 127.0.0.1\nallow_anonymous false\npassword_file " + pw + "\nacl_file " + acl + "\n"
-	writeFile(t, filepath.Join(dir, "mosquitto.conf"), fmt.Sprintf(conf, strconv.Itoa(port)))
-	m := startMoat(t, dir, []int{port}, "-c", "mosquitto.conf", "--data", filepath.Join(dir, "data"))
+	m := startMoatOn(t, dir, 1, func(ports []int) []string {
+		writeFile(t, filepath.Join(dir, "mosquitto.conf"), fmt.Sprintf(conf, strconv.Itoa(ports[0])))
+		return []string{"-c", "mosquitto.conf", "--data", filepath.Join(dir, "data")}
+	})
+	port := m.port(0)
 	if strings.Contains(m.logs.String(), "no access policy") {
 		t.Error("a policy is configured, yet the broker warns that none is")
 	}
@@ -208,7 +200,7 @@ func TestServeMosquittoPasswordFileAndACL(t *testing.T) {
 	}
 
 	// The same files under Debian's mosquitto deliver the same messages.
-	mport, _ := strconv.Atoi(psStartMosquittoConf(t, "mosquitto", func(p string) string { return fmt.Sprintf(conf, p) }))
+	mport := testutil.StartMosquitto(t, 1, func(ports []int) string { return fmt.Sprintf(conf, strconv.Itoa(ports[0])) }).Ports[0]
 	mosq := deliveries(t, mport)
 	for _, name := range []string{"alice", "bob", "spy"} {
 		if !slices.Equal(moat[name], mosq[name]) {
@@ -225,11 +217,13 @@ func TestServePerListenerSettings(t *testing.T) {
 	pw, acl := filepath.Join(dir, "passwd"), filepath.Join(dir, "acl")
 	makePasswd(t, pw, "alice")
 	writeFile(t, acl, "user alice\ntopic readwrite alice/#\n")
-	secure, open := freePort(t), freePort(t)
-	writeFile(t, filepath.Join(dir, "mosquitto.conf"), fmt.Sprintf("per_listener_settings true\n"+
-		"listener %d 127.0.0.1\nallow_anonymous false\npassword_file %s\nacl_file %s\n"+
-		"listener %d 127.0.0.1\nallow_anonymous true\n", secure, pw, acl, open))
-	m := startMoat(t, dir, []int{secure, open}, "-c", "mosquitto.conf", "--data", filepath.Join(dir, "data"))
+	m := startMoatOn(t, dir, 2, func(ports []int) []string {
+		writeFile(t, filepath.Join(dir, "mosquitto.conf"), fmt.Sprintf("per_listener_settings true\n"+
+			"listener %d 127.0.0.1\nallow_anonymous false\npassword_file %s\nacl_file %s\n"+
+			"listener %d 127.0.0.1\nallow_anonymous true\n", ports[0], pw, acl, ports[1]))
+		return []string{"-c", "mosquitto.conf", "--data", filepath.Join(dir, "data")}
+	})
+	secure, open := m.port(0), m.port(1)
 	if !m.waitLog(t, "no access policy", "tcp-"+strconv.Itoa(open)) {
 		t.Error("no warning that the open listener has no access policy")
 	}
@@ -244,13 +238,13 @@ func TestServePerListenerSettings(t *testing.T) {
 	// Alice may not publish outside her tree on the first listener: her
 	// subscriber there sees only her own topic.
 	s := startSub(t, secure, "alice", "#")
-	waitFor(t, "alice's subscription", func() bool {
+	testutil.WaitFor(t, "alice's subscription", 15*time.Second, func() bool {
 		mqttTry(t, secure, "alice", "alice/ready")
 		return strings.Contains(s.out.String(), "alice/ready")
 	})
 	mqttTry(t, secure, "alice", "other/topic")
 	mqttTry(t, secure, "alice", "alice/done")
-	waitFor(t, "alice/done", func() bool { return strings.Contains(s.out.String(), "alice/done") })
+	testutil.WaitFor(t, "alice/done", 15*time.Second, func() bool { return strings.Contains(s.out.String(), "alice/done") })
 	if strings.Contains(s.out.String(), "other/topic") {
 		t.Errorf("a denied publish was delivered: %s", s.out.String())
 	}
@@ -264,9 +258,9 @@ func TestSecurityAuthBackendDownFailsClosed(t *testing.T) {
 	dir := t.TempDir()
 	pw := filepath.Join(dir, "passwd")
 	makePasswd(t, pw, "alice")
-	port, dead := freePort(t), freePort(t)
+	dead := testutil.FreePort(t) // nothing listens there
 	writeFile(t, filepath.Join(dir, "moat.yaml"), fmt.Sprintf(`listeners:
-  - address: 127.0.0.1:%d
+  - address: 127.0.0.1:0
     transport: tcp
     auth:
       - type: ldap
@@ -275,8 +269,9 @@ func TestSecurityAuthBackendDownFailsClosed(t *testing.T) {
         bind_dn_template: uid=%%u,dc=example,dc=org
         timeout: 2s
       - {type: password_file, path: %s}
-`, port, dead, pw))
-	m := startMoat(t, dir, []int{port}, "-c", "moat.yaml", "--data", filepath.Join(dir, "data"))
+`, dead, pw))
+	m := startMoat(t, dir, "-c", "moat.yaml", "--data", filepath.Join(dir, "data"))
+	port := m.port(0)
 	out, err := mqttTry(t, port, "alice", "alice/x")
 	if err == nil || !strings.Contains(strings.ToLower(out), "unavailable") {
 		t.Errorf("MQTT 3.1.1: got %v %q, want CONNACK 0x03 server unavailable", err, out)
@@ -323,11 +318,13 @@ func TestServeSIGHUPReloadsPasswordFile(t *testing.T) {
 	pw, acl := filepath.Join(dir, "passwd"), filepath.Join(dir, "acl")
 	makePasswd(t, pw, "alice")
 	writeFile(t, acl, "pattern readwrite %u/#\nuser bob\ntopic write alice/#\n")
-	port := freePort(t)
-	writeFile(t, filepath.Join(dir, "mosquitto.conf"), fmt.Sprintf("listener %d 127.0.0.1\npassword_file %s\nacl_file %s\n", port, pw, acl))
-	m := startMoat(t, dir, []int{port}, "-c", "mosquitto.conf", "--data", filepath.Join(dir, "data"))
+	m := startMoatOn(t, dir, 1, func(ports []int) []string {
+		writeFile(t, filepath.Join(dir, "mosquitto.conf"), fmt.Sprintf("listener %d 127.0.0.1\npassword_file %s\nacl_file %s\n", ports[0], pw, acl))
+		return []string{"-c", "mosquitto.conf", "--data", filepath.Join(dir, "data")}
+	})
+	port := m.port(0)
 	s := startSub(t, port, "alice", "alice/#")
-	waitFor(t, "alice's subscription", func() bool {
+	testutil.WaitFor(t, "alice's subscription", 15*time.Second, func() bool {
 		mqttTry(t, port, "alice", "alice/ready")
 		return strings.Contains(s.out.String(), "alice/ready")
 	})
@@ -344,7 +341,7 @@ func TestServeSIGHUPReloadsPasswordFile(t *testing.T) {
 	if out, err := mqttTry(t, port, "bob", "alice/from-bob"); err != nil {
 		t.Fatalf("bob refused after the reload: %v %s", err, out)
 	}
-	waitFor(t, "bob's message on alice's unbroken subscription", func() bool {
+	testutil.WaitFor(t, "bob's message on alice's unbroken subscription", 15*time.Second, func() bool {
 		return strings.Contains(s.out.String(), "alice/from-bob m")
 	})
 	if n := strings.Count(m.logs.String(), `msg="auth: client admitted" listener=tcp-`+strconv.Itoa(port)+` client_id=alice-sub`); n != 1 {
@@ -359,7 +356,7 @@ func TestServeSIGHUPReloadsPasswordFile(t *testing.T) {
 		t.Fatal("a bad acl_file was not reported")
 	}
 	mqttTry(t, port, "bob", "alice/still-allowed")
-	waitFor(t, "bob's message under the old policy", func() bool { return strings.Contains(s.out.String(), "alice/still-allowed m") })
+	testutil.WaitFor(t, "bob's message under the old policy", 15*time.Second, func() bool { return strings.Contains(s.out.String(), "alice/still-allowed m") })
 	writeFile(t, acl, "pattern readwrite %u/#\n")
 	m.cmd.Process.Signal(syscall.SIGHUP)
 	if !m.waitLog(t, "access: policy reloaded", "generation=2") {
@@ -367,7 +364,7 @@ func TestServeSIGHUPReloadsPasswordFile(t *testing.T) {
 	}
 	mqttTry(t, port, "bob", "alice/now-denied")
 	mqttTry(t, port, "alice", "alice/marker")
-	waitFor(t, "alice's marker", func() bool { return strings.Contains(s.out.String(), "alice/marker m") })
+	testutil.WaitFor(t, "alice's marker", 15*time.Second, func() bool { return strings.Contains(s.out.String(), "alice/marker m") })
 	if strings.Contains(s.out.String(), "alice/now-denied") {
 		t.Error("bob's publish was delivered after his grant was removed")
 	}
@@ -389,9 +386,8 @@ func TestServeZeroConfigDefaultPolicy(t *testing.T) {
 	data := filepath.Join(dir, "data")
 	cfg := config.Default()
 	cfg.DataDir = data
-	port := freePort(t)
-	cfg.Listeners[0].Address = "127.0.0.1:" + strconv.Itoa(port)
-	var logs syncBuffer
+	cfg.Listeners[0].Address = "127.0.0.1:0"
+	var logs testutil.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	plan, err := buildPlan(cfg, log, false)
 	if err != nil {
@@ -399,7 +395,7 @@ func TestServeZeroConfigDefaultPolicy(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	var stderr syncBuffer
+	var stderr testutil.Buffer
 	go func() { done <- plan.serve(ctx, Stdio{In: strings.NewReader(""), Out: io.Discard, Err: &stderr}) }()
 	t.Cleanup(func() {
 		cancel()
@@ -413,7 +409,13 @@ func TestServeZeroConfigDefaultPolicy(t *testing.T) {
 	if err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("default policy: %v %v", fi, err)
 	}
-	waitFor(t, "the policy path on stderr", func() bool { return strings.Contains(stderr.String(), "Access policy: "+policy) })
+	testutil.WaitFor(t, "the policy path on stderr", 15*time.Second, func() bool { return strings.Contains(stderr.String(), "Access policy: "+policy) })
+	bound := logAddrs(logs.String(), "serve: listener ready", "address")
+	if len(bound) != 1 {
+		t.Fatalf("listeners bound: %q", bound)
+	}
+	_, p, _ := net.SplitHostPort(bound[0])
+	port, _ := strconv.Atoi(p)
 
 	ca := filepath.Join(data, "ca")
 	for _, name := range []string{"sensor-1", "sensor-2", "operator"} {
@@ -432,7 +434,7 @@ func TestServeZeroConfigDefaultPolicy(t *testing.T) {
 	}
 	sub := func(name, filter string) *subscriber {
 		args := append([]string{"-h", "localhost", "-p", strconv.Itoa(port), "-t", filter, "-q", "1", "-v"}, tlsArgs(name)...)
-		s := &subscriber{cmd: exec.Command("mosquitto_sub", args...), out: &syncBuffer{}}
+		s := &subscriber{cmd: exec.Command("mosquitto_sub", args...), out: &testutil.Buffer{}}
 		s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
 		if err := s.cmd.Start(); err != nil {
 			t.Fatal(err)
@@ -441,19 +443,19 @@ func TestServeZeroConfigDefaultPolicy(t *testing.T) {
 		return s
 	}
 	op := sub("operator", "#")
-	waitFor(t, "the operator's subscription", func() bool {
+	testutil.WaitFor(t, "the operator's subscription", 15*time.Second, func() bool {
 		pub("operator", "devices/sensor-1/ready")
 		return strings.Contains(op.out.String(), "devices/sensor-1/ready")
 	})
 	s1 := sub("sensor-1", "devices/sensor-1/#")
-	waitFor(t, "sensor-1's subscription", func() bool {
+	testutil.WaitFor(t, "sensor-1's subscription", 15*time.Second, func() bool {
 		pub("sensor-1", "devices/sensor-1/ready")
 		return strings.Contains(s1.out.String(), "devices/sensor-1/ready")
 	})
 	// A device may not subscribe to another device's tree: SUBACK failure
 	// (mosquitto_sub reports it and exits when all its filters fail).
 	s2 := sub("sensor-2", "devices/sensor-1/#")
-	waitFor(t, "sensor-2's refused subscription", func() bool {
+	testutil.WaitFor(t, "sensor-2's refused subscription", 15*time.Second, func() bool {
 		return strings.Contains(strings.ToLower(s2.out.String()), "denied")
 	})
 	pub("sensor-2", "devices/sensor-1/cmd")   // denied: another device's tree
@@ -461,8 +463,8 @@ func TestServeZeroConfigDefaultPolicy(t *testing.T) {
 	pub("sensor-2", "devices/sensor-2/state") // allowed
 	pub("operator", "devices/sensor-1/cmd")   // allowed
 	pub("operator", "broadcast/end")          // allowed
-	waitFor(t, "the operator's last message", func() bool { return strings.Contains(op.out.String(), "broadcast/end") })
-	waitFor(t, "the operator's command", func() bool { return strings.Contains(s1.out.String(), "devices/sensor-1/cmd operator") })
+	testutil.WaitFor(t, "the operator's last message", 15*time.Second, func() bool { return strings.Contains(op.out.String(), "broadcast/end") })
+	testutil.WaitFor(t, "the operator's command", 15*time.Second, func() bool { return strings.Contains(s1.out.String(), "devices/sensor-1/cmd operator") })
 	if got := s1.out.String(); strings.Contains(got, "sensor-2") {
 		t.Errorf("sensor-1 received a message from sensor-2: %s", got)
 	}
@@ -482,17 +484,17 @@ func TestServeJWTGroupsReachRules(t *testing.T) {
 	dir := t.TempDir()
 	secret := strings.Repeat("k", 40)
 	writeFile(t, filepath.Join(dir, "jwt.secret"), secret)
-	port := freePort(t)
 	writeFile(t, filepath.Join(dir, "moat.yaml"), fmt.Sprintf(`listeners:
-  - address: 127.0.0.1:%d
+  - address: 127.0.0.1:0
     transport: tcp
 auth:
   - {type: jwt, hmac_secret_file: %s, groups_claim: groups, publish_claim: mqtt_pub}
 acl:
   rules:
     - {name: ops-all, effect: allow, subjects: {groups: [ops]}, actions: [publish, read], topics: ["#"]}
-`, port, filepath.Join(dir, "jwt.secret")))
-	m := startMoat(t, dir, []int{port}, "-c", "moat.yaml", "--data", filepath.Join(dir, "data"))
+`, filepath.Join(dir, "jwt.secret")))
+	m := startMoat(t, dir, "-c", "moat.yaml", "--data", filepath.Join(dir, "data"))
+	port := m.port(0)
 	token := func(sub string, groups, pub []string) string {
 		claims := gojwt.MapClaims{"sub": sub, "exp": time.Now().Add(time.Hour).Unix(), "groups": groups, "mqtt_pub": pub}
 		s, err := gojwt.NewWithClaims(gojwt.SigningMethodHS256, claims).SignedString([]byte(secret))
@@ -503,7 +505,7 @@ acl:
 	}
 	base := []string{"-h", "127.0.0.1", "-p", strconv.Itoa(port), "-q", "1"}
 	opsTok := token("olga", []string{"ops"}, nil)
-	s := &subscriber{cmd: exec.Command("mosquitto_sub", append(base, "-t", "#", "-v", "-u", "olga", "-P", opsTok, "-i", "olga-sub")...), out: &syncBuffer{}}
+	s := &subscriber{cmd: exec.Command("mosquitto_sub", append(base, "-t", "#", "-v", "-u", "olga", "-P", opsTok, "-i", "olga-sub")...), out: &testutil.Buffer{}}
 	s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
 	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -514,7 +516,7 @@ acl:
 			t.Fatalf("%s: %v %s", user, err, out)
 		}
 	}
-	waitFor(t, "the ops subscription", func() bool {
+	testutil.WaitFor(t, "the ops subscription", 15*time.Second, func() bool {
 		pub("olga", opsTok, "ops/ready")
 		return strings.Contains(s.out.String(), "ops/ready olga")
 	})
@@ -522,7 +524,7 @@ acl:
 	pub("dev-1", devTok, "telemetry/dev-1") // the token's own grant
 	pub("dev-1", devTok, "telemetry/dev-2") // not granted
 	pub("olga", opsTok, "ops/end")
-	waitFor(t, "the end marker", func() bool { return strings.Contains(s.out.String(), "ops/end") })
+	testutil.WaitFor(t, "the end marker", 15*time.Second, func() bool { return strings.Contains(s.out.String(), "ops/end") })
 	if got := s.out.String(); !strings.Contains(got, "telemetry/dev-1 dev-1") || strings.Contains(got, "telemetry/dev-2") {
 		t.Errorf("delivered:\n%s", got)
 	}
@@ -544,17 +546,18 @@ func TestServeMosquittoAnonymousSection(t *testing.T) {
 	makePasswd(t, pw, "alice")
 	writeFile(t, acl, "topic readwrite public/#\ntopic deny public/secret\n\nuser alice\ntopic readwrite alice/#\ntopic read public/#\n")
 	conf := "listener %s 127.0.0.1\nallow_anonymous true\npassword_file " + pw + "\nacl_file " + acl + "\n"
-	port := freePort(t)
-	writeFile(t, filepath.Join(dir, "mosquitto.conf"), fmt.Sprintf(conf, strconv.Itoa(port)))
-	startMoat(t, dir, []int{port}, "-c", "mosquitto.conf", "--data", filepath.Join(dir, "data"))
-	mport, _ := strconv.Atoi(psStartMosquittoConf(t, "mosquitto", func(p string) string { return fmt.Sprintf(conf, p) }))
+	port := startMoatOn(t, dir, 1, func(ports []int) []string {
+		writeFile(t, filepath.Join(dir, "mosquitto.conf"), fmt.Sprintf(conf, strconv.Itoa(ports[0])))
+		return []string{"-c", "mosquitto.conf", "--data", filepath.Join(dir, "data")}
+	}).port(0)
+	mport := testutil.StartMosquitto(t, 1, func(ports []int) string { return fmt.Sprintf(conf, strconv.Itoa(ports[0])) }).Ports[0]
 
 	anonymous := func(port int) []string {
 		base := []string{"-h", "127.0.0.1", "-p", strconv.Itoa(port), "-q", "1"}
 		if out, err := mqttTry(t, port, "mallory", "public/x"); err == nil {
 			t.Errorf("port %d: an unknown username was admitted: %s", port, out)
 		}
-		s := &subscriber{cmd: exec.Command("mosquitto_sub", append(base, "-t", "public/#", "-v")...), out: &syncBuffer{}}
+		s := &subscriber{cmd: exec.Command("mosquitto_sub", append(base, "-t", "public/#", "-v")...), out: &testutil.Buffer{}}
 		s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
 		if err := s.cmd.Start(); err != nil {
 			t.Fatal(err)
@@ -565,7 +568,7 @@ func TestServeMosquittoAnonymousSection(t *testing.T) {
 				t.Fatalf("anonymous publish %s: %v %s", topic, err, out)
 			}
 		}
-		waitFor(t, "the anonymous subscription", func() bool {
+		testutil.WaitFor(t, "the anonymous subscription", 15*time.Second, func() bool {
 			anon("public/warm")
 			return strings.Contains(s.out.String(), "public/warm")
 		})
@@ -574,7 +577,7 @@ func TestServeMosquittoAnonymousSection(t *testing.T) {
 		anon("alice/x")
 		mqttTry(t, port, "alice", "public/from-alice")
 		anon("public/end")
-		waitFor(t, "the end marker", func() bool { return strings.Contains(s.out.String(), "public/end") })
+		testutil.WaitFor(t, "the end marker", 15*time.Second, func() bool { return strings.Contains(s.out.String(), "public/end") })
 		var got []string
 		for l := range strings.SplitSeq(strings.TrimSpace(s.out.String()), "\n") {
 			if !strings.Contains(l, "/warm") {

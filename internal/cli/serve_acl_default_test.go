@@ -10,20 +10,23 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/moatmq/moat/internal/config"
+	"github.com/moatmq/moat/internal/testutil"
 )
 
 // serveYAML builds and serves a plan from a Moat YAML text (data in the
-// test's directory) and returns the plan and its log.
-func serveYAML(t *testing.T, dir, text string) (*servePlan, *syncBuffer) {
+// test's directory) and returns the plan, its log and the port of its
+// first listener (configured as 127.0.0.1:0).
+func serveYAML(t *testing.T, dir, text string) (*servePlan, *testutil.Buffer, int) {
 	t.Helper()
 	cfg, err := config.Parse(filepath.Join(dir, "moat.yaml"), []byte(text))
 	if err != nil {
 		t.Fatal(err)
 	}
 	cfg.DataDir = filepath.Join(dir, "data")
-	logs := &syncBuffer{}
+	logs := &testutil.Buffer{}
 	plan, err := buildPlan(cfg, slog.New(slog.NewTextHandler(logs, nil)), false)
 	if err != nil {
 		t.Fatal(err)
@@ -41,8 +44,7 @@ func serveYAML(t *testing.T, dir, text string) (*servePlan, *syncBuffer) {
 			t.Logf("logs:\n%s", logs.String())
 		}
 	})
-	waitFor(t, "the listener", func() bool { return strings.Contains(logs.String(), "broker: listening") })
-	return plan, logs
+	return plan, logs, readyPort(t, logs)
 }
 
 // TestSecurityYAMLWithoutACLDeniesByDefault: a Moat YAML configuration
@@ -56,12 +58,11 @@ func TestSecurityYAMLWithoutACLDeniesByDefault(t *testing.T) {
 	dir := t.TempDir()
 	pw := filepath.Join(dir, "passwd")
 	makePasswd(t, pw, "alice", "bob")
-	port := freePort(t)
-	plan, logs := serveYAML(t, dir, fmt.Sprintf(`listeners:
-  - {address: "127.0.0.1:%d", transport: tcp, allow_anonymous: true}
+	plan, logs, port := serveYAML(t, dir, fmt.Sprintf(`listeners:
+  - {address: "127.0.0.1:0", transport: tcp, allow_anonymous: true}
 auth:
   - {type: password_file, path: %s}
-`, port, pw))
+`, pw))
 	policy := filepath.Join(dir, "data", "acl.yaml")
 	if fi, err := os.Stat(policy); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("default policy file: %v %v", fi, err)
@@ -77,7 +78,7 @@ auth:
 	}
 
 	sub := startSub(t, port, "bob", "devices/bob/#", "-V", "5")
-	waitFor(t, "bob's subscription", func() bool {
+	testutil.WaitFor(t, "bob's subscription", 15*time.Second, func() bool {
 		mqttTry(t, port, "bob", "devices/bob/warm")
 		return strings.Contains(sub.out.String(), "devices/bob/warm")
 	})
@@ -98,7 +99,7 @@ auth:
 		}
 	}
 	mqttTry(t, port, "bob", "devices/bob/marker")
-	waitFor(t, "the marker", func() bool { return strings.Contains(sub.out.String(), "devices/bob/marker") })
+	testutil.WaitFor(t, "the marker", 15*time.Second, func() bool { return strings.Contains(sub.out.String(), "devices/bob/marker") })
 	if strings.Contains(sub.out.String(), "devices/bob/cmd") {
 		t.Errorf("bob received a message someone else wrote to his tree:\n%s", sub.out.String())
 	}
@@ -111,12 +112,11 @@ auth:
 func TestServeACLAllowAll(t *testing.T) {
 	needTool(t, "mosquitto_pub")
 	dir := t.TempDir()
-	port := freePort(t)
-	text := fmt.Sprintf(`listeners:
-  - {address: "127.0.0.1:%d", transport: tcp, allow_anonymous: true}
+	text := `listeners:
+  - {address: "127.0.0.1:0", transport: tcp, allow_anonymous: true}
 acl: {allow_all: true}
-`, port)
-	_, logs := serveYAML(t, dir, text)
+`
+	_, logs, port := serveYAML(t, dir, text)
 	if !strings.Contains(logs.String(), "ACCESS CONTROL IS OFF (acl.allow_all: true)") || !strings.Contains(logs.String(), "level=WARN") {
 		t.Error("allow_all is not warned about")
 	}
@@ -165,22 +165,24 @@ func TestServeReloadFromDefaultPolicy(t *testing.T) {
 	needTool(t, "mosquitto_pub", "mosquitto_sub")
 	dir := t.TempDir()
 	data := filepath.Join(dir, "data")
-	port := freePort(t)
 	file := filepath.Join(dir, "moat.yaml")
-	listener := fmt.Sprintf("listeners:\n  - {address: \"127.0.0.1:%d\", transport: tcp, allow_anonymous: true}\n", port)
+	// The reloads keep 127.0.0.1:0: the address in the file is what a
+	// reload compares, so the listener stays.
+	listener := "listeners:\n  - {address: \"127.0.0.1:0\", transport: tcp, allow_anonymous: true}\n"
 	writeFile(t, file, listener)
-	m := startMoat(t, dir, []int{port}, "-c", "moat.yaml", "--data", data)
+	m := startMoat(t, dir, "-c", "moat.yaml", "--data", data)
+	port := m.port(0)
 	mqttTry(t, port, "", "t/before")
 	if !m.waitLog(t, "broker: publish not authorized", "t/before") {
 		t.Fatal("the default policy did not deny an anonymous publish")
 	}
-	writeFile(t, file, reloadYAML(port, "info", "t/#"))
+	writeFile(t, file, reloadYAML("info", "t/#"))
 	m.cmd.Process.Signal(syscall.SIGHUP)
 	if !m.waitLog(t, "serve: configuration reloaded", "acl") {
 		t.Fatal("adding the acl section was not applied live")
 	}
 	s := anonSub(t, port, "t/#")
-	waitFor(t, "a message under the new policy", func() bool {
+	testutil.WaitFor(t, "a message under the new policy", 15*time.Second, func() bool {
 		mqttTry(t, port, "", "t/after")
 		return strings.Contains(s.out.String(), "t/after m")
 	})

@@ -73,7 +73,8 @@ func (p *servePlan) startAdmin(ctx context.Context, ap *adminPlan) (stop func(),
 	if err := tokens.Err(); err != nil {
 		return nil, fmt.Errorf("serve: %w", err)
 	}
-	bans := &guard.File{Path: filepath.Join(p.cfg.DataDir, guard.BansFileName)}
+	// The file the guard watches (defense.bans_file when set).
+	bans := &guard.File{Path: p.bansFile()}
 	scan := &clientScan{every: clientScanEvery}
 	var (
 		tc         *tls.Config
@@ -106,9 +107,10 @@ func (p *servePlan) startAdmin(ctx context.Context, ap *adminPlan) (stop func(),
 		Posture:          func() admin.Posture { return p.adminPosture(ap) },
 		Metrics:          metrics.Handler(metrics.SourceFunc(func() metrics.Snapshot { return p.metricsSnapshot(ap, bans, scan) })),
 		VerifyClientCert: verifyCert,
-		// Auditor stays nil: moat serve does not open the audit log yet,
-		// so changes are recorded in the broker's log only.
-		Logger: p.log,
+		// Every change is recorded in the audit log (admin.action) when
+		// it is on, and in the broker's log.
+		Auditor: p.defense.adminAuditor(),
+		Logger:  p.log,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("serve: %w", err)
@@ -450,6 +452,9 @@ func (p *servePlan) metricsSnapshot(ap *adminPlan, bans *guard.File, scan *clien
 			"oversize": st.DroppedOversize, "expired": st.Expired, "unauthorized": st.DroppedUnauthorized,
 			"session_ended": st.DroppedSessionEnd,
 		},
+		PublishersHeld:       st.PublishersHeld,
+		Pushbacks:            st.Pushbacks,
+		SlowSubscribers:      st.SlowSubscribers,
 		Sessions:             st.Sessions,
 		SessionsExpired:      st.SessionsExpired,
 		Subscriptions:        st.Subscriptions,

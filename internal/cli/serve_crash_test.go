@@ -50,12 +50,14 @@ func pahoOpts(port int, id string, clean bool) *mqtt.ClientOptions {
 func TestCrashDurability(t *testing.T) {
 	dir := t.TempDir()
 	state := filepath.Join(dir, "state")
-	port := freePort(t)
 	conf := filepath.Join(dir, "mosquitto.conf")
-	os.WriteFile(conf, fmt.Appendf(nil, "listener %d 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location %s\n"+
-		"autosave_interval 1800\n", port, state), 0o600)
-	start := func() *moatProc { return startMoat(t, dir, []int{port}, "-c", conf) }
-	proc := start()
+	proc := startMoatOn(t, dir, 1, func(ports []int) []string {
+		os.WriteFile(conf, fmt.Appendf(nil, "listener %d 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location %s\n"+
+			"autosave_interval 1800\n", ports[0], state), 0o600)
+		return []string{"-c", conf}
+	})
+	// Restarts keep the port: the stored sessions name their listener.
+	port := proc.port(0)
 
 	// The persistent subscribers subscribe and go offline.
 	for _, s := range []struct {
@@ -142,7 +144,7 @@ func TestCrashDurability(t *testing.T) {
 		}
 		proc.cmd.Process.Kill() // SIGKILL, under load
 		<-proc.done
-		proc = start()
+		proc = proc.restart(t)
 	}
 	// A little more load on the last broker, then stop.
 	target := ackedCount() + 50

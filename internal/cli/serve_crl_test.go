@@ -4,19 +4,18 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/moatmq/moat/internal/config"
 	"github.com/moatmq/moat/internal/pki"
+	"github.com/moatmq/moat/internal/testutil"
 )
 
 // readCRLFile parses the PEM CRL in path.
@@ -46,7 +45,7 @@ func readCRLFile(t *testing.T, path string) *x509.RevocationList {
 func TestSecurityCACRLRenewedByBroker(t *testing.T) {
 	now := time.Now()
 	clock := func() time.Time { return now }
-	var logs syncBuffer
+	var logs testutil.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
 	dir := t.TempDir()
 	caDir := filepath.Join(dir, "ca")
@@ -130,7 +129,7 @@ func TestZeroConfigCRLRenewed(t *testing.T) {
 // TestCACRLUnopenable: a CA directory the broker cannot open gets a
 // warning and no renewer, and the listener still starts.
 func TestCACRLUnopenable(t *testing.T) {
-	var logs syncBuffer
+	var logs testutil.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
 	caDir := filepath.Join(t.TempDir(), "ca")
 	if _, err := pki.Init(caDir, pki.InitOptions{Config: pki.Config{Logger: log}}); err != nil {
@@ -162,10 +161,9 @@ func TestSecurityBrokerRenewsAgedCRLAtStart(t *testing.T) {
 	if old := readCRLFile(t, filepath.Join(caDir, pki.FileCRL)); !time.Now().After(old.NextUpdate) {
 		t.Fatalf("test setup: the CRL is not stale (nextUpdate %v)", old.NextUpdate)
 	}
-	port := freePort(t)
-	writeFile(t, filepath.Join(dir, "moat.yaml"), fmt.Sprintf(`listeners:
+	writeFile(t, filepath.Join(dir, "moat.yaml"), `listeners:
   - name: mqtts
-    address: 127.0.0.1:%d
+    address: 127.0.0.1:0
     transport: tls
     tls:
       client_auth: required
@@ -174,10 +172,10 @@ func TestSecurityBrokerRenewsAgedCRLAtStart(t *testing.T) {
 data_dir: data
 persistence:
   enabled: false
-`, port))
-	p := startMoat(t, dir, []int{port}, "-c", "moat.yaml")
+`)
+	p := startMoat(t, dir, "-c", "moat.yaml")
 	moatCmd(t, dir, "ca", "issue", "device", "dev-1", "--dir", caDir, "--out", "dev-1")
-	addr := "127.0.0.1:" + strconv.Itoa(port)
+	addr := p.addr(0)
 	caFile := filepath.Join(caDir, pki.FileRoot)
 	c, err := dialMQTT5(t, addr, caFile, filepath.Join(dir, "dev-1"), "dev-1")
 	if err != nil {

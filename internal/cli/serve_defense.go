@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/moatmq/moat/internal/admin"
 	"github.com/moatmq/moat/internal/audit"
 	"github.com/moatmq/moat/internal/broker"
 	"github.com/moatmq/moat/internal/config"
@@ -31,7 +32,7 @@ type defense struct {
 	g          *guard.Guard // nil: defense disabled
 	audit      *audit.Log   // nil: audit log disabled
 	log        *slog.Logger
-	denySample int64
+	denySample atomic.Int64                  // audit.deny_sample; a reload changes it
 	srv        atomic.Pointer[broker.Server] // set once the broker exists
 
 	lmu       sync.Mutex
@@ -39,12 +40,18 @@ type defense struct {
 
 	// refusals at accept, for sampling their audit entries
 	acceptRefused atomic.Int64
+
+	// checked, set by tests, runs in Connected right after the identity
+	// passed the ban check (the window Attached closes).
+	checked atomic.Pointer[func(c *broker.Client)]
 }
 
 var (
 	_ broker.Observer         = (*defense)(nil)
 	_ broker.ObserverCounters = (*defense)(nil)
 	_ broker.ConnObserver     = (*connDefense)(nil)
+	_ broker.AttachObserver   = (*connDefense)(nil)
+	_ broker.GrantObserver    = (*connDefense)(nil)
 )
 
 // acceptSample: of the connections refused at accept (a flood), the first
@@ -58,7 +65,8 @@ const acceptSample = 1000
 // with its final checkpoint.
 func (p *servePlan) planDefense() {
 	dc, ac := p.cfg.Defense, p.cfg.Audit
-	d := &defense{log: p.log, listeners: map[string]*defListener{}, denySample: int64(cmp.Or(ac.DenySample, 10))}
+	d := &defense{log: p.log, listeners: map[string]*defListener{}}
+	d.setDenySample(ac.DenySample)
 	if ac.DenySample < 0 {
 		p.problem("audit.deny_sample", "", errors.New("audit.deny_sample must not be negative"))
 	}
@@ -117,11 +125,41 @@ func (p *servePlan) planDefense() {
 			}
 		})
 		g.OnBan(d.onBan)
+		// After OnBan: a ban the watcher loaded in between is listed here
+		// (and maybe also as ban.add), never in neither.
+		d.recordBansInForce()
 	}
 	if d.g != nil || d.audit != nil {
 		p.broker.Observer = d
 		p.defense = d
 	}
+}
+
+// bansFile is the ban list's file: defense.bans_file, or bans.json in the
+// data directory.
+func (p *servePlan) bansFile() string {
+	return cmp.Or(p.cfg.Defense.BansFile, filepath.Join(p.cfg.DataDir, guard.BansFileName))
+}
+
+// adminAuditor records the admin API's changes in the audit log; nil
+// (nothing recorded there) when the log is off. d may be nil.
+func (d *defense) adminAuditor() admin.Auditor {
+	if d == nil || d.audit == nil {
+		return nil
+	}
+	return adminAudit{d}
+}
+
+type adminAudit struct{ d *defense }
+
+// AdminAction records one change made through the admin API as an
+// admin.action entry: who (the token's name and address), what, and the
+// result. The change itself is recorded as well where it takes effect
+// (a ban added through the API is also a ban.add once the broker loads it).
+func (a adminAudit) AdminAction(x admin.Action) {
+	a.d.record(audit.TypeAdminAction, audit.String("reason", "admin API"), audit.String("action", x.Action),
+		audit.String("target", x.Target), audit.String("token", x.Token), audit.String("remote", x.Remote),
+		audit.String("result", x.Result))
 }
 
 // guardConfig translates the defense section, reporting bad actions and
@@ -134,7 +172,7 @@ func (p *servePlan) guardConfig(dc config.Defense) guard.Config {
 		MessageRate: dc.MessageRate, MessageBurst: dc.MessageBurst,
 		ByteRate: float64(dc.ByteRate), ByteBurst: int(dc.ByteBurst), ThrottleLimit: dc.ThrottleLimit.D(),
 		TrackedKeys: dc.TrackedKeys, RepeatMemory: dc.RepeatMemory.D(), MaxBans: dc.MaxBans,
-		BansFile:     cmp.Or(dc.BansFile, filepath.Join(p.cfg.DataDir, guard.BansFileName)),
+		BansFile:     p.bansFile(),
 		PollInterval: dc.PollInterval.D(),
 	}
 	for _, det := range []struct {
@@ -196,11 +234,13 @@ func (d *defense) listener(name string) *defListener {
 	return l
 }
 
-// gate returns the listener.Config.Gate of a WebSocket listener, whose
-// HTTP server runs TLS and the upgrade before the broker sees a
-// connection: the connection rates and address bans are checked there,
-// and the broker's Accept only counts connections per address. nil when
-// defense is off. Called while planning, before serving.
+// gate returns the listener.Config.Gate of a listener: the connection
+// rates and address bans are checked there, on the bare socket (before
+// TLS, the WebSocket upgrade and the broker's own accept work), and the
+// broker's Accept only counts connections per address. A refusal costs
+// no allocation and no log line (it is counted, and sampled into the
+// audit log). nil when defense is off. Called while planning, before
+// serving.
 func (d *defense) gate(name string) func(net.Addr) bool {
 	if d == nil || d.g == nil {
 		return nil
@@ -210,20 +250,30 @@ func (d *defense) gate(name string) func(net.Addr) bool {
 	l.gated = true
 	d.lmu.Unlock()
 	return func(remote net.Addr) bool {
-		return d.preTLS(l, name, guard.AddrOf(remote)).Allow
+		return d.preTLS(l, name, guard.AddrOf(remote), false).Allow
 	}
 }
 
 // preTLS runs the checks that cost no TLS work: the source address's and
-// the listener's connection rates, then address bans.
-func (d *defense) preTLS(l *defListener, listener string, addr netip.Addr) broker.Decision {
+// the listener's connection rates, then address bans. The reason of a ban
+// refusal is built only when withReason is set or the refusal is sampled
+// into the audit log: a flood of banned sockets allocates nothing.
+func (d *defense) preTLS(l *defListener, listener string, addr netip.Addr, withReason bool) broker.Decision {
 	if dec := l.gl.AllowAccept(addr); !dec.Allow {
-		d.acceptRefusal(audit.TypeLimit, listener, addr, dec.Reason)
+		if n, sample := d.sampleRefusal(); sample {
+			d.recordRefusal(audit.TypeLimit, listener, addr, dec.Reason, n)
+		}
 		return broker.Decision{Reason: dec.Reason}
 	}
 	if b, ok := d.g.BannedAddr(addr); ok {
-		d.acceptRefusal(audit.TypeBanRefuse, listener, addr, b.Refusal())
-		return broker.Decision{Reason: b.Refusal()}
+		var reason string
+		if n, sample := d.sampleRefusal(); sample || withReason {
+			reason = b.Refusal()
+			if sample {
+				d.recordRefusal(audit.TypeBanRefuse, listener, addr, reason, n)
+			}
+		}
+		return broker.Decision{Reason: reason}
 	}
 	return broker.Decision{Allow: true}
 }
@@ -236,27 +286,61 @@ func (d *defense) Accept(listener string, remote net.Addr) (broker.ConnObserver,
 		return &connDefense{d: d, addr: addr, listener: listener}, broker.Decision{Allow: true}
 	}
 	if l := d.listener(listener); !l.gated {
-		if dec := d.preTLS(l, listener, addr); !dec.Allow {
+		if dec := d.preTLS(l, listener, addr, true); !dec.Allow {
 			return nil, dec
 		}
 	}
 	if dec := d.g.Acquire(addr); !dec.Allow {
-		d.acceptRefusal(audit.TypeLimit, listener, addr, dec.Reason)
+		if n, sample := d.sampleRefusal(); sample {
+			d.recordRefusal(audit.TypeLimit, listener, addr, dec.Reason, n)
+		}
 		return nil, broker.Decision{Reason: dec.Reason}
 	}
 	return &connDefense{d: d, addr: addr, listener: listener, acquired: true}, broker.Decision{Allow: true}
 }
 
-// acceptRefusal records a refusal at accept: the first and then one in
-// acceptSample, so that a flood cannot fill the audit log (the broker
-// counts every one).
-func (d *defense) acceptRefusal(typ, listener string, addr netip.Addr, reason string) {
+// sampleRefusal counts a refusal at accept and reports whether it is to
+// be recorded in the audit log: the first and then one in acceptSample,
+// so that a flood cannot fill the audit log (the guard counts every one).
+// It returns the count so far with the answer.
+func (d *defense) sampleRefusal() (int64, bool) {
 	n := d.acceptRefused.Add(1)
-	if d.audit == nil || n != 1 && n%acceptSample != 0 {
-		return
-	}
+	return n, d.audit != nil && (n == 1 || n%acceptSample == 0)
+}
+
+// recordRefusal records sampled refusal number n at accept.
+func (d *defense) recordRefusal(typ, listener string, addr netip.Addr, reason string, n int64) {
 	d.record(typ, audit.String("reason", reason), audit.String("addr", addr.String()), audit.String("listener", listener),
 		audit.String("stage", "accept"), audit.Int("refused_total", n))
+}
+
+// recordBansInForce records every ban in force when the broker starts
+// (from the bans file), one ban.load entry each, so that the audit chain
+// shows every ban that refuses clients, not only those added while it
+// ran. The entries are written before serving and none is dropped (the
+// list is bounded by max_bans); an error is logged, not fatal: the bans
+// are in force either way.
+func (d *defense) recordBansInForce() {
+	if d.audit == nil || d.g == nil {
+		return
+	}
+	bans := d.g.Bans()
+	if len(bans) == 0 {
+		return
+	}
+	evs := make([]audit.Event, 0, len(bans))
+	for _, b := range bans {
+		fields := []audit.Field{audit.String("ban", b.ID), audit.String("kind", string(b.Kind)), audit.String("value", b.Value),
+			audit.String("reason", cmp.Or(b.Reason, "unspecified")), audit.String("source", b.Source),
+			audit.String("created", b.Created.UTC().Format(time.RFC3339)), audit.Int("count", int64(len(bans)))}
+		if !b.Expires.IsZero() {
+			fields = append(fields, audit.String("expires", b.Expires.UTC().Format(time.RFC3339)))
+		}
+		evs = append(evs, audit.Event{Type: audit.TypeBanLoad, Fields: fields})
+	}
+	if err := d.audit.RecordWait(evs...); err != nil {
+		d.log.Error("serve: recording the bans in force in the audit log", "bans", len(bans), "err", err)
+	}
 }
 
 // onBan records a new ban and disconnects the live clients it matches
@@ -343,7 +427,8 @@ type connDefense struct {
 	certDone bool
 	fp, ser  string
 	denies   int64
-	silent   bool // a silent period was reported and has not ended
+	silent   bool   // a silent period was reported and has not ended
+	epoch    uint64 // guard.BanEpoch when Connected checked the identity
 }
 
 // id builds the guard identity; username is the verified one, or the
@@ -415,8 +500,15 @@ func (cd *connDefense) AuthFailed(c *broker.Client, reason string) {
 
 func (cd *connDefense) Connected(c *broker.Client) broker.Decision {
 	id := cd.id(c, c.Username)
+	if cd.d.g != nil {
+		// Read before the check: a ban added after it moves the epoch.
+		cd.epoch = cd.d.g.BanEpoch()
+	}
 	if d := cd.banned(c, id, "authenticated"); !d.Allow {
 		return d
+	}
+	if f := cd.d.checked.Load(); f != nil {
+		(*f)(c)
 	}
 	method := "backend"
 	switch {
@@ -435,9 +527,20 @@ func (cd *connDefense) Connected(c *broker.Client) broker.Decision {
 	return broker.Decision{Allow: true}
 }
 
+// Attached checks the identity again when a ban was added since
+// Connected checked it: until the attach, the ban's OnBan callback could
+// not find this client to end it. A ban added after this reading of the
+// epoch finds the client attached. (guard.BanEpoch)
+func (cd *connDefense) Attached(c *broker.Client) broker.Decision {
+	if cd.d.g == nil || cd.d.g.BanEpoch() == cd.epoch {
+		return broker.Decision{Allow: true}
+	}
+	return cd.banned(c, cd.id(c, c.Username), "attached")
+}
+
 func (cd *connDefense) Denied(c *broker.Client, a broker.Action, topic, reason string) broker.Verdict {
 	cd.denies++
-	if n := cd.denies; n <= cd.d.denySample || n%cd.d.denySample == 0 {
+	if n, every := cd.denies, cd.d.denySample.Load(); n <= every || n%every == 0 {
 		cd.d.record(audit.TypeAuthzDeny, cd.who(c, audit.String("reason", cmp.Or(reason, "not authorized")), audit.String("action", a.String()),
 			audit.String("topic", topic), audit.Int("denied_total", n))...)
 	}
@@ -483,6 +586,76 @@ func (cd *connDefense) Ping(c *broker.Client, quiet time.Duration) broker.Verdic
 	}
 	cd.silent = true
 	return cd.verdict(c, cd.d.g.Silent(cd.id(c, c.Username), quiet))
+}
+
+// Regranted records a change of a live client's groups or grants by
+// MQTT 5 re-authentication (auth.regrant): what was added and removed,
+// and what the re-check of its session took away. The lists are clipped
+// (regrantListMax); the counts are whole.
+func (cd *connDefense) Regranted(c *broker.Client, ch broker.GrantChange) {
+	fields := cd.who(c, audit.String("reason", ch.Reason))
+	if ch.After.Backend != "" || ch.Before.Backend != "" {
+		fields = append(fields, audit.String("backend", ch.After.Backend))
+		if ch.Before.Backend != ch.After.Backend {
+			fields = append(fields, audit.String("backend_before", ch.Before.Backend))
+		}
+	}
+	for _, l := range []struct {
+		name          string
+		before, after []string
+	}{{"groups", ch.Before.Groups, ch.After.Groups}, {"publish", ch.Before.Publish, ch.After.Publish},
+		{"subscribe", ch.Before.Subscribe, ch.After.Subscribe}} {
+		added, removed := listChanges(l.before, l.after)
+		if len(added) > 0 {
+			fields = append(fields, audit.String(l.name+"_added", clipList(added)))
+		}
+		if len(removed) > 0 {
+			fields = append(fields, audit.String(l.name+"_removed", clipList(removed)))
+		}
+	}
+	fields = append(fields, audit.Int("unsubscribed", int64(ch.Unsubscribed)), audit.Int("dropped", int64(ch.Dropped)))
+	cd.d.record(audit.TypeAuthRegrant, fields...)
+}
+
+// regrantListMax bounds a list of groups or grants in an auth.regrant
+// entry: a token may carry many, and the audit log must stay small.
+const regrantListMax = 1024
+
+// listChanges returns what is in after and not in before, and the
+// reverse, each once, in order. Linear: a token's lists may be long.
+func listChanges(before, after []string) (added, removed []string) {
+	diff := func(from, other []string) []string {
+		have := make(map[string]bool, len(other))
+		for _, s := range other {
+			have[s] = true
+		}
+		var out []string
+		for _, s := range from {
+			if !have[s] {
+				have[s] = true // once
+				out = append(out, s)
+			}
+		}
+		return out
+	}
+	return diff(after, before), diff(before, after)
+}
+
+// clipList joins a list with commas, cut to regrantListMax bytes with a
+// note of how many items were left out.
+func clipList(list []string) string {
+	var b strings.Builder
+	for i, s := range list {
+		if b.Len()+len(s)+1 > regrantListMax {
+			fmt.Fprintf(&b, " (and %d more)", len(list)-i)
+			break
+		}
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(s)
+	}
+	return b.String()
 }
 
 func (cd *connDefense) Closed(c *broker.Client, connected, abnormal bool) {
@@ -580,6 +753,14 @@ func (d *defense) reloaded(changed []string, err error) {
 	}
 	d.record(audit.TypeConfigReload, audit.String("reason", "reload requested"), audit.String("result", "applied"),
 		audit.String("changed", strings.Join(changed, ",")))
+}
+
+// setDenySample sets audit.deny_sample (0: the default, 10) and returns
+// the value in force.
+func (d *defense) setDenySample(n int) int64 {
+	v := int64(cmp.Or(n, 10))
+	d.denySample.Store(v)
+	return v
 }
 
 // guard returns the guard, nil when defense is off. d may be nil.

@@ -13,11 +13,12 @@ import (
 func TestServeSocketDomain(t *testing.T) {
 	needTool(t, "mosquitto_pub", "mosquitto_sub")
 	dir := t.TempDir()
-	port := freePort(t)
-	writeFile(t, filepath.Join(dir, "mosquitto.conf"), fmt.Sprintf(`listener %d 127.0.0.1
+	port := startMoatOn(t, dir, 1, func(ports []int) []string {
+		writeFile(t, filepath.Join(dir, "mosquitto.conf"), fmt.Sprintf(`listener %d 127.0.0.1
 socket_domain ipv4
 allow_anonymous true
-`, port))
-	startMoat(t, dir, []int{port}, "-c", "mosquitto.conf")
+`, ports[0]))
+		return []string{"-c", "mosquitto.conf"}
+	}).port(0)
 	mosquittoRoundTrip(t, port, []string{"-V", "mqttv5"}, "domain/v4", "hello", 1)
 }

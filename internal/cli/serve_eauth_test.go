@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,7 +23,9 @@ import (
 	"github.com/moatmq/moat/internal/authn/scram"
 	"github.com/moatmq/moat/internal/authz"
 	"github.com/moatmq/moat/internal/broker"
+	"github.com/moatmq/moat/internal/broker/brokertest"
 	"github.com/moatmq/moat/internal/packet"
+	"github.com/moatmq/moat/internal/testutil"
 	"github.com/moatmq/moat/internal/tlsconf"
 )
 
@@ -93,7 +94,7 @@ func (c *eaClock) advance(d time.Duration) {
 type eaBroker struct {
 	addr  string
 	clock *eaClock
-	logs  *syncBuffer
+	logs  *testutil.Buffer
 }
 
 func startEABroker(t *testing.T, backends ...authn.Backend) *eaBroker {
@@ -105,7 +106,7 @@ func startEABroker(t *testing.T, backends ...authn.Backend) *eaBroker {
 // "t" (nil: none, everything allowed).
 func startEABrokerPolicy(t *testing.T, pol *authz.Policy, backends ...authn.Backend) *eaBroker {
 	t.Helper()
-	b := &eaBroker{clock: &eaClock{now: time.Now()}, logs: &syncBuffer{}}
+	b := &eaBroker{clock: &eaClock{now: time.Now()}, logs: &testutil.Buffer{}}
 	az := &accessAuthorizer{byLn: map[string]*policySource{}}
 	if pol != nil {
 		az.byLn["t"] = &policySource{holder: authz.NewHolder(pol)}
@@ -113,34 +114,18 @@ func startEABrokerPolicy(t *testing.T, pol *authz.Policy, backends ...authn.Back
 	log := slog.New(slog.NewTextHandler(b.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	chains := map[string]*authn.Chain{"t": {Backends: backends}}
 	cert := &certAuthenticator{}
-	srv, err := broker.New(broker.Config{
+	t.Cleanup(func() { // after the broker has stopped
+		if t.Failed() {
+			t.Logf("broker logs:\n%s", b.logs.String())
+		}
+	})
+	b.addr = brokertest.Start(t, broker.Config{
 		Authenticator:         &accessAuthenticator{cert: cert, chains: chains, log: log},
 		EnhancedAuthenticator: &enhancedAuth{cert: cert, chains: chains, log: log},
 		Authorizer:            az,
 		Clock:                 b.clock,
 		Logger:                log,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b.addr = ln.Addr().String()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { srv.Serve(ctx, ln, broker.ListenerConfig{Name: "t"}); close(done) }()
-	t.Cleanup(func() {
-		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer scancel()
-		srv.Shutdown(sctx)
-		cancel()
-		<-done
-		if t.Failed() {
-			t.Logf("broker logs:\n%s", b.logs.String())
-		}
-	})
+	}, brokertest.Options{Listener: broker.ListenerConfig{Name: "t"}}).Addr
 	return b
 }
 
@@ -558,17 +543,17 @@ func TestServeSCRAMPubSub(t *testing.T) {
 	pw, bad := filepath.Join(dir, "pw"), filepath.Join(dir, "bad")
 	writeFile(t, pw, "alice-pw\n")
 	writeFile(t, bad, "wrong\n")
-	port := freePort(t)
 	writeFile(t, filepath.Join(dir, "moat.yaml"), fmt.Sprintf(`listeners:
-  - address: 127.0.0.1:%d
+  - address: 127.0.0.1:0
     transport: tcp
 auth:
   - {type: scram, path: %s}
 acl:
   rules:
     - {name: alice, effect: allow, subjects: {usernames: [alice]}, actions: [publish, subscribe, receive], topics: ["s/#"]}
-`, port, creds))
-	m := startMoat(t, dir, []int{port}, "-c", "moat.yaml", "--data", filepath.Join(dir, "data"))
+`, creds))
+	m := startMoat(t, dir, "-c", "moat.yaml", "--data", filepath.Join(dir, "data"))
+	port := m.port(0)
 	conn := []string{"-h", "127.0.0.1", "-p", strconv.Itoa(port), "-u", "alice", "--auth-method", "SCRAM-SHA-256"}
 	sub := psRunAsync(ctx, append([]string{"sub", "-C", "1", "-t", "s/#", "-v", "--password-file", pw}, conn...)...)
 	r := psPubUntil(t, sub, psMoatPub(ctx, append([]string{"-t", "s/x", "-m", "hi", "--password-file", pw}, conn...)...))
@@ -629,14 +614,14 @@ func TestServeJWTAuthMethod(t *testing.T) {
 	ctx := psTestCtx(t)
 	secret := strings.Repeat("k", 40)
 	writeFile(t, filepath.Join(dir, "jwt.secret"), secret)
-	port := freePort(t)
 	writeFile(t, filepath.Join(dir, "moat.yaml"), fmt.Sprintf(`listeners:
-  - address: 127.0.0.1:%d
+  - address: 127.0.0.1:0
     transport: tcp
 auth:
   - {type: jwt, hmac_secret_file: %s}
-`, port, filepath.Join(dir, "jwt.secret")))
-	m := startMoat(t, dir, []int{port}, "-c", "moat.yaml", "--data", filepath.Join(dir, "data"))
+`, filepath.Join(dir, "jwt.secret")))
+	m := startMoat(t, dir, "-c", "moat.yaml", "--data", filepath.Join(dir, "data"))
+	port := m.port(0)
 	tok, err := gojwt.NewWithClaims(gojwt.SigningMethodHS256, gojwt.MapClaims{"sub": "dev1", "exp": time.Now().Add(time.Hour).Unix()}).SignedString([]byte(secret))
 	if err != nil {
 		t.Fatal(err)

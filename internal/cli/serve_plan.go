@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/moatmq/moat/internal/broker"
+	"github.com/moatmq/moat/internal/cluster"
 	"github.com/moatmq/moat/internal/config"
 	"github.com/moatmq/moat/internal/listener"
 	"github.com/moatmq/moat/internal/packet"
@@ -72,6 +73,10 @@ type servePlan struct {
 	// store is the durable store, nil when persistence is off (and for
 	// --check); TLS listeners keep their ticket keys in it.
 	store *store.Store
+
+	// cluster is this node's membership, nil without a cluster section
+	// (and for --check); serve_cluster.go.
+	cluster *cluster.Node
 }
 
 // plannedListener is one listener, built but not bound.
@@ -119,6 +124,7 @@ func (p *servePlan) build() (*servePlan, error) {
 	}
 	p.planAccess()
 	p.planProfile()
+	p.planCluster()
 	if len(p.errs) == 0 {
 		p.startBroker()
 	}
@@ -260,8 +266,18 @@ func (p *servePlan) planBroker() {
 	if lim.MaxInflightBytes != 0 {
 		p.problem("limits.max_inflight_bytes", "", errors.New("limits.max_inflight_bytes is not supported yet; remove it (max_inflight, a message count, is enforced)"))
 	}
-	if lim.MaxQueuedBytes != 0 {
-		p.problem("limits.max_queued_bytes", "", errors.New("limits.max_queued_bytes is not supported yet; remove it (max_queued_messages, a message count, is enforced)"))
+	// Overload control: the config's 0 turns a mark off, the broker's
+	// zero means its default.
+	b.MaxQueuedBytes = int64(lim.MaxQueuedBytes)
+	b.PushbackMessages, b.PushbackBytes, b.PushbackWait = lim.PushbackMessages, int64(lim.PushbackBytes), lim.PushbackWait.D()
+	if b.PushbackMessages == 0 {
+		b.PushbackMessages = -1
+	}
+	if b.PushbackBytes == 0 {
+		b.PushbackBytes = -1
+	}
+	if lim.QueueFullPolicy == config.QueueFullBlock {
+		b.QueueFullPolicy = broker.QueueBlock
 	}
 	b.Authenticator = p.auth
 	b.CheckRetainSource = cfg.CheckRetainSource
@@ -287,6 +303,9 @@ func (p *servePlan) startBroker() {
 		return
 	}
 	p.srv = srv
+	if p.cluster != nil {
+		p.cluster.Attach(srv)
+	}
 	if p.access != nil {
 		p.access.srv.Store(srv)
 	}
@@ -328,9 +347,9 @@ func (p *servePlan) planListener(i int) {
 	if l.TLS != nil {
 		p.planTLS(i, pl)
 	}
-	if l.Transport.WebSocket() {
-		pl.net.Gate = p.defense.gate(l.Name)
-	}
+	// The connection rates and address bans run in the listener, on the
+	// bare socket, before TLS, WebSocket and the broker's own accept work.
+	pl.net.Gate = p.defense.gate(l.Name)
 	if err := pl.net.Validate(); err != nil {
 		p.listenerProblem(i, "", "", err)
 	}

@@ -15,6 +15,7 @@ import (
 	"testing"
 
 	"github.com/moatmq/moat/internal/config"
+	"github.com/moatmq/moat/internal/testutil"
 )
 
 // runMoat runs the moat command line in-process and returns its exit code
@@ -54,7 +55,7 @@ func TestServeCheckRefusesWhatServeRefuses(t *testing.T) {
 	dir := t.TempDir()
 	planPKI(t, dir)
 	t.Chdir(dir)
-	port := freePort(t)
+	port := testutil.FreePort(t) // serve must fail before binding it
 	// Line 1 listener, 2 certfile, 3 keyfile, 4 cafile, 5 require_certificate, 6 the case's own line.
 	conf := func(cert, key, ca, extra string) string {
 		return fmt.Sprintf("listener %d 127.0.0.1\ncertfile %s\nkeyfile %s\ncafile %s\nrequire_certificate true\n%s", port, cert, key, ca, extra)
@@ -205,7 +206,7 @@ func TestServeCheckAcceptsGoldenConfigs(t *testing.T) {
 			}
 			if serveErr != nil {
 				// Some golden files name settings Moat refuses at start
-				// (socket_domain, max_queued_bytes): both refuse them.
+				// (socket_domain): both refuse them.
 				t.Logf("refused by both: %v", serveErr)
 				return
 			}

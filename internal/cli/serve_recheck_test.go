@@ -14,6 +14,7 @@ import (
 	"github.com/moatmq/moat/internal/audit"
 	"github.com/moatmq/moat/internal/broker"
 	"github.com/moatmq/moat/internal/config"
+	"github.com/moatmq/moat/internal/testutil"
 	"github.com/moatmq/moat/internal/testutil/testslapd"
 )
 
@@ -34,9 +35,8 @@ func TestSecurityLDAPRecheckWithSlapd(t *testing.T) {
 	dir := t.TempDir()
 	pwFile := filepath.Join(dir, "service.pw")
 	writeFile(t, pwFile, testslapd.ServicePW+"\n")
-	port := freePort(t)
 	yaml := fmt.Sprintf(`listeners:
-  - address: 127.0.0.1:%d
+  - address: 127.0.0.1:0
     transport: tcp
 auth:
   - type: ldap
@@ -54,13 +54,13 @@ acl:
   rules:
     - {name: operators, effect: allow, subjects: {groups: [operators]}, actions: [publish, read], topics: ["ops/#"]}
     - {name: everyone, effect: allow, subjects: {anonymous: false}, actions: [publish, read], topics: ["pub/#"]}
-`, port, d.LDAPURL, d.CAFile, testslapd.PeopleBase, testslapd.ServiceDN, pwFile, testslapd.GroupsBase)
+`, d.LDAPURL, d.CAFile, testslapd.PeopleBase, testslapd.ServiceDN, pwFile, testslapd.GroupsBase)
 	cfg, err := config.Parse(filepath.Join(dir, "moat.yaml"), []byte(yaml))
 	if err != nil {
 		t.Fatal(err)
 	}
 	cfg.DataDir = filepath.Join(dir, "data")
-	var logs syncBuffer
+	var logs testutil.Buffer
 	p := newPlan(cfg, slog.New(slog.NewTextHandler(&logs, nil)), false)
 	tick := make(chan time.Time)
 	p.recheckTick = tick
@@ -84,19 +84,19 @@ acl:
 			t.Logf("logs:\n%s", logs.String())
 		}
 	})
-	waitFor(t, "the listener", func() bool { return strings.Contains(logs.String(), "broker: listening") })
+	port := readyPort(t, &logs)
 
 	alice := startSub(t, port, "alice", "ops/#", "-V", "5", "-t", "pub/#")
 	carol := startSub(t, port, "carol", "ops/#", "-V", "5")
 	bob := startSub(t, port, "bob", "pub/#", "-V", "5")
 	// Subscribed once a warm-up message reaches them.
-	waitFor(t, "subscriptions", func() bool {
+	testutil.WaitFor(t, "subscriptions", 15*time.Second, func() bool {
 		if out, err := mqttTry(t, port, "carol", "ops/warm"); err != nil {
 			t.Fatalf("carol publishing: %v %s", err, out)
 		}
 		return strings.Contains(alice.out.String(), "ops/warm") && strings.Contains(carol.out.String(), "ops/warm")
 	})
-	waitFor(t, "bob's subscription", func() bool {
+	testutil.WaitFor(t, "bob's subscription", 15*time.Second, func() bool {
 		mqttTry(t, port, "carol", "pub/warm")
 		return strings.Contains(bob.out.String(), "pub/warm")
 	})
@@ -105,7 +105,7 @@ acl:
 	d.DeleteEntry(t, "uid=bob,"+testslapd.PeopleBase)
 	tick <- time.Now()
 	srv := p.srv
-	waitFor(t, "the re-check", func() bool {
+	testutil.WaitFor(t, "the re-check", 15*time.Second, func() bool {
 		st := srv.Stats()
 		return st.SubscriptionsRevoked == 1 && st.RevokedDisconnects == 1
 	})
@@ -115,11 +115,11 @@ acl:
 			t.Fatalf("carol publishing %s: %v %s", topic, err, out)
 		}
 	}
-	waitFor(t, "the marker at alice", func() bool { return strings.Contains(alice.out.String(), "pub/marker") })
+	testutil.WaitFor(t, "the marker at alice", 15*time.Second, func() bool { return strings.Contains(alice.out.String(), "pub/marker") })
 	if strings.Contains(alice.out.String(), "ops/after") {
 		t.Errorf("alice, no longer an operator, received ops/after:\n%s", alice.out.String())
 	}
-	waitFor(t, "ops/after at carol", func() bool { return strings.Contains(carol.out.String(), "ops/after") })
+	testutil.WaitFor(t, "ops/after at carol", 15*time.Second, func() bool { return strings.Contains(carol.out.String(), "ops/after") })
 	var aliceThere bool
 	for _, c := range srv.Clients() {
 		switch c.Client.Username {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -178,6 +179,7 @@ func processAlive(pid int) bool {
 // run time.
 type reloadSetting struct {
 	path   string
+	apply  string // what applies it live (a live* kind); "" when it needs a restart
 	reason string // why it needs a restart; "" when it applies live
 }
 
@@ -215,10 +217,10 @@ func (p *servePlan) reloadConfig() (string, error) {
 	var restart []string
 	needRestart := slices.ContainsFunc(changes, func(c reloadSetting) bool { return c.reason != "" })
 	for _, c := range changes {
-		if c.reason == "" && strings.HasPrefix(c.path, "acl") && acl == nil && !needRestart {
+		if c.apply == liveACL && acl == nil && !needRestart {
 			c.reason = "adding or removing the access policy, or giving listeners different ones, needs a restart"
 		}
-		if c.reason == "" && strings.HasPrefix(c.path, "defense.") && (p.defense.guard() == nil || check.defense.guard() == nil) {
+		if (c.apply == liveRates || c.apply == liveDetectors) && (p.defense.guard() == nil || check.defense.guard() == nil) {
 			c.reason = "defense is off: turning it on needs a restart"
 		}
 		if c.reason != "" {
@@ -233,21 +235,20 @@ func (p *servePlan) reloadConfig() (string, error) {
 		return fail(fmt.Errorf("serve: reload refused: %d setting(s) need a restart (systemctl restart moat):\n%s", len(restart), strings.Join(restart, "\n")))
 	}
 
-	// Everything is validated: apply.
+	// Everything is validated: apply. Every change left has a live kind
+	// (the others refused the reload), and each kind is applied here.
 	var changed []string
-	aclChanged, limitsChanged, ratesChanged := false, false, false
+	kinds := map[string]bool{}
 	for _, c := range changes {
 		changed = append(changed, c.path)
-		aclChanged = aclChanged || strings.HasPrefix(c.path, "acl")
-		limitsChanged = limitsChanged || strings.HasPrefix(c.path, "limits.")
-		ratesChanged = ratesChanged || strings.HasPrefix(c.path, "defense.")
+		kinds[c.apply] = true
 	}
-	if aclChanged {
+	if kinds[liveACL] {
 		p.swapPolicies(acl)
 	}
 	// The check plan's broker and guard hold the new limits with the
 	// start-up plan's translation and defaults, and validated them.
-	if limitsChanged {
+	if kinds[liveLimits] {
 		lim, err := p.srv.SetLimits(check.srv.Limits())
 		if err != nil {
 			// Not reached: the check plan's broker.New validated them.
@@ -255,13 +256,26 @@ func (p *servePlan) reloadConfig() (string, error) {
 		}
 		p.log.Info("serve: limits changed", "limits", fmt.Sprintf("%+v", lim))
 	}
-	if ratesChanged {
+	if kinds[liveRates] {
 		r, err := p.defense.guard().SetClientRates(check.defense.guard().ClientRates())
 		if err != nil {
 			p.log.Error("serve: reload: the client rates do not apply", "err", err)
 		}
 		p.log.Info("serve: client rate limits changed", "rates", fmt.Sprintf("%+v", r))
 	}
+	if kinds[liveDetectors] {
+		ds, err := p.defense.guard().SetDetectors(check.defense.guard().Detectors())
+		if err != nil {
+			p.log.Error("serve: reload: the detectors do not apply", "err", err)
+		}
+		p.log.Info("serve: detectors changed", "detectors", fmt.Sprintf("%+v", ds))
+	}
+	if kinds[liveAudit] && p.defense != nil {
+		n := p.defense.setDenySample(next.Audit.DenySample)
+		p.log.Info("serve: audit sampling of denials changed", "deny_sample", n)
+	}
+	// liveLevel is applied last (below), liveProfile by storing next: the
+	// check plan verified the new profile.
 	p.access.reload() // password files and policy files, as loaded by the check
 	var tlsFailed []string
 	for _, pl := range p.listeners {
@@ -365,63 +379,132 @@ func diffConfigs(old, next *config.Config) ([]reloadSetting, error) {
 	slices.Sort(paths)
 	out := make([]reloadSetting, len(paths))
 	for i, path := range paths {
-		out[i] = reloadSetting{path: path, reason: restartReason(path)}
+		r := reloadRuleFor(path)
+		out[i] = reloadSetting{path: path, apply: r.apply, reason: r.why}
 	}
 	return out, nil
 }
 
-// restartReason says why a changed setting needs a restart, or "" when a
-// reload applies it.
-func restartReason(path string) string {
-	switch {
-	case path == "profile", path == "log.level", path == "acl" || strings.HasPrefix(path, "acl."):
-		return ""
-	case strings.HasPrefix(path, "limits."):
-		return limitRestartReason(strings.TrimPrefix(path, "limits."))
-	case strings.HasPrefix(path, "defense."):
-		switch strings.TrimPrefix(path, "defense.") {
-		case "message_rate", "message_burst", "byte_rate", "byte_burst", "throttle_limit":
-			return ""
-		}
-		return "only the per-client rates (message_rate, message_burst, byte_rate, byte_burst, throttle_limit) of defense change at run time"
-	case strings.HasPrefix(path, "listeners"):
-		if strings.Contains(path, ".auth") {
-			return "authentication chains are built at start (the password files' contents reload live)"
-		}
-		if strings.HasSuffix(path, ".acl_file") {
-			return "per-listener access policies are set up at start (the files' contents reload live)"
-		}
-		if strings.Contains(path, ".tls.") {
-			return "TLS settings are read at start (the files' contents reload live)"
-		}
-		return "listeners are bound at start"
-	case path == "auth" || strings.HasPrefix(path, "auth"):
-		return "authentication chains are built at start (the password files' contents reload live)"
-	case path == "data_dir" || strings.HasPrefix(path, "persistence"):
-		return "the data directory and the store are opened at start"
-	case strings.HasPrefix(path, "log."):
-		return "the log output is opened at start (only log.level reloads)"
-	case strings.HasPrefix(path, "admin"):
-		return "the admin listener is bound at start"
-	}
-	return "read at start only"
+// How a reload treats each setting (what applies it live).
+const (
+	liveACL       = "access policy"  // swapPolicies, then the sessions re-evaluated
+	liveLimits    = "broker limits"  // broker.Server.SetLimits
+	liveRates     = "client rates"   // guard.Guard.SetClientRates
+	liveDetectors = "detectors"      // guard.Guard.SetDetectors
+	liveLevel     = "log level"      // the LevelVar of the logger
+	liveProfile   = "profile"        // checked by the reload's plan; in force as the running configuration
+	liveAudit     = "audit sampling" // defense.denySample
+)
+
+// reloadRule says how a reload treats the settings whose path matches
+// key: applied live by apply, or refused because of why. In key, "[]"
+// stands for any index and a final "*" for anything that follows.
+type reloadRule struct {
+	key   string
+	apply string // one of the live* kinds; "" when the setting needs a restart
+	why   string // why it needs a restart
 }
 
-// limitRestartReason says why a limit needs a restart, or "" when a
-// reload applies it (broker.Limits says when each takes effect).
-func limitRestartReason(key string) string {
-	switch key {
-	case "message_size_limit", "max_queued_messages", "max_subscriptions", "max_subscription_bytes", "max_sessions",
-		"max_connections", "max_inflight", "max_keepalive":
-		return ""
-	case "max_packet_size":
-		return "MQTT 5 clients are told the maximum packet size in CONNACK for the whole connection"
-	case "max_preauth_packet_size", "read_budget", "max_retained_messages", "max_retained_bytes",
-		"max_retained_messages_per_identity", "max_retained_bytes_per_identity":
-		return "memory bounds are sized at start"
-	}
-	return "this limit is read at start"
+// Reasons shared by several rules.
+const (
+	whyBrokerStart  = "the broker reads it at start"
+	whyGuardStart   = "the guard is built with it at start (of defense, only the per-client rates and the detectors change at run time)"
+	whyAuthChain    = "authentication chains are built at start (the password files' contents reload live)"
+	whyAuditOpen    = "the audit log is opened at start (only audit.deny_sample reloads)"
+	whyLimitAtStart = "the broker reads this limit at start"
+)
+
+// reloadRules lists every setting of config.Config (TestReloadRulesCoverEveryKey
+// checks it against the type), first match wins. docs/operations.md has
+// the same list for operators.
+var reloadRules = []reloadRule{
+	{key: "profile", apply: liveProfile},
+	{key: "log.level", apply: liveLevel},
+	{key: "log.*", why: "the log output is opened at start (only log.level reloads)"},
+	{key: "acl*", apply: liveACL},
+
+	{key: "limits.message_size_limit", apply: liveLimits},
+	{key: "limits.max_keepalive", apply: liveLimits},
+	{key: "limits.max_inflight", apply: liveLimits},
+	{key: "limits.max_queued_messages", apply: liveLimits},
+	{key: "limits.max_subscriptions", apply: liveLimits},
+	{key: "limits.max_subscription_bytes", apply: liveLimits},
+	{key: "limits.max_sessions", apply: liveLimits},
+	{key: "limits.max_connections", apply: liveLimits},
+	{key: "limits.connect_timeout", apply: liveLimits},
+	{key: "limits.reauth_grace", apply: liveLimits},
+	{key: "limits.max_retained_messages", apply: liveLimits},
+	{key: "limits.max_retained_bytes", apply: liveLimits},
+	{key: "limits.max_retained_messages_per_identity", apply: liveLimits},
+	{key: "limits.max_retained_bytes_per_identity", apply: liveLimits},
+	{key: "limits.max_packet_size", why: "MQTT 5 clients are told the maximum packet size in CONNACK for the whole connection"},
+	{key: "limits.read_budget", why: "the read budget is a memory bound sized at start"},
+	{key: "limits.max_inflight_bytes", why: "not supported yet (a non-zero value is refused at start too)"},
+	{key: "limits.max_queued_bytes", why: "not supported yet (a non-zero value is refused at start too)"},
+	{key: "limits.max_preauth_packet_size", why: whyLimitAtStart},
+	{key: "limits.max_topic_levels", why: whyLimitAtStart},
+	{key: "limits.max_topic_length", why: whyLimitAtStart},
+	{key: "limits.queue_qos0", why: whyLimitAtStart},
+
+	{key: "defense.message_rate", apply: liveRates},
+	{key: "defense.message_burst", apply: liveRates},
+	{key: "defense.byte_rate", apply: liveRates},
+	{key: "defense.byte_burst", apply: liveRates},
+	{key: "defense.throttle_limit", apply: liveRates},
+	{key: "defense.auth_failures*", apply: liveDetectors},
+	{key: "defense.topic_scan*", apply: liveDetectors},
+	{key: "defense.flapping*", apply: liveDetectors},
+	{key: "defense.abnormal_disconnects*", apply: liveDetectors},
+	{key: "defense.undeliverable*", apply: liveDetectors},
+	{key: "defense.silence*", apply: liveDetectors},
+	{key: "defense.disabled", why: "turning defense on or off needs a restart"},
+	{key: "defense.ipv6_prefix", why: "connections are counted per address prefix: those open would be released under another prefix than they were counted under"},
+	{key: "defense.conn_table_size", why: "the connection-rate table's memory is allocated once, at start"},
+	{key: "defense.bans_file", why: "the ban list's file is read and watched from the start (its contents reload live: moat ban, the admin API)"},
+	{key: "defense.poll_interval", why: "the ban list's watcher ticks at the period set at start"},
+	{key: "defense.*", why: whyGuardStart},
+
+	{key: "audit.deny_sample", apply: liveAudit},
+	{key: "audit.*", why: whyAuditOpen},
+
+	{key: "auth*", why: whyAuthChain},
+	{key: "listeners[].auth*", why: whyAuthChain},
+	{key: "listeners[].acl_file", why: "per-listener access policies are set up at start (the files' contents reload live)"},
+	{key: "listeners[].tls*", why: "TLS settings are read at start (the files' contents reload live)"},
+	{key: "listeners*", why: "listeners are bound at start"},
+
+	{key: "data_dir", why: "the data directory and the store are opened at start"},
+	{key: "persistence.*", why: "the data directory and the store are opened at start"},
+	{key: "admin.*", why: "the admin listener is bound at start"},
+	{key: "pid_file", why: "the pid file is written at start"},
+	{key: "sys_interval", why: "the $SYS publisher's period is set at start"},
+	{key: "sessions.*", why: whyBrokerStart},
+	{key: "retain_available", why: whyBrokerStart},
+	{key: "check_retain_source", why: whyBrokerStart},
+	{key: "denied_publish_v3", why: whyBrokerStart},
 }
+
+// whyUnknown is the reason for a setting no rule names: refused, never
+// silently ignored.
+const whyUnknown = "not known to the reload (a restart applies it)"
+
+// reloadRuleFor returns the rule of a setting's path ("listeners[2].tls.crl[0]").
+func reloadRuleFor(path string) reloadRule {
+	norm := indexRE.ReplaceAllString(path, "[]")
+	for _, r := range reloadRules {
+		if k, ok := strings.CutSuffix(r.key, "*"); ok {
+			if strings.HasPrefix(norm, k) {
+				return r
+			}
+		} else if norm == r.key {
+			return r
+		}
+	}
+	return reloadRule{key: norm, why: whyUnknown}
+}
+
+// indexRE matches a list index in a setting's path.
+var indexRE = regexp.MustCompile(`\[[0-9]+\]`)
 
 // configView flattens a configuration into "path: value" for comparison.
 // auth entries and the acl section are decoded whole: their JSON form

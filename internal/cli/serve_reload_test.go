@@ -17,18 +17,20 @@ import (
 )
 
 // reloadYAML is the configuration of the reload tests: one anonymous
-// loopback listener, an access policy over topics, a log level.
-func reloadYAML(port int, level string, topics ...string) string {
+// loopback listener on port 0, an access policy over topics, a log level.
+// A reload that keeps the listener writes port 0 again: the address in
+// the file is what a reload compares.
+func reloadYAML(level string, topics ...string) string {
 	return fmt.Sprintf(`log:
   level: %s
 acl:
   rules:
     - {name: anon, effect: allow, subjects: {anonymous: true}, actions: [publish, subscribe, receive], topics: [%s]}
 listeners:
-  - address: 127.0.0.1:%d
+  - address: 127.0.0.1:0
     transport: tcp
     allow_anonymous: true
-`, level, `"`+strings.Join(topics, `", "`)+`"`, port)
+`, level, `"`+strings.Join(topics, `", "`)+`"`)
 }
 
 // startReloadBroker starts moat serve on reloadYAML with a data
@@ -40,17 +42,16 @@ func startReloadBroker(t *testing.T, extra ...string) (m *moatProc, port int, fi
 	if err := os.Mkdir(data, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	port = freePort(t)
 	file = filepath.Join(dir, "moat.yaml")
-	writeFile(t, file, reloadYAML(port, "info", "t/#"))
-	m = startMoat(t, dir, []int{port}, append([]string{"-c", "moat.yaml", "--data", data}, extra...)...)
-	return m, port, file, data
+	writeFile(t, file, reloadYAML("info", "t/#"))
+	m = startMoat(t, dir, append([]string{"-c", "moat.yaml", "--data", data}, extra...)...)
+	return m, m.port(0), file, data
 }
 
 // anonSub runs mosquitto_sub as an anonymous client.
 func anonSub(t *testing.T, port int, filter string) *subscriber {
 	t.Helper()
-	s := &subscriber{cmd: exec.Command("mosquitto_sub", "-h", "127.0.0.1", "-p", strconv.Itoa(port), "-t", filter, "-q", "1", "-v", "-i", "anon-sub"), out: &syncBuffer{}}
+	s := &subscriber{cmd: exec.Command("mosquitto_sub", "-h", "127.0.0.1", "-p", strconv.Itoa(port), "-t", filter, "-q", "1", "-v", "-i", "anon-sub"), out: &testutil.Buffer{}}
 	s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
 	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -68,13 +69,13 @@ func TestServeReloadSIGHUPAppliesACLAndLogLevel(t *testing.T) {
 	if !m.waitLog(t, "broker: publish not authorized", "u/before") {
 		t.Fatal("u/before was not denied by the first policy")
 	}
-	writeFile(t, file, reloadYAML(port, "debug", "t/#", "u/#"))
+	writeFile(t, file, reloadYAML("debug", "t/#", "u/#"))
 	m.cmd.Process.Signal(syscall.SIGHUP)
 	if !m.waitLog(t, "serve: configuration reloaded", "acl.rules[0].topics[1]", "log.level", "level=DEBUG msg=\"serve: reload applied a changed setting\"") {
 		t.Fatal("the reload was not applied")
 	}
 	s := anonSub(t, port, "u/#")
-	waitFor(t, "a message on u/ under the new policy", func() bool {
+	testutil.WaitFor(t, "a message on u/ under the new policy", 15*time.Second, func() bool {
 		mqttTry(t, port, "", "u/after")
 		return strings.Contains(s.out.String(), "u/after m")
 	})
@@ -86,7 +87,7 @@ func TestServeReloadSIGHUPAppliesACLAndLogLevel(t *testing.T) {
 func TestServeReloadRefusesRestartSettings(t *testing.T) {
 	needTool(t, "mosquitto_pub", "mosquitto_sub")
 	m, port, file, _ := startReloadBroker(t)
-	writeFile(t, file, reloadYAML(freePort(t), "debug", "t/#", "u/#"))
+	writeFile(t, file, strings.Replace(reloadYAML("debug", "t/#", "u/#"), "127.0.0.1:0", "127.0.0.1:1883", 1))
 	m.cmd.Process.Signal(syscall.SIGHUP)
 	if !m.waitLog(t, "serve: reload refused", "moat.yaml:7: listeners[0].address: listeners are bound at start") {
 		t.Fatal("the changed address was not refused")
@@ -101,11 +102,11 @@ func TestServeReloadRefusesRestartSettings(t *testing.T) {
 
 	writeFile(t, file, "listeners: [\n")
 	m.cmd.Process.Signal(syscall.SIGHUP)
-	waitFor(t, "the broken file to be refused", func() bool {
+	testutil.WaitFor(t, "the broken file to be refused", 15*time.Second, func() bool {
 		return strings.Count(m.logs.String(), `msg="serve: reload refused`) == 2 && strings.Contains(m.logs.String(), "invalid YAML")
 	})
 	s := anonSub(t, port, "t/#")
-	waitFor(t, "a message under the running configuration", func() bool {
+	testutil.WaitFor(t, "a message under the running configuration", 15*time.Second, func() bool {
 		mqttTry(t, port, "", "t/still")
 		return strings.Contains(s.out.String(), "t/still m")
 	})
@@ -114,7 +115,7 @@ func TestServeReloadRefusesRestartSettings(t *testing.T) {
 // moat reload finds the broker through DATA_DIR/moat.pid (0600, removed at
 // stop) and signals it.
 func TestReloadCommandPIDFile(t *testing.T) {
-	m, port, file, data := startReloadBroker(t)
+	m, _, file, data := startReloadBroker(t)
 	pidFile := filepath.Join(data, pidFileName)
 	// serve writes the pid file once its SIGHUP handler is in place,
 	// which may be just after the port accepts connections.
@@ -129,7 +130,7 @@ func TestReloadCommandPIDFile(t *testing.T) {
 	if pid, err := readPIDFile(pidFile); err != nil || pid != m.cmd.Process.Pid {
 		t.Fatalf("pid file: %d, %v; want %d", pid, err, m.cmd.Process.Pid)
 	}
-	writeFile(t, file, reloadYAML(port, "warn", "t/#"))
+	writeFile(t, file, reloadYAML("warn", "t/#"))
 	out, err := exec.Command(moatBin, "reload", "--data", data).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), fmt.Sprintf("sent SIGHUP to the broker (pid %d)", m.cmd.Process.Pid)) {
 		t.Fatalf("moat reload: %v\n%s", err, out)
@@ -163,13 +164,12 @@ func TestReloadCommandAdmin(t *testing.T) {
 	}
 	tokFile := filepath.Join(dir, "token")
 	writeFile(t, tokFile, string(tok))
-	port, adminPort := freePort(t), freePort(t)
 	file := filepath.Join(dir, "moat.yaml")
-	writeFile(t, file, reloadYAML(port, "info", "t/#"))
-	m := startMoat(t, dir, []int{port, adminPort}, "-c", "moat.yaml", "--data", data, "--admin", "127.0.0.1:"+strconv.Itoa(adminPort))
-	addr := "127.0.0.1:" + strconv.Itoa(adminPort)
+	writeFile(t, file, reloadYAML("info", "t/#"))
+	m := startMoat(t, dir, "-c", "moat.yaml", "--data", data, "--admin", "127.0.0.1:0")
+	addr := m.logAddr(t, "admin: serving the API", "address")
 
-	writeFile(t, file, reloadYAML(port, "info", "t/#", "v/#"))
+	writeFile(t, file, reloadYAML("info", "t/#", "v/#"))
 	out, err := exec.Command(moatBin, "reload", "--data", data, "--admin", addr, "--token-file", tokFile).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "configuration reloaded") {
 		t.Fatalf("moat reload --admin: %v\n%s", err, out)
@@ -177,7 +177,7 @@ func TestReloadCommandAdmin(t *testing.T) {
 	if !m.waitLog(t, "changed=[acl.rules[0].topics[1]]") {
 		t.Fatal("the API reload was not applied")
 	}
-	writeFile(t, file, strings.Replace(reloadYAML(port, "info", "t/#"), "transport: tcp", "transport: ws", 1))
+	writeFile(t, file, strings.Replace(reloadYAML("info", "t/#"), "transport: tcp", "transport: ws", 1))
 	out, err = exec.Command(moatBin, "reload", "--data", data, "--admin", addr, "--token-file", tokFile).CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "listeners[0].transport: listeners are bound at start") {
 		t.Fatalf("moat reload --admin of a transport change: %v\n%s", err, out)
@@ -278,7 +278,7 @@ func TestReloadChecksProfile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var logs syncBuffer
+	var logs testutil.Buffer
 	plan, err := buildPlan(cfg, slog.New(slog.NewTextHandler(&logs, nil)), true)
 	if err != nil {
 		t.Fatal(err)
@@ -316,7 +316,7 @@ func TestReloadLimits(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var logs syncBuffer
+	var logs testutil.Buffer
 	plan, err := buildPlan(cfg, slog.New(slog.NewTextHandler(&logs, nil)), true)
 	if err != nil {
 		t.Fatal(err)
@@ -374,11 +374,11 @@ func TestServeReloadMessageSizeLimit(t *testing.T) {
 	pub := func(topic string) {
 		exec.Command("mosquitto_pub", "-h", "127.0.0.1", "-p", strconv.Itoa(port), "-V", "311", "-q", "1", "-t", topic, "-m", big).Run()
 	}
-	waitFor(t, "a large message before the reload", func() bool {
+	testutil.WaitFor(t, "a large message before the reload", 15*time.Second, func() bool {
 		pub("t/before")
 		return strings.Contains(s.out.String(), "t/before "+big)
 	})
-	writeFile(t, file, reloadYAML(port, "info", "t/#")+"limits:\n  message_size_limit: 32\n")
+	writeFile(t, file, reloadYAML("info", "t/#")+"limits:\n  message_size_limit: 32\n")
 	m.cmd.Process.Signal(syscall.SIGHUP)
 	if !m.waitLog(t, "serve: configuration reloaded", "changed=[limits.message_size_limit]") {
 		t.Fatal("the reload was not applied")
@@ -388,7 +388,7 @@ func TestServeReloadMessageSizeLimit(t *testing.T) {
 		t.Fatal("the large message was not dropped after the reload")
 	}
 	mqttTry(t, port, "", "t/small")
-	waitFor(t, "a small message after the reload", func() bool { return strings.Contains(s.out.String(), "t/small") })
+	testutil.WaitFor(t, "a small message after the reload", 15*time.Second, func() bool { return strings.Contains(s.out.String(), "t/small") })
 	if strings.Contains(s.out.String(), "t/after") {
 		t.Fatal("the large message was delivered after the reload")
 	}

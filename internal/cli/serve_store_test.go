@@ -17,8 +17,9 @@ import (
 func storePlanConfig(t *testing.T, dir string) *config.Config {
 	t.Helper()
 	conf := filepath.Join(dir, "mosquitto.conf")
-	writeFile(t, conf, fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location %s\n",
-		freePort(t), filepath.Join(dir, "state")))
+	// buildPlan does not bind: the port is never used.
+	writeFile(t, conf, fmt.Sprintf("listener 1883 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location %s\n",
+		filepath.Join(dir, "state")))
 	cfg, err := config.Load(conf)
 	if err != nil {
 		t.Fatal(err)

@@ -5,8 +5,8 @@ package cli
 // mosquitto_sub, Debian's Python paho client, openssl-made certificates.
 
 import (
-	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -14,13 +14,15 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/moatmq/moat/internal/testutil"
 )
 
 var moatBin string
@@ -36,9 +38,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintf(os.Stderr, "building moat: %v\n%s", err, out)
 		os.Exit(1)
 	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+	testutil.VerifyTestMain(m, func() { os.RemoveAll(dir) })
 }
 
 // needTool skips the test when an external peer is not installed; `make
@@ -46,101 +46,246 @@ func TestMain(m *testing.M) {
 func needTool(t *testing.T, names ...string) {
 	t.Helper()
 	for _, n := range names {
-		if _, err := exec.LookPath(n); err != nil {
-			t.Skipf("%s not installed (make test installs it)", n)
-		}
+		testutil.NeedTool(t, n)
 	}
 }
 
-// freePort returns a TCP port on 127.0.0.1 that was free a moment ago,
-// for configuration formats (mosquitto.conf) that cannot say "port 0".
-func freePort(t *testing.T) int {
+// moatProc is a `moat serve` process started by startMoat or startMoatOn.
+// It is stopped with SIGTERM (SIGKILL after 15 s) when the test ends, and
+// its log is printed if the test failed.
+type moatProc struct {
+	cmd   *exec.Cmd
+	logs  *testutil.Buffer
+	done  chan struct{} // closed when the process has exited
+	err   error         // its exit error, valid after done
+	addrs []string      // host:port of each bound listener, in the configuration's order
+	dir   string        // serve's working directory
+	args  []string      // serve's arguments
+}
+
+// addr returns the address ("127.0.0.1:port") of the i-th listener.
+func (p *moatProc) addr(i int) string { return p.addrs[i] }
+
+// port returns the port of the i-th listener.
+func (p *moatProc) port(i int) int {
+	_, port, _ := net.SplitHostPort(p.addrs[i])
+	n, _ := strconv.Atoi(port)
+	return n
+}
+
+// logAddr waits for the log line of msg ("admin: serving the API",
+// "pprof: serving runtime profiles") and returns the address it names in
+// key: how a test learns the port of a server started on port 0.
+func (p *moatProc) logAddr(t *testing.T, msg, key string) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	var addr string
+	testutil.CheckFor(t, 20*time.Second, func() error {
+		if a := logAddrs(p.logs.String(), msg, key); len(a) > 0 {
+			addr = a[0]
+			return nil
+		}
+		if p.exited() {
+			t.Fatalf("moat exited: %v\n%s", p.err, p.logs.String())
+		}
+		return fmt.Errorf("no %q line in the log", msg)
+	})
+	return addr
+}
+
+func (p *moatProc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// logAddrs returns the value of key in every log line (text or JSON)
+// holding msg, in order.
+func logAddrs(logs, msg, key string) []string {
+	re := regexp.MustCompile(`"?` + regexp.QuoteMeta(key) + `"?[=:]"?([^\s",]+)`)
+	var addrs []string
+	for line := range strings.SplitSeq(logs, "\n") {
+		if !strings.Contains(line, msg) {
+			continue
+		}
+		if m := re.FindStringSubmatch(line); m != nil {
+			addrs = append(addrs, m[1])
+		}
+	}
+	return addrs
+}
+
+// readyPort waits until a plan served in-process with its log in logs
+// has bound its first listener ("serve: listener ready") and returns that
+// listener's port: how an in-process test learns the port of a listener
+// configured as 127.0.0.1:0.
+func readyPort(t *testing.T, logs *testutil.Buffer) int {
+	t.Helper()
+	var port int
+	testutil.CheckFor(t, 15*time.Second, func() error {
+		bound := logAddrs(logs.String(), "serve: listener ready", "address")
+		if len(bound) == 0 {
+			return errors.New("no \"serve: listener ready\" line in the log")
+		}
+		_, ps, err := net.SplitHostPort(bound[0])
+		if err == nil {
+			port, err = strconv.Atoi(ps)
+		}
+		return err
+	})
+	return port
+}
+
+// startMoat runs `moat serve` with args in dir on a configuration whose
+// listeners bind port 0 (YAML "127.0.0.1:0"; --admin and --pprof take
+// 127.0.0.1:0 as well) and waits until every listener is bound; their
+// addresses are read from the log ("serve: listener ready"), so the log
+// must go to stderr. The configuration must first pass `moat serve
+// --check`: what serve starts, --check accepts; its listener count says
+// how many to wait for. Configurations that cannot say port 0
+// (mosquitto.conf) use startMoatOn.
+func startMoat(t *testing.T, dir string, args ...string) *moatProc {
+	t.Helper()
+	n := checkMoat(t, dir, args)
+	p, err := launchMoat(t, dir, args, func(p *moatProc) bool {
+		logs := p.logs.String()
+		p.addrs = logAddrs(logs, "serve: listener ready", "address")
+		return len(p.addrs)+strings.Count(logs, "serve: optional listener not started") >= n
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	return p
 }
 
-// syncBuffer is a bytes.Buffer safe for a writer process and a reader test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-type moatProc struct {
-	cmd  *exec.Cmd
-	logs *syncBuffer
-	done chan struct{} // closed when the process has exited
-	err  error         // its exit error, valid after done
-}
-
-// startMoat runs `moat serve` with args in dir and waits until every port
-// in ports accepts connections. A configuration file given with -c must
-// first pass `moat serve --check`: what serve starts, --check accepts.
-func startMoat(t *testing.T, dir string, ports []int, args ...string) *moatProc {
+// startMoatOn runs `moat serve` on a configuration that names its ports:
+// write is given n ports of 127.0.0.1 that were free a moment ago, writes
+// the configuration for them and returns serve's arguments. When another
+// process takes a port before serve binds it, serve exits saying so and
+// the start is retried on new ports (testutil.RetryPorts); never pick a
+// port and start serve on it without that retry. It waits until the log
+// says every port is bound; p.addr(i) is 127.0.0.1 and the i-th port.
+func startMoatOn(t *testing.T, dir string, n int, write func(ports []int) []string) *moatProc {
 	t.Helper()
-	if slices.Contains(args, "-c") {
-		check := exec.Command(moatBin, append([]string{"serve", "--check"}, args...)...)
-		check.Dir = dir
-		if out, err := check.CombinedOutput(); err != nil {
-			t.Fatalf("moat serve --check %v refuses a configuration serve is expected to start: %v\n%s", args, err, out)
+	var p *moatProc
+	testutil.RetryPorts(t, n, func(ports []int) error {
+		args := write(ports)
+		checkMoat(t, dir, args)
+		var err error
+		p, err = launchMoat(t, dir, args, portsBound(ports))
+		return err
+	})
+	return p
+}
+
+// portsBound is the readiness of startMoatOn: the log says every port is
+// bound. (Not a dial: a dial could reach a process that took the port.)
+func portsBound(ports []int) func(p *moatProc) bool {
+	return func(p *moatProc) bool {
+		bound := logAddrs(p.logs.String(), "serve: listener ready", "address")
+		p.addrs = p.addrs[:0]
+		for _, port := range ports {
+			suffix := ":" + strconv.Itoa(port)
+			if !slices.ContainsFunc(bound, func(a string) bool { return strings.HasSuffix(a, suffix) }) {
+				return false
+			}
+			p.addrs = append(p.addrs, "127.0.0.1"+suffix)
 		}
+		return true
 	}
-	p := &moatProc{logs: &syncBuffer{}, done: make(chan struct{})}
+}
+
+// restart runs serve again, after p has exited, with the same arguments
+// on the same ports: for crash recovery, whose stored sessions name their
+// listener ("tcp-PORT"). Like testutil.RunningPeer.Restart it fails the
+// test when another process took a port meanwhile.
+func (p *moatProc) restart(t *testing.T) *moatProc {
+	t.Helper()
+	if !p.exited() {
+		t.Fatal("restart: moat is still running")
+	}
+	ports := make([]int, len(p.addrs))
+	for i := range p.addrs {
+		ports[i] = p.port(i)
+	}
+	q, err := launchMoat(t, p.dir, p.args, portsBound(ports))
+	if err != nil {
+		t.Fatalf("restarting moat: %v", err)
+	}
+	return q
+}
+
+// checkMoat runs `moat serve --check` with args and returns the number of
+// listeners it reports.
+func checkMoat(t *testing.T, dir string, args []string) int {
+	t.Helper()
+	check := exec.Command(moatBin, append([]string{"serve", "--check"}, args...)...)
+	check.Dir = dir
+	out, err := check.CombinedOutput()
+	if err != nil {
+		t.Fatalf("moat serve --check %v refuses a configuration serve is expected to start: %v\n%s", args, err, out)
+	}
+	m := regexp.MustCompile(`configuration OK \(.*, (\d+) listener\(s\)\)`).FindSubmatch(out)
+	if m == nil {
+		t.Fatalf("moat serve --check %v: no listener count in:\n%s", args, out)
+	}
+	n, _ := strconv.Atoi(string(m[1]))
+	return n
+}
+
+// launchMoat starts `moat serve` with args in dir and polls ready until it
+// reports true (for up to 20 s). A process that exits first is an error, which wraps
+// testutil.ErrPortTaken when its log says an address was in use; then
+// nothing is left running and no cleanup is registered.
+func launchMoat(t *testing.T, dir string, args []string, ready func(*moatProc) bool) (*moatProc, error) {
+	t.Helper()
+	p := &moatProc{dir: dir, args: args, logs: &testutil.Buffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(moatBin, append([]string{"serve"}, args...)...)
 	p.cmd.Dir = dir
 	p.cmd.Stdout = p.logs
 	p.cmd.Stderr = p.logs
 	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	go func() { p.err = p.cmd.Wait(); close(p.done) }()
+	deadline := time.Now().Add(20 * time.Second)
+	wait := time.Millisecond
+	for {
+		if p.exited() {
+			logs := p.logs.String()
+			if testutil.IsPortTaken(logs) {
+				return nil, fmt.Errorf("moat serve %v: %w:\n%s", args, testutil.ErrPortTaken, logs)
+			}
+			return nil, fmt.Errorf("moat exited early: %v\n%s", p.err, logs)
+		}
+		if ready(p) {
+			break
+		}
+		if time.Now().After(deadline) {
+			p.cmd.Process.Kill()
+			<-p.done
+			return nil, fmt.Errorf("moat not ready within 20s:\n%s", p.logs.String())
+		}
+		time.Sleep(wait)
+		if wait < 50*time.Millisecond {
+			wait *= 2
+		}
+	}
 	t.Cleanup(func() {
 		p.cmd.Process.Signal(syscall.SIGTERM)
 		select {
 		case <-p.done:
 		case <-time.After(15 * time.Second):
 			p.cmd.Process.Kill()
+			<-p.done
 		}
 		if t.Failed() {
 			t.Logf("moat logs:\n%s", p.logs.String())
 		}
 	})
-	deadline := time.Now().Add(20 * time.Second)
-	for _, port := range ports {
-		for {
-			c, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(port), time.Second)
-			if err == nil {
-				c.Close()
-				break
-			}
-			select {
-			case <-p.done:
-				t.Fatalf("moat exited early: %v\n%s", p.err, p.logs.String())
-			default:
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("moat not listening on %d:\n%s", port, p.logs.String())
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
-	return p
+	return p, nil
 }
 
 func writeFile(t *testing.T, path, content string) {
@@ -165,7 +310,7 @@ func mosquittoRoundTrip(t *testing.T, port int, extra []string, topic, msg strin
 	t.Helper()
 	base := append([]string{"-h", "127.0.0.1", "-p", strconv.Itoa(port)}, extra...)
 	sub := exec.Command("mosquitto_sub", append(base, "-t", topic, "-C", "1", "-W", "10", "-q", strconv.Itoa(qos), "-v")...)
-	var out syncBuffer
+	var out testutil.Buffer
 	sub.Stdout, sub.Stderr = &out, &out
 	if err := sub.Start(); err != nil {
 		t.Fatal(err)
@@ -198,9 +343,9 @@ func mosquittoRoundTrip(t *testing.T, port int, extra []string, topic, msg strin
 func TestServeMosquittoConfPlainAndWebSocket(t *testing.T) {
 	needTool(t, "mosquitto_pub", "mosquitto_sub", "/usr/bin/python3")
 	dir := t.TempDir()
-	tcp, ws := freePort(t), freePort(t)
-	// The configuration of the conformance run, plus a WebSocket listener.
-	writeFile(t, filepath.Join(dir, "mosquitto.conf"), fmt.Sprintf(`# plain loopback broker for interop tests
+	m := startMoatOn(t, dir, 2, func(ports []int) []string {
+		// The configuration of the conformance run, plus a WebSocket listener.
+		writeFile(t, filepath.Join(dir, "mosquitto.conf"), fmt.Sprintf(`# plain loopback broker for interop tests
 listener %d 127.0.0.1
 allow_anonymous true
 max_keepalive 60
@@ -208,8 +353,10 @@ max_keepalive 60
 listener %d 127.0.0.1
 protocol websockets
 allow_anonymous true
-`, tcp, ws))
-	startMoat(t, dir, []int{tcp, ws}, "-c", "mosquitto.conf")
+`, ports[0], ports[1]))
+		return []string{"-c", "mosquitto.conf"}
+	})
+	tcp, ws := m.port(0), m.port(1)
 
 	for _, v := range []string{"mqttv31", "mqttv311", "mqttv5"} {
 		for qos := 0; qos <= 2; qos++ {
@@ -254,10 +401,11 @@ func TestServeCheck(t *testing.T) {
 
 func TestServeGracefulShutdown(t *testing.T) {
 	dir := t.TempDir()
-	port := freePort(t)
-	writeFile(t, filepath.Join(dir, "m.conf"), fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\n", port))
-	p := startMoat(t, dir, []int{port}, "-c", "m.conf")
-	nc, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(port))
+	p := startMoatOn(t, dir, 1, func(ports []int) []string {
+		writeFile(t, filepath.Join(dir, "m.conf"), fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\n", ports[0]))
+		return []string{"-c", "m.conf"}
+	})
+	nc, err := net.Dial("tcp", p.addr(0))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -316,12 +464,31 @@ func (p *moatProc) waitLog(t *testing.T, subs ...string) bool {
 	}
 }
 
+// waitLine waits up to 10 s for one line of the log holding every part and
+// returns it.
+func (p *moatProc) waitLine(t *testing.T, parts ...string) string {
+	t.Helper()
+	var found string
+	testutil.CheckFor(t, 10*time.Second, func() error {
+		for line := range strings.SplitSeq(p.logs.String(), "\n") {
+			if !slices.ContainsFunc(parts, func(s string) bool { return !strings.Contains(line, s) }) {
+				found = line
+				return nil
+			}
+		}
+		return fmt.Errorf("no log line with %q in:\n%s", parts, p.logs.String())
+	})
+	return found
+}
+
 func TestServePprof(t *testing.T) {
 	dir := t.TempDir()
-	port, pp := freePort(t), freePort(t)
-	writeFile(t, filepath.Join(dir, "m.conf"), fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\n", port))
-	startMoat(t, dir, []int{port, pp}, "-c", "m.conf", "--pprof", "127.0.0.1:"+strconv.Itoa(pp))
-	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/goroutine?debug=1", pp))
+	p := startMoatOn(t, dir, 1, func(ports []int) []string {
+		writeFile(t, filepath.Join(dir, "m.conf"), fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\n", ports[0]))
+		return []string{"-c", "m.conf", "--pprof", "127.0.0.1:0"}
+	})
+	pp := p.logAddr(t, "pprof: serving runtime profiles", "addr")
+	resp, err := http.Get("http://" + pp + "/debug/pprof/goroutine?debug=1")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,7 +7,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -77,11 +76,10 @@ func (p *moatProc) stop(t *testing.T) {
 // no session resumes after a restart.
 func TestSecurityServeRevokedClientCannotResumeAfterRestart(t *testing.T) {
 	dir := t.TempDir()
-	port := freePort(t)
 	conf := func(persist bool) {
 		writeFile(t, filepath.Join(dir, "moat.yaml"), fmt.Sprintf(`listeners:
   - name: mqtts
-    address: 127.0.0.1:%d
+    address: 127.0.0.1:0
     transport: tls
     tls:
       client_auth: required
@@ -90,13 +88,15 @@ func TestSecurityServeRevokedClientCannotResumeAfterRestart(t *testing.T) {
 data_dir: data
 persistence:
   enabled: %t
-`, port, persist))
+`, persist))
 	}
 	conf(true)
-	p := startMoat(t, dir, []int{port}, "-c", "moat.yaml")
+	p := startMoat(t, dir, "-c", "moat.yaml")
 	ca := filepath.Join(dir, "data", "ca")
 	caFile := filepath.Join(ca, "ca.pem")
-	addr := "127.0.0.1:" + strconv.Itoa(port)
+	// The client session cache is keyed by the server name, not the
+	// address, so a restart on a new port still resumes.
+	addr := p.addr(0)
 	var good, revoked, banned *device
 	for _, d := range []**device{&good, &revoked, &banned} {
 		name := map[**device]string{&good: "dev-good", &revoked: "dev-revoked", &banned: "dev-banned"}[d]
@@ -115,7 +115,8 @@ persistence:
 	moatCmd(t, dir, "ca", "revoke", "dev-revoked.pem", "--dir", ca, "--reason", "keyCompromise")
 	moatCmd(t, dir, "ban", "add", "--username", "dev-banned", "--data", filepath.Join(dir, "data"))
 
-	p = startMoat(t, dir, []int{port}, "-c", "moat.yaml")
+	p = startMoat(t, dir, "-c", "moat.yaml")
+	addr = p.addr(0)
 	if !p.waitLog(t, "session ticket keys restored") {
 		t.Fatalf("the ticket keys were not restored:\n%s", p.logs.String())
 	}
@@ -139,7 +140,8 @@ persistence:
 
 	// Without the store the keys are the process's own.
 	conf(false)
-	p = startMoat(t, dir, []int{port}, "-c", "moat.yaml")
+	p = startMoat(t, dir, "-c", "moat.yaml")
+	addr = p.addr(0)
 	if resumed, err := good.connect(addr); err != nil || resumed {
 		t.Fatalf("restart without persistence: resumed=%v err=%v, want a full handshake", resumed, err)
 	}

@@ -154,12 +154,11 @@ func TestZeroServerNamesFromYAML(t *testing.T) {
 func TestServeSANFlag(t *testing.T) {
 	needTool(t, "openssl")
 	dir := t.TempDir()
-	port := freePort(t)
 	conf := filepath.Join(dir, "moat.yaml")
-	if err := os.WriteFile(conf, []byte(fmt.Sprintf("listeners:\n  - address: \"127.0.0.1:%d\"\n", port)), 0o600); err != nil {
+	if err := os.WriteFile(conf, []byte("listeners:\n  - address: \"127.0.0.1:0\"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	startMoat(t, dir, []int{port}, "-c", conf, "--data", filepath.Join(dir, "data"), "--san", "DNS:mqtt.example.test,IP:127.0.0.1")
+	port := startMoat(t, dir, "-c", conf, "--data", filepath.Join(dir, "data"), "--san", "DNS:mqtt.example.test,IP:127.0.0.1").port(0)
 	caFile := filepath.Join(dir, "data", "ca", "ca.pem")
 	connect := func(host string) string {
 		out, _ := exec.Command("openssl", "s_client", "-connect", fmt.Sprintf("127.0.0.1:%d", port), "-servername", host,

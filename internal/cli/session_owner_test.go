@@ -7,7 +7,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strconv"
 	"testing"
 	"time"
 
@@ -118,17 +117,16 @@ func (c *ownerClient) connect(id, user string, clean bool) *packet.Connack {
 // sessions and queued messages.
 func TestSecurityServeSessionOwner(t *testing.T) {
 	dir := t.TempDir()
-	ports := []int{freePort(t), freePort(t), freePort(t)}
-	writeFile(t, filepath.Join(dir, "moat.yaml"), fmt.Sprintf(`listeners:
+	writeFile(t, filepath.Join(dir, "moat.yaml"), `listeners:
   - name: certs
-    address: 127.0.0.1:%d
+    address: 127.0.0.1:0
     transport: tls
     tls:
       client_auth: required
       identity:
         username_from: cn
   - name: bound
-    address: 127.0.0.1:%d
+    address: 127.0.0.1:0
     transport: tls
     allow_anonymous: true
     tls:
@@ -137,7 +135,7 @@ func TestSecurityServeSessionOwner(t *testing.T) {
         client_id_from: cn
         bind_client_id: true
   - name: plain
-    address: 127.0.0.1:%d
+    address: 127.0.0.1:0
     transport: tcp
     allow_anonymous: true
 data_dir: data
@@ -146,11 +144,11 @@ persistence:
 acl:
   rules:  # the victims' queues; the session owner is under test, not the policy
     - {name: queues, effect: allow, subjects: {all: true}, actions: [publish, subscribe, receive], topics: ["q/#"]}
-`, ports[0], ports[1], ports[2]))
-	p := startMoat(t, dir, ports, "-c", "moat.yaml")
+`)
+	p := startMoat(t, dir, "-c", "moat.yaml")
 	ca := filepath.Join(dir, "data", "ca")
 	caFile := filepath.Join(ca, "ca.pem")
-	certs, bound, plain := "127.0.0.1:"+strconv.Itoa(ports[0]), "127.0.0.1:"+strconv.Itoa(ports[1]), "127.0.0.1:"+strconv.Itoa(ports[2])
+	certs, bound, plain := p.addr(0), p.addr(1), p.addr(2)
 	for _, name := range []string{"a-v3", "a-v5", "b-v3", "b-v5", "mallory"} {
 		moatCmd(t, dir, "ca", "issue", "device", name, "--dir", ca, "--out", name)
 	}

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"fmt"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -18,10 +17,9 @@ func TestSNICertificates(t *testing.T) {
 	moatCmd(t, dir, "ca", "init", "--dir", ca)
 	moatCmd(t, dir, "ca", "issue", "server", "mqtt.plant-a.example", "--san", "DNS:mqtt.plant-a.example", "--dir", ca, "--out", "a")
 	moatCmd(t, dir, "ca", "issue", "server", "mqtt.plant-b.example", "--san", "DNS:mqtt.plant-b.example", "--dir", ca, "--out", "b")
-	port := freePort(t)
-	writeFile(t, filepath.Join(dir, "moat.yaml"), fmt.Sprintf(`listeners:
+	writeFile(t, filepath.Join(dir, "moat.yaml"), `listeners:
   - name: mqtts
-    address: 127.0.0.1:%d
+    address: 127.0.0.1:0
     transport: tls
     tls:
       cert: a.pem
@@ -32,8 +30,8 @@ func TestSNICertificates(t *testing.T) {
       client_auth: optional
 persistence:
   enabled: false
-`, port))
-	startMoat(t, dir, []int{port}, "-c", "moat.yaml")
+`)
+	port := startMoat(t, dir, "-c", "moat.yaml").port(0)
 	for _, name := range []string{"mqtt.plant-a.example", "mqtt.plant-b.example"} {
 		out, _ := run(t, 10*time.Second, "openssl", "s_client", "-connect", "127.0.0.1:"+strconv.Itoa(port), "-servername", name)
 		if !strings.Contains(out, "CN = "+name) && !strings.Contains(out, "CN="+name) {

@@ -155,6 +155,9 @@ type Config struct {
 	// Admin configures the admin HTTP API, metrics and dashboard
 	// (docs/operations.md). Default: off.
 	Admin Admin `json:"admin,omitzero" yaml:"admin"`
+	// Cluster joins this broker with others (docs/cluster.md). Default:
+	// off. YAML only.
+	Cluster Cluster `json:"cluster,omitzero" yaml:"cluster"`
 	// Defense configures abuse detection, bans and rate limits (on by
 	// default; docs/defense.md). mosquitto.conf has no keys for it: the
 	// defaults apply.
@@ -400,7 +403,9 @@ type Limits struct {
 	// client beyond those in flight; 0 means Mosquitto's "no maximum",
 	// which Moat bounds at MaxQueuedNoLimit (warned about). Default 1000.
 	MaxQueuedMessages int `json:"max_queued_messages" yaml:"max_queued_messages"`
-	// MaxQueuedBytes bounds queued bytes per client; 0 means no limit.
+	// MaxQueuedBytes bounds the topic and payload bytes queued per client
+	// beyond those in flight (Mosquitto counts the payload alone); a queue
+	// takes messages while it holds fewer bytes. 0 means no limit.
 	// Default 0.
 	MaxQueuedBytes Size `json:"max_queued_bytes" yaml:"max_queued_bytes"`
 	// MaxSessions caps the sessions (live and offline) the broker holds;
@@ -448,7 +453,38 @@ type Limits struct {
 	// ReadBudget bounds the bytes of packets being read at once over all
 	// connections; a read waits while it is spent. Default 64MiB.
 	ReadBudget Size `json:"read_budget" yaml:"read_budget"`
+
+	// Overload control (docs/design/broker.md, "Overload control").
+	// PushbackMessages and PushbackBytes are the backlog of one connected
+	// client (QoS 1/2 messages queued behind its in-flight window, and
+	// apart from them QoS 0 messages not yet written) at which the
+	// publishers of the messages it receives are held back: Moat stops
+	// reading from them until the backlog goes down, so that their own
+	// in-flight windows fill instead of Moat's memory. 0 turns holding
+	// back off (PushbackBytes 0: only the message mark). Defaults 100 and
+	// 1MiB.
+	PushbackMessages int  `json:"pushback_messages" yaml:"pushback_messages"`
+	PushbackBytes    Size `json:"pushback_bytes" yaml:"pushback_bytes"`
+	// PushbackWait is how long a client may hold a publisher back before
+	// it counts as slow, when the publisher also feeds clients that keep
+	// up or when the client took nothing from its backlog meanwhile; a
+	// slow client's messages queue up to max_queued_messages and
+	// queue_full_policy applies. Default 1s.
+	PushbackWait Duration `json:"pushback_wait" yaml:"pushback_wait"`
+	// QueueFullPolicy is what happens to a QoS 1/2 message for a
+	// connected client whose queue is full: "drop" (default, as
+	// Mosquitto: dropped, counted and logged) or "block" (queued anyway,
+	// its publisher held back until there is room: nothing is lost, but a
+	// client that stops acknowledging stops its publishers). Offline
+	// clients' full queues always drop.
+	QueueFullPolicy string `json:"queue_full_policy" yaml:"queue_full_policy"`
 }
+
+// Queue-full policies (Limits.QueueFullPolicy).
+const (
+	QueueFullDrop  = "drop"
+	QueueFullBlock = "block"
+)
 
 // Sessions controls persistent sessions.
 type Sessions struct {
@@ -568,6 +604,11 @@ func defaultLimits() Limits {
 		MaxRetainedMessagesPerIdentity: 1000,
 		MaxRetainedBytesPerIdentity:    16 << 20,
 		ReadBudget:                     64 << 20,
+
+		PushbackMessages: 100,
+		PushbackBytes:    1 << 20,
+		PushbackWait:     Duration(1e9),
+		QueueFullPolicy:  QueueFullDrop,
 	}
 }
 

@@ -474,3 +474,58 @@ func TestMosquittoListenerKeyPos(t *testing.T) {
 		t.Errorf("ciphers = %q, want the line as written", m.Listeners[0].TLS.Ciphers)
 	}
 }
+
+// The overload control's settings are read from Moat YAML and, as Moat
+// extensions under the same names, from a mosquitto.conf (pushback_wait
+// in seconds or as a duration); max_queued_bytes is Mosquitto's own key.
+func TestOverloadLimits(t *testing.T) {
+	want := defaultLimits()
+	want.PushbackMessages, want.PushbackBytes, want.PushbackWait = 50, 256<<10, Duration(500e6)
+	want.QueueFullPolicy, want.MaxQueuedBytes = QueueFullBlock, 1<<20
+	y, err := Parse("o.yaml", []byte(`limits:
+  pushback_messages: 50
+  pushback_bytes: 256KiB
+  pushback_wait: 500ms
+  queue_full_policy: block
+  max_queued_bytes: 1MiB
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(y.Limits, want) {
+		t.Errorf("YAML limits = %+v\nwant %+v", y.Limits, want)
+	}
+	m, err := Parse("o.conf", []byte(`listener 1883 127.0.0.1
+pushback_messages 50
+pushback_bytes 256KiB
+pushback_wait 500ms
+queue_full_policy block
+max_queued_bytes 1048576
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(m.Limits, want) {
+		t.Errorf("mosquitto.conf limits = %+v\nwant %+v", m.Limits, want)
+	}
+	if got := m.Pos("limits.queue_full_policy"); got != "o.conf:5" {
+		t.Errorf("Pos(limits.queue_full_policy) = %q, want o.conf:5", got)
+	}
+	m, err = Parse("o.conf", []byte("listener 1883 127.0.0.1\npushback_wait 2\npushback_messages 0\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Limits.PushbackWait != Duration(2e9) || m.Limits.PushbackMessages != 0 {
+		t.Errorf("pushback_wait %v, pushback_messages %d; want 2s and 0 (off)", m.Limits.PushbackWait, m.Limits.PushbackMessages)
+	}
+	for _, bad := range []string{"queue_full_policy: wait", "pushback_wait: 0", "pushback_messages: -1", "pushback_bytes: -1"} {
+		if _, err := Parse("b.yaml", []byte("limits: {"+bad+"}\n")); err == nil {
+			t.Errorf("limits {%s} accepted", bad)
+		}
+	}
+	for _, bad := range []string{"queue_full_policy wait", "pushback_wait soon", "pushback_messages x", "pushback_bytes 1Mb"} {
+		if _, err := Parse("b.conf", []byte("listener 1883 127.0.0.1\n"+bad+"\n")); err == nil {
+			t.Errorf("%s accepted", bad)
+		}
+	}
+}

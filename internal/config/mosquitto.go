@@ -496,7 +496,8 @@ func (p *mosqParser) apply(ln *line, cur *mosqListener) *mosqListener {
 		}
 	case "global_max_connections", "max_topic_length", "max_topic_levels", "max_subscriptions", "max_sessions",
 		"max_retained_messages", "max_retained_messages_per_identity", "connect_timeout",
-		"max_preauth_packet_size", "max_subscription_bytes", "max_retained_bytes", "max_retained_bytes_per_identity", "read_budget":
+		"max_preauth_packet_size", "max_subscription_bytes", "max_retained_bytes", "max_retained_bytes_per_identity", "read_budget",
+		"pushback_messages", "pushback_bytes", "pushback_wait", "queue_full_policy":
 		p.limit(ln)
 	case "queue_qos0_messages":
 		if b, ok := p.boolean(ln); ok {
@@ -675,7 +676,20 @@ func (p *mosqParser) limit(ln *line) {
 	lim := &p.cfg.Limits
 	var path string
 	switch ln.key {
-	case "max_preauth_packet_size", "max_subscription_bytes", "max_retained_bytes", "max_retained_bytes_per_identity", "read_budget":
+	case "queue_full_policy":
+		lim.QueueFullPolicy, path = v, ln.key // Validate checks the value
+	case "pushback_wait":
+		// Seconds, as connect_timeout, or a duration such as 500ms.
+		d, err := ParseDuration(v)
+		if n, nerr := strconv.ParseInt(v, 10, 32); nerr == nil {
+			d, err = Duration(n*1e9), nil
+		}
+		if err != nil {
+			p.errorf(ln, "%s: %v", ln.key, err)
+			return
+		}
+		lim.PushbackWait, path = d, ln.key
+	case "max_preauth_packet_size", "max_subscription_bytes", "max_retained_bytes", "max_retained_bytes_per_identity", "read_budget", "pushback_bytes":
 		n, err := ParseSize(v)
 		if err != nil {
 			p.errorf(ln, "%s: %v", ln.key, err)
@@ -688,6 +702,7 @@ func (p *mosqParser) limit(ln *line) {
 			"max_retained_bytes":              &lim.MaxRetainedBytes,
 			"max_retained_bytes_per_identity": &lim.MaxRetainedBytesPerIdentity,
 			"read_budget":                     &lim.ReadBudget,
+			"pushback_bytes":                  &lim.PushbackBytes,
 		}[ln.key] = n
 	default:
 		n, err := strconv.ParseInt(v, 10, 32)
@@ -709,6 +724,7 @@ func (p *mosqParser) limit(ln *line) {
 				"max_sessions":                       &lim.MaxSessions,
 				"max_retained_messages":              &lim.MaxRetainedMessages,
 				"max_retained_messages_per_identity": &lim.MaxRetainedMessagesPerIdentity,
+				"pushback_messages":                  &lim.PushbackMessages,
 			}[ln.key] = int(n)
 		}
 	}

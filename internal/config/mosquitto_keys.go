@@ -26,6 +26,7 @@ var knownKeys = map[string]bool{
 	"max_subscriptions": true, "max_sessions": true, "max_retained_messages": true, "max_retained_messages_per_identity": true,
 	"connect_timeout": true, "max_preauth_packet_size": true, "max_subscription_bytes": true, "max_retained_bytes": true,
 	"max_retained_bytes_per_identity": true, "read_budget": true,
+	"pushback_messages": true, "pushback_bytes": true, "pushback_wait": true, "queue_full_policy": true,
 }
 
 const (

@@ -79,6 +79,7 @@ func (c *Config) validate() []error {
 	if len(c.Listeners) == 0 {
 		top("no listener defined")
 	}
+	c.validateCluster(top)
 	errs = append(errs, c.validateAuth("auth", c.Auth)...)
 	for i := range c.Listeners {
 		errs = append(errs, c.validateAuth(fmt.Sprintf("listeners[%d].auth", i), c.Listeners[i].Auth)...)
@@ -184,6 +185,15 @@ func (c *Config) validate() []error {
 	}
 	if lim.MaxConnections < 0 {
 		top("limits.max_connections must be 0 (the open-file limit less 64) or more")
+	}
+	if lim.PushbackMessages < 0 || lim.PushbackBytes < 0 {
+		top("limits.pushback_messages and limits.pushback_bytes must be 0 (off) or more")
+	}
+	if lim.PushbackWait <= 0 {
+		top("limits.pushback_wait must be positive")
+	}
+	if lim.QueueFullPolicy != QueueFullDrop && lim.QueueFullPolicy != QueueFullBlock {
+		top("limits.queue_full_policy %q must be %s or %s", lim.QueueFullPolicy, QueueFullDrop, QueueFullBlock)
 	}
 	if lim.MaxPreAuthPacketSize < 64 || lim.MaxPreAuthPacketSize > MaxMQTTPacket {
 		top("limits.max_preauth_packet_size must be from 64 bytes to %d", MaxMQTTPacket)

@@ -277,6 +277,16 @@ func (g *Guard) BannedIdentity(id Identity) (Ban, bool) {
 	return out, ok
 }
 
+// BanEpoch changes whenever a ban is added (by AddBan, a detector or the
+// bans file), before the OnBan callbacks run; removals and expiry leave
+// it. It closes the window between checking a client and making it
+// visible to the code that ends the clients a new ban matches: read it
+// before BannedIdentity; once the client is attached (where an OnBan
+// callback would find it), read it again, and check the identity again
+// if it moved. A ban added after that second read finds the client
+// attached; one added before moved the epoch. Safe for concurrent use.
+func (g *Guard) BanEpoch() uint64 { return g.epoch.Load() }
+
 // OnBan registers f to be called for every ban added (by a detector, by
 // AddBan, or found in the bans file), so that the broker disconnects the
 // live clients it matches. f runs on the goroutine that added the ban,
@@ -349,6 +359,7 @@ func (g *Guard) AddBan(b Ban) (Ban, error) {
 	if g.cfg.BansFile != "" {
 		g.pending = append(g.pending, nb)
 	}
+	g.epoch.Add(1)
 	g.bansMu.Unlock()
 	g.stats.bansAdded.Add(1)
 	g.log.Warn("guard: ban added", "ban", b.ID, "kind", string(b.Kind), "value", clip(b.Value), "source", b.Source,
@@ -357,31 +368,46 @@ func (g *Guard) AddBan(b Ban) (Ban, error) {
 	return b, nil
 }
 
-// RemoveBan lifts the ban with the given ID, in memory and in the bans
-// file, and returns it (for the admin API; `moat ban remove` edits the
-// file directly).
+// RemoveBan lifts the ban with the given ID, in the bans file and in
+// memory, and returns it (for the admin API; `moat ban remove` edits the
+// file directly). With a bans file, the file is changed first and memory
+// then, both under the file's lock, which the watcher holds from reading
+// the file to applying it: a poll that read the file before the removal
+// has applied it before the removal starts, and one that starts after
+// reads the file without the ban. A file that cannot be written leaves
+// the ban in force, in memory too.
 func (g *Guard) RemoveBan(id string) (Ban, error) {
-	g.bansMu.Lock()
-	removed := g.bans.remove(id)
-	g.pending = slices.DeleteFunc(g.pending, func(b Ban) bool { return b.ID == id })
-	g.bansMu.Unlock()
 	var out Ban
-	if removed != nil {
-		out = *removed
-	}
 	if g.cfg.BansFile != "" {
-		err := File{Path: g.cfg.BansFile, MaxBans: g.cfg.MaxBans, MaxSize: g.cfg.MaxBansFileSize}.Update(func(cur []Ban) ([]Ban, error) {
-			return slices.DeleteFunc(cur, func(b Ban) bool {
-				if b.ID == id && out.ID == "" {
-					out = b
-				}
-				return b.ID == id
-			}), nil
-		})
+		g.at(hookRemoving)
+		f := File{Path: g.cfg.BansFile, MaxBans: g.cfg.MaxBans, MaxSize: g.cfg.MaxBansFileSize}
+		unlock, err := f.lock()
 		if err != nil {
 			return Ban{}, err
 		}
+		defer unlock()
+		cur, err := f.Read()
+		if err != nil {
+			return Ban{}, err
+		}
+		next := slices.DeleteFunc(slices.Clone(cur), func(b Ban) bool {
+			if b.ID == id && out.ID == "" {
+				out = b
+			}
+			return b.ID == id
+		})
+		if len(next) != len(cur) {
+			if err := f.write(next); err != nil {
+				return Ban{}, err
+			}
+		}
 	}
+	g.bansMu.Lock()
+	if removed := g.bans.remove(id); removed != nil {
+		out = *removed
+	}
+	g.pending = slices.DeleteFunc(g.pending, func(b Ban) bool { return b.ID == id })
+	g.bansMu.Unlock()
 	if out.ID == "" {
 		return Ban{}, fmt.Errorf("guard: no ban with ID %q", clip(id))
 	}

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -257,5 +258,147 @@ func TestRemoveBan(t *testing.T) {
 	}
 	if _, err := g.RemoveBan(b.ID); err == nil {
 		t.Error("removing twice succeeded")
+	}
+}
+
+// TestSecurityRemoveBanDuringPoll: an operator lifts ban X (RemoveBan,
+// the admin API's path) while the watcher is reloading the bans file
+// because `moat ban add` added Y to it. The poll read the file while it
+// still held X; X must not come back from that stale read (in memory,
+// refusing the client again, and reported as a new ban to OnBan), and Y
+// must be in force. The interleaving is forced with the guard's hook
+// points: the poll waits after reading the file until the removal has
+// started.
+func TestSecurityRemoveBanDuringPoll(t *testing.T) {
+	clk := newClock()
+	path := filepath.Join(t.TempDir(), BansFileName)
+	tick := make(chan time.Time)
+	g, _ := newGuard(t, Config{BansFile: path}, clk, tick)
+	notified := map[string]int{}
+	var mu sync.Mutex
+	g.OnBan(func(m Match) {
+		mu.Lock()
+		notified[m.Ban.Value]++
+		mu.Unlock()
+	})
+	x, err := g.AddBan(Ban{Kind: KindClientID, Value: "x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tick <- clk.Now() // X written to the file
+	tick <- clk.Now() // and that poll is over
+	y, err := NewManualBan(KindClientID, "y", 0, "added by moat ban add", clk.Now(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := (File{Path: path}).Update(func(cur []Ban) ([]Ban, error) { return append(cur, y), nil }); err != nil {
+		t.Fatal(err)
+	}
+
+	read, release, removing := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	var armed atomic.Bool
+	armed.Store(true)
+	hook := func(point string) {
+		switch point {
+		case hookFileRead:
+			if armed.CompareAndSwap(true, false) {
+				close(read)
+				<-release
+			}
+		case hookRemoving:
+			close(removing)
+		}
+	}
+	g.hook.Store(&hook)
+	polled := make(chan struct{})
+	go func() {
+		defer close(polled)
+		g.Poll()
+	}()
+	<-read // the poll holds the file's content, X included
+	removed := make(chan error, 1)
+	go func() {
+		_, err := g.RemoveBan(x.ID)
+		removed <- err
+	}()
+	<-removing
+	close(release)
+	<-polled
+	if err := <-removed; err != nil {
+		t.Fatal(err)
+	}
+
+	if b, ok := g.BannedIdentity(Identity{ClientID: "x"}); ok {
+		t.Errorf("X came back from the poll's stale read: %+v", b)
+	}
+	if _, ok := g.BannedIdentity(Identity{ClientID: "y"}); !ok {
+		t.Error("Y, added to the file, is not in force")
+	}
+	if bans, _ := (File{Path: path}).Read(); len(bans) != 1 || bans[0].ID != y.ID {
+		t.Errorf("file holds %+v, want Y only", bans)
+	}
+	// The next poll changes nothing: the file and memory agree.
+	tick <- clk.Now()
+	tick <- clk.Now()
+	if _, ok := g.BannedIdentity(Identity{ClientID: "x"}); ok {
+		t.Error("X came back at the next poll")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if notified["x"] != 1 || notified["y"] != 1 {
+		t.Errorf("OnBan calls %v, want x and y once each", notified)
+	}
+}
+
+// TestBanEpoch: the epoch moves with every ban added (AddBan, a detector,
+// the bans file), before OnBan runs, and not when bans are removed or
+// expire.
+func TestBanEpoch(t *testing.T) {
+	clk := newClock()
+	path := filepath.Join(t.TempDir(), BansFileName)
+	tick := make(chan time.Time)
+	g, _ := newGuard(t, Config{BansFile: path, AuthFailures: Detector{Threshold: 2}}, clk, tick)
+	var seen []uint64
+	g.OnBan(func(Match) { seen = append(seen, g.BanEpoch()) })
+	e0 := g.BanEpoch()
+	b, err := g.AddBan(Ban{Kind: KindUsername, Value: "u", Expires: clk.Now().Add(time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.BanEpoch() != e0+1 || len(seen) != 1 || seen[0] != e0+1 {
+		t.Fatalf("after AddBan: epoch %d (was %d), seen by OnBan %v", g.BanEpoch(), e0, seen)
+	}
+	// A detector's ban.
+	for range 2 {
+		g.AuthFailed(Identity{Addr: ip("192.0.2.9")}, "bad password")
+	}
+	if g.BanEpoch() != e0+2 {
+		t.Fatalf("after an automatic ban: epoch %d, want %d", g.BanEpoch(), e0+2)
+	}
+	// A ban added to the file by `moat ban add`.
+	fb, err := NewManualBan(KindClientID, "c", 0, "", clk.Now(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := (File{Path: path}).Update(func(cur []Ban) ([]Ban, error) { return append(cur, fb), nil }); err != nil {
+		t.Fatal(err)
+	}
+	tick <- clk.Now()
+	tick <- clk.Now()
+	e := g.BanEpoch()
+	if e != e0+3 {
+		t.Fatalf("after a ban from the file: epoch %d, want %d", e, e0+3)
+	}
+	if _, err := g.RemoveBan(fb.ID); err != nil {
+		t.Fatal(err)
+	}
+	clk.Advance(2 * time.Minute) // b expires
+	tick <- clk.Now()
+	tick <- clk.Now()
+	if _, ok := g.BannedIdentity(Identity{Username: b.Value}); ok {
+		t.Fatal("ban did not expire")
+	}
+	if g.BanEpoch() != e {
+		t.Errorf("removal and expiry moved the epoch from %d to %d", e, g.BanEpoch())
 	}
 }

@@ -28,7 +28,7 @@ type window struct {
 
 type detector struct {
 	name string
-	cfg  Detector
+	cfg  atomic.Pointer[Detector] // replaced by SetDetectors (live.go), never written through
 
 	mu   sync.Mutex
 	keys map[trackKey]*window
@@ -48,8 +48,8 @@ func trackVal(s string) string {
 }
 
 // keys lists the identities of id the detector counts.
-func (g *Guard) keys(d *detector, id Identity) (out [4]trackKey, n int) {
-	if d.cfg.Keys&KeyAddr != 0 && id.Addr.IsValid() {
+func (g *Guard) keys(cfg *Detector, id Identity) (out [4]trackKey, n int) {
+	if cfg.Keys&KeyAddr != 0 && id.Addr.IsValid() {
 		out[n] = trackKey{kind: KeyAddr, addr: g.keyOf(id.Addr)}
 		n++
 	}
@@ -57,7 +57,7 @@ func (g *Guard) keys(d *detector, id Identity) (out [4]trackKey, n int) {
 		k Keys
 		v string
 	}{{KeyClientID, id.ClientID}, {KeyUsername, id.Username}, {KeyCert, normHex(id.CertFingerprint)}} {
-		if d.cfg.Keys&kv.k != 0 && kv.v != "" {
+		if cfg.Keys&kv.k != 0 && kv.v != "" {
 			out[n] = trackKey{kind: kv.k, val: trackVal(kv.v)}
 			n++
 		}
@@ -68,25 +68,27 @@ func (g *Guard) keys(d *detector, id Identity) (out [4]trackKey, n int) {
 // record counts one event of id and returns the identity kinds whose
 // count reached the threshold within the window (their counts restart).
 func (g *Guard) record(d *detector, id Identity) Keys {
-	if d.cfg.Disabled {
+	cfg := d.cfg.Load()
+	if cfg.Disabled {
 		return 0
 	}
 	d.events.Add(1)
-	keys, n := g.keys(d, id)
+	keys, n := g.keys(cfg, id)
 	if n == 0 {
 		return 0
 	}
 	now := g.now().UnixNano()
-	win := int64(d.cfg.Window)
+	win := int64(cfg.Window)
 	var hit Keys
 	d.mu.Lock()
 	for _, k := range keys[:n] {
 		w := d.keys[k]
-		if w == nil {
-			if len(d.keys) >= g.cfg.TrackedKeys {
+		// A threshold changed at run time starts the identity's count anew.
+		if w == nil || len(w.times) != cfg.Threshold {
+			if w == nil && len(d.keys) >= g.cfg.TrackedKeys {
 				d.evict(now, win)
 			}
-			w = &window{times: make([]int64, d.cfg.Threshold)}
+			w = &window{times: make([]int64, cfg.Threshold)}
 			d.keys[k] = w
 		}
 		w.times[w.pos] = now
@@ -143,18 +145,19 @@ var detectorEvents = map[string]string{
 // act applies detector d's action to id after the identity kinds in hit
 // reached the threshold.
 func (g *Guard) act(d *detector, id Identity, hit Keys, detail string) Verdict {
+	cfg := d.cfg.Load()
 	d.triggers.Add(1)
 	var reason string
 	if d.name == DetectSilence {
-		reason = fmt.Sprintf("%s: sent nothing but keep-alives for %v", d.name, d.cfg.Window)
+		reason = fmt.Sprintf("%s: sent nothing but keep-alives for %v", d.name, cfg.Window)
 	} else {
-		reason = fmt.Sprintf("%s: %d %s within %v by the same %s", d.name, d.cfg.Threshold, detectorEvents[d.name], d.cfg.Window, hit)
+		reason = fmt.Sprintf("%s: %d %s within %v by the same %s", d.name, cfg.Threshold, detectorEvents[d.name], cfg.Window, hit)
 	}
-	g.log.Warn("guard: "+strings.ReplaceAll(d.name, "_", " ")+" detected", "reason", reason, "action", d.cfg.Action.String(),
+	g.log.Warn("guard: "+strings.ReplaceAll(d.name, "_", " ")+" detected", "reason", reason, "action", cfg.Action.String(),
 		"remote", addrString(id.Addr), "client_id", clip(id.ClientID), "username", clip(id.Username),
 		"cert_fingerprint", id.CertFingerprint, "last", clip(detail))
-	v := Verdict{Detected: d.name, Reason: reason, Disconnect: d.cfg.Action >= ActionDisconnect}
-	if d.cfg.Action == ActionBan {
+	v := Verdict{Detected: d.name, Reason: reason, Disconnect: cfg.Action >= ActionDisconnect}
+	if cfg.Action == ActionBan {
 		if hit&KeyAddr != 0 && id.Addr.IsValid() {
 			g.autoBan(d, KindIP, g.addrPrefix(id.Addr).String(), reason)
 		}
@@ -218,11 +221,12 @@ func (g *Guard) autoBan(d *detector, kind Kind, value, reason string) {
 	}
 	g.offences[k] = o
 	g.offMu.Unlock()
-	dur := d.cfg.BanFor
-	for i := 1; i < o.count && dur < d.cfg.MaxBan; i++ {
+	cfg := d.cfg.Load()
+	dur := cfg.BanFor
+	for i := 1; i < o.count && dur < cfg.MaxBan; i++ {
 		dur *= 2
 	}
-	dur = min(dur, d.cfg.MaxBan)
+	dur = min(dur, cfg.MaxBan)
 	b := Ban{Kind: kind, Value: value, Reason: reason, Source: d.name, Created: now, Expires: now.Add(dur)}
 	if _, err := g.AddBan(b); err != nil {
 		g.log.Error("guard: automatic ban not added", "kind", string(kind), "value", clip(value), "err", err)
@@ -294,11 +298,11 @@ func (g *Guard) Undeliverable(id Identity, topic string) Verdict {
 // SilenceAfter is how long a client may send nothing but PINGREQ before
 // the broker reports it with Silent; zero when the detector is off.
 func (g *Guard) SilenceAfter() time.Duration {
-	d := g.det[DetectSilence]
-	if d.cfg.Disabled {
+	cfg := g.det[DetectSilence].cfg.Load()
+	if cfg.Disabled {
 		return 0
 	}
-	return d.cfg.Window
+	return cfg.Window
 }
 
 // Silent reports a client that has sent nothing but PINGREQ for at least

@@ -56,7 +56,8 @@ type Guard struct {
 
 	bansMu    sync.RWMutex
 	bans      *banSet
-	pending   []Ban // added in memory, not yet written to the bans file
+	epoch     atomic.Uint64 // BanEpoch; moved on under bansMu with every ban added
+	pending   []Ban         // added in memory, not yet written to the bans file
 	fileStamp os.FileInfo
 
 	cbMu  sync.Mutex
@@ -69,6 +70,11 @@ type Guard struct {
 
 	stats counters
 	rates atomic.Pointer[ClientRates] // live.go
+
+	// hook, set by tests, is called at named points of the bans file's
+	// handling, so that a test can interleave a poll and a removal
+	// without sleeping.
+	hook atomic.Pointer[func(point string)]
 
 	done      chan struct{}
 	wg        sync.WaitGroup
@@ -111,7 +117,8 @@ func New(cfg Config) (*Guard, error) {
 	g.conns = newAddrTable(s.ConnTableSize, s.ConnRate, s.ConnBurst, seed)
 	g.perAddr.n = map[addrKey]int32{}
 	for name, d := range s.detectors {
-		g.det[name] = &detector{name: name, cfg: d, keys: map[trackKey]*window{}}
+		g.det[name] = &detector{name: name, keys: map[trackKey]*window{}}
+		g.det[name].cfg.Store(&d)
 	}
 	if s.BansFile != "" {
 		if err := g.syncFile(); err != nil {
@@ -209,6 +216,12 @@ func (g *Guard) expire() {
 // the pending ones to the file (when there are any), then makes the file's
 // content plus whatever is still pending the bans in force. Bans new to
 // memory are passed to the OnBan callbacks.
+//
+// The file's lock is held until memory is updated: RemoveBan changes the
+// file and memory under the same lock, so a removal cannot slip between
+// this read of the file and its use (the ban would come back from the
+// stale read, and be reported to OnBan as new). Lock order: the file's
+// lock, then bansMu.
 func (g *Guard) syncFile() error {
 	f := File{Path: g.cfg.BansFile, MaxBans: g.cfg.MaxBans, MaxSize: g.cfg.MaxBansFileSize}
 	now := g.now()
@@ -255,7 +268,7 @@ func (g *Guard) syncFile() error {
 	// The stamp is taken under the lock, so a change made after it is
 	// seen at the next poll.
 	fi, _ := os.Stat(g.cfg.BansFile)
-	unlock()
+	g.at(hookFileRead)
 
 	var added, removed []Ban
 	g.bansMu.Lock()
@@ -285,7 +298,11 @@ func (g *Guard) syncFile() error {
 	}
 	g.bans = next
 	g.fileStamp = fi
+	if len(added) > 0 {
+		g.epoch.Add(1)
+	}
 	g.bansMu.Unlock()
+	unlock()
 
 	for _, b := range removed {
 		g.stats.bansRemoved.Add(1)
@@ -298,6 +315,18 @@ func (g *Guard) syncFile() error {
 	}
 	g.notify(added)
 	return nil
+}
+
+// Points of Guard.hook.
+const (
+	hookFileRead = "file-read" // syncFile read the file, before it applies it
+	hookRemoving = "removing"  // RemoveBan, before it takes the file's lock
+)
+
+func (g *Guard) at(point string) {
+	if f := g.hook.Load(); f != nil {
+		(*f)(point)
+	}
 }
 
 // counters are the guard's metrics.

@@ -138,16 +138,20 @@ type Config struct {
 	MaxPending int
 
 	// Gate, when set, is asked about every connection as soon as its
-	// client address is known (after the PROXY header, if any), before any
-	// TLS or WebSocket work; false closes it at once. It must be fast and
-	// safe for concurrent use. Default nil: every connection proceeds.
-	// (For TCP and TLS listeners the broker makes the same check when it
-	// accepts; WebSocket listeners need it here, since their HTTP server
-	// runs TLS and the upgrade before the broker sees the connection.)
+	// client address is known (at accept, or after the PROXY header),
+	// before anything else is done with it: no TLS, no WebSocket, no
+	// keep-alive setting, no wrapping. false aborts the connection at once
+	// with a reset (SO_LINGER 0), which leaves no FIN_WAIT or TIME_WAIT
+	// state a flood could pile up; the client sees the connection reset,
+	// possibly before its connect returns. It must be fast, must not
+	// block, and must be safe for concurrent use; refusals are logged at
+	// Debug only (its owner counts them). Default nil: every connection
+	// proceeds.
 	Gate func(remote net.Addr) bool
 
-	// KeepAlive is the TCP keep-alive period. Default (0): the Go default
-	// (15s); negative disables TCP keep-alives.
+	// KeepAlive is the TCP keep-alive period, set on the connections the
+	// Gate admits. Default (0): the Go default (15s); negative disables TCP
+	// keep-alives.
 	KeepAlive time.Duration
 
 	// Logger receives the listener's logs (rejected connections at Debug,
@@ -230,7 +234,9 @@ func Listen(ctx context.Context, cfg Config) (*Listener, error) {
 	if network == "" {
 		network = "tcp"
 	}
-	lc := net.ListenConfig{KeepAlive: cfg.KeepAlive}
+	// Keep-alive is set on the connections the Gate admits, not by
+	// accept: a refused socket then costs no setsockopt calls.
+	lc := net.ListenConfig{KeepAlive: -1}
 	raw, err := lc.Listen(ctx, network, cfg.Address)
 	if err != nil {
 		if network != "tcp" {
@@ -251,6 +257,7 @@ func Listen(ctx context.Context, cfg Config) (*Listener, error) {
 		log:       logger,
 		done:      make(chan struct{}),
 		conns:     make(map[*Conn]struct{}),
+		keepAlive: cfg.KeepAlive,
 	}
 	if cfg.Proxy != nil {
 		b.proxy = newProxyPolicy(cfg.Proxy)
@@ -362,6 +369,7 @@ type baseListener struct {
 	log       *slog.Logger
 	proxy     *proxyPolicy        // nil: no PROXY protocol
 	gate      func(net.Addr) bool // Config.Gate; nil: none
+	keepAlive time.Duration       // Config.KeepAlive
 
 	pending        chan struct{} // semaphore of pending connections; nil: unbounded (not used)
 	holdPending    bool          // keep the slot after Accept (WebSocket: released on upgrade)
@@ -435,24 +443,65 @@ func (b *baseListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
+		// The Gate runs before anything is built on the socket.
+		if !b.pass(raw.RemoteAddr(), raw) {
+			continue
+		}
+		b.setKeepAlive(raw)
 		c := b.wrap(raw, nil)
-		if !b.admit(c) || !b.acquire(c) {
+		if !b.acquire(c) {
 			continue
 		}
 		return c, nil
 	}
 }
 
-// admit asks the Gate about c and closes c when it refuses.
+// admit asks the Gate about c (whose client address is known from its
+// PROXY header) and aborts c when it refuses.
 func (b *baseListener) admit(c *Conn) bool {
-	if b.gate == nil || b.gate(c.RemoteAddr()) {
+	return b.pass(c.RemoteAddr(), c)
+}
+
+// pass asks the Gate about a connection from remote; when it refuses, the
+// connection is aborted: closed with a reset (SO_LINGER 0), so that a
+// refused socket leaves no state in the kernel (no FIN exchange, no
+// FIN_WAIT or TIME_WAIT entry a flood could pile up). Refusals are logged
+// at Debug only: the Gate's owner counts them, and a flood must not cost a
+// log line each.
+func (b *baseListener) pass(remote net.Addr, nc net.Conn) bool {
+	if b.gate == nil || b.gate(remote) {
 		return true
 	}
 	if b.log.Enabled(context.Background(), slog.LevelDebug) {
-		b.log.Debug("listener: connection refused by the gate", "remote", c.RemoteAddr().String())
+		b.log.Debug("listener: connection refused by the gate", "remote", remote.String())
 	}
-	c.Close()
+	abort(nc)
 	return false
+}
+
+// abort closes nc with a reset when it is a TCP connection (or wraps one).
+func abort(nc net.Conn) {
+	var tc *net.TCPConn
+	switch v := nc.(type) {
+	case *net.TCPConn:
+		tc = v
+	case *Conn:
+		tc, _ = v.Conn.(*net.TCPConn)
+	}
+	if tc != nil {
+		tc.SetLinger(0)
+	}
+	nc.Close()
+}
+
+// setKeepAlive applies Config.KeepAlive to an admitted TCP connection as
+// net.ListenConfig would have (0: Go's defaults; negative: off).
+func (b *baseListener) setKeepAlive(nc net.Conn) {
+	tc, ok := nc.(*net.TCPConn)
+	if !ok || b.keepAlive < 0 {
+		return
+	}
+	tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: b.keepAlive})
 }
 
 // acceptRaw accepts one TCP connection, retrying transient errors with a
@@ -528,7 +577,6 @@ func (b *baseListener) acceptLoop() {
 			}
 			return
 		}
-		c := b.wrap(raw, nil)
 		trusted := b.proxy.trusted(raw.RemoteAddr())
 		if !trusted && !b.proxy.passUntrusted {
 			b.log.Debug("listener: connection refused: source is not a trusted PROXY sender",
@@ -536,6 +584,8 @@ func (b *baseListener) acceptLoop() {
 			raw.Close()
 			continue
 		}
+		b.setKeepAlive(raw)
+		c := b.wrap(raw, nil)
 		if !b.acquire(c) {
 			continue
 		}

@@ -49,6 +49,12 @@ type Snapshot struct {
 	Queued           int64
 	// Dropped counts undelivered messages by reason.
 	Dropped map[string]int64
+	// Overload control: publishers held back now, the times one was held
+	// back, the times a subscriber was found too slow to hold publishers
+	// back.
+	PublishersHeld  int64
+	Pushbacks       int64
+	SlowSubscribers int64
 
 	Sessions             int64
 	SessionsExpired      int64
@@ -197,6 +203,9 @@ var (
 	dSockets        = desc("sockets_accepted_total", "Sockets accepted on the MQTT listeners, before any check.")
 	dQueued         = desc("messages_queued", "Messages waiting in session queues.")
 	dDropped        = desc("messages_dropped_total", "Messages not delivered, by reason.", "reason")
+	dHeld           = desc("publishers_held", "Publishers held back now because a subscriber's backlog is over its mark.")
+	dPushbacks      = desc("pushbacks_total", "Times a publisher was held back for a subscriber's backlog.")
+	dSlowSubs       = desc("slow_subscribers_total", "Times a subscriber was found too slow to hold its publishers back.")
 	dSessions       = desc("sessions", "Sessions, connected and offline.")
 	dSessExpired    = desc("sessions_expired_total", "Offline sessions ended by their expiry.")
 	dSubs           = desc("subscriptions", "Subscriptions of all sessions.")
@@ -233,7 +242,7 @@ var (
 	dReadBudgetWait = desc("read_budget_waits_total", "Packet reads that waited for the read budget.")
 	dFIPS           = desc("fips_mode", "1 when the process runs in FIPS 140-3 mode.")
 	allDescs        = []*prometheus.Desc{dStart, dConns, dConnsMax, dConnsAccepted, dConnsRefused, dProtoErr, dRevoked,
-		dPanics, dMsgIn, dMsgOut, dPayloadIn, dPayloadOut, dBytesIn, dBytesOut, dPacketsIn, dPacketsOut, dSockets, dQueued, dDropped, dSessions, dSessExpired, dSubs, dSharedSubs,
+		dPanics, dMsgIn, dMsgOut, dPayloadIn, dPayloadOut, dBytesIn, dBytesOut, dPacketsIn, dPacketsOut, dSockets, dQueued, dDropped, dHeld, dPushbacks, dSlowSubs, dSessions, dSessExpired, dSubs, dSharedSubs,
 		dSubsRefused, dSubsRevoked, dRetained, dRetainedBytes, dRetainedRef, dAuthn, dAuthzDecisions, dAuthzDenials,
 		dTLSHandshakes, dTLSFail, dTLSConns, dServerCert, dClientCert, dCRLAge, dOCSPResponses, dOCSPStaple, dOCSPStapleNext,
 		dStoreLatency, dStoreTx, dStoreFsyncs, dStoreFailures, dStoreQuar, dPersistFail, dBans, dDetections, dThrottled,
@@ -291,6 +300,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	for r, v := range s.Dropped {
 		n(dDropped, v, r)
 	}
+	g(dHeld, float64(s.PublishersHeld))
+	n(dPushbacks, s.Pushbacks)
+	n(dSlowSubs, s.SlowSubscribers)
 	g(dSessions, float64(s.Sessions))
 	n(dSessExpired, s.SessionsExpired)
 	g(dSubs, float64(s.Subscriptions))

@@ -1,6 +1,7 @@
 package packet_test
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -485,4 +486,52 @@ func TestPropertySetters(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkPacket(t, got, conn)
+}
+
+// TestReaderBufferedPacket checks BufferedPacket against the bytes
+// buffered: the next packet's length once all of it is there, 0 before.
+func TestReaderBufferedPacket(t *testing.T) {
+	var stream []byte
+	var lens []int
+	for _, c := range packettest.Cases {
+		if c.Err == nil {
+			stream = append(stream, c.Raw...)
+			lens = append(lens, len(c.Raw))
+		}
+	}
+	for cut := 0; cut <= len(stream) && cut < 600; cut++ {
+		br := bufio.NewReaderSize(bytes.NewReader(stream[:cut]), len(stream)+16)
+		br.Peek(cut)
+		r := packet.NewReader(br, 0)
+		want := 0
+		if cut >= lens[0] {
+			want = lens[0]
+		}
+		if got := r.BufferedPacket(); got != want {
+			t.Fatalf("%d bytes buffered: BufferedPacket = %d, want %d", cut, got, want)
+		}
+	}
+	br := bufio.NewReaderSize(bytes.NewReader(stream), len(stream)+16)
+	br.Peek(len(stream))
+	r := packet.NewReader(br, 0)
+	for i, n := range lens {
+		if got := r.BufferedPacket(); got != n {
+			t.Fatalf("packet %d: BufferedPacket = %d, want %d", i, got, n)
+		}
+		if _, err := br.Discard(n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := r.BufferedPacket(); got != 0 {
+		t.Fatalf("empty buffer: BufferedPacket = %d", got)
+	}
+	// A remaining length that is not minimal or too long is left to
+	// ReadPacket, which reports it.
+	for _, b := range [][]byte{{0x30, 0x80, 0x00}, {0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01}} {
+		br := bufio.NewReader(bytes.NewReader(b))
+		br.Peek(len(b))
+		if got := packet.NewReader(br, 0).BufferedPacket(); got != 0 {
+			t.Fatalf("% x: BufferedPacket = %d", b, got)
+		}
+	}
 }

@@ -138,8 +138,12 @@ func FuzzReader(f *testing.F) {
 		rest := data
 		for {
 			reserved = -1
+			buffered := r.BufferedPacket()
 			p1, err1 := r.ReadPacket()
 			p2, n, err2 := packet.Decode(rest, v, max)
+			if buffered > 0 && err2 == nil && buffered != n {
+				t.Fatalf("BufferedPacket = %d for a packet of %d bytes", buffered, n)
+			}
 			if err1 == nil && reserved != -1 && (n < reserved+2 || n > reserved+5) {
 				t.Fatalf("reserved %d for a packet of %d bytes", reserved, n)
 			}

@@ -152,3 +152,24 @@ func unexpected(err error) error {
 	}
 	return err
 }
+
+// BufferedPacket returns the length of the next packet, fixed header
+// included, when the Reader's buffer already holds all of it, so that
+// ReadPacket will not read from the underlying reader (it may still call
+// the reserve function); otherwise, and for a fixed header ReadPacket
+// would refuse, it returns 0. It never reads from the underlying reader.
+func (r *Reader) BufferedPacket() int {
+	n := r.r.Buffered()
+	if n < 2 {
+		return 0
+	}
+	b, _ := r.r.Peek(min(n, 5))
+	rl, l, st := parseVBI(b[1:])
+	if st != vbiOK {
+		return 0
+	}
+	if total := 1 + l + int(rl); total <= n {
+		return total
+	}
+	return 0
+}

@@ -1,6 +1,7 @@
 package testutil
 
 import (
+	"os"
 	"testing"
 
 	"go.uber.org/goleak"
@@ -14,8 +15,17 @@ import (
 //
 // Goroutines of third-party libraries that cannot be stopped are ignored
 // here, one option per library with the reason; there are none today.
-func VerifyTestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+//
+// cleanups run after the tests and the leak check, before the process
+// exits with the tests' status: they remove what TestMain made (a binary
+// it built).
+func VerifyTestMain(m *testing.M, cleanups ...func()) {
+	goleak.VerifyTestMain(m, goleak.Cleanup(func(code int) {
+		for _, c := range cleanups {
+			c()
+		}
+		os.Exit(code)
+	}))
 }
 
 // CheckNoLeaks checks, when t ends, that every goroutine started during t

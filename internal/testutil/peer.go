@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
 	"regexp"
 	"strconv"
@@ -72,6 +73,13 @@ func (r *RunningPeer) Exited() bool {
 		return false
 	}
 }
+
+// Pid returns the process ID of the running peer.
+func (r *RunningPeer) Pid() int { return r.cmd.Process.Pid }
+
+// Signal sends sig to the peer process, for peers that reload their
+// configuration on SIGHUP.
+func (r *RunningPeer) Signal(sig os.Signal) error { return r.cmd.Process.Signal(sig) }
 
 // Stop kills the peer and waits for it to exit. Stopping a stopped peer
 // does nothing.

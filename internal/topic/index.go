@@ -19,6 +19,11 @@ type Subscription struct {
 	RetainAsPublished bool
 	RetainHandling    byte
 	ID                uint32 // subscription identifier, 0 = none
+	// Owner is kept and returned with the subscription and never looked
+	// at: the subscriber's state, for the caller (the broker keeps the
+	// session there, so that routing a message needs no lookup by
+	// client ID). nil when not set.
+	Owner any
 }
 
 // SharedGroup is one shared subscription matched by a topic: all members of

@@ -1,6 +1,10 @@
 // Moat dashboard. Talks only to the admin API of the origin it was loaded
-// from, with the token kept in sessionStorage and sent as a bearer header.
-// Data is always inserted as text, never as HTML.
+// from, either with a token kept in sessionStorage and sent as a bearer
+// header, or, over HTTPS, with the admin client certificate the browser
+// presents (URI SAN urn:moat:admin:viewer|operator). Every change is sent
+// as fetch from this origin, with a JSON body for POST, which the API
+// requires of certificate-authenticated changes (CSRF). Data is always
+// inserted as text, never as HTML.
 "use strict";
 
 const KEY = "moat-admin-token";
@@ -8,11 +12,16 @@ const $ = (id) => document.getElementById(id);
 let timer = null;
 let samples = []; // overview samples for the charts
 const SAMPLES = 90;
+let byCert = false; // logged in by the browser's client certificate
 
 function token() { return sessionStorage.getItem(KEY) || ""; }
 
 async function api(method, path, body) {
-  const opts = { method, headers: { "Authorization": "Bearer " + token() }, cache: "no-store", credentials: "omit" };
+  // With a token, the request carries no ambient credential at all; with
+  // a certificate, the browser presents it to this origin only.
+  const opts = byCert && !token()
+    ? { method, headers: {}, cache: "no-store", credentials: "same-origin" }
+    : { method, headers: { "Authorization": "Bearer " + token() }, cache: "no-store", credentials: "omit" };
   if (body !== undefined) {
     opts.headers["Content-Type"] = "application/json";
     opts.body = JSON.stringify(body);
@@ -21,7 +30,8 @@ async function api(method, path, body) {
   let data = null;
   try { data = await r.json(); } catch (e) { data = null; }
   if (r.status === 401) {
-    logout("The token was refused (unknown or revoked).");
+    logout(byCert && !token() ? "The client certificate was refused (" + ((data && data.error) || "unauthorized") + ")."
+      : "The token was refused (unknown or revoked).");
     throw new Error("unauthorized");
   }
   if (!r.ok) {
@@ -286,9 +296,32 @@ async function login(tok) {
     if (e.message !== "unauthorized") status(e.message, true);
     return;
   }
+  enter();
+}
+
+// loginByCert asks the API who the browser's client certificate is, if
+// it presented one; without one (or over plain HTTP) the token form stays.
+async function loginByCert() {
+  if (location.protocol !== "https:") return false;
+  let r;
+  try {
+    r = await fetch("/api/v1/whoami", { cache: "no-store", credentials: "same-origin" });
+  } catch (e) {
+    return false;
+  }
+  if (!r.ok) return false;
+  const me = await r.json();
+  byCert = true;
+  $("who").textContent = me.name + " (" + me.role + ", client certificate)";
+  enter();
+  return true;
+}
+
+function enter() {
   $("login-page").hidden = true;
   $("nav").hidden = false;
-  $("logout").hidden = false;
+  // A certificate cannot be logged out of from a page: the browser holds it.
+  $("logout").hidden = byCert && !token();
   show();
   clearInterval(timer);
   timer = setInterval(() => { if (current() === "overview" || current() === "posture") refresh(); }, 2000);
@@ -296,6 +329,7 @@ async function login(tok) {
 
 function logout(msg) {
   sessionStorage.removeItem(KEY);
+  byCert = false;
   clearInterval(timer);
   $("nav").hidden = true;
   $("logout").hidden = true;
@@ -327,6 +361,7 @@ document.addEventListener("DOMContentLoaded", () => {
       await refresh();
     } catch (e) { status(e.message, true); }
   });
-  window.addEventListener("hashchange", () => { if (token()) show(); });
-  if (token()) login(token()); else logout();
+  window.addEventListener("hashchange", () => { if (token() || byCert) show(); });
+  if (token()) login(token());
+  else loginByCert().then((ok) => { if (!ok) logout(); });
 });

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/moatmq/moat/internal/broker"
+	"github.com/moatmq/moat/internal/broker/brokertest"
 	"github.com/moatmq/moat/internal/packet"
 	"github.com/moatmq/moat/internal/store"
 	"github.com/moatmq/moat/internal/store/brokerstore"
@@ -56,26 +57,11 @@ func benchBroker(b *testing.B, mode string, tc *benchTLS) (string, *store.Store)
 		b.Cleanup(func() { st.Close() })
 		cfg.Persistence = brokerstore.New(st)
 	}
-	srv, err := broker.New(cfg)
-	if err != nil {
-		b.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
+	var o brokertest.Options
 	if tc != nil {
-		ln = tls.NewListener(ln, tc.server)
+		o.TLS = tc.server
 	}
-	done := make(chan struct{})
-	go func() { srv.Serve(context.Background(), ln, broker.ListenerConfig{}); close(done) }()
-	b.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-		<-done
-	})
-	return ln.Addr().String(), st
+	return brokertest.Start(b, cfg, o).Addr, st
 }
 
 func benchDial(b *testing.B, addr, id string, expiry uint32, tc *benchTLS) (net.Conn, *packet.Reader) {

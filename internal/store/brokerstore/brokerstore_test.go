@@ -2,9 +2,6 @@ package brokerstore_test
 
 import (
 	"bytes"
-	"context"
-	"io"
-	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -12,6 +9,7 @@ import (
 	"time"
 
 	"github.com/moatmq/moat/internal/broker"
+	"github.com/moatmq/moat/internal/broker/brokertest"
 	"github.com/moatmq/moat/internal/packet"
 	"github.com/moatmq/moat/internal/store"
 	"github.com/moatmq/moat/internal/store/brokerstore"
@@ -25,35 +23,21 @@ func startBroker(t *testing.T, dir string) (addr string, srv *broker.Server, sto
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err = broker.New(broker.Config{Persistence: brokerstore.New(st), AllowAnonymous: true, SysInterval: -1,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(context.Background(), ln, broker.ListenerConfig{Name: "test"}) }()
+	b := brokertest.Start(t, broker.Config{Persistence: brokerstore.New(st), AllowAnonymous: true, SysInterval: -1},
+		brokertest.Options{Listener: broker.ListenerConfig{Name: "test"}})
 	stopped := false
 	stop = func() {
 		if stopped {
 			return
 		}
 		stopped = true
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := srv.Shutdown(ctx); err != nil {
-			t.Error(err)
-		}
-		<-done
+		b.Stop()
 		if err := st.Close(); err != nil {
 			t.Error(err)
 		}
 	}
 	t.Cleanup(stop)
-	return ln.Addr().String(), srv, stop
+	return b.Addr, b.Server, stop
 }
 
 type client struct {

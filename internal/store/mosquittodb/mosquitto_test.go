@@ -1,7 +1,6 @@
 package mosquittodb
 
 import (
-	"bytes"
 	"fmt"
 	"net"
 	"os"
@@ -13,38 +12,25 @@ import (
 	"time"
 
 	"github.com/moatmq/moat/internal/packet"
+	"github.com/moatmq/moat/internal/testutil"
 )
 
 // mosquittoBroker is Debian's mosquitto started for a test with
 // persistence in a directory of the test.
 type mosquittoBroker struct {
+	*testutil.RunningPeer
 	addr, port string
 	dir        string // persistence_location
-	cmd        *exec.Cmd
-	done       chan struct{}
-	log        *bytes.Buffer
 }
 
-// startMosquitto starts mosquitto on a free 127.0.0.1 port with
-// persistence on; a port taken between probing and binding is retried.
-// The broker is killed when the test ends unless stopMosquitto ran.
+// startMosquitto starts mosquitto on 127.0.0.1 with persistence on
+// (testutil.StartMosquitto: a port taken before mosquitto binds it is
+// retried). The broker is killed when the test ends unless stop ran.
 func startMosquitto(t *testing.T) *mosquittoBroker {
 	t.Helper()
-	bin, err := exec.LookPath("mosquitto")
-	if err != nil {
-		if bin, err = exec.LookPath("/usr/sbin/mosquitto"); err != nil {
-			t.Skip("mosquitto not installed (apt-get install mosquitto)")
-		}
-	}
 	dir := t.TempDir()
-	for attempt := 0; attempt < 5; attempt++ {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
-		ln.Close()
-		conf := fmt.Sprintf(`listener %s 127.0.0.1
+	p := testutil.StartMosquitto(t, 1, func(ports []int) string {
+		return fmt.Sprintf(`listener %d 127.0.0.1
 allow_anonymous true
 persistence true
 persistence_location %s/
@@ -54,71 +40,22 @@ log_dest stderr
 log_type error
 log_type warning
 log_type information
-`, port, dir)
-		if os.Geteuid() == 0 {
-			conf = "user root\n" + conf
-		}
-		cf := filepath.Join(t.TempDir(), "mosquitto.conf")
-		if err := os.WriteFile(cf, []byte(conf), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		m := &mosquittoBroker{addr: net.JoinHostPort("127.0.0.1", port), port: port, dir: dir, done: make(chan struct{}), log: &bytes.Buffer{}}
-		m.cmd = exec.Command(bin, "-c", cf)
-		m.cmd.Stdout, m.cmd.Stderr = m.log, m.log
-		if err := m.cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		go func() { m.cmd.Wait(); close(m.done) }()
-		t.Cleanup(func() {
-			m.cmd.Process.Kill()
-			<-m.done
-			if t.Failed() {
-				t.Logf("mosquitto log:\n%s", m.log)
-			}
-		})
-		if waitListening(m) {
-			return m
-		}
-		t.Logf("mosquitto did not start on port %s (retrying):\n%s", port, m.log)
-	}
-	t.Fatal("mosquitto did not start after 5 attempts")
-	return nil
-}
-
-// waitListening polls until the broker accepts connections; false if it
-// exited (a lost race for the port).
-func waitListening(m *mosquittoBroker) bool {
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		select {
-		case <-m.done:
-			return false
-		default:
-		}
-		if c, err := net.Dial("tcp", m.addr); err == nil {
-			c.Close()
-			return true
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return false
+`, ports[0], dir)
+	})
+	return &mosquittoBroker{RunningPeer: p, addr: p.Addr(0), port: strconv.Itoa(p.Ports[0]), dir: dir}
 }
 
 // stop sends SIGTERM, waits for mosquitto to save and exit, and returns
 // the file it wrote.
 func (m *mosquittoBroker) stop(t *testing.T) []byte {
 	t.Helper()
-	if err := m.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := m.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case <-m.done:
-	case <-time.After(20 * time.Second):
-		t.Fatalf("mosquitto did not stop:\n%s", m.log)
-	}
+	testutil.WaitFor(t, "mosquitto to save and stop", 20*time.Second, m.Exited)
 	b, err := os.ReadFile(filepath.Join(m.dir, "mosquitto.db"))
 	if err != nil {
-		t.Fatalf("mosquitto wrote no file: %v\n%s", err, m.log)
+		t.Fatalf("mosquitto wrote no file: %v\n%s", err, m.Log())
 	}
 	return b
 }

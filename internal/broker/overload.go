@@ -1,0 +1,617 @@
+package broker
+
+import (
+	"errors"
+	"slices"
+	"strconv"
+	"sync/atomic"
+
+	"github.com/moatmq/moat/internal/packet"
+)
+
+// Overload control (docs/design/broker.md, "Overload control"): when the
+// messages a publisher sends back up at a connected subscriber, the
+// publisher's reader stops reading until the backlog goes down, so that
+// the publisher's own in-flight window fills instead of the broker's
+// memory. A subscriber's backlog is two things: its session's queue of
+// QoS 1 and 2 messages waiting for room in the in-flight window
+// (session.gate, under session.mu), and its connection's QoS 0 messages
+// waiting to be written (conn.q0gate, under conn.outMu).
+//
+// Routing puts the publisher in line at each subscriber found over its
+// mark (or with publishers in line already), under the lock that guards
+// that backlog, and notes it in the publisher's hold list; once the
+// reader's next read from the socket returns input, the input waits until
+// each of those gates let the publisher go (source.Read, conn.awaitHolds).
+// Every delivery that leaves a backlog wakes the longest-waiting
+// publisher, so the backlog stays near its mark and publishers sharing a
+// subscriber take turns. A subscriber that keeps a publisher waiting
+// longer than Config.PushbackWait while that publisher's other messages
+// reach subscribers that keep up, or that takes nothing from its backlog
+// in that time, is marked slow: it holds nobody back until its backlog is
+// down to half the mark, and its messages go to its queue's limits and
+// Config.QueueFullPolicy (QoS 0: the oldest are dropped past
+// MaxOutboundBytes).
+
+// QueuePolicy says what happens to a QoS 1 or 2 message for a connected
+// client whose queue is full (Config.MaxQueued, Config.MaxQueuedBytes).
+// Messages for offline sessions are always dropped when the queue is full.
+type QueuePolicy byte
+
+const (
+	// QueueDrop drops the message for that client; the drop is counted
+	// (Stats.DroppedQueueFull) and logged. Mosquitto's behaviour.
+	QueueDrop QueuePolicy = iota
+	// QueueBlock queues the message all the same and holds its publisher
+	// back until the queue has room, for as long as the client stays
+	// connected: nothing is lost, and a queue exceeds its limit by at most
+	// what each publisher held had read (its 1 KiB read buffer, or one
+	// larger packet). A client that stops acknowledging stops its
+	// publishers.
+	QueueBlock
+)
+
+// String returns the policy's configuration name.
+func (p QueuePolicy) String() string {
+	switch p {
+	case QueueDrop:
+		return "drop"
+	case QueueBlock:
+		return "block"
+	}
+	return "QueuePolicy(" + strconv.Itoa(int(p)) + ")"
+}
+
+// flowGate is where publishers wait for one subscriber's backlog to go
+// down. Its owner's lock (session.mu or conn.outMu) guards every field.
+type flowGate struct {
+	// waiters are the publishers held back, woken oldest first.
+	waiters []*waiter
+	// progress counts the deliveries that left the backlog.
+	progress uint64
+	// slow is set when the subscriber held publishers back too long (see
+	// checkLocked); cleared when its backlog is down to half the mark,
+	// or when it goes offline or reconnects.
+	slow bool
+	// timer runs checkLocked every PushbackWait while publishers wait:
+	// one timer per gate, not per wait, which would cost a timer for
+	// every message a held publisher sends. epoch counts its periods (a
+	// waiter that joined in an earlier one has waited at least a
+	// period); atTick is progress when the period began.
+	timer  Timer
+	epoch  uint64
+	atTick uint64
+}
+
+// waiter is one place of a publisher in a gate's line. ch (capacity 1)
+// is empty whenever the waiter is in the line: a token is sent only when
+// it is taken off the line, under the owner's lock, and the publisher
+// receives it before the waiter is used again.
+type waiter struct {
+	ch     chan struct{}
+	queued bool   // in a gate's line; guarded by that gate's owner lock
+	epoch  uint64 // the gate's epoch when it joined; guarded likewise
+	// feeds: its publisher also gave messages to subscribers under their
+	// marks since it last waited. Set by the reader before it waits,
+	// read by the gate's timer.
+	feeds atomic.Bool
+}
+
+// join puts w in line; arm, when no timer runs, starts one.
+func (g *flowGate) join(w *waiter, arm func() Timer) {
+	w.queued = true
+	w.epoch = g.epoch
+	g.waiters = append(g.waiters, w)
+	if g.timer == nil {
+		g.epoch++ // w will have waited a whole period at the first check
+		g.atTick = g.progress
+		g.timer = arm()
+	}
+}
+
+// wake wakes up to n waiters, oldest first.
+func (g *flowGate) wake(n int) {
+	for ; n > 0 && len(g.waiters) > 0; n-- {
+		w := g.waiters[0]
+		g.waiters[0] = nil
+		g.waiters = g.waiters[1:]
+		w.queued = false
+		select {
+		case w.ch <- struct{}{}:
+		default: // cannot happen (see waiter); never block under a lock
+		}
+	}
+}
+
+func (g *flowGate) wakeAll() { g.wake(len(g.waiters)) }
+
+// release lets everyone go and forgets that the subscriber was slow: it
+// went offline, reconnected, or its connection is closing.
+func (g *flowGate) release() {
+	g.wakeAll()
+	g.slow = false
+	if g.timer != nil {
+		g.timer.Stop()
+		g.timer = nil
+	}
+}
+
+// remove takes w off the line; false when it was woken meanwhile (its
+// token is then in w.ch).
+func (g *flowGate) remove(w *waiter) bool {
+	if !w.queued {
+		return false
+	}
+	if i := slices.Index(g.waiters, w); i >= 0 {
+		g.waiters = slices.Delete(g.waiters, i, i+1)
+	}
+	w.queued = false
+	return true
+}
+
+// checkLocked runs from the gate's timer every PushbackWait while
+// publishers wait. The subscriber is too slow to hold them back any
+// longer when it took nothing from its backlog for the whole period
+// (stuck), or when a publisher that also feeds subscribers that keep up
+// has waited a whole period; unless they wait for room in a full queue
+// (forRoom), which only room ends. It reports whether the subscriber was
+// marked slow (everyone in line is let go) and whether it was stuck;
+// otherwise, while publishers still wait, it starts the next period. The
+// caller holds the owner's lock.
+func (g *flowGate) checkLocked(forRoom bool, arm func() Timer) (slow, stuck bool) {
+	g.timer = nil
+	if len(g.waiters) == 0 {
+		return false, false
+	}
+	stuck = g.progress == g.atTick
+	overdue := stuck
+	for _, w := range g.waiters {
+		overdue = overdue || w.epoch < g.epoch && w.feeds.Load()
+	}
+	if overdue && !forRoom {
+		g.slow = true
+		g.wakeAll()
+		return true, stuck
+	}
+	g.epoch++
+	g.atTick = g.progress
+	g.timer = arm()
+	return false, false
+}
+
+// publisher is what routing notes about the client whose PUBLISH it
+// routes, for holding that client back. Reader-owned (conn.pub).
+type publisher struct {
+	self  *session // the publisher's own session: never waited for
+	holds []hold   // the gates it is in line at
+	// free holds up to two distinct subscribers that took a message
+	// without being over their mark since the publisher last waited: a
+	// publisher that feeds others is not kept waiting long by one.
+	free [2]*session
+	// waiters are reused: holds[i] uses waiters[i].
+	waiters []*waiter
+	// lines indexes holds once there are many (a fan-out).
+	lines map[lineKey]struct{}
+}
+
+// lineKey names a gate: a session's queue, or (c set) the QoS 0 backlog
+// of a connection.
+type lineKey struct {
+	sess *session
+	c    *conn
+}
+
+// holding reports whether the publisher is in line at the gate already.
+func (p *publisher) holding(s *session, c *conn) bool {
+	if p.lines != nil {
+		_, ok := p.lines[lineKey{s, c}]
+		return ok
+	}
+	for _, h := range p.holds {
+		if h.sess == s && h.c == c {
+			return true
+		}
+	}
+	return false
+}
+
+// addHold notes a gate the publisher is in line at.
+func (p *publisher) addHold(h hold) {
+	p.holds = append(p.holds, h)
+	switch {
+	case p.lines != nil:
+		p.lines[lineKey{h.sess, h.c}] = struct{}{}
+	case len(p.holds) > 16:
+		p.lines = make(map[lineKey]struct{}, 2*len(p.holds))
+		for _, h := range p.holds {
+			p.lines[lineKey{h.sess, h.c}] = struct{}{}
+		}
+	}
+}
+
+// clearHolds forgets the holds once waited for or left.
+func (p *publisher) clearHolds() {
+	clear(p.holds)
+	p.holds = p.holds[:0]
+	p.lines = nil
+}
+
+// hold is one gate a publisher is in line at: its session's queue, or (c
+// set) the QoS 0 backlog of its connection c.
+type hold struct {
+	sess *session
+	c    *conn
+	w    *waiter
+}
+
+// nextWaiter returns the waiter for the next hold.
+func (p *publisher) nextWaiter() *waiter {
+	i := len(p.holds)
+	if i == len(p.waiters) {
+		p.waiters = append(p.waiters, &waiter{ch: make(chan struct{}, 1)})
+	}
+	return p.waiters[i]
+}
+
+func (p *publisher) noteFree(s *session) {
+	switch {
+	case p.free[0] == nil:
+		p.free[0] = s
+	case p.free[0] != s && p.free[1] == nil:
+		p.free[1] = s
+	}
+}
+
+// feedsOthers reports whether a subscriber other than s took a message
+// from the publisher without being over its mark since it last waited.
+func (p *publisher) feedsOthers(s *session) bool {
+	return p.free[0] != nil && p.free[0] != s || p.free[1] != nil && p.free[1] != s
+}
+
+// notePublisherLocked puts the publisher of a message just given to s in
+// line at s's gate when s holds it back. The caller holds s.mu.
+func (s *session) notePublisherLocked(srv *Server, pub *publisher) {
+	if pub == nil || pub.self == s {
+		// A client is never held back by its own session: its reader
+		// is what reads the acknowledgements that would drain it.
+		return
+	}
+	if pub.holding(s, nil) {
+		return // in line already, for a message read with this one
+	}
+	if s.holdsBackLocked(srv) || len(s.gate.waiters) > 0 {
+		// Over the mark, or publishers wait already: this one waits
+		// behind them, so that they take turns.
+		w := pub.nextWaiter()
+		s.gate.join(w, func() Timer { return srv.afterFunc(srv.cfg.PushbackWait, func() { s.checkGate(srv) }) })
+		pub.addHold(hold{sess: s, w: w})
+	} else {
+		pub.noteFree(s)
+	}
+}
+
+// notePublisherQoS0 is notePublisherLocked for a QoS 0 message given to
+// c, whose backlog sendQoS0 found over its mark (congested) or not. The
+// caller holds s.mu.
+func (s *session) notePublisherQoS0(c *conn, pub *publisher, congested bool) {
+	if pub == nil || pub.self == s || pub.holding(s, c) {
+		return
+	}
+	if !congested {
+		pub.noteFree(s)
+		return
+	}
+	// Checked again under outMu: the writer may have taken the backlog
+	// since sendQoS0 released it.
+	c.outMu.Lock()
+	if c.q0CongestedLocked() {
+		w := pub.nextWaiter()
+		c.q0gate.join(w, c.armQ0Check)
+		pub.addHold(hold{sess: s, c: c, w: w})
+	}
+	c.outMu.Unlock()
+}
+
+// checkGate is the timer of s's gate (flowGate.checkLocked).
+func (s *session) checkGate(srv *Server) {
+	s.mu.Lock()
+	forRoom := srv.cfg.QueueFullPolicy == QueueBlock && s.fullLocked(srv)
+	slow, stuck := s.gate.checkLocked(forRoom, func() Timer {
+		return srv.afterFunc(srv.cfg.PushbackWait, func() { s.checkGate(srv) })
+	})
+	s.mu.Unlock()
+	if slow {
+		srv.slowSubscriber(s.id, false, stuck)
+	}
+}
+
+func (c *conn) armQ0Check() Timer {
+	return c.srv.afterFunc(c.srv.cfg.PushbackWait, c.checkQ0Gate)
+}
+
+// checkQ0Gate is the timer of c's QoS 0 gate (flowGate.checkLocked).
+func (c *conn) checkQ0Gate() {
+	c.outMu.Lock()
+	slow, stuck := c.q0gate.checkLocked(false, c.armQ0Check)
+	c.outMu.Unlock()
+	if slow {
+		c.srv.slowSubscriber(c.client.ClientID, true, stuck)
+	}
+}
+
+// size is what a delivery counts for in the byte limits of queues and
+// backlogs: its topic and payload.
+func (d *delivery) size() int64 { return int64(len(d.msg.Topic) + len(d.msg.Payload)) }
+
+// fullLocked reports whether s's queue is at its limits. The caller
+// holds s.mu.
+func (s *session) fullLocked(srv *Server) bool {
+	return len(s.queue) >= srv.limits().MaxQueued || srv.cfg.MaxQueuedBytes > 0 && s.queueBytes >= srv.cfg.MaxQueuedBytes
+}
+
+// overMark reports whether a backlog of n messages and b bytes is at the
+// pushback mark, whose byte mark is markBytes.
+func (srv *Server) overMark(n int, b, markBytes int64) bool {
+	return srv.markMsgs > 0 && (int64(n) >= srv.markMsgs || markBytes > 0 && b >= markBytes)
+}
+
+// underLow reports whether a backlog is down to half the mark, where a
+// slow subscriber holds publishers back again.
+func (srv *Server) underLow(n int, b, markBytes int64) bool {
+	return int64(n) <= srv.markMsgs/2 && (markBytes <= 0 || b <= markBytes/2)
+}
+
+// holdsBackLocked reports whether a publisher of a message just given to
+// s must wait before it reads on: s is connected and its queue is over
+// the mark (unless s is slow), or full under QueueBlock. The caller holds
+// s.mu.
+func (s *session) holdsBackLocked(srv *Server) bool {
+	c := s.conn
+	if c == nil || c.closing.Load() {
+		return false
+	}
+	if srv.cfg.QueueFullPolicy == QueueBlock && s.fullLocked(srv) {
+		return true
+	}
+	return !s.gate.slow && srv.overMark(len(s.queue), s.queueBytes, srv.markBytes)
+}
+
+// drainedLocked runs when n deliveries left s's queue, or when an
+// acknowledgement found it empty while publishers wait: while the queue
+// is under its mark it wakes one held publisher per delivery, and every
+// one once it is down to half the mark. The caller holds s.mu.
+func (s *session) drainedLocked(srv *Server, n int) {
+	g := &s.gate
+	g.progress += uint64(n)
+	low := srv.underLow(len(s.queue), s.queueBytes, srv.markBytes)
+	if low {
+		g.slow = false
+	}
+	if len(g.waiters) == 0 || s.holdsBackLocked(srv) {
+		return
+	}
+	if low {
+		g.wakeAll()
+	} else {
+		g.wake(n)
+	}
+}
+
+// releaseGateLocked wakes every publisher waiting for s, which went
+// offline or connected anew; the caller holds s.mu.
+func (s *session) releaseGateLocked() { s.gate.release() }
+
+// q0CongestedLocked reports whether c's QoS 0 backlog holds publishers
+// back: it is over its mark, or publishers wait already. The caller holds
+// c.outMu.
+func (c *conn) q0CongestedLocked() bool {
+	return !c.final && !c.q0gate.slow &&
+		(c.srv.overMark(c.outQ0, int64(c.outBytes), c.srv.markQ0Bytes) || len(c.q0gate.waiters) > 0)
+}
+
+// q0DrainedLocked runs when the writer takes the queued packets: the QoS
+// 0 backlog is being written, and every publisher waiting for it may go
+// on. The caller holds c.outMu.
+func (c *conn) q0DrainedLocked() {
+	g := &c.q0gate
+	if c.outQ0 == 0 && len(g.waiters) == 0 && !g.slow {
+		return
+	}
+	g.progress += uint64(c.outQ0)
+	if c.srv.underLow(c.outQ0, int64(c.outBytes), c.srv.markQ0Bytes) {
+		g.slow = false
+	}
+	c.outQ0 = 0
+	g.wakeAll()
+}
+
+// dropOldestQoS0Locked makes room for a QoS 0 message of size bytes in
+// c's backlog by dropping the oldest QoS 0 messages waiting: a quarter of
+// MaxOutboundBytes more than needed, so that a slow consumer's queue is
+// not compacted at every message. Control packets and QoS 1/2 messages
+// stay. It reports false when the message cannot fit at all. The caller
+// holds c.outMu.
+func (c *conn) dropOldestQoS0Locked(size int) bool {
+	limit := c.srv.cfg.MaxOutboundBytes
+	if size > limit {
+		return false
+	}
+	target := limit - limit/4 - size
+	kept := c.out[:0]
+	dropped := 0
+	for _, p := range c.out {
+		if n := qos0Size(p); n >= 0 && c.outBytes > target {
+			c.outBytes -= n
+			c.outQ0--
+			dropped++
+			continue
+		}
+		kept = append(kept, p)
+	}
+	clear(c.out[len(kept):])
+	c.out = kept
+	c.srv.droppedSlow(c, dropped)
+	return c.outBytes+size <= limit
+}
+
+// qos0Size returns the size (topic and payload) of a queued QoS 0
+// PUBLISH, as sendQoS0 counted it, or -1 for any other packet. A QoS 0
+// message is queued as a shared *pubEnc or as a *delivery; an outPublish
+// is counted too, should one carry a QoS 0 delivery.
+func qos0Size(p packet.Packet) int {
+	var d *delivery
+	switch p := p.(type) {
+	case *pubEnc:
+		if p.qos != 0 {
+			return -1
+		}
+		return len(p.msg.Topic) + len(p.msg.Payload)
+	case *delivery:
+		d = p
+	case outPublish:
+		d = p.d
+	default:
+		return -1
+	}
+	if d.qos != 0 {
+		return -1
+	}
+	return int(d.size())
+}
+
+// droppedSlow counts and logs QoS 0 messages dropped for a client whose
+// backlog is full: the first and then every 1000th, so that a flood does
+// not flood the log.
+func (srv *Server) droppedSlow(c *conn, n int) {
+	if n <= 0 {
+		return
+	}
+	total := srv.stats.droppedSlow.Add(int64(n))
+	if total == int64(n) || total/1000 != (total-int64(n))/1000 {
+		c.log.Warn("broker: client reads too slowly; oldest QoS 0 messages dropped", "dropped", n,
+			"max_outbound_bytes", srv.cfg.MaxOutboundBytes, "dropped_total", total)
+	}
+}
+
+// awaitHolds runs on the reader when a read from the socket returned
+// input (source.Read), before that input is handled: it waits until each
+// gate that routing put the client in line at lets it go. Packets already
+// in the read buffer are handled first, so a client waits at most once
+// per read rather than once per message, and the acknowledgements of
+// those packets go out in one write before, as they do when nobody is
+// held back; and a client waits only when it sent more before its turn
+// came, not while the broker waits for its input anyway (waiting per
+// message cost a goroutine switch and a write each, and tripled the CPU
+// per message of a closed-loop fan-in). The time spent waiting is not the
+// client's: the keep-alive deadline starts again afterwards. It returns
+// false when the connection or the server is closing.
+func (c *conn) awaitHolds() bool {
+	// Writers this reader held back are started before it waits: the
+	// subscribers it waits for may be among them (conn.kickWriters).
+	c.kickWriters()
+	p := &c.pub
+	ok, waited := true, false
+	for i, h := range p.holds {
+		p.holds[i] = hold{}
+		if ok {
+			var w bool
+			w, ok = c.awaitHold(h)
+			waited = waited || w
+		} else {
+			h.leave()
+		}
+	}
+	p.clearHolds()
+	p.free = [2]*session{}
+	if ok && waited {
+		c.armKeepAlive()
+	}
+	return ok
+}
+
+// awaitHold waits until h's gate lets the publisher go: a delivery left
+// the backlog, or the subscriber was found slow. It reports whether it
+// had to wait, and false when the connection or the server is closing.
+func (c *conn) awaitHold(h hold) (waited, ok bool) {
+	select {
+	case <-h.w.ch:
+		return false, true // let go already
+	default:
+	}
+	srv := c.srv
+	h.w.feeds.Store(c.pub.feedsOthers(h.sess))
+	srv.stats.pushbacks.Add(1)
+	srv.stats.held.Add(1)
+	defer srv.stats.held.Add(-1)
+	select {
+	case <-h.w.ch:
+		return true, true
+	case <-c.killed:
+	case <-srv.ctx.Done():
+		c.kill(packet.ServerShuttingDown, "server shutting down")
+	}
+	h.leave()
+	return true, false
+}
+
+// errHeldClosed ends a read that waited for a held client's turn when the
+// connection or the server closed meanwhile.
+var errHeldClosed = errors.New("broker: connection closed while held back")
+
+// leaveHolds takes the publisher out of the lines it is still in: its
+// reader stopped before it waited (finish).
+func (c *conn) leaveHolds() {
+	p := &c.pub
+	for _, h := range p.holds {
+		h.leave()
+	}
+	p.clearHolds()
+}
+
+// lockGate locks the owner's lock of h's gate and returns the gate.
+func (h hold) lockGate() *flowGate {
+	if h.c != nil {
+		h.c.outMu.Lock()
+		return &h.c.q0gate
+	}
+	h.sess.mu.Lock()
+	return &h.sess.gate
+}
+
+func (h hold) unlock() {
+	if h.c != nil {
+		h.c.outMu.Unlock()
+	} else {
+		h.sess.mu.Unlock()
+	}
+}
+
+// leave takes h's waiter out of line, or takes the token it was let go
+// with.
+func (h hold) leave() {
+	g := h.lockGate()
+	woken := !g.remove(h.w)
+	h.unlock()
+	if woken {
+		<-h.w.ch
+	}
+}
+
+// slowSubscriber counts and logs a subscriber found slow: the first and
+// then every 1000th.
+func (srv *Server) slowSubscriber(client string, qos0, stuck bool) {
+	n := srv.stats.slowSubscribers.Add(1)
+	if n != 1 && n%1000 != 0 {
+		return
+	}
+	why := "its publishers also feed subscribers that keep up"
+	if stuck {
+		why = "it took nothing from its backlog"
+	}
+	then := "QoS 1/2 messages queue up to max_queued_messages, then the queue_full_policy applies (" + srv.cfg.QueueFullPolicy.String() + ")"
+	if qos0 {
+		then = "QoS 0 messages wait up to max_outbound_bytes, then the oldest are dropped"
+	}
+	srv.log.Warn("broker: subscriber too slow; its publishers are no longer held back for it", "client", client,
+		"wait", srv.cfg.PushbackWait, "why", why, "then", then, "slow_total", n)
+}

@@ -1,0 +1,465 @@
+// Package cluster joins several Moat brokers into one on NATS
+// (docs/cluster.md). A Node runs an embedded nats-server with JetStream,
+// routed to the other nodes over mutually authenticated TLS, and connects
+// to it in process: the NATS client port is open on loopback only and
+// requires a random token that exists only in the process's memory. Alternatively
+// it connects to an external NATS cluster (Config.NATSURL).
+//
+// A Node implements broker.Cluster: messages are forwarded between nodes
+// on core NATS subjects, one subscription per distinct local filter, so
+// NATS's route interest sends each message once to each interested node;
+// retained messages live in a JetStream key-value bucket; client-ID claims
+// in another, which makes a client connecting on one node take over its
+// connection on another.
+package cluster
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+
+	"github.com/moatmq/moat/internal/broker"
+)
+
+// Config configures a Node. The zero value is not valid: Name and Node are
+// required, and either Listen or NATSURL.
+type Config struct {
+	// Name is the cluster's name; every node of one cluster has the same.
+	Name string
+	// Node is this node's name, unique in the cluster.
+	Node string
+	// Listen is the host:port the embedded NATS server accepts routes
+	// from the other nodes on (port 0: any free port, see RouteAddr).
+	Listen string
+	// Peers are the route addresses (host:port) of the other nodes.
+	// Listing this node's own address too is harmless.
+	Peers []string
+	// RouteTLS secures the routes: it must hold this node's certificate
+	// and the CA pool that verifies the others' (RootCAs, and ClientCAs
+	// or VerifyPeerCertificate for the nodes that dial in). A ClientAuth
+	// below RequireAnyClientCert is raised to RequireAndVerifyClientCert.
+	// Nil: plain routes, which the caller allows only when every address
+	// is loopback.
+	RouteTLS *tls.Config
+	// StoreDir is the JetStream store directory of the embedded server.
+	StoreDir string
+	// NATSURL, when set, connects to an external NATS cluster instead of
+	// running an embedded server; Credentials is a NATS credentials file
+	// for it ("" for none) and ClientTLS its TLS settings (nil: the
+	// system's).
+	NATSURL     string
+	Credentials string
+	ClientTLS   *tls.Config
+	// Replicas is the number of copies of the key-value buckets. 0:
+	// min(nodes, 3), nodes being 1 + len(Peers).
+	Replicas int
+	// QueueLen is how many messages of other nodes may wait for the
+	// broker before NATS drops them (a slow consumer). 0: 65536.
+	QueueLen int
+	// StartTimeout bounds the start of the embedded server. 0: 10 s.
+	StartTimeout time.Duration
+	// Logger receives the cluster's and the NATS server's log lines.
+	// Nil: slog.Default().
+	Logger *slog.Logger
+}
+
+// maxSubject bounds a subject (encoded topic or filter) well inside the
+// embedded server's control line limit (MaxControlLine): a longer line
+// would make NATS close the connection.
+const maxSubject = 60 << 10
+
+// Node is this broker's membership in a cluster. Start it with Start,
+// hand it to the broker as broker.Config.Cluster, connect the two with
+// Attach, and Close it after the broker has shut down. Its methods are
+// safe for concurrent use.
+type Node struct {
+	cfg    Config
+	log    *slog.Logger
+	origin string // node name and a random boot ID: names this run's messages
+	srv    *server.Server
+	nc     *nats.Conn
+	in     chan *nats.Msg // messages of other nodes, in arrival order
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // every goroutine the Node starts
+	once   sync.Once      // Attach
+
+	subMu sync.Mutex
+	subs  map[string][]*nats.Subscription // local filter → its subjects' subscriptions
+
+	pubMu sync.Mutex // orders sequence numbers with publication
+	seq   uint64
+
+	b        Broker
+	kv       *kvState
+	ready    chan struct{} // closed once the key-value buckets are in use
+	replicas int
+
+	stats counters
+}
+
+// Broker is what a Node needs of the broker: *broker.Server.
+type Broker interface {
+	DeliverRemote(msg *broker.Message) int
+	RetainRemote(msg *broker.Message, pub *broker.StoredPublisher)
+	TakeoverRemote(clientID, owner string) bool
+}
+
+var _ broker.Cluster = (*Node)(nil)
+var _ Broker = (*broker.Server)(nil)
+
+type counters struct {
+	forwarded, forwardErrors, received, duplicates, decodeErrors atomic.Uint64
+	retainedOut, retainedIn, claims, takeovers                   atomic.Uint64
+}
+
+// Start validates cfg, starts the embedded NATS server (unless NATSURL is
+// set) and connects to it. It does not wait for the other nodes: routes
+// and the key-value buckets come up in the background (Ready). The caller
+// must Close the Node.
+func Start(cfg Config) (*Node, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	log = log.With("component", "cluster")
+	boot := make([]byte, 8)
+	if _, err := rand.Read(boot); err != nil {
+		return nil, err
+	}
+	qlen := cfg.QueueLen
+	if qlen <= 0 {
+		qlen = 65536
+	}
+	n := &Node{cfg: cfg, log: log, origin: cfg.Node + "/" + hex.EncodeToString(boot), in: make(chan *nats.Msg, qlen),
+		subs: make(map[string][]*nats.Subscription), ready: make(chan struct{})}
+	n.replicas = cfg.Replicas
+	if n.replicas <= 0 {
+		n.replicas = min(1+len(cfg.Peers), 3)
+	}
+	n.ctx, n.cancel = context.WithCancel(context.Background())
+	var err error
+	if cfg.NATSURL != "" {
+		err = n.connectExternal()
+	} else {
+		err = n.startEmbedded()
+	}
+	if err != nil {
+		n.cancel()
+		if n.srv != nil {
+			n.srv.Shutdown()
+			n.srv.WaitForShutdown()
+		}
+		return nil, err
+	}
+	return n, nil
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	if c.Name == "" {
+		errs = append(errs, errors.New("cluster: name is required"))
+	}
+	if c.Node == "" {
+		errs = append(errs, errors.New("cluster: node is required"))
+	}
+	if c.NATSURL == "" {
+		if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+			errs = append(errs, fmt.Errorf("cluster: listen %q: %v", c.Listen, err))
+		}
+		if c.StoreDir == "" {
+			errs = append(errs, errors.New("cluster: a store directory is required"))
+		}
+		for _, p := range c.Peers {
+			if _, _, err := net.SplitHostPort(p); err != nil {
+				errs = append(errs, fmt.Errorf("cluster: peer %q: %v", p, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// startEmbedded runs the embedded server and connects in process.
+func (n *Node) startEmbedded() error {
+	host, portStr, _ := net.SplitHostPort(n.cfg.Listen)
+	port, err := strconv.Atoi(portStr)
+	if err != nil {
+		return fmt.Errorf("cluster: listen port %q: %v", portStr, err)
+	}
+	if port == 0 {
+		port = -1 // nats-server: any free port
+	}
+	if err := os.MkdirAll(n.cfg.StoreDir, 0o700); err != nil {
+		return fmt.Errorf("cluster: %v", err)
+	}
+	tok := make([]byte, 32)
+	if _, err := rand.Read(tok); err != nil {
+		return err
+	}
+	token := hex.EncodeToString(tok)
+	opts := &server.Options{
+		ServerName: n.cfg.Node,
+		// The broker connects in process. The client port cannot stay
+		// closed (DontListen): nats-server 2.15 starts its routes only
+		// once the client accept loop runs. So it listens on loopback
+		// only, on a port of the kernel's choosing, and requires a
+		// random token made for this run and kept in memory only: no
+		// MQTT client, nobody on the network and no other local process
+		// can use the NATS client protocol (and with it every message
+		// and the cluster's state).
+		Host:          "127.0.0.1",
+		Port:          server.RANDOM_PORT,
+		Authorization: token,
+		NoSigs:        true,
+		JetStream:     true,
+		StoreDir:      n.cfg.StoreDir,
+		// Forwarded MQTT messages may be larger than NATS's 1 MB default.
+		MaxPayload:     64 << 20,
+		MaxPending:     256 << 20,
+		MaxControlLine: 64 << 10, // long MQTT topics make long subjects
+		Cluster: server.ClusterOpts{
+			Name: n.cfg.Name,
+			Host: host,
+			Port: port,
+		},
+	}
+	if n.cfg.RouteTLS != nil {
+		t := n.cfg.RouteTLS.Clone()
+		if t.ClientAuth < tls.RequireAnyClientCert {
+			t.ClientAuth = tls.RequireAndVerifyClientCert
+		}
+		opts.Cluster.TLSConfig = t
+		opts.Cluster.TLSTimeout = 5
+	}
+	for _, p := range n.cfg.Peers {
+		opts.Routes = append(opts.Routes, &url.URL{Scheme: "nats-route", Host: p})
+	}
+	srv, err := server.NewServer(opts)
+	if err != nil {
+		return fmt.Errorf("cluster: %v", err)
+	}
+	srv.SetLoggerV2(natsLogger{n.log}, false, false, false)
+	n.srv = srv
+	srv.Start()
+	timeout := n.cfg.StartTimeout
+	if timeout <= 0 {
+		timeout = 10 * time.Second
+	}
+	if !srv.ReadyForConnections(timeout) {
+		return fmt.Errorf("cluster: the embedded NATS server did not start within %v (is %s free?)", timeout, n.cfg.Listen)
+	}
+	nc, err := nats.Connect("", nats.InProcessServer(srv), nats.Token(token), nats.Name("moat "+n.cfg.Node),
+		nats.MaxReconnects(-1), nats.NoCallbacksAfterClientClose(), nats.NoEcho())
+	if err != nil {
+		return fmt.Errorf("cluster: connecting to the embedded server: %v", err)
+	}
+	n.nc = nc
+	n.log.Info("cluster: node started", "cluster", n.cfg.Name, "node", n.cfg.Node, "routes", n.RouteAddr(),
+		"peers", n.cfg.Peers, "route_tls", n.cfg.RouteTLS != nil)
+	return nil
+}
+
+// connectExternal connects to an external NATS cluster.
+func (n *Node) connectExternal() error {
+	opts := []nats.Option{nats.Name("moat " + n.cfg.Node), nats.MaxReconnects(-1), nats.NoCallbacksAfterClientClose(), nats.NoEcho()}
+	if n.cfg.Credentials != "" {
+		opts = append(opts, nats.UserCredentials(n.cfg.Credentials))
+	}
+	if n.cfg.ClientTLS != nil {
+		opts = append(opts, nats.Secure(n.cfg.ClientTLS))
+	}
+	nc, err := nats.Connect(n.cfg.NATSURL, opts...)
+	if err != nil {
+		return fmt.Errorf("cluster: connecting to %s: %v", redactURL(n.cfg.NATSURL), err)
+	}
+	n.nc = nc
+	n.log.Info("cluster: connected to an external NATS cluster", "cluster", n.cfg.Name, "node", n.cfg.Node,
+		"url", redactURL(n.cfg.NATSURL))
+	return nil
+}
+
+// redactURL drops a password from a URL for a log line.
+func redactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	return u.Redacted()
+}
+
+// RouteAddr is the address the embedded server accepts routes on ("" with
+// an external NATS).
+func (n *Node) RouteAddr() string {
+	if n.srv == nil {
+		return ""
+	}
+	if a := n.srv.ClusterAddr(); a != nil {
+		return a.String()
+	}
+	return ""
+}
+
+// Ready is closed once the key-value buckets (retained messages, client
+// claims) are in use: the cluster has a JetStream quorum.
+func (n *Node) Ready() <-chan struct{} { return n.ready }
+
+// Attach connects the Node to the broker and starts its goroutines: the
+// delivery of other nodes' messages and the key-value watches. Call it
+// once, after broker.New.
+func (n *Node) Attach(b Broker) {
+	n.once.Do(func() {
+		n.b = b
+		n.wg.Add(2)
+		go func() { defer n.wg.Done(); n.receiveLoop() }()
+		go func() { defer n.wg.Done(); n.kvLoop() }()
+	})
+}
+
+// Close stops the Node: its goroutines end, the connection closes and
+// the embedded server shuts down. Call it after the broker's Shutdown.
+func (n *Node) Close() {
+	n.cancel()
+	if n.nc != nil {
+		n.nc.Close()
+	}
+	n.wg.Wait()
+	if n.srv != nil {
+		n.srv.Shutdown()
+		n.srv.WaitForShutdown()
+	}
+}
+
+// Interest implements broker.Cluster: one NATS subscription per subject
+// of filter, all delivering into one queue so that copies of a message
+// through overlapping filters arrive one after another.
+func (n *Node) Interest(filter string, on bool) {
+	n.subMu.Lock()
+	defer n.subMu.Unlock()
+	if !on {
+		for _, s := range n.subs[filter] {
+			_ = s.Unsubscribe()
+		}
+		delete(n.subs, filter)
+		return
+	}
+	if _, ok := n.subs[filter]; ok {
+		return
+	}
+	var list []*nats.Subscription
+	for _, subj := range filterSubjects(filter) {
+		if len(subj) > maxSubject {
+			n.log.Warn("cluster: filter too long for the cluster; it receives messages of this node only", "length", len(filter))
+			continue
+		}
+		s, err := n.nc.ChanSubscribe(subj, n.in)
+		if err != nil {
+			n.log.Error("cluster: subscribing failed; messages of other nodes for this filter are not received",
+				"filter", filter, "err", err)
+			continue
+		}
+		_ = s.SetPendingLimits(-1, -1)
+		list = append(list, s)
+	}
+	n.subs[filter] = list
+}
+
+// Forward implements broker.Cluster: msg is published once, on its
+// topic's subject; NATS delivers it once to each node with interest.
+func (n *Node) Forward(msg *broker.Message) {
+	data, err := encodeMessage(msg, time.Now())
+	if err != nil {
+		if !errors.Is(err, errExpired) {
+			n.stats.forwardErrors.Add(1)
+			n.log.Warn("cluster: message not forwarded", "topic", msg.Topic, "err", err)
+		}
+		return
+	}
+	subj := topicSubject(msg.Topic)
+	if len(subj) > maxSubject {
+		n.stats.forwardErrors.Add(1)
+		n.log.Warn("cluster: topic too long to forward; delivered on this node only", "length", len(msg.Topic))
+		return
+	}
+	m := &nats.Msg{Subject: subj, Data: data, Header: nats.Header{}}
+	m.Header[hdrOrigin] = []string{n.origin}
+	if msg.From != "" {
+		m.Header[hdrFrom] = []string{msg.From}
+	}
+	n.pubMu.Lock()
+	n.seq++
+	m.Header[hdrSeq] = []string{strconv.FormatUint(n.seq, 10)}
+	err = n.nc.PublishMsg(m)
+	n.pubMu.Unlock()
+	if err != nil {
+		n.stats.forwardErrors.Add(1)
+		n.log.Warn("cluster: message not forwarded", "topic", msg.Topic, "err", err)
+		return
+	}
+	n.stats.forwarded.Add(1)
+}
+
+// receiveLoop hands other nodes' messages to the broker in arrival order,
+// dropping copies that arrived through overlapping subscriptions: a
+// node's sequence numbers rise in the order it published, and one
+// connection delivers them in that order.
+func (n *Node) receiveLoop() {
+	last := make(map[string]uint64) // origin → highest sequence number delivered
+	for {
+		var m *nats.Msg
+		select {
+		case <-n.ctx.Done():
+			return
+		case m = <-n.in:
+		}
+		origin := m.Header.Get(hdrOrigin)
+		if origin == n.origin {
+			continue // our own message (a NATS subscription matched it locally)
+		}
+		seq, err := strconv.ParseUint(m.Header.Get(hdrSeq), 10, 64)
+		if err != nil || origin == "" {
+			n.stats.decodeErrors.Add(1)
+			continue
+		}
+		if seq <= last[origin] {
+			n.stats.duplicates.Add(1)
+			continue
+		}
+		last[origin] = seq
+		msg, err := decodeMessage(m.Data, m.Header.Get(hdrFrom), time.Now())
+		if err != nil {
+			n.stats.decodeErrors.Add(1)
+			n.log.Warn("cluster: malformed message from another node dropped", "origin", origin, "err", err)
+			continue
+		}
+		n.stats.received.Add(1)
+		n.b.DeliverRemote(msg)
+	}
+}
+
+// natsLogger sends the NATS server's log lines to slog.
+type natsLogger struct{ log *slog.Logger }
+
+func (l natsLogger) Noticef(f string, v ...any) { l.log.Info("nats: " + fmt.Sprintf(f, v...)) }
+func (l natsLogger) Warnf(f string, v ...any)   { l.log.Warn("nats: " + fmt.Sprintf(f, v...)) }
+func (l natsLogger) Fatalf(f string, v ...any)  { l.log.Error("nats: " + fmt.Sprintf(f, v...)) }
+func (l natsLogger) Errorf(f string, v ...any)  { l.log.Error("nats: " + fmt.Sprintf(f, v...)) }
+func (l natsLogger) Debugf(f string, v ...any)  { l.log.Debug("nats: " + fmt.Sprintf(f, v...)) }
+func (l natsLogger) Tracef(f string, v ...any)  { l.log.Debug("nats: " + fmt.Sprintf(f, v...)) }

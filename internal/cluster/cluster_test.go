@@ -1,0 +1,336 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/moatmq/moat/client"
+	"github.com/moatmq/moat/internal/broker"
+	"github.com/moatmq/moat/internal/packet"
+	"github.com/moatmq/moat/internal/testutil"
+)
+
+func TestMain(m *testing.M) { testutil.VerifyTestMain(m) }
+
+// testNode is one broker with its cluster Node and a plain listener.
+type testNode struct {
+	node *Node
+	srv  *broker.Server
+	addr string // MQTT listener
+}
+
+// freePorts reserves n loopback ports by binding and closing them; a
+// start that loses a port to another process is retried by the caller.
+func freePorts(t *testing.T, n int) []string {
+	t.Helper()
+	var out []string
+	var lns []net.Listener
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		lns = append(lns, ln)
+		out = append(out, ln.Addr().String())
+	}
+	for _, ln := range lns {
+		ln.Close()
+	}
+	return out
+}
+
+// startCluster starts n brokers joined in one cluster on loopback, with
+// plain routes, and waits until every node's key-value store is ready.
+func startCluster(t *testing.T, n int) []*testNode {
+	t.Helper()
+	for attempt := 0; ; attempt++ {
+		nodes, err := tryStartCluster(t, n)
+		if err == nil {
+			return nodes
+		}
+		if attempt == 2 {
+			t.Fatal(err)
+		}
+		t.Logf("retrying the cluster start: %v", err)
+	}
+}
+
+func tryStartCluster(t *testing.T, n int) ([]*testNode, error) {
+	routes := freePorts(t, n)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if testing.Verbose() {
+		log = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}
+	dir := t.TempDir()
+	var nodes []*testNode
+	var started []*Node
+	fail := func(err error) ([]*testNode, error) {
+		for _, s := range started {
+			s.Close()
+		}
+		return nil, err
+	}
+	for i := range n {
+		name := fmt.Sprintf("n%d", i+1)
+		nd, err := Start(Config{Name: "test", Node: name, Listen: routes[i], Peers: routes,
+			StoreDir: filepath.Join(dir, name), Logger: log.With("node", name)})
+		if err != nil {
+			return fail(err)
+		}
+		started = append(started, nd)
+	}
+	for i, nd := range started {
+		srv, err := broker.New(broker.Config{Cluster: nd, Authorizer: broker.AllowAll, AllowAnonymous: true,
+			Logger: log.With("node", fmt.Sprintf("n%d", i+1))})
+		if err != nil {
+			return fail(err)
+		}
+		nd.Attach(srv)
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return fail(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = srv.Serve(ctx, ln, broker.ListenerConfig{Name: "plain"}) }()
+		t.Cleanup(func() {
+			cancel()
+			sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+			_ = srv.Shutdown(sctx)
+			scancel()
+			wg.Wait()
+		})
+		nodes = append(nodes, &testNode{node: nd, srv: srv, addr: ln.Addr().String()})
+	}
+	// Cleanups run last-in first-out: the nodes close after every broker.
+	t.Cleanup(func() {
+		for _, nd := range started {
+			nd.Close()
+		}
+	})
+	for _, tn := range nodes {
+		select {
+		case <-tn.node.Ready():
+		case <-time.After(60 * time.Second):
+			return nil, errors.New("key-value store not ready within 60 s")
+		}
+	}
+	return nodes, nil
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) { w.t.Log(string(p)); return len(p), nil }
+
+func dial(t *testing.T, addr, id string, v client.Version) *client.Client {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := client.Dial(ctx, client.Config{Servers: []string{"tcp://" + addr}, ClientID: id, Version: v, CleanStart: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func subscribe(t *testing.T, c *client.Client, qos byte, filters ...string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var subs []client.Subscription
+	for _, f := range filters {
+		subs = append(subs, client.Subscription{Filter: f, QoS: qos})
+	}
+	codes, err := c.Subscribe(ctx, subs...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, code := range codes {
+		if byte(code) != qos {
+			t.Fatalf("SUBACK %v, want QoS %d", codes, qos)
+		}
+	}
+}
+
+// awaitRoute publishes probes on topic from pub until sub receives one:
+// the subscription's interest has reached the publishing node. The
+// probes received are drained.
+func awaitRoute(t *testing.T, pub, sub *client.Client, topic string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if err := pub.Publish(ctx, &client.Message{Topic: topic, Payload: []byte("probe")}); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case m := <-sub.Messages():
+			if m.Topic != topic {
+				t.Fatalf("probe: got %q", m.Topic)
+			}
+			// Later probes may follow; drain them for a moment.
+			for {
+				select {
+				case <-sub.Messages():
+				case <-time.After(200 * time.Millisecond):
+					return
+				}
+			}
+		case <-tick.C:
+		case <-ctx.Done():
+			t.Fatal("no route to the subscribing node within 30 s")
+		}
+	}
+}
+
+func TestCrossNodeQoS(t *testing.T) {
+	nodes := startCluster(t, 3)
+	for _, qos := range []byte{0, 1, 2} {
+		t.Run(fmt.Sprintf("QoS%d", qos), func(t *testing.T) {
+			q := strconv.Itoa(int(qos))
+			sub := dial(t, nodes[2].addr, "sub"+q, client.V5)
+			// Overlapping filters: the node receives two copies from NATS
+			// and delivers one.
+			subscribe(t, sub, qos, "q"+q+"/+/c", "q"+q+"/#")
+			pub := dial(t, nodes[0].addr, "pub"+q, client.V311)
+			awaitRoute(t, pub, sub, "q"+q+"/probe/c")
+			const n = 200
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			for i := range n {
+				if err := pub.Publish(ctx, &client.Message{Topic: "q" + q + "/x/c", QoS: qos, Payload: []byte(strconv.Itoa(i))}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for i := range n {
+				select {
+				case m := <-sub.Messages():
+					if string(m.Payload) != strconv.Itoa(i) || m.QoS != qos {
+						t.Fatalf("message %d: got %q at QoS %d (order or QoS lost)", i, m.Payload, m.QoS)
+					}
+				case <-ctx.Done():
+					t.Fatalf("received %d of %d", i, n)
+				}
+			}
+			select {
+			case m := <-sub.Messages():
+				t.Fatalf("extra message %q: a duplicate", m.Payload)
+			case <-time.After(300 * time.Millisecond):
+			}
+		})
+	}
+	// The publishing node forwarded each message once, whatever the
+	// number of subscribing filters.
+	if st := nodes[2].node.Status(); st.Duplicates == 0 {
+		t.Errorf("no duplicates dropped on the subscribing node: %+v", st)
+	}
+	if st := nodes[0].node.Status(); len(st.Routes) != 2 || st.MetaSize != 3 {
+		t.Errorf("status of n1: %+v", st)
+	}
+}
+
+// TestRemoteMessagesNotForwardedAgain checks that a node delivers what it
+// received from another node to local subscribers only.
+func TestRemoteMessagesNotForwardedAgain(t *testing.T) {
+	nodes := startCluster(t, 3)
+	subB := dial(t, nodes[1].addr, "subB", client.V5)
+	subC := dial(t, nodes[2].addr, "subC", client.V5)
+	subscribe(t, subB, 1, "f/#")
+	subscribe(t, subC, 1, "f/#")
+	pub := dial(t, nodes[0].addr, "pubA", client.V5)
+	awaitRoute(t, pub, subB, "f/probe")
+	awaitRoute(t, pub, subC, "f/probe")
+	before := nodes[1].node.Status().Forwarded + nodes[2].node.Status().Forwarded
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := pub.Publish(ctx, &client.Message{Topic: "f/1", QoS: 1, Payload: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []*client.Client{subB, subC} {
+		for got := false; !got; {
+			select {
+			case m := <-c.Messages():
+				if string(m.Payload) == "probe" {
+					continue // a late probe of awaitRoute
+				}
+				if string(m.Payload) != "x" {
+					t.Fatalf("got %q", m.Payload)
+				}
+				got = true
+			case <-ctx.Done():
+				t.Fatal("not delivered")
+			}
+		}
+	}
+	if after := nodes[1].node.Status().Forwarded + nodes[2].node.Status().Forwarded; after != before {
+		t.Fatalf("receiving nodes forwarded %d messages", after-before)
+	}
+}
+
+func TestRetainedAcrossNodes(t *testing.T) {
+	nodes := startCluster(t, 3)
+	pub := dial(t, nodes[0].addr, "rpub", client.V5)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := pub.Publish(ctx, &client.Message{Topic: "r/a/b", QoS: 1, Retain: true, Payload: []byte("v1"),
+		Properties: client.Properties{ContentType: "text/plain", Present: 1 << packet.PropContentType}}); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, "the retained message on n3", 30*time.Second, func() bool {
+		m, _ := nodes[2].srv.RetainedMatch("r/#", 10)
+		return len(m) == 1
+	})
+	sub := dial(t, nodes[2].addr, "rsub", client.V5)
+	subscribe(t, sub, 1, "r/+/b")
+	select {
+	case m := <-sub.Messages():
+		if m.Topic != "r/a/b" || string(m.Payload) != "v1" || !m.Retain || m.Properties.ContentType != "text/plain" {
+			t.Fatalf("replay: %+v", m)
+		}
+	case <-ctx.Done():
+		t.Fatal("no retained replay on another node")
+	}
+	// Cleared on a third node: gone everywhere.
+	pub2 := dial(t, nodes[1].addr, "rpub2", client.V311)
+	if err := pub2.Publish(ctx, &client.Message{Topic: "r/a/b", QoS: 1, Retain: true}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tn := range []*testNode{nodes[0], nodes[2]} {
+		testutil.WaitFor(t, "the retained message cleared", 30*time.Second, func() bool {
+			m, _ := tn.srv.RetainedMatch("r/#", 10)
+			return len(m) == 0
+		})
+	}
+}
+
+func TestTakeoverAcrossNodes(t *testing.T) {
+	nodes := startCluster(t, 3)
+	first := dial(t, nodes[0].addr, "device-7", client.V5)
+	testutil.WaitFor(t, "the first claim", 30*time.Second, func() bool { return nodes[0].node.Status().Claims >= 1 })
+	second := dial(t, nodes[1].addr, "device-7", client.V5)
+	select {
+	case <-first.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatal("the first connection was not taken over")
+	}
+	var re *client.ReasonError
+	if err := first.Err(); !errors.As(err, &re) || re.Code != packet.SessionTakenOver {
+		t.Fatalf("first connection ended with %v, want DISCONNECT 0x8E", err)
+	}
+	if !second.IsConnected() {
+		t.Fatal("the second connection was closed too")
+	}
+}

@@ -1,0 +1,294 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/moatmq/moat/internal/broker"
+)
+
+// Key-value bucket names. Each holds one key per MQTT topic or client ID,
+// encoded as subject tokens (subject.go), keeping the last value only.
+const (
+	bucketRetained = "moat_retained"
+	bucketClients  = "moat_clients"
+)
+
+// kvState is the key-value side of a Node: writes wait in queues for the
+// buckets, and for the order of one writer.
+type kvState struct {
+	mu       sync.Mutex
+	retained jetstream.KeyValue // nil until ready
+	clients  jetstream.KeyValue
+
+	// writes are the retained changes and client claims to write, in
+	// order; wake signals the writer.
+	writes []kvWrite
+	wake   chan struct{}
+
+	// claims holds, per client ID connected here, the revision of its
+	// last claim: a claim of another node with a higher revision takes
+	// its connection over.
+	claims map[string]uint64
+}
+
+type kvWrite struct {
+	retained *broker.Message // a retained change, or
+	pub      *broker.StoredPublisher
+	clientID string // a claim
+	owner    string
+}
+
+// maxPendingWrites bounds the writes waiting for the buckets (a node
+// without quorum); beyond it the oldest are dropped and logged.
+const maxPendingWrites = 100000
+
+// claimRecord is a client-ID claim's value.
+type claimRecord struct {
+	Node  string `json:"node"` // origin of the claiming node
+	Owner string `json:"owner"`
+}
+
+func (n *Node) kvs() *kvState {
+	n.subMu.Lock()
+	defer n.subMu.Unlock()
+	if n.kv == nil {
+		n.kv = &kvState{wake: make(chan struct{}, 1), claims: make(map[string]uint64)}
+	}
+	return n.kv
+}
+
+// Retained implements broker.Cluster: the change is written to the
+// retained bucket in the background, in order.
+func (n *Node) Retained(msg *broker.Message) {
+	n.queueWrite(kvWrite{retained: msg, pub: broker.StoredPublisherOf(msg)})
+}
+
+// Connected implements broker.Cluster: the claim is written to the client
+// bucket in the background.
+func (n *Node) Connected(clientID, owner string) {
+	n.queueWrite(kvWrite{clientID: clientID, owner: owner})
+}
+
+func (n *Node) queueWrite(w kvWrite) {
+	kv := n.kvs()
+	kv.mu.Lock()
+	if len(kv.writes) >= maxPendingWrites {
+		kv.writes = kv.writes[1:]
+		n.log.Warn("cluster: too many changes waiting for the cluster's key-value store; the oldest was dropped")
+	}
+	kv.writes = append(kv.writes, w)
+	kv.mu.Unlock()
+	select {
+	case kv.wake <- struct{}{}:
+	default:
+	}
+}
+
+// kvLoop creates or binds the buckets (retrying until the cluster has a
+// JetStream quorum), then writes queued changes and applies the watches.
+func (n *Node) kvLoop() {
+	kv := n.kvs()
+	js, err := jetstream.New(n.nc)
+	if err != nil {
+		n.log.Error("cluster: JetStream unavailable; retained messages and takeover stay local", "err", err)
+		return
+	}
+	backoff := 100 * time.Millisecond
+	for {
+		ret, cl, err := n.buckets(js)
+		if err == nil {
+			kv.mu.Lock()
+			kv.retained, kv.clients = ret, cl
+			kv.mu.Unlock()
+			break
+		}
+		n.log.Info("cluster: waiting for the cluster's key-value store", "err", err)
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
+	retW, err := kv.retained.WatchAll(n.ctx)
+	if err != nil {
+		n.log.Error("cluster: watching retained messages failed", "err", err)
+		return
+	}
+	defer func() { _ = retW.Stop() }()
+	// Claims made before this node started do not concern it.
+	clW, err := kv.clients.WatchAll(n.ctx, jetstream.UpdatesOnly())
+	if err != nil {
+		n.log.Error("cluster: watching client claims failed", "err", err)
+		return
+	}
+	defer func() { _ = clW.Stop() }()
+	retUpdates, clUpdates := retW.Updates(), clW.Updates()
+	initial := true
+	for {
+		select {
+		case <-n.ctx.Done():
+			return
+		case e, ok := <-retUpdates:
+			if !ok {
+				n.log.Error("cluster: retained watch ended")
+				retUpdates = nil
+				continue
+			}
+			if e == nil {
+				if initial {
+					initial = false
+					close(n.ready)
+					n.log.Info("cluster: key-value store ready", "replicas", n.replicas)
+				}
+				continue
+			}
+			n.applyRetained(e)
+		case e, ok := <-clUpdates:
+			if !ok {
+				n.log.Error("cluster: claim watch ended")
+				clUpdates = nil
+				continue
+			}
+			if e != nil {
+				n.applyClaim(e)
+			}
+		case <-kv.wake:
+			n.writeQueued(kv)
+		}
+	}
+}
+
+// buckets creates or binds both buckets.
+func (n *Node) buckets(js jetstream.JetStream) (ret, cl jetstream.KeyValue, err error) {
+	ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
+	defer cancel()
+	ret, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucketRetained, History: 1,
+		Replicas: n.replicas, Storage: jetstream.FileStorage, Description: "Moat retained messages"})
+	if err != nil {
+		return nil, nil, err
+	}
+	cl, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucketClients, History: 1,
+		Replicas: n.replicas, Storage: jetstream.FileStorage, Description: "Moat client-ID claims"})
+	return ret, cl, err
+}
+
+// writeQueued writes the queued changes in order. A write that fails is
+// logged and dropped: the cluster's copy then differs until the next
+// change of that key.
+func (n *Node) writeQueued(kv *kvState) {
+	kv.mu.Lock()
+	writes := kv.writes
+	kv.writes = nil
+	kv.mu.Unlock()
+	for _, w := range writes {
+		if n.ctx.Err() != nil {
+			return
+		}
+		ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
+		if w.retained != nil {
+			n.writeRetained(ctx, kv, w)
+		} else {
+			n.writeClaim(ctx, kv, w)
+		}
+		cancel()
+	}
+}
+
+func (n *Node) writeRetained(ctx context.Context, kv *kvState, w kvWrite) {
+	val, err := encodeRetained(retainedRecord{origin: n.origin, pub: w.pub, msg: w.retained}, time.Now())
+	if errors.Is(err, errExpired) {
+		return
+	}
+	if err == nil {
+		_, err = kv.retained.Put(ctx, topicTokens(w.retained.Topic), val)
+	}
+	if err != nil {
+		n.log.Warn("cluster: retained message not stored in the cluster", "topic", w.retained.Topic, "err", err)
+		return
+	}
+	n.stats.retainedOut.Add(1)
+}
+
+func (n *Node) writeClaim(ctx context.Context, kv *kvState, w kvWrite) {
+	val, _ := json.Marshal(claimRecord{Node: n.origin, Owner: w.owner})
+	rev, err := kv.clients.Put(ctx, keyOf(w.clientID), val)
+	if err != nil {
+		n.log.Warn("cluster: client claim not stored; a connection of this client on another node is not taken over",
+			"client", w.clientID, "err", err)
+		return
+	}
+	n.stats.claims.Add(1)
+	kv.mu.Lock()
+	kv.claims[w.clientID] = rev
+	kv.mu.Unlock()
+}
+
+// applyRetained applies another node's retained change to the local
+// store, the cluster's cache on this node. Changes arrive in the
+// bucket's order, so every node's cache ends with the bucket's last value.
+func (n *Node) applyRetained(e jetstream.KeyValueEntry) {
+	if e.Operation() != jetstream.KeyValuePut {
+		return // this node writes empty records, never deletes or purges
+	}
+	r, err := decodeRetained(e.Value(), time.Now())
+	if err != nil {
+		n.stats.decodeErrors.Add(1)
+		n.log.Warn("cluster: malformed retained record ignored", "key", clip(e.Key()), "err", err)
+		return
+	}
+	if r.origin == n.origin {
+		return
+	}
+	if t, err := tokensTopic(e.Key()); err != nil || t != r.msg.Topic {
+		n.stats.decodeErrors.Add(1)
+		n.log.Warn("cluster: retained record under another topic's key ignored", "key", clip(e.Key()))
+		return
+	}
+	n.stats.retainedIn.Add(1)
+	n.b.RetainRemote(r.msg, r.pub)
+}
+
+// applyClaim takes over the local connection of a client that connected
+// on another node after it connected here.
+func (n *Node) applyClaim(e jetstream.KeyValueEntry) {
+	if e.Operation() != jetstream.KeyValuePut {
+		return
+	}
+	var c claimRecord
+	if err := json.Unmarshal(e.Value(), &c); err != nil || c.Node == n.origin {
+		return
+	}
+	id, err := keyString(e.Key())
+	if err != nil {
+		return
+	}
+	kv := n.kv
+	kv.mu.Lock()
+	rev, ok := kv.claims[id]
+	if ok && rev < e.Revision() {
+		delete(kv.claims, id)
+	}
+	kv.mu.Unlock()
+	if !ok || rev >= e.Revision() {
+		return
+	}
+	if n.b.TakeoverRemote(id, c.Owner) {
+		n.stats.takeovers.Add(1)
+		n.log.Info("cluster: connection taken over by another node", "client", id, "node", strings.SplitN(c.Node, "/", 2)[0])
+	}
+}
+
+func clip(s string) string {
+	if len(s) > 120 {
+		return s[:120] + "…"
+	}
+	return s
+}

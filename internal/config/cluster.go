@@ -1,0 +1,141 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+)
+
+// Cluster joins this broker with others into one (docs/cluster.md). YAML
+// only: mosquitto.conf has no cluster. The zero value is off; nothing of
+// the cluster runs or costs anything then.
+type Cluster struct {
+	// Name is the cluster's name, the same on every node. Required.
+	Name string `json:"name,omitempty" yaml:"name"`
+	// Node is this node's name, unique in the cluster. Required.
+	Node string `json:"node,omitempty" yaml:"node"`
+	// Listen is the host:port the embedded NATS server accepts routes
+	// from the other nodes on. Required unless NATSURL is set.
+	Listen string `json:"listen,omitempty" yaml:"listen"`
+	// Peers are the route addresses (host:port) of the other nodes.
+	Peers []string `json:"peers,omitempty" yaml:"peers"`
+	// TLS secures the routes with mutual TLS. Unset: the node's
+	// certificate DataDir/cluster/node.pem and .key, verified against the
+	// built-in CA DataDir/ca/ca.pem, which every node must share
+	// (docs/cluster.md). Routes whose every address is loopback may stay
+	// plain when no node certificate exists (one host, for trying it out;
+	// warned about).
+	TLS ClusterTLS `json:"tls,omitzero" yaml:"tls"`
+	// NATSURL, when set, uses an external NATS cluster instead of the
+	// embedded server; Credentials is its NATS credentials file (never a
+	// secret on the command line).
+	NATSURL     string `json:"nats_url,omitempty" yaml:"nats_url"`
+	Credentials string `json:"credentials,omitempty" yaml:"credentials"`
+}
+
+// ClusterTLS names the files of the routes' mutual TLS.
+type ClusterTLS struct {
+	// Cert and Key are this node's certificate chain and key; the
+	// certificate must allow server and client authentication and name
+	// the host the other nodes dial.
+	Cert string `json:"cert,omitempty" yaml:"cert"`
+	Key  string `json:"key,omitempty" yaml:"key"`
+	// CA is the bundle that verifies the other nodes' certificates.
+	CA string `json:"ca,omitempty" yaml:"ca"`
+}
+
+// Enabled tells whether the cluster section is set.
+func (c *Cluster) Enabled() bool {
+	return c.Name != "" || c.Node != "" || c.Listen != "" || len(c.Peers) > 0 || c.NATSURL != "" ||
+		c.TLS != (ClusterTLS{})
+}
+
+// AllLoopback tells whether the route address and every peer are
+// loopback addresses (or "localhost").
+func (c *Cluster) AllLoopback() bool {
+	for _, a := range append([]string{c.Listen}, c.Peers...) {
+		host, _, err := net.SplitHostPort(a)
+		if err != nil {
+			return false
+		}
+		if host == "localhost" {
+			continue
+		}
+		ip := net.ParseIP(host)
+		if ip == nil || !ip.IsLoopback() {
+			return false
+		}
+	}
+	return true
+}
+
+// validateCluster checks the cluster section; bad reports a problem at
+// the setting the message starts with.
+func (c *Config) validateCluster(bad func(format string, args ...any)) {
+	cl := &c.Cluster
+	if !cl.Enabled() {
+		return
+	}
+	if cl.Name == "" {
+		bad("cluster.name: required (the same on every node)")
+	} else if !validNATSName(cl.Name) {
+		bad("cluster.name %q: use letters, digits, '-' and '_' only", cl.Name)
+	}
+	if cl.Node == "" {
+		bad("cluster.node: required (unique in the cluster)")
+	} else if !validNATSName(cl.Node) {
+		bad("cluster.node %q: use letters, digits, '-' and '_' only", cl.Node)
+	}
+	hostPort := func(key, a string) {
+		_, port, err := net.SplitHostPort(a)
+		if err != nil {
+			bad("%s %q is not host:port (e.g. \"10.0.0.1:7422\")", key, a)
+			return
+		}
+		if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
+			bad("%s %q: port must be a number from 0 to 65535", key, a)
+		}
+	}
+	if cl.NATSURL != "" {
+		if cl.Listen != "" || len(cl.Peers) > 0 {
+			bad("cluster.nats_url: set either nats_url (an external NATS cluster) or listen and peers (embedded), not both")
+		}
+		if strings.Contains(cl.NATSURL, "@") {
+			bad("cluster.nats_url: put credentials in cluster.credentials (a file), not in the URL")
+		}
+		return
+	}
+	if cl.Credentials != "" {
+		bad("cluster.credentials: only used with cluster.nats_url")
+	}
+	if cl.Listen == "" {
+		bad("cluster.listen: required (the host:port other nodes connect to), or set cluster.nats_url")
+	} else {
+		hostPort("cluster.listen", cl.Listen)
+	}
+	for i, p := range cl.Peers {
+		hostPort(fmt.Sprintf("cluster.peers[%d]", i), p)
+	}
+	t := cl.TLS
+	if (t.Cert == "") != (t.Key == "") {
+		bad("cluster.tls: set both cert and key, or neither (the node certificate in the data directory)")
+	}
+	if t.CA != "" && t.Cert == "" {
+		bad("cluster.tls.ca: set cert and key too")
+	}
+}
+
+// validNATSName accepts the names NATS allows for servers and clusters
+// that are also safe in subjects and logs.
+func validNATSName(s string) bool {
+	if len(s) > 64 {
+		return false
+	}
+	for _, r := range s {
+		if !(r == '-' || r == '_' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z') {
+			return false
+		}
+	}
+	return true
+}
