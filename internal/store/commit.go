@@ -231,11 +231,27 @@ func (s *Store) commitTx(reqs []*request, force bool) (wrote bool, err error) {
 				return &opError{r.err}
 			}
 		}
-		var batch [][]Op
-		batch, dropped = t.coalesce(reqs)
+		dropMsg := t.coalesce(reqs)
 		empty := true
-		for _, ops := range batch {
-			for _, op := range ops {
+		for _, r := range reqs {
+			for _, op := range r.ops {
+				switch o := op.(type) {
+				case *putDelivery:
+					if o.skip {
+						dropped++
+						continue
+					}
+				case *deleteDelivery:
+					if o.skip {
+						dropped++
+						continue
+					}
+				case *putMessage:
+					if dropMsg[o.id] {
+						dropped++
+						continue
+					}
+				}
 				empty = false
 				if err := op.apply(t); err != nil {
 					return &opError{err}
@@ -309,108 +325,121 @@ func (s *Store) commitTx(reqs []*request, force bool) (wrote bool, err error) {
 // errNothingLeft rolls back a transaction that has nothing to write.
 var errNothingLeft = errors.New("store: nothing left to write")
 
-// coalesce returns each request's ops to apply, leaving out the deliveries
-// the batch puts and deletes again, and the messages only they referred
-// to: a subscriber that acknowledged a message before the commit that
+// coalesce marks the deliveries the batch puts and deletes again to be
+// left out, and returns the messages only they referred to, also left
+// out: a subscriber that acknowledged a message before the commit that
 // stores it is owed nothing, so neither the delivery nor (unless another
 // session is owed it) the message needs to reach the disk. The state
 // after the transaction is the same as with every op applied. Only a
 // delivery that was not stored before the batch, of a session that was,
 // and that the batch neither puts again after its delete nor touches
 // through a DeleteSession, is left out; a message only when it was not
-// stored either. It reports how many ops it left out. It works on
-// prepared ops, whose keys are computed: deliveries are named by their
-// keys (a keyed hash of the client ID and the sequence number).
-func (t *txn) coalesce(reqs []*request) ([][]Op, int) {
-	type pos struct{ req, op int }
-	type dkey = [idLen + 8]byte // a delivery's key
-	var puts map[dkey][]pos
-	var dels map[dkey]pos
-	var spoiled map[dkey]bool
-	var sessionGone map[[idLen]byte]bool // by delivery key prefix
-	for i, r := range reqs {
-		for j, op := range r.ops {
+// stored either. It works on prepared ops, whose keys are computed:
+// deliveries are named by their keys (a keyed hash of the client ID and
+// the sequence number). The marks are fields of the prepared ops
+// (putDelivery.skip, deleteDelivery.skip), set anew for every batch, so
+// a request retried alone after its batch failed starts unmarked.
+func (t *txn) coalesce(reqs []*request) (dropMsg map[uint64]bool) {
+	c := &t.s.coal
+	c.reset()
+	for _, r := range reqs {
+		for _, op := range r.ops {
 			switch o := op.(type) {
 			case *putDelivery:
+				o.skip, o.next = false, nil
 				k := dkey(o.key)
-				if _, deleted := dels[k]; deleted {
-					spoiled[k] = true // put again after its delete
+				if _, deleted := c.dels[k]; deleted {
+					c.spoiled[k] = true // put again after its delete
 					continue
 				}
-				if puts == nil {
-					puts = make(map[dkey][]pos, len(reqs))
+				if ch, ok := c.puts[k]; ok {
+					ch.last.next = o
+					ch.last = o
+					c.puts[k] = ch
+				} else {
+					c.puts[k] = putChain{o, o}
 				}
-				puts[k] = append(puts[k], pos{i, j})
 			case *deleteDelivery:
+				o.skip = false
 				k := dkey(o.key)
-				if _, put := puts[k]; !put {
+				if _, put := c.puts[k]; !put {
 					continue
 				}
-				if _, deleted := dels[k]; deleted {
+				if _, deleted := c.dels[k]; deleted {
 					continue
 				}
-				if dels == nil {
-					dels, spoiled = make(map[dkey]pos, len(puts)), map[dkey]bool{}
-				}
-				dels[k] = pos{i, j}
+				c.dels[k] = o
 			case *deleteSession:
-				if sessionGone == nil {
-					sessionGone = map[[idLen]byte]bool{}
-				}
-				sessionGone[[idLen]byte(o.dlvPrefix)] = true
+				c.sessionGone[[idLen]byte(o.dlvPrefix)] = true
 			}
 		}
 	}
-	if len(dels) == 0 {
-		out := make([][]Op, len(reqs))
-		for i, r := range reqs {
-			out[i] = r.ops
-		}
-		return out, 0
+	if len(c.dels) == 0 {
+		return nil
 	}
-	putOf := func(p pos) *putDelivery { return reqs[p.req].ops[p.op].(*putDelivery) }
-	drop := make(map[pos]bool, 3*len(dels))
-	dropMsg := make(map[uint64]bool, len(dels)) // messages of dropped deliveries
 	dlv := t.tx.Bucket(bktDelivery)
-	for k, d := range dels {
-		first := putOf(puts[k][0])
-		if spoiled[k] || sessionGone[[idLen]byte(k[:idLen])] || dlv.Get(first.key) != nil || t.needSession(first.sessKey) != nil {
+	for k, d := range c.dels {
+		first := c.puts[k].first
+		// A sequence number above every ID issued before this
+		// transaction was not stored before it.
+		storedBefore := first.seq <= t.maxID0 && dlv.Get(first.key) != nil
+		if c.spoiled[k] || c.sessionGone[[idLen]byte(k[:idLen])] || storedBefore || t.needSession(first.sessKey) != nil {
 			continue
 		}
-		drop[d] = true
-		for _, p := range puts[k] {
-			drop[p] = true
-			dropMsg[putOf(p).msgID] = true
+		d.skip = true
+		for p := first; p != nil; p = p.next {
+			p.skip = true
+			c.dropMsg[p.msgID] = true
 		}
 	}
 	// A message stays when it was stored before or a delivery that is
 	// written refers to it.
-	for _, ps := range puts {
-		for _, p := range ps {
-			if !drop[p] {
-				delete(dropMsg, putOf(p).msgID)
+	for _, ch := range c.puts {
+		for p := ch.first; p != nil; p = p.next {
+			if !p.skip {
+				delete(c.dropMsg, p.msgID)
 			}
 		}
 	}
-	for id := range dropMsg {
+	for id := range c.dropMsg {
 		if t.s.refs[id] > 0 {
-			delete(dropMsg, id)
+			delete(c.dropMsg, id)
 		}
 	}
-	out := make([][]Op, len(reqs))
-	n := 0
-	for i, r := range reqs {
-		var ops []Op
-		for j, op := range r.ops {
-			if m, ok := op.(*putMessage); ok && dropMsg[m.id] || drop[pos{i, j}] {
-				n++
-				continue
-			}
-			ops = append(ops, op)
-		}
-		out[i] = ops
+	return c.dropMsg
+}
+
+// dkey is a delivery's key.
+type dkey = [idLen + 8]byte
+
+// putChain lists the puts of one delivery in a batch, in order.
+type putChain struct{ first, last *putDelivery }
+
+// coalescer holds coalesce's maps, kept by the committer from batch to
+// batch so that their memory is reused.
+type coalescer struct {
+	puts        map[dkey]putChain
+	dels        map[dkey]*deleteDelivery // the first delete after a put
+	spoiled     map[dkey]bool
+	sessionGone map[[idLen]byte]bool // by delivery key prefix
+	dropMsg     map[uint64]bool      // messages of dropped deliveries
+}
+
+// maxCoalesceMap is the size past which a map is dropped rather than
+// cleared: a burst does not keep its memory.
+const maxCoalesceMap = 1 << 14
+
+func (c *coalescer) reset() {
+	if c.puts == nil || len(c.puts) > maxCoalesceMap || len(c.dels) > maxCoalesceMap || len(c.dropMsg) > maxCoalesceMap {
+		*c = coalescer{puts: make(map[dkey]putChain, 1024), dels: make(map[dkey]*deleteDelivery, 1024),
+			spoiled: map[dkey]bool{}, sessionGone: map[[idLen]byte]bool{}, dropMsg: make(map[uint64]bool, 1024)}
+		return
 	}
-	return out, n
+	clear(c.puts)
+	clear(c.dels)
+	clear(c.spoiled)
+	clear(c.sessionGone)
+	clear(c.dropMsg)
 }
 
 // lateCoalesce looks, once the batch is applied, at the requests that

@@ -307,10 +307,29 @@ func (t *txn) putOver(b *bolt.Bucket, bucket, key, old []byte, rec *sealed) erro
 	return nil
 }
 
+// forget takes the record old, stored at bucket/key, out of the digest.
 func (t *txn) forget(bucket, key, old []byte) {
+	var e recentRecord
+	var ok bool
+	switch {
+	case bytes.Equal(bucket, bktDelivery):
+		e, ok = t.s.recent.delivery(key, old)
+	case bytes.Equal(bucket, bktMessage) && len(key) == 8:
+		e, ok = t.s.recent.message(beUint64(key), old)
+	}
+	if ok {
+		t.forgetElem(e.elem)
+		return
+	}
 	if len(old) >= versionLen {
 		xorInto(&t.st.Digest, t.s.keys.element(bucket, key, beUint64(old)))
 	}
+	t.st.Records--
+}
+
+// forgetElem takes a record whose element is known out of the digest.
+func (t *txn) forgetElem(elem [32]byte) {
+	xorInto(&t.st.Digest, elem)
 	t.st.Records--
 }
 
@@ -460,9 +479,14 @@ func (o *putMessage) apply(t *txn) error {
 	t.newMsgs[o.id] = true
 	if o.id > t.maxID0 && !again {
 		// A new message: nothing to replace.
-		return t.putOver(t.bucket(bktMessage), bktMessage, o.keyBuf[:], nil, rec)
+		err = t.putOver(t.bucket(bktMessage), bktMessage, o.keyBuf[:], nil, rec)
+	} else {
+		err = t.putSealed(bktMessage, o.keyBuf[:], rec)
 	}
-	return t.putSealed(bktMessage, o.keyBuf[:], rec)
+	if err == nil {
+		t.s.recent.putMessage(o.id, recentRecord{version: rec.id, elem: rec.elem})
+	}
+	return err
 }
 
 func (o PutDelivery) prepare(s *Store) (Op, error) {
@@ -484,6 +508,10 @@ type putDelivery struct {
 	sessKey, key []byte // key is keyBuf
 	keyBuf       [idLen + 8]byte
 	rec          laterRecord
+	// Set by coalesce, on the committer: left out of this batch, and
+	// the next put of the same delivery in the batch.
+	skip bool
+	next *putDelivery
 }
 
 func (o *putDelivery) apply(t *txn) error {
@@ -511,12 +539,19 @@ func (o *putDelivery) apply(t *txn) error {
 		old = b.Get(o.key)
 	}
 	var oldMsg uint64
-	if old != nil {
-		od, err := t.openDelivery(o.key, old)
-		if err != nil {
-			return err
+	hadOld := old != nil
+	if hadOld {
+		if e, ok := t.s.recent.delivery(o.key, old); ok {
+			oldMsg = e.msgID
+			t.forgetElem(e.elem)
+			old = nil // taken out of the digest
+		} else {
+			od, err := t.openDelivery(o.key, old)
+			if err != nil {
+				return err
+			}
+			oldMsg = od.MsgID
 		}
-		oldMsg = od.MsgID
 	}
 	rec, err := o.rec.sealed(t.s)
 	if err != nil {
@@ -531,7 +566,8 @@ func (o *putDelivery) apply(t *txn) error {
 	if err := t.putOver(b, bktDelivery, o.key, old, rec); err != nil {
 		return err
 	}
-	if old != nil {
+	t.s.recent.putDelivery(o.key, recentRecord{version: rec.id, msgID: o.msgID, elem: rec.elem})
+	if hadOld {
 		return t.unref(oldMsg)
 	}
 	return nil
@@ -543,18 +579,25 @@ func (t *txn) deleteDelivery(key []byte) error {
 	if v == nil || !bytes.Equal(k, key) {
 		return nil
 	}
-	od, err := t.openDelivery(key, v)
-	if err != nil {
-		return err
+	var msgID uint64
+	if e, ok := t.s.recent.delivery(key, v); ok {
+		msgID = e.msgID
+		t.forgetElem(e.elem)
+	} else {
+		od, err := t.openDelivery(key, v)
+		if err != nil {
+			return err
+		}
+		msgID = od.MsgID
+		t.forget(bktDelivery, key, v)
 	}
-	t.forget(bktDelivery, key, v)
 	if err := c.Delete(); err != nil {
 		return err
 	}
 	if len(key) == idLen+8 {
 		delete(t.putDlv, [idLen + 8]byte(key))
 	}
-	return t.unref(od.MsgID)
+	return t.unref(msgID)
 }
 
 func (o DeleteDelivery) prepare(s *Store) (Op, error) {
@@ -568,6 +611,7 @@ func (o DeleteDelivery) apply(t *txn) error { return prepareAndApply(t, o) }
 type deleteDelivery struct {
 	key    []byte // keyBuf
 	keyBuf [idLen + 8]byte
+	skip   bool // set by coalesce: left out of this batch
 }
 
 func (o *deleteDelivery) apply(t *txn) error { return t.deleteDelivery(o.key) }

@@ -153,6 +153,8 @@ type Store struct {
 	// Owned by the committer goroutine after Open.
 	st          state
 	refs        map[uint64]int // message ID → deliveries referring to it
+	recent      recentRecords  // the committer's (recent.go)
+	coal        coalescer      // the committer's (commit.go)
 	prefs       map[string]int // publisher key → retained messages and wills naming it
 	lastCounter time.Time      // when the counter file was last written
 	failed      error          // set at the first disk error; wraps ErrFailed
