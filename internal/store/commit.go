@@ -465,9 +465,11 @@ func (t *txn) lateCoalesce() (int, error) {
 	t.s.mu.Lock()
 	pend := t.s.pending // read below without the lock: see submit
 	t.s.mu.Unlock()
-	var touched map[[idLen + 8]byte]bool
-	var gone map[[idLen]byte]bool
-	var msgUsed map[uint64]bool
+	c := &t.s.coal
+	touched, gone, msgUsed := c.puts, c.sessionGone, c.dropMsg // reused: coalesce is done with them
+	clear(touched)
+	clear(gone)
+	clear(msgUsed)
 	n := 0
 	for _, r := range pend {
 		onlyDeletes := r.err == nil && len(r.ops) > 0
@@ -480,9 +482,10 @@ func (t *txn) lateCoalesce() (int, error) {
 		for _, op := range r.ops {
 			switch o := op.(type) {
 			case *deleteDelivery:
-				k := [idLen + 8]byte(o.key)
+				k := dkey(o.key)
 				msg, put := t.putDlv[k]
-				if onlyDeletes && put && !touched[k] && !gone[[idLen]byte(o.key)] && !msgUsed[msg] {
+				_, seen := touched[k]
+				if onlyDeletes && put && !seen && !gone[[idLen]byte(o.key)] && !msgUsed[msg] {
 					if err := t.deleteDelivery(o.key); err != nil {
 						return n, err
 					}
@@ -491,23 +494,11 @@ func (t *txn) lateCoalesce() (int, error) {
 						n++
 					}
 				}
-				if touched == nil {
-					touched = map[[idLen + 8]byte]bool{}
-				}
-				touched[k] = true
+				touched[k] = putChain{}
 			case *putDelivery:
-				if touched == nil {
-					touched = map[[idLen + 8]byte]bool{}
-				}
-				touched[[idLen + 8]byte(o.key)] = true
-				if msgUsed == nil {
-					msgUsed = map[uint64]bool{}
-				}
+				touched[dkey(o.key)] = putChain{}
 				msgUsed[o.msgID] = true
 			case *deleteSession:
-				if gone == nil {
-					gone = map[[idLen]byte]bool{}
-				}
 				gone[[idLen]byte(o.dlvPrefix)] = true
 			}
 		}
