@@ -319,7 +319,7 @@ func (s *Store) resolveKEK(exists bool) error {
 
 func (s *Store) openDB() (err error) {
 	defer recoverCorrupt(&err)
-	opts := &bolt.Options{Timeout: time.Second, NoSync: s.cfg.Sync != SyncAlways, FreelistType: bolt.FreelistMapType, NoFreelistSync: true, ReadOnly: s.cfg.readOnly}
+	opts := &bolt.Options{Timeout: time.Second, NoSync: s.cfg.Sync != SyncAlways, FreelistType: bolt.FreelistMapType, ReadOnly: s.cfg.readOnly}
 	if err := checkFileSize(s.path); err != nil {
 		return err
 	}
