@@ -220,7 +220,9 @@ func (s *Store) commitBatch(reqs []*request) {
 // one: with nothing to write it writes none, unless force is set.
 func (s *Store) commitTx(reqs []*request, force bool) (wrote bool, err error) {
 	defer recoverCorrupt(&err)
-	t := &txn{s: s, st: s.st, refs: map[uint64]int{}, newMsgs: map[uint64]bool{}, prefs: map[string]int{}, maxID0: s.st.MaxID}
+	m := s.coal.txnMaps()
+	t := &txn{s: s, st: s.st, refs: m.refs, newMsgs: m.newMsgs, prefs: map[string]int{}, maxID0: s.st.MaxID,
+		sessions: m.sessions, freshPuts: m.freshPuts, putDlv: m.putDlv}
 	t.st.Counter++
 	nops := 0
 	dropped := 0
@@ -423,6 +425,35 @@ type coalescer struct {
 	spoiled     map[dkey]bool
 	sessionGone map[[idLen]byte]bool // by delivery key prefix
 	dropMsg     map[uint64]bool      // messages of dropped deliveries
+	txn         txnMaps
+}
+
+// txnMaps are the maps of one transaction (see txn), kept by the
+// committer from transaction to transaction so that their memory is
+// reused: every one is emptied before it is handed out.
+type txnMaps struct {
+	refs      map[uint64]int
+	newMsgs   map[uint64]bool
+	sessions  map[string]bool
+	freshPuts map[dkey]bool
+	putDlv    map[dkey]uint64
+}
+
+// txnMaps returns the emptied maps for the next transaction.
+func (c *coalescer) txnMaps() *txnMaps {
+	m := &c.txn
+	if m.refs == nil || len(m.refs) > maxCoalesceMap || len(m.newMsgs) > maxCoalesceMap || len(m.sessions) > maxCoalesceMap ||
+		len(m.freshPuts) > maxCoalesceMap || len(m.putDlv) > maxCoalesceMap {
+		*m = txnMaps{refs: make(map[uint64]int, 1024), newMsgs: make(map[uint64]bool, 1024), sessions: map[string]bool{},
+			freshPuts: make(map[dkey]bool, 1024), putDlv: make(map[dkey]uint64, 1024)}
+		return m
+	}
+	clear(m.refs)
+	clear(m.newMsgs)
+	clear(m.sessions)
+	clear(m.freshPuts)
+	clear(m.putDlv)
+	return m
 }
 
 // maxCoalesceMap is the size past which a map is dropped rather than
