@@ -28,7 +28,7 @@ type recentRecord struct {
 
 // maxRecent bounds each generation of each map: entries older than two
 // generations are forgotten (and looked up the slow way), so the cache
-// holds at most 4 × maxRecent entries, about 5 MiB.
+// holds at most 4 × maxRecent entries, about 6 MiB.
 const maxRecent = 1 << 14
 
 func (r *recentRecords) putDelivery(key []byte, rec recentRecord) {
