@@ -287,6 +287,7 @@ func (s *Store) rewrite(st *State, counter, maxID uint64) error {
 		return fmt.Errorf("store: wrapping the data key: %w", err)
 	}
 	s.st = state{Counter: counter - 1, MaxID: maxID}
+	s.nextID.Store(max(maxID, counter)) // seal IDs continue above every ID and counter of the old store
 	var ops []Op
 	for id, ss := range st.Sessions {
 		if ss.Session != nil {
@@ -311,7 +312,11 @@ func (s *Store) rewrite(st *State, counter, maxID uint64) error {
 	if err != nil {
 		return fmt.Errorf("store: %w", err)
 	}
-	if _, err := s.commitTx([]*request{{ops: ops}}, true); err != nil {
+	r := s.newRequest(ops)
+	if r.err != nil {
+		return r.err
+	}
+	if _, err := s.commitTx([]*request{r}, true); err != nil {
 		return err
 	}
 	return s.db.Sync()

@@ -55,7 +55,7 @@ func (r *Report) problem(format string, args ...any) {
 }
 
 // scan decrypts and checks every record: each opens under its own bucket,
-// key and version, holds the record type of its bucket, sits under the
+// key and version (no higher than the commit counter), holds the record type of its bucket, sits under the
 // key its content names, and the set of (bucket, key, version) matches
 // the digest in the sealed state, so no record is missing, added or
 // replaced by an older copy of itself. keep builds the State.
@@ -85,7 +85,7 @@ func (s *Store) scan(tx *bolt.Tx, keep bool) *Report {
 			}
 			xorInto(&digest, s.keys.element(bucket, k, ver))
 			if ver > s.st.Counter {
-				rep.problem("%s/%x: written by commit %d, after the last commit %d", bucket, k, ver, s.st.Counter)
+				rep.problem("%s/%x: version %d, above the commit counter %d", bucket, k, ver, s.st.Counter)
 			}
 			r, err := decodeRecord(pt)
 			if err != nil {
