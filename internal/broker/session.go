@@ -329,6 +329,9 @@ func (s *session) enqueueLocked(srv *Server, d *delivery, online bool) bool {
 	d.enc = nil
 	if s.fullLocked(srv) && !s.dropExpiredLocked(srv) && (!online || srv.cfg.QueueFullPolicy != QueueBlock) {
 		srv.queueFull(s.id, d)
+		if online && s.conn != nil {
+			s.conn.limitDrops.Add(1) // its reader reports it (LimitQueueFull)
+		}
 		return false
 	}
 	s.queue = append(s.queue, d)
