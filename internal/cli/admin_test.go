@@ -64,9 +64,7 @@ func startAdminEnv(t *testing.T, extra ...string) *adminEnv {
 // configuration file.
 func startAdminEnvWith(t *testing.T, extra string) *adminEnv {
 	t.Helper()
-	e := &adminEnv{dir: t.TempDir()}
-	e.data = filepath.Join(e.dir, "data")
-	writeFile(t, filepath.Join(e.dir, "moat.yaml"), `listeners:
+	return startAdminEnvConfig(t, `listeners:
   - name: devices
     address: 127.0.0.1:0
     transport: tls
@@ -78,6 +76,15 @@ data_dir: data
 admin:
   listen: 127.0.0.1:0
 `+extra)
+}
+
+// startAdminEnvConfig is startAdminEnv with the whole configuration
+// file, which must keep data_dir: data and an admin listener.
+func startAdminEnvConfig(t *testing.T, yaml string) *adminEnv {
+	t.Helper()
+	e := &adminEnv{dir: t.TempDir()}
+	e.data = filepath.Join(e.dir, "data")
+	writeFile(t, filepath.Join(e.dir, "moat.yaml"), yaml)
 	e.viewer = createToken(t, e.dir, "ci-viewer", "viewer")
 	e.operator = createToken(t, e.dir, "ci-operator", "operator")
 	if fi, err := os.Stat(filepath.Join(e.data, "admin-tokens.json")); err != nil || fi.Mode().Perm() != 0o600 {

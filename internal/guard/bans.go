@@ -3,6 +3,7 @@ package guard
 import (
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"net/netip"
@@ -74,6 +75,11 @@ func newBanID(r io.Reader) (string, error) {
 	}
 	return hex.EncodeToString(b[:]), nil
 }
+
+// Validate checks a ban read from a BanStore other than the bans file
+// (the durable store's adapter) as the bans file's entries are checked,
+// and puts its value in canonical form.
+func (b *Ban) Validate() error { return b.validate() }
 
 // validate checks a ban read from the bans file or given by an operator
 // and canonicalizes its value.
@@ -428,9 +434,15 @@ func (g *Guard) roomFor(n int) error {
 	return nil
 }
 
+// Errors of AddBan and RemoveBan; test with errors.Is.
+var (
+	ErrBanListFull = errors.New("guard: the ban list is full (max_bans)")
+	ErrNoBan       = errors.New("guard: no such ban")
+)
+
 func (g *Guard) full() error {
 	g.stats.bansRefusedFull.Add(1)
-	return fmt.Errorf("guard: the ban list holds %d bans, its maximum (max_bans); remove some or raise it", g.cfg.MaxBans)
+	return fmt.Errorf("%w: it holds %d bans; remove some or raise max_bans", ErrBanListFull, g.cfg.MaxBans)
 }
 
 // install puts b in force in memory; pending marks an automatic ban still
@@ -489,7 +501,7 @@ func (g *Guard) RemoveBan(id string) (Ban, error) {
 	g.pending = slices.DeleteFunc(g.pending, func(b Ban) bool { return b.ID == id })
 	g.bansMu.Unlock()
 	if out.ID == "" {
-		return Ban{}, fmt.Errorf("guard: no ban with ID %q", clip(id))
+		return Ban{}, fmt.Errorf("%w: no ban with ID %q", ErrNoBan, clip(id))
 	}
 	g.stats.bansRemoved.Add(1)
 	g.log.Warn("guard: ban removed", "ban", out.ID, "kind", string(out.Kind), "value", clip(out.Value))
