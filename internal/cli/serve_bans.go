@@ -197,6 +197,10 @@ func (p *servePlan) planBanStore(d *defense, gc *guard.Config) {
 		p.log.Info("serve: defense.bans_file is set: the ban list stays in that file, not in the durable store", "file", gc.BansFile)
 		return
 	}
+	if p.broker.StoreQuarantines > 0 {
+		p.log.Error("serve: the ban list was kept in the store moved aside as corrupt: the broker starts without the bans it held " +
+			"(the moved file keeps them; bans.json, if any, is imported)")
+	}
 	bs := newStoreBans(p.store)
 	maxBans := gc.MaxBans
 	if maxBans == 0 {
