@@ -1,11 +1,13 @@
 // Package guard defends the broker against abusive clients (MQTT 3.1.1
 // §5.4.8): it detects repeated authentication failures, topic scanning,
-// connection floods, flapping, undeliverable publishing and silent
-// clients; keeps the ban list (addresses and CIDR prefixes, client IDs,
-// usernames, certificate fingerprints and serials) with expiry, persisted
-// in the data directory; and rate-limits connections per source address
-// and per listener, connections held per address, and each client's
-// messages and bytes per second.
+// connection floods, flapping, undeliverable publishing, silent clients
+// and clients that keep hitting the broker's limits; keeps the ban list
+// (addresses and CIDR prefixes, client IDs, usernames, certificate
+// fingerprints and serials) with expiry, persisted behind a BanStore (the
+// bans file, or the broker's durable store) and changed by `moat ban`
+// through a control socket; and rate-limits connections per source
+// address and per listener, connections held per address, and each
+// client's messages and bytes per second.
 //
 // The broker reaches it only through calls wired in internal/cli (see
 // docs/design/guard.md): every method is safe for concurrent use unless
