@@ -578,6 +578,7 @@ func (srv *Server) droppedSlow(c *conn, n int) {
 		return
 	}
 	total := srv.stats.droppedSlow.Add(int64(n))
+	c.limitDrops.Add(int64(n)) // its reader reports it (LimitQueueFull)
 	if total == int64(n) || total/1000 != (total-int64(n))/1000 {
 		c.log.Warn("broker: client reads too slowly; oldest QoS 0 messages dropped", "dropped", n,
 			"max_outbound_bytes", srv.cfg.MaxOutboundBytes, "dropped_total", total)

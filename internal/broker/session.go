@@ -338,6 +338,9 @@ func (s *session) enqueueLocked(srv *Server, d *delivery, held bool) bool {
 	d.enc = nil
 	if s.fullLocked(srv) && !s.dropExpiredLocked(srv) && (!held || srv.limits().QueueFullPolicy != QueueBlock || s.gate.cycle) {
 		srv.queueFull(s.id, d)
+		if s.conn != nil {
+			s.conn.limitDrops.Add(1) // its reader reports it (LimitQueueFull)
+		}
 		return false
 	}
 	s.queue.push(d)

@@ -252,6 +252,24 @@ func (st *stats) tlsHandshake(nc net.Conn, err error) {
 	st.tlsOK[k]++
 }
 
+// TLSHandshakeFailed counts a TLS handshake that failed before its
+// connection could reach Serve: a secure WebSocket listener's, which the
+// listener's HTTP server makes (listener.Config.OnTLSError). It is
+// counted by reason with the server's own handshakes
+// (Stats.TLSHandshakeFailures) and logged as they are. Safe for
+// concurrent use.
+func (s *Server) TLSHandshakeFailed(listener string, remote net.Addr, err error) {
+	if err == nil {
+		return
+	}
+	s.stats.tlsHandshake(nil, err)
+	var addr string
+	if remote != nil {
+		addr = remote.String()
+	}
+	s.log.Info("broker: TLS handshake failed", "listener", listener, "remote", addr, "err", err)
+}
+
 // hasTLSState reports whether nc carries a TLS connection state (secure
 // WebSocket).
 func hasTLSState(nc net.Conn) bool {
@@ -453,7 +471,8 @@ type Stats struct {
 	// version and key exchange group; TLSHandshakeFailures those that
 	// failed, by reason ("certificate_revoked", "client_alert",
 	// "timeout", ...). Secure WebSocket connections, whose handshake the
-	// HTTP server makes, count when their CONNECT arrives.
+	// HTTP server makes, count when their CONNECT arrives, and their
+	// failures when the listener reports them (TLSHandshakeFailed).
 	TLSHandshakes        []TLSCount
 	TLSHandshakeFailures map[string]int64
 }

@@ -461,6 +461,7 @@ var reloadRules = []reloadRule{
 	{key: "defense.abnormal_disconnects*", apply: liveDetectors},
 	{key: "defense.undeliverable*", apply: liveDetectors},
 	{key: "defense.silence*", apply: liveDetectors},
+	{key: "defense.limit_abuse*", apply: liveDetectors},
 	{key: "defense.disabled", why: "turning defense on or off needs a restart"},
 	{key: "defense.ipv6_prefix", why: "connections are counted per address prefix: those open would be released under another prefix than they were counted under"},
 	{key: "defense.conn_table_size", why: "the connection-rate table's memory is allocated once, at start"},

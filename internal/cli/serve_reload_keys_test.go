@@ -210,6 +210,10 @@ func TestReloadAppliesEveryLiveKey(t *testing.T) {
 		"defense.silence*": {"defense: {silence: {window: 2m, ban_for: 1m, max_ban: 2m}}", func(p *servePlan) error {
 			return want("silence after", p.defense.guard().SilenceAfter(), 2*time.Minute)
 		}},
+		"defense.limit_abuse*": {"defense: {limit_abuse: {threshold: 7, action: ban}}", func(p *servePlan) error {
+			d := p.defense.guard().Detectors().LimitAbuse
+			return want("limit_abuse", fmt.Sprint(d.Threshold, d.Action), "7 ban")
+		}},
 		"audit.deny_sample": {"audit: {deny_sample: 3}", func(p *servePlan) error {
 			return want("deny sample", p.defense.denySample.Load(), int64(3))
 		}},

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"cmp"
 	"crypto/rand"
 	"encoding/json"
 	"errors"
@@ -144,6 +145,12 @@ func Export(cfg Config, w io.Writer) error {
 	// MarshalJSON): they are secrets, and useless anywhere else.
 	for _, l := range slices.Sorted(maps.Keys(st.TicketKeys)) {
 		if err := line("ticket_keys", st.TicketKeys[l]); err != nil {
+			return err
+		}
+	}
+	slices.SortFunc(st.Bans, func(a, b *Ban) int { return cmp.Or(a.Created.Compare(b.Created), cmp.Compare(a.ID, b.ID)) })
+	for _, b := range st.Bans {
+		if err := line("ban", b); err != nil {
 			return err
 		}
 	}
@@ -305,6 +312,10 @@ func (s *Store) rewrite(st *State, counter, maxID uint64) error {
 	}
 	for _, w := range st.Wills {
 		ops = append(ops, PutWill{w})
+	}
+	// Bans are carried over, unlike ticket keys: they are not secrets.
+	for _, b := range st.Bans {
+		ops = append(ops, PutBan{b})
 	}
 	err = s.db.Update(func(tx *bolt.Tx) error {
 		return tx.Bucket(bktMeta).Put(keyHeader, s.hdr.marshal())

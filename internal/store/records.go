@@ -540,6 +540,8 @@ func appendRecord(dst []byte, r any) []byte {
 		}
 	case *TicketKeys:
 		encodeTicketKeys(&e, v)
+	case *Ban:
+		encodeBan(&e, v)
 	case *state:
 		e.u8(tagState)
 		e.u64(v.Counter)
@@ -575,7 +577,7 @@ func recordSizeHint(r any) int {
 // decodeRecord parses a record's plaintext strictly: a known tag, every
 // length inside the record, nothing left over. It returns one of
 // *Session, *Message, *Delivery, *inbound, *Retained, *Will, *Publisher,
-// *TicketKeys, *state.
+// *TicketKeys, *Ban, *state.
 func decodeRecord(b []byte) (any, error) {
 	d := &dec{b: b}
 	var r any
@@ -665,6 +667,8 @@ func decodeRecord(b []byte) (any, error) {
 		r = v
 	case tagTicketKeys:
 		r = decodeTicketKeys(d)
+	case tagBan:
+		r = decodeBan(d)
 	case tagState:
 		v := &state{Counter: d.u64()}
 		if d.need(32) {

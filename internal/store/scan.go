@@ -20,6 +20,8 @@ type State struct {
 	Wills    []*Will
 	// TicketKeys by listener name (nil when there are none).
 	TicketKeys map[string]*TicketKeys
+	// Bans is the broker's ban list (bans.go).
+	Bans []*Ban
 }
 
 // SessionState is one session and what it holds.
@@ -125,6 +127,9 @@ func (s *Store) scan(tx *bolt.Tx, keep bool) *Report {
 					st.TicketKeys = map[string]*TicketKeys{}
 				}
 				st.TicketKeys[r.Listener] = r
+			case *Ban:
+				want, kind = s.keys.banKey(r.ID), "bans"
+				st.Bans = append(st.Bans, r)
 			default:
 				rep.problem("%s/%x: unexpected record type", bucket, k)
 				return nil
@@ -211,6 +216,8 @@ func bucketOf(kind string) []byte {
 		return bktPublisher
 	case "ticket_keys":
 		return bktTicketKeys
+	case "bans":
+		return bktBans
 	}
 	return nil
 }

@@ -59,7 +59,7 @@ type DeleteTicketKeys struct{ Listener string }
 var bktTicketKeys = []byte("tkey")
 
 // optionalBuckets are scanned when present; a store may lack them.
-var optionalBuckets = [][]byte{bktTicketKeys}
+var optionalBuckets = [][]byte{bktTicketKeys, bktBans}
 
 // scannedBuckets are every bucket holding records.
 var scannedBuckets = append(slices.Clone(dataBuckets), optionalBuckets...)
