@@ -348,11 +348,12 @@ func (g *Guard) AddBan(b Ban) (Ban, error) {
 	if err := b.validate(); err != nil {
 		return Ban{}, err
 	}
+	maxBans := g.limits().MaxBans
 	g.bansMu.Lock()
-	if len(g.bans.byID) >= g.cfg.MaxBans {
+	if len(g.bans.byID) >= maxBans {
 		g.bansMu.Unlock()
 		g.stats.bansRefusedFull.Add(1)
-		return Ban{}, fmt.Errorf("guard: the ban list holds %d bans, its maximum (max_bans); remove some or raise it", g.cfg.MaxBans)
+		return Ban{}, fmt.Errorf("guard: the ban list holds %d bans, its maximum (max_bans); remove some or raise it", maxBans)
 	}
 	nb := b
 	g.bans.add(&nb)
@@ -380,7 +381,7 @@ func (g *Guard) RemoveBan(id string) (Ban, error) {
 	var out Ban
 	if g.cfg.BansFile != "" {
 		g.at(hookRemoving)
-		f := File{Path: g.cfg.BansFile, MaxBans: g.cfg.MaxBans, MaxSize: g.cfg.MaxBansFileSize}
+		f := File{Path: g.cfg.BansFile, MaxBans: g.limits().MaxBans, MaxSize: g.cfg.MaxBansFileSize}
 		unlock, err := f.lock()
 		if err != nil {
 			return Ban{}, err
