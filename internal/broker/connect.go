@@ -88,7 +88,7 @@ func (c *conn) refuseBadConnect(p packet.Packet, err error) {
 		// the client's version is not known yet, so no CONNACK.
 		s.stats.preAuthTooBig.Add(1)
 		c.log.Info("broker: first packet larger than the limit before authentication; connection closed",
-			"err", err, "max", s.cfg.PreAuthMaxPacketSize)
+			"err", err, "max", s.limits().PreAuthMaxPacketSize)
 		return
 	}
 	s.stats.protocolErrors.Add(1)
@@ -195,11 +195,12 @@ func (c *conn) connect(ctx context.Context, pkt *packet.Connect) bool {
 
 	// Will checks that do not depend on the session.
 	if w := pkt.Will; w != nil {
-		if len(w.Topic) > s.cfg.MaxTopicLength {
-			return c.refuse(pkt, packet.TopicNameInvalid, fmt.Sprintf("will topic is longer than %d bytes", s.cfg.MaxTopicLength))
+		lim := s.limits()
+		if len(w.Topic) > lim.MaxTopicLength {
+			return c.refuse(pkt, packet.TopicNameInvalid, fmt.Sprintf("will topic is longer than %d bytes", lim.MaxTopicLength))
 		}
-		if tooDeep(w.Topic, s.cfg.MaxTopicLevels) {
-			return c.refuse(pkt, packet.TopicNameInvalid, fmt.Sprintf("will topic has more than %d levels", s.cfg.MaxTopicLevels))
+		if tooDeep(w.Topic, lim.MaxTopicLevels) {
+			return c.refuse(pkt, packet.TopicNameInvalid, fmt.Sprintf("will topic has more than %d levels", lim.MaxTopicLevels))
 		}
 		if w.Retain && s.cfg.RetainDisabled {
 			return c.refuse(pkt, packet.RetainNotSupported, "retained messages are not available")
