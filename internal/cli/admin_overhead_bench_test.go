@@ -171,9 +171,9 @@ func envDuration(name string, def time.Duration) time.Duration {
 // is steady from round to round.
 func overheadScenarios() []overheadScenario {
 	pairs := strconv.Itoa(envInt("MOAT_ADMIN_BENCH_PAIRS_P2P", 50))
-	p2pRate := strconv.Itoa(envInt("MOAT_ADMIN_BENCH_P2P_RATE", 200))
+	p2pRate := strconv.Itoa(envInt("MOAT_ADMIN_BENCH_P2P_RATE", 300))
 	fan := strconv.Itoa(envInt("MOAT_ADMIN_BENCH_FAN", 200))
-	fanRate := strconv.Itoa(envInt("MOAT_ADMIN_BENCH_FAN_RATE", 50))
+	fanRate := strconv.Itoa(envInt("MOAT_ADMIN_BENCH_FAN_RATE", 300))
 	return []overheadScenario{
 		{"p2p-qos1", []string{"p2p", "--qos", "1", "--pubs", pairs, "--subs", pairs, "--rate", p2pRate}},
 		{"fanout-qos0", []string{"fanout", "--qos", "0", "--pubs", "1", "--subs", fan, "--rate", fanRate}},

@@ -297,10 +297,11 @@ func (p *servePlan) adminListeners() []admin.Listener {
 	return out
 }
 
-// crlFiles lists the CRL files the listeners check.
+// crlFiles lists the CRL files the listeners check (their paths change
+// on reload).
 func (p *servePlan) crlFiles() []string {
 	var files []string
-	for _, l := range p.cfg.Listeners {
+	for _, l := range p.runningConfig().Listeners {
 		if l.TLS != nil {
 			files = append(files, l.TLS.CRL...)
 		}
