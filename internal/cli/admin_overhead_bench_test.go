@@ -66,6 +66,9 @@ func runTestHelper(name string) int {
 	switch name {
 	case "scrape":
 		return scrapeHelper(os.Getenv("MOAT_SCRAPE_BASE"), os.Getenv("MOAT_SCRAPE_TOKEN"), os.Stdin, os.Stdout)
+	case "scrape-n":
+		n, _ := strconv.Atoi(os.Getenv("MOAT_SCRAPE_N"))
+		return scrapeTimes(os.Getenv("MOAT_SCRAPE_BASE"), os.Getenv("MOAT_SCRAPE_TOKEN"), n)
 	}
 	fmt.Fprintf(os.Stderr, "unknown test helper %q\n", name)
 	return 2
@@ -140,6 +143,82 @@ func scrapeHelper(base, token string, stdin io.Reader, stdout io.Writer) int {
 			scrape()
 		}
 	}
+}
+
+// scrapeTimes scrapes base n times back to back over one kept-alive
+// connection; it exits non-zero on the first failure.
+func scrapeTimes(base, token string, n int) int {
+	hc := &http.Client{Timeout: 10 * time.Second}
+	for range n {
+		for _, p := range scrapePaths {
+			req, _ := http.NewRequest(http.MethodGet, base+p, nil)
+			req.Header.Set("Authorization", "Bearer "+token)
+			resp, err := hc.Do(req)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "scrape:", err)
+				return 1
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				fmt.Fprintf(os.Stderr, "scrape %s: HTTP %d\n", p, resp.StatusCode)
+				return 1
+			}
+		}
+	}
+	return 0
+}
+
+// BenchmarkAdminScrapeCPU measures what one scrape (/metrics,
+// /api/v1/overview and /api/v1/posture, as the slots of
+// BenchmarkAdminOverhead make every second) costs the broker's process
+// in CPU time: moat serve's plan in this process with the admin
+// listener and MOAT_ADMIN_SCRAPE_CLIENTS idle subscribed clients
+// (default 200: the connections, sessions and subscriptions the metrics
+// and the posture walk), scraped b.N times back to back by another
+// process. Divided by the broker's CPU per second under load
+// (BenchmarkAdminOverhead's broker-cores), it is the share of the
+// broker's CPU a scrape every second takes: the effect the interleaved
+// slots look for, measured without the load's noise.
+func BenchmarkAdminScrapeCPU(b *testing.B) {
+	clients := envInt("MOAT_ADMIN_SCRAPE_CLIENTS", 200)
+	br := startInProcess(b, b.TempDir(), overheadYAML, true)
+	defer br.stop()
+	var conns []net.Conn
+	var readers sync.WaitGroup
+	defer func() {
+		for _, nc := range conns {
+			nc.Close()
+		}
+		readers.Wait()
+	}()
+	for i := range clients {
+		nc, r := benchConn(b, br.addr, fmt.Sprintf("idle-%d", i), fmt.Sprintf("idle/%d/#", i), nil)
+		conns = append(conns, nc)
+		readers.Go(func() {
+			for {
+				if _, err := r.ReadPacket(); err != nil {
+					return
+				}
+			}
+		})
+	}
+	run := func(n int) time.Duration {
+		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), testHelperEnv+"=scrape-n", "MOAT_SCRAPE_N="+strconv.Itoa(n),
+			"MOAT_SCRAPE_BASE="+br.adminBase, "MOAT_SCRAPE_TOKEN="+br.token)
+		cpu0 := processCPU()
+		if out, err := cmd.CombinedOutput(); err != nil {
+			b.Fatalf("scraper: %v\n%s", err, out)
+		}
+		return processCPU() - cpu0
+	}
+	run(5) // warm-up: the connection, the first walk of the clients
+	// The broker's own CPU while idle over the same time is left in: it
+	// is the keep-alive work of idle clients, a few microseconds.
+	b.ResetTimer()
+	cpu := run(b.N)
+	b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N), "cpu-ns/scrape")
 }
 
 // overheadScenario is one load of BenchmarkAdminOverhead: `moat bench`
