@@ -374,6 +374,16 @@ type overheadSlot struct {
 	cpuPerMsg float64 // broker CPU nanoseconds per delivered message
 	msgsPerS  float64 // delivered messages per second
 	cores     float64 // broker CPU seconds per second
+	gcPerMsg  float64 // of cpuPerMsg, the garbage collector's (runtime/metrics' estimate)
+	bytesPerS float64 // heap bytes allocated per second
+}
+
+// gcSample reads the garbage collector's CPU time so far (the runtime's
+// estimate) and the heap bytes allocated so far.
+func gcSample() (gcCPU float64, allocated uint64) {
+	s := []metrics.Sample{{Name: "/cpu/classes/gc/total:cpu-seconds"}, {Name: "/gc/heap/allocs:bytes"}}
+	metrics.Read(s)
+	return s[0].Value.Float64(), s[1].Value.Uint64()
 }
 
 // runOverheadScenario serves one broker with the admin listener, drives
@@ -437,9 +447,11 @@ func runOverheadScenario(b *testing.B, bin string, sc overheadScenario, pairs in
 		if _, err := io.WriteString(ctl, cmd); err != nil {
 			b.Fatal(err)
 		}
+		gc0, heap0 := gcSample()
 		cpu0, msgs0, t0 := processCPU(), srv.Stats().MessagesSent, time.Now()
 		time.Sleep(slot)
 		cpu1, msgs1, t1 := processCPU(), srv.Stats().MessagesSent, time.Now()
+		gc1, heap1 := gcSample()
 		n := msgs1 - msgs0
 		if n <= 0 {
 			b.Fatalf("no message delivered in a slot; moat bench:\n%s", loadOut.String())
@@ -448,6 +460,8 @@ func runOverheadScenario(b *testing.B, bin string, sc overheadScenario, pairs in
 			cpuPerMsg: float64(cpu1-cpu0) / float64(n),
 			msgsPerS:  float64(n) / t1.Sub(t0).Seconds(),
 			cores:     (cpu1 - cpu0).Seconds() / t1.Sub(t0).Seconds(),
+			gcPerMsg:  (gc1 - gc0) * 1e9 / float64(n),
+			bytesPerS: float64(heap1-heap0) / t1.Sub(t0).Seconds(),
 		}
 	}
 	for i := range pairs {
@@ -458,8 +472,9 @@ func runOverheadScenario(b *testing.B, bin string, sc overheadScenario, pairs in
 			on = append(on, measure(true))
 			off = append(off, measure(false))
 		}
-		b.Logf("pair %2d: scraped %7.0f cpu-ns/msg %8.0f msg/s %.2f cores | not scraped %7.0f cpu-ns/msg %8.0f msg/s %.2f cores | ratio %.4f",
-			i+1, on[i].cpuPerMsg, on[i].msgsPerS, on[i].cores, off[i].cpuPerMsg, off[i].msgsPerS, off[i].cores, on[i].cpuPerMsg/off[i].cpuPerMsg)
+		b.Logf("pair %2d: scraped %7.0f cpu-ns/msg (gc %5.0f) %8.0f msg/s %.2f cores %5.1f MB/s | not scraped %7.0f cpu-ns/msg (gc %5.0f) %8.0f msg/s %.2f cores %5.1f MB/s | ratio %.4f",
+			i+1, on[i].cpuPerMsg, on[i].gcPerMsg, on[i].msgsPerS, on[i].cores, on[i].bytesPerS/1e6,
+			off[i].cpuPerMsg, off[i].gcPerMsg, off[i].msgsPerS, off[i].cores, off[i].bytesPerS/1e6, on[i].cpuPerMsg/off[i].cpuPerMsg)
 	}
 	if _, err := io.WriteString(ctl, "off\n"); err != nil {
 		b.Fatal(err)
@@ -485,8 +500,9 @@ func BenchmarkAdminOverhead(b *testing.B) {
 	for _, sc := range overheadScenarios() {
 		b.Run(sc.name, func(b *testing.B) {
 			on, off, scrapes := runOverheadScenario(b, bin, sc, pairs, warm, slot)
-			var cpuRatio, rateRatio, cpuOn, cpuOff, cores []float64
+			var cpuRatio, rateRatio, cpuOn, cpuOff, cores, gcOn, gcOff []float64
 			for i := range on {
+				gcOn, gcOff = append(gcOn, on[i].gcPerMsg), append(gcOff, off[i].gcPerMsg)
 				cpuRatio = append(cpuRatio, on[i].cpuPerMsg/off[i].cpuPerMsg)
 				rateRatio = append(rateRatio, on[i].msgsPerS/off[i].msgsPerS)
 				cpuOn, cpuOff = append(cpuOn, on[i].cpuPerMsg), append(cpuOff, off[i].cpuPerMsg)
@@ -506,6 +522,10 @@ func BenchmarkAdminOverhead(b *testing.B) {
 			b.ReportMetric(m, "cpu-ns/msg-unscraped")
 			m, _, _ = medianCI(cores)
 			b.ReportMetric(m, "broker-cores")
+			m, _, _ = medianCI(gcOn)
+			b.ReportMetric(m, "gc-cpu-ns/msg-scraped")
+			m, _, _ = medianCI(gcOff)
+			b.ReportMetric(m, "gc-cpu-ns/msg-unscraped")
 		})
 	}
 }
