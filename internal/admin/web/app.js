@@ -11,6 +11,7 @@ const KEY = "moat-admin-token";
 const $ = (id) => document.getElementById(id);
 let timer = null;
 let samples = []; // overview samples for the charts
+let postureSamples = []; // posture samples: authentication failures and detections
 const SAMPLES = 90;
 let byCert = false; // logged in by the browser's client certificate
 
@@ -107,7 +108,7 @@ const pages = {
       $("ov-rate-in").textContent = ((o.messages_received - last.messages_received) / dt).toFixed(1);
       $("ov-rate-out").textContent = ((o.messages_sent - last.messages_sent) / dt).toFixed(1);
     }
-    drawRates($("chart"), [["messages_received", "--in"], ["messages_sent", "--out"]]);
+    drawRates($("chart"), samples, [["messages_received", "--in"], ["messages_sent", "--out"]]);
   },
   async listeners() {
     const d = await api("GET", "/api/v1/listeners");
@@ -207,14 +208,29 @@ const pages = {
     });
   },
   async posture() {
-    const [p, o] = await Promise.all([api("GET", "/api/v1/posture"), api("GET", "/api/v1/overview")]);
-    samples.push(o);
-    if (samples.length > SAMPLES) samples.shift();
+    const p = await api("GET", "/api/v1/posture");
+    postureSamples.push({ time: new Date().toISOString(), auth_failures: Math.max(p.auth_failures, 0), detections: Math.max(p.detections, 0) });
+    if (postureSamples.length > SAMPLES) postureSamples.shift();
     $("po-profile").textContent = p.profile || "none";
-    $("po-fips").textContent = p.fips ? "on" : "off";
+    $("po-fips").textContent = (p.fips_mode || (p.fips ? "on" : "off")) + (p.fips && p.fips_module ? " (module " + p.fips_module + ")" : "");
     $("po-pq").textContent = p.tls_clients ? p.post_quantum_percent.toFixed(0) + " % of " + p.tls_clients : "no TLS clients";
+    $("po-pqhs").textContent = p.tls_handshakes ? p.post_quantum_handshakes_percent.toFixed(0) + " % of " + p.tls_handshakes : "no handshakes yet";
     $("po-servercert").textContent = when(p.server_cert_not_after) || "n/a";
-    $("po-authfail").textContent = p.auth_failures;
+    $("po-authfail").textContent = p.auth_failures < 0 ? "n/a" : p.auth_failures;
+    $("po-detections").textContent = p.detections < 0 ? "off" : p.detections;
+    fill("po-detectors", Object.entries(p.detections_by_detector || {}).sort(), (tr, d) => { cell(tr, d[0]); cell(tr, d[1]); });
+    fill("po-ocsp", p.ocsp || [], (tr, o) => {
+      cell(tr, o.listener);
+      cell(tr, o.mode, o.mode === "off" ? "" : "ok");
+      cell(tr, Object.entries(o.responses || {}).map(([k, v]) => k + " " + v).join(", "), (o.responses && o.responses.revoked) ? "bad" : "");
+    });
+    const staples = [];
+    for (const o of p.ocsp || []) for (const s of o.staples || []) staples.push([o.listener, s]);
+    fill("po-staples", staples, (tr, [l, s]) => {
+      cell(tr, l); cell(tr, s.certificate);
+      cell(tr, s.good ? "good" : "none", s.good ? "ok" : "bad");
+      cell(tr, when(s.next_update), s.next_update && (new Date(s.next_update) - Date.now()) < 3600 * 1000 ? "soon" : "");
+    });
     const rows = [];
     for (const [k, v] of Object.entries(p.tls_versions)) rows.push(["version " + k, v]);
     for (const [k, v] of Object.entries(p.tls_groups)) rows.push(["group " + k, v]);
@@ -225,12 +241,13 @@ const pages = {
     const notes = $("po-notes");
     notes.replaceChildren();
     for (const n of p.notes || []) { const li = document.createElement("li"); li.textContent = n; notes.appendChild(li); }
-    drawRates($("authchart"), [["connect_refused", "--out"]]);
+    drawRates($("authchart"), postureSamples, [["auth_failures", "--in"], ["detections", "--out"]]);
   },
 };
 
-// drawRates plots the per-second change of the named overview counters.
-function drawRates(canvas, series) {
+// drawRates plots the per-second change of the named counters of samples
+// (objects with a time and the counters).
+function drawRates(canvas, samples, series) {
   const ctx = canvas.getContext("2d");
   const w = canvas.width, h = canvas.height, pad = 30;
   ctx.clearRect(0, 0, w, h);
