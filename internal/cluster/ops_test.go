@@ -349,3 +349,33 @@ func TestRetainedClearPurges(t *testing.T) {
 		}
 	}
 }
+
+// TestSweepClaims: the claims a node's previous run left are removed at
+// start, unless the client ID has a session on the node; other nodes'
+// claims stay.
+func TestSweepClaims(t *testing.T) {
+	nodes := startCluster(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	alive, err := client.Dial(ctx, client.Config{Servers: []string{"tcp://" + nodes[0].addr}, ClientID: "alive",
+		CleanStart: true, SessionExpiry: 3600})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { alive.Close() })
+	testutil.WaitFor(t, "the claim of alive", 30*time.Second, func() bool { return claim(t, nodes[1], "alive") != nil })
+	kv := nodes[0].node.kvs().clients
+	for id, node := range map[string]string{"ghost": "n1/0ld", "alive": "n1/0ld", "elsewhere": "n2/0ld"} {
+		val, _ := json.Marshal(claimRecord{Node: node, Owner: "anon:"})
+		if _, err := kv.Put(ctx, keyOf(id), val); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nodes[0].node.sweepClaims()
+	if claim(t, nodes[1], "ghost") != nil {
+		t.Error("the claim of the previous run's ghost stayed")
+	}
+	if claim(t, nodes[1], "alive") == nil || claim(t, nodes[1], "elsewhere") == nil {
+		t.Error("a claim of a live session or of another node was removed")
+	}
+}
