@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -86,15 +87,37 @@ func (n *Node) replicationLoop() {
 	}
 }
 
-// listStreams returns the state of Moat's streams, sorted by name.
+// listStreams returns the state of Moat's streams, sorted by name. The
+// names come from the meta layer, each stream's state from its leader:
+// a list of stream infos, which the meta leader gathers from every stream
+// leader within a deadline of its own, silently leaves out the streams
+// whose leaders were slow to answer.
 func listStreams(ctx context.Context, js jetstream.JetStream) ([]StreamState, error) {
-	l := js.ListStreams(ctx)
-	var out []StreamState
-	for si := range l.Info() {
-		if si == nil || !streamOfMoat(si.Config.Name) {
+	names := js.StreamNames(ctx)
+	var list []string
+	for name := range names.Name() {
+		if streamOfMoat(name) {
+			list = append(list, name)
+		}
+	}
+	if err := names.Err(); err != nil {
+		return nil, err
+	}
+	slices.Sort(list)
+	out := make([]StreamState, 0, len(list))
+	var errs []error
+	for _, name := range list {
+		s, err := js.Stream(ctx, name)
+		var si *jetstream.StreamInfo
+		if err == nil {
+			si, err = s.Info(ctx)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("stream %s: %w", name, err))
+			out = append(out, StreamState{Name: name, Peers: []ReplicaState{}})
 			continue
 		}
-		ss := StreamState{Name: si.Config.Name, Replicas: si.Config.Replicas, Messages: si.State.Msgs, Bytes: si.State.Bytes,
+		ss := StreamState{Name: name, Replicas: si.Config.Replicas, Messages: si.State.Msgs, Bytes: si.State.Bytes,
 			Peers: []ReplicaState{}}
 		if ci := si.Cluster; ci != nil {
 			ss.Leader = ci.Leader
@@ -111,11 +134,7 @@ func listStreams(ctx context.Context, js jetstream.JetStream) ([]StreamState, er
 		}
 		out = append(out, ss)
 	}
-	if err := l.Err(); err != nil {
-		return out, err
-	}
-	slices.SortFunc(out, func(a, b StreamState) int { return strings.Compare(a.Name, b.Name) })
-	return out, nil
+	return out, errors.Join(errs...)
 }
 
 func (n *Node) setReplication(streams []StreamState, err error) {
@@ -207,7 +226,7 @@ func (n *Node) opsStatus(st *Status) {
 		probs = append(probs, "replication state unknown: "+replErr)
 	}
 	for _, s := range st.Streams {
-		if s.Leader == "" {
+		if s.Leader == "" && s.Replicas > 0 { // Replicas 0: its state is unknown (replErr says why)
 			probs = append(probs, fmt.Sprintf("stream %s has no leader: it accepts no writes", s.Name))
 		}
 		if s.Replicas > 0 && len(s.Peers) < s.Replicas && s.Leader != "" {

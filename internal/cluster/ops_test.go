@@ -55,6 +55,16 @@ func TestStatusNodesConnectionsAndReplication(t *testing.T) {
 	if !self.Self || self.Connections != 0 {
 		t.Errorf("n1 itself: %+v", self)
 	}
+	// The client's claim is the claims bucket's one message.
+	testutil.CheckFor(t, 30*time.Second, func() error {
+		for _, s := range nodes[0].node.Status().Streams {
+			if s.Name == "KV_"+bucketClients && s.Messages != 1 {
+				return fmt.Errorf("claims bucket: %+v", s)
+			}
+		}
+		return nil
+	})
+	st = nodes[0].node.Status()
 	// Both buckets are streams of three current copies.
 	for _, name := range []string{"KV_" + bucketRetained, "KV_" + bucketClients} {
 		i := slices.IndexFunc(st.Streams, func(s StreamState) bool { return s.Name == name })
