@@ -4,8 +4,11 @@
 # `moat bench p2p` at QoS 1, in rounds that interleave the brokers so that
 # a change in the machine's load hits all of them:
 #
-#   base     one node, moat built from BENCH_BASE_REF (before the cluster
-#            code existed): what "clustering off" must not lose against
+#   base     one node, moat built from BENCH_BASE_REF (main just before
+#            the cluster was merged)
+#   merged   one node, moat built from BENCH_MERGE_REF (the merge of the
+#            cluster, nothing else changed): base against merged is the
+#            cost of the cluster code with clustering off
 #   single   one node, this tree's moat, no cluster section
 #   local    the three-node cluster, publishers and subscribers on node 1
 #            (the cluster's cost when nothing crosses: every message is
@@ -26,10 +29,11 @@
 #   BENCH_PAIRS      publisher/subscriber pairs               (10)
 #   BENCH_BACKLOG    closed loop's outstanding deliveries     (1000)
 #   BENCH_RATE       latency runs: msgs/s per publisher       (100)
-#   BENCH_BASE_REF   git revision of the base binary          (a90e398^1:
-#                    main just before the cluster was merged; "" skips)
+#   BENCH_BASE_REF   git revision of base                     (a90e398^1;
+#                    "" skips base and merged)
+#   BENCH_MERGE_REF  git revision of merged                   (a90e398)
 #   BENCH_PORT_BASE  ports PORT+1..3 routes, +11..13 MQTT of the nodes,
-#                    +21 single, +22 base                     (27400)
+#                    +21 single, +22 base, +23 merged         (27400)
 #   BENCH_OUT        results directory                        (bench/results/cluster-DATE)
 #
 # Everything listens on 127.0.0.1. Nothing here is a steady lab: on a
@@ -43,6 +47,7 @@ PAIRS=${BENCH_PAIRS:-10}
 BACKLOG=${BENCH_BACKLOG:-1000}
 RATE=${BENCH_RATE:-100}
 BASE_REF=${BENCH_BASE_REF-a90e398^1}
+MERGE_REF=${BENCH_MERGE_REF:-a90e398}
 PB=${BENCH_PORT_BASE:-27400}
 OUT=${BENCH_OUT:-bench/results/cluster-$(date -u +%Y%m%dT%H%M%SZ)}
 WORK=$(mktemp -d)
@@ -57,11 +62,16 @@ trap cleanup EXIT
 
 echo "building moat ($(git rev-parse --short HEAD)) ..." >&2
 go build -o "$WORK/moat" ./cmd/moat
+# build REF NAME: moat of revision REF as $WORK/moat-NAME.
+build() {
+	echo "building moat $2 ($1) ..." >&2
+	mkdir -p "$WORK/$2-src"
+	git archive "$1" | tar -x -C "$WORK/$2-src"
+	(cd "$WORK/$2-src" && go build -o "$WORK/moat-$2" ./cmd/moat)
+}
 if [ -n "$BASE_REF" ]; then
-	echo "building the base moat ($BASE_REF) ..." >&2
-	mkdir -p "$WORK/base-src"
-	git archive "$BASE_REF" | tar -x -C "$WORK/base-src"
-	(cd "$WORK/base-src" && go build -o "$WORK/moat-base" ./cmd/moat)
+	build "$BASE_REF" base
+	build "$MERGE_REF" merged
 fi
 
 # conf DIR MQTT_PORT [NODE_INDEX]: a node's configuration; with an index,
@@ -118,10 +128,12 @@ PIDS+=("$SINGLE_PID")
 if [ -n "$BASE_REF" ]; then
 	conf "$WORK/base" $((PB + 22))
 	BASE_PID=$(start "$WORK/moat-base" "$WORK/base")
-	PIDS+=("$BASE_PID")
+	conf "$WORK/merged" $((PB + 23))
+	MERGED_PID=$(start "$WORK/moat-merged" "$WORK/merged")
+	PIDS+=("$BASE_PID" "$MERGED_PID")
 fi
 for p in $((PB + 11)) $((PB + 12)) $((PB + 13)) $((PB + 21)); do waitport "$p"; done
-[ -n "$BASE_REF" ] && waitport $((PB + 22))
+if [ -n "$BASE_REF" ]; then waitport $((PB + 22)) && waitport $((PB + 23)); fi
 echo "waiting for the cluster's key-value store ..." >&2
 for _ in $(seq 1 600); do
 	grep -q "key-value store ready" "$WORK/node1/serve.log" && grep -q "key-value store ready" "$WORK/node3/serve.log" && break
@@ -136,6 +148,7 @@ run() {
 	local name=$1 kind=$2 round=$3 addr pid extra=()
 	case $name in
 	base) addr=127.0.0.1:$((PB + 22)) pid=$BASE_PID ;;
+	merged) addr=127.0.0.1:$((PB + 23)) pid=$MERGED_PID ;;
 	single) addr=127.0.0.1:$((PB + 21)) pid=$SINGLE_PID ;;
 	local) addr=127.0.0.1:$((PB + 11)) pid=$NODE1_PID ;;
 	cross) addr=127.0.0.1:$((PB + 11)) pid=$NODE1_PID extra=(--sub-addr 127.0.0.1:$((PB + 13))) ;;
@@ -155,7 +168,7 @@ run() {
 }
 
 NAMES=(single local cross)
-[ -n "$BASE_REF" ] && NAMES=(base "${NAMES[@]}")
+if [ -n "$BASE_REF" ]; then NAMES=(base merged "${NAMES[@]}"); fi
 for r in $(seq 1 "$ROUNDS"); do
 	order=("${NAMES[@]}")
 	if [ $((r % 2)) -eq 0 ]; then # reverse every other round
