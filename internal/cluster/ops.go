@@ -187,11 +187,10 @@ func (n *Node) opsStatus(st *Status) {
 		st.ReplicationAt = replAt.UTC()
 	}
 	st.ReplicationError = replErr
-	if n.kv != nil {
-		n.kv.mu.Lock()
-		st.PendingWrites = len(n.kv.writes)
-		n.kv.mu.Unlock()
-	}
+	kv := n.kvs() // n.kv is made on first use, under subMu
+	kv.mu.Lock()
+	st.PendingWrites = len(kv.writes)
+	kv.mu.Unlock()
 	st.ClaimsPruned = n.stats.claimsPruned.Load()
 	st.RetainedPurged = n.stats.retainedPurged.Load()
 
