@@ -147,7 +147,8 @@ func (r *run) exec(ctx context.Context) (*Result, error) {
 			cfg.OnConnected()
 		}
 		if cfg.Settle > 0 {
-			err = sleepCtx(ctx, cfg.Settle)
+			// Cancelled, the publishing phase below ends at once too.
+			_ = sleepCtx(ctx, cfg.Settle)
 		}
 		phaseStart = time.Now()
 		h0, err0 := ReadHostCPU()
