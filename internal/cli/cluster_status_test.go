@@ -98,25 +98,25 @@ acl:
 	if st.Cluster != "plant-a" || st.Node != "node1" || !st.Healthy || st.MetaLeader == "" || len(st.Routes) != 2 {
 		t.Errorf("status: %+v", st)
 	}
-	for _, name := range []string{"KV_moat_retained", "KV_moat_clients"} {
-		i := slices.IndexFunc(st.Streams, func(s cluster.StreamState) bool { return s.Name == name })
-		if i < 0 || st.Streams[i].Replicas != 3 || len(st.Streams[i].Peers) != 3 {
-			t.Errorf("stream %s: %+v", name, st.Streams)
-		}
-	}
-	// node2's client's claim reaches the replicated bucket.
+	// Both buckets are streams of three copies (once the cluster made
+	// them and the background poll read them), and node2's client's
+	// claim reaches its bucket.
 	testutil.CheckFor(t, 60*time.Second, func() error {
 		out, _, _ := status("--json")
 		var st cluster.Status
 		if err := json.Unmarshal([]byte(out), &st); err != nil {
 			return err
 		}
-		for _, s := range st.Streams {
-			if s.Name == "KV_moat_clients" && s.Messages == 1 {
-				return nil
+		for _, name := range []string{"KV_moat_retained", "KV_moat_clients"} {
+			i := slices.IndexFunc(st.Streams, func(s cluster.StreamState) bool { return s.Name == name })
+			if i < 0 || st.Streams[i].Replicas != 3 || len(st.Streams[i].Peers) != 3 {
+				return fmt.Errorf("stream %s: %+v", name, st.Streams)
+			}
+			if name == "KV_moat_clients" && st.Streams[i].Messages != 1 {
+				return fmt.Errorf("claims: %+v", st.Streams[i])
 			}
 		}
-		return fmt.Errorf("streams: %+v", st.Streams)
+		return nil
 	})
 	out, errs, code := status()
 	if code != 0 {
