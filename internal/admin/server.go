@@ -165,6 +165,9 @@ type Config struct {
 	Posture func() Posture
 	// Metrics serves /metrics (behind the same token check).
 	Metrics http.Handler
+	// Cluster returns this node's view of its cluster, JSON-encodable
+	// (internal/cluster's Status); nil when the node is not in one.
+	Cluster func() any
 	// VerifyClientCert verifies a client certificate chain as the TLS
 	// peer sent it (leaf first) against the built-in CA, its CRL and the
 	// clock, on every request that authenticates by certificate; an

@@ -498,6 +498,9 @@ func (s *Server) endSessionLocked(sess *session) func() {
 		if s.persisting(sess) {
 			s.persistAsync(Change{Kind: ChangeDeleteSession, ClientID: sess.id})
 		}
+		if s.cluster != nil {
+			s.clusterSessionEnded(sess)
+		}
 	}
 	s.unsubscribeAll(sess.id)
 	sess.mu.Lock()

@@ -106,6 +106,7 @@ func (p *servePlan) startAdmin(ctx context.Context, ap *adminPlan) (stop func(),
 		},
 		Posture:          func() admin.Posture { return p.adminPosture(ap) },
 		Metrics:          metrics.Handler(metrics.SourceFunc(func() metrics.Snapshot { return p.metricsSnapshot(ap, bans, scan) })),
+		Cluster:          p.adminCluster(),
 		VerifyClientCert: verifyCert,
 		// Every change is recorded in the audit log (admin.action) when
 		// it is on, and in the broker's log.
@@ -493,6 +494,7 @@ func (p *servePlan) metricsSnapshot(ap *adminPlan, bans *guard.File, scan *clien
 		ReadBudgetInUse:      st.ReadBudgetInUse,
 		ReadBudgetPeak:       st.ReadBudgetPeak,
 		ReadBudgetWaits:      st.ReadBudgetWaits,
+		Cluster:              p.clusterMetrics(),
 	}
 	for _, a := range st.Authentications {
 		s.Authentications = append(s.Authentications, metrics.Count{A: map[bool]string{true: "success", false: "failure"}[a.Success], B: a.Reason, N: a.N})

@@ -75,6 +75,18 @@ type Config struct {
 	// Logger receives the cluster's and the NATS server's log lines.
 	// Nil: slog.Default().
 	Logger *slog.Logger
+
+	// HeartbeatInterval is how often the node tells the others that it is
+	// alive and how many clients it has (heartbeat.go); a node not heard
+	// from for three intervals is reported down. 0: 2 s.
+	HeartbeatInterval time.Duration
+	// MarkerTTL is how long the markers of removed keys (a cleared
+	// retained message, a forgotten client-ID claim) stay in the
+	// key-value buckets, telling nodes that were away what was removed
+	// (housekeeping.go). 0: 24 h.
+	MarkerTTL time.Duration
+	// Version is this node's software version, shown in the status.
+	Version string
 }
 
 // maxSubject bounds a subject (encoded topic or filter) well inside the
@@ -111,6 +123,18 @@ type Node struct {
 	replicas int
 
 	stats counters
+
+	// The operations side (heartbeat.go, ops.go, housekeeping.go).
+	started   time.Time
+	beats     beats
+	opsMu     sync.Mutex
+	repl      replication
+	dupWarned time.Time
+	hk        struct {
+		mu        sync.Mutex
+		ownPurges map[uint64]struct{} // revisions of this node's retained purge markers
+	}
+	noMarkerTTL atomic.Bool // the NATS server has no per-message TTLs
 }
 
 // Broker is what a Node needs of the broker: *broker.Server.
@@ -126,6 +150,7 @@ var _ Broker = (*broker.Server)(nil)
 type counters struct {
 	forwarded, forwardErrors, received, duplicates, decodeErrors atomic.Uint64
 	retainedOut, retainedIn, claims, takeovers                   atomic.Uint64
+	claimsPruned, retainedPurged                                 atomic.Uint64
 }
 
 // Start validates cfg, starts the embedded NATS server (unless NATSURL is
@@ -150,7 +175,7 @@ func Start(cfg Config) (*Node, error) {
 		qlen = 65536
 	}
 	n := &Node{cfg: cfg, log: log, origin: cfg.Node + "/" + hex.EncodeToString(boot), in: make(chan *nats.Msg, qlen),
-		subs: make(map[string][]*nats.Subscription), ready: make(chan struct{})}
+		subs: make(map[string][]*nats.Subscription), ready: make(chan struct{}), started: time.Now()}
 	n.replicas = cfg.Replicas
 	if n.replicas <= 0 {
 		n.replicas = min(1+len(cfg.Peers), 3)
@@ -330,12 +355,14 @@ func (n *Node) Attach(b Broker) {
 		n.wg.Add(2)
 		go func() { defer n.wg.Done(); n.receiveLoop() }()
 		go func() { defer n.wg.Done(); n.kvLoop() }()
+		n.startOps()
 	})
 }
 
 // Close stops the Node: its goroutines end, the connection closes and
 // the embedded server shuts down. Call it after the broker's Shutdown.
 func (n *Node) Close() {
+	n.sayGoodbye()
 	n.cancel()
 	if n.nc != nil {
 		n.nc.Close()

@@ -243,6 +243,47 @@ const pages = {
     for (const n of p.notes || []) { const li = document.createElement("li"); li.textContent = n; notes.appendChild(li); }
     drawRates($("authchart"), postureSamples, [["auth_failures", "--in"], ["detections", "--out"]]);
   },
+  async cluster() {
+    let c;
+    try {
+      c = await api("GET", "/api/v1/cluster");
+    } catch (e) {
+      const off = e.message.includes("not in a cluster");
+      $("cl-off").hidden = !off;
+      $("cl-on").hidden = off;
+      if (!off) throw e;
+      return;
+    }
+    $("cl-off").hidden = true;
+    $("cl-on").hidden = false;
+    $("cl-name").textContent = c.cluster;
+    $("cl-node").textContent = c.node;
+    $("cl-up").textContent = c.nodes_up + " of " + c.nodes_expected;
+    $("cl-health").textContent = c.healthy ? "healthy" : "degraded";
+    $("cl-health").className = "value " + (c.healthy ? "ok" : "bad");
+    $("cl-leader").textContent = c.meta_leader || (c.external ? "external NATS" : "none");
+    $("cl-fwd").textContent = c.forwarded + " / " + c.received;
+    const probs = $("cl-problems");
+    probs.replaceChildren();
+    for (const p of c.problems || []) { const li = document.createElement("li"); li.className = "bad"; li.textContent = p; probs.appendChild(li); }
+    fill("cl-nodes", c.nodes || [], (tr, n) => {
+      tr.dataset.node = n.node;
+      cell(tr, n.node + (n.self ? " (this node)" : ""));
+      cell(tr, n.state, n.state === "up" ? "ok" : "bad");
+      const up = n.state === "up";
+      cell(tr, up ? n.connections : ""); cell(tr, up ? n.sessions : "");
+      cell(tr, up ? n.forwarded : ""); cell(tr, up ? n.received : "");
+      cell(tr, n.route || (n.self ? "" : "no route")); cell(tr, n.rtt);
+      cell(tr, n.self ? "" : when(n.last_seen) || "never"); cell(tr, n.version);
+    });
+    fill("cl-streams", c.streams || [], (tr, s) => {
+      tr.dataset.stream = s.name;
+      cell(tr, s.name); cell(tr, s.replicas); cell(tr, s.leader || "none", s.leader ? "" : "bad"); cell(tr, s.messages);
+      const state = (s.peers || []).map((p) => p.node + ": " + (p.leader ? "leader" : p.offline ? "offline" : p.current ? "current" : "lagging " + (p.lag || 0)));
+      const bad = !s.leader || (s.peers || []).some((p) => p.offline || !p.current);
+      cell(tr, state.join(", "), bad ? "bad" : "ok");
+    });
+  },
 };
 
 // drawRates plots the per-second change of the named counters of samples
@@ -341,7 +382,7 @@ function enter() {
   $("logout").hidden = byCert && !token();
   show();
   clearInterval(timer);
-  timer = setInterval(() => { if (current() === "overview" || current() === "posture") refresh(); }, 2000);
+  timer = setInterval(() => { if (current() === "overview" || current() === "posture" || current() === "cluster") refresh(); }, 2000);
 }
 
 function logout(msg) {
