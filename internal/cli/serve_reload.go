@@ -439,7 +439,6 @@ const (
 	whyBrokerStart = "the broker reads it at start"
 	whyAuthChain   = "authentication chains are built at start (the password files' contents reload live)"
 	whyAuditOpen   = "the audit log is opened at start (only audit.deny_sample reloads)"
-	whyOverload    = "the overload control's marks are derived from the limits at start"
 )
 
 // reloadRules lists every setting of config.Config (TestReloadRulesCoverEveryKey
@@ -471,10 +470,6 @@ var reloadRules = []reloadRule{
 	{key: "limits.queue_full_policy", apply: liveLimits},
 	{key: "limits.max_packet_size", why: "MQTT 5 clients are told the maximum packet size in CONNACK for the whole connection"},
 	{key: "limits.read_budget", why: "the read budget is a memory bound sized at start"},
-	{key: "limits.pushback_messages", why: whyOverload},
-	{key: "limits.pushback_bytes", why: whyOverload},
-	{key: "limits.pushback_wait", why: whyOverload},
-	{key: "limits.queue_full_policy", why: whyOverload},
 	{key: "limits.max_inflight_bytes", why: "not supported yet (a non-zero value is refused at start too)"},
 	{key: "limits.max_queued_bytes", why: "not supported yet (a non-zero value is refused at start too)"},
 	{key: "limits.max_preauth_packet_size", apply: liveLimits},
@@ -529,7 +524,6 @@ var reloadRules = []reloadRule{
 	{key: "cluster.*", why: "the cluster node is started, and joins its peers, before the broker"},
 	{key: "pid_file", why: "the pid file is written at start"},
 	{key: "sys_interval", apply: liveLimits},
-	{key: "cluster.*", why: "the node joins its cluster at start, with these names, addresses and credentials"},
 	{key: "sessions.*", why: whyBrokerStart},
 	{key: "retain_available", why: whyBrokerStart},
 	{key: "check_retain_source", why: whyBrokerStart},
