@@ -2,7 +2,9 @@ package cluster
 
 import (
 	"context"
+	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -380,5 +382,75 @@ func TestSharedRedistributedAcrossNodes(t *testing.T) {
 		case <-ctx.Done():
 			t.Fatalf("the unacknowledged %s did not reach the member on n2", held.Topic)
 		}
+	}
+}
+
+// weightOf returns n's queue weight in (group, filter), 0 when it is not
+// in the group.
+func weightOf(n *Node, group, filter string) int {
+	n.share.mu.Lock()
+	defer n.share.mu.Unlock()
+	if g := n.share.groups[shareKey{group, filter}]; g != nil && g.leaving.IsZero() {
+		return g.weight
+	}
+	return 0
+}
+
+// TestShareWeightFollowsMembers checks that a node's weight in a group is
+// its number of members that can take messages: a member that goes
+// offline (its session kept) counts no more, a node keeps weight 1 while
+// it has members at all, and NATS then splits the messages in proportion.
+func TestShareWeightFollowsMembers(t *testing.T) {
+	nodes := startCluster(t, 3)
+	const filter = "$share/wg/wt/#"
+	var n1 []*member
+	for i := range 3 {
+		m := &member{name: fmt.Sprintf("a%d@n1", i), c: dial(t, nodes[0].addr, fmt.Sprintf("a%d", i), client.V5)}
+		subscribe(t, m.c, 1, filter)
+		n1 = append(n1, m)
+	}
+	b := &member{name: "b@n2", c: dial(t, nodes[1].addr, "b", client.V5)}
+	subscribe(t, b.c, 1, filter)
+	testutil.WaitFor(t, "n1's weight 3", 30*time.Second, func() bool { return weightOf(nodes[0].node, "wg", "wt/#") == 3 })
+	testutil.WaitFor(t, "n2's weight 1", 30*time.Second, func() bool { return weightOf(nodes[1].node, "wg", "wt/#") == 1 })
+
+	pub := dial(t, nodes[2].addr, "pub", client.V5)
+	all := append(slices.Clone(n1), b)
+	awaitGroupRoutes(t, pub, "wt/probe", all...)
+	const n = 400
+	publishN(t, pub, "wt/data", 0, n)
+	collect(t, n, "wt/data", all...)
+	checkOnce(t, n, all...)
+	onN1 := 0
+	for _, m := range n1 {
+		onN1 += len(m.got)
+	}
+	// Three quarters expected; NATS chooses at random.
+	if onN1 < n/2 || onN1 > n*19/20 {
+		t.Errorf("n1 with three members got %d of %d messages, n2 with one got %d", onN1, n, len(b.got))
+	}
+	t.Logf("n1 (3 members) got %d, n2 (1 member) got %d", onN1, len(b.got))
+
+	// A persistent member going offline no longer counts; the last one
+	// leaves weight 1 while sessions remain.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	p, err := client.Dial(ctx, client.Config{Servers: []string{"tcp://" + nodes[1].addr}, ClientID: "p", Version: client.V5,
+		CleanStart: true, SessionExpiry: 300})
+	if err != nil {
+		t.Fatal(err)
+	}
+	subscribe(t, p, 1, filter)
+	testutil.WaitFor(t, "n2's weight 2", 30*time.Second, func() bool { return weightOf(nodes[1].node, "wg", "wt/#") == 2 })
+	p.Close()
+	testutil.WaitFor(t, "n2's weight back to 1", 30*time.Second, func() bool { return weightOf(nodes[1].node, "wg", "wt/#") == 1 })
+	b.c.Close()
+	testutil.WaitFor(t, "b's session gone", 30*time.Second, func() bool {
+		members, _ := nodes[1].srv.SharedMembers("wg", "wt/#")
+		return members == 1
+	})
+	nodes[1].node.weigh(nodes[1].srv)
+	if w := weightOf(nodes[1].node, "wg", "wt/#"); w != 1 {
+		t.Fatalf("n2 with an offline session in the group has weight %d, want 1", w)
 	}
 }
