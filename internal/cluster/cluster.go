@@ -118,6 +118,7 @@ type Node struct {
 
 	gc    *nats.Conn // the shared subscriptions' queue groups (shared.go)
 	share shareState
+	sec   secState // security.go
 }
 
 // Broker is what a Node needs of the broker: *broker.Server.
@@ -160,6 +161,7 @@ func Start(cfg Config) (*Node, error) {
 		subs: make(map[string][]*nats.Subscription), ready: make(chan struct{})}
 	n.share = shareState{groups: make(map[shareKey]*shareGroup), byQueue: make(map[string]*shareGroup),
 		wake: make(chan struct{}, 1), in: make(chan *nats.Msg, qlen)}
+	n.sec = secState{wake: make(chan struct{}, 1), events: make(chan *nats.Msg, 1024)}
 	n.replicas = cfg.Replicas
 	if n.replicas <= 0 {
 		n.replicas = min(1+len(cfg.Peers), 3)
@@ -346,6 +348,7 @@ func (n *Node) Attach(b Broker) {
 		go func() { defer n.wg.Done(); n.receiveLoop() }()
 		go func() { defer n.wg.Done(); n.kvLoop() }()
 		n.attachShared(b)
+		n.attachSecurity()
 	})
 }
 
