@@ -137,7 +137,9 @@ func (p *servePlan) planClusterSecurity() {
 		p.defense.banOrigin = cs.banOrigin
 	}
 	if cs.a != nil {
-		cs.planFiles()
+		if p.cfg.Cluster.AccessFiles != "local" {
+			cs.planFiles()
+		}
 		cs.a.passwordGone = cs.passwordGone
 	}
 	var crlFiles []string // absolute, as the CA keepers name them
