@@ -210,14 +210,16 @@ func (n *Node) securityLoop() {
 	}
 	purge := time.NewTicker(time.Hour)
 	defer purge.Stop()
+	banUpdates, fileUpdates := bw.Updates(), fw.Updates()
 	for {
 		select {
 		case <-n.ctx.Done():
 			return
-		case e, ok := <-bw.Updates():
+		case e, ok := <-banUpdates:
 			if !ok {
-				n.log.Error("cluster: ban watch ended")
-				return
+				n.log.Error("cluster: ban watch ended; other nodes' ban changes are no longer applied here")
+				banUpdates = nil
+				continue
 			}
 			if e == nil {
 				bansInit = false
@@ -230,10 +232,11 @@ func (n *Node) securityLoop() {
 				}
 				n.applyBan(id, e)
 			}
-		case e, ok := <-fw.Updates():
+		case e, ok := <-fileUpdates:
 			if !ok {
-				n.log.Error("cluster: shared file watch ended")
-				return
+				n.log.Error("cluster: shared file watch ended; other nodes' file changes are no longer applied here")
+				fileUpdates = nil
+				continue
 			}
 			if e == nil {
 				filesInit = false
