@@ -337,11 +337,7 @@ func (h *Handler) bans(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotImplemented, "the ban list is not configured")
 		return
 	}
-	bans, err := h.cfg.Bans.Read()
-	if err != nil {
-		writeError(w, http.StatusInternalServerError, err.Error())
-		return
-	}
+	bans := h.cfg.Bans.Bans()
 	if bans == nil {
 		bans = []guard.Ban{}
 	}
@@ -378,18 +374,16 @@ func (h *Handler) addBan(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	err = h.cfg.Bans.Update(func(cur []guard.Ban) ([]guard.Ban, error) {
-		if len(cur) >= guard.DefaultMaxBans {
-			return nil, errors.New("admin: the ban list is full; remove some bans first")
-		}
-		return append(cur, b), nil
-	})
+	stored, err := h.cfg.Bans.AddBan(b)
 	h.record(r, "ban.add", string(b.Kind)+" "+b.Value, err)
-	if err != nil {
+	switch {
+	case errors.Is(err, guard.ErrBanListFull):
 		writeError(w, http.StatusConflict, err.Error())
-		return
+	case err != nil:
+		writeError(w, http.StatusInternalServerError, err.Error())
+	default:
+		writeJSON(w, http.StatusCreated, stored)
 	}
-	writeJSON(w, http.StatusCreated, b)
 }
 
 func (h *Handler) removeBan(w http.ResponseWriter, r *http.Request) {
@@ -398,20 +392,11 @@ func (h *Handler) removeBan(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	id := r.PathValue("id")
-	found := false
-	err := h.cfg.Bans.Update(func(cur []guard.Ban) ([]guard.Ban, error) {
-		n := len(cur)
-		cur = slices.DeleteFunc(cur, func(b guard.Ban) bool { return b.ID == id })
-		found = len(cur) < n
-		return cur, nil
-	})
-	if err == nil && !found {
-		err = errors.New("no such ban")
-	}
+	_, err := h.cfg.Bans.RemoveBan(id)
 	h.record(r, "ban.remove", id, err)
 	switch {
-	case err != nil && !found:
-		writeError(w, http.StatusNotFound, err.Error())
+	case errors.Is(err, guard.ErrNoBan):
+		writeError(w, http.StatusNotFound, "no such ban")
 	case err != nil:
 		writeError(w, http.StatusInternalServerError, err.Error())
 	default:

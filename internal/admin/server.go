@@ -49,6 +49,20 @@ type Broker interface {
 
 var _ Broker = (*broker.Server)(nil)
 
+// BanList is the ban list the API reads and changes: the broker's guard
+// (internal/cli adapts *guard.Guard), so that a ban added or removed
+// takes effect at once (the live clients it matches are disconnected
+// before the answer), is stored where the broker keeps its bans (the
+// durable store or the bans file) and honours max_bans
+// (guard.ErrBanListFull).
+type BanList interface {
+	Bans() []guard.Ban
+	AddBan(b guard.Ban) (guard.Ban, error)
+	RemoveBan(id string) (guard.Ban, error)
+}
+
+var _ BanList = (*guard.Guard)(nil)
+
 // Action is one mutating API call, for the audit log.
 type Action struct {
 	Token  string // name of the token that made the call
@@ -107,8 +121,9 @@ type CRLInfo struct {
 type Config struct {
 	Broker Broker
 	Tokens *Tokens
-	// Bans is the ban list file (DATA_DIR/bans.json).
-	Bans *guard.File
+	// Bans is the broker's ban list; nil (defense off): the ban
+	// endpoints answer 501.
+	Bans BanList
 	// CA opens the built-in CA; nil or an error: no certificates API.
 	CA func() (*pki.CA, error)
 	// AuditFile and AuditKeyFile are the audit log and its audit.pub.

@@ -11,6 +11,7 @@ const (
 	TypeBanRemove    = "ban.remove"    // decision: a ban was removed by an operator
 	TypeBanExpire    = "ban.expire"    // a ban expired
 	TypeBanLoad      = "ban.load"      // a ban in force when the broker started
+	TypeBanImport    = "ban.import"    // decision: the bans file imported into the durable store
 	TypeBanRefuse    = "ban.refuse"    // decision: a connection refused by a ban
 	TypeDetect       = "detect"        // decision: abnormal behaviour detected, and the action taken
 	TypeRevokeCutoff = "revoke.cutoff" // decision: a connected client cut off by revocation or expiry
@@ -26,7 +27,7 @@ const (
 // decisionTypes are the types that must carry a reason.
 var decisionTypes = map[string]bool{
 	TypeAuthSuccess: true, TypeAuthFailure: true, TypeAuthzDeny: true,
-	TypeBanAdd: true, TypeBanRemove: true, TypeBanRefuse: true, TypeDetect: true,
+	TypeBanAdd: true, TypeBanRemove: true, TypeBanRefuse: true, TypeBanImport: true, TypeDetect: true,
 	TypeRevokeCutoff: true, TypeCAIssue: true, TypeCARevoke: true,
 	TypeAdminAction: true, TypeConfigReload: true, TypeLimit: true, TypeAccessLost: true, TypeAuthRegrant: true,
 }

@@ -34,6 +34,7 @@ import (
 type stampedReader struct {
 	rc     syscall.RawConn
 	readFn func(fd uintptr) bool // r.readFD, made once
+	nowFn  func(fd uintptr) bool // r.readFD that does not wait (readNow), made once
 	p      []byte                // the caller's buffer during a read
 	n      int
 	err    error
@@ -58,6 +59,12 @@ func newStampedReader(sc syscall.Conn, laddr, raddr net.Addr) *stampedReader {
 	}
 	r := &stampedReader{rc: rc, laddr: laddr, raddr: raddr}
 	r.readFn = r.readFD
+	r.nowFn = func(fd uintptr) bool {
+		if !r.readFD(fd) {
+			r.n, r.err = -1, nil // nothing there
+		}
+		return true
+	}
 	return r
 }
 
@@ -77,6 +84,33 @@ func (r *stampedReader) Read(p []byte) (int, error) {
 		}
 		return 0, err
 	}
+	return r.result()
+}
+
+// readNow is Read without waiting: it returns 0 and no error when nothing
+// has arrived.
+func (r *stampedReader) readNow(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	r.p = p
+	err := r.rc.Read(r.nowFn)
+	r.p = nil
+	if err != nil {
+		if oe, ok := err.(*net.OpError); ok {
+			oe.Op = "read"
+		}
+		return 0, err
+	}
+	if r.n < 0 {
+		r.n = 0
+		return 0, nil
+	}
+	return r.result()
+}
+
+// result returns what the last recvmsg read.
+func (r *stampedReader) result() (int, error) {
 	n, err := r.n, r.err
 	r.n, r.err = 0, nil
 	switch {

@@ -4,8 +4,14 @@ package broker
 
 import (
 	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
 	"syscall"
 	"testing"
+	"time"
+
+	"github.com/moatmq/moat/internal/testutil"
 )
 
 // cmsg builds one control message as the kernel lays it out on 64-bit
@@ -72,5 +78,55 @@ func FuzzStampOf(f *testing.F) {
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, oob []byte) {
 		stampOf(oob)
+	})
+}
+
+// TestStampedReaderReadNow: readNow returns what has arrived without
+// waiting: nothing (and no error) on a quiet socket, the bytes once they
+// are there, and the end once the peer closed.
+func TestStampedReaderReadNow(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	peer, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	nc, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	r := newStampedReader(nc.(*net.TCPConn), nc.LocalAddr(), nc.RemoteAddr())
+	if r == nil {
+		t.Skip("no kernel receive timestamps here")
+	}
+	buf := make([]byte, 16)
+	if n, err := r.readNow(buf); n != 0 || err != nil {
+		t.Fatalf("quiet socket: %d bytes, %v", n, err)
+	}
+	peer.Write([]byte("abc"))
+	var got []byte
+	testutil.CheckFor(t, 5*time.Second, func() error {
+		n, err := r.readNow(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, buf[:n]...)
+		if string(got) != "abc" {
+			return fmt.Errorf("read %q", got)
+		}
+		return nil
+	})
+	peer.Close()
+	testutil.CheckFor(t, 5*time.Second, func() error {
+		n, err := r.readNow(buf)
+		if n != 0 || err != io.EOF {
+			return fmt.Errorf("after close: %d bytes, %v", n, err)
+		}
+		return nil
 	})
 }

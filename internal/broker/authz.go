@@ -499,18 +499,13 @@ func (s *Server) recheckSession(sess *session, cl *Client, reason string, res *R
 	sess.mu.Lock()
 	defer sess.mu.Unlock()
 	online := sess.conn != nil && !sess.conn.closing.Load()
-	kept := sess.queue[:0]
-	dropped := 0
-	for _, d := range sess.queue {
+	dropped := sess.queue.filter(func(d *delivery) bool {
 		if s.mayReceive(cl, d) {
-			kept = append(kept, d)
-			continue
+			return true
 		}
 		sess.queueBytes -= d.size()
-		dropped++
-	}
-	clear(sess.queue[len(kept):])
-	sess.queue = kept
+		return false
+	})
 	s.stats.queued.Add(-int64(dropped))
 	if dropped > 0 {
 		sess.drainedLocked(s, dropped)
@@ -545,24 +540,4 @@ func (s *Server) mayReceive(cl *Client, d *delivery) bool {
 		s.denied(cl, ActionReceive, d.msg.Topic, dec, "delivery")
 	}
 	return dec.Allow
-}
-
-// eligibleFor returns the shared-subscription member filter for msg: an
-// online member that may receive it. A member refused by the policy is
-// passed over, so that a group with one member the policy excludes still
-// delivers to the others.
-func (s *Server) eligibleFor(msg *Message) func(clientID string) bool {
-	return func(id string) bool {
-		sess := s.lookup(id)
-		if sess == nil {
-			return false
-		}
-		sess.mu.Lock()
-		cl, online := sess.client, sess.conn != nil
-		sess.mu.Unlock()
-		if !online {
-			return false
-		}
-		return cl == nil || s.authorize(cl, ActionReceive, msg.Topic, msg.QoS, msg.Retain, "").Allow
-	}
 }

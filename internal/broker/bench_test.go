@@ -313,6 +313,7 @@ func BenchmarkFanInQoS1(b *testing.B) {
 			payload := make([]byte, 64)
 			var buf []byte
 			b.ReportAllocs()
+			cpu0, w0, r0 := cpuTime(), writeCalls(), readCalls()
 			b.ResetTimer()
 			for i := range b.N {
 				p := i % pubs
@@ -339,9 +340,17 @@ func BenchmarkFanInQoS1(b *testing.B) {
 				time.Sleep(50 * time.Microsecond)
 			}
 			b.StopTimer()
+			cpu, writes, reads := cpuTime()-cpu0, writeCalls()-w0, readCalls()-r0
 			st := s.Stats()
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "deliveries/s")
 			b.ReportMetric(float64(st.Pushbacks)/float64(b.N), "pushbacks/msg")
+			// CPU of the whole process (broker, publishers and subscriber)
+			// and its write system calls, per message.
+			b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N), "cpu-ns/msg")
+			if writes > 0 {
+				b.ReportMetric(float64(writes)/float64(b.N), "writes/msg")
+				b.ReportMetric(float64(reads)/float64(b.N), "reads/msg")
+			}
 		})
 	}
 }

@@ -126,9 +126,10 @@ func (s *Server) clusterUnsubscribed(clientID, group, filter string) {
 
 // DeliverShared delivers msg, which the Cluster routed to this node for
 // the shared subscription (group, filter), to one local member of that
-// group, chosen as for a local message: the next member in turn that is
-// online and may receive it, else the next in turn (whose session queues
-// it or drops it, as its policy says). msg is another node's message, or
+// group, chosen as for a local message (memberRank: the next member in
+// turn that keeps up, else one that is connected and may receive it, else
+// the next in turn, whose session queues it or drops it as its policy
+// says). msg is another node's message, or
 // this node's own that the Cluster chose this node for; it is delivered
 // through this group only. It reports whether a member took it; false
 // when the group has no member here (any more), and the Cluster may then
@@ -153,7 +154,7 @@ func (s *Server) DeliverShared(msg *Message, group, filter string) bool {
 			continue
 		}
 		mb.enc.reset(msg, nil, clock{now: s.cfg.Now}, 1)
-		sub, ok := g.Pick(s.eligibleFor(msg))
+		sub, ok := g.PickRanked(s.memberRank(msg))
 		return ok && s.deliverTo(&mb.enc, &sub, sub.QoS, sub.RetainAsPublished, idsOf(sub.ID), &shareKey{g.Group, g.Filter}, nil, nil)
 	}
 	return false
@@ -161,9 +162,9 @@ func (s *Server) DeliverShared(msg *Message, group, filter string) bool {
 
 // SharedMembers reports how many members the shared subscription (group,
 // filter) has on this node, and how many of them can take messages now:
-// connected, not marked slow, and with their queue (QoS 1 and 2) and
-// QoS 0 backlog under the overload mark (and their queue not full under
-// QueueBlock). The Cluster sends a node with more such members a larger
+// connected, not marked slow, with no publisher held for them, their
+// queue (QoS 1 and 2) neither full nor at the pushback mark, and their
+// QoS 0 backlog under its mark. The Cluster sends a node with more such members a larger
 // share of the group's messages. Safe for concurrent use.
 func (s *Server) SharedMembers(group, filter string) (members, available int) {
 	f := &s.clusterShares
@@ -191,8 +192,9 @@ func (s *Server) takesShared(sess *session) bool {
 	if c == nil || c.closing.Load() {
 		return false
 	}
-	if sess.gate.slow || s.overMark(len(sess.queue), sess.queueBytes, s.markBytes) ||
-		s.cfg.QueueFullPolicy == QueueBlock && sess.fullLocked(s) {
+	l := s.limits()
+	if sess.gate.slow || len(sess.gate.waiters) > 0 || sess.fullLocked(s) ||
+		l.overMark(sess.queue.len(), sess.queueBytes, l.markBytes) {
 		return false
 	}
 	c.outMu.Lock()

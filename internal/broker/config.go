@@ -159,7 +159,7 @@ type Config struct {
 	// connected client whose queue is full: QueueDrop (the default) drops
 	// it, counted and logged; QueueBlock queues it and holds its publisher
 	// back until there is room (see QueuePolicy). A full queue of an
-	// offline session always drops.
+	// offline session always drops. SetLimits changes it at run time.
 	QueueFullPolicy QueuePolicy
 
 	// PushbackMessages and PushbackBytes are the backlog of one connected
@@ -173,7 +173,8 @@ type Config struct {
 	// bytes are topic and payload. A client is never held back by its own
 	// session, nor by an offline one. Defaults 100 messages (at most
 	// MaxQueued) and 1 MiB; a negative PushbackMessages turns holding back
-	// off, a negative PushbackBytes leaves only the message mark.
+	// off, a negative PushbackBytes leaves only the message mark. SetLimits
+	// changes both at run time.
 	PushbackMessages int
 	PushbackBytes    int64
 
@@ -185,7 +186,7 @@ type Config struct {
 	// to MaxQueued and QueueFullPolicy applies, its QoS 0 messages wait up
 	// to MaxOutboundBytes and then the oldest are dropped. Publishers whose
 	// only subscriber it is wait on while it takes messages at all.
-	// Default 1 s.
+	// Default 1 s; SetLimits changes it at run time.
 	PushbackWait time.Duration
 
 	// QueueQoS0 also queues QoS 0 messages for offline persistent sessions

@@ -87,6 +87,11 @@ type conn struct {
 	active     bool
 	quietSince time.Time
 	cleanEnd   bool
+	// limitDrops counts the messages for this client dropped because its
+	// queue or outbound buffer was full, not yet reported to the
+	// Observer (LimitQueueFull); added to by whoever routes, taken by the
+	// reader.
+	limitDrops atomic.Int64
 
 	// Fixed at CONNECT, then read by the reader (aliasesIn is reader-owned
 	// and grows as the client sends aliases; will is read by detach, which

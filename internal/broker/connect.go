@@ -89,6 +89,7 @@ func (c *conn) refuseBadConnect(p packet.Packet, err error) {
 		s.stats.preAuthTooBig.Add(1)
 		c.log.Info("broker: first packet larger than the limit before authentication; connection closed",
 			"err", err, "max", s.cfg.PreAuthMaxPacketSize)
+		c.limitVerdict(LimitPacketSize, fmt.Sprintf("first packet over the pre-authentication limit of %d bytes", s.cfg.PreAuthMaxPacketSize))
 		return
 	}
 	s.stats.protocolErrors.Add(1)
@@ -196,10 +197,14 @@ func (c *conn) connect(ctx context.Context, pkt *packet.Connect) bool {
 	// Will checks that do not depend on the session.
 	if w := pkt.Will; w != nil {
 		if len(w.Topic) > s.cfg.MaxTopicLength {
-			return c.refuse(pkt, packet.TopicNameInvalid, fmt.Sprintf("will topic is longer than %d bytes", s.cfg.MaxTopicLength))
+			reason := fmt.Sprintf("will topic is longer than %d bytes", s.cfg.MaxTopicLength)
+			defer c.limitVerdict(LimitTopicLength, reason) // the client is refused anyway
+			return c.refuse(pkt, packet.TopicNameInvalid, reason)
 		}
 		if tooDeep(w.Topic, s.cfg.MaxTopicLevels) {
-			return c.refuse(pkt, packet.TopicNameInvalid, fmt.Sprintf("will topic has more than %d levels", s.cfg.MaxTopicLevels))
+			reason := fmt.Sprintf("will topic has more than %d levels", s.cfg.MaxTopicLevels)
+			defer c.limitVerdict(LimitTopicLevels, reason)
+			return c.refuse(pkt, packet.TopicNameInvalid, reason)
 		}
 		if w.Retain && s.cfg.RetainDisabled {
 			return c.refuse(pkt, packet.RetainNotSupported, "retained messages are not available")

@@ -9,3 +9,5 @@ func cpuTime() time.Duration { return 0 }
 
 // writeCalls is not measured on this platform.
 func writeCalls() int64 { return 0 }
+
+func readCalls() int64 { return 0 }

@@ -19,13 +19,18 @@ func cpuTime() time.Duration {
 
 // writeCalls returns the write system calls the process made so far
 // (syscw of /proc/self/io), or 0 where that is not available.
-func writeCalls() int64 {
+func writeCalls() int64 { return ioCount("syscw: ") }
+
+// readCalls is writeCalls for read system calls (syscr).
+func readCalls() int64 { return ioCount("syscr: ") }
+
+func ioCount(key string) int64 {
 	b, err := os.ReadFile("/proc/self/io")
 	if err != nil {
 		return 0
 	}
 	for line := range bytes.Lines(b) {
-		if v, ok := bytes.CutPrefix(line, []byte("syscw: ")); ok {
+		if v, ok := bytes.CutPrefix(line, []byte(key)); ok {
 			n, _ := strconv.ParseInt(string(bytes.TrimSpace(v)), 10, 64)
 			return n
 		}

@@ -3,6 +3,7 @@ package broker
 import (
 	"log/slog"
 	"net"
+	"strconv"
 	"time"
 
 	"github.com/moatmq/moat/internal/packet"
@@ -74,6 +75,90 @@ type ConnObserver interface {
 // where the Observer checks again.
 type AttachObserver interface {
 	Attached(c *Client) Decision
+}
+
+// LimitObserver is an optional interface of a ConnObserver. Limited is
+// called on the client's reader when the client ran into one of the
+// server's limits, once the server applied it (the packet refused or
+// dropped, the client disconnected): a client that keeps hitting limits
+// is probing the server or broken, which the Observer may count. A
+// Verdict that disconnects ends the client if the limit did not already.
+// Limits refused at accept (connection rates and caps) are the
+// Observer's own and are not reported here.
+type LimitObserver interface {
+	Limited(c *Client, l Limit, detail string) Verdict
+}
+
+// Limit names a limit a client ran into (LimitObserver).
+type Limit uint8
+
+// Limits reported to a LimitObserver.
+const (
+	// LimitPacketSize: a packet over the maximum packet size (before
+	// authentication, the pre-authentication limit); disconnected.
+	LimitPacketSize Limit = iota + 1
+	// LimitTopicLength: a topic name or filter (PUBLISH, SUBSCRIBE,
+	// will) longer than Config.MaxTopicLength.
+	LimitTopicLength
+	// LimitTopicLevels: a topic name or filter with more levels than
+	// Config.MaxTopicLevels.
+	LimitTopicLevels
+	// LimitMessageSize: a payload over the message size limit.
+	LimitMessageSize
+	// LimitReceiveMaximum: more QoS 2 messages awaiting PUBREL than the
+	// server's Receive Maximum; disconnected.
+	LimitReceiveMaximum
+	// LimitSubscriptions: a subscription refused by MaxSubscriptions or
+	// MaxSubscriptionBytes.
+	LimitSubscriptions
+	// LimitRetained: a retained message refused by a retained limit.
+	LimitRetained
+	// LimitQueueFull: messages for the client dropped because its
+	// session's queue or its connection's outbound buffer was full
+	// (reported on its reader's next packet, with the count).
+	LimitQueueFull
+
+	// NumLimits is one more than the highest Limit, for tables indexed by
+	// Limit.
+	NumLimits
+)
+
+var limitNames = [NumLimits]string{"", "packet_size", "topic_length", "topic_levels", "message_size", "receive_maximum",
+	"subscriptions", "retained", "queue_full"}
+
+// String returns the limit's name in logs and metrics ("packet_size",
+// "topic_length", "topic_levels", "message_size", "receive_maximum",
+// "subscriptions", "retained", "queue_full").
+func (l Limit) String() string {
+	if l < NumLimits && l > 0 {
+		return limitNames[l]
+	}
+	return "limit(" + strconv.Itoa(int(l)) + ")"
+}
+
+// limitVerdict reports a limit the client hit to the Observer, when it
+// wants them, and returns its verdict without applying it. Called on the
+// reader.
+func (c *conn) limitVerdict(l Limit, detail string) Verdict {
+	o, ok := c.obs.(LimitObserver)
+	if !ok {
+		return Verdict{}
+	}
+	return o.Limited(&c.client, l, detail)
+}
+
+// limited reports a limit the client hit and applies the verdict; it
+// returns false when the connection is being ended.
+func (c *conn) limited(l Limit, detail string) bool {
+	return c.obsVerdict(c.limitVerdict(l, detail))
+}
+
+// overLimit ends the connection for a packet over a limit (a protocol
+// error), then reports the limit. It returns false.
+func (c *conn) overLimit(l Limit, code packet.ReasonCode, reason string) bool {
+	c.protocolError(code, reason)
+	c.limitVerdict(l, reason)
+	return false
 }
 
 // GrantObserver is an optional interface of a ConnObserver. Regranted is
@@ -169,8 +254,21 @@ func (s *Server) observe(st *listenerState, nc net.Conn) (ConnObserver, bool) {
 // socket buffers fill and its sends block); a client that stays over its
 // rate is disconnected with 0x96. It returns false when the connection is
 // ending.
+//
+// The pause is the server's, not the client's: the keep-alive deadline
+// starts again after it, as after a wait for a held publisher's turn, so
+// that a paused client whose next packet was cut in two by the pause is
+// not taken for a dead one [MQTT-3.1.2-24].
+//
+// It also reports the messages dropped for the client since the last
+// packet (LimitQueueFull), on this, the client's reader.
 func (c *conn) throttle(n int) bool {
 	c.bodySize = 0
+	if c.limitDrops.Load() != 0 {
+		if k := c.limitDrops.Swap(0); k > 0 && !c.limited(LimitQueueFull, strconv.FormatInt(k, 10)+" messages for the client dropped: its queue was full") {
+			return false
+		}
+	}
 	wait, d := c.obs.Read(n)
 	if !d.Allow {
 		c.log.Warn("broker: client over its rate limit; disconnecting", "reason", d.Reason)
@@ -184,7 +282,11 @@ func (c *conn) throttle(n int) bool {
 	c.outMu.Lock()
 	c.startWriterLocked() // what handling queued goes out during the pause
 	c.outMu.Unlock()
-	return c.srv.wait(wait, c.killed, c.srv.ctx.Done())
+	if !c.srv.wait(wait, c.killed, c.srv.ctx.Done()) {
+		return false
+	}
+	c.armKeepAlive()
+	return true
 }
 
 // ping reports a PINGREQ to the Observer with the time since the client

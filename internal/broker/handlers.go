@@ -44,10 +44,10 @@ func (c *conn) handlePublish(p *packet.Publish) bool {
 		}
 	}
 	if len(p.Topic) > s.cfg.MaxTopicLength {
-		return c.protocolError(packet.TopicNameInvalid, fmt.Sprintf("topic is longer than %d bytes", s.cfg.MaxTopicLength))
+		return c.overLimit(LimitTopicLength, packet.TopicNameInvalid, fmt.Sprintf("topic is longer than %d bytes", s.cfg.MaxTopicLength))
 	}
 	if tooDeep(p.Topic, s.cfg.MaxTopicLevels) {
-		return c.protocolError(packet.TopicNameInvalid, fmt.Sprintf("topic has more than %d levels", s.cfg.MaxTopicLevels))
+		return c.overLimit(LimitTopicLevels, packet.TopicNameInvalid, fmt.Sprintf("topic has more than %d levels", s.cfg.MaxTopicLevels))
 	}
 	if p.QoS > c.lst.maxQoS {
 		// [MQTT-3.2.2-11]
@@ -59,9 +59,10 @@ func (c *conn) handlePublish(p *packet.Publish) bool {
 	}
 	if lim := s.limits().MessageSizeLimit; lim > 0 && uint32(len(p.Payload)) > lim {
 		if c.version == packet.V5 {
-			return c.protocolError(packet.PacketTooLarge, "payload exceeds the message size limit")
+			return c.overLimit(LimitMessageSize, packet.PacketTooLarge, "payload exceeds the message size limit")
 		}
 		c.log.Info("broker: payload exceeds message_size_limit; dropped", "topic", p.Topic, "size", len(p.Payload))
+		defer c.limited(LimitMessageSize, fmt.Sprintf("payload of %d bytes over the message size limit; dropped", len(p.Payload)))
 		return c.ackPublish(p, packet.Success)
 	}
 	if err := packet.CheckPayloadFormat(&p.Properties, p.Payload); err != nil && c.version == packet.V5 {
@@ -76,7 +77,7 @@ func (c *conn) handlePublish(p *packet.Publish) bool {
 		if !dup && len(c.sess.inboundQoS2) >= int(s.cfg.ReceiveMaximum) {
 			c.sess.mu.Unlock()
 			// The client broke its send quota [MQTT 5.0 §4.9].
-			return c.protocolError(packet.ReceiveMaximumExceeded, "receive maximum exceeded")
+			return c.overLimit(LimitReceiveMaximum, packet.ReceiveMaximumExceeded, "receive maximum exceeded")
 		}
 		if !dup {
 			c.sess.inboundQoS2[p.PacketID] = struct{}{}
@@ -141,11 +142,16 @@ func (c *conn) handlePublish(p *packet.Publish) bool {
 				if s.persist != nil {
 					c.persistRetained(msg, b)
 				}
-			} else if c.version == packet.V5 && p.QoS > 0 {
-				// A v5 client can be told: the publication is refused as
-				// a whole. Others (v3, QoS 0) have no way to learn of it,
-				// so their message is still delivered, only not retained.
-				code = packet.QuotaExceeded
+			} else {
+				// Reported once the publication is answered.
+				defer c.limited(LimitRetained, "retained message on "+clipTopic(p.Topic)+" refused by a retained limit")
+				if c.version == packet.V5 && p.QoS > 0 {
+					// A v5 client can be told: the publication is refused
+					// as a whole. Others (v3, QoS 0) have no way to learn
+					// of it, so their message is still delivered, only
+					// not retained.
+					code = packet.QuotaExceeded
+				}
 			}
 		}
 	}
@@ -209,11 +215,19 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 			c.log.Info("broker: subscription refused: filter too long", "length", len(req.Filter), "max", s.cfg.MaxTopicLength)
 			codes[i] = packet.TopicFilterInvalid
 			problem = cmp.Or(problem, fmt.Sprintf("topic filter longer than %d bytes", s.cfg.MaxTopicLength))
+			if v := c.limitVerdict(LimitTopicLength, fmt.Sprintf("topic filter of %d bytes", len(req.Filter))); v.Disconnect {
+				verdict = v
+			}
 			continue
 		}
 		group, filter, err := packet.SplitShared(req.Filter)
 		if err != nil || tooDeep(filter, s.cfg.MaxTopicLevels) {
 			codes[i] = packet.TopicFilterInvalid
+			if err == nil {
+				if v := c.limitVerdict(LimitTopicLevels, fmt.Sprintf("topic filter of more than %d levels", s.cfg.MaxTopicLevels)); v.Disconnect {
+					verdict = v
+				}
+			}
 			continue
 		}
 		// Judged on the filter (a shared subscription's without its
@@ -254,6 +268,9 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 					"max", lim.MaxSubscriptions, "max_bytes", lim.MaxSubscriptionBytes)
 				codes[i] = packet.QuotaExceeded
 				problem = cmp.Or(problem, fmt.Sprintf("at most %d subscriptions or %d bytes of filters per session", lim.MaxSubscriptions, lim.MaxSubscriptionBytes))
+				if v := c.limitVerdict(LimitSubscriptions, fmt.Sprintf("over %d subscriptions or %d bytes of filters", lim.MaxSubscriptions, lim.MaxSubscriptionBytes)); v.Disconnect {
+					verdict = v
+				}
 				continue
 			}
 		}

@@ -96,13 +96,28 @@ func (s *source) Read(p []byte) (int, error) {
 			s.at = time.Now().UnixNano()
 		}
 	}
-	if c := s.c; n > 0 && c != nil && len(c.pub.holds) > 0 && !c.awaitHolds() {
+	if c := s.c; n > 0 && c != nil && len(c.pub.holds) > 0 {
 		// The client is held back (overload.go): the input this read
 		// returned (at most the read buffer, or the rest of a packet
 		// whose size was checked) is handed on only once the
 		// subscribers the client feeds took some of their backlog, and
 		// nothing more is read meanwhile.
-		return 0, errHeldClosed
+		waited, ok := c.awaitHolds()
+		if !ok {
+			return 0, errHeldClosed
+		}
+		if waited && err == nil && s.sr != nil && n < len(p) {
+			// What the client sent while it waited is taken in with
+			// this input, without waiting: the reader would otherwise
+			// read it on its own right after. (A read that has to wait
+			// for input happens before the hold, so that a client that
+			// closes its connection is seen at once.)
+			m, rerr := s.sr.readNow(p[n:])
+			n += m
+			if rerr != nil {
+				s.err = rerr // the next read reports it
+			}
+		}
 	}
 	return n, err
 }
@@ -136,10 +151,12 @@ func (c *conn) reserveBody(size int) error {
 		return nil
 	}
 	c.kickWriters() // the budget, or a hold, may make the reader wait
-	if len(c.pub.holds) > 0 && !c.awaitHolds() {
+	if len(c.pub.holds) > 0 {
 		// A held client waits for its turn before it takes read budget
 		// for the rest of this packet, not while holding it.
-		return errHeldClosed
+		if _, ok := c.awaitHolds(); !ok {
+			return errHeldClosed
+		}
 	}
 	var deadline time.Time
 	if !c.authenticated {

@@ -105,7 +105,7 @@ func (s *Server) Sessions() []SessionInfo {
 		sess.mu.Lock()
 		si := SessionInfo{
 			ClientID: sess.id, Created: sess.created, Online: sess.conn != nil, Expiry: sess.expiry,
-			Inflight: len(sess.inflight), Queued: len(sess.queue), Subscriptions: int(sess.subs.Load()),
+			Inflight: len(sess.inflight), Queued: sess.queue.len(), Subscriptions: int(sess.subs.Load()),
 		}
 		sess.mu.Unlock()
 		if sess.expiry == neverExpires {

@@ -14,6 +14,13 @@ import (
 //   - MessageSizeLimit: to the next PUBLISH of every client.
 //   - MaxQueued: to the next message queued; queues already longer keep
 //     their messages but take no more until they fall below it.
+//   - PushbackMessages, PushbackBytes (and MaxQueued, which bounds the
+//     message mark): to the next message routed, and publishers held
+//     back at a backlog that is now under its mark are let go at once.
+//   - PushbackWait: to the next period of a subscriber's wait timer.
+//   - QueueFullPolicy: to the next message for a full queue; publishers
+//     held for room under QueueBlock are let go when it becomes
+//     QueueDrop.
 //   - MaxSubscriptions, MaxSubscriptionBytes: to the next SUBSCRIBE;
 //     subscriptions already made stay.
 //   - MaxSessions, MaxConnections: to the next CONNECT and the next
@@ -46,6 +53,11 @@ type Limits struct {
 	MaxSessions          int
 	MaxConnections       int
 
+	PushbackMessages int
+	PushbackBytes    int64
+	PushbackWait     time.Duration
+	QueueFullPolicy  QueuePolicy
+
 	ConnectTimeout time.Duration
 	ReauthGrace    time.Duration
 
@@ -61,7 +73,9 @@ func limitsOf(c *Config) *Limits {
 		MessageSizeLimit: c.MessageSizeLimit, MaxKeepAlive: c.MaxKeepAlive, MaxInflight: c.MaxInflight,
 		MaxQueued: c.MaxQueued, MaxSubscriptions: c.MaxSubscriptions, MaxSubscriptionBytes: c.MaxSubscriptionBytes,
 		MaxSessions: c.MaxSessions, MaxConnections: c.MaxConnections,
-		ConnectTimeout: c.ConnectTimeout, ReauthGrace: c.ReauthGrace,
+		PushbackMessages: c.PushbackMessages, PushbackBytes: c.PushbackBytes, PushbackWait: c.PushbackWait,
+		QueueFullPolicy: c.QueueFullPolicy,
+		ConnectTimeout:  c.ConnectTimeout, ReauthGrace: c.ReauthGrace,
 		MaxRetained: c.MaxRetained, MaxRetainedBytes: c.MaxRetainedBytes,
 		MaxRetainedPerIdentity: c.MaxRetainedPerIdentity, MaxRetainedBytesPerIdentity: c.MaxRetainedBytesPerIdentity,
 	}
@@ -95,6 +109,21 @@ func (l Limits) withDefaults() (Limits, error) {
 	if l.MaxQueued < 0 || l.MaxSubscriptions < 0 || l.MaxSubscriptionBytes < 0 || l.MaxSessions < 0 || l.MaxConnections < 0 {
 		errs = append(errs, errors.New("broker: MaxQueued, MaxSubscriptions, MaxSubscriptionBytes, MaxSessions and MaxConnections must not be negative"))
 	}
+	if l.PushbackMessages == 0 {
+		l.PushbackMessages = DefaultPushbackMessages
+	}
+	if l.PushbackBytes == 0 {
+		l.PushbackBytes = DefaultPushbackBytes
+	}
+	if l.PushbackWait == 0 {
+		l.PushbackWait = DefaultPushbackWait
+	}
+	if l.PushbackWait < 0 {
+		errs = append(errs, errors.New("broker: PushbackWait must not be negative"))
+	}
+	if l.QueueFullPolicy > QueueBlock {
+		errs = append(errs, fmt.Errorf("broker: QueueFullPolicy %v is not QueueDrop or QueueBlock", l.QueueFullPolicy))
+	}
 	if l.ConnectTimeout == 0 {
 		l.ConnectTimeout = DefaultConnectTimeout
 	}
@@ -122,13 +151,45 @@ func (l Limits) withDefaults() (Limits, error) {
 	return l, errors.Join(errs...)
 }
 
+// liveLimits is what SetLimits replaces as a whole: the limits in force
+// and the pushback marks derived from them (overload.go).
+type liveLimits struct {
+	Limits
+	// markMsgs is the backlog in messages at which publishers are held
+	// back: PushbackMessages, at most MaxQueued; 0 when off. markBytes
+	// and markQ0Bytes are the byte marks of queues and of QoS 0
+	// backlogs: PushbackBytes, below Config.MaxQueuedBytes and three
+	// quarters of Config.MaxOutboundBytes where those are lower (so that
+	// publishers are held back before messages are dropped); 0 for none.
+	markMsgs, markBytes, markQ0Bytes int64
+}
+
+// newLiveLimits derives the marks of l, whose defaults are applied, with
+// the byte limits of cfg, which are set at start.
+func newLiveLimits(l *Limits, cfg *Config) *liveLimits {
+	ll := &liveLimits{Limits: *l}
+	if l.PushbackMessages > 0 {
+		ll.markMsgs = int64(min(l.PushbackMessages, l.MaxQueued))
+		if l.PushbackBytes > 0 {
+			ll.markBytes, ll.markQ0Bytes = l.PushbackBytes, l.PushbackBytes
+		}
+		if q := cfg.MaxQueuedBytes; q > 0 && (ll.markBytes == 0 || q < ll.markBytes) {
+			ll.markBytes = q
+		}
+		if o := int64(cfg.MaxOutboundBytes - cfg.MaxOutboundBytes/4); ll.markQ0Bytes == 0 || o < ll.markQ0Bytes {
+			ll.markQ0Bytes = o
+		}
+	}
+	return ll
+}
+
 // limits returns the limits in force. The pointer is replaced, never
 // written through, so readers need no lock.
-func (s *Server) limits() *Limits { return s.lim.Load() }
+func (s *Server) limits() *liveLimits { return s.lim.Load() }
 
 // Limits returns the limits in force, defaults applied. Safe for
 // concurrent use.
-func (s *Server) Limits() Limits { return *s.limits() }
+func (s *Server) Limits() Limits { return s.limits().Limits }
 
 // SetLimits replaces the limits in force with l, whose zero fields take
 // their defaults, after checking it; on error nothing changes. It returns
@@ -139,9 +200,38 @@ func (s *Server) SetLimits(l Limits) (Limits, error) {
 	if err != nil {
 		return s.Limits(), err
 	}
-	s.lim.Store(&l)
+	ll := newLiveLimits(&l, &s.cfg)
+	old := s.lim.Swap(ll)
 	s.retained.setLimits(&l)
+	if ll.markMsgs != old.markMsgs || ll.markBytes != old.markBytes || ll.markQ0Bytes != old.markQ0Bytes ||
+		ll.MaxQueued > old.MaxQueued || ll.QueueFullPolicy != old.QueueFullPolicy {
+		s.regate()
+	}
 	return l, nil
+}
+
+// regate lets go the publishers held back at backlogs that no longer
+// hold them back under the limits just set: a mark raised or turned off,
+// a longer queue, the drop policy in place of block. A lowered mark
+// needs nothing: the next message routed to a backlog over it holds its
+// publisher back.
+func (s *Server) regate() {
+	s.sessions.Range(func(_, v any) bool {
+		sess := v.(*session)
+		sess.mu.Lock()
+		if len(sess.gate.waiters) > 0 && !sess.holdsBackLocked(s) {
+			sess.gate.wakeAll()
+		}
+		if c := sess.conn; c != nil {
+			c.outMu.Lock()
+			if len(c.q0gate.waiters) > 0 && !c.q0OverMarkLocked() {
+				c.q0gate.wakeAll()
+			}
+			c.outMu.Unlock()
+		}
+		sess.mu.Unlock()
+		return true
+	})
 }
 
 // connectTimeout is the ConnectTimeout in force.

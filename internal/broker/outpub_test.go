@@ -585,15 +585,15 @@ func TestOfferToEndedSession(t *testing.T) {
 	msg := newMessage(&packet.Publish{Topic: "t", QoS: 1, PacketID: 1, Payload: []byte("x")}, "pub", time.Now())
 	var es encSet
 	es.reset(msg, nil, clock{now: s.cfg.Now}, 2)
-	if !sess.offer(s, &es, 1, false, nil, nil, nil, nil) || len(sess.queue) != 1 {
-		t.Fatalf("an offline session did not queue the message: %d queued", len(sess.queue))
+	if !sess.offer(s, &es, 1, false, nil, nil, nil, nil) || sess.queue.len() != 1 {
+		t.Fatalf("an offline session did not queue the message: %d queued", sess.queue.len())
 	}
 	s.sessMu.Lock()
 	s.endSessionLocked(sess)
 	s.sessMu.Unlock()
 	queued := s.stats.queued.Load()
-	if sess.offer(s, &es, 1, false, nil, nil, nil, nil) || len(sess.queue) != 0 || s.stats.queued.Load() != queued {
-		t.Fatalf("an ended session took the message: %d queued, gauge %d -> %d", len(sess.queue), queued, s.stats.queued.Load())
+	if sess.offer(s, &es, 1, false, nil, nil, nil, nil) || sess.queue.len() != 0 || s.stats.queued.Load() != queued {
+		t.Fatalf("an ended session took the message: %d queued, gauge %d -> %d", sess.queue.len(), queued, s.stats.queued.Load())
 	}
 }
 

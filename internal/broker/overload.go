@@ -47,7 +47,9 @@ const (
 	// connected: nothing is lost, and a queue exceeds its limit by at most
 	// what each publisher held had read (its 1 KiB read buffer, or one
 	// larger packet). A client that stops acknowledging stops its
-	// publishers.
+	// publishers. A message with no publisher to hold back (from another
+	// cluster node, a will, the broker's own, a client's to itself) is
+	// dropped as under QueueDrop.
 	QueueBlock
 )
 
@@ -73,6 +75,11 @@ type flowGate struct {
 	// checkLocked); cleared when its backlog is down to half the mark,
 	// or when it goes offline or reconnects.
 	slow bool
+	// cycle is set when publishers held for room in the full queue under
+	// QueueBlock were let go because the subscriber itself waits for one
+	// of them (session.checkGate): the queue drops as under QueueDrop
+	// until it has room again. Session gates only.
+	cycle bool
 	// timer runs checkLocked every PushbackWait while publishers wait:
 	// one timer per gate, not per wait, which would cost a timer for
 	// every message a held publisher sends. epoch counts its periods (a
@@ -129,7 +136,7 @@ func (g *flowGate) wakeAll() { g.wake(len(g.waiters)) }
 // went offline, reconnected, or its connection is closing.
 func (g *flowGate) release() {
 	g.wakeAll()
-	g.slow = false
+	g.slow, g.cycle = false, false
 	if g.timer != nil {
 		g.timer.Stop()
 		g.timer = nil
@@ -283,7 +290,7 @@ func (s *session) notePublisherLocked(srv *Server, pub *publisher) {
 		// Over the mark, or publishers wait already: this one waits
 		// behind them, so that they take turns.
 		w := pub.nextWaiter()
-		s.gate.join(w, func() Timer { return srv.afterFunc(srv.cfg.PushbackWait, func() { s.checkGate(srv) }) })
+		s.gate.join(w, func() Timer { return srv.afterFunc(srv.limits().PushbackWait, func() { s.checkGate(srv) }) })
 		pub.addHold(hold{sess: s, w: w})
 	} else {
 		pub.noteFree(s)
@@ -312,12 +319,28 @@ func (s *session) notePublisherQoS0(c *conn, pub *publisher, congested bool) {
 	c.outMu.Unlock()
 }
 
-// checkGate is the timer of s's gate (flowGate.checkLocked).
+// checkGate is the timer of s's gate (flowGate.checkLocked). Publishers
+// waiting for room in the full queue under QueueBlock wait on, however
+// long, unless the subscriber took nothing from its queue for the whole
+// period and its own client is held back, directly or through others, at
+// the queue of one of them: then nobody can make room (each waits for the
+// other's reader to read the acknowledgements that would), and the
+// publishers are let go; the queue drops as under QueueDrop until it has
+// room again.
 func (s *session) checkGate(srv *Server) {
 	s.mu.Lock()
-	forRoom := srv.cfg.QueueFullPolicy == QueueBlock && s.fullLocked(srv)
+	g := &s.gate
+	forRoom := srv.limits().QueueFullPolicy == QueueBlock && s.fullLocked(srv)
+	if forRoom && len(g.waiters) > 0 && g.progress == g.atTick && s.waitCycleLocked() {
+		g.timer = nil
+		g.cycle, g.slow = true, true
+		g.wakeAll()
+		s.mu.Unlock()
+		srv.holdCycle(s.id)
+		return
+	}
 	slow, stuck := s.gate.checkLocked(forRoom, func() Timer {
-		return srv.afterFunc(srv.cfg.PushbackWait, func() { s.checkGate(srv) })
+		return srv.afterFunc(srv.limits().PushbackWait, func() { s.checkGate(srv) })
 	})
 	s.mu.Unlock()
 	if slow {
@@ -325,8 +348,43 @@ func (s *session) checkGate(srv *Server) {
 	}
 }
 
+// maxWaitChain bounds the sessions waitCycleLocked follows: a chain of
+// held publishers longer than this is not taken for a cycle.
+const maxWaitChain = 1024
+
+// waitCycleLocked reports whether the client of s waits, directly or
+// through a chain of held publishers, at the queue of a session whose
+// client waits at s: following waitingOn from s comes back to s. Only
+// atomics of other sessions are read, so no lock is taken. The caller
+// holds s.mu.
+func (s *session) waitCycleLocked() bool {
+	x := s.waitingOn.Load()
+	for range maxWaitChain {
+		if x == nil {
+			return false
+		}
+		if x == s {
+			return true
+		}
+		x = x.waitingOn.Load()
+	}
+	return false
+}
+
+// holdCycle counts and logs a cycle of held publishers broken at the full
+// queue of client: the first and then every 1000th.
+func (srv *Server) holdCycle(client string) {
+	n := srv.stats.holdCycles.Add(1)
+	if n != 1 && n%1000 != 0 {
+		return
+	}
+	srv.log.Warn("broker: publishers held for a full queue under queue_full_policy block wait for each other; "+
+		"they are let go and the queue drops until it has room", "client", client, "wait", srv.limits().PushbackWait,
+		"cycles_total", n)
+}
+
 func (c *conn) armQ0Check() Timer {
-	return c.srv.afterFunc(c.srv.cfg.PushbackWait, c.checkQ0Gate)
+	return c.srv.afterFunc(c.srv.limits().PushbackWait, c.checkQ0Gate)
 }
 
 // checkQ0Gate is the timer of c's QoS 0 gate (flowGate.checkLocked).
@@ -346,19 +404,20 @@ func (d *delivery) size() int64 { return int64(len(d.msg.Topic) + len(d.msg.Payl
 // fullLocked reports whether s's queue is at its limits. The caller
 // holds s.mu.
 func (s *session) fullLocked(srv *Server) bool {
-	return len(s.queue) >= srv.limits().MaxQueued || srv.cfg.MaxQueuedBytes > 0 && s.queueBytes >= srv.cfg.MaxQueuedBytes
+	return s.queue.len() >= srv.limits().MaxQueued || srv.cfg.MaxQueuedBytes > 0 && s.queueBytes >= srv.cfg.MaxQueuedBytes
 }
 
 // overMark reports whether a backlog of n messages and b bytes is at the
-// pushback mark, whose byte mark is markBytes.
-func (srv *Server) overMark(n int, b, markBytes int64) bool {
-	return srv.markMsgs > 0 && (int64(n) >= srv.markMsgs || markBytes > 0 && b >= markBytes)
+// pushback mark, whose byte mark is markBytes (l.markBytes for a queue,
+// l.markQ0Bytes for a QoS 0 backlog).
+func (l *liveLimits) overMark(n int, b, markBytes int64) bool {
+	return l.markMsgs > 0 && (int64(n) >= l.markMsgs || markBytes > 0 && b >= markBytes)
 }
 
 // underLow reports whether a backlog is down to half the mark, where a
 // slow subscriber holds publishers back again.
-func (srv *Server) underLow(n int, b, markBytes int64) bool {
-	return int64(n) <= srv.markMsgs/2 && (markBytes <= 0 || b <= markBytes/2)
+func (l *liveLimits) underLow(n int, b, markBytes int64) bool {
+	return int64(n) <= l.markMsgs/2 && (markBytes <= 0 || b <= markBytes/2)
 }
 
 // holdsBackLocked reports whether a publisher of a message just given to
@@ -370,10 +429,32 @@ func (s *session) holdsBackLocked(srv *Server) bool {
 	if c == nil || c.closing.Load() {
 		return false
 	}
-	if srv.cfg.QueueFullPolicy == QueueBlock && s.fullLocked(srv) {
+	l := srv.limits()
+	if l.QueueFullPolicy == QueueBlock && !s.gate.cycle && s.fullLocked(srv) {
 		return true
 	}
-	return !s.gate.slow && srv.overMark(len(s.queue), s.queueBytes, srv.markBytes)
+	return !s.gate.slow && l.overMark(s.queue.len(), s.queueBytes, l.markBytes)
+}
+
+// behindLocked reports whether one more message of qos and size bytes
+// (topic and payload) for s, which is connected, would reach the
+// pushback mark of the backlog it joins, or finds publishers waiting
+// there already, or (QoS 1 and 2) finds the queue full; a shared
+// subscription passes such a member over while another keeps up
+// (memberRank). A message that goes straight into flight joins no
+// backlog. The caller holds s.mu.
+func (s *session) behindLocked(srv *Server, qos byte, size int64) bool {
+	l := srv.limits()
+	if qos > 0 {
+		if s.queue.len() == 0 && len(s.inflight) < s.inflightLimit {
+			return false
+		}
+		return len(s.gate.waiters) > 0 || s.fullLocked(srv) || l.overMark(s.queue.len()+1, s.queueBytes+size, l.markBytes)
+	}
+	c := s.conn
+	c.outMu.Lock()
+	defer c.outMu.Unlock()
+	return len(c.q0gate.waiters) > 0 || l.overMark(c.outQ0+1, int64(c.outBytes)+size, l.markQ0Bytes)
 }
 
 // drainedLocked runs when n deliveries left s's queue, or when an
@@ -383,9 +464,13 @@ func (s *session) holdsBackLocked(srv *Server) bool {
 func (s *session) drainedLocked(srv *Server, n int) {
 	g := &s.gate
 	g.progress += uint64(n)
-	low := srv.underLow(len(s.queue), s.queueBytes, srv.markBytes)
+	l := srv.limits()
+	low := l.underLow(s.queue.len(), s.queueBytes, l.markBytes)
 	if low {
 		g.slow = false
+	}
+	if g.cycle && !s.fullLocked(srv) {
+		g.cycle = false
 	}
 	if len(g.waiters) == 0 || s.holdsBackLocked(srv) {
 		return
@@ -405,8 +490,14 @@ func (s *session) releaseGateLocked() { s.gate.release() }
 // back: it is over its mark, or publishers wait already. The caller holds
 // c.outMu.
 func (c *conn) q0CongestedLocked() bool {
-	return !c.final && !c.q0gate.slow &&
-		(c.srv.overMark(c.outQ0, int64(c.outBytes), c.srv.markQ0Bytes) || len(c.q0gate.waiters) > 0)
+	return !c.final && !c.q0gate.slow && (c.q0OverMarkLocked() || len(c.q0gate.waiters) > 0)
+}
+
+// q0OverMarkLocked reports whether c's QoS 0 backlog is at its mark. The
+// caller holds c.outMu.
+func (c *conn) q0OverMarkLocked() bool {
+	l := c.srv.limits()
+	return l.overMark(c.outQ0, int64(c.outBytes), l.markQ0Bytes)
 }
 
 // q0DrainedLocked runs when the writer takes the queued packets: the QoS
@@ -418,7 +509,7 @@ func (c *conn) q0DrainedLocked() {
 		return
 	}
 	g.progress += uint64(c.outQ0)
-	if c.srv.underLow(c.outQ0, int64(c.outBytes), c.srv.markQ0Bytes) {
+	if l := c.srv.limits(); l.underLow(c.outQ0, int64(c.outBytes), l.markQ0Bytes) {
 		g.slow = false
 	}
 	c.outQ0 = 0
@@ -487,6 +578,7 @@ func (srv *Server) droppedSlow(c *conn, n int) {
 		return
 	}
 	total := srv.stats.droppedSlow.Add(int64(n))
+	c.limitDrops.Add(int64(n)) // its reader reports it (LimitQueueFull)
 	if total == int64(n) || total/1000 != (total-int64(n))/1000 {
 		c.log.Warn("broker: client reads too slowly; oldest QoS 0 messages dropped", "dropped", n,
 			"max_outbound_bytes", srv.cfg.MaxOutboundBytes, "dropped_total", total)
@@ -503,14 +595,15 @@ func (srv *Server) droppedSlow(c *conn, n int) {
 // came, not while the broker waits for its input anyway (waiting per
 // message cost a goroutine switch and a write each, and tripled the CPU
 // per message of a closed-loop fan-in). The time spent waiting is not the
-// client's: the keep-alive deadline starts again afterwards. It returns
-// false when the connection or the server is closing.
-func (c *conn) awaitHolds() bool {
+// client's: the keep-alive deadline starts again afterwards. It reports
+// whether it had to wait, and ok false when the connection or the server
+// is closing.
+func (c *conn) awaitHolds() (waited, ok bool) {
 	// Writers this reader held back are started before it waits: the
 	// subscribers it waits for may be among them (conn.kickWriters).
 	c.kickWriters()
 	p := &c.pub
-	ok, waited := true, false
+	ok = true
 	for i, h := range p.holds {
 		p.holds[i] = hold{}
 		if ok {
@@ -526,7 +619,7 @@ func (c *conn) awaitHolds() bool {
 	if ok && waited {
 		c.armKeepAlive()
 	}
-	return ok
+	return waited, ok
 }
 
 // awaitHold waits until h's gate lets the publisher go: a delivery left
@@ -543,6 +636,12 @@ func (c *conn) awaitHold(h hold) (waited, ok bool) {
 	srv.stats.pushbacks.Add(1)
 	srv.stats.held.Add(1)
 	defer srv.stats.held.Add(-1)
+	if h.c == nil {
+		// For the gates' cycle check (session.checkGate); a QoS 0
+		// backlog's gate never waits for room, and lets go by itself.
+		c.sess.waitingOn.Store(h.sess)
+		defer c.sess.waitingOn.Store(nil)
+	}
 	select {
 	case <-h.w.ch:
 		return true, true
@@ -608,10 +707,11 @@ func (srv *Server) slowSubscriber(client string, qos0, stuck bool) {
 	if stuck {
 		why = "it took nothing from its backlog"
 	}
-	then := "QoS 1/2 messages queue up to max_queued_messages, then the queue_full_policy applies (" + srv.cfg.QueueFullPolicy.String() + ")"
+	l := srv.limits()
+	then := "QoS 1/2 messages queue up to max_queued_messages, then the queue_full_policy applies (" + l.QueueFullPolicy.String() + ")"
 	if qos0 {
 		then = "QoS 0 messages wait up to max_outbound_bytes, then the oldest are dropped"
 	}
 	srv.log.Warn("broker: subscriber too slow; its publishers are no longer held back for it", "client", client,
-		"wait", srv.cfg.PushbackWait, "why", why, "then", then, "slow_total", n)
+		"wait", l.PushbackWait, "why", why, "then", then, "slow_total", n)
 }

@@ -103,7 +103,7 @@ func backlog(srv *Server, id string) (queued int, bytes int64, qos0 int) {
 	sess := srv.lookup(id)
 	sess.mu.Lock()
 	defer sess.mu.Unlock()
-	queued, bytes = len(sess.queue), sess.queueBytes
+	queued, bytes = sess.queue.len(), sess.queueBytes
 	if c := sess.conn; c != nil {
 		c.outMu.Lock()
 		qos0 = c.outQ0

@@ -583,7 +583,7 @@ func (s *Server) recover() error {
 				d.share = &shareKey{sd.ShareGroup, sd.ShareFilter}
 			}
 			if sd.State == DeliveryQueued || sd.PacketID == 0 || sess.findInflight(sd.PacketID) >= 0 {
-				sess.queue = append(sess.queue, d)
+				sess.queue.push(d)
 				sess.queueBytes += d.size()
 				s.stats.queued.Add(1)
 				continue

@@ -126,6 +126,9 @@ func (c *conn) readError(err error) {
 		c.srv.stats.protocolErrors.Add(1)
 		c.logViolation(err)
 		c.kill(pe.Code, pe.Reason)
+		if errors.Is(err, packet.ErrPacketTooLarge) {
+			c.limitVerdict(LimitPacketSize, pe.Reason)
+		}
 	case isTimeout(err):
 		c.log.Info("broker: keep alive timeout; disconnecting", "keep_alive", c.keepAlive)
 		c.kill(packet.KeepAliveTimeout, "keep alive timeout")

@@ -65,19 +65,12 @@ type Server struct {
 	clusterFilters clusterFilters
 	clusterShares  clusterShares // cluster_shared.go
 
-	lim atomic.Pointer[Limits] // the limits in force (livelimits.go)
+	lim atomic.Pointer[liveLimits] // the limits in force and the pushback marks (livelimits.go)
 
 	// recent records recently routed messages with their arrival times
 	// (recent.go); stamps keeps the kernel stamping them (arrival.go).
 	recent recentRing
 	stamps stampHold
-	// markMsgs is the backlog in messages at which publishers are held
-	// back: Config.PushbackMessages, at most MaxQueued; 0 when off.
-	// markBytes and markQ0Bytes are the byte marks of queues and of QoS 0
-	// backlogs: Config.PushbackBytes, below the byte limits where those
-	// are lower (so that publishers are held back before messages are
-	// dropped); 0 for none.
-	markMsgs, markBytes, markQ0Bytes int64
 }
 
 type listenerState struct {
@@ -116,7 +109,7 @@ func New(cfg Config) (*Server, error) {
 		persist:    c.Persistence,
 		cluster:    c.Cluster,
 	}
-	s.lim.Store(limitsOf(&c))
+	s.lim.Store(newLiveLimits(limitsOf(&c), &c))
 	s.authorizer = c.Authorizer
 	if s.authorizer == nil {
 		s.authorizer = AllowAll
@@ -125,18 +118,6 @@ func New(cfg Config) (*Server, error) {
 	s.authorizer = countedAuthorizer{s.authorizer, &s.stats}
 	// After the Authorizer: a will whose time passed while the broker was
 	// down is published (and authorized) during recovery.
-	if c.PushbackMessages > 0 {
-		s.markMsgs = int64(min(c.PushbackMessages, c.MaxQueued))
-		if c.PushbackBytes > 0 {
-			s.markBytes, s.markQ0Bytes = c.PushbackBytes, c.PushbackBytes
-		}
-		if q := c.MaxQueuedBytes; q > 0 && (s.markBytes == 0 || q < s.markBytes) {
-			s.markBytes = q
-		}
-		if o := int64(c.MaxOutboundBytes - c.MaxOutboundBytes/4); s.markQ0Bytes == 0 || o < s.markQ0Bytes {
-			s.markQ0Bytes = o
-		}
-	}
 	if s.persist != nil {
 		if err := s.recover(); err != nil {
 			cancel()
@@ -533,16 +514,17 @@ func (s *Server) endSessionLocked(sess *session) func() {
 	// refused with an error code was already discarded [MQTT-4.8.2-6], and
 	// a QoS 2 message it has received (PUBREL stage) stays delivered.
 	var orphans []*delivery
-	for _, list := range [][]*delivery{sess.inflight, sess.queue} {
+	for _, list := range [][]*delivery{sess.inflight, sess.queue.items()} {
 		for _, d := range list {
 			if d.share != nil && !d.released {
 				orphans = append(orphans, d)
 			}
 		}
 	}
-	s.stats.queued.Add(-int64(len(sess.queue)))
-	s.stats.droppedSessionEnd.Add(lostWithSession(sess.queue, sess.inflight))
-	sess.queue, sess.inflight, sess.queueBytes = nil, nil, 0
+	s.stats.queued.Add(-int64(sess.queue.len()))
+	s.stats.droppedSessionEnd.Add(lostWithSession(sess.queue.items(), sess.inflight))
+	sess.queue.reset()
+	sess.inflight, sess.queueBytes = nil, 0
 	sess.releaseGateLocked()
 	var willMsg *Message
 	var willFrom *Client
@@ -582,7 +564,7 @@ func (s *Server) redistribute(orphans []*delivery) {
 			if g.Group != d.share.group || g.Filter != d.share.filter {
 				continue
 			}
-			if sub, ok := g.Pick(s.eligibleFor(d.msg)); ok {
+			if sub, ok := g.PickRanked(s.memberRank(d.msg)); ok {
 				delivered = s.deliverTo(&mb.enc, &sub, sub.QoS, sub.RetainAsPublished, idsOf(sub.ID), d.share, nil, nil)
 			}
 		}
@@ -855,13 +837,13 @@ func (s *Server) deliverFrom(msg *Message, b *pbatch, from *conn) int {
 		putMatchBuf(mb)
 		return n
 	}
-	var eligible func(string) bool
+	var rank func(*topic.Subscription) int
 	if len(mb.groups) > 0 {
-		eligible = s.eligibleFor(msg)
+		rank = s.memberRank(msg)
 	}
 	for i := range mb.groups {
 		g := &mb.groups[i]
-		sub, ok := g.Pick(eligible)
+		sub, ok := g.PickRanked(rank)
 		if ok && s.deliverTo(&mb.enc, &sub, sub.QoS, sub.RetainAsPublished, idsOf(sub.ID), &shareKey{g.Group, g.Filter}, b, pub) {
 			n++
 		}

@@ -45,11 +45,15 @@ type session struct {
 	nextPID  uint16
 	// Messages waiting for a connection or for room in the in-flight
 	// window, oldest first, and the sum of their sizes (delivery.size).
-	queue      []*delivery
+	queue      msgQueue
 	queueBytes int64
 	// gate holds back publishers while the queue is over its mark
 	// (overload.go).
 	gate flowGate
+	// waitingOn is the session at whose queue the reader of this
+	// session's connection waits now (a publisher held back), or nil;
+	// read by other sessions' gates to find cycles (waitCycleLocked).
+	waitingOn atomic.Pointer[session]
 
 	// inboundQoS2 holds packet identifiers of QoS 2 messages received from
 	// the client and routed, awaiting PUBREL [MQTT-4.3.3-10].
@@ -218,7 +222,7 @@ func (s *session) offer(srv *Server, es *encSet, subQoS byte, rap bool, subIDs [
 	qos, retain := min(msg.QoS, subQoS), rap && msg.Retain
 	c := s.conn
 	online := c != nil && !c.closing.Load()
-	if online && qos == 0 && !(srv.cfg.QueueQoS0 && len(s.queue) > 0) {
+	if online && qos == 0 && !(srv.cfg.QueueQoS0 && s.queue.len() > 0) {
 		if e := es.get(c.version, 0, retain, subIDs); e != nil {
 			if s.maxPacket > 0 && uint32(len(e.b)) > s.maxPacket {
 				// [MQTT-3.1.2-25], as in deliverLocked.
@@ -274,11 +278,12 @@ func (s *session) deliverLocked(srv *Server, d *delivery, b *pbatch, from *conn,
 		srv.stats.droppedOversize.Add(1)
 		return false
 	}
+	held := pub != nil && pub.self != s // see enqueueLocked
 	if d.qos == 0 {
-		if srv.cfg.QueueQoS0 && len(s.queue) > 0 {
+		if srv.cfg.QueueQoS0 && s.queue.len() > 0 {
 			// QoS 0 messages queued while the client was offline go
 			// first: messages of one QoS keep their order [MQTT-4.6.0-6].
-			ok := s.enqueueLocked(srv, d, true)
+			ok := s.enqueueLocked(srv, d, held)
 			s.notePublisherLocked(srv, pub)
 			return ok
 		}
@@ -286,8 +291,8 @@ func (s *session) deliverLocked(srv *Server, d *delivery, b *pbatch, from *conn,
 		s.notePublisherQoS0(c, pub, congested)
 		return sent
 	}
-	if len(s.queue) > 0 || len(s.inflight) >= s.inflightLimit {
-		ok := s.enqueueLocked(srv, d, true)
+	if s.queue.len() > 0 || len(s.inflight) >= s.inflightLimit {
+		ok := s.enqueueLocked(srv, d, held)
 		if ok {
 			s.storeDeliveryLocked(srv, d, b, nil)
 		}
@@ -320,18 +325,25 @@ func (s *session) startLocked(c *conn, d *delivery, b *pbatch, from *conn) {
 }
 
 // enqueueLocked appends d to the queue within its limits. A full queue
-// drops d, unless the client is online (the caller is routing to its
-// connection) and the policy is QueueBlock: d is queued all the same and
+// drops d, unless the policy is QueueBlock and d has a publisher to hold
+// back (held: the client is online, and d comes from another client's
+// PUBLISH routed by that client's reader): d is queued all the same and
 // its publisher is held back until there is room (notePublisherLocked).
-func (s *session) enqueueLocked(srv *Server, d *delivery, online bool) bool {
+// Without a publisher to hold (a message of another cluster node, a will,
+// the broker's own, a client's message to itself), a queue past its
+// limit would grow with nothing to stop it, so the drop policy applies.
+func (s *session) enqueueLocked(srv *Server, d *delivery, held bool) bool {
 	// A queued message waits, perhaps for another connection: it keeps
 	// no shared encoding alive meanwhile.
 	d.enc = nil
-	if s.fullLocked(srv) && !s.dropExpiredLocked(srv) && (!online || srv.cfg.QueueFullPolicy != QueueBlock) {
+	if s.fullLocked(srv) && !s.dropExpiredLocked(srv) && (!held || srv.limits().QueueFullPolicy != QueueBlock || s.gate.cycle) {
 		srv.queueFull(s.id, d)
+		if s.conn != nil {
+			s.conn.limitDrops.Add(1) // its reader reports it (LimitQueueFull)
+		}
 		return false
 	}
-	s.queue = append(s.queue, d)
+	s.queue.push(d)
 	s.queueBytes += d.size()
 	srv.stats.queued.Add(1)
 	return true
@@ -339,21 +351,21 @@ func (s *session) enqueueLocked(srv *Server, d *delivery, online bool) bool {
 
 // dropExpiredLocked removes expired messages from a full queue: they will
 // never be sent [MQTT-3.3.2-5] and must not keep newer ones out. It
-// reports whether there is room now.
+// reports whether there is room now. The queue is searched only when a
+// message in it may have expired (msgQueue.expiry).
 func (s *session) dropExpiredLocked(srv *Server) bool {
 	now := srv.cfg.Now()
-	kept := s.queue[:0]
-	for _, d := range s.queue {
-		if !d.msg.expired(now) {
-			kept = append(kept, d)
-		} else {
-			s.queueBytes -= d.size()
-			s.dropDeliveryLocked(srv, d)
-		}
+	if !s.queue.mayHaveExpired(now) {
+		return !s.fullLocked(srv)
 	}
-	n := len(s.queue) - len(kept)
-	clear(s.queue[len(kept):])
-	s.queue = kept
+	n := s.queue.filter(func(d *delivery) bool {
+		if !d.msg.expired(now) {
+			return true
+		}
+		s.queueBytes -= d.size()
+		s.dropDeliveryLocked(srv, d)
+		return false
+	})
 	srv.stats.queued.Add(-int64(n))
 	srv.stats.expired.Add(int64(n))
 	if n > 0 {
@@ -369,9 +381,10 @@ func (s *session) fillLocked(srv *Server) {
 		return
 	}
 	clk := clock{now: srv.cfg.Now}
+	queued := s.queue.items()
 	n := 0
-	for n < len(s.queue) {
-		d := s.queue[n]
+	for n < len(queued) {
+		d := queued[n]
 		if d.qos > 0 && len(s.inflight) >= s.inflightLimit {
 			break
 		}
@@ -401,9 +414,7 @@ func (s *session) fillLocked(srv *Server) {
 		s.startLocked(c, d, nil, nil)
 	}
 	if n > 0 {
-		rest := copy(s.queue, s.queue[n:])
-		clear(s.queue[rest:])
-		s.queue = s.queue[:rest]
+		s.queue.popFront(n)
 	}
 	if n > 0 || len(s.gate.waiters) > 0 {
 		s.drainedLocked(srv, n)

@@ -49,6 +49,7 @@ type stats struct {
 	pushbacks       atomic.Int64 // times a publisher was held back
 	held            atomic.Int64 // publishers held back now
 	slowSubscribers atomic.Int64 // times a subscriber was found slow
+	holdCycles      atomic.Int64 // cycles of publishers held for full queues, broken
 
 	subsRefused   atomic.Int64 // subscriptions over MaxSubscriptions or MaxSubscriptionBytes
 	preAuthTooBig atomic.Int64 // CONNECTs over PreAuthMaxPacketSize
@@ -251,6 +252,24 @@ func (st *stats) tlsHandshake(nc net.Conn, err error) {
 	st.tlsOK[k]++
 }
 
+// TLSHandshakeFailed counts a TLS handshake that failed before its
+// connection could reach Serve: a secure WebSocket listener's, which the
+// listener's HTTP server makes (listener.Config.OnTLSError). It is
+// counted by reason with the server's own handshakes
+// (Stats.TLSHandshakeFailures) and logged as they are. Safe for
+// concurrent use.
+func (s *Server) TLSHandshakeFailed(listener string, remote net.Addr, err error) {
+	if err == nil {
+		return
+	}
+	s.stats.tlsHandshake(nil, err)
+	var addr string
+	if remote != nil {
+		addr = remote.String()
+	}
+	s.log.Info("broker: TLS handshake failed", "listener", listener, "remote", addr, "err", err)
+}
+
 // hasTLSState reports whether nc carries a TLS connection state (secure
 // WebSocket).
 func hasTLSState(nc net.Conn) bool {
@@ -390,10 +409,14 @@ type Stats struct {
 	// times a publisher was held back because a subscriber's backlog was
 	// over its mark (or its queue full under QueueBlock), PublishersHeld
 	// the publishers held back now, SlowSubscribers the times a subscriber
-	// was found too slow to hold its publishers back any longer.
+	// was found too slow to hold its publishers back any longer,
+	// HoldCycles the times publishers held for a full queue under
+	// QueueBlock were let go because they waited for each other (the
+	// queue's further messages are counted in DroppedQueueFull).
 	Pushbacks       int64
 	PublishersHeld  int64
 	SlowSubscribers int64
+	HoldCycles      int64
 
 	// RetainedBytes is what the retained messages stored from clients are
 	// charged against MaxRetainedBytes; RetainedRefused counts retained
@@ -448,7 +471,8 @@ type Stats struct {
 	// version and key exchange group; TLSHandshakeFailures those that
 	// failed, by reason ("certificate_revoked", "client_alert",
 	// "timeout", ...). Secure WebSocket connections, whose handshake the
-	// HTTP server makes, count when their CONNECT arrives.
+	// HTTP server makes, count when their CONNECT arrives, and their
+	// failures when the listener reports them (TLSHandshakeFailed).
 	TLSHandshakes        []TLSCount
 	TLSHandshakeFailures map[string]int64
 }
@@ -527,6 +551,7 @@ func (s *Server) Stats() Stats {
 		Pushbacks:          st.pushbacks.Load(),
 		PublishersHeld:     st.held.Load(),
 		SlowSubscribers:    st.slowSubscribers.Load(),
+		HoldCycles:         st.holdCycles.Load(),
 
 		RetainedBytes:        s.retained.usage().bytes,
 		RetainedRefused:      s.retained.refused.Load(),

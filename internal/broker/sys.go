@@ -171,6 +171,7 @@ func (s *Server) publishSys() {
 		{"$SYS/broker/publishers/held", i(st.PublishersHeld)},
 		{"$SYS/broker/publishers/pushbacks", i(st.Pushbacks)},
 		{"$SYS/broker/subscribers/slow", i(st.SlowSubscribers)},
+		{"$SYS/broker/publishers/cycles", i(st.HoldCycles)},
 		{"$SYS/broker/panics", i(st.Panics)},
 		{"$SYS/broker/store/failures", i(st.PersistFailures)},
 		{"$SYS/broker/store/quarantined", i(st.StoreQuarantines)},

@@ -64,9 +64,7 @@ func startAdminEnv(t *testing.T, extra ...string) *adminEnv {
 // configuration file.
 func startAdminEnvWith(t *testing.T, extra string) *adminEnv {
 	t.Helper()
-	e := &adminEnv{dir: t.TempDir()}
-	e.data = filepath.Join(e.dir, "data")
-	writeFile(t, filepath.Join(e.dir, "moat.yaml"), `listeners:
+	return startAdminEnvConfig(t, `listeners:
   - name: devices
     address: 127.0.0.1:0
     transport: tls
@@ -78,6 +76,15 @@ data_dir: data
 admin:
   listen: 127.0.0.1:0
 `+extra)
+}
+
+// startAdminEnvConfig is startAdminEnv with the whole configuration
+// file, which must keep data_dir: data and an admin listener.
+func startAdminEnvConfig(t *testing.T, yaml string) *adminEnv {
+	t.Helper()
+	e := &adminEnv{dir: t.TempDir()}
+	e.data = filepath.Join(e.dir, "data")
+	writeFile(t, filepath.Join(e.dir, "moat.yaml"), yaml)
 	e.viewer = createToken(t, e.dir, "ci-viewer", "viewer")
 	e.operator = createToken(t, e.dir, "ci-operator", "operator")
 	if fi, err := os.Stat(filepath.Join(e.data, "admin-tokens.json")); err != nil || fi.Mode().Perm() != 0o600 {
@@ -270,7 +277,7 @@ func TestAdminAPI(t *testing.T) {
 		}
 	}
 
-	// Bans: add, list, remove (DATA_DIR/bans.json).
+	// Bans: add, list, remove (in the guard, kept in the durable store).
 	code, b := e.call(t, "POST", "/api/v1/bans", e.operator, map[string]string{"kind": "client_id", "value": "rogue-1", "reason": "test", "duration": "1h"})
 	if code != 201 {
 		t.Fatalf("add ban: %d %s", code, b)
@@ -281,8 +288,9 @@ func TestAdminAPI(t *testing.T) {
 	if !strings.Contains(string(b), `"rogue-1"`) {
 		t.Fatalf("ban not listed: %s", b)
 	}
-	if file, _ := os.ReadFile(filepath.Join(e.data, "bans.json")); !strings.Contains(string(file), ban.ID) {
-		t.Fatalf("ban %s not in bans.json: %s", ban.ID, file)
+	// The same list moat ban sees, through the broker's control socket.
+	if code, out, errOut := runMoat("ban", "list", "--data", e.data); code != 0 || !strings.Contains(out, ban.ID) {
+		t.Fatalf("ban %s not in moat ban list: %d %s%s", ban.ID, code, out, errOut)
 	}
 	if code, b := e.call(t, "DELETE", "/api/v1/bans/"+ban.ID, e.operator, nil); code != 200 {
 		t.Fatalf("remove ban: %d %s", code, b)

@@ -4,7 +4,9 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -12,30 +14,109 @@ import (
 	"unicode"
 
 	"github.com/moatmq/moat/internal/guard"
+	"github.com/moatmq/moat/internal/store"
 	"github.com/spf13/cobra"
 )
 
-// `moat ban` edits DATA_DIR/bans.json under its lock; a running broker
-// reloads the file within its poll interval and disconnects the clients a
-// new ban matches.
+// `moat ban` changes the ban list where the broker keeps it
+// (serve_bans.go): through a running broker's control socket,
+// DATA_DIR/bans.sock, when one answers (the change takes effect at once,
+// and is stored by the broker, in the durable store or the bans file);
+// otherwise, the broker being stopped, in the durable store when the data
+// directory holds one, else in DATA_DIR/bans.json.
+
+// banPlace locates the ban list of one data directory.
+type banPlace struct {
+	stdio    Stdio
+	data     string
+	storeDir string // default DATA/store
+	keyFile  string
+	passFile string
+}
+
+func (bp *banPlace) control() guard.ControlClient {
+	return guard.ControlClient{Path: filepath.Join(bp.data, guard.ControlSocketName)}
+}
+
+func (bp *banPlace) file() guard.File {
+	return guard.File{Path: filepath.Join(bp.data, guard.BansFileName)}
+}
+
+func (bp *banPlace) storePath() string {
+	if bp.storeDir != "" {
+		return bp.storeDir
+	}
+	return filepath.Join(bp.data, "store")
+}
+
+// offline returns the ban list of a stopped broker: the durable store
+// when the data directory holds one (the caller must call done), else the
+// bans file. file is the bans file in both cases (with the store, one not
+// yet imported at a start).
+func (bp *banPlace) offline() (bs guard.BanStore, where string, done func(), err error) {
+	dir := bp.storePath()
+	if _, err := os.Stat(filepath.Join(dir, store.DBFile)); err != nil {
+		if bp.storeDir != "" {
+			return nil, "", nil, fmt.Errorf("ban: no durable store in %s: %w", dir, err)
+		}
+		return bp.file(), bp.file().Path, func() {}, nil
+	}
+	cfg := store.Config{Dir: dir}
+	kek, pass, err := keySource(bp.stdio, bp.keyFile, envStoreKey, bp.passFile, envStorePassphrase, false, "")
+	if err != nil {
+		return nil, "", nil, err
+	}
+	cfg.KEK, cfg.Passphrase = kek, pass
+	if kek == nil && pass == nil {
+		cfg.KeyFile = filepath.Join(dir, store.KeyFile)
+	}
+	st, err := store.Open(cfg)
+	if errors.Is(err, store.ErrInUse) {
+		return nil, "", nil, fmt.Errorf("ban: the durable store %s is held by a running broker that does not answer on %s "+
+			"(defense off, or the socket could not be made: see its log); use the admin API (POST /api/v1/bans) or stop the broker", dir, bp.control().Path)
+	}
+	if err != nil {
+		return nil, "", nil, fmt.Errorf("ban: %w", err)
+	}
+	return newStoreBans(st), "the durable store in " + dir, func() { st.Close() }, nil
+}
+
+// pendingImport notes the bans file that a broker with the durable store
+// imports at its next start.
+func (bp *banPlace) pendingImport(where string) ([]guard.Ban, error) {
+	if where == bp.file().Path {
+		return nil, nil
+	}
+	bans, err := bp.file().Read()
+	if err != nil || len(bans) == 0 {
+		return nil, err
+	}
+	fmt.Fprintf(bp.stdio.Err, "note: %s holds %d bans the broker imports into the store at its next start\n", bp.file().Path, len(bans))
+	return bans, nil
+}
 
 func init() {
 	register(func(stdio Stdio) *cobra.Command {
-		var data string
+		bp := &banPlace{stdio: stdio}
 		cmd := &cobra.Command{
 			Use:   "ban",
 			Short: "Manage the dynamic ban list (addresses, client IDs, usernames, certificates)",
-			Long: "Manage the ban list in DATA_DIR/" + guard.BansFileName + ". A running broker picks up changes\n" +
-				"within a second and disconnects the live clients a new ban matches.",
+			Long: "Manage the broker's ban list. With the broker running, the change goes through its control\n" +
+				"socket (DATA_DIR/" + guard.ControlSocketName + ") and takes effect at once: live clients a new ban matches are\n" +
+				"disconnected before the command returns. With the broker stopped, it is made where the broker\n" +
+				"keeps its bans: its durable store (DATA_DIR/store, or --store), else DATA_DIR/" + guard.BansFileName + ".",
 		}
-		cmd.PersistentFlags().StringVar(&data, "data", "moat-data", "data `DIR` of the broker (holds "+guard.BansFileName+")")
-		file := func() guard.File { return guard.File{Path: filepath.Join(data, guard.BansFileName)} }
-		cmd.AddCommand(banAddCmd(stdio, file), banListCmd(stdio, file), banRemoveCmd(stdio, file))
+		f := cmd.PersistentFlags()
+		f.StringVar(&bp.data, "data", "moat-data", "data `DIR` of the broker (holds "+guard.ControlSocketName+", the store or "+guard.BansFileName+")")
+		f.StringVar(&bp.storeDir, "store", "", "the broker's durable store `DIR` when it is not DATA/store (persistence_location); used with the broker stopped")
+		f.StringVar(&bp.keyFile, "key-file", "", "the store's key `FILE` when it is not STORE/store.key (or set "+envStoreKey+")")
+		f.StringVar(&bp.passFile, "passphrase-file", "", "`FILE` holding the store's passphrase (or set "+envStorePassphrase+")")
+		cmd.AddCommand(banAddCmd(bp), banListCmd(bp), banRemoveCmd(bp))
 		return cmd
 	})
 }
 
-func banAddCmd(stdio Stdio, file func() guard.File) *cobra.Command {
+func banAddCmd(bp *banPlace) *cobra.Command {
 	var ipv, clientID, username, fingerprint, serial, reason string
 	var dur time.Duration
 	cmd := &cobra.Command{
@@ -67,19 +148,35 @@ func banAddCmd(stdio Stdio, file func() guard.File) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("ban: %w", err)
 			}
-			if err := file().Update(func(cur []guard.Ban) ([]guard.Ban, error) {
-				if len(cur) >= guard.DefaultMaxBans {
-					return nil, fmt.Errorf("ban: the ban list already holds %d bans; remove some first", len(cur))
+			how := "in force now in the running broker"
+			got, err := bp.control().Add(b)
+			switch {
+			case err == nil:
+				b = got
+			case !errors.Is(err, guard.ErrNoControl):
+				return fmt.Errorf("ban: the running broker refused: %w", err)
+			default:
+				bs, where, done, err := bp.offline()
+				if err != nil {
+					return err
 				}
-				return append(cur, b), nil
-			}); err != nil {
-				return err
+				defer done()
+				if err := changeBans(bs, func(cur []guard.Ban) ([]guard.Ban, error) {
+					if len(cur) >= guard.DefaultMaxBans {
+						return nil, fmt.Errorf("ban: the ban list already holds %d bans; remove some first", len(cur))
+					}
+					return append(cur, b), nil
+				}); err != nil {
+					return err
+				}
+				how = "in " + where + "; in force when the broker starts"
 			}
 			until := "without end"
 			if !b.Expires.IsZero() {
 				until = "until " + b.Expires.Format(time.RFC3339)
 			}
-			fmt.Fprintf(stdio.Out, "ban %s added: %s %s %s\n", b.ID, b.Kind, printable(b.Value), until)
+			fmt.Fprintf(bp.stdio.Out, "ban %s added: %s %s %s\n", b.ID, b.Kind, printable(b.Value), until)
+			fmt.Fprintf(bp.stdio.Err, "(%s)\n", how)
 			return nil
 		},
 	}
@@ -94,18 +191,43 @@ func banAddCmd(stdio Stdio, file func() guard.File) *cobra.Command {
 	return cmd
 }
 
-func banListCmd(stdio Stdio, file func() guard.File) *cobra.Command {
+func banListCmd(bp *banPlace) *cobra.Command {
 	return &cobra.Command{
 		Use:   "list",
-		Short: "List the bans in the data directory",
+		Short: "List the bans (those in force in the running broker, else those stored)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			bans, err := file().Read()
+			bans, err := bp.control().List()
+			if errors.Is(err, guard.ErrNoControl) {
+				bs, where, done, oerr := bp.offline()
+				if oerr != nil {
+					return oerr
+				}
+				defer done()
+				if f, ok := bs.(guard.File); ok {
+					bans, err = f.Read() // no lock: a list creates nothing
+				} else {
+					var unlock func()
+					if unlock, err = bs.Lock(); err == nil {
+						bans, err = bs.Read()
+						unlock()
+					}
+				}
+				if err == nil {
+					var pending []guard.Ban
+					pending, err = bp.pendingImport(where)
+					for _, p := range pending {
+						if !slices.ContainsFunc(bans, func(b guard.Ban) bool { return b.ID == p.ID }) {
+							bans = append(bans, p)
+						}
+					}
+				}
+			}
 			if err != nil {
 				return err
 			}
 			now := time.Now()
-			tw := tabwriter.NewWriter(stdio.Out, 0, 4, 2, ' ', 0)
+			tw := tabwriter.NewWriter(bp.stdio.Out, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "ID\tKIND\tVALUE\tEXPIRES\tSOURCE\tREASON")
 			for _, b := range bans {
 				exp := "never"
@@ -122,35 +244,66 @@ func banListCmd(stdio Stdio, file func() guard.File) *cobra.Command {
 	}
 }
 
-func banRemoveCmd(stdio Stdio, file func() guard.File) *cobra.Command {
+func banRemoveCmd(bp *banPlace) *cobra.Command {
 	return &cobra.Command{
 		Use:   "remove ID",
 		Short: "Remove a ban (see moat ban list for IDs)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			id := strings.ToLower(args[0])
-			var removed guard.Ban
-			err := file().Update(func(cur []guard.Ban) ([]guard.Ban, error) {
-				out := cur[:0:0]
-				for _, b := range cur {
-					if b.ID == id {
-						removed = b
-						continue
+			removed, err := bp.control().Remove(id)
+			if err != nil && !errors.Is(err, guard.ErrNoControl) {
+				return fmt.Errorf("ban: the running broker refused: %w (see moat ban list)", err)
+			}
+			if err != nil {
+				bs, where, done, err := bp.offline()
+				if err != nil {
+					return err
+				}
+				defer done()
+				if removed, err = removeBan(bs, id); err != nil {
+					return err
+				}
+				if removed.ID == "" && where != bp.file().Path {
+					// Not in the store: perhaps in a bans file still to
+					// be imported.
+					if removed, err = removeBan(bp.file(), id); err != nil {
+						return err
 					}
-					out = append(out, b)
 				}
 				if removed.ID == "" {
-					return nil, fmt.Errorf("ban: no ban with ID %q (see moat ban list)", printable(args[0]))
+					return fmt.Errorf("ban: no ban with ID %q (see moat ban list)", printable(args[0]))
 				}
-				return out, nil
-			})
-			if err != nil {
-				return err
 			}
-			fmt.Fprintf(stdio.Out, "ban %s removed: %s %s\n", removed.ID, removed.Kind, printable(removed.Value))
+			fmt.Fprintf(bp.stdio.Out, "ban %s removed: %s %s\n", removed.ID, removed.Kind, printable(removed.Value))
 			return nil
 		},
 	}
+}
+
+// removeBan removes the ban with ID id from bs and returns it; the zero
+// Ban when bs holds none.
+func removeBan(bs guard.BanStore, id string) (guard.Ban, error) {
+	var removed guard.Ban
+	errNone := errors.New("none")
+	err := changeBans(bs, func(cur []guard.Ban) ([]guard.Ban, error) {
+		out := cur[:0:0]
+		for _, b := range cur {
+			if b.ID == id {
+				removed = b
+				continue
+			}
+			out = append(out, b)
+		}
+		if removed.ID == "" {
+			return nil, errNone
+		}
+		return out, nil
+	})
+	if errors.Is(err, errNone) {
+		return guard.Ban{}, nil
+	}
+	return removed, err
 }
 
 // printable quotes s when it holds characters that could drive a

@@ -73,7 +73,7 @@ func (p *servePlan) startAdmin(ctx context.Context, ap *adminPlan) (stop func(),
 	if err := tokens.Err(); err != nil {
 		return nil, fmt.Errorf("serve: %w", err)
 	}
-	// The file the guard watches (defense.bans_file when set).
+	// The bans file, which the metrics count when defense is off.
 	bans := &guard.File{Path: p.bansFile()}
 	scan := &clientScan{every: clientScanEvery}
 	var (
@@ -94,7 +94,7 @@ func (p *servePlan) startAdmin(ctx context.Context, ap *adminPlan) (stop func(),
 	h, err := admin.New(admin.Config{
 		Broker:       p.srv,
 		Tokens:       tokens,
-		Bans:         bans,
+		Bans:         p.defense.banList(),
 		CA:           p.adminCA(),
 		AuditFile:    filepath.Join(p.cfg.DataDir, audit.DefaultFile),
 		AuditKeyFile: filepath.Join(p.cfg.DataDir, audit.PubFile),
@@ -522,6 +522,7 @@ func (p *servePlan) metricsSnapshot(ap *adminPlan, bans *guard.File, scan *clien
 			s.Detections[name] = int64(d.Detections)
 		}
 		s.Throttled, s.ThrottleKicks = int64(gs.Throttled), int64(gs.ThrottleDisconnects)
+		s.LimitHits = p.defense.LimitHits()
 		s.ConnectionsRefused["conn_rate"] = int64(gs.ConnRateRefused)
 		s.ConnectionsRefused["listener_rate"] = int64(gs.ListenerRateRefused)
 		s.ConnectionsRefused["conns_per_addr"] = int64(gs.ConnsPerAddrRefused)

@@ -41,6 +41,10 @@ type defense struct {
 	// refusals at accept, for sampling their audit entries
 	acceptRefused atomic.Int64
 
+	// limitHits counts the limits clients ran into, by broker.Limit; the
+	// last slot is the per-client message and byte rate (limitRate).
+	limitHits [limitRate + 1]atomic.Int64
+
 	// checked, set by tests, runs in Connected right after the identity
 	// passed the ban check (the window Attached closes).
 	checked atomic.Pointer[func(c *broker.Client)]
@@ -57,7 +61,21 @@ var (
 	_ broker.ConnObserver     = (*connDefense)(nil)
 	_ broker.AttachObserver   = (*connDefense)(nil)
 	_ broker.GrantObserver    = (*connDefense)(nil)
+	_ broker.LimitObserver    = (*connDefense)(nil)
 )
+
+// limitRate is the limit of the per-client rates (the guard's own, which
+// the broker applies as read pauses), after the broker's limits.
+const limitRate = broker.NumLimits
+
+// limitName names a limit for counters and the guard: the broker's
+// names, and "rate".
+func limitName(l broker.Limit) string {
+	if l == limitRate {
+		return "rate"
+	}
+	return l.String()
+}
 
 // acceptSample: of the connections refused at accept (a flood), the first
 // and then one in acceptSample is recorded in the audit log, with the count.
@@ -115,6 +133,8 @@ func (p *servePlan) planDefense() {
 				p.problem("defense.bans_file", "", err)
 			}
 			gc.BansFile = ""
+		} else if p.planBanStore(d, &gc); len(p.errs) > 0 {
+			return
 		}
 		gc.Logger = slog.New(&auditTee{next: p.log.Handler(), d: d})
 		gc.Now, gc.Tick = p.guardNow, p.guardTick
@@ -133,6 +153,9 @@ func (p *servePlan) planDefense() {
 		// After OnBan: a ban the watcher loaded in between is listed here
 		// (and maybe also as ban.add), never in neither.
 		d.recordBansInForce()
+		if !p.check {
+			p.serveBanControl(d)
+		}
 	}
 	if d.g != nil || d.audit != nil {
 		p.broker.Observer = d
@@ -191,6 +214,7 @@ func (p *servePlan) guardConfig(dc config.Defense) guard.Config {
 		{guard.DetectAbnormal, dc.AbnormalDisconnects, &gc.Abnormal},
 		{guard.DetectUndeliverable, dc.Undeliverable, &gc.Undeliverable},
 		{guard.DetectSilence, dc.Silence, &gc.Silence},
+		{guard.DetectLimitAbuse, dc.LimitAbuse, &gc.LimitAbuse},
 	} {
 		path := "defense." + det.key
 		*det.out = guard.Detector{Disabled: det.in.Disabled, Threshold: det.in.Threshold, Window: det.in.Window.D(),
@@ -415,11 +439,27 @@ func (d *defense) Counters() map[string]int64 {
 			out["events/"+name] = int64(ds.Events)
 		}
 	}
+	for name, n := range d.LimitHits() {
+		out["limits/"+name] = n
+	}
 	if d.audit != nil {
 		st := d.audit.Stats()
 		out["audit/written"] = int64(st.Written)
 		out["audit/dropped"] = int64(st.Dropped)
 		out["audit/write_errors"] = int64(st.WriteErrors)
+	}
+	return out
+}
+
+// LimitHits returns the limits clients ran into, by name ("packet_size",
+// …, "queue_full", "rate"), those never hit included. d may be nil.
+func (d *defense) LimitHits() map[string]int64 {
+	if d == nil {
+		return nil
+	}
+	out := make(map[string]int64, len(d.limitHits))
+	for l := broker.Limit(1); l <= limitRate; l++ {
+		out[limitName(l)] = d.limitHits[l].Load()
 	}
 	return out
 }
@@ -437,6 +477,12 @@ type connDefense struct {
 	denies   int64
 	silent   bool   // a silent period was reported and has not ended
 	epoch    uint64 // guard.BanEpoch when Connected checked the identity
+	// client is the broker's client, known from CONNECT on (Read is
+	// called without it); limits counts the limits it ran into; overRate
+	// is set while its reads are paused by its rate.
+	client   *broker.Client
+	limits   int64
+	overRate bool
 }
 
 // id builds the guard identity; username is the verified one, or the
@@ -495,7 +541,31 @@ func (cd *connDefense) banned(c *broker.Client, id guard.Identity, stage string)
 }
 
 func (cd *connDefense) Connecting(c *broker.Client) broker.Decision {
+	cd.client = c
 	return cd.banned(c, cd.id(c, c.ClaimedUsername), "connect")
+}
+
+// Limited counts a limit the client ran into for the limit_abuse
+// detector, and records it in the audit log (limit; per connection the
+// first audit.deny_sample and then one in every deny_sample, with the
+// count).
+func (cd *connDefense) Limited(c *broker.Client, l broker.Limit, detail string) broker.Verdict {
+	return cd.limited(c, l, detail)
+}
+
+func (cd *connDefense) limited(c *broker.Client, l broker.Limit, detail string) broker.Verdict {
+	if l > 0 && l <= limitRate {
+		cd.d.limitHits[l].Add(1)
+	}
+	cd.limits++
+	if n, every := cd.limits, cd.d.denySample.Load(); n <= every || n%every == 0 {
+		cd.d.record(audit.TypeLimit, cd.who(c, audit.String("reason", detail), audit.String("limit", limitName(l)),
+			audit.String("stage", "session"), audit.Int("limited_total", n))...)
+	}
+	if cd.d.g == nil {
+		return broker.Verdict{}
+	}
+	return cd.verdict(c, cd.d.g.LimitHit(cd.id(c, cmp.Or(c.Username, c.ClaimedUsername)), limitName(l), detail))
 }
 
 func (cd *connDefense) AuthFailed(c *broker.Client, reason string) {
@@ -576,8 +646,19 @@ func (cd *connDefense) Read(n int) (time.Duration, broker.Decision) {
 	if !dec.Allow {
 		cd.d.record(audit.TypeLimit, audit.String("reason", dec.Reason), audit.String("addr", cd.addr.String()),
 			audit.String("listener", cd.listener), audit.String("action", "disconnect"))
+		return wait, broker.Decision{Allow: dec.Allow, Reason: dec.Reason}
 	}
-	return wait, broker.Decision{Allow: dec.Allow, Reason: dec.Reason}
+	// Each time the client goes over its rate (not each packet read while
+	// it stays over) is a limit hit.
+	if paused := wait > 0; paused != cd.overRate {
+		cd.overRate = paused
+		if paused && cd.client != nil {
+			if v := cd.limited(cd.client, limitRate, "over its message or byte rate: reading paused for "+wait.String()); v.Disconnect {
+				return wait, broker.Decision{Reason: v.Reason}
+			}
+		}
+	}
+	return wait, broker.Decision{Allow: true}
 }
 
 func (cd *connDefense) Ping(c *broker.Client, quiet time.Duration) broker.Verdict {
@@ -776,6 +857,15 @@ func (d *defense) setDenySample(n int) int64 {
 	v := int64(cmp.Or(n, 10))
 	d.denySample.Store(v)
 	return v
+}
+
+// banList is the admin API's ban list: the guard, nil when defense is off
+// (the API's ban endpoints then answer 501). d may be nil.
+func (d *defense) banList() admin.BanList {
+	if d == nil || d.g == nil {
+		return nil
+	}
+	return d.g
 }
 
 // guard returns the guard, nil when defense is off. d may be nil.

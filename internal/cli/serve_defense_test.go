@@ -429,9 +429,10 @@ func TestSecurityTopicScanDisconnectsAndBans(t *testing.T) {
 }
 
 // TestBanAddDisconnectsLiveClient: `moat ban add` on the data directory of
-// a running broker ends the matching live client with DISCONNECT 0x98 at the
-// next poll of the bans file, and refuses it from then on; other clients
-// stay. `moat ban remove` lifts it.
+// a running broker ends the matching live client with DISCONNECT 0x98
+// before it returns (through the broker's control socket: no poll of the
+// bans file runs here), and refuses it from then on; other clients stay.
+// `moat ban remove` lifts it at once too.
 func TestBanAddDisconnectsLiveClient(t *testing.T) {
 	b := startDefended(t, defYAML, broker.AuthenticatorFunc(func(context.Context, *broker.ConnectRequest) broker.AuthResult {
 		return broker.AuthResult{NoOpinion: true}
@@ -442,7 +443,6 @@ func TestBanAddDisconnectsLiveClient(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("moat ban add: %d %s %s", code, out, errOut)
 	}
-	b.poll()
 	if code := victim.readDisconnect(t); code != packet.AdministrativeAction {
 		t.Fatalf("victim disconnected with %v, want 0x98 Administrative action", code)
 	}
@@ -459,8 +459,6 @@ func TestBanAddDisconnectsLiveClient(t *testing.T) {
 	if code, out, errOut := runMoat("ban", "remove", id, "--data", b.dir); code != 0 {
 		t.Fatalf("moat ban remove %s: %d %s %s", id, code, out, errOut)
 	}
-	b.poll()
-	b.poll()
 	connectFrom(t, b, "127.0.0.9", "victim", "", "").roundTrip(t)
 }
 

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -350,6 +351,11 @@ func (p *servePlan) planListener(i int) {
 	// The connection rates and address bans run in the listener, on the
 	// bare socket, before TLS, WebSocket and the broker's own accept work.
 	pl.net.Gate = p.defense.gate(l.Name)
+	if pl.net.Transport == listener.WebSocketTLS {
+		// Its handshakes are its HTTP server's: their failures are
+		// counted and logged with the broker's own.
+		pl.net.OnTLSError = func(remote net.Addr, err error) { p.srv.TLSHandshakeFailed(l.Name, remote, err) }
+	}
 	if err := pl.net.Validate(); err != nil {
 		p.listenerProblem(i, "", "", err)
 	}

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moatmq/moat/internal/broker"
 	"github.com/moatmq/moat/internal/config"
 )
 
@@ -163,6 +164,18 @@ func TestReloadAppliesEveryLiveKey(t *testing.T) {
 		"limits.max_retained_bytes_per_identity": {"limits: {max_retained_bytes_per_identity: 64KiB}", func(p *servePlan) error {
 			return want("MaxRetainedBytesPerIdentity", p.srv.Limits().MaxRetainedBytesPerIdentity, int64(64<<10))
 		}},
+		"limits.pushback_messages": {"limits: {pushback_messages: 30}", func(p *servePlan) error {
+			return want("PushbackMessages", p.srv.Limits().PushbackMessages, 30)
+		}},
+		"limits.pushback_bytes": {"limits: {pushback_bytes: 64KiB}", func(p *servePlan) error {
+			return want("PushbackBytes", p.srv.Limits().PushbackBytes, int64(64<<10))
+		}},
+		"limits.pushback_wait": {"limits: {pushback_wait: 3s}", func(p *servePlan) error {
+			return want("PushbackWait", p.srv.Limits().PushbackWait, 3*time.Second)
+		}},
+		"limits.queue_full_policy": {"limits: {queue_full_policy: block}", func(p *servePlan) error {
+			return want("QueueFullPolicy", p.srv.Limits().QueueFullPolicy, broker.QueueBlock)
+		}},
 		"defense.message_rate": {"defense: {message_rate: 50}", func(p *servePlan) error {
 			return want("MessageRate", p.defense.guard().ClientRates().MessageRate, 50.0)
 		}},
@@ -196,6 +209,10 @@ func TestReloadAppliesEveryLiveKey(t *testing.T) {
 		}},
 		"defense.silence*": {"defense: {silence: {window: 2m, ban_for: 1m, max_ban: 2m}}", func(p *servePlan) error {
 			return want("silence after", p.defense.guard().SilenceAfter(), 2*time.Minute)
+		}},
+		"defense.limit_abuse*": {"defense: {limit_abuse: {threshold: 7, action: ban}}", func(p *servePlan) error {
+			d := p.defense.guard().Detectors().LimitAbuse
+			return want("limit_abuse", fmt.Sprint(d.Threshold, d.Action), "7 ban")
 		}},
 		"audit.deny_sample": {"audit: {deny_sample: 3}", func(p *servePlan) error {
 			return want("deny sample", p.defense.denySample.Load(), int64(3))

@@ -15,6 +15,7 @@ type Defense struct {
 	AbnormalDisconnects Detector `json:"abnormal_disconnects,omitzero" yaml:"abnormal_disconnects"`
 	Undeliverable       Detector `json:"undeliverable,omitzero" yaml:"undeliverable"`
 	Silence             Detector `json:"silence,omitzero" yaml:"silence"`
+	LimitAbuse          Detector `json:"limit_abuse,omitzero" yaml:"limit_abuse"`
 
 	ConnRate          float64  `json:"conn_rate,omitempty" yaml:"conn_rate"`
 	ConnBurst         int      `json:"conn_burst,omitempty" yaml:"conn_burst"`

@@ -3,6 +3,7 @@ package guard
 import (
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"net/netip"
@@ -74,6 +75,11 @@ func newBanID(r io.Reader) (string, error) {
 	}
 	return hex.EncodeToString(b[:]), nil
 }
+
+// Validate checks a ban read from a BanStore other than the bans file
+// (the durable store's adapter) as the bans file's entries are checked,
+// and puts its value in canonical form.
+func (b *Ban) Validate() error { return b.validate() }
 
 // validate checks a ban read from the bans file or given by an operator
 // and canonicalizes its value.
@@ -327,11 +333,77 @@ func (g *Guard) Bans() []Ban {
 	return out
 }
 
-// AddBan adds a ban in memory (and to the bans file at the next poll), and
-// calls the OnBan callbacks. Kind and Value are required; ID, Created and
-// Source are filled in when empty; a zero Expires never expires. It
-// returns the ban as stored.
+// AddBan adds an operator's ban (the admin API, moat ban through the
+// control socket) and calls the OnBan callbacks. Kind and Value are
+// required; ID, Created and Source are filled in when empty; a zero
+// Expires never expires. With a ban list store (BansFile, BanStore) the
+// ban is written there before it takes effect and before AddBan returns,
+// so that an acknowledged ban survives a crash. It returns the ban as
+// stored; a full list (MaxBans) is an error. Safe for concurrent use.
 func (g *Guard) AddBan(b Ban) (Ban, error) {
+	b, err := g.completeBan(b)
+	if err != nil {
+		return Ban{}, err
+	}
+	if err := g.roomFor(1); err != nil {
+		return Ban{}, err
+	}
+	if g.store == nil {
+		g.install(b, false)
+		g.notify([]Ban{b})
+		return b, nil
+	}
+	unlock, err := g.store.Lock()
+	if err != nil {
+		return Ban{}, err
+	}
+	cur, err := g.store.Read()
+	if err != nil {
+		unlock()
+		return Ban{}, err
+	}
+	now := g.now()
+	next := make([]Ban, 0, len(cur)+1)
+	for _, x := range cur {
+		if x.active(now) && x.ID != b.ID {
+			next = append(next, x)
+		}
+	}
+	if len(next) >= g.cfg.MaxBans {
+		unlock()
+		return Ban{}, g.full()
+	}
+	if err := g.store.Write(append(next, b)); err != nil {
+		unlock()
+		return Ban{}, err
+	}
+	// In memory before the store's lock is released: a poll cannot read
+	// the store in between and report the ban as new a second time.
+	g.install(b, false)
+	unlock()
+	g.notify([]Ban{b})
+	return b, nil
+}
+
+// addAutomatic adds a detector's ban in memory at once and to the ban
+// list's store at the next poll: it runs on a connection's reader, which
+// must not wait for a disk.
+func (g *Guard) addAutomatic(b Ban) (Ban, error) {
+	b, err := g.completeBan(b)
+	if err != nil {
+		return Ban{}, err
+	}
+	if err := g.roomFor(1); err != nil {
+		return Ban{}, err
+	}
+	g.install(b, true)
+	g.notify([]Ban{b})
+	return b, nil
+}
+
+// completeBan fills in a new ban's ID, creation time and source, and
+// validates it.
+func (g *Guard) completeBan(b Ban) (Ban, error) {
 	if b.ID == "" {
 		id, err := newBanID(g.rand)
 		if err != nil {
@@ -348,15 +420,38 @@ func (g *Guard) AddBan(b Ban) (Ban, error) {
 	if err := b.validate(); err != nil {
 		return Ban{}, err
 	}
-	g.bansMu.Lock()
-	if len(g.bans.byID) >= g.cfg.MaxBans {
-		g.bansMu.Unlock()
-		g.stats.bansRefusedFull.Add(1)
-		return Ban{}, fmt.Errorf("guard: the ban list holds %d bans, its maximum (max_bans); remove some or raise it", g.cfg.MaxBans)
+	return b, nil
+}
+
+// roomFor reports a full ban list (MaxBans) as an error.
+func (g *Guard) roomFor(n int) error {
+	g.bansMu.RLock()
+	have := len(g.bans.byID)
+	g.bansMu.RUnlock()
+	if have+n > g.cfg.MaxBans {
+		return g.full()
 	}
+	return nil
+}
+
+// Errors of AddBan and RemoveBan; test with errors.Is.
+var (
+	ErrBanListFull = errors.New("guard: the ban list is full (max_bans)")
+	ErrNoBan       = errors.New("guard: no such ban")
+)
+
+func (g *Guard) full() error {
+	g.stats.bansRefusedFull.Add(1)
+	return fmt.Errorf("%w: it holds %d bans; remove some or raise max_bans", ErrBanListFull, g.cfg.MaxBans)
+}
+
+// install puts b in force in memory; pending marks an automatic ban still
+// to be written to the store. The caller notifies the OnBan callbacks.
+func (g *Guard) install(b Ban, pending bool) {
+	g.bansMu.Lock()
 	nb := b
 	g.bans.add(&nb)
-	if g.cfg.BansFile != "" {
+	if pending && g.store != nil {
 		g.pending = append(g.pending, nb)
 	}
 	g.epoch.Add(1)
@@ -364,29 +459,26 @@ func (g *Guard) AddBan(b Ban) (Ban, error) {
 	g.stats.bansAdded.Add(1)
 	g.log.Warn("guard: ban added", "ban", b.ID, "kind", string(b.Kind), "value", clip(b.Value), "source", b.Source,
 		"expires", b.Expires, "reason", clip(b.Reason))
-	g.notify([]Ban{b})
-	return b, nil
 }
 
-// RemoveBan lifts the ban with the given ID, in the bans file and in
-// memory, and returns it (for the admin API; `moat ban remove` edits the
-// file directly). With a bans file, the file is changed first and memory
-// then, both under the file's lock, which the watcher holds from reading
-// the file to applying it: a poll that read the file before the removal
-// has applied it before the removal starts, and one that starts after
-// reads the file without the ban. A file that cannot be written leaves
-// the ban in force, in memory too.
+// RemoveBan lifts the ban with the given ID, in the ban list's store and
+// in memory, and returns it (the admin API, moat ban through the control
+// socket). The store is changed first and memory then, both under the
+// store's lock, which the watcher holds from reading the store to
+// applying it: a poll that read the store before the removal has applied
+// it before the removal starts, and one that starts after reads the store
+// without the ban. A store that cannot be written leaves the ban in
+// force, in memory too.
 func (g *Guard) RemoveBan(id string) (Ban, error) {
 	var out Ban
-	if g.cfg.BansFile != "" {
+	if g.store != nil {
 		g.at(hookRemoving)
-		f := File{Path: g.cfg.BansFile, MaxBans: g.cfg.MaxBans, MaxSize: g.cfg.MaxBansFileSize}
-		unlock, err := f.lock()
+		unlock, err := g.store.Lock()
 		if err != nil {
 			return Ban{}, err
 		}
 		defer unlock()
-		cur, err := f.Read()
+		cur, err := g.store.Read()
 		if err != nil {
 			return Ban{}, err
 		}
@@ -397,7 +489,7 @@ func (g *Guard) RemoveBan(id string) (Ban, error) {
 			return b.ID == id
 		})
 		if len(next) != len(cur) {
-			if err := f.write(next); err != nil {
+			if err := g.store.Write(next); err != nil {
 				return Ban{}, err
 			}
 		}
@@ -409,7 +501,7 @@ func (g *Guard) RemoveBan(id string) (Ban, error) {
 	g.pending = slices.DeleteFunc(g.pending, func(b Ban) bool { return b.ID == id })
 	g.bansMu.Unlock()
 	if out.ID == "" {
-		return Ban{}, fmt.Errorf("guard: no ban with ID %q", clip(id))
+		return Ban{}, fmt.Errorf("%w: no ban with ID %q", ErrNoBan, clip(id))
 	}
 	g.stats.bansRemoved.Add(1)
 	g.log.Warn("guard: ban removed", "ban", out.ID, "kind", string(out.Kind), "value", clip(out.Value))

@@ -143,6 +143,13 @@ func TestBansFileWatch(t *testing.T) {
 		_, ok := g.BannedIdentity(Identity{ClientID: "rogue"})
 		return ok
 	})
+	// OnBan runs after the ban is in force, once the poll let go of the
+	// ban list's locks.
+	testutil.WaitFor(t, "the OnBan call", 5*time.Second, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(got) > 0
+	})
 	mu.Lock()
 	if len(got) != 1 || !got[0].Matches(Identity{ClientID: "rogue"}) {
 		t.Errorf("OnBan calls %+v, want one matching the new ban", got)

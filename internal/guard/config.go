@@ -132,6 +132,12 @@ type Config struct {
 	// Silence: clients connected and sending nothing but keep-alives.
 	// Window (default 10m) is the silence that is reported; log.
 	Silence Detector
+	// LimitAbuse: limits of the broker a client ran into (a packet,
+	// topic or payload too large, too many subscriptions, a retained or
+	// QoS 2 quota, its queue overflowing, its message rate: LimitHit).
+	// Default 20 within 1m per address, client ID, username or
+	// certificate; log.
+	LimitAbuse Detector
 
 	// ConnRate and ConnBurst bound new connections per source address
 	// (IPv6: per Config.IPv6Prefix), checked at accept before any TLS
@@ -178,9 +184,15 @@ type Config struct {
 	// and a bans file with more entries is refused.
 	MaxBans int
 	// BansFile is the persistent ban list (DATA_DIR/bans.json), reloaded
-	// when it changes; automatic bans are written to it. Empty keeps bans
-	// in memory only.
+	// when it changes; automatic bans are written to it. Empty (and no
+	// BanStore) keeps bans in memory only.
 	BansFile string
+	// BanStore, when set, keeps the ban list instead of a bans file (moat
+	// serve: the durable store, when persistence is on). Only this Guard
+	// writes it, so it is not watched for changes: the list changes
+	// through AddBan, RemoveBan and the detectors. At most one of
+	// BansFile and BanStore.
+	BanStore BanStore
 	// MaxBansFileSize bounds the bans file. Default 32 MiB.
 	MaxBansFileSize int64
 	// PollInterval is how often the bans file is checked and expired bans
@@ -231,6 +243,7 @@ const (
 	DetectAbnormal      = "abnormal_disconnects"
 	DetectUndeliverable = "undeliverable"
 	DetectSilence       = "silence"
+	DetectLimitAbuse    = "limit_abuse"
 )
 
 var detectorDefaults = map[string]Detector{
@@ -240,6 +253,7 @@ var detectorDefaults = map[string]Detector{
 	DetectAbnormal:      {Threshold: 5, Window: time.Minute, Action: ActionLog, Keys: KeysAll},
 	DetectUndeliverable: {Threshold: 100, Window: time.Minute, Action: ActionLog, Keys: KeyClientID | KeyUsername | KeyCert},
 	DetectSilence:       {Threshold: 1, Window: 10 * time.Minute, Action: ActionLog, Keys: KeysAll},
+	DetectLimitAbuse:    {Threshold: 20, Window: time.Minute, Action: ActionLog, Keys: KeysAll},
 }
 
 // resolve fills d's zero fields from the defaults of detector name.
@@ -305,6 +319,7 @@ func (c *Config) resolve() (settings, error) {
 	for name, d := range map[string]Detector{
 		DetectAuthFailures: c.AuthFailures, DetectTopicScan: c.TopicScan, DetectFlapping: c.Flapping,
 		DetectAbnormal: c.Abnormal, DetectUndeliverable: c.Undeliverable, DetectSilence: c.Silence,
+		DetectLimitAbuse: c.LimitAbuse,
 	} {
 		d = d.resolve(name)
 		d.validate(name, add)
@@ -369,6 +384,9 @@ func (c *Config) resolve() (settings, error) {
 	}
 	if s.MaxBans < 1 {
 		add("max_bans %d must be at least 1", s.MaxBans)
+	}
+	if s.BansFile != "" && s.BanStore != nil {
+		add("set at most one of BansFile and BanStore")
 	}
 	if s.ThrottleLimit < 0 || s.RepeatMemory < 0 || s.PollInterval < 0 || s.MaxBansFileSize < 0 {
 		add("negative duration or size")

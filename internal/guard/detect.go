@@ -140,6 +140,7 @@ var detectorEvents = map[string]string{
 	DetectAbnormal:      "abnormal disconnects",
 	DetectUndeliverable: "messages nobody received",
 	DetectSilence:       "keep-alive-only period",
+	DetectLimitAbuse:    "limits hit",
 }
 
 // act applies detector d's action to id after the identity kinds in hit
@@ -228,7 +229,7 @@ func (g *Guard) autoBan(d *detector, kind Kind, value, reason string) {
 	}
 	dur = min(dur, cfg.MaxBan)
 	b := Ban{Kind: kind, Value: value, Reason: reason, Source: d.name, Created: now, Expires: now.Add(dur)}
-	if _, err := g.AddBan(b); err != nil {
+	if _, err := g.addAutomatic(b); err != nil {
 		g.log.Error("guard: automatic ban not added", "kind", string(kind), "value", clip(value), "err", err)
 		return
 	}
@@ -312,6 +313,19 @@ func (g *Guard) Silent(id Identity, quiet time.Duration) Verdict {
 	d := g.det[DetectSilence]
 	if hit := g.record(d, id); hit != 0 {
 		return g.act(d, id, hit, "quiet for "+quiet.String())
+	}
+	return Verdict{}
+}
+
+// LimitHit records that id ran into one of the broker's limits: limit
+// names it (the broker's name, such as "packet_size" or "queue_full"),
+// detail says what happened. A client that keeps hitting limits is
+// probing the broker or broken. Default: 20 within a minute by one
+// address, client ID, username or certificate are logged.
+func (g *Guard) LimitHit(id Identity, limit, detail string) Verdict {
+	d := g.det[DetectLimitAbuse]
+	if hit := g.record(d, id); hit != 0 {
+		return g.act(d, id, hit, limit+": "+detail)
 	}
 	return Verdict{}
 }

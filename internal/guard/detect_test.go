@@ -171,6 +171,7 @@ func TestLogOnlyDetectors(t *testing.T) {
 		{DetectAbnormal, 5, func() Verdict { return g.Disconnected(id, true, "connection reset") }, "abnormal disconnects detected"},
 		{DetectUndeliverable, 100, func() Verdict { return g.Undeliverable(id, "nobody/listens") }, "undeliverable detected"},
 		{DetectSilence, 1, func() Verdict { return g.Silent(id, 11*time.Minute) }, "silence detected"},
+		{DetectLimitAbuse, 20, func() Verdict { return g.LimitHit(id, "topic_length", "topic longer than 65535 bytes") }, "limit abuse detected"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -247,5 +248,31 @@ func TestConfigErrorsAtOnce(t *testing.T) {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error lacks %q: %v", want, err)
 		}
+	}
+}
+
+// TestLimitAbuseCountsEachIdentity: limit hits are counted on each
+// identity on its own, so a client that changes its client ID and address
+// after each refused packet is still caught by its username; with action
+// ban that username is banned, and the reason names the limit.
+func TestLimitAbuseCountsEachIdentity(t *testing.T) {
+	clk := newClock()
+	g, _ := newGuard(t, Config{LimitAbuse: Detector{Threshold: 5, Action: ActionBan}}, clk, nil)
+	var v Verdict
+	for i := range 5 {
+		v = g.LimitHit(Identity{Addr: ip(fmt.Sprintf("127.0.0.%d", 20+i)), ClientID: fmt.Sprint("c", i), Username: "prober"},
+			"packet_size", "packet over the maximum packet size")
+		if i < 4 && v.Detected != "" {
+			t.Fatalf("hit %d detected: %+v", i+1, v)
+		}
+	}
+	if v.Detected != DetectLimitAbuse || !v.Disconnect || !strings.Contains(v.Reason, "5 limits hit within 1m0s by the same username") {
+		t.Fatalf("verdict %+v", v)
+	}
+	if _, ok := g.BannedIdentity(Identity{Username: "prober"}); !ok {
+		t.Error("username not banned")
+	}
+	if _, ok := g.BannedAddr(ip("127.0.0.24")); ok {
+		t.Error("an address that hit a limit once was banned")
 	}
 }

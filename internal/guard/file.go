@@ -18,6 +18,27 @@ const BansFileName = "bans.json"
 
 const bansFileVersion = 1
 
+// BanStore is where a Guard keeps its ban list: the bans file (File) or,
+// in moat serve with the durable store on, the store. The Guard takes
+// the lock, reads the whole list, writes the whole next list, and applies
+// it in memory before it unlocks, so that a change another writer makes
+// (moat ban, for a file) can never slip between its read and its use.
+// Lock order: the BanStore's lock, then the Guard's own locks.
+type BanStore interface {
+	// Lock takes the list's exclusive lock (other processes included,
+	// for a file) and returns the function that releases it.
+	Lock() (unlock func(), err error)
+	// Read returns the persisted bans, each validated; none is not an
+	// error. Called with the lock held.
+	Read() ([]Ban, error)
+	// Write replaces the persisted bans with bans, atomically: after a
+	// crash the list is the old one or the new one. Called with the lock
+	// held.
+	Write(bans []Ban) error
+}
+
+var _ BanStore = File{}
+
 // File is the persistent ban list (DATA_DIR/bans.json): a JSON document
 // written atomically (a temporary file renamed over it, mode 0600) under
 // an advisory lock (Path + ".lock"), so that `moat ban` and a running
@@ -112,6 +133,13 @@ func (f File) Update(fn func([]Ban) ([]Ban, error)) error {
 	}
 	return f.write(next)
 }
+
+// Lock takes the file's advisory lock (Path + ".lock"), creating its
+// directory (0700). BanStore.
+func (f File) Lock() (func(), error) { return f.lock() }
+
+// Write replaces the file's bans atomically; hold Lock. BanStore.
+func (f File) Write(bans []Ban) error { return f.write(bans) }
 
 // lock takes the file's advisory lock, creating its directory (0700).
 func (f File) lock() (func(), error) {

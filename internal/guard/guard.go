@@ -1,11 +1,13 @@
 // Package guard defends the broker against abusive clients (MQTT 3.1.1
 // §5.4.8): it detects repeated authentication failures, topic scanning,
-// connection floods, flapping, undeliverable publishing and silent
-// clients; keeps the ban list (addresses and CIDR prefixes, client IDs,
-// usernames, certificate fingerprints and serials) with expiry, persisted
-// in the data directory; and rate-limits connections per source address
-// and per listener, connections held per address, and each client's
-// messages and bytes per second.
+// connection floods, flapping, undeliverable publishing, silent clients
+// and clients that keep hitting the broker's limits; keeps the ban list
+// (addresses and CIDR prefixes, client IDs, usernames, certificate
+// fingerprints and serials) with expiry, persisted behind a BanStore (the
+// bans file, or the broker's durable store) and changed by `moat ban`
+// through a control socket; and rate-limits connections per source
+// address and per listener, connections held per address, and each
+// client's messages and bytes per second.
 //
 // The broker reaches it only through calls wired in internal/cli (see
 // docs/design/guard.md): every method is safe for concurrent use unless
@@ -54,10 +56,14 @@ type Guard struct {
 	conns   *addrTable
 	perAddr connCounts
 
+	// store keeps the ban list (Config.BanStore, or a File for
+	// Config.BansFile); nil keeps it in memory only.
+	store BanStore
+
 	bansMu    sync.RWMutex
 	bans      *banSet
 	epoch     atomic.Uint64 // BanEpoch; moved on under bansMu with every ban added
-	pending   []Ban         // added in memory, not yet written to the bans file
+	pending   []Ban         // automatic bans in memory, not yet written to the store
 	fileStamp os.FileInfo
 
 	cbMu  sync.Mutex
@@ -120,8 +126,14 @@ func New(cfg Config) (*Guard, error) {
 		g.det[name] = &detector{name: name, keys: map[trackKey]*window{}}
 		g.det[name].cfg.Store(&d)
 	}
-	if s.BansFile != "" {
-		if err := g.syncFile(); err != nil {
+	switch {
+	case s.BansFile != "":
+		g.store = File{Path: s.BansFile, MaxBans: s.MaxBans, MaxSize: s.MaxBansFileSize}
+	case s.BanStore != nil:
+		g.store = s.BanStore
+	}
+	if g.store != nil {
+		if err := g.syncBans(); err != nil {
 			return nil, err
 		}
 	}
@@ -150,18 +162,18 @@ func New(cfg Config) (*Guard, error) {
 }
 
 // Close stops the watcher, waits for it, and writes automatic bans not yet
-// in the bans file. The Guard's other methods keep working.
+// in the ban list's store. The Guard's other methods keep working.
 func (g *Guard) Close() error {
 	var err error
 	g.closeOnce.Do(func() {
 		close(g.done)
 		g.wg.Wait()
-		if g.cfg.BansFile != "" {
+		if g.store != nil {
 			g.bansMu.RLock()
 			n := len(g.pending)
 			g.bansMu.RUnlock()
 			if n > 0 {
-				err = g.syncFile()
+				err = g.syncBans()
 			}
 		}
 	})
@@ -169,10 +181,12 @@ func (g *Guard) Close() error {
 }
 
 // Poll expires bans, reloads the bans file when it changed and writes new
-// automatic bans to it. The watcher calls it every PollInterval.
+// automatic bans to the ban list's store. The watcher calls it every
+// PollInterval. A BanStore other than the file is not watched: only this
+// Guard changes it.
 func (g *Guard) Poll() {
 	g.expire()
-	if g.cfg.BansFile == "" {
+	if g.store == nil {
 		g.bansMu.Lock()
 		g.pending = nil
 		g.bansMu.Unlock()
@@ -182,15 +196,22 @@ func (g *Guard) Poll() {
 	dirty := len(g.pending) > 0
 	old := g.fileStamp
 	g.bansMu.RUnlock()
-	fi, err := os.Stat(g.cfg.BansFile)
-	changed := (err == nil) != (old != nil) ||
-		err == nil && (!os.SameFile(old, fi) || !old.ModTime().Equal(fi.ModTime()) || old.Size() != fi.Size())
+	changed := false
+	if g.cfg.BansFile != "" {
+		fi, err := os.Stat(g.cfg.BansFile)
+		changed = (err == nil) != (old != nil) ||
+			err == nil && (!os.SameFile(old, fi) || !old.ModTime().Equal(fi.ModTime()) || old.Size() != fi.Size())
+	}
 	if !changed && !dirty {
 		return
 	}
-	if err := g.syncFile(); err != nil {
+	if err := g.syncBans(); err != nil {
 		g.stats.bansFileErrors.Add(1)
-		g.log.Error("guard: bans file not reloaded; the bans loaded before stay in force", "file", g.cfg.BansFile, "err", err)
+		if g.cfg.BansFile != "" {
+			g.log.Error("guard: bans file not reloaded; the bans loaded before stay in force", "file", g.cfg.BansFile, "err", err)
+		} else {
+			g.log.Error("guard: automatic bans not written to the ban list's store; they stay in force and are written at the next poll", "err", err)
+		}
 	}
 }
 
@@ -212,20 +233,21 @@ func (g *Guard) expire() {
 	}
 }
 
-// syncFile merges the bans file and the pending automatic bans: it writes
-// the pending ones to the file (when there are any), then makes the file's
-// content plus whatever is still pending the bans in force. Bans new to
-// memory are passed to the OnBan callbacks.
+// syncBans merges the ban list's store (the bans file, or Config.BanStore)
+// and the pending automatic bans: it writes the pending ones to the store
+// (when there are any), then makes the store's content plus whatever is
+// still pending the bans in force. Bans new to memory are passed to the
+// OnBan callbacks.
 //
-// The file's lock is held until memory is updated: RemoveBan changes the
-// file and memory under the same lock, so a removal cannot slip between
-// this read of the file and its use (the ban would come back from the
-// stale read, and be reported to OnBan as new). Lock order: the file's
+// The store's lock is held until memory is updated: RemoveBan changes the
+// store and memory under the same lock, so a removal cannot slip between
+// this read of the store and its use (the ban would come back from the
+// stale read, and be reported to OnBan as new). Lock order: the store's
 // lock, then bansMu.
-func (g *Guard) syncFile() error {
-	f := File{Path: g.cfg.BansFile, MaxBans: g.cfg.MaxBans, MaxSize: g.cfg.MaxBansFileSize}
+func (g *Guard) syncBans() error {
+	f := g.store
 	now := g.now()
-	unlock, err := f.lock()
+	unlock, err := f.Lock()
 	if err != nil {
 		return err
 	}
@@ -254,12 +276,12 @@ func (g *Guard) syncFile() error {
 			}
 			if len(next) >= g.cfg.MaxBans {
 				g.stats.bansRefusedFull.Add(1)
-				g.log.Error("guard: ban dropped: the bans file is full (max_bans)", "ban", b.ID, "kind", string(b.Kind), "value", clip(b.Value))
+				g.log.Error("guard: ban dropped: the ban list is full (max_bans)", "ban", b.ID, "kind", string(b.Kind), "value", clip(b.Value))
 				continue
 			}
 			next = append(next, b)
 		}
-		if err := f.write(next); err != nil {
+		if err := f.Write(next); err != nil {
 			unlock()
 			return err
 		}
@@ -267,7 +289,10 @@ func (g *Guard) syncFile() error {
 	}
 	// The stamp is taken under the lock, so a change made after it is
 	// seen at the next poll.
-	fi, _ := os.Stat(g.cfg.BansFile)
+	var fi os.FileInfo
+	if g.cfg.BansFile != "" {
+		fi, _ = os.Stat(g.cfg.BansFile)
+	}
 	g.at(hookFileRead)
 
 	var added, removed []Ban
@@ -319,7 +344,7 @@ func (g *Guard) syncFile() error {
 
 // Points of Guard.hook.
 const (
-	hookFileRead = "file-read" // syncFile read the file, before it applies it
+	hookFileRead = "file-read" // syncBans read the store, before it applies it
 	hookRemoving = "removing"  // RemoveBan, before it takes the file's lock
 )
 
@@ -367,9 +392,9 @@ type Stats struct {
 	BansAdded           uint64 // bans added (manual, automatic, from the file)
 	AutoBans            uint64 // bans added by detectors
 	BansExpired         uint64
-	BansRemoved         uint64 // bans removed from the bans file
-	BansRefusedFull     uint64 // automatic bans refused: MaxBans reached
-	BansFileErrors      uint64 // bans file reloads that failed
+	BansRemoved         uint64 // bans removed (RemoveBan, or from the bans file)
+	BansRefusedFull     uint64 // bans refused: MaxBans reached
+	BansFileErrors      uint64 // reloads or writes of the ban list's store that failed
 	Bans                int    // bans in force
 	ConnTableEntries    int64  // addresses in the connection-rate table
 	ConnTableSize       int    // its fixed capacity

@@ -46,7 +46,7 @@ func clientRatesOf(s *settings) *ClientRates {
 // threshold changed; identities no longer counted (Keys) are forgotten
 // once idle, as any.
 type Detectors struct {
-	AuthFailures, TopicScan, Flapping, Abnormal, Undeliverable, Silence Detector
+	AuthFailures, TopicScan, Flapping, Abnormal, Undeliverable, Silence, LimitAbuse Detector
 }
 
 // fields lists a Detectors' fields by detector name.
@@ -54,6 +54,7 @@ func (ds *Detectors) fields() map[string]*Detector {
 	return map[string]*Detector{
 		DetectAuthFailures: &ds.AuthFailures, DetectTopicScan: &ds.TopicScan, DetectFlapping: &ds.Flapping,
 		DetectAbnormal: &ds.Abnormal, DetectUndeliverable: &ds.Undeliverable, DetectSilence: &ds.Silence,
+		DetectLimitAbuse: &ds.LimitAbuse,
 	}
 }
 
@@ -73,7 +74,7 @@ func (g *Guard) Detectors() Detectors {
 // concurrent use.
 func (g *Guard) SetDetectors(ds Detectors) (Detectors, error) {
 	c := Config{AuthFailures: ds.AuthFailures, TopicScan: ds.TopicScan, Flapping: ds.Flapping, Abnormal: ds.Abnormal,
-		Undeliverable: ds.Undeliverable, Silence: ds.Silence}
+		Undeliverable: ds.Undeliverable, Silence: ds.Silence, LimitAbuse: ds.LimitAbuse}
 	s, err := c.resolve()
 	if err != nil {
 		return g.Detectors(), err

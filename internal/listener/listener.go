@@ -149,6 +149,15 @@ type Config struct {
 	// proceeds.
 	Gate func(remote net.Addr) bool
 
+	// OnTLSError, when set, is told of every TLS handshake of a secure
+	// WebSocket listener that failed (its HTTP server makes them; the TLS
+	// transport's handshakes are the broker's, which counts them itself),
+	// with the client's address and the handshake's error, so that they
+	// are counted and logged with the broker's own. It is called once the
+	// connection is closed, from the HTTP server's goroutine for it; it
+	// must be safe for concurrent use and must not block. Default nil.
+	OnTLSError func(remote net.Addr, err error)
+
 	// KeepAlive is the TCP keep-alive period, set on the connections the
 	// Gate admits. Default (0): the Go default (15s); negative disables TCP
 	// keep-alives.

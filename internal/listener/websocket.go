@@ -170,6 +170,22 @@ func newWSServer(b *baseListener, cfg Config, logger *slog.Logger) *wsServer {
 	var ln net.Listener = b
 	if cfg.Transport == WebSocketTLS {
 		ln = tls.NewListener(ln, wssTLSConfig(cfg.TLS))
+		if onErr := cfg.OnTLSError; onErr != nil {
+			s.srv.ConnState = func(c net.Conn, st http.ConnState) {
+				tc, ok := c.(*tls.Conn)
+				if st != http.StateClosed || !ok {
+					return
+				}
+				// The HTTP server made the handshake first thing and
+				// logs its failure only as text; a failed handshake keeps
+				// its error, which asking again returns at once, typed
+				// (the broker sorts failures by it), without touching
+				// the connection.
+				if err := tc.Handshake(); err != nil {
+					onErr(c.RemoteAddr(), err)
+				}
+			}
+		}
 	}
 	go func() {
 		defer close(s.serveDone)

@@ -5,10 +5,12 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -495,3 +497,68 @@ if result.get("rc") != 0:
     print("connect result", result, file=sys.stderr)
     sys.exit(1)
 `
+
+// TestSecureWebSocketTLSErrorsReported: the handshakes a secure WebSocket
+// listener's HTTP server refuses — a client that does not trust the
+// server (curl with the system roots), a client speaking plain HTTP to
+// it, a client certificate the server cannot verify — reach OnTLSError
+// with their typed error, once each; a good handshake does not.
+func TestSecureWebSocketTLSErrorsReported(t *testing.T) {
+	testutil.CheckNoLeaks(t)
+	curl := testutil.NeedTool(t, "curl")
+	p := newTestPKI(t)
+	var mu sync.Mutex
+	var errs []error
+	l := listen(t, Config{Name: "wss", Transport: WebSocketTLS, TLS: p.serverTLS(), OnTLSError: func(remote net.Addr, err error) {
+		if remote == nil {
+			t.Error("no remote address")
+		}
+		mu.Lock()
+		errs = append(errs, err)
+		mu.Unlock()
+	}})
+	ch := acceptAsync(l)
+	client, _, err := wsDial(t, l, "/mqtt", &websocket.DialOptions{Subprotocols: []string{"mqtt"}, HTTPClient: tlsHTTPClient(p.clientTLS(true))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	client.CloseNow()
+	waitAccept(t, ch).Close()
+
+	addr := l.Addr().String()
+	// curl does not know the test CA: it aborts the handshake with an alert.
+	runCmd(t, curl, "-sS", "--max-time", "5", "https://"+addr+"/mqtt")
+	// Plain HTTP to the TLS port.
+	runCmd(t, curl, "-sS", "--max-time", "5", "http://"+addr+"/mqtt")
+	// A certificate of another CA.
+	other := newTestPKI(t)
+	c := p.clientTLS(false)
+	c.Certificates = []tls.Certificate{other.client}
+	if tc, err := tls.Dial("tcp", addr, c); err == nil {
+		tc.SetDeadline(time.Now().Add(5 * time.Second))
+		tc.Read(make([]byte, 1)) // TLS 1.3: the server's verdict arrives after the client's Finished
+		tc.Close()
+	}
+	testutil.CheckFor(t, 5*time.Second, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(errs) != 3 {
+			return fmt.Errorf("%d errors reported: %v", len(errs), errs)
+		}
+		return nil
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	var rh tls.RecordHeaderError
+	var ve *tls.CertificateVerificationError
+	// What the untrusting client's abort looks like to the server depends
+	// on curl's TLS library (an alert, or a record it cannot read): any
+	// error will do.
+	t.Logf("untrusting client: %v", errs[0])
+	if !errors.As(errs[1], &rh) {
+		t.Errorf("plain HTTP: %v (%T), want a tls.RecordHeaderError", errs[1], errs[1])
+	}
+	if !errors.As(errs[2], &ve) {
+		t.Errorf("unknown client certificate: %v (%T), want a *tls.CertificateVerificationError", errs[2], errs[2])
+	}
+}

@@ -107,6 +107,7 @@ type Snapshot struct {
 	Detections      map[string]int64 // by detector
 	Throttled       int64
 	ThrottleKicks   int64
+	LimitHits       map[string]int64 // by limit ("packet_size", …, "rate")
 	FIPS            bool
 	ReadBudgetInUse int64
 	ReadBudgetWaits int64
@@ -237,6 +238,7 @@ var (
 	dDetections     = desc("detections_total", "Abnormal behaviour detections, by detector.", "detector")
 	dThrottled      = desc("throttled_total", "Reads paused because a client went over its message or byte rate.")
 	dThrottleKicks  = desc("throttle_disconnects_total", "Clients disconnected for staying over their rate limit.")
+	dLimitHits      = desc("limit_hits_total", "Limits clients ran into (counted by the limit_abuse detector), by limit.", "limit")
 	dReadBudget     = desc("read_budget_bytes", "Bytes of packets being read, reserved from the read budget.")
 	dReadBudgetMax  = desc("read_budget_peak_bytes", "Most bytes reserved from the read budget at once.")
 	dReadBudgetWait = desc("read_budget_waits_total", "Packet reads that waited for the read budget.")
@@ -246,7 +248,7 @@ var (
 		dSubsRefused, dSubsRevoked, dRetained, dRetainedBytes, dRetainedRef, dAuthn, dAuthzDecisions, dAuthzDenials,
 		dTLSHandshakes, dTLSFail, dTLSConns, dServerCert, dClientCert, dCRLAge, dOCSPResponses, dOCSPStaple, dOCSPStapleNext,
 		dStoreLatency, dStoreTx, dStoreFsyncs, dStoreFailures, dStoreQuar, dPersistFail, dBans, dDetections, dThrottled,
-		dThrottleKicks, dReadBudget, dReadBudgetMax, dReadBudgetWait, dFIPS}
+		dThrottleKicks, dLimitHits, dReadBudget, dReadBudgetMax, dReadBudgetWait, dFIPS}
 	_ prometheus.Collector = (*Collector)(nil)
 )
 
@@ -374,6 +376,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		n(dThrottled, s.Throttled)
 		n(dThrottleKicks, s.ThrottleKicks)
+		for l, v := range s.LimitHits {
+			n(dLimitHits, v, l)
+		}
 	}
 	g(dReadBudget, float64(s.ReadBudgetInUse))
 	g(dReadBudgetMax, float64(s.ReadBudgetPeak))

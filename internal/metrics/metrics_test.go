@@ -35,7 +35,7 @@ func fullSnapshot() Snapshot {
 		StoreEnabled:       true,
 		StoreCommitLatency: Histogram{Bounds: []float64{0.001, 0.01, 0.1}, Counts: []uint64{5, 3, 1, 1}, Sum: 0.5},
 		StoreTransactions:  10, StoreFsyncs: 10, StoreFailures: 0, StoreQuarantined: 0, PersistenceFailures: 0,
-		Bans: 1, Detections: map[string]int64{"auth_failures": 3}, Throttled: 2, ThrottleKicks: 1, FIPS: true,
+		Bans: 1, Detections: map[string]int64{"auth_failures": 3}, Throttled: 2, ThrottleKicks: 1, LimitHits: map[string]int64{"topic_length": 4, "rate": 1}, FIPS: true,
 		ReadBudgetInUse: 10, ReadBudgetPeak: 100, ReadBudgetWaits: 1,
 	}
 }

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"cmp"
 	"crypto/rand"
 	"encoding/json"
 	"errors"
@@ -147,6 +148,12 @@ func Export(cfg Config, w io.Writer) error {
 			return err
 		}
 	}
+	slices.SortFunc(st.Bans, func(a, b *Ban) int { return cmp.Or(a.Created.Compare(b.Created), cmp.Compare(a.ID, b.ID)) })
+	for _, b := range st.Bans {
+		if err := line("ban", b); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -287,6 +294,7 @@ func (s *Store) rewrite(st *State, counter, maxID uint64) error {
 		return fmt.Errorf("store: wrapping the data key: %w", err)
 	}
 	s.st = state{Counter: counter - 1, MaxID: maxID}
+	s.nextID.Store(max(maxID, counter)) // seal IDs continue above every ID and counter of the old store
 	var ops []Op
 	for id, ss := range st.Sessions {
 		if ss.Session != nil {
@@ -305,13 +313,21 @@ func (s *Store) rewrite(st *State, counter, maxID uint64) error {
 	for _, w := range st.Wills {
 		ops = append(ops, PutWill{w})
 	}
+	// Bans are carried over, unlike ticket keys: they are not secrets.
+	for _, b := range st.Bans {
+		ops = append(ops, PutBan{b})
+	}
 	err = s.db.Update(func(tx *bolt.Tx) error {
 		return tx.Bucket(bktMeta).Put(keyHeader, s.hdr.marshal())
 	})
 	if err != nil {
 		return fmt.Errorf("store: %w", err)
 	}
-	if _, err := s.commitTx([]*request{{ops: ops}}, true); err != nil {
+	r := s.newRequest(ops)
+	if r.err != nil {
+		return r.err
+	}
+	if _, err := s.commitTx([]*request{r}, true); err != nil {
 		return err
 	}
 	return s.db.Sync()

@@ -13,9 +13,22 @@ import (
 // other callers' ops, and it is told the outcome once that transaction is
 // durable as the sync mode says.
 type request struct {
-	ops  []Op
-	done chan error  // Commit
-	cb   func(error) // CommitAsync
+	ops    []Op        // prepared (prepareOps)
+	err    error       // preparing the ops failed: the request fails alone
+	done   chan error  // Commit
+	cb     func(error) // CommitAsync
+	opsBuf [3]Op       // ops of a small request (a message and its delivery)
+}
+
+// newRequest prepares ops for a request, on the caller's goroutine.
+func (s *Store) newRequest(ops []Op) *request {
+	r := &request{}
+	var buf []Op
+	if len(ops) <= len(r.opsBuf) {
+		buf = r.opsBuf[:len(ops)]
+	}
+	r.ops, r.err = s.prepareOps(ops, buf)
+	return r
 }
 
 func (r *request) finish(err error) {
@@ -31,9 +44,11 @@ func (r *request) finish(err error) {
 // says: fsynced (SyncAlways), written to the operating system (SyncBatch,
 // SyncOff). The ops of one Commit are applied all or none. When ctx ends
 // first, Commit returns ctx.Err() and the outcome is unknown: the ops may
-// still be committed. Safe for concurrent use.
+// still be committed. The ops' records are encoded and sealed on the
+// calling goroutine. Safe for concurrent use.
 func (s *Store) Commit(ctx context.Context, ops ...Op) error {
-	r := &request{ops: ops, done: make(chan error, 1)}
+	r := s.newRequest(ops)
+	r.done = make(chan error, 1)
 	if err := s.submit(r); err != nil {
 		return err
 	}
@@ -50,9 +65,12 @@ func (s *Store) Commit(ctx context.Context, ops ...Op) error {
 // ErrClosed after Close). done runs on the store's committer goroutine: it
 // must return quickly and must not call Commit (which would wait for the
 // committer itself); it may call CommitAsync. Requests are applied in the
-// order they were submitted. Safe for concurrent use.
+// order they were submitted. The ops' records are encoded and sealed on
+// the calling goroutine before CommitAsync returns; the ops are not used
+// afterwards. Safe for concurrent use.
 func (s *Store) CommitAsync(done func(error), ops ...Op) {
-	r := &request{ops: ops, cb: done}
+	r := s.newRequest(ops)
+	r.cb = done
 	if err := s.submit(r); err != nil {
 		done(err)
 	}
@@ -60,7 +78,11 @@ func (s *Store) CommitAsync(done func(error), ops ...Op) {
 
 // submit queues r for the committer. It never blocks, so a CommitAsync
 // callback may submit again; the broker's own limits (in-flight windows,
-// Receive Maximum) bound how many requests can wait.
+// Receive Maximum) bound how many requests can wait. A request is not
+// changed once it is queued, and append never writes below the length
+// another goroutine read under s.mu, so the committer may read the
+// requests of a copy of s.pending without the lock (lateCoalesce); only
+// the committer removes requests.
 func (s *Store) submit(r *request) error {
 	s.mu.Lock()
 	if s.closed || s.wake == nil {
@@ -198,26 +220,53 @@ func (s *Store) commitBatch(reqs []*request) {
 // one: with nothing to write it writes none, unless force is set.
 func (s *Store) commitTx(reqs []*request, force bool) (wrote bool, err error) {
 	defer recoverCorrupt(&err)
-	t := &txn{s: s, version: s.st.Counter + 1, st: s.st, refs: map[uint64]int{}, newMsgs: map[uint64]bool{}, prefs: map[string]int{}}
-	t.st.Counter = t.version
+	m := s.coal.txnMaps()
+	t := &txn{s: s, st: s.st, refs: m.refs, newMsgs: m.newMsgs, prefs: map[string]int{}, maxID0: s.st.MaxID,
+		sessions: m.sessions, freshPuts: m.freshPuts, putDlv: m.putDlv}
+	t.st.Counter++
 	nops := 0
-	if err := s.keys.newTxnKey(); err != nil {
-		return false, err
-	}
 	dropped := 0
 	err = s.db.Update(func(tx *bolt.Tx) error {
 		t.tx = tx
-		var batch [][]Op
-		batch, dropped = t.coalesce(reqs)
+		for _, r := range reqs {
+			if r.err != nil {
+				return &opError{r.err}
+			}
+		}
+		dropMsg := t.coalesce(reqs)
 		empty := true
-		for _, ops := range batch {
-			for _, op := range ops {
+		for _, r := range reqs {
+			for _, op := range r.ops {
+				switch o := op.(type) {
+				case *putDelivery:
+					if o.skip {
+						dropped++
+						continue
+					}
+				case *deleteDelivery:
+					if o.skip {
+						dropped++
+						continue
+					}
+				case *putMessage:
+					if dropMsg[o.id] {
+						dropped++
+						continue
+					}
+				}
 				empty = false
 				if err := op.apply(t); err != nil {
 					return &opError{err}
 				}
 				nops++
 			}
+		}
+		if !empty {
+			late, err := t.lateCoalesce()
+			if err != nil {
+				return err
+			}
+			dropped += late
 		}
 		if empty && !force {
 			// Nothing to write (ops that cancelled out, or requests
@@ -238,7 +287,15 @@ func (s *Store) commitTx(reqs []*request, force bool) (wrote bool, err error) {
 				}
 			}
 		}
-		return tx.Bucket(bktMeta).Put(keyState, s.keys.seal(bktMeta, keyState, t.st.Counter, encodeRecord(&t.st)))
+		// The counter covers every ID the transaction wrote, seal IDs
+		// included: a record's version never exceeds the counter, and a
+		// later counter never repeats a seal ID (see sealed).
+		t.st.Counter = max(t.st.Counter, t.st.MaxID)
+		st, err := s.keys.seal(bktMeta, keyState, t.st.Counter, encodeRecord(&t.st))
+		if err != nil {
+			return err
+		}
+		return tx.Bucket(bktMeta).Put(keyState, st)
 	})
 	s.stats.coalesced.Add(int64(dropped))
 	if err == errNothingLeft {
@@ -270,113 +327,214 @@ func (s *Store) commitTx(reqs []*request, force bool) (wrote bool, err error) {
 // errNothingLeft rolls back a transaction that has nothing to write.
 var errNothingLeft = errors.New("store: nothing left to write")
 
-// deliveryName names one delivery of one session.
-type deliveryName struct {
-	client string
-	seq    uint64
-}
-
-// coalesce returns each request's ops to apply, leaving out the deliveries
-// the batch puts and deletes again, and the messages only they referred
-// to: a subscriber that acknowledged a message before the commit that
+// coalesce marks the deliveries the batch puts and deletes again to be
+// left out, and returns the messages only they referred to, also left
+// out: a subscriber that acknowledged a message before the commit that
 // stores it is owed nothing, so neither the delivery nor (unless another
 // session is owed it) the message needs to reach the disk. The state
 // after the transaction is the same as with every op applied. Only a
 // delivery that was not stored before the batch, of a session that was,
 // and that the batch neither puts again after its delete nor touches
 // through a DeleteSession, is left out; a message only when it was not
-// stored either. It reports how many ops it left out.
-func (t *txn) coalesce(reqs []*request) ([][]Op, int) {
-	type pos struct{ req, op int }
-	var puts map[deliveryName][]pos
-	var dels map[deliveryName]pos
-	var spoiled map[deliveryName]bool
-	var sessionGone map[string]bool
-	for i, r := range reqs {
-		for j, op := range r.ops {
+// stored either. It works on prepared ops, whose keys are computed:
+// deliveries are named by their keys (a keyed hash of the client ID and
+// the sequence number). The marks are fields of the prepared ops
+// (putDelivery.skip, deleteDelivery.skip), set anew for every batch, so
+// a request retried alone after its batch failed starts unmarked.
+func (t *txn) coalesce(reqs []*request) (dropMsg map[uint64]bool) {
+	c := &t.s.coal
+	c.reset()
+	for _, r := range reqs {
+		for _, op := range r.ops {
 			switch o := op.(type) {
-			case PutDelivery:
-				if o.Delivery == nil {
+			case *putDelivery:
+				o.skip, o.next = false, nil
+				k := dkey(o.key)
+				if _, deleted := c.dels[k]; deleted {
+					c.spoiled[k] = true // put again after its delete
 					continue
 				}
-				k := deliveryName{o.Delivery.ClientID, o.Delivery.Seq}
-				if _, deleted := dels[k]; deleted {
-					spoiled[k] = true // put again after its delete
+				if ch, ok := c.puts[k]; ok {
+					ch.last.next = o
+					ch.last = o
+					c.puts[k] = ch
+				} else {
+					c.puts[k] = putChain{o, o}
+				}
+			case *deleteDelivery:
+				o.skip = false
+				k := dkey(o.key)
+				if _, put := c.puts[k]; !put {
 					continue
 				}
-				if puts == nil {
-					puts = map[deliveryName][]pos{}
-				}
-				puts[k] = append(puts[k], pos{i, j})
-			case DeleteDelivery:
-				k := deliveryName{o.ClientID, o.Seq}
-				if _, put := puts[k]; !put {
+				if _, deleted := c.dels[k]; deleted {
 					continue
 				}
-				if _, deleted := dels[k]; deleted {
-					continue
-				}
-				if dels == nil {
-					dels, spoiled = map[deliveryName]pos{}, map[deliveryName]bool{}
-				}
-				dels[k] = pos{i, j}
-			case DeleteSession:
-				if sessionGone == nil {
-					sessionGone = map[string]bool{}
-				}
-				sessionGone[o.ClientID] = true
+				c.dels[k] = o
+			case *deleteSession:
+				c.sessionGone[[idLen]byte(o.dlvPrefix)] = true
 			}
 		}
 	}
-	if len(dels) == 0 {
-		out := make([][]Op, len(reqs))
-		for i, r := range reqs {
-			out[i] = r.ops
-		}
-		return out, 0
+	if len(c.dels) == 0 {
+		return nil
 	}
-	drop := map[pos]bool{}
-	dropMsg := map[uint64]bool{} // messages of dropped deliveries
-	dlv, sess := t.tx.Bucket(bktDelivery), t.tx.Bucket(bktSession)
-	for k, d := range dels {
-		if spoiled[k] || sessionGone[k.client] || dlv.Get(t.s.keys.deliveryKey(k.client, k.seq)) != nil ||
-			sess.Get(t.s.keys.sessionKey(k.client)) == nil {
+	dlv := t.tx.Bucket(bktDelivery)
+	for k, d := range c.dels {
+		first := c.puts[k].first
+		// A sequence number above every ID issued before this
+		// transaction was not stored before it.
+		storedBefore := first.seq <= t.maxID0 && dlv.Get(first.key) != nil
+		if c.spoiled[k] || c.sessionGone[[idLen]byte(k[:idLen])] || storedBefore || t.needSession(first.sessKey) != nil {
 			continue
 		}
-		drop[d] = true
-		for _, p := range puts[k] {
-			drop[p] = true
-			dropMsg[reqs[p.req].ops[p.op].(PutDelivery).Delivery.MsgID] = true
+		d.skip = true
+		for p := first; p != nil; p = p.next {
+			p.skip = true
+			c.dropMsg[p.msgID] = true
 		}
 	}
 	// A message stays when it was stored before or a delivery that is
 	// written refers to it.
-	for _, ps := range puts {
-		for _, p := range ps {
-			if !drop[p] {
-				delete(dropMsg, reqs[p.req].ops[p.op].(PutDelivery).Delivery.MsgID)
+	for _, ch := range c.puts {
+		for p := ch.first; p != nil; p = p.next {
+			if !p.skip {
+				delete(c.dropMsg, p.msgID)
 			}
 		}
 	}
-	for id := range dropMsg {
+	for id := range c.dropMsg {
 		if t.s.refs[id] > 0 {
-			delete(dropMsg, id)
+			delete(c.dropMsg, id)
 		}
 	}
-	out := make([][]Op, len(reqs))
+	return c.dropMsg
+}
+
+// dkey is a delivery's key.
+type dkey = [idLen + 8]byte
+
+// putChain lists the puts of one delivery in a batch, in order.
+type putChain struct{ first, last *putDelivery }
+
+// coalescer holds coalesce's maps, kept by the committer from batch to
+// batch so that their memory is reused.
+type coalescer struct {
+	puts        map[dkey]putChain
+	dels        map[dkey]*deleteDelivery // the first delete after a put
+	spoiled     map[dkey]bool
+	sessionGone map[[idLen]byte]bool // by delivery key prefix
+	dropMsg     map[uint64]bool      // messages of dropped deliveries
+	txn         txnMaps
+}
+
+// txnMaps are the maps of one transaction (see txn), kept by the
+// committer from transaction to transaction so that their memory is
+// reused: every one is emptied before it is handed out.
+type txnMaps struct {
+	refs      map[uint64]int
+	newMsgs   map[uint64]bool
+	sessions  map[string]bool
+	freshPuts map[dkey]bool
+	putDlv    map[dkey]uint64
+}
+
+// txnMaps returns the emptied maps for the next transaction.
+func (c *coalescer) txnMaps() *txnMaps {
+	m := &c.txn
+	if m.refs == nil || len(m.refs) > maxCoalesceMap || len(m.newMsgs) > maxCoalesceMap || len(m.sessions) > maxCoalesceMap ||
+		len(m.freshPuts) > maxCoalesceMap || len(m.putDlv) > maxCoalesceMap {
+		*m = txnMaps{refs: make(map[uint64]int, 1024), newMsgs: make(map[uint64]bool, 1024), sessions: map[string]bool{},
+			freshPuts: make(map[dkey]bool, 1024), putDlv: make(map[dkey]uint64, 1024)}
+		return m
+	}
+	clear(m.refs)
+	clear(m.newMsgs)
+	clear(m.sessions)
+	clear(m.freshPuts)
+	clear(m.putDlv)
+	return m
+}
+
+// maxCoalesceMap is the size past which a map is dropped rather than
+// cleared: a burst does not keep its memory.
+const maxCoalesceMap = 1 << 14
+
+func (c *coalescer) reset() {
+	if c.puts == nil || len(c.puts) > maxCoalesceMap || len(c.dels) > maxCoalesceMap || len(c.dropMsg) > maxCoalesceMap {
+		*c = coalescer{puts: make(map[dkey]putChain, 1024), dels: make(map[dkey]*deleteDelivery, 1024),
+			spoiled: map[dkey]bool{}, sessionGone: map[[idLen]byte]bool{}, dropMsg: make(map[uint64]bool, 1024)}
+		return
+	}
+	clear(c.puts)
+	clear(c.dels)
+	clear(c.spoiled)
+	clear(c.sessionGone)
+	clear(c.dropMsg)
+}
+
+// lateCoalesce looks, once the batch is applied, at the requests that
+// arrived while it was: a request that only deletes deliveries
+// (subscribers' acknowledgements) and deletes one this transaction put is
+// applied to it now, ahead of its turn, so that neither the delivery nor
+// (unless another delivery refers to it) its message is written. The
+// request itself is applied and reported in its turn, when the delete
+// finds nothing left to do. Applied early, a delete changes nothing a
+// later request can see, as long as no request between the put and the
+// delete touches that delivery or removes its session, and no request
+// before the delete adds a delivery of the same message (which needs the
+// message stored): such deliveries are left alone. A crash between the
+// two transactions leaves the store without a delivery that the
+// subscriber had acknowledged when the transaction was written, which is
+// what the acknowledgement asks for. It reports how many ops it left out
+// of the disk (the delivery, its delete and, when it went too, the
+// message).
+func (t *txn) lateCoalesce() (int, error) {
+	if len(t.putDlv) == 0 {
+		return 0, nil
+	}
+	t.s.mu.Lock()
+	pend := t.s.pending // read below without the lock: see submit
+	t.s.mu.Unlock()
+	c := &t.s.coal
+	touched, gone, msgUsed := c.puts, c.sessionGone, c.dropMsg // reused: coalesce is done with them
+	clear(touched)
+	clear(gone)
+	clear(msgUsed)
 	n := 0
-	for i, r := range reqs {
-		var ops []Op
-		for j, op := range r.ops {
-			if m, ok := op.(PutMessage); ok && m.Message != nil && dropMsg[m.Message.ID] || drop[pos{i, j}] {
-				n++
-				continue
+	for _, r := range pend {
+		onlyDeletes := r.err == nil && len(r.ops) > 0
+		for _, op := range r.ops {
+			if _, ok := op.(*deleteDelivery); !ok {
+				onlyDeletes = false
+				break
 			}
-			ops = append(ops, op)
 		}
-		out[i] = ops
+		for _, op := range r.ops {
+			switch o := op.(type) {
+			case *deleteDelivery:
+				k := dkey(o.key)
+				msg, put := t.putDlv[k]
+				_, seen := touched[k]
+				if onlyDeletes && put && !seen && !gone[[idLen]byte(o.key)] && !msgUsed[msg] {
+					if err := t.deleteDelivery(o.key); err != nil {
+						return n, err
+					}
+					n += 2
+					if t.refcount(msg) <= 0 {
+						n++
+					}
+				}
+				touched[k] = putChain{}
+			case *putDelivery:
+				touched[dkey(o.key)] = putChain{}
+				msgUsed[o.msgID] = true
+			case *deleteSession:
+				gone[[idLen]byte(o.dlvPrefix)] = true
+			}
+		}
 	}
-	return out, n
+	return n, nil
 }
 
 // opError marks an error of one caller's ops (bad input), as opposed to

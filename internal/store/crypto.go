@@ -11,7 +11,9 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"hash/maphash"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/crypto/argon2"
 
@@ -48,35 +50,47 @@ const (
 
 // recordKeys are the keys derived from one data key (DEK).
 //
-// Records are not sealed under the DEK-derived key directly: every
-// transaction draws a random 16-byte salt and seals its records under
-// HKDF(record key, salt), with random 12-byte nonces. A key then seals at
-// most one transaction's records, far below the 2^32 random nonces
-// AES-GCM allows per key, however long the store lives, and a counter
-// reused after a crash cannot make nonces repeat.
+// Records are not sealed under the DEK-derived key directly: the store
+// draws a random 16-byte salt and seals records under HKDF(record key,
+// salt), with random 12-byte nonces, until that key has sealed
+// maxSealsPerKey records or the store is reopened; then it draws a new
+// salt. A key therefore seals at most 2^20 records, far below the 2^32
+// random nonces AES-GCM allows per key, however long the store lives, and
+// nothing a crash can make repeat (a commit counter, a seal ID) takes part
+// in choosing a nonce.
 type recordKeys struct {
 	storeID [16]byte
-	recKey  []byte // HKDF input for the per-transaction keys
+	recKey  []byte // HKDF input for the sealing keys
 	idKey   []byte // HMAC key for bucket keys
 	sumKey  []byte // HMAC key for the record digest
 	idMACs  sync.Pool
 	sumMACs sync.Pool
 
-	cur *txnKey // the sealing key of the transaction being written (one writer)
+	sealing atomic.Pointer[sealKey] // the key sealing new records
+
+	nameSeed maphash.Seed
+	names    [nameShards]nameShard
 
 	mu    sync.Mutex
 	cache map[[saltLen]byte]cipher.AEAD // opening keys by salt
 }
 
-// txnKey is the sealing key of one transaction.
-type txnKey struct {
+// sealKey is the key new records are sealed under, shared by every
+// goroutine that seals.
+type sealKey struct {
 	salt [saltLen]byte
 	aead cipher.AEAD
+	uses atomic.Int64
 }
 
 const saltLen = 16
 
-// aeadFor returns the AES-256-GCM key of the transaction that drew salt.
+// maxSealsPerKey is how many records one sealing key seals before the
+// next is drawn. With random 96-bit nonces the chance that two of them
+// repeat under one key stays below 2^-57.
+const maxSealsPerKey = 1 << 20
+
+// aeadFor returns the AES-256-GCM key for salt.
 func (k *recordKeys) aeadFor(salt [saltLen]byte) (cipher.AEAD, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
@@ -103,18 +117,24 @@ func (k *recordKeys) aeadFor(salt [saltLen]byte) (cipher.AEAD, error) {
 	return a, nil
 }
 
-// newTxnKey draws the sealing key for the next transaction. Only the
-// single writer calls it.
-func (k *recordKeys) newTxnKey() error {
-	t := &txnKey{}
-	rand.Read(t.salt[:])
-	a, err := k.aeadFor(t.salt)
-	if err != nil {
-		return err
+// sealingKey returns the key for the next seal, drawing a new one when
+// the current one has sealed maxSealsPerKey records. Safe for concurrent
+// use.
+func (k *recordKeys) sealingKey() (*sealKey, error) {
+	for {
+		cur := k.sealing.Load()
+		if cur != nil && cur.uses.Add(1) <= maxSealsPerKey {
+			return cur, nil
+		}
+		n := &sealKey{}
+		rand.Read(n.salt[:])
+		a, err := k.aeadFor(n.salt)
+		if err != nil {
+			return nil, err
+		}
+		n.aead = a
+		k.sealing.CompareAndSwap(cur, n) // whoever loses uses the winner's
 	}
-	t.aead = a
-	k.cur = t
-	return nil
 }
 
 // mac takes a reset HMAC from pool, keyed with key.
@@ -130,7 +150,7 @@ func deriveKeys(dek []byte, storeID [16]byte) (*recordKeys, error) {
 	if len(dek) != dekLen {
 		return nil, errors.New("store: data key has the wrong length")
 	}
-	k := &recordKeys{storeID: storeID}
+	k := &recordKeys{storeID: storeID, nameSeed: maphash.MakeSeed()}
 	var err error
 	if k.recKey, err = hkdf.Key(sha256.New, dek, storeID[:], "moat store record encryption", 32); err != nil {
 		return nil, err
@@ -141,7 +161,7 @@ func deriveKeys(dek []byte, storeID [16]byte) (*recordKeys, error) {
 	if k.sumKey, err = hkdf.Key(sha256.New, dek, storeID[:], "moat store record digest", 32); err != nil {
 		return nil, err
 	}
-	return k, k.newTxnKey()
+	return k, nil
 }
 
 // name returns the keyed hash that stands for a client ID or topic in
@@ -158,8 +178,51 @@ func (k *recordKeys) name(kind string, s string) []byte {
 }
 
 func (k *recordKeys) sessionKey(clientID string) []byte { return k.name("sess", clientID) }
-func (k *recordKeys) willKey(clientID string) []byte    { return k.name("will", clientID) }
-func (k *recordKeys) retainedKey(topic string) []byte   { return k.name("ret", topic) }
+
+// clientNames are the keyed hashes of one client ID that the hot path
+// needs for every message: its session's key and its deliveries' prefix.
+type clientNames struct{ sess, dlv []byte }
+
+// nameShards and maxCachedNames bound the cache of client names: a few
+// MiB at most; a shard that fills up is emptied and fills again.
+const (
+	nameShards     = 16
+	maxCachedNames = 1 << 14
+)
+
+type nameShard struct {
+	mu sync.Mutex
+	m  map[string]*clientNames
+}
+
+// client returns clientID's names, from the cache when they are in it.
+// The names are shared: callers must not modify them. Safe for
+// concurrent use.
+func (k *recordKeys) client(clientID string) *clientNames {
+	sh := &k.names[maphash.String(k.nameSeed, clientID)%nameShards]
+	sh.mu.Lock()
+	cn := sh.m[clientID]
+	sh.mu.Unlock()
+	if cn != nil {
+		return cn
+	}
+	cn = &clientNames{sess: k.sessionKey(clientID), dlv: k.deliveryPrefix(clientID)}
+	sh.mu.Lock()
+	if sh.m == nil || len(sh.m) >= maxCachedNames/nameShards {
+		sh.m = make(map[string]*clientNames)
+	}
+	sh.m[clientID] = cn
+	sh.mu.Unlock()
+	return cn
+}
+
+// appendDeliveryKey appends the key of the client's delivery seq to dst.
+func (cn *clientNames) appendDeliveryKey(dst []byte, seq uint64) []byte {
+	return binary.BigEndian.AppendUint64(append(dst, cn.dlv...), seq)
+}
+
+func (k *recordKeys) willKey(clientID string) []byte  { return k.name("will", clientID) }
+func (k *recordKeys) retainedKey(topic string) []byte { return k.name("ret", topic) }
 
 // publisherKey names a publisher record by its content: the records of
 // equal publishers share it.
@@ -181,8 +244,13 @@ func messageKey(id uint64) []byte { return binary.BigEndian.AppendUint64(nil, id
 // moved to another key or bucket, or written back with another version,
 // does not open.
 func (k *recordKeys) aad(bucket, key []byte, version uint64) []byte {
-	a := make([]byte, 0, 16+16+1+len(bucket)+len(key)+8)
-	a = append(a, "moat-store/1"...)
+	return k.appendAAD(make([]byte, 0, len(aadLabel)+16+1+len(bucket)+len(key)+8), bucket, key, version)
+}
+
+const aadLabel = "moat-store/1"
+
+func (k *recordKeys) appendAAD(a, bucket, key []byte, version uint64) []byte {
+	a = append(a, aadLabel...)
 	a = append(a, k.storeID[:]...)
 	a = append(a, byte(len(bucket)))
 	a = append(a, bucket...)
@@ -194,14 +262,89 @@ func (k *recordKeys) aad(bucket, key []byte, version uint64) []byte {
 const gcmOverhead = 16
 
 // seal returns version ‖ salt ‖ nonce ‖ AES-256-GCM(plaintext) under the
-// current transaction's key.
-func (k *recordKeys) seal(bucket, key []byte, version uint64, plaintext []byte) []byte {
+// current sealing key. Safe for concurrent use.
+func (k *recordKeys) seal(bucket, key []byte, version uint64, plaintext []byte) ([]byte, error) {
+	sk, err := k.sealingKey()
+	if err != nil {
+		return nil, fmt.Errorf("store: sealing key: %w", err)
+	}
 	const head = versionLen + saltLen + nonceLen
 	out := make([]byte, head, head+len(plaintext)+gcmOverhead)
 	binary.BigEndian.PutUint64(out, version)
-	copy(out[versionLen:], k.cur.salt[:])
+	copy(out[versionLen:], sk.salt[:])
 	rand.Read(out[versionLen+saltLen : head])
-	return k.cur.aead.Seal(out, out[versionLen+saltLen:head], plaintext, k.aad(bucket, key, version))
+	return sk.aead.Seal(out, out[versionLen+saltLen:head], plaintext, k.aad(bucket, key, version)), nil
+}
+
+// A record's version is a number no other record ever written under its
+// key has had, and no higher than the store's commit counter; it is in
+// the associated data and in the record's element of the digest, so a
+// record replaced by an older copy of itself is detected. Records are
+// sealed before their transaction, on whichever goroutine is free to do
+// it, so the version is not the transaction's commit counter (which is
+// known only inside the transaction) but a seal ID drawn from the store's
+// ID counter (Store.NextID). IDs are unique in the store: Open starts
+// them above every ID and every commit counter the store holds, and each
+// transaction raises the commit counter to at least the highest ID it
+// wrote, so a seal ID never equals a commit counter that versioned a
+// record (stores written before seal IDs, and earlier versions of Moat,
+// use the commit counter) and every version stays within the counter,
+// which keeps the file readable by those versions.
+
+// sealed is a record sealed for the store: the value to store and the
+// record's element of the digest, both bound to its seal ID.
+type sealed struct {
+	value []byte
+	elem  [32]byte
+	id    uint64 // the seal ID, for the state's highest ID
+}
+
+// plainRecord is a record encoded for sealing: its plaintext in a buffer
+// with room before it for the value's header and after it for the tag
+// and the associated data, so that sealing takes no further allocation.
+type plainRecord []byte
+
+const sealHead = versionLen + saltLen + nonceLen
+
+// encodeForSeal encodes rec (or copies plaintext, when rec is nil) for
+// sealing under bucket/key. Safe for concurrent use.
+func (k *recordKeys) encodeForSeal(bucket, key []byte, rec any, plaintext []byte) plainRecord {
+	size := len(plaintext)
+	if rec != nil {
+		size = recordSizeHint(rec)
+	}
+	aadLen := len(aadLabel) + len(k.storeID) + 1 + len(bucket) + versionLen + len(key)
+	out := make([]byte, sealHead, sealHead+size+gcmOverhead+aadLen)
+	if rec != nil {
+		return appendRecord(out, rec)
+	}
+	return append(out, plaintext...)
+}
+
+// sealPlain seals p for bucket/key under seal ID id, in place: p must not be
+// used afterwards. Safe for concurrent use.
+func (k *recordKeys) sealPlain(p plainRecord, bucket, key []byte, id uint64) (sealed, error) {
+	if id == 0 {
+		return sealed{}, errors.New("store: seal ID 0")
+	}
+	sk, err := k.sealingKey()
+	if err != nil {
+		return sealed{}, fmt.Errorf("store: sealing key: %w", err)
+	}
+	out := []byte(p)
+	binary.BigEndian.PutUint64(out, id)
+	copy(out[versionLen:], sk.salt[:])
+	rand.Read(out[versionLen+saltLen : sealHead])
+	aadLen := len(aadLabel) + len(k.storeID) + 1 + len(bucket) + versionLen + len(key)
+	var aad []byte
+	if end := len(out) + gcmOverhead; cap(out)-end >= aadLen {
+		aad = k.appendAAD(out[end:end:cap(out)], bucket, key, id)
+	} else {
+		aad = k.aad(bucket, key, id) // the encoding outgrew its hint
+	}
+	// Sealed in place: the ciphertext overwrites the plaintext exactly.
+	v := sk.aead.Seal(out[:sealHead], out[versionLen+saltLen:sealHead], out[sealHead:], aad)
+	return sealed{value: v[:len(v):len(v)], elem: k.element(bucket, key, id), id: id}, nil
 }
 
 // errSeal is wrapped when a value does not open.

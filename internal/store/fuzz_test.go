@@ -15,7 +15,7 @@ func FuzzDecodeRecord(f *testing.F) {
 	sess, msg, d, ret, will := sample(s)
 	for _, r := range []any{sess, msg, d, ret, will, &inbound{ClientID: "c", PacketID: 1}, &state{Counter: 3, Records: 2, MaxID: 9},
 		&Session{}, &Message{}, &Delivery{}, &Retained{}, &Will{}, samplePublisher(), &Publisher{},
-		&Retained{pubKey: make([]byte, idLen)}, &Will{pubKey: make([]byte, idLen)}, sampleTicketKeys("l"), &TicketKeys{}} {
+		&Retained{pubKey: make([]byte, idLen)}, &Will{pubKey: make([]byte, idLen)}, sampleTicketKeys("l"), &TicketKeys{}, sampleBan("0a")} {
 		f.Add(encodeRecord(r))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {

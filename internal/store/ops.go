@@ -2,8 +2,10 @@ package store
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"sync"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -73,42 +75,166 @@ var ErrUnknownMessage = errors.New("store: delivery refers to a message that is 
 // are stored, and their records go with them.
 var ErrUnknownSession = errors.New("store: the session is not stored (commit PutSession first; clean sessions are not stored)")
 
-func (t *txn) needSession(clientID string) error {
-	if t.tx.Bucket(bktSession).Get(t.s.keys.sessionKey(clientID)) == nil {
+// preparer is an Op with work that needs no transaction: naming its
+// records (keyed hashes), encoding and sealing them. Commit and
+// CommitAsync prepare every op on the caller's goroutine, before it
+// reaches the committer, which applies every connection's ops one after
+// another and is left only the engine's reads and writes and what depends
+// on them (reference counts, the digest). An op applied without being
+// prepared prepares itself on the committer.
+type preparer interface {
+	prepare(s *Store) (Op, error)
+}
+
+// prepareOps returns ops with every preparer replaced by its prepared
+// form, in out when it has the length of ops. Safe for concurrent use.
+func (s *Store) prepareOps(ops, out []Op) ([]Op, error) {
+	if len(out) != len(ops) {
+		out = make([]Op, len(ops))
+	}
+	for i, op := range ops {
+		p, ok := op.(preparer)
+		if !ok {
+			out[i] = op
+			continue
+		}
+		var err error
+		if out[i], err = p.prepare(s); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+func prepareAndApply(t *txn, o preparer) error {
+	p, err := o.prepare(t.s)
+	if err != nil {
+		return err
+	}
+	return p.apply(t)
+}
+
+// sealNew encodes and seals rec (or plaintext, when rec is nil) under a
+// new seal ID. Safe for concurrent use.
+func (s *Store) sealNew(bucket, key []byte, rec any, plaintext []byte) (sealed, error) {
+	return s.keys.sealPlain(s.keys.encodeForSeal(bucket, key, rec, plaintext), bucket, key, s.nextID.Add(1))
+}
+
+// sealEagerly makes the submitting goroutine seal messages and
+// deliveries too (see laterRecord).
+var sealEagerly = false
+
+// laterRecord is a message or delivery record, encoded on the submitting
+// goroutine and sealed once it is known to be written: the committer
+// leaves out the deliveries a subscriber acknowledged before their
+// commit, and the messages only they referred to, and sealing those
+// would be work for nothing.
+type laterRecord struct {
+	bucket, key []byte
+	plain       plainRecord
+	once        sync.Once
+	rec         sealed
+	err         error
+}
+
+func (l *laterRecord) init(s *Store, bucket, key []byte, rec any) {
+	l.bucket, l.key, l.plain = bucket, key, s.keys.encodeForSeal(bucket, key, rec, nil)
+	if sealEagerly {
+		l.sealed(s)
+	}
+}
+
+// sealed seals the record unless that is done, and returns it. Safe for
+// concurrent use.
+func (l *laterRecord) sealed(s *Store) (*sealed, error) {
+	l.once.Do(func() {
+		l.rec, l.err = s.keys.sealPlain(l.plain, l.bucket, l.key, s.nextID.Add(1))
+		l.plain = nil
+	})
+	return &l.rec, l.err
+}
+
+// txn is one write transaction of the committer.
+type txn struct {
+	s    *Store
+	tx   *bolt.Tx
+	st   state
+	refs map[uint64]int // changes to Store.refs
+	// newMsgs are the messages this transaction put: true while stored,
+	// false once their last delivery took them away again.
+	newMsgs map[uint64]bool
+	prefs   map[string]int // changes to Store.prefs
+	// sessions caches whether a session (by key) is stored, as this
+	// transaction has left it so far.
+	sessions map[string]bool
+	// maxID0 is the highest ID issued before this transaction: no
+	// message or delivery with a higher ID (Seq) was stored before it,
+	// so putting one needs no look-up of an old record, unless this
+	// transaction put it already (freshPuts).
+	maxID0    uint64
+	freshPuts map[[idLen + 8]byte]bool
+	// putDlv are the deliveries this transaction put and that are
+	// stored as it has left them so far (lateCoalesce).
+	putDlv map[[idLen + 8]byte]uint64 // → message ID
+}
+
+func (t *txn) refcount(id uint64) int { return t.s.refs[id] + t.refs[id] }
+
+// bucket returns a data bucket of the transaction.
+func (t *txn) bucket(name []byte) *bolt.Bucket {
+	b := t.tx.Bucket(name)
+	if bytes.Equal(name, bktMessage) || bytes.Equal(name, bktDelivery) {
+		// Message IDs and a session's delivery sequence numbers grow:
+		// pages filled before they split stay dense.
+		b.FillPercent = 0.9
+	}
+	return b
+}
+
+func (t *txn) needSession(key []byte) error {
+	stored, known := t.sessions[string(key)]
+	if !known {
+		stored = t.tx.Bucket(bktSession).Get(key) != nil
+		t.setSession(key, stored)
+	}
+	if !stored {
 		return ErrUnknownSession
 	}
 	return nil
 }
 
-// txn is one write transaction of the committer.
-type txn struct {
-	s       *Store
-	tx      *bolt.Tx
-	version uint64
-	st      state
-	refs    map[uint64]int // changes to Store.refs
-	newMsgs map[uint64]bool
-	prefs   map[string]int // changes to Store.prefs
+func (t *txn) setSession(key []byte, stored bool) {
+	if t.sessions == nil {
+		t.sessions = map[string]bool{}
+	}
+	t.sessions[string(key)] = stored
 }
 
-func (t *txn) refcount(id uint64) int { return t.s.refs[id] + t.refs[id] }
-
-// refPublisher stores p's record unless it is there, counts the
-// reference and returns its key; nil for a nil (unknown) publisher.
-func (t *txn) refPublisher(p *Publisher) ([]byte, error) {
-	if p == nil {
-		return nil, nil
+// messageStored reports whether message id is in the store (as this
+// transaction has left it so far).
+func (t *txn) messageStored(id uint64) bool {
+	if stored, ok := t.newMsgs[id]; ok {
+		return stored
 	}
-	enc := encodeRecord(p)
-	key := t.s.keys.publisherKey(enc)
-	k := string(key)
+	if id > t.maxID0 {
+		return false
+	}
+	var k [8]byte
+	binary.BigEndian.PutUint64(k[:], id)
+	return t.tx.Bucket(bktMessage).Get(k[:]) != nil
+}
+
+// refPublisher stores p's record unless it is there and counts the
+// reference.
+func (t *txn) refPublisher(p *sealedPublisher) error {
+	k := string(p.key)
 	if t.s.prefs[k]+t.prefs[k] <= 0 {
-		if err := t.put(bktPublisher, key, enc); err != nil {
-			return nil, err
+		if err := t.putSealed(bktPublisher, p.key, &p.rec); err != nil {
+			return err
 		}
 	}
 	t.prefs[k]++
-	return key, nil
+	return nil
 }
 
 // unrefPublisher drops a reference to a publisher record (the key a
@@ -149,41 +275,73 @@ func (t *txn) noteID(id uint64) {
 	}
 }
 
-// put seals plaintext under bucket/key and keeps the digest current.
+// put seals plaintext under bucket/key on the committer and stores it:
+// for ops that were not prepared.
 func (t *txn) put(bucket, key, plaintext []byte) error {
-	b := t.tx.Bucket(bucket)
-	if bytes.Equal(bucket, bktMessage) || bytes.Equal(bucket, bktDelivery) {
-		// Message IDs and a session's delivery sequence numbers grow:
-		// pages filled before they split stay dense.
-		b.FillPercent = 0.9
-	}
-	if old := b.Get(key); old != nil {
-		t.forget(bucket, key, old)
-	}
-	if err := b.Put(key, t.s.keys.seal(bucket, key, t.version, plaintext)); err != nil {
+	rec, err := t.s.sealNew(bucket, key, nil, plaintext)
+	if err != nil {
 		return err
 	}
-	xorInto(&t.st.Digest, t.s.keys.element(bucket, key, t.version))
+	return t.putSealed(bucket, key, &rec)
+}
+
+// putSealed stores a sealed record under bucket/key and keeps the digest
+// current.
+func (t *txn) putSealed(bucket, key []byte, rec *sealed) error {
+	b := t.bucket(bucket)
+	return t.putOver(b, bucket, key, b.Get(key), rec)
+}
+
+// putOver stores rec in place of old, the value at bucket/key (nil when
+// there is none).
+func (t *txn) putOver(b *bolt.Bucket, bucket, key, old []byte, rec *sealed) error {
+	if old != nil {
+		t.forget(bucket, key, old)
+	}
+	if err := b.Put(key, rec.value); err != nil {
+		return err
+	}
+	xorInto(&t.st.Digest, rec.elem)
 	t.st.Records++
+	t.noteID(rec.id)
 	return nil
 }
 
+// forget takes the record old, stored at bucket/key, out of the digest.
 func (t *txn) forget(bucket, key, old []byte) {
+	var e recentRecord
+	var ok bool
+	switch {
+	case bytes.Equal(bucket, bktDelivery):
+		e, ok = t.s.recent.delivery(key, old)
+	case bytes.Equal(bucket, bktMessage) && len(key) == 8:
+		e, ok = t.s.recent.message(beUint64(key), old)
+	}
+	if ok {
+		t.forgetElem(e.elem)
+		return
+	}
 	if len(old) >= versionLen {
 		xorInto(&t.st.Digest, t.s.keys.element(bucket, key, beUint64(old)))
 	}
 	t.st.Records--
 }
 
+// forgetElem takes a record whose element is known out of the digest.
+func (t *txn) forgetElem(elem [32]byte) {
+	xorInto(&t.st.Digest, elem)
+	t.st.Records--
+}
+
 // del removes bucket/key; it reports whether the record existed.
 func (t *txn) del(bucket, key []byte) (bool, error) {
-	b := t.tx.Bucket(bucket)
-	old := b.Get(key)
-	if old == nil {
+	c := t.tx.Bucket(bucket).Cursor()
+	k, old := c.Seek(key)
+	if old == nil || !bytes.Equal(k, key) {
 		return false, nil
 	}
 	t.forget(bucket, key, old)
-	return true, b.Delete(key)
+	return true, c.Delete()
 }
 
 // get opens the record at bucket/key, nil when there is none.
@@ -192,6 +350,11 @@ func (t *txn) get(bucket, key []byte) (any, error) {
 	if v == nil {
 		return nil, nil
 	}
+	return t.open(bucket, key, v)
+}
+
+// open decrypts and decodes the value v stored at bucket/key.
+func (t *txn) open(bucket, key, v []byte) (any, error) {
 	_, pt, err := t.s.keys.open(bucket, key, v)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
@@ -199,10 +362,28 @@ func (t *txn) get(bucket, key []byte) (any, error) {
 	return decodeRecord(pt)
 }
 
+// openDelivery decrypts the delivery v stored at key.
+func (t *txn) openDelivery(key, v []byte) (*Delivery, error) {
+	r, err := t.open(bktDelivery, key, v)
+	if err != nil {
+		return nil, err
+	}
+	d, ok := r.(*Delivery)
+	if !ok {
+		return nil, fmt.Errorf("%w: delivery bucket holds another record type", ErrCorrupt)
+	}
+	return d, nil
+}
+
 func (t *txn) unref(id uint64) error {
 	t.refs[id]--
 	if t.refcount(id) <= 0 {
-		_, err := t.del(bktMessage, messageKey(id))
+		if _, ok := t.newMsgs[id]; ok {
+			t.newMsgs[id] = false
+		}
+		var k [8]byte
+		binary.BigEndian.PutUint64(k[:], id)
+		_, err := t.del(bktMessage, k[:])
 		return err
 	}
 	return nil
@@ -218,121 +399,325 @@ func (t *txn) prefixKeys(bucket, prefix []byte) [][]byte {
 	return keys
 }
 
-func (o PutSession) apply(t *txn) error {
+func (o PutSession) prepare(s *Store) (Op, error) {
 	if o.Session == nil {
-		return errors.New("store: PutSession without a session")
+		return nil, errors.New("store: PutSession without a session")
 	}
-	return t.put(bktSession, t.s.keys.sessionKey(o.Session.ClientID), encodeRecord(o.Session))
+	p := &putSession{key: s.keys.client(o.Session.ClientID).sess}
+	var err error
+	p.rec, err = s.sealNew(bktSession, p.key, o.Session, nil)
+	return p, err
 }
 
-func (o DeleteSession) apply(t *txn) error {
-	if _, err := t.del(bktSession, t.s.keys.sessionKey(o.ClientID)); err != nil {
+func (o PutSession) apply(t *txn) error { return prepareAndApply(t, o) }
+
+type putSession struct {
+	key []byte
+	rec sealed
+}
+
+func (o *putSession) apply(t *txn) error {
+	if err := t.putSealed(bktSession, o.key, &o.rec); err != nil {
 		return err
 	}
-	for _, k := range t.prefixKeys(bktDelivery, t.s.keys.deliveryPrefix(o.ClientID)) {
+	t.setSession(o.key, true)
+	return nil
+}
+
+func (o DeleteSession) prepare(s *Store) (Op, error) {
+	return &deleteSession{sessKey: s.keys.sessionKey(o.ClientID), dlvPrefix: s.keys.deliveryPrefix(o.ClientID),
+		in2Prefix: s.keys.inboundPrefix(o.ClientID), willKey: s.keys.willKey(o.ClientID)}, nil
+}
+
+func (o DeleteSession) apply(t *txn) error { return prepareAndApply(t, o) }
+
+type deleteSession struct{ sessKey, dlvPrefix, in2Prefix, willKey []byte }
+
+func (o *deleteSession) apply(t *txn) error {
+	if _, err := t.del(bktSession, o.sessKey); err != nil {
+		return err
+	}
+	t.setSession(o.sessKey, false)
+	for _, k := range t.prefixKeys(bktDelivery, o.dlvPrefix) {
 		if err := t.deleteDelivery(k); err != nil {
 			return err
 		}
 	}
-	for _, k := range t.prefixKeys(bktInbound, t.s.keys.inboundPrefix(o.ClientID)) {
+	for _, k := range t.prefixKeys(bktInbound, o.in2Prefix) {
 		if _, err := t.del(bktInbound, k); err != nil {
 			return err
 		}
 	}
-	return t.deleteWill(o.ClientID)
+	return t.delWithPublisher(bktWill, o.willKey)
 }
 
-func (o PutMessage) apply(t *txn) error {
+func (o PutMessage) prepare(s *Store) (Op, error) {
 	if o.Message == nil || o.Message.ID == 0 {
-		return errors.New("store: PutMessage needs a message with an ID from NextID")
+		return nil, errors.New("store: PutMessage needs a message with an ID from NextID")
 	}
-	t.noteID(o.Message.ID)
-	t.newMsgs[o.Message.ID] = true
-	return t.put(bktMessage, messageKey(o.Message.ID), encodeRecord(o.Message))
+	p := &putMessage{id: o.Message.ID}
+	binary.BigEndian.PutUint64(p.keyBuf[:], p.id)
+	p.rec.init(s, bktMessage, p.keyBuf[:], o.Message)
+	return p, nil
 }
 
-func (o PutDelivery) apply(t *txn) error {
-	d := o.Delivery
-	if d == nil || d.Seq == 0 {
-		return errors.New("store: PutDelivery needs a delivery with a Seq from NextID")
-	}
-	if err := t.needSession(d.ClientID); err != nil {
-		return err
-	}
-	if t.tx.Bucket(bktMessage).Get(messageKey(d.MsgID)) == nil {
-		return fmt.Errorf("%w (message %d)", ErrUnknownMessage, d.MsgID)
-	}
-	key := t.s.keys.deliveryKey(d.ClientID, d.Seq)
-	old, err := t.get(bktDelivery, key)
+func (o PutMessage) apply(t *txn) error { return prepareAndApply(t, o) }
+
+type putMessage struct {
+	id     uint64
+	keyBuf [8]byte
+	rec    laterRecord
+}
+
+func (o *putMessage) apply(t *txn) error {
+	rec, err := o.rec.sealed(t.s)
 	if err != nil {
 		return err
 	}
-	t.noteID(d.Seq)
-	t.refs[d.MsgID]++
-	if err := t.put(bktDelivery, key, encodeRecord(d)); err != nil {
+	_, again := t.newMsgs[o.id]
+	t.noteID(o.id)
+	t.newMsgs[o.id] = true
+	if o.id > t.maxID0 && !again {
+		// A new message: nothing to replace.
+		err = t.putOver(t.bucket(bktMessage), bktMessage, o.keyBuf[:], nil, rec)
+	} else {
+		err = t.putSealed(bktMessage, o.keyBuf[:], rec)
+	}
+	if err == nil {
+		t.s.recent.putMessage(o.id, recentRecord{version: rec.id, elem: rec.elem})
+	}
+	return err
+}
+
+func (o PutDelivery) prepare(s *Store) (Op, error) {
+	d := o.Delivery
+	if d == nil || d.Seq == 0 {
+		return nil, errors.New("store: PutDelivery needs a delivery with a Seq from NextID")
+	}
+	cn := s.keys.client(d.ClientID)
+	p := &putDelivery{msgID: d.MsgID, seq: d.Seq, sessKey: cn.sess}
+	p.key = cn.appendDeliveryKey(p.keyBuf[:0], d.Seq)
+	p.rec.init(s, bktDelivery, p.key, d)
+	return p, nil
+}
+
+func (o PutDelivery) apply(t *txn) error { return prepareAndApply(t, o) }
+
+type putDelivery struct {
+	msgID, seq   uint64
+	sessKey, key []byte // key is keyBuf
+	keyBuf       [idLen + 8]byte
+	rec          laterRecord
+	// Set by coalesce, on the committer: left out of this batch, and
+	// the next put of the same delivery in the batch.
+	skip bool
+	next *putDelivery
+}
+
+func (o *putDelivery) apply(t *txn) error {
+	if err := t.needSession(o.sessKey); err != nil {
 		return err
 	}
-	if od, ok := old.(*Delivery); ok {
-		return t.unref(od.MsgID)
+	if !t.messageStored(o.msgID) {
+		return fmt.Errorf("%w (message %d)", ErrUnknownMessage, o.msgID)
+	}
+	b := t.bucket(bktDelivery)
+	var old []byte
+	if o.seq > t.maxID0 {
+		// Not stored before this transaction: only this transaction
+		// can have put it.
+		k := [idLen + 8]byte(o.key)
+		if t.freshPuts[k] {
+			old = b.Get(o.key)
+		} else {
+			if t.freshPuts == nil {
+				t.freshPuts = map[[idLen + 8]byte]bool{}
+			}
+			t.freshPuts[k] = true
+		}
+	} else {
+		old = b.Get(o.key)
+	}
+	var oldMsg uint64
+	hadOld := old != nil
+	if hadOld {
+		if e, ok := t.s.recent.delivery(o.key, old); ok {
+			oldMsg = e.msgID
+			t.forgetElem(e.elem)
+			old = nil // taken out of the digest
+		} else {
+			od, err := t.openDelivery(o.key, old)
+			if err != nil {
+				return err
+			}
+			oldMsg = od.MsgID
+		}
+	}
+	rec, err := o.rec.sealed(t.s)
+	if err != nil {
+		return err
+	}
+	if t.putDlv == nil {
+		t.putDlv = map[[idLen + 8]byte]uint64{}
+	}
+	t.putDlv[[idLen + 8]byte(o.key)] = o.msgID
+	t.noteID(o.seq)
+	t.refs[o.msgID]++
+	if err := t.putOver(b, bktDelivery, o.key, old, rec); err != nil {
+		return err
+	}
+	t.s.recent.putDelivery(o.key, recentRecord{version: rec.id, msgID: o.msgID, elem: rec.elem})
+	if hadOld {
+		return t.unref(oldMsg)
 	}
 	return nil
 }
 
 func (t *txn) deleteDelivery(key []byte) error {
-	old, err := t.get(bktDelivery, key)
-	if err != nil || old == nil {
+	c := t.tx.Bucket(bktDelivery).Cursor()
+	k, v := c.Seek(key)
+	if v == nil || !bytes.Equal(k, key) {
+		return nil
+	}
+	var msgID uint64
+	if e, ok := t.s.recent.delivery(key, v); ok {
+		msgID = e.msgID
+		t.forgetElem(e.elem)
+	} else {
+		od, err := t.openDelivery(key, v)
+		if err != nil {
+			return err
+		}
+		msgID = od.MsgID
+		t.forget(bktDelivery, key, v)
+	}
+	if err := c.Delete(); err != nil {
 		return err
 	}
-	od, ok := old.(*Delivery)
-	if !ok {
-		return fmt.Errorf("%w: delivery bucket holds another record type", ErrCorrupt)
+	if len(key) == idLen+8 {
+		delete(t.putDlv, [idLen + 8]byte(key))
 	}
-	if _, err := t.del(bktDelivery, key); err != nil {
+	return t.unref(msgID)
+}
+
+func (o DeleteDelivery) prepare(s *Store) (Op, error) {
+	p := &deleteDelivery{}
+	p.key = s.keys.client(o.ClientID).appendDeliveryKey(p.keyBuf[:0], o.Seq)
+	return p, nil
+}
+
+func (o DeleteDelivery) apply(t *txn) error { return prepareAndApply(t, o) }
+
+type deleteDelivery struct {
+	key    []byte // keyBuf
+	keyBuf [idLen + 8]byte
+	skip   bool // set by coalesce: left out of this batch
+}
+
+func (o *deleteDelivery) apply(t *txn) error { return t.deleteDelivery(o.key) }
+
+func (o PutInbound) prepare(s *Store) (Op, error) {
+	p := &putInbound{sessKey: s.keys.client(o.ClientID).sess, key: s.keys.inboundKey(o.ClientID, o.PacketID)}
+	var err error
+	p.rec, err = s.sealNew(bktInbound, p.key, &inbound{ClientID: o.ClientID, PacketID: o.PacketID}, nil)
+	return p, err
+}
+
+func (o PutInbound) apply(t *txn) error { return prepareAndApply(t, o) }
+
+type putInbound struct {
+	sessKey, key []byte
+	rec          sealed
+}
+
+func (o *putInbound) apply(t *txn) error {
+	if err := t.needSession(o.sessKey); err != nil {
 		return err
 	}
-	return t.unref(od.MsgID)
+	return t.putSealed(bktInbound, o.key, &o.rec)
 }
 
-func (o DeleteDelivery) apply(t *txn) error {
-	return t.deleteDelivery(t.s.keys.deliveryKey(o.ClientID, o.Seq))
+func (o DeleteInbound) prepare(s *Store) (Op, error) {
+	return &deleteRecord{bucket: bktInbound, key: s.keys.inboundKey(o.ClientID, o.PacketID)}, nil
 }
 
-func (o PutInbound) apply(t *txn) error {
-	if err := t.needSession(o.ClientID); err != nil {
-		return err
-	}
-	return t.put(bktInbound, t.s.keys.inboundKey(o.ClientID, o.PacketID), encodeRecord(&inbound{ClientID: o.ClientID, PacketID: o.PacketID}))
-}
+func (o DeleteInbound) apply(t *txn) error { return prepareAndApply(t, o) }
 
-func (o DeleteInbound) apply(t *txn) error {
-	_, err := t.del(bktInbound, t.s.keys.inboundKey(o.ClientID, o.PacketID))
+// deleteRecord removes one record that nothing else refers to.
+type deleteRecord struct{ bucket, key []byte }
+
+func (o *deleteRecord) apply(t *txn) error {
+	_, err := t.del(o.bucket, o.key)
 	return err
 }
 
-func (o PutRetained) apply(t *txn) error {
-	if o.Retained == nil {
-		return errors.New("store: PutRetained without a message")
+// sealedPublisher is a publisher record, sealed, and its key.
+type sealedPublisher struct {
+	key []byte
+	rec sealed
+}
+
+// sealPublisher seals p's record under the keyed hash of its encoding;
+// nil for a nil (unknown) publisher.
+func (s *Store) sealPublisher(p *Publisher) (*sealedPublisher, error) {
+	if p == nil {
+		return nil, nil
 	}
-	r := *o.Retained // the caller's value is not modified
-	return t.putWithPublisher(bktRetained, t.s.keys.retainedKey(r.Topic), r.Publisher, &r.pubKey, &r)
+	enc := encodeRecord(p)
+	sp := &sealedPublisher{key: s.keys.publisherKey(enc)}
+	var err error
+	sp.rec, err = s.sealNew(bktPublisher, sp.key, nil, enc)
+	return sp, err
 }
 
 // putWithPublisher puts a retained message or will, referencing its
 // publisher's record (new reference first, so that a publisher both
 // records name is never removed and stored again) and releasing the one
-// the replaced record held.
-func (t *txn) putWithPublisher(bucket, key []byte, p *Publisher, pubKey *[]byte, rec any) error {
-	old, err := t.oldPubKey(bucket, key)
+// the replaced record held. The publisher's record is sealed in advance
+// and written only when the store does not hold it.
+type putWithPublisher struct {
+	bucket, key []byte
+	pub         *sealedPublisher // nil: no publisher
+	rec         sealed
+}
+
+func (o *putWithPublisher) apply(t *txn) error {
+	old, err := t.oldPubKey(o.bucket, o.key)
 	if err != nil {
 		return err
 	}
-	if *pubKey, err = t.refPublisher(p); err != nil {
-		return err
+	if o.pub != nil {
+		if err := t.refPublisher(o.pub); err != nil {
+			return err
+		}
 	}
-	if err := t.put(bucket, key, encodeRecord(rec)); err != nil {
+	if err := t.putSealed(o.bucket, o.key, &o.rec); err != nil {
 		return err
 	}
 	return t.unrefPublisher(old)
+}
+
+func (o PutRetained) prepare(s *Store) (Op, error) {
+	if o.Retained == nil {
+		return nil, errors.New("store: PutRetained without a message")
+	}
+	r := *o.Retained // the caller's value is not modified
+	return s.preparePutWithPublisher(bktRetained, s.keys.retainedKey(r.Topic), r.Publisher, &r.pubKey, &r)
+}
+
+func (o PutRetained) apply(t *txn) error { return prepareAndApply(t, o) }
+
+func (s *Store) preparePutWithPublisher(bucket, key []byte, p *Publisher, pubKey *[]byte, rec any) (Op, error) {
+	pub, err := s.sealPublisher(p)
+	if err != nil {
+		return nil, err
+	}
+	if pub != nil {
+		*pubKey = pub.key
+	}
+	op := &putWithPublisher{bucket: bucket, key: key, pub: pub}
+	op.rec, err = s.sealNew(bucket, key, rec, nil)
+	return op, err
 }
 
 // delWithPublisher deletes a retained message or will and releases its
@@ -348,23 +733,32 @@ func (t *txn) delWithPublisher(bucket, key []byte) error {
 	return t.unrefPublisher(old)
 }
 
-func (o DeleteRetained) apply(t *txn) error {
-	return t.delWithPublisher(bktRetained, t.s.keys.retainedKey(o.Topic))
+// deleteWithPublisher is a prepared DeleteRetained or DeleteWill.
+type deleteWithPublisher struct{ bucket, key []byte }
+
+func (o *deleteWithPublisher) apply(t *txn) error { return t.delWithPublisher(o.bucket, o.key) }
+
+func (o DeleteRetained) prepare(s *Store) (Op, error) {
+	return &deleteWithPublisher{bucket: bktRetained, key: s.keys.retainedKey(o.Topic)}, nil
 }
 
-func (o PutWill) apply(t *txn) error {
+func (o DeleteRetained) apply(t *txn) error { return prepareAndApply(t, o) }
+
+func (o PutWill) prepare(s *Store) (Op, error) {
 	if o.Will == nil {
-		return errors.New("store: PutWill without a will")
+		return nil, errors.New("store: PutWill without a will")
 	}
 	w := *o.Will
-	return t.putWithPublisher(bktWill, t.s.keys.willKey(w.ClientID), w.Publisher, &w.pubKey, &w)
+	return s.preparePutWithPublisher(bktWill, s.keys.willKey(w.ClientID), w.Publisher, &w.pubKey, &w)
 }
 
-func (t *txn) deleteWill(clientID string) error {
-	return t.delWithPublisher(bktWill, t.s.keys.willKey(clientID))
+func (o PutWill) apply(t *txn) error { return prepareAndApply(t, o) }
+
+func (o DeleteWill) prepare(s *Store) (Op, error) {
+	return &deleteWithPublisher{bucket: bktWill, key: s.keys.willKey(o.ClientID)}, nil
 }
 
-func (o DeleteWill) apply(t *txn) error { return t.deleteWill(o.ClientID) }
+func (o DeleteWill) apply(t *txn) error { return prepareAndApply(t, o) }
 
 func beUint64(b []byte) uint64 {
 	return uint64(b[0])<<56 | uint64(b[1])<<48 | uint64(b[2])<<40 | uint64(b[3])<<32 |

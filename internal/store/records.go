@@ -437,8 +437,11 @@ func (d *dec) qos() byte {
 
 // encodeRecord returns the plaintext of a record: a type tag and the
 // fields.
-func encodeRecord(r any) []byte {
-	e := &enc{}
+func encodeRecord(r any) []byte { return appendRecord(nil, r) }
+
+// appendRecord appends the plaintext of a record to dst.
+func appendRecord(dst []byte, r any) []byte {
+	e := enc{b: dst}
 	switch v := r.(type) {
 	case *Session:
 		e.u8(tagSession)
@@ -536,7 +539,9 @@ func encodeRecord(r any) []byte {
 			e.bytes(c)
 		}
 	case *TicketKeys:
-		encodeTicketKeys(e, v)
+		encodeTicketKeys(&e, v)
+	case *Ban:
+		encodeBan(&e, v)
 	case *state:
 		e.u8(tagState)
 		e.u64(v.Counter)
@@ -549,10 +554,30 @@ func encodeRecord(r any) []byte {
 	return e.b
 }
 
+// recordSizeHint is about the encoded size of the records the hot path
+// writes (messages and deliveries), so that one allocation holds the
+// sealed value; 0 for the others.
+func recordSizeHint(r any) int {
+	switch v := r.(type) {
+	case *Message:
+		n := 64 + len(v.Topic) + len(v.Payload) + len(v.From)
+		if p := v.Props; p != nil {
+			n += 32 + len(p.ContentType) + len(p.ResponseTopic) + len(p.CorrelationData)
+			for _, u := range p.User {
+				n += 8 + len(u.Key) + len(u.Value)
+			}
+		}
+		return n
+	case *Delivery:
+		return 48 + len(v.ClientID) + 5*len(v.SubIDs) + len(v.ShareGroup) + len(v.ShareFilter)
+	}
+	return 0
+}
+
 // decodeRecord parses a record's plaintext strictly: a known tag, every
 // length inside the record, nothing left over. It returns one of
 // *Session, *Message, *Delivery, *inbound, *Retained, *Will, *Publisher,
-// *TicketKeys, *state.
+// *TicketKeys, *Ban, *state.
 func decodeRecord(b []byte) (any, error) {
 	d := &dec{b: b}
 	var r any
@@ -642,6 +667,8 @@ func decodeRecord(b []byte) (any, error) {
 		r = v
 	case tagTicketKeys:
 		r = decodeTicketKeys(d)
+	case tagBan:
+		r = decodeBan(d)
 	case tagState:
 		v := &state{Counter: d.u64()}
 		if d.need(32) {

@@ -20,6 +20,8 @@ type State struct {
 	Wills    []*Will
 	// TicketKeys by listener name (nil when there are none).
 	TicketKeys map[string]*TicketKeys
+	// Bans is the broker's ban list (bans.go).
+	Bans []*Ban
 }
 
 // SessionState is one session and what it holds.
@@ -55,7 +57,7 @@ func (r *Report) problem(format string, args ...any) {
 }
 
 // scan decrypts and checks every record: each opens under its own bucket,
-// key and version, holds the record type of its bucket, sits under the
+// key and version (no higher than the commit counter), holds the record type of its bucket, sits under the
 // key its content names, and the set of (bucket, key, version) matches
 // the digest in the sealed state, so no record is missing, added or
 // replaced by an older copy of itself. keep builds the State.
@@ -85,7 +87,7 @@ func (s *Store) scan(tx *bolt.Tx, keep bool) *Report {
 			}
 			xorInto(&digest, s.keys.element(bucket, k, ver))
 			if ver > s.st.Counter {
-				rep.problem("%s/%x: written by commit %d, after the last commit %d", bucket, k, ver, s.st.Counter)
+				rep.problem("%s/%x: version %d, above the commit counter %d", bucket, k, ver, s.st.Counter)
 			}
 			r, err := decodeRecord(pt)
 			if err != nil {
@@ -125,6 +127,9 @@ func (s *Store) scan(tx *bolt.Tx, keep bool) *Report {
 					st.TicketKeys = map[string]*TicketKeys{}
 				}
 				st.TicketKeys[r.Listener] = r
+			case *Ban:
+				want, kind = s.keys.banKey(r.ID), "bans"
+				st.Bans = append(st.Bans, r)
 			default:
 				rep.problem("%s/%x: unexpected record type", bucket, k)
 				return nil
@@ -211,6 +216,8 @@ func bucketOf(kind string) []byte {
 		return bktPublisher
 	case "ticket_keys":
 		return bktTicketKeys
+	case "bans":
+		return bktBans
 	}
 	return nil
 }

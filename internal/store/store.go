@@ -153,6 +153,8 @@ type Store struct {
 	// Owned by the committer goroutine after Open.
 	st          state
 	refs        map[uint64]int // message ID → deliveries referring to it
+	recent      recentRecords  // the committer's (recent.go)
+	coal        coalescer      // the committer's (commit.go)
 	prefs       map[string]int // publisher key → retained messages and wills naming it
 	lastCounter time.Time      // when the counter file was last written
 	failed      error          // set at the first disk error; wraps ErrFailed
@@ -234,7 +236,9 @@ func Open(cfg Config) (*Store, error) {
 		s.db.Close()
 		return nil, err
 	}
-	s.nextID.Store(s.st.MaxID)
+	// IDs start above every ID and every commit counter the store holds:
+	// seal IDs never repeat a version (see sealed).
+	s.nextID.Store(max(s.st.MaxID, s.st.Counter))
 	if !cfg.readOnly {
 		s.wake = make(chan struct{}, 1)
 		s.wg.Add(1)
@@ -476,7 +480,11 @@ func (s *Store) create() error {
 		if err := meta.Put(keyHeader, h.marshal()); err != nil {
 			return err
 		}
-		return meta.Put(keyState, s.keys.seal(bktMeta, keyState, s.st.Counter, encodeRecord(&s.st)))
+		st, err := s.keys.seal(bktMeta, keyState, s.st.Counter, encodeRecord(&s.st))
+		if err != nil {
+			return err
+		}
+		return meta.Put(keyState, st)
 	})
 	if err != nil {
 		return fmt.Errorf("store: creating %s: %w", s.path, err)

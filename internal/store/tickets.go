@@ -59,7 +59,7 @@ type DeleteTicketKeys struct{ Listener string }
 var bktTicketKeys = []byte("tkey")
 
 // optionalBuckets are scanned when present; a store may lack them.
-var optionalBuckets = [][]byte{bktTicketKeys}
+var optionalBuckets = [][]byte{bktTicketKeys, bktBans}
 
 // scannedBuckets are every bucket holding records.
 var scannedBuckets = append(slices.Clone(dataBuckets), optionalBuckets...)
@@ -77,24 +77,46 @@ const maxTicketKeys = 1024
 
 func (k *recordKeys) ticketKeysKey(listener string) []byte { return k.name("tkey", listener) }
 
-func (o PutTicketKeys) apply(t *txn) error {
+func (o PutTicketKeys) prepare(s *Store) (Op, error) {
 	if o.Keys == nil {
-		return fmt.Errorf("store: PutTicketKeys without keys")
+		return nil, fmt.Errorf("store: PutTicketKeys without keys")
 	}
 	if len(o.Keys.Keys) > maxTicketKeys {
-		return fmt.Errorf("store: %d ticket keys for listener %q (at most %d)", len(o.Keys.Keys), o.Keys.Listener, maxTicketKeys)
+		return nil, fmt.Errorf("store: %d ticket keys for listener %q (at most %d)", len(o.Keys.Keys), o.Keys.Listener, maxTicketKeys)
 	}
+	p := &putTicketKeys{key: s.keys.ticketKeysKey(o.Keys.Listener)}
+	var err error
+	p.rec, err = s.sealNew(bktTicketKeys, p.key, o.Keys, nil)
+	return p, err
+}
+
+func (o PutTicketKeys) apply(t *txn) error { return prepareAndApply(t, o) }
+
+type putTicketKeys struct {
+	key []byte
+	rec sealed
+}
+
+func (o *putTicketKeys) apply(t *txn) error {
 	if _, err := t.tx.CreateBucketIfNotExists(bktTicketKeys); err != nil {
 		return err
 	}
-	return t.put(bktTicketKeys, t.s.keys.ticketKeysKey(o.Keys.Listener), encodeRecord(o.Keys))
+	return t.putSealed(bktTicketKeys, o.key, &o.rec)
 }
 
-func (o DeleteTicketKeys) apply(t *txn) error {
+func (o DeleteTicketKeys) prepare(s *Store) (Op, error) {
+	return &deleteTicketKeys{key: s.keys.ticketKeysKey(o.Listener)}, nil
+}
+
+func (o DeleteTicketKeys) apply(t *txn) error { return prepareAndApply(t, o) }
+
+type deleteTicketKeys struct{ key []byte }
+
+func (o *deleteTicketKeys) apply(t *txn) error {
 	if t.tx.Bucket(bktTicketKeys) == nil {
 		return nil
 	}
-	_, err := t.del(bktTicketKeys, t.s.keys.ticketKeysKey(o.Listener))
+	_, err := t.del(bktTicketKeys, o.key)
 	return err
 }
 

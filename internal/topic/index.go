@@ -72,6 +72,55 @@ func (g *SharedGroup) Pick(online func(clientID string) bool) (s Subscription, o
 	return g.Members[start%n], true
 }
 
+// Member ranks for PickRanked: how suitable a member is to receive one
+// message.
+const (
+	// Unfit members (offline, or not allowed the message) are passed
+	// over while any member is fit.
+	Unfit = iota
+	// Fit members may receive the message.
+	Fit
+	// Preferred members are chosen over fit ones (the broker prefers
+	// members whose backlog is under its mark).
+	Preferred
+)
+
+// PickRanked chooses the member that receives one message by rank (Unfit,
+// Fit or Preferred, as rank says of each): starting at the rotation
+// point, the first Preferred member; when none is, the first Fit one;
+// when none is fit either, the member at the rotation point, as Pick
+// does. The rotation then moves past the members passed over for the one
+// chosen, so that the members chosen take turns evenly: with Pick's
+// rotation, which moves by one, the member after one passed over would
+// take that member's turns as well as its own. rank is called without any
+// Index lock held, at most once per member, and not after a Preferred
+// member. ok is false only when Members is empty. Safe for concurrent
+// use.
+func (g *SharedGroup) PickRanked(rank func(*Subscription) int) (s Subscription, ok bool) {
+	n := uint64(len(g.Members))
+	if n == 0 {
+		return Subscription{}, false
+	}
+	var start uint64
+	if g.g != nil {
+		start = g.g.next.Add(1) - 1
+	}
+	best, bestRank, at := start%n, Unfit, uint64(0)
+	for i := range n {
+		j := (start + i) % n
+		if r := rank(&g.Members[j]); r > bestRank {
+			best, bestRank, at = j, r, i
+			if r == Preferred {
+				break
+			}
+		}
+	}
+	if bestRank > Unfit && at > 0 && g.g != nil {
+		g.g.next.Add(at)
+	}
+	return g.Members[best], true
+}
+
 // group is the Index's record of one shared subscription (Group, Filter)
 // on a trie node.
 type group struct {

@@ -231,6 +231,74 @@ func TestSharedGroupPick(t *testing.T) {
 	})
 }
 
+// TestSharedGroupPickRanked: preferred members are chosen over fit ones,
+// fit ones over unfit ones, and the members chosen take turns evenly
+// whichever members are passed over.
+func TestSharedGroupPickRanked(t *testing.T) {
+	x := NewIndex()
+	members := []string{"w0", "w1", "w2", "w3", "w4"}
+	for _, c := range members {
+		x.Subscribe(Subscription{ClientID: c, Group: "g", Filter: "jobs/#"})
+	}
+	pick := func(ranks map[string]int) string {
+		_, groups := x.Match("jobs/1", nil, nil)
+		calls := map[string]int{}
+		s, ok := groups[0].PickRanked(func(m *Subscription) int {
+			calls[m.ClientID]++
+			return ranks[m.ClientID]
+		})
+		if !ok {
+			t.Fatal("PickRanked on a non-empty group returned false")
+		}
+		for id, n := range calls {
+			if n > 1 {
+				t.Fatalf("rank of %s asked %d times", id, n)
+			}
+		}
+		return s.ClientID
+	}
+	for _, tc := range []struct {
+		name  string
+		ranks map[string]int
+		want  []string // chosen evenly; the others never
+	}{
+		// w0 and w1 (adjacent) are over their marks: w2, w3 and w4 take
+		// turns, w2 not twice as often as the others.
+		{"preferred over fit", map[string]int{"w0": Fit, "w1": Fit, "w2": Preferred, "w3": Preferred, "w4": Preferred}, []string{"w2", "w3", "w4"}},
+		{"preferred over unfit", map[string]int{"w1": Preferred, "w4": Preferred}, []string{"w1", "w4"}},
+		{"fit over unfit", map[string]int{"w0": Fit, "w3": Fit}, []string{"w0", "w3"}},
+		{"all preferred", map[string]int{"w0": Preferred, "w1": Preferred, "w2": Preferred, "w3": Preferred, "w4": Preferred}, members},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			counts := map[string]int{}
+			rounds := 60 * len(tc.want)
+			for range rounds {
+				counts[pick(tc.ranks)]++
+			}
+			for _, id := range tc.want {
+				if counts[id] < 60-1 || counts[id] > 60+1 {
+					t.Fatalf("counts %v: want %v about 60 each", counts, tc.want)
+				}
+			}
+		})
+	}
+	t.Run("none fit", func(t *testing.T) {
+		counts := map[string]int{}
+		for range 500 {
+			counts[pick(nil)]++
+		}
+		if len(counts) != len(members) {
+			t.Fatalf("with nobody fit the rotation should still spread: %v", counts)
+		}
+	})
+	t.Run("empty", func(t *testing.T) {
+		var g SharedGroup
+		if _, ok := g.PickRanked(func(*Subscription) int { return Preferred }); ok {
+			t.Fatal("PickRanked on an empty group returned ok")
+		}
+	})
+}
+
 func TestIndexMatchNoAlloc(t *testing.T) {
 	x := NewIndex()
 	for i := range 100 {

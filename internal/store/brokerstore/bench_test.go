@@ -196,6 +196,9 @@ func benchP2P(b *testing.B, mode string, tc *benchTLS, pairs, window int) {
 		s := st.Stats()
 		b.ReportMetric(float64(s.Requests)/float64(max(s.Commits, 1)), "req/commit")
 		b.ReportMetric(float64(s.Syncs)/float64(per*pairs), "fsync/msg")
+		// The mean time of one transaction, fsync included: the serial
+		// path every acknowledgement waits for.
+		b.ReportMetric(s.CommitLatency.Sum*1000/float64(max(s.CommitLatency.Count(), 1)), "commit-ms")
 		// Ops left out because the subscriber acknowledged before the
 		// commit (at most 3 per message: message, delivery, delete).
 		b.ReportMetric(float64(s.Coalesced)/float64(per*pairs), "coalesced/msg")
