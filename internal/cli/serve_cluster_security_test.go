@@ -245,9 +245,14 @@ func TestClusterSecurityInProcess(t *testing.T) {
 		if err := victim.Err(); !errors.As(err, &re) || re.Code != 0x98 {
 			t.Errorf("the banned client ended with %v, want DISCONNECT 0x98 (administrative action)", err)
 		}
-		if _, err := dialNode(t, nodes[1].plain, client.Config{ClientID: "evil-1"}); err == nil {
-			t.Fatal("the banned client ID connected to node2")
-		}
+		testutil.CheckFor(t, 30*time.Second, func() error {
+			c, err := dialNode(t, nodes[1].plain, client.Config{ClientID: "evil-1"})
+			if err == nil {
+				c.Close()
+				return errors.New("the banned client ID connected to node2")
+			}
+			return nil
+		})
 		for i, n := range nodes[1:] {
 			testutil.WaitFor(t, fmt.Sprintf("ban.add naming node1 in node%d's audit log", i+2), 30*time.Second, func() bool {
 				return auditHas(n.auditFile(), audit.TypeBanAdd, map[string]string{"ban": b.ID, "origin_node": "node1"})
@@ -444,4 +449,46 @@ func TestClusterBanThreeProcesses(t *testing.T) {
 	testutil.WaitFor(t, "ban.remove naming node1 in node3's audit log", 30*time.Second, func() bool {
 		return auditHas(filepath.Join(mc.dirs[2], "data", "audit.log"), "ban.remove", map[string]string{"ban": id, "origin_node": "node1"})
 	})
+}
+
+// TestClusterACLThreeProcesses changes the acl_file of the first of three
+// `moat serve` processes: the second and third write and load it, so a
+// mosquitto_sub on the third loses a topic the new policy no longer
+// grants, and its acl.conf is node 1's.
+func TestClusterACLThreeProcesses(t *testing.T) {
+	needTool(t, "mosquitto_pub", "mosquitto_sub")
+	mc := startMoatClusterWith(t, "acl:\n  acl_file: acl.conf\n", func(dir string) {
+		writeFile(t, filepath.Join(dir, "acl.conf"), "topic readwrite plant/#\ntopic readwrite secret/#\n")
+	})
+	for i, p := range mc.procs {
+		testutil.WaitFor(t, fmt.Sprintf("node%d's security state in sync", i+1), 60*time.Second, func() bool {
+			return strings.Contains(p.logs.String(), "cluster: security state in sync")
+		})
+	}
+	subscribeOnce := func(node int, topic string) (string, error) {
+		return run(t, 10*time.Second, "mosquitto_sub", append(mc.host(node), "-V", "5", "-q", "1", "-t", topic, "-C", "1", "-W", "2")...)
+	}
+	// Granted: the subscription is accepted and times out waiting.
+	if o, _ := subscribeOnce(2, "secret/#"); strings.Contains(o, "denied") {
+		t.Fatalf("secret/# denied before the change: %s", o)
+	}
+	const v2 = "topic readwrite plant/#\n"
+	writeFile(t, filepath.Join(mc.dirs[0], "acl.conf"), v2)
+	for _, i := range []int{1, 2} {
+		testutil.CheckFor(t, 30*time.Second, func() error {
+			if data, _ := os.ReadFile(filepath.Join(mc.dirs[i], "acl.conf")); string(data) != v2 {
+				return fmt.Errorf("node%d's acl.conf: %q", i+1, data)
+			}
+			if o, _ := subscribeOnce(i, "secret/#"); !strings.Contains(o, "denied") {
+				return fmt.Errorf("node%d still grants secret/#: %q", i+1, o)
+			}
+			return nil
+		})
+		if !auditHas(filepath.Join(mc.dirs[i], "data", "audit.log"), "config.reload", map[string]string{"origin_node": "node1", "result": "applied"}) {
+			t.Errorf("node%d's audit log has no config.reload naming node1", i+1)
+		}
+	}
+	if o, _ := subscribeOnce(1, "plant/#"); strings.Contains(o, "denied") {
+		t.Fatalf("plant/# denied after the change: %s", o)
+	}
 }

@@ -27,6 +27,13 @@ type moatCluster struct {
 // starts them.
 func startMoatCluster(t *testing.T, extra string) *moatCluster {
 	t.Helper()
+	return startMoatClusterWith(t, extra, nil)
+}
+
+// startMoatClusterWith is startMoatCluster with prepare run in each node's
+// directory before the node starts (files its configuration names).
+func startMoatClusterWith(t *testing.T, extra string, prepare func(dir string)) *moatCluster {
+	t.Helper()
 	dir := t.TempDir()
 	routes := []int{testutil.FreePort(t), testutil.FreePort(t), testutil.FreePort(t)}
 	var peers []string
@@ -53,6 +60,9 @@ cluster:
   peers: [%s]
 `, i+1, routes[i], strings.Join(peers, ", "))+ex)
 		mc.dirs = append(mc.dirs, nd)
+		if prepare != nil {
+			prepare(nd)
+		}
 	}
 	for i := range 3 {
 		p := startMoat(t, mc.dirs[i], "-c", "moat.yaml")

@@ -160,7 +160,7 @@ func Start(cfg Config) (*Node, error) {
 	n := &Node{cfg: cfg, log: log, origin: cfg.Node + "/" + hex.EncodeToString(boot), in: make(chan *nats.Msg, qlen),
 		subs: make(map[string][]*nats.Subscription), ready: make(chan struct{})}
 	n.share = shareState{groups: make(map[shareKey]*shareGroup), byQueue: make(map[string]*shareGroup),
-		wake: make(chan struct{}, 1), in: make(chan *nats.Msg, qlen)}
+		wake: make(chan struct{}, 1), in: make(chan *nats.Msg, qlen), out: make(chan *nats.Msg, qlen)}
 	n.sec = secState{wake: make(chan struct{}, 1), events: make(chan *nats.Msg, 1024)}
 	n.replicas = cfg.Replicas
 	if n.replicas <= 0 {

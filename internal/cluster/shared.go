@@ -104,7 +104,12 @@ type shareState struct {
 	wake    chan struct{} // a group was joined: weigh it soon
 
 	in                       chan *nats.Msg // the groups' messages, in arrival order
+	out                      chan *nats.Msg // messages to hand on (HandOn), sent by shareLoop
 	received, handedOn, lost atomic.Uint64
+	// left is set when the node left a group's own subject: before it
+	// hands a message on, the NATS server must have seen that (a flush of
+	// the queue groups' connection), or NATS could choose this node again.
+	left atomic.Bool
 }
 
 // ShareStats counts the shared subscriptions with members on this node
@@ -210,8 +215,9 @@ func (n *Node) setWeightLocked(g *shareGroup, w int) {
 	}
 	if g.leaving.IsZero() {
 		n.setSubsLocked(g, g.direct(), w)
-	} else {
+	} else if len(g.subs[g.direct()]) > 0 {
 		n.setSubsLocked(g, g.direct(), 0)
+		n.share.left.Store(true)
 	}
 	g.weight = w
 }
@@ -295,6 +301,8 @@ func (n *Node) shareLoop(sb SharedBroker) {
 			n.weigh(sb)
 		case m := <-sh.in:
 			n.deliverShared(sb, m)
+		case m := <-sh.out:
+			n.handOn(m)
 		}
 	}
 }
@@ -338,8 +346,20 @@ func (n *Node) deliverShared(sb SharedBroker, m *nats.Msg) {
 		}
 	}
 	fw.Header[hdrHop] = []string{"1"}
-	if err := n.nc.PublishMsg(fw); err != nil {
+	n.handOn(fw)
+}
+
+// handOn publishes a message to a group's own subject, from shareLoop:
+// once the NATS server has seen this node leave the groups it left, so
+// that NATS chooses another node.
+func (n *Node) handOn(m *nats.Msg) {
+	sh := &n.share
+	if sh.left.Swap(false) {
+		_ = n.gc.FlushTimeout(5 * time.Second)
+	}
+	if err := n.nc.PublishMsg(m); err != nil {
 		sh.lost.Add(1)
+		n.log.Warn("cluster: message of a shared subscription not handed on", "subject", clip(m.Subject), "err", err)
 		return
 	}
 	sh.handedOn.Add(1)
@@ -373,7 +393,7 @@ func (n *Node) attachShared(b Broker) {
 }
 
 // HandOn implements broker.SharedCluster: msg goes to the queue group of
-// (group, filter) alone, on its own subject, once.
+// (group, filter) alone, on its own subject, once. It does not block.
 func (n *Node) HandOn(msg *broker.Message, group, filter string) {
 	data, err := encodeMessage(msg, time.Now())
 	if err != nil {
@@ -391,12 +411,13 @@ func (n *Node) HandOn(msg *broker.Message, group, filter string) {
 	n.pubMu.Lock()
 	n.seq++
 	m.Header[hdrSeq] = []string{strconv.FormatUint(n.seq, 10)}
-	err = n.nc.PublishMsg(m)
 	n.pubMu.Unlock()
-	if err != nil {
+	// Sent by shareLoop, after the leave that usually comes with it (the
+	// member's session ended) reached the NATS server.
+	select {
+	case n.share.out <- m:
+	default:
 		n.share.lost.Add(1)
-		n.log.Warn("cluster: message of a shared subscription not handed on", "topic", msg.Topic, "err", err)
-		return
+		n.log.Warn("cluster: too many messages of shared subscriptions to hand on; one was dropped", "topic", msg.Topic)
 	}
-	n.share.handedOn.Add(1)
 }
