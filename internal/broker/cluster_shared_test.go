@@ -6,13 +6,13 @@ import (
 	"github.com/moatmq/moat/internal/packet"
 )
 
-// TestRetainRemoteReplayChecksPublisher replays a retained message another
+// TestSecurityRetainRemoteReplayChecksPublisher replays a retained message another
 // node set, with check_retain_source on and an Authorizer that looks at
 // the publisher's memo and grants (as moat serve's does): the publisher
 // rebuilt from the cluster's record must carry a complete authorization
 // state. It used to have none, and the replay panicked, closing every
 // connection that subscribed to the topic.
-func TestRetainRemoteReplayChecksPublisher(t *testing.T) {
+func TestSecurityRetainRemoteReplayChecksPublisher(t *testing.T) {
 	az := AuthorizerFunc(func(r *AuthzRequest) Decision {
 		memo := r.Client.Memo(func(c *Client) any { return c.Username })
 		g := r.Client.Grants()
