@@ -59,6 +59,7 @@ func (h *Handler) apiRoutes() []route {
 		{"POST /api/v1/config/reload", true, h.reload},
 		{"GET /api/v1/audit", false, h.audit},
 		{"GET /api/v1/posture", false, h.posture},
+		{"GET /api/v1/cluster", false, h.cluster},
 	}
 }
 

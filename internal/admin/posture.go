@@ -21,6 +21,11 @@ type postureJSON struct {
 	TLSGroups      map[string]int `json:"tls_groups"`
 	PostQuantum    int            `json:"post_quantum_clients"`
 	PostQuantumPct float64        `json:"post_quantum_percent"`
+	// Successful TLS handshakes since start, and those with a
+	// post-quantum key exchange.
+	Handshakes            int64   `json:"tls_handshakes"`
+	PostQuantumHandshakes int64   `json:"post_quantum_handshakes"`
+	PostQuantumHSPct      float64 `json:"post_quantum_handshakes_percent"`
 	// Connected clients whose certificate ends within 30 days.
 	NearExpiry []ClientJSON `json:"clients_near_expiry"`
 }
@@ -60,6 +65,21 @@ func (h *Handler) posture(w http.ResponseWriter, r *http.Request) {
 	}
 	if p.TLSClients > 0 {
 		p.PostQuantumPct = 100 * float64(p.PostQuantum) / float64(p.TLSClients)
+	}
+	for _, hs := range h.cfg.Broker.Stats().TLSHandshakes {
+		p.Handshakes += hs.N
+		if isPostQuantum(hs.Group) {
+			p.PostQuantumHandshakes += hs.N
+		}
+	}
+	if p.Handshakes > 0 {
+		p.PostQuantumHSPct = 100 * float64(p.PostQuantumHandshakes) / float64(p.Handshakes)
+	}
+	if p.OCSP == nil {
+		p.OCSP = []OCSPInfo{}
+	}
+	if p.CRLs == nil {
+		p.CRLs = []CRLInfo{}
 	}
 	writeJSON(w, http.StatusOK, p)
 }

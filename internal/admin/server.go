@@ -98,15 +98,41 @@ type Listener struct {
 type Posture struct {
 	Profile string `json:"profile"`
 	FIPS    bool   `json:"fips"`
+	// FIPSMode is "off", "on" or "only" (GODEBUG=fips140=only: a
+	// non-approved algorithm fails); FIPSModule the Go Cryptographic
+	// Module's version.
+	FIPSMode   string `json:"fips_mode,omitempty"`
+	FIPSModule string `json:"fips_module,omitempty"`
 	// CRLs lists the CRLs the listeners check, with their age.
 	CRLs []CRLInfo `json:"crls"`
+	// OCSP lists the OCSP state of each TLS listener.
+	OCSP []OCSPInfo `json:"ocsp"`
 	// AuthFailures and Detections are counters where the subsystems
-	// provide them; -1 when they are not wired.
-	AuthFailures int64 `json:"auth_failures"`
-	Detections   int64 `json:"detections"`
+	// provide them; -1 when they are not wired. DetectionsBy breaks the
+	// detections down by detector.
+	AuthFailures int64            `json:"auth_failures"`
+	Detections   int64            `json:"detections"`
+	DetectionsBy map[string]int64 `json:"detections_by_detector,omitempty"`
 	// ServerCertNotAfter is the broker certificate's expiry (zero: none).
 	ServerCertNotAfter time.Time `json:"server_cert_not_after,omitzero"`
 	Notes              []string  `json:"notes,omitempty"`
+}
+
+// OCSPInfo is one TLS listener's OCSP state: how client certificates are
+// checked, the responders' answers by status, and the freshness of the
+// staples of its certificates that name a responder.
+type OCSPInfo struct {
+	Listener  string            `json:"listener"`
+	Mode      string            `json:"mode"` // off, fail-open or fail-closed
+	Responses map[string]uint64 `json:"responses"`
+	Staples   []StapleInfo      `json:"staples"`
+}
+
+// StapleInfo is the OCSP staple of one served certificate.
+type StapleInfo struct {
+	Certificate string    `json:"certificate"`
+	Good        bool      `json:"good"`
+	NextUpdate  time.Time `json:"next_update,omitzero"`
 }
 
 // CRLInfo is one CRL's freshness.
@@ -139,6 +165,9 @@ type Config struct {
 	Posture func() Posture
 	// Metrics serves /metrics (behind the same token check).
 	Metrics http.Handler
+	// Cluster returns this node's view of its cluster, JSON-encodable
+	// (internal/cluster's Status); nil when the node is not in one.
+	Cluster func() any
 	// VerifyClientCert verifies a client certificate chain as the TLS
 	// peer sent it (leaf first) against the built-in CA, its CRL and the
 	// clock, on every request that authenticates by certificate; an

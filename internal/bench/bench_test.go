@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -187,5 +188,45 @@ func TestConfigErrors(t *testing.T) {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not mention %q", err, want)
 		}
+	}
+}
+
+// TestRunSubAddr: with SubAddr, subscribers connect there and publishers
+// to Addr (two listeners of one broker here; two nodes of a cluster in
+// docs/performance.md), and the run pauses Settle before publishing.
+func TestRunSubAddr(t *testing.T) {
+	b := brokertest.Start(t, broker.Config{AllowAnonymous: true, SysInterval: -1},
+		brokertest.Options{Listener: broker.ListenerConfig{Name: "pubs"}})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- b.Server.Serve(context.Background(), ln, broker.ListenerConfig{Name: "subs"}) }()
+	t.Cleanup(func() { b.Stop(); <-served })
+	listeners := map[string]string{}
+	cfg := Config{Scenario: P2P, Pubs: 2, Subs: 2, QoS: 1, MsgRate: 100, Addr: b.Addr, SubAddr: ln.Addr().String(),
+		Settle: 300 * time.Millisecond, Duration: 500 * time.Millisecond, Drain: 3 * time.Second, Topic: "t/subaddr",
+		BrokerPID: os.Getpid(), SampleInterval: 200 * time.Millisecond,
+		OnConnected: func() {
+			for _, c := range b.Server.Clients() {
+				listeners[c.Client.ClientID] = c.Client.Listener
+			}
+		}}
+	res, err := Run(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkResult(t, res, 20, true)
+	if len(listeners) != 4 {
+		t.Fatalf("clients: %v", listeners)
+	}
+	for id, l := range listeners {
+		if want := map[bool]string{true: "subs", false: "pubs"}[strings.Contains(id, "-s")]; l != want {
+			t.Errorf("client %s connected to %s, want %s", id, l, want)
+		}
+	}
+	if res.Params.SubAddr != cfg.SubAddr {
+		t.Errorf("params %+v", res.Params)
 	}
 }

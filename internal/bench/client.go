@@ -62,8 +62,12 @@ func (c *client) dial(ctx context.Context, cfg *tls.Config) (time.Duration, bool
 	if r.cfg.SourceAddrs > 1 {
 		d.LocalAddr = &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(1+c.idx%r.cfg.SourceAddrs))}
 	}
+	addr := r.cfg.Addr
+	if c.role == roleSub && r.cfg.SubAddr != "" {
+		addr = r.cfg.SubAddr
+	}
 	start := time.Now()
-	nc, err := d.DialContext(ctx, "tcp", r.cfg.Addr)
+	nc, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return 0, false, fmt.Errorf("bench: dial: %w", err)
 	}

@@ -72,6 +72,16 @@ type Config struct {
 	Scenario Scenario
 	// Addr is the broker's host:port. Default 127.0.0.1:1883.
 	Addr string
+	// SubAddr, when set, is where the subscribers connect instead of
+	// Addr: another node of a cluster, so that every message crosses from
+	// the publishers' node to the subscribers'. Default "": Addr.
+	SubAddr string
+	// Settle is a pause between the moment every client is connected and
+	// the first publication: with SubAddr, the time the subscriptions
+	// take to reach the publishers' node (NATS interest propagates
+	// asynchronously; messages published before are not forwarded).
+	// Default 0.
+	Settle time.Duration
 	// TLS, when non-nil, makes every client use TLS with a clone of this
 	// config (set RootCAs, ServerName, CurvePreferences, ...). A shared
 	// client certificate goes in its Certificates; per-client certificates
@@ -183,6 +193,14 @@ func (cfg Config) withDefaults() (Config, error) {
 	host, _, err := net.SplitHostPort(c.Addr)
 	if err != nil {
 		bad("address %q: %v", c.Addr, err)
+	}
+	if c.SubAddr != "" {
+		if _, _, err := net.SplitHostPort(c.SubAddr); err != nil {
+			bad("subscribers' address %q: %v", c.SubAddr, err)
+		}
+	}
+	if c.Settle < 0 {
+		bad("settle time must not be negative")
 	}
 	if c.Label == "" {
 		c.Label = string(c.Scenario)

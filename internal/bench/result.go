@@ -43,6 +43,7 @@ type Result struct {
 // Params echoes the configuration of a run.
 type Params struct {
 	Addr        string  `json:"addr"`
+	SubAddr     string  `json:"sub_addr,omitempty"`
 	TLS         bool    `json:"tls"`
 	MutualTLS   bool    `json:"mtls"`
 	KeyExchange string  `json:"key_exchange,omitempty"`
@@ -179,7 +180,11 @@ func (r *Result) WriteTable(w io.Writer) error {
 	if p.Persistent {
 		loop += ", persistent sessions"
 	}
-	row("run", "%s: %s over %s to %s%s", r.Label, r.Scenario, transport, p.Addr, loop)
+	to := p.Addr
+	if p.SubAddr != "" {
+		to += " (subscribers on " + p.SubAddr + ")"
+	}
+	row("run", "%s: %s over %s to %s%s", r.Label, r.Scenario, transport, to, loop)
 	c := r.Connect
 	row("connections", "%d/%d ok (%.2f%%), %d failed, %.0f/s, %d resumed", c.Succeeded, c.Attempted, 100*c.SuccessRate, c.Failed, c.PerSecond, c.Resumed)
 	if c.Handshake.Count > 0 {

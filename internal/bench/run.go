@@ -146,6 +146,10 @@ func (r *run) exec(ctx context.Context) (*Result, error) {
 		if cfg.OnConnected != nil {
 			cfg.OnConnected()
 		}
+		if cfg.Settle > 0 {
+			// Cancelled, the publishing phase below ends at once too.
+			_ = sleepCtx(ctx, cfg.Settle)
+		}
 		phaseStart = time.Now()
 		h0, err0 := ReadHostCPU()
 		switch cfg.Scenario {
@@ -452,7 +456,7 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 // paramsOf summarises the configuration for the report.
 func paramsOf(c *Config) Params {
 	p := Params{
-		Addr: c.Addr, TLS: c.TLS != nil, ClientCerts: len(c.ClientCerts), Resume: c.Resume,
+		Addr: c.Addr, SubAddr: c.SubAddr, TLS: c.TLS != nil, ClientCerts: len(c.ClientCerts), Resume: c.Resume,
 		Clients: c.Clients, Pubs: c.Pubs, Subs: c.Subs, ConnRate: c.ConnRate,
 		QoS: c.QoS, PayloadSize: c.PayloadSize, MsgRate: c.MsgRate, Inflight: c.Inflight,
 		DurationSeconds: c.Duration.Seconds(), Encrypted: c.Encrypt != nil, MaxBacklog: c.MaxBacklog,

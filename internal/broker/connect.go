@@ -88,8 +88,8 @@ func (c *conn) refuseBadConnect(p packet.Packet, err error) {
 		// the client's version is not known yet, so no CONNACK.
 		s.stats.preAuthTooBig.Add(1)
 		c.log.Info("broker: first packet larger than the limit before authentication; connection closed",
-			"err", err, "max", s.cfg.PreAuthMaxPacketSize)
-		c.limitVerdict(LimitPacketSize, fmt.Sprintf("first packet over the pre-authentication limit of %d bytes", s.cfg.PreAuthMaxPacketSize))
+			"err", err, "max", s.limits().PreAuthMaxPacketSize)
+		c.limitVerdict(LimitPacketSize, fmt.Sprintf("first packet over the pre-authentication limit of %d bytes", s.limits().PreAuthMaxPacketSize))
 		return
 	}
 	s.stats.protocolErrors.Add(1)
@@ -196,13 +196,14 @@ func (c *conn) connect(ctx context.Context, pkt *packet.Connect) bool {
 
 	// Will checks that do not depend on the session.
 	if w := pkt.Will; w != nil {
-		if len(w.Topic) > s.cfg.MaxTopicLength {
-			reason := fmt.Sprintf("will topic is longer than %d bytes", s.cfg.MaxTopicLength)
+		lim := s.limits()
+		if len(w.Topic) > lim.MaxTopicLength {
+			reason := fmt.Sprintf("will topic is longer than %d bytes", lim.MaxTopicLength)
 			defer c.limitVerdict(LimitTopicLength, reason) // the client is refused anyway
 			return c.refuse(pkt, packet.TopicNameInvalid, reason)
 		}
-		if tooDeep(w.Topic, s.cfg.MaxTopicLevels) {
-			reason := fmt.Sprintf("will topic has more than %d levels", s.cfg.MaxTopicLevels)
+		if tooDeep(w.Topic, lim.MaxTopicLevels) {
+			reason := fmt.Sprintf("will topic has more than %d levels", lim.MaxTopicLevels)
 			defer c.limitVerdict(LimitTopicLevels, reason)
 			return c.refuse(pkt, packet.TopicNameInvalid, reason)
 		}

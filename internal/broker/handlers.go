@@ -43,11 +43,10 @@ func (c *conn) handlePublish(p *packet.Publish) bool {
 			return c.protocolError(packet.ProtocolError, "empty topic without topic alias")
 		}
 	}
-	if len(p.Topic) > s.cfg.MaxTopicLength {
-		return c.overLimit(LimitTopicLength, packet.TopicNameInvalid, fmt.Sprintf("topic is longer than %d bytes", s.cfg.MaxTopicLength))
-	}
-	if tooDeep(p.Topic, s.cfg.MaxTopicLevels) {
-		return c.overLimit(LimitTopicLevels, packet.TopicNameInvalid, fmt.Sprintf("topic has more than %d levels", s.cfg.MaxTopicLevels))
+	if lim := s.limits(); len(p.Topic) > lim.MaxTopicLength {
+		return c.overLimit(LimitTopicLength, packet.TopicNameInvalid, fmt.Sprintf("topic is longer than %d bytes", lim.MaxTopicLength))
+	} else if tooDeep(p.Topic, lim.MaxTopicLevels) {
+		return c.overLimit(LimitTopicLevels, packet.TopicNameInvalid, fmt.Sprintf("topic has more than %d levels", lim.MaxTopicLevels))
 	}
 	if p.QoS > c.lst.maxQoS {
 		// [MQTT-3.2.2-11]
@@ -210,18 +209,19 @@ func (c *conn) handleSubscribe(p *packet.Subscribe) {
 	// its subscriptions are in place are delivered too (fence.go).
 	fence := c.beginSubscribe()
 	defer fence.finish()
+	lim := s.limits()
 	for i, req := range p.Subscriptions {
-		if len(req.Filter) > s.cfg.MaxTopicLength {
-			c.log.Info("broker: subscription refused: filter too long", "length", len(req.Filter), "max", s.cfg.MaxTopicLength)
+		if len(req.Filter) > lim.MaxTopicLength {
+			c.log.Info("broker: subscription refused: filter too long", "length", len(req.Filter), "max", lim.MaxTopicLength)
 			codes[i] = packet.TopicFilterInvalid
-			problem = cmp.Or(problem, fmt.Sprintf("topic filter longer than %d bytes", s.cfg.MaxTopicLength))
+			problem = cmp.Or(problem, fmt.Sprintf("topic filter longer than %d bytes", lim.MaxTopicLength))
 			if v := c.limitVerdict(LimitTopicLength, fmt.Sprintf("topic filter of %d bytes", len(req.Filter))); v.Disconnect {
 				verdict = v
 			}
 			continue
 		}
 		group, filter, err := packet.SplitShared(req.Filter)
-		if err != nil || tooDeep(filter, s.cfg.MaxTopicLevels) {
+		if err != nil || tooDeep(filter, lim.MaxTopicLevels) {
 			codes[i] = packet.TopicFilterInvalid
 			if err == nil {
 				if v := c.limitVerdict(LimitTopicLevels, fmt.Sprintf("topic filter of more than %d levels", s.cfg.MaxTopicLevels)); v.Disconnect {

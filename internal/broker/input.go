@@ -134,7 +134,7 @@ func (c *conn) takeInput() {
 		// Before authentication a peer gets a much smaller limit: it
 		// costs nothing to open many connections and announce large
 		// CONNECTs on each.
-		in.r.SetMaxPacketSize(c.srv.cfg.PreAuthMaxPacketSize)
+		in.r.SetMaxPacketSize(c.srv.limits().PreAuthMaxPacketSize)
 	}
 	in.r.SetReserve(c.reserveBody)
 	c.in = in

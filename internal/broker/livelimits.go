@@ -3,6 +3,7 @@ package broker
 import (
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 )
 
@@ -38,6 +39,14 @@ import (
 //     a store already over a lowered bound keeps its messages (they are
 //     still replayed and may be cleared or replaced by a smaller one)
 //     and takes no new one until it is below it.
+//   - MaxTopicLength, MaxTopicLevels: to the next PUBLISH, SUBSCRIBE and
+//     will; subscriptions and retained messages already in place stay.
+//   - PreAuthMaxPacketSize: to connections accepted afterwards, and to
+//     the next read of one not yet authenticated; it is never above
+//     Config.MaxPacketSize, which needs a restart.
+//   - SysInterval: from the next $SYS update; a negative value stops the
+//     updates (the retained $SYS topics stay), a positive one starts
+//     them again.
 //
 // The limits MQTT 5 clients are told once in CONNACK for the whole
 // connection (Maximum Packet Size, Receive Maximum, Topic Alias Maximum)
@@ -65,6 +74,11 @@ type Limits struct {
 	MaxRetainedBytes            int64
 	MaxRetainedPerIdentity      int
 	MaxRetainedBytesPerIdentity int64
+
+	MaxTopicLength       int
+	MaxTopicLevels       int
+	PreAuthMaxPacketSize uint32
+	SysInterval          time.Duration
 }
 
 // limitsOf returns the limits of a Config whose defaults are applied.
@@ -78,6 +92,8 @@ func limitsOf(c *Config) *Limits {
 		ConnectTimeout:  c.ConnectTimeout, ReauthGrace: c.ReauthGrace,
 		MaxRetained: c.MaxRetained, MaxRetainedBytes: c.MaxRetainedBytes,
 		MaxRetainedPerIdentity: c.MaxRetainedPerIdentity, MaxRetainedBytesPerIdentity: c.MaxRetainedBytesPerIdentity,
+		MaxTopicLength: c.MaxTopicLength, MaxTopicLevels: c.MaxTopicLevels, PreAuthMaxPacketSize: c.PreAuthMaxPacketSize,
+		SysInterval: c.SysInterval,
 	}
 }
 
@@ -148,6 +164,24 @@ func (l Limits) withDefaults() (Limits, error) {
 	if l.MaxRetained < 0 || l.MaxRetainedBytes < 0 || l.MaxRetainedPerIdentity < 0 || l.MaxRetainedBytesPerIdentity < 0 {
 		errs = append(errs, errors.New("broker: MaxRetained* must not be negative"))
 	}
+	if l.MaxTopicLength == 0 {
+		l.MaxTopicLength = DefaultMaxTopicLength
+	}
+	if l.MaxTopicLevels == 0 {
+		l.MaxTopicLevels = DefaultMaxTopicLevels
+	}
+	if l.MaxTopicLength < 0 || l.MaxTopicLevels < 0 {
+		errs = append(errs, errors.New("broker: MaxTopicLength and MaxTopicLevels must not be negative"))
+	}
+	if l.PreAuthMaxPacketSize == 0 {
+		l.PreAuthMaxPacketSize = DefaultPreAuthMaxPacketSize
+	}
+	if l.PreAuthMaxPacketSize < 64 {
+		errs = append(errs, fmt.Errorf("broker: PreAuthMaxPacketSize %d is too small (minimum 64 bytes)", l.PreAuthMaxPacketSize))
+	}
+	if l.SysInterval == 0 {
+		l.SysInterval = DefaultSysInterval
+	}
 	return l, errors.Join(errs...)
 }
 
@@ -200,6 +234,7 @@ func (s *Server) SetLimits(l Limits) (Limits, error) {
 	if err != nil {
 		return s.Limits(), err
 	}
+	l.PreAuthMaxPacketSize = min(l.PreAuthMaxPacketSize, s.cfg.MaxPacketSize)
 	ll := newLiveLimits(&l, &s.cfg)
 	old := s.lim.Swap(ll)
 	s.retained.setLimits(&l)
@@ -207,6 +242,7 @@ func (s *Server) SetLimits(l Limits) (Limits, error) {
 		ll.MaxQueued > old.MaxQueued || ll.QueueFullPolicy != old.QueueFullPolicy {
 		s.regate()
 	}
+	s.sysChanged()
 	return l, nil
 }
 
@@ -232,6 +268,56 @@ func (s *Server) regate() {
 		sess.mu.Unlock()
 		return true
 	})
+}
+
+// sysControl is the state of the $SYS publisher (sysLoop), which
+// SetLimits starts, stops and re-times.
+type sysControl struct {
+	mu      sync.Mutex
+	running bool          // a sysLoop runs, or is about to
+	change  chan struct{} // tells it the interval changed; buffered (1)
+}
+
+// sysChanged starts the $SYS publisher when the interval in force is
+// positive and none runs, or tells the running one to read the interval
+// again. Nothing starts once Shutdown has begun.
+func (s *Server) sysChanged() {
+	s.sys.mu.Lock()
+	defer s.sys.mu.Unlock()
+	if s.sys.change == nil {
+		s.sys.change = make(chan struct{}, 1)
+	}
+	if s.sys.running {
+		select {
+		case s.sys.change <- struct{}{}:
+		default: // a change not yet read: it reads the newest interval
+		}
+		return
+	}
+	if s.limits().SysInterval <= 0 {
+		return
+	}
+	// Counted under mu, as afterFunc does, so that Shutdown waits for it
+	// or it never starts.
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return
+	}
+	s.sys.running = true
+	s.goroutines.goTracked(goSys, s.sysLoop)
+}
+
+// sysStopped reports whether the $SYS publisher is to end because the
+// interval in force is not positive; it then counts as stopped.
+func (s *Server) sysStopped() bool {
+	s.sys.mu.Lock()
+	defer s.sys.mu.Unlock()
+	if s.limits().SysInterval > 0 {
+		return false
+	}
+	s.sys.running = false
+	return true
 }
 
 // connectTimeout is the ConnectTimeout in force.

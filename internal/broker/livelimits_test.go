@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"bytes"
 	"strings"
 	"testing"
 	"time"
@@ -145,7 +146,7 @@ func TestSetLimitsRetained(t *testing.T) {
 	if _, err := s.SetLimits(Limits{MaxRetainedPerIdentity: -1}); err == nil || !strings.Contains(err.Error(), "MaxRetained") {
 		t.Fatalf("negative MaxRetainedPerIdentity: %v", err)
 	}
-	if _, err := s.SetLimits(Limits{MaxRetained: 2}); err != nil {
+	if _, err := s.SetLimits(Limits{MaxRetained: 2, SysInterval: -1}); err != nil {
 		t.Fatal(err)
 	}
 	if ack := publishAcked(t, c, 3, &packet.Publish{Topic: "r/3", Payload: []byte("three"), Retain: true}); ack.ReasonCode != packet.QuotaExceeded {
@@ -155,7 +156,7 @@ func TestSetLimitsRetained(t *testing.T) {
 	if ack := publishAcked(t, c, 4, &packet.Publish{Topic: "r/2", Payload: []byte("TWO"), Retain: true}); ack.ReasonCode.IsError() {
 		t.Fatalf("replacing r/2: PUBACK %v", ack.ReasonCode)
 	}
-	if _, err := s.SetLimits(Limits{MaxRetained: 2, MaxRetainedBytesPerIdentity: 10}); err != nil {
+	if _, err := s.SetLimits(Limits{MaxRetained: 2, MaxRetainedBytesPerIdentity: 10, SysInterval: -1}); err != nil {
 		t.Fatal(err)
 	}
 	if ack := publishAcked(t, c, 5, &packet.Publish{Topic: "r/1", Payload: []byte("x"), Retain: true}); ack.ReasonCode != packet.QuotaExceeded {
@@ -164,11 +165,95 @@ func TestSetLimitsRetained(t *testing.T) {
 	if st := s.Stats(); st.Retained != 2 || st.RetainedRefused != 2 {
 		t.Fatalf("retained %d, refused %d; want 2 kept and 2 refused", st.Retained, st.RetainedRefused)
 	}
-	if _, err := s.SetLimits(Limits{}); err != nil {
+	if _, err := s.SetLimits(Limits{SysInterval: -1}); err != nil { // $SYS stays off: its topics are retained
 		t.Fatal(err)
 	}
 	publishAcked(t, c, 6, &packet.Publish{Topic: "r/3", Payload: []byte("three"), Retain: true})
 	if st := s.Stats(); st.Retained != 3 {
 		t.Fatalf("retained %d after the limits were raised, want 3", st.Retained)
+	}
+}
+
+// TestSetLimitsTopics: lowered topic bounds apply to the next PUBLISH,
+// SUBSCRIBE and will; a subscription made before stays.
+func TestSetLimitsTopics(t *testing.T) {
+	s, addr := testServer(t, Config{})
+	sub := dialRaw(t, addr, packet.V5)
+	sub.connect(&packet.Connect{ClientID: "sub", CleanStart: true})
+	subscribe(t, sub, 1, packet.Subscription{Filter: "a/b/c/#"})
+	if _, err := s.SetLimits(Limits{MaxTopicLength: -1, SysInterval: -1}); err == nil || !strings.Contains(err.Error(), "MaxTopicLength") {
+		t.Fatalf("negative MaxTopicLength: %v", err)
+	}
+	if _, err := s.SetLimits(Limits{MaxTopicLength: 12, MaxTopicLevels: 3, SysInterval: -1}); err != nil {
+		t.Fatal(err)
+	}
+	sub.send(&packet.Subscribe{PacketID: 2, Subscriptions: []packet.Subscription{{Filter: "x/y/z/w"}, {Filter: "much/too/long"}, {Filter: "ok/#"}}})
+	ack, ok := sub.recv().(*packet.Suback)
+	if !ok || len(ack.ReasonCodes) != 3 || ack.ReasonCodes[0] != packet.TopicFilterInvalid || ack.ReasonCodes[1] != packet.TopicFilterInvalid || ack.ReasonCodes[2].IsError() {
+		t.Fatalf("SUBACK under the new bounds: %+v", ack)
+	}
+	w := dialRaw(t, addr, packet.V5)
+	if ca := w.connect(&packet.Connect{ClientID: "will", CleanStart: true, Will: &packet.Will{Topic: "w/x/y/z", Payload: []byte("bye")}}); ca.ReasonCode != packet.TopicNameInvalid {
+		t.Fatalf("CONNACK of a will over the level bound: %v", ca.ReasonCode)
+	}
+	pub := dialRaw(t, addr, packet.V5)
+	pub.connect(&packet.Connect{ClientID: "pub", CleanStart: true})
+	publishAcked(t, pub, 1, &packet.Publish{Topic: "a/b/c", QoS: 1, Payload: []byte("fits")})
+	if p := recvPublish(t, sub); p.Topic != "a/b/c" {
+		t.Fatalf("delivered %q", p.Topic)
+	}
+	pub.send(&packet.Publish{Topic: "a/b/c/d", Payload: []byte("deep")})
+	if d := pub.expectClosed(5 * time.Second); d == nil || d.ReasonCode != packet.TopicNameInvalid {
+		t.Fatalf("DISCONNECT after a topic over the level bound: %+v", d)
+	}
+}
+
+// TestSetLimitsPreAuthAndSys: a lowered pre-authentication packet bound
+// refuses the next connection's large CONNECT; $SYS updates start, change
+// their period and stop with SysInterval.
+func TestSetLimitsPreAuthAndSys(t *testing.T) {
+	s, addr := testServer(t, Config{})
+	if _, err := s.SetLimits(Limits{PreAuthMaxPacketSize: 32, SysInterval: -1}); err == nil || !strings.Contains(err.Error(), "PreAuthMaxPacketSize") {
+		t.Fatalf("PreAuthMaxPacketSize 32: %v", err)
+	}
+	got, err := s.SetLimits(Limits{PreAuthMaxPacketSize: 128, SysInterval: -1})
+	if err != nil || got.PreAuthMaxPacketSize != 128 {
+		t.Fatalf("SetLimits: %+v, %v", got, err)
+	}
+	big := dialRaw(t, addr, packet.V311)
+	big.send(&packet.Connect{ClientID: "big", CleanStart: true, UsernameFlag: true, PasswordFlag: true, Username: "u", Password: bytes.Repeat([]byte("p"), 200)})
+	if d := big.expectClosed(5 * time.Second); d != nil {
+		t.Fatalf("a CONNECT over the lowered bound got %+v; want the connection closed", d)
+	}
+	if st := s.Stats(); st.PreAuthTooLarge != 1 {
+		t.Fatalf("PreAuthTooLarge %d, want 1", st.PreAuthTooLarge)
+	}
+
+	sub := dialRaw(t, addr, packet.V311)
+	sub.connect(&packet.Connect{ClientID: "sys", CleanStart: true})
+	subscribe(t, sub, 1, packet.Subscription{Filter: "$SYS/broker/uptime"})
+	if _, err := s.SetLimits(Limits{SysInterval: 50 * time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 { // retained, then two updates
+		if p := recvPublish(t, sub); p.Topic != "$SYS/broker/uptime" {
+			t.Fatalf("delivered %q", p.Topic)
+		}
+	}
+	if _, err := s.SetLimits(Limits{SysInterval: -1}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for s.goroutines.byKind[goSys].Load() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the $SYS publisher still runs after SysInterval -1")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if _, err := s.SetLimits(Limits{SysInterval: 20 * time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		recvPublish(t, sub)
 	}
 }

@@ -120,8 +120,8 @@ func (p *StoredPublisher) client() *Client {
 	c := &Client{Listener: p.Listener, Version: p.Version, ClientID: p.ClientID, Username: p.Username,
 		Anonymous: p.Anonymous, Attributes: p.Attributes, Groups: p.Groups, Publish: p.Publish, Subscribe: p.Subscribe,
 		AuthBackend: p.AuthBackend, AuthExpires: p.AuthExpires, peerCerts: p.Certs, az: &authzState{}}
-	// An identity as every Client has one (Memo, Grants): the replay
-	// check of check_retain_source hands this Client to the Authorizer.
+	// An identity for the Authorizer's memo, as publisherSnapshot gives
+	// (without it Memo dereferences nil).
 	c.az.id.Store(&authzIdentity{})
 	if p.Addr.IsValid() {
 		c.Remote = net.TCPAddrFromAddrPort(netip.AddrPortFrom(p.Addr, 0))

@@ -66,6 +66,7 @@ type Server struct {
 	clusterShares  clusterShares // cluster_shared.go
 
 	lim atomic.Pointer[liveLimits] // the limits in force and the pushback marks (livelimits.go)
+	sys sysControl                 // the $SYS publisher's state (livelimits.go)
 
 	// recent records recently routed messages with their arrival times
 	// (recent.go); stamps keeps the kernel stamping them (arrival.go).
@@ -128,9 +129,7 @@ func New(cfg Config) (*Server, error) {
 		s.log.Warn("broker: session owner check is off: any client that knows a client ID can resume that session, " +
 			"receive its queued messages and disconnect its owner")
 	}
-	if c.SysInterval > 0 {
-		s.goroutines.goTracked(goSys, s.sysLoop)
-	}
+	s.sysChanged()
 	s.stamps.hold()
 	return s, nil
 }
@@ -499,6 +498,9 @@ func (s *Server) endSessionLocked(sess *session) func() {
 		s.sessionCount.Add(-1)
 		if s.persisting(sess) {
 			s.persistAsync(Change{Kind: ChangeDeleteSession, ClientID: sess.id})
+		}
+		if s.cluster != nil {
+			s.clusterSessionEnded(sess)
 		}
 	}
 	s.unsubscribeAll(sess.id)

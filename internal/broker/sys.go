@@ -15,15 +15,25 @@ import (
 // unchanged; docs/operations.md lists the few it leaves out and why.
 // Moat's own counters follow under names Mosquitto does not use.
 
-// sysLoop publishes $SYS topics every SysInterval.
+// sysLoop publishes $SYS topics every SysInterval in force; it ends when
+// the server does or when SetLimits turns $SYS off (livelimits.go).
 func (s *Server) sysLoop() {
-	t := time.NewTicker(s.cfg.SysInterval)
+	every := s.limits().SysInterval
+	t := time.NewTicker(every)
 	defer t.Stop()
 	s.publishSys()
 	for {
 		select {
 		case <-s.ctx.Done():
 			return
+		case <-s.sys.change:
+			if s.sysStopped() {
+				return
+			}
+			if d := s.limits().SysInterval; d != every {
+				every = d
+				t.Reset(d)
+			}
 		case <-t.C:
 			s.publishSys()
 		}

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -116,11 +117,32 @@ func TestAdminDashboardBrowser(t *testing.T) {
 		chromedp.WaitNotPresent(chromedp.CSS(`#bans-body tr[data-ban-id]`)))
 	shot("06-ban-removed")
 	step("posture page", chromedp.Click(chromedp.CSS(`#nav a[href="#posture"]`)), chromedp.WaitVisible(chromedp.ID("po-tls")),
-		chromedp.WaitVisible(chromedp.CSS(`#po-tls tr`)))
+		chromedp.WaitVisible(chromedp.CSS(`#po-tls tr`)), chromedp.WaitVisible(chromedp.CSS(`#po-ocsp tr`)),
+		chromedp.WaitVisible(chromedp.CSS(`#po-detectors tr`)))
+	posture := map[string]string{}
+	for _, id := range []string{"po-profile", "po-fips", "po-pqhs", "po-authfail", "po-detections", "po-ocsp", "po-detectors", "po-crls"} {
+		posture[id] = text("#" + id)
+	}
 	shot("07-posture")
 	t.Logf("browser steps took %v; screenshots in %s", time.Since(start).Round(time.Millisecond), shots)
 	if !strings.Contains(rowText, "CN=sensor-9") || !strings.Contains(rowText, serial) {
 		t.Errorf("client row %q lacks the certificate subject CN=sensor-9 or serial %s", rowText, serial)
+	}
+	// The security posture panel: profile, FIPS state, the post-quantum
+	// share of the handshakes, authentication failures and detections
+	// (by detector), CRL and OCSP freshness.
+	for id, want := range map[string]string{
+		"po-profile": "none", "po-fips": "off", "po-pqhs": "% of", "po-ocsp": "devices", "po-detectors": "auth_failures",
+		"po-crls": "crl.pem",
+	} {
+		if !strings.Contains(posture[id], want) {
+			t.Errorf("posture panel #%s = %q, want it to contain %q", id, posture[id], want)
+		}
+	}
+	for _, id := range []string{"po-authfail", "po-detections"} {
+		if _, err := strconv.Atoi(strings.TrimSpace(posture[id])); err != nil {
+			t.Errorf("posture panel #%s = %q, want a count", id, posture[id])
+		}
 	}
 	if !strings.Contains(banText, "sensor-9") || !strings.Contains(banText, "client_id") {
 		t.Errorf("ban row: %q", banText)

@@ -69,6 +69,7 @@ type benchOpts struct {
 	encryptKey            string
 	jsonOut, htmlOut      string
 	quiet                 bool
+	settleSet             bool // --settle given
 }
 
 var benchShort = map[bench.Scenario]string{
@@ -89,6 +90,7 @@ func newBenchScenarioCmd(stdio Stdio, s bench.Scenario) *cobra.Command {
 		Short: benchShort[s],
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			o.settleSet = cmd.Flags().Changed("settle")
 			return runBench(cmd.Context(), stdio, o)
 		},
 	}
@@ -96,6 +98,8 @@ func newBenchScenarioCmd(stdio Stdio, s bench.Scenario) *cobra.Command {
 	c := &o.cfg
 	f.StringVar(&c.Label, "label", "", "name of the run in reports (default: the scenario)")
 	f.StringVarP(&c.Addr, "addr", "a", bench.DefaultAddr, "broker `HOST:PORT`")
+	f.StringVar(&c.SubAddr, "sub-addr", "", "subscribers connect to `HOST:PORT` (another node of a cluster) instead of --addr")
+	f.DurationVar(&c.Settle, "settle", 0, "pause between connecting and publishing (default 1s with --sub-addr: subscriptions reach the other nodes)")
 	f.BoolVar(&o.tls, "tls", false, "connect with TLS (implied by --cafile, --cert, --client-ca)")
 	f.StringVar(&o.caFile, "cafile", "", "CA `FILE` (PEM) that signed the broker's certificate; default: system roots")
 	f.StringVar(&o.serverName, "servername", "", "TLS server name (default: the host of --addr)")
@@ -194,6 +198,9 @@ func (o *benchOpts) tlsConfig() (*tls.Config, error) {
 func runBench(ctx context.Context, stdio Stdio, o *benchOpts) error {
 	raiseFileLimit()
 	c := o.cfg
+	if c.SubAddr != "" && !o.settleSet {
+		c.Settle = time.Second
+	}
 	tc, err := o.tlsConfig()
 	if err != nil {
 		return err

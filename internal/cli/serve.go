@@ -49,9 +49,10 @@ mosquitto.conf, which runs unchanged. --check builds everything serve
 would, loading every certificate, key, CA bundle and CRL, without binding
 a port, and exits: non-zero with every problem at its file:line.
 SIGHUP (or moat reload) reloads the configuration: certificates, keys, CA
-bundles, CRLs, password files, access policies, log.level and profile
-change live; a reload that changes anything else is refused as a whole
-(see docs/operations.md).`,
+bundles and CRLs (their contents and paths), password files, access
+policies, limits, rate limits, detectors, log.level and profile change
+live; a reload that changes anything else is refused as a whole, naming
+each such setting (docs/operations.md lists every setting).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runServe(cmd.Context(), stdio, o, cmd.Flags().Changed("data"))

@@ -106,6 +106,7 @@ func (p *servePlan) startAdmin(ctx context.Context, ap *adminPlan) (stop func(),
 		},
 		Posture:          func() admin.Posture { return p.adminPosture(ap) },
 		Metrics:          metrics.Handler(metrics.SourceFunc(func() metrics.Snapshot { return p.metricsSnapshot(ap, bans, scan) })),
+		Cluster:          p.adminCluster(),
 		VerifyClientCert: verifyCert,
 		// Every change is recorded in the audit log (admin.action) when
 		// it is on, and in the broker's log.
@@ -297,10 +298,11 @@ func (p *servePlan) adminListeners() []admin.Listener {
 	return out
 }
 
-// crlFiles lists the CRL files the listeners check.
+// crlFiles lists the CRL files the listeners check (their paths change
+// on reload).
 func (p *servePlan) crlFiles() []string {
 	var files []string
-	for _, l := range p.cfg.Listeners {
+	for _, l := range p.runningConfig().Listeners {
 		if l.TLS != nil {
 			files = append(files, l.TLS.CRL...)
 		}
@@ -347,6 +349,8 @@ func (p *servePlan) adminPosture(ap *adminPlan) admin.Posture {
 	ps := admin.Posture{
 		Profile:    profileName(p.runningConfig()),
 		FIPS:       fips140.Enabled(),
+		FIPSMode:   tlsconf.FIPS140Mode(),
+		FIPSModule: fips140.Version(),
 		Detections: -1,
 	}
 	for _, a := range p.srv.Stats().Authentications {
@@ -356,8 +360,10 @@ func (p *servePlan) adminPosture(ap *adminPlan) admin.Posture {
 	}
 	if g := p.defense.guard(); g != nil {
 		ps.Detections = 0
-		for _, d := range g.Stats().Detectors {
+		ps.DetectionsBy = map[string]int64{}
+		for name, d := range g.Stats().Detectors {
 			ps.Detections += int64(d.Detections)
+			ps.DetectionsBy[name] = int64(d.Detections)
 		}
 	} else {
 		ps.Notes = append(ps.Notes, "defense is off: no abuse detection")
@@ -370,6 +376,20 @@ func (p *servePlan) adminPosture(ap *adminPlan) admin.Posture {
 		if err == nil {
 			ps.CRLs = append(ps.CRLs, admin.CRLInfo{File: f, ThisUpdate: this, NextUpdate: next})
 		}
+	}
+	for _, pl := range p.listeners {
+		if pl.mgr == nil {
+			continue
+		}
+		o := pl.mgr.OCSPStatus()
+		info := admin.OCSPInfo{Listener: pl.lc.Name, Mode: "off", Responses: o.Responses, Staples: []admin.StapleInfo{}}
+		if pl.conf.TLS != nil && pl.conf.TLS.OCSP.Mode != "" {
+			info.Mode = pl.conf.TLS.OCSP.Mode
+		}
+		for _, s := range o.Staples {
+			info.Staples = append(info.Staples, admin.StapleInfo{Certificate: s.CertFile, Good: s.Good, NextUpdate: s.NextUpdate})
+		}
+		ps.OCSP = append(ps.OCSP, info)
 	}
 	return ps
 }
@@ -474,6 +494,7 @@ func (p *servePlan) metricsSnapshot(ap *adminPlan, bans *guard.File, scan *clien
 		ReadBudgetInUse:      st.ReadBudgetInUse,
 		ReadBudgetPeak:       st.ReadBudgetPeak,
 		ReadBudgetWaits:      st.ReadBudgetWaits,
+		Cluster:              p.clusterMetrics(),
 	}
 	for _, a := range st.Authentications {
 		s.Authentications = append(s.Authentications, metrics.Count{A: map[bool]string{true: "success", false: "failure"}[a.Success], B: a.Reason, N: a.N})

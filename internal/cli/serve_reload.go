@@ -220,8 +220,11 @@ func (p *servePlan) reloadConfig() (string, error) {
 		if c.apply == liveACL && acl == nil && !needRestart {
 			c.reason = "adding or removing the access policy, or giving listeners different ones, needs a restart"
 		}
-		if (c.apply == liveRates || c.apply == liveDetectors) && (p.defense.guard() == nil || check.defense.guard() == nil) {
+		if (c.apply == liveRates || c.apply == liveDetectors || c.apply == liveGuardLimits) && (p.defense.guard() == nil || check.defense.guard() == nil) {
 			c.reason = "defense is off: turning it on needs a restart"
+		}
+		if c.apply == liveTLSFiles {
+			c.reason = tlsFilesRefusal(old, next, c.path)
 		}
 		if c.reason != "" {
 			at := next.Pos(c.path)
@@ -233,6 +236,15 @@ func (p *servePlan) reloadConfig() (string, error) {
 	}
 	if len(restart) > 0 {
 		return fail(fmt.Errorf("serve: reload refused: %d setting(s) need a restart (systemctl restart moat):\n%s", len(restart), strings.Join(restart, "\n")))
+	}
+	// What the running state can still refuse is checked before anything
+	// is applied.
+	if slices.ContainsFunc(changes, func(c reloadSetting) bool { return c.apply == liveGuardLimits }) {
+		want, bans := check.defense.guard().Limits().MaxBans, p.defense.guard().Stats().Bans
+		if want < bans {
+			return fail(fmt.Errorf("serve: reload refused: %s: defense.max_bans %d is below the %d bans in force; remove bans first (moat ban remove) or keep it at %d or more",
+				cmpOr(next.Pos("defense.max_bans"), next.Source), want, bans, bans))
+		}
 	}
 
 	// Everything is validated: apply. Every change left has a live kind
@@ -270,6 +282,18 @@ func (p *servePlan) reloadConfig() (string, error) {
 		}
 		p.log.Info("serve: detectors changed", "detectors", fmt.Sprintf("%+v", ds))
 	}
+	if kinds[liveGuardLimits] {
+		l, err := p.defense.guard().SetLimits(check.defense.guard().Limits())
+		if err != nil {
+			// Reached only when bans were added since the check above.
+			p.log.Error("serve: reload: the connection limits do not apply", "err", err)
+		}
+		p.log.Info("serve: connection limits changed", "limits", fmt.Sprintf("%+v", l))
+	}
+	var tlsSet, tlsFailed []string
+	if kinds[liveTLSFiles] {
+		tlsSet, tlsFailed = p.setTLSFiles(check)
+	}
 	if kinds[liveAudit] && p.defense != nil {
 		n := p.defense.setDenySample(next.Audit.DenySample)
 		p.log.Info("serve: audit sampling of denials changed", "deny_sample", n)
@@ -277,10 +301,12 @@ func (p *servePlan) reloadConfig() (string, error) {
 	// liveLevel is applied last (below), liveProfile by storing next: the
 	// check plan verified the new profile.
 	p.access.reload() // password files and policy files, as loaded by the check
-	var tlsFailed []string
 	for _, pl := range p.listeners {
 		if pl.mgr == nil {
 			continue
+		}
+		if slices.Contains(tlsSet, pl.lc.Name) || slices.Contains(tlsFailed, pl.lc.Name) {
+			continue // loaded, or reported, by setTLSFiles
 		}
 		if err := pl.mgr.Reload(); err != nil {
 			tlsFailed = append(tlsFailed, pl.lc.Name)
@@ -394,6 +420,9 @@ const (
 	liveLevel     = "log level"      // the LevelVar of the logger
 	liveProfile   = "profile"        // checked by the reload's plan; in force as the running configuration
 	liveAudit     = "audit sampling" // defense.denySample
+
+	liveGuardLimits = "connection limits" // guard.Guard.SetLimits
+	liveTLSFiles    = "TLS files"         // tlsconf.Manager.SetFiles (setTLSFiles)
 )
 
 // reloadRule says how a reload treats the settings whose path matches
@@ -407,11 +436,9 @@ type reloadRule struct {
 
 // Reasons shared by several rules.
 const (
-	whyBrokerStart  = "the broker reads it at start"
-	whyGuardStart   = "the guard is built with it at start (of defense, only the per-client rates and the detectors change at run time)"
-	whyAuthChain    = "authentication chains are built at start (the password files' contents reload live)"
-	whyAuditOpen    = "the audit log is opened at start (only audit.deny_sample reloads)"
-	whyLimitAtStart = "the broker reads this limit at start"
+	whyBrokerStart = "the broker reads it at start"
+	whyAuthChain   = "authentication chains are built at start (the password files' contents reload live)"
+	whyAuditOpen   = "the audit log is opened at start (only audit.deny_sample reloads)"
 )
 
 // reloadRules lists every setting of config.Config (TestReloadRulesCoverEveryKey
@@ -445,10 +472,10 @@ var reloadRules = []reloadRule{
 	{key: "limits.read_budget", why: "the read budget is a memory bound sized at start"},
 	{key: "limits.max_inflight_bytes", why: "not supported yet (a non-zero value is refused at start too)"},
 	{key: "limits.max_queued_bytes", why: "not supported yet (a non-zero value is refused at start too)"},
-	{key: "limits.max_preauth_packet_size", why: whyLimitAtStart},
-	{key: "limits.max_topic_levels", why: whyLimitAtStart},
-	{key: "limits.max_topic_length", why: whyLimitAtStart},
-	{key: "limits.queue_qos0", why: whyLimitAtStart},
+	{key: "limits.max_preauth_packet_size", apply: liveLimits},
+	{key: "limits.max_topic_levels", apply: liveLimits},
+	{key: "limits.max_topic_length", apply: liveLimits},
+	{key: "limits.queue_qos0", why: "it decides whether a session's QoS 0 messages go through its queue; a change while queues hold QoS 0 messages would deliver new ones before them, breaking their order [MQTT-4.6.0-6]"},
 
 	{key: "defense.message_rate", apply: liveRates},
 	{key: "defense.message_burst", apply: liveRates},
@@ -467,7 +494,14 @@ var reloadRules = []reloadRule{
 	{key: "defense.conn_table_size", why: "the connection-rate table's memory is allocated once, at start"},
 	{key: "defense.bans_file", why: "the ban list's file is read and watched from the start (its contents reload live: moat ban, the admin API)"},
 	{key: "defense.poll_interval", why: "the ban list's watcher ticks at the period set at start"},
-	{key: "defense.*", why: whyGuardStart},
+	{key: "defense.conn_rate", apply: liveGuardLimits},
+	{key: "defense.conn_burst", apply: liveGuardLimits},
+	{key: "defense.listener_conn_rate", apply: liveGuardLimits},
+	{key: "defense.listener_conn_burst", apply: liveGuardLimits},
+	{key: "defense.max_conns_per_addr", apply: liveGuardLimits},
+	{key: "defense.tracked_keys", apply: liveGuardLimits},
+	{key: "defense.repeat_memory", apply: liveGuardLimits},
+	{key: "defense.max_bans", apply: liveGuardLimits},
 
 	{key: "audit.deny_sample", apply: liveAudit},
 	{key: "audit.*", why: whyAuditOpen},
@@ -475,7 +509,13 @@ var reloadRules = []reloadRule{
 	{key: "auth*", why: whyAuthChain},
 	{key: "listeners[].auth*", why: whyAuthChain},
 	{key: "listeners[].acl_file", why: "per-listener access policies are set up at start (the files' contents reload live)"},
-	{key: "listeners[].tls*", why: "TLS settings are read at start (the files' contents reload live)"},
+	{key: "listeners[].tls.cert", apply: liveTLSFiles},
+	{key: "listeners[].tls.key", apply: liveTLSFiles},
+	{key: "listeners[].tls.sni_certificates*", apply: liveTLSFiles},
+	{key: "listeners[].tls.client_ca", apply: liveTLSFiles},
+	{key: "listeners[].tls.client_ca_dir", apply: liveTLSFiles},
+	{key: "listeners[].tls.crl[]", apply: liveTLSFiles},
+	{key: "listeners[].tls*", why: "TLS settings other than the file paths are read at start (the files' paths and contents reload live)"},
 	{key: "listeners*", why: "listeners are bound at start"},
 
 	{key: "data_dir", why: "the data directory and the store are opened at start"},
@@ -483,7 +523,7 @@ var reloadRules = []reloadRule{
 	{key: "admin.*", why: "the admin listener is bound at start"},
 	{key: "cluster.*", why: "the cluster node is started, and joins its peers, before the broker"},
 	{key: "pid_file", why: "the pid file is written at start"},
-	{key: "sys_interval", why: "the $SYS publisher's period is set at start"},
+	{key: "sys_interval", apply: liveLimits},
 	{key: "sessions.*", why: whyBrokerStart},
 	{key: "retain_available", why: whyBrokerStart},
 	{key: "check_retain_source", why: whyBrokerStart},

@@ -16,6 +16,8 @@ import (
 
 	"github.com/moatmq/moat/internal/broker"
 	"github.com/moatmq/moat/internal/config"
+	"github.com/moatmq/moat/internal/testutil/testpki"
+	"github.com/moatmq/moat/internal/tlsconf"
 )
 
 // configKeys lists every setting of config.Config by its reload path,
@@ -83,12 +85,15 @@ func TestReloadRulesCoverEveryKey(t *testing.T) {
 	}
 	// Concrete paths, as diffConfigs reports them, find the same rules.
 	for path, want := range map[string]string{
-		"listeners[3].tls.sni_certificates[1].key": "listeners[].tls*",
+		"listeners[3].tls.sni_certificates[1].key": "listeners[].tls.sni_certificates*",
+		"listeners[3].tls.min_version":             "listeners[].tls*",
 		"listeners[0].auth[2].url":                 "listeners[].auth*",
 		"auth[0].bind_dn_template":                 "auth*",
 		"acl.rules[4].topics[0]":                   "acl*",
 		"defense.auth_failures.threshold":          "defense.auth_failures*",
-		"defense.conn_rate":                        "defense.*",
+		"defense.conn_rate":                        "defense.conn_rate",
+		"listeners[1].tls.crl[2]":                  "listeners[].tls.crl[]",
+		"listeners[1].tls.crl_stale":               "listeners[].tls*",
 		"log.dest[0]":                              "log.*",
 		"limits.connect_timeout":                   "limits.connect_timeout",
 	} {
@@ -106,6 +111,49 @@ listeners:
   - {address: "127.0.0.1:1883", transport: tcp, allow_anonymous: true}
 `
 
+// reloadTLSBase writes two sets of TLS files in dir (server
+// certificates and keys, CA files, CRLs, a CA directory, all of one test
+// CA) and returns a configuration whose TLS listener uses the first set;
+// "DIR/" in it stands for dir.
+func reloadTLSBase(t *testing.T, dir string) string {
+	t.Helper()
+	ca := testpki.NewRoot(t, "reload test CA", testpki.P256)
+	for _, name := range []string{"serverA", "serverB"} {
+		ca.Issue(t, testpki.ServerOptions()).WriteFiles(t, dir, name)
+	}
+	// serverA2.key: serverA's key at another path.
+	key, err := os.ReadFile(filepath.Join(dir, "serverA.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	testpki.WriteFile(t, filepath.Join(dir, "serverA2.key"), key)
+	for _, name := range []string{"caA.pem", "caB.pem", "cadir/ca.pem"} {
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(dir, name)), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		testpki.WriteFile(t, filepath.Join(dir, name), ca.PEM())
+	}
+	now := time.Now()
+	for _, name := range []string{"crlA.pem", "crlB.pem"} {
+		testpki.WriteFile(t, filepath.Join(dir, name), ca.CRL(t, now.Add(-time.Hour), now.Add(24*time.Hour)))
+	}
+	return `acl:
+  rules:
+    - {name: anon, effect: allow, subjects: {anonymous: true}, actions: [publish, subscribe, receive], topics: ["t/#"]}
+listeners:
+  - name: tls-1883
+    address: "127.0.0.1:1883"
+    transport: tls
+    allow_anonymous: true
+    tls:
+      cert: DIR/serverA.pem
+      key: DIR/serverA.key
+      client_ca: DIR/caA.pem
+      client_auth: optional
+      crl: [DIR/crlA.pem]
+`
+}
+
 // TestReloadAppliesEveryLiveKey changes each setting a reload applies
 // live, one at a time, and checks the running plan's broker, guard,
 // logger, policy or audit sampling took the new value. A live rule
@@ -118,114 +166,172 @@ func TestReloadAppliesEveryLiveKey(t *testing.T) {
 		}
 		return nil
 	}
+	tlsFiles := func(p *servePlan) tlsconf.Files { return p.listeners[0].mgr.Files() }
 	cases := map[string]struct {
-		yaml  string // added to reloadKeysBase, or replacing its acl topic
+		yaml  string // added to the base, or "from\x00to": replacing from with to in the base
 		check check
+		tls   bool // the base is reloadTLSBase (a TLS listener and its files)
 	}{
 		"limits.message_size_limit": {"limits: {message_size_limit: 100}", func(p *servePlan) error {
 			return want("MessageSizeLimit", p.srv.Limits().MessageSizeLimit, uint32(100))
-		}},
+		}, false},
 		"limits.max_keepalive": {"limits: {max_keepalive: 120}", func(p *servePlan) error {
 			return want("MaxKeepAlive", p.srv.Limits().MaxKeepAlive, uint16(120))
-		}},
+		}, false},
 		"limits.max_inflight": {"limits: {max_inflight: 5}", func(p *servePlan) error {
 			return want("MaxInflight", p.srv.Limits().MaxInflight, 5)
-		}},
+		}, false},
 		"limits.max_queued_messages": {"limits: {max_queued_messages: 7}", func(p *servePlan) error {
 			return want("MaxQueued", p.srv.Limits().MaxQueued, 7)
-		}},
+		}, false},
 		"limits.max_subscriptions": {"limits: {max_subscriptions: 9}", func(p *servePlan) error {
 			return want("MaxSubscriptions", p.srv.Limits().MaxSubscriptions, 9)
-		}},
+		}, false},
 		"limits.max_subscription_bytes": {"limits: {max_subscription_bytes: 2KiB}", func(p *servePlan) error {
 			return want("MaxSubscriptionBytes", p.srv.Limits().MaxSubscriptionBytes, 2048)
-		}},
+		}, false},
 		"limits.max_sessions": {"limits: {max_sessions: 11}", func(p *servePlan) error {
 			return want("MaxSessions", p.srv.Limits().MaxSessions, 11)
-		}},
+		}, false},
 		"limits.max_connections": {"limits: {max_connections: 13}", func(p *servePlan) error {
 			return want("MaxConnections", p.srv.Limits().MaxConnections, 13)
-		}},
+		}, false},
 		"limits.connect_timeout": {"limits: {connect_timeout: 3s}", func(p *servePlan) error {
 			return want("ConnectTimeout", p.srv.Limits().ConnectTimeout, 3*time.Second)
-		}},
+		}, false},
 		"limits.reauth_grace": {"limits: {reauth_grace: 4s}", func(p *servePlan) error {
 			return want("ReauthGrace", p.srv.Limits().ReauthGrace, 4*time.Second)
-		}},
+		}, false},
 		"limits.max_retained_messages": {"limits: {max_retained_messages: 15}", func(p *servePlan) error {
 			return want("MaxRetained", p.srv.Limits().MaxRetained, 15)
-		}},
+		}, false},
 		"limits.max_retained_bytes": {"limits: {max_retained_bytes: 1MiB}", func(p *servePlan) error {
 			return want("MaxRetainedBytes", p.srv.Limits().MaxRetainedBytes, int64(1<<20))
-		}},
+		}, false},
 		"limits.max_retained_messages_per_identity": {"limits: {max_retained_messages_per_identity: 17}", func(p *servePlan) error {
 			return want("MaxRetainedPerIdentity", p.srv.Limits().MaxRetainedPerIdentity, 17)
-		}},
+		}, false},
 		"limits.max_retained_bytes_per_identity": {"limits: {max_retained_bytes_per_identity: 64KiB}", func(p *servePlan) error {
 			return want("MaxRetainedBytesPerIdentity", p.srv.Limits().MaxRetainedBytesPerIdentity, int64(64<<10))
-		}},
+		}, false},
 		"limits.pushback_messages": {"limits: {pushback_messages: 30}", func(p *servePlan) error {
 			return want("PushbackMessages", p.srv.Limits().PushbackMessages, 30)
-		}},
+		}, false},
 		"limits.pushback_bytes": {"limits: {pushback_bytes: 64KiB}", func(p *servePlan) error {
 			return want("PushbackBytes", p.srv.Limits().PushbackBytes, int64(64<<10))
-		}},
+		}, false},
 		"limits.pushback_wait": {"limits: {pushback_wait: 3s}", func(p *servePlan) error {
 			return want("PushbackWait", p.srv.Limits().PushbackWait, 3*time.Second)
-		}},
+		}, false},
 		"limits.queue_full_policy": {"limits: {queue_full_policy: block}", func(p *servePlan) error {
 			return want("QueueFullPolicy", p.srv.Limits().QueueFullPolicy, broker.QueueBlock)
-		}},
+		}, false},
 		"defense.message_rate": {"defense: {message_rate: 50}", func(p *servePlan) error {
 			return want("MessageRate", p.defense.guard().ClientRates().MessageRate, 50.0)
-		}},
+		}, false},
 		"defense.message_burst": {"defense: {message_burst: 60}", func(p *servePlan) error {
 			return want("MessageBurst", p.defense.guard().ClientRates().MessageBurst, 60)
-		}},
+		}, false},
 		"defense.byte_rate": {"defense: {byte_rate: 1MiB}", func(p *servePlan) error {
 			return want("ByteRate", p.defense.guard().ClientRates().ByteRate, float64(1<<20))
-		}},
+		}, false},
 		"defense.byte_burst": {"defense: {byte_burst: 2MiB}", func(p *servePlan) error {
 			return want("ByteBurst", p.defense.guard().ClientRates().ByteBurst, 2<<20)
-		}},
+		}, false},
 		"defense.throttle_limit": {"defense: {throttle_limit: 5s}", func(p *servePlan) error {
 			return want("ThrottleLimit", p.defense.guard().ClientRates().ThrottleLimit, 5*time.Second)
-		}},
+		}, false},
 		"defense.auth_failures*": {"defense: {auth_failures: {threshold: 3, action: log}}", func(p *servePlan) error {
 			d := p.defense.guard().Detectors().AuthFailures
 			return want("auth_failures", fmt.Sprint(d.Threshold, d.Action), "3 log")
-		}},
+		}, false},
 		"defense.topic_scan*": {"defense: {topic_scan: {window: 5m}}", func(p *servePlan) error {
 			return want("topic_scan window", p.defense.guard().Detectors().TopicScan.Window, 5*time.Minute)
-		}},
+		}, false},
 		"defense.flapping*": {"defense: {flapping: {action: disconnect}}", func(p *servePlan) error {
 			return want("flapping action", p.defense.guard().Detectors().Flapping.Action.String(), "disconnect")
-		}},
+		}, false},
 		"defense.abnormal_disconnects*": {"defense: {abnormal_disconnects: {keys: [address]}}", func(p *servePlan) error {
 			return want("abnormal_disconnects keys", p.defense.guard().Detectors().Abnormal.Keys.String(), "source address")
-		}},
+		}, false},
 		"defense.undeliverable*": {"defense: {undeliverable: {disabled: true}}", func(p *servePlan) error {
 			return want("undeliverable disabled", p.defense.guard().Detectors().Undeliverable.Disabled, true)
-		}},
+		}, false},
 		"defense.silence*": {"defense: {silence: {window: 2m, ban_for: 1m, max_ban: 2m}}", func(p *servePlan) error {
 			return want("silence after", p.defense.guard().SilenceAfter(), 2*time.Minute)
-		}},
+		}, false},
 		"defense.limit_abuse*": {"defense: {limit_abuse: {threshold: 7, action: ban}}", func(p *servePlan) error {
 			d := p.defense.guard().Detectors().LimitAbuse
 			return want("limit_abuse", fmt.Sprint(d.Threshold, d.Action), "7 ban")
-		}},
+		}, false},
+		"limits.max_topic_length": {"limits: {max_topic_length: 100}", func(p *servePlan) error {
+			return want("MaxTopicLength", p.srv.Limits().MaxTopicLength, 100)
+		}, false},
+		"limits.max_topic_levels": {"limits: {max_topic_levels: 9}", func(p *servePlan) error {
+			return want("MaxTopicLevels", p.srv.Limits().MaxTopicLevels, 9)
+		}, false},
+		"limits.max_preauth_packet_size": {"limits: {max_preauth_packet_size: 4KiB}", func(p *servePlan) error {
+			return want("PreAuthMaxPacketSize", p.srv.Limits().PreAuthMaxPacketSize, uint32(4096))
+		}, false},
+		"sys_interval": {"sys_interval: 3s", func(p *servePlan) error {
+			return want("SysInterval", p.srv.Limits().SysInterval, 3*time.Second)
+		}, false},
+		"defense.conn_rate": {"defense: {conn_rate: 7}", func(p *servePlan) error {
+			return want("ConnRate", p.defense.guard().Limits().ConnRate, 7.0)
+		}, false},
+		"defense.conn_burst": {"defense: {conn_burst: 8}", func(p *servePlan) error {
+			return want("ConnBurst", p.defense.guard().Limits().ConnBurst, 8)
+		}, false},
+		"defense.listener_conn_rate": {"defense: {listener_conn_rate: 70}", func(p *servePlan) error {
+			return want("ListenerConnRate", p.defense.guard().Limits().ListenerConnRate, 70.0)
+		}, false},
+		"defense.listener_conn_burst": {"defense: {listener_conn_burst: 80}", func(p *servePlan) error {
+			return want("ListenerConnBurst", p.defense.guard().Limits().ListenerConnBurst, 80)
+		}, false},
+		"defense.max_conns_per_addr": {"defense: {max_conns_per_addr: 9}", func(p *servePlan) error {
+			return want("MaxConnsPerAddr", p.defense.guard().Limits().MaxConnsPerAddr, 9)
+		}, false},
+		"defense.tracked_keys": {"defense: {tracked_keys: 500}", func(p *servePlan) error {
+			return want("TrackedKeys", p.defense.guard().Limits().TrackedKeys, 500)
+		}, false},
+		"defense.repeat_memory": {"defense: {repeat_memory: 2h}", func(p *servePlan) error {
+			return want("RepeatMemory", p.defense.guard().Limits().RepeatMemory, 2*time.Hour)
+		}, false},
+		"defense.max_bans": {"defense: {max_bans: 50}", func(p *servePlan) error {
+			return want("MaxBans", p.defense.guard().Limits().MaxBans, 50)
+		}, false},
+		"listeners[].tls.cert": {"serverA.pem\x00serverB.pem", func(p *servePlan) error {
+			return want("certificate file", filepath.Base(tlsFiles(p).Certificates[0].CertFile), "serverB.pem")
+		}, true},
+		"listeners[].tls.key": {"serverA.key\x00serverA2.key", func(p *servePlan) error {
+			return want("key file", filepath.Base(tlsFiles(p).Certificates[0].KeyFile), "serverA2.key")
+		}, true},
+		"listeners[].tls.sni_certificates*": {"cert: DIR/serverA.pem\x00sni_certificates: [{cert: DIR/serverB.pem, key: DIR/serverB.key}]\n      cert: DIR/serverA.pem", func(p *servePlan) error {
+			f := tlsFiles(p).Certificates
+			return want("SNI certificates", fmt.Sprintf("%d %s", len(f), filepath.Base(f[len(f)-1].CertFile)), "2 serverB.pem")
+		}, true},
+		"listeners[].tls.client_ca": {"client_ca: DIR/caA.pem\x00client_ca: DIR/caB.pem", func(p *servePlan) error {
+			return want("CA file", filepath.Base(tlsFiles(p).CAFile), "caB.pem")
+		}, true},
+		"listeners[].tls.client_ca_dir": {"client_ca: DIR/caA.pem\x00client_ca: DIR/caA.pem\n      client_ca_dir: DIR/cadir", func(p *servePlan) error {
+			return want("CA directory", filepath.Base(tlsFiles(p).CAPath), "cadir")
+		}, true},
+		"listeners[].tls.crl[]": {"crl: [DIR/crlA.pem]\x00crl: [DIR/crlB.pem]", func(p *servePlan) error {
+			f := tlsFiles(p).CRLFiles
+			return want("CRL files", fmt.Sprintf("%d %s", len(f), filepath.Base(f[0])), "1 crlB.pem")
+		}, true},
 		"audit.deny_sample": {"audit: {deny_sample: 3}", func(p *servePlan) error {
 			return want("deny sample", p.defense.denySample.Load(), int64(3))
-		}},
+		}, false},
 		"log.level": {"log: {level: warn}", func(p *servePlan) error {
 			return want("log level", p.live.level.Level(), slog.LevelWarn)
-		}},
+		}, false},
 		"profile": {"profile: secure-network", func(p *servePlan) error {
 			return want("profile", profileName(p.runningConfig()), "secure-network")
-		}},
+		}, false},
 		"acl*": {`"t/#"` + "\x00" + `"u/#"`, func(p *servePlan) error {
 			return want("policy generation", p.access.byLn["tcp-1883"].holder.Generation(), uint64(2))
-		}},
+		}, false},
 	}
 	for _, r := range reloadRules {
 		if _, ok := cases[r.key]; r.apply != "" && !ok {
@@ -239,7 +345,11 @@ func TestReloadAppliesEveryLiveKey(t *testing.T) {
 			}
 			dir := t.TempDir()
 			file := filepath.Join(dir, "m.yaml")
-			writeFile(t, file, reloadKeysBase)
+			base := reloadKeysBase
+			if tc.tls {
+				base = reloadTLSBase(t, dir)
+			}
+			writeFile(t, file, strings.ReplaceAll(base, "DIR/", dir+"/"))
 			cfg, err := config.Load(file)
 			if err != nil {
 				t.Fatal(err)
@@ -250,16 +360,20 @@ func TestReloadAppliesEveryLiveKey(t *testing.T) {
 			}
 			defer plan.close()
 			plan.live = &liveConfig{load: func() (*config.Config, error) { return config.Load(file) }, level: &slog.LevelVar{}}
-			next := reloadKeysBase + tc.yaml + "\n"
+			next := base + tc.yaml + "\n"
 			if from, to, ok := strings.Cut(tc.yaml, "\x00"); ok {
-				next = strings.Replace(reloadKeysBase, from, to, 1)
+				if !strings.Contains(base, from) {
+					t.Fatalf("%q is not in the base", from)
+				}
+				next = strings.Replace(base, from, to, 1)
 			}
+			next = strings.ReplaceAll(next, "DIR/", dir+"/")
 			writeFile(t, file, next)
 			summary, err := plan.reloadConfig()
 			if err != nil {
 				t.Fatalf("reload: %v", err)
 			}
-			if !strings.Contains(summary, strings.TrimSuffix(key, "*")) {
+			if !strings.Contains(indexRE.ReplaceAllString(summary, "[]"), strings.TrimSuffix(key, "*")) {
 				t.Errorf("summary %q does not name %s", summary, key)
 			}
 			if err := tc.check(plan); err != nil {
@@ -312,9 +426,9 @@ func TestServeReloadConnectTimeoutRetainedAndDefense(t *testing.T) {
 		t.Fatal("the second retained message was not refused")
 	}
 
-	writeFile(t, file, reloadYAML("debug", "t/#")+"limits:\n  connect_timeout: 1s\n  max_retained_messages_per_identity: 1\ndefense:\n  conn_rate: 5\n")
+	writeFile(t, file, reloadYAML("debug", "t/#")+"limits:\n  connect_timeout: 1s\n  max_retained_messages_per_identity: 1\ndefense:\n  ipv6_prefix: 48\n")
 	m.cmd.Process.Signal(syscall.SIGHUP)
-	if !m.waitLog(t, "serve: reload refused", "defense.conn_rate: the guard is built with it at start") {
+	if !m.waitLog(t, "serve: reload refused", "defense.ipv6_prefix: connections are counted per address prefix") {
 		t.Fatal("the defense change was not refused with its reason")
 	}
 	if n := strings.Count(m.logs.String(), "serve: configuration reloaded"); n != 1 || strings.Contains(m.logs.String(), "level=DEBUG") {

@@ -224,7 +224,8 @@ listeners:
 		{"max_inflight: 20", "max_inflight: 20, max_packet_size: 1000", []string{"limits.max_packet_size=restart"}},
 		{"max_inflight: 20", "max_inflight: 20, read_budget: 1MiB", []string{"limits.read_budget=restart"}},
 		{"profile: open", "profile: open\ndefense: {message_rate: 5, message_burst: 5}", []string{"defense.message_burst=live", "defense.message_rate=live"}},
-		{"profile: open", "profile: open\ndefense: {conn_rate: 5}", []string{"defense.conn_rate=restart"}},
+		{"profile: open", "profile: open\ndefense: {conn_rate: 5}", []string{"defense.conn_rate=live"}},
+		{"profile: open", "profile: open\ndefense: {ipv6_prefix: 48}", []string{"defense.ipv6_prefix=restart"}},
 		{"a.example", "b.example", []string{"auth[0].url=restart"}},
 		{"127.0.0.1:1883", "127.0.0.1:1884", []string{"listeners[0].address=restart", "listeners[0].name=restart"}},
 	} {

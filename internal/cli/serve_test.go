@@ -28,6 +28,9 @@ import (
 var moatBin string
 
 func TestMain(m *testing.M) {
+	if h := os.Getenv(testHelperEnv); h != "" {
+		os.Exit(runTestHelper(h)) // a benchmark's helper process
+	}
 	dir, err := os.MkdirTemp("", "moat-bin")
 	if err != nil {
 		panic(err)

@@ -79,6 +79,18 @@ type Config struct {
 	// Logger receives the cluster's and the NATS server's log lines.
 	// Nil: slog.Default().
 	Logger *slog.Logger
+
+	// HeartbeatInterval is how often the node tells the others that it is
+	// alive and how many clients it has (heartbeat.go); a node not heard
+	// from for three intervals is reported down. 0: 2 s.
+	HeartbeatInterval time.Duration
+	// MarkerTTL is how long the markers of removed keys (a cleared
+	// retained message, a forgotten client-ID claim) stay in the
+	// key-value buckets, telling nodes that were away what was removed
+	// (housekeeping.go). 0: 24 h.
+	MarkerTTL time.Duration
+	// Version is this node's software version, shown in the status.
+	Version string
 }
 
 // maxSubject bounds a subject (encoded topic or filter) well inside the
@@ -119,6 +131,18 @@ type Node struct {
 	gc    *nats.Conn // the shared subscriptions' queue groups (shared.go)
 	share shareState
 	sec   secState // security.go
+
+	// The operations side (heartbeat.go, ops.go, housekeeping.go).
+	started   time.Time
+	beats     beats
+	opsMu     sync.Mutex
+	repl      replication
+	dupWarned time.Time
+	hk        struct {
+		mu        sync.Mutex
+		ownPurges map[uint64]struct{} // revisions of this node's retained purge markers
+	}
+	noMarkerTTL atomic.Bool // the NATS server has no per-message TTLs
 }
 
 // Broker is what a Node needs of the broker: *broker.Server.
@@ -134,6 +158,7 @@ var _ Broker = (*broker.Server)(nil)
 type counters struct {
 	forwarded, forwardErrors, received, duplicates, decodeErrors atomic.Uint64
 	retainedOut, retainedIn, claims, takeovers                   atomic.Uint64
+	claimsPruned, retainedPurged                                 atomic.Uint64
 }
 
 // Start validates cfg, starts the embedded NATS server (unless NATSURL is
@@ -158,7 +183,7 @@ func Start(cfg Config) (*Node, error) {
 		qlen = 65536
 	}
 	n := &Node{cfg: cfg, log: log, origin: cfg.Node + "/" + hex.EncodeToString(boot), in: make(chan *nats.Msg, qlen),
-		subs: make(map[string][]*nats.Subscription), ready: make(chan struct{})}
+		subs: make(map[string][]*nats.Subscription), ready: make(chan struct{}), started: time.Now()}
 	n.share = shareState{groups: make(map[shareKey]*shareGroup), byQueue: make(map[string]*shareGroup),
 		wake: make(chan struct{}, 1), in: make(chan *nats.Msg, qlen), out: make(chan *nats.Msg, qlen)}
 	n.sec = secState{wake: make(chan struct{}, 1), events: make(chan *nats.Msg, 1024)}
@@ -349,12 +374,14 @@ func (n *Node) Attach(b Broker) {
 		go func() { defer n.wg.Done(); n.kvLoop() }()
 		n.attachShared(b)
 		n.attachSecurity()
+		n.startOps()
 	})
 }
 
 // Close stops the Node: its goroutines end, the connection closes and
 // the embedded server shuts down. Call it after the broker's Shutdown.
 func (n *Node) Close() {
+	n.sayGoodbye()
 	n.cancel()
 	if n.nc != nil {
 		n.nc.Close()

@@ -83,7 +83,8 @@ func tryStartCluster(t *testing.T, n int, before ...func(i int, nd *Node)) ([]*t
 	for i := range n {
 		name := fmt.Sprintf("n%d", i+1)
 		nd, err := Start(Config{Name: "test", Node: name, Listen: routes[i], Peers: routes,
-			StoreDir: filepath.Join(dir, name), Logger: log.With("node", name)})
+			StoreDir: filepath.Join(dir, name), Logger: log.With("node", name),
+			HeartbeatInterval: testHeartbeat, MarkerTTL: testMarkerTTL})
 		if err != nil {
 			return fail(err)
 		}

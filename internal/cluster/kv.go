@@ -43,6 +43,7 @@ type kvWrite struct {
 	pub      *broker.StoredPublisher
 	clientID string // a claim
 	owner    string
+	prune    bool // forget clientID's claim (housekeeping.go)
 }
 
 // maxPendingWrites bounds the writes waiting for the buckets (a node
@@ -170,12 +171,12 @@ func (n *Node) kvLoop() {
 func (n *Node) buckets(js jetstream.JetStream) (ret, cl jetstream.KeyValue, err error) {
 	ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
 	defer cancel()
-	ret, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucketRetained, History: 1,
+	ret, err = n.bucket(ctx, js, jetstream.KeyValueConfig{Bucket: bucketRetained, History: 1,
 		Replicas: n.replicas, Storage: jetstream.FileStorage, Description: "Moat retained messages"})
 	if err != nil {
 		return nil, nil, err
 	}
-	cl, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucketClients, History: 1,
+	cl, err = n.bucket(ctx, js, jetstream.KeyValueConfig{Bucket: bucketClients, History: 1,
 		Replicas: n.replicas, Storage: jetstream.FileStorage, Description: "Moat client-ID claims"})
 	return ret, cl, err
 }
@@ -195,6 +196,8 @@ func (n *Node) writeQueued(kv *kvState) {
 		ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
 		if w.retained != nil {
 			n.writeRetained(ctx, kv, w)
+		} else if w.prune {
+			n.pruneClaim(ctx, kv, w.clientID)
 		} else {
 			n.writeClaim(ctx, kv, w)
 		}
@@ -203,6 +206,10 @@ func (n *Node) writeQueued(kv *kvState) {
 }
 
 func (n *Node) writeRetained(ctx context.Context, kv *kvState, w kvWrite) {
+	if len(w.retained.Payload) == 0 {
+		n.purgeRetained(ctx, kv, w.retained.Topic)
+		return
+	}
 	val, err := encodeRetained(retainedRecord{origin: n.origin, pub: w.pub, msg: w.retained}, time.Now())
 	if errors.Is(err, errExpired) {
 		return
@@ -236,7 +243,8 @@ func (n *Node) writeClaim(ctx context.Context, kv *kvState, w kvWrite) {
 // bucket's order, so every node's cache ends with the bucket's last value.
 func (n *Node) applyRetained(e jetstream.KeyValueEntry) {
 	if e.Operation() != jetstream.KeyValuePut {
-		return // this node writes empty records, never deletes or purges
+		n.applyRetainedRemoval(e) // a cleared topic (housekeeping.go)
+		return
 	}
 	r, err := decodeRetained(e.Value(), time.Now())
 	if err != nil {

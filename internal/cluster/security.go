@@ -210,6 +210,7 @@ func (n *Node) securityLoop() {
 	}
 	purge := time.NewTicker(time.Hour)
 	defer purge.Stop()
+	var retry <-chan time.Time // while changes wait for a failed write
 	banUpdates, fileUpdates := bw.Updates(), fw.Updates()
 	for {
 		select {
@@ -252,7 +253,14 @@ func (n *Node) securityLoop() {
 		case m := <-s.events:
 			n.applyEvent(m)
 		case <-s.wake:
-			n.writeSec(bans, files)
+			if retry == nil && n.writeSec(bans, files) {
+				retry = time.After(2 * time.Second)
+			}
+		case <-retry:
+			retry = nil
+			if n.writeSec(bans, files) {
+				retry = time.After(2 * time.Second)
+			}
 		case <-purge.C:
 			n.purgeTombstones(bans)
 		}
@@ -273,30 +281,45 @@ func (n *Node) secBuckets(js jetstream.JetStream) (bans, files jetstream.KeyValu
 	return bans, files, err
 }
 
-// writeSec writes the queued changes in order; one that fails is logged
-// and dropped.
-func (n *Node) writeSec(bans, files jetstream.KeyValue) {
+// writeSec writes the queued changes in order. When one fails (no
+// quorum: a partition, two nodes down) it and those after it stay queued,
+// in order, and are tried again at the next retry: a ban or a policy must
+// not be lost because the cluster was briefly unreachable. It reports
+// whether changes are left.
+func (n *Node) writeSec(bans, files jetstream.KeyValue) (left bool) {
 	s := &n.sec
 	s.mu.Lock()
 	writes := s.writes
 	s.writes = nil
 	s.mu.Unlock()
-	for _, w := range writes {
+	for i, w := range writes {
 		kv := bans
 		if w.bucket == bucketFiles {
 			kv = files
 		}
 		val, err := json.Marshal(w.rec)
-		if err == nil {
-			ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
-			_, err = kv.Put(ctx, w.key, val)
-			cancel()
-		}
 		if err != nil {
-			n.log.Warn("cluster: security change not stored in the cluster; other nodes do not apply it", "bucket", w.bucket,
-				"key", clip(w.key), "err", err)
+			continue
+		}
+		ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
+		_, err = kv.Put(ctx, w.key, val)
+		cancel()
+		if err != nil {
+			if n.ctx.Err() == nil {
+				n.log.Warn("cluster: security change not stored in the cluster yet; retrying", "bucket", w.bucket,
+					"key", clip(w.key), "waiting", len(writes)-i, "err", err)
+			}
+			s.mu.Lock()
+			s.writes = append(writes[i:len(writes):len(writes)], s.writes...)
+			if over := len(s.writes) - maxPendingWrites; over > 0 {
+				s.writes = s.writes[over:]
+				n.log.Warn("cluster: too many security changes waiting for the cluster's key-value store; the oldest were dropped", "dropped", over)
+			}
+			s.mu.Unlock()
+			return true
 		}
 	}
+	return false
 }
 
 // decodeSec decodes a bucket entry; ok is false for a deletion, a purge,

@@ -3,6 +3,7 @@ package cluster
 import (
 	"sort"
 	"strconv"
+	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 )
@@ -33,6 +34,33 @@ type Status struct {
 	RetainedIn    uint64 `json:"retained_in"`
 	Claims        uint64 `json:"claims"`
 	Takeovers     uint64 `json:"takeovers"`
+
+	// The operations view (ops.go, heartbeat.go). Healthy is true when
+	// Problems is empty: every node known is up, JetStream has a leader
+	// and every copy of every stream is current.
+	Healthy  bool     `json:"healthy"`
+	Problems []string `json:"problems"`
+	// Nodes lists every node known to this one (itself, those it hears
+	// heartbeats from, the JetStream peers); NodesUp of them are up, and
+	// NodesExpected is the larger of their number and the JetStream
+	// cluster size.
+	Nodes         []NodeInfo `json:"nodes"`
+	NodesUp       int        `json:"nodes_up"`
+	NodesExpected int        `json:"nodes_expected"`
+	// MetaPeers are the members of the JetStream meta group, as this node
+	// knows them (embedded server only).
+	MetaPeers []ReplicaState `json:"meta_peers,omitempty"`
+	// Streams is the replication state of Moat's JetStream streams as of
+	// ReplicationAt; ReplicationError says why the last poll failed.
+	Streams          []StreamState `json:"streams"`
+	ReplicationAt    time.Time     `json:"replication_at,omitzero"`
+	ReplicationError string        `json:"replication_error,omitempty"`
+	// PendingWrites are the retained changes and claims waiting for the
+	// key-value store; ClaimsPruned and RetainedPurged count the claims
+	// and cleared retained topics removed from it.
+	PendingWrites  int    `json:"pending_writes"`
+	ClaimsPruned   uint64 `json:"claims_pruned"`
+	RetainedPurged uint64 `json:"retained_purged"`
 }
 
 // RouteInfo is one route to another node.
@@ -40,6 +68,13 @@ type RouteInfo struct {
 	Node string `json:"node"`
 	Addr string `json:"addr"`
 	RTT  string `json:"rtt,omitempty"`
+	// Since is when the route came up; Pending the bytes waiting to be
+	// sent on it; InMsgs and OutMsgs the messages it carried (NATS's own
+	// traffic between the nodes included).
+	Since   time.Time `json:"since,omitzero"`
+	Pending int       `json:"pending_bytes"`
+	InMsgs  int64     `json:"in_msgs"`
+	OutMsgs int64     `json:"out_msgs"`
 }
 
 // Status returns the Node's current view. Safe for concurrent use.
@@ -63,17 +98,20 @@ func (n *Node) Status() Status {
 					continue
 				}
 				seen[r.RemoteName] = true
-				st.Routes = append(st.Routes, RouteInfo{Node: r.RemoteName, Addr: r.IP + ":" + strconv.Itoa(r.Port), RTT: r.RTT})
+				st.Routes = append(st.Routes, RouteInfo{Node: r.RemoteName, Addr: r.IP + ":" + strconv.Itoa(r.Port), RTT: r.RTT,
+					Since: r.Start.UTC(), Pending: r.Pending, InMsgs: r.InMsgs, OutMsgs: r.OutMsgs})
 			}
 			sort.Slice(st.Routes, func(i, j int) bool { return st.Routes[i].Node < st.Routes[j].Node })
 		}
 		if jz, err := n.srv.Jsz(&server.JSzOptions{}); err == nil && jz.Meta != nil {
 			st.MetaLeader, st.MetaSize = jz.Meta.Leader, jz.Meta.Size
+			st.MetaPeers = metaPeers(jz.Meta)
 		}
 	}
 	s := &n.stats
 	st.Forwarded, st.ForwardErrors, st.Received = s.forwarded.Load(), s.forwardErrors.Load(), s.received.Load()
 	st.Duplicates, st.DecodeErrors = s.duplicates.Load(), s.decodeErrors.Load()
 	st.RetainedOut, st.RetainedIn, st.Claims, st.Takeovers = s.retainedOut.Load(), s.retainedIn.Load(), s.claims.Load(), s.takeovers.Load()
+	n.opsStatus(&st)
 	return st
 }

@@ -67,9 +67,9 @@ func decodeMessage(b []byte, from string, now time.Time) (*broker.Message, error
 
 // retainedRecord is the value of a retained message in the KV bucket:
 // version 1, the origin node, the publisher's identity (JSON, may be
-// empty), then the PUBLISH. An empty payload is a cleared topic; it is
-// written rather than deleted so that a node can tell its own changes
-// from others' when the watch returns them.
+// empty), then the PUBLISH. A cleared topic is purged from the bucket
+// instead (housekeeping.go); a record with an empty payload, which
+// earlier versions wrote for it, still clears the topic.
 type retainedRecord struct {
 	origin string
 	pub    *broker.StoredPublisher

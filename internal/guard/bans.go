@@ -369,7 +369,7 @@ func (g *Guard) AddBan(b Ban) (Ban, error) {
 			next = append(next, x)
 		}
 	}
-	if len(next) >= g.cfg.MaxBans {
+	if len(next) >= g.limits().MaxBans {
 		unlock()
 		return Ban{}, g.full()
 	}
@@ -428,7 +428,7 @@ func (g *Guard) roomFor(n int) error {
 	g.bansMu.RLock()
 	have := len(g.bans.byID)
 	g.bansMu.RUnlock()
-	if have+n > g.cfg.MaxBans {
+	if have+n > g.limits().MaxBans {
 		return g.full()
 	}
 	return nil
@@ -442,7 +442,7 @@ var (
 
 func (g *Guard) full() error {
 	g.stats.bansRefusedFull.Add(1)
-	return fmt.Errorf("%w: it holds %d bans; remove some or raise max_bans", ErrBanListFull, g.cfg.MaxBans)
+	return fmt.Errorf("%w: it holds %d bans; remove some or raise max_bans", ErrBanListFull, g.limits().MaxBans)
 }
 
 // install puts b in force in memory; pending marks an automatic ban still

@@ -85,7 +85,7 @@ func (g *Guard) record(d *detector, id Identity) Keys {
 		w := d.keys[k]
 		// A threshold changed at run time starts the identity's count anew.
 		if w == nil || len(w.times) != cfg.Threshold {
-			if w == nil && len(d.keys) >= g.cfg.TrackedKeys {
+			if w == nil && len(d.keys) >= g.limits().TrackedKeys {
 				d.evict(now, win)
 			}
 			w = &window{times: make([]int64, cfg.Threshold)}
@@ -117,6 +117,11 @@ func (d *detector) evict(now, win int64) {
 			delete(d.keys, k)
 			return
 		}
+	}
+	// A table of fewer than 64 entries, none idle (a small tracked_keys).
+	for k := range d.keys {
+		delete(d.keys, k)
+		return
 	}
 }
 
@@ -205,16 +210,17 @@ type offence struct {
 func (g *Guard) autoBan(d *detector, kind Kind, value, reason string) {
 	now := g.now()
 	k := trackKey{kind: Keys(0), val: string(kind) + "\x00" + trackVal(value)}
+	lim := g.limits()
 	g.offMu.Lock()
 	o := g.offences[k]
-	if o.count > 0 && now.Sub(o.last) > g.cfg.RepeatMemory {
+	if o.count > 0 && now.Sub(o.last) > lim.RepeatMemory {
 		o.count = 0
 	}
 	o.count++
 	o.last = now
-	if _, ok := g.offences[k]; !ok && len(g.offences) >= g.cfg.TrackedKeys {
+	if _, ok := g.offences[k]; !ok && len(g.offences) >= lim.TrackedKeys {
 		for old, x := range g.offences {
-			if now.Sub(x.last) > g.cfg.RepeatMemory || len(g.offences) >= g.cfg.TrackedKeys {
+			if now.Sub(x.last) > lim.RepeatMemory || len(g.offences) >= lim.TrackedKeys {
 				delete(g.offences, old)
 				break
 			}

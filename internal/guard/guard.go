@@ -76,6 +76,7 @@ type Guard struct {
 
 	stats counters
 	rates atomic.Pointer[ClientRates] // live.go
+	live  liveLimits                  // livelimits.go
 
 	// hook, set by tests, is called at named points of the bans file's
 	// handling, so that a test can interleave a poll and a removal
@@ -120,7 +121,8 @@ func New(cfg Config) (*Guard, error) {
 		return nil, errors.New("guard: reading randomness for the address table: " + err.Error())
 	}
 	g.rates.Store(clientRatesOf(&s))
-	g.conns = newAddrTable(s.ConnTableSize, s.ConnRate, s.ConnBurst, seed)
+	g.conns = newAddrTable(s.ConnTableSize, seed)
+	g.live.store(limitsOf(&s))
 	g.perAddr.n = map[addrKey]int32{}
 	for name, d := range s.detectors {
 		g.det[name] = &detector{name: name, keys: map[trackKey]*window{}}
@@ -274,7 +276,7 @@ func (g *Guard) syncBans() error {
 			if have[b.ID] || !b.active(now) {
 				continue
 			}
-			if len(next) >= g.cfg.MaxBans {
+			if len(next) >= g.limits().MaxBans {
 				g.stats.bansRefusedFull.Add(1)
 				g.log.Error("guard: ban dropped: the ban list is full (max_bans)", "ban", b.ID, "kind", string(b.Kind), "value", clip(b.Value))
 				continue

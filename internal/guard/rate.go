@@ -58,17 +58,14 @@ type tableSet struct {
 // rented) addresses replaces the most idle entries of a set and never
 // grows it. Entries of limited addresses have the latest tat and are kept.
 type addrTable struct {
-	sets   []tableSet
-	mask   uint64
-	seed0  uint64
-	seed1  uint64
-	used   atomic.Int64
-	inc    int64 // cost of one connection, ns
-	tau    int64 // burst tolerance, ns
-	enable bool
+	sets  []tableSet
+	mask  uint64
+	seed0 uint64
+	seed1 uint64
+	used  atomic.Int64
 }
 
-func newAddrTable(size int, rate float64, burst int, seed [16]byte) *addrTable {
+func newAddrTable(size int, seed [16]byte) *addrTable {
 	nsets := 1
 	for nsets*tableWays < size {
 		nsets <<= 1
@@ -78,11 +75,6 @@ func newAddrTable(size int, rate float64, burst int, seed [16]byte) *addrTable {
 		mask:  uint64(nsets - 1),
 		seed0: binary.LittleEndian.Uint64(seed[:8]),
 		seed1: binary.LittleEndian.Uint64(seed[8:]),
-	}
-	if rate > 0 {
-		t.enable = true
-		t.inc = cost(1, rate)
-		t.tau = int64(burst) * t.inc
 	}
 	return t
 }
@@ -94,8 +86,9 @@ func (t *addrTable) hash(k *addrKey) uint64 {
 	return h ^ h>>31
 }
 
-// allow charges one connection to k at now.
-func (t *addrTable) allow(k addrKey, now int64) bool {
+// allow charges one connection to k at now, at the rate of p (the
+// rate in force: livelimits.go).
+func (t *addrTable) allow(k addrKey, now int64, p *bucketParams) bool {
 	s := &t.sets[t.hash(&k)&t.mask]
 	s.mu.Lock()
 	victim := -1
@@ -109,11 +102,11 @@ func (t *addrTable) allow(k addrKey, now int64) bool {
 		}
 		if e.key == k {
 			tat := max(e.tat, now)
-			if tat+t.inc-now > t.tau {
+			if tat+p.inc-now > p.tau {
 				s.mu.Unlock()
 				return false
 			}
-			e.tat = tat + t.inc
+			e.tat = tat + p.inc
 			s.mu.Unlock()
 			return true
 		}
@@ -125,26 +118,25 @@ func (t *addrTable) allow(k addrKey, now int64) bool {
 	if !e.used {
 		t.used.Add(1)
 	}
-	*e = tableEntry{key: k, tat: now + t.inc, used: true}
+	*e = tableEntry{key: k, tat: now + p.inc, used: true}
 	s.mu.Unlock()
 	return true
 }
 
-// gate is a lock-free bucket for one listener.
+// gate is a lock-free bucket for one listener; its rate is the one in
+// force (livelimits.go).
 type gate struct {
 	tat atomic.Int64
-	inc int64
-	tau int64
 }
 
-func (b *gate) allow(now int64) bool {
+func (b *gate) allow(now int64, p *bucketParams) bool {
 	for {
 		old := b.tat.Load()
 		tat := max(old, now)
-		if tat+b.inc-now > b.tau {
+		if tat+p.inc-now > p.tau {
 			return false
 		}
-		if b.tat.CompareAndSwap(old, tat+b.inc) {
+		if b.tat.CompareAndSwap(old, tat+p.inc) {
 			return true
 		}
 	}
@@ -156,10 +148,11 @@ func (b *gate) allow(now int64) bool {
 // does not allocate. The zero Addr (a transport without addresses) is
 // always allowed. Safe for concurrent use.
 func (g *Guard) AllowAccept(addr netip.Addr) bool {
-	if !g.conns.enable || !addr.IsValid() {
+	p := g.live.conn.Load()
+	if p == nil || !addr.IsValid() {
 		return true
 	}
-	if g.conns.allow(g.keyOf(addr), g.now().UnixNano()) {
+	if g.conns.allow(g.keyOf(addr), g.now().UnixNano(), p) {
 		return true
 	}
 	g.stats.connRateRefused.Add(1)
@@ -177,12 +170,7 @@ type Listener struct {
 // Listener returns the connection gate of the named listener; call it once
 // per listener (each call makes a new bucket).
 func (g *Guard) Listener(name string) *Listener {
-	l := &Listener{g: g, name: name}
-	if g.cfg.ListenerConnRate > 0 {
-		inc := cost(1, g.cfg.ListenerConnRate)
-		l.b = &gate{inc: inc, tau: int64(g.cfg.ListenerConnBurst) * inc}
-	}
-	return l
+	return &Listener{g: g, name: name, b: &gate{}}
 }
 
 // AllowAccept checks the source address's rate (Guard.AllowAccept) and
@@ -193,7 +181,7 @@ func (l *Listener) AllowAccept(addr netip.Addr) Decision {
 	if !l.g.AllowAccept(addr) {
 		return Decision{Reason: ReasonConnRate}
 	}
-	if l.b != nil && !l.b.allow(l.g.now().UnixNano()) {
+	if p := l.g.live.listener.Load(); p != nil && !l.b.allow(l.g.now().UnixNano(), p) {
 		l.g.stats.listenerRateRefused.Add(1)
 		return Decision{Reason: ReasonListenerConnRate}
 	}
@@ -210,15 +198,18 @@ type connCounts struct {
 
 // Acquire counts a new connection from addr against MaxConnsPerAddr. When
 // it allows, the caller must call Release(addr) once when the connection
-// ends. Safe for concurrent use.
+// ends. Connections are counted while the limit is off too, so that one
+// turned on at run time (SetLimits) counts those already open. Safe for
+// concurrent use.
 func (g *Guard) Acquire(addr netip.Addr) Decision {
-	if g.cfg.MaxConnsPerAddr < 0 || !addr.IsValid() {
+	if !addr.IsValid() {
 		return Decision{Allow: true}
 	}
 	k := g.keyOf(addr)
+	limit := g.limits().MaxConnsPerAddr
 	g.perAddr.mu.Lock()
 	defer g.perAddr.mu.Unlock()
-	if int(g.perAddr.n[k]) >= g.cfg.MaxConnsPerAddr {
+	if limit >= 0 && int(g.perAddr.n[k]) >= limit {
 		g.stats.connsPerAddrRefused.Add(1)
 		return Decision{Reason: ReasonConnsPerAddr}
 	}
@@ -228,7 +219,7 @@ func (g *Guard) Acquire(addr netip.Addr) Decision {
 
 // Release ends a connection counted by Acquire.
 func (g *Guard) Release(addr netip.Addr) {
-	if g.cfg.MaxConnsPerAddr < 0 || !addr.IsValid() {
+	if !addr.IsValid() {
 		return
 	}
 	k := g.keyOf(addr)

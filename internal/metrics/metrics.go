@@ -112,6 +112,9 @@ type Snapshot struct {
 	ReadBudgetInUse int64
 	ReadBudgetWaits int64
 	ReadBudgetPeak  int64
+
+	// Cluster is this node's cluster state (cluster.go); nil without one.
+	Cluster *Cluster
 }
 
 // Count is a count with two label values, whose names the metric gives.
@@ -384,4 +387,5 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	g(dReadBudgetMax, float64(s.ReadBudgetPeak))
 	n(dReadBudgetWait, s.ReadBudgetWaits)
 	g(dFIPS, bool01(s.FIPS))
+	collectCluster(ch, s.Cluster)
 }

@@ -37,6 +37,7 @@ func fullSnapshot() Snapshot {
 		StoreTransactions:  10, StoreFsyncs: 10, StoreFailures: 0, StoreQuarantined: 0, PersistenceFailures: 0,
 		Bans: 1, Detections: map[string]int64{"auth_failures": 3}, Throttled: 2, ThrottleKicks: 1, LimitHits: map[string]int64{"topic_length": 4, "rate": 1}, FIPS: true,
 		ReadBudgetInUse: 10, ReadBudgetPeak: 100, ReadBudgetWaits: 1,
+		Cluster: fullCluster(),
 	}
 }
 

@@ -19,7 +19,7 @@ import (
 // CRLs, OCSP cache, staples, ticket keys and the live sessions it watches.
 // All methods are safe for concurrent use. The caller must Close it.
 type Manager struct {
-	cfg  ListenerConfig // private copy, never changed after New
+	cfg  ListenerConfig // private copy; only its files change after New, under reloadMu (files.go)
 	log  *slog.Logger
 	now  func() time.Time
 	rand io.Reader

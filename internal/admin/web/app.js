@@ -11,6 +11,7 @@ const KEY = "moat-admin-token";
 const $ = (id) => document.getElementById(id);
 let timer = null;
 let samples = []; // overview samples for the charts
+let postureSamples = []; // posture samples: authentication failures and detections
 const SAMPLES = 90;
 let byCert = false; // logged in by the browser's client certificate
 
@@ -107,7 +108,7 @@ const pages = {
       $("ov-rate-in").textContent = ((o.messages_received - last.messages_received) / dt).toFixed(1);
       $("ov-rate-out").textContent = ((o.messages_sent - last.messages_sent) / dt).toFixed(1);
     }
-    drawRates($("chart"), [["messages_received", "--in"], ["messages_sent", "--out"]]);
+    drawRates($("chart"), samples, [["messages_received", "--in"], ["messages_sent", "--out"]]);
   },
   async listeners() {
     const d = await api("GET", "/api/v1/listeners");
@@ -207,14 +208,29 @@ const pages = {
     });
   },
   async posture() {
-    const [p, o] = await Promise.all([api("GET", "/api/v1/posture"), api("GET", "/api/v1/overview")]);
-    samples.push(o);
-    if (samples.length > SAMPLES) samples.shift();
+    const p = await api("GET", "/api/v1/posture");
+    postureSamples.push({ time: new Date().toISOString(), auth_failures: Math.max(p.auth_failures, 0), detections: Math.max(p.detections, 0) });
+    if (postureSamples.length > SAMPLES) postureSamples.shift();
     $("po-profile").textContent = p.profile || "none";
-    $("po-fips").textContent = p.fips ? "on" : "off";
+    $("po-fips").textContent = (p.fips_mode || (p.fips ? "on" : "off")) + (p.fips && p.fips_module ? " (module " + p.fips_module + ")" : "");
     $("po-pq").textContent = p.tls_clients ? p.post_quantum_percent.toFixed(0) + " % of " + p.tls_clients : "no TLS clients";
+    $("po-pqhs").textContent = p.tls_handshakes ? p.post_quantum_handshakes_percent.toFixed(0) + " % of " + p.tls_handshakes : "no handshakes yet";
     $("po-servercert").textContent = when(p.server_cert_not_after) || "n/a";
-    $("po-authfail").textContent = p.auth_failures;
+    $("po-authfail").textContent = p.auth_failures < 0 ? "n/a" : p.auth_failures;
+    $("po-detections").textContent = p.detections < 0 ? "off" : p.detections;
+    fill("po-detectors", Object.entries(p.detections_by_detector || {}).sort(), (tr, d) => { cell(tr, d[0]); cell(tr, d[1]); });
+    fill("po-ocsp", p.ocsp || [], (tr, o) => {
+      cell(tr, o.listener);
+      cell(tr, o.mode, o.mode === "off" ? "" : "ok");
+      cell(tr, Object.entries(o.responses || {}).map(([k, v]) => k + " " + v).join(", "), (o.responses && o.responses.revoked) ? "bad" : "");
+    });
+    const staples = [];
+    for (const o of p.ocsp || []) for (const s of o.staples || []) staples.push([o.listener, s]);
+    fill("po-staples", staples, (tr, [l, s]) => {
+      cell(tr, l); cell(tr, s.certificate);
+      cell(tr, s.good ? "good" : "none", s.good ? "ok" : "bad");
+      cell(tr, when(s.next_update), s.next_update && (new Date(s.next_update) - Date.now()) < 3600 * 1000 ? "soon" : "");
+    });
     const rows = [];
     for (const [k, v] of Object.entries(p.tls_versions)) rows.push(["version " + k, v]);
     for (const [k, v] of Object.entries(p.tls_groups)) rows.push(["group " + k, v]);
@@ -225,12 +241,54 @@ const pages = {
     const notes = $("po-notes");
     notes.replaceChildren();
     for (const n of p.notes || []) { const li = document.createElement("li"); li.textContent = n; notes.appendChild(li); }
-    drawRates($("authchart"), [["connect_refused", "--out"]]);
+    drawRates($("authchart"), postureSamples, [["auth_failures", "--in"], ["detections", "--out"]]);
+  },
+  async cluster() {
+    let c;
+    try {
+      c = await api("GET", "/api/v1/cluster");
+    } catch (e) {
+      const off = e.message.includes("not in a cluster");
+      $("cl-off").hidden = !off;
+      $("cl-on").hidden = off;
+      if (!off) throw e;
+      return;
+    }
+    $("cl-off").hidden = true;
+    $("cl-on").hidden = false;
+    $("cl-name").textContent = c.cluster;
+    $("cl-node").textContent = c.node;
+    $("cl-up").textContent = c.nodes_up + " of " + c.nodes_expected;
+    $("cl-health").textContent = c.healthy ? "healthy" : "degraded";
+    $("cl-health").className = "value " + (c.healthy ? "ok" : "bad");
+    $("cl-leader").textContent = c.meta_leader || (c.external ? "external NATS" : "none");
+    $("cl-fwd").textContent = c.forwarded + " / " + c.received;
+    const probs = $("cl-problems");
+    probs.replaceChildren();
+    for (const p of c.problems || []) { const li = document.createElement("li"); li.className = "bad"; li.textContent = p; probs.appendChild(li); }
+    fill("cl-nodes", c.nodes || [], (tr, n) => {
+      tr.dataset.node = n.node;
+      cell(tr, n.node + (n.self ? " (this node)" : ""));
+      cell(tr, n.state, n.state === "up" ? "ok" : "bad");
+      const up = n.state === "up";
+      cell(tr, up ? n.connections : ""); cell(tr, up ? n.sessions : "");
+      cell(tr, up ? n.forwarded : ""); cell(tr, up ? n.received : "");
+      cell(tr, n.route || (n.self ? "" : "no route")); cell(tr, n.rtt);
+      cell(tr, n.self ? "" : when(n.last_seen) || "never"); cell(tr, n.version);
+    });
+    fill("cl-streams", c.streams || [], (tr, s) => {
+      tr.dataset.stream = s.name;
+      cell(tr, s.name); cell(tr, s.replicas); cell(tr, s.leader || "none", s.leader ? "" : "bad"); cell(tr, s.messages);
+      const state = (s.peers || []).map((p) => p.node + ": " + (p.leader ? "leader" : p.offline ? "offline" : p.current ? "current" : "lagging " + (p.lag || 0)));
+      const bad = !s.leader || (s.peers || []).some((p) => p.offline || !p.current);
+      cell(tr, state.join(", "), bad ? "bad" : "ok");
+    });
   },
 };
 
-// drawRates plots the per-second change of the named overview counters.
-function drawRates(canvas, series) {
+// drawRates plots the per-second change of the named counters of samples
+// (objects with a time and the counters).
+function drawRates(canvas, samples, series) {
   const ctx = canvas.getContext("2d");
   const w = canvas.width, h = canvas.height, pad = 30;
   ctx.clearRect(0, 0, w, h);
@@ -324,7 +382,7 @@ function enter() {
   $("logout").hidden = byCert && !token();
   show();
   clearInterval(timer);
-  timer = setInterval(() => { if (current() === "overview" || current() === "posture") refresh(); }, 2000);
+  timer = setInterval(() => { if (current() === "overview" || current() === "posture" || current() === "cluster") refresh(); }, 2000);
 }
 
 function logout(msg) {

@@ -1,0 +1,48 @@
+package broker
+
+import (
+	"context"
+	"testing"
+
+	"github.com/moatmq/moat/internal/packet"
+)
+
+// TestRetainedPublisherMemo: a retained message whose publisher was
+// rebuilt from its stored form (recovered after a restart, or set by
+// another node of a cluster) is replayed under check_retain_source to an
+// Authorizer that keeps a memo per client, as moat serve's does; the
+// rebuilt publisher once lacked the memo's identity and every such replay
+// panicked.
+func TestRetainedPublisherMemo(t *testing.T) {
+	az := AuthorizerFunc(func(req *AuthzRequest) Decision {
+		if req.Client.Memo(func(c *Client) any { return "subject of " + c.ClientID }) == nil {
+			return Decision{Reason: "no memo"}
+		}
+		return Decision{Allow: true}
+	})
+	model := newModel()
+	srv1, addr := testServer(t, Config{Persistence: model, Authorizer: az, CheckRetainSource: true})
+	p := dialRaw(t, addr, packet.V5)
+	p.connect(v5connect("writer"))
+	publishAcked(t, p, 1, &packet.Publish{Topic: "r/stored", Retain: true, Payload: []byte("x")})
+	closeAndWait(t, p, &packet.Disconnect{})
+	if err := srv1.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	srv2, addr := testServer(t, Config{Persistence: model, Authorizer: az, CheckRetainSource: true})
+	srv2.RetainRemote(NewMessage(&packet.Publish{Topic: "r/remote", Retain: true, Payload: []byte("y")}, "other", srv2.cfg.Now()),
+		&StoredPublisher{ClientID: "other", Username: "u"})
+	s := dialRaw(t, addr, packet.V5)
+	s.connect(v5connect("reader"))
+	subscribe(t, s, 1, packet.Subscription{Filter: "r/#", QoS: 1})
+	got := map[string]bool{}
+	for range 2 {
+		got[recvPublish(t, s).Topic] = true
+	}
+	if !got["r/stored"] || !got["r/remote"] {
+		t.Fatalf("replayed %v", got)
+	}
+	if n := srv2.Stats().Panics; n != 0 {
+		t.Fatalf("%d connection handlers panicked", n)
+	}
+}

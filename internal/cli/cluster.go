@@ -1,0 +1,323 @@
+package cli
+
+import (
+	"cmp"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/moatmq/moat/internal/admin"
+	"github.com/moatmq/moat/internal/cluster"
+	"github.com/moatmq/moat/internal/metrics"
+)
+
+// `moat cluster status` asks a running node, through its admin API
+// (GET /api/v1/cluster), how it sees its cluster. Exit status: 0 healthy,
+// 1 an error or a node that is not in a cluster, 2 a degraded cluster (a
+// node missing, no JetStream leader, a copy of a stream offline or
+// lagging): scripts and monitoring can tell the three apart.
+
+type clusterStatusOptions struct {
+	dataDir   string
+	admin     string
+	tokenFile string
+	caFile    string
+	json      bool
+	timeout   time.Duration
+}
+
+func init() { register(newClusterCommand) }
+
+func newClusterCommand(stdio Stdio) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "cluster",
+		Short: "Look at the cluster a running node belongs to",
+		Long:  "Commands about the cluster of Moat nodes (docs/cluster.md).",
+	}
+	var o clusterStatusOptions
+	status := &cobra.Command{
+		Use:   "status --admin ADDR [--token-file FILE] [--cacert FILE] [--json]",
+		Short: "Show a node's view of its cluster: nodes, connections, routes, replication",
+		Long: `Ask a running node, through its admin API (GET /api/v1/cluster), how it sees
+its cluster, and print it: every node (up, down or stopped) with its client
+connections and sessions, the routes and their round trip, the JetStream
+meta leader, the replication state of each stream (the key-value buckets of
+retained messages and client-ID claims among them: which copy leads, which
+are current, lagging or offline), the forwarding counters and the problems
+found. --json prints the API's answer unchanged.
+
+A viewer token is enough; it is read from the file --token-file names or
+from $` + adminTokenEnv + ` (never from the command line). HTTPS is verified
+with --cacert, else DIR/ca/ca.pem when it exists; a loopback ADDR without a
+scheme is reached over plain HTTP.
+
+Exit status: 0 when the cluster is healthy, 1 on an error or when the node
+is not in a cluster, 2 when the node reports a problem (a node missing, no
+JetStream leader, a copy of a stream offline or lagging).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return clusterStatus(cmd.Context(), stdio, o)
+		},
+	}
+	f := status.Flags()
+	f.StringVar(&o.admin, "admin", "", "admin API `ADDR` of the node to ask (host:port or a URL); required")
+	f.StringVar(&o.tokenFile, "token-file", "", "`FILE` holding an admin token (default: $"+adminTokenEnv+")")
+	f.StringVar(&o.caFile, "cacert", "", "CA `FILE` to verify the admin API's certificate (default DIR/ca/ca.pem)")
+	f.StringVar(&o.dataDir, "data", "moat-data", "data `DIR` of the node (for DIR/ca/ca.pem)")
+	f.BoolVar(&o.json, "json", false, "print the API's JSON answer")
+	f.DurationVar(&o.timeout, "timeout", 10*time.Second, "give up after `DURATION`")
+	_ = status.MarkFlagRequired("admin")
+	cmd.AddCommand(status)
+	return cmd
+}
+
+// errDegraded is the exit of a status that found problems.
+var errDegraded = errors.New("cluster: degraded")
+
+func clusterStatus(ctx context.Context, stdio Stdio, o clusterStatusOptions) error {
+	token, err := clusterToken(o.tokenFile)
+	if err != nil {
+		return err
+	}
+	if o.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, o.timeout)
+		defer cancel()
+	}
+	code, body, err := adminGet(ctx, o.admin, o.dataDir, o.caFile, token, "/api/v1/cluster")
+	if err != nil {
+		return err
+	}
+	switch code {
+	case http.StatusOK:
+	case http.StatusNotImplemented:
+		return fmt.Errorf("cluster: the node at %s is not in a cluster (its configuration has no cluster section)", o.admin)
+	default:
+		return fmt.Errorf("cluster: the node answered HTTP %d: %s", code, apiError(body))
+	}
+	var st cluster.Status
+	if err := json.Unmarshal(body, &st); err != nil {
+		return fmt.Errorf("cluster: the node's answer is not a cluster status: %w", err)
+	}
+	if o.json {
+		if _, err := stdio.Out.Write(body); err != nil {
+			return err
+		}
+	} else {
+		printClusterStatus(stdio.Out, st, time.Now())
+	}
+	if !st.Healthy {
+		return &quietExit{code: 2, err: errDegraded}
+	}
+	return nil
+}
+
+// printClusterStatus writes st for a person.
+func printClusterStatus(w io.Writer, st cluster.Status, now time.Time) {
+	state := "healthy"
+	if !st.Healthy {
+		state = "DEGRADED"
+	}
+	fmt.Fprintf(w, "cluster %s, asked node %s: %s, %d of %d nodes up\n", st.Cluster, st.Node, state, st.NodesUp, st.NodesExpected)
+	switch {
+	case st.External:
+		fmt.Fprintln(w, "NATS: external cluster")
+	case st.MetaLeader != "":
+		fmt.Fprintf(w, "JetStream: meta leader %s, cluster size %d\n", st.MetaLeader, st.MetaSize)
+	default:
+		fmt.Fprintln(w, "JetStream: NO meta leader")
+	}
+	kv := "in use"
+	if !st.Ready {
+		kv = "NOT in use yet (no quorum)"
+	}
+	fmt.Fprintf(w, "key-value store: %s, %d copies, %d writes pending\n\n", kv, st.Replicas, st.PendingWrites)
+
+	tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tSTATE\tCONNECTIONS\tSESSIONS\tFORWARDED\tRECEIVED\tROUTE\tRTT\tLAST SEEN\tVERSION")
+	for _, n := range st.Nodes {
+		name, conns, sess, fwd, recv, seen := n.Node, "-", "-", "-", "-", "never"
+		if n.Self {
+			name += " (this node)"
+			seen = "-"
+		} else if !n.LastSeen.IsZero() {
+			seen = now.Sub(n.LastSeen).Round(time.Second).String() + " ago"
+		}
+		if n.State == cluster.StateUp {
+			conns, sess, fwd, recv = fmt.Sprint(n.Connections), fmt.Sprint(n.Sessions), fmt.Sprint(n.Forwarded), fmt.Sprint(n.Received)
+		}
+		route := n.Route
+		if route == "" {
+			route = "-"
+			if !n.Self && !st.External {
+				route = "none"
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", name, strings.ToUpper(n.State), conns, sess, fwd, recv, route,
+			dash(n.RTT), seen, dash(n.Version))
+	}
+	tw.Flush()
+
+	fmt.Fprintln(w)
+	tw = tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
+	fmt.Fprintln(tw, "STREAM\tCOPIES\tLEADER\tMESSAGES\tCOPIES' STATE")
+	for _, s := range st.Streams {
+		var peers []string
+		for _, p := range s.Peers {
+			ps := "current"
+			switch {
+			case p.Leader:
+				ps = "leader"
+			case p.Offline:
+				ps = "OFFLINE"
+			case !p.Current:
+				ps = fmt.Sprintf("LAGGING %d", p.Lag)
+			}
+			peers = append(peers, p.Node+" "+ps)
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%s\n", s.Name, s.Replicas, cmp.Or(s.Leader, "NONE"), s.Messages, strings.Join(peers, ", "))
+	}
+	if len(st.Streams) == 0 {
+		fmt.Fprintln(tw, "(none known)\t\t\t\t")
+	}
+	tw.Flush()
+	if st.ReplicationError != "" {
+		fmt.Fprintf(w, "replication state as of %s (the last poll failed: %s)\n", st.ReplicationAt.Format(time.RFC3339), st.ReplicationError)
+	}
+
+	fmt.Fprintf(w, "\nthis node: forwarded %d (errors %d), received %d (duplicates %d, malformed %d), retained out %d in %d, "+
+		"claims %d (pruned %d), takeovers %d, filters %d\n", st.Forwarded, st.ForwardErrors, st.Received, st.Duplicates, st.DecodeErrors,
+		st.RetainedOut, st.RetainedIn, st.Claims, st.ClaimsPruned, st.Takeovers, st.Filters)
+	if len(st.Problems) > 0 {
+		fmt.Fprintln(w, "\nproblems:")
+		for _, p := range st.Problems {
+			fmt.Fprintln(w, "  - "+p)
+		}
+	}
+}
+
+func dash(s string) string { return cmp.Or(s, "-") }
+
+// clusterToken reads an admin token (either role) from file, else from
+// $MOAT_ADMIN_TOKEN.
+func clusterToken(file string) (string, error) {
+	if file != "" {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			return "", fmt.Errorf("cluster: token file: %w", err)
+		}
+		if t := strings.TrimSpace(string(data)); t != "" {
+			return t, nil
+		}
+		return "", fmt.Errorf("cluster: token file %s is empty", file)
+	}
+	if t := strings.TrimSpace(os.Getenv(adminTokenEnv)); t != "" {
+		return t, nil
+	}
+	return "", fmt.Errorf("cluster: an admin token is needed (a viewer's is enough): --token-file FILE or $%s "+
+		"(moat admin token create NAME --role viewer)", adminTokenEnv)
+}
+
+// adminGet makes a GET request to the admin API at addr (host:port, or a
+// URL): a loopback address without a scheme is plain HTTP, another one
+// HTTPS verified with caFile, else DATA_DIR/ca/ca.pem when it exists,
+// else the system's roots. It returns the status and up to 4 MiB of body.
+func adminGet(ctx context.Context, addr, dataDir, caFile, token, path string) (int, []byte, error) {
+	base := addr
+	if !strings.Contains(base, "://") {
+		if admin.IsLoopback(base) {
+			base = "http://" + base
+		} else {
+			base = "https://" + base
+		}
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if caFile == "" {
+		if p := filepath.Join(dataDir, "ca", "ca.pem"); fileExists(p) {
+			caFile = p
+		}
+	}
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return 0, nil, fmt.Errorf("cluster: %w", err)
+		}
+		tc.RootCAs = x509.NewCertPool()
+		if !tc.RootCAs.AppendCertsFromPEM(pem) {
+			return 0, nil, fmt.Errorf("cluster: %s holds no PEM certificate", caFile)
+		}
+	}
+	tr := &http.Transport{TLSClientConfig: tc}
+	defer tr.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(base, "/")+path, nil)
+	if err != nil {
+		return 0, nil, fmt.Errorf("cluster: --admin %q: %w", addr, err)
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := (&http.Client{Transport: tr}).Do(req)
+	if err != nil {
+		return 0, nil, fmt.Errorf("cluster: %w", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if err != nil {
+		return 0, nil, fmt.Errorf("cluster: reading the answer: %w", err)
+	}
+	return resp.StatusCode, body, nil
+}
+
+// apiError is the message of an admin API error answer.
+func apiError(body []byte) string {
+	var e struct {
+		Error string `json:"error"`
+	}
+	if json.Unmarshal(body, &e) == nil && e.Error != "" {
+		return e.Error
+	}
+	return strings.TrimSpace(string(body))
+}
+
+// adminCluster is the admin API's view of the cluster; nil without one.
+func (p *servePlan) adminCluster() func() any {
+	if p.cluster == nil {
+		return nil
+	}
+	return func() any { return p.cluster.Status() }
+}
+
+// clusterMetrics adapts the cluster's status to the metrics; nil without
+// a cluster.
+func (p *servePlan) clusterMetrics() *metrics.Cluster {
+	if p.cluster == nil {
+		return nil
+	}
+	st := p.cluster.Status()
+	m := &metrics.Cluster{Nodes: st.NodesUp, NodesMissing: st.NodesExpected - st.NodesUp, Routes: len(st.Routes), Ready: st.Ready,
+		Healthy: st.Healthy, Forwarded: st.Forwarded, Received: st.Received, Duplicates: st.Duplicates,
+		ForwardErrors: st.ForwardErrors, DecodeErrors: st.DecodeErrors, Takeovers: st.Takeovers, Claims: st.Claims,
+		ClaimsPruned: st.ClaimsPruned, RetainedOut: st.RetainedOut, RetainedIn: st.RetainedIn, PendingWrites: st.PendingWrites,
+		NodeConnections: map[string]int64{}}
+	for _, n := range st.Nodes {
+		if n.State == cluster.StateUp {
+			m.NodeConnections[n.Node] = n.Connections
+		}
+	}
+	for _, s := range st.Streams {
+		for _, r := range s.Peers {
+			m.Replicas = append(m.Replicas, metrics.Replica{Stream: s.Name, Node: r.Node, Current: r.Current, Lag: r.Lag})
+		}
+	}
+	return m
+}

@@ -1,0 +1,242 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	"github.com/moatmq/moat/internal/cluster"
+	"github.com/moatmq/moat/internal/testutil"
+)
+
+// TestClusterStatusThreeProcesses runs three `moat serve` nodes, the first
+// with its admin listener, and checks what operators see: `moat cluster
+// status` (text and --json) lists the three nodes up with a client of the
+// second node counted, the replication state of both buckets and exit
+// status 0; the metrics carry moat_cluster_*; the dashboard's cluster page
+// shows the nodes in headless Chromium (when installed); after a SIGKILL of
+// the third node the status names it down and exits 2. A node without a
+// cluster section makes the command exit 1.
+func TestClusterStatusThreeProcesses(t *testing.T) {
+	needTool(t, "mosquitto_sub")
+	dir := t.TempDir()
+	routes := []int{testutil.FreePort(t), testutil.FreePort(t), testutil.FreePort(t)}
+	var peers []string
+	for _, r := range routes {
+		peers = append(peers, fmt.Sprintf("%q", "127.0.0.1:"+strconv.Itoa(r)))
+	}
+	nodeDir := func(i int) string { return filepath.Join(dir, fmt.Sprintf("node%d", i+1)) }
+	for i := range 3 {
+		if err := os.MkdirAll(nodeDir(i), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		adminLine := ""
+		if i == 0 {
+			adminLine = "admin: {listen: \"127.0.0.1:0\"}\n"
+		}
+		writeFile(t, filepath.Join(nodeDir(i), "moat.yaml"), fmt.Sprintf(`data_dir: data
+listeners:
+  - {address: "127.0.0.1:0", transport: tcp, allow_anonymous: true}
+acl:
+  rules:
+    - {name: all, effect: allow, subjects: {all: true}, actions: [publish, subscribe, receive], topics: ["#"]}
+%scluster:
+  name: plant-a
+  node: node%d
+  listen: "127.0.0.1:%d"
+  peers: [%s]
+`, adminLine, i+1, routes[i], strings.Join(peers, ", ")))
+	}
+	viewer := createToken(t, nodeDir(0), "ops", "viewer")
+	tokenFile := filepath.Join(dir, "viewer.token")
+	writeFile(t, tokenFile, viewer+"\n")
+	procs := make([]*moatProc, 3)
+	for i := range 3 {
+		procs[i] = startMoat(t, nodeDir(i), "-c", "moat.yaml")
+	}
+	adminAddr := procs[0].logAddr(t, "admin: serving the API", "address")
+	status := func(args ...string) (string, string, int) {
+		return moat(t, append([]string{"cluster", "status", "--admin", adminAddr, "--token-file", tokenFile}, args...)...)
+	}
+
+	// A client of node 2, counted on node 1 through node 2's heartbeat.
+	sub := exec.Command("mosquitto_sub", "-h", "127.0.0.1", "-p", strconv.Itoa(procs[1].port(0)), "-i", "on-node2", "-t", "x/#")
+	if err := sub.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sub.Process.Kill(); sub.Wait() })
+
+	var st cluster.Status
+	testutil.CheckFor(t, 90*time.Second, func() error {
+		out, errs, code := status("--json")
+		if code != 0 {
+			return fmt.Errorf("exit %d: %s %s", code, errs, out)
+		}
+		st = cluster.Status{}
+		if err := json.Unmarshal([]byte(out), &st); err != nil {
+			return err
+		}
+		i := slices.IndexFunc(st.Nodes, func(n cluster.NodeInfo) bool { return n.Node == "node2" })
+		if st.NodesUp != 3 || i < 0 || st.Nodes[i].Connections != 1 {
+			return fmt.Errorf("%d nodes up, nodes %+v", st.NodesUp, st.Nodes)
+		}
+		return nil
+	})
+	if st.Cluster != "plant-a" || st.Node != "node1" || !st.Healthy || st.MetaLeader == "" || len(st.Routes) != 2 {
+		t.Errorf("status: %+v", st)
+	}
+	// Both buckets are streams of three copies (once the cluster made
+	// them and the background poll read them), and node2's client's
+	// claim reaches its bucket.
+	testutil.CheckFor(t, 60*time.Second, func() error {
+		out, _, _ := status("--json")
+		var st cluster.Status
+		if err := json.Unmarshal([]byte(out), &st); err != nil {
+			return err
+		}
+		for _, name := range []string{"KV_moat_retained", "KV_moat_clients"} {
+			i := slices.IndexFunc(st.Streams, func(s cluster.StreamState) bool { return s.Name == name })
+			if i < 0 || st.Streams[i].Replicas != 3 || len(st.Streams[i].Peers) != 3 {
+				return fmt.Errorf("stream %s: %+v", name, st.Streams)
+			}
+			if name == "KV_moat_clients" && st.Streams[i].Messages != 1 {
+				return fmt.Errorf("claims: %+v", st.Streams[i])
+			}
+		}
+		return nil
+	})
+	out, errs, code := status()
+	if code != 0 {
+		t.Fatalf("text status: exit %d\n%s%s", code, out, errs)
+	}
+	t.Logf("moat cluster status:\n%s", out)
+	for _, want := range []string{"cluster plant-a, asked node node1: healthy, 3 of 3 nodes up", "node1 (this node)", "KV_moat_retained",
+		"JetStream: meta leader"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("text status lacks %q", want)
+		}
+	}
+	if !regexpLine(out, `^node2\s+UP\s+1\s+1\s`) {
+		t.Errorf("text status does not show node2 up with 1 connection and 1 session:\n%s", out)
+	}
+
+	// Metrics.
+	req, _ := http.NewRequest("GET", "http://"+adminAddr+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+viewer)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{"moat_cluster_nodes 3", "moat_cluster_nodes_missing 0", `moat_cluster_node_connections{node="node2"} 1`,
+		"moat_cluster_routes 2", "moat_cluster_healthy 1", `moat_cluster_replica_current{node="node3",stream="KV_moat_clients"} 1`} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+
+	clusterDashboard(t, "http://"+adminAddr, viewer)
+
+	// SIGKILL of node 3: node 1 reports it down, and the command exits 2.
+	if err := procs[2].cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	testutil.CheckFor(t, 60*time.Second, func() error {
+		out, errs, code := status()
+		if code != 2 || !strings.Contains(out, "node node3 is down") || !regexpLine(out, `^node3\s+DOWN\s`) {
+			return fmt.Errorf("exit %d:\n%s%s", code, out, errs)
+		}
+		return nil
+	})
+
+	// A node without a cluster.
+	single := t.TempDir()
+	writeFile(t, filepath.Join(single, "moat.yaml"), `data_dir: data
+listeners:
+  - {address: "127.0.0.1:0", transport: tcp, allow_anonymous: true}
+admin: {listen: "127.0.0.1:0"}
+`)
+	tok := createToken(t, single, "ops", "viewer")
+	sp := startMoat(t, single, "-c", "moat.yaml")
+	t.Setenv(adminTokenEnv, tok)
+	out, errs, code = moat(t, "cluster", "status", "--admin", sp.logAddr(t, "admin: serving the API", "address"))
+	if code != 1 || !strings.Contains(errs, "not in a cluster") {
+		t.Errorf("single node: exit %d\n%s%s", code, out, errs)
+	}
+}
+
+// regexpLine tells whether a line of s matches the expression.
+func regexpLine(s, expr string) bool {
+	for _, l := range strings.Split(s, "\n") {
+		if ok, _ := regexp.MatchString(expr, l); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// clusterDashboard opens the dashboard's cluster page in headless
+// Chromium with a viewer token and checks the three nodes are listed up
+// and both buckets have a leader.
+func clusterDashboard(t *testing.T, base, token string) {
+	t.Helper()
+	browser, err := exec.LookPath("chromium")
+	if err != nil {
+		t.Log("chromium not installed: the dashboard's cluster page is not checked (make test installs it)")
+		return
+	}
+	shots := artifactsDir(t)
+	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(browser), chromedp.NoSandbox, chromedp.DisableGPU,
+		chromedp.WindowSize(1400, 1000))
+	actx, cancelA := chromedp.NewExecAllocator(context.Background(), opts...)
+	defer cancelA()
+	bctx, cancel := chromedp.NewContext(actx)
+	defer cancel()
+	// The browser starts under bctx; the steps run under a timeout of
+	// their own, which must not be the browser's.
+	if err := chromedp.Do(bctx); err != nil {
+		t.Fatalf("starting chromium: %v", err)
+	}
+	ctx, cancelT := context.WithTimeout(bctx, 60*time.Second)
+	defer cancelT()
+	err = chromedp.Do(ctx,
+		chromedp.Navigate(base+"/"), chromedp.WaitVisible(chromedp.ID("token")),
+		chromedp.SendKeys(chromedp.ID("token"), token), chromedp.Click(chromedp.ID("login")),
+		chromedp.WaitVisible(chromedp.CSS(`#nav a[href="#cluster"]`)),
+		chromedp.Click(chromedp.CSS(`#nav a[href="#cluster"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`#cl-nodes tr[data-node="node3"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`#cl-streams tr[data-stream="KV_moat_clients"]`)))
+	if err != nil {
+		t.Fatalf("dashboard cluster page: %v", err)
+	}
+	text := func(id string) string {
+		t.Helper()
+		s, err := chromedp.Run(ctx, chromedp.Text(chromedp.ID(id)))
+		if err != nil {
+			t.Fatalf("dashboard: text of #%s: %v", id, err)
+		}
+		return s
+	}
+	nodes, streams, health := text("cl-nodes"), text("cl-streams"), text("cl-health")
+	if buf, err := chromedp.Run(ctx, chromedp.FullScreenshot(100)); err == nil {
+		_ = os.WriteFile(filepath.Join(shots, "cluster.png"), buf, 0o644)
+	}
+	if health != "healthy" || strings.Count(nodes, "\tup\t") != 3 || !strings.Contains(nodes, "node1 (this node)") ||
+		strings.Contains(streams, "none") {
+		t.Errorf("cluster page: health %q\nnodes %q\nstreams %q (screenshot in %s)", health, nodes, streams, shots)
+	}
+}

@@ -1,0 +1,244 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/moatmq/moat/internal/broker"
+)
+
+// Housekeeping keeps the key-value buckets from growing with every topic
+// ever cleared and every client ID ever connected:
+//
+//   - A cleared retained topic is purged from moat_retained: a purge
+//     marker (KV-Operation: PURGE with a subject rollup) replaces its
+//     value, and the marker itself expires after MarkerTTL. Watching
+//     nodes see the marker and clear their copy; a node that starts
+//     within MarkerTTL sees it in its first read of the bucket.
+//   - A client ID's claim in moat_clients is purged the same way when its
+//     session ends on the node holding the claim and nothing of it is left
+//     there (broker.ClusterSessionEnds): a clean session's disconnection,
+//     an expiry, or a clean start that replaced it. The purge names the
+//     claim's revision, so a newer claim of another node is never removed.
+//   - At start, once the buckets are in use, a node purges the claims its
+//     previous run left (a crash does not end sessions) for client IDs
+//     with no session here.
+//
+// The markers need per-message TTLs (NATS 2.11 and later, the embedded
+// server included); on an external NATS without them the markers stay,
+// one small record per removed key, as deletes did before.
+
+// defaultMarkerTTL is Config.MarkerTTL's default: long enough for a node
+// down for maintenance to learn, when it comes back, what was removed.
+const defaultMarkerTTL = 24 * time.Hour
+
+func (n *Node) markerTTL() time.Duration {
+	if n.cfg.MarkerTTL > 0 {
+		return n.cfg.MarkerTTL
+	}
+	return defaultMarkerTTL
+}
+
+// bucket creates or binds a bucket whose removal markers expire
+// (LimitMarkerTTL enables per-message TTLs); where the server lacks them,
+// it creates the bucket without, and markers then stay.
+func (n *Node) bucket(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	if !n.noMarkerTTL.Load() {
+		c := cfg
+		c.LimitMarkerTTL = n.markerTTL()
+		kv, err := js.CreateOrUpdateKeyValue(ctx, c)
+		if err == nil || !errors.Is(err, jetstream.ErrLimitMarkerTTLNotSupported) {
+			return kv, err
+		}
+		n.noMarkerTTL.Store(true)
+		n.log.Warn("cluster: the NATS server has no per-message TTLs (NATS 2.11 or later has): the markers of cleared "+
+			"retained messages and forgotten claims stay in the buckets", "bucket", cfg.Bucket)
+	}
+	return js.CreateOrUpdateKeyValue(ctx, cfg)
+}
+
+// purgeMarker publishes a purge marker for key in bucket, as the NATS
+// key-value protocol defines it (what KeyValue.Purge sends), with a TTL
+// when the bucket allows one, and returns its revision: the watch gives
+// no other way to tell this node's markers from others', and a node must
+// not apply its own past clear over a value it has set since.
+func (n *Node) purgeMarker(ctx context.Context, bucket, key string, lastRev uint64) (uint64, error) {
+	js, err := jetstream.New(n.nc)
+	if err != nil {
+		return 0, err
+	}
+	m := nats.NewMsg("$KV." + bucket + "." + key)
+	m.Header.Set("KV-Operation", "PURGE")
+	m.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
+	var opts []jetstream.PublishOpt
+	if lastRev > 0 {
+		opts = append(opts, jetstream.WithExpectLastSequencePerSubject(lastRev))
+	}
+	if !n.noMarkerTTL.Load() {
+		opts = append(opts, jetstream.WithMsgTTL(n.markerTTL()))
+	}
+	ack, err := js.PublishMsg(ctx, m, opts...)
+	if err != nil {
+		return 0, err
+	}
+	return ack.Sequence, nil
+}
+
+// purgeRetained removes a cleared topic's retained message from the
+// bucket.
+func (n *Node) purgeRetained(ctx context.Context, kv *kvState, topic string) {
+	rev, err := n.purgeMarker(ctx, bucketRetained, topicTokens(topic), 0)
+	if err != nil {
+		n.log.Warn("cluster: cleared retained message not removed from the cluster", "topic", topic, "err", err)
+		return
+	}
+	n.hk.mu.Lock()
+	if n.hk.ownPurges == nil || len(n.hk.ownPurges) >= maxOwnPurges {
+		// Entries are removed as the watch returns them; a watch that
+		// missed some (restarted) must not make the set grow forever.
+		n.hk.ownPurges = make(map[uint64]struct{})
+	}
+	n.hk.ownPurges[rev] = struct{}{}
+	n.hk.mu.Unlock()
+	n.stats.retainedOut.Add(1)
+	n.stats.retainedPurged.Add(1)
+}
+
+// maxOwnPurges bounds the revisions of this node's markers not yet seen
+// in the watch.
+const maxOwnPurges = 100000
+
+// applyRetainedRemoval applies a removal marker of the retained bucket:
+// another node cleared the topic (a purge, or a delete by a tool).
+func (n *Node) applyRetainedRemoval(e jetstream.KeyValueEntry) {
+	n.hk.mu.Lock()
+	_, own := n.hk.ownPurges[e.Revision()]
+	delete(n.hk.ownPurges, e.Revision())
+	n.hk.mu.Unlock()
+	if own {
+		return
+	}
+	t, err := tokensTopic(e.Key())
+	if err != nil {
+		n.stats.decodeErrors.Add(1)
+		n.log.Warn("cluster: retained removal under a malformed key ignored", "key", clip(e.Key()))
+		return
+	}
+	n.stats.retainedIn.Add(1)
+	n.b.RetainRemote(&broker.Message{Topic: t, Retain: true}, nil)
+}
+
+// SessionEnded implements broker.ClusterSessionEnds: the client's claim
+// is forgotten in the background, in order with the other writes.
+func (n *Node) SessionEnded(clientID string) {
+	n.queueWrite(kvWrite{clientID: clientID, prune: true})
+}
+
+var _ broker.ClusterSessionEnds = (*Node)(nil)
+
+// sessionChecker is what pruning asks the broker (*broker.Server).
+type sessionChecker interface {
+	HasSession(clientID string) bool
+}
+
+// hasSession tells whether the broker holds a session of clientID; true
+// when it cannot say, so that nothing is pruned on a guess.
+func (n *Node) hasSession(clientID string) bool {
+	sc, ok := n.b.(sessionChecker)
+	return !ok || sc.HasSession(clientID)
+}
+
+// pruneClaim removes this node's claim of clientID when the client has no
+// session here (it may have connected again since its session ended).
+func (n *Node) pruneClaim(ctx context.Context, kv *kvState, clientID string) {
+	kv.mu.Lock()
+	rev, ok := kv.claims[clientID]
+	kv.mu.Unlock()
+	if !ok || n.hasSession(clientID) {
+		return // another node claimed it since, or a new session started
+	}
+	_, err := n.purgeMarker(ctx, bucketClients, keyOf(clientID), rev)
+	kv.mu.Lock()
+	if kv.claims[clientID] == rev {
+		delete(kv.claims, clientID)
+	}
+	kv.mu.Unlock()
+	switch {
+	case err == nil:
+		n.stats.claimsPruned.Add(1)
+	case isWrongLast(err):
+		// Another node claimed the client ID since: its claim stays.
+	default:
+		n.log.Debug("cluster: claim of a finished session not removed", "client", clientID, "err", err)
+	}
+}
+
+// isWrongLast tells a refused expected-revision write.
+func isWrongLast(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
+}
+
+// sweepClaims purges, once the buckets are in use, the claims that this
+// node's previous runs left for client IDs with no session here.
+func (n *Node) sweepClaims() {
+	select {
+	case <-n.ctx.Done():
+		return
+	case <-n.ready:
+	}
+	kv := n.kvs()
+	kv.mu.Lock()
+	cl := kv.clients
+	kv.mu.Unlock()
+	w, err := cl.WatchAll(n.ctx, jetstream.IgnoreDeletes())
+	if err != nil {
+		n.log.Warn("cluster: claims of this node's previous run not checked", "err", err)
+		return
+	}
+	defer func() { _ = w.Stop() }()
+	type stale struct {
+		id  string
+		rev uint64
+	}
+	var found []stale
+	prefix := n.cfg.Node + "/"
+	for e := range w.Updates() {
+		if e == nil {
+			break // the bucket's present content has been read
+		}
+		var c claimRecord
+		if json.Unmarshal(e.Value(), &c) != nil || !strings.HasPrefix(c.Node, prefix) || c.Node == n.origin {
+			continue
+		}
+		id, err := keyString(e.Key())
+		if err == nil {
+			found = append(found, stale{id, e.Revision()})
+		}
+	}
+	pruned := 0
+	for _, s := range found {
+		if n.ctx.Err() != nil {
+			return
+		}
+		if n.hasSession(s.id) {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
+		_, err := n.purgeMarker(ctx, bucketClients, keyOf(s.id), s.rev)
+		cancel()
+		if err == nil {
+			pruned++
+			n.stats.claimsPruned.Add(1)
+		}
+	}
+	if pruned > 0 {
+		n.log.Info("cluster: claims left by this node's previous run removed", "claims", pruned)
+	}
+}

@@ -1,0 +1,388 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/moatmq/moat/client"
+	"github.com/moatmq/moat/internal/testutil"
+)
+
+// The test clusters' heartbeat and marker lifetimes: short, so that a
+// node's loss and a marker's expiry show within a test.
+const (
+	testHeartbeat = 100 * time.Millisecond
+	testMarkerTTL = 2 * time.Second
+)
+
+// nodeByName returns the entry of name in st.Nodes.
+func nodeByName(st Status, name string) (NodeInfo, bool) {
+	i := slices.IndexFunc(st.Nodes, func(ni NodeInfo) bool { return ni.Node == name })
+	if i < 0 {
+		return NodeInfo{}, false
+	}
+	return st.Nodes[i], true
+}
+
+func TestStatusNodesConnectionsAndReplication(t *testing.T) {
+	nodes := startCluster(t, 3)
+	dial(t, nodes[1].addr, "on-n2", client.V5)
+	// Every node hears every other's heartbeat: n1 sees n2's client.
+	testutil.CheckFor(t, 30*time.Second, func() error {
+		st := nodes[0].node.Status()
+		n2, ok := nodeByName(st, "n2")
+		if !ok || n2.State != StateUp || n2.Connections != 1 || n2.Sessions != 1 {
+			return fmt.Errorf("n2 as n1 sees it: %+v", n2)
+		}
+		if st.NodesUp != 3 || st.NodesExpected != 3 || !st.Healthy {
+			return fmt.Errorf("n1: %d of %d nodes up, problems %q", st.NodesUp, st.NodesExpected, st.Problems)
+		}
+		if n2.Route == "" {
+			return fmt.Errorf("no route shown for n2: %+v", n2)
+		}
+		return nil
+	})
+	st := nodes[0].node.Status()
+	self, _ := nodeByName(st, "n1")
+	if !self.Self || self.Connections != 0 {
+		t.Errorf("n1 itself: %+v", self)
+	}
+	// The client's claim is the claims bucket's one message.
+	testutil.CheckFor(t, 30*time.Second, func() error {
+		for _, s := range nodes[0].node.Status().Streams {
+			if s.Name == "KV_"+bucketClients && s.Messages != 1 {
+				return fmt.Errorf("claims bucket: %+v", s)
+			}
+		}
+		return nil
+	})
+	st = nodes[0].node.Status()
+	// Both buckets are streams of three current copies.
+	for _, name := range []string{"KV_" + bucketRetained, "KV_" + bucketClients} {
+		i := slices.IndexFunc(st.Streams, func(s StreamState) bool { return s.Name == name })
+		if i < 0 {
+			t.Fatalf("stream %s missing from %+v", name, st.Streams)
+		}
+		s := st.Streams[i]
+		if s.Replicas != 3 || len(s.Peers) != 3 || s.Leader == "" {
+			t.Errorf("stream %s: %+v", name, s)
+		}
+		for _, p := range s.Peers {
+			if !p.Current || p.Offline {
+				t.Errorf("stream %s: copy %+v not current", name, p)
+			}
+		}
+	}
+	if len(st.MetaPeers) != 2 {
+		t.Errorf("meta peers of n1: %+v", st.MetaPeers)
+	}
+	// The status is JSON for the admin API.
+	b, err := json.Marshal(st)
+	if err != nil || !strings.Contains(string(b), `"nodes_up":3`) || !strings.Contains(string(b), `"healthy":true`) {
+		t.Errorf("JSON: %v %s", err, b)
+	}
+}
+
+// TestStatusNodeLoss stops one node cleanly and crashes another: the
+// survivor reports the first stopped at once (its last heartbeat said
+// so) and the second down after three heartbeat intervals.
+func TestStatusNodeLoss(t *testing.T) {
+	nodes := startCluster(t, 3)
+	testutil.WaitFor(t, "three nodes up", 30*time.Second, func() bool { return nodes[0].node.Status().NodesUp == 3 })
+	nodes[2].node.Close()
+	testutil.CheckFor(t, 30*time.Second, func() error {
+		st := nodes[0].node.Status()
+		if n3, _ := nodeByName(st, "n3"); n3.State != StateStopped {
+			return fmt.Errorf("n3: %+v", n3)
+		}
+		if st.Healthy || !slices.ContainsFunc(st.Problems, func(p string) bool { return strings.Contains(p, "node n3 stopped") }) {
+			return fmt.Errorf("problems: %q", st.Problems)
+		}
+		return nil
+	})
+	// A crash says nothing: the NATS server of n2 goes away under it.
+	nodes[1].node.srv.Shutdown()
+	testutil.CheckFor(t, 30*time.Second, func() error {
+		st := nodes[0].node.Status()
+		n2, _ := nodeByName(st, "n2")
+		if n2.State != StateDown || n2.LastSeen.IsZero() {
+			return fmt.Errorf("n2: %+v", n2)
+		}
+		if st.NodesUp != 1 || !slices.ContainsFunc(st.Problems, func(p string) bool { return strings.Contains(p, "node n2 is down") }) {
+			return fmt.Errorf("%d up, problems %q", st.NodesUp, st.Problems)
+		}
+		return nil
+	})
+}
+
+func TestNodeListStates(t *testing.T) {
+	n := &Node{cfg: Config{Node: "a", Version: "v1"}, origin: "a/01", started: time.Unix(100, 0)}
+	now := time.Unix(1000, 0)
+	beat := func(name string, seen time.Duration, leaving bool) {
+		n.beats.record(heartbeat{V: 1, Node: name, Origin: name + "/02", IntervalMS: 1000, Connections: 5, Sessions: 6,
+			Leaving: leaving}, now.Add(-seen))
+	}
+	beat("b", 2*time.Second, false) // within three intervals
+	beat("c", 4*time.Second, false) // over
+	beat("d", time.Second, true)    // stopped
+	list := n.nodeList(now, []RouteInfo{{Node: "b", Addr: "10.0.0.2:7422", RTT: "1ms"}}, []string{"b", "e"})
+	var got []string
+	for _, ni := range list {
+		got = append(got, fmt.Sprintf("%s:%s:%d:%s", ni.Node, ni.State, ni.Connections, ni.Route))
+	}
+	want := []string{"a:up:0:", "b:up:5:10.0.0.2:7422", "c:down:0:", "d:stopped:0:", "e:down:0:"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("nodes:\n got %v\nwant %v", got, want)
+	}
+	if !list[0].Self || list[0].Version != "v1" || !list[4].LastSeen.IsZero() {
+		t.Errorf("self or never-seen peer: %+v %+v", list[0], list[4])
+	}
+}
+
+func TestDecodeHeartbeat(t *testing.T) {
+	good := `{"v":1,"node":"n1","origin":"n1/ab","interval_ms":2000,"connections":3,"sessions":4}`
+	if h, err := decodeHeartbeat([]byte(good)); err != nil || h.Connections != 3 {
+		t.Fatalf("good heartbeat: %+v %v", h, err)
+	}
+	for name, bad := range map[string]string{
+		"version":        `{"v":2,"node":"n1","origin":"n1/ab","interval_ms":2000}`,
+		"no node":        `{"v":1,"origin":"/ab","interval_ms":2000}`,
+		"foreign origin": `{"v":1,"node":"n1","origin":"n2/ab","interval_ms":2000}`,
+		"no interval":    `{"v":1,"node":"n1","origin":"n1/ab"}`,
+		"negative count": `{"v":1,"node":"n1","origin":"n1/ab","interval_ms":2000,"connections":-1}`,
+		"not JSON":       `n1`,
+		"too long":       `{"v":1,"node":"` + strings.Repeat("x", maxHeartbeat) + `"}`,
+	} {
+		if _, err := decodeHeartbeat([]byte(bad)); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+func FuzzDecodeHeartbeat(f *testing.F) {
+	f.Add([]byte(`{"v":1,"node":"n1","origin":"n1/ab","interval_ms":2000,"connections":3,"sessions":4,"leaving":true}`))
+	f.Add([]byte(`{"v":1,"node":"\u00e9","origin":"\u00e9/","interval_ms":1}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		h, err := decodeHeartbeat(b)
+		if err != nil {
+			return
+		}
+		again, err := json.Marshal(h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h2, err := decodeHeartbeat(again)
+		if err != nil || h2 != h {
+			t.Fatalf("decode → encode → decode changed the heartbeat: %v\n%+v\n%+v", err, h, h2)
+		}
+	})
+}
+
+// claim returns the claims bucket's entry of id on tn (nil: none).
+func claim(t *testing.T, tn *testNode, id string) jetstream.KeyValueEntry {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	e, err := tn.node.kvs().clients.Get(ctx, keyOf(id))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// TestClaimsPruned: a clean session's claim is removed when it ends; a
+// persistent session's stays; takeover across nodes works on after a
+// claim was removed; the markers expire.
+func TestClaimsPruned(t *testing.T) {
+	nodes := startCluster(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	clean := dial(t, nodes[0].addr, "clean-1", client.V5)
+	testutil.WaitFor(t, "the claim of clean-1", 30*time.Second, func() bool { return claim(t, nodes[1], "clean-1") != nil })
+	if err := clean.Disconnect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, "the claim of clean-1 removed", 30*time.Second, func() bool { return claim(t, nodes[1], "clean-1") == nil })
+	// The counter moves just after the purge is acknowledged.
+	testutil.WaitFor(t, "n1 to count the claim pruned", 10*time.Second, func() bool { return nodes[0].node.Status().ClaimsPruned == 1 })
+
+	persistent, err := client.Dial(ctx, client.Config{Servers: []string{"tcp://" + nodes[0].addr}, ClientID: "kept-1",
+		CleanStart: true, SessionExpiry: 3600})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { persistent.Close() })
+	testutil.WaitFor(t, "the claim of kept-1", 30*time.Second, func() bool { return claim(t, nodes[1], "kept-1") != nil })
+	if err := persistent.Disconnect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// A clean client disconnecting after kept-1 on the same node: once
+	// its claim is gone, the queue has passed kept-1's disconnection.
+	probe := dial(t, nodes[0].addr, "clean-2", client.V5)
+	testutil.WaitFor(t, "the claim of clean-2", 30*time.Second, func() bool { return claim(t, nodes[1], "clean-2") != nil })
+	if err := probe.Disconnect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, "the claim of clean-2 removed", 30*time.Second, func() bool { return claim(t, nodes[1], "clean-2") == nil })
+	if claim(t, nodes[1], "kept-1") == nil {
+		t.Fatal("the claim of a persistent session was removed")
+	}
+
+	// Takeover still works for a client ID whose claim was removed.
+	first := dial(t, nodes[0].addr, "clean-1", client.V5)
+	testutil.WaitFor(t, "the new claim of clean-1", 30*time.Second, func() bool {
+		e := claim(t, nodes[1], "clean-1")
+		return e != nil && strings.Contains(string(e.Value()), nodes[0].node.origin)
+	})
+	second := dial(t, nodes[1].addr, "clean-1", client.V5)
+	select {
+	case <-first.Done():
+	case <-ctx.Done():
+		t.Fatal("the connection on n1 was not taken over")
+	}
+	if !second.IsConnected() {
+		t.Fatal("the new connection was closed")
+	}
+
+	// The markers left by the purges expire: only live claims remain.
+	js, err := jetstream.New(nodes[0].node.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.CheckFor(t, 30*time.Second, func() error {
+		s, err := js.Stream(ctx, "KV_"+bucketClients)
+		if err != nil {
+			return err
+		}
+		info, err := s.Info(ctx, jetstream.WithSubjectFilter(">"))
+		if err != nil {
+			return err
+		}
+		var keys []string
+		for subj := range info.State.Subjects {
+			keys = append(keys, subj)
+		}
+		slices.Sort(keys)
+		want := []string{"$KV." + bucketClients + "." + keyOf("clean-1"), "$KV." + bucketClients + "." + keyOf("kept-1")}
+		if !slices.Equal(keys, want) {
+			return fmt.Errorf("claims bucket holds %v, want %v", keys, want)
+		}
+		return nil
+	})
+}
+
+// TestRetainedClearPurges: clearing a retained topic removes it from the
+// bucket (no empty record stays), every node's copy is cleared, a node
+// that sets the topic again right after its own clear keeps the new value,
+// and the purge marker expires.
+func TestRetainedClearPurges(t *testing.T) {
+	nodes := startCluster(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	pub1 := dial(t, nodes[0].addr, "p1", client.V5)
+	pub2 := dial(t, nodes[1].addr, "p2", client.V5)
+	retained := func(tn *testNode, topic string) string {
+		m, _ := tn.srv.RetainedMatch(topic, 10)
+		if len(m) == 0 {
+			return ""
+		}
+		return string(m[0].Preview)
+	}
+	publish := func(c *client.Client, topic, payload string) {
+		t.Helper()
+		if err := c.Publish(ctx, &client.Message{Topic: topic, QoS: 1, Retain: true, Payload: []byte(payload)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish(pub1, "plant/a", "v1")
+	publish(pub1, "plant/b", "w1")
+	for _, tn := range nodes {
+		testutil.WaitFor(t, "the retained messages everywhere", 30*time.Second, func() bool {
+			return retained(tn, "plant/a") == "v1" && retained(tn, "plant/b") == "w1"
+		})
+	}
+	// n2 clears plant/a; n2 clears plant/b and sets it again at once.
+	publish(pub2, "plant/a", "")
+	publish(pub2, "plant/b", "")
+	publish(pub2, "plant/b", "w2")
+	for _, tn := range nodes {
+		testutil.CheckFor(t, 30*time.Second, func() error {
+			if a, b := retained(tn, "plant/a"), retained(tn, "plant/b"); a != "" || b != "w2" {
+				return fmt.Errorf("%s: plant/a %q, plant/b %q; want cleared and w2", tn.node.cfg.Node, a, b)
+			}
+			return nil
+		})
+	}
+	kv := nodes[2].node.kvs().retained
+	if _, err := kv.Get(ctx, topicTokens("plant/a")); !errors.Is(err, jetstream.ErrKeyNotFound) {
+		t.Fatalf("plant/a in the bucket: %v", err)
+	}
+	testutil.WaitFor(t, "n2 to count two purges", 10*time.Second, func() bool { return nodes[1].node.Status().RetainedPurged == 2 })
+	js, err := jetstream.New(nodes[0].node.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.CheckFor(t, 30*time.Second, func() error {
+		s, err := js.Stream(ctx, "KV_"+bucketRetained)
+		if err != nil {
+			return err
+		}
+		info, err := s.Info(ctx, jetstream.WithSubjectFilter(">"))
+		if err != nil {
+			return err
+		}
+		if len(info.State.Subjects) != 1 || info.State.Msgs != 1 {
+			return fmt.Errorf("retained bucket: %d messages on %v; want plant/b's value only", info.State.Msgs, info.State.Subjects)
+		}
+		return nil
+	})
+	// A node that starts watching after the marker expired has nothing
+	// to clear; one that was watching kept the value of plant/b.
+	for _, tn := range nodes {
+		if a, b := retained(tn, "plant/a"), retained(tn, "plant/b"); a != "" || b != "w2" {
+			t.Errorf("%s after the markers expired: plant/a %q, plant/b %q", tn.node.cfg.Node, a, b)
+		}
+	}
+}
+
+// TestSweepClaims: the claims a node's previous run left are removed at
+// start, unless the client ID has a session on the node; other nodes'
+// claims stay.
+func TestSweepClaims(t *testing.T) {
+	nodes := startCluster(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	alive, err := client.Dial(ctx, client.Config{Servers: []string{"tcp://" + nodes[0].addr}, ClientID: "alive",
+		CleanStart: true, SessionExpiry: 3600})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { alive.Close() })
+	testutil.WaitFor(t, "the claim of alive", 30*time.Second, func() bool { return claim(t, nodes[1], "alive") != nil })
+	kv := nodes[0].node.kvs().clients
+	for id, node := range map[string]string{"ghost": "n1/0ld", "alive": "n1/0ld", "elsewhere": "n2/0ld"} {
+		val, _ := json.Marshal(claimRecord{Node: node, Owner: "anon:"})
+		if _, err := kv.Put(ctx, keyOf(id), val); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nodes[0].node.sweepClaims()
+	if claim(t, nodes[1], "ghost") != nil {
+		t.Error("the claim of the previous run's ghost stayed")
+	}
+	if claim(t, nodes[1], "alive") == nil || claim(t, nodes[1], "elsewhere") == nil {
+		t.Error("a claim of a live session or of another node was removed")
+	}
+}
