@@ -484,7 +484,7 @@ func (s *Server) recheckSession(sess *session, cl *Client, reason string, res *R
 		if !s.index.Unsubscribe(sess.id, sub.Group, sub.Filter) {
 			continue
 		}
-		s.clusterUnsub(sub.Filter)
+		s.clusterUnsubscribed(sess.id, sub.Group, sub.Filter)
 		n := len(sub.Filter)
 		if sub.Group != "" {
 			n += len("$share/") + len(sub.Group) + 1

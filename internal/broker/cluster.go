@@ -92,7 +92,7 @@ func (s *Server) unsubscribeAll(clientID string) {
 	subs := s.index.Subscriptions(clientID)
 	s.index.UnsubscribeAll(clientID)
 	for _, sub := range subs {
-		s.clusterUnsub(sub.Filter)
+		s.clusterUnsubscribed(clientID, sub.Group, sub.Filter)
 	}
 }
 
@@ -229,7 +229,7 @@ func StoredPublisherOf(msg *Message) *StoredPublisher {
 // index; existed is Index.Subscribe's answer (a replaced subscription is
 // already counted).
 func (s *Server) clusterSubscribed(sub topic.Subscription, existed bool) {
-	if !existed {
+	if !existed && (sub.Group == "" || !s.clusterShareSub(sub)) {
 		s.clusterSub(sub.Filter)
 	}
 }

@@ -385,6 +385,9 @@ func (sf *subscribeFence) replay(m *Message) {
 	plain := onlyNew && matched && !f.has(claimKey{id: m.recentID, retained: true}) &&
 		f.replayable(m, shareKey{})
 	for i := range mb.groups {
+		if s.clusterDeliversShared(m) {
+			break // the cluster delivers it to the groups (cluster_shared.go)
+		}
 		g := &mb.groups[i]
 		// Only a group the session alone belongs to missed the message:
 		// otherwise another member received it.

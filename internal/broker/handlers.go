@@ -348,7 +348,7 @@ func (c *conn) handleUnsubscribe(p *packet.Unsubscribe) {
 		if !s.index.Unsubscribe(c.client.ClientID, group, filter) {
 			codes[i] = packet.NoSubscriptionExisted
 		} else {
-			s.clusterUnsub(filter)
+			s.clusterUnsubscribed(c.client.ClientID, group, filter)
 			c.fenceUnsubscribed(group, filter)
 			c.sess.subs.Add(-1)
 			c.sess.subBytes.Add(-int64(len(f)))

@@ -63,6 +63,7 @@ type Server struct {
 
 	cluster        Cluster // nil: a single node (cluster.go)
 	clusterFilters clusterFilters
+	clusterShares  clusterShares // cluster_shared.go
 
 	lim atomic.Pointer[liveLimits] // the limits in force and the pushback marks (livelimits.go)
 	sys sysControl                 // the $SYS publisher's state (livelimits.go)
@@ -559,14 +560,18 @@ func (s *Server) redistribute(orphans []*delivery) {
 		}
 		mb.subs, mb.groups = s.index.Match(d.msg.Topic, mb.subs[:0], mb.groups[:0])
 		mb.enc.reset(d.msg, nil, clock{now: s.cfg.Now}, 1) // one receiver per group
+		delivered := false
 		for i := range mb.groups {
 			g := &mb.groups[i]
 			if g.Group != d.share.group || g.Filter != d.share.filter {
 				continue
 			}
 			if sub, ok := g.PickRanked(s.memberRank(d.msg)); ok {
-				s.deliverTo(&mb.enc, &sub, sub.QoS, sub.RetainAsPublished, idsOf(sub.ID), d.share, nil, nil)
+				delivered = s.deliverTo(&mb.enc, &sub, sub.QoS, sub.RetainAsPublished, idsOf(sub.ID), d.share, nil, nil)
 			}
+		}
+		if !delivered {
+			s.clusterHandOn(d) // a member on another node (cluster_shared.go)
 		}
 		clear(mb.subs)
 		clear(mb.groups)
@@ -829,6 +834,11 @@ func (s *Server) deliverFrom(msg *Message, b *pbatch, from *conn) int {
 	mb.subs, mb.groups = s.index.Match(msg.Topic, mb.subs[:0], mb.groups[:0])
 	mb.enc.reset(msg, from, clock{now: s.cfg.Now}, len(mb.subs)+len(mb.groups))
 	n := s.route(&mb.enc, mb.subs, b, pub)
+	if len(mb.groups) > 0 && s.clusterDeliversShared(msg) {
+		// The cluster picks each group's node (cluster_shared.go).
+		putMatchBuf(mb)
+		return n
+	}
 	var rank func(*topic.Subscription) int
 	if len(mb.groups) > 0 {
 		rank = s.memberRank(msg)

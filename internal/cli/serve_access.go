@@ -54,6 +54,10 @@ type accessPlan struct {
 	// ldaps are the LDAP backends whose live clients are looked up again
 	// every recheck interval.
 	ldaps []ldapRecheck
+	// passwordGone, in a cluster, tells the other nodes of the users a
+	// password file reload removed or changed (serve_cluster_security.go).
+	// Set before serving; nil without a cluster.
+	passwordGone func(f *passwd.File, users []string)
 }
 
 // ldapRecheck is one LDAP backend and how often its clients are checked.
@@ -723,6 +727,9 @@ func (a *accessPlan) reportPasswd(f *passwd.File, c passwd.Change, err error) {
 	gone := make(map[string]bool, len(c.Removed)+len(c.Changed))
 	for _, u := range slices.Concat(c.Removed, c.Changed) {
 		gone[u] = true
+	}
+	if len(gone) > 0 && a.passwordGone != nil {
+		a.passwordGone(f, slices.Concat(c.Removed, c.Changed))
 	}
 	if len(gone) > 0 {
 		a.reevaluate("password", broker.Reevaluation{

@@ -69,6 +69,7 @@ func (p *servePlan) planCluster() {
 	p.cluster = node
 	p.broker.Cluster = node
 	p.cleanup = append(p.cleanup, node.Close)
+	p.planClusterSecurity()
 }
 
 // routeTLS loads the node's certificate and the CA bundle of the routes.

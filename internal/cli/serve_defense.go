@@ -48,6 +48,11 @@ type defense struct {
 	// checked, set by tests, runs in Connected right after the identity
 	// passed the ban check (the window Attached closes).
 	checked atomic.Pointer[func(c *broker.Client)]
+
+	// banOrigin, in a cluster, names the node a ban (by ID) was added or
+	// removed on, for the audit log (serve_cluster_security.go). Set
+	// before serving; nil without a cluster.
+	banOrigin func(id string) string
 }
 
 var (
@@ -377,6 +382,9 @@ func (d *defense) onBan(m guard.Match) {
 		audit.String("reason", cmp.Or(b.Reason, "unspecified")), audit.String("source", b.Source)}
 	if !b.Expires.IsZero() {
 		fields = append(fields, audit.String("expires", b.Expires.UTC().Format(time.RFC3339)))
+	}
+	if d.banOrigin != nil {
+		fields = append(fields, audit.String("origin_node", d.banOrigin(b.ID)))
 	}
 	// MQTT 5 has no Banned (0x8A) in DISCONNECT: an operator's ban is an
 	// Administrative action (0x98), a detector's Not authorized (0x87).
@@ -777,8 +785,12 @@ func (t *auditTee) Enabled(ctx context.Context, l slog.Level) bool {
 func (t *auditTee) Handle(ctx context.Context, r slog.Record) error {
 	if typ, ok := teeTypes[r.Message]; ok && t.d.audit != nil {
 		var fields []audit.Field
+		var ban string
 		add := func(a slog.Attr) bool {
 			v := a.Value.Resolve()
+			if a.Key == "ban" {
+				ban = v.String()
+			}
 			if v.Kind() == slog.KindInt64 {
 				fields = append(fields, audit.Int(a.Key, v.Int64()))
 			} else {
@@ -792,6 +804,9 @@ func (t *auditTee) Handle(ctx context.Context, r slog.Record) error {
 		r.Attrs(add)
 		if typ == audit.TypeBanRemove {
 			fields = append(fields, audit.String("reason", strings.TrimPrefix(r.Message, "guard: ")))
+			if t.d.banOrigin != nil {
+				fields = append(fields, audit.String("origin_node", t.d.banOrigin(ban)))
+			}
 		}
 		t.d.record(typ, fields...)
 	}

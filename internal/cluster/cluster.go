@@ -72,6 +72,10 @@ type Config struct {
 	QueueLen int
 	// StartTimeout bounds the start of the embedded server. 0: 10 s.
 	StartTimeout time.Duration
+	// ShareInterval is how often the node's weight in each shared
+	// subscription's queue group follows its members' state (shared.go).
+	// 0: 1 s.
+	ShareInterval time.Duration
 	// Logger receives the cluster's and the NATS server's log lines.
 	// Nil: slog.Default().
 	Logger *slog.Logger
@@ -123,6 +127,10 @@ type Node struct {
 	replicas int
 
 	stats counters
+
+	gc    *nats.Conn // the shared subscriptions' queue groups (shared.go)
+	share shareState
+	sec   secState // security.go
 
 	// The operations side (heartbeat.go, ops.go, housekeeping.go).
 	started   time.Time
@@ -176,6 +184,9 @@ func Start(cfg Config) (*Node, error) {
 	}
 	n := &Node{cfg: cfg, log: log, origin: cfg.Node + "/" + hex.EncodeToString(boot), in: make(chan *nats.Msg, qlen),
 		subs: make(map[string][]*nats.Subscription), ready: make(chan struct{}), started: time.Now()}
+	n.share = shareState{groups: make(map[shareKey]*shareGroup), byQueue: make(map[string]*shareGroup),
+		wake: make(chan struct{}, 1), in: make(chan *nats.Msg, qlen), out: make(chan *nats.Msg, qlen)}
+	n.sec = secState{wake: make(chan struct{}, 1), events: make(chan *nats.Msg, 1024)}
 	n.replicas = cfg.Replicas
 	if n.replicas <= 0 {
 		n.replicas = min(1+len(cfg.Peers), 3)
@@ -297,6 +308,9 @@ func (n *Node) startEmbedded() error {
 		return fmt.Errorf("cluster: connecting to the embedded server: %v", err)
 	}
 	n.nc = nc
+	if err := n.connectGroups(nats.InProcessServer(srv), nats.Token(token)); err != nil {
+		return err
+	}
 	n.log.Info("cluster: node started", "cluster", n.cfg.Name, "node", n.cfg.Node, "routes", n.RouteAddr(),
 		"peers", n.cfg.Peers, "route_tls", n.cfg.RouteTLS != nil)
 	return nil
@@ -316,6 +330,9 @@ func (n *Node) connectExternal() error {
 		return fmt.Errorf("cluster: connecting to %s: %v", redactURL(n.cfg.NATSURL), err)
 	}
 	n.nc = nc
+	if err := n.connectGroups(opts...); err != nil {
+		return err
+	}
 	n.log.Info("cluster: connected to an external NATS cluster", "cluster", n.cfg.Name, "node", n.cfg.Node,
 		"url", redactURL(n.cfg.NATSURL))
 	return nil
@@ -355,6 +372,8 @@ func (n *Node) Attach(b Broker) {
 		n.wg.Add(2)
 		go func() { defer n.wg.Done(); n.receiveLoop() }()
 		go func() { defer n.wg.Done(); n.kvLoop() }()
+		n.attachShared(b)
+		n.attachSecurity()
 		n.startOps()
 	})
 }
@@ -366,6 +385,9 @@ func (n *Node) Close() {
 	n.cancel()
 	if n.nc != nil {
 		n.nc.Close()
+	}
+	if n.gc != nil {
+		n.gc.Close()
 	}
 	n.wg.Wait()
 	if n.srv != nil {

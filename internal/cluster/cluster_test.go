@@ -50,10 +50,11 @@ func freePorts(t *testing.T, n int) []string {
 
 // startCluster starts n brokers joined in one cluster on loopback, with
 // plain routes, and waits until every node's key-value store is ready.
-func startCluster(t *testing.T, n int) []*testNode {
+// Each of before runs for every node before it is attached to its broker.
+func startCluster(t *testing.T, n int, before ...func(i int, nd *Node)) []*testNode {
 	t.Helper()
 	for attempt := 0; ; attempt++ {
-		nodes, err := tryStartCluster(t, n)
+		nodes, err := tryStartCluster(t, n, before...)
 		if err == nil {
 			return nodes
 		}
@@ -64,7 +65,7 @@ func startCluster(t *testing.T, n int) []*testNode {
 	}
 }
 
-func tryStartCluster(t *testing.T, n int) ([]*testNode, error) {
+func tryStartCluster(t *testing.T, n int, before ...func(i int, nd *Node)) ([]*testNode, error) {
 	routes := freePorts(t, n)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	if testing.Verbose() {
@@ -94,6 +95,9 @@ func tryStartCluster(t *testing.T, n int) ([]*testNode, error) {
 			Logger: log.With("node", fmt.Sprintf("n%d", i+1))})
 		if err != nil {
 			return fail(err)
+		}
+		for _, f := range before {
+			f(i, nd)
 		}
 		nd.Attach(srv)
 		ln, err := net.Listen("tcp", "127.0.0.1:0")

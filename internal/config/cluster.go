@@ -32,6 +32,11 @@ type Cluster struct {
 	// secret on the command line).
 	NATSURL     string `json:"nats_url,omitempty" yaml:"nats_url"`
 	Credentials string `json:"credentials,omitempty" yaml:"credentials"`
+	// AccessFiles says whether the password and access policy files are
+	// cluster state: "shared" (the default, "" too) sends a change made
+	// on one node to the others, which apply it (matched by file name);
+	// "local" leaves each node its own files (distribute them yourself).
+	AccessFiles string `json:"access_files,omitempty" yaml:"access_files"`
 }
 
 // ClusterTLS names the files of the routes' mutual TLS.
@@ -81,6 +86,9 @@ func (c *Config) validateCluster(bad func(format string, args ...any)) {
 		bad("cluster.name: required (the same on every node)")
 	} else if !validNATSName(cl.Name) {
 		bad("cluster.name %q: use letters, digits, '-' and '_' only", cl.Name)
+	}
+	if cl.AccessFiles != "" && cl.AccessFiles != "shared" && cl.AccessFiles != "local" {
+		bad("cluster.access_files %q: want shared or local", cl.AccessFiles)
 	}
 	if cl.Node == "" {
 		bad("cluster.node: required (unique in the cluster)")

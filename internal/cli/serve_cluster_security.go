@@ -1,0 +1,697 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/moatmq/moat/internal/audit"
+	"github.com/moatmq/moat/internal/authn/passwd"
+	"github.com/moatmq/moat/internal/broker"
+	"github.com/moatmq/moat/internal/cluster"
+	"github.com/moatmq/moat/internal/guard"
+	"github.com/moatmq/moat/internal/packet"
+	"github.com/moatmq/moat/internal/pki"
+)
+
+// Security state is cluster state (docs/cluster.md, "Security state"). In
+// a cluster, moat serve gives the security state the cluster package
+// carries its meaning:
+//
+//   - Bans. Every ban the guard adds, whatever added it (moat ban, the
+//     admin API, a detector, the bans file), goes to the cluster's ban
+//     list; every other node adds it to its own guard, which disconnects
+//     the live clients it matches and refuses them from then on, and
+//     records it in its own audit log naming the node it came from. A ban
+//     removed on one node (moat ban remove, the admin API) is lifted on
+//     every node. Expiry is each node's own, by its clock, as for any ban.
+//   - Access files. The password files and access policy files (acl_file,
+//     a rules file such as DATA_DIR/acl.yaml) are shared by file name: a
+//     node whose file changed (and still loads) puts it in the cluster;
+//     the others write it over their file of the same name and reload it
+//     at once, which re-evaluates their live clients as any reload does.
+//     When two nodes changed a file, the later change (by the nodes'
+//     clocks) wins. A node that was down takes the cluster's version of a
+//     file unless its own changed later.
+//   - Re-evaluation events. A certificate revoked on one node (its CRL file
+//     gained serials: moat ca revoke, the admin API, a shared CA
+//     directory) and a password removed or changed are sent to the other
+//     nodes, which re-evaluate their live clients at once through the one
+//     loss-of-access path (broker.Server.Reevaluate). A node that keeps the
+//     same Moat CA (a copy of its directory) also records the revocation
+//     in its copy, after checking the CRL's signature, so that it refuses
+//     the certificate from then on.
+//
+// Each node keeps its own audit chain; what it applies for another node
+// names that node (origin_node).
+
+// clusterSecurity is a node's side of the security state. It is the
+// cluster.Node's Security: those methods run on the Node's goroutine, one
+// at a time.
+type clusterSecurity struct {
+	node *cluster.Node
+	self string // this node's name
+	log  *slog.Logger
+	d    *defense    // nil without defense or audit
+	a    *accessPlan // nil without access control
+	crls *caCRLs     // the CAs this node keeps; nil: none
+
+	mu       sync.Mutex
+	applying map[string]string    // ban ID → origin, while the guard adds another node's ban
+	removing map[string]string    // ban ID → origin, while the guard removes one
+	known    map[string]knownBan  // the bans of this guard that the cluster knows
+	removals uint64               // the guard's removed and expired counts when last checked
+	synced   bool                 // the buckets' contents were reported
+	crlSeen  map[string]crlMemory // by CRL file
+
+	filesMu sync.Mutex // guards files and file changes
+	files   map[string]*sharedFile
+	// applyingFile is set while another node's file is reloaded here: the
+	// users it removed are not sent back as this node's.
+	applyingFile atomic.Bool
+
+	crlMu sync.Mutex // one CRL check or revocation from another node at a time
+}
+
+// knownBan is a ban of the cluster's list in force here.
+type knownBan struct {
+	origin  string
+	expires time.Time
+}
+
+// sharedFile is one access file shared with the cluster, by its name.
+type sharedFile struct {
+	name, path string
+	validate   func(tmp string) error
+	sum        [sha256.Size]byte // the content last agreed with the cluster
+	agreed     bool              // sum is valid
+}
+
+// crlMemory is what a CRL file held when last read.
+type crlMemory struct {
+	mod     time.Time
+	size    int64
+	revoked map[string]bool // issuer and serial
+}
+
+// reevaluation is the payload of a "reevaluate" event.
+type reevaluation struct {
+	Trigger string   `json:"trigger"` // "revocation" or "password"
+	Reason  string   `json:"reason"`
+	Users   []string `json:"users,omitempty"`   // password: the usernames
+	CRL     []byte   `json:"crl,omitempty"`     // revocation: the CRL (DER) that revoked them
+	Serials []string `json:"serials,omitempty"` // revocation: the serials revoked now (hex)
+}
+
+const eventReevaluate = "reevaluate"
+
+// planClusterSecurity connects the node's guard, access files and CRLs to
+// the cluster. Called by planCluster once the node runs.
+func (p *servePlan) planClusterSecurity() {
+	cs := &clusterSecurity{node: p.cluster, self: p.cfg.Cluster.Node, log: p.log.With("component", "cluster"),
+		d: p.defense, a: p.access, crls: p.crls,
+		applying: map[string]string{}, removing: map[string]string{}, known: map[string]knownBan{},
+		crlSeen: map[string]crlMemory{}, files: map[string]*sharedFile{}}
+	if g := cs.guard(); g != nil {
+		for _, b := range g.Bans() {
+			cs.known[b.ID] = knownBan{origin: cs.self, expires: b.Expires}
+		}
+		st := g.Stats()
+		cs.removals = st.BansRemoved + st.BansExpired
+		g.OnBan(cs.onBan)
+		p.defense.banOrigin = cs.banOrigin
+	}
+	if cs.a != nil {
+		if p.cfg.Cluster.AccessFiles != "local" {
+			cs.planFiles()
+		}
+		cs.a.passwordGone = cs.passwordGone
+	}
+	var crlFiles []string // absolute, as the CA keepers name them
+	for _, f := range p.crlFiles() {
+		if abs, err := filepath.Abs(f); err == nil {
+			crlFiles = append(crlFiles, abs)
+			cs.readCRL(abs) // the baseline: revocations before the start are no events
+		}
+	}
+	p.cluster.SetSecurity(cs)
+	ctx, cancel := context.WithCancel(context.Background())
+	p.cleanup = append(p.cleanup, cancel)
+	p.tasks.Go(func() {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				cs.checkRemovals()
+				cs.checkFiles()
+				for _, f := range crlFiles {
+					cs.checkCRL(f)
+				}
+			}
+		}
+	})
+}
+
+func (cs *clusterSecurity) guard() *guard.Guard { return cs.d.guard() }
+
+func (cs *clusterSecurity) record(typ string, fields ...audit.Field) {
+	if cs.d != nil {
+		cs.d.record(typ, fields...)
+	}
+}
+
+// --- bans
+
+// banOrigin names the node a ban being added or removed comes from.
+func (cs *clusterSecurity) banOrigin(id string) string {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if o, ok := cs.applying[id]; ok {
+		return o
+	}
+	if o, ok := cs.removing[id]; ok {
+		return o
+	}
+	return cs.self
+}
+
+// onBan runs for every ban the guard adds: unless it is another node's,
+// it goes to the cluster.
+func (cs *clusterSecurity) onBan(m guard.Match) {
+	b := m.Ban
+	cs.mu.Lock()
+	origin, fromCluster := cs.applying[b.ID]
+	if !fromCluster {
+		origin = cs.self
+	}
+	cs.known[b.ID] = knownBan{origin: origin, expires: b.Expires}
+	cs.mu.Unlock()
+	if fromCluster {
+		return
+	}
+	rec, err := json.Marshal(b)
+	if err != nil {
+		return
+	}
+	cs.node.PutBan(b.ID, rec)
+}
+
+// BanSet implements cluster.Security: another node's ban is added to the
+// guard (which records it, naming the node, and disconnects the live
+// clients it matches).
+func (cs *clusterSecurity) BanSet(origin, id string, rec []byte) {
+	g := cs.guard()
+	if g == nil {
+		return
+	}
+	var b guard.Ban
+	if err := json.Unmarshal(rec, &b); err != nil || b.ID != id {
+		cs.log.Warn("cluster: malformed ban of another node ignored", "origin_node", origin, "ban", clipLog(id))
+		return
+	}
+	if !b.Expires.IsZero() && !time.Now().Before(b.Expires) {
+		return // expired already
+	}
+	cs.mu.Lock()
+	_, have := cs.known[id]
+	if !have {
+		cs.applying[id] = origin
+	}
+	cs.mu.Unlock()
+	if have {
+		return
+	}
+	_, err := g.AddBan(b)
+	cs.mu.Lock()
+	delete(cs.applying, id)
+	cs.mu.Unlock()
+	if err != nil {
+		cs.log.Error("cluster: another node's ban not applied here", "origin_node", origin, "ban", id, "err", err)
+	}
+}
+
+// BanLifted implements cluster.Security: a ban another node removed is
+// removed here (and recorded, naming the node).
+func (cs *clusterSecurity) BanLifted(origin, id string) {
+	g := cs.guard()
+	if g == nil {
+		return
+	}
+	cs.mu.Lock()
+	_, have := cs.known[id]
+	delete(cs.known, id)
+	if have {
+		cs.removing[id] = origin
+	}
+	cs.mu.Unlock()
+	if !have {
+		return
+	}
+	_, err := g.RemoveBan(id)
+	cs.mu.Lock()
+	delete(cs.removing, id)
+	cs.mu.Unlock()
+	if err != nil {
+		cs.log.Warn("cluster: a ban another node lifted was not in force here", "origin_node", origin, "ban", id, "err", err)
+	}
+}
+
+// Synced implements cluster.Security: the bans and files only this node
+// knows (added while the cluster was unreachable, or before it was a
+// cluster) go to the cluster.
+func (cs *clusterSecurity) Synced(bans, files map[string]bool) {
+	if g := cs.guard(); g != nil {
+		for _, b := range g.Bans() {
+			if bans[b.ID] {
+				continue
+			}
+			if rec, err := json.Marshal(b); err == nil {
+				cs.node.PutBan(b.ID, rec)
+			}
+		}
+	}
+	cs.filesMu.Lock()
+	for _, f := range cs.files {
+		if files[f.name] || f.agreed {
+			continue
+		}
+		data, err := os.ReadFile(f.path)
+		if err == nil {
+			err = f.validate(f.path)
+		}
+		if err != nil {
+			cs.log.Warn("cluster: shared file not sent to the cluster", "file", f.path, "err", err)
+			continue
+		}
+		f.sum, f.agreed = sha256.Sum256(data), true
+		cs.node.PutFile(f.name, data)
+	}
+	cs.filesMu.Unlock()
+	cs.mu.Lock()
+	cs.synced = true
+	cs.mu.Unlock()
+}
+
+// checkRemovals lifts, cluster-wide, the bans removed here (moat ban
+// remove, the admin API, an edit of the bans file): the guard tells of no
+// removal, so its list is compared with the known bans whenever its
+// removal or expiry count moved. Expired bans are forgotten; the node that
+// added one lifts it from the cluster's list.
+func (cs *clusterSecurity) checkRemovals() {
+	g := cs.guard()
+	if g == nil {
+		return
+	}
+	st := g.Stats()
+	n := st.BansRemoved + st.BansExpired
+	cs.mu.Lock()
+	moved := n != cs.removals
+	cs.removals = n
+	cs.mu.Unlock()
+	if !moved {
+		return
+	}
+	inForce := map[string]bool{}
+	for _, b := range g.Bans() {
+		inForce[b.ID] = true
+	}
+	now := time.Now()
+	var lift []string
+	cs.mu.Lock()
+	for id, k := range cs.known {
+		if inForce[id] {
+			continue
+		}
+		delete(cs.known, id)
+		expired := !k.expires.IsZero() && !now.Before(k.expires)
+		if !expired || k.origin == cs.self {
+			lift = append(lift, id)
+		}
+	}
+	cs.mu.Unlock()
+	for _, id := range lift {
+		cs.node.LiftBan(id)
+	}
+}
+
+// --- access files
+
+// planFiles lists the access files to share: password files and policy
+// files, by base name. Two files of one name are not shared (the other
+// nodes could not tell them apart).
+func (cs *clusterSecurity) planFiles() {
+	a := cs.a
+	add := func(path string, validate func(tmp string) error) {
+		name := filepath.Base(path)
+		if f, dup := cs.files[name]; dup {
+			if f != nil && f.path != path {
+				cs.log.Warn("cluster: two access files have the same name; neither is shared with the cluster", "files", []string{f.path, path})
+				cs.files[name] = nil
+			}
+			return
+		}
+		cs.files[name] = &sharedFile{name: name, path: path, validate: validate}
+	}
+	for _, f := range a.uniqueFiles() {
+		add(f.Path(), func(tmp string) error {
+			_, err := passwd.Load(tmp, passwd.Config{Limiter: a.limiter})
+			return err
+		})
+	}
+	for _, ps := range a.policies {
+		if ps.holder == nil {
+			continue
+		}
+		// A candidate is compiled as the policy would be, from a copy of
+		// the fields a reload never changes.
+		if ps.rules != "" {
+			add(ps.rules, func(tmp string) error {
+				cp := policySource{spec: ps.spec, source: ps.source, rules: tmp}
+				_, _, _, err := cp.compile()
+				return err
+			})
+		}
+		if ps.spec.ACLFile != "" {
+			add(ps.spec.ACLFile, func(tmp string) error {
+				cp := policySource{spec: ps.spec, source: ps.source, rules: ps.rules}
+				cp.spec.ACLFile = tmp
+				_, _, _, err := cp.compile()
+				return err
+			})
+		}
+	}
+	for name, f := range cs.files {
+		if f == nil {
+			delete(cs.files, name)
+		}
+	}
+}
+
+// checkFiles sends the shared files that changed here (and still load) to
+// the cluster, once the cluster's versions are known.
+func (cs *clusterSecurity) checkFiles() {
+	cs.mu.Lock()
+	synced := cs.synced
+	cs.mu.Unlock()
+	if !synced {
+		return
+	}
+	cs.filesMu.Lock()
+	defer cs.filesMu.Unlock()
+	for _, f := range cs.files {
+		data, err := os.ReadFile(f.path)
+		if err != nil || (f.agreed && sha256.Sum256(data) == f.sum) {
+			continue
+		}
+		if err := f.validate(f.path); err != nil {
+			continue // the reload refuses it too, and logs why
+		}
+		f.sum, f.agreed = sha256.Sum256(data), true
+		cs.log.Info("cluster: shared file changed here; sending it to the other nodes", "file", f.path)
+		cs.node.PutFile(f.name, data)
+	}
+}
+
+// FileSet implements cluster.Security: another node's version of a shared
+// file replaces this node's, unless this node's changed later, and is
+// reloaded at once.
+func (cs *clusterSecurity) FileSet(origin, name string, data []byte, at time.Time) {
+	cs.filesMu.Lock()
+	defer cs.filesMu.Unlock()
+	f := cs.files[name]
+	if f == nil {
+		cs.log.Debug("cluster: another node's shared file has no counterpart here", "file", name, "origin_node", origin)
+		return
+	}
+	sum := sha256.Sum256(data)
+	local, err := os.ReadFile(f.path)
+	if err == nil && sha256.Sum256(local) == sum {
+		f.sum, f.agreed = sum, true
+		return
+	}
+	if fi, err := os.Stat(f.path); err == nil && f.agreed && sha256.Sum256(local) != f.sum && fi.ModTime().After(at) {
+		// Changed here, not yet sent, later than there: this node's
+		// version wins, when it loads. (At start-up the cluster's
+		// version wins: a node's files may be older than its mtimes.)
+		if f.validate(f.path) == nil {
+			f.sum, f.agreed = sha256.Sum256(local), true
+			cs.log.Info("cluster: shared file changed here after another node's change; sending this node's", "file", f.path, "origin_node", origin)
+			cs.node.PutFile(f.name, local)
+			return
+		}
+	}
+	result, problem := "applied", ""
+	if err := cs.writeShared(f, data); err != nil {
+		result, problem = "refused", err.Error()
+		cs.log.Error("cluster: another node's version of a shared file was not applied here; this node's stays in force", "file", f.path,
+			"origin_node", origin, "err", err)
+	} else {
+		cs.log.Warn("cluster: shared file changed by another node; applied here", "file", f.path, "origin_node", origin)
+	}
+	// Agreed either way: a version that does not load here is not sent
+	// back, and the next change of either side wins.
+	f.sum, f.agreed = sum, true
+	fields := []audit.Field{audit.String("reason", "shared file changed on node "+origin), audit.String("result", result),
+		audit.String("file", f.path), audit.String("origin_node", origin)}
+	if problem != "" {
+		fields = append(fields, audit.String("error", problem))
+	}
+	cs.record(audit.TypeConfigReload, fields...)
+	if result == "applied" && cs.a != nil {
+		cs.applyingFile.Store(true)
+		cs.a.reload() // re-evaluates the live clients of what changed
+		cs.applyingFile.Store(false)
+	}
+}
+
+// writeShared checks data as a version of f (written beside it and loaded)
+// and moves it over f, keeping f's mode.
+func (cs *clusterSecurity) writeShared(f *sharedFile, data []byte) error {
+	mode := os.FileMode(0o600)
+	if fi, err := os.Stat(f.path); err == nil {
+		mode = fi.Mode().Perm()
+	}
+	rnd := make([]byte, 6)
+	_, _ = rand.Read(rnd)
+	tmp := filepath.Join(filepath.Dir(f.path), "."+f.name+".cluster-"+hex.EncodeToString(rnd))
+	if err := os.WriteFile(tmp, data, mode); err != nil {
+		return err
+	}
+	if err := f.validate(tmp); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("it does not load: %w", err)
+	}
+	if err := os.Rename(tmp, f.path); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return nil
+}
+
+// --- re-evaluation events
+
+// passwordGone tells the other nodes of the users whose password was
+// removed or changed here (not when the change came from another node,
+// which told them).
+func (cs *clusterSecurity) passwordGone(f *passwd.File, users []string) {
+	if cs.applyingFile.Load() {
+		return
+	}
+	cs.publish(reevaluation{Trigger: "password", Users: users,
+		Reason: "password removed or changed in " + filepath.Base(f.Path()) + " on node " + cs.self})
+}
+
+func (cs *clusterSecurity) publish(r reevaluation) {
+	data, err := json.Marshal(r)
+	if err == nil {
+		err = cs.node.PublishEvent(eventReevaluate, data)
+	}
+	if err != nil {
+		cs.log.Warn("cluster: re-evaluation not sent to the other nodes", "trigger", r.Trigger, "err", err)
+	}
+}
+
+// Event implements cluster.Security: another node's re-evaluation runs
+// here, through the one loss-of-access path.
+func (cs *clusterSecurity) Event(origin, kind string, data []byte) {
+	var r reevaluation
+	if kind != eventReevaluate || json.Unmarshal(data, &r) != nil {
+		cs.log.Warn("cluster: unknown security event ignored", "origin_node", origin, "kind", clipLog(kind))
+		return
+	}
+	srv := cs.server()
+	var match func(c *broker.Client) bool
+	switch r.Trigger {
+	case "password":
+		users := map[string]bool{}
+		for _, u := range r.Users {
+			users[u] = true
+		}
+		match = func(c *broker.Client) bool { return c.Grants().Backend == "passwd" && users[c.Username] }
+	case "revocation":
+		crl, err := x509.ParseRevocationList(r.CRL)
+		if err != nil {
+			cs.log.Warn("cluster: revocation of another node with a malformed CRL ignored", "origin_node", origin, "err", err)
+			return
+		}
+		serials := map[string]bool{}
+		for _, s := range r.Serials {
+			serials[strings.ToLower(s)] = true
+		}
+		match = func(c *broker.Client) bool {
+			certs := c.PeerCertificates()
+			return len(certs) > 0 && bytes.Equal(certs[0].RawIssuer, crl.RawIssuer) && serials[certs[0].SerialNumber.Text(16)]
+		}
+		cs.revokeHere(origin, crl, serials)
+	default:
+		return
+	}
+	if srv == nil {
+		return
+	}
+	reason := clipLog(r.Reason) + " (on node " + origin + ")"
+	res := reevaluate(srv, cs.record, r.Trigger, broker.Reevaluation{Match: match, Disconnect: true,
+		Code: packet.NotAuthorized, Reason: reason})
+	if res.Disconnected > 0 {
+		cs.log.Warn("cluster: live clients disconnected after another node's change", "trigger", r.Trigger, "origin_node", origin,
+			"disconnected", res.Disconnected)
+	}
+}
+
+func (cs *clusterSecurity) server() *broker.Server {
+	if cs.a != nil {
+		if s := cs.a.srv.Load(); s != nil {
+			return s
+		}
+	}
+	if cs.d != nil {
+		return cs.d.srv.Load()
+	}
+	return nil
+}
+
+// revokeHere records another node's revocations in this node's copy of
+// the same Moat CA, once the CRL's signature checks against that CA's
+// issuing certificate: this node then refuses the certificates too.
+func (cs *clusterSecurity) revokeHere(origin string, crl *x509.RevocationList, serials map[string]bool) {
+	if cs.crls == nil {
+		return
+	}
+	cs.crlMu.Lock()
+	defer cs.crlMu.Unlock()
+	for _, k := range cs.crls.byDir {
+		if k == nil {
+			continue
+		}
+		k.mu.Lock()
+		ca := k.ca
+		k.mu.Unlock()
+		issuers := append([]*x509.Certificate{ca.Intermediate()}, ca.Retired()...)
+		if !slices.ContainsFunc(issuers, func(c *x509.Certificate) bool {
+			return bytes.Equal(c.RawSubject, crl.RawIssuer) && crl.CheckSignatureFrom(c) == nil
+		}) {
+			continue
+		}
+		for _, e := range crl.RevokedCertificateEntries {
+			serial := e.SerialNumber.Text(16)
+			if !serials[serial] {
+				continue
+			}
+			_, err := ca.Revoke(serial, pki.RevocationReason(e.ReasonCode))
+			switch {
+			case err == nil:
+				cs.log.Warn("cluster: certificate revoked on another node; revoked in this node's CA too", "origin_node", origin, "serial", serial)
+				cs.record(audit.TypeCARevoke, audit.String("reason", "revoked on node "+origin), audit.String("serial", serial),
+					audit.String("origin_node", origin))
+			case errors.Is(err, pki.ErrAlreadyRevoked):
+			case errors.Is(err, pki.ErrNotFound):
+				cs.log.Info("cluster: a certificate revoked on another node is unknown to this node's copy of the CA; "+
+					"its live connections were cut, but this node refuses it again only once it sees the CA's CRL (docs/cluster.md)",
+					"origin_node", origin, "serial", serial)
+			default:
+				cs.log.Error("cluster: another node's revocation not recorded in this node's CA", "origin_node", origin, "serial", serial, "err", err)
+			}
+		}
+		// The CRL the revocation re-signed is the new baseline: it is
+		// not sent back as this node's revocation.
+		cs.readCRL(k.file)
+	}
+}
+
+// readCRL parses a CRL file (PEM or DER) into what it revokes.
+func (cs *clusterSecurity) readCRL(path string) (*x509.RevocationList, bool) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, false
+	}
+	cs.mu.Lock()
+	prev, seen := cs.crlSeen[path]
+	cs.mu.Unlock()
+	if seen && fi.ModTime().Equal(prev.mod) && fi.Size() == prev.size {
+		return nil, false
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, false
+	}
+	if b, _ := pem.Decode(data); b != nil {
+		data = b.Bytes
+	}
+	crl, err := x509.ParseRevocationList(data)
+	if err != nil {
+		return nil, false
+	}
+	mem := crlMemory{mod: fi.ModTime(), size: fi.Size(), revoked: map[string]bool{}}
+	for _, e := range crl.RevokedCertificateEntries {
+		mem.revoked[string(crl.RawIssuer)+"\x00"+e.SerialNumber.Text(16)] = true
+	}
+	cs.mu.Lock()
+	cs.crlSeen[path] = mem
+	cs.mu.Unlock()
+	return crl, true
+}
+
+// checkCRL sends the certificates a CRL file revokes since it was last
+// read to the other nodes.
+func (cs *clusterSecurity) checkCRL(path string) {
+	cs.crlMu.Lock()
+	defer cs.crlMu.Unlock()
+	cs.mu.Lock()
+	before := cs.crlSeen[path].revoked
+	cs.mu.Unlock()
+	crl, changed := cs.readCRL(path)
+	if !changed {
+		return
+	}
+	var serials []string
+	for _, e := range crl.RevokedCertificateEntries {
+		s := e.SerialNumber.Text(16)
+		if !before[string(crl.RawIssuer)+"\x00"+s] {
+			serials = append(serials, s)
+		}
+	}
+	if len(serials) == 0 {
+		return
+	}
+	cs.log.Info("cluster: certificates revoked here; telling the other nodes", "crl", path, "serials", serials)
+	cs.publish(reevaluation{Trigger: "revocation", CRL: crl.Raw, Serials: serials,
+		Reason: "certificate revoked (" + crl.Issuer.String() + ")"})
+}

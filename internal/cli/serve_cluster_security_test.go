@@ -1,0 +1,494 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/moatmq/moat/client"
+	"github.com/moatmq/moat/internal/audit"
+	"github.com/moatmq/moat/internal/authn/passwd"
+	"github.com/moatmq/moat/internal/authz"
+	"github.com/moatmq/moat/internal/config"
+	"github.com/moatmq/moat/internal/guard"
+	"github.com/moatmq/moat/internal/pki"
+	"github.com/moatmq/moat/internal/testutil"
+)
+
+// inprocNode is one node of a cluster served in this process.
+type inprocNode struct {
+	plan       *servePlan
+	logs       *testutil.Buffer
+	dir, data  string
+	plain, tls string // listener addresses
+}
+
+// copyTree copies the directory src to dst, keeping file modes.
+func copyTree(t *testing.T, src, dst string) {
+	t.Helper()
+	err := filepath.WalkDir(src, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, path)
+		target := filepath.Join(dst, rel)
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			return os.MkdirAll(target, fi.Mode().Perm())
+		}
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(target, data, fi.Mode().Perm())
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// auditHas reports whether the audit log at path holds an entry of typ
+// with every field of want (string values).
+func auditHas(path, typ string, want map[string]string) bool {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return false
+	}
+	for line := range strings.Lines(string(data)) {
+		if !strings.HasSuffix(line, "\n") {
+			break // being written
+		}
+		e, err := audit.ParseLine([]byte(strings.TrimSuffix(line, "\n")))
+		if err != nil || e.Type != typ {
+			continue
+		}
+		ok := true
+		for k, v := range want {
+			f, has := e.Get(k)
+			ok = ok && has && fmt.Sprint(f.Value()) == v
+		}
+		if ok {
+			return true
+		}
+	}
+	return false
+}
+
+const aclV1 = "topic readwrite plant/#\ntopic readwrite secret/#\nuser alice\ntopic readwrite #\n"
+
+// startInprocCluster serves three nodes in this process, each with a plain
+// listener (anonymous clients and a password file), a TLS listener of the
+// built-in CA (one CA, copied to every node, as an operator shares it), an
+// acl_file and a cluster section with plain loopback routes.
+func startInprocCluster(t *testing.T) ([]*inprocNode, *pki.CA, string) {
+	t.Helper()
+	base := t.TempDir()
+	caDir := filepath.Join(base, "ca")
+	ca, _, err := pki.OpenOrInit(caDir, pki.InitOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Issued before the CA is copied to the nodes: every copy knows it.
+	dev, err := ca.IssueDevice("sensor-9", nil, 24*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := dev.WriteFiles(filepath.Join(base, "sensor-9")); err != nil {
+		t.Fatal(err)
+	}
+	routes := []int{testutil.FreePort(t), testutil.FreePort(t), testutil.FreePort(t)}
+	var peers []string
+	for _, r := range routes {
+		peers = append(peers, fmt.Sprintf("%q", "127.0.0.1:"+strconv.Itoa(r)))
+	}
+	var nodes []*inprocNode
+	for i := range 3 {
+		n := &inprocNode{dir: filepath.Join(base, fmt.Sprintf("node%d", i+1)), logs: &testutil.Buffer{}}
+		n.data = filepath.Join(n.dir, "data")
+		copyTree(t, caDir, filepath.Join(n.data, "ca"))
+		pw := filepath.Join(n.dir, "passwd")
+		e, err := passwd.Edit(pw, true)
+		if err == nil {
+			err = e.Set("alice", []byte("alice-secret-1"))
+		}
+		if err == nil {
+			err = e.Write()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		writeFile(t, filepath.Join(n.dir, "acl.conf"), aclV1)
+		cfgFile := filepath.Join(n.dir, "moat.yaml")
+		writeFile(t, cfgFile, fmt.Sprintf(`data_dir: %s
+listeners:
+  - name: plain
+    address: "127.0.0.1:0"
+    transport: tcp
+    allow_anonymous: true
+    auth:
+      - {type: password_file, path: %s}
+  - name: tls
+    address: "127.0.0.1:0"
+    transport: tls
+    tls: {identity: {username_from: cn}}
+acl:
+  acl_file: %s
+cluster:
+  name: sec
+  node: node%d
+  listen: "127.0.0.1:%d"
+  peers: [%s]
+`, n.data, pw, filepath.Join(n.dir, "acl.conf"), i+1, routes[i], strings.Join(peers, ", ")))
+		cfg, err := config.Load(cfgFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.plan, err = buildPlan(cfg, slog.New(slog.NewTextHandler(n.logs, &slog.HandlerOptions{Level: slog.LevelDebug})), false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- n.plan.serve(ctx, Stdio{In: strings.NewReader(""), Out: io.Discard, Err: io.Discard}) }()
+		t.Cleanup(func() {
+			cancel()
+			<-done
+			if t.Failed() {
+				t.Logf("node%d log:\n%s", i+1, n.logs.String())
+			}
+		})
+		nodes = append(nodes, n)
+	}
+	for i, n := range nodes {
+		testutil.CheckFor(t, 60*time.Second, func() error {
+			a := logAddrs(n.logs.String(), "serve: listener ready", "address")
+			if len(a) < 2 || !strings.Contains(n.logs.String(), "cluster: security state in sync") {
+				return fmt.Errorf("node%d not ready", i+1)
+			}
+			n.plain, n.tls = a[0], a[1]
+			return nil
+		})
+	}
+	return nodes, ca, filepath.Join(base, "sensor-9")
+}
+
+func (n *inprocNode) auditFile() string { return filepath.Join(n.data, audit.DefaultFile) }
+
+func dialNode(t *testing.T, addr string, cfg client.Config) (*client.Client, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if cfg.TLSConfig != nil {
+		cfg.Servers = []string{"tls://" + addr}
+	} else {
+		cfg.Servers = []string{"tcp://" + addr}
+	}
+	if cfg.Version == 0 {
+		cfg.Version = client.V5
+	}
+	cfg.CleanStart = true
+	c, err := client.Dial(ctx, cfg)
+	if err == nil {
+		t.Cleanup(func() { c.Close() })
+	}
+	return c, err
+}
+
+// waitGone waits until c's connection ends.
+func waitGone(t *testing.T, c *client.Client, what string) {
+	t.Helper()
+	select {
+	case <-c.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%s: the client is still connected", what)
+	}
+}
+
+// TestClusterSecurityInProcess runs three nodes in this process and
+// checks that security state is cluster state: a ban added on one node
+// disconnects and refuses its client on every node and is recorded in each
+// node's audit log naming the node it came from; a ban removed on another
+// node is lifted everywhere; an acl_file changed on one node is applied on
+// every node; a password removed on one node disconnects its user on
+// another; a certificate revoked in one node's copy of the CA disconnects
+// its device on another node, whose copy of the CA then refuses it too.
+func TestClusterSecurityInProcess(t *testing.T) {
+	nodes, ca, devPrefix := startInprocCluster(t)
+
+	t.Run("ban", func(t *testing.T) {
+		victim, err := dialNode(t, nodes[2].plain, client.Config{ClientID: "evil-1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := nodes[0].plan.defense.g.AddBan(guard.Ban{Kind: guard.KindClientID, Value: "evil-1", Reason: "test"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitGone(t, victim, "a client banned on node1, connected to node3")
+		var re *client.ReasonError
+		if err := victim.Err(); !errors.As(err, &re) || re.Code != 0x98 {
+			t.Errorf("the banned client ended with %v, want DISCONNECT 0x98 (administrative action)", err)
+		}
+		testutil.CheckFor(t, 30*time.Second, func() error {
+			c, err := dialNode(t, nodes[1].plain, client.Config{ClientID: "evil-1"})
+			if err == nil {
+				c.Close()
+				return errors.New("the banned client ID connected to node2")
+			}
+			return nil
+		})
+		for i, n := range nodes[1:] {
+			testutil.WaitFor(t, fmt.Sprintf("ban.add naming node1 in node%d's audit log", i+2), 30*time.Second, func() bool {
+				return auditHas(n.auditFile(), audit.TypeBanAdd, map[string]string{"ban": b.ID, "origin_node": "node1"})
+			})
+		}
+		if !auditHas(nodes[0].auditFile(), audit.TypeBanAdd, map[string]string{"ban": b.ID, "origin_node": "node1"}) {
+			t.Error("node1's audit log does not name itself as the ban's origin")
+		}
+		// Lifted on node2: gone everywhere.
+		if _, err := nodes[1].plan.defense.g.RemoveBan(b.ID); err != nil {
+			t.Fatal(err)
+		}
+		for i, n := range nodes {
+			testutil.WaitFor(t, fmt.Sprintf("the ban lifted on node%d", i+1), 30*time.Second, func() bool {
+				return len(n.plan.defense.g.Bans()) == 0
+			})
+		}
+		testutil.WaitFor(t, "ban.remove naming node2 in node3's audit log", 30*time.Second, func() bool {
+			return auditHas(nodes[2].auditFile(), audit.TypeBanRemove, map[string]string{"ban": b.ID, "origin_node": "node2"})
+		})
+		if _, err := dialNode(t, nodes[2].plain, client.Config{ClientID: "evil-1"}); err != nil {
+			t.Fatalf("the client whose ban was lifted cannot connect: %v", err)
+		}
+	})
+
+	t.Run("acl", func(t *testing.T) {
+		anon := func(n *inprocNode, topic string) bool {
+			ps := n.plan.access.byLn["plain"]
+			return ps.holder.Decide(authz.Request{Subject: &authz.Subject{Anonymous: true, ClientID: "x", Listener: "plain"},
+				Action: authz.Publish, Topic: topic}).Allow
+		}
+		for i, n := range nodes {
+			if !anon(n, "secret/x") {
+				t.Fatalf("node%d denies secret/x before the change", i+1)
+			}
+		}
+		v2 := "topic readwrite plant/#\nuser alice\ntopic readwrite #\n"
+		writeFile(t, filepath.Join(nodes[0].dir, "acl.conf"), v2)
+		for i, n := range nodes {
+			testutil.WaitFor(t, fmt.Sprintf("the changed acl_file in force on node%d", i+1), 30*time.Second, func() bool {
+				return !anon(n, "secret/x") && anon(n, "plant/y")
+			})
+		}
+		for i, n := range nodes[1:] {
+			if data, _ := os.ReadFile(filepath.Join(n.dir, "acl.conf")); string(data) != v2 {
+				t.Errorf("node%d's acl.conf: %q", i+2, data)
+			}
+			testutil.WaitFor(t, fmt.Sprintf("config.reload naming node1 in node%d's audit log", i+2), 30*time.Second, func() bool {
+				return auditHas(n.auditFile(), audit.TypeConfigReload, map[string]string{"origin_node": "node1", "result": "applied"})
+			})
+		}
+		// A version that does not load on node2 is refused there, and
+		// never sent.
+		writeFile(t, filepath.Join(nodes[1].dir, "acl.conf"), "topic bogus-access plant/#\n")
+		time.Sleep(3 * time.Second) // several checks of the file
+		if data, _ := os.ReadFile(filepath.Join(nodes[2].dir, "acl.conf")); string(data) != v2 {
+			t.Errorf("a broken acl_file reached node3: %q", data)
+		}
+	})
+
+	t.Run("password", func(t *testing.T) {
+		alice, err := dialNode(t, nodes[2].plain, client.Config{ClientID: "alice-1", Username: "alice", Password: client.NewSecret([]byte("alice-secret-1"))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		e, err := passwd.Edit(filepath.Join(nodes[0].dir, "passwd"), false)
+		if err == nil {
+			err = e.Delete("alice")
+		}
+		if err == nil {
+			err = e.Write()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitGone(t, alice, "a user whose password was removed on node1, connected to node3")
+		testutil.WaitFor(t, "node3's password file without alice", 30*time.Second, func() bool {
+			data, _ := os.ReadFile(filepath.Join(nodes[2].dir, "passwd"))
+			return !bytes.Contains(data, []byte("alice:"))
+		})
+		if _, err := dialNode(t, nodes[1].plain, client.Config{ClientID: "alice-2", Username: "alice", Password: client.NewSecret([]byte("alice-secret-1"))}); err == nil {
+			t.Fatal("a removed user connected to node2")
+		}
+	})
+
+	t.Run("revocation", func(t *testing.T) {
+		pair, err := tls.LoadX509KeyPair(devPrefix+".pem", devPrefix+".key")
+		if err != nil {
+			t.Fatal(err)
+		}
+		roots := x509.NewCertPool()
+		roots.AddCert(ca.Root())
+		tc := &tls.Config{Certificates: []tls.Certificate{pair}, RootCAs: roots, ServerName: "127.0.0.1"}
+		dev, err := dialNode(t, nodes[2].tls, client.Config{ClientID: "sensor-9", TLSConfig: tc})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// `moat ca revoke --dir node1/data/ca`: node1's copy of the CA.
+		ca1, err := pki.Open(filepath.Join(nodes[0].data, "ca"), pki.Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		leaf, err := x509.ParseCertificate(pair.Certificate[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		serial := leaf.SerialNumber.Text(16)
+		if _, err := ca1.Revoke(serial, 0); err != nil {
+			t.Fatal(err)
+		}
+		waitGone(t, dev, "a device revoked on node1, connected to node3")
+		testutil.WaitFor(t, "access.lost and ca.revoke in node3's audit log", 30*time.Second, func() bool {
+			return auditHas(nodes[2].auditFile(), audit.TypeAccessLost, map[string]string{"trigger": "revocation", "client_id": "sensor-9"}) &&
+				auditHas(nodes[2].auditFile(), audit.TypeCARevoke, map[string]string{"serial": serial, "origin_node": "node1"})
+		})
+		// node3's copy of the CA revoked it too: refused from now on.
+		testutil.CheckFor(t, 30*time.Second, func() error {
+			if _, err := dialNode(t, nodes[2].tls, client.Config{ClientID: "sensor-9b", TLSConfig: tc}); err == nil {
+				return errors.New("the revoked device still connects to node3")
+			}
+			return nil
+		})
+	})
+}
+
+// TestClusterBanThreeProcesses bans a client ID with `moat ban add` on the
+// first of three `moat serve` processes: the mosquitto_sub of that client
+// on the third node is disconnected, mosquitto_pub with it is refused on
+// the second, both record the ban naming node1, and it is in their ban
+// lists; `moat ban remove` on node1 lifts it everywhere.
+func TestClusterBanThreeProcesses(t *testing.T) {
+	needTool(t, "mosquitto_pub", "mosquitto_sub")
+	mc := startMoatCluster(t, allowAllACL)
+	for i, p := range mc.procs {
+		testutil.WaitFor(t, fmt.Sprintf("node%d's security state in sync", i+1), 60*time.Second, func() bool {
+			return strings.Contains(p.logs.String(), "cluster: security state in sync")
+		})
+	}
+	sub := exec.Command("mosquitto_sub", append(mc.host(2), "-V", "5", "-i", "intruder", "-q", "1", "-t", "plant/#", "-v")...)
+	subOut := &testutil.Buffer{}
+	sub.Stdout, sub.Stderr = subOut, subOut
+	if err := sub.Start(); err != nil {
+		t.Fatal(err)
+	}
+	subDone := make(chan error, 1)
+	go func() { subDone <- sub.Wait() }()
+	t.Cleanup(func() { sub.Process.Kill(); <-subDone })
+	pub := func(node int, id string) error {
+		o, err := run(t, 10*time.Second, "mosquitto_pub", append(mc.host(node), "-V", "5", "-i", id, "-q", "1", "-t", "plant/x", "-m", "hi")...)
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, o)
+		}
+		return nil
+	}
+	// The subscriber is connected: a message reaches it.
+	testutil.CheckFor(t, 30*time.Second, func() error {
+		if err := pub(2, "probe"); err != nil {
+			return err
+		}
+		if !strings.Contains(subOut.String(), "plant/x hi") {
+			return errors.New("the subscriber got nothing yet")
+		}
+		return nil
+	})
+
+	out := moatCmd(t, mc.dirs[0], "ban", "add", "--data", "data", "--client-id", "intruder", "--reason", "cluster test")
+	id := strings.Fields(out)[1] // "ban ID added: ..."
+	select {
+	case <-subDone:
+		subDone <- nil
+	case <-time.After(30 * time.Second):
+		t.Fatalf("mosquitto_sub of the banned client ID on node3 still runs:\n%s", subOut.String())
+	}
+	if err := pub(1, "intruder"); err == nil {
+		t.Fatal("mosquitto_pub with the banned client ID was accepted by node2")
+	}
+	for _, i := range []int{1, 2} {
+		audit := filepath.Join(mc.dirs[i], "data", "audit.log")
+		testutil.WaitFor(t, fmt.Sprintf("ban.add naming node1 in node%d's audit log", i+1), 30*time.Second, func() bool {
+			return auditHas(audit, "ban.add", map[string]string{"ban": id, "origin_node": "node1", "value": "intruder"})
+		})
+		testutil.CheckFor(t, 30*time.Second, func() error {
+			if o := moatCmd(t, mc.dirs[i], "ban", "list", "--data", "data"); !strings.Contains(o, id) {
+				return fmt.Errorf("node%d's ban list: %s", i+1, o)
+			}
+			return nil
+		})
+	}
+
+	moatCmd(t, mc.dirs[0], "ban", "remove", "--data", "data", id)
+	for _, node := range []int{1, 2} {
+		testutil.CheckFor(t, 30*time.Second, func() error { return pub(node, "intruder") })
+	}
+	testutil.WaitFor(t, "ban.remove naming node1 in node3's audit log", 30*time.Second, func() bool {
+		return auditHas(filepath.Join(mc.dirs[2], "data", "audit.log"), "ban.remove", map[string]string{"ban": id, "origin_node": "node1"})
+	})
+}
+
+// TestClusterACLThreeProcesses changes the acl_file of the first of three
+// `moat serve` processes: the second and third write and load it, so a
+// mosquitto_sub on the third loses a topic the new policy no longer
+// grants, and its acl.conf is node 1's.
+func TestClusterACLThreeProcesses(t *testing.T) {
+	needTool(t, "mosquitto_pub", "mosquitto_sub")
+	mc := startMoatClusterWith(t, "acl:\n  acl_file: acl.conf\n", func(dir string) {
+		writeFile(t, filepath.Join(dir, "acl.conf"), "topic readwrite plant/#\ntopic readwrite secret/#\n")
+	})
+	for i, p := range mc.procs {
+		testutil.WaitFor(t, fmt.Sprintf("node%d's security state in sync", i+1), 60*time.Second, func() bool {
+			return strings.Contains(p.logs.String(), "cluster: security state in sync")
+		})
+	}
+	subscribeOnce := func(node int, topic string) (string, error) {
+		return run(t, 10*time.Second, "mosquitto_sub", append(mc.host(node), "-V", "5", "-q", "1", "-t", topic, "-C", "1", "-W", "2")...)
+	}
+	// Granted: the subscription is accepted and times out waiting.
+	if o, _ := subscribeOnce(2, "secret/#"); strings.Contains(o, "denied") {
+		t.Fatalf("secret/# denied before the change: %s", o)
+	}
+	const v2 = "topic readwrite plant/#\n"
+	writeFile(t, filepath.Join(mc.dirs[0], "acl.conf"), v2)
+	for _, i := range []int{1, 2} {
+		testutil.CheckFor(t, 30*time.Second, func() error {
+			if data, _ := os.ReadFile(filepath.Join(mc.dirs[i], "acl.conf")); string(data) != v2 {
+				return fmt.Errorf("node%d's acl.conf: %q", i+1, data)
+			}
+			if o, _ := subscribeOnce(i, "secret/#"); !strings.Contains(o, "denied") {
+				return fmt.Errorf("node%d still grants secret/#: %q", i+1, o)
+			}
+			return nil
+		})
+		if !auditHas(filepath.Join(mc.dirs[i], "data", "audit.log"), "config.reload", map[string]string{"origin_node": "node1", "result": "applied"}) {
+			t.Errorf("node%d's audit log has no config.reload naming node1", i+1)
+		}
+	}
+	if o, _ := subscribeOnce(1, "plant/#"); strings.Contains(o, "denied") {
+		t.Fatalf("plant/# denied after the change: %s", o)
+	}
+}

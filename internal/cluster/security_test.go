@@ -1,0 +1,187 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/moatmq/moat/internal/broker"
+	"github.com/moatmq/moat/internal/testutil"
+)
+
+// secLog records what a Node's Security was told, as lines.
+type secLog struct {
+	mu     sync.Mutex
+	lines  []string
+	synced int
+}
+
+func (l *secLog) add(s string) {
+	l.mu.Lock()
+	l.lines = append(l.lines, s)
+	l.mu.Unlock()
+}
+
+func (l *secLog) BanSet(origin, id string, rec []byte) {
+	l.add("ban " + origin + " " + id + " " + string(rec))
+}
+func (l *secLog) BanLifted(origin, id string) { l.add("lift " + origin + " " + id) }
+func (l *secLog) FileSet(origin, name string, data []byte, at time.Time) {
+	l.add("file " + origin + " " + name + " " + string(data))
+}
+func (l *secLog) Event(origin, kind string, data []byte) {
+	l.add("event " + origin + " " + kind + " " + string(data))
+}
+func (l *secLog) Synced(bans, files map[string]bool) {
+	l.mu.Lock()
+	l.synced++
+	l.mu.Unlock()
+	var b, f []string
+	for k := range bans {
+		b = append(b, k)
+	}
+	for k := range files {
+		f = append(f, k)
+	}
+	slices.Sort(b)
+	slices.Sort(f)
+	l.add(fmt.Sprintf("synced bans=%v files=%v", b, f))
+}
+
+func (l *secLog) syncs() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.synced
+}
+
+func (l *secLog) has(s string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Contains(l.lines, s)
+}
+
+func (l *secLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Join(l.lines, "\n")
+}
+
+// TestSecurityStateAcrossNodes checks the cluster's carriage of security
+// state: a ban set and lifted on one node, a shared file and an event
+// reach the other nodes' Security with the origin node named, never the
+// node that made them; and the nodes report being in sync once.
+func TestSecurityStateAcrossNodes(t *testing.T) {
+	logs := []*secLog{{}, {}, {}}
+	nodes := startCluster(t, 3, func(i int, nd *Node) { nd.SetSecurity(logs[i]) })
+	for i, l := range logs {
+		testutil.WaitFor(t, fmt.Sprintf("n%d in sync", i+1), 60*time.Second, func() bool { return l.has("synced bans=[] files=[]") })
+	}
+	nodes[0].node.PutBan("b1", []byte(`{"kind":"client_id"}`))
+	nodes[1].node.PutFile("acl.conf", []byte("topic read #\n"))
+	for _, i := range []int{1, 2} {
+		testutil.WaitFor(t, "the ban on another node", 30*time.Second, func() bool { return logs[i].has(`ban n1 b1 {"kind":"client_id"}`) })
+	}
+	for _, i := range []int{0, 2} {
+		testutil.WaitFor(t, "the file on another node", 30*time.Second, func() bool { return logs[i].has("file n2 acl.conf topic read #\n") })
+	}
+	nodes[2].node.LiftBan("b1")
+	for _, i := range []int{0, 1} {
+		testutil.WaitFor(t, "the lift on another node", 30*time.Second, func() bool { return logs[i].has("lift n3 b1") })
+	}
+	// Events reach the nodes connected now (the subscription's interest
+	// crossed the routes when the nodes attached).
+	testutil.CheckFor(t, 30*time.Second, func() error {
+		if err := nodes[1].node.PublishEvent("revoke", []byte("serial 1f")); err != nil {
+			return err
+		}
+		time.Sleep(100 * time.Millisecond)
+		if !logs[0].has("event n2 revoke serial 1f") || !logs[2].has("event n2 revoke serial 1f") {
+			return fmt.Errorf("event not received everywhere")
+		}
+		return nil
+	})
+	if err := nodes[1].node.PublishEvent("bad.kind", nil); err == nil {
+		t.Error("an event kind with a dot was accepted")
+	}
+	// No node is told of its own changes.
+	for i, own := range []string{"ban n1 ", "file n2 ", "lift n3 "} {
+		for _, line := range strings.Split(logs[i].String(), "\n") {
+			if strings.HasPrefix(line, own) {
+				t.Errorf("n%d was told of its own change: %q", i+1, line)
+			}
+		}
+		if strings.Contains(logs[1].String(), "event n2") {
+			t.Error("n2 received its own event")
+		}
+	}
+	for i, l := range logs {
+		if n := l.syncs(); n != 1 {
+			t.Errorf("n%d synced %d times", i+1, n)
+		}
+	}
+}
+
+// TestSecurityStateAtStart checks that a node started after changes were
+// made learns them from the buckets before it reports being in sync, with
+// the keys the buckets hold (set and lifted).
+func TestSecurityStateAtStart(t *testing.T) {
+	logs := []*secLog{{}, {}, {}}
+	nodes := startCluster(t, 3, func(i int, nd *Node) {
+		if i < 2 {
+			nd.SetSecurity(logs[i])
+		}
+	})
+	testutil.WaitFor(t, "n1 in sync", 60*time.Second, func() bool { return logs[0].syncs() == 1 })
+	nodes[0].node.PutBan("kept", []byte("k"))
+	nodes[0].node.PutBan("gone", []byte("g"))
+	nodes[0].node.LiftBan("gone")
+	nodes[0].node.PutFile("passwd", []byte("u:x"))
+	testutil.WaitFor(t, "n2 saw the lift", 30*time.Second, func() bool { return logs[1].has("lift n1 gone") })
+
+	// A new Node in the same cluster, as a restarted node would be.
+	late := &secLog{}
+	startLateNode(t, nodes, late)
+	testutil.WaitFor(t, "the late node in sync", 60*time.Second, func() bool { return late.syncs() == 1 })
+	for _, want := range []string{"ban n1 kept k", "lift n1 gone", "file n1 passwd u:x", "synced bans=[gone kept] files=[passwd]"} {
+		if !late.has(want) {
+			t.Errorf("the late node was not told %q:\n%s", want, late)
+		}
+	}
+}
+
+// startLateNode joins a fourth node, with its broker, to the cluster of
+// nodes, with h as its Security.
+func startLateNode(t *testing.T, nodes []*testNode, h Security) *Node {
+	t.Helper()
+	var peers []string
+	for _, tn := range nodes {
+		peers = append(peers, tn.node.RouteAddr())
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	nd, err := Start(Config{Name: "test", Node: "n4", Listen: "127.0.0.1:0", Peers: peers, Replicas: 3,
+		StoreDir: filepath.Join(t.TempDir(), "n4"), Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := broker.New(broker.Config{Cluster: nd, Authorizer: broker.AllowAll, AllowAnonymous: true, Logger: log})
+	if err != nil {
+		nd.Close()
+		t.Fatal(err)
+	}
+	nd.SetSecurity(h)
+	nd.Attach(srv)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_ = srv.Shutdown(ctx)
+		cancel()
+		nd.Close()
+	})
+	return nd
+}
