@@ -475,6 +475,7 @@ func (p *servePlan) metricsSnapshot(ap *adminPlan, bans *guard.File, scan *clien
 		PublishersHeld:       st.PublishersHeld,
 		Pushbacks:            st.Pushbacks,
 		SlowSubscribers:      st.SlowSubscribers,
+		HoldCycles:           st.HoldCycles,
 		Sessions:             st.Sessions,
 		SessionsExpired:      st.SessionsExpired,
 		Subscriptions:        st.Subscriptions,

@@ -55,6 +55,7 @@ type Snapshot struct {
 	PublishersHeld  int64
 	Pushbacks       int64
 	SlowSubscribers int64
+	HoldCycles      int64
 
 	Sessions             int64
 	SessionsExpired      int64
@@ -210,6 +211,7 @@ var (
 	dHeld           = desc("publishers_held", "Publishers held back now because a subscriber's backlog is over its mark.")
 	dPushbacks      = desc("pushbacks_total", "Times a publisher was held back for a subscriber's backlog.")
 	dSlowSubs       = desc("slow_subscribers_total", "Times a subscriber was found too slow to hold its publishers back.")
+	dHoldCycles     = desc("hold_cycles_total", "Times publishers held for a full queue under the block policy were let go because they waited for each other.")
 	dSessions       = desc("sessions", "Sessions, connected and offline.")
 	dSessExpired    = desc("sessions_expired_total", "Offline sessions ended by their expiry.")
 	dSubs           = desc("subscriptions", "Subscriptions of all sessions.")
@@ -247,7 +249,7 @@ var (
 	dReadBudgetWait = desc("read_budget_waits_total", "Packet reads that waited for the read budget.")
 	dFIPS           = desc("fips_mode", "1 when the process runs in FIPS 140-3 mode.")
 	allDescs        = []*prometheus.Desc{dStart, dConns, dConnsMax, dConnsAccepted, dConnsRefused, dProtoErr, dRevoked,
-		dPanics, dMsgIn, dMsgOut, dPayloadIn, dPayloadOut, dBytesIn, dBytesOut, dPacketsIn, dPacketsOut, dSockets, dQueued, dDropped, dHeld, dPushbacks, dSlowSubs, dSessions, dSessExpired, dSubs, dSharedSubs,
+		dPanics, dMsgIn, dMsgOut, dPayloadIn, dPayloadOut, dBytesIn, dBytesOut, dPacketsIn, dPacketsOut, dSockets, dQueued, dDropped, dHeld, dPushbacks, dSlowSubs, dHoldCycles, dSessions, dSessExpired, dSubs, dSharedSubs,
 		dSubsRefused, dSubsRevoked, dRetained, dRetainedBytes, dRetainedRef, dAuthn, dAuthzDecisions, dAuthzDenials,
 		dTLSHandshakes, dTLSFail, dTLSConns, dServerCert, dClientCert, dCRLAge, dOCSPResponses, dOCSPStaple, dOCSPStapleNext,
 		dStoreLatency, dStoreTx, dStoreFsyncs, dStoreFailures, dStoreQuar, dPersistFail, dBans, dDetections, dThrottled,
@@ -308,6 +310,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	g(dHeld, float64(s.PublishersHeld))
 	n(dPushbacks, s.Pushbacks)
 	n(dSlowSubs, s.SlowSubscribers)
+	n(dHoldCycles, s.HoldCycles)
 	g(dSessions, float64(s.Sessions))
 	n(dSessExpired, s.SessionsExpired)
 	g(dSubs, float64(s.Subscriptions))

@@ -20,7 +20,7 @@ func fullSnapshot() Snapshot {
 		MessagesReceived: [3]int64{100, 20, 3}, MessagesSent: [3]int64{200, 40, 6},
 		PayloadReceived: [3]int64{1000, 200, 30}, PayloadSent: [3]int64{2000, 400, 60},
 		BytesReceived: 1500, BytesSent: 3000, PacketsReceived: 150, PacketsSent: 250, SocketsAccepted: 12, Queued: 4,
-		Dropped: map[string]int64{"queue_full": 1, "expired": 2}, PublishersHeld: 2, Pushbacks: 7, SlowSubscribers: 1,
+		Dropped: map[string]int64{"queue_full": 1, "expired": 2}, PublishersHeld: 2, Pushbacks: 7, SlowSubscribers: 1, HoldCycles: 3,
 		Sessions: 4, SessionsExpired: 1, Subscriptions: 6, SharedSubscriptions: 2, SubscriptionsRefused: 1, SubscriptionsRevoked: 1, Retained: 2, RetainedBytes: 300,
 		Authentications:      []Count{{"success", "credentials", 7}, {"failure", "bad_credentials", 2}},
 		AuthzDecisions:       []Count{{"publish", "allowed", 5}, {"publish", "denied", 1}},
@@ -86,7 +86,7 @@ func TestEveryMetricExposed(t *testing.T) {
 		"moat_store_commit_duration_seconds_bucket{le=\"0.01\"} 8",
 		"moat_store_commit_duration_seconds_bucket{le=\"+Inf\"} 10",
 		"moat_store_commit_duration_seconds_count 10",
-		"moat_publishers_held 2", "moat_pushbacks_total 7", "moat_slow_subscribers_total 1",
+		"moat_publishers_held 2", "moat_pushbacks_total 7", "moat_slow_subscribers_total 1", "moat_hold_cycles_total 3",
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("scrape lacks %q", want)
