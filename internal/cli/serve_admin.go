@@ -21,6 +21,7 @@ import (
 	"github.com/moatmq/moat/internal/admin"
 	"github.com/moatmq/moat/internal/audit"
 	"github.com/moatmq/moat/internal/broker"
+	"github.com/moatmq/moat/internal/config"
 	"github.com/moatmq/moat/internal/guard"
 	"github.com/moatmq/moat/internal/metrics"
 	"github.com/moatmq/moat/internal/pki"
@@ -33,6 +34,34 @@ type adminPlan struct {
 	addr     string
 	certFile string // HTTPS with this certificate and key; "" for plain HTTP on loopback
 	keyFile  string
+
+	// follow is set when the certificate is a listener's (not the
+	// zero-config one): a reload that moves that listener's certificate
+	// files moves the admin listener's too (followListenerCert).
+	follow bool
+	// mu guards certFile and keyFile once the listener runs, and setCert,
+	// set by adminTLS, points its TLS configuration at other files.
+	mu      sync.Mutex
+	setCert func(cert, key string) error
+}
+
+// serverCert is the certificate file the admin listener serves.
+func (ap *adminPlan) serverCert() string {
+	ap.mu.Lock()
+	defer ap.mu.Unlock()
+	return ap.certFile
+}
+
+// firstListenerCert is the certificate and key of the first TLS listener
+// of cfg that names both: what the admin listener serves when the broker
+// is not zero-config.
+func firstListenerCert(cfg *config.Config) (cert, key string) {
+	for _, l := range cfg.Listeners {
+		if l.TLS != nil && l.TLS.Cert != "" && l.TLS.Key != "" {
+			return l.TLS.Cert, l.TLS.Key
+		}
+	}
+	return "", ""
 }
 
 // planAdmin decides how the admin API is served: HTTPS with the broker's
@@ -52,12 +81,8 @@ func planAdmin(p *servePlan, flag string) (*adminPlan, error) {
 	case p.zero != nil:
 		ap.certFile, ap.keyFile = p.zero.serverCert, p.zero.serverKey
 	default:
-		for _, l := range p.cfg.Listeners {
-			if l.TLS != nil && l.TLS.Cert != "" && l.TLS.Key != "" {
-				ap.certFile, ap.keyFile = l.TLS.Cert, l.TLS.Key
-				break
-			}
-		}
+		ap.certFile, ap.keyFile = firstListenerCert(p.cfg)
+		ap.follow = ap.certFile != ""
 	}
 	if ap.certFile == "" && !admin.IsLoopback(addr) {
 		return nil, fmt.Errorf("serve: admin address %s is not loopback and the broker has no certificate for HTTPS; "+
@@ -186,6 +211,7 @@ func (p *servePlan) adminTLS(ap *adminPlan) (tc *tls.Config, verify func(context
 			return nil, nil, nil, fmt.Errorf("serve: admin listener certificate: %w", err)
 		}
 		p.log.Info("admin: no built-in CA in the data directory: bearer tokens only, no admin client certificates", "ca", caFile)
+		ap.setCert = kp.set
 		return &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: kp.get, NextProtos: protos}, nil, func() {}, nil
 	}
 	lc := tlsconf.ListenerConfig{
@@ -211,6 +237,11 @@ func (p *servePlan) adminTLS(ap *adminPlan) (tc *tls.Config, verify func(context
 	verify = func(ctx context.Context, chain []*x509.Certificate) error {
 		_, err := mgr.VerifyChain(ctx, chain)
 		return err
+	}
+	ap.setCert = func(cert, key string) error {
+		f := mgr.Files()
+		f.Certificates = []tlsconf.KeyPair{{CertFile: cert, KeyFile: key}}
+		return mgr.SetFiles(f)
 	}
 	return mgr.TLSConfig(), verify, func() { mgr.Close() }, nil
 }
@@ -245,6 +276,46 @@ func (k *keyPairFiles) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 	}
 	k.kp, k.sig = &kp, sig
 	return k.kp, nil
+}
+
+// set makes k serve cert and key from now on, once they load; on error
+// it keeps the pair it serves.
+func (k *keyPairFiles) set(cert, key string) error {
+	kp, err := tls.LoadX509KeyPair(cert, key)
+	if err != nil {
+		return err
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.cert, k.key, k.kp, k.sig = cert, key, &kp, ""
+	return nil
+}
+
+// followListenerCert moves the admin listener onto the certificate files
+// the reloaded configuration gives the listener it took its certificate
+// from. A pair that does not load leaves the previous one in force
+// (logged), as for the MQTT listeners.
+func (p *servePlan) followListenerCert(check *servePlan) {
+	ap := p.admin
+	if ap == nil || !ap.follow {
+		return
+	}
+	cert, key := firstListenerCert(check.cfg)
+	ap.mu.Lock()
+	same := cert == ap.certFile && key == ap.keyFile
+	set := ap.setCert
+	ap.mu.Unlock()
+	if cert == "" || same || set == nil {
+		return
+	}
+	if err := set(cert, key); err != nil {
+		p.log.Error("serve: the admin listener's new certificate files do not load; it keeps its previous ones", "cert", cert, "err", err)
+		return
+	}
+	ap.mu.Lock()
+	ap.certFile, ap.keyFile = cert, key
+	ap.mu.Unlock()
+	p.log.Info("serve: the admin listener serves the listener's new certificate", "cert", cert, "key", key)
 }
 
 // adminCA opens the built-in CA on first use (nil when there is none).
@@ -368,8 +439,8 @@ func (p *servePlan) adminPosture(ap *adminPlan) admin.Posture {
 	} else {
 		ps.Notes = append(ps.Notes, "defense is off: no abuse detection")
 	}
-	if ap.certFile != "" {
-		ps.ServerCertNotAfter = certNotAfter(ap.certFile)
+	if f := ap.serverCert(); f != "" {
+		ps.ServerCertNotAfter = certNotAfter(f)
 	}
 	for _, f := range p.crlFiles() {
 		this, next, err := readCRLTimes(f)
@@ -510,8 +581,8 @@ func (p *servePlan) metricsSnapshot(ap *adminPlan, bans *guard.File, scan *clien
 		s.TLSHandshakes = append(s.TLSHandshakes, metrics.TLSCount{Version: h.Version, Group: h.Group, Count: h.N})
 	}
 	s.TLSConnections, s.ClientCertNotAfter = scan.get(p.srv, time.Now())
-	if ap.certFile != "" {
-		s.ServerCertNotAfter = certNotAfter(ap.certFile)
+	if f := ap.serverCert(); f != "" {
+		s.ServerCertNotAfter = certNotAfter(f)
 	}
 	for _, f := range p.crlFiles() {
 		if this, _, err := readCRLTimes(f); err == nil {

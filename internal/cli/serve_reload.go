@@ -293,6 +293,7 @@ func (p *servePlan) reloadConfig() (string, error) {
 	var tlsSet, tlsFailed []string
 	if kinds[liveTLSFiles] {
 		tlsSet, tlsFailed = p.setTLSFiles(check)
+		p.followListenerCert(check)
 	}
 	if kinds[liveAudit] && p.defense != nil {
 		n := p.defense.setDenySample(next.Audit.DenySample)

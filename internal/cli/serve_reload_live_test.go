@@ -1,8 +1,11 @@
 package cli
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -110,7 +113,8 @@ func TestServeReloadLiveLimitsAndConnectionLimits(t *testing.T) {
 // change through SIGHUP: mosquitto_pub trusting only the new server
 // certificate's CA is refused before and accepted after, and the one
 // trusting the old CA the other way round. Moving the listener onto the
-// built-in CA is refused with its reason.
+// built-in CA is refused with its reason. The admin listener, which
+// serves the listener's certificate, follows it.
 func TestServeReloadTLSFilePaths(t *testing.T) {
 	needTool(t, "mosquitto_pub")
 	dir := t.TempDir()
@@ -142,10 +146,14 @@ listeners:
 	if err := os.Mkdir(data, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	m := startMoat(t, dir, "-c", "moat.yaml", "--data", data)
+	m := startMoat(t, dir, "-c", "moat.yaml", "--data", data, "--admin", "127.0.0.1:0")
 	port := m.port(0)
 	pub := func(ca string) error {
 		_, err := mqttTry(t, port, "", "t/tls", "--cafile", filepath.Join(dir, "ca-"+ca+".pem"))
+		if err == nil {
+			// The admin listener serves the same certificate.
+			err = adminHandshake(t, m.logAddr(t, "admin: serving the API", "address"), filepath.Join(dir, "ca-"+ca+".pem"))
+		}
 		return err
 	}
 	if pub("a") != nil || pub("b") == nil {
@@ -153,7 +161,8 @@ listeners:
 	}
 	writeFile(t, file, conf("b"))
 	m.cmd.Process.Signal(syscall.SIGHUP)
-	if !m.waitLog(t, "serve: TLS files changed", "listener=tls", "server-b.pem", "serve: configuration reloaded", "listeners[0].tls.cert", "listeners[0].tls.key") {
+	if !m.waitLog(t, "serve: TLS files changed", "listener=tls", "server-b.pem", "serve: configuration reloaded", "listeners[0].tls.cert", "listeners[0].tls.key",
+		"serve: the admin listener serves the listener's new certificate") {
 		t.Fatal("the new paths were not applied")
 	}
 	if pub("b") != nil || pub("a") == nil {
@@ -169,6 +178,23 @@ listeners:
 	if pub("b") != nil {
 		t.Fatal("the refused reload changed the served certificate")
 	}
+}
+
+// adminHandshake completes a TLS handshake with the admin listener at addr
+// trusting only the CA in caFile.
+func adminHandshake(t *testing.T, addr, caFile string) error {
+	t.Helper()
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, &tls.Config{RootCAs: pool})
+	if err != nil {
+		return err
+	}
+	return c.Close()
 }
 
 // TestServeReloadProfileThroughAPI: a profile the running configuration
