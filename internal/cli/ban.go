@@ -13,6 +13,7 @@ import (
 	"time"
 	"unicode"
 
+	"github.com/moatmq/moat/internal/config"
 	"github.com/moatmq/moat/internal/guard"
 	"github.com/moatmq/moat/internal/store"
 	"github.com/spf13/cobra"
@@ -27,11 +28,50 @@ import (
 
 // banPlace locates the ban list of one data directory.
 type banPlace struct {
-	stdio    Stdio
-	data     string
-	storeDir string // default DATA/store
-	keyFile  string
-	passFile string
+	stdio      Stdio
+	data       string
+	storeDir   string // default DATA/store
+	keyFile    string
+	passFile   string
+	configFile string // -c: the broker's configuration, read for the settings below
+
+	storeFromConfig bool   // storeDir is the configuration's persistence location, not --store
+	bansFile        string // defense.bans_file; "" means DATA/bans.json
+	fileOnly        bool   // the broker keeps its bans in the bans file (persistence off, or bans_file set)
+	maxBans         int    // defense.max_bans; 0 means guard.DefaultMaxBans
+}
+
+// readConfig takes the data directory, the store's location, the bans
+// file and max_bans from the broker's configuration file (-c), so that
+// a change made with the broker stopped lands where that broker reads its
+// bans and within its limit. Flags given explicitly win.
+func (bp *banPlace) readConfig(cmd *cobra.Command) error {
+	if bp.configFile == "" {
+		return nil
+	}
+	cfg, err := config.Load(bp.configFile)
+	if err != nil {
+		return fmt.Errorf("ban: %w", err)
+	}
+	if !cmd.Flags().Changed("data") && cfg.DataDir != "" {
+		bp.data = cfg.DataDir
+	}
+	if bp.storeDir == "" && cfg.Persistence.Location != "" {
+		bp.storeDir, bp.storeFromConfig = cfg.Persistence.Location, true
+	}
+	bp.bansFile, bp.maxBans = cfg.Defense.BansFile, cfg.Defense.MaxBans
+	// As planBanStore decides at start: the store holds the bans only
+	// when persistence is on and no bans file is named.
+	bp.fileOnly = !cfg.Persistence.Enabled || cfg.Defense.BansFile != ""
+	return nil
+}
+
+// limit is the most bans the list may hold.
+func (bp *banPlace) limit() int {
+	if bp.maxBans > 0 {
+		return bp.maxBans
+	}
+	return guard.DefaultMaxBans
 }
 
 func (bp *banPlace) control() guard.ControlClient {
@@ -39,7 +79,11 @@ func (bp *banPlace) control() guard.ControlClient {
 }
 
 func (bp *banPlace) file() guard.File {
-	return guard.File{Path: filepath.Join(bp.data, guard.BansFileName)}
+	path := bp.bansFile
+	if path == "" {
+		path = filepath.Join(bp.data, guard.BansFileName)
+	}
+	return guard.File{Path: path, MaxBans: bp.limit()}
 }
 
 func (bp *banPlace) storePath() string {
@@ -54,9 +98,12 @@ func (bp *banPlace) storePath() string {
 // bans file. file is the bans file in both cases (with the store, one not
 // yet imported at a start).
 func (bp *banPlace) offline() (bs guard.BanStore, where string, done func(), err error) {
+	if bp.fileOnly {
+		return bp.file(), bp.file().Path, func() {}, nil
+	}
 	dir := bp.storePath()
 	if _, err := os.Stat(filepath.Join(dir, store.DBFile)); err != nil {
-		if bp.storeDir != "" {
+		if bp.storeDir != "" && !bp.storeFromConfig {
 			return nil, "", nil, fmt.Errorf("ban: no durable store in %s: %w", dir, err)
 		}
 		return bp.file(), bp.file().Path, func() {}, nil
@@ -106,7 +153,9 @@ func init() {
 				"disconnected before the command returns. With the broker stopped, it is made where the broker\n" +
 				"keeps its bans: its durable store (DATA_DIR/store, or --store), else DATA_DIR/" + guard.BansFileName + ".",
 		}
+		cmd.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error { return bp.readConfig(cmd) }
 		f := cmd.PersistentFlags()
+		f.StringVarP(&bp.configFile, "config", "c", "", "the broker's configuration `FILE` (YAML or mosquitto.conf): its data_dir, persistence location, defense.bans_file and defense.max_bans are used")
 		f.StringVar(&bp.data, "data", "moat-data", "data `DIR` of the broker (holds "+guard.ControlSocketName+", the store or "+guard.BansFileName+")")
 		f.StringVar(&bp.storeDir, "store", "", "the broker's durable store `DIR` when it is not DATA/store (persistence_location); used with the broker stopped")
 		f.StringVar(&bp.keyFile, "key-file", "", "the store's key `FILE` when it is not STORE/store.key (or set "+envStoreKey+")")
@@ -162,7 +211,7 @@ func banAddCmd(bp *banPlace) *cobra.Command {
 				}
 				defer done()
 				if err := changeBans(bs, func(cur []guard.Ban) ([]guard.Ban, error) {
-					if len(cur) >= guard.DefaultMaxBans {
+					if len(cur) >= bp.limit() {
 						return nil, fmt.Errorf("ban: the ban list already holds %d bans; remove some first", len(cur))
 					}
 					return append(cur, b), nil

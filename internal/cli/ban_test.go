@@ -97,3 +97,44 @@ func TestBanCommandErrors(t *testing.T) {
 		t.Error("damaged file overwritten")
 	}
 }
+
+// TestBanCommandFollowsConfig: with -c, a stopped broker's ban list is
+// changed where that configuration keeps it (defense.bans_file under its
+// data_dir's broker) and within its defense.max_bans.
+func TestBanCommandFollowsConfig(t *testing.T) {
+	dir := t.TempDir()
+	data := filepath.Join(dir, "state")
+	bans := filepath.Join(dir, "my-bans.json")
+	conf := filepath.Join(dir, "moat.yaml")
+	writeFile(t, conf, "data_dir: "+data+"\ndefense:\n  bans_file: "+bans+"\n  max_bans: 2\n")
+	for _, id := range []string{"a", "b"} {
+		if _, errs, code := banCLI("add", "-c", conf, "--client-id", id); code != 0 {
+			t.Fatalf("ban add %s: exit %d: %s", id, code, errs)
+		}
+	}
+	if _, errs, code := banCLI("add", "-c", conf, "--client-id", "c"); code == 0 || !strings.Contains(errs, "already holds 2 bans") {
+		t.Fatalf("a third ban past max_bans 2: exit %d: %s", code, errs)
+	}
+	got, err := guard.File{Path: bans}.Read()
+	if err != nil || len(got) != 2 {
+		t.Fatalf("%s holds %d bans, %v", bans, len(got), err)
+	}
+	if _, err := os.Stat(filepath.Join(data, guard.BansFileName)); !os.IsNotExist(err) {
+		t.Fatalf("the default bans file was written: %v", err)
+	}
+	if out, _, code := banCLI("list", "-c", conf); code != 0 || !strings.Contains(out, "a") || !strings.Contains(out, "b") {
+		t.Fatalf("list -c: exit %d:\n%s", code, out)
+	}
+
+	// mosquitto.conf without persistence: DATA_DIR/bans.json of its data
+	// directory (--data wins over the file's).
+	mconf := filepath.Join(dir, "mosquitto.conf")
+	writeFile(t, mconf, "listener 1883 127.0.0.1\nallow_anonymous true\n")
+	other := filepath.Join(dir, "other")
+	if _, errs, code := banCLI("add", "-c", mconf, "--data", other, "--username", "eve"); code != 0 {
+		t.Fatalf("ban add with mosquitto.conf: exit %d: %s", code, errs)
+	}
+	if got, err := (guard.File{Path: filepath.Join(other, guard.BansFileName)}).Read(); err != nil || len(got) != 1 {
+		t.Fatalf("DATA/bans.json holds %d bans, %v", len(got), err)
+	}
+}
