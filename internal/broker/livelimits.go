@@ -13,8 +13,9 @@ import (
 // to what is already under way:
 //
 //   - MessageSizeLimit: to the next PUBLISH of every client.
-//   - MaxQueued: to the next message queued; queues already longer keep
-//     their messages but take no more until they fall below it.
+//   - MaxQueued, MaxQueuedBytes: to the next message queued; queues
+//     already longer keep their messages but take no more until they
+//     fall below it.
 //   - PushbackMessages, PushbackBytes (and MaxQueued, which bounds the
 //     message mark): to the next message routed, and publishers held
 //     back at a backlog that is now under its mark are let go at once.
@@ -57,6 +58,7 @@ type Limits struct {
 	MaxKeepAlive         uint16
 	MaxInflight          int
 	MaxQueued            int
+	MaxQueuedBytes       int64
 	MaxSubscriptions     int
 	MaxSubscriptionBytes int
 	MaxSessions          int
@@ -85,7 +87,7 @@ type Limits struct {
 func limitsOf(c *Config) *Limits {
 	return &Limits{
 		MessageSizeLimit: c.MessageSizeLimit, MaxKeepAlive: c.MaxKeepAlive, MaxInflight: c.MaxInflight,
-		MaxQueued: c.MaxQueued, MaxSubscriptions: c.MaxSubscriptions, MaxSubscriptionBytes: c.MaxSubscriptionBytes,
+		MaxQueued: c.MaxQueued, MaxQueuedBytes: c.MaxQueuedBytes, MaxSubscriptions: c.MaxSubscriptions, MaxSubscriptionBytes: c.MaxSubscriptionBytes,
 		MaxSessions: c.MaxSessions, MaxConnections: c.MaxConnections,
 		PushbackMessages: c.PushbackMessages, PushbackBytes: c.PushbackBytes, PushbackWait: c.PushbackWait,
 		QueueFullPolicy: c.QueueFullPolicy,
@@ -122,8 +124,8 @@ func (l Limits) withDefaults() (Limits, error) {
 	if l.MaxConnections == 0 {
 		l.MaxConnections = DefaultMaxConnections()
 	}
-	if l.MaxQueued < 0 || l.MaxSubscriptions < 0 || l.MaxSubscriptionBytes < 0 || l.MaxSessions < 0 || l.MaxConnections < 0 {
-		errs = append(errs, errors.New("broker: MaxQueued, MaxSubscriptions, MaxSubscriptionBytes, MaxSessions and MaxConnections must not be negative"))
+	if l.MaxQueued < 0 || l.MaxQueuedBytes < 0 || l.MaxSubscriptions < 0 || l.MaxSubscriptionBytes < 0 || l.MaxSessions < 0 || l.MaxConnections < 0 {
+		errs = append(errs, errors.New("broker: MaxQueued, MaxQueuedBytes, MaxSubscriptions, MaxSubscriptionBytes, MaxSessions and MaxConnections must not be negative"))
 	}
 	if l.PushbackMessages == 0 {
 		l.PushbackMessages = DefaultPushbackMessages
@@ -192,14 +194,14 @@ type liveLimits struct {
 	// markMsgs is the backlog in messages at which publishers are held
 	// back: PushbackMessages, at most MaxQueued; 0 when off. markBytes
 	// and markQ0Bytes are the byte marks of queues and of QoS 0
-	// backlogs: PushbackBytes, below Config.MaxQueuedBytes and three
+	// backlogs: PushbackBytes, below MaxQueuedBytes and three
 	// quarters of Config.MaxOutboundBytes where those are lower (so that
 	// publishers are held back before messages are dropped); 0 for none.
 	markMsgs, markBytes, markQ0Bytes int64
 }
 
 // newLiveLimits derives the marks of l, whose defaults are applied, with
-// the byte limits of cfg, which are set at start.
+// the outbound byte limit of cfg, which is set at start.
 func newLiveLimits(l *Limits, cfg *Config) *liveLimits {
 	ll := &liveLimits{Limits: *l}
 	if l.PushbackMessages > 0 {
@@ -207,7 +209,7 @@ func newLiveLimits(l *Limits, cfg *Config) *liveLimits {
 		if l.PushbackBytes > 0 {
 			ll.markBytes, ll.markQ0Bytes = l.PushbackBytes, l.PushbackBytes
 		}
-		if q := cfg.MaxQueuedBytes; q > 0 && (ll.markBytes == 0 || q < ll.markBytes) {
+		if q := l.MaxQueuedBytes; q > 0 && (ll.markBytes == 0 || q < ll.markBytes) {
 			ll.markBytes = q
 		}
 		if o := int64(cfg.MaxOutboundBytes - cfg.MaxOutboundBytes/4); ll.markQ0Bytes == 0 || o < ll.markQ0Bytes {

@@ -75,8 +75,8 @@ func TestSetLimits(t *testing.T) {
 	}
 }
 
-// TestSetLimitsQueue: a lower queue limit refuses the next queued
-// message and keeps those already queued.
+// TestSetLimitsQueue: a lower queue limit (in messages, then in bytes)
+// refuses the next queued message and keeps those already queued.
 func TestSetLimitsQueue(t *testing.T) {
 	s, addr := testServer(t, Config{})
 	sub := dialRaw(t, addr, packet.V5)
@@ -102,6 +102,26 @@ func TestSetLimitsQueue(t *testing.T) {
 	send(3)
 	if st := s.Stats(); st.Queued != 2 || st.DroppedQueueFull != 1 {
 		t.Fatalf("queued %d, dropped %d; want 2 kept and 1 dropped", st.Queued, st.DroppedQueueFull)
+	}
+	// The byte bound applies live too: with room for messages again but
+	// the queue's 4 bytes ("q" and "m", twice) at a bound of 4, the next
+	// message is dropped; at 6 it is queued.
+	if _, err := s.SetLimits(Limits{MaxQueued: 100, MaxQueuedBytes: 4}); err != nil {
+		t.Fatal(err)
+	}
+	send(4)
+	if st := s.Stats(); st.Queued != 2 || st.DroppedQueueFull != 2 {
+		t.Fatalf("queued %d, dropped %d at MaxQueuedBytes 4; want 2 kept and 2 dropped", st.Queued, st.DroppedQueueFull)
+	}
+	if _, err := s.SetLimits(Limits{MaxQueued: 100, MaxQueuedBytes: 6}); err != nil {
+		t.Fatal(err)
+	}
+	send(5)
+	if st := s.Stats(); st.Queued != 3 || st.DroppedQueueFull != 2 {
+		t.Fatalf("queued %d, dropped %d at MaxQueuedBytes 6; want 3 queued", st.Queued, st.DroppedQueueFull)
+	}
+	if _, err := s.SetLimits(Limits{MaxQueuedBytes: -1}); err == nil {
+		t.Fatal("a negative MaxQueuedBytes was accepted")
 	}
 }
 

@@ -404,7 +404,8 @@ func (d *delivery) size() int64 { return int64(len(d.msg.Topic) + len(d.msg.Payl
 // fullLocked reports whether s's queue is at its limits. The caller
 // holds s.mu.
 func (s *session) fullLocked(srv *Server) bool {
-	return s.queue.len() >= srv.limits().MaxQueued || srv.cfg.MaxQueuedBytes > 0 && s.queueBytes >= srv.cfg.MaxQueuedBytes
+	lim := srv.limits()
+	return s.queue.len() >= lim.MaxQueued || lim.MaxQueuedBytes > 0 && s.queueBytes >= lim.MaxQueuedBytes
 }
 
 // overMark reports whether a backlog of n messages and b bytes is at the

@@ -757,7 +757,7 @@ func (s *Server) queueFull(id string, d *delivery) {
 	// the log too.
 	if n == 1 || n%1000 == 0 {
 		s.log.Warn("broker: session queue full; message dropped", "client", id, "topic", d.msg.Topic, "qos", d.qos,
-			"max_queued", s.limits().MaxQueued, "max_queued_bytes", s.cfg.MaxQueuedBytes, "dropped_total", n)
+			"max_queued", s.limits().MaxQueued, "max_queued_bytes", s.limits().MaxQueuedBytes, "dropped_total", n)
 	}
 }
 

@@ -184,6 +184,9 @@ func TestReloadAppliesEveryLiveKey(t *testing.T) {
 		"limits.max_queued_messages": {"limits: {max_queued_messages: 7}", func(p *servePlan) error {
 			return want("MaxQueued", p.srv.Limits().MaxQueued, 7)
 		}, false},
+		"limits.max_queued_bytes": {"limits: {max_queued_bytes: 64KiB}", func(p *servePlan) error {
+			return want("MaxQueuedBytes", p.srv.Limits().MaxQueuedBytes, int64(64<<10))
+		}, false},
 		"limits.max_subscriptions": {"limits: {max_subscriptions: 9}", func(p *servePlan) error {
 			return want("MaxSubscriptions", p.srv.Limits().MaxSubscriptions, 9)
 		}, false},
