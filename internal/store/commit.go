@@ -18,6 +18,9 @@ type request struct {
 	done   chan error  // Commit
 	cb     func(error) // CommitAsync
 	opsBuf [3]Op       // ops of a small request (a message and its delivery)
+	// checkpoint asks for a checkpoint of the log once the batch is
+	// durable (syncView).
+	checkpoint bool
 }
 
 // newRequest prepares ops for a request, on the caller's goroutine.
@@ -193,6 +196,13 @@ func (s *Store) commitBatch(reqs []*request) {
 		if err == nil && wrote {
 			s.afterCommit()
 		}
+		if err == nil && s.wal != nil && (s.checkpointDue() || (s.wal.index > 0 && wantsCheckpoint(reqs))) {
+			if cerr := s.checkpoint(); cerr != nil {
+				// The batch is durable in the log; what follows is not
+				// accepted.
+				s.failed = fmt.Errorf("%w: checkpoint: %v", ErrFailed, cerr)
+			}
+		}
 		var oe *opError
 		if err != nil && !errors.As(err, &oe) {
 			// The disk refused a write or an fsync: what the file holds
@@ -224,10 +234,49 @@ func (s *Store) commitTx(reqs []*request, force bool) (wrote bool, err error) {
 	t := &txn{s: s, st: s.st, refs: m.refs, newMsgs: m.newMsgs, prefs: map[string]int{}, maxID0: s.st.MaxID,
 		sessions: m.sessions, freshPuts: m.freshPuts, putDlv: m.putDlv}
 	t.st.Counter++
-	nops := 0
-	dropped := 0
-	err = s.db.Update(func(tx *bolt.Tx) error {
-		t.tx = tx
+	var nops, dropped int
+	if s.wal != nil {
+		nops, dropped, err = s.commitLogged(t, reqs, force)
+	} else {
+		err = s.db.Update(func(tx *bolt.Tx) error {
+			t.tx = tx
+			var err error
+			nops, dropped, err = s.applyBatch(t, reqs, force)
+			return err
+		})
+	}
+	s.stats.coalesced.Add(int64(dropped))
+	if err == errNothingLeft {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("store: commit: %w", err)
+	}
+	s.st = t.st
+	for id, d := range t.refs {
+		if n := s.refs[id] + d; n > 0 {
+			s.refs[id] = n
+		} else {
+			delete(s.refs, id)
+		}
+	}
+	for k, d := range t.prefs {
+		if n := s.prefs[k] + d; n > 0 {
+			s.prefs[k] = n
+		} else {
+			delete(s.prefs, k)
+		}
+	}
+	s.stats.commits.Add(1)
+	s.stats.ops.Add(int64(nops))
+	return true, nil
+}
+
+// applyBatch applies reqs to t.tx; with nothing to write it returns
+// errNothingLeft, having written nothing, unless force is set.
+func (s *Store) applyBatch(t *txn, reqs []*request, force bool) (nops, dropped int, err error) {
+	tx := t.tx
+	err = func() error {
 		for _, r := range reqs {
 			if r.err != nil {
 				return &opError{r.err}
@@ -295,33 +344,13 @@ func (s *Store) commitTx(reqs []*request, force bool) (wrote bool, err error) {
 		if err != nil {
 			return err
 		}
-		return tx.Bucket(bktMeta).Put(keyState, st)
-	})
-	s.stats.coalesced.Add(int64(dropped))
-	if err == errNothingLeft {
-		return false, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("store: commit: %w", err)
-	}
-	s.st = t.st
-	for id, d := range t.refs {
-		if n := s.refs[id] + d; n > 0 {
-			s.refs[id] = n
-		} else {
-			delete(s.refs, id)
+		if err := tx.Bucket(bktMeta).Put(keyState, st); err != nil {
+			return err
 		}
-	}
-	for k, d := range t.prefs {
-		if n := s.prefs[k] + d; n > 0 {
-			s.prefs[k] = n
-		} else {
-			delete(s.prefs, k)
-		}
-	}
-	s.stats.commits.Add(1)
-	s.stats.ops.Add(int64(nops))
-	return true, nil
+		t.logPut(bktMeta, keyState, st)
+		return nil
+	}()
+	return nops, dropped, err
 }
 
 // errNothingLeft rolls back a transaction that has nothing to write.
