@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -65,9 +66,11 @@ func (s *Store) Commit(ctx context.Context, ops ...Op) error {
 
 // CommitAsync is Commit without waiting: done is called with the outcome
 // once the ops are durable as Config.Sync says (or immediately with
-// ErrClosed after Close). done runs on the store's committer goroutine: it
-// must return quickly and must not call Commit (which would wait for the
-// committer itself); it may call CommitAsync. Requests are applied in the
+// ErrClosed after Close). done runs on the goroutine that reports the
+// store's commits, one at a time and in the order the requests were
+// submitted: the committer, or with SyncAlways the log's syncer. It must
+// return quickly and must not call Commit (which would wait for that
+// goroutine itself); it may call CommitAsync. Requests are applied in the
 // order they were submitted. The ops' records are encoded and sealed on
 // the calling goroutine before CommitAsync returns; the ops are not used
 // afterwards. Safe for concurrent use.
@@ -192,16 +195,15 @@ func (s *Store) commitBatch(reqs []*request) {
 		// Config.Now.
 		start := time.Now()
 		wrote, err = s.commitTx(reqs, false)
+		if s.wal != nil && err == nil {
+			// The log's syncer reports the batch once its record is
+			// durable (and the requests before it were reported).
+			s.afterLogged(reqs, wrote, start)
+			return
+		}
 		s.latency.observe(time.Since(start))
 		if err == nil && wrote {
 			s.afterCommit()
-		}
-		if err == nil && s.wal != nil && (s.checkpointDue() || (s.wal.index > 0 && wantsCheckpoint(reqs))) {
-			if cerr := s.checkpoint(); cerr != nil {
-				// The batch is durable in the log; what follows is not
-				// accepted.
-				s.failed = fmt.Errorf("%w: checkpoint: %v", ErrFailed, cerr)
-			}
 		}
 		var oe *opError
 		if err != nil && !errors.As(err, &oe) {
@@ -217,6 +219,20 @@ func (s *Store) commitBatch(reqs []*request) {
 		}
 		return
 	}
+	s.reportBatch(reqs, err)
+}
+
+// reportBatch reports err to reqs: at once, or with the log in the order of
+// the log's syncer, after the batches before them.
+func (s *Store) reportBatch(reqs []*request, err error) {
+	if s.logJobs != nil {
+		s.logJobs <- logJob{reqs: slices.Clone(reqs), err: err}
+		return
+	}
+	s.finishBatch(reqs, err)
+}
+
+func (s *Store) finishBatch(reqs []*request, err error) {
 	if err != nil {
 		s.stats.failed.Add(int64(len(reqs)))
 	}

@@ -172,6 +172,14 @@ type Store struct {
 	wtx      *bolt.Tx
 	logBuf   logBatch
 	ckptAt   time.Time // the last checkpoint, by the system clock
+	// The log's syncer (logSyncer) fsyncs the record the committer
+	// wrote last while the committer applies the next batch, and reports
+	// every request, in order. logBusy: a sync was handed to it whose
+	// result the committer has not taken yet (committer-owned).
+	logJobs   chan logJob
+	logSynced chan error
+	logBusy   bool
+	logWG     sync.WaitGroup
 
 	// SyncBatch: the syncer goroutine fsyncs what the committer wrote.
 	committed  atomic.Uint64         // counter of the last commit written
@@ -263,6 +271,12 @@ func Open(cfg Config) (*Store, error) {
 	s.nextID.Store(max(s.st.MaxID, s.st.Counter))
 	if !cfg.readOnly {
 		s.wake = make(chan struct{}, 1)
+		if s.wal != nil {
+			s.logJobs = make(chan logJob, 64)
+			s.logSynced = make(chan error, 1)
+			s.logWG.Add(1)
+			go s.logSyncer(s.logJobs)
+		}
 		s.wg.Add(1)
 		go s.committer()
 		if cfg.Sync == SyncBatch {
@@ -720,6 +734,15 @@ func (s *Store) Close() error {
 		s.syncWG.Wait()
 	}
 	var errs []error
+	if s.logJobs != nil {
+		// The committer has returned: the last sync and the reports
+		// still queued finish before the log is checkpointed.
+		if err := s.waitLogSync(); err != nil && s.failed == nil {
+			s.failed = err
+		}
+		close(s.logJobs)
+		s.logWG.Wait()
+	}
 	if s.wal != nil && s.failed == nil && s.wal.index > 0 {
 		// Everything logged goes into the engine's file; the log
 		// left behind is empty.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -174,6 +175,11 @@ func (s *Store) commitLogged(t *txn, reqs []*request, force bool) (nops, dropped
 	t.log = &s.logBuf
 	t.log.reset()
 	nops, dropped, err = s.applyBatch(t, reqs, force)
+	if err == nil {
+		// The record before must be durable before this one is written:
+		// then only the last record of the log is ever unsynced.
+		err = s.waitLogSync()
+	}
 	if err == errNothingLeft {
 		return nops, dropped, err // nothing was written to the transaction
 	}
@@ -190,10 +196,98 @@ func (s *Store) commitLogged(t *txn, reqs []*request, force bool) (nops, dropped
 	if err := s.wal.append(t.log.b); err != nil {
 		return nops, dropped, err
 	}
-	if err := s.wal.sync(); err != nil {
-		return nops, dropped, err
-	}
 	return nops, dropped, nil
+}
+
+// logJob is work for the log's syncer: fsync w (when set), then report
+// err, or the fsync's failure, to reqs.
+type logJob struct {
+	w       *logWriter
+	reqs    []*request
+	err     error
+	counter uint64    // the commit counter the record brings the store to
+	start   time.Time // when the batch's commit started
+}
+
+// logSyncer fsyncs the log and reports requests, in the order of jobs.
+// The result of each fsync goes to the committer (logSynced) before the
+// requests are reported, so that the committer writes the next record
+// while the callbacks run. After a failed fsync every later request
+// fails too.
+func (s *Store) logSyncer(jobs <-chan logJob) {
+	defer s.logWG.Done()
+	var failed error
+	var lastCounter time.Time
+	for j := range jobs {
+		err := j.err
+		if j.w != nil {
+			serr := failed
+			if serr == nil {
+				if serr = j.w.sync(); serr != nil {
+					serr = fmt.Errorf("%w: %v", ErrFailed, serr)
+					failed = serr
+				}
+			}
+			s.logSynced <- serr
+			if serr == nil {
+				s.stats.syncs.Add(1)
+				s.latency.observe(time.Since(j.start))
+				if now := s.cfg.Now(); now.Sub(lastCounter) >= s.cfg.CounterInterval && s.writeCounterAt(j.counter) == nil {
+					lastCounter = now
+				}
+			}
+			err = serr
+		}
+		if err == nil {
+			err = failed
+		}
+		if len(j.reqs) > 0 {
+			s.finishBatch(j.reqs, err)
+		}
+	}
+}
+
+// waitLogSync waits for the fsync handed to the log's syncer last.
+func (s *Store) waitLogSync() error {
+	if !s.logBusy {
+		return nil
+	}
+	s.logBusy = false
+	return <-s.logSynced
+}
+
+// afterLogged hands a batch that commitTx logged (or found nothing to
+// write for) to the log's syncer, and checkpoints when one is due or
+// asked for: a batch that asked waits for the checkpoint before it is
+// reported.
+func (s *Store) afterLogged(reqs []*request, wrote bool, start time.Time) {
+	ckpt := wantsCheckpoint(reqs) && (wrote || s.wal.index > 0)
+	if wrote {
+		j := logJob{w: s.wal, counter: s.st.Counter, start: start}
+		if !ckpt {
+			j.reqs = slices.Clone(reqs)
+		}
+		s.logJobs <- j
+		s.logBusy = true
+	} else if !ckpt {
+		s.reportBatch(reqs, nil) // after the batches before it
+	}
+	if ckpt || s.checkpointDue() {
+		err := s.waitLogSync()
+		if err == nil {
+			if err = s.checkpoint(); err != nil {
+				err = fmt.Errorf("%w: checkpoint: %v", ErrFailed, err)
+			}
+		}
+		if err != nil {
+			// What was logged is durable (or reported failed by the
+			// syncer); nothing more is accepted.
+			s.failed = err
+		}
+	}
+	if ckpt {
+		s.reportBatch(reqs, s.failed)
+	}
 }
 
 // redoLog rolls back the engine's transaction and applies the current

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -297,20 +298,39 @@ func TestLogCheckpoint(t *testing.T) {
 // other requests of the batch and every earlier commit survive a crash.
 func TestLogRedoAfterFailedOp(t *testing.T) {
 	cfg := logConfig(t)
+	var armed atomic.Bool
+	entered, release := make(chan struct{}), make(chan struct{})
+	batch := make(chan int, 1)
+	cfg.hooks = &hooks{beforeCommit: func(n int) {
+		if armed.CompareAndSwap(true, false) {
+			close(entered)
+			<-release
+		} else if n > 1 {
+			batch <- n
+		}
+	}}
 	s := mustOpen(t, cfg)
 	defer s.Close()
 	for i := range 3 {
 		mustCommit(t, s, PutRetained{&Retained{Topic: fmt.Sprintf("t/%d", i), Payload: []byte("a")}})
 	}
-	// A callback runs on the committer: while it waits, the next
-	// requests queue up and are committed as one batch.
-	blocked := make(chan struct{})
+	// Hold the committer so that the next three requests are committed
+	// as one batch.
+	armed.Store(true)
+	first := make(chan error, 1)
+	s.CommitAsync(func(err error) { first <- err }, PutRetained{&Retained{Topic: "t/3", Payload: []byte("a")}})
+	<-entered
 	good, bad := make(chan error, 2), make(chan error, 1)
-	s.CommitAsync(func(error) { <-blocked }, PutRetained{&Retained{Topic: "t/3", Payload: []byte("a")}})
 	s.CommitAsync(func(err error) { good <- err }, PutRetained{&Retained{Topic: "t/4", Payload: []byte("a")}})
 	s.CommitAsync(func(err error) { bad <- err }, PutDelivery{&Delivery{ClientID: "nobody", Seq: s.NextID(), MsgID: 77}})
 	s.CommitAsync(func(err error) { good <- err }, PutRetained{&Retained{Topic: "t/5", Payload: []byte("a")}})
-	close(blocked)
+	close(release)
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	if n := <-batch; n != 3 {
+		t.Fatalf("the batch held %d requests, want 3", n)
+	}
 	for range 2 {
 		if err := <-good; err != nil {
 			t.Fatalf("a good commit failed with its neighbour: %v", err)
