@@ -188,6 +188,9 @@ func (s *Store) commitBatch(reqs []*request) {
 	if p := s.syncFailed.Load(); p != nil && s.failed == nil {
 		s.failed = *p // the periodic fsync failed (SyncBatch)
 	}
+	if p := s.logErr.Load(); p != nil && s.failed == nil {
+		s.failed = *p // an fsync of the log failed (SyncAlways)
+	}
 	err := s.failed
 	if err == nil {
 		var wrote bool

@@ -172,14 +172,16 @@ type Store struct {
 	wtx      *bolt.Tx
 	logBuf   logBatch
 	ckptAt   time.Time // the last checkpoint, by the system clock
-	// The log's syncer (logSyncer) fsyncs the record the committer
-	// wrote last while the committer applies the next batch, and reports
-	// every request, in order. logBusy: a sync was handed to it whose
-	// result the committer has not taken yet (committer-owned).
-	logJobs   chan logJob
-	logSynced chan error
-	logBusy   bool
-	logWG     sync.WaitGroup
+	// The log's syncer (logSyncer) fsyncs what the committer wrote to
+	// the log while the committer goes on with the next batches, and
+	// reports every request, in order. logDurable: how many records of
+	// the current log an fsync has covered; logProgress: a signal after
+	// each fsync; logErr: the syncer's failure.
+	logJobs     chan logJob
+	logDurable  atomic.Uint64
+	logProgress chan struct{}
+	logErr      atomic.Pointer[error]
+	logWG       sync.WaitGroup
 
 	// SyncBatch: the syncer goroutine fsyncs what the committer wrote.
 	committed  atomic.Uint64         // counter of the last commit written
@@ -273,7 +275,7 @@ func Open(cfg Config) (*Store, error) {
 		s.wake = make(chan struct{}, 1)
 		if s.wal != nil {
 			s.logJobs = make(chan logJob, 64)
-			s.logSynced = make(chan error, 1)
+			s.logProgress = make(chan struct{}, 1)
 			s.logWG.Add(1)
 			go s.logSyncer(s.logJobs)
 		}
@@ -737,7 +739,7 @@ func (s *Store) Close() error {
 	if s.logJobs != nil {
 		// The committer has returned: the last sync and the reports
 		// still queued finish before the log is checkpointed.
-		if err := s.waitLogSync(); err != nil && s.failed == nil {
+		if err := s.drainLog(); err != nil && s.failed == nil {
 			s.failed = err
 		}
 		close(s.logJobs)

@@ -53,12 +53,14 @@ import (
 //
 // A record's plaintext is the batch's writes to the engine, in order:
 //
-//	commit counter (8) | ops
+//	commit counter (8) | durable (8) | ops
 //	op: kind (1) | bucket length (1) | bucket | key length (2) | key |
 //	    (put only) value length (4) | value
 //
 // Values are the store's sealed records (encrypted once more by the log);
-// keys are keyed hashes; the commit counter is the store's after the batch.
+// keys are keyed hashes; the commit counter is the store's after the batch;
+// durable is how many records of the log an fsync had covered when the
+// record was written.
 const (
 	LogFile = "store.wal"
 
@@ -210,6 +212,7 @@ type logContents struct {
 
 type logRecord struct {
 	counter uint64
+	durable uint64
 	ops     []logOp
 }
 
@@ -263,12 +266,14 @@ func parseLog(b []byte, keys *recordKeys) (*logContents, error) {
 		pt, n := openLogRecord(a, keys.storeID, lc.logID, i, rest)
 		if pt == nil {
 			// A record cut short, not authentic, or with a damaged
-			// length. Only the last record of a log can be unsynced (a
-			// record is written after the fdatasync of the one before
-			// returned, see Store.commitLogged), so a crash leaves no
-			// authentic record after it: if one follows, this is damage.
-			if at, j := findLogRecord(a, keys.storeID, lc.logID, rest); at >= 0 {
-				return nil, corrupt("record %d (offset %d) is damaged, moved or from another log (record %d is at offset %d)", i, len(b)-len(rest), j, len(b)-len(rest)+at)
+			// length: the end of an interrupted append, unless a later
+			// record of the log says that this one was durable when it
+			// was written (records say how many of the log an fsync
+			// had covered, see Store.commitLogged). A crash can leave
+			// unsynced records after a torn one, never one that an
+			// fsync covered.
+			if j, d := laterDurable(a, keys.storeID, lc.logID, rest); d > i {
+				return nil, corrupt("record %d (offset %d) is damaged, moved or from another log (record %d says %d records were durable)", i, len(b)-len(rest), j, d)
 			}
 			lc.torn = true
 			break
@@ -322,20 +327,25 @@ func openLogRecord(a cipher.AEAD, storeID, logID [16]byte, index uint64, b []byt
 	return pt, logLenLen + n
 }
 
-// findLogRecord returns the offset in b of the first authentic record of
-// the log, whatever its index, and its index; -1 when there is none. The
-// check filters candidates before the cipher is tried.
-func findLogRecord(a cipher.AEAD, storeID, logID [16]byte, b []byte) (int, uint64) {
+// laterDurable returns, of the authentic records of the log in b (found
+// at any offset), the highest durable count one states, and its index.
+// The check filters candidates before the cipher is tried.
+func laterDurable(a cipher.AEAD, storeID, logID [16]byte, b []byte) (index, durable uint64) {
 	for p := 0; p+logLenLen <= len(b); p++ {
 		_, idx, ok := logRecordHead(b[p:])
 		if !ok {
 			continue
 		}
-		if pt, _ := openLogRecord(a, storeID, logID, idx, b[p:]); pt != nil {
-			return p, idx
+		pt, n := openLogRecord(a, storeID, logID, idx, b[p:])
+		if pt == nil || len(pt) < logBatchHead {
+			continue
 		}
+		if d := binary.BigEndian.Uint64(pt[8:]); d > durable {
+			index, durable = idx, d
+		}
+		p += n - 1
 	}
-	return -1, 0
+	return index, durable
 }
 
 func allZero(b []byte) bool {
@@ -354,10 +364,16 @@ func (l *logBatch) reset() {
 	if cap(l.b) > 64<<20 {
 		l.b = nil
 	}
-	l.b = append(l.b[:0], 0, 0, 0, 0, 0, 0, 0, 0)
+	l.b = append(l.b[:0], make([]byte, logBatchHead)...)
 }
 
-func (l *logBatch) setCounter(c uint64) { binary.BigEndian.PutUint64(l.b, c) }
+// logBatchHead is the commit counter and the durable count.
+const logBatchHead = 16
+
+func (l *logBatch) setCounter(counter, durable uint64) {
+	binary.BigEndian.PutUint64(l.b, counter)
+	binary.BigEndian.PutUint64(l.b[8:], durable)
+}
 
 func (l *logBatch) put(bucket, key, val []byte) {
 	l.op(logOpPut, bucket, key)
@@ -380,7 +396,7 @@ func (l *logBatch) op(kind byte, bucket, key []byte) {
 func encodeLogBatch(r *logRecord) []byte {
 	var l logBatch
 	l.reset()
-	l.setCounter(r.counter)
+	l.setCounter(r.counter, r.durable)
 	for _, o := range r.ops {
 		switch o.kind {
 		case logOpPut:
@@ -397,11 +413,11 @@ func encodeLogBatch(r *logRecord) []byte {
 // decodeLogBatch decodes a record's plaintext. The slices of the result
 // point into b.
 func decodeLogBatch(b []byte) (*logRecord, error) {
-	if len(b) < 8 {
+	if len(b) < logBatchHead {
 		return nil, fmt.Errorf("%w: log record too short", errDecode)
 	}
-	r := &logRecord{counter: binary.BigEndian.Uint64(b)}
-	b = b[8:]
+	r := &logRecord{counter: binary.BigEndian.Uint64(b), durable: binary.BigEndian.Uint64(b[8:])}
+	b = b[logBatchHead:]
 	for len(b) > 0 {
 		var o logOp
 		o.kind = b[0]

@@ -18,7 +18,7 @@ func fuzzLogKeys(t testing.TB) *recordKeys {
 
 // sampleLogBatch is a record's plaintext with every kind of op.
 func sampleLogBatch() []byte {
-	return encodeLogBatch(&logRecord{counter: 42, ops: []logOp{
+	return encodeLogBatch(&logRecord{counter: 42, durable: 3, ops: []logOp{
 		{kind: logOpBucket, bucket: []byte("bans")},
 		{kind: logOpPut, bucket: bktRetained, key: bytes.Repeat([]byte{1}, idLen), val: []byte("sealed value")},
 		{kind: logOpDelete, bucket: bktDelivery, key: bytes.Repeat([]byte{2}, idLen+8)},
@@ -54,7 +54,7 @@ func FuzzParseLog(f *testing.F) {
 		f.Fatal(err)
 	}
 	for c := uint64(6); c < 9; c++ {
-		r := &logRecord{counter: c, ops: []logOp{{kind: logOpPut, bucket: bktRetained, key: []byte{byte(c)}, val: []byte("v")}}}
+		r := &logRecord{counter: c, durable: c - 6, ops: []logOp{{kind: logOpPut, bucket: bktRetained, key: []byte{byte(c)}, val: []byte("v")}}}
 		if err := w.append(encodeLogBatch(r)); err != nil {
 			f.Fatal(err)
 		}

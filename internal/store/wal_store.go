@@ -156,15 +156,17 @@ func (s *Store) putLogID(tx *bolt.Tx, id [16]byte, counter uint64) error {
 }
 
 // commitLogged is commitTx's end with the log: the batch, applied to the
-// engine's open transaction, is appended to the log as one record and
-// made durable by one fdatasync. A batch that fails to apply leaves the
+// engine's open transaction, is appended to the log as one record; the
+// log's syncer makes it durable (one fdatasync for every record written
+// meanwhile) and reports it. A batch that fails to apply leaves the
 // transaction partly written: it is rolled back and the log's records
-// since the checkpoint, every batch reported so far, are applied again.
+// since the checkpoint, every batch logged so far, are applied again.
 //
-// Only the last record of the log is ever unsynced: a record is written
-// after the fdatasync of the one before returned. So an incomplete or
-// unauthentic record followed by more data is damage, not a crash
-// (parseLog).
+// Each record says how many records of its log were durable when it was
+// written: recovery tells an interrupted append (no later record says it
+// was durable) from damage (a later record says so), see parseLog. At
+// most maxUnsynced records wait for an fsync, which bounds what a crash
+// can leave undecided.
 func (s *Store) commitLogged(t *txn, reqs []*request, force bool) (nops, dropped int, err error) {
 	if s.wtx == nil {
 		if s.wtx, err = s.db.Begin(true); err != nil {
@@ -175,11 +177,6 @@ func (s *Store) commitLogged(t *txn, reqs []*request, force bool) (nops, dropped
 	t.log = &s.logBuf
 	t.log.reset()
 	nops, dropped, err = s.applyBatch(t, reqs, force)
-	if err == nil {
-		// The record before must be durable before this one is written:
-		// then only the last record of the log is ever unsynced.
-		err = s.waitLogSync()
-	}
 	if err == errNothingLeft {
 		return nops, dropped, err // nothing was written to the transaction
 	}
@@ -192,68 +189,114 @@ func (s *Store) commitLogged(t *txn, reqs []*request, force bool) (nops, dropped
 		}
 		return nops, dropped, err
 	}
-	t.log.setCounter(t.st.Counter)
+	for s.wal.index-s.logDurable.Load() >= maxUnsynced {
+		if p := s.logErr.Load(); p != nil {
+			return nops, dropped, *p
+		}
+		<-s.logProgress
+	}
+	t.log.setCounter(t.st.Counter, s.logDurable.Load())
 	if err := s.wal.append(t.log.b); err != nil {
 		return nops, dropped, err
 	}
 	return nops, dropped, nil
 }
 
-// logJob is work for the log's syncer: fsync w (when set), then report
-// err, or the fsync's failure, to reqs.
+// maxUnsynced bounds the records of the log waiting for an fsync.
+const maxUnsynced = 4
+
+// logJob is work for the log's syncer, in the committer's order: make
+// the log durable up to record index (when w is set), then report err, or
+// the fsync's failure, to reqs; or close barrier once everything before
+// it is done.
 type logJob struct {
 	w       *logWriter
+	index   uint64 // the log's records written, this batch's included
 	reqs    []*request
 	err     error
 	counter uint64    // the commit counter the record brings the store to
 	start   time.Time // when the batch's commit started
+	barrier chan struct{}
 }
 
-// logSyncer fsyncs the log and reports requests, in the order of jobs.
-// The result of each fsync goes to the committer (logSynced) before the
-// requests are reported, so that the committer writes the next record
-// while the callbacks run. After a failed fsync every later request
-// fails too.
+// logSyncer takes every job queued, fsyncs the log once for all the
+// records they wrote (group commit again: the batches the committer
+// logged during the previous fsync share the next), publishes how many
+// records are durable, and reports the jobs' requests in order. After a
+// failed fsync every later request fails too.
 func (s *Store) logSyncer(jobs <-chan logJob) {
 	defer s.logWG.Done()
 	var failed error
 	var lastCounter time.Time
+	var group []logJob
 	for j := range jobs {
-		err := j.err
-		if j.w != nil {
-			serr := failed
-			if serr == nil {
-				if serr = j.w.sync(); serr != nil {
-					serr = fmt.Errorf("%w: %v", ErrFailed, serr)
-					failed = serr
+		group = append(group[:0], j)
+	more:
+		for len(group) < 1024 {
+			select {
+			case j, ok := <-jobs:
+				if !ok {
+					break more
 				}
+				group = append(group, j)
+			default:
+				break more
 			}
-			s.logSynced <- serr
-			if serr == nil {
+		}
+		var w *logWriter
+		var upto, counter uint64
+		var start time.Time
+		for _, j := range group {
+			if j.w != nil {
+				if w == nil {
+					start = j.start
+				}
+				w, upto, counter = j.w, j.index, j.counter
+			}
+		}
+		if w != nil && failed == nil {
+			if err := w.sync(); err != nil {
+				failed = fmt.Errorf("%w: %v", ErrFailed, err)
+				s.logErr.Store(&failed)
+			} else {
+				s.logDurable.Store(upto)
 				s.stats.syncs.Add(1)
-				s.latency.observe(time.Since(j.start))
-				if now := s.cfg.Now(); now.Sub(lastCounter) >= s.cfg.CounterInterval && s.writeCounterAt(j.counter) == nil {
+				s.latency.observe(time.Since(start))
+				if now := s.cfg.Now(); now.Sub(lastCounter) >= s.cfg.CounterInterval && s.writeCounterAt(counter) == nil {
 					lastCounter = now
 				}
 			}
-			err = serr
+			select {
+			case s.logProgress <- struct{}{}:
+			default:
+			}
 		}
-		if err == nil {
-			err = failed
-		}
-		if len(j.reqs) > 0 {
-			s.finishBatch(j.reqs, err)
+		for i := range group {
+			j := &group[i]
+			if j.barrier != nil {
+				close(j.barrier)
+			} else if len(j.reqs) > 0 {
+				err := j.err
+				if err == nil {
+					err = failed
+				}
+				s.finishBatch(j.reqs, err)
+			}
+			*j = logJob{}
 		}
 	}
 }
 
-// waitLogSync waits for the fsync handed to the log's syncer last.
-func (s *Store) waitLogSync() error {
-	if !s.logBusy {
-		return nil
+// drainLog waits until the log's syncer has done every job queued: every
+// record written is durable (or the fsync failed) and reported.
+func (s *Store) drainLog() error {
+	b := make(chan struct{})
+	s.logJobs <- logJob{barrier: b}
+	<-b
+	if p := s.logErr.Load(); p != nil {
+		return *p
 	}
-	s.logBusy = false
-	return <-s.logSynced
+	return nil
 }
 
 // afterLogged hands a batch that commitTx logged (or found nothing to
@@ -263,17 +306,18 @@ func (s *Store) waitLogSync() error {
 func (s *Store) afterLogged(reqs []*request, wrote bool, start time.Time) {
 	ckpt := wantsCheckpoint(reqs) && (wrote || s.wal.index > 0)
 	if wrote {
-		j := logJob{w: s.wal, counter: s.st.Counter, start: start}
+		j := logJob{w: s.wal, index: s.wal.index, counter: s.st.Counter, start: start}
 		if !ckpt {
 			j.reqs = slices.Clone(reqs)
 		}
 		s.logJobs <- j
-		s.logBusy = true
 	} else if !ckpt {
 		s.reportBatch(reqs, nil) // after the batches before it
 	}
 	if ckpt || s.checkpointDue() {
-		err := s.waitLogSync()
+		// The checkpoint closes the old log: the syncer is done with
+		// it first.
+		err := s.drainLog()
 		if err == nil {
 			if err = s.checkpoint(); err != nil {
 				err = fmt.Errorf("%w: checkpoint: %v", ErrFailed, err)
@@ -355,6 +399,7 @@ func (s *Store) checkpoint() (err error) {
 	}
 	s.wal.close()
 	s.wal = w
+	s.logDurable.Store(0)
 	s.ckptAt = time.Now()
 	s.stats.checkpoints.Add(1)
 	return nil
