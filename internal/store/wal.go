@@ -20,7 +20,8 @@ import (
 // The commit log (SyncAlways).
 //
 // With SyncAlways a commit is made durable by appending one record to
-// the log file, store.wal, and one fdatasync of it. The storage engine's
+// the log file, store.wal, and an fdatasync of it (shared by the records
+// appended while the previous one ran). The storage engine's
 // file is written behind the log: the committer applies every batch to
 // one long engine transaction, which is committed (with the engine's own
 // two fsyncs) only at a checkpoint, every logCheckpointBytes of log or
@@ -39,8 +40,10 @@ import (
 //
 // The check is CRC-32C of the length and the index. The index is also
 // authenticated (below); in the clear, with the check, it lets a reader
-// that meets a damaged record find out whether an authentic record comes
-// after it (damage) or not (the torn end of the log).
+// that meets a damaged record find the authentic records after it, and
+// learn from them whether it was durable (damage) or not (the torn end of
+// the log).
+//
 // Every log has its own key, HKDF(the data key's log root, log ID): a
 // record copied from another log, of this store or another, does not
 // open. A record's nonce is its index in the file (0, 1, 2, ...), and the
@@ -223,8 +226,9 @@ type logOp struct {
 
 // readLog reads and authenticates the log at path. It returns nil when
 // there is none. A damaged header, a log of another store, a record that
-// does not open followed by more data, or records out of order are
-// ErrCorrupt. An incomplete last record is the end of the log (torn).
+// does not open although a later record states it was durable, or records
+// out of order are ErrCorrupt. Otherwise a record that does not open is
+// the end of the log (torn), see parseLog.
 func readLog(path string, keys *recordKeys) (*logContents, error) {
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
@@ -337,7 +341,7 @@ func laterDurable(a cipher.AEAD, storeID, logID [16]byte, b []byte) (index, dura
 			continue
 		}
 		pt, n := openLogRecord(a, storeID, logID, idx, b[p:])
-		if pt == nil || len(pt) < logBatchHead {
+		if len(pt) < logBatchHead {
 			continue
 		}
 		if d := binary.BigEndian.Uint64(pt[8:]); d > durable {
