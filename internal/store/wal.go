@@ -13,6 +13,7 @@ import (
 	"hash/crc32"
 	"os"
 	"path/filepath"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -24,8 +25,8 @@ import (
 // appended while the previous one ran). The storage engine's
 // file is written behind the log: the committer applies every batch to
 // one long engine transaction, which is committed (with the engine's own
-// two fsyncs) only at a checkpoint, every logCheckpointBytes of log or
-// logCheckpointEvery, and at Close. A checkpoint names, in the engine's
+// two fsyncs) only at a checkpoint, once the log holds 16 MiB or a second
+// after the last one, and at Close. A checkpoint names, in the engine's
 // file, the log that continues it; the log is then replaced by a new,
 // empty one. A crash loses the uncommitted engine transaction and nothing
 // else: Open replays the log's records into the engine before the store
@@ -81,14 +82,20 @@ const (
 
 	// The checkpoint policy's defaults.
 	defaultLogCheckpointBytes = 16 << 20
-	defaultLogCheckpointEvery = 1e9 // 1 s, in time.Duration units
+	defaultLogCheckpointEvery = time.Second
 )
+
+// logRecordLimit is maxLogRecord; tests lower it.
+var logRecordLimit = maxLogRecord
+
+// errLogRecordTooLarge: a batch's writes do not fit in one log record.
+var errLogRecordTooLarge = fmt.Errorf("store: a commit larger than %d bytes", maxLogRecord)
 
 // keyLog names, in the meta bucket, the log that continues the engine's
 // file: its ID, sealed with the commit counter as version.
 var keyLog = []byte("log")
 
-// logKeys derives the key of one log file.
+// logAEAD derives the key of one log file.
 func (k *recordKeys) logAEAD(logID [16]byte) (cipher.AEAD, error) {
 	key, err := hkdf.Key(sha256.New, k.logRoot, logID[:], "moat store log file", 32)
 	if err != nil {
@@ -178,8 +185,8 @@ func createLog(dir string, keys *recordKeys, logID [16]byte, base uint64) (*logW
 // (one write). It is durable after the next sync.
 func (w *logWriter) append(plaintext []byte) error {
 	n := len(plaintext) + gcmTagLen
-	if n > maxLogRecord {
-		return fmt.Errorf("store: a commit of %d bytes is larger than the log takes", len(plaintext))
+	if n > logRecordLimit {
+		return errLogRecordTooLarge
 	}
 	b := w.buf[:0]
 	if cap(b) < logLenLen+n || cap(b) > 4*(logLenLen+n)+(1<<20) {

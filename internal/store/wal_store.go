@@ -196,6 +196,15 @@ func (s *Store) commitLogged(t *txn, reqs []*request, force bool) (nops, dropped
 		<-s.logProgress
 	}
 	t.log.setCounter(t.st.Counter, s.logDurable.Load())
+	if len(t.log.b)+gcmTagLen > logRecordLimit {
+		// Too large for one record (a batch of several very large
+		// messages): undone like a failing op, and the requests are
+		// retried one by one; one that is too large alone fails alone.
+		if rerr := s.redoLog(); rerr != nil {
+			return nops, dropped, rerr
+		}
+		return nops, dropped, &opError{errLogRecordTooLarge}
+	}
 	if err := s.wal.append(t.log.b); err != nil {
 		return nops, dropped, err
 	}

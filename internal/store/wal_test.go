@@ -5,8 +5,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,6 +16,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/moatmq/moat/internal/testutil"
 )
 
 // logConfig is a SyncAlways store whose log is never checkpointed while
@@ -450,5 +454,55 @@ func TestLogUnsyncedRecordsAfterTornOne(t *testing.T) {
 	damaged[spans[1][0]+20] ^= 1 // record 2 says 2 records were durable
 	if _, err := parseLog(damaged, keys); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("damaged durable record: %v, want ErrCorrupt", err)
+	}
+}
+
+// TestLogBatchTooLarge: a batch too large for one log record is undone
+// and its requests committed one by one; a request too large alone fails
+// alone, and the store goes on.
+func TestLogBatchTooLarge(t *testing.T) {
+	defer func(l int) { logRecordLimit = l }(logRecordLimit)
+	logRecordLimit = 4000
+	cfg := logConfig(t)
+	var armed atomic.Bool
+	entered, release := make(chan struct{}), make(chan struct{})
+	cfg.hooks = &hooks{beforeCommit: func(int) {
+		if armed.CompareAndSwap(true, false) {
+			close(entered)
+			<-release
+		}
+	}}
+	s := mustOpen(t, cfg)
+	defer s.Close()
+	mustCommit(t, s, PutRetained{&Retained{Topic: "t/0", Payload: []byte("a")}})
+	armed.Store(true)
+	first := make(chan error, 1)
+	s.CommitAsync(func(err error) { first <- err }, PutRetained{&Retained{Topic: "t/1", Payload: []byte("a")}})
+	<-entered
+	results := make(chan error, 4)
+	for i := range 3 {
+		s.CommitAsync(func(err error) { results <- err }, PutRetained{&Retained{Topic: fmt.Sprintf("t/%d", i+2), Payload: bytes.Repeat([]byte("p"), 1500)}})
+	}
+	tooLarge := make(chan error, 1)
+	s.CommitAsync(func(err error) { tooLarge <- err }, PutRetained{&Retained{Topic: "big", Payload: bytes.Repeat([]byte("p"), 5000)}})
+	testutil.WaitFor(t, "the requests to queue", 10*time.Second, func() bool { return s.pendingLen() == 4 })
+	close(release)
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if err := <-results; err != nil {
+			t.Fatalf("a request of a batch too large for one record failed: %v", err)
+		}
+	}
+	if err := <-tooLarge; !errors.Is(err, errLogRecordTooLarge) {
+		t.Fatalf("a request too large alone: %v, want errLogRecordTooLarge", err)
+	}
+	mustCommit(t, s, PutRetained{&Retained{Topic: "t/5", Payload: []byte("a")}})
+	r := mustOpen(t, crashImage(t, cfg))
+	got := retainedTopics(r.Recovered())
+	mustClose(t, r)
+	if len(got) != 6 || got["big"] != "" {
+		t.Fatalf("recovered %d retained (%v), want t/0 to t/5", len(got), slices.Collect(maps.Keys(got)))
 	}
 }
