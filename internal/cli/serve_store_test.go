@@ -45,8 +45,8 @@ func TestServeStoreQuarantined(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i := len(b) / 2; i < len(b); i += 512 {
-		b[i] ^= 0xFF // damage the data pages
+	for i := 2 * 4096; i < len(b); i += 512 {
+		b[i] ^= 0xFF // damage every page after the two meta pages
 	}
 	os.WriteFile(db, b, 0o600)
 

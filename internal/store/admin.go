@@ -61,6 +61,10 @@ func OpenOrQuarantine(cfg Config) (*Store, *QuarantinedError, error) {
 	if rerr := os.Rename(ctr, ctr+suffix); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
 		return nil, nil, fmt.Errorf("store: moving the counter file aside: %w", rerr)
 	}
+	wal := filepath.Join(cfg.Dir, LogFile)
+	if rerr := os.Rename(wal, wal+suffix); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+		return nil, nil, fmt.Errorf("store: moving the log aside: %w", rerr)
+	}
 	if err := syncDir(cfg.Dir); err != nil {
 		return nil, nil, err
 	}
@@ -229,6 +233,16 @@ func Rekey(cfg Config, next NewKey) error {
 	if err := old.Close(); err != nil {
 		return err
 	}
+	// Close left the log empty, every commit in the store file, and the
+	// log is sealed under the old data key: the rekeyed store starts
+	// without one. A crash after this leaves the old store without its
+	// (empty) log, which opens.
+	if err := os.Remove(filepath.Join(cfg.Dir, LogFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("store: %w", err)
+	}
+	if err := syncDir(cfg.Dir); err != nil {
+		return err
+	}
 	ncfg := cfg
 	ncfg.Dir = filepath.Join(cfg.Dir, ".rekey")
 	os.RemoveAll(ncfg.Dir)
@@ -240,7 +254,7 @@ func Rekey(cfg Config, next NewKey) error {
 	case len(next.Passphrase) > 0:
 		ncfg.KEK, ncfg.Passphrase = nil, next.Passphrase
 	}
-	ns := &Store{cfg: ncfg, refs: map[uint64]int{}, prefs: map[string]int{}, kek: ncfg.KEK}
+	ns := &Store{cfg: ncfg, refs: map[uint64]int{}, prefs: map[string]int{}, kek: ncfg.KEK, applyLog: true}
 	ns.cfg.setDefaults()
 	ns.path = filepath.Join(ncfg.Dir, DBFile)
 	if err := os.MkdirAll(ncfg.Dir, 0o700); err != nil {

@@ -69,7 +69,7 @@ func (o PutBan) apply(t *txn) error {
 	if err := o.Ban.check(); err != nil {
 		return err
 	}
-	if _, err := t.tx.CreateBucketIfNotExists(bktBans); err != nil {
+	if err := t.createBucket(bktBans); err != nil {
 		return err
 	}
 	return t.put(bktBans, t.s.keys.banKey(o.Ban.ID), encodeRecord(o.Ban))
@@ -111,7 +111,7 @@ func decodeBan(d *dec) *Ban {
 // commits.
 func (s *Store) Bans() ([]*Ban, error) {
 	var out []*Ban
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.syncView(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bktBans)
 		if b == nil {
 			return nil

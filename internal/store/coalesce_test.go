@@ -56,7 +56,7 @@ func (h *heldStore) batch(t *testing.T, reqs ...[]Op) []error {
 
 func (h *heldStore) count(bucket []byte) int {
 	n := 0
-	h.db.View(func(tx *bolt.Tx) error { n = tx.Bucket(bucket).Stats().KeyN; return nil })
+	h.syncView(func(tx *bolt.Tx) error { n = tx.Bucket(bucket).Stats().KeyN; return nil })
 	return n
 }
 

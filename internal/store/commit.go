@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -18,6 +19,9 @@ type request struct {
 	done   chan error  // Commit
 	cb     func(error) // CommitAsync
 	opsBuf [3]Op       // ops of a small request (a message and its delivery)
+	// checkpoint asks for a checkpoint of the log once the batch is
+	// durable (syncView).
+	checkpoint bool
 }
 
 // newRequest prepares ops for a request, on the caller's goroutine.
@@ -62,9 +66,11 @@ func (s *Store) Commit(ctx context.Context, ops ...Op) error {
 
 // CommitAsync is Commit without waiting: done is called with the outcome
 // once the ops are durable as Config.Sync says (or immediately with
-// ErrClosed after Close). done runs on the store's committer goroutine: it
-// must return quickly and must not call Commit (which would wait for the
-// committer itself); it may call CommitAsync. Requests are applied in the
+// ErrClosed after Close). done runs on the goroutine that reports the
+// store's commits, one at a time and in the order the requests were
+// submitted: the committer, or with SyncAlways the log's syncer. It must
+// return quickly and must not call Commit (which would wait for that
+// goroutine itself); it may call CommitAsync. Requests are applied in the
 // order they were submitted. The ops' records are encoded and sealed on
 // the calling goroutine before CommitAsync returns; the ops are not used
 // afterwards. Safe for concurrent use.
@@ -182,6 +188,9 @@ func (s *Store) commitBatch(reqs []*request) {
 	if p := s.syncFailed.Load(); p != nil && s.failed == nil {
 		s.failed = *p // the periodic fsync failed (SyncBatch)
 	}
+	if p := s.logErr.Load(); p != nil && s.failed == nil {
+		s.failed = *p // an fsync of the log failed (SyncAlways)
+	}
 	err := s.failed
 	if err == nil {
 		var wrote bool
@@ -189,6 +198,12 @@ func (s *Store) commitBatch(reqs []*request) {
 		// Config.Now.
 		start := time.Now()
 		wrote, err = s.commitTx(reqs, false)
+		if s.wal != nil && err == nil {
+			// The log's syncer reports the batch once its record is
+			// durable (and the requests before it were reported).
+			s.afterLogged(reqs, wrote, start)
+			return
+		}
 		s.latency.observe(time.Since(start))
 		if err == nil && wrote {
 			s.afterCommit()
@@ -207,6 +222,20 @@ func (s *Store) commitBatch(reqs []*request) {
 		}
 		return
 	}
+	s.reportBatch(reqs, err)
+}
+
+// reportBatch reports err to reqs: at once, or with the log in the order of
+// the log's syncer, after the batches before them.
+func (s *Store) reportBatch(reqs []*request, err error) {
+	if s.logJobs != nil {
+		s.logJobs <- logJob{reqs: slices.Clone(reqs), err: err}
+		return
+	}
+	s.finishBatch(reqs, err)
+}
+
+func (s *Store) finishBatch(reqs []*request, err error) {
 	if err != nil {
 		s.stats.failed.Add(int64(len(reqs)))
 	}
@@ -224,10 +253,49 @@ func (s *Store) commitTx(reqs []*request, force bool) (wrote bool, err error) {
 	t := &txn{s: s, st: s.st, refs: m.refs, newMsgs: m.newMsgs, prefs: map[string]int{}, maxID0: s.st.MaxID,
 		sessions: m.sessions, freshPuts: m.freshPuts, putDlv: m.putDlv}
 	t.st.Counter++
-	nops := 0
-	dropped := 0
-	err = s.db.Update(func(tx *bolt.Tx) error {
-		t.tx = tx
+	var nops, dropped int
+	if s.wal != nil {
+		nops, dropped, err = s.commitLogged(t, reqs, force)
+	} else {
+		err = s.db.Update(func(tx *bolt.Tx) error {
+			t.tx = tx
+			var err error
+			nops, dropped, err = s.applyBatch(t, reqs, force)
+			return err
+		})
+	}
+	s.stats.coalesced.Add(int64(dropped))
+	if err == errNothingLeft {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("store: commit: %w", err)
+	}
+	s.st = t.st
+	for id, d := range t.refs {
+		if n := s.refs[id] + d; n > 0 {
+			s.refs[id] = n
+		} else {
+			delete(s.refs, id)
+		}
+	}
+	for k, d := range t.prefs {
+		if n := s.prefs[k] + d; n > 0 {
+			s.prefs[k] = n
+		} else {
+			delete(s.prefs, k)
+		}
+	}
+	s.stats.commits.Add(1)
+	s.stats.ops.Add(int64(nops))
+	return true, nil
+}
+
+// applyBatch applies reqs to t.tx; with nothing to write it returns
+// errNothingLeft, having written nothing, unless force is set.
+func (s *Store) applyBatch(t *txn, reqs []*request, force bool) (nops, dropped int, err error) {
+	tx := t.tx
+	err = func() error {
 		for _, r := range reqs {
 			if r.err != nil {
 				return &opError{r.err}
@@ -295,33 +363,13 @@ func (s *Store) commitTx(reqs []*request, force bool) (wrote bool, err error) {
 		if err != nil {
 			return err
 		}
-		return tx.Bucket(bktMeta).Put(keyState, st)
-	})
-	s.stats.coalesced.Add(int64(dropped))
-	if err == errNothingLeft {
-		return false, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("store: commit: %w", err)
-	}
-	s.st = t.st
-	for id, d := range t.refs {
-		if n := s.refs[id] + d; n > 0 {
-			s.refs[id] = n
-		} else {
-			delete(s.refs, id)
+		if err := tx.Bucket(bktMeta).Put(keyState, st); err != nil {
+			return err
 		}
-	}
-	for k, d := range t.prefs {
-		if n := s.prefs[k] + d; n > 0 {
-			s.prefs[k] = n
-		} else {
-			delete(s.prefs, k)
-		}
-	}
-	s.stats.commits.Add(1)
-	s.stats.ops.Add(int64(nops))
-	return true, nil
+		t.logPut(bktMeta, keyState, st)
+		return nil
+	}()
+	return nops, dropped, err
 }
 
 // errNothingLeft rolls back a transaction that has nothing to write.

@@ -255,7 +255,7 @@ func TestSecurityRollbackAfterCrash(t *testing.T) {
 	crash := cfg
 	crash.Dir = t.TempDir()
 	crash.Now = nil
-	for _, f := range []string{DBFile, CounterFile} {
+	for _, f := range []string{DBFile, CounterFile, LogFile} {
 		copyFile(t, filepath.Join(cfg.Dir, f), filepath.Join(crash.Dir, f))
 	}
 	c := mustOpen(t, crash)

@@ -12,7 +12,11 @@ import (
 	"testing"
 )
 
-const crashChildEnv = "MOAT_STORE_CRASH_CHILD"
+const (
+	crashChildEnv = "MOAT_STORE_CRASH_CHILD"
+	// crashCkptEnv sets the child's log checkpoint size in bytes.
+	crashCkptEnv = "MOAT_STORE_CRASH_CHECKPOINT"
+)
 
 // TestCrashChild is the process TestKillDuringCommits kills: it commits
 // from 8 goroutines and prints "ack N" once the commit of N returned.
@@ -21,7 +25,11 @@ func TestCrashChild(t *testing.T) {
 	if dir == "" {
 		t.Skip("helper process for TestKillDuringCommits")
 	}
-	s, err := Open(Config{Dir: dir, KEK: testKEK(t, testKey)})
+	cfg := Config{Dir: dir, KEK: testKEK(t, testKey)}
+	if n, err := strconv.Atoi(os.Getenv(crashCkptEnv)); err == nil {
+		cfg.logCkptBytes = int64(n)
+	}
+	s, err := Open(cfg)
 	if err != nil {
 		fmt.Println("open:", err)
 		os.Exit(2)
@@ -56,6 +64,18 @@ func TestCrashChild(t *testing.T) {
 // store afterwards, and that the store verifies (a crash never leaves a
 // store that is quarantined).
 func TestKillDuringCommits(t *testing.T) {
+	killDuringCommits(t, "")
+}
+
+// TestKillDuringCheckpoints: the same with a checkpoint of the commit log
+// every few kilobytes, so that the kills land in and around checkpoints
+// too (between the store file's commit and the new log, the previous log
+// beside a store file that holds it).
+func TestKillDuringCheckpoints(t *testing.T) {
+	killDuringCommits(t, "8192")
+}
+
+func killDuringCommits(t *testing.T, checkpoint string) {
 	if testing.Short() {
 		t.Skip("starts processes")
 	}
@@ -66,7 +86,7 @@ func TestKillDuringCommits(t *testing.T) {
 	acked := map[string]bool{}
 	for round := range 3 {
 		cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$")
-		cmd.Env = append(os.Environ(), crashChildEnv+"="+cfg.Dir)
+		cmd.Env = append(os.Environ(), crashChildEnv+"="+cfg.Dir, crashCkptEnv+"="+checkpoint)
 		stdout, err := cmd.StdoutPipe()
 		if err != nil {
 			t.Fatal(err)

@@ -63,6 +63,7 @@ type recordKeys struct {
 	recKey  []byte // HKDF input for the sealing keys
 	idKey   []byte // HMAC key for bucket keys
 	sumKey  []byte // HMAC key for the record digest
+	logRoot []byte // HKDF input for the keys of the commit log (wal.go)
 	idMACs  sync.Pool
 	sumMACs sync.Pool
 
@@ -159,6 +160,9 @@ func deriveKeys(dek []byte, storeID [16]byte) (*recordKeys, error) {
 		return nil, err
 	}
 	if k.sumKey, err = hkdf.Key(sha256.New, dek, storeID[:], "moat store record digest", 32); err != nil {
+		return nil, err
+	}
+	if k.logRoot, err = hkdf.Key(sha256.New, dek, storeID[:], "moat store commit log", 32); err != nil {
 		return nil, err
 	}
 	return k, nil

@@ -13,12 +13,16 @@
 //
 // Writes go through [Store.Commit] and [Store.CommitAsync]: one committer
 // goroutine applies every waiting request in one transaction and reports
-// each only once it is durable as [Config.Sync] says (group commit). The
+// each only once it is durable as [Config.Sync] says (group commit). With
+// SyncAlways a batch is made durable by one sealed record in a commit log
+// (store.wal) and an fdatasync shared with the batches logged meanwhile,
+// and the bbolt file is written behind the log at checkpoints (wal.go). The
 // broker acknowledges a message only after that report. The broker does
 // not import this package: it declares the interface it needs, and an
 // adapter wired in internal/cli connects the two (docs/design/store.md).
 //
 // Locks: Store.mu guards the queue of submitted requests and is never held
 // during I/O; everything else after Open belongs to the committer
-// goroutine.
+// goroutine, except what the log's syncer owns (the fsyncs of the log and
+// the reports).
 package store

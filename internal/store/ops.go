@@ -176,6 +176,33 @@ type txn struct {
 	// putDlv are the deliveries this transaction put and that are
 	// stored as it has left them so far (lateCoalesce).
 	putDlv map[[idLen + 8]byte]uint64 // → message ID
+	// log collects the transaction's writes for the commit log
+	// (SyncAlways); nil without one.
+	log *logBatch
+}
+
+// logPut, logDel and createBucket record the transaction's writes to the
+// engine for the commit log: every write to t.tx goes through them.
+func (t *txn) logPut(bucket, key, value []byte) {
+	if t.log != nil {
+		t.log.put(bucket, key, value)
+	}
+}
+
+func (t *txn) logDel(bucket, key []byte) {
+	if t.log != nil {
+		t.log.del(bucket, key)
+	}
+}
+
+func (t *txn) createBucket(name []byte) error {
+	if _, err := t.tx.CreateBucketIfNotExists(name); err != nil {
+		return err
+	}
+	if t.log != nil {
+		t.log.bucket(name)
+	}
+	return nil
 }
 
 func (t *txn) refcount(id uint64) int { return t.s.refs[id] + t.refs[id] }
@@ -301,6 +328,7 @@ func (t *txn) putOver(b *bolt.Bucket, bucket, key, old []byte, rec *sealed) erro
 	if err := b.Put(key, rec.value); err != nil {
 		return err
 	}
+	t.logPut(bucket, key, rec.value)
 	xorInto(&t.st.Digest, rec.elem)
 	t.st.Records++
 	t.noteID(rec.id)
@@ -341,6 +369,7 @@ func (t *txn) del(bucket, key []byte) (bool, error) {
 		return false, nil
 	}
 	t.forget(bucket, key, old)
+	t.logDel(bucket, key)
 	return true, c.Delete()
 }
 
@@ -594,6 +623,7 @@ func (t *txn) deleteDelivery(key []byte) error {
 	if err := c.Delete(); err != nil {
 		return err
 	}
+	t.logDel(bktDelivery, key)
 	if len(key) == idLen+8 {
 		delete(t.putDlv, [idLen + 8]byte(key))
 	}

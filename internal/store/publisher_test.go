@@ -9,7 +9,7 @@ import (
 func countBucket(t *testing.T, s *Store, bucket []byte) int {
 	t.Helper()
 	n := 0
-	s.db.View(func(tx *bolt.Tx) error { n = tx.Bucket(bucket).Stats().KeyN; return nil })
+	s.syncView(func(tx *bolt.Tx) error { n = tx.Bucket(bucket).Stats().KeyN; return nil })
 	return n
 }
 

@@ -31,7 +31,7 @@ func (o counterRecord) apply(t *txn) error {
 func versions(t *testing.T, s *Store, bucket []byte) []uint64 {
 	t.Helper()
 	var out []uint64
-	s.db.View(func(tx *bolt.Tx) error {
+	s.syncView(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucket).ForEach(func(_, v []byte) error {
 			out = append(out, beUint64(v))
 			return nil
@@ -118,7 +118,7 @@ func TestSealingKeyRotates(t *testing.T) {
 		t.Fatal("the sealing key was not replaced after maxSealsPerKey seals")
 	}
 	salts := map[string]bool{}
-	s.db.View(func(tx *bolt.Tx) error {
+	s.syncView(func(tx *bolt.Tx) error {
 		return tx.Bucket(bktRetained).ForEach(func(_, v []byte) error {
 			salts[string(v[versionLen:versionLen+saltLen])] = true
 			return nil

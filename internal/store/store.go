@@ -107,6 +107,11 @@ type Config struct {
 
 	readOnly bool
 	hooks    *hooks
+	// The commit log's checkpoint policy (SyncAlways): a checkpoint once
+	// the log holds logCkptBytes, or logCkptEvery after the last one.
+	// Defaults defaultLogCheckpointBytes and defaultLogCheckpointEvery.
+	logCkptBytes int64
+	logCkptEvery time.Duration
 }
 
 // hooks let tests observe and stall the committer.
@@ -159,6 +164,25 @@ type Store struct {
 	lastCounter time.Time      // when the counter file was last written
 	failed      error          // set at the first disk error; wraps ErrFailed
 
+	// SyncAlways: the commit log (wal.go) and the engine transaction
+	// that holds every commit logged since the last checkpoint (nil
+	// when there is none). Owned by the committer after Open.
+	wal      *logWriter
+	applyLog bool // the engine's file is open for writing (not read-only, or a read-only open applying the log)
+	wtx      *bolt.Tx
+	logBuf   logBatch
+	ckptAt   time.Time // the last checkpoint, by the system clock
+	// The log's syncer (logSyncer) fsyncs what the committer wrote to
+	// the log while the committer goes on with the next batches, and
+	// reports every request, in order. logDurable: how many records of
+	// the current log an fsync has covered; logProgress: a signal after
+	// each fsync; logErr: the syncer's failure.
+	logJobs     chan logJob
+	logDurable  atomic.Uint64
+	logProgress chan struct{}
+	logErr      atomic.Pointer[error]
+	logWG       sync.WaitGroup
+
 	// SyncBatch: the syncer goroutine fsyncs what the committer wrote.
 	committed  atomic.Uint64         // counter of the last commit written
 	dirty      atomic.Bool           // committed since the last fsync
@@ -176,7 +200,7 @@ type Store struct {
 
 	recovered *State
 	report    *Report // what Open's check found (read-only opens)
-	stats     struct{ commits, syncs, requests, ops, failed, coalesced atomic.Int64 }
+	stats     struct{ commits, syncs, requests, ops, failed, coalesced, checkpoints atomic.Int64 }
 	latency   latency // of each transaction, fsync included
 }
 
@@ -211,6 +235,10 @@ func Open(cfg Config) (*Store, error) {
 	if err := s.resolveKEK(exists); err != nil {
 		return nil, err
 	}
+	// A read-only open of a store whose log holds records (after a
+	// crash) applies them first, as a start of the broker would: the
+	// engine's file is opened for writing then.
+	s.applyLog = !cfg.readOnly || logHasRecords(cfg.Dir)
 	if err := s.openDB(); err != nil {
 		return nil, err
 	}
@@ -231,8 +259,12 @@ func Open(cfg Config) (*Store, error) {
 		}
 	} else {
 		err = s.create()
+		if err == nil {
+			err = s.recoverLog()
+		}
 	}
 	if err != nil {
+		s.closeLog()
 		s.db.Close()
 		return nil, err
 	}
@@ -241,6 +273,12 @@ func Open(cfg Config) (*Store, error) {
 	s.nextID.Store(max(s.st.MaxID, s.st.Counter))
 	if !cfg.readOnly {
 		s.wake = make(chan struct{}, 1)
+		if s.wal != nil {
+			s.logJobs = make(chan logJob, 64)
+			s.logProgress = make(chan struct{}, 1)
+			s.logWG.Add(1)
+			go s.logSyncer(s.logJobs)
+		}
 		s.wg.Add(1)
 		go s.committer()
 		if cfg.Sync == SyncBatch {
@@ -292,6 +330,12 @@ func (c *Config) setDefaults() {
 		c.KeyFile = filepath.Join(c.Dir, KeyFile)
 	}
 	c.Passphrase = slices.Clone(c.Passphrase)
+	if c.logCkptBytes == 0 {
+		c.logCkptBytes = defaultLogCheckpointBytes
+	}
+	if c.logCkptEvery == 0 {
+		c.logCkptEvery = defaultLogCheckpointEvery
+	}
 }
 
 // resolveKEK picks the KEK; a passphrase KEK is derived once the header
@@ -319,7 +363,7 @@ func (s *Store) resolveKEK(exists bool) error {
 
 func (s *Store) openDB() (err error) {
 	defer recoverCorrupt(&err)
-	opts := &bolt.Options{Timeout: time.Second, NoSync: s.cfg.Sync != SyncAlways, FreelistType: bolt.FreelistMapType, ReadOnly: s.cfg.readOnly}
+	opts := &bolt.Options{Timeout: time.Second, NoSync: s.cfg.Sync != SyncAlways, FreelistType: bolt.FreelistMapType, ReadOnly: !s.applyLog}
 	if err := checkFileSize(s.path); err != nil {
 		return err
 	}
@@ -519,47 +563,19 @@ func (s *Store) addBuckets() (err error) {
 func (s *Store) load() (err error) {
 	defer recoverCorrupt(&err)
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	if err := s.db.View(s.loadKey); err != nil {
+		return err
+	}
+	// The log's records after the engine's last checkpoint are applied
+	// before anything is read: what the store holds is the engine's file
+	// and the log together.
+	if err := s.recoverLog(); err != nil {
+		return err
+	}
 	return s.db.View(func(tx *bolt.Tx) error {
-		meta := tx.Bucket(bktMeta)
-		if meta == nil {
-			return fmt.Errorf("%w: no header (not a Moat store?)", ErrCorrupt)
+		if err := s.loadState(tx.Bucket(bktMeta)); err != nil {
+			return err
 		}
-		h, err := parseHeader(meta.Get(keyHeader))
-		if err != nil {
-			return fmt.Errorf("%w: %v", ErrCorrupt, err)
-		}
-		s.hdr = h
-		if h.Passphrase {
-			if len(s.cfg.Passphrase) == 0 {
-				return fmt.Errorf("%w: this store was created with a passphrase", ErrNoKey)
-			}
-			k, err := passphraseKEK(s.cfg.Passphrase, h.Salt, h.Argon2)
-			clear(s.cfg.Passphrase)
-			if err != nil {
-				return fmt.Errorf("%w: %v", ErrWrongKey, err)
-			}
-			s.kek = k
-		} else if len(s.cfg.Passphrase) > 0 {
-			return fmt.Errorf("%w: this store was created with a key file, environment key or KMS, not a passphrase", ErrWrongKey)
-		}
-		dek, err := s.kek.Unwrap(h.WrappedDEK, h.wrapAAD())
-		if err != nil {
-			return ErrWrongKey
-		}
-		defer clear(dek)
-		if s.keys, err = deriveKeys(dek, h.StoreID); err != nil {
-			return fmt.Errorf("%w: %v", ErrWrongKey, err)
-		}
-		ver, pt, err := s.keys.open(bktMeta, keyState, meta.Get(keyState))
-		if err != nil {
-			return fmt.Errorf("%w: state record: %v", ErrCorrupt, err)
-		}
-		r, err := decodeRecord(pt)
-		st, ok := r.(*state)
-		if err != nil || !ok || st.Counter != ver {
-			return fmt.Errorf("%w: state record malformed", ErrCorrupt)
-		}
-		s.st = *st
 		if err := s.checkCounter(); err != nil {
 			return err
 		}
@@ -586,6 +602,56 @@ func (s *Store) load() (err error) {
 		s.report = rep
 		return nil
 	})
+}
+
+// loadKey reads the header and unwraps the data key.
+func (s *Store) loadKey(tx *bolt.Tx) error {
+	meta := tx.Bucket(bktMeta)
+	if meta == nil {
+		return fmt.Errorf("%w: no header (not a Moat store?)", ErrCorrupt)
+	}
+	h, err := parseHeader(meta.Get(keyHeader))
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrCorrupt, err)
+	}
+	s.hdr = h
+	if h.Passphrase {
+		if len(s.cfg.Passphrase) == 0 {
+			return fmt.Errorf("%w: this store was created with a passphrase", ErrNoKey)
+		}
+		k, err := passphraseKEK(s.cfg.Passphrase, h.Salt, h.Argon2)
+		clear(s.cfg.Passphrase)
+		if err != nil {
+			return fmt.Errorf("%w: %v", ErrWrongKey, err)
+		}
+		s.kek = k
+	} else if len(s.cfg.Passphrase) > 0 {
+		return fmt.Errorf("%w: this store was created with a key file, environment key or KMS, not a passphrase", ErrWrongKey)
+	}
+	dek, err := s.kek.Unwrap(h.WrappedDEK, h.wrapAAD())
+	if err != nil {
+		return ErrWrongKey
+	}
+	defer clear(dek)
+	if s.keys, err = deriveKeys(dek, h.StoreID); err != nil {
+		return fmt.Errorf("%w: %v", ErrWrongKey, err)
+	}
+	return s.loadState(meta)
+}
+
+// loadState reads the state record.
+func (s *Store) loadState(meta *bolt.Bucket) error {
+	ver, pt, err := s.keys.open(bktMeta, keyState, meta.Get(keyState))
+	if err != nil {
+		return fmt.Errorf("%w: state record: %v", ErrCorrupt, err)
+	}
+	r, err := decodeRecord(pt)
+	st, ok := r.(*state)
+	if err != nil || !ok || st.Counter != ver {
+		return fmt.Errorf("%w: state record malformed", ErrCorrupt)
+	}
+	s.st = *st
+	return nil
 }
 
 // CorruptError lists what a scan of the store found wrong. It wraps
@@ -635,6 +701,9 @@ type Stats struct {
 	// their transaction: deliveries acknowledged before their commit,
 	// and the messages only they referred to.
 	Coalesced int64
+	// Checkpoints counts the commits of the commit log into the storage
+	// engine's file (SyncAlways), each with the engine's two fsyncs.
+	Checkpoints int64
 	// CommitLatency is the time each transaction took, from the start of
 	// its write to its durability (fsync included in SyncAlways), by the
 	// system clock. One transaction carries every request waiting.
@@ -644,7 +713,7 @@ type Stats struct {
 // Stats returns the store's counters. Safe for concurrent use.
 func (s *Store) Stats() Stats {
 	return Stats{Requests: s.stats.requests.Load(), Ops: s.stats.ops.Load(), Commits: s.stats.commits.Load(),
-		Syncs: s.stats.syncs.Load(), Failed: s.stats.failed.Load(), Coalesced: s.stats.coalesced.Load(),
+		Syncs: s.stats.syncs.Load(), Failed: s.stats.failed.Load(), Coalesced: s.stats.coalesced.Load(), Checkpoints: s.stats.checkpoints.Load(),
 		CommitLatency: s.latency.snapshot()}
 }
 
@@ -667,6 +736,23 @@ func (s *Store) Close() error {
 		s.syncWG.Wait()
 	}
 	var errs []error
+	if s.logJobs != nil {
+		// The committer has returned: the last sync and the reports
+		// still queued finish before the log is checkpointed.
+		if err := s.drainLog(); err != nil && s.failed == nil {
+			s.failed = err
+		}
+		close(s.logJobs)
+		s.logWG.Wait()
+	}
+	if s.wal != nil && s.failed == nil && s.wal.index > 0 {
+		// Everything logged goes into the engine's file; the log
+		// left behind is empty.
+		if err := s.checkpoint(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	s.closeLog()
 	if !s.cfg.readOnly {
 		if err := s.db.Sync(); err != nil {
 			errs = append(errs, err)

@@ -189,7 +189,7 @@ func TestMessageStoredOnce(t *testing.T) {
 	mustCommit(t, s, ops...)
 	count := func() int {
 		n := 0
-		s.db.View(func(tx *bolt.Tx) error { n = tx.Bucket(bktMessage).Stats().KeyN; return nil })
+		s.syncView(func(tx *bolt.Tx) error { n = tx.Bucket(bktMessage).Stats().KeyN; return nil })
 		return n
 	}
 	if n := count(); n != 1 {

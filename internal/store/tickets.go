@@ -98,7 +98,7 @@ type putTicketKeys struct {
 }
 
 func (o *putTicketKeys) apply(t *txn) error {
-	if _, err := t.tx.CreateBucketIfNotExists(bktTicketKeys); err != nil {
+	if err := t.createBucket(bktTicketKeys); err != nil {
 		return err
 	}
 	return t.putSealed(bktTicketKeys, o.key, &o.rec)
@@ -160,7 +160,7 @@ func decodeTicketKeys(d *dec) *TicketKeys {
 // commits.
 func (s *Store) TicketKeys(listener string) (*TicketKeys, error) {
 	var out *TicketKeys
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.syncView(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bktTicketKeys)
 		if b == nil {
 			return nil
