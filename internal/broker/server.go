@@ -63,6 +63,9 @@ type Server struct {
 
 	cluster        Cluster // nil: a single node (cluster.go)
 	clusterFilters clusterFilters
+	// clusterDurable: the Cluster wraps the Persistence and takes QoS 1
+	// and 2 messages as changes (cluster_durable.go).
+	clusterDurable bool
 
 	lim atomic.Pointer[Limits] // the limits in force (livelimits.go)
 
@@ -114,6 +117,9 @@ func New(cfg Config) (*Server, error) {
 		readBudget: &byteBudget{size: c.ReadBudget},
 		persist:    c.Persistence,
 		cluster:    c.Cluster,
+	}
+	if cp, ok := c.Cluster.(ClusterPersistence); ok {
+		s.persist, s.clusterDurable = cp.Persistence(c.Persistence), true
 	}
 	s.lim.Store(limitsOf(&c))
 	s.authorizer = c.Authorizer

@@ -67,6 +67,11 @@ type Config struct {
 	// Replicas is the number of copies of the key-value buckets. 0:
 	// min(nodes, 3), nodes being 1 + len(Peers).
 	Replicas int
+	// StreamMaxAge and StreamMaxBytes bound the durable stream of QoS 1/2
+	// messages between nodes (durable.go): a node that stays away longer,
+	// or falls further behind, loses the oldest. 0: 24 hours and 1 GiB.
+	StreamMaxAge   time.Duration
+	StreamMaxBytes int64
 	// QueueLen is how many messages of other nodes may wait for the
 	// broker before NATS drops them (a slow consumer). 0: 65536.
 	QueueLen int
@@ -111,6 +116,14 @@ type Node struct {
 	replicas int
 
 	stats counters
+
+	// The durable stream (durable.go) and the Persistence (persist.go).
+	dur        durableState
+	dstats     durableCounters
+	pub        *publisher
+	persist    atomic.Pointer[persistence]
+	readyParts atomic.Int32
+	started    time.Time
 }
 
 // Broker is what a Node needs of the broker: *broker.Server.
@@ -151,6 +164,9 @@ func Start(cfg Config) (*Node, error) {
 	}
 	n := &Node{cfg: cfg, log: log, origin: cfg.Node + "/" + hex.EncodeToString(boot), in: make(chan *nats.Msg, qlen),
 		subs: make(map[string][]*nats.Subscription), ready: make(chan struct{})}
+	n.dur.init()
+	n.started = time.Now()
+	n.pub = newPublisher(n)
 	n.replicas = cfg.Replicas
 	if n.replicas <= 0 {
 		n.replicas = min(1+len(cfg.Peers), 3)
@@ -318,7 +334,8 @@ func (n *Node) RouteAddr() string {
 }
 
 // Ready is closed once the key-value buckets (retained messages, client
-// claims) are in use: the cluster has a JetStream quorum.
+// claims) and the durable message stream are in use: the cluster has a
+// JetStream quorum.
 func (n *Node) Ready() <-chan struct{} { return n.ready }
 
 // Attach connects the Node to the broker and starts its goroutines: the
@@ -330,6 +347,7 @@ func (n *Node) Attach(b Broker) {
 		n.wg.Add(2)
 		go func() { defer n.wg.Done(); n.receiveLoop() }()
 		go func() { defer n.wg.Done(); n.kvLoop() }()
+		n.startDurable()
 	})
 }
 
@@ -353,6 +371,7 @@ func (n *Node) Close() {
 func (n *Node) Interest(filter string, on bool) {
 	n.subMu.Lock()
 	defer n.subMu.Unlock()
+	n.markInterest(filter, on)
 	if !on {
 		for _, s := range n.subs[filter] {
 			_ = s.Unsubscribe()

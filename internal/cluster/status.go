@@ -33,6 +33,15 @@ type Status struct {
 	RetainedIn    uint64 `json:"retained_in"`
 	Claims        uint64 `json:"claims"`
 	Takeovers     uint64 `json:"takeovers"`
+
+	// The durable stream of QoS 1/2 messages (durable.go): published to
+	// it, received from it, publications that failed, redeliveries
+	// dropped, and publications made because a node was missing.
+	StreamOut        uint64 `json:"stream_out"`
+	StreamIn         uint64 `json:"stream_in"`
+	StreamErrors     uint64 `json:"stream_errors"`
+	StreamDuplicates uint64 `json:"stream_duplicates"`
+	StreamDegraded   uint64 `json:"stream_degraded"`
 }
 
 // RouteInfo is one route to another node.
@@ -75,5 +84,8 @@ func (n *Node) Status() Status {
 	st.Forwarded, st.ForwardErrors, st.Received = s.forwarded.Load(), s.forwardErrors.Load(), s.received.Load()
 	st.Duplicates, st.DecodeErrors = s.duplicates.Load(), s.decodeErrors.Load()
 	st.RetainedOut, st.RetainedIn, st.Claims, st.Takeovers = s.retainedOut.Load(), s.retainedIn.Load(), s.claims.Load(), s.takeovers.Load()
+	d := &n.dstats
+	st.StreamOut, st.StreamIn, st.StreamErrors = d.streamOut.Load(), d.streamIn.Load(), d.streamErrors.Load()
+	st.StreamDuplicates, st.StreamDegraded = d.streamDuplicates.Load(), d.streamDegraded.Load()
 	return st
 }
