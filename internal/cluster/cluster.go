@@ -122,6 +122,7 @@ type Node struct {
 	dstats     durableCounters
 	pub        *publisher
 	persist    atomic.Pointer[persistence]
+	sess       sessionsState // sessions.go
 	readyParts atomic.Int32
 	started    time.Time
 }
@@ -165,6 +166,7 @@ func Start(cfg Config) (*Node, error) {
 	n := &Node{cfg: cfg, log: log, origin: cfg.Node + "/" + hex.EncodeToString(boot), in: make(chan *nats.Msg, qlen),
 		subs: make(map[string][]*nats.Subscription), ready: make(chan struct{})}
 	n.dur.init()
+	n.sess.init()
 	n.started = time.Now()
 	n.pub = newPublisher(n)
 	n.replicas = cfg.Replicas

@@ -65,12 +65,18 @@ func startCluster(t *testing.T, n int) []*testNode {
 }
 
 func tryStartCluster(t *testing.T, n int) ([]*testNode, error) {
-	routes := freePorts(t, n)
+	return startNodes(t, t.TempDir(), freePorts(t, n))
+}
+
+// startNodes starts one node per route address, node i named n<i+1> with
+// its JetStream store in dir/n<i+1>, and waits until they are ready: a
+// cluster started again on the same dir and routes is the same cluster.
+func startNodes(t *testing.T, dir string, routes []string) ([]*testNode, error) {
+	n := len(routes)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	}
-	dir := t.TempDir()
 	var nodes []*testNode
 	var started []*Node
 	fail := func(err error) ([]*testNode, error) {

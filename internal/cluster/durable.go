@@ -70,9 +70,17 @@ type durableState struct {
 	ringPos  int
 
 	// routed is the stream sequence of the last message handed to the
-	// broker; routeMu orders reading it with the routing.
+	// broker; routeMu orders reading it with the routing, and with the
+	// arrival and departure of sessions (sessions.go).
 	routeMu sync.Mutex
 	routed  uint64
+
+	stream jetstream.Stream // set before the stream is ready
+
+	// refs names the messages being routed by their ID in the stream
+	// (*broker.Message → string), for the session records written
+	// meanwhile (sessions.go).
+	refs sync.Map
 }
 
 // recentIDs bounds the record of delivered message IDs.
@@ -80,6 +88,7 @@ const recentIDs = 1 << 16
 
 type durableCounters struct {
 	streamOut, streamIn, streamErrors, streamDuplicates, streamDegraded atomic.Uint64
+	sessionsIn, sessionsOut                                             atomic.Uint64
 }
 
 func (d *durableState) init() {
@@ -186,6 +195,9 @@ func (n *Node) startDurable() {
 		n.log.Error("cluster: JetStream unavailable; QoS 1/2 messages are not forwarded durably", "err", err)
 		return
 	}
+	if err := n.serveControl(); err != nil {
+		n.log.Error("cluster: control subscription failed; sessions of this node cannot move to another node", "err", err)
+	}
 	n.wg.Add(4)
 	go func() { defer n.wg.Done(); n.pub.run(js, n.ctx) }()
 	go func() { defer n.wg.Done(); n.pub.acknowledge(js, n.ctx) }()
@@ -212,6 +224,10 @@ func (n *Node) setupStream(js jetstream.JetStream) (jetstream.Consumer, error) {
 		Description: "Moat QoS 1/2 messages between nodes", Retention: jetstream.LimitsPolicy, MaxAge: maxAge, MaxBytes: maxBytes,
 		Discard: jetstream.DiscardOld, Storage: jetstream.FileStorage, Replicas: n.replicas, Duplicates: 2 * time.Minute})
 	if err != nil {
+		return nil, err
+	}
+	n.dur.stream = st
+	if err := n.setupSessions(ctx, js); err != nil {
 		return nil, err
 	}
 	if c, err := st.Consumer(ctx, n.consumerName()); err == nil {
@@ -255,6 +271,10 @@ func (n *Node) consumeLoop(js jetstream.JetStream) {
 		backoff = min(2*backoff, 2*time.Second)
 	}
 	n.log.Info("cluster: durable message stream ready", "consumer", n.consumerName(), "replicas", n.replicas)
+	// The sessions of this node first: the consumer then delivers to them
+	// what arrived while the node was away.
+	n.importHomeSessions()
+	close(n.sess.ready)
 	n.partReady()
 	for n.ctx.Err() == nil {
 		it, err := cons.Messages(jetstream.PullMaxMessages(512))
@@ -344,6 +364,8 @@ func (n *Node) handleDurable(m jetstream.Msg) {
 		return
 	}
 	d.routeMu.Lock()
+	d.refs.Store(msg, id)
+	defer d.refs.Delete(msg)
 	b.DeliverRemoteDone(msg, func(err error) {
 		if err != nil {
 			n.settle(id, false)
@@ -420,4 +442,5 @@ func (n *Node) refreshPeers(most *int) {
 	}
 	n.dur.peers.Store(&peers)
 	n.dur.expected.Store(int64(expected))
+	n.pruneGone(time.Now())
 }

@@ -66,31 +66,77 @@ func (n *Node) Persistence(local broker.Persistence) broker.Persistence {
 
 var _ broker.ClusterPersistence = (*Node)(nil)
 
-// Recover implements broker.Persistence: what the local store holds.
+// Recover implements broker.Persistence: the retained messages of the
+// local store. Sessions live in the cluster (sessions.go), which imports
+// them once it is ready; sessions a local store kept from before the node
+// joined a cluster are removed from it.
 func (p *persistence) Recover() (*broker.Recovered, error) {
 	if p.local == nil {
 		return nil, nil
 	}
-	return p.local.Recover()
+	rec, err := p.local.Recover()
+	if err != nil || rec == nil {
+		return rec, err
+	}
+	if len(rec.Sessions) > 0 || len(rec.Wills) > 0 {
+		p.n.log.Warn("cluster: sessions in the local store are not used in a cluster; removed", "sessions", len(rec.Sessions))
+		var dels []broker.Change
+		for _, rs := range rec.Sessions {
+			dels = append(dels, broker.Change{Kind: broker.ChangeDeleteSession, ClientID: rs.Session.ClientID})
+		}
+		for _, w := range rec.Wills {
+			dels = append(dels, broker.Change{Kind: broker.ChangeDeleteWill, ClientID: w.ClientID})
+		}
+		p.local.Persist(dels, func(err error) {
+			if err != nil {
+				p.n.log.Warn("cluster: removing old sessions from the local store failed", "err", err)
+			}
+		})
+	}
+	return &broker.Recovered{Retained: rec.Retained}, nil
 }
 
-// NewID implements broker.Persistence.
-func (p *persistence) NewID() uint64 {
-	if p.local != nil {
-		return p.local.NewID()
+// NewID implements broker.Persistence. IDs name deliveries in the
+// session records, so they must not repeat a moved session's: they start
+// at the boot time in nanoseconds, and an imported session raises them
+// above its own (raiseIDs).
+func (p *persistence) NewID() uint64 { return p.ids.Add(1) }
+
+// raiseIDs makes later IDs larger than id.
+func (p *persistence) raiseIDs(id uint64) {
+	for {
+		cur := p.ids.Load()
+		if cur >= id || p.ids.CompareAndSwap(cur, id) {
+			return
+		}
 	}
-	return p.ids.Add(1)
+}
+
+// begin starts a commit reported to done in submission order; the caller
+// adds its parts and then calls finish(c, nil) once.
+func (p *persistence) begin(done func(error)) *commit {
+	c := &commit{done: done}
+	c.parts.Store(1)
+	p.mu.Lock()
+	p.commits = append(p.commits, c)
+	p.mu.Unlock()
+	return c
 }
 
 // Persist implements broker.Persistence. It never blocks: publications
 // are queued for the publisher goroutine.
 func (p *persistence) Persist(changes []broker.Change, done func(error)) {
-	c := &commit{done: done}
-	c.parts.Store(1) // released below, once every part is submitted
-	p.mu.Lock()
-	p.commits = append(p.commits, c)
-	p.mu.Unlock()
+	c := p.begin(done)
 	var local []broker.Change
+	var msgs map[uint64]*broker.Message // the commit's messages, for its deliveries
+	for i := range changes {
+		if ch := &changes[i]; ch.Kind == broker.ChangePutMessage {
+			if msgs == nil {
+				msgs = make(map[uint64]*broker.Message)
+			}
+			msgs[ch.MsgID] = ch.Message
+		}
+	}
 	for i := range changes {
 		ch := &changes[i]
 		switch ch.Kind {
@@ -98,7 +144,12 @@ func (p *persistence) Persist(changes []broker.Change, done func(error)) {
 			if m := p.n.forwardMsg(ch.Message); m != nil {
 				p.publish(c, m)
 			}
-		default:
+		case broker.ChangePutMessage:
+			// Written with each delivery that refers to it.
+		case broker.ChangePutSession, broker.ChangeDeleteSession, broker.ChangePutDelivery, broker.ChangeDeleteDelivery,
+			broker.ChangePutInbound, broker.ChangeDeleteInbound, broker.ChangePutWill, broker.ChangeDeleteWill:
+			p.sessionChange(c, ch, msgs)
+		default: // retained messages: the local store keeps its copy
 			if p.local != nil {
 				local = append(local, *ch)
 			}

@@ -42,6 +42,9 @@ type Status struct {
 	StreamErrors     uint64 `json:"stream_errors"`
 	StreamDuplicates uint64 `json:"stream_duplicates"`
 	StreamDegraded   uint64 `json:"stream_degraded"`
+	// Persistent sessions taken from other nodes and handed to them.
+	SessionsIn  uint64 `json:"sessions_in"`
+	SessionsOut uint64 `json:"sessions_out"`
 }
 
 // RouteInfo is one route to another node.
@@ -87,5 +90,6 @@ func (n *Node) Status() Status {
 	d := &n.dstats
 	st.StreamOut, st.StreamIn, st.StreamErrors = d.streamOut.Load(), d.streamIn.Load(), d.streamErrors.Load()
 	st.StreamDuplicates, st.StreamDegraded = d.streamDuplicates.Load(), d.streamDegraded.Load()
+	st.SessionsIn, st.SessionsOut = d.sessionsIn.Load(), d.sessionsOut.Load()
 	return st
 }
