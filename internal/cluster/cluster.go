@@ -356,6 +356,7 @@ func (n *Node) Attach(b Broker) {
 // Close stops the Node: its goroutines end, the connection closes and
 // the embedded server shuts down. Call it after the broker's Shutdown.
 func (n *Node) Close() {
+	n.flushPending()
 	n.cancel()
 	if n.nc != nil {
 		n.nc.Close()

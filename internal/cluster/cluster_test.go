@@ -71,7 +71,8 @@ func tryStartCluster(t *testing.T, n int) ([]*testNode, error) {
 // startNodes starts one node per route address, node i named n<i+1> with
 // its JetStream store in dir/n<i+1>, and waits until they are ready: a
 // cluster started again on the same dir and routes is the same cluster.
-func startNodes(t *testing.T, dir string, routes []string) ([]*testNode, error) {
+// Each broker's Config may be changed by configure.
+func startNodes(t *testing.T, dir string, routes []string, configure ...func(*broker.Config)) ([]*testNode, error) {
 	n := len(routes)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	if testing.Verbose() {
@@ -95,8 +96,12 @@ func startNodes(t *testing.T, dir string, routes []string) ([]*testNode, error) 
 		started = append(started, nd)
 	}
 	for i, nd := range started {
-		srv, err := broker.New(broker.Config{Cluster: nd, Authorizer: broker.AllowAll, AllowAnonymous: true,
-			Logger: log.With("node", fmt.Sprintf("n%d", i+1))})
+		bc := broker.Config{Cluster: nd, Authorizer: broker.AllowAll, AllowAnonymous: true,
+			Logger: log.With("node", fmt.Sprintf("n%d", i+1))}
+		for _, f := range configure {
+			f(&bc)
+		}
+		srv, err := broker.New(bc)
 		if err != nil {
 			return fail(err)
 		}

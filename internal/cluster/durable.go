@@ -407,14 +407,14 @@ func (n *Node) settle(id string, delivered bool) {
 // (whose interest markers needsStream looks up) and the number the
 // cluster should have.
 func (n *Node) monitorPeers() {
-	if n.srv == nil {
-		return
-	}
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	most := 0
 	for {
-		n.refreshPeers(&most)
+		if n.srv != nil {
+			n.refreshPeers(&most)
+		}
+		n.pruneGone(time.Now())
 		select {
 		case <-n.ctx.Done():
 			return
@@ -442,5 +442,4 @@ func (n *Node) refreshPeers(most *int) {
 	}
 	n.dur.peers.Store(&peers)
 	n.dur.expected.Store(int64(expected))
-	n.pruneGone(time.Now())
 }

@@ -339,3 +339,20 @@ func retryable(err error) bool {
 
 // persistence returns the Node's Persistence (set by broker.New).
 func (n *Node) persistence() *persistence { return n.persist.Load() }
+
+// flushPending waits, for at most 5 s, until the commits submitted so
+// far are written (the broker's last changes at its shutdown: sessions
+// going offline, wills), so that closing the Node does not lose them.
+func (n *Node) flushPending() {
+	p := n.persistence()
+	if p == nil || n.b == nil || n.ctx.Err() != nil {
+		return
+	}
+	done := make(chan struct{})
+	p.Persist(nil, func(error) { close(done) })
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		n.log.Warn("cluster: closing with changes not yet written to the cluster")
+	}
+}

@@ -116,13 +116,6 @@ func clientOfSubject(subj string) (id, suffix string, err error) {
 	return id, suffix, err
 }
 
-// home returns the state of a session this node is the home of, or nil.
-func (n *Node) home(id string) *homeState {
-	n.sess.mu.Lock()
-	defer n.sess.mu.Unlock()
-	return n.sess.homed[id]
-}
-
 // setHome records that this node is the home of the session of id.
 func (n *Node) setHome(id string, hs *homeState) {
 	n.sess.mu.Lock()

@@ -2,10 +2,13 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
 	"github.com/moatmq/moat/client"
+	"github.com/moatmq/moat/internal/broker"
+	"github.com/moatmq/moat/internal/packet"
 	"github.com/moatmq/moat/internal/testutil"
 )
 
@@ -239,4 +242,85 @@ func TestWillsClusterWide(t *testing.T) {
 	}
 	disconnect(t, back)
 	expectNone(t, watch, time.Second)
+}
+
+// TestSessionExpiryClusterWide: a session that expires on its node is
+// gone from the cluster: resuming it on another node finds no session.
+func TestSessionExpiryClusterWide(t *testing.T) {
+	nodes := startCluster(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c, err := client.Dial(ctx, client.Config{Servers: []string{"tcp://" + nodes[0].addr}, ClientID: "brief", SessionExpiry: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	subscribe(t, c, 1, "ex/#")
+	disconnect(t, c)
+	subj := sessSubject("brief", "s")
+	testutil.WaitFor(t, "the expired session removed from the cluster", 30*time.Second, func() bool {
+		r, err := nodes[1].node.getRecord(ctx, subj)
+		return err == nil && (r == nil || len(r.data) == 0)
+	})
+	again, present := dialSession(t, nodes[1].addr, "brief", client.V5)
+	if present {
+		t.Fatal("an expired session was resumed on another node")
+	}
+	disconnect(t, again)
+}
+
+// TestSecurityClusterSessionOwner: a client of another identity that
+// connects with a device's client ID on another node is refused there, as
+// on one node; the device's connection and session stay where they are.
+func TestSecurityClusterSessionOwner(t *testing.T) {
+	users := map[string]string{"alice": "a-secret", "mallory": "m-secret"}
+	auth := broker.AuthenticatorFunc(func(_ context.Context, r *broker.ConnectRequest) broker.AuthResult {
+		if p, ok := users[r.Connect.Username]; ok && r.Connect.PasswordFlag && string(r.Connect.Password) == p {
+			return broker.AuthResult{Allow: true}
+		}
+		return broker.AuthResult{Allow: false}
+	})
+	var nodes []*testNode
+	for attempt := 0; ; attempt++ {
+		var err error
+		nodes, err = startNodes(t, t.TempDir(), freePorts(t, 3), func(c *broker.Config) {
+			c.Authenticator, c.AllowAnonymous = auth, false
+		})
+		if err == nil {
+			break
+		}
+		if attempt == 2 {
+			t.Fatal(err)
+		}
+	}
+	dialAs := func(addr, user string) (*client.Client, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		c, err := client.Dial(ctx, client.Config{Servers: []string{"tcp://" + addr}, ClientID: "dev-1", SessionExpiry: 600,
+			Username: user, Password: client.NewSecret([]byte(users[user]))})
+		if c != nil {
+			t.Cleanup(func() { c.Close() })
+		}
+		return c, err
+	}
+	alice, err := dialAs(nodes[0].addr, "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	subscribe(t, alice, 1, "dev-1/cmd")
+	// The attack: another identity takes the client ID on another node.
+	if _, err := dialAs(nodes[1].addr, "mallory"); err == nil {
+		t.Fatal("another identity resumed the session on another node")
+	} else if re := (*client.ReasonError)(nil); !errors.As(err, &re) || re.Code != packet.ClientIDNotValid {
+		t.Fatalf("refused with %v, want 0x85", err)
+	}
+	if !alice.IsConnected() {
+		t.Fatal("the owner's connection was taken over")
+	}
+	found := false
+	for _, si := range nodes[0].srv.Sessions() {
+		found = found || si.ClientID == "dev-1" && si.Online
+	}
+	if !found {
+		t.Fatal("the owner's session left its node")
+	}
 }
