@@ -120,6 +120,7 @@ func (p *StoredPublisher) client() *Client {
 	c := &Client{Listener: p.Listener, Version: p.Version, ClientID: p.ClientID, Username: p.Username,
 		Anonymous: p.Anonymous, Attributes: p.Attributes, Groups: p.Groups, Publish: p.Publish, Subscribe: p.Subscribe,
 		AuthBackend: p.AuthBackend, AuthExpires: p.AuthExpires, peerCerts: p.Certs, az: &authzState{}}
+	c.az.id.Store(&authzIdentity{}) // Memo needs an identity, as in publisherSnapshot
 	if p.Addr.IsValid() {
 		c.Remote = net.TCPAddrFromAddrPort(netip.AddrPortFrom(p.Addr, 0))
 	}
