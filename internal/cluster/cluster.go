@@ -57,6 +57,19 @@ type Config struct {
 	RouteTLS *tls.Config
 	// StoreDir is the JetStream store directory of the embedded server.
 	StoreDir string
+	// StoreKey is the secret JetStream encrypts the files of StoreDir
+	// with (AES-256-GCM, keys derived from it by the NATS server); nil:
+	// they are not encrypted. Files written without it are encrypted when
+	// the node starts with one.
+	StoreKey []byte
+	// SyncAlways makes the embedded server fsync every JetStream write
+	// before acknowledging it; otherwise it flushes every SyncInterval
+	// (0: NATS's default, 2 minutes) and a write is safe, once
+	// acknowledged, on the replicas' operating systems: it survives the
+	// crash of a node's process or host, not the power loss of every
+	// replica at once.
+	SyncAlways   bool
+	SyncInterval time.Duration
 	// NATSURL, when set, connects to an external NATS cluster instead of
 	// running an embedded server; Credentials is a NATS credentials file
 	// for it ("" for none) and ClientTLS its TLS settings (nil: the
@@ -253,6 +266,12 @@ func (n *Node) startEmbedded() error {
 		MaxPayload:     64 << 20,
 		MaxPending:     256 << 20,
 		MaxControlLine: 64 << 10, // long MQTT topics make long subjects
+		// The stores hold session records and messages: encrypted at
+		// rest when the caller gives a key (docs/cluster.md).
+		JetStreamKey:    hex.EncodeToString(n.cfg.StoreKey),
+		JetStreamCipher: server.AES,
+		SyncAlways:      n.cfg.SyncAlways,
+		SyncInterval:    n.cfg.SyncInterval,
 		Cluster: server.ClusterOpts{
 			Name: n.cfg.Name,
 			Host: host,

@@ -368,8 +368,10 @@ func (n *Node) handleDurable(m jetstream.Msg) {
 	defer d.refs.Delete(msg)
 	b.DeliverRemoteDone(msg, func(err error) {
 		if err != nil {
+			// Delivered again later (not at once: a broker shutting
+			// down refuses it until the node closes).
 			n.settle(id, false)
-			_ = m.Nak()
+			_ = m.NakWithDelay(time.Second)
 			return
 		}
 		n.settle(id, true)

@@ -521,10 +521,15 @@ func (n *Node) release(ctx context.Context, id string, rec *sessionRecord) (posi
 	}
 	// The old home is gone.
 	info, cerr := n.msgStream().Consumer(ctx, "node"+keyOf(rec.Node))
-	if cerr != nil {
-		n.log.Warn("cluster: the position of a session's former node is unknown; messages published since it stopped are not replayed",
-			"client", id, "node", rec.Node, "err", cerr)
+	if errors.Is(cerr, jetstream.ErrConsumerNotFound) {
+		n.log.Warn("cluster: the session's former node has no position in the durable stream; nothing is replayed",
+			"client", id, "node", rec.Node)
 		return position{}, nil
+	}
+	if cerr != nil {
+		// Without the position the messages published since the node
+		// died could not be replayed: the client tries again.
+		return position{}, unavailable("the position of the session's former node is unknown now: " + cerr.Error())
 	}
 	ci := info.CachedInfo()
 	return position{seq: ci.AckFloor.Stream, replay: true}, nil
