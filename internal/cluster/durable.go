@@ -190,7 +190,10 @@ func (n *Node) forwardMsg(msg *broker.Message) *nats.Msg {
 // startDurable starts the goroutines of the durable stream: the
 // publisher, its acknowledgements, the consumer and the peer monitor.
 func (n *Node) startDurable() {
-	js, err := jetstream.New(n.nc, jetstream.WithPublishAsyncMaxPending(1<<14))
+	// An acknowledgement lost with a stream leader that died never comes:
+	// after 5 s the publication is made again (the stream keeps one copy
+	// of a message ID), until the commit's deadline.
+	js, err := jetstream.New(n.nc, jetstream.WithPublishAsyncMaxPending(1<<14), jetstream.WithPublishAsyncTimeout(5*time.Second))
 	if err != nil {
 		n.log.Error("cluster: JetStream unavailable; QoS 1/2 messages are not forwarded durably", "err", err)
 		return

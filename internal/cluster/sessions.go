@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -266,7 +267,7 @@ func (n *Node) tombstone(subj string) *nats.Msg {
 func (n *Node) setupSessions(ctx context.Context, js jetstream.JetStream) error {
 	st, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: streamSessions, Subjects: []string{sessPrefix + ">"},
 		Description: "Moat persistent sessions", Retention: jetstream.LimitsPolicy, MaxMsgsPerSubject: 1, AllowMsgTTL: true,
-		AllowDirect: true, Storage: jetstream.FileStorage, Replicas: n.replicas})
+		Storage: jetstream.FileStorage, Replicas: n.replicas})
 	if err != nil {
 		return err
 	}
@@ -307,49 +308,55 @@ func (n *Node) getRecord(ctx context.Context, subj string) (*storedRecord, error
 	return &storedRecord{subject: subj, seq: m.Sequence, origin: m.Header.Get(hdrOrigin), data: m.Data}, nil
 }
 
-// listRecords reads the last value of every subject matching filter.
-func (n *Node) listRecords(ctx context.Context, filter string) ([]storedRecord, error) {
-	cons, err := n.sess.stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter},
-		DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy, InactiveThreshold: 30 * time.Second})
-	if err != nil {
-		return nil, err
-	}
+// listRecords reads the last value of every subject matching one of
+// filters. The sessions stream keeps one message per subject, so walking
+// its messages that match a filter, one get after the other, reads every
+// record. The stream's leader answers (direct gets, answered by any
+// replica, could miss what a lagging one has not applied yet), and no
+// consumer is created: that would wait for a JetStream meta leader,
+// elected anew when a node dies.
+func (n *Node) listRecords(ctx context.Context, filters ...string) ([]storedRecord, error) {
 	var out []storedRecord
-	for {
-		batch, err := cons.Fetch(512, jetstream.FetchMaxWait(time.Second))
+	for _, f := range filters {
+		msgs, err := n.scan(ctx, n.sess.stream, f, 1, 0)
 		if err != nil {
 			return nil, err
 		}
-		got, last := 0, false
-		for m := range batch.Messages() {
-			meta, err := m.Metadata()
-			if err != nil {
-				return nil, err
-			}
-			got++
-			out = append(out, storedRecord{subject: m.Subject(), seq: meta.Sequence.Stream, origin: m.Headers().Get(hdrOrigin),
-				data: m.Data()})
-			last = meta.NumPending == 0
-		}
-		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
-			return nil, err
-		}
-		if last {
-			return out, nil
-		}
-		if got == 0 {
-			info, err := cons.Info(ctx)
-			if err != nil {
-				return nil, err
-			}
-			if info.NumPending == 0 {
-				return out, nil
-			}
-		}
-		if err := ctx.Err(); err != nil {
-			return nil, err
+		for _, m := range msgs {
+			out = append(out, storedRecord{subject: m.Subject, seq: m.Sequence, origin: m.Header.Get(hdrOrigin), data: m.Data})
 		}
 	}
+	return out, nil
+}
+
+// scan returns the messages of st matching filter with sequences from
+// from to to (0: the end), one get after the other. A get that fails for
+// a moment (a stream electing its leader) is tried again until ctx ends.
+func (n *Node) scan(ctx context.Context, st jetstream.Stream, filter string, from, to uint64) ([]*jetstream.RawStreamMsg, error) {
+	var out []*jetstream.RawStreamMsg
+	for seq := max(from, 1); to == 0 || seq <= to; {
+		m, err := st.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(filter))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			break
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, err
+			}
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(100 * time.Millisecond):
+			}
+			continue
+		}
+		if to != 0 && m.Sequence > to {
+			break
+		}
+		out = append(out, m)
+		seq = m.Sequence + 1
+	}
+	return out, nil
 }
 
 // putRecord writes a record if its subject's last sequence is still
@@ -435,7 +442,15 @@ func (n *Node) ClaimSession(ctx context.Context, claim broker.SessionClaim) erro
 			return nil
 		}
 		if rec.Home == n.origin {
-			return nil // this node holds it
+			n.sess.mu.Lock()
+			_, homed := n.sess.homed[id]
+			n.sess.mu.Unlock()
+			if homed {
+				return nil // this node holds it
+			}
+			// This node took it but could not read it: again (the
+			// position of its former home is lost by now).
+			return n.take(ctx, id, rec, seq, claim.Discard, claim.Persistent, position{}, n.sessionRecords(id))
 		}
 		discard := claim.Discard
 		if d, refusal := claim.Owner(rec.Owner, rec.Verified); refusal != "" {
@@ -459,7 +474,7 @@ func (n *Node) ClaimSession(ctx context.Context, claim broker.SessionClaim) erro
 		if err != nil || now.Home != rec.Home {
 			continue // another node took it meanwhile, or the record was stale
 		}
-		return n.take(ctx, id, now, cur.seq, discard, claim.Persistent, pos)
+		return n.take(ctx, id, now, cur.seq, discard, claim.Persistent, pos, n.sessionRecords(id))
 	}
 	return unavailable("the session changed hands too often")
 }
@@ -553,11 +568,20 @@ func (n *Node) peerConnected(node string) bool {
 	return false
 }
 
+// sessionRecords returns a function reading the records of the session
+// of id.
+func (n *Node) sessionRecords(id string) func(context.Context) ([]storedRecord, error) {
+	return func(ctx context.Context) ([]storedRecord, error) {
+		return n.listRecords(ctx, sessPrefix+keyOf(id)+".>")
+	}
+}
+
 // take makes this node the home of the session of id, whose record rec
-// has sequence seq, and imports it (or discards it); then it delivers the
-// durable messages after pos that this node routed before the session was
-// here.
-func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint64, discard, persistent bool, pos position) error {
+// has sequence seq, and imports it (or discards it), with the records
+// read (once the home is taken) by list; then it delivers the durable
+// messages after pos that this node routed before the session was here.
+func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint64, discard, persistent bool, pos position,
+	list func(context.Context) ([]storedRecord, error)) error {
 	mine := *rec
 	mine.Home, mine.Node = n.origin, n.cfg.Node
 	if discard {
@@ -570,8 +594,15 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 	if err != nil {
 		return unavailable("storing the session failed: " + err.Error())
 	}
-	records, err := n.listRecords(ctx, sessPrefix+keyOf(id)+".>")
+	// This node is the home now: reading the session and replaying its
+	// messages no longer depend on the client's patience (its connect
+	// timeout). A client that gave up finds them in its session.
+	ctx, cancel := context.WithTimeout(n.ctx, 2*time.Minute)
+	defer cancel()
+	records, err := list(ctx)
 	if err != nil {
+		// The next claim (this node is the home, without the session)
+		// takes it again.
 		return unavailable("reading the session failed: " + err.Error())
 	}
 	hs := newHomeState()
@@ -581,7 +612,7 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 		// The old session ends, its will cancelled by this connection.
 		c := p.begin(func(error) {})
 		for _, r := range records {
-			if r.seq != claimSeq && len(r.data) > 0 {
+			if _, suffix, err := clientOfSubject(r.subject); err == nil && suffix != "s" && len(r.data) > 0 {
 				p.publish(c, n.tombstone(r.subject))
 			}
 		}
@@ -598,17 +629,14 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 	var maxSeq uint64
 	have := make(map[string]bool) // stream IDs of the messages the session holds
 	for _, r := range records {
-		if len(r.data) == 0 || r.seq == claimSeq {
+		_, suffix, err := clientOfSubject(r.subject)
+		if err != nil || suffix == "s" || len(r.data) == 0 {
 			continue
 		}
 		if r.seq > claimSeq && r.origin != n.origin {
 			// Written by the old home after this claim: not part of the
 			// session as it was handed over.
 			p.publish(stale, n.tombstone(r.subject))
-			continue
-		}
-		_, suffix, err := clientOfSubject(r.subject)
-		if err != nil {
 			continue
 		}
 		switch {
@@ -691,59 +719,42 @@ func (n *Node) replay(ctx context.Context, id string, ss *broker.StoredSession, 
 		return
 	}
 	b := n.b.(sessionBroker)
-	cons, err := n.msgStream().OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: dedupe(filters),
-		DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: from + 1, InactiveThreshold: 30 * time.Second})
-	if err != nil {
-		n.log.Warn("cluster: messages of a moved session not replayed", "client", id, "err", err)
-		return
+	// The matching messages of each filter, merged in stream order.
+	bySeq := make(map[uint64]*jetstream.RawStreamMsg)
+	for _, f := range dedupe(filters) {
+		msgs, err := n.scan(ctx, n.msgStream(), f, from+1, to)
+		if err != nil {
+			n.log.Error("cluster: the messages a moved session missed could not be read; some may be missing from its queue",
+				"client", id, "err", err)
+			return
+		}
+		for _, m := range msgs {
+			bySeq[m.Sequence] = m
+		}
 	}
+	seqs := slices.Sorted(maps.Keys(bySeq))
 	var wg sync.WaitGroup
 	count := 0
-	defer func() {
-		wg.Wait()
-		if count > 0 {
-			n.log.Debug("cluster: messages replayed to a moved session", "client", id, "count", count)
+	for _, seq := range seqs {
+		m := bySeq[seq]
+		ref := m.Header.Get(nats.MsgIdHdr)
+		sent, err := strconv.ParseInt(m.Header.Get(hdrSent), 10, 64)
+		if err != nil || have[ref] {
+			continue
 		}
-	}()
-	for {
-		batch, err := cons.Fetch(256, jetstream.FetchMaxWait(time.Second))
+		msg, err := decodeMessage(m.Data, m.Header.Get(hdrFrom), time.Unix(0, sent))
 		if err != nil {
-			n.log.Warn("cluster: replaying messages to a moved session failed", "client", id, "err", err)
-			return
+			continue
 		}
-		got := 0
-		for m := range batch.Messages() {
-			got++
-			meta, err := m.Metadata()
-			if err != nil || meta.Sequence.Stream > to {
-				return
-			}
-			last := meta.Sequence.Stream == to || meta.NumPending == 0
-			h := m.Headers()
-			ref := h.Get(nats.MsgIdHdr)
-			sent, err := strconv.ParseInt(h.Get(hdrSent), 10, 64)
-			if err != nil || have[ref] {
-				if last {
-					return
-				}
-				continue
-			}
-			msg, err := decodeMessage(m.Data(), h.Get(hdrFrom), time.Unix(0, sent))
-			if err != nil {
-				continue
-			}
-			wg.Add(1)
-			count++
-			n.dur.refs.Store(msg, ref)
-			b.DeliverToSession(id, msg, func(error) { wg.Done() })
-			n.dur.refs.Delete(msg)
-			if last {
-				return
-			}
-		}
-		if got == 0 || ctx.Err() != nil {
-			return
-		}
+		wg.Add(1)
+		count++
+		n.dur.refs.Store(msg, ref)
+		b.DeliverToSession(id, msg, func(error) { wg.Done() })
+		n.dur.refs.Delete(msg)
+	}
+	wg.Wait()
+	if count > 0 {
+		n.log.Info("cluster: messages replayed to a moved session", "client", id, "count", count, "from", from, "to", to)
 	}
 }
 
@@ -829,7 +840,12 @@ func (n *Node) importHomeSessions() {
 		n.log.Error("cluster: reading the sessions of this node failed; they are imported when their clients connect", "err", err)
 		return
 	}
-	imported := 0
+	type mine struct {
+		id  string
+		rec *sessionRecord
+		seq uint64
+	}
+	var sessions []mine
 	for _, r := range records {
 		if len(r.data) == 0 {
 			continue
@@ -838,15 +854,38 @@ func (n *Node) importHomeSessions() {
 		if err != nil || rec.Node != n.cfg.Node || rec.Home == n.origin {
 			continue
 		}
-		id, _, err := clientOfSubject(r.subject)
+		if id, _, err := clientOfSubject(r.subject); err == nil {
+			sessions = append(sessions, mine{id, rec, r.seq})
+		}
+	}
+	// The records of up to 64 sessions are read at once. Their old home
+	// (this node's previous run) writes nothing any more; another node
+	// that takes one of them meanwhile makes the take fail.
+	imported := 0
+	for chunk := range slices.Chunk(sessions, 64) {
+		filters := make([]string, len(chunk))
+		for i, m := range chunk {
+			filters[i] = sessPrefix + keyOf(m.id) + ".>"
+		}
+		records, err := n.listRecords(ctx, filters...)
 		if err != nil {
+			n.log.Error("cluster: reading sessions of this node failed; they are imported when their clients connect", "err", err)
 			continue
 		}
-		if err := n.take(ctx, id, rec, r.seq, false, true, position{}); err != nil {
-			n.log.Warn("cluster: a session of this node not imported", "client", id, "err", err)
-			continue
+		byID := make(map[string][]storedRecord, len(chunk))
+		for _, r := range records {
+			if id, _, err := clientOfSubject(r.subject); err == nil {
+				byID[id] = append(byID[id], r)
+			}
 		}
-		imported++
+		for _, m := range chunk {
+			list := func(context.Context) ([]storedRecord, error) { return byID[m.id], nil }
+			if err := n.take(ctx, m.id, m.rec, m.seq, false, true, position{}, list); err != nil {
+				n.log.Warn("cluster: a session of this node not imported", "client", m.id, "err", err)
+				continue
+			}
+			imported++
+		}
 	}
 	n.log.Info("cluster: sessions of this node imported", "sessions", imported)
 }

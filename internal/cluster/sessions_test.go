@@ -22,9 +22,21 @@ func dialSession(t *testing.T, addr, id string, v client.Version) (*client.Clien
 	if v == client.V5 {
 		cfg.SessionExpiry = 600
 	}
-	c, err := client.Dial(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
+	var c *client.Client
+	for {
+		var err error
+		c, err = client.Dial(ctx, cfg)
+		var re *client.ReasonError
+		if errors.As(err, &re) && (re.Code == packet.ServerUnavailable || re.Code == packet.V3ServerUnavailable) && ctx.Err() == nil {
+			// The session could not be handed over yet (a slow cluster):
+			// a client tries again, as the refusal asks.
+			t.Logf("connect %s: %v; again", id, err)
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		break
 	}
 	t.Cleanup(func() { c.Close() })
 	return c, c.ConnectInfo().SessionPresent
