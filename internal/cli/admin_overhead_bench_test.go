@@ -601,8 +601,6 @@ const (
 	allocClient                    // the benchmark's MQTT clients
 )
 
-var allocClassNames = [...]string{"other", "scrape", "publish", "client"}
-
 // classifyStack sorts an allocation by the functions on its stack: a
 // stack through the HTTP server or client, the admin handler or the
 // metrics is the scrape's, even when it reaches into the broker (Stats,
