@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -122,13 +123,23 @@ func TestClusterSessionMovesWithQueue(t *testing.T) {
 }
 
 // TestClusterSIGKILLUnderQoS1Load: a paho publisher streams QoS 1
-// messages into node 1 for a persistent subscriber on node 2; node 2 is
-// killed with SIGKILL under that load; the subscriber resumes its session
-// on node 3 and receives every message the publisher had acknowledged.
+// messages into node 1 for a persistent subscriber on node 2; one node is
+// killed with SIGKILL under that load, and its client goes on on node 3:
+// the subscriber's node (the subscriber resumes its session there), or
+// the publisher's (the publisher reconnects there). Every message the
+// publisher had acknowledged reaches the subscriber.
 func TestClusterSIGKILLUnderQoS1Load(t *testing.T) {
+	t.Run("SubscriberNode", func(t *testing.T) { killUnderLoad(t, 1) })
+	t.Run("PublisherNode", func(t *testing.T) { killUnderLoad(t, 0) })
+}
+
+// killUnderLoad runs TestClusterSIGKILLUnderQoS1Load, killing node kill
+// (0: the publisher's, 1: the subscriber's).
+func killUnderLoad(t *testing.T, kill int) {
 	// The session's queue may hold every message published while it
 	// moves: durability is under test, not the queue limit.
 	procs := startClusterProcs(t, "limits: {max_queued_messages: 100000}")
+	var pubNode atomic.Int32 // where the publisher connects
 	const topic = "load/x"
 	var gotMu sync.Mutex
 	got := map[int]int{}
@@ -213,7 +224,7 @@ func TestClusterSIGKILLUnderQoS1Load(t *testing.T) {
 		for {
 			// A publication the cluster could not take (no stream leader
 			// for too long) ends the connection: connect again and go on.
-			c := mqtt.NewClient(opts(procs[0], "kpub", true))
+			c := mqtt.NewClient(opts(procs[pubNode.Load()], "kpub", true))
 			if tok := c.Connect(); !tok.WaitTimeout(40*time.Second) || tok.Error() != nil {
 				select {
 				case <-stop:
@@ -256,19 +267,23 @@ func TestClusterSIGKILLUnderQoS1Load(t *testing.T) {
 		})
 	}
 	waitAcked(200)
-	procs[1].cmd.Process.Kill() // SIGKILL of the subscriber's node, under load
-	<-procs[1].done
-	sub.Disconnect(0)
-
-	// The subscriber resumes on a survivor, while the load goes on.
-	var present bool
-	testutil.CheckFor(t, 90*time.Second, func() error {
-		var err error
-		sub, present, err = subscribe(procs[2])
-		return err
-	})
-	if !present {
-		t.Fatal("the session was not present on the survivor")
+	if kill == 0 {
+		pubNode.Store(2) // the publisher's next connection goes to a survivor
+	}
+	procs[kill].cmd.Process.Kill() // SIGKILL, under load
+	<-procs[kill].done
+	if kill == 1 {
+		// The subscriber resumes on a survivor, while the load goes on.
+		sub.Disconnect(0)
+		var present bool
+		testutil.CheckFor(t, 90*time.Second, func() error {
+			var err error
+			sub, present, err = subscribe(procs[2])
+			return err
+		})
+		if !present {
+			t.Fatal("the session was not present on the survivor")
+		}
 	}
 	waitAcked(ackedCount() + 200)
 	close(stop)

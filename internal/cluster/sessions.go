@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"maps"
 	"slices"
 	"strconv"
@@ -61,6 +62,13 @@ type sessionsState struct {
 	// gone holds the sessions given up to another node, for a minute:
 	// changes still on their way for them are dropped.
 	gone map[string]time.Time
+	// pending holds the stream position of claims under way: a claim
+	// that may have taken the home but failed before the session was
+	// imported (the answer to its write lost, a read that failed) is
+	// finished by the next claim on this node with the same position.
+	// An entry is removed when the session is imported or discarded,
+	// when the write lost a race, and when the session is given up.
+	pending map[string]position
 
 	stream jetstream.Stream // set before ready closes
 	js     jetstream.JetStream
@@ -84,6 +92,7 @@ func newHomeState() *homeState {
 func (s *sessionsState) init() {
 	s.homed = make(map[string]*homeState)
 	s.gone = make(map[string]time.Time)
+	s.pending = make(map[string]position)
 	s.ready = make(chan struct{})
 }
 
@@ -130,7 +139,23 @@ func (n *Node) unhome(id string) {
 	n.sess.mu.Lock()
 	defer n.sess.mu.Unlock()
 	delete(n.sess.homed, id)
+	delete(n.sess.pending, id)
 	n.sess.gone[id] = time.Now()
+}
+
+// setPending records the position of a claim of id under way.
+func (n *Node) setPending(id string, pos position) {
+	n.sess.mu.Lock()
+	defer n.sess.mu.Unlock()
+	n.sess.pending[id] = pos
+}
+
+// clearPending forgets the position of a claim of id: it is finished,
+// or it did not take the home.
+func (n *Node) clearPending(id string) {
+	n.sess.mu.Lock()
+	defer n.sess.mu.Unlock()
+	delete(n.sess.pending, id)
 }
 
 // pruneGone forgets sessions given up more than a minute ago.
@@ -298,7 +323,23 @@ type storedRecord struct {
 // getRecord reads the last value of subj: nil when there is none (seq is
 // then 0), an empty record when it was removed.
 func (n *Node) getRecord(ctx context.Context, subj string) (*storedRecord, error) {
-	m, err := n.sess.stream.GetLastMsgForSubject(ctx, subj)
+	var m *jetstream.RawStreamMsg
+	var err error
+	for {
+		// A request unanswered for 3 s (it reached a leader as it died)
+		// or refused at once (no leader yet) is made again while ctx
+		// allows.
+		gctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		m, err = n.sess.stream.GetLastMsgForSubject(gctx, subj)
+		cancel()
+		if err == nil || errors.Is(err, jetstream.ErrMsgNotFound) || ctx.Err() != nil || !retryable(err) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return nil, nil
 	}
@@ -330,19 +371,27 @@ func (n *Node) listRecords(ctx context.Context, filters ...string) ([]storedReco
 }
 
 // scan returns the messages of st matching filter with sequences from
-// from to to (0: the end), one get after the other. A get that fails for
-// a moment (a stream electing its leader) is tried again until ctx ends.
+// from to to (0: the end), one get after the other. A get that fails or
+// goes unanswered for 3 s (a request that reached a leader as it died, a
+// stream electing its leader) is tried again until ctx ends.
 func (n *Node) scan(ctx context.Context, st jetstream.Stream, filter string, from, to uint64) ([]*jetstream.RawStreamMsg, error) {
 	var out []*jetstream.RawStreamMsg
+	var lastErr error
 	for seq := max(from, 1); to == 0 || seq <= to; {
-		m, err := st.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(filter))
+		gctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		m, err := st.GetMsg(gctx, seq, jetstream.WithGetMsgSubject(filter))
+		cancel()
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			break
 		}
 		if err != nil {
 			if ctx.Err() != nil {
-				return nil, err
+				return nil, fmt.Errorf("%w (last: %v)", ctx.Err(), lastErr)
 			}
+			if lastErr == nil {
+				n.log.Info("cluster: reading a stream failed; again", "stream", st.CachedInfo().Config.Name, "err", err)
+			}
+			lastErr = err
 			select {
 			case <-ctx.Done():
 				return nil, ctx.Err()
@@ -448,9 +497,12 @@ func (n *Node) ClaimSession(ctx context.Context, claim broker.SessionClaim) erro
 			if homed {
 				return nil // this node holds it
 			}
-			// This node took it but could not read it: again (the
-			// position of its former home is lost by now).
-			return n.take(ctx, id, rec, seq, claim.Discard, claim.Persistent, position{}, n.sessionRecords(id))
+			// This node took it but could not read it: again, from the
+			// position the first claim had.
+			n.sess.mu.Lock()
+			pos := n.sess.pending[id]
+			n.sess.mu.Unlock()
+			return n.take(ctx, id, rec, seq, claim.Discard, claim.Persistent, pos, n.sessionRecords(id))
 		}
 		discard := claim.Discard
 		if d, refusal := claim.Owner(rec.Owner, rec.Verified); refusal != "" {
@@ -587,8 +639,14 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 	if discard {
 		mine = sessionRecord{Home: n.origin, Node: n.cfg.Node, Placeholder: true}
 	}
+	if pos.replay {
+		// Kept until the session is imported: the write below may take
+		// the home even when its answer is lost.
+		n.setPending(id, pos)
+	}
 	claimSeq, err := n.putRecord(ctx, sessSubject(id, "s"), mustRecord(&mine), seq)
 	if errors.Is(err, errConflict) {
+		n.clearPending(id)
 		return n.retryClaim(ctx, id)
 	}
 	if err != nil {
@@ -609,6 +667,7 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 	n.setHome(id, hs)
 	p := n.persistence()
 	if discard {
+		n.clearPending(id)
 		// The old session ends, its will cancelled by this connection.
 		c := p.begin(func(error) {})
 		for _, r := range records {
@@ -679,6 +738,7 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 	p.finish(stale, nil)
 	sortDeliveries(cs.Session.Deliveries)
 	p.raiseIDs(maxSeq)
+	n.clearPending(id)
 	b, ok := n.b.(sessionBroker)
 	if !ok {
 		return nil
