@@ -161,6 +161,12 @@ is reported on stderr and never printed.`,
 					codes, err = c.SubscribeWith(ctx, subProps, subs...)
 				}
 				if err != nil && codes == nil {
+					if ctx.Err() != nil {
+						// Interrupted while the subscription was being
+						// asked for: an interrupt ends moat sub
+						// quietly, whatever step it is in.
+						return nil
+					}
 					return fmt.Errorf("subscribe: %w", err)
 				}
 				denied := 0
