@@ -32,12 +32,29 @@ import (
 // of the cluster is unreachable: its persistent sessions are owed them
 // when it comes back. With an external NATS, whose interest the node
 // cannot see, every QoS 1/2 message goes into the stream.
+//
+// A node counts as reachable while its presence marker (moat.i.<node>.up)
+// is seen, not while its routes are up: it subscribes that marker only
+// once its sessions are imported, after their filters' markers, and the
+// marker vanishes with the others when the route that carried them
+// closes (a node's routes close one after the other, and its interest
+// went with the first). A node whose last local subscription of a filter
+// ends keeps the filter's marker for markerLinger: a session moving to
+// another node leaves no instant in which no node seems to want its
+// messages (the new home replays what the stream got meanwhile).
 
 const (
 	streamMsgs    = "moat_msgs"
 	durablePrefix = "moat.d."
 	markerPrefix  = "moat.i."
 	hdrSent       = "Moat-Sent" // Unix nanoseconds at publication, for the message expiry
+	// presenceToken ends a node's presence marker; the tokens of topic
+	// levels start with "_", so no filter's marker is the same subject.
+	presenceToken = "up"
+	// markerLinger is how long a filter's marker outlives the filter's
+	// last local subscription (see above): far longer than the routes
+	// take to carry the new home's marker.
+	markerLinger = 10 * time.Second
 )
 
 // Defaults of the stream's limits.
@@ -50,13 +67,18 @@ const (
 type durableState struct {
 	seq atomic.Uint64 // this run's publications to the stream
 
-	// markers holds, per local filter, its marker subscriptions; guarded
-	// by Node.subMu.
-	markers map[string][]*nats.Subscription
+	// markers holds, per local filter, its marker subscriptions, and
+	// lingering when each filter without local subscriptions drops them
+	// (markerLinger); both guarded by Node.subMu. presence is this node's
+	// presence marker, once its sessions are imported.
+	markers   map[string][]*nats.Subscription
+	lingering map[string]time.Time
+	presence  *nats.Subscription
 
-	// peers are the marker prefixes of the other nodes connected now
-	// ("moat.i.<node>."), and expected the number of other nodes the
-	// cluster has (JetStream's cluster size less one, or the most seen).
+	// peers are the marker prefixes ("moat.i.<node>.") of every other
+	// node seen since this one started (routes, JetStream peers), and
+	// expected the number of other nodes the cluster has (JetStream's
+	// cluster size less one, or the most seen).
 	peers    atomic.Pointer[[]string]
 	expected atomic.Int64
 
@@ -93,6 +115,7 @@ type durableCounters struct {
 
 func (d *durableState) init() {
 	d.markers = make(map[string][]*nats.Subscription)
+	d.lingering = make(map[string]time.Time)
 	d.inflight = make(map[string]struct{})
 	d.recent = make(map[string]struct{})
 	d.ring = make([]string, recentIDs)
@@ -104,12 +127,12 @@ func (d *durableState) init() {
 func (n *Node) markInterest(filter string, on bool) {
 	d := &n.dur
 	if !on {
-		for _, s := range d.markers[filter] {
-			_ = s.Unsubscribe()
+		if _, ok := d.markers[filter]; ok {
+			d.lingering[filter] = time.Now().Add(markerLinger)
 		}
-		delete(d.markers, filter)
 		return
 	}
+	delete(d.lingering, filter)
 	if _, ok := d.markers[filter]; ok || n.srv == nil {
 		return // an external NATS: interest is not looked up
 	}
@@ -133,6 +156,40 @@ func (n *Node) markInterest(filter string, on bool) {
 	d.markers[filter] = list
 }
 
+// dropLingering removes the markers whose linger ended by now.
+func (n *Node) dropLingering(now time.Time) {
+	n.subMu.Lock()
+	defer n.subMu.Unlock()
+	d := &n.dur
+	for filter, until := range d.lingering {
+		if now.Before(until) {
+			continue
+		}
+		for _, s := range d.markers[filter] {
+			_ = s.Unsubscribe()
+		}
+		delete(d.markers, filter)
+		delete(d.lingering, filter)
+	}
+}
+
+// markPresent subscribes this node's presence marker: its sessions are
+// imported and their markers subscribed before it (one connection sends
+// them in order, one route carries them in order).
+func (n *Node) markPresent() {
+	if n.srv == nil {
+		return
+	}
+	s, err := n.nc.SubscribeSync(markerPrefix + keyOf(n.cfg.Node) + "." + presenceToken)
+	if err != nil {
+		n.log.Error("cluster: presence marker not subscribed; the other nodes put every QoS 1/2 message into the stream", "err", err)
+		return
+	}
+	n.subMu.Lock()
+	n.dur.presence = s
+	n.subMu.Unlock()
+}
+
 // needsStream tells whether a QoS 1/2 message on topic goes into the
 // stream: another node has interest in it, or a node is missing.
 func (n *Node) needsStream(topic string) bool {
@@ -140,14 +197,32 @@ func (n *Node) needsStream(topic string) bool {
 		return true
 	}
 	peers := *n.dur.peers.Load()
-	if remotes := n.srv.NumRemotes(); remotes < int(n.dur.expected.Load()) || remotes > len(peers) {
+	acc := n.srv.GlobalAccount()
+	if len(peers) < int(n.dur.expected.Load()) {
 		n.dstats.streamDegraded.Add(1)
 		return true
 	}
-	acc := n.srv.GlobalAccount()
+	// Presence, interest, presence again: a node present before the
+	// look-up of its interest had its markers in place (they come before
+	// its presence), and one still present after it had not lost them
+	// (they go with its presence, at once).
+	if n.peerMissing(acc, peers) {
+		return true
+	}
 	toks := topicTokens(topic)
 	for _, p := range peers {
 		if acc.Interest(p+toks) > 0 {
+			return true
+		}
+	}
+	return n.peerMissing(acc, peers)
+}
+
+// peerMissing tells whether a node of peers has no presence marker now.
+func (n *Node) peerMissing(acc *server.Account, peers []string) bool {
+	for _, p := range peers {
+		if acc.Interest(p+presenceToken) == 0 {
+			n.dstats.streamDegraded.Add(1)
 			return true
 		}
 	}
@@ -277,6 +352,7 @@ func (n *Node) consumeLoop(js jetstream.JetStream) {
 	// The sessions of this node first: the consumer then delivers to them
 	// what arrived while the node was away.
 	n.importHomeSessions()
+	n.markPresent()
 	close(n.sess.ready)
 	n.partReady()
 	for n.ctx.Err() == nil {
@@ -317,11 +393,19 @@ func (n *Node) consumeLoop(js jetstream.JetStream) {
 func (n *Node) handleDurable(m jetstream.Msg) {
 	h := m.Headers()
 	origin := h.Get(hdrOrigin)
+	meta, err := m.Metadata()
 	if origin == n.origin {
-		_ = m.Ack() // delivered here when it was published
+		// Delivered here when it was published. Counted as routed: a
+		// session imported from now on did not get it then, and is
+		// replayed it.
+		if err == nil {
+			n.dur.routeMu.Lock()
+			n.dur.routed = meta.Sequence.Stream
+			n.dur.routeMu.Unlock()
+		}
+		_ = m.Ack()
 		return
 	}
-	meta, err := m.Metadata()
 	if err != nil {
 		n.stats.decodeErrors.Add(1)
 		_ = m.Term()
@@ -408,18 +492,20 @@ func (n *Node) settle(id string, delivered bool) {
 	d.mu.Unlock()
 }
 
-// monitorPeers refreshes, every second, the other nodes connected now
-// (whose interest markers needsStream looks up) and the number the
-// cluster should have.
+// monitorPeers refreshes, every second, the other nodes known (whose
+// markers needsStream looks up) and the number the cluster should have,
+// and drops the markers whose linger ended.
 func (n *Node) monitorPeers() {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
-	most := 0
+	known := map[string]bool{}
 	for {
 		if n.srv != nil {
-			n.refreshPeers(&most)
+			n.refreshPeers(known)
 		}
-		n.pruneGone(time.Now())
+		now := time.Now()
+		n.pruneGone(now)
+		n.dropLingering(now)
 		select {
 		case <-n.ctx.Done():
 			return
@@ -428,23 +514,30 @@ func (n *Node) monitorPeers() {
 	}
 }
 
-func (n *Node) refreshPeers(most *int) {
-	var peers []string
+// refreshPeers adds to known the other nodes seen now (a node once seen
+// stays known: while it is away its presence marker is missing) and
+// publishes their marker prefixes.
+func (n *Node) refreshPeers(known map[string]bool) {
 	if rz, err := n.srv.Routez(&server.RoutezOptions{}); err == nil {
-		seen := map[string]bool{}
 		for _, r := range rz.Routes {
-			if r.RemoteName == "" || seen[r.RemoteName] {
-				continue
+			if r.RemoteName != "" && r.RemoteName != n.cfg.Node {
+				known[r.RemoteName] = true
 			}
-			seen[r.RemoteName] = true
-			peers = append(peers, markerPrefix+keyOf(r.RemoteName)+".")
 		}
 	}
-	*most = max(*most, len(peers))
-	expected := *most
+	expected := 0
 	if jz, err := n.srv.Jsz(&server.JSzOptions{}); err == nil && jz.Meta != nil {
-		expected = max(expected, jz.Meta.Size-1)
+		expected = jz.Meta.Size - 1
+		for _, r := range jz.Meta.Replicas {
+			if r != nil && r.Name != "" && r.Name != n.cfg.Node {
+				known[r.Name] = true
+			}
+		}
+	}
+	peers := make([]string, 0, len(known))
+	for name := range known {
+		peers = append(peers, markerPrefix+keyOf(name)+".")
 	}
 	n.dur.peers.Store(&peers)
-	n.dur.expected.Store(int64(expected))
+	n.dur.expected.Store(int64(max(expected, len(known))))
 }
