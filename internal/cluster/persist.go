@@ -141,6 +141,9 @@ func (p *persistence) Persist(changes []broker.Change, done func(error)) {
 		ch := &changes[i]
 		switch ch.Kind {
 		case broker.ChangeForward:
+			// The groups' copy first: it never waits, and the stream's
+			// is the commit's.
+			p.n.forwardShared(ch.Message)
 			if m := p.n.forwardMsg(ch.Message); m != nil {
 				p.publish(c, m)
 			}
