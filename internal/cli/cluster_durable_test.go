@@ -54,6 +54,17 @@ cluster:
 			return []string{"-c", "moat.yaml"}
 		})
 	}
+	// Until the cluster has its JetStream quorum and each node its
+	// sessions, persistent sessions are refused (0x88), and
+	// mosquitto_sub does not retry: wait for every node to be ready.
+	testutil.CheckFor(t, 120*time.Second, func() error {
+		for i, p := range procs {
+			if !strings.Contains(p.logs.String(), "cluster: sessions of this node imported") {
+				return fmt.Errorf("node %d has not imported its sessions yet", i+1)
+			}
+		}
+		return nil
+	})
 	return procs
 }
 
