@@ -441,7 +441,9 @@ func (n *Node) forwardShared(msg *broker.Message) {
 	if err != nil {
 		n.stats.forwardErrors.Add(1)
 		n.log.Warn("cluster: message of a shared subscription not forwarded", "topic", msg.Topic, "err", err)
+		return
 	}
+	n.stats.forwarded.Add(1)
 }
 
 // HandOn implements broker.SharedCluster: msg goes to the queue group of
