@@ -98,8 +98,8 @@ func receiveInOrder(t *testing.T, c *client.Client, from, to int) {
 // a cross-node QoS 1 message is in the replicated stream once its
 // publisher has the PUBACK, the receiving node's consumer acknowledges
 // it once delivered, a message without interest on another node stays
-// off the stream, and while a node is missing every QoS 1 message goes
-// into it.
+// off the stream, a filter's marker outlives its last subscription for a
+// while, and while a node is missing every QoS 1 message goes into it.
 func TestDurableForwarding(t *testing.T) {
 	nodes := startCluster(t, 3)
 	sub := dial(t, nodes[1].addr, "dsub", client.V5)
@@ -128,6 +128,32 @@ func TestDurableForwarding(t *testing.T) {
 	receiveInOrder(t, local, 0, 10)
 	if got := nodes[0].node.Status().StreamOut - out; got != 0 {
 		t.Fatalf("%d messages without remote interest went into the stream", got)
+	}
+
+	// Every node is present: its presence marker is seen.
+	acc := nodes[0].node.srv.GlobalAccount()
+	for _, nd := range nodes[1:] {
+		if acc.Interest(markerPrefix+keyOf(nd.node.cfg.Node)+"."+presenceToken) == 0 {
+			t.Fatalf("no presence marker of %s", nd.node.cfg.Node)
+		}
+	}
+
+	// The last subscription of a filter leaves: once the other nodes
+	// no longer route the filter's messages there, its marker still
+	// sends them into the stream for a while (a session moving to
+	// another node misses none).
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := sub.Unsubscribe(ctx, "d/#"); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, "n1 to see n2's subscription gone", 30*time.Second, func() bool {
+		return acc.Interest(topicSubject("d/x")) == 0
+	})
+	out = nodes[0].node.Status().StreamOut
+	publishQoS1(t, pub, "d/x", 0, 1)
+	if got := nodes[0].node.Status().StreamOut - out; got != 1 {
+		t.Fatalf("%d messages went into the stream right after the filter's last subscription left, want 1", got)
 	}
 
 	// A node is missing: every QoS 1 message goes into the stream, for
