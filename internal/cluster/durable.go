@@ -287,9 +287,12 @@ func (n *Node) startDurable() {
 // restarted node resumes where it stopped.
 func (n *Node) consumerName() string { return "node" + keyOf(n.cfg.Node) }
 
-// setupStream creates or binds the stream and this node's consumer.
+// setupStream creates or binds the stream and this node's consumer. A
+// request made before the cluster had a JetStream meta leader is never
+// answered: each attempt gives up after 5 s (as the key-value buckets'
+// do), and what an earlier attempt created stays.
 func (n *Node) setupStream(js jetstream.JetStream) (jetstream.Consumer, error) {
-	ctx, cancel := context.WithTimeout(n.ctx, 10*time.Second)
+	ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
 	defer cancel()
 	maxAge, maxBytes := n.cfg.StreamMaxAge, n.cfg.StreamMaxBytes
 	if maxAge <= 0 {
