@@ -26,19 +26,18 @@ import (
 // cluster section. They restart on the same ports (moatProc.restart).
 func startClusterProcs(t *testing.T, extra ...string) []*moatProc {
 	t.Helper()
-	dir := t.TempDir()
-	routes := []int{testutil.FreePort(t), testutil.FreePort(t), testutil.FreePort(t)}
-	var peers []string
-	for _, r := range routes {
-		peers = append(peers, fmt.Sprintf("%q", "127.0.0.1:"+strconv.Itoa(r)))
-	}
-	procs := make([]*moatProc, 3)
-	for i := range 3 {
-		nd := filepath.Join(dir, fmt.Sprintf("node%d", i+1))
-		if err := os.MkdirAll(nd, 0o700); err != nil {
-			t.Fatal(err)
+	procs := launchCluster(t, func(routes []int, launched *[]*moatProc) error {
+		dir := t.TempDir()
+		var peers []string
+		for _, r := range routes {
+			peers = append(peers, fmt.Sprintf("%q", "127.0.0.1:"+strconv.Itoa(r)))
 		}
-		procs[i] = startMoatOn(t, nd, 1, func(ports []int) []string {
+		for i := range 3 {
+			nd := filepath.Join(dir, fmt.Sprintf("node%d", i+1))
+			if err := os.MkdirAll(nd, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			port := testutil.FreePort(t)
 			writeFile(t, filepath.Join(nd, "moat.yaml"), fmt.Sprintf(`data_dir: data
 listeners:
   - {name: mqtt, address: "127.0.0.1:%d", transport: tcp, allow_anonymous: true}
@@ -50,10 +49,17 @@ cluster:
   node: node%d
   listen: "127.0.0.1:%d"
   peers: [%s]
-%s`, ports[0], i+1, routes[i], strings.Join(peers, ", "), strings.Join(extra, "\n")))
-			return []string{"-c", "moat.yaml"}
-		})
-	}
+%s`, port, i+1, routes[i], strings.Join(peers, ", "), strings.Join(extra, "\n")))
+			args := []string{"-c", "moat.yaml"}
+			checkMoat(t, nd, args)
+			p, err := launchMoat(t, nd, args, portsBound([]int{port}))
+			if err != nil {
+				return err
+			}
+			*launched = append(*launched, p)
+		}
+		return nil
+	})
 	// Until the cluster has its JetStream quorum and each node its
 	// sessions, persistent sessions are refused (0x88), and
 	// mosquitto_sub does not retry: wait for every node to be ready.
@@ -66,6 +72,45 @@ cluster:
 		return nil
 	})
 	return procs
+}
+
+// launchCluster starts the three processes of a cluster with start, which
+// is given three route ports of 127.0.0.1 that were free a moment ago
+// and appends each process it launched to launched. The configurations
+// share those ports, so the retry of one process on new ports
+// (startMoatOn) cannot help when another process takes one: when start
+// fails with testutil.ErrPortTaken, the processes it launched are
+// stopped and the cluster starts again on new ports (up to five times);
+// any other error fails the test.
+func launchCluster(t *testing.T, start func(routes []int, launched *[]*moatProc) error) []*moatProc {
+	t.Helper()
+	for attempt := 1; ; attempt++ {
+		routes := []int{testutil.FreePort(t), testutil.FreePort(t), testutil.FreePort(t)}
+		var procs []*moatProc
+		err := start(routes, &procs)
+		if err == nil {
+			return procs
+		}
+		for _, p := range procs {
+			p.cmd.Process.Kill()
+			<-p.done
+		}
+		if !errors.Is(err, testutil.ErrPortTaken) || attempt == 5 {
+			t.Fatal(err)
+		}
+		t.Logf("cluster start, attempt %d: a port was taken; starting again on new ports", attempt)
+	}
+}
+
+// launchNode launches `moat serve -c moat.yaml` in dir for launchCluster
+// and waits until every listener it reports is ready.
+func launchNode(t *testing.T, dir string) (*moatProc, error) {
+	args := []string{"-c", "moat.yaml"}
+	n := checkMoat(t, dir, args)
+	return launchMoat(t, dir, args, func(p *moatProc) bool {
+		p.addrs = logAddrs(p.logs.String(), "serve: listener ready", "address")
+		return len(p.addrs) >= n
+	})
 }
 
 func hostArgs(p *moatProc) []string {
