@@ -99,9 +99,7 @@ func (s *Server) unsubscribeAll(clientID string) {
 // clusterForward hands msg to the cluster; $SYS topics are each node's
 // own and stay local.
 func (s *Server) clusterForward(msg *Message) {
-	if s.cluster != nil && !isSys(msg.Topic) {
-		s.cluster.Forward(msg)
-	}
+	s.clusterForwardIn(msg, nil)
 }
 
 // clusterRetained reports a local retained change to the cluster.

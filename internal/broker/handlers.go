@@ -160,7 +160,7 @@ func (c *conn) handlePublish(p *packet.Publish) bool {
 		s.recent.add(c.recentShard, msg)
 		c.pub.self = c.sess
 		n := s.deliverFrom(msg, b, c)
-		s.clusterForward(msg)
+		s.clusterForwardIn(msg, b)
 		if n == 0 && s.cluster == nil {
 			code = packet.NoMatchingSubscribers
 			defer c.obsVerdict(c.obs.Undeliverable(&c.client, p.Topic))

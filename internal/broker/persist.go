@@ -556,56 +556,7 @@ func (s *Server) recover() error {
 			expired = append(expired, ss.ClientID)
 			continue
 		}
-		sess := newSession(ss.ClientID, sessionOwner{key: ss.Owner, verified: ss.OwnerVerified}, ss.Created)
-		sess.stored = true
-		sess.expiry = ss.Expiry
-		sess.inflightLimit = s.limits().MaxInflight
-		sess.subList = make(map[string]StoredSubscription, len(ss.Subscriptions))
-		for _, sub := range ss.Subscriptions {
-			group, filter, err := packet.SplitShared(sub.Filter)
-			if err != nil {
-				continue
-			}
-			ts := topic.Subscription{ClientID: ss.ClientID, Filter: filter, Group: group, QoS: sub.QoS,
-				NoLocal: sub.NoLocal, RetainAsPublished: sub.RetainAsPublished, RetainHandling: sub.RetainHandling, ID: sub.ID,
-				Owner: sess}
-			s.clusterSubscribed(ts, s.index.Subscribe(ts))
-			sess.subList[sub.Filter] = sub
-			sess.subs.Add(1)
-			sess.subBytes.Add(int64(len(sub.Filter)))
-		}
-		for _, sd := range rs.Deliveries {
-			m := rec.Messages[sd.MsgID]
-			if m == nil {
-				continue
-			}
-			d := &delivery{msg: m, qos: sd.QoS, retain: sd.Retain, subIDs: sd.SubIDs, seq: sd.Seq,
-				sent: sd.Dup || sd.State != DeliveryQueued}
-			d.pstate.Store(pstateSubmitted)
-			if sd.ShareGroup != "" {
-				d.share = &shareKey{sd.ShareGroup, sd.ShareFilter}
-			}
-			if sd.State == DeliveryQueued || sd.PacketID == 0 || sess.findInflight(sd.PacketID) >= 0 {
-				sess.queue.push(d)
-				sess.queueBytes += d.size()
-				s.stats.queued.Add(1)
-				continue
-			}
-			d.pid, d.released = sd.PacketID, sd.State == DeliveryReleased
-			sess.inflight = append(sess.inflight, d)
-		}
-		for _, pid := range rs.Inbound {
-			sess.inboundQoS2[pid] = struct{}{}
-		}
-		s.sessions.Store(ss.ClientID, sess)
-		s.sessionCount.Add(1)
-		if sess.expiry > 0 {
-			left := sess.expiry
-			if !ss.ExpiresAt.IsZero() {
-				left = ss.ExpiresAt.Sub(now)
-			}
-			sess.expiryTimer = s.afterFunc(left, func() { s.expire(sess) })
-		}
+		s.restoreSession(rs, rec.Messages, now)
 	}
 	for _, id := range expired {
 		s.log.Debug("broker: stored session expired while the broker was down", "client", id)
@@ -622,18 +573,88 @@ func (s *Server) recover() error {
 		}
 		from := clientOf(w.Publisher)
 		w.Message.Publisher = nil
-		sess := s.lookup(w.ClientID)
-		if sess == nil || !now.Before(w.FireAt) {
-			s.persistAsync(Change{Kind: ChangeDeleteWill, ClientID: w.ClientID})
-			s.publishWill(w.Message, from)
-			continue
-		}
-		sess.willMsg, sess.willFrom = w.Message, from
-		sess.willTimer = s.afterFunc(w.FireAt.Sub(now), func() { s.delayedWill(sess) })
+		s.restoreWill(w, from, now)
 	}
 	s.log.Info("broker: state recovered from the store", "sessions", len(rec.Sessions)-len(expired),
 		"expired_sessions", len(expired), "retained", len(rec.Retained), "wills", len(rec.Wills))
 	return nil
+}
+
+// restoreSession rebuilds a stored session with its subscriptions,
+// deliveries (their messages in msgs) and inbound QoS 2 identifiers, and
+// registers it; its expiry runs from the stored deadline. The caller
+// makes sure no session of that client ID exists, and holds sessMu
+// unless nothing else runs yet (recover).
+func (s *Server) restoreSession(rs RecoveredSession, msgs map[uint64]*Message, now time.Time) *session {
+	ss := rs.Session
+	sess := newSession(ss.ClientID, sessionOwner{key: ss.Owner, verified: ss.OwnerVerified}, ss.Created)
+	sess.stored = true
+	sess.expiry = ss.Expiry
+	sess.inflightLimit = s.limits().MaxInflight
+	for _, sd := range rs.Deliveries {
+		m := msgs[sd.MsgID]
+		if m == nil {
+			continue
+		}
+		d := &delivery{msg: m, qos: sd.QoS, retain: sd.Retain, subIDs: sd.SubIDs, seq: sd.Seq,
+			sent: sd.Dup || sd.State != DeliveryQueued}
+		d.pstate.Store(pstateSubmitted)
+		if sd.ShareGroup != "" {
+			d.share = &shareKey{sd.ShareGroup, sd.ShareFilter}
+		}
+		if sd.State == DeliveryQueued || sd.PacketID == 0 || sess.findInflight(sd.PacketID) >= 0 {
+			sess.queue.push(d)
+			sess.queueBytes += d.size()
+			s.stats.queued.Add(1)
+			continue
+		}
+		d.pid, d.released = sd.PacketID, sd.State == DeliveryReleased
+		sess.inflight = append(sess.inflight, d)
+	}
+	for _, pid := range rs.Inbound {
+		sess.inboundQoS2[pid] = struct{}{}
+	}
+	// Subscribed last: from then on messages may be routed to it (at
+	// recovery nothing else runs; a session imported from the cluster
+	// is not yet registered).
+	sess.subList = make(map[string]StoredSubscription, len(ss.Subscriptions))
+	for _, sub := range ss.Subscriptions {
+		group, filter, err := packet.SplitShared(sub.Filter)
+		if err != nil {
+			continue
+		}
+		ts := topic.Subscription{ClientID: ss.ClientID, Filter: filter, Group: group, QoS: sub.QoS,
+			NoLocal: sub.NoLocal, RetainAsPublished: sub.RetainAsPublished, RetainHandling: sub.RetainHandling, ID: sub.ID,
+			Owner: sess}
+		s.clusterSubscribed(ts, s.index.Subscribe(ts))
+		sess.subList[sub.Filter] = sub
+		sess.subs.Add(1)
+		sess.subBytes.Add(int64(len(sub.Filter)))
+	}
+	s.sessions.Store(ss.ClientID, sess)
+	s.sessionCount.Add(1)
+	if sess.expiry > 0 {
+		left := sess.expiry
+		if !ss.ExpiresAt.IsZero() {
+			left = ss.ExpiresAt.Sub(now)
+		}
+		sess.expiryTimer = s.afterFunc(left, func() { s.expire(sess) })
+	}
+	return sess
+}
+
+// restoreWill arms a stored will of the session it belongs to, or
+// publishes it at once when its time has passed or the session is gone;
+// from is its publisher.
+func (s *Server) restoreWill(w *StoredWill, from *Client, now time.Time) {
+	sess := s.lookup(w.ClientID)
+	if sess == nil || !now.Before(w.FireAt) {
+		s.persistAsync(Change{Kind: ChangeDeleteWill, ClientID: w.ClientID})
+		s.publishWill(w.Message, from)
+		return
+	}
+	sess.willMsg, sess.willFrom = w.Message, from
+	sess.willTimer = s.afterFunc(w.FireAt.Sub(now), func() { s.delayedWill(sess) })
 }
 
 // persistRetained records a retained publication: in the publisher's

@@ -64,6 +64,9 @@ type Server struct {
 	cluster        Cluster // nil: a single node (cluster.go)
 	clusterFilters clusterFilters
 	clusterShares  clusterShares // cluster_shared.go
+	// clusterDurable: the Cluster wraps the Persistence and takes QoS 1
+	// and 2 messages as changes (cluster_durable.go).
+	clusterDurable bool
 
 	lim atomic.Pointer[liveLimits] // the limits in force and the pushback marks (livelimits.go)
 	sys sysControl                 // the $SYS publisher's state (livelimits.go)
@@ -109,6 +112,9 @@ func New(cfg Config) (*Server, error) {
 		readBudget: &byteBudget{size: c.ReadBudget},
 		persist:    c.Persistence,
 		cluster:    c.Cluster,
+	}
+	if cp, ok := c.Cluster.(ClusterPersistence); ok {
+		s.persist, s.clusterDurable = cp.Persistence(c.Persistence), true
 	}
 	s.lim.Store(newLiveLimits(limitsOf(&c), &c))
 	s.authorizer = c.Authorizer

@@ -32,22 +32,23 @@ import (
 // cluster section makes the command exit 1.
 func TestClusterStatusThreeProcesses(t *testing.T) {
 	needTool(t, "mosquitto_sub")
-	dir := t.TempDir()
-	routes := []int{testutil.FreePort(t), testutil.FreePort(t), testutil.FreePort(t)}
-	var peers []string
-	for _, r := range routes {
-		peers = append(peers, fmt.Sprintf("%q", "127.0.0.1:"+strconv.Itoa(r)))
-	}
-	nodeDir := func(i int) string { return filepath.Join(dir, fmt.Sprintf("node%d", i+1)) }
-	for i := range 3 {
-		if err := os.MkdirAll(nodeDir(i), 0o700); err != nil {
-			t.Fatal(err)
+	var tokenFile, viewer string
+	procs := launchCluster(t, func(routes []int, launched *[]*moatProc) error {
+		dir := t.TempDir()
+		var peers []string
+		for _, r := range routes {
+			peers = append(peers, fmt.Sprintf("%q", "127.0.0.1:"+strconv.Itoa(r)))
 		}
-		adminLine := ""
-		if i == 0 {
-			adminLine = "admin: {listen: \"127.0.0.1:0\"}\n"
-		}
-		writeFile(t, filepath.Join(nodeDir(i), "moat.yaml"), fmt.Sprintf(`data_dir: data
+		nodeDir := func(i int) string { return filepath.Join(dir, fmt.Sprintf("node%d", i+1)) }
+		for i := range 3 {
+			if err := os.MkdirAll(nodeDir(i), 0o700); err != nil {
+				t.Fatal(err)
+			}
+			adminLine := ""
+			if i == 0 {
+				adminLine = "admin: {listen: \"127.0.0.1:0\"}\n"
+			}
+			writeFile(t, filepath.Join(nodeDir(i), "moat.yaml"), fmt.Sprintf(`data_dir: data
 listeners:
   - {address: "127.0.0.1:0", transport: tcp, allow_anonymous: true}
 acl:
@@ -59,14 +60,19 @@ acl:
   listen: "127.0.0.1:%d"
   peers: [%s]
 `, adminLine, i+1, routes[i], strings.Join(peers, ", ")))
-	}
-	viewer := createToken(t, nodeDir(0), "ops", "viewer")
-	tokenFile := filepath.Join(dir, "viewer.token")
-	writeFile(t, tokenFile, viewer+"\n")
-	procs := make([]*moatProc, 3)
-	for i := range 3 {
-		procs[i] = startMoat(t, nodeDir(i), "-c", "moat.yaml")
-	}
+		}
+		viewer = createToken(t, nodeDir(0), "ops", "viewer")
+		tokenFile = filepath.Join(dir, "viewer.token")
+		writeFile(t, tokenFile, viewer+"\n")
+		for i := range 3 {
+			p, err := launchNode(t, nodeDir(i))
+			if err != nil {
+				return err
+			}
+			*launched = append(*launched, p)
+		}
+		return nil
+	})
 	adminAddr := procs[0].logAddr(t, "admin: serving the API", "address")
 	status := func(args ...string) (string, string, int) {
 		return moat(t, append([]string{"cluster", "status", "--admin", adminAddr, "--token-file", tokenFile}, args...)...)

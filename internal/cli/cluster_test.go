@@ -20,20 +20,20 @@ import (
 // on the second replayed on the third.
 func TestClusterThreeProcesses(t *testing.T) {
 	needTool(t, "mosquitto_pub", "mosquitto_sub")
-	dir := t.TempDir()
 	// Route ports are picked: every node's peers list names them before
 	// any node runs. MQTT listeners bind port 0.
-	routes := []int{testutil.FreePort(t), testutil.FreePort(t), testutil.FreePort(t)}
-	var peers []string
-	for _, r := range routes {
-		peers = append(peers, fmt.Sprintf("%q", "127.0.0.1:"+strconv.Itoa(r)))
-	}
-	for i := range 3 {
-		nd := filepath.Join(dir, fmt.Sprintf("node%d", i+1))
-		if err := os.MkdirAll(nd, 0o700); err != nil {
-			t.Fatal(err)
+	procs := launchCluster(t, func(routes []int, launched *[]*moatProc) error {
+		dir := t.TempDir()
+		var peers []string
+		for _, r := range routes {
+			peers = append(peers, fmt.Sprintf("%q", "127.0.0.1:"+strconv.Itoa(r)))
 		}
-		writeFile(t, filepath.Join(nd, "moat.yaml"), fmt.Sprintf(`data_dir: data
+		for i := range 3 {
+			nd := filepath.Join(dir, fmt.Sprintf("node%d", i+1))
+			if err := os.MkdirAll(nd, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			writeFile(t, filepath.Join(nd, "moat.yaml"), fmt.Sprintf(`data_dir: data
 listeners:
   - {address: "127.0.0.1:0", transport: tcp, allow_anonymous: true}
 acl:
@@ -45,10 +45,17 @@ cluster:
   listen: "127.0.0.1:%d"
   peers: [%s]
 `, i+1, routes[i], strings.Join(peers, ", ")))
-	}
+			p, err := launchNode(t, nd)
+			if err != nil {
+				return err
+			}
+			*launched = append(*launched, p)
+		}
+		return nil
+	})
 	mqtt := make([]int, 3)
-	for i := range 3 {
-		mqtt[i] = startMoat(t, filepath.Join(dir, fmt.Sprintf("node%d", i+1)), "-c", "moat.yaml").port(0)
+	for i, p := range procs {
+		mqtt[i] = p.port(0)
 	}
 	host := func(i int) []string { return []string{"-h", "127.0.0.1", "-p", strconv.Itoa(mqtt[i])} }
 

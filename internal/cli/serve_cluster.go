@@ -61,6 +61,19 @@ func (p *servePlan) planCluster() {
 	if p.check || len(p.errs) > 0 {
 		return
 	}
+	if cc.NATSURL == "" {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			p.problem("cluster", "", err)
+			return
+		}
+		key, err := clusterStoreKey(filepath.Join(dir, clusterStoreKeyFile))
+		if err != nil {
+			p.problem("cluster", "", err)
+			return
+		}
+		cfg.StoreKey = key
+		cfg.SyncAlways, cfg.SyncInterval = clusterSync(p.cfg.Persistence.Enabled, p.cfg.Persistence.Sync, p.cfg.Persistence.BatchInterval.D())
+	}
 	node, err := cluster.Start(cfg)
 	if err != nil {
 		p.problem("cluster", "", err)

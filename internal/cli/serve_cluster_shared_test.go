@@ -34,23 +34,24 @@ func startMoatCluster(t *testing.T, extra string) *moatCluster {
 // directory before the node starts (files its configuration names).
 func startMoatClusterWith(t *testing.T, extra string, prepare func(dir string)) *moatCluster {
 	t.Helper()
-	dir := t.TempDir()
-	routes := []int{testutil.FreePort(t), testutil.FreePort(t), testutil.FreePort(t)}
-	var peers []string
-	for _, r := range routes {
-		peers = append(peers, fmt.Sprintf("%q", "127.0.0.1:"+strconv.Itoa(r)))
-	}
 	mc := &moatCluster{}
-	for i := range 3 {
-		nd := filepath.Join(dir, fmt.Sprintf("node%d", i+1))
-		if err := os.MkdirAll(nd, 0o700); err != nil {
-			t.Fatal(err)
+	procs := launchCluster(t, func(routes []int, launched *[]*moatProc) error {
+		dir := t.TempDir()
+		var peers []string
+		for _, r := range routes {
+			peers = append(peers, fmt.Sprintf("%q", "127.0.0.1:"+strconv.Itoa(r)))
 		}
-		ex := extra
-		if strings.Contains(ex, "%[1]d") {
-			ex = fmt.Sprintf(ex, i+1)
-		}
-		writeFile(t, filepath.Join(nd, "moat.yaml"), fmt.Sprintf(`data_dir: data
+		mc.dirs = nil
+		for i := range 3 {
+			nd := filepath.Join(dir, fmt.Sprintf("node%d", i+1))
+			if err := os.MkdirAll(nd, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			ex := extra
+			if strings.Contains(ex, "%[1]d") {
+				ex = fmt.Sprintf(ex, i+1)
+			}
+			writeFile(t, filepath.Join(nd, "moat.yaml"), fmt.Sprintf(`data_dir: data
 listeners:
   - {address: "127.0.0.1:0", transport: tcp, allow_anonymous: true}
 cluster:
@@ -59,13 +60,21 @@ cluster:
   listen: "127.0.0.1:%d"
   peers: [%s]
 `, i+1, routes[i], strings.Join(peers, ", "))+ex)
-		mc.dirs = append(mc.dirs, nd)
-		if prepare != nil {
-			prepare(nd)
+			mc.dirs = append(mc.dirs, nd)
+			if prepare != nil {
+				prepare(nd)
+			}
 		}
-	}
-	for i := range 3 {
-		p := startMoat(t, mc.dirs[i], "-c", "moat.yaml")
+		for i := range 3 {
+			p, err := launchNode(t, mc.dirs[i])
+			if err != nil {
+				return err
+			}
+			*launched = append(*launched, p)
+		}
+		return nil
+	})
+	for _, p := range procs {
 		mc.procs = append(mc.procs, p)
 		mc.mqtt = append(mc.mqtt, p.port(0))
 	}

@@ -57,6 +57,19 @@ type Config struct {
 	RouteTLS *tls.Config
 	// StoreDir is the JetStream store directory of the embedded server.
 	StoreDir string
+	// StoreKey is the secret JetStream encrypts the files of StoreDir
+	// with (AES-256-GCM, keys derived from it by the NATS server); nil:
+	// they are not encrypted. Files written without it are encrypted when
+	// the node starts with one.
+	StoreKey []byte
+	// SyncAlways makes the embedded server fsync every JetStream write
+	// before acknowledging it; otherwise it flushes every SyncInterval
+	// (0: NATS's default, 2 minutes) and a write is safe, once
+	// acknowledged, on the replicas' operating systems: it survives the
+	// crash of a node's process or host, not the power loss of every
+	// replica at once.
+	SyncAlways   bool
+	SyncInterval time.Duration
 	// NATSURL, when set, connects to an external NATS cluster instead of
 	// running an embedded server; Credentials is a NATS credentials file
 	// for it ("" for none) and ClientTLS its TLS settings (nil: the
@@ -67,6 +80,11 @@ type Config struct {
 	// Replicas is the number of copies of the key-value buckets. 0:
 	// min(nodes, 3), nodes being 1 + len(Peers).
 	Replicas int
+	// StreamMaxAge and StreamMaxBytes bound the durable stream of QoS 1/2
+	// messages between nodes (durable.go): a node that stays away longer,
+	// or falls further behind, loses the oldest. 0: 24 hours and 1 GiB.
+	StreamMaxAge   time.Duration
+	StreamMaxBytes int64
 	// QueueLen is how many messages of other nodes may wait for the
 	// broker before NATS drops them (a slow consumer). 0: 65536.
 	QueueLen int
@@ -143,6 +161,14 @@ type Node struct {
 		ownPurges map[uint64]struct{} // revisions of this node's retained purge markers
 	}
 	noMarkerTTL atomic.Bool // the NATS server has no per-message TTLs
+
+	// The durable stream (durable.go) and the Persistence (persist.go).
+	dur        durableState
+	dstats     durableCounters
+	pub        *publisher
+	persist    atomic.Pointer[persistence]
+	sess       sessionsState // sessions.go
+	readyParts atomic.Int32
 }
 
 // Broker is what a Node needs of the broker: *broker.Server.
@@ -187,6 +213,9 @@ func Start(cfg Config) (*Node, error) {
 	n.share = shareState{groups: make(map[shareKey]*shareGroup), byQueue: make(map[string]*shareGroup),
 		wake: make(chan struct{}, 1), in: make(chan *nats.Msg, qlen), out: make(chan *nats.Msg, qlen)}
 	n.sec = secState{wake: make(chan struct{}, 1), events: make(chan *nats.Msg, 1024)}
+	n.dur.init()
+	n.sess.init()
+	n.pub = newPublisher(n)
 	n.replicas = cfg.Replicas
 	if n.replicas <= 0 {
 		n.replicas = min(1+len(cfg.Peers), 3)
@@ -271,6 +300,12 @@ func (n *Node) startEmbedded() error {
 		MaxPayload:     64 << 20,
 		MaxPending:     256 << 20,
 		MaxControlLine: 64 << 10, // long MQTT topics make long subjects
+		// The stores hold session records and messages: encrypted at
+		// rest when the caller gives a key (docs/cluster.md).
+		JetStreamKey:    hex.EncodeToString(n.cfg.StoreKey),
+		JetStreamCipher: server.AES,
+		SyncAlways:      n.cfg.SyncAlways,
+		SyncInterval:    n.cfg.SyncInterval,
 		Cluster: server.ClusterOpts{
 			Name: n.cfg.Name,
 			Host: host,
@@ -360,7 +395,8 @@ func (n *Node) RouteAddr() string {
 }
 
 // Ready is closed once the key-value buckets (retained messages, client
-// claims) are in use: the cluster has a JetStream quorum.
+// claims) and the durable message stream are in use: the cluster has a
+// JetStream quorum.
 func (n *Node) Ready() <-chan struct{} { return n.ready }
 
 // Attach connects the Node to the broker and starts its goroutines: the
@@ -375,12 +411,14 @@ func (n *Node) Attach(b Broker) {
 		n.attachShared(b)
 		n.attachSecurity()
 		n.startOps()
+		n.startDurable()
 	})
 }
 
 // Close stops the Node: its goroutines end, the connection closes and
 // the embedded server shuts down. Call it after the broker's Shutdown.
 func (n *Node) Close() {
+	n.flushPending()
 	n.sayGoodbye()
 	n.cancel()
 	if n.nc != nil {
@@ -402,6 +440,7 @@ func (n *Node) Close() {
 func (n *Node) Interest(filter string, on bool) {
 	n.subMu.Lock()
 	defer n.subMu.Unlock()
+	n.markInterest(filter, on)
 	if !on {
 		for _, s := range n.subs[filter] {
 			_ = s.Unsubscribe()

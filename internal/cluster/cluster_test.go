@@ -66,12 +66,25 @@ func startCluster(t *testing.T, n int, before ...func(i int, nd *Node)) []*testN
 }
 
 func tryStartCluster(t *testing.T, n int, before ...func(i int, nd *Node)) ([]*testNode, error) {
-	routes := freePorts(t, n)
+	return startNodesHooked(t, t.TempDir(), freePorts(t, n), before)
+}
+
+// startNodes starts one node per route address, node i named n<i+1> with
+// its JetStream store in dir/n<i+1>, and waits until they are ready: a
+// cluster started again on the same dir and routes is the same cluster.
+// Each broker's Config may be changed by configure.
+func startNodes(t *testing.T, dir string, routes []string, configure ...func(*broker.Config)) ([]*testNode, error) {
+	return startNodesHooked(t, dir, routes, nil, configure...)
+}
+
+// startNodesHooked is startNodes with functions called on each node
+// before its broker is attached.
+func startNodesHooked(t *testing.T, dir string, routes []string, before []func(i int, nd *Node), configure ...func(*broker.Config)) ([]*testNode, error) {
+	n := len(routes)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	}
-	dir := t.TempDir()
 	var nodes []*testNode
 	var started []*Node
 	fail := func(err error) ([]*testNode, error) {
@@ -91,8 +104,12 @@ func tryStartCluster(t *testing.T, n int, before ...func(i int, nd *Node)) ([]*t
 		started = append(started, nd)
 	}
 	for i, nd := range started {
-		srv, err := broker.New(broker.Config{Cluster: nd, Authorizer: broker.AllowAll, AllowAnonymous: true,
-			Logger: log.With("node", fmt.Sprintf("n%d", i+1))})
+		bc := broker.Config{Cluster: nd, Authorizer: broker.AllowAll, AllowAnonymous: true,
+			Logger: log.With("node", fmt.Sprintf("n%d", i+1))}
+		for _, f := range configure {
+			f(&bc)
+		}
+		srv, err := broker.New(bc)
 		if err != nil {
 			return fail(err)
 		}

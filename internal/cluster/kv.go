@@ -146,7 +146,7 @@ func (n *Node) kvLoop() {
 			if e == nil {
 				if initial {
 					initial = false
-					close(n.ready)
+					n.partReady()
 					n.log.Info("cluster: key-value store ready", "replicas", n.replicas)
 				}
 				continue

@@ -33,6 +33,13 @@ import (
 // whose last member here just left hands it on, and the messages of a
 // member whose session ended go to another member, wherever it is).
 //
+// QoS 1 and 2 messages reach the other nodes' plain subscriptions through
+// the durable stream (durable.go), which every node reads whole: it cannot
+// choose one node per group. Their publishing node therefore also
+// publishes them once on moat.q.<tokens>, a subject only the groups'
+// queue subscriptions listen on, beside the topic's own (moat.m.<tokens>,
+// which carries QoS 0 messages to both).
+//
 // The queue subscriptions live on a second connection. The first one
 // publishes with echo off, and NATS skips a queue member on the publishing
 // connection itself, which would leave the publishing node out of every
@@ -57,6 +64,10 @@ const hdrHop = "Moat-Hop"
 
 // groupPrefix is the subject prefix of a group's own subject.
 const groupPrefix = "moat.g."
+
+// sharedPrefix is the subject prefix of QoS 1/2 messages for the groups
+// alone; as long as msgPrefix, so SharesTopic holds for both.
+const sharedPrefix = "moat.q."
 
 // SharedBroker is what a Node needs of the broker for shared
 // subscriptions: *broker.Server. A Broker without it gets no queue groups:
@@ -195,7 +206,7 @@ func (n *Node) SharedInterest(group, filter string, on bool) {
 			// stay on their node, where local members share them.
 			continue
 		}
-		g.topics = append(g.topics, subj)
+		g.topics = append(g.topics, subj, sharedPrefix+subj[len(msgPrefix):])
 	}
 	sh.groups[k] = g
 	sh.byQueue[g.queue] = g
@@ -390,6 +401,49 @@ func (n *Node) attachShared(b Broker) {
 	}
 	n.wg.Add(1)
 	go func() { defer n.wg.Done(); n.shareLoop(sb) }()
+}
+
+// forwardShared publishes a QoS 1/2 message for the other nodes' shared
+// subscriptions (see the top of this file), unless no node has a group
+// that could want it. Like Forward, it hands the message to NATS once:
+// the group's node is chosen by NATS, and a message to a node that dies
+// before it is in its member's session is lost for the group.
+func (n *Node) forwardShared(msg *broker.Message) {
+	if n.gc == nil {
+		return
+	}
+	toks := topicTokens(msg.Topic)
+	subj := sharedPrefix + toks
+	if len(subj) > maxSubject {
+		return // shared among this node's members (SharesTopic)
+	}
+	if n.srv != nil && n.srv.GlobalAccount().Interest(subj) == 0 {
+		return
+	}
+	data, err := encodeMessage(msg, time.Now())
+	if err != nil {
+		if !errors.Is(err, errExpired) {
+			n.stats.forwardErrors.Add(1)
+			n.log.Warn("cluster: message of a shared subscription not forwarded", "topic", msg.Topic, "err", err)
+		}
+		return
+	}
+	m := &nats.Msg{Subject: subj, Data: data, Header: nats.Header{}}
+	m.Header[hdrOrigin] = []string{n.origin}
+	if msg.From != "" {
+		m.Header[hdrFrom] = []string{msg.From}
+	}
+	n.pubMu.Lock()
+	n.seq++
+	m.Header[hdrSeq] = []string{strconv.FormatUint(n.seq, 10)}
+	err = n.nc.PublishMsg(m)
+	n.pubMu.Unlock()
+	if err != nil {
+		n.stats.forwardErrors.Add(1)
+		n.log.Warn("cluster: message of a shared subscription not forwarded", "topic", msg.Topic, "err", err)
+		return
+	}
+	n.stats.forwarded.Add(1)
 }
 
 // HandOn implements broker.SharedCluster: msg goes to the queue group of

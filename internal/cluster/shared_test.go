@@ -202,7 +202,7 @@ func TestSharedOnOneNode(t *testing.T) {
 	awaitGroupRoutes(t, pub, "tele/probe", a, b)
 	awaitRoute(t, pub, plain.c, "tele/probe")
 	drain(a, b, plain)
-	before := nodes[0].node.Status().Forwarded
+	before := nodes[0].node.Status()
 	const n = 100
 	publishN(t, pub, "tele/data", 1, n)
 	collect(t, 2*n, "tele/data", a, b, plain)
@@ -211,8 +211,14 @@ func TestSharedOnOneNode(t *testing.T) {
 	if len(a.got) == 0 || len(b.got) == 0 {
 		t.Errorf("the node's members did not take turns: a %d, b %d", len(a.got), len(b.got))
 	}
-	if d := nodes[0].node.Status().Forwarded - before; d != n {
-		t.Errorf("the publishing node forwarded %d messages for %d publications", d, n)
+	// QoS 1: one copy for the group on core NATS, one in the durable
+	// stream for the plain subscription.
+	after := nodes[0].node.Status()
+	if d := after.Forwarded - before.Forwarded; d != n {
+		t.Errorf("the publishing node forwarded %d messages to the group for %d publications", d, n)
+	}
+	if d := after.StreamOut - before.StreamOut; d != n {
+		t.Errorf("the publishing node put %d messages into the stream for %d publications", d, n)
 	}
 }
 

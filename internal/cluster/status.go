@@ -61,6 +61,17 @@ type Status struct {
 	PendingWrites  int    `json:"pending_writes"`
 	ClaimsPruned   uint64 `json:"claims_pruned"`
 	RetainedPurged uint64 `json:"retained_purged"`
+	// The durable stream of QoS 1/2 messages (durable.go): published to
+	// it, received from it, publications that failed, redeliveries
+	// dropped, and publications made because a node was missing.
+	StreamOut        uint64 `json:"stream_out"`
+	StreamIn         uint64 `json:"stream_in"`
+	StreamErrors     uint64 `json:"stream_errors"`
+	StreamDuplicates uint64 `json:"stream_duplicates"`
+	StreamDegraded   uint64 `json:"stream_degraded"`
+	// Persistent sessions taken from other nodes and handed to them.
+	SessionsIn  uint64 `json:"sessions_in"`
+	SessionsOut uint64 `json:"sessions_out"`
 }
 
 // RouteInfo is one route to another node.
@@ -113,5 +124,9 @@ func (n *Node) Status() Status {
 	st.Duplicates, st.DecodeErrors = s.duplicates.Load(), s.decodeErrors.Load()
 	st.RetainedOut, st.RetainedIn, st.Claims, st.Takeovers = s.retainedOut.Load(), s.retainedIn.Load(), s.claims.Load(), s.takeovers.Load()
 	n.opsStatus(&st)
+	d := &n.dstats
+	st.StreamOut, st.StreamIn, st.StreamErrors = d.streamOut.Load(), d.streamIn.Load(), d.streamErrors.Load()
+	st.StreamDuplicates, st.StreamDegraded = d.streamDuplicates.Load(), d.streamDegraded.Load()
+	st.SessionsIn, st.SessionsOut = d.sessionsIn.Load(), d.sessionsOut.Load()
 	return st
 }

@@ -1,0 +1,241 @@
+package broker
+
+import (
+	"context"
+	"errors"
+
+	"github.com/moatmq/moat/internal/packet"
+	"github.com/moatmq/moat/internal/topic"
+)
+
+// Sessions cluster-wide (docs/cluster.md, "Sessions"). A Cluster that
+// implements SessionCluster keeps persistent sessions in the cluster's
+// replicated state (through the Persistence it wraps, see
+// ClusterPersistence): every change the broker commits for a session
+// there is committed cluster-wide. Each session has one home, the node
+// that serves it. A client connecting on another node makes that node
+// the home before it is attached: the old home takes the connection over
+// and gives the session up (ReleaseSession), and the new one imports it
+// (ImportSession) with its subscriptions, queue, in-flight messages,
+// inbound QoS 2 identifiers and pending will; the client gets Session
+// Present 1. A node that starts imports the sessions whose home it is.
+
+// SessionCluster is implemented by a Cluster that keeps persistent
+// sessions cluster-wide.
+type SessionCluster interface {
+	// ClaimSession makes this node the home of claim.ClientID's session
+	// before a client is attached to it, and imports the session
+	// (Server.ImportSession) when another node held it. It may block
+	// until ctx ends (the connect timeout); an error refuses the client
+	// (a *ClaimRefused says why).
+	ClaimSession(ctx context.Context, claim SessionClaim) error
+}
+
+// SessionClaim describes the client about to be attached.
+type SessionClaim struct {
+	ClientID string
+	// Discard: the client starts a new session (Clean Start), and an
+	// existing one ends, its pending will cancelled.
+	Discard bool
+	// Persistent: the new session outlives its connection.
+	Persistent bool
+	// Owner judges an existing session's owner (its key and whether it
+	// was verified) for this client as the broker does on one node:
+	// discard when the client may end that session (it is then not
+	// resumed), or a refusal.
+	Owner func(owner string, verified bool) (discard bool, refusal string)
+}
+
+// ClusterSession is a persistent session as the cluster keeps it: the
+// session with its deliveries and inbound identifiers, their messages by
+// ID, and its pending will (nil: none).
+type ClusterSession struct {
+	Session  RecoveredSession
+	Messages map[uint64]*Message
+	Will     *StoredWill
+}
+
+// ClaimRefused is the error of a claim the client is refused for: its
+// client ID belongs to another identity's session (not Unavailable), or
+// the session cannot be handed over now (Unavailable: no quorum, or its
+// home does not answer).
+type ClaimRefused struct {
+	Reason      string
+	Unavailable bool
+}
+
+func (e *ClaimRefused) Error() string { return "broker: session claim refused: " + e.Reason }
+
+// claimClusterSession runs the cluster's claim for the client connecting
+// on c. It returns a refusal (code and reason) or "".
+func (s *Server) claimClusterSession(ctx context.Context, c *conn, st *connectState) (packet.ReasonCode, string) {
+	sc, ok := s.cluster.(SessionCluster)
+	if !ok || (st.assignedID && st.expiry == 0) {
+		return 0, "" // a fresh random ID without a session to keep
+	}
+	err := sc.ClaimSession(ctx, SessionClaim{ClientID: st.clientID, Discard: st.pkt.CleanStart, Persistent: st.expiry != 0,
+		Owner: func(owner string, verified bool) (bool, string) {
+			return s.ownerCheck(c, st, &session{owner: sessionOwner{key: owner, verified: verified}})
+		}})
+	if err != nil {
+		var r *ClaimRefused
+		if errors.As(err, &r) && !r.Unavailable {
+			return packet.ClientIDNotValid, r.Reason
+		}
+		c.log.Warn("broker: the cluster could not hand the session over; connection refused", "err", err)
+		return packet.ServerUnavailable, "the session is not available in the cluster now; try again"
+	}
+	return 0, ""
+}
+
+// ImportSession registers a persistent session the cluster hands over,
+// offline, replacing a local copy (given up without its will or changes
+// to the Persistence). Its expiry and will delay run from their stored
+// deadlines; a session whose expiry passed ends at once (its will, if
+// any, is published), and a will whose time passed is published. Safe
+// for concurrent use.
+func (s *Server) ImportSession(cs *ClusterSession) {
+	now := s.cfg.Now()
+	for id, m := range cs.Messages {
+		m.id = id
+	}
+	ss := cs.Session.Session
+	var will func()
+	if w := cs.Will; w != nil {
+		if w.Publisher == nil {
+			// Its client's rights cannot be checked (fail closed).
+			s.log.Warn("broker: a session's will names no publisher; it is not published", "client", w.ClientID)
+			s.persistAsync(Change{Kind: ChangeDeleteWill, ClientID: w.ClientID})
+		} else {
+			msg, from := w.Message, w.Publisher.client()
+			msg.Publisher = nil
+			will = func() { s.publishWill(msg, from) }
+		}
+	}
+	s.sessMu.Lock()
+	if old := s.lookup(ss.ClientID); old != nil {
+		s.dropSessionLocked(old)
+	}
+	if ss.Expiry == 0 || !ss.ExpiresAt.IsZero() && !now.Before(ss.ExpiresAt) {
+		s.sessMu.Unlock()
+		s.log.Debug("broker: a session of the cluster expired before it was imported", "client", ss.ClientID)
+		s.persistAsync(Change{Kind: ChangeDeleteSession, ClientID: ss.ClientID})
+		if will != nil {
+			s.persistAsync(Change{Kind: ChangeDeleteWill, ClientID: ss.ClientID})
+			will()
+		}
+		return
+	}
+	sess := s.restoreSession(cs.Session, cs.Messages, now)
+	if will != nil && now.Before(cs.Will.FireAt) {
+		w := cs.Will
+		sess.mu.Lock()
+		sess.willMsg, sess.willFrom = w.Message, w.Publisher.client()
+		sess.willTimer = s.afterFunc(w.FireAt.Sub(now), func() { s.delayedWill(sess) })
+		sess.mu.Unlock()
+		will = nil
+	}
+	s.sessMu.Unlock()
+	if will != nil {
+		s.persistAsync(Change{Kind: ChangeDeleteWill, ClientID: ss.ClientID})
+		will()
+	}
+}
+
+// ReleaseSession gives up the session of clientID because another node
+// became its home: a connection to it is taken over (DISCONNECT 0x8E for
+// MQTT 5 [MQTT-3.1.4-3]) and detached as on one node, and the session is
+// then removed from this node without its will (its new home keeps it)
+// and without changes to the Persistence. It reports whether a session
+// was removed. Safe for concurrent use.
+func (s *Server) ReleaseSession(clientID string) bool {
+	for {
+		s.sessMu.Lock()
+		sess := s.lookup(clientID)
+		if sess == nil {
+			s.sessMu.Unlock()
+			return false
+		}
+		sess.mu.Lock()
+		oc := sess.conn
+		sess.mu.Unlock()
+		if oc == nil {
+			s.dropSessionLocked(sess)
+			s.sessMu.Unlock()
+			return true
+		}
+		s.sessMu.Unlock()
+		oc.log.Info("broker: session taken over by a connection on another node")
+		oc.takenOver.Store(true)
+		oc.kill(packet.SessionTakenOver, "session taken over on another node")
+		if s.wait(s.connectTimeout(), oc.done, nil) {
+			oc.nc.Close()
+			<-oc.done
+		}
+	}
+}
+
+// dropSessionLocked removes sess from this node only: its subscriptions
+// leave the index, routing passes still holding it deliver nothing, its
+// timers stop (the will is not published) and its messages are dropped
+// here. The caller holds sessMu.
+func (s *Server) dropSessionLocked(sess *session) {
+	if s.sessions.CompareAndDelete(sess.id, sess) {
+		s.sessionCount.Add(-1)
+	}
+	s.unsubscribeAll(sess.id)
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	sess.ended = true
+	for _, t := range []Timer{sess.expiryTimer, sess.willTimer} {
+		if t != nil {
+			t.Stop()
+		}
+	}
+	sess.expiryTimer, sess.willTimer, sess.willMsg, sess.willFrom = nil, nil, nil, nil
+	s.stats.queued.Add(-int64(sess.queue.len()))
+	sess.queue.reset()
+	sess.inflight, sess.queueBytes = nil, 0
+	sess.releaseGateLocked()
+}
+
+// DeliverToSession delivers msg, a message of another node, to the
+// session of clientID alone, through its own matching subscriptions
+// (not shared ones), as DeliverRemoteDone does for every session: done
+// runs once it is in the session and committed. For a cluster that hands
+// a session the messages it missed while it moved. It reports whether a
+// subscription of the session matched.
+func (s *Server) DeliverToSession(clientID string, msg *Message, done func(error)) bool {
+	if s.closing() {
+		done(errShuttingDown)
+		return false
+	}
+	if msg.Created.IsZero() {
+		msg.Created = s.cfg.Now()
+	}
+	var b *pbatch
+	if s.persist != nil && msg.QoS > 0 {
+		msg.id = s.persist.NewID()
+		b = &pbatch{}
+	}
+	mb := matchPool.Get().(*matchBuf)
+	mb.subs, mb.groups = s.index.Match(msg.Topic, mb.subs[:0], mb.groups[:0])
+	var own []topic.Subscription
+	for _, sub := range mb.subs {
+		if sub.ClientID == clientID {
+			own = append(own, sub)
+		}
+	}
+	n := 0
+	if len(own) > 0 {
+		mb.enc.reset(msg, nil, clock{now: s.cfg.Now}, len(own))
+		n = s.route(&mb.enc, own, b, nil)
+	}
+	putMatchBuf(mb)
+	if b == nil {
+		done(nil)
+	} else {
+		s.submitBatch(b, done)
+	}
+	return n > 0
+}

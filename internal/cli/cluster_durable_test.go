@@ -1,0 +1,449 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/moatmq/moat/internal/testutil"
+)
+
+// startClusterProcs starts three `moat serve -c nodeN.yaml` processes as
+// one cluster, each with its data directory, one plain listener on a
+// port of its own (named alike on every node, so that the sessions of
+// anonymous clients belong to the same owner on every node) and a
+// cluster section. They restart on the same ports (moatProc.restart).
+func startClusterProcs(t *testing.T, extra ...string) []*moatProc {
+	t.Helper()
+	procs := launchCluster(t, func(routes []int, launched *[]*moatProc) error {
+		dir := t.TempDir()
+		var peers []string
+		for _, r := range routes {
+			peers = append(peers, fmt.Sprintf("%q", "127.0.0.1:"+strconv.Itoa(r)))
+		}
+		for i := range 3 {
+			nd := filepath.Join(dir, fmt.Sprintf("node%d", i+1))
+			if err := os.MkdirAll(nd, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			port := testutil.FreePort(t)
+			writeFile(t, filepath.Join(nd, "moat.yaml"), fmt.Sprintf(`data_dir: data
+listeners:
+  - {name: mqtt, address: "127.0.0.1:%d", transport: tcp, allow_anonymous: true}
+acl:
+  rules:  # the cluster is under test, not the policy
+    - {name: all, effect: allow, subjects: {all: true}, actions: [publish, subscribe, receive], topics: ["#"]}
+cluster:
+  name: test
+  node: node%d
+  listen: "127.0.0.1:%d"
+  peers: [%s]
+%s`, port, i+1, routes[i], strings.Join(peers, ", "), strings.Join(extra, "\n")))
+			args := []string{"-c", "moat.yaml"}
+			checkMoat(t, nd, args)
+			p, err := launchMoat(t, nd, args, portsBound([]int{port}))
+			if err != nil {
+				return err
+			}
+			*launched = append(*launched, p)
+		}
+		return nil
+	})
+	// Until the cluster has its JetStream quorum and each node its
+	// sessions, persistent sessions are refused (0x88), and
+	// mosquitto_sub does not retry: wait for every node to be ready.
+	testutil.CheckFor(t, 120*time.Second, func() error {
+		for i, p := range procs {
+			if !strings.Contains(p.logs.String(), "cluster: sessions of this node imported") {
+				return fmt.Errorf("node %d has not imported its sessions yet", i+1)
+			}
+		}
+		return nil
+	})
+	return procs
+}
+
+// launchCluster starts the three processes of a cluster with start, which
+// is given three route ports of 127.0.0.1 that were free a moment ago
+// and appends each process it launched to launched. The configurations
+// share those ports, so the retry of one process on new ports
+// (startMoatOn) cannot help when another process takes one: when start
+// fails with testutil.ErrPortTaken, the processes it launched are
+// stopped and the cluster starts again on new ports (up to five times);
+// any other error fails the test.
+func launchCluster(t *testing.T, start func(routes []int, launched *[]*moatProc) error) []*moatProc {
+	t.Helper()
+	for attempt := 1; ; attempt++ {
+		routes := []int{testutil.FreePort(t), testutil.FreePort(t), testutil.FreePort(t)}
+		var procs []*moatProc
+		err := start(routes, &procs)
+		if err == nil {
+			return procs
+		}
+		for _, p := range procs {
+			p.cmd.Process.Kill()
+			<-p.done
+		}
+		if !errors.Is(err, testutil.ErrPortTaken) || attempt == 5 {
+			t.Fatal(err)
+		}
+		t.Logf("cluster start, attempt %d: a port was taken; starting again on new ports", attempt)
+	}
+}
+
+// launchNode launches `moat serve -c moat.yaml` in dir for launchCluster
+// and waits until every listener it reports is ready.
+func launchNode(t *testing.T, dir string) (*moatProc, error) {
+	args := []string{"-c", "moat.yaml"}
+	n := checkMoat(t, dir, args)
+	return launchMoat(t, dir, args, func(p *moatProc) bool {
+		p.addrs = logAddrs(p.logs.String(), "serve: listener ready", "address")
+		return len(p.addrs) >= n
+	})
+}
+
+func hostArgs(p *moatProc) []string {
+	return []string{"-h", "127.0.0.1", "-p", strconv.Itoa(p.port(0))}
+}
+
+// subLines returns the payloads of topic in mosquitto_sub -v output.
+func subLines(out, topic string) []string {
+	var got []string
+	for _, l := range strings.Split(out, "\n") {
+		if m, ok := strings.CutPrefix(l, topic+" "); ok {
+			got = append(got, m)
+		}
+	}
+	return got
+}
+
+// TestClusterSessionMovesWithQueue: a persistent session (mosquitto_sub
+// -c) subscribes on node 1 and goes away; QoS 1 messages published on
+// node 3 are queued for it; resumed on node 2 it gets them all, once, in
+// order, with Session Present 1.
+func TestClusterSessionMovesWithQueue(t *testing.T) {
+	needTool(t, "mosquitto_pub", "mosquitto_sub")
+	procs := startClusterProcs(t)
+
+	out := &testutil.Buffer{}
+	sub := exec.Command("mosquitto_sub", append(hostArgs(procs[0]), "-i", "mover", "-c", "-q", "1", "-t", "move/#", "-v")...)
+	sub.Stdout, sub.Stderr = out, out
+	if err := sub.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sub.Process.Kill(); sub.Wait() })
+	testutil.CheckFor(t, 90*time.Second, func() error {
+		if o, err := run(t, 10*time.Second, "mosquitto_pub", append(hostArgs(procs[2]), "-q", "1", "-t", "move/probe", "-m", "probe")...); err != nil {
+			return fmt.Errorf("mosquitto_pub: %v: %s", err, o)
+		}
+		if !strings.Contains(out.String(), "move/probe probe") {
+			return fmt.Errorf("no probe received on node 1 yet: %q", out.String())
+		}
+		return nil
+	})
+	sub.Process.Kill() // gone without DISCONNECT; the session stays
+	sub.Wait()
+
+	var lines []string
+	for i := range 20 {
+		lines = append(lines, fmt.Sprintf("m%02d", i))
+	}
+	pub := exec.Command("mosquitto_pub", append(hostArgs(procs[2]), "-i", "pub3", "-q", "1", "-t", "move/x", "-l")...)
+	pub.Stdin = strings.NewReader(strings.Join(lines, "\n") + "\n")
+	if o, err := pub.CombinedOutput(); err != nil {
+		t.Fatalf("mosquitto_pub: %v\n%s", err, o)
+	}
+
+	o, err := run(t, 60*time.Second, "mosquitto_sub", append(hostArgs(procs[1]), "-i", "mover", "-c", "-q", "1", "-t", "move/#", "-v",
+		"-C", "20", "-W", "50", "-T", "move/probe")...)
+	if err != nil {
+		t.Fatalf("mosquitto_sub on node 2: %v\n%s", err, o)
+	}
+	if got := subLines(o, "move/x"); !slices.Equal(got, lines) {
+		t.Fatalf("node 2 delivered %v, want %v", got, lines)
+	}
+	if !strings.Contains(procs[1].logs.String(), "session_present=true") {
+		t.Fatal("node 2 did not log Session Present 1 for the resumed session")
+	}
+}
+
+// TestClusterSIGKILLUnderQoS1Load: a paho publisher streams QoS 1
+// messages into node 1 for a persistent subscriber on node 2; one node is
+// killed with SIGKILL under that load, and its client goes on on node 3:
+// the subscriber's node (the subscriber resumes its session there), or
+// the publisher's (the publisher reconnects there). Every message the
+// publisher had acknowledged reaches the subscriber.
+func TestClusterSIGKILLUnderQoS1Load(t *testing.T) {
+	t.Run("SubscriberNode", func(t *testing.T) { killUnderLoad(t, 1) })
+	t.Run("PublisherNode", func(t *testing.T) { killUnderLoad(t, 0) })
+}
+
+// killUnderLoad runs TestClusterSIGKILLUnderQoS1Load, killing node kill
+// (0: the publisher's, 1: the subscriber's).
+func killUnderLoad(t *testing.T, kill int) {
+	// The session's queue may hold every message published while it
+	// moves: durability is under test, not the queue limit.
+	procs := startClusterProcs(t, "limits: {max_queued_messages: 100000}")
+	var pubNode atomic.Int32 // where the publisher connects
+	const topic = "load/x"
+	var gotMu sync.Mutex
+	got := map[int]int{}
+	recv := func(_ mqtt.Client, m mqtt.Message) {
+		n, err := strconv.Atoi(string(m.Payload()))
+		if err != nil {
+			return // a probe
+		}
+		gotMu.Lock()
+		got[n]++
+		gotMu.Unlock()
+	}
+	// A claim may take a few seconds while the cluster elects new stream
+	// leaders: the connect timeout allows for it, and the protocol is
+	// fixed (paho would retry a refusal with MQTT 3.1).
+	opts := func(p *moatProc, id string, clean bool) *mqtt.ClientOptions {
+		return pahoOpts(p.port(0), id, clean).SetConnectTimeout(30 * time.Second).SetProtocolVersion(4)
+	}
+	subscribe := func(p *moatProc) (mqtt.Client, bool, error) {
+		c := mqtt.NewClient(opts(p, "ksub", false).SetDefaultPublishHandler(recv))
+		tok := c.Connect()
+		if !tok.WaitTimeout(40*time.Second) || tok.Error() != nil {
+			return nil, false, fmt.Errorf("connect: %v", tok.Error())
+		}
+		present := tok.(*mqtt.ConnectToken).SessionPresent()
+		// Subscribing again to a resumed session changes nothing; a
+		// session an earlier attempt created without its subscription
+		// gets it.
+		if st := c.Subscribe("load/#", 1, nil); !st.WaitTimeout(30*time.Second) || st.Error() != nil {
+			c.Disconnect(0)
+			return nil, false, fmt.Errorf("subscribe: %v", st.Error())
+		}
+		return c, present, nil
+	}
+	var sub mqtt.Client
+	testutil.CheckFor(t, 90*time.Second, func() error {
+		var err error
+		sub, _, err = subscribe(procs[1])
+		return err
+	})
+	defer func() { sub.Disconnect(100) }()
+
+	// The subscription's interest reaches node 1.
+	probe := mqtt.NewClient(opts(procs[0], "kprobe", true))
+	if tok := probe.Connect(); !tok.WaitTimeout(30*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	probeSeen := make(chan struct{}, 1)
+	probeSub := mqtt.NewClient(opts(procs[1], "kprobe-sub", true).SetDefaultPublishHandler(func(mqtt.Client, mqtt.Message) {
+		select {
+		case probeSeen <- struct{}{}:
+		default:
+		}
+	}))
+	if tok := probeSub.Connect(); !tok.WaitTimeout(30*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	if tok := probeSub.Subscribe("load/#", 1, nil); !tok.WaitTimeout(30*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	testutil.CheckFor(t, 90*time.Second, func() error {
+		probe.Publish("load/probe", 1, false, "probe").WaitTimeout(10 * time.Second)
+		select {
+		case <-probeSeen:
+			return nil
+		case <-time.After(200 * time.Millisecond):
+			return errors.New("no probe across the nodes yet")
+		}
+	})
+	probeSub.Disconnect(0)
+	probe.Disconnect(0)
+
+	// The publisher streams QoS 1 messages into node 1 and records what
+	// was acknowledged.
+	var mu sync.Mutex
+	acked := map[int]bool{}
+	stop := make(chan struct{})
+	pubDone := make(chan struct{})
+	go func() {
+		defer close(pubDone)
+		n := 0
+		for {
+			// A publication the cluster could not take (no stream leader
+			// for too long) ends the connection: connect again and go on.
+			c := mqtt.NewClient(opts(procs[pubNode.Load()], "kpub", true))
+			if tok := c.Connect(); !tok.WaitTimeout(40*time.Second) || tok.Error() != nil {
+				select {
+				case <-stop:
+					return
+				default:
+					continue
+				}
+			}
+			for {
+				select {
+				case <-stop:
+					c.Disconnect(100)
+					return
+				default:
+				}
+				n++
+				tok := c.Publish(topic, 1, false, strconv.Itoa(n))
+				if !tok.WaitTimeout(30*time.Second) || tok.Error() != nil {
+					break
+				}
+				mu.Lock()
+				acked[n] = true
+				mu.Unlock()
+			}
+			c.Disconnect(0)
+		}
+	}()
+	ackedCount := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(acked)
+	}
+	waitAcked := func(n int) {
+		t.Helper()
+		testutil.CheckFor(t, 90*time.Second, func() error {
+			if c := ackedCount(); c < n {
+				return fmt.Errorf("%d of %d messages acknowledged", c, n)
+			}
+			return nil
+		})
+	}
+	waitAcked(200)
+	if kill == 0 {
+		pubNode.Store(2) // the publisher's next connection goes to a survivor
+	}
+	procs[kill].cmd.Process.Kill() // SIGKILL, under load
+	<-procs[kill].done
+	if kill == 1 {
+		// The subscriber resumes on a survivor, while the load goes on.
+		sub.Disconnect(0)
+		var present bool
+		testutil.CheckFor(t, 90*time.Second, func() error {
+			var err error
+			sub, present, err = subscribe(procs[2])
+			return err
+		})
+		if !present {
+			t.Fatal("the session was not present on the survivor")
+		}
+	}
+	waitAcked(ackedCount() + 200)
+	close(stop)
+	<-pubDone
+
+	mu.Lock()
+	want := make([]int, 0, len(acked))
+	for n := range acked {
+		want = append(want, n)
+	}
+	mu.Unlock()
+	slices.Sort(want)
+	testutil.CheckFor(t, 90*time.Second, func() error {
+		gotMu.Lock()
+		defer gotMu.Unlock()
+		var missing []int
+		for _, n := range want {
+			if got[n] == 0 {
+				missing = append(missing, n)
+			}
+		}
+		if len(missing) > 0 {
+			return fmt.Errorf("%d of %d acknowledged messages missing, first %v", len(missing), len(want), missing[:min(len(missing), 10)])
+		}
+		return nil
+	})
+	gotMu.Lock()
+	dups := 0
+	for _, c := range got {
+		dups += c - 1
+	}
+	gotMu.Unlock()
+	t.Logf("all %d acknowledged messages received, %d duplicates (QoS 1 allows them)", len(want), dups)
+}
+
+// TestClusterFullRestart stops all three nodes and starts them again:
+// the retained message and the persistent session with the QoS 1
+// messages queued for it are back, on any node.
+func TestClusterFullRestart(t *testing.T) {
+	needTool(t, "mosquitto_pub", "mosquitto_sub")
+	procs := startClusterProcs(t)
+	out := &testutil.Buffer{}
+	sub := exec.Command("mosquitto_sub", append(hostArgs(procs[0]), "-i", "sleeper", "-c", "-q", "1", "-t", "fr/#", "-v")...)
+	sub.Stdout, sub.Stderr = out, out
+	if err := sub.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sub.Process.Kill(); sub.Wait() })
+	testutil.CheckFor(t, 90*time.Second, func() error {
+		if o, err := run(t, 10*time.Second, "mosquitto_pub", append(hostArgs(procs[2]), "-q", "1", "-t", "fr/probe", "-m", "probe")...); err != nil {
+			return fmt.Errorf("mosquitto_pub: %v: %s", err, o)
+		}
+		if !strings.Contains(out.String(), "fr/probe probe") {
+			return fmt.Errorf("no probe received on node 1 yet: %q", out.String())
+		}
+		return nil
+	})
+	sub.Process.Kill()
+	sub.Wait()
+	var lines []string
+	for i := range 10 {
+		lines = append(lines, fmt.Sprintf("r%02d", i))
+	}
+	pub := exec.Command("mosquitto_pub", append(hostArgs(procs[2]), "-q", "1", "-t", "fr/x", "-l")...)
+	pub.Stdin = strings.NewReader(strings.Join(lines, "\n") + "\n")
+	if o, err := pub.CombinedOutput(); err != nil {
+		t.Fatalf("mosquitto_pub: %v\n%s", err, o)
+	}
+	if o, err := run(t, 30*time.Second, "mosquitto_pub", append(hostArgs(procs[1]), "-q", "1", "-r", "-t", "frs/state", "-m", "on")...); err != nil {
+		t.Fatalf("mosquitto_pub: %v\n%s", err, o)
+	}
+	testutil.CheckFor(t, 60*time.Second, func() error {
+		o, err := run(t, 10*time.Second, "mosquitto_sub", append(hostArgs(procs[0]), "-q", "1", "-t", "frs/state", "-C", "1", "-W", "3")...)
+		if err != nil || strings.TrimSpace(o) != "on" {
+			return fmt.Errorf("retained on node 1 before the restart: %v %q", err, o)
+		}
+		return nil
+	})
+
+	for _, p := range procs {
+		p.stop(t)
+	}
+	for i, p := range procs {
+		procs[i] = p.restart(t)
+	}
+
+	var o string
+	testutil.CheckFor(t, 120*time.Second, func() error {
+		var err error
+		o, err = run(t, 60*time.Second, "mosquitto_sub", append(hostArgs(procs[1]), "-i", "sleeper", "-c", "-q", "1", "-t", "fr/#", "-v",
+			"-C", "10", "-W", "40", "-T", "fr/probe")...)
+		if err != nil {
+			return fmt.Errorf("mosquitto_sub after the restart: %v: %s", err, o)
+		}
+		return nil
+	})
+	if got := subLines(o, "fr/x"); !slices.Equal(got, lines) {
+		t.Fatalf("after the restart node 2 delivered %v, want %v", got, lines)
+	}
+	testutil.CheckFor(t, 60*time.Second, func() error {
+		o, err := run(t, 10*time.Second, "mosquitto_sub", append(hostArgs(procs[2]), "-q", "1", "-t", "frs/state", "-C", "1", "-W", "3")...)
+		if err != nil || strings.TrimSpace(o) != "on" {
+			return fmt.Errorf("retained on node 3 after the restart: %v %q", err, o)
+		}
+		return nil
+	})
+}

@@ -1,0 +1,546 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/moatmq/moat/internal/broker"
+)
+
+// Durable QoS 1 and 2 between nodes (docs/cluster.md, "Durable QoS 1 and
+// 2"). A QoS 1/2 message that another node may want goes into one
+// replicated JetStream stream, moat_msgs, as part of its publisher's
+// commit: the PUBACK or PUBREC waits for the stream's acknowledgement.
+// Each node reads the stream through ONE durable consumer of its own
+// (never one per subscription), delivers each message to its local
+// sessions and acknowledges it only once it is there and committed; a
+// node that was down resumes where its consumer stopped. QoS 0 stays on
+// core NATS (Forward).
+//
+// Which messages go into the stream: those with interest on another node,
+// known from the other nodes' marker subscriptions (moat.i.<node>.<filter
+// subject>, one per distinct filter, propagated by the NATS routes like
+// the forwarding subscriptions), and every QoS 1/2 message while a node
+// of the cluster is unreachable: its persistent sessions are owed them
+// when it comes back. With an external NATS, whose interest the node
+// cannot see, every QoS 1/2 message goes into the stream.
+//
+// A node counts as reachable while its presence marker (moat.i.<node>.up)
+// is seen, not while its routes are up: it subscribes that marker only
+// once its sessions are imported, after their filters' markers, and the
+// marker vanishes with the others when the route that carried them
+// closes (a node's routes close one after the other, and its interest
+// went with the first). A node whose last local subscription of a filter
+// ends keeps the filter's marker for markerLinger: a session moving to
+// another node leaves no instant in which no node seems to want its
+// messages (the new home replays what the stream got meanwhile).
+
+const (
+	streamMsgs    = "moat_msgs"
+	durablePrefix = "moat.d."
+	markerPrefix  = "moat.i."
+	hdrSent       = "Moat-Sent" // Unix nanoseconds at publication, for the message expiry
+	// presenceToken ends a node's presence marker; the tokens of topic
+	// levels start with "_", so no filter's marker is the same subject.
+	presenceToken = "up"
+	// markerLinger is how long a filter's marker outlives the filter's
+	// last local subscription (see above): far longer than the routes
+	// take to carry the new home's marker.
+	markerLinger = 10 * time.Second
+)
+
+// Defaults of the stream's limits.
+const (
+	defaultStreamMaxAge   = 24 * time.Hour
+	defaultStreamMaxBytes = 1 << 30
+)
+
+// durableState is the Node's side of the durable stream.
+type durableState struct {
+	seq atomic.Uint64 // this run's publications to the stream
+
+	// markers holds, per local filter, its marker subscriptions, and
+	// lingering when each filter without local subscriptions drops them
+	// (markerLinger); both guarded by Node.subMu. presence is this node's
+	// presence marker, once its sessions are imported.
+	markers   map[string][]*nats.Subscription
+	lingering map[string]time.Time
+	presence  *nats.Subscription
+
+	// peers are the marker prefixes ("moat.i.<node>.") of every other
+	// node seen since this one started (routes, JetStream peers), and
+	// expected the number of other nodes the cluster has (JetStream's
+	// cluster size less one, or the most seen).
+	peers    atomic.Pointer[[]string]
+	expected atomic.Int64
+
+	// Messages of other nodes being delivered (by message ID) and
+	// recently delivered ones: a redelivery of either is not delivered
+	// again.
+	mu       sync.Mutex
+	inflight map[string]struct{}
+	recent   map[string]struct{}
+	ring     []string
+	ringPos  int
+
+	// routed is the stream sequence of the last message handed to the
+	// broker; routeMu orders reading it with the routing, and with the
+	// arrival and departure of sessions (sessions.go).
+	routeMu sync.Mutex
+	routed  uint64
+
+	stream jetstream.Stream // set before the stream is ready
+
+	// refs names the messages being routed by their ID in the stream
+	// (*broker.Message → string), for the session records written
+	// meanwhile (sessions.go).
+	refs sync.Map
+}
+
+// recentIDs bounds the record of delivered message IDs.
+const recentIDs = 1 << 16
+
+type durableCounters struct {
+	streamOut, streamIn, streamErrors, streamDuplicates, streamDegraded atomic.Uint64
+	sessionsIn, sessionsOut                                             atomic.Uint64
+}
+
+func (d *durableState) init() {
+	d.markers = make(map[string][]*nats.Subscription)
+	d.lingering = make(map[string]time.Time)
+	d.inflight = make(map[string]struct{})
+	d.recent = make(map[string]struct{})
+	d.ring = make([]string, recentIDs)
+	d.peers.Store(&[]string{})
+}
+
+// markInterest adds or removes the marker subscriptions of a local
+// filter. The caller holds subMu.
+func (n *Node) markInterest(filter string, on bool) {
+	d := &n.dur
+	if !on {
+		if _, ok := d.markers[filter]; ok {
+			d.lingering[filter] = time.Now().Add(markerLinger)
+		}
+		return
+	}
+	delete(d.lingering, filter)
+	if _, ok := d.markers[filter]; ok || n.srv == nil {
+		return // an external NATS: interest is not looked up
+	}
+	var list []*nats.Subscription
+	prefix := markerPrefix + keyOf(n.cfg.Node) + "."
+	for _, subj := range filterSubjects(filter) {
+		m := prefix + subj[len(msgPrefix):]
+		if len(m) > maxSubject {
+			continue
+		}
+		// A synchronous subscription costs no goroutine; nothing is ever
+		// published on a marker subject.
+		s, err := n.nc.SubscribeSync(m)
+		if err != nil {
+			n.log.Error("cluster: interest marker not subscribed; QoS 1/2 messages of other nodes for this filter may not reach this node",
+				"filter", filter, "err", err)
+			continue
+		}
+		list = append(list, s)
+	}
+	d.markers[filter] = list
+}
+
+// dropLingering removes the markers whose linger ended by now.
+func (n *Node) dropLingering(now time.Time) {
+	n.subMu.Lock()
+	defer n.subMu.Unlock()
+	d := &n.dur
+	for filter, until := range d.lingering {
+		if now.Before(until) {
+			continue
+		}
+		for _, s := range d.markers[filter] {
+			_ = s.Unsubscribe()
+		}
+		delete(d.markers, filter)
+		delete(d.lingering, filter)
+	}
+}
+
+// markPresent subscribes this node's presence marker: its sessions are
+// imported and their markers subscribed before it (one connection sends
+// them in order, one route carries them in order).
+func (n *Node) markPresent() {
+	if n.srv == nil {
+		return
+	}
+	s, err := n.nc.SubscribeSync(markerPrefix + keyOf(n.cfg.Node) + "." + presenceToken)
+	if err != nil {
+		n.log.Error("cluster: presence marker not subscribed; the other nodes put every QoS 1/2 message into the stream", "err", err)
+		return
+	}
+	n.subMu.Lock()
+	n.dur.presence = s
+	n.subMu.Unlock()
+}
+
+// needsStream tells whether a QoS 1/2 message on topic goes into the
+// stream: another node has interest in it, or a node is missing.
+func (n *Node) needsStream(topic string) bool {
+	if n.srv == nil {
+		return true
+	}
+	peers := *n.dur.peers.Load()
+	acc := n.srv.GlobalAccount()
+	if len(peers) < int(n.dur.expected.Load()) {
+		n.dstats.streamDegraded.Add(1)
+		return true
+	}
+	// Presence, interest, presence again: a node present before the
+	// look-up of its interest had its markers in place (they come before
+	// its presence), and one still present after it had not lost them
+	// (they go with its presence, at once).
+	if n.peerMissing(acc, peers) {
+		return true
+	}
+	toks := topicTokens(topic)
+	for _, p := range peers {
+		if acc.Interest(p+toks) > 0 {
+			return true
+		}
+	}
+	return n.peerMissing(acc, peers)
+}
+
+// peerMissing tells whether a node of peers has no presence marker now.
+func (n *Node) peerMissing(acc *server.Account, peers []string) bool {
+	for _, p := range peers {
+		if acc.Interest(p+presenceToken) == 0 {
+			n.dstats.streamDegraded.Add(1)
+			return true
+		}
+	}
+	return false
+}
+
+// forwardMsg returns the stream message of msg, or nil when it stays on
+// this node (no other node needs it, it expired, or its topic is too
+// long for a subject).
+func (n *Node) forwardMsg(msg *broker.Message) *nats.Msg {
+	if !n.needsStream(msg.Topic) {
+		return nil
+	}
+	now := time.Now()
+	data, err := encodeMessage(msg, now)
+	if err != nil {
+		return nil // expired
+	}
+	subj := durablePrefix + topicTokens(msg.Topic)
+	if len(subj) > maxSubject {
+		n.dstats.streamErrors.Add(1)
+		n.log.Warn("cluster: topic too long to forward; delivered on this node only", "length", len(msg.Topic))
+		return nil
+	}
+	seq := n.dur.seq.Add(1)
+	m := &nats.Msg{Subject: subj, Data: data, Header: nats.Header{}}
+	m.Header[hdrOrigin] = []string{n.origin}
+	m.Header[hdrSeq] = []string{strconv.FormatUint(seq, 10)}
+	m.Header[hdrSent] = []string{strconv.FormatInt(now.UnixNano(), 10)}
+	// The stream drops a second copy with the same ID (a publication
+	// repeated after a lost acknowledgement).
+	m.Header[nats.MsgIdHdr] = []string{n.origin + "/" + strconv.FormatUint(seq, 10)}
+	if msg.From != "" {
+		m.Header[hdrFrom] = []string{msg.From}
+	}
+	n.dstats.streamOut.Add(1)
+	return m
+}
+
+// startDurable starts the goroutines of the durable stream: the
+// publisher, its acknowledgements, the consumer and the peer monitor.
+func (n *Node) startDurable() {
+	// An acknowledgement lost with a stream leader that died never comes:
+	// after 5 s the publication is made again (the stream keeps one copy
+	// of a message ID), until the commit's deadline.
+	js, err := jetstream.New(n.nc, jetstream.WithPublishAsyncMaxPending(1<<14), jetstream.WithPublishAsyncTimeout(5*time.Second))
+	if err != nil {
+		n.log.Error("cluster: JetStream unavailable; QoS 1/2 messages are not forwarded durably", "err", err)
+		return
+	}
+	if err := n.serveControl(); err != nil {
+		n.log.Error("cluster: control subscription failed; sessions of this node cannot move to another node", "err", err)
+	}
+	n.wg.Add(4)
+	go func() { defer n.wg.Done(); n.pub.run(js, n.ctx) }()
+	go func() { defer n.wg.Done(); n.pub.acknowledge(js, n.ctx) }()
+	go func() { defer n.wg.Done(); n.consumeLoop(js) }()
+	go func() { defer n.wg.Done(); n.monitorPeers() }()
+}
+
+// consumerName is this node's durable consumer: one per node name, so a
+// restarted node resumes where it stopped.
+func (n *Node) consumerName() string { return "node" + keyOf(n.cfg.Node) }
+
+// setupStream creates or binds the stream and this node's consumer. A
+// request made before the cluster had a JetStream meta leader is never
+// answered: each attempt gives up after 5 s (as the key-value buckets'
+// do), and what an earlier attempt created stays.
+func (n *Node) setupStream(js jetstream.JetStream) (jetstream.Consumer, error) {
+	ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
+	defer cancel()
+	maxAge, maxBytes := n.cfg.StreamMaxAge, n.cfg.StreamMaxBytes
+	if maxAge <= 0 {
+		maxAge = defaultStreamMaxAge
+	}
+	if maxBytes <= 0 {
+		maxBytes = defaultStreamMaxBytes
+	}
+	st, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: streamMsgs, Subjects: []string{durablePrefix + ">"},
+		Description: "Moat QoS 1/2 messages between nodes", Retention: jetstream.LimitsPolicy, MaxAge: maxAge, MaxBytes: maxBytes,
+		Discard: jetstream.DiscardOld, Storage: jetstream.FileStorage, Replicas: n.replicas, Duplicates: 2 * time.Minute})
+	if err != nil {
+		return nil, err
+	}
+	n.dur.stream = st
+	if err := n.setupSessions(ctx, js); err != nil {
+		return nil, err
+	}
+	if c, err := st.Consumer(ctx, n.consumerName()); err == nil {
+		return c, nil // a restarted node resumes where it stopped
+	} else if !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return nil, err
+	}
+	// A new node starts with the messages published since it started:
+	// none of the stream's past is owed to sessions it never had.
+	start := n.started
+	return st.CreateConsumer(ctx, jetstream.ConsumerConfig{Durable: n.consumerName(),
+		Description: "Moat node " + n.cfg.Node, DeliverPolicy: jetstream.DeliverByStartTimePolicy, OptStartTime: &start,
+		AckPolicy: jetstream.AckExplicitPolicy, AckWait: time.Minute, MaxDeliver: -1, MaxAckPending: 1 << 16,
+		FilterSubject: durablePrefix + ">"})
+}
+
+// partReady closes Ready once the key-value buckets and the stream are
+// both in use.
+func (n *Node) partReady() {
+	if n.readyParts.Add(1) == 2 {
+		close(n.ready)
+	}
+}
+
+// consumeLoop binds the stream (retrying until the cluster has a
+// JetStream quorum) and hands its messages to the broker in stream order.
+func (n *Node) consumeLoop(js jetstream.JetStream) {
+	backoff := 100 * time.Millisecond
+	var cons jetstream.Consumer
+	for {
+		var err error
+		if cons, err = n.setupStream(js); err == nil {
+			break
+		}
+		n.log.Info("cluster: waiting for the durable message stream", "err", err)
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
+	n.log.Info("cluster: durable message stream ready", "consumer", n.consumerName(), "replicas", n.replicas)
+	// The sessions of this node first: the consumer then delivers to them
+	// what arrived while the node was away.
+	n.importHomeSessions()
+	n.markPresent()
+	close(n.sess.ready)
+	n.partReady()
+	for n.ctx.Err() == nil {
+		it, err := cons.Messages(jetstream.PullMaxMessages(512))
+		if err != nil {
+			n.log.Warn("cluster: reading the durable message stream failed; retrying", "err", err)
+			select {
+			case <-n.ctx.Done():
+				return
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		stopped := make(chan struct{})
+		n.wg.Add(1)
+		go func() {
+			defer n.wg.Done()
+			select {
+			case <-n.ctx.Done():
+			case <-stopped:
+			}
+			it.Stop()
+		}()
+		for {
+			m, err := it.Next()
+			if err != nil {
+				break
+			}
+			n.handleDurable(m)
+		}
+		close(stopped)
+	}
+}
+
+// handleDurable delivers one message of the stream. It is acknowledged
+// once the broker reports it in its sessions and committed; on failure it
+// is left for JetStream to deliver again.
+func (n *Node) handleDurable(m jetstream.Msg) {
+	h := m.Headers()
+	origin := h.Get(hdrOrigin)
+	meta, err := m.Metadata()
+	if origin == n.origin {
+		// Delivered here when it was published. Counted as routed: a
+		// session imported from now on did not get it then, and is
+		// replayed it.
+		if err == nil {
+			n.dur.routeMu.Lock()
+			n.dur.routed = meta.Sequence.Stream
+			n.dur.routeMu.Unlock()
+		}
+		_ = m.Ack()
+		return
+	}
+	if err != nil {
+		n.stats.decodeErrors.Add(1)
+		_ = m.Term()
+		return
+	}
+	id := h.Get(nats.MsgIdHdr)
+	sent, err := strconv.ParseInt(h.Get(hdrSent), 10, 64)
+	if origin == "" || id == "" || err != nil {
+		n.stats.decodeErrors.Add(1)
+		_ = m.Term()
+		return
+	}
+	d := &n.dur
+	d.mu.Lock()
+	_, busy := d.inflight[id]
+	_, seen := d.recent[id]
+	if !busy && !seen {
+		d.inflight[id] = struct{}{}
+	}
+	d.mu.Unlock()
+	if busy {
+		return // still being delivered: its own acknowledgement follows
+	}
+	if seen {
+		n.dstats.streamDuplicates.Add(1)
+		_ = m.Ack()
+		return
+	}
+	msg, err := decodeMessage(m.Data(), h.Get(hdrFrom), time.Unix(0, sent))
+	if err != nil {
+		n.stats.decodeErrors.Add(1)
+		n.log.Warn("cluster: malformed message from another node dropped", "origin", origin, "err", err)
+		n.settle(id, false)
+		_ = m.Term()
+		return
+	}
+	n.dstats.streamIn.Add(1)
+	b, ok := n.b.(durableBroker)
+	if !ok {
+		n.b.DeliverRemote(msg)
+		n.settle(id, true)
+		_ = m.Ack()
+		return
+	}
+	d.routeMu.Lock()
+	d.refs.Store(msg, id)
+	defer d.refs.Delete(msg)
+	b.DeliverRemoteDone(msg, func(err error) {
+		if err != nil {
+			// Delivered again later (not at once: a broker shutting
+			// down refuses it until the node closes).
+			n.settle(id, false)
+			_ = m.NakWithDelay(time.Second)
+			return
+		}
+		n.settle(id, true)
+		_ = m.Ack()
+	})
+	d.routed = meta.Sequence.Stream
+	d.routeMu.Unlock()
+}
+
+// durableBroker is what the durable stream needs of the broker beyond
+// Broker: *broker.Server.
+type durableBroker interface {
+	DeliverRemoteDone(msg *broker.Message, done func(error)) int
+}
+
+var _ durableBroker = (*broker.Server)(nil)
+
+// settle ends the delivery of message id; delivered ones are remembered.
+func (n *Node) settle(id string, delivered bool) {
+	d := &n.dur
+	d.mu.Lock()
+	delete(d.inflight, id)
+	if delivered {
+		if old := d.ring[d.ringPos]; old != "" {
+			delete(d.recent, old)
+		}
+		d.ring[d.ringPos] = id
+		d.ringPos = (d.ringPos + 1) % len(d.ring)
+		d.recent[id] = struct{}{}
+	}
+	d.mu.Unlock()
+}
+
+// monitorPeers refreshes, every second, the other nodes known (whose
+// markers needsStream looks up) and the number the cluster should have,
+// and drops the markers whose linger ended.
+func (n *Node) monitorPeers() {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	known := map[string]bool{}
+	for {
+		if n.srv != nil {
+			n.refreshPeers(known)
+		}
+		now := time.Now()
+		n.pruneGone(now)
+		n.dropLingering(now)
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// refreshPeers adds to known the other nodes seen now (a node once seen
+// stays known: while it is away its presence marker is missing) and
+// publishes their marker prefixes.
+func (n *Node) refreshPeers(known map[string]bool) {
+	if rz, err := n.srv.Routez(&server.RoutezOptions{}); err == nil {
+		for _, r := range rz.Routes {
+			if r.RemoteName != "" && r.RemoteName != n.cfg.Node {
+				known[r.RemoteName] = true
+			}
+		}
+	}
+	expected := 0
+	if jz, err := n.srv.Jsz(&server.JSzOptions{}); err == nil && jz.Meta != nil {
+		expected = jz.Meta.Size - 1
+		for _, r := range jz.Meta.Replicas {
+			if r != nil && r.Name != "" && r.Name != n.cfg.Node {
+				known[r.Name] = true
+			}
+		}
+	}
+	peers := make([]string, 0, len(known))
+	for name := range known {
+		peers = append(peers, markerPrefix+keyOf(name)+".")
+	}
+	n.dur.peers.Store(&peers)
+	n.dur.expected.Store(int64(max(expected, len(known))))
+}

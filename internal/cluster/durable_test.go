@@ -1,0 +1,170 @@
+package cluster
+
+import (
+	"context"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/moatmq/moat/client"
+	"github.com/moatmq/moat/internal/testutil"
+)
+
+// streamState returns the durable stream's state as n sees it.
+func streamState(t *testing.T, n *Node) jetstream.StreamState {
+	t.Helper()
+	js, err := jetstream.New(n.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := js.Stream(ctx, streamMsgs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State
+}
+
+// consumerInfo returns the durable consumer of node.
+func consumerInfo(t *testing.T, via, node *Node) *jetstream.ConsumerInfo {
+	t.Helper()
+	js, err := jetstream.New(via.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := js.Consumer(ctx, streamMsgs, node.consumerName())
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := c.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info
+}
+
+// stopNode shuts one node's broker down and closes its cluster node, as
+// a node that leaves the cluster.
+func stopNode(t *testing.T, tn *testNode) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_ = tn.srv.Shutdown(ctx)
+	tn.node.Close()
+}
+
+func publishQoS1(t *testing.T, c *client.Client, topic string, from, to int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for i := from; i < to; i++ {
+		if err := c.Publish(ctx, &client.Message{Topic: topic, QoS: 1, Payload: []byte(strconv.Itoa(i))}); err != nil {
+			t.Fatalf("publish %d: %v", i, err)
+		}
+	}
+}
+
+// receiveInOrder reads the messages from..to-1 of topic from c in order,
+// skipping probes.
+func receiveInOrder(t *testing.T, c *client.Client, from, to int) {
+	t.Helper()
+	deadline := time.After(60 * time.Second)
+	for i := from; i < to; {
+		select {
+		case m := <-c.Messages():
+			if string(m.Payload) == "probe" {
+				continue
+			}
+			if string(m.Payload) != strconv.Itoa(i) {
+				t.Fatalf("message %d: got %q", i, m.Payload)
+			}
+			i++
+		case <-deadline:
+			t.Fatalf("received %d of %d..%d", i-from, from, to)
+		}
+	}
+}
+
+// TestDurableForwarding checks the durable stream of QoS 1/2 messages:
+// a cross-node QoS 1 message is in the replicated stream once its
+// publisher has the PUBACK, the receiving node's consumer acknowledges
+// it once delivered, a message without interest on another node stays
+// off the stream, a filter's marker outlives its last subscription for a
+// while, and while a node is missing every QoS 1 message goes into it.
+func TestDurableForwarding(t *testing.T) {
+	nodes := startCluster(t, 3)
+	sub := dial(t, nodes[1].addr, "dsub", client.V5)
+	subscribe(t, sub, 1, "d/#")
+	pub := dial(t, nodes[0].addr, "dpub", client.V5)
+	awaitRoute(t, pub, sub, "d/probe")
+
+	before := streamState(t, nodes[0].node)
+	const n = 100
+	publishQoS1(t, pub, "d/x", 0, n)
+	// Every acknowledged message is in the stream already.
+	if after := streamState(t, nodes[0].node); after.LastSeq-before.LastSeq < n {
+		t.Fatalf("stream grew by %d after %d acknowledged messages", after.LastSeq-before.LastSeq, n)
+	}
+	receiveInOrder(t, sub, 0, n)
+	testutil.WaitFor(t, "the receiving node's acknowledgements", 30*time.Second, func() bool {
+		ci := consumerInfo(t, nodes[0].node, nodes[1].node)
+		return ci.NumAckPending == 0 && ci.AckFloor.Stream >= before.LastSeq+n
+	})
+
+	// Interest on the publishing node only: no stream publication.
+	local := dial(t, nodes[0].addr, "dlocal", client.V5)
+	subscribe(t, local, 1, "only-here/+")
+	out := nodes[0].node.Status().StreamOut
+	publishQoS1(t, pub, "only-here/x", 0, 10)
+	receiveInOrder(t, local, 0, 10)
+	if got := nodes[0].node.Status().StreamOut - out; got != 0 {
+		t.Fatalf("%d messages without remote interest went into the stream", got)
+	}
+
+	// Every node is present: its presence marker is seen.
+	acc := nodes[0].node.srv.GlobalAccount()
+	for _, nd := range nodes[1:] {
+		if acc.Interest(markerPrefix+keyOf(nd.node.cfg.Node)+"."+presenceToken) == 0 {
+			t.Fatalf("no presence marker of %s", nd.node.cfg.Node)
+		}
+	}
+
+	// The last subscription of a filter leaves: once the other nodes
+	// no longer route the filter's messages there, its marker still
+	// sends them into the stream for a while (a session moving to
+	// another node misses none).
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := sub.Unsubscribe(ctx, "d/#"); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, "n1 to see n2's subscription gone", 30*time.Second, func() bool {
+		return acc.Interest(topicSubject("d/x")) == 0
+	})
+	out = nodes[0].node.Status().StreamOut
+	publishQoS1(t, pub, "d/x", 0, 1)
+	if got := nodes[0].node.Status().StreamOut - out; got != 1 {
+		t.Fatalf("%d messages went into the stream right after the filter's last subscription left, want 1", got)
+	}
+
+	// A node is missing: every QoS 1 message goes into the stream, for
+	// the persistent sessions that node may hold.
+	stopNode(t, nodes[2])
+	testutil.WaitFor(t, "n1 to see n3 gone", 30*time.Second, func() bool { return nodes[0].node.srv.NumRemotes() == 1 })
+	st := nodes[0].node.Status()
+	publishQoS1(t, pub, "only-here/x", 10, 20)
+	receiveInOrder(t, local, 10, 20)
+	if got := nodes[0].node.Status(); got.StreamOut-st.StreamOut != 10 || got.StreamDegraded == st.StreamDegraded {
+		t.Fatalf("with a node missing: %d published to the stream (want 10), degraded %d→%d", got.StreamOut-st.StreamOut,
+			st.StreamDegraded, got.StreamDegraded)
+	}
+}

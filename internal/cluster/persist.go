@@ -1,0 +1,361 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/moatmq/moat/internal/broker"
+)
+
+// The cluster's Persistence (broker.ClusterPersistence). broker.New wraps
+// the node's own Persistence (its store, or none) with it: every Persist
+// call becomes one commit whose parts are the local store's commit and
+// the JetStream publications it needs (a QoS 1/2 message for the other
+// nodes: durable.go). The commit's done runs once every part is
+// acknowledged, and done functions run in the order the commits were
+// submitted, as the broker requires of a Persistence.
+
+// commitTimeout bounds how long a commit waits for JetStream: a stream
+// without a leader (an election after a node died takes seconds) is
+// retried within it; past it the commit fails, and the broker answers
+// the publisher with an error instead of an acknowledgement.
+const commitTimeout = 20 * time.Second
+
+// persistence implements broker.Persistence for a Node.
+type persistence struct {
+	n     *Node
+	local broker.Persistence // nil: the node keeps nothing on its own disk
+	ids   atomic.Uint64      // message IDs when local is nil
+
+	mu       sync.Mutex
+	commits  []*commit // submitted, in order; the head is reported first
+	draining bool      // a goroutine is reporting finished commits
+}
+
+// commit is one Persist call: done runs once parts falls to zero and
+// every earlier commit has been reported.
+type commit struct {
+	parts    atomic.Int32
+	errMu    sync.Mutex
+	err      error
+	done     func(error)
+	finished bool // guarded by persistence.mu
+}
+
+func (c *commit) fail(err error) {
+	c.errMu.Lock()
+	if c.err == nil {
+		c.err = err
+	}
+	c.errMu.Unlock()
+}
+
+// Persistence implements broker.ClusterPersistence.
+func (n *Node) Persistence(local broker.Persistence) broker.Persistence {
+	p := &persistence{n: n, local: local}
+	p.ids.Store(uint64(time.Now().UnixNano()))
+	n.persist.Store(p)
+	return p
+}
+
+var _ broker.ClusterPersistence = (*Node)(nil)
+
+// Recover implements broker.Persistence: the retained messages of the
+// local store. Sessions live in the cluster (sessions.go), which imports
+// them once it is ready; sessions a local store kept from before the node
+// joined a cluster are removed from it.
+func (p *persistence) Recover() (*broker.Recovered, error) {
+	if p.local == nil {
+		return nil, nil
+	}
+	rec, err := p.local.Recover()
+	if err != nil || rec == nil {
+		return rec, err
+	}
+	if len(rec.Sessions) > 0 || len(rec.Wills) > 0 {
+		p.n.log.Warn("cluster: sessions in the local store are not used in a cluster; removed", "sessions", len(rec.Sessions))
+		var dels []broker.Change
+		for _, rs := range rec.Sessions {
+			dels = append(dels, broker.Change{Kind: broker.ChangeDeleteSession, ClientID: rs.Session.ClientID})
+		}
+		for _, w := range rec.Wills {
+			dels = append(dels, broker.Change{Kind: broker.ChangeDeleteWill, ClientID: w.ClientID})
+		}
+		p.local.Persist(dels, func(err error) {
+			if err != nil {
+				p.n.log.Warn("cluster: removing old sessions from the local store failed", "err", err)
+			}
+		})
+	}
+	return &broker.Recovered{Retained: rec.Retained}, nil
+}
+
+// NewID implements broker.Persistence. IDs name deliveries in the
+// session records, so they must not repeat a moved session's: they start
+// at the boot time in nanoseconds, and an imported session raises them
+// above its own (raiseIDs).
+func (p *persistence) NewID() uint64 { return p.ids.Add(1) }
+
+// raiseIDs makes later IDs larger than id.
+func (p *persistence) raiseIDs(id uint64) {
+	for {
+		cur := p.ids.Load()
+		if cur >= id || p.ids.CompareAndSwap(cur, id) {
+			return
+		}
+	}
+}
+
+// begin starts a commit reported to done in submission order; the caller
+// adds its parts and then calls finish(c, nil) once.
+func (p *persistence) begin(done func(error)) *commit {
+	c := &commit{done: done}
+	c.parts.Store(1)
+	p.mu.Lock()
+	p.commits = append(p.commits, c)
+	p.mu.Unlock()
+	return c
+}
+
+// Persist implements broker.Persistence. It never blocks: publications
+// are queued for the publisher goroutine.
+func (p *persistence) Persist(changes []broker.Change, done func(error)) {
+	c := p.begin(done)
+	var local []broker.Change
+	var msgs map[uint64]*broker.Message // the commit's messages, for its deliveries
+	for i := range changes {
+		if ch := &changes[i]; ch.Kind == broker.ChangePutMessage {
+			if msgs == nil {
+				msgs = make(map[uint64]*broker.Message)
+			}
+			msgs[ch.MsgID] = ch.Message
+		}
+	}
+	for i := range changes {
+		ch := &changes[i]
+		switch ch.Kind {
+		case broker.ChangeForward:
+			// The groups' copy first: it never waits, and the stream's
+			// is the commit's.
+			p.n.forwardShared(ch.Message)
+			if m := p.n.forwardMsg(ch.Message); m != nil {
+				p.publish(c, m)
+			}
+		case broker.ChangePutMessage:
+			// Written with each delivery that refers to it.
+		case broker.ChangePutSession, broker.ChangeDeleteSession, broker.ChangePutDelivery, broker.ChangeDeleteDelivery,
+			broker.ChangePutInbound, broker.ChangeDeleteInbound, broker.ChangePutWill, broker.ChangeDeleteWill:
+			p.sessionChange(c, ch, msgs)
+		default: // retained messages: the local store keeps its copy
+			if p.local != nil {
+				local = append(local, *ch)
+			}
+		}
+	}
+	if len(local) > 0 {
+		c.parts.Add(1)
+		p.local.Persist(local, func(err error) { p.finish(c, err) })
+	}
+	p.finish(c, nil)
+}
+
+// publish adds the JetStream publication m to c.
+func (p *persistence) publish(c *commit, m *nats.Msg) {
+	c.parts.Add(1)
+	p.n.pub.queue(pubReq{msg: m, c: c, deadline: time.Now().Add(commitTimeout)})
+}
+
+// finish reports one part of c; the commits at the head of the queue
+// whose parts are all done are reported in order, by one goroutine at a
+// time and with no lock held.
+func (p *persistence) finish(c *commit, err error) {
+	if err != nil {
+		c.fail(err)
+	}
+	if c.parts.Add(-1) > 0 {
+		return
+	}
+	p.mu.Lock()
+	c.finished = true
+	if p.draining {
+		p.mu.Unlock()
+		return
+	}
+	p.draining = true
+	for len(p.commits) > 0 && p.commits[0].finished {
+		head := p.commits[0]
+		p.commits[0] = nil
+		p.commits = p.commits[1:]
+		p.mu.Unlock()
+		head.errMu.Lock()
+		err := head.err
+		head.errMu.Unlock()
+		head.done(err)
+		p.mu.Lock()
+	}
+	p.draining = false
+	p.mu.Unlock()
+}
+
+// pubReq is one JetStream publication of a commit.
+type pubReq struct {
+	msg      *nats.Msg
+	c        *commit
+	deadline time.Time
+}
+
+// publisher publishes the commits' messages in submission order on one
+// goroutine (JetStream's asynchronous publish may wait for room, which a
+// Persist call must not), and a second goroutine waits for the
+// acknowledgements in the same order, publishing again (same message ID:
+// the stream drops a copy it already has) what timed out or found no
+// stream leader, until the commit's deadline.
+type publisher struct {
+	n    *Node
+	mu   sync.Mutex
+	reqs []pubReq
+	wake chan struct{}
+	acks chan pending
+}
+
+type pending struct {
+	req pubReq
+	paf jetstream.PubAckFuture // nil: the publication failed at once (err)
+	err error
+}
+
+func newPublisher(n *Node) *publisher {
+	return &publisher{n: n, wake: make(chan struct{}, 1), acks: make(chan pending, 1<<14)}
+}
+
+func (q *publisher) queue(r pubReq) {
+	q.mu.Lock()
+	q.reqs = append(q.reqs, r)
+	q.mu.Unlock()
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+// run publishes until the Node closes; what is queued then fails.
+func (q *publisher) run(js jetstream.JetStream, ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			q.failQueued()
+			return
+		case <-q.wake:
+		}
+		q.mu.Lock()
+		reqs := q.reqs
+		q.reqs = nil
+		q.mu.Unlock()
+		for i, r := range reqs {
+			paf, err := js.PublishMsgAsync(r.msg, jetstream.WithStallWait(time.Until(r.deadline)))
+			select {
+			case q.acks <- pending{req: r, paf: paf, err: err}:
+			case <-ctx.Done():
+				for _, r := range reqs[i:] {
+					q.n.persistence().finish(r.c, errClosed)
+				}
+				q.failQueued()
+				return
+			}
+		}
+	}
+}
+
+var errClosed = errors.New("cluster: node closed")
+
+func (q *publisher) failQueued() {
+	q.mu.Lock()
+	reqs := q.reqs
+	q.reqs = nil
+	q.mu.Unlock()
+	for _, r := range reqs {
+		q.n.persistence().finish(r.c, errClosed)
+	}
+}
+
+// acknowledge waits for each publication's acknowledgement in order.
+func (q *publisher) acknowledge(js jetstream.JetStream, ctx context.Context) {
+	p := q.n.persistence()
+	for {
+		var pd pending
+		select {
+		case <-ctx.Done():
+			for {
+				select {
+				case pd := <-q.acks:
+					p.finish(pd.req.c, errClosed)
+				default:
+					return
+				}
+			}
+		case pd = <-q.acks:
+		}
+		for {
+			err := pd.err
+			if pd.paf != nil {
+				select {
+				case <-pd.paf.Ok():
+				case err = <-pd.paf.Err():
+				case <-ctx.Done():
+					err = errClosed
+				}
+			}
+			if err == nil || errors.Is(err, errClosed) || !retryable(err) || time.Now().After(pd.req.deadline) {
+				if err != nil && !errors.Is(err, errClosed) {
+					q.n.dstats.streamErrors.Add(1)
+					q.n.log.Warn("cluster: a publication to JetStream failed", "subject", clip(pd.req.msg.Subject), "err", err)
+				}
+				p.finish(pd.req.c, err)
+				break
+			}
+			// No leader yet, or the acknowledgement was lost: again, under
+			// the same message ID.
+			select {
+			case <-ctx.Done():
+			case <-time.After(100 * time.Millisecond):
+			}
+			pd.paf, pd.err = js.PublishMsgAsync(pd.req.msg, jetstream.WithStallWait(time.Until(pd.req.deadline)))
+		}
+	}
+}
+
+// retryable tells the errors a new attempt may cure: no stream (leader)
+// answering, a timeout, a connection being re-established.
+func retryable(err error) bool {
+	return errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders) ||
+		errors.Is(err, nats.ErrTimeout) || errors.Is(err, context.DeadlineExceeded) ||
+		errors.Is(err, jetstream.ErrAsyncPublishTimeout) || errors.Is(err, nats.ErrConnectionClosed) ||
+		errors.Is(err, nats.ErrDisconnected) || errors.Is(err, jetstream.ErrTooManyStalledMsgs) ||
+		errors.Is(err, nats.ErrConnectionReconnecting)
+}
+
+// persistence returns the Node's Persistence (set by broker.New).
+func (n *Node) persistence() *persistence { return n.persist.Load() }
+
+// flushPending waits, for at most 5 s, until the commits submitted so
+// far are written (the broker's last changes at its shutdown: sessions
+// going offline, wills), so that closing the Node does not lose them.
+func (n *Node) flushPending() {
+	p := n.persistence()
+	if p == nil || n.b == nil || n.ctx.Err() != nil {
+		return
+	}
+	done := make(chan struct{})
+	p.Persist(nil, func(error) { close(done) })
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		n.log.Warn("cluster: closing with changes not yet written to the cluster")
+	}
+}

@@ -1,0 +1,960 @@
+package cluster
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/moatmq/moat/internal/broker"
+)
+
+// Sessions cluster-wide (docs/cluster.md, "Sessions"). Persistent
+// sessions live in the replicated stream moat_sessions, one subject per
+// record and the last value kept:
+//
+//	moat.s.<client>.s        the session: home, owner, expiry, subscriptions
+//	moat.s.<client>.d.<seq>  a message owed to it (queued or in flight), with the message
+//	moat.s.<client>.i.<pid>  an inbound QoS 2 packet identifier awaiting PUBREL
+//	moat.s.<client>.w        its pending will
+//
+// The node serving a session (its home) commits every change the broker
+// makes to it there, as part of the broker's commit (persist.go): before
+// CONNACK, SUBACK and UNSUBACK, and before the PUBACK or PUBREC of a
+// message queued for it. A removed record is replaced by an empty one
+// that expires after a second.
+//
+// A client connecting on another node makes that node the home
+// (ClaimSession): it asks the old home to give the session up (the old
+// home takes the connection over, detaches it, stops writing the session
+// and reports the position in the durable stream up to which it routed
+// messages), takes the home with a compare-and-set on the session record,
+// reads the records and imports the session; then it delivers to it the
+// messages of the durable stream after that position that it routed
+// before the session was here. When the old home is gone (no responder),
+// the position is the acknowledgement floor of its durable consumer. A
+// node that starts imports the sessions whose home it was.
+
+const (
+	streamSessions = "moat_sessions"
+	sessPrefix     = "moat.s."
+	ctlPrefix      = "moat.ctl."
+	hdrTTL         = "Nats-TTL"
+	// tombstoneTTL is how long an emptied record stays before it expires.
+	tombstoneTTL = "1s"
+)
+
+// sessionsState is the Node's side of the sessions kept in the cluster.
+type sessionsState struct {
+	mu    sync.Mutex
+	homed map[string]*homeState // client ID → sessions this node is the home of
+	// gone holds the sessions given up to another node, for a minute:
+	// changes still on their way for them are dropped.
+	gone map[string]time.Time
+	// pending holds the stream position of claims under way: a claim
+	// that may have taken the home but failed before the session was
+	// imported (the answer to its write lost, a read that failed) is
+	// finished by the next claim on this node with the same position.
+	// An entry is removed when the session is imported or discarded,
+	// when the write lost a race, and when the session is given up.
+	pending map[string]position
+
+	stream jetstream.Stream // set before ready closes
+	js     jetstream.JetStream
+	ready  chan struct{} // closed once the stream is in use and this node's sessions are imported
+}
+
+// homeState is what the home keeps of a session's records: the message
+// of each stored delivery (a delivery's record is rewritten with it when
+// its state changes), and which other records exist.
+type homeState struct {
+	msgs    map[uint64]*broker.Message
+	refs    map[uint64]string // the durable stream's ID of a delivery's message, if any
+	inbound map[uint16]struct{}
+	will    bool
+}
+
+func newHomeState() *homeState {
+	return &homeState{msgs: make(map[uint64]*broker.Message), refs: make(map[uint64]string), inbound: make(map[uint16]struct{})}
+}
+
+func (s *sessionsState) init() {
+	s.homed = make(map[string]*homeState)
+	s.gone = make(map[string]time.Time)
+	s.pending = make(map[string]position)
+	s.ready = make(chan struct{})
+}
+
+// sessionBroker is what sessions cluster-wide need of the broker:
+// *broker.Server.
+type sessionBroker interface {
+	ImportSession(cs *broker.ClusterSession)
+	ReleaseSession(clientID string) bool
+	DeliverToSession(clientID string, msg *broker.Message, done func(error)) bool
+}
+
+var _ sessionBroker = (*broker.Server)(nil)
+var _ broker.SessionCluster = (*Node)(nil)
+
+func sessSubject(clientID, suffix string) string {
+	return sessPrefix + keyOf(clientID) + "." + suffix
+}
+
+// clientOfSubject returns the client ID and the record suffix of a
+// session subject.
+func clientOfSubject(subj string) (id, suffix string, err error) {
+	rest, ok := strings.CutPrefix(subj, sessPrefix)
+	if !ok {
+		return "", "", errToken
+	}
+	tok, suffix, ok := strings.Cut(rest, ".")
+	if !ok {
+		return "", "", errToken
+	}
+	id, err = keyString(tok)
+	return id, suffix, err
+}
+
+// setHome records that this node is the home of the session of id.
+func (n *Node) setHome(id string, hs *homeState) {
+	n.sess.mu.Lock()
+	defer n.sess.mu.Unlock()
+	n.sess.homed[id] = hs
+	delete(n.sess.gone, id)
+}
+
+// unhome stops writing the session of id, given up to another node.
+func (n *Node) unhome(id string) {
+	n.sess.mu.Lock()
+	defer n.sess.mu.Unlock()
+	delete(n.sess.homed, id)
+	delete(n.sess.pending, id)
+	n.sess.gone[id] = time.Now()
+}
+
+// setPending records the position of a claim of id under way.
+func (n *Node) setPending(id string, pos position) {
+	n.sess.mu.Lock()
+	defer n.sess.mu.Unlock()
+	n.sess.pending[id] = pos
+}
+
+// clearPending forgets the position of a claim of id: it is finished,
+// or it did not take the home.
+func (n *Node) clearPending(id string) {
+	n.sess.mu.Lock()
+	defer n.sess.mu.Unlock()
+	delete(n.sess.pending, id)
+}
+
+// pruneGone forgets sessions given up more than a minute ago.
+func (n *Node) pruneGone(now time.Time) {
+	n.sess.mu.Lock()
+	defer n.sess.mu.Unlock()
+	for id, t := range n.sess.gone {
+		if now.Sub(t) > time.Minute {
+			delete(n.sess.gone, id)
+		}
+	}
+}
+
+// sessionChange turns one change of the broker's commit c into the
+// session records it writes. msgs are the messages of the commit by ID.
+// Changes of a session whose home is another node are dropped: that node
+// writes it now. A session the broker starts again right after ending it
+// (Clean Start on its home) is this node's again with its first record.
+func (p *persistence) sessionChange(c *commit, ch *broker.Change, msgs map[uint64]*broker.Message) {
+	n := p.n
+	var id string
+	switch ch.Kind {
+	case broker.ChangePutSession:
+		id = ch.Session.ClientID
+	case broker.ChangePutDelivery:
+		id = ch.Delivery.ClientID
+	case broker.ChangePutWill:
+		id = ch.Will.ClientID
+	default:
+		id = ch.ClientID
+	}
+	if len(sessSubject(id, "d.18446744073709551615")) > maxSubject {
+		c.fail(errors.New("cluster: client ID too long for a session kept in the cluster"))
+		return
+	}
+	n.sess.mu.Lock()
+	hs := n.sess.homed[id]
+	if hs == nil {
+		_, gone := n.sess.gone[id]
+		if ch.Kind != broker.ChangePutSession || gone {
+			n.sess.mu.Unlock()
+			return
+		}
+		hs = newHomeState()
+		n.sess.homed[id] = hs
+	}
+	var subj string
+	var data []byte
+	var err error
+	switch ch.Kind {
+	case broker.ChangePutSession:
+		subj = sessSubject(id, "s")
+		data, err = encodeRecord(kindSession, sessionRecordOf(ch.Session, n.origin, n.cfg.Node), nil)
+	case broker.ChangeDeleteSession:
+		delete(n.sess.homed, id)
+		var subjs []string
+		for seq := range hs.msgs {
+			subjs = append(subjs, sessSubject(id, "d."+strconv.FormatUint(seq, 10)))
+		}
+		for pid := range hs.inbound {
+			subjs = append(subjs, sessSubject(id, "i."+strconv.Itoa(int(pid))))
+		}
+		if hs.will {
+			subjs = append(subjs, sessSubject(id, "w"))
+		}
+		n.sess.mu.Unlock()
+		for _, s := range subjs {
+			p.publish(c, n.tombstone(s))
+		}
+		p.publish(c, n.tombstone(sessSubject(id, "s")))
+		return
+	case broker.ChangePutDelivery:
+		d := ch.Delivery
+		m := msgs[d.MsgID]
+		if m == nil {
+			m = hs.msgs[d.Seq]
+		}
+		if m == nil {
+			n.sess.mu.Unlock()
+			c.fail(errors.New("cluster: a delivery's message is unknown"))
+			return
+		}
+		hs.msgs[d.Seq] = m
+		ref, ok := hs.refs[d.Seq]
+		if !ok {
+			if r, found := n.dur.refs.Load(m); found {
+				ref = r.(string)
+				hs.refs[d.Seq] = ref
+			}
+		}
+		subj = sessSubject(id, "d."+strconv.FormatUint(d.Seq, 10))
+		data, err = encodeDelivery(d, m, ref)
+	case broker.ChangeDeleteDelivery:
+		delete(hs.msgs, ch.Seq)
+		delete(hs.refs, ch.Seq)
+		subj = sessSubject(id, "d."+strconv.FormatUint(ch.Seq, 10))
+	case broker.ChangePutInbound:
+		hs.inbound[ch.PacketID] = struct{}{}
+		subj = sessSubject(id, "i."+strconv.Itoa(int(ch.PacketID)))
+		data, err = encodeRecord(kindInbound, struct{}{}, nil)
+	case broker.ChangeDeleteInbound:
+		delete(hs.inbound, ch.PacketID)
+		subj = sessSubject(id, "i."+strconv.Itoa(int(ch.PacketID)))
+	case broker.ChangePutWill:
+		hs.will = true
+		subj = sessSubject(id, "w")
+		data, err = encodeWill(ch.Will)
+	case broker.ChangeDeleteWill:
+		hs.will = false
+		subj = sessSubject(id, "w")
+	}
+	n.sess.mu.Unlock()
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	if data == nil {
+		p.publish(c, n.tombstone(subj))
+		return
+	}
+	p.publish(c, n.record(subj, data))
+}
+
+func (n *Node) record(subj string, data []byte) *nats.Msg {
+	return &nats.Msg{Subject: subj, Data: data, Header: nats.Header{hdrOrigin: []string{n.origin}}}
+}
+
+// tombstone empties a record; the empty record expires after a second.
+func (n *Node) tombstone(subj string) *nats.Msg {
+	return &nats.Msg{Subject: subj, Header: nats.Header{hdrOrigin: []string{n.origin}, hdrTTL: []string{tombstoneTTL}}}
+}
+
+// setupSessions creates or binds the sessions stream.
+func (n *Node) setupSessions(ctx context.Context, js jetstream.JetStream) error {
+	st, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: streamSessions, Subjects: []string{sessPrefix + ">"},
+		Description: "Moat persistent sessions", Retention: jetstream.LimitsPolicy, MaxMsgsPerSubject: 1, AllowMsgTTL: true,
+		Storage: jetstream.FileStorage, Replicas: n.replicas})
+	if err != nil {
+		return err
+	}
+	n.sess.stream, n.sess.js = st, js
+	return nil
+}
+
+// awaitSessions waits until the sessions stream is in use.
+func (n *Node) awaitSessions(ctx context.Context) error {
+	select {
+	case <-n.sess.ready:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-n.ctx.Done():
+		return errClosed
+	}
+}
+
+// record is one record read from the sessions stream.
+type storedRecord struct {
+	subject string
+	seq     uint64
+	origin  string
+	data    []byte
+}
+
+// getRecord reads the last value of subj: nil when there is none (seq is
+// then 0), an empty record when it was removed.
+func (n *Node) getRecord(ctx context.Context, subj string) (*storedRecord, error) {
+	var m *jetstream.RawStreamMsg
+	var err error
+	for {
+		// A request unanswered for 3 s (it reached a leader as it died)
+		// or refused at once (no leader yet) is made again while ctx
+		// allows.
+		gctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		m, err = n.sess.stream.GetLastMsgForSubject(gctx, subj)
+		cancel()
+		if err == nil || errors.Is(err, jetstream.ErrMsgNotFound) || ctx.Err() != nil || !retryable(err) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &storedRecord{subject: subj, seq: m.Sequence, origin: m.Header.Get(hdrOrigin), data: m.Data}, nil
+}
+
+// listRecords reads the last value of every subject matching one of
+// filters. The sessions stream keeps one message per subject, so walking
+// its messages that match a filter, one get after the other, reads every
+// record. The stream's leader answers (direct gets, answered by any
+// replica, could miss what a lagging one has not applied yet), and no
+// consumer is created: that would wait for a JetStream meta leader,
+// elected anew when a node dies.
+func (n *Node) listRecords(ctx context.Context, filters ...string) ([]storedRecord, error) {
+	var out []storedRecord
+	for _, f := range filters {
+		msgs, err := n.scan(ctx, n.sess.stream, f, 1, 0)
+		if err != nil {
+			return nil, err
+		}
+		for _, m := range msgs {
+			out = append(out, storedRecord{subject: m.Subject, seq: m.Sequence, origin: m.Header.Get(hdrOrigin), data: m.Data})
+		}
+	}
+	return out, nil
+}
+
+// scan returns the messages of st matching filter with sequences from
+// from to to (0: the end), one get after the other. A get that fails or
+// goes unanswered for 3 s (a request that reached a leader as it died, a
+// stream electing its leader) is tried again until ctx ends.
+func (n *Node) scan(ctx context.Context, st jetstream.Stream, filter string, from, to uint64) ([]*jetstream.RawStreamMsg, error) {
+	var out []*jetstream.RawStreamMsg
+	var lastErr error
+	for seq := max(from, 1); to == 0 || seq <= to; {
+		gctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		m, err := st.GetMsg(gctx, seq, jetstream.WithGetMsgSubject(filter))
+		cancel()
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			break
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("%w (last: %v)", ctx.Err(), lastErr)
+			}
+			if lastErr == nil {
+				n.log.Info("cluster: reading a stream failed; again", "stream", st.CachedInfo().Config.Name, "err", err)
+			}
+			lastErr = err
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(100 * time.Millisecond):
+			}
+			continue
+		}
+		if to != 0 && m.Sequence > to {
+			break
+		}
+		out = append(out, m)
+		seq = m.Sequence + 1
+	}
+	return out, nil
+}
+
+// putRecord writes a record if its subject's last sequence is still
+// expect (0: it has none); it returns the new sequence, or errConflict.
+func (n *Node) putRecord(ctx context.Context, subj string, data []byte, expect uint64) (uint64, error) {
+	ack, err := n.sess.js.PublishMsg(ctx, n.record(subj, data), jetstream.WithExpectLastSequencePerSubject(expect))
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+		return 0, errConflict
+	}
+	if err != nil {
+		return 0, err
+	}
+	return ack.Sequence, nil
+}
+
+var errConflict = errors.New("cluster: the session record changed meanwhile")
+
+// unavailable is the refusal of a claim that may succeed later.
+func unavailable(reason string) error { return &broker.ClaimRefused{Reason: reason, Unavailable: true} }
+
+// ClaimSession implements broker.SessionCluster (see the top of this
+// file). It imports the session into the broker itself, so that the
+// import and the position of the durable stream are read together.
+func (n *Node) ClaimSession(ctx context.Context, claim broker.SessionClaim) error {
+	if n.persistence() == nil {
+		return nil
+	}
+	if !claim.Persistent {
+		// A client without a session to keep is not held up while the
+		// cluster has no quorum: it can end no session elsewhere then.
+		select {
+		case <-n.sess.ready:
+		default:
+			return nil
+		}
+	}
+	if err := n.awaitSessions(ctx); err != nil {
+		return unavailable("the cluster's session store is not available (no quorum?)")
+	}
+	id := claim.ClientID
+	subj := sessSubject(id, "s")
+	if len(subj) > maxSubject {
+		if claim.Persistent {
+			return &broker.ClaimRefused{Reason: "client identifier too long for a session kept in the cluster"}
+		}
+		return nil
+	}
+	for attempt := 0; attempt < 8; attempt++ {
+		if attempt > 0 {
+			select {
+			case <-ctx.Done():
+				return unavailable("the session changed hands meanwhile")
+			case <-time.After(time.Duration(attempt) * 50 * time.Millisecond):
+			}
+		}
+		cur, err := n.getRecord(ctx, subj)
+		if err != nil {
+			return unavailable("reading the session failed: " + err.Error())
+		}
+		var rec *sessionRecord
+		var seq uint64
+		if cur != nil {
+			seq = cur.seq
+			if len(cur.data) > 0 {
+				if rec, err = decodeSession(cur.data); err != nil {
+					n.log.Warn("cluster: malformed session record replaced", "client", id, "err", err)
+				}
+			}
+		}
+		if rec == nil {
+			if !claim.Persistent {
+				return nil
+			}
+			// No session: this node becomes the home of a new one.
+			if _, err := n.putRecord(ctx, subj, mustRecord(&sessionRecord{Home: n.origin, Node: n.cfg.Node, Placeholder: true}), seq); err != nil {
+				if errors.Is(err, errConflict) {
+					continue
+				}
+				return unavailable("storing the session failed: " + err.Error())
+			}
+			n.setHome(id, newHomeState())
+			return nil
+		}
+		if rec.Home == n.origin {
+			n.sess.mu.Lock()
+			_, homed := n.sess.homed[id]
+			n.sess.mu.Unlock()
+			if homed {
+				return nil // this node holds it
+			}
+			// This node took it but could not read it: again, from the
+			// position the first claim had.
+			n.sess.mu.Lock()
+			pos := n.sess.pending[id]
+			n.sess.mu.Unlock()
+			return n.take(ctx, id, rec, seq, claim.Discard, claim.Persistent, pos, n.sessionRecords(id))
+		}
+		discard := claim.Discard
+		if d, refusal := claim.Owner(rec.Owner, rec.Verified); refusal != "" {
+			return &broker.ClaimRefused{Reason: refusal}
+		} else if d {
+			discard = true
+		}
+		pos, err := n.release(ctx, id, rec)
+		if err != nil {
+			return err
+		}
+		// The old home's last changes are written: read the record again.
+		cur, err = n.getRecord(ctx, subj)
+		if err != nil {
+			return unavailable("reading the session failed: " + err.Error())
+		}
+		if cur == nil || len(cur.data) == 0 {
+			continue // it ended meanwhile
+		}
+		now, err := decodeSession(cur.data)
+		if err != nil || now.Home != rec.Home {
+			continue // another node took it meanwhile, or the record was stale
+		}
+		return n.take(ctx, id, now, cur.seq, discard, claim.Persistent, pos, n.sessionRecords(id))
+	}
+	return unavailable("the session changed hands too often")
+}
+
+func mustRecord(r *sessionRecord) []byte {
+	b, err := encodeRecord(kindSession, r, nil)
+	if err != nil {
+		panic(err) // a sessionRecord always encodes
+	}
+	return b
+}
+
+// releaseReply is the old home's answer to a release request.
+type releaseReply struct {
+	OK    bool   `json:"ok"`
+	Error string `json:"error,omitempty"`
+	// Routed is the stream sequence up to which the old home routed
+	// durable messages with the session present.
+	Routed uint64 `json:"routed"`
+}
+
+type releaseRequest struct {
+	Client string `json:"client"`
+}
+
+// position is where, in the durable stream, the messages of other nodes
+// stopped reaching a session at its old home; replay says whether it is
+// known.
+type position struct {
+	seq    uint64
+	replay bool
+}
+
+// release asks the old home of a session to give it up. A home that is
+// gone (no responder on its control subject) is asked nothing: the
+// position is then its durable consumer's acknowledgement floor.
+func (n *Node) release(ctx context.Context, id string, rec *sessionRecord) (position, error) {
+	data, _ := json.Marshal(releaseRequest{Client: id})
+	// Half of what is left, at most 5 s: a home that does not answer in
+	// time is looked at again (is it still connected?) within the claim.
+	wait := 5 * time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		wait = min(wait, time.Until(dl)/2)
+	}
+	rctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	m, err := n.nc.RequestWithContext(rctx, ctlPrefix+keyOf(rec.Home), data)
+	if err == nil {
+		var r releaseReply
+		if json.Unmarshal(m.Data, &r) != nil || !r.OK {
+			return position{}, unavailable("the session's node could not give it up: " + r.Error)
+		}
+		return position{seq: r.Routed, replay: true}, nil
+	}
+	if !errors.Is(err, nats.ErrNoResponders) {
+		if n.peerConnected(rec.Node) {
+			return position{}, unavailable("the session's node " + rec.Node + " does not answer: " + err.Error())
+		}
+	}
+	// The old home is gone.
+	info, cerr := n.msgStream().Consumer(ctx, "node"+keyOf(rec.Node))
+	if errors.Is(cerr, jetstream.ErrConsumerNotFound) {
+		n.log.Warn("cluster: the session's former node has no position in the durable stream; nothing is replayed",
+			"client", id, "node", rec.Node)
+		return position{}, nil
+	}
+	if cerr != nil {
+		// Without the position the messages published since the node
+		// died could not be replayed: the client tries again.
+		return position{}, unavailable("the position of the session's former node is unknown now: " + cerr.Error())
+	}
+	ci := info.CachedInfo()
+	return position{seq: ci.AckFloor.Stream, replay: true}, nil
+}
+
+// peerConnected tells whether the node named node has a route to this
+// one now.
+func (n *Node) peerConnected(node string) bool {
+	if n.srv == nil {
+		return true // an external NATS: assume so
+	}
+	rz, err := n.srv.Routez(&server.RoutezOptions{})
+	if err != nil {
+		return true
+	}
+	for _, r := range rz.Routes {
+		if r.RemoteName == node {
+			return true
+		}
+	}
+	return false
+}
+
+// sessionRecords returns a function reading the records of the session
+// of id.
+func (n *Node) sessionRecords(id string) func(context.Context) ([]storedRecord, error) {
+	return func(ctx context.Context) ([]storedRecord, error) {
+		return n.listRecords(ctx, sessPrefix+keyOf(id)+".>")
+	}
+}
+
+// take makes this node the home of the session of id, whose record rec
+// has sequence seq, and imports it (or discards it), with the records
+// read (once the home is taken) by list; then it delivers the durable
+// messages after pos that this node routed before the session was here.
+func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint64, discard, persistent bool, pos position,
+	list func(context.Context) ([]storedRecord, error)) error {
+	mine := *rec
+	mine.Home, mine.Node = n.origin, n.cfg.Node
+	if discard {
+		mine = sessionRecord{Home: n.origin, Node: n.cfg.Node, Placeholder: true}
+	}
+	if pos.replay {
+		// Kept until the session is imported: the write below may take
+		// the home even when its answer is lost.
+		n.setPending(id, pos)
+	}
+	claimSeq, err := n.putRecord(ctx, sessSubject(id, "s"), mustRecord(&mine), seq)
+	if errors.Is(err, errConflict) {
+		n.clearPending(id)
+		return n.retryClaim(ctx, id)
+	}
+	if err != nil {
+		return unavailable("storing the session failed: " + err.Error())
+	}
+	// This node is the home now: reading the session and replaying its
+	// messages no longer depend on the client's patience (its connect
+	// timeout). A client that gave up finds them in its session.
+	ctx, cancel := context.WithTimeout(n.ctx, 2*time.Minute)
+	defer cancel()
+	records, err := list(ctx)
+	if err != nil {
+		// The next claim (this node is the home, without the session)
+		// takes it again.
+		return unavailable("reading the session failed: " + err.Error())
+	}
+	hs := newHomeState()
+	n.setHome(id, hs)
+	p := n.persistence()
+	if discard {
+		n.clearPending(id)
+		// The old session ends, its will cancelled by this connection.
+		c := p.begin(func(error) {})
+		for _, r := range records {
+			if _, suffix, err := clientOfSubject(r.subject); err == nil && suffix != "s" && len(r.data) > 0 {
+				p.publish(c, n.tombstone(r.subject))
+			}
+		}
+		if !persistent {
+			n.unhome(id)
+			p.publish(c, n.tombstone(sessSubject(id, "s")))
+		}
+		p.finish(c, nil)
+		return nil
+	}
+	cs := &broker.ClusterSession{Messages: make(map[uint64]*broker.Message)}
+	cs.Session.Session = mine.stored(id)
+	stale := p.begin(func(error) {})
+	var maxSeq uint64
+	have := make(map[string]bool) // stream IDs of the messages the session holds
+	for _, r := range records {
+		_, suffix, err := clientOfSubject(r.subject)
+		if err != nil || suffix == "s" || len(r.data) == 0 {
+			continue
+		}
+		if r.seq > claimSeq && r.origin != n.origin {
+			// Written by the old home after this claim: not part of the
+			// session as it was handed over.
+			p.publish(stale, n.tombstone(r.subject))
+			continue
+		}
+		switch {
+		case strings.HasPrefix(suffix, "d."):
+			d, m, ref, err := decodeDelivery(r.data, id)
+			if err != nil {
+				n.stats.decodeErrors.Add(1)
+				n.log.Warn("cluster: malformed delivery record of a session ignored", "client", id, "err", err)
+				continue
+			}
+			if prev, ok := cs.Messages[d.MsgID]; ok {
+				m = prev
+			}
+			cs.Messages[d.MsgID] = m
+			cs.Session.Deliveries = append(cs.Session.Deliveries, d)
+			hs.msgs[d.Seq] = m
+			if ref != "" {
+				hs.refs[d.Seq] = ref
+				have[ref] = true
+			}
+			maxSeq = max(maxSeq, d.Seq, d.MsgID)
+		case strings.HasPrefix(suffix, "i."):
+			pid, err := strconv.ParseUint(suffix[2:], 10, 16)
+			if err != nil || pid == 0 {
+				continue
+			}
+			cs.Session.Inbound = append(cs.Session.Inbound, uint16(pid))
+			hs.inbound[uint16(pid)] = struct{}{}
+		case suffix == "w":
+			w, err := decodeWill(r.data, id)
+			if err != nil {
+				n.stats.decodeErrors.Add(1)
+				n.log.Warn("cluster: malformed will record of a session ignored", "client", id, "err", err)
+				continue
+			}
+			cs.Will = w
+			hs.will = true
+		}
+	}
+	p.finish(stale, nil)
+	sortDeliveries(cs.Session.Deliveries)
+	p.raiseIDs(maxSeq)
+	n.clearPending(id)
+	b, ok := n.b.(sessionBroker)
+	if !ok {
+		return nil
+	}
+	n.dur.routeMu.Lock()
+	b.ImportSession(cs)
+	upTo := n.dur.routed
+	n.dur.routeMu.Unlock()
+	n.dstats.sessionsIn.Add(1)
+	if pos.replay && upTo > pos.seq {
+		n.replay(ctx, id, cs.Session.Session, pos.seq, upTo, have)
+	}
+	return nil
+}
+
+// retryClaim is a claim that lost a race: it starts over.
+func (n *Node) retryClaim(ctx context.Context, id string) error {
+	return unavailable("the session of " + clip(id) + " changed hands meanwhile")
+}
+
+// replay delivers to the session of id the durable messages with stream
+// sequences in (from, to] that match its subscriptions (shared
+// subscriptions excepted) and that it does not hold already (have),
+// waiting until they are committed.
+func (n *Node) replay(ctx context.Context, id string, ss *broker.StoredSession, from, to uint64, have map[string]bool) {
+	var filters []string
+	for _, sub := range ss.Subscriptions {
+		if strings.HasPrefix(sub.Filter, "$share/") {
+			continue
+		}
+		for _, s := range filterSubjects(sub.Filter) {
+			if d := durablePrefix + s[len(msgPrefix):]; len(d) <= maxSubject {
+				filters = append(filters, d)
+			}
+		}
+	}
+	if len(filters) == 0 {
+		return
+	}
+	b := n.b.(sessionBroker)
+	// The matching messages of each filter, merged in stream order.
+	bySeq := make(map[uint64]*jetstream.RawStreamMsg)
+	for _, f := range dedupe(filters) {
+		msgs, err := n.scan(ctx, n.msgStream(), f, from+1, to)
+		if err != nil {
+			n.log.Error("cluster: the messages a moved session missed could not be read; some may be missing from its queue",
+				"client", id, "err", err)
+			return
+		}
+		for _, m := range msgs {
+			bySeq[m.Sequence] = m
+		}
+	}
+	seqs := slices.Sorted(maps.Keys(bySeq))
+	var wg sync.WaitGroup
+	count := 0
+	for _, seq := range seqs {
+		m := bySeq[seq]
+		ref := m.Header.Get(nats.MsgIdHdr)
+		sent, err := strconv.ParseInt(m.Header.Get(hdrSent), 10, 64)
+		if err != nil || have[ref] {
+			continue
+		}
+		msg, err := decodeMessage(m.Data, m.Header.Get(hdrFrom), time.Unix(0, sent))
+		if err != nil {
+			continue
+		}
+		wg.Add(1)
+		count++
+		n.dur.refs.Store(msg, ref)
+		b.DeliverToSession(id, msg, func(error) { wg.Done() })
+		n.dur.refs.Delete(msg)
+	}
+	wg.Wait()
+	if count > 0 {
+		n.log.Info("cluster: messages replayed to a moved session", "client", id, "count", count, "from", from, "to", to)
+	}
+}
+
+func dedupe(s []string) []string {
+	seen := make(map[string]bool, len(s))
+	out := s[:0]
+	for _, x := range s {
+		if !seen[x] {
+			seen[x] = true
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// serveControl answers the other nodes' requests to this run of the
+// node: releasing a session whose client connected elsewhere.
+func (n *Node) serveControl() error {
+	_, err := n.nc.Subscribe(ctlPrefix+keyOf(n.origin), func(m *nats.Msg) {
+		if n.ctx.Err() != nil {
+			return
+		}
+		n.wg.Add(1)
+		go func() {
+			defer n.wg.Done()
+			n.handleRelease(m)
+		}()
+	})
+	return err
+}
+
+// handleRelease gives up a session for the node that claims it: the
+// broker takes its connection over and removes it, with the routing of
+// durable messages paused so that the position reported is exact; then
+// this node stops writing the session, and answers once everything it
+// wrote before is committed.
+func (n *Node) handleRelease(m *nats.Msg) {
+	var req releaseRequest
+	reply := func(r releaseReply) {
+		data, _ := json.Marshal(r)
+		_ = m.Respond(data)
+	}
+	if json.Unmarshal(m.Data, &req) != nil || req.Client == "" {
+		reply(releaseReply{Error: "malformed request"})
+		return
+	}
+	b, ok := n.b.(sessionBroker)
+	p := n.persistence()
+	if !ok || p == nil {
+		reply(releaseReply{Error: "no broker"})
+		return
+	}
+	n.dur.routeMu.Lock()
+	released := b.ReleaseSession(req.Client)
+	routed := n.dur.routed
+	n.dur.routeMu.Unlock()
+	n.unhome(req.Client)
+	done := make(chan error, 1)
+	p.Persist(nil, func(err error) { done <- err })
+	select {
+	case err := <-done:
+		if err != nil {
+			reply(releaseReply{Error: err.Error()})
+			return
+		}
+	case <-n.ctx.Done():
+		return
+	}
+	if released {
+		n.dstats.sessionsOut.Add(1)
+		n.log.Info("cluster: session handed over to another node", "client", req.Client)
+	}
+	reply(releaseReply{OK: true, Routed: routed})
+}
+
+// importHomeSessions imports, when the node starts, the sessions whose
+// home was this node's previous run.
+func (n *Node) importHomeSessions() {
+	ctx, cancel := context.WithTimeout(n.ctx, 5*time.Minute)
+	defer cancel()
+	records, err := n.listRecords(ctx, sessPrefix+"*.s")
+	if err != nil {
+		n.log.Error("cluster: reading the sessions of this node failed; they are imported when their clients connect", "err", err)
+		return
+	}
+	type mine struct {
+		id  string
+		rec *sessionRecord
+		seq uint64
+	}
+	var sessions []mine
+	for _, r := range records {
+		if len(r.data) == 0 {
+			continue
+		}
+		rec, err := decodeSession(r.data)
+		if err != nil || rec.Node != n.cfg.Node || rec.Home == n.origin {
+			continue
+		}
+		if id, _, err := clientOfSubject(r.subject); err == nil {
+			sessions = append(sessions, mine{id, rec, r.seq})
+		}
+	}
+	// The records of up to 64 sessions are read at once. Their old home
+	// (this node's previous run) writes nothing any more; another node
+	// that takes one of them meanwhile makes the take fail.
+	imported := 0
+	for chunk := range slices.Chunk(sessions, 64) {
+		filters := make([]string, len(chunk))
+		for i, m := range chunk {
+			filters[i] = sessPrefix + keyOf(m.id) + ".>"
+		}
+		records, err := n.listRecords(ctx, filters...)
+		if err != nil {
+			n.log.Error("cluster: reading sessions of this node failed; they are imported when their clients connect", "err", err)
+			continue
+		}
+		byID := make(map[string][]storedRecord, len(chunk))
+		for _, r := range records {
+			if id, _, err := clientOfSubject(r.subject); err == nil {
+				byID[id] = append(byID[id], r)
+			}
+		}
+		for _, m := range chunk {
+			list := func(context.Context) ([]storedRecord, error) { return byID[m.id], nil }
+			if err := n.take(ctx, m.id, m.rec, m.seq, false, true, position{}, list); err != nil {
+				n.log.Warn("cluster: a session of this node not imported", "client", m.id, "err", err)
+				continue
+			}
+			imported++
+		}
+	}
+	n.log.Info("cluster: sessions of this node imported", "sessions", imported)
+}
+
+// msgStream returns the durable message stream (set before ready).
+func (n *Node) msgStream() jetstream.Stream { return n.dur.stream }
+
+// sortDeliveries orders deliveries by sequence, the order they were
+// made in (the broker's recovery expects it).
+func sortDeliveries(ds []*broker.StoredDelivery) {
+	slices.SortFunc(ds, func(a, b *broker.StoredDelivery) int { return cmp.Compare(a.Seq, b.Seq) })
+}

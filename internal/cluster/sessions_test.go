@@ -1,0 +1,338 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/moatmq/moat/client"
+	"github.com/moatmq/moat/internal/broker"
+	"github.com/moatmq/moat/internal/packet"
+	"github.com/moatmq/moat/internal/testutil"
+)
+
+// dialSession connects a client with a persistent session (MQTT 5:
+// expiry 600 s; 3.1.1: clean session 0) and returns it with its CONNACK's Session Present.
+func dialSession(t *testing.T, addr, id string, v client.Version) (*client.Client, bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cfg := client.Config{Servers: []string{"tcp://" + addr}, ClientID: id, Version: v}
+	if v == client.V5 {
+		cfg.SessionExpiry = 600
+	}
+	var c *client.Client
+	for {
+		var err error
+		c, err = client.Dial(ctx, cfg)
+		var re *client.ReasonError
+		if errors.As(err, &re) && (re.Code == packet.ServerUnavailable || re.Code == packet.V3ServerUnavailable) && ctx.Err() == nil {
+			// The session could not be handed over yet (a slow cluster):
+			// a client tries again, as the refusal asks.
+			t.Logf("connect %s: %v; again", id, err)
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		break
+	}
+	t.Cleanup(func() { c.Close() })
+	return c, c.ConnectInfo().SessionPresent
+}
+
+func disconnect(t *testing.T, c *client.Client) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.Disconnect(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// expectNone fails if c receives a message within d.
+func expectNone(t *testing.T, c *client.Client, d time.Duration) {
+	t.Helper()
+	select {
+	case m := <-c.Messages():
+		t.Fatalf("unexpected message %q on %s (a duplicate?)", m.Payload, m.Topic)
+	case <-time.After(d):
+	}
+}
+
+// TestSessionMovesAcrossNodes: a persistent session subscribes on n1 and
+// goes offline; QoS 1 messages published on n3 are queued for it; the
+// client resumes on n2 with Session Present 1 and receives each message
+// once, in order, and its subscription goes on working there. Then it
+// moves back to n1 while connected: the connection on n2 is taken over.
+func TestSessionMovesAcrossNodes(t *testing.T) {
+	nodes := startCluster(t, 3)
+	sub, present := dialSession(t, nodes[0].addr, "mover", client.V5)
+	if present {
+		t.Fatal("a new session was present")
+	}
+	subscribe(t, sub, 1, "mv/#")
+	pub := dial(t, nodes[2].addr, "mvpub", client.V5)
+	awaitRoute(t, pub, sub, "mv/probe")
+	disconnect(t, sub)
+
+	const n = 20
+	publishQoS1(t, pub, "mv/x", 0, n)
+
+	sub2, present := dialSession(t, nodes[1].addr, "mover", client.V5)
+	if !present {
+		t.Fatal("Session Present 0 on the second node")
+	}
+	receiveInOrder(t, sub2, 0, n)
+	expectNone(t, sub2, 500*time.Millisecond)
+	if got := nodes[1].node.Status(); got.SessionsIn == 0 {
+		t.Fatalf("n2 imported no session: %+v", got)
+	}
+	// The subscription came along: new messages reach the client on n2.
+	publishQoS1(t, pub, "mv/x", n, n+5)
+	receiveInOrder(t, sub2, n, n+5)
+
+	// Back to n1 while connected on n2: n2's connection is taken over.
+	sub3, present := dialSession(t, nodes[0].addr, "mover", client.V5)
+	if !present {
+		t.Fatal("Session Present 0 back on the first node")
+	}
+	select {
+	case <-sub2.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatal("the connection on n2 was not taken over")
+	}
+	publishQoS1(t, pub, "mv/x", n+5, n+10)
+	receiveInOrder(t, sub3, n+5, n+10)
+	expectNone(t, sub3, 500*time.Millisecond)
+}
+
+// TestSessionMessagesWhileHomeDown: the node holding an offline
+// persistent session with queued messages goes away; the client resumes
+// on a survivor with its queue and the messages published while its
+// session had no node (the durable stream from its old node's position).
+func TestSessionMessagesWhileHomeDown(t *testing.T) {
+	nodes := startCluster(t, 3)
+	sub, _ := dialSession(t, nodes[0].addr, "orphan", client.V311)
+	subscribe(t, sub, 1, "or/#")
+	pub := dial(t, nodes[2].addr, "orpub", client.V5)
+	awaitRoute(t, pub, sub, "or/probe")
+	publishQoS1(t, pub, "or/x", 0, 10)
+	receiveInOrder(t, sub, 0, 10)
+	disconnect(t, sub)
+	publishQoS1(t, pub, "or/x", 10, 20) // queued on n1
+	testutil.WaitFor(t, "n1 to route the queued messages", 30*time.Second, func() bool {
+		return nodes[0].node.Status().StreamIn >= 20
+	})
+
+	// n1 goes away; the session's client comes back on n2.
+	stopNode(t, nodes[0])
+	testutil.WaitFor(t, "n2 and n3 to see n1 gone", 30*time.Second, func() bool {
+		return nodes[1].node.srv.NumRemotes() == 1 && nodes[2].node.srv.NumRemotes() == 1
+	})
+	publishQoS1(t, pub, "or/x", 20, 30) // published while the session has no node
+	sub2, present := dialSession(t, nodes[1].addr, "orphan", client.V311)
+	if !present {
+		t.Fatal("Session Present 0 on a survivor")
+	}
+	receiveInOrder(t, sub2, 10, 30)
+	expectNone(t, sub2, 500*time.Millisecond)
+	publishQoS1(t, pub, "or/x", 30, 35)
+	receiveInOrder(t, sub2, 30, 35)
+}
+
+// TestFullClusterRestart stops every node and starts them again on their
+// data: the retained message and the persistent session with its queue
+// are back, the session resumed on another node than the one it was on.
+func TestFullClusterRestart(t *testing.T) {
+	dir, routes := t.TempDir(), freePorts(t, 3)
+	nodes, err := startNodes(t, dir, routes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub, _ := dialSession(t, nodes[0].addr, "sleeper", client.V5)
+	subscribe(t, sub, 1, "fr/#")
+	pub := dial(t, nodes[2].addr, "frpub", client.V5)
+	awaitRoute(t, pub, sub, "fr/probe")
+	disconnect(t, sub)
+	publishQoS1(t, pub, "fr/x", 0, 10)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	rp := dial(t, nodes[1].addr, "frret", client.V5)
+	if err := rp.Publish(ctx, &client.Message{Topic: "frs/state", QoS: 1, Retain: true, Payload: []byte("on")}); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, "the retained message on n3", 30*time.Second, func() bool {
+		m, _ := nodes[2].srv.RetainedMatch("frs/#", 10)
+		return len(m) == 1
+	})
+	pub.Close()
+	rp.Close()
+	for _, tn := range nodes {
+		stopNode(t, tn)
+	}
+
+	nodes, err = startNodes(t, dir, routes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub2, present := dialSession(t, nodes[1].addr, "sleeper", client.V5)
+	if !present {
+		t.Fatal("Session Present 0 after the restart")
+	}
+	receiveInOrder(t, sub2, 0, 10)
+	expectNone(t, sub2, 500*time.Millisecond)
+	rs := dial(t, nodes[2].addr, "frsub", client.V5)
+	subscribe(t, rs, 1, "frs/#")
+	select {
+	case m := <-rs.Messages():
+		if m.Topic != "frs/state" || string(m.Payload) != "on" || !m.Retain {
+			t.Fatalf("retained after the restart: %+v", m)
+		}
+	case <-ctx.Done():
+		t.Fatal("no retained message after the restart")
+	}
+}
+
+// TestWillsClusterWide: a delayed will fires once, on the node holding
+// the session; a will whose client comes back on another node within the
+// delay is cancelled everywhere.
+func TestWillsClusterWide(t *testing.T) {
+	nodes := startCluster(t, 3)
+	watch := dial(t, nodes[2].addr, "watcher", client.V5)
+	subscribe(t, watch, 1, "will/#")
+	probe := dial(t, nodes[0].addr, "wprobe", client.V5)
+	awaitRoute(t, probe, watch, "will/probe")
+
+	dialWill := func(addr, id, topic string, delay uint32) *client.Client {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		w := &client.Will{Topic: topic, Payload: []byte("gone"), QoS: 1}
+		w.Properties.SetWillDelay(delay)
+		c, err := client.Dial(ctx, client.Config{Servers: []string{"tcp://" + addr}, ClientID: id, SessionExpiry: 600, Will: w})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	c := dialWill(nodes[0].addr, "dying", "will/a", 1)
+	c.Close() // without DISCONNECT: the will is owed
+	select {
+	case m := <-watch.Messages():
+		if m.Topic != "will/a" || string(m.Payload) != "gone" {
+			t.Fatalf("got %s %q", m.Topic, m.Payload)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the will did not fire")
+	}
+	expectNone(t, watch, 2*time.Second)
+
+	c = dialWill(nodes[0].addr, "returning", "will/b", 3600)
+	c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	willSubj := sessSubject("returning", "w")
+	testutil.WaitFor(t, "the pending will in the cluster", 30*time.Second, func() bool {
+		r, err := nodes[1].node.getRecord(ctx, willSubj)
+		return err == nil && r != nil && len(r.data) > 0
+	})
+	back, present := dialSession(t, nodes[1].addr, "returning", client.V5)
+	if !present {
+		t.Fatal("Session Present 0")
+	}
+	testutil.WaitFor(t, "the will removed from the cluster", 30*time.Second, func() bool {
+		r, err := nodes[1].node.getRecord(ctx, willSubj)
+		return err == nil && (r == nil || len(r.data) == 0)
+	})
+	for _, si := range nodes[0].srv.Sessions() {
+		if si.ClientID == "returning" {
+			t.Fatal("n1 still holds the session")
+		}
+	}
+	disconnect(t, back)
+	expectNone(t, watch, time.Second)
+}
+
+// TestSessionExpiryClusterWide: a session that expires on its node is
+// gone from the cluster: resuming it on another node finds no session.
+func TestSessionExpiryClusterWide(t *testing.T) {
+	nodes := startCluster(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c, err := client.Dial(ctx, client.Config{Servers: []string{"tcp://" + nodes[0].addr}, ClientID: "brief", SessionExpiry: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	subscribe(t, c, 1, "ex/#")
+	disconnect(t, c)
+	subj := sessSubject("brief", "s")
+	testutil.WaitFor(t, "the expired session removed from the cluster", 30*time.Second, func() bool {
+		r, err := nodes[1].node.getRecord(ctx, subj)
+		return err == nil && (r == nil || len(r.data) == 0)
+	})
+	again, present := dialSession(t, nodes[1].addr, "brief", client.V5)
+	if present {
+		t.Fatal("an expired session was resumed on another node")
+	}
+	disconnect(t, again)
+}
+
+// TestSecurityClusterSessionOwner: a client of another identity that
+// connects with a device's client ID on another node is refused there, as
+// on one node; the device's connection and session stay where they are.
+func TestSecurityClusterSessionOwner(t *testing.T) {
+	users := map[string]string{"alice": "a-secret", "mallory": "m-secret"}
+	auth := broker.AuthenticatorFunc(func(_ context.Context, r *broker.ConnectRequest) broker.AuthResult {
+		if p, ok := users[r.Connect.Username]; ok && r.Connect.PasswordFlag && string(r.Connect.Password) == p {
+			return broker.AuthResult{Allow: true}
+		}
+		return broker.AuthResult{Allow: false}
+	})
+	var nodes []*testNode
+	for attempt := 0; ; attempt++ {
+		var err error
+		nodes, err = startNodes(t, t.TempDir(), freePorts(t, 3), func(c *broker.Config) {
+			c.Authenticator, c.AllowAnonymous = auth, false
+		})
+		if err == nil {
+			break
+		}
+		if attempt == 2 {
+			t.Fatal(err)
+		}
+	}
+	dialAs := func(addr, user string) (*client.Client, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		c, err := client.Dial(ctx, client.Config{Servers: []string{"tcp://" + addr}, ClientID: "dev-1", SessionExpiry: 600,
+			Username: user, Password: client.NewSecret([]byte(users[user]))})
+		if c != nil {
+			t.Cleanup(func() { c.Close() })
+		}
+		return c, err
+	}
+	alice, err := dialAs(nodes[0].addr, "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	subscribe(t, alice, 1, "dev-1/cmd")
+	// The attack: another identity takes the client ID on another node.
+	if _, err := dialAs(nodes[1].addr, "mallory"); err == nil {
+		t.Fatal("another identity resumed the session on another node")
+	} else if re := (*client.ReasonError)(nil); !errors.As(err, &re) || re.Code != packet.ClientIDNotValid {
+		t.Fatalf("refused with %v, want 0x85", err)
+	}
+	if !alice.IsConnected() {
+		t.Fatal("the owner's connection was taken over")
+	}
+	found := false
+	for _, si := range nodes[0].srv.Sessions() {
+		found = found || si.ClientID == "dev-1" && si.Online
+	}
+	if !found {
+		t.Fatal("the owner's session left its node")
+	}
+}
