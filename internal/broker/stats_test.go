@@ -216,11 +216,18 @@ func TestStatsAuthorization(t *testing.T) {
 		// connection's decision cache; "open/a" is also checked for
 		// delivery to the client itself.
 		"decision subscribe/denied": 1, "decision subscribe/allowed": 1, "decision publish/denied": 2,
-		"decision publish/allowed": 1, "decision receive/allowed": 1,
+		"decision publish/allowed": 1,
 	} {
 		if got[k] != n {
 			t.Errorf("%s: %d, want %d (all: %v)", k, got[k], n, got)
 		}
+	}
+	// The delivery check of "open/a" runs where the delivery is made,
+	// which may race with the reader's own store into the connection's
+	// cache while the cache grows; a store lost so costs one more decision
+	// (never a wrong one): 1, or 2 when the second delivery missed.
+	if n := got["decision receive/allowed"]; n < 1 || n > 2 {
+		t.Errorf("decision receive/allowed: %d, want 1 or 2 (all: %v)", n, got)
 	}
 }
 
