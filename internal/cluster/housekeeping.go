@@ -186,11 +186,12 @@ func isWrongLast(err error) bool {
 }
 
 // sweepClaims purges, once the buckets are in use, the claims that this
-// node's previous runs left for client IDs with no session here.
-func (n *Node) sweepClaims() {
+// node's previous runs left for client IDs with no session here, and
+// returns how many it removed.
+func (n *Node) sweepClaims() int {
 	select {
 	case <-n.ctx.Done():
-		return
+		return 0
 	case <-n.ready:
 	}
 	kv := n.kvs()
@@ -200,7 +201,7 @@ func (n *Node) sweepClaims() {
 	w, err := cl.WatchAll(n.ctx, jetstream.IgnoreDeletes())
 	if err != nil {
 		n.log.Warn("cluster: claims of this node's previous run not checked", "err", err)
-		return
+		return 0
 	}
 	defer func() { _ = w.Stop() }()
 	type stale struct {
@@ -225,7 +226,7 @@ func (n *Node) sweepClaims() {
 	pruned := 0
 	for _, s := range found {
 		if n.ctx.Err() != nil {
-			return
+			return pruned
 		}
 		if n.hasSession(s.id) {
 			continue
@@ -233,12 +234,18 @@ func (n *Node) sweepClaims() {
 		ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
 		_, err := n.purgeMarker(ctx, bucketClients, keyOf(s.id), s.rev)
 		cancel()
-		if err == nil {
+		switch {
+		case err == nil:
 			pruned++
 			n.stats.claimsPruned.Add(1)
+		case isWrongLast(err):
+			// The client ID was claimed again since it was read.
+		default:
+			n.log.Info("cluster: claim left by this node's previous run not removed", "client", s.id, "err", err)
 		}
 	}
 	if pruned > 0 {
 		n.log.Info("cluster: claims left by this node's previous run removed", "claims", pruned)
 	}
+	return pruned
 }
