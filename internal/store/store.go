@@ -118,6 +118,7 @@ type Config struct {
 type hooks struct {
 	beforeCommit func(requests int) // in the committer, before the transaction
 	diskError    func() error       // inside the transaction: a simulated write failure
+	logSync      func() error       // before each fsync of the log: a simulated fsync failure
 }
 
 // Errors. Each is wrapped with details; test with errors.Is.

@@ -264,7 +264,7 @@ func (s *Store) logSyncer(jobs <-chan logJob) {
 			}
 		}
 		if w != nil && failed == nil {
-			if err := w.sync(); err != nil {
+			if err := s.syncLog(w); err != nil {
 				failed = fmt.Errorf("%w: %v", ErrFailed, err)
 				s.logErr.Store(&failed)
 			} else {
@@ -294,6 +294,16 @@ func (s *Store) logSyncer(jobs <-chan logJob) {
 			*j = logJob{}
 		}
 	}
+}
+
+// syncLog makes the log durable up to what was written to it.
+func (s *Store) syncLog(w *logWriter) error {
+	if h := s.cfg.hooks; h != nil && h.logSync != nil {
+		if err := h.logSync(); err != nil {
+			return err
+		}
+	}
+	return w.sync()
 }
 
 // drainLog waits until the log's syncer has done every job queued: every
