@@ -13,7 +13,6 @@ import (
 	"net/netip"
 	"os"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -135,16 +134,6 @@ func newBenchScenarioCmd(stdio Stdio, s bench.Scenario) *cobra.Command {
 	f.StringVar(&o.htmlOut, "html", "", "write an HTML report with charts to `FILE`")
 	f.BoolVar(&o.quiet, "quiet", false, "no progress line")
 	return cmd
-}
-
-// raiseFileLimit lifts the soft limit on open files to the hard limit:
-// tens of thousands of connections need it.
-func raiseFileLimit() {
-	var rl syscall.Rlimit
-	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl) == nil && rl.Cur < rl.Max {
-		rl.Cur = rl.Max
-		syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl)
-	}
 }
 
 func (o *benchOpts) tlsConfig() (*tls.Config, error) {

@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -84,7 +83,7 @@ func reloadSignal(stdio Stdio, dataDir string) error {
 	if !isServeProcess(pid) {
 		return fmt.Errorf("reload: %s names process %d, which is not moat serve; refusing to signal it (remove the stale file)", path, pid)
 	}
-	if err := syscall.Kill(pid, syscall.SIGHUP); err != nil {
+	if err := signalReload(pid); err != nil {
 		return fmt.Errorf("reload: signalling process %d: %w", pid, err)
 	}
 	fmt.Fprintf(stdio.Out, "sent SIGHUP to the broker (pid %d); its log says what changed or why the new configuration was refused\n", pid)

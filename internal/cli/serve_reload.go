@@ -169,12 +169,6 @@ func readPIDFile(path string) (int, error) {
 	return pid, nil
 }
 
-// processAlive reports whether a process with the ID exists.
-func processAlive(pid int) bool {
-	err := syscall.Kill(pid, 0)
-	return err == nil || errors.Is(err, syscall.EPERM)
-}
-
 // reloadSetting is one setting that changed, and whether it can change at
 // run time.
 type reloadSetting struct {
