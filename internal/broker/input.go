@@ -73,6 +73,9 @@ type source struct {
 	sr    *stampedReader
 	stamp bool
 	at    int64
+	// top is the stampedReader under nc when nothing but the listener's
+	// Conn (no TLS) lies between it and the read buffer; nil otherwise.
+	top *stampedReader
 }
 
 func (s *source) Read(p []byte) (int, error) {
@@ -88,6 +91,10 @@ func (s *source) Read(p []byte) (int, error) {
 	}
 	var n int
 	var err error
+	var topReads uint64
+	if s.top != nil {
+		topReads = s.top.reads
+	}
 	if s.sr != nil {
 		n, err = s.sr.Read(p)
 	} else {
@@ -106,13 +113,19 @@ func (s *source) Read(p []byte) (int, error) {
 		if !ok {
 			return 0, errHeldClosed
 		}
-		if waited && err == nil && s.sr != nil && n < len(p) {
+		top := s.sr
+		if top == nil && s.top != nil && s.top.reads != topReads {
+			// Through the listener's Conn, whose read just reached the
+			// socket: no bytes of its own wait before the socket's.
+			top = s.top
+		}
+		if waited && err == nil && top != nil && n < len(p) {
 			// What the client sent while it waited is taken in with
 			// this input, without waiting: the reader would otherwise
 			// read it on its own right after. (A read that has to wait
 			// for input happens before the hold, so that a client that
 			// closes its connection is seen at once.)
-			m, rerr := s.sr.readNow(p[n:])
+			m, rerr := top.readNow(p[n:])
 			n += m
 			if rerr != nil {
 				s.err = rerr // the next read reports it
