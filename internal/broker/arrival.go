@@ -47,7 +47,7 @@ type stampedReader struct {
 	laddr, raddr net.Addr
 	// reads counts the calls of Read, so that a caller reading through a
 	// layer that may answer from its own buffer (listener.Conn after a
-	// PROXY header) can tell whether the bytes came from the socket.
+	// PROXY header) can tell when a read reached the socket.
 	reads uint64
 }
 
@@ -147,9 +147,9 @@ func (c *conn) stampArrivals() {
 			x.SetReadFunc(r.Read)
 			c.arr = r
 			if under == c.nc {
-				// No TLS between the socket and the read buffer: a
-				// held reader may take in more of the socket's bytes
-				// without waiting (source.Read).
+				// No TLS between the socket and the read buffer: once
+				// the Conn's own bytes are read, the reader reads the
+				// socket directly (source.top).
 				c.src.top = r
 			}
 			return
