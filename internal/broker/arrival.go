@@ -45,6 +45,10 @@ type stampedReader struct {
 	// kernel: at is the kernel's stamp, not the time of the read.
 	kernel       bool
 	laddr, raddr net.Addr
+	// reads counts the calls of Read, so that a caller reading through a
+	// layer that may answer from its own buffer (listener.Conn after a
+	// PROXY header) can tell when a read reached the socket.
+	reads uint64
 }
 
 // newStampedReader returns a reader for sc's socket with kernel receive
@@ -74,6 +78,7 @@ func (r *stampedReader) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
+	r.reads++
 	r.p = p
 	err := r.rc.Read(r.readFn)
 	r.p = nil
@@ -141,6 +146,12 @@ func (c *conn) stampArrivals() {
 		if r := newStampedReader(x, under.LocalAddr(), under.RemoteAddr()); r != nil {
 			x.SetReadFunc(r.Read)
 			c.arr = r
+			if under == c.nc {
+				// No TLS between the socket and the read buffer: once
+				// the Conn's own bytes are read, the reader reads the
+				// socket directly (source.top).
+				c.src.top = r
+			}
 			return
 		}
 	case *net.TCPConn:

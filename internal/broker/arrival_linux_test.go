@@ -4,6 +4,7 @@ package broker
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moatmq/moat/internal/packet"
 	"github.com/moatmq/moat/internal/testutil"
 )
 
@@ -126,6 +128,76 @@ func TestStampedReaderReadNow(t *testing.T) {
 		n, err := r.readNow(buf)
 		if n != 0 || err != io.EOF {
 			return fmt.Errorf("after close: %d bytes, %v", n, err)
+		}
+		return nil
+	})
+}
+
+// TestTopUp: when the read buffer ends in part of a packet, topUp adds
+// what has arrived without waiting: nothing (and no error) while the rest
+// has not come, the rest once it is there, nothing while the client is
+// held back, and an end of the connection is kept for the next read.
+func TestTopUp(t *testing.T) {
+	client, server := tcpPair(t)
+	c := &conn{}
+	c.src.c = c
+	c.src.sr = newStampedReader(server, server.LocalAddr(), server.RemoteAddr())
+	if c.src.sr == nil {
+		t.Skip("no kernel receive timestamps here")
+	}
+	c.in = inputPool.Get().(*input)
+	c.in.br.Reset(&c.src)
+	c.in.r.SetVersion(packet.V311)
+	defer c.releaseInput()
+	var two []byte
+	for i := range 2 {
+		var err error
+		two, err = packet.Append(two, &packet.Publish{Topic: "t", QoS: 1, PacketID: uint16(i + 1), Payload: []byte("payload")}, packet.V311)
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	half := len(two) / 2 // the first packet and part of the second
+	client.Write(two[:len(two)-3])
+	testutil.CheckFor(t, 5*time.Second, func() error {
+		if _, err := c.in.br.Peek(half + 1); err != nil {
+			t.Fatal(err)
+		}
+		if n := c.in.br.Buffered(); n != len(two)-3 {
+			return fmt.Errorf("%d bytes buffered", n)
+		}
+		return nil
+	})
+	if _, err := c.in.r.ReadPacket(); err != nil {
+		t.Fatal(err)
+	}
+	if c.topUp() {
+		t.Fatal("topUp completed a packet whose end was not sent")
+	}
+	client.Write(two[len(two)-3:])
+	// Held back: the rest waits for the client's turn.
+	c.pub.holds = append(c.pub.holds, hold{})
+	if c.topUp() {
+		t.Fatal("topUp read for a held client")
+	}
+	c.pub.holds = c.pub.holds[:0]
+	testutil.CheckFor(t, 5*time.Second, func() error {
+		if !c.topUp() {
+			return fmt.Errorf("rest not taken in (%d bytes buffered)", c.in.br.Buffered())
+		}
+		return nil
+	})
+	p, err := c.in.r.ReadPacket()
+	if pub, ok := p.(*packet.Publish); err != nil || !ok || pub.PacketID != 2 {
+		t.Fatalf("second packet: %v, %v", p, err)
+	}
+	// Part of a third packet, then the end of the connection.
+	client.Write(two[:3])
+	client.Close()
+	testutil.CheckFor(t, 5*time.Second, func() error {
+		c.topUp()
+		if _, err := c.in.r.ReadPacket(); err == nil || !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
+			return fmt.Errorf("after close: %v", err)
 		}
 		return nil
 	})

@@ -39,6 +39,12 @@ type authzState struct {
 	id atomic.Pointer[authzIdentity]
 
 	denials atomic.Int32
+	// uniform holds, per action, whether the Authorizer said that all
+	// of the connection's requests for it get one decision
+	// (UniformAuthorizer), for the generation and identity it was asked
+	// at: an entry with uniform set is that decision, one without says
+	// to decide per topic. Nil: not asked yet.
+	uniform [numActions]atomic.Pointer[authzEntry]
 }
 
 // authzIdentity is what decisions of a connection are taken for: the
@@ -82,6 +88,8 @@ type authzEntry struct {
 	retain bool
 	topic  string
 	d      Decision
+	// uniform: the decision holds for every topic (authzState.uniform).
+	uniform bool
 }
 
 func newAuthzTable(n int) *authzTable {
@@ -214,6 +222,20 @@ func (s *Server) authorize(c *Client, a Action, topic string, qos byte, retain b
 	// never used.
 	gen := s.authzGen.Load()
 	id := az.id.Load()
+	if s.uniform != nil && int(a) < numActions {
+		e := az.uniform[a].Load()
+		if e == nil || e.gen != gen || e.id != id {
+			d, ok := s.uniform.Uniform(c, a)
+			e = &authzEntry{gen: gen, id: id, action: a, d: d, uniform: ok}
+			az.uniform[a].Store(e)
+			if ok {
+				s.stats.countDecision(a, d)
+			}
+		}
+		if e.uniform {
+			return e.d
+		}
+	}
 	h := authzHash(a, topic, qos, retain)
 	if d, ok := t.lookup(h, gen, id, a, topic, qos, retain); ok {
 		return d

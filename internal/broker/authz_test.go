@@ -417,3 +417,73 @@ func TestSecurityReevaluateRegrant(t *testing.T) {
 		}
 	}
 }
+
+// uniformAuthz is a test UniformAuthorizer: while uniform is set, every
+// request gets allow (Uniform says so); otherwise it decides per topic
+// like switchAuthz.
+type uniformAuthz struct {
+	switchAuthz
+	uniform  atomic.Bool
+	uniCalls atomic.Int64
+}
+
+func (a *uniformAuthz) Uniform(*Client, Action) (Decision, bool) {
+	a.uniCalls.Add(1)
+	if a.uniform.Load() {
+		return Decision{Allow: true, Rule: "uniform"}, true
+	}
+	return Decision{}, false
+}
+
+// TestSecurityAuthorizeUniform: a client receiving far more topics than
+// its decision cache holds asks a UniformAuthorizer once per action, not
+// once per topic; and a uniform decision is never used once the policy
+// generation or the client's identity changed (a policy that starts
+// denying is obeyed at once).
+func TestSecurityAuthorizeUniform(t *testing.T) {
+	az := &uniformAuthz{}
+	az.uniform.Store(true)
+	s, err := New(Config{Authorizer: az, SysInterval: -1, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &Client{ClientID: "c", az: newAuthzState()}
+	ask := func(a Action, topic string) bool { return s.authorize(c, a, topic, 1, false, "").Allow }
+	for i := range 4 * authzCacheSize {
+		if !ask(ActionReceive, fmt.Sprintf("in/%d", i)) {
+			t.Fatal("denied under a uniform allow")
+		}
+	}
+	ask(ActionPublish, "out/1")
+	if n := az.calls.Load(); n != 0 {
+		t.Errorf("Authorize asked %d times under a uniform policy", n)
+	}
+	if n := az.uniCalls.Load(); n != 2 {
+		t.Errorf("Uniform asked %d times for two actions, want 2", n)
+	}
+	if got := s.Stats().AuthzDecisions; len(got) == 0 {
+		t.Error("uniform decisions not counted in AuthzDecisions")
+	}
+	// A new policy that decides per topic and denies in/: a new
+	// generation must not be answered by the old uniform decision.
+	az.uniform.Store(false)
+	az.set("", ActionReceive, "in/")
+	s.authzGen.Add(1)
+	if ask(ActionReceive, "in/1") {
+		t.Fatal("stale uniform allow after a generation change")
+	}
+	if !ask(ActionReceive, "other/1") {
+		t.Fatal("per-topic decision wrong after leaving the uniform policy")
+	}
+	// Uniform again, then a new identity under a per-topic policy.
+	az.uniform.Store(true)
+	s.authzGen.Add(1)
+	if !ask(ActionReceive, "in/1") {
+		t.Fatal("uniform allow not used")
+	}
+	az.uniform.Store(false)
+	c.az.id.Store(&authzIdentity{grants: &Grants{Groups: []string{"g"}}})
+	if ask(ActionReceive, "in/1") {
+		t.Fatal("stale uniform allow after an identity change")
+	}
+}

@@ -210,6 +210,23 @@ type Authorizer interface {
 	Authorize(req *AuthzRequest) Decision
 }
 
+// UniformAuthorizer is an Authorizer that can tell when all of a
+// client's requests for an action get the same decision, whatever their
+// topic, QoS and retain flag (a listener without an access policy). The
+// broker then keeps that one decision per connection and action instead
+// of one per topic: a subscriber receiving more topics than its decision
+// cache holds (a collector of a thousand devices' topics) would otherwise
+// ask the Authorizer for most messages it receives.
+//
+// Uniform answers for c and a under the policy in force; like Authorize,
+// it must depend on nothing that changes without a Server.Reevaluate.
+// ok false: the decisions depend on the request, and Authorize is asked
+// per topic as usual.
+type UniformAuthorizer interface {
+	Authorizer
+	Uniform(c *Client, a Action) (d Decision, ok bool)
+}
+
 // AuthorizerFunc adapts a function to Authorizer.
 type AuthorizerFunc func(req *AuthzRequest) Decision
 
@@ -218,9 +235,14 @@ func (f AuthorizerFunc) Authorize(req *AuthzRequest) Decision { return f(req) }
 
 // AllowAll allows every request: Mosquitto's behaviour without an
 // acl_file. Use it deliberately.
-var AllowAll Authorizer = AuthorizerFunc(func(*AuthzRequest) Decision {
-	return Decision{Allow: true, Reason: "no access policy: everything is allowed", Rule: "allow_all"}
-})
+var AllowAll Authorizer = allowAll{}
+
+type allowAll struct{}
+
+var allowAllDecision = Decision{Allow: true, Reason: "no access policy: everything is allowed", Rule: "allow_all"}
+
+func (allowAll) Authorize(*AuthzRequest) Decision         { return allowAllDecision }
+func (allowAll) Uniform(*Client, Action) (Decision, bool) { return allowAllDecision, true }
 
 // CertWatcher watches client certificates of live connections. Watch is
 // called once per connection that presented a certificate; drop must be

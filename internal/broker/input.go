@@ -3,6 +3,7 @@ package broker
 import (
 	"bufio"
 	"crypto/tls"
+	"errors"
 	"net"
 	"sync"
 	"syscall"
@@ -73,7 +74,20 @@ type source struct {
 	sr    *stampedReader
 	stamp bool
 	at    int64
+	// top is the stampedReader under nc when nothing but the listener's
+	// Conn (no TLS) lies between it and the read buffer; nil otherwise.
+	// Once a read of that Conn reaches the socket, the Conn has no bytes
+	// of its own left (those it read past a PROXY header come first),
+	// and top becomes sr: the reader reads the socket directly.
+	top *stampedReader
+	// nowait: Read returns what has arrived, or errNoInput, without
+	// waiting (topUp); only with sr set.
+	nowait bool
 }
+
+// errNoInput is what a read that may not wait (source.nowait) returns
+// when nothing has arrived.
+var errNoInput = errors.New("broker: no input waiting")
 
 func (s *source) Read(p []byte) (int, error) {
 	if s.pending && len(p) > 0 {
@@ -86,14 +100,28 @@ func (s *source) Read(p []byte) (int, error) {
 		s.err = nil
 		return 0, err
 	}
+	if s.nowait {
+		n, err := s.sr.readNow(p)
+		if n == 0 && err == nil {
+			return 0, errNoInput
+		}
+		return n, err
+	}
 	var n int
 	var err error
 	if s.sr != nil {
 		n, err = s.sr.Read(p)
 	} else {
+		var topReads uint64
+		if s.top != nil {
+			topReads = s.top.reads
+		}
 		n, err = s.nc.Read(p)
 		if s.stamp && n > 0 {
 			s.at = time.Now().UnixNano()
+		}
+		if s.top != nil && s.top.reads != topReads {
+			s.sr, s.top = s.top, nil
 		}
 	}
 	if c := s.c; n > 0 && c != nil && len(c.pub.holds) > 0 {
@@ -237,6 +265,32 @@ func (c *conn) probeInput() {
 	if _, err := c.in.br.Peek(want); err != nil && err != bufio.ErrBufferFull {
 		c.src.err = err // the next read reports it
 	}
+}
+
+// topUp adds to the read buffer, without waiting, what has arrived on a
+// plain TCP connection read directly (source.sr), when the buffer ends in
+// part of a packet; it reports whether the next packet is now all
+// buffered. It reads nothing while the client is held back (its next
+// input waits for its turn, source.Read) or when the rest of the packet
+// would not fit the buffer. One system call, instead of starting the
+// writer for what handling queued so far and then reading anyway: the
+// acknowledgements of both reads go out in one write.
+func (c *conn) topUp() bool {
+	s := &c.src
+	if s.sr == nil || s.pending || s.err != nil || len(c.pub.holds) > 0 {
+		return false
+	}
+	want := c.in.br.Buffered() + 1
+	if want > c.in.br.Size() {
+		return false
+	}
+	s.nowait = true
+	_, err := c.in.br.Peek(want)
+	s.nowait = false
+	if err != nil && err != errNoInput && err != bufio.ErrBufferFull {
+		s.err = err // the next read reports it
+	}
+	return c.in.r.BufferedPacket() > 0
 }
 
 // isTLS reports whether nc is a TLS connection.

@@ -1,15 +1,19 @@
 package broker
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/netip"
 	"runtime"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/moatmq/moat/internal/listener"
 	"github.com/moatmq/moat/internal/packet"
 	"github.com/moatmq/moat/internal/testutil"
 )
@@ -650,5 +654,73 @@ func TestOverloadHeldPublisherHoldsNoReadBudget(t *testing.T) {
 	}
 	for range window + mark + 1 {
 		recvAck(t, sub)
+	}
+}
+
+// TestOverloadHeldPublishersThroughListener: publishers held back on a
+// listener of the listener package (the broker reads the socket under
+// its Conn, which answers first from the bytes it read past a PROXY
+// header) take in what they sent while they waited without reordering
+// it: every message reaches the subscriber, in order per publisher.
+// Each publisher sends its PROXY header, CONNECT and all its messages in
+// one write, so that the listener's Conn holds some of them when the
+// broker starts reading.
+func TestOverloadHeldPublishersThroughListener(t *testing.T) {
+	const mark, n = 4, 200
+	for _, proxy := range []bool{false, true} {
+		t.Run(fmt.Sprintf("proxy=%v", proxy), func(t *testing.T) {
+			cfg := listener.Config{Address: "127.0.0.1:0", Logger: testLogger(t)}
+			if proxy {
+				cfg.Proxy = &listener.ProxyConfig{Trusted: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}
+			}
+			lln, err := listener.Listen(context.Background(), cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			srv, err := New(Config{Clock: newFakeClock(), PushbackMessages: mark, AllowAnonymous: true, SysInterval: -1, Logger: testLogger(t)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan error, 1)
+			go func() { done <- srv.Serve(context.Background(), lln, ListenerConfig{Name: "test"}) }()
+			defer func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				srv.Shutdown(ctx)
+				<-done
+			}()
+			addr := lln.Addr().String()
+			sub := dialRaw(t, addr, packet.V5)
+			if proxy {
+				sub.write([]byte("PROXY TCP4 192.0.2.1 192.0.2.2 1000 1883\r\n"))
+			}
+			sub.connect(connectV5("sub", true, func(p *packet.Properties) { p.SetReceiveMaximum(1) }))
+			subscribe(t, sub, 1, packet.Subscription{Filter: "t", QoS: 1})
+			for _, id := range []string{"a", "b"} {
+				var buf []byte
+				var err error
+				if buf, err = packet.Append(buf, v5connect(id), packet.V5); err != nil {
+					t.Fatal(err)
+				}
+				buf = append(buf, floodPackets(t, packet.V5, "t", id, 1, n, 16)...)
+				c := dialRaw(t, addr, packet.V5)
+				if proxy {
+					buf = append([]byte("PROXY TCP4 192.0.2.1 192.0.2.2 1000 1883\r\n"), buf...)
+				}
+				defer startFlood(c, buf)()
+				go io.Copy(io.Discard, c.nc) // CONNACK and PUBACKs
+			}
+			next := map[string]int{}
+			for range 2 * n {
+				tag, seq := seqOf(t, recvAck(t, sub))
+				if seq != next[tag] {
+					t.Fatalf("publisher %s: message %d arrived after %d", tag, seq, next[tag]-1)
+				}
+				next[tag]++
+			}
+			if srv.Stats().Pushbacks == 0 {
+				t.Error("no publisher was held back")
+			}
+		})
 	}
 }

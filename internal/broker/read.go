@@ -102,17 +102,23 @@ func (c *conn) readLoop() (handedOver bool) {
 			// their keep alive already counts from after it. (Moving it
 			// per packet costs a timer update per message at full load.)
 			c.armKeepAlive()
-		} else {
-			// More input is waiting (perhaps only part of a packet):
-			// never hold queued packets back for it. Other connections'
-			// writers wait for the next packet only if all of it is
-			// buffered, so that routing it cannot wait for the network.
+		} else if c.in.r.BufferedPacket() > 0 || !c.topUp() {
+			// More input is waiting (perhaps only part of a packet, and
+			// no more of it had arrived): never hold queued packets back
+			// for it. Other connections' writers wait for the next packet
+			// only if all of it is buffered, so that routing it cannot
+			// wait for the network.
 			if c.deferred > 0 && (c.deferred >= maxDeferred || c.in.r.BufferedPacket() == 0) {
 				c.kickWriters()
 			}
 			c.outMu.Lock()
 			c.startWriterLocked()
 			c.outMu.Unlock()
+		} else if c.deferred >= maxDeferred {
+			// topUp completed the next packet: it is handled before
+			// what was queued is written, as if it had come with the
+			// last read.
+			c.kickWriters()
 		}
 	}
 }

@@ -59,7 +59,10 @@ type Server struct {
 	// more (Reevaluate).
 	authorizer Authorizer
 	authzGen   atomic.Uint64
-	persist    Persistence // nil: state in memory only
+	// uniform is the Authorizer when it is a UniformAuthorizer, else nil
+	// (authorize).
+	uniform UniformAuthorizer
+	persist Persistence // nil: state in memory only
 
 	cluster        Cluster // nil: a single node (cluster.go)
 	clusterFilters clusterFilters
@@ -122,6 +125,7 @@ func New(cfg Config) (*Server, error) {
 		s.authorizer = AllowAll
 		s.log.Warn("broker: no Authorizer: every client may publish and subscribe to every topic")
 	}
+	s.uniform, _ = s.authorizer.(UniformAuthorizer)
 	s.authorizer = countedAuthorizer{s.authorizer, &s.stats}
 	// After the Authorizer: a will whose time passed while the broker was
 	// down is published (and authorized) during recovery.

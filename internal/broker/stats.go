@@ -171,14 +171,20 @@ type countedAuthorizer struct {
 
 func (a countedAuthorizer) Authorize(req *AuthzRequest) Decision {
 	d := a.Authorizer.Authorize(req)
-	if int(req.Action) < numActions {
+	a.st.countDecision(req.Action, d)
+	return d
+}
+
+// countDecision counts one decision of the Authorizer (a uniform one
+// counts once per connection, action, policy generation and identity).
+func (st *stats) countDecision(a Action, d Decision) {
+	if int(a) < numActions {
 		allow := 0
 		if d.Allow {
 			allow = 1
 		}
-		a.st.authzAsked[req.Action][allow].Add(1)
+		st.authzAsked[a][allow].Add(1)
 	}
-	return d
 }
 
 // Kinds and reasons of authorization denials (Stats.AuthzDenials).

@@ -923,6 +923,17 @@ func (a *accessAuthorizer) Authorize(req *broker.AuthzRequest) broker.Decision {
 	return broker.Decision{Allow: d.Allow, Reason: d.Reason, Rule: d.Rule}
 }
 
+// Uniform answers every request on a listener without a policy with
+// allowNoACL, whatever its topic (broker.UniformAuthorizer): the broker
+// then keeps one decision per connection and action. byLn does not change
+// after start, so neither does the answer.
+func (a *accessAuthorizer) Uniform(c *broker.Client, _ broker.Action) (broker.Decision, bool) {
+	if a.byLn[c.Listener] == nil {
+		return allowNoACL, true
+	}
+	return broker.Decision{}, false
+}
+
 // clipLog shortens a peer-controlled string for a log line.
 func clipLog(s string) string {
 	const maxLen = 256

@@ -18,6 +18,7 @@ import (
 
 	gojwt "github.com/golang-jwt/jwt/v5"
 
+	"github.com/moatmq/moat/internal/broker"
 	"github.com/moatmq/moat/internal/config"
 	"github.com/moatmq/moat/internal/testutil"
 )
@@ -592,5 +593,18 @@ func TestServeMosquittoAnonymousSection(t *testing.T) {
 	}
 	if !slices.Contains(moat, "public/a anon") || slices.Contains(moat, "public/secret anon") {
 		t.Errorf("moat delivered %q", moat)
+	}
+}
+
+// TestAccessAuthorizerUniform: a listener without a policy answers every
+// request alike (the broker then keeps one decision per connection and
+// action); a listener with a policy decides per topic.
+func TestAccessAuthorizerUniform(t *testing.T) {
+	az := &accessAuthorizer{byLn: map[string]*policySource{"acl": {}}}
+	if d, ok := az.Uniform(&broker.Client{Listener: "open"}, broker.ActionReceive); !ok || !d.Allow {
+		t.Errorf("listener without a policy: Uniform = %+v, %v; want allow, true", d, ok)
+	}
+	if _, ok := az.Uniform(&broker.Client{Listener: "acl"}, broker.ActionReceive); ok {
+		t.Error("listener with a policy: Uniform ok, want per-topic decisions")
 	}
 }
