@@ -138,8 +138,10 @@ var allowedImports = map[string][]string{
 	"internal/broker/brokertest": {"internal/broker"},
 	// The cluster implements the broker's Cluster seam: it builds and
 	// reads the broker's Messages (as the store adapter does) and carries
-	// them between nodes as PUBLISH packets of the broker's own codec.
-	"internal/cluster": {"internal/broker", "internal/packet"},
+	// them between nodes as PUBLISH packets of the broker's own codec;
+	// a moved session's replay matches batched messages to its filters
+	// with the broker's own topic matcher.
+	"internal/cluster": {"internal/broker", "internal/packet", "internal/topic"},
 	"internal/config":  {},
 	// The guard decides on addresses and identities handed to it and
 	// imports nothing of the module: the broker reaches it only through

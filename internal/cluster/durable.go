@@ -18,12 +18,13 @@ import (
 // Durable QoS 1 and 2 between nodes (docs/cluster.md, "Durable QoS 1 and
 // 2"). A QoS 1/2 message that another node may want goes into one
 // replicated JetStream stream, moat_msgs, as part of its publisher's
-// commit: the PUBACK or PUBREC waits for the stream's acknowledgement.
-// Each node reads the stream through ONE durable consumer of its own
-// (never one per subscription), delivers each message to its local
-// sessions and acknowledges it only once it is there and committed; a
-// node that was down resumes where its consumer stopped. QoS 0 stays on
-// core NATS (Forward).
+// commit: the PUBACK or PUBREC waits for the stream's acknowledgement of
+// the record holding it (messages are grouped into batch records,
+// batch.go). Each node reads the stream through ONE durable consumer of
+// its own (never one per subscription), delivers each message to its
+// local sessions and acknowledges a record only once its messages are
+// there and committed; a node that was down resumes where its consumer
+// stopped. QoS 0 stays on core NATS (Forward).
 //
 // Which messages go into the stream: those with interest on another node,
 // known from the other nodes' marker subscriptions (moat.i.<node>.<filter
@@ -71,9 +72,10 @@ type durableState struct {
 	// lingering when each filter without local subscriptions drops them
 	// (markerLinger); both guarded by Node.subMu. presence is this node's
 	// presence marker, once its sessions are imported.
-	markers   map[string][]*nats.Subscription
-	lingering map[string]time.Time
-	presence  *nats.Subscription
+	markers     map[string][]*nats.Subscription
+	lingering   map[string]time.Time
+	presence    *nats.Subscription
+	batchMarker *nats.Subscription // batch.go
 
 	// peers are the marker prefixes ("moat.i.<node>.") of every other
 	// node seen since this one started (routes, JetStream peers), and
@@ -99,6 +101,11 @@ type durableState struct {
 
 	stream jetstream.Stream // set before the stream is ready
 
+	// capable tells, per other node (marker prefix), whether it read
+	// batch records when last seen present (batch.go).
+	capMu   sync.Mutex
+	capable map[string]bool
+
 	// refs names the messages being routed by their ID in the stream
 	// (*broker.Message → string), for the session records written
 	// meanwhile (sessions.go).
@@ -119,6 +126,7 @@ func (d *durableState) init() {
 	d.inflight = make(map[string]struct{})
 	d.recent = make(map[string]struct{})
 	d.ring = make([]string, recentIDs)
+	d.capable = make(map[string]bool)
 	d.peers.Store(&[]string{})
 }
 
@@ -180,13 +188,18 @@ func (n *Node) markPresent() {
 	if n.srv == nil {
 		return
 	}
+	// This build reads batch records: said before the presence.
+	capSub, err := n.nc.SubscribeSync(capPrefix + keyOf(n.cfg.Node) + capBatch)
+	if err != nil {
+		n.log.Error("cluster: batch marker not subscribed; the other nodes put each QoS 1/2 message in a record of its own", "err", err)
+	}
 	s, err := n.nc.SubscribeSync(markerPrefix + keyOf(n.cfg.Node) + "." + presenceToken)
 	if err != nil {
 		n.log.Error("cluster: presence marker not subscribed; the other nodes put every QoS 1/2 message into the stream", "err", err)
 		return
 	}
 	n.subMu.Lock()
-	n.dur.presence = s
+	n.dur.presence, n.dur.batchMarker = s, capSub
 	n.subMu.Unlock()
 }
 
@@ -229,10 +242,12 @@ func (n *Node) peerMissing(acc *server.Account, peers []string) bool {
 	return false
 }
 
-// forwardMsg returns the stream message of msg, or nil when it stays on
+// forwardMsg returns msg encoded for the stream, or nil when it stays on
 // this node (no other node needs it, it expired, or its topic is too
-// long for a subject).
-func (n *Node) forwardMsg(msg *broker.Message) *nats.Msg {
+// long for a subject: the subjects of the messages' single records,
+// which a moved session's replay still reads, and of the filters'
+// markers bound the topics that cross).
+func (n *Node) forwardMsg(msg *broker.Message) *fwdMsg {
 	if !n.needsStream(msg.Topic) {
 		return nil
 	}
@@ -241,25 +256,13 @@ func (n *Node) forwardMsg(msg *broker.Message) *nats.Msg {
 	if err != nil {
 		return nil // expired
 	}
-	subj := durablePrefix + topicTokens(msg.Topic)
-	if len(subj) > maxSubject {
+	if subjectLen(msg.Topic) > maxSubject { // moat.d. is as long as moat.m.
 		n.dstats.streamErrors.Add(1)
 		n.log.Warn("cluster: topic too long to forward; delivered on this node only", "length", len(msg.Topic))
 		return nil
 	}
-	seq := n.dur.seq.Add(1)
-	m := &nats.Msg{Subject: subj, Data: data, Header: nats.Header{}}
-	m.Header[hdrOrigin] = []string{n.origin}
-	m.Header[hdrSeq] = []string{strconv.FormatUint(seq, 10)}
-	m.Header[hdrSent] = []string{strconv.FormatInt(now.UnixNano(), 10)}
-	// The stream drops a second copy with the same ID (a publication
-	// repeated after a lost acknowledgement).
-	m.Header[nats.MsgIdHdr] = []string{n.origin + "/" + strconv.FormatUint(seq, 10)}
-	if msg.From != "" {
-		m.Header[hdrFrom] = []string{msg.From}
-	}
 	n.dstats.streamOut.Add(1)
-	return m
+	return &fwdMsg{topic: msg.Topic, seq: n.dur.seq.Add(1), sent: now.UnixNano(), from: msg.From, pkt: data}
 }
 
 // startDurable starts the goroutines of the durable stream: the
@@ -414,6 +417,11 @@ func (n *Node) handleDurable(m jetstream.Msg) {
 		_ = m.Term()
 		return
 	}
+	if m.Subject() == batchSubject {
+		n.handleBatch(m, origin, meta.Sequence.Stream)
+		return
+	}
+	// A single record, written by an earlier build.
 	id := h.Get(nats.MsgIdHdr)
 	sent, err := strconv.ParseInt(h.Get(hdrSent), 10, 64)
 	if origin == "" || id == "" || err != nil {
@@ -469,6 +477,101 @@ func (n *Node) handleDurable(m jetstream.Msg) {
 	})
 	d.routed = meta.Sequence.Stream
 	d.routeMu.Unlock()
+}
+
+// handleBatch delivers the messages of a batch record of another node,
+// in order, and acknowledges the record once every one is in the local
+// sessions and committed. The record is routed as a whole: the routing
+// position (d.routed) moves past it only once all its messages were
+// handed to the broker, and it is acknowledged or delivered again as a
+// whole, so that a position or acknowledgement floor in the stream
+// always falls between records. On a delivery again, the messages
+// delivered the first time are skipped by their IDs.
+func (n *Node) handleBatch(m jetstream.Msg, origin string, seq uint64) {
+	entries, err := decodeBatch(m.Data())
+	if err != nil {
+		n.stats.decodeErrors.Add(1)
+		n.log.Warn("cluster: malformed batch record from another node dropped", "origin", origin, "err", err)
+		_ = m.Term()
+		return
+	}
+	d := &n.dur
+	ids := make([]string, len(entries))
+	todo := make([]bool, len(entries))
+	d.mu.Lock()
+	for i := range entries {
+		ids[i] = msgID(origin, entries[i].seq)
+		if _, busy := d.inflight[ids[i]]; busy {
+			// Still being delivered from an earlier delivery of the
+			// record, whose acknowledgement follows.
+			for j := range i {
+				if todo[j] {
+					delete(d.inflight, ids[j])
+				}
+			}
+			d.mu.Unlock()
+			return
+		}
+		if _, seen := d.recent[ids[i]]; !seen {
+			todo[i] = true
+			d.inflight[ids[i]] = struct{}{}
+		}
+	}
+	d.mu.Unlock()
+	b, isDurable := n.b.(durableBroker)
+	// left counts the deliveries not yet done, plus one for this
+	// function; failed tells whether one failed.
+	var left atomic.Int32
+	var failed atomic.Bool
+	left.Store(1)
+	end := func() {
+		if left.Add(-1) > 0 {
+			return
+		}
+		if failed.Load() {
+			// Delivered again later (not at once: a broker shutting
+			// down refuses it until the node closes).
+			_ = m.NakWithDelay(time.Second)
+			return
+		}
+		_ = m.Ack()
+	}
+	d.routeMu.Lock()
+	for i := range entries {
+		if !todo[i] {
+			n.dstats.streamDuplicates.Add(1)
+			continue
+		}
+		msg, err := entries[i].message()
+		if err != nil {
+			n.stats.decodeErrors.Add(1)
+			n.log.Warn("cluster: malformed message from another node dropped", "origin", origin, "err", err)
+			n.settle(ids[i], false)
+			continue
+		}
+		n.dstats.streamIn.Add(1)
+		if !isDurable {
+			n.b.DeliverRemote(msg)
+			n.settle(ids[i], true)
+			continue
+		}
+		id := ids[i]
+		left.Add(1)
+		d.refs.Store(msg, id)
+		b.DeliverRemoteDone(msg, func(err error) {
+			if err != nil {
+				failed.Store(true)
+				n.settle(id, false)
+			} else {
+				n.settle(id, true)
+			}
+			end()
+		})
+		d.refs.Delete(msg)
+	}
+	d.routed = seq
+	d.routeMu.Unlock()
+	end()
 }
 
 // durableBroker is what the durable stream needs of the broker beyond

@@ -144,8 +144,9 @@ func (p *persistence) Persist(changes []broker.Change, done func(error)) {
 			// The groups' copy first: it never waits, and the stream's
 			// is the commit's.
 			p.n.forwardShared(ch.Message)
-			if m := p.n.forwardMsg(ch.Message); m != nil {
-				p.publish(c, m)
+			if f := p.n.forwardMsg(ch.Message); f != nil {
+				c.parts.Add(1)
+				p.n.pub.queue(pubReq{fwd: f, c: c, deadline: time.Now().Add(commitTimeout)})
 			}
 		case broker.ChangePutMessage:
 			// Written with each delivery that refers to it.
@@ -203,11 +204,25 @@ func (p *persistence) finish(c *commit, err error) {
 	p.mu.Unlock()
 }
 
-// pubReq is one JetStream publication of a commit.
+// pubReq is one JetStream publication of a commit, one message for a
+// batch record (fwd), or a batch record (cs: the commits of its
+// messages, in order).
 type pubReq struct {
 	msg      *nats.Msg
+	fwd      *fwdMsg
 	c        *commit
+	cs       []*commit
 	deadline time.Time
+}
+
+// finish reports the publication's outcome to its commits.
+func (r *pubReq) finish(p *persistence, err error) {
+	if r.c != nil {
+		p.finish(r.c, err)
+	}
+	for _, c := range r.cs {
+		p.finish(c, err)
+	}
 }
 
 // publisher publishes the commits' messages in submission order on one
@@ -216,18 +231,32 @@ type pubReq struct {
 // acknowledgements in the same order, publishing again (same message ID:
 // the stream drops a copy it already has) what timed out or found no
 // stream leader, until the commit's deadline.
+//
+// Messages for the durable stream are grouped (batch.go): they gather
+// while maxBatchesInFlight batch records are on their way and go as one
+// record when one of those is acknowledged, or at once when the batch is
+// full. Records of the sessions' stream are published as they come.
 type publisher struct {
 	n    *Node
 	mu   sync.Mutex
 	reqs []pubReq
 	wake chan struct{}
 	acks chan pending
+
+	// The batch being gathered and the batch records not yet
+	// acknowledged; the batch is the run goroutine's alone.
+	batch      []*fwdMsg
+	batchCs    []*commit
+	batchBytes int
+	batchDL    time.Time
+	inflight   atomic.Int32
 }
 
 type pending struct {
-	req pubReq
-	paf jetstream.PubAckFuture // nil: the publication failed at once (err)
-	err error
+	req   pubReq
+	paf   jetstream.PubAckFuture // nil: the publication failed at once (err)
+	err   error
+	batch bool
 }
 
 func newPublisher(n *Node) *publisher {
@@ -238,6 +267,10 @@ func (q *publisher) queue(r pubReq) {
 	q.mu.Lock()
 	q.reqs = append(q.reqs, r)
 	q.mu.Unlock()
+	q.poke()
+}
+
+func (q *publisher) poke() {
 	select {
 	case q.wake <- struct{}{}:
 	default:
@@ -246,10 +279,14 @@ func (q *publisher) queue(r pubReq) {
 
 // run publishes until the Node closes; what is queued then fails.
 func (q *publisher) run(js jetstream.JetStream, ctx context.Context) {
+	p := q.n.persistence()
+	defer func() {
+		q.failQueued()
+		q.failBatch()
+	}()
 	for {
 		select {
 		case <-ctx.Done():
-			q.failQueued()
 			return
 		case <-q.wake:
 		}
@@ -257,18 +294,90 @@ func (q *publisher) run(js jetstream.JetStream, ctx context.Context) {
 		reqs := q.reqs
 		q.reqs = nil
 		q.mu.Unlock()
+		batching := q.n.batchOK()
+		if !batching && !q.sendSingles(js, ctx) {
+			for _, r := range reqs {
+				p.finish(r.c, errClosed)
+			}
+			return
+		}
 		for i, r := range reqs {
-			paf, err := js.PublishMsgAsync(r.msg, jetstream.WithStallWait(time.Until(r.deadline)))
-			select {
-			case q.acks <- pending{req: r, paf: paf, err: err}:
-			case <-ctx.Done():
-				for _, r := range reqs[i:] {
-					q.n.persistence().finish(r.c, errClosed)
+			ok := true
+			if r.fwd != nil && !batching {
+				// A node that may not read batches: one record each.
+				ok = q.send(js, ctx, pending{req: pubReq{msg: singleRecord(q.n.origin, r.fwd), c: r.c, deadline: r.deadline}})
+			} else if r.fwd != nil {
+				if len(q.batch) > 0 && q.batchBytes+r.fwd.size() > maxBatchBytes {
+					if ok = q.sendBatch(js, ctx); !ok {
+						p.finish(r.c, errClosed)
+					}
 				}
-				q.failQueued()
+				if ok {
+					q.add(r)
+					if len(q.batch) >= maxBatchMsgs {
+						ok = q.sendBatch(js, ctx)
+					}
+				}
+			} else {
+				ok = q.send(js, ctx, pending{req: r})
+			}
+			if !ok {
+				for _, r := range reqs[i+1:] {
+					p.finish(r.c, errClosed)
+				}
 				return
 			}
 		}
+		if len(q.batch) > 0 && q.inflight.Load() < maxBatchesInFlight && !q.sendBatch(js, ctx) {
+			return
+		}
+	}
+}
+
+// add puts the message of r into the batch.
+func (q *publisher) add(r pubReq) {
+	if len(q.batch) == 0 {
+		q.batchDL = r.deadline
+	}
+	q.batch = append(q.batch, r.fwd)
+	q.batchCs = append(q.batchCs, r.c)
+	q.batchBytes += r.fwd.size()
+}
+
+// sendBatch publishes the batch as one record; false: the Node closed.
+func (q *publisher) sendBatch(js jetstream.JetStream, ctx context.Context) bool {
+	r := pubReq{msg: batchRecord(q.n.origin, q.batch), cs: q.batchCs, deadline: q.batchDL}
+	q.batch, q.batchCs, q.batchBytes = nil, nil, 0
+	q.inflight.Add(1)
+	return q.send(js, ctx, pending{req: r, batch: true})
+}
+
+// sendSingles publishes the messages of the batch gathered, if any, as
+// single records; false: the Node closed.
+func (q *publisher) sendSingles(js jetstream.JetStream, ctx context.Context) bool {
+	msgs, cs := q.batch, q.batchCs
+	q.batch, q.batchCs, q.batchBytes = nil, nil, 0
+	for i, f := range msgs {
+		if !q.send(js, ctx, pending{req: pubReq{msg: singleRecord(q.n.origin, f), c: cs[i], deadline: q.batchDL}}) {
+			for _, c := range cs[i+1:] {
+				q.n.persistence().finish(c, errClosed)
+			}
+			return false
+		}
+	}
+	return true
+}
+
+// send publishes pd.req.msg and hands it to acknowledge; false: the Node
+// closed (pd failed).
+func (q *publisher) send(js jetstream.JetStream, ctx context.Context, pd pending) bool {
+	pd.paf, pd.err = js.PublishMsgAsync(pd.req.msg, jetstream.WithStallWait(time.Until(pd.req.deadline)))
+	select {
+	case q.acks <- pd:
+		return true
+	case <-ctx.Done():
+		pd.req.finish(q.n.persistence(), errClosed)
+		return false
 	}
 }
 
@@ -284,6 +393,14 @@ func (q *publisher) failQueued() {
 	}
 }
 
+// failBatch fails the batch being gathered (the Node closed).
+func (q *publisher) failBatch() {
+	for _, c := range q.batchCs {
+		q.n.persistence().finish(c, errClosed)
+	}
+	q.batch, q.batchCs, q.batchBytes = nil, nil, 0
+}
+
 // acknowledge waits for each publication's acknowledgement in order.
 func (q *publisher) acknowledge(js jetstream.JetStream, ctx context.Context) {
 	p := q.n.persistence()
@@ -294,7 +411,7 @@ func (q *publisher) acknowledge(js jetstream.JetStream, ctx context.Context) {
 			for {
 				select {
 				case pd := <-q.acks:
-					p.finish(pd.req.c, errClosed)
+					pd.req.finish(p, errClosed)
 				default:
 					return
 				}
@@ -316,7 +433,12 @@ func (q *publisher) acknowledge(js jetstream.JetStream, ctx context.Context) {
 					q.n.dstats.streamErrors.Add(1)
 					q.n.log.Warn("cluster: a publication to JetStream failed", "subject", clip(pd.req.msg.Subject), "err", err)
 				}
-				p.finish(pd.req.c, err)
+				pd.req.finish(p, err)
+				if pd.batch {
+					// Room for the batch gathered meanwhile.
+					q.inflight.Add(-1)
+					q.poke()
+				}
 				break
 			}
 			// No leader yet, or the acknowledgement was lost: again, under

@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/moatmq/moat/internal/broker"
+	mqtttopic "github.com/moatmq/moat/internal/topic"
 )
 
 // Sessions cluster-wide (docs/cluster.md, "Sessions"). Persistent
@@ -762,26 +763,30 @@ func (n *Node) retryClaim(ctx context.Context, id string) error {
 // replay delivers to the session of id the durable messages with stream
 // sequences in (from, to] that match its subscriptions (shared
 // subscriptions excepted) and that it does not hold already (have),
-// waiting until they are committed.
+// waiting until they are committed. Batch records are read whole and
+// their messages matched one by one; single records, of earlier builds,
+// by their subjects.
 func (n *Node) replay(ctx context.Context, id string, ss *broker.StoredSession, from, to uint64, have map[string]bool) {
-	var filters []string
+	var filters, subjects []string
 	for _, sub := range ss.Subscriptions {
 		if strings.HasPrefix(sub.Filter, "$share/") {
 			continue
 		}
+		filters = append(filters, sub.Filter)
 		for _, s := range filterSubjects(sub.Filter) {
 			if d := durablePrefix + s[len(msgPrefix):]; len(d) <= maxSubject {
-				filters = append(filters, d)
+				subjects = append(subjects, d)
 			}
 		}
 	}
 	if len(filters) == 0 {
 		return
 	}
+	subjects = append(subjects, batchSubject)
 	b := n.b.(sessionBroker)
-	// The matching messages of each filter, merged in stream order.
+	// The matching records of each subject, merged in stream order.
 	bySeq := make(map[uint64]*jetstream.RawStreamMsg)
-	for _, f := range dedupe(filters) {
+	for _, f := range dedupe(subjects) {
 		msgs, err := n.scan(ctx, n.msgStream(), f, from+1, to)
 		if err != nil {
 			n.log.Error("cluster: the messages a moved session missed could not be read; some may be missing from its queue",
@@ -795,8 +800,34 @@ func (n *Node) replay(ctx context.Context, id string, ss *broker.StoredSession, 
 	seqs := slices.Sorted(maps.Keys(bySeq))
 	var wg sync.WaitGroup
 	count := 0
+	deliver := func(msg *broker.Message, ref string) {
+		wg.Add(1)
+		count++
+		n.dur.refs.Store(msg, ref)
+		b.DeliverToSession(id, msg, func(error) { wg.Done() })
+		n.dur.refs.Delete(msg)
+	}
 	for _, seq := range seqs {
 		m := bySeq[seq]
+		if m.Subject == batchSubject {
+			entries, err := decodeBatch(m.Data)
+			if err != nil {
+				continue
+			}
+			origin := m.Header.Get(hdrOrigin)
+			for i := range entries {
+				ref := msgID(origin, entries[i].seq)
+				if have[ref] {
+					continue
+				}
+				msg, err := entries[i].message()
+				if err != nil || !matchesAny(filters, msg.Topic) {
+					continue
+				}
+				deliver(msg, ref)
+			}
+			continue
+		}
 		ref := m.Header.Get(nats.MsgIdHdr)
 		sent, err := strconv.ParseInt(m.Header.Get(hdrSent), 10, 64)
 		if err != nil || have[ref] {
@@ -806,16 +837,22 @@ func (n *Node) replay(ctx context.Context, id string, ss *broker.StoredSession, 
 		if err != nil {
 			continue
 		}
-		wg.Add(1)
-		count++
-		n.dur.refs.Store(msg, ref)
-		b.DeliverToSession(id, msg, func(error) { wg.Done() })
-		n.dur.refs.Delete(msg)
+		deliver(msg, ref)
 	}
 	wg.Wait()
 	if count > 0 {
 		n.log.Info("cluster: messages replayed to a moved session", "client", id, "count", count, "from", from, "to", to)
 	}
+}
+
+// matchesAny tells whether one of filters matches topic.
+func matchesAny(filters []string, topic string) bool {
+	for _, f := range filters {
+		if mqtttopic.MatchFilter(f, topic) {
+			return true
+		}
+	}
+	return false
 }
 
 func dedupe(s []string) []string {

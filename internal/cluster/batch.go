@@ -1,0 +1,243 @@
+package cluster
+
+import (
+	"encoding/binary"
+	"errors"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/moatmq/moat/internal/broker"
+)
+
+// Group commit of the durable stream (docs/cluster.md, "Durable QoS 1
+// and 2"). The QoS 1/2 messages a node accepts while one of its batch
+// records is on its way to the stream go together into the next record:
+// one JetStream message holding up to maxBatchMsgs messages (or
+// maxBatchBytes, whichever comes first), written, replicated and, with
+// sync always, fsynced once, and read and acknowledged once by each
+// node's consumer. Each message's PUBACK or PUBREC still waits for the
+// stream's acknowledgement of the record holding it.
+//
+// A batch record is published on batchSubject with the usual origin
+// header and a message ID of its own (the stream drops a copy published
+// again after a lost acknowledgement). Its data is version 1 of this
+// format:
+//
+//	byte       1 (the version)
+//	uvarint    count (at least 1)
+//	count times:
+//	  uvarint  the message's sequence number at its origin (its ID in the
+//	           stream is "<origin>/<sequence>", as a single record's was)
+//	  varint   the time it was published, Unix nanoseconds (its expiry
+//	           counts from there)
+//	  uvarint  length, then the publisher's client ID (No Local)
+//	  uvarint  length, then the message as an MQTT 5 PUBLISH (wire.go)
+//
+// Records written by earlier builds hold one message each, on the
+// subject moat.d.<topic tokens> with the sequence, time and publisher in
+// headers; they are still read (single records).
+
+// batchSubject is the subject of batch records. Topic tokens start with
+// '_', so no single record has it.
+const batchSubject = durablePrefix + "b"
+
+// batchVersion is the version of the batch format written.
+const batchVersion = 1
+
+// Bounds of one batch record: messages, and bytes of their entries (a
+// message larger than maxBatchBytes goes alone). The bytes stay under
+// the smallest max_payload a NATS server has by default (1 MiB) with
+// room for the headers; the embedded server allows 64 MiB.
+const (
+	maxBatchMsgs  = 256
+	maxBatchBytes = 1<<20 - 64<<10
+)
+
+// maxBatchesInFlight is how many batch records a node has on their way
+// to the stream at once. One means pure group commit: while a record is
+// being written everything accepted waits for the next. Two lets a
+// second record be written while the first's acknowledgement travels
+// back, which keeps the stream's leader busy without splitting the load
+// into many small records.
+const maxBatchesInFlight = 2
+
+// fwdMsg is one message for the stream, encoded.
+type fwdMsg struct {
+	topic string
+	seq   uint64 // this run's sequence number: its ID is origin/seq
+	sent  int64  // Unix nanoseconds at publication
+	from  string // the publisher's client ID
+	pkt   []byte // the PUBLISH (encodeMessage)
+}
+
+// size is the number of bytes of f's entry in a batch, about.
+func (f *fwdMsg) size() int { return len(f.pkt) + len(f.from) + 3*binary.MaxVarintLen64 }
+
+// appendBatchEntry appends f's entry to a batch's data.
+func appendBatchEntry(b []byte, f *fwdMsg) []byte {
+	b = binary.AppendUvarint(b, f.seq)
+	b = binary.AppendVarint(b, f.sent)
+	b = binary.AppendUvarint(b, uint64(len(f.from)))
+	b = append(b, f.from...)
+	b = binary.AppendUvarint(b, uint64(len(f.pkt)))
+	return append(b, f.pkt...)
+}
+
+// encodeBatch returns the data of a batch record of msgs (at least one).
+func encodeBatch(msgs []*fwdMsg) []byte {
+	size := 1 + binary.MaxVarintLen64
+	for _, f := range msgs {
+		size += f.size()
+	}
+	b := make([]byte, 0, size)
+	b = append(b, batchVersion)
+	b = binary.AppendUvarint(b, uint64(len(msgs)))
+	for _, f := range msgs {
+		b = appendBatchEntry(b, f)
+	}
+	return b
+}
+
+// batchEntry is one message of a decoded batch record, not yet decoded
+// itself.
+type batchEntry struct {
+	seq  uint64
+	sent int64
+	from string
+	pkt  []byte // aliases the record's data
+}
+
+var errBatch = errors.New("cluster: malformed batch record")
+
+// decodeBatch splits the data of a batch record into its entries. It
+// checks the framing only; each entry's PUBLISH is decoded on its own
+// (decodeMessage), so that one bad message does not cost the others.
+func decodeBatch(b []byte) ([]batchEntry, error) {
+	if len(b) < 1 {
+		return nil, errBatch
+	}
+	if b[0] != batchVersion {
+		return nil, errors.New("cluster: batch record of unknown version " + strconv.Itoa(int(b[0])))
+	}
+	b = b[1:]
+	count, k := binary.Uvarint(b)
+	// Every entry takes at least four bytes.
+	if k <= 0 || count == 0 || count > uint64(len(b)-k)/4 {
+		return nil, errBatch
+	}
+	b = b[k:]
+	field := func() ([]byte, bool) {
+		n, k := binary.Uvarint(b)
+		if k <= 0 || n > uint64(len(b)-k) {
+			return nil, false
+		}
+		f := b[k : k+int(n)]
+		b = b[k+int(n):]
+		return f, true
+	}
+	out := make([]batchEntry, 0, count)
+	for range count {
+		var e batchEntry
+		var k int
+		if e.seq, k = binary.Uvarint(b); k <= 0 {
+			return nil, errBatch
+		}
+		b = b[k:]
+		if e.sent, k = binary.Varint(b); k <= 0 {
+			return nil, errBatch
+		}
+		b = b[k:]
+		from, ok := field()
+		if !ok {
+			return nil, errBatch
+		}
+		if e.pkt, ok = field(); !ok {
+			return nil, errBatch
+		}
+		e.from = string(from)
+		out = append(out, e)
+	}
+	if len(b) != 0 {
+		return nil, errBatch
+	}
+	return out, nil
+}
+
+// message decodes e's message.
+func (e *batchEntry) message() (*broker.Message, error) {
+	return decodeMessage(e.pkt, e.from, time.Unix(0, e.sent))
+}
+
+// msgID is the stream ID of the message origin/seq (the JetStream message
+// ID of a single record, the ID of an entry of a batch): what the
+// consumers' duplicate check and the sessions' delivery records use.
+func msgID(origin string, seq uint64) string { return origin + "/" + strconv.FormatUint(seq, 10) }
+
+// batchRecord returns the stream message holding msgs: the record with
+// ID origin/b<sequence of its first message> (each message of a run
+// goes into one batch, so no two batches share it).
+func batchRecord(origin string, msgs []*fwdMsg) *nats.Msg {
+	m := &nats.Msg{Subject: batchSubject, Data: encodeBatch(msgs), Header: nats.Header{}}
+	m.Header[hdrOrigin] = []string{origin}
+	m.Header[nats.MsgIdHdr] = []string{origin + "/b" + strconv.FormatUint(msgs[0].seq, 10)}
+	return m
+}
+
+// singleRecord returns the stream message of one message in the format
+// of earlier builds: one record per message, on moat.d.<topic tokens>,
+// its sequence, time and publisher in headers. It is written while a
+// node of the cluster may not read batch records (batchOK).
+func singleRecord(origin string, f *fwdMsg) *nats.Msg {
+	m := &nats.Msg{Subject: durablePrefix + topicTokens(f.topic), Data: f.pkt, Header: nats.Header{}}
+	m.Header[hdrOrigin] = []string{origin}
+	m.Header[hdrSeq] = []string{strconv.FormatUint(f.seq, 10)}
+	m.Header[hdrSent] = []string{strconv.FormatInt(f.sent, 10)}
+	m.Header[nats.MsgIdHdr] = []string{msgID(origin, f.seq)}
+	if f.from != "" {
+		m.Header[hdrFrom] = []string{f.from}
+	}
+	return m
+}
+
+// Nodes that read batch records say so with one more marker,
+// moat.v.<node>.batch1, subscribed before their presence marker (so a
+// node seen present without it runs an earlier build). It lies outside
+// moat.i.<node>., where a filter's marker could be a wildcard.
+const (
+	capPrefix = "moat.v."
+	capBatch  = ".batch1"
+)
+
+// batchOK tells whether every node of the cluster reads batch records:
+// each node seen present now has the batch marker, and each one away had
+// it when last seen. A node never seen by this run (the cluster is
+// missing one since this node started) or one seen without it (a
+// rolling upgrade from an earlier build) makes messages go as single
+// records, which every build reads. With an external NATS, whose
+// interest a node cannot see, every node is assumed to read batches
+// (docs/cluster.md, "Upgrades").
+func (n *Node) batchOK() bool {
+	if n.srv == nil {
+		return true
+	}
+	d := &n.dur
+	peers := *d.peers.Load()
+	if len(peers) < int(d.expected.Load()) {
+		return false
+	}
+	acc := n.srv.GlobalAccount()
+	d.capMu.Lock()
+	defer d.capMu.Unlock()
+	for _, p := range peers {
+		if acc.Interest(p+presenceToken) > 0 {
+			key := p[len(markerPrefix) : len(p)-1]
+			d.capable[p] = acc.Interest(capPrefix+key+capBatch) > 0
+		}
+		if !d.capable[p] {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,364 @@
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/moatmq/moat/client"
+	"github.com/moatmq/moat/internal/broker"
+	"github.com/moatmq/moat/internal/packet"
+	"github.com/moatmq/moat/internal/testutil"
+)
+
+// fwdOf encodes a QoS 1 message on topic for the stream, as sequence seq
+// of its origin.
+func fwdOf(t testing.TB, seq uint64, topic, payload, from string) *fwdMsg {
+	t.Helper()
+	now := time.Now()
+	msg := broker.NewMessage(&packet.Publish{Topic: topic, Payload: []byte(payload), QoS: 1, PacketID: 1}, from, now)
+	pkt, err := encodeMessage(msg, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &fwdMsg{topic: topic, seq: seq, sent: now.UnixNano(), from: from, pkt: pkt}
+}
+
+// TestBatchRoundTrip: a batch record decodes to its messages, in order,
+// with their sequence numbers, times and publishers; framing errors and
+// unknown versions are refused.
+func TestBatchRoundTrip(t *testing.T) {
+	var in []*fwdMsg
+	for i := range 5 {
+		in = append(in, fwdOf(t, uint64(100+i), "a/"+strconv.Itoa(i), "p"+strconv.Itoa(i), map[bool]string{true: "pub"}[i%2 == 0]))
+	}
+	data := encodeBatch(in)
+	out, err := decodeBatch(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(out) != len(in) {
+		t.Fatalf("%d entries, want %d", len(out), len(in))
+	}
+	for i, e := range out {
+		if e.seq != in[i].seq || e.sent != in[i].sent || e.from != in[i].from || !bytes.Equal(e.pkt, in[i].pkt) {
+			t.Fatalf("entry %d: %+v, want %+v", i, e, *in[i])
+		}
+		msg, err := e.message()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if msg.Topic != "a/"+strconv.Itoa(i) || string(msg.Payload) != "p"+strconv.Itoa(i) || msg.QoS != 1 || msg.From != in[i].from {
+			t.Fatalf("entry %d: message %s %q QoS %d from %q", i, msg.Topic, msg.Payload, msg.QoS, msg.From)
+		}
+	}
+	rec := batchRecord("n1/ab", in)
+	if rec.Subject != batchSubject || rec.Header.Get(hdrOrigin) != "n1/ab" || rec.Header.Get(nats.MsgIdHdr) != "n1/ab/b100" {
+		t.Fatalf("record %s %v", rec.Subject, rec.Header)
+	}
+
+	for name, bad := range map[string][]byte{
+		"empty":          nil,
+		"version 2":      append([]byte{2}, data[1:]...),
+		"no entries":     {batchVersion, 0},
+		"count too high": append([]byte{batchVersion, 6}, data[2:]...),
+		"truncated":      data[:len(data)-1],
+		"trailing bytes": append(bytes.Clone(data), 0),
+	} {
+		if _, err := decodeBatch(bad); err == nil {
+			t.Errorf("%s: decoded", name)
+		}
+	}
+}
+
+// FuzzDecodeBatch: the batch decoder never panics, and what it accepts
+// encodes to a record that decodes to the same entries.
+func FuzzDecodeBatch(f *testing.F) {
+	f.Add(encodeBatch([]*fwdMsg{fwdOf(f, 1, "a/b", "x", "c")}))
+	f.Add(encodeBatch([]*fwdMsg{fwdOf(f, 1<<40, "a", "", ""), fwdOf(f, 2, "a//b/", "y", "pub")}))
+	f.Add([]byte{batchVersion, 1, 1, 2, 0, 0})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		entries, err := decodeBatch(b)
+		if err != nil {
+			return
+		}
+		in := make([]*fwdMsg, len(entries))
+		for i, e := range entries {
+			in[i] = &fwdMsg{seq: e.seq, sent: e.sent, from: e.from, pkt: e.pkt}
+			_, _ = e.message() // must not panic
+		}
+		again, err := decodeBatch(encodeBatch(in))
+		if err != nil || len(again) != len(entries) {
+			t.Fatalf("decode → encode → decode: %v, %d entries of %d", err, len(again), len(entries))
+		}
+		for i := range again {
+			a, e := again[i], entries[i]
+			if a.seq != e.seq || a.sent != e.sent || a.from != e.from || !bytes.Equal(a.pkt, e.pkt) {
+				t.Fatalf("entry %d changed: %+v → %+v", i, e, a)
+			}
+		}
+	})
+}
+
+// TestBatchedForwardingOrder: publishers on one node pipeline QoS 1
+// messages on their own topics to a subscriber on another; the stream
+// holds fewer records than messages (they were grouped), and every
+// message arrives once, in its publisher's order.
+func TestBatchedForwardingOrder(t *testing.T) {
+	nodes := startCluster(t, 3)
+	sub := dial(t, nodes[1].addr, "bsub", client.V5)
+	subscribe(t, sub, 1, "bo/#")
+	// Fewer messages than a session queues (1,000): a subscriber slower
+	// than the burst loses none to its queue's limit.
+	const pubs, per = 4, 200
+	var clients []*client.Client
+	for i := range pubs {
+		clients = append(clients, dial(t, nodes[0].addr, "bpub"+strconv.Itoa(i), client.V5))
+	}
+	awaitRoute(t, clients[0], sub, "bo/probe")
+	before := streamState(t, nodes[0].node)
+	out := nodes[0].node.Status().StreamOut
+
+	var wg sync.WaitGroup
+	errs := make(chan error, pubs)
+	for i, c := range clients {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			toks := make([]*client.Token, 0, per)
+			for j := range per {
+				toks = append(toks, c.PublishAsync(ctx, &client.Message{Topic: fmt.Sprintf("bo/%d", i), QoS: 1, Payload: []byte(strconv.Itoa(j))}))
+			}
+			for _, tk := range toks {
+				if err := tk.Wait(ctx); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	next := make([]int, pubs)
+	deadline := time.After(60 * time.Second)
+	for got := 0; got < pubs*per; {
+		select {
+		case m := <-sub.Messages():
+			if string(m.Payload) == "probe" {
+				continue
+			}
+			var i int
+			if _, err := fmt.Sscanf(m.Topic, "bo/%d", &i); err != nil || i < 0 || i >= pubs {
+				t.Fatalf("message on %q", m.Topic)
+			}
+			if string(m.Payload) != strconv.Itoa(next[i]) {
+				t.Fatalf("publisher %d: got %q, want %d (out of order, or again)", i, m.Payload, next[i])
+			}
+			next[i]++
+			got++
+		case <-deadline:
+			t.Fatalf("received %v of %d per publisher", next, per)
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	expectNone(t, sub, 300*time.Millisecond)
+	msgs := nodes[0].node.Status().StreamOut - out
+	records := streamState(t, nodes[0].node).LastSeq - before.LastSeq
+	if msgs != pubs*per {
+		t.Fatalf("%d messages went into the stream, want %d", msgs, pubs*per)
+	}
+	if records >= msgs {
+		t.Fatalf("%d messages took %d stream records: not grouped", msgs, records)
+	}
+	t.Logf("%d messages in %d stream records", msgs, records)
+	testutil.WaitFor(t, "the receiving node's acknowledgements", 30*time.Second, func() bool {
+		ci := consumerInfo(t, nodes[0].node, nodes[1].node)
+		return ci.NumAckPending == 0 && ci.AckFloor.Stream >= before.LastSeq+records
+	})
+}
+
+// publishRecord writes a record into the durable stream through tn, as
+// another node (or an earlier build) would, and returns its sequence.
+func publishRecord(t *testing.T, tn *testNode, m *nats.Msg) uint64 {
+	t.Helper()
+	js, err := jetstream.New(tn.node.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ack, err := js.PublishMsg(ctx, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ack.Sequence
+}
+
+// awaitRouted waits until tn's consumer acknowledged the stream up to
+// seq: tn routed those records before what follows (a session arriving
+// there is replayed them).
+func awaitRouted(t *testing.T, tn *testNode, seq uint64) {
+	t.Helper()
+	testutil.WaitFor(t, tn.node.cfg.Node+" to route the stream", 30*time.Second, func() bool {
+		return consumerInfo(t, tn.node, tn.node).AckFloor.Stream >= seq
+	})
+}
+
+// TestOldFormatRecords: records of one message each, as earlier builds
+// wrote them, are delivered by the nodes' consumers and replayed to a
+// moved session, in stream order with the batches around them.
+func TestOldFormatRecords(t *testing.T) {
+	nodes := startCluster(t, 3)
+	sub, _ := dialSession(t, nodes[0].addr, "oldsub", client.V5)
+	subscribe(t, sub, 1, "old/#")
+	pub := dial(t, nodes[2].addr, "oldpub", client.V5)
+	awaitRoute(t, pub, sub, "old/probe")
+	const origin = "n0/earlier-build"
+	old := func(seq uint64, topic, payload string) {
+		publishRecord(t, nodes[2], singleRecord(origin, fwdOf(t, seq, topic, payload, "old-client")))
+	}
+
+	old(1, "old/x", "0")
+	old(2, "old/x", "1")
+	receiveInOrder(t, sub, 0, 2)
+	publishQoS1(t, pub, "old/x", 2, 4)
+	old(3, "old/x", "4")
+	receiveInOrder(t, sub, 2, 5)
+
+	// Published while the session's node is down: replayed on its new
+	// home from the single records and the batches alike.
+	disconnect(t, sub)
+	stopNode(t, nodes[0])
+	testutil.WaitFor(t, "n2 and n3 to see n1 gone", 30*time.Second, func() bool {
+		return nodes[1].node.srv.NumRemotes() == 1 && nodes[2].node.srv.NumRemotes() == 1
+	})
+	old(4, "old/x", "5")
+	publishQoS1(t, pub, "old/x", 6, 8)
+	old(5, "elsewhere/x", "not for it")
+	old(6, "old/y", "8")
+	awaitRouted(t, nodes[1], streamState(t, nodes[1].node).LastSeq)
+	sub2, present := dialSession(t, nodes[1].addr, "oldsub", client.V5)
+	if !present {
+		t.Fatal("Session Present 0 on a survivor")
+	}
+	receiveInOrder(t, sub2, 5, 9)
+	expectNone(t, sub2, 500*time.Millisecond)
+}
+
+// TestBatchSplitAcrossNodeLoss: a node dies while routing a batch
+// record, with part of its messages already in an offline session's
+// queue there; the session resumes on another node and gets each
+// message of the record once, in order (the part it holds from its
+// queue, the rest replayed from the record).
+func TestBatchSplitAcrossNodeLoss(t *testing.T) {
+	nodes := startCluster(t, 3)
+	sub, _ := dialSession(t, nodes[0].addr, "splitsub", client.V5)
+	subscribe(t, sub, 1, "sp/#")
+	pub := dial(t, nodes[2].addr, "splitpub", client.V5)
+	awaitRoute(t, pub, sub, "sp/probe")
+	disconnect(t, sub)
+
+	const origin = "n9/gone"
+	var all []*fwdMsg
+	for i := range 10 {
+		all = append(all, fwdOf(t, uint64(i+1), "sp/x", strconv.Itoa(i), "p"))
+	}
+	// What n1 had routed into the session when it died: the first four
+	// messages of the record, committed with their stream IDs.
+	in := nodes[0].node.Status().StreamIn
+	publishRecord(t, nodes[2], batchRecord(origin, all[:4]))
+	testutil.WaitFor(t, "n1 to route the first part", 30*time.Second, func() bool {
+		return nodes[0].node.Status().StreamIn >= in+4 && consumerInfo(t, nodes[2].node, nodes[0].node).NumAckPending == 0
+	})
+	stopNode(t, nodes[0])
+	testutil.WaitFor(t, "n2 and n3 to see n1 gone", 30*time.Second, func() bool {
+		return nodes[1].node.srv.NumRemotes() == 1 && nodes[2].node.srv.NumRemotes() == 1
+	})
+	// The whole record, which n1 never acknowledged, is in the stream
+	// after its position.
+	rec := batchRecord(origin, all)
+	rec.Header.Set(nats.MsgIdHdr, origin+"/whole")
+	awaitRouted(t, nodes[1], publishRecord(t, nodes[2], rec))
+
+	sub2, present := dialSession(t, nodes[1].addr, "splitsub", client.V5)
+	if !present {
+		t.Fatal("Session Present 0 on a survivor")
+	}
+	receiveInOrder(t, sub2, 0, 10)
+	expectNone(t, sub2, 500*time.Millisecond)
+	// And the batches of the nodes go on reaching it there.
+	publishQoS1(t, pub, "sp/x", 10, 20)
+	receiveInOrder(t, sub2, 10, 20)
+}
+
+// TestSingleRecordsForEarlierBuilds: while a node of the cluster is seen
+// without the batch marker (a node of an earlier build, during a rolling
+// upgrade: here n3 drops its marker), messages go into the stream one
+// record each, in the format every build reads; once it has the marker,
+// they are grouped again.
+func TestSingleRecordsForEarlierBuilds(t *testing.T) {
+	nodes := startCluster(t, 3)
+	sub := dial(t, nodes[1].addr, "gsub", client.V5)
+	subscribe(t, sub, 1, "g/#")
+	pub := dial(t, nodes[0].addr, "gpub", client.V5)
+	awaitRoute(t, pub, sub, "g/probe")
+	capSubject := capPrefix + keyOf(nodes[2].node.cfg.Node) + capBatch
+	acc := nodes[0].node.srv.GlobalAccount()
+	setMarker := func(on bool) {
+		nd := nodes[2].node
+		nd.subMu.Lock()
+		defer nd.subMu.Unlock()
+		if on {
+			s, err := nd.nc.SubscribeSync(capSubject)
+			if err != nil {
+				t.Fatal(err)
+			}
+			nd.dur.batchMarker = s
+			return
+		}
+		if err := nd.dur.batchMarker.Unsubscribe(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// records publishes n pipelined messages from next on and returns
+	// how many stream records they took.
+	next := 0
+	records := func(n int) uint64 {
+		before := streamState(t, nodes[0].node).LastSeq
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		toks := make([]*client.Token, 0, n)
+		for i := range n {
+			toks = append(toks, pub.PublishAsync(ctx, &client.Message{Topic: "g/x", QoS: 1, Payload: []byte(strconv.Itoa(next + i))}))
+		}
+		for _, tk := range toks {
+			if err := tk.Wait(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		receiveInOrder(t, sub, next, next+n)
+		next += n
+		return streamState(t, nodes[0].node).LastSeq - before
+	}
+
+	setMarker(false)
+	testutil.WaitFor(t, "n1 to see n3 without the batch marker", 30*time.Second, func() bool { return acc.Interest(capSubject) == 0 })
+	if got := records(200); got != 200 {
+		t.Fatalf("with a node of an earlier build: 200 messages took %d records, want one each", got)
+	}
+	setMarker(true)
+	testutil.WaitFor(t, "n1 to see n3's batch marker", 30*time.Second, func() bool { return acc.Interest(capSubject) > 0 })
+	if got := records(200); got >= 200 {
+		t.Fatalf("every node reads batches: 200 messages took %d records", got)
+	}
+	expectNone(t, sub, 300*time.Millisecond)
+}
