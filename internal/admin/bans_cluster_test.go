@@ -19,6 +19,7 @@ func TestSecurityBanNotReplicatedReported(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { g.Close() })
 	refusal := "cluster unreachable: 10000 security changes pending; not applied cluster-wide"
 	g.Replicate(func(string, bool) error { return errors.New(refusal) })
 	h, _, op := newTestHandler(t, Config{Bans: g})
