@@ -304,11 +304,13 @@ func (n *Node) secBuckets(js jetstream.JetStream) (bans, files jetstream.KeyValu
 	return bans, files, err
 }
 
-// writeSec writes the queued changes, oldest first. When one fails (no
-// quorum: a partition, two nodes down) it and those after it stay queued
-// and are tried again at the next retry: a ban or a policy must not be
-// lost because the cluster was briefly unreachable. It reports whether
-// changes are left.
+// writeSec writes the queued changes, oldest first. When one fails
+// because the buckets are unreachable (no quorum: a partition, two nodes
+// down) it and those after it stay queued and are tried again at the
+// next retry: a ban or a policy must not be lost because the cluster was
+// briefly unreachable. A change the bucket refuses outright is logged at
+// Error and counted (Status.SecurityRefused). It reports whether changes
+// are left.
 func (n *Node) writeSec(bans, files jetstream.KeyValue) (left bool) {
 	q := n.sec.writes
 	for {
@@ -325,6 +327,16 @@ func (n *Node) writeSec(bans, files jetstream.KeyValue) (left bool) {
 			ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
 			_, err = kv.Put(ctx, c.key.key, val)
 			cancel()
+		}
+		if err != nil && !unreachable(err) && n.ctx.Err() == nil {
+			// A value the bucket refuses (larger than the NATS server's
+			// maximum payload) is never stored: it must not hold up
+			// every change behind it.
+			n.stats.secRefused.Add(1)
+			n.log.Error("cluster: security change refused by the cluster's key-value store; it holds on this node only",
+				"bucket", c.key.bucket, "key", clip(c.key.key), "size", len(val), "err", err)
+			q.done(c)
+			continue
 		}
 		if err != nil {
 			if n.ctx.Err() == nil {

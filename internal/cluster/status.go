@@ -67,8 +67,9 @@ type Status struct {
 	WritesDropped uint64 `json:"writes_dropped"`
 	// SecurityPending are the security changes (bans, shared files)
 	// waiting for their buckets, one per ban or file; SecurityRefused
-	// counts those refused because too many waited (they hold on this
-	// node only, and their caller was told).
+	// counts those refused because too many waited (their caller was
+	// told) or because the bucket refused the value (too large): they
+	// hold on this node only.
 	SecurityPending int    `json:"security_pending"`
 	SecurityRefused uint64 `json:"security_refused"`
 	// The durable stream of QoS 1/2 messages (durable.go): published to
