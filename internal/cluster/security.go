@@ -97,10 +97,11 @@ var ErrSecurityBacklog = errors.New("cluster unreachable")
 type secState struct {
 	h Security // set before Attach; nil: no security state
 
-	writes *pendingQueue[secKey, secRecord]
-	wake   chan struct{}
-	events chan *nats.Msg
-	sub    *nats.Subscription
+	writes     *pendingQueue[secKey, secRecord]
+	refusedLog rateLog // the refusals' log lines
+	wake       chan struct{}
+	events     chan *nats.Msg
+	sub        *nats.Subscription
 }
 
 // SetSecurity makes h receive the other nodes' security changes. Call it
@@ -152,8 +153,13 @@ func (n *Node) queueSec(k secKey, rec secRecord) error {
 	if ok, _ := s.writes.push(k, rec); !ok {
 		pending := s.writes.len()
 		n.stats.secRefused.Add(1)
-		n.log.Error("cluster: security change refused: the cluster's key-value store is unreachable and too many changes wait for it; "+
-			"it holds on this node only", "bucket", k.bucket, "key", clip(k.key), "pending", pending)
+		// One line per interval: a detector banning thousands of
+		// addresses during an outage must not flood the log; each
+		// caller gets its error.
+		if ok, suppressed := s.refusedLog.allow(time.Now(), forwardLogEvery); ok {
+			n.log.Error("cluster: security change refused: the cluster's key-value store is unreachable and too many changes wait for it; "+
+				"it holds on this node only", "bucket", k.bucket, "key", clip(k.key), "pending", pending, "refused_not_logged", suppressed)
+		}
 		return fmt.Errorf("%w: %d security changes pending; not applied cluster-wide", ErrSecurityBacklog, pending)
 	}
 	select {
