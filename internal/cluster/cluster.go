@@ -160,12 +160,16 @@ type Node struct {
 	sec   secState // security.go
 
 	// The operations side (heartbeat.go, ops.go, housekeeping.go).
-	started   time.Time
-	beats     beats
-	opsMu     sync.Mutex
-	repl      replication
-	dupWarned time.Time
-	hk        struct {
+	started time.Time
+	beats   beats
+	beatMu  sync.Mutex // serializes heartbeat publications
+	// saidGoodbye is set once the leaving heartbeat is published; under
+	// beatMu.
+	saidGoodbye bool
+	opsMu       sync.Mutex
+	repl        replication
+	dupWarned   time.Time
+	hk          struct {
 		mu        sync.Mutex
 		ownPurges map[uint64]struct{} // revisions of this node's retained purge markers
 	}

@@ -285,8 +285,9 @@ func TestClaimsPruned(t *testing.T) {
 
 // TestRetainedClearPurges: clearing a retained topic removes it from the
 // bucket (no empty record stays), every node's copy is cleared, a node
-// that sets the topic again right after its own clear keeps the new value,
-// and the purge marker expires.
+// that sets the topic again right after its own clear keeps the new value
+// (whether its clear reached the bucket before the new value or was
+// replaced by it in the queue), and the purge marker expires.
 func TestRetainedClearPurges(t *testing.T) {
 	nodes := startCluster(t, 3)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -329,7 +330,13 @@ func TestRetainedClearPurges(t *testing.T) {
 	if _, err := kv.Get(ctx, topicTokens("plant/a")); !errors.Is(err, jetstream.ErrKeyNotFound) {
 		t.Fatalf("plant/a in the bucket: %v", err)
 	}
-	testutil.WaitFor(t, "n2 to count two purges", 10*time.Second, func() bool { return nodes[1].node.Status().RetainedPurged == 2 })
+	// plant/a's clear is purged; plant/b's clear is purged too unless
+	// its new value replaced it in n2's queue of writes (the bucket keeps
+	// the last value of a topic, so only the latest change of one waits).
+	testutil.WaitFor(t, "n2 to count its purges", 10*time.Second, func() bool {
+		p := nodes[1].node.Status().RetainedPurged
+		return p == 1 || p == 2
+	})
 	js, err := jetstream.New(nodes[0].node.nc)
 	if err != nil {
 		t.Fatal(err)
