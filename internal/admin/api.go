@@ -380,6 +380,9 @@ func (h *Handler) addBan(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case errors.Is(err, guard.ErrBanListFull):
 		writeError(w, http.StatusConflict, err.Error())
+	case errors.Is(err, guard.ErrNotReplicated):
+		// In force on this node; the other nodes do not enforce it.
+		writeError(w, http.StatusServiceUnavailable, "ban "+stored.ID+" "+err.Error())
 	case err != nil:
 		writeError(w, http.StatusInternalServerError, err.Error())
 	default:
@@ -398,6 +401,8 @@ func (h *Handler) removeBan(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case errors.Is(err, guard.ErrNoBan):
 		writeError(w, http.StatusNotFound, "no such ban")
+	case errors.Is(err, guard.ErrNotReplicated):
+		writeError(w, http.StatusServiceUnavailable, "ban "+id+" removed "+err.Error())
 	case err != nil:
 		writeError(w, http.StatusInternalServerError, err.Error())
 	default:

@@ -310,106 +310,22 @@ func (c *Config) withDefaults() (Config, error) {
 	if cfg.MaxPacketSize < 64 {
 		errs = append(errs, fmt.Errorf("broker: MaxPacketSize %d is too small (minimum 64 bytes)", cfg.MaxPacketSize))
 	}
-	if cfg.MaxSessions < 0 {
-		errs = append(errs, errors.New("broker: MaxSessions must not be negative"))
+	// The limits a running server can change are defaulted and checked
+	// by the one code SetLimits uses (livelimits.go).
+	lim, err := limitsOf(&cfg).withDefaults()
+	if err != nil {
+		errs = append(errs, err)
 	}
-	if cfg.MaxSubscriptions == 0 {
-		cfg.MaxSubscriptions = DefaultMaxSubscriptions
-	}
-	if cfg.MaxSubscriptions < 0 {
-		errs = append(errs, errors.New("broker: MaxSubscriptions must not be negative"))
-	}
-	if cfg.MaxTopicLevels == 0 {
-		cfg.MaxTopicLevels = DefaultMaxTopicLevels
-	}
-	if cfg.MaxTopicLevels < 0 {
-		errs = append(errs, errors.New("broker: MaxTopicLevels must not be negative"))
-	}
-	if cfg.ConnectTimeout == 0 {
-		cfg.ConnectTimeout = DefaultConnectTimeout
-	}
-	if cfg.ReauthGrace == 0 {
-		cfg.ReauthGrace = DefaultReauthGrace
-	}
-	if cfg.ReauthGrace < 0 {
-		errs = append(errs, errors.New("broker: ReauthGrace must not be negative"))
-	}
-	if cfg.ConnectTimeout < 0 {
-		errs = append(errs, errors.New("broker: ConnectTimeout must not be negative"))
-	}
-	if cfg.MaxConnections == 0 {
-		cfg.MaxConnections = DefaultMaxConnections()
-	}
-	if cfg.MaxConnections < 0 {
-		errs = append(errs, errors.New("broker: MaxConnections must not be negative"))
-	}
-	if cfg.MaxTopicLength == 0 {
-		cfg.MaxTopicLength = DefaultMaxTopicLength
-	}
-	if cfg.MaxSubscriptionBytes == 0 {
-		cfg.MaxSubscriptionBytes = DefaultMaxSubscriptionBytes
-	}
-	if cfg.PreAuthMaxPacketSize == 0 {
-		cfg.PreAuthMaxPacketSize = DefaultPreAuthMaxPacketSize
-	}
-	if cfg.PreAuthMaxPacketSize < 64 {
-		errs = append(errs, fmt.Errorf("broker: PreAuthMaxPacketSize %d is too small (minimum 64 bytes)", cfg.PreAuthMaxPacketSize))
-	}
+	cfg.setLimits(lim)
 	cfg.PreAuthMaxPacketSize = min(cfg.PreAuthMaxPacketSize, cfg.MaxPacketSize)
-	if cfg.MaxRetained == 0 {
-		cfg.MaxRetained = DefaultMaxRetained
-	}
-	if cfg.MaxRetainedBytes == 0 {
-		cfg.MaxRetainedBytes = DefaultMaxRetainedBytes
-	}
-	if cfg.MaxRetainedPerIdentity == 0 {
-		cfg.MaxRetainedPerIdentity = DefaultMaxRetainedPerIdentity
-	}
-	if cfg.MaxRetainedBytesPerIdentity == 0 {
-		cfg.MaxRetainedBytesPerIdentity = DefaultMaxRetainedBytesIdentity
-	}
 	if cfg.ReadBudget == 0 {
 		cfg.ReadBudget = DefaultReadBudget
 	}
-	if cfg.MaxTopicLength < 0 || cfg.MaxSubscriptionBytes < 0 || cfg.MaxRetained < 0 || cfg.MaxRetainedBytes < 0 ||
-		cfg.MaxRetainedPerIdentity < 0 || cfg.MaxRetainedBytesPerIdentity < 0 || cfg.ReadBudget < 0 {
-		errs = append(errs, errors.New("broker: MaxTopicLength, MaxSubscriptionBytes, MaxRetained*, and ReadBudget must not be negative"))
-	}
-	if cfg.MaxKeepAlive == 0 {
-		cfg.MaxKeepAlive = DefaultMaxKeepAlive
-	}
-	if cfg.MaxInflight == 0 {
-		cfg.MaxInflight = DefaultMaxInflight
-	}
-	if cfg.MaxInflight < 0 || cfg.MaxInflight > 65535 {
-		errs = append(errs, fmt.Errorf("broker: MaxInflight %d out of range 1..65535", cfg.MaxInflight))
+	if cfg.ReadBudget < 0 {
+		errs = append(errs, errors.New("broker: ReadBudget must not be negative"))
 	}
 	if cfg.ReceiveMaximum == 0 {
 		cfg.ReceiveMaximum = DefaultReceiveMaximum
-	}
-	if cfg.MaxQueued == 0 {
-		cfg.MaxQueued = DefaultMaxQueued
-	}
-	if cfg.MaxQueued < 0 {
-		errs = append(errs, errors.New("broker: MaxQueued must not be negative"))
-	}
-	if cfg.MaxQueuedBytes < 0 {
-		errs = append(errs, errors.New("broker: MaxQueuedBytes must not be negative"))
-	}
-	if cfg.QueueFullPolicy > QueueBlock {
-		errs = append(errs, fmt.Errorf("broker: QueueFullPolicy %v is not QueueDrop or QueueBlock", cfg.QueueFullPolicy))
-	}
-	if cfg.PushbackMessages == 0 {
-		cfg.PushbackMessages = DefaultPushbackMessages
-	}
-	if cfg.PushbackBytes == 0 {
-		cfg.PushbackBytes = DefaultPushbackBytes
-	}
-	if cfg.PushbackWait == 0 {
-		cfg.PushbackWait = DefaultPushbackWait
-	}
-	if cfg.PushbackWait < 0 {
-		errs = append(errs, errors.New("broker: PushbackWait must not be negative"))
 	}
 	if cfg.TopicAliasMaximum == 0 {
 		cfg.TopicAliasMaximum = DefaultTopicAliasMaximum
@@ -422,9 +338,6 @@ func (c *Config) withDefaults() (Config, error) {
 	}
 	if cfg.PersistentClientExpiration < 0 {
 		errs = append(errs, errors.New("broker: PersistentClientExpiration must not be negative"))
-	}
-	if cfg.SysInterval == 0 {
-		cfg.SysInterval = DefaultSysInterval
 	}
 	if cfg.WriteTimeout == 0 {
 		cfg.WriteTimeout = DefaultWriteTimeout

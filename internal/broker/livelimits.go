@@ -99,8 +99,23 @@ func limitsOf(c *Config) *Limits {
 	}
 }
 
+// setLimits sets the fields of c that l holds (the inverse of limitsOf).
+func (c *Config) setLimits(l Limits) {
+	c.MessageSizeLimit, c.MaxKeepAlive, c.MaxInflight = l.MessageSizeLimit, l.MaxKeepAlive, l.MaxInflight
+	c.MaxQueued, c.MaxQueuedBytes, c.MaxSubscriptions, c.MaxSubscriptionBytes = l.MaxQueued, l.MaxQueuedBytes, l.MaxSubscriptions, l.MaxSubscriptionBytes
+	c.MaxSessions, c.MaxConnections = l.MaxSessions, l.MaxConnections
+	c.PushbackMessages, c.PushbackBytes, c.PushbackWait = l.PushbackMessages, l.PushbackBytes, l.PushbackWait
+	c.QueueFullPolicy = l.QueueFullPolicy
+	c.ConnectTimeout, c.ReauthGrace = l.ConnectTimeout, l.ReauthGrace
+	c.MaxRetained, c.MaxRetainedBytes = l.MaxRetained, l.MaxRetainedBytes
+	c.MaxRetainedPerIdentity, c.MaxRetainedBytesPerIdentity = l.MaxRetainedPerIdentity, l.MaxRetainedBytesPerIdentity
+	c.MaxTopicLength, c.MaxTopicLevels, c.PreAuthMaxPacketSize = l.MaxTopicLength, l.MaxTopicLevels, l.PreAuthMaxPacketSize
+	c.SysInterval = l.SysInterval
+}
+
 // withDefaults applies Config's defaults to l and checks it, returning
-// every problem at once.
+// every problem at once. Config.withDefaults uses it for the same
+// fields, so that a limit is checked alike at start and when changed.
 func (l Limits) withDefaults() (Limits, error) {
 	var errs []error
 	if l.MaxKeepAlive == 0 {

@@ -202,6 +202,8 @@ func banAddCmd(bp *banPlace) *cobra.Command {
 			switch {
 			case err == nil:
 				b = got
+			case errors.Is(err, guard.ErrNotReplicated):
+				return fmt.Errorf("ban: ban %s %w", got.ID, err)
 			case !errors.Is(err, guard.ErrNoControl):
 				return fmt.Errorf("ban: the running broker refused: %w", err)
 			default:
@@ -301,6 +303,9 @@ func banRemoveCmd(bp *banPlace) *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			id := strings.ToLower(args[0])
 			removed, err := bp.control().Remove(id)
+			if errors.Is(err, guard.ErrNotReplicated) {
+				return fmt.Errorf("ban: ban %s removed %w", removed.ID, err)
+			}
 			if err != nil && !errors.Is(err, guard.ErrNoControl) {
 				return fmt.Errorf("ban: the running broker refused: %w (see moat ban list)", err)
 			}

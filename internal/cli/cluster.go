@@ -143,7 +143,8 @@ func printClusterStatus(w io.Writer, st cluster.Status, now time.Time) {
 	if !st.Ready {
 		kv = "NOT in use yet (no quorum)"
 	}
-	fmt.Fprintf(w, "key-value store: %s, %d copies, %d writes pending\n\n", kv, st.Replicas, st.PendingWrites)
+	fmt.Fprintf(w, "key-value store: %s, %d copies, %d writes pending (%d dropped), %d security changes pending (%d refused)\n\n",
+		kv, st.Replicas, st.PendingWrites, st.WritesDropped, st.SecurityPending, st.SecurityRefused)
 
 	tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tSTATE\tCONNECTIONS\tSESSIONS\tFORWARDED\tRECEIVED\tROUTE\tRTT\tLAST SEEN\tVERSION")
@@ -308,6 +309,7 @@ func (p *servePlan) clusterMetrics() *metrics.Cluster {
 		Healthy: st.Healthy, Forwarded: st.Forwarded, Received: st.Received, Duplicates: st.Duplicates,
 		ForwardErrors: st.ForwardErrors, DecodeErrors: st.DecodeErrors, Takeovers: st.Takeovers, Claims: st.Claims,
 		ClaimsPruned: st.ClaimsPruned, RetainedOut: st.RetainedOut, RetainedIn: st.RetainedIn, PendingWrites: st.PendingWrites,
+		WritesDropped: st.WritesDropped, SecurityPending: st.SecurityPending, SecurityRefused: st.SecurityRefused,
 		NodeConnections: map[string]int64{}}
 	for _, n := range st.Nodes {
 		if n.State == cluster.StateUp {

@@ -3,9 +3,7 @@ package cli
 import (
 	"errors"
 	"fmt"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -19,122 +17,13 @@ import (
 	"github.com/moatmq/moat/internal/testutil"
 )
 
-// startClusterProcs starts three `moat serve -c nodeN.yaml` processes as
-// one cluster, each with its data directory, one plain listener on a
-// port of its own (named alike on every node, so that the sessions of
-// anonymous clients belong to the same owner on every node) and a
-// cluster section. They restart on the same ports (moatProc.restart).
-func startClusterProcs(t *testing.T, extra ...string) []*moatProc {
-	t.Helper()
-	procs := launchCluster(t, func(routes []int, launched *[]*moatProc) error {
-		dir := t.TempDir()
-		var peers []string
-		for _, r := range routes {
-			peers = append(peers, fmt.Sprintf("%q", "127.0.0.1:"+strconv.Itoa(r)))
-		}
-		for i := range 3 {
-			nd := filepath.Join(dir, fmt.Sprintf("node%d", i+1))
-			if err := os.MkdirAll(nd, 0o700); err != nil {
-				t.Fatal(err)
-			}
-			port := testutil.FreePort(t)
-			writeFile(t, filepath.Join(nd, "moat.yaml"), fmt.Sprintf(`data_dir: data
-listeners:
-  - {name: mqtt, address: "127.0.0.1:%d", transport: tcp, allow_anonymous: true}
-acl:
-  rules:  # the cluster is under test, not the policy
-    - {name: all, effect: allow, subjects: {all: true}, actions: [publish, subscribe, receive], topics: ["#"]}
-cluster:
-  name: test
-  node: node%d
-  listen: "127.0.0.1:%d"
-  peers: [%s]
-%s`, port, i+1, routes[i], strings.Join(peers, ", "), strings.Join(extra, "\n")))
-			args := []string{"-c", "moat.yaml"}
-			checkMoat(t, nd, args)
-			p, err := launchMoat(t, nd, args, portsBound([]int{port}))
-			if err != nil {
-				return err
-			}
-			*launched = append(*launched, p)
-		}
-		return nil
-	})
-	// Until the cluster has its JetStream quorum and each node its
-	// sessions, persistent sessions are refused (0x88), and
-	// mosquitto_sub does not retry: wait for every node to be ready.
-	testutil.CheckFor(t, 120*time.Second, func() error {
-		for i, p := range procs {
-			if !strings.Contains(p.logs.String(), "cluster: sessions of this node imported") {
-				return fmt.Errorf("node %d has not imported its sessions yet", i+1)
-			}
-		}
-		return nil
-	})
-	return procs
-}
-
-// launchCluster starts the three processes of a cluster with start, which
-// is given three route ports of 127.0.0.1 that were free a moment ago
-// and appends each process it launched to launched. The configurations
-// share those ports, so the retry of one process on new ports
-// (startMoatOn) cannot help when another process takes one: when start
-// fails with testutil.ErrPortTaken, the processes it launched are
-// stopped and the cluster starts again on new ports (up to five times);
-// any other error fails the test.
-func launchCluster(t *testing.T, start func(routes []int, launched *[]*moatProc) error) []*moatProc {
-	t.Helper()
-	for attempt := 1; ; attempt++ {
-		routes := []int{testutil.FreePort(t), testutil.FreePort(t), testutil.FreePort(t)}
-		var procs []*moatProc
-		err := start(routes, &procs)
-		if err == nil {
-			return procs
-		}
-		for _, p := range procs {
-			p.cmd.Process.Kill()
-			<-p.done
-		}
-		if !errors.Is(err, testutil.ErrPortTaken) || attempt == 5 {
-			t.Fatal(err)
-		}
-		t.Logf("cluster start, attempt %d: a port was taken; starting again on new ports", attempt)
-	}
-}
-
-// launchNode launches `moat serve -c moat.yaml` in dir for launchCluster
-// and waits until every listener it reports is ready.
-func launchNode(t *testing.T, dir string) (*moatProc, error) {
-	args := []string{"-c", "moat.yaml"}
-	n := checkMoat(t, dir, args)
-	return launchMoat(t, dir, args, func(p *moatProc) bool {
-		p.addrs = logAddrs(p.logs.String(), "serve: listener ready", "address")
-		return len(p.addrs) >= n
-	})
-}
-
-func hostArgs(p *moatProc) []string {
-	return []string{"-h", "127.0.0.1", "-p", strconv.Itoa(p.port(0))}
-}
-
-// subLines returns the payloads of topic in mosquitto_sub -v output.
-func subLines(out, topic string) []string {
-	var got []string
-	for _, l := range strings.Split(out, "\n") {
-		if m, ok := strings.CutPrefix(l, topic+" "); ok {
-			got = append(got, m)
-		}
-	}
-	return got
-}
-
 // TestClusterSessionMovesWithQueue: a persistent session (mosquitto_sub
 // -c) subscribes on node 1 and goes away; QoS 1 messages published on
 // node 3 are queued for it; resumed on node 2 it gets them all, once, in
 // order, with Session Present 1.
 func TestClusterSessionMovesWithQueue(t *testing.T) {
 	needTool(t, "mosquitto_pub", "mosquitto_sub")
-	procs := startClusterProcs(t)
+	procs := startMoatCluster(t, clusterSetup{extra: allowAllACL}).procs
 
 	out := &testutil.Buffer{}
 	sub := exec.Command("mosquitto_sub", append(hostArgs(procs[0]), "-i", "mover", "-c", "-q", "1", "-t", "move/#", "-v")...)
@@ -170,7 +59,7 @@ func TestClusterSessionMovesWithQueue(t *testing.T) {
 	if err != nil {
 		t.Fatalf("mosquitto_sub on node 2: %v\n%s", err, o)
 	}
-	if got := subLines(o, "move/x"); !slices.Equal(got, lines) {
+	if got := payloads(o, "move/x"); !slices.Equal(got, lines) {
 		t.Fatalf("node 2 delivered %v, want %v", got, lines)
 	}
 	if !strings.Contains(procs[1].logs.String(), "session_present=true") {
@@ -194,7 +83,7 @@ func TestClusterSIGKILLUnderQoS1Load(t *testing.T) {
 func killUnderLoad(t *testing.T, kill int) {
 	// The session's queue may hold every message published while it
 	// moves: durability is under test, not the queue limit.
-	procs := startClusterProcs(t, "limits: {max_queued_messages: 100000}")
+	procs := startMoatCluster(t, clusterSetup{extra: allowAllACL + "limits: {max_queued_messages: 100000}\n"}).procs
 	var pubNode atomic.Int32 // where the publisher connects
 	const topic = "load/x"
 	var gotMu sync.Mutex
@@ -380,7 +269,7 @@ func killUnderLoad(t *testing.T, kill int) {
 // messages queued for it are back, on any node.
 func TestClusterFullRestart(t *testing.T) {
 	needTool(t, "mosquitto_pub", "mosquitto_sub")
-	procs := startClusterProcs(t)
+	procs := startMoatCluster(t, clusterSetup{extra: allowAllACL}).procs
 	out := &testutil.Buffer{}
 	sub := exec.Command("mosquitto_sub", append(hostArgs(procs[0]), "-i", "sleeper", "-c", "-q", "1", "-t", "fr/#", "-v")...)
 	sub.Stdout, sub.Stderr = out, out
@@ -436,7 +325,7 @@ func TestClusterFullRestart(t *testing.T) {
 		}
 		return nil
 	})
-	if got := subLines(o, "fr/x"); !slices.Equal(got, lines) {
+	if got := payloads(o, "fr/x"); !slices.Equal(got, lines) {
 		t.Fatalf("after the restart node 2 delivered %v, want %v", got, lines)
 	}
 	testutil.CheckFor(t, 60*time.Second, func() error {

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -33,46 +34,24 @@ import (
 func TestClusterStatusThreeProcesses(t *testing.T) {
 	needTool(t, "mosquitto_sub")
 	var tokenFile, viewer string
-	procs := launchCluster(t, func(routes []int, launched *[]*moatProc) error {
-		dir := t.TempDir()
-		var peers []string
-		for _, r := range routes {
-			peers = append(peers, fmt.Sprintf("%q", "127.0.0.1:"+strconv.Itoa(r)))
-		}
-		nodeDir := func(i int) string { return filepath.Join(dir, fmt.Sprintf("node%d", i+1)) }
-		for i := range 3 {
-			if err := os.MkdirAll(nodeDir(i), 0o700); err != nil {
+	procs := startMoatCluster(t, clusterSetup{name: "plant-a", extra: allowAllACL,
+		prepare: func(i int, dir string) {
+			if i != 0 {
+				return
+			}
+			// The first node has the admin listener.
+			f, err := os.OpenFile(filepath.Join(dir, "moat.yaml"), os.O_APPEND|os.O_WRONLY, 0)
+			if err == nil {
+				_, err = f.WriteString("admin: {listen: \"127.0.0.1:0\"}\n")
+				err = errors.Join(err, f.Close())
+			}
+			if err != nil {
 				t.Fatal(err)
 			}
-			adminLine := ""
-			if i == 0 {
-				adminLine = "admin: {listen: \"127.0.0.1:0\"}\n"
-			}
-			writeFile(t, filepath.Join(nodeDir(i), "moat.yaml"), fmt.Sprintf(`data_dir: data
-listeners:
-  - {address: "127.0.0.1:0", transport: tcp, allow_anonymous: true}
-acl:
-  rules:
-    - {name: all, effect: allow, subjects: {all: true}, actions: [publish, subscribe, receive], topics: ["#"]}
-%scluster:
-  name: plant-a
-  node: node%d
-  listen: "127.0.0.1:%d"
-  peers: [%s]
-`, adminLine, i+1, routes[i], strings.Join(peers, ", ")))
-		}
-		viewer = createToken(t, nodeDir(0), "ops", "viewer")
-		tokenFile = filepath.Join(dir, "viewer.token")
-		writeFile(t, tokenFile, viewer+"\n")
-		for i := range 3 {
-			p, err := launchNode(t, nodeDir(i))
-			if err != nil {
-				return err
-			}
-			*launched = append(*launched, p)
-		}
-		return nil
-	})
+			viewer = createToken(t, dir, "ops", "viewer")
+			tokenFile = filepath.Join(dir, "viewer.token")
+			writeFile(t, tokenFile, viewer+"\n")
+		}}).procs
 	adminAddr := procs[0].logAddr(t, "admin: serving the API", "address")
 	status := func(args ...string) (string, string, int) {
 		return moat(t, append([]string{"cluster", "status", "--admin", adminAddr, "--token-file", tokenFile}, args...)...)

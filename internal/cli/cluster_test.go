@@ -2,10 +2,7 @@ package cli
 
 import (
 	"fmt"
-	"os"
 	"os/exec"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -20,44 +17,8 @@ import (
 // on the second replayed on the third.
 func TestClusterThreeProcesses(t *testing.T) {
 	needTool(t, "mosquitto_pub", "mosquitto_sub")
-	// Route ports are picked: every node's peers list names them before
-	// any node runs. MQTT listeners bind port 0.
-	procs := launchCluster(t, func(routes []int, launched *[]*moatProc) error {
-		dir := t.TempDir()
-		var peers []string
-		for _, r := range routes {
-			peers = append(peers, fmt.Sprintf("%q", "127.0.0.1:"+strconv.Itoa(r)))
-		}
-		for i := range 3 {
-			nd := filepath.Join(dir, fmt.Sprintf("node%d", i+1))
-			if err := os.MkdirAll(nd, 0o700); err != nil {
-				t.Fatal(err)
-			}
-			writeFile(t, filepath.Join(nd, "moat.yaml"), fmt.Sprintf(`data_dir: data
-listeners:
-  - {address: "127.0.0.1:0", transport: tcp, allow_anonymous: true}
-acl:
-  rules:  # routing is under test, not the policy
-    - {name: all, effect: allow, subjects: {all: true}, actions: [publish, subscribe, receive], topics: ["#"]}
-cluster:
-  name: test
-  node: node%d
-  listen: "127.0.0.1:%d"
-  peers: [%s]
-`, i+1, routes[i], strings.Join(peers, ", ")))
-			p, err := launchNode(t, nd)
-			if err != nil {
-				return err
-			}
-			*launched = append(*launched, p)
-		}
-		return nil
-	})
-	mqtt := make([]int, 3)
-	for i, p := range procs {
-		mqtt[i] = p.port(0)
-	}
-	host := func(i int) []string { return []string{"-h", "127.0.0.1", "-p", strconv.Itoa(mqtt[i])} }
+	mc := startMoatCluster(t, clusterSetup{extra: allowAllACL})
+	host := mc.host
 
 	out := &testutil.Buffer{}
 	sub := exec.Command("mosquitto_sub", append(host(2), "-i", "sub3", "-q", "1", "-t", "plant/#", "-v")...)

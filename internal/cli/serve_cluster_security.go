@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -78,6 +79,12 @@ type clusterSecurity struct {
 	removals uint64               // the guard's removed and expired counts when last checked
 	synced   bool                 // the buckets' contents were reported
 	crlSeen  map[string]crlMemory // by CRL file
+	// refused holds the ban changes the cluster refused (too many
+	// waiting while it was unreachable), by ban ID: true for a lift. They
+	// hold here; retryRefused offers them again once there is room, and
+	// refusal is the error an operator's AddBan or RemoveBan returns.
+	refused    map[string]bool
+	refusedErr map[string]error // the refusal of the ban being added or removed now
 
 	filesMu sync.Mutex // guards files and file changes
 	files   map[string]*sharedFile
@@ -126,6 +133,7 @@ func (p *servePlan) planClusterSecurity() {
 	cs := &clusterSecurity{node: p.cluster, self: p.cfg.Cluster.Node, log: p.log.With("component", "cluster"),
 		d: p.defense, a: p.access, crls: p.crls,
 		applying: map[string]string{}, removing: map[string]string{}, known: map[string]knownBan{},
+		refused: map[string]bool{}, refusedErr: map[string]error{},
 		crlSeen: map[string]crlMemory{}, files: map[string]*sharedFile{}}
 	if g := cs.guard(); g != nil {
 		for _, b := range g.Bans() {
@@ -134,6 +142,7 @@ func (p *servePlan) planClusterSecurity() {
 		st := g.Stats()
 		cs.removals = st.BansRemoved + st.BansExpired
 		g.OnBan(cs.onBan)
+		g.Replicate(cs.replicate)
 		p.defense.banOrigin = cs.banOrigin
 	}
 	if cs.a != nil {
@@ -161,6 +170,7 @@ func (p *servePlan) planClusterSecurity() {
 				return
 			case <-t.C:
 				cs.checkRemovals()
+				cs.retryRefused()
 				cs.checkFiles()
 				for _, f := range crlFiles {
 					cs.checkCRL(f)
@@ -211,7 +221,96 @@ func (cs *clusterSecurity) onBan(m guard.Match) {
 	if err != nil {
 		return
 	}
-	cs.node.PutBan(b.ID, rec)
+	cs.noteRefusal(b.ID, false, cs.node.PutBan(b.ID, rec))
+}
+
+// noteRefusal remembers a ban change the cluster refused (the cluster
+// logged it at Error and counted it), for replicate to report and
+// retryRefused to offer again; an accepted change clears an older
+// refusal of that ban.
+func (cs *clusterSecurity) noteRefusal(id string, lifted bool, err error) {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if err == nil {
+		delete(cs.refused, id)
+		return
+	}
+	cs.refused[id] = lifted
+	cs.refusedErr[id] = err
+}
+
+// replicate is the guard's Replicate hook: it runs when an operator's
+// AddBan or RemoveBan is in force here (moat ban, the admin API) and
+// returns the cluster's refusal of it, which they report. The addition
+// went to the cluster through onBan; a removal goes now (checkRemovals
+// would find it within a second, too late to answer the operator).
+// Another node's ban, applied here, is not sent back.
+func (cs *clusterSecurity) replicate(id string, removed bool) error {
+	cs.mu.Lock()
+	_, applying := cs.applying[id]
+	_, removing := cs.removing[id]
+	var lift bool
+	if removed && !removing {
+		_, lift = cs.known[id]
+		delete(cs.known, id)
+	}
+	cs.mu.Unlock()
+	if applying || removing {
+		return nil
+	}
+	if lift {
+		cs.noteRefusal(id, true, cs.node.LiftBan(id))
+	}
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	err := cs.refusedErr[id]
+	delete(cs.refusedErr, id)
+	return err
+}
+
+// retryRefused offers the refused ban changes to the cluster again once
+// it has room for them: the ban or lift still in force here (a ban
+// removed or expired since is lifted instead, or forgotten).
+func (cs *clusterSecurity) retryRefused() {
+	cs.mu.Lock()
+	if len(cs.refused) == 0 {
+		cs.mu.Unlock()
+		return
+	}
+	retry := maps.Clone(cs.refused)
+	cs.mu.Unlock()
+	if !cs.node.SecurityRoom() {
+		return
+	}
+	inForce := map[string]guard.Ban{}
+	if g := cs.guard(); g != nil {
+		for _, b := range g.Bans() {
+			inForce[b.ID] = b
+		}
+	}
+	for id, lifted := range retry {
+		var err error
+		b, ok := inForce[id]
+		if ok && !lifted {
+			rec, merr := json.Marshal(b)
+			if merr != nil {
+				continue
+			}
+			err = cs.node.PutBan(id, rec)
+		} else {
+			err = cs.node.LiftBan(id)
+		}
+		cs.mu.Lock()
+		delete(cs.refusedErr, id)
+		if err == nil && cs.refused[id] == lifted {
+			delete(cs.refused, id)
+		}
+		cs.mu.Unlock()
+		if err != nil {
+			return // full again: the next tick tries again
+		}
+		cs.log.Info("cluster: a ban change refused while the cluster was unreachable was sent to it", "ban", id, "lifted", !ok || lifted)
+	}
 }
 
 // BanSet implements cluster.Security: another node's ban is added to the
@@ -284,7 +383,7 @@ func (cs *clusterSecurity) Synced(bans, files map[string]bool) {
 				continue
 			}
 			if rec, err := json.Marshal(b); err == nil {
-				cs.node.PutBan(b.ID, rec)
+				cs.noteRefusal(b.ID, false, cs.node.PutBan(b.ID, rec))
 			}
 		}
 	}
@@ -301,8 +400,10 @@ func (cs *clusterSecurity) Synced(bans, files map[string]bool) {
 			cs.log.Warn("cluster: shared file not sent to the cluster", "file", f.path, "err", err)
 			continue
 		}
+		if err := cs.node.PutFile(f.name, data); err != nil {
+			continue // refused: checkFiles offers it again
+		}
 		f.sum, f.agreed = sha256.Sum256(data), true
-		cs.node.PutFile(f.name, data)
 	}
 	cs.filesMu.Unlock()
 	cs.mu.Lock()
@@ -348,7 +449,7 @@ func (cs *clusterSecurity) checkRemovals() {
 	}
 	cs.mu.Unlock()
 	for _, id := range lift {
-		cs.node.LiftBan(id)
+		cs.noteRefusal(id, true, cs.node.LiftBan(id))
 	}
 }
 
@@ -424,9 +525,14 @@ func (cs *clusterSecurity) checkFiles() {
 		if err := f.validate(f.path); err != nil {
 			continue // the reload refuses it too, and logs why
 		}
+		// A refused change (the cluster unreachable, too many changes
+		// waiting: logged at Error there) stays not agreed, and is
+		// offered again at the next check.
+		if err := cs.node.PutFile(f.name, data); err != nil {
+			continue
+		}
 		f.sum, f.agreed = sha256.Sum256(data), true
 		cs.log.Info("cluster: shared file changed here; sending it to the other nodes", "file", f.path)
-		cs.node.PutFile(f.name, data)
 	}
 }
 
@@ -452,9 +558,10 @@ func (cs *clusterSecurity) FileSet(origin, name string, data []byte, at time.Tim
 		// version wins, when it loads. (At start-up the cluster's
 		// version wins: a node's files may be older than its mtimes.)
 		if f.validate(f.path) == nil {
-			f.sum, f.agreed = sha256.Sum256(local), true
 			cs.log.Info("cluster: shared file changed here after another node's change; sending this node's", "file", f.path, "origin_node", origin)
-			cs.node.PutFile(f.name, local)
+			if cs.node.PutFile(f.name, local) == nil {
+				f.sum, f.agreed = sha256.Sum256(local), true
+			} // else refused: checkFiles offers it again
 			return
 		}
 	}

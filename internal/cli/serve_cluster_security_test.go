@@ -385,7 +385,7 @@ func TestClusterSecurityInProcess(t *testing.T) {
 // lists; `moat ban remove` on node1 lifts it everywhere.
 func TestClusterBanThreeProcesses(t *testing.T) {
 	needTool(t, "mosquitto_pub", "mosquitto_sub")
-	mc := startMoatCluster(t, allowAllACL)
+	mc := startMoatCluster(t, clusterSetup{extra: allowAllACL})
 	for i, p := range mc.procs {
 		testutil.WaitFor(t, fmt.Sprintf("node%d's security state in sync", i+1), 60*time.Second, func() bool {
 			return strings.Contains(p.logs.String(), "cluster: security state in sync")
@@ -457,9 +457,9 @@ func TestClusterBanThreeProcesses(t *testing.T) {
 // grants, and its acl.conf is node 1's.
 func TestClusterACLThreeProcesses(t *testing.T) {
 	needTool(t, "mosquitto_pub", "mosquitto_sub")
-	mc := startMoatClusterWith(t, "acl:\n  acl_file: acl.conf\n", func(dir string) {
+	mc := startMoatCluster(t, clusterSetup{extra: "acl:\n  acl_file: acl.conf\n", prepare: func(_ int, dir string) {
 		writeFile(t, filepath.Join(dir, "acl.conf"), "topic readwrite plant/#\ntopic readwrite secret/#\n")
-	})
+	}})
 	for i, p := range mc.procs {
 		testutil.WaitFor(t, fmt.Sprintf("node%d's security state in sync", i+1), 60*time.Second, func() bool {
 			return strings.Contains(p.logs.String(), "cluster: security state in sync")

@@ -14,6 +14,7 @@
 package cluster
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -107,6 +108,11 @@ type Config struct {
 	// key-value buckets, telling nodes that were away what was removed
 	// (housekeeping.go). 0: 24 h.
 	MarkerTTL time.Duration
+	// MaxPendingSecurity bounds the distinct bans and shared files whose
+	// change waits for the security buckets while they are unreachable
+	// (security.go); a change beyond it is refused with
+	// ErrSecurityBacklog. 0: 10,000.
+	MaxPendingSecurity int
 	// Version is this node's software version, shown in the status.
 	Version string
 }
@@ -137,7 +143,10 @@ type Node struct {
 	subs  map[string][]*nats.Subscription // local filter → its subjects' subscriptions
 
 	pubMu sync.Mutex // orders sequence numbers with publication
-	seq   uint64
+	// fwdLog and handLog rate-limit the log lines of messages not
+	// forwarded and of shared subscriptions' messages not handed on.
+	fwdLog, handLog rateLog
+	seq             uint64
 
 	b        Broker
 	kv       *kvState
@@ -151,12 +160,16 @@ type Node struct {
 	sec   secState // security.go
 
 	// The operations side (heartbeat.go, ops.go, housekeeping.go).
-	started   time.Time
-	beats     beats
-	opsMu     sync.Mutex
-	repl      replication
-	dupWarned time.Time
-	hk        struct {
+	started time.Time
+	beats   beats
+	beatMu  sync.Mutex // serializes heartbeat publications
+	// saidGoodbye is set once the leaving heartbeat is published; under
+	// beatMu.
+	saidGoodbye bool
+	opsMu       sync.Mutex
+	repl        replication
+	dupWarned   time.Time
+	hk          struct {
 		mu        sync.Mutex
 		ownPurges map[uint64]struct{} // revisions of this node's retained purge markers
 	}
@@ -185,6 +198,7 @@ type counters struct {
 	forwarded, forwardErrors, received, duplicates, decodeErrors atomic.Uint64
 	retainedOut, retainedIn, claims, takeovers                   atomic.Uint64
 	claimsPruned, retainedPurged                                 atomic.Uint64
+	secRefused, writesDropped                                    atomic.Uint64
 }
 
 // Start validates cfg, starts the embedded NATS server (unless NATSURL is
@@ -212,7 +226,8 @@ func Start(cfg Config) (*Node, error) {
 		subs: make(map[string][]*nats.Subscription), ready: make(chan struct{}), started: time.Now()}
 	n.share = shareState{groups: make(map[shareKey]*shareGroup), byQueue: make(map[string]*shareGroup),
 		wake: make(chan struct{}, 1), in: make(chan *nats.Msg, qlen), out: make(chan *nats.Msg, qlen)}
-	n.sec = secState{wake: make(chan struct{}, 1), events: make(chan *nats.Msg, 1024)}
+	n.sec = secState{wake: make(chan struct{}, 1), events: make(chan *nats.Msg, 1024),
+		writes: newPendingQueue[secKey, secRecord](cmp.Or(cfg.MaxPendingSecurity, maxPendingSecurity), false)}
 	n.dur.init()
 	n.sess.init()
 	n.pub = newPublisher(n)
@@ -245,6 +260,9 @@ func (c *Config) validate() error {
 	}
 	if c.Node == "" {
 		errs = append(errs, errors.New("cluster: node is required"))
+	}
+	if c.MaxPendingSecurity < 0 {
+		errs = append(errs, fmt.Errorf("cluster: MaxPendingSecurity %d is negative", c.MaxPendingSecurity))
 	}
 	if c.NATSURL == "" {
 		if _, _, err := net.SplitHostPort(c.Listen); err != nil {
@@ -475,33 +493,102 @@ func (n *Node) Forward(msg *broker.Message) {
 	data, err := encodeMessage(msg, time.Now())
 	if err != nil {
 		if !errors.Is(err, errExpired) {
-			n.stats.forwardErrors.Add(1)
-			n.log.Warn("cluster: message not forwarded", "topic", msg.Topic, "err", err)
+			n.forwardFailed("cluster: message not forwarded", msg.Topic, err)
 		}
 		return
 	}
 	subj := topicSubject(msg.Topic)
 	if len(subj) > maxSubject {
-		n.stats.forwardErrors.Add(1)
-		n.log.Warn("cluster: topic too long to forward; delivered on this node only", "length", len(msg.Topic))
+		n.forwardFailed("cluster: topic too long to forward; delivered on this node only", msg.Topic, nil)
 		return
 	}
+	if err := n.publishForwarded(subj, data, msg); err != nil {
+		n.forwardFailed("cluster: message not forwarded", msg.Topic, err)
+		return
+	}
+	n.stats.forwarded.Add(1)
+}
+
+// forwardedMsg builds the NATS message that carries data, the encoded
+// msg, to the other nodes on subj, with the headers every node reads:
+// this run's origin and the publisher. The caller numbers it (number).
+func (n *Node) forwardedMsg(subj string, data []byte, msg *broker.Message) *nats.Msg {
 	m := &nats.Msg{Subject: subj, Data: data, Header: nats.Header{}}
 	m.Header[hdrOrigin] = []string{n.origin}
 	if msg.From != "" {
 		m.Header[hdrFrom] = []string{msg.From}
 	}
-	n.pubMu.Lock()
+	return m
+}
+
+// number gives m this node's next sequence number; the caller holds
+// pubMu.
+func (n *Node) number(m *nats.Msg) {
 	n.seq++
 	m.Header[hdrSeq] = []string{strconv.FormatUint(n.seq, 10)}
-	err = n.nc.PublishMsg(m)
-	n.pubMu.Unlock()
-	if err != nil {
-		n.stats.forwardErrors.Add(1)
-		n.log.Warn("cluster: message not forwarded", "topic", msg.Topic, "err", err)
+}
+
+// publishForwarded publishes data, the encoded msg, on subj (Forward, and
+// the shared subscriptions' forwardShared), numbered under pubMu with the
+// publication itself: a receiving node drops copies by the numbers, which
+// must rise in the order the messages leave.
+func (n *Node) publishForwarded(subj string, data []byte, msg *broker.Message) error {
+	m := n.forwardedMsg(subj, data, msg)
+	n.pubMu.Lock()
+	defer n.pubMu.Unlock()
+	n.number(m)
+	return n.nc.PublishMsg(m)
+}
+
+// forwardLogEvery is the least interval between two log lines of failed
+// forwarding: a NATS connection that fails fails for every message, and
+// a line per message would flood the log at the message rate.
+const forwardLogEvery = 10 * time.Second
+
+// forwardFailed counts a message not forwarded to the other nodes and
+// logs it, at most once per forwardLogEvery with the number of failures
+// not logged since.
+func (n *Node) forwardFailed(what, topic string, err error) {
+	n.stats.forwardErrors.Add(1)
+	n.logRated(&n.fwdLog, what, "topic", topic, err)
+}
+
+// logRated logs a failure at Warn through r: at most one line per
+// forwardLogEvery, with the failures suppressed since the last line.
+func (n *Node) logRated(r *rateLog, what, key, val string, err error) {
+	ok, suppressed := r.allow(time.Now(), forwardLogEvery)
+	if !ok {
 		return
 	}
-	n.stats.forwarded.Add(1)
+	attrs := []any{key, clip(val)}
+	if err != nil {
+		attrs = append(attrs, "err", err)
+	}
+	if suppressed > 0 {
+		attrs = append(attrs, "suppressed", suppressed, "suppressed_for", forwardLogEvery)
+	}
+	n.log.Warn(what, attrs...)
+}
+
+// rateLog lets one log line through per interval and counts the others,
+// which the next line reports. Safe for concurrent use.
+type rateLog struct {
+	mu         sync.Mutex
+	last       time.Time
+	suppressed int
+}
+
+// allow reports whether a line may be logged at now, and how many were
+// suppressed since the last one.
+func (r *rateLog) allow(now time.Time, every time.Duration) (ok bool, suppressed int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.last.IsZero() && now.Sub(r.last) < every {
+		r.suppressed++
+		return false, 0
+	}
+	r.last, suppressed, r.suppressed = now, r.suppressed, 0
+	return true, suppressed
 }
 
 // receiveLoop hands other nodes' messages to the broker in arrival order,

@@ -172,13 +172,26 @@ func (n *Node) hbInterval() time.Duration {
 	return defaultHeartbeat
 }
 
-// publishBeat publishes this node's heartbeat.
+// publishBeat publishes this node's heartbeat. Once the leaving one is
+// published none follows: a regular heartbeat of the loop's tick, sent
+// after it, would make the other nodes report this node down after three
+// intervals instead of stopped at once. Publications are serialized, so
+// they leave in this order on the one connection.
 func (n *Node) publishBeat(leaving bool) error {
+	n.beatMu.Lock()
+	defer n.beatMu.Unlock()
+	if n.saidGoodbye {
+		return nil
+	}
 	data, err := json.Marshal(n.localBeat(leaving))
 	if err != nil {
 		return err
 	}
-	return n.nc.Publish(hbSubject, data)
+	if err := n.nc.Publish(hbSubject, data); err != nil {
+		return err
+	}
+	n.saidGoodbye = leaving
+	return nil
 }
 
 // heartbeatLoop publishes this node's heartbeat every interval and

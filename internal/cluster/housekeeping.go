@@ -92,11 +92,13 @@ func (n *Node) purgeMarker(ctx context.Context, bucket, key string, lastRev uint
 
 // purgeRetained removes a cleared topic's retained message from the
 // bucket.
-func (n *Node) purgeRetained(ctx context.Context, kv *kvState, topic string) {
+func (n *Node) purgeRetained(ctx context.Context, kv *kvState, topic string) error {
 	rev, err := n.purgeMarker(ctx, bucketRetained, topicTokens(topic), 0)
 	if err != nil {
-		n.log.Warn("cluster: cleared retained message not removed from the cluster", "topic", topic, "err", err)
-		return
+		if !unreachable(err) {
+			n.log.Warn("cluster: cleared retained message not removed from the cluster", "topic", topic, "err", err)
+		}
+		return err
 	}
 	n.hk.mu.Lock()
 	if n.hk.ownPurges == nil || len(n.hk.ownPurges) >= maxOwnPurges {
@@ -108,6 +110,7 @@ func (n *Node) purgeRetained(ctx context.Context, kv *kvState, topic string) {
 	n.hk.mu.Unlock()
 	n.stats.retainedOut.Add(1)
 	n.stats.retainedPurged.Add(1)
+	return nil
 }
 
 // maxOwnPurges bounds the revisions of this node's markers not yet seen

@@ -20,16 +20,17 @@ const (
 	bucketClients  = "moat_clients"
 )
 
-// kvState is the key-value side of a Node: writes wait in queues for the
-// buckets, and for the order of one writer.
+// kvState is the key-value side of a Node: writes wait in a queue for the
+// buckets, written by one writer.
 type kvState struct {
 	mu       sync.Mutex
 	retained jetstream.KeyValue // nil until ready
 	clients  jetstream.KeyValue
 
-	// writes are the retained changes and client claims to write, in
-	// order; wake signals the writer.
-	writes []kvWrite
+	// writes are the retained changes and client claims to write, the
+	// latest per topic and per client ID (kvKey); wake signals the
+	// writer.
+	writes *pendingQueue[string, kvWrite]
 	wake   chan struct{}
 
 	// claims holds, per client ID connected here, the revision of its
@@ -46,8 +47,24 @@ type kvWrite struct {
 	prune    bool // forget clientID's claim (housekeeping.go)
 }
 
-// maxPendingWrites bounds the writes waiting for the buckets (a node
-// without quorum); beyond it the oldest are dropped and logged.
+// kvKey is the queue key of a write: its topic or its client ID. A
+// bucket keeps the last value of a key, so only the latest change of one
+// waits: a topic set many times while the cluster is unreachable takes one
+// place, and a claim and the prune of the same client ID replace each
+// other.
+func (w kvWrite) kvKey() string {
+	if w.retained != nil {
+		return "r" + w.retained.Topic
+	}
+	return "c" + w.clientID
+}
+
+// maxPendingWrites bounds the distinct topics and client IDs whose change
+// waits for the buckets (a node without quorum). Beyond it the oldest
+// change is dropped, logged and counted (Status.WritesDropped): the
+// retained message and claims are the cluster's copy of what the node
+// keeps itself, and the topic's next change repairs it; the node's own
+// retained store keeps serving.
 const maxPendingWrites = 100000
 
 // claimRecord is a client-ID claim's value.
@@ -60,7 +77,8 @@ func (n *Node) kvs() *kvState {
 	n.subMu.Lock()
 	defer n.subMu.Unlock()
 	if n.kv == nil {
-		n.kv = &kvState{wake: make(chan struct{}, 1), claims: make(map[string]uint64)}
+		n.kv = &kvState{wake: make(chan struct{}, 1), claims: make(map[string]uint64),
+			writes: newPendingQueue[string, kvWrite](maxPendingWrites, true)}
 	}
 	return n.kv
 }
@@ -79,13 +97,11 @@ func (n *Node) Connected(clientID, owner string) {
 
 func (n *Node) queueWrite(w kvWrite) {
 	kv := n.kvs()
-	kv.mu.Lock()
-	if len(kv.writes) >= maxPendingWrites {
-		kv.writes = kv.writes[1:]
-		n.log.Warn("cluster: too many changes waiting for the cluster's key-value store; the oldest was dropped")
+	if _, dropped := kv.writes.push(w.kvKey(), w); dropped {
+		n.stats.writesDropped.Add(1)
+		n.log.Warn("cluster: too many retained changes and claims waiting for the cluster's key-value store; the oldest was dropped",
+			"pending", maxPendingWrites)
 	}
-	kv.writes = append(kv.writes, w)
-	kv.mu.Unlock()
 	select {
 	case kv.wake <- struct{}{}:
 	default:
@@ -133,6 +149,7 @@ func (n *Node) kvLoop() {
 	defer func() { _ = clW.Stop() }()
 	retUpdates, clUpdates := retW.Updates(), clW.Updates()
 	initial := true
+	var retry <-chan time.Time // while changes wait for a failed write
 	for {
 		select {
 		case <-n.ctx.Done():
@@ -162,7 +179,14 @@ func (n *Node) kvLoop() {
 				n.applyClaim(e)
 			}
 		case <-kv.wake:
-			n.writeQueued(kv)
+			if retry == nil && n.writeQueued(kv) {
+				retry = time.After(2 * time.Second)
+			}
+		case <-retry:
+			retry = nil
+			if n.writeQueued(kv) {
+				retry = time.After(2 * time.Second)
+			}
 		}
 	}
 }
@@ -181,53 +205,79 @@ func (n *Node) buckets(js jetstream.JetStream) (ret, cl jetstream.KeyValue, err 
 	return ret, cl, err
 }
 
-// writeQueued writes the queued changes in order. A write that fails is
-// logged and dropped: the cluster's copy then differs until the next
-// change of that key.
-func (n *Node) writeQueued(kv *kvState) {
-	kv.mu.Lock()
-	writes := kv.writes
-	kv.writes = nil
-	kv.mu.Unlock()
-	for _, w := range writes {
-		if n.ctx.Err() != nil {
-			return
+// writeQueued writes the queued changes, oldest first, and reports
+// whether changes are left. A retained change that fails because the
+// bucket is unreachable (no quorum, no leader) stays queued, with those
+// after it, until the next retry: the cluster's copy of a topic must not
+// stay stale because a quorum was briefly lost. A claim (or its prune)
+// that fails is dropped and counted: written later, it would take over a
+// connection the client made since on another node.
+func (n *Node) writeQueued(kv *kvState) (left bool) {
+	for n.ctx.Err() == nil {
+		c, ok := kv.writes.front()
+		if !ok {
+			return false
 		}
+		w := c.val
 		ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
-		if w.retained != nil {
-			n.writeRetained(ctx, kv, w)
-		} else if w.prune {
+		var err error
+		switch {
+		case w.retained != nil:
+			err = n.writeRetained(ctx, kv, w)
+		case w.prune:
 			n.pruneClaim(ctx, kv, w.clientID)
-		} else {
+		default:
 			n.writeClaim(ctx, kv, w)
 		}
 		cancel()
+		if err != nil && unreachable(err) && n.ctx.Err() == nil {
+			n.log.Warn("cluster: retained change not stored in the cluster yet; retrying", "topic", w.retained.Topic,
+				"waiting", kv.writes.len(), "err", err)
+			return true
+		}
+		if err != nil {
+			n.stats.writesDropped.Add(1)
+		}
+		kv.writes.done(c)
 	}
+	return false
 }
 
-func (n *Node) writeRetained(ctx context.Context, kv *kvState, w kvWrite) {
+// unreachable tells a failed bucket write that a retry may cure: the
+// bucket unreachable (no quorum, no stream leader, a timeout: retryable,
+// or JetStream answering that it is unavailable), not a value the bucket
+// refuses.
+func unreachable(err error) bool {
+	var apiErr *jetstream.APIError
+	return retryable(err) || (errors.As(err, &apiErr) && apiErr.Code >= 500)
+}
+
+func (n *Node) writeRetained(ctx context.Context, kv *kvState, w kvWrite) error {
 	if len(w.retained.Payload) == 0 {
-		n.purgeRetained(ctx, kv, w.retained.Topic)
-		return
+		return n.purgeRetained(ctx, kv, w.retained.Topic)
 	}
 	val, err := encodeRetained(retainedRecord{origin: n.origin, pub: w.pub, msg: w.retained}, time.Now())
 	if errors.Is(err, errExpired) {
-		return
+		return nil
 	}
 	if err == nil {
 		_, err = kv.retained.Put(ctx, topicTokens(w.retained.Topic), val)
 	}
 	if err != nil {
-		n.log.Warn("cluster: retained message not stored in the cluster", "topic", w.retained.Topic, "err", err)
-		return
+		if !unreachable(err) {
+			n.log.Warn("cluster: retained message not stored in the cluster", "topic", w.retained.Topic, "err", err)
+		}
+		return err
 	}
 	n.stats.retainedOut.Add(1)
+	return nil
 }
 
 func (n *Node) writeClaim(ctx context.Context, kv *kvState, w kvWrite) {
 	val, _ := json.Marshal(claimRecord{Node: n.origin, Owner: w.owner})
 	rev, err := kv.clients.Put(ctx, keyOf(w.clientID), val)
 	if err != nil {
+		n.stats.writesDropped.Add(1)
 		n.log.Warn("cluster: client claim not stored; a connection of this client on another node is not taken over",
 			"client", w.clientID, "err", err)
 		return

@@ -188,9 +188,10 @@ func (n *Node) opsStatus(st *Status) {
 	}
 	st.ReplicationError = replErr
 	kv := n.kvs() // n.kv is made on first use, under subMu
-	kv.mu.Lock()
-	st.PendingWrites = len(kv.writes)
-	kv.mu.Unlock()
+	st.PendingWrites = kv.writes.len()
+	st.WritesDropped = n.stats.writesDropped.Load()
+	st.SecurityPending = n.sec.writes.len()
+	st.SecurityRefused = n.stats.secRefused.Load()
 	st.ClaimsPruned = n.stats.claimsPruned.Load()
 	st.RetainedPurged = n.stats.retainedPurged.Load()
 

@@ -4,8 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -75,42 +75,62 @@ type secRecord struct {
 	Data   []byte    `json:"data,omitempty"`
 }
 
-// secWrite is one queued change of a security bucket.
-type secWrite struct {
-	bucket, key string
-	rec         secRecord
-}
+// secKey is the key of a queued change: its bucket and key there.
+type secKey struct{ bucket, key string }
+
+// maxPendingSecurity bounds the distinct keys (bans, files) whose change
+// waits for the security buckets while they are unreachable. Changes of
+// one key replace each other, so only that many different bans and files
+// changed during one outage count. Beyond it a new change is refused,
+// with an error to its caller (ErrSecurityBacklog), never dropped: a
+// dropped ban or lift would silently never reach the other nodes.
+const maxPendingSecurity = 10000
+
+// ErrSecurityBacklog means that a security change was refused for the
+// cluster: the key-value store has been unreachable so long that the
+// maximum of distinct changes already waits for it. The change holds on
+// the node that made it only; its caller reports it, and may make it
+// again once the store is back.
+var ErrSecurityBacklog = errors.New("cluster unreachable")
 
 // secState is the security side of a Node.
 type secState struct {
 	h Security // set before Attach; nil: no security state
 
-	mu     sync.Mutex
-	writes []secWrite
-	wake   chan struct{}
-	events chan *nats.Msg
-	sub    *nats.Subscription
+	writes     *pendingQueue[secKey, secRecord]
+	refusedLog rateLog // the refusals' log lines
+	wake       chan struct{}
+	events     chan *nats.Msg
+	sub        *nats.Subscription
 }
 
 // SetSecurity makes h receive the other nodes' security changes. Call it
 // once, before Attach; without it the Node carries no security state.
 func (n *Node) SetSecurity(h Security) { n.sec.h = h }
 
-// PutBan sets the ban record rec under id, cluster-wide, in the background.
-func (n *Node) PutBan(id string, rec []byte) {
-	n.queueSec(secWrite{bucket: bucketBans, key: keyOf(id), rec: secRecord{Data: rec}})
+// PutBan sets the ban record rec under id, cluster-wide, in the
+// background. An error (ErrSecurityBacklog) means the change was refused
+// and does not reach the other nodes.
+func (n *Node) PutBan(id string, rec []byte) error {
+	return n.queueSec(secKey{bucketBans, keyOf(id)}, secRecord{Data: rec})
 }
 
-// LiftBan lifts the ban id cluster-wide, in the background.
-func (n *Node) LiftBan(id string) {
-	n.queueSec(secWrite{bucket: bucketBans, key: keyOf(id), rec: secRecord{Lifted: true}})
+// LiftBan lifts the ban id cluster-wide, in the background; errors as for
+// PutBan.
+func (n *Node) LiftBan(id string) error {
+	return n.queueSec(secKey{bucketBans, keyOf(id)}, secRecord{Lifted: true})
 }
 
 // PutFile sets the shared file name to data cluster-wide, in the
-// background.
-func (n *Node) PutFile(name string, data []byte) {
-	n.queueSec(secWrite{bucket: bucketFiles, key: keyOf(name), rec: secRecord{Data: data}})
+// background; errors as for PutBan.
+func (n *Node) PutFile(name string, data []byte) error {
+	return n.queueSec(secKey{bucketFiles, keyOf(name)}, secRecord{Data: data})
 }
+
+// SecurityRoom tells whether a security change of a new key would be
+// accepted now (fewer than the maximum wait for the buckets). Safe for
+// concurrent use.
+func (n *Node) SecurityRoom() bool { return n.sec.writes.len() < n.sec.writes.limit }
 
 // PublishEvent sends an event of kind (letters, digits, '-' and '_') to
 // the nodes connected now; this node does not receive it.
@@ -124,20 +144,29 @@ func (n *Node) PublishEvent(kind string, data []byte) error {
 	return n.nc.PublishMsg(m)
 }
 
-func (n *Node) queueSec(w secWrite) {
-	w.rec.Node, w.rec.Boot, w.rec.At = n.cfg.Node, n.origin, time.Now()
+// queueSec queues a change for the security buckets. A change of a key
+// already waiting replaces it (the bucket keeps the last value only); a
+// new key beyond maxPendingSecurity is refused, logged and counted.
+func (n *Node) queueSec(k secKey, rec secRecord) error {
+	rec.Node, rec.Boot, rec.At = n.cfg.Node, n.origin, time.Now()
 	s := &n.sec
-	s.mu.Lock()
-	if len(s.writes) >= maxPendingWrites {
-		s.writes = s.writes[1:]
-		n.log.Warn("cluster: too many security changes waiting for the cluster's key-value store; the oldest was dropped")
+	if ok, _ := s.writes.push(k, rec); !ok {
+		pending := s.writes.len()
+		n.stats.secRefused.Add(1)
+		// One line per interval: a detector banning thousands of
+		// addresses during an outage must not flood the log; each
+		// caller gets its error.
+		if ok, suppressed := s.refusedLog.allow(time.Now(), forwardLogEvery); ok {
+			n.log.Error("cluster: security change refused: the cluster's key-value store is unreachable and too many changes wait for it; "+
+				"it holds on this node only", "bucket", k.bucket, "key", clip(k.key), "pending", pending, "refused_not_logged", suppressed)
+		}
+		return fmt.Errorf("%w: %d security changes pending; not applied cluster-wide", ErrSecurityBacklog, pending)
 	}
-	s.writes = append(s.writes, w)
-	s.mu.Unlock()
 	select {
 	case s.wake <- struct{}{}:
 	default:
 	}
+	return nil
 }
 
 // attachSecurity subscribes to the events and starts the security loop,
@@ -281,45 +310,49 @@ func (n *Node) secBuckets(js jetstream.JetStream) (bans, files jetstream.KeyValu
 	return bans, files, err
 }
 
-// writeSec writes the queued changes in order. When one fails (no
-// quorum: a partition, two nodes down) it and those after it stay queued,
-// in order, and are tried again at the next retry: a ban or a policy must
-// not be lost because the cluster was briefly unreachable. It reports
-// whether changes are left.
+// writeSec writes the queued changes, oldest first. When one fails
+// because the buckets are unreachable (no quorum: a partition, two nodes
+// down) it and those after it stay queued and are tried again at the
+// next retry: a ban or a policy must not be lost because the cluster was
+// briefly unreachable. A change the bucket refuses outright is logged at
+// Error and counted (Status.SecurityRefused). It reports whether changes
+// are left.
 func (n *Node) writeSec(bans, files jetstream.KeyValue) (left bool) {
-	s := &n.sec
-	s.mu.Lock()
-	writes := s.writes
-	s.writes = nil
-	s.mu.Unlock()
-	for i, w := range writes {
+	q := n.sec.writes
+	for {
+		c, ok := q.front()
+		if !ok {
+			return false
+		}
 		kv := bans
-		if w.bucket == bucketFiles {
+		if c.key.bucket == bucketFiles {
 			kv = files
 		}
-		val, err := json.Marshal(w.rec)
-		if err != nil {
+		val, err := json.Marshal(c.val)
+		if err == nil {
+			ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
+			_, err = kv.Put(ctx, c.key.key, val)
+			cancel()
+		}
+		if err != nil && !unreachable(err) && n.ctx.Err() == nil {
+			// A value the bucket refuses (larger than the NATS server's
+			// maximum payload) is never stored: it must not hold up
+			// every change behind it.
+			n.stats.secRefused.Add(1)
+			n.log.Error("cluster: security change refused by the cluster's key-value store; it holds on this node only",
+				"bucket", c.key.bucket, "key", clip(c.key.key), "size", len(val), "err", err)
+			q.done(c)
 			continue
 		}
-		ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
-		_, err = kv.Put(ctx, w.key, val)
-		cancel()
 		if err != nil {
 			if n.ctx.Err() == nil {
-				n.log.Warn("cluster: security change not stored in the cluster yet; retrying", "bucket", w.bucket,
-					"key", clip(w.key), "waiting", len(writes)-i, "err", err)
+				n.log.Warn("cluster: security change not stored in the cluster yet; retrying", "bucket", c.key.bucket,
+					"key", clip(c.key.key), "waiting", q.len(), "err", err)
 			}
-			s.mu.Lock()
-			s.writes = append(writes[i:len(writes):len(writes)], s.writes...)
-			if over := len(s.writes) - maxPendingWrites; over > 0 {
-				s.writes = s.writes[over:]
-				n.log.Warn("cluster: too many security changes waiting for the cluster's key-value store; the oldest were dropped", "dropped", over)
-			}
-			s.mu.Unlock()
 			return true
 		}
+		q.done(c)
 	}
-	return false
 }
 
 // decodeSec decodes a bucket entry; ok is false for a deletion, a purge,

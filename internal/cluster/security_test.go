@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -167,6 +168,116 @@ func startLateNode(t *testing.T, nodes []*testNode, h Security) *Node {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	nd, err := Start(Config{Name: "test", Node: "n4", Listen: "127.0.0.1:0", Peers: peers, Replicas: 3,
 		StoreDir: filepath.Join(t.TempDir(), "n4"), Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := broker.New(broker.Config{Cluster: nd, Authorizer: broker.AllowAll, AllowAnonymous: true, Logger: log})
+	if err != nil {
+		nd.Close()
+		t.Fatal(err)
+	}
+	nd.SetSecurity(h)
+	nd.Attach(srv)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_ = srv.Shutdown(ctx)
+		cancel()
+		nd.Close()
+	})
+	return nd
+}
+
+// TestSecurityChangesWhileClusterUnreachable makes security changes on a
+// node that lost its JetStream quorum (the two other nodes stopped): the
+// changes of one ban replace each other in the queue, a change beyond the
+// bound is refused with an error to its caller and counted, never an
+// accepted one dropped; once a second node is back, it learns every
+// accepted change, and never the refused one.
+func TestSecurityChangesWhileClusterUnreachable(t *testing.T) {
+	dir, routes := t.TempDir(), freePorts(t, 3)
+	logs := []*secLog{{}, {}, {}}
+	nodes, err := startNodesHooked(t, dir, routes, []func(int, *Node){func(i int, nd *Node) {
+		nd.SetSecurity(logs[i])
+		if i == 0 {
+			nd.sec.writes = newPendingQueue[secKey, secRecord](4, false)
+		}
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, l := range logs {
+		testutil.WaitFor(t, fmt.Sprintf("n%d in sync", i+1), 60*time.Second, func() bool { return l.syncs() == 1 })
+	}
+	stopNode(t, nodes[1])
+	stopNode(t, nodes[2])
+	n1 := nodes[0].node
+
+	for _, id := range []string{"b1", "b2", "b3", "b4"} {
+		if err := n1.PutBan(id, []byte("first "+id)); err != nil {
+			t.Fatalf("ban %s: %v", id, err)
+		}
+	}
+	// Changes of bans already waiting take no room.
+	if err := n1.PutBan("b1", []byte("second b1")); err != nil {
+		t.Fatalf("b1 changed again: %v", err)
+	}
+	if err := n1.LiftBan("b2"); err != nil {
+		t.Fatalf("b2 lifted: %v", err)
+	}
+	if n1.SecurityRoom() {
+		t.Fatal("room reported with 4 of 4 waiting")
+	}
+	// A fifth ban, and a file, are refused: the oldest is not dropped.
+	for _, put := range []func() error{
+		func() error { return n1.PutBan("b5", []byte("refused")) },
+		func() error { return n1.PutFile("passwd", []byte("u:x")) },
+	} {
+		err := put()
+		if !errors.Is(err, ErrSecurityBacklog) {
+			t.Fatalf("a change beyond the bound: %v, want ErrSecurityBacklog", err)
+		}
+		if want := "cluster unreachable: 4 security changes pending; not applied cluster-wide"; err.Error() != want {
+			t.Fatalf("error %q, want %q", err, want)
+		}
+	}
+	if st := n1.Status(); st.SecurityPending != 4 || st.SecurityRefused != 2 {
+		t.Fatalf("status: %d pending, %d refused; want 4 and 2", st.SecurityPending, st.SecurityRefused)
+	}
+
+	// n2 comes back: the quorum returns, n1 writes what waited, and n2
+	// learns it from the buckets.
+	back := &secLog{}
+	restartNode(t, dir, routes, 1, back)
+	testutil.WaitFor(t, "n1's changes written", 90*time.Second, func() bool { return n1.Status().SecurityPending == 0 })
+	testutil.WaitFor(t, "n2 in sync", 60*time.Second, func() bool { return back.syncs() >= 1 })
+	testutil.CheckFor(t, 30*time.Second, func() error {
+		for _, want := range []string{"ban n1 b1 second b1", "lift n1 b2", "ban n1 b3 first b3", "ban n1 b4 first b4"} {
+			if !back.has(want) {
+				return fmt.Errorf("n2 was not told %q:\n%s", want, back)
+			}
+		}
+		return nil
+	})
+	for _, never := range []string{"b5", "passwd", "first b1", "first b2"} {
+		if strings.Contains(back.String(), never) {
+			t.Errorf("n2 was told of %q:\n%s", never, back)
+		}
+	}
+	// There is room again.
+	if err := n1.PutBan("b5", []byte("now")); err != nil {
+		t.Fatalf("b5 after the quorum returned: %v", err)
+	}
+	testutil.WaitFor(t, "b5 on n2", 30*time.Second, func() bool { return back.has("ban n1 b5 now") })
+}
+
+// restartNode starts node i of the cluster of routes again, on its store
+// in dir, with its broker, and h as its Security.
+func restartNode(t *testing.T, dir string, routes []string, i int, h Security) *Node {
+	t.Helper()
+	name := fmt.Sprintf("n%d", i+1)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	nd, err := Start(Config{Name: "test", Node: name, Listen: routes[i], Peers: routes, StoreDir: filepath.Join(dir, name),
+		Logger: log, HeartbeatInterval: testHeartbeat, MarkerTTL: testMarkerTTL})
 	if err != nil {
 		t.Fatal(err)
 	}

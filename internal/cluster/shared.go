@@ -370,7 +370,7 @@ func (n *Node) handOn(m *nats.Msg) {
 	}
 	if err := n.nc.PublishMsg(m); err != nil {
 		sh.lost.Add(1)
-		n.log.Warn("cluster: message of a shared subscription not handed on", "subject", clip(m.Subject), "err", err)
+		n.logRated(&n.handLog, "cluster: message of a shared subscription not handed on", "subject", m.Subject, err)
 		return
 	}
 	sh.handedOn.Add(1)
@@ -423,24 +423,12 @@ func (n *Node) forwardShared(msg *broker.Message) {
 	data, err := encodeMessage(msg, time.Now())
 	if err != nil {
 		if !errors.Is(err, errExpired) {
-			n.stats.forwardErrors.Add(1)
-			n.log.Warn("cluster: message of a shared subscription not forwarded", "topic", msg.Topic, "err", err)
+			n.forwardFailed("cluster: message of a shared subscription not forwarded", msg.Topic, err)
 		}
 		return
 	}
-	m := &nats.Msg{Subject: subj, Data: data, Header: nats.Header{}}
-	m.Header[hdrOrigin] = []string{n.origin}
-	if msg.From != "" {
-		m.Header[hdrFrom] = []string{msg.From}
-	}
-	n.pubMu.Lock()
-	n.seq++
-	m.Header[hdrSeq] = []string{strconv.FormatUint(n.seq, 10)}
-	err = n.nc.PublishMsg(m)
-	n.pubMu.Unlock()
-	if err != nil {
-		n.stats.forwardErrors.Add(1)
-		n.log.Warn("cluster: message of a shared subscription not forwarded", "topic", msg.Topic, "err", err)
+	if err := n.publishForwarded(subj, data, msg); err != nil {
+		n.forwardFailed("cluster: message of a shared subscription not forwarded", msg.Topic, err)
 		return
 	}
 	n.stats.forwarded.Add(1)
@@ -452,19 +440,15 @@ func (n *Node) HandOn(msg *broker.Message, group, filter string) {
 	data, err := encodeMessage(msg, time.Now())
 	if err != nil {
 		if !errors.Is(err, errExpired) {
-			n.log.Warn("cluster: message of a shared subscription not handed on", "topic", msg.Topic, "err", err)
+			n.share.lost.Add(1)
+			n.logRated(&n.handLog, "cluster: message of a shared subscription not handed on", "topic", msg.Topic, err)
 		}
 		return
 	}
-	m := &nats.Msg{Subject: groupPrefix + queueName(group, filter), Data: data, Header: nats.Header{}}
-	m.Header[hdrOrigin] = []string{n.origin}
-	if msg.From != "" {
-		m.Header[hdrFrom] = []string{msg.From}
-	}
+	m := n.forwardedMsg(groupPrefix+queueName(group, filter), data, msg)
 	m.Header[hdrHop] = []string{"1"}
 	n.pubMu.Lock()
-	n.seq++
-	m.Header[hdrSeq] = []string{strconv.FormatUint(n.seq, 10)}
+	n.number(m)
 	n.pubMu.Unlock()
 	// Sent by shareLoop, after the leave that usually comes with it (the
 	// member's session ended) reached the NATS server.
@@ -472,6 +456,6 @@ func (n *Node) HandOn(msg *broker.Message, group, filter string) {
 	case n.share.out <- m:
 	default:
 		n.share.lost.Add(1)
-		n.log.Warn("cluster: too many messages of shared subscriptions to hand on; one was dropped", "topic", msg.Topic)
+		n.logRated(&n.handLog, "cluster: too many messages of shared subscriptions to hand on; one was dropped", "topic", msg.Topic, nil)
 	}
 }

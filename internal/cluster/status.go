@@ -61,6 +61,17 @@ type Status struct {
 	PendingWrites  int    `json:"pending_writes"`
 	ClaimsPruned   uint64 `json:"claims_pruned"`
 	RetainedPurged uint64 `json:"retained_purged"`
+	// WritesDropped counts the retained changes and claims given up: the
+	// oldest beyond the queue's bound, a claim that failed (written late
+	// it would take over a newer connection), a value the bucket refuses.
+	WritesDropped uint64 `json:"writes_dropped"`
+	// SecurityPending are the security changes (bans, shared files)
+	// waiting for their buckets, one per ban or file; SecurityRefused
+	// counts those refused because too many waited (their caller was
+	// told) or because the bucket refused the value (too large): they
+	// hold on this node only.
+	SecurityPending int    `json:"security_pending"`
+	SecurityRefused uint64 `json:"security_refused"`
 	// The durable stream of QoS 1/2 messages (durable.go): published to
 	// it, received from it, publications that failed, redeliveries
 	// dropped, and publications made because a node was missing.

@@ -318,6 +318,33 @@ func (g *Guard) notify(bans []Ban) {
 	}
 }
 
+// Replicate registers f, called by AddBan and RemoveBan once the change
+// is in force here (after the OnBan callbacks), to carry it to the other
+// nodes of a cluster. The change stays in force here whatever f returns;
+// an error of f is returned by AddBan and RemoveBan wrapped in
+// ErrNotReplicated (with the ban as for success), so that the operator
+// learns that the other nodes do not enforce it. Register it before
+// serving.
+func (g *Guard) Replicate(f func(id string, removed bool) error) {
+	g.cbMu.Lock()
+	g.replicate = f
+	g.cbMu.Unlock()
+}
+
+// replicated runs the Replicate hook for a change in force here.
+func (g *Guard) replicated(id string, removed bool) error {
+	g.cbMu.Lock()
+	f := g.replicate
+	g.cbMu.Unlock()
+	if f == nil {
+		return nil
+	}
+	if err := f(id, removed); err != nil {
+		return fmt.Errorf("%w: %w", ErrNotReplicated, err)
+	}
+	return nil
+}
+
 // Bans returns the active bans, for listings.
 func (g *Guard) Bans() []Ban {
 	now := g.now()
@@ -351,7 +378,7 @@ func (g *Guard) AddBan(b Ban) (Ban, error) {
 	if g.store == nil {
 		g.install(b, false)
 		g.notify([]Ban{b})
-		return b, nil
+		return b, g.replicated(b.ID, false)
 	}
 	unlock, err := g.store.Lock()
 	if err != nil {
@@ -382,7 +409,7 @@ func (g *Guard) AddBan(b Ban) (Ban, error) {
 	g.install(b, false)
 	unlock()
 	g.notify([]Ban{b})
-	return b, nil
+	return b, g.replicated(b.ID, false)
 }
 
 // addAutomatic adds a detector's ban in memory at once and to the ban
@@ -438,6 +465,9 @@ func (g *Guard) roomFor(n int) error {
 var (
 	ErrBanListFull = errors.New("guard: the ban list is full (max_bans)")
 	ErrNoBan       = errors.New("guard: no such ban")
+	// ErrNotReplicated: the change is in force on this node, but the
+	// other nodes of its cluster were not told (Replicate).
+	ErrNotReplicated = errors.New("in force on this node only")
 )
 
 func (g *Guard) full() error {
@@ -505,5 +535,5 @@ func (g *Guard) RemoveBan(id string) (Ban, error) {
 	}
 	g.stats.bansRemoved.Add(1)
 	g.log.Warn("guard: ban removed", "ban", out.ID, "kind", string(out.Kind), "value", clip(out.Value))
-	return out, nil
+	return out, g.replicated(out.ID, true)
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -144,13 +145,13 @@ func (g *Guard) serveControlConn(c net.Conn, record func(ControlAction)) {
 		}
 		b, err := g.AddBan(*req.Ban)
 		note("ban.add", string(req.Ban.Kind)+" "+clip(req.Ban.Value), err)
-		if err == nil {
+		if err == nil || errors.Is(err, ErrNotReplicated) {
 			resp.Ban = &b
 		}
 	case "remove":
 		b, err := g.RemoveBan(req.ID)
 		note("ban.remove", clip(req.ID), err)
-		if err == nil {
+		if err == nil || errors.Is(err, ErrNotReplicated) {
 			resp.Ban = &b
 		}
 	default:
@@ -173,6 +174,9 @@ type ControlClient struct {
 // returns the ban as stored.
 func (cc ControlClient) Add(b Ban) (Ban, error) {
 	r, err := cc.call(controlRequest{Op: "add", Ban: &b})
+	if errors.Is(err, ErrNotReplicated) {
+		return *r.Ban, err
+	}
 	if err != nil {
 		return Ban{}, err
 	}
@@ -185,6 +189,9 @@ func (cc ControlClient) Add(b Ban) (Ban, error) {
 // Remove asks the broker to lift the ban with ID id and returns it.
 func (cc ControlClient) Remove(id string) (Ban, error) {
 	r, err := cc.call(controlRequest{Op: "remove", ID: id})
+	if errors.Is(err, ErrNotReplicated) {
+		return *r.Ban, err
+	}
 	if err != nil {
 		return Ban{}, err
 	}
@@ -220,6 +227,10 @@ func (cc ControlClient) call(req controlRequest) (controlResponse, error) {
 	dec := json.NewDecoder(bufio.NewReader(c))
 	if err := dec.Decode(&resp); err != nil {
 		return controlResponse{}, fmt.Errorf("guard: control socket: reading the answer: %w", err)
+	}
+	if resp.Error != "" && resp.Ban != nil {
+		// In force in the broker, not on the other nodes (AddBan).
+		return resp, fmt.Errorf("%w: %s", ErrNotReplicated, strings.TrimPrefix(resp.Error, ErrNotReplicated.Error()+": "))
 	}
 	if resp.Error != "" {
 		return resp, errors.New(resp.Error)

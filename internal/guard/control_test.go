@@ -3,9 +3,11 @@ package guard
 import (
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -156,5 +158,44 @@ func TestControlSocketAbsent(t *testing.T) {
 	}
 	if _, err := ListenControl(filepath.Join(dir, strings.Repeat("d", 120), ControlSocketName)); err == nil {
 		t.Error("a path too long for a Unix socket was accepted")
+	}
+}
+
+// TestControlSocketNotReplicated: a ban that the cluster refused is in
+// force here, and moat ban's side is told both the ban and the refusal;
+// so is a removal.
+func TestControlSocketNotReplicated(t *testing.T) {
+	clk := newClock()
+	g, _ := newGuard(t, Config{BanStore: &memStore{}}, clk, nil)
+	refusal := errors.New("cluster unreachable: 3 security changes pending; not applied cluster-wide")
+	var calls []string
+	g.Replicate(func(id string, removed bool) error {
+		calls = append(calls, fmt.Sprintf("%s %v", id, removed))
+		return refusal
+	})
+	cc := ControlClient{Path: serveControl(t, g, t.TempDir(), nil)}
+	b, err := NewManualBan(KindClientID, "victim", time.Hour, "test", clk.Now(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := cc.Add(b)
+	if !errors.Is(err, ErrNotReplicated) || !strings.Contains(err.Error(), refusal.Error()) {
+		t.Fatalf("add: %v; want ErrNotReplicated with the refusal", err)
+	}
+	if got.ID != b.ID {
+		t.Fatalf("add answered ban %q, want %q", got.ID, b.ID)
+	}
+	if _, ok := g.BannedIdentity(Identity{ClientID: "victim"}); !ok {
+		t.Fatal("a ban the cluster refused is not in force here")
+	}
+	removed, err := cc.Remove(b.ID)
+	if !errors.Is(err, ErrNotReplicated) || removed.ID != b.ID {
+		t.Fatalf("remove: %v %q", err, removed.ID)
+	}
+	if _, ok := g.BannedIdentity(Identity{ClientID: "victim"}); ok {
+		t.Fatal("a removal the cluster refused is not in force here")
+	}
+	if want := []string{b.ID + " false", b.ID + " true"}; !slices.Equal(calls, want) {
+		t.Fatalf("Replicate calls %q, want %q", calls, want)
 	}
 }

@@ -66,8 +66,9 @@ type Guard struct {
 	pending   []Ban         // automatic bans in memory, not yet written to the store
 	fileStamp os.FileInfo
 
-	cbMu  sync.Mutex
-	onBan []func(Match)
+	cbMu      sync.Mutex
+	onBan     []func(Match)
+	replicate func(id string, removed bool) error
 
 	det map[string]*detector
 

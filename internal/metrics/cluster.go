@@ -24,8 +24,15 @@ type Cluster struct {
 	// RetainedOut and RetainedIn count retained changes written to the
 	// cluster and applied from it.
 	RetainedOut, RetainedIn uint64
-	// PendingWrites are the changes waiting for the key-value store.
+	// PendingWrites are the changes waiting for the key-value store;
+	// WritesDropped those given up.
 	PendingWrites int
+	WritesDropped uint64
+	// SecurityPending are the security changes (bans, shared files)
+	// waiting for the key-value store; SecurityRefused those refused
+	// because too many waited (in force on this node only).
+	SecurityPending int
+	SecurityRefused uint64
 	// NodeConnections are the live connections of every node up, by
 	// node name (from the heartbeats).
 	NodeConnections map[string]int64
@@ -55,11 +62,15 @@ var (
 	dClPruned     = desc("cluster_claims_pruned_total", "Client-ID claims this node removed because their session ended.")
 	dClRetained   = desc("cluster_retained_changes_total", "Retained changes written to the cluster (direction out) and applied from other nodes (direction in).", "direction")
 	dClPending    = desc("cluster_pending_writes", "Retained changes and claims waiting for the key-value store.")
+	dClDropped    = desc("cluster_writes_dropped_total", "Retained changes and claims given up: the oldest beyond the queue's bound, a failed claim, a value the key-value store refuses.")
+	dClSecPending = desc("cluster_security_pending", "Security changes (bans, shared access files) waiting for the key-value store, one per ban or file.")
+	dClSecRefused = desc("cluster_security_refused_total", "Security changes refused for the cluster because too many waited for the key-value store: in force on this node only.")
 	dClNodeConns  = desc("cluster_node_connections", "Live client connections of each node up, from its heartbeat.", "node")
 	dClCurrent    = desc("cluster_replica_current", "1 when the copy of a JetStream stream on a node is caught up with the stream's leader.", "stream", "node")
 	dClLag        = desc("cluster_replication_lag", "Operations the copy of a JetStream stream on a node is behind the stream's leader.", "stream", "node")
 	clusterDescs  = []*prometheus.Desc{dClNodes, dClMissing, dClRoutes, dClReady, dClHealthy, dClForwarded, dClReceived,
-		dClDuplicates, dClErrors, dClTakeovers, dClClaims, dClPruned, dClRetained, dClPending, dClNodeConns, dClCurrent, dClLag}
+		dClDuplicates, dClErrors, dClTakeovers, dClClaims, dClPruned, dClRetained, dClPending, dClDropped,
+		dClSecPending, dClSecRefused, dClNodeConns, dClCurrent, dClLag}
 )
 
 // The cluster's metrics are described with every other metric.
@@ -98,6 +109,9 @@ func collectCluster(ch chan<- prometheus.Metric, c *Cluster) {
 	n(dClRetained, c.RetainedOut, "out")
 	n(dClRetained, c.RetainedIn, "in")
 	g(dClPending, float64(c.PendingWrites))
+	n(dClDropped, c.WritesDropped)
+	g(dClSecPending, float64(c.SecurityPending))
+	n(dClSecRefused, c.SecurityRefused)
 	for node, v := range c.NodeConnections {
 		g(dClNodeConns, float64(v), node)
 	}
