@@ -229,8 +229,18 @@ func parseDecimal(s string, max uint32) (uint32, error) {
 	return uint32(n), nil
 }
 
+// decodeB64 decodes s strictly: the decoder skips carriage returns and
+// line feeds, so without this check one hash would have many spellings
+// (hashes are compared as text when a file is edited and written back).
+func decodeB64(enc *base64.Encoding, s string) ([]byte, error) {
+	if strings.ContainsAny(s, "\r\n") {
+		return nil, errors.New("line break inside base64")
+	}
+	return enc.DecodeString(s)
+}
+
 func decodeSalt(enc *base64.Encoding, s string) ([]byte, error) {
-	b, err := enc.DecodeString(s)
+	b, err := decodeB64(enc, s)
 	if err != nil {
 		return nil, errors.New("salt is not valid base64")
 	}
@@ -242,7 +252,7 @@ func decodeSalt(enc *base64.Encoding, s string) ([]byte, error) {
 
 // decodeSum decodes the hash value; want > 0 requires that exact length.
 func decodeSum(enc *base64.Encoding, s string, want int) ([]byte, error) {
-	b, err := enc.DecodeString(s)
+	b, err := decodeB64(enc, s)
 	if err != nil {
 		return nil, errors.New("hash value is not valid base64")
 	}
