@@ -1,13 +1,14 @@
 package cluster
 
 import (
-	"bytes"
 	"errors"
 	"log/slog"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/moatmq/moat/internal/testutil"
 )
 
 func TestRateLog(t *testing.T) {
@@ -29,28 +30,10 @@ func TestRateLog(t *testing.T) {
 	}
 }
 
-// lockedBuffer is a log destination safe for concurrent writers.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // TestForwardFailuresLoggedOncePerInterval: a failing forward path
 // counts every failure but logs one line per interval.
 func TestForwardFailuresLoggedOncePerInterval(t *testing.T) {
-	var buf lockedBuffer
+	var buf testutil.Buffer
 	n := &Node{log: slog.New(slog.NewTextHandler(&buf, nil))}
 	var wg sync.WaitGroup
 	for range 4 {

@@ -171,20 +171,7 @@ func startLateNode(t *testing.T, nodes []*testNode, h Security) *Node {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := broker.New(broker.Config{Cluster: nd, Authorizer: broker.AllowAll, AllowAnonymous: true, Logger: log})
-	if err != nil {
-		nd.Close()
-		t.Fatal(err)
-	}
-	nd.SetSecurity(h)
-	nd.Attach(srv)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		_ = srv.Shutdown(ctx)
-		cancel()
-		nd.Close()
-	})
-	return nd
+	return withBroker(t, nd, h, log)
 }
 
 // TestSecurityChangesWhileClusterUnreachable makes security changes on a
@@ -281,6 +268,13 @@ func restartNode(t *testing.T, dir string, routes []string, i int, h Security) *
 	if err != nil {
 		t.Fatal(err)
 	}
+	return withBroker(t, nd, h, log)
+}
+
+// withBroker gives the started node nd a broker and h as its Security;
+// both stop when the test ends.
+func withBroker(t *testing.T, nd *Node, h Security, log *slog.Logger) *Node {
+	t.Helper()
 	srv, err := broker.New(broker.Config{Cluster: nd, Authorizer: broker.AllowAll, AllowAnonymous: true, Logger: log})
 	if err != nil {
 		nd.Close()
