@@ -104,16 +104,20 @@ type waiter struct {
 	feeds atomic.Bool
 }
 
-// join puts w in line; arm, when no timer runs, starts one.
-func (g *flowGate) join(w *waiter, arm func() Timer) {
+// join puts w in line. It reports whether no timer runs: the caller
+// then starts one and sets g.timer. (Not a function to call instead: a
+// closure made per join would be allocated for every message a held
+// publisher sends, where a timer starts once per period.)
+func (g *flowGate) join(w *waiter) (arm bool) {
 	w.queued = true
 	w.epoch = g.epoch
 	g.waiters = append(g.waiters, w)
-	if g.timer == nil {
-		g.epoch++ // w will have waited a whole period at the first check
-		g.atTick = g.progress
-		g.timer = arm()
+	if g.timer != nil {
+		return false
 	}
+	g.epoch++ // w will have waited a whole period at the first check
+	g.atTick = g.progress
+	return true
 }
 
 // wake wakes up to n waiters, oldest first.
@@ -290,7 +294,9 @@ func (s *session) notePublisherLocked(srv *Server, pub *publisher) {
 		// Over the mark, or publishers wait already: this one waits
 		// behind them, so that they take turns.
 		w := pub.nextWaiter()
-		s.gate.join(w, func() Timer { return srv.afterFunc(srv.limits().PushbackWait, func() { s.checkGate(srv) }) })
+		if s.gate.join(w) {
+			s.gate.timer = s.armGate(srv)
+		}
 		pub.addHold(hold{sess: s, w: w})
 	} else {
 		pub.noteFree(s)
@@ -313,7 +319,9 @@ func (s *session) notePublisherQoS0(c *conn, pub *publisher, congested bool) {
 	c.outMu.Lock()
 	if c.q0CongestedLocked() {
 		w := pub.nextWaiter()
-		c.q0gate.join(w, c.armQ0Check)
+		if c.q0gate.join(w) {
+			c.q0gate.timer = c.armQ0Check()
+		}
 		pub.addHold(hold{sess: s, c: c, w: w})
 	}
 	c.outMu.Unlock()
@@ -339,13 +347,16 @@ func (s *session) checkGate(srv *Server) {
 		srv.holdCycle(s.id)
 		return
 	}
-	slow, stuck := s.gate.checkLocked(forRoom, func() Timer {
-		return srv.afterFunc(srv.limits().PushbackWait, func() { s.checkGate(srv) })
-	})
+	slow, stuck := s.gate.checkLocked(forRoom, func() Timer { return s.armGate(srv) })
 	s.mu.Unlock()
 	if slow {
 		srv.slowSubscriber(s.id, false, stuck)
 	}
+}
+
+// armGate starts the timer of s's gate (checkGate).
+func (s *session) armGate(srv *Server) Timer {
+	return srv.afterFunc(srv.limits().PushbackWait, func() { s.checkGate(srv) })
 }
 
 // maxWaitChain bounds the sessions waitCycleLocked follows: a chain of

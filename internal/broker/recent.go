@@ -51,10 +51,13 @@ type recentShard struct {
 }
 
 // recentEntry is one routed message and its arrival time (a copy of
-// msg.arrived, so that a search reads the shard's memory only).
+// msg.arrived, so that a search reads the shard's memory only), and its
+// recentSize, so that dropping the entry does not read the message again:
+// by then, hundreds of messages later, it has left the processor's caches.
 type recentEntry struct {
-	msg *Message
-	at  int64
+	msg  *Message
+	at   int64
+	size int
 }
 
 // shardFor chooses the shard for a new connection.
@@ -104,7 +107,7 @@ func (r *recentRing) add(shard uint8, m *Message) {
 		sh.dropTail()
 	}
 	if seq >= sh.tail && sh.bytes+size <= recentShardBytes {
-		sh.ents[seq%recentPerShard] = recentEntry{msg: m, at: m.arrived}
+		sh.ents[seq%recentPerShard] = recentEntry{msg: m, at: m.arrived, size: size}
 		sh.bytes += size
 		sh.newest = max(sh.newest, m.arrived)
 	}
@@ -129,9 +132,7 @@ func (sh *recentShard) reserveLocked(shard uint8, m *Message) {
 // reserved but not recorded). sh.mu held.
 func (sh *recentShard) dropTail() {
 	e := &sh.ents[sh.tail%recentPerShard]
-	if e.msg != nil {
-		sh.bytes -= recentSize(e.msg)
-	}
+	sh.bytes -= e.size // 0 for an empty slot
 	*e = recentEntry{}
 	sh.tail++
 }
