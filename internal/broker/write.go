@@ -246,7 +246,7 @@ func (c *conn) writeLoop() {
 			var err error
 			c.wbuf, err = c.encode(c.wbuf, p)
 			if err != nil {
-				c.log.Error("broker: cannot encode outbound packet; dropped", "type", p.Type(), "err", err)
+				c.encodeFailed(p, err)
 				continue
 			}
 			if len(c.wbuf)+c.wshared >= flushAt {
@@ -266,6 +266,16 @@ func (c *conn) writeLoop() {
 		c.spare = batch[:0]
 		c.outMu.Unlock()
 	}
+}
+
+// encodeFailed logs an outbound packet that could not be encoded. Not
+// inlined: its arguments would make writeLoop's stack frame larger, and a
+// writer goroutine starts with the smallest stack, which the encoding of
+// a PUBLISH below writeLoop then has to grow.
+//
+//go:noinline
+func (c *conn) encodeFailed(p packet.Packet, err error) {
+	c.log.Error("broker: cannot encode outbound packet; dropped", "type", p.Type(), "err", err)
 }
 
 // idleQueueCap is the capacity of outbound queue slices a connection
