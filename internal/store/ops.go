@@ -179,6 +179,25 @@ type txn struct {
 	// log collects the transaction's writes for the commit log
 	// (SyncAlways); nil without one.
 	log *logBatch
+	// ovl holds the messages and deliveries written since the last
+	// checkpoint that the engine does not hold (overlay.go); nil
+	// without the commit log. All reads and writes of those two
+	// buckets go through lookup, putOver, del and deleteDelivery.
+	ovl *overlay
+}
+
+// lookup returns the value at bucket/key as the transaction has left it
+// so far, nil when there is none, and whether the engine holds it (false
+// when the overlay does, or nobody).
+func (t *txn) lookup(bucket, key []byte) (v []byte, engine bool) {
+	if t.ovl != nil && overlaid(bucket) {
+		v, found, maybe := t.ovl.get(bucket, key)
+		if found || !maybe {
+			return v, false
+		}
+	}
+	v = t.tx.Bucket(bucket).Get(key)
+	return v, v != nil
 }
 
 // logPut, logDel and createBucket record the transaction's writes to the
@@ -248,7 +267,8 @@ func (t *txn) messageStored(id uint64) bool {
 	}
 	var k [8]byte
 	binary.BigEndian.PutUint64(k[:], id)
-	return t.tx.Bucket(bktMessage).Get(k[:]) != nil
+	v, _ := t.lookup(bktMessage, k[:])
+	return v != nil
 }
 
 // refPublisher stores p's record unless it is there and counts the
@@ -315,17 +335,21 @@ func (t *txn) put(bucket, key, plaintext []byte) error {
 // putSealed stores a sealed record under bucket/key and keeps the digest
 // current.
 func (t *txn) putSealed(bucket, key []byte, rec *sealed) error {
-	b := t.bucket(bucket)
-	return t.putOver(b, bucket, key, b.Get(key), rec)
+	old, engine := t.lookup(bucket, key)
+	return t.putOver(bucket, key, old, engine, rec)
 }
 
 // putOver stores rec in place of old, the value at bucket/key (nil when
-// there is none).
-func (t *txn) putOver(b *bolt.Bucket, bucket, key, old []byte, rec *sealed) error {
+// there is none); inEngine says that the engine holds the key (see
+// lookup), where it is then replaced. A message or delivery the engine
+// does not hold goes to the overlay, when there is one.
+func (t *txn) putOver(bucket, key, old []byte, inEngine bool, rec *sealed) error {
 	if old != nil {
 		t.forget(bucket, key, old)
 	}
-	if err := b.Put(key, rec.value); err != nil {
+	if t.ovl != nil && !inEngine && overlaid(bucket) {
+		t.ovl.put(bucket, key, rec.value)
+	} else if err := t.bucket(bucket).Put(key, rec.value); err != nil {
 		return err
 	}
 	t.logPut(bucket, key, rec.value)
@@ -363,6 +387,17 @@ func (t *txn) forgetElem(elem [32]byte) {
 
 // del removes bucket/key; it reports whether the record existed.
 func (t *txn) del(bucket, key []byte) (bool, error) {
+	if t.ovl != nil && overlaid(bucket) {
+		old, engine := t.ovl.take(bucket, key)
+		if old != nil {
+			t.forget(bucket, key, old)
+			t.logDel(bucket, key)
+			return true, nil
+		}
+		if !engine {
+			return false, nil
+		}
+	}
 	c := t.tx.Bucket(bucket).Cursor()
 	k, old := c.Seek(key)
 	if old == nil || !bytes.Equal(k, key) {
@@ -375,7 +410,7 @@ func (t *txn) del(bucket, key []byte) (bool, error) {
 
 // get opens the record at bucket/key, nil when there is none.
 func (t *txn) get(bucket, key []byte) (any, error) {
-	v := t.tx.Bucket(bucket).Get(key)
+	v, _ := t.lookup(bucket, key)
 	if v == nil {
 		return nil, nil
 	}
@@ -467,7 +502,11 @@ func (o *deleteSession) apply(t *txn) error {
 		return err
 	}
 	t.setSession(o.sessKey, false)
-	for _, k := range t.prefixKeys(bktDelivery, o.dlvPrefix) {
+	keys := t.prefixKeys(bktDelivery, o.dlvPrefix)
+	if t.ovl != nil {
+		keys = t.ovl.deliveryKeys(keys, o.dlvPrefix)
+	}
+	for _, k := range keys {
 		if err := t.deleteDelivery(k); err != nil {
 			return err
 		}
@@ -508,7 +547,7 @@ func (o *putMessage) apply(t *txn) error {
 	t.newMsgs[o.id] = true
 	if o.id > t.maxID0 && !again {
 		// A new message: nothing to replace.
-		err = t.putOver(t.bucket(bktMessage), bktMessage, o.keyBuf[:], nil, rec)
+		err = t.putOver(bktMessage, o.keyBuf[:], nil, false, rec)
 	} else {
 		err = t.putSealed(bktMessage, o.keyBuf[:], rec)
 	}
@@ -550,14 +589,14 @@ func (o *putDelivery) apply(t *txn) error {
 	if !t.messageStored(o.msgID) {
 		return fmt.Errorf("%w (message %d)", ErrUnknownMessage, o.msgID)
 	}
-	b := t.bucket(bktDelivery)
 	var old []byte
+	var inEngine bool
 	if o.seq > t.maxID0 {
 		// Not stored before this transaction: only this transaction
 		// can have put it.
 		k := [idLen + 8]byte(o.key)
 		if t.freshPuts[k] {
-			old = b.Get(o.key)
+			old, inEngine = t.lookup(bktDelivery, o.key)
 		} else {
 			if t.freshPuts == nil {
 				t.freshPuts = map[[idLen + 8]byte]bool{}
@@ -565,7 +604,7 @@ func (o *putDelivery) apply(t *txn) error {
 			t.freshPuts[k] = true
 		}
 	} else {
-		old = b.Get(o.key)
+		old, inEngine = t.lookup(bktDelivery, o.key)
 	}
 	var oldMsg uint64
 	hadOld := old != nil
@@ -592,7 +631,7 @@ func (o *putDelivery) apply(t *txn) error {
 	t.putDlv[[idLen + 8]byte(o.key)] = o.msgID
 	t.noteID(o.seq)
 	t.refs[o.msgID]++
-	if err := t.putOver(b, bktDelivery, o.key, old, rec); err != nil {
+	if err := t.putOver(bktDelivery, o.key, old, inEngine, rec); err != nil {
 		return err
 	}
 	t.s.recent.putDelivery(o.key, recentRecord{version: rec.id, msgID: o.msgID, elem: rec.elem})
@@ -603,10 +642,21 @@ func (o *putDelivery) apply(t *txn) error {
 }
 
 func (t *txn) deleteDelivery(key []byte) error {
-	c := t.tx.Bucket(bktDelivery).Cursor()
-	k, v := c.Seek(key)
-	if v == nil || !bytes.Equal(k, key) {
-		return nil
+	var v []byte
+	var c *bolt.Cursor // set when the engine holds the delivery
+	if t.ovl != nil {
+		var engine bool
+		if v, engine = t.ovl.take(bktDelivery, key); v == nil && !engine {
+			return nil
+		}
+	}
+	if v == nil {
+		c = t.tx.Bucket(bktDelivery).Cursor()
+		k, cv := c.Seek(key)
+		if cv == nil || !bytes.Equal(k, key) {
+			return nil
+		}
+		v = cv
 	}
 	var msgID uint64
 	if e, ok := t.s.recent.delivery(key, v); ok {
@@ -620,8 +670,10 @@ func (t *txn) deleteDelivery(key []byte) error {
 		msgID = od.MsgID
 		t.forget(bktDelivery, key, v)
 	}
-	if err := c.Delete(); err != nil {
-		return err
+	if c != nil {
+		if err := c.Delete(); err != nil {
+			return err
+		}
 	}
 	t.logDel(bktDelivery, key)
 	if len(key) == idLen+8 {
