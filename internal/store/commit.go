@@ -433,7 +433,7 @@ func (t *txn) coalesce(reqs []*request) (dropMsg map[uint64]bool) {
 		// transaction was not stored before it.
 		storedBefore := false
 		if first.seq <= t.maxID0 {
-			v, _ := t.lookup(bktDelivery, first.key)
+			v, _, _ := t.lookup(bktDelivery, first.key)
 			storedBefore = v != nil
 		}
 		if c.spoiled[k] || c.sessionGone[[idLen]byte(k[:idLen])] || storedBefore || t.needSession(first.sessKey) != nil {

@@ -39,16 +39,25 @@ import (
 // their records can only be in the overlay: looking them up needs no
 // B+tree search. Owned by the committer; no lock.
 type overlay struct {
-	msgs map[uint64][]byte                 // message ID → sealed value
-	dlv  map[[idLen]byte]map[uint64][]byte // delivery key prefix (session) → Seq → sealed value
+	msgs map[uint64]ovlRec                 // message ID → record
+	dlv  map[[idLen]byte]map[uint64]ovlRec // delivery key prefix (session) → Seq → record
 	n    int                               // records held
 	// engineMax is at least every message ID and delivery Seq the
 	// engine holds.
 	engineMax uint64
 }
 
+// ovlRec is a record of the overlay: a sealed value, or (plain) a
+// record that only the commit log encrypts, sealed when a checkpoint
+// writes it to the engine: a plainRecord whose first 8 bytes hold its
+// version (seal ID), as a sealed value's do.
+type ovlRec struct {
+	v     []byte
+	plain bool
+}
+
 func newOverlay(engineMax uint64) *overlay {
-	return &overlay{msgs: make(map[uint64][]byte, 1024), dlv: make(map[[idLen]byte]map[uint64][]byte), engineMax: engineMax}
+	return &overlay{msgs: make(map[uint64]ovlRec, 1024), dlv: make(map[[idLen]byte]map[uint64]ovlRec), engineMax: engineMax}
 }
 
 // overlaid reports whether bucket's records go through the overlay.
@@ -73,10 +82,10 @@ func splitKey(bucket, key []byte) (prefix [idLen]byte, id uint64, ok bool) {
 
 // get returns the value at bucket/key in the overlay. engine reports
 // whether the engine may hold the key instead (found is false then).
-func (o *overlay) get(bucket, key []byte) (v []byte, found, engine bool) {
+func (o *overlay) get(bucket, key []byte) (v ovlRec, found, engine bool) {
 	p, id, ok := splitKey(bucket, key)
 	if !ok {
-		return nil, false, true
+		return ovlRec{}, false, true
 	}
 	if bytes.Equal(bucket, bktMessage) {
 		v, found = o.msgs[id]
@@ -87,7 +96,7 @@ func (o *overlay) get(bucket, key []byte) (v []byte, found, engine bool) {
 }
 
 // put stores value at bucket/key, which the engine does not hold.
-func (o *overlay) put(bucket, key, value []byte) {
+func (o *overlay) put(bucket, key []byte, value ovlRec) {
 	p, id, _ := splitKey(bucket, key)
 	if bytes.Equal(bucket, bktMessage) {
 		if _, had := o.msgs[id]; !had {
@@ -98,7 +107,7 @@ func (o *overlay) put(bucket, key, value []byte) {
 	}
 	m := o.dlv[p]
 	if m == nil {
-		m = make(map[uint64][]byte, 4)
+		m = make(map[uint64]ovlRec, 4)
 		o.dlv[p] = m
 	}
 	if _, had := m[id]; !had {
@@ -107,13 +116,13 @@ func (o *overlay) put(bucket, key, value []byte) {
 	m[id] = value
 }
 
-// take removes bucket/key from the overlay and returns its value, nil
-// when the overlay does not hold it; engine reports whether the engine
-// may hold the key instead.
-func (o *overlay) take(bucket, key []byte) (v []byte, engine bool) {
+// take removes bucket/key from the overlay and returns its record (v
+// nil when the overlay does not hold it); engine reports whether the
+// engine may hold the key instead.
+func (o *overlay) take(bucket, key []byte) (v ovlRec, engine bool) {
 	p, id, ok := splitKey(bucket, key)
 	if !ok {
-		return nil, true
+		return ovlRec{}, true
 	}
 	var had bool
 	if bytes.Equal(bucket, bktMessage) {
@@ -129,7 +138,7 @@ func (o *overlay) take(bucket, key []byte) (v []byte, engine bool) {
 		o.n--
 		return v, false
 	}
-	return nil, id <= o.engineMax
+	return ovlRec{}, id <= o.engineMax
 }
 
 // deliveryKeys appends the keys of the deliveries the overlay holds
@@ -145,22 +154,32 @@ func (o *overlay) deliveryKeys(keys [][]byte, prefix []byte) [][]byte {
 }
 
 // flush writes every record the overlay holds into tx, the engine's
-// transaction (at a checkpoint), and empties it; the engine then holds
-// every ID up to engineMax.
-func (o *overlay) flush(tx *bolt.Tx, engineMax uint64) error {
+// transaction (at a checkpoint), sealing those that were not, and
+// empties it; the engine then holds every ID up to engineMax.
+func (o *overlay) flush(tx *bolt.Tx, keys *recordKeys, engineMax uint64) error {
 	if o.n > 0 {
 		mb, db := tx.Bucket(bktMessage), tx.Bucket(bktDelivery)
 		mb.FillPercent, db.FillPercent = 0.9, 0.9 // as txn.bucket
-		for id, v := range o.msgs {
-			if err := mb.Put(binary.BigEndian.AppendUint64(make([]byte, 0, 8), id), v); err != nil {
+		put := func(b *bolt.Bucket, bucket, key []byte, r ovlRec) error {
+			v := r.v
+			if r.plain {
+				var err error
+				if v, err = keys.sealPlainValue(plainRecord(r.v), bucket, key, beUint64(r.v)); err != nil {
+					return err
+				}
+			}
+			return b.Put(key, v)
+		}
+		for id, r := range o.msgs {
+			if err := put(mb, bktMessage, binary.BigEndian.AppendUint64(make([]byte, 0, 8), id), r); err != nil {
 				return err
 			}
 		}
 		for p, m := range o.dlv {
-			for id, v := range m {
+			for id, r := range m {
 				k := make([]byte, 0, idLen+8)
 				k = binary.BigEndian.AppendUint64(append(k, p[:]...), id)
-				if err := db.Put(k, v); err != nil {
+				if err := put(db, bktDelivery, k, r); err != nil {
 					return err
 				}
 			}
@@ -175,8 +194,8 @@ func (o *overlay) flush(tx *bolt.Tx, engineMax uint64) error {
 // them large.
 func (o *overlay) reset(engineMax uint64) {
 	if len(o.msgs) > maxOverlayKeep || len(o.dlv) > maxOverlayKeep {
-		o.msgs = make(map[uint64][]byte, 1024)
-		o.dlv = make(map[[idLen]byte]map[uint64][]byte)
+		o.msgs = make(map[uint64]ovlRec, 1024)
+		o.dlv = make(map[[idLen]byte]map[uint64]ovlRec)
 	} else {
 		clear(o.msgs)
 		for p, m := range o.dlv {

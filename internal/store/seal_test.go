@@ -11,7 +11,7 @@ import (
 type counterRecord struct{ bucket, key, plaintext []byte }
 
 func (o counterRecord) apply(t *txn) error {
-	old, inEngine := t.lookup(o.bucket, o.key)
+	old, inEngine, _ := t.lookup(o.bucket, o.key)
 	if old != nil {
 		t.forget(o.bucket, o.key, old)
 	}
@@ -20,7 +20,7 @@ func (o counterRecord) apply(t *txn) error {
 		return err
 	}
 	if t.ovl != nil && !inEngine && overlaid(o.bucket) {
-		t.ovl.put(o.bucket, o.key, v)
+		t.ovl.put(o.bucket, o.key, ovlRec{v: v})
 	} else if err := t.tx.Bucket(o.bucket).Put(o.key, v); err != nil {
 		return err
 	}

@@ -108,7 +108,7 @@ func (s *Store) recoverLog() (err error) {
 		}
 	}()
 	for i := range replay {
-		if err := applyLog(tx, &replay[i]); err != nil {
+		if err := applyLog(tx, s.keys, &replay[i]); err != nil {
 			return err
 		}
 		counter = replay[i].counter
@@ -385,7 +385,7 @@ func (s *Store) redoLog() (err error) {
 		return err
 	}
 	for i := range lc.records {
-		if err := applyLog(tx, &lc.records[i]); err != nil {
+		if err := applyLog(tx, s.keys, &lc.records[i]); err != nil {
 			tx.Rollback()
 			return err
 		}
@@ -416,7 +416,7 @@ func (s *Store) checkpoint() (err error) {
 	if s.ovl != nil {
 		// The records still stored at the checkpoint go into the
 		// engine's file with it.
-		if err := s.ovl.flush(tx, s.st.MaxID); err != nil {
+		if err := s.ovl.flush(tx, s.keys, s.st.MaxID); err != nil {
 			tx.Rollback()
 			return err
 		}
