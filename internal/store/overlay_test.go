@@ -240,6 +240,10 @@ func TestSecurityOverlayNoPlaintextInLog(t *testing.T) {
 	if unsealed != 40 {
 		t.Fatalf("%d records logged unsealed, want the 20 messages and 20 deliveries", unsealed)
 	}
+	// verify (read-only) applies the log as Open does.
+	if rep, err := Verify(crashImage(t, img)); err != nil || len(rep.Problems) > 0 {
+		t.Fatalf("Verify of a crash image with unsealed records in its log: %v %v", err, rep.Problems)
+	}
 	r := mustOpen(t, img) // replays the log: seals the records into the store file
 	if got := payloads(r.Recovered(), client); len(got) != 10 {
 		t.Fatalf("recovered %d messages, want 10", len(got))
