@@ -427,12 +427,15 @@ func (t *txn) coalesce(reqs []*request) (dropMsg map[uint64]bool) {
 	if len(c.dels) == 0 {
 		return nil
 	}
-	dlv := t.tx.Bucket(bktDelivery)
 	for k, d := range c.dels {
 		first := c.puts[k].first
 		// A sequence number above every ID issued before this
 		// transaction was not stored before it.
-		storedBefore := first.seq <= t.maxID0 && dlv.Get(first.key) != nil
+		storedBefore := false
+		if first.seq <= t.maxID0 {
+			v, _, _ := t.lookup(bktDelivery, first.key)
+			storedBefore = v != nil
+		}
 		if c.spoiled[k] || c.sessionGone[[idLen]byte(k[:idLen])] || storedBefore || t.needSession(first.sessKey) != nil {
 			continue
 		}

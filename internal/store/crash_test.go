@@ -20,6 +20,9 @@ const (
 
 // TestCrashChild is the process TestKillDuringCommits kills: it commits
 // from 8 goroutines and prints "ack N" once the commit of N returned.
+// Every fourth delivery is then deleted in a commit of its own (a
+// subscriber's acknowledgement, usually before the next checkpoint), and
+// "del N" printed once that commit returned.
 func TestCrashChild(t *testing.T) {
 	dir := os.Getenv(crashChildEnv)
 	if dir == "" {
@@ -42,8 +45,8 @@ func TestCrashChild(t *testing.T) {
 		wg.Go(func() {
 			for i := start + uint64(w); ; i += 8 {
 				m := &Message{ID: s.NextID(), Topic: "crash", Payload: []byte(strconv.FormatUint(i, 10)), QoS: 1}
-				err := s.Commit(context.Background(), PutMessage{m},
-					PutDelivery{&Delivery{ClientID: "sub", Seq: s.NextID(), MsgID: m.ID, QoS: 1}},
+				d := &Delivery{ClientID: "sub", Seq: s.NextID(), MsgID: m.ID, QoS: 1}
+				err := s.Commit(context.Background(), PutMessage{m}, PutDelivery{d},
 					PutRetained{&Retained{Topic: fmt.Sprintf("r/%d", i), Payload: []byte("x")}})
 				if err != nil {
 					fmt.Println("commit:", err)
@@ -51,6 +54,17 @@ func TestCrashChild(t *testing.T) {
 				}
 				mu.Lock()
 				fmt.Fprintf(out, "ack %d\n", i)
+				out.Flush()
+				mu.Unlock()
+				if i%4 != 0 {
+					continue
+				}
+				if err := s.Commit(context.Background(), DeleteDelivery{ClientID: "sub", Seq: d.Seq}); err != nil {
+					fmt.Println("commit:", err)
+					os.Exit(2)
+				}
+				mu.Lock()
+				fmt.Fprintf(out, "del %d\n", i)
 				out.Flush()
 				mu.Unlock()
 			}
@@ -83,7 +97,7 @@ func killDuringCommits(t *testing.T, checkpoint string) {
 	s := mustOpen(t, cfg)
 	mustCommit(t, s, PutSession{&Session{ClientID: "sub", ExpiryInterval: NeverExpires}})
 	mustClose(t, s)
-	acked := map[string]bool{}
+	acked, deleted := map[string]bool{}, map[string]bool{}
 	for round := range 3 {
 		cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$")
 		cmd.Env = append(os.Environ(), crashChildEnv+"="+cfg.Dir, crashCkptEnv+"="+checkpoint)
@@ -98,6 +112,10 @@ func killDuringCommits(t *testing.T, checkpoint string) {
 		n := 0
 		for sc.Scan() {
 			line := sc.Text()
+			if id, ok := strings.CutPrefix(line, "del "); ok {
+				deleted[id] = true
+				continue
+			}
 			id, ok := strings.CutPrefix(line, "ack ")
 			if !ok {
 				t.Fatalf("round %d: child: %s", round, line)
@@ -125,11 +143,17 @@ func killDuringCommits(t *testing.T, checkpoint string) {
 			ret[strings.TrimPrefix(r.Topic, "r/")] = true
 		}
 		for id := range acked {
-			if !have[id] || !ret[id] {
+			// A delete that was not reported may have been committed
+			// all the same.
+			n, _ := strconv.ParseUint(id, 10, 64)
+			if (!have[id] && n%4 != 0) || !ret[id] {
 				t.Fatalf("round %d: acknowledged commit %s lost (delivery %v, retained %v)", round, id, have[id], ret[id])
 			}
+			if deleted[id] && have[id] {
+				t.Fatalf("round %d: delivery %s back after its acknowledged delete", round, id)
+			}
 		}
-		t.Logf("round %d: %d acknowledged commits, all present (%d in store)", round, len(acked), len(have))
+		t.Logf("round %d: %d acknowledged commits, all present, %d deleted (%d in store)", round, len(acked), len(deleted), len(have))
 		mustClose(t, s)
 	}
 }

@@ -328,12 +328,21 @@ func (k *recordKeys) encodeForSeal(bucket, key []byte, rec any, plaintext []byte
 // sealPlain seals p for bucket/key under seal ID id, in place: p must not be
 // used afterwards. Safe for concurrent use.
 func (k *recordKeys) sealPlain(p plainRecord, bucket, key []byte, id uint64) (sealed, error) {
+	v, err := k.sealPlainValue(p, bucket, key, id)
+	if err != nil {
+		return sealed{}, err
+	}
+	return sealed{value: v, elem: k.element(bucket, key, id), id: id}, nil
+}
+
+// sealPlainValue is sealPlain without the record's element of the digest.
+func (k *recordKeys) sealPlainValue(p plainRecord, bucket, key []byte, id uint64) ([]byte, error) {
 	if id == 0 {
-		return sealed{}, errors.New("store: seal ID 0")
+		return nil, errors.New("store: seal ID 0")
 	}
 	sk, err := k.sealingKey()
 	if err != nil {
-		return sealed{}, fmt.Errorf("store: sealing key: %w", err)
+		return nil, fmt.Errorf("store: sealing key: %w", err)
 	}
 	out := []byte(p)
 	binary.BigEndian.PutUint64(out, id)
@@ -348,7 +357,7 @@ func (k *recordKeys) sealPlain(p plainRecord, bucket, key []byte, id uint64) (se
 	}
 	// Sealed in place: the ciphertext overwrites the plaintext exactly.
 	v := sk.aead.Seal(out[:sealHead], out[versionLen+saltLen:sealHead], out[sealHead:], aad)
-	return sealed{value: v[:len(v):len(v)], elem: k.element(bucket, key, id), id: id}, nil
+	return v[:len(v):len(v)], nil
 }
 
 // errSeal is wrapped when a value does not open.

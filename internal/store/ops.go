@@ -132,9 +132,12 @@ var sealEagerly = false
 type laterRecord struct {
 	bucket, key []byte
 	plain       plainRecord
-	once        sync.Once
-	rec         sealed
-	err         error
+	// version is the record's seal ID once drawn (by plainFor or
+	// sealed): a request applied again (its batch failed) keeps it.
+	version uint64
+	once    sync.Once
+	rec     sealed
+	err     error
 }
 
 func (l *laterRecord) init(s *Store, bucket, key []byte, rec any) {
@@ -148,10 +151,27 @@ func (l *laterRecord) init(s *Store, bucket, key []byte, rec any) {
 // concurrent use.
 func (l *laterRecord) sealed(s *Store) (*sealed, error) {
 	l.once.Do(func() {
-		l.rec, l.err = s.keys.sealPlain(l.plain, l.bucket, l.key, s.nextID.Add(1))
+		if l.version == 0 {
+			l.version = s.nextID.Add(1)
+		}
+		l.rec, l.err = s.keys.sealPlain(l.plain, l.bucket, l.key, l.version)
 		l.plain = nil
 	})
 	return &l.rec, l.err
+}
+
+// plainFor returns the record unsealed, its version (seal ID) written in
+// its first 8 bytes, for the overlay; ok is false once it is sealed. On
+// the committer only (sealEagerly seals on the submitter, before).
+func (l *laterRecord) plainFor(s *Store) (p plainRecord, version uint64, ok bool) {
+	if l.plain == nil {
+		return nil, 0, false
+	}
+	if l.version == 0 {
+		l.version = s.nextID.Add(1)
+	}
+	binary.BigEndian.PutUint64(l.plain, l.version)
+	return l.plain, l.version, true
 }
 
 // txn is one write transaction of the committer.
@@ -179,6 +199,27 @@ type txn struct {
 	// log collects the transaction's writes for the commit log
 	// (SyncAlways); nil without one.
 	log *logBatch
+	// ovl holds the messages and deliveries written since the last
+	// checkpoint that the engine does not hold (overlay.go); nil
+	// without the commit log. All reads and writes of those two
+	// buckets go through lookup, putOver, del and deleteDelivery.
+	ovl *overlay
+}
+
+// lookup returns the value at bucket/key as the transaction has left it
+// so far, nil when there is none, and whether the engine holds it (false
+// when the overlay does, or nobody). plain reports a record of the
+// overlay that is not sealed (see ovlRec): its version is in its first 8
+// bytes as in a sealed value, but it opens with openAt only.
+func (t *txn) lookup(bucket, key []byte) (v []byte, engine, plain bool) {
+	if t.ovl != nil && overlaid(bucket) {
+		r, found, maybe := t.ovl.get(bucket, key)
+		if found || !maybe {
+			return r.v, false, r.plain
+		}
+	}
+	v = t.tx.Bucket(bucket).Get(key)
+	return v, v != nil, false
 }
 
 // logPut, logDel and createBucket record the transaction's writes to the
@@ -248,7 +289,8 @@ func (t *txn) messageStored(id uint64) bool {
 	}
 	var k [8]byte
 	binary.BigEndian.PutUint64(k[:], id)
-	return t.tx.Bucket(bktMessage).Get(k[:]) != nil
+	v, _, _ := t.lookup(bktMessage, k[:])
+	return v != nil
 }
 
 // refPublisher stores p's record unless it is there and counts the
@@ -315,17 +357,21 @@ func (t *txn) put(bucket, key, plaintext []byte) error {
 // putSealed stores a sealed record under bucket/key and keeps the digest
 // current.
 func (t *txn) putSealed(bucket, key []byte, rec *sealed) error {
-	b := t.bucket(bucket)
-	return t.putOver(b, bucket, key, b.Get(key), rec)
+	old, engine, _ := t.lookup(bucket, key)
+	return t.putOver(bucket, key, old, engine, rec)
 }
 
 // putOver stores rec in place of old, the value at bucket/key (nil when
-// there is none).
-func (t *txn) putOver(b *bolt.Bucket, bucket, key, old []byte, rec *sealed) error {
+// there is none); inEngine says that the engine holds the key (see
+// lookup), where it is then replaced. A message or delivery the engine
+// does not hold goes to the overlay, when there is one.
+func (t *txn) putOver(bucket, key, old []byte, inEngine bool, rec *sealed) error {
 	if old != nil {
 		t.forget(bucket, key, old)
 	}
-	if err := b.Put(key, rec.value); err != nil {
+	if t.ovl != nil && !inEngine && overlaid(bucket) {
+		t.ovl.put(bucket, key, ovlRec{v: rec.value})
+	} else if err := t.bucket(bucket).Put(key, rec.value); err != nil {
 		return err
 	}
 	t.logPut(bucket, key, rec.value)
@@ -333,6 +379,45 @@ func (t *txn) putOver(b *bolt.Bucket, bucket, key, old []byte, rec *sealed) erro
 	t.st.Records++
 	t.noteID(rec.id)
 	return nil
+}
+
+// putLater stores the message or delivery record l in place of old, the
+// value at bucket/key (nil when there is none; inEngine: the engine
+// holds it), and returns the record's version and element of the
+// digest. A record the engine does not hold goes to the overlay without
+// being sealed: until a checkpoint writes it to the engine (sealed then,
+// under the same version), the commit log alone holds it, in a log
+// record that AES-GCM encrypts under the log's key (derived from the
+// data key) with the store, the log and the record's index as associated
+// data, and whose authenticated plaintext names the record's bucket, key
+// and version. It is as confidential, and as bound to its key and
+// version, as a sealed record, and most such records (a message
+// acknowledged before the next checkpoint) are never sealed at all: one
+// encryption, the log's, instead of two. The version is drawn and the
+// element counted as for a sealed record, so the digest does not depend
+// on where the record is.
+func (t *txn) putLater(bucket, key, old []byte, inEngine bool, l *laterRecord) (version uint64, elem [32]byte, err error) {
+	if t.ovl != nil && !inEngine {
+		if p, ver, ok := l.plainFor(t.s); ok {
+			if old != nil {
+				t.forget(bucket, key, old)
+			}
+			t.ovl.put(bucket, key, ovlRec{v: p, plain: true})
+			if t.log != nil {
+				t.log.putRecord(bucket, key, ver, p[sealHead:])
+			}
+			elem = t.s.keys.element(bucket, key, ver)
+			xorInto(&t.st.Digest, elem)
+			t.st.Records++
+			t.noteID(ver)
+			return ver, elem, nil
+		}
+	}
+	rec, err := l.sealed(t.s)
+	if err != nil {
+		return 0, elem, err
+	}
+	return rec.id, rec.elem, t.putOver(bucket, key, old, inEngine, rec)
 }
 
 // forget takes the record old, stored at bucket/key, out of the digest.
@@ -363,6 +448,17 @@ func (t *txn) forgetElem(elem [32]byte) {
 
 // del removes bucket/key; it reports whether the record existed.
 func (t *txn) del(bucket, key []byte) (bool, error) {
+	if t.ovl != nil && overlaid(bucket) {
+		old, engine := t.ovl.take(bucket, key)
+		if old.v != nil {
+			t.forget(bucket, key, old.v)
+			t.logDel(bucket, key)
+			return true, nil
+		}
+		if !engine {
+			return false, nil
+		}
+	}
 	c := t.tx.Bucket(bucket).Cursor()
 	k, old := c.Seek(key)
 	if old == nil || !bytes.Equal(k, key) {
@@ -375,9 +471,18 @@ func (t *txn) del(bucket, key []byte) (bool, error) {
 
 // get opens the record at bucket/key, nil when there is none.
 func (t *txn) get(bucket, key []byte) (any, error) {
-	v := t.tx.Bucket(bucket).Get(key)
+	v, _, plain := t.lookup(bucket, key)
 	if v == nil {
 		return nil, nil
+	}
+	return t.openAt(bucket, key, v, plain)
+}
+
+// openAt is open for a value lookup returned: plain is a record of the
+// overlay that is not sealed.
+func (t *txn) openAt(bucket, key, v []byte, plain bool) (any, error) {
+	if plain {
+		return decodeRecord(v[sealHead:])
 	}
 	return t.open(bucket, key, v)
 }
@@ -391,9 +496,9 @@ func (t *txn) open(bucket, key, v []byte) (any, error) {
 	return decodeRecord(pt)
 }
 
-// openDelivery decrypts the delivery v stored at key.
-func (t *txn) openDelivery(key, v []byte) (*Delivery, error) {
-	r, err := t.open(bktDelivery, key, v)
+// openDelivery decrypts the delivery v stored at key (plain: see openAt).
+func (t *txn) openDelivery(key, v []byte, plain bool) (*Delivery, error) {
+	r, err := t.openAt(bktDelivery, key, v, plain)
 	if err != nil {
 		return nil, err
 	}
@@ -467,7 +572,11 @@ func (o *deleteSession) apply(t *txn) error {
 		return err
 	}
 	t.setSession(o.sessKey, false)
-	for _, k := range t.prefixKeys(bktDelivery, o.dlvPrefix) {
+	keys := t.prefixKeys(bktDelivery, o.dlvPrefix)
+	if t.ovl != nil {
+		keys = t.ovl.deliveryKeys(keys, o.dlvPrefix)
+	}
+	for _, k := range keys {
 		if err := t.deleteDelivery(k); err != nil {
 			return err
 		}
@@ -499,21 +608,18 @@ type putMessage struct {
 }
 
 func (o *putMessage) apply(t *txn) error {
-	rec, err := o.rec.sealed(t.s)
-	if err != nil {
-		return err
-	}
 	_, again := t.newMsgs[o.id]
 	t.noteID(o.id)
 	t.newMsgs[o.id] = true
-	if o.id > t.maxID0 && !again {
-		// A new message: nothing to replace.
-		err = t.putOver(t.bucket(bktMessage), bktMessage, o.keyBuf[:], nil, rec)
-	} else {
-		err = t.putSealed(bktMessage, o.keyBuf[:], rec)
+	var old []byte
+	var inEngine bool
+	if o.id <= t.maxID0 || again {
+		// Not a new message: it may replace one.
+		old, inEngine, _ = t.lookup(bktMessage, o.keyBuf[:])
 	}
+	version, elem, err := t.putLater(bktMessage, o.keyBuf[:], old, inEngine, &o.rec)
 	if err == nil {
-		t.s.recent.putMessage(o.id, recentRecord{version: rec.id, elem: rec.elem})
+		t.s.recent.putMessage(o.id, recentRecord{version: version, elem: elem})
 	}
 	return err
 }
@@ -550,14 +656,14 @@ func (o *putDelivery) apply(t *txn) error {
 	if !t.messageStored(o.msgID) {
 		return fmt.Errorf("%w (message %d)", ErrUnknownMessage, o.msgID)
 	}
-	b := t.bucket(bktDelivery)
 	var old []byte
+	var inEngine, oldPlain bool
 	if o.seq > t.maxID0 {
 		// Not stored before this transaction: only this transaction
 		// can have put it.
 		k := [idLen + 8]byte(o.key)
 		if t.freshPuts[k] {
-			old = b.Get(o.key)
+			old, inEngine, oldPlain = t.lookup(bktDelivery, o.key)
 		} else {
 			if t.freshPuts == nil {
 				t.freshPuts = map[[idLen + 8]byte]bool{}
@@ -565,7 +671,7 @@ func (o *putDelivery) apply(t *txn) error {
 			t.freshPuts[k] = true
 		}
 	} else {
-		old = b.Get(o.key)
+		old, inEngine, oldPlain = t.lookup(bktDelivery, o.key)
 	}
 	var oldMsg uint64
 	hadOld := old != nil
@@ -575,16 +681,12 @@ func (o *putDelivery) apply(t *txn) error {
 			t.forgetElem(e.elem)
 			old = nil // taken out of the digest
 		} else {
-			od, err := t.openDelivery(o.key, old)
+			od, err := t.openDelivery(o.key, old, oldPlain)
 			if err != nil {
 				return err
 			}
 			oldMsg = od.MsgID
 		}
-	}
-	rec, err := o.rec.sealed(t.s)
-	if err != nil {
-		return err
 	}
 	if t.putDlv == nil {
 		t.putDlv = map[[idLen + 8]byte]uint64{}
@@ -592,10 +694,11 @@ func (o *putDelivery) apply(t *txn) error {
 	t.putDlv[[idLen + 8]byte(o.key)] = o.msgID
 	t.noteID(o.seq)
 	t.refs[o.msgID]++
-	if err := t.putOver(b, bktDelivery, o.key, old, rec); err != nil {
+	version, elem, err := t.putLater(bktDelivery, o.key, old, inEngine, &o.rec)
+	if err != nil {
 		return err
 	}
-	t.s.recent.putDelivery(o.key, recentRecord{version: rec.id, msgID: o.msgID, elem: rec.elem})
+	t.s.recent.putDelivery(o.key, recentRecord{version: version, msgID: o.msgID, elem: elem})
 	if hadOld {
 		return t.unref(oldMsg)
 	}
@@ -603,25 +706,40 @@ func (o *putDelivery) apply(t *txn) error {
 }
 
 func (t *txn) deleteDelivery(key []byte) error {
-	c := t.tx.Bucket(bktDelivery).Cursor()
-	k, v := c.Seek(key)
-	if v == nil || !bytes.Equal(k, key) {
-		return nil
+	var v []byte
+	var plain bool
+	var c *bolt.Cursor // set when the engine holds the delivery
+	if t.ovl != nil {
+		r, engine := t.ovl.take(bktDelivery, key)
+		if r.v == nil && !engine {
+			return nil
+		}
+		v, plain = r.v, r.plain
+	}
+	if v == nil {
+		c = t.tx.Bucket(bktDelivery).Cursor()
+		k, cv := c.Seek(key)
+		if cv == nil || !bytes.Equal(k, key) {
+			return nil
+		}
+		v = cv
 	}
 	var msgID uint64
 	if e, ok := t.s.recent.delivery(key, v); ok {
 		msgID = e.msgID
 		t.forgetElem(e.elem)
 	} else {
-		od, err := t.openDelivery(key, v)
+		od, err := t.openDelivery(key, v, plain)
 		if err != nil {
 			return err
 		}
 		msgID = od.MsgID
 		t.forget(bktDelivery, key, v)
 	}
-	if err := c.Delete(); err != nil {
-		return err
+	if c != nil {
+		if err := c.Delete(); err != nil {
+			return err
+		}
 	}
 	t.logDel(bktDelivery, key)
 	if len(key) == idLen+8 {

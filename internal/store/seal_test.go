@@ -11,17 +11,20 @@ import (
 type counterRecord struct{ bucket, key, plaintext []byte }
 
 func (o counterRecord) apply(t *txn) error {
-	b := t.tx.Bucket(o.bucket)
-	if old := b.Get(o.key); old != nil {
+	old, inEngine, _ := t.lookup(o.bucket, o.key)
+	if old != nil {
 		t.forget(o.bucket, o.key, old)
 	}
 	v, err := t.s.keys.seal(o.bucket, o.key, t.st.Counter, o.plaintext)
 	if err != nil {
 		return err
 	}
-	if err := b.Put(o.key, v); err != nil {
+	if t.ovl != nil && !inEngine && overlaid(o.bucket) {
+		t.ovl.put(o.bucket, o.key, ovlRec{v: v})
+	} else if err := t.tx.Bucket(o.bucket).Put(o.key, v); err != nil {
 		return err
 	}
+	t.logPut(o.bucket, o.key, v)
 	xorInto(&t.st.Digest, t.s.keys.element(o.bucket, o.key, t.st.Counter))
 	t.st.Records++
 	return nil

@@ -171,6 +171,7 @@ type Store struct {
 	wal      *logWriter
 	applyLog bool // the engine's file is open for writing (not read-only, or a read-only open applying the log)
 	wtx      *bolt.Tx
+	ovl      *overlay // messages and deliveries since the last checkpoint that wtx does not hold
 	logBuf   logBatch
 	ckptAt   time.Time // the last checkpoint, by the system clock
 	// The log's syncer (logSyncer) fsyncs what the committer wrote to

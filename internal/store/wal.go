@@ -59,12 +59,16 @@ import (
 //
 //	commit counter (8) | durable (8) | ops
 //	op: kind (1) | bucket length (1) | bucket | key length (2) | key |
-//	    (put only) value length (4) | value
+//	    (put and put-record only) value length (4) | value
 //
-// Values are the store's sealed records (encrypted once more by the log);
-// keys are keyed hashes; the commit counter is the store's after the batch;
-// durable is how many records of the log an fsync had covered when the
-// record was written.
+// A put's value is a record sealed as the store file holds it (encrypted
+// once more by the log). A put-record (kind 4) is a message or delivery
+// that is not sealed on its own: its value is the record's version (8,
+// its seal ID) and its encoding; it is sealed under that version when it
+// is written to the store file (at the checkpoint, or when Open or
+// redoLog applies the log), see overlay.go. Keys are keyed hashes; the
+// commit counter is the store's after the batch; durable is how many
+// records of the log an fsync had covered when the record was written.
 const (
 	LogFile = "store.wal"
 
@@ -79,6 +83,9 @@ const (
 	logOpPut    = 1
 	logOpDelete = 2
 	logOpBucket = 3 // create the bucket if it does not exist
+	// logOpPutRecord puts a record that the log alone encrypts: sealed
+	// (under the version its value starts with) when it is applied.
+	logOpPutRecord = 4
 
 	// The checkpoint policy's defaults.
 	defaultLogCheckpointBytes = 16 << 20
@@ -392,6 +399,14 @@ func (l *logBatch) put(bucket, key, val []byte) {
 	l.b = append(l.b, val...)
 }
 
+// putRecord logs a record that is not sealed: its version and plaintext.
+func (l *logBatch) putRecord(bucket, key []byte, version uint64, plaintext []byte) {
+	l.op(logOpPutRecord, bucket, key)
+	l.b = binary.BigEndian.AppendUint32(l.b, uint32(versionLen+len(plaintext)))
+	l.b = binary.BigEndian.AppendUint64(l.b, version)
+	l.b = append(l.b, plaintext...)
+}
+
 func (l *logBatch) del(bucket, key []byte) { l.op(logOpDelete, bucket, key) }
 
 func (l *logBatch) bucket(name []byte) { l.op(logOpBucket, name, nil) }
@@ -412,6 +427,8 @@ func encodeLogBatch(r *logRecord) []byte {
 		switch o.kind {
 		case logOpPut:
 			l.put(o.bucket, o.key, o.val)
+		case logOpPutRecord:
+			l.putRecord(o.bucket, o.key, beUint64(o.val), o.val[versionLen:])
 		case logOpDelete:
 			l.del(o.bucket, o.key)
 		case logOpBucket:
@@ -432,7 +449,7 @@ func decodeLogBatch(b []byte) (*logRecord, error) {
 	for len(b) > 0 {
 		var o logOp
 		o.kind = b[0]
-		if o.kind < logOpPut || o.kind > logOpBucket || len(b) < 2 {
+		if o.kind < logOpPut || o.kind > logOpPutRecord || len(b) < 2 {
 			return nil, fmt.Errorf("%w: log op of unknown kind", errDecode)
 		}
 		n := int(b[1])
@@ -447,7 +464,7 @@ func decodeLogBatch(b []byte) (*logRecord, error) {
 			return nil, fmt.Errorf("%w: log op key", errDecode)
 		}
 		o.key, b = b[:n:n], b[n:]
-		if o.kind == logOpPut {
+		if o.kind == logOpPut || o.kind == logOpPutRecord {
 			if len(b) < 4 {
 				return nil, fmt.Errorf("%w: log op value", errDecode)
 			}
@@ -456,6 +473,9 @@ func decodeLogBatch(b []byte) (*logRecord, error) {
 			if uint64(len(b)) < uint64(v) || v > bolt.MaxValueSize {
 				return nil, fmt.Errorf("%w: log op value", errDecode)
 			}
+			if o.kind == logOpPutRecord && v < versionLen {
+				return nil, fmt.Errorf("%w: log record op without a version", errDecode)
+			}
 			o.val, b = b[:v:v], b[v:]
 		}
 		r.ops = append(r.ops, o)
@@ -463,8 +483,9 @@ func decodeLogBatch(b []byte) (*logRecord, error) {
 	return r, nil
 }
 
-// applyLog writes a record's ops to tx.
-func applyLog(tx *bolt.Tx, r *logRecord) error {
+// applyLog writes a record's ops to tx, sealing with keys the records
+// that the log alone encrypted.
+func applyLog(tx *bolt.Tx, keys *recordKeys, r *logRecord) error {
 	for _, o := range r.ops {
 		if o.kind == logOpBucket {
 			if _, err := tx.CreateBucketIfNotExists(o.bucket); err != nil {
@@ -477,9 +498,15 @@ func applyLog(tx *bolt.Tx, r *logRecord) error {
 			return fmt.Errorf("%w: %s: an op on a missing bucket", ErrCorrupt, LogFile)
 		}
 		var err error
-		if o.kind == logOpPut {
+		switch o.kind {
+		case logOpPut:
 			err = b.Put(o.key, o.val)
-		} else {
+		case logOpPutRecord:
+			var v []byte
+			if v, err = keys.seal(o.bucket, o.key, beUint64(o.val), o.val[versionLen:]); err == nil {
+				err = b.Put(o.key, v)
+			}
+		default:
 			err = b.Delete(o.key)
 		}
 		if err != nil {

@@ -23,6 +23,7 @@ func sampleLogBatch() []byte {
 		{kind: logOpPut, bucket: bktRetained, key: bytes.Repeat([]byte{1}, idLen), val: []byte("sealed value")},
 		{kind: logOpDelete, bucket: bktDelivery, key: bytes.Repeat([]byte{2}, idLen+8)},
 		{kind: logOpPut, bucket: bktMeta, key: keyState, val: nil},
+		{kind: logOpPutRecord, bucket: bktMessage, key: []byte{0, 0, 0, 0, 0, 0, 0, 9}, val: []byte("\x00\x00\x00\x00\x00\x00\x00\x0arecord")},
 	}})
 }
 

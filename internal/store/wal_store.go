@@ -108,7 +108,7 @@ func (s *Store) recoverLog() (err error) {
 		}
 	}()
 	for i := range replay {
-		if err := applyLog(tx, &replay[i]); err != nil {
+		if err := applyLog(tx, s.keys, &replay[i]); err != nil {
 			return err
 		}
 		counter = replay[i].counter
@@ -174,6 +174,12 @@ func (s *Store) commitLogged(t *txn, reqs []*request, force bool) (nops, dropped
 		}
 	}
 	t.tx = s.wtx
+	if s.ovl == nil {
+		// The engine's content is up to date with s.st: after Open,
+		// a checkpoint or redoLog.
+		s.ovl = newOverlay(s.st.MaxID)
+	}
+	t.ovl = s.ovl
 	t.log = &s.logBuf
 	t.log.reset()
 	nops, dropped, err = s.applyBatch(t, reqs, force)
@@ -361,6 +367,9 @@ func (s *Store) redoLog() (err error) {
 		s.wtx.Rollback()
 		s.wtx = nil
 	}
+	// The overlay goes with the transaction: the log's records, applied
+	// below, put back in the engine everything it held before the batch.
+	s.ovl = nil
 	if s.wal.index == 0 {
 		return nil
 	}
@@ -376,7 +385,7 @@ func (s *Store) redoLog() (err error) {
 		return err
 	}
 	for i := range lc.records {
-		if err := applyLog(tx, &lc.records[i]); err != nil {
+		if err := applyLog(tx, s.keys, &lc.records[i]); err != nil {
 			tx.Rollback()
 			return err
 		}
@@ -404,6 +413,14 @@ func (s *Store) checkpoint() (err error) {
 			return err
 		}
 	}
+	if s.ovl != nil {
+		// The records still stored at the checkpoint go into the
+		// engine's file with it.
+		if err := s.ovl.flush(tx, s.keys, s.st.MaxID); err != nil {
+			tx.Rollback()
+			return err
+		}
+	}
 	id := newLogID()
 	if err := s.putLogID(tx, id, s.st.Counter); err != nil {
 		tx.Rollback()
@@ -426,6 +443,7 @@ func (s *Store) checkpoint() (err error) {
 
 // closeLog drops the engine's transaction (if any) and closes the log.
 func (s *Store) closeLog() {
+	s.ovl = nil
 	if s.wtx != nil {
 		s.wtx.Rollback()
 		s.wtx = nil
