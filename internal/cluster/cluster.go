@@ -115,6 +115,14 @@ type Config struct {
 	MaxPendingSecurity int
 	// Version is this node's software version, shown in the status.
 	Version string
+	// AdoptAfter is how long another node must have been down (or
+	// stopped) before one surviving node adopts its persistent sessions
+	// (adopt.go). 0: 60 s; negative: never (sessions then wait for
+	// their clients or their node).
+	AdoptAfter time.Duration
+	// Now is the clock the node judges other nodes' silence with
+	// (heartbeats, adoption). Nil: time.Now. Tests advance it.
+	Now func() time.Time
 }
 
 // maxSubject bounds a subject (encoded topic or filter) well inside the
@@ -182,6 +190,7 @@ type Node struct {
 	persist    atomic.Pointer[persistence]
 	sess       sessionsState // sessions.go
 	readyParts atomic.Int32
+	adopt      adoptState // adopt.go
 }
 
 // Broker is what a Node needs of the broker: *broker.Server.
@@ -230,6 +239,7 @@ func Start(cfg Config) (*Node, error) {
 		writes: newPendingQueue[secKey, secRecord](cmp.Or(cfg.MaxPendingSecurity, maxPendingSecurity), false)}
 	n.dur.init()
 	n.sess.init()
+	n.adopt.start = n.now()
 	n.pub = newPublisher(n)
 	n.replicas = cfg.Replicas
 	if n.replicas <= 0 {
@@ -260,6 +270,9 @@ func (c *Config) validate() error {
 	}
 	if c.Node == "" {
 		errs = append(errs, errors.New("cluster: node is required"))
+	}
+	if c.AdoptAfter > 0 && c.AdoptAfter < time.Second {
+		errs = append(errs, fmt.Errorf("cluster: AdoptAfter %v is below a second", c.AdoptAfter))
 	}
 	if c.MaxPendingSecurity < 0 {
 		errs = append(errs, fmt.Errorf("cluster: MaxPendingSecurity %d is negative", c.MaxPendingSecurity))
