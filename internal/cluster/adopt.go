@@ -54,7 +54,7 @@ type adoptState struct {
 	start time.Time
 	// sessions counts the sessions this node adopted; claims the claims
 	// of nodes gone it removed.
-	sessions, claims atomic.Uint64
+	sessions atomic.Uint64
 }
 
 // now is the node's clock for judging other nodes' silence.
@@ -79,6 +79,11 @@ func (n *Node) adoptLoop() {
 	case <-n.ctx.Done():
 		return
 	case <-n.sess.ready:
+	}
+	if sub, err := n.serveRemovals(); err != nil {
+		n.log.Error("cluster: removals of nodes by other nodes are not heard", "err", err)
+	} else {
+		defer func() { _ = sub.Unsubscribe() }()
 	}
 	tick := time.NewTicker(n.hbInterval())
 	defer tick.Stop()
@@ -172,7 +177,7 @@ func (n *Node) adoptDue() int {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(n.ctx, 2*time.Minute)
-		count, err := n.adoptNode(ctx, g.name)
+		count, _, err := n.adoptNode(ctx, g.name)
 		cancel()
 		total += count
 		if err != nil {
@@ -191,19 +196,19 @@ func (n *Node) adoptDue() int {
 
 // adoptNode makes this node the home of every persistent session whose
 // home is the node named name, and removes that node's client-ID
-// claims. It returns how many sessions this node adopted: another node
+// claims. It returns how many sessions this node adopted (another node
 // adopting some of them at the same time makes this node's take of
-// those fail, which is not an error.
-func (n *Node) adoptNode(ctx context.Context, name string) (int, error) {
+// those fail, which is not an error) and how many claims it removed.
+func (n *Node) adoptNode(ctx context.Context, name string) (adopted, claims int, err error) {
 	if name == n.cfg.Node {
-		return 0, nil // this node's previous run: importHomeSessions
+		return 0, 0, nil // this node's previous run: importHomeSessions
 	}
 	if err := n.awaitSessions(ctx); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	records, err := n.listRecords(ctx, sessPrefix+"*.s")
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	type orphan struct {
 		id  string
@@ -223,11 +228,10 @@ func (n *Node) adoptNode(ctx context.Context, name string) (int, error) {
 			orphans = append(orphans, orphan{id, rec, r.seq})
 		}
 	}
-	adopted := 0
 	if len(orphans) > 0 {
 		pos, err := n.ackFloorOf(ctx, name)
 		if err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 		for _, o := range orphans {
 			if err := n.take(ctx, o.id, o.rec, o.seq, false, true, pos, n.sessionRecords(o.id)); err != nil {
@@ -238,12 +242,12 @@ func (n *Node) adoptNode(ctx context.Context, name string) (int, error) {
 		}
 		n.adopt.sessions.Add(uint64(adopted))
 	}
-	claims := n.purgeClaimsOf(ctx, name)
+	claims = n.purgeClaimsOf(ctx, name)
 	if adopted > 0 || claims > 0 {
 		n.log.Info("cluster: sessions of a node gone adopted", "node", name, "sessions", adopted, "of", len(orphans),
 			"claims_removed", claims)
 	}
-	return adopted, ctx.Err()
+	return adopted, claims, ctx.Err()
 }
 
 // ackFloorOf is the position in the durable stream up to which the node

@@ -17,14 +17,21 @@ import (
 	"github.com/moatmq/moat/internal/testutil"
 )
 
-// testClock is a clock tests move forward: the time plus an offset.
-type testClock struct{ offset atomic.Int64 }
+// testClock is a clock that stands still until a test moves it: no
+// time passes for it while a slow test waits for the cluster.
+type testClock struct {
+	base   time.Time
+	offset atomic.Int64
+}
 
-func (c *testClock) Now() time.Time          { return time.Now().Add(time.Duration(c.offset.Load())) }
+func newTestClock() *testClock { return &testClock{base: time.Now()} }
+
+func (c *testClock) Now() time.Time          { return c.base.Add(time.Duration(c.offset.Load())) }
 func (c *testClock) Advance(d time.Duration) { c.offset.Add(int64(d)) }
 func (c *testClock) hook() func(int, *Node)  { return func(_ int, nd *Node) { c.set(nd) } }
 func (c *testClock) set(nd *Node)            { nd.cfg.Now, nd.adopt.start = c.Now, c.Now() }
-func (c *testClock) adoptAfter(d time.Duration) func(int, *Node) {
+
+func adoptAfter(d time.Duration) func(int, *Node) {
 	return func(_ int, nd *Node) { nd.cfg.AdoptAfter = d }
 }
 
@@ -126,9 +133,9 @@ func sessionNode(t *testing.T, via *Node, id string) string {
 // client connecting later resumes on a survivor with Session Present 1
 // and the QoS 1 messages published while its node was dead.
 func TestAdoptSessionsOfDeadNode(t *testing.T) {
-	clk := &testClock{}
+	clk := newTestClock()
 	dir, routes := t.TempDir(), freePorts(t, 3)
-	nodes, err := startNodesHooked(t, dir, routes, []func(int, *Node){clk.hook(), clk.adoptAfter(time.Minute)})
+	nodes, err := startNodesHooked(t, dir, routes, []func(int, *Node){clk.hook(), adoptAfter(time.Minute)})
 	if err != nil {
 		t.Fatal(err)
 	}

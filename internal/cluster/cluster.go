@@ -191,6 +191,9 @@ type Node struct {
 	sess       sessionsState // sessions.go
 	readyParts atomic.Int32
 	adopt      adoptState // adopt.go
+	// sysToken admits this process to the embedded server's system
+	// account (remove.go); in memory only.
+	sysToken string
 }
 
 // Broker is what a Node needs of the broker: *broker.Server.
@@ -311,6 +314,10 @@ func (n *Node) startEmbedded() error {
 		return err
 	}
 	token := hex.EncodeToString(tok)
+	auth, err := newClientAuth(token)
+	if err != nil {
+		return err
+	}
 	opts := &server.Options{
 		ServerName: n.cfg.Node,
 		// The broker connects in process. The client port cannot stay
@@ -321,12 +328,14 @@ func (n *Node) startEmbedded() error {
 		// MQTT client, nobody on the network and no other local process
 		// can use the NATS client protocol (and with it every message
 		// and the cluster's state).
-		Host:          "127.0.0.1",
-		Port:          server.RANDOM_PORT,
-		Authorization: token,
-		NoSigs:        true,
-		JetStream:     true,
-		StoreDir:      n.cfg.StoreDir,
+		Host: "127.0.0.1",
+		Port: server.RANDOM_PORT,
+		// The token check, and the system account's own token for
+		// removing a node (remove.go), in clientAuth.
+		CustomClientAuthentication: auth,
+		NoSigs:                     true,
+		JetStream:                  true,
+		StoreDir:                   n.cfg.StoreDir,
 		// Forwarded MQTT messages may be larger than NATS's 1 MB default.
 		MaxPayload:     64 << 20,
 		MaxPending:     256 << 20,
@@ -359,7 +368,8 @@ func (n *Node) startEmbedded() error {
 		return fmt.Errorf("cluster: %v", err)
 	}
 	srv.SetLoggerV2(natsLogger{n.log}, false, false, false)
-	n.srv = srv
+	auth.srv = srv
+	n.srv, n.sysToken = srv, auth.sysToken
 	srv.Start()
 	timeout := n.cfg.StartTimeout
 	if timeout <= 0 {
