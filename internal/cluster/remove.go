@@ -33,8 +33,13 @@ import (
 // rmSubject carries the name of a removed node to every node.
 const rmSubject = "moat.rm"
 
-// ErrNodeAlive is the refusal to remove a node that is alive.
-var ErrNodeAlive = errors.New("cluster: the node is alive")
+// ErrRemoveRefused is wrapped by RemoveNode's refusals, made before
+// anything changed; ErrNodeAlive, one of them, by the refusal to remove
+// a node that is alive.
+var (
+	ErrRemoveRefused = errors.New("cluster: removal refused")
+	ErrNodeAlive     = fmt.Errorf("%w: the node is alive", ErrRemoveRefused)
+)
 
 // RemoveResult is what RemoveNode did.
 type RemoveResult struct {
@@ -60,10 +65,10 @@ type RemoveResult struct {
 func (n *Node) RemoveNode(ctx context.Context, name string, force bool) (RemoveResult, error) {
 	res := RemoveResult{Node: name, Streams: []string{}}
 	if name == "" {
-		return res, errors.New("cluster: name the node to remove")
+		return res, fmt.Errorf("%w: name the node to remove", ErrRemoveRefused)
 	}
 	if name == n.cfg.Node {
-		return res, fmt.Errorf("cluster: %s is the node asked; ask another node to remove it", name)
+		return res, fmt.Errorf("%w: %s is the node asked; ask another node to remove it", ErrRemoveRefused, name)
 	}
 	st := n.Status()
 	ni, known := nodeIn(st.Nodes, name)
@@ -73,22 +78,23 @@ func (n *Node) RemoveNode(ctx context.Context, name string, force bool) (RemoveR
 		for _, x := range st.Nodes {
 			names = append(names, x.Node)
 		}
-		return res, fmt.Errorf("cluster: no node %q in this cluster (known: %v)", name, names)
+		return res, fmt.Errorf("%w: no node %q in this cluster (known: %v)", ErrRemoveRefused, name, names)
 	}
 	alive := ni.State == StateUp || n.srv != nil && n.peerConnected(name)
 	if alive {
 		if !force {
 			seen := "it has a route to this node"
-			if !ni.LastSeen.IsZero() {
+			if ni.State == StateUp && !ni.LastSeen.IsZero() {
 				seen = "heard from " + ago(n.now(), ni.LastSeen) + " ago"
 			}
-			return res, fmt.Errorf("%w: %s is %s; stop it first, or force the removal (it then loses its JetStream "+
+			return res, fmt.Errorf("%w: %s (%s); stop it first, or force the removal (it then loses its JetStream "+
 				"and its clients their sessions' replication)", ErrNodeAlive, name, seen)
 		}
 		res.Forced = true
 	}
 	if !st.External && st.MetaLeader == "" {
-		return res, errors.New("cluster: JetStream has no meta leader (no quorum): a node can be removed only by a majority of the nodes")
+		return res, fmt.Errorf("%w: JetStream has no meta leader (no quorum): a node can be removed only by a majority of the nodes",
+			ErrRemoveRefused)
 	}
 	n.log.Warn("cluster: removing a node from the cluster for good", "node", name, "forced", res.Forced)
 	n.markRemoved(name)
