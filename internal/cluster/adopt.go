@@ -87,7 +87,24 @@ func (n *Node) adoptLoop() {
 	}
 	tick := time.NewTicker(n.hbInterval())
 	defer tick.Stop()
+	var quorumLost time.Time // since when this node has had no JetStream quorum (zero: it has one)
 	for {
+		if n.srv != nil {
+			now := n.now()
+			switch {
+			case !n.hasQuorum():
+				if quorumLost.IsZero() {
+					quorumLost = now
+				}
+			case !quorumLost.IsZero():
+				// Back from a loss of quorum long enough for the
+				// other side to have adopted this node's sessions.
+				if now.Sub(quorumLost) >= hbMissedLimit*n.hbInterval() {
+					n.reconcileHomes()
+				}
+				quorumLost = time.Time{}
+			}
+		}
 		n.adoptDue()
 		select {
 		case <-n.ctx.Done():
@@ -264,4 +281,69 @@ func (n *Node) ackFloorOf(ctx context.Context, name string) (position, error) {
 		return position{}, err
 	}
 	return position{seq: c.CachedInfo().AckFloor.Stream, replay: true}, nil
+}
+
+// hasQuorum tells whether the embedded server sees a JetStream meta
+// leader.
+func (n *Node) hasQuorum() bool {
+	jz, err := n.srv.Jsz(&server.JSzOptions{})
+	return err == nil && jz.Meta != nil && jz.Meta.Leader != ""
+}
+
+// reconcileHomes gives up the sessions this node holds whose record
+// names another home: on the minority side of a partition that lasted
+// longer than the grace period, this node was down for the majority,
+// which adopted its sessions meanwhile. Such a session is the adopter's
+// now (the adopter's claim won the record's compare-and-set): this node
+// takes its connection over (DISCONNECT 0x8E; the client reconnects and
+// resumes it where it lives) and forgets it without writing anything,
+// so that it neither overwrites the adopter's records nor fires its
+// will a second time. It returns how many sessions it gave up.
+func (n *Node) reconcileHomes() int {
+	b, ok := n.b.(sessionBroker)
+	if !ok {
+		return 0
+	}
+	n.sess.mu.Lock()
+	ids := make(map[string]bool, len(n.sess.homed))
+	for id := range n.sess.homed {
+		ids[id] = true
+	}
+	n.sess.mu.Unlock()
+	if len(ids) == 0 {
+		return 0
+	}
+	ctx, cancel := context.WithTimeout(n.ctx, 2*time.Minute)
+	defer cancel()
+	records, err := n.listRecords(ctx, sessPrefix+"*.s")
+	if err != nil {
+		n.log.Warn("cluster: the sessions of this node not checked after a loss of quorum", "err", err)
+		return 0
+	}
+	lost := 0
+	for _, r := range records {
+		id, _, err := clientOfSubject(r.subject)
+		if err != nil || !ids[id] {
+			continue
+		}
+		other := "" // the adopter; "": the session ended there (expired) meanwhile
+		if len(r.data) > 0 {
+			rec, err := decodeSession(r.data)
+			if err != nil || rec.Home == n.origin {
+				continue
+			}
+			other = rec.Node
+		}
+		// Forgotten first: the changes the release makes (the
+		// connection's detachment) are dropped, not written over the
+		// adopter's records.
+		n.unhome(id)
+		n.dur.routeMu.Lock()
+		b.ReleaseSession(id)
+		n.dur.routeMu.Unlock()
+		lost++
+		n.log.Warn("cluster: a session of this node was adopted by another node while this node was cut off; given up",
+			"client", clip(id), "node", other)
+	}
+	return lost
 }

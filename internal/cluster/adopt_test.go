@@ -230,3 +230,57 @@ func TestAdoptSessionsOfDeadNode(t *testing.T) {
 	receiveInOrder(t, c, 0, 5)
 	expectNone(t, c, 500*time.Millisecond)
 }
+
+// TestReconcileHomesAfterCut: a node cut off from the majority for longer
+// than the grace period finds, once back, that a session it held was
+// adopted meanwhile (here the adoption's compare-and-set is made by hand,
+// as the majority's adopter makes it): it gives the session up, taking
+// its connection over, and writes nothing more of it.
+func TestReconcileHomesAfterCut(t *testing.T) {
+	nodes := startCluster(t, 3, adoptAfter(-1))
+	c, _ := dialSession(t, nodes[2].addr, "split", client.V5)
+	subscribe(t, c, 1, "split/#")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var cur *storedRecord
+	testutil.WaitFor(t, "the session's record with its subscription", 30*time.Second, func() bool {
+		r, err := nodes[0].node.getRecord(ctx, sessSubject("split", "s"))
+		if err != nil || r == nil || len(r.data) == 0 {
+			return false
+		}
+		rec, err := decodeSession(r.data)
+		cur = r
+		return err == nil && len(rec.Subs) == 1 && rec.Node == "n3"
+	})
+	if n := nodes[2].node.reconcileHomes(); n != 0 {
+		t.Fatalf("%d sessions given up while their records name this node", n)
+	}
+	rec, _ := decodeSession(cur.data)
+	rec.Home, rec.Node = "n1/adopter", "n1"
+	if _, err := nodes[0].node.putRecord(ctx, sessSubject("split", "s"), mustRecord(rec), cur.seq); err != nil {
+		t.Fatal(err)
+	}
+	if n := nodes[2].node.reconcileHomes(); n != 1 {
+		t.Fatalf("%d sessions given up; want the adopted one", n)
+	}
+	select {
+	case <-c.Done():
+	case <-ctx.Done():
+		t.Fatal("the connection to the adopted session stayed")
+	}
+	for _, si := range nodes[2].srv.Sessions() {
+		if si.ClientID == "split" {
+			t.Fatal("the node still holds the adopted session")
+		}
+	}
+	// Whatever the node had to write is written once an empty commit
+	// after it is.
+	done := make(chan error, 1)
+	nodes[2].node.persistence().Persist(nil, func(err error) { done <- err })
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got := sessionNode(t, nodes[0].node, "split"); got != "n1" {
+		t.Fatalf("the session's record names %q after the node gave it up", got)
+	}
+}
