@@ -123,6 +123,12 @@ type Config struct {
 	// Now is the clock the node judges other nodes' silence with
 	// (heartbeats, adoption). Nil: time.Now. Tests advance it.
 	Now func() time.Time
+
+	// advertise replaces the route address the embedded server tells the
+	// others (which they dial when they learn of it from a third node):
+	// a test that routes the nodes through relays it can cut names an
+	// address nobody listens on, so that they use their Peers only.
+	advertise string
 }
 
 // maxSubject bounds a subject (encoded topic or filter) well inside the
@@ -347,9 +353,10 @@ func (n *Node) startEmbedded() error {
 		SyncAlways:      n.cfg.SyncAlways,
 		SyncInterval:    n.cfg.SyncInterval,
 		Cluster: server.ClusterOpts{
-			Name: n.cfg.Name,
-			Host: host,
-			Port: port,
+			Name:      n.cfg.Name,
+			Host:      host,
+			Port:      port,
+			Advertise: n.cfg.advertise,
 		},
 	}
 	if n.cfg.RouteTLS != nil {
