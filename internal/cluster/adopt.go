@@ -220,6 +220,9 @@ func (n *Node) adoptNode(ctx context.Context, name string) (adopted, claims int,
 	if name == n.cfg.Node {
 		return 0, 0, nil // this node's previous run: importHomeSessions
 	}
+	if n.persistence() == nil {
+		return 0, 0, nil // no sessions kept in the cluster (no broker attached)
+	}
 	if err := n.awaitSessions(ctx); err != nil {
 		return 0, 0, err
 	}
