@@ -60,6 +60,7 @@ func (h *Handler) apiRoutes() []route {
 		{"GET /api/v1/audit", false, h.audit},
 		{"GET /api/v1/posture", false, h.posture},
 		{"GET /api/v1/cluster", false, h.cluster},
+		{"POST /api/v1/cluster/nodes/{node}/remove", true, h.removeNode},
 	}
 }
 

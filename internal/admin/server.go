@@ -67,7 +67,7 @@ var _ BanList = (*guard.Guard)(nil)
 type Action struct {
 	Token  string // name of the token that made the call
 	Remote string // the caller's address
-	Action string // "kick", "ban.add", "ban.remove", "retained.delete", "cert.revoke", "reload"
+	Action string // "kick", "ban.add", "ban.remove", "retained.delete", "cert.revoke", "reload", "cluster.remove_node"
 	Target string // what it acted on
 	Result string // "ok" or the error
 }
@@ -168,6 +168,11 @@ type Config struct {
 	// Cluster returns this node's view of its cluster, JSON-encodable
 	// (internal/cluster's Status); nil when the node is not in one.
 	Cluster func() any
+	// RemoveClusterNode takes the named node out of the cluster for good
+	// (internal/cluster's RemoveNode), refusing a live one unless force
+	// with an error wrapping ErrNodeAlive. A nil result with an error: the
+	// request was refused before anything changed. Nil: 501.
+	RemoveClusterNode func(ctx context.Context, node string, force bool) (any, error)
 	// VerifyClientCert verifies a client certificate chain as the TLS
 	// peer sent it (leaf first) against the built-in CA, its CRL and the
 	// clock, on every request that authenticates by certificate; an
@@ -345,6 +350,7 @@ var mutationActions = map[string]string{
 	"DELETE /api/v1/bans/{id}":                  "ban.remove",
 	"POST /api/v1/certificates/{serial}/revoke": "cert.revoke",
 	"POST /api/v1/config/reload":                "reload",
+	"POST /api/v1/cluster/nodes/{node}/remove":  "cluster.remove_node",
 }
 
 // actionOf is the audit name of the change r makes.

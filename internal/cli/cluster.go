@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -79,8 +80,107 @@ JetStream leader, a copy of a stream offline or lagging).`,
 	f.BoolVar(&o.json, "json", false, "print the API's JSON answer")
 	f.DurationVar(&o.timeout, "timeout", 10*time.Second, "give up after `DURATION`")
 	_ = status.MarkFlagRequired("admin")
-	cmd.AddCommand(status)
+	cmd.AddCommand(status, newRemoveNodeCommand(stdio))
 	return cmd
+}
+
+type removeNodeOptions struct {
+	clusterStatusOptions
+	force bool
+}
+
+func newRemoveNodeCommand(stdio Stdio) *cobra.Command {
+	var o removeNodeOptions
+	c := &cobra.Command{
+		Use:   "remove-node NAME --admin ADDR [--token-file FILE] [--force]",
+		Short: "Take a node out of the cluster for good",
+		Long: `Take the node NAME (its cluster.node) out of the cluster for good, asking
+another node through its admin API (POST /api/v1/cluster/nodes/NAME/remove):
+the node leaves the JetStream meta group and its copies of the streams, so
+the others stop counting it (the cluster's size shrinks, and QoS 1/2
+messages no longer go into the durable stream for it), its persistent
+sessions are adopted by the node asked, with their queues, delayed wills
+and expiry, and its client-ID claims are removed.
+
+The node must be gone: it is refused while it is alive (heard from within
+the last three heartbeats, or with a route to the node asked) unless
+--force, which removes it anyway (it loses its JetStream; give its clients
+another node). Remove it from every node's cluster.peers too, and do not
+start it again on its data directory: a node that comes back after its
+removal must join afresh (an empty DATA_DIR/cluster/jetstream).
+
+An operator token is needed; it is read from the file --token-file names
+or from $` + adminTokenEnv + ` (never from the command line). HTTPS is
+verified as for 'moat cluster status'.
+
+Exit status: 0 removed, 1 an error or a refusal (the node is alive, no
+such node, no quorum).`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return clusterRemoveNode(cmd.Context(), stdio, args[0], o)
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&o.admin, "admin", "", "admin API `ADDR` of a surviving node (host:port or a URL); required")
+	f.StringVar(&o.tokenFile, "token-file", "", "`FILE` holding an operator token (default: $"+adminTokenEnv+")")
+	f.StringVar(&o.caFile, "cacert", "", "CA `FILE` to verify the admin API's certificate (default DIR/ca/ca.pem)")
+	f.StringVar(&o.dataDir, "data", "moat-data", "data `DIR` of the node (for DIR/ca/ca.pem)")
+	f.BoolVar(&o.json, "json", false, "print the API's JSON answer")
+	f.BoolVar(&o.force, "force", false, "remove the node even though it is alive")
+	f.DurationVar(&o.timeout, "timeout", 2*time.Minute, "give up after `DURATION`")
+	_ = c.MarkFlagRequired("admin")
+	return c
+}
+
+func clusterRemoveNode(ctx context.Context, stdio Stdio, name string, o removeNodeOptions) error {
+	token, err := clusterToken(o.tokenFile)
+	if err != nil {
+		return err
+	}
+	if o.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, o.timeout)
+		defer cancel()
+	}
+	path := "/api/v1/cluster/nodes/" + url.PathEscape(name) + "/remove"
+	if o.force {
+		path += "?force=true"
+	}
+	code, body, err := adminRequest(ctx, http.MethodPost, o.admin, o.dataDir, o.caFile, token, path)
+	if err != nil {
+		return err
+	}
+	switch code {
+	case http.StatusOK:
+	case http.StatusNotImplemented:
+		return fmt.Errorf("cluster: the node at %s is not in a cluster (its configuration has no cluster section)", o.admin)
+	case http.StatusConflict:
+		return fmt.Errorf("%s (add --force to remove it anyway)", apiError(body))
+	case http.StatusForbidden:
+		return fmt.Errorf("cluster: the node refused the token: removing a node needs an operator's (%s)", apiError(body))
+	default:
+		return fmt.Errorf("cluster: the node answered HTTP %d: %s", code, apiError(body))
+	}
+	if o.json {
+		_, err := stdio.Out.Write(body)
+		return err
+	}
+	var r cluster.RemoveResult
+	if err := json.Unmarshal(body, &r); err != nil {
+		return fmt.Errorf("cluster: the node's answer is not a removal's result: %w", err)
+	}
+	forced := ""
+	if r.Forced {
+		forced = " (forced: it was alive)"
+	}
+	meta := "left the JetStream meta group"
+	if !r.MetaRemoved {
+		meta = "was no longer in the JetStream meta group"
+	}
+	fmt.Fprintf(stdio.Out, "node %s removed from the cluster%s: it %s; %d of its sessions adopted by the node asked, %d client-ID claims removed\n",
+		r.Node, forced, meta, r.SessionsAdopted, r.ClaimsRemoved)
+	fmt.Fprintln(stdio.Out, "remove it from every node's cluster.peers, and do not start it again on its data directory")
+	return nil
 }
 
 // errDegraded is the exit of a status that found problems.
@@ -236,6 +336,11 @@ func clusterToken(file string) (string, error) {
 // HTTPS verified with caFile, else DATA_DIR/ca/ca.pem when it exists,
 // else the system's roots. It returns the status and up to 4 MiB of body.
 func adminGet(ctx context.Context, addr, dataDir, caFile, token, path string) (int, []byte, error) {
+	return adminRequest(ctx, http.MethodGet, addr, dataDir, caFile, token, path)
+}
+
+// adminRequest is adminGet with another method (no body).
+func adminRequest(ctx context.Context, method, addr, dataDir, caFile, token, path string) (int, []byte, error) {
 	base := addr
 	if !strings.Contains(base, "://") {
 		if admin.IsLoopback(base) {
@@ -262,7 +367,7 @@ func adminGet(ctx context.Context, addr, dataDir, caFile, token, path string) (i
 	}
 	tr := &http.Transport{TLSClientConfig: tc}
 	defer tr.CloseIdleConnections()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(base, "/")+path, nil)
+	req, err := http.NewRequestWithContext(ctx, method, strings.TrimSuffix(base, "/")+path, nil)
 	if err != nil {
 		return 0, nil, fmt.Errorf("cluster: --admin %q: %w", addr, err)
 	}
@@ -297,6 +402,29 @@ func (p *servePlan) adminCluster() func() any {
 	}
 	return func() any { return p.cluster.Status() }
 }
+
+// adminRemoveNode is the admin API's removal of a node; nil without a
+// cluster.
+func (p *servePlan) adminRemoveNode() func(ctx context.Context, node string, force bool) (any, error) {
+	if p.cluster == nil {
+		return nil
+	}
+	return func(ctx context.Context, node string, force bool) (any, error) {
+		res, err := p.cluster.RemoveNode(ctx, node, force)
+		switch {
+		case errors.Is(err, cluster.ErrNodeAlive):
+			return nil, aliveError{err}
+		case errors.Is(err, cluster.ErrRemoveRefused):
+			return nil, err
+		}
+		return res, err
+	}
+}
+
+// aliveError is a refusal to remove a live node, for the admin API.
+type aliveError struct{ error }
+
+func (e aliveError) Is(target error) bool { return target == admin.ErrNodeAlive }
 
 // clusterMetrics adapts the cluster's status to the metrics; nil without
 // a cluster.

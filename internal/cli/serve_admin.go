@@ -129,10 +129,11 @@ func (p *servePlan) startAdmin(ctx context.Context, ap *adminPlan) (stop func(),
 			_, err := p.reloadConfig()
 			return err
 		},
-		Posture:          func() admin.Posture { return p.adminPosture(ap) },
-		Metrics:          metrics.Handler(metrics.SourceFunc(func() metrics.Snapshot { return p.metricsSnapshot(ap, bans, scan) })),
-		Cluster:          p.adminCluster(),
-		VerifyClientCert: verifyCert,
+		Posture:           func() admin.Posture { return p.adminPosture(ap) },
+		Metrics:           metrics.Handler(metrics.SourceFunc(func() metrics.Snapshot { return p.metricsSnapshot(ap, bans, scan) })),
+		Cluster:           p.adminCluster(),
+		RemoveClusterNode: p.adminRemoveNode(),
+		VerifyClientCert:  verifyCert,
 		// Every change is recorded in the audit log (admin.action) when
 		// it is on, and in the broker's log.
 		Auditor: p.defense.adminAuditor(),

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/moatmq/moat/internal/cluster"
 )
@@ -27,7 +28,7 @@ func (p *servePlan) planCluster() {
 	}
 	dir := filepath.Join(p.cfg.DataDir, "cluster")
 	cfg := cluster.Config{Name: cc.Name, Node: cc.Node, Listen: cc.Listen, Peers: cc.Peers, StoreDir: filepath.Join(dir, "jetstream"),
-		NATSURL: cc.NATSURL, Credentials: cc.Credentials, Logger: p.log, Version: Version}
+		NATSURL: cc.NATSURL, Credentials: cc.Credentials, Logger: p.log, Version: Version, AdoptAfter: time.Duration(cc.AdoptAfter)}
 	if cc.NATSURL != "" {
 		if cc.Credentials != "" {
 			if _, err := os.ReadFile(cc.Credentials); err != nil {

@@ -115,6 +115,20 @@ type Config struct {
 	MaxPendingSecurity int
 	// Version is this node's software version, shown in the status.
 	Version string
+	// AdoptAfter is how long another node must have been down (or
+	// stopped) before one surviving node adopts its persistent sessions
+	// (adopt.go). 0: 60 s; negative: never (sessions then wait for
+	// their clients or their node).
+	AdoptAfter time.Duration
+	// Now is the clock the node judges other nodes' silence with
+	// (heartbeats, adoption). Nil: time.Now. Tests advance it.
+	Now func() time.Time
+
+	// advertise replaces the route address the embedded server tells the
+	// others (which they dial when they learn of it from a third node):
+	// a test that routes the nodes through relays it can cut names an
+	// address nobody listens on, so that they use their Peers only.
+	advertise string
 }
 
 // maxSubject bounds a subject (encoded topic or filter) well inside the
@@ -182,6 +196,10 @@ type Node struct {
 	persist    atomic.Pointer[persistence]
 	sess       sessionsState // sessions.go
 	readyParts atomic.Int32
+	adopt      adoptState // adopt.go
+	// sysToken admits this process to the embedded server's system
+	// account (remove.go); in memory only.
+	sysToken string
 }
 
 // Broker is what a Node needs of the broker: *broker.Server.
@@ -230,6 +248,7 @@ func Start(cfg Config) (*Node, error) {
 		writes: newPendingQueue[secKey, secRecord](cmp.Or(cfg.MaxPendingSecurity, maxPendingSecurity), false)}
 	n.dur.init()
 	n.sess.init()
+	n.adopt.start = n.now()
 	n.pub = newPublisher(n)
 	n.replicas = cfg.Replicas
 	if n.replicas <= 0 {
@@ -260,6 +279,9 @@ func (c *Config) validate() error {
 	}
 	if c.Node == "" {
 		errs = append(errs, errors.New("cluster: node is required"))
+	}
+	if c.AdoptAfter > 0 && c.AdoptAfter < time.Second {
+		errs = append(errs, fmt.Errorf("cluster: AdoptAfter %v is below a second", c.AdoptAfter))
 	}
 	if c.MaxPendingSecurity < 0 {
 		errs = append(errs, fmt.Errorf("cluster: MaxPendingSecurity %d is negative", c.MaxPendingSecurity))
@@ -298,6 +320,10 @@ func (n *Node) startEmbedded() error {
 		return err
 	}
 	token := hex.EncodeToString(tok)
+	auth, err := newClientAuth(token)
+	if err != nil {
+		return err
+	}
 	opts := &server.Options{
 		ServerName: n.cfg.Node,
 		// The broker connects in process. The client port cannot stay
@@ -308,12 +334,14 @@ func (n *Node) startEmbedded() error {
 		// MQTT client, nobody on the network and no other local process
 		// can use the NATS client protocol (and with it every message
 		// and the cluster's state).
-		Host:          "127.0.0.1",
-		Port:          server.RANDOM_PORT,
-		Authorization: token,
-		NoSigs:        true,
-		JetStream:     true,
-		StoreDir:      n.cfg.StoreDir,
+		Host: "127.0.0.1",
+		Port: server.RANDOM_PORT,
+		// The token check, and the system account's own token for
+		// removing a node (remove.go), in clientAuth.
+		CustomClientAuthentication: auth,
+		NoSigs:                     true,
+		JetStream:                  true,
+		StoreDir:                   n.cfg.StoreDir,
 		// Forwarded MQTT messages may be larger than NATS's 1 MB default.
 		MaxPayload:     64 << 20,
 		MaxPending:     256 << 20,
@@ -325,9 +353,10 @@ func (n *Node) startEmbedded() error {
 		SyncAlways:      n.cfg.SyncAlways,
 		SyncInterval:    n.cfg.SyncInterval,
 		Cluster: server.ClusterOpts{
-			Name: n.cfg.Name,
-			Host: host,
-			Port: port,
+			Name:      n.cfg.Name,
+			Host:      host,
+			Port:      port,
+			Advertise: n.cfg.advertise,
 		},
 	}
 	if n.cfg.RouteTLS != nil {
@@ -346,7 +375,8 @@ func (n *Node) startEmbedded() error {
 		return fmt.Errorf("cluster: %v", err)
 	}
 	srv.SetLoggerV2(natsLogger{n.log}, false, false, false)
-	n.srv = srv
+	auth.srv = srv
+	n.srv, n.sysToken = srv, auth.sysToken
 	srv.Start()
 	timeout := n.cfg.StartTimeout
 	if timeout <= 0 {

@@ -640,6 +640,7 @@ func (n *Node) refreshPeers(known map[string]bool) {
 			}
 		}
 	}
+	n.forgetRemoved(known) // remove.go
 	peers := make([]string, 0, len(known))
 	for name := range known {
 		peers = append(peers, markerPrefix+keyOf(name)+".")

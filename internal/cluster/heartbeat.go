@@ -227,7 +227,7 @@ func (n *Node) heartbeatLoop() {
 				}
 				continue
 			}
-			if !n.beats.record(h, time.Now()) {
+			if !n.beats.record(h, n.now()) {
 				n.log.Warn("cluster: heartbeats of more than the nodes a status lists; the others are ignored", "limit", maxHBNodes)
 			}
 		}
@@ -301,10 +301,11 @@ func (n *Node) nodeList(now time.Time, routes []RouteInfo, jsPeers []string) []N
 	return list
 }
 
-// startOps starts the heartbeat, the replication poll and the sweep of
-// old claims (Attach).
+// startOps starts the heartbeat, the replication poll, the sweep of
+// old claims and the adoption of the sessions of nodes gone (Attach).
 func (n *Node) startOps() {
-	n.wg.Add(3)
+	n.wg.Add(4)
+	go func() { defer n.wg.Done(); n.adoptLoop() }()
 	go func() { defer n.wg.Done(); n.heartbeatLoop() }()
 	go func() { defer n.wg.Done(); n.replicationLoop() }()
 	go func() { defer n.wg.Done(); n.sweepClaims() }()

@@ -197,34 +197,10 @@ func (n *Node) sweepClaims() int {
 		return 0
 	case <-n.ready:
 	}
-	kv := n.kvs()
-	kv.mu.Lock()
-	cl := kv.clients
-	kv.mu.Unlock()
-	w, err := cl.WatchAll(n.ctx, jetstream.IgnoreDeletes())
+	found, err := n.claimsOf(n.ctx, n.cfg.Node, n.origin)
 	if err != nil {
 		n.log.Warn("cluster: claims of this node's previous run not checked", "err", err)
 		return 0
-	}
-	defer func() { _ = w.Stop() }()
-	type stale struct {
-		id  string
-		rev uint64
-	}
-	var found []stale
-	prefix := n.cfg.Node + "/"
-	for e := range w.Updates() {
-		if e == nil {
-			break // the bucket's present content has been read
-		}
-		var c claimRecord
-		if json.Unmarshal(e.Value(), &c) != nil || !strings.HasPrefix(c.Node, prefix) || c.Node == n.origin {
-			continue
-		}
-		id, err := keyString(e.Key())
-		if err == nil {
-			found = append(found, stale{id, e.Revision()})
-		}
 	}
 	pruned := 0
 	for _, s := range found {
@@ -249,6 +225,78 @@ func (n *Node) sweepClaims() int {
 	}
 	if pruned > 0 {
 		n.log.Info("cluster: claims left by this node's previous run removed", "claims", pruned)
+	}
+	return pruned
+}
+
+// heldClaim is a client ID's claim with its revision.
+type heldClaim struct {
+	id  string
+	rev uint64
+}
+
+// claimsOf lists the claims held by runs of the node named node other
+// than the run except ("" for none).
+func (n *Node) claimsOf(ctx context.Context, node, except string) ([]heldClaim, error) {
+	kv := n.kvs()
+	kv.mu.Lock()
+	cl := kv.clients
+	kv.mu.Unlock()
+	if cl == nil {
+		return nil, errors.New("cluster: the claims bucket is not in use yet")
+	}
+	w, err := cl.WatchAll(ctx, jetstream.IgnoreDeletes())
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = w.Stop() }()
+	var found []heldClaim
+	prefix := node + "/"
+	for {
+		var e jetstream.KeyValueEntry
+		select {
+		case e = <-w.Updates():
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		if e == nil {
+			return found, nil // the bucket's present content has been read
+		}
+		var c claimRecord
+		if json.Unmarshal(e.Value(), &c) != nil || !strings.HasPrefix(c.Node, prefix) || c.Node == except {
+			continue
+		}
+		if id, err := keyString(e.Key()); err == nil {
+			found = append(found, heldClaim{id, e.Revision()})
+		}
+	}
+}
+
+// purgeClaimsOf removes every claim held by the node named node, gone
+// from the cluster (its sessions adopted, or the node removed): it
+// holds no connection. Each purge names the claim's revision, so a
+// client ID claimed again meanwhile keeps its new claim. It returns how
+// many it removed.
+func (n *Node) purgeClaimsOf(ctx context.Context, node string) int {
+	found, err := n.claimsOf(ctx, node, "")
+	if err != nil {
+		n.log.Info("cluster: claims of a node gone not checked", "node", node, "err", err)
+		return 0
+	}
+	pruned := 0
+	for _, s := range found {
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := n.purgeMarker(pctx, bucketClients, keyOf(s.id), s.rev)
+		cancel()
+		switch {
+		case err == nil:
+			pruned++
+			n.stats.claimsPruned.Add(1)
+		case isWrongLast(err):
+			// Claimed again since, or removed by another node.
+		default:
+			n.log.Info("cluster: claim of a node gone not removed", "node", node, "client", clip(s.id), "err", err)
+		}
 	}
 	return pruned
 }

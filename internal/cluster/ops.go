@@ -168,7 +168,7 @@ func (n *Node) setReplication(streams []StreamState, err error) {
 // opsStatus completes st (Status) with the nodes, the streams and the
 // problems found.
 func (n *Node) opsStatus(st *Status) {
-	now := time.Now()
+	now := n.now()
 	var jsPeers []string
 	for _, p := range st.MetaPeers {
 		if p.Node != n.cfg.Node {

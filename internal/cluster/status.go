@@ -83,6 +83,12 @@ type Status struct {
 	// Persistent sessions taken from other nodes and handed to them.
 	SessionsIn  uint64 `json:"sessions_in"`
 	SessionsOut uint64 `json:"sessions_out"`
+	// SessionsAdopted counts the sessions of nodes gone (down for
+	// cluster.adopt_after, or removed) that this node adopted (adopt.go).
+	SessionsAdopted uint64 `json:"sessions_adopted"`
+	// Removed lists the nodes this node knows were taken out of the
+	// cluster for good (RemoveNode) since it started.
+	Removed []string `json:"removed,omitempty"`
 }
 
 // RouteInfo is one route to another node.
@@ -139,5 +145,7 @@ func (n *Node) Status() Status {
 	st.StreamOut, st.StreamIn, st.StreamErrors = d.streamOut.Load(), d.streamIn.Load(), d.streamErrors.Load()
 	st.StreamDuplicates, st.StreamDegraded = d.streamDuplicates.Load(), d.streamDegraded.Load()
 	st.SessionsIn, st.SessionsOut = d.sessionsIn.Load(), d.sessionsOut.Load()
+	st.SessionsAdopted = n.adopt.sessions.Load()
+	st.Removed = n.removedNodes()
 	return st
 }

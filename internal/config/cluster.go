@@ -5,6 +5,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Cluster joins this broker with others into one (docs/cluster.md). YAML
@@ -37,7 +38,17 @@ type Cluster struct {
 	// on one node to the others, which apply it (matched by file name);
 	// "local" leaves each node its own files (distribute them yourself).
 	AccessFiles string `json:"access_files,omitempty" yaml:"access_files"`
+	// AdoptAfter is how long another node must have been down (or
+	// stopped) before a surviving node adopts its persistent sessions:
+	// their delayed wills fire and their expiry runs without waiting for
+	// their clients or the node. 0 (unset): 60 s. At least 10 s, so that
+	// a node restarting keeps its sessions.
+	AdoptAfter Duration `json:"adopt_after,omitempty" yaml:"adopt_after"`
 }
+
+// minAdoptAfter is the least cluster.adopt_after: a node is reported
+// down after 6 s without heartbeats, and a restart takes seconds.
+const minAdoptAfter = 10 * time.Second
 
 // ClusterTLS names the files of the routes' mutual TLS.
 type ClusterTLS struct {
@@ -89,6 +100,9 @@ func (c *Config) validateCluster(bad func(format string, args ...any)) {
 	}
 	if cl.AccessFiles != "" && cl.AccessFiles != "shared" && cl.AccessFiles != "local" {
 		bad("cluster.access_files %q: want shared or local", cl.AccessFiles)
+	}
+	if a := time.Duration(cl.AdoptAfter); a != 0 && a < minAdoptAfter {
+		bad("cluster.adopt_after %v: at least %v (a node restarting must keep its sessions)", a, minAdoptAfter)
 	}
 	if cl.Node == "" {
 		bad("cluster.node: required (unique in the cluster)")

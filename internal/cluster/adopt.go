@@ -1,0 +1,352 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Adoption of a dead node's sessions (docs/cluster.md, "Sessions"). A
+// persistent session lives on its home node; when that node dies its
+// session waits in moat_sessions until its client connects elsewhere or
+// the node comes back, and with it its delayed will and its expiry. Once
+// a node has been down (or stopped) for Config.AdoptAfter, the surviving
+// nodes adopt its sessions without their clients: each one takes the
+// home of each session with the same compare-and-set on the session
+// record that a client's claim uses (take), so exactly one node adopts
+// each session whichever nodes try, and imports it into its broker,
+// which fires a will that is due, arms one that is not, and runs the
+// expiry. The durable messages the session missed since the dead node's
+// acknowledgement floor are replayed into it, as for a claim; later ones
+// reach it through the adopter's own reading of the stream. A client
+// connecting later claims the session from its adopter (Session Present
+// 1). The dead node, when it comes back, imports only the sessions still
+// naming it (importHomeSessions): the adopted ones name the adopter.
+//
+// The dead node's client-ID claims are removed with the adoption: it
+// holds no connection, and nothing else would remove them.
+
+// defaultAdoptAfter is Config.AdoptAfter's default: long enough for a
+// node's restart (an upgrade) not to move its sessions, short enough
+// for wills and expiry not to wait for a node that is not coming back.
+const defaultAdoptAfter = time.Minute
+
+// adoptState is what a node remembers of the adoptions it made.
+type adoptState struct {
+	mu sync.Mutex
+	// done holds, per node name, when that node was last heard from as
+	// this node adopted its sessions (zero: never heard from): the node
+	// is looked at again only once it has been heard from since.
+	done map[string]time.Time
+	// removed holds the nodes taken out of the cluster for good
+	// (RemoveNode): their sessions are adopted at once, and they no
+	// longer count as missing.
+	removed map[string]bool
+	// start is n.now() when the node started: the grace period of a
+	// JetStream peer never heard from runs from it.
+	start time.Time
+	// sessions counts the sessions this node adopted; claims the claims
+	// of nodes gone it removed.
+	sessions atomic.Uint64
+}
+
+// now is the node's clock for judging other nodes' silence.
+func (n *Node) now() time.Time {
+	if n.cfg.Now != nil {
+		return n.cfg.Now()
+	}
+	return time.Now()
+}
+
+func (n *Node) adoptAfter() time.Duration {
+	if n.cfg.AdoptAfter == 0 {
+		return defaultAdoptAfter
+	}
+	return n.cfg.AdoptAfter
+}
+
+// adoptLoop looks, every heartbeat interval once the sessions are in
+// use, for nodes gone long enough to adopt their sessions.
+func (n *Node) adoptLoop() {
+	select {
+	case <-n.ctx.Done():
+		return
+	case <-n.sess.ready:
+	}
+	if sub, err := n.serveRemovals(); err != nil {
+		n.log.Error("cluster: removals of nodes by other nodes are not heard", "err", err)
+	} else {
+		defer func() { _ = sub.Unsubscribe() }()
+	}
+	tick := time.NewTicker(n.hbInterval())
+	defer tick.Stop()
+	var quorumLost time.Time // since when this node has had no JetStream quorum (zero: it has one)
+	for {
+		if n.srv != nil {
+			now := n.now()
+			switch {
+			case !n.hasQuorum():
+				if quorumLost.IsZero() {
+					quorumLost = now
+				}
+			case !quorumLost.IsZero():
+				// Back from a loss of quorum long enough for the
+				// other side to have adopted this node's sessions.
+				if now.Sub(quorumLost) >= hbMissedLimit*n.hbInterval() {
+					n.reconcileHomes()
+				}
+				quorumLost = time.Time{}
+			}
+		}
+		n.adoptDue()
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// goneNode is a node whose sessions are due for adoption.
+type goneNode struct {
+	name string
+	seen time.Time // last heard from (zero: never since this node started)
+}
+
+// dueForAdoption lists the other nodes down or stopped for at least the
+// grace period at now, and those removed from the cluster, that this
+// node has not adopted since it last heard from them.
+func (n *Node) dueForAdoption(now time.Time, metaPeers []string) []goneNode {
+	after := n.adoptAfter()
+	if after < 0 {
+		return nil
+	}
+	beats := n.beats.snapshot()
+	n.adopt.mu.Lock()
+	defer n.adopt.mu.Unlock()
+	var out []goneNode
+	add := func(name string, seen time.Time) {
+		if at, ok := n.adopt.done[name]; ok && at.Equal(seen) {
+			return
+		}
+		out = append(out, goneNode{name, seen})
+	}
+	for name, pb := range beats {
+		downSince := pb.seen
+		if !pb.hb.Leaving {
+			downSince = pb.seen.Add(hbMissedLimit * time.Duration(pb.hb.IntervalMS) * time.Millisecond)
+		}
+		if n.adopt.removed[name] || now.Sub(downSince) >= after {
+			add(name, pb.seen)
+		}
+	}
+	// JetStream peers never heard from since this node started: down
+	// since then.
+	neverSince := n.adopt.start.Add(hbMissedLimit * n.hbInterval())
+	for _, p := range metaPeers {
+		if _, ok := beats[p]; ok || p == n.cfg.Node {
+			continue
+		}
+		if n.adopt.removed[p] || now.Sub(neverSince) >= after {
+			add(p, time.Time{})
+		}
+	}
+	for p := range n.adopt.removed {
+		if _, ok := beats[p]; !ok && !slices.Contains(metaPeers, p) {
+			add(p, time.Time{})
+		}
+	}
+	slices.SortFunc(out, func(a, b goneNode) int { return strings.Compare(a.name, b.name) })
+	return out
+}
+
+// adoptDue adopts the sessions of the nodes due for adoption and returns
+// how many it adopted. A node with a route to this one is alive (its
+// heartbeats are late, not missing) and is left alone; so is everything
+// while this node's side has no JetStream quorum: the minority side of
+// a partition adopts nothing (it could write nothing).
+func (n *Node) adoptDue() int {
+	var metaPeers []string
+	if n.srv != nil {
+		jz, err := n.srv.Jsz(&server.JSzOptions{})
+		if err != nil || jz.Meta == nil || jz.Meta.Leader == "" {
+			return 0
+		}
+		for _, r := range jz.Meta.Replicas {
+			if r != nil && r.Name != "" {
+				metaPeers = append(metaPeers, r.Name)
+			}
+		}
+	}
+	total := 0
+	for _, g := range n.dueForAdoption(n.now(), metaPeers) {
+		if n.ctx.Err() != nil {
+			return total
+		}
+		if n.srv != nil && n.peerConnected(g.name) {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(n.ctx, 2*time.Minute)
+		count, _, err := n.adoptNode(ctx, g.name)
+		cancel()
+		total += count
+		if err != nil {
+			n.log.Warn("cluster: sessions of a node gone not adopted; trying again", "node", g.name, "err", err)
+			continue
+		}
+		n.adopt.mu.Lock()
+		if n.adopt.done == nil {
+			n.adopt.done = make(map[string]time.Time)
+		}
+		n.adopt.done[g.name] = g.seen
+		n.adopt.mu.Unlock()
+	}
+	return total
+}
+
+// adoptNode makes this node the home of every persistent session whose
+// home is the node named name, and removes that node's client-ID
+// claims. It returns how many sessions this node adopted (another node
+// adopting some of them at the same time makes this node's take of
+// those fail, which is not an error) and how many claims it removed.
+func (n *Node) adoptNode(ctx context.Context, name string) (adopted, claims int, err error) {
+	if name == n.cfg.Node {
+		return 0, 0, nil // this node's previous run: importHomeSessions
+	}
+	if n.persistence() == nil {
+		return 0, 0, nil // no sessions kept in the cluster (no broker attached)
+	}
+	if err := n.awaitSessions(ctx); err != nil {
+		return 0, 0, err
+	}
+	records, err := n.listRecords(ctx, sessPrefix+"*.s")
+	if err != nil {
+		return 0, 0, err
+	}
+	type orphan struct {
+		id  string
+		rec *sessionRecord
+		seq uint64
+	}
+	var orphans []orphan
+	for _, r := range records {
+		if len(r.data) == 0 {
+			continue
+		}
+		rec, err := decodeSession(r.data)
+		if err != nil || rec.Node != name || rec.Home == n.origin {
+			continue
+		}
+		if id, _, err := clientOfSubject(r.subject); err == nil {
+			orphans = append(orphans, orphan{id, rec, r.seq})
+		}
+	}
+	if len(orphans) > 0 {
+		pos, err := n.ackFloorOf(ctx, name)
+		if err != nil {
+			return 0, 0, err
+		}
+		for _, o := range orphans {
+			if err := n.take(ctx, o.id, o.rec, o.seq, false, true, pos, n.sessionRecords(o.id)); err != nil {
+				n.log.Debug("cluster: a session of a node gone not adopted here", "client", clip(o.id), "node", name, "err", err)
+				continue
+			}
+			adopted++
+		}
+		n.adopt.sessions.Add(uint64(adopted))
+	}
+	claims = n.purgeClaimsOf(ctx, name)
+	if adopted > 0 || claims > 0 {
+		n.log.Info("cluster: sessions of a node gone adopted", "node", name, "sessions", adopted, "of", len(orphans),
+			"claims_removed", claims)
+	}
+	return adopted, claims, ctx.Err()
+}
+
+// ackFloorOf is the position in the durable stream up to which the node
+// named name had put the messages into its sessions: its consumer's
+// acknowledgement floor. Without a consumer (a node that never read the
+// stream) nothing is replayed.
+func (n *Node) ackFloorOf(ctx context.Context, name string) (position, error) {
+	c, err := n.msgStream().Consumer(ctx, "node"+keyOf(name))
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		n.log.Warn("cluster: the node gone has no position in the durable stream; nothing is replayed to its sessions", "node", name)
+		return position{}, nil
+	}
+	if err != nil {
+		return position{}, err
+	}
+	return position{seq: c.CachedInfo().AckFloor.Stream, replay: true}, nil
+}
+
+// hasQuorum tells whether the embedded server sees a JetStream meta
+// leader.
+func (n *Node) hasQuorum() bool {
+	jz, err := n.srv.Jsz(&server.JSzOptions{})
+	return err == nil && jz.Meta != nil && jz.Meta.Leader != ""
+}
+
+// reconcileHomes gives up the sessions this node holds whose record
+// names another home: on the minority side of a partition that lasted
+// longer than the grace period, this node was down for the majority,
+// which adopted its sessions meanwhile. Such a session is the adopter's
+// now (the adopter's claim won the record's compare-and-set): this node
+// takes its connection over (DISCONNECT 0x8E; the client reconnects and
+// resumes it where it lives) and forgets it without writing anything,
+// so that it neither overwrites the adopter's records nor fires its
+// will a second time. It returns how many sessions it gave up.
+func (n *Node) reconcileHomes() int {
+	b, ok := n.b.(sessionBroker)
+	if !ok {
+		return 0
+	}
+	n.sess.mu.Lock()
+	ids := make(map[string]bool, len(n.sess.homed))
+	for id := range n.sess.homed {
+		ids[id] = true
+	}
+	n.sess.mu.Unlock()
+	if len(ids) == 0 {
+		return 0
+	}
+	ctx, cancel := context.WithTimeout(n.ctx, 2*time.Minute)
+	defer cancel()
+	records, err := n.listRecords(ctx, sessPrefix+"*.s")
+	if err != nil {
+		n.log.Warn("cluster: the sessions of this node not checked after a loss of quorum", "err", err)
+		return 0
+	}
+	lost := 0
+	for _, r := range records {
+		id, _, err := clientOfSubject(r.subject)
+		if err != nil || !ids[id] {
+			continue
+		}
+		other := "" // the adopter; "": the session ended there (expired) meanwhile
+		if len(r.data) > 0 {
+			rec, err := decodeSession(r.data)
+			if err != nil || rec.Home == n.origin {
+				continue
+			}
+			other = rec.Node
+		}
+		// Forgotten first: the changes the release makes (the
+		// connection's detachment) are dropped, not written over the
+		// adopter's records.
+		n.unhome(id)
+		n.dur.routeMu.Lock()
+		b.ReleaseSession(id)
+		n.dur.routeMu.Unlock()
+		lost++
+		n.log.Warn("cluster: a session of this node was adopted by another node while this node was cut off; given up",
+			"client", clip(id), "node", other)
+	}
+	return lost
+}

@@ -1,0 +1,286 @@
+package cluster
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/moatmq/moat/client"
+	"github.com/moatmq/moat/internal/broker"
+	"github.com/moatmq/moat/internal/testutil"
+)
+
+// testClock is a clock that stands still until a test moves it: no
+// time passes for it while a slow test waits for the cluster.
+type testClock struct {
+	base   time.Time
+	offset atomic.Int64
+}
+
+func newTestClock() *testClock { return &testClock{base: time.Now()} }
+
+func (c *testClock) Now() time.Time          { return c.base.Add(time.Duration(c.offset.Load())) }
+func (c *testClock) Advance(d time.Duration) { c.offset.Add(int64(d)) }
+func (c *testClock) hook() func(int, *Node)  { return func(_ int, nd *Node) { c.set(nd) } }
+func (c *testClock) set(nd *Node)            { nd.cfg.Now, nd.adopt.start = c.Now, c.Now() }
+
+func adoptAfter(d time.Duration) func(int, *Node) {
+	return func(_ int, nd *Node) { nd.cfg.AdoptAfter = d }
+}
+
+// dialWill connects a persistent MQTT 5 session (expiry seconds) with a
+// will of delay seconds on topic.
+func dialWill(t *testing.T, addr, id, topic string, delay, expiry uint32) *client.Client {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	w := &client.Will{Topic: topic, Payload: []byte(id + " gone"), QoS: 1}
+	w.Properties.SetWillDelay(delay)
+	c, err := client.Dial(ctx, client.Config{Servers: []string{"tcp://" + addr}, ClientID: id, SessionExpiry: expiry, Will: w})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// restartWithListener starts node i of routes again on its store in dir,
+// with a broker serving MQTT on a new loopback port; both stop when the
+// test ends.
+func restartWithListener(t *testing.T, dir string, routes []string, i int, before func(*Node)) *testNode {
+	t.Helper()
+	name := "n" + string(rune('1'+i))
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if testing.Verbose() {
+		log = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}
+	nd, err := Start(Config{Name: "test", Node: name, Listen: routes[i], Peers: routes, StoreDir: filepath.Join(dir, name),
+		Logger: log.With("node", name), HeartbeatInterval: testHeartbeat, MarkerTTL: testMarkerTTL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := broker.New(broker.Config{Cluster: nd, Authorizer: broker.AllowAll, AllowAnonymous: true, Logger: log})
+	if err != nil {
+		nd.Close()
+		t.Fatal(err)
+	}
+	if before != nil {
+		before(nd)
+	}
+	nd.Attach(srv)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); _ = srv.Serve(ctx, ln, broker.ListenerConfig{Name: "plain"}) }()
+	t.Cleanup(func() {
+		cancel()
+		sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_ = srv.Shutdown(sctx)
+		scancel()
+		wg.Wait()
+		nd.Close()
+	})
+	return &testNode{node: nd, srv: srv, addr: ln.Addr().String()}
+}
+
+// crashNode makes tn vanish as in a crash: its NATS server goes away
+// under it (nothing more of it reaches the cluster), then its broker and
+// node stop.
+func crashNode(t *testing.T, tn *testNode) {
+	t.Helper()
+	tn.node.srv.Shutdown()
+	tn.node.srv.WaitForShutdown()
+	stopNode(t, tn)
+}
+
+// sessionNode reads which node the session record of id names.
+func sessionNode(t *testing.T, via *Node, id string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	r, err := via.getRecord(ctx, sessSubject(id, "s"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r == nil || len(r.data) == 0 {
+		return ""
+	}
+	rec, err := decodeSession(r.data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rec.Node
+}
+
+// TestAdoptSessionsOfDeadNode: a node holding three persistent sessions
+// (one offline with a delayed will, one offline with a short expiry, one
+// connected) crashes. Nothing moves during the grace period; once the
+// survivors' clock passes cluster.adopt_after, exactly one of them
+// adopts each session: the will fires once, the short session expires
+// and is removed from the cluster, the dead node's claims are removed.
+// The dead node comes back and takes nothing back (no second will); the
+// client connecting later resumes on a survivor with Session Present 1
+// and the QoS 1 messages published while its node was dead.
+func TestAdoptSessionsOfDeadNode(t *testing.T) {
+	clk := newTestClock()
+	dir, routes := t.TempDir(), freePorts(t, 3)
+	nodes, err := startNodesHooked(t, dir, routes, []func(int, *Node){clk.hook(), adoptAfter(time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	watch := dial(t, nodes[0].addr, "adwatch", client.V5)
+	subscribe(t, watch, 1, "adw/#")
+	probe := dial(t, nodes[2].addr, "adprobe", client.V5)
+	awaitRoute(t, probe, watch, "adw/probe")
+	probe.Close()
+
+	dying := dialWill(t, nodes[2].addr, "dying", "adw/dying", 3, 600)
+	subscribe(t, dying, 1, "adq/#")
+	pub := dial(t, nodes[0].addr, "adpub", client.V5)
+	awaitRoute(t, pub, dying, "adq/probe")
+	dying.Close() // without DISCONNECT: the will waits for its delay on n3
+	brief := dialWill(t, nodes[2].addr, "brief", "adw/brief", 3600, 4)
+	disconnect(t, brief) // no will; the session expires 4 s after this
+	online := dialWill(t, nodes[2].addr, "online", "adw/online", 3600, 600)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	testutil.WaitFor(t, "the pending will and the claims in the cluster", 30*time.Second, func() bool {
+		r, err := nodes[0].node.getRecord(ctx, sessSubject("dying", "w"))
+		keys := claimKeys(t, nodes[0])
+		return err == nil && r != nil && len(r.data) > 0 && slices.Contains(keys, "online") && slices.Contains(keys, "dying")
+	})
+
+	crashNode(t, nodes[2])
+	online.Close()
+	publishQoS1(t, pub, "adq/x", 0, 5) // for dying's session, whose node is dead
+
+	// Within the grace period nothing is adopted.
+	clk.Advance(30 * time.Second)
+	for range 3 {
+		for _, tn := range nodes[:2] {
+			tn.node.adoptDue()
+		}
+	}
+	if a, b := nodes[0].node.Status().SessionsAdopted, nodes[1].node.Status().SessionsAdopted; a+b != 0 {
+		t.Fatalf("%d sessions adopted within the grace period", a+b)
+	}
+	if got := sessionNode(t, nodes[0].node, "dying"); got != "n3" {
+		t.Fatalf("the session's node is %q within the grace period", got)
+	}
+
+	clk.Advance(time.Minute)
+	testutil.WaitFor(t, "the three sessions adopted", 60*time.Second, func() bool {
+		return nodes[0].node.Status().SessionsAdopted+nodes[1].node.Status().SessionsAdopted == 3
+	})
+	for _, id := range []string{"dying", "online"} {
+		if got := sessionNode(t, nodes[0].node, id); got != "n1" && got != "n2" {
+			t.Fatalf("the session of %s names node %q after the adoption", id, got)
+		}
+	}
+	select {
+	case m := <-watch.Messages():
+		if m.Topic != "adw/dying" {
+			t.Fatalf("got %s %q; want the will of dying", m.Topic, m.Payload)
+		}
+	case <-ctx.Done():
+		t.Fatal("the adopted session's will did not fire")
+	}
+	testutil.WaitFor(t, "the short session expired and removed from the cluster", 30*time.Second, func() bool {
+		return sessionNode(t, nodes[0].node, "brief") == ""
+	})
+	testutil.WaitFor(t, "the dead node's claims removed", 30*time.Second, func() bool {
+		keys := claimKeys(t, nodes[0])
+		return !slices.Contains(keys, "online") && !slices.Contains(keys, "dying") && !slices.Contains(keys, "brief")
+	})
+
+	// The dead node comes back: it imports none of them, fires no will.
+	back := restartWithListener(t, dir, routes, 2, clk.set)
+	select {
+	case <-back.node.sess.ready:
+	case <-ctx.Done():
+		t.Fatal("the returning node's sessions not ready")
+	}
+	if st := back.node.Status(); st.SessionsIn != 0 {
+		t.Fatalf("the returning node imported %d sessions", st.SessionsIn)
+	}
+	expectNone(t, watch, 2*time.Second)
+	for _, id := range []string{"dying", "online"} {
+		if got := sessionNode(t, nodes[0].node, id); got != "n1" && got != "n2" {
+			t.Fatalf("the session of %s names node %q after its old node returned", id, got)
+		}
+	}
+
+	// The client comes back: its session, queue and subscription are
+	// there, on whichever node it connects to.
+	c, present := dialSession(t, back.addr, "dying", client.V5)
+	if !present {
+		t.Fatal("Session Present 0 for an adopted session")
+	}
+	receiveInOrder(t, c, 0, 5)
+	expectNone(t, c, 500*time.Millisecond)
+}
+
+// TestReconcileHomesAfterCut: a node cut off from the majority for longer
+// than the grace period finds, once back, that a session it held was
+// adopted meanwhile (here the adoption's compare-and-set is made by hand,
+// as the majority's adopter makes it): it gives the session up, taking
+// its connection over, and writes nothing more of it.
+func TestReconcileHomesAfterCut(t *testing.T) {
+	nodes := startCluster(t, 3, adoptAfter(-1))
+	c, _ := dialSession(t, nodes[2].addr, "split", client.V5)
+	subscribe(t, c, 1, "split/#")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var cur *storedRecord
+	testutil.WaitFor(t, "the session's record with its subscription", 30*time.Second, func() bool {
+		r, err := nodes[0].node.getRecord(ctx, sessSubject("split", "s"))
+		if err != nil || r == nil || len(r.data) == 0 {
+			return false
+		}
+		rec, err := decodeSession(r.data)
+		cur = r
+		return err == nil && len(rec.Subs) == 1 && rec.Node == "n3"
+	})
+	if n := nodes[2].node.reconcileHomes(); n != 0 {
+		t.Fatalf("%d sessions given up while their records name this node", n)
+	}
+	rec, _ := decodeSession(cur.data)
+	rec.Home, rec.Node = "n1/adopter", "n1"
+	if _, err := nodes[0].node.putRecord(ctx, sessSubject("split", "s"), mustRecord(rec), cur.seq); err != nil {
+		t.Fatal(err)
+	}
+	if n := nodes[2].node.reconcileHomes(); n != 1 {
+		t.Fatalf("%d sessions given up; want the adopted one", n)
+	}
+	select {
+	case <-c.Done():
+	case <-ctx.Done():
+		t.Fatal("the connection to the adopted session stayed")
+	}
+	for _, si := range nodes[2].srv.Sessions() {
+		if si.ClientID == "split" {
+			t.Fatal("the node still holds the adopted session")
+		}
+	}
+	// Whatever the node had to write is written once an empty commit
+	// after it is.
+	done := make(chan error, 1)
+	nodes[2].node.persistence().Persist(nil, func(err error) { done <- err })
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got := sessionNode(t, nodes[0].node, "split"); got != "n1" {
+		t.Fatalf("the session's record names %q after the node gave it up", got)
+	}
+}

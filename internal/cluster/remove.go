@@ -1,0 +1,344 @@
+package cluster
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Taking a node out of the cluster for good (docs/cluster.md, "Removing a
+// node"). JetStream counts every server that ever joined its meta group:
+// a node that never comes back keeps the cluster one short of its size,
+// keeps a copy of every stream missing, and makes every other node put
+// every QoS 1/2 message into the durable stream for it (a node missing is
+// owed them). RemoveNode, asked of any surviving node, removes the node
+// from the JetStream meta group (which takes it out of every stream's
+// group) and from each Moat stream still listing it, tells the other
+// nodes to stop counting it, and adopts its sessions and removes its
+// claims at once (adopt.go). It refuses a node that is alive (heard from
+// within the down threshold, or with a route to this node) unless forced:
+// a live node removed loses its JetStream, and its clients their
+// sessions' replication.
+
+// rmSubject carries the name of a removed node to every node.
+const rmSubject = "moat.rm"
+
+// ErrRemoveRefused is wrapped by RemoveNode's refusals, made before
+// anything changed; ErrNodeAlive, one of them, by the refusal to remove
+// a node that is alive.
+var (
+	ErrRemoveRefused = errors.New("cluster: removal refused")
+	ErrNodeAlive     = fmt.Errorf("%w: the node is alive", ErrRemoveRefused)
+)
+
+// RemoveResult is what RemoveNode did.
+type RemoveResult struct {
+	Node string `json:"node"`
+	// MetaRemoved is true when the node was taken out of the JetStream
+	// meta group now (false: it was not a member, or NATS is external).
+	MetaRemoved bool `json:"meta_removed"`
+	// Streams are the Moat streams whose copy on the node this request
+	// removed (the meta group's removal takes it out of the others).
+	Streams []string `json:"streams"`
+	// SessionsAdopted and ClaimsRemoved: its sessions adopted by this
+	// node (another node may adopt some at the same time) and its
+	// client-ID claims removed.
+	SessionsAdopted int `json:"sessions_adopted"`
+	ClaimsRemoved   int `json:"claims_removed"`
+	// Forced is true when the node was alive and removed anyway.
+	Forced bool `json:"forced,omitempty"`
+}
+
+// RemoveNode takes the node named name out of the cluster for good (see
+// above). It fails with an error wrapping ErrNodeAlive when the node is
+// alive and force is false.
+func (n *Node) RemoveNode(ctx context.Context, name string, force bool) (RemoveResult, error) {
+	res := RemoveResult{Node: name, Streams: []string{}}
+	if name == "" {
+		return res, fmt.Errorf("%w: name the node to remove", ErrRemoveRefused)
+	}
+	if name == n.cfg.Node {
+		return res, fmt.Errorf("%w: %s is the node asked; ask another node to remove it", ErrRemoveRefused, name)
+	}
+	st := n.Status()
+	ni, known := nodeIn(st.Nodes, name)
+	removed := slices.Contains(st.Removed, name)
+	if !known && !removed {
+		var names []string
+		for _, x := range st.Nodes {
+			names = append(names, x.Node)
+		}
+		return res, fmt.Errorf("%w: no node %q in this cluster (known: %v)", ErrRemoveRefused, name, names)
+	}
+	alive := ni.State == StateUp || n.srv != nil && n.peerConnected(name)
+	if alive {
+		if !force {
+			seen := "it has a route to this node"
+			if ni.State == StateUp && !ni.LastSeen.IsZero() {
+				seen = "heard from " + ago(n.now(), ni.LastSeen) + " ago"
+			}
+			return res, fmt.Errorf("%w: %s (%s); stop it first, or force the removal (it then loses its JetStream "+
+				"and its clients their sessions' replication)", ErrNodeAlive, name, seen)
+		}
+		res.Forced = true
+	}
+	if !st.External && st.MetaLeader == "" {
+		return res, fmt.Errorf("%w: JetStream has no meta leader (no quorum): a node can be removed only by a majority of the nodes",
+			ErrRemoveRefused)
+	}
+	n.log.Warn("cluster: removing a node from the cluster for good", "node", name, "forced", res.Forced)
+	n.markRemoved(name)
+	if data, err := json.Marshal(removal{Node: name, By: n.origin}); err == nil {
+		_ = n.nc.Publish(rmSubject, data)
+	}
+	if n.srv != nil {
+		ok, err := n.metaRemove(ctx, name)
+		if err != nil {
+			return res, err
+		}
+		res.MetaRemoved = ok
+		streams, err := n.streamsRemove(ctx, name)
+		res.Streams = streams
+		if err != nil {
+			return res, err
+		}
+	}
+	var err error
+	res.SessionsAdopted, res.ClaimsRemoved, err = n.adoptNode(ctx, name)
+	if err != nil {
+		return res, fmt.Errorf("cluster: the node is removed, but adopting its sessions failed (the adoption is tried again): %w", err)
+	}
+	// Its position in the durable stream is of no more use: a node
+	// added later under the same name starts afresh.
+	if err := n.msgStream().DeleteConsumer(ctx, "node"+keyOf(name)); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		n.log.Info("cluster: the removed node's consumer of the durable stream not deleted", "node", name, "err", err)
+	}
+	n.adopt.mu.Lock()
+	if n.adopt.done == nil {
+		n.adopt.done = make(map[string]time.Time)
+	}
+	n.adopt.done[name] = ni.LastSeen
+	n.adopt.mu.Unlock()
+	n.log.Info("cluster: node removed from the cluster", "node", name, "meta", res.MetaRemoved, "streams", res.Streams,
+		"sessions", res.SessionsAdopted, "claims", res.ClaimsRemoved)
+	return res, nil
+}
+
+func nodeIn(list []NodeInfo, name string) (NodeInfo, bool) {
+	for _, ni := range list {
+		if ni.Node == name {
+			return ni, true
+		}
+	}
+	return NodeInfo{}, false
+}
+
+// removal is the message on rmSubject.
+type removal struct {
+	Node string `json:"node"`
+	By   string `json:"by"`
+}
+
+// markRemoved records that name is out of the cluster: it no longer
+// counts as missing (refreshPeers), the status no longer lists it, and
+// its sessions are adopted at once.
+func (n *Node) markRemoved(name string) {
+	n.adopt.mu.Lock()
+	if n.adopt.removed == nil {
+		n.adopt.removed = make(map[string]bool)
+	}
+	n.adopt.removed[name] = true
+	n.adopt.mu.Unlock()
+	n.beats.mu.Lock()
+	delete(n.beats.nodes, name)
+	n.beats.mu.Unlock()
+}
+
+// isRemoved tells whether the node named name was removed.
+func (n *Node) isRemoved(name string) bool {
+	n.adopt.mu.Lock()
+	defer n.adopt.mu.Unlock()
+	return n.adopt.removed[name]
+}
+
+// forgetRemoved drops the removed nodes from known (durable.go's
+// refreshPeers): they are not missing, they are gone.
+func (n *Node) forgetRemoved(known map[string]bool) {
+	n.adopt.mu.Lock()
+	defer n.adopt.mu.Unlock()
+	for name := range n.adopt.removed {
+		delete(known, name)
+	}
+}
+
+// removedNodes lists the nodes known to be taken out of the cluster.
+func (n *Node) removedNodes() []string {
+	n.adopt.mu.Lock()
+	defer n.adopt.mu.Unlock()
+	var out []string
+	for name := range n.adopt.removed {
+		out = append(out, name)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// serveRemovals applies the removals other nodes announce.
+func (n *Node) serveRemovals() (*nats.Subscription, error) {
+	return n.nc.Subscribe(rmSubject, func(m *nats.Msg) {
+		var r removal
+		if len(m.Data) > maxHeartbeat || json.Unmarshal(m.Data, &r) != nil || r.Node == "" || len(r.Node) > maxHBNameLen ||
+			r.By == n.origin {
+			return
+		}
+		if r.Node == n.cfg.Node {
+			n.log.Error("cluster: another node removed this node from the cluster; it serves its own clients only",
+				"by", clip(r.By))
+			return
+		}
+		if !n.isRemoved(r.Node) {
+			n.log.Warn("cluster: a node was removed from the cluster for good", "node", r.Node, "by", clip(r.By))
+		}
+		n.markRemoved(r.Node)
+	})
+}
+
+// apiAnswer is the part of a JetStream API answer read here.
+type apiAnswer struct {
+	Error *struct {
+		Code        int    `json:"code"`
+		ErrCode     int    `json:"err_code"`
+		Description string `json:"description"`
+	} `json:"error,omitempty"`
+}
+
+// JetStream error codes that mean the peer is already gone.
+const (
+	jsErrServerNotMember = 10044
+	jsErrPeerNotMember   = 10040 // not a member of the stream's group (any more)
+)
+
+// metaRemove takes name out of the JetStream meta group, through the
+// embedded server's system account (the only account allowed to). It
+// reports false when name was not a member.
+func (n *Node) metaRemove(ctx context.Context, name string) (bool, error) {
+	sc, err := nats.Connect("", nats.InProcessServer(n.srv), nats.Token(n.sysToken), nats.Name("moat "+n.cfg.Node+" system"),
+		nats.NoCallbacksAfterClientClose())
+	if err != nil {
+		return false, fmt.Errorf("cluster: the system account is unavailable: %w", err)
+	}
+	defer sc.Close()
+	req, _ := json.Marshal(server.JSApiMetaServerRemoveRequest{Server: name})
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	m, err := sc.RequestWithContext(rctx, server.JSApiRemoveServer, req)
+	if err != nil {
+		return false, fmt.Errorf("cluster: removing %s from the JetStream meta group: %w", name, err)
+	}
+	var a apiAnswer
+	if err := json.Unmarshal(m.Data, &a); err != nil {
+		return false, fmt.Errorf("cluster: removing %s from the JetStream meta group: a malformed answer: %w", name, err)
+	}
+	if a.Error != nil {
+		if a.Error.ErrCode == jsErrServerNotMember {
+			return false, nil
+		}
+		return false, fmt.Errorf("cluster: removing %s from the JetStream meta group: %s", name, a.Error.Description)
+	}
+	return true, nil
+}
+
+// streamsRemove takes name's copy out of every Moat stream that still
+// lists it (the meta group's removal does it too, in the background) and
+// returns those streams.
+func (n *Node) streamsRemove(ctx context.Context, name string) ([]string, error) {
+	n.opsMu.Lock()
+	streams := slices.Clone(n.repl.streams)
+	n.opsMu.Unlock()
+	out := []string{}
+	var errs []error
+	for _, s := range streams {
+		if !slices.ContainsFunc(s.Peers, func(p ReplicaState) bool { return p.Node == name }) {
+			continue
+		}
+		req, _ := json.Marshal(server.JSApiStreamRemovePeerRequest{Peer: name})
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		m, err := n.nc.RequestWithContext(rctx, fmt.Sprintf("$JS.API.STREAM.PEER.REMOVE.%s", s.Name), req)
+		cancel()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("stream %s: %w", s.Name, err))
+			continue
+		}
+		var a apiAnswer
+		switch {
+		case json.Unmarshal(m.Data, &a) != nil:
+			errs = append(errs, fmt.Errorf("stream %s: a malformed answer", s.Name))
+		case a.Error == nil:
+			out = append(out, s.Name)
+		case a.Error.ErrCode == jsErrPeerNotMember:
+			// The meta group's removal took it out already.
+		default:
+			errs = append(errs, fmt.Errorf("stream %s: %s", s.Name, a.Error.Description))
+		}
+	}
+	if len(errs) > 0 {
+		return out, fmt.Errorf("cluster: removing %s's copies of the streams: %w", name, errors.Join(errs...))
+	}
+	return out, nil
+}
+
+// clientAuth admits the embedded server's clients: the broker's own
+// connections with the per-run token (the global account, where Moat's
+// streams live), and, for removing a node, an in-process connection with
+// a second per-run token to the system account, the only account NATS
+// lets change the JetStream meta group. Both tokens exist only in this
+// process's memory; the system token is accepted over the in-process
+// pipe only, never on the loopback port, so that even a leaked token
+// gives no local process the system account.
+type clientAuth struct {
+	token, sysToken string
+	srv             *server.Server // set before the server starts
+}
+
+func newClientAuth(token string) (*clientAuth, error) {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return nil, err
+	}
+	return &clientAuth{token: token, sysToken: hex.EncodeToString(b)}, nil
+}
+
+// Check implements server.Authentication.
+func (a *clientAuth) Check(c server.ClientAuthentication) bool {
+	if c.Kind() != server.CLIENT {
+		return false
+	}
+	o := c.GetOpts()
+	if o == nil {
+		return false
+	}
+	switch {
+	case subtle.ConstantTimeCompare([]byte(o.Token), []byte(a.token)) == 1:
+		c.RegisterUser(&server.User{Username: "moat"})
+		return true
+	case subtle.ConstantTimeCompare([]byte(o.Token), []byte(a.sysToken)) == 1:
+		addr := c.RemoteAddress()
+		sys := a.srv.SystemAccount()
+		if addr == nil || addr.Network() != "pipe" || sys == nil {
+			return false
+		}
+		c.RegisterUser(&server.User{Username: "moat-system", Account: sys})
+		return true
+	}
+	return false
+}

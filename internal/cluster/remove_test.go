@@ -1,0 +1,143 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/moatmq/moat/client"
+	"github.com/moatmq/moat/internal/testutil"
+)
+
+// TestRemoveNode: a node that is alive is not removed without force; once
+// it is dead, removing it takes it out of the JetStream meta group and
+// the streams, the other nodes stop counting it (QoS 1/2 messages no
+// longer go into the stream for it), its session is adopted at once
+// (adoption by time is off here) with the messages published since it
+// died, and its claims are removed.
+func TestRemoveNode(t *testing.T) {
+	nodes := startCluster(t, 3, func(_ int, nd *Node) { nd.cfg.AdoptAfter = -1 })
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	leaver, _ := dialSession(t, nodes[2].addr, "leaver", client.V5)
+	subscribe(t, leaver, 1, "rm/#")
+	pub := dial(t, nodes[0].addr, "rmpub", client.V5)
+	awaitRoute(t, pub, leaver, "rm/probe")
+	disconnect(t, leaver)
+	testutil.WaitFor(t, "the claim of leaver", 30*time.Second, func() bool { return slices.Contains(claimKeys(t, nodes[0]), "leaver") })
+	testutil.WaitFor(t, "three nodes up", 30*time.Second, func() bool { return nodes[0].node.Status().NodesUp == 3 })
+
+	if _, err := nodes[0].node.RemoveNode(ctx, "n3", false); !errors.Is(err, ErrNodeAlive) || !strings.Contains(err.Error(), "stop it first") {
+		t.Fatalf("removing a live node: %v", err)
+	}
+	if _, err := nodes[0].node.RemoveNode(ctx, "n1", false); err == nil {
+		t.Fatal("a node removed itself")
+	}
+	if _, err := nodes[0].node.RemoveNode(ctx, "n9", false); err == nil || !strings.Contains(err.Error(), "no node") {
+		t.Fatalf("removing an unknown node: %v", err)
+	}
+
+	crashNode(t, nodes[2])
+	publishQoS1(t, pub, "rm/x", 0, 5)
+	testutil.WaitFor(t, "n3 down", 30*time.Second, func() bool {
+		n3, _ := nodeByName(nodes[0].node.Status(), "n3")
+		return n3.State == StateDown
+	})
+	var res RemoveResult
+	testutil.CheckFor(t, 60*time.Second, func() error {
+		var err error
+		res, err = nodes[0].node.RemoveNode(ctx, "n3", false)
+		if err != nil {
+			t.Logf("remove: %v", err)
+		}
+		return err
+	})
+	if !res.MetaRemoved || res.SessionsAdopted != 1 || res.ClaimsRemoved < 1 || res.Forced {
+		t.Fatalf("removal: %+v", res)
+	}
+	testutil.CheckFor(t, 60*time.Second, func() error {
+		for _, tn := range nodes[:2] {
+			st := tn.node.Status()
+			if st.MetaSize != 2 {
+				return fmt.Errorf("%s: JetStream cluster size %d", st.Node, st.MetaSize)
+			}
+			if _, ok := nodeByName(st, "n3"); ok || !slices.Contains(st.Removed, "n3") {
+				return fmt.Errorf("%s: nodes %+v, removed %q", st.Node, st.Nodes, st.Removed)
+			}
+			for _, p := range st.Problems {
+				if strings.Contains(p, "n3") {
+					return fmt.Errorf("%s: problem %q", st.Node, p)
+				}
+			}
+			for _, s := range st.Streams {
+				if slices.ContainsFunc(s.Peers, func(r ReplicaState) bool { return r.Node == "n3" }) {
+					return fmt.Errorf("%s: stream %s still has a copy on n3", st.Node, s.Name)
+				}
+			}
+		}
+		return nil
+	})
+	if slices.Contains(claimKeys(t, nodes[0]), "leaver") {
+		t.Fatal("the removed node's claim stayed")
+	}
+	if got := sessionNode(t, nodes[0].node, "leaver"); got != "n1" {
+		t.Fatalf("the removed node's session names %q", got)
+	}
+	// Nobody is missing any more: a QoS 1 message no other node wants
+	// stays on its node.
+	testutil.CheckFor(t, 30*time.Second, func() error {
+		before := nodes[0].node.Status().StreamOut
+		publishQoS1(t, pub, "nobody/x", 0, 1)
+		if after := nodes[0].node.Status().StreamOut; after != before {
+			return fmt.Errorf("a message without interest elsewhere went into the stream (%d → %d)", before, after)
+		}
+		return nil
+	})
+
+	back, present := dialSession(t, nodes[1].addr, "leaver", client.V5)
+	if !present {
+		t.Fatal("Session Present 0 for the removed node's session")
+	}
+	receiveInOrder(t, back, 0, 5)
+	expectNone(t, back, 500*time.Millisecond)
+}
+
+// TestSecurityClusterSystemToken: the system account's token, which can
+// change the JetStream meta group, is accepted over the in-process pipe
+// only: a connection to the embedded server's loopback client port
+// presenting it (as a local process that learned it would) is refused,
+// and so is a wrong token.
+func TestSecurityClusterSystemToken(t *testing.T) {
+	routes := freePorts(t, 2) // the second node never comes: the server runs all the same
+	nd, err := Start(Config{Name: "test", Node: "n1", Listen: routes[0], Peers: routes, StoreDir: t.TempDir(),
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nd.Close()
+	url := nd.srv.ClientURL()
+	for name, tok := range map[string]string{"system token over TCP": nd.sysToken, "wrong token": "0123"} {
+		if nc, err := nats.Connect(url, nats.Token(tok), nats.MaxReconnects(0), nats.Timeout(5*time.Second)); err == nil {
+			nc.Close()
+			t.Errorf("%s: connected", name)
+		}
+	}
+	// In process, the same token reaches the system account.
+	sc, err := nats.Connect("", nats.InProcessServer(nd.srv), nats.Token(nd.sysToken))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	m, err := sc.Request("$SYS.REQ.SERVER.PING", nil, 5*time.Second)
+	if err != nil || len(m.Data) == 0 {
+		t.Fatalf("the system account over the pipe: %v", err)
+	}
+}
