@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
@@ -18,22 +19,28 @@ import (
 // The guarantee stays that of an acknowledgement per record: a record is
 // covered only once it and every record before it that the consumer
 // delivers are in the local sessions and committed. Records are known by
-// their stream sequence, which a record delivered again keeps. The
-// records the consumer had delivered before this node bound it (up to
-// its delivered sequence then, past its acknowledgement floor: those of
-// a node that died before acknowledging them) are waited for until they
-// are delivered again; past that sequence the consumer delivers in
-// stream order, so a sequence skipped while a later one arrived is none
-// of the consumer's (not in the stream). A node that dies before the
-// acknowledgement is sent gets the uncovered records again when it comes
-// back: delivered twice at worst, never skipped.
+// their stream sequence, which a record delivered again keeps. A
+// sequence missing between the floor and a later record is waited for
+// (the consumer delivered it and it was lost on its way: a reader
+// stopped, a connection cut; or it is one a node that died had
+// delivered), since the consumer delivers it again after its AckWait;
+// it is passed over only once the stream reports it gone. Records that
+// leave the stream (its limits, a purge) while pending are counted as
+// acknowledged by the server itself, which raises the consumer's
+// acknowledgement floor: the floor is adopted while the node waits
+// (run). A node that dies before the acknowledgement is sent gets the
+// uncovered records again when it comes back: delivered twice at worst,
+// never skipped.
 const (
 	// ackEvery is the most records one acknowledgement waits for, and
 	// ackWindow the longest a finished run waits for more.
 	ackEvery  = 128
 	ackWindow = 20 * time.Millisecond
-	// ackCheck is how often records held back are looked at (run).
-	ackCheck = time.Second
+	// ackCheck is how often records held back are looked at (run), and
+	// gapChecks the most missing sequences looked up in the stream at
+	// each look.
+	ackCheck  = time.Second
+	gapChecks = 1024
 )
 
 type ackEntry struct {
@@ -46,8 +53,6 @@ type ackEntry struct {
 type ackQueue struct {
 	mu      sync.Mutex
 	floor   uint64 // every record up to this one is finished or covered
-	barrier uint64 // the consumer's delivered sequence when bound
-	highest uint64 // the highest sequence delivered since
 	entries map[uint64]*ackEntry
 	last    jetstream.Msg // the record at floor, if its acknowledgement is owed
 	owed    int           // finished records the owed acknowledgement covers
@@ -58,22 +63,11 @@ func newAckQueue() *ackQueue {
 	return &ackQueue{entries: make(map[uint64]*ackEntry), kick: make(chan struct{}, 1)}
 }
 
-// bind (re)starts the reading of the consumer, as its leader knows it
-// now: its acknowledgement floor, and the last sequence it delivered
-// (records up to it may be in flight to nowhere and are delivered again
-// after the consumer's AckWait). It is called each time the node starts
-// reading the consumer.
+// bind (re)starts the reading of the consumer at its acknowledgement
+// floor as its leader knows it now. It is called each time the node
+// starts reading the consumer.
 func (q *ackQueue) bind(ci *jetstream.ConsumerInfo) {
-	q.mu.Lock()
-	q.floor = max(q.floor, ci.AckFloor.Stream)
-	q.barrier = max(q.barrier, ci.Delivered.Stream)
-	q.highest = q.floor
-	for seq := range q.entries {
-		if seq <= q.floor {
-			delete(q.entries, seq)
-		}
-	}
-	q.mu.Unlock()
+	q.adopt(ci.AckFloor.Stream)
 }
 
 // admit tells whether the record m, of stream sequence seq, is to be
@@ -83,7 +77,6 @@ func (q *ackQueue) bind(ci *jetstream.ConsumerInfo) {
 // acknowledged again at once: everything up to it is finished.
 func (q *ackQueue) admit(m jetstream.Msg, seq uint64) bool {
 	q.mu.Lock()
-	q.highest = max(q.highest, seq)
 	if seq <= q.floor {
 		q.mu.Unlock()
 		_ = m.Ack()
@@ -129,20 +122,13 @@ func (q *ackQueue) finish(seq uint64, ok bool) {
 	for {
 		next := q.floor + 1
 		f := q.entries[next]
-		switch {
-		case f != nil && f.done:
-			delete(q.entries, next)
-			q.floor = next
-			q.last = f.m
-			q.owed++
-			continue
-		case f == nil && next > q.barrier && next < q.highest:
-			// Past what was in flight when bound, and a later record
-			// came: not one of the consumer's.
-			q.floor = next
-			continue
+		if f == nil || !f.done {
+			break
 		}
-		break
+		delete(q.entries, next)
+		q.floor = next
+		q.last = f.m
+		q.owed++
 	}
 	if q.owed >= ackEvery {
 		m := q.last
@@ -172,10 +158,12 @@ func (q *ackQueue) flush() {
 	}
 }
 
-// adopt moves the floor up to the consumer's acknowledgement floor as
-// its leader reports it: records up to it were acknowledged (by this
-// node: nothing else acknowledges its consumer) or are not in the
-// stream any more, and none of them is waited for.
+// adopt moves the floor up to floor: the consumer's acknowledgement
+// floor as its leader reports it (records up to it were acknowledged by
+// this node, nothing else acknowledges its consumer, or left the stream
+// while pending, which the server counts as acknowledged), or the
+// sequence before the stream's first (records gone). None of the records
+// up to it is waited for any more.
 func (q *ackQueue) adopt(floor uint64) {
 	q.mu.Lock()
 	if floor > q.floor {
@@ -190,20 +178,50 @@ func (q *ackQueue) adopt(floor uint64) {
 	q.finish(0, true) // move on past what is finished after it
 }
 
-// stalled tells whether records wait behind one not delivered again yet.
-func (q *ackQueue) stalled(last uint64) (uint64, bool) {
+// skip passes over seq, missing from the stream, if the floor waits for
+// it.
+func (q *ackQueue) skip(seq uint64) {
+	q.mu.Lock()
+	if q.floor+1 == seq && q.entries[seq] == nil {
+		q.floor = seq
+	}
+	q.mu.Unlock()
+	q.finish(0, true)
+}
+
+// stalled tells whether records wait behind the one after the floor,
+// which is not being routed (failed, or never delivered here), while the
+// floor stayed at last.
+func (q *ackQueue) stalled(last uint64) (floor uint64, stalled bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return q.floor, q.floor == last && len(q.entries) > 0
+	if q.floor != last || len(q.entries) == 0 {
+		return q.floor, false
+	}
+	next := q.entries[q.floor+1]
+	return q.floor, next == nil || next.failed
+}
+
+// gap returns the sequence after the floor when records wait behind it
+// and it was never delivered here; 0 when there is none.
+func (q *ackQueue) gap() uint64 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if len(q.entries) == 0 || q.entries[q.floor+1] != nil {
+		return 0
+	}
+	return q.floor + 1
 }
 
 // run sends the owed acknowledgement ackWindow after a run of records
 // finished, until ctx ends (then once more). Every ackCheck while
-// records wait behind one that does not come, it asks the consumer's
-// acknowledgement floor (info) and adopts it: the records the consumer
-// had in flight when bound may have left the stream (its limits) or been
-// acknowledged before the consumer's state reached its leader.
-func (q *ackQueue) run(ctx context.Context, info func(context.Context) (*jetstream.ConsumerInfo, error)) {
+// records wait behind one that is not being routed, it looks for records
+// that left the stream: it adopts the consumer's acknowledgement floor
+// (records removed while pending), and the sequence before the stream's
+// first, and passes over each missing sequence after the floor that the
+// stream does not hold (deleted). A sequence the stream still holds is
+// waited for: the consumer delivers it again.
+func (q *ackQueue) run(ctx context.Context, cons jetstream.Consumer, st jetstream.Stream) {
 	t := time.NewTimer(time.Hour)
 	t.Stop()
 	check := time.NewTicker(ackCheck)
@@ -217,13 +235,8 @@ func (q *ackQueue) run(ctx context.Context, info func(context.Context) (*jetstre
 		case <-check.C:
 			floor, stalled := q.stalled(last)
 			last = floor
-			if stalled && info != nil {
-				ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
-				ci, err := info(ictx)
-				cancel()
-				if err == nil {
-					q.adopt(ci.AckFloor.Stream)
-				}
+			if stalled {
+				q.resolve(ctx, cons, st)
 			}
 			continue
 		case <-q.kick:
@@ -236,5 +249,27 @@ func (q *ackQueue) run(ctx context.Context, info func(context.Context) (*jetstre
 		case <-t.C:
 		}
 		q.flush()
+	}
+}
+
+// resolve moves the floor past the records that left the stream (run).
+func (q *ackQueue) resolve(ctx context.Context, cons jetstream.Consumer, st jetstream.Stream) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if ci, err := cons.Info(ctx); err == nil {
+		q.adopt(ci.AckFloor.Stream)
+	}
+	if si, err := st.Info(ctx); err == nil && si.State.FirstSeq > 0 {
+		q.adopt(si.State.FirstSeq - 1)
+	}
+	for range gapChecks {
+		gap := q.gap()
+		if gap == 0 {
+			return
+		}
+		if _, err := st.GetMsg(ctx, gap); !errors.Is(err, jetstream.ErrMsgNotFound) {
+			return // still in the stream (or not known): delivered again
+		}
+		q.skip(gap)
 	}
 }

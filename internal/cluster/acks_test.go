@@ -124,6 +124,7 @@ func TestCumulativeAcksRedeliveredAfterCrash(t *testing.T) {
 	}
 	q = newAckQueue()
 	q.bind(ackInfo(t, c))
+	runAcks(t, q, c, st) // passes over 13 once the stream reports it gone
 	got := map[uint64]int{}
 	var order []uint64
 	for len(got) < 14 {
@@ -321,4 +322,184 @@ func TestConsumerUpgradeFromExplicitAcks(t *testing.T) {
 		}
 		check("resumed upgrade", c)
 	}
+}
+
+// ackLimitStream creates, on a cluster of three nodes, a stream
+// replicated on all three that keeps at most maxMsgs records (as the
+// durable stream's MaxAge and MaxBytes keep the newest), and a consumer
+// configured as the nodes' consumers are, with a short AckWait.
+func ackLimitStream(t *testing.T, maxMsgs int64) (jetstream.JetStream, jetstream.Stream, jetstream.Consumer) {
+	t.Helper()
+	nodes := startCluster(t, 3)
+	js, err := jetstream.New(nodes[0].node.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	st, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "acktest", Subjects: []string{"acktest.>"}, Storage: jetstream.FileStorage,
+		Replicas: 3, MaxMsgs: maxMsgs, Discard: jetstream.DiscardOld, Retention: jetstream.LimitsPolicy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := st.CreateConsumer(ctx, jetstream.ConsumerConfig{Durable: "c", AckPolicy: jetstream.AckAllPolicy,
+		AckWait: time.Second, MaxDeliver: -1, MaxAckPending: 1 << 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js, st, c
+}
+
+// runAcks runs q.run as the node does, until the test ends.
+func runAcks(t *testing.T, q *ackQueue, c jetstream.Consumer, st jetstream.Stream) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); q.run(ctx, c, st) }()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
+// waitFloor waits until the consumer's acknowledgement floor is floor
+// with nothing pending.
+func waitFloor(t *testing.T, c jetstream.Consumer, floor uint64, what string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		ci := ackInfo(t, c)
+		if ci.AckFloor.Stream == floor && ci.NumAckPending == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: floor %d, pending %d; want floor %d, nothing pending", what, ci.AckFloor.Stream, ci.NumAckPending, floor)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// routeAll fetches the records want, in any order, admitting and
+// finishing each; a record outside want, or one routed twice, fails the
+// test.
+func routeAll(t *testing.T, q *ackQueue, c jetstream.Consumer, want ...uint64) {
+	t.Helper()
+	left := map[uint64]bool{}
+	for _, seq := range want {
+		left[seq] = true
+	}
+	for len(left) > 0 {
+		ms := fetch(t, c, len(left), 10*time.Second)
+		if len(ms) == 0 {
+			t.Fatalf("records %v not delivered", left)
+		}
+		for _, m := range ms {
+			seq := streamSeq(t, m)
+			if !q.admit(m, seq) {
+				continue
+			}
+			if !left[seq] {
+				t.Fatalf("record %d routed, want %v", seq, want)
+			}
+			delete(left, seq)
+			q.finish(seq, true)
+		}
+	}
+}
+
+// TestCumulativeAcksRecordsLeavingStream: records removed from the
+// stream by its limits or a purge while this node had them pending (a
+// node that died before acknowledging them, a record whose delivery
+// failed) do not stall the consumer: the server takes them out of the
+// consumer's pending records and raises its acknowledgement floor, and
+// the node moves on to the records after them without skipping one.
+func TestCumulativeAcksRecordsLeavingStream(t *testing.T) {
+	js, st, c := ackLimitStream(t, 5)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	// A node reads records 1..5 and dies before finishing any.
+	publishAckTest(t, js, 1, 6)
+	q := newAckQueue()
+	q.bind(ackInfo(t, c))
+	if ms := fetch(t, c, 5, 10*time.Second); len(ms) != 5 {
+		t.Fatalf("fetched %d of 5", len(ms))
+	} else {
+		for _, m := range ms {
+			q.admit(m, streamSeq(t, m))
+		}
+	}
+	// 6..10 push 1..5 out of the stream while they are pending.
+	publishAckTest(t, js, 6, 11)
+	// The server counts them as acknowledged by itself.
+	waitFloor(t, c, 5, "records pending at a node that died, pushed out by the limits (server)")
+	q = newAckQueue()
+	q.bind(ackInfo(t, c))
+	runAcks(t, q, c, st)
+	routeAll(t, q, c, 6, 7, 8, 9, 10)
+	waitFloor(t, c, 10, "records pending at a node that died, pushed out by the limits")
+
+	// The delivery of record 11 fails; 11..15 are pushed out before it
+	// is delivered again.
+	publishAckTest(t, js, 11, 16)
+	ms := fetch(t, c, 5, 10*time.Second)
+	if len(ms) != 5 {
+		t.Fatalf("fetched %d of 5", len(ms))
+	}
+	for _, m := range ms {
+		seq := streamSeq(t, m)
+		q.admit(m, seq)
+		q.finish(seq, seq != 11)
+	}
+	publishAckTest(t, js, 16, 21)
+	waitFloor(t, c, 15, "a failed record pushed out by the limits (server)")
+	routeAll(t, q, c, 16, 17, 18, 19, 20)
+	waitFloor(t, c, 20, "a failed record pushed out by the limits")
+
+	// Record 21 is being delivered and 22 failed when the stream is
+	// purged.
+	publishAckTest(t, js, 21, 24)
+	ms = fetch(t, c, 3, 10*time.Second)
+	if len(ms) != 3 {
+		t.Fatalf("fetched %d of 3", len(ms))
+	}
+	for _, m := range ms {
+		q.admit(m, streamSeq(t, m))
+	}
+	q.finish(22, false)
+	q.finish(23, true)
+	if err := st.Purge(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFloor(t, c, 23, "records pending when the stream was purged (server)")
+	publishAckTest(t, js, 24, 27)
+	routeAll(t, q, c, 24, 25, 26)
+	q.finish(21, true) // after the purge: covered already
+	waitFloor(t, c, 26, "records pending when the stream was purged")
+}
+
+// TestCumulativeAcksRecordLostInTransit: a record the consumer delivered
+// that never reached the node (a pull request of a reader that was
+// stopped, a connection cut) and that is still in the stream is not
+// skipped when a later one arrives: it is delivered again after the
+// AckWait, and only then covered.
+func TestCumulativeAcksRecordLostInTransit(t *testing.T) {
+	js, st, c := ackLimitStream(t, 100)
+	publishAckTest(t, js, 1, 4)
+	q := newAckQueue()
+	q.bind(ackInfo(t, c))
+	runAcks(t, q, c, st)
+	ms := fetch(t, c, 3, 10*time.Second)
+	if len(ms) != 3 {
+		t.Fatalf("fetched %d of 3", len(ms))
+	}
+	// Records 1 and 2 are lost on their way; 3 arrives.
+	if !q.admit(ms[2], 3) {
+		t.Fatal("record 3 not admitted")
+	}
+	q.finish(3, true)
+	q.flush()
+	time.Sleep(3 * ackCheck) // the checks of a stalled floor run meanwhile
+	if ci := ackInfo(t, c); ci.AckFloor.Stream != 0 {
+		t.Fatalf("floor %d: records 1 and 2, never routed, were covered", ci.AckFloor.Stream)
+	}
+	routeAll(t, q, c, 1, 2)
+	waitFloor(t, c, 3, "records lost in transit delivered again")
 }

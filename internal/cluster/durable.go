@@ -429,7 +429,7 @@ func (n *Node) consumeLoop(js jetstream.JetStream) {
 	}
 	n.log.Info("cluster: durable message stream ready", "consumer", n.consumerName(), "replicas", n.replicas)
 	n.wg.Add(1)
-	go func() { defer n.wg.Done(); n.dur.acks.run(n.ctx, cons.Info) }()
+	go func() { defer n.wg.Done(); n.dur.acks.run(n.ctx, cons, n.dur.stream) }()
 	// The sessions of this node first: the consumer then delivers to them
 	// what arrived while the node was away.
 	n.importHomeSessions()
