@@ -564,13 +564,15 @@ func (n *Node) handleDurable(m jetstream.Msg) {
 }
 
 // handleBatch delivers the messages of a batch record of another node,
-// in order, and finishes the record (acks.go) once every one is in the
-// local sessions and committed. The record is routed as a whole: the
-// routing position (d.routed) moves past it only once all its messages
-// were handed to the broker, and it is acknowledged or delivered again
-// as a whole, so that a position or acknowledgement floor in the stream
-// always falls between records. On a delivery again, the messages
-// delivered the first time are skipped by their IDs.
+// in order, as one commit of the broker (DeliverRemoteBatchDone), and
+// finishes the record (acks.go) once that commit is durable: every
+// message is then in the local sessions. The record is routed as a
+// whole: the routing position (d.routed) moves past it only once all its
+// messages were handed to the broker, and it is acknowledged or
+// delivered again as a whole (a failed commit), so that a position or
+// acknowledgement floor in the stream always falls between records. On
+// a delivery again, the messages delivered the first time are skipped by
+// their IDs.
 func (n *Node) handleBatch(m jetstream.Msg, origin string, seq uint64) {
 	acks := n.dur.acks
 	entries, err := decodeBatch(m.Data())
@@ -605,19 +607,8 @@ func (n *Node) handleBatch(m jetstream.Msg, origin string, seq uint64) {
 	}
 	d.mu.Unlock()
 	b, isDurable := n.b.(durableBroker)
-	// left counts the deliveries not yet done, plus one for this
-	// function; failed tells whether one failed.
-	var left atomic.Int32
-	var failed atomic.Bool
-	left.Store(1)
-	end := func() {
-		if left.Add(-1) > 0 {
-			return
-		}
-		// Delivered again later on failure (not at once: a broker
-		// shutting down refuses it until the node closes).
-		acks.finish(seq, !failed.Load())
-	}
+	msgs := make([]*broker.Message, 0, len(entries))
+	msgIDs := make([]string, 0, len(entries))
 	d.routeMu.Lock()
 	for i := range entries {
 		if !todo[i] {
@@ -637,29 +628,38 @@ func (n *Node) handleBatch(m jetstream.Msg, origin string, seq uint64) {
 			n.settle(ids[i], true)
 			continue
 		}
-		id := ids[i]
-		left.Add(1)
-		d.refs.Store(msg, id)
-		b.DeliverRemoteDone(msg, func(err error) {
-			if err != nil {
-				failed.Store(true)
-				n.settle(id, false)
-			} else {
-				n.settle(id, true)
-			}
-			end()
-		})
+		msgs = append(msgs, msg)
+		msgIDs = append(msgIDs, ids[i])
+	}
+	if len(msgs) == 0 {
+		d.routed = seq
+		d.routeMu.Unlock()
+		acks.finish(seq, true)
+		return
+	}
+	for i, msg := range msgs {
+		d.refs.Store(msg, msgIDs[i])
+	}
+	b.DeliverRemoteBatchDone(msgs, func(err error) {
+		// Delivered again later on failure (not at once: a broker
+		// shutting down refuses it until the node closes).
+		for _, id := range msgIDs {
+			n.settle(id, err == nil)
+		}
+		acks.finish(seq, err == nil)
+	})
+	for _, msg := range msgs {
 		d.refs.Delete(msg)
 	}
 	d.routed = seq
 	d.routeMu.Unlock()
-	end()
 }
 
 // durableBroker is what the durable stream needs of the broker beyond
 // Broker: *broker.Server.
 type durableBroker interface {
 	DeliverRemoteDone(msg *broker.Message, done func(error)) int
+	DeliverRemoteBatchDone(msgs []*broker.Message, done func(error)) int
 }
 
 var _ durableBroker = (*broker.Server)(nil)
