@@ -87,3 +87,44 @@ func (s *Server) DeliverRemoteDone(msg *Message, done func(error)) int {
 	s.submitBatch(b, done)
 	return n
 }
+
+// DeliverRemoteBatchDone is DeliverRemoteDone for the messages of one
+// record of the cluster, in order, as ONE commit: done runs once every
+// message is in every matching local session and the commit holding them
+// all is durable (or failed: then the cluster must deliver the whole
+// record again). A record of many messages thus costs one request to the
+// Persistence instead of one per message. It returns the number of
+// local sessions that matched, summed over the messages.
+func (s *Server) DeliverRemoteBatchDone(msgs []*Message, done func(error)) int {
+	if s.closing() {
+		done(errShuttingDown)
+		return 0
+	}
+	var b *pbatch
+	if s.persist != nil {
+		b = &pbatch{}
+	}
+	shard := s.recent.shardFor()
+	n, stored := 0, false
+	for _, msg := range msgs {
+		if msg.Created.IsZero() {
+			msg.Created = s.cfg.Now()
+		}
+		var mb *pbatch
+		if b != nil && msg.QoS > 0 {
+			msg.id = s.persist.NewID()
+			// The batch puts each message once, with its first delivery.
+			b.msgPut = false
+			mb, stored = b, true
+		}
+		msg.arrived = time.Now().UnixNano()
+		s.recent.add(shard, msg)
+		n += s.deliver(msg, mb)
+	}
+	if !stored {
+		done(nil)
+		return n
+	}
+	s.submitBatch(b, done)
+	return n
+}

@@ -362,3 +362,71 @@ func TestSingleRecordsForEarlierBuilds(t *testing.T) {
 	}
 	expectNone(t, sub, 300*time.Millisecond)
 }
+
+// TestBatchRecordOneCommit: the messages of a batch record go into the
+// receiving node's sessions as one commit of its broker, and the record
+// is acknowledged only once that commit is durable; a record whose
+// commit failed is not acknowledged, comes again and is committed then,
+// and the session gets each of its messages (at least once), in order.
+func TestBatchRecordOneCommit(t *testing.T) {
+	nodes := startCluster(t, 3)
+	sub, _ := dialSession(t, nodes[0].addr, "onecommit", client.V5)
+	subscribe(t, sub, 1, "oc/#")
+	disconnect(t, sub)
+	p := nodes[0].node.persistence()
+
+	const origin = "n9/one-commit"
+	record := func(from, to int) *nats.Msg {
+		var msgs []*fwdMsg
+		for i := from; i < to; i++ {
+			msgs = append(msgs, fwdOf(t, uint64(i+1), "oc/x", strconv.Itoa(i), "p"))
+		}
+		return batchRecord(origin, msgs)
+	}
+
+	before := p.deliveryCommits.Load()
+	awaitRouted(t, nodes[0], publishRecord(t, nodes[2], record(0, 8)))
+	if n := p.deliveryCommits.Load() - before; n != 1 {
+		t.Fatalf("a record of 8 messages for one session took %d commits, want 1", n)
+	}
+
+	// The commit of the next record fails once.
+	p.failCommits.Store(1)
+	before = p.deliveryCommits.Load()
+	seq := publishRecord(t, nodes[2], record(8, 16))
+	testutil.WaitFor(t, "the commit to fail", 30*time.Second, func() bool { return p.failCommits.Load() == 0 })
+	if floor := consumerInfo(t, nodes[0].node, nodes[0].node).AckFloor.Stream; floor >= seq {
+		t.Fatalf("record %d acknowledged (floor %d) though its commit failed", seq, floor)
+	}
+	awaitRouted(t, nodes[0], seq)
+	if n := p.deliveryCommits.Load() - before; n != 2 {
+		t.Fatalf("a record whose commit failed once took %d commits, want 2", n)
+	}
+
+	sub2, present := dialSession(t, nodes[0].addr, "onecommit", client.V5)
+	if !present {
+		t.Fatal("Session Present 0")
+	}
+	// Each message in order; those of the failed commit may come twice
+	// (delivered again: at least once).
+	next := 0
+	deadline := time.After(60 * time.Second)
+	for next < 16 {
+		select {
+		case m := <-sub2.Messages():
+			i, err := strconv.Atoi(string(m.Payload))
+			switch {
+			case err != nil:
+				t.Fatalf("unexpected message %q", m.Payload)
+			case i == next:
+				next++
+			case i >= 8 && i < next:
+				// a copy from the failed commit
+			default:
+				t.Fatalf("message %d after %d", i, next-1)
+			}
+		case <-deadline:
+			t.Fatalf("received %d of 16", next)
+		}
+	}
+}

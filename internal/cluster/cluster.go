@@ -468,6 +468,12 @@ func (n *Node) Attach(b Broker) {
 func (n *Node) Close() {
 	n.flushPending()
 	n.sayGoodbye()
+	// The acknowledgements owed for what the broker delivered, before
+	// the connection closes: the stream's position of this node is then
+	// exact when it stops (acks.go).
+	if n.dur.acks != nil {
+		n.dur.acks.flush()
+	}
 	n.cancel()
 	if n.nc != nil {
 		n.nc.Close()

@@ -110,6 +110,9 @@ type durableState struct {
 	// (*broker.Message → string), for the session records written
 	// meanwhile (sessions.go).
 	refs sync.Map
+
+	// acks gathers the acknowledgements of the consumer (acks.go).
+	acks *ackQueue
 }
 
 // recentIDs bounds the record of delivered message IDs.
@@ -128,6 +131,7 @@ func (d *durableState) init() {
 	d.ring = make([]string, recentIDs)
 	d.capable = make(map[string]bool)
 	d.peers.Store(&[]string{})
+	d.acks = newAckQueue()
 }
 
 // markInterest adds or removes the marker subscriptions of a local
@@ -314,18 +318,87 @@ func (n *Node) setupStream(js jetstream.JetStream) (jetstream.Consumer, error) {
 	if err := n.setupSessions(ctx, js); err != nil {
 		return nil, err
 	}
-	if c, err := st.Consumer(ctx, n.consumerName()); err == nil {
-		return c, nil // a restarted node resumes where it stopped
-	} else if !errors.Is(err, jetstream.ErrConsumerNotFound) {
+	return n.bindConsumer(ctx, st)
+}
+
+// consumerConfig is the configuration of this node's consumer, starting
+// where cfg (its DeliverPolicy, OptStartSeq, OptStartTime) says.
+func (n *Node) consumerConfig(name string, from jetstream.ConsumerConfig) jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{Durable: name,
+		Description: "Moat node " + n.cfg.Node, DeliverPolicy: from.DeliverPolicy, OptStartSeq: from.OptStartSeq, OptStartTime: from.OptStartTime,
+		AckPolicy: jetstream.AckAllPolicy, AckWait: time.Minute, MaxDeliver: -1, MaxAckPending: 1 << 16,
+		FilterSubject: durablePrefix + ">"}
+}
+
+// upgradeName names the consumer that holds this node's position while
+// its consumer is being replaced (bindConsumer).
+func (n *Node) upgradeName() string { return "upgrade" + keyOf(n.cfg.Node) }
+
+// bindConsumer binds this node's consumer, creating it if need be. A
+// consumer created by an earlier build acknowledges each record
+// (AckExplicit); a consumer's acknowledgement policy cannot be changed,
+// so it is replaced by one with cumulative acknowledgements (acks.go)
+// starting right after its acknowledgement floor: the records it had
+// delivered but not all acknowledged are delivered again (at least once,
+// never skipped). The position is never held by nothing: first a
+// consumer under upgradeName takes it, then the old one is deleted and
+// the new one created, then the one under upgradeName is deleted; a node
+// stopped at any point finishes the job when it starts again.
+func (n *Node) bindConsumer(ctx context.Context, st jetstream.Stream) (jetstream.Consumer, error) {
+	name := n.consumerName()
+	c, err := st.Consumer(ctx, name)
+	if err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
 		return nil, err
 	}
-	// A new node starts with the messages published since it started:
-	// none of the stream's past is owed to sessions it never had.
-	start := n.started
-	return st.CreateConsumer(ctx, jetstream.ConsumerConfig{Durable: n.consumerName(),
-		Description: "Moat node " + n.cfg.Node, DeliverPolicy: jetstream.DeliverByStartTimePolicy, OptStartTime: &start,
-		AckPolicy: jetstream.AckExplicitPolicy, AckWait: time.Minute, MaxDeliver: -1, MaxAckPending: 1 << 16,
-		FilterSubject: durablePrefix + ">"})
+	up, uerr := st.Consumer(ctx, n.upgradeName())
+	if uerr != nil && !errors.Is(uerr, jetstream.ErrConsumerNotFound) {
+		return nil, uerr
+	}
+	if c != nil && c.CachedInfo().Config.AckPolicy == jetstream.AckAllPolicy {
+		if up != nil {
+			if err := st.DeleteConsumer(ctx, n.upgradeName()); err != nil {
+				return nil, err
+			}
+		}
+		return c, nil // a restarted node resumes where it stopped
+	}
+	if c != nil {
+		// A consumer of an earlier build: its position goes to the
+		// upgrade consumer first.
+		ci := c.CachedInfo()
+		from := ci.Config
+		if floor := ci.AckFloor.Stream; floor > 0 {
+			from = jetstream.ConsumerConfig{DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: floor + 1}
+		}
+		if up == nil {
+			if up, err = st.CreateConsumer(ctx, n.consumerConfig(n.upgradeName(), from)); err != nil {
+				return nil, err
+			}
+		}
+		if err := st.DeleteConsumer(ctx, name); err != nil {
+			return nil, err
+		}
+		n.log.Info("cluster: durable consumer of an earlier build replaced", "consumer", name, "ack_floor", ci.AckFloor.Stream)
+	}
+	var from jetstream.ConsumerConfig
+	if up != nil {
+		from = up.CachedInfo().Config
+	} else {
+		// A new node starts with the messages published since it
+		// started: none of the stream's past is owed to sessions it
+		// never had.
+		start := n.started
+		from = jetstream.ConsumerConfig{DeliverPolicy: jetstream.DeliverByStartTimePolicy, OptStartTime: &start}
+	}
+	if c, err = st.CreateConsumer(ctx, n.consumerConfig(name, from)); err != nil {
+		return nil, err
+	}
+	if up != nil {
+		if err := st.DeleteConsumer(ctx, n.upgradeName()); err != nil {
+			return nil, err
+		}
+	}
+	return c, nil
 }
 
 // partReady closes Ready once the key-value buckets and the stream are
@@ -355,6 +428,8 @@ func (n *Node) consumeLoop(js jetstream.JetStream) {
 		backoff = min(2*backoff, 2*time.Second)
 	}
 	n.log.Info("cluster: durable message stream ready", "consumer", n.consumerName(), "replicas", n.replicas)
+	n.wg.Add(1)
+	go func() { defer n.wg.Done(); n.dur.acks.run(n.ctx, cons, n.dur.stream) }()
 	// The sessions of this node first: the consumer then delivers to them
 	// what arrived while the node was away.
 	n.importHomeSessions()
@@ -362,7 +437,15 @@ func (n *Node) consumeLoop(js jetstream.JetStream) {
 	close(n.sess.ready)
 	n.partReady()
 	for n.ctx.Err() == nil {
-		it, err := cons.Messages(jetstream.PullMaxMessages(512))
+		// Where the consumer is now, for the acknowledgements.
+		ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
+		ci, err := cons.Info(ctx)
+		cancel()
+		var it jetstream.MessagesContext
+		if err == nil {
+			n.dur.acks.bind(ci)
+			it, err = cons.Messages(jetstream.PullMaxMessages(512))
+		}
 		if err != nil {
 			n.log.Warn("cluster: reading the durable message stream failed; retrying", "err", err)
 			select {
@@ -393,32 +476,35 @@ func (n *Node) consumeLoop(js jetstream.JetStream) {
 	}
 }
 
-// handleDurable delivers one message of the stream. It is acknowledged
-// once the broker reports it in its sessions and committed; on failure it
-// is left for JetStream to deliver again.
+// handleDurable delivers one record of the stream. It is acknowledged
+// once the broker reports its messages in its sessions and committed
+// (acks.go); on failure it is asked again after a while.
 func (n *Node) handleDurable(m jetstream.Msg) {
 	h := m.Headers()
 	origin := h.Get(hdrOrigin)
 	meta, err := m.Metadata()
-	if origin == n.origin {
-		// Delivered here when it was published. Counted as routed: a
-		// session imported from now on did not get it then, and is
-		// replayed it.
-		if err == nil {
-			n.dur.routeMu.Lock()
-			n.dur.routed = meta.Sequence.Stream
-			n.dur.routeMu.Unlock()
-		}
-		_ = m.Ack()
-		return
-	}
 	if err != nil {
+		// No delivery sequence: the reply subject is not JetStream's.
 		n.stats.decodeErrors.Add(1)
 		_ = m.Term()
 		return
 	}
+	acks, seq := n.dur.acks, meta.Sequence.Stream
+	if !acks.admit(m, seq) {
+		return
+	}
+	if origin == n.origin {
+		// Delivered here when it was published. Counted as routed: a
+		// session imported from now on did not get it then, and is
+		// replayed it.
+		n.dur.routeMu.Lock()
+		n.dur.routed = meta.Sequence.Stream
+		n.dur.routeMu.Unlock()
+		acks.finish(seq, true)
+		return
+	}
 	if m.Subject() == batchSubject {
-		n.handleBatch(m, origin, meta.Sequence.Stream)
+		n.handleBatch(m, origin, seq)
 		return
 	}
 	// A single record, written by an earlier build.
@@ -426,7 +512,7 @@ func (n *Node) handleDurable(m jetstream.Msg) {
 	sent, err := strconv.ParseInt(h.Get(hdrSent), 10, 64)
 	if origin == "" || id == "" || err != nil {
 		n.stats.decodeErrors.Add(1)
-		_ = m.Term()
+		acks.finish(seq, true) // dropped: nothing to wait for
 		return
 	}
 	d := &n.dur
@@ -438,11 +524,14 @@ func (n *Node) handleDurable(m jetstream.Msg) {
 	}
 	d.mu.Unlock()
 	if busy {
-		return // still being delivered: its own acknowledgement follows
+		// Being delivered from another record: asked again later,
+		// when it is known delivered.
+		acks.finish(seq, false)
+		return
 	}
 	if seen {
 		n.dstats.streamDuplicates.Add(1)
-		_ = m.Ack()
+		acks.finish(seq, true)
 		return
 	}
 	msg, err := decodeMessage(m.Data(), h.Get(hdrFrom), time.Unix(0, sent))
@@ -450,7 +539,7 @@ func (n *Node) handleDurable(m jetstream.Msg) {
 		n.stats.decodeErrors.Add(1)
 		n.log.Warn("cluster: malformed message from another node dropped", "origin", origin, "err", err)
 		n.settle(id, false)
-		_ = m.Term()
+		acks.finish(seq, true)
 		return
 	}
 	n.dstats.streamIn.Add(1)
@@ -458,41 +547,39 @@ func (n *Node) handleDurable(m jetstream.Msg) {
 	if !ok {
 		n.b.DeliverRemote(msg)
 		n.settle(id, true)
-		_ = m.Ack()
+		acks.finish(seq, true)
 		return
 	}
 	d.routeMu.Lock()
 	d.refs.Store(msg, id)
 	defer d.refs.Delete(msg)
 	b.DeliverRemoteDone(msg, func(err error) {
-		if err != nil {
-			// Delivered again later (not at once: a broker shutting
-			// down refuses it until the node closes).
-			n.settle(id, false)
-			_ = m.NakWithDelay(time.Second)
-			return
-		}
-		n.settle(id, true)
-		_ = m.Ack()
+		// Delivered again later on failure (not at once: a broker
+		// shutting down refuses it until the node closes).
+		n.settle(id, err == nil)
+		acks.finish(seq, err == nil)
 	})
 	d.routed = meta.Sequence.Stream
 	d.routeMu.Unlock()
 }
 
 // handleBatch delivers the messages of a batch record of another node,
-// in order, and acknowledges the record once every one is in the local
-// sessions and committed. The record is routed as a whole: the routing
-// position (d.routed) moves past it only once all its messages were
-// handed to the broker, and it is acknowledged or delivered again as a
-// whole, so that a position or acknowledgement floor in the stream
-// always falls between records. On a delivery again, the messages
-// delivered the first time are skipped by their IDs.
+// in order, as one commit of the broker (DeliverRemoteBatchDone), and
+// finishes the record (acks.go) once that commit is durable: every
+// message is then in the local sessions. The record is routed as a
+// whole: the routing position (d.routed) moves past it only once all its
+// messages were handed to the broker, and it is acknowledged or
+// delivered again as a whole (a failed commit), so that a position or
+// acknowledgement floor in the stream always falls between records. On
+// a delivery again, the messages delivered the first time are skipped by
+// their IDs.
 func (n *Node) handleBatch(m jetstream.Msg, origin string, seq uint64) {
+	acks := n.dur.acks
 	entries, err := decodeBatch(m.Data())
 	if err != nil {
 		n.stats.decodeErrors.Add(1)
 		n.log.Warn("cluster: malformed batch record from another node dropped", "origin", origin, "err", err)
-		_ = m.Term()
+		acks.finish(seq, true) // dropped: nothing to wait for
 		return
 	}
 	d := &n.dur
@@ -502,14 +589,15 @@ func (n *Node) handleBatch(m jetstream.Msg, origin string, seq uint64) {
 	for i := range entries {
 		ids[i] = msgID(origin, entries[i].seq)
 		if _, busy := d.inflight[ids[i]]; busy {
-			// Still being delivered from an earlier delivery of the
-			// record, whose acknowledgement follows.
+			// Being delivered from another record: this one is asked
+			// again later, when they are known delivered.
 			for j := range i {
 				if todo[j] {
 					delete(d.inflight, ids[j])
 				}
 			}
 			d.mu.Unlock()
+			acks.finish(seq, false)
 			return
 		}
 		if _, seen := d.recent[ids[i]]; !seen {
@@ -519,23 +607,8 @@ func (n *Node) handleBatch(m jetstream.Msg, origin string, seq uint64) {
 	}
 	d.mu.Unlock()
 	b, isDurable := n.b.(durableBroker)
-	// left counts the deliveries not yet done, plus one for this
-	// function; failed tells whether one failed.
-	var left atomic.Int32
-	var failed atomic.Bool
-	left.Store(1)
-	end := func() {
-		if left.Add(-1) > 0 {
-			return
-		}
-		if failed.Load() {
-			// Delivered again later (not at once: a broker shutting
-			// down refuses it until the node closes).
-			_ = m.NakWithDelay(time.Second)
-			return
-		}
-		_ = m.Ack()
-	}
+	msgs := make([]*broker.Message, 0, len(entries))
+	msgIDs := make([]string, 0, len(entries))
 	d.routeMu.Lock()
 	for i := range entries {
 		if !todo[i] {
@@ -555,29 +628,38 @@ func (n *Node) handleBatch(m jetstream.Msg, origin string, seq uint64) {
 			n.settle(ids[i], true)
 			continue
 		}
-		id := ids[i]
-		left.Add(1)
-		d.refs.Store(msg, id)
-		b.DeliverRemoteDone(msg, func(err error) {
-			if err != nil {
-				failed.Store(true)
-				n.settle(id, false)
-			} else {
-				n.settle(id, true)
-			}
-			end()
-		})
+		msgs = append(msgs, msg)
+		msgIDs = append(msgIDs, ids[i])
+	}
+	if len(msgs) == 0 {
+		d.routed = seq
+		d.routeMu.Unlock()
+		acks.finish(seq, true)
+		return
+	}
+	for i, msg := range msgs {
+		d.refs.Store(msg, msgIDs[i])
+	}
+	b.DeliverRemoteBatchDone(msgs, func(err error) {
+		// Delivered again later on failure (not at once: a broker
+		// shutting down refuses it until the node closes).
+		for _, id := range msgIDs {
+			n.settle(id, err == nil)
+		}
+		acks.finish(seq, err == nil)
+	})
+	for _, msg := range msgs {
 		d.refs.Delete(msg)
 	}
 	d.routed = seq
 	d.routeMu.Unlock()
-	end()
 }
 
 // durableBroker is what the durable stream needs of the broker beyond
 // Broker: *broker.Server.
 type durableBroker interface {
 	DeliverRemoteDone(msg *broker.Message, done func(error)) int
+	DeliverRemoteBatchDone(msgs []*broker.Message, done func(error)) int
 }
 
 var _ durableBroker = (*broker.Server)(nil)

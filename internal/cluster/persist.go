@@ -33,6 +33,14 @@ type persistence struct {
 	local broker.Persistence // nil: the node keeps nothing on its own disk
 	ids   atomic.Uint64      // message IDs when local is nil
 
+	// deliveryCommits counts the commits that put deliveries into
+	// sessions (a record of the stream is one: durable.go), and
+	// failCommits, while above zero, fails that many of them after
+	// they are written (a store that did not answer in time): both for
+	// the tests.
+	deliveryCommits atomic.Uint64
+	failCommits     atomic.Int32
+
 	mu       sync.Mutex
 	commits  []*commit // submitted, in order; the head is reported first
 	draining bool      // a goroutine is reporting finished commits
@@ -129,12 +137,22 @@ func (p *persistence) Persist(changes []broker.Change, done func(error)) {
 	c := p.begin(done)
 	var local []broker.Change
 	var msgs map[uint64]*broker.Message // the commit's messages, for its deliveries
+	deliveries := false
 	for i := range changes {
-		if ch := &changes[i]; ch.Kind == broker.ChangePutMessage {
+		switch ch := &changes[i]; ch.Kind {
+		case broker.ChangePutMessage:
 			if msgs == nil {
 				msgs = make(map[uint64]*broker.Message)
 			}
 			msgs[ch.MsgID] = ch.Message
+		case broker.ChangePutDelivery:
+			deliveries = true
+		}
+	}
+	if deliveries {
+		p.deliveryCommits.Add(1)
+		if p.failCommits.Load() > 0 && p.failCommits.Add(-1) >= 0 {
+			c.fail(errFailedForTest)
 		}
 	}
 	for i := range changes {
@@ -382,6 +400,9 @@ func (q *publisher) send(js jetstream.JetStream, ctx context.Context, pd pending
 }
 
 var errClosed = errors.New("cluster: node closed")
+
+// errFailedForTest is the error of a commit failed by failCommits.
+var errFailedForTest = errors.New("cluster: commit failed (test)")
 
 func (q *publisher) failQueued() {
 	q.mu.Lock()

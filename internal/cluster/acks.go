@@ -1,0 +1,275 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Cumulative acknowledgements of the durable stream (docs/cluster.md,
+// "Acknowledgements"). A node's consumer acknowledges with AckAll: one
+// acknowledgement of a record covers every record of the stream before
+// it. A replicated consumer writes each acknowledgement it receives into
+// its own Raft log, on every replica, so acknowledging a run of records
+// at once saves one replicated write per record.
+//
+// The guarantee stays that of an acknowledgement per record: a record is
+// covered only once it and every record before it that the consumer
+// delivers are in the local sessions and committed. Records are known by
+// their stream sequence, which a record delivered again keeps. A
+// sequence missing between the floor and a later record is waited for
+// (the consumer delivered it and it was lost on its way: a reader
+// stopped, a connection cut; or it is one a node that died had
+// delivered), since the consumer delivers it again after its AckWait;
+// it is passed over only once the stream reports it gone. Records that
+// leave the stream (its limits, a purge) while pending are counted as
+// acknowledged by the server itself, which raises the consumer's
+// acknowledgement floor: the floor is adopted while the node waits
+// (run). A node that dies before the acknowledgement is sent gets the
+// uncovered records again when it comes back: delivered twice at worst,
+// never skipped.
+const (
+	// ackEvery is the most records one acknowledgement waits for, and
+	// ackWindow the longest a finished run waits for more.
+	ackEvery  = 128
+	ackWindow = 20 * time.Millisecond
+	// ackCheck is how often records held back are looked at (run), and
+	// gapChecks the most missing sequences looked up in the stream at
+	// each look.
+	ackCheck  = time.Second
+	gapChecks = 1024
+)
+
+type ackEntry struct {
+	m            jetstream.Msg
+	done, failed bool
+}
+
+// ackQueue tracks the records delivered to this node's consumer and not
+// yet covered by an acknowledgement, by stream sequence.
+type ackQueue struct {
+	mu      sync.Mutex
+	floor   uint64 // every record up to this one is finished or covered
+	entries map[uint64]*ackEntry
+	last    jetstream.Msg // the record at floor, if its acknowledgement is owed
+	owed    int           // finished records the owed acknowledgement covers
+	kick    chan struct{}
+}
+
+func newAckQueue() *ackQueue {
+	return &ackQueue{entries: make(map[uint64]*ackEntry), kick: make(chan struct{}, 1)}
+}
+
+// bind (re)starts the reading of the consumer at its acknowledgement
+// floor as its leader knows it now. It is called each time the node
+// starts reading the consumer.
+func (q *ackQueue) bind(ci *jetstream.ConsumerInfo) {
+	q.adopt(ci.AckFloor.Stream)
+}
+
+// admit tells whether the record m, of stream sequence seq, is to be
+// routed: not when an earlier delivery of the same record is being
+// routed (its acknowledgement follows) or is finished (idem). A record
+// already covered (its acknowledgement was lost, or is owed) is
+// acknowledged again at once: everything up to it is finished.
+func (q *ackQueue) admit(m jetstream.Msg, seq uint64) bool {
+	q.mu.Lock()
+	if seq <= q.floor {
+		q.mu.Unlock()
+		_ = m.Ack()
+		return false
+	}
+	if e, ok := q.entries[seq]; ok {
+		if !e.failed {
+			q.mu.Unlock()
+			return false
+		}
+		e.m, e.failed = m, false
+		q.mu.Unlock()
+		return true
+	}
+	q.entries[seq] = &ackEntry{m: m}
+	q.mu.Unlock()
+	return true
+}
+
+// finish ends the routing of record seq. A record that failed is asked
+// again after a while (NAK), and holds the floor until it is finished;
+// one that succeeded may move the floor, and the floor's acknowledgement
+// is sent once ackEvery records wait for it, or by run after ackWindow.
+func (q *ackQueue) finish(seq uint64, ok bool) {
+	q.mu.Lock()
+	e := q.entries[seq]
+	if seq != 0 && (e == nil || e.done) {
+		q.mu.Unlock()
+		return
+	}
+	switch {
+	case e == nil:
+		// adopt: only the floor moves.
+	case !ok:
+		e.failed = true
+		m := e.m
+		q.mu.Unlock()
+		_ = m.NakWithDelay(time.Second)
+		return
+	default:
+		e.done = true
+	}
+	for {
+		next := q.floor + 1
+		f := q.entries[next]
+		if f == nil || !f.done {
+			break
+		}
+		delete(q.entries, next)
+		q.floor = next
+		q.last = f.m
+		q.owed++
+	}
+	if q.owed >= ackEvery {
+		m := q.last
+		q.last, q.owed = nil, 0
+		q.mu.Unlock()
+		_ = m.Ack()
+		return
+	}
+	owed := q.owed > 0
+	q.mu.Unlock()
+	if owed {
+		select {
+		case q.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// flush sends the owed acknowledgement, if any.
+func (q *ackQueue) flush() {
+	q.mu.Lock()
+	m := q.last
+	q.last, q.owed = nil, 0
+	q.mu.Unlock()
+	if m != nil {
+		_ = m.Ack()
+	}
+}
+
+// adopt moves the floor up to floor: the consumer's acknowledgement
+// floor as its leader reports it (records up to it were acknowledged by
+// this node, nothing else acknowledges its consumer, or left the stream
+// while pending, which the server counts as acknowledged), or the
+// sequence before the stream's first (records gone). None of the records
+// up to it is waited for any more.
+func (q *ackQueue) adopt(floor uint64) {
+	q.mu.Lock()
+	if floor > q.floor {
+		q.floor = floor
+		for seq := range q.entries {
+			if seq <= floor {
+				delete(q.entries, seq)
+			}
+		}
+	}
+	q.mu.Unlock()
+	q.finish(0, true) // move on past what is finished after it
+}
+
+// skip passes over seq, missing from the stream, if the floor waits for
+// it.
+func (q *ackQueue) skip(seq uint64) {
+	q.mu.Lock()
+	if q.floor+1 == seq && q.entries[seq] == nil {
+		q.floor = seq
+	}
+	q.mu.Unlock()
+	q.finish(0, true)
+}
+
+// stalled tells whether records wait behind the one after the floor,
+// which is not being routed (failed, or never delivered here), while the
+// floor stayed at last.
+func (q *ackQueue) stalled(last uint64) (floor uint64, stalled bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.floor != last || len(q.entries) == 0 {
+		return q.floor, false
+	}
+	next := q.entries[q.floor+1]
+	return q.floor, next == nil || next.failed
+}
+
+// gap returns the sequence after the floor when records wait behind it
+// and it was never delivered here; 0 when there is none.
+func (q *ackQueue) gap() uint64 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if len(q.entries) == 0 || q.entries[q.floor+1] != nil {
+		return 0
+	}
+	return q.floor + 1
+}
+
+// run sends the owed acknowledgement ackWindow after a run of records
+// finished, until ctx ends (then once more). Every ackCheck while
+// records wait behind one that is not being routed, it looks for records
+// that left the stream: it adopts the consumer's acknowledgement floor
+// (records removed while pending), and the sequence before the stream's
+// first, and passes over each missing sequence after the floor that the
+// stream does not hold (deleted). A sequence the stream still holds is
+// waited for: the consumer delivers it again.
+func (q *ackQueue) run(ctx context.Context, cons jetstream.Consumer, st jetstream.Stream) {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	check := time.NewTicker(ackCheck)
+	defer check.Stop()
+	defer q.flush()
+	var last uint64
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-check.C:
+			floor, stalled := q.stalled(last)
+			last = floor
+			if stalled {
+				q.resolve(ctx, cons, st)
+			}
+			continue
+		case <-q.kick:
+		}
+		t.Reset(ackWindow)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		q.flush()
+	}
+}
+
+// resolve moves the floor past the records that left the stream (run).
+func (q *ackQueue) resolve(ctx context.Context, cons jetstream.Consumer, st jetstream.Stream) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if ci, err := cons.Info(ctx); err == nil {
+		q.adopt(ci.AckFloor.Stream)
+	}
+	if si, err := st.Info(ctx); err == nil && si.State.FirstSeq > 0 {
+		q.adopt(si.State.FirstSeq - 1)
+	}
+	for range gapChecks {
+		gap := q.gap()
+		if gap == 0 {
+			return
+		}
+		if _, err := st.GetMsg(ctx, gap); !errors.Is(err, jetstream.ErrMsgNotFound) {
+			return // still in the stream (or not known): delivered again
+		}
+		q.skip(gap)
+	}
+}
