@@ -46,6 +46,10 @@ type commit struct {
 	err      error
 	done     func(error)
 	finished bool // guarded by persistence.mu
+	// unordered: reported as soon as its parts are done, not in
+	// submission order (a shared subscription's message confirmed to
+	// the node waiting for it, sharedack.go).
+	unordered bool
 }
 
 func (c *commit) fail(err error) {
@@ -126,24 +130,36 @@ func (p *persistence) begin(done func(error)) *commit {
 // Persist implements broker.Persistence. It never blocks: publications
 // are queued for the publisher goroutine.
 func (p *persistence) Persist(changes []broker.Change, done func(error)) {
-	c := p.begin(done)
 	var local []broker.Change
 	var msgs map[uint64]*broker.Message // the commit's messages, for its deliveries
+	unordered := false
 	for i := range changes {
 		if ch := &changes[i]; ch.Kind == broker.ChangePutMessage {
 			if msgs == nil {
 				msgs = make(map[uint64]*broker.Message)
 			}
 			msgs[ch.MsgID] = ch.Message
+			// A message a node waits for is confirmed once written,
+			// not after the commits before it: those may wait for this
+			// one (sharedack.go).
+			_, found := p.n.share.ack.unordered.Load(ch.Message)
+			unordered = unordered || found
 		}
+	}
+	var c *commit
+	if unordered {
+		c = &commit{done: done, unordered: true}
+		c.parts.Store(1)
+	} else {
+		c = p.begin(done)
 	}
 	for i := range changes {
 		ch := &changes[i]
 		switch ch.Kind {
 		case broker.ChangeForward:
-			// The groups' copy first: it never waits, and the stream's
-			// is the commit's.
-			p.n.forwardShared(ch.Message)
+			// The groups' copy first; the commit waits for their
+			// confirmations as for the stream's (sharedack.go).
+			p.n.forwardShared(c, ch.Message)
 			if f := p.n.forwardMsg(ch.Message); f != nil {
 				c.parts.Add(1)
 				p.n.pub.queue(pubReq{fwd: f, c: c, deadline: time.Now().Add(commitTimeout)})
@@ -180,6 +196,13 @@ func (p *persistence) finish(c *commit, err error) {
 		c.fail(err)
 	}
 	if c.parts.Add(-1) > 0 {
+		return
+	}
+	if c.unordered {
+		c.errMu.Lock()
+		err := c.err
+		c.errMu.Unlock()
+		c.done(err)
 		return
 	}
 	p.mu.Lock()
