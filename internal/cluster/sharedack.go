@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -147,6 +148,12 @@ type ackState struct {
 	// The requests this node received, by origin, sequence number and
 	// queue: 1 being delivered, 2 delivered (a copy sent again is
 	// answered at once); at most recentShared delivered ones.
+	// swallow, in tests, makes this node answer "received" and then do
+	// nothing, as a node that dies before its commit; swallowed counts
+	// such messages.
+	swallow   atomic.Bool
+	swallowed atomic.Int64
+
 	rmu     sync.Mutex
 	seen    map[string]int
 	ring    []string
@@ -649,6 +656,10 @@ func (n *Node) deliverRequested(sb SharedBroker, m *nats.Msg, msg *broker.Messag
 		return false
 	}
 	n.answerShared(m.Reply, m.Sub.Queue, answerReceived)
+	if a.swallow.Load() {
+		a.swallowed.Add(1)
+		return true
+	}
 	reply, queue := m.Reply, m.Sub.Queue
 	a.unordered.Store(msg, struct{}{})
 	defer a.unordered.Delete(msg)
