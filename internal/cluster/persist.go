@@ -48,7 +48,9 @@ type commit struct {
 	finished bool // guarded by persistence.mu
 	// unordered: reported as soon as its parts are done, not in
 	// submission order (a shared subscription's message confirmed to
-	// the node waiting for it, sharedack.go).
+	// the node waiting for it, sharedack.go); it still holds back the
+	// commits after it, so that a barrier (a session given up) covers
+	// it.
 	unordered bool
 }
 
@@ -146,13 +148,8 @@ func (p *persistence) Persist(changes []broker.Change, done func(error)) {
 			unordered = unordered || found
 		}
 	}
-	var c *commit
-	if unordered {
-		c = &commit{done: done, unordered: true}
-		c.parts.Store(1)
-	} else {
-		c = p.begin(done)
-	}
+	c := p.begin(done)
+	c.unordered = unordered
 	for i := range changes {
 		ch := &changes[i]
 		switch ch.Kind {
@@ -203,7 +200,6 @@ func (p *persistence) finish(c *commit, err error) {
 		err := c.err
 		c.errMu.Unlock()
 		c.done(err)
-		return
 	}
 	p.mu.Lock()
 	c.finished = true
@@ -217,10 +213,12 @@ func (p *persistence) finish(c *commit, err error) {
 		p.commits[0] = nil
 		p.commits = p.commits[1:]
 		p.mu.Unlock()
-		head.errMu.Lock()
-		err := head.err
-		head.errMu.Unlock()
-		head.done(err)
+		if !head.unordered {
+			head.errMu.Lock()
+			err := head.err
+			head.errMu.Unlock()
+			head.done(err)
+		}
 		p.mu.Lock()
 	}
 	p.draining = false

@@ -562,3 +562,81 @@ func TestSharedQoS1NodeLoss(t *testing.T) {
 		t.Error("n3 sent nothing again")
 	}
 }
+
+// TestSharedSoleMemberMoves: the only member of a group, a persistent
+// session, moves from n1 to n2 (its client connects there and takes the
+// session over) while QoS 1 messages for the group are published on n3.
+// For an instant no node has a member of the group; the messages
+// published then wait for the member to join on n2 and are sent to it
+// there. Every message whose publisher got its PUBACK reaches the
+// member, on its old connection or on its new one.
+func TestSharedSoleMemberMoves(t *testing.T) {
+	nodes := startCluster(t, 3)
+	const filter = "$share/solo/sm/#"
+	old, _ := dialSession(t, nodes[0].addr, "smove", client.V5)
+	subscribe(t, old, 1, filter)
+	probe := dial(t, nodes[2].addr, "smprobe", client.V5)
+	awaitGroupRoutes(t, probe, "sm/probe", &member{name: "old", c: old})
+	testutil.WaitFor(t, "n3 to know the group", 30*time.Second, func() bool {
+		return len(nodes[2].node.expectedGroups("sm/x")) == 1
+	})
+
+	const n = 300
+	var acked sync.Map
+	var progress atomic.Int64
+	pub := dial(t, nodes[2].addr, "smpub", client.V5)
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := range n {
+			if err := pub.Publish(ctx, &client.Message{Topic: "sm/x", QoS: 1, Payload: []byte(strconv.Itoa(i))}); err != nil {
+				t.Logf("publish %d: %v (not acknowledged, so not owed)", i, err)
+				return
+			}
+			acked.Store(strconv.Itoa(i), true)
+			progress.Add(1)
+		}
+	}()
+	t.Cleanup(wg.Wait)
+	testutil.WaitFor(t, "load under way", 60*time.Second, func() bool { return progress.Load() >= 50 })
+	moved, present := dialSession(t, nodes[1].addr, "smove", client.V5)
+	if !present {
+		t.Fatal("the member's session was not present on n2")
+	}
+	wg.Wait()
+
+	received := map[string]int{}
+	oldCh := old.Messages()
+	missing := func() (out []string) {
+		acked.Range(func(k, _ any) bool {
+			if received[k.(string)] == 0 {
+				out = append(out, k.(string))
+			}
+			return true
+		})
+		return out
+	}
+	deadline := time.After(60 * time.Second)
+	for len(missing()) > 0 {
+		select {
+		case m, ok := <-oldCh:
+			if !ok {
+				oldCh = nil
+				continue
+			}
+			received[string(m.Payload)]++
+		case m := <-moved.Messages():
+			received[string(m.Payload)]++
+		case <-deadline:
+			t.Fatalf("acknowledged messages lost in the move: %v", missing())
+		}
+	}
+	dups := 0
+	for _, c := range received {
+		dups += max(c-1, 0)
+	}
+	t.Logf("%d acknowledged, all received (%d again); n3: %+v", progress.Load(), dups, nodes[2].node.ShareStats())
+}

@@ -82,10 +82,19 @@ const (
 // confirm before the commit's deadline.
 var errSharedUndelivered = errors.New("cluster: a shared subscription's member did not confirm the message in time")
 
-// dirEntry is a group of the directory.
+// dirEntry is a group of the directory: seen is its last announcement,
+// member the last time a node had it (a queue subscription on its own
+// subject).
 type dirEntry struct {
-	key  shareKey
-	seen time.Time
+	key          shareKey
+	seen, member time.Time
+}
+
+// expectation is a group a message is expected to reach; empty, when not
+// zero, is the last time the group had a member (it has none now).
+type expectation struct {
+	key   shareKey
+	empty time.Time
 }
 
 // shareAnswer is a receiving node's answer to a request.
@@ -310,30 +319,45 @@ func (n *Node) handleDir(m *nats.Msg) {
 }
 
 // expectedGroups returns the groups of the directory that topic's
-// message must reach and that have members now, by queue.
-func (n *Node) expectedGroups(topic string) map[string]shareKey {
+// message must reach, by queue: those with members now, and those that
+// had one within shareLinger (the only member of a group may be moving
+// between nodes; the message waits for it to join again, see
+// groupEmpty).
+func (n *Node) expectedGroups(topic string) map[string]expectation {
 	a := &n.share.ack
-	var out map[string]shareKey
+	var out map[string]expectation
+	now := time.Now()
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for q, e := range a.dir {
 		if !mqtttopic.MatchFilter(e.key.filter, topic) {
 			continue
 		}
-		if n.srv != nil && n.srv.GlobalAccount().Interest(groupPrefix+q) == 0 {
-			continue
+		x := expectation{key: e.key}
+		if n.srv != nil {
+			if n.srv.GlobalAccount().Interest(groupPrefix+q) > 0 {
+				e.member = now
+			} else {
+				x.empty = e.seen
+				if e.member.After(x.empty) {
+					x.empty = e.member
+				}
+				if now.Sub(x.empty) >= shareLinger {
+					continue // no member for a while: the group is over
+				}
+			}
 		}
 		if out == nil {
-			out = make(map[string]shareKey)
+			out = make(map[string]expectation)
 		}
-		out[q] = e.key
+		out[q] = x
 	}
 	return out
 }
 
 // newRequest registers a request for the groups of expect, part of c;
 // nil when too many wait already.
-func (n *Node) newRequest(c *commit, data []byte, expect map[string]shareKey) *shareReq {
+func (n *Node) newRequest(c *commit, data []byte, expect map[string]expectation) *shareReq {
 	a := &n.share.ack
 	now := time.Now()
 	a.mu.Lock()
@@ -345,8 +369,12 @@ func (n *Node) newRequest(c *commit, data []byte, expect map[string]shareKey) *s
 	r := &shareReq{id: a.nextID, c: c, data: data, groups: make(map[string]*reqGroup, len(expect)),
 		left: len(expect), deadline: now.Add(commitTimeout)}
 	r.reply = n.replySubject(r.id)
-	for q, k := range expect {
-		r.groups[q] = &reqGroup{key: k, due: now.Add(attemptWait), attempts: 1}
+	for q, x := range expect {
+		g := &reqGroup{key: x.key, due: now.Add(attemptWait), attempts: 1, empty: x.empty}
+		if !x.empty.IsZero() {
+			g.due = now // no member now: looked at again at once
+		}
+		r.groups[q] = g
 	}
 	a.reqs[r.id] = r
 	c.parts.Add(1)
@@ -476,6 +504,11 @@ func (n *Node) retryRequests(sb SharedBroker, now time.Time) {
 			n.groupEmpty(rt.r, rt.q, now)
 			continue
 		}
+		a.mu.Lock()
+		if g := rt.r.groups[rt.q]; g != nil {
+			g.empty = time.Time{}
+		}
+		a.mu.Unlock()
 		m := &nats.Msg{Subject: groupPrefix + rt.q, Reply: rt.r.reply, Data: rt.r.data, Header: nats.Header{}}
 		for h, v := range rt.hdr {
 			m.Header[h] = v
@@ -488,9 +521,11 @@ func (n *Node) retryRequests(sb SharedBroker, now time.Time) {
 }
 
 // groupEmpty notes that the group q of r has no member on any node now;
-// after shareLinger without one it is over for r (a session moving
-// between nodes leaves its group for an instant, and is given the time
-// to join it again).
+// shareLinger after it last had one it is over for r, as on one node
+// for a subscription that no longer exists. Until then it is looked at
+// every reqTick: a session moving between nodes leaves its group for an
+// instant, and is sent the message once it joined again on its new
+// node.
 func (n *Node) groupEmpty(r *shareReq, q string, now time.Time) {
 	a := &n.share.ack
 	a.mu.Lock()
@@ -536,6 +571,8 @@ func (n *Node) deliverLocal(sb SharedBroker, r *shareReq, hdr nats.Header, q str
 	a.mu.Unlock()
 	a.unordered.Store(msg, struct{}{})
 	defer a.unordered.Delete(msg)
+	n.dur.routeMu.Lock() // as in deliverRequested
+	defer n.dur.routeMu.Unlock()
 	ok := sb.DeliverSharedDone(msg, k.group, k.filter, func(err error) {
 		if err != nil {
 			a.mu.Lock()
@@ -663,6 +700,11 @@ func (n *Node) deliverRequested(sb SharedBroker, m *nats.Msg, msg *broker.Messag
 	reply, queue := m.Reply, m.Sub.Queue
 	a.unordered.Store(msg, struct{}{})
 	defer a.unordered.Delete(msg)
+	// Ordered with a session's release (handleRelease): a member given
+	// up meanwhile either takes the message with its commit before the
+	// release's barrier, or is no longer here.
+	n.dur.routeMu.Lock()
+	defer n.dur.routeMu.Unlock()
 	ok := sb.DeliverSharedDone(msg, k.group, k.filter, func(err error) {
 		a.settleShared(key, err == nil)
 		if err != nil {
