@@ -158,6 +158,8 @@ func (p *persistence) Persist(changes []broker.Change, done func(error)) {
 			// confirmations as for the stream's (sharedack.go).
 			p.n.forwardShared(c, ch.Message)
 			if f := p.n.forwardMsg(ch.Message); f != nil {
+				// Named for a claim under way (sessions.go).
+				p.n.noteOwn(ch.Message, msgID(p.n.origin, f.seq))
 				c.parts.Add(1)
 				p.n.pub.queue(pubReq{fwd: f, c: c, deadline: time.Now().Add(commitTimeout)})
 			}
