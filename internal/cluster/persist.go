@@ -144,8 +144,7 @@ func (p *persistence) Persist(changes []broker.Change, done func(error)) {
 			// A message a node waits for is confirmed once written,
 			// not after the commits before it: those may wait for this
 			// one (sharedack.go).
-			_, found := p.n.share.ack.unordered.Load(ch.Message)
-			unordered = unordered || found
+			unordered = unordered || p.n.share.ack.isUnordered(ch.Message)
 		}
 	}
 	c := p.begin(done)

@@ -146,7 +146,8 @@ type ackState struct {
 	// (*broker.Message → struct{}): their commit is reported once written
 	// (persist.go), since the commits before it on this node may wait for
 	// this node's or another's confirmation.
-	unordered sync.Map
+	unordered  sync.Map
+	unorderedN atomic.Int32 // entries of unordered: none, no look-up
 
 	mu      sync.Mutex
 	dir     map[string]*dirEntry // queue → group
@@ -569,8 +570,8 @@ func (n *Node) deliverLocal(sb SharedBroker, r *shareReq, hdr nats.Header, q str
 		g.state = reqLocal
 	}
 	a.mu.Unlock()
-	a.unordered.Store(msg, struct{}{})
-	defer a.unordered.Delete(msg)
+	a.markUnordered(msg)
+	defer a.unmarkUnordered(msg)
 	n.dur.routeMu.Lock() // as in deliverRequested
 	defer n.dur.routeMu.Unlock()
 	ok := sb.DeliverSharedDone(msg, k.group, k.filter, func(err error) {
@@ -698,8 +699,8 @@ func (n *Node) deliverRequested(sb SharedBroker, m *nats.Msg, msg *broker.Messag
 		return true
 	}
 	reply, queue := m.Reply, m.Sub.Queue
-	a.unordered.Store(msg, struct{}{})
-	defer a.unordered.Delete(msg)
+	a.markUnordered(msg)
+	defer a.unmarkUnordered(msg)
 	// Ordered with a session's release (handleRelease): a member given
 	// up meanwhile either takes the message with its commit before the
 	// release's barrier, or is no longer here.
@@ -716,5 +717,25 @@ func (n *Node) deliverRequested(sb SharedBroker, m *nats.Msg, msg *broker.Messag
 	if !ok {
 		a.settleShared(key, false)
 	}
+	return ok
+}
+
+// markUnordered and unmarkUnordered add and remove msg in unordered.
+func (a *ackState) markUnordered(msg *broker.Message) {
+	a.unorderedN.Add(1)
+	a.unordered.Store(msg, struct{}{})
+}
+
+func (a *ackState) unmarkUnordered(msg *broker.Message) {
+	a.unordered.Delete(msg)
+	a.unorderedN.Add(-1)
+}
+
+// isUnordered tells whether msg is being delivered for a request.
+func (a *ackState) isUnordered(msg *broker.Message) bool {
+	if a.unorderedN.Load() == 0 {
+		return false
+	}
+	_, ok := a.unordered.Load(msg)
 	return ok
 }
