@@ -131,6 +131,7 @@ func (s *Server) DeliverRemote(msg *Message) int {
 	}
 	shard := s.recent.shardFor()
 	msg.arrived = time.Now().UnixNano()
+	msg.remote = true
 	s.recent.add(shard, msg)
 	return s.deliver(msg, nil)
 }

@@ -78,6 +78,7 @@ func (s *Server) DeliverRemoteDone(msg *Message, done func(error)) int {
 	}
 	shard := s.recent.shardFor()
 	msg.arrived = time.Now().UnixNano()
+	msg.remote = true
 	s.recent.add(shard, msg)
 	n := s.deliver(msg, b)
 	if b == nil {

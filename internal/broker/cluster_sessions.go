@@ -1,8 +1,12 @@
 package broker
 
 import (
+	"cmp"
 	"context"
 	"errors"
+	"slices"
+	"strings"
+	"time"
 
 	"github.com/moatmq/moat/internal/packet"
 	"github.com/moatmq/moat/internal/topic"
@@ -53,6 +57,9 @@ type ClusterSession struct {
 	Session  RecoveredSession
 	Messages map[uint64]*Message
 	Will     *StoredWill
+	// Hold makes ImportSession hold back the deliveries routed to the
+	// session until ReplayLocal, which the Cluster must then call.
+	Hold bool
 }
 
 // ClaimRefused is the error of a claim the client is refused for: its
@@ -126,7 +133,7 @@ func (s *Server) ImportSession(cs *ClusterSession) {
 		}
 		return
 	}
-	sess := s.restoreSession(cs.Session, cs.Messages, now)
+	sess := s.restoreSession(cs.Session, cs.Messages, now, cs.Hold)
 	if will != nil && now.Before(cs.Will.FireAt) {
 		w := cs.Will
 		sess.mu.Lock()
@@ -238,4 +245,108 @@ func (s *Server) DeliverToSession(clientID string, msg *Message, done func(error
 		s.submitBatch(b, done)
 	}
 	return n > 0
+}
+
+// ReplayLocal delivers to the session of clientID, imported with Hold,
+// the messages this node's own clients published since since (Unix
+// nanoseconds) that the session's non-shared subscriptions match and
+// that routing matched before they were in place, except those skip
+// reports (the session holds them already, or the Cluster delivered
+// them); then it releases the deliveries held back since the import, in
+// order. It returns the number replayed. A Cluster moving a session to
+// this node calls it, with since the moment its claim began: a message
+// published here while the session was leaving its old node reached
+// neither node (docs/cluster.md, "Sessions"). Only what the record of
+// recent messages still holds is found (recentWindow). Safe for
+// concurrent use.
+func (s *Server) ReplayLocal(clientID string, since int64, skip func(*Message) bool) int {
+	sess := s.lookup(clientID)
+	if sess == nil {
+		return 0
+	}
+	sess.mu.Lock()
+	f := sess.fence
+	var filters []string
+	for key := range sess.subList {
+		if !strings.HasPrefix(key, packet.SharePrefix) {
+			filters = append(filters, key)
+		}
+	}
+	sess.mu.Unlock()
+	if f == nil {
+		return 0
+	}
+	n := 0
+	now := time.Now().UnixNano()
+	if len(filters) > 0 {
+		cands := s.recent.since(since, now, filters, nil)
+		slices.SortFunc(cands, func(a, b recentEntry) int {
+			return cmp.Or(cmp.Compare(a.at, b.at), cmp.Compare(a.msg.recentID>>recentShardBits, b.msg.recentID>>recentShardBits))
+		})
+		for _, e := range cands {
+			if e.msg.remote || e.msg.expired(s.cfg.Now()) || (skip != nil && skip(e.msg)) {
+				continue
+			}
+			if s.replayToSession(sess, f, e.msg) {
+				n++
+			}
+		}
+	}
+	for round := 0; ; round++ {
+		sess.mu.Lock()
+		held := f.held
+		f.held = nil
+		last := len(held) == 0 || round == maxReleaseRounds
+		if last {
+			f.holding = false
+			f.until = max(f.until, time.Now().UnixNano()+recentWindow)
+		}
+		cl := sess.client
+		sess.mu.Unlock()
+		for _, h := range held {
+			s.deliverChecked(sess, cl, h.msg, h.qos, h.rap, h.ids, h.share, nil)
+		}
+		if last {
+			return n
+		}
+	}
+}
+
+// replayToSession delivers m to sess through its matching non-shared
+// subscriptions, as routing would have, unless routing delivered it
+// (held by f) or it was replayed already.
+func (s *Server) replayToSession(sess *session, f *subFence, m *Message) bool {
+	mb := matchPool.Get().(*matchBuf)
+	defer func() {
+		clear(mb.subs)
+		clear(mb.groups)
+		mb.subs, mb.groups = mb.subs[:0], mb.groups[:0]
+		matchPool.Put(mb)
+	}()
+	mb.subs, mb.groups = s.index.Match(m.Topic, mb.subs[:0], mb.groups[:0])
+	var qos byte
+	rap, matched := false, false
+	var ids []uint32
+	for _, sub := range mb.subs {
+		if sub.ClientID != sess.id || (sub.NoLocal && sess.id == m.From) {
+			continue // [MQTT-3.8.3-3]
+		}
+		matched = true
+		qos = max(qos, sub.QoS)
+		rap = rap || sub.RetainAsPublished
+		if sub.ID != 0 {
+			ids = append(ids, sub.ID)
+		}
+	}
+	if !matched {
+		return false
+	}
+	sess.mu.Lock()
+	ok := f.replayable(m, shareKey{})
+	cl := sess.client
+	sess.mu.Unlock()
+	if ok {
+		s.deliverChecked(sess, cl, m, qos, rap, ids, nil, nil)
+	}
+	return ok
 }

@@ -135,14 +135,27 @@ func (s *Server) clusterUnsubscribed(clientID, group, filter string) {
 // when the group has no member here (any more), and the Cluster may then
 // hand it to another node. Safe for concurrent use.
 func (s *Server) DeliverShared(msg *Message, group, filter string) bool {
+	return s.DeliverSharedDone(msg, group, filter, s.persistLogged)
+}
+
+// DeliverSharedDone is DeliverShared for a message whose sender waits
+// until a member has it: done runs once the message is in the member's
+// session and, for a session the Persistence keeps, committed (or with
+// the commit's error). For a session kept in memory only (clean start)
+// that is once it is queued or sent, as on one node. done is not called
+// when it reports false (no member here) or when the server is shutting
+// down (false as well). Safe for concurrent use.
+func (s *Server) DeliverSharedDone(msg *Message, group, filter string, done func(error)) bool {
 	if s.closing() {
 		return false
 	}
 	if msg.Created.IsZero() {
 		msg.Created = s.cfg.Now()
 	}
+	var b *pbatch
 	if s.persist != nil && msg.QoS > 0 {
 		msg.id = s.persist.NewID()
+		b = &pbatch{}
 	}
 	msg.arrived = time.Now().UnixNano()
 	mb := matchPool.Get().(*matchBuf)
@@ -155,7 +168,18 @@ func (s *Server) DeliverShared(msg *Message, group, filter string) bool {
 		}
 		mb.enc.reset(msg, nil, clock{now: s.cfg.Now}, 1)
 		sub, ok := g.PickRanked(s.memberRank(msg))
-		return ok && s.deliverTo(&mb.enc, &sub, sub.QoS, sub.RetainAsPublished, idsOf(sub.ID), &shareKey{g.Group, g.Filter}, nil, nil)
+		ok = ok && s.deliverTo(&mb.enc, &sub, sub.QoS, sub.RetainAsPublished, idsOf(sub.ID), &shareKey{g.Group, g.Filter}, b, nil)
+		switch {
+		case ok && (b == nil || len(b.changes) == 0 && len(b.sends) == 0):
+			// Nothing to commit (a member without a stored session):
+			// it has the message now, as on one node.
+			done(nil)
+		case b != nil && ok:
+			s.submitBatch(b, done)
+		case b != nil && len(b.changes) > 0:
+			s.submitBatch(b, s.persistLogged)
+		}
+		return ok
 	}
 	return false
 }

@@ -50,6 +50,9 @@ type Message struct {
 	// message is routed.
 	arrived  int64
 	recentID uint64
+	// remote: another node's message, routed here by the Cluster
+	// (ReplayLocal replays this node's own only).
+	remote bool
 }
 
 // forwardedProps is the set of PUBLISH properties forwarded unchanged to

@@ -556,7 +556,7 @@ func (s *Server) recover() error {
 			expired = append(expired, ss.ClientID)
 			continue
 		}
-		s.restoreSession(rs, rec.Messages, now)
+		s.restoreSession(rs, rec.Messages, now, false)
 	}
 	for _, id := range expired {
 		s.log.Debug("broker: stored session expired while the broker was down", "client", id)
@@ -585,7 +585,7 @@ func (s *Server) recover() error {
 // registers it; its expiry runs from the stored deadline. The caller
 // makes sure no session of that client ID exists, and holds sessMu
 // unless nothing else runs yet (recover).
-func (s *Server) restoreSession(rs RecoveredSession, msgs map[uint64]*Message, now time.Time) *session {
+func (s *Server) restoreSession(rs RecoveredSession, msgs map[uint64]*Message, now time.Time, hold bool) *session {
 	ss := rs.Session
 	sess := newSession(ss.ClientID, sessionOwner{key: ss.Owner, verified: ss.OwnerVerified}, ss.Created)
 	sess.stored = true
@@ -613,6 +613,10 @@ func (s *Server) restoreSession(rs RecoveredSession, msgs map[uint64]*Message, n
 	}
 	for _, pid := range rs.Inbound {
 		sess.inboundQoS2[pid] = struct{}{}
+	}
+	if hold {
+		// Deliveries routed to it are held back until ReplayLocal.
+		sess.fence = &subFence{holding: true, until: time.Now().UnixNano() + recentWindow}
 	}
 	// Subscribed last: from then on messages may be routed to it (at
 	// recovery nothing else runs; a session imported from the cluster

@@ -54,6 +54,12 @@ type commit struct {
 	err      error
 	done     func(error)
 	finished bool // guarded by persistence.mu
+	// unordered: reported as soon as its parts are done, not in
+	// submission order (a shared subscription's message confirmed to
+	// the node waiting for it, sharedack.go); it still holds back the
+	// commits after it, so that a barrier (a session given up) covers
+	// it.
+	unordered bool
 }
 
 func (c *commit) fail(err error) {
@@ -134,10 +140,10 @@ func (p *persistence) begin(done func(error)) *commit {
 // Persist implements broker.Persistence. It never blocks: publications
 // are queued for the publisher goroutine.
 func (p *persistence) Persist(changes []broker.Change, done func(error)) {
-	c := p.begin(done)
 	var local []broker.Change
 	var msgs map[uint64]*broker.Message // the commit's messages, for its deliveries
 	deliveries := false
+	unordered := false
 	for i := range changes {
 		switch ch := &changes[i]; ch.Kind {
 		case broker.ChangePutMessage:
@@ -145,10 +151,16 @@ func (p *persistence) Persist(changes []broker.Change, done func(error)) {
 				msgs = make(map[uint64]*broker.Message)
 			}
 			msgs[ch.MsgID] = ch.Message
+			// A message a node waits for is confirmed once written,
+			// not after the commits before it: those may wait for this
+			// one (sharedack.go).
+			unordered = unordered || p.n.share.ack.isUnordered(ch.Message)
 		case broker.ChangePutDelivery:
 			deliveries = true
 		}
 	}
+	c := p.begin(done)
+	c.unordered = unordered
 	if deliveries {
 		p.deliveryCommits.Add(1)
 		if p.failCommits.Load() > 0 && p.failCommits.Add(-1) >= 0 {
@@ -159,10 +171,12 @@ func (p *persistence) Persist(changes []broker.Change, done func(error)) {
 		ch := &changes[i]
 		switch ch.Kind {
 		case broker.ChangeForward:
-			// The groups' copy first: it never waits, and the stream's
-			// is the commit's.
-			p.n.forwardShared(ch.Message)
+			// The groups' copy first; the commit waits for their
+			// confirmations as for the stream's (sharedack.go).
+			p.n.forwardShared(c, ch.Message)
 			if f := p.n.forwardMsg(ch.Message); f != nil {
+				// Named for a claim under way (sessions.go).
+				p.n.noteOwn(ch.Message, msgID(p.n.origin, f.seq))
 				c.parts.Add(1)
 				p.n.pub.queue(pubReq{fwd: f, c: c, deadline: time.Now().Add(commitTimeout)})
 			}
@@ -200,6 +214,12 @@ func (p *persistence) finish(c *commit, err error) {
 	if c.parts.Add(-1) > 0 {
 		return
 	}
+	if c.unordered {
+		c.errMu.Lock()
+		err := c.err
+		c.errMu.Unlock()
+		c.done(err)
+	}
 	p.mu.Lock()
 	c.finished = true
 	if p.draining {
@@ -212,10 +232,12 @@ func (p *persistence) finish(c *commit, err error) {
 		p.commits[0] = nil
 		p.commits = p.commits[1:]
 		p.mu.Unlock()
-		head.errMu.Lock()
-		err := head.err
-		head.errMu.Unlock()
-		head.done(err)
+		if !head.unordered {
+			head.errMu.Lock()
+			err := head.err
+			head.errMu.Unlock()
+			head.done(err)
+		}
 		p.mu.Lock()
 	}
 	p.draining = false

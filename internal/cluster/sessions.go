@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -74,7 +75,27 @@ type sessionsState struct {
 	stream jetstream.Stream // set before ready closes
 	js     jetstream.JetStream
 	ready  chan struct{} // closed once the stream is in use and this node's sessions are imported
+
+	// claims counts the claims under way. While there is one, ownRefs
+	// names this node's own messages forwarded to the durable stream by
+	// their ID in it (at most maxOwnRefs), so that a claim that replays
+	// this node's own recent messages to the session it imports skips
+	// those the session got otherwise (take).
+	claims  atomic.Int32
+	ownMu   sync.Mutex
+	ownRefs map[*broker.Message]string
+	// beforeImport, in tests, runs while a claim imports a session, just
+	// before the broker has it.
+	beforeImport atomic.Pointer[func(id string)]
 }
+
+// maxOwnRefs bounds sessionsState.ownRefs; a message beyond it may reach
+// a moving session twice (at least once).
+const maxOwnRefs = 1 << 16
+
+// maxOwnScan bounds how many records before the old home's position a
+// claim reads for the own messages it routed (replay).
+const maxOwnScan = 4096
 
 // homeState is what the home keeps of a session's records: the message
 // of each stored delivery (a delivery's record is rewritten with it when
@@ -101,6 +122,7 @@ func (s *sessionsState) init() {
 // *broker.Server.
 type sessionBroker interface {
 	ImportSession(cs *broker.ClusterSession)
+	ReplayLocal(clientID string, since int64, skip func(*broker.Message) bool) int
 	ReleaseSession(clientID string) bool
 	DeliverToSession(clientID string, msg *broker.Message, done func(error)) bool
 }
@@ -142,6 +164,41 @@ func (n *Node) unhome(id string) {
 	delete(n.sess.homed, id)
 	delete(n.sess.pending, id)
 	n.sess.gone[id] = time.Now()
+}
+
+// noteOwn records the ID in the durable stream of msg, a message of this
+// node's client, while a claim is under way.
+func (n *Node) noteOwn(msg *broker.Message, ref string) {
+	if n.sess.claims.Load() == 0 {
+		return
+	}
+	n.sess.ownMu.Lock()
+	defer n.sess.ownMu.Unlock()
+	if n.sess.ownRefs == nil {
+		n.sess.ownRefs = make(map[*broker.Message]string)
+	}
+	if len(n.sess.ownRefs) < maxOwnRefs {
+		n.sess.ownRefs[msg] = ref
+	}
+}
+
+// ownRef returns the ID in the durable stream of msg, if noteOwn has it.
+func (n *Node) ownRef(msg *broker.Message) string {
+	n.sess.ownMu.Lock()
+	defer n.sess.ownMu.Unlock()
+	return n.sess.ownRefs[msg]
+}
+
+// beginClaim marks a claim under way; endClaim ends it, and forgets the
+// messages noted once no claim is left.
+func (n *Node) beginClaim() { n.sess.claims.Add(1) }
+
+func (n *Node) endClaim() {
+	if n.sess.claims.Add(-1) == 0 {
+		n.sess.ownMu.Lock()
+		n.sess.ownRefs = nil
+		n.sess.ownMu.Unlock()
+	}
 }
 
 // setPending records the position of a claim of id under way.
@@ -455,6 +512,14 @@ func (n *Node) ClaimSession(ctx context.Context, claim broker.SessionClaim) erro
 		}
 		return nil
 	}
+	// From here on, the messages of this node's clients are noted with
+	// their stream IDs, and since is the earliest arrival a moving
+	// session may have missed here (take).
+	n.beginClaim()
+	defer n.endClaim()
+	n.dur.routeMu.Lock()
+	since, from := time.Now().UnixNano(), n.dur.routed
+	n.dur.routeMu.Unlock()
 	for attempt := 0; attempt < 8; attempt++ {
 		if attempt > 0 {
 			select {
@@ -515,6 +580,7 @@ func (n *Node) ClaimSession(ctx context.Context, claim broker.SessionClaim) erro
 		if err != nil {
 			return err
 		}
+		pos.since, pos.from = since, min(from, pos.seq)
 		// The old home's last changes are written: read the record again.
 		cur, err = n.getRecord(ctx, subj)
 		if err != nil {
@@ -559,6 +625,12 @@ type releaseRequest struct {
 type position struct {
 	seq    uint64
 	replay bool
+	// since is when the claim began (Unix nanoseconds; 0: not a claim),
+	// and from a stream sequence before every record this node wrote
+	// since then (its routing position then, or seq if lower): the own
+	// messages of this node the old home routed are read from there.
+	since int64
+	from  uint64
 }
 
 // release asks the old home of a session to give it up. A home that is
@@ -744,13 +816,34 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 	if !ok {
 		return nil
 	}
+	// A claim imports the session holding back what routing delivers to
+	// it from then on, until the messages of this node's own clients that
+	// arrived since the claim began and reached neither node are
+	// replayed: published here after the old home gave the session up,
+	// and read back from the stream by this node only after the import
+	// (it skips its own messages there), they are in the broker's record
+	// of recent messages.
+	cs.Hold = pos.since != 0
 	n.dur.routeMu.Lock()
+	if f := n.sess.beforeImport.Load(); f != nil {
+		(*f)(id)
+	}
 	b.ImportSession(cs)
 	upTo := n.dur.routed
 	n.dur.routeMu.Unlock()
 	n.dstats.sessionsIn.Add(1)
-	if pos.replay && upTo > pos.seq {
-		n.replay(ctx, id, cs.Session.Session, pos.seq, upTo, have)
+	var reached map[string]bool
+	if pos.replay && (upTo > pos.seq || cs.Hold && pos.from < pos.seq) {
+		reached = n.replay(ctx, id, cs.Session.Session, pos, upTo, have)
+	}
+	if cs.Hold {
+		skip := func(m *broker.Message) bool {
+			ref := n.ownRef(m)
+			return ref != "" && (have[ref] || reached[ref])
+		}
+		if c := b.ReplayLocal(id, pos.since, skip); c > 0 {
+			n.log.Info("cluster: messages of this node replayed to a moved session", "client", id, "count", c)
+		}
 	}
 	return nil
 }
@@ -761,12 +854,16 @@ func (n *Node) retryClaim(ctx context.Context, id string) error {
 }
 
 // replay delivers to the session of id the durable messages with stream
-// sequences in (from, to] that match its subscriptions (shared
-// subscriptions excepted) and that it does not hold already (have),
-// waiting until they are committed. Batch records are read whole and
-// their messages matched one by one; single records, of earlier builds,
-// by their subjects.
-func (n *Node) replay(ctx context.Context, id string, ss *broker.StoredSession, from, to uint64, have map[string]bool) {
+// sequences in (pos.seq, to] that match its subscriptions (shared
+// subscriptions excepted: their groups are sent their messages again
+// until a member confirms them, sharedack.go) and that it does not hold
+// already (have), waiting until they are committed. Batch records are
+// read whole and their messages matched one by one; single records, of
+// earlier builds, by their subjects. It returns the IDs of this node's
+// own messages that reached the session: delivered now, or routed by
+// the old home (in (pos.from, pos.seq]).
+func (n *Node) replay(ctx context.Context, id string, ss *broker.StoredSession, pos position, to uint64, have map[string]bool) map[string]bool {
+	from := pos.seq
 	var filters, subjects []string
 	for _, sub := range ss.Subscriptions {
 		if strings.HasPrefix(sub.Filter, "$share/") {
@@ -780,24 +877,31 @@ func (n *Node) replay(ctx context.Context, id string, ss *broker.StoredSession, 
 		}
 	}
 	if len(filters) == 0 {
-		return
+		return nil
+	}
+	lo := from
+	if pos.since != 0 {
+		// At most maxOwnScan records back: beyond, a message may reach
+		// the session twice (at least once).
+		lo = max(min(lo, pos.from), lo-min(lo, maxOwnScan))
 	}
 	subjects = append(subjects, batchSubject)
 	b := n.b.(sessionBroker)
 	// The matching records of each subject, merged in stream order.
 	bySeq := make(map[uint64]*jetstream.RawStreamMsg)
 	for _, f := range dedupe(subjects) {
-		msgs, err := n.scan(ctx, n.msgStream(), f, from+1, to)
+		msgs, err := n.scan(ctx, n.msgStream(), f, lo+1, to)
 		if err != nil {
 			n.log.Error("cluster: the messages a moved session missed could not be read; some may be missing from its queue",
 				"client", id, "err", err)
-			return
+			return nil
 		}
 		for _, m := range msgs {
 			bySeq[m.Sequence] = m
 		}
 	}
 	seqs := slices.Sorted(maps.Keys(bySeq))
+	reached := make(map[string]bool)
 	var wg sync.WaitGroup
 	count := 0
 	deliver := func(msg *broker.Message, ref string) {
@@ -809,12 +913,26 @@ func (n *Node) replay(ctx context.Context, id string, ss *broker.StoredSession, 
 	}
 	for _, seq := range seqs {
 		m := bySeq[seq]
+		origin := m.Header.Get(hdrOrigin)
+		if seq <= from {
+			// Routed by the old home: only this node's own messages
+			// are noted.
+			if origin == n.origin && m.Subject == batchSubject {
+				if entries, err := decodeBatch(m.Data); err == nil {
+					for i := range entries {
+						reached[msgID(origin, entries[i].seq)] = true
+					}
+				}
+			} else if origin == n.origin {
+				reached[m.Header.Get(nats.MsgIdHdr)] = true
+			}
+			continue
+		}
 		if m.Subject == batchSubject {
 			entries, err := decodeBatch(m.Data)
 			if err != nil {
 				continue
 			}
-			origin := m.Header.Get(hdrOrigin)
 			for i := range entries {
 				ref := msgID(origin, entries[i].seq)
 				if have[ref] {
@@ -824,6 +942,7 @@ func (n *Node) replay(ctx context.Context, id string, ss *broker.StoredSession, 
 				if err != nil || !matchesAny(filters, msg.Topic) {
 					continue
 				}
+				reached[ref] = true
 				deliver(msg, ref)
 			}
 			continue
@@ -837,12 +956,14 @@ func (n *Node) replay(ctx context.Context, id string, ss *broker.StoredSession, 
 		if err != nil {
 			continue
 		}
+		reached[ref] = true
 		deliver(msg, ref)
 	}
 	wg.Wait()
 	if count > 0 {
 		n.log.Info("cluster: messages replayed to a moved session", "client", id, "count", count, "from", from, "to", to)
 	}
+	return reached
 }
 
 // matchesAny tells whether one of filters matches topic.

@@ -74,6 +74,7 @@ const sharedPrefix = "moat.q."
 // a node's Attach then leaves groups to each node (once per node).
 type SharedBroker interface {
 	DeliverShared(msg *broker.Message, group, filter string) bool
+	DeliverSharedDone(msg *broker.Message, group, filter string, done func(error)) bool
 	SharedMembers(group, filter string) (members, available int)
 }
 
@@ -97,6 +98,8 @@ type shareGroup struct {
 	topics []string                        // the filter's subjects
 	subs   map[string][]*nats.Subscription // subject → its queue subscriptions
 	weight int                             // subscriptions per subject
+	// announced: the group directory has been told (sharedack.go).
+	announced bool
 	// leaving, when set, is when the node leaves the group for good: its
 	// last member here left.
 	leaving time.Time
@@ -117,6 +120,12 @@ type shareState struct {
 	in                       chan *nats.Msg // the groups' messages, in arrival order
 	out                      chan *nats.Msg // messages to hand on (HandOn), sent by shareLoop
 	received, handedOn, lost atomic.Uint64
+	// retried counts QoS 1/2 messages sent to a group again, unconfirmed
+	// those a group did not confirm by the commit's deadline (the
+	// publisher was told to send them again), noMember those for a group
+	// without a member left anywhere (sharedack.go).
+	retried, unconfirmed, noMember atomic.Uint64
+	ack                            ackState
 	// left is set when the node left a group's own subject: before it
 	// hands a message on, the NATS server must have seen that (a flush of
 	// the queue groups' connection), or NATS could choose this node again.
@@ -126,10 +135,15 @@ type shareState struct {
 // ShareStats counts the shared subscriptions with members on this node
 // (Groups), and the messages of shared subscriptions this node received
 // from NATS (Received), handed on to another node because no member was
-// left here (HandedOn), and could place nowhere (Lost).
+// left here (HandedOn), and could place nowhere (Lost). Of the QoS 1/2
+// messages this node published for groups, Retried counts the attempts
+// made again (no confirmation in time, the receiving node left),
+// Unconfirmed those whose publisher was told to send them again, and
+// NoMember the groups found without a member anywhere.
 type ShareStats struct {
-	Groups                   int
-	Received, HandedOn, Lost uint64
+	Groups                         int
+	Received, HandedOn, Lost       uint64
+	Retried, Unconfirmed, NoMember uint64
 }
 
 // ShareStats returns the counters. Safe for concurrent use.
@@ -143,7 +157,8 @@ func (n *Node) ShareStats() ShareStats {
 		}
 	}
 	sh.mu.Unlock()
-	return ShareStats{Groups: g, Received: sh.received.Load(), HandedOn: sh.handedOn.Load(), Lost: sh.lost.Load()}
+	return ShareStats{Groups: g, Received: sh.received.Load(), HandedOn: sh.handedOn.Load(), Lost: sh.lost.Load(),
+		Retried: sh.retried.Load(), Unconfirmed: sh.unconfirmed.Load(), NoMember: sh.noMember.Load()}
 }
 
 // queueName names the NATS queue group of (group, filter), the same on
@@ -310,6 +325,7 @@ func (n *Node) shareLoop(sb SharedBroker) {
 			n.weigh(sb)
 		case <-sh.wake:
 			n.weigh(sb)
+			n.announceGroups(true)
 		case m := <-sh.in:
 			n.deliverShared(sb, m)
 		case m := <-sh.out:
@@ -343,14 +359,27 @@ func (n *Node) deliverShared(sb SharedBroker, m *nats.Msg) {
 		return
 	}
 	sh.received.Add(1)
-	if member && sb.DeliverShared(msg, k.group, k.filter) {
+	if m.Reply != "" && validReply(m.Reply) {
+		// A QoS 1/2 message whose publisher waits for the answers
+		// (sharedack.go).
+		if n.deliverRequested(sb, m, msg, k, member) {
+			return
+		}
+		if m.Header.Get(hdrHop) != "" {
+			n.answerShared(m.Reply, m.Sub.Queue, answerFailed)
+			sh.lost.Add(1)
+			return
+		}
+	} else if member && sb.DeliverShared(msg, k.group, k.filter) {
 		return
 	}
 	if m.Header.Get(hdrHop) != "" {
 		sh.lost.Add(1)
 		return
 	}
-	fw := &nats.Msg{Subject: groupPrefix + m.Sub.Queue, Data: m.Data, Header: nats.Header{}}
+	// Handed on with the request's reply subject: the node that takes
+	// it answers the publisher.
+	fw := &nats.Msg{Subject: groupPrefix + m.Sub.Queue, Reply: m.Reply, Data: m.Data, Header: nats.Header{}}
 	for _, h := range []string{hdrOrigin, hdrSeq, hdrFrom} {
 		if v := m.Header.Values(h); len(v) > 0 {
 			fw.Header[h] = v
@@ -399,16 +428,18 @@ func (n *Node) attachShared(b Broker) {
 		n.log.Error("cluster: the broker cannot deliver shared subscriptions' messages; they are not delivered on this node")
 		return
 	}
+	n.startAcks(sb)
 	n.wg.Add(1)
 	go func() { defer n.wg.Done(); n.shareLoop(sb) }()
 }
 
-// forwardShared publishes a QoS 1/2 message for the other nodes' shared
-// subscriptions (see the top of this file), unless no node has a group
-// that could want it. Like Forward, it hands the message to NATS once:
-// the group's node is chosen by NATS, and a message to a node that dies
-// before it is in its member's session is lost for the group.
-func (n *Node) forwardShared(msg *broker.Message) {
+// forwardShared publishes a QoS 1/2 message for the shared subscriptions
+// (see the top of this file), unless no node has a group that could want
+// it. It is sent once, as a request: NATS chooses one node per group, and
+// the groups of the directory are waited for, as a part of c (the
+// publisher's commit), until each confirmed that the message is in its
+// member's session (sharedack.go).
+func (n *Node) forwardShared(c *commit, msg *broker.Message) {
 	if n.gc == nil {
 		return
 	}
@@ -427,7 +458,26 @@ func (n *Node) forwardShared(msg *broker.Message) {
 		}
 		return
 	}
-	if err := n.publishForwarded(subj, data, msg); err != nil {
+	m := n.forwardedMsg(subj, data, msg)
+	var req *shareReq
+	if expect := n.expectedGroups(msg.Topic); len(expect) > 0 {
+		if req = n.newRequest(c, data, expect); req != nil {
+			m.Reply, req.topic = req.reply, msg.Topic
+		} else {
+			n.share.unconfirmed.Add(1)
+		}
+	}
+	n.pubMu.Lock()
+	n.number(m)
+	err = n.nc.PublishMsg(m)
+	n.pubMu.Unlock()
+	if req != nil {
+		n.share.ack.mu.Lock()
+		req.hdr = m.Header
+		n.share.ack.mu.Unlock()
+	}
+	if err != nil {
+		// A request is sent again by ackLoop.
 		n.forwardFailed("cluster: message of a shared subscription not forwarded", msg.Topic, err)
 		return
 	}

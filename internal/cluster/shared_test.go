@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -459,4 +461,182 @@ func TestShareWeightFollowsMembers(t *testing.T) {
 	if w := weightOf(nodes[1].node, "wg", "wt/#"); w != 1 {
 		t.Fatalf("n2 with an offline session in the group has weight %d, want 1", w)
 	}
+}
+
+// TestSharedQoS1NodeLoss: a group with members on n1 (a persistent
+// session) and n2 takes QoS 1 messages published on n3 by four
+// publishers; n1 then takes messages without ever committing them (as a
+// node that dies between receiving and committing) and dies: its NATS
+// server goes away under it. Every message whose publisher got its PUBACK
+// reaches the group, from n2's member or from n1's member's session
+// resumed on n2; the messages n1 swallowed were sent again.
+func TestSharedQoS1NodeLoss(t *testing.T) {
+	nodes := startCluster(t, 3)
+	const filter = "$share/loss/ld/#"
+	m1c, _ := dialSession(t, nodes[0].addr, "lm1", client.V5)
+	subscribe(t, m1c, 1, filter)
+	m1 := &member{name: "m1@n1", c: m1c}
+	m2 := &member{name: "m2@n2", c: dial(t, nodes[1].addr, "lm2", client.V5)}
+	subscribe(t, m2.c, 1, filter)
+	probe := dial(t, nodes[2].addr, "lprobe", client.V5)
+	awaitGroupRoutes(t, probe, "ld/probe", m1, m2)
+	testutil.WaitFor(t, "n3 to know the group", 30*time.Second, func() bool {
+		return len(nodes[2].node.expectedGroups("ld/x")) == 1
+	})
+
+	const pubs, perPub = 4, 150
+	var acked sync.Map // payload → true once PUBACKed
+	var wg sync.WaitGroup
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	progress := make([]atomic.Int64, pubs)
+	for p := range pubs {
+		c := dial(t, nodes[2].addr, fmt.Sprintf("lpub%d", p), client.V5)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range perPub {
+				payload := fmt.Sprintf("%d-%d", p, i)
+				if err := c.Publish(ctx, &client.Message{Topic: fmt.Sprintf("ld/%d", p), QoS: 1, Payload: []byte(payload)}); err != nil {
+					t.Logf("publisher %d: %v (not acknowledged, so not owed)", p, err)
+					return
+				}
+				acked.Store(payload, true)
+				progress[p].Add(1)
+			}
+		}()
+	}
+	t.Cleanup(wg.Wait)
+	testutil.WaitFor(t, "load under way", 60*time.Second, func() bool { return progress[0].Load() >= 30 })
+	nodes[0].node.share.ack.swallow.Store(true)
+	testutil.WaitFor(t, "n1 to swallow messages", 60*time.Second, func() bool {
+		return nodes[0].node.share.ack.swallowed.Load() >= 1
+	})
+	// n1 dies: its NATS server first (its routes close under it), then
+	// its broker, which drops what it held in memory.
+	nodes[0].node.srv.Shutdown()
+	m1c.Close()
+	sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+	_ = nodes[0].srv.Shutdown(sctx)
+	scancel()
+	wg.Wait()
+
+	m1b, present := dialSession(t, nodes[1].addr, "lm1", client.V5)
+	if !present {
+		t.Fatal("n1's member resumed without its session")
+	}
+	received := map[string]int{}
+	deadline := time.After(60 * time.Second)
+	missing := func() []string {
+		var out []string
+		acked.Range(func(k, _ any) bool {
+			if received[k.(string)] == 0 {
+				out = append(out, k.(string))
+			}
+			return true
+		})
+		return out
+	}
+	old := m1c.Messages() // closed, with what n1 sent before it died
+	for len(missing()) > 0 {
+		select {
+		case m, ok := <-old:
+			if !ok {
+				old = nil
+				continue
+			}
+			received[string(m.Payload)]++
+		case m := <-m1b.Messages():
+			received[string(m.Payload)]++
+		case m := <-m2.c.Messages():
+			received[string(m.Payload)]++
+		case <-deadline:
+			t.Fatalf("acknowledged messages lost: %v", missing())
+		}
+	}
+	n := 0
+	acked.Range(func(_, _ any) bool { n++; return true })
+	st := nodes[2].node.ShareStats()
+	t.Logf("%d messages acknowledged, all received; n3: %+v; n1 swallowed %d", n, st, nodes[0].node.share.ack.swallowed.Load())
+	if st.Retried == 0 {
+		t.Error("n3 sent nothing again")
+	}
+}
+
+// TestSharedSoleMemberMoves: the only member of a group, a persistent
+// session, moves from n1 to n2 (its client connects there and takes the
+// session over) while QoS 1 messages for the group are published on n3.
+// For an instant no node has a member of the group; the messages
+// published then wait for the member to join on n2 and are sent to it
+// there. Every message whose publisher got its PUBACK reaches the
+// member, on its old connection or on its new one.
+func TestSharedSoleMemberMoves(t *testing.T) {
+	nodes := startCluster(t, 3)
+	const filter = "$share/solo/sm/#"
+	old, _ := dialSession(t, nodes[0].addr, "smove", client.V5)
+	subscribe(t, old, 1, filter)
+	probe := dial(t, nodes[2].addr, "smprobe", client.V5)
+	awaitGroupRoutes(t, probe, "sm/probe", &member{name: "old", c: old})
+	testutil.WaitFor(t, "n3 to know the group", 30*time.Second, func() bool {
+		return len(nodes[2].node.expectedGroups("sm/x")) == 1
+	})
+
+	const n = 300
+	var acked sync.Map
+	var progress atomic.Int64
+	pub := dial(t, nodes[2].addr, "smpub", client.V5)
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := range n {
+			if err := pub.Publish(ctx, &client.Message{Topic: "sm/x", QoS: 1, Payload: []byte(strconv.Itoa(i))}); err != nil {
+				t.Logf("publish %d: %v (not acknowledged, so not owed)", i, err)
+				return
+			}
+			acked.Store(strconv.Itoa(i), true)
+			progress.Add(1)
+		}
+	}()
+	t.Cleanup(wg.Wait)
+	testutil.WaitFor(t, "load under way", 60*time.Second, func() bool { return progress.Load() >= 50 })
+	moved, present := dialSession(t, nodes[1].addr, "smove", client.V5)
+	if !present {
+		t.Fatal("the member's session was not present on n2")
+	}
+	wg.Wait()
+
+	received := map[string]int{}
+	oldCh := old.Messages()
+	missing := func() (out []string) {
+		acked.Range(func(k, _ any) bool {
+			if received[k.(string)] == 0 {
+				out = append(out, k.(string))
+			}
+			return true
+		})
+		return out
+	}
+	deadline := time.After(60 * time.Second)
+	for len(missing()) > 0 {
+		select {
+		case m, ok := <-oldCh:
+			if !ok {
+				oldCh = nil
+				continue
+			}
+			received[string(m.Payload)]++
+		case m := <-moved.Messages():
+			received[string(m.Payload)]++
+		case <-deadline:
+			t.Fatalf("acknowledged messages lost in the move: %v", missing())
+		}
+	}
+	dups := 0
+	for _, c := range received {
+		dups += max(c-1, 0)
+	}
+	t.Logf("%d acknowledged, all received (%d again); n3: %+v", progress.Load(), dups, nodes[2].node.ShareStats())
 }
