@@ -157,8 +157,8 @@ func TestAdoptSessionsOfDeadNode(t *testing.T) {
 	defer cancel()
 	testutil.WaitFor(t, "the pending will and the claims in the cluster", 30*time.Second, func() bool {
 		r, err := nodes[0].node.getRecord(ctx, sessSubject("dying", "w"))
-		keys := claimKeys(t, nodes[0])
-		return err == nil && r != nil && len(r.data) > 0 && slices.Contains(keys, "online") && slices.Contains(keys, "dying")
+		keys, ok := claimKeys(t, nodes[0])
+		return ok && err == nil && r != nil && len(r.data) > 0 && slices.Contains(keys, "online") && slices.Contains(keys, "dying")
 	})
 
 	crashNode(t, nodes[2])
@@ -200,8 +200,8 @@ func TestAdoptSessionsOfDeadNode(t *testing.T) {
 		return sessionNode(t, nodes[0].node, "brief") == ""
 	})
 	testutil.WaitFor(t, "the dead node's claims removed", 30*time.Second, func() bool {
-		keys := claimKeys(t, nodes[0])
-		return !slices.Contains(keys, "online") && !slices.Contains(keys, "dying") && !slices.Contains(keys, "brief")
+		keys, ok := claimKeys(t, nodes[0])
+		return ok && !slices.Contains(keys, "online") && !slices.Contains(keys, "dying") && !slices.Contains(keys, "brief")
 	})
 
 	// The dead node comes back: it imports none of them, fires no will.
