@@ -21,6 +21,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
 	"net"
 	"net/url"
@@ -177,6 +178,7 @@ type Node struct {
 
 	// The durable stream (durable.go) and the Persistence (persist.go).
 	dur        durableState
+	ic         interestState // interest.go
 	dstats     durableCounters
 	pub        *publisher
 	persist    atomic.Pointer[persistence]
@@ -229,6 +231,7 @@ func Start(cfg Config) (*Node, error) {
 	n.sec = secState{wake: make(chan struct{}, 1), events: make(chan *nats.Msg, 1024),
 		writes: newPendingQueue[secKey, secRecord](cmp.Or(cfg.MaxPendingSecurity, maxPendingSecurity), false)}
 	n.dur.init()
+	n.ic.wake, n.ic.cache.seed = make(chan struct{}, 1), maphash.MakeSeed()
 	n.sess.init()
 	n.pub = newPublisher(n)
 	n.replicas = cfg.Replicas
@@ -428,6 +431,7 @@ func (n *Node) Attach(b Broker) {
 		go func() { defer n.wg.Done(); n.kvLoop() }()
 		n.attachShared(b)
 		n.attachSecurity()
+		n.startVersions()
 		n.startOps()
 		n.startDurable()
 	})
@@ -454,18 +458,23 @@ func (n *Node) Close() {
 
 // Interest implements broker.Cluster: one NATS subscription per subject
 // of filter, all delivering into one queue so that copies of a message
-// through overlapping filters arrive one after another.
+// through overlapping filters arrive one after another. The filter's
+// interest markers (durable.go) follow its subscriptions and go before
+// them: on any other node's server, a marker is never there without the
+// subscriptions, so a node that sees the marker and forwards a QoS 0
+// message (interest.go) reaches them.
 func (n *Node) Interest(filter string, on bool) {
 	n.subMu.Lock()
 	defer n.subMu.Unlock()
-	n.markInterest(filter, on)
 	if !on {
+		n.markInterest(filter, false)
 		for _, s := range n.subs[filter] {
 			_ = s.Unsubscribe()
 		}
 		delete(n.subs, filter)
 		return
 	}
+	defer n.markInterest(filter, true)
 	if _, ok := n.subs[filter]; ok {
 		return
 	}
@@ -488,8 +497,12 @@ func (n *Node) Interest(filter string, on bool) {
 }
 
 // Forward implements broker.Cluster: msg is published once, on its
-// topic's subject; NATS delivers it once to each node with interest.
+// topic's subject, when another node has interest in it (interest.go);
+// NATS delivers it once to each node with interest.
 func (n *Node) Forward(msg *broker.Message) {
+	if !n.wantsQoS0(msg.Topic) {
+		return // no other node wants it (interest.go)
+	}
 	data, err := encodeMessage(msg, time.Now())
 	if err != nil {
 		if !errors.Is(err, errExpired) {
