@@ -459,10 +459,10 @@ func (n *Node) Close() {
 // Interest implements broker.Cluster: one NATS subscription per subject
 // of filter, all delivering into one queue so that copies of a message
 // through overlapping filters arrive one after another. The filter's
-// interest markers (durable.go) follow its subscriptions and go before
-// them: on any other node's server, a marker is never there without the
-// subscriptions, so a node that sees the marker and forwards a QoS 0
-// message (interest.go) reaches them.
+// interest markers (durable.go) are subscribed after these subscriptions,
+// on the same connection: on any other node's server a new marker is
+// never there without them, so a node that sees the marker and forwards
+// a QoS 0 message (interest.go) reaches them.
 func (n *Node) Interest(filter string, on bool) {
 	n.subMu.Lock()
 	defer n.subMu.Unlock()
