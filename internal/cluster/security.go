@@ -29,8 +29,10 @@ import (
 //     node, holding that node's latest certificate revocation list of that
 //     issuer (RevocationHandler.Revocations, when the Security implements
 //     it). A node that was down, partitioned or not yet started reads
-//     every list at start-up or when it rejoins: revocations are final,
-//     so they must not depend on being connected at the right moment.
+//     every list at start-up or when it rejoins, and every node reads
+//     them whole every revocationReread besides the watch: revocations
+//     are final, so they must not depend on being connected at the right
+//     moment.
 //   - Events: core NATS subjects moat.sec.<kind>, delivered to the nodes
 //     connected at that moment (Security.Event): re-evaluations of the
 //     live clients after a revocation or a removed password.
@@ -53,6 +55,14 @@ const (
 // values (its maximum value size allows for the record's encoding), so
 // that one node cannot fill the other nodes' memory with one list.
 const MaxRevocationList = 4 << 20
+
+// revocationReread is how often the revocation lists are read whole
+// besides the watch; maxRevocationKeys bounds the lists read and
+// remembered.
+const (
+	revocationReread  = 5 * time.Second
+	maxRevocationKeys = 4096
+)
 
 // maxRevocationValue is the bucket's maximum value size: a list of
 // MaxRevocationList in its record (base64 and JSON).
@@ -295,7 +305,13 @@ func (n *Node) securityLoop() {
 	}
 	purge := time.NewTicker(time.Hour)
 	defer purge.Stop()
-	var retry <-chan time.Time // while changes wait for a failed write
+	// The revocation lists are also read whole every revocationReread:
+	// a list a watch missed (a node that joined while the bucket's
+	// leader changed) is applied within that time all the same.
+	reread := time.NewTicker(revocationReread)
+	defer reread.Stop()
+	revSeen := map[string]uint64{} // key → revision reported
+	var retry <-chan time.Time     // while changes wait for a failed write
 	banUpdates, fileUpdates, revUpdates := bw.Updates(), fw.Updates(), rw.Updates()
 	for {
 		select {
@@ -342,11 +358,15 @@ func (n *Node) securityLoop() {
 				continue
 			}
 			if e == nil {
+				// And once read whole, before the node is in sync.
+				n.rereadRevocations(kvs.revocations, revSeen)
 				revInit = false
 				synced()
 				continue
 			}
-			n.applyRevocations(e)
+			n.applyRevocations(e, revSeen)
+		case <-reread.C:
+			n.rereadRevocations(kvs.revocations, revSeen)
 		case m := <-s.events:
 			n.applyEvent(m)
 		case <-s.wake:
@@ -477,9 +497,12 @@ func (n *Node) applyFile(name string, e jetstream.KeyValueEntry) {
 // applyRevocations reports a revocation list of the bucket, when the
 // Security takes them. The list's size is bounded by the bucket; the
 // issuer and node come from the key.
-func (n *Node) applyRevocations(e jetstream.KeyValueEntry) {
-	if n.sec.rev == nil {
+func (n *Node) applyRevocations(e jetstream.KeyValueEntry, seen map[string]uint64) {
+	if n.sec.rev == nil || seen[e.Key()] == e.Revision() {
 		return
+	}
+	if len(seen) < maxRevocationKeys {
+		seen[e.Key()] = e.Revision()
 	}
 	k, err := keyString(e.Key())
 	issuer, node, found := strings.Cut(k, "\x00")
@@ -498,6 +521,31 @@ func (n *Node) applyRevocations(e jetstream.KeyValueEntry) {
 		return
 	}
 	n.sec.rev.Revocations(node, issuer, r.Data)
+}
+
+// rereadRevocations reads every list of the bucket and reports those not
+// reported yet.
+func (n *Node) rereadRevocations(kv jetstream.KeyValue, seen map[string]uint64) {
+	if n.sec.rev == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(n.ctx, 10*time.Second)
+	defer cancel()
+	lister, err := kv.ListKeys(ctx)
+	if err != nil {
+		return
+	}
+	var keys []string
+	for k := range lister.Keys() {
+		if len(keys) < maxRevocationKeys {
+			keys = append(keys, k)
+		}
+	}
+	for _, k := range keys {
+		if e, err := kv.Get(ctx, k); err == nil {
+			n.applyRevocations(e, seen)
+		}
+	}
 }
 
 func (n *Node) applyEvent(m *nats.Msg) {
