@@ -11,10 +11,13 @@
 #            cost of the cluster code with clustering off
 #   single   one node, this tree's moat, no cluster section
 #   local    the three-node cluster, publishers and subscribers on node 1
-#            (the cluster's cost when nothing crosses: every message is
-#            still handed to NATS once, which drops it without interest)
+#            (the cluster's cost when nothing crosses)
 #   cross    the three-node cluster, publishers on node 1, subscribers on
 #            node 3 (--sub-addr): every message crosses one route
+#   localref with BENCH_LOCAL_REF: a second three-node cluster of moat
+#            built from that revision, publishers and subscribers on its
+#            node 1 (local against localref: a change of the cluster's
+#            cost when nothing crosses, under the same load)
 #
 # Each round runs a throughput run (closed loop: publishers pause while
 # BENCH_BACKLOG deliveries are outstanding, so the figure is the rate
@@ -32,8 +35,14 @@
 #   BENCH_BASE_REF   git revision of base                     (a90e398^1;
 #                    "" skips base and merged)
 #   BENCH_MERGE_REF  git revision of merged                   (a90e398)
+#   BENCH_QOS        QoS of the messages                      (1)
+#   BENCH_NAMES      brokers to run, of single local cross
+#                    (base and merged follow BENCH_BASE_REF,
+#                    localref BENCH_LOCAL_REF)               (single local cross)
+#   BENCH_LOCAL_REF  git revision of localref                 ("": none)
 #   BENCH_PORT_BASE  ports PORT+1..3 routes, +11..13 MQTT of the nodes,
-#                    +21 single, +22 base, +23 merged         (27400)
+#                    +21 single, +22 base, +23 merged, +31..33 and
+#                    +41..43 localref's routes and MQTT       (27400)
 #   BENCH_OUT        results directory                        (bench/results/cluster-DATE)
 #
 # Everything listens on 127.0.0.1. Nothing here is a steady lab: on a
@@ -48,6 +57,9 @@ BACKLOG=${BENCH_BACKLOG:-1000}
 RATE=${BENCH_RATE:-100}
 BASE_REF=${BENCH_BASE_REF-a90e398^1}
 MERGE_REF=${BENCH_MERGE_REF:-a90e398}
+QOS=${BENCH_QOS:-1}
+read -r -a BASE_NAMES <<<"${BENCH_NAMES:-single local cross}"
+LOCAL_REF=${BENCH_LOCAL_REF:-}
 PB=${BENCH_PORT_BASE:-27400}
 OUT=${BENCH_OUT:-bench/results/cluster-$(date -u +%Y%m%dT%H%M%SZ)}
 WORK=$(mktemp -d)
@@ -73,11 +85,14 @@ if [ -n "$BASE_REF" ]; then
 	build "$BASE_REF" base
 	build "$MERGE_REF" merged
 fi
+if [ -n "$LOCAL_REF" ]; then
+	build "$LOCAL_REF" localref
+fi
 
-# conf DIR MQTT_PORT [NODE_INDEX]: a node's configuration; with an index,
-# a cluster section.
+# conf DIR MQTT_PORT [NODE_INDEX [ROUTE_BASE]]: a node's configuration;
+# with an index, a cluster section (routes ROUTE_BASE+1..3, default PB).
 conf() {
-	local dir=$1 port=$2 i=${3:-}
+	local dir=$1 port=$2 i=${3:-} rb=${4:-$PB}
 	mkdir -p "$dir"
 	cat >"$dir/moat.yaml" <<EOF
 data_dir: data
@@ -94,8 +109,8 @@ EOF
 cluster:
   name: bench
   node: node$i
-  listen: "127.0.0.1:$((PB + i))"
-  peers: ["127.0.0.1:$((PB + 1))", "127.0.0.1:$((PB + 2))", "127.0.0.1:$((PB + 3))"]
+  listen: "127.0.0.1:$((rb + i))"
+  peers: ["127.0.0.1:$((rb + 1))", "127.0.0.1:$((rb + 2))", "127.0.0.1:$((rb + 3))"]
 EOF
 	fi
 }
@@ -132,11 +147,21 @@ if [ -n "$BASE_REF" ]; then
 	MERGED_PID=$(start "$WORK/moat-merged" "$WORK/merged")
 	PIDS+=("$BASE_PID" "$MERGED_PID")
 fi
+if [ -n "$LOCAL_REF" ]; then
+	for i in 1 2 3; do
+		conf "$WORK/ref$i" $((PB + 40 + i)) "$i" $((PB + 30))
+		pid=$(start "$WORK/moat-localref" "$WORK/ref$i")
+		PIDS+=("$pid")
+		if [ "$i" = 1 ]; then REF1_PID=$pid; fi
+	done
+	for p in $((PB + 41)) $((PB + 42)) $((PB + 43)); do waitport "$p"; done
+fi
 for p in $((PB + 11)) $((PB + 12)) $((PB + 13)) $((PB + 21)); do waitport "$p"; done
 if [ -n "$BASE_REF" ]; then waitport $((PB + 22)) && waitport $((PB + 23)); fi
 echo "waiting for the cluster's key-value store ..." >&2
 for _ in $(seq 1 600); do
-	grep -q "key-value store ready" "$WORK/node1/serve.log" && grep -q "key-value store ready" "$WORK/node3/serve.log" && break
+	grep -q "key-value store ready" "$WORK/node1/serve.log" && grep -q "key-value store ready" "$WORK/node3/serve.log" &&
+		{ [ -z "$LOCAL_REF" ] || grep -q "key-value store ready" "$WORK/ref1/serve.log"; } && break
 	sleep 0.1
 done
 
@@ -151,6 +176,7 @@ run() {
 	merged) addr=127.0.0.1:$((PB + 23)) pid=$MERGED_PID ;;
 	single) addr=127.0.0.1:$((PB + 21)) pid=$SINGLE_PID ;;
 	local) addr=127.0.0.1:$((PB + 11)) pid=$NODE1_PID ;;
+	localref) addr=127.0.0.1:$((PB + 41)) pid=$REF1_PID ;;
 	cross) addr=127.0.0.1:$((PB + 11)) pid=$NODE1_PID extra=(--sub-addr 127.0.0.1:$((PB + 13))) ;;
 	esac
 	if [ "$kind" = tput ]; then
@@ -160,15 +186,16 @@ run() {
 	fi
 	local t0 t1
 	t0=$(ticks "$NODE3_PID")
-	"$WORK/moat" bench p2p --addr "$addr" --pubs "$PAIRS" --subs "$PAIRS" --qos 1 --size 64 -d "$DUR" --drain 3s \
+	"$WORK/moat" bench p2p --addr "$addr" --pubs "$PAIRS" --subs "$PAIRS" --qos "$QOS" --size 64 -d "$DUR" --drain 3s \
 		--broker-pid "$pid" --quiet --topic "bench/$name/$kind/$round" --label "$name" \
 		--json "$OUT/$name-$kind-$round.json" "${extra[@]}" >/dev/null
 	t1=$(ticks "$NODE3_PID")
 	echo "$(( t1 - t0 ))" >"$OUT/$name-$kind-$round.node3ticks"
 }
 
-NAMES=(single local cross)
+NAMES=("${BASE_NAMES[@]}")
 if [ -n "$BASE_REF" ]; then NAMES=(base merged "${NAMES[@]}"); fi
+if [ -n "$LOCAL_REF" ]; then NAMES+=(localref); fi
 for r in $(seq 1 "$ROUNDS"); do
 	order=("${NAMES[@]}")
 	if [ $((r % 2)) -eq 0 ]; then # reverse every other round

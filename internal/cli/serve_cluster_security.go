@@ -16,7 +16,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -53,10 +52,12 @@ import (
 //     gained serials: moat ca revoke, the admin API, a shared CA
 //     directory) and a password removed or changed are sent to the other
 //     nodes, which re-evaluate their live clients at once through the one
-//     loss-of-access path (broker.Server.Reevaluate). A node that keeps the
-//     same Moat CA (a copy of its directory) also records the revocation
-//     in its copy, after checking the CRL's signature, so that it refuses
-//     the certificate from then on.
+//     loss-of-access path (broker.Server.Reevaluate).
+//   - Revocation lists. The CRLs are also cluster state, for the nodes
+//     that miss the event (serve_cluster_revoked.go): every node refuses
+//     what any node's list revokes, and a node that keeps the same Moat CA
+//     (a copy of its directory) also records the revocation in its copy,
+//     after checking the CRL's signature.
 //
 // Each node keeps its own audit chain; what it applies for another node
 // names that node (origin_node).
@@ -71,6 +72,7 @@ type clusterSecurity struct {
 	d    *defense    // nil without defense or audit
 	a    *accessPlan // nil without access control
 	crls *caCRLs     // the CAs this node keeps; nil: none
+	revs *clusterRevocations
 
 	mu       sync.Mutex
 	applying map[string]string    // ban ID → origin, while the guard adds another node's ban
@@ -131,7 +133,7 @@ const eventReevaluate = "reevaluate"
 // the cluster. Called by planCluster once the node runs.
 func (p *servePlan) planClusterSecurity() {
 	cs := &clusterSecurity{node: p.cluster, self: p.cfg.Cluster.Node, log: p.log.With("component", "cluster"),
-		d: p.defense, a: p.access, crls: p.crls,
+		d: p.defense, a: p.access, crls: p.crls, revs: p.clusterRevocations(),
 		applying: map[string]string{}, removing: map[string]string{}, known: map[string]knownBan{},
 		refused: map[string]bool{}, refusedErr: map[string]error{},
 		crlSeen: map[string]crlMemory{}, files: map[string]*sharedFile{}}
@@ -155,7 +157,12 @@ func (p *servePlan) planClusterSecurity() {
 	for _, f := range p.crlFiles() {
 		if abs, err := filepath.Abs(f); err == nil {
 			crlFiles = append(crlFiles, abs)
-			cs.readCRL(abs) // the baseline: revocations before the start are no events
+			// The baseline: revocations before the start are no events,
+			// but the cluster gets the list (revocations made while this
+			// node was cut off or down must reach the others).
+			if crl, ok := cs.readCRL(abs); ok {
+				cs.putRevocations(abs, crl)
+			}
 		}
 	}
 	p.cluster.SetSecurity(cs)
@@ -644,7 +651,6 @@ func (cs *clusterSecurity) Event(origin, kind string, data []byte) {
 		cs.log.Warn("cluster: unknown security event ignored", "origin_node", origin, "kind", clipLog(kind))
 		return
 	}
-	srv := cs.server()
 	var match func(c *broker.Client) bool
 	switch r.Trigger {
 	case "password":
@@ -655,32 +661,40 @@ func (cs *clusterSecurity) Event(origin, kind string, data []byte) {
 		match = func(c *broker.Client) bool { return c.Grants().Backend == "passwd" && users[c.Username] }
 	case "revocation":
 		crl, err := x509.ParseRevocationList(r.CRL)
-		if err != nil {
+		if err != nil || len(r.CRL) > cluster.MaxRevocationList {
 			cs.log.Warn("cluster: revocation of another node with a malformed CRL ignored", "origin_node", origin, "err", err)
 			return
 		}
-		serials := map[string]bool{}
-		for _, s := range r.Serials {
-			serials[strings.ToLower(s)] = true
-		}
-		match = func(c *broker.Client) bool {
-			certs := c.PeerCertificates()
-			return len(certs) > 0 && bytes.Equal(certs[0].RawIssuer, crl.RawIssuer) && serials[certs[0].SerialNumber.Text(16)]
-		}
-		cs.revokeHere(origin, crl, serials)
+		cs.takeRevocations(origin, crl, clipLog(r.Reason))
+		return
 	default:
 		return
 	}
+	cs.reevaluate(origin, r.Trigger, clipLog(r.Reason), match)
+}
+
+// reevaluate disconnects the live clients match selects after another
+// node's change.
+func (cs *clusterSecurity) reevaluate(origin, trigger, reason string, match func(c *broker.Client) bool) {
+	srv := cs.server()
 	if srv == nil {
 		return
 	}
-	reason := clipLog(r.Reason) + " (on node " + origin + ")"
-	res := reevaluate(srv, cs.record, r.Trigger, broker.Reevaluation{Match: match, Disconnect: true,
-		Code: packet.NotAuthorized, Reason: reason})
+	res := reevaluate(srv, cs.record, trigger, broker.Reevaluation{Match: match, Disconnect: true,
+		Code: packet.NotAuthorized, Reason: reason + " (on node " + origin + ")"})
 	if res.Disconnected > 0 {
-		cs.log.Warn("cluster: live clients disconnected after another node's change", "trigger", r.Trigger, "origin_node", origin,
+		cs.log.Warn("cluster: live clients disconnected after another node's change", "trigger", trigger, "origin_node", origin,
 			"disconnected", res.Disconnected)
 	}
+}
+
+// cutRevoked disconnects the live clients whose certificate (issuer and
+// serial, hex) crl revokes among serials.
+func (cs *clusterSecurity) cutRevoked(origin string, crl *x509.RevocationList, serials map[string]bool, reason string) {
+	cs.reevaluate(origin, "revocation", reason, func(c *broker.Client) bool {
+		certs := c.PeerCertificates()
+		return len(certs) > 0 && bytes.Equal(certs[0].RawIssuer, crl.RawIssuer) && serials[certs[0].SerialNumber.Text(16)]
+	})
 }
 
 func (cs *clusterSecurity) server() *broker.Server {
@@ -801,4 +815,5 @@ func (cs *clusterSecurity) checkCRL(path string) {
 	cs.log.Info("cluster: certificates revoked here; telling the other nodes", "crl", path, "serials", serials)
 	cs.publish(reevaluation{Trigger: "revocation", CRL: crl.Raw, Serials: serials,
 		Reason: "certificate revoked (" + crl.Issuer.String() + ")"})
+	cs.putRevocations(path, crl)
 }

@@ -13,8 +13,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -30,10 +32,13 @@ import (
 
 // inprocNode is one node of a cluster served in this process.
 type inprocNode struct {
+	name       string
 	plan       *servePlan
 	logs       *testutil.Buffer
 	dir, data  string
+	cfgFile    string
 	plain, tls string // listener addresses
+	stop       func() // stops serving; the test's end does too
 }
 
 // copyTree copies the directory src to dst, keeping file modes.
@@ -113,29 +118,44 @@ func startInprocCluster(t *testing.T) ([]*inprocNode, *pki.CA, string) {
 		t.Fatal(err)
 	}
 	routes := []int{testutil.FreePort(t), testutil.FreePort(t), testutil.FreePort(t)}
+	var nodes []*inprocNode
+	for i := range 3 {
+		n := newInprocNode(t, base, caDir, i, routes)
+		n.start(t)
+		nodes = append(nodes, n)
+	}
+	for _, n := range nodes {
+		n.waitReady(t)
+	}
+	return nodes, ca, filepath.Join(base, "sensor-9")
+}
+
+// newInprocNode writes the directory and configuration of node i+1 of the
+// cluster of routes under base, with a copy of the CA in caDir.
+func newInprocNode(t *testing.T, base, caDir string, i int, routes []int) *inprocNode {
+	t.Helper()
 	var peers []string
 	for _, r := range routes {
 		peers = append(peers, fmt.Sprintf("%q", "127.0.0.1:"+strconv.Itoa(r)))
 	}
-	var nodes []*inprocNode
-	for i := range 3 {
-		n := &inprocNode{dir: filepath.Join(base, fmt.Sprintf("node%d", i+1)), logs: &testutil.Buffer{}}
-		n.data = filepath.Join(n.dir, "data")
-		copyTree(t, caDir, filepath.Join(n.data, "ca"))
-		pw := filepath.Join(n.dir, "passwd")
-		e, err := passwd.Edit(pw, true)
-		if err == nil {
-			err = e.Set("alice", []byte("alice-secret-1"))
-		}
-		if err == nil {
-			err = e.Write()
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		writeFile(t, filepath.Join(n.dir, "acl.conf"), aclV1)
-		cfgFile := filepath.Join(n.dir, "moat.yaml")
-		writeFile(t, cfgFile, fmt.Sprintf(`data_dir: %s
+	n := &inprocNode{name: fmt.Sprintf("node%d", i+1)}
+	n.dir = filepath.Join(base, n.name)
+	n.data = filepath.Join(n.dir, "data")
+	copyTree(t, caDir, filepath.Join(n.data, "ca"))
+	pw := filepath.Join(n.dir, "passwd")
+	e, err := passwd.Edit(pw, true)
+	if err == nil {
+		err = e.Set("alice", []byte("alice-secret-1"))
+	}
+	if err == nil {
+		err = e.Write()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(n.dir, "acl.conf"), aclV1)
+	n.cfgFile = filepath.Join(n.dir, "moat.yaml")
+	writeFile(t, n.cfgFile, fmt.Sprintf(`data_dir: %s
 listeners:
   - name: plain
     address: "127.0.0.1:0"
@@ -151,41 +171,55 @@ acl:
   acl_file: %s
 cluster:
   name: sec
-  node: node%d
+  node: %s
   listen: "127.0.0.1:%d"
   peers: [%s]
-`, n.data, pw, filepath.Join(n.dir, "acl.conf"), i+1, routes[i], strings.Join(peers, ", ")))
-		cfg, err := config.Load(cfgFile)
-		if err != nil {
-			t.Fatal(err)
-		}
-		n.plan, err = buildPlan(cfg, slog.New(slog.NewTextHandler(n.logs, &slog.HandlerOptions{Level: slog.LevelDebug})), false)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- n.plan.serve(ctx, Stdio{In: strings.NewReader(""), Out: io.Discard, Err: io.Discard}) }()
-		t.Cleanup(func() {
+`, n.data, pw, filepath.Join(n.dir, "acl.conf"), n.name, routes[i], strings.Join(peers, ", ")))
+	return n
+}
+
+// start serves the node until the test ends or stop is called; its
+// log starts empty.
+func (n *inprocNode) start(t *testing.T) {
+	t.Helper()
+	cfg, err := config.Load(n.cfgFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &testutil.Buffer{}
+	n.logs = logs
+	n.plan, err = buildPlan(cfg, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- n.plan.serve(ctx, Stdio{In: strings.NewReader(""), Out: io.Discard, Err: io.Discard}) }()
+	var once sync.Once
+	n.stop = func() {
+		once.Do(func() {
 			cancel()
 			<-done
 			if t.Failed() {
-				t.Logf("node%d log:\n%s", i+1, n.logs.String())
+				t.Logf("%s log:\n%s", n.name, logs.String())
 			}
 		})
-		nodes = append(nodes, n)
 	}
-	for i, n := range nodes {
-		testutil.CheckFor(t, 60*time.Second, func() error {
-			a := logAddrs(n.logs.String(), "serve: listener ready", "address")
-			if len(a) < 2 || !strings.Contains(n.logs.String(), "cluster: security state in sync") {
-				return fmt.Errorf("node%d not ready", i+1)
-			}
-			n.plain, n.tls = a[0], a[1]
-			return nil
-		})
-	}
-	return nodes, ca, filepath.Join(base, "sensor-9")
+	t.Cleanup(n.stop)
+}
+
+// waitReady waits until the node's listeners are ready and its security
+// state is in sync with the cluster's.
+func (n *inprocNode) waitReady(t *testing.T) {
+	t.Helper()
+	testutil.CheckFor(t, 60*time.Second, func() error {
+		a := logAddrs(n.logs.String(), "serve: listener ready", "address")
+		if len(a) < 2 || !strings.Contains(n.logs.String(), "cluster: security state in sync") {
+			return fmt.Errorf("%s not ready", n.name)
+		}
+		n.plain, n.tls = a[0], a[1]
+		return nil
+	})
 }
 
 func (n *inprocNode) auditFile() string { return filepath.Join(n.data, audit.DefaultFile) }
@@ -384,6 +418,117 @@ func TestClusterSecurityInProcess(t *testing.T) {
 			return nil
 		})
 	})
+}
+
+// deviceTLS issues a device certificate from ca and returns a client TLS
+// configuration presenting it, and its serial (hex).
+func deviceTLS(t *testing.T, ca *pki.CA, name string) (*tls.Config, string) {
+	t.Helper()
+	dev, err := ca.IssueDevice(name, nil, 24*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefix := filepath.Join(t.TempDir(), name)
+	if err := dev.WriteFiles(prefix); err != nil {
+		t.Fatal(err)
+	}
+	pair, err := tls.LoadX509KeyPair(prefix+".pem", prefix+".key")
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(pair.Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(ca.Root())
+	return &tls.Config{Certificates: []tls.Certificate{pair}, RootCAs: roots, ServerName: "127.0.0.1"}, leaf.SerialNumber.Text(16)
+}
+
+// TestClusterRevocationReachesStoppedAndLateNodes checks that revocations
+// are cluster state, not only events: a certificate revoked on node1
+// while node2 is stopped is refused by node2 as soon as it is back, and by
+// a fourth node started only afterwards, in real TLS handshakes. The
+// certificates are issued from node1's copy of the CA after it was copied,
+// so the other copies do not know them and cannot record the revocation:
+// the nodes refuse them from the cluster's revocation lists.
+func TestClusterRevocationReachesStoppedAndLateNodes(t *testing.T) {
+	base := t.TempDir()
+	caDir := filepath.Join(base, "ca")
+	if _, _, err := pki.OpenOrInit(caDir, pki.InitOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	routes := []int{testutil.FreePort(t), testutil.FreePort(t), testutil.FreePort(t)}
+	var nodes []*inprocNode
+	for i := range 3 {
+		n := newInprocNode(t, base, caDir, i, routes)
+		n.start(t)
+		nodes = append(nodes, n)
+	}
+	for _, n := range nodes {
+		n.waitReady(t)
+	}
+	// `moat ca issue --dir node1/data/ca`, twice.
+	ca1, err := pki.Open(filepath.Join(nodes[0].data, "ca"), pki.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	revokedTLS, serial := deviceTLS(t, ca1, "sensor-r")
+	keptTLS, _ := deviceTLS(t, ca1, "sensor-k")
+
+	dev, err := dialNode(t, nodes[1].tls, client.Config{ClientID: "sensor-r", TLSConfig: revokedTLS})
+	if err != nil {
+		t.Fatalf("the device before its revocation, on node2: %v", err)
+	}
+	nodes[1].stop()
+	waitGone(t, dev, "node2 stopped")
+
+	if _, err := ca1.Revoke(serial, pki.ReasonKeyCompromise); err != nil {
+		t.Fatal(err)
+	}
+	// node3 was up: it refuses the device within seconds.
+	testutil.CheckFor(t, 30*time.Second, func() error {
+		if _, err := dialNode(t, nodes[2].tls, client.Config{ClientID: "sensor-r", TLSConfig: revokedTLS}); err == nil {
+			return errors.New("the revoked device still connects to node3")
+		}
+		return nil
+	})
+	testutil.WaitFor(t, "node1's revocation list stored in the cluster", 30*time.Second, func() bool {
+		return nodes[0].plan.cluster.Status().SecurityPending == 0
+	})
+
+	// node2 comes back and refuses the device within seconds (its first
+	// reading of the bucket may not have the latest list yet; it reads
+	// them again every few seconds).
+	nodes[1].start(t)
+	nodes[1].waitReady(t)
+	testutil.CheckFor(t, 30*time.Second, func() error {
+		if _, err := dialNode(t, nodes[1].tls, client.Config{ClientID: "sensor-r", TLSConfig: revokedTLS}); err == nil {
+			return errors.New("node2, stopped during the revocation, accepts the revoked device after its restart")
+		}
+		return nil
+	})
+	if !strings.Contains(nodes[1].logs.String(), "revoked on node node1") {
+		t.Errorf("node2 did not log the cluster's revocation:\n%s", nodes[1].logs.String())
+	}
+	if _, err := dialNode(t, nodes[1].tls, client.Config{ClientID: "sensor-k", TLSConfig: keptTLS}); err != nil {
+		t.Fatalf("node2 refused a device that is not revoked: %v", err)
+	}
+
+	// A fourth node, started now for the first time.
+	routes4 := append(slices.Clone(routes), testutil.FreePort(t))
+	late := newInprocNode(t, base, caDir, 3, routes4)
+	late.start(t)
+	late.waitReady(t)
+	testutil.CheckFor(t, 30*time.Second, func() error {
+		if _, err := dialNode(t, late.tls, client.Config{ClientID: "sensor-r", TLSConfig: revokedTLS}); err == nil {
+			return errors.New("a node started after the revocation accepts the revoked device")
+		}
+		return nil
+	})
+	if _, err := dialNode(t, late.tls, client.Config{ClientID: "sensor-k", TLSConfig: keptTLS}); err != nil {
+		t.Fatalf("the late node refused a device that is not revoked: %v", err)
+	}
 }
 
 // TestClusterBanThreeProcesses bans a client ID with `moat ban add` on the

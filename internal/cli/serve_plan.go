@@ -65,6 +65,10 @@ type servePlan struct {
 	admin       *adminPlan  // nil: no admin API (serve_admin.go)
 	live        *liveConfig // serve only: what a reload needs (serve_reload.go)
 
+	// revocations are the cluster's revocation lists
+	// (serve_cluster_revoked.go); nil without a cluster.
+	revocations *clusterRevocations
+
 	warnings []string // to log (serve) or print (--check)
 	notes    []string // what serve does at start that --check does not (creating the built-in CA)
 	errs     []planProblem
@@ -419,6 +423,9 @@ func (p *servePlan) planTLS(i int, pl *plannedListener) {
 		tlc.DisableOCSPStapling = true
 	} else {
 		tlc.CRLRenewers = p.crls.renewers(l.Name, tlc.CRLFiles)
+		if r := p.clusterRevocations(); r != nil {
+			tlc.Revoked = r.revoked // revocations of the other nodes
+		}
 	}
 	if p.store != nil {
 		tlc.TicketKeyStore = storeTicketKeys{st: p.store, listener: l.Name}

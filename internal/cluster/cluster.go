@@ -21,6 +21,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
 	"net"
 	"net/url"
@@ -191,6 +192,7 @@ type Node struct {
 
 	// The durable stream (durable.go) and the Persistence (persist.go).
 	dur        durableState
+	ic         interestState // interest.go
 	dstats     durableCounters
 	pub        *publisher
 	persist    atomic.Pointer[persistence]
@@ -247,6 +249,7 @@ func Start(cfg Config) (*Node, error) {
 	n.sec = secState{wake: make(chan struct{}, 1), events: make(chan *nats.Msg, 1024),
 		writes: newPendingQueue[secKey, secRecord](cmp.Or(cfg.MaxPendingSecurity, maxPendingSecurity), false)}
 	n.dur.init()
+	n.ic.wake, n.ic.cache.seed = make(chan struct{}, 1), maphash.MakeSeed()
 	n.sess.init()
 	n.adopt.start = n.now()
 	n.pub = newPublisher(n)
@@ -458,6 +461,7 @@ func (n *Node) Attach(b Broker) {
 		go func() { defer n.wg.Done(); n.kvLoop() }()
 		n.attachShared(b)
 		n.attachSecurity()
+		n.startVersions()
 		n.startOps()
 		n.startDurable()
 	})
@@ -490,18 +494,23 @@ func (n *Node) Close() {
 
 // Interest implements broker.Cluster: one NATS subscription per subject
 // of filter, all delivering into one queue so that copies of a message
-// through overlapping filters arrive one after another.
+// through overlapping filters arrive one after another. The filter's
+// interest markers (durable.go) are subscribed after these subscriptions,
+// on the same connection: on any other node's server a new marker is
+// never there without them, so a node that sees the marker and forwards
+// a QoS 0 message (interest.go) reaches them.
 func (n *Node) Interest(filter string, on bool) {
 	n.subMu.Lock()
 	defer n.subMu.Unlock()
-	n.markInterest(filter, on)
 	if !on {
+		n.markInterest(filter, false)
 		for _, s := range n.subs[filter] {
 			_ = s.Unsubscribe()
 		}
 		delete(n.subs, filter)
 		return
 	}
+	defer n.markInterest(filter, true)
 	if _, ok := n.subs[filter]; ok {
 		return
 	}
@@ -524,8 +533,12 @@ func (n *Node) Interest(filter string, on bool) {
 }
 
 // Forward implements broker.Cluster: msg is published once, on its
-// topic's subject; NATS delivers it once to each node with interest.
+// topic's subject, when another node has interest in it (interest.go);
+// NATS delivers it once to each node with interest.
 func (n *Node) Forward(msg *broker.Message) {
+	if !n.wantsQoS0(msg.Topic) {
+		return // no other node wants it (interest.go)
+	}
 	data, err := encodeMessage(msg, time.Now())
 	if err != nil {
 		if !errors.Is(err, errExpired) {

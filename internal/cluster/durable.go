@@ -148,6 +148,10 @@ func (n *Node) markInterest(filter string, on bool) {
 	if _, ok := d.markers[filter]; ok || n.srv == nil {
 		return // an external NATS: interest is not looked up
 	}
+	// This node's interest version goes before the markers change, its
+	// next one after (interest.go).
+	n.versionsDown()
+	defer n.versionUp()
 	var list []*nats.Subscription
 	prefix := markerPrefix + keyOf(n.cfg.Node) + "."
 	for _, subj := range filterSubjects(filter) {
@@ -173,9 +177,17 @@ func (n *Node) dropLingering(now time.Time) {
 	n.subMu.Lock()
 	defer n.subMu.Unlock()
 	d := &n.dur
+	changed := false
 	for filter, until := range d.lingering {
 		if now.Before(until) {
 			continue
+		}
+		if !changed {
+			// Removals never lose a message, but a new version spares
+			// the other nodes forwarding what nobody here wants.
+			changed = true
+			n.versionsDown()
+			defer n.versionUp()
 		}
 		for _, s := range d.markers[filter] {
 			_ = s.Unsubscribe()
@@ -226,11 +238,8 @@ func (n *Node) needsStream(topic string) bool {
 	if n.peerMissing(acc, peers) {
 		return true
 	}
-	toks := topicTokens(topic)
-	for _, p := range peers {
-		if acc.Interest(p+toks) > 0 {
-			return true
-		}
+	if n.interest(acc, topic).yes {
+		return true
 	}
 	return n.peerMissing(acc, peers)
 }

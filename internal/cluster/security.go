@@ -25,6 +25,14 @@ import (
 //     access policy and password files), holding the file's content. A
 //     node that changed such a file puts it; the others write it to their
 //     file of that name (Security.FileSet).
+//   - Revocations: the bucket moat_revocations, one key per issuer and
+//     node, holding that node's latest certificate revocation list of that
+//     issuer (RevocationHandler.Revocations, when the Security implements
+//     it). A node that was down, partitioned or not yet started reads
+//     every list at start-up or when it rejoins, and every node reads
+//     them whole every revocationReread besides the watch: revocations
+//     are final, so they must not depend on being connected at the right
+//     moment.
 //   - Events: core NATS subjects moat.sec.<kind>, delivered to the nodes
 //     connected at that moment (Security.Event): re-evaluations of the
 //     live clients after a revocation or a removed password.
@@ -36,10 +44,29 @@ import (
 
 // Bucket names and the events' subject prefix.
 const (
-	bucketBans  = "moat_bans"
-	bucketFiles = "moat_files"
-	eventPrefix = "moat.sec."
+	bucketBans        = "moat_bans"
+	bucketFiles       = "moat_files"
+	bucketRevocations = "moat_revocations"
+	eventPrefix       = "moat.sec."
 )
+
+// MaxRevocationList is the largest revocation list (DER) PutRevocations
+// accepts: about 100,000 revoked serials. The bucket refuses larger
+// values (its maximum value size allows for the record's encoding), so
+// that one node cannot fill the other nodes' memory with one list.
+const MaxRevocationList = 4 << 20
+
+// revocationReread is how often the revocation lists are read whole
+// besides the watch; maxRevocationKeys bounds the lists read and
+// remembered.
+const (
+	revocationReread  = 5 * time.Second
+	maxRevocationKeys = 4096
+)
+
+// maxRevocationValue is the bucket's maximum value size: a list of
+// MaxRevocationList in its record (base64 and JSON).
+const maxRevocationValue = MaxRevocationList/3*4 + 4096
 
 // tombstoneAge is how long a lifted ban's tombstone stays in the bucket:
 // a node down for longer comes back with the bans of its own ban list,
@@ -64,6 +91,16 @@ type Security interface {
 	Synced(bans, files map[string]bool)
 	// Event reports an event of origin (PublishEvent).
 	Event(origin, kind string, data []byte)
+}
+
+// RevocationHandler is implemented by a Security that takes certificate
+// revocations from the cluster. Revocations reports origin's latest
+// revocation list of issuer (PutRevocations): at start-up every list the
+// bucket holds (before Synced), then every change. A list replaces the
+// earlier one of the same origin and issuer; those of different origins
+// add up. Called like Security's methods, one at a time.
+type RevocationHandler interface {
+	Revocations(origin, issuer string, list []byte)
 }
 
 // secRecord is the value of a key in the security buckets.
@@ -95,7 +132,8 @@ var ErrSecurityBacklog = errors.New("cluster unreachable")
 
 // secState is the security side of a Node.
 type secState struct {
-	h Security // set before Attach; nil: no security state
+	h   Security          // set before Attach; nil: no security state
+	rev RevocationHandler // h, when it takes revocations
 
 	writes     *pendingQueue[secKey, secRecord]
 	refusedLog rateLog // the refusals' log lines
@@ -106,7 +144,10 @@ type secState struct {
 
 // SetSecurity makes h receive the other nodes' security changes. Call it
 // once, before Attach; without it the Node carries no security state.
-func (n *Node) SetSecurity(h Security) { n.sec.h = h }
+func (n *Node) SetSecurity(h Security) {
+	n.sec.h = h
+	n.sec.rev, _ = h.(RevocationHandler)
+}
 
 // PutBan sets the ban record rec under id, cluster-wide, in the
 // background. An error (ErrSecurityBacklog) means the change was refused
@@ -126,6 +167,25 @@ func (n *Node) LiftBan(id string) error {
 func (n *Node) PutFile(name string, data []byte) error {
 	return n.queueSec(secKey{bucketFiles, keyOf(name)}, secRecord{Data: data})
 }
+
+// PutRevocations sets this node's revocation list of issuer (an ID the
+// caller derives from the issuer's name, letters, digits, '-' and '_')
+// to list, cluster-wide, in the background; errors as for PutBan. Every
+// node keeps its own list of each issuer under its own key, so that two
+// nodes revoking at the same moment (or on both sides of a partition)
+// never overwrite each other's revocations.
+func (n *Node) PutRevocations(issuer string, list []byte) error {
+	if issuer == "" || strings.ContainsAny(issuer, ".*> \t\r\n\x00") {
+		return errors.New("cluster: invalid revocation issuer")
+	}
+	if len(list) > MaxRevocationList {
+		return fmt.Errorf("cluster: revocation list of %d bytes is larger than the maximum of %d", len(list), MaxRevocationList)
+	}
+	return n.queueSec(secKey{bucketRevocations, revocationKey(issuer, n.cfg.Node)}, secRecord{Data: list})
+}
+
+// revocationKey is the bucket key of node's list of issuer.
+func revocationKey(issuer, node string) string { return keyOf(issuer + "\x00" + node) }
 
 // SecurityRoom tells whether a security change of a new key would be
 // accepted now (fewer than the maximum wait for the buckets). Safe for
@@ -197,10 +257,10 @@ func (n *Node) securityLoop() {
 		n.log.Error("cluster: JetStream unavailable; security state stays local", "err", err)
 		return
 	}
-	var bans, files jetstream.KeyValue
+	var kvs secBuckets
 	backoff := 100 * time.Millisecond
 	for {
-		bans, files, err = n.secBuckets(js)
+		kvs, err = n.secBuckets(js)
 		if err == nil {
 			break
 		}
@@ -215,23 +275,29 @@ func (n *Node) securityLoop() {
 		}
 		backoff = min(2*backoff, 2*time.Second)
 	}
-	bw, err := bans.WatchAll(n.ctx)
+	bw, err := kvs.bans.WatchAll(n.ctx)
 	if err != nil {
 		n.log.Error("cluster: watching bans failed", "err", err)
 		return
 	}
 	defer func() { _ = bw.Stop() }()
-	fw, err := files.WatchAll(n.ctx)
+	fw, err := kvs.files.WatchAll(n.ctx)
 	if err != nil {
 		n.log.Error("cluster: watching shared files failed", "err", err)
 		return
 	}
 	defer func() { _ = fw.Stop() }()
-	// The keys of the initial snapshots, until both are done.
+	rw, err := kvs.revocations.WatchAll(n.ctx)
+	if err != nil {
+		n.log.Error("cluster: watching revocations failed", "err", err)
+		return
+	}
+	defer func() { _ = rw.Stop() }()
+	// The keys of the initial snapshots, until all are done.
 	banKeys, fileKeys := map[string]bool{}, map[string]bool{}
-	bansInit, filesInit := true, true
+	bansInit, filesInit, revInit := true, true, true
 	synced := func() {
-		if !bansInit && !filesInit && banKeys != nil {
+		if !bansInit && !filesInit && !revInit && banKeys != nil {
 			s.h.Synced(banKeys, fileKeys)
 			n.log.Info("cluster: security state in sync", "bans", len(banKeys), "files", len(fileKeys))
 			banKeys, fileKeys = nil, nil
@@ -239,8 +305,14 @@ func (n *Node) securityLoop() {
 	}
 	purge := time.NewTicker(time.Hour)
 	defer purge.Stop()
-	var retry <-chan time.Time // while changes wait for a failed write
-	banUpdates, fileUpdates := bw.Updates(), fw.Updates()
+	// The revocation lists are also read whole every revocationReread:
+	// a list a watch missed (a node that joined while the bucket's
+	// leader changed) is applied within that time all the same.
+	reread := time.NewTicker(revocationReread)
+	defer reread.Stop()
+	revSeen := map[string]uint64{} // key → revision reported
+	var retry <-chan time.Time     // while changes wait for a failed write
+	banUpdates, fileUpdates, revUpdates := bw.Updates(), fw.Updates(), rw.Updates()
 	for {
 		select {
 		case <-n.ctx.Done():
@@ -279,35 +351,73 @@ func (n *Node) securityLoop() {
 				}
 				n.applyFile(name, e)
 			}
+		case e, ok := <-revUpdates:
+			if !ok {
+				n.log.Error("cluster: revocation watch ended; other nodes' revocations reach this node by events only")
+				revUpdates = nil
+				continue
+			}
+			if e == nil {
+				// And once read whole, before the node is in sync.
+				n.rereadRevocations(kvs.revocations, revSeen)
+				revInit = false
+				synced()
+				continue
+			}
+			n.applyRevocations(e, revSeen)
+		case <-reread.C:
+			n.rereadRevocations(kvs.revocations, revSeen)
 		case m := <-s.events:
 			n.applyEvent(m)
 		case <-s.wake:
-			if retry == nil && n.writeSec(bans, files) {
+			if retry == nil && n.writeSec(kvs) {
 				retry = time.After(2 * time.Second)
 			}
 		case <-retry:
 			retry = nil
-			if n.writeSec(bans, files) {
+			if n.writeSec(kvs) {
 				retry = time.After(2 * time.Second)
 			}
 		case <-purge.C:
-			n.purgeTombstones(bans)
+			n.purgeTombstones(kvs.bans)
 		}
 	}
 }
 
-// secBuckets creates or binds both buckets.
-func (n *Node) secBuckets(js jetstream.JetStream) (bans, files jetstream.KeyValue, err error) {
+// secBuckets are the security state's buckets.
+type secBuckets struct{ bans, files, revocations jetstream.KeyValue }
+
+func (b secBuckets) of(bucket string) jetstream.KeyValue {
+	switch bucket {
+	case bucketFiles:
+		return b.files
+	case bucketRevocations:
+		return b.revocations
+	}
+	return b.bans
+}
+
+// secBuckets creates or binds the buckets. Like every JetStream file of
+// the node, they are encrypted at rest with the node's store key.
+func (n *Node) secBuckets(js jetstream.JetStream) (b secBuckets, err error) {
 	ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
 	defer cancel()
-	bans, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucketBans, History: 1,
+	b.bans, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucketBans, History: 1,
 		Replicas: n.replicas, Storage: jetstream.FileStorage, Description: "Moat ban list"})
 	if err != nil {
-		return nil, nil, err
+		return b, err
 	}
-	files, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucketFiles, History: 1,
+	b.files, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucketFiles, History: 1,
 		Replicas: n.replicas, Storage: jetstream.FileStorage, Description: "Moat access policy and password files"})
-	return bans, files, err
+	if err != nil {
+		return b, err
+	}
+	// One list per issuer and node, each bounded: a node cannot make the
+	// others hold more than one list of MaxRevocationList per key.
+	b.revocations, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucketRevocations, History: 1,
+		Replicas: n.replicas, Storage: jetstream.FileStorage, MaxValueSize: maxRevocationValue,
+		Description: "Moat certificate revocation lists, per issuer and node"})
+	return b, err
 }
 
 // writeSec writes the queued changes, oldest first. When one fails
@@ -317,17 +427,14 @@ func (n *Node) secBuckets(js jetstream.JetStream) (bans, files jetstream.KeyValu
 // briefly unreachable. A change the bucket refuses outright is logged at
 // Error and counted (Status.SecurityRefused). It reports whether changes
 // are left.
-func (n *Node) writeSec(bans, files jetstream.KeyValue) (left bool) {
+func (n *Node) writeSec(kvs secBuckets) (left bool) {
 	q := n.sec.writes
 	for {
 		c, ok := q.front()
 		if !ok {
 			return false
 		}
-		kv := bans
-		if c.key.bucket == bucketFiles {
-			kv = files
-		}
+		kv := kvs.of(c.key.bucket)
 		val, err := json.Marshal(c.val)
 		if err == nil {
 			ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
@@ -384,6 +491,60 @@ func (n *Node) applyBan(id string, e jetstream.KeyValueEntry) {
 func (n *Node) applyFile(name string, e jetstream.KeyValueEntry) {
 	if r, ok := n.decodeSec(e); ok && !r.Lifted {
 		n.sec.h.FileSet(r.Node, name, r.Data, r.At)
+	}
+}
+
+// applyRevocations reports a revocation list of the bucket, when the
+// Security takes them. The list's size is bounded by the bucket; the
+// issuer and node come from the key.
+func (n *Node) applyRevocations(e jetstream.KeyValueEntry, seen map[string]uint64) {
+	if n.sec.rev == nil || seen[e.Key()] == e.Revision() {
+		return
+	}
+	if len(seen) < maxRevocationKeys {
+		seen[e.Key()] = e.Revision()
+	}
+	k, err := keyString(e.Key())
+	issuer, node, found := strings.Cut(k, "\x00")
+	if err != nil || !found || issuer == "" {
+		n.stats.decodeErrors.Add(1)
+		n.log.Warn("cluster: malformed revocation key ignored", "key", clip(e.Key()))
+		return
+	}
+	r, ok := n.decodeSec(e)
+	if !ok || r.Lifted || len(r.Data) == 0 {
+		return
+	}
+	if r.Node != node {
+		n.stats.decodeErrors.Add(1)
+		n.log.Warn("cluster: revocation list under another node's key ignored", "key", clip(k), "node", clip(r.Node))
+		return
+	}
+	n.sec.rev.Revocations(node, issuer, r.Data)
+}
+
+// rereadRevocations reads every list of the bucket and reports those not
+// reported yet.
+func (n *Node) rereadRevocations(kv jetstream.KeyValue, seen map[string]uint64) {
+	if n.sec.rev == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(n.ctx, 10*time.Second)
+	defer cancel()
+	lister, err := kv.ListKeys(ctx)
+	if err != nil {
+		return
+	}
+	var keys []string
+	for k := range lister.Keys() {
+		if len(keys) < maxRevocationKeys {
+			keys = append(keys, k)
+		}
+	}
+	for _, k := range keys {
+		if e, err := kv.Get(ctx, k); err == nil {
+			n.applyRevocations(e, seen)
+		}
 	}
 }
 

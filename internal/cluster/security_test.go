@@ -40,6 +40,9 @@ func (l *secLog) FileSet(origin, name string, data []byte, at time.Time) {
 func (l *secLog) Event(origin, kind string, data []byte) {
 	l.add("event " + origin + " " + kind + " " + string(data))
 }
+func (l *secLog) Revocations(origin, issuer string, list []byte) {
+	l.add("revocations " + origin + " " + issuer + " " + string(list))
+}
 func (l *secLog) Synced(bans, files map[string]bool) {
 	l.mu.Lock()
 	l.synced++
@@ -144,16 +147,47 @@ func TestSecurityStateAtStart(t *testing.T) {
 	nodes[0].node.PutBan("gone", []byte("g"))
 	nodes[0].node.LiftBan("gone")
 	nodes[0].node.PutFile("passwd", []byte("u:x"))
+	// Revocation lists: one per issuer and node, a later one of the same
+	// node replacing the earlier, those of two nodes adding up.
+	for _, put := range []struct {
+		i            int
+		issuer, list string
+	}{{0, "iss1", "list-a"}, {0, "iss1", "list-b"}, {1, "iss1", "list-c"}, {1, "iss2", "list-d"}} {
+		if err := nodes[put.i].node.PutRevocations(put.issuer, []byte(put.list)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := nodes[0].node.PutRevocations("iss.1", []byte("x")); err == nil {
+		t.Error("an issuer with a dot was accepted")
+	}
+	if err := nodes[0].node.PutRevocations("iss1", make([]byte, MaxRevocationList+1)); err == nil {
+		t.Error("a revocation list beyond the maximum was accepted")
+	}
 	testutil.WaitFor(t, "n2 saw the lift", 30*time.Second, func() bool { return logs[1].has("lift n1 gone") })
+	testutil.WaitFor(t, "n1's revocations on n2", 30*time.Second, func() bool { return logs[1].has("revocations n1 iss1 list-b") })
+	testutil.WaitFor(t, "n2's revocations on n1", 30*time.Second, func() bool { return logs[0].has("revocations n2 iss2 list-d") })
 
 	// A new Node in the same cluster, as a restarted node would be.
 	late := &secLog{}
 	startLateNode(t, nodes, late)
 	testutil.WaitFor(t, "the late node in sync", 60*time.Second, func() bool { return late.syncs() == 1 })
-	for _, want := range []string{"ban n1 kept k", "lift n1 gone", "file n1 passwd u:x", "synced bans=[gone kept] files=[passwd]"} {
+	for _, want := range []string{"ban n1 kept k", "lift n1 gone", "file n1 passwd u:x", "synced bans=[gone kept] files=[passwd]",
+		"revocations n1 iss1 list-b", "revocations n2 iss1 list-c", "revocations n2 iss2 list-d"} {
 		if !late.has(want) {
 			t.Errorf("the late node was not told %q:\n%s", want, late)
 		}
+	}
+	// Every list was told before the node reported being in sync, and a
+	// replaced list never.
+	lines := strings.Split(late.String(), "\n")
+	syncAt := slices.IndexFunc(lines, func(l string) bool { return strings.HasPrefix(l, "synced ") })
+	for i, l := range lines {
+		if strings.HasPrefix(l, "revocations ") && i > syncAt {
+			t.Errorf("%q told after the sync", l)
+		}
+	}
+	if late.has("revocations n1 iss1 list-a") {
+		t.Error("the late node was told of a replaced list")
 	}
 }
 

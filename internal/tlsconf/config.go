@@ -2,6 +2,7 @@ package tlsconf
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -185,6 +186,15 @@ type ListenerConfig struct {
 	// CRL is published by someone else, and a CRL close to its nextUpdate
 	// is only warned about.
 	CRLRenewers []CRLRenewer
+	// Revoked, when set, is asked about every certificate of a verified
+	// chain but its root, with the certificate that issued it, besides
+	// the CRLs: revoked true refuses the certificate (ReasonRevoked, with
+	// detail), in the handshake and in the re-checks of live connections.
+	// It carries revocations learnt elsewhere (a cluster's other nodes);
+	// it must only report a revocation signed by issuer, be safe for
+	// concurrent use and fast (it runs in every handshake). Default nil:
+	// only the CRLs and OCSP decide.
+	Revoked func(cert, issuer *x509.Certificate) (detail string, revoked bool)
 
 	// OCSP configures OCSP checking of client certificates (off by default)
 	// and the requests made for stapling.

@@ -3,6 +3,7 @@ package tlsconf
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"runtime"
 	"sync/atomic"
 	"testing"
@@ -372,5 +373,38 @@ func TestRevokedCannotResume(t *testing.T) {
 				t.Fatal("revoked client resumed its session")
 			}
 		})
+	}
+}
+
+// TestRevokedHook checks Config.Revoked: a certificate it reports as
+// revoked is refused in the handshake, without any CRL file, and it is
+// asked with the certificate's issuer.
+func TestRevokedHook(t *testing.T) {
+	e := newEnv(t, testpki.P256)
+	dev := e.ca.Issue(t, testpki.Options{CN: "device-7"})
+	other := e.ca.Issue(t, testpki.Options{CN: "device-8"})
+	var badIssuer atomic.Bool
+	e.cfg.Revoked = func(cert, issuer *x509.Certificate) (string, bool) {
+		if cert.CheckSignatureFrom(issuer) != nil {
+			badIssuer.Store(true)
+		}
+		return "revoked on another node", cert.Subject.CommonName == "device-7"
+	}
+	m := e.manager(t)
+	srv := serve(t, m)
+	if _, err := roundTrip(t, srv.addr, clientConfig(e.ca, other)); err != nil {
+		t.Fatalf("a certificate the hook does not revoke: %v", err)
+	}
+	serverPeer(t, srv)
+	if _, err := roundTrip(t, srv.addr, clientConfig(e.ca, dev)); err == nil {
+		t.Fatal("a certificate the hook revokes was accepted")
+	}
+	r := srv.nextResult(t)
+	var ve *VerifyError
+	if !errors.As(r.err, &ve) || ve.Reason != ReasonRevoked || !contains(ve.Error(), "revoked on another node") {
+		t.Fatalf("server side: %v, want a revocation with the hook's detail", r.err)
+	}
+	if badIssuer.Load() {
+		t.Error("the hook was asked with a certificate that did not issue the one checked")
 	}
 }

@@ -280,6 +280,13 @@ func (m *Manager) checkRevocation(ctx context.Context, st *state, chain []*x509.
 // checkCRLs applies the CRLs to every non-root certificate of the chain.
 // A CRL must exist for the leaf's issuer when any CRL is configured.
 func (m *Manager) checkCRLs(st *state, chain []*x509.Certificate, now time.Time) error {
+	if m.cfg.Revoked != nil {
+		for i := 0; i+1 < len(chain); i++ {
+			if detail, revoked := m.cfg.Revoked(chain[i], chain[i+1]); revoked {
+				return certError(ReasonRevoked, chain[i], "%s", detail)
+			}
+		}
+	}
 	if st.ncrl == 0 {
 		return nil
 	}
