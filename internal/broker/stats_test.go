@@ -216,18 +216,21 @@ func TestStatsAuthorization(t *testing.T) {
 		// connection's decision cache; "open/a" is also checked for
 		// delivery to the client itself.
 		"decision subscribe/denied": 1, "decision subscribe/allowed": 1, "decision publish/denied": 2,
-		"decision publish/allowed": 1,
 	} {
 		if got[k] != n {
 			t.Errorf("%s: %d, want %d (all: %v)", k, got[k], n, got)
 		}
 	}
 	// The delivery check of "open/a" runs where the delivery is made,
-	// which may race with the reader's own store into the connection's
-	// cache while the cache grows; a store lost so costs one more decision
-	// (never a wrong one): 1, or 2 when the second delivery missed.
-	if n := got["decision receive/allowed"]; n < 1 || n > 2 {
-		t.Errorf("decision receive/allowed: %d, want 1 or 2 (all: %v)", n, got)
+	// and races with the reader's own stores into the connection's cache:
+	// when the cache grows (a new table replaces the old one), a store
+	// into the old table is lost, which costs one more decision (never a
+	// wrong one). So the publish of "open/a" and its delivery are each
+	// decided once, or twice when the second one missed.
+	for _, k := range []string{"decision publish/allowed", "decision receive/allowed"} {
+		if n := got[k]; n < 1 || n > 2 {
+			t.Errorf("%s: %d, want 1 or 2 (all: %v)", k, n, got)
+		}
 	}
 }
 
