@@ -119,6 +119,7 @@ func (s *Server) DeliverRemoteBatchDone(msgs []*Message, done func(error)) int {
 			mb, stored = b, true
 		}
 		msg.arrived = time.Now().UnixNano()
+		msg.remote = true // never replayed as this node's own (ReplayLocal)
 		s.recent.add(shard, msg)
 		n += s.deliver(msg, mb)
 	}
