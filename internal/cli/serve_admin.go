@@ -229,6 +229,12 @@ func (p *servePlan) adminTLS(ap *adminPlan) (tc *tls.Config, verify func(context
 			lc.CRLRenewers = p.crls.renewers("admin", lc.CRLFiles)
 		}
 	}
+	if r := p.clusterRevocations(); r != nil {
+		// Security: an operator's certificate revoked on another node
+		// (which this node's copy of the CA may not know) is refused here
+		// too, at the handshake and on every request (verify below).
+		lc.Revoked = r.revoked
+	}
 	mgr, err := tlsconf.New(lc)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("serve: admin listener TLS: %w", err)

@@ -77,8 +77,8 @@ var errRevocationBound = errors.New("too many revocation lists held")
 
 // set makes list origin's latest list of its issuer, unless the list
 // held is newer (a higher CRL number, or a later thisUpdate), and returns
-// the serials (hex) no list of that issuer revoked before. A list beyond
-// the bounds is refused.
+// the serials (hex) that origin's previous list of that issuer did not
+// revoke. A list beyond the bounds is refused.
 func (r *clusterRevocations) set(origin string, list *x509.RevocationList) ([]string, error) {
 	key := revocationIssuerID(list.RawIssuer) + "\x00" + origin
 	r.mu.Lock()
@@ -102,7 +102,12 @@ func (r *clusterRevocations) set(origin string, list *x509.RevocationList) ([]st
 	for _, e := range list.RevokedCertificateEntries {
 		s := e.SerialNumber.Text(16)
 		nl.revoked[s] = e.RevocationTime
-		if !r.revokedLocked(issuer, s) {
+		// New against the same node's previous list only: a list of
+		// another node, which may be forged (its signature is checked
+		// only against a client's chain), must not hide a genuine one.
+		if old == nil {
+			added = append(added, s)
+		} else if _, had := old.revoked[s]; !had {
 			added = append(added, s)
 		}
 	}
@@ -119,15 +124,6 @@ func (r *clusterRevocations) set(origin string, list *x509.RevocationList) ([]st
 	r.byKey[key] = nl
 	r.size = size
 	return added, nil
-}
-
-func (r *clusterRevocations) revokedLocked(issuer, serial string) bool {
-	for _, l := range r.byIssuer[issuer] {
-		if _, ok := l.revoked[serial]; ok {
-			return true
-		}
-	}
-	return false
 }
 
 // newerList tells whether a is a later list of its issuer than b.

@@ -27,6 +27,7 @@ import (
 	"github.com/moatmq/moat/internal/guard"
 	"github.com/moatmq/moat/internal/packet"
 	"github.com/moatmq/moat/internal/pki"
+	"github.com/moatmq/moat/internal/tlsconf"
 )
 
 // Security state is cluster state (docs/cluster.md, "Security state"). In
@@ -73,6 +74,10 @@ type clusterSecurity struct {
 	a    *accessPlan // nil without access control
 	crls *caCRLs     // the CAs this node keeps; nil: none
 	revs *clusterRevocations
+	// tls holds the TLS listeners' Managers by listener name: a live
+	// client's chain is verified again through its listener before
+	// another node's revocation list may cut it (cutRevoked).
+	tls map[string]*tlsconf.Manager
 
 	mu       sync.Mutex
 	applying map[string]string    // ban ID → origin, while the guard adds another node's ban
@@ -136,7 +141,13 @@ func (p *servePlan) planClusterSecurity() {
 		d: p.defense, a: p.access, crls: p.crls, revs: p.clusterRevocations(),
 		applying: map[string]string{}, removing: map[string]string{}, known: map[string]knownBan{},
 		refused: map[string]bool{}, refusedErr: map[string]error{},
-		crlSeen: map[string]crlMemory{}, files: map[string]*sharedFile{}}
+		crlSeen: map[string]crlMemory{}, files: map[string]*sharedFile{}, tls: map[string]*tlsconf.Manager{}}
+	for _, pl := range p.listeners {
+		if pl.mgr != nil {
+			cs.tls[pl.conf.Name] = pl.mgr
+		}
+	}
+	p.clusterSec = cs
 	if g := cs.guard(); g != nil {
 		for _, b := range g.Bans() {
 			cs.known[b.ID] = knownBan{origin: cs.self, expires: b.Expires}
@@ -689,12 +700,61 @@ func (cs *clusterSecurity) reevaluate(origin, trigger, reason string, match func
 }
 
 // cutRevoked disconnects the live clients whose certificate (issuer and
-// serial, hex) crl revokes among serials.
+// serial, hex) crl revokes among serials, once crl's signature checks
+// against the certificate that issued theirs.
+//
+// Security: the lists come from other nodes. A list that a node forged
+// (or one of another CA that happens to have the same name) revokes
+// nothing in a handshake (clusterRevocations.revoked checks its signature
+// against the verified chain); it must not cut live connections either,
+// or a single compromised node could disconnect any device of the fleet
+// at will by naming its issuer and serial.
 func (cs *clusterSecurity) cutRevoked(origin string, crl *x509.RevocationList, serials map[string]bool, reason string) {
+	ctx, cancel := context.WithTimeout(context.Background(), revocationCheckTimeout)
+	defer cancel()
 	cs.reevaluate(origin, "revocation", reason, func(c *broker.Client) bool {
 		certs := c.PeerCertificates()
-		return len(certs) > 0 && bytes.Equal(certs[0].RawIssuer, crl.RawIssuer) && serials[certs[0].SerialNumber.Text(16)]
+		if len(certs) == 0 || !bytes.Equal(certs[0].RawIssuer, crl.RawIssuer) || !serials[certs[0].SerialNumber.Text(16)] {
+			return false
+		}
+		if cs.listRevokes(ctx, c.Listener, certs, crl) {
+			return true
+		}
+		cs.log.Warn("cluster: another node's revocation list names a live client's certificate but is not signed by its issuer; "+
+			"the client stays connected", "origin_node", origin, "listener", c.Listener, "serial", certs[0].SerialNumber.Text(16))
+		return false
 	})
+}
+
+// revocationCheckTimeout bounds the re-verification of the live clients
+// one revocation list names (an OCSP responder may be asked).
+const revocationCheckTimeout = 10 * time.Second
+
+// listRevokes tells whether crl, which names certs[0], is signed by the
+// certificate that issued it: the issuer of the chain the client's
+// listener verifies now. A chain that no longer verifies because it is
+// revoked (by this list through the listeners' Revoked hook, or by the
+// node's own CRLs and OCSP) is cut. Without the listener's Manager (or
+// when the chain no longer verifies for another reason, which the
+// listener's own watcher acts on), only an issuing certificate the client
+// presented is tried.
+func (cs *clusterSecurity) listRevokes(ctx context.Context, listener string, certs []*x509.Certificate, crl *x509.RevocationList) bool {
+	if m := cs.tls[listener]; m != nil {
+		chain, err := m.VerifyChain(ctx, certs)
+		var ve *tlsconf.VerifyError
+		switch {
+		case err == nil && len(chain) > 1:
+			return crl.CheckSignatureFrom(chain[1]) == nil
+		case errors.As(err, &ve) && ve.Reason == tlsconf.ReasonRevoked:
+			return true
+		}
+	}
+	for _, ic := range certs[1:] {
+		if bytes.Equal(ic.RawSubject, crl.RawIssuer) && crl.CheckSignatureFrom(ic) == nil {
+			return true
+		}
+	}
+	return false
 }
 
 func (cs *clusterSecurity) server() *broker.Server {

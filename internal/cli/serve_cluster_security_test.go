@@ -3,6 +3,9 @@ package cli
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -10,6 +13,8 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"math/big"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -191,6 +196,11 @@ func (n *inprocNode) start(t *testing.T) {
 	n.plan, err = buildPlan(cfg, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), false)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if cfg.Admin.Listen != "" {
+		if n.plan.admin, err = planAdmin(n.plan, ""); err != nil {
+			t.Fatal(err)
+		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -643,5 +653,149 @@ func TestClusterACLThreeProcesses(t *testing.T) {
 	}
 	if o, _ := subscribeOnce(1, "plant/#"); strings.Contains(o, "denied") {
 		t.Fatalf("plant/# denied after the change: %s", o)
+	}
+}
+
+// TestSecurityForgedClusterRevocationCutsNoOne plays a node that forges a
+// revocation list: same issuer name as the fleet's CA, its own key,
+// naming a live device. The device stays connected and may connect
+// again; the admin listener is wired to the same check. A genuine list
+// (signed by the CA's key, from another copy of the CA that issued the
+// device after this node's copy was made) disconnects it.
+func TestSecurityForgedClusterRevocationCutsNoOne(t *testing.T) {
+	base := t.TempDir()
+	caDir := filepath.Join(base, "ca")
+	if _, _, err := pki.OpenOrInit(caDir, pki.InitOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	routes := []int{testutil.FreePort(t), testutil.FreePort(t)}
+	n := newInprocNode(t, base, caDir, 0, routes)
+	cfg, err := os.ReadFile(n.cfgFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, n.cfgFile, string(cfg)+"admin:\n  listen: 127.0.0.1:0\n")
+	peer := newInprocNode(t, base, caDir, 1, routes)
+	n.start(t)
+	peer.start(t)
+	n.waitReady(t)
+	peer.waitReady(t)
+	// Another copy of the CA: this node's copy does not know what it
+	// issues, so only the cluster's lists can revoke it here.
+	otherDir := filepath.Join(base, "other-ca")
+	copyTree(t, caDir, otherDir)
+	other, err := pki.Open(otherDir, pki.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	devTLS, serial := deviceTLS(t, other, "sensor-f")
+	whoami := adminWhoami(t, n, other)
+	if code := whoami(devTLS); code != http.StatusUnauthorized {
+		t.Fatalf("the admin API with a device certificate: %d; want 401 (no admin role)", code)
+	}
+	dev, err := dialNode(t, n.tls, client.Config{ClientID: "sensor-f", TLSConfig: devTLS})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close()
+
+	// The forger's list: the CA's name, a key of its own.
+	inter := other.Intermediate()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), RawSubject: inter.RawSubject, NotBefore: time.Now().Add(-time.Hour),
+		NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fake, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sn, _ := new(big.Int).SetString(serial, 16)
+	forgedDER, err := x509.CreateRevocationList(rand.Reader, &x509.RevocationList{Number: big.NewInt(1 << 40), ThisUpdate: time.Now(),
+		NextUpdate: time.Now().Add(time.Hour), RevokedCertificateEntries: []x509.RevocationListEntry{{SerialNumber: sn, RevocationTime: time.Now()}}},
+		fake, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged, err := x509.ParseRevocationList(forgedDER)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(forged.RawIssuer, inter.RawSubject) {
+		t.Fatal("the forged list does not name the CA")
+	}
+	n.plan.clusterSec.takeRevocations("node9", forged, "forged")
+	select {
+	case <-dev.Done():
+		t.Fatal("a forged revocation list of another node disconnected a live device")
+	default:
+	}
+	if !strings.Contains(n.logs.String(), "not signed by its issuer") {
+		t.Errorf("the refusal of the forged list is not logged:\n%s", n.logs.String())
+	}
+	again, err := dialNode(t, n.tls, client.Config{ClientID: "sensor-f2", TLSConfig: devTLS})
+	if err != nil {
+		t.Fatalf("a forged revocation list refused the device's handshake: %v", err)
+	}
+	again.Close()
+	if code := whoami(devTLS); code != http.StatusUnauthorized {
+		t.Fatalf("the admin API after the forged list: %d; want 401 (a valid certificate without an admin role)", code)
+	}
+
+	// The genuine list.
+	if _, err := other.Revoke(serial, pki.ReasonKeyCompromise); err != nil {
+		t.Fatal(err)
+	}
+	crlDER, err := other.CRL()
+	if err != nil {
+		t.Fatal(err)
+	}
+	genuine, err := x509.ParseRevocationList(crlDER)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.plan.clusterSec.takeRevocations("node8", genuine, "certificate revoked")
+	waitGone(t, dev, "the genuine list")
+	if _, err := dialNode(t, n.tls, client.Config{ClientID: "sensor-f3", TLSConfig: devTLS}); err == nil {
+		t.Fatal("the device revoked by a genuine list still connects")
+	}
+	// The admin listener counts the cluster's list too: an operator's
+	// certificate revoked on another node is refused.
+	if code := whoami(devTLS); code != 0 {
+		t.Fatalf("the admin API with a certificate revoked by the cluster's list: %d; want the handshake refused", code)
+	}
+}
+
+// adminWhoami returns a function that asks node n's admin API who the
+// holder of a client certificate is: the HTTP status, 0 when the TLS
+// handshake failed.
+func adminWhoami(t *testing.T, n *inprocNode, ca *pki.CA) func(*tls.Config) int {
+	t.Helper()
+	var addr string
+	testutil.CheckFor(t, 30*time.Second, func() error {
+		a := logAddrs(n.logs.String(), "admin: serving the API", "address")
+		if len(a) == 0 {
+			return errors.New("the admin API is not serving")
+		}
+		addr = a[0]
+		return nil
+	})
+	return func(c *tls.Config) int {
+		tc := c.Clone()
+		tc.ServerName = ""
+		tc.RootCAs = ca.Roots()
+		hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: tc}}
+		defer hc.CloseIdleConnections()
+		resp, err := hc.Get("https://" + addr + "/api/v1/whoami")
+		if err != nil {
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
 	}
 }

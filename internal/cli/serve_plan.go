@@ -68,6 +68,9 @@ type servePlan struct {
 	// revocations are the cluster's revocation lists
 	// (serve_cluster_revoked.go); nil without a cluster.
 	revocations *clusterRevocations
+	// clusterSec connects the node's security state to the cluster; nil
+	// without a cluster.
+	clusterSec *clusterSecurity
 
 	warnings []string // to log (serve) or print (--check)
 	notes    []string // what serve does at start that --check does not (creating the built-in CA)
