@@ -50,3 +50,33 @@ func TestClusterAdoptAfter(t *testing.T) {
 		}
 	}
 }
+
+// TestClusterListenerNames checks the default listener names of a
+// cluster node: by transport, not by port, so that nodes on one host with
+// different ports name their listeners alike (an anonymous session
+// belongs to its listener's name); a single node keeps transport-port.
+func TestClusterListenerNames(t *testing.T) {
+	const listeners = "listeners:\n" +
+		"  - {address: \"127.0.0.1:18832\", transport: tcp}\n" +
+		"  - {address: \"127.0.0.1:18842\", transport: tcp}\n" +
+		"  - {name: edge, address: \"127.0.0.1:18852\", transport: tcp}\n"
+	for _, tc := range []struct {
+		cluster string
+		want    []string
+	}{
+		{"", []string{"tcp-18832", "tcp-18842", "edge"}},
+		{"cluster: {name: c, node: n2, listen: \"127.0.0.1:7422\"}\n", []string{"tcp", "tcp-2", "edge"}},
+	} {
+		c, err := Parse("moat.yaml", []byte(listeners+tc.cluster))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, l := range c.Listeners {
+			got = append(got, l.Name)
+		}
+		if strings.Join(got, ",") != strings.Join(tc.want, ",") {
+			t.Errorf("cluster %q: names %v, want %v", tc.cluster, got, tc.want)
+		}
+	}
+}

@@ -232,6 +232,14 @@ func parseYAML(name string, data []byte) (*Config, []error) {
 		if l.Name == "" {
 			_, port, _ := net.SplitHostPort(l.Address)
 			base := fmt.Sprintf("%s-%s", l.Transport, port)
+			if c.Cluster.Enabled() {
+				// In a cluster a listener's name must be the same on
+				// every node (an anonymous client's session belongs to
+				// the listener's name, and listener rules match by it),
+				// while the nodes' ports often differ (several nodes on
+				// one host): the default names the transport alone.
+				base = string(l.Transport)
+			}
 			l.Name = base
 			for n := 2; used[l.Name]; n++ {
 				l.Name = fmt.Sprintf("%s-%d", base, n)
