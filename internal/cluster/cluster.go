@@ -124,12 +124,30 @@ type Config struct {
 	// Now is the clock the node judges other nodes' silence with
 	// (heartbeats, adoption). Nil: time.Now. Tests advance it.
 	Now func() time.Time
+	// CommitTimeout bounds how long a publisher's commit waits for the
+	// cluster (the durable stream, a shared subscription's confirmation)
+	// before it fails and the publisher is told to send again
+	// (persist.go). 0: 20 s.
+	CommitTimeout time.Duration
 
 	// advertise replaces the route address the embedded server tells the
 	// others (which they dial when they learn of it from a third node):
 	// a test that routes the nodes through relays it can cut names an
 	// address nobody listens on, so that they use their Peers only.
 	advertise string
+	// setupAttempt bounds one attempt to create or bind the streams and
+	// buckets; a request made before the cluster had a JetStream meta
+	// leader is never answered, and the attempt is made again. 0: 5 s;
+	// tests, whose clusters start at once, set it shorter.
+	setupAttempt time.Duration
+}
+
+// setupTimeout returns Config.setupAttempt or its default.
+func (n *Node) setupTimeout() time.Duration {
+	if n.cfg.setupAttempt > 0 {
+		return n.cfg.setupAttempt
+	}
+	return 5 * time.Second
 }
 
 // maxSubject bounds a subject (encoded topic or filter) well inside the
@@ -246,6 +264,7 @@ func Start(cfg Config) (*Node, error) {
 		subs: make(map[string][]*nats.Subscription), ready: make(chan struct{}), started: time.Now()}
 	n.share = shareState{groups: make(map[shareKey]*shareGroup), byQueue: make(map[string]*shareGroup),
 		wake: make(chan struct{}, 1), in: make(chan *nats.Msg, qlen), out: make(chan *nats.Msg, qlen)}
+	n.share.ack.dir = make(map[string]*dirEntry)
 	n.sec = secState{wake: make(chan struct{}, 1), events: make(chan *nats.Msg, 1024),
 		writes: newPendingQueue[secKey, secRecord](cmp.Or(cfg.MaxPendingSecurity, maxPendingSecurity), false)}
 	n.dur.init()
@@ -459,9 +478,12 @@ func (n *Node) Attach(b Broker) {
 		n.wg.Add(2)
 		go func() { defer n.wg.Done(); n.receiveLoop() }()
 		go func() { defer n.wg.Done(); n.kvLoop() }()
+		// Versions first: a node's queue subscriptions come after its
+		// version query (interest.go).
+		n.startVersions()
+		n.loadGroups()
 		n.attachShared(b)
 		n.attachSecurity()
-		n.startVersions()
 		n.startOps()
 		n.startDurable()
 	})

@@ -97,7 +97,7 @@ func startNodesHooked(t *testing.T, dir string, routes []string, before []func(i
 		name := fmt.Sprintf("n%d", i+1)
 		nd, err := Start(Config{Name: "test", Node: name, Listen: routes[i], Peers: routes,
 			StoreDir: filepath.Join(dir, name), Logger: log.With("node", name),
-			HeartbeatInterval: testHeartbeat, MarkerTTL: testMarkerTTL})
+			HeartbeatInterval: testHeartbeat, MarkerTTL: testMarkerTTL, setupAttempt: testSetupAttempt})
 		if err != nil {
 			return fail(err)
 		}

@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"errors"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -305,10 +306,10 @@ func (n *Node) consumerName() string { return "node" + keyOf(n.cfg.Node) }
 
 // setupStream creates or binds the stream and this node's consumer. A
 // request made before the cluster had a JetStream meta leader is never
-// answered: each attempt gives up after 5 s (as the key-value buckets'
-// do), and what an earlier attempt created stays.
+// answered: each attempt gives up after 5 s (Config.setupAttempt, as the
+// key-value buckets' do), and what an earlier attempt created stays.
 func (n *Node) setupStream(js jetstream.JetStream) (jetstream.Consumer, error) {
-	ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
+	ctx, cancel := context.WithTimeout(n.ctx, n.setupTimeout())
 	defer cancel()
 	maxAge, maxBytes := n.cfg.StreamMaxAge, n.cfg.StreamMaxBytes
 	if maxAge <= 0 {
@@ -562,12 +563,12 @@ func (n *Node) handleDurable(m jetstream.Msg) {
 	d.routeMu.Lock()
 	d.refs.Store(msg, id)
 	defer d.refs.Delete(msg)
-	b.DeliverRemoteDone(msg, func(err error) {
+	b.DeliverRemoteDone(msg, n.holdAcks(func(err error) {
 		// Delivered again later on failure (not at once: a broker
 		// shutting down refuses it until the node closes).
 		n.settle(id, err == nil)
 		acks.finish(seq, err == nil)
-	})
+	}))
 	d.routed = meta.Sequence.Stream
 	d.routeMu.Unlock()
 }
@@ -649,14 +650,14 @@ func (n *Node) handleBatch(m jetstream.Msg, origin string, seq uint64) {
 	for i, msg := range msgs {
 		d.refs.Store(msg, msgIDs[i])
 	}
-	b.DeliverRemoteBatchDone(msgs, func(err error) {
+	b.DeliverRemoteBatchDone(msgs, n.holdAcks(func(err error) {
 		// Delivered again later on failure (not at once: a broker
 		// shutting down refuses it until the node closes).
 		for _, id := range msgIDs {
 			n.settle(id, err == nil)
 		}
 		acks.finish(seq, err == nil)
-	})
+	}))
 	for _, msg := range msgs {
 		d.refs.Delete(msg)
 	}
@@ -736,6 +737,11 @@ func (n *Node) refreshPeers(known map[string]bool) {
 	for name := range known {
 		peers = append(peers, markerPrefix+keyOf(name)+".")
 	}
-	n.dur.peers.Store(&peers)
+	slices.Sort(peers)
+	// The same list keeps its pointer: the interest cache's answers
+	// (interest.go) hold while it does.
+	if old := n.dur.peers.Load(); !slices.Equal(*old, peers) {
+		n.dur.peers.Store(&peers)
+	}
 	n.dur.expected.Store(int64(max(expected, len(known))))
 }

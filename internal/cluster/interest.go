@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"encoding/json"
 	"hash/maphash"
 	"strconv"
 	"strings"
@@ -77,6 +78,35 @@ type versionSnap struct {
 	epoch    uint64
 	peers    *[]string // the durableState.peers it was made for
 	versions []string  // per peer, its version subject; "": unknown
+	// gversions are the peers' group versions (groupVersionUp), "" when
+	// unknown; queries their version query subjects. A peer's groups
+	// were put into the directory before the snapshot was stored.
+	gversions []string
+	queries   []string
+	// old: a peer of an earlier build, without group versions (its
+	// groups are known from its announcements only); anyOld: one is.
+	old    []bool
+	anyOld bool
+}
+
+// groupsValid tells whether the groups of the directory are, for the
+// other nodes, what their NATS subscriptions on this node's server say:
+// every peer's group version is still there, or the peer has no version
+// query subscribed (it is not reachable, or has not started: it has no
+// queue subscription here either). The caller checks snap.peers.
+func (snap *versionSnap) groupsValid(acc *server.Account) bool {
+	for i, gv := range snap.gversions {
+		switch {
+		case snap.old[i]:
+		case gv != "":
+			if acc.Interest(gv) == 0 {
+				return false
+			}
+		case acc.Interest(snap.queries[i]) > 0:
+			return false
+		}
+	}
+	return true
 }
 
 // versionsDown removes this node's version before its markers change.
@@ -119,15 +149,30 @@ func (n *Node) startVersions() {
 	n.subMu.Lock()
 	n.versionUp()
 	n.subMu.Unlock()
+	// The first group version, before the query: a node that answers
+	// it has one (groupsValid).
+	n.share.mu.Lock()
+	n.groupVersionUp()
+	n.share.mu.Unlock()
+	if n.gc != nil {
+		_ = n.gc.FlushTimeout(5 * time.Second)
+	}
 	q, err := n.nc.Subscribe(versionPrefix+keyOf(n.cfg.Node)+"."+versionQuery, func(m *nats.Msg) {
 		n.subMu.Lock()
 		subj := n.ic.verSubj
 		n.subMu.Unlock()
-		if subj != "" {
-			// Sent after the version's subscription on the same
-			// connection: the asking node's server has it first.
-			_ = m.Respond([]byte(subj))
+		if subj == "" {
+			return
 		}
+		if string(m.Data) != groupsQuery {
+			// A node of an earlier build: the version alone.
+			_ = m.Respond([]byte(subj))
+			return
+		}
+		// Sent after the versions' subscriptions (the group version on
+		// the groups' connection, flushed first): the asking node's
+		// server has them first.
+		_ = m.Respond(n.versionReply(subj))
 	})
 	if err != nil {
 		n.log.Warn("cluster: interest version query not subscribed; the other nodes look this node's interest up without cache", "err", err)
@@ -136,6 +181,9 @@ func (n *Node) startVersions() {
 		n.subMu.Lock()
 		n.ic.query = q
 		n.subMu.Unlock()
+		// The query is on this node's server before any queue
+		// subscription of a group (groupsValid counts on it).
+		_ = n.nc.FlushTimeout(5 * time.Second)
 	}
 	n.wg.Add(1)
 	go func() { defer n.wg.Done(); n.versionLoop() }()
@@ -184,51 +232,154 @@ func (n *Node) refreshVersions() {
 	acc := n.srv.GlobalAccount()
 	peersPtr := n.dur.peers.Load()
 	peers := *peersPtr
-	old := n.ic.snap.Load()
-	known := map[string]string{}
-	if old != nil {
-		for i, p := range *old.peers {
-			known[p] = old.versions[i]
+	prev := n.ic.snap.Load()
+	type known struct {
+		v, gv string
+		old   bool
+	}
+	knownOf := map[string]known{}
+	if prev != nil {
+		for i, p := range *prev.peers {
+			knownOf[p] = known{prev.versions[i], prev.gversions[i], prev.old[i]}
 		}
 	}
-	changed := old == nil || old.peers != peersPtr
-	versions := make([]string, len(peers))
+	changed := prev == nil || prev.peers != peersPtr
+	snap := &versionSnap{peers: peersPtr, versions: make([]string, len(peers)), gversions: make([]string, len(peers)),
+		queries: make([]string, len(peers)), old: make([]bool, len(peers))}
 	for i, p := range peers {
-		if v := known[p]; v != "" && acc.Interest(v) > 0 {
-			versions[i] = v
+		node := strings.TrimSuffix(strings.TrimPrefix(p, markerPrefix), ".")
+		snap.queries[i] = versionPrefix + node + "." + versionQuery
+		k := knownOf[p]
+		if k.v != "" && acc.Interest(k.v) > 0 && (k.old || k.gv != "" && acc.Interest(k.gv) > 0) {
+			snap.versions[i], snap.gversions[i], snap.old[i] = k.v, k.gv, k.old
+			snap.anyOld = snap.anyOld || k.old
 			continue
 		}
 		changed = true
-		node := strings.TrimSuffix(strings.TrimPrefix(p, markerPrefix), ".")
-		reply, err := n.nc.Request(versionPrefix+node+"."+versionQuery, nil, versionAskTimeout)
-		if err != nil || n.ctx.Err() != nil {
+		r, ok := n.askVersion(node)
+		if !ok || n.ctx.Err() != nil {
 			continue // unknown: looked up afresh until the next refresh
 		}
-		v := string(reply.Data)
-		if strings.HasPrefix(v, versionPrefix+node+".") && !strings.ContainsAny(v, "*> ") && acc.Interest(v) > 0 {
-			versions[i] = v
+		if acc.Interest(r.V) > 0 {
+			snap.versions[i] = r.V
+		}
+		switch {
+		case r.old:
+			snap.old[i], snap.anyOld = true, true
+		case acc.Interest(r.GV) > 0:
+			// Its groups are in the directory before the snapshot
+			// that names this version is stored.
+			n.addGroups(r.Groups)
+			snap.gversions[i] = r.GV
 		}
 	}
 	if !changed {
 		return
 	}
-	n.ic.snap.Store(&versionSnap{epoch: n.ic.epochs.Add(1), peers: peersPtr, versions: versions})
+	snap.epoch = n.ic.epochs.Add(1)
+	n.ic.snap.Store(snap)
+	n.resolveRequests()
+}
+
+// groupsQuery asks a node's version query for its groups too.
+const groupsQuery = "g1"
+
+// maxVersionReply bounds a version reply with groups; a node with more
+// groups answers without them (Partial), which the asking node then
+// knows from the node's announcements only.
+const maxVersionReply = 4 << 20
+
+// versionReply is a node's answer to groupsQuery: its interest version,
+// its group version and its groups.
+type versionReply struct {
+	V       string      `json:"v"`
+	GV      string      `json:"gv,omitempty"`
+	Groups  [][2]string `json:"g,omitempty"`
+	Partial bool        `json:"p,omitempty"`
+	old     bool        // an earlier build: the version alone
+}
+
+// versionReply encodes this node's answer to groupsQuery, with its
+// interest version subj.
+func (n *Node) versionReply(subj string) []byte {
+	r := versionReply{V: subj}
+	sh := &n.share
+	sh.mu.Lock()
+	r.GV = sh.gverSubj
+	size := 0
+	for k, g := range sh.groups {
+		if !g.leaving.IsZero() {
+			continue
+		}
+		size += len(k.group) + len(k.filter) + 8
+		if size > maxVersionReply {
+			r.Groups, r.Partial = nil, true
+			break
+		}
+		r.Groups = append(r.Groups, [2]string{k.group, k.filter})
+	}
+	sh.mu.Unlock()
+	data, _ := json.Marshal(r)
+	return data
+}
+
+// askVersion asks node for its versions and groups.
+func (n *Node) askVersion(node string) (versionReply, bool) {
+	reply, err := n.nc.Request(versionPrefix+node+"."+versionQuery, []byte(groupsQuery), versionAskTimeout)
+	if err != nil {
+		return versionReply{}, false
+	}
+	valid := func(v string) bool {
+		return strings.HasPrefix(v, versionPrefix+node+".") && len(v) <= 256 && !strings.ContainsAny(v, "*> \t")
+	}
+	if len(reply.Data) > 0 && reply.Data[0] != '{' {
+		v := string(reply.Data)
+		return versionReply{V: v, old: true}, valid(v)
+	}
+	var r versionReply
+	if len(reply.Data) > maxVersionReply+(64<<10) || json.Unmarshal(reply.Data, &r) != nil || !valid(r.V) ||
+		r.GV != "" && !valid(r.GV) {
+		n.stats.decodeErrors.Add(1)
+		return versionReply{}, false
+	}
+	if r.Partial || r.GV == "" {
+		r.old = true // its groups come from its announcements
+	}
+	return r, true
 }
 
 // interestAnswer is what the look-up of a topic found.
 type interestAnswer struct {
 	yes    bool   // another node subscribes to the topic
 	shared string // the topic's subject for the shared subscriptions' groups
+	// groups are the queues of the directory's groups whose filter
+	// matches the topic, on any node (this one's too), when groupsKnown.
+	groups      []string
+	groupsKnown bool
+	// legacy: a node of an earlier build names no groups with its
+	// versions; the directory holds what it announced.
+	legacy bool
 }
 
 // interest looks up whether another node has a subscription matching
 // topic: from the cache when the other nodes' versions allow it, else
 // afresh.
+//
+// The answer also names the groups of shared subscriptions that could
+// want the topic (groups), when the directory is known to hold every
+// group whose queue subscriptions this node's server has: each node
+// changes its group version around joining a group, and names its
+// groups with its versions (refreshVersions), as for the markers. The
+// groups are then looked up in the cache too, or, while a node is
+// away (its marker version unknown), afresh in the directory.
 func (n *Node) interest(acc *server.Account, topic string) interestAnswer {
 	peersPtr := n.dur.peers.Load()
 	snap := n.ic.snap.Load()
+	own := n.share.ownGen.Load()
 	cacheable := len(topic) <= interestCacheTopic
-	valid := cacheable && snap != nil && snap.peers == peersPtr
+	current := snap != nil && snap.peers == peersPtr && len(*peersPtr) >= int(n.dur.expected.Load()) &&
+		!(len(*peersPtr) == 0 && n.srv.NumRoutes() > 0)
+	valid := current
 	if valid {
 		for _, v := range snap.versions {
 			if v == "" || acc.Interest(v) == 0 {
@@ -237,11 +388,13 @@ func (n *Node) interest(acc *server.Account, topic string) interestAnswer {
 			}
 		}
 	}
-	if valid {
-		if a, ok := n.ic.cache.get(topic, snap.epoch); ok {
+	groupsValid := current && !snap.anyOld && snap.groupsValid(acc)
+	if valid && groupsValid && cacheable {
+		if a, ok := n.ic.cache.get(topic, snap.epoch, own); ok {
 			return a
 		}
-	} else if cacheable {
+	}
+	if !valid || !groupsValid {
 		n.wakeVersions()
 	}
 	toks := topicTokens(topic)
@@ -252,9 +405,13 @@ func (n *Node) interest(acc *server.Account, topic string) interestAnswer {
 			break
 		}
 	}
-	if valid {
+	if groupsValid {
+		a.groups, a.groupsKnown = n.matchingGroups(topic), true
+	}
+	a.legacy = snap != nil && snap.anyOld
+	if valid && groupsValid && cacheable {
 		// Computed after the versions were seen: valid while they are.
-		n.ic.cache.put(topic, snap.epoch, a)
+		n.ic.cache.put(topic, snap.epoch, own, a)
 	}
 	return a
 }
@@ -272,11 +429,16 @@ func (n *Node) wantsQoS0(topic string) bool {
 	}
 	acc := n.srv.GlobalAccount()
 	a := n.interest(acc, topic)
+	if a.yes {
+		return true
+	}
+	if a.groupsKnown {
+		return len(a.groups) > 0
+	}
 	// A group's queue subscriptions are on moat.m (which carries QoS 0
 	// messages to it) and, subscribed after it, moat.q: one on moat.q
-	// means the other is there. Looked up afresh: the groups have no
-	// versions.
-	return a.yes || acc.Interest(a.shared) > 0
+	// means the other is there.
+	return acc.Interest(a.shared) > 0
 }
 
 // interestCache caches the answer of remoteInterest per topic, for one
@@ -293,7 +455,7 @@ type interestShard struct {
 }
 
 type interestEntry struct {
-	epoch uint64
+	epoch, own uint64
 	interestAnswer
 }
 
@@ -301,20 +463,22 @@ func (c *interestCache) shard(topic string) *interestShard {
 	return &c.shards[maphash.String(c.seed, topic)%uint64(len(c.shards))]
 }
 
-func (c *interestCache) get(topic string, epoch uint64) (interestAnswer, bool) {
+// get returns the answer cached for topic under the epoch of the other
+// nodes' versions and own, the generation of this node's groups.
+func (c *interestCache) get(topic string, epoch, own uint64) (interestAnswer, bool) {
 	s := c.shard(topic)
 	s.mu.RLock()
 	e, ok := s.m[topic]
 	s.mu.RUnlock()
-	return e.interestAnswer, ok && e.epoch == epoch
+	return e.interestAnswer, ok && e.epoch == epoch && e.own == own
 }
 
-func (c *interestCache) put(topic string, epoch uint64, a interestAnswer) {
+func (c *interestCache) put(topic string, epoch, own uint64, a interestAnswer) {
 	s := c.shard(topic)
 	s.mu.Lock()
 	if s.m == nil || len(s.m) >= interestCacheSize/len(c.shards) {
 		s.m = make(map[string]interestEntry)
 	}
-	s.m[topic] = interestEntry{epoch: epoch, interestAnswer: a}
+	s.m[topic] = interestEntry{epoch: epoch, own: own, interestAnswer: a}
 	s.mu.Unlock()
 }

@@ -97,7 +97,7 @@ func TestQoS0SubscribeThenPublishRace(t *testing.T) {
 		// have cached the answer.
 		for wait := time.Now().Add(time.Second); time.Now().Before(wait); time.Sleep(time.Millisecond) {
 			if s := n1.ic.snap.Load(); s != nil {
-				if a, ok := n1.ic.cache.get(topic, s.epoch); ok && !a.yes {
+				if a, ok := n1.ic.cache.get(topic, s.epoch, n1.share.ownGen.Load()); ok && !a.yes {
 					hits++
 					break
 				}

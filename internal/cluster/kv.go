@@ -193,7 +193,7 @@ func (n *Node) kvLoop() {
 
 // buckets creates or binds both buckets.
 func (n *Node) buckets(js jetstream.JetStream) (ret, cl jetstream.KeyValue, err error) {
-	ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
+	ctx, cancel := context.WithTimeout(n.ctx, n.setupTimeout())
 	defer cancel()
 	ret, err = n.bucket(ctx, js, jetstream.KeyValueConfig{Bucket: bucketRetained, History: 1,
 		Replicas: n.replicas, Storage: jetstream.FileStorage, Description: "Moat retained messages"})

@@ -21,6 +21,11 @@ import (
 const (
 	testHeartbeat = 100 * time.Millisecond
 	testMarkerTTL = 2 * time.Second
+	// testSetupAttempt bounds each attempt to create the streams and
+	// buckets: a test cluster's nodes start together, and an attempt
+	// made before the meta leader was elected waits this long for
+	// nothing (5 s by default).
+	testSetupAttempt = 2 * time.Second
 )
 
 // nodeByName returns the entry of name in st.Nodes.

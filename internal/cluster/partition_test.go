@@ -152,7 +152,7 @@ func tryRelayedCluster(t *testing.T, routes []string, relays [3][3]*relay) ([]*t
 		}
 		nd, err := Start(Config{Name: "test", Node: name, Listen: routes[i], Peers: peers, StoreDir: filepath.Join(dir, name),
 			Logger: log.With("node", name), HeartbeatInterval: testHeartbeat, MarkerTTL: testMarkerTTL, AdoptAfter: -1,
-			advertise: dead})
+			CommitTimeout: partitionCommitTimeout, advertise: dead, setupAttempt: testSetupAttempt})
 		if err != nil {
 			return fail(err)
 		}
@@ -198,9 +198,16 @@ func tryRelayedCluster(t *testing.T, routes []string, relays [3][3]*relay) ([]*t
 	return nodes, nil
 }
 
+// partitionCommitTimeout is the relayed nodes' commit timeout: long
+// enough for the majority's stream to elect a new leader after the cut
+// (a few seconds), shorter than the default 20 s the minority's refusal
+// would otherwise wait for.
+const partitionCommitTimeout = 10 * time.Second
+
 // TestNetworkPartition cuts the routes of n3 from the other two (2 | 1):
 // the majority keeps acknowledging QoS 1 messages, the minority refuses
-// them (PUBACK 0x80 once its wait for the stream ends, 20 s); when the
+// them (PUBACK 0x80 once its wait for the stream ends, the commit
+// timeout); when the
 // cut heals, the persistent session connected to the minority node gets
 // every message published on the majority side meanwhile, once, in
 // order, without reconnecting.

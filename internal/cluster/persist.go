@@ -21,11 +21,20 @@ import (
 // acknowledged, and done functions run in the order the commits were
 // submitted, as the broker requires of a Persistence.
 
-// commitTimeout bounds how long a commit waits for JetStream: a stream
-// without a leader (an election after a node died takes seconds) is
-// retried within it; past it the commit fails, and the broker answers
-// the publisher with an error instead of an acknowledgement.
-const commitTimeout = 20 * time.Second
+// defaultCommitTimeout is Config.CommitTimeout's default: how long a
+// commit waits for JetStream. A stream without a leader (an election
+// after a node died takes seconds) is retried within it; past it the
+// commit fails, and the broker answers the publisher with an error
+// instead of an acknowledgement.
+const defaultCommitTimeout = 20 * time.Second
+
+// commitTimeout returns the node's commit timeout (Config.CommitTimeout).
+func (n *Node) commitTimeout() time.Duration {
+	if n.cfg.CommitTimeout > 0 {
+		return n.cfg.CommitTimeout
+	}
+	return defaultCommitTimeout
+}
 
 // persistence implements broker.Persistence for a Node.
 type persistence struct {
@@ -60,6 +69,9 @@ type commit struct {
 	// commits after it, so that a barrier (a session given up) covers
 	// it.
 	unordered bool
+	// holds are the imports whose held deliveries c writes (watchHeld):
+	// told when c's parts are done, whatever the commits before it.
+	holds []*importHold
 }
 
 func (c *commit) fail(err error) {
@@ -161,6 +173,9 @@ func (p *persistence) Persist(changes []broker.Change, done func(error)) {
 	}
 	c := p.begin(done)
 	c.unordered = unordered
+	if deliveries && p.n.sess.holdN.Load() > 0 {
+		p.n.watchHeld(c, changes)
+	}
 	if deliveries {
 		p.deliveryCommits.Add(1)
 		if p.failCommits.Load() > 0 && p.failCommits.Add(-1) >= 0 {
@@ -178,7 +193,7 @@ func (p *persistence) Persist(changes []broker.Change, done func(error)) {
 				// Named for a claim under way (sessions.go).
 				p.n.noteOwn(ch.Message, msgID(p.n.origin, f.seq))
 				c.parts.Add(1)
-				p.n.pub.queue(pubReq{fwd: f, c: c, deadline: time.Now().Add(commitTimeout)})
+				p.n.pub.queue(pubReq{fwd: f, c: c, deadline: time.Now().Add(p.n.commitTimeout())})
 			}
 		case broker.ChangePutMessage:
 			// Written with each delivery that refers to it.
@@ -201,7 +216,7 @@ func (p *persistence) Persist(changes []broker.Change, done func(error)) {
 // publish adds the JetStream publication m to c.
 func (p *persistence) publish(c *commit, m *nats.Msg) {
 	c.parts.Add(1)
-	p.n.pub.queue(pubReq{msg: m, c: c, deadline: time.Now().Add(commitTimeout)})
+	p.n.pub.queue(pubReq{msg: m, c: c, deadline: time.Now().Add(p.n.commitTimeout())})
 }
 
 // finish reports one part of c; the commits at the head of the queue
@@ -213,6 +228,12 @@ func (p *persistence) finish(c *commit, err error) {
 	}
 	if c.parts.Add(-1) > 0 {
 		return
+	}
+	if len(c.holds) > 0 {
+		c.errMu.Lock()
+		err := c.err
+		c.errMu.Unlock()
+		p.n.heldWritten(c.holds, err)
 	}
 	if c.unordered {
 		c.errMu.Lock()

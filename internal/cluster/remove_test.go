@@ -122,7 +122,7 @@ func TestRemoveNode(t *testing.T) {
 func TestSecurityClusterSystemToken(t *testing.T) {
 	routes := freePorts(t, 2) // the second node never comes: the server runs all the same
 	nd, err := Start(Config{Name: "test", Node: "n1", Listen: routes[0], Peers: routes, StoreDir: t.TempDir(),
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), setupAttempt: testSetupAttempt})
 	if err != nil {
 		t.Fatal(err)
 	}

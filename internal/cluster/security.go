@@ -400,7 +400,7 @@ func (b secBuckets) of(bucket string) jetstream.KeyValue {
 // secBuckets creates or binds the buckets. Like every JetStream file of
 // the node, they are encrypted at rest with the node's store key.
 func (n *Node) secBuckets(js jetstream.JetStream) (b secBuckets, err error) {
-	ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
+	ctx, cancel := context.WithTimeout(n.ctx, n.setupTimeout())
 	defer cancel()
 	b.bans, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucketBans, History: 1,
 		Replicas: n.replicas, Storage: jetstream.FileStorage, Description: "Moat ban list"})

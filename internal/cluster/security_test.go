@@ -201,7 +201,7 @@ func startLateNode(t *testing.T, nodes []*testNode, h Security) *Node {
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	nd, err := Start(Config{Name: "test", Node: "n4", Listen: "127.0.0.1:0", Peers: peers, Replicas: 3,
-		StoreDir: filepath.Join(t.TempDir(), "n4"), Logger: log})
+		StoreDir: filepath.Join(t.TempDir(), "n4"), Logger: log, setupAttempt: testSetupAttempt})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -298,7 +298,7 @@ func restartNode(t *testing.T, dir string, routes []string, i int, h Security) *
 	name := fmt.Sprintf("n%d", i+1)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	nd, err := Start(Config{Name: "test", Node: name, Listen: routes[i], Peers: routes, StoreDir: filepath.Join(dir, name),
-		Logger: log, HeartbeatInterval: testHeartbeat, MarkerTTL: testMarkerTTL})
+		Logger: log, HeartbeatInterval: testHeartbeat, MarkerTTL: testMarkerTTL, setupAttempt: testSetupAttempt})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -85,8 +85,153 @@ type sessionsState struct {
 	ownMu   sync.Mutex
 	ownRefs map[*broker.Message]string
 	// beforeImport, in tests, runs while a claim imports a session, just
-	// before the broker has it.
-	beforeImport atomic.Pointer[func(id string)]
+	// before the broker has it; afterImport right after, while the
+	// session holds back what routing delivers to it.
+	beforeImport, afterImport atomic.Pointer[func(id string)]
+
+	// holds are the imports holding back routed deliveries now, by
+	// client ID (see holdAcks); holdMu guards them and every
+	// importHold, holdN counts them (none: no look-up).
+	holdMu sync.Mutex
+	holds  map[string]*importHold
+	holdN  atomic.Int32
+}
+
+// importHold is one import holding back what routing delivers to its
+// session: the acknowledgements (a stream record's, a shared group's
+// "committed") of the routing passes made meanwhile wait until the
+// deliveries it held back are written. Guarded by holdMu.
+type importHold struct {
+	pending  int   // commits writing the session's deliveries, not yet done
+	err      error // the first of them that failed
+	released bool  // the session released what it held (endHold)
+	waiters  []*heldAck
+}
+
+// heldAck is the acknowledgement of one routing pass made while imports
+// held deliveries back: done runs once the pass's own commit and the
+// writes of every such import's held deliveries are durable.
+type heldAck struct {
+	mu    sync.Mutex
+	parts int
+	err   error
+	done  func(error)
+}
+
+func (h *heldAck) finish(err error) {
+	h.mu.Lock()
+	if err != nil && h.err == nil {
+		h.err = err
+	}
+	h.parts--
+	last := h.parts == 0
+	err = h.err
+	h.mu.Unlock()
+	if last {
+		h.done(err)
+	}
+}
+
+// beginHold registers the import of id's session, which holds back the
+// deliveries routed to it. The caller holds routeMu, as routing does
+// when it calls holdAcks.
+func (n *Node) beginHold(id string) *importHold {
+	h := &importHold{}
+	s := &n.sess
+	s.holdMu.Lock()
+	if s.holds == nil {
+		s.holds = make(map[string]*importHold)
+	}
+	if _, dup := s.holds[id]; !dup {
+		s.holds[id] = h
+		s.holdN.Add(1)
+	}
+	s.holdMu.Unlock()
+	return h
+}
+
+// endHold runs once the session of id released the deliveries h held
+// back (broker.Server.ReplayLocal submits their writes before it
+// returns): the acknowledgements that waited for h follow those writes
+// (watchHeld), or fail with the first of them that failed, and their
+// messages are then delivered again (at least once).
+func (n *Node) endHold(id string, h *importHold) {
+	s := &n.sess
+	s.holdMu.Lock()
+	if s.holds[id] == h {
+		delete(s.holds, id)
+		s.holdN.Add(-1)
+	}
+	h.released = true
+	n.heldDoneLocked(h)
+}
+
+// heldDoneLocked ends h's waiters once h is released and its writes are
+// done; it unlocks holdMu.
+func (n *Node) heldDoneLocked(h *importHold) {
+	var waiters []*heldAck
+	if h.released && h.pending == 0 {
+		waiters, h.waiters = h.waiters, nil
+	}
+	err := h.err
+	n.sess.holdMu.Unlock()
+	for _, w := range waiters {
+		w.finish(err)
+	}
+}
+
+// watchHeld makes the end of the holds wait for c when it writes a
+// delivery of a session being imported (the deliveries it held back,
+// released); c's finish reports to them (heldWritten).
+func (n *Node) watchHeld(c *commit, changes []broker.Change) {
+	s := &n.sess
+	s.holdMu.Lock()
+	defer s.holdMu.Unlock()
+	for i := range changes {
+		ch := &changes[i]
+		if ch.Kind != broker.ChangePutDelivery {
+			continue
+		}
+		if h := s.holds[ch.Delivery.ClientID]; h != nil && !slices.Contains(c.holds, h) {
+			h.pending++
+			c.holds = append(c.holds, h)
+		}
+	}
+}
+
+// heldWritten reports the end of a commit watchHeld gave to holds.
+func (n *Node) heldWritten(holds []*importHold, err error) {
+	for _, h := range holds {
+		n.sess.holdMu.Lock()
+		h.pending--
+		if err != nil && h.err == nil {
+			h.err = err
+		}
+		n.heldDoneLocked(h)
+	}
+}
+
+// holdAcks returns the done function a routing pass hands the broker:
+// done itself when no import holds deliveries back, otherwise one that
+// also waits for every import holding now (endHold). A delivery held
+// back is written only when its session releases it, and the
+// acknowledgement must not come before that write (docs/cluster.md,
+// "Sessions"). The caller holds routeMu.
+func (n *Node) holdAcks(done func(error)) func(error) {
+	s := &n.sess
+	if s.holdN.Load() == 0 {
+		return done
+	}
+	s.holdMu.Lock()
+	defer s.holdMu.Unlock()
+	if len(s.holds) == 0 {
+		return done
+	}
+	w := &heldAck{parts: 1 + len(s.holds), done: done}
+	for _, h := range s.holds {
+		h.waiters = append(h.waiters, w)
+	}
+	return w.finish
 }
 
 // maxOwnRefs bounds sessionsState.ownRefs; a message beyond it may reach
@@ -828,9 +973,18 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 	if f := n.sess.beforeImport.Load(); f != nil {
 		(*f)(id)
 	}
+	if cs.Hold {
+		// The routing passes made while the session holds deliveries
+		// back are acknowledged once those are written (holdAcks).
+		h := n.beginHold(id)
+		defer n.endHold(id, h)
+	}
 	b.ImportSession(cs)
 	upTo := n.dur.routed
 	n.dur.routeMu.Unlock()
+	if f := n.sess.afterImport.Load(); f != nil {
+		(*f)(id)
+	}
 	n.dstats.sessionsIn.Add(1)
 	var reached map[string]bool
 	if pos.replay && (upTo > pos.seq || cs.Hold && pos.from < pos.seq) {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -130,6 +131,14 @@ type shareState struct {
 	// hands a message on, the NATS server must have seen that (a flush of
 	// the queue groups' connection), or NATS could choose this node again.
 	left atomic.Bool
+
+	// This node's group version (see groupVersionUp), guarded by mu,
+	// and ownGen, the generation of its groups, which the interest
+	// cache's answers carry.
+	gver     uint64
+	gverSub  *nats.Subscription
+	gverSubj string
+	ownGen   atomic.Uint64
 }
 
 // ShareStats counts the shared subscriptions with members on this node
@@ -209,6 +218,16 @@ func (n *Node) SharedInterest(group, filter string, on bool) {
 		}
 		return
 	}
+	// The other nodes learn of the group with this node's next group
+	// version, which follows its queue subscriptions; the version before
+	// them is gone first (groupVersionUp). The directory here has it
+	// before the queue subscriptions exist.
+	n.groupVersionDown()
+	defer n.groupVersionUp()
+	sh.ack.mu.Lock()
+	sh.ack.addLocked(k, time.Now())
+	sh.ack.mu.Unlock()
+	sh.ownGen.Add(1)
 	if g != nil {
 		g.leaving = time.Time{}
 		n.setWeightLocked(g, max(g.weight, 1))
@@ -230,6 +249,41 @@ func (n *Node) SharedInterest(group, filter string, on bool) {
 	case sh.wake <- struct{}{}:
 	default:
 	}
+}
+
+// groupVersionDown removes this node's group version before it joins a
+// group: on every other node's server, the group's queue subscriptions
+// (on the same connection, after it) are never there while the version
+// is. sh.mu held.
+func (n *Node) groupVersionDown() {
+	sh := &n.share
+	if sh.gverSub != nil {
+		_ = sh.gverSub.Unsubscribe()
+		sh.gverSub, sh.gverSubj = nil, ""
+	}
+}
+
+// groupVersionUp subscribes this node's next group version, after it
+// joined a group (or at start), on the groups' connection. Another node
+// that sees it present has this node's groups as this node named them
+// with it (versionReply, refreshVersions). sh.mu held.
+func (n *Node) groupVersionUp() {
+	if n.srv == nil || n.gc == nil {
+		return
+	}
+	sh := &n.share
+	n.groupVersionDown()
+	sh.gver++
+	boot := n.origin[strings.LastIndexByte(n.origin, '/')+1:]
+	subj := versionPrefix + keyOf(n.cfg.Node) + "." + boot + ".g" + strconv.FormatUint(sh.gver, 10)
+	s, err := n.gc.SubscribeSync(subj)
+	if err != nil {
+		// The other nodes then wait, for a QoS 1/2 message's groups,
+		// until their wait for the directory gives up (resolveRequests).
+		n.logRated(&n.handLog, "cluster: group version not subscribed", "subject", subj, err)
+		return
+	}
+	sh.gverSub, sh.gverSubj = s, subj
 }
 
 // setWeightLocked gives each of g's topic subjects w queue subscriptions,
@@ -448,8 +502,32 @@ func (n *Node) forwardShared(c *commit, msg *broker.Message) {
 	if len(subj) > maxSubject {
 		return // shared among this node's members (SharesTopic)
 	}
-	if n.srv != nil && n.srv.GlobalAccount().Interest(subj) == 0 {
-		return
+	// The groups that could want it: from the interest look-up (cached
+	// per topic), or, while the directory may lack a group NATS would
+	// choose (a node's group version changed, a node not known yet),
+	// settled once it is complete (resolveRequests).
+	var expect map[string]expectation
+	known := true
+	if n.srv == nil {
+		expect = n.expectedGroups(msg.Topic)
+	} else {
+		acc := n.srv.GlobalAccount()
+		a := n.interest(acc, msg.Topic)
+		switch {
+		case a.groupsKnown:
+			if len(a.groups) == 0 {
+				return
+			}
+			expect = n.expectedOf(a.groups, msg.Topic)
+		case acc.Interest(subj) == 0:
+			return
+		case a.legacy:
+			// A node of an earlier build names no groups: the
+			// directory as its announcements make it.
+			expect = n.expectedGroups(msg.Topic)
+		default:
+			known = false
+		}
 	}
 	data, err := encodeMessage(msg, time.Now())
 	if err != nil {
@@ -460,9 +538,9 @@ func (n *Node) forwardShared(c *commit, msg *broker.Message) {
 	}
 	m := n.forwardedMsg(subj, data, msg)
 	var req *shareReq
-	if expect := n.expectedGroups(msg.Topic); len(expect) > 0 {
-		if req = n.newRequest(c, data, expect); req != nil {
-			m.Reply, req.topic = req.reply, msg.Topic
+	if known && len(expect) > 0 || !known {
+		if req = n.newRequest(c, data, msg.Topic, expect, !known); req != nil {
+			m.Reply = req.reply
 		} else {
 			n.share.unconfirmed.Add(1)
 		}

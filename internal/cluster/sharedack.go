@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
 	"github.com/moatmq/moat/internal/broker"
@@ -31,12 +32,17 @@ import (
 //
 // The groups it expects come from the group directory: every node
 // announces on moat.gd the groups it has members of, when it joins one
-// and every dirEvery, and keeps what the others announce. A group of the
-// directory whose filter matches the topic and which has members now (a
-// queue subscription on its own subject, moat.g.<queue>, somewhere) is
-// expected. A group not in the directory yet (a node just started, an
-// announcement on its way) still receives the message through NATS, but
-// at most once: its answers are not waited for.
+// and every dirEvery, and keeps what the others announce; besides, each
+// node names its groups with its group version (shared.go,
+// groupVersionUp), which the others ask for with its interest version
+// (interest.go), and a node that starts asks the others for their groups
+// (loadGroups). A group of the directory whose filter matches the topic
+// and which has members now (a queue subscription on its own subject,
+// moat.g.<queue>, somewhere) is expected. While the directory may lack a
+// group whose queue subscription is on this node's server (another
+// node's group version changed and was not asked for yet), the message
+// is published at once and its groups are settled once the directory is
+// complete (resolveRequests), with the answers that arrived meanwhile.
 //
 // A group that does not answer "received" within attemptWait, whose
 // receiving node leaves the cluster (its routes close) before it
@@ -66,10 +72,10 @@ const (
 	maxShareReqs = 1 << 16
 	// attemptWait is how long a group has to answer "received".
 	attemptWait = 2 * time.Second
-	// committedWait is how long a receiving node still in the cluster
-	// has, after "received", to commit (its commit waits for JetStream,
-	// up to commitTimeout).
-	committedWait = commitTimeout + 5*time.Second
+	// committedGrace is how much longer than its commit timeout
+	// (Config.CommitTimeout, see committedWait) a receiving node still in
+	// the cluster has, after "received", to commit.
+	committedGrace = 5 * time.Second
 	// localAfter is the attempt after which a member on this node takes
 	// the message directly.
 	localAfter   = 3
@@ -125,10 +131,26 @@ type shareReq struct {
 	data     []byte
 	hdr      nats.Header // origin, sequence number, publisher
 	reply    string
-	topic    string               // for logs
+	topic    string
 	groups   map[string]*reqGroup // queue → state
 	left     int
 	deadline time.Time
+	created  time.Time
+	// unresolved: the groups are not settled yet (resolveRequests);
+	// early holds the answers received meanwhile, by queue.
+	unresolved bool
+	early      map[string]earlyAnswer
+}
+
+// earlyAnswer is an answer to a request whose groups were not settled.
+type earlyAnswer struct{ state, node string }
+
+// maxEarly bounds the answers kept for one unsettled request.
+const maxEarly = 1024
+
+// validQueue tells whether q names a queue group (queueName).
+func validQueue(q string) bool {
+	return len(q) == len("moat_")+32 && strings.HasPrefix(q, "moat_")
 }
 
 type reqGroup struct {
@@ -154,6 +176,15 @@ type ackState struct {
 	reqs    map[uint64]*shareReq
 	nextID  uint64
 	lastDir time.Time
+	// unresolved counts the requests of reqs whose groups are not
+	// settled yet.
+	unresolved int
+	// confirmed counts the groups that confirmed a message of this
+	// node; quiet, in tests, keeps this node from announcing its groups
+	// on the directory subject (the others then learn of them with its
+	// versions alone).
+	confirmed atomic.Uint64
+	quiet     atomic.Bool
 
 	// The requests this node received, by origin, sequence number and
 	// queue: 1 being delivered, 2 delivered (a copy sent again is
@@ -170,6 +201,11 @@ type ackState struct {
 	ringPos int
 }
 
+// committedWait is how long a receiving node still in the cluster has,
+// after "received", to commit: its commit waits for JetStream up to the
+// commit timeout.
+func (n *Node) committedWait() time.Duration { return n.commitTimeout() + committedGrace }
+
 // replySubject is the reply subject of this node's request id.
 func (n *Node) replySubject(id uint64) string {
 	return replyPrefix + keyOf(n.origin) + "." + strconv.FormatUint(id, 10)
@@ -180,7 +216,9 @@ func (n *Node) replySubject(id uint64) string {
 func (n *Node) startAcks(sb SharedBroker) {
 	a := &n.share.ack
 	a.mu.Lock()
-	a.dir = make(map[string]*dirEntry)
+	if a.dir == nil {
+		a.dir = make(map[string]*dirEntry)
+	}
 	a.reqs = make(map[uint64]*shareReq)
 	a.mu.Unlock()
 	a.rmu.Lock()
@@ -225,6 +263,7 @@ func (n *Node) ackLoop(sb SharedBroker) {
 		if announce {
 			n.announceGroups(false)
 		}
+		n.resolveRequests()
 		n.retryRequests(sb, now)
 	}
 }
@@ -254,6 +293,9 @@ func (n *Node) announceGroups(fresh bool) {
 		a.addLocked(shareKey{e.G, e.F}, now)
 	}
 	a.mu.Unlock()
+	if a.quiet.Load() {
+		return
+	}
 	for len(list) > 0 {
 		size, i := 2, 0
 		for ; i < len(list); i++ {
@@ -334,31 +376,119 @@ func (n *Node) expectedGroups(topic string) map[string]expectation {
 		if !mqtttopic.MatchFilter(e.key.filter, topic) {
 			continue
 		}
-		x := expectation{key: e.key}
-		if n.srv != nil {
-			if n.srv.GlobalAccount().Interest(groupPrefix+q) > 0 {
-				e.member = now
-			} else {
-				x.empty = e.seen
-				if e.member.After(x.empty) {
-					x.empty = e.member
-				}
-				if now.Sub(x.empty) >= shareLinger {
-					continue // no member for a while: the group is over
-				}
+		if x, ok := n.expectLocked(q, e, now); ok {
+			if out == nil {
+				out = make(map[string]expectation)
 			}
+			out[q] = x
 		}
-		if out == nil {
-			out = make(map[string]expectation)
-		}
-		out[q] = x
 	}
 	return out
 }
 
+// expectedOf is expectedGroups for the groups of queues, which match
+// topic (interestAnswer.groups).
+func (n *Node) expectedOf(queues []string, topic string) map[string]expectation {
+	a := &n.share.ack
+	var out map[string]expectation
+	now := time.Now()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, q := range queues {
+		e := a.dir[q]
+		if e == nil {
+			continue // forgotten since: no announcement for dirExpire
+		}
+		if x, ok := n.expectLocked(q, e, now); ok {
+			if out == nil {
+				out = make(map[string]expectation, len(queues))
+			}
+			out[q] = x
+		}
+	}
+	return out
+}
+
+// expectLocked tells whether the group e of the directory, of queue q,
+// is expected: it has members now, or had one within shareLinger. a.mu
+// held.
+func (n *Node) expectLocked(q string, e *dirEntry, now time.Time) (expectation, bool) {
+	x := expectation{key: e.key}
+	if n.srv != nil {
+		if n.srv.GlobalAccount().Interest(groupPrefix+q) > 0 {
+			e.member = now
+		} else {
+			x.empty = e.seen
+			if e.member.After(x.empty) {
+				x.empty = e.member
+			}
+			if now.Sub(x.empty) >= shareLinger {
+				return x, false // no member for a while: the group is over
+			}
+		}
+	}
+	return x, true
+}
+
+// matchingGroups returns the queues of the directory's groups whose
+// filter matches topic: a walk over the directory, which the interest
+// cache saves per topic.
+func (n *Node) matchingGroups(topic string) []string {
+	a := &n.share.ack
+	var out []string
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for q, e := range a.dir {
+		if mqtttopic.MatchFilter(e.key.filter, topic) {
+			out = append(out, q)
+		}
+	}
+	return out
+}
+
+// addGroups puts the groups another node named with its versions into
+// the directory (refreshVersions, loadGroups).
+func (n *Node) addGroups(groups [][2]string) {
+	if len(groups) == 0 {
+		return
+	}
+	now := time.Now()
+	a := &n.share.ack
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, e := range groups {
+		g, f, err := packet.SplitShared(packet.SharePrefix + e[0] + "/" + e[1])
+		if err != nil || g != e[0] || f != e[1] {
+			n.stats.decodeErrors.Add(1)
+			continue
+		}
+		a.addLocked(shareKey{g, f}, now)
+	}
+}
+
+// loadGroups reads, when the node starts, the groups of the nodes it has
+// a route to, before its listeners accept: a QoS 1/2 message published
+// here then waits for them from the start. (A node whose groups are not
+// known yet makes the message's wait for its groups be settled once they
+// are: resolveRequests.)
+func (n *Node) loadGroups() {
+	if n.srv == nil {
+		return
+	}
+	for name := range n.routedNodes() {
+		if name == n.cfg.Node {
+			continue
+		}
+		if r, ok := n.askVersion(keyOf(name)); ok && !r.old {
+			n.addGroups(r.Groups)
+		}
+	}
+}
+
 // newRequest registers a request for the groups of expect, part of c;
-// nil when too many wait already.
-func (n *Node) newRequest(c *commit, data []byte, expect map[string]expectation) *shareReq {
+// nil when too many wait already. unresolved: the groups are not known
+// yet (resolveRequests settles them).
+func (n *Node) newRequest(c *commit, data []byte, topic string, expect map[string]expectation, unresolved bool) *shareReq {
 	a := &n.share.ack
 	now := time.Now()
 	a.mu.Lock()
@@ -367,9 +497,23 @@ func (n *Node) newRequest(c *commit, data []byte, expect map[string]expectation)
 		return nil
 	}
 	a.nextID++
-	r := &shareReq{id: a.nextID, c: c, data: data, groups: make(map[string]*reqGroup, len(expect)),
-		left: len(expect), deadline: now.Add(commitTimeout)}
+	r := &shareReq{id: a.nextID, c: c, data: data, topic: topic, groups: make(map[string]*reqGroup, len(expect)),
+		deadline: now.Add(n.commitTimeout()), created: now}
 	r.reply = n.replySubject(r.id)
+	if unresolved {
+		r.unresolved = true
+		a.unresolved++
+	} else {
+		r.expect(expect, now)
+	}
+	a.reqs[r.id] = r
+	c.parts.Add(1)
+	return r
+}
+
+// expect sets the groups r waits for. a.mu held.
+func (r *shareReq) expect(expect map[string]expectation, now time.Time) {
+	r.left = len(expect)
 	for q, x := range expect {
 		g := &reqGroup{key: x.key, due: now.Add(attemptWait), attempts: 1, empty: x.empty}
 		if !x.empty.IsZero() {
@@ -377,9 +521,83 @@ func (n *Node) newRequest(c *commit, data []byte, expect map[string]expectation)
 		}
 		r.groups[q] = g
 	}
-	a.reqs[r.id] = r
-	c.parts.Add(1)
-	return r
+}
+
+// resolveRequests settles the groups of the requests published while the
+// directory was not known to be complete, once it is (or, after
+// attemptWait, with what it holds then: a node whose versions cannot be
+// read). A group that answered meanwhile has its answer applied; a group
+// expected now that NATS did not choose for the message (it joined
+// since) is sent it on its own subject after attemptWait, as one that
+// does not answer.
+func (n *Node) resolveRequests() {
+	a := &n.share.ack
+	a.mu.Lock()
+	if a.unresolved == 0 {
+		a.mu.Unlock()
+		return
+	}
+	var list []*shareReq
+	for _, r := range a.reqs {
+		if r.unresolved {
+			list = append(list, r)
+		}
+	}
+	a.mu.Unlock()
+	if len(list) == 0 {
+		return
+	}
+	var acc *server.Account
+	if n.srv != nil {
+		acc = n.srv.GlobalAccount()
+	}
+	now := time.Now()
+	for _, r := range list {
+		var expect map[string]expectation
+		switch ans := n.interestOrNil(acc, r.topic); {
+		case ans != nil && ans.groupsKnown:
+			expect = n.expectedOf(ans.groups, r.topic)
+		case now.Sub(r.created) >= attemptWait || ans != nil && ans.legacy:
+			n.logRated(&n.handLog, "cluster: the groups of shared subscriptions not known in time; the message waits for those of the directory",
+				"topic", r.topic, nil)
+			expect = n.expectedGroups(r.topic)
+		default:
+			continue
+		}
+		a.mu.Lock()
+		if a.reqs[r.id] != r || !r.unresolved {
+			a.mu.Unlock()
+			continue
+		}
+		r.unresolved = false
+		a.unresolved--
+		r.expect(expect, now)
+		early := r.early
+		r.early = nil
+		a.mu.Unlock()
+		for q, st := range early {
+			n.answer(r.id, shareAnswer{Queue: q, State: st.state, Node: st.node})
+		}
+		a.mu.Lock()
+		done := r.left == 0 && a.reqs[r.id] == r
+		if done {
+			delete(a.reqs, r.id)
+		}
+		a.mu.Unlock()
+		if done {
+			n.persistence().finish(r.c, nil)
+		}
+	}
+}
+
+// interestOrNil is the interest look-up of topic, nil without an
+// embedded server.
+func (n *Node) interestOrNil(acc *server.Account, topic string) *interestAnswer {
+	if acc == nil {
+		return nil
+	}
+	a := n.interest(acc, topic)
+	return &a
 }
 
 // handleAnswer applies a receiving node's answer to a request of this
@@ -407,6 +625,17 @@ func (n *Node) answer(id uint64, ans shareAnswer) {
 	if r != nil {
 		g = r.groups[ans.Queue]
 	}
+	if r != nil && r.unresolved && validQueue(ans.Queue) {
+		// Kept until its groups are settled (resolveRequests).
+		if r.early == nil {
+			r.early = make(map[string]earlyAnswer)
+		}
+		if prev, ok := r.early[ans.Queue]; len(r.early) < maxEarly && (!ok || prev.state != answerCommitted) {
+			r.early[ans.Queue] = earlyAnswer{state: ans.State, node: ans.Node}
+		}
+		a.mu.Unlock()
+		return
+	}
 	if g == nil || g.state == reqDone {
 		a.mu.Unlock()
 		return // a group not expected (not in the directory yet), or done
@@ -414,11 +643,12 @@ func (n *Node) answer(id uint64, ans shareAnswer) {
 	switch ans.State {
 	case answerReceived:
 		if g.state == reqSent {
-			g.state, g.node, g.due = reqReceived, ans.Node, time.Now().Add(committedWait)
+			g.state, g.node, g.due = reqReceived, ans.Node, time.Now().Add(n.committedWait())
 		}
 	case answerCommitted:
 		g.state = reqDone
 		r.left--
+		a.confirmed.Add(1)
 	case answerFailed:
 		if g.state != reqLocal {
 			g.due = time.Time{} // again at the next look
@@ -453,6 +683,10 @@ func (n *Node) retryRequests(sb SharedBroker, now time.Time) {
 	for id, r := range a.reqs {
 		if now.After(r.deadline) {
 			delete(a.reqs, id)
+			if r.unresolved {
+				r.unresolved = false
+				a.unresolved--
+			}
 			failed = append(failed, r)
 			continue
 		}
@@ -468,7 +702,7 @@ func (n *Node) retryRequests(sb SharedBroker, now time.Time) {
 					// Within committedWait, the receiving node is
 					// given up only once it left the cluster, looked
 					// at when its commit takes more than a second.
-					if g.node == n.cfg.Node || now.Sub(g.due.Add(-committedWait)) < time.Second {
+					if g.node == n.cfg.Node || now.Sub(g.due.Add(-n.committedWait())) < time.Second {
 						continue
 					}
 					if !routesRead {
@@ -574,7 +808,7 @@ func (n *Node) deliverLocal(sb SharedBroker, r *shareReq, hdr nats.Header, q str
 	defer a.unmarkUnordered(msg)
 	n.dur.routeMu.Lock() // as in deliverRequested
 	defer n.dur.routeMu.Unlock()
-	ok := sb.DeliverSharedDone(msg, k.group, k.filter, func(err error) {
+	ok := sb.DeliverSharedDone(msg, k.group, k.filter, n.holdAcks(func(err error) {
 		if err != nil {
 			a.mu.Lock()
 			if g := r.groups[q]; g != nil && g.state == reqLocal {
@@ -584,7 +818,7 @@ func (n *Node) deliverLocal(sb SharedBroker, r *shareReq, hdr nats.Header, q str
 			return
 		}
 		n.answer(r.id, shareAnswer{Queue: q, State: answerCommitted})
-	})
+	}))
 	if !ok {
 		a.mu.Lock()
 		if g := r.groups[q]; g != nil && g.state == reqLocal {
@@ -706,14 +940,14 @@ func (n *Node) deliverRequested(sb SharedBroker, m *nats.Msg, msg *broker.Messag
 	// release's barrier, or is no longer here.
 	n.dur.routeMu.Lock()
 	defer n.dur.routeMu.Unlock()
-	ok := sb.DeliverSharedDone(msg, k.group, k.filter, func(err error) {
+	ok := sb.DeliverSharedDone(msg, k.group, k.filter, n.holdAcks(func(err error) {
 		a.settleShared(key, err == nil)
 		if err != nil {
 			n.answerShared(reply, queue, answerFailed)
 			return
 		}
 		n.answerShared(reply, queue, answerCommitted)
-	})
+	}))
 	if !ok {
 		a.settleShared(key, false)
 	}
