@@ -196,8 +196,8 @@ type txn struct {
 	// putDlv are the deliveries this transaction put and that are
 	// stored as it has left them so far (lateCoalesce).
 	putDlv map[[idLen + 8]byte]uint64 // → message ID
-	// log collects the transaction's writes for the commit log
-	// (SyncAlways); nil without one.
+	// log collects the transaction's writes for the commit log; nil
+	// without one.
 	log *logBatch
 	// ovl holds the messages and deliveries written since the last
 	// checkpoint that the engine does not hold (overlay.go); nil

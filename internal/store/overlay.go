@@ -8,7 +8,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// overlay holds, with the commit log (SyncAlways), the message and
+// overlay holds, with the commit log, the message and
 // delivery records written since the last checkpoint, beside the
 // engine's open transaction instead of in it.
 //

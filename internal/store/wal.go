@@ -18,11 +18,13 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// The commit log (SyncAlways).
+// The commit log (every sync mode).
 //
-// With SyncAlways a commit is made durable by appending one record to
-// the log file, store.wal, and an fdatasync of it (shared by the records
-// appended while the previous one ran). The storage engine's
+// A commit is made durable by appending one record to the log file,
+// store.wal, and an fdatasync of it: with SyncAlways before it is
+// reported (one fdatasync shared by the records appended while the
+// previous one ran), with SyncBatch every interval, with SyncOff at
+// Close. The storage engine's
 // file is written behind the log: the committer applies every batch to
 // one long engine transaction, which is committed (with the engine's own
 // two fsyncs) only at a checkpoint, once the log holds 16 MiB or a second
@@ -149,7 +151,8 @@ type logWriter struct {
 // createLog writes a new, empty log continuing the engine's file at
 // counter base, under a temporary name, syncs it and renames it to
 // dir/store.wal (replacing the previous log), then syncs the directory.
-func createLog(dir string, keys *recordKeys, logID [16]byte, base uint64) (*logWriter, error) {
+// Without sync (the checkpoints of SyncOff) it does not fsync.
+func createLog(dir string, keys *recordKeys, logID [16]byte, base uint64, sync bool) (*logWriter, error) {
 	a, err := keys.logAEAD(logID)
 	if err != nil {
 		return nil, fmt.Errorf("store: log key: %w", err)
@@ -174,15 +177,19 @@ func createLog(dir string, keys *recordKeys, logID [16]byte, base uint64) (*logW
 	if _, err := f.Write(hdr); err != nil {
 		return fail(err)
 	}
-	if err := f.Sync(); err != nil {
-		return fail(err)
+	if sync {
+		if err := f.Sync(); err != nil {
+			return fail(err)
+		}
 	}
 	if err := os.Rename(tmp, w.path); err != nil {
 		return fail(err)
 	}
-	if err := syncDir(dir); err != nil {
-		f.Close()
-		return nil, err
+	if sync {
+		if err := syncDir(dir); err != nil {
+			f.Close()
+			return nil, err
+		}
 	}
 	w.f = f
 	return w, nil
