@@ -107,11 +107,11 @@ func (s *Store) recoverLog() (err error) {
 			tx.Rollback()
 		}
 	}()
-	for i := range replay {
-		if err := applyLog(tx, s.keys, &replay[i]); err != nil {
+	if len(replay) > 0 {
+		if err := replayLog(tx, s.keys, lc, replay); err != nil {
 			return err
 		}
-		counter = replay[i].counter
+		counter = replay[len(replay)-1].counter
 	}
 	var id [16]byte
 	if useLog {
@@ -399,13 +399,26 @@ func (s *Store) redoLog() (err error) {
 	if err != nil {
 		return err
 	}
-	for i := range lc.records {
-		if err := applyLog(tx, s.keys, &lc.records[i]); err != nil {
-			tx.Rollback()
-			return err
-		}
+	if err := replayLog(tx, s.keys, lc, lc.records); err != nil {
+		tx.Rollback()
+		return err
+	}
+	if err := s.loadState(tx.Bucket(bktMeta)); err != nil {
+		tx.Rollback()
+		return err
 	}
 	s.wtx = tx
+	// The put-records still stored are in the engine now, and replayLog
+	// added their elements to the digest of the transaction's state
+	// record; the log's own state records leave them out. A checkpoint
+	// ends this log, so that a replay after a crash never adds them
+	// twice.
+	if err := s.drainLog(); err != nil {
+		return err
+	}
+	if err := s.checkpoint(); err != nil {
+		return fmt.Errorf("%w: checkpoint: %v", ErrFailed, err)
+	}
 	return nil
 }
 
@@ -436,11 +449,21 @@ func (s *Store) checkpoint() (err error) {
 	}
 	if s.ovl != nil {
 		// The records still stored at the checkpoint go into the
-		// engine's file with it.
-		if err := s.ovl.flush(tx, s.keys, s.st.MaxID); err != nil {
+		// engine's file with it, and those that were not sealed into
+		// the digest (see putLater).
+		if err := s.ovl.flush(tx, s.keys, s.st.MaxID, &s.st.Digest); err != nil {
 			tx.Rollback()
 			return err
 		}
+	}
+	st, err := s.keys.seal(bktMeta, keyState, s.st.Counter, encodeRecord(&s.st))
+	if err != nil {
+		tx.Rollback()
+		return err
+	}
+	if err := tx.Bucket(bktMeta).Put(keyState, st); err != nil {
+		tx.Rollback()
+		return err
 	}
 	id := newLogID()
 	if err := s.putLogID(tx, id, s.st.Counter); err != nil {
