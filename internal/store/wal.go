@@ -39,12 +39,11 @@ import (
 //
 //	header (64 bytes): "MOATWAL2" | store ID (16) | log ID (16) |
 //	                   base counter (8, big endian) | GCM tag (16)
+//	record:            length (4, big endian) | index (8) | check (4) |
+//	                   AES-256-GCM ciphertext and tag (length bytes)
 //
 // ("MOATWAL1": a log of the previous format, read the same way, whose
 // state records counted its put-records in the digest; see replayLog.)
-//
-//	record:            length (4, big endian) | index (8) | check (4) |
-//	                   AES-256-GCM ciphertext and tag (length bytes)
 //
 // The check is CRC-32C of the length and the index. The index is also
 // authenticated (below); in the clear, with the check, it lets a reader
