@@ -170,18 +170,30 @@ func (s *Store) syncer(stop <-chan struct{}) {
 
 // syncWritten fsyncs the log up to the records the committer has
 // written (SyncBatch), then refreshes the counter file when it is due.
+// The committer does not wait for it: a checkpoint may replace the log
+// (and close its file) while the fsync runs, and walGen then tells that
+// the fsync was of a log whose records the checkpoint has already made
+// durable in the engine's file (an os.File closed during Sync is closed
+// only once Sync returns).
 func (s *Store) syncWritten(lastCounter *time.Time) error {
 	s.walMu.Lock()
-	defer s.walMu.Unlock()
+	w, gen := s.wal, s.walGen
 	// Read before the fsync starts: every record up to upto, and the
 	// commit that counter names, was written before it, so it is on
 	// disk when the fsync returns; the counter file may name it, never
 	// a later one.
 	upto, counter := s.logWritten.Load(), s.logWrittenCounter.Load()
-	if s.wal == nil || upto <= s.logDurable.Load() {
+	s.walMu.Unlock()
+	if w == nil || upto <= s.logDurable.Load() {
 		return nil
 	}
-	if err := s.syncLog(s.wal); err != nil {
+	err := s.syncLog(w)
+	s.walMu.Lock()
+	defer s.walMu.Unlock()
+	if gen != s.walGen {
+		return nil // checkpointed meanwhile
+	}
+	if err != nil {
 		return err
 	}
 	s.logDurable.Store(upto)

@@ -188,10 +188,11 @@ type Store struct {
 
 	// SyncBatch: the syncer goroutine fsyncs the log every
 	// BatchInterval, up to logWritten (the records the committer has
-	// written, and the commit counter of the last). walMu is held by the
-	// syncer while it fsyncs and by a checkpoint while it replaces the
-	// log (s.wal), so the syncer never fsyncs a closed log.
+	// written, and the commit counter of the last). walMu guards s.wal
+	// and walGen for it: a checkpoint replaces the log under walMu and
+	// counts walGen up, without waiting for the syncer's fsync.
 	walMu             sync.Mutex
+	walGen            uint64
 	logWritten        atomic.Uint64
 	logWrittenCounter atomic.Uint64
 	syncStop          chan struct{}

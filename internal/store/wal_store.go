@@ -435,11 +435,6 @@ func (s *Store) checkpointDue() bool {
 // accepts it.
 func (s *Store) checkpoint() (err error) {
 	defer recoverCorrupt(&err)
-	// The batch syncer (SyncBatch) is not fsyncing the log meanwhile;
-	// what it had still to fsync is in the engine's file once the
-	// transaction is committed.
-	s.walMu.Lock()
-	defer s.walMu.Unlock()
 	tx := s.wtx
 	s.wtx = nil
 	if tx == nil {
@@ -477,10 +472,16 @@ func (s *Store) checkpoint() (err error) {
 	if err != nil {
 		return err
 	}
+	// The batch syncer (SyncBatch) may be fsyncing the old log: what it
+	// had to make durable is in the engine's file now, and walGen tells
+	// it that its fsync is of a log replaced meanwhile.
+	s.walMu.Lock()
 	s.wal.close()
 	s.wal = w
+	s.walGen++
 	s.logDurable.Store(0)
 	s.logWritten.Store(0)
+	s.walMu.Unlock()
 	s.ckptAt = time.Now()
 	s.stats.checkpoints.Add(1)
 	return nil
