@@ -144,11 +144,11 @@ func (s *Store) committer() {
 	}
 }
 
-// syncer fsyncs the store every BatchInterval in SyncBatch, on its own
-// goroutine: the committer goes on writing while the disk flushes what
-// the interval wrote, which can take long (every page the interval
-// dirtied), instead of stalling every connection's commits meanwhile. It
-// returns when stop is closed; Close then syncs once more.
+// syncer fsyncs the commit log every BatchInterval in SyncBatch, on its
+// own goroutine: the committer goes on appending and reporting records
+// while the disk flushes what the interval wrote. It returns when stop
+// is closed (Close then checkpoints, with the engine's fsyncs) or after
+// a failed fsync, which stops the store (logErr).
 func (s *Store) syncer(stop <-chan struct{}) {
 	defer s.syncWG.Done()
 	t := time.NewTicker(s.cfg.BatchInterval)
@@ -160,23 +160,48 @@ func (s *Store) syncer(stop <-chan struct{}) {
 			return
 		case <-t.C:
 		}
-		if !s.dirty.Swap(false) {
-			continue
-		}
-		// Every commit up to this counter was written before the
-		// fsync starts, so it is on disk when the fsync returns: the
-		// counter file may name it, never a later one.
-		c := s.committed.Load()
-		if err := s.db.Sync(); err != nil {
+		if err := s.syncWritten(&lastCounter); err != nil {
 			err = fmt.Errorf("%w: %v", ErrFailed, err)
-			s.syncFailed.Store(&err)
+			s.logErr.Store(&err)
 			return
 		}
-		s.stats.syncs.Add(1)
-		if now := s.cfg.Now(); now.Sub(lastCounter) >= s.cfg.CounterInterval && s.writeCounterAt(c) == nil {
-			lastCounter = now
-		}
 	}
+}
+
+// syncWritten fsyncs the log up to the records the committer has
+// written (SyncBatch), then refreshes the counter file when it is due.
+// The committer does not wait for it: a checkpoint may replace the log
+// (and close its file) while the fsync runs, and walGen then tells that
+// the fsync was of a log whose records the checkpoint has already made
+// durable in the engine's file (an os.File closed during Sync is closed
+// only once Sync returns).
+func (s *Store) syncWritten(lastCounter *time.Time) error {
+	s.walMu.Lock()
+	w, gen := s.wal, s.walGen
+	// Read before the fsync starts: every record up to upto, and the
+	// commit that counter names, was written before it, so it is on
+	// disk when the fsync returns; the counter file may name it, never
+	// a later one.
+	upto, counter := s.logWritten.Load(), s.logWrittenCounter.Load()
+	s.walMu.Unlock()
+	if w == nil || upto <= s.logDurable.Load() {
+		return nil
+	}
+	err := s.syncLog(w)
+	s.walMu.Lock()
+	defer s.walMu.Unlock()
+	if gen != s.walGen {
+		return nil // checkpointed meanwhile
+	}
+	if err != nil {
+		return err
+	}
+	s.logDurable.Store(upto)
+	s.stats.syncs.Add(1)
+	if now := s.cfg.Now(); now.Sub(*lastCounter) >= s.cfg.CounterInterval && s.writeCounterAt(counter) == nil {
+		*lastCounter = now
+	}
+	return nil
 }
 
 // commitBatch commits requests in one transaction. When it fails, each
@@ -185,11 +210,8 @@ func (s *Store) commitBatch(reqs []*request) {
 	if h := s.cfg.hooks; h != nil && h.beforeCommit != nil {
 		h.beforeCommit(len(reqs))
 	}
-	if p := s.syncFailed.Load(); p != nil && s.failed == nil {
-		s.failed = *p // the periodic fsync failed (SyncBatch)
-	}
 	if p := s.logErr.Load(); p != nil && s.failed == nil {
-		s.failed = *p // an fsync of the log failed (SyncAlways)
+		s.failed = *p // an fsync of the log failed
 	}
 	err := s.failed
 	if err == nil {
@@ -595,16 +617,14 @@ type opError struct{ err error }
 func (e *opError) Error() string { return e.err.Error() }
 func (e *opError) Unwrap() error { return e.err }
 
-// afterCommit counts the fsync of SyncAlways and refreshes the counter
-// file when it is due; in SyncBatch it tells the syncer what to flush.
+// afterCommit counts the fsync of a transaction committed without the
+// log in SyncAlways and refreshes the counter file when it is due. (Every
+// writable store has a log since every mode uses it; this is the path of
+// a store without one.)
 func (s *Store) afterCommit() {
-	switch s.cfg.Sync {
-	case SyncAlways:
+	if s.cfg.Sync == SyncAlways {
 		s.stats.syncs.Add(1)
 		s.counterIfDue()
-	case SyncBatch:
-		s.committed.Store(s.st.Counter)
-		s.dirty.Store(true)
 	}
 }
 

@@ -16,6 +16,8 @@ const (
 	crashChildEnv = "MOAT_STORE_CRASH_CHILD"
 	// crashCkptEnv sets the child's log checkpoint size in bytes.
 	crashCkptEnv = "MOAT_STORE_CRASH_CHECKPOINT"
+	// crashSyncEnv sets the child's sync mode (always by default).
+	crashSyncEnv = "MOAT_STORE_CRASH_SYNC"
 )
 
 // TestCrashChild is the process TestKillDuringCommits kills: it commits
@@ -31,6 +33,13 @@ func TestCrashChild(t *testing.T) {
 	cfg := Config{Dir: dir, KEK: testKEK(t, testKey)}
 	if n, err := strconv.Atoi(os.Getenv(crashCkptEnv)); err == nil {
 		cfg.logCkptBytes = int64(n)
+	}
+	if m := os.Getenv(crashSyncEnv); m != "" {
+		var err error
+		if cfg.Sync, err = ParseSyncMode(m); err != nil {
+			fmt.Println("sync:", err)
+			os.Exit(2)
+		}
 	}
 	s, err := Open(cfg)
 	if err != nil {
@@ -78,7 +87,17 @@ func TestCrashChild(t *testing.T) {
 // store afterwards, and that the store verifies (a crash never leaves a
 // store that is quarantined).
 func TestKillDuringCommits(t *testing.T) {
-	killDuringCommits(t, "")
+	killDuringCommits(t, "", "")
+}
+
+// TestKillDuringCommitsBatchAndOff: the same in SyncBatch and SyncOff,
+// whose commits are reported once written to the operating system: a
+// crash of the process loses none of them either. (A checkpoint every few
+// kilobytes, as below.)
+func TestKillDuringCommitsBatchAndOff(t *testing.T) {
+	for _, mode := range []string{"batch", "off"} {
+		t.Run(mode, func(t *testing.T) { killDuringCommits(t, "8192", mode) })
+	}
 }
 
 // TestKillDuringCheckpoints: the same with a checkpoint of the commit log
@@ -86,10 +105,10 @@ func TestKillDuringCommits(t *testing.T) {
 // too (between the store file's commit and the new log, the previous log
 // beside a store file that holds it).
 func TestKillDuringCheckpoints(t *testing.T) {
-	killDuringCommits(t, "8192")
+	killDuringCommits(t, "8192", "")
 }
 
-func killDuringCommits(t *testing.T, checkpoint string) {
+func killDuringCommits(t *testing.T, checkpoint, sync string) {
 	if testing.Short() {
 		t.Skip("starts processes")
 	}
@@ -100,7 +119,7 @@ func killDuringCommits(t *testing.T, checkpoint string) {
 	acked, deleted := map[string]bool{}, map[string]bool{}
 	for round := range 3 {
 		cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$")
-		cmd.Env = append(os.Environ(), crashChildEnv+"="+cfg.Dir, crashCkptEnv+"="+checkpoint)
+		cmd.Env = append(os.Environ(), crashChildEnv+"="+cfg.Dir, crashCkptEnv+"="+checkpoint, crashSyncEnv+"="+sync)
 		stdout, err := cmd.StdoutPipe()
 		if err != nil {
 			t.Fatal(err)

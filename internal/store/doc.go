@@ -13,10 +13,12 @@
 //
 // Writes go through [Store.Commit] and [Store.CommitAsync]: one committer
 // goroutine applies every waiting request in one transaction and reports
-// each only once it is durable as [Config.Sync] says (group commit). With
-// SyncAlways a batch is made durable by one sealed record in a commit log
-// (store.wal) and an fdatasync shared with the batches logged meanwhile,
-// and the bbolt file is written behind the log at checkpoints (wal.go). The
+// each only once it is durable as [Config.Sync] says (group commit). A
+// batch is written as one sealed record to a commit log (store.wal); with
+// SyncAlways it is reported after an fdatasync shared with the batches
+// logged meanwhile, with SyncBatch at once (the log is fsynced every
+// interval), and the bbolt file is written behind the log at checkpoints
+// (wal.go). The
 // broker acknowledges a message only after that report. The broker does
 // not import this package: it declares the interface it needs, and an
 // adapter wired in internal/cli connects the two (docs/design/store.md).

@@ -196,8 +196,8 @@ type txn struct {
 	// putDlv are the deliveries this transaction put and that are
 	// stored as it has left them so far (lateCoalesce).
 	putDlv map[[idLen + 8]byte]uint64 // → message ID
-	// log collects the transaction's writes for the commit log
-	// (SyncAlways); nil without one.
+	// log collects the transaction's writes for the commit log; nil
+	// without one.
 	log *logBatch
 	// ovl holds the messages and deliveries written since the last
 	// checkpoint that the engine does not hold (overlay.go); nil
@@ -357,17 +357,18 @@ func (t *txn) put(bucket, key, plaintext []byte) error {
 // putSealed stores a sealed record under bucket/key and keeps the digest
 // current.
 func (t *txn) putSealed(bucket, key []byte, rec *sealed) error {
-	old, engine, _ := t.lookup(bucket, key)
-	return t.putOver(bucket, key, old, engine, rec)
+	old, engine, plain := t.lookup(bucket, key)
+	return t.putOver(bucket, key, old, plain, engine, rec)
 }
 
 // putOver stores rec in place of old, the value at bucket/key (nil when
-// there is none); inEngine says that the engine holds the key (see
-// lookup), where it is then replaced. A message or delivery the engine
-// does not hold goes to the overlay, when there is one.
-func (t *txn) putOver(bucket, key, old []byte, inEngine bool, rec *sealed) error {
+// there is none; oldPlain: an unsealed record of the overlay); inEngine
+// says that the engine holds the key (see lookup), where it is then
+// replaced. A message or delivery the engine does not hold goes to the
+// overlay, when there is one.
+func (t *txn) putOver(bucket, key, old []byte, oldPlain, inEngine bool, rec *sealed) error {
 	if old != nil {
-		t.forget(bucket, key, old)
+		t.forget(bucket, key, old, oldPlain)
 	}
 	if t.ovl != nil && !inEngine && overlaid(bucket) {
 		t.ovl.put(bucket, key, ovlRec{v: rec.value})
@@ -382,9 +383,10 @@ func (t *txn) putOver(bucket, key, old []byte, inEngine bool, rec *sealed) error
 }
 
 // putLater stores the message or delivery record l in place of old, the
-// value at bucket/key (nil when there is none; inEngine: the engine
-// holds it), and returns the record's version and element of the
-// digest. A record the engine does not hold goes to the overlay without
+// value at bucket/key (nil when there is none; oldPlain: an unsealed
+// record of the overlay; inEngine: the engine holds it), and returns the
+// record's version and, when counted, its element of the digest. A
+// record the engine does not hold goes to the overlay without
 // being sealed: until a checkpoint writes it to the engine (sealed then,
 // under the same version), the commit log alone holds it, in a log
 // record that AES-GCM encrypts under the log's key (derived from the
@@ -393,35 +395,39 @@ func (t *txn) putOver(bucket, key, old []byte, inEngine bool, rec *sealed) error
 // and version. It is as confidential, and as bound to its key and
 // version, as a sealed record, and most such records (a message
 // acknowledged before the next checkpoint) are never sealed at all: one
-// encryption, the log's, instead of two. The version is drawn and the
-// element counted as for a sealed record, so the digest does not depend
-// on where the record is.
-func (t *txn) putLater(bucket, key, old []byte, inEngine bool, l *laterRecord) (version uint64, elem [32]byte, err error) {
+// encryption, the log's, instead of two. The version is drawn as for a
+// sealed record, but the record's element (a keyed hash) is not added to
+// the digest until the record is sealed into the engine (overlay.flush at
+// a checkpoint, replayLog when the log is applied): most are deleted
+// before, and their element is then never computed. The digest is
+// therefore that of every record except the unsealed ones of the
+// overlay, in the committer's state and in the state records of the log;
+// Open checks the store file, which never holds an unsealed record.
+func (t *txn) putLater(bucket, key, old []byte, oldPlain, inEngine bool, l *laterRecord) (version uint64, elem [32]byte, counted bool, err error) {
 	if t.ovl != nil && !inEngine {
 		if p, ver, ok := l.plainFor(t.s); ok {
 			if old != nil {
-				t.forget(bucket, key, old)
+				t.forget(bucket, key, old, oldPlain)
 			}
 			t.ovl.put(bucket, key, ovlRec{v: p, plain: true})
 			if t.log != nil {
 				t.log.putRecord(bucket, key, ver, p[sealHead:])
 			}
-			elem = t.s.keys.element(bucket, key, ver)
-			xorInto(&t.st.Digest, elem)
 			t.st.Records++
 			t.noteID(ver)
-			return ver, elem, nil
+			return ver, elem, false, nil
 		}
 	}
 	rec, err := l.sealed(t.s)
 	if err != nil {
-		return 0, elem, err
+		return 0, elem, false, err
 	}
-	return rec.id, rec.elem, t.putOver(bucket, key, old, inEngine, rec)
+	return rec.id, rec.elem, true, t.putOver(bucket, key, old, oldPlain, inEngine, rec)
 }
 
-// forget takes the record old, stored at bucket/key, out of the digest.
-func (t *txn) forget(bucket, key, old []byte) {
+// forget takes the record old, stored at bucket/key, out of the digest
+// (plain: an unsealed record of the overlay, which is not in it).
+func (t *txn) forget(bucket, key, old []byte, plain bool) {
 	var e recentRecord
 	var ok bool
 	switch {
@@ -430,19 +436,21 @@ func (t *txn) forget(bucket, key, old []byte) {
 	case bytes.Equal(bucket, bktMessage) && len(key) == 8:
 		e, ok = t.s.recent.message(beUint64(key), old)
 	}
-	if ok {
-		t.forgetElem(e.elem)
-		return
-	}
-	if len(old) >= versionLen {
-		xorInto(&t.st.Digest, t.s.keys.element(bucket, key, beUint64(old)))
-	}
-	t.st.Records--
+	t.forgetKnown(bucket, key, old, plain, e, ok)
 }
 
-// forgetElem takes a record whose element is known out of the digest.
-func (t *txn) forgetElem(elem [32]byte) {
-	xorInto(&t.st.Digest, elem)
+// forgetKnown takes the record old, stored at bucket/key, out of the
+// digest, with e its entry of the recent records when ok: an unsealed
+// record of the overlay (plain) was never in it; the element of another
+// is e's when e has it, else computed.
+func (t *txn) forgetKnown(bucket, key, old []byte, plain bool, e recentRecord, ok bool) {
+	switch {
+	case plain:
+	case ok && e.counted:
+		xorInto(&t.st.Digest, e.elem)
+	case len(old) >= versionLen:
+		xorInto(&t.st.Digest, t.s.keys.element(bucket, key, beUint64(old)))
+	}
 	t.st.Records--
 }
 
@@ -451,7 +459,7 @@ func (t *txn) del(bucket, key []byte) (bool, error) {
 	if t.ovl != nil && overlaid(bucket) {
 		old, engine := t.ovl.take(bucket, key)
 		if old.v != nil {
-			t.forget(bucket, key, old.v)
+			t.forget(bucket, key, old.v, old.plain)
 			t.logDel(bucket, key)
 			return true, nil
 		}
@@ -464,7 +472,7 @@ func (t *txn) del(bucket, key []byte) (bool, error) {
 	if old == nil || !bytes.Equal(k, key) {
 		return false, nil
 	}
-	t.forget(bucket, key, old)
+	t.forget(bucket, key, old, false)
 	t.logDel(bucket, key)
 	return true, c.Delete()
 }
@@ -612,14 +620,14 @@ func (o *putMessage) apply(t *txn) error {
 	t.noteID(o.id)
 	t.newMsgs[o.id] = true
 	var old []byte
-	var inEngine bool
+	var inEngine, oldPlain bool
 	if o.id <= t.maxID0 || again {
 		// Not a new message: it may replace one.
-		old, inEngine, _ = t.lookup(bktMessage, o.keyBuf[:])
+		old, inEngine, oldPlain = t.lookup(bktMessage, o.keyBuf[:])
 	}
-	version, elem, err := t.putLater(bktMessage, o.keyBuf[:], old, inEngine, &o.rec)
+	version, elem, counted, err := t.putLater(bktMessage, o.keyBuf[:], old, oldPlain, inEngine, &o.rec)
 	if err == nil {
-		t.s.recent.putMessage(o.id, recentRecord{version: version, elem: elem})
+		t.s.recent.putMessage(o.id, recentRecord{version: version, elem: elem, counted: counted})
 	}
 	return err
 }
@@ -678,7 +686,7 @@ func (o *putDelivery) apply(t *txn) error {
 	if hadOld {
 		if e, ok := t.s.recent.delivery(o.key, old); ok {
 			oldMsg = e.msgID
-			t.forgetElem(e.elem)
+			t.forgetKnown(bktDelivery, o.key, old, oldPlain, e, true)
 			old = nil // taken out of the digest
 		} else {
 			od, err := t.openDelivery(o.key, old, oldPlain)
@@ -694,11 +702,11 @@ func (o *putDelivery) apply(t *txn) error {
 	t.putDlv[[idLen + 8]byte(o.key)] = o.msgID
 	t.noteID(o.seq)
 	t.refs[o.msgID]++
-	version, elem, err := t.putLater(bktDelivery, o.key, old, inEngine, &o.rec)
+	version, elem, counted, err := t.putLater(bktDelivery, o.key, old, oldPlain, inEngine, &o.rec)
 	if err != nil {
 		return err
 	}
-	t.s.recent.putDelivery(o.key, recentRecord{version: version, msgID: o.msgID, elem: elem})
+	t.s.recent.putDelivery(o.key, recentRecord{version: version, msgID: o.msgID, elem: elem, counted: counted})
 	if hadOld {
 		return t.unref(oldMsg)
 	}
@@ -727,14 +735,14 @@ func (t *txn) deleteDelivery(key []byte) error {
 	var msgID uint64
 	if e, ok := t.s.recent.delivery(key, v); ok {
 		msgID = e.msgID
-		t.forgetElem(e.elem)
+		t.forgetKnown(bktDelivery, key, v, plain, e, true)
 	} else {
 		od, err := t.openDelivery(key, v, plain)
 		if err != nil {
 			return err
 		}
 		msgID = od.MsgID
-		t.forget(bktDelivery, key, v)
+		t.forget(bktDelivery, key, v, plain)
 	}
 	if c != nil {
 		if err := c.Delete(); err != nil {

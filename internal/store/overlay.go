@@ -8,7 +8,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// overlay holds, with the commit log (SyncAlways), the message and
+// overlay holds, with the commit log, the message and
 // delivery records written since the last checkpoint, beside the
 // engine's open transaction instead of in it.
 //
@@ -28,8 +28,9 @@ import (
 // until the checkpoint writes them to the engine, and recovery replays
 // the log's puts and deletes, in order, into the engine (applyLog: a
 // record put and deleted between two checkpoints is put and deleted
-// again). The digest and the record count are kept by the same code
-// whichever side holds a record.
+// again). The record count is kept by the same code whichever side
+// holds a record; the digest leaves out the overlay's unsealed records
+// until they are sealed into the engine (flush, replayLog).
 //
 // A key is on one side only: a record the engine holds (written there by
 // a checkpoint, by Open's replay of the log, or by redoLog) is replaced
@@ -154,19 +155,22 @@ func (o *overlay) deliveryKeys(keys [][]byte, prefix []byte) [][]byte {
 }
 
 // flush writes every record the overlay holds into tx, the engine's
-// transaction (at a checkpoint), sealing those that were not, and
-// empties it; the engine then holds every ID up to engineMax.
-func (o *overlay) flush(tx *bolt.Tx, keys *recordKeys, engineMax uint64) error {
+// transaction (at a checkpoint), sealing those that were not and adding
+// their elements to digest (see txn.putLater), and empties it; the
+// engine then holds every ID up to engineMax.
+func (o *overlay) flush(tx *bolt.Tx, keys *recordKeys, engineMax uint64, digest *[32]byte) error {
 	if o.n > 0 {
 		mb, db := tx.Bucket(bktMessage), tx.Bucket(bktDelivery)
 		mb.FillPercent, db.FillPercent = 0.9, 0.9 // as txn.bucket
 		put := func(b *bolt.Bucket, bucket, key []byte, r ovlRec) error {
 			v := r.v
 			if r.plain {
+				version := beUint64(r.v)
 				var err error
-				if v, err = keys.sealPlainValue(plainRecord(r.v), bucket, key, beUint64(r.v)); err != nil {
+				if v, err = keys.sealPlainValue(plainRecord(r.v), bucket, key, version); err != nil {
 					return err
 				}
+				xorInto(digest, keys.element(bucket, key, version))
 			}
 			return b.Put(key, v)
 		}

@@ -2,8 +2,10 @@ package store
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"os"
 	"path/filepath"
 	"testing"
@@ -272,5 +274,159 @@ func TestSecurityOverlayNoPlaintextInLog(t *testing.T) {
 	lc, err = readLog(path, openKeys(t, img))
 	if err != nil || !lc.torn || len(lc.records) != 0 {
 		t.Fatalf("a log whose only record was altered: %v, torn %v, %d records; want the record dropped", err, lc != nil && lc.torn, len(lc.records))
+	}
+}
+
+// TestOverlayDigestAcrossRedo: the unsealed records of the overlay are
+// counted in the digest only once sealed into the engine. A failed
+// request makes the committer apply the log again (redoLog), which puts
+// them into the engine and counts them there, and checkpoints; records
+// then replaced and deleted in the engine, and new ones in the overlay,
+// leave a store whose crash image and whose clean close both verify.
+func TestOverlayDigestAcrossRedo(t *testing.T) {
+	cfg := logConfig(t)
+	s := mustOpen(t, cfg)
+	defer s.Close()
+	mustCommit(t, s, PutSession{&Session{ClientID: "c", Owner: "user:c", ExpiryInterval: NeverExpires}})
+	aMsg, aSeq := queue(t, s, "c", "a")
+	bMsg, bSeq := queue(t, s, "c", "b")
+	queue(t, s, "c", "c")
+	ckpts := s.Stats().Checkpoints
+	if err := s.Commit(t.Context(), PutDelivery{&Delivery{ClientID: "nobody", Seq: s.NextID(), MsgID: aMsg}}); !errors.Is(err, ErrUnknownSession) {
+		t.Fatalf("a delivery of an unknown session: %v", err)
+	}
+	if n := s.Stats().Checkpoints; n != ckpts+1 {
+		t.Fatalf("%d checkpoints after a failed request, want %d (the redo ends the log)", n, ckpts+1)
+	}
+	if m, d := where(t, s, "c", aMsg, aSeq); m != "engine" || d != "engine" {
+		t.Fatalf("after the redo the records are in %q and %q, want the engine", m, d)
+	}
+	mustCommit(t, s, DeleteDelivery{"c", aSeq})
+	mustCommit(t, s, PutDelivery{&Delivery{ClientID: "c", Seq: bSeq, MsgID: bMsg, QoS: 1, State: Sent, PacketID: 3}})
+	dMsg, dSeq := queue(t, s, "c", "d")
+	queue(t, s, "c", "e")
+	mustCommit(t, s, DeleteDelivery{"c", dSeq})
+	if m, _ := where(t, s, "c", dMsg, dSeq); m != "" {
+		t.Fatalf("an acknowledged message is in %q", m)
+	}
+	want := map[string]bool{"b": true, "c": true, "e": true}
+	check := func(what string, img Config) {
+		t.Helper()
+		r := mustOpen(t, img)
+		got := payloads(r.Recovered(), "c")
+		mustClose(t, r)
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("%s: recovered %v, want %v", what, got, want)
+		}
+		if rep, err := Verify(img); err != nil || len(rep.Problems) > 0 {
+			t.Fatalf("Verify of %s: %v %v", what, err, rep.Problems)
+		}
+	}
+	check("the crash image", crashImage(t, cfg))
+	mustClose(t, s)
+	check("the store after Close", cfg)
+}
+
+// toLogV1 rewrites the log of the store in dir as the previous log
+// format held it (logMagicV1): each state record's digest counts the
+// put-records of the log still stored when it was written.
+func toLogV1(t *testing.T, dir string, keys *recordKeys) {
+	t.Helper()
+	path := filepath.Join(dir, LogFile)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lc, err := parseLog(b, keys)
+	if err != nil || lc.torn || !lc.uncounted {
+		t.Fatalf("parseLog: %v %+v", err, lc)
+	}
+	a, err := keys.logAEAD(lc.logID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pending := map[string][32]byte{}
+	var fix [32]byte
+	out := append([]byte(logMagicV1), b[8:48]...)
+	out = a.Seal(out, logHeaderNonce, nil, out)
+	for i, r := range lc.records {
+		for j, o := range r.ops {
+			k := string(o.bucket) + "\x00" + string(o.key)
+			if e, ok := pending[k]; ok {
+				xorInto(&fix, e)
+				delete(pending, k)
+			}
+			switch {
+			case o.kind == logOpPutRecord:
+				e := keys.element(o.bucket, o.key, beUint64(o.val))
+				pending[k] = e
+				xorInto(&fix, e)
+			case o.kind == logOpPut && bytes.Equal(o.bucket, bktMeta) && bytes.Equal(o.key, keyState):
+				ver, pt, err := keys.open(bktMeta, keyState, o.val)
+				if err != nil {
+					t.Fatal(err)
+				}
+				rec, _ := decodeRecord(pt)
+				st := rec.(*state)
+				xorInto(&st.Digest, fix)
+				if r.ops[j].val, err = keys.seal(bktMeta, keyState, ver, encodeRecord(st)); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		pt := encodeLogBatch(&r)
+		n := len(pt) + gcmTagLen
+		out = binary.BigEndian.AppendUint32(out, uint32(n))
+		out = binary.BigEndian.AppendUint64(out, uint64(i))
+		out = binary.BigEndian.AppendUint32(out, crc32.Checksum(out[len(out)-12:], castagnoli))
+		out = a.Seal(out, logNonce(uint64(i)), pt, logRecordAAD(keys.storeID, lc.logID, uint64(i)))
+	}
+	if err := os.WriteFile(path, out, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestLogV1Replay: a log left by a crash of the previous version, whose
+// state records counted the put-records in the digest when they were
+// logged, is applied without counting them again: the store opens with
+// everything reported and verifies. The same log read as the current
+// format would not (its digest then counts the surviving records twice).
+func TestLogV1Replay(t *testing.T) {
+	cfg := logConfig(t)
+	s := mustOpen(t, cfg)
+	defer s.Close()
+	mustCommit(t, s, PutSession{&Session{ClientID: "c", Owner: "user:c", ExpiryInterval: NeverExpires}})
+	_, aSeq := queue(t, s, "c", "a")
+	bMsg, bSeq := queue(t, s, "c", "b")
+	queue(t, s, "c", "c")
+	mustCommit(t, s, DeleteDelivery{"c", aSeq})
+	mustCommit(t, s, PutDelivery{&Delivery{ClientID: "c", Seq: bSeq, MsgID: bMsg, QoS: 1, State: Sent, PacketID: 3}})
+	img := crashImage(t, cfg)
+	toLogV1(t, img.Dir, s.keys)
+	r := mustOpen(t, img)
+	got := payloads(r.Recovered(), "c")
+	mustClose(t, r)
+	if len(got) != 2 || !got["b"] || !got["c"] {
+		t.Fatalf("recovered %v from a log of the previous format, want b and c", got)
+	}
+	if rep, err := Verify(img); err != nil || len(rep.Problems) > 0 {
+		t.Fatalf("Verify: %v %v", err, rep.Problems)
+	}
+
+	// Read as the current format, the same log fails the digest.
+	img = crashImage(t, cfg)
+	toLogV1(t, img.Dir, s.keys)
+	path := filepath.Join(img.Dir, LogFile)
+	b, _ := os.ReadFile(path)
+	lc, err := parseLog(b, s.keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _ := s.keys.logAEAD(lc.logID)
+	hdr := append([]byte(logMagic), b[8:48]...)
+	copy(b, a.Seal(hdr, logHeaderNonce, nil, hdr))
+	os.WriteFile(path, b, 0o600)
+	if _, err := Open(img); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("a counted log read as uncounted: %v, want ErrCorrupt (the check this test relies on)", err)
 	}
 }

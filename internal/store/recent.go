@@ -24,6 +24,10 @@ type recentRecord struct {
 	version uint64
 	msgID   uint64 // of a delivery
 	elem    [32]byte
+	// counted: elem is the record's element of the digest. A record put
+	// unsealed in the overlay has none yet (see txn.putLater); once a
+	// checkpoint sealed it into the engine, deleting it computes it.
+	counted bool
 }
 
 // maxRecent bounds each generation of each map: entries older than two

@@ -11,9 +11,9 @@ import (
 type counterRecord struct{ bucket, key, plaintext []byte }
 
 func (o counterRecord) apply(t *txn) error {
-	old, inEngine, _ := t.lookup(o.bucket, o.key)
+	old, inEngine, plain := t.lookup(o.bucket, o.key)
 	if old != nil {
-		t.forget(o.bucket, o.key, old)
+		t.forget(o.bucket, o.key, old, plain)
 	}
 	v, err := t.s.keys.seal(o.bucket, o.key, t.st.Counter, o.plaintext)
 	if err != nil {

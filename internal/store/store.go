@@ -33,7 +33,8 @@ const (
 	// is reported (it survives a crash of the process) and fsyncs every
 	// Config.BatchInterval: power loss may lose the last interval.
 	SyncBatch
-	// SyncOff never fsyncs until Close.
+	// SyncOff writes every commit to the operating system before it is
+	// reported, as SyncBatch, and never fsyncs until Close.
 	SyncOff
 )
 
@@ -107,7 +108,7 @@ type Config struct {
 
 	readOnly bool
 	hooks    *hooks
-	// The commit log's checkpoint policy (SyncAlways): a checkpoint once
+	// The commit log's checkpoint policy: a checkpoint once
 	// the log holds logCkptBytes, or logCkptEvery after the last one.
 	// Defaults defaultLogCheckpointBytes and defaultLogCheckpointEvery.
 	logCkptBytes int64
@@ -165,7 +166,7 @@ type Store struct {
 	lastCounter time.Time      // when the counter file was last written
 	failed      error          // set at the first disk error; wraps ErrFailed
 
-	// SyncAlways: the commit log (wal.go) and the engine transaction
+	// The commit log (wal.go; every mode) and the engine transaction
 	// that holds every commit logged since the last checkpoint (nil
 	// when there is none). Owned by the committer after Open.
 	wal      *logWriter
@@ -185,12 +186,17 @@ type Store struct {
 	logErr      atomic.Pointer[error]
 	logWG       sync.WaitGroup
 
-	// SyncBatch: the syncer goroutine fsyncs what the committer wrote.
-	committed  atomic.Uint64         // counter of the last commit written
-	dirty      atomic.Bool           // committed since the last fsync
-	syncFailed atomic.Pointer[error] // the syncer's fsync failed (wraps ErrFailed)
-	syncStop   chan struct{}
-	syncWG     sync.WaitGroup
+	// SyncBatch: the syncer goroutine fsyncs the log every
+	// BatchInterval, up to logWritten (the records the committer has
+	// written, and the commit counter of the last). walMu guards s.wal
+	// and walGen for it: a checkpoint replaces the log under walMu and
+	// counts walGen up, without waiting for the syncer's fsync.
+	walMu             sync.Mutex
+	walGen            uint64
+	logWritten        atomic.Uint64
+	logWrittenCounter atomic.Uint64
+	syncStop          chan struct{}
+	syncWG            sync.WaitGroup
 
 	nextID atomic.Uint64
 
@@ -275,7 +281,7 @@ func Open(cfg Config) (*Store, error) {
 	s.nextID.Store(max(s.st.MaxID, s.st.Counter))
 	if !cfg.readOnly {
 		s.wake = make(chan struct{}, 1)
-		if s.wal != nil {
+		if s.wal != nil && cfg.Sync == SyncAlways {
 			s.logJobs = make(chan logJob, 64)
 			s.logProgress = make(chan struct{}, 1)
 			s.logWG.Add(1)
@@ -283,7 +289,7 @@ func Open(cfg Config) (*Store, error) {
 		}
 		s.wg.Add(1)
 		go s.committer()
-		if cfg.Sync == SyncBatch {
+		if s.wal != nil && cfg.Sync == SyncBatch {
 			s.syncStop = make(chan struct{})
 			s.syncWG.Add(1)
 			go s.syncer(s.syncStop)
@@ -365,7 +371,9 @@ func (s *Store) resolveKEK(exists bool) error {
 
 func (s *Store) openDB() (err error) {
 	defer recoverCorrupt(&err)
-	opts := &bolt.Options{Timeout: time.Second, NoSync: s.cfg.Sync != SyncAlways, FreelistType: bolt.FreelistMapType, ReadOnly: !s.applyLog}
+	// The engine's file is written by checkpoints of the commit log (and
+	// by Open's replay of it), with the engine's fsyncs except in SyncOff.
+	opts := &bolt.Options{Timeout: time.Second, NoSync: s.cfg.Sync == SyncOff, FreelistType: bolt.FreelistMapType, ReadOnly: !s.applyLog}
 	if err := checkFileSize(s.path); err != nil {
 		return err
 	}
@@ -697,14 +705,14 @@ type Stats struct {
 	Requests int64 // commit requests reported
 	Ops      int64 // operations committed
 	Commits  int64 // transactions
-	Syncs    int64 // fsyncs of the store file (one per transaction in SyncAlways)
+	Syncs    int64 // fsyncs of the commit log (SyncAlways: one per group of batches; SyncBatch: at most one per interval)
 	Failed   int64 // requests that failed
 	// Coalesced counts the ops not written because they cancelled out in
 	// their transaction: deliveries acknowledged before their commit,
 	// and the messages only they referred to.
 	Coalesced int64
 	// Checkpoints counts the commits of the commit log into the storage
-	// engine's file (SyncAlways), each with the engine's two fsyncs.
+	// engine's file, each with the engine's two fsyncs (none in SyncOff).
 	Checkpoints int64
 	// CommitLatency is the time each transaction took, from the start of
 	// its write to its durability (fsync included in SyncAlways), by the

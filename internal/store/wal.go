@@ -13,16 +13,19 @@ import (
 	"hash/crc32"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
 
-// The commit log (SyncAlways).
+// The commit log (every sync mode).
 //
-// With SyncAlways a commit is made durable by appending one record to
-// the log file, store.wal, and an fdatasync of it (shared by the records
-// appended while the previous one ran). The storage engine's
+// A commit is made durable by appending one record to the log file,
+// store.wal, and an fdatasync of it: with SyncAlways before it is
+// reported (one fdatasync shared by the records appended while the
+// previous one ran), with SyncBatch every interval, with SyncOff at
+// Close. The storage engine's
 // file is written behind the log: the committer applies every batch to
 // one long engine transaction, which is committed (with the engine's own
 // two fsyncs) only at a checkpoint, once the log holds 16 MiB or a second
@@ -34,10 +37,13 @@ import (
 //
 // Layout of store.wal:
 //
-//	header (64 bytes): "MOATWAL1" | store ID (16) | log ID (16) |
+//	header (64 bytes): "MOATWAL2" | store ID (16) | log ID (16) |
 //	                   base counter (8, big endian) | GCM tag (16)
 //	record:            length (4, big endian) | index (8) | check (4) |
 //	                   AES-256-GCM ciphertext and tag (length bytes)
+//
+// ("MOATWAL1": a log of the previous format, read the same way, whose
+// state records counted its put-records in the digest; see replayLog.)
 //
 // The check is CRC-32C of the length and the index. The index is also
 // authenticated (below); in the clear, with the check, it lets a reader
@@ -72,7 +78,11 @@ import (
 const (
 	LogFile = "store.wal"
 
-	logMagic     = "MOATWAL1"
+	// logMagic starts a log whose put-records are outside the store's
+	// digest until they are applied (see replayLog); logMagicV1 one
+	// whose put-records were counted in it when they were logged.
+	logMagic     = "MOATWAL2"
+	logMagicV1   = "MOATWAL1"
 	logHeaderLen = 8 + 16 + 16 + 8 + gcmTagLen
 	gcmTagLen    = 16
 	logLenLen    = 16 // length, index and check
@@ -149,7 +159,8 @@ type logWriter struct {
 // createLog writes a new, empty log continuing the engine's file at
 // counter base, under a temporary name, syncs it and renames it to
 // dir/store.wal (replacing the previous log), then syncs the directory.
-func createLog(dir string, keys *recordKeys, logID [16]byte, base uint64) (*logWriter, error) {
+// Without sync (the checkpoints of SyncOff) it does not fsync.
+func createLog(dir string, keys *recordKeys, logID [16]byte, base uint64, sync bool) (*logWriter, error) {
 	a, err := keys.logAEAD(logID)
 	if err != nil {
 		return nil, fmt.Errorf("store: log key: %w", err)
@@ -174,15 +185,19 @@ func createLog(dir string, keys *recordKeys, logID [16]byte, base uint64) (*logW
 	if _, err := f.Write(hdr); err != nil {
 		return fail(err)
 	}
-	if err := f.Sync(); err != nil {
-		return fail(err)
+	if sync {
+		if err := f.Sync(); err != nil {
+			return fail(err)
+		}
 	}
 	if err := os.Rename(tmp, w.path); err != nil {
 		return fail(err)
 	}
-	if err := syncDir(dir); err != nil {
-		f.Close()
-		return nil, err
+	if sync {
+		if err := syncDir(dir); err != nil {
+			f.Close()
+			return nil, err
+		}
 	}
 	w.f = f
 	return w, nil
@@ -225,6 +240,9 @@ type logContents struct {
 	// incomplete (cut short, zero-filled or not authentic, with nothing
 	// after it); the log ends before it.
 	torn bool
+	// uncounted: the log's put-records are not in the digest of the
+	// state records it holds (logMagic); see replayLog.
+	uncounted bool
 }
 
 type logRecord struct {
@@ -258,10 +276,10 @@ func parseLog(b []byte, keys *recordKeys) (*logContents, error) {
 	corrupt := func(format string, a ...any) error {
 		return fmt.Errorf("%w: %s: %s", ErrCorrupt, LogFile, fmt.Sprintf(format, a...))
 	}
-	if len(b) < logHeaderLen || string(b[:len(logMagic)]) != logMagic {
+	if len(b) < logHeaderLen || (string(b[:len(logMagic)]) != logMagic && string(b[:len(logMagic)]) != logMagicV1) {
 		return nil, corrupt("no log header (not a log, or damaged)")
 	}
-	lc := &logContents{}
+	lc := &logContents{uncounted: string(b[:len(logMagic)]) == logMagic}
 	copy(lc.logID[:], b[24:40])
 	lc.base = binary.BigEndian.Uint64(b[40:48])
 	if !bytes.Equal(b[8:24], keys.storeID[:]) {
@@ -483,9 +501,58 @@ func decodeLogBatch(b []byte) (*logRecord, error) {
 	return r, nil
 }
 
+// replayLog applies records (of the log lc) to tx, in order, and brings
+// the state record the last of them wrote up to date with the digest.
+//
+// A put-record (a message or delivery the overlay held unsealed) is
+// counted in the store's digest only when it is sealed into the engine's
+// file: at a checkpoint, or here. Most are deleted before the next
+// checkpoint, and their keyed hash is then never computed. So the state
+// records in a log of logMagic leave out the put-records of the log that
+// were still stored when the state was written; once the log is applied
+// those records are in the engine, and their elements are added to the
+// last state's digest here. A put-record is still stored at the end of
+// the log unless a later op of the log deleted or replaced it. (A log of
+// logMagicV1 counted them when they were logged: nothing to add.)
+func replayLog(tx *bolt.Tx, keys *recordKeys, lc *logContents, records []logRecord) error {
+	var pending map[string]uint64
+	if lc.uncounted {
+		pending = map[string]uint64{}
+	}
+	for i := range records {
+		if err := applyLog(tx, keys, &records[i], pending); err != nil {
+			return err
+		}
+	}
+	if len(pending) == 0 {
+		return nil
+	}
+	meta := tx.Bucket(bktMeta)
+	ver, pt, err := keys.open(bktMeta, keyState, meta.Get(keyState))
+	if err != nil {
+		return fmt.Errorf("%w: state record: %v", ErrCorrupt, err)
+	}
+	r, err := decodeRecord(pt)
+	st, ok := r.(*state)
+	if err != nil || !ok || st.Counter != ver {
+		return fmt.Errorf("%w: state record malformed", ErrCorrupt)
+	}
+	for k, version := range pending {
+		bucket, key, _ := strings.Cut(k, "\x00")
+		xorInto(&st.Digest, keys.element([]byte(bucket), []byte(key), version))
+	}
+	v, err := keys.seal(bktMeta, keyState, st.Counter, encodeRecord(st))
+	if err != nil {
+		return err
+	}
+	return meta.Put(keyState, v)
+}
+
 // applyLog writes a record's ops to tx, sealing with keys the records
-// that the log alone encrypted.
-func applyLog(tx *bolt.Tx, keys *recordKeys, r *logRecord) error {
+// that the log alone encrypted. pending (nil for a log of logMagicV1)
+// tracks the put-records still stored, by bucket and key, with their
+// versions (see replayLog).
+func applyLog(tx *bolt.Tx, keys *recordKeys, r *logRecord, pending map[string]uint64) error {
 	for _, o := range r.ops {
 		if o.kind == logOpBucket {
 			if _, err := tx.CreateBucketIfNotExists(o.bucket); err != nil {
@@ -496,6 +563,14 @@ func applyLog(tx *bolt.Tx, keys *recordKeys, r *logRecord) error {
 		b := tx.Bucket(o.bucket)
 		if b == nil {
 			return fmt.Errorf("%w: %s: an op on a missing bucket", ErrCorrupt, LogFile)
+		}
+		if pending != nil && (o.kind == logOpPutRecord || len(pending) > 0) {
+			k := string(o.bucket) + "\x00" + string(o.key)
+			if o.kind == logOpPutRecord {
+				pending[k] = beUint64(o.val)
+			} else {
+				delete(pending, k)
+			}
 		}
 		var err error
 		switch o.kind {

@@ -50,7 +50,7 @@ func FuzzLogBatch(f *testing.F) {
 func FuzzParseLog(f *testing.F) {
 	keys := fuzzLogKeys(f)
 	dir := f.TempDir()
-	w, err := createLog(dir, keys, [16]byte{9}, 5)
+	w, err := createLog(dir, keys, [16]byte{9}, 5, true)
 	if err != nil {
 		f.Fatal(err)
 	}

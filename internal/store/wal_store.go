@@ -42,8 +42,8 @@ func (s *Store) readLogID() (id [16]byte, ok bool, err error) {
 // recoverLog brings the engine's file up to date with the log, once the
 // key and the state record are loaded: the records the log holds after
 // the engine's last checkpoint are applied in one engine transaction.
-// With SyncAlways (not read-only) that transaction is a checkpoint that
-// starts a new, empty log; otherwise the log is left behind, stale. The
+// In a writable store that transaction is a checkpoint that starts a
+// new, empty log; read-only, the log is left behind, stale. The
 // log must continue the engine's file:
 //
 //   - the log the file names: its base is the file's commit counter, and
@@ -66,7 +66,7 @@ func (s *Store) recoverLog() (err error) {
 	if err != nil {
 		return err
 	}
-	useLog := s.cfg.Sync == SyncAlways && !s.cfg.readOnly
+	useLog := !s.cfg.readOnly
 	if lc == nil && !useLog {
 		return nil
 	}
@@ -107,11 +107,11 @@ func (s *Store) recoverLog() (err error) {
 			tx.Rollback()
 		}
 	}()
-	for i := range replay {
-		if err := applyLog(tx, s.keys, &replay[i]); err != nil {
+	if len(replay) > 0 {
+		if err := replayLog(tx, s.keys, lc, replay); err != nil {
 			return err
 		}
-		counter = replay[i].counter
+		counter = replay[len(replay)-1].counter
 	}
 	var id [16]byte
 	if useLog {
@@ -130,8 +130,9 @@ func (s *Store) recoverLog() (err error) {
 	if err != nil {
 		return fmt.Errorf("store: applying the log: %w", err)
 	}
-	if s.cfg.Sync != SyncAlways {
-		// The engine's commit above did not fsync.
+	if s.cfg.Sync == SyncOff {
+		// The engine's commit above did not fsync; the log that held
+		// what it applied is about to be replaced.
 		if err := s.db.Sync(); err != nil {
 			return fmt.Errorf("store: %w", err)
 		}
@@ -139,7 +140,7 @@ func (s *Store) recoverLog() (err error) {
 	if !useLog {
 		return nil
 	}
-	if s.wal, err = createLog(s.cfg.Dir, s.keys, id, counter); err != nil {
+	if s.wal, err = createLog(s.cfg.Dir, s.keys, id, counter, true); err != nil {
 		return err
 	}
 	s.ckptAt = time.Now()
@@ -195,7 +196,7 @@ func (s *Store) commitLogged(t *txn, reqs []*request, force bool) (nops, dropped
 		}
 		return nops, dropped, err
 	}
-	for s.wal.index-s.logDurable.Load() >= maxUnsynced {
+	for s.logJobs != nil && s.wal.index-s.logDurable.Load() >= maxUnsynced {
 		if p := s.logErr.Load(); p != nil {
 			return nops, dropped, *p
 		}
@@ -315,9 +316,11 @@ func (s *Store) syncLog(w *logWriter) error {
 // drainLog waits until the log's syncer has done every job queued: every
 // record written is durable (or the fsync failed) and reported.
 func (s *Store) drainLog() error {
-	b := make(chan struct{})
-	s.logJobs <- logJob{barrier: b}
-	<-b
+	if s.logJobs != nil {
+		b := make(chan struct{})
+		s.logJobs <- logJob{barrier: b}
+		<-b
+	}
 	if p := s.logErr.Load(); p != nil {
 		return *p
 	}
@@ -330,7 +333,19 @@ func (s *Store) drainLog() error {
 // reported.
 func (s *Store) afterLogged(reqs []*request, wrote bool, start time.Time) {
 	ckpt := wantsCheckpoint(reqs) && (wrote || s.wal.index > 0)
-	if wrote {
+	if s.logJobs == nil {
+		// SyncBatch, SyncOff: the record is written to the operating
+		// system, which is what these modes report; the batch's
+		// syncer fsyncs it within BatchInterval (SyncBatch).
+		if wrote {
+			s.latency.observe(time.Since(start))
+			s.logWrittenCounter.Store(s.st.Counter)
+			s.logWritten.Store(s.wal.index)
+		}
+		if !ckpt {
+			s.finishBatch(reqs, nil)
+		}
+	} else if wrote {
 		j := logJob{w: s.wal, index: s.wal.index, counter: s.st.Counter, start: start}
 		if !ckpt {
 			j.reqs = slices.Clone(reqs)
@@ -384,13 +399,26 @@ func (s *Store) redoLog() (err error) {
 	if err != nil {
 		return err
 	}
-	for i := range lc.records {
-		if err := applyLog(tx, s.keys, &lc.records[i]); err != nil {
-			tx.Rollback()
-			return err
-		}
+	if err := replayLog(tx, s.keys, lc, lc.records); err != nil {
+		tx.Rollback()
+		return err
+	}
+	if err := s.loadState(tx.Bucket(bktMeta)); err != nil {
+		tx.Rollback()
+		return err
 	}
 	s.wtx = tx
+	// The put-records still stored are in the engine now, and replayLog
+	// added their elements to the digest of the transaction's state
+	// record; the log's own state records leave them out. A checkpoint
+	// ends this log, so that a replay after a crash never adds them
+	// twice.
+	if err := s.drainLog(); err != nil {
+		return err
+	}
+	if err := s.checkpoint(); err != nil {
+		return fmt.Errorf("%w: checkpoint: %v", ErrFailed, err)
+	}
 	return nil
 }
 
@@ -400,10 +428,11 @@ func (s *Store) checkpointDue() bool {
 		(s.wal.size >= s.cfg.logCkptBytes || time.Since(s.ckptAt) >= s.cfg.logCkptEvery)
 }
 
-// checkpoint commits the engine's transaction (with the engine's fsyncs),
-// naming a new log in it, and replaces the log with that new, empty one.
-// A crash before the new log is in place leaves the previous one, whose
-// records the engine's file then holds: recoverLog accepts it.
+// checkpoint commits the engine's transaction (with the engine's fsyncs,
+// except in SyncOff), naming a new log in it, and replaces the log with
+// that new, empty one. A crash before the new log is in place leaves the
+// previous one, whose records the engine's file then holds: recoverLog
+// accepts it.
 func (s *Store) checkpoint() (err error) {
 	defer recoverCorrupt(&err)
 	tx := s.wtx
@@ -415,11 +444,21 @@ func (s *Store) checkpoint() (err error) {
 	}
 	if s.ovl != nil {
 		// The records still stored at the checkpoint go into the
-		// engine's file with it.
-		if err := s.ovl.flush(tx, s.keys, s.st.MaxID); err != nil {
+		// engine's file with it, and those that were not sealed into
+		// the digest (see putLater).
+		if err := s.ovl.flush(tx, s.keys, s.st.MaxID, &s.st.Digest); err != nil {
 			tx.Rollback()
 			return err
 		}
+	}
+	st, err := s.keys.seal(bktMeta, keyState, s.st.Counter, encodeRecord(&s.st))
+	if err != nil {
+		tx.Rollback()
+		return err
+	}
+	if err := tx.Bucket(bktMeta).Put(keyState, st); err != nil {
+		tx.Rollback()
+		return err
 	}
 	id := newLogID()
 	if err := s.putLogID(tx, id, s.st.Counter); err != nil {
@@ -429,13 +468,20 @@ func (s *Store) checkpoint() (err error) {
 	if err := tx.Commit(); err != nil {
 		return err
 	}
-	w, err := createLog(s.cfg.Dir, s.keys, id, s.st.Counter)
+	w, err := createLog(s.cfg.Dir, s.keys, id, s.st.Counter, s.cfg.Sync != SyncOff)
 	if err != nil {
 		return err
 	}
+	// The batch syncer (SyncBatch) may be fsyncing the old log: what it
+	// had to make durable is in the engine's file now, and walGen tells
+	// it that its fsync is of a log replaced meanwhile.
+	s.walMu.Lock()
 	s.wal.close()
 	s.wal = w
+	s.walGen++
 	s.logDurable.Store(0)
+	s.logWritten.Store(0)
+	s.walMu.Unlock()
 	s.ckptAt = time.Now()
 	s.stats.checkpoints.Add(1)
 	return nil

@@ -120,6 +120,58 @@ func TestLogReplay(t *testing.T) {
 	}
 }
 
+// TestLogBatchAndOff: SyncBatch and SyncOff write commits to the log as
+// SyncAlways does, without an fsync per commit: SyncBatch fsyncs the log
+// every BatchInterval (none within the test's hour), SyncOff never. A
+// crash of the process (an image of the files) loses none of them.
+func TestLogBatchAndOff(t *testing.T) {
+	for _, mode := range []SyncMode{SyncBatch, SyncOff} {
+		t.Run(mode.String(), func(t *testing.T) {
+			cfg := logConfig(t)
+			cfg.Sync, cfg.BatchInterval = mode, time.Hour
+			s := mustOpen(t, cfg)
+			defer s.Close()
+			for i := range 20 {
+				mustCommit(t, s, PutRetained{&Retained{Topic: fmt.Sprintf("t/%d", i), Payload: []byte(fmt.Sprint(i))}})
+			}
+			if st := s.Stats(); st.Syncs != 0 || st.Checkpoints != 0 || st.Commits != 20 {
+				t.Fatalf("%d fsyncs, %d checkpoints and %d commits for 20 commits, want 0, 0 and 20", st.Syncs, st.Checkpoints, st.Commits)
+			}
+			img := crashImage(t, cfg)
+			b, _ := os.ReadFile(filepath.Join(img.Dir, LogFile))
+			if n := len(logSpans(t, b)); n != 20 {
+				t.Fatalf("the log holds %d records, want 20 (one per commit)", n)
+			}
+			img.Sync = mode
+			r := mustOpen(t, img)
+			got := retainedTopics(r.Recovered())
+			mustClose(t, r)
+			for i := range 20 {
+				if got[fmt.Sprintf("t/%d", i)] != fmt.Sprint(i) {
+					t.Fatalf("commit %d lost after the crash: %v", i, got)
+				}
+			}
+		})
+	}
+}
+
+// TestBatchModeSyncsLog: SyncBatch fsyncs the log on its own, every
+// BatchInterval, and the records it covered are marked durable for the
+// next ones (recovery tells damage from a torn tail by them).
+func TestBatchModeSyncsLog(t *testing.T) {
+	cfg := logConfig(t)
+	cfg.Sync, cfg.BatchInterval = SyncBatch, 5*time.Millisecond
+	s := mustOpen(t, cfg)
+	defer s.Close()
+	mustCommit(t, s, PutRetained{&Retained{Topic: "a", Payload: []byte("1")}})
+	testutil.WaitFor(t, "a periodic fsync of the log", 10*time.Second, func() bool { return s.logDurable.Load() == 1 })
+	mustCommit(t, s, PutRetained{&Retained{Topic: "b", Payload: []byte("2")}})
+	lc, err := readLog(filepath.Join(cfg.Dir, LogFile), s.keys)
+	if err != nil || len(lc.records) != 2 || lc.records[1].durable != 1 {
+		t.Fatalf("log after an fsync: %v, %+v", err, lc)
+	}
+}
+
 // TestLogTornTail: a crash during the append of the last record leaves
 // it cut at any byte, or zero-filled: that is the end of the log, the
 // records before it are applied, and the store opens.
@@ -430,7 +482,7 @@ func TestLogConcurrentCommits(t *testing.T) {
 func TestLogUnsyncedRecordsAfterTornOne(t *testing.T) {
 	keys := fuzzLogKeys(t)
 	dir := t.TempDir()
-	w, err := createLog(dir, keys, [16]byte{4}, 10)
+	w, err := createLog(dir, keys, [16]byte{4}, 10, true)
 	if err != nil {
 		t.Fatal(err)
 	}
