@@ -658,12 +658,13 @@ func (c *conn) awaitHold(h hold) (waited, ok bool) {
 		c.sess.waitingOn.Store(h.sess)
 		defer c.sess.waitingOn.Store(nil)
 	}
+	// Not the server's context as well: Shutdown kills every connection
+	// (closing c.killed), and a select on a channel that every held
+	// reader shares locks it for each wait.
 	select {
 	case <-h.w.ch:
 		return true, true
 	case <-c.killed:
-	case <-srv.ctx.Done():
-		c.kill(packet.ServerShuttingDown, "server shutting down")
 	}
 	h.leave()
 	return true, false
