@@ -68,9 +68,10 @@ type ConnObserver interface {
 // charge the packets that came with one read of the client's socket at
 // one reading of its clock: the reader calls MarkRead when a read
 // returned input (after any wait for a held publisher's turn), and Read
-// charges each packet of that read, in order, at a time no later than the
-// read's return. Read still pauses after the packet that goes over a
-// rate; the Observer takes a new reading after a pause.
+// may charge each packet of that read at the time it charged the read's
+// first, never later than the packet's own. Read still pauses after the
+// packet that goes over a rate; the Observer takes a new reading after a
+// pause.
 type ReadMarker interface {
 	MarkRead()
 }

@@ -253,10 +253,10 @@ func (g *Guard) NewClientLimiter() *ClientLimiter { return &ClientLimiter{g: g} 
 // client's socket. From the first call on, Reserve reads the clock once
 // per read (and again after a charge that asked for a pause) instead of
 // once per packet: every packet is still charged, and paused after, on
-// its own, at the time its read returned, never later. A reading earlier
-// than the true time asks for a pause at least as long (by the time spent
-// handling the read's earlier packets, microseconds), so the limits are
-// not loosened. One clock reading per packet was about a hundredth of
+// its own, at the time the read's first packet was charged, never later
+// than its own. A reading earlier than the true time asks for a pause at
+// least as long (by the time spent handling the read's earlier packets,
+// microseconds), so the limits are not loosened. One clock reading per packet was about a hundredth of
 // the broker's CPU under a fan-in of small messages.
 func (l *ClientLimiter) NewRead() {
 	l.perRead = true
