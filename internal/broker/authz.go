@@ -246,6 +246,42 @@ func (s *Server) authorize(c *Client, a Action, topic string, qos byte, retain b
 	return d
 }
 
+// publishMemo is the last publish decision of a connection, kept on its
+// reader (conn.pubMemo) under the same generation and identity rules as
+// the connection's cache. A client publishing one topic after another
+// (a sensor, a fan-in) is then decided from memory its reader touches
+// anyway, rather than from the shared cache's entry, which a broker with
+// thousands of publishers has to fetch from main memory for every
+// message.
+type publishMemo struct {
+	gen    uint64
+	id     *authzIdentity
+	topic  string
+	qos    byte
+	retain bool
+	d      Decision
+}
+
+// authorizePublish is authorize for a PUBLISH the connection's reader
+// handles: its last decision when the topic, QoS, retain flag,
+// generation and identity are the same. As in authorize, the generation
+// and identity are read before deciding, so a decision racing with a
+// change is kept under the old ones and never used.
+func (c *conn) authorizePublish(topic string, qos byte, retain bool) Decision {
+	s, az := c.srv, c.client.az
+	if az == nil || az.tab.Load() == nil {
+		return s.authorize(&c.client, ActionPublish, topic, qos, retain, "")
+	}
+	gen, id := s.authzGen.Load(), az.id.Load()
+	m := &c.pubMemo
+	if m.id == id && m.gen == gen && m.topic == topic && m.qos == qos && m.retain == retain {
+		return m.d
+	}
+	d := s.authorize(&c.client, ActionPublish, topic, qos, retain, "")
+	*m = publishMemo{gen: gen, id: id, topic: topic, qos: qos, retain: retain, d: d}
+	return d
+}
+
 // retainSourceAllowed checks, on retained replay, that the message's
 // publisher may still publish it (Config.CheckRetainSource). Messages the
 // server published ($SYS) have no publisher and pass; a recovered message

@@ -55,6 +55,13 @@ type conn struct {
 	raw syscall.RawConn
 	// lastDrain is when the reader last ran out of input. Reader-owned.
 	lastDrain time.Time
+	// pubMemo is the last publish decision (authorizePublish).
+	// Reader-owned.
+	pubMemo publishMemo
+	// rearm: the reader waited (a held publisher's turn) since the read
+	// deadline was set; it is set again before the next read that may
+	// wait (source.Read). Reader-owned.
+	rearm bool
 	// arr reads the socket with arrival times, nil when the transport
 	// does not allow it (arrival.go); recentShard is the shard of the
 	// server's record of recent messages this connection's PUBLISH

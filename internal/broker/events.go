@@ -64,6 +64,18 @@ type ConnObserver interface {
 	Closed(c *Client, connected, abnormal bool)
 }
 
+// ReadMarker is an optional interface of a ConnObserver whose Read may
+// charge the packets that came with one read of the client's socket at
+// one reading of its clock: the reader calls MarkRead when a read
+// returned input (after any wait for a held publisher's turn), and Read
+// may charge each packet of that read at the time it charged the read's
+// first, never later than the packet's own. Read still pauses after the
+// packet that goes over a rate; the Observer takes a new reading after a
+// pause.
+type ReadMarker interface {
+	MarkRead()
+}
+
 // AttachObserver is an optional interface of a ConnObserver. Attached is
 // called on the reader once the client's session is attached, when
 // Reevaluate can find the connection, before

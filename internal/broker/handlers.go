@@ -98,7 +98,7 @@ func (c *conn) handlePublish(p *packet.Publish) bool {
 		c.log.Info("broker: publish to $SYS refused", "topic", p.Topic)
 	default:
 		// p.Topic is the full topic name: any alias was resolved above.
-		if d := s.authorize(&c.client, ActionPublish, p.Topic, p.QoS, p.Retain, ""); !d.Allow {
+		if d := c.authorizePublish(p.Topic, p.QoS, p.Retain); !d.Allow {
 			code = packet.NotAuthorized
 			s.denied(&c.client, ActionPublish, p.Topic, d, "publish")
 			v := c.obs.Denied(&c.client, ActionPublish, p.Topic, d.Reason)

@@ -83,6 +83,9 @@ type source struct {
 	// nowait: Read returns what has arrived, or errNoInput, without
 	// waiting (topUp); only with sr set.
 	nowait bool
+	// mark is the connection's Observer when it charges a read's packets
+	// at one clock reading (ReadMarker); nil otherwise.
+	mark ReadMarker
 }
 
 // errNoInput is what a read that may not wait (source.nowait) returns
@@ -101,11 +104,17 @@ func (s *source) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	if s.nowait {
-		n, err := s.sr.readNow(p)
+		n, err := s.readNow(p)
 		if n == 0 && err == nil {
 			return 0, errNoInput
 		}
+		if n > 0 && s.mark != nil {
+			s.mark.MarkRead()
+		}
 		return n, err
+	}
+	if c := s.c; c != nil && c.rearm {
+		c.rearmKeepAlive()
 	}
 	var n int
 	var err error
@@ -140,12 +149,28 @@ func (s *source) Read(p []byte) (int, error) {
 			// read it on its own right after. (A read that has to wait
 			// for input happens before the hold, so that a client that
 			// closes its connection is seen at once.)
-			m, rerr := s.sr.readNow(p[n:])
+			m, rerr := s.readNow(p[n:])
 			n += m
 			if rerr != nil {
 				s.err = rerr // the next read reports it
 			}
 		}
+	}
+	if n > 0 && s.mark != nil {
+		s.mark.MarkRead()
+	}
+	return n, err
+}
+
+// readNow reads what has arrived without waiting (stampedReader.readNow).
+// After a wait for a held publisher's turn the read deadline is moved
+// only before the next read that may wait (conn.rearm), so it may have
+// passed meanwhile: the timeout that reports is the server's wait, not
+// the client's silence, and counts as nothing arrived.
+func (s *source) readNow(p []byte) (int, error) {
+	n, err := s.sr.readNow(p)
+	if err != nil && s.c != nil && s.c.rearm && isTimeout(err) {
+		return 0, nil
 	}
 	return n, err
 }
@@ -314,6 +339,7 @@ func (c *conn) goQuiet() bool {
 	c.nc.SetReadDeadline(aLongTimeAgo)
 	n, err := c.nc.Read(c.src.head[:])
 	c.nc.SetReadDeadline(deadline)
+	c.rearm = false
 	if c.closing.Load() {
 		// kill may have woken the reader before the deadline was set
 		// back: let readLoop stop.

@@ -607,7 +607,8 @@ func (srv *Server) droppedSlow(c *conn, n int) {
 // came, not while the broker waits for its input anyway (waiting per
 // message cost a goroutine switch and a write each, and tripled the CPU
 // per message of a closed-loop fan-in). The time spent waiting is not the
-// client's: the keep-alive deadline starts again afterwards. It reports
+// client's: the keep-alive deadline starts again before the next read
+// that may wait (conn.rearm). It reports
 // whether it had to wait, and ok false when the connection or the server
 // is closing.
 func (c *conn) awaitHolds() (waited, ok bool) {
@@ -629,7 +630,10 @@ func (c *conn) awaitHolds() (waited, ok bool) {
 	p.clearHolds()
 	p.free = [2]*session{}
 	if ok && waited {
-		c.armKeepAlive()
+		// Set again only before the next read that may wait
+		// (source.Read): most waits end with the input that follows
+		// already buffered, and moving the deadline is a timer update.
+		c.rearm = true
 	}
 	return waited, ok
 }
@@ -654,12 +658,13 @@ func (c *conn) awaitHold(h hold) (waited, ok bool) {
 		c.sess.waitingOn.Store(h.sess)
 		defer c.sess.waitingOn.Store(nil)
 	}
+	// Not the server's context as well: Shutdown kills every connection
+	// (closing c.killed), and a select on a channel that every held
+	// reader shares locks it for each wait.
 	select {
 	case <-h.w.ch:
 		return true, true
 	case <-c.killed:
-	case <-srv.ctx.Done():
-		c.kill(packet.ServerShuttingDown, "server shutting down")
 	}
 	h.leave()
 	return true, false

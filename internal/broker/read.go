@@ -13,8 +13,22 @@ import (
 // armKeepAlive sets the read deadline for the next packet: one and a half
 // times the keep alive from now [MQTT-3.1.2-24].
 func (c *conn) armKeepAlive() {
+	c.rearm = false
 	if c.keepAlive > 0 {
 		c.nc.SetReadDeadline(time.Now().Add(c.keepAlive * 3 / 2))
+	}
+}
+
+// rearmKeepAlive runs before a read that may wait, when the reader waited
+// since the deadline was set (conn.rearm): the wait was the server's,
+// not the client's, so the keep alive counts from now. A kill that set
+// closing before the deadline moved may have woken the reader already
+// (wakeReader): the deadline is put back in the past then, so the read
+// returns at once as the kill meant.
+func (c *conn) rearmKeepAlive() {
+	c.armKeepAlive()
+	if c.closing.Load() {
+		c.nc.SetReadDeadline(aLongTimeAgo)
 	}
 }
 

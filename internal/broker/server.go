@@ -232,6 +232,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, lc ListenerConfig) 
 		}
 		c := s.newConn(nc, st)
 		c.obs = obs
+		c.src.mark, _ = obs.(ReadMarker)
 		s.mu.Lock()
 		if s.closed {
 			s.mu.Unlock()

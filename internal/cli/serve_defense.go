@@ -62,6 +62,7 @@ var (
 	_ broker.AttachObserver   = (*connDefense)(nil)
 	_ broker.GrantObserver    = (*connDefense)(nil)
 	_ broker.LimitObserver    = (*connDefense)(nil)
+	_ broker.ReadMarker       = (*connDefense)(nil)
 )
 
 // limitRate is the limit of the per-client rates (the guard's own, which
@@ -659,6 +660,14 @@ func (cd *connDefense) Read(n int) (time.Duration, broker.Decision) {
 		}
 	}
 	return wait, broker.Decision{Allow: true}
+}
+
+// MarkRead lets the client's rate limits read the clock once per read
+// of its socket rather than once per packet (guard.ClientLimiter.NewRead).
+func (cd *connDefense) MarkRead() {
+	if cd.lim != nil {
+		cd.lim.NewRead()
+	}
 }
 
 func (cd *connDefense) Ping(c *broker.Client, quiet time.Duration) broker.Verdict {

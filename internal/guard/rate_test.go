@@ -187,6 +187,44 @@ func TestReserve(t *testing.T) {
 	}
 }
 
+// With NewRead, the packets of one read are charged at the time the first
+// of them was: each is still charged and paused on its own, a pause makes
+// the next packet read the clock again, and a new read does too.
+func TestReserveOneReadingPerRead(t *testing.T) {
+	clk := newClock()
+	g, _ := newGuard(t, Config{MessageRate: 100, MessageBurst: 10}, clk, nil)
+	l := g.NewClientLimiter()
+	l.NewRead()
+	for i := range 10 {
+		if w, d := l.Reserve(10); w != 0 || !d.Allow {
+			t.Fatalf("message %d of the burst: wait %v", i+1, w)
+		}
+		// Time the read's handling takes is not given back: the
+		// packets still count at the read's time.
+		clk.Advance(5 * time.Millisecond)
+	}
+	if w, _ := l.Reserve(10); w != 10*time.Millisecond {
+		t.Errorf("message 11 of one read waits %v, want 10ms (charged at the read's time)", w)
+	}
+	// After the pause the clock is read again: 50 ms of handling and
+	// the 10 ms paused have refilled six messages of the burst.
+	clk.Advance(10 * time.Millisecond)
+	if w, _ := l.Reserve(10); w != 0 {
+		t.Errorf("after the pause: wait %v, want 0", w)
+	}
+	// A new read reads the clock again too.
+	clk.Advance(time.Second)
+	l.NewRead()
+	for i := range 10 {
+		if w, _ := l.Reserve(10); w != 0 {
+			t.Fatalf("message %d after a second: wait %v", i+1, w)
+		}
+	}
+	if w, _ := l.Reserve(10); w != 10*time.Millisecond {
+		t.Errorf("message 11 of the new read waits %v, want 10ms", w)
+	}
+}
+
 // AllowAccept in front of a real listener: a flood from 127.0.0.2 is
 // closed at accept once past its burst, while 127.0.0.3 is served.
 func TestAllowAcceptRealListener(t *testing.T) {
