@@ -132,6 +132,9 @@ type conn struct {
 	// session's record, which CONNACK waits for; set by attach.
 	plim       persistLimiter
 	sessStored chan error
+	// liveWill is the will attach stored in the cluster for this
+	// connection (cluster_wills.go); nil: none. Read by detach.
+	liveWill *StoredWill
 
 	// maxOut is the client's Maximum Packet Size (0: none); fixed at
 	// CONNECT, read by every role.

@@ -52,9 +52,10 @@ type adoptState struct {
 	// start is n.now() when the node started: the grace period of a
 	// JetStream peer never heard from runs from it.
 	start time.Time
-	// sessions counts the sessions this node adopted; claims the claims
-	// of nodes gone it removed.
+	// sessions counts the sessions this node adopted; wills the clean
+	// sessions' wills of nodes gone it published (wills.go).
 	sessions atomic.Uint64
+	wills    atomic.Uint64
 }
 
 // now is the node's clock for judging other nodes' silence.
@@ -261,6 +262,10 @@ func (n *Node) adoptNode(ctx context.Context, name string) (adopted, claims int,
 			adopted++
 		}
 		n.adopt.sessions.Add(uint64(adopted))
+	}
+	// The wills of its clean sessions' connections, which ended with it.
+	if _, err := n.adoptCleanWills(ctx, name); err != nil {
+		return adopted, 0, err
 	}
 	claims = n.purgeClaimsOf(ctx, name)
 	if adopted > 0 || claims > 0 {
