@@ -5,6 +5,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -252,10 +253,10 @@ func TestConnectWillCost(t *testing.T) {
 	cycle := func(k *kind) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		cfg := client.Config{Servers: []string{"tcp://" + addr}, ClientID: "cost-" + k.name, SessionExpiry: k.expiry,
+		cfg := client.Config{Servers: []string{"tcp://" + addr}, ClientID: "cost-" + strings.ReplaceAll(k.name, "+", "-"), SessionExpiry: k.expiry,
 			CleanStart: k.expiry == 0}
 		if k.will {
-			cfg.Will = &client.Will{Topic: "cost/" + k.name, Payload: make([]byte, 64), QoS: 1}
+			cfg.Will = &client.Will{Topic: "cost/" + strings.ReplaceAll(k.name, "+", "-"), Payload: make([]byte, 64), QoS: 1}
 		}
 		start := time.Now()
 		c, err := client.Dial(ctx, cfg)
