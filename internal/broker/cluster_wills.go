@@ -70,3 +70,22 @@ func (s *Server) PublishWill(w *StoredWill) {
 	msg.Publisher = nil
 	s.publishWill(msg, w.Publisher.client())
 }
+
+// DiscardConnectionWill drops the will of the open connection of
+// clientID's session on this node, if any, without touching the
+// connection: another node published it or holds it (a cluster node
+// that adopted this node's sessions while it was cut off from the
+// others), so its end here publishes nothing. Safe for concurrent use.
+func (s *Server) DiscardConnectionWill(clientID string) {
+	s.sessMu.Lock()
+	defer s.sessMu.Unlock()
+	sess := s.lookup(clientID)
+	if sess == nil {
+		return
+	}
+	sess.mu.Lock()
+	if c := sess.conn; c != nil {
+		c.willElsewhere.Store(true)
+	}
+	sess.mu.Unlock()
+}

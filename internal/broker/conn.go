@@ -136,6 +136,10 @@ type conn struct {
 	// connection (cluster_wills.go); nil: none. Read by detach.
 	liveWill *StoredWill
 
+	// willElsewhere: the cluster published or holds the will
+	// (DiscardConnectionWill), so detach publishes none.
+	willElsewhere atomic.Bool
+
 	// maxOut is the client's Maximum Packet Size (0: none); fixed at
 	// CONNECT, read by every role.
 	maxOut uint32

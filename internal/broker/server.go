@@ -603,7 +603,7 @@ func (s *Server) detach(c *conn) {
 	var willMsg *Message
 	var willDelay time.Duration
 	closing := s.closing()
-	if c.will != nil && !c.normalExit.Load() {
+	if c.will != nil && !c.normalExit.Load() && !c.willElsewhere.Load() {
 		willMsg = willMessage(c.will, c.client.ClientID, s.cfg.Now())
 		if c.version == packet.V5 {
 			willDelay = time.Duration(c.will.Properties.WillDelay) * time.Second

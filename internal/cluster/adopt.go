@@ -306,7 +306,7 @@ func (n *Node) hasQuorum() bool {
 // takes its connection over (DISCONNECT 0x8E; the client reconnects and
 // resumes it where it lives) and forgets it without writing anything,
 // so that it neither overwrites the adopter's records nor fires its
-// will a second time. It returns how many sessions it gave up.
+// will a second time, nor its connection's. It returns how many sessions it gave up.
 func (n *Node) reconcileHomes() int {
 	b, ok := n.b.(sessionBroker)
 	if !ok {
@@ -344,8 +344,10 @@ func (n *Node) reconcileHomes() int {
 		}
 		// Forgotten first: the changes the release makes (the
 		// connection's detachment) are dropped, not written over the
-		// adopter's records.
+		// adopter's records. The connection's will went with the
+		// session: the adopter published it or holds it (wills.go).
 		n.unhome(id)
+		b.DiscardConnectionWill(id)
 		n.dur.routeMu.Lock()
 		b.ReleaseSession(id)
 		n.dur.routeMu.Unlock()

@@ -124,6 +124,7 @@ type sessionBroker interface {
 	ImportSession(cs *broker.ClusterSession)
 	ReplayLocal(clientID string, since int64, skip func(*broker.Message) bool) int
 	ReleaseSession(clientID string) bool
+	DiscardConnectionWill(clientID string)
 	DeliverToSession(clientID string, msg *broker.Message, done func(error)) bool
 }
 
