@@ -824,7 +824,14 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 			}
 			if w.Live {
 				// Its connection ended with the session's node (wills.go).
+				// Written back as pending, so that the delay does not
+				// start again if this node dies too before it runs out.
 				w.Delay = n.willDelayLeft(rec.Node, w.Delay)
+				pw := *w
+				pw.Live, pw.Delay, pw.FireAt = false, 0, time.Now().Add(w.Delay)
+				if data, err := encodeWill(&pw); err == nil {
+					p.publish(stale, n.record(r.subject, data))
+				}
 			}
 			cs.Will = w
 			hs.will = true
