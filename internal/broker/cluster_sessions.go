@@ -109,6 +109,11 @@ func (s *Server) ImportSession(cs *ClusterSession) {
 	ss := cs.Session.Session
 	var will func()
 	if w := cs.Will; w != nil {
+		if w.Live {
+			// The will of a connection its node died with: its delay
+			// runs from now (LiveWillCluster).
+			w.FireAt, w.Live = now.Add(w.Delay), false
+		}
 		if w.Publisher == nil {
 			// Its client's rights cannot be checked (fail closed).
 			s.log.Warn("broker: a session's will names no publisher; it is not published", "client", w.ClientID)

@@ -139,6 +139,13 @@ type conn struct {
 	// session's record, which CONNACK waits for; set by attach.
 	plim       persistLimiter
 	sessStored chan error
+	// liveWill is the will attach stored in the cluster for this
+	// connection (cluster_wills.go); nil: none. Read by detach.
+	liveWill *StoredWill
+
+	// willElsewhere: the cluster published or holds the will
+	// (DiscardConnectionWill), so detach publishes none.
+	willElsewhere atomic.Bool
 
 	// maxOut is the client's Maximum Packet Size (0: none); fixed at
 	// CONNECT, read by every role.

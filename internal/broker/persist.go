@@ -188,6 +188,15 @@ type StoredWill struct {
 	// Publisher is the client that set the will; nil: unknown (a record
 	// of an earlier version), and the will is not published.
 	Publisher *StoredPublisher
+	// Live marks the will of a connection still open, which a cluster
+	// keeps (LiveWillCluster) so that it is published when the node dies
+	// with the connection: FireAt is unset, and Delay is the will delay
+	// (capped by the session's expiry) still to run once the connection
+	// is gone. Clean: the connection's session ends with it (it has no
+	// record of its own in the cluster). On a ChangeDeleteWill, a Will
+	// with Clean set names the live will of a clean session.
+	Live, Clean bool
+	Delay       time.Duration
 }
 
 // Recovered is what a Persistence returns at start.

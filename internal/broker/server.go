@@ -431,12 +431,19 @@ func (s *Server) attach(c *conn, st *connectState) (*session, bool, string) {
 		if s.persist != nil && st.expiry != 0 && !sess.stored {
 			sess.stored, sess.subList = true, make(map[string]StoredSubscription)
 		}
+		c.liveWill = s.liveWill(c, st, s.persisting(sess))
 		if s.persisting(sess) {
 			// Submitted before any delivery to the session can be;
-			// CONNACK waits for it (awaitSessionStored).
+			// CONNACK waits for it (awaitSessionStored), and for the
+			// connection's will kept in the cluster with it.
 			c.sessStored = make(chan error, 1)
-			s.persist.Persist([]Change{{Kind: ChangePutSession, Session: s.storedSessionLocked(sess, c.version, false)}},
-				func(err error) { c.sessStored <- err })
+			changes := []Change{{Kind: ChangePutSession, Session: s.storedSessionLocked(sess, c.version, false)}}
+			if c.liveWill != nil {
+				changes = append(changes, Change{Kind: ChangePutWill, Will: c.liveWill})
+			}
+			s.persist.Persist(changes, func(err error) { c.sessStored <- err })
+		} else if c.liveWill != nil {
+			s.persistAsync(Change{Kind: ChangePutWill, Will: c.liveWill})
 		}
 		sess.inflightLimit = s.limits().MaxInflight
 		sess.maxPacket = 0
@@ -597,7 +604,7 @@ func (s *Server) detach(c *conn) {
 	var willMsg *Message
 	var willDelay time.Duration
 	closing := s.closing()
-	if c.will != nil && !c.normalExit.Load() {
+	if c.will != nil && !c.normalExit.Load() && !c.willElsewhere.Load() {
 		willMsg = willMessage(c.will, c.client.ClientID, s.cfg.Now())
 		if c.version == packet.V5 {
 			willDelay = time.Duration(c.will.Properties.WillDelay) * time.Second
@@ -618,6 +625,11 @@ func (s *Server) detach(c *conn) {
 	sess.mu.Unlock()
 
 	if expiry == 0 {
+		if lw := c.liveWill; lw != nil && lw.Clean {
+			// Published below, or discarded: no longer owed by the
+			// cluster (a persistent session's record goes with it).
+			s.persistAsync(Change{Kind: ChangeDeleteWill, ClientID: sess.id, Will: lw})
+		}
 		ended := s.endSessionLocked(sess)
 		s.sessMu.Unlock()
 		if willMsg != nil {
@@ -660,6 +672,11 @@ func (s *Server) detach(c *conn) {
 			}
 			willMsg = nil
 		}
+	}
+	if c.liveWill != nil && (willMsg != nil || c.normalExit.Load() || closing && !s.persisting(sess)) {
+		// The will stored in the cluster with the connection is published
+		// below or discarded; a delayed one replaced it above.
+		s.persistAsync(Change{Kind: ChangeDeleteWill, ClientID: sess.id, Will: c.liveWill})
 	}
 	if s.persisting(sess) {
 		s.persistAsync(Change{Kind: ChangePutSession, Session: s.storedSessionLocked(sess, c.version, true)})

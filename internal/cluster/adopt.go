@@ -52,9 +52,10 @@ type adoptState struct {
 	// start is n.now() when the node started: the grace period of a
 	// JetStream peer never heard from runs from it.
 	start time.Time
-	// sessions counts the sessions this node adopted; claims the claims
-	// of nodes gone it removed.
+	// sessions counts the sessions this node adopted; wills the clean
+	// sessions' wills of nodes gone it published (wills.go).
 	sessions atomic.Uint64
+	wills    atomic.Uint64
 }
 
 // now is the node's clock for judging other nodes' silence.
@@ -262,6 +263,10 @@ func (n *Node) adoptNode(ctx context.Context, name string) (adopted, claims int,
 		}
 		n.adopt.sessions.Add(uint64(adopted))
 	}
+	// The wills of its clean sessions' connections, which ended with it.
+	if _, err := n.adoptCleanWills(ctx, name); err != nil {
+		return adopted, 0, err
+	}
 	claims = n.purgeClaimsOf(ctx, name)
 	if adopted > 0 || claims > 0 {
 		n.log.Info("cluster: sessions of a node gone adopted", "node", name, "sessions", adopted, "of", len(orphans),
@@ -301,7 +306,7 @@ func (n *Node) hasQuorum() bool {
 // takes its connection over (DISCONNECT 0x8E; the client reconnects and
 // resumes it where it lives) and forgets it without writing anything,
 // so that it neither overwrites the adopter's records nor fires its
-// will a second time. It returns how many sessions it gave up.
+// will a second time, nor its connection's. It returns how many sessions it gave up.
 func (n *Node) reconcileHomes() int {
 	b, ok := n.b.(sessionBroker)
 	if !ok {
@@ -339,8 +344,10 @@ func (n *Node) reconcileHomes() int {
 		}
 		// Forgotten first: the changes the release makes (the
 		// connection's detachment) are dropped, not written over the
-		// adopter's records.
+		// adopter's records. The connection's will went with the
+		// session: the adopter published it or holds it (wills.go).
 		n.unhome(id)
+		b.DiscardConnectionWill(id)
 		n.dur.routeMu.Lock()
 		b.ReleaseSession(id)
 		n.dur.routeMu.Unlock()

@@ -235,10 +235,14 @@ func TestAdoptSessionsOfDeadNode(t *testing.T) {
 // than the grace period finds, once back, that a session it held was
 // adopted meanwhile (here the adoption's compare-and-set is made by hand,
 // as the majority's adopter makes it): it gives the session up, taking
-// its connection over, and writes nothing more of it.
+// its connection over, and writes nothing more of it. The connection's
+// will went with the session (the adopter publishes or holds it): the
+// takeover publishes none here.
 func TestReconcileHomesAfterCut(t *testing.T) {
 	nodes := startCluster(t, 3, adoptAfter(-1))
-	c, _ := dialSession(t, nodes[2].addr, "split", client.V5)
+	watch := dial(t, nodes[2].addr, "splitwatch", client.V5)
+	subscribe(t, watch, 1, "splitwill/#")
+	c := dialWill(t, nodes[2].addr, "split", "splitwill/x", 0, 600)
 	subscribe(t, c, 1, "split/#")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -268,6 +272,7 @@ func TestReconcileHomesAfterCut(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("the connection to the adopted session stayed")
 	}
+	expectNone(t, watch, time.Second)
 	for _, si := range nodes[2].srv.Sessions() {
 		if si.ClientID == "split" {
 			t.Fatal("the node still holds the adopted session")

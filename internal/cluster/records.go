@@ -108,6 +108,13 @@ type willRecord struct {
 	From      string         `json:"from,omitempty"`
 	Created   time.Time      `json:"created,omitzero"`
 	Expires   time.Time      `json:"expires,omitzero"`
+	// Live: the will of a connection still open (wills.go), fired after
+	// Delay (nanoseconds) once its node is gone. A clean session's also
+	// names the node holding the connection (Node, and its run, Home).
+	Live  bool   `json:"live,omitempty"`
+	Delay int64  `json:"delay,omitempty"`
+	Node  string `json:"node,omitempty"`
+	Home  string `json:"home,omitempty"`
 }
 
 // encodeRecord returns a record of kind with fields meta and message msg
@@ -199,7 +206,14 @@ func decodeDelivery(b []byte, clientID string) (*broker.StoredDelivery, *broker.
 }
 
 func encodeWill(w *broker.StoredWill) ([]byte, error) {
-	r := &willRecord{FireAt: w.FireAt, Owner: w.Owner, From: w.Message.From, Created: w.Message.Created, Expires: w.Message.Expires}
+	return encodeWillOf(w, "", "")
+}
+
+// encodeWillOf encodes w, naming the node (node, run home) holding its
+// connection when it is a clean session's.
+func encodeWillOf(w *broker.StoredWill, node, home string) ([]byte, error) {
+	r := &willRecord{FireAt: w.FireAt, Owner: w.Owner, From: w.Message.From, Created: w.Message.Created, Expires: w.Message.Expires,
+		Live: w.Live, Delay: int64(w.Delay), Node: node, Home: home}
 	if w.Publisher != nil {
 		pj := publisherJSONOf(w.Publisher)
 		r.Publisher = &pj
@@ -208,22 +222,28 @@ func encodeWill(w *broker.StoredWill) ([]byte, error) {
 }
 
 func decodeWill(b []byte, clientID string) (*broker.StoredWill, error) {
+	w, _, err := decodeWillRecord(b, clientID)
+	return w, err
+}
+
+// decodeWillRecord returns a will record of clientID and its fields.
+func decodeWillRecord(b []byte, clientID string) (*broker.StoredWill, *willRecord, error) {
 	var r willRecord
 	kind, p, err := decodeRecord(b, &r)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	if kind != kindWill || p == nil {
-		return nil, errSessionRecord
+	if kind != kindWill || p == nil || r.Delay < 0 {
+		return nil, nil, errSessionRecord
 	}
 	w := &broker.StoredWill{ClientID: clientID, FireAt: r.FireAt, Owner: r.Owner,
-		Message: recordMessage(p, r.From, r.Created, r.Expires)}
+		Message: recordMessage(p, r.From, r.Created, r.Expires), Live: r.Live, Delay: time.Duration(r.Delay)}
 	if r.Publisher != nil {
 		// A publisher that does not convert is unknown: the will is
 		// then not published (fail closed).
 		w.Publisher, _ = r.Publisher.stored()
 	}
-	return w, nil
+	return w, &r, nil
 }
 
 func decodeSession(b []byte) (*sessionRecord, error) {

@@ -62,6 +62,19 @@ func TestSessionRecordsRoundTrip(t *testing.T) {
 		w2.Message.Topic != "a/b" {
 		t.Fatalf("will: %+v %v", w2, err)
 	}
+
+	// The live will of a clean session's connection names its node.
+	lw := &broker.StoredWill{ClientID: "c/1", Owner: "user:alice", Message: m, Live: true, Clean: true, Delay: 5 * time.Second,
+		Publisher: &broker.StoredPublisher{ClientID: "c/1", Username: "alice", Listener: "tls"}}
+	b, err = encodeWillOf(lw, "n3", "n3/ab")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lw2, r, err := decodeWillRecord(b, "c/1")
+	if err != nil || !lw2.Live || lw2.Delay != 5*time.Second || !lw2.FireAt.IsZero() || r.Node != "n3" || r.Home != "n3/ab" ||
+		lw2.Publisher == nil || lw2.Message.Topic != "a/b" {
+		t.Fatalf("live will: %+v %+v %v", lw2, r, err)
+	}
 }
 
 // FuzzDecodeSessionRecord: records from the cluster's store are decoded
@@ -77,6 +90,9 @@ func FuzzDecodeSessionRecord(f *testing.F) {
 		},
 		func() ([]byte, error) {
 			return encodeWill(&broker.StoredWill{FireAt: time.Unix(1e9, 0), Message: m})
+		},
+		func() ([]byte, error) {
+			return encodeWillOf(&broker.StoredWill{Message: m, Live: true, Delay: time.Minute}, "n3", "n3/00")
 		},
 	} {
 		b, err := mk()
@@ -107,9 +123,14 @@ func FuzzDecodeSessionRecord(f *testing.F) {
 				t.Fatalf("decode → encode → decode changed the session: %v", err)
 			}
 		}
-		if w, err := decodeWill(b, "c"); err == nil {
-			if _, err := encodeWill(w); err != nil {
+		if w, r, err := decodeWillRecord(b, "c"); err == nil {
+			again, err := encodeWillOf(w, r.Node, r.Home)
+			if err != nil {
 				t.Fatalf("re-encoding a decoded will: %v", err)
+			}
+			w2, r2, err := decodeWillRecord(again, "c")
+			if err != nil || w2.Live != w.Live || w2.Delay != w.Delay || r2.Node != r.Node || r2.Home != r.Home || w2.Message.Topic != w.Message.Topic {
+				t.Fatalf("decode → encode → decode changed the will: %v", err)
 			}
 		}
 	})

@@ -269,6 +269,7 @@ type sessionBroker interface {
 	ImportSession(cs *broker.ClusterSession)
 	ReplayLocal(clientID string, since int64, skip func(*broker.Message) bool) int
 	ReleaseSession(clientID string) bool
+	DiscardConnectionWill(clientID string)
 	DeliverToSession(clientID string, msg *broker.Message, done func(error)) bool
 }
 
@@ -378,6 +379,9 @@ func (n *Node) pruneGone(now time.Time) {
 // writes it now. A session the broker starts again right after ending it
 // (Clean Start on its home) is this node's again with its first record.
 func (p *persistence) sessionChange(c *commit, ch *broker.Change, msgs map[uint64]*broker.Message) {
+	if p.cleanWillChange(c, ch) {
+		return // a clean session's, which has no home (wills.go)
+	}
 	n := p.n
 	var id string
 	switch ch.Kind {
@@ -886,18 +890,32 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 	p := n.persistence()
 	if discard {
 		n.clearPending(id)
-		// The old session ends, its will cancelled by this connection.
+		// The old session ends. Its will, pending or left by a connection
+		// its node died with, is published now, as a session that ends on
+		// one node publishes it [MQTT-3.1.3-9]. The live wills of clean
+		// sessions' connections (w.<run>) are not the session's.
+		var will *broker.StoredWill
 		c := p.begin(func(error) {})
 		for _, r := range records {
-			if _, suffix, err := clientOfSubject(r.subject); err == nil && suffix != "s" && len(r.data) > 0 {
-				p.publish(c, n.tombstone(r.subject))
+			_, suffix, err := clientOfSubject(r.subject)
+			if err != nil || suffix == "s" || strings.HasPrefix(suffix, "w.") || len(r.data) == 0 {
+				continue
 			}
+			if suffix == "w" {
+				if w, err := decodeWill(r.data, id); err == nil {
+					will = w
+				}
+			}
+			p.publish(c, n.tombstone(r.subject))
 		}
 		if !persistent {
 			n.unhome(id)
 			p.publish(c, n.tombstone(sessSubject(id, "s")))
 		}
 		p.finish(c, nil)
+		if wb, ok := n.b.(willBroker); ok && will != nil {
+			wb.PublishWill(will)
+		}
 		return nil
 	}
 	cs := &broker.ClusterSession{Messages: make(map[uint64]*broker.Message)}
@@ -907,8 +925,8 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 	have := make(map[string]bool) // stream IDs of the messages the session holds
 	for _, r := range records {
 		_, suffix, err := clientOfSubject(r.subject)
-		if err != nil || suffix == "s" || len(r.data) == 0 {
-			continue
+		if err != nil || suffix == "s" || strings.HasPrefix(suffix, "w.") || len(r.data) == 0 {
+			continue // w.<run>: a clean session's connection's will (wills.go)
 		}
 		if r.seq > claimSeq && r.origin != n.origin {
 			// Written by the old home after this claim: not part of the
@@ -948,6 +966,17 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 				n.stats.decodeErrors.Add(1)
 				n.log.Warn("cluster: malformed will record of a session ignored", "client", id, "err", err)
 				continue
+			}
+			if w.Live {
+				// Its connection ended with the session's node (wills.go).
+				// Written back as pending, so that the delay does not
+				// start again if this node dies too before it runs out.
+				w.Delay = n.willDelayLeft(rec.Node, w.Delay)
+				pw := *w
+				pw.Live, pw.Delay, pw.FireAt = false, 0, time.Now().Add(w.Delay)
+				if data, err := encodeWill(&pw); err == nil {
+					p.publish(stale, n.record(r.subject, data))
+				}
 			}
 			cs.Will = w
 			hs.will = true
@@ -1260,6 +1289,12 @@ func (n *Node) importHomeSessions() {
 		}
 	}
 	n.log.Info("cluster: sessions of this node imported", "sessions", imported)
+	// The wills of its previous run's clean sessions, whose connections
+	// ended with it (unless the nodes that adopted it published them).
+	if _, err := n.adoptCleanWills(ctx, n.cfg.Node); err != nil {
+		n.log.Error("cluster: the wills of clean sessions' connections of this node's previous run could not be read; not published",
+			"err", err)
+	}
 }
 
 // msgStream returns the durable message stream (set before ready).
