@@ -125,9 +125,11 @@ func (s *Server) ImportSession(cs *ClusterSession) {
 		}
 	}
 	s.sessMu.Lock()
+	dropped := func() {}
 	if old := s.lookup(ss.ClientID); old != nil {
-		s.dropSessionLocked(old)
+		dropped = s.dropSessionLocked(old)
 	}
+	defer dropped()
 	if ss.Expiry == 0 || !ss.ExpiresAt.IsZero() && !now.Before(ss.ExpiresAt) {
 		s.sessMu.Unlock()
 		s.log.Debug("broker: a session of the cluster expired before it was imported", "client", ss.ClientID)
@@ -172,8 +174,9 @@ func (s *Server) ReleaseSession(clientID string) bool {
 		oc := sess.conn
 		sess.mu.Unlock()
 		if oc == nil {
-			s.dropSessionLocked(sess)
+			dropped := s.dropSessionLocked(sess)
 			s.sessMu.Unlock()
+			dropped()
 			return true
 		}
 		s.sessMu.Unlock()
@@ -190,8 +193,9 @@ func (s *Server) ReleaseSession(clientID string) bool {
 // dropSessionLocked removes sess from this node only: its subscriptions
 // leave the index, routing passes still holding it deliver nothing, its
 // timers stop (the will is not published) and its messages are dropped
-// here. The caller holds sessMu.
-func (s *Server) dropSessionLocked(sess *session) {
+// here. The caller holds sessMu, and runs what it returns once it has
+// released it.
+func (s *Server) dropSessionLocked(sess *session) (after func()) {
 	if s.sessions.CompareAndDelete(sess.id, sess) {
 		s.sessionCount.Add(-1)
 	}
@@ -209,6 +213,8 @@ func (s *Server) dropSessionLocked(sess *session) {
 	sess.queue.reset()
 	sess.inflight, sess.queueBytes = nil, 0
 	sess.releaseGateLocked()
+	gates := sess.takeGatesLocked()
+	return func() { finishGates(gates) }
 }
 
 // DeliverToSession delivers msg, a message of another node, to the
@@ -309,7 +315,7 @@ func (s *Server) ReplayLocal(clientID string, since int64, skip func(*Message) b
 		cl := sess.client
 		sess.mu.Unlock()
 		for _, h := range held {
-			s.deliverChecked(sess, cl, h.msg, h.qos, h.rap, h.ids, h.share, nil)
+			s.releaseHeld(sess, cl, h)
 		}
 		if last {
 			return n

@@ -170,7 +170,7 @@ func (s *Server) DeliverSharedDone(msg *Message, group, filter string, done func
 		sub, ok := g.PickRanked(s.memberRank(msg))
 		ok = ok && s.deliverTo(&mb.enc, &sub, sub.QoS, sub.RetainAsPublished, idsOf(sub.ID), &shareKey{g.Group, g.Filter}, b, nil)
 		switch {
-		case ok && (b == nil || len(b.changes) == 0 && len(b.sends) == 0):
+		case ok && (b == nil || len(b.changes) == 0 && len(b.sends) == 0 && len(b.gates) == 0):
 			// Nothing to commit (a member without a stored session):
 			// it has the message now, as on one node.
 			done(nil)

@@ -3,6 +3,7 @@ package broker
 import (
 	"cmp"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/moatmq/moat/internal/topic"
@@ -101,6 +102,116 @@ type heldDelivery struct {
 	rap   bool
 	ids   []uint32
 	share *shareKey
+	// gate, when set, is the acknowledgement of the routing pass that
+	// was held: it waits until this delivery, released, is durable.
+	gate *heldGate
+}
+
+// heldGate makes the acknowledgement of a routing pass (a client's
+// PUBACK or PUBREC, another node's stream or group acknowledgement) wait
+// for a delivery a fence held back. Held, the delivery is in no batch of
+// that pass: without the gate the publisher would be acknowledged before
+// the delivery is stored, and a crash in between would lose a QoS 1/2
+// message owed to a persistent session (a session moving to this node,
+// or a subscription being installed again) that was acknowledged
+// (docs/durability.md).
+type heldGate struct {
+	mu    sync.Mutex
+	fired bool
+	err   error
+	then  func(error)
+}
+
+// finish reports that the held delivery is stored (or failed, or is no
+// longer owed: its session ended). Only the first call counts.
+func (g *heldGate) finish(err error) {
+	g.mu.Lock()
+	if g.fired {
+		g.mu.Unlock()
+		return
+	}
+	g.fired, g.err = true, err
+	then := g.then
+	g.mu.Unlock()
+	if then != nil {
+		then(err)
+	}
+}
+
+// wait runs f once finish has been called (at once if it was).
+func (g *heldGate) wait(f func(error)) {
+	g.mu.Lock()
+	if g.fired {
+		err := g.err
+		g.mu.Unlock()
+		f(err)
+		return
+	}
+	g.then = f
+	g.mu.Unlock()
+}
+
+// gateJoin runs done once all its parts have finished, with the first
+// error.
+type gateJoin struct {
+	mu    sync.Mutex
+	parts int
+	err   error
+	done  func(error)
+}
+
+func (j *gateJoin) finish(err error) {
+	j.mu.Lock()
+	if err != nil && j.err == nil {
+		j.err = err
+	}
+	j.parts--
+	last := j.parts == 0
+	err = j.err
+	j.mu.Unlock()
+	if last {
+		j.done(err)
+	}
+}
+
+// releaseHeld delivers one released held delivery to sess; one with a
+// gate is stored in a batch of its own, whose durability finishes the
+// gate.
+func (s *Server) releaseHeld(sess *session, cl *Client, h heldDelivery) {
+	if h.gate == nil {
+		s.deliverChecked(sess, cl, h.msg, h.qos, h.rap, h.ids, h.share, nil)
+		return
+	}
+	b := &pbatch{}
+	s.deliverChecked(sess, cl, h.msg, h.qos, h.rap, h.ids, h.share, b)
+	s.submitBatch(b, func(err error) {
+		s.persistLogged(err)
+		h.gate.finish(err)
+	})
+}
+
+// takeGatesLocked removes the gates of the deliveries sess's fence
+// holds, for a session that ends: nothing is owed any more. The caller
+// holds sess.mu and finishes them once its locks are released.
+func (sess *session) takeGatesLocked() []*heldGate {
+	f := sess.fence
+	if f == nil {
+		return nil
+	}
+	var gates []*heldGate
+	for i := range f.held {
+		if g := f.held[i].gate; g != nil {
+			gates = append(gates, g)
+			f.held[i].gate = nil
+		}
+	}
+	return gates
+}
+
+func finishGates(gates []*heldGate) {
+	for _, g := range gates {
+		g.finish(nil)
+	}
 }
 
 func keyOf(share *shareKey) shareKey {
@@ -327,7 +438,7 @@ func (sf *subscribeFence) finish() {
 		cl := sess.client
 		sess.mu.Unlock()
 		for _, h := range held {
-			s.deliverChecked(sess, cl, h.msg, h.qos, h.rap, h.ids, h.share, nil)
+			s.releaseHeld(sess, cl, h)
 		}
 		if last {
 			return

@@ -230,6 +230,9 @@ type pbatch struct {
 	msgPut  bool
 	dlv     []batched // deliveries whose first put is in changes
 	sends   []func()  // QoS 2 PUBLISHes to send once the batch is durable
+	// gates are deliveries of the batch's message that fences held back:
+	// its acknowledgement waits for them to be stored (heldGate).
+	gates []*heldGate
 }
 
 type batched struct {
@@ -366,6 +369,15 @@ func (sess *session) dropDeliveryLocked(srv *Server, d *delivery) {
 // calls done when durable. Deliveries acknowledged while the batch was
 // being built are deleted after it.
 func (s *Server) submitBatch(b *pbatch, done func(error)) {
+	if gates := b.gates; len(gates) > 0 {
+		// The batch's own sends do not wait for the gates; its
+		// acknowledgement does.
+		j := &gateJoin{parts: 1 + len(gates), done: done}
+		done = j.finish
+		for _, g := range gates {
+			g.wait(j.finish)
+		}
+	}
 	if sends := b.sends; len(sends) > 0 {
 		ack := done
 		done = func(err error) {
@@ -439,7 +451,7 @@ func (c *conn) acquirePersist() bool {
 // the connection is ending.
 func (c *conn) persistPublish(p *packet.Publish, code packet.ReasonCode, b *pbatch, inbound bool) bool {
 	s := c.srv
-	if len(b.changes) == 0 && !inbound && c.plim.n.Load() == 0 {
+	if len(b.changes) == 0 && len(b.gates) == 0 && !inbound && c.plim.n.Load() == 0 {
 		return c.ackPublish(p, code)
 	}
 	if inbound {

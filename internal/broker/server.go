@@ -546,16 +546,18 @@ func (s *Server) endSessionLocked(sess *session) func() {
 	sess.queue.reset()
 	sess.inflight, sess.queueBytes = nil, 0
 	sess.releaseGateLocked()
+	gates := sess.takeGatesLocked()
 	var willMsg *Message
 	var willFrom *Client
 	if sess.willTimer != nil && sess.willTimer.Stop() {
 		willMsg, willFrom = sess.willMsg, sess.willFrom
 		sess.willTimer, sess.willMsg, sess.willFrom = nil, nil, nil
 	}
-	if willMsg == nil && orphans == nil {
+	if willMsg == nil && orphans == nil && gates == nil {
 		return nil
 	}
 	return func() {
+		finishGates(gates)
 		if willMsg != nil {
 			s.publishWill(willMsg, willFrom)
 		}

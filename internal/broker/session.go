@@ -206,10 +206,24 @@ func (s *session) offer(srv *Server, es *encSet, subQoS byte, rap bool, subIDs [
 		s.mu.Unlock()
 		return false
 	}
-	if f := s.fence; f != nil && !f.admit(s, msg, subQoS, rap, subIDs, share) {
-		// A duplicate, or held back for a SUBSCRIBE in progress (fence.go).
-		s.mu.Unlock()
-		return true
+	if f := s.fence; f != nil {
+		held := len(f.held)
+		if !f.admit(s, msg, subQoS, rap, subIDs, share) {
+			// A duplicate, or held back for a SUBSCRIBE in progress or a
+			// session being imported (fence.go). The acknowledgement of a
+			// client's held QoS 1/2 message owed to a stored session waits
+			// for its write (heldGate). Routing passes of the cluster
+			// (pub nil) are not gated here: their acknowledgements wait
+			// for the import in the cluster, and a moving session's own
+			// replay waits for its deliveries before the release.
+			if len(f.held) > held && pub != nil && b != nil && min(msg.QoS, subQoS) > 0 && srv.persisting(s) {
+				g := &heldGate{}
+				f.held[held].gate = g
+				b.gates = append(b.gates, g)
+			}
+			s.mu.Unlock()
+			return true
+		}
 	}
 	if cl := s.client; cl != nil {
 		if d := srv.authorize(cl, ActionReceive, msg.Topic, msg.QoS, msg.Retain, ""); !d.Allow {
