@@ -216,7 +216,17 @@ func clusterDashboard(t *testing.T, base, token string) {
 		}
 		return s
 	}
-	nodes, streams, health := text("cl-nodes"), text("cl-streams"), text("cl-health")
+	// The page refreshes every 2 s; on a loaded machine a reading of the
+	// streams' state may time out once (degraded, with the reason), so
+	// the test waits for a healthy reading rather than taking the first.
+	var nodes, streams, health string
+	testutil.CheckFor(t, 30*time.Second, func() error {
+		nodes, streams, health = text("cl-nodes"), text("cl-streams"), text("cl-health")
+		if health != "healthy" {
+			return fmt.Errorf("cluster page: health %q", health)
+		}
+		return nil
+	})
 	if buf, err := chromedp.Run(ctx, chromedp.FullScreenshot(100)); err == nil {
 		_ = os.WriteFile(filepath.Join(shots, "cluster.png"), buf, 0o644)
 	}
