@@ -119,6 +119,13 @@ func (n *Node) versionsDown() {
 	}
 }
 
+// versionSubject names version k of this run of the node: kind "" for
+// its interest, "g" for its shared subscriptions' groups.
+func (n *Node) versionSubject(kind string, k uint64) string {
+	boot := n.origin[strings.LastIndexByte(n.origin, '/')+1:]
+	return versionPrefix + keyOf(n.cfg.Node) + "." + boot + "." + kind + strconv.FormatUint(k, 10)
+}
+
 // versionUp subscribes this node's next version, after its markers
 // changed (or at start). The caller holds subMu.
 func (n *Node) versionUp() {
@@ -128,8 +135,7 @@ func (n *Node) versionUp() {
 	ic := &n.ic
 	n.versionsDown()
 	ic.ver++
-	boot := n.origin[strings.LastIndexByte(n.origin, '/')+1:]
-	subj := versionPrefix + keyOf(n.cfg.Node) + "." + boot + "." + strconv.FormatUint(ic.ver, 10)
+	subj := n.versionSubject("", ic.ver)
 	s, err := n.nc.SubscribeSync(subj)
 	if err != nil {
 		// The other nodes then look this node's interest up afresh for

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -274,8 +273,7 @@ func (n *Node) groupVersionUp() {
 	sh := &n.share
 	n.groupVersionDown()
 	sh.gver++
-	boot := n.origin[strings.LastIndexByte(n.origin, '/')+1:]
-	subj := versionPrefix + keyOf(n.cfg.Node) + "." + boot + ".g" + strconv.FormatUint(sh.gver, 10)
+	subj := n.versionSubject("g", sh.gver)
 	s, err := n.gc.SubscribeSync(subj)
 	if err != nil {
 		// The other nodes then wait, for a QoS 1/2 message's groups,

@@ -649,16 +649,26 @@ func (s *Store) loadKey(tx *bolt.Tx) error {
 	return s.loadState(meta)
 }
 
-// loadState reads the state record.
-func (s *Store) loadState(meta *bolt.Bucket) error {
-	ver, pt, err := s.keys.open(bktMeta, keyState, meta.Get(keyState))
+// readState opens and decodes the state record of meta; its version
+// must be the counter it holds.
+func readState(keys *recordKeys, meta *bolt.Bucket) (*state, error) {
+	ver, pt, err := keys.open(bktMeta, keyState, meta.Get(keyState))
 	if err != nil {
-		return fmt.Errorf("%w: state record: %v", ErrCorrupt, err)
+		return nil, fmt.Errorf("%w: state record: %v", ErrCorrupt, err)
 	}
 	r, err := decodeRecord(pt)
 	st, ok := r.(*state)
 	if err != nil || !ok || st.Counter != ver {
-		return fmt.Errorf("%w: state record malformed", ErrCorrupt)
+		return nil, fmt.Errorf("%w: state record malformed", ErrCorrupt)
+	}
+	return st, nil
+}
+
+// loadState reads the state record.
+func (s *Store) loadState(meta *bolt.Bucket) error {
+	st, err := readState(s.keys, meta)
+	if err != nil {
+		return err
 	}
 	s.st = *st
 	return nil

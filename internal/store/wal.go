@@ -528,14 +528,9 @@ func replayLog(tx *bolt.Tx, keys *recordKeys, lc *logContents, records []logReco
 		return nil
 	}
 	meta := tx.Bucket(bktMeta)
-	ver, pt, err := keys.open(bktMeta, keyState, meta.Get(keyState))
+	st, err := readState(keys, meta)
 	if err != nil {
-		return fmt.Errorf("%w: state record: %v", ErrCorrupt, err)
-	}
-	r, err := decodeRecord(pt)
-	st, ok := r.(*state)
-	if err != nil || !ok || st.Counter != ver {
-		return fmt.Errorf("%w: state record malformed", ErrCorrupt)
+		return err
 	}
 	for k, version := range pending {
 		bucket, key, _ := strings.Cut(k, "\x00")
