@@ -68,11 +68,12 @@ func TestClusterRemoveNodeThreeProcesses(t *testing.T) {
 	<-procs[2].done
 	// Once the dead node's streams have elected other leaders the
 	// removal takes seconds; on a loaded machine an attempt may run into
-	// the elections and use the command's whole timeout (2 minutes), so
-	// there is room for a second one.
+	// the elections and fail or take long, so there is room for more.
 	testutil.CheckFor(t, 5*time.Minute, func() error {
 		out, errs, code := remove(operatorFile, "node3")
-		if code != 0 || !strings.Contains(out, "node node3 removed from the cluster: it left the JetStream meta group") {
+		// A second attempt finds it out of the meta group already.
+		if code != 0 || !strings.Contains(out, "node node3 removed from the cluster: it left the JetStream meta group") &&
+			!strings.Contains(out, "node node3 removed from the cluster: it was no longer in the JetStream meta group") {
 			return fmt.Errorf("exit %d:\n%s%s", code, out, errs)
 		}
 		return nil

@@ -119,8 +119,12 @@ func (n *Node) RemoveNode(ctx context.Context, name string, force bool) (RemoveR
 		return res, fmt.Errorf("cluster: the node is removed, but adopting its sessions failed (the adoption is tried again): %w", err)
 	}
 	// Its position in the durable stream is of no more use: a node
-	// added later under the same name starts afresh.
-	if err := n.msgStream().DeleteConsumer(ctx, "node"+keyOf(name)); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+	// added later under the same name starts afresh. The request may go
+	// unanswered (a consumer whose only copy was on the node gone), so
+	// it is bounded: the removal does not hang on it.
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := n.msgStream().DeleteConsumer(dctx, "node"+keyOf(name)); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
 		n.log.Info("cluster: the removed node's consumer of the durable stream not deleted", "node", name, "err", err)
 	}
 	n.adopt.mu.Lock()
