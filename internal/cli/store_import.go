@@ -16,6 +16,10 @@ import (
 	"github.com/moatmq/moat/internal/store/mosquittodb"
 )
 
+// importNow is the import's clock: messages whose expiry has passed are
+// skipped. Tests set it to the time their fixture file was written.
+var importNow = time.Now
+
 func init() { storeSubcommands = append(storeSubcommands, newStoreImportMosquitto) }
 
 func newStoreImportMosquitto(stdio Stdio, f *storeFlags) *cobra.Command {
@@ -75,7 +79,7 @@ docs/durability.md.`,
 				retained[r.Topic] = true
 			}
 			ops, sum := mosquittodb.Convert(db, mosquittodb.ImportOptions{
-				Now:          time.Now(),
+				Now:          importNow(),
 				NextID:       s.NextID,
 				HaveSession:  func(id string) bool { return st.Sessions[id] != nil },
 				HaveRetained: func(topic string) bool { return retained[topic] },

@@ -5,8 +5,10 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/moatmq/moat/internal/store"
+	"github.com/moatmq/moat/internal/store/mosquittodb"
 )
 
 // mosquittoDB is a file Debian's mosquitto 2.0.11 wrote (see
@@ -17,12 +19,26 @@ func TestStoreImportMosquitto(t *testing.T) {
 	t.Setenv(envStoreKey, "")
 	t.Setenv(envStorePassphrase, "")
 	dir := filepath.Join(t.TempDir(), "store")
-
-	// A damaged file is refused before any store is created.
-	b, err := os.ReadFile(mosquittoDB)
+	// The fixture holds a retained message with a one-day expiry: import
+	// at the hour the file was written, or the test fails a day later.
+	fixture, err := os.ReadFile(mosquittoDB)
 	if err != nil {
 		t.Fatal(err)
 	}
+	fdb, err := mosquittodb.Parse(fixture)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range fdb.Clients {
+		if c.ID == "dev-v5" {
+			written := time.Unix(c.SessionExpiryTime-3600, 0)
+			importNow = func() time.Time { return written }
+		}
+	}
+	t.Cleanup(func() { importNow = time.Now })
+
+	// A damaged file is refused before any store is created.
+	b := fixture
 	cut := filepath.Join(t.TempDir(), "cut.db")
 	os.WriteFile(cut, b[:300], 0o600)
 	code, _, errs := runStore(t, "", "import-mosquitto", "--data", dir, cut)
