@@ -136,8 +136,18 @@ func (c *Config) validateCluster(bad func(format string, args ...any)) {
 	} else {
 		hostPort("cluster.listen", cl.Listen)
 	}
+	others := 0
 	for i, p := range cl.Peers {
 		hostPort(fmt.Sprintf("cluster.peers[%d]", i), p)
+		if p != cl.Listen {
+			others++
+		}
+	}
+	// The embedded JetStream cannot form a cluster without a route to
+	// another node: it would refuse to start and the broker with it, after
+	// its start timeout and with a misleading cause.
+	if others == 0 {
+		bad("cluster.peers: list the route address (host:port) of at least one other node; a single broker needs no cluster section")
 	}
 	t := cl.TLS
 	if (t.Cert == "") != (t.Key == "") {

@@ -7,7 +7,7 @@ import (
 )
 
 func TestClusterAccessFiles(t *testing.T) {
-	const base = "listeners:\n  - {address: \"127.0.0.1:1883\", transport: tcp}\ncluster: {name: c, node: n1, listen: \"127.0.0.1:7422\""
+	const base = "listeners:\n  - {address: \"127.0.0.1:1883\", transport: tcp}\ncluster: {name: c, node: n1, listen: \"127.0.0.1:7422\", peers: [\"127.0.0.1:7423\"]"
 	for _, tc := range []struct{ value, err string }{
 		{"", ""},
 		{", access_files: shared", ""},
@@ -27,7 +27,7 @@ func TestClusterAccessFiles(t *testing.T) {
 }
 
 func TestClusterAdoptAfter(t *testing.T) {
-	const base = "listeners:\n  - {address: \"127.0.0.1:1883\", transport: tcp}\ncluster: {name: c, node: n1, listen: \"127.0.0.1:7422\""
+	const base = "listeners:\n  - {address: \"127.0.0.1:1883\", transport: tcp}\ncluster: {name: c, node: n1, listen: \"127.0.0.1:7422\", peers: [\"127.0.0.1:7423\"]"
 	for _, tc := range []struct {
 		value, err string
 		want       time.Duration
@@ -65,7 +65,7 @@ func TestClusterListenerNames(t *testing.T) {
 		want    []string
 	}{
 		{"", []string{"tcp-18832", "tcp-18842", "edge"}},
-		{"cluster: {name: c, node: n2, listen: \"127.0.0.1:7422\"}\n", []string{"tcp", "tcp-2", "edge"}},
+		{"cluster: {name: c, node: n2, listen: \"127.0.0.1:7422\", peers: [\"127.0.0.1:7423\"]}\n", []string{"tcp", "tcp-2", "edge"}},
 	} {
 		c, err := Parse("moat.yaml", []byte(listeners+tc.cluster))
 		if err != nil {
@@ -77,6 +77,26 @@ func TestClusterListenerNames(t *testing.T) {
 		}
 		if strings.Join(got, ",") != strings.Join(tc.want, ",") {
 			t.Errorf("cluster %q: names %v, want %v", tc.cluster, got, tc.want)
+		}
+	}
+}
+
+// TestClusterNeedsAPeer checks that an embedded cluster without another
+// node's route address is refused when the configuration is read: the
+// embedded JetStream would not start without a route.
+func TestClusterNeedsAPeer(t *testing.T) {
+	const base = "listeners:\n  - {address: \"127.0.0.1:1883\", transport: tcp}\ncluster: {name: c, node: n1, listen: \"127.0.0.1:7422\""
+	for _, tc := range []struct{ value, err string }{
+		{"", "cluster.peers: list the route address (host:port) of at least one other node"},
+		{", peers: [\"127.0.0.1:7422\"]", "cluster.peers: list the route address"},
+		{", peers: [\"127.0.0.1:7422\", \"127.0.0.1:7423\"]", ""},
+	} {
+		_, err := Parse("moat.yaml", []byte(base+tc.value+"}\n"))
+		switch {
+		case tc.err == "" && err != nil:
+			t.Errorf("%q: %v", tc.value, err)
+		case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
+			t.Errorf("%q: error %v, want %q", tc.value, err, tc.err)
 		}
 	}
 }
