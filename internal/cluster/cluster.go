@@ -27,6 +27,7 @@ import (
 	"net/url"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -706,6 +707,16 @@ type natsLogger struct{ log *slog.Logger }
 func (l natsLogger) Noticef(f string, v ...any) { l.log.Info("nats: " + fmt.Sprintf(f, v...)) }
 func (l natsLogger) Warnf(f string, v ...any)   { l.log.Warn("nats: " + fmt.Sprintf(f, v...)) }
 func (l natsLogger) Fatalf(f string, v ...any)  { l.log.Error("nats: " + fmt.Sprintf(f, v...)) }
-func (l natsLogger) Errorf(f string, v ...any)  { l.log.Error("nats: " + fmt.Sprintf(f, v...)) }
-func (l natsLogger) Debugf(f string, v ...any)  { l.log.Debug("nats: " + fmt.Sprintf(f, v...)) }
-func (l natsLogger) Tracef(f string, v ...any)  { l.log.Debug("nats: " + fmt.Sprintf(f, v...)) }
+func (l natsLogger) Errorf(f string, v ...any) {
+	msg := "nats: " + fmt.Sprintf(f, v...)
+	// A route that cannot be dialled is a peer not up yet, the normal
+	// state while nodes start in any order: a warning, not an error. The
+	// server repeats it only every so many attempts.
+	if strings.HasPrefix(f, "Error trying to connect to route") {
+		l.log.Warn(msg)
+		return
+	}
+	l.log.Error(msg)
+}
+func (l natsLogger) Debugf(f string, v ...any) { l.log.Debug("nats: " + fmt.Sprintf(f, v...)) }
+func (l natsLogger) Tracef(f string, v ...any) { l.log.Debug("nats: " + fmt.Sprintf(f, v...)) }

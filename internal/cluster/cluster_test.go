@@ -9,6 +9,7 @@ import (
 	"net"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -354,5 +355,20 @@ func TestTakeoverAcrossNodes(t *testing.T) {
 	}
 	if !second.IsConnected() {
 		t.Fatal("the second connection was closed too")
+	}
+}
+
+// TestNATSRouteDialIsAWarning checks the level of the embedded server's
+// lines: a route that cannot be dialled yet (a peer not started) is a
+// warning; other errors stay errors.
+func TestNATSRouteDialIsAWarning(t *testing.T) {
+	var buf testutil.Buffer
+	l := natsLogger{slog.New(slog.NewTextHandler(&buf, nil))}
+	l.Errorf("Error trying to connect to route (attempt %v): %v", 1, "dial tcp 127.0.0.1:7422: connect: connection refused")
+	l.Errorf("JetStream cluster %s", "failed")
+	out := buf.String()
+	if !strings.Contains(out, `level=WARN msg="nats: Error trying to connect to route (attempt 1)`) ||
+		!strings.Contains(out, `level=ERROR msg="nats: JetStream cluster failed"`) {
+		t.Fatalf("levels:\n%s", out)
 	}
 }
