@@ -122,8 +122,16 @@ func startInprocCluster(t *testing.T) ([]*inprocNode, *pki.CA, string) {
 	if err := dev.WriteFiles(filepath.Join(base, "sensor-9")); err != nil {
 		t.Fatal(err)
 	}
-	routes := []int{testutil.FreePort(t), testutil.FreePort(t), testutil.FreePort(t)}
-	var nodes []*inprocNode
+	nodes, _ := startInprocNodes(t, base, caDir)
+	return nodes, ca, filepath.Join(base, "sensor-9")
+}
+
+// startInprocNodes starts three nodes under base, each with a copy of the
+// CA in caDir, and waits until all are ready; routes are their route
+// ports.
+func startInprocNodes(t *testing.T, base, caDir string) (nodes []*inprocNode, routes []int) {
+	t.Helper()
+	routes = []int{testutil.FreePort(t), testutil.FreePort(t), testutil.FreePort(t)}
 	for i := range 3 {
 		n := newInprocNode(t, base, caDir, i, routes)
 		n.start(t)
@@ -132,7 +140,7 @@ func startInprocCluster(t *testing.T) ([]*inprocNode, *pki.CA, string) {
 	for _, n := range nodes {
 		n.waitReady(t)
 	}
-	return nodes, ca, filepath.Join(base, "sensor-9")
+	return nodes, routes
 }
 
 // newInprocNode writes the directory and configuration of node i+1 of the
@@ -468,16 +476,7 @@ func TestClusterRevocationReachesStoppedAndLateNodes(t *testing.T) {
 	if _, _, err := pki.OpenOrInit(caDir, pki.InitOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	routes := []int{testutil.FreePort(t), testutil.FreePort(t), testutil.FreePort(t)}
-	var nodes []*inprocNode
-	for i := range 3 {
-		n := newInprocNode(t, base, caDir, i, routes)
-		n.start(t)
-		nodes = append(nodes, n)
-	}
-	for _, n := range nodes {
-		n.waitReady(t)
-	}
+	nodes, routes := startInprocNodes(t, base, caDir)
 	// `moat ca issue --dir node1/data/ca`, twice.
 	ca1, err := pki.Open(filepath.Join(nodes[0].data, "ca"), pki.Config{})
 	if err != nil {
