@@ -3,16 +3,12 @@ package cli
 import (
 	"cmp"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
-	"os"
-	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -133,7 +129,7 @@ such node, no quorum).`,
 }
 
 func clusterRemoveNode(ctx context.Context, stdio Stdio, name string, o removeNodeOptions) error {
-	token, err := clusterToken(o.tokenFile)
+	token, err := adminToken("cluster", o.tokenFile, "an admin token is needed (a viewer's is enough, moat admin token create NAME --role viewer)")
 	if err != nil {
 		return err
 	}
@@ -146,7 +142,7 @@ func clusterRemoveNode(ctx context.Context, stdio Stdio, name string, o removeNo
 	if o.force {
 		path += "?force=true"
 	}
-	code, body, err := adminRequest(ctx, http.MethodPost, o.admin, o.dataDir, o.caFile, token, path)
+	code, body, err := adminRequest(ctx, "cluster", http.MethodPost, o.admin, o.dataDir, o.caFile, token, path)
 	if err != nil {
 		return err
 	}
@@ -187,7 +183,7 @@ func clusterRemoveNode(ctx context.Context, stdio Stdio, name string, o removeNo
 var errDegraded = errors.New("cluster: degraded")
 
 func clusterStatus(ctx context.Context, stdio Stdio, o clusterStatusOptions) error {
-	token, err := clusterToken(o.tokenFile)
+	token, err := adminToken("cluster", o.tokenFile, "an admin token is needed (a viewer's is enough, moat admin token create NAME --role viewer)")
 	if err != nil {
 		return err
 	}
@@ -196,7 +192,7 @@ func clusterStatus(ctx context.Context, stdio Stdio, o clusterStatusOptions) err
 		ctx, cancel = context.WithTimeout(ctx, o.timeout)
 		defer cancel()
 	}
-	code, body, err := adminGet(ctx, o.admin, o.dataDir, o.caFile, token, "/api/v1/cluster")
+	code, body, err := adminRequest(ctx, "cluster", http.MethodGet, o.admin, o.dataDir, o.caFile, token, "/api/v1/cluster")
 	if err != nil {
 		return err
 	}
@@ -310,90 +306,6 @@ func printClusterStatus(w io.Writer, st cluster.Status, now time.Time) {
 }
 
 func dash(s string) string { return cmp.Or(s, "-") }
-
-// clusterToken reads an admin token (either role) from file, else from
-// $MOAT_ADMIN_TOKEN.
-func clusterToken(file string) (string, error) {
-	if file != "" {
-		data, err := os.ReadFile(file)
-		if err != nil {
-			return "", fmt.Errorf("cluster: token file: %w", err)
-		}
-		if t := strings.TrimSpace(string(data)); t != "" {
-			return t, nil
-		}
-		return "", fmt.Errorf("cluster: token file %s is empty", file)
-	}
-	if t := strings.TrimSpace(os.Getenv(adminTokenEnv)); t != "" {
-		return t, nil
-	}
-	return "", fmt.Errorf("cluster: an admin token is needed (a viewer's is enough): --token-file FILE or $%s "+
-		"(moat admin token create NAME --role viewer)", adminTokenEnv)
-}
-
-// adminGet makes a GET request to the admin API at addr (host:port, or a
-// URL): a loopback address without a scheme is plain HTTP, another one
-// HTTPS verified with caFile, else DATA_DIR/ca/ca.pem when it exists,
-// else the system's roots. It returns the status and up to 4 MiB of body.
-func adminGet(ctx context.Context, addr, dataDir, caFile, token, path string) (int, []byte, error) {
-	return adminRequest(ctx, http.MethodGet, addr, dataDir, caFile, token, path)
-}
-
-// adminRequest is adminGet with another method (no body).
-func adminRequest(ctx context.Context, method, addr, dataDir, caFile, token, path string) (int, []byte, error) {
-	base := addr
-	if !strings.Contains(base, "://") {
-		if admin.IsLoopback(base) {
-			base = "http://" + base
-		} else {
-			base = "https://" + base
-		}
-	}
-	tc := &tls.Config{MinVersion: tls.VersionTLS12}
-	if caFile == "" {
-		if p := filepath.Join(dataDir, "ca", "ca.pem"); fileExists(p) {
-			caFile = p
-		}
-	}
-	if caFile != "" {
-		pem, err := os.ReadFile(caFile)
-		if err != nil {
-			return 0, nil, fmt.Errorf("cluster: %w", err)
-		}
-		tc.RootCAs = x509.NewCertPool()
-		if !tc.RootCAs.AppendCertsFromPEM(pem) {
-			return 0, nil, fmt.Errorf("cluster: %s holds no PEM certificate", caFile)
-		}
-	}
-	tr := &http.Transport{TLSClientConfig: tc}
-	defer tr.CloseIdleConnections()
-	req, err := http.NewRequestWithContext(ctx, method, strings.TrimSuffix(base, "/")+path, nil)
-	if err != nil {
-		return 0, nil, fmt.Errorf("cluster: --admin %q: %w", addr, err)
-	}
-	req.Header.Set("Authorization", "Bearer "+token)
-	resp, err := (&http.Client{Transport: tr}).Do(req)
-	if err != nil {
-		return 0, nil, fmt.Errorf("cluster: %w", err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
-	if err != nil {
-		return 0, nil, fmt.Errorf("cluster: reading the answer: %w", err)
-	}
-	return resp.StatusCode, body, nil
-}
-
-// apiError is the message of an admin API error answer.
-func apiError(body []byte) string {
-	var e struct {
-		Error string `json:"error"`
-	}
-	if json.Unmarshal(body, &e) == nil && e.Error != "" {
-		return e.Error
-	}
-	return strings.TrimSpace(string(body))
-}
 
 // adminCluster is the admin API's view of the cluster; nil without one.
 func (p *servePlan) adminCluster() func() any {

@@ -2,12 +2,8 @@ package cli
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -16,13 +12,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-
-	"github.com/moatmq/moat/internal/admin"
 )
-
-// adminTokenEnv names the environment variable `moat reload --admin`
-// reads the admin token from (never from the command line).
-const adminTokenEnv = "MOAT_ADMIN_TOKEN"
 
 type reloadOptions struct {
 	dataDir   string
@@ -110,77 +100,21 @@ func isServeProcess(pid int) bool {
 
 // reloadAdmin calls POST /api/v1/config/reload.
 func reloadAdmin(ctx context.Context, stdio Stdio, o reloadOptions) error {
-	token, err := readAdminToken(o.tokenFile)
+	token, err := adminToken("reload", o.tokenFile, "--admin needs an operator token")
 	if err != nil {
 		return err
 	}
-	base := o.admin
-	if !strings.Contains(base, "://") {
-		if admin.IsLoopback(base) {
-			base = "http://" + base
-		} else {
-			base = "https://" + base
-		}
-	}
-	tc := &tls.Config{MinVersion: tls.VersionTLS12}
-	ca := o.caFile
-	if ca == "" {
-		if p := filepath.Join(o.dataDir, "ca", "ca.pem"); fileExists(p) {
-			ca = p
-		}
-	}
-	if ca != "" {
-		pem, err := os.ReadFile(ca)
-		if err != nil {
-			return fmt.Errorf("reload: %w", err)
-		}
-		tc.RootCAs = x509.NewCertPool()
-		if !tc.RootCAs.AppendCertsFromPEM(pem) {
-			return fmt.Errorf("reload: %s holds no PEM certificate", ca)
-		}
-	}
-	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: tc}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(base, "/")+"/api/v1/config/reload", nil)
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	code, body, err := adminRequest(ctx, "reload", http.MethodPost, o.admin, o.dataDir, o.caFile, token, "/api/v1/config/reload")
 	if err != nil {
-		return fmt.Errorf("reload: --admin %q: %w", o.admin, err)
+		return err
 	}
-	req.Header.Set("Authorization", "Bearer "+token)
-	resp, err := client.Do(req)
-	if err != nil {
-		return fmt.Errorf("reload: %w", err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	if resp.StatusCode != http.StatusOK {
-		var e struct {
-			Error string `json:"error"`
-		}
-		msg := strings.TrimSpace(string(body))
-		if json.Unmarshal(body, &e) == nil && e.Error != "" {
-			msg = e.Error
-		}
-		return fmt.Errorf("reload: the broker answered %s: %s", resp.Status, msg)
+	if code != http.StatusOK {
+		return fmt.Errorf("reload: the broker answered %d %s: %s", code, http.StatusText(code), apiError(body))
 	}
 	fmt.Fprintln(stdio.Out, "configuration reloaded")
 	return nil
-}
-
-// readAdminToken reads the token from file, else from $MOAT_ADMIN_TOKEN.
-func readAdminToken(file string) (string, error) {
-	if file != "" {
-		data, err := os.ReadFile(file)
-		if err != nil {
-			return "", fmt.Errorf("reload: token file: %w", err)
-		}
-		if t := strings.TrimSpace(string(data)); t != "" {
-			return t, nil
-		}
-		return "", fmt.Errorf("reload: token file %s is empty", file)
-	}
-	if t := strings.TrimSpace(os.Getenv(adminTokenEnv)); t != "" {
-		return t, nil
-	}
-	return "", fmt.Errorf("reload: --admin needs an operator token: --token-file FILE or $%s", adminTokenEnv)
 }
 
 func fileExists(path string) bool {
