@@ -175,6 +175,9 @@ func clusterRemoveNode(ctx context.Context, stdio Stdio, name string, o removeNo
 	}
 	fmt.Fprintf(stdio.Out, "node %s removed from the cluster%s: it %s; %d of its sessions adopted by the node asked, %d client-ID claims removed\n",
 		r.Node, forced, meta, r.SessionsAdopted, r.ClaimsRemoved)
+	if len(r.StreamsShrunk) > 0 {
+		fmt.Fprintf(stdio.Out, "streams with more copies than the servers left, lowered to them: %s\n", strings.Join(r.StreamsShrunk, ", "))
+	}
 	fmt.Fprintln(stdio.Out, "remove it from every node's cluster.peers, and do not start it again on its data directory")
 	return nil
 }

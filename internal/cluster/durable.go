@@ -318,7 +318,7 @@ func (n *Node) setupStream(js jetstream.JetStream) (jetstream.Consumer, error) {
 	if maxBytes <= 0 {
 		maxBytes = defaultStreamMaxBytes
 	}
-	st, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: streamMsgs, Subjects: []string{durablePrefix + ">"},
+	st, err := n.createOrUpdateStream(ctx, js, jetstream.StreamConfig{Name: streamMsgs, Subjects: []string{durablePrefix + ">"},
 		Description: "Moat QoS 1/2 messages between nodes", Retention: jetstream.LimitsPolicy, MaxAge: maxAge, MaxBytes: maxBytes,
 		Discard: jetstream.DiscardOld, Storage: jetstream.FileStorage, Replicas: n.replicas, Duplicates: 2 * time.Minute})
 	if err != nil {

@@ -49,6 +49,17 @@ func (n *Node) markerTTL() time.Duration {
 // (LimitMarkerTTL enables per-message TTLs); where the server lacks them,
 // it creates the bucket without, and markers then stay.
 func (n *Node) bucket(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	kv, err := n.bucketOnce(ctx, js, cfg)
+	// A cluster shrunk since this node's peers list was written keeps
+	// its buckets' present copies (copies.go).
+	if have, ok := n.fewerCopies(ctx, js, "KV_"+cfg.Bucket, cfg.Replicas, err); ok {
+		cfg.Replicas = have
+		return n.bucketOnce(ctx, js, cfg)
+	}
+	return kv, err
+}
+
+func (n *Node) bucketOnce(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
 	if !n.noMarkerTTL.Load() {
 		c := cfg
 		c.LimitMarkerTTL = n.markerTTL()

@@ -55,6 +55,10 @@ type RemoveResult struct {
 	// client-ID claims removed.
 	SessionsAdopted int `json:"sessions_adopted"`
 	ClaimsRemoved   int `json:"claims_removed"`
+	// StreamsShrunk are the Moat streams whose number of copies this
+	// request lowered to the number of servers left (a cluster of three
+	// shrunk to two).
+	StreamsShrunk []string `json:"streams_shrunk,omitempty"`
 	// Forced is true when the node was alive and removed anyway.
 	Forced bool `json:"forced,omitempty"`
 }
@@ -111,6 +115,21 @@ func (n *Node) RemoveNode(ctx context.Context, name string, force bool) (RemoveR
 		res.Streams = streams
 		if err != nil {
 			return res, err
+		}
+		// The servers left: this node and the other members of the
+		// meta group, the removed node and earlier removed ones aside.
+		servers := map[string]bool{n.cfg.Node: true}
+		for _, p := range st.MetaPeers {
+			if p.Node != name && !n.isRemoved(p.Node) {
+				servers[p.Node] = true
+			}
+		}
+		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		res.StreamsShrunk, err = n.shrinkCopies(sctx, len(servers))
+		cancel()
+		if err != nil {
+			n.log.Warn("cluster: the streams keep more copies than the servers left; the status reports the missing ones",
+				"servers", len(servers), "err", err)
 		}
 	}
 	var err error

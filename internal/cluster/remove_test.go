@@ -112,6 +112,48 @@ func TestRemoveNode(t *testing.T) {
 	}
 	receiveInOrder(t, back, 0, 5)
 	expectNone(t, back, 500*time.Millisecond)
+	back.Close()
+
+	// Two servers are left: the streams were lowered to two copies, and
+	// the status reports no missing one.
+	if len(res.StreamsShrunk) == 0 {
+		t.Fatalf("no stream lowered to the servers left: %+v", res)
+	}
+	twoCopies := func(nd *Node) error {
+		st := nd.Status()
+		if len(st.Streams) == 0 {
+			return errors.New("no streams listed yet")
+		}
+		for _, s := range st.Streams {
+			if s.Replicas != 2 {
+				return fmt.Errorf("%s: stream %s has %d copies configured", st.Node, s.Name, s.Replicas)
+			}
+		}
+		for _, p := range st.Problems {
+			if strings.Contains(p, "copies") {
+				return fmt.Errorf("%s: problem %q", st.Node, p)
+			}
+		}
+		return nil
+	}
+	testutil.CheckFor(t, 60*time.Second, func() error { return twoCopies(nodes[0].node) })
+
+	// n2 restarted with its peers list still naming n3 asks for three
+	// copies, which JetStream has no servers for: it keeps two, and
+	// starts.
+	cfg := nodes[1].node.cfg
+	stopNode(t, nodes[1])
+	restarted, err := Start(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	withBroker(t, restarted, nil, cfg.Logger)
+	select {
+	case <-restarted.Ready():
+	case <-time.After(60 * time.Second):
+		t.Fatal("n2, restarted with n3 still among its peers, not ready within 60 s")
+	}
+	testutil.CheckFor(t, 60*time.Second, func() error { return twoCopies(restarted) })
 }
 
 // TestSecurityClusterSystemToken: the system account's token, which can

@@ -497,7 +497,7 @@ func (n *Node) tombstone(subj string) *nats.Msg {
 
 // setupSessions creates or binds the sessions stream.
 func (n *Node) setupSessions(ctx context.Context, js jetstream.JetStream) error {
-	st, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: streamSessions, Subjects: []string{sessPrefix + ">"},
+	st, err := n.createOrUpdateStream(ctx, js, jetstream.StreamConfig{Name: streamSessions, Subjects: []string{sessPrefix + ">"},
 		Description: "Moat persistent sessions", Retention: jetstream.LimitsPolicy, MaxMsgsPerSubject: 1, AllowMsgTTL: true,
 		Storage: jetstream.FileStorage, Replicas: n.replicas})
 	if err != nil {
