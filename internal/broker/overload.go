@@ -90,46 +90,18 @@ type flowGate struct {
 	atTick uint64
 }
 
-// waiter is one place of a publisher in a gate's line. Letting it go
-// sets its state to waiterLetGo, under the gate's owner lock as it is
-// taken off the line; most held readers find it so when they come to
-// wait, and go on without touching a channel (a channel operation takes
-// the channel's lock on both sides). A reader that has to wait marks the
-// same word first (waiterInLine → waiterBlocked) and only then blocks on
-// ch, and letting go swaps the state: whichever of the two comes second
-// sees the other's mark, so either the reader finds its waiter let go
-// and does not block, or letting go finds it blocked and sends a token on
-// ch (capacity 1); no wake-up is lost. ch is empty whenever the waiter is
-// in a line: a token is sent at most once per use, and the blocked
-// reader receives it before the waiter is used again (leave).
+// waiter is one place of a publisher in a gate's line. ch (capacity 1)
+// is empty whenever the waiter is in the line: a token is sent only when
+// it is taken off the line, under the owner's lock, and the publisher
+// receives it before the waiter is used again.
 type waiter struct {
 	ch     chan struct{}
-	state  atomic.Uint32 // waiterInLine, waiterBlocked or waiterLetGo
-	queued bool          // in a gate's line; guarded by that gate's owner lock
-	epoch  uint64        // the gate's epoch when it joined; guarded likewise
+	queued bool   // in a gate's line; guarded by that gate's owner lock
+	epoch  uint64 // the gate's epoch when it joined; guarded likewise
 	// feeds: its publisher also gave messages to subscribers under their
 	// marks since it last waited. Set by the reader before it waits,
 	// read by the gate's timer.
 	feeds atomic.Bool
-}
-
-// The states of a waiter (waiter.state).
-const (
-	waiterInLine  uint32 = iota // in line, its reader not blocked
-	waiterBlocked               // in line, its reader blocked on ch (or about to be)
-	waiterLetGo                 // let go
-)
-
-// letGo marks w let go and hands its reader a token if it is blocked.
-// The caller took w off its gate's line, under the gate's owner lock.
-func (w *waiter) letGo() {
-	if w.state.Swap(waiterLetGo) != waiterBlocked {
-		return // its reader will find it let go and not block
-	}
-	select {
-	case w.ch <- struct{}{}:
-	default: // cannot happen (see waiter); never block under a lock
-	}
 }
 
 // join puts w in line. It reports whether no timer runs: the caller
@@ -138,7 +110,6 @@ func (w *waiter) letGo() {
 // publisher sends, where a timer starts once per period.)
 func (g *flowGate) join(w *waiter) (arm bool) {
 	w.queued = true
-	w.state.Store(waiterInLine)
 	w.epoch = g.epoch
 	g.waiters = append(g.waiters, w)
 	if g.timer != nil {
@@ -156,7 +127,10 @@ func (g *flowGate) wake(n int) {
 		g.waiters[0] = nil
 		g.waiters = g.waiters[1:]
 		w.queued = false
-		w.letGo()
+		select {
+		case w.ch <- struct{}{}:
+		default: // cannot happen (see waiter); never block under a lock
+		}
 	}
 }
 
@@ -173,9 +147,8 @@ func (g *flowGate) release() {
 	}
 }
 
-// remove takes w off the line; false when it was let go meanwhile (its
-// state is then waiterLetGo, and if its reader blocked, the token is in
-// w.ch).
+// remove takes w off the line; false when it was woken meanwhile (its
+// token is then in w.ch).
 func (g *flowGate) remove(w *waiter) bool {
 	if !w.queued {
 		return false
@@ -651,7 +624,7 @@ func (c *conn) awaitHolds() (waited, ok bool) {
 			w, ok = c.awaitHold(h)
 			waited = waited || w
 		} else {
-			h.leave(false)
+			h.leave()
 		}
 	}
 	p.clearHolds()
@@ -669,7 +642,7 @@ func (c *conn) awaitHolds() (waited, ok bool) {
 // the backlog, or the subscriber was found slow. It reports whether it
 // had to wait, and false when the connection or the server is closing.
 func (c *conn) awaitHold(h hold) (waited, ok bool) {
-	if h.w.state.Load() == waiterLetGo {
+	if h.w.taken() {
 		return false, true // let go already
 	}
 	srv := c.srv
@@ -689,17 +662,24 @@ func (c *conn) awaitHold(h hold) (waited, ok bool) {
 	if h.w.block(c.killed) {
 		return true, true
 	}
-	h.leave(true)
+	h.leave()
 	return true, false
 }
 
-// block waits until w is let go, and reports false if killed closes
-// first: the caller must then leave the line (hold.leave with blocked
-// set), which takes the token should one have come meanwhile.
-func (w *waiter) block(killed <-chan struct{}) bool {
-	if !w.state.CompareAndSwap(waiterInLine, waiterBlocked) {
-		return true // let go meanwhile: no token comes
+// taken reports whether w was let go, and takes its token if so.
+func (w *waiter) taken() bool {
+	select {
+	case <-w.ch:
+		return true
+	default:
+		return false
 	}
+}
+
+// block waits until w is let go, and reports false if killed closes
+// first: the caller must then leave the line (hold.leave), which takes
+// the token should one have come meanwhile.
+func (w *waiter) block(killed <-chan struct{}) bool {
 	select {
 	case <-w.ch:
 		return true
@@ -717,7 +697,7 @@ var errHeldClosed = errors.New("broker: connection closed while held back")
 func (c *conn) leaveHolds() {
 	p := &c.pub
 	for _, h := range p.holds {
-		h.leave(false)
+		h.leave()
 	}
 	p.clearHolds()
 }
@@ -740,15 +720,13 @@ func (h hold) unlock() {
 	}
 }
 
-// leave takes h's waiter out of line. A reader that blocked on it
-// (blocked) and was let go meanwhile takes the token it was let go with,
-// sent under the lock taken here, so that ch is empty for the waiter's
-// next use; one that did not block has no token to take.
-func (h hold) leave(blocked bool) {
+// leave takes h's waiter out of line, or takes the token it was let go
+// with.
+func (h hold) leave() {
 	g := h.lockGate()
 	woken := !g.remove(h.w)
 	h.unlock()
-	if woken && blocked {
+	if woken {
 		<-h.w.ch
 	}
 }
