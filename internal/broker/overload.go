@@ -642,10 +642,8 @@ func (c *conn) awaitHolds() (waited, ok bool) {
 // the backlog, or the subscriber was found slow. It reports whether it
 // had to wait, and false when the connection or the server is closing.
 func (c *conn) awaitHold(h hold) (waited, ok bool) {
-	select {
-	case <-h.w.ch:
+	if h.w.taken() {
 		return false, true // let go already
-	default:
 	}
 	srv := c.srv
 	h.w.feeds.Store(c.pub.feedsOthers(h.sess))
@@ -661,13 +659,33 @@ func (c *conn) awaitHold(h hold) (waited, ok bool) {
 	// Not the server's context as well: Shutdown kills every connection
 	// (closing c.killed), and a select on a channel that every held
 	// reader shares locks it for each wait.
-	select {
-	case <-h.w.ch:
+	if h.w.block(c.killed) {
 		return true, true
-	case <-c.killed:
 	}
 	h.leave()
 	return true, false
+}
+
+// taken reports whether w was let go, and takes its token if so.
+func (w *waiter) taken() bool {
+	select {
+	case <-w.ch:
+		return true
+	default:
+		return false
+	}
+}
+
+// block waits until w is let go, and reports false if killed closes
+// first: the caller must then leave the line (hold.leave), which takes
+// the token should one have come meanwhile.
+func (w *waiter) block(killed <-chan struct{}) bool {
+	select {
+	case <-w.ch:
+		return true
+	case <-killed:
+		return false
+	}
 }
 
 // errHeldClosed ends a read that waited for a held client's turn when the
