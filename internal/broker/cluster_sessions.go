@@ -65,10 +65,12 @@ type ClusterSession struct {
 // ClaimRefused is the error of a claim the client is refused for: its
 // client ID belongs to another identity's session (not Unavailable), or
 // the session cannot be handed over now (Unavailable: no quorum, or its
-// home does not answer).
+// home does not answer; CONNACK 0x88), Busy as well when this node has
+// too much to do to take it now (CONNACK 0x89, Server busy).
 type ClaimRefused struct {
 	Reason      string
 	Unavailable bool
+	Busy        bool
 }
 
 func (e *ClaimRefused) Error() string { return "broker: session claim refused: " + e.Reason }
@@ -88,6 +90,10 @@ func (s *Server) claimClusterSession(ctx context.Context, c *conn, st *connectSt
 		var r *ClaimRefused
 		if errors.As(err, &r) && !r.Unavailable {
 			return packet.ClientIDNotValid, r.Reason
+		}
+		if r != nil && r.Busy {
+			c.log.Warn("broker: the cluster could not hand the session over now; connection refused", "err", err)
+			return packet.ServerBusy, r.Reason
 		}
 		c.log.Warn("broker: the cluster could not hand the session over; connection refused", "err", err)
 		return packet.ServerUnavailable, "the session is not available in the cluster now; try again"
@@ -268,7 +274,9 @@ func (s *Server) DeliverToSession(clientID string, msg *Message, done func(error
 // this node calls it, with since the moment its claim began: a message
 // published here while the session was leaving its old node reached
 // neither node (docs/cluster.md, "Sessions"). Only what the record of
-// recent messages still holds is found (recentWindow). Safe for
+// recent messages still holds is found: the last recentWindow, or every
+// arrival after since when a RecentPin made at or before since holds the
+// record (then its Err tells whether one was dropped). Safe for
 // concurrent use.
 func (s *Server) ReplayLocal(clientID string, since int64, skip func(*Message) bool) int {
 	sess := s.lookup(clientID)
@@ -290,7 +298,11 @@ func (s *Server) ReplayLocal(clientID string, since int64, skip func(*Message) b
 	n := 0
 	now := time.Now().UnixNano()
 	if len(filters) > 0 {
-		cands := s.recent.since(since, now, filters, nil)
+		old := now - recentWindow
+		if s.recent.pinned(since) {
+			old = 0
+		}
+		cands := s.recent.search(since, old, filters, nil)
 		slices.SortFunc(cands, func(a, b recentEntry) int {
 			return cmp.Or(cmp.Compare(a.at, b.at), cmp.Compare(a.msg.recentID>>recentShardBits, b.msg.recentID>>recentShardBits))
 		})
@@ -298,7 +310,7 @@ func (s *Server) ReplayLocal(clientID string, since int64, skip func(*Message) b
 			if e.msg.remote || e.msg.expired(s.cfg.Now()) || (skip != nil && skip(e.msg)) {
 				continue
 			}
-			if s.replayToSession(sess, f, e.msg) {
+			if s.replayToSession(sess, f, e.msg, e.at < now-recentWindow) {
 				n++
 			}
 		}
@@ -325,8 +337,15 @@ func (s *Server) ReplayLocal(clientID string, since int64, skip func(*Message) b
 
 // replayToSession delivers m to sess through its matching non-shared
 // subscriptions, as routing would have, unless routing delivered it
-// (held by f) or it was replayed already.
-func (s *Server) replayToSession(sess *session, f *subFence, m *Message) bool {
+// (held by f) or it was replayed already. A message that arrived within
+// the window may still be on its way through routing, which would
+// deliver it again: the fence claims it. One that arrived earlier
+// (settled) was routed long ago, and is not claimed, so that a claim
+// that took long replays more messages than the fence can claim
+// (maxFenceClaims). A message within the window that the full fence
+// cannot claim is delivered all the same: twice, if routing is still
+// delivering it, rather than not at all.
+func (s *Server) replayToSession(sess *session, f *subFence, m *Message, settled bool) bool {
 	mb := matchPool.Get().(*matchBuf)
 	defer func() {
 		clear(mb.subs)
@@ -353,7 +372,11 @@ func (s *Server) replayToSession(sess *session, f *subFence, m *Message) bool {
 		return false
 	}
 	sess.mu.Lock()
-	ok := f.replayable(m, shareKey{})
+	k := claimKey{id: m.recentID}
+	ok := !f.isHeld(m, shareKey{}) && !f.has(k)
+	if ok && !settled {
+		f.claim(k, m.arrived)
+	}
 	cl := sess.client
 	sess.mu.Unlock()
 	if ok {

@@ -88,6 +88,11 @@ type sessionsState struct {
 	// before the broker has it; afterImport right after, while the
 	// session holds back what routing delivers to it.
 	beforeImport, afterImport atomic.Pointer[func(id string)]
+	// beforeReply, in tests, runs when this node, the old home, has
+	// given a session up and is about to answer the claim (a slow old
+	// home); beforeRelease when this node's claim is about to ask the
+	// old home (a slow claim).
+	beforeReply, beforeRelease atomic.Pointer[func(id string)]
 
 	// holds are the imports holding back routed deliveries now, by
 	// client ID (see holdAcks); holdMu guards them and every
@@ -268,6 +273,7 @@ func (s *sessionsState) init() {
 type sessionBroker interface {
 	ImportSession(cs *broker.ClusterSession)
 	ReplayLocal(clientID string, since int64, skip func(*broker.Message) bool) int
+	PinRecent() *broker.RecentPin
 	ReleaseSession(clientID string) bool
 	DiscardConnectionWill(clientID string)
 	DeliverToSession(clientID string, msg *broker.Message, done func(error)) bool
@@ -666,6 +672,15 @@ func (n *Node) ClaimSession(ctx context.Context, claim broker.SessionClaim) erro
 	// session may have missed here (take).
 	n.beginClaim()
 	defer n.endClaim()
+	// The broker's record of recent messages keeps every arrival from
+	// here on until the session is imported and replayed (take), within
+	// its bound: a claim that waits long for the old home misses none. A
+	// clean start replays nothing.
+	var pin *broker.RecentPin
+	if b, ok := n.b.(sessionBroker); ok && !claim.Discard {
+		pin = b.PinRecent()
+		defer pin.Release()
+	}
 	n.dur.routeMu.Lock()
 	since, from := time.Now().UnixNano(), n.dur.routed
 	n.dur.routeMu.Unlock()
@@ -725,11 +740,14 @@ func (n *Node) ClaimSession(ctx context.Context, claim broker.SessionClaim) erro
 		} else if d {
 			discard = true
 		}
+		if f := n.sess.beforeRelease.Load(); f != nil {
+			(*f)(id)
+		}
 		pos, err := n.release(ctx, id, rec)
 		if err != nil {
 			return err
 		}
-		pos.since, pos.from = since, min(from, pos.seq)
+		pos.since, pos.from, pos.pin = since, min(from, pos.seq), pin
 		// The old home's last changes are written: read the record again.
 		cur, err = n.getRecord(ctx, subj)
 		if err != nil {
@@ -780,6 +798,9 @@ type position struct {
 	// messages of this node the old home routed are read from there.
 	since int64
 	from  uint64
+	// pin holds the broker's record of recent messages from before
+	// since (nil: not held; the replay then finds the last second only).
+	pin *broker.RecentPin
 }
 
 // release asks the old home of a session to give it up. A home that is
@@ -856,6 +877,18 @@ func (n *Node) sessionRecords(id string) func(context.Context) ([]storedRecord, 
 // messages after pos that this node routed before the session was here.
 func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint64, discard, persistent bool, pos position,
 	list func(context.Context) ([]storedRecord, error)) error {
+	if pos.pin != nil && !discard {
+		if err := pos.pin.Err(); err != nil {
+			// The record of recent messages dropped a message that
+			// arrived since the claim began, which the session may have
+			// missed: the claim fails before it takes the home, and the
+			// client tries again.
+			n.log.Warn("cluster: a session's claim failed: too many messages arrived here while it waited for the old home",
+				"client", id, "err", err)
+			return &broker.ClaimRefused{Reason: "this node is too busy to take the session over now; try again",
+				Unavailable: true, Busy: true}
+		}
+	}
 	mine := *rec
 	mine.Home, mine.Node = n.origin, n.cfg.Node
 	if discard {
@@ -1026,6 +1059,11 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 		}
 		if c := b.ReplayLocal(id, pos.since, skip); c > 0 {
 			n.log.Info("cluster: messages of this node replayed to a moved session", "client", id, "count", c)
+		}
+		if pos.pin != nil && pos.pin.Err() != nil {
+			// Dropped after the claim took the home: too late to refuse.
+			n.log.Error("cluster: the record of recent messages reached its bound while a session moved here; "+
+				"messages published on this node during the move may be missing from it", "client", id)
 		}
 	}
 	return nil
@@ -1212,6 +1250,9 @@ func (n *Node) handleRelease(m *nats.Msg) {
 	released := b.ReleaseSession(req.Client)
 	routed := n.dur.routed
 	n.dur.routeMu.Unlock()
+	if f := n.sess.beforeReply.Load(); f != nil {
+		(*f)(req.Client)
+	}
 	n.unhome(req.Client)
 	done := make(chan error, 1)
 	p.Persist(nil, func(err error) { done <- err })
