@@ -273,15 +273,35 @@ func (s *Server) DeliverToSession(clientID string, msg *Message, done func(error
 // order. It returns the number replayed. A Cluster moving a session to
 // this node calls it, with since the moment its claim began: a message
 // published here while the session was leaving its old node reached
-// neither node (docs/cluster.md, "Sessions"). Only what the record of
-// recent messages still holds is found: the last recentWindow, or every
-// arrival after since when a RecentPin made at or before since holds the
-// record (then its Err tells whether one was dropped). Safe for
-// concurrent use.
+// neither node (docs/cluster.md, "Sessions"). It is FindLocal and
+// Deliver at once. Safe for concurrent use.
 func (s *Server) ReplayLocal(clientID string, since int64, skip func(*Message) bool) int {
+	return s.FindLocal(clientID, since).Deliver(skip)
+}
+
+// LocalReplay is the first half of ReplayLocal: the messages found for a
+// session imported with Hold, to be delivered by Deliver.
+type LocalReplay struct {
+	s     *Server
+	sess  *session
+	f     *subFence
+	cands []recentEntry
+	now   int64 // when they were found
+}
+
+// FindLocal finds the messages ReplayLocal delivers, in the record of
+// recent messages: the last recentWindow, or every arrival after since
+// when a RecentPin made at or before since holds the record (then its
+// Err tells whether one was dropped). A Cluster finds them as soon as
+// the session is imported, releases its pin, and calls Deliver once it
+// has delivered the messages it replays itself; the session holds back
+// what routing delivers to it until Deliver. It returns nil when the
+// session is not here or was not imported with Hold (Deliver on nil
+// does nothing). Safe for concurrent use.
+func (s *Server) FindLocal(clientID string, since int64) *LocalReplay {
 	sess := s.lookup(clientID)
 	if sess == nil {
-		return 0
+		return nil
 	}
 	sess.mu.Lock()
 	f := sess.fence
@@ -293,28 +313,40 @@ func (s *Server) ReplayLocal(clientID string, since int64, skip func(*Message) b
 	}
 	sess.mu.Unlock()
 	if f == nil {
-		return 0
+		return nil
 	}
-	n := 0
-	now := time.Now().UnixNano()
+	r := &LocalReplay{s: s, sess: sess, f: f, now: time.Now().UnixNano()}
 	if len(filters) > 0 {
-		old := now - recentWindow
+		old := r.now - recentWindow
 		if s.recent.pinned(since) {
 			old = 0
 		}
-		cands := s.recent.search(since, old, filters, nil)
-		slices.SortFunc(cands, func(a, b recentEntry) int {
+		r.cands = s.recent.search(since, old, filters, nil)
+		slices.SortFunc(r.cands, func(a, b recentEntry) int {
 			return cmp.Or(cmp.Compare(a.at, b.at), cmp.Compare(a.msg.recentID>>recentShardBits, b.msg.recentID>>recentShardBits))
 		})
-		for _, e := range cands {
-			if e.msg.remote || e.msg.expired(s.cfg.Now()) || (skip != nil && skip(e.msg)) {
-				continue
-			}
-			if s.replayToSession(sess, f, e.msg, e.at < now-recentWindow) {
-				n++
-			}
+	}
+	return r
+}
+
+// Deliver delivers the messages found, except those skip reports, and
+// releases the deliveries the session held back since its import, in
+// order. It returns the number delivered. Call it once.
+func (r *LocalReplay) Deliver(skip func(*Message) bool) int {
+	if r == nil {
+		return 0
+	}
+	s, sess, f := r.s, r.sess, r.f
+	n := 0
+	for _, e := range r.cands {
+		if e.msg.remote || e.msg.expired(s.cfg.Now()) || (skip != nil && skip(e.msg)) {
+			continue
+		}
+		if s.replayToSession(sess, f, e.msg, e.at < r.now-recentWindow) {
+			n++
 		}
 	}
+	r.cands = nil
 	for round := 0; ; round++ {
 		sess.mu.Lock()
 		held := f.held

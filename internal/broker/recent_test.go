@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -241,5 +242,38 @@ func TestRecentPinBound(t *testing.T) {
 				t.Fatal("spill left after the last release")
 			}
 		})
+	}
+}
+
+// BenchmarkRecentAddPinned is BenchmarkRecentAdd while a claim pins the
+// record: every message leaving a ring goes to the spill. The pin is
+// renewed every 32,768 messages per publisher, as claims come and go,
+// so that the spills stay within their bound.
+func BenchmarkRecentAddPinned(b *testing.B) {
+	var r recentRing
+	now := time.Now().UnixNano()
+	var mu sync.Mutex
+	pin := r.pin(now)
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		shard := r.shardFor()
+		m := &Message{Topic: "bench/recent", Payload: make([]byte, 64)}
+		i := int64(0)
+		for pb.Next() {
+			i++
+			m.arrived, m.recentID = now+i, 0
+			r.add(shard, m)
+			if i%32768 == 0 {
+				mu.Lock()
+				old := pin
+				pin = r.pin(now + i)
+				old.Release()
+				mu.Unlock()
+			}
+		}
+	})
+	pin.Release()
+	if pin.Err() != nil {
+		b.Log("the bound was reached")
 	}
 }

@@ -63,9 +63,15 @@ func TestSessionMoveSlowOldHome(t *testing.T) {
 	}
 }
 
+// slowClaims lets a claim wait a minute for the old home's answer (5 s
+// otherwise), and a client as long for its CONNACK: under the race
+// detector, on a busy machine, the bursts the old home waits for take
+// longer than 5 s.
+func slowClaims(i int, nd *Node) { nd.sess.releaseWait = time.Minute }
+
 func testSessionMoveSlowOldHome(t *testing.T, qos byte) {
-	nodes, err := startNodesHooked(t, t.TempDir(), freePorts(t, 3), nil, func(bc *broker.Config) {
-		bc.MaxQueued, bc.QueueQoS0 = 20000, true
+	nodes, err := startNodesHooked(t, t.TempDir(), freePorts(t, 3), []func(int, *Node){slowClaims}, func(bc *broker.Config) {
+		bc.MaxQueued, bc.QueueQoS0, bc.ConnectTimeout = 20000, true, 3*time.Minute
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -84,7 +90,7 @@ func testSessionMoveSlowOldHome(t *testing.T, qos byte) {
 	hook := func(id string) {
 		once.Do(func() {
 			start := time.Now()
-			ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
+			ctx, cancel := context.WithTimeout(context.Background(), 50*time.Second)
 			defer cancel()
 			err := publishBurst(ctx, pubs, "slow/x", each, 0, qos)
 			// Longer than the window the record kept before pins: the
@@ -96,9 +102,16 @@ func testSessionMoveSlowOldHome(t *testing.T, qos byte) {
 		})
 	}
 	nodes[0].node.sess.beforeReply.Store(&hook)
-	sub2, present := dialSession(t, nodes[1].addr, "slowmover", client.V5)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	sub2, err := client.Dial(ctx, client.Config{Servers: []string{"tcp://" + nodes[1].addr}, ClientID: "slowmover",
+		Version: client.V5, SessionExpiry: 600, ConnectTimeout: 2 * time.Minute})
 	nodes[0].node.sess.beforeReply.Store(nil)
-	if !present {
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sub2.Close() })
+	if !sub2.ConnectInfo().SessionPresent {
 		t.Fatal("Session Present 0 on n2")
 	}
 	select {
@@ -130,15 +143,13 @@ func testSessionMoveSlowOldHome(t *testing.T, qos byte) {
 }
 
 // TestSessionMoveOverrunBusy: more than the pinned record's bound (64 MiB)
-// published on the new node while its claim is slow makes the claim fail
-// with CONNACK 0x89 (Server busy) before it takes the session; the
-// session stays whole: the next attempt resumes it (Session Present 1)
-// with its subscription. (The delay is the new node's, before it asks
-// the old home, which answers within 5 s or is asked again: under the
-// race detector the burst takes longer.)
+// published on the new node while the old home is slow to answer makes
+// the claim fail with CONNACK 0x89 (Server busy) before it takes the
+// session; the session stays whole: the next attempt resumes it (Session
+// Present 1) with its subscription.
 func TestSessionMoveOverrunBusy(t *testing.T) {
-	nodes, err := startNodesHooked(t, t.TempDir(), freePorts(t, 3), nil, func(bc *broker.Config) {
-		bc.ConnectTimeout = time.Minute
+	nodes, err := startNodesHooked(t, t.TempDir(), freePorts(t, 3), []func(int, *Node){slowClaims}, func(bc *broker.Config) {
+		bc.ConnectTimeout = 3 * time.Minute
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -162,12 +173,12 @@ func TestSessionMoveOverrunBusy(t *testing.T) {
 			published <- publishBurst(ctx, pubs, "big/x", 18, 1<<20-100, 0)
 		})
 	}
-	nodes[1].node.sess.beforeRelease.Store(&hook)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	nodes[0].node.sess.beforeReply.Store(&hook)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	_, err = client.Dial(ctx, client.Config{Servers: []string{"tcp://" + nodes[1].addr}, ClientID: "overrun",
-		Version: client.V5, SessionExpiry: 600, ConnectTimeout: time.Minute})
-	nodes[1].node.sess.beforeRelease.Store(nil)
+		Version: client.V5, SessionExpiry: 600, ConnectTimeout: 2 * time.Minute})
+	nodes[0].node.sess.beforeReply.Store(nil)
 	if err := <-published; err != nil {
 		t.Fatal(err)
 	}

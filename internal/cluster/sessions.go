@@ -90,9 +90,11 @@ type sessionsState struct {
 	beforeImport, afterImport atomic.Pointer[func(id string)]
 	// beforeReply, in tests, runs when this node, the old home, has
 	// given a session up and is about to answer the claim (a slow old
-	// home); beforeRelease when this node's claim is about to ask the
-	// old home (a slow claim).
-	beforeReply, beforeRelease atomic.Pointer[func(id string)]
+	// home).
+	beforeReply atomic.Pointer[func(id string)]
+	// releaseWait, in tests, replaces the 5 s a claim waits at most for
+	// the old home's answer.
+	releaseWait time.Duration
 
 	// holds are the imports holding back routed deliveries now, by
 	// client ID (see holdAcks); holdMu guards them and every
@@ -156,7 +158,7 @@ func (n *Node) beginHold(id string) *importHold {
 }
 
 // endHold runs once the session of id released the deliveries h held
-// back (broker.Server.ReplayLocal submits their writes before it
+// back (broker.LocalReplay.Deliver submits their writes before it
 // returns): the acknowledgements that waited for h follow those writes
 // (watchHeld), or fail with the first of them that failed, and their
 // messages are then delivered again (at least once).
@@ -272,7 +274,7 @@ func (s *sessionsState) init() {
 // *broker.Server.
 type sessionBroker interface {
 	ImportSession(cs *broker.ClusterSession)
-	ReplayLocal(clientID string, since int64, skip func(*broker.Message) bool) int
+	FindLocal(clientID string, since int64) *broker.LocalReplay
 	PinRecent() *broker.RecentPin
 	ReleaseSession(clientID string) bool
 	DiscardConnectionWill(clientID string)
@@ -673,9 +675,9 @@ func (n *Node) ClaimSession(ctx context.Context, claim broker.SessionClaim) erro
 	n.beginClaim()
 	defer n.endClaim()
 	// The broker's record of recent messages keeps every arrival from
-	// here on until the session is imported and replayed (take), within
-	// its bound: a claim that waits long for the old home misses none. A
-	// clean start replays nothing.
+	// here on until the session is imported and its messages are found
+	// (take), within its bound: a claim that waits long for the old home
+	// misses none. A clean start replays nothing.
 	var pin *broker.RecentPin
 	if b, ok := n.b.(sessionBroker); ok && !claim.Discard {
 		pin = b.PinRecent()
@@ -739,9 +741,6 @@ func (n *Node) ClaimSession(ctx context.Context, claim broker.SessionClaim) erro
 			return &broker.ClaimRefused{Reason: refusal}
 		} else if d {
 			discard = true
-		}
-		if f := n.sess.beforeRelease.Load(); f != nil {
-			(*f)(id)
 		}
 		pos, err := n.release(ctx, id, rec)
 		if err != nil {
@@ -811,6 +810,9 @@ func (n *Node) release(ctx context.Context, id string, rec *sessionRecord) (posi
 	// Half of what is left, at most 5 s: a home that does not answer in
 	// time is looked at again (is it still connected?) within the claim.
 	wait := 5 * time.Second
+	if n.sess.releaseWait != 0 {
+		wait = n.sess.releaseWait
+	}
 	if dl, ok := ctx.Deadline(); ok {
 		wait = min(wait, time.Until(dl)/2)
 	}
@@ -1048,6 +1050,17 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 		(*f)(id)
 	}
 	n.dstats.sessionsIn.Add(1)
+	var local *broker.LocalReplay
+	lost := false
+	if cs.Hold {
+		// This node's own messages are found at once, so that the
+		// record need not stay pinned while the stream is replayed.
+		local = b.FindLocal(id, pos.since)
+		if pos.pin != nil {
+			lost = pos.pin.Err() != nil
+			pos.pin.Release()
+		}
+	}
 	var reached map[string]bool
 	if pos.replay && (upTo > pos.seq || cs.Hold && pos.from < pos.seq) {
 		reached = n.replay(ctx, id, cs.Session.Session, pos, upTo, have)
@@ -1057,10 +1070,10 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 			ref := n.ownRef(m)
 			return ref != "" && (have[ref] || reached[ref])
 		}
-		if c := b.ReplayLocal(id, pos.since, skip); c > 0 {
+		if c := local.Deliver(skip); c > 0 {
 			n.log.Info("cluster: messages of this node replayed to a moved session", "client", id, "count", c)
 		}
-		if pos.pin != nil && pos.pin.Err() != nil {
+		if lost {
 			// Dropped after the claim took the home: too late to refuse.
 			n.log.Error("cluster: the record of recent messages reached its bound while a session moved here; "+
 				"messages published on this node during the move may be missing from it", "client", id)
