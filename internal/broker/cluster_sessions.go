@@ -65,10 +65,12 @@ type ClusterSession struct {
 // ClaimRefused is the error of a claim the client is refused for: its
 // client ID belongs to another identity's session (not Unavailable), or
 // the session cannot be handed over now (Unavailable: no quorum, or its
-// home does not answer).
+// home does not answer; CONNACK 0x88), Busy as well when this node has
+// too much to do to take it now (CONNACK 0x89, Server busy).
 type ClaimRefused struct {
 	Reason      string
 	Unavailable bool
+	Busy        bool
 }
 
 func (e *ClaimRefused) Error() string { return "broker: session claim refused: " + e.Reason }
@@ -88,6 +90,10 @@ func (s *Server) claimClusterSession(ctx context.Context, c *conn, st *connectSt
 		var r *ClaimRefused
 		if errors.As(err, &r) && !r.Unavailable {
 			return packet.ClientIDNotValid, r.Reason
+		}
+		if r != nil && r.Busy {
+			c.log.Warn("broker: the cluster could not hand the session over now; connection refused", "err", err)
+			return packet.ServerBusy, r.Reason
 		}
 		c.log.Warn("broker: the cluster could not hand the session over; connection refused", "err", err)
 		return packet.ServerUnavailable, "the session is not available in the cluster now; try again"
@@ -267,13 +273,35 @@ func (s *Server) DeliverToSession(clientID string, msg *Message, done func(error
 // order. It returns the number replayed. A Cluster moving a session to
 // this node calls it, with since the moment its claim began: a message
 // published here while the session was leaving its old node reached
-// neither node (docs/cluster.md, "Sessions"). Only what the record of
-// recent messages still holds is found (recentWindow). Safe for
-// concurrent use.
+// neither node (docs/cluster.md, "Sessions"). It is FindLocal and
+// Deliver at once. Safe for concurrent use.
 func (s *Server) ReplayLocal(clientID string, since int64, skip func(*Message) bool) int {
+	return s.FindLocal(clientID, since).Deliver(skip)
+}
+
+// LocalReplay is the first half of ReplayLocal: the messages found for a
+// session imported with Hold, to be delivered by Deliver.
+type LocalReplay struct {
+	s     *Server
+	sess  *session
+	f     *subFence
+	cands []recentEntry
+	now   int64 // when they were found
+}
+
+// FindLocal finds the messages ReplayLocal delivers, in the record of
+// recent messages: the last recentWindow, or every arrival after since
+// when a RecentPin made at or before since holds the record (then its
+// Err tells whether one was dropped). A Cluster finds them as soon as
+// the session is imported, releases its pin, and calls Deliver once it
+// has delivered the messages it replays itself; the session holds back
+// what routing delivers to it until Deliver. It returns nil when the
+// session is not here or was not imported with Hold (Deliver on nil
+// does nothing). Safe for concurrent use.
+func (s *Server) FindLocal(clientID string, since int64) *LocalReplay {
 	sess := s.lookup(clientID)
 	if sess == nil {
-		return 0
+		return nil
 	}
 	sess.mu.Lock()
 	f := sess.fence
@@ -285,24 +313,40 @@ func (s *Server) ReplayLocal(clientID string, since int64, skip func(*Message) b
 	}
 	sess.mu.Unlock()
 	if f == nil {
-		return 0
+		return nil
 	}
-	n := 0
-	now := time.Now().UnixNano()
+	r := &LocalReplay{s: s, sess: sess, f: f, now: time.Now().UnixNano()}
 	if len(filters) > 0 {
-		cands := s.recent.since(since, now, filters, nil)
-		slices.SortFunc(cands, func(a, b recentEntry) int {
+		old := r.now - recentWindow
+		if s.recent.pinned(since) {
+			old = 0
+		}
+		r.cands = s.recent.search(since, old, filters, nil)
+		slices.SortFunc(r.cands, func(a, b recentEntry) int {
 			return cmp.Or(cmp.Compare(a.at, b.at), cmp.Compare(a.msg.recentID>>recentShardBits, b.msg.recentID>>recentShardBits))
 		})
-		for _, e := range cands {
-			if e.msg.remote || e.msg.expired(s.cfg.Now()) || (skip != nil && skip(e.msg)) {
-				continue
-			}
-			if s.replayToSession(sess, f, e.msg) {
-				n++
-			}
+	}
+	return r
+}
+
+// Deliver delivers the messages found, except those skip reports, and
+// releases the deliveries the session held back since its import, in
+// order. It returns the number delivered. Call it once.
+func (r *LocalReplay) Deliver(skip func(*Message) bool) int {
+	if r == nil {
+		return 0
+	}
+	s, sess, f := r.s, r.sess, r.f
+	n := 0
+	for _, e := range r.cands {
+		if e.msg.remote || e.msg.expired(s.cfg.Now()) || (skip != nil && skip(e.msg)) {
+			continue
+		}
+		if s.replayToSession(sess, f, e.msg, e.at < r.now-recentWindow) {
+			n++
 		}
 	}
+	r.cands = nil
 	for round := 0; ; round++ {
 		sess.mu.Lock()
 		held := f.held
@@ -325,8 +369,15 @@ func (s *Server) ReplayLocal(clientID string, since int64, skip func(*Message) b
 
 // replayToSession delivers m to sess through its matching non-shared
 // subscriptions, as routing would have, unless routing delivered it
-// (held by f) or it was replayed already.
-func (s *Server) replayToSession(sess *session, f *subFence, m *Message) bool {
+// (held by f) or it was replayed already. A message that arrived within
+// the window may still be on its way through routing, which would
+// deliver it again: the fence claims it. One that arrived earlier
+// (settled) was routed long ago, and is not claimed, so that a claim
+// that took long replays more messages than the fence can claim
+// (maxFenceClaims). A message within the window that the full fence
+// cannot claim is delivered all the same: twice, if routing is still
+// delivering it, rather than not at all.
+func (s *Server) replayToSession(sess *session, f *subFence, m *Message, settled bool) bool {
 	mb := matchPool.Get().(*matchBuf)
 	defer func() {
 		clear(mb.subs)
@@ -353,7 +404,11 @@ func (s *Server) replayToSession(sess *session, f *subFence, m *Message) bool {
 		return false
 	}
 	sess.mu.Lock()
-	ok := f.replayable(m, shareKey{})
+	k := claimKey{id: m.recentID}
+	ok := !f.isHeld(m, shareKey{}) && !f.has(k)
+	if ok && !settled {
+		f.claim(k, m.arrived)
+	}
 	cl := sess.client
 	sess.mu.Unlock()
 	if ok {

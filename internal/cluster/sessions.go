@@ -88,6 +88,13 @@ type sessionsState struct {
 	// before the broker has it; afterImport right after, while the
 	// session holds back what routing delivers to it.
 	beforeImport, afterImport atomic.Pointer[func(id string)]
+	// beforeReply, in tests, runs when this node, the old home, has
+	// given a session up and is about to answer the claim (a slow old
+	// home).
+	beforeReply atomic.Pointer[func(id string)]
+	// releaseWait, in tests, replaces the 5 s a claim waits at most for
+	// the old home's answer.
+	releaseWait time.Duration
 
 	// holds are the imports holding back routed deliveries now, by
 	// client ID (see holdAcks); holdMu guards them and every
@@ -151,7 +158,7 @@ func (n *Node) beginHold(id string) *importHold {
 }
 
 // endHold runs once the session of id released the deliveries h held
-// back (broker.Server.ReplayLocal submits their writes before it
+// back (broker.LocalReplay.Deliver submits their writes before it
 // returns): the acknowledgements that waited for h follow those writes
 // (watchHeld), or fail with the first of them that failed, and their
 // messages are then delivered again (at least once).
@@ -267,7 +274,8 @@ func (s *sessionsState) init() {
 // *broker.Server.
 type sessionBroker interface {
 	ImportSession(cs *broker.ClusterSession)
-	ReplayLocal(clientID string, since int64, skip func(*broker.Message) bool) int
+	FindLocal(clientID string, since int64) *broker.LocalReplay
+	PinRecent() *broker.RecentPin
 	ReleaseSession(clientID string) bool
 	DiscardConnectionWill(clientID string)
 	DeliverToSession(clientID string, msg *broker.Message, done func(error)) bool
@@ -666,6 +674,15 @@ func (n *Node) ClaimSession(ctx context.Context, claim broker.SessionClaim) erro
 	// session may have missed here (take).
 	n.beginClaim()
 	defer n.endClaim()
+	// The broker's record of recent messages keeps every arrival from
+	// here on until the session is imported and its messages are found
+	// (take), within its bound: a claim that waits long for the old home
+	// misses none. A clean start replays nothing.
+	var pin *broker.RecentPin
+	if b, ok := n.b.(sessionBroker); ok && !claim.Discard {
+		pin = b.PinRecent()
+		defer pin.Release()
+	}
 	n.dur.routeMu.Lock()
 	since, from := time.Now().UnixNano(), n.dur.routed
 	n.dur.routeMu.Unlock()
@@ -729,7 +746,7 @@ func (n *Node) ClaimSession(ctx context.Context, claim broker.SessionClaim) erro
 		if err != nil {
 			return err
 		}
-		pos.since, pos.from = since, min(from, pos.seq)
+		pos.since, pos.from, pos.pin = since, min(from, pos.seq), pin
 		// The old home's last changes are written: read the record again.
 		cur, err = n.getRecord(ctx, subj)
 		if err != nil {
@@ -780,6 +797,9 @@ type position struct {
 	// messages of this node the old home routed are read from there.
 	since int64
 	from  uint64
+	// pin holds the broker's record of recent messages from before
+	// since (nil: not held; the replay then finds the last second only).
+	pin *broker.RecentPin
 }
 
 // release asks the old home of a session to give it up. A home that is
@@ -790,6 +810,9 @@ func (n *Node) release(ctx context.Context, id string, rec *sessionRecord) (posi
 	// Half of what is left, at most 5 s: a home that does not answer in
 	// time is looked at again (is it still connected?) within the claim.
 	wait := 5 * time.Second
+	if n.sess.releaseWait != 0 {
+		wait = n.sess.releaseWait
+	}
 	if dl, ok := ctx.Deadline(); ok {
 		wait = min(wait, time.Until(dl)/2)
 	}
@@ -856,6 +879,18 @@ func (n *Node) sessionRecords(id string) func(context.Context) ([]storedRecord, 
 // messages after pos that this node routed before the session was here.
 func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint64, discard, persistent bool, pos position,
 	list func(context.Context) ([]storedRecord, error)) error {
+	if pos.pin != nil && !discard {
+		if err := pos.pin.Err(); err != nil {
+			// The record of recent messages dropped a message that
+			// arrived since the claim began, which the session may have
+			// missed: the claim fails before it takes the home, and the
+			// client tries again.
+			n.log.Warn("cluster: a session's claim failed: too many messages arrived here while it waited for the old home",
+				"client", id, "err", err)
+			return &broker.ClaimRefused{Reason: "this node is too busy to take the session over now; try again",
+				Unavailable: true, Busy: true}
+		}
+	}
 	mine := *rec
 	mine.Home, mine.Node = n.origin, n.cfg.Node
 	if discard {
@@ -1015,6 +1050,17 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 		(*f)(id)
 	}
 	n.dstats.sessionsIn.Add(1)
+	var local *broker.LocalReplay
+	lost := false
+	if cs.Hold {
+		// This node's own messages are found at once, so that the
+		// record need not stay pinned while the stream is replayed.
+		local = b.FindLocal(id, pos.since)
+		if pos.pin != nil {
+			lost = pos.pin.Err() != nil
+			pos.pin.Release()
+		}
+	}
 	var reached map[string]bool
 	if pos.replay && (upTo > pos.seq || cs.Hold && pos.from < pos.seq) {
 		reached = n.replay(ctx, id, cs.Session.Session, pos, upTo, have)
@@ -1024,8 +1070,13 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 			ref := n.ownRef(m)
 			return ref != "" && (have[ref] || reached[ref])
 		}
-		if c := b.ReplayLocal(id, pos.since, skip); c > 0 {
+		if c := local.Deliver(skip); c > 0 {
 			n.log.Info("cluster: messages of this node replayed to a moved session", "client", id, "count", c)
+		}
+		if lost {
+			// Dropped after the claim took the home: too late to refuse.
+			n.log.Error("cluster: the record of recent messages reached its bound while a session moved here; "+
+				"messages published on this node during the move may be missing from it", "client", id)
 		}
 	}
 	return nil
@@ -1212,6 +1263,9 @@ func (n *Node) handleRelease(m *nats.Msg) {
 	released := b.ReleaseSession(req.Client)
 	routed := n.dur.routed
 	n.dur.routeMu.Unlock()
+	if f := n.sess.beforeReply.Load(); f != nil {
+		(*f)(req.Client)
+	}
 	n.unhome(req.Client)
 	done := make(chan error, 1)
 	p.Persist(nil, func(err error) { done <- err })
