@@ -319,7 +319,9 @@ func cutNode(relays [3][3]*relay, k int, on bool) {
 // record finds it removed). A clean session's connection that ended on
 // n3 before the adoption has its will held there, published once by the
 // majority's adoption, and not by n3 when the cut heals. When it heals,
-// n3 gives up the persistent session the majority adopted (its
+// n3 marks the will of a connection still open there as published
+// elsewhere, and that connection's abnormal end publishes nothing; n3
+// also gives up the persistent session the majority adopted (its
 // connection taken over); the client resumes on the majority with every
 // QoS 1 message acknowledged during the cut. Subscribers on both sides
 // get each will at most once, the majority's exactly once.
@@ -369,6 +371,17 @@ func TestPartitionLongerThanAdoptAfter(t *testing.T) {
 		})
 	}
 
+	// Connected before the cuts (a new connection right after a cut
+	// heals may be refused while the streams elect their leaders).
+	sess, _ := dialSession(t, n3.addr, "plsess", client.V5)
+	subscribe(t, sess, 1, "plq/#")
+	pub := dial(t, nodes[0].addr, "plpub", client.V5)
+	awaitRoute(t, pub, sess, "plq/probe")
+	open := dialLiveWill(t, n3.addr, "plopen", "plw/open", 0, 0)
+	early := dialLiveWill(t, n3.addr, "plearly", "plw/early", 0, 0)
+	stay := dialLiveWill(t, n3.addr, "plstay", "plw/stay", 0, 0)
+	awaitWillRecords("plopen", "plearly", "plstay")
+
 	// A cut shorter than the grace period: n3 publishes the will of a
 	// connection that ended there once the cut heals.
 	short := dialLiveWill(t, n3.addr, "plshort", "plw/short", 0, 0)
@@ -391,14 +404,6 @@ func TestPartitionLongerThanAdoptAfter(t *testing.T) {
 		t.Fatalf("%d sessions and %d wills adopted after a short cut", s, w)
 	}
 
-	sess, _ := dialSession(t, n3.addr, "plsess", client.V5)
-	subscribe(t, sess, 1, "plq/#")
-	pub := dial(t, nodes[0].addr, "plpub", client.V5)
-	awaitRoute(t, pub, sess, "plq/probe")
-	open := dialLiveWill(t, n3.addr, "plopen", "plw/open", 0, 0)
-	early := dialLiveWill(t, n3.addr, "plearly", "plw/early", 0, 0)
-	awaitWillRecords("plopen", "plearly")
-
 	// A cut longer than the grace period.
 	cutNode(relays, 2, true)
 	awaitMinority()
@@ -417,14 +422,15 @@ func TestPartitionLongerThanAdoptAfter(t *testing.T) {
 	clk.Advance(70 * time.Second)
 	testutil.WaitFor(t, "n3's session and clean sessions' wills adopted", 60*time.Second, func() bool {
 		s, w := adopted(nodes)
-		return s == 1 && w == 2
+		return s == 1 && w == 3
 	})
 	if got := sessionNode(t, n1, "plsess"); got != "n1" && got != "n2" {
 		t.Fatalf("the adopted session names node %q", got)
 	}
-	// Both wills once, plopen's while its connection is open on n3.
-	if got := receiveWills(t, watch, 2, 30*time.Second); !slices.Equal(got, []string{"plw/early", "plw/open"}) {
-		t.Fatalf("wills %v; want plw/early and plw/open", got)
+	// Each will once, plopen's and plstay's while their connections
+	// are open on n3.
+	if got := receiveWills(t, watch, 3, 30*time.Second); !slices.Equal(got, []string{"plw/early", "plw/open", "plw/stay"}) {
+		t.Fatalf("wills %v; want plw/early, plw/open and plw/stay", got)
 	}
 	select {
 	case <-open.Done():
@@ -443,8 +449,10 @@ func TestPartitionLongerThanAdoptAfter(t *testing.T) {
 
 	cutNode(relays, 2, false)
 	awaitHealed()
+	// Both held wills found published by the majority, and plstay's,
+	// whose connection is still open, marked so.
 	testutil.WaitFor(t, "n3's held wills decided", 60*time.Second, func() bool {
-		return n3.node.cw.held.Load() == 0
+		return n3.node.cw.held.Load() == 0 && n3.node.cw.elsewhere.Load() == 3
 	})
 	select {
 	case <-sess.Done():
@@ -456,7 +464,18 @@ func TestPartitionLongerThanAdoptAfter(t *testing.T) {
 			t.Fatal("n3 still holds the adopted session")
 		}
 	}
-	// No second will from either clean session. The majority's
+	// plstay's connection ends abnormally after the cut: no will, and
+	// nothing held.
+	stay.Close()
+	testutil.WaitFor(t, "plstay's record removed", 30*time.Second, func() bool {
+		r, err := n1.getRecord(context.Background(), cleanWillSubject("plstay", n3.node.origin))
+		return err == nil && (r == nil || r.origin == n3.node.origin)
+	})
+	if h := n3.node.cw.held.Load(); h != 0 {
+		t.Fatalf("n3 holds %d wills after plstay's end", h)
+	}
+
+	// No second will from any clean session. The majority's
 	// publications may reach n3's subscriber through the durable stream
 	// once the cut heals: at most once each.
 	expectNoWill(t, watch, 2*time.Second)
@@ -467,14 +486,14 @@ func TestPartitionLongerThanAdoptAfter(t *testing.T) {
 			if string(m.Payload) == "probe" {
 				continue
 			}
-			if seen[m.Topic]++; seen[m.Topic] > 1 || m.Topic != "plw/open" && m.Topic != "plw/early" {
+			if seen[m.Topic]++; seen[m.Topic] > 1 || !slices.Contains([]string{"plw/open", "plw/early", "plw/stay"}, m.Topic) {
 				t.Fatalf("n3's subscriber got %s (%d times)", m.Topic, seen[m.Topic])
 			}
 		case <-quiet:
 			quiet = nil
 		}
 	}
-	for _, id := range []string{"plopen", "plearly"} {
+	for _, id := range []string{"plopen", "plearly", "plstay"} {
 		if d := recordData(t, n1, cleanWillSubject(id, n3.node.origin)); len(d) != 0 {
 			t.Fatalf("the will record of %s is still in the cluster", id)
 		}
@@ -490,8 +509,8 @@ func TestPartitionLongerThanAdoptAfter(t *testing.T) {
 	if got := sessionNode(t, n1, "plsess"); got != "n1" {
 		t.Fatalf("the resumed session names node %q", got)
 	}
-	if s, w := adopted(nodes); s != 1 || w != 2 {
-		t.Fatalf("%d sessions and %d wills adopted in all; want 1 and 2", s, w)
+	if s, w := adopted(nodes); s != 1 || w != 3 {
+		t.Fatalf("%d sessions and %d wills adopted in all; want 1 and 3", s, w)
 	}
 }
 

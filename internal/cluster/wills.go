@@ -36,7 +36,9 @@ import (
 // to go with: the session ended with the connection, so the will is due
 // at once. A survivor adopting the dead node removes each such record
 // with a compare-and-set (only one node's succeeds) and publishes the
-// will; the node's own next run does the same for what is left.
+// will; the node's own next run does the same for what is left; and the
+// node itself, if it was only cut off, does the same when the
+// connection ends (endCleanWill).
 
 // willBroker is what the wills of dead nodes' clean sessions need of the
 // broker: *broker.Server.
@@ -73,7 +75,7 @@ func (p *persistence) cleanWillChange(c *commit, ch *broker.Change) bool {
 	if ch.Kind == broker.ChangeDeleteWill {
 		// Owed (Publish set) or discarded; decided on the lane, after
 		// the write of the record.
-		n.cleanWillOp(subj, ch.Will.ClientID, cleanOp{publish: ch.Will.Publish, remove: true})
+		n.cleanWillOp(subj, ch.Will.ClientID, cleanOp{publish: ch.Will.Publish})
 		return true
 	}
 	if len(subj) > maxSubject {
@@ -115,7 +117,6 @@ func (p *persistence) cleanWillChange(c *commit, ch *broker.Change) bool {
 // data, or its removal with the will owed (publish set) or discarded.
 type cleanOp struct {
 	data    []byte
-	remove  bool
 	publish func()
 }
 
@@ -138,9 +139,11 @@ type cleanWills struct {
 	lanes map[string]*cleanLane // by subject
 	busy  int                   // ops queued or running
 	idle  chan struct{}         // closed once busy is 0; nil: never busy
-	// held counts the wills waiting for the session store, for the
-	// tests and the logs.
-	held atomic.Int64
+	// held counts the wills waiting for the session store; elsewhere
+	// the wills of this node's connections it found published by
+	// another node (for the tests).
+	held      atomic.Int64
+	elsewhere atomic.Uint64
 }
 
 // cleanWillOp queues op on the lane of subj, starting the lane's
@@ -327,6 +330,7 @@ func (n *Node) endCleanWill(l *cleanLane, publish func()) {
 			}
 			switch {
 			case !ok:
+				n.cw.elsewhere.Add(1)
 				n.log.Info("cluster: the will of a clean session's connection not published here", "client", clip(l.id), "reason", reason)
 			case held:
 				n.log.Info("cluster: a held will of a clean session's connection published", "client", clip(l.id), "reason", reason)
@@ -413,16 +417,24 @@ func (n *Node) checkCleanWills() int {
 		}
 	}
 	n.cw.mu.Unlock()
+	if len(lanes) == 0 {
+		return 0
+	}
+	ctx, cancel := context.WithTimeout(n.ctx, 2*time.Minute)
+	defer cancel()
+	// This run's records, in one pass.
+	records, err := n.listRecords(ctx, sessPrefix+"*.w."+keyOf(n.origin))
+	if err != nil {
+		n.log.Warn("cluster: the wills of this node's clean sessions not checked after a loss of quorum; their ends decide", "err", err)
+		return 0
+	}
+	there := make(map[string]storedRecord, len(records))
+	for _, r := range records {
+		there[r.subject] = r
+	}
 	gone := 0
 	for _, lv := range lanes {
-		ctx, cancel := context.WithTimeout(n.ctx, 10*time.Second)
-		r, err := n.getRecord(ctx, lv.l.subj)
-		cancel()
-		if err != nil {
-			n.log.Warn("cluster: the wills of this node's clean sessions not checked after a loss of quorum", "err", err)
-			return gone
-		}
-		if r != nil && r.seq == lv.seq && len(r.data) > 0 {
+		if r, ok := there[lv.l.subj]; ok && r.seq == lv.seq && len(r.data) > 0 {
 			continue
 		}
 		n.cw.mu.Lock()
@@ -432,9 +444,10 @@ func (n *Node) checkCleanWills() int {
 			continue // its connection ended or was replaced meanwhile
 		}
 		b.DiscardConnectionWill(lv.l.id)
+		n.cw.elsewhere.Add(1)
 		gone++
 		by := "another node"
-		if r != nil && r.origin != "" {
+		if r, ok := there[lv.l.subj]; ok && r.origin != "" {
 			by = r.origin
 		}
 		n.log.Info("cluster: the will of a clean session's open connection discarded: another node published it while this node was cut off",
