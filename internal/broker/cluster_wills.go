@@ -18,11 +18,18 @@ import (
 // node). What survives in the cluster after a crash is the will of a
 // connection that had not ended; the survivors publish it. detach stays
 // the one place that decides the fate of a will whose connection ends
-// on a running node.
+// on a running node, with one exception: a clean session's will that
+// detach finds owed is published by the cluster (StoredWill.Publish),
+// only if the cluster's removal of its record wins. Other nodes may
+// have taken this node for dead while it was cut off from them and
+// published the will already; the record's removal decides who
+// publishes, so that the will goes once cluster-wide.
 
 // LiveWillCluster is implemented by a Cluster that keeps the wills of
 // open connections so that they are published when the node dies with
-// them.
+// them. Its Persistence must call the Publish function of a
+// ChangeDeleteWill's Will at most once, when nobody else published the
+// will.
 type LiveWillCluster interface {
 	LiveWills() bool
 }

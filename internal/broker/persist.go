@@ -197,6 +197,13 @@ type StoredWill struct {
 	// with Clean set names the live will of a clean session.
 	Live, Clean bool
 	Delay       time.Duration
+	// Publish is set on a ChangeDeleteWill of a clean session's live will
+	// whose connection ended so that the will is owed (not discarded):
+	// the cluster calls it, once and from its own goroutine, if its
+	// removal of the will's record is the one that counts; another node
+	// that removed it first published the will itself
+	// (LiveWillCluster). Never stored.
+	Publish func()
 }
 
 // Recovered is what a Persistence returns at start.

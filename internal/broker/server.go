@@ -628,8 +628,14 @@ func (s *Server) detach(c *conn) {
 
 	if expiry == 0 {
 		if lw := c.liveWill; lw != nil && lw.Clean {
-			// Published below, or discarded: no longer owed by the
-			// cluster (a persistent session's record goes with it).
+			// Discarded, or owed: then the cluster publishes it if its
+			// removal of the will's record wins (another node may have
+			// published it already: cluster_wills.go).
+			if willMsg != nil && !closing {
+				owed, msg := *lw, willMsg
+				owed.Publish = func() { s.publishWill(msg, &from) }
+				lw, willMsg = &owed, nil
+			}
 			s.persistAsync(Change{Kind: ChangeDeleteWill, ClientID: sess.id, Will: lw})
 		}
 		ended := s.endSessionLocked(sess)

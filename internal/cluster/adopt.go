@@ -102,6 +102,7 @@ func (n *Node) adoptLoop() {
 				// other side to have adopted this node's sessions.
 				if now.Sub(quorumLost) >= hbMissedLimit*n.hbInterval() {
 					n.reconcileHomes()
+					n.checkCleanWills()
 				}
 				quorumLost = time.Time{}
 			}

@@ -218,6 +218,7 @@ type Node struct {
 	sess       sessionsState // sessions.go
 	readyParts atomic.Int32
 	adopt      adoptState // adopt.go
+	cw         cleanWills // wills.go
 	// sysToken admits this process to the embedded server's system
 	// account (remove.go); in memory only.
 	sysToken string

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -104,8 +105,9 @@ func (r *relay) close() {
 // startRelayedCluster starts three nodes whose routes pass through
 // relays: node i reaches node j through relays[i][j] only (the servers
 // advertise an address nobody listens on, so that none dials another's
-// route port directly).
-func startRelayedCluster(t *testing.T) ([]*testNode, [3][3]*relay) {
+// route port directly). before runs on each node before its broker is
+// attached (a clock, cluster.adopt_after: adoption is off otherwise).
+func startRelayedCluster(t *testing.T, before ...func(i int, nd *Node)) ([]*testNode, [3][3]*relay) {
 	t.Helper()
 	var relays [3][3]*relay
 	for attempt := 0; ; attempt++ {
@@ -117,7 +119,7 @@ func startRelayedCluster(t *testing.T) ([]*testNode, [3][3]*relay) {
 				}
 			}
 		}
-		nodes, err := tryRelayedCluster(t, routes, relays)
+		nodes, err := tryRelayedCluster(t, routes, relays, before)
 		if err == nil {
 			return nodes, relays
 		}
@@ -128,7 +130,7 @@ func startRelayedCluster(t *testing.T) ([]*testNode, [3][3]*relay) {
 	}
 }
 
-func tryRelayedCluster(t *testing.T, routes []string, relays [3][3]*relay) ([]*testNode, error) {
+func tryRelayedCluster(t *testing.T, routes []string, relays [3][3]*relay, before []func(int, *Node)) ([]*testNode, error) {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
@@ -164,6 +166,9 @@ func tryRelayedCluster(t *testing.T, routes []string, relays [3][3]*relay) ([]*t
 			Logger: log.With("node", fmt.Sprintf("n%d", i+1))})
 		if err != nil {
 			return fail(err)
+		}
+		for _, f := range before {
+			f(i, nd)
 		}
 		nd.Attach(srv)
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -288,6 +293,250 @@ func receiveAtLeastOnce(t *testing.T, c *client.Client, from, to int) {
 			}
 		case <-deadline:
 			t.Fatalf("received up to %d of %d..%d", next, from, to)
+		}
+	}
+}
+
+// cutNode cuts (true) or restores (false) the routes between node k and
+// the two others.
+func cutNode(relays [3][3]*relay, k int, on bool) {
+	for j := range 3 {
+		if j != k {
+			relays[k][j].setCut(on)
+			relays[j][k].setCut(on)
+		}
+	}
+}
+
+// TestPartitionLongerThanAdoptAfter cuts n3 off (2 | 1) twice. First
+// for less than cluster.adopt_after (the test's clock): a clean
+// session's connection that ends abnormally on n3 during the cut has its
+// will held there (no quorum to remove its record) and published once,
+// by n3, when the cut heals. Then for longer: the majority adopts n3 as
+// if it had died. The will of a clean session's connection still open on
+// n3 is published once, by the majority; when that connection then ends
+// abnormally on n3, n3 publishes nothing (its removal of the will's
+// record finds it removed). A clean session's connection that ended on
+// n3 before the adoption has its will held there, published once by the
+// majority's adoption, and not by n3 when the cut heals. When it heals,
+// n3 marks the will of a connection still open there as published
+// elsewhere, and that connection's abnormal end publishes nothing; n3
+// also gives up the persistent session the majority adopted (its
+// connection taken over); the client resumes on the majority with every
+// QoS 1 message acknowledged during the cut. Subscribers on both sides
+// get each will at most once, the majority's exactly once.
+func TestPartitionLongerThanAdoptAfter(t *testing.T) {
+	clk := newTestClock()
+	nodes, relays := startRelayedCluster(t, clk.hook(), adoptAfter(time.Minute))
+	n3 := nodes[2]
+	watch := dial(t, nodes[0].addr, "plwatch", client.V5)
+	subscribe(t, watch, 1, "plw/#")
+	probe := dial(t, n3.addr, "plprobe", client.V5)
+	awaitRoute(t, probe, watch, "plw/probe")
+	probe.Close()
+
+	watch3 := dial(t, n3.addr, "plwatch3", client.V5)
+	subscribe(t, watch3, 1, "plw/#")
+	probe = dial(t, nodes[0].addr, "plprobe", client.V5)
+	awaitRoute(t, probe, watch3, "plw/probe")
+	probe.Close()
+	n1 := nodes[0].node
+	awaitWillRecords := func(ids ...string) {
+		t.Helper()
+		testutil.WaitFor(t, fmt.Sprintf("the wills of %v in the cluster", ids), 30*time.Second, func() bool {
+			for _, id := range ids {
+				if len(recordData(t, n1, cleanWillSubject(id, n3.node.origin))) == 0 {
+					return false
+				}
+			}
+			return true
+		})
+	}
+	awaitMinority := func() {
+		t.Helper()
+		testutil.WaitFor(t, "n3 cut off", 30*time.Second, func() bool {
+			return n3.node.srv.NumRoutes() == 0 && nodes[0].node.srv.NumRemotes() == 1 && nodes[1].node.srv.NumRemotes() == 1
+		})
+		testutil.CheckFor(t, 60*time.Second, func() error {
+			if st := n3.node.Status(); st.MetaLeader != "" {
+				return fmt.Errorf("the minority still names meta leader %q", st.MetaLeader)
+			}
+			return nil
+		})
+	}
+	awaitHealed := func() {
+		t.Helper()
+		testutil.WaitFor(t, "the cut healed", 60*time.Second, func() bool {
+			return nodes[0].node.srv.NumRemotes() == 2 && n3.node.srv.NumRemotes() == 2
+		})
+	}
+
+	// Connected before the cuts (a new connection right after a cut
+	// heals may be refused while the streams elect their leaders).
+	sess, _ := dialSession(t, n3.addr, "plsess", client.V5)
+	subscribe(t, sess, 1, "plq/#")
+	pub := dial(t, nodes[0].addr, "plpub", client.V5)
+	awaitRoute(t, pub, sess, "plq/probe")
+	open := dialLiveWill(t, n3.addr, "plopen", "plw/open", 0, 0)
+	early := dialLiveWill(t, n3.addr, "plearly", "plw/early", 0, 0)
+	stay := dialLiveWill(t, n3.addr, "plstay", "plw/stay", 0, 0)
+	awaitWillRecords("plopen", "plearly", "plstay")
+
+	// A cut shorter than the grace period: n3 publishes the will of a
+	// connection that ended there once the cut heals.
+	short := dialLiveWill(t, n3.addr, "plshort", "plw/short", 0, 0)
+	awaitWillRecords("plshort")
+	cutNode(relays, 2, true)
+	awaitMinority()
+	short.Close()
+	testutil.WaitFor(t, "n3 holding the will of plshort", 30*time.Second, func() bool {
+		return n3.node.cw.held.Load() == 1
+	})
+	expectNoWill(t, watch3, 500*time.Millisecond)
+	cutNode(relays, 2, false)
+	awaitHealed()
+	for _, w := range []*client.Client{watch3, watch} {
+		if got := receiveWills(t, w, 1, 60*time.Second); !slices.Equal(got, []string{"plw/short"}) {
+			t.Fatalf("wills %v; want plw/short", got)
+		}
+	}
+	if s, w := adopted(nodes); s != 0 || w != 0 {
+		t.Fatalf("%d sessions and %d wills adopted after a short cut", s, w)
+	}
+
+	// A cut longer than the grace period.
+	cutNode(relays, 2, true)
+	awaitMinority()
+	// Acknowledged on the majority during the cut, before the adoption.
+	publishQoS1(t, pub, "plq/x", 0, 5)
+
+	// plearly's connection ends abnormally on n3 before the adoption:
+	// its will waits for the session store, which has no quorum there.
+	early.Close()
+	testutil.WaitFor(t, "n3 holding the will of plearly", 30*time.Second, func() bool {
+		return n3.node.cw.held.Load() == 1
+	})
+	expectNoWill(t, watch, 500*time.Millisecond)
+
+	// Past the grace period: the majority adopts n3.
+	clk.Advance(70 * time.Second)
+	testutil.WaitFor(t, "n3's session and clean sessions' wills adopted", 60*time.Second, func() bool {
+		s, w := adopted(nodes)
+		return s == 1 && w == 3
+	})
+	if got := sessionNode(t, n1, "plsess"); got != "n1" && got != "n2" {
+		t.Fatalf("the adopted session names node %q", got)
+	}
+	// Each will once, plopen's and plstay's while their connections
+	// are open on n3.
+	if got := receiveWills(t, watch, 3, 30*time.Second); !slices.Equal(got, []string{"plw/early", "plw/open", "plw/stay"}) {
+		t.Fatalf("wills %v; want plw/early, plw/open and plw/stay", got)
+	}
+	select {
+	case <-open.Done():
+		t.Fatal("plopen's connection on n3 ended with the adoption")
+	default:
+	}
+	// Acknowledged on the majority after the adoption: for the adopter.
+	publishQoS1(t, pub, "plq/x", 5, 10)
+
+	// plopen's connection now ends abnormally on n3: its will was
+	// published already.
+	open.Close()
+	testutil.WaitFor(t, "n3 holding the will of plopen too", 30*time.Second, func() bool {
+		return n3.node.cw.held.Load() == 2
+	})
+
+	cutNode(relays, 2, false)
+	awaitHealed()
+	// Both held wills found published by the majority, and plstay's,
+	// whose connection is still open, marked so.
+	testutil.WaitFor(t, "n3's held wills decided", 60*time.Second, func() bool {
+		return n3.node.cw.held.Load() == 0 && n3.node.cw.elsewhere.Load() == 3
+	})
+	select {
+	case <-sess.Done():
+	case <-time.After(60 * time.Second):
+		t.Fatal("n3 kept the connection of the session the majority adopted")
+	}
+	for _, si := range n3.srv.Sessions() {
+		if si.ClientID == "plsess" {
+			t.Fatal("n3 still holds the adopted session")
+		}
+	}
+	// plstay's connection ends abnormally after the cut: no will, and
+	// nothing held.
+	stay.Close()
+	testutil.WaitFor(t, "plstay's record removed", 30*time.Second, func() bool {
+		r, err := n1.getRecord(context.Background(), cleanWillSubject("plstay", n3.node.origin))
+		return err == nil && (r == nil || r.origin == n3.node.origin)
+	})
+	if h := n3.node.cw.held.Load(); h != 0 {
+		t.Fatalf("n3 holds %d wills after plstay's end", h)
+	}
+
+	// No second will from any clean session. The majority's
+	// publications may reach n3's subscriber through the durable stream
+	// once the cut heals: at most once each.
+	expectNoWill(t, watch, 2*time.Second)
+	seen := map[string]int{}
+	for quiet := time.After(3 * time.Second); quiet != nil; {
+		select {
+		case m := <-watch3.Messages():
+			if string(m.Payload) == "probe" {
+				continue
+			}
+			if seen[m.Topic]++; seen[m.Topic] > 1 || !slices.Contains([]string{"plw/open", "plw/early", "plw/stay"}, m.Topic) {
+				t.Fatalf("n3's subscriber got %s (%d times)", m.Topic, seen[m.Topic])
+			}
+		case <-quiet:
+			quiet = nil
+		}
+	}
+	for _, id := range []string{"plopen", "plearly", "plstay"} {
+		if d := recordData(t, n1, cleanWillSubject(id, n3.node.origin)); len(d) != 0 {
+			t.Fatalf("the will record of %s is still in the cluster", id)
+		}
+	}
+
+	// The session resumes on the majority with every acknowledged
+	// message.
+	again, present := dialSession(t, nodes[0].addr, "plsess", client.V5)
+	if !present {
+		t.Fatal("Session Present 0 for the adopted session")
+	}
+	receiveAtLeastOnce(t, again, 0, 10)
+	if got := sessionNode(t, n1, "plsess"); got != "n1" {
+		t.Fatalf("the resumed session names node %q", got)
+	}
+	if s, w := adopted(nodes); s != 1 || w != 3 {
+		t.Fatalf("%d sessions and %d wills adopted in all; want 1 and 3", s, w)
+	}
+}
+
+// adopted counts the sessions and clean sessions' wills n1 and n2
+// adopted.
+func adopted(nodes []*testNode) (sessions, wills uint64) {
+	for _, tn := range nodes[:2] {
+		sessions += tn.node.adopt.sessions.Load()
+		wills += tn.node.adopt.wills.Load()
+	}
+	return
+}
+
+// expectNoWill fails if c receives a message other than a late probe
+// within d.
+func expectNoWill(t *testing.T, c *client.Client, d time.Duration) {
+	t.Helper()
+	deadline := time.After(d)
+	for {
+		select {
+		case m := <-c.Messages():
+			if string(m.Payload) != "probe" {
+				t.Fatalf("unexpected message %q on %s (a second will?)", m.Payload, m.Topic)
+			}
+		case <-deadline:
+			return
 		}
 	}
 }

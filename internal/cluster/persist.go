@@ -539,9 +539,16 @@ func (n *Node) flushPending() {
 	}
 	done := make(chan struct{})
 	p.Persist(nil, func(error) { close(done) })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
 	select {
 	case <-done:
-	case <-time.After(5 * time.Second):
+	case <-ctx.Done():
 		n.log.Warn("cluster: closing with changes not yet written to the cluster")
+		return
+	}
+	// And the clean sessions' will records (wills.go).
+	if !n.flushCleanWills(ctx) {
+		n.log.Warn("cluster: closing with clean sessions' will records not yet written to the cluster")
 	}
 }
