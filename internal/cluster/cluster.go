@@ -376,6 +376,11 @@ func (n *Node) startEmbedded() error {
 		JetStreamCipher: server.AES,
 		SyncAlways:      n.cfg.SyncAlways,
 		SyncInterval:    n.cfg.SyncInterval,
+		// A route lost is reported at its first failed attempt and then
+		// once a minute (attempts come every second), not at every
+		// attempt of every pooled connection, NATS's default: a node
+		// down would fill the log.
+		ReconnectErrorReports: 60,
 		Cluster: server.ClusterOpts{
 			Name:      n.cfg.Name,
 			Host:      host,
