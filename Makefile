@@ -7,7 +7,7 @@ GO ?= go
 PKGS ?= ./...
 # Debian packages used by the interop tests (real peers, not mocks).
 DEB_PACKAGES := mosquitto mosquitto-clients python3-paho-mqtt python3-cryptography python3-pycryptodome openssl testssl.sh curl microsocks slapd ldap-utils chromium libnss3-tools prometheus
-FUZZTIME ?= 10s
+FUZZTIME ?= 5s
 # staticcheck, pinned; fetched through the Go module proxy on first use.
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 

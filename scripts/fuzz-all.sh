@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every Fuzz* target in the module for a short time (default 10s each),
+# Runs every Fuzz* target in the module for a short time (default 5s each),
 # one at a time, so a regression found by the corpus or by a few seconds of
 # mutation fails `make test`. Longer runs: FUZZTIME=10m make fuzz.
 #
@@ -8,7 +8,7 @@
 # finding (a finding always says "Failing input written to ..."), so it is
 # reported and tolerated.
 set -uo pipefail
-t="${1:-10s}"
+t="${1:-5s}"
 failed=0
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
