@@ -503,10 +503,10 @@ func (n *Node) adoptCleanWills(ctx context.Context, name string) (int, error) {
 		if !wr.Live || wr.Node != name || wr.Home == n.origin {
 			continue
 		}
-		if err := n.removeRecordMarked(ctx, r.subject, r.seq, adoptedWillTTL); errors.Is(err, errConflict) {
-			continue // another node took it, or its connection ended
-		} else if err != nil {
+		if mine, err := n.removeLiveWill(ctx, r); err != nil {
 			return count, err
+		} else if !mine {
+			continue // another node took it, or its connection ended
 		}
 		// Removed first: a node that dies in the instant before it
 		// publishes loses the will; publishing first would let two
@@ -519,6 +519,40 @@ func (n *Node) adoptCleanWills(ctx context.Context, name string) (int, error) {
 		n.log.Info("cluster: wills of a node gone's connections published", "node", name, "wills", count)
 	}
 	return count, nil
+}
+
+// removeLiveWill removes the live will record r of a node gone with a
+// compare-and-set and tells whether this node's removal is the one that
+// counts (it publishes the will then). Each attempt is given
+// requestAttempt and tried again while unanswered; an attempt refused
+// after one whose answer was lost finds the record emptied by this node
+// run, which is this node's removal.
+func (n *Node) removeLiveWill(ctx context.Context, r storedRecord) (bool, error) {
+	lost := false // an earlier attempt went unanswered
+	err := n.retryRequest(ctx, func(ctx context.Context) error {
+		err := n.removeRecordMarked(ctx, r.subject, r.seq, adoptedWillTTL)
+		if err != nil && unreachable(err) {
+			lost = true
+		}
+		return err
+	})
+	switch {
+	case err == nil:
+		return true, nil
+	case !errors.Is(err, errConflict):
+		return false, err
+	case !lost:
+		return false, nil
+	}
+	var cur *storedRecord
+	if err := n.retryRequest(ctx, func(ctx context.Context) error {
+		var err error
+		cur, err = n.getRecord(ctx, r.subject)
+		return err
+	}); err != nil {
+		return false, err
+	}
+	return cur != nil && len(cur.data) == 0 && cur.origin == n.origin, nil
 }
 
 // adoptedWillTTL is how long the emptied record of a will a node
