@@ -319,7 +319,7 @@ func (n *Node) claimsStream(ctx context.Context) (jetstream.Stream, error) {
 // unanswered is made again (the second finds the first's marker, or a
 // newer claim, and changes nothing). It returns how many it removed,
 // and an error when the claims could not be read or some could not be
-// removed: the caller tries again later.
+// removed for want of an answer: the caller tries again later.
 func (n *Node) purgeClaimsOf(ctx context.Context, node string) (int, error) {
 	found, err := n.claimsOf(ctx, node, "")
 	if err != nil {
@@ -339,10 +339,11 @@ func (n *Node) purgeClaimsOf(ctx context.Context, node string) (int, error) {
 		case isWrongLast(err):
 			// Claimed again since, removed by another node, or by this
 			// node's own purge whose answer was lost.
-		default:
+		case unreachable(err):
 			failed++
 			last = err
-			n.log.Debug("cluster: claim of a node gone not removed", "node", node, "client", clip(s.id), "err", err)
+		default:
+			n.log.Info("cluster: claim of a node gone not removed", "node", node, "client", clip(s.id), "err", err)
 		}
 	}
 	if failed > 0 {
