@@ -293,16 +293,17 @@ const requestAttempt = 5 * time.Second
 
 // retryRequest runs op with a context of at most requestAttempt, again
 // after a short pause while it fails in a way a retry may cure
-// (unreachable: no answer, no leader yet, JetStream unavailable), until
-// ctx ends. It returns op's last error. op must be safe to repeat after
-// an answer was lost: a compare-and-set whose first attempt was applied
-// fails the second time, which the caller reads as such.
+// (unreachable: no answer, no leader yet, JetStream unavailable; or
+// inProcess), until ctx ends. It returns op's last error. op must be
+// safe to repeat after an answer was lost: a compare-and-set whose first
+// attempt was applied fails the second time, which the caller reads as
+// such.
 func (n *Node) retryRequest(ctx context.Context, op func(context.Context) error) error {
 	for {
 		actx, cancel := context.WithTimeout(ctx, requestAttempt)
 		err := op(actx)
 		cancel()
-		if err == nil || !unreachable(err) || ctx.Err() != nil {
+		if err == nil || !unreachable(err) && !inProcess(err) || ctx.Err() != nil {
 			return err
 		}
 		select {
@@ -311,6 +312,18 @@ func (n *Node) retryRequest(ctx context.Context, op func(context.Context) error)
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
+}
+
+// inProcess tells the refusal of a compare-and-set on a replicated
+// stream while another write of the same subject is still being agreed
+// on (JetStream error 10164, "wrong last sequence" without a sequence):
+// not a conflict yet, since that write may still fail, or be this
+// node's own earlier attempt whose answer was lost. Asked again once
+// it is decided, the stream answers with the subject's sequence (10071,
+// a conflict) or applies the write.
+func inProcess(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant
 }
 
 // adoptSession takes the session of id, whose record rec of sequence seq

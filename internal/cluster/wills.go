@@ -569,7 +569,8 @@ func (n *Node) removeRecord(ctx context.Context, subj string, expect uint64) err
 }
 
 // removeRecordMarked is removeRecord leaving an empty record that stays
-// for ttl.
+// for ttl. A refusal while another write of subj is being agreed on
+// (inProcess) is not errConflict: that write may still fail.
 func (n *Node) removeRecordMarked(ctx context.Context, subj string, expect uint64, ttl string) error {
 	m := n.tombstone(subj)
 	m.Header.Set(hdrTTL, ttl)
