@@ -381,18 +381,30 @@ func (n *Node) removeOwnCleanWill(ctx context.Context, subj string, seq uint64) 
 		return false, "", err
 	}
 	// Changed since this node wrote it: removed by another node, or by
-	// this node's own removal whose answer was lost (a retry).
+	// this node's own removal whose answer was lost (a retry), or
+	// written again by this node (a write whose answer was lost, applied
+	// after the one answered).
 	r, err := n.getRecord(ctx, subj)
 	switch {
 	case err != nil:
 		return false, "", err
-	case r != nil && len(r.data) == 0 && r.origin == n.origin:
+	case r == nil:
+		// A node that published the will would have left its empty
+		// record for a day (adoptedWillTTL); this node's own removal
+		// leaves one that expires at once.
+		return true, "this node removed its record (an answer lost; the record expired)", nil
+	case len(r.data) == 0 && r.origin == n.origin:
 		return true, "this node removed its record (an answer lost)", nil
-	case r != nil && len(r.data) == 0:
+	case len(r.data) == 0:
 		return false, "its record was removed by node run " + r.origin + ", which published the will", nil
-	default:
-		return false, "its record was removed by another node, which published the will", nil
 	}
+	// Still there: nobody removed it, so nobody published the will (a
+	// node that does removes the record first). Only this node run
+	// writes it: removed at the sequence found.
+	if err := n.removeRecord(ctx, subj, r.seq); err != nil {
+		return false, "", err // decided at the next attempt
+	}
+	return true, "this node removed its record (written again)", nil
 }
 
 // checkCleanWills discards the wills of this node's open clean sessions'
