@@ -255,25 +255,139 @@ func (n *Node) adoptNode(ctx context.Context, name string) (adopted, claims int,
 		if err != nil {
 			return 0, 0, err
 		}
+		var left error // a session neither taken here nor by another node
 		for _, o := range orphans {
-			if err := n.take(ctx, o.id, o.rec, o.seq, false, true, pos, n.sessionRecords(o.id)); err != nil {
-				n.log.Debug("cluster: a session of a node gone not adopted here", "client", clip(o.id), "node", name, "err", err)
-				continue
+			ok, err := n.adoptSession(ctx, name, o.id, o.rec, o.seq, pos)
+			if ok {
+				adopted++
+			} else if err != nil {
+				left = err
 			}
-			adopted++
 		}
 		n.adopt.sessions.Add(uint64(adopted))
+		if left != nil {
+			return adopted, 0, left
+		}
 	}
 	// The wills of its clean sessions' connections, which ended with it.
 	if _, err := n.adoptCleanWills(ctx, name); err != nil {
 		return adopted, 0, err
 	}
-	claims = n.purgeClaimsOf(ctx, name)
+	claims, err = n.purgeClaimsOf(ctx, name)
 	if adopted > 0 || claims > 0 {
 		n.log.Info("cluster: sessions of a node gone adopted", "node", name, "sessions", adopted, "of", len(orphans),
 			"claims_removed", claims)
 	}
+	if err != nil {
+		return adopted, claims, err
+	}
 	return adopted, claims, ctx.Err()
+}
+
+// requestAttempt bounds each JetStream request of an adoption. A request
+// that reaches a stream's leader as it loses its place (a node dying, an
+// election, a leader stalled on a loaded machine) is never answered:
+// waiting for the whole adoption's deadline would hold up the adoption
+// of everything after it, wills included, for minutes.
+const requestAttempt = 5 * time.Second
+
+// retryRequest runs op with a context of at most requestAttempt, again
+// after a short pause while it fails in a way a retry may cure
+// (unreachable: no answer, no leader yet, JetStream unavailable; or
+// inProcess), until ctx ends. It returns op's last error. op must be
+// safe to repeat after an answer was lost: a compare-and-set whose first
+// attempt was applied fails the second time, which the caller reads as
+// such.
+func (n *Node) retryRequest(ctx context.Context, op func(context.Context) error) error {
+	for {
+		actx, cancel := context.WithTimeout(ctx, requestAttempt)
+		err := op(actx)
+		cancel()
+		if err == nil || !unreachable(err) && !inProcess(err) || ctx.Err() != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// inProcess tells the refusal of a compare-and-set on a replicated
+// stream while another write of the same subject is still being agreed
+// on (JetStream error 10164, "wrong last sequence" without a sequence):
+// not a conflict yet, since that write may still fail, or be this
+// node's own earlier attempt whose answer was lost. Asked again once
+// it is decided, the stream answers with the subject's sequence (10071,
+// a conflict) or applies the write.
+func inProcess(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant
+}
+
+// adoptSession takes the session of id, whose record rec of sequence seq
+// names the node gone, and imports it. It reports whether this node
+// adopted it; false with a nil error when another node did. The write
+// that takes the home is given requestAttempt: one whose answer was lost
+// may have taken it, so the record is read again after a failure, and a
+// session whose record names this node without being held here is taken
+// again from that record (the same write once more, then the import).
+// An error means the session is still the gone node's (the adoption is
+// tried again later), or, after the last attempt, that its record names
+// this node without the session being held here: its client's next
+// claim takes it then.
+func (n *Node) adoptSession(ctx context.Context, name, id string, rec *sessionRecord, seq uint64, pos position) (bool, error) {
+	for attempt := 1; ; attempt++ {
+		tctx, cancel := context.WithTimeout(ctx, requestAttempt)
+		err := n.take(tctx, id, rec, seq, false, true, pos, n.sessionRecords(id))
+		cancel()
+		if err == nil {
+			return true, nil
+		}
+		if attempt == 3 || ctx.Err() != nil {
+			n.log.Warn("cluster: a session of a node gone not adopted here; trying again later", "client", clip(id), "node", name, "err", err)
+			return false, err
+		}
+		n.log.Debug("cluster: a session of a node gone not adopted here", "client", clip(id), "node", name, "err", err)
+		var r *storedRecord
+		if rerr := n.retryRequest(ctx, func(ctx context.Context) error {
+			var err error
+			r, err = n.getRecord(ctx, sessSubject(id, "s"))
+			return err
+		}); rerr != nil {
+			return false, rerr
+		}
+		if r == nil || len(r.data) == 0 {
+			return false, nil // ended meanwhile
+		}
+		cur, derr := decodeSession(r.data)
+		switch {
+		case derr != nil:
+			return false, nil
+		case cur.Home == n.origin && n.holds(id):
+			return false, nil // claimed here by its client meanwhile
+		case cur.Home == n.origin:
+			// This node's write took the home (its answer lost, or
+			// the session's records not read after it): again from
+			// the record as it is.
+			n.log.Info("cluster: a session of a node gone whose home this node took is imported again",
+				"client", clip(id), "node", name, "err", err)
+		case cur.Node == name:
+			// Still the gone node's: again.
+		default:
+			return false, nil // another node adopted it, or its client claimed it there
+		}
+		rec, seq = cur, r.seq
+	}
+}
+
+// holds tells whether this node is the home of the session of id.
+func (n *Node) holds(id string) bool {
+	n.sess.mu.Lock()
+	defer n.sess.mu.Unlock()
+	_, ok := n.sess.homed[id]
+	return ok
 }
 
 // ackFloorOf is the position in the durable stream up to which the node
@@ -281,7 +395,12 @@ func (n *Node) adoptNode(ctx context.Context, name string) (adopted, claims int,
 // acknowledgement floor. Without a consumer (a node that never read the
 // stream) nothing is replayed.
 func (n *Node) ackFloorOf(ctx context.Context, name string) (position, error) {
-	c, err := n.msgStream().Consumer(ctx, "node"+keyOf(name))
+	var c jetstream.Consumer
+	err := n.retryRequest(ctx, func(ctx context.Context) error {
+		var err error
+		c, err = n.msgStream().Consumer(ctx, "node"+keyOf(name))
+		return err
+	})
 	if errors.Is(err, jetstream.ErrConsumerNotFound) {
 		n.log.Warn("cluster: the node gone has no position in the durable stream; nothing is replayed to its sessions", "node", name)
 		return position{}, nil

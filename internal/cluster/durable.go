@@ -331,12 +331,24 @@ func (n *Node) setupStream(js jetstream.JetStream) (jetstream.Consumer, error) {
 	return n.bindConsumer(ctx, st)
 }
 
+// consumerAckWait is how long a node's consumer waits for a delivered
+// record's acknowledgement before it delivers the record again. It is
+// also how long a record lost on its way is missing: a consumer whose
+// leader changes (a node dying, an election on a loaded machine) counts
+// what the old leader sent as delivered, and records sent as the leader
+// went, answering a pull request that went with it, never arrive. A
+// node waits that long for them (and the records after them wait for
+// the acknowledgement, acks.go); the sessions they go to miss them that
+// long. A record still being routed when it comes again is ignored
+// (acks.go), so a short wait costs a delivery, not a duplicate.
+const consumerAckWait = 10 * time.Second
+
 // consumerConfig is the configuration of this node's consumer, starting
 // where cfg (its DeliverPolicy, OptStartSeq, OptStartTime) says.
 func (n *Node) consumerConfig(name string, from jetstream.ConsumerConfig) jetstream.ConsumerConfig {
 	return jetstream.ConsumerConfig{Durable: name,
 		Description: "Moat node " + n.cfg.Node, DeliverPolicy: from.DeliverPolicy, OptStartSeq: from.OptStartSeq, OptStartTime: from.OptStartTime,
-		AckPolicy: jetstream.AckAllPolicy, AckWait: time.Minute, MaxDeliver: -1, MaxAckPending: 1 << 16,
+		AckPolicy: jetstream.AckAllPolicy, AckWait: consumerAckWait, MaxDeliver: -1, MaxAckPending: 1 << 16,
 		FilterSubject: durablePrefix + ">"}
 }
 
@@ -367,6 +379,13 @@ func (n *Node) bindConsumer(ctx context.Context, st jetstream.Stream) (jetstream
 	if c != nil && c.CachedInfo().Config.AckPolicy == jetstream.AckAllPolicy {
 		if up != nil {
 			if err := st.DeleteConsumer(ctx, n.upgradeName()); err != nil {
+				return nil, err
+			}
+		}
+		if cfg := c.CachedInfo().Config; cfg.AckWait != consumerAckWait {
+			// Created by an earlier build, with a longer wait.
+			cfg.AckWait = consumerAckWait
+			if c, err = st.UpdateConsumer(ctx, cfg); err != nil {
 				return nil, err
 			}
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"time"
 
@@ -247,67 +248,106 @@ type heldClaim struct {
 }
 
 // claimsOf lists the claims held by runs of the node named node other
-// than the run except ("" for none).
+// than the run except ("" for none). It walks the bucket's stream one
+// get after the other, as listRecords walks the sessions, rather than
+// watching the bucket: a watch is a consumer, whose creation waits for a
+// JetStream meta leader, elected anew when a node dies (the moment the
+// claims of a node gone are looked for), and which stalls, unanswered,
+// when the stream's leader changes under it. A get that goes unanswered
+// is made again (scan).
 func (n *Node) claimsOf(ctx context.Context, node, except string) ([]heldClaim, error) {
-	kv := n.kvs()
-	kv.mu.Lock()
-	cl := kv.clients
-	kv.mu.Unlock()
-	if cl == nil {
-		return nil, errors.New("cluster: the claims bucket is not in use yet")
-	}
-	w, err := cl.WatchAll(ctx, jetstream.IgnoreDeletes())
+	st, err := n.claimsStream(ctx)
 	if err != nil {
 		return nil, err
 	}
-	defer func() { _ = w.Stop() }()
+	msgs, err := n.scan(ctx, st, claimsPrefix+">", 1, 0)
+	if err != nil {
+		return nil, err
+	}
 	var found []heldClaim
 	prefix := node + "/"
-	for {
-		var e jetstream.KeyValueEntry
-		select {
-		case e = <-w.Updates():
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-		if e == nil {
-			return found, nil // the bucket's present content has been read
-		}
+	for _, m := range msgs {
 		var c claimRecord
-		if json.Unmarshal(e.Value(), &c) != nil || !strings.HasPrefix(c.Node, prefix) || c.Node == except {
-			continue
+		if len(m.Data) == 0 || json.Unmarshal(m.Data, &c) != nil || !strings.HasPrefix(c.Node, prefix) || c.Node == except {
+			continue // a removal marker, or another node's claim
 		}
-		if id, err := keyString(e.Key()); err == nil {
-			found = append(found, heldClaim{id, e.Revision()})
+		if id, err := keyString(strings.TrimPrefix(m.Subject, claimsPrefix)); err == nil {
+			found = append(found, heldClaim{id, m.Sequence})
 		}
 	}
+	return found, nil
+}
+
+// claimsPrefix is the subject prefix of the claims bucket's keys in its
+// stream.
+const claimsPrefix = "$KV." + bucketClients + "."
+
+// claimsStream returns the stream of the claims bucket, looked up once
+// the bucket is in use.
+func (n *Node) claimsStream(ctx context.Context) (jetstream.Stream, error) {
+	kv := n.kvs()
+	kv.mu.Lock()
+	st, cl := kv.clientsStream, kv.clients
+	kv.mu.Unlock()
+	if st != nil {
+		return st, nil
+	}
+	if cl == nil {
+		return nil, errors.New("cluster: the claims bucket is not in use yet")
+	}
+	js, err := jetstream.New(n.nc)
+	if err != nil {
+		return nil, err
+	}
+	err = n.retryRequest(ctx, func(ctx context.Context) error {
+		st, err = js.Stream(ctx, "KV_"+bucketClients)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	kv.mu.Lock()
+	kv.clientsStream = st
+	kv.mu.Unlock()
+	return st, nil
 }
 
 // purgeClaimsOf removes every claim held by the node named node, gone
 // from the cluster (its sessions adopted, or the node removed): it
 // holds no connection. Each purge names the claim's revision, so a
-// client ID claimed again meanwhile keeps its new claim. It returns how
-// many it removed.
-func (n *Node) purgeClaimsOf(ctx context.Context, node string) int {
+// client ID claimed again meanwhile keeps its new claim; a purge left
+// unanswered is made again (the second finds the first's marker, or a
+// newer claim, and changes nothing). It returns how many it removed,
+// and an error when the claims could not be read or some could not be
+// removed for want of an answer: the caller tries again later.
+func (n *Node) purgeClaimsOf(ctx context.Context, node string) (int, error) {
 	found, err := n.claimsOf(ctx, node, "")
 	if err != nil {
-		n.log.Info("cluster: claims of a node gone not checked", "node", node, "err", err)
-		return 0
+		return 0, fmt.Errorf("cluster: the claims of node %s not read: %w", node, err)
 	}
-	pruned := 0
+	pruned, failed := 0, 0
+	var last error
 	for _, s := range found {
-		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		_, err := n.purgeMarker(pctx, bucketClients, keyOf(s.id), s.rev)
-		cancel()
+		err := n.retryRequest(ctx, func(ctx context.Context) error {
+			_, err := n.purgeMarker(ctx, bucketClients, keyOf(s.id), s.rev)
+			return err
+		})
 		switch {
 		case err == nil:
 			pruned++
 			n.stats.claimsPruned.Add(1)
 		case isWrongLast(err):
-			// Claimed again since, or removed by another node.
+			// Claimed again since, removed by another node, or by this
+			// node's own purge whose answer was lost.
+		case unreachable(err):
+			failed++
+			last = err
 		default:
 			n.log.Info("cluster: claim of a node gone not removed", "node", node, "client", clip(s.id), "err", err)
 		}
 	}
-	return pruned
+	if failed > 0 {
+		return pruned, fmt.Errorf("cluster: %d claims of node %s not removed: %w", failed, node, last)
+	}
+	return pruned, nil
 }

@@ -26,6 +26,9 @@ type kvState struct {
 	mu       sync.Mutex
 	retained jetstream.KeyValue // nil until ready
 	clients  jetstream.KeyValue
+	// clientsStream is the claims bucket's stream, read without a
+	// consumer (claimsOf); nil until first needed.
+	clientsStream jetstream.Stream
 
 	// writes are the retained changes and client claims to write, the
 	// latest per topic and per client ID (kvKey); wake signals the

@@ -517,14 +517,23 @@ func (q *publisher) acknowledge(js jetstream.JetStream, ctx context.Context) {
 }
 
 // retryable tells the errors a new attempt may cure: no stream (leader)
-// answering, a timeout, a connection being re-established.
+// answering, a timeout, a connection being re-established, or the
+// JetStream cluster answering that it is unavailable for now.
 func retryable(err error) bool {
+	var apiErr *jetstream.APIError
 	return errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders) ||
 		errors.Is(err, nats.ErrTimeout) || errors.Is(err, context.DeadlineExceeded) ||
 		errors.Is(err, jetstream.ErrAsyncPublishTimeout) || errors.Is(err, nats.ErrConnectionClosed) ||
 		errors.Is(err, nats.ErrDisconnected) || errors.Is(err, jetstream.ErrTooManyStalledMsgs) ||
-		errors.Is(err, nats.ErrConnectionReconnecting)
+		errors.Is(err, nats.ErrConnectionReconnecting) ||
+		errors.As(err, &apiErr) && apiErr.ErrorCode == jsClusterNotAvailable
 }
+
+// jsClusterNotAvailable is the JetStream error a server answers while it
+// has no meta leader or is catching up with it ("JetStream system
+// temporarily unavailable", 503): the request was not acted on, and is
+// answered once a leader is there.
+const jsClusterNotAvailable jetstream.ErrorCode = 10008
 
 // persistence returns the Node's Persistence (set by broker.New).
 func (n *Node) persistence() *persistence { return n.persist.Load() }

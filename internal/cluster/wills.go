@@ -381,18 +381,30 @@ func (n *Node) removeOwnCleanWill(ctx context.Context, subj string, seq uint64) 
 		return false, "", err
 	}
 	// Changed since this node wrote it: removed by another node, or by
-	// this node's own removal whose answer was lost (a retry).
+	// this node's own removal whose answer was lost (a retry), or
+	// written again by this node (a write whose answer was lost, applied
+	// after the one answered).
 	r, err := n.getRecord(ctx, subj)
 	switch {
 	case err != nil:
 		return false, "", err
-	case r != nil && len(r.data) == 0 && r.origin == n.origin:
+	case r == nil:
+		// A node that published the will would have left its empty
+		// record for a day (adoptedWillTTL); this node's own removal
+		// leaves one that expires at once.
+		return true, "this node removed its record (an answer lost; the record expired)", nil
+	case len(r.data) == 0 && r.origin == n.origin:
 		return true, "this node removed its record (an answer lost)", nil
-	case r != nil && len(r.data) == 0:
+	case len(r.data) == 0:
 		return false, "its record was removed by node run " + r.origin + ", which published the will", nil
-	default:
-		return false, "its record was removed by another node, which published the will", nil
 	}
+	// Still there: nobody removed it, so nobody published the will (a
+	// node that does removes the record first). Only this node run
+	// writes it: removed at the sequence found.
+	if err := n.removeRecord(ctx, subj, r.seq); err != nil {
+		return false, "", err // decided at the next attempt
+	}
+	return true, "this node removed its record (written again)", nil
 }
 
 // checkCleanWills discards the wills of this node's open clean sessions'
@@ -503,10 +515,10 @@ func (n *Node) adoptCleanWills(ctx context.Context, name string) (int, error) {
 		if !wr.Live || wr.Node != name || wr.Home == n.origin {
 			continue
 		}
-		if err := n.removeRecordMarked(ctx, r.subject, r.seq, adoptedWillTTL); errors.Is(err, errConflict) {
-			continue // another node took it, or its connection ended
-		} else if err != nil {
+		if mine, err := n.removeLiveWill(ctx, r); err != nil {
 			return count, err
+		} else if !mine {
+			continue // another node took it, or its connection ended
 		}
 		// Removed first: a node that dies in the instant before it
 		// publishes loses the will; publishing first would let two
@@ -519,6 +531,40 @@ func (n *Node) adoptCleanWills(ctx context.Context, name string) (int, error) {
 		n.log.Info("cluster: wills of a node gone's connections published", "node", name, "wills", count)
 	}
 	return count, nil
+}
+
+// removeLiveWill removes the live will record r of a node gone with a
+// compare-and-set and tells whether this node's removal is the one that
+// counts (it publishes the will then). Each attempt is given
+// requestAttempt and tried again while unanswered; an attempt refused
+// after one whose answer was lost finds the record emptied by this node
+// run, which is this node's removal.
+func (n *Node) removeLiveWill(ctx context.Context, r storedRecord) (bool, error) {
+	lost := false // an earlier attempt went unanswered
+	err := n.retryRequest(ctx, func(ctx context.Context) error {
+		err := n.removeRecordMarked(ctx, r.subject, r.seq, adoptedWillTTL)
+		if err != nil && unreachable(err) {
+			lost = true
+		}
+		return err
+	})
+	switch {
+	case err == nil:
+		return true, nil
+	case !errors.Is(err, errConflict):
+		return false, err
+	case !lost:
+		return false, nil
+	}
+	var cur *storedRecord
+	if err := n.retryRequest(ctx, func(ctx context.Context) error {
+		var err error
+		cur, err = n.getRecord(ctx, r.subject)
+		return err
+	}); err != nil {
+		return false, err
+	}
+	return cur != nil && len(cur.data) == 0 && cur.origin == n.origin, nil
 }
 
 // adoptedWillTTL is how long the emptied record of a will a node
@@ -535,7 +581,8 @@ func (n *Node) removeRecord(ctx context.Context, subj string, expect uint64) err
 }
 
 // removeRecordMarked is removeRecord leaving an empty record that stays
-// for ttl.
+// for ttl. A refusal while another write of subj is being agreed on
+// (inProcess) is not errConflict: that write may still fail.
 func (n *Node) removeRecordMarked(ctx context.Context, subj string, expect uint64, ttl string) error {
 	m := n.tombstone(subj)
 	m.Header.Set(hdrTTL, ttl)
