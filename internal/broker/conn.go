@@ -58,28 +58,41 @@ type conn struct {
 	// pubMemo is the last publish decision (authorizePublish).
 	// Reader-owned.
 	pubMemo publishMemo
-	// rearm: the reader waited (a held publisher's turn) since the read
-	// deadline was set; it is set again before the next read that may
-	// wait (source.Read). Reader-owned.
-	rearm bool
 	// arr reads the socket with arrival times, nil when the transport
 	// does not allow it (arrival.go); recentShard is the shard of the
 	// server's record of recent messages this connection's PUBLISH
 	// packets go to (recent.go). Reader-owned; recentShard is immutable.
 	arr         *stampedReader
 	recentShard uint8
+	// The connection's flags sit here together, each where padding after
+	// a field of its own would be (a conn beyond 1,792 bytes takes the
+	// next size class, 2,048):
+	//
+	// rearm: the reader waited (a held publisher's turn) since the read
+	// deadline was set; it is set again before the next read that may
+	// wait (source.Read). Reader-owned.
+	rearm bool
+	// authenticated is set once CONNECT was accepted (the full
+	// MaxPacketSize applies from then on). Reader-owned.
+	authenticated bool
+	// Reader-owned, for the Observer: whether the client sent anything
+	// but PINGREQ since the last PINGREQ (since quietSince); whether it
+	// ended normally.
+	active   bool
+	cleanEnd bool
+	// sessionExpiryZero remembers a CONNECT Session Expiry of 0, which a
+	// DISCONNECT may not raise [MQTT-3.14.2-2].
+	sessionExpiryZero bool
 	// version and client are fixed at CONNECT (kill reads version only
 	// after established); sess is set by attach and fixed from then on.
 	version packet.Version
 	client  Client
 	sess    *session
 
-	// Reader-owned. connectDeadline ends the wait for CONNECT;
-	// authenticated is set once CONNECT was accepted (the full
-	// MaxPacketSize applies from then on); reserved is the read budget
-	// held for the packet being read and handled (see reserveBody).
+	// Reader-owned. connectDeadline ends the wait for CONNECT; reserved
+	// is the read budget held for the packet being read and handled (see
+	// reserveBody).
 	connectDeadline time.Time
-	authenticated   bool
 	reserved        int64
 	// Reader-owned: the connections whose writers this reader holds
 	// back while it routes the rest of its buffered input, and the
@@ -88,12 +101,10 @@ type conn struct {
 	kicks    []*conn
 	deferred int
 	// Reader-owned, for the Observer: the body size of the packet just
-	// read; whether the client sent anything but PINGREQ since the last
-	// PINGREQ, and since when it has not; whether it ended normally.
+	// read, and since when the client sent nothing but PINGREQ (active,
+	// cleanEnd: above).
 	bodySize   int
-	active     bool
 	quietSince time.Time
-	cleanEnd   bool
 	// limitDrops counts the messages for this client dropped because its
 	// queue or outbound buffer was full, not yet reported to the
 	// Observer (LimitQueueFull); added to by whoever routes, taken by the
@@ -108,10 +119,7 @@ type conn struct {
 	aliasesIn   map[uint16]string
 	aliasMaxIn  uint16
 	connectedAt time.Time
-	// sessionExpiryZero remembers a CONNECT Session Expiry of 0, which a
-	// DISCONNECT may not raise [MQTT-3.14.2-2].
-	sessionExpiryZero bool
-	stopWatch         func()
+	stopWatch   func()
 	// retainSnap is the identity snapshot this connection's retained
 	// messages carry (Message.Publisher); reader-owned, made on first use.
 	retainSnap *Client

@@ -15,6 +15,16 @@ type Message struct {
 	Payload []byte
 	QoS     byte
 	Retain  bool
+	// publisherUnknown marks a recovered retained message whose record
+	// names no publisher (an earlier version's, or imported without
+	// one): its replay is refused while the check is on (fail closed).
+	// (The flags sit beside QoS and Retain: a Message is allocated per
+	// PUBLISH, and padding after each would put it in a larger size
+	// class.)
+	publisherUnknown bool
+	// remote: another node's message, routed here by the Cluster
+	// (ReplayLocal replays this node's own only).
+	remote bool
 	// Props holds the publisher's properties that travel with the message
 	// (payload format, content type, response topic, correlation data, user
 	// properties); topic alias, subscription identifiers and message
@@ -37,10 +47,6 @@ type Message struct {
 	// (StoredPublisher), so a retained message recovered after a restart
 	// is checked as before.
 	Publisher *Client
-	// publisherUnknown marks a recovered retained message whose record
-	// names no publisher (an earlier version's, or imported without
-	// one): its replay is refused while the check is on (fail closed).
-	publisherUnknown bool
 	// id names the message in the Persistence; 0 when it is never stored
 	// ($SYS, or persistence off).
 	id uint64
@@ -50,9 +56,6 @@ type Message struct {
 	// message is routed.
 	arrived  int64
 	recentID uint64
-	// remote: another node's message, routed here by the Cluster
-	// (ReplayLocal replays this node's own only).
-	remote bool
 }
 
 // forwardedProps is the set of PUBLISH properties forwarded unchanged to
@@ -104,31 +107,34 @@ func (m *Message) remainingExpiry(now time.Time) uint32 {
 // delivery is one message on its way to one session with the options of
 // the subscriptions that matched it.
 type delivery struct {
-	msg      *Message
-	qos      byte
-	retain   bool      // retain flag as sent
-	subIDs   []uint32  // subscription identifiers (v5)
-	pid      uint16    // packet identifier once in flight
-	released bool      // QoS 2: PUBREC received, PUBREL sent
-	sent     bool      // sent at least once on some connection (DUP on resend)
-	pending  bool      // in flight, but not yet resent on the current connection
-	share    *shareKey // the shared subscription it came through, or nil
+	// The fields are ordered by size: a delivery is allocated per message
+	// and subscriber, and padding between them would put it in a larger
+	// size class.
+	msg    *Message
+	subIDs []uint32  // subscription identifiers (v5)
+	share  *shareKey // the shared subscription it came through, or nil
 	// enc is the shared encoding of the routing pass that put the
 	// delivery straight in flight on a connection, or nil (see
 	// outpub.go). Set before the delivery is shared; cleared only by
 	// enqueueLocked, before the delivery is queued.
 	enc *pubEnc
+	// seq names the delivery in the Persistence (0: not stored); pstate
+	// orders its first put before its delete (see pbatch).
+	seq    uint64
+	pstate atomic.Uint32
 	// expiry is the Message Expiry Interval sent the first time the
 	// message went out in flight (expiryFixed): resends carry the same
 	// value, since the message stopped waiting in the server when its
 	// onward delivery started [MQTT-3.3.2-5] [MQTT-3.3.2-6], and a message
 	// in flight is resent even after it expired [MQTT-4.3.3-7].
 	expiry      uint32
+	pid         uint16 // packet identifier once in flight
+	qos         byte
+	retain      bool // retain flag as sent
+	released    bool // QoS 2: PUBREC received, PUBREL sent
+	sent        bool // sent at least once on some connection (DUP on resend)
+	pending     bool // in flight, but not yet resent on the current connection
 	expiryFixed bool
-	// seq names the delivery in the Persistence (0: not stored); pstate
-	// orders its first put before its delete (see pbatch).
-	seq    uint64
-	pstate atomic.Uint32
 }
 
 // shareKey names a shared subscription: group and filter.
