@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -225,8 +227,8 @@ func (n *Node) serveRemovals() (*nats.Subscription, error) {
 			return
 		}
 		if r.Node == n.cfg.Node {
-			n.log.Error("cluster: another node removed this node from the cluster; it serves its own clients only",
-				"by", clip(r.By))
+			by, _, _ := strings.Cut(r.By, "/") // its name, without the run
+			n.leaveRemoved(fmt.Errorf("%w: node %s was removed from cluster %s by node %s", ErrRemoved, n.cfg.Node, n.cfg.Name, clip(by)))
 			return
 		}
 		if !n.isRemoved(r.Node) {
@@ -364,4 +366,65 @@ func (a *clientAuth) Check(c server.ClientAuthentication) bool {
 		return true
 	}
 	return false
+}
+
+// --- the removed node's side
+
+// ErrRemoved is wrapped by RemovedErr: this node was removed from its
+// cluster and serves nobody.
+var ErrRemoved = errors.New("cluster: this node was removed from the cluster")
+
+// selfRemoval is this node's removal, once it learned of it.
+type selfRemoval struct {
+	once sync.Once
+	done chan struct{} // closed by leaveRemoved
+	err  error         // set before done is closed
+}
+
+// Removed is closed once this node learned that it was removed from the
+// cluster (announced by the node that removed it while this one runs).
+// The broker then refuses every client. Safe for concurrent use.
+func (n *Node) Removed() <-chan struct{} { return n.rmSelf.done }
+
+// RemovedErr is, once Removed is closed, the removal (wrapping
+// ErrRemoved), saying what the operator should do; nil before.
+func (n *Node) RemovedErr() error {
+	select {
+	case <-n.rmSelf.done:
+		return n.rmSelf.err
+	default:
+		return nil
+	}
+}
+
+// withdrawer is the broker's side of a removal (broker.Server.Withdraw).
+type withdrawer interface {
+	Withdraw(reason string) int
+}
+
+// leaveRemoved makes this node, removed from the cluster, serve nobody:
+// its clients are disconnected with DISCONNECT 0x9C (Use another server)
+// and new ones refused with CONNACK 0x9C; their sessions belong to the
+// nodes left, which adopted them. Logged at Error with what to do.
+func (n *Node) leaveRemoved(why error) {
+	n.rmSelf.once.Do(func() {
+		n.rmSelf.err = fmt.Errorf("%w; it refuses every client and must not rejoin on its data. To bring this host back: stop it, "+
+			"remove its data (%s), remove it from the other nodes' cluster.peers and preferably give it a new cluster.node, then start it",
+			why, n.storeDesc())
+		closed := 0
+		if w, ok := n.b.(withdrawer); ok {
+			closed = w.Withdraw("this node left the cluster; connect to another node")
+		}
+		n.log.Error("cluster: this node was removed from the cluster; its clients are sent to the other nodes and new ones refused",
+			"err", n.rmSelf.err, "disconnected", closed)
+		close(n.rmSelf.done)
+	})
+}
+
+// storeDesc names the node's JetStream data for the operator.
+func (n *Node) storeDesc() string {
+	if n.cfg.NATSURL != "" {
+		return "nothing here: NATS is external; choose a new cluster.node"
+	}
+	return n.cfg.StoreDir
 }

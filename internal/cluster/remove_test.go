@@ -187,3 +187,86 @@ func TestSecurityClusterSystemToken(t *testing.T) {
 		t.Fatalf("the system account over the pipe: %v", err)
 	}
 }
+
+// TestRemoveNodeForced: a live node removed by force learns of it and
+// sends its clients away: an MQTT 5 client gets DISCONNECT 0x9C (Use
+// another server), an MQTT 3.1.1 client's connection is closed, and new
+// connections are refused with CONNACK 0x9C (0x03 for 3.1.1).
+func TestRemoveNodeForced(t *testing.T) {
+	dir := t.TempDir()
+	routes := freePorts(t, 3)
+	var nodes []*testNode
+	for attempt := 0; ; attempt++ {
+		var err error
+		if nodes, err = startNodesHooked(t, dir, routes, []func(int, *Node){func(_ int, nd *Node) { nd.cfg.AdoptAfter = -1 }}); err == nil {
+			break
+		}
+		if attempt == 2 {
+			t.Fatal(err)
+		}
+		dir, routes = t.TempDir(), freePorts(t, 3)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	v5 := dial(t, nodes[2].addr, "on-n3-v5", client.V5)
+	v3 := dial(t, nodes[2].addr, "on-n3-v3", client.V311)
+	testutil.WaitFor(t, "three nodes up", 30*time.Second, func() bool { return nodes[0].node.Status().NodesUp == 3 })
+
+	// On a loaded machine a step (the meta group's removal) may time
+	// out: the removal is asked again, as an operator would.
+	var res RemoveResult
+	testutil.CheckFor(t, 90*time.Second, func() error {
+		var err error
+		res, err = nodes[0].node.RemoveNode(ctx, "n3", true)
+		if err != nil {
+			t.Logf("forced removal: %v", err)
+		}
+		return err
+	})
+	if !res.Forced {
+		t.Fatalf("forced removal: %+v", res)
+	}
+	select {
+	case <-nodes[2].node.Removed():
+	case <-time.After(30 * time.Second):
+		t.Fatal("the removed node did not learn of its removal within 30 s")
+	}
+	if err := nodes[2].node.RemovedErr(); !errors.Is(err, ErrRemoved) ||
+		!strings.Contains(err.Error(), "by node n1") {
+		t.Fatalf("the removed node's error: %v", err)
+	}
+	for _, c := range []*client.Client{v5, v3} {
+		select {
+		case <-c.Done():
+		case <-time.After(30 * time.Second):
+			t.Fatal("a client of the removed node is still connected")
+		}
+	}
+	var re *client.ReasonError
+	if err := v5.Err(); !errors.As(err, &re) || re.Code != 0x9C {
+		t.Errorf("the MQTT 5 client ended with %v, want DISCONNECT 0x9C", err)
+	}
+	refused := func(addr string, v client.Version) *client.ReasonError {
+		t.Helper()
+		dctx, dcancel := context.WithTimeout(ctx, 10*time.Second)
+		defer dcancel()
+		c, err := client.Dial(dctx, client.Config{Servers: []string{"tcp://" + addr}, ClientID: "late", Version: v, CleanStart: true})
+		if err == nil {
+			c.Close()
+			t.Fatalf("version %v: a client connected to the removed node", v)
+		}
+		var re *client.ReasonError
+		if !errors.As(err, &re) {
+			t.Fatalf("version %v: %v, want a CONNACK refusal", v, err)
+		}
+		return re
+	}
+	if re := refused(nodes[2].addr, client.V5); re.Code != 0x9C || !strings.Contains(re.Reason, "another node") {
+		t.Errorf("MQTT 5 CONNACK to the removed node: %+v, want 0x9C", re)
+	}
+	if re := refused(nodes[2].addr, client.V311); re.V3Code != 0x03 {
+		t.Errorf("MQTT 3.1.1 CONNACK to the removed node: %+v, want 0x03", re)
+	}
+	// The nodes left serve.
+	dial(t, nodes[1].addr, "on-n2", client.V5).Close()
+}
