@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/moatmq/moat/client"
 	"github.com/moatmq/moat/internal/testutil"
@@ -188,11 +190,15 @@ func TestSecurityClusterSystemToken(t *testing.T) {
 	}
 }
 
-// TestRemoveNodeForced: a live node removed by force learns of it and
-// sends its clients away: an MQTT 5 client gets DISCONNECT 0x9C (Use
-// another server), an MQTT 3.1.1 client's connection is closed, and new
-// connections are refused with CONNACK 0x9C (0x03 for 3.1.1).
-func TestRemoveNodeForced(t *testing.T) {
+// TestRemoveNodeForcedAndRestarted: a live node removed by force learns
+// of it and sends its clients away: an MQTT 5 client gets DISCONNECT 0x9C
+// (Use another server), an MQTT 3.1.1 client's connection is closed, and
+// new connections are refused with CONNACK 0x9C (0x03 for 3.1.1). The
+// removal is stored: the node stopped and started again on its data
+// refuses to rejoin (ErrRejoinRefused, and every client), before it
+// takes any session. A node started under the same name on an empty
+// store is a new node: it joins, and forgets the stored removal.
+func TestRemoveNodeForcedAndRestarted(t *testing.T) {
 	dir := t.TempDir()
 	routes := freePorts(t, 3)
 	var nodes []*testNode
@@ -231,7 +237,7 @@ func TestRemoveNodeForced(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("the removed node did not learn of its removal within 30 s")
 	}
-	if err := nodes[2].node.RemovedErr(); !errors.Is(err, ErrRemoved) ||
+	if err := nodes[2].node.RemovedErr(); !errors.Is(err, ErrRemoved) || errors.Is(err, ErrRejoinRefused) ||
 		!strings.Contains(err.Error(), "by node n1") {
 		t.Fatalf("the removed node's error: %v", err)
 	}
@@ -269,4 +275,59 @@ func TestRemoveNodeForced(t *testing.T) {
 	}
 	// The nodes left serve.
 	dial(t, nodes[1].addr, "on-n2", client.V5).Close()
+
+	// Started again on its data: it finds the stored removal and
+	// refuses to rejoin.
+	cfg := nodes[2].node.cfg
+	stopNode(t, nodes[2])
+	again, err := Start(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	withBroker(t, again, nil, cfg.Logger)
+	select {
+	case <-again.Removed():
+	case <-again.Ready():
+		t.Fatal("the removed node, started again on its data, joined the cluster")
+	case <-time.After(60 * time.Second):
+		t.Fatal("the removed node, started again on its data, did not find its removal within 60 s")
+	}
+	if err := again.RemovedErr(); !errors.Is(err, ErrRejoinRefused) || !strings.Contains(err.Error(), cfg.StoreDir) {
+		t.Fatalf("the restarted node's error: %v", err)
+	}
+	stopped := make(chan struct{})
+	go func() { again.Close(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the node refusing to rejoin did not close")
+	}
+
+	// Under the same name on an empty store: a new node, which joins.
+	cfg.StoreDir = filepath.Join(t.TempDir(), "n3-new")
+	fresh, err := Start(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	withBroker(t, fresh, nil, cfg.Logger)
+	select {
+	case <-fresh.Ready():
+	case <-fresh.Removed():
+		t.Fatalf("a new node under a removed node's name refused: %v", fresh.RemovedErr())
+	case <-time.After(60 * time.Second):
+		t.Fatal("a new node under a removed node's name not ready within 60 s")
+	}
+	rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
+	defer rcancel()
+	js, err := jetstream.New(nodes[0].node.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(rctx, bucketRemoved)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Get(rctx, keyOf("n3")); !errors.Is(err, jetstream.ErrKeyNotFound) {
+		t.Fatalf("the stored removal of n3 after a new n3 joined: %v", err)
+	}
 }
