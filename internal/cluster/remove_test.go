@@ -218,20 +218,23 @@ func TestRemoveNodeForcedAndRestarted(t *testing.T) {
 	v3 := dial(t, nodes[2].addr, "on-n3-v3", client.V311)
 	testutil.WaitFor(t, "three nodes up", 30*time.Second, func() bool { return nodes[0].node.Status().NodesUp == 3 })
 
-	// On a loaded machine a step (the meta group's removal) may time
-	// out: the removal is asked again, as an operator would.
-	var res RemoveResult
+	// The removal is stored and announced before its slower steps (the
+	// meta group, the streams, the adoption), which a loaded machine may
+	// time out: only a refusal, made before anything changed, is asked
+	// again; what this test checks follows from the announcement.
 	testutil.CheckFor(t, 90*time.Second, func() error {
-		var err error
-		res, err = nodes[0].node.RemoveNode(ctx, "n3", true)
-		if err != nil {
-			t.Logf("forced removal: %v", err)
+		res, err := nodes[0].node.RemoveNode(ctx, "n3", true)
+		switch {
+		case errors.Is(err, ErrRemoveRefused):
+			t.Logf("forced removal refused: %v", err)
+			return err
+		case err != nil:
+			t.Logf("forced removal, a later step failed: %v", err)
+		case !res.Forced:
+			t.Errorf("forced removal of a live node: %+v", res)
 		}
-		return err
+		return nil
 	})
-	if !res.Forced {
-		t.Fatalf("forced removal: %+v", res)
-	}
 	select {
 	case <-nodes[2].node.Removed():
 	case <-time.After(30 * time.Second):
@@ -314,8 +317,8 @@ func TestRemoveNodeForcedAndRestarted(t *testing.T) {
 	case <-fresh.Ready():
 	case <-fresh.Removed():
 		t.Fatalf("a new node under a removed node's name refused: %v", fresh.RemovedErr())
-	case <-time.After(60 * time.Second):
-		t.Fatal("a new node under a removed node's name not ready within 60 s")
+	case <-time.After(120 * time.Second):
+		t.Fatal("a new node under a removed node's name not ready within 120 s")
 	}
 	rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
 	defer rcancel()
