@@ -276,8 +276,17 @@ func TestRemoveNodeForcedAndRestarted(t *testing.T) {
 	if re := refused(nodes[2].addr, client.V311); re.V3Code != 0x03 {
 		t.Errorf("MQTT 3.1.1 CONNACK to the removed node: %+v, want 0x03", re)
 	}
-	// The nodes left serve.
-	dial(t, nodes[1].addr, "on-n2", client.V5).Close()
+	// The nodes left serve (once their streams have leaders again: a
+	// client may be told 0x88 meanwhile, and tries again).
+	testutil.CheckFor(t, 60*time.Second, func() error {
+		dctx, dcancel := context.WithTimeout(ctx, 10*time.Second)
+		defer dcancel()
+		c, err := client.Dial(dctx, client.Config{Servers: []string{"tcp://" + nodes[1].addr}, ClientID: "on-n2", Version: client.V5, CleanStart: true})
+		if err == nil {
+			c.Close()
+		}
+		return err
+	})
 
 	// Started again on its data: it finds the stored removal and
 	// refuses to rejoin.
