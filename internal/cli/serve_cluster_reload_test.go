@@ -28,9 +28,20 @@ import (
 // counts the refusal.
 func TestSecurityClusterReloadReportsRefusedFile(t *testing.T) {
 	nodes, _, _ := startInprocCluster(t)
+	n1 := nodes[0]
+	// Connected while the cluster is whole: without a quorum a new
+	// connection is refused (0x88).
+	c, err := dialNode(t, n1.plain, client.Config{ClientID: "anon-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if codes, err := c.Subscribe(ctx, client.Subscription{Filter: "extra/x", QoS: 1}); len(codes) != 1 || codes[0] < 0x80 {
+		t.Fatalf("the subscription to extra/x before the change: %v %v, want a refusal", codes, err)
+	}
 	nodes[1].stop()
 	nodes[2].stop()
-	n1 := nodes[0]
 	// The queue fills with other changes until the cluster refuses one.
 	filled := false
 	for i := range 20000 {
@@ -81,13 +92,9 @@ func TestSecurityClusterReloadReportsRefusedFile(t *testing.T) {
 	if st := n1.plan.cluster.Status(); st.SecurityRefused <= refusedBefore {
 		t.Errorf("refusals counted: %d, were %d", st.SecurityRefused, refusedBefore)
 	}
-	// In force on the node: an anonymous client may now subscribe to
+	// In force on the node: its anonymous client may now subscribe to
 	// extra/#.
-	c, err := dialNode(t, n1.plain, client.Config{ClientID: "anon-1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel = context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	codes, err := c.Subscribe(ctx, client.Subscription{Filter: "extra/x", QoS: 1})
 	if err != nil || len(codes) != 1 || codes[0] >= 0x80 {
