@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -285,5 +286,22 @@ func TestAuditTail(t *testing.T) {
 	get()
 	if resp.Chain["ok"] != false || resp.Chain["problem"] == "" {
 		t.Fatalf("edited log: chain %v", resp.Chain)
+	}
+}
+
+// A reload applied on the node but not sent to the cluster answers 503
+// with "reloaded": true; a refused one 409.
+func TestReloadNotShared(t *testing.T) {
+	var answer error
+	h, _, op := newTestHandler(t, Config{Reload: func(context.Context) error { return answer }})
+	answer = fmt.Errorf("acl.conf not sent: %w", ErrNotShared)
+	rec := do(t, h, "POST", "/api/v1/config/reload", op, "")
+	if rec.Code != http.StatusServiceUnavailable || !strings.Contains(rec.Body.String(), `"reloaded": true`) ||
+		!strings.Contains(rec.Body.String(), "acl.conf not sent") {
+		t.Errorf("not shared: %d %s", rec.Code, rec.Body)
+	}
+	answer = errors.New("a setting needs a restart")
+	if rec := do(t, h, "POST", "/api/v1/config/reload", op, ""); rec.Code != http.StatusConflict {
+		t.Errorf("refused: %d %s", rec.Code, rec.Body)
 	}
 }

@@ -540,6 +540,10 @@ func (h *Handler) reload(w http.ResponseWriter, r *http.Request) {
 	}
 	err := h.cfg.Reload(r.Context())
 	h.record(r, "reload", "configuration", err)
+	if errors.Is(err, ErrNotShared) {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"error": err.Error(), "reloaded": true, "shared": false})
+		return
+	}
 	if err != nil {
 		writeError(w, http.StatusConflict, err.Error())
 		return

@@ -21,6 +21,13 @@ func (h *Handler) cluster(w http.ResponseWriter, r *http.Request) {
 // node to remove is alive and force was not given: 409.
 var ErrNodeAlive = errors.New("the node is alive")
 
+// ErrNotShared is wrapped by a Reload error that means the reload was
+// applied on this node, but a change it found could not be sent to the
+// rest of the cluster (its queue of security changes full while the
+// cluster is unreachable). The reload endpoint answers it with 503 and
+// "reloaded": true.
+var ErrNotShared = errors.New("applied on this node only")
+
 // removeNode answers POST /api/v1/cluster/nodes/{node}/remove (operator
 // role, audited): the node is taken out of the cluster for good
 // (docs/cluster.md, "Removing a node"). ?force=true removes a node that

@@ -160,6 +160,9 @@ type Config struct {
 	// handler redacts every field whose name says it is a secret.
 	Config func() any
 	// Reload applies the configuration again (the start-up plan's reload).
+	// An error wrapping ErrNotShared means the reload was applied on this
+	// node but a changed access file could not be sent to the cluster
+	// (503); any other error, that nothing was applied (409).
 	Reload func(ctx context.Context) error
 	// Posture returns the posture panel's static part.
 	Posture func() Posture

@@ -158,6 +158,10 @@ func (c *conn) connect(ctx context.Context, pkt *packet.Connect) bool {
 	// The CONNECT username is a claim until an Authenticator accepts it.
 	c.client.ClaimedUsername = pkt.Username
 	st := connectState{pkt: pkt, clientID: pkt.ClientID}
+	if why := s.withdrawal(); why != "" {
+		// The node left its cluster: the client belongs on another.
+		return c.refuse(pkt, packet.UseAnotherServer, why)
+	}
 
 	// Enhanced authentication (auth.go); MQTT 3.1.1 has no properties.
 	if pkt.Version == packet.V5 && pkt.Properties.Has(packet.PropAuthMethod) {

@@ -70,6 +70,9 @@ type Server struct {
 	// clusterDurable: the Cluster wraps the Persistence and takes QoS 1
 	// and 2 messages as changes (cluster_durable.go).
 	clusterDurable bool
+	// withdrawn is the reason every client is refused, once the node left
+	// its cluster for good (cluster_removed.go); nil while it serves.
+	withdrawn atomic.Pointer[string]
 
 	lim atomic.Pointer[liveLimits] // the limits in force and the pushback marks (livelimits.go)
 	sys sysControl                 // the $SYS publisher's state (livelimits.go)

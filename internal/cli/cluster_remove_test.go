@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -93,4 +94,22 @@ func TestClusterRemoveNodeThreeProcesses(t *testing.T) {
 		}
 		return nil
 	})
+
+	// Started again on its data directory, node 3 finds its stored
+	// removal and stops with the reason and what to do (exit 1).
+	again, err := launchMoat(t, procs[2].dir, procs[2].args, func(*moatProc) bool { return true })
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-again.done:
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("the removed node, started again on its data, still runs:\n%s", again.logs.String())
+	}
+	var exit *exec.ExitError
+	logs := again.logs.String()
+	if !errors.As(again.err, &exit) || exit.ExitCode() != 1 || !strings.Contains(logs, "refuses to rejoin") ||
+		!strings.Contains(logs, "removed from cluster plant-r by node node1") || !strings.Contains(logs, "give it a new cluster.node") {
+		t.Fatalf("the removed node started again: %v\n%s", again.err, logs)
+	}
 }

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -39,7 +40,10 @@ POST /api/v1/config/reload is called with an operator token read from the
 file --token-file names or from $` + adminTokenEnv + ` (never from the
 command line), and the outcome is printed. HTTPS is verified with --cacert,
 else DIR/ca/ca.pem when it exists; a loopback ADDR without a scheme is
-reached over plain HTTP.
+reached over plain HTTP. In a cluster, a reload applied on the node whose
+changed access file the cluster refused (too many security changes waiting
+for an unreachable cluster) prints "configuration reloaded on this node
+only" and the refusal, and exits with status 1.
 
 What can change live and what needs a restart: docs/operations.md.`,
 		Args: cobra.NoArgs,
@@ -109,6 +113,16 @@ func reloadAdmin(ctx context.Context, stdio Stdio, o reloadOptions) error {
 	code, body, err := adminRequest(ctx, "reload", http.MethodPost, o.admin, o.dataDir, o.caFile, token, "/api/v1/config/reload")
 	if err != nil {
 		return err
+	}
+	if code == http.StatusServiceUnavailable {
+		// Applied on the node, not sent to the rest of the cluster.
+		var a struct {
+			Reloaded bool `json:"reloaded"`
+		}
+		if json.Unmarshal(body, &a) == nil && a.Reloaded {
+			fmt.Fprintln(stdio.Out, "configuration reloaded on this node only")
+			return fmt.Errorf("reload: %s", apiError(body))
+		}
 	}
 	if code != http.StatusOK {
 		return fmt.Errorf("reload: the broker answered %d %s: %s", code, http.StatusText(code), apiError(body))

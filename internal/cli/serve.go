@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/moatmq/moat/internal/broker"
+	"github.com/moatmq/moat/internal/cluster"
 	"github.com/moatmq/moat/internal/config"
 	"github.com/moatmq/moat/internal/listener"
 )
@@ -206,11 +207,30 @@ func (p *servePlan) serve(ctx context.Context, stdio Stdio) error {
 		})
 	}
 	var serveErr error
-	select {
-	case <-ctx.Done():
-		p.log.Info("serve: shutting down")
-	case serveErr = <-errc:
-		p.log.Error("serve: listener failed; shutting down", "err", serveErr)
+	// A node removed from its cluster while it runs keeps running and
+	// refuses every client (CONNACK 0x9C sends them elsewhere); one that
+	// finds at start that it was removed stops with the reason.
+	var removed <-chan struct{}
+	if p.cluster != nil {
+		removed = p.cluster.Removed()
+	}
+wait:
+	for {
+		select {
+		case <-ctx.Done():
+			p.log.Info("serve: shutting down")
+			break wait
+		case serveErr = <-errc:
+			p.log.Error("serve: listener failed; shutting down", "err", serveErr)
+			break wait
+		case <-removed:
+			removed = nil
+			if err := p.cluster.RemovedErr(); errors.Is(err, cluster.ErrRejoinRefused) {
+				serveErr = fmt.Errorf("serve: %w", err)
+				p.log.Error("serve: this node refuses to rejoin the cluster it was removed from; shutting down", "err", err)
+				break wait
+			}
+		}
 	}
 	stopHUP() // a reload in progress finishes (and is audited) first
 	p.shutdown()

@@ -16,10 +16,12 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/moatmq/moat/internal/admin"
 	"github.com/moatmq/moat/internal/audit"
 	"github.com/moatmq/moat/internal/authn/passwd"
 	"github.com/moatmq/moat/internal/broker"
@@ -525,16 +527,18 @@ func (cs *clusterSecurity) planFiles() {
 }
 
 // checkFiles sends the shared files that changed here (and still load) to
-// the cluster, once the cluster's versions are known.
-func (cs *clusterSecurity) checkFiles() {
+// the cluster, once the cluster's versions are known. It returns the
+// files the cluster refused, each with the refusal.
+func (cs *clusterSecurity) checkFiles() []error {
 	cs.mu.Lock()
 	synced := cs.synced
 	cs.mu.Unlock()
 	if !synced {
-		return
+		return nil
 	}
 	cs.filesMu.Lock()
 	defer cs.filesMu.Unlock()
+	var refused []error
 	for _, f := range cs.files {
 		data, err := os.ReadFile(f.path)
 		if err != nil || (f.agreed && sha256.Sum256(data) == f.sum) {
@@ -547,11 +551,29 @@ func (cs *clusterSecurity) checkFiles() {
 		// waiting: logged at Error there) stays not agreed, and is
 		// offered again at the next check.
 		if err := cs.node.PutFile(f.name, data); err != nil {
+			refused = append(refused, fmt.Errorf("%s: %w", f.path, err))
 			continue
 		}
 		f.sum, f.agreed = sha256.Sum256(data), true
 		cs.log.Info("cluster: shared file changed here; sending it to the other nodes", "file", f.path)
 	}
+	slices.SortFunc(refused, func(a, b error) int { return strings.Compare(a.Error(), b.Error()) })
+	return refused
+}
+
+// shareFiles is the reload's check of the shared files (checkFiles, at
+// once rather than at the next tick): an error wrapping
+// admin.ErrNotShared names each changed file the cluster refused. The
+// node applies those files itself either way (the reload re-read them),
+// and checkFiles offers them again every second.
+func (cs *clusterSecurity) shareFiles() error {
+	refused := cs.checkFiles()
+	if len(refused) == 0 {
+		return nil
+	}
+	return fmt.Errorf("serve: reload applied on this node, but %d changed access file(s) not sent to the other nodes, "+
+		"which keep their version until it is sent (every second, once fewer security changes wait): %w: %w",
+		len(refused), admin.ErrNotShared, errors.Join(refused...))
 }
 
 // FileSet implements cluster.Security: another node's version of a shared

@@ -310,6 +310,12 @@ func (p *servePlan) reloadConfig() (string, error) {
 	}
 	p.live.cur.Store(next)
 	p.defense.reloaded(changed, nil)
+	// In a cluster, a changed access file goes to the other nodes; one
+	// the cluster refuses is in force here only, and the reload says so.
+	var notShared error
+	if p.clusterSec != nil {
+		notShared = p.clusterSec.shareFiles()
+	}
 	summary := "configuration reloaded; certificates, CRLs, password files and access policies re-read"
 	if len(changed) > 0 {
 		summary += "; changed: " + strings.Join(changed, ", ")
@@ -322,6 +328,10 @@ func (p *servePlan) reloadConfig() (string, error) {
 	}
 	for _, c := range changed {
 		p.log.Debug("serve: reload applied a changed setting", "setting", c)
+	}
+	if notShared != nil {
+		p.log.Error("serve: reload applied here; access files not sent to the cluster", "err", notShared)
+		return summary, notShared
 	}
 	return summary, nil
 }

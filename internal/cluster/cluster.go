@@ -189,6 +189,12 @@ type Node struct {
 
 	stats counters
 
+	// rmSelf is this node's removal from the cluster, once learned, and
+	// hadStore whether its store held JetStream data when it started
+	// (remove.go).
+	rmSelf   selfRemoval
+	hadStore bool
+
 	gc    *nats.Conn // the shared subscriptions' queue groups (shared.go)
 	share shareState
 	sec   secState // security.go
@@ -263,7 +269,8 @@ func Start(cfg Config) (*Node, error) {
 		qlen = 65536
 	}
 	n := &Node{cfg: cfg, log: log, origin: cfg.Node + "/" + hex.EncodeToString(boot), in: make(chan *nats.Msg, qlen),
-		subs: make(map[string][]*nats.Subscription), ready: make(chan struct{}), started: time.Now()}
+		subs: make(map[string][]*nats.Subscription), ready: make(chan struct{}), started: time.Now(),
+		rmSelf: selfRemoval{done: make(chan struct{})}, hadStore: storeInUse(cfg.StoreDir)}
 	n.share = shareState{groups: make(map[shareKey]*shareGroup), byQueue: make(map[string]*shareGroup),
 		wake: make(chan struct{}, 1), in: make(chan *nats.Msg, qlen), out: make(chan *nats.Msg, qlen)}
 	n.share.ack.dir = make(map[string]*dirEntry)

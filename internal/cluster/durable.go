@@ -441,6 +441,10 @@ func (n *Node) partReady() {
 // consumeLoop binds the stream (retrying until the cluster has a
 // JetStream quorum) and hands its messages to the broker in stream order.
 func (n *Node) consumeLoop(js jetstream.JetStream) {
+	// A node removed from the cluster takes no session (remove.go).
+	if !n.checkRemovedAtStart(js) {
+		return
+	}
 	backoff := 100 * time.Millisecond
 	var cons jetstream.Consumer
 	for {

@@ -8,7 +8,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -99,6 +103,13 @@ func (n *Node) RemoveNode(ctx context.Context, name string, force bool) (RemoveR
 	if !st.External && st.MetaLeader == "" {
 		return res, fmt.Errorf("%w: JetStream has no meta leader (no quorum): a node can be removed only by a majority of the nodes",
 			ErrRemoveRefused)
+	}
+	// The removal is stored before anything else changes: a removed
+	// node started again on its old data directory finds it and refuses
+	// to join (checkRemovedAtStart), even when it missed the
+	// announcement below.
+	if err := n.storeRemoval(ctx, name, st); err != nil {
+		return res, err
 	}
 	n.log.Warn("cluster: removing a node from the cluster for good", "node", name, "forced", res.Forced)
 	n.markRemoved(name)
@@ -225,8 +236,8 @@ func (n *Node) serveRemovals() (*nats.Subscription, error) {
 			return
 		}
 		if r.Node == n.cfg.Node {
-			n.log.Error("cluster: another node removed this node from the cluster; it serves its own clients only",
-				"by", clip(r.By))
+			by, _, _ := strings.Cut(r.By, "/") // its name, without the run
+			n.leaveRemoved(fmt.Errorf("%w: node %s was removed from cluster %s by node %s", ErrRemoved, n.cfg.Node, n.cfg.Name, clip(by)))
 			return
 		}
 		if !n.isRemoved(r.Node) {
@@ -364,4 +375,202 @@ func (a *clientAuth) Check(c server.ClientAuthentication) bool {
 		return true
 	}
 	return false
+}
+
+// --- the removed node's side
+
+// bucketRemoved holds one record per node removed from the cluster, by
+// its name (keyOf), written by the node that removed it. The removal is
+// also announced on rmSubject, which a node that is down or cut off
+// misses: the record is what a removed node started again finds.
+const bucketRemoved = "moat_removed"
+
+// ErrRemoved is wrapped by RemovedErr: this node was removed from its
+// cluster and serves nobody. ErrRejoinRefused, which wraps it, means
+// that the node learned it at start, on the data directory it had when
+// it was removed: the caller should stop.
+var (
+	ErrRemoved       = errors.New("cluster: this node was removed from the cluster")
+	ErrRejoinRefused = fmt.Errorf("%w, and refuses to rejoin", ErrRemoved)
+)
+
+// removalRecord is the value of a node's key in bucketRemoved.
+type removalRecord struct {
+	Node string    `json:"node"`
+	By   string    `json:"by"` // the node that removed it
+	At   time.Time `json:"at"`
+}
+
+// selfRemoval is this node's removal, once it learned of it.
+type selfRemoval struct {
+	once sync.Once
+	done chan struct{} // closed by leaveRemoved
+	err  error         // set before done is closed
+}
+
+// Removed is closed once this node learned that it was removed from the
+// cluster (announced by the node that removed it while this one runs, or
+// found at start: see RemovedErr). The broker then refuses every client;
+// the caller should stop the node. Safe for concurrent use.
+func (n *Node) Removed() <-chan struct{} { return n.rmSelf.done }
+
+// RemovedErr is, once Removed is closed, the removal (wrapping
+// ErrRemoved), saying what the operator should do; nil before.
+func (n *Node) RemovedErr() error {
+	select {
+	case <-n.rmSelf.done:
+		return n.rmSelf.err
+	default:
+		return nil
+	}
+}
+
+// withdrawer is the broker's side of a removal (broker.Server.Withdraw).
+type withdrawer interface {
+	Withdraw(reason string) int
+}
+
+// leaveRemoved makes this node, removed from the cluster, serve nobody:
+// its clients are disconnected with DISCONNECT 0x9C (Use another server)
+// and new ones refused with CONNACK 0x9C; their sessions belong to the
+// nodes left, which adopted them. Logged at Error with what to do.
+func (n *Node) leaveRemoved(why error) {
+	n.rmSelf.once.Do(func() {
+		n.rmSelf.err = fmt.Errorf("%w; it refuses every client and must not rejoin on its data. To bring this host back: stop it, "+
+			"remove its data (%s), remove it from the other nodes' cluster.peers and preferably give it a new cluster.node, then start it",
+			why, n.storeDesc())
+		closed := 0
+		if w, ok := n.b.(withdrawer); ok {
+			closed = w.Withdraw("this node left the cluster; connect to another node")
+		}
+		n.log.Error("cluster: this node was removed from the cluster; its clients are sent to the other nodes and new ones refused",
+			"err", n.rmSelf.err, "disconnected", closed)
+		close(n.rmSelf.done)
+	})
+}
+
+// storeDesc names the node's JetStream data for the operator.
+func (n *Node) storeDesc() string {
+	if n.cfg.NATSURL != "" {
+		return "nothing here: NATS is external; choose a new cluster.node"
+	}
+	return n.cfg.StoreDir
+}
+
+// storeInUse tells whether dir holds JetStream data of an earlier run
+// (the embedded server keeps it under dir/jetstream).
+func storeInUse(dir string) bool {
+	if dir == "" {
+		return false
+	}
+	entries, err := os.ReadDir(filepath.Join(dir, "jetstream"))
+	return err == nil && len(entries) > 0
+}
+
+// storeRemoval writes the removal of name to bucketRemoved, creating the
+// bucket with as many copies as there are servers left (at most the
+// node's), st being the status the removal was decided on.
+func (n *Node) storeRemoval(ctx context.Context, name string, st Status) error {
+	js, err := jetstream.New(n.nc)
+	if err != nil {
+		return err
+	}
+	copies := 1
+	for _, p := range st.MetaPeers {
+		if p.Node != name && p.Node != n.cfg.Node && !n.isRemoved(p.Node) {
+			copies++
+		}
+	}
+	copies = max(1, min(copies, n.replicas))
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	kv, err := js.KeyValue(ctx, bucketRemoved)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucketRemoved, History: 1, Replicas: copies,
+			Storage: jetstream.FileStorage, Description: "Moat nodes removed from the cluster"})
+		if errors.Is(err, jetstream.ErrBucketExists) {
+			kv, err = js.KeyValue(ctx, bucketRemoved)
+		}
+	}
+	if err == nil {
+		rec, _ := json.Marshal(removalRecord{Node: name, By: n.cfg.Node, At: n.now().UTC()})
+		_, err = kv.Put(ctx, keyOf(name), rec)
+	}
+	if err != nil {
+		return fmt.Errorf("%w: the removal of %s could not be stored in the cluster (%s): %w", ErrRemoveRefused, name, bucketRemoved, err)
+	}
+	return nil
+}
+
+// checkRemovedAtStart looks, before the node takes any session (the
+// durable consumer, its sessions' import), for a stored removal of this
+// node, trying until the cluster answers. A node removed and started
+// again on the data directory it had then refuses to join
+// (leaveRemoved) and it reports false. A node started on an empty data
+// directory under a removed node's name is a new node: it deletes the
+// record (it may restart on its data later) and joins.
+func (n *Node) checkRemovedAtStart(js jetstream.JetStream) bool {
+	backoff := 100 * time.Millisecond
+	for {
+		rec, err := n.readRemoval(js)
+		switch {
+		case err == nil && rec == nil:
+			return true
+		case err == nil && (n.hadStore || n.cfg.NATSURL != ""):
+			n.leaveRemoved(fmt.Errorf("%w: node %s was removed from cluster %s by node %s at %s, and started again on the data it had",
+				ErrRejoinRefused, n.cfg.Node, n.cfg.Name, clip(rec.By), rec.At.Format(time.RFC3339)))
+			return false
+		case err == nil:
+			if err = n.forgetRemoval(js); err == nil {
+				n.log.Warn("cluster: a node of this name was removed from the cluster; this one starts on empty data and joins as a new node",
+					"removed_by", clip(rec.By), "removed_at", rec.At)
+				return true
+			}
+		}
+		n.log.Info("cluster: waiting to learn whether this node was removed from the cluster", "err", err)
+		select {
+		case <-n.ctx.Done():
+			return false
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
+}
+
+// readRemoval reads this node's record in bucketRemoved: nil when there
+// is none (or no bucket: no node was ever removed).
+func (n *Node) readRemoval(js jetstream.JetStream) (*removalRecord, error) {
+	ctx, cancel := context.WithTimeout(n.ctx, n.setupTimeout())
+	defer cancel()
+	kv, err := js.KeyValue(ctx, bucketRemoved)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	e, err := kv.Get(ctx, keyOf(n.cfg.Node))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var rec removalRecord
+	if len(e.Value()) > maxHeartbeat || json.Unmarshal(e.Value(), &rec) != nil || rec.Node != n.cfg.Node {
+		// Unreadable: fail closed, as a removal.
+		return &removalRecord{Node: n.cfg.Node, By: "(an unreadable record)"}, nil
+	}
+	return &rec, nil
+}
+
+// forgetRemoval deletes this node's record in bucketRemoved.
+func (n *Node) forgetRemoval(js jetstream.JetStream) error {
+	ctx, cancel := context.WithTimeout(n.ctx, n.setupTimeout())
+	defer cancel()
+	kv, err := js.KeyValue(ctx, bucketRemoved)
+	if err == nil {
+		err = kv.Purge(ctx, keyOf(n.cfg.Node))
+	}
+	return err
 }
