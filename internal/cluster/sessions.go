@@ -46,7 +46,11 @@ import (
 // messages of the durable stream after that position that it routed
 // before the session was here. When the old home is gone (no responder),
 // the position is the acknowledgement floor of its durable consumer. A
-// node that starts imports the sessions whose home it was.
+// node that starts imports the sessions whose home it was. A claim that
+// fails after the old home gave the session up leaves it on no node:
+// the old home answers the next claim with the position it gave it up
+// at (released), and the node whose claim failed resumes it from its
+// start (failed), so that the next claim replays what reached neither.
 
 const (
 	streamSessions = "moat_sessions"
@@ -71,6 +75,19 @@ type sessionsState struct {
 	// An entry is removed when the session is imported or discarded,
 	// when the write lost a race, and when the session is given up.
 	pending map[string]position
+	// released holds, for releasedFor, the position in the durable
+	// stream at which this node gave each session up (at most
+	// maxReleased): a claim that fails after that leaves the session on
+	// no node, and the next claim is answered with this position rather
+	// than the current one, so that it replays what the session missed
+	// meanwhile (handleRelease).
+	released map[string]releasedAt
+	// failed holds, for failedFor, the start of each claim of this node
+	// that failed after its old home was asked to give the session up
+	// (at most maxFailedClaims): the next claim of the same client ID on
+	// this node resumes it, pin included, so that it replays this
+	// node's messages from the first claim's start (ClaimSession).
+	failed map[string]*failedClaim
 
 	stream jetstream.Stream // set before ready closes
 	js     jetstream.JetStream
@@ -92,6 +109,10 @@ type sessionsState struct {
 	// given a session up and is about to answer the claim (a slow old
 	// home).
 	beforeReply atomic.Pointer[func(id string)]
+	// afterRelease, in tests, runs when a claim has the old home's
+	// answer; an error fails the claim there (as a failed write of the
+	// session record would).
+	afterRelease atomic.Pointer[func(id string) error]
 	// releaseWait, in tests, replaces the 5 s a claim waits at most for
 	// the old home's answer.
 	releaseWait time.Duration
@@ -267,6 +288,8 @@ func (s *sessionsState) init() {
 	s.homed = make(map[string]*homeState)
 	s.gone = make(map[string]time.Time)
 	s.pending = make(map[string]position)
+	s.released = make(map[string]releasedAt)
+	s.failed = make(map[string]*failedClaim)
 	s.ready = make(chan struct{})
 }
 
@@ -309,6 +332,146 @@ func (n *Node) setHome(id string, hs *homeState) {
 	defer n.sess.mu.Unlock()
 	n.sess.homed[id] = hs
 	delete(n.sess.gone, id)
+	delete(n.sess.released, id)
+}
+
+// Bounds of what a failed claim leaves behind (docs/cluster.md,
+// "Sessions", "A claim that fails").
+const (
+	// maxReleased bounds sessionsState.released: beyond it, this node
+	// gives no session up (the claim is refused, CONNACK 0x89) until
+	// entries expire.
+	maxReleased = 1 << 16
+	// releasedFor is how long a position given is remembered.
+	releasedFor = 10 * time.Minute
+	// maxFailedClaims bounds sessionsState.failed: beyond it (plus the
+	// claims under way), a claim that no failed one resumes is refused
+	// before it asks anything (CONNACK 0x89).
+	maxFailedClaims = 1024
+	// failedFor is how long a failed claim is kept for the next one;
+	// its pin holds the record of recent messages meanwhile. As long as
+	// other nodes' interest markers linger (markerLinger): beyond that,
+	// their messages to the session are not in the durable stream either.
+	failedFor = markerLinger
+)
+
+// releasedAt is the position at which this node gave a session up, and
+// when.
+type releasedAt struct {
+	seq uint64
+	at  time.Time
+}
+
+// failedClaim is the start of a claim that failed after its old home
+// was asked to give the session up. It counts as a claim under way
+// (beginClaim) while it is kept, so that this node's messages keep
+// being noted with their stream IDs, and owns pin.
+type failedClaim struct {
+	since int64
+	from  uint64
+	pin   *broker.RecentPin
+	at    time.Time
+}
+
+// releaseFull tells whether this node remembers as many given-up
+// sessions as it may, id's aside.
+func (n *Node) releaseFull(id string) bool {
+	n.sess.mu.Lock()
+	defer n.sess.mu.Unlock()
+	if _, ok := n.sess.released[id]; ok || len(n.sess.released) < maxReleased {
+		return false
+	}
+	n.pruneReleasedLocked(time.Now())
+	return len(n.sess.released) >= maxReleased
+}
+
+// giveUp stops writing the session of id, given up to another node
+// whose claim asked for it when this node had routed the durable stream
+// up to routed (released: the broker had the session). It returns the
+// position to answer: routed when this node had the session; when it
+// had given it up already (an earlier claim failed afterwards), the
+// position it gave it up at; when this node had taken the home of it
+// without importing it (a claim of its own that failed afterwards), the
+// position that claim had.
+func (n *Node) giveUp(id string, released bool, routed uint64) uint64 {
+	s := &n.sess
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := time.Now()
+	_, homed := s.homed[id]
+	if pos, ok := s.pending[id]; !released && !homed && ok && pos.replay {
+		routed = pos.seq
+	} else if r, ok := s.released[id]; !released && !homed && ok {
+		routed = r.seq
+	}
+	s.released[id] = releasedAt{seq: routed, at: now}
+	delete(s.homed, id)
+	delete(s.pending, id)
+	s.gone[id] = now
+	return routed
+}
+
+// pruneReleasedLocked forgets the positions given more than releasedFor
+// ago. sess.mu held.
+func (n *Node) pruneReleasedLocked(now time.Time) {
+	for id, r := range n.sess.released {
+		if now.Sub(r.at) > releasedFor {
+			delete(n.sess.released, id)
+		}
+	}
+}
+
+// resumeFailed returns the failed claim of id kept by this node, if any,
+// and forgets it: the caller owns its pin and its count of claims.
+func (n *Node) resumeFailed(id string) *failedClaim {
+	n.sess.mu.Lock()
+	defer n.sess.mu.Unlock()
+	f := n.sess.failed[id]
+	delete(n.sess.failed, id)
+	return f
+}
+
+// failedFull tells whether this node keeps as many failed claims as it
+// may.
+func (n *Node) failedFull() bool {
+	n.sess.mu.Lock()
+	defer n.sess.mu.Unlock()
+	return len(n.sess.failed) >= maxFailedClaims
+}
+
+// keepFailed keeps f, a claim of id that failed after its old home was
+// asked to give the session up, for the next claim; it takes over f's
+// pin. A pin that lost a message (the record's bound) is not kept: the
+// claim cannot be resumed whole.
+func (n *Node) keepFailed(id string, f *failedClaim) {
+	if f.pin != nil && f.pin.Err() != nil {
+		f.pin.Release()
+		n.log.Error("cluster: the record of recent messages reached its bound during a claim that failed; "+
+			"messages published on this node meanwhile may be missing from the session when it is claimed again", "client", id)
+		return
+	}
+	n.beginClaim()
+	n.sess.mu.Lock()
+	old := n.sess.failed[id]
+	n.sess.failed[id] = f
+	n.sess.mu.Unlock()
+	if old != nil {
+		n.dropFailed(id, old, "")
+	}
+}
+
+// dropFailed ends a kept failed claim, logging why when it may cost the
+// session messages.
+func (n *Node) dropFailed(id string, f *failedClaim, why string) {
+	if f.pin != nil {
+		f.pin.Release()
+	}
+	n.endClaim()
+	if why != "" {
+		n.log.Warn("cluster: a failed claim of a session forgotten; "+
+			"messages published on this node meanwhile may be missing from the session when it is claimed again",
+			"client", id, "reason", why)
+	}
 }
 
 // unhome stops writing the session of id, given up to another node.
@@ -370,14 +533,37 @@ func (n *Node) clearPending(id string) {
 	delete(n.sess.pending, id)
 }
 
-// pruneGone forgets sessions given up more than a minute ago.
+// pruneGone forgets sessions given up more than a minute ago, the
+// positions given more than releasedFor ago, and the failed claims kept
+// for more than failedFor or whose pin lost a message.
 func (n *Node) pruneGone(now time.Time) {
+	type dropped struct {
+		id  string
+		f   *failedClaim
+		why string
+	}
+	var drop []dropped
 	n.sess.mu.Lock()
-	defer n.sess.mu.Unlock()
 	for id, t := range n.sess.gone {
 		if now.Sub(t) > time.Minute {
 			delete(n.sess.gone, id)
 		}
+	}
+	n.pruneReleasedLocked(now)
+	for id, f := range n.sess.failed {
+		switch {
+		case f.pin != nil && f.pin.Err() != nil:
+			drop = append(drop, dropped{id, f, "the record of recent messages reached its bound"})
+		case now.Sub(f.at) > failedFor:
+			drop = append(drop, dropped{id, f, "no claim came again in time"})
+		default:
+			continue
+		}
+		delete(n.sess.failed, id)
+	}
+	n.sess.mu.Unlock()
+	for _, d := range drop {
+		n.dropFailed(d.id, d.f, d.why)
 	}
 }
 
@@ -416,6 +602,7 @@ func (p *persistence) sessionChange(c *commit, ch *broker.Change, msgs map[uint6
 		}
 		hs = newHomeState()
 		n.sess.homed[id] = hs
+		delete(n.sess.released, id)
 	}
 	var subj string
 	var data []byte
@@ -645,7 +832,7 @@ func unavailable(reason string) error { return &broker.ClaimRefused{Reason: reas
 // ClaimSession implements broker.SessionCluster (see the top of this
 // file). It imports the session into the broker itself, so that the
 // import and the position of the durable stream are read together.
-func (n *Node) ClaimSession(ctx context.Context, claim broker.SessionClaim) error {
+func (n *Node) ClaimSession(ctx context.Context, claim broker.SessionClaim) (err error) {
 	if n.persistence() == nil {
 		return nil
 	}
@@ -674,18 +861,47 @@ func (n *Node) ClaimSession(ctx context.Context, claim broker.SessionClaim) erro
 	// session may have missed here (take).
 	n.beginClaim()
 	defer n.endClaim()
-	// The broker's record of recent messages keeps every arrival from
-	// here on until the session is imported and its messages are found
-	// (take), within its bound: a claim that waits long for the old home
-	// misses none. A clean start replays nothing.
 	var pin *broker.RecentPin
-	if b, ok := n.b.(sessionBroker); ok && !claim.Discard {
-		pin = b.PinRecent()
-		defer pin.Release()
+	var since int64
+	var from uint64
+	// asked: an old home may have given the session up for this claim
+	// (or for the failed one it resumes); if it fails, the session may
+	// be on no node, and the next claim must replay from this one's
+	// start.
+	asked := false
+	if f := n.resumeFailed(id); f != nil {
+		if claim.Discard {
+			n.dropFailed(id, f, "") // a clean start replays nothing
+		} else {
+			// A claim of this node that failed after its old home was
+			// asked: this one goes on from its start.
+			since, from, pin, asked = f.since, f.from, f.pin, true
+			n.endClaim() // f's count, now this claim's
+		}
+	} else if !claim.Discard && n.failedFull() {
+		return &broker.ClaimRefused{Reason: "too many claims of sessions failed here recently; try again",
+			Unavailable: true, Busy: true}
 	}
-	n.dur.routeMu.Lock()
-	since, from := time.Now().UnixNano(), n.dur.routed
-	n.dur.routeMu.Unlock()
+	if pin == nil && !claim.Discard {
+		// The broker's record of recent messages keeps every arrival
+		// from here on until the session is imported and its messages
+		// are found (take), within its bound: a claim that waits long
+		// for the old home misses none. A clean start replays nothing.
+		if b, ok := n.b.(sessionBroker); ok {
+			pin = b.PinRecent()
+		}
+		n.dur.routeMu.Lock()
+		since, from = time.Now().UnixNano(), n.dur.routed
+		n.dur.routeMu.Unlock()
+	}
+	defer func() {
+		switch {
+		case err != nil && asked && !claim.Discard:
+			n.keepFailed(id, &failedClaim{since: since, from: from, pin: pin, at: time.Now()})
+		case pin != nil:
+			pin.Release()
+		}
+	}()
 	for attempt := 0; attempt < 8; attempt++ {
 		if attempt > 0 {
 			select {
@@ -730,10 +946,21 @@ func (n *Node) ClaimSession(ctx context.Context, claim broker.SessionClaim) erro
 				return nil // this node holds it
 			}
 			// This node took it but could not read it: again, from the
-			// position the first claim had.
+			// position the first claim had, and from its start (kept
+			// when it failed).
 			n.sess.mu.Lock()
 			pos := n.sess.pending[id]
+			if r, ok := n.sess.released[id]; ok && !pos.replay {
+				// Or this node gave it up, and the claim that asked
+				// failed afterwards: the durable messages it routed
+				// since then reached no node.
+				pos = position{seq: r.seq, replay: true}
+			}
 			n.sess.mu.Unlock()
+			if pos.replay {
+				asked = true
+				pos.since, pos.from, pos.pin = since, min(from, pos.seq), pin
+			}
 			return n.take(ctx, id, rec, seq, claim.Discard, claim.Persistent, pos, n.sessionRecords(id))
 		}
 		discard := claim.Discard
@@ -742,9 +969,15 @@ func (n *Node) ClaimSession(ctx context.Context, claim broker.SessionClaim) erro
 		} else if d {
 			discard = true
 		}
+		asked = true
 		pos, err := n.release(ctx, id, rec)
 		if err != nil {
 			return err
+		}
+		if f := n.sess.afterRelease.Load(); f != nil {
+			if err := (*f)(id); err != nil {
+				return unavailable(err.Error())
+			}
 		}
 		pos.since, pos.from, pos.pin = since, min(from, pos.seq), pin
 		// The old home's last changes are written: read the record again.
@@ -779,6 +1012,9 @@ type releaseReply struct {
 	// Routed is the stream sequence up to which the old home routed
 	// durable messages with the session present.
 	Routed uint64 `json:"routed"`
+	// Busy: the old home remembers too many sessions given up to give
+	// up another now (maxReleased).
+	Busy bool `json:"busy,omitempty"`
 }
 
 type releaseRequest struct {
@@ -822,7 +1058,8 @@ func (n *Node) release(ctx context.Context, id string, rec *sessionRecord) (posi
 	if err == nil {
 		var r releaseReply
 		if json.Unmarshal(m.Data, &r) != nil || !r.OK {
-			return position{}, unavailable("the session's node could not give it up: " + r.Error)
+			return position{}, &broker.ClaimRefused{Reason: "the session's node could not give it up: " + r.Error,
+				Unavailable: true, Busy: r.Busy}
 		}
 		return position{seq: r.Routed, replay: true}, nil
 	}
@@ -1259,6 +1496,13 @@ func (n *Node) handleRelease(m *nats.Msg) {
 		reply(releaseReply{Error: "no broker"})
 		return
 	}
+	if n.releaseFull(req.Client) {
+		// It could not answer a claim that fails afterwards with the
+		// position it gives the session up at: it keeps the session.
+		n.log.Warn("cluster: a session not given up: too many given up in the last minutes", "client", req.Client)
+		reply(releaseReply{Error: "too many sessions given up recently", Busy: true})
+		return
+	}
 	n.dur.routeMu.Lock()
 	released := b.ReleaseSession(req.Client)
 	routed := n.dur.routed
@@ -1266,7 +1510,9 @@ func (n *Node) handleRelease(m *nats.Msg) {
 	if f := n.sess.beforeReply.Load(); f != nil {
 		(*f)(req.Client)
 	}
-	n.unhome(req.Client)
+	// A session given up already (a claim failed after that) is
+	// answered with the position it was given up at.
+	routed = n.giveUp(req.Client, released, routed)
 	done := make(chan error, 1)
 	p.Persist(nil, func(err error) { done <- err })
 	select {
