@@ -14,6 +14,7 @@ import (
 	"github.com/moatmq/moat/client"
 	"github.com/moatmq/moat/internal/broker"
 	"github.com/moatmq/moat/internal/packet"
+	"github.com/moatmq/moat/internal/testutil"
 )
 
 // publishBurst publishes n messages per publisher at qos on topic,
@@ -376,4 +377,88 @@ func TestSessionMoveFailedClaimBounds(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestSessionMoveQoS0NotTwice: a session connected on its home, with
+// queue_qos0, moves to the node whose client publishes QoS 0 messages
+// during the claim. Those the old home sent to the connection before it
+// gave the session up are not replayed to it on the new node; those
+// published after are, once each.
+func TestSessionMoveQoS0NotTwice(t *testing.T) {
+	nodes, err := startNodesHooked(t, t.TempDir(), freePorts(t, 3), nil, func(bc *broker.Config) {
+		bc.QueueQoS0 = true
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, _ := dialSession(t, nodes[0].addr, "q0mover", client.V5)
+	subscribe(t, old, 0, "q0/#")
+	pubs := []*client.Client{dial(t, nodes[1].addr, "q0pub", client.V5)}
+	const each = 20
+	publish := func(phase string) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		return publishBurst(ctx, pubs, "q0/"+phase, each, 0, 0)
+	}
+	// The node's interest in q0/# must have reached the publishing node.
+	testutil.WaitFor(t, "n2 to see n1's interest", 30*time.Second, func() bool { return nodes[1].node.wantsQoS0("q0/x") })
+
+	var errs []error
+	var errMu sync.Mutex
+	note := func(err error) {
+		errMu.Lock()
+		defer errMu.Unlock()
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	var before, after sync.Once
+	beforeRelease := func(id string) {
+		before.Do(func() {
+			// Published after the claim began, and sent by the old home
+			// to the connection, which receives them.
+			if err := publish("before"); err != nil {
+				note(err)
+				return
+			}
+			deadline := time.After(30 * time.Second)
+			for got := 0; got < each; got++ {
+				select {
+				case m := <-old.Messages():
+					if m.Topic != "q0/before" {
+						note(fmt.Errorf("unexpected message %q on %s on the old home", m.Payload, m.Topic))
+						return
+					}
+				case <-deadline:
+					note(fmt.Errorf("the old home's connection received %d of %d", got, each))
+					return
+				}
+			}
+		})
+	}
+	beforeReply := func(id string) { after.Do(func() { note(publish("after")) }) }
+	nodes[1].node.sess.beforeRelease.Store(&beforeRelease)
+	nodes[0].node.sess.beforeReply.Store(&beforeReply)
+	sub, present := dialSession(t, nodes[1].addr, "q0mover", client.V5)
+	nodes[1].node.sess.beforeRelease.Store(nil)
+	nodes[0].node.sess.beforeReply.Store(nil)
+	for _, err := range errs {
+		t.Fatal(err)
+	}
+	if !present {
+		t.Fatal("Session Present 0 on n2")
+	}
+	deadline := time.After(30 * time.Second)
+	for i := range each {
+		select {
+		case m := <-sub.Messages():
+			var p, j int
+			if _, err := fmt.Sscanf(string(m.Payload), "%d %d", &p, &j); err != nil || m.Topic != "q0/after" || j != i {
+				t.Fatalf("message %q on %s, want %d on q0/after (a duplicate of what the old home sent?)", m.Payload, m.Topic, i)
+			}
+		case <-deadline:
+			t.Fatalf("received %d of %d messages published after the old home gave the session up", i, each)
+		}
+	}
+	expectNone(t, sub, time.Second)
 }

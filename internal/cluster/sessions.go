@@ -101,6 +101,11 @@ type sessionsState struct {
 	claims  atomic.Int32
 	ownMu   sync.Mutex
 	ownRefs map[*broker.Message]string
+	// ownQoS0 names, likewise, this node's QoS 0 messages forwarded to
+	// other nodes by their sequence number (at most maxOwnRefs), so that
+	// the claim skips those the old home sent to the session's
+	// connection.
+	ownQoS0 map[*broker.Message]uint64
 	// beforeImport, in tests, runs while a claim imports a session, just
 	// before the broker has it; afterImport right after, while the
 	// session holds back what routing delivers to it.
@@ -113,6 +118,9 @@ type sessionsState struct {
 	// answer; an error fails the claim there (as a failed write of the
 	// session record would).
 	afterRelease atomic.Pointer[func(id string) error]
+	// beforeRelease, in tests, runs when a claim is about to ask the
+	// old home to give the session up.
+	beforeRelease atomic.Pointer[func(id string)]
 	// releaseWait, in tests, replaces the 5 s a claim waits at most for
 	// the old home's answer.
 	releaseWait time.Duration
@@ -299,7 +307,7 @@ type sessionBroker interface {
 	ImportSession(cs *broker.ClusterSession)
 	FindLocal(clientID string, since int64) *broker.LocalReplay
 	PinRecent() *broker.RecentPin
-	ReleaseSession(clientID string) bool
+	ReleaseSession(clientID string) (released, online bool)
 	DiscardConnectionWill(clientID string)
 	DeliverToSession(clientID string, msg *broker.Message, done func(error)) bool
 }
@@ -356,10 +364,14 @@ const (
 )
 
 // releasedAt is the position at which this node gave a session up, and
-// when.
+// when; qos0 is the highest sequence number of the messages of origin,
+// the claiming node's run, routed to the session's connection (see
+// releaseReply).
 type releasedAt struct {
-	seq uint64
-	at  time.Time
+	seq    uint64
+	origin string
+	qos0   uint64
+	at     time.Time
 }
 
 // failedClaim is the start of a claim that failed after its old home
@@ -386,29 +398,33 @@ func (n *Node) releaseFull(id string) bool {
 }
 
 // giveUp stops writing the session of id, given up to another node
-// whose claim asked for it when this node had routed the durable stream
-// up to routed (released: the broker had the session). It returns the
-// position to answer: routed when this node had the session; when it
-// had given it up already (an earlier claim failed afterwards), the
-// position it gave it up at; when this node had taken the home of it
-// without importing it (a claim of its own that failed afterwards), the
-// position that claim had.
-func (n *Node) giveUp(id string, released bool, routed uint64) uint64 {
+// (its run origin) whose claim asked for it when this node had routed
+// the durable stream up to routed and that node's messages up to qos0
+// (released: the broker had the session). It returns the answer: routed
+// and qos0 when this node had the session; when it had given it up
+// already (an earlier claim failed afterwards), what it answered then
+// (qos0 for the same claiming node only); when this node had taken the
+// home of it without importing it (a claim of its own that failed
+// afterwards), the position that claim had.
+func (n *Node) giveUp(id string, released bool, routed uint64, origin string, qos0 uint64) (uint64, uint64) {
 	s := &n.sess
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := time.Now()
 	_, homed := s.homed[id]
 	if pos, ok := s.pending[id]; !released && !homed && ok && pos.replay {
-		routed = pos.seq
+		routed, qos0 = pos.seq, 0
 	} else if r, ok := s.released[id]; !released && !homed && ok {
-		routed = r.seq
+		routed, qos0 = r.seq, 0
+		if r.origin == origin {
+			qos0 = r.qos0
+		}
 	}
-	s.released[id] = releasedAt{seq: routed, at: now}
+	s.released[id] = releasedAt{seq: routed, origin: origin, qos0: qos0, at: now}
 	delete(s.homed, id)
 	delete(s.pending, id)
 	s.gone[id] = now
-	return routed
+	return routed, qos0
 }
 
 // pruneReleasedLocked forgets the positions given more than releasedFor
@@ -499,6 +515,30 @@ func (n *Node) noteOwn(msg *broker.Message, ref string) {
 	}
 }
 
+// noteOwnQoS0 records the sequence number seq with which msg, a QoS 0
+// message of this node's client, was forwarded to the other nodes,
+// while a claim is under way.
+func (n *Node) noteOwnQoS0(msg *broker.Message, seq uint64) {
+	if n.sess.claims.Load() == 0 || msg.QoS != 0 {
+		return
+	}
+	n.sess.ownMu.Lock()
+	defer n.sess.ownMu.Unlock()
+	if n.sess.ownQoS0 == nil {
+		n.sess.ownQoS0 = make(map[*broker.Message]uint64)
+	}
+	if len(n.sess.ownQoS0) < maxOwnRefs {
+		n.sess.ownQoS0[msg] = seq
+	}
+}
+
+// ownQoS0Seq returns the sequence number noteOwnQoS0 has for msg (0: none).
+func (n *Node) ownQoS0Seq(msg *broker.Message) uint64 {
+	n.sess.ownMu.Lock()
+	defer n.sess.ownMu.Unlock()
+	return n.sess.ownQoS0[msg]
+}
+
 // ownRef returns the ID in the durable stream of msg, if noteOwn has it.
 func (n *Node) ownRef(msg *broker.Message) string {
 	n.sess.ownMu.Lock()
@@ -513,7 +553,7 @@ func (n *Node) beginClaim() { n.sess.claims.Add(1) }
 func (n *Node) endClaim() {
 	if n.sess.claims.Add(-1) == 0 {
 		n.sess.ownMu.Lock()
-		n.sess.ownRefs = nil
+		n.sess.ownRefs, n.sess.ownQoS0 = nil, nil
 		n.sess.ownMu.Unlock()
 	}
 }
@@ -969,6 +1009,9 @@ func (n *Node) ClaimSession(ctx context.Context, claim broker.SessionClaim) (err
 		} else if d {
 			discard = true
 		}
+		if f := n.sess.beforeRelease.Load(); f != nil {
+			(*f)(id)
+		}
 		asked = true
 		pos, err := n.release(ctx, id, rec)
 		if err != nil {
@@ -1015,10 +1058,19 @@ type releaseReply struct {
 	// Busy: the old home remembers too many sessions given up to give
 	// up another now (maxReleased).
 	Busy bool `json:"busy,omitempty"`
+	// QoS0 is, when a connection was attached to the session, the highest
+	// sequence number of the claiming node's forwarded messages that the
+	// old home routed before it gave the session up: its QoS 0 messages
+	// up to there went to that connection (or were dropped with it), and
+	// the claim does not replay them (0: replay every one).
+	QoS0 uint64 `json:"qos0,omitempty"`
 }
 
 type releaseRequest struct {
 	Client string `json:"client"`
+	// Origin is the claiming node's run (see releaseReply.QoS0); an
+	// earlier build sends none.
+	Origin string `json:"origin,omitempty"`
 }
 
 // position is where, in the durable stream, the messages of other nodes
@@ -1036,13 +1088,17 @@ type position struct {
 	// pin holds the broker's record of recent messages from before
 	// since (nil: not held; the replay then finds the last second only).
 	pin *broker.RecentPin
+	// qos0: this node's QoS 0 messages forwarded with sequence numbers
+	// up to qos0 went to the session's connection on the old home
+	// (releaseReply.QoS0).
+	qos0 uint64
 }
 
 // release asks the old home of a session to give it up. A home that is
 // gone (no responder on its control subject) is asked nothing: the
 // position is then its durable consumer's acknowledgement floor.
 func (n *Node) release(ctx context.Context, id string, rec *sessionRecord) (position, error) {
-	data, _ := json.Marshal(releaseRequest{Client: id})
+	data, _ := json.Marshal(releaseRequest{Client: id, Origin: n.origin})
 	// Half of what is left, at most 5 s: a home that does not answer in
 	// time is looked at again (is it still connected?) within the claim.
 	wait := 5 * time.Second
@@ -1061,7 +1117,7 @@ func (n *Node) release(ctx context.Context, id string, rec *sessionRecord) (posi
 			return position{}, &broker.ClaimRefused{Reason: "the session's node could not give it up: " + r.Error,
 				Unavailable: true, Busy: r.Busy}
 		}
-		return position{seq: r.Routed, replay: true}, nil
+		return position{seq: r.Routed, replay: true, qos0: r.QoS0}, nil
 	}
 	if !errors.Is(err, nats.ErrNoResponders) {
 		if n.peerConnected(rec.Node) {
@@ -1304,6 +1360,12 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 	}
 	if cs.Hold {
 		skip := func(m *broker.Message) bool {
+			if pos.qos0 != 0 {
+				// Sent by the old home to the session's connection.
+				if seq := n.ownQoS0Seq(m); seq != 0 && seq <= pos.qos0 {
+					return true
+				}
+			}
 			ref := n.ownRef(m)
 			return ref != "" && (have[ref] || reached[ref])
 		}
@@ -1477,7 +1539,8 @@ func (n *Node) serveControl() error {
 
 // handleRelease gives up a session for the node that claims it: the
 // broker takes its connection over and removes it, with the routing of
-// durable messages paused so that the position reported is exact; then
+// durable messages and the receipt of the other nodes' messages paused
+// so that the positions reported are exact; then
 // this node stops writing the session, and answers once everything it
 // wrote before is committed.
 func (n *Node) handleRelease(m *nats.Msg) {
@@ -1503,16 +1566,24 @@ func (n *Node) handleRelease(m *nats.Msg) {
 		reply(releaseReply{Error: "too many sessions given up recently", Busy: true})
 		return
 	}
+	// The claiming node's messages handed to the broker before the
+	// session went (recvMu held) reached its connection, if any.
+	n.recvMu.Lock()
 	n.dur.routeMu.Lock()
-	released := b.ReleaseSession(req.Client)
+	released, online := b.ReleaseSession(req.Client)
 	routed := n.dur.routed
 	n.dur.routeMu.Unlock()
+	var qos0 uint64
+	if online && req.Origin != "" {
+		qos0 = n.recvLast[req.Origin]
+	}
+	n.recvMu.Unlock()
 	if f := n.sess.beforeReply.Load(); f != nil {
 		(*f)(req.Client)
 	}
 	// A session given up already (a claim failed after that) is
-	// answered with the position it was given up at.
-	routed = n.giveUp(req.Client, released, routed)
+	// answered with what was answered then.
+	routed, qos0 = n.giveUp(req.Client, released, routed, req.Origin, qos0)
 	done := make(chan error, 1)
 	p.Persist(nil, func(err error) { done <- err })
 	select {
@@ -1528,7 +1599,7 @@ func (n *Node) handleRelease(m *nats.Msg) {
 		n.dstats.sessionsOut.Add(1)
 		n.log.Info("cluster: session handed over to another node", "client", req.Client)
 	}
-	reply(releaseReply{OK: true, Routed: routed})
+	reply(releaseReply{OK: true, Routed: routed, QoS0: qos0})
 }
 
 // importHomeSessions imports, when the node starts, the sessions whose
