@@ -904,30 +904,32 @@ func (n *Node) ClaimSession(ctx context.Context, claim broker.SessionClaim) (err
 	var pin *broker.RecentPin
 	var since int64
 	var from uint64
+	var failedAt time.Time // when the claim resumed here first failed
 	// asked: an old home may have given the session up for this claim
 	// (or for the failed one it resumes); if it fails, the session may
 	// be on no node, and the next claim must replay from this one's
 	// start.
-	asked := false
+	asked, resumed := false, false
 	if f := n.resumeFailed(id); f != nil {
 		if claim.Discard {
 			n.dropFailed(id, f, "") // a clean start replays nothing
 		} else {
 			// A claim of this node that failed after its old home was
 			// asked: this one goes on from its start.
-			since, from, pin, asked = f.since, f.from, f.pin, true
+			since, from, pin, asked, failedAt = f.since, f.from, f.pin, true, f.at
 			n.endClaim() // f's count, now this claim's
+			resumed = true
 		}
 	} else if !claim.Discard && n.failedFull() {
 		return &broker.ClaimRefused{Reason: "too many claims of sessions failed here recently; try again",
 			Unavailable: true, Busy: true}
 	}
-	if pin == nil && !claim.Discard {
+	if !resumed {
 		// The broker's record of recent messages keeps every arrival
 		// from here on until the session is imported and its messages
 		// are found (take), within its bound: a claim that waits long
 		// for the old home misses none. A clean start replays nothing.
-		if b, ok := n.b.(sessionBroker); ok {
+		if b, ok := n.b.(sessionBroker); ok && !claim.Discard {
 			pin = b.PinRecent()
 		}
 		n.dur.routeMu.Lock()
@@ -937,7 +939,12 @@ func (n *Node) ClaimSession(ctx context.Context, claim broker.SessionClaim) (err
 	defer func() {
 		switch {
 		case err != nil && asked && !claim.Discard:
-			n.keepFailed(id, &failedClaim{since: since, from: from, pin: pin, at: time.Now()})
+			// Kept from its first failure: claims that keep failing
+			// do not keep the record pinned longer.
+			if failedAt.IsZero() {
+				failedAt = time.Now()
+			}
+			n.keepFailed(id, &failedClaim{since: since, from: from, pin: pin, at: failedAt})
 		case pin != nil:
 			pin.Release()
 		}
