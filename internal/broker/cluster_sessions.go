@@ -167,14 +167,16 @@ func (s *Server) ImportSession(cs *ClusterSession) {
 // MQTT 5 [MQTT-3.1.4-3]) and detached as on one node, and the session is
 // then removed from this node without its will (its new home keeps it)
 // and without changes to the Persistence. It reports whether a session
-// was removed. Safe for concurrent use.
-func (s *Server) ReleaseSession(clientID string) bool {
+// was removed, and whether a connection was attached to it (the QoS 0
+// messages routed to it until then went to that connection, or were
+// dropped with it). Safe for concurrent use.
+func (s *Server) ReleaseSession(clientID string) (released, online bool) {
 	for {
 		s.sessMu.Lock()
 		sess := s.lookup(clientID)
 		if sess == nil {
 			s.sessMu.Unlock()
-			return false
+			return false, online
 		}
 		sess.mu.Lock()
 		oc := sess.conn
@@ -183,8 +185,9 @@ func (s *Server) ReleaseSession(clientID string) bool {
 			dropped := s.dropSessionLocked(sess)
 			s.sessMu.Unlock()
 			dropped()
-			return true
+			return true, online
 		}
+		online = true
 		s.sessMu.Unlock()
 		oc.log.Info("broker: session taken over by a connection on another node")
 		oc.takenOver.Store(true)

@@ -167,6 +167,13 @@ type Node struct {
 	srv    *server.Server
 	nc     *nats.Conn
 	in     chan *nats.Msg // messages of other nodes, in arrival order
+	// recvLast holds, per other node's run, the highest sequence number
+	// of its messages handed to the broker (receiveLoop); recvMu guards
+	// it and is held while a message is handed over, so that a session
+	// given up (handleRelease) knows which of the claiming node's
+	// messages it was routed.
+	recvMu   sync.Mutex
+	recvLast map[string]uint64
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -587,10 +594,12 @@ func (n *Node) Forward(msg *broker.Message) {
 		n.forwardFailed("cluster: topic too long to forward; delivered on this node only", msg.Topic, nil)
 		return
 	}
-	if err := n.publishForwarded(subj, data, msg); err != nil {
+	seq, err := n.publishForwarded(subj, data, msg)
+	if err != nil {
 		n.forwardFailed("cluster: message not forwarded", msg.Topic, err)
 		return
 	}
+	n.noteOwnQoS0(msg, seq) // for a claim under way (sessions.go)
 	n.stats.forwarded.Add(1)
 }
 
@@ -617,12 +626,13 @@ func (n *Node) number(m *nats.Msg) {
 // the shared subscriptions' forwardShared), numbered under pubMu with the
 // publication itself: a receiving node drops copies by the numbers, which
 // must rise in the order the messages leave.
-func (n *Node) publishForwarded(subj string, data []byte, msg *broker.Message) error {
+// It returns the number.
+func (n *Node) publishForwarded(subj string, data []byte, msg *broker.Message) (uint64, error) {
 	m := n.forwardedMsg(subj, data, msg)
 	n.pubMu.Lock()
 	defer n.pubMu.Unlock()
 	n.number(m)
-	return n.nc.PublishMsg(m)
+	return n.seq, n.nc.PublishMsg(m)
 }
 
 // forwardLogEvery is the least interval between two log lines of failed
@@ -681,7 +691,12 @@ func (r *rateLog) allow(now time.Time, every time.Duration) (ok bool, suppressed
 // node's sequence numbers rise in the order it published, and one
 // connection delivers them in that order.
 func (n *Node) receiveLoop() {
-	last := make(map[string]uint64) // origin → highest sequence number delivered
+	n.recvMu.Lock()
+	if n.recvLast == nil {
+		n.recvLast = make(map[string]uint64)
+	}
+	last := n.recvLast // origin → highest sequence number delivered
+	n.recvMu.Unlock()
 	for {
 		var m *nats.Msg
 		select {
@@ -698,19 +713,23 @@ func (n *Node) receiveLoop() {
 			n.stats.decodeErrors.Add(1)
 			continue
 		}
+		n.recvMu.Lock()
 		if seq <= last[origin] {
+			n.recvMu.Unlock()
 			n.stats.duplicates.Add(1)
 			continue
 		}
 		last[origin] = seq
 		msg, err := decodeMessage(m.Data, m.Header.Get(hdrFrom), time.Now())
 		if err != nil {
+			n.recvMu.Unlock()
 			n.stats.decodeErrors.Add(1)
 			n.log.Warn("cluster: malformed message from another node dropped", "origin", origin, "err", err)
 			continue
 		}
 		n.stats.received.Add(1)
 		n.b.DeliverRemote(msg)
+		n.recvMu.Unlock()
 	}
 }
 

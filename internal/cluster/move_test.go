@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -12,6 +14,7 @@ import (
 	"github.com/moatmq/moat/client"
 	"github.com/moatmq/moat/internal/broker"
 	"github.com/moatmq/moat/internal/packet"
+	"github.com/moatmq/moat/internal/testutil"
 )
 
 // publishBurst publishes n messages per publisher at qos on topic,
@@ -206,4 +209,256 @@ func TestSessionMoveOverrunBusy(t *testing.T) {
 			t.Fatal("the resumed session's subscription delivered nothing")
 		}
 	}
+}
+
+// TestSessionMoveFailedClaimLossless: a claim fails after the old home
+// gave the session up (the write of the session record fails), and the
+// session is claimed again, on the same node or on another: it receives
+// once each message published meanwhile, on the new node (QoS 0 with
+// queue_qos0, and QoS 1) and, at QoS 1, on the third node, while the old
+// home gave the session up, while the failing claim went on and between
+// the two claims. The old home answers the second claim with the
+// position it gave the session up at; the new node's second claim
+// resumes the first from its start, pin included; a second claim on the
+// third node, or on the old home itself, replays the QoS 1 messages from
+// that position.
+func TestSessionMoveFailedClaimLossless(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		qos   byte
+		again int // the node of the second claim
+	}{{"qos0", 0, 1}, {"qos1", 1, 1}, {"qos1-elsewhere", 1, 2}, {"qos1-oldhome", 1, 0}} {
+		t.Run(tc.name, func(t *testing.T) { testSessionMoveFailedClaim(t, tc.qos, tc.again) })
+	}
+}
+
+func testSessionMoveFailedClaim(t *testing.T, qos byte, again int) {
+	nodes, err := startNodesHooked(t, t.TempDir(), freePorts(t, 3), nil, func(bc *broker.Config) {
+		bc.MaxQueued, bc.QueueQoS0 = 10000, true
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub, _ := dialSession(t, nodes[0].addr, "failmover", client.V5)
+	subscribe(t, sub, 1, "gap/#")
+	disconnect(t, sub)
+	// QoS 0 messages of other nodes are not in the durable stream: a
+	// moving session is promised those of its new node only.
+	pubs := []*client.Client{dial(t, nodes[1].addr, "gappub1", client.V5)}
+	if qos > 0 {
+		pubs = append(pubs, dial(t, nodes[2].addr, "gappub2", client.V5))
+	}
+	const each = 20
+	want := make(map[string]bool)
+	publish := func(phase string) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		for p := range pubs {
+			for i := range each {
+				want[fmt.Sprintf("gap/%s %d %d", phase, p, i)] = true
+			}
+		}
+		return publishBurst(ctx, pubs, "gap/"+phase, each, 0, qos)
+	}
+
+	// The old home gives the session up, and messages are published
+	// before it answers; then the claim fails after the answer, with
+	// more published meanwhile.
+	var errs []error
+	var errMu sync.Mutex
+	note := func(err error) {
+		errMu.Lock()
+		defer errMu.Unlock()
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	var released, failed sync.Once
+	beforeReply := func(id string) { released.Do(func() { note(publish("released")) }) }
+	afterRelease := func(id string) (err error) {
+		failed.Do(func() {
+			note(publish("failing"))
+			err = errors.New("storing the session failed (test)")
+		})
+		return err
+	}
+	nodes[0].node.sess.beforeReply.Store(&beforeReply)
+	nodes[1].node.sess.afterRelease.Store(&afterRelease)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, err = client.Dial(ctx, client.Config{Servers: []string{"tcp://" + nodes[1].addr}, ClientID: "failmover",
+		Version: client.V5, SessionExpiry: 600})
+	nodes[0].node.sess.beforeReply.Store(nil)
+	nodes[1].node.sess.afterRelease.Store(nil)
+	var re *client.ReasonError
+	if !errors.As(err, &re) || re.Code != packet.ServerUnavailable {
+		t.Fatalf("connect during the failing claim: %v, want CONNACK 0x88", err)
+	}
+	note(publish("between"))
+	for _, err := range errs {
+		t.Fatal(err)
+	}
+	if len(want) != 3*each*len(pubs) {
+		t.Fatalf("%d messages published, want %d (a hook did not run)", len(want), 3*each*len(pubs))
+	}
+
+	sub2, present := dialSession(t, nodes[again].addr, "failmover", client.V5)
+	if !present {
+		t.Fatal("Session Present 0 after the failed claim")
+	}
+	deadline := time.After(30 * time.Second)
+	for len(want) > 0 {
+		select {
+		case m := <-sub2.Messages():
+			var p, i int
+			if _, err := fmt.Sscanf(string(m.Payload), "%d %d", &p, &i); err != nil {
+				t.Fatalf("unexpected message %q on %s", m.Payload, m.Topic)
+			}
+			key := fmt.Sprintf("%s %d %d", m.Topic, p, i)
+			if !want[key] {
+				t.Fatalf("message %s unexpected or received twice", key)
+			}
+			delete(want, key)
+		case <-deadline:
+			t.Fatalf("%d messages never received: %v", len(want), slices.Sorted(maps.Keys(want)))
+		}
+	}
+	expectNone(t, sub2, time.Second)
+}
+
+// TestSessionMoveFailedClaimBounds: a node that remembers as many
+// sessions given up as it may (maxReleased) keeps the session rather
+// than give it up, and a node that keeps as many failed claims as it may
+// (maxFailedClaims) asks nothing: either way the claim is refused with
+// CONNACK 0x89 (Server busy), and the session stays whole on its home.
+func TestSessionMoveFailedClaimBounds(t *testing.T) {
+	for _, full := range []string{"released", "failed"} {
+		t.Run(full, func(t *testing.T) {
+			nodes, err := startNodesHooked(t, t.TempDir(), freePorts(t, 3), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sub, _ := dialSession(t, nodes[0].addr, "bounded", client.V5)
+			subscribe(t, sub, 1, "bound/#")
+			disconnect(t, sub)
+			switch full {
+			case "released":
+				s := &nodes[0].node.sess
+				s.mu.Lock()
+				for i := range maxReleased {
+					s.released[fmt.Sprintf("other%d", i)] = releasedAt{at: time.Now()}
+				}
+				s.mu.Unlock()
+			case "failed":
+				for i := range maxFailedClaims {
+					nodes[1].node.keepFailed(fmt.Sprintf("other%d", i), &failedClaim{at: time.Now()})
+				}
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			_, err = client.Dial(ctx, client.Config{Servers: []string{"tcp://" + nodes[1].addr}, ClientID: "bounded",
+				Version: client.V5, SessionExpiry: 600})
+			var re *client.ReasonError
+			if !errors.As(err, &re) || re.Code != packet.ServerBusy {
+				t.Fatalf("connect: %v, want CONNACK 0x89", err)
+			}
+			sub2, present := dialSession(t, nodes[0].addr, "bounded", client.V5)
+			if !present {
+				t.Fatal("Session Present 0 on the home after the refused claim")
+			}
+			pub := dial(t, nodes[0].addr, "boundpub", client.V5)
+			if err := pub.Publish(ctx, &client.Message{Topic: "bound/x", QoS: 1, Payload: []byte("1 1")}); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-sub2.Messages():
+			case <-ctx.Done():
+				t.Fatal("the session's subscription delivered nothing")
+			}
+		})
+	}
+}
+
+// TestSessionMoveQoS0NotTwice: a session connected on its home, with
+// queue_qos0, moves to the node whose client publishes QoS 0 messages
+// during the claim. Those the old home sent to the connection before it
+// gave the session up are not replayed to it on the new node; those
+// published after are, once each.
+func TestSessionMoveQoS0NotTwice(t *testing.T) {
+	nodes, err := startNodesHooked(t, t.TempDir(), freePorts(t, 3), nil, func(bc *broker.Config) {
+		bc.QueueQoS0 = true
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, _ := dialSession(t, nodes[0].addr, "q0mover", client.V5)
+	subscribe(t, old, 0, "q0/#")
+	pubs := []*client.Client{dial(t, nodes[1].addr, "q0pub", client.V5)}
+	const each = 20
+	publish := func(phase string) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		return publishBurst(ctx, pubs, "q0/"+phase, each, 0, 0)
+	}
+	// The node's interest in q0/# must have reached the publishing node.
+	testutil.WaitFor(t, "n2 to see n1's interest", 30*time.Second, func() bool { return nodes[1].node.wantsQoS0("q0/x") })
+
+	var errs []error
+	var errMu sync.Mutex
+	note := func(err error) {
+		errMu.Lock()
+		defer errMu.Unlock()
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	var before, after sync.Once
+	beforeRelease := func(id string) {
+		before.Do(func() {
+			// Published after the claim began, and sent by the old home
+			// to the connection, which receives them.
+			if err := publish("before"); err != nil {
+				note(err)
+				return
+			}
+			deadline := time.After(30 * time.Second)
+			for got := 0; got < each; got++ {
+				select {
+				case m := <-old.Messages():
+					if m.Topic != "q0/before" {
+						note(fmt.Errorf("unexpected message %q on %s on the old home", m.Payload, m.Topic))
+						return
+					}
+				case <-deadline:
+					note(fmt.Errorf("the old home's connection received %d of %d", got, each))
+					return
+				}
+			}
+		})
+	}
+	beforeReply := func(id string) { after.Do(func() { note(publish("after")) }) }
+	nodes[1].node.sess.beforeRelease.Store(&beforeRelease)
+	nodes[0].node.sess.beforeReply.Store(&beforeReply)
+	sub, present := dialSession(t, nodes[1].addr, "q0mover", client.V5)
+	nodes[1].node.sess.beforeRelease.Store(nil)
+	nodes[0].node.sess.beforeReply.Store(nil)
+	for _, err := range errs {
+		t.Fatal(err)
+	}
+	if !present {
+		t.Fatal("Session Present 0 on n2")
+	}
+	deadline := time.After(30 * time.Second)
+	for i := range each {
+		select {
+		case m := <-sub.Messages():
+			var p, j int
+			if _, err := fmt.Sscanf(string(m.Payload), "%d %d", &p, &j); err != nil || m.Topic != "q0/after" || j != i {
+				t.Fatalf("message %q on %s, want %d on q0/after (a duplicate of what the old home sent?)", m.Payload, m.Topic, i)
+			}
+		case <-deadline:
+			t.Fatalf("received %d of %d messages published after the old home gave the session up", i, each)
+		}
+	}
+	expectNone(t, sub, time.Second)
 }

@@ -46,7 +46,11 @@ import (
 // messages of the durable stream after that position that it routed
 // before the session was here. When the old home is gone (no responder),
 // the position is the acknowledgement floor of its durable consumer. A
-// node that starts imports the sessions whose home it was.
+// node that starts imports the sessions whose home it was. A claim that
+// fails after the old home gave the session up leaves it on no node:
+// the old home answers the next claim with the position it gave it up
+// at (released), and the node whose claim failed resumes it from its
+// start (failed), so that the next claim replays what reached neither.
 
 const (
 	streamSessions = "moat_sessions"
@@ -71,6 +75,19 @@ type sessionsState struct {
 	// An entry is removed when the session is imported or discarded,
 	// when the write lost a race, and when the session is given up.
 	pending map[string]position
+	// released holds, for releasedFor, the position in the durable
+	// stream at which this node gave each session up (at most
+	// maxReleased): a claim that fails after that leaves the session on
+	// no node, and the next claim is answered with this position rather
+	// than the current one, so that it replays what the session missed
+	// meanwhile (handleRelease).
+	released map[string]releasedAt
+	// failed holds, for failedFor, the start of each claim of this node
+	// that failed after its old home was asked to give the session up
+	// (at most maxFailedClaims): the next claim of the same client ID on
+	// this node resumes it, pin included, so that it replays this
+	// node's messages from the first claim's start (ClaimSession).
+	failed map[string]*failedClaim
 
 	stream jetstream.Stream // set before ready closes
 	js     jetstream.JetStream
@@ -84,6 +101,11 @@ type sessionsState struct {
 	claims  atomic.Int32
 	ownMu   sync.Mutex
 	ownRefs map[*broker.Message]string
+	// ownQoS0 names, likewise, this node's QoS 0 messages forwarded to
+	// other nodes by their sequence number (at most maxOwnRefs), so that
+	// the claim skips those the old home sent to the session's
+	// connection.
+	ownQoS0 map[*broker.Message]uint64
 	// beforeImport, in tests, runs while a claim imports a session, just
 	// before the broker has it; afterImport right after, while the
 	// session holds back what routing delivers to it.
@@ -92,6 +114,13 @@ type sessionsState struct {
 	// given a session up and is about to answer the claim (a slow old
 	// home).
 	beforeReply atomic.Pointer[func(id string)]
+	// afterRelease, in tests, runs when a claim has the old home's
+	// answer; an error fails the claim there (as a failed write of the
+	// session record would).
+	afterRelease atomic.Pointer[func(id string) error]
+	// beforeRelease, in tests, runs when a claim is about to ask the
+	// old home to give the session up.
+	beforeRelease atomic.Pointer[func(id string)]
 	// releaseWait, in tests, replaces the 5 s a claim waits at most for
 	// the old home's answer.
 	releaseWait time.Duration
@@ -267,6 +296,8 @@ func (s *sessionsState) init() {
 	s.homed = make(map[string]*homeState)
 	s.gone = make(map[string]time.Time)
 	s.pending = make(map[string]position)
+	s.released = make(map[string]releasedAt)
+	s.failed = make(map[string]*failedClaim)
 	s.ready = make(chan struct{})
 }
 
@@ -276,7 +307,7 @@ type sessionBroker interface {
 	ImportSession(cs *broker.ClusterSession)
 	FindLocal(clientID string, since int64) *broker.LocalReplay
 	PinRecent() *broker.RecentPin
-	ReleaseSession(clientID string) bool
+	ReleaseSession(clientID string) (released, online bool)
 	DiscardConnectionWill(clientID string)
 	DeliverToSession(clientID string, msg *broker.Message, done func(error)) bool
 }
@@ -309,6 +340,154 @@ func (n *Node) setHome(id string, hs *homeState) {
 	defer n.sess.mu.Unlock()
 	n.sess.homed[id] = hs
 	delete(n.sess.gone, id)
+	delete(n.sess.released, id)
+}
+
+// Bounds of what a failed claim leaves behind (docs/cluster.md,
+// "Sessions", "A claim that fails").
+const (
+	// maxReleased bounds sessionsState.released: beyond it, this node
+	// gives no session up (the claim is refused, CONNACK 0x89) until
+	// entries expire.
+	maxReleased = 1 << 16
+	// releasedFor is how long a position given is remembered.
+	releasedFor = 10 * time.Minute
+	// maxFailedClaims bounds sessionsState.failed: beyond it (plus the
+	// claims under way), a claim that no failed one resumes is refused
+	// before it asks anything (CONNACK 0x89).
+	maxFailedClaims = 1024
+	// failedFor is how long a failed claim is kept for the next one;
+	// its pin holds the record of recent messages meanwhile. As long as
+	// other nodes' interest markers linger (markerLinger): beyond that,
+	// their messages to the session are not in the durable stream either.
+	failedFor = markerLinger
+)
+
+// releasedAt is the position at which this node gave a session up, and
+// when; qos0 is the highest sequence number of the messages of origin,
+// the claiming node's run, routed to the session's connection (see
+// releaseReply).
+type releasedAt struct {
+	seq    uint64
+	origin string
+	qos0   uint64
+	at     time.Time
+}
+
+// failedClaim is the start of a claim that failed after its old home
+// was asked to give the session up. It counts as a claim under way
+// (beginClaim) while it is kept, so that this node's messages keep
+// being noted with their stream IDs, and owns pin.
+type failedClaim struct {
+	since int64
+	from  uint64
+	pin   *broker.RecentPin
+	at    time.Time
+}
+
+// releaseFull tells whether this node remembers as many given-up
+// sessions as it may, id's aside.
+func (n *Node) releaseFull(id string) bool {
+	n.sess.mu.Lock()
+	defer n.sess.mu.Unlock()
+	if _, ok := n.sess.released[id]; ok || len(n.sess.released) < maxReleased {
+		return false
+	}
+	n.pruneReleasedLocked(time.Now())
+	return len(n.sess.released) >= maxReleased
+}
+
+// giveUp stops writing the session of id, given up to another node
+// (its run origin) whose claim asked for it when this node had routed
+// the durable stream up to routed and that node's messages up to qos0
+// (released: the broker had the session). It returns the answer: routed
+// and qos0 when this node had the session; when it had given it up
+// already (an earlier claim failed afterwards), what it answered then
+// (qos0 for the same claiming node only); when this node had taken the
+// home of it without importing it (a claim of its own that failed
+// afterwards), the position that claim had.
+func (n *Node) giveUp(id string, released bool, routed uint64, origin string, qos0 uint64) (uint64, uint64) {
+	s := &n.sess
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := time.Now()
+	_, homed := s.homed[id]
+	if pos, ok := s.pending[id]; !released && !homed && ok && pos.replay {
+		routed, qos0 = pos.seq, 0
+	} else if r, ok := s.released[id]; !released && !homed && ok {
+		routed, qos0 = r.seq, 0
+		if r.origin == origin {
+			qos0 = r.qos0
+		}
+	}
+	s.released[id] = releasedAt{seq: routed, origin: origin, qos0: qos0, at: now}
+	delete(s.homed, id)
+	delete(s.pending, id)
+	s.gone[id] = now
+	return routed, qos0
+}
+
+// pruneReleasedLocked forgets the positions given more than releasedFor
+// ago. sess.mu held.
+func (n *Node) pruneReleasedLocked(now time.Time) {
+	for id, r := range n.sess.released {
+		if now.Sub(r.at) > releasedFor {
+			delete(n.sess.released, id)
+		}
+	}
+}
+
+// resumeFailed returns the failed claim of id kept by this node, if any,
+// and forgets it: the caller owns its pin and its count of claims.
+func (n *Node) resumeFailed(id string) *failedClaim {
+	n.sess.mu.Lock()
+	defer n.sess.mu.Unlock()
+	f := n.sess.failed[id]
+	delete(n.sess.failed, id)
+	return f
+}
+
+// failedFull tells whether this node keeps as many failed claims as it
+// may.
+func (n *Node) failedFull() bool {
+	n.sess.mu.Lock()
+	defer n.sess.mu.Unlock()
+	return len(n.sess.failed) >= maxFailedClaims
+}
+
+// keepFailed keeps f, a claim of id that failed after its old home was
+// asked to give the session up, for the next claim; it takes over f's
+// pin. A pin that lost a message (the record's bound) is not kept: the
+// claim cannot be resumed whole.
+func (n *Node) keepFailed(id string, f *failedClaim) {
+	if f.pin != nil && f.pin.Err() != nil {
+		f.pin.Release()
+		n.log.Error("cluster: the record of recent messages reached its bound during a claim that failed; "+
+			"messages published on this node meanwhile may be missing from the session when it is claimed again", "client", id)
+		return
+	}
+	n.beginClaim()
+	n.sess.mu.Lock()
+	old := n.sess.failed[id]
+	n.sess.failed[id] = f
+	n.sess.mu.Unlock()
+	if old != nil {
+		n.dropFailed(id, old, "")
+	}
+}
+
+// dropFailed ends a kept failed claim, logging why when it may cost the
+// session messages.
+func (n *Node) dropFailed(id string, f *failedClaim, why string) {
+	if f.pin != nil {
+		f.pin.Release()
+	}
+	n.endClaim()
+	if why != "" {
+		n.log.Warn("cluster: a failed claim of a session forgotten; "+
+			"messages published on this node meanwhile may be missing from the session when it is claimed again",
+			"client", id, "reason", why)
+	}
 }
 
 // unhome stops writing the session of id, given up to another node.
@@ -336,6 +515,30 @@ func (n *Node) noteOwn(msg *broker.Message, ref string) {
 	}
 }
 
+// noteOwnQoS0 records the sequence number seq with which msg, a QoS 0
+// message of this node's client, was forwarded to the other nodes,
+// while a claim is under way.
+func (n *Node) noteOwnQoS0(msg *broker.Message, seq uint64) {
+	if n.sess.claims.Load() == 0 || msg.QoS != 0 {
+		return
+	}
+	n.sess.ownMu.Lock()
+	defer n.sess.ownMu.Unlock()
+	if n.sess.ownQoS0 == nil {
+		n.sess.ownQoS0 = make(map[*broker.Message]uint64)
+	}
+	if len(n.sess.ownQoS0) < maxOwnRefs {
+		n.sess.ownQoS0[msg] = seq
+	}
+}
+
+// ownQoS0Seq returns the sequence number noteOwnQoS0 has for msg (0: none).
+func (n *Node) ownQoS0Seq(msg *broker.Message) uint64 {
+	n.sess.ownMu.Lock()
+	defer n.sess.ownMu.Unlock()
+	return n.sess.ownQoS0[msg]
+}
+
 // ownRef returns the ID in the durable stream of msg, if noteOwn has it.
 func (n *Node) ownRef(msg *broker.Message) string {
 	n.sess.ownMu.Lock()
@@ -350,7 +553,7 @@ func (n *Node) beginClaim() { n.sess.claims.Add(1) }
 func (n *Node) endClaim() {
 	if n.sess.claims.Add(-1) == 0 {
 		n.sess.ownMu.Lock()
-		n.sess.ownRefs = nil
+		n.sess.ownRefs, n.sess.ownQoS0 = nil, nil
 		n.sess.ownMu.Unlock()
 	}
 }
@@ -370,14 +573,37 @@ func (n *Node) clearPending(id string) {
 	delete(n.sess.pending, id)
 }
 
-// pruneGone forgets sessions given up more than a minute ago.
+// pruneGone forgets sessions given up more than a minute ago, the
+// positions given more than releasedFor ago, and the failed claims kept
+// for more than failedFor or whose pin lost a message.
 func (n *Node) pruneGone(now time.Time) {
+	type dropped struct {
+		id  string
+		f   *failedClaim
+		why string
+	}
+	var drop []dropped
 	n.sess.mu.Lock()
-	defer n.sess.mu.Unlock()
 	for id, t := range n.sess.gone {
 		if now.Sub(t) > time.Minute {
 			delete(n.sess.gone, id)
 		}
+	}
+	n.pruneReleasedLocked(now)
+	for id, f := range n.sess.failed {
+		switch {
+		case f.pin != nil && f.pin.Err() != nil:
+			drop = append(drop, dropped{id, f, "the record of recent messages reached its bound"})
+		case now.Sub(f.at) > failedFor:
+			drop = append(drop, dropped{id, f, "no claim came again in time"})
+		default:
+			continue
+		}
+		delete(n.sess.failed, id)
+	}
+	n.sess.mu.Unlock()
+	for _, d := range drop {
+		n.dropFailed(d.id, d.f, d.why)
 	}
 }
 
@@ -416,6 +642,7 @@ func (p *persistence) sessionChange(c *commit, ch *broker.Change, msgs map[uint6
 		}
 		hs = newHomeState()
 		n.sess.homed[id] = hs
+		delete(n.sess.released, id)
 	}
 	var subj string
 	var data []byte
@@ -645,7 +872,7 @@ func unavailable(reason string) error { return &broker.ClaimRefused{Reason: reas
 // ClaimSession implements broker.SessionCluster (see the top of this
 // file). It imports the session into the broker itself, so that the
 // import and the position of the durable stream are read together.
-func (n *Node) ClaimSession(ctx context.Context, claim broker.SessionClaim) error {
+func (n *Node) ClaimSession(ctx context.Context, claim broker.SessionClaim) (err error) {
 	if n.persistence() == nil {
 		return nil
 	}
@@ -674,18 +901,54 @@ func (n *Node) ClaimSession(ctx context.Context, claim broker.SessionClaim) erro
 	// session may have missed here (take).
 	n.beginClaim()
 	defer n.endClaim()
-	// The broker's record of recent messages keeps every arrival from
-	// here on until the session is imported and its messages are found
-	// (take), within its bound: a claim that waits long for the old home
-	// misses none. A clean start replays nothing.
 	var pin *broker.RecentPin
-	if b, ok := n.b.(sessionBroker); ok && !claim.Discard {
-		pin = b.PinRecent()
-		defer pin.Release()
+	var since int64
+	var from uint64
+	var failedAt time.Time // when the claim resumed here first failed
+	// asked: an old home may have given the session up for this claim
+	// (or for the failed one it resumes); if it fails, the session may
+	// be on no node, and the next claim must replay from this one's
+	// start.
+	asked, resumed := false, false
+	if f := n.resumeFailed(id); f != nil {
+		if claim.Discard {
+			n.dropFailed(id, f, "") // a clean start replays nothing
+		} else {
+			// A claim of this node that failed after its old home was
+			// asked: this one goes on from its start.
+			since, from, pin, asked, failedAt = f.since, f.from, f.pin, true, f.at
+			n.endClaim() // f's count, now this claim's
+			resumed = true
+		}
+	} else if !claim.Discard && n.failedFull() {
+		return &broker.ClaimRefused{Reason: "too many claims of sessions failed here recently; try again",
+			Unavailable: true, Busy: true}
 	}
-	n.dur.routeMu.Lock()
-	since, from := time.Now().UnixNano(), n.dur.routed
-	n.dur.routeMu.Unlock()
+	if !resumed {
+		// The broker's record of recent messages keeps every arrival
+		// from here on until the session is imported and its messages
+		// are found (take), within its bound: a claim that waits long
+		// for the old home misses none. A clean start replays nothing.
+		if b, ok := n.b.(sessionBroker); ok && !claim.Discard {
+			pin = b.PinRecent()
+		}
+		n.dur.routeMu.Lock()
+		since, from = time.Now().UnixNano(), n.dur.routed
+		n.dur.routeMu.Unlock()
+	}
+	defer func() {
+		switch {
+		case err != nil && asked && !claim.Discard:
+			// Kept from its first failure: claims that keep failing
+			// do not keep the record pinned longer.
+			if failedAt.IsZero() {
+				failedAt = time.Now()
+			}
+			n.keepFailed(id, &failedClaim{since: since, from: from, pin: pin, at: failedAt})
+		case pin != nil:
+			pin.Release()
+		}
+	}()
 	for attempt := 0; attempt < 8; attempt++ {
 		if attempt > 0 {
 			select {
@@ -730,10 +993,21 @@ func (n *Node) ClaimSession(ctx context.Context, claim broker.SessionClaim) erro
 				return nil // this node holds it
 			}
 			// This node took it but could not read it: again, from the
-			// position the first claim had.
+			// position the first claim had, and from its start (kept
+			// when it failed).
 			n.sess.mu.Lock()
 			pos := n.sess.pending[id]
+			if r, ok := n.sess.released[id]; ok && !pos.replay {
+				// Or this node gave it up, and the claim that asked
+				// failed afterwards: the durable messages it routed
+				// since then reached no node.
+				pos = position{seq: r.seq, replay: true}
+			}
 			n.sess.mu.Unlock()
+			if pos.replay {
+				asked = true
+				pos.since, pos.from, pos.pin = since, min(from, pos.seq), pin
+			}
 			return n.take(ctx, id, rec, seq, claim.Discard, claim.Persistent, pos, n.sessionRecords(id))
 		}
 		discard := claim.Discard
@@ -742,9 +1016,18 @@ func (n *Node) ClaimSession(ctx context.Context, claim broker.SessionClaim) erro
 		} else if d {
 			discard = true
 		}
+		if f := n.sess.beforeRelease.Load(); f != nil {
+			(*f)(id)
+		}
+		asked = true
 		pos, err := n.release(ctx, id, rec)
 		if err != nil {
 			return err
+		}
+		if f := n.sess.afterRelease.Load(); f != nil {
+			if err := (*f)(id); err != nil {
+				return unavailable(err.Error())
+			}
 		}
 		pos.since, pos.from, pos.pin = since, min(from, pos.seq), pin
 		// The old home's last changes are written: read the record again.
@@ -779,10 +1062,22 @@ type releaseReply struct {
 	// Routed is the stream sequence up to which the old home routed
 	// durable messages with the session present.
 	Routed uint64 `json:"routed"`
+	// Busy: the old home remembers too many sessions given up to give
+	// up another now (maxReleased).
+	Busy bool `json:"busy,omitempty"`
+	// QoS0 is, when a connection was attached to the session, the highest
+	// sequence number of the claiming node's forwarded messages that the
+	// old home routed before it gave the session up: its QoS 0 messages
+	// up to there went to that connection (or were dropped with it), and
+	// the claim does not replay them (0: replay every one).
+	QoS0 uint64 `json:"qos0,omitempty"`
 }
 
 type releaseRequest struct {
 	Client string `json:"client"`
+	// Origin is the claiming node's run (see releaseReply.QoS0); an
+	// earlier build sends none.
+	Origin string `json:"origin,omitempty"`
 }
 
 // position is where, in the durable stream, the messages of other nodes
@@ -800,13 +1095,17 @@ type position struct {
 	// pin holds the broker's record of recent messages from before
 	// since (nil: not held; the replay then finds the last second only).
 	pin *broker.RecentPin
+	// qos0: this node's QoS 0 messages forwarded with sequence numbers
+	// up to qos0 went to the session's connection on the old home
+	// (releaseReply.QoS0).
+	qos0 uint64
 }
 
 // release asks the old home of a session to give it up. A home that is
 // gone (no responder on its control subject) is asked nothing: the
 // position is then its durable consumer's acknowledgement floor.
 func (n *Node) release(ctx context.Context, id string, rec *sessionRecord) (position, error) {
-	data, _ := json.Marshal(releaseRequest{Client: id})
+	data, _ := json.Marshal(releaseRequest{Client: id, Origin: n.origin})
 	// Half of what is left, at most 5 s: a home that does not answer in
 	// time is looked at again (is it still connected?) within the claim.
 	wait := 5 * time.Second
@@ -822,9 +1121,10 @@ func (n *Node) release(ctx context.Context, id string, rec *sessionRecord) (posi
 	if err == nil {
 		var r releaseReply
 		if json.Unmarshal(m.Data, &r) != nil || !r.OK {
-			return position{}, unavailable("the session's node could not give it up: " + r.Error)
+			return position{}, &broker.ClaimRefused{Reason: "the session's node could not give it up: " + r.Error,
+				Unavailable: true, Busy: r.Busy}
 		}
-		return position{seq: r.Routed, replay: true}, nil
+		return position{seq: r.Routed, replay: true, qos0: r.QoS0}, nil
 	}
 	if !errors.Is(err, nats.ErrNoResponders) {
 		if n.peerConnected(rec.Node) {
@@ -1067,6 +1367,12 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 	}
 	if cs.Hold {
 		skip := func(m *broker.Message) bool {
+			if pos.qos0 != 0 {
+				// Sent by the old home to the session's connection.
+				if seq := n.ownQoS0Seq(m); seq != 0 && seq <= pos.qos0 {
+					return true
+				}
+			}
 			ref := n.ownRef(m)
 			return ref != "" && (have[ref] || reached[ref])
 		}
@@ -1240,7 +1546,8 @@ func (n *Node) serveControl() error {
 
 // handleRelease gives up a session for the node that claims it: the
 // broker takes its connection over and removes it, with the routing of
-// durable messages paused so that the position reported is exact; then
+// durable messages and the receipt of the other nodes' messages paused
+// so that the positions reported are exact; then
 // this node stops writing the session, and answers once everything it
 // wrote before is committed.
 func (n *Node) handleRelease(m *nats.Msg) {
@@ -1259,14 +1566,31 @@ func (n *Node) handleRelease(m *nats.Msg) {
 		reply(releaseReply{Error: "no broker"})
 		return
 	}
+	if n.releaseFull(req.Client) {
+		// It could not answer a claim that fails afterwards with the
+		// position it gives the session up at: it keeps the session.
+		n.log.Warn("cluster: a session not given up: too many given up in the last minutes", "client", req.Client)
+		reply(releaseReply{Error: "too many sessions given up recently", Busy: true})
+		return
+	}
+	// The claiming node's messages handed to the broker before the
+	// session went (recvMu held) reached its connection, if any.
+	n.recvMu.Lock()
 	n.dur.routeMu.Lock()
-	released := b.ReleaseSession(req.Client)
+	released, online := b.ReleaseSession(req.Client)
 	routed := n.dur.routed
 	n.dur.routeMu.Unlock()
+	var qos0 uint64
+	if online && req.Origin != "" {
+		qos0 = n.recvLast[req.Origin]
+	}
+	n.recvMu.Unlock()
 	if f := n.sess.beforeReply.Load(); f != nil {
 		(*f)(req.Client)
 	}
-	n.unhome(req.Client)
+	// A session given up already (a claim failed after that) is
+	// answered with what was answered then.
+	routed, qos0 = n.giveUp(req.Client, released, routed, req.Origin, qos0)
 	done := make(chan error, 1)
 	p.Persist(nil, func(err error) { done <- err })
 	select {
@@ -1282,7 +1606,7 @@ func (n *Node) handleRelease(m *nats.Msg) {
 		n.dstats.sessionsOut.Add(1)
 		n.log.Info("cluster: session handed over to another node", "client", req.Client)
 	}
-	reply(releaseReply{OK: true, Routed: routed})
+	reply(releaseReply{OK: true, Routed: routed, QoS0: qos0})
 }
 
 // importHomeSessions imports, when the node starts, the sessions whose
