@@ -852,8 +852,19 @@ func (n *Node) scan(ctx context.Context, st jetstream.Stream, filter string, fro
 
 // putRecord writes a record if its subject's last sequence is still
 // expect (0: it has none); it returns the new sequence, or errConflict.
+// A refusal while another write of the subject is still being agreed on
+// (inProcess) is asked again until ctx ends: that write decides whether
+// this one is a conflict, and taking the refusal for one would give up a
+// claim another node's failing write does not stand in the way of.
 func (n *Node) putRecord(ctx context.Context, subj string, data []byte, expect uint64) (uint64, error) {
 	ack, err := n.sess.js.PublishMsg(ctx, n.record(subj, data), jetstream.WithExpectLastSequencePerSubject(expect))
+	for inProcess(err) && ctx.Err() == nil {
+		select {
+		case <-ctx.Done():
+		case <-time.After(50 * time.Millisecond):
+			ack, err = n.sess.js.PublishMsg(ctx, n.record(subj, data), jetstream.WithExpectLastSequencePerSubject(expect))
+		}
+	}
 	var apiErr *jetstream.APIError
 	if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
 		return 0, errConflict
