@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -432,7 +433,7 @@ func (q *publisher) sendSingles(js jetstream.JetStream, ctx context.Context) boo
 // send publishes pd.req.msg and hands it to acknowledge; false: the Node
 // closed (pd failed).
 func (q *publisher) send(js jetstream.JetStream, ctx context.Context, pd pending) bool {
-	pd.paf, pd.err = js.PublishMsgAsync(pd.req.msg, jetstream.WithStallWait(time.Until(pd.req.deadline)))
+	pd.paf, pd.err = publishBy(js, pd.req.msg, pd.req.deadline)
 	select {
 	case q.acks <- pd:
 		return true
@@ -443,6 +444,23 @@ func (q *publisher) send(js jetstream.JetStream, ctx context.Context, pd pending
 }
 
 var errClosed = errors.New("cluster: node closed")
+
+// errCommitDeadline is the error of a publication whose commit deadline
+// passed before it could be (re)sent.
+var errCommitDeadline = fmt.Errorf("cluster: commit deadline passed before the stream took the record: %w", context.DeadlineExceeded)
+
+// publishBy publishes msg asynchronously, waiting for room among the
+// unacknowledged publications no later than deadline. A deadline already
+// passed fails at once with errCommitDeadline: the library refuses a
+// stall wait that is not positive with an error that says nothing of
+// the cause.
+func publishBy(js jetstream.JetStream, msg *nats.Msg, deadline time.Time) (jetstream.PubAckFuture, error) {
+	wait := time.Until(deadline)
+	if wait <= 0 {
+		return nil, errCommitDeadline
+	}
+	return js.PublishMsgAsync(msg, jetstream.WithStallWait(wait))
+}
 
 // errFailedForTest is the error of a commit failed by failCommits.
 var errFailedForTest = errors.New("cluster: commit failed (test)")
@@ -511,7 +529,7 @@ func (q *publisher) acknowledge(js jetstream.JetStream, ctx context.Context) {
 			case <-ctx.Done():
 			case <-time.After(100 * time.Millisecond):
 			}
-			pd.paf, pd.err = js.PublishMsgAsync(pd.req.msg, jetstream.WithStallWait(time.Until(pd.req.deadline)))
+			pd.paf, pd.err = publishBy(js, pd.req.msg, pd.req.deadline)
 		}
 	}
 }
