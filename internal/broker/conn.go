@@ -83,6 +83,10 @@ type conn struct {
 	// sessionExpiryZero remembers a CONNECT Session Expiry of 0, which a
 	// DISCONNECT may not raise [MQTT-3.14.2-2].
 	sessionExpiryZero bool
+	// ownHeld counts the packets handled while the reader holds this
+	// connection's own writer back (holdOwnWriter), 0 when it does not;
+	// kickWriters starts the writer. Reader-owned.
+	ownHeld uint8
 	// version and client are fixed at CONNECT (kill reads version only
 	// after established); sess is set by attach and fixed from then on.
 	version packet.Version

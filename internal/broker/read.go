@@ -98,6 +98,7 @@ func (c *conn) readLoop() (handedOver bool) {
 			// the messages routed (write.go), and write what handling
 			// queued on this goroutine rather than waking a writer
 			// goroutine.
+			c.ownHeld = 0 // written here
 			c.kickWriters()
 			c.writeInline()
 			if c.raw != nil {
@@ -118,23 +119,47 @@ func (c *conn) readLoop() (handedOver bool) {
 			c.armKeepAlive()
 		} else if c.in.r.BufferedPacket() > 0 || !c.topUp() {
 			// More input is waiting (perhaps only part of a packet, and
-			// no more of it had arrived): never hold queued packets back
-			// for it. Other connections' writers wait for the next packet
-			// only if all of it is buffered, so that routing it cannot
-			// wait for the network.
-			if c.deferred > 0 && (c.deferred >= maxDeferred || c.in.r.BufferedPacket() == 0) {
+			// no more of it had arrived). Queued packets, this
+			// connection's and other connections', wait for the next
+			// packet only if all of it is buffered, so that handling it
+			// cannot wait for the network.
+			whole := c.in.r.BufferedPacket() > 0
+			if c.deferred > 0 && (c.deferred >= maxDeferred || !whole) {
 				c.kickWriters()
 			}
-			c.outMu.Lock()
-			c.startWriterLocked()
-			c.outMu.Unlock()
-		} else if c.deferred >= maxDeferred {
+			c.holdOwnWriter(whole)
+		} else {
 			// topUp completed the next packet: it is handled before
 			// what was queued is written, as if it had come with the
 			// last read.
-			c.kickWriters()
+			if c.deferred >= maxDeferred {
+				c.kickWriters()
+			}
+			c.holdOwnWriter(true)
 		}
 	}
+}
+
+// holdOwnWriter runs between two packets while input is buffered. When
+// all of the next packet is (whole), what handling queued on this
+// connection (its acknowledgements above all) waits for it, to go out in
+// one write with the next packet's: written by the reader itself once its
+// input is drained (readLoop), or by the writer kickWriters starts before
+// anything makes the reader wait. A writer goroutine started per packet
+// would cost a hand-off, and often a write of its own, for each. The hold
+// is bounded: the writer is started once maxOwnHeld packets were handled
+// meanwhile, or the queue holds maxOwnHeld packets or deferWriteMax
+// bytes, or when the next packet is not all here (reading the rest may
+// wait for the network).
+func (c *conn) holdOwnWriter(whole bool) {
+	c.outMu.Lock()
+	if whole && c.ownHeld < maxOwnHeld && len(c.out) < maxOwnHeld && c.outBytes < deferWriteMax {
+		c.ownHeld++
+	} else {
+		c.ownHeld = 0
+		c.startWriterLocked()
+	}
+	c.outMu.Unlock()
 }
 
 func (c *conn) readError(err error) {

@@ -103,6 +103,12 @@ const deferWriteMax = 64 << 10
 // to the first of them (some milliseconds of routing).
 const maxDeferred = 1 << 16
 
+// maxOwnHeld bounds how many packets a reader handles, and how many it
+// lets queue on its own connection, while it holds that connection's
+// writer back (holdOwnWriter): a client's acknowledgements wait for at
+// most that much routing.
+const maxOwnHeld = 64
+
 // wakeWriterLocked has what was just queued written: at once, or, when
 // from is the connection whose reader is routing it and that reader has
 // more input to route, once that reader calls kickWriters. c.outMu is
@@ -137,6 +143,17 @@ func (c *conn) heldLocked() bool {
 // read of input not yet buffered, the read budget, the rate limit, a
 // store's commit slot, a re-authentication) and when it stops reading.
 func (c *conn) kickWriters() {
+	if c.ownHeld > 0 {
+		// The reader held its own writer back (holdOwnWriter): started
+		// even while a packet is being handled, since the reader may
+		// wait.
+		c.ownHeld = 0
+		c.outMu.Lock()
+		if len(c.out) > 0 {
+			c.spawnWriterLocked()
+		}
+		c.outMu.Unlock()
+	}
 	if len(c.kicks) == 0 {
 		return
 	}
@@ -161,7 +178,16 @@ func (c *conn) kickWriters() {
 // write and none is running. The writer exits when the queue is empty, so
 // an idle connection has only its reader goroutine. c.outMu is held.
 func (c *conn) startWriterLocked() {
-	if c.writing || !c.canWrite || (c.handling && !c.final) {
+	if c.handling && !c.final {
+		return
+	}
+	c.spawnWriterLocked()
+}
+
+// spawnWriterLocked starts the writer goroutine if the connection may
+// write, has something to write and none is running. c.outMu is held.
+func (c *conn) spawnWriterLocked() {
+	if c.writing || !c.canWrite {
 		return
 	}
 	c.writing = true
