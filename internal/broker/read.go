@@ -150,10 +150,10 @@ func (c *conn) readLoop() (handedOver bool) {
 // is bounded: the writer is started once maxOwnHeld packets were handled
 // meanwhile, or the queue holds maxOwnHeld packets or deferWriteMax
 // bytes, or when the next packet is not all here (reading the rest may
-// wait for the network).
+// wait for the network), or when the connection is closing.
 func (c *conn) holdOwnWriter(whole bool) {
 	c.outMu.Lock()
-	if whole && c.ownHeld < maxOwnHeld && len(c.out) < maxOwnHeld && c.outBytes < deferWriteMax {
+	if whole && !c.final && c.ownHeld < maxOwnHeld && len(c.out) < maxOwnHeld && c.outBytes < deferWriteMax {
 		c.ownHeld++
 	} else {
 		c.ownHeld = 0
