@@ -327,12 +327,16 @@ func testSessionMoveFailedClaim(t *testing.T, qos byte, again int) {
 }
 
 // TestSessionMoveFailedClaimBounds: a node that remembers as many
-// sessions given up as it may (maxReleased) keeps the session rather
-// than give it up, and a node that keeps as many failed claims as it may
-// (maxFailedClaims) asks nothing: either way the claim is refused with
-// CONNACK 0x89 (Server busy), and the session stays whole on its home.
+// sessions given up as it may (maxReleased), none of them given up more
+// than failedFor ago, keeps the session rather than give it up, and a
+// node that keeps as many failed claims as it may (maxFailedClaims) asks
+// nothing: either way the claim is refused with CONNACK 0x89 (Server
+// busy), and the session stays whole on its home. When the entries are
+// older, the node reads their session records and forgets those that no
+// longer name it (here: none exists), but not one whose record still
+// does (a claim failed): the claim succeeds.
 func TestSessionMoveFailedClaimBounds(t *testing.T) {
-	for _, full := range []string{"released", "failed"} {
+	for _, full := range []string{"released", "failed", "released-stale"} {
 		t.Run(full, func(t *testing.T) {
 			nodes, err := startNodesHooked(t, t.TempDir(), freePorts(t, 3), nil)
 			if err != nil {
@@ -341,13 +345,22 @@ func TestSessionMoveFailedClaimBounds(t *testing.T) {
 			sub, _ := dialSession(t, nodes[0].addr, "bounded", client.V5)
 			subscribe(t, sub, 1, "bound/#")
 			disconnect(t, sub)
+			s := &nodes[0].node.sess
 			switch full {
-			case "released":
-				s := &nodes[0].node.sess
-				s.mu.Lock()
-				for i := range maxReleased {
-					s.released[fmt.Sprintf("other%d", i)] = releasedAt{at: time.Now()}
+			case "released", "released-stale":
+				at := time.Now()
+				if full == "released-stale" {
+					at = at.Add(-time.Minute)
+					// Its record names n1: a claim that failed.
+					kept, _ := dialSession(t, nodes[0].addr, "keptpos", client.V5)
+					disconnect(t, kept)
 				}
+				s.mu.Lock()
+				for i := range maxReleased - 1 {
+					s.releaseTokens++
+					s.released[fmt.Sprintf("other%d", i)] = releasedAt{at: at, first: s.releaseTokens}
+				}
+				s.released["keptpos"] = releasedAt{at: at.Add(-time.Second), first: 1}
 				s.mu.Unlock()
 			case "failed":
 				for i := range maxFailedClaims {
@@ -356,6 +369,32 @@ func TestSessionMoveFailedClaimBounds(t *testing.T) {
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
+			if full == "released-stale" {
+				sub2, present := dialSession(t, nodes[1].addr, "bounded", client.V5)
+				if !present {
+					t.Fatal("Session Present 0 after the stale entries were looked up")
+				}
+				s.mu.Lock()
+				_, kept := s.released["keptpos"]
+				left := len(s.released)
+				s.mu.Unlock()
+				if !kept {
+					t.Error("the position of a session whose record still names n1 was forgotten")
+				}
+				if left >= maxReleased {
+					t.Errorf("%d positions remembered after the look-up, want fewer than %d", left, maxReleased)
+				}
+				pub := dial(t, nodes[2].addr, "boundpub", client.V5)
+				if err := pub.Publish(ctx, &client.Message{Topic: "bound/x", QoS: 1, Payload: []byte("1 1")}); err != nil {
+					t.Fatal(err)
+				}
+				select {
+				case <-sub2.Messages():
+				case <-ctx.Done():
+					t.Fatal("the moved session's subscription delivered nothing")
+				}
+				return
+			}
 			_, err = client.Dial(ctx, client.Config{Servers: []string{"tcp://" + nodes[1].addr}, ClientID: "bounded",
 				Version: client.V5, SessionExpiry: 600})
 			var re *client.ReasonError
@@ -461,4 +500,59 @@ func TestSessionMoveQoS0NotTwice(t *testing.T) {
 		}
 	}
 	expectNone(t, sub, time.Second)
+}
+
+// TestSessionMoveManyReleased: with the bound of given-up sessions a
+// node remembers set to 4, 12 sessions move one after the other from n1
+// to n2 (half of them connected on n1, taken over): none is refused, as
+// n1 forgets each position once n2 tells it that its claim took the
+// session record, and each moved session's subscription works on n2.
+func TestSessionMoveManyReleased(t *testing.T) {
+	const bound, moves = 4, 12
+	nodes, err := startNodesHooked(t, t.TempDir(), freePorts(t, 3),
+		[]func(int, *Node){func(_ int, nd *Node) { nd.sess.releasedCap = bound }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range moves {
+		id := fmt.Sprintf("many%d", i)
+		c, _ := dialSession(t, nodes[0].addr, id, client.V5)
+		subscribe(t, c, 1, "many/"+id)
+		if i%2 == 0 {
+			disconnect(t, c)
+		}
+	}
+	s := &nodes[0].node.sess
+	moved := make([]*client.Client, moves)
+	for i := range moves {
+		id := fmt.Sprintf("many%d", i)
+		c, present := dialSession(t, nodes[1].addr, id, client.V5)
+		if !present {
+			t.Fatalf("%s: Session Present 0 on n2", id)
+		}
+		moved[i] = c
+		testutil.WaitFor(t, "n1 to forget the position of "+id, 30*time.Second, func() bool {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			_, ok := s.released[id]
+			return !ok
+		})
+	}
+	pub := dial(t, nodes[2].addr, "manypub", client.V5)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for i, c := range moved {
+		id := fmt.Sprintf("many%d", i)
+		if err := pub.Publish(ctx, &client.Message{Topic: "many/" + id, QoS: 1, Payload: []byte(id)}); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case m := <-c.Messages():
+			if string(m.Payload) != id {
+				t.Fatalf("%s received %q", id, m.Payload)
+			}
+		case <-ctx.Done():
+			t.Fatalf("%s: the moved session's subscription delivered nothing", id)
+		}
+	}
 }
