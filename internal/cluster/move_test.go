@@ -556,3 +556,142 @@ func TestSessionMoveManyReleased(t *testing.T) {
 		}
 	}
 }
+
+// TestSessionClaimsSameInstant: a client connects on n2 and on n3 at the
+// same instant, its session's home being n1 with QoS 1 messages queued.
+// n3's claim asks n2 to give the session up after n2 wrote the session
+// record and before it imported the session: n2 answers "busy, try
+// again" and gives nothing up; once n2 attached its client, n3's claim
+// asks again and takes the session over as from any home. Exactly one
+// connection survives (n3's), one node is the session's home, and the
+// session is whole: n3's client receives every queued message (n2's did
+// not acknowledge them) and the subscription works there.
+func TestSessionClaimsSameInstant(t *testing.T) {
+	nodes, err := startNodesHooked(t, t.TempDir(), freePorts(t, 3), nil, func(bc *broker.Config) {
+		bc.ConnectTimeout = time.Minute // n3's claim asks again until n2's client is attached
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub, _ := dialSession(t, nodes[0].addr, "twin", client.V5)
+	subscribe(t, sub, 1, "twin/#")
+	disconnect(t, sub)
+	pub := dial(t, nodes[0].addr, "twinpub", client.V5)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	const queued = 5
+	for i := range queued {
+		if err := pub.Publish(ctx, &client.Message{Topic: "twin/q", QoS: 1, Payload: []byte(fmt.Sprint(i))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	type dialed struct {
+		c   *client.Client
+		err error
+	}
+	second := make(chan dialed, 1)
+	secondDone := make(chan struct{})
+	busy := make(chan struct{})
+	var busyOnce, takeOnce sync.Once
+	onBusy := func(id string) { busyOnce.Do(func() { close(busy) }) }
+	nodes[1].node.sess.busyAnswer.Store(&onBusy)
+	var wg sync.WaitGroup
+	t.Cleanup(wg.Wait)
+	afterTake := func(id string) {
+		takeOnce.Do(func() {
+			// n2 has written the record; n3's client connects now.
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				c, err := client.Dial(ctx, client.Config{Servers: []string{"tcp://" + nodes[2].addr}, ClientID: "twin",
+					Version: client.V5, SessionExpiry: 600, ConnectTimeout: time.Minute})
+				second <- dialed{c, err}
+				close(secondDone)
+			}()
+			select {
+			case <-busy:
+			case <-secondDone: // given up at once: the bug this test is about
+			case <-time.After(30 * time.Second):
+			}
+		})
+	}
+	nodes[1].node.sess.afterTake.Store(&afterTake)
+	first, ferr := client.Dial(ctx, client.Config{Servers: []string{"tcp://" + nodes[1].addr}, ClientID: "twin",
+		Version: client.V5, SessionExpiry: 600, ManualAck: true, ConnectTimeout: time.Minute})
+	nodes[1].node.sess.afterTake.Store(nil)
+	if ferr == nil {
+		t.Cleanup(func() { first.Close() })
+	}
+	var d dialed
+	select {
+	case d = <-second:
+	case <-ctx.Done():
+		t.Fatal("n3's connect did not end")
+	}
+	nodes[1].node.sess.busyAnswer.Store(nil)
+	if d.err != nil {
+		t.Fatalf("n3's connect: %v", d.err)
+	}
+	t.Cleanup(func() { d.c.Close() })
+	if !d.c.ConnectInfo().SessionPresent {
+		t.Fatal("Session Present 0 on n3")
+	}
+	if ferr == nil {
+		// Connected first, then taken over.
+		select {
+		case <-first.Done():
+		case <-time.After(30 * time.Second):
+			t.Fatal("both connections are up: n2's was not taken over")
+		}
+		var re *client.ReasonError
+		if err := first.Err(); !errors.As(err, &re) || re.Code != packet.SessionTakenOver {
+			t.Logf("n2's connection ended with %v", err)
+		}
+	}
+	if !d.c.IsConnected() {
+		t.Fatal("n3's connection was closed too")
+	}
+	homes := 0
+	for _, tn := range nodes {
+		tn.node.sess.mu.Lock()
+		_, ok := tn.node.sess.homed["twin"]
+		tn.node.sess.mu.Unlock()
+		if ok {
+			homes++
+		}
+	}
+	if got := sessionNode(t, nodes[0].node, "twin"); got != "n3" || homes != 1 {
+		t.Fatalf("the session's record names %s, %d nodes are its home; want n3 alone", got, homes)
+	}
+	select {
+	case <-busy:
+	default:
+		t.Fatal("n2 did not answer n3's claim busy")
+	}
+	got := make(map[string]bool)
+	deadline := time.After(30 * time.Second)
+	for len(got) < queued {
+		select {
+		case m := <-d.c.Messages():
+			got[string(m.Payload)] = true
+		case <-deadline:
+			t.Fatalf("n3's client received %d of the %d queued messages", len(got), queued)
+		}
+	}
+	if err := pub.Publish(ctx, &client.Message{Topic: "twin/after", QoS: 1, Payload: []byte("after")}); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		select {
+		case m := <-d.c.Messages():
+			if m.Topic == "twin/after" {
+				expectNone(t, d.c, time.Second)
+				return
+			}
+			// A queued message sent again (n2's in flight, DUP).
+		case <-deadline:
+			t.Fatal("the subscription did not deliver on n3")
+		}
+	}
+}

@@ -53,7 +53,10 @@ import (
 // start (failed), so that the next claim replays what reached neither.
 // The new home tells the old one once it wrote the session record
 // (takenNotice): the old home's answer is of no use to any claim then,
-// and it forgets the position.
+// and it forgets the position. A node whose own claim of a session is
+// under way (until its client is attached) answers a release request
+// for it "busy, try again", so that two claims at the same instant leave
+// one home and one connection.
 
 const (
 	streamSessions = "moat_sessions"
@@ -94,6 +97,11 @@ type sessionsState struct {
 	// confirmMu lets one release request at a time look up the records
 	// of given-up sessions when released is full (confirmReleased).
 	confirmMu sync.Mutex
+	// claiming counts, per client ID, the claims of this node under way
+	// for a client that keeps its session, from their start until the
+	// broker attached the client (ClaimAttached): a release request for
+	// the session meanwhile is answered "busy, try again" (handleRelease).
+	claiming map[string]claimMark
 	// failed holds, for failedFor, the start of each claim of this node
 	// that failed after its old home was asked to give the session up
 	// (at most maxFailedClaims): the next claim of the same client ID on
@@ -136,6 +144,12 @@ type sessionsState struct {
 	// releaseWait, in tests, replaces the 5 s a claim waits at most for
 	// the old home's answer.
 	releaseWait time.Duration
+	// afterTake, in tests, runs when a claim has written the session
+	// record (this node is the home), before it reads the session.
+	afterTake atomic.Pointer[func(id string)]
+	// busyAnswer, in tests, runs when this node answers a release
+	// request "busy, try again".
+	busyAnswer atomic.Pointer[func(id string)]
 
 	// holds are the imports holding back routed deliveries now, by
 	// client ID (see holdAcks); holdMu guards them and every
@@ -310,6 +324,7 @@ func (s *sessionsState) init() {
 	s.pending = make(map[string]position)
 	s.released = make(map[string]releasedAt)
 	s.failed = make(map[string]*failedClaim)
+	s.claiming = make(map[string]claimMark)
 	s.ready = make(chan struct{})
 }
 
@@ -326,6 +341,57 @@ type sessionBroker interface {
 
 var _ sessionBroker = (*broker.Server)(nil)
 var _ broker.SessionCluster = (*Node)(nil)
+var _ broker.ClaimAttacher = (*Node)(nil)
+
+// claimMark counts the claims of a client ID under way on this node
+// (sessionsState.claiming), at the start of the latest.
+type claimMark struct {
+	n  int
+	at time.Time
+}
+
+// claimMarkFor bounds how long a claim counts as under way without the
+// broker's word that its client is attached: longer than a claim's
+// import may take (2 minutes once it wrote the session record).
+const claimMarkFor = 3 * time.Minute
+
+// markClaim counts a claim of id under way on this node.
+func (n *Node) markClaim(id string) {
+	n.sess.mu.Lock()
+	defer n.sess.mu.Unlock()
+	m := n.sess.claiming[id]
+	m.n++
+	m.at = time.Now()
+	n.sess.claiming[id] = m
+}
+
+// unmarkClaim ends a claim of id counted by markClaim.
+func (n *Node) unmarkClaim(id string) {
+	n.sess.mu.Lock()
+	defer n.sess.mu.Unlock()
+	m, ok := n.sess.claiming[id]
+	switch {
+	case !ok:
+	case m.n <= 1:
+		delete(n.sess.claiming, id)
+	default:
+		m.n--
+		n.sess.claiming[id] = m
+	}
+}
+
+// claimingNow tells whether a claim of id is under way on this node.
+func (n *Node) claimingNow(id string) bool {
+	n.sess.mu.Lock()
+	defer n.sess.mu.Unlock()
+	_, ok := n.sess.claiming[id]
+	return ok
+}
+
+// ClaimAttached implements broker.ClaimAttacher: the claim of clientID
+// is over, its client attached (or refused); a release request is
+// answered again.
+func (n *Node) ClaimAttached(clientID string) { n.unmarkClaim(clientID) }
 
 func sessSubject(clientID, suffix string) string {
 	return sessPrefix + keyOf(clientID) + "." + suffix
@@ -714,8 +780,9 @@ func (n *Node) clearPending(id string) {
 }
 
 // pruneGone forgets sessions given up more than a minute ago, the
-// positions given more than releasedFor ago, and the failed claims kept
-// for more than failedFor or whose pin lost a message.
+// positions given more than releasedFor ago, the claims counted as under
+// way for more than claimMarkFor, and the failed claims kept for more
+// than failedFor or whose pin lost a message.
 func (n *Node) pruneGone(now time.Time) {
 	type dropped struct {
 		id  string
@@ -730,6 +797,13 @@ func (n *Node) pruneGone(now time.Time) {
 		}
 	}
 	n.pruneReleasedLocked(now)
+	var stale []string
+	for id, m := range n.sess.claiming {
+		if now.Sub(m.at) > claimMarkFor {
+			delete(n.sess.claiming, id)
+			stale = append(stale, id)
+		}
+	}
 	for id, f := range n.sess.failed {
 		switch {
 		case f.pin != nil && f.pin.Err() != nil:
@@ -742,6 +816,10 @@ func (n *Node) pruneGone(now time.Time) {
 		delete(n.sess.failed, id)
 	}
 	n.sess.mu.Unlock()
+	for _, id := range stale {
+		n.log.Error("cluster: a claim of a session counted as under way for too long; its session is given up again when asked",
+			"client", id)
+	}
 	for _, d := range drop {
 		n.dropFailed(d.id, d.f, d.why)
 	}
@@ -1024,6 +1102,19 @@ func unavailable(reason string) error { return &broker.ClaimRefused{Reason: reas
 // file). It imports the session into the broker itself, so that the
 // import and the position of the durable stream are read together.
 func (n *Node) ClaimSession(ctx context.Context, claim broker.SessionClaim) (err error) {
+	if claim.Persistent {
+		// Until its client is attached (ClaimAttached), or the claim
+		// fails, a release request for the session is answered "busy,
+		// try again": this node may have written the session record and
+		// not imported it yet, or imported it without the client (docs/
+		// cluster.md, "Claims at the same instant").
+		n.markClaim(claim.ClientID)
+		defer func() {
+			if err != nil {
+				n.unmarkClaim(claim.ClientID)
+			}
+		}()
+	}
 	if n.persistence() == nil {
 		return nil
 	}
@@ -1170,8 +1261,24 @@ func (n *Node) ClaimSession(ctx context.Context, claim broker.SessionClaim) (err
 		if f := n.sess.beforeRelease.Load(); f != nil {
 			(*f)(id)
 		}
+		wasAsked := asked
 		asked = true
 		pos, err := n.release(ctx, id, rec)
+		if errors.Is(err, errReleaseRetry) {
+			// The old home has a claim of its own under way (it may
+			// have written the record and not imported the session, or
+			// not attached its client): it gave nothing up. Asked again
+			// until ctx ends; the session has not changed hands.
+			asked = wasAsked
+			attempt--
+			select {
+			case <-ctx.Done():
+				return &broker.ClaimRefused{Reason: "a claim of the session is under way on its node; try again",
+					Unavailable: true, Busy: true}
+			case <-time.After(retryPause):
+			}
+			continue
+		}
 		if err != nil {
 			return err
 		}
@@ -1214,8 +1321,11 @@ type releaseReply struct {
 	// durable messages with the session present.
 	Routed uint64 `json:"routed"`
 	// Busy: the old home remembers too many sessions given up to give
-	// up another now (maxReleased).
-	Busy bool `json:"busy,omitempty"`
+	// up another now (maxReleased), or (Retry) a claim of its own of the
+	// session is under way: it gave nothing up, and the claiming node
+	// asks again (an earlier build refuses its client, CONNACK 0x89).
+	Busy  bool `json:"busy,omitempty"`
+	Retry bool `json:"retry,omitempty"`
 	// Token numbers the answer: the claiming node tells the old home
 	// once it has taken the session record (takenNotice).
 	Token uint64 `json:"token,omitempty"`
@@ -1260,6 +1370,14 @@ type position struct {
 	token uint64
 }
 
+// retryPause is how long a claim waits before it asks again an old home
+// that answered errReleaseRetry.
+const retryPause = 50 * time.Millisecond
+
+// errReleaseRetry is the old home's answer while a claim of its own of
+// the session is under way: it gave nothing up, ask again.
+var errReleaseRetry = errors.New("cluster: a claim of the session is under way on its node")
+
 // release asks the old home of a session to give it up. A home that is
 // gone (no responder on its control subject) is asked nothing: the
 // position is then its durable consumer's acknowledgement floor.
@@ -1279,6 +1397,9 @@ func (n *Node) release(ctx context.Context, id string, rec *sessionRecord) (posi
 	m, err := n.nc.RequestWithContext(rctx, ctlPrefix+keyOf(rec.Home), data)
 	if err == nil {
 		var r releaseReply
+		if json.Unmarshal(m.Data, &r) == nil && r.Retry {
+			return position{}, errReleaseRetry
+		}
 		if json.Unmarshal(m.Data, &r) != nil || !r.OK {
 			return position{}, &broker.ClaimRefused{Reason: "the session's node could not give it up: " + r.Error,
 				Unavailable: true, Busy: r.Busy}
@@ -1355,6 +1476,12 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 	if discard {
 		mine = sessionRecord{Home: n.origin, Node: n.cfg.Node, Placeholder: true}
 	}
+	// Until the session is imported, a release request for it is
+	// answered "busy, try again" (handleRelease): this node may be its
+	// home already. A claim of a client counts until the client is
+	// attached; an adoption or an import at start until here.
+	n.markClaim(id)
+	defer n.unmarkClaim(id)
 	if pos.replay {
 		// Kept until the session is imported: the write below may take
 		// the home even when its answer is lost.
@@ -1369,6 +1496,9 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 		return unavailable("storing the session failed: " + err.Error())
 	}
 	n.tookRecord(id, pos)
+	if f := n.sess.afterTake.Load(); f != nil {
+		(*f)(id)
+	}
 	// This node is the home now: reading the session and replaying its
 	// messages no longer depend on the client's patience (its connect
 	// timeout). A client that gave up finds them in its session.
@@ -1749,6 +1879,19 @@ func (n *Node) handleRelease(m *nats.Msg) {
 	p := n.persistence()
 	if !ok || p == nil {
 		reply(releaseReply{Error: "no broker"})
+		return
+	}
+	if n.claimingNow(req.Client) {
+		// A claim of this node may have written the session record and
+		// not yet imported the session, or its client not yet be
+		// attached: giving the session up now would leave two homes
+		// writing it, or a client attached to a session no node keeps.
+		// The claiming node asks again; the client attached here by
+		// then is taken over as any other.
+		if f := n.sess.busyAnswer.Load(); f != nil {
+			(*f)(req.Client)
+		}
+		reply(releaseReply{Error: "a claim of the session is under way on this node", Busy: true, Retry: true})
 		return
 	}
 	if !n.roomToRelease(req.Client) {
