@@ -436,7 +436,7 @@ const (
 	// records of, at most; confirmWait bounds its time (the claim waits
 	// at most 5 s for the answer).
 	confirmBatch = 256
-	confirmWait  = 2 * time.Second
+	confirmWait  = 3 * time.Second
 	// maxFailedClaims bounds sessionsState.failed: beyond it (plus the
 	// claims under way), a claim that no failed one resumes is refused
 	// before it asks anything (CONNACK 0x89).
@@ -543,7 +543,10 @@ func (n *Node) confirmReleased(ctx context.Context, now time.Time) {
 	for _, c := range cands {
 		cur, err := n.getRecord(ctx, sessSubject(c.id, "s"))
 		if err != nil {
-			return // the stream does not answer now: the entries stay
+			if ctx.Err() != nil {
+				return // out of time: the entries not read stay
+			}
+			continue // this entry stays
 		}
 		ours := false
 		if cur != nil && len(cur.data) > 0 {
