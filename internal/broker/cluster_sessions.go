@@ -35,6 +35,18 @@ type SessionCluster interface {
 	ClaimSession(ctx context.Context, claim SessionClaim) error
 }
 
+// ClaimAttacher is implemented by a SessionCluster that must know when
+// the client of a successful claim is attached to its session: until
+// then, a session with no connection is no sign that its client left,
+// and giving it up to another node's claim would attach the client to a
+// session no node keeps.
+type ClaimAttacher interface {
+	// ClaimAttached is called once after each successful ClaimSession of
+	// a Persistent claim, once the client is attached to its session
+	// (or was refused after the claim).
+	ClaimAttached(clientID string)
+}
+
 // SessionClaim describes the client about to be attached.
 type SessionClaim struct {
 	ClientID string
@@ -76,29 +88,37 @@ type ClaimRefused struct {
 func (e *ClaimRefused) Error() string { return "broker: session claim refused: " + e.Reason }
 
 // claimClusterSession runs the cluster's claim for the client connecting
-// on c. It returns a refusal (code and reason) or "".
-func (s *Server) claimClusterSession(ctx context.Context, c *conn, st *connectState) (packet.ReasonCode, string) {
+// on c. It returns a refusal (code and reason) or "", and, without a
+// refusal, attached, which the caller runs once it attached the client
+// (ClaimAttacher).
+func (s *Server) claimClusterSession(ctx context.Context, c *conn, st *connectState) (_ packet.ReasonCode, _ string, attached func()) {
+	attached = func() {}
 	sc, ok := s.cluster.(SessionCluster)
 	if !ok || (st.assignedID && st.expiry == 0) {
-		return 0, "" // a fresh random ID without a session to keep
+		return 0, "", attached // a fresh random ID without a session to keep
 	}
-	err := sc.ClaimSession(ctx, SessionClaim{ClientID: st.clientID, Discard: st.pkt.CleanStart, Persistent: st.expiry != 0,
+	persistent := st.expiry != 0
+	err := sc.ClaimSession(ctx, SessionClaim{ClientID: st.clientID, Discard: st.pkt.CleanStart, Persistent: persistent,
 		Owner: func(owner string, verified bool) (bool, string) {
 			return s.ownerCheck(c, st, &session{owner: sessionOwner{key: owner, verified: verified}})
 		}})
 	if err != nil {
 		var r *ClaimRefused
 		if errors.As(err, &r) && !r.Unavailable {
-			return packet.ClientIDNotValid, r.Reason
+			return packet.ClientIDNotValid, r.Reason, attached
 		}
 		if r != nil && r.Busy {
 			c.log.Warn("broker: the cluster could not hand the session over now; connection refused", "err", err)
-			return packet.ServerBusy, r.Reason
+			return packet.ServerBusy, r.Reason, attached
 		}
 		c.log.Warn("broker: the cluster could not hand the session over; connection refused", "err", err)
-		return packet.ServerUnavailable, "the session is not available in the cluster now; try again"
+		return packet.ServerUnavailable, "the session is not available in the cluster now; try again", attached
 	}
-	return 0, ""
+	if ca, ok := sc.(ClaimAttacher); ok && persistent {
+		id := st.clientID
+		attached = func() { ca.ClaimAttached(id) }
+	}
+	return 0, "", attached
 }
 
 // ImportSession registers a persistent session the cluster hands over,

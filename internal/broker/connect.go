@@ -304,10 +304,12 @@ func (c *conn) connect(ctx context.Context, pkt *packet.Connect) bool {
 	// once the connection is ready to read the client's next packet.
 	c.handling = true
 	c.outMu.Unlock()
-	if code, reason := s.claimClusterSession(ctx, c, &st); reason != "" {
+	code, reason, attached := s.claimClusterSession(ctx, c, &st)
+	if reason != "" {
 		return c.refuse(pkt, code, reason)
 	}
 	_, present, refusal := s.attach(c, &st)
+	attached()
 	if refusal != "" {
 		return c.refuse(pkt, packet.ClientIDNotValid, refusal)
 	}

@@ -327,12 +327,16 @@ func testSessionMoveFailedClaim(t *testing.T, qos byte, again int) {
 }
 
 // TestSessionMoveFailedClaimBounds: a node that remembers as many
-// sessions given up as it may (maxReleased) keeps the session rather
-// than give it up, and a node that keeps as many failed claims as it may
-// (maxFailedClaims) asks nothing: either way the claim is refused with
-// CONNACK 0x89 (Server busy), and the session stays whole on its home.
+// sessions given up as it may (maxReleased), none of them given up more
+// than failedFor ago, keeps the session rather than give it up, and a
+// node that keeps as many failed claims as it may (maxFailedClaims) asks
+// nothing: either way the claim is refused with CONNACK 0x89 (Server
+// busy), and the session stays whole on its home. When the entries are
+// older, the node reads their session records and forgets those that no
+// longer name it (here: none exists), but not one whose record still
+// does (a claim failed): the claim succeeds.
 func TestSessionMoveFailedClaimBounds(t *testing.T) {
-	for _, full := range []string{"released", "failed"} {
+	for _, full := range []string{"released", "failed", "released-stale"} {
 		t.Run(full, func(t *testing.T) {
 			nodes, err := startNodesHooked(t, t.TempDir(), freePorts(t, 3), nil)
 			if err != nil {
@@ -341,13 +345,22 @@ func TestSessionMoveFailedClaimBounds(t *testing.T) {
 			sub, _ := dialSession(t, nodes[0].addr, "bounded", client.V5)
 			subscribe(t, sub, 1, "bound/#")
 			disconnect(t, sub)
+			s := &nodes[0].node.sess
 			switch full {
-			case "released":
-				s := &nodes[0].node.sess
-				s.mu.Lock()
-				for i := range maxReleased {
-					s.released[fmt.Sprintf("other%d", i)] = releasedAt{at: time.Now()}
+			case "released", "released-stale":
+				at := time.Now()
+				if full == "released-stale" {
+					at = at.Add(-time.Minute)
+					// Its record names n1: a claim that failed.
+					kept, _ := dialSession(t, nodes[0].addr, "keptpos", client.V5)
+					disconnect(t, kept)
 				}
+				s.mu.Lock()
+				for i := range maxReleased - 1 {
+					s.releaseTokens++
+					s.released[fmt.Sprintf("other%d", i)] = releasedAt{at: at, first: s.releaseTokens}
+				}
+				s.released["keptpos"] = releasedAt{at: at.Add(-time.Second), first: 1}
 				s.mu.Unlock()
 			case "failed":
 				for i := range maxFailedClaims {
@@ -356,6 +369,49 @@ func TestSessionMoveFailedClaimBounds(t *testing.T) {
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
+			if full == "released-stale" {
+				// On a busy machine the look-up may run out of time before
+				// it read a record: the claim is refused (0x89), and the
+				// client tries again, as the refusal asks.
+				var sub2 *client.Client
+				for sub2 == nil {
+					c, err := client.Dial(ctx, client.Config{Servers: []string{"tcp://" + nodes[1].addr}, ClientID: "bounded",
+						Version: client.V5, SessionExpiry: 600})
+					var re *client.ReasonError
+					if errors.As(err, &re) && (re.Code == packet.ServerBusy || re.Code == packet.ServerUnavailable) && ctx.Err() == nil {
+						t.Logf("connect: %v; again", err)
+						continue
+					}
+					if err != nil {
+						t.Fatal(err)
+					}
+					sub2 = c
+				}
+				t.Cleanup(func() { sub2.Close() })
+				if !sub2.ConnectInfo().SessionPresent {
+					t.Fatal("Session Present 0 after the stale entries were looked up")
+				}
+				s.mu.Lock()
+				_, kept := s.released["keptpos"]
+				left := len(s.released)
+				s.mu.Unlock()
+				if !kept {
+					t.Error("the position of a session whose record still names n1 was forgotten")
+				}
+				if left >= maxReleased {
+					t.Errorf("%d positions remembered after the look-up, want fewer than %d", left, maxReleased)
+				}
+				pub := dial(t, nodes[2].addr, "boundpub", client.V5)
+				if err := pub.Publish(ctx, &client.Message{Topic: "bound/x", QoS: 1, Payload: []byte("1 1")}); err != nil {
+					t.Fatal(err)
+				}
+				select {
+				case <-sub2.Messages():
+				case <-ctx.Done():
+					t.Fatal("the moved session's subscription delivered nothing")
+				}
+				return
+			}
 			_, err = client.Dial(ctx, client.Config{Servers: []string{"tcp://" + nodes[1].addr}, ClientID: "bounded",
 				Version: client.V5, SessionExpiry: 600})
 			var re *client.ReasonError
@@ -461,4 +517,198 @@ func TestSessionMoveQoS0NotTwice(t *testing.T) {
 		}
 	}
 	expectNone(t, sub, time.Second)
+}
+
+// TestSessionMoveManyReleased: with the bound of given-up sessions a
+// node remembers set to 4, 12 sessions move one after the other from n1
+// to n2 (half of them connected on n1, taken over): none is refused, as
+// n1 forgets each position once n2 tells it that its claim took the
+// session record, and each moved session's subscription works on n2.
+func TestSessionMoveManyReleased(t *testing.T) {
+	const bound, moves = 4, 12
+	nodes, err := startNodesHooked(t, t.TempDir(), freePorts(t, 3),
+		[]func(int, *Node){func(_ int, nd *Node) { nd.sess.releasedCap = bound }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range moves {
+		id := fmt.Sprintf("many%d", i)
+		c, _ := dialSession(t, nodes[0].addr, id, client.V5)
+		subscribe(t, c, 1, "many/"+id)
+		if i%2 == 0 {
+			disconnect(t, c)
+		}
+	}
+	s := &nodes[0].node.sess
+	moved := make([]*client.Client, moves)
+	for i := range moves {
+		id := fmt.Sprintf("many%d", i)
+		c, present := dialSession(t, nodes[1].addr, id, client.V5)
+		if !present {
+			t.Fatalf("%s: Session Present 0 on n2", id)
+		}
+		moved[i] = c
+		testutil.WaitFor(t, "n1 to forget the position of "+id, 30*time.Second, func() bool {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			_, ok := s.released[id]
+			return !ok
+		})
+	}
+	pub := dial(t, nodes[2].addr, "manypub", client.V5)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for i, c := range moved {
+		id := fmt.Sprintf("many%d", i)
+		if err := pub.Publish(ctx, &client.Message{Topic: "many/" + id, QoS: 1, Payload: []byte(id)}); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case m := <-c.Messages():
+			if string(m.Payload) != id {
+				t.Fatalf("%s received %q", id, m.Payload)
+			}
+		case <-ctx.Done():
+			t.Fatalf("%s: the moved session's subscription delivered nothing", id)
+		}
+	}
+}
+
+// TestSessionClaimsSameInstant: a client connects on n2 and on n3 at the
+// same instant, its session's home being n1 with QoS 1 messages queued.
+// n3's claim asks n2 to give the session up after n2 wrote the session
+// record and before it imported the session: n2 answers "busy, try
+// again" and gives nothing up; once n2 attached its client, n3's claim
+// asks again and takes the session over as from any home. Exactly one
+// connection survives (n3's), one node is the session's home, and the
+// session is whole: n3's client receives every queued message (n2's did
+// not acknowledge them) and the subscription works there.
+func TestSessionClaimsSameInstant(t *testing.T) {
+	nodes, err := startNodesHooked(t, t.TempDir(), freePorts(t, 3), nil, func(bc *broker.Config) {
+		bc.ConnectTimeout = time.Minute // n3's claim asks again until n2's client is attached
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub, _ := dialSession(t, nodes[0].addr, "twin", client.V5)
+	subscribe(t, sub, 1, "twin/#")
+	disconnect(t, sub)
+	pub := dial(t, nodes[0].addr, "twinpub", client.V5)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	const queued = 5
+	for i := range queued {
+		if err := pub.Publish(ctx, &client.Message{Topic: "twin/q", QoS: 1, Payload: []byte(fmt.Sprint(i))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	type dialed struct {
+		c   *client.Client
+		err error
+	}
+	second := make(chan dialed, 1)
+	secondDone := make(chan struct{})
+	busy := make(chan struct{})
+	var busyOnce, takeOnce sync.Once
+	onBusy := func(id string) { busyOnce.Do(func() { close(busy) }) }
+	nodes[1].node.sess.busyAnswer.Store(&onBusy)
+	var wg sync.WaitGroup
+	t.Cleanup(wg.Wait)
+	afterTake := func(id string) {
+		takeOnce.Do(func() {
+			// n2 has written the record; n3's client connects now.
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				c, err := client.Dial(ctx, client.Config{Servers: []string{"tcp://" + nodes[2].addr}, ClientID: "twin",
+					Version: client.V5, SessionExpiry: 600, ConnectTimeout: time.Minute})
+				second <- dialed{c, err}
+				close(secondDone)
+			}()
+			select {
+			case <-busy:
+			case <-secondDone: // given up at once: the bug this test is about
+			case <-time.After(30 * time.Second):
+			}
+		})
+	}
+	nodes[1].node.sess.afterTake.Store(&afterTake)
+	first, ferr := client.Dial(ctx, client.Config{Servers: []string{"tcp://" + nodes[1].addr}, ClientID: "twin",
+		Version: client.V5, SessionExpiry: 600, ManualAck: true, ConnectTimeout: time.Minute})
+	nodes[1].node.sess.afterTake.Store(nil)
+	if ferr == nil {
+		t.Cleanup(func() { first.Close() })
+	}
+	var d dialed
+	select {
+	case d = <-second:
+	case <-ctx.Done():
+		t.Fatal("n3's connect did not end")
+	}
+	nodes[1].node.sess.busyAnswer.Store(nil)
+	if d.err != nil {
+		t.Fatalf("n3's connect: %v", d.err)
+	}
+	t.Cleanup(func() { d.c.Close() })
+	if !d.c.ConnectInfo().SessionPresent {
+		t.Fatal("Session Present 0 on n3")
+	}
+	if ferr == nil {
+		// Connected first, then taken over.
+		select {
+		case <-first.Done():
+		case <-time.After(30 * time.Second):
+			t.Fatal("both connections are up: n2's was not taken over")
+		}
+		var re *client.ReasonError
+		if err := first.Err(); !errors.As(err, &re) || re.Code != packet.SessionTakenOver {
+			t.Logf("n2's connection ended with %v", err)
+		}
+	}
+	if !d.c.IsConnected() {
+		t.Fatal("n3's connection was closed too")
+	}
+	homes := 0
+	for _, tn := range nodes {
+		tn.node.sess.mu.Lock()
+		_, ok := tn.node.sess.homed["twin"]
+		tn.node.sess.mu.Unlock()
+		if ok {
+			homes++
+		}
+	}
+	if got := sessionNode(t, nodes[0].node, "twin"); got != "n3" || homes != 1 {
+		t.Fatalf("the session's record names %s, %d nodes are its home; want n3 alone", got, homes)
+	}
+	select {
+	case <-busy:
+	default:
+		t.Fatal("n2 did not answer n3's claim busy")
+	}
+	got := make(map[string]bool)
+	deadline := time.After(30 * time.Second)
+	for len(got) < queued {
+		select {
+		case m := <-d.c.Messages():
+			got[string(m.Payload)] = true
+		case <-deadline:
+			t.Fatalf("n3's client received %d of the %d queued messages", len(got), queued)
+		}
+	}
+	if err := pub.Publish(ctx, &client.Message{Topic: "twin/after", QoS: 1, Payload: []byte("after")}); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		select {
+		case m := <-d.c.Messages():
+			if m.Topic == "twin/after" {
+				expectNone(t, d.c, time.Second)
+				return
+			}
+			// A queued message sent again (n2's in flight, DUP).
+		case <-deadline:
+			t.Fatal("the subscription did not deliver on n3")
+		}
+	}
 }

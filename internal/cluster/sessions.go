@@ -51,6 +51,12 @@ import (
 // the old home answers the next claim with the position it gave it up
 // at (released), and the node whose claim failed resumes it from its
 // start (failed), so that the next claim replays what reached neither.
+// The new home tells the old one once it wrote the session record
+// (takenNotice): the old home's answer is of no use to any claim then,
+// and it forgets the position. A node whose own claim of a session is
+// under way (until its client is attached) answers a release request
+// for it "busy, try again", so that two claims at the same instant leave
+// one home and one connection.
 
 const (
 	streamSessions = "moat_sessions"
@@ -80,8 +86,22 @@ type sessionsState struct {
 	// maxReleased): a claim that fails after that leaves the session on
 	// no node, and the next claim is answered with this position rather
 	// than the current one, so that it replays what the session missed
-	// meanwhile (handleRelease).
+	// meanwhile (handleRelease). An entry goes once the claim is known
+	// to have taken the session record (handleTaken, confirmReleased):
+	// no claim can use this node's answer then.
 	released map[string]releasedAt
+	// releaseTokens numbers this node's answers to release requests
+	// (releaseReply.Token); releasedCap, in tests, replaces maxReleased.
+	releaseTokens uint64
+	releasedCap   int
+	// confirmMu lets one release request at a time look up the records
+	// of given-up sessions when released is full (confirmReleased).
+	confirmMu sync.Mutex
+	// claiming counts, per client ID, the claims of this node under way
+	// for a client that keeps its session, from their start until the
+	// broker attached the client (ClaimAttached): a release request for
+	// the session meanwhile is answered "busy, try again" (handleRelease).
+	claiming map[string]claimMark
 	// failed holds, for failedFor, the start of each claim of this node
 	// that failed after its old home was asked to give the session up
 	// (at most maxFailedClaims): the next claim of the same client ID on
@@ -124,6 +144,12 @@ type sessionsState struct {
 	// releaseWait, in tests, replaces the 5 s a claim waits at most for
 	// the old home's answer.
 	releaseWait time.Duration
+	// afterTake, in tests, runs when a claim has written the session
+	// record (this node is the home), before it reads the session.
+	afterTake atomic.Pointer[func(id string)]
+	// busyAnswer, in tests, runs when this node answers a release
+	// request "busy, try again".
+	busyAnswer atomic.Pointer[func(id string)]
 
 	// holds are the imports holding back routed deliveries now, by
 	// client ID (see holdAcks); holdMu guards them and every
@@ -298,6 +324,7 @@ func (s *sessionsState) init() {
 	s.pending = make(map[string]position)
 	s.released = make(map[string]releasedAt)
 	s.failed = make(map[string]*failedClaim)
+	s.claiming = make(map[string]claimMark)
 	s.ready = make(chan struct{})
 }
 
@@ -314,6 +341,57 @@ type sessionBroker interface {
 
 var _ sessionBroker = (*broker.Server)(nil)
 var _ broker.SessionCluster = (*Node)(nil)
+var _ broker.ClaimAttacher = (*Node)(nil)
+
+// claimMark counts the claims of a client ID under way on this node
+// (sessionsState.claiming), at the start of the latest.
+type claimMark struct {
+	n  int
+	at time.Time
+}
+
+// claimMarkFor bounds how long a claim counts as under way without the
+// broker's word that its client is attached: longer than a claim's
+// import may take (2 minutes once it wrote the session record).
+const claimMarkFor = 3 * time.Minute
+
+// markClaim counts a claim of id under way on this node.
+func (n *Node) markClaim(id string) {
+	n.sess.mu.Lock()
+	defer n.sess.mu.Unlock()
+	m := n.sess.claiming[id]
+	m.n++
+	m.at = time.Now()
+	n.sess.claiming[id] = m
+}
+
+// unmarkClaim ends a claim of id counted by markClaim.
+func (n *Node) unmarkClaim(id string) {
+	n.sess.mu.Lock()
+	defer n.sess.mu.Unlock()
+	m, ok := n.sess.claiming[id]
+	switch {
+	case !ok:
+	case m.n <= 1:
+		delete(n.sess.claiming, id)
+	default:
+		m.n--
+		n.sess.claiming[id] = m
+	}
+}
+
+// claimingNow tells whether a claim of id is under way on this node.
+func (n *Node) claimingNow(id string) bool {
+	n.sess.mu.Lock()
+	defer n.sess.mu.Unlock()
+	_, ok := n.sess.claiming[id]
+	return ok
+}
+
+// ClaimAttached implements broker.ClaimAttacher: the claim of clientID
+// is over, its client attached (or refused); a release request is
+// answered again.
+func (n *Node) ClaimAttached(clientID string) { n.unmarkClaim(clientID) }
 
 func sessSubject(clientID, suffix string) string {
 	return sessPrefix + keyOf(clientID) + "." + suffix
@@ -346,12 +424,19 @@ func (n *Node) setHome(id string, hs *homeState) {
 // Bounds of what a failed claim leaves behind (docs/cluster.md,
 // "Sessions", "A claim that fails").
 const (
-	// maxReleased bounds sessionsState.released: beyond it, this node
-	// gives no session up (the claim is refused, CONNACK 0x89) until
-	// entries expire.
+	// maxReleased bounds sessionsState.released: the entries whose
+	// claims are not known to have taken the session record. Beyond it,
+	// this node looks up the records of the oldest (confirmReleased),
+	// and gives no session up (the claim is refused, CONNACK 0x89) until
+	// one of them names another home or entries expire.
 	maxReleased = 1 << 16
 	// releasedFor is how long a position given is remembered.
 	releasedFor = 10 * time.Minute
+	// confirmBatch is how many entries of released one look-up reads the
+	// records of, at most; confirmWait bounds its time (the claim waits
+	// at most 5 s for the answer).
+	confirmBatch = 256
+	confirmWait  = 3 * time.Second
 	// maxFailedClaims bounds sessionsState.failed: beyond it (plus the
 	// claims under way), a claim that no failed one resumes is refused
 	// before it asks anything (CONNACK 0x89).
@@ -366,12 +451,18 @@ const (
 // releasedAt is the position at which this node gave a session up, and
 // when; qos0 is the highest sequence number of the messages of origin,
 // the claiming node's run, routed to the session's connection (see
-// releaseReply).
+// releaseReply). first numbers the first answer given for the session
+// since this node last had it (releaseTokens): a claim that took the
+// session record after an answer numbered at least first makes every
+// answer of the entry useless (handleTaken). checked is when
+// confirmReleased last found that the record still names this node.
 type releasedAt struct {
-	seq    uint64
-	origin string
-	qos0   uint64
-	at     time.Time
+	seq     uint64
+	origin  string
+	qos0    uint64
+	at      time.Time
+	first   uint64
+	checked time.Time
 }
 
 // failedClaim is the start of a claim that failed after its old home
@@ -385,16 +476,125 @@ type failedClaim struct {
 	at    time.Time
 }
 
+// releaseCap is maxReleased, or the bound a test set.
+func (n *Node) releaseCap() int {
+	if n.sess.releasedCap > 0 {
+		return n.sess.releasedCap
+	}
+	return maxReleased
+}
+
 // releaseFull tells whether this node remembers as many given-up
 // sessions as it may, id's aside.
 func (n *Node) releaseFull(id string) bool {
 	n.sess.mu.Lock()
 	defer n.sess.mu.Unlock()
-	if _, ok := n.sess.released[id]; ok || len(n.sess.released) < maxReleased {
+	if _, ok := n.sess.released[id]; ok || len(n.sess.released) < n.releaseCap() {
 		return false
 	}
 	n.pruneReleasedLocked(time.Now())
-	return len(n.sess.released) >= maxReleased
+	return len(n.sess.released) >= n.releaseCap()
+}
+
+// roomToRelease tells whether this node may give up the session of id:
+// when it remembers as many given-up sessions as it may, it first reads
+// the records of the oldest (confirmReleased), one request at a time.
+func (n *Node) roomToRelease(id string) bool {
+	if !n.releaseFull(id) {
+		return true
+	}
+	n.sess.confirmMu.Lock()
+	defer n.sess.confirmMu.Unlock()
+	if !n.releaseFull(id) {
+		return true // another request made room meanwhile
+	}
+	ctx, cancel := context.WithTimeout(n.ctx, confirmWait)
+	defer cancel()
+	n.confirmReleased(ctx, time.Now())
+	return !n.releaseFull(id)
+}
+
+// confirmReleased reads the session records of up to confirmBatch of the
+// oldest given-up sessions not looked at for failedFor, given up more
+// than failedFor ago (a younger one's claim is likely under way), and
+// forgets those whose record no longer names this node: its answer is of
+// no use to any claim then (a claim uses it only if the record, read
+// again after the answer, still names this node, which only this node
+// can make it do again, and it then forgets the entry anyway, setHome).
+// Those whose record still names this node (a claim failed, the session
+// is on no node) stay, looked at again after failedFor. A record that
+// cannot be read keeps its entry.
+func (n *Node) confirmReleased(ctx context.Context, now time.Time) {
+	type cand struct {
+		id    string
+		first uint64
+		at    time.Time
+	}
+	var cands []cand
+	n.sess.mu.Lock()
+	for id, r := range n.sess.released {
+		if now.Sub(r.at) > failedFor && now.Sub(r.checked) > failedFor {
+			cands = append(cands, cand{id, r.first, r.at})
+		}
+	}
+	n.sess.mu.Unlock()
+	slices.SortFunc(cands, func(a, b cand) int { return a.at.Compare(b.at) })
+	cands = cands[:min(len(cands), confirmBatch)]
+	for _, c := range cands {
+		cur, err := n.getRecord(ctx, sessSubject(c.id, "s"))
+		if err != nil {
+			if ctx.Err() != nil {
+				return // out of time: the entries not read stay
+			}
+			continue // this entry stays
+		}
+		ours := false
+		if cur != nil && len(cur.data) > 0 {
+			if rec, err := decodeSession(cur.data); err == nil && rec.Home == n.origin {
+				ours = true
+			}
+		}
+		n.sess.mu.Lock()
+		if r, ok := n.sess.released[c.id]; ok && r.first == c.first {
+			if ours {
+				r.checked = now
+				n.sess.released[c.id] = r
+			} else {
+				delete(n.sess.released, c.id)
+			}
+		}
+		n.sess.mu.Unlock()
+	}
+}
+
+// takenNotice tells the old home of a session that a claim took the
+// session record after its answer numbered Token (releaseReply.Token).
+type takenNotice struct {
+	Client string `json:"client"`
+	Token  uint64 `json:"token"`
+}
+
+// takenSubject is where this node's run, origin, hears of the sessions
+// it gave up that their claims took (takenNotice). A node of an earlier
+// build neither sends nor hears these: its entries go by
+// confirmReleased or after releasedFor.
+func takenSubject(origin string) string { return ctlPrefix + keyOf(origin) + ".taken" }
+
+// handleTaken forgets the position at which this node gave up a session
+// that a claim has taken since (its record names the claiming node): no
+// claim can use this node's answer any more. A notice of an earlier time
+// this node gave the session up (token below the entry's first) is
+// ignored.
+func (n *Node) handleTaken(m *nats.Msg) {
+	var t takenNotice
+	if json.Unmarshal(m.Data, &t) != nil || t.Client == "" {
+		return
+	}
+	n.sess.mu.Lock()
+	defer n.sess.mu.Unlock()
+	if r, ok := n.sess.released[t.Client]; ok && r.first <= t.Token {
+		delete(n.sess.released, t.Client)
+	}
 }
 
 // giveUp stops writing the session of id, given up to another node
@@ -405,8 +605,9 @@ func (n *Node) releaseFull(id string) bool {
 // already (an earlier claim failed afterwards), what it answered then
 // (qos0 for the same claiming node only); when this node had taken the
 // home of it without importing it (a claim of its own that failed
-// afterwards), the position that claim had.
-func (n *Node) giveUp(id string, released bool, routed uint64, origin string, qos0 uint64) (uint64, uint64) {
+// afterwards), the position that claim had. token numbers the answer
+// (takenNotice).
+func (n *Node) giveUp(id string, released bool, routed uint64, origin string, qos0 uint64) (_, _, token uint64) {
 	s := &n.sess
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -420,11 +621,19 @@ func (n *Node) giveUp(id string, released bool, routed uint64, origin string, qo
 			qos0 = r.qos0
 		}
 	}
-	s.released[id] = releasedAt{seq: routed, origin: origin, qos0: qos0, at: now}
+	s.releaseTokens++
+	token = s.releaseTokens
+	first := token
+	if r, ok := s.released[id]; ok && !released && !homed {
+		// Given up already: this node has not written the record since,
+		// and a claim that took it makes every answer since useless.
+		first = r.first
+	}
+	s.released[id] = releasedAt{seq: routed, origin: origin, qos0: qos0, at: now, first: first}
 	delete(s.homed, id)
 	delete(s.pending, id)
 	s.gone[id] = now
-	return routed, qos0
+	return routed, qos0, token
 }
 
 // pruneReleasedLocked forgets the positions given more than releasedFor
@@ -574,8 +783,9 @@ func (n *Node) clearPending(id string) {
 }
 
 // pruneGone forgets sessions given up more than a minute ago, the
-// positions given more than releasedFor ago, and the failed claims kept
-// for more than failedFor or whose pin lost a message.
+// positions given more than releasedFor ago, the claims counted as under
+// way for more than claimMarkFor, and the failed claims kept for more
+// than failedFor or whose pin lost a message.
 func (n *Node) pruneGone(now time.Time) {
 	type dropped struct {
 		id  string
@@ -590,6 +800,13 @@ func (n *Node) pruneGone(now time.Time) {
 		}
 	}
 	n.pruneReleasedLocked(now)
+	var stale []string
+	for id, m := range n.sess.claiming {
+		if now.Sub(m.at) > claimMarkFor {
+			delete(n.sess.claiming, id)
+			stale = append(stale, id)
+		}
+	}
 	for id, f := range n.sess.failed {
 		switch {
 		case f.pin != nil && f.pin.Err() != nil:
@@ -602,6 +819,10 @@ func (n *Node) pruneGone(now time.Time) {
 		delete(n.sess.failed, id)
 	}
 	n.sess.mu.Unlock()
+	for _, id := range stale {
+		n.log.Error("cluster: a claim of a session counted as under way for too long; its session is given up again when asked",
+			"client", id)
+	}
 	for _, d := range drop {
 		n.dropFailed(d.id, d.f, d.why)
 	}
@@ -884,6 +1105,19 @@ func unavailable(reason string) error { return &broker.ClaimRefused{Reason: reas
 // file). It imports the session into the broker itself, so that the
 // import and the position of the durable stream are read together.
 func (n *Node) ClaimSession(ctx context.Context, claim broker.SessionClaim) (err error) {
+	if claim.Persistent {
+		// Until its client is attached (ClaimAttached), or the claim
+		// fails, a release request for the session is answered "busy,
+		// try again": this node may have written the session record and
+		// not imported it yet, or imported it without the client (docs/
+		// cluster.md, "Claims at the same instant").
+		n.markClaim(claim.ClientID)
+		defer func() {
+			if err != nil {
+				n.unmarkClaim(claim.ClientID)
+			}
+		}()
+	}
 	if n.persistence() == nil {
 		return nil
 	}
@@ -1030,8 +1264,24 @@ func (n *Node) ClaimSession(ctx context.Context, claim broker.SessionClaim) (err
 		if f := n.sess.beforeRelease.Load(); f != nil {
 			(*f)(id)
 		}
+		wasAsked := asked
 		asked = true
 		pos, err := n.release(ctx, id, rec)
+		if errors.Is(err, errReleaseRetry) {
+			// The old home has a claim of its own under way (it may
+			// have written the record and not imported the session, or
+			// not attached its client): it gave nothing up. Asked again
+			// until ctx ends; the session has not changed hands.
+			asked = wasAsked
+			attempt--
+			select {
+			case <-ctx.Done():
+				return &broker.ClaimRefused{Reason: "a claim of the session is under way on its node; try again",
+					Unavailable: true, Busy: true}
+			case <-time.After(retryPause):
+			}
+			continue
+		}
 		if err != nil {
 			return err
 		}
@@ -1074,8 +1324,14 @@ type releaseReply struct {
 	// durable messages with the session present.
 	Routed uint64 `json:"routed"`
 	// Busy: the old home remembers too many sessions given up to give
-	// up another now (maxReleased).
-	Busy bool `json:"busy,omitempty"`
+	// up another now (maxReleased), or (Retry) a claim of its own of the
+	// session is under way: it gave nothing up, and the claiming node
+	// asks again (an earlier build refuses its client, CONNACK 0x89).
+	Busy  bool `json:"busy,omitempty"`
+	Retry bool `json:"retry,omitempty"`
+	// Token numbers the answer: the claiming node tells the old home
+	// once it has taken the session record (takenNotice).
+	Token uint64 `json:"token,omitempty"`
 	// QoS0 is, when a connection was attached to the session, the highest
 	// sequence number of the claiming node's forwarded messages that the
 	// old home routed before it gave the session up: its QoS 0 messages
@@ -1110,7 +1366,20 @@ type position struct {
 	// up to qos0 went to the session's connection on the old home
 	// (releaseReply.QoS0).
 	qos0 uint64
+	// home is the old home's run and token its answer's number
+	// (releaseReply.Token; 0: none), told to it once the claim took the
+	// session record (takenNotice).
+	home  string
+	token uint64
 }
+
+// retryPause is how long a claim waits before it asks again an old home
+// that answered errReleaseRetry.
+const retryPause = 50 * time.Millisecond
+
+// errReleaseRetry is the old home's answer while a claim of its own of
+// the session is under way: it gave nothing up, ask again.
+var errReleaseRetry = errors.New("cluster: a claim of the session is under way on its node")
 
 // release asks the old home of a session to give it up. A home that is
 // gone (no responder on its control subject) is asked nothing: the
@@ -1131,11 +1400,14 @@ func (n *Node) release(ctx context.Context, id string, rec *sessionRecord) (posi
 	m, err := n.nc.RequestWithContext(rctx, ctlPrefix+keyOf(rec.Home), data)
 	if err == nil {
 		var r releaseReply
+		if json.Unmarshal(m.Data, &r) == nil && r.Retry {
+			return position{}, errReleaseRetry
+		}
 		if json.Unmarshal(m.Data, &r) != nil || !r.OK {
 			return position{}, &broker.ClaimRefused{Reason: "the session's node could not give it up: " + r.Error,
 				Unavailable: true, Busy: r.Busy}
 		}
-		return position{seq: r.Routed, replay: true, qos0: r.QoS0}, nil
+		return position{seq: r.Routed, replay: true, qos0: r.QoS0, home: rec.Home, token: r.Token}, nil
 	}
 	if !errors.Is(err, nats.ErrNoResponders) {
 		if n.peerConnected(rec.Node) {
@@ -1207,6 +1479,12 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 	if discard {
 		mine = sessionRecord{Home: n.origin, Node: n.cfg.Node, Placeholder: true}
 	}
+	// Until the session is imported, a release request for it is
+	// answered "busy, try again" (handleRelease): this node may be its
+	// home already. A claim of a client counts until the client is
+	// attached; an adoption or an import at start until here.
+	n.markClaim(id)
+	defer n.unmarkClaim(id)
 	if pos.replay {
 		// Kept until the session is imported: the write below may take
 		// the home even when its answer is lost.
@@ -1219,6 +1497,10 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 	}
 	if err != nil {
 		return unavailable("storing the session failed: " + err.Error())
+	}
+	n.tookRecord(id, pos)
+	if f := n.sess.afterTake.Load(); f != nil {
+		(*f)(id)
 	}
 	// This node is the home now: reading the session and replaying its
 	// messages no longer depend on the client's patience (its connect
@@ -1399,6 +1681,26 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 	return nil
 }
 
+// tookRecord runs once this node's write of the session record of id
+// (its claim with the old home's answer pos) is stored: it forgets the
+// position it gave the session up at itself, if it did (its next answer
+// counts from this write), and tells the old home that its answer is of
+// no use any more (takenNotice). A notice that is lost leaves the old
+// home's entry until it looks the record up (confirmReleased) or
+// forgets it.
+func (n *Node) tookRecord(id string, pos position) {
+	n.sess.mu.Lock()
+	delete(n.sess.released, id)
+	n.sess.mu.Unlock()
+	if pos.token == 0 || pos.home == "" || pos.home == n.origin {
+		return
+	}
+	data, _ := json.Marshal(takenNotice{Client: id, Token: pos.token})
+	if err := n.nc.Publish(takenSubject(pos.home), data); err != nil {
+		n.log.Debug("cluster: telling a session's former node that it moved failed", "client", id, "err", err)
+	}
+}
+
 // retryClaim is a claim that lost a race: it starts over.
 func (n *Node) retryClaim(ctx context.Context, id string) error {
 	return unavailable("the session of " + clip(id) + " changed hands meanwhile")
@@ -1540,7 +1842,8 @@ func dedupe(s []string) []string {
 }
 
 // serveControl answers the other nodes' requests to this run of the
-// node: releasing a session whose client connected elsewhere.
+// node: releasing a session whose client connected elsewhere, and
+// hearing that the claim it was released for took it (handleTaken).
 func (n *Node) serveControl() error {
 	_, err := n.nc.Subscribe(ctlPrefix+keyOf(n.origin), func(m *nats.Msg) {
 		if n.ctx.Err() != nil {
@@ -1552,6 +1855,10 @@ func (n *Node) serveControl() error {
 			n.handleRelease(m)
 		}()
 	})
+	if err != nil {
+		return err
+	}
+	_, err = n.nc.Subscribe(takenSubject(n.origin), n.handleTaken)
 	return err
 }
 
@@ -1577,10 +1884,24 @@ func (n *Node) handleRelease(m *nats.Msg) {
 		reply(releaseReply{Error: "no broker"})
 		return
 	}
-	if n.releaseFull(req.Client) {
+	if n.claimingNow(req.Client) {
+		// A claim of this node may have written the session record and
+		// not yet imported the session, or its client not yet be
+		// attached: giving the session up now would leave two homes
+		// writing it, or a client attached to a session no node keeps.
+		// The claiming node asks again; the client attached here by
+		// then is taken over as any other.
+		if f := n.sess.busyAnswer.Load(); f != nil {
+			(*f)(req.Client)
+		}
+		reply(releaseReply{Error: "a claim of the session is under way on this node", Busy: true, Retry: true})
+		return
+	}
+	if !n.roomToRelease(req.Client) {
 		// It could not answer a claim that fails afterwards with the
 		// position it gives the session up at: it keeps the session.
-		n.log.Warn("cluster: a session not given up: too many given up in the last minutes", "client", req.Client)
+		n.log.Warn("cluster: a session not given up: too many given up in the last minutes whose claims are not known to have succeeded",
+			"client", req.Client)
 		reply(releaseReply{Error: "too many sessions given up recently", Busy: true})
 		return
 	}
@@ -1601,7 +1922,7 @@ func (n *Node) handleRelease(m *nats.Msg) {
 	}
 	// A session given up already (a claim failed after that) is
 	// answered with what was answered then.
-	routed, qos0 = n.giveUp(req.Client, released, routed, req.Origin, qos0)
+	routed, qos0, token := n.giveUp(req.Client, released, routed, req.Origin, qos0)
 	done := make(chan error, 1)
 	p.Persist(nil, func(err error) { done <- err })
 	select {
@@ -1617,7 +1938,7 @@ func (n *Node) handleRelease(m *nats.Msg) {
 		n.dstats.sessionsOut.Add(1)
 		n.log.Info("cluster: session handed over to another node", "client", req.Client)
 	}
-	reply(releaseReply{OK: true, Routed: routed, QoS0: qos0})
+	reply(releaseReply{OK: true, Routed: routed, QoS0: qos0, Token: token})
 }
 
 // importHomeSessions imports, when the node starts, the sessions whose
