@@ -245,3 +245,27 @@ func TestSessionMoveReplayKeepsOrder(t *testing.T) {
 	}
 	receiveAtLeastOnce(t, moved, 0, 10)
 }
+
+// TestSessionMoveOwnMessageBehindConsumers: a QoS 1 message published on
+// n2 just before its session moves there from n1, while neither node's
+// consumer has reached its record yet, still reaches the session.
+func TestSessionMoveOwnMessageBehindConsumers(t *testing.T) {
+	nodes := startCluster(t, 3, slowClaims)
+	sub, _ := dialSession(t, nodes[0].addr, "ownmover", client.V5)
+	subscribe(t, sub, 1, "own/#")
+	pub := dial(t, nodes[1].addr, "ownpub", client.V5)
+	awaitRoute(t, pub, sub, "own/probe")
+	disconnect(t, sub)
+
+	n1, n2 := nodes[0].node, nodes[1].node
+	n1.pauseRouting()
+	n2.pauseRouting()
+	publishQoS1(t, pub, "own/x", 0, 3)
+	moved, present := dialSession(t, nodes[1].addr, "ownmover", client.V5)
+	if !present {
+		t.Fatal("Session Present 0")
+	}
+	n1.resumeRouting()
+	n2.resumeRouting()
+	receiveAtLeastOnce(t, moved, 0, 3)
+}

@@ -1352,7 +1352,13 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 		n.dur.routeMu.Lock()
 		to := n.dur.routed
 		n.dur.routeMu.Unlock()
-		rs = n.readReplay(ctx, id, cs.Session.Session, pos, to)
+		// And this node's own messages forwarded before now, which
+		// its routing passed by the session's subscriptions (they are
+		// routed here before they are forwarded) and its consumer
+		// skips, even beyond its routing position: once the commits
+		// submitted so far are done they are in the stream (at most
+		// maxOwnScan records past that position are read).
+		rs = n.readReplay(ctx, id, cs.Session.Session, pos, max(to, n.ownEnd(ctx, p, to)))
 	}
 	n.dur.routeMu.Lock()
 	if f := n.sess.beforeImport.Load(); f != nil {
@@ -1368,7 +1374,7 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 	upTo := n.dur.routed
 	var reached map[string]bool
 	wait := func() {}
-	replay := rs != nil && (upTo > pos.seq || cs.Hold && pos.from < pos.seq)
+	replay := rs != nil
 	if replay {
 		// What was routed since the reading above (usually nothing, or
 		// a few records) is read with routing held, within
@@ -1481,6 +1487,28 @@ func (n *Node) readReplay(ctx context.Context, id string, ss *broker.StoredSessi
 	return rs
 }
 
+// ownEnd returns the stream's last sequence once the commits submitted
+// to p so far are done (the records of this node's own messages
+// forwarded so far are then in the stream), at most maxOwnScan past
+// routed; routed when it cannot tell.
+func (n *Node) ownEnd(ctx context.Context, p *persistence, routed uint64) uint64 {
+	done := make(chan error, 1)
+	p.Persist(nil, func(err error) { done <- err })
+	select {
+	case err := <-done:
+		if err != nil {
+			return routed
+		}
+	case <-ctx.Done():
+		return routed
+	}
+	info, err := n.msgStream().Info(ctx)
+	if err != nil {
+		return routed
+	}
+	return min(info.State.LastSeq, routed+maxOwnScan)
+}
+
 // read reads the records after rs.to up to to (take calls it again,
 // holding routeMu, for those routed since the first reading).
 func (rs *replaySet) read(ctx context.Context, n *Node, to uint64) error {
@@ -1510,7 +1538,9 @@ func (rs *replaySet) readOrFail(ctx context.Context, n *Node, to uint64) {
 }
 
 // deliver delivers to the session the messages read with stream
-// sequences in (pos.seq, to] that match its subscriptions (shared
+// sequences in (pos.seq, to], and those of this node's own messages
+// read after to (its routing position: its consumer skips them), that
+// match its subscriptions (shared
 // subscriptions excepted: their groups are sent their messages again
 // until a member confirms them, sharedack.go) and that it does not hold
 // already (have). Batch records are matched message by message; single
@@ -1535,11 +1565,11 @@ func (rs *replaySet) deliver(n *Node, to uint64, have map[string]bool) (reached 
 		n.dur.refs.Delete(msg)
 	}
 	for _, seq := range slices.Sorted(maps.Keys(rs.bySeq)) {
-		if seq > to {
-			break // routing delivers it
-		}
 		m := rs.bySeq[seq]
 		origin := m.Header.Get(hdrOrigin)
+		if seq > to && origin != n.origin {
+			continue // routing delivers it
+		}
 		if seq <= from {
 			// Routed by the old home: only this node's own messages
 			// are noted.
