@@ -503,3 +503,71 @@ func TestCumulativeAcksRecordLostInTransit(t *testing.T) {
 	routeAll(t, q, c, 1, 2)
 	waitFloor(t, c, 3, "records lost in transit delivered again")
 }
+
+// TestSlowNodeRedeliveriesBounded: a node slower than its consumer's
+// AckWait (its commits slow) gets the records it has not acknowledged
+// delivered again, while it is still routing them. Each is ignored
+// (admit) without being routed twice; the consumer delivers again at
+// most the records outstanding, once per AckWait, and nothing new while
+// MaxAckPending are outstanding. Here the node's consumer configuration
+// is scaled down (AckWait 1 s, MaxAckPending 8, of 10 s and 65,536).
+func TestSlowNodeRedeliveriesBounded(t *testing.T) {
+	js, st, _ := ackTestStream(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cfg := (&Node{}).consumerConfig("slow", jetstream.ConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy})
+	cfg.FilterSubject, cfg.AckWait, cfg.MaxAckPending = "acktest.>", time.Second, 8
+	c, err := st.CreateConsumer(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	publishAckTest(t, js, 1, 41)
+
+	q := newAckQueue()
+	q.bind(ackInfo(t, c))
+	routed := map[uint64]int{}
+	deliveries := 0
+	var held []uint64 // admitted, not finished: the slow node's commits
+	read := func(wait time.Duration) {
+		b, err := c.Fetch(16, jetstream.FetchMaxWait(wait))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for m := range b.Messages() {
+			deliveries++
+			seq := streamSeq(t, m)
+			if q.admit(m, seq) {
+				routed[seq]++
+				held = append(held, seq)
+			}
+		}
+	}
+	// For 3.5 AckWaits nothing is finished.
+	for start := time.Now(); time.Since(start) < 3500*time.Millisecond; {
+		read(500 * time.Millisecond)
+	}
+	if len(routed) != 8 {
+		t.Fatalf("%d records routed while 8 were outstanding; want 8", len(routed))
+	}
+	// 8 first deliveries, and at most 8 again per AckWait (4 of them).
+	if deliveries <= 8 || deliveries > 8+4*8 {
+		t.Fatalf("%d deliveries of 8 records outstanding for 3.5 AckWaits; want 9..40", deliveries)
+	}
+	// The commits end: everything is routed once.
+	for len(routed) < 40 {
+		for _, seq := range held {
+			q.finish(seq, true)
+		}
+		held = held[:0]
+		q.flush()
+		read(200 * time.Millisecond)
+		if ctx.Err() != nil {
+			t.Fatalf("%d of 40 records routed", len(routed))
+		}
+	}
+	for seq, k := range routed {
+		if k != 1 {
+			t.Fatalf("record %d routed %d times", seq, k)
+		}
+	}
+}

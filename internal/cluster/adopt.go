@@ -52,10 +52,23 @@ type adoptState struct {
 	// start is n.now() when the node started: the grace period of a
 	// JetStream peer never heard from runs from it.
 	start time.Time
+	// back is n.now() when this node last came back from being cut off
+	// from most of the cluster (routedToMajority) for at least
+	// hbMissedLimit heartbeat intervals (zero: it never was). Cut off,
+	// it heard no heartbeats: the other nodes' silence counts from then
+	// only. Otherwise the minority side of a partition longer than the
+	// grace period, whose routes heal one after the other, would adopt
+	// the sessions of a live node whose route is not back yet (adoptDue
+	// passes over only the nodes it has a route to), and publish the
+	// wills of its clients' open connections.
+	back time.Time
 	// sessions counts the sessions this node adopted; wills the clean
 	// sessions' wills of nodes gone it published (wills.go).
 	sessions atomic.Uint64
 	wills    atomic.Uint64
+	// beforeCheck, in tests, runs when this node is back in the cluster,
+	// before it checks its sessions (reconcileHomes).
+	beforeCheck atomic.Pointer[func()]
 }
 
 // now is the node's clock for judging other nodes' silence.
@@ -89,22 +102,49 @@ func (n *Node) adoptLoop() {
 	tick := time.NewTicker(n.hbInterval())
 	defer tick.Stop()
 	var quorumLost time.Time // since when this node has had no JetStream quorum (zero: it has one)
+	var cutOff time.Time     // since when this node has had routes to no majority of the cluster (zero: it has)
 	for {
 		if n.srv != nil {
-			now := n.now()
-			switch {
-			case !n.hasQuorum():
-				if quorumLost.IsZero() {
-					quorumLost = now
+			now, limit := n.now(), hbMissedLimit*n.hbInterval()
+			quorum, routed := n.hasQuorum(), n.routedToMajority()
+			if !routed && cutOff.IsZero() {
+				// The majority may adopt this node's sessions
+				// meanwhile: the records of the durable stream this
+				// node reads when it is back are routed only once it
+				// has checked them (reconcileHomes), or it would write
+				// into sessions that are the adopter's now.
+				cutOff = now
+				n.pauseRouting()
+				n.log.Info("cluster: cut off from most of the cluster; the durable stream is routed again once this node's sessions are checked on its return")
+			}
+			if !quorum && quorumLost.IsZero() {
+				quorumLost = now
+			}
+			if quorum && routed && (!quorumLost.IsZero() || !cutOff.IsZero()) {
+				// Back from a loss of quorum, or from being cut off,
+				// long enough for the other side to have adopted this
+				// node's sessions.
+				lost := !quorumLost.IsZero() && now.Sub(quorumLost) >= limit
+				cut := !cutOff.IsZero() && now.Sub(cutOff) >= limit
+				if cut {
+					// The other nodes' heartbeats did not reach this
+					// one meanwhile: their silence counts from now.
+					n.adopt.mu.Lock()
+					n.adopt.back = now
+					n.adopt.mu.Unlock()
 				}
-			case !quorumLost.IsZero():
-				// Back from a loss of quorum long enough for the
-				// other side to have adopted this node's sessions.
-				if now.Sub(quorumLost) >= hbMissedLimit*n.hbInterval() {
+				if lost || cut {
+					if f := n.adopt.beforeCheck.Load(); f != nil {
+						(*f)()
+					}
 					n.reconcileHomes()
 					n.checkCleanWills()
 				}
-				quorumLost = time.Time{}
+				if !cutOff.IsZero() {
+					n.log.Info("cluster: back in the cluster; the durable stream is routed again")
+				}
+				quorumLost, cutOff = time.Time{}, time.Time{}
+				n.resumeRouting()
 			}
 		}
 		n.adoptDue()
@@ -124,7 +164,9 @@ type goneNode struct {
 
 // dueForAdoption lists the other nodes down or stopped for at least the
 // grace period at now, and those removed from the cluster, that this
-// node has not adopted since it last heard from them.
+// node has not adopted since it last heard from them. A node's silence
+// counts from this node's return from a loss of quorum at the earliest
+// (adoptState.back).
 func (n *Node) dueForAdoption(now time.Time, metaPeers []string) []goneNode {
 	after := n.adoptAfter()
 	if after < 0 {
@@ -145,6 +187,9 @@ func (n *Node) dueForAdoption(now time.Time, metaPeers []string) []goneNode {
 		if !pb.hb.Leaving {
 			downSince = pb.seen.Add(hbMissedLimit * time.Duration(pb.hb.IntervalMS) * time.Millisecond)
 		}
+		if downSince.Before(n.adopt.back) {
+			downSince = n.adopt.back
+		}
 		if n.adopt.removed[name] || now.Sub(downSince) >= after {
 			add(name, pb.seen)
 		}
@@ -152,6 +197,9 @@ func (n *Node) dueForAdoption(now time.Time, metaPeers []string) []goneNode {
 	// JetStream peers never heard from since this node started: down
 	// since then.
 	neverSince := n.adopt.start.Add(hbMissedLimit * n.hbInterval())
+	if neverSince.Before(n.adopt.back) {
+		neverSince = n.adopt.back
+	}
 	for _, p := range metaPeers {
 		if _, ok := beats[p]; ok || p == n.cfg.Node {
 			continue
@@ -409,6 +457,23 @@ func (n *Node) ackFloorOf(ctx context.Context, name string) (position, error) {
 		return position{}, err
 	}
 	return position{seq: c.CachedInfo().AckFloor.Stream, replay: true}, nil
+}
+
+// routedToMajority tells whether this node has routes to enough other
+// nodes to form a majority of the cluster with them (the nodes the
+// cluster should have: durableState.expected).
+func (n *Node) routedToMajority() bool {
+	rz, err := n.srv.Routez(&server.RoutezOptions{})
+	if err != nil {
+		return true // not known: as before
+	}
+	peers := make(map[string]bool, len(rz.Routes))
+	for _, r := range rz.Routes {
+		if r.RemoteName != "" && r.RemoteName != n.cfg.Node {
+			peers[r.RemoteName] = true
+		}
+	}
+	return 2*(len(peers)+1) > int(n.dur.expected.Load())+1
 }
 
 // hasQuorum tells whether the embedded server sees a JetStream meta

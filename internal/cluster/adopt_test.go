@@ -289,3 +289,43 @@ func TestReconcileHomesAfterCut(t *testing.T) {
 		t.Fatalf("the session's record names %q after the node gave it up", got)
 	}
 }
+
+// TestAdoptionCountsSilenceFromReturn: a node back from being cut off
+// from most of the cluster (the minority side of a partition longer than
+// cluster.adopt_after, whose routes heal one after the other) heard no
+// heartbeats while cut off. It counts the other nodes' silence from its
+// return: a node whose route is not back yet is not adopted until the
+// grace period has run from then.
+func TestAdoptionCountsSilenceFromReturn(t *testing.T) {
+	t0 := time.Now()
+	n := &Node{cfg: Config{Node: "n3", AdoptAfter: time.Minute, HeartbeatInterval: time.Second}}
+	n.adopt.start = t0
+	for _, name := range []string{"n1", "n2"} {
+		n.beats.record(heartbeat{Node: name, IntervalMS: 1000}, t0)
+	}
+	meta := []string{"n1", "n2", "n3", "n4"} // n4: a JetStream peer never heard from
+	names := func(gs []goneNode) []string {
+		var out []string
+		for _, g := range gs {
+			out = append(out, g.name)
+		}
+		return out
+	}
+	if got := names(n.dueForAdoption(t0.Add(30*time.Second), meta)); got != nil {
+		t.Fatalf("due within the grace period: %v", got)
+	}
+	if got := names(n.dueForAdoption(t0.Add(90*time.Second), meta)); !slices.Equal(got, []string{"n1", "n2", "n4"}) {
+		t.Fatalf("due after 90 s of silence: %v; want n1, n2 and n4", got)
+	}
+	// Cut off until 90 s: nothing is due until a minute after that.
+	back := t0.Add(90 * time.Second)
+	n.adopt.back = back
+	for _, d := range []time.Duration{0, 30 * time.Second, time.Minute - time.Millisecond} {
+		if got := names(n.dueForAdoption(back.Add(d), meta)); got != nil {
+			t.Fatalf("due %v after the return: %v", d, got)
+		}
+	}
+	if got := names(n.dueForAdoption(back.Add(time.Minute), meta)); !slices.Equal(got, []string{"n1", "n2", "n4"}) {
+		t.Fatalf("due a minute after the return: %v; want n1, n2 and n4", got)
+	}
+}

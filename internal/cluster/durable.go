@@ -114,6 +114,14 @@ type durableState struct {
 
 	// acks gathers the acknowledgements of the consumer (acks.go).
 	acks *ackQueue
+
+	// received counts the records the consumer delivered to this node
+	// (handleDurable), before any pause.
+	received atomic.Uint64
+	// paused, while set, holds the routing of the records (handleDurable)
+	// until it is closed: this node is cut off from most of the cluster,
+	// or back and not done checking its sessions (adoptLoop).
+	paused atomic.Pointer[chan struct{}]
 }
 
 // recentIDs bounds the record of delivered message IDs.
@@ -509,10 +517,45 @@ func (n *Node) consumeLoop(js jetstream.JetStream) {
 	}
 }
 
+// pauseRouting holds the routing of the durable stream's records until
+// resumeRouting.
+func (n *Node) pauseRouting() {
+	ch := make(chan struct{})
+	n.dur.paused.CompareAndSwap(nil, &ch)
+}
+
+// resumeRouting ends pauseRouting.
+func (n *Node) resumeRouting() {
+	if ch := n.dur.paused.Swap(nil); ch != nil {
+		close(*ch)
+	}
+}
+
+// awaitRouting waits while the routing is paused; false when the node
+// closes meanwhile.
+func (n *Node) awaitRouting() bool {
+	ch := n.dur.paused.Load()
+	if ch == nil {
+		return true
+	}
+	select {
+	case <-*ch:
+		return true
+	case <-n.ctx.Done():
+		return false
+	}
+}
+
 // handleDurable delivers one record of the stream. It is acknowledged
 // once the broker reports its messages in its sessions and committed
-// (acks.go); on failure it is asked again after a while.
+// (acks.go); on failure it is asked again after a while. It waits while
+// the routing is paused (adoptLoop): a record delivered meanwhile is
+// delivered again after the consumer's AckWait, and ignored (admit).
 func (n *Node) handleDurable(m jetstream.Msg) {
+	n.dur.received.Add(1)
+	if !n.awaitRouting() {
+		return
+	}
 	h := m.Headers()
 	origin := h.Get(hdrOrigin)
 	meta, err := m.Metadata()

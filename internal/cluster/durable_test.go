@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -169,4 +170,102 @@ func TestDurableForwarding(t *testing.T) {
 		t.Fatalf("with a node missing: %d published to the stream (want 10), degraded %d→%d", got.StreamOut-st.StreamOut,
 			st.StreamDegraded, got.StreamDegraded)
 	}
+}
+
+// TestSessionMoveReplayKeepsOrder: a session moving to n2 gets replayed
+// from the stream the messages n2 routed before it arrived (published
+// on n3 after the old home gave it up), while n2's routing delivers the
+// later ones to it: the replayed ones come first, in publication order
+// [MQTT-4.6.0-6].
+func TestSessionMoveReplayKeepsOrder(t *testing.T) {
+	nodes := startCluster(t, 3, slowClaims)
+	sub, _ := dialSession(t, nodes[0].addr, "ordmover", client.V5)
+	subscribe(t, sub, 1, "ord/#")
+	pub := dial(t, nodes[2].addr, "ordpub", client.V5)
+	awaitRoute(t, pub, sub, "ord/probe")
+	disconnect(t, sub)
+
+	n2 := nodes[1].node
+	// routedAll waits until n2 has routed everything in the stream.
+	routedAll := func(ctx context.Context) error {
+		for {
+			info, err := n2.msgStream().Info(ctx)
+			if err != nil {
+				return err
+			}
+			n2.dur.routeMu.Lock()
+			routed := n2.dur.routed
+			n2.dur.routeMu.Unlock()
+			if routed >= info.State.LastSeq {
+				return nil
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+	}
+	publish := func(from, to int) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		for i := from; i < to; i++ {
+			if err := pub.Publish(ctx, &client.Message{Topic: "ord/x", QoS: 1, Payload: []byte(strconv.Itoa(i))}); err != nil {
+				return err
+			}
+		}
+		return routedAll(ctx)
+	}
+	errs := make(chan error, 2)
+	var once1, once2 sync.Once
+	// Given up by n1, not yet on n2: 0..4 are routed by n2 without it,
+	// and replayed to it from the stream.
+	released := func(string) error {
+		once1.Do(func() { errs <- publish(0, 5) })
+		return nil
+	}
+	// Imported on n2: 5..9 are routed to it.
+	imported := func(string) { once2.Do(func() { errs <- publish(5, 10) }) }
+	n2.sess.afterRelease.Store(&released)
+	n2.sess.afterImport.Store(&imported)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	moved, err := client.Dial(ctx, client.Config{Servers: []string{"tcp://" + nodes[1].addr}, ClientID: "ordmover",
+		Version: client.V5, SessionExpiry: 600, ConnectTimeout: 2 * time.Minute})
+	n2.sess.afterRelease.Store(nil)
+	n2.sess.afterImport.Store(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { moved.Close() })
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	receiveAtLeastOnce(t, moved, 0, 10)
+}
+
+// TestSessionMoveOwnMessageBehindConsumers: a QoS 1 message published on
+// n2 just before its session moves there from n1, while neither node's
+// consumer has reached its record yet, still reaches the session.
+func TestSessionMoveOwnMessageBehindConsumers(t *testing.T) {
+	nodes := startCluster(t, 3, slowClaims)
+	sub, _ := dialSession(t, nodes[0].addr, "ownmover", client.V5)
+	subscribe(t, sub, 1, "own/#")
+	pub := dial(t, nodes[1].addr, "ownpub", client.V5)
+	awaitRoute(t, pub, sub, "own/probe")
+	disconnect(t, sub)
+
+	n1, n2 := nodes[0].node, nodes[1].node
+	n1.pauseRouting()
+	n2.pauseRouting()
+	publishQoS1(t, pub, "own/x", 0, 3)
+	moved, present := dialSession(t, nodes[1].addr, "ownmover", client.V5)
+	if !present {
+		t.Fatal("Session Present 0")
+	}
+	n1.resumeRouting()
+	n2.resumeRouting()
+	receiveAtLeastOnce(t, moved, 0, 3)
 }

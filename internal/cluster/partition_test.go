@@ -270,30 +270,65 @@ func TestNetworkPartition(t *testing.T) {
 	receiveInOrder(t, sub, 25, 30)
 }
 
-// receiveAtLeastOnce reads messages from..to-1 from c in order; a message
-// before the next one expected is a redelivery (QoS 1 is at least once:
-// a record whose acknowledgement the cut lost is read again), logged and
-// skipped; a message after it is a gap, which fails.
+// receiveAtLeastOnce reads messages from..to-1 from c: each at least
+// once, the first delivery of each in order. A message before the next
+// one expected is a redelivery (QoS 1 is at least once: a record whose
+// acknowledgement the cut lost is read again), logged; a first delivery
+// after it breaks the order or follows a gap, which fails. To tell a
+// message lost from one late, the helper then reads on for a few seconds
+// (or until every message came) and reports everything received.
 func receiveAtLeastOnce(t *testing.T, c *client.Client, from, to int) {
 	t.Helper()
 	deadline := time.After(60 * time.Second)
-	for next := from; next < to; {
+	var got []int          // every message received, in order
+	seen := map[int]bool{} // first deliveries of from..to-1
+	next := from           // the first delivery expected next
+	var outOfOrder string  // the first violation of the order
+	var linger <-chan time.Time
+	report := func(why string) {
+		t.Helper()
+		var missing []int
+		for i := from; i < to; i++ {
+			if !seen[i] {
+				missing = append(missing, i)
+			}
+		}
+		t.Fatalf("%s; received %v, never %v", why, got, missing)
+	}
+	for len(seen) < to-from || linger != nil {
 		select {
 		case m := <-c.Messages():
-			got, err := strconv.Atoi(string(m.Payload))
-			switch {
-			case err != nil:
+			v, err := strconv.Atoi(string(m.Payload))
+			if err != nil {
 				continue // a probe
-			case got < next:
-				t.Logf("message %d again (at least once)", got)
-			case got > next:
-				t.Fatalf("message %d missing: got %d", next, got)
-			default:
+			}
+			got = append(got, v)
+			if v < from || v >= to || seen[v] {
+				t.Logf("message %d again (at least once)", v)
+				continue
+			}
+			seen[v] = true
+			if v != next && outOfOrder == "" {
+				outOfOrder = fmt.Sprintf("message %d missing or late: got %d first", next, v)
+				linger = time.After(5 * time.Second)
+			}
+			for seen[next] {
 				next++
 			}
+		case <-linger:
+			report(outOfOrder)
 		case <-deadline:
-			t.Fatalf("received up to %d of %d..%d", next, from, to)
+			if outOfOrder != "" {
+				report(outOfOrder)
+			}
+			report(fmt.Sprintf("received up to %d of %d..%d", next, from, to))
 		}
+		if outOfOrder != "" && len(seen) == to-from {
+			report(outOfOrder + " (every message came, out of order)")
+		}
+	}
+	if len(got) > to-from {
+		t.Logf("received %v (at least once)", got)
 	}
 }
 
@@ -427,6 +462,12 @@ func TestPartitionLongerThanAdoptAfter(t *testing.T) {
 	if got := sessionNode(t, n1, "plsess"); got != "n1" && got != "n2" {
 		t.Fatalf("the adopted session names node %q", got)
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	adoptedAt, err := n1.getRecord(ctx, sessSubject("plsess", "s"))
+	if err != nil || adoptedAt == nil {
+		t.Fatalf("the adopted session's record: %v", err)
+	}
 	// Each will once, plopen's and plstay's while their connections
 	// are open on n3.
 	if got := receiveWills(t, watch, 3, 30*time.Second); !slices.Equal(got, []string{"plw/early", "plw/open", "plw/stay"}) {
@@ -447,8 +488,34 @@ func TestPartitionLongerThanAdoptAfter(t *testing.T) {
 		return n3.node.cw.held.Load() == 2
 	})
 
+	// When the cut heals, n3 checks its sessions only once its consumer
+	// has delivered it a record of those published during the cut: the
+	// record waits for the check, and is not routed into the session
+	// the majority adopted.
+	received := n3.node.dur.received.Load()
+	checked := make(chan bool, 1) // whether a record came first
+	var once sync.Once
+	beforeCheck := func() {
+		once.Do(func() {
+			deadline := time.Now().Add(30 * time.Second)
+			for n3.node.dur.received.Load() == received && time.Now().Before(deadline) {
+				time.Sleep(10 * time.Millisecond)
+			}
+			checked <- n3.node.dur.received.Load() != received
+		})
+	}
+	n3.node.adopt.beforeCheck.Store(&beforeCheck)
 	cutNode(relays, 2, false)
 	awaitHealed()
+	select {
+	case came := <-checked:
+		if !came {
+			t.Fatal("n3's consumer delivered nothing within 30 s of the cut's end")
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("n3 did not check its sessions after the cut")
+	}
+	n3.node.adopt.beforeCheck.Store(nil)
 	// Both held wills found published by the majority, and plstay's,
 	// whose connection is still open, marked so.
 	testutil.WaitFor(t, "n3's held wills decided", 60*time.Second, func() bool {
@@ -462,6 +529,20 @@ func TestPartitionLongerThanAdoptAfter(t *testing.T) {
 	for _, si := range n3.srv.Sessions() {
 		if si.ClientID == "plsess" {
 			t.Fatal("n3 still holds the adopted session")
+		}
+	}
+	// n3 wrote nothing into the adopted session when the cut healed:
+	// the records of the durable stream it read then (the messages
+	// published during the cut) are routed once it has given the
+	// session up. Written, they reached the session's next home as
+	// deliveries in flight, sent before the adopter's queue.
+	records, err := n1.listRecords(ctx, sessPrefix+keyOf("plsess")+".>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range records {
+		if r.origin == n3.node.origin && r.seq > adoptedAt.seq {
+			t.Errorf("n3 wrote %s (%d bytes) into the session the majority adopted", r.subject, len(r.data))
 		}
 	}
 	// plstay's connection ends abnormally after the cut: no will, and
@@ -511,6 +592,11 @@ func TestPartitionLongerThanAdoptAfter(t *testing.T) {
 	}
 	if s, w := adopted(nodes); s != 1 || w != 3 {
 		t.Fatalf("%d sessions and %d wills adopted in all; want 1 and 3", s, w)
+	}
+	// Back from the cut, n3 heard the others again: it adopted nothing
+	// of theirs, whichever route came back first.
+	if s, w := n3.node.adopt.sessions.Load(), n3.node.adopt.wills.Load(); s != 0 || w != 0 {
+		t.Fatalf("n3 adopted %d sessions and %d wills of the majority's nodes", s, w)
 	}
 }
 

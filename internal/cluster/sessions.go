@@ -1626,6 +1626,22 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 	// (it skips its own messages there), they are in the broker's record
 	// of recent messages.
 	cs.Hold = pos.since != 0
+	// The durable messages to replay, routed here before the session
+	// was (readReplay), are read now and delivered as soon as it is
+	// imported: first, before anything routing delivers to it.
+	var rs *replaySet
+	if pos.replay {
+		n.dur.routeMu.Lock()
+		to := n.dur.routed
+		n.dur.routeMu.Unlock()
+		// And this node's own messages forwarded before now, which
+		// its routing passed by the session's subscriptions (they are
+		// routed here before they are forwarded) and its consumer
+		// skips, even beyond its routing position: once the commits
+		// submitted so far are done they are in the stream (at most
+		// maxOwnScan records past that position are read).
+		rs = n.readReplay(ctx, id, cs.Session.Session, pos, max(to, n.ownEnd(ctx, p, to)))
+	}
 	n.dur.routeMu.Lock()
 	if f := n.sess.beforeImport.Load(); f != nil {
 		(*f)(id)
@@ -1638,7 +1654,29 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 	}
 	b.ImportSession(cs)
 	upTo := n.dur.routed
+	var reached map[string]bool
+	wait := func() {}
+	replay := rs != nil
+	if replay {
+		// What was routed since the reading above (usually nothing, or
+		// a few records) is read with routing held, within
+		// requestAttempt: it cannot reach the session before what is
+		// replayed.
+		rctx, rcancel := context.WithTimeout(ctx, requestAttempt)
+		if rs.read(rctx, n, upTo) == nil {
+			reached, wait = rs.deliver(n, upTo, have)
+			replay = false
+		}
+		rcancel()
+	}
 	n.dur.routeMu.Unlock()
+	if replay {
+		// Not read in time: read and delivered now, possibly after
+		// later messages routing delivered meanwhile, rather than not
+		// at all.
+		rs.readOrFail(ctx, n, upTo)
+		reached, wait = rs.deliver(n, upTo, have)
+	}
 	if f := n.sess.afterImport.Load(); f != nil {
 		(*f)(id)
 	}
@@ -1647,17 +1685,15 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 	lost := false
 	if cs.Hold {
 		// This node's own messages are found at once, so that the
-		// record need not stay pinned while the stream is replayed.
+		// record need not stay pinned while the replayed messages are
+		// committed.
 		local = b.FindLocal(id, pos.since)
 		if pos.pin != nil {
 			lost = pos.pin.Err() != nil
 			pos.pin.Release()
 		}
 	}
-	var reached map[string]bool
-	if pos.replay && (upTo > pos.seq || cs.Hold && pos.from < pos.seq) {
-		reached = n.replay(ctx, id, cs.Session.Session, pos, upTo, have)
-	}
+	wait()
 	if cs.Hold {
 		skip := func(m *broker.Message) bool {
 			if pos.qos0 != 0 {
@@ -1706,67 +1742,136 @@ func (n *Node) retryClaim(ctx context.Context, id string) error {
 	return unavailable("the session of " + clip(id) + " changed hands meanwhile")
 }
 
-// replay delivers to the session of id the durable messages with stream
-// sequences in (pos.seq, to] that match its subscriptions (shared
-// subscriptions excepted: their groups are sent their messages again
-// until a member confirms them, sharedack.go) and that it does not hold
-// already (have), waiting until they are committed. Batch records are
-// read whole and their messages matched one by one; single records, of
-// earlier builds, by their subjects. It returns the IDs of this node's
-// own messages that reached the session: delivered now, or routed by
-// the old home (in (pos.from, pos.seq]).
-func (n *Node) replay(ctx context.Context, id string, ss *broker.StoredSession, pos position, to uint64, have map[string]bool) map[string]bool {
-	from := pos.seq
-	var filters, subjects []string
+// replaySet holds the durable messages a claim replays to the session
+// of id (take): read from the stream before the session is imported
+// (readReplay), and delivered right after the import, before routing
+// can deliver a later message to it (deliver), so that they come
+// first, in stream order. Delivered later, they came after the newer
+// messages routed to the session meanwhile [MQTT-4.6.0-6].
+type replaySet struct {
+	id       string
+	pos      position
+	filters  []string // the session's non-shared filters
+	subjects []string // the stream subjects to read
+	to       uint64   // read up to this stream sequence
+	bySeq    map[uint64]*jetstream.RawStreamMsg
+	failed   bool // a read failed: nothing is replayed
+}
+
+// readReplay reads the durable messages with stream sequences up to to
+// that a claim at pos replays to the session ss of id (see deliver). It
+// returns nil when the session has nothing to replay (no non-shared
+// subscription).
+func (n *Node) readReplay(ctx context.Context, id string, ss *broker.StoredSession, pos position, to uint64) *replaySet {
+	rs := &replaySet{id: id, pos: pos, bySeq: make(map[uint64]*jetstream.RawStreamMsg)}
 	for _, sub := range ss.Subscriptions {
 		if strings.HasPrefix(sub.Filter, "$share/") {
 			continue
 		}
-		filters = append(filters, sub.Filter)
+		rs.filters = append(rs.filters, sub.Filter)
 		for _, s := range filterSubjects(sub.Filter) {
 			if d := durablePrefix + s[len(msgPrefix):]; len(d) <= maxSubject {
-				subjects = append(subjects, d)
+				rs.subjects = append(rs.subjects, d)
 			}
 		}
 	}
-	if len(filters) == 0 {
+	if len(rs.filters) == 0 {
 		return nil
 	}
-	lo := from
+	rs.subjects = dedupe(append(rs.subjects, batchSubject))
+	rs.to = pos.seq
 	if pos.since != 0 {
 		// At most maxOwnScan records back: beyond, a message may reach
 		// the session twice (at least once).
-		lo = max(min(lo, pos.from), lo-min(lo, maxOwnScan))
+		rs.to = max(min(rs.to, pos.from), rs.to-min(rs.to, maxOwnScan))
 	}
-	subjects = append(subjects, batchSubject)
-	b := n.b.(sessionBroker)
-	// The matching records of each subject, merged in stream order.
-	bySeq := make(map[uint64]*jetstream.RawStreamMsg)
-	for _, f := range dedupe(subjects) {
-		msgs, err := n.scan(ctx, n.msgStream(), f, lo+1, to)
+	rs.readOrFail(ctx, n, to)
+	return rs
+}
+
+// ownEnd returns the stream's last sequence once the commits submitted
+// to p so far are done (the records of this node's own messages
+// forwarded so far are then in the stream), at most maxOwnScan past
+// routed; routed when it cannot tell.
+func (n *Node) ownEnd(ctx context.Context, p *persistence, routed uint64) uint64 {
+	done := make(chan error, 1)
+	p.Persist(nil, func(err error) { done <- err })
+	select {
+	case err := <-done:
 		if err != nil {
-			n.log.Error("cluster: the messages a moved session missed could not be read; some may be missing from its queue",
-				"client", id, "err", err)
-			return nil
+			return routed
+		}
+	case <-ctx.Done():
+		return routed
+	}
+	info, err := n.msgStream().Info(ctx)
+	if err != nil {
+		return routed
+	}
+	return min(info.State.LastSeq, routed+maxOwnScan)
+}
+
+// read reads the records after rs.to up to to (take calls it again,
+// holding routeMu, for those routed since the first reading).
+func (rs *replaySet) read(ctx context.Context, n *Node, to uint64) error {
+	if rs.failed || to <= rs.to {
+		return nil
+	}
+	for _, f := range rs.subjects {
+		msgs, err := n.scan(ctx, n.msgStream(), f, rs.to+1, to)
+		if err != nil {
+			return err
 		}
 		for _, m := range msgs {
-			bySeq[m.Sequence] = m
+			rs.bySeq[m.Sequence] = m
 		}
 	}
-	seqs := slices.Sorted(maps.Keys(bySeq))
-	reached := make(map[string]bool)
+	rs.to = to
+	return nil
+}
+
+// readOrFail is read, after which a failure replays nothing (logged).
+func (rs *replaySet) readOrFail(ctx context.Context, n *Node, to uint64) {
+	if err := rs.read(ctx, n, to); err != nil {
+		n.log.Error("cluster: the messages a moved session missed could not be read; some may be missing from its queue",
+			"client", rs.id, "err", err)
+		rs.failed = true
+	}
+}
+
+// deliver delivers to the session the messages read with stream
+// sequences in (pos.seq, to], and those of this node's own messages
+// read after to (its routing position: its consumer skips them), that
+// match its subscriptions (shared
+// subscriptions excepted: their groups are sent their messages again
+// until a member confirms them, sharedack.go) and that it does not hold
+// already (have). Batch records are matched message by message; single
+// records, of earlier builds, were read by their subjects. It returns
+// the IDs of this node's own messages that reached the session
+// (delivered now, or routed by the old home: in (pos.from, pos.seq]),
+// and wait, which waits until the deliveries are committed.
+func (rs *replaySet) deliver(n *Node, to uint64, have map[string]bool) (reached map[string]bool, wait func()) {
+	if rs == nil || rs.failed {
+		return nil, func() {}
+	}
+	id, from := rs.id, rs.pos.seq
+	b := n.b.(sessionBroker)
+	reached = make(map[string]bool)
 	var wg sync.WaitGroup
 	count := 0
-	deliver := func(msg *broker.Message, ref string) {
+	send := func(msg *broker.Message, ref string) {
 		wg.Add(1)
 		count++
 		n.dur.refs.Store(msg, ref)
 		b.DeliverToSession(id, msg, func(error) { wg.Done() })
 		n.dur.refs.Delete(msg)
 	}
-	for _, seq := range seqs {
-		m := bySeq[seq]
+	for _, seq := range slices.Sorted(maps.Keys(rs.bySeq)) {
+		m := rs.bySeq[seq]
 		origin := m.Header.Get(hdrOrigin)
+		if seq > to && origin != n.origin {
+			continue // routing delivers it
+		}
 		if seq <= from {
 			// Routed by the old home: only this node's own messages
 			// are noted.
@@ -1792,11 +1897,11 @@ func (n *Node) replay(ctx context.Context, id string, ss *broker.StoredSession, 
 					continue
 				}
 				msg, err := entries[i].message()
-				if err != nil || !matchesAny(filters, msg.Topic) {
+				if err != nil || !matchesAny(rs.filters, msg.Topic) {
 					continue
 				}
 				reached[ref] = true
-				deliver(msg, ref)
+				send(msg, ref)
 			}
 			continue
 		}
@@ -1810,13 +1915,14 @@ func (n *Node) replay(ctx context.Context, id string, ss *broker.StoredSession, 
 			continue
 		}
 		reached[ref] = true
-		deliver(msg, ref)
+		send(msg, ref)
 	}
-	wg.Wait()
-	if count > 0 {
-		n.log.Info("cluster: messages replayed to a moved session", "client", id, "count", count, "from", from, "to", to)
+	return reached, func() {
+		wg.Wait()
+		if count > 0 {
+			n.log.Info("cluster: messages replayed to a moved session", "client", id, "count", count, "from", from, "to", to)
+		}
 	}
-	return reached
 }
 
 // matchesAny tells whether one of filters matches topic.
