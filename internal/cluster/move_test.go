@@ -129,7 +129,10 @@ func testSessionMoveSlowOldHome(t *testing.T, qos byte) {
 	deadline := time.After(60 * time.Second)
 	for got := 0; got < npub*each; got++ {
 		select {
-		case m := <-sub2.Messages():
+		case m, ok := <-sub2.Messages():
+			if !ok {
+				t.Fatalf("the connection to n2 ended after %v of %d per publisher: %v", next, each, sub2.Err())
+			}
 			var p, i int
 			if _, err := fmt.Sscanf(string(m.Payload), "%d %d", &p, &i); err != nil || p < 0 || p >= npub {
 				t.Fatalf("unexpected message %q on %s", m.Payload, m.Topic)
