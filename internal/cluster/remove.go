@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -236,6 +237,9 @@ func (n *Node) serveRemovals() (*nats.Subscription, error) {
 			return
 		}
 		if r.Node == n.cfg.Node {
+			if n.rmSelf.deaf {
+				return
+			}
 			by, _, _ := strings.Cut(r.By, "/") // its name, without the run
 			n.leaveRemoved(fmt.Errorf("%w: node %s was removed from cluster %s by node %s", ErrRemoved, n.cfg.Node, n.cfg.Name, clip(by)))
 			return
@@ -406,6 +410,12 @@ type selfRemoval struct {
 	once sync.Once
 	done chan struct{} // closed by leaveRemoved
 	err  error         // set before done is closed
+	// polls counts the reads of this node's stored removal that were
+	// answered (watchRemoval).
+	polls atomic.Uint64
+	// deaf, set by tests before Attach, makes this node miss the
+	// announcement of its own removal (rmSubject).
+	deaf bool
 }
 
 // Removed is closed once this node learned that it was removed from the
@@ -573,4 +583,139 @@ func (n *Node) forgetRemoval(js jetstream.JetStream) error {
 		err = kv.Purge(ctx, keyOf(n.cfg.Node))
 	}
 	return err
+}
+
+// --- a removal this node missed
+
+// A live node removed by force hears of it on rmSubject. One that missed
+// the announcement (its connection to the others was down at that
+// instant, or it was cut off from the node that removed it) would serve
+// its clients on: it learns of it from the stored record instead. Every
+// heartbeat interval, once its sessions are in use, watchRemoval reads
+// this node's key in bucketRemoved with a direct get, answered by any
+// copy of the bucket; while no node was ever removed there is no bucket
+// and the local server answers at once that nobody listens, so the cost
+// is one small request per interval. A record found is read again from
+// the bucket's leader before the node withdraws: a copy that lags could
+// still answer with the record that a new node of the same name deleted
+// when it joined (checkRemovedAtStart). A node cut off from a majority of
+// the bucket's copies reads nothing (its leader needs a quorum) and finds
+// its removal once it reaches them again.
+
+// removalPollTimeout bounds one read of the stored removal.
+const removalPollTimeout = 5 * time.Second
+
+// watchRemoval looks for this node's stored removal every heartbeat
+// interval, from the moment its sessions are in use until it is removed
+// or stops; on the way it raises the streams' copies to this node's
+// number (raiseCopies, copies.go). It ends with the Node's context.
+func (n *Node) watchRemoval() {
+	select {
+	case <-n.ctx.Done():
+		return
+	case <-n.rmSelf.done:
+		return
+	case <-n.sess.ready:
+	}
+	tick := time.NewTicker(n.hbInterval())
+	defer tick.Stop()
+	raised := false
+	for {
+		if rec, err := n.pollRemoval(); err != nil {
+			n.log.Debug("cluster: the stored removals not read", "err", err)
+		} else if rec != nil {
+			by, _, _ := strings.Cut(rec.By, "/")
+			n.leaveRemoved(fmt.Errorf("%w: node %s was removed from cluster %s by node %s at %s (found in the cluster's record "+
+				"of removals: the announcement did not reach this node)", ErrRemoved, n.cfg.Node, n.cfg.Name, clip(by),
+				rec.At.Format(time.RFC3339)))
+			return
+		}
+		if !raised {
+			raised = n.raiseCopies()
+		}
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-n.rmSelf.done:
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// pollRemoval reads this node's stored removal: nil when there is none,
+// or no copy of bucketRemoved answered.
+func (n *Node) pollRemoval() (*removalRecord, error) {
+	ctx, cancel := context.WithTimeout(n.ctx, removalPollTimeout)
+	defer cancel()
+	subj := "$KV." + bucketRemoved + "." + keyOf(n.cfg.Node)
+	m, err := n.nc.RequestWithContext(ctx, "$JS.API.DIRECT.GET.KV_"+bucketRemoved+"."+subj, nil)
+	if errors.Is(err, nats.ErrNoResponders) {
+		n.rmSelf.polls.Add(1)
+		return nil, nil // no bucket, or no copy of it reachable
+	}
+	if err != nil {
+		return nil, err
+	}
+	switch status := m.Header.Get("Status"); status {
+	case "":
+	case "404":
+		n.rmSelf.polls.Add(1)
+		return nil, nil
+	default:
+		return nil, fmt.Errorf("a direct get answered with status %s %s", status, m.Header.Get("Description"))
+	}
+	if kvRemoved(m.Header) {
+		n.rmSelf.polls.Add(1)
+		return nil, nil
+	}
+	// Found by a copy: the leader decides.
+	rec, err := n.leaderRemoval(ctx, subj)
+	if err == nil {
+		n.rmSelf.polls.Add(1)
+	}
+	return rec, err
+}
+
+// kvRemoved tells whether a key-value entry's headers mark its key
+// deleted or purged.
+func kvRemoved(h nats.Header) bool {
+	op := h.Get("KV-Operation")
+	return op == "DEL" || op == "PURGE"
+}
+
+// leaderRemoval reads subj's last record in bucketRemoved from the
+// stream's leader (a direct get may be answered by a copy that lags):
+// nil when there is none.
+func (n *Node) leaderRemoval(ctx context.Context, subj string) (*removalRecord, error) {
+	req, _ := json.Marshal(server.JSApiMsgGetRequest{LastFor: subj})
+	m, err := n.nc.RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET.KV_"+bucketRemoved, req)
+	if err != nil {
+		return nil, err
+	}
+	var a server.JSApiMsgGetResponse
+	if err := json.Unmarshal(m.Data, &a); err != nil {
+		return nil, fmt.Errorf("reading the stored removal from the leader: a malformed answer: %w", err)
+	}
+	if a.Error != nil {
+		if a.Error.ErrCode == uint16(server.JSNoMessageFoundErr) || a.Error.ErrCode == uint16(server.JSStreamNotFoundErr) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("reading the stored removal from the leader: %s", a.Error.Description)
+	}
+	if a.Message == nil {
+		return nil, errors.New("reading the stored removal from the leader: an answer without the record")
+	}
+	if len(a.Message.Header) > 0 {
+		h, err := nats.DecodeHeadersMsg(a.Message.Header)
+		if err == nil && kvRemoved(h) {
+			return nil, nil
+		}
+	}
+	var rec removalRecord
+	if len(a.Message.Data) > maxHeartbeat || json.Unmarshal(a.Message.Data, &rec) != nil || rec.Node != n.cfg.Node {
+		// Unreadable: fail closed, as a removal (readRemoval).
+		return &removalRecord{Node: n.cfg.Node, By: "(an unreadable record)"}, nil
+	}
+	return &rec, nil
 }
