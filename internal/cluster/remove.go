@@ -105,6 +105,18 @@ func (n *Node) RemoveNode(ctx context.Context, name string, force bool) (RemoveR
 		return res, fmt.Errorf("%w: JetStream has no meta leader (no quorum): a node can be removed only by a majority of the nodes",
 			ErrRemoveRefused)
 	}
+	if n.srv != nil && st.MetaLeader == name {
+		// A meta leader applying its own removal disables its
+		// JetStream at once: it neither answers the request nor moves
+		// the streams' copies off itself, and a stream it also led
+		// (the sessions stream, read by every claim) was seen to stay
+		// without a leader on the nodes left for minutes, on an idle
+		// machine too. It hands the lead over first.
+		if err := n.metaHandover(ctx, name); err != nil {
+			return res, fmt.Errorf("%w: %s leads the JetStream meta group and did not hand the lead over (%v); try again",
+				ErrRemoveRefused, name, err)
+		}
+	}
 	// The removal is stored before anything else changes: a removed
 	// node started again on its old data directory finds it and refuses
 	// to join (checkRemovedAtStart), even when it missed the
@@ -281,6 +293,13 @@ func (n *Node) metaRemove(ctx context.Context, name string) (bool, error) {
 	defer cancel()
 	m, err := sc.RequestWithContext(rctx, server.JSApiRemoveServer, req)
 	if err != nil {
+		// The meta leader answers once a quorum has the removal in its
+		// log; a leader that changed meanwhile drops the answer. Applied
+		// all the same, the removal shows in the group's members.
+		if ctx.Err() == nil && n.metaLeaderOf() != "" && !n.metaMember(name) {
+			n.log.Info("cluster: the meta group's answer to the removal was lost; the node is no longer a member", "node", name)
+			return true, nil
+		}
 		return false, fmt.Errorf("cluster: removing %s from the JetStream meta group: %w", name, err)
 	}
 	var a apiAnswer
@@ -294,6 +313,74 @@ func (n *Node) metaRemove(ctx context.Context, name string) (bool, error) {
 		return false, fmt.Errorf("cluster: removing %s from the JetStream meta group: %s", name, a.Error.Description)
 	}
 	return true, nil
+}
+
+// metaLeaderOf returns the JetStream meta group's leader as the
+// embedded server sees it ("" none).
+func (n *Node) metaLeaderOf() string {
+	jz, err := n.srv.Jsz(&server.JSzOptions{})
+	if err != nil || jz.Meta == nil {
+		return ""
+	}
+	return jz.Meta.Leader
+}
+
+// metaMember tells whether name is a member of the JetStream meta group
+// as the embedded server sees it.
+func (n *Node) metaMember(name string) bool {
+	jz, err := n.srv.Jsz(&server.JSzOptions{})
+	if err != nil || jz.Meta == nil {
+		return true // unknown: as a member
+	}
+	if jz.Meta.Leader == name {
+		return true
+	}
+	return slices.ContainsFunc(jz.Meta.Replicas, func(p *server.PeerInfo) bool { return p != nil && p.Name == name })
+}
+
+// metaHandoverWait bounds the wait for another meta leader after the
+// one to be removed was asked to step down.
+const metaHandoverWait = 20 * time.Second
+
+// metaHandover asks name, the JetStream meta leader, to hand the lead
+// over (to this node by preference) and waits until another node leads.
+func (n *Node) metaHandover(ctx context.Context, name string) error {
+	sc, err := nats.Connect("", nats.InProcessServer(n.srv), nats.Token(n.sysToken), nats.Name("moat "+n.cfg.Node+" system"),
+		nats.NoCallbacksAfterClientClose())
+	if err != nil {
+		return fmt.Errorf("the system account is unavailable: %w", err)
+	}
+	defer sc.Close()
+	ctx, cancel := context.WithTimeout(ctx, metaHandoverWait)
+	defer cancel()
+	req, _ := json.Marshal(server.JSApiLeaderStepdownRequest{Placement: &server.Placement{Preferred: n.cfg.Node}})
+	asked := time.Time{}
+	for {
+		leader := n.metaLeaderOf()
+		if leader != "" && leader != name {
+			n.log.Info("cluster: the node to remove handed the JetStream meta group's lead over", "node", name, "leader", leader)
+			return nil
+		}
+		// Asked again every few seconds: a request may be lost while
+		// the group elects, or answered by a refusal.
+		if leader == name && time.Since(asked) >= 3*time.Second {
+			asked = time.Now()
+			rctx, rcancel := context.WithTimeout(ctx, 3*time.Second)
+			m, err := sc.RequestWithContext(rctx, server.JSApiLeaderStepDown, req)
+			rcancel()
+			if err == nil {
+				var a apiAnswer
+				if json.Unmarshal(m.Data, &a) == nil && a.Error != nil {
+					n.log.Info("cluster: the meta leader refused to step down", "node", name, "err", a.Error.Description)
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("it still leads after %v", metaHandoverWait)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // streamsRemove takes name's copy out of every Moat stream that still

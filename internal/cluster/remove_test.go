@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -251,6 +253,9 @@ func TestRemoveNodeForcedAndRestarted(t *testing.T) {
 	v5 := dial(t, nodes[2].addr, "on-n3-v5", client.V5)
 	v3 := dial(t, nodes[2].addr, "on-n3-v3", client.V311)
 	testutil.WaitFor(t, "three nodes up", 30*time.Second, func() bool { return nodes[0].node.Status().NodesUp == 3 })
+	// The worst case: the node removed leads the JetStream meta group
+	// and the sessions stream, which every claim reads.
+	takeLead(t, nodes[0].node, "n3", streamSessions)
 
 	// The removal is stored and announced before its slower steps (the
 	// meta group, the streams, the adoption), which a loaded machine may
@@ -291,6 +296,8 @@ func TestRemoveNodeForcedAndRestarted(t *testing.T) {
 		c, err := client.Dial(dctx, client.Config{Servers: []string{"tcp://" + nodes[1].addr}, ClientID: "on-n2", Version: client.V5, CleanStart: true})
 		if err == nil {
 			c.Close()
+		} else {
+			t.Logf("a client of n2 after the removal: %v", err)
 		}
 		return err
 	})
@@ -452,4 +459,43 @@ func TestRemoveNodeMissedAnnouncement(t *testing.T) {
 	}
 	expectSentAway(t, v5, v3)
 	expectWithdrawn(t, nodes[2].addr)
+}
+
+// takeLead makes the node named name lead the JetStream meta group and
+// the streams named, asking through via (the meta group through its
+// system account).
+func takeLead(t *testing.T, via *Node, name string, streams ...string) {
+	t.Helper()
+	sc, err := nats.Connect("", nats.InProcessServer(via.srv), nats.Token(via.sysToken))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	req, _ := json.Marshal(server.JSApiLeaderStepdownRequest{Placement: &server.Placement{Preferred: name}})
+	testutil.CheckFor(t, 60*time.Second, func() error {
+		if leader := via.metaLeaderOf(); leader != name {
+			_, _ = sc.Request(server.JSApiLeaderStepDown, req, 5*time.Second)
+			return fmt.Errorf("the meta leader is %q", leader)
+		}
+		return nil
+	})
+	js, err := jetstream.New(via.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, stream := range streams {
+		testutil.CheckFor(t, 60*time.Second, func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			s, err := js.Stream(ctx, stream)
+			if err != nil {
+				return err
+			}
+			if ci := s.CachedInfo().Cluster; ci != nil && ci.Leader == name {
+				return nil
+			}
+			_, _ = via.nc.Request("$JS.API.STREAM.LEADER.STEPDOWN."+stream, req, 5*time.Second)
+			return fmt.Errorf("stream %s has another leader", stream)
+		})
+	}
 }
