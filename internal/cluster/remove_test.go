@@ -189,6 +189,11 @@ func TestRemoveNode(t *testing.T) {
 			if s.Replicas != 3 {
 				return fmt.Errorf("stream %s has %d copies configured", s.Name, s.Replicas)
 			}
+			// The new copies in place before the servers stop: one
+			// being made as its server shuts down is left running.
+			if len(s.Peers) != 3 || slices.ContainsFunc(s.Peers, func(r ReplicaState) bool { return !r.Current }) {
+				return fmt.Errorf("stream %s: copies %+v", s.Name, s.Peers)
+			}
 		}
 		return nil
 	})
