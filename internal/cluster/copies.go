@@ -26,6 +26,11 @@ import (
 //     (createOrUpdateStream, the buckets' bucket), rather than failing
 //     to start. A node added later under a full peers list raises them
 //     again.
+//
+// A node asks for its number at start again, once its sessions are in
+// use (raiseCopies): then for every Moat stream, the bucket of removed
+// nodes too, which the first removal makes with the copies the servers
+// left allow.
 
 // jsErrNoPeers is JetStream's error code for a placement it has too few
 // servers for (JSClusterNoPeersErr).
@@ -154,4 +159,66 @@ func (n *Node) shrinkStream(ctx context.Context, js jetstream.JetStream, name st
 	}
 	n.log.Info("cluster: stream copies lowered to the servers left", "stream", name, "copies", servers, "were", si.Config.Replicas)
 	return true, nil
+}
+
+// raiseCopies raises every Moat stream with fewer copies than this
+// node's number to it, once the node's sessions are in use. A node
+// starting asks for its number when it creates or updates each stream,
+// but may ask before JetStream counts it among the servers (right after
+// it joined the meta group): refused for want of servers then, it kept
+// the stream's present number, and asks again here. The bucket of
+// removed nodes, made by the first removal with the copies the servers
+// left allowed and by no node starting, is raised here too. A refusal
+// for want of servers keeps the present number (a node whose peers list
+// names more servers than there are: logged). It reports whether it is
+// done (false: the cluster did not answer; ask again).
+func (n *Node) raiseCopies() bool {
+	js, err := jetstream.New(n.nc)
+	if err != nil {
+		return true
+	}
+	ctx, cancel := context.WithTimeout(n.ctx, 2*n.setupTimeout())
+	defer cancel()
+	streams, err := listStreams(ctx, js)
+	if err != nil {
+		return false
+	}
+	done := true
+	for _, s := range streams {
+		if s.Replicas >= n.replicas {
+			continue
+		}
+		if err := n.raiseStream(ctx, js, s.Name); err != nil {
+			n.log.Debug("cluster: stream copies not raised", "stream", s.Name, "err", err)
+			done = false
+		}
+	}
+	return done
+}
+
+// raiseStream sets stream name's copies to this node's number if it has
+// fewer; JetStream's refusal for want of servers keeps them (logged).
+func (n *Node) raiseStream(ctx context.Context, js jetstream.JetStream, name string) error {
+	sctx, cancel := context.WithTimeout(ctx, n.setupTimeout())
+	defer cancel()
+	st, err := js.Stream(sctx, name)
+	if err != nil {
+		return err
+	}
+	cfg := st.CachedInfo().Config
+	was := cfg.Replicas
+	if was >= n.replicas {
+		return nil
+	}
+	cfg.Replicas = n.replicas
+	if _, err := js.UpdateStream(sctx, cfg); err != nil {
+		if noPeers(err) {
+			n.log.Warn("cluster: a stream keeps fewer copies than this node's cluster.peers asks for: the cluster has fewer "+
+				"servers (was a node removed? then remove it from cluster.peers)", "stream", name, "copies", was, "asked", n.replicas)
+			return nil
+		}
+		return err
+	}
+	n.log.Info("cluster: stream copies raised to this node's number", "stream", name, "copies", n.replicas, "were", was)
+	return nil
 }

@@ -302,9 +302,11 @@ func (n *Node) nodeList(now time.Time, routes []RouteInfo, jsPeers []string) []N
 }
 
 // startOps starts the heartbeat, the replication poll, the sweep of
-// old claims and the adoption of the sessions of nodes gone (Attach).
+// old claims, the adoption of the sessions of nodes gone and the watch
+// for this node's own stored removal (Attach).
 func (n *Node) startOps() {
-	n.wg.Add(4)
+	n.wg.Add(5)
+	go func() { defer n.wg.Done(); n.watchRemoval() }()
 	go func() { defer n.wg.Done(); n.adoptLoop() }()
 	go func() { defer n.wg.Done(); n.heartbeatLoop() }()
 	go func() { defer n.wg.Done(); n.replicationLoop() }()

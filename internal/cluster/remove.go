@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -103,6 +104,18 @@ func (n *Node) RemoveNode(ctx context.Context, name string, force bool) (RemoveR
 	if !st.External && st.MetaLeader == "" {
 		return res, fmt.Errorf("%w: JetStream has no meta leader (no quorum): a node can be removed only by a majority of the nodes",
 			ErrRemoveRefused)
+	}
+	if n.srv != nil && st.MetaLeader == name {
+		// A meta leader applying its own removal disables its
+		// JetStream at once: it neither answers the request nor moves
+		// the streams' copies off itself, and a stream it also led
+		// (the sessions stream, read by every claim) was seen to stay
+		// without a leader on the nodes left for minutes, on an idle
+		// machine too. It hands the lead over first.
+		if err := n.metaHandover(ctx, name); err != nil {
+			return res, fmt.Errorf("%w: %s leads the JetStream meta group and did not hand the lead over (%v); try again",
+				ErrRemoveRefused, name, err)
+		}
 	}
 	// The removal is stored before anything else changes: a removed
 	// node started again on its old data directory finds it and refuses
@@ -236,6 +249,9 @@ func (n *Node) serveRemovals() (*nats.Subscription, error) {
 			return
 		}
 		if r.Node == n.cfg.Node {
+			if n.rmSelf.deaf {
+				return
+			}
 			by, _, _ := strings.Cut(r.By, "/") // its name, without the run
 			n.leaveRemoved(fmt.Errorf("%w: node %s was removed from cluster %s by node %s", ErrRemoved, n.cfg.Node, n.cfg.Name, clip(by)))
 			return
@@ -277,6 +293,13 @@ func (n *Node) metaRemove(ctx context.Context, name string) (bool, error) {
 	defer cancel()
 	m, err := sc.RequestWithContext(rctx, server.JSApiRemoveServer, req)
 	if err != nil {
+		// The meta leader answers once a quorum has the removal in its
+		// log; a leader that changed meanwhile drops the answer. Applied
+		// all the same, the removal shows in the group's members.
+		if ctx.Err() == nil && n.metaLeaderOf() != "" && !n.metaMember(name) {
+			n.log.Info("cluster: the meta group's answer to the removal was lost; the node is no longer a member", "node", name)
+			return true, nil
+		}
 		return false, fmt.Errorf("cluster: removing %s from the JetStream meta group: %w", name, err)
 	}
 	var a apiAnswer
@@ -290,6 +313,74 @@ func (n *Node) metaRemove(ctx context.Context, name string) (bool, error) {
 		return false, fmt.Errorf("cluster: removing %s from the JetStream meta group: %s", name, a.Error.Description)
 	}
 	return true, nil
+}
+
+// metaLeaderOf returns the JetStream meta group's leader as the
+// embedded server sees it ("" none).
+func (n *Node) metaLeaderOf() string {
+	jz, err := n.srv.Jsz(&server.JSzOptions{})
+	if err != nil || jz.Meta == nil {
+		return ""
+	}
+	return jz.Meta.Leader
+}
+
+// metaMember tells whether name is a member of the JetStream meta group
+// as the embedded server sees it.
+func (n *Node) metaMember(name string) bool {
+	jz, err := n.srv.Jsz(&server.JSzOptions{})
+	if err != nil || jz.Meta == nil {
+		return true // unknown: as a member
+	}
+	if jz.Meta.Leader == name {
+		return true
+	}
+	return slices.ContainsFunc(jz.Meta.Replicas, func(p *server.PeerInfo) bool { return p != nil && p.Name == name })
+}
+
+// metaHandoverWait bounds the wait for another meta leader after the
+// one to be removed was asked to step down.
+const metaHandoverWait = 20 * time.Second
+
+// metaHandover asks name, the JetStream meta leader, to hand the lead
+// over (to this node by preference) and waits until another node leads.
+func (n *Node) metaHandover(ctx context.Context, name string) error {
+	sc, err := nats.Connect("", nats.InProcessServer(n.srv), nats.Token(n.sysToken), nats.Name("moat "+n.cfg.Node+" system"),
+		nats.NoCallbacksAfterClientClose())
+	if err != nil {
+		return fmt.Errorf("the system account is unavailable: %w", err)
+	}
+	defer sc.Close()
+	ctx, cancel := context.WithTimeout(ctx, metaHandoverWait)
+	defer cancel()
+	req, _ := json.Marshal(server.JSApiLeaderStepdownRequest{Placement: &server.Placement{Preferred: n.cfg.Node}})
+	asked := time.Time{}
+	for {
+		leader := n.metaLeaderOf()
+		if leader != "" && leader != name {
+			n.log.Info("cluster: the node to remove handed the JetStream meta group's lead over", "node", name, "leader", leader)
+			return nil
+		}
+		// Asked again every few seconds: a request may be lost while
+		// the group elects, or answered by a refusal.
+		if leader == name && time.Since(asked) >= 3*time.Second {
+			asked = time.Now()
+			rctx, rcancel := context.WithTimeout(ctx, 3*time.Second)
+			m, err := sc.RequestWithContext(rctx, server.JSApiLeaderStepDown, req)
+			rcancel()
+			if err == nil {
+				var a apiAnswer
+				if json.Unmarshal(m.Data, &a) == nil && a.Error != nil {
+					n.log.Info("cluster: the meta leader refused to step down", "node", name, "err", a.Error.Description)
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("it still leads after %v", metaHandoverWait)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // streamsRemove takes name's copy out of every Moat stream that still
@@ -406,6 +497,12 @@ type selfRemoval struct {
 	once sync.Once
 	done chan struct{} // closed by leaveRemoved
 	err  error         // set before done is closed
+	// polls counts the reads of this node's stored removal that were
+	// answered (watchRemoval).
+	polls atomic.Uint64
+	// deaf, set by tests before Attach, makes this node miss the
+	// announcement of its own removal (rmSubject).
+	deaf bool
 }
 
 // Removed is closed once this node learned that it was removed from the
@@ -573,4 +670,139 @@ func (n *Node) forgetRemoval(js jetstream.JetStream) error {
 		err = kv.Purge(ctx, keyOf(n.cfg.Node))
 	}
 	return err
+}
+
+// --- a removal this node missed
+
+// A live node removed by force hears of it on rmSubject. One that missed
+// the announcement (its connection to the others was down at that
+// instant, or it was cut off from the node that removed it) would serve
+// its clients on: it learns of it from the stored record instead. Every
+// heartbeat interval, once its sessions are in use, watchRemoval reads
+// this node's key in bucketRemoved with a direct get, answered by any
+// copy of the bucket; while no node was ever removed there is no bucket
+// and the local server answers at once that nobody listens, so the cost
+// is one small request per interval. A record found is read again from
+// the bucket's leader before the node withdraws: a copy that lags could
+// still answer with the record that a new node of the same name deleted
+// when it joined (checkRemovedAtStart). A node cut off from a majority of
+// the bucket's copies reads nothing (its leader needs a quorum) and finds
+// its removal once it reaches them again.
+
+// removalPollTimeout bounds one read of the stored removal.
+const removalPollTimeout = 5 * time.Second
+
+// watchRemoval looks for this node's stored removal every heartbeat
+// interval, from the moment its sessions are in use until it is removed
+// or stops; on the way it raises the streams' copies to this node's
+// number (raiseCopies, copies.go). It ends with the Node's context.
+func (n *Node) watchRemoval() {
+	select {
+	case <-n.ctx.Done():
+		return
+	case <-n.rmSelf.done:
+		return
+	case <-n.sess.ready:
+	}
+	tick := time.NewTicker(n.hbInterval())
+	defer tick.Stop()
+	raised := false
+	for {
+		if rec, err := n.pollRemoval(); err != nil {
+			n.log.Debug("cluster: the stored removals not read", "err", err)
+		} else if rec != nil {
+			by, _, _ := strings.Cut(rec.By, "/")
+			n.leaveRemoved(fmt.Errorf("%w: node %s was removed from cluster %s by node %s at %s (found in the cluster's record "+
+				"of removals: the announcement did not reach this node)", ErrRemoved, n.cfg.Node, n.cfg.Name, clip(by),
+				rec.At.Format(time.RFC3339)))
+			return
+		}
+		if !raised {
+			raised = n.raiseCopies()
+		}
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-n.rmSelf.done:
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// pollRemoval reads this node's stored removal: nil when there is none,
+// or no copy of bucketRemoved answered.
+func (n *Node) pollRemoval() (*removalRecord, error) {
+	ctx, cancel := context.WithTimeout(n.ctx, removalPollTimeout)
+	defer cancel()
+	subj := "$KV." + bucketRemoved + "." + keyOf(n.cfg.Node)
+	m, err := n.nc.RequestWithContext(ctx, "$JS.API.DIRECT.GET.KV_"+bucketRemoved+"."+subj, nil)
+	if errors.Is(err, nats.ErrNoResponders) {
+		n.rmSelf.polls.Add(1)
+		return nil, nil // no bucket, or no copy of it reachable
+	}
+	if err != nil {
+		return nil, err
+	}
+	switch status := m.Header.Get("Status"); status {
+	case "":
+	case "404":
+		n.rmSelf.polls.Add(1)
+		return nil, nil
+	default:
+		return nil, fmt.Errorf("a direct get answered with status %s %s", status, m.Header.Get("Description"))
+	}
+	if kvRemoved(m.Header) {
+		n.rmSelf.polls.Add(1)
+		return nil, nil
+	}
+	// Found by a copy: the leader decides.
+	rec, err := n.leaderRemoval(ctx, subj)
+	if err == nil {
+		n.rmSelf.polls.Add(1)
+	}
+	return rec, err
+}
+
+// kvRemoved tells whether a key-value entry's headers mark its key
+// deleted or purged.
+func kvRemoved(h nats.Header) bool {
+	op := h.Get("KV-Operation")
+	return op == "DEL" || op == "PURGE"
+}
+
+// leaderRemoval reads subj's last record in bucketRemoved from the
+// stream's leader (a direct get may be answered by a copy that lags):
+// nil when there is none.
+func (n *Node) leaderRemoval(ctx context.Context, subj string) (*removalRecord, error) {
+	req, _ := json.Marshal(server.JSApiMsgGetRequest{LastFor: subj})
+	m, err := n.nc.RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET.KV_"+bucketRemoved, req)
+	if err != nil {
+		return nil, err
+	}
+	var a server.JSApiMsgGetResponse
+	if err := json.Unmarshal(m.Data, &a); err != nil {
+		return nil, fmt.Errorf("reading the stored removal from the leader: a malformed answer: %w", err)
+	}
+	if a.Error != nil {
+		if a.Error.ErrCode == uint16(server.JSNoMessageFoundErr) || a.Error.ErrCode == uint16(server.JSStreamNotFoundErr) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("reading the stored removal from the leader: %s", a.Error.Description)
+	}
+	if a.Message == nil {
+		return nil, errors.New("reading the stored removal from the leader: an answer without the record")
+	}
+	if len(a.Message.Header) > 0 {
+		h, err := nats.DecodeHeadersMsg(a.Message.Header)
+		if err == nil && kvRemoved(h) {
+			return nil, nil
+		}
+	}
+	var rec removalRecord
+	if len(a.Message.Data) > maxHeartbeat || json.Unmarshal(a.Message.Data, &rec) != nil || rec.Node != n.cfg.Node {
+		// Unreadable: fail closed, as a removal (readRemoval).
+		return &removalRecord{Node: n.cfg.Node, By: "(an unreadable record)"}, nil
+	}
+	return &rec, nil
 }

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -156,6 +158,45 @@ func TestRemoveNode(t *testing.T) {
 		t.Fatal("n2, restarted with n3 still among its peers, not ready within 60 s")
 	}
 	testutil.CheckFor(t, 60*time.Second, func() error { return twoCopies(restarted) })
+
+	// A node added afterwards, its peers list naming three servers,
+	// raises every stream to three copies again, the bucket of removed
+	// nodes (made by the removal, with two) too.
+	r4 := freePorts(t, 1)[0]
+	cfg4 := cfg
+	cfg4.Node, cfg4.Listen, cfg4.StoreDir = "n4", r4, filepath.Join(t.TempDir(), "n4")
+	cfg4.Peers = []string{nodes[0].node.cfg.Listen, cfg.Listen, r4}
+	cfg4.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	if testing.Verbose() {
+		cfg4.Logger = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo})).With("node", "n4")
+	}
+	added, err := Start(cfg4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	withBroker(t, added, nil, cfg4.Logger)
+	select {
+	case <-added.Ready():
+	case <-time.After(120 * time.Second):
+		t.Fatal("n4, added after the removal, not ready within 120 s")
+	}
+	testutil.CheckFor(t, 90*time.Second, func() error {
+		st := nodes[0].node.Status()
+		if !slices.ContainsFunc(st.Streams, func(s StreamState) bool { return s.Name == "KV_"+bucketRemoved }) {
+			return fmt.Errorf("%s not listed: %+v", bucketRemoved, st.Streams)
+		}
+		for _, s := range st.Streams {
+			if s.Replicas != 3 {
+				return fmt.Errorf("stream %s has %d copies configured", s.Name, s.Replicas)
+			}
+			// The new copies in place before the servers stop: one
+			// being made as its server shuts down is left running.
+			if len(s.Peers) != 3 || slices.ContainsFunc(s.Peers, func(r ReplicaState) bool { return !r.Current }) {
+				return fmt.Errorf("stream %s: copies %+v", s.Name, s.Peers)
+			}
+		}
+		return nil
+	})
 }
 
 // TestSecurityClusterSystemToken: the system account's token, which can
@@ -217,6 +258,9 @@ func TestRemoveNodeForcedAndRestarted(t *testing.T) {
 	v5 := dial(t, nodes[2].addr, "on-n3-v5", client.V5)
 	v3 := dial(t, nodes[2].addr, "on-n3-v3", client.V311)
 	testutil.WaitFor(t, "three nodes up", 30*time.Second, func() bool { return nodes[0].node.Status().NodesUp == 3 })
+	// The worst case: the node removed leads the JetStream meta group
+	// and the sessions stream, which every claim reads.
+	takeLead(t, nodes[0].node, "n3", streamSessions)
 
 	// The removal is stored and announced before its slower steps (the
 	// meta group, the streams, the adoption), which a loaded machine may
@@ -244,38 +288,8 @@ func TestRemoveNodeForcedAndRestarted(t *testing.T) {
 		!strings.Contains(err.Error(), "by node n1") {
 		t.Fatalf("the removed node's error: %v", err)
 	}
-	for _, c := range []*client.Client{v5, v3} {
-		select {
-		case <-c.Done():
-		case <-time.After(30 * time.Second):
-			t.Fatal("a client of the removed node is still connected")
-		}
-	}
-	var re *client.ReasonError
-	if err := v5.Err(); !errors.As(err, &re) || re.Code != 0x9C {
-		t.Errorf("the MQTT 5 client ended with %v, want DISCONNECT 0x9C", err)
-	}
-	refused := func(addr string, v client.Version) *client.ReasonError {
-		t.Helper()
-		dctx, dcancel := context.WithTimeout(ctx, 10*time.Second)
-		defer dcancel()
-		c, err := client.Dial(dctx, client.Config{Servers: []string{"tcp://" + addr}, ClientID: "late", Version: v, CleanStart: true})
-		if err == nil {
-			c.Close()
-			t.Fatalf("version %v: a client connected to the removed node", v)
-		}
-		var re *client.ReasonError
-		if !errors.As(err, &re) {
-			t.Fatalf("version %v: %v, want a CONNACK refusal", v, err)
-		}
-		return re
-	}
-	if re := refused(nodes[2].addr, client.V5); re.Code != 0x9C || !strings.Contains(re.Reason, "another node") {
-		t.Errorf("MQTT 5 CONNACK to the removed node: %+v, want 0x9C", re)
-	}
-	if re := refused(nodes[2].addr, client.V311); re.V3Code != 0x03 {
-		t.Errorf("MQTT 3.1.1 CONNACK to the removed node: %+v, want 0x03", re)
-	}
+	expectSentAway(t, v5, v3)
+	expectWithdrawn(t, nodes[2].addr)
 	// The nodes left serve (once their streams have leaders again: a
 	// client may be told 0x88 meanwhile, and tries again). On a loaded
 	// machine that takes more than a minute after a removal whose meta
@@ -287,6 +301,8 @@ func TestRemoveNodeForcedAndRestarted(t *testing.T) {
 		c, err := client.Dial(dctx, client.Config{Servers: []string{"tcp://" + nodes[1].addr}, ClientID: "on-n2", Version: client.V5, CleanStart: true})
 		if err == nil {
 			c.Close()
+		} else {
+			t.Logf("a client of n2 after the removal: %v", err)
 		}
 		return err
 	})
@@ -332,6 +348,15 @@ func TestRemoveNodeForcedAndRestarted(t *testing.T) {
 	case <-time.After(120 * time.Second):
 		t.Fatal("a new node under a removed node's name not ready within 120 s")
 	}
+	// It watches for its own stored removal like every node, and finds
+	// none: the record it deleted does not send it away.
+	polled := fresh.rmSelf.polls.Load()
+	testutil.WaitFor(t, "three reads of the stored removals by the new n3", 60*time.Second, func() bool {
+		return fresh.rmSelf.polls.Load() >= polled+3
+	})
+	if err := fresh.RemovedErr(); err != nil {
+		t.Fatalf("the new n3 withdrew: %v", err)
+	}
 	rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
 	defer rcancel()
 	js, err := jetstream.New(nodes[0].node.nc)
@@ -344,5 +369,138 @@ func TestRemoveNodeForcedAndRestarted(t *testing.T) {
 	}
 	if _, err := kv.Get(rctx, keyOf("n3")); !errors.Is(err, jetstream.ErrKeyNotFound) {
 		t.Fatalf("the stored removal of n3 after a new n3 joined: %v", err)
+	}
+}
+
+// expectSentAway waits for the MQTT 5 client v5 and the MQTT 3.1.1
+// client v3 of a removed node to be disconnected, v5 with DISCONNECT
+// 0x9C (Use another server).
+func expectSentAway(t *testing.T, v5, v3 *client.Client) {
+	t.Helper()
+	for _, c := range []*client.Client{v5, v3} {
+		select {
+		case <-c.Done():
+		case <-time.After(30 * time.Second):
+			t.Fatal("a client of the removed node is still connected")
+		}
+	}
+	var re *client.ReasonError
+	if err := v5.Err(); !errors.As(err, &re) || re.Code != 0x9C {
+		t.Errorf("the MQTT 5 client ended with %v, want DISCONNECT 0x9C", err)
+	}
+}
+
+// expectWithdrawn checks that the broker at addr, on a removed node,
+// refuses a new connection with CONNACK 0x9C (0x03 for MQTT 3.1.1).
+func expectWithdrawn(t *testing.T, addr string) {
+	t.Helper()
+	refused := func(v client.Version) *client.ReasonError {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c, err := client.Dial(ctx, client.Config{Servers: []string{"tcp://" + addr}, ClientID: "late", Version: v, CleanStart: true})
+		if err == nil {
+			c.Close()
+			t.Fatalf("version %v: a client connected to the removed node", v)
+		}
+		var re *client.ReasonError
+		if !errors.As(err, &re) {
+			t.Fatalf("version %v: %v, want a CONNACK refusal", v, err)
+		}
+		return re
+	}
+	if re := refused(client.V5); re.Code != 0x9C || !strings.Contains(re.Reason, "another node") {
+		t.Errorf("MQTT 5 CONNACK to the removed node: %+v, want 0x9C", re)
+	}
+	if re := refused(client.V311); re.V3Code != 0x03 {
+		t.Errorf("MQTT 3.1.1 CONNACK to the removed node: %+v, want 0x03", re)
+	}
+}
+
+// TestRemoveNodeMissedAnnouncement: a live node removed by force that
+// misses the announcement of its removal (deaf to it here, as a node
+// whose connection was down at that instant) finds the stored removal by
+// itself within a few heartbeats, and withdraws as an announced removal
+// does: its MQTT 5 client gets DISCONNECT 0x9C, its MQTT 3.1.1 client is
+// closed, new connections are refused with CONNACK 0x9C and 0x03, and its
+// error says how it learned it. Before the removal it reads the
+// (missing) record without withdrawing.
+func TestRemoveNodeMissedAnnouncement(t *testing.T) {
+	nodes := startCluster(t, 3, func(i int, nd *Node) {
+		nd.cfg.AdoptAfter = -1
+		nd.rmSelf.deaf = i == 2
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	v5 := dial(t, nodes[2].addr, "missed-v5", client.V5)
+	v3 := dial(t, nodes[2].addr, "missed-v3", client.V311)
+	testutil.WaitFor(t, "three nodes up", 30*time.Second, func() bool { return nodes[0].node.Status().NodesUp == 3 })
+	testutil.WaitFor(t, "n3 reads the stored removals", 30*time.Second, func() bool { return nodes[2].node.rmSelf.polls.Load() >= 2 })
+	if err := nodes[2].node.RemovedErr(); err != nil {
+		t.Fatalf("n3 withdrew before its removal: %v", err)
+	}
+
+	testutil.CheckFor(t, 90*time.Second, func() error {
+		res, err := nodes[0].node.RemoveNode(ctx, "n3", true)
+		switch {
+		case errors.Is(err, ErrRemoveRefused):
+			t.Logf("forced removal refused: %v", err)
+			return err
+		case err != nil:
+			t.Logf("forced removal, a later step failed: %v", err)
+		case !res.Forced:
+			t.Errorf("forced removal of a live node: %+v", res)
+		}
+		return nil
+	})
+	select {
+	case <-nodes[2].node.Removed():
+	case <-time.After(30 * time.Second):
+		t.Fatal("the removed node, deaf to the announcement, did not find its stored removal within 30 s")
+	}
+	if err := nodes[2].node.RemovedErr(); !errors.Is(err, ErrRemoved) || errors.Is(err, ErrRejoinRefused) ||
+		!strings.Contains(err.Error(), "by node n1") || !strings.Contains(err.Error(), "announcement did not reach") {
+		t.Fatalf("the removed node's error: %v", err)
+	}
+	expectSentAway(t, v5, v3)
+	expectWithdrawn(t, nodes[2].addr)
+}
+
+// takeLead makes the node named name lead the JetStream meta group and
+// the streams named, asking through via (the meta group through its
+// system account).
+func takeLead(t *testing.T, via *Node, name string, streams ...string) {
+	t.Helper()
+	sc, err := nats.Connect("", nats.InProcessServer(via.srv), nats.Token(via.sysToken))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	req, _ := json.Marshal(server.JSApiLeaderStepdownRequest{Placement: &server.Placement{Preferred: name}})
+	testutil.CheckFor(t, 60*time.Second, func() error {
+		if leader := via.metaLeaderOf(); leader != name {
+			_, _ = sc.Request(server.JSApiLeaderStepDown, req, 5*time.Second)
+			return fmt.Errorf("the meta leader is %q", leader)
+		}
+		return nil
+	})
+	js, err := jetstream.New(via.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, stream := range streams {
+		testutil.CheckFor(t, 60*time.Second, func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			s, err := js.Stream(ctx, stream)
+			if err != nil {
+				return err
+			}
+			if ci := s.CachedInfo().Cluster; ci != nil && ci.Leader == name {
+				return nil
+			}
+			_, _ = via.nc.Request("$JS.API.STREAM.LEADER.STEPDOWN."+stream, req, 5*time.Second)
+			return fmt.Errorf("stream %s has another leader", stream)
+		})
 	}
 }
