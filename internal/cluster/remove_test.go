@@ -266,19 +266,7 @@ func TestRemoveNodeForcedAndRestarted(t *testing.T) {
 	// meta group, the streams, the adoption), which a loaded machine may
 	// time out: only a refusal, made before anything changed, is asked
 	// again; what this test checks follows from the announcement.
-	testutil.CheckFor(t, 90*time.Second, func() error {
-		res, err := nodes[0].node.RemoveNode(ctx, "n3", true)
-		switch {
-		case errors.Is(err, ErrRemoveRefused):
-			t.Logf("forced removal refused: %v", err)
-			return err
-		case err != nil:
-			t.Logf("forced removal, a later step failed: %v", err)
-		case !res.Forced:
-			t.Errorf("forced removal of a live node: %+v", res)
-		}
-		return nil
-	})
+	forceRemove(ctx, t, nodes[0].node, "n3")
 	select {
 	case <-nodes[2].node.Removed():
 	case <-time.After(30 * time.Second):
@@ -440,19 +428,7 @@ func TestRemoveNodeMissedAnnouncement(t *testing.T) {
 		t.Fatalf("n3 withdrew before its removal: %v", err)
 	}
 
-	testutil.CheckFor(t, 90*time.Second, func() error {
-		res, err := nodes[0].node.RemoveNode(ctx, "n3", true)
-		switch {
-		case errors.Is(err, ErrRemoveRefused):
-			t.Logf("forced removal refused: %v", err)
-			return err
-		case err != nil:
-			t.Logf("forced removal, a later step failed: %v", err)
-		case !res.Forced:
-			t.Errorf("forced removal of a live node: %+v", res)
-		}
-		return nil
-	})
+	forceRemove(ctx, t, nodes[0].node, "n3")
 	select {
 	case <-nodes[2].node.Removed():
 	case <-time.After(30 * time.Second):
@@ -464,6 +440,27 @@ func TestRemoveNodeMissedAnnouncement(t *testing.T) {
 	}
 	expectSentAway(t, v5, v3)
 	expectWithdrawn(t, nodes[2].addr)
+}
+
+// forceRemove removes the live node named name by force through via,
+// asking again while the removal is refused (a refusal comes before
+// anything changed); a later step that fails is only logged, since the
+// removal is stored and announced before those steps.
+func forceRemove(ctx context.Context, t *testing.T, via *Node, name string) {
+	t.Helper()
+	testutil.CheckFor(t, 90*time.Second, func() error {
+		res, err := via.RemoveNode(ctx, name, true)
+		switch {
+		case errors.Is(err, ErrRemoveRefused):
+			t.Logf("forced removal refused: %v", err)
+			return err
+		case err != nil:
+			t.Logf("forced removal, a later step failed: %v", err)
+		case !res.Forced:
+			t.Errorf("forced removal of a live node: %+v", res)
+		}
+		return nil
+	})
 }
 
 // takeLead makes the node named name lead the JetStream meta group and

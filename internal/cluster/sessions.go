@@ -102,6 +102,10 @@ type sessionsState struct {
 	// broker attached the client (ClaimAttached): a release request for
 	// the session meanwhile is answered "busy, try again" (handleRelease).
 	claiming map[string]claimMark
+	// takes holds, per client ID, the takes of the session under way on
+	// this node (take): another claim of the client ID here waits for
+	// them to end before it reads the session record (ClaimSession).
+	takes map[string]*takeMark
 	// failed holds, for failedFor, the start of each claim of this node
 	// that failed after its old home was asked to give the session up
 	// (at most maxFailedClaims): the next claim of the same client ID on
@@ -130,6 +134,9 @@ type sessionsState struct {
 	// before the broker has it; afterImport right after, while the
 	// session holds back what routing delivers to it.
 	beforeImport, afterImport atomic.Pointer[func(id string)]
+	// takeWaits counts the claims that waited for a take of the same
+	// client ID under way on this node (ClaimSession).
+	takeWaits atomic.Uint64
 	// beforeReply, in tests, runs when this node, the old home, has
 	// given a session up and is about to answer the claim (a slow old
 	// home).
@@ -325,6 +332,7 @@ func (s *sessionsState) init() {
 	s.released = make(map[string]releasedAt)
 	s.failed = make(map[string]*failedClaim)
 	s.claiming = make(map[string]claimMark)
+	s.takes = make(map[string]*takeMark)
 	s.ready = make(chan struct{})
 }
 
@@ -378,6 +386,48 @@ func (n *Node) unmarkClaim(id string) {
 		m.n--
 		n.sess.claiming[id] = m
 	}
+}
+
+// takeMark counts the takes of a client ID's session under way on this
+// node; done is closed when the last one ends.
+type takeMark struct {
+	n    int
+	done chan struct{}
+}
+
+// beginTake counts a take of id's session under way on this node.
+func (n *Node) beginTake(id string) {
+	n.sess.mu.Lock()
+	defer n.sess.mu.Unlock()
+	m := n.sess.takes[id]
+	if m == nil {
+		m = &takeMark{done: make(chan struct{})}
+		n.sess.takes[id] = m
+	}
+	m.n++
+}
+
+// endTake ends a take counted by beginTake.
+func (n *Node) endTake(id string) {
+	n.sess.mu.Lock()
+	defer n.sess.mu.Unlock()
+	if m := n.sess.takes[id]; m != nil {
+		if m.n--; m.n <= 0 {
+			delete(n.sess.takes, id)
+			close(m.done)
+		}
+	}
+}
+
+// takeUnderWay returns a channel closed when the takes of id's session
+// under way on this node have ended, nil when there are none.
+func (n *Node) takeUnderWay(id string) <-chan struct{} {
+	n.sess.mu.Lock()
+	defer n.sess.mu.Unlock()
+	if m := n.sess.takes[id]; m != nil {
+		return m.done
+	}
+	return nil
 }
 
 // claimingNow tells whether a claim of id is under way on this node.
@@ -1202,6 +1252,21 @@ func (n *Node) ClaimSession(ctx context.Context, claim broker.SessionClaim) (err
 			case <-time.After(time.Duration(attempt) * 50 * time.Millisecond):
 			}
 		}
+		if done := n.takeUnderWay(id); done != nil {
+			// Another claim of this client ID here (one whose client
+			// gave up waiting, say) is taking the session: it may have
+			// made this node the home without importing the session
+			// yet, and this claim would then find no session in the
+			// broker and start an empty one, or take it a second time.
+			// It waits for that take to end, then reads the record.
+			n.sess.takeWaits.Add(1)
+			select {
+			case <-done:
+			case <-ctx.Done():
+				return &broker.ClaimRefused{Reason: "the session is being taken over on this node; try again",
+					Unavailable: true, Busy: true}
+			}
+		}
 		cur, err := n.getRecord(ctx, subj)
 		if err != nil {
 			return unavailable("reading the session failed: " + err.Error())
@@ -1485,6 +1550,8 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 	// attached; an adoption or an import at start until here.
 	n.markClaim(id)
 	defer n.unmarkClaim(id)
+	n.beginTake(id)
+	defer n.endTake(id)
 	if pos.replay {
 		// Kept until the session is imported: the write below may take
 		// the home even when its answer is lost.
@@ -1794,6 +1861,12 @@ func (n *Node) readReplay(ctx context.Context, id string, ss *broker.StoredSessi
 // forwarded so far are then in the stream), at most maxOwnScan past
 // routed; routed when it cannot tell.
 func (n *Node) ownEnd(ctx context.Context, p *persistence, routed uint64) uint64 {
+	// Bounded like any one request: while the stream changes leaders
+	// the commits and the stream's information may wait for long, and
+	// the session, home here already, is not imported meanwhile. Past
+	// it the replay stops at routed (docs/cluster.md, "Not done yet").
+	ctx, cancel := context.WithTimeout(ctx, requestAttempt)
+	defer cancel()
 	done := make(chan error, 1)
 	p.Persist(nil, func(err error) { done <- err })
 	select {

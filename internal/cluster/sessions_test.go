@@ -384,3 +384,96 @@ func TestSessionMoveGapOnNewHome(t *testing.T) {
 	}
 	expectNone(t, sub2, time.Second)
 }
+
+// TestSessionSecondClaimDuringImport: a client whose claim on n2 wrote
+// the session record naming n2 but has not imported the session yet (the
+// hook holds the take there) gives up and connects again on n2. The
+// second claim waits for the first one's take and resumes the session
+// (Session Present 1, with the message queued for it). Before, it took
+// the session a second time beside the first, or, once the first had made
+// n2 the home, answered at once and the broker started an empty session.
+func TestSessionSecondClaimDuringImport(t *testing.T) {
+	nodes := startCluster(t, 3)
+	sub, _ := dialSession(t, nodes[0].addr, "twice", client.V5)
+	subscribe(t, sub, 1, "twice/#")
+	pub := dial(t, nodes[2].addr, "twicepub", client.V5)
+	awaitRoute(t, pub, sub, "twice/probe")
+	disconnect(t, sub)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := pub.Publish(ctx, &client.Message{Topic: "twice/x", QoS: 1, Payload: []byte("queued")}); err != nil {
+		t.Fatal(err)
+	}
+
+	entered, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	hook := func(id string) {
+		if id == "twice" {
+			once.Do(func() { close(entered); <-release })
+		}
+	}
+	nodes[1].node.sess.afterTake.Store(&hook)
+	defer nodes[1].node.sess.afterTake.Store(nil)
+	var released sync.Once
+	defer released.Do(func() { close(release) })
+	cfg := client.Config{Servers: []string{"tcp://" + nodes[1].addr}, ClientID: "twice", Version: client.V5, SessionExpiry: 600}
+
+	// The first client gives up while its claim's import is held.
+	firstCtx, firstCancel := context.WithCancel(context.Background())
+	firstDone := make(chan struct{})
+	go func() {
+		defer close(firstDone)
+		if c, err := client.Dial(firstCtx, cfg); err == nil {
+			c.Close()
+		}
+	}()
+	select {
+	case <-entered:
+	case <-time.After(60 * time.Second):
+		t.Fatal("the first claim did not write the session record")
+	}
+	firstCancel()
+	<-firstDone
+
+	type result struct {
+		c   *client.Client
+		err error
+	}
+	second := make(chan result, 1)
+	go func() {
+		dctx, dcancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer dcancel()
+		c, err := client.Dial(dctx, cfg)
+		second <- result{c, err}
+	}()
+	// The second claim waits for the first one's take; the first is then
+	// let go.
+	for nodes[1].node.sess.takeWaits.Load() == 0 {
+		select {
+		case r := <-second:
+			if r.err == nil {
+				r.c.Close()
+			}
+			t.Fatalf("the second claim ended while the first one's take was held (present %v, err %v)",
+				r.err == nil && r.c.ConnectInfo().SessionPresent, r.err)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	released.Do(func() { close(release) })
+	r := <-second
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	t.Cleanup(func() { r.c.Close() })
+	if !r.c.ConnectInfo().SessionPresent {
+		t.Fatal("Session Present 0 after the first claim's import")
+	}
+	select {
+	case m := <-r.c.Messages():
+		if string(m.Payload) != "queued" {
+			t.Fatalf("got %q on %s", m.Payload, m.Topic)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the queued message did not come with the session")
+	}
+}
