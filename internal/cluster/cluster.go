@@ -193,6 +193,9 @@ type Node struct {
 	kv       *kvState
 	ready    chan struct{} // closed once the key-value buckets are in use
 	replicas int
+	// copiesWarned holds the streams warned of keeping fewer copies than
+	// replicas asks (warnFewerCopies), so that each is logged once.
+	copiesWarned sync.Map
 
 	stats counters
 

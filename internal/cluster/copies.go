@@ -69,9 +69,22 @@ func (n *Node) fewerCopies(ctx context.Context, js jetstream.JetStream, name str
 	if !ok || have >= want {
 		return 0, false
 	}
-	n.log.Warn("cluster: a stream keeps fewer copies than this node's cluster.peers asks for: the cluster has fewer "+
-		"servers (was a node removed? then remove it from cluster.peers)", "stream", name, "copies", have, "asked", want)
+	n.warnFewerCopies(name, have, want)
 	return have, true
+}
+
+// warnFewerCopies logs, once per stream, number of copies and number
+// asked in this run, that a stream keeps fewer copies than this node's
+// peers list asks for. A node starting is refused more copies both when
+// it creates the stream and when it raises it afterwards: one warning
+// tells the operator all there is.
+func (n *Node) warnFewerCopies(name string, have, asked int) {
+	key := fmt.Sprintf("%s/%d/%d", name, have, asked)
+	if _, seen := n.copiesWarned.LoadOrStore(key, struct{}{}); seen {
+		return
+	}
+	n.log.Warn("cluster: a stream keeps fewer copies than this node's cluster.peers asks for: the cluster has fewer "+
+		"servers (was a node removed? then remove it from cluster.peers)", "stream", name, "copies", have, "asked", asked)
 }
 
 // createOrUpdateStream creates or updates the stream of cfg, keeping the
@@ -213,8 +226,7 @@ func (n *Node) raiseStream(ctx context.Context, js jetstream.JetStream, name str
 	cfg.Replicas = n.replicas
 	if _, err := js.UpdateStream(sctx, cfg); err != nil {
 		if noPeers(err) {
-			n.log.Warn("cluster: a stream keeps fewer copies than this node's cluster.peers asks for: the cluster has fewer "+
-				"servers (was a node removed? then remove it from cluster.peers)", "stream", name, "copies", was, "asked", n.replicas)
+			n.warnFewerCopies(name, was, n.replicas)
 			return nil
 		}
 		return err
