@@ -1560,7 +1560,7 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 	claimSeq, err := n.putRecord(ctx, sessSubject(id, "s"), mustRecord(&mine), seq)
 	if errors.Is(err, errConflict) {
 		n.clearPending(id)
-		return n.retryClaim(ctx, id)
+		return lostClaimRace(id)
 	}
 	if err != nil {
 		return unavailable("storing the session failed: " + err.Error())
@@ -1804,8 +1804,12 @@ func (n *Node) tookRecord(id string, pos position) {
 	}
 }
 
-// retryClaim is a claim that lost a race: it starts over.
-func (n *Node) retryClaim(ctx context.Context, id string) error {
+// lostClaimRace is the answer to a claim whose write of the session
+// record lost the compare-and-set to another node's claim (both asked
+// the old home at once): the claim is refused, not started over, and
+// its client is told the server is unavailable (CONNACK 0x88) and
+// connects again, by then to the session's new home.
+func lostClaimRace(id string) error {
 	return unavailable("the session of " + clip(id) + " changed hands meanwhile")
 }
 
