@@ -9,7 +9,7 @@ import (
 	"github.com/moatmq/moat/internal/testutil"
 )
 
-// TestSizeClasses: the structures kept per connection fit
+// TestSizeClasses: the structures kept per connection and per session fit
 // the allocation size classes they were laid out for. A field added to
 // one of them that takes it past its class costs the next class's extra
 // bytes for every connection or session, idle or not, and the collector
@@ -25,6 +25,8 @@ func TestSizeClasses(t *testing.T) {
 		size, want uintptr
 	}{
 		{"conn", unsafe.Sizeof(conn{}), 1536},
+		{"session", unsafe.Sizeof(session{}), 384},
+		{"Client", unsafe.Sizeof(Client{}), 256},
 	} {
 		t.Logf("%s: %d bytes (size class %d)", c.name, c.size, c.want)
 		if c.size > c.want {
