@@ -171,11 +171,12 @@ type conn struct {
 	wbuf   []byte
 	wdlSet time.Time // when the write deadline was last moved
 	// wpub is the PUBLISH being encoded where no shared encoding fits
-	// (appendDelivery, appendShared): taken from publishScratch by the
-	// first such packet of a writer's run and given back when the run
-	// ends, so that a connection keeps none while idle (a packet.Publish
-	// in conn made every connection 256 bytes larger, in its allocation
-	// size class, for a path most writes never take).
+	// (appendDelivery, appendShared: a message routed to this subscriber
+	// alone, an outbound topic alias, an expiry that moved on): taken
+	// from publishScratch by the first such packet of a writer's run and
+	// given back when the run ends, so that a connection keeps none while
+	// idle (a packet.Publish in conn made every connection 256 bytes
+	// larger, in its allocation size class).
 	wpub  *packet.Publish
 	wclk  clock    // the time of the batch being encoded, read once if needed
 	wmsgs [3]int64 // PUBLISH packets in that batch by QoS, for the statistics (countOut)
