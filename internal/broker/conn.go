@@ -65,8 +65,8 @@ type conn struct {
 	arr         *stampedReader
 	recentShard uint8
 	// The connection's flags sit here together, each where padding after
-	// a field of its own would be (a conn beyond 1,792 bytes takes the
-	// next size class, 2,048):
+	// a field of its own would be (a conn beyond 1,536 bytes takes the
+	// next size class, 1,792; TestSizeClasses):
 	//
 	// rearm: the reader waited (a held publisher's turn) since the read
 	// deadline was set; it is set again before the next read that may
@@ -169,11 +169,18 @@ type conn struct {
 
 	// Writer-owned (aliasOutMax is fixed at CONNECT).
 	wbuf   []byte
-	wdlSet time.Time      // when the write deadline was last moved
-	wpub   packet.Publish // the PUBLISH being encoded
-	wclk   clock          // the time of the batch being encoded, read once if needed
-	wmsgs  [3]int64       // PUBLISH packets in that batch by QoS, for the statistics (countOut)
-	wpay   [3]int64       // and their payload bytes
+	wdlSet time.Time // when the write deadline was last moved
+	// wpub is the PUBLISH being encoded where no shared encoding fits
+	// (appendDelivery, appendShared: a message routed to this subscriber
+	// alone, an outbound topic alias, an expiry that moved on): taken
+	// from publishScratch by the first such packet of a writer's run and
+	// given back when the run ends, so that a connection keeps none while
+	// idle (a packet.Publish in conn made every connection 256 bytes
+	// larger, in its allocation size class).
+	wpub  *packet.Publish
+	wclk  clock    // the time of the batch being encoded, read once if needed
+	wmsgs [3]int64 // PUBLISH packets in that batch by QoS, for the statistics (countOut)
+	wpay  [3]int64 // and their payload bytes
 	// Shared encodings written in place (write.go, appendTail): the
 	// pieces of the batch so far, wbuf's bytes from wcut on not among
 	// them yet, and the shared bytes they hold. wvec is the copy a

@@ -19,9 +19,14 @@ type Client struct {
 	// transport metadata (PROXY protocol information, WebSocket details,
 	// the TLS state through TLS) by type assertion. Hooks must not read
 	// from or write to it.
-	Conn     net.Conn
-	Version  packet.Version
-	ClientID string // as connected (assigned IDs included)
+	Conn    net.Conn
+	Version packet.Version
+	// Anonymous is true when the listener's anonymous policy admitted the
+	// client (no Authenticator vouched for it), whether or not it sent a
+	// username. (Next to Version, where it takes no padding of its own:
+	// a Client of 256 bytes fills its size class; TestSizeClasses.)
+	Anonymous bool
+	ClientID  string // as connected (assigned IDs included)
 	// Username is the verified identity: the name an Authenticator
 	// returned, or the CONNECT username it accepted. It is empty while
 	// authentication runs and for clients admitted by the anonymous policy,
@@ -30,10 +35,6 @@ type Client struct {
 	// ClaimedUsername is the username as sent in CONNECT, never verified
 	// by itself. It is for logs only: grant nothing on it.
 	ClaimedUsername string
-	// Anonymous is true when the listener's anonymous policy admitted the
-	// client (no Authenticator vouched for it), whether or not it sent a
-	// username.
-	Anonymous bool
 	// Attributes carries what the Authenticator learned (certificate
 	// fields, token claims) for the Authorizer; nil when empty.
 	Attributes map[string]string

@@ -27,9 +27,6 @@ type session struct {
 
 	mu   sync.Mutex
 	conn *conn // nil while the client is offline
-	// ended is set when the session is removed: a routing pass that
-	// found it through a subscription not yet removed delivers nothing.
-	ended bool
 	// client is a snapshot of the Client of the latest connection (set by
 	// attach, kept while offline): the identity queued messages and
 	// subscriptions are authorized for, sharing that connection's
@@ -42,7 +39,6 @@ type session struct {
 
 	// Outbound QoS 1/2 messages awaiting acknowledgement, in send order.
 	inflight []*delivery
-	nextPID  uint16
 	// Messages waiting for a connection or for room in the in-flight
 	// window, oldest first, and the sum of their sizes (delivery.size).
 	queue      msgQueue
@@ -75,6 +71,15 @@ type session struct {
 	// Limits of the current connection.
 	inflightLimit int
 	maxPacket     uint32 // client's Maximum Packet Size, 0 = none
+
+	// The small fields sit together, where padding after a field of its
+	// own would be (a session beyond 384 bytes takes the next size
+	// class, 416; TestSizeClasses). nextPID is the next packet
+	// identifier of an outbound QoS 1/2 message. ended is set when the
+	// session is removed: a routing pass that found it through a
+	// subscription not yet removed delivers nothing.
+	nextPID uint16
+	ended   bool
 
 	// stored: the session is kept by Config.Persistence (it outlived a
 	// connection's CONNECT with a non-zero expiry); subList mirrors its

@@ -238,6 +238,10 @@ func (c *conn) writeLoop() {
 			// buffer and no large queue.
 			putWriteBuf(c.wbuf)
 			c.wbuf = nil
+			if c.wpub != nil {
+				publishScratch.Put(c.wpub) // cleared after each use
+				c.wpub = nil
+			}
 			if len(c.out) == 0 && cap(c.out) > idleQueueCap {
 				c.out = nil // held back, it still has its packets
 			}
@@ -472,9 +476,10 @@ func (c *conn) appendShared(dst []byte, e *pubEnc) ([]byte, error) {
 	}
 	// Built in the writer's own packet, cleared afterwards so that an
 	// idle connection does not keep the last message alive.
-	e.fill(&c.wpub, expiry, 0, false)
-	dst, err := c.encodePublish(dst, &c.wpub)
-	c.wpub = packet.Publish{}
+	p := c.scratchPublish()
+	e.fill(p, expiry, 0, false)
+	dst, err := c.encodePublish(dst, p)
+	*p = packet.Publish{}
 	return dst, err
 }
 
@@ -502,10 +507,24 @@ func (c *conn) appendDelivery(dst []byte, d *delivery, dup bool) ([]byte, error)
 		}
 		return dst, nil
 	}
-	d.fillPublish(&c.wpub, &c.wclk, dup)
-	dst, err := c.encodePublish(dst, &c.wpub)
-	c.wpub = packet.Publish{}
+	p := c.scratchPublish()
+	d.fillPublish(p, &c.wclk, dup)
+	dst, err := c.encodePublish(dst, p)
+	*p = packet.Publish{}
 	return dst, err
+}
+
+// publishScratch holds the writers' scratch packets (conn.wpub), each
+// empty.
+var publishScratch = sync.Pool{New: func() any { return new(packet.Publish) }}
+
+// scratchPublish returns the writer's scratch packet, empty, taking one
+// from publishScratch for this run of the writer if it has none.
+func (c *conn) scratchPublish() *packet.Publish {
+	if c.wpub == nil {
+		c.wpub = publishScratch.Get().(*packet.Publish)
+	}
+	return c.wpub
 }
 
 // writevMin is the size from which a shared encoding (after the bytes a
