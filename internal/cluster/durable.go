@@ -256,7 +256,7 @@ func (n *Node) needsStream(topic string) bool {
 	if n.peerMissing(acc, peers) {
 		return true
 	}
-	if n.interest(acc, topic).yes {
+	if n.lookup(acc, topic, groupsNever).yes {
 		return true
 	}
 	return n.peerMissing(acc, peers)

@@ -460,18 +460,41 @@ type interestAnswer struct {
 	legacy bool
 }
 
+// groupNeed tells a look-up whether the answer's groups matter.
+type groupNeed int
+
+const (
+	// groupsAlways: a QoS 1/2 message's groups, which it waits for
+	// (forwardShared, resolveRequests).
+	groupsAlways groupNeed = iota
+	// groupsIfNo: a QoS 0 message's, which matter only when no other
+	// node subscribes to its topic (wantsQoS0): handed to NATS anyway,
+	// it reaches whatever group NATS chooses.
+	groupsIfNo
+	// groupsNever: the durable stream's, which only other nodes' plain
+	// subscriptions need (needsStream).
+	groupsNever
+)
+
 // interest looks up whether another node has a subscription matching
-// topic: from the cache when the other nodes' versions allow it, else
-// afresh.
-//
-// The answer also names the groups of shared subscriptions that could
-// want the topic (groups), when the directory is known to hold every
-// group whose queue subscriptions this node's server has: each node
-// changes its group version around joining a group, and names its
-// groups with its versions (refreshVersions), as for the markers. The
-// groups are then looked up in the cache too, or, while a node is
-// away (its marker version unknown), afresh in the directory.
+// topic, and the groups of shared subscriptions that could want it: from
+// the cache when the other nodes' versions allow it, else afresh.
 func (n *Node) interest(acc *server.Account, topic string) interestAnswer {
+	return n.lookup(acc, topic, groupsAlways)
+}
+
+// lookup is interest for a caller whose need of the groups is need;
+// without it the answer may leave them unknown.
+//
+// The answer names the groups (groups) when the directory is known to
+// hold every group whose queue subscriptions this node's server has:
+// each node changes its group version around joining a group, and names
+// its groups with its versions (refreshVersions), as for the markers,
+// and no node this one does not know is counted (groupsValid). The
+// groups are then looked up in the cache too, or, while a node is away
+// (its marker version unknown), afresh in the directory. A caller that
+// does not need them is spared that check.
+func (n *Node) lookup(acc *server.Account, topic string, need groupNeed) interestAnswer {
 	peersPtr := n.dur.peers.Load()
 	snap := n.ic.snap.Load()
 	own := n.share.ownGen.Load()
@@ -487,13 +510,20 @@ func (n *Node) interest(acc *server.Account, topic string) interestAnswer {
 			}
 		}
 	}
-	groupsValid := current && !snap.anyOld && snap.groupsValid(acc)
-	if valid && groupsValid && cacheable {
+	if valid && cacheable {
 		if a, ok := n.ic.cache.get(topic, snap.epoch, own); ok {
-			return a
+			// An answer is cached only with its groups valid; its yes
+			// holds while the versions do.
+			if need == groupsNever || need == groupsIfNo && a.yes {
+				a.groups, a.groupsKnown = nil, false
+				return a
+			}
+			if !snap.anyOld && snap.groupsValid(acc) {
+				return a
+			}
 		}
 	}
-	if !valid || !groupsValid {
+	if !valid {
 		n.wakeVersions()
 	}
 	toks := topicTokens(topic)
@@ -504,10 +534,18 @@ func (n *Node) interest(acc *server.Account, topic string) interestAnswer {
 			break
 		}
 	}
-	if groupsValid {
-		a.groups, a.groupsKnown = n.matchingGroups(topic), true
-	}
 	a.legacy = snap != nil && snap.anyOld
+	groupsValid := false
+	if need == groupsAlways || need == groupsIfNo && !a.yes || valid && cacheable {
+		// Also when not needed, for the cache. Checked before the
+		// directory is read: a group version seen present had its
+		// groups put there first.
+		if groupsValid = current && !snap.anyOld && snap.groupsValid(acc); groupsValid {
+			a.groups, a.groupsKnown = n.matchingGroups(topic), true
+		} else if valid {
+			n.wakeVersions()
+		}
+	}
 	if valid && groupsValid && cacheable {
 		// Computed after the versions were seen: valid while they are.
 		n.ic.cache.put(topic, snap.epoch, own, a)
@@ -527,7 +565,7 @@ func (n *Node) wantsQoS0(topic string) bool {
 		return true // a node not known yet: its markers are not looked up
 	}
 	acc := n.srv.GlobalAccount()
-	a := n.interest(acc, topic)
+	a := n.lookup(acc, topic, groupsIfNo)
 	if a.yes {
 		return true
 	}
