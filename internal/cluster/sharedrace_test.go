@@ -130,8 +130,15 @@ func TestSharedGroupOfNewNode(t *testing.T) {
 	n1.dur.holdPeers.Store(true)
 	n1.dur.peerMu.Unlock()
 	const topic = "newnode/a/x"
-	if a := n1.interest(acc, topic); a.groupsKnown && len(a.groups) > 0 {
+	// The count matches the nodes n1 knows: the directory is complete.
+	testutil.WaitFor(t, "n1's directory complete", 30*time.Second, func() bool {
+		return n1.interest(acc, topic).groupsKnown
+	})
+	if a := n1.interest(acc, topic); len(a.groups) > 0 {
 		t.Fatalf("a group for %s before any: %v", topic, a.groups)
+	}
+	if got, want := acc.Interest(countSubject), 3; got != want {
+		t.Fatalf("n1's server counts %d nodes; want %d", got, want)
 	}
 
 	n4 := startJoiningNode(t, nodes, "n4", func(nd *Node) { nd.share.ack.quiet.Store(true) })
@@ -171,6 +178,14 @@ func TestSharedGroupOfNewNode(t *testing.T) {
 		t.Error("n1 confirmed the message without knowing n4")
 	}
 	t.Logf("n4 known to n1 before the look-up: %v; directory known complete at the look-up: %v", knownBefore, a.groupsKnown)
+	// Complete again, with n4 counted, its check of the routes still held.
+	testutil.WaitFor(t, "n1's directory complete with n4", 30*time.Second, func() bool {
+		a := n1.interest(acc, topic)
+		return a.groupsKnown && slices.Contains(a.groups, queueName("late", "newnode/#"))
+	})
+	if got, want := acc.Interest(countSubject), 4; got != want {
+		t.Fatalf("n1's server counts %d nodes; want %d", got, want)
+	}
 	expectNone(t, member, 200*time.Millisecond)
 }
 
