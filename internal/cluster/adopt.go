@@ -69,6 +69,75 @@ type adoptState struct {
 	// beforeCheck, in tests, runs when this node is back in the cluster,
 	// before it checks its sessions (reconcileHomes).
 	beforeCheck atomic.Pointer[func()]
+
+	// notices are the runs whose sessions this node adopted, the most
+	// recent last (at most maxNotices), told in its heartbeats; heard
+	// holds, per other node's run, the K of the last notice of this
+	// run heard from it. recheck is set when one was heard: adoptLoop
+	// then checks this node's sessions.
+	notices []adoptNotice
+	heard   map[string]uint64
+	recheck atomic.Bool
+}
+
+// noteAdopted adds a notice for the run origin, whose sessions this
+// node is about to adopt (told before: a notice of an adoption that
+// fails costs that run a check of its sessions, nothing more).
+func (n *Node) noteAdopted(origin string) {
+	n.adopt.mu.Lock()
+	defer n.adopt.mu.Unlock()
+	k := uint64(1)
+	if i := slices.IndexFunc(n.adopt.notices, func(a adoptNotice) bool { return a.Origin == origin }); i >= 0 {
+		k = n.adopt.notices[i].K + 1
+		n.adopt.notices = slices.Delete(n.adopt.notices, i, i+1)
+	}
+	n.adopt.notices = append(n.adopt.notices, adoptNotice{Origin: origin, K: k})
+	if len(n.adopt.notices) > maxNotices {
+		n.adopt.notices = slices.Delete(n.adopt.notices, 0, len(n.adopt.notices)-maxNotices)
+	}
+}
+
+// adoptNotices returns the notices for a heartbeat: the most recent
+// first, as many as fit in maxNoticeBytes.
+func (n *Node) adoptNotices() []adoptNotice {
+	n.adopt.mu.Lock()
+	defer n.adopt.mu.Unlock()
+	var out []adoptNotice
+	size := 0
+	for i := len(n.adopt.notices) - 1; i >= 0; i-- {
+		a := n.adopt.notices[i]
+		if size += len(a.Origin) + 32; size > maxNoticeBytes {
+			break
+		}
+		out = append(out, a)
+	}
+	return out
+}
+
+// heardNotices looks in another node's heartbeat h for a notice that it
+// adopted this run's sessions, not heard before: this node was taken for
+// dead (a cut it may never have seen: routes to the others and a
+// JetStream quorum all along, while the adopter heard nothing of it),
+// and checks its sessions (adoptLoop).
+func (n *Node) heardNotices(h heartbeat) {
+	i := slices.IndexFunc(h.Adopted, func(a adoptNotice) bool { return a.Origin == n.origin })
+	if i < 0 {
+		return
+	}
+	k := h.Adopted[i].K
+	n.adopt.mu.Lock()
+	if n.adopt.heard == nil {
+		n.adopt.heard = make(map[string]uint64)
+	}
+	fresh := n.adopt.heard[h.Origin] < k
+	if fresh {
+		n.adopt.heard[h.Origin] = k
+	}
+	n.adopt.mu.Unlock()
+	if fresh {
+		n.log.Warn("cluster: another node adopted this node's sessions, having taken it for dead; checking them", "node", clip(h.Node))
+		n.adopt.recheck.Store(true)
+	}
 }
 
 // now is the node's clock for judging other nodes' silence.
@@ -134,16 +203,21 @@ func (n *Node) adoptLoop() {
 					n.adopt.mu.Unlock()
 				}
 				if lost || cut {
-					if f := n.adopt.beforeCheck.Load(); f != nil {
-						(*f)()
-					}
-					n.reconcileHomes()
-					n.checkCleanWills()
+					n.adopt.recheck.Store(false)
+					n.checkHomes()
 				}
 				if !cutOff.IsZero() {
 					n.log.Info("cluster: back in the cluster; the durable stream is routed again")
 				}
 				quorumLost, cutOff = time.Time{}, time.Time{}
+				n.resumeRouting()
+			}
+			if quorum && routed && quorumLost.IsZero() && cutOff.IsZero() && n.adopt.recheck.Swap(false) {
+				// Another node adopted this node's sessions while this
+				// node saw no cut: checked as on a return, the durable
+				// stream held meanwhile.
+				n.pauseRouting()
+				n.checkHomes()
 				n.resumeRouting()
 			}
 		}
@@ -154,6 +228,17 @@ func (n *Node) adoptLoop() {
 		case <-tick.C:
 		}
 	}
+}
+
+// checkHomes gives up the sessions of this node another node adopted
+// (reconcileHomes) and the wills of its clean sessions' connections the
+// others published (checkCleanWills).
+func (n *Node) checkHomes() {
+	if f := n.adopt.beforeCheck.Load(); f != nil {
+		(*f)()
+	}
+	n.reconcileHomes()
+	n.checkCleanWills()
 }
 
 // goneNode is a node whose sessions are due for adoption.
@@ -299,6 +384,15 @@ func (n *Node) adoptNode(ctx context.Context, name string) (adopted, claims int,
 		}
 	}
 	if len(orphans) > 0 {
+		// Told in this node's heartbeats, in case the run is alive
+		// and only cut off from this node.
+		runs := map[string]bool{}
+		for _, o := range orphans {
+			if o.rec.Home != "" && !runs[o.rec.Home] {
+				runs[o.rec.Home] = true
+				n.noteAdopted(o.rec.Home)
+			}
+		}
 		pos, err := n.ackFloorOf(ctx, name)
 		if err != nil {
 			return 0, 0, err

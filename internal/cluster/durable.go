@@ -84,6 +84,14 @@ type durableState struct {
 	// cluster size less one, or the most seen).
 	peers    atomic.Pointer[[]string]
 	expected atomic.Int64
+	// known holds the names behind peers; peerMu serializes its
+	// refreshes (refreshPeers: the once-a-second check, and the version
+	// loop's when a node it does not know is on this node's server).
+	// holdPeers, in tests, skips the once-a-second check (read under
+	// peerMu).
+	peerMu    sync.Mutex
+	known     map[string]bool
+	holdPeers atomic.Bool
 
 	// Messages of other nodes being delivered (by message ID) and
 	// recently delivered ones: a redelivery of either is not delivered
@@ -140,6 +148,7 @@ func (d *durableState) init() {
 	d.ring = make([]string, recentIDs)
 	d.capable = make(map[string]bool)
 	d.peers.Store(&[]string{})
+	d.known = make(map[string]bool)
 	d.acks = newAckQueue()
 }
 
@@ -247,7 +256,7 @@ func (n *Node) needsStream(topic string) bool {
 	if n.peerMissing(acc, peers) {
 		return true
 	}
-	if n.interest(acc, topic).yes {
+	if n.lookup(acc, topic, groupsNever).yes {
 		return true
 	}
 	return n.peerMissing(acc, peers)
@@ -762,10 +771,9 @@ func (n *Node) settle(id string, delivered bool) {
 func (n *Node) monitorPeers() {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
-	known := map[string]bool{}
 	for {
 		if n.srv != nil {
-			n.refreshPeers(known)
+			n.refreshPeers(true)
 		}
 		now := time.Now()
 		n.pruneGone(now)
@@ -778,10 +786,21 @@ func (n *Node) monitorPeers() {
 	}
 }
 
-// refreshPeers adds to known the other nodes seen now (a node once seen
+// refreshPeers adds to the nodes known those seen now (a node once seen
 // stays known: while it is away its presence marker is missing) and
-// publishes their marker prefixes.
-func (n *Node) refreshPeers(known map[string]bool) {
+// publishes their marker prefixes: the nodes this node's server has
+// routes to, and (withMeta) the JetStream peers, whose number also
+// sets the number of nodes the cluster should have. Without withMeta
+// (the version loop, which found a node it does not know: interest.go)
+// that number only grows with the nodes known.
+func (n *Node) refreshPeers(withMeta bool) {
+	d := &n.dur
+	d.peerMu.Lock()
+	defer d.peerMu.Unlock()
+	if withMeta && d.holdPeers.Load() {
+		return
+	}
+	known := d.known
 	if rz, err := n.srv.Routez(&server.RoutezOptions{}); err == nil {
 		for _, r := range rz.Routes {
 			if r.RemoteName != "" && r.RemoteName != n.cfg.Node {
@@ -789,12 +808,15 @@ func (n *Node) refreshPeers(known map[string]bool) {
 			}
 		}
 	}
-	expected := 0
-	if jz, err := n.srv.Jsz(&server.JSzOptions{}); err == nil && jz.Meta != nil {
-		expected = jz.Meta.Size - 1
-		for _, r := range jz.Meta.Replicas {
-			if r != nil && r.Name != "" && r.Name != n.cfg.Node {
-				known[r.Name] = true
+	expected := int(d.expected.Load())
+	if withMeta {
+		expected = 0
+		if jz, err := n.srv.Jsz(&server.JSzOptions{}); err == nil && jz.Meta != nil {
+			expected = jz.Meta.Size - 1
+			for _, r := range jz.Meta.Replicas {
+				if r != nil && r.Name != "" && r.Name != n.cfg.Node {
+					known[r.Name] = true
+				}
 			}
 		}
 	}
@@ -806,8 +828,8 @@ func (n *Node) refreshPeers(known map[string]bool) {
 	slices.Sort(peers)
 	// The same list keeps its pointer: the interest cache's answers
 	// (interest.go) hold while it does.
-	if old := n.dur.peers.Load(); !slices.Equal(*old, peers) {
-		n.dur.peers.Store(&peers)
+	if old := d.peers.Load(); !slices.Equal(*old, peers) {
+		d.peers.Store(&peers)
 	}
-	n.dur.expected.Store(int64(max(expected, len(known))))
+	d.expected.Store(int64(max(expected, len(known))))
 }

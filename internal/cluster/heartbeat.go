@@ -52,7 +52,27 @@ type heartbeat struct {
 	Received    uint64    `json:"received"`
 	// Leaving is set in the last heartbeat of a node that is stopping.
 	Leaving bool `json:"leaving,omitempty"`
+	// Adopted names the runs of other nodes whose sessions this node
+	// adopted (adopt.go), the most recent first: a run still alive
+	// that hears it was taken for dead and checks its sessions.
+	Adopted []adoptNotice `json:"adopted,omitempty"`
 }
+
+// adoptNotice tells that the sessions of the run Origin were adopted;
+// K counts the adopter's adoptions of that run, so that a second one is
+// told apart from the first.
+type adoptNotice struct {
+	Origin string `json:"o"`
+	K      uint64 `json:"k"`
+}
+
+// Bounds of a heartbeat's adoption notices: sent, the most recent that
+// fit in maxNoticeBytes; received, more than maxNotices or an origin
+// longer than a heartbeat's own are ignored.
+const (
+	maxNotices     = 64
+	maxNoticeBytes = 1 << 10
+)
 
 var errHeartbeat = errors.New("cluster: malformed heartbeat")
 
@@ -69,6 +89,9 @@ func decodeHeartbeat(b []byte) (heartbeat, error) {
 		!strings.HasPrefix(h.Origin, h.Node+"/") || len(h.Origin) > 2*maxHBNameLen || len(h.Version) > maxHBNameLen ||
 		h.IntervalMS <= 0 || h.IntervalMS > int64(time.Hour/time.Millisecond) || h.Connections < 0 || h.Sessions < 0 || h.Filters < 0 {
 		return h, errHeartbeat
+	}
+	if len(h.Adopted) == 0 || len(h.Adopted) > maxNotices || slices.ContainsFunc(h.Adopted, func(a adoptNotice) bool { return len(a.Origin) > 2*maxHBNameLen }) {
+		h.Adopted = nil
 	}
 	return h, nil
 }
@@ -157,6 +180,7 @@ func (n *Node) localBeat(leaving bool) heartbeat {
 	n.subMu.Lock()
 	h.Filters = len(n.subs)
 	n.subMu.Unlock()
+	h.Adopted = n.adoptNotices()
 	return h
 }
 
@@ -227,6 +251,7 @@ func (n *Node) heartbeatLoop() {
 				}
 				continue
 			}
+			n.heardNotices(h)
 			if !n.beats.record(h, n.now()) {
 				n.log.Warn("cluster: heartbeats of more than the nodes a status lists; the others are ignored", "limit", maxHBNodes)
 			}

@@ -54,6 +54,12 @@ const (
 	// versionRefreshEvery is the least interval between two refreshes of
 	// the other nodes' versions woken by look-ups.
 	versionRefreshEvery = 50 * time.Millisecond
+	// countSubject is subscribed once by every node (startVersions): on
+	// a node's server its interest is the number of nodes with such a
+	// subscription there, this one and one per node routed to (a route
+	// carries a subject's interest once, whatever the subscriptions
+	// behind it). A node key starts with '_': no node's subject is it.
+	countSubject = versionPrefix + "count"
 )
 
 // interestState is the Node's side of the look-ups.
@@ -63,6 +69,9 @@ type interestState struct {
 	verSub  *nats.Subscription
 	verSubj string
 	query   *nats.Subscription
+	// counted is set once this node's countSubject subscription is
+	// there (its own share of the count).
+	counted atomic.Bool
 
 	// The other nodes' versions, as last seen by refreshVersions, which
 	// refreshMu serializes; each snapshot has an epoch of its own.
@@ -71,6 +80,10 @@ type interestState struct {
 	snap      atomic.Pointer[versionSnap]
 	wake      chan struct{}
 	cache     interestCache
+	// every is the interval of the version loop's refreshes without a
+	// wake; 0: 1 s. Tests set it longer before Attach, so that only
+	// look-ups wake the loop.
+	every time.Duration
 }
 
 // versionSnap holds the other nodes' versions for one list of peers.
@@ -87,14 +100,33 @@ type versionSnap struct {
 	// groups are known from its announcements only); anyOld: one is.
 	old    []bool
 	anyOld bool
+	// counts: the peer said it subscribed countSubject before its group
+	// version. counted is the number of nodes the snapshot accounts for
+	// on countSubject: the peers with a group version that said so, this
+	// node, and others, the removed nodes still routed to (not peers:
+	// durable.go's forgetRemoved).
+	counts  []bool
+	counted int
+	others  int
 }
 
 // groupsValid tells whether the groups of the directory are, for the
 // other nodes, what their NATS subscriptions on this node's server say:
 // every peer's group version is still there, or the peer has no version
 // query subscribed (it is not reachable, or has not started: it has no
-// queue subscription here either). The caller checks snap.peers.
+// queue subscription here either); and no node that is not a peer is
+// there: countSubject counts no more nodes than the snapshot accounts
+// for. A node subscribes countSubject before its group version and its
+// queue subscriptions, on one connection: a node whose groups NATS can
+// choose is counted from the moment it could be chosen, and a node this
+// one never heard of (the once-a-second check of the routes has not
+// seen it yet) makes the directory incomplete. The count is read first:
+// a peer counted that leaves afterwards has its group version gone when
+// it is looked at. The caller checks snap.peers.
 func (snap *versionSnap) groupsValid(acc *server.Account) bool {
+	if acc.Interest(countSubject) > snap.counted {
+		return false
+	}
 	for i, gv := range snap.gversions {
 		switch {
 		case snap.old[i]:
@@ -155,8 +187,18 @@ func (n *Node) startVersions() {
 	n.subMu.Lock()
 	n.versionUp()
 	n.subMu.Unlock()
-	// The first group version, before the query: a node that answers
-	// it has one (groupsValid).
+	// The count's subscription, then the first group version, before
+	// the query: a node that answers it has both (groupsValid). On the
+	// groups' connection, so that both come before any queue
+	// subscription of a group.
+	var counter *nats.Subscription
+	if n.gc != nil {
+		var err error
+		if counter, err = n.gc.SubscribeSync(countSubject); err != nil {
+			n.log.Warn("cluster: node count not subscribed; until the other nodes' check of their routes knows this node, its groups may get a QoS 1/2 message at most once", "err", err)
+		}
+	}
+	n.ic.counted.Store(counter != nil)
 	n.share.mu.Lock()
 	n.groupVersionUp()
 	n.share.mu.Unlock()
@@ -182,6 +224,12 @@ func (n *Node) startVersions() {
 	})
 	if err != nil {
 		n.log.Warn("cluster: interest version query not subscribed; the other nodes look this node's interest up without cache", "err", err)
+		if counter != nil {
+			// Counted but never asked, this node would keep the
+			// others' directory incomplete.
+			_ = counter.Unsubscribe()
+			n.ic.counted.Store(false)
+		}
 	}
 	if q != nil {
 		n.subMu.Lock()
@@ -200,7 +248,11 @@ func (n *Node) startVersions() {
 // versionRefreshEvery). A goroutine of its own: asking a node that does
 // not answer must not hold up the peer monitor.
 func (n *Node) versionLoop() {
-	t := time.NewTicker(time.Second)
+	every := n.ic.every
+	if every <= 0 {
+		every = time.Second
+	}
+	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		n.refreshVersions()
@@ -236,29 +288,44 @@ func (n *Node) refreshVersions() {
 	n.ic.refreshMu.Lock()
 	defer n.ic.refreshMu.Unlock()
 	acc := n.srv.GlobalAccount()
+	prev := n.ic.snap.Load()
+	self := 0
+	if n.ic.counted.Load() {
+		self = 1
+	}
+	// More nodes counted than the last snapshot accounts for: a node
+	// the once-a-second check of the routes may not have seen yet. Its
+	// routes name it.
+	count := acc.Interest(countSubject)
+	if prev == nil || count > prev.counted {
+		n.refreshPeers(false)
+	}
 	peersPtr := n.dur.peers.Load()
 	peers := *peersPtr
-	prev := n.ic.snap.Load()
 	type known struct {
-		v, gv string
-		old   bool
+		v, gv      string
+		old, count bool
 	}
 	knownOf := map[string]known{}
 	if prev != nil {
 		for i, p := range *prev.peers {
-			knownOf[p] = known{prev.versions[i], prev.gversions[i], prev.old[i]}
+			knownOf[p] = known{prev.versions[i], prev.gversions[i], prev.old[i], prev.counts[i]}
 		}
 	}
 	changed := prev == nil || prev.peers != peersPtr
 	snap := &versionSnap{peers: peersPtr, versions: make([]string, len(peers)), gversions: make([]string, len(peers)),
-		queries: make([]string, len(peers)), old: make([]bool, len(peers))}
+		queries: make([]string, len(peers)), old: make([]bool, len(peers)), counts: make([]bool, len(peers)),
+		counted: self}
 	for i, p := range peers {
 		node := strings.TrimSuffix(strings.TrimPrefix(p, markerPrefix), ".")
 		snap.queries[i] = versionPrefix + node + "." + versionQuery
 		k := knownOf[p]
 		if k.v != "" && acc.Interest(k.v) > 0 && (k.old || k.gv != "" && acc.Interest(k.gv) > 0) {
-			snap.versions[i], snap.gversions[i], snap.old[i] = k.v, k.gv, k.old
+			snap.versions[i], snap.gversions[i], snap.old[i], snap.counts[i] = k.v, k.gv, k.old, k.count
 			snap.anyOld = snap.anyOld || k.old
+			if k.count {
+				snap.counted++
+			}
 			continue
 		}
 		changed = true
@@ -277,14 +344,37 @@ func (n *Node) refreshVersions() {
 			// that names this version is stored.
 			n.addGroups(r.Groups)
 			snap.gversions[i] = r.GV
+			if r.Count {
+				snap.counts[i] = true
+				snap.counted++
+			}
 		}
 	}
-	if !changed {
+	if count > snap.counted {
+		// Removed nodes still routed to are not peers (durable.go's
+		// forgetRemoved), and count too.
+		snap.others = n.removedRouted(acc)
+		snap.counted += snap.others
+	}
+	if !changed && prev.counted == snap.counted {
 		return
 	}
 	snap.epoch = n.ic.epochs.Add(1)
 	n.ic.snap.Store(snap)
 	n.resolveRequests()
+}
+
+// removedRouted counts the removed nodes this node's server has routes
+// to and whose version query is there (a node subscribes countSubject
+// before its query).
+func (n *Node) removedRouted(acc *server.Account) int {
+	c := 0
+	for name := range n.routedNodes() {
+		if name != "" && name != n.cfg.Node && n.isRemoved(name) && acc.Interest(versionPrefix+keyOf(name)+"."+versionQuery) > 0 {
+			c++
+		}
+	}
+	return c
 }
 
 // groupsQuery asks a node's version query for its groups too.
@@ -302,13 +392,16 @@ type versionReply struct {
 	GV      string      `json:"gv,omitempty"`
 	Groups  [][2]string `json:"g,omitempty"`
 	Partial bool        `json:"p,omitempty"`
-	old     bool        // an earlier build: the version alone
+	// Count: the node subscribed countSubject (before GV); a node of
+	// an earlier build does not, and is not counted.
+	Count bool `json:"c,omitempty"`
+	old   bool // an earlier build: the version alone
 }
 
 // versionReply encodes this node's answer to groupsQuery, with its
 // interest version subj.
 func (n *Node) versionReply(subj string) []byte {
-	r := versionReply{V: subj}
+	r := versionReply{V: subj, Count: n.ic.counted.Load()}
 	sh := &n.share
 	sh.mu.Lock()
 	r.GV = sh.gverSubj
@@ -367,18 +460,41 @@ type interestAnswer struct {
 	legacy bool
 }
 
+// groupNeed tells a look-up whether the answer's groups matter.
+type groupNeed int
+
+const (
+	// groupsAlways: a QoS 1/2 message's groups, which it waits for
+	// (forwardShared, resolveRequests).
+	groupsAlways groupNeed = iota
+	// groupsIfNo: a QoS 0 message's, which matter only when no other
+	// node subscribes to its topic (wantsQoS0): handed to NATS anyway,
+	// it reaches whatever group NATS chooses.
+	groupsIfNo
+	// groupsNever: the durable stream's, which only other nodes' plain
+	// subscriptions need (needsStream).
+	groupsNever
+)
+
 // interest looks up whether another node has a subscription matching
-// topic: from the cache when the other nodes' versions allow it, else
-// afresh.
-//
-// The answer also names the groups of shared subscriptions that could
-// want the topic (groups), when the directory is known to hold every
-// group whose queue subscriptions this node's server has: each node
-// changes its group version around joining a group, and names its
-// groups with its versions (refreshVersions), as for the markers. The
-// groups are then looked up in the cache too, or, while a node is
-// away (its marker version unknown), afresh in the directory.
+// topic, and the groups of shared subscriptions that could want it: from
+// the cache when the other nodes' versions allow it, else afresh.
 func (n *Node) interest(acc *server.Account, topic string) interestAnswer {
+	return n.lookup(acc, topic, groupsAlways)
+}
+
+// lookup is interest for a caller whose need of the groups is need;
+// without it the answer may leave them unknown.
+//
+// The answer names the groups (groups) when the directory is known to
+// hold every group whose queue subscriptions this node's server has:
+// each node changes its group version around joining a group, and names
+// its groups with its versions (refreshVersions), as for the markers,
+// and no node this one does not know is counted (groupsValid). The
+// groups are then looked up in the cache too, or, while a node is away
+// (its marker version unknown), afresh in the directory. A caller that
+// does not need them is spared that check.
+func (n *Node) lookup(acc *server.Account, topic string, need groupNeed) interestAnswer {
 	peersPtr := n.dur.peers.Load()
 	snap := n.ic.snap.Load()
 	own := n.share.ownGen.Load()
@@ -394,13 +510,20 @@ func (n *Node) interest(acc *server.Account, topic string) interestAnswer {
 			}
 		}
 	}
-	groupsValid := current && !snap.anyOld && snap.groupsValid(acc)
-	if valid && groupsValid && cacheable {
+	if valid && cacheable {
 		if a, ok := n.ic.cache.get(topic, snap.epoch, own); ok {
-			return a
+			// An answer is cached only with its groups valid; its yes
+			// holds while the versions do.
+			if need == groupsNever || need == groupsIfNo && a.yes {
+				a.groups, a.groupsKnown = nil, false
+				return a
+			}
+			if !snap.anyOld && snap.groupsValid(acc) {
+				return a
+			}
 		}
 	}
-	if !valid || !groupsValid {
+	if !valid {
 		n.wakeVersions()
 	}
 	toks := topicTokens(topic)
@@ -411,10 +534,18 @@ func (n *Node) interest(acc *server.Account, topic string) interestAnswer {
 			break
 		}
 	}
-	if groupsValid {
-		a.groups, a.groupsKnown = n.matchingGroups(topic), true
-	}
 	a.legacy = snap != nil && snap.anyOld
+	groupsValid := false
+	if need == groupsAlways || need == groupsIfNo && !a.yes || valid && cacheable {
+		// Also when not needed, for the cache. Checked before the
+		// directory is read: a group version seen present had its
+		// groups put there first.
+		if groupsValid = current && !snap.anyOld && snap.groupsValid(acc); groupsValid {
+			a.groups, a.groupsKnown = n.matchingGroups(topic), true
+		} else if valid {
+			n.wakeVersions()
+		}
+	}
 	if valid && groupsValid && cacheable {
 		// Computed after the versions were seen: valid while they are.
 		n.ic.cache.put(topic, snap.epoch, own, a)
@@ -434,7 +565,7 @@ func (n *Node) wantsQoS0(topic string) bool {
 		return true // a node not known yet: its markers are not looked up
 	}
 	acc := n.srv.GlobalAccount()
-	a := n.interest(acc, topic)
+	a := n.lookup(acc, topic, groupsIfNo)
 	if a.yes {
 		return true
 	}

@@ -148,9 +148,8 @@ func BenchmarkInterestLookup(b *testing.B) {
 		}
 	}
 	deadline := time.Now().Add(30 * time.Second)
-	known := map[string]bool{}
 	for {
-		n1.refreshPeers(known)
+		n1.refreshPeers(true)
 		n1.refreshVersions()
 		s := n1.ic.snap.Load()
 		if s != nil && len(s.versions) == 2 && s.versions[0] != "" && s.versions[1] != "" && freshInterest(n1, "remote/a") &&

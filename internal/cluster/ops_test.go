@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -175,6 +176,8 @@ func TestDecodeHeartbeat(t *testing.T) {
 func FuzzDecodeHeartbeat(f *testing.F) {
 	f.Add([]byte(`{"v":1,"node":"n1","origin":"n1/ab","interval_ms":2000,"connections":3,"sessions":4,"leaving":true}`))
 	f.Add([]byte(`{"v":1,"node":"\u00e9","origin":"\u00e9/","interval_ms":1}`))
+	f.Add([]byte(`{"v":1,"node":"n2","origin":"n2/cd","interval_ms":100,"adopted":[{"o":"n1/ab","k":2}]}`))
+	f.Add([]byte(`{"v":1,"node":"n2","origin":"n2/cd","interval_ms":100,"adopted":[]}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		h, err := decodeHeartbeat(b)
 		if err != nil {
@@ -185,7 +188,7 @@ func FuzzDecodeHeartbeat(f *testing.F) {
 			t.Fatal(err)
 		}
 		h2, err := decodeHeartbeat(again)
-		if err != nil || h2 != h {
+		if err != nil || !reflect.DeepEqual(h2, h) {
 			t.Fatalf("decode → encode → decode changed the heartbeat: %v\n%+v\n%+v", err, h, h2)
 		}
 	})

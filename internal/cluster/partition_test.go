@@ -628,3 +628,65 @@ func expectNoWill(t *testing.T, c *client.Client, d time.Duration) {
 		}
 	}
 }
+
+// TestAdoptedWithoutSeeingCut cuts the routes between n1 and n3 only:
+// n3 keeps a route to n2, and so routes to a majority and a JetStream
+// quorum, and never sees a cut; n1 hears nothing of n3 and, past
+// cluster.adopt_after (the test's clock), adopts n3's persistent
+// session. When the routes between them heal, n3 hears in n1's
+// heartbeat that n1 adopted its sessions, checks them and gives the
+// session up (its connection taken over), as a node back from a cut
+// does. Without the notice n3 keeps serving the session whose record
+// names n1. (n3 adopts nothing here: it would otherwise take n1, which
+// it hears nothing of either, for dead too, and adopt the session back.)
+func TestAdoptedWithoutSeeingCut(t *testing.T) {
+	clk := newTestClock()
+	nodes, relays := startRelayedCluster(t, clk.hook(), adoptAfter(time.Minute), func(i int, nd *Node) {
+		if i == 2 {
+			nd.cfg.AdoptAfter = -1
+		}
+	})
+	n1, n3 := nodes[0], nodes[2]
+	sess, _ := dialSession(t, n3.addr, "pcsess", client.V5)
+	subscribe(t, sess, 1, "pcq/#")
+	pub := dial(t, n1.addr, "pcpub", client.V5)
+	awaitRoute(t, pub, sess, "pcq/probe")
+
+	relays[0][2].setCut(true)
+	relays[2][0].setCut(true)
+	testutil.WaitFor(t, "n1 and n3 cut from each other only", 30*time.Second, func() bool {
+		return !n1.node.peerConnected("n3") && !n3.node.peerConnected("n1") &&
+			n3.node.peerConnected("n2") && n1.node.peerConnected("n2")
+	})
+	clk.Advance(70 * time.Second)
+	testutil.WaitFor(t, "n3's session adopted by n1", 60*time.Second, func() bool {
+		return n1.node.adopt.sessions.Load() == 1
+	})
+	if got := sessionNode(t, n1.node, "pcsess"); got != "n1" {
+		t.Fatalf("the adopted session names node %q", got)
+	}
+	if !n3.node.routedToMajority() || !n3.node.hasQuorum() {
+		t.Fatal("n3 saw itself cut off: the test needs a node that does not")
+	}
+	select {
+	case <-sess.Done():
+		t.Fatal("n3 gave the session up while it could not hear n1")
+	default:
+	}
+
+	relays[0][2].setCut(false)
+	relays[2][0].setCut(false)
+	select {
+	case <-sess.Done():
+	case <-time.After(60 * time.Second):
+		t.Fatal("n3 kept the connection of the session n1 adopted")
+	}
+	testutil.WaitFor(t, "n3 no longer holding the session", 30*time.Second, func() bool {
+		for _, si := range n3.srv.Sessions() {
+			if si.ClientID == "pcsess" {
+				return false
+			}
+		}
+		return true
+	})
+}
