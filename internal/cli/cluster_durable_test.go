@@ -336,3 +336,89 @@ func TestClusterFullRestart(t *testing.T) {
 		return nil
 	})
 }
+
+// TestClusterNodeLostAfterFullRestart: after a restart of the whole
+// cluster, node 1 starting alone first (its JetStream meta group, read
+// back from disk, names the other peers before their server names reach
+// it), the loss of one node of three leaves the other two a majority:
+// neither believes itself cut off, and QoS 1 messages published on node 3
+// after node 2's SIGKILL keep reaching a subscriber on node 1.
+func TestClusterNodeLostAfterFullRestart(t *testing.T) {
+	needTool(t, "mosquitto_pub", "mosquitto_sub")
+	procs := startMoatCluster(t, clusterSetup{extra: allowAllACL}).procs
+	for _, p := range procs {
+		p.stop(t)
+	}
+	procs[0] = procs[0].restart(t)
+	// The first wait for the key-value store gives up after 5 s: node 1
+	// has looked at its peers several times (every second) before any
+	// other node is back.
+	testutil.CheckFor(t, 30*time.Second, func() error {
+		if !strings.Contains(procs[0].logs.String(), "cluster: waiting for the cluster's key-value store") {
+			return errors.New("node 1 has not waited for the key-value store yet")
+		}
+		return nil
+	})
+	procs[1], procs[2] = procs[1].restart(t), procs[2].restart(t)
+	testutil.CheckFor(t, 120*time.Second, func() error {
+		for i, p := range procs {
+			if !strings.Contains(p.logs.String(), "cluster: sessions of this node imported") {
+				return fmt.Errorf("node %d has not imported its sessions yet", i+1)
+			}
+		}
+		return nil
+	})
+
+	out := &testutil.Buffer{}
+	sub := exec.Command("mosquitto_sub", append(hostArgs(procs[0]), "-q", "1", "-t", "lost/#", "-v")...)
+	sub.Stdout, sub.Stderr = out, out
+	if err := sub.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sub.Process.Kill(); sub.Wait() })
+	testutil.CheckFor(t, 60*time.Second, func() error {
+		if o, err := run(t, 10*time.Second, "mosquitto_pub", append(hostArgs(procs[2]), "-q", "1", "-t", "lost/probe", "-m", "probe")...); err != nil {
+			return fmt.Errorf("mosquitto_pub: %v: %s", err, o)
+		}
+		if !strings.Contains(out.String(), "lost/probe probe") {
+			return fmt.Errorf("no probe received on node 1 yet: %q", out.String())
+		}
+		return nil
+	})
+
+	if err := procs[1].cmd.Process.Kill(); err != nil { // SIGKILL
+		t.Fatal(err)
+	}
+	<-procs[1].done
+	for _, i := range []int{0, 2} {
+		testutil.CheckFor(t, 30*time.Second, func() error {
+			if !regexpLine(procs[i].logs.String(), `Router connection closed.*Remote: node2`) {
+				return fmt.Errorf("node %d has not lost its route to node 2 yet", i+1)
+			}
+			return nil
+		})
+	}
+	// Messages over 5 s, more than two intervals of the nodes' check of
+	// their routes (the heartbeat interval, 2 s): a node that took itself
+	// for cut off would hold back the later ones until node 2 returns.
+	var want []string
+	for i := range 10 {
+		m := fmt.Sprintf("m%02d", i)
+		if o, err := run(t, 30*time.Second, "mosquitto_pub", append(hostArgs(procs[2]), "-q", "1", "-t", "lost/x", "-m", m)...); err != nil {
+			t.Fatalf("mosquitto_pub %s with node 2 down: %v: %s", m, err, o)
+		}
+		want = append(want, m)
+		time.Sleep(500 * time.Millisecond)
+	}
+	testutil.CheckFor(t, 30*time.Second, func() error {
+		if got := payloads(out.String(), "lost/x"); !slices.Equal(got, want) {
+			return fmt.Errorf("node 1 delivered %v, want %v", got, want)
+		}
+		return nil
+	})
+	for _, i := range []int{0, 2} {
+		if strings.Contains(procs[i].logs.String(), "cut off from most of the cluster") {
+			t.Errorf("node %d took itself for cut off with two nodes of three up", i+1)
+		}
+	}
+}

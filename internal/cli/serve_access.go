@@ -80,6 +80,7 @@ const defaultLDAPRecheck = 5 * time.Minute
 type policySource struct {
 	spec   authz.Spec
 	source string // where the spec was written (a file, or the config file)
+	desc   string // how logs and reasons name the policy: source, and the acl_file it reads
 	rules  string // a rules file to re-read on reload (the zero-config policy), or ""
 	holder *authz.Holder
 	sum    [sha256.Size]byte // of the files, as last compiled
@@ -125,7 +126,7 @@ func (p *servePlan) planAccess() {
 		globalPolicy = p.planDefaultPolicy()
 		if globalPolicy != nil && cfg.Source != "" {
 			p.log.Info("access: the configuration has no acl section; the default access policy applies: each identity may publish and subscribe under devices/<username>/# and read broadcast/#, the identity operator everything, and nothing else",
-				"policy", globalPolicy.source)
+				"policy", globalPolicy.desc)
 		}
 	}
 	perFile := map[string]*policySource{}
@@ -169,7 +170,7 @@ func (p *servePlan) planAccess() {
 	}
 	for _, ps := range a.policies {
 		if ps.holder != nil {
-			p.log.Info("access: policy loaded", "policy", ps.source, "generation", ps.holder.Generation())
+			p.log.Info("access: policy loaded", "policy", ps.desc, "generation", ps.holder.Generation())
 		}
 	}
 	p.broker.Authenticator = &accessAuthenticator{cert: p.auth, chains: a.chains, log: p.log}
@@ -439,7 +440,7 @@ func (p *servePlan) planPolicy(path string, acl *config.ACL, source string) *pol
 		p.problem(key, "", err)
 		return nil
 	}
-	ps.source, ps.sum = desc, sum
+	ps.desc, ps.sum = desc, sum
 	ps.holder = authz.NewHolder(pol)
 	p.access.policies = append(p.access.policies, ps)
 	return ps
@@ -526,13 +527,13 @@ func (ps *policySource) reload(log *slog.Logger) (changed bool) {
 	pol, desc, sum, err := ps.compile()
 	if err != nil {
 		ps.failed = fp
-		log.Error("access: the changed policy was not loaded; the previous one stays in force", "policy", ps.source, "err", err)
+		log.Error("access: the changed policy was not loaded; the previous one stays in force", "policy", ps.desc, "err", err)
 		return
 	}
 	if sum == ps.sum {
 		return
 	}
-	ps.sum, ps.failed = sum, [32]byte{}
+	ps.desc, ps.sum, ps.failed = desc, sum, [32]byte{}
 	gen := ps.holder.Swap(pol)
 	log.Warn("access: policy reloaded; live sessions are re-checked against it", "policy", desc, "generation", gen)
 	changed = true
@@ -591,7 +592,7 @@ func (p *servePlan) planDefaultPolicy() *policySource {
 		p.problem("data_dir", "", err)
 		return nil
 	}
-	ps.source, ps.sum = desc, sum
+	ps.desc, ps.sum = desc, sum
 	ps.holder = authz.NewHolder(pol)
 	p.access.policies = append(p.access.policies, ps)
 	p.access.defaultPolicy = path
@@ -708,7 +709,7 @@ func (a *accessPlan) reloadPolicies() {
 		// before it re-checks the sessions of this policy's listeners.
 		a.reevaluate("policy", broker.Reevaluation{
 			Match:  func(c *broker.Client) bool { return a.byLn[c.Listener] == ps },
-			Reason: "access policy " + ps.source + " changed",
+			Reason: "access policy " + ps.desc + " changed",
 		})
 	}
 }

@@ -363,6 +363,11 @@ func TestServeSIGHUPReloadsPasswordFile(t *testing.T) {
 	if !m.waitLog(t, "access: policy reloaded", "generation=2") {
 		t.Fatal("the edited acl_file was not loaded")
 	}
+	// The reload names the policy as the start did: the configuration
+	// and its acl_file, once (it used to name the acl_file once more).
+	if line := m.waitLine(t, "access: policy reloaded", "generation=2"); strings.Count(line, "(acl_file "+acl+")") != 1 {
+		t.Errorf("the reload's log line does not name the acl_file exactly once: %s", line)
+	}
 	mqttTry(t, port, "bob", "alice/now-denied")
 	mqttTry(t, port, "alice", "alice/marker")
 	testutil.WaitFor(t, "alice's marker", 15*time.Second, func() bool { return strings.Contains(s.out.String(), "alice/marker m") })

@@ -24,8 +24,8 @@ func (p *servePlan) planProfile() {
 	}
 	if p.access != nil {
 		for _, ps := range p.access.policies {
-			if ps.holder != nil && policyAllowsAll(ps.holder) && !slices.Contains(facts.OpenPolicies, ps.source) {
-				facts.OpenPolicies = append(facts.OpenPolicies, ps.source)
+			if ps.holder != nil && policyAllowsAll(ps.holder) && !slices.Contains(facts.OpenPolicies, ps.desc) {
+				facts.OpenPolicies = append(facts.OpenPolicies, ps.desc)
 			}
 		}
 	}

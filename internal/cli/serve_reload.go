@@ -374,12 +374,12 @@ func (p *servePlan) swapPolicies(pairs map[*policySource]*policySource) {
 			continue
 		}
 		pol, _ := nps.holder.Load()
-		ps.spec, ps.rules, ps.source, ps.sum, ps.failed = nps.spec, nps.rules, nps.source, nps.sum, [32]byte{}
+		ps.spec, ps.rules, ps.source, ps.desc, ps.sum, ps.failed = nps.spec, nps.rules, nps.source, nps.desc, nps.sum, [32]byte{}
 		gen := ps.holder.Swap(pol)
-		p.log.Info("access: policy reloaded", "policy", ps.source, "generation", gen)
+		p.log.Info("access: policy reloaded", "policy", ps.desc, "generation", gen)
 		a.reevaluate("reload", broker.Reevaluation{
 			Match:  func(c *broker.Client) bool { return a.byLn[c.Listener] == ps },
-			Reason: "access policy " + ps.source + " changed",
+			Reason: "access policy " + ps.desc + " changed",
 		})
 	}
 }

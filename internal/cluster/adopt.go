@@ -315,8 +315,8 @@ func (n *Node) adoptDue() int {
 			return 0
 		}
 		for _, r := range jz.Meta.Replicas {
-			if r != nil && r.Name != "" {
-				metaPeers = append(metaPeers, r.Name)
+			if name, ok := peerName(r); ok {
+				metaPeers = append(metaPeers, name)
 			}
 		}
 	}

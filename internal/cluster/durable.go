@@ -5,6 +5,7 @@ import (
 	"errors"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -786,6 +787,26 @@ func (n *Node) monitorPeers() {
 	}
 }
 
+// unknownPeerName begins the name nats-server gives a JetStream peer
+// whose server name it has not learned yet (PeerInfo.Name).
+const unknownPeerName = "Server name unknown at this time"
+
+// peerName returns the node name of a JetStream peer, and false when
+// nats-server does not know it yet. After a restart, the meta group read
+// back from disk lists every peer at once, under a placeholder
+// ("Server name unknown at this time (peerID: …)") until that peer's
+// server name reaches this server; a node name has no spaces, so the
+// placeholder is never one. Taken for a node, the placeholder would stay
+// known for good next to the real name and count a node twice: the
+// cluster would look larger than it is, and losing one node of three
+// would look to both survivors like being cut off from the majority.
+func peerName(p *server.PeerInfo) (string, bool) {
+	if p == nil || p.Name == "" || strings.HasPrefix(p.Name, unknownPeerName) {
+		return "", false
+	}
+	return p.Name, true
+}
+
 // refreshPeers adds to the nodes known those seen now (a node once seen
 // stays known: while it is away its presence marker is missing) and
 // publishes their marker prefixes: the nodes this node's server has
@@ -814,8 +835,8 @@ func (n *Node) refreshPeers(withMeta bool) {
 		if jz, err := n.srv.Jsz(&server.JSzOptions{}); err == nil && jz.Meta != nil {
 			expected = jz.Meta.Size - 1
 			for _, r := range jz.Meta.Replicas {
-				if r != nil && r.Name != "" && r.Name != n.cfg.Node {
-					known[r.Name] = true
+				if name, ok := peerName(r); ok && name != n.cfg.Node {
+					known[name] = true
 				}
 			}
 		}

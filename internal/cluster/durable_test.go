@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/moatmq/moat/client"
@@ -268,4 +269,24 @@ func TestSessionMoveOwnMessageBehindConsumers(t *testing.T) {
 	n1.resumeRouting()
 	n2.resumeRouting()
 	receiveAtLeastOnce(t, moved, 0, 3)
+}
+
+// TestPeerName: a JetStream peer whose server name nats-server has not
+// learned yet (after a restart, the meta group read back from disk)
+// carries a placeholder that must never count as a node.
+func TestPeerName(t *testing.T) {
+	for _, tc := range []struct {
+		p    *server.PeerInfo
+		name string
+		ok   bool
+	}{
+		{nil, "", false},
+		{&server.PeerInfo{}, "", false},
+		{&server.PeerInfo{Name: "node2", Peer: "LrEq5buP"}, "node2", true},
+		{&server.PeerInfo{Name: "Server name unknown at this time (peerID: LrEq5buP)", Peer: "LrEq5buP", Offline: true}, "", false},
+	} {
+		if name, ok := peerName(tc.p); name != tc.name || ok != tc.ok {
+			t.Errorf("peerName(%+v) = %q, %v; want %q, %v", tc.p, name, ok, tc.name, tc.ok)
+		}
+	}
 }
