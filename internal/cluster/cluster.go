@@ -747,11 +747,28 @@ func (l natsLogger) Errorf(f string, v ...any) {
 	// A route that cannot be dialled is a peer not up yet, the normal
 	// state while nodes start in any order: a warning, not an error. The
 	// server repeats it only every so many attempts.
-	if strings.HasPrefix(f, "Error trying to connect to route") {
+	if strings.HasPrefix(f, "Error trying to connect to route") || routeLost(msg) {
 		l.log.Warn(msg)
 		return
 	}
 	l.log.Error(msg)
+}
+
+// routeLost tells whether a NATS server's error line is a route whose
+// peer went away while the server was writing to it (a node killed or
+// its host lost): a failure the cluster expects and reports on its own
+// (the node's heartbeats stop, `moat cluster status`), logged as a
+// warning so that an Error stays worth waking someone for.
+func routeLost(msg string) bool {
+	if !strings.Contains(msg, " - rid:") {
+		return false
+	}
+	for _, cause := range []string{"connection reset by peer", "broken pipe", "EOF", "use of closed network connection"} {
+		if strings.Contains(msg, cause) {
+			return true
+		}
+	}
+	return false
 }
 func (l natsLogger) Debugf(f string, v ...any) { l.log.Debug("nats: " + fmt.Sprintf(f, v...)) }
 func (l natsLogger) Tracef(f string, v ...any) { l.log.Debug("nats: " + fmt.Sprintf(f, v...)) }

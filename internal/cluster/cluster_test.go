@@ -366,9 +366,16 @@ func TestNATSRouteDialIsAWarning(t *testing.T) {
 	l := natsLogger{slog.New(slog.NewTextHandler(&buf, nil))}
 	l.Errorf("Error trying to connect to route (attempt %v): %v", 1, "dial tcp 127.0.0.1:7422: connect: connection refused")
 	l.Errorf("JetStream cluster %s", "failed")
+	// A route whose peer was killed while the server wrote to it (seen
+	// on the survivors of a SIGKILL): a warning. The same error on a
+	// client connection stays an error.
+	l.Errorf("127.0.0.1:60596 - rid:60 - Error flushing: %v", "writev tcp 127.0.0.1:39685->127.0.0.1:60596: writev: connection reset by peer")
+	l.Errorf("127.0.0.1:50000 - cid:7 - Error flushing: %v", "writev: connection reset by peer")
 	out := buf.String()
 	if !strings.Contains(out, `level=WARN msg="nats: Error trying to connect to route (attempt 1)`) ||
-		!strings.Contains(out, `level=ERROR msg="nats: JetStream cluster failed"`) {
+		!strings.Contains(out, `level=ERROR msg="nats: JetStream cluster failed"`) ||
+		!strings.Contains(out, `level=WARN msg="nats: 127.0.0.1:60596 - rid:60 - Error flushing`) ||
+		!strings.Contains(out, `level=ERROR msg="nats: 127.0.0.1:50000 - cid:7 - Error flushing`) {
 		t.Fatalf("levels:\n%s", out)
 	}
 }
