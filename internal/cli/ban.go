@@ -250,6 +250,12 @@ func banListCmd(bp *banPlace) *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			bans, err := bp.control().List()
 			if errors.Is(err, guard.ErrNoControl) {
+				// Said on stderr, so that a script reading the table is
+				// not misled: with no broker answering, what is listed is
+				// what is stored, not what is in force (a socket a killed
+				// broker left behind answers nothing either).
+				fmt.Fprintf(bp.stdio.Err, "note: no running broker answers on %s; these are the stored bans, in force from its next start\n",
+					bp.control().Path)
 				bs, where, done, oerr := bp.offline()
 				if oerr != nil {
 					return oerr

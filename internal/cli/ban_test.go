@@ -52,7 +52,10 @@ func TestBanCommand(t *testing.T) {
 	if err != nil || len(bans) != 7 {
 		t.Fatalf("file holds %d bans, %v", len(bans), err)
 	}
-	out, _, code := banCLI("list", "--data", data)
+	out, errs, code := banCLI("list", "--data", data)
+	if !strings.Contains(errs, "no running broker answers") {
+		t.Errorf("list without a broker does not say so on stderr: %q", errs)
+	}
 	for _, want := range []string{"10.0.0.0/8", "2001:db8::/32", "rogue-1", "eve", strings.Repeat("ab", 32), "aff", "abuse report", "never", `"evil\x1b[2J"`} {
 		if !strings.Contains(out, want) {
 			t.Errorf("list lacks %q:\n%s", want, out)
