@@ -14,18 +14,29 @@ import (
 const boundedReplayMsg = "cluster: a moved session's queue is full; durable messages for it past the bound were not replayed"
 
 // TestSessionMoveReplayBounded: the node of an offline persistent session
-// dies, and four times as many messages for it as its queue holds
-// (max_queued_messages 50) are published before its client connects to
-// another node: the claim replays the first 50, in order, and stops
-// reading the stream at the first message past the room of the queue
-// (far fewer records read than published), counts it and warns once,
-// naming the client.
+// dies, and four times as many messages for it as its queue holds are
+// published before its client connects to another node: the claim
+// replays the first 50, in order, and stops reading the stream at the
+// first message past the room of the queue (far fewer records read than
+// published), counts it and warns once, naming the client. The queue
+// holds 50 messages by max_queued_messages, or by max_queued_bytes (the
+// topic bd/x and the payloads "0" to "49": 290 bytes).
 func TestSessionMoveReplayBounded(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		set  func(*broker.Config)
+	}{
+		{"messages", func(bc *broker.Config) { bc.MaxQueued = 50 }},
+		{"bytes", func(bc *broker.Config) { bc.MaxQueuedBytes = 10*5 + 40*6 }},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testSessionMoveReplayBounded(t, tc.set) })
+	}
+}
+
+func testSessionMoveReplayBounded(t *testing.T, set func(*broker.Config)) {
 	const limit, published = 50, 200
 	rec := &logRecorder{}
-	nodes, err := startNodesLogged(t, t.TempDir(), freePorts(t, 3), nil, rec, func(bc *broker.Config) {
-		bc.MaxQueued = limit
-	})
+	nodes, err := startNodesLogged(t, t.TempDir(), freePorts(t, 3), nil, rec, set)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,6 +87,54 @@ func TestSessionMoveReplayBounded(t *testing.T) {
 	// The session goes on: a new message, past the queue's drops, arrives.
 	publishQoS1(t, pub, "bd/y", 0, 1)
 	receiveInOrder(t, sub2, 0, 1)
+}
+
+// TestAdoptReplayBounded: the node of an offline persistent session
+// dies and three times as many messages for it as its queue holds
+// (max_queued_messages 20) are published; the survivor that adopts the
+// session replays the first 20 and stops reading there, with one
+// warning; the client, back later, receives those 20 in order.
+func TestAdoptReplayBounded(t *testing.T) {
+	const limit, published = 20, 60
+	clk := newTestClock()
+	rec := &logRecorder{}
+	nodes, err := startNodesLogged(t, t.TempDir(), freePorts(t, 3), []func(int, *Node){clk.hook(), adoptAfter(time.Minute)},
+		rec, func(bc *broker.Config) { bc.MaxQueued = limit })
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub, _ := dialSession(t, nodes[2].addr, "adbound", client.V5)
+	subscribe(t, sub, 1, "ab/#")
+	pub := dial(t, nodes[0].addr, "abpub", client.V5)
+	awaitRoute(t, pub, sub, "ab/probe")
+	disconnect(t, sub)
+
+	crashNode(t, nodes[2])
+	publishQoS1(t, pub, "ab/x", 0, published) // one record each
+	clk.Advance(2 * time.Minute)
+	testutil.WaitFor(t, "the session adopted", 60*time.Second, func() bool {
+		return nodes[0].node.Status().SessionsAdopted+nodes[1].node.Status().SessionsAdopted == 1
+	})
+	var bounded, dropped, read uint64
+	for _, tn := range nodes[:2] {
+		st := tn.node.Status()
+		bounded, dropped, read = bounded+st.ReplaysBounded, dropped+st.ReplayDropped, read+st.ReplayRecords
+	}
+	t.Logf("%d records read, %d messages found past the bound", read, dropped)
+	if bounded != 1 || dropped < 1 || read > published/2 {
+		t.Fatalf("replays bounded %d, messages past the bound %d, records read %d (of %d)", bounded, dropped, read, published)
+	}
+	warns := rec.find(slog.LevelWarn, boundedReplayMsg)
+	if len(warns) != 1 || attrOf(warns[0], "client").String() != "adbound" || attrOf(warns[0], "replayed").Int64() != limit {
+		t.Fatalf("warnings of a bounded replay: %v", warns)
+	}
+
+	c, present := dialSession(t, nodes[0].addr, "adbound", client.V5)
+	if !present {
+		t.Fatal("Session Present 0 for an adopted session")
+	}
+	receiveInOrder(t, c, 0, limit)
+	expectNone(t, c, 500*time.Millisecond)
 }
 
 // TestQueueRoom: the room a session's queue has for a replay is the
