@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -81,11 +82,22 @@ func startNodes(t *testing.T, dir string, routes []string, configure ...func(*br
 // startNodesHooked is startNodes with functions called on each node
 // before its broker is attached.
 func startNodesHooked(t *testing.T, dir string, routes []string, before []func(i int, nd *Node), configure ...func(*broker.Config)) ([]*testNode, error) {
+	return startNodesLogged(t, dir, routes, before, nil, configure...)
+}
+
+// startNodesLogged is startNodesHooked with every log record of the
+// nodes and brokers also given to rec (nil: none).
+func startNodesLogged(t *testing.T, dir string, routes []string, before []func(i int, nd *Node), rec *logRecorder,
+	configure ...func(*broker.Config)) ([]*testNode, error) {
 	n := len(routes)
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	var h slog.Handler = slog.NewTextHandler(io.Discard, nil)
 	if testing.Verbose() {
-		log = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+		h = slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo})
 	}
+	if rec != nil {
+		h = &recordingHandler{next: h, rec: rec}
+	}
+	log := slog.New(h)
 	var nodes []*testNode
 	var started []*Node
 	fail := func(err error) ([]*testNode, error) {
@@ -149,6 +161,69 @@ func startNodesHooked(t *testing.T, dir string, routes []string, before []func(i
 		}
 	}
 	return nodes, nil
+}
+
+// logRecorder keeps the log records given to it (recordingHandler).
+// Safe for concurrent use.
+type logRecorder struct {
+	mu      sync.Mutex
+	records []slog.Record
+}
+
+// find returns the records at level whose message is msg.
+func (r *logRecorder) find(level slog.Level, msg string) []slog.Record {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []slog.Record
+	for _, rec := range r.records {
+		if rec.Level == level && rec.Message == msg {
+			out = append(out, rec)
+		}
+	}
+	return out
+}
+
+// recordingHandler gives every record to rec, with the attributes
+// added by With, and to next.
+type recordingHandler struct {
+	next  slog.Handler
+	rec   *logRecorder
+	attrs []slog.Attr
+}
+
+func (h *recordingHandler) Enabled(context.Context, slog.Level) bool { return true }
+
+func (h *recordingHandler) Handle(ctx context.Context, r slog.Record) error {
+	c := r.Clone()
+	c.AddAttrs(h.attrs...)
+	h.rec.mu.Lock()
+	h.rec.records = append(h.rec.records, c)
+	h.rec.mu.Unlock()
+	if h.next.Enabled(ctx, r.Level) {
+		return h.next.Handle(ctx, r)
+	}
+	return nil
+}
+
+func (h *recordingHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return &recordingHandler{next: h.next.WithAttrs(as), rec: h.rec, attrs: append(slices.Clip(h.attrs), as...)}
+}
+
+func (h *recordingHandler) WithGroup(name string) slog.Handler {
+	return &recordingHandler{next: h.next.WithGroup(name), rec: h.rec, attrs: h.attrs}
+}
+
+// attrOf returns the value of the attribute key of r.
+func attrOf(r slog.Record, key string) slog.Value {
+	var v slog.Value
+	r.Attrs(func(a slog.Attr) bool {
+		if a.Key == key {
+			v = a.Value
+			return false
+		}
+		return true
+	})
+	return v
 }
 
 type testWriter struct{ t *testing.T }

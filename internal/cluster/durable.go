@@ -139,6 +139,9 @@ const recentIDs = 1 << 16
 type durableCounters struct {
 	streamOut, streamIn, streamErrors, streamDuplicates, streamDegraded atomic.Uint64
 	sessionsIn, sessionsOut                                             atomic.Uint64
+	// Replays into moved or adopted sessions: records read, replays
+	// stopped at their bound, messages found past it (replaySet).
+	replayRead, replaysBounded, replayDropped atomic.Uint64
 }
 
 func (d *durableState) init() {

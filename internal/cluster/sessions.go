@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -345,6 +344,7 @@ type sessionBroker interface {
 	ReleaseSession(clientID string) (released, online bool)
 	DiscardConnectionWill(clientID string)
 	DeliverToSession(clientID string, msg *broker.Message, done func(error)) bool
+	Limits() broker.Limits
 }
 
 var _ sessionBroker = (*broker.Server)(nil)
@@ -1084,41 +1084,59 @@ func (n *Node) listRecords(ctx context.Context, filters ...string) ([]storedReco
 }
 
 // scan returns the messages of st matching filter with sequences from
-// from to to (0: the end), one get after the other. A get that fails or
-// goes unanswered for 3 s (a request that reached a leader as it died, a
-// stream electing its leader) is tried again until ctx ends.
+// from to to (0: the end), one get after the other (getNext).
 func (n *Node) scan(ctx context.Context, st jetstream.Stream, filter string, from, to uint64) ([]*jetstream.RawStreamMsg, error) {
 	var out []*jetstream.RawStreamMsg
-	var lastErr error
-	for seq := max(from, 1); to == 0 || seq <= to; {
-		gctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		m, err := st.GetMsg(gctx, seq, jetstream.WithGetMsgSubject(filter))
-		cancel()
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			break
-		}
+	for seq := max(from, 1); ; {
+		m, err := n.getNext(ctx, st, filter, seq, to)
 		if err != nil {
-			if ctx.Err() != nil {
-				return nil, fmt.Errorf("%w (last: %v)", ctx.Err(), lastErr)
-			}
-			if lastErr == nil {
-				n.log.Info("cluster: reading a stream failed; again", "stream", st.CachedInfo().Config.Name, "err", err)
-			}
-			lastErr = err
-			select {
-			case <-ctx.Done():
-				return nil, ctx.Err()
-			case <-time.After(100 * time.Millisecond):
-			}
-			continue
+			return nil, err
 		}
-		if to != 0 && m.Sequence > to {
-			break
+		if m == nil {
+			return out, nil
 		}
 		out = append(out, m)
 		seq = m.Sequence + 1
 	}
-	return out, nil
+}
+
+// getNext returns the first message of st matching filter with a
+// sequence from from to to (0: the end), nil if there is none. A get
+// that fails or goes unanswered for 3 s (a request that reached a
+// leader as it died, a stream electing its leader) is tried again until
+// ctx ends.
+func (n *Node) getNext(ctx context.Context, st jetstream.Stream, filter string, from, to uint64) (*jetstream.RawStreamMsg, error) {
+	from = max(from, 1)
+	if to != 0 && from > to {
+		return nil, nil
+	}
+	var lastErr error
+	for {
+		gctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		m, err := st.GetMsg(gctx, from, jetstream.WithGetMsgSubject(filter))
+		cancel()
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return nil, nil
+		}
+		if err == nil {
+			if to != 0 && m.Sequence > to {
+				return nil, nil
+			}
+			return m, nil
+		}
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("%w (last: %v)", ctx.Err(), lastErr)
+		}
+		if lastErr == nil {
+			n.log.Info("cluster: reading a stream failed; again", "stream", st.CachedInfo().Config.Name, "err", err)
+		}
+		lastErr = err
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // putRecord writes a record if its subject's last sequence is still
@@ -1707,7 +1725,9 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 		// skips, even beyond its routing position: once the commits
 		// submitted so far are done they are in the stream (at most
 		// maxOwnScan records past that position are read).
-		rs = n.readReplay(ctx, id, cs.Session.Session, pos, max(to, n.ownEnd(ctx, p, to)))
+		// The reading stops at the room the session's queue has.
+		room, roomBytes := queueRoom(b.Limits(), cs)
+		rs = n.readReplay(ctx, id, cs.Session.Session, pos, max(to, n.ownEnd(ctx, p, to)), have, room, roomBytes)
 	}
 	n.dur.routeMu.Lock()
 	if f := n.sess.beforeImport.Load(); f != nil {
@@ -1730,8 +1750,8 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 		// requestAttempt: it cannot reach the session before what is
 		// replayed.
 		rctx, rcancel := context.WithTimeout(ctx, requestAttempt)
-		if rs.read(rctx, n, upTo) == nil {
-			reached, wait = rs.deliver(n, upTo, have)
+		if rs.read(rctx, n, upTo, upTo) == nil {
+			reached, wait = rs.deliver(n, upTo)
 			replay = false
 		}
 		rcancel()
@@ -1741,8 +1761,8 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 		// Not read in time: read and delivered now, possibly after
 		// later messages routing delivered meanwhile, rather than not
 		// at all.
-		rs.readOrFail(ctx, n, upTo)
-		reached, wait = rs.deliver(n, upTo, have)
+		rs.readOrFail(ctx, n, upTo, upTo)
+		reached, wait = rs.deliver(n, upTo)
 	}
 	if f := n.sess.afterImport.Load(); f != nil {
 		(*f)(id)
@@ -1813,28 +1833,88 @@ func lostClaimRace(id string) error {
 	return unavailable("the session of " + clip(id) + " changed hands meanwhile")
 }
 
+// maxReplayBytes bounds the record data one replay holds in memory (the
+// records its messages are decoded from): past it the replay stops
+// reading, as when the session's queue is full (replaySet.bounded).
+const maxReplayBytes = 64 << 20
+
 // replaySet holds the durable messages a claim replays to the session
 // of id (take): read from the stream before the session is imported
 // (readReplay), and delivered right after the import, before routing
 // can deliver a later message to it (deliver), so that they come
 // first, in stream order. Delivered later, they came after the newer
 // messages routed to the session meanwhile [MQTT-4.6.0-6].
+//
+// The reading stops once the messages found for the session fill the
+// room its queue has (room, roomBytes) or the records they are held
+// in reach maxReplayBytes: the messages after those are the ones the
+// queue limit would drop, and reading them all (one record per request,
+// every record of the batch subject) made a claim after a long absence
+// hold the whole stream since in memory (full, logged by deliver).
 type replaySet struct {
 	id       string
 	pos      position
-	filters  []string // the session's non-shared filters
-	subjects []string // the stream subjects to read
-	to       uint64   // read up to this stream sequence
-	bySeq    map[uint64]*jetstream.RawStreamMsg
-	failed   bool // a read failed: nothing is replayed
+	self     string          // this node's run (Node.origin)
+	filters  []string        // the session's non-shared filters
+	subjects []string        // the stream subjects to read
+	have     map[string]bool // stream IDs of the messages the session holds
+	to       uint64          // read up to this stream sequence
+	// msgs are the messages found after pos.seq, in stream order;
+	// reached the IDs of this node's own messages the old home routed
+	// (in (pos.from, pos.seq]).
+	msgs    []replayMsg
+	reached map[string]bool
+	// room and roomBytes are what the session's queue can take (-1
+	// bytes: no byte limit); counted and countedBytes what of it the
+	// messages found take, held the record data they are held in.
+	room                          int
+	roomBytes, countedBytes, held int64
+	counted                       int
+	full                          bool // the reading stopped at the bound: records after to are unread
+	dropped                       int  // messages found for the session past the bound
+	failed                        bool // a read failed: nothing is replayed
+}
+
+// replayMsg is a message a replay found for its session: the stream
+// sequence of its record, the node that wrote the record, its stream ID.
+type replayMsg struct {
+	seq    uint64
+	origin string
+	ref    string
+	msg    *broker.Message
+}
+
+// queueRoom returns the room the queue of the session cs imports into
+// has under lim, in messages and bytes (-1 bytes: no byte limit), as
+// the broker fills it (restoreSession): the deliveries not in flight
+// are queued.
+func queueRoom(lim broker.Limits, cs *broker.ClusterSession) (int, int64) {
+	n, size := 0, int64(0)
+	for _, d := range cs.Session.Deliveries {
+		if d.State != broker.DeliveryQueued && d.PacketID != 0 {
+			continue
+		}
+		n++
+		if m := cs.Messages[d.MsgID]; m != nil {
+			size += int64(len(m.Topic) + len(m.Payload))
+		}
+	}
+	room := max(lim.MaxQueued-n, 0)
+	if lim.MaxQueuedBytes <= 0 {
+		return room, -1
+	}
+	return room, max(lim.MaxQueuedBytes-size, 0)
 }
 
 // readReplay reads the durable messages with stream sequences up to to
-// that a claim at pos replays to the session ss of id (see deliver). It
-// returns nil when the session has nothing to replay (no non-shared
-// subscription).
-func (n *Node) readReplay(ctx context.Context, id string, ss *broker.StoredSession, pos position, to uint64) *replaySet {
-	rs := &replaySet{id: id, pos: pos, bySeq: make(map[uint64]*jetstream.RawStreamMsg)}
+// that a claim at pos replays to the session cs of id (see deliver),
+// until the messages found fill room messages and roomBytes bytes (-1:
+// no byte limit) of its queue; have holds the stream IDs of those the
+// session holds. It returns nil when the session has nothing to replay
+// (no non-shared subscription).
+func (n *Node) readReplay(ctx context.Context, id string, ss *broker.StoredSession, pos position, to uint64,
+	have map[string]bool, room int, roomBytes int64) *replaySet {
+	rs := &replaySet{id: id, pos: pos, self: n.origin, have: have, reached: make(map[string]bool), room: room, roomBytes: roomBytes}
 	for _, sub := range ss.Subscriptions {
 		if strings.HasPrefix(sub.Filter, "$share/") {
 			continue
@@ -1856,7 +1936,10 @@ func (n *Node) readReplay(ctx context.Context, id string, ss *broker.StoredSessi
 		// the session twice (at least once).
 		rs.to = max(min(rs.to, pos.from), rs.to-min(rs.to, maxOwnScan))
 	}
-	rs.readOrFail(ctx, n, to)
+	n.dur.routeMu.Lock()
+	routed := n.dur.routed
+	n.dur.routeMu.Unlock()
+	rs.readOrFail(ctx, n, to, routed)
 	return rs
 }
 
@@ -1888,28 +1971,153 @@ func (n *Node) ownEnd(ctx context.Context, p *persistence, routed uint64) uint64
 	return min(info.State.LastSeq, routed+maxOwnScan)
 }
 
-// read reads the records after rs.to up to to (take calls it again,
-// holding routeMu, for those routed since the first reading).
-func (rs *replaySet) read(ctx context.Context, n *Node, to uint64) error {
-	if rs.failed || to <= rs.to {
+// bounded tells whether a message found now is past the bound: the
+// messages found fill the room of the session's queue (counts: the
+// message counts against it), or the records they are held in reach
+// maxReplayBytes. Like the queue (fullLocked), it takes a message while
+// the bytes found are below the room, even one that goes past it.
+func (rs *replaySet) bounded(counts bool) bool {
+	if rs.held >= maxReplayBytes {
+		return true
+	}
+	return counts && (rs.counted >= rs.room || rs.roomBytes >= 0 && rs.countedBytes >= rs.roomBytes)
+}
+
+// read reads the records after rs.to up to to, in stream order, until
+// the bound (take calls it again, holding routeMu, for those routed
+// since the first reading). Messages of other nodes after routed (this
+// node's routing position as the reading began) count against the
+// bound only if deliver replays them (it may not: routing delivers
+// them).
+func (rs *replaySet) read(ctx context.Context, n *Node, to, routed uint64) error {
+	if rs.failed || rs.full || to <= rs.to {
 		return nil
 	}
-	for _, f := range rs.subjects {
-		msgs, err := n.scan(ctx, n.msgStream(), f, rs.to+1, to)
+	st := n.msgStream()
+	// The next record of each subject: one get per record read, the
+	// subjects merged by sequence.
+	heads := make([]*jetstream.RawStreamMsg, len(rs.subjects))
+	for i, f := range rs.subjects {
+		m, err := n.getNext(ctx, st, f, rs.to+1, to)
 		if err != nil {
 			return err
 		}
-		for _, m := range msgs {
-			rs.bySeq[m.Sequence] = m
+		heads[i] = m
+		if m != nil {
+			n.dstats.replayRead.Add(1)
+		}
+	}
+	for {
+		var m *jetstream.RawStreamMsg
+		for _, h := range heads {
+			if h != nil && (m == nil || h.Sequence < m.Sequence) {
+				m = h
+			}
+		}
+		if m == nil {
+			break
+		}
+		rs.add(m, routed)
+		rs.to = m.Sequence
+		if rs.dropped > 0 {
+			// A message for the session past the bound: the records
+			// after this one are not read.
+			rs.full = true
+			return nil
+		}
+		for i, h := range heads {
+			// Several subjects may match one record.
+			if h != nil && h.Sequence == m.Sequence {
+				next, err := n.getNext(ctx, st, rs.subjects[i], m.Sequence+1, to)
+				if err != nil {
+					return err
+				}
+				heads[i] = next
+				if next != nil {
+					n.dstats.replayRead.Add(1)
+				}
+			}
 		}
 	}
 	rs.to = to
 	return nil
 }
 
+// add takes in the record m: the IDs of this node's own messages in it
+// if the old home routed it (up to pos.seq), else the messages in it
+// that match the session's subscriptions and that it does not hold
+// already, up to the bound (see read for routed).
+func (rs *replaySet) add(m *jetstream.RawStreamMsg, routed uint64) {
+	origin := m.Header.Get(hdrOrigin)
+	if m.Sequence <= rs.pos.seq {
+		// Routed by the old home: only this node's own messages are
+		// noted.
+		if origin != rs.self {
+			return
+		}
+		if m.Subject != batchSubject {
+			rs.reached[m.Header.Get(nats.MsgIdHdr)] = true
+			return
+		}
+		if entries, err := decodeBatch(m.Data); err == nil {
+			for i := range entries {
+				rs.reached[msgID(origin, entries[i].seq)] = true
+			}
+		}
+		return
+	}
+	counts := origin == rs.self || m.Sequence <= routed
+	found := false
+	take := func(ref string, msg *broker.Message) {
+		if rs.bounded(counts) {
+			rs.dropped++
+			return
+		}
+		found = true
+		rs.msgs = append(rs.msgs, replayMsg{seq: m.Sequence, origin: origin, ref: ref, msg: msg})
+		if counts {
+			rs.counted++
+			rs.countedBytes += int64(len(msg.Topic) + len(msg.Payload))
+		}
+	}
+	if m.Subject == batchSubject {
+		entries, err := decodeBatch(m.Data)
+		if err != nil {
+			return
+		}
+		for i := range entries {
+			ref := msgID(origin, entries[i].seq)
+			if rs.have[ref] {
+				continue
+			}
+			msg, err := entries[i].message()
+			if err != nil || !matchesAny(rs.filters, msg.Topic) {
+				continue
+			}
+			take(ref, msg)
+		}
+	} else {
+		// A single record, of an earlier build, read by its subject.
+		ref := m.Header.Get(nats.MsgIdHdr)
+		sent, err := strconv.ParseInt(m.Header.Get(hdrSent), 10, 64)
+		if err != nil || rs.have[ref] {
+			return
+		}
+		msg, err := decodeMessage(m.Data, m.Header.Get(hdrFrom), time.Unix(0, sent))
+		if err != nil {
+			return
+		}
+		take(ref, msg)
+	}
+	if found {
+		// The messages decoded from a record share its data.
+		rs.held += int64(len(m.Data))
+	}
+}
+
 // readOrFail is read, after which a failure replays nothing (logged).
-func (rs *replaySet) readOrFail(ctx context.Context, n *Node, to uint64) {
-	if err := rs.read(ctx, n, to); err != nil {
+func (rs *replaySet) readOrFail(ctx context.Context, n *Node, to, routed uint64) {
+	if err := rs.read(ctx, n, to, routed); err != nil {
 		n.log.Error("cluster: the messages a moved session missed could not be read; some may be missing from its queue",
 			"client", rs.id, "err", err)
 		rs.failed = true
@@ -1922,77 +2130,42 @@ func (rs *replaySet) readOrFail(ctx context.Context, n *Node, to uint64) {
 // match its subscriptions (shared
 // subscriptions excepted: their groups are sent their messages again
 // until a member confirms them, sharedack.go) and that it does not hold
-// already (have). Batch records are matched message by message; single
-// records, of earlier builds, were read by their subjects. It returns
-// the IDs of this node's own messages that reached the session
+// already (rs.have). Batch records are matched message by message;
+// single records, of earlier builds, were read by their subjects. It
+// returns the IDs of this node's own messages that reached the session
 // (delivered now, or routed by the old home: in (pos.from, pos.seq]),
-// and wait, which waits until the deliveries are committed.
-func (rs *replaySet) deliver(n *Node, to uint64, have map[string]bool) (reached map[string]bool, wait func()) {
+// and wait, which waits until the deliveries are committed. A reading
+// stopped at the bound is logged, once.
+func (rs *replaySet) deliver(n *Node, to uint64) (reached map[string]bool, wait func()) {
 	if rs == nil || rs.failed {
 		return nil, func() {}
 	}
 	id, from := rs.id, rs.pos.seq
 	b := n.b.(sessionBroker)
-	reached = make(map[string]bool)
+	reached = rs.reached
 	var wg sync.WaitGroup
 	count := 0
-	send := func(msg *broker.Message, ref string) {
-		wg.Add(1)
-		count++
-		n.dur.refs.Store(msg, ref)
-		b.DeliverToSession(id, msg, func(error) { wg.Done() })
-		n.dur.refs.Delete(msg)
-	}
-	for _, seq := range slices.Sorted(maps.Keys(rs.bySeq)) {
-		m := rs.bySeq[seq]
-		origin := m.Header.Get(hdrOrigin)
-		if seq > to && origin != n.origin {
+	for _, r := range rs.msgs {
+		if r.seq > to && r.origin != n.origin {
 			continue // routing delivers it
 		}
-		if seq <= from {
-			// Routed by the old home: only this node's own messages
-			// are noted.
-			if origin == n.origin && m.Subject == batchSubject {
-				if entries, err := decodeBatch(m.Data); err == nil {
-					for i := range entries {
-						reached[msgID(origin, entries[i].seq)] = true
-					}
-				}
-			} else if origin == n.origin {
-				reached[m.Header.Get(nats.MsgIdHdr)] = true
-			}
-			continue
-		}
-		if m.Subject == batchSubject {
-			entries, err := decodeBatch(m.Data)
-			if err != nil {
-				continue
-			}
-			for i := range entries {
-				ref := msgID(origin, entries[i].seq)
-				if have[ref] {
-					continue
-				}
-				msg, err := entries[i].message()
-				if err != nil || !matchesAny(rs.filters, msg.Topic) {
-					continue
-				}
-				reached[ref] = true
-				send(msg, ref)
-			}
-			continue
-		}
-		ref := m.Header.Get(nats.MsgIdHdr)
-		sent, err := strconv.ParseInt(m.Header.Get(hdrSent), 10, 64)
-		if err != nil || have[ref] {
-			continue
-		}
-		msg, err := decodeMessage(m.Data, m.Header.Get(hdrFrom), time.Unix(0, sent))
-		if err != nil {
-			continue
-		}
-		reached[ref] = true
-		send(msg, ref)
+		reached[r.ref] = true
+		wg.Add(1)
+		count++
+		n.dur.refs.Store(r.msg, r.ref)
+		b.DeliverToSession(id, r.msg, func(error) { wg.Done() })
+		n.dur.refs.Delete(r.msg)
+	}
+	rs.msgs = nil
+	if rs.full {
+		n.dstats.replaysBounded.Add(1)
+		n.dstats.replayDropped.Add(uint64(rs.dropped))
+		// The messages past the bound are those the queue limit would
+		// drop. Only those of the last record read are counted: the
+		// records after it (to the routing position routed_to, and this
+		// node's own beyond) are not read, and may hold more.
+		n.log.Warn("cluster: a moved session's queue is full; durable messages for it past the bound were not replayed",
+			"client", id, "replayed", count, "room", rs.room, "not_replayed", rs.dropped, "read_to", rs.to, "routed_to", to)
 	}
 	return reached, func() {
 		wg.Wait()

@@ -83,6 +83,14 @@ type Status struct {
 	// Persistent sessions taken from other nodes and handed to them.
 	SessionsIn  uint64 `json:"sessions_in"`
 	SessionsOut uint64 `json:"sessions_out"`
+	// The replays of durable messages into sessions moved or adopted
+	// here: stream records read, replays stopped because the session's
+	// queue was full (or they held 64 MiB of records), and the messages
+	// for those sessions found past the bound and not replayed (the
+	// records after them were not read and are not counted).
+	ReplayRecords  uint64 `json:"replay_records"`
+	ReplaysBounded uint64 `json:"replays_bounded"`
+	ReplayDropped  uint64 `json:"replay_dropped"`
 	// SessionsAdopted counts the sessions of nodes gone (down for
 	// cluster.adopt_after, or removed) that this node adopted (adopt.go).
 	SessionsAdopted uint64 `json:"sessions_adopted"`
@@ -145,6 +153,7 @@ func (n *Node) Status() Status {
 	st.StreamOut, st.StreamIn, st.StreamErrors = d.streamOut.Load(), d.streamIn.Load(), d.streamErrors.Load()
 	st.StreamDuplicates, st.StreamDegraded = d.streamDuplicates.Load(), d.streamDegraded.Load()
 	st.SessionsIn, st.SessionsOut = d.sessionsIn.Load(), d.sessionsOut.Load()
+	st.ReplayRecords, st.ReplaysBounded, st.ReplayDropped = d.replayRead.Load(), d.replaysBounded.Load(), d.replayDropped.Load()
 	st.SessionsAdopted = n.adopt.sessions.Load()
 	st.Removed = n.removedNodes()
 	return st
