@@ -365,8 +365,10 @@ func (n *Node) fillGap(seq uint64) {
 			n.routeRecord(fm, raw.Header.Get(hdrOrigin), s)
 		}
 	}
-	n.log.Debug("cluster: records never delivered by the durable consumer read from the stream",
-		"count", read, "before", seq)
+	if read > 0 {
+		n.log.Info("cluster: records never delivered by the durable consumer read from the stream",
+			"count", read, "before", seq)
+	}
 }
 
 // fetchedRecord is a record of the durable stream read by its sequence
