@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/moatmq/moat/internal/packet"
-	"github.com/moatmq/moat/internal/topic"
 )
 
 // Sessions cluster-wide (docs/cluster.md, "Sessions"). A Cluster that
@@ -250,41 +249,77 @@ func (s *Server) dropSessionLocked(sess *session) (after func()) {
 // session of clientID alone, through its own matching subscriptions
 // (not shared ones), as DeliverRemoteDone does for every session: done
 // runs once it is in the session and committed. For a cluster that hands
-// a session the messages it missed while it moved. It reports whether a
-// subscription of the session matched.
+// a session the messages it missed while it moved. A session imported
+// with Hold gets msg at once, ahead of the deliveries it holds back:
+// what a moving session missed comes before what routing delivered to
+// it during the import, and before the messages ReplayLocal finds, which
+// arrived later [MQTT-4.6.0-6]. It reports whether a subscription of
+// the session matched and the session may receive msg.
 func (s *Server) DeliverToSession(clientID string, msg *Message, done func(error)) bool {
 	if s.closing() {
 		done(errShuttingDown)
 		return false
 	}
+	sess := s.lookup(clientID)
+	if sess == nil {
+		done(nil)
+		return false
+	}
 	if msg.Created.IsZero() {
 		msg.Created = s.cfg.Now()
+	}
+	mb := matchPool.Get().(*matchBuf)
+	mb.subs, mb.groups = s.index.Match(msg.Topic, mb.subs[:0], mb.groups[:0])
+	var qos byte
+	rap, matched := false, false
+	var ids []uint32
+	for _, sub := range mb.subs {
+		if sub.ClientID != clientID || (sub.NoLocal && clientID == msg.From) {
+			continue // [MQTT-3.8.3-3]
+		}
+		matched = true
+		qos = max(qos, sub.QoS)
+		rap = rap || sub.RetainAsPublished
+		if sub.ID != 0 {
+			ids = append(ids, sub.ID)
+		}
+	}
+	putMatchBuf(mb)
+	if !matched {
+		done(nil)
+		return false
 	}
 	var b *pbatch
 	if s.persist != nil && msg.QoS > 0 {
 		msg.id = s.persist.NewID()
 		b = &pbatch{}
 	}
-	mb := matchPool.Get().(*matchBuf)
-	mb.subs, mb.groups = s.index.Match(msg.Topic, mb.subs[:0], mb.groups[:0])
-	var own []topic.Subscription
-	for _, sub := range mb.subs {
-		if sub.ClientID == clientID {
-			own = append(own, sub)
+	sess.mu.Lock()
+	cl := sess.client
+	sess.mu.Unlock()
+	ok := true
+	if cl != nil {
+		if d := s.authorize(cl, ActionReceive, msg.Topic, msg.QoS, msg.Retain, ""); !d.Allow {
+			s.denied(cl, ActionReceive, msg.Topic, d, "delivery")
+			ok = false
 		}
 	}
-	n := 0
-	if len(own) > 0 {
-		mb.enc.reset(msg, nil, clock{now: s.cfg.Now}, len(own))
-		n = s.route(&mb.enc, own, b, nil)
+	if ok {
+		// Not through the session's fence (session.offer): it would
+		// hold msg back behind what routing delivered meanwhile.
+		d := &delivery{msg: msg, qos: min(msg.QoS, qos), retain: rap && msg.Retain, subIDs: ids}
+		sess.mu.Lock()
+		if ok = !sess.ended; ok {
+			sess.deliverLocked(s, d, b, nil, nil)
+		}
+		sess.mu.Unlock()
 	}
-	putMatchBuf(mb)
 	if b == nil {
 		done(nil)
 	} else {
 		s.submitBatch(b, done)
 	}
-	return n > 0
+	return ok
 }
 
 // ReplayLocal delivers to the session of clientID, imported with Hold,

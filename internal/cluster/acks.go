@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -56,6 +57,7 @@ type ackQueue struct {
 	entries map[uint64]*ackEntry
 	last    jetstream.Msg // the record at floor, if its acknowledgement is owed
 	owed    int           // finished records the owed acknowledgement covers
+	high    uint64        // the highest sequence admitted
 	kick    chan struct{}
 }
 
@@ -92,6 +94,7 @@ func (q *ackQueue) admit(m jetstream.Msg, seq uint64) bool {
 		return true
 	}
 	q.entries[seq] = &ackEntry{m: m}
+	q.high = max(q.high, seq)
 	q.mu.Unlock()
 	return true
 }
@@ -127,10 +130,12 @@ func (q *ackQueue) finish(seq uint64, ok bool) {
 		}
 		delete(q.entries, next)
 		q.floor = next
-		q.last = f.m
+		if ackable(f.m) {
+			q.last = f.m
+		}
 		q.owed++
 	}
-	if q.owed >= ackEvery {
+	if q.owed >= ackEvery && q.last != nil {
 		m := q.last
 		q.last, q.owed = nil, 0
 		q.mu.Unlock()
@@ -184,6 +189,37 @@ func (q *ackQueue) skip(seq uint64) {
 	q.mu.Lock()
 	if q.floor+1 == seq && q.entries[seq] == nil {
 		q.floor = seq
+	}
+	q.mu.Unlock()
+	q.finish(0, true)
+}
+
+// missing returns the sequences before seq, after the floor and the
+// highest one admitted, that were never delivered here, when there are
+// some and at most limit of them (none otherwise). Those before the
+// highest admitted were looked at when it arrived.
+func (q *ackQueue) missing(seq uint64, limit int) []uint64 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	lo := max(q.floor, q.high)
+	if seq <= lo+1 || seq-lo-1 > uint64(limit) {
+		return nil
+	}
+	var out []uint64
+	for s := lo + 1; s < seq; s++ {
+		if q.entries[s] == nil {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// gone passes over seq, which the stream no longer holds, wherever it
+// lies after the floor (fillGap).
+func (q *ackQueue) gone(seq uint64) {
+	q.mu.Lock()
+	if seq > q.floor && q.entries[seq] == nil {
+		q.entries[seq] = &ackEntry{done: true}
 	}
 	q.mu.Unlock()
 	q.finish(0, true)
@@ -272,4 +308,95 @@ func (q *ackQueue) resolve(ctx context.Context, cons jetstream.Consumer, st jets
 		}
 		q.skip(gap)
 	}
+}
+
+// gapFill bounds the records read from the stream before a record that
+// arrived past records never delivered here (fillGap): those of a pull
+// request lost with a consumer's leader, or with a connection. A larger
+// gap (a node back after a crash with many records pending) waits for
+// the consumer to deliver it again, as before. gapWait bounds the
+// reading of one gap, and gapPause is how long no gap is read after a
+// reading failed (the stream without a leader, say).
+const (
+	gapFill  = 512
+	gapWait  = 2 * time.Second
+	gapPause = 5 * time.Second
+)
+
+// fillGap reads from the stream, and routes in order, the records
+// between the acknowledgement floor and seq that the consumer never
+// delivered here, before the record seq that it delivered after them is
+// routed. Left to the consumer, which delivers such a record again only
+// after its AckWait (10 s), a record lost on its way reached its
+// sessions after the later ones, breaking each publisher's order
+// [MQTT-4.6.0-6]. A record read this way is acknowledged with the next
+// one the consumer delivers (AckAll); its delivery again by the consumer
+// is ignored or acknowledged (admit). Called by the consumer's reader
+// only.
+func (n *Node) fillGap(seq uint64) {
+	acks := n.dur.acks
+	if time.Now().Before(n.dur.gapRest) {
+		return
+	}
+	missing := acks.missing(seq, gapFill)
+	if len(missing) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(n.ctx, gapWait)
+	defer cancel()
+	read := 0
+	for _, s := range missing {
+		raw, err := n.msgStream().GetMsg(ctx, s)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			acks.gone(s)
+			continue
+		}
+		if err != nil {
+			// Delivered again by the consumer after its AckWait.
+			n.dur.gapRest = time.Now().Add(gapPause)
+			n.log.Debug("cluster: reading records missing from the durable stream's delivery failed",
+				"seq", s, "before", seq, "err", err)
+			return
+		}
+		n.dur.gapsRead.Add(1)
+		read++
+		fm := &fetchedRecord{raw: raw}
+		if acks.admit(fm, s) {
+			n.routeRecord(fm, raw.Header.Get(hdrOrigin), s)
+		}
+	}
+	if read > 0 {
+		n.log.Info("cluster: records never delivered by the durable consumer read from the stream",
+			"count", read, "before", seq)
+	}
+}
+
+// fetchedRecord is a record of the durable stream read by its sequence
+// (fillGap), not delivered by the consumer: it cannot be acknowledged,
+// and a failed routing waits for the consumer's delivery again.
+type fetchedRecord struct {
+	raw *jetstream.RawStreamMsg
+}
+
+var _ jetstream.Msg = (*fetchedRecord)(nil)
+
+func (f *fetchedRecord) Metadata() (*jetstream.MsgMetadata, error) {
+	return &jetstream.MsgMetadata{Sequence: jetstream.SequencePair{Stream: f.raw.Sequence}, Stream: streamMsgs}, nil
+}
+func (f *fetchedRecord) Data() []byte                           { return f.raw.Data }
+func (f *fetchedRecord) Headers() nats.Header                   { return f.raw.Header }
+func (f *fetchedRecord) Subject() string                        { return f.raw.Subject }
+func (f *fetchedRecord) Reply() string                          { return "" }
+func (f *fetchedRecord) Ack() error                             { return nil }
+func (f *fetchedRecord) DoubleAck(context.Context) error        { return nil }
+func (f *fetchedRecord) Nak() error                             { return nil }
+func (f *fetchedRecord) NakWithDelay(delay time.Duration) error { return nil }
+func (f *fetchedRecord) InProgress() error                      { return nil }
+func (f *fetchedRecord) Term() error                            { return nil }
+func (f *fetchedRecord) TermWithReason(reason string) error     { return nil }
+
+// ackable tells whether an acknowledgement of m reaches the consumer.
+func ackable(m jetstream.Msg) bool {
+	_, fetched := m.(*fetchedRecord)
+	return m != nil && !fetched
 }

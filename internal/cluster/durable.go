@@ -131,6 +131,15 @@ type durableState struct {
 	// until it is closed: this node is cut off from most of the cluster,
 	// or back and not done checking its sessions (adoptLoop).
 	paused atomic.Pointer[chan struct{}]
+
+	// gapRest: no record missing from the consumer's delivery is read
+	// from the stream before then (fillGap; the consumer's reader only).
+	// gapsRead counts the records read so.
+	gapRest  time.Time
+	gapsRead atomic.Uint64
+	// lose, for tests, drops the records it reports true for as they
+	// arrive, as if lost on their way.
+	lose atomic.Pointer[func(seq uint64) bool]
 }
 
 // recentIDs bounds the record of delivered message IDs.
@@ -564,6 +573,8 @@ func (n *Node) awaitRouting() bool {
 // (acks.go); on failure it is asked again after a while. It waits while
 // the routing is paused (adoptLoop): a record delivered meanwhile is
 // delivered again after the consumer's AckWait, and ignored (admit).
+// Records the consumer sent before this one that never arrived are read
+// from the stream and routed first (fillGap).
 func (n *Node) handleDurable(m jetstream.Msg) {
 	n.dur.received.Add(1)
 	if !n.awaitRouting() {
@@ -579,15 +590,26 @@ func (n *Node) handleDurable(m jetstream.Msg) {
 		return
 	}
 	acks, seq := n.dur.acks, meta.Sequence.Stream
+	if f := n.dur.lose.Load(); f != nil && (*f)(seq) {
+		return // for tests: lost on its way
+	}
+	n.fillGap(seq)
 	if !acks.admit(m, seq) {
 		return
 	}
+	n.routeRecord(m, origin, seq)
+}
+
+// routeRecord routes the record m of stream sequence seq, admitted
+// (acks.admit), written by the node of run origin.
+func (n *Node) routeRecord(m jetstream.Msg, origin string, seq uint64) {
+	acks, h := n.dur.acks, m.Headers()
 	if origin == n.origin {
 		// Delivered here when it was published. Counted as routed: a
 		// session imported from now on did not get it then, and is
 		// replayed it.
 		n.dur.routeMu.Lock()
-		n.dur.routed = meta.Sequence.Stream
+		n.dur.routed = seq
 		n.dur.routeMu.Unlock()
 		acks.finish(seq, true)
 		return
@@ -648,7 +670,7 @@ func (n *Node) handleDurable(m jetstream.Msg) {
 		n.settle(id, err == nil)
 		acks.finish(seq, err == nil)
 	}))
-	d.routed = meta.Sequence.Stream
+	d.routed = seq
 	d.routeMu.Unlock()
 }
 
