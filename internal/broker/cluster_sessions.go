@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/moatmq/moat/internal/packet"
+	"github.com/moatmq/moat/internal/topic"
 )
 
 // Sessions cluster-wide (docs/cluster.md, "Sessions"). A Cluster that
@@ -245,6 +246,26 @@ func (s *Server) dropSessionLocked(sess *session) (after func()) {
 	return func() { finishGates(gates) }
 }
 
+// matchOwn merges the subscriptions of the session id among subs that
+// a message published by from reaches (not a No Local one of its own
+// publisher, [MQTT-3.8.3-3]): the highest QoS granted, whether one asks
+// for Retain As Published, the subscription identifiers, and whether
+// any matched.
+func matchOwn(subs []topic.Subscription, id, from string) (qos byte, rap bool, ids []uint32, matched bool) {
+	for _, sub := range subs {
+		if sub.ClientID != id || (sub.NoLocal && id == from) {
+			continue
+		}
+		matched = true
+		qos = max(qos, sub.QoS)
+		rap = rap || sub.RetainAsPublished
+		if sub.ID != 0 {
+			ids = append(ids, sub.ID)
+		}
+	}
+	return qos, rap, ids, matched
+}
+
 // DeliverToSession delivers msg, a message of another node, to the
 // session of clientID alone, through its own matching subscriptions
 // (not shared ones), as DeliverRemoteDone does for every session: done
@@ -270,20 +291,7 @@ func (s *Server) DeliverToSession(clientID string, msg *Message, done func(error
 	}
 	mb := matchPool.Get().(*matchBuf)
 	mb.subs, mb.groups = s.index.Match(msg.Topic, mb.subs[:0], mb.groups[:0])
-	var qos byte
-	rap, matched := false, false
-	var ids []uint32
-	for _, sub := range mb.subs {
-		if sub.ClientID != clientID || (sub.NoLocal && clientID == msg.From) {
-			continue // [MQTT-3.8.3-3]
-		}
-		matched = true
-		qos = max(qos, sub.QoS)
-		rap = rap || sub.RetainAsPublished
-		if sub.ID != 0 {
-			ids = append(ids, sub.ID)
-		}
-	}
+	qos, rap, ids, matched := matchOwn(mb.subs, clientID, msg.From)
 	putMatchBuf(mb)
 	if !matched {
 		done(nil)
@@ -444,20 +452,7 @@ func (s *Server) replayToSession(sess *session, f *subFence, m *Message, settled
 		matchPool.Put(mb)
 	}()
 	mb.subs, mb.groups = s.index.Match(m.Topic, mb.subs[:0], mb.groups[:0])
-	var qos byte
-	rap, matched := false, false
-	var ids []uint32
-	for _, sub := range mb.subs {
-		if sub.ClientID != sess.id || (sub.NoLocal && sess.id == m.From) {
-			continue // [MQTT-3.8.3-3]
-		}
-		matched = true
-		qos = max(qos, sub.QoS)
-		rap = rap || sub.RetainAsPublished
-		if sub.ID != 0 {
-			ids = append(ids, sub.ID)
-		}
-	}
+	qos, rap, ids, matched := matchOwn(mb.subs, sess.id, m.From)
 	if !matched {
 		return false
 	}
