@@ -90,6 +90,14 @@ func parseLines(name string, data []byte, allowPlain bool) ([]line, error) {
 			fail(n, "user %q has no password hash", clip(user))
 			continue
 		}
+		if strings.ContainsFunc(raw, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+			// No hash holds one, and a plain-text password ending in a
+			// carriage return would lose it when the file is written
+			// back with CRLF line ends: refused rather than read two
+			// ways. The value is not echoed: it may be a password.
+			fail(n, "user %q: the password field holds a control character (a stray carriage return or tab?)", clip(user))
+			continue
+		}
 		h, err := parseHash(raw)
 		switch {
 		case errors.Is(err, errPlain) && !allowPlain:
