@@ -107,9 +107,18 @@ func crashNode(t *testing.T, tn *testNode) {
 // sessionNode reads which node the session record of id names.
 func sessionNode(t *testing.T, via *Node, id string) string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	r, err := via.getRecord(ctx, sessSubject(id, "s"))
+	// A read may time out while the stream's leader is one via has no
+	// route to (a partial cut) or changes: read again, for up to 60 s.
+	var r *storedRecord
+	var err error
+	for end := time.Now().Add(60 * time.Second); ; {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		r, err = via.getRecord(ctx, sessSubject(id, "s"))
+		cancel()
+		if err == nil || time.Now().After(end) {
+			break
+		}
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
