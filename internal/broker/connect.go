@@ -51,7 +51,7 @@ func (c *conn) handshakeAndConnect() bool {
 	} else if hasTLSState(c.nc) {
 		s.stats.tlsHandshake(c.nc, nil) // secure WebSocket: the HTTP server's handshake
 	}
-	c.raw = rawConnOf(c.nc)
+	c.raw = rawConnOf(c.nc, c.arr)
 	c.connectDeadline = deadline
 	c.takeInput()
 	p, err := c.in.r.ReadPacket()

@@ -247,8 +247,11 @@ func (c *conn) releaseInput() {
 // rawConnOf returns the socket under nc when waiting on it is known to be
 // correct (see above): a TCP connection, possibly wrapped in the
 // listener's Conn (which has its own SyscallConn) and in TLS. WebSocket
-// connections and anything else return nil and are read as usual.
-func rawConnOf(nc net.Conn) syscall.RawConn {
+// connections and anything else return nil and are read as usual. arr is
+// the connection's arrival reader, if any: it reads the same socket (the
+// connection under any TLS layer), so its RawConn is returned rather than
+// a second one kept for the connection's life.
+func rawConnOf(nc net.Conn, arr *stampedReader) syscall.RawConn {
 	if !canWaitReadable {
 		return nil
 	}
@@ -266,6 +269,9 @@ func rawConnOf(nc net.Conn) syscall.RawConn {
 		sc = x
 	default:
 		return nil
+	}
+	if arr != nil {
+		return arr.rc
 	}
 	rc, err := sc.SyscallConn()
 	if err != nil {
