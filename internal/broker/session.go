@@ -52,7 +52,9 @@ type session struct {
 	waitingOn atomic.Pointer[session]
 
 	// inboundQoS2 holds packet identifiers of QoS 2 messages received from
-	// the client and routed, awaiting PUBREL [MQTT-4.3.3-10].
+	// the client and routed, awaiting PUBREL [MQTT-4.3.3-10]. Nil until
+	// the first (noteInboundQoS2): a client that never publishes at QoS 2
+	// keeps no map.
 	inboundQoS2 map[uint16]struct{}
 
 	// subs counts the session's subscriptions for MaxSubscriptions; only
@@ -100,7 +102,16 @@ type session struct {
 }
 
 func newSession(id string, owner sessionOwner, now time.Time) *session {
-	return &session{id: id, owner: owner, created: now, inboundQoS2: make(map[uint16]struct{})}
+	return &session{id: id, owner: owner, created: now}
+}
+
+// noteInboundQoS2 records a QoS 2 message received and routed, awaiting
+// PUBREL. The caller holds s.mu (or owns s alone, while restoring it).
+func (s *session) noteInboundQoS2(pid uint16) {
+	if s.inboundQoS2 == nil {
+		s.inboundQoS2 = make(map[uint16]struct{})
+	}
+	s.inboundQoS2[pid] = struct{}{}
 }
 
 // sessionOwner is the identity a session belongs to. Only a client with
