@@ -50,13 +50,29 @@ var aLongTimeAgo = time.Unix(1, 0)
 type input struct {
 	br *bufio.Reader
 	r  *packet.Reader
+	// c is the connection holding the input (takeInput), whose
+	// reserveBody the packet reader's reserve function calls; nil in the
+	// pool. The function is made once per input, not per connection and
+	// take: a method value of the connection would be an allocation for
+	// every connection that goes quiet and wakes.
+	c *conn
 }
 
-var inputPool = sync.Pool{New: func() any {
+var inputPool sync.Pool
+
+// Set here rather than in inputPool's declaration: newInput refers, through
+// the reserve function, to code that takes from the pool.
+func init() { inputPool.New = newInput }
+
+func newInput() any {
 	in := &input{br: bufio.NewReaderSize(nil, readBufSize)}
 	in.r = packet.NewReader(in.br, 0)
+	in.r.SetReserve(in.reserve)
 	return in
-}}
+}
+
+// reserve is the packet reader's reserve function (conn.reserveBody).
+func (in *input) reserve(size int) error { return in.c.reserveBody(size) }
 
 // source is what a connection's read buffer reads from: the byte a quiet
 // probe took (or the error it got) first, then the network connection.
@@ -189,7 +205,7 @@ func (c *conn) takeInput() {
 		// CONNECTs on each.
 		in.r.SetMaxPacketSize(c.srv.limits().PreAuthMaxPacketSize)
 	}
-	in.r.SetReserve(c.reserveBody)
+	in.c = c
 	c.in = in
 }
 
@@ -240,7 +256,7 @@ func (c *conn) releaseInput() {
 	in := c.in
 	c.in = nil
 	in.br.Reset(nil)
-	in.r.SetReserve(nil)
+	in.c = nil
 	inputPool.Put(in)
 }
 
