@@ -241,7 +241,7 @@ func (c *conn) connect(ctx context.Context, pkt *packet.Connect) bool {
 		c.client.ClientID = st.clientID
 		st.assignedID = true
 	}
-	st.owner = ownerOf(&c.client)
+	st.owner = ownerOf(&c.client, c.lst)
 	if d := c.obs.Connected(&c.client); !d.Allow {
 		s.stats.countAuth(authBanned)
 		return c.refuse(pkt, packet.Banned, d.Reason)

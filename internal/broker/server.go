@@ -94,6 +94,10 @@ type listenerState struct {
 	idPrefix       string
 	usernameAsID   bool
 	active         atomic.Int64
+	// anonOwner and authOwner are the session owners of the listener's
+	// clients without a verified name (ownerOf), made once here rather
+	// than a string kept per session.
+	anonOwner, authOwner string
 }
 
 // New validates cfg and returns a Server. It reports every problem in cfg
@@ -159,6 +163,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, lc ListenerConfig) 
 	if st.name == "" {
 		st.name = ln.Addr().String()
 	}
+	st.anonOwner, st.authOwner = "anon:"+st.name, "auth:"+st.name
 	if lc.MaxQoS != nil {
 		if *lc.MaxQoS > 2 {
 			ln.Close()

@@ -129,8 +129,16 @@ type sessionOwner struct {
 	verified bool
 }
 
-// ownerOf returns the owner of the sessions c creates.
-func ownerOf(c *Client) sessionOwner {
+// ownerOf returns the owner of the sessions c creates. lst, if not nil,
+// is the listener c came through: the keys of owners named after it are
+// its copies, not a string made per session.
+func ownerOf(c *Client, lst *listenerState) sessionOwner {
+	if lst != nil && (lst.name != c.Listener || lst.anonOwner == "") {
+		// Another listener's, or one whose keys were never made (a
+		// state built by hand): never an empty key, which every such
+		// client would share.
+		lst = nil
+	}
 	if c.Username != "" {
 		return sessionOwner{key: "user:" + c.Username, verified: true}
 	}
@@ -140,7 +148,13 @@ func ownerOf(c *Client) sessionOwner {
 		return sessionOwner{key: "cert:" + chain[0].Issuer.String() + "\x00" + chain[0].Subject.String(), verified: true}
 	}
 	if c.Anonymous {
+		if lst != nil {
+			return sessionOwner{key: lst.anonOwner}
+		}
 		return sessionOwner{key: "anon:" + c.Listener}
+	}
+	if lst != nil {
+		return sessionOwner{key: lst.authOwner, verified: true}
 	}
 	return sessionOwner{key: "auth:" + c.Listener, verified: true}
 }
@@ -151,7 +165,7 @@ func ownerOf(c *Client) sessionOwner {
 // anonymous client claims) are free to choose, so charging them would let
 // one client spread its messages over as many quotas as it likes.
 func retainedOwner(c *Client) string {
-	if o := ownerOf(c); strings.HasPrefix(o.key, "user:") || strings.HasPrefix(o.key, "cert:") {
+	if o := ownerOf(c, nil); strings.HasPrefix(o.key, "user:") || strings.HasPrefix(o.key, "cert:") {
 		return o.key
 	}
 	if ap, err := netip.ParseAddrPort(fmt.Sprint(c.Remote)); err == nil {
