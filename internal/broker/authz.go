@@ -52,6 +52,10 @@ type authzState struct {
 	// at: an entry with uniform set is that decision, one without says
 	// to decide per topic. Nil: not asked yet.
 	uniform [numActions]atomic.Pointer[authzEntry]
+	// id0 is the identity of CONNECT, kept in the state rather than in
+	// an object of its own; a re-authentication that changes the grants
+	// stores a new one in id.
+	id0 authzIdentity
 }
 
 // authzIdentity is what decisions of a connection are taken for: the
@@ -107,7 +111,7 @@ func newAuthzTable(n int) *authzTable {
 // table itself made when the first of them needs it.
 func newAuthzState() *authzState {
 	az := &authzState{caches: true}
-	az.id.Store(&authzIdentity{})
+	az.id.Store(&az.id0)
 	return az
 }
 
