@@ -32,10 +32,12 @@ import (
 // newest bytes it returned reached the host. Only the connection's reader
 // uses it.
 type stampedReader struct {
-	rc     syscall.RawConn
-	readFn func(fd uintptr) bool // r.readFD, made once
-	nowFn  func(fd uintptr) bool // r.readFD that does not wait (readNow), made once
-	p      []byte                // the caller's buffer during a read
+	rc syscall.RawConn
+	// readFn is r.readFD for rc.Read, made once; while nowait is set
+	// (readNow) it does not wait for input but reports n = -1.
+	readFn func(fd uintptr) bool
+	nowait bool
+	p      []byte // the caller's buffer during a read
 	n      int
 	err    error
 	oob    [32]byte // room for one timestamp control message
@@ -62,12 +64,17 @@ func newStampedReader(sc syscall.Conn, laddr, raddr net.Addr) *stampedReader {
 		return nil
 	}
 	r := &stampedReader{rc: rc, laddr: laddr, raddr: raddr}
-	r.readFn = r.readFD
-	r.nowFn = func(fd uintptr) bool {
-		if !r.readFD(fd) {
-			r.n, r.err = -1, nil // nothing there
+	// One function for both kinds of read: each is an allocation kept
+	// for the connection's life.
+	r.readFn = func(fd uintptr) bool {
+		if r.readFD(fd) {
+			return true
 		}
-		return true
+		if r.nowait {
+			r.n, r.err = -1, nil // nothing there
+			return true
+		}
+		return false
 	}
 	return r
 }
@@ -98,9 +105,9 @@ func (r *stampedReader) readNow(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	r.p = p
-	err := r.rc.Read(r.nowFn)
-	r.p = nil
+	r.p, r.nowait = p, true
+	err := r.rc.Read(r.readFn)
+	r.p, r.nowait = nil, false
 	if err != nil {
 		if oe, ok := err.(*net.OpError); ok {
 			oe.Op = "read"
@@ -127,11 +134,11 @@ func (r *stampedReader) result() (int, error) {
 	return n, nil
 }
 
-// readFuncSetter is a TCP connection whose reads can be redirected from
+// readerSetter is a TCP connection whose reads can be redirected from
 // under a TLS layer (listener.Conn).
-type readFuncSetter interface {
+type readerSetter interface {
 	syscall.Conn
-	SetReadFunc(func([]byte) (int, error))
+	SetReader(io.Reader)
 }
 
 // stampArrivals arranges for the connection's packets to carry arrival
@@ -142,9 +149,11 @@ func (c *conn) stampArrivals() {
 		under = t.NetConn()
 	}
 	switch x := under.(type) {
-	case readFuncSetter:
+	case readerSetter:
 		if r := newStampedReader(x, under.LocalAddr(), under.RemoteAddr()); r != nil {
-			x.SetReadFunc(r.Read)
+			// r itself, not its Read method: a method value would be
+			// one more allocation kept for the connection's life.
+			x.SetReader(r)
 			c.arr = r
 			if under == c.nc {
 				// No TLS between the socket and the read buffer: once

@@ -146,6 +146,7 @@ func TestTopUp(t *testing.T) {
 		t.Skip("no kernel receive timestamps here")
 	}
 	c.in = inputPool.Get().(*input)
+	c.in.c = c
 	c.in.br.Reset(&c.src)
 	c.in.r.SetVersion(packet.V311)
 	defer c.releaseInput()

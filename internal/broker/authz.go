@@ -30,8 +30,10 @@ const maxDenyLogs = 20
 // so that an offline session's queued messages are judged with the same
 // cache and identity.
 type authzState struct {
-	// tab is the decision cache; nil for a state that caches nothing (a
-	// retained message's publisher).
+	// tab is the decision cache, made by the first decision that is
+	// looked up in it (table): a connection whose every decision is
+	// uniform, as under an allow-all policy, never makes one. Always nil
+	// when caches is false.
 	tab atomic.Pointer[authzTable]
 	// id is the identity decisions are taken for; a re-authentication
 	// that changes the grants replaces it, which also retires every
@@ -39,12 +41,21 @@ type authzState struct {
 	id atomic.Pointer[authzIdentity]
 
 	denials atomic.Int32
+	// caches: decisions are cached in tab. False for a state that caches
+	// nothing (a retained message's publisher, a stored one): the zero
+	// value caches nothing, so no decision outlives what it was made for
+	// by default.
+	caches bool
 	// uniform holds, per action, whether the Authorizer said that all
 	// of the connection's requests for it get one decision
 	// (UniformAuthorizer), for the generation and identity it was asked
 	// at: an entry with uniform set is that decision, one without says
 	// to decide per topic. Nil: not asked yet.
 	uniform [numActions]atomic.Pointer[authzEntry]
+	// id0 is the identity of CONNECT, kept in the state rather than in
+	// an object of its own; a re-authentication that changes the grants
+	// stores a new one in id.
+	id0 authzIdentity
 }
 
 // authzIdentity is what decisions of a connection are taken for: the
@@ -96,11 +107,23 @@ func newAuthzTable(n int) *authzTable {
 	return &authzTable{mask: uint64(n - 1), slots: make([]atomic.Pointer[authzEntry], n)}
 }
 
+// newAuthzState returns a connection's state: decisions cached, the
+// table itself made when the first of them needs it.
 func newAuthzState() *authzState {
-	az := &authzState{}
-	az.tab.Store(newAuthzTable(authzCacheMin))
-	az.id.Store(&authzIdentity{})
+	az := &authzState{caches: true}
+	az.id.Store(&az.id0)
 	return az
+}
+
+// table returns the decision cache, making it on first use. Two callers
+// racing to make it keep the same one: the loser's table is dropped
+// before anything is stored in it.
+func (az *authzState) table() *authzTable {
+	if t := az.tab.Load(); t != nil {
+		return t
+	}
+	az.tab.CompareAndSwap(nil, newAuthzTable(authzCacheMin))
+	return az.tab.Load()
 }
 
 // authzSeed keys the cache's hash; per process, so a peer cannot choose
@@ -155,7 +178,7 @@ func (t *authzTable) put(e *authzEntry) bool {
 // one of them (chosen by the hash's top bits) is replaced. A store racing with another may be lost, which costs one
 // decision later, never a wrong one.
 func (az *authzState) store(e *authzEntry) {
-	t := az.tab.Load()
+	t := az.table()
 	if t.put(e) {
 		return
 	}
@@ -209,11 +232,7 @@ func (c *Client) Grants() Grants {
 // takes no lock and does not allocate.
 func (s *Server) authorize(c *Client, a Action, topic string, qos byte, retain bool, group string) Decision {
 	az := c.az
-	var t *authzTable
-	if az != nil {
-		t = az.tab.Load()
-	}
-	if t == nil {
+	if az == nil || !az.caches {
 		req := &AuthzRequest{Client: c, Action: a, Topic: topic, ShareGroup: group, QoS: qos, Retain: retain}
 		return s.authorizer.Authorize(req)
 	}
@@ -237,7 +256,7 @@ func (s *Server) authorize(c *Client, a Action, topic string, qos byte, retain b
 		}
 	}
 	h := authzHash(a, topic, qos, retain)
-	if d, ok := t.lookup(h, gen, id, a, topic, qos, retain); ok {
+	if d, ok := az.table().lookup(h, gen, id, a, topic, qos, retain); ok {
 		return d
 	}
 	req := &AuthzRequest{Client: c, Action: a, Topic: topic, ShareGroup: group, QoS: qos, Retain: retain}
@@ -269,7 +288,7 @@ type publishMemo struct {
 // change is kept under the old ones and never used.
 func (c *conn) authorizePublish(topic string, qos byte, retain bool) Decision {
 	s, az := c.srv, c.client.az
-	if az == nil || az.tab.Load() == nil {
+	if az == nil || !az.caches {
 		return s.authorize(&c.client, ActionPublish, topic, qos, retain, "")
 	}
 	gen, id := s.authzGen.Load(), az.id.Load()

@@ -464,6 +464,11 @@ func TestSecurityAuthorizeUniform(t *testing.T) {
 	if got := s.Stats().AuthzDecisions; len(got) == 0 {
 		t.Error("uniform decisions not counted in AuthzDecisions")
 	}
+	// Every decision so far was uniform: the per-topic table, made on
+	// first use, does not exist yet.
+	if c.az.tab.Load() != nil {
+		t.Error("decision table made although no decision was looked up in it")
+	}
 	// A new policy that decides per topic and denies in/: a new
 	// generation must not be answered by the old uniform decision.
 	az.uniform.Store(false)
@@ -474,6 +479,9 @@ func TestSecurityAuthorizeUniform(t *testing.T) {
 	}
 	if !ask(ActionReceive, "other/1") {
 		t.Fatal("per-topic decision wrong after leaving the uniform policy")
+	}
+	if c.az.tab.Load() == nil {
+		t.Error("per-topic decisions not cached")
 	}
 	// Uniform again, then a new identity under a per-topic policy.
 	az.uniform.Store(true)

@@ -138,9 +138,12 @@ type conn struct {
 	expTimer   Timer
 	expGen     uint64 // bumped when the timer is re-armed
 	expStopped bool   // the connection ended: arm nothing
-	// onEnd runs once when the connection is fully cleaned up (the
-	// server's bookkeeping); set by the accept loop before serve starts.
-	onEnd func()
+	// tracked: the connection is in Server.conns and holds a slot of its
+	// listener, both given back when it is fully cleaned up (end,
+	// Server.untrack). Set by the accept loop before serve starts; a
+	// field rather than a function, which would be one more object per
+	// connection.
+	tracked bool
 
 	// pub is what routing notes about this client as a publisher, to hold
 	// it back (overload.go). Reader-owned.
@@ -329,8 +332,8 @@ func (c *conn) end() {
 	c.detached()
 	c.endOnce.Do(func() {
 		c.obs.Closed(&c.client, c.authenticated, !c.cleanEnd && !c.takenOver.Load() && !c.srv.closing())
-		if c.onEnd != nil {
-			c.onEnd()
+		if c.tracked {
+			c.srv.untrack(c)
 		}
 	})
 }

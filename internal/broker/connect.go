@@ -51,7 +51,7 @@ func (c *conn) handshakeAndConnect() bool {
 	} else if hasTLSState(c.nc) {
 		s.stats.tlsHandshake(c.nc, nil) // secure WebSocket: the HTTP server's handshake
 	}
-	c.raw = rawConnOf(c.nc)
+	c.raw = rawConnOf(c.nc, c.arr)
 	c.connectDeadline = deadline
 	c.takeInput()
 	p, err := c.in.r.ReadPacket()
@@ -241,7 +241,7 @@ func (c *conn) connect(ctx context.Context, pkt *packet.Connect) bool {
 		c.client.ClientID = st.clientID
 		st.assignedID = true
 	}
-	st.owner = ownerOf(&c.client)
+	st.owner = ownerOf(&c.client, c.lst)
 	if d := c.obs.Connected(&c.client); !d.Allow {
 		s.stats.countAuth(authBanned)
 		return c.refuse(pkt, packet.Banned, d.Reason)

@@ -24,9 +24,18 @@ type connLogHandler struct {
 	client   string // "" before CONNECT is accepted
 }
 
+// connLog is a connection's logger and its handler, allocated together:
+// one object kept per connection rather than two.
+type connLog struct {
+	l slog.Logger
+	h connLogHandler
+}
+
 // newConnLogger returns a logger for one connection; client may be empty.
 func newConnLogger(base *slog.Logger, listener string, remote net.Addr, client string) *slog.Logger {
-	return slog.New(&connLogHandler{h: base.Handler(), listener: listener, remote: remote, client: client})
+	cl := &connLog{h: connLogHandler{h: base.Handler(), listener: listener, remote: remote, client: client}}
+	cl.l = *slog.New(&cl.h)
+	return &cl.l
 }
 
 func (h *connLogHandler) attrs() []slog.Attr {

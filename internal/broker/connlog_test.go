@@ -166,3 +166,19 @@ func TestDisconnectLoggedSocketError(t *testing.T) {
 	c.send(&packet.Pingreq{})
 	waitLine(t, &logs, `msg="broker: client disconnected"`, "client=d-sock", `reason="socket error: injected socket failure"`)
 }
+
+// TestConnLoggerOneObject: a connection's logger is one allocation, kept
+// for the connection's life, and logs with the connection's attributes
+// first.
+func TestConnLoggerOneObject(t *testing.T) {
+	var buf strings.Builder
+	base := slog.New(slog.NewTextHandler(&buf, nil))
+	remote := &net.TCPAddr{IP: net.IPv4(192, 0, 2, 1), Port: 1883}
+	if n := testing.AllocsPerRun(100, func() { newConnLogger(base, "tcp", remote, "dev1") }); n != 1 {
+		t.Errorf("newConnLogger: %v allocations, want 1", n)
+	}
+	newConnLogger(base, "tcp", remote, "dev1").Info("hello", "k", "v")
+	if got := buf.String(); !strings.Contains(got, "msg=hello listener=tcp remote=192.0.2.1:1883 client=dev1 k=v") {
+		t.Errorf("logged %q", got)
+	}
+}

@@ -79,7 +79,7 @@ func (c *conn) handlePublish(p *packet.Publish) bool {
 			return c.overLimit(LimitReceiveMaximum, packet.ReceiveMaximumExceeded, "receive maximum exceeded")
 		}
 		if !dup {
-			c.sess.inboundQoS2[p.PacketID] = struct{}{}
+			c.sess.noteInboundQoS2(p.PacketID)
 		}
 		c.sess.mu.Unlock()
 		if dup {

@@ -50,13 +50,29 @@ var aLongTimeAgo = time.Unix(1, 0)
 type input struct {
 	br *bufio.Reader
 	r  *packet.Reader
+	// c is the connection holding the input (takeInput), whose
+	// reserveBody the packet reader's reserve function calls; nil in the
+	// pool. The function is made once per input, not per connection and
+	// take: a method value of the connection would be an allocation for
+	// every connection that goes quiet and wakes.
+	c *conn
 }
 
-var inputPool = sync.Pool{New: func() any {
+var inputPool sync.Pool
+
+// Set here rather than in inputPool's declaration: newInput refers, through
+// the reserve function, to code that takes from the pool.
+func init() { inputPool.New = newInput }
+
+func newInput() any {
 	in := &input{br: bufio.NewReaderSize(nil, readBufSize)}
 	in.r = packet.NewReader(in.br, 0)
+	in.r.SetReserve(in.reserve)
 	return in
-}}
+}
+
+// reserve is the packet reader's reserve function (conn.reserveBody).
+func (in *input) reserve(size int) error { return in.c.reserveBody(size) }
 
 // source is what a connection's read buffer reads from: the byte a quiet
 // probe took (or the error it got) first, then the network connection.
@@ -189,7 +205,7 @@ func (c *conn) takeInput() {
 		// CONNECTs on each.
 		in.r.SetMaxPacketSize(c.srv.limits().PreAuthMaxPacketSize)
 	}
-	in.r.SetReserve(c.reserveBody)
+	in.c = c
 	c.in = in
 }
 
@@ -240,15 +256,18 @@ func (c *conn) releaseInput() {
 	in := c.in
 	c.in = nil
 	in.br.Reset(nil)
-	in.r.SetReserve(nil)
+	in.c = nil
 	inputPool.Put(in)
 }
 
 // rawConnOf returns the socket under nc when waiting on it is known to be
 // correct (see above): a TCP connection, possibly wrapped in the
 // listener's Conn (which has its own SyscallConn) and in TLS. WebSocket
-// connections and anything else return nil and are read as usual.
-func rawConnOf(nc net.Conn) syscall.RawConn {
+// connections and anything else return nil and are read as usual. arr is
+// the connection's arrival reader, if any: it reads the same socket (the
+// connection under any TLS layer), so its RawConn is returned rather than
+// a second one kept for the connection's life.
+func rawConnOf(nc net.Conn, arr *stampedReader) syscall.RawConn {
 	if !canWaitReadable {
 		return nil
 	}
@@ -266,6 +285,9 @@ func rawConnOf(nc net.Conn) syscall.RawConn {
 		sc = x
 	default:
 		return nil
+	}
+	if arr != nil {
+		return arr.rc
 	}
 	rc, err := sc.SyscallConn()
 	if err != nil {

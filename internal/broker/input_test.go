@@ -243,9 +243,18 @@ func TestRawConnOf(t *testing.T) {
 		{"tls over a framed transport", tls.Server(wrappedConn{nc}, &tls.Config{}), false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := rawConnOf(tt.nc) != nil; got != (tt.want && canWaitReadable) {
+			if got := rawConnOf(tt.nc, nil) != nil; got != (tt.want && canWaitReadable) {
 				t.Errorf("rawConnOf: %v, want %v", got, tt.want && canWaitReadable)
 			}
 		})
+	}
+	// A connection read with arrival times waits on its reader's RawConn
+	// rather than keeping a second one for the same socket.
+	if r := newStampedReader(lc.(*listener.Conn), lc.LocalAddr(), lc.RemoteAddr()); r != nil && canWaitReadable {
+		for _, nc := range []net.Conn{lc, tls.Server(lc, &tls.Config{})} {
+			if rawConnOf(nc, r) != r.rc {
+				t.Errorf("rawConnOf(%T) with an arrival reader: not the reader's RawConn", nc)
+			}
+		}
 	}
 }

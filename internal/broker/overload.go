@@ -203,6 +203,14 @@ type publisher struct {
 	waiters []*waiter
 	// lines indexes holds once there are many (a fan-out).
 	lines map[lineKey]struct{}
+	// hold0, waiter0 and waiterRef0 hold the first hold and its waiter:
+	// a publisher feeding one subscriber (a fan-in) is never in more than
+	// one line, and keeps no slice or waiter of its own beside them, only
+	// the waiter's channel. More holds move holds and waiters to arrays
+	// of their own (append).
+	hold0      [1]hold
+	waiterRef0 [1]*waiter
+	waiter0    waiter
 }
 
 // lineKey names a gate: a session's queue, or (c set) the QoS 0 backlog
@@ -228,6 +236,9 @@ func (p *publisher) holding(s *session, c *conn) bool {
 
 // addHold notes a gate the publisher is in line at.
 func (p *publisher) addHold(h hold) {
+	if p.holds == nil {
+		p.holds = p.hold0[:0]
+	}
 	p.holds = append(p.holds, h)
 	switch {
 	case p.lines != nil:
@@ -258,7 +269,12 @@ type hold struct {
 // nextWaiter returns the waiter for the next hold.
 func (p *publisher) nextWaiter() *waiter {
 	i := len(p.holds)
-	if i == len(p.waiters) {
+	switch {
+	case i == 0 && p.waiters == nil:
+		p.waiter0.ch = make(chan struct{}, 1)
+		p.waiterRef0[0] = &p.waiter0
+		p.waiters = p.waiterRef0[:]
+	case i == len(p.waiters):
 		p.waiters = append(p.waiters, &waiter{ch: make(chan struct{}, 1)})
 	}
 	return p.waiters[i]

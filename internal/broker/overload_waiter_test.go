@@ -137,3 +137,39 @@ func TestOverloadWaiterNoLostWakeUp(t *testing.T) {
 		t.Errorf("%d waiters left in line", len(s.gate.waiters))
 	}
 }
+
+// TestPublisherFirstHoldStorage: a publisher in one line (a fan-in's)
+// allocates only its waiter's channel, once; a second line at the same
+// time gets its own waiter, and the first keeps its own.
+func TestPublisherFirstHoldStorage(t *testing.T) {
+	p := &publisher{}
+	s1, s2 := &session{}, &session{}
+	w := p.nextWaiter()
+	p.addHold(hold{sess: s1, w: w})
+	p.clearHolds()
+	if n := testing.AllocsPerRun(100, func() {
+		if p.nextWaiter() != w {
+			t.Fatal("the first hold got another waiter")
+		}
+		p.addHold(hold{sess: s1, w: w})
+		p.clearHolds()
+	}); n != 0 {
+		t.Errorf("a publisher's first hold, again: %v allocations, want 0", n)
+	}
+	fresh := &publisher{}
+	if n := testing.AllocsPerRun(1, func() {
+		*fresh = publisher{}
+		fresh.addHold(hold{sess: s1, w: fresh.nextWaiter()})
+	}); n != 1 {
+		t.Errorf("a publisher's first hold: %v allocations, want 1 (the waiter's channel)", n)
+	}
+	p.addHold(hold{sess: s1, w: p.nextWaiter()})
+	w2 := p.nextWaiter()
+	if w2 == w {
+		t.Fatal("a second line shares the first one's waiter")
+	}
+	p.addHold(hold{sess: s2, w: w2})
+	if !p.holding(s1, nil) || !p.holding(s2, nil) || p.holds[0].w != w || p.holds[1].w != w2 {
+		t.Fatalf("holds %+v", p.holds)
+	}
+}

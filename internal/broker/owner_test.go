@@ -9,6 +9,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/moatmq/moat/internal/packet"
 )
@@ -296,4 +297,30 @@ type authorizerFunc func(c *Client, a Action, topic string, qos byte, retain boo
 
 func (f authorizerFunc) Authorize(r *AuthzRequest) Decision {
 	return f(r.Client, r.Action, r.Topic, r.QoS, r.Retain)
+}
+
+// TestSecurityOwnerKeyFromListener: the owner keys a listener keeps for
+// its clients without a verified name are the keys ownerOf makes without
+// it; another listener's, or a listener state whose keys were never made,
+// are not used (an empty key would be shared by every such client).
+func TestSecurityOwnerKeyFromListener(t *testing.T) {
+	lst := &listenerState{name: "l1"}
+	lst.anonOwner, lst.authOwner = "anon:l1", "auth:l1"
+	for _, c := range []*Client{
+		{Listener: "l1", Anonymous: true},
+		{Listener: "l1"},
+		{Listener: "l1", Username: "u"},
+		{Listener: "l2", Anonymous: true},
+	} {
+		want := ownerOf(c, nil)
+		if got := ownerOf(c, lst); got != want {
+			t.Errorf("%+v: owner %+v with the listener's keys, %+v without", c, got, want)
+		}
+		if got := ownerOf(c, &listenerState{name: c.Listener}); got != want || got.key == "" {
+			t.Errorf("%+v: owner %+v from a state without keys, want %+v", c, got, want)
+		}
+	}
+	if o := ownerOf(&Client{Listener: "l1", Anonymous: true}, lst); unsafe.StringData(o.key) != unsafe.StringData(lst.anonOwner) {
+		t.Error("an anonymous client's owner key is not the listener's")
+	}
 }

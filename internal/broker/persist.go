@@ -640,7 +640,7 @@ func (s *Server) restoreSession(rs RecoveredSession, msgs map[uint64]*Message, n
 		sess.inflight = append(sess.inflight, d)
 	}
 	for _, pid := range rs.Inbound {
-		sess.inboundQoS2[pid] = struct{}{}
+		sess.noteInboundQoS2(pid)
 	}
 	if hold {
 		// Deliveries routed to it are held back until ReplayLocal.

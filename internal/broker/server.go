@@ -94,6 +94,10 @@ type listenerState struct {
 	idPrefix       string
 	usernameAsID   bool
 	active         atomic.Int64
+	// anonOwner and authOwner are the session owners of the listener's
+	// clients without a verified name (ownerOf), made once here rather
+	// than a string kept per session.
+	anonOwner, authOwner string
 }
 
 // New validates cfg and returns a Server. It reports every problem in cfg
@@ -159,6 +163,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, lc ListenerConfig) 
 	if st.name == "" {
 		st.name = ln.Addr().String()
 	}
+	st.anonOwner, st.authOwner = "anon:"+st.name, "auth:"+st.name
 	if lc.MaxQoS != nil {
 		if *lc.MaxQoS > 2 {
 			ln.Close()
@@ -244,18 +249,23 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, lc ListenerConfig) 
 			c.obs.Closed(&c.client, false, false)
 			continue
 		}
-		c.onEnd = func() {
-			s.mu.Lock()
-			delete(s.conns, c)
-			s.mu.Unlock()
-			s.release(st)
-		}
+		c.tracked = true
 		s.conns[c] = struct{}{}
 		// Started under mu: Shutdown sets closed under mu before it
 		// waits, so it either waits for this goroutine or kills c first.
 		s.goroutines.goTracked(goConnect, c.serve)
 		s.mu.Unlock()
 	}
+}
+
+// untrack is the server's bookkeeping when a connection the accept loop
+// tracked is fully cleaned up: it leaves Server.conns and gives back its
+// listener's slot.
+func (s *Server) untrack(c *conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+	s.release(c.lst)
 }
 
 func isTemporary(err error) bool {

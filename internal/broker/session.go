@@ -52,7 +52,9 @@ type session struct {
 	waitingOn atomic.Pointer[session]
 
 	// inboundQoS2 holds packet identifiers of QoS 2 messages received from
-	// the client and routed, awaiting PUBREL [MQTT-4.3.3-10].
+	// the client and routed, awaiting PUBREL [MQTT-4.3.3-10]. Nil until
+	// the first (noteInboundQoS2): a client that never publishes at QoS 2
+	// keeps no map.
 	inboundQoS2 map[uint16]struct{}
 
 	// subs counts the session's subscriptions for MaxSubscriptions; only
@@ -100,7 +102,16 @@ type session struct {
 }
 
 func newSession(id string, owner sessionOwner, now time.Time) *session {
-	return &session{id: id, owner: owner, created: now, inboundQoS2: make(map[uint16]struct{})}
+	return &session{id: id, owner: owner, created: now}
+}
+
+// noteInboundQoS2 records a QoS 2 message received and routed, awaiting
+// PUBREL. The caller holds s.mu (or owns s alone, while restoring it).
+func (s *session) noteInboundQoS2(pid uint16) {
+	if s.inboundQoS2 == nil {
+		s.inboundQoS2 = make(map[uint16]struct{})
+	}
+	s.inboundQoS2[pid] = struct{}{}
 }
 
 // sessionOwner is the identity a session belongs to. Only a client with
@@ -118,8 +129,16 @@ type sessionOwner struct {
 	verified bool
 }
 
-// ownerOf returns the owner of the sessions c creates.
-func ownerOf(c *Client) sessionOwner {
+// ownerOf returns the owner of the sessions c creates. lst, if not nil,
+// is the listener c came through: the keys of owners named after it are
+// its copies, not a string made per session.
+func ownerOf(c *Client, lst *listenerState) sessionOwner {
+	if lst != nil && (lst.name != c.Listener || lst.anonOwner == "") {
+		// Another listener's, or one whose keys were never made (a
+		// state built by hand): never an empty key, which every such
+		// client would share.
+		lst = nil
+	}
 	if c.Username != "" {
 		return sessionOwner{key: "user:" + c.Username, verified: true}
 	}
@@ -129,7 +148,13 @@ func ownerOf(c *Client) sessionOwner {
 		return sessionOwner{key: "cert:" + chain[0].Issuer.String() + "\x00" + chain[0].Subject.String(), verified: true}
 	}
 	if c.Anonymous {
+		if lst != nil {
+			return sessionOwner{key: lst.anonOwner}
+		}
 		return sessionOwner{key: "anon:" + c.Listener}
+	}
+	if lst != nil {
+		return sessionOwner{key: lst.authOwner, verified: true}
 	}
 	return sessionOwner{key: "auth:" + c.Listener, verified: true}
 }
@@ -140,7 +165,7 @@ func ownerOf(c *Client) sessionOwner {
 // anonymous client claims) are free to choose, so charging them would let
 // one client spread its messages over as many quotas as it likes.
 func retainedOwner(c *Client) string {
-	if o := ownerOf(c); strings.HasPrefix(o.key, "user:") || strings.HasPrefix(o.key, "cert:") {
+	if o := ownerOf(c, nil); strings.HasPrefix(o.key, "user:") || strings.HasPrefix(o.key, "cert:") {
 		return o.key
 	}
 	if ap, err := netip.ParseAddrPort(fmt.Sprint(c.Remote)); err == nil {

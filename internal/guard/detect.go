@@ -19,6 +19,8 @@ type trackKey struct {
 }
 
 // window holds the times of the last Threshold events of one identity.
+// Kept by value in the detector's table: one allocation per identity (the
+// ring), not two.
 type window struct {
 	times []int64 // ring
 	pos   int     // next slot; once full, the oldest event
@@ -31,7 +33,7 @@ type detector struct {
 	cfg  atomic.Pointer[Detector] // replaced by SetDetectors (live.go), never written through
 
 	mu   sync.Mutex
-	keys map[trackKey]*window
+	keys map[trackKey]window
 
 	events   atomic.Uint64
 	triggers atomic.Uint64
@@ -82,14 +84,13 @@ func (g *Guard) record(d *detector, id Identity) Keys {
 	var hit Keys
 	d.mu.Lock()
 	for _, k := range keys[:n] {
-		w := d.keys[k]
+		w, ok := d.keys[k]
 		// A threshold changed at run time starts the identity's count anew.
-		if w == nil || len(w.times) != cfg.Threshold {
-			if w == nil && len(d.keys) >= g.limits().TrackedKeys {
+		if !ok || len(w.times) != cfg.Threshold {
+			if !ok && len(d.keys) >= g.limits().TrackedKeys {
 				d.evict(now, win)
 			}
-			w = &window{times: make([]int64, cfg.Threshold)}
-			d.keys[k] = w
+			w = window{times: make([]int64, cfg.Threshold)}
 		}
 		w.times[w.pos] = now
 		w.pos = (w.pos + 1) % len(w.times)
@@ -99,6 +100,7 @@ func (g *Guard) record(d *detector, id Identity) Keys {
 			hit |= k.kind
 			w.n = 0
 		}
+		d.keys[k] = w
 	}
 	d.mu.Unlock()
 	return hit

@@ -126,7 +126,7 @@ func New(cfg Config) (*Guard, error) {
 	g.live.store(limitsOf(&s))
 	g.perAddr.n = map[addrKey]int32{}
 	for name, d := range s.detectors {
-		g.det[name] = &detector{name: name, keys: map[trackKey]*window{}}
+		g.det[name] = &detector{name: name, keys: map[trackKey]window{}}
 		g.det[name].cfg.Store(&d)
 	}
 	switch {

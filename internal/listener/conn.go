@@ -3,6 +3,7 @@ package listener
 import (
 	"crypto/tls"
 	"errors"
+	"io"
 	"net"
 	"sync"
 	"syscall"
@@ -30,10 +31,10 @@ type Conn struct {
 	mu       sync.Mutex
 	buffered []byte // bytes read past the PROXY header, returned first
 
-	// readFn, when set, reads from the socket instead of the TCP
-	// connection's Read (SetReadFunc). Set before the first Read by the
+	// rd, when set, reads from the socket instead of the TCP
+	// connection's Read (SetReader). Set before the first Read by the
 	// goroutine that reads, and only read by the reading goroutine.
-	readFn func([]byte) (int, error)
+	rd io.Reader
 
 	slot         chan struct{} // pending semaphore slot held, if any
 	releaseOnce  sync.Once
@@ -56,21 +57,23 @@ func (c *Conn) Read(p []byte) (int, error) {
 		return n, nil
 	}
 	c.mu.Unlock()
-	if c.readFn != nil {
-		return c.readFn(p)
+	if c.rd != nil {
+		return c.rd.Read(p)
 	}
 	return c.Conn.Read(p)
 }
 
-// SetReadFunc makes Read call read, after any bytes buffered with the PROXY
-// header, instead of reading the TCP connection itself; nil restores the
-// default. It lets a reader under a TLS layer read the socket its own way
-// (the broker reads with recvmsg to learn when each byte arrived). read
+// SetReader makes Read read from r, after any bytes buffered with the
+// PROXY header, instead of reading the TCP connection itself; nil restores
+// the default. It lets a reader under a TLS layer read the socket its own
+// way (the broker reads with recvmsg to learn when each byte arrived). r
 // must honour the connection's deadlines and report errors as a net.Conn
 // does; a read through SyscallConn does both. Call it before the first
 // Read, from the goroutine that reads; it is not safe to call concurrently
-// with Read.
-func (c *Conn) SetReadFunc(read func(p []byte) (int, error)) { c.readFn = read }
+// with Read. (A reader rather than a function: the broker passes the
+// value that does the reading, where a method value would be one more
+// object kept per connection.)
+func (c *Conn) SetReader(r io.Reader) { c.rd = r }
 
 // Close closes the connection and frees its pending slot.
 func (c *Conn) Close() error {

@@ -8,10 +8,10 @@ import (
 	"github.com/moatmq/moat/internal/testutil"
 )
 
-// TestSetReadFunc: bytes that came with the PROXY header are returned
-// first, then Read goes through the function set with SetReadFunc instead
-// of the TCP connection's own Read.
-func TestSetReadFunc(t *testing.T) {
+// TestSetReader: bytes that came with the PROXY header are returned
+// first, then Read goes through the reader set with SetReader instead of
+// the TCP connection's own Read.
+func TestSetReader(t *testing.T) {
 	testutil.CheckNoLeaks(t)
 	l := listen(t, Config{Proxy: &ProxyConfig{Trusted: loopbackOnly}})
 	ch := acceptAsync(l)
@@ -24,11 +24,8 @@ func TestSetReadFunc(t *testing.T) {
 	srv := waitAccept(t, ch)
 	defer srv.Close()
 	lc := srv.(*Conn)
-	calls := 0
-	lc.SetReadFunc(func(p []byte) (int, error) {
-		calls++
-		return lc.Conn.Read(p)
-	})
+	cr := &countingReader{r: lc.Conn}
+	lc.SetReader(cr)
 	if _, err := client.Write([]byte("late")); err != nil {
 		t.Fatal(err)
 	}
@@ -39,7 +36,18 @@ func TestSetReadFunc(t *testing.T) {
 	if !bytes.Equal(got, []byte("earlylate")) {
 		t.Fatalf("read %q", got)
 	}
-	if calls == 0 {
-		t.Fatal("the read function was not used")
+	if cr.calls == 0 {
+		t.Fatal("the reader was not used")
 	}
+}
+
+// countingReader counts the reads that reach it.
+type countingReader struct {
+	r     io.Reader
+	calls int
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	c.calls++
+	return c.r.Read(p)
 }
