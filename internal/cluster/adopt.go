@@ -534,15 +534,12 @@ func (n *Node) holds(id string) bool {
 
 // ackFloorOf is the position in the durable stream up to which the node
 // named name had put the messages into its sessions: its consumer's
-// acknowledgement floor. Without a consumer (a node that never read the
-// stream) nothing is replayed.
+// acknowledgement floor, from this node's copy of the consumer if its
+// leader does not answer (goneFloor; an adoption right after a forced
+// removal finds the leader it had on the node gone). Without a consumer
+// (a node that never read the stream) nothing is replayed.
 func (n *Node) ackFloorOf(ctx context.Context, name string) (position, error) {
-	var c jetstream.Consumer
-	err := n.retryRequest(ctx, func(ctx context.Context) error {
-		var err error
-		c, err = n.msgStream().Consumer(ctx, "node"+keyOf(name))
-		return err
-	})
+	floor, err := n.goneFloor(ctx, name, true)
 	if errors.Is(err, jetstream.ErrConsumerNotFound) {
 		n.log.Warn("cluster: the node gone has no position in the durable stream; nothing is replayed to its sessions", "node", name)
 		return position{}, nil
@@ -550,7 +547,7 @@ func (n *Node) ackFloorOf(ctx context.Context, name string) (position, error) {
 	if err != nil {
 		return position{}, err
 	}
-	return position{seq: c.CachedInfo().AckFloor.Stream, replay: true}, nil
+	return position{seq: floor, replay: true}, nil
 }
 
 // routedToMajority tells whether this node has routes to enough other

@@ -151,6 +151,9 @@ type durableCounters struct {
 	// Replays into moved or adopted sessions: records read, replays
 	// stopped at their bound, messages found past it (replaySet).
 	replayRead, replaysBounded, replayDropped atomic.Uint64
+	// replicaFloors counts the positions of nodes gone read from this
+	// node's copy of their consumer (floor.go).
+	replicaFloors atomic.Uint64
 }
 
 func (d *durableState) init() {

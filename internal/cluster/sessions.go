@@ -1466,7 +1466,8 @@ var errReleaseRetry = errors.New("cluster: a claim of the session is under way o
 
 // release asks the old home of a session to give it up. A home that is
 // gone (no responder on its control subject) is asked nothing: the
-// position is then its durable consumer's acknowledgement floor.
+// position is then its durable consumer's acknowledgement floor
+// (goneFloor).
 func (n *Node) release(ctx context.Context, id string, rec *sessionRecord) (position, error) {
 	data, _ := json.Marshal(releaseRequest{Client: id, Origin: n.origin})
 	// Half of what is left, at most 5 s: a home that does not answer in
@@ -1497,8 +1498,10 @@ func (n *Node) release(ctx context.Context, id string, rec *sessionRecord) (posi
 			return position{}, unavailable("the session's node " + rec.Node + " does not answer: " + err.Error())
 		}
 	}
-	// The old home is gone.
-	info, cerr := n.msgStream().Consumer(ctx, "node"+keyOf(rec.Node))
+	// The old home is gone: its consumer's floor, from this node's copy
+	// of the consumer if its leader (often the node gone) does not
+	// answer (floor.go).
+	floor, cerr := n.goneFloor(ctx, rec.Node, false)
 	if errors.Is(cerr, jetstream.ErrConsumerNotFound) {
 		n.log.Warn("cluster: the session's former node has no position in the durable stream; nothing is replayed",
 			"client", id, "node", rec.Node)
@@ -1509,8 +1512,7 @@ func (n *Node) release(ctx context.Context, id string, rec *sessionRecord) (posi
 		// died could not be replayed: the client tries again.
 		return position{}, unavailable("the position of the session's former node is unknown now: " + cerr.Error())
 	}
-	ci := info.CachedInfo()
-	return position{seq: ci.AckFloor.Stream, replay: true}, nil
+	return position{seq: floor, replay: true}, nil
 }
 
 // peerConnected tells whether the node named node has a route to this

@@ -91,6 +91,11 @@ type Status struct {
 	ReplayRecords  uint64 `json:"replay_records"`
 	ReplaysBounded uint64 `json:"replays_bounded"`
 	ReplayDropped  uint64 `json:"replay_dropped"`
+	// ReplicaFloors counts the positions of nodes gone (their durable
+	// consumer's acknowledgement floor, where a claim or an adoption of
+	// their sessions replays from) that this node read from its own copy
+	// of the consumer, its leader not answering (the node gone led it).
+	ReplicaFloors uint64 `json:"replica_floors"`
 	// SessionsAdopted counts the sessions of nodes gone (down for
 	// cluster.adopt_after, or removed) that this node adopted (adopt.go).
 	SessionsAdopted uint64 `json:"sessions_adopted"`
@@ -154,6 +159,7 @@ func (n *Node) Status() Status {
 	st.StreamDuplicates, st.StreamDegraded = d.streamDuplicates.Load(), d.streamDegraded.Load()
 	st.SessionsIn, st.SessionsOut = d.sessionsIn.Load(), d.sessionsOut.Load()
 	st.ReplayRecords, st.ReplaysBounded, st.ReplayDropped = d.replayRead.Load(), d.replaysBounded.Load(), d.replayDropped.Load()
+	st.ReplicaFloors = d.replicaFloors.Load()
 	st.SessionsAdopted = n.adopt.sessions.Load()
 	st.Removed = n.removedNodes()
 	return st
