@@ -434,12 +434,18 @@ func (r *LocalReplay) Found() []*Message {
 // messages and bytes (-1: no byte limit) its queue can take now, how
 // many deliveries it holds back, whether a client is connected to it,
 // and whether it is still this node's session (not ended, replaced or
-// given up). Safe for concurrent use.
+// given up; a server shutting down keeps it, with no room). Safe for
+// concurrent use.
 func (r *LocalReplay) QueueRoom() (room int, roomBytes int64, held int, online, here bool) {
 	if r == nil {
 		return 0, 0, 0, false, false
 	}
 	s, sess := r.s, r.sess
+	if s.closing() {
+		// Its sessions stay in the cluster: here, with no room, until
+		// the Cluster closes too.
+		return 0, 0, 0, false, true
+	}
 	lim := s.limits()
 	sess.mu.Lock()
 	defer sess.mu.Unlock()
