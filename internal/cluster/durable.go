@@ -151,6 +151,12 @@ type durableCounters struct {
 	// Replays into moved or adopted sessions: records read, replays
 	// stopped at their bound, messages found past it (replaySet).
 	replayRead, replaysBounded, replayDropped atomic.Uint64
+	// Catch-ups of moved sessions (catchup.go): started, ended at the
+	// routing position, given up, handed over with their session to
+	// another node; the messages they delivered, and the QoS 0 messages
+	// dropped for their sessions meanwhile.
+	catchUps, catchUpsDone, catchUpsGaveUp, catchUpsHandedOver atomic.Uint64
+	catchUpMessages, catchUpQoS0Dropped                        atomic.Uint64
 }
 
 func (d *durableState) init() {
