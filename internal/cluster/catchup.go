@@ -82,6 +82,10 @@ type catchUp struct {
 	started   time.Time
 	delivered int
 	failures  int // readings under routeMu that failed (finish)
+	// partSeq is the record the catch-up delivered part of (0: none),
+	// partRefs the stream IDs of the messages of it delivered.
+	partSeq  uint64
+	partRefs []string
 	// marked is the position record c holds, and when it was written.
 	marked   uint64
 	markedAt time.Time
@@ -303,6 +307,17 @@ func (c *catchUp) deliver(k int) (wait func()) {
 		b.DeliverToSession(c.id, r.msg, func(error) { wg.Done() })
 		n.dur.refs.Delete(r.msg)
 	}
+	if k < len(rs.msgs) && rs.msgs[k].seq == rs.msgs[k-1].seq {
+		// Stopped within a record: its first messages are delivered.
+		if c.partSeq != rs.msgs[k].seq {
+			c.partSeq, c.partRefs = rs.msgs[k].seq, nil
+		}
+		for _, r := range rs.msgs[:k] {
+			if r.seq == c.partSeq {
+				c.partRefs = append(c.partRefs, r.ref)
+			}
+		}
+	}
 	clear(rs.msgs[:k])
 	rs.msgs = rs.msgs[k:]
 	if len(rs.msgs) == 0 {
@@ -367,14 +382,23 @@ func (c *catchUp) giveUp(reason string) {
 }
 
 // handOver ends a catch-up stopped (stopCatchUp) because its session is
-// given up to another node, with routeMu held: the messages read go into
-// the session, routing delivers to it again, and what it held back is
-// released, so that the records of the session hold them all. It returns
-// the stream position up to which the session got the other nodes'
-// messages: the new home replays from there.
-func (c *catchUp) handOver() uint64 {
+// given up to another node, with routeMu held: routing delivers to it
+// again, and what it held back is released, so that the records of the
+// session hold them (committed before the release is answered). It
+// returns the stream position up to which the session got the other
+// nodes' messages, and the stream IDs of those it got of the record
+// after it (delivered in part): the new home replays from there. The
+// messages read and not delivered (the queue had no room) are left to
+// it: delivered here, the queue limit would drop them.
+func (c *catchUp) handOver() (uint64, []string) {
 	n, rs := c.n, c.rs
-	c.deliver(len(rs.msgs)) // committed before the release is answered
+	to, skip := rs.to, []string(nil)
+	if len(rs.msgs) > 0 {
+		to = rs.msgs[0].seq - 1
+		if c.partSeq == rs.msgs[0].seq {
+			skip = c.partRefs
+		}
+	}
 	qos0 := c.local.EndCatchUp()
 	c.local.Deliver(c.skip)
 	n.unmarkCatchUp(c.id) // the new home has the position
@@ -382,8 +406,8 @@ func (c *catchUp) handOver() uint64 {
 	n.dstats.catchUpMessages.Add(uint64(c.delivered))
 	n.dstats.catchUpQoS0Dropped.Add(uint64(qos0))
 	n.log.Info("cluster: a session catching up moved on; its new node replays the rest",
-		"client", c.id, "replayed", c.delivered, "read_to", rs.to)
-	return rs.to
+		"client", c.id, "replayed", c.delivered, "from", to)
+	return to, skip
 }
 
 // markSubject is the subject of the record of id's catch-up position.

@@ -1429,6 +1429,11 @@ type releaseReply struct {
 	// up to there went to that connection (or were dropped with it), and
 	// the claim does not replay them (0: replay every one).
 	QoS0 uint64 `json:"qos0,omitempty"`
+	// Skip names, for a session that was catching up (catchup.go), the
+	// messages of the record after Routed that it got already (the
+	// catch-up delivered part of that record): the claim does not
+	// replay them. An earlier build ignores it, and replays them.
+	Skip []string `json:"skip,omitempty"`
 }
 
 type releaseRequest struct {
@@ -1462,6 +1467,9 @@ type position struct {
 	// session record (takenNotice).
 	home  string
 	token uint64
+	// skip: stream IDs of messages after seq the session has
+	// (releaseReply.Skip).
+	skip []string
 }
 
 // retryPause is how long a claim waits before it asks again an old home
@@ -1498,7 +1506,7 @@ func (n *Node) release(ctx context.Context, id string, rec *sessionRecord) (posi
 			return position{}, &broker.ClaimRefused{Reason: "the session's node could not give it up: " + r.Error,
 				Unavailable: true, Busy: r.Busy}
 		}
-		return position{seq: r.Routed, replay: true, qos0: r.QoS0, home: rec.Home, token: r.Token}, nil
+		return position{seq: r.Routed, replay: true, qos0: r.QoS0, home: rec.Home, token: r.Token, skip: r.Skip}, nil
 	}
 	if !errors.Is(err, nats.ErrNoResponders) {
 		if n.peerConnected(rec.Node) {
@@ -1644,6 +1652,9 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 	stale := p.begin(func(error) {})
 	var maxSeq uint64
 	have := make(map[string]bool) // stream IDs of the messages the session holds
+	for _, ref := range pos.skip {
+		have[ref] = true
+	}
 	marked := false
 	for _, r := range records {
 		_, suffix, err := clientOfSubject(r.subject)
@@ -2356,8 +2367,9 @@ func (n *Node) handleRelease(m *nats.Msg) {
 	n.recvMu.Lock()
 	n.dur.routeMu.Lock()
 	var caughtTo uint64
+	var skip []string
 	if cu != nil {
-		caughtTo = cu.handOver()
+		caughtTo, skip = cu.handOver()
 	}
 	released, online := b.ReleaseSession(req.Client)
 	routed := n.dur.routed
@@ -2391,7 +2403,10 @@ func (n *Node) handleRelease(m *nats.Msg) {
 		n.dstats.sessionsOut.Add(1)
 		n.log.Info("cluster: session handed over to another node", "client", req.Client)
 	}
-	reply(releaseReply{OK: true, Routed: routed, QoS0: qos0, Token: token})
+	if routed != caughtTo {
+		skip = nil // answered with an earlier position (giveUp)
+	}
+	reply(releaseReply{OK: true, Routed: routed, QoS0: qos0, Token: token, Skip: skip})
 }
 
 // importHomeSessions imports, when the node starts, the sessions whose
