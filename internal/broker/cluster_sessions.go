@@ -72,6 +72,14 @@ type ClusterSession struct {
 	// Hold makes ImportSession hold back the deliveries routed to the
 	// session until ReplayLocal, which the Cluster must then call.
 	Hold bool
+	// CatchUp, with Hold, tells that the Cluster goes on delivering the
+	// durable messages of other nodes the session missed after the
+	// import, at the pace its queue drains (DeliverToSession): until
+	// LocalReplay.EndCatchUp, routing drops the deliveries of other
+	// nodes' QoS 1/2 messages to the session's non-shared subscriptions
+	// (the Cluster brings them, in order) and of QoS 0 messages (see
+	// subFence.catchUp).
+	CatchUp bool
 }
 
 // ClaimRefused is the error of a claim the client is refused for: its
@@ -167,6 +175,20 @@ func (s *Server) ImportSession(cs *ClusterSession) {
 		return
 	}
 	sess := s.restoreSession(cs.Session, cs.Messages, now, cs.Hold)
+	if cs.Hold && cs.CatchUp {
+		// Set before the lock is released: the Cluster routes its
+		// durable messages under a lock of its own held meanwhile, and
+		// what else arrives until then is held back.
+		filters := []string{}
+		for _, sub := range ss.Subscriptions {
+			if !strings.HasPrefix(sub.Filter, packet.SharePrefix) {
+				filters = append(filters, sub.Filter)
+			}
+		}
+		sess.mu.Lock()
+		sess.fence.catchUp = filters
+		sess.mu.Unlock()
+	}
 	if will != nil && now.Before(cs.Will.FireAt) {
 		w := cs.Will
 		sess.mu.Lock()
@@ -395,13 +417,75 @@ func (s *Server) FindLocal(clientID string, since int64) *LocalReplay {
 	return r
 }
 
+// Found returns the messages FindLocal found, for a Cluster that looks
+// them up before Deliver.
+func (r *LocalReplay) Found() []*Message {
+	if r == nil {
+		return nil
+	}
+	msgs := make([]*Message, len(r.cands))
+	for i, e := range r.cands {
+		msgs[i] = e.msg
+	}
+	return msgs
+}
+
+// QueueRoom tells, for a session imported with CatchUp, how many
+// messages and bytes (-1: no byte limit) its queue can take now, how
+// many deliveries it holds back, whether a client is connected to it,
+// and whether it is still this node's session (not ended, replaced or
+// given up; a server shutting down keeps it, with no room). Safe for
+// concurrent use.
+func (r *LocalReplay) QueueRoom() (room int, roomBytes int64, held int, online, here bool) {
+	if r == nil {
+		return 0, 0, 0, false, false
+	}
+	s, sess := r.s, r.sess
+	if s.closing() {
+		// Its sessions stay in the cluster: here, with no room, until
+		// the Cluster closes too.
+		return 0, 0, 0, false, true
+	}
+	lim := s.limits()
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	if sess.ended || s.lookup(sess.id) != sess {
+		return 0, 0, 0, false, false
+	}
+	room = max(lim.MaxQueued-sess.queue.len(), 0)
+	roomBytes = -1
+	if lim.MaxQueuedBytes > 0 {
+		roomBytes = max(lim.MaxQueuedBytes-sess.queueBytes, 0)
+	}
+	online = sess.conn != nil && !sess.conn.closing.Load()
+	return room, roomBytes, len(r.f.held), online, true
+}
+
+// EndCatchUp ends the catch-up of a session imported with CatchUp:
+// routing delivers to it again (held back until Deliver). The Cluster
+// calls it under the lock that orders its routing, once it delivered
+// every message it routed before. It returns the number of QoS 0
+// deliveries dropped meanwhile. Safe for concurrent use.
+func (r *LocalReplay) EndCatchUp() (skipped int) {
+	if r == nil {
+		return 0
+	}
+	r.sess.mu.Lock()
+	defer r.sess.mu.Unlock()
+	skipped = r.f.skipped
+	r.f.catchUp, r.f.skipped = nil, 0
+	return skipped
+}
+
 // Deliver delivers the messages found, except those skip reports, and
 // releases the deliveries the session held back since its import, in
-// order. It returns the number delivered. Call it once.
+// order (a catch-up still under way ends: EndCatchUp). It returns the
+// number delivered. Call it once.
 func (r *LocalReplay) Deliver(skip func(*Message) bool) int {
 	if r == nil {
 		return 0
 	}
+	r.EndCatchUp()
 	s, sess, f := r.s, r.sess, r.f
 	n := 0
 	for _, e := range r.cands {

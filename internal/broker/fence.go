@@ -84,6 +84,18 @@ type subFence struct {
 	// deliveries routed meanwhile, in order.
 	holding bool
 	held    []heldDelivery
+	// catchUp, while set, are the non-shared filters of a session
+	// imported from the cluster whose replay of the durable messages it
+	// missed goes on after the import (the Cluster's catch-up,
+	// ClusterSession.CatchUp): routing drops the deliveries to it that
+	// the catch-up brings, in order, itself (the other nodes' QoS 1/2
+	// messages on those filters), and its QoS 0 messages, which holding
+	// back would keep in memory without bound; skipped counts the
+	// latter. The session's own node's QoS 1/2 messages are held back
+	// (their publishers' acknowledgements wait, heldGate), until the
+	// catch-up ends (LocalReplay.Deliver).
+	catchUp []string
+	skipped int
 }
 
 // claimKey names one delivery of a recorded message to a session: the
@@ -243,6 +255,20 @@ func (f *subFence) admit(sess *session, msg *Message, qos byte, rap bool, ids []
 		sess.fence = nil // lapsed
 		return true
 	}
+	if f.catchUp != nil && share == nil {
+		// The catch-up reads the other nodes' durable messages from the
+		// stream, oldest first: delivered live as well, they would come
+		// twice, and ahead of older ones [MQTT-4.6.0-6]. A QoS 0
+		// message is at most once: dropped rather than held without a
+		// bound, as a full queue would drop it.
+		if msg.QoS == 0 {
+			f.skipped++
+			return false
+		}
+		if msg.remote && matchesFilter(f.catchUp, msg.Topic) {
+			return false
+		}
+	}
 	if _, claimed := f.ids[msg.recentID]; claimed && msg.recentID != 0 {
 		if f.has(claimKey{id: msg.recentID, share: keyOf(share)}) ||
 			(share == nil && f.has(claimKey{id: msg.recentID, retained: true})) {
@@ -254,6 +280,16 @@ func (f *subFence) admit(sess *session, msg *Message, qos byte, rap bool, ids []
 		return false
 	}
 	return true
+}
+
+// matchesFilter tells whether one of filters matches name.
+func matchesFilter(filters []string, name string) bool {
+	for _, f := range filters {
+		if topic.MatchFilter(f, name) {
+			return true
+		}
+	}
+	return false
 }
 
 func (f *subFence) has(k claimKey) bool {
@@ -428,6 +464,12 @@ func (sf *subscribeFence) finish() {
 	}
 	for round := 0; ; round++ {
 		sess.mu.Lock()
+		if sf.f.catchUp != nil {
+			// The session's catch-up releases what is held once the
+			// older messages are in (LocalReplay.Deliver).
+			sess.mu.Unlock()
+			return
+		}
 		held := sf.f.held
 		sf.f.held = nil
 		last := len(held) == 0 || round == maxReleaseRounds

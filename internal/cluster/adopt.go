@@ -480,6 +480,7 @@ func inProcess(err error) bool {
 // this node without the session being held here: its client's next
 // claim takes it then.
 func (n *Node) adoptSession(ctx context.Context, name, id string, rec *sessionRecord, seq uint64, pos position) (bool, error) {
+	pos = n.caughtUpTo(ctx, id, pos)
 	for attempt := 1; ; attempt++ {
 		tctx, cancel := context.WithTimeout(ctx, requestAttempt)
 		err := n.take(tctx, id, rec, seq, false, true, pos, n.sessionRecords(id))

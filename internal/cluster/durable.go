@@ -154,6 +154,12 @@ type durableCounters struct {
 	// replicaFloors counts the positions of nodes gone read from this
 	// node's copy of their consumer (floor.go).
 	replicaFloors atomic.Uint64
+	// Catch-ups of moved sessions (catchup.go): started, ended at the
+	// routing position, given up, handed over with their session to
+	// another node; the messages they delivered, and the QoS 0 messages
+	// dropped for their sessions meanwhile.
+	catchUps, catchUpsDone, catchUpsGaveUp, catchUpsHandedOver atomic.Uint64
+	catchUpMessages, catchUpQoS0Dropped                        atomic.Uint64
 }
 
 func (d *durableState) init() {

@@ -36,7 +36,9 @@ func TestSessionMoveReplayBounded(t *testing.T) {
 func testSessionMoveReplayBounded(t *testing.T, set func(*broker.Config)) {
 	const limit, published = 50, 200
 	rec := &logRecorder{}
-	nodes, err := startNodesLogged(t, t.TempDir(), freePorts(t, 3), nil, rec, set)
+	// The bound of a claim that does not catch up (as an adoption's).
+	noCatchUp := func(_ int, nd *Node) { nd.sess.noCatchUp = true }
+	nodes, err := startNodesLogged(t, t.TempDir(), freePorts(t, 3), []func(int, *Node){noCatchUp}, rec, set)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -157,6 +157,14 @@ type sessionsState struct {
 	// request "busy, try again".
 	busyAnswer atomic.Pointer[func(id string)]
 
+	// catchUps are the moved sessions catching up here, by client ID
+	// (catchup.go; guarded by mu). In tests, noCatchUp keeps a claim's
+	// replay to its bound, and catchUpIdle and catchUpMax replace
+	// the constants of the same names.
+	catchUps                map[string]*catchUp
+	noCatchUp               bool
+	catchUpIdle, catchUpMax time.Duration
+
 	// holds are the imports holding back routed deliveries now, by
 	// client ID (see holdAcks); holdMu guards them and every
 	// importHold, holdN counts them (none: no look-up).
@@ -1421,6 +1429,11 @@ type releaseReply struct {
 	// up to there went to that connection (or were dropped with it), and
 	// the claim does not replay them (0: replay every one).
 	QoS0 uint64 `json:"qos0,omitempty"`
+	// Skip names, for a session that was catching up (catchup.go), the
+	// messages of the record after Routed that it got already (the
+	// catch-up delivered part of that record): the claim does not
+	// replay them. An earlier build ignores it, and replays them.
+	Skip []string `json:"skip,omitempty"`
 }
 
 type releaseRequest struct {
@@ -1454,6 +1467,9 @@ type position struct {
 	// session record (takenNotice).
 	home  string
 	token uint64
+	// skip: stream IDs of messages after seq the session has
+	// (releaseReply.Skip).
+	skip []string
 }
 
 // retryPause is how long a claim waits before it asks again an old home
@@ -1491,7 +1507,7 @@ func (n *Node) release(ctx context.Context, id string, rec *sessionRecord) (posi
 			return position{}, &broker.ClaimRefused{Reason: "the session's node could not give it up: " + r.Error,
 				Unavailable: true, Busy: r.Busy}
 		}
-		return position{seq: r.Routed, replay: true, qos0: r.QoS0, home: rec.Home, token: r.Token}, nil
+		return position{seq: r.Routed, replay: true, qos0: r.QoS0, home: rec.Home, token: r.Token, skip: r.Skip}, nil
 	}
 	if !errors.Is(err, nats.ErrNoResponders) {
 		if n.peerConnected(rec.Node) {
@@ -1512,7 +1528,7 @@ func (n *Node) release(ctx context.Context, id string, rec *sessionRecord) (posi
 		// died could not be replayed: the client tries again.
 		return position{}, unavailable("the position of the session's former node is unknown now: " + cerr.Error())
 	}
-	return position{seq: floor, replay: true}, nil
+	return n.caughtUpTo(ctx, id, position{seq: floor, replay: true}), nil
 }
 
 // peerConnected tells whether the node named node has a route to this
@@ -1638,6 +1654,10 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 	stale := p.begin(func(error) {})
 	var maxSeq uint64
 	have := make(map[string]bool) // stream IDs of the messages the session holds
+	for _, ref := range pos.skip {
+		have[ref] = true
+	}
+	marked := false
 	for _, r := range records {
 		_, suffix, err := clientOfSubject(r.subject)
 		if err != nil || suffix == "s" || strings.HasPrefix(suffix, "w.") || len(r.data) == 0 {
@@ -1668,6 +1688,11 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 				have[ref] = true
 			}
 			maxSeq = max(maxSeq, d.Seq, d.MsgID)
+		case suffix == "c":
+			// The position of a catch-up of the old home (catchup.go):
+			// used by the claim already, removed below unless this one
+			// catches up in turn.
+			marked = true
 		case strings.HasPrefix(suffix, "i."):
 			pid, err := strconv.ParseUint(suffix[2:], 10, 16)
 			if err != nil || pid == 0 {
@@ -1717,6 +1742,7 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 	// was (readReplay), are read now and delivered as soon as it is
 	// imported: first, before anything routing delivers to it.
 	var rs *replaySet
+	var ownTo uint64
 	if pos.replay {
 		n.dur.routeMu.Lock()
 		to := n.dur.routed
@@ -1728,9 +1754,42 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 		// submitted so far are done they are in the stream (at most
 		// maxOwnScan records past that position are read).
 		// The reading stops at the room the session's queue has.
+		// A client waits for the session (cs.Hold): what is past the
+		// room is read as its queue drains (catchUp).
 		room, roomBytes := queueRoom(b.Limits(), cs)
-		rs = n.readReplay(ctx, id, cs.Session.Session, pos, max(to, n.ownEnd(ctx, p, to)), have, room, roomBytes)
+		ownTo = max(to, n.ownEnd(ctx, p, to))
+		rs = n.readReplay(ctx, id, cs.Session.Session, pos, ownTo, have, room, roomBytes, cs.Hold && !n.sess.noCatchUp)
 	}
+	// The replay goes on after the import when the first reading
+	// reached the bound (catchUp); otherwise the bound of a reading
+	// under routeMu below is the last word, as for an adoption.
+	catching := rs != nil && rs.paced && rs.full && !rs.failed
+	if catching {
+		// The position the session has everything up to is stored
+		// before routing skips anything for it (catchUp.mark); without
+		// it, the replay stops at the bound.
+		done := make(chan error, 1)
+		n.markCatchUp(id, pos.seq, func(err error) { done <- err })
+		select {
+		case err := <-done:
+			if err != nil {
+				n.log.Warn("cluster: a moved session's catch-up position could not be stored; its replay stops at its queue's room",
+					"client", id, "err", err)
+				catching = false
+			}
+		case <-time.After(requestAttempt):
+			n.log.Warn("cluster: a moved session's catch-up position was not stored in time; its replay stops at its queue's room",
+				"client", id)
+			catching = false
+		}
+	}
+	if rs != nil && !catching {
+		rs.paced = false
+	}
+	if marked && !catching {
+		n.unmarkCatchUp(id)
+	}
+	cs.CatchUp = catching
 	n.dur.routeMu.Lock()
 	if f := n.sess.beforeImport.Load(); f != nil {
 		(*f)(id)
@@ -1745,7 +1804,7 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 	upTo := n.dur.routed
 	var reached map[string]bool
 	wait := func() {}
-	replay := rs != nil
+	replay := rs != nil && !catching
 	if replay {
 		// What was routed since the reading above (usually nothing, or
 		// a few records) is read with routing held, within
@@ -1766,6 +1825,9 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 		rs.readOrFail(ctx, n, upTo, upTo)
 		reached, wait = rs.deliver(n, upTo)
 	}
+	if catching {
+		reached = rs.reached
+	}
 	if f := n.sess.afterImport.Load(); f != nil {
 		(*f)(id)
 	}
@@ -1784,17 +1846,38 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 	}
 	wait()
 	if cs.Hold {
+		ownQoS0Seq, ownRef := n.ownQoS0Seq, n.ownRef
+		if catching {
+			// The catch-up decides once it is done, after this claim:
+			// the IDs this node noted for the messages found are kept
+			// now (noted only while a claim is under way).
+			seqs, refs := make(map[*broker.Message]uint64), make(map[*broker.Message]string)
+			for _, m := range local.Found() {
+				if seq := n.ownQoS0Seq(m); seq != 0 {
+					seqs[m] = seq
+				}
+				if ref := n.ownRef(m); ref != "" {
+					refs[m] = ref
+				}
+			}
+			ownQoS0Seq = func(m *broker.Message) uint64 { return seqs[m] }
+			ownRef = func(m *broker.Message) string { return refs[m] }
+		}
 		skip := func(m *broker.Message) bool {
 			if pos.qos0 != 0 {
 				// Sent by the old home to the session's connection.
-				if seq := n.ownQoS0Seq(m); seq != 0 && seq <= pos.qos0 {
+				if seq := ownQoS0Seq(m); seq != 0 && seq <= pos.qos0 {
 					return true
 				}
 			}
-			ref := n.ownRef(m)
+			ref := ownRef(m)
 			return ref != "" && (have[ref] || reached[ref])
 		}
-		if c := local.Deliver(skip); c > 0 {
+		if catching {
+			// The messages found and what is held back are delivered
+			// once the catch-up reached the routing position.
+			n.startCatchUp(id, rs, local, skip, ownTo)
+		} else if c := local.Deliver(skip); c > 0 {
 			n.log.Info("cluster: messages of this node replayed to a moved session", "client", id, "count", c)
 		}
 		if lost {
@@ -1875,6 +1958,11 @@ type replaySet struct {
 	full                          bool // the reading stopped at the bound: records after to are unread
 	dropped                       int  // messages found for the session past the bound
 	failed                        bool // a read failed: nothing is replayed
+	// paced: a client waits for the session, and what is past the bound
+	// is read later, as its queue drains (catchUp): the messages of the
+	// record that reached the bound are kept (in msgs) rather than
+	// dropped.
+	paced bool
 }
 
 // replayMsg is a message a replay found for its session: the stream
@@ -1912,11 +2000,13 @@ func queueRoom(lim broker.Limits, cs *broker.ClusterSession) (int, int64) {
 // that a claim at pos replays to the session cs of id (see deliver),
 // until the messages found fill room messages and roomBytes bytes (-1:
 // no byte limit) of its queue; have holds the stream IDs of those the
-// session holds. It returns nil when the session has nothing to replay
-// (no non-shared subscription).
+// session holds. paced: what is past the bound is read later (catchUp).
+// It returns nil when the session has nothing to replay (no non-shared
+// subscription).
 func (n *Node) readReplay(ctx context.Context, id string, ss *broker.StoredSession, pos position, to uint64,
-	have map[string]bool, room int, roomBytes int64) *replaySet {
-	rs := &replaySet{id: id, pos: pos, self: n.origin, have: have, reached: make(map[string]bool), room: room, roomBytes: roomBytes}
+	have map[string]bool, room int, roomBytes int64, paced bool) *replaySet {
+	rs := &replaySet{id: id, pos: pos, self: n.origin, have: have, reached: make(map[string]bool), room: room, roomBytes: roomBytes,
+		paced: paced}
 	for _, sub := range ss.Subscriptions {
 		if strings.HasPrefix(sub.Filter, "$share/") {
 			continue
@@ -2021,7 +2111,7 @@ func (rs *replaySet) read(ctx context.Context, n *Node, to, routed uint64) error
 		}
 		rs.add(m, routed)
 		rs.to = m.Sequence
-		if rs.dropped > 0 {
+		if rs.dropped > 0 || rs.full {
 			// A message for the session past the bound: the records
 			// after this one are not read.
 			rs.full = true
@@ -2072,8 +2162,14 @@ func (rs *replaySet) add(m *jetstream.RawStreamMsg, routed uint64) {
 	found := false
 	take := func(ref string, msg *broker.Message) {
 		if rs.bounded(counts) {
-			rs.dropped++
-			return
+			if !rs.paced {
+				rs.dropped++
+				return
+			}
+			// Kept: reading a record again for the rest of it would
+			// deliver its first messages twice. One record's messages
+			// at most past the bound.
+			rs.full = true
 		}
 		found = true
 		rs.msgs = append(rs.msgs, replayMsg{seq: m.Sequence, origin: origin, ref: ref, msg: msg})
@@ -2263,12 +2359,25 @@ func (n *Node) handleRelease(m *nats.Msg) {
 		reply(releaseReply{Error: "too many sessions given up recently", Busy: true})
 		return
 	}
+	// A session catching up got the other nodes' messages up to the
+	// catch-up's reading only (routing skipped the later ones): its new
+	// home replays from there. What the catch-up read and what the
+	// session held back go into it first, so that its records hold them.
+	cu := n.stopCatchUp(req.Client)
 	// The claiming node's messages handed to the broker before the
 	// session went (recvMu held) reached its connection, if any.
 	n.recvMu.Lock()
 	n.dur.routeMu.Lock()
+	var caughtTo uint64
+	var skip []string
+	if cu != nil {
+		caughtTo, skip = cu.handOver()
+	}
 	released, online := b.ReleaseSession(req.Client)
 	routed := n.dur.routed
+	if cu != nil {
+		routed = caughtTo
+	}
 	n.dur.routeMu.Unlock()
 	var qos0 uint64
 	if online && req.Origin != "" {
@@ -2296,7 +2405,10 @@ func (n *Node) handleRelease(m *nats.Msg) {
 		n.dstats.sessionsOut.Add(1)
 		n.log.Info("cluster: session handed over to another node", "client", req.Client)
 	}
-	reply(releaseReply{OK: true, Routed: routed, QoS0: qos0, Token: token})
+	if routed != caughtTo {
+		skip = nil // answered with an earlier position (giveUp)
+	}
+	reply(releaseReply{OK: true, Routed: routed, QoS0: qos0, Token: token, Skip: skip})
 }
 
 // importHomeSessions imports, when the node starts, the sessions whose

@@ -96,6 +96,18 @@ type Status struct {
 	// their sessions replays from) that this node read from its own copy
 	// of the consumer, its leader not answering (the node gone led it).
 	ReplicaFloors uint64 `json:"replica_floors"`
+	// The catch-ups of moved sessions whose replay went past the room of
+	// their queue (catchup.go): started, ended at the routing position,
+	// given up (logged with the reason; counted in replays_bounded too),
+	// handed over with their session to another node; the messages they
+	// delivered, and the QoS 0 messages dropped for their sessions while
+	// they ran.
+	CatchUps           uint64 `json:"catch_ups"`
+	CatchUpsDone       uint64 `json:"catch_ups_done"`
+	CatchUpsGaveUp     uint64 `json:"catch_ups_gave_up"`
+	CatchUpsHandedOver uint64 `json:"catch_ups_handed_over"`
+	CatchUpMessages    uint64 `json:"catch_up_messages"`
+	CatchUpQoS0Dropped uint64 `json:"catch_up_qos0_dropped"`
 	// SessionsAdopted counts the sessions of nodes gone (down for
 	// cluster.adopt_after, or removed) that this node adopted (adopt.go).
 	SessionsAdopted uint64 `json:"sessions_adopted"`
@@ -160,6 +172,8 @@ func (n *Node) Status() Status {
 	st.SessionsIn, st.SessionsOut = d.sessionsIn.Load(), d.sessionsOut.Load()
 	st.ReplayRecords, st.ReplaysBounded, st.ReplayDropped = d.replayRead.Load(), d.replaysBounded.Load(), d.replayDropped.Load()
 	st.ReplicaFloors = d.replicaFloors.Load()
+	st.CatchUps, st.CatchUpsDone, st.CatchUpsGaveUp = d.catchUps.Load(), d.catchUpsDone.Load(), d.catchUpsGaveUp.Load()
+	st.CatchUpsHandedOver, st.CatchUpMessages, st.CatchUpQoS0Dropped = d.catchUpsHandedOver.Load(), d.catchUpMessages.Load(), d.catchUpQoS0Dropped.Load()
 	st.SessionsAdopted = n.adopt.sessions.Load()
 	st.Removed = n.removedNodes()
 	return st

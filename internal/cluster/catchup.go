@@ -1,0 +1,491 @@
+package cluster
+
+import (
+	"context"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/moatmq/moat/internal/broker"
+)
+
+// A moved session's catch-up (docs/cluster.md, "The replay follows the
+// client"). A claim replays into the session the durable messages that
+// reached the stream while it had no home, up to the room its queue has
+// (take, replaySet). When there are more, the replay does not stop
+// there: the session is imported with broker.ClusterSession.CatchUp,
+// and a goroutine of this node (catchUp.run) goes on reading the stream
+// from where the replay stopped, as the client acknowledges and the
+// queue drains, oldest first, until it reaches this node's routing
+// position. Meanwhile routing drops the other nodes' QoS 1/2 messages
+// for the session (they are in the stream, and the catch-up brings
+// them in order) and QoS 0 messages (at most once: holding them back
+// would take memory without bound), and holds back this node's own
+// QoS 1/2 messages, whose publishers' acknowledgements wait for them.
+// Once the reading is at the routing position, under routeMu (as take's
+// last reading), routing delivers to the session again, and what it
+// held back is released after the catch-up's messages.
+//
+// Memory: the messages read and not yet delivered are at most the room
+// of the queue when they were read plus one record's; the reading holds
+// no more than maxReplayBytes of records.
+
+// The position of a catch-up is kept in the session's record c (the
+// stream sequence up to which the session has every message of other
+// nodes, in decimal): routing skips the later ones for it, and this
+// node's consumer acknowledges them, so that if this node dies while
+// the session catches up, its acknowledgement floor is past what the
+// session got. The claim or adoption that follows replays from the
+// lower of the two (caughtUpTo). The record is written before the
+// import, moved on at most every catchUpMark as the messages are
+// committed to the session, and removed when the catch-up ends.
+const catchUpMark = time.Second
+
+// catchUpIdle is how long a catch-up waits while the session's queue
+// takes nothing (its client gone, or not acknowledging) before it gives
+// up: it reaches the routing position without the rest, which is logged
+// and counted.
+const catchUpIdle = 30 * time.Second
+
+// catchUpMax bounds how long a catch-up runs: this node's publishers of
+// messages for the session wait for it meanwhile.
+const catchUpMax = 10 * time.Minute
+
+// catchUpHeld bounds the deliveries the session holds back while it
+// catches up (this node's own QoS 1/2 messages, a subscription made
+// meanwhile): past it, the catch-up gives up.
+const catchUpHeld = 4096
+
+// maxCatchUpFailures bounds the readings holding routeMu that may fail
+// (each within requestAttempt) before the catch-up gives up: each holds
+// this node's routing up meanwhile.
+const maxCatchUpFailures = 3
+
+// catchUpPoll is how often a catch-up waiting for room in the queue
+// looks at it again.
+const catchUpPoll = 20 * time.Millisecond
+
+// catchUp is the catch-up of one session. Its goroutine owns it; once
+// done is closed, whoever stopped it does.
+type catchUp struct {
+	n     *Node
+	id    string
+	rs    *replaySet
+	local *broker.LocalReplay
+	skip  func(*broker.Message) bool
+	// ownTo: this node's own messages in records up to ownTo are
+	// replayed from the stream; later ones reach the session live (held
+	// back) or through local.
+	ownTo uint64
+	// started is n.now() when it began; delivered counts the messages
+	// it delivered.
+	started   time.Time
+	delivered int
+	failures  int // readings under routeMu that failed (finish)
+	// partSeq is the record the catch-up delivered part of (0: none),
+	// partRefs the stream IDs of the messages of it delivered.
+	partSeq  uint64
+	partRefs []string
+	// marked is the position record c holds, and when it was written.
+	marked   uint64
+	markedAt time.Time
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	done   chan struct{}
+	ended  bool // set before done is closed: run finished it
+}
+
+// startCatchUp starts the catch-up of the session of id, imported with
+// CatchUp, whose replay rs stopped at the bound; local holds what this
+// node's own clients published during the claim and what the session
+// holds back, skip what of it the session got.
+func (n *Node) startCatchUp(id string, rs *replaySet, local *broker.LocalReplay, skip func(*broker.Message) bool, ownTo uint64) {
+	if n.ctx.Err() != nil {
+		// The node closes: its broker is shut down already.
+		local.Deliver(skip)
+		return
+	}
+	if old := n.stopCatchUp(id); old != nil {
+		// The session of the old one was replaced by the import: it
+		// has nothing left to deliver to.
+		n.dstats.catchUpsGaveUp.Add(1)
+	}
+	ctx, cancel := context.WithCancel(n.ctx)
+	c := &catchUp{n: n, id: id, rs: rs, local: local, skip: skip, ownTo: ownTo, started: n.now(),
+		marked: rs.pos.seq, markedAt: n.now(), ctx: ctx, cancel: cancel, done: make(chan struct{})}
+	n.sess.mu.Lock()
+	if n.sess.catchUps == nil {
+		n.sess.catchUps = make(map[string]*catchUp)
+	}
+	n.sess.catchUps[id] = c
+	n.sess.mu.Unlock()
+	n.dstats.catchUps.Add(1)
+	n.log.Info("cluster: a moved session missed more durable messages than its queue takes; they follow as it drains",
+		"client", id, "room", rs.room, "read_to", rs.to)
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		defer close(c.done)
+		defer cancel()
+		if c.ended = c.run(); c.ended {
+			n.sess.mu.Lock()
+			if n.sess.catchUps[id] == c {
+				delete(n.sess.catchUps, id)
+			}
+			n.sess.mu.Unlock()
+		}
+	}()
+}
+
+// stopCatchUp stops the catch-up of the session of id, if any, and
+// waits for its goroutine: the caller owns it then and finishes it (nil:
+// none, or it ended meanwhile).
+func (n *Node) stopCatchUp(id string) *catchUp {
+	n.sess.mu.Lock()
+	c := n.sess.catchUps[id]
+	delete(n.sess.catchUps, id)
+	n.sess.mu.Unlock()
+	if c == nil {
+		return nil
+	}
+	c.cancel()
+	<-c.done
+	if c.ended {
+		return nil
+	}
+	return c
+}
+
+// run delivers the rest of the replay as the queue makes room, until
+// the reading is at the routing position. It returns true when the
+// catch-up ended (done, given up, or the session left this node), false
+// when it was stopped (stopCatchUp: the stopper finishes it; the node
+// shuts down: nothing is).
+func (c *catchUp) run() bool {
+	n, rs := c.n, c.rs
+	idle := n.now()
+	t := time.NewTicker(catchUpPoll)
+	defer t.Stop()
+	wait := func() bool {
+		select {
+		case <-c.ctx.Done():
+			return false
+		case <-t.C:
+			return true
+		}
+	}
+	for c.ctx.Err() == nil {
+		room, roomBytes, held, online, here := c.local.QueueRoom()
+		if room > 0 && roomBytes != 0 {
+			idle = n.now() // the queue takes messages: the client keeps up
+		}
+		switch {
+		case !here:
+			// Ended (expired), replaced by a clean start, or given up
+			// to another node's claim: nothing to deliver to.
+			n.unmarkCatchUp(c.id)
+			n.dstats.catchUpsDone.Add(1)
+			n.log.Info("cluster: a moved session's catch-up ended: the session left", "client", c.id, "read_to", rs.to)
+			return true
+		case held > catchUpHeld:
+			c.giveUp("too many deliveries held back for it")
+			return true
+		case n.now().Sub(c.started) > c.max():
+			c.giveUp("it took too long")
+			return true
+		}
+		if len(rs.msgs) > 0 {
+			if c.deliverSome(room, roomBytes) > 0 {
+				c.mark()
+				continue
+			}
+		} else {
+			n.dur.routeMu.Lock()
+			routed := n.dur.routed
+			n.dur.routeMu.Unlock()
+			if routed >= rs.to && routed >= c.ownTo {
+				done, err := c.finish(room, roomBytes)
+				if done {
+					return true
+				}
+				if err != nil {
+					if c.ctx.Err() != nil {
+						return false
+					}
+					if c.failures++; c.failures >= maxCatchUpFailures {
+						c.giveUp("reading the stream failed: " + err.Error())
+						return true
+					}
+				}
+				if len(rs.msgs) > 0 {
+					continue
+				}
+			} else if room > 0 && roomBytes != 0 && rs.to < routed {
+				rs.next(room, roomBytes)
+				if err := rs.read(c.ctx, n, routed, routed); err != nil {
+					if c.ctx.Err() != nil {
+						return false
+					}
+					c.giveUp("reading the stream failed: " + err.Error())
+					return true
+				}
+				continue
+			}
+		}
+		if n.now().Sub(idle) > c.idle() {
+			reason := "the client takes no messages"
+			if !online {
+				reason = "the client is away"
+			}
+			c.giveUp(reason)
+			return true
+		}
+		if !wait() {
+			return false
+		}
+	}
+	return false
+}
+
+func (c *catchUp) idle() time.Duration {
+	if d := c.n.sess.catchUpIdle; d != 0 {
+		return d
+	}
+	return catchUpIdle
+}
+
+func (c *catchUp) max() time.Duration {
+	if d := c.n.sess.catchUpMax; d != 0 {
+		return d
+	}
+	return catchUpMax
+}
+
+// next readies rs to read another chunk: what the queue has room for.
+func (rs *replaySet) next(room int, roomBytes int64) {
+	rs.room, rs.roomBytes = room, roomBytes
+	rs.counted, rs.countedBytes, rs.held = 0, 0, 0
+	rs.full = false
+}
+
+// deliverSome delivers the oldest messages read, as many as the queue
+// has room for (like the queue, one more while the bytes are below the
+// room), and waits until they are committed. It returns how many it
+// delivered.
+func (c *catchUp) deliverSome(room int, roomBytes int64) int {
+	k, size := 0, int64(0)
+	for k < len(c.rs.msgs) && k < room && (roomBytes < 0 || size < roomBytes) {
+		m := c.rs.msgs[k].msg
+		size += int64(len(m.Topic) + len(m.Payload))
+		k++
+	}
+	if k == 0 {
+		return 0
+	}
+	c.deliver(k)()
+	return k
+}
+
+// deliver delivers the first k messages read and returns a function
+// that waits until they are committed. This node's own messages past
+// ownTo are not: the session gets them live or from local.
+func (c *catchUp) deliver(k int) (wait func()) {
+	n, rs := c.n, c.rs
+	b := n.b.(sessionBroker)
+	var wg sync.WaitGroup
+	for _, r := range rs.msgs[:k] {
+		if r.origin == n.origin {
+			if r.seq > c.ownTo || rs.reached[r.ref] {
+				continue
+			}
+			rs.reached[r.ref] = true // for skip
+		}
+		wg.Add(1)
+		c.delivered++
+		n.dur.refs.Store(r.msg, r.ref)
+		b.DeliverToSession(c.id, r.msg, func(error) { wg.Done() })
+		n.dur.refs.Delete(r.msg)
+	}
+	if k < len(rs.msgs) && rs.msgs[k].seq == rs.msgs[k-1].seq {
+		// Stopped within a record: its first messages are delivered.
+		if c.partSeq != rs.msgs[k].seq {
+			c.partSeq, c.partRefs = rs.msgs[k].seq, nil
+		}
+		for _, r := range rs.msgs[:k] {
+			if r.seq == c.partSeq {
+				c.partRefs = append(c.partRefs, r.ref)
+			}
+		}
+	}
+	clear(rs.msgs[:k])
+	rs.msgs = rs.msgs[k:]
+	if len(rs.msgs) == 0 {
+		rs.msgs = nil
+	}
+	return wg.Wait
+}
+
+// finish reads, holding routeMu, what was routed since the last reading
+// and, if the queue has room for it, delivers it and lets routing
+// deliver to the session again, then releases what the session held
+// back. It returns false, with what it read kept, when the queue has no
+// room for it, or the reading failed within requestAttempt (err): the
+// catch-up goes on.
+func (c *catchUp) finish(room int, roomBytes int64) (bool, error) {
+	n, rs := c.n, c.rs
+	n.dur.routeMu.Lock()
+	routed := n.dur.routed
+	rs.next(room, roomBytes)
+	rctx, cancel := context.WithTimeout(c.ctx, requestAttempt)
+	err := rs.read(rctx, n, routed, routed)
+	cancel()
+	if err != nil || rs.full {
+		n.dur.routeMu.Unlock()
+		return false, err
+	}
+	wait := c.deliver(len(rs.msgs))
+	qos0 := c.local.EndCatchUp()
+	n.dur.routeMu.Unlock()
+	wait()
+	own := c.local.Deliver(c.skip)
+	n.unmarkCatchUp(c.id)
+	n.dstats.catchUpsDone.Add(1)
+	n.dstats.catchUpMessages.Add(uint64(c.delivered))
+	n.dstats.catchUpQoS0Dropped.Add(uint64(qos0))
+	n.log.Info("cluster: a moved session caught up with the durable messages it missed",
+		"client", c.id, "count", c.delivered, "own", own, "to", routed, "qos0_dropped", qos0,
+		"took", n.now().Sub(c.started).Round(time.Millisecond))
+	return true, nil
+}
+
+// giveUp ends the catch-up without the rest: routing delivers to the
+// session again from its position now, the messages read are delivered
+// (the queue limit drops what it has no room for, as on one node), and
+// those in the records after the reading's position up to the routing
+// position are not replayed (logged).
+func (c *catchUp) giveUp(reason string) {
+	n, rs := c.n, c.rs
+	n.dur.routeMu.Lock()
+	qos0 := c.local.EndCatchUp()
+	routed := n.dur.routed
+	n.dur.routeMu.Unlock()
+	c.deliver(len(rs.msgs))()
+	c.local.Deliver(c.skip)
+	n.unmarkCatchUp(c.id)
+	n.dstats.catchUpsGaveUp.Add(1)
+	n.dstats.catchUpMessages.Add(uint64(c.delivered))
+	n.dstats.catchUpQoS0Dropped.Add(uint64(qos0))
+	n.dstats.replaysBounded.Add(1)
+	n.log.Warn("cluster: a moved session's catch-up gave up; durable messages for it after read_to were not replayed",
+		"client", c.id, "reason", reason, "replayed", c.delivered, "read_to", rs.to, "routed_to", routed, "qos0_dropped", qos0)
+}
+
+// handOver ends a catch-up stopped (stopCatchUp) because its session is
+// given up to another node, with routeMu held: routing delivers to it
+// again, and what it held back is released, so that the records of the
+// session hold them (committed before the release is answered). It
+// returns the stream position up to which the session got the other
+// nodes' messages, and the stream IDs of those it got of the record
+// after it (delivered in part): the new home replays from there. The
+// messages read and not delivered (the queue had no room) are left to
+// it: delivered here, the queue limit would drop them.
+func (c *catchUp) handOver() (uint64, []string) {
+	n, rs := c.n, c.rs
+	to, skip := rs.to, []string(nil)
+	if len(rs.msgs) > 0 {
+		to = rs.msgs[0].seq - 1
+		if c.partSeq == rs.msgs[0].seq {
+			skip = c.partRefs
+		}
+	}
+	qos0 := c.local.EndCatchUp()
+	c.local.Deliver(c.skip)
+	n.unmarkCatchUp(c.id) // the new home has the position
+	n.dstats.catchUpsHandedOver.Add(1)
+	n.dstats.catchUpMessages.Add(uint64(c.delivered))
+	n.dstats.catchUpQoS0Dropped.Add(uint64(qos0))
+	n.log.Info("cluster: a session catching up moved on; its new node replays the rest",
+		"client", c.id, "replayed", c.delivered, "from", to)
+	return to, skip
+}
+
+// markSubject is the subject of the record of id's catch-up position.
+func markSubject(id string) string { return sessSubject(id, "c") }
+
+// markCatchUp writes the record of the catch-up position seq of the
+// session of id; wait, when set, is told when it is stored.
+func (n *Node) markCatchUp(id string, seq uint64, wait func(error)) {
+	n.writeMark(id, seq, false, wait)
+}
+
+// unmarkCatchUp removes the record of the catch-up position of the
+// session of id.
+func (n *Node) unmarkCatchUp(id string) { n.writeMark(id, 0, true, nil) }
+
+func (n *Node) writeMark(id string, seq uint64, remove bool, wait func(error)) {
+	p := n.persistence()
+	if p == nil {
+		if wait != nil {
+			wait(errClosed)
+		}
+		return
+	}
+	if wait == nil {
+		wait = func(error) {}
+	}
+	c := p.begin(wait)
+	if remove {
+		p.publish(c, n.tombstone(markSubject(id)))
+	} else {
+		p.publish(c, n.record(markSubject(id), []byte(strconv.FormatUint(seq, 10))))
+	}
+	p.finish(c, nil)
+}
+
+// mark moves the position record on to what the session has for sure
+// now: every message read before the first one not delivered yet (its
+// record may have been delivered in part: those come again after a
+// crash, at least once), at most every catchUpMark.
+func (c *catchUp) mark() {
+	to := c.rs.to
+	if len(c.rs.msgs) > 0 {
+		to = c.rs.msgs[0].seq - 1
+	}
+	if to <= c.marked || c.n.now().Sub(c.markedAt) < catchUpMark {
+		return
+	}
+	c.marked, c.markedAt = to, c.n.now()
+	c.n.markCatchUp(c.id, to, nil)
+}
+
+// caughtUpTo lowers pos, the acknowledgement floor of the session's node
+// gone, to the position of a catch-up of the session that node had
+// under way (its record c), if lower: the messages after it were skipped
+// for the session there. A record that cannot be read leaves pos as it
+// is (logged).
+func (n *Node) caughtUpTo(ctx context.Context, id string, pos position) position {
+	if !pos.replay {
+		return pos
+	}
+	r, err := n.getRecord(ctx, markSubject(id))
+	if err != nil {
+		n.log.Warn("cluster: the catch-up position of a session could not be read; its replay starts at its node's position",
+			"client", id, "err", err)
+		return pos
+	}
+	if r == nil || len(r.data) == 0 {
+		return pos
+	}
+	seq, err := strconv.ParseUint(string(r.data), 10, 64)
+	if err != nil {
+		n.stats.decodeErrors.Add(1)
+		return pos
+	}
+	if seq < pos.seq {
+		n.log.Info("cluster: a session was catching up on its node gone; replayed from the catch-up's position",
+			"client", id, "from", seq, "node_position", pos.seq)
+		pos.seq = seq
+	}
+	return pos
+}
