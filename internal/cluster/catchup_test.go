@@ -256,18 +256,7 @@ func TestSessionMoveCatchUpReconnect(t *testing.T) {
 			receiveUntil(t, c, o, 3*limit, queueBound(t, nodes[1], limit))
 			disconnect(t, c)
 			// What reached Messages was acknowledged: read it now.
-			for drained := false; !drained; {
-				select {
-				case m, ok := <-c.Messages():
-					if !ok {
-						drained = true
-						break
-					}
-					o.take(t, m)
-				default:
-					drained = true
-				}
-			}
+			drainReceived(t, c, o)
 			o.left()
 			c2, present := dialPaced(t, nodes[tc.again].addr, id)
 			if !present {
@@ -302,18 +291,7 @@ func TestSessionMoveCatchUpNodeDies(t *testing.T) {
 	o := newInOrder(map[string]int{"cu/x": published})
 	receiveUntil(t, c, o, 3*limit, queueBound(t, nodes[1], limit))
 	crashNode(t, nodes[1])
-	for drained := false; !drained; {
-		select {
-		case m, ok := <-c.Messages():
-			if !ok {
-				drained = true
-				break
-			}
-			o.take(t, m)
-		default:
-			drained = true
-		}
-	}
+	drainReceived(t, c, o)
 	c.Close()
 	o.left()
 	restartWithListener(t, dir, routes, 0, nil)
@@ -324,4 +302,21 @@ func TestSessionMoveCatchUpNodeDies(t *testing.T) {
 	receiveUntil(t, c2, o, -1, func() {})
 	expectNone(t, c2, 500*time.Millisecond)
 	t.Logf("%d again", o.dups)
+}
+
+// drainReceived takes into o what c has received already (and so
+// acknowledged), without waiting for more.
+func drainReceived(t *testing.T, c *client.Client, o *inOrder) {
+	t.Helper()
+	for {
+		select {
+		case m, ok := <-c.Messages():
+			if !ok {
+				return
+			}
+			o.take(t, m)
+		default:
+			return
+		}
+	}
 }
