@@ -124,21 +124,32 @@ func receiveUntil(t *testing.T, c *client.Client, o *inOrder, count int, check f
 // has no home.
 func catchUpCluster(t *testing.T, id string, limit, published int, qos byte, rec *logRecorder) ([]*testNode, *client.Client) {
 	t.Helper()
-	return catchUpClusterIn(t, t.TempDir(), freePorts(t, 3), id, limit, published, qos, rec)
+	nodes, pub, _, _ := catchUpClusterIn(t, id, limit, published, qos, rec)
+	return nodes, pub
 }
 
-// catchUpClusterIn is catchUpCluster with the nodes' stores in dir and
-// their routes.
-func catchUpClusterIn(t *testing.T, dir string, routes []string, id string, limit, published int, qos byte,
-	rec *logRecorder) ([]*testNode, *client.Client) {
+// catchUpClusterIn is catchUpCluster that also returns the directory of
+// the nodes' stores and their routes, to start them again. A start that
+// fails (a route port taken meanwhile) is tried again on other ports, as
+// startCluster does.
+func catchUpClusterIn(t *testing.T, id string, limit, published int, qos byte,
+	rec *logRecorder) (nodes []*testNode, pub *client.Client, dir string, routes []string) {
 	t.Helper()
-	nodes, err := startNodesLogged(t, dir, routes, nil, rec, func(bc *broker.Config) { bc.MaxQueued = limit })
-	if err != nil {
-		t.Fatal(err)
+	for attempt := 0; ; attempt++ {
+		dir, routes = t.TempDir(), freePorts(t, 3)
+		var err error
+		nodes, err = startNodesLogged(t, dir, routes, nil, rec, func(bc *broker.Config) { bc.MaxQueued = limit })
+		if err == nil {
+			break
+		}
+		if attempt == 2 {
+			t.Fatal(err)
+		}
+		t.Logf("retrying the cluster start: %v", err)
 	}
 	sub, _ := dialSession(t, nodes[0].addr, id, client.V5)
 	subscribe(t, sub, qos, "cu/#")
-	pub := dial(t, nodes[2].addr, id+"pub", client.V5)
+	pub = dial(t, nodes[2].addr, id+"pub", client.V5)
 	awaitRoute(t, pub, sub, "cu/probe")
 	disconnect(t, sub)
 	crashNode(t, nodes[0])
@@ -150,7 +161,7 @@ func catchUpClusterIn(t *testing.T, dir string, routes []string, id string, limi
 	if err := publishQoS(ctx, pub, "cu/x", 0, published, qos); err != nil {
 		t.Fatal(err)
 	}
-	return nodes, pub
+	return nodes, pub, dir, routes
 }
 
 // queueBound returns a check that the queued messages of tn never
@@ -285,8 +296,7 @@ func TestSessionMoveCatchUpReconnect(t *testing.T) {
 // received since the position's last move possibly again.
 func TestSessionMoveCatchUpNodeDies(t *testing.T) {
 	const limit, published = 20, 200
-	dir, routes := t.TempDir(), freePorts(t, 3)
-	nodes, _ := catchUpClusterIn(t, dir, routes, "cudies", limit, published, 1, nil)
+	nodes, _, dir, routes := catchUpClusterIn(t, "cudies", limit, published, 1, nil)
 	c, _ := dialPaced(t, nodes[1].addr, "cudies")
 	o := newInOrder(map[string]int{"cu/x": published})
 	receiveUntil(t, c, o, 3*limit, queueBound(t, nodes[1], limit))
