@@ -179,14 +179,8 @@ func (s *Server) ImportSession(cs *ClusterSession) {
 		// Set before the lock is released: the Cluster routes its
 		// durable messages under a lock of its own held meanwhile, and
 		// what else arrives until then is held back.
-		filters := []string{}
-		for _, sub := range ss.Subscriptions {
-			if !strings.HasPrefix(sub.Filter, packet.SharePrefix) {
-				filters = append(filters, sub.Filter)
-			}
-		}
 		sess.mu.Lock()
-		sess.fence.catchUp = filters
+		sess.fence.catchUp = sess.plainFiltersLocked(s)
 		sess.mu.Unlock()
 	}
 	if will != nil && now.Before(cs.Will.FireAt) {
@@ -288,6 +282,49 @@ func matchOwn(subs []topic.Subscription, id, from string) (qos byte, rap bool, i
 	return qos, rap, ids, matched
 }
 
+// CatchUpImported starts the catch-up of the session of clientID,
+// imported with Hold and not yet released (LocalReplay.Deliver), as if
+// it had been imported with CatchUp: for a Cluster whose reading of the
+// messages to replay reached the room of the queue only after the
+// import. It must hold the lock that orders its routing meanwhile. It
+// reports false when the session is not here or holds nothing back.
+func (s *Server) CatchUpImported(clientID string) bool {
+	sess := s.lookup(clientID)
+	if sess == nil {
+		return false
+	}
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	f := sess.fence
+	if sess.ended || f == nil || !f.holding || f.catchUp != nil {
+		return false
+	}
+	f.catchUp = sess.plainFiltersLocked(s)
+	return true
+}
+
+// plainFiltersLocked returns the session's non-shared filters (never
+// nil): those the store keeps for a stored session, those of the index
+// for another (whose lock is taken under s.mu, as nothing holds it
+// while taking a session's). The caller holds s.mu.
+func (s *session) plainFiltersLocked(srv *Server) []string {
+	filters := []string{}
+	if s.subList != nil {
+		for key := range s.subList {
+			if !strings.HasPrefix(key, packet.SharePrefix) {
+				filters = append(filters, key)
+			}
+		}
+		return filters
+	}
+	for _, sub := range srv.index.Subscriptions(s.id) {
+		if sub.Group == "" {
+			filters = append(filters, sub.Filter)
+		}
+	}
+	return filters
+}
+
 // DeliverToSession delivers msg, a message of another node, to the
 // session of clientID alone, through its own matching subscriptions
 // (not shared ones), as DeliverRemoteDone does for every session: done
@@ -375,6 +412,9 @@ type LocalReplay struct {
 	f     *subFence
 	cands []recentEntry
 	now   int64 // when they were found
+	// paced: made by a paced routing pass (PacedSession), for a session
+	// that holds nothing back.
+	paced bool
 }
 
 // FindLocal finds the messages ReplayLocal delivers, in the record of
@@ -473,7 +513,7 @@ func (r *LocalReplay) EndCatchUp() (skipped int) {
 	r.sess.mu.Lock()
 	defer r.sess.mu.Unlock()
 	skipped = r.f.skipped
-	r.f.catchUp, r.f.skipped = nil, 0
+	r.f.catchUp, r.f.skipped, r.f.paced = nil, 0, false
 	return skipped
 }
 
@@ -486,6 +526,10 @@ func (r *LocalReplay) Deliver(skip func(*Message) bool) int {
 		return 0
 	}
 	r.EndCatchUp()
+	if r.paced {
+		// Nothing was found or held back for it (cluster_paced.go).
+		return 0
+	}
 	s, sess, f := r.s, r.sess, r.f
 	n := 0
 	for _, e := range r.cands {

@@ -96,6 +96,12 @@ type subFence struct {
 	// catch-up ends (LocalReplay.Deliver).
 	catchUp []string
 	skipped int
+	// paced: the catch-up is one a routing pass started for a connected
+	// session whose queue was full (cluster_paced.go). Only the other
+	// nodes' QoS 1/2 messages on catchUp are skipped then: this node's
+	// own and QoS 0 messages are delivered as usual, and a SUBSCRIBE
+	// releases what it held back itself.
+	paced bool
 }
 
 // claimKey names one delivery of a recorded message to a session: the
@@ -238,7 +244,7 @@ func keyOf(share *shareKey) shareKey {
 // caller holds sess.mu.
 func (sess *session) fenceLocked(now int64) *subFence {
 	f := sess.fence
-	if f == nil || (now > f.until && !f.holding) {
+	if f == nil || (now > f.until && !f.holding && f.catchUp == nil) {
 		f = &subFence{}
 		sess.fence = f
 	}
@@ -251,7 +257,7 @@ func (sess *session) fenceLocked(now int64) *subFence {
 // made now: a replay or the retained store delivered msg already, or it is
 // held back for a SUBSCRIBE in progress, which makes it later.
 func (f *subFence) admit(sess *session, msg *Message, qos byte, rap bool, ids []uint32, share *shareKey) bool {
-	if !f.holding && msg.arrived > f.until {
+	if !f.holding && f.catchUp == nil && msg.arrived > f.until {
 		sess.fence = nil // lapsed
 		return true
 	}
@@ -260,12 +266,14 @@ func (f *subFence) admit(sess *session, msg *Message, qos byte, rap bool, ids []
 		// stream, oldest first: delivered live as well, they would come
 		// twice, and ahead of older ones [MQTT-4.6.0-6]. A QoS 0
 		// message is at most once: dropped rather than held without a
-		// bound, as a full queue would drop it.
+		// bound, as a full queue would drop it (a paced catch-up holds
+		// nothing back: it is delivered).
 		if msg.QoS == 0 {
-			f.skipped++
-			return false
-		}
-		if msg.remote && matchesFilter(f.catchUp, msg.Topic) {
+			if !f.paced {
+				f.skipped++
+				return false
+			}
+		} else if msg.remote && matchesFilter(f.catchUp, msg.Topic) {
 			return false
 		}
 	}
@@ -464,7 +472,7 @@ func (sf *subscribeFence) finish() {
 	}
 	for round := 0; ; round++ {
 		sess.mu.Lock()
-		if sf.f.catchUp != nil {
+		if sf.f.catchUp != nil && !sf.f.paced {
 			// The session's catch-up releases what is held once the
 			// older messages are in (LocalReplay.Deliver).
 			sess.mu.Unlock()

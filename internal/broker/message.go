@@ -56,6 +56,9 @@ type Message struct {
 	// message is routed.
 	arrived  int64
 	recentID uint64
+	// pace is the paced routing pass of another node's message
+	// (cluster_paced.go), set before it is routed; nil otherwise.
+	pace *pacedPass
 }
 
 // forwardedProps is the set of PUBLISH properties forwarded unchanged to

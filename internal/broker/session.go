@@ -375,12 +375,17 @@ func (s *session) startLocked(c *conn, d *delivery, b *pbatch, from *conn) {
 // its publisher is held back until there is room (notePublisherLocked).
 // Without a publisher to hold (a message of another cluster node, a will,
 // the broker's own, a client's message to itself), a queue past its
-// limit would grow with nothing to stop it, so the drop policy applies.
+// limit would grow with nothing to stop it, so the drop policy applies;
+// but a durable message of another node routed by a paced pass switches
+// a connected session to a catch-up instead (paceLocked).
 func (s *session) enqueueLocked(srv *Server, d *delivery, held bool) bool {
 	// A queued message waits, perhaps for another connection: it keeps
 	// no shared encoding alive meanwhile.
 	d.enc = nil
 	if s.fullLocked(srv) && !s.dropExpiredLocked(srv) && (!held || srv.limits().QueueFullPolicy != QueueBlock || s.gate.cycle) {
+		if d.msg.pace != nil && s.paceLocked(srv, d) {
+			return false // the cluster delivers it later (cluster_paced.go)
+		}
 		srv.queueFull(s.id, d)
 		if s.conn != nil {
 			s.conn.limitDrops.Add(1) // its reader reports it (LimitQueueFull)

@@ -90,11 +90,25 @@ type catchUp struct {
 	marked   uint64
 	markedAt time.Time
 
+	// paced: started by a routing pass for a connected session whose
+	// queue was full (startPaced), not by a claim.
+	paced bool
+
 	ctx    context.Context
 	cancel context.CancelFunc
 	done   chan struct{}
 	ended  bool // set before done is closed: run finished it
 }
+
+// maxPacedCatchUps bounds the catch-ups routing passes run at once on a
+// node: each reads the stream on its own. Past it, a connected session's
+// full queue drops the other nodes' messages, as on one node.
+const maxPacedCatchUps = 64
+
+// pacedNear is how many records behind the routing position a catch-up
+// reads under routeMu, holding this node's routing up meanwhile
+// (finish); further behind, it reads without it.
+const pacedNear = 32
 
 // startCatchUp starts the catch-up of the session of id, imported with
 // CatchUp, whose replay rs stopped at the bound; local holds what this
@@ -111,41 +125,65 @@ func (n *Node) startCatchUp(id string, rs *replaySet, local *broker.LocalReplay,
 		// has nothing left to deliver to.
 		n.dstats.catchUpsGaveUp.Add(1)
 	}
-	ctx, cancel := context.WithCancel(n.ctx)
-	c := &catchUp{n: n, id: id, rs: rs, local: local, skip: skip, ownTo: ownTo, started: n.now(),
-		marked: rs.pos.seq, markedAt: n.now(), ctx: ctx, cancel: cancel, done: make(chan struct{})}
-	n.sess.mu.Lock()
+	c := n.newCatchUp(id, false)
+	c.rs, c.local, c.skip, c.ownTo, c.marked = rs, local, skip, ownTo, rs.pos.seq
+	n.sess.cuMu.Lock()
 	if n.sess.catchUps == nil {
 		n.sess.catchUps = make(map[string]*catchUp)
 	}
 	n.sess.catchUps[id] = c
-	n.sess.mu.Unlock()
+	n.sess.cuMu.Unlock()
 	n.dstats.catchUps.Add(1)
 	n.log.Info("cluster: a moved session missed more durable messages than its queue takes; they follow as it drains",
 		"client", id, "room", rs.room, "read_to", rs.to)
+	n.runCatchUp(c)
+}
+
+func (n *Node) newCatchUp(id string, paced bool) *catchUp {
+	ctx, cancel := context.WithCancel(n.ctx)
+	now := n.now()
+	return &catchUp{n: n, id: id, paced: paced, started: now, markedAt: now, ctx: ctx, cancel: cancel, done: make(chan struct{})}
+}
+
+// runCatchUp starts the goroutine of c, in n.sess.catchUps.
+func (n *Node) runCatchUp(c *catchUp) {
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
 		defer close(c.done)
-		defer cancel()
+		defer c.cancel()
 		if c.ended = c.run(); c.ended {
-			n.sess.mu.Lock()
-			if n.sess.catchUps[id] == c {
-				delete(n.sess.catchUps, id)
-			}
-			n.sess.mu.Unlock()
+			n.sess.cuMu.Lock()
+			n.dropCatchUpLocked(c)
+			n.sess.cuMu.Unlock()
 		}
 	}()
 }
 
+// dropCatchUpLocked removes c from n.sess.catchUps, if there; the caller
+// holds cuMu.
+func (n *Node) dropCatchUpLocked(c *catchUp) {
+	if n.sess.catchUps[c.id] != c {
+		return
+	}
+	delete(n.sess.catchUps, c.id)
+	if c.paced {
+		n.sess.paced--
+	}
+}
+
 // stopCatchUp stops the catch-up of the session of id, if any, and
 // waits for its goroutine: the caller owns it then and finishes it (nil:
-// none, or it ended meanwhile).
+// none, or it ended meanwhile). The caller must not hold routeMu: the
+// goroutine may be waiting for it, or (paced) not started yet by the
+// routing pass that holds it.
 func (n *Node) stopCatchUp(id string) *catchUp {
-	n.sess.mu.Lock()
+	n.sess.cuMu.Lock()
 	c := n.sess.catchUps[id]
-	delete(n.sess.catchUps, id)
-	n.sess.mu.Unlock()
+	if c != nil {
+		n.dropCatchUpLocked(c)
+	}
+	n.sess.cuMu.Unlock()
 	if c == nil {
 		return nil
 	}
@@ -155,6 +193,105 @@ func (n *Node) stopCatchUp(id string) *catchUp {
 		return nil
 	}
 	return c
+}
+
+// markReleasing notes (on) or forgets that the session of id is being
+// given up to another node (handleRelease): no routing pass starts a
+// catch-up for it meanwhile, which the release would not hand over.
+func (n *Node) markReleasing(id string, on bool) {
+	n.sess.cuMu.Lock()
+	defer n.sess.cuMu.Unlock()
+	if on {
+		if n.sess.releasing == nil {
+			n.sess.releasing = make(map[string]int)
+		}
+		n.sess.releasing[id]++
+		return
+	}
+	if n.sess.releasing[id]--; n.sess.releasing[id] <= 0 {
+		delete(n.sess.releasing, id)
+	}
+}
+
+// reservePaced is asked by the broker, for a connected session of id
+// whose queue has no room for a message of another node that a routing
+// pass delivers, whether this node catches it up (startPaced) instead
+// of dropping the message: when no catch-up of it is under way, it is
+// not being given up, and fewer than maxPacedCatchUps run. It reserves
+// the catch-up then. The broker calls it holding the session's lock:
+// it takes cuMu alone.
+func (n *Node) reservePaced(id string) bool {
+	s := &n.sess
+	s.cuMu.Lock()
+	defer s.cuMu.Unlock()
+	if s.noCatchUp || n.ctx.Err() != nil || s.catchUps[id] != nil || s.releasing[id] > 0 || s.paced >= maxPacedCatchUps {
+		return false
+	}
+	if s.catchUps == nil {
+		s.catchUps = make(map[string]*catchUp)
+	}
+	c := n.newCatchUp(id, true)
+	s.catchUps[id] = c
+	if s.reserved == nil {
+		s.reserved = make(map[string]*catchUp)
+	}
+	s.reserved[id] = c
+	s.paced++
+	return true
+}
+
+// startPaced starts the catch-ups the routing pass of the record seq
+// reserved (reservePaced) for the sessions in started, which had no room
+// for one of its messages (msgs, their stream IDs refs; ids are the IDs
+// of every message of the record, in order). Each reads the stream from
+// that record on, for the messages the session has not got: those of
+// the record before that message were delivered. The caller holds
+// routeMu; part returns a done function for each write the record's
+// acknowledgement must wait for: the position record of each catch-up,
+// without which this node's acknowledgement floor could pass messages
+// the session never got.
+func (n *Node) startPaced(seq uint64, msgs []*broker.Message, refs, ids []string, started []broker.PacedSession, part func() func(error)) {
+	for _, ps := range started {
+		// Taken from the reservations, not from catchUps: a release
+		// may have stopped it there already (stopCatchUp), and waits
+		// for its goroutine, which finds it stopped and hands it over.
+		n.sess.cuMu.Lock()
+		c := n.sess.reserved[ps.ClientID]
+		delete(n.sess.reserved, ps.ClientID)
+		n.sess.cuMu.Unlock()
+		if c == nil {
+			// Impossible: the broker returns the sessions reserved.
+			ps.Replay.Deliver(nil)
+			n.log.Error("cluster: a session's catch-up was not reserved; the message it had no room for is dropped", "client", ps.ClientID)
+			continue
+		}
+		have := make(map[string]bool)
+		var part0 []string
+		for i, m := range msgs {
+			if m != ps.Msg {
+				continue
+			}
+			for _, id := range ids {
+				if id == refs[i] {
+					break
+				}
+				have[id] = true
+				part0 = append(part0, id)
+			}
+			break
+		}
+		rs := &replaySet{id: ps.ClientID, pos: position{seq: seq - 1, replay: true}, self: n.origin, have: have,
+			reached: make(map[string]bool), paced: true, to: seq - 1}
+		rs.setFilters(ps.Filters)
+		c.rs, c.local, c.marked = rs, ps.Replay, seq-1
+		c.partSeq, c.partRefs = seq, part0
+		n.markCatchUp(ps.ClientID, seq-1, part())
+		n.dstats.catchUps.Add(1)
+		n.dstats.catchUpsPaced.Add(1)
+		n.log.Info("cluster: a connected session has no room for the other nodes' messages; they follow from the stream as it drains",
+			"client", ps.ClientID, "from", seq)
+		n.runCatchUp(c)
+	}
 }
 
 // run delivers the rest of the replay as the queue makes room, until
@@ -186,7 +323,7 @@ func (c *catchUp) run() bool {
 			// to another node's claim: nothing to deliver to.
 			n.unmarkCatchUp(c.id)
 			n.dstats.catchUpsDone.Add(1)
-			n.log.Info("cluster: a moved session's catch-up ended: the session left", "client", c.id, "read_to", rs.to)
+			n.log.Info("cluster: a session's catch-up ended: the session left", "client", c.id, "read_to", rs.to)
 			return true
 		case held > catchUpHeld:
 			c.giveUp("too many deliveries held back for it")
@@ -204,6 +341,19 @@ func (c *catchUp) run() bool {
 			n.dur.routeMu.Lock()
 			routed := n.dur.routed
 			n.dur.routeMu.Unlock()
+			if room > 0 && roomBytes != 0 && routed > rs.to+pacedNear && routed >= c.ownTo {
+				// Far behind the routing position: read without holding
+				// the routing up (finish does, for the last records).
+				rs.next(room, roomBytes)
+				if err := rs.read(c.ctx, n, routed, routed); err != nil {
+					if c.ctx.Err() != nil {
+						return false
+					}
+					c.giveUp("reading the stream failed: " + err.Error())
+					return true
+				}
+				continue
+			}
 			if routed >= rs.to && routed >= c.ownTo {
 				done, err := c.finish(room, roomBytes)
 				if done {
@@ -353,7 +503,7 @@ func (c *catchUp) finish(room int, roomBytes int64) (bool, error) {
 	n.dstats.catchUpsDone.Add(1)
 	n.dstats.catchUpMessages.Add(uint64(c.delivered))
 	n.dstats.catchUpQoS0Dropped.Add(uint64(qos0))
-	n.log.Info("cluster: a moved session caught up with the durable messages it missed",
+	n.log.Info("cluster: a session caught up with the durable messages it missed",
 		"client", c.id, "count", c.delivered, "own", own, "to", routed, "qos0_dropped", qos0,
 		"took", n.now().Sub(c.started).Round(time.Millisecond))
 	return true, nil
@@ -377,7 +527,7 @@ func (c *catchUp) giveUp(reason string) {
 	n.dstats.catchUpMessages.Add(uint64(c.delivered))
 	n.dstats.catchUpQoS0Dropped.Add(uint64(qos0))
 	n.dstats.replaysBounded.Add(1)
-	n.log.Warn("cluster: a moved session's catch-up gave up; durable messages for it after read_to were not replayed",
+	n.log.Warn("cluster: a session's catch-up gave up; durable messages for it after read_to were not replayed",
 		"client", c.id, "reason", reason, "replayed", c.delivered, "read_to", rs.to, "routed_to", routed, "qos0_dropped", qos0)
 }
 
@@ -398,6 +548,10 @@ func (c *catchUp) handOver() (uint64, []string) {
 		if c.partSeq == rs.msgs[0].seq {
 			skip = c.partRefs
 		}
+	} else if c.partSeq == to+1 {
+		// A paced catch-up stopped before it read the record whose
+		// first messages routing delivered (startPaced).
+		skip = c.partRefs
 	}
 	qos0 := c.local.EndCatchUp()
 	c.local.Deliver(c.skip)

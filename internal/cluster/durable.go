@@ -154,11 +154,12 @@ type durableCounters struct {
 	// replicaFloors counts the positions of nodes gone read from this
 	// node's copy of their consumer (floor.go).
 	replicaFloors atomic.Uint64
-	// Catch-ups of moved sessions (catchup.go): started, ended at the
-	// routing position, given up, handed over with their session to
-	// another node; the messages they delivered, and the QoS 0 messages
-	// dropped for their sessions meanwhile.
+	// Catch-ups of sessions (catchup.go): started (by a routing pass:
+	// paced), ended at the routing position, given up, handed over with
+	// their session to another node; the messages they delivered, and
+	// the QoS 0 messages dropped for their sessions meanwhile.
 	catchUps, catchUpsDone, catchUpsGaveUp, catchUpsHandedOver atomic.Uint64
+	catchUpsPaced, catchUpsLate                                atomic.Uint64
 	catchUpMessages, catchUpQoS0Dropped                        atomic.Uint64
 }
 
@@ -760,14 +761,24 @@ func (n *Node) handleBatch(m jetstream.Msg, origin string, seq uint64) {
 	for i, msg := range msgs {
 		d.refs.Store(msg, msgIDs[i])
 	}
-	b.DeliverRemoteBatchDone(msgs, n.holdAcks(func(err error) {
+	// The record is acknowledged once its messages are committed and,
+	// for each connected session that had no room for one of them, the
+	// position of its catch-up is stored (startPaced): the parts of j.
+	j := &ackJoin{parts: 1, done: n.holdAcks(func(err error) {
 		// Delivered again later on failure (not at once: a broker
 		// shutting down refuses it until the node closes).
 		for _, id := range msgIDs {
 			n.settle(id, err == nil)
 		}
 		acks.finish(seq, err == nil)
-	}))
+	})}
+	if pb, ok := b.(pacedBroker); ok {
+		_, started := pb.DeliverRemoteBatchPaced(msgs, n.reservePaced, j.part())
+		n.startPaced(seq, msgs, msgIDs, ids, started, j.part)
+	} else {
+		b.DeliverRemoteBatchDone(msgs, j.part())
+	}
+	j.finish(nil)
 	for _, msg := range msgs {
 		d.refs.Delete(msg)
 	}
@@ -783,6 +794,46 @@ type durableBroker interface {
 }
 
 var _ durableBroker = (*broker.Server)(nil)
+
+// pacedBroker is what a routing pass needs of the broker to catch up,
+// from the stream, a connected session whose queue is full
+// (catchup.go): *broker.Server.
+type pacedBroker interface {
+	DeliverRemoteBatchPaced(msgs []*broker.Message, reserve func(clientID string) bool, done func(error)) (int, []broker.PacedSession)
+}
+
+var _ pacedBroker = (*broker.Server)(nil)
+
+// ackJoin runs done once every part has finished (part, and the one it
+// starts with, finished by its maker), with the first error.
+type ackJoin struct {
+	mu    sync.Mutex
+	parts int
+	err   error
+	done  func(error)
+}
+
+// part adds a part and returns the function that finishes it.
+func (j *ackJoin) part() func(error) {
+	j.mu.Lock()
+	j.parts++
+	j.mu.Unlock()
+	return j.finish
+}
+
+func (j *ackJoin) finish(err error) {
+	j.mu.Lock()
+	if err != nil && j.err == nil {
+		j.err = err
+	}
+	j.parts--
+	last := j.parts == 0
+	err = j.err
+	j.mu.Unlock()
+	if last {
+		j.done(err)
+	}
+}
 
 // settle ends the delivery of message id; delivered ones are remembered.
 func (n *Node) settle(id string, delivered bool) {

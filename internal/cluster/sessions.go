@@ -157,11 +157,19 @@ type sessionsState struct {
 	// request "busy, try again".
 	busyAnswer atomic.Pointer[func(id string)]
 
-	// catchUps are the moved sessions catching up here, by client ID
-	// (catchup.go; guarded by mu). In tests, noCatchUp keeps a claim's
-	// replay to its bound, and catchUpIdle and catchUpMax replace
-	// the constants of the same names.
+	// catchUps are the sessions catching up here, by client ID
+	// (catchup.go); paced counts those a routing pass started, and
+	// releasing the sessions being given up to another node now (no
+	// routing pass starts one for them). cuMu guards the three; the
+	// broker asks for a reservation (reservePaced) under a session's
+	// lock, so nothing else is done holding it. In tests, noCatchUp
+	// keeps a claim's replay to its bound, and catchUpIdle and
+	// catchUpMax replace the constants of the same names.
+	cuMu                    sync.Mutex
 	catchUps                map[string]*catchUp
+	reserved                map[string]*catchUp // by the routing pass under way, until it starts them
+	paced                   int
+	releasing               map[string]int
 	noCatchUp               bool
 	catchUpIdle, catchUpMax time.Duration
 
@@ -347,6 +355,7 @@ func (s *sessionsState) init() {
 // *broker.Server.
 type sessionBroker interface {
 	ImportSession(cs *broker.ClusterSession)
+	CatchUpImported(clientID string) bool
 	FindLocal(clientID string, since int64) *broker.LocalReplay
 	PinRecent() *broker.RecentPin
 	ReleaseSession(clientID string) (released, online bool)
@@ -1783,7 +1792,9 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 			catching = false
 		}
 	}
-	if rs != nil && !catching {
+	if rs != nil && rs.full && !catching {
+		// Its position could not be stored: the replay stops at the
+		// bound.
 		rs.paced = false
 	}
 	if marked && !catching {
@@ -1805,6 +1816,7 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 	var reached map[string]bool
 	wait := func() {}
 	replay := rs != nil && !catching
+	late := false
 	if replay {
 		// What was routed since the reading above (usually nothing, or
 		// a few records) is read with routing held, within
@@ -1812,12 +1824,40 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 		// replayed.
 		rctx, rcancel := context.WithTimeout(ctx, requestAttempt)
 		if rs.read(rctx, n, upTo, upTo) == nil {
-			reached, wait = rs.deliver(n, upTo)
+			if rs.paced && rs.full && b.CatchUpImported(id) {
+				// Only this reading reached the room of the queue (the
+				// routing moved on meanwhile, as when this node's
+				// consumer had waited for a new leader): the rest
+				// follows as the queue drains, as for a first reading
+				// that reached it. Routing skips the session's messages
+				// from now on.
+				catching, late = true, true
+			} else {
+				reached, wait = rs.deliver(n, upTo)
+			}
 			replay = false
 		}
 		rcancel()
 	}
 	n.dur.routeMu.Unlock()
+	if late {
+		// The position is stored before the routing passes that skip
+		// messages for the session are acknowledged: they wait for the
+		// import's hold, which ends when this returns.
+		n.dstats.catchUpsLate.Add(1)
+		done := make(chan error, 1)
+		n.markCatchUp(id, pos.seq, func(err error) { done <- err })
+		select {
+		case err := <-done:
+			if err != nil {
+				n.log.Warn("cluster: a moved session's catch-up position could not be stored; if this node dies before the catch-up ends, the messages it skipped are not replayed",
+					"client", id, "err", err)
+			}
+		case <-time.After(requestAttempt):
+			n.log.Warn("cluster: a moved session's catch-up position was not stored in time; if this node dies before the catch-up ends, the messages it skipped may not be replayed",
+				"client", id)
+		}
+	}
 	if replay {
 		// Not read in time: read and delivered now, possibly after
 		// later messages routing delivered meanwhile, rather than not
@@ -2007,21 +2047,16 @@ func (n *Node) readReplay(ctx context.Context, id string, ss *broker.StoredSessi
 	have map[string]bool, room int, roomBytes int64, paced bool) *replaySet {
 	rs := &replaySet{id: id, pos: pos, self: n.origin, have: have, reached: make(map[string]bool), room: room, roomBytes: roomBytes,
 		paced: paced}
+	var filters []string
 	for _, sub := range ss.Subscriptions {
-		if strings.HasPrefix(sub.Filter, "$share/") {
-			continue
-		}
-		rs.filters = append(rs.filters, sub.Filter)
-		for _, s := range filterSubjects(sub.Filter) {
-			if d := durablePrefix + s[len(msgPrefix):]; len(d) <= maxSubject {
-				rs.subjects = append(rs.subjects, d)
-			}
+		if !strings.HasPrefix(sub.Filter, "$share/") {
+			filters = append(filters, sub.Filter)
 		}
 	}
-	if len(rs.filters) == 0 {
+	if len(filters) == 0 {
 		return nil
 	}
-	rs.subjects = dedupe(append(rs.subjects, batchSubject))
+	rs.setFilters(filters)
 	rs.to = pos.seq
 	if pos.since != 0 {
 		// At most maxOwnScan records back: beyond, a message may reach
@@ -2033,6 +2068,21 @@ func (n *Node) readReplay(ctx context.Context, id string, ss *broker.StoredSessi
 	n.dur.routeMu.Unlock()
 	rs.readOrFail(ctx, n, to, routed)
 	return rs
+}
+
+// setFilters sets the session's non-shared filters, and the stream
+// subjects that hold the messages they match.
+func (rs *replaySet) setFilters(filters []string) {
+	rs.filters = filters
+	rs.subjects = nil
+	for _, f := range filters {
+		for _, s := range filterSubjects(f) {
+			if d := durablePrefix + s[len(msgPrefix):]; len(d) <= maxSubject {
+				rs.subjects = append(rs.subjects, d)
+			}
+		}
+	}
+	rs.subjects = dedupe(append(rs.subjects, batchSubject))
 }
 
 // ownEnd returns the stream's last sequence once the commits submitted
@@ -2363,6 +2413,8 @@ func (n *Node) handleRelease(m *nats.Msg) {
 	// catch-up's reading only (routing skipped the later ones): its new
 	// home replays from there. What the catch-up read and what the
 	// session held back go into it first, so that its records hold them.
+	n.markReleasing(req.Client, true)
+	defer n.markReleasing(req.Client, false)
 	cu := n.stopCatchUp(req.Client)
 	// The claiming node's messages handed to the broker before the
 	// session went (recvMu held) reached its connection, if any.

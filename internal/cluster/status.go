@@ -96,13 +96,17 @@ type Status struct {
 	// their sessions replays from) that this node read from its own copy
 	// of the consumer, its leader not answering (the node gone led it).
 	ReplicaFloors uint64 `json:"replica_floors"`
-	// The catch-ups of moved sessions whose replay went past the room of
-	// their queue (catchup.go): started, ended at the routing position,
+	// The catch-ups of sessions (catchup.go), of moved sessions whose
+	// replay went past the room of their queue and of connected sessions
+	// whose queue had no room for the other nodes' messages (paced, also
+	// counted in catch_ups): started, ended at the routing position,
 	// given up (logged with the reason; counted in replays_bounded too),
 	// handed over with their session to another node; the messages they
 	// delivered, and the QoS 0 messages dropped for their sessions while
 	// they ran.
 	CatchUps           uint64 `json:"catch_ups"`
+	CatchUpsPaced      uint64 `json:"catch_ups_paced"`
+	CatchUpsLate       uint64 `json:"catch_ups_late"`
 	CatchUpsDone       uint64 `json:"catch_ups_done"`
 	CatchUpsGaveUp     uint64 `json:"catch_ups_gave_up"`
 	CatchUpsHandedOver uint64 `json:"catch_ups_handed_over"`
@@ -173,6 +177,7 @@ func (n *Node) Status() Status {
 	st.ReplayRecords, st.ReplaysBounded, st.ReplayDropped = d.replayRead.Load(), d.replaysBounded.Load(), d.replayDropped.Load()
 	st.ReplicaFloors = d.replicaFloors.Load()
 	st.CatchUps, st.CatchUpsDone, st.CatchUpsGaveUp = d.catchUps.Load(), d.catchUpsDone.Load(), d.catchUpsGaveUp.Load()
+	st.CatchUpsPaced, st.CatchUpsLate = d.catchUpsPaced.Load(), d.catchUpsLate.Load()
 	st.CatchUpsHandedOver, st.CatchUpMessages, st.CatchUpQoS0Dropped = d.catchUpsHandedOver.Load(), d.catchUpMessages.Load(), d.catchUpQoS0Dropped.Load()
 	st.SessionsAdopted = n.adopt.sessions.Load()
 	st.Removed = n.removedNodes()

@@ -1,0 +1,120 @@
+package cluster
+
+import (
+	"context"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/moatmq/moat/client"
+	"github.com/moatmq/moat/internal/broker"
+	"github.com/moatmq/moat/internal/testutil"
+)
+
+// pacedCluster starts three nodes whose sessions queue at most limit
+// messages, with a connected persistent session of id on n1 that takes
+// one message at a time (dialPaced), subscribed at QoS 1 to pc/#, and a
+// publisher on n2 and on n3 whose messages reach it.
+func pacedCluster(t *testing.T, id string, limit int) (nodes []*testNode, sub *client.Client, pubs []*client.Client) {
+	t.Helper()
+	for attempt := 0; ; attempt++ {
+		var err error
+		nodes, err = startNodesLogged(t, t.TempDir(), freePorts(t, 3), nil, nil, func(bc *broker.Config) { bc.MaxQueued = limit })
+		if err == nil {
+			break
+		}
+		if attempt == 2 {
+			t.Fatal(err)
+		}
+		t.Logf("retrying the cluster start: %v", err)
+	}
+	sub, _ = dialPaced(t, nodes[0].addr, id)
+	subscribe(t, sub, 1, "pc/#")
+	for i := 1; i < 3; i++ {
+		p := dial(t, nodes[i].addr, id+"pub"+strconv.Itoa(i), client.V5)
+		awaitRoute(t, p, sub, "pc/probe")
+		pubs = append(pubs, p)
+	}
+	// Probes that come later are ignored (inOrder.take).
+	return nodes, sub, pubs
+}
+
+// TestPacedCatchUp: the other nodes publish 15 times what a connected
+// session's queue takes (max_queued_messages 20) while its client takes
+// nothing; as it then takes one message at a time, every message
+// arrives, in order per publisher, once: the routing pass that found the
+// queue full switched the session to a catch-up, which reads what
+// routing skipped from the stream as the queue drains. Its node never
+// queues more than 20 messages and drops none; the catch-up ends, and
+// a new message then arrives live. With a client that moves to another
+// node in the middle, the catch-up is handed over: still none is lost
+// (those in flight when it left may come again).
+func TestPacedCatchUp(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		move bool
+	}{
+		{"stay", false},
+		{"move", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			const limit, published = 20, 150
+			id := "paced" + tc.name
+			nodes, sub, pubs := pacedCluster(t, id, limit)
+			ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+			defer cancel()
+			errs := make(chan error, 2)
+			for i, p := range pubs {
+				go func() { errs <- publishQoS(ctx, p, "pc/"+strconv.Itoa(i), 0, published, 1) }()
+			}
+			for range pubs {
+				if err := <-errs; err != nil {
+					t.Fatal(err)
+				}
+			}
+			o := newInOrder(map[string]int{"pc/0": published, "pc/1": published})
+			check := queueBound(t, nodes[0], limit)
+			if tc.move {
+				receiveUntil(t, sub, o, 3*limit, check)
+				if st := nodes[0].node.Status(); st.CatchUpsPaced == 0 {
+					t.Fatal("no paced catch-up under way")
+				}
+				disconnect(t, sub)
+				drainReceived(t, sub, o)
+				o.left()
+				var present bool
+				sub, present = dialPaced(t, nodes[1].addr, id)
+				if !present {
+					t.Fatal("Session Present 0")
+				}
+				check = queueBound(t, nodes[1], limit)
+			}
+			receiveUntil(t, sub, o, -1, check)
+			expectNone(t, sub, 500*time.Millisecond)
+			st := nodes[0].node.Status()
+			t.Logf("n1: catch-ups %d (paced %d), done %d, handed over %d, given up %d, messages %d; %d again",
+				st.CatchUps, st.CatchUpsPaced, st.CatchUpsDone, st.CatchUpsHandedOver, st.CatchUpsGaveUp, st.CatchUpMessages, o.dups)
+			if st.CatchUpsPaced == 0 || st.CatchUpsGaveUp != 0 {
+				t.Fatal("want a paced catch-up, none given up")
+			}
+			if tc.move {
+				if st.CatchUpsHandedOver == 0 {
+					t.Fatal("the catch-up was not handed over")
+				}
+			} else if o.dups != 0 {
+				t.Fatalf("%d duplicates", o.dups)
+			}
+			// Live again: a new message arrives at once.
+			if err := publishQoS(ctx, pubs[0], "pc/z", 0, 1, 1); err != nil {
+				t.Fatal(err)
+			}
+			receiveInOrder(t, sub, 0, 1)
+			if !tc.move {
+				testutil.WaitFor(t, "the catch-ups to end", 30*time.Second, func() bool {
+					st := nodes[0].node.Status()
+					return st.CatchUps == st.CatchUpsDone+st.CatchUpsGaveUp+st.CatchUpsHandedOver
+				})
+			}
+		})
+	}
+}
