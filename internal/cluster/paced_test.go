@@ -2,13 +2,16 @@ package cluster
 
 import (
 	"context"
+	"fmt"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/moatmq/moat/client"
 	"github.com/moatmq/moat/internal/broker"
 	"github.com/moatmq/moat/internal/testutil"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // pacedCluster starts three nodes whose sessions queue at most limit
@@ -116,5 +119,100 @@ func TestPacedCatchUp(t *testing.T) {
 				})
 			}
 		})
+	}
+}
+
+// TestClaimCatchUpLate: the first reading of what a moving session
+// missed fits its queue (max_queued_messages 20, 10 queued), but before
+// the import the claiming node routes 100 more messages for it; the
+// reading under the routing lock then reaches the room, and the claim
+// catches up instead of leaving the rest out: every message arrives, in
+// order, once, and the new home never queues more than 20.
+func TestClaimCatchUpLate(t *testing.T) {
+	const limit, queued, more = 20, 10, 100
+	var nodes []*testNode
+	for attempt := 0; ; attempt++ {
+		var err error
+		nodes, err = startNodesLogged(t, t.TempDir(), freePorts(t, 3), nil, nil, func(bc *broker.Config) { bc.MaxQueued = limit })
+		if err == nil {
+			break
+		}
+		if attempt == 2 {
+			t.Fatal(err)
+		}
+		t.Logf("retrying the cluster start: %v", err)
+	}
+	sub, _ := dialSession(t, nodes[0].addr, "late", client.V5)
+	subscribe(t, sub, 1, "lt/#")
+	pub := dial(t, nodes[2].addr, "latepub", client.V5)
+	awaitRoute(t, pub, sub, "lt/probe")
+	disconnect(t, sub)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	if err := publishQoS(ctx, pub, "lt/x", 0, queued, 1); err != nil {
+		t.Fatal(err)
+	}
+	n2 := nodes[1].node
+	hookErr := make(chan error, 1)
+	var once sync.Once
+	hook := func(string) {
+		once.Do(func() { hookErr <- routeMore(ctx, n2, pub, queued, queued+more) })
+	}
+	n2.sess.afterReplayRead.Store(&hook)
+	c, present := dialPaced(t, nodes[1].addr, "late")
+	if !present {
+		t.Fatal("Session Present 0")
+	}
+	select {
+	case err := <-hookErr:
+		if err != nil {
+			t.Fatal(err)
+		}
+	default:
+		t.Fatal("the claim did not read a replay")
+	}
+	o := newInOrder(map[string]int{"lt/x": queued + more})
+	receiveUntil(t, c, o, -1, queueBound(t, nodes[1], limit))
+	expectNone(t, c, 500*time.Millisecond)
+	st := n2.Status()
+	t.Logf("n2: catch-ups %d (late %d), done %d, given up %d, messages %d", st.CatchUps, st.CatchUpsLate, st.CatchUpsDone,
+		st.CatchUpsGaveUp, st.CatchUpMessages)
+	if st.CatchUpsLate != 1 || st.CatchUpsGaveUp != 0 || o.dups != 0 {
+		t.Fatalf("late catch-ups %d, given up %d, %d duplicates", st.CatchUpsLate, st.CatchUpsGaveUp, o.dups)
+	}
+}
+
+// routeMore publishes lt/x from..to-1 through pub and waits until n
+// routed every record of the stream.
+func routeMore(ctx context.Context, n *Node, pub *client.Client, from, to int) error {
+	if err := publishQoS(ctx, pub, "lt/x", from, to, 1); err != nil {
+		return err
+	}
+	js, err := jetstream.New(n.nc)
+	if err != nil {
+		return err
+	}
+	st, err := js.Stream(ctx, streamMsgs)
+	if err != nil {
+		return err
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		return err
+	}
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		n.dur.routeMu.Lock()
+		routed := n.dur.routed
+		n.dur.routeMu.Unlock()
+		if routed >= info.State.LastSeq {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("routed %d of %d: %w", routed, info.State.LastSeq, ctx.Err())
+		case <-tick.C:
+		}
 	}
 }

@@ -133,6 +133,9 @@ type sessionsState struct {
 	// before the broker has it; afterImport right after, while the
 	// session holds back what routing delivers to it.
 	beforeImport, afterImport atomic.Pointer[func(id string)]
+	// afterReplayRead, in tests, runs when a claim has read the durable
+	// messages to replay the first time, before the import.
+	afterReplayRead atomic.Pointer[func(id string)]
 	// takeWaits counts the claims that waited for a take of the same
 	// client ID under way on this node (ClaimSession).
 	takeWaits atomic.Uint64
@@ -1768,6 +1771,9 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 		room, roomBytes := queueRoom(b.Limits(), cs)
 		ownTo = max(to, n.ownEnd(ctx, p, to))
 		rs = n.readReplay(ctx, id, cs.Session.Session, pos, ownTo, have, room, roomBytes, cs.Hold && !n.sess.noCatchUp)
+		if f := n.sess.afterReplayRead.Load(); f != nil {
+			(*f)(id)
+		}
 	}
 	// The replay goes on after the import when the first reading
 	// reached the bound (catchUp); otherwise the bound of a reading
