@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"sync"
 	"testing"
@@ -18,11 +19,11 @@ import (
 // messages, with a connected persistent session of id on n1 that takes
 // one message at a time (dialPaced), subscribed at QoS 1 to pc/#, and a
 // publisher on n2 and on n3 whose messages reach it.
-func pacedCluster(t *testing.T, id string, limit int) (nodes []*testNode, sub *client.Client, pubs []*client.Client) {
+func pacedCluster(t *testing.T, id string, limit int, rec *logRecorder, before ...func(int, *Node)) (nodes []*testNode, sub *client.Client, pubs []*client.Client) {
 	t.Helper()
 	for attempt := 0; ; attempt++ {
 		var err error
-		nodes, err = startNodesLogged(t, t.TempDir(), freePorts(t, 3), nil, nil, func(bc *broker.Config) { bc.MaxQueued = limit })
+		nodes, err = startNodesLogged(t, t.TempDir(), freePorts(t, 3), before, rec, func(bc *broker.Config) { bc.MaxQueued = limit })
 		if err == nil {
 			break
 		}
@@ -63,7 +64,7 @@ func TestPacedCatchUp(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			const limit, published = 20, 150
 			id := "paced" + tc.name
-			nodes, sub, pubs := pacedCluster(t, id, limit)
+			nodes, sub, pubs := pacedCluster(t, id, limit, nil)
 			ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 			defer cancel()
 			errs := make(chan error, 2)
@@ -215,4 +216,67 @@ func routeMore(ctx context.Context, n *Node, pub *client.Client, from, to int) e
 		case <-tick.C:
 		}
 	}
+}
+
+// TestPacedCatchUpGivesUp: a connected client that takes nothing while
+// its session catches up (idle bound 300 ms here, 30 s by default) ends
+// the catch-up: it is counted and logged as given up, the messages read
+// are delivered as far as the queue takes them, and routing delivers to
+// the session again: a later message arrives live, after what the
+// queue held, in order.
+func TestPacedCatchUpGivesUp(t *testing.T) {
+	const limit, published = 20, 100
+	rec := &logRecorder{}
+	idle := func(i int, nd *Node) {
+		if i == 0 {
+			nd.sess.catchUpIdle = 300 * time.Millisecond
+		}
+	}
+	nodes, sub, pubs := pacedCluster(t, "pacedidle", limit, rec, idle)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	if err := publishQoS(ctx, pubs[0], "pc/0", 0, published, 1); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, "the catch-up to give up", 30*time.Second, func() bool {
+		return nodes[0].node.Status().CatchUpsGaveUp > 0
+	})
+	st := nodes[0].node.Status()
+	if st.CatchUpsPaced == 0 || len(rec.find(slog.LevelWarn, "cluster: a session's catch-up gave up; durable messages for it after read_to were not replayed")) == 0 {
+		t.Fatalf("paced %d; no warning of the catch-up given up", st.CatchUpsPaced)
+	}
+	if err := publishQoS(ctx, pubs[1], "pc/1", 0, 1, 1); err != nil {
+		t.Fatal(err)
+	}
+	// What arrives of pc/0 comes in order, with the messages not
+	// replayed missing; pc/1's message arrives.
+	last, got1 := -1, false
+	deadline := time.After(30 * time.Second)
+	for !got1 {
+		select {
+		case m := <-sub.Messages():
+			if string(m.Payload) == "probe" {
+				continue
+			}
+			i, err := strconv.Atoi(string(m.Payload))
+			if err != nil {
+				t.Fatalf("payload %q", m.Payload)
+			}
+			switch m.Topic {
+			case "pc/0":
+				if i <= last {
+					t.Fatalf("pc/0: %d after %d", i, last)
+				}
+				last = i
+			case "pc/1":
+				got1 = true
+			}
+		case <-deadline:
+			t.Fatalf("pc/1 did not arrive (pc/0 up to %d)", last)
+		}
+	}
+	if last < limit {
+		t.Fatalf("pc/0 up to %d only; want at least the queue's %d", last, limit)
+	}
+	t.Logf("pc/0 up to %d of %d; given up %d", last, published-1, nodes[0].node.Status().CatchUpsGaveUp)
 }
