@@ -501,6 +501,9 @@ func (n *Node) consumeLoop(js jetstream.JetStream) {
 		backoff = min(2*backoff, 2*time.Second)
 	}
 	n.log.Info("cluster: durable message stream ready", "consumer", n.consumerName(), "replicas", n.replicas)
+	// Before any session is imported or given up: a claim reads the
+	// position from here on.
+	n.routedTo(cons.CachedInfo().AckFloor.Stream)
 	n.wg.Add(1)
 	go func() { defer n.wg.Done(); n.dur.acks.run(n.ctx, cons, n.dur.stream) }()
 	// The sessions of this node first: the consumer then delivers to them
@@ -517,6 +520,7 @@ func (n *Node) consumeLoop(js jetstream.JetStream) {
 		var it jetstream.MessagesContext
 		if err == nil {
 			n.dur.acks.bind(ci)
+			n.routedTo(ci.AckFloor.Stream)
 			it, err = cons.Messages(jetstream.PullMaxMessages(512))
 		}
 		if err != nil {
@@ -547,6 +551,25 @@ func (n *Node) consumeLoop(js jetstream.JetStream) {
 		}
 		close(stopped)
 	}
+}
+
+// routedTo raises the routing position (durableState.routed) to floor,
+// the acknowledgement floor of this node's consumer. Every record up to
+// the floor was routed, by this run or an earlier one, and its messages
+// are in the sessions that were here then; the consumer delivers none of
+// them again. A node that starts again must count them as routed: its
+// position otherwise starts at 0, and the claims of sessions go wrong in
+// both directions. As the old home, it would answer that it routed
+// nothing, and the new home would read the stream from its start for the
+// session. As the new home, it would read and replay only the records up
+// to 0 and leave the later ones to its routing, which delivered them in
+// its earlier run and never does again: a message the old home had not
+// routed when the claim came (its record on its way to it after the
+// restart) reached neither node's routing nor the replay, and was lost.
+func (n *Node) routedTo(floor uint64) {
+	n.dur.routeMu.Lock()
+	n.dur.routed = max(n.dur.routed, floor)
+	n.dur.routeMu.Unlock()
 }
 
 // pauseRouting holds the routing of the durable stream's records until
