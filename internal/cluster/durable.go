@@ -103,8 +103,11 @@ type durableState struct {
 	ring     []string
 	ringPos  int
 
-	// routed is the stream sequence of the last message handed to the
-	// broker; routeMu orders reading it with the routing, and with the
+	// routed is the highest stream sequence of the records handed to
+	// the broker (a record delivered again after a failed commit does
+	// not move it back: a claim then replays the records after it
+	// rather than leave them to routing that passed them already);
+	// routeMu orders reading it with the routing, and with the
 	// arrival and departure of sessions (sessions.go).
 	routeMu sync.Mutex
 	routed  uint64
@@ -642,7 +645,7 @@ func (n *Node) routeRecord(m jetstream.Msg, origin string, seq uint64) {
 		// session imported from now on did not get it then, and is
 		// replayed it.
 		n.dur.routeMu.Lock()
-		n.dur.routed = seq
+		n.dur.routed = max(n.dur.routed, seq)
 		n.dur.routeMu.Unlock()
 		acks.finish(seq, true)
 		return
@@ -703,7 +706,7 @@ func (n *Node) routeRecord(m jetstream.Msg, origin string, seq uint64) {
 		n.settle(id, err == nil)
 		acks.finish(seq, err == nil)
 	}))
-	d.routed = seq
+	d.routed = max(d.routed, seq)
 	d.routeMu.Unlock()
 }
 
@@ -776,7 +779,7 @@ func (n *Node) handleBatch(m jetstream.Msg, origin string, seq uint64) {
 		msgIDs = append(msgIDs, ids[i])
 	}
 	if len(msgs) == 0 {
-		d.routed = seq
+		d.routed = max(d.routed, seq)
 		d.routeMu.Unlock()
 		acks.finish(seq, true)
 		return
@@ -805,7 +808,7 @@ func (n *Node) handleBatch(m jetstream.Msg, origin string, seq uint64) {
 	for _, msg := range msgs {
 		d.refs.Delete(msg)
 	}
-	d.routed = seq
+	d.routed = max(d.routed, seq)
 	d.routeMu.Unlock()
 }
 
