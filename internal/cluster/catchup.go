@@ -344,13 +344,8 @@ func (c *catchUp) run() bool {
 			if room > 0 && roomBytes != 0 && routed > rs.to+pacedNear && routed >= c.ownTo {
 				// Far behind the routing position: read without holding
 				// the routing up (finish does, for the last records).
-				rs.next(room, roomBytes)
-				if err := rs.read(c.ctx, n, routed, routed); err != nil {
-					if c.ctx.Err() != nil {
-						return false
-					}
-					c.giveUp("reading the stream failed: " + err.Error())
-					return true
+				if ok, ended := c.readTo(routed, room, roomBytes); !ok {
+					return ended
 				}
 				continue
 			}
@@ -372,13 +367,8 @@ func (c *catchUp) run() bool {
 					continue
 				}
 			} else if room > 0 && roomBytes != 0 && rs.to < routed {
-				rs.next(room, roomBytes)
-				if err := rs.read(c.ctx, n, routed, routed); err != nil {
-					if c.ctx.Err() != nil {
-						return false
-					}
-					c.giveUp("reading the stream failed: " + err.Error())
-					return true
+				if ok, ended := c.readTo(routed, room, roomBytes); !ok {
+					return ended
 				}
 				continue
 			}
@@ -396,6 +386,22 @@ func (c *catchUp) run() bool {
 		}
 	}
 	return false
+}
+
+// readTo reads, without holding routeMu, the records up to routed, as
+// far as the room of the queue goes. It reports false when the reading
+// failed, and then whether the catch-up ended (it gave up) rather than
+// was stopped (see run).
+func (c *catchUp) readTo(routed uint64, room int, roomBytes int64) (ok, ended bool) {
+	c.rs.next(room, roomBytes)
+	if err := c.rs.read(c.ctx, c.n, routed, routed); err != nil {
+		if c.ctx.Err() != nil {
+			return false, false
+		}
+		c.giveUp("reading the stream failed: " + err.Error())
+		return false, true
+	}
+	return true, false
 }
 
 func (c *catchUp) idle() time.Duration {

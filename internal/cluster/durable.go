@@ -790,7 +790,7 @@ func (n *Node) handleBatch(m jetstream.Msg, origin string, seq uint64) {
 	// The record is acknowledged once its messages are committed and,
 	// for each connected session that had no room for one of them, the
 	// position of its catch-up is stored (startPaced): the parts of j.
-	j := &ackJoin{parts: 1, done: n.holdAcks(func(err error) {
+	j := &heldAck{parts: 1, done: n.holdAcks(func(err error) {
 		// Delivered again later on failure (not at once: a broker
 		// shutting down refuses it until the node closes).
 		for _, id := range msgIDs {
@@ -829,37 +829,6 @@ type pacedBroker interface {
 }
 
 var _ pacedBroker = (*broker.Server)(nil)
-
-// ackJoin runs done once every part has finished (part, and the one it
-// starts with, finished by its maker), with the first error.
-type ackJoin struct {
-	mu    sync.Mutex
-	parts int
-	err   error
-	done  func(error)
-}
-
-// part adds a part and returns the function that finishes it.
-func (j *ackJoin) part() func(error) {
-	j.mu.Lock()
-	j.parts++
-	j.mu.Unlock()
-	return j.finish
-}
-
-func (j *ackJoin) finish(err error) {
-	j.mu.Lock()
-	if err != nil && j.err == nil {
-		j.err = err
-	}
-	j.parts--
-	last := j.parts == 0
-	err = j.err
-	j.mu.Unlock()
-	if last {
-		j.done(err)
-	}
-}
 
 // settle ends the delivery of message id; delivered ones are remembered.
 func (n *Node) settle(id string, delivered bool) {

@@ -195,14 +195,25 @@ type importHold struct {
 	waiters  []*heldAck
 }
 
-// heldAck is the acknowledgement of one routing pass made while imports
-// held deliveries back: done runs once the pass's own commit and the
-// writes of every such import's held deliveries are durable.
+// heldAck runs done once all its parts have finished, with the first
+// error. It is the acknowledgement of one routing pass made while
+// imports held deliveries back (done runs once the pass's own commit and
+// the writes of every such import's held deliveries are durable), and of
+// a record whose routing started catch-ups (once their positions are
+// stored too, handleBatch).
 type heldAck struct {
 	mu    sync.Mutex
 	parts int
 	err   error
 	done  func(error)
+}
+
+// part adds a part and returns the function that finishes it.
+func (h *heldAck) part() func(error) {
+	h.mu.Lock()
+	h.parts++
+	h.mu.Unlock()
+	return h.finish
 }
 
 func (h *heldAck) finish(err error) {
