@@ -135,18 +135,7 @@ func catchUpCluster(t *testing.T, id string, limit, published int, qos byte, rec
 func catchUpClusterIn(t *testing.T, id string, limit, published int, qos byte,
 	rec *logRecorder) (nodes []*testNode, pub *client.Client, dir string, routes []string) {
 	t.Helper()
-	for attempt := 0; ; attempt++ {
-		dir, routes = t.TempDir(), freePorts(t, 3)
-		var err error
-		nodes, err = startNodesLogged(t, dir, routes, nil, rec, func(bc *broker.Config) { bc.MaxQueued = limit })
-		if err == nil {
-			break
-		}
-		if attempt == 2 {
-			t.Fatal(err)
-		}
-		t.Logf("retrying the cluster start: %v", err)
-	}
+	nodes, dir, routes = startLimited(t, limit, rec)
 	sub, _ := dialSession(t, nodes[0].addr, id, client.V5)
 	subscribe(t, sub, qos, "cu/#")
 	pub = dial(t, nodes[2].addr, id+"pub", client.V5)
@@ -162,6 +151,27 @@ func catchUpClusterIn(t *testing.T, id string, limit, published int, qos byte,
 		t.Fatal(err)
 	}
 	return nodes, pub, dir, routes
+}
+
+// startLimited starts three nodes whose sessions queue at most limit
+// messages, logging to rec (may be nil), with before run on each node
+// as it starts; it returns them, the directory of their stores and
+// their routes. A start that fails (a route port taken meanwhile) is
+// tried again on other ports, as startCluster does.
+func startLimited(t *testing.T, limit int, rec *logRecorder, before ...func(int, *Node)) (nodes []*testNode, dir string, routes []string) {
+	t.Helper()
+	for attempt := 0; ; attempt++ {
+		dir, routes = t.TempDir(), freePorts(t, 3)
+		var err error
+		nodes, err = startNodesLogged(t, dir, routes, before, rec, func(bc *broker.Config) { bc.MaxQueued = limit })
+		if err == nil {
+			return nodes, dir, routes
+		}
+		if attempt == 2 {
+			t.Fatal(err)
+		}
+		t.Logf("retrying the cluster start: %v", err)
+	}
 }
 
 // queueBound returns a check that the queued messages of tn never

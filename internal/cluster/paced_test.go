@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/moatmq/moat/client"
-	"github.com/moatmq/moat/internal/broker"
 	"github.com/moatmq/moat/internal/testutil"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -21,17 +20,7 @@ import (
 // publisher on n2 and on n3 whose messages reach it.
 func pacedCluster(t *testing.T, id string, limit int, rec *logRecorder, before ...func(int, *Node)) (nodes []*testNode, sub *client.Client, pubs []*client.Client) {
 	t.Helper()
-	for attempt := 0; ; attempt++ {
-		var err error
-		nodes, err = startNodesLogged(t, t.TempDir(), freePorts(t, 3), before, rec, func(bc *broker.Config) { bc.MaxQueued = limit })
-		if err == nil {
-			break
-		}
-		if attempt == 2 {
-			t.Fatal(err)
-		}
-		t.Logf("retrying the cluster start: %v", err)
-	}
+	nodes, _, _ = startLimited(t, limit, rec, before...)
 	sub, _ = dialPaced(t, nodes[0].addr, id)
 	subscribe(t, sub, 1, "pc/#")
 	for i := 1; i < 3; i++ {
@@ -131,18 +120,7 @@ func TestPacedCatchUp(t *testing.T) {
 // order, once, and the new home never queues more than 20.
 func TestClaimCatchUpLate(t *testing.T) {
 	const limit, queued, more = 20, 10, 100
-	var nodes []*testNode
-	for attempt := 0; ; attempt++ {
-		var err error
-		nodes, err = startNodesLogged(t, t.TempDir(), freePorts(t, 3), nil, nil, func(bc *broker.Config) { bc.MaxQueued = limit })
-		if err == nil {
-			break
-		}
-		if attempt == 2 {
-			t.Fatal(err)
-		}
-		t.Logf("retrying the cluster start: %v", err)
-	}
+	nodes, _, _ := startLimited(t, limit, nil)
 	sub, _ := dialSession(t, nodes[0].addr, "late", client.V5)
 	subscribe(t, sub, 1, "lt/#")
 	pub := dial(t, nodes[2].addr, "latepub", client.V5)
