@@ -7,6 +7,9 @@ import "time"
 // cpuTime is not measured on this platform: CPU figures read 0.
 func cpuTime() time.Duration { return 0 }
 
+// cpuSplit is not measured on this platform.
+func cpuSplit() (user, sys time.Duration) { return 0, 0 }
+
 // writeCalls is not measured on this platform.
 func writeCalls() int64 { return 0 }
 

@@ -17,6 +17,13 @@ func cpuTime() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
+// cpuSplit returns the process's user and system CPU time apart.
+func cpuSplit() (user, sys time.Duration) {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano()), time.Duration(ru.Stime.Nano())
+}
+
 // writeCalls returns the write system calls the process made so far
 // (syscw of /proc/self/io), or 0 where that is not available.
 func writeCalls() int64 { return ioCount("syscw: ") }
