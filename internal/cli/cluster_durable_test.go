@@ -76,8 +76,9 @@ func TestClusterSessionMovesWithQueue(t *testing.T) {
 // publisher had acknowledged reaches the subscriber.
 func TestClusterSIGKILLUnderQoS1Load(t *testing.T) {
 	t.Parallel()
-	t.Run("SubscriberNode", func(t *testing.T) { killUnderLoad(t, 1) })
-	t.Run("PublisherNode", func(t *testing.T) { killUnderLoad(t, 0) })
+	// Each case has a cluster of its own: they run side by side.
+	t.Run("SubscriberNode", func(t *testing.T) { t.Parallel(); killUnderLoad(t, 1) })
+	t.Run("PublisherNode", func(t *testing.T) { t.Parallel(); killUnderLoad(t, 0) })
 }
 
 // killUnderLoad runs TestClusterSIGKILLUnderQoS1Load, killing node kill
