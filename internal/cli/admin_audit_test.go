@@ -19,6 +19,7 @@ import (
 // leave an admin.action entry in audit.log with the token's name, the
 // target and the result; the log's chain verifies.
 func TestAdminChangesAudited(t *testing.T) {
+	t.Parallel()
 	needTool(t, "mosquitto_sub", "mosquitto_pub")
 	e := startAdminEnv(t)
 	serial, _, _ := e.device(t, "sensor-a")

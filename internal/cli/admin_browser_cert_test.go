@@ -66,6 +66,7 @@ func certBrowserProfile(t *testing.T, prefix, origin string) (home, userData str
 // certificate alone, shows the mTLS device, kicks it, adds and removes a
 // ban, and fetches nothing from outside its origin.
 func TestAdminDashboardClientCertificate(t *testing.T) {
+	t.Parallel()
 	needTool(t, "mosquitto_sub", "openssl", "certutil", "pk12util")
 	browser, err := exec.LookPath("chromium")
 	if err != nil {

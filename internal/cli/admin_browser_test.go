@@ -36,6 +36,7 @@ func artifactsDir(t *testing.T) string {
 // kick it, add and remove a ban. Every request the page makes must go to
 // the admin origin (no CDN, no external font, nothing else).
 func TestAdminDashboardBrowser(t *testing.T) {
+	t.Parallel()
 	needTool(t, "mosquitto_sub")
 	browser, err := exec.LookPath("chromium")
 	if err != nil {

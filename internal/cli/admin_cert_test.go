@@ -39,6 +39,7 @@ func (e *adminEnv) curlAdmin(t *testing.T, method, path, prefix string) (string,
 // with that role; a device certificate without it, one from another CA
 // and a revoked one do not.
 func TestSecurityAdminClientCertificates(t *testing.T) {
+	t.Parallel()
 	needTool(t, "curl", "openssl")
 	e := startAdminEnv(t)
 	ca := filepath.Join(e.data, "ca")

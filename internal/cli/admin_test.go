@@ -223,6 +223,7 @@ func (e *adminEnv) connectionsMetric(t *testing.T) (float64, []byte) {
 // connected over mutual TLS by mosquitto_sub: tokens and roles, the
 // client list with the certificate identity, metrics, bans and kick.
 func TestAdminAPI(t *testing.T) {
+	t.Parallel()
 	needTool(t, "mosquitto_sub")
 	e := startAdminEnv(t)
 	serial, _, exited := e.device(t, "sensor-7")
@@ -351,6 +352,7 @@ func TestAdminAPI(t *testing.T) {
 // TestAdminDashboardHeaders: the dashboard is served with a strict
 // Content-Security-Policy and no cookie.
 func TestAdminDashboardHeaders(t *testing.T) {
+	t.Parallel()
 	e := startAdminEnv(t)
 	resp, err := e.http.Get(e.base + "/")
 	if err != nil {
@@ -392,6 +394,7 @@ func TestAdminDashboardHeaders(t *testing.T) {
 // admin API may only listen on loopback, because bearer tokens would
 // cross the network in clear.
 func TestAdminRefusesPlainNonLoopback(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	// The port is never bound: serve refuses the admin address first.
 	writeFile(t, filepath.Join(dir, "m.conf"), "listener 1883 127.0.0.1\nallow_anonymous true\n")
@@ -407,6 +410,7 @@ func TestAdminRefusesPlainNonLoopback(t *testing.T) {
 // API over plain HTTP on loopback; moat_connections follows the clients
 // connected with mosquitto_sub.
 func TestAdminPlainLoopback(t *testing.T) {
+	t.Parallel()
 	needTool(t, "mosquitto_sub")
 	dir := t.TempDir()
 	tok := createToken(t, dir, "scrape", "viewer")

@@ -125,6 +125,7 @@ func TestCACommandsWalkthrough(t *testing.T) {
 }
 
 func TestCAInitNeedsPassphraseSource(t *testing.T) {
+	t.Parallel()
 	os.Unsetenv("MOAT_CA_PASSPHRASE")
 	dir := filepath.Join(t.TempDir(), "ca")
 	_, errs, code := moat(t, "ca", "init", "--dir", dir)

@@ -22,6 +22,7 @@ import (
 // node 3 are queued for it; resumed on node 2 it gets them all, once, in
 // order, with Session Present 1.
 func TestClusterSessionMovesWithQueue(t *testing.T) {
+	t.Parallel()
 	needTool(t, "mosquitto_pub", "mosquitto_sub")
 	procs := startMoatCluster(t, clusterSetup{extra: allowAllACL}).procs
 
@@ -74,8 +75,10 @@ func TestClusterSessionMovesWithQueue(t *testing.T) {
 // the publisher's (the publisher reconnects there). Every message the
 // publisher had acknowledged reaches the subscriber.
 func TestClusterSIGKILLUnderQoS1Load(t *testing.T) {
-	t.Run("SubscriberNode", func(t *testing.T) { killUnderLoad(t, 1) })
-	t.Run("PublisherNode", func(t *testing.T) { killUnderLoad(t, 0) })
+	t.Parallel()
+	// Each case has a cluster of its own: they run side by side.
+	t.Run("SubscriberNode", func(t *testing.T) { t.Parallel(); killUnderLoad(t, 1) })
+	t.Run("PublisherNode", func(t *testing.T) { t.Parallel(); killUnderLoad(t, 0) })
 }
 
 // killUnderLoad runs TestClusterSIGKILLUnderQoS1Load, killing node kill
@@ -268,6 +271,7 @@ func killUnderLoad(t *testing.T, kill int) {
 // the retained message and the persistent session with the QoS 1
 // messages queued for it are back, on any node.
 func TestClusterFullRestart(t *testing.T) {
+	t.Parallel()
 	needTool(t, "mosquitto_pub", "mosquitto_sub")
 	procs := startMoatCluster(t, clusterSetup{extra: allowAllACL}).procs
 	out := &testutil.Buffer{}
@@ -344,6 +348,7 @@ func TestClusterFullRestart(t *testing.T) {
 // neither believes itself cut off, and QoS 1 messages published on node 3
 // after node 2's SIGKILL keep reaching a subscriber on node 1.
 func TestClusterNodeLostAfterFullRestart(t *testing.T) {
+	t.Parallel()
 	needTool(t, "mosquitto_pub", "mosquitto_sub")
 	procs := startMoatCluster(t, clusterSetup{extra: allowAllACL}).procs
 	for _, p := range procs {

@@ -22,6 +22,7 @@ import (
 // SIGKILLed it is removed, and node 1's status no longer counts it: two
 // nodes, JetStream cluster size 2, node 3 listed as removed.
 func TestClusterRemoveNodeThreeProcesses(t *testing.T) {
+	t.Parallel()
 	var operatorFile, viewerFile string
 	procs := startMoatCluster(t, clusterSetup{name: "plant-r", extra: allowAllACL,
 		prepare: func(i int, dir string) {

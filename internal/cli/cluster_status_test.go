@@ -32,6 +32,7 @@ import (
 // the third node the status names it down and exits 2. A node without a
 // cluster section makes the command exit 1.
 func TestClusterStatusThreeProcesses(t *testing.T) {
+	t.Parallel()
 	needTool(t, "mosquitto_sub")
 	var tokenFile, viewer string
 	procs := startMoatCluster(t, clusterSetup{name: "plant-a", extra: allowAllACL,
@@ -157,10 +158,17 @@ admin: {listen: "127.0.0.1:0"}
 `)
 	tok := createToken(t, single, "ops", "viewer")
 	sp := startMoat(t, single, "-c", "moat.yaml")
-	t.Setenv(adminTokenEnv, tok)
-	out, errs, code = moat(t, "cluster", "status", "--admin", sp.logAddr(t, "admin: serving the API", "address"))
-	if code != 1 || !strings.Contains(errs, "not in a cluster") {
-		t.Errorf("single node: exit %d\n%s%s", code, out, errs)
+	// The token comes from $MOAT_ADMIN_TOKEN, set for the command's
+	// process alone: this test runs beside others.
+	cmd := exec.Command(moatBin, "cluster", "status", "--admin", sp.logAddr(t, "admin: serving the API", "address"))
+	cmd.Env = append(os.Environ(), adminTokenEnv+"="+tok)
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil && !errors.As(err, new(*exec.ExitError)) {
+		t.Fatal(err)
+	}
+	if code := cmd.ProcessState.ExitCode(); code != 1 || !strings.Contains(stderr.String(), "not in a cluster") {
+		t.Errorf("single node: exit %d\n%s%s", code, stdout.String(), stderr.String())
 	}
 }
 

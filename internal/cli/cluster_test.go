@@ -16,6 +16,7 @@ import (
 // third node and mosquitto_pub on the first, and a retained message set
 // on the second replayed on the third.
 func TestClusterThreeProcesses(t *testing.T) {
+	t.Parallel()
 	needTool(t, "mosquitto_pub", "mosquitto_sub")
 	mc := startMoatCluster(t, clusterSetup{extra: allowAllACL})
 	host := mc.host

@@ -15,6 +15,7 @@ import (
 // is killed with SIGKILL. Their wills reach a subscriber on node 1 once
 // each, not before node 3 is missed and the grace period has run.
 func TestClusterWillOfKilledNode(t *testing.T) {
+	t.Parallel()
 	needTool(t, "mosquitto_pub", "mosquitto_sub")
 	mc := startMoatCluster(t, clusterSetup{extra: "  adopt_after: 10s\n" + allowAllACL})
 	watch := mosquittoSub(t, append(mc.host(0), "-i", "wwatch", "-q", "1", "-t", "wills/#")...)

@@ -158,6 +158,7 @@ func processMemoryContains(t *testing.T, pid int, markers ...[]byte) []bool {
 }
 
 func TestE2EBrokerSeesNoPlaintext(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	broker := startMoatOn(t, dir, 1, func(ports []int) []string {
 		writeFile(t, filepath.Join(dir, "mosquitto.conf"), fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\n", ports[0]))

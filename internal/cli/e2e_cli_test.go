@@ -90,6 +90,7 @@ func e2eRawKeyFile(t *testing.T, path string) []byte {
 }
 
 func TestE2EPubSub(t *testing.T) {
+	t.Parallel()
 	port := psStartMoat(t, broker.Config{})
 	ctx := psTestCtx(t)
 	conn := []string{"-h", "127.0.0.1", "-p", port}

@@ -25,6 +25,7 @@ import (
 // epoch-2 bundle the key service published, and seals with epoch 2: the
 // intruder's epoch-1 key no longer opens what the writer sends.
 func TestSecurityWriterFollowsBundles(t *testing.T) {
+	t.Parallel()
 	port := psStartMoat(t, broker.Config{})
 	mqttURL := "mqtt://127.0.0.1:" + port
 	conn := []string{"-h", "127.0.0.1", "-p", port}

@@ -53,6 +53,7 @@ func e2eWaitFor(t *testing.T, buf *testutil.Buffer, want string) string {
 // subscriber applies its new bundle live, the sensor fetches its own over
 // MQTT, and messages of the new epoch flow.
 func TestE2EKeyFlowOverMQTT(t *testing.T) {
+	t.Parallel()
 	port := psStartMoat(t, broker.Config{})
 	mqttURL := "mqtt://127.0.0.1:" + port
 	conn := []string{"-h", "127.0.0.1", "-p", port}

@@ -46,6 +46,7 @@ func otaWait(t *testing.T, ch <-chan psResult) psResult {
 }
 
 func TestOTAPublishReceive(t *testing.T) {
+	t.Parallel()
 	port := psStartMoat(t, broker.Config{})
 	ctx := psTestCtx(t)
 	root := t.TempDir()

@@ -48,6 +48,7 @@ else:
 // TestE2ESeedPythonRawInterop runs the seed's Python device code against
 // moat pub/sub --raw-key through Moat's broker, in both directions.
 func TestE2ESeedPythonRawInterop(t *testing.T) {
+	t.Parallel()
 	const py = "/usr/bin/python3"
 	needTool(t, py)
 	if err := exec.Command(py, "-c", "import Cryptodome.Cipher.AES, paho.mqtt.client").Run(); err != nil {

@@ -44,6 +44,7 @@ func keysIssueClient(t *testing.T, dir, name, cn string) {
 // reason and persists across restarts. Revoking a certificate a member
 // has since replaced (auditor renewed its certificate) removes nothing.
 func TestSecurityKeyServiceRevokedMember(t *testing.T) {
+	t.Parallel()
 	ctx := psTestCtx(t)
 	dir := t.TempDir()
 	keysWriteTestPKI(t, dir, "sensor-1", "platform", "auditor")

@@ -57,6 +57,7 @@ func loadTestCert(t *testing.T, dir, name string) *testpki.Cert {
 }
 
 func TestKeysCommands(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	keysWriteTestPKI(t, dir, "sensor-1", "platform")
 	kek := filepath.Join(dir, "kek")

@@ -16,6 +16,7 @@ import (
 // exceeded, the v3 one is delivered but not retained, and the long
 // filter is refused.
 func TestSecurityMemoryLimitsMosquittoClients(t *testing.T) {
+	t.Parallel()
 	needTool(t, "mosquitto_pub", "mosquitto_sub")
 	dir := t.TempDir()
 	writeFile(t, filepath.Join(dir, "moat.yaml"), `listeners:
@@ -61,6 +62,7 @@ acl:
 // A mosquitto.conf keeps Mosquitto's meaning, but where Mosquitto has no
 // limit Moat's safe defaults apply, and the log says so once at start.
 func TestServeMosquittoConfSafeDefaults(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	p := startMoatOn(t, dir, 1, func(ports []int) []string {
 		writeFile(t, filepath.Join(dir, "mosquitto.conf"), fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\n", ports[0]))

@@ -50,6 +50,7 @@ func TestLogTimestampFormat(t *testing.T) {
 // client, the declared size, the limit and the setting to raise; an
 // MQTT 5 client learns the limit from CONNACK and does not send it.
 func TestOversizePublishLogged(t *testing.T) {
+	t.Parallel()
 	needTool(t, "mosquitto_pub")
 	dir := t.TempDir()
 	writeFile(t, filepath.Join(dir, "moat.yaml"), `listeners:
@@ -79,6 +80,7 @@ persistence: {enabled: false}
 // passphrase is named at its creation, with the advice to move it offline
 // (docs/pki.md), in the log and in the start-up instructions.
 func TestZeroConfigSaysWhereRootPassIs(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	writeFile(t, filepath.Join(dir, "moat.yaml"), `listeners:
   - {address: "127.0.0.1:0", transport: tls}

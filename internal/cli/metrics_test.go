@@ -35,6 +35,7 @@ func metricValue(body []byte, series string) float64 {
 // authorization results, TLS handshakes by version and group and
 // failures by reason, store commit latency; promtool lints the scrape.
 func TestMetricsEndToEnd(t *testing.T) {
+	t.Parallel()
 	needTool(t, "mosquitto_sub", "mosquitto_pub", "promtool")
 	e := startAdminEnvWith(t, `acl:
   rules:

@@ -36,6 +36,7 @@ func passwdVerdict(t *testing.T, path, user, pw string) authn.Verdict {
 }
 
 func TestPasswdCommand(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "passwd")
 	if code, out := runPasswdCmd(t, "pw1\n", path, "alice"); code == 0 || !strings.Contains(out, "-c") {
@@ -100,6 +101,7 @@ func TestPasswdCommand(t *testing.T) {
 // mosquitto_passwd, keeping its lines as they were, and -U hashes
 // plain-text lines once (mosquitto_passwd -U would hash the hashes).
 func TestPasswdMosquittoFile(t *testing.T) {
+	t.Parallel()
 	needTool(t, "mosquitto_passwd")
 	dir := t.TempDir()
 	path := filepath.Join(dir, "passwd")
@@ -135,6 +137,7 @@ func TestPasswdMosquittoFile(t *testing.T) {
 // reads 12 or 64, Mosquitto 2.0 only 12). Python's hashlib checks the line
 // as an independent implementation.
 func TestPasswdFIPS(t *testing.T) {
+	t.Parallel()
 	needTool(t, "python3")
 	dir := t.TempDir()
 	path := filepath.Join(dir, "passwd")
@@ -196,6 +199,7 @@ sys.exit(os.waitstatus_to_exitcode(st))
 // TestPasswdTerminal: on a terminal the password is asked twice and the
 // two answers must match.
 func TestPasswdTerminal(t *testing.T) {
+	t.Parallel()
 	needTool(t, "python3")
 	path := filepath.Join(t.TempDir(), "passwd")
 	out, err := run(t, 30*time.Second, "python3", "-c", ptyDriver, moatBin, "passwd", "-c", path, "tty",

@@ -14,6 +14,7 @@ import (
 // TLS-terminating load balancer: the PROXY v2 header's SSL TLV carries the
 // verified client certificate's CN, which becomes the MQTT username.
 func TestProxyProtocolIdentity(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	writeFile(t, filepath.Join(dir, "moat.yaml"), `listeners:
   - name: behind-lb

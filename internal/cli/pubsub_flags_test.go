@@ -168,6 +168,7 @@ func TestParseClientArgs(t *testing.T) {
 }
 
 func TestRetainedOnlyAndRemoveRetained(t *testing.T) {
+	t.Parallel()
 	port := psStartMoat(t, broker.Config{})
 	ctx := psTestCtx(t)
 	conn := []string{"-h", "127.0.0.1", "-p", port}
@@ -245,6 +246,7 @@ func TestTLSVersionAndOSCerts(t *testing.T) {
 }
 
 func TestQuiet(t *testing.T) {
+	t.Parallel()
 	port := psStartMoat(t, broker.Config{})
 	ctx := psTestCtx(t)
 	closed := strconv.Itoa(testutil.FreePort(t)) // nothing listens

@@ -78,6 +78,7 @@ acl:
 // moat sub exits with status 1 and the reason instead of retrying forever.
 // moat pub with the revoked certificate fails the same way.
 func TestSubExitsWhenCertificateRevoked(t *testing.T) {
+	t.Parallel()
 	port, caFile, dir := startMutualTLSMoat(t)
 	ctx := psTestCtx(t)
 	f := func(n string) string { return filepath.Join(dir, n) }
@@ -111,6 +112,7 @@ func TestSubExitsWhenCertificateRevoked(t *testing.T) {
 // session over once it is subscribed, and refuses its reconnection with
 // CONNACK 0x87: moat sub exits with status 1 and the broker's reason.
 func TestSubExitsWhenConnectRefused(t *testing.T) {
+	t.Parallel()
 	var connects atomic.Int32
 	auth := broker.AuthenticatorFunc(func(ctx context.Context, req *broker.ConnectRequest) broker.AuthResult {
 		// The subscriber and the test's takeover client get in; every
@@ -155,6 +157,7 @@ func TestSubExitsWhenConnectRefused(t *testing.T) {
 // reconnection fails with "connection refused", which moat sub reports on
 // stderr and retries.
 func TestSubRetriesTransientFailures(t *testing.T) {
+	t.Parallel()
 	b := brokertest.Start(t, broker.Config{AllowAnonymous: true}, brokertest.Options{})
 	srv, port := b.Server, b.Port()
 
@@ -209,6 +212,7 @@ func TestPermanentConnectError(t *testing.T) {
 // Moat's broker: a broker certificate from a CA not given, and a broker
 // that requires a client certificate when none is given.
 func TestTLSConnectHints(t *testing.T) {
+	t.Parallel()
 	port, caFile, dir := startMutualTLSMoat(t)
 	ctx := psTestCtx(t)
 	f := func(n string) string { return filepath.Join(dir, n) }

@@ -87,6 +87,7 @@ func psStartMoat(t *testing.T, cfg broker.Config) string {
 }
 
 func TestPubSub(t *testing.T) {
+	t.Parallel()
 	port := psStartMoat(t, broker.Config{})
 	ctx := psTestCtx(t)
 	conn := []string{"-h", "127.0.0.1", "-p", port}
@@ -376,6 +377,7 @@ func psWriteTestCA(t *testing.T, file string) {
 // pub sends and moat sub what mosquitto_pub sends, through Moat's broker
 // and through mosquitto.
 func TestMosquittoClientsCompat(t *testing.T) {
+	t.Parallel()
 	mpub, err1 := exec.LookPath("mosquitto_pub")
 	msub, err2 := exec.LookPath("mosquitto_sub")
 	if err1 != nil || err2 != nil {
@@ -438,6 +440,7 @@ func psNewCA(t *testing.T, dir, name string) *testpki.Cert {
 // TestPubSubMutualTLS runs moat pub/sub against a mosquitto listener that
 // requires client certificates, and checks --insecure.
 func TestPubSubMutualTLS(t *testing.T) {
+	t.Parallel()
 	testutil.NeedTool(t, "mosquitto")
 	dir := t.TempDir()
 	ca := psNewCA(t, dir, "ca")

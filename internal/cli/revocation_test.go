@@ -85,6 +85,7 @@ func connectMQTT5(c *tls.Conn, clientID string) error {
 }
 
 func TestRevokedClientDisconnectedLive(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	writeFile(t, filepath.Join(dir, "moat.yaml"), `listeners:
   - name: mqtts

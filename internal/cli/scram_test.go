@@ -17,6 +17,7 @@ import (
 // TestSCRAMAddAndPub writes credentials with moat scram add and publishes
 // with moat pub --auth-method against a peer that reads them.
 func TestSCRAMAddAndPub(t *testing.T) {
+	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	path := filepath.Join(t.TempDir(), "scram.creds")

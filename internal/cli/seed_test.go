@@ -72,6 +72,7 @@ DNS.1 = localhost
 }
 
 func TestSeedMutualTLSConfig(t *testing.T) {
+	t.Parallel()
 	needTool(t, "mosquitto_pub", "mosquitto_sub", "/usr/bin/python3")
 	dir := t.TempDir()
 	opensslSeedPKI(t, dir)
@@ -136,6 +137,7 @@ use_identity_as_username true
 // seed's configuration, keeps the CRL with `openssl ca` as an operator
 // following the seeds would, and revokes a device while it is connected.
 func TestSeedConfigRevocationWhileConnected(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	opensslSeedPKI(t, dir)
 	writeFile(t, filepath.Join(dir, "ca.cnf"), `[ca]
@@ -223,6 +225,7 @@ crlfile %s
 // same over secure WebSocket as over TLS: the seed's TLS keys on a
 // `protocol websockets` listener, with Python paho connecting over wss.
 func TestSecureWebSocketIdentity(t *testing.T) {
+	t.Parallel()
 	needTool(t, "/usr/bin/python3")
 	dir := t.TempDir()
 	opensslSeedPKI(t, dir)

@@ -155,6 +155,7 @@ func deliveries(t *testing.T, port int) map[string][]string {
 // acl_file runs unchanged, admits and refuses the clients Mosquitto 2.0
 // does, and delivers the same messages as Debian's mosquitto.
 func TestServeMosquittoPasswordFileAndACL(t *testing.T) {
+	t.Parallel()
 	needTool(t, "mosquitto", "mosquitto_passwd", "mosquitto_pub", "mosquitto_sub")
 	dir := t.TempDir()
 	pw, acl := filepath.Join(dir, "passwd"), filepath.Join(dir, "acl")
@@ -213,6 +214,7 @@ func TestServeMosquittoPasswordFileAndACL(t *testing.T) {
 // per_listener_settings true gives each listener its own password_file,
 // acl_file and allow_anonymous.
 func TestServePerListenerSettings(t *testing.T) {
+	t.Parallel()
 	needTool(t, "mosquitto_passwd", "mosquitto_pub", "mosquitto_sub")
 	dir := t.TempDir()
 	pw, acl := filepath.Join(dir, "passwd"), filepath.Join(dir, "acl")
@@ -255,6 +257,7 @@ func TestServePerListenerSettings(t *testing.T) {
 // "server unavailable" and the next backend is not asked (fail closed):
 // the password file after the LDAP backend would admit alice.
 func TestSecurityAuthBackendDownFailsClosed(t *testing.T) {
+	t.Parallel()
 	needTool(t, "mosquitto_passwd", "mosquitto_pub")
 	dir := t.TempDir()
 	pw := filepath.Join(dir, "passwd")
@@ -289,6 +292,7 @@ func TestSecurityAuthBackendDownFailsClosed(t *testing.T) {
 // --check reports a bad password file and a bad acl_file at their
 // file:line, after the configuration line that names them.
 func TestServeCheckBadAccessFiles(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	pw, acl := filepath.Join(dir, "passwd"), filepath.Join(dir, "acl")
 	writeFile(t, pw, "# users\nalice:$7$notahash\n")
@@ -314,6 +318,7 @@ func TestServeCheckBadAccessFiles(t *testing.T) {
 // SIGHUP re-reads an edited password file: a new user can connect, and a
 // connected client is not dropped.
 func TestServeSIGHUPReloadsPasswordFile(t *testing.T) {
+	t.Parallel()
 	needTool(t, "mosquitto_passwd", "mosquitto_pub", "mosquitto_sub")
 	dir := t.TempDir()
 	pw, acl := filepath.Join(dir, "passwd"), filepath.Join(dir, "acl")
@@ -387,6 +392,7 @@ func TestDefaultPolicyParses(t *testing.T) {
 // each device to devices/<CN>/# plus reading broadcast/#; the operator
 // certificate has full access.
 func TestServeZeroConfigDefaultPolicy(t *testing.T) {
+	t.Parallel()
 	needTool(t, "mosquitto_pub", "mosquitto_sub")
 	dir := t.TempDir()
 	data := filepath.Join(dir, "data")
@@ -486,6 +492,7 @@ func TestServeZeroConfigDefaultPolicy(t *testing.T) {
 // connection: a rule for group "ops" admits a token carrying it, and a
 // token's own publish grant is used when no rule matches.
 func TestServeJWTGroupsReachRules(t *testing.T) {
+	t.Parallel()
 	needTool(t, "mosquitto_pub", "mosquitto_sub")
 	dir := t.TempDir()
 	secret := strings.Repeat("k", 40)
@@ -546,6 +553,7 @@ acl:
 // username use the acl_file's anonymous section, as in Mosquitto 2.0; a
 // username that is not in the file is still refused.
 func TestServeMosquittoAnonymousSection(t *testing.T) {
+	t.Parallel()
 	needTool(t, "mosquitto", "mosquitto_passwd", "mosquitto_pub", "mosquitto_sub")
 	dir := t.TempDir()
 	pw, acl := filepath.Join(dir, "passwd"), filepath.Join(dir, "acl")

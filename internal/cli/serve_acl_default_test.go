@@ -162,6 +162,7 @@ acl:
 // the default policy live (both are policies); one that turns access
 // control off with allow_all needs a restart and is refused.
 func TestServeReloadFromDefaultPolicy(t *testing.T) {
+	t.Parallel()
 	needTool(t, "mosquitto_pub", "mosquitto_sub")
 	dir := t.TempDir()
 	data := filepath.Join(dir, "data")

@@ -48,6 +48,7 @@ func banCmd(t *testing.T, data string, args ...string) (id, out, errOut string) 
 // poll); with the broker stopped, `moat ban` edits the store itself; the
 // next start enforces what was stored.
 func TestBansKeptInStore(t *testing.T) {
+	t.Parallel()
 	needTool(t, "mosquitto_sub")
 	dir := t.TempDir()
 	data := filepath.Join(dir, "data")
@@ -298,6 +299,7 @@ func TestLimitAbuseDefaultsInMosquittoConf(t *testing.T) {
 // certificate with openssl s_client) are in
 // moat_tls_handshake_failures_total by reason, as the TLS listener's are.
 func TestWebSocketTLSFailuresCounted(t *testing.T) {
+	t.Parallel()
 	needTool(t, "curl", "openssl")
 	e := startAdminEnvConfig(t, `listeners:
   - name: wss
@@ -326,6 +328,7 @@ admin:
 // the guard, which refuses it past defense.max_bans (409), as it refuses
 // any other; one within the limit is in force when the API answers.
 func TestAdminBanHonoursMaxBans(t *testing.T) {
+	t.Parallel()
 	e := startAdminEnv(t, "defense:\n  max_bans: 1\n")
 	code, body := e.call(t, "POST", "/api/v1/bans", e.operator, map[string]string{"kind": "client_id", "value": "one"})
 	if code != 201 {

@@ -27,6 +27,7 @@ import (
 // --admin and the admin API report, with a 503), and the node's status
 // counts the refusal.
 func TestSecurityClusterReloadReportsRefusedFile(t *testing.T) {
+	t.Parallel()
 	nodes, _, _ := startInprocCluster(t)
 	n1 := nodes[0]
 	// Connected while the cluster is whole: without a quorum a new
@@ -82,9 +83,10 @@ func TestSecurityClusterReloadReportsRefusedFile(t *testing.T) {
 	}
 	api := httptest.NewServer(h)
 	defer api.Close()
-	t.Setenv(adminTokenEnv, op)
+	tokenFile := filepath.Join(t.TempDir(), "operator.token")
+	writeFile(t, tokenFile, op+"\n")
 	var out strings.Builder
-	err = reloadAdmin(context.Background(), Stdio{Out: &out, Err: io.Discard}, reloadOptions{admin: api.URL, dataDir: t.TempDir()})
+	err = reloadAdmin(context.Background(), Stdio{Out: &out, Err: io.Discard}, reloadOptions{admin: api.URL, dataDir: t.TempDir(), tokenFile: tokenFile})
 	if err == nil || !strings.Contains(err.Error(), "not sent to the other nodes") || !strings.Contains(err.Error(), "acl.conf") ||
 		!strings.Contains(out.String(), "configuration reloaded on this node only") {
 		t.Fatalf("moat reload --admin: %v, printed %q", err, out.String())

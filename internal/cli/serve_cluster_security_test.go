@@ -281,6 +281,7 @@ func waitGone(t *testing.T, c *client.Client, what string) {
 // another; a certificate revoked in one node's copy of the CA disconnects
 // its device on another node, whose copy of the CA then refuses it too.
 func TestClusterSecurityInProcess(t *testing.T) {
+	t.Parallel()
 	nodes, ca, devPrefix := startInprocCluster(t)
 
 	t.Run("ban", func(t *testing.T) {
@@ -471,6 +472,7 @@ func deviceTLS(t *testing.T, ca *pki.CA, name string) (*tls.Config, string) {
 // so the other copies do not know them and cannot record the revocation:
 // the nodes refuse them from the cluster's revocation lists.
 func TestClusterRevocationReachesStoppedAndLateNodes(t *testing.T) {
+	t.Parallel()
 	base := t.TempDir()
 	caDir := filepath.Join(base, "ca")
 	if _, _, err := pki.OpenOrInit(caDir, pki.InitOptions{}); err != nil {
@@ -546,6 +548,7 @@ func TestClusterRevocationReachesStoppedAndLateNodes(t *testing.T) {
 // the second, both record the ban naming node1, and it is in their ban
 // lists; `moat ban remove` on node1 lifts it everywhere.
 func TestClusterBanThreeProcesses(t *testing.T) {
+	t.Parallel()
 	needTool(t, "mosquitto_pub", "mosquitto_sub")
 	mc := startMoatCluster(t, clusterSetup{extra: allowAllACL})
 	for i, p := range mc.procs {
@@ -618,6 +621,7 @@ func TestClusterBanThreeProcesses(t *testing.T) {
 // mosquitto_sub on the third loses a topic the new policy no longer
 // grants, and its acl.conf is node 1's.
 func TestClusterACLThreeProcesses(t *testing.T) {
+	t.Parallel()
 	needTool(t, "mosquitto_pub", "mosquitto_sub")
 	mc := startMoatCluster(t, clusterSetup{extra: "acl:\n  acl_file: acl.conf\n", prepare: func(_ int, dir string) {
 		writeFile(t, filepath.Join(dir, "acl.conf"), "topic readwrite plant/#\ntopic readwrite secret/#\n")
@@ -662,6 +666,7 @@ func TestClusterACLThreeProcesses(t *testing.T) {
 // (signed by the CA's key, from another copy of the CA that issued the
 // device after this node's copy was made) disconnects it.
 func TestSecurityForgedClusterRevocationCutsNoOne(t *testing.T) {
+	t.Parallel()
 	base := t.TempDir()
 	caDir := filepath.Join(base, "ca")
 	if _, _, err := pki.OpenOrInit(caDir, pki.InitOptions{}); err != nil {

@@ -18,6 +18,7 @@ import (
 // load, and its member resumes its session on node 3. Every message
 // whose publisher got its PUBACK reaches the group.
 func TestClusterSharedSIGKILLUnderQoS1Load(t *testing.T) {
+	t.Parallel()
 	procs := startMoatCluster(t, clusterSetup{extra: allowAllACL + "limits: {max_queued_messages: 100000}\n"}).procs
 	const filter = "$share/k/sload/#"
 	var gotMu sync.Mutex

@@ -18,6 +18,7 @@ import (
 // second group with both members on one node, next to a plain subscriber
 // on another, gets each message once too, and the plain subscriber all.
 func TestClusterSharedThreeProcesses(t *testing.T) {
+	t.Parallel()
 	needTool(t, "mosquitto_pub", "mosquitto_sub")
 	mc := startMoatCluster(t, clusterSetup{extra: allowAllACL})
 	w1 := mosquittoSub(t, append(mc.host(0), "-V", "5", "-i", "w1", "-q", "1", "-t", "$share/workers/jobs/#")...)

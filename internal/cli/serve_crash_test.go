@@ -48,6 +48,7 @@ func pahoOpts(port int, id string, clean bool) *mqtt.ClientOptions {
 // with PUBREC before a kill is delivered exactly once, and the store's
 // files show none of the payloads, topics or client IDs.
 func TestCrashDurability(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	state := filepath.Join(dir, "state")
 	conf := filepath.Join(dir, "mosquitto.conf")

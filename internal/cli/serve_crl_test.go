@@ -43,6 +43,7 @@ func readCRLFile(t *testing.T, path string) *x509.RevocationList {
 // finds such crlfiles, renews them at half their validity under the CA's
 // lock, and keeps every revocation in the renewed CRL.
 func TestSecurityCACRLRenewedByBroker(t *testing.T) {
+	t.Parallel()
 	now := time.Now()
 	clock := func() time.Time { return now }
 	var logs testutil.Buffer
@@ -110,6 +111,7 @@ func TestSecurityCACRLRenewedByBroker(t *testing.T) {
 // TestZeroConfigCRLRenewed: the secure default's listener reads the
 // built-in CA's CRL and gets a renewer for it.
 func TestZeroConfigCRLRenewed(t *testing.T) {
+	t.Parallel()
 	log := slog.New(slog.DiscardHandler)
 	zc, err := prepareZeroConfig(t.TempDir(), nil, log)
 	if err != nil {
@@ -129,6 +131,7 @@ func TestZeroConfigCRLRenewed(t *testing.T) {
 // TestCACRLUnopenable: a CA directory the broker cannot open gets a
 // warning and no renewer, and the listener still starts.
 func TestCACRLUnopenable(t *testing.T) {
+	t.Parallel()
 	var logs testutil.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
 	caDir := filepath.Join(t.TempDir(), "ca")
@@ -152,6 +155,7 @@ func TestCACRLUnopenable(t *testing.T) {
 // policy refused every device. The real broker renews it before its
 // listener loads it: a device connects, and revoking it still cuts it off.
 func TestSecurityBrokerRenewsAgedCRLAtStart(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	caDir := filepath.Join(dir, "data", "ca")
 	past := time.Now().Add(-8 * 24 * time.Hour)
@@ -206,6 +210,7 @@ persistence:
 // retired intermediate); the renewal opens the CA again instead of failing
 // until the broker is restarted, which would let the CRL go stale.
 func TestCACRLRenewedAfterRotation(t *testing.T) {
+	t.Parallel()
 	log := slog.New(slog.DiscardHandler)
 	caDir := filepath.Join(t.TempDir(), "ca")
 	pass := []byte("rotation test passphrase")

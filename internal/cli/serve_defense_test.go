@@ -977,6 +977,7 @@ func TestSecurityBanBetweenCheckAndAttach(t *testing.T) {
 // default bans.json), take effect in the broker, and every change is in
 // the audit log as admin.action with the token's name; the log verifies.
 func TestAdminBanChangesAudited(t *testing.T) {
+	t.Parallel()
 	custom := filepath.Join(t.TempDir(), "custom-bans.json")
 	e := startAdminEnv(t, "defense:\n  bans_file: "+custom+"\n")
 	code, b := e.call(t, "POST", "/api/v1/bans", e.operator, map[string]string{"kind": "ip", "value": "127.0.0.71", "reason": "audited"})
@@ -1048,6 +1049,7 @@ func TestAdminBanChangesAudited(t *testing.T) {
 // throughout, and DATA_DIR/audit.log verifies until a byte of it is
 // changed.
 func TestSecurityMosquittoConfDefenseAndAudit(t *testing.T) {
+	t.Parallel()
 	needTool(t, "mosquitto_passwd")
 	if runtime.GOOS != "linux" {
 		t.Skip("the flood generator runs on Linux only")

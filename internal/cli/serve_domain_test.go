@@ -11,6 +11,7 @@ import (
 // (The listener package tests that ipv4 and ipv6 bind one IP version
 // only.)
 func TestServeSocketDomain(t *testing.T) {
+	t.Parallel()
 	needTool(t, "mosquitto_pub", "mosquitto_sub")
 	dir := t.TempDir()
 	port := startMoatOn(t, dir, 1, func(ports []int) []string {

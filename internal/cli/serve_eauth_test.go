@@ -534,6 +534,7 @@ func TestSecurityJWTReauthAsAnotherUser(t *testing.T) {
 // with a {type: scram} auth entry; a wrong password is refused and its
 // reason logged by the broker, never sent to the client.
 func TestServeSCRAMPubSub(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	ctx := psTestCtx(t)
 	creds := filepath.Join(dir, "scram.creds")
@@ -610,6 +611,7 @@ func TestSecurityEnhancedAuthNotOnCertificateListeners(t *testing.T) {
 // moat pub --auth-method moat-jwt sends the token in CONNECT's
 // Authentication Data to moat serve with a jwt auth entry.
 func TestServeJWTAuthMethod(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	ctx := psTestCtx(t)
 	secret := strings.Repeat("k", 40)
@@ -647,6 +649,7 @@ auth:
 // --check loads SCRAM credentials files and reports their problems, and
 // those of the entry, at their lines.
 func TestServeCheckSCRAMEntry(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	creds := filepath.Join(dir, "scram.creds")
 	writeFile(t, creds, "# users\nalice:SCRAM-SHA-256:10:abc:def:ghi\n")

@@ -38,6 +38,7 @@ pattern read devices/%c/#
 // come back. A subscription that can never be read is refused in SUBACK
 // (0x87, MQTT 3.1.1 0x80).
 func TestSecurityServeLossOfAccess(t *testing.T) {
+	t.Parallel()
 	needTool(t, "mosquitto_passwd", "mosquitto_pub", "mosquitto_sub")
 	dir := t.TempDir()
 	pw, acl := filepath.Join(dir, "passwd"), filepath.Join(dir, "acl")
@@ -189,6 +190,7 @@ func willAndRetainOutcomes(t *testing.T, b brokerUnderTest, acl string) (wills, 
 // client may not publish to is discarded, and a retained message whose
 // publisher lost the right to write it is no longer replayed.
 func TestServeMosquittoWillAndRetainSource(t *testing.T) {
+	t.Parallel()
 	needTool(t, "mosquitto", "mosquitto_passwd", "mosquitto_pub", "mosquitto_sub")
 	conf := func(dir string, port int) string {
 		return fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous false\npassword_file %s\nacl_file %s\ncheck_retain_source true\n",

@@ -154,6 +154,7 @@ var pathRE = regexp.MustCompile(`/etc/\S+\.(pem|key)`)
 // and the serve plan: --check accepts every one that serve accepts, and
 // refuses the others.
 func TestServeCheckAcceptsGoldenConfigs(t *testing.T) {
+	t.Parallel()
 	needTool(t, "openssl")
 	pki := t.TempDir()
 	opensslSeedPKI(t, pki)

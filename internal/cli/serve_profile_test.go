@@ -11,6 +11,7 @@ import (
 // serve --check lists every violation of the profile at its line, and
 // serve refuses to start with them.
 func TestServeCheckProfileViolations(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	file := filepath.Join(dir, "m.yaml")
 	writeFile(t, file, `profile: secure-transport
@@ -52,6 +53,7 @@ listeners:
 // The zero configuration under industry: in FIPS mode it complies;
 // without FIPS mode, FIPS and the TLS 1.2 suites are missing.
 func TestServeCheckZeroConfigIndustry(t *testing.T) {
+	t.Parallel()
 	data := filepath.Join(t.TempDir(), "data")
 	for _, tc := range []struct {
 		godebug string

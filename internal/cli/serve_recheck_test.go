@@ -30,6 +30,7 @@ import (
 // disconnects bob, and leaves carol alone. Both are recorded in the audit
 // log as access.lost with trigger "ldap".
 func TestSecurityLDAPRecheckWithSlapd(t *testing.T) {
+	t.Parallel()
 	needTool(t, "mosquitto_sub", "mosquitto_pub")
 	d := testslapd.Start(t)
 	dir := t.TempDir()

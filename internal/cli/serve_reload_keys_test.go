@@ -159,6 +159,7 @@ listeners:
 // logger, policy or audit sampling took the new value. A live rule
 // without a case here fails the test.
 func TestReloadAppliesEveryLiveKey(t *testing.T) {
+	t.Parallel()
 	type check func(p *servePlan) error
 	want := func(what string, got, want any) error {
 		if got != want {
@@ -395,6 +396,7 @@ func TestReloadAppliesEveryLiveKey(t *testing.T) {
 // lowered detector threshold applies: two denied publications are
 // detected.
 func TestServeReloadConnectTimeoutRetainedAndDefense(t *testing.T) {
+	t.Parallel()
 	needTool(t, "mosquitto_pub", "mosquitto_sub")
 	m, port, file, _ := startReloadBroker(t)
 	addr := "127.0.0.1:" + strconv.Itoa(port)

@@ -42,6 +42,7 @@ func startMosquittoSub(t *testing.T, port int, id string, filters ...string) *su
 // connections per address and the $SYS period change live; a max_bans
 // below the bans in force is refused and nothing of that reload applies.
 func TestServeReloadLiveLimitsAndConnectionLimits(t *testing.T) {
+	t.Parallel()
 	needTool(t, "mosquitto_pub", "mosquitto_sub")
 	m, port, file, data := startReloadBroker(t)
 	base := reloadYAML("info", "t/#", "$SYS/#")
@@ -116,6 +117,7 @@ func TestServeReloadLiveLimitsAndConnectionLimits(t *testing.T) {
 // built-in CA is refused with its reason. The admin listener, which
 // serves the listener's certificate, follows it.
 func TestServeReloadTLSFilePaths(t *testing.T) {
+	t.Parallel()
 	needTool(t, "mosquitto_pub")
 	dir := t.TempDir()
 	for _, name := range []string{"a", "b"} {
@@ -201,6 +203,7 @@ func adminHandshake(t *testing.T, addr, caFile string) error {
 // violates is refused through the admin API with every violation, and
 // nothing changes; a profile it meets applies and the posture shows it.
 func TestServeReloadProfileThroughAPI(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	data := filepath.Join(dir, "data")
 	tok, err := exec.Command(moatBin, "admin", "token", "create", "ops", "--role", "operator", "--data", data).Output()

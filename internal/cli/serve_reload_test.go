@@ -63,6 +63,7 @@ func anonSub(t *testing.T, port int, filter string) *subscriber {
 // SIGHUP applies a changed access policy and log level: a topic the old
 // policy denied is delivered, and debug records appear.
 func TestServeReloadSIGHUPAppliesACLAndLogLevel(t *testing.T) {
+	t.Parallel()
 	needTool(t, "mosquitto_pub", "mosquitto_sub")
 	m, port, file, _ := startReloadBroker(t)
 	mqttTry(t, port, "", "u/before")
@@ -85,6 +86,7 @@ func TestServeReloadSIGHUPAppliesACLAndLogLevel(t *testing.T) {
 // naming the setting, and nothing else it changes is applied; a file that
 // does not parse keeps the running configuration too.
 func TestServeReloadRefusesRestartSettings(t *testing.T) {
+	t.Parallel()
 	needTool(t, "mosquitto_pub", "mosquitto_sub")
 	m, port, file, _ := startReloadBroker(t)
 	writeFile(t, file, strings.Replace(reloadYAML("debug", "t/#", "u/#"), "127.0.0.1:0", "127.0.0.1:1883", 1))
@@ -115,6 +117,7 @@ func TestServeReloadRefusesRestartSettings(t *testing.T) {
 // moat reload finds the broker through DATA_DIR/moat.pid (0600, removed at
 // stop) and signals it.
 func TestReloadCommandPIDFile(t *testing.T) {
+	t.Parallel()
 	m, _, file, data := startReloadBroker(t)
 	pidFile := filepath.Join(data, pidFileName)
 	// serve writes the pid file once its SIGHUP handler is in place,
@@ -156,6 +159,7 @@ func TestReloadCommandPIDFile(t *testing.T) {
 // moat reload --admin calls the API's reload with a token from a file,
 // and prints the refusal of a change that needs a restart.
 func TestReloadCommandAdmin(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	data := filepath.Join(dir, "data")
 	tok, err := exec.Command(moatBin, "admin", "token", "create", "ops", "--role", "operator", "--data", data).Output()
@@ -368,6 +372,7 @@ defense:
 // SIGHUP lowers message_size_limit on a running broker: a message it
 // forwarded before is dropped after.
 func TestServeReloadMessageSizeLimit(t *testing.T) {
+	t.Parallel()
 	needTool(t, "mosquitto_pub", "mosquitto_sub")
 	m, port, file, _ := startReloadBroker(t)
 	s := anonSub(t, port, "t/#")

@@ -7,6 +7,7 @@ package cli
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -15,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -31,6 +33,15 @@ func TestMain(m *testing.M) {
 	if h := os.Getenv(testHelperEnv); h != "" {
 		os.Exit(runTestHelper(h)) // a benchmark's helper process
 	}
+	flag.Parse()
+	if !flagGiven("test.parallel") {
+		// The parallel tests here mostly wait: for brokers and clusters
+		// started as processes, for browsers and peers. GOMAXPROCS of them
+		// at once leaves a small machine idle.
+		if err := flag.Set("test.parallel", strconv.Itoa(max(4, runtime.GOMAXPROCS(0)))); err != nil {
+			panic(err)
+		}
+	}
 	dir, err := os.MkdirTemp("", "moat-bin")
 	if err != nil {
 		panic(err)
@@ -42,6 +53,13 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	testutil.VerifyTestMain(m, func() { os.RemoveAll(dir) })
+}
+
+// flagGiven tells whether the command line set the flag name.
+func flagGiven(name string) bool {
+	given := false
+	flag.Visit(func(f *flag.Flag) { given = given || f.Name == name })
+	return given
 }
 
 // needTool skips the test when an external peer is not installed; `make
@@ -344,6 +362,7 @@ func mosquittoRoundTrip(t *testing.T, port int, extra []string, topic, msg strin
 }
 
 func TestServeMosquittoConfPlainAndWebSocket(t *testing.T) {
+	t.Parallel()
 	needTool(t, "mosquitto_pub", "mosquitto_sub", "/usr/bin/python3")
 	dir := t.TempDir()
 	m := startMoatOn(t, dir, 2, func(ports []int) []string {
@@ -386,6 +405,7 @@ allow_anonymous true
 }
 
 func TestServeCheck(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	writeFile(t, filepath.Join(dir, "good.conf"), "listener 1883 127.0.0.1\nallow_anonymous true\n")
 	writeFile(t, filepath.Join(dir, "bad.conf"), "listener 1883\nallow_anonymous true\nbogus_key 1\n")
@@ -403,6 +423,7 @@ func TestServeCheck(t *testing.T) {
 }
 
 func TestServeGracefulShutdown(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	p := startMoatOn(t, dir, 1, func(ports []int) []string {
 		writeFile(t, filepath.Join(dir, "m.conf"), fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\n", ports[0]))
@@ -485,6 +506,7 @@ func (p *moatProc) waitLine(t *testing.T, parts ...string) string {
 }
 
 func TestServePprof(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	p := startMoatOn(t, dir, 1, func(ports []int) []string {
 		writeFile(t, filepath.Join(dir, "m.conf"), fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\n", ports[0]))

@@ -75,6 +75,7 @@ func (p *moatProc) stop(t *testing.T) {
 // meanwhile resumes TLS only to be refused at CONNECT. Without the store,
 // no session resumes after a restart.
 func TestSecurityServeRevokedClientCannotResumeAfterRestart(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	conf := func(persist bool) {
 		writeFile(t, filepath.Join(dir, "moat.yaml"), fmt.Sprintf(`listeners:

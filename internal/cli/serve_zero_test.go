@@ -51,6 +51,7 @@ func serverCertOf(t *testing.T, dataDir string) (names []string, serial string) 
 // server certificate must name it, or the device's verification fails
 // (checked with openssl verify -verify_ip, as a TLS client would).
 func TestZeroConfigServerCertNamesHostAddresses(t *testing.T) {
+	t.Parallel()
 	data := t.TempDir()
 	log := slog.New(slog.DiscardHandler)
 	zc, err := prepareZeroConfig(data, nil, log)
@@ -85,6 +86,7 @@ func TestZeroConfigServerCertNamesHostAddresses(t *testing.T) {
 // automatic names; a change reissues the certificate at start, an
 // unchanged list keeps it.
 func TestZeroConfigServerNamesChosen(t *testing.T) {
+	t.Parallel()
 	data := t.TempDir()
 	log := slog.New(slog.DiscardHandler)
 	if _, err := prepareZeroConfig(data, nil, log); err != nil {
@@ -152,6 +154,7 @@ func TestZeroServerNamesFromYAML(t *testing.T) {
 // s_client as a device would, that the server certificate verifies for a
 // chosen name and not for another.
 func TestServeSANFlag(t *testing.T) {
+	t.Parallel()
 	needTool(t, "openssl")
 	dir := t.TempDir()
 	conf := filepath.Join(dir, "moat.yaml")

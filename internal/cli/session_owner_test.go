@@ -116,6 +116,7 @@ func (c *ownerClient) connect(id, user string, clean bool) *packet.Connack {
 // with 0x85 (v5) / 0x02 (3.1.1), log why, and the victims must find their
 // sessions and queued messages.
 func TestSecurityServeSessionOwner(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	writeFile(t, filepath.Join(dir, "moat.yaml"), `listeners:
   - name: certs

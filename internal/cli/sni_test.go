@@ -11,6 +11,7 @@ import (
 // TestSNICertificates serves two server certificates on one port and
 // checks with openssl s_client that each server name gets its own.
 func TestSNICertificates(t *testing.T) {
+	t.Parallel()
 	needTool(t, "openssl")
 	dir := t.TempDir()
 	ca := filepath.Join(dir, "ca")
