@@ -518,11 +518,14 @@ func (n *Node) Attach(b Broker) {
 func (n *Node) Close() {
 	n.flushPending()
 	n.sayGoodbye()
-	// The acknowledgements owed for what the broker delivered, before
-	// the connection closes: the stream's position of this node is then
-	// exact when it stops (acks.go).
-	if n.dur.acks != nil {
-		n.dur.acks.flush()
+	// The acknowledgements owed for what the broker delivered, confirmed
+	// by the consumer's leader before the connection closes: the
+	// stream's position of this node is then exact when it stops
+	// (acks.go).
+	// Not when the embedded server has no route left: the streams have
+	// no quorum to confirm anything (the last node of a cluster stopping).
+	if n.dur.acks != nil && (n.srv == nil || n.srv.NumRemotes() > 0) {
+		n.dur.acks.settle(n.ctx, n.nc)
 	}
 	n.cancel()
 	if n.nc != nil {
