@@ -509,6 +509,11 @@ func (n *Node) consumeLoop(js jetstream.JetStream) {
 	n.routedTo(cons.CachedInfo().AckFloor.Stream)
 	n.wg.Add(1)
 	go func() { defer n.wg.Done(); n.dur.acks.run(n.ctx, cons, n.dur.stream) }()
+	// The routes to the other nodes first: importing may publish wills
+	// (a persistent session's, whose connection ended with this node's
+	// previous run), which reach the other nodes' subscribers only
+	// through what this node knows of their interest.
+	n.awaitRoutes(n.ctx)
 	// The sessions of this node first: the consumer then delivers to them
 	// what arrived while the node was away.
 	n.importHomeSessions()
@@ -933,4 +938,47 @@ func (n *Node) refreshPeers(withMeta bool) {
 		d.peers.Store(&peers)
 	}
 	d.expected.Store(int64(max(expected, len(known))))
+}
+
+// routesSettle bounds awaitRoutes: a configured peer whose route is not up
+// by then is taken for down (the embedded server tries a configured route
+// again every second, and a live peer's server connects back at once).
+const routesSettle = 3 * time.Second
+
+// awaitRoutes waits, when the node starts, until its server has a route
+// to every configured peer (or routesSettle passed) and has received the
+// subscriptions each route carries, which name the other nodes' interest.
+// The quorum that made the stream ready needs only one of them: on a
+// restart, a route to a third node may come up a moment later, and a
+// message published meanwhile (a will the import publishes) would miss
+// that node's subscribers. A route's subscriptions are sent before
+// anything else on it, so one question to each node, answered over its
+// route (refreshVersions), comes back after them.
+func (n *Node) awaitRoutes(ctx context.Context) {
+	if n.srv == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, routesSettle)
+	defer cancel()
+	acc := n.srv.GlobalAccount()
+	for {
+		remotes, self := n.srv.NumRemotes(), 0
+		if n.ic.counted.Load() {
+			self = 1
+		}
+		// Each node routed to subscribes countSubject: one more than
+		// this node's own once its route's subscriptions arrived.
+		if remotes >= len(n.cfg.Peers) && acc.Interest(countSubject) >= remotes+self {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			n.log.Info("cluster: starting without a route to every configured peer", "routes", n.srv.NumRemotes(),
+				"peers", len(n.cfg.Peers))
+			n.refreshVersions()
+			return
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	n.refreshVersions()
 }
