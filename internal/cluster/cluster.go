@@ -196,6 +196,9 @@ type Node struct {
 	// copiesWarned holds the streams warned of keeping fewer copies than
 	// replicas asks (warnFewerCopies), so that each is logged once.
 	copiesWarned sync.Map
+	// floors caches the readings of this server's copies of consumers
+	// (floor.go).
+	floors floorCache
 
 	stats counters
 
@@ -509,6 +512,7 @@ func (n *Node) Attach(b Broker) {
 		n.attachShared(b)
 		n.attachSecurity()
 		n.startOps()
+		n.answerFloors()
 		n.startDurable()
 	})
 }
