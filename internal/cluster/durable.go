@@ -347,12 +347,10 @@ func (n *Node) startDurable() {
 // restarted node resumes where it stopped.
 func (n *Node) consumerName() string { return "node" + keyOf(n.cfg.Node) }
 
-// setupStream creates or binds the stream and this node's consumer. A
-// request made before the cluster had a JetStream meta leader is never
-// answered: each attempt gives up after 5 s (Config.setupAttempt, as the
-// key-value buckets' do), and what an earlier attempt created stays.
-func (n *Node) setupStream(js jetstream.JetStream) (jetstream.Consumer, error) {
-	ctx, cancel := context.WithTimeout(n.ctx, n.setupTimeout())
+// setupStream creates or binds the stream and this node's consumer, in
+// attempt try (setupCtx); what an earlier attempt created stays.
+func (n *Node) setupStream(js jetstream.JetStream, try int) (jetstream.Consumer, error) {
+	ctx, cancel := n.setupCtx(try)
 	defer cancel()
 	maxAge, maxBytes := n.cfg.StreamMaxAge, n.cfg.StreamMaxBytes
 	if maxAge <= 0 {
@@ -490,9 +488,9 @@ func (n *Node) consumeLoop(js jetstream.JetStream) {
 	}
 	backoff := 100 * time.Millisecond
 	var cons jetstream.Consumer
-	for {
+	for try := 0; ; try++ {
 		var err error
-		if cons, err = n.setupStream(js); err == nil {
+		if cons, err = n.setupStream(js, try); err == nil {
 			break
 		}
 		n.log.Info("cluster: waiting for the durable message stream", "err", err)
