@@ -56,8 +56,14 @@ type ackQueue struct {
 	floor   uint64 // every record up to this one is finished or covered
 	entries map[uint64]*ackEntry
 	last    jetstream.Msg // the record at floor, if its acknowledgement is owed
+	lastSeq uint64        // its sequence
 	owed    int           // finished records the owed acknowledgement covers
-	high    uint64        // the highest sequence admitted
+	// sent is the reply subject of the last acknowledgement sent, of
+	// the record sentSeq (settle sends it again, confirmed).
+	sent    string
+	sentSeq uint64
+	cons    jetstream.Consumer // the consumer read (run)
+	high    uint64             // the highest sequence admitted
 	kick    chan struct{}
 }
 
@@ -131,13 +137,12 @@ func (q *ackQueue) finish(seq uint64, ok bool) {
 		delete(q.entries, next)
 		q.floor = next
 		if ackable(f.m) {
-			q.last = f.m
+			q.last, q.lastSeq = f.m, next
 		}
 		q.owed++
 	}
 	if q.owed >= ackEvery && q.last != nil {
-		m := q.last
-		q.last, q.owed = nil, 0
+		m := q.takeOwedLocked()
 		q.mu.Unlock()
 		_ = m.Ack()
 		return
@@ -152,14 +157,76 @@ func (q *ackQueue) finish(seq uint64, ok bool) {
 	}
 }
 
+// takeOwedLocked returns the record whose acknowledgement is owed (nil
+// if none), noted as the last one sent.
+func (q *ackQueue) takeOwedLocked() jetstream.Msg {
+	m := q.last
+	if m != nil {
+		q.sent, q.sentSeq = m.Reply(), q.lastSeq
+	}
+	q.last, q.owed = nil, 0
+	return m
+}
+
 // flush sends the owed acknowledgement, if any.
 func (q *ackQueue) flush() {
 	q.mu.Lock()
-	m := q.last
-	q.last, q.owed = nil, 0
+	m := q.takeOwedLocked()
 	q.mu.Unlock()
 	if m != nil {
 		_ = m.Ack()
+	}
+}
+
+// settleWait bounds settle: a clean stop waits no longer for the
+// consumer's leader (a leader being elected; past it, the records not
+// covered are delivered again, twice at worst).
+const settleWait = 3 * time.Second
+
+// settle makes the consumer's acknowledgement floor exact as the node
+// stops cleanly. A plain acknowledgement is not confirmed: sent while
+// the consumer's leader changes, or just before the connection closes,
+// it may never reach the leader, and a claim of a session of this node
+// on another node would then replay, from the older floor, messages its
+// client already had. So the last acknowledgement (the owed one, or the
+// last sent) is sent again as a request the leader answers once it has
+// applied it, until answered, and the floor is read back until the
+// leader reports it (at most settleWait in all).
+func (q *ackQueue) settle(ctx context.Context, nc *nats.Conn) {
+	q.mu.Lock()
+	q.takeOwedLocked()
+	reply, seq, cons := q.sent, q.sentSeq, q.cons
+	q.mu.Unlock()
+	if reply == "" || nc == nil || cons == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, settleWait)
+	defer cancel()
+	for {
+		rctx, rcancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		_, err := nc.RequestWithContext(rctx, reply, []byte("+ACK"))
+		rcancel()
+		if err == nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(50 * time.Millisecond): // no leader yet
+		}
+	}
+	for {
+		ici, icancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		ci, err := cons.Info(ici)
+		icancel()
+		if err == nil && ci.AckFloor.Stream >= seq {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
 }
 
@@ -258,6 +325,9 @@ func (q *ackQueue) gap() uint64 {
 // stream does not hold (deleted). A sequence the stream still holds is
 // waited for: the consumer delivers it again.
 func (q *ackQueue) run(ctx context.Context, cons jetstream.Consumer, st jetstream.Stream) {
+	q.mu.Lock()
+	q.cons = cons
+	q.mu.Unlock()
 	t := time.NewTimer(time.Hour)
 	t.Stop()
 	check := time.NewTicker(ackCheck)

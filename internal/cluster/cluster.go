@@ -151,6 +151,36 @@ func (n *Node) setupTimeout() time.Duration {
 	return 5 * time.Second
 }
 
+// setupCtx bounds attempt try (0 for the first) of creating or binding
+// the streams and buckets. It first waits, for up to one full attempt,
+// until the embedded server knows a JetStream meta leader: a request made
+// before is never answered, and would cost a whole attempt. Then it
+// allows 1 s, doubled at each attempt up to setupTimeout: nodes started
+// together ask for the same stream at the same instant, and the meta
+// leader answers one of them while the others' requests go unanswered
+// (what the answered one created stays; the others find it when they ask
+// again).
+func (n *Node) setupCtx(try int) (context.Context, context.CancelFunc) {
+	n.awaitMetaLeader(n.setupTimeout())
+	return context.WithTimeout(n.ctx, min(n.setupTimeout(), time.Second<<min(try, 3)))
+}
+
+// awaitMetaLeader waits, for up to d, until the embedded server knows a
+// JetStream meta leader (no wait with an external NATS).
+func (n *Node) awaitMetaLeader(d time.Duration) {
+	if n.srv == nil {
+		return
+	}
+	deadline := time.Now().Add(d)
+	for n.metaLeaderOf() == "" && time.Now().Before(deadline) {
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
 // maxSubject bounds a subject (encoded topic or filter) well inside the
 // embedded server's control line limit (MaxControlLine): a longer line
 // would make NATS close the connection.
@@ -196,6 +226,9 @@ type Node struct {
 	// copiesWarned holds the streams warned of keeping fewer copies than
 	// replicas asks (warnFewerCopies), so that each is logged once.
 	copiesWarned sync.Map
+	// floors caches the readings of this server's copies of consumers
+	// (floor.go).
+	floors floorCache
 
 	stats counters
 
@@ -509,6 +542,7 @@ func (n *Node) Attach(b Broker) {
 		n.attachShared(b)
 		n.attachSecurity()
 		n.startOps()
+		n.answerFloors()
 		n.startDurable()
 	})
 }
@@ -518,11 +552,14 @@ func (n *Node) Attach(b Broker) {
 func (n *Node) Close() {
 	n.flushPending()
 	n.sayGoodbye()
-	// The acknowledgements owed for what the broker delivered, before
-	// the connection closes: the stream's position of this node is then
-	// exact when it stops (acks.go).
-	if n.dur.acks != nil {
-		n.dur.acks.flush()
+	// The acknowledgements owed for what the broker delivered, confirmed
+	// by the consumer's leader before the connection closes: the
+	// stream's position of this node is then exact when it stops
+	// (acks.go).
+	// Not when the embedded server has no route left: the streams have
+	// no quorum to confirm anything (the last node of a cluster stopping).
+	if n.dur.acks != nil && (n.srv == nil || n.srv.NumRemotes() > 0) {
+		n.dur.acks.settle(n.ctx, n.nc)
 	}
 	n.cancel()
 	if n.nc != nil {

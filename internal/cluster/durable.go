@@ -347,12 +347,10 @@ func (n *Node) startDurable() {
 // restarted node resumes where it stopped.
 func (n *Node) consumerName() string { return "node" + keyOf(n.cfg.Node) }
 
-// setupStream creates or binds the stream and this node's consumer. A
-// request made before the cluster had a JetStream meta leader is never
-// answered: each attempt gives up after 5 s (Config.setupAttempt, as the
-// key-value buckets' do), and what an earlier attempt created stays.
-func (n *Node) setupStream(js jetstream.JetStream) (jetstream.Consumer, error) {
-	ctx, cancel := context.WithTimeout(n.ctx, n.setupTimeout())
+// setupStream creates or binds the stream and this node's consumer, in
+// attempt try (setupCtx); what an earlier attempt created stays.
+func (n *Node) setupStream(js jetstream.JetStream, try int) (jetstream.Consumer, error) {
+	ctx, cancel := n.setupCtx(try)
 	defer cancel()
 	maxAge, maxBytes := n.cfg.StreamMaxAge, n.cfg.StreamMaxBytes
 	if maxAge <= 0 {
@@ -490,9 +488,9 @@ func (n *Node) consumeLoop(js jetstream.JetStream) {
 	}
 	backoff := 100 * time.Millisecond
 	var cons jetstream.Consumer
-	for {
+	for try := 0; ; try++ {
 		var err error
-		if cons, err = n.setupStream(js); err == nil {
+		if cons, err = n.setupStream(js, try); err == nil {
 			break
 		}
 		n.log.Info("cluster: waiting for the durable message stream", "err", err)
@@ -509,6 +507,11 @@ func (n *Node) consumeLoop(js jetstream.JetStream) {
 	n.routedTo(cons.CachedInfo().AckFloor.Stream)
 	n.wg.Add(1)
 	go func() { defer n.wg.Done(); n.dur.acks.run(n.ctx, cons, n.dur.stream) }()
+	// The routes to the other nodes first: importing may publish wills
+	// (a persistent session's, whose connection ended with this node's
+	// previous run), which reach the other nodes' subscribers only
+	// through what this node knows of their interest.
+	n.awaitRoutes(n.ctx)
 	// The sessions of this node first: the consumer then delivers to them
 	// what arrived while the node was away.
 	n.importHomeSessions()
@@ -933,4 +936,47 @@ func (n *Node) refreshPeers(withMeta bool) {
 		d.peers.Store(&peers)
 	}
 	d.expected.Store(int64(max(expected, len(known))))
+}
+
+// routesSettle bounds awaitRoutes: a configured peer whose route is not up
+// by then is taken for down (the embedded server tries a configured route
+// again every second, and a live peer's server connects back at once).
+const routesSettle = 3 * time.Second
+
+// awaitRoutes waits, when the node starts, until its server has a route
+// to every configured peer (or routesSettle passed) and has received the
+// subscriptions each route carries, which name the other nodes' interest.
+// The quorum that made the stream ready needs only one of them: on a
+// restart, a route to a third node may come up a moment later, and a
+// message published meanwhile (a will the import publishes) would miss
+// that node's subscribers. A route's subscriptions are sent before
+// anything else on it, so one question to each node, answered over its
+// route (refreshVersions), comes back after them.
+func (n *Node) awaitRoutes(ctx context.Context) {
+	if n.srv == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, routesSettle)
+	defer cancel()
+	acc := n.srv.GlobalAccount()
+	for {
+		remotes, self := n.srv.NumRemotes(), 0
+		if n.ic.counted.Load() {
+			self = 1
+		}
+		// Each node routed to subscribes countSubject: one more than
+		// this node's own once its route's subscriptions arrived.
+		if remotes >= len(n.cfg.Peers) && acc.Interest(countSubject) >= remotes+self {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			n.log.Info("cluster: starting without a route to every configured peer", "routes", n.srv.NumRemotes(),
+				"peers", len(n.cfg.Peers))
+			n.refreshVersions()
+			return
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	n.refreshVersions()
 }

@@ -2,11 +2,14 @@ package cluster
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -41,9 +44,9 @@ const floorAsk = 1500 * time.Millisecond
 // node named name, which is gone (no route to it): it asks the
 // consumer's leader, and, with the embedded server, uses this node's
 // copy of the consumer (replicaFloor) if the leader does not answer
-// within floorAsk. Without a copy usable (an external NATS, more nodes
-// than the consumer has replicas, a copy catching up) it asks the
-// leader again: once within ctx, or (retry) again and again, each
+// within floorAsk, or another node's copy (peerFloor) when this node's
+// is not usable (more nodes than the consumer has replicas, a copy
+// catching up). Without any (an external NATS) it asks the leader again: once within ctx, or (retry) again and again, each
 // request bounded, until ctx ends (retryRequest). The error is
 // jetstream.ErrConsumerNotFound when the consumer's leader (or the meta
 // leader) says the node has none.
@@ -73,7 +76,13 @@ func (n *Node) goneFloor(ctx context.Context, name string, retry bool) (uint64, 
 				"node", name, "ack_floor", f, "leader_err", err)
 			return f, nil
 		}
-		n.log.Debug("cluster: this node's copy of a gone node's consumer not used; asking its leader again",
+		if f, ok := n.peerFloor(ctx, name); ok {
+			n.dstats.replicaFloors.Add(1)
+			n.log.Info("cluster: the position of a node gone read from another node's copy of its consumer",
+				"node", name, "ack_floor", f, "leader_err", err, "own_copy", why)
+			return f, nil
+		}
+		n.log.Debug("cluster: no copy of a gone node's consumer usable here or on another node; asking its leader again",
 			"node", name, "why", why, "leader_err", err)
 		if ctx.Err() != nil {
 			return 0, err
@@ -86,6 +95,66 @@ func (n *Node) goneFloor(ctx context.Context, name string, retry bool) (uint64, 
 	return floor, ask(ctx)
 }
 
+// Another node's copy. The consumer has min(nodes, 3) replicas: in a
+// cluster of more than three nodes, the node asking may hold none while
+// another survivor does. Every node of the embedded server answers
+// floorQuery, over the routes, with the floor of its own copy of the
+// consumer named in the request when replicaFloor would use it, and
+// stays silent otherwise; the first answer is taken (any copy's floor is
+// at or behind the one a new leader would report: see above).
+const (
+	floorQuery = "moat.floor.q"
+	// peerFloorWait bounds the wait for an answer: a node with a copy
+	// answers in milliseconds; without one anywhere, the leader is
+	// asked again after it.
+	peerFloorWait = time.Second
+)
+
+// floorAnswer is a node's answer to floorQuery.
+type floorAnswer struct {
+	Floor uint64 `json:"floor"`
+}
+
+// answerFloors subscribes floorQuery (embedded server only). The
+// request's body is the node name (at most maxHBNameLen bytes).
+func (n *Node) answerFloors() {
+	if n.srv == nil {
+		return
+	}
+	_, err := n.nc.Subscribe(floorQuery, func(m *nats.Msg) {
+		name := string(m.Data)
+		if m.Reply == "" || name == "" || len(name) > maxHBNameLen || name == n.cfg.Node {
+			return
+		}
+		f, why := n.replicaFloor(name)
+		if why != "" {
+			return
+		}
+		data, _ := json.Marshal(floorAnswer{Floor: f})
+		_ = m.Respond(data)
+	})
+	if err != nil {
+		n.log.Warn("cluster: the query of this node's copies of consumers not subscribed; other nodes ask the consumers' leaders only",
+			"err", err)
+	}
+}
+
+// peerFloor asks the other nodes for the floor of their copy of the
+// consumer of the node named name; ok is false when none answered.
+func (n *Node) peerFloor(ctx context.Context, name string) (uint64, bool) {
+	ctx, cancel := context.WithTimeout(ctx, peerFloorWait)
+	defer cancel()
+	m, err := n.nc.RequestWithContext(ctx, floorQuery, []byte(name))
+	if err != nil {
+		return 0, false
+	}
+	var a floorAnswer
+	if err := json.Unmarshal(m.Data, &a); err != nil {
+		return 0, false
+	}
+	return a.Floor, true
+}
+
 // replicaFloor reads the acknowledgement floor of the consumer of the
 // node named name from the embedded server's own copy of it. why says
 // why there is none to use ("": there is): no copy here (the consumer's
@@ -95,6 +164,45 @@ func (n *Node) goneFloor(ctx context.Context, name string, retry bool) (uint64, 
 // from it would replay much that the sessions had (fail closed: the
 // leader is asked instead).
 func (n *Node) replicaFloor(name string) (floor uint64, why string) {
+	now := time.Now()
+	fc := &n.floors
+	fc.mu.Lock()
+	if e, ok := fc.m[name]; ok && now.Sub(e.at) < floorCacheFor {
+		fc.mu.Unlock()
+		return e.floor, e.why
+	}
+	fc.mu.Unlock()
+	floor, why = n.readReplicaFloor(name)
+	fc.mu.Lock()
+	if fc.m == nil || len(fc.m) >= maxHBNodes {
+		fc.m = make(map[string]floorEntry)
+	}
+	fc.m[name] = floorEntry{floor: floor, why: why, at: now}
+	fc.mu.Unlock()
+	return floor, why
+}
+
+// floorCacheFor is how long replicaFloor's reading is used again: when a
+// node dies, every claim of its sessions here and every other node's
+// question (answerFloors) wants it at once, and each reading lists the
+// account's streams and consumers. A floor read a moment ago is at or
+// behind the present one, as any copy's is (see above).
+const floorCacheFor = 250 * time.Millisecond
+
+// floorCache holds replicaFloor's last reading per node name.
+type floorCache struct {
+	mu sync.Mutex
+	m  map[string]floorEntry
+}
+
+type floorEntry struct {
+	floor uint64
+	why   string
+	at    time.Time
+}
+
+// readReplicaFloor is replicaFloor without its cache.
+func (n *Node) readReplicaFloor(name string) (floor uint64, why string) {
 	acc := n.srv.GlobalAccount().Name
 	cons := "node" + keyOf(name)
 	ad, err := n.srv.JszAccount(&server.JSzOptions{Account: acc, Streams: true, Consumer: true, RaftGroups: true})

@@ -121,8 +121,8 @@ func (n *Node) kvLoop() {
 		return
 	}
 	backoff := 100 * time.Millisecond
-	for {
-		ret, cl, err := n.buckets(js)
+	for try := 0; ; try++ {
+		ret, cl, err := n.buckets(js, try)
 		if err == nil {
 			kv.mu.Lock()
 			kv.retained, kv.clients = ret, cl
@@ -195,8 +195,8 @@ func (n *Node) kvLoop() {
 }
 
 // buckets creates or binds both buckets.
-func (n *Node) buckets(js jetstream.JetStream) (ret, cl jetstream.KeyValue, err error) {
-	ctx, cancel := context.WithTimeout(n.ctx, n.setupTimeout())
+func (n *Node) buckets(js jetstream.JetStream, try int) (ret, cl jetstream.KeyValue, err error) {
+	ctx, cancel := n.setupCtx(try)
 	defer cancel()
 	ret, err = n.bucket(ctx, js, jetstream.KeyValueConfig{Bucket: bucketRetained, History: 1,
 		Replicas: n.replicas, Storage: jetstream.FileStorage, Description: "Moat retained messages"})

@@ -107,13 +107,20 @@ func (r *relay) close() {
 // advertise an address nobody listens on, so that none dials another's
 // route port directly). before runs on each node before its broker is
 // attached (a clock, cluster.adopt_after: adoption is off otherwise).
-func startRelayedCluster(t *testing.T, before ...func(i int, nd *Node)) ([]*testNode, [3][3]*relay) {
+func startRelayedCluster(t *testing.T, before ...func(i int, nd *Node)) ([]*testNode, [][]*relay) {
 	t.Helper()
-	var relays [3][3]*relay
+	return startRelayedNodes(t, 3, before...)
+}
+
+// startRelayedNodes is startRelayedCluster with count nodes.
+func startRelayedNodes(t *testing.T, count int, before ...func(i int, nd *Node)) ([]*testNode, [][]*relay) {
+	t.Helper()
+	relays := make([][]*relay, count)
 	for attempt := 0; ; attempt++ {
-		routes := freePorts(t, 3)
-		for i := range 3 {
-			for j := range 3 {
+		routes := freePorts(t, count)
+		for i := range count {
+			relays[i] = make([]*relay, count)
+			for j := range count {
 				if i != j {
 					relays[i][j] = newRelay(t, routes[j])
 				}
@@ -130,7 +137,7 @@ func startRelayedCluster(t *testing.T, before ...func(i int, nd *Node)) ([]*test
 	}
 }
 
-func tryRelayedCluster(t *testing.T, routes []string, relays [3][3]*relay, before []func(int, *Node)) ([]*testNode, error) {
+func tryRelayedCluster(t *testing.T, routes []string, relays [][]*relay, before []func(int, *Node)) ([]*testNode, error) {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
@@ -144,10 +151,10 @@ func tryRelayedCluster(t *testing.T, routes []string, relays [3][3]*relay, befor
 		}
 		return nil, err
 	}
-	for i := range 3 {
+	for i := range routes {
 		name := fmt.Sprintf("n%d", i+1)
 		var peers []string
-		for j := range 3 {
+		for j := range routes {
 			if j != i {
 				peers = append(peers, relays[i][j].addr())
 			}
@@ -334,8 +341,8 @@ func receiveAtLeastOnce(t *testing.T, c *client.Client, from, to int) {
 
 // cutNode cuts (true) or restores (false) the routes between node k and
 // the two others.
-func cutNode(relays [3][3]*relay, k int, on bool) {
-	for j := range 3 {
+func cutNode(relays [][]*relay, k int, on bool) {
+	for j := range relays {
 		if j != k {
 			relays[k][j].setCut(on)
 			relays[j][k].setCut(on)

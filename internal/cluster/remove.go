@@ -608,8 +608,8 @@ func (n *Node) storeRemoval(ctx context.Context, name string, st Status) error {
 // record (it may restart on its data later) and joins.
 func (n *Node) checkRemovedAtStart(js jetstream.JetStream) bool {
 	backoff := 100 * time.Millisecond
-	for {
-		rec, err := n.readRemoval(js)
+	for try := 0; ; try++ {
+		rec, err := n.readRemoval(js, try)
 		switch {
 		case err == nil && rec == nil:
 			return true
@@ -618,7 +618,7 @@ func (n *Node) checkRemovedAtStart(js jetstream.JetStream) bool {
 				ErrRejoinRefused, n.cfg.Node, n.cfg.Name, clip(rec.By), rec.At.Format(time.RFC3339)))
 			return false
 		case err == nil:
-			if err = n.forgetRemoval(js); err == nil {
+			if err = n.forgetRemoval(js, try); err == nil {
 				n.log.Warn("cluster: a node of this name was removed from the cluster; this one starts on empty data and joins as a new node",
 					"removed_by", clip(rec.By), "removed_at", rec.At)
 				return true
@@ -636,8 +636,8 @@ func (n *Node) checkRemovedAtStart(js jetstream.JetStream) bool {
 
 // readRemoval reads this node's record in bucketRemoved: nil when there
 // is none (or no bucket: no node was ever removed).
-func (n *Node) readRemoval(js jetstream.JetStream) (*removalRecord, error) {
-	ctx, cancel := context.WithTimeout(n.ctx, n.setupTimeout())
+func (n *Node) readRemoval(js jetstream.JetStream, try int) (*removalRecord, error) {
+	ctx, cancel := n.setupCtx(try)
 	defer cancel()
 	kv, err := js.KeyValue(ctx, bucketRemoved)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
@@ -662,8 +662,8 @@ func (n *Node) readRemoval(js jetstream.JetStream) (*removalRecord, error) {
 }
 
 // forgetRemoval deletes this node's record in bucketRemoved.
-func (n *Node) forgetRemoval(js jetstream.JetStream) error {
-	ctx, cancel := context.WithTimeout(n.ctx, n.setupTimeout())
+func (n *Node) forgetRemoval(js jetstream.JetStream, try int) error {
+	ctx, cancel := n.setupCtx(try)
 	defer cancel()
 	kv, err := js.KeyValue(ctx, bucketRemoved)
 	if err == nil {

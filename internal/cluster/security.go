@@ -259,8 +259,8 @@ func (n *Node) securityLoop() {
 	}
 	var kvs secBuckets
 	backoff := 100 * time.Millisecond
-	for {
-		kvs, err = n.secBuckets(js)
+	for try := 0; ; try++ {
+		kvs, err = n.secBuckets(js, try)
 		if err == nil {
 			break
 		}
@@ -399,8 +399,8 @@ func (b secBuckets) of(bucket string) jetstream.KeyValue {
 
 // secBuckets creates or binds the buckets. Like every JetStream file of
 // the node, they are encrypted at rest with the node's store key.
-func (n *Node) secBuckets(js jetstream.JetStream) (b secBuckets, err error) {
-	ctx, cancel := context.WithTimeout(n.ctx, n.setupTimeout())
+func (n *Node) secBuckets(js jetstream.JetStream, try int) (b secBuckets, err error) {
+	ctx, cancel := n.setupCtx(try)
 	defer cancel()
 	b.bans, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucketBans, History: 1,
 		Replicas: n.replicas, Storage: jetstream.FileStorage, Description: "Moat ban list"})

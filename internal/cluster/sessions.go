@@ -136,6 +136,9 @@ type sessionsState struct {
 	// afterReplayRead, in tests, runs when a claim has read the durable
 	// messages to replay the first time, before the import.
 	afterReplayRead atomic.Pointer[func(id string)]
+	// homeImportErr, in tests, fails the import of a session of this
+	// node's previous run when it returns an error (importHomeOnce).
+	homeImportErr atomic.Pointer[func(id string) error]
 	// takeWaits counts the claims that waited for a take of the same
 	// client ID under way on this node (ClaimSession).
 	takeWaits atomic.Uint64
@@ -2481,14 +2484,80 @@ func (n *Node) handleRelease(m *nats.Msg) {
 }
 
 // importHomeSessions imports, when the node starts, the sessions whose
-// home was this node's previous run.
+// home was this node's previous run. A session whose import fails for a
+// reason that may pass (a stream or bucket without a leader, as right
+// after this node's own crash) is tried again, for up to
+// importRetryFor: a session left unimported is on no node, its will and
+// expiry wait for its client, and since no node takes a live node's
+// sessions for dead, nothing else would ever import it. The node's
+// consumer starts routing, and claims start, only after this: a session
+// imported later would miss what was routed meanwhile.
 func (n *Node) importHomeSessions() {
 	ctx, cancel := context.WithTimeout(n.ctx, 5*time.Minute)
 	defer cancel()
-	records, err := n.listRecords(ctx, sessPrefix+"*.s")
+	deadline := time.Now().Add(importRetryFor)
+	var failed map[string]bool
+	wait := 250 * time.Millisecond
+	for {
+		var ok bool
+		failed, ok = n.importHomeOnce(ctx, failed)
+		if ok && len(failed) == 0 {
+			break
+		}
+		if !time.Now().Add(wait).Before(deadline) {
+			n.log.Error("cluster: sessions of this node could not be imported; they are imported when their clients connect",
+				"sessions", len(failed))
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 2*time.Second)
+	}
+	// The wills of its previous run's clean sessions, whose connections
+	// ended with it (unless the nodes that adopted it published them).
+	wait = 250 * time.Millisecond
+	for {
+		_, err := n.adoptCleanWills(ctx, n.cfg.Node)
+		if err == nil {
+			return
+		}
+		if !time.Now().Add(wait).Before(deadline) {
+			n.log.Error("cluster: the wills of clean sessions' connections of this node's previous run could not be read; not published",
+				"err", err)
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 2*time.Second)
+	}
+}
+
+// importRetryFor bounds the tries of importHomeSessions.
+const importRetryFor = 30 * time.Second
+
+// importHomeOnce imports the sessions whose record names this node's
+// previous run (all of them when retry is nil, else those of retry, the
+// ones that failed: a record this run already wrote counts too, its
+// import having failed after the write). It returns those whose import
+// failed, and false if the list of sessions could not be read.
+func (n *Node) importHomeOnce(ctx context.Context, retry map[string]bool) (map[string]bool, bool) {
+	filters := []string{sessPrefix + "*.s"}
+	if retry != nil {
+		filters = filters[:0]
+		for id := range retry {
+			filters = append(filters, sessSubject(id, "s"))
+		}
+	}
+	records, err := n.listRecords(ctx, filters...)
 	if err != nil {
-		n.log.Error("cluster: reading the sessions of this node failed; they are imported when their clients connect", "err", err)
-		return
+		n.log.Warn("cluster: reading the sessions of this node failed; trying again", "err", err)
+		return retry, false
 	}
 	type mine struct {
 		id  string
@@ -2501,16 +2570,20 @@ func (n *Node) importHomeSessions() {
 			continue
 		}
 		rec, err := decodeSession(r.data)
-		if err != nil || rec.Node != n.cfg.Node || rec.Home == n.origin {
+		if err != nil || rec.Node != n.cfg.Node {
 			continue
 		}
-		if id, _, err := clientOfSubject(r.subject); err == nil {
-			sessions = append(sessions, mine{id, rec, r.seq})
+		id, _, err := clientOfSubject(r.subject)
+		if err != nil || rec.Home == n.origin && !retry[id] {
+			continue
 		}
+		sessions = append(sessions, mine{id, rec, r.seq})
 	}
 	// The records of up to 64 sessions are read at once. Their old home
 	// (this node's previous run) writes nothing any more; another node
-	// that takes one of them meanwhile makes the take fail.
+	// that takes one of them meanwhile makes the take fail, and the
+	// record, read again, then no longer names this node.
+	failed := make(map[string]bool)
 	imported := 0
 	for chunk := range slices.Chunk(sessions, 64) {
 		filters := make([]string, len(chunk))
@@ -2519,7 +2592,10 @@ func (n *Node) importHomeSessions() {
 		}
 		records, err := n.listRecords(ctx, filters...)
 		if err != nil {
-			n.log.Error("cluster: reading sessions of this node failed; they are imported when their clients connect", "err", err)
+			n.log.Warn("cluster: reading sessions of this node failed; trying again", "err", err)
+			for _, m := range chunk {
+				failed[m.id] = true
+			}
 			continue
 		}
 		byID := make(map[string][]storedRecord, len(chunk))
@@ -2530,20 +2606,23 @@ func (n *Node) importHomeSessions() {
 		}
 		for _, m := range chunk {
 			list := func(context.Context) ([]storedRecord, error) { return byID[m.id], nil }
-			if err := n.take(ctx, m.id, m.rec, m.seq, false, true, position{}, list); err != nil {
-				n.log.Warn("cluster: a session of this node not imported", "client", m.id, "err", err)
+			err := error(nil)
+			if f := n.sess.homeImportErr.Load(); f != nil {
+				err = (*f)(m.id)
+			}
+			if err == nil {
+				err = n.take(ctx, m.id, m.rec, m.seq, false, true, position{}, list)
+			}
+			if err != nil {
+				n.log.Warn("cluster: a session of this node not imported; trying again", "client", m.id, "err", err)
+				failed[m.id] = true
 				continue
 			}
 			imported++
 		}
 	}
 	n.log.Info("cluster: sessions of this node imported", "sessions", imported)
-	// The wills of its previous run's clean sessions, whose connections
-	// ended with it (unless the nodes that adopted it published them).
-	if _, err := n.adoptCleanWills(ctx, n.cfg.Node); err != nil {
-		n.log.Error("cluster: the wills of clean sessions' connections of this node's previous run could not be read; not published",
-			"err", err)
-	}
+	return failed, true
 }
 
 // msgStream returns the durable message stream (set before ready).
