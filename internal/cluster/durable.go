@@ -361,9 +361,15 @@ func (n *Node) setupStream(js jetstream.JetStream) (jetstream.Consumer, error) {
 	if maxBytes <= 0 {
 		maxBytes = defaultStreamMaxBytes
 	}
+	// AllowDirect: replays read the stream in batches of direct gets
+	// (replayread.go), answered by any replica; a stream of an earlier
+	// build gets it here, as the node starts. Gets that must see every
+	// committed record ask the leader (leaderGet), not GetMsg, which
+	// AllowDirect turns into a direct get.
 	st, err := n.createOrUpdateStream(ctx, js, jetstream.StreamConfig{Name: streamMsgs, Subjects: []string{durablePrefix + ">"},
 		Description: "Moat QoS 1/2 messages between nodes", Retention: jetstream.LimitsPolicy, MaxAge: maxAge, MaxBytes: maxBytes,
-		Discard: jetstream.DiscardOld, Storage: jetstream.FileStorage, Replicas: n.replicas, Duplicates: 2 * time.Minute})
+		Discard: jetstream.DiscardOld, Storage: jetstream.FileStorage, Replicas: n.replicas, Duplicates: 2 * time.Minute,
+		AllowDirect: true})
 	if err != nil {
 		return nil, err
 	}
@@ -508,6 +514,7 @@ func (n *Node) consumeLoop(js jetstream.JetStream) {
 	// position from here on.
 	n.routedTo(cons.CachedInfo().AckFloor.Stream)
 	n.wg.Add(1)
+	n.dur.acks.get = n.msgRecord
 	go func() { defer n.wg.Done(); n.dur.acks.run(n.ctx, cons, n.dur.stream) }()
 	// The sessions of this node first: the consumer then delivers to them
 	// what arrived while the node was away.
