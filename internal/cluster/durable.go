@@ -78,6 +78,11 @@ type durableState struct {
 	lingering   map[string]time.Time
 	presence    *nats.Subscription
 	batchMarker *nats.Subscription // batch.go
+	// directMarker says this build reads moat_msgs from its leader
+	// whatever the stream's AllowDirect; no AllowDirect update is tried
+	// before directNext (Unix nanoseconds). replayread.go.
+	directMarker *nats.Subscription
+	directNext   atomic.Int64
 
 	// peers are the marker prefixes ("moat.i.<node>.") of every other
 	// node seen since this one started (routes, JetStream peers), and
@@ -253,13 +258,18 @@ func (n *Node) markPresent() {
 	if err != nil {
 		n.log.Error("cluster: batch marker not subscribed; the other nodes put each QoS 1/2 message in a record of its own", "err", err)
 	}
+	// And reads moat_msgs from its leader whatever its AllowDirect.
+	directSub, err := n.nc.SubscribeSync(capPrefix + keyOf(n.cfg.Node) + capDirect)
+	if err != nil {
+		n.log.Error("cluster: direct marker not subscribed; replays read one record per request", "err", err)
+	}
 	s, err := n.nc.SubscribeSync(markerPrefix + keyOf(n.cfg.Node) + "." + presenceToken)
 	if err != nil {
 		n.log.Error("cluster: presence marker not subscribed; the other nodes put every QoS 1/2 message into the stream", "err", err)
 		return
 	}
 	n.subMu.Lock()
-	n.dur.presence, n.dur.batchMarker = s, capSub
+	n.dur.presence, n.dur.batchMarker, n.dur.directMarker = s, capSub, directSub
 	n.subMu.Unlock()
 }
 
@@ -361,15 +371,17 @@ func (n *Node) setupStream(js jetstream.JetStream) (jetstream.Consumer, error) {
 	if maxBytes <= 0 {
 		maxBytes = defaultStreamMaxBytes
 	}
-	// AllowDirect: replays read the stream in batches of direct gets
-	// (replayread.go), answered by any replica; a stream of an earlier
-	// build gets it here, as the node starts. Gets that must see every
-	// committed record ask the leader (leaderGet), not GetMsg, which
-	// AllowDirect turns into a direct get.
+	// AllowDirect is kept as it is: replays set it once every node
+	// reads the stream from its leader whatever the setting
+	// (replayread.go, allowDirect).
+	allowDirect := false
+	if cur, err := js.Stream(ctx, streamMsgs); err == nil {
+		allowDirect = cur.CachedInfo().Config.AllowDirect
+	}
 	st, err := n.createOrUpdateStream(ctx, js, jetstream.StreamConfig{Name: streamMsgs, Subjects: []string{durablePrefix + ">"},
 		Description: "Moat QoS 1/2 messages between nodes", Retention: jetstream.LimitsPolicy, MaxAge: maxAge, MaxBytes: maxBytes,
 		Discard: jetstream.DiscardOld, Storage: jetstream.FileStorage, Replicas: n.replicas, Duplicates: 2 * time.Minute,
-		AllowDirect: true})
+		AllowDirect: allowDirect})
 	if err != nil {
 		return nil, err
 	}

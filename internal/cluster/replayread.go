@@ -40,6 +40,78 @@ const (
 	replayBatchBytes = 4 << 20
 )
 
+// Direct gets need AllowDirect on moat_msgs, and AllowDirect turns
+// jetstream.Stream.GetMsg into a direct get: the nodes of earlier builds
+// read the records they must not miss (a replay, a gap in their
+// consumer's deliveries) with GetMsg, and a replica of theirs that lags
+// would answer "not found" for a committed record. So the stream gets
+// AllowDirect only once every node reads it from its leader whatever
+// the setting (leaderGet), which a node of this build says with the
+// marker moat.v.<node>.direct1, subscribed before its presence marker:
+// a reading whose batch finds no replica answering sets it
+// (allowDirect) when every node the JetStream cluster counts is
+// present with that marker (directOK). A node keeps the setting it
+// finds as it starts (setupStream); one of an earlier build turns it
+// off as it starts (its configuration lacks it), and then readings go
+// to the leader until it is gone. With an external NATS, whose
+// interest a node cannot see, it is never set by a node.
+const capDirect = ".direct1"
+
+// directRetry is how long a node waits after an AllowDirect update it
+// tried (or found not allowed) before it tries again.
+const directRetry = time.Minute
+
+// directOK tells whether every node of the cluster reads moat_msgs
+// from its leader whatever its AllowDirect: each node the JetStream
+// cluster counts is present now with the direct marker (a node away
+// may come back with an earlier build).
+func (n *Node) directOK() bool {
+	if n.srv == nil {
+		return false
+	}
+	peers := *n.dur.peers.Load()
+	if len(peers) < int(n.dur.expected.Load()) {
+		return false
+	}
+	acc := n.srv.GlobalAccount()
+	for _, p := range peers {
+		key := p[len(markerPrefix) : len(p)-1]
+		if acc.Interest(p+presenceToken) == 0 || acc.Interest(capPrefix+key+capDirect) == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// allowDirect sets AllowDirect on moat_msgs if every node allows it
+// (directOK), at most once per directRetry; the readings after it use
+// batches. It waits at most getAttempt (the reading it is called from
+// goes on from the leader meanwhile).
+func (n *Node) allowDirect(ctx context.Context) {
+	now := n.now().UnixNano()
+	next := n.dur.directNext.Load()
+	if now < next || !n.dur.directNext.CompareAndSwap(next, now+int64(directRetry)) || !n.directOK() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, getAttempt)
+	defer cancel()
+	js, err := jetstream.New(n.nc)
+	if err != nil {
+		return
+	}
+	info, err := n.msgStream().Info(ctx)
+	if err == nil && !info.Config.AllowDirect {
+		cfg := info.Config
+		cfg.AllowDirect = true
+		_, err = js.UpdateStream(ctx, cfg)
+	}
+	if err != nil {
+		n.log.Info("cluster: allowing direct gets on the durable stream failed; replays read one record per request", "err", err)
+		return
+	}
+	n.log.Info("cluster: direct gets allowed on the durable stream; replays read it in batches")
+}
+
 // getAttempt bounds one request of a reading (a batch, a get): one that
 // reached a replica or a leader as it went, or a stream electing its
 // leader, is tried again (getNext) or asked of the leader (fill).
@@ -151,6 +223,10 @@ func (r *recordReader) fill(ctx context.Context) error {
 		return nil
 	}
 	r.leader = true
+	if errors.Is(err, nats.ErrNoResponders) {
+		// No replica answers: the stream lacks AllowDirect.
+		r.n.allowDirect(ctx)
+	}
 	if err != nil && !errors.Is(err, jetstreamext.ErrNoMessages) {
 		r.n.log.Debug("cluster: a batch of the durable stream failed; read from its leader", "from", r.next, "to", r.to, "err", err)
 	} else {

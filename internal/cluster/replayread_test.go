@@ -5,6 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -14,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/moatmq/moat/internal/broker"
 	"github.com/moatmq/moat/internal/testutil"
 )
 
@@ -27,7 +33,7 @@ const replayOrigin = "elsewhere/1"
 // other/<i> that the tests' session does not subscribe to. It returns
 // the stream sequences of the first and last records, and the topics a
 // replay of rr/# finds, in stream order.
-func writeReplayRecords(t *testing.T, tn *testNode, count int) (first, last uint64, want []string) {
+func writeReplayRecords(t testing.TB, tn *testNode, count int) (first, last uint64, want []string) {
 	t.Helper()
 	js, err := jetstream.New(tn.node.nc)
 	if err != nil {
@@ -122,6 +128,7 @@ func TestReplayReadsInBatches(t *testing.T) {
 	const count = 2000
 	nodes := startCluster(t, 3)
 	first, last, want := writeReplayRecords(t, nodes[0], count)
+	awaitDirect(t, nodes)
 	for i, tn := range nodes {
 		t.Run(fmt.Sprintf("n%d", i+1), func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -164,9 +171,36 @@ func TestReplayReadsInBatches(t *testing.T) {
 	})
 }
 
+// awaitDirect has a reading on the first node find that the stream does
+// not answer direct gets and set AllowDirect (every node runs this
+// build), and waits until each node's direct gets are answered.
+func awaitDirect(t *testing.T, nodes []*testNode) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	rs := newTestReplay(nodes[0], 1)
+	if err := rs.read(ctx, nodes[0].node, 1, 1); err != nil {
+		t.Fatal(err)
+	}
+	info, err := nodes[0].node.msgStream().Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !info.Config.AllowDirect {
+		t.Fatal("AllowDirect not set by a reading")
+	}
+	for _, tn := range nodes {
+		testutil.WaitFor(t, tn.node.cfg.Node+"'s direct gets to be answered", 30*time.Second, func() bool {
+			_, err := tn.node.nc.Request("$JS.API.DIRECT.GET."+streamMsgs, nil, time.Second)
+			return err == nil
+		})
+	}
+}
+
 // TestReplayReadStaleReplica: direct gets answered by a replica behind
 // the leader are not taken as the end. The stream's own direct gets are
-// turned off and the test answers them instead, as a replica that has
+// off (and the node reading does not turn them on) and the test answers
+// them instead, as a replica that has
 // applied the records only up to the middle of the range would
 // (stale), or as one with none of them (empty); without any answer
 // (none), direct gets are not served, as on a stream of an earlier
@@ -177,6 +211,8 @@ func TestReplayReadStaleReplica(t *testing.T) {
 	nodes := startCluster(t, 3)
 	first, last, want := writeReplayRecords(t, nodes[0], count)
 	tn := nodes[1]
+	// The readings do not set AllowDirect again.
+	tn.node.dur.directNext.Store(math.MaxInt64)
 	js, err := jetstream.New(tn.node.nc)
 	if err != nil {
 		t.Fatal(err)
@@ -290,4 +326,159 @@ func staleReplica(t *testing.T, tn *testNode, applied uint64) *nats.Subscription
 func directGetsAnswered(tn *testNode, test bool) bool {
 	m, err := tn.node.nc.Request("$JS.API.DIRECT.GET."+streamMsgs, nil, time.Second)
 	return err == nil && (m.Header.Get("Description") == "test replica") == test
+}
+
+// BenchmarkReplayRead reads a replay of 2,000 records (as in
+// TestReplayReadsInBatches) from a node of a cluster of three: in
+// batches of direct gets (batch), and with gets of the leader only, one
+// record per get per subject, as before batches (leader).
+func BenchmarkReplayRead(b *testing.B) {
+	const count = 2000
+	nodes := startBenchCluster(b)
+	first, last, want := writeReplayRecords(b, nodes[1], count)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	nodes[1].node.allowDirect(ctx)
+	testutil.WaitFor(b, "direct gets to be answered", 30*time.Second, func() bool {
+		_, err := nodes[1].node.nc.Request("$JS.API.DIRECT.GET."+streamMsgs, nil, time.Second)
+		return err == nil
+	})
+	for _, leader := range []bool{false, true} {
+		name := map[bool]string{false: "batch", true: "leader"}[leader]
+		b.Run(name, func(b *testing.B) {
+			ctx := context.Background()
+			requests := 0
+			for b.Loop() {
+				r, err := newRecordReader(nodes[1].node, newTestReplay(nodes[1], first).subjects, first, last)
+				if err != nil {
+					b.Fatal(err)
+				}
+				r.leader = leader
+				found := 0
+				for {
+					m, err := r.read(ctx)
+					if err != nil {
+						b.Fatal(err)
+					}
+					if m == nil {
+						break
+					}
+					found++
+				}
+				if found != count-count/25 {
+					b.Fatalf("%d records read, want %d (%d messages)", found, count-count/25, len(want))
+				}
+				requests += r.batches + r.gets
+			}
+			b.ReportMetric(float64(requests)/float64(b.N), "requests/op")
+		})
+	}
+}
+
+// startBenchCluster starts three nodes as startCluster does, for a
+// benchmark (startCluster takes a *testing.T), without MQTT listeners.
+func startBenchCluster(b *testing.B) []*testNode {
+	b.Helper()
+	var routes []string
+	var lns []net.Listener
+	for range 3 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			b.Fatal(err)
+		}
+		lns = append(lns, ln)
+		routes = append(routes, ln.Addr().String())
+	}
+	for _, ln := range lns {
+		ln.Close()
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	dir := b.TempDir()
+	var nodes []*testNode
+	for i := range routes {
+		name := fmt.Sprintf("n%d", i+1)
+		nd, err := Start(Config{Name: "bench", Node: name, Listen: routes[i], Peers: routes, StoreDir: filepath.Join(dir, name),
+			Logger: log, HeartbeatInterval: testHeartbeat, MarkerTTL: testMarkerTTL, setupAttempt: testSetupAttempt})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(nd.Close)
+		nodes = append(nodes, &testNode{node: nd})
+	}
+	for _, tn := range nodes {
+		srv, err := broker.New(broker.Config{Cluster: tn.node, Authorizer: broker.AllowAll, AllowAnonymous: true, Logger: log})
+		if err != nil {
+			b.Fatal(err)
+		}
+		tn.srv = srv
+		tn.node.Attach(srv)
+	}
+	for _, tn := range nodes {
+		select {
+		case <-tn.node.Ready():
+		case <-time.After(60 * time.Second):
+			b.Fatal("key-value store not ready within 60 s")
+		}
+	}
+	js, err := jetstream.New(nodes[0].node.nc)
+	if err != nil {
+		b.Fatal(err)
+	}
+	testutil.WaitFor(b, "the durable stream", 60*time.Second, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_, err := js.Stream(ctx, streamMsgs)
+		return err == nil
+	})
+	return nodes
+}
+
+// TestAllowDirectWaitsForEveryNode: a node without the direct marker
+// (as one of an earlier build, which reads the stream with GetMsg)
+// keeps the stream without AllowDirect: a reading on another node that
+// finds no direct gets answered reads from the leader and leaves the
+// setting alone. Once the marker is back, the next attempt sets it.
+func TestAllowDirectWaitsForEveryNode(t *testing.T) {
+	nodes := startCluster(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	old := nodes[2].node
+	marker := capPrefix + keyOf(old.cfg.Node) + capDirect
+	old.subMu.Lock()
+	err := old.dur.directMarker.Unsubscribe()
+	old.subMu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := nodes[0].node
+	testutil.WaitFor(t, "the marker to be gone", 10*time.Second, func() bool {
+		return n.srv.GlobalAccount().Interest(marker) == 0
+	})
+	allowed := func() bool {
+		info, err := n.msgStream().Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.Config.AllowDirect
+	}
+	rs := newTestReplay(nodes[0], 1)
+	if err := rs.read(ctx, n, 1, 1); err != nil {
+		t.Fatal(err)
+	}
+	if rs.batches != 1 || allowed() {
+		t.Fatalf("%d batches, AllowDirect %v; want 1 batch and no AllowDirect", rs.batches, allowed())
+	}
+	sub, err := old.nc.SubscribeSync(marker)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	testutil.WaitFor(t, "the marker to be back", 10*time.Second, func() bool {
+		return n.srv.GlobalAccount().Interest(marker) > 0
+	})
+	n.dur.directNext.Store(0)
+	n.allowDirect(ctx)
+	if !allowed() {
+		t.Fatal("AllowDirect not set once every node has the marker")
+	}
 }
