@@ -1132,10 +1132,13 @@ func (n *Node) scan(ctx context.Context, st jetstream.Stream, filter string, fro
 }
 
 // getNext returns the first message of st matching filter with a
-// sequence from from to to (0: the end), nil if there is none, as the
-// stream's leader has it (leaderGet). A get that fails or goes
-// unanswered for getAttempt (a request that reached a leader as it
-// died, a stream electing its leader) is tried again until ctx ends.
+// sequence from from to to (0: the end), nil if there is none. For
+// moat_msgs, as the stream's leader has it (leaderGet: the stream may
+// allow direct gets, replayread.go); other streams are read with
+// GetMsg, which follows their AllowDirect (the buckets' streams have
+// it). A get that fails or goes unanswered for getAttempt (a request
+// that reached a leader as it died, a stream electing its leader) is
+// tried again until ctx ends.
 func (n *Node) getNext(ctx context.Context, st jetstream.Stream, filter string, from, to uint64) (*jetstream.RawStreamMsg, error) {
 	from = max(from, 1)
 	if to != 0 && from > to {
@@ -1145,7 +1148,13 @@ func (n *Node) getNext(ctx context.Context, st jetstream.Stream, filter string, 
 	var lastErr error
 	for {
 		gctx, cancel := context.WithTimeout(ctx, getAttempt)
-		m, err := n.leaderGet(gctx, name, from, filter)
+		var m *jetstream.RawStreamMsg
+		var err error
+		if name == streamMsgs {
+			m, err = n.leaderGet(gctx, name, from, filter)
+		} else {
+			m, err = st.GetMsg(gctx, from, jetstream.WithGetMsgSubject(filter))
+		}
 		cancel()
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			return nil, nil
