@@ -25,6 +25,14 @@ import (
 // says it has nothing more, is never taken as "no more records". The
 // rest of that reading is then asked of the leader, one record per get
 // per subject, as before batches (recordReader.fromLeader).
+//
+// The batches are asked with orbit.go's jetstreamext.GetBatch. It ends
+// a batch without an error when the request times out, and keeps the
+// end-of-batch message to itself; the reading relies on neither: it
+// ends only on a record at or past its end, and takes the number of
+// records pending from the last record of a batch (Nats-Num-Pending).
+// It has no "up to" sequence for batches either (nats-server honours
+// up_to_seq only for multi_last): the records past the end are dropped.
 
 // The batches of a reading: the first asks for replayBatchFirst records,
 // each next one for twice as many, up to replayBatchMax; and the server
@@ -84,15 +92,25 @@ func (n *Node) directOK() bool {
 }
 
 // allowDirect sets AllowDirect on moat_msgs if every node allows it
-// (directOK), at most once per directRetry; the readings after it use
-// batches. It waits at most getAttempt (the reading it is called from
-// goes on from the leader meanwhile).
-func (n *Node) allowDirect(ctx context.Context) {
+// (directOK), tried at most once per directRetry; the readings after
+// it use batches. The update runs on a goroutine of the node: the
+// reading that calls it may hold routeMu, and goes on from the leader.
+func (n *Node) allowDirect() {
 	now := n.now().UnixNano()
 	next := n.dur.directNext.Load()
 	if now < next || !n.dur.directNext.CompareAndSwap(next, now+int64(directRetry)) || !n.directOK() {
 		return
 	}
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		n.setAllowDirect(n.ctx)
+	}()
+}
+
+// setAllowDirect sets AllowDirect on moat_msgs, waiting at most
+// getAttempt.
+func (n *Node) setAllowDirect(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, getAttempt)
 	defer cancel()
 	js, err := jetstream.New(n.nc)
@@ -225,7 +243,7 @@ func (r *recordReader) fill(ctx context.Context) error {
 	r.leader = true
 	if errors.Is(err, nats.ErrNoResponders) {
 		// No replica answers: the stream lacks AllowDirect.
-		r.n.allowDirect(ctx)
+		r.n.allowDirect()
 	}
 	if err != nil && !errors.Is(err, jetstreamext.ErrNoMessages) {
 		r.n.log.Debug("cluster: a batch of the durable stream failed; read from its leader", "from", r.next, "to", r.to, "err", err)
