@@ -65,6 +65,11 @@ type ackQueue struct {
 	cons    jetstream.Consumer // the consumer read (run)
 	high    uint64             // the highest sequence admitted
 	kick    chan struct{}
+	// get reads a record of the stream as its leader has it
+	// (Node.msgRecord: a replica that lags says "not found" of a record
+	// not deleted); set before run starts. nil: the stream's GetMsg (a
+	// stream without AllowDirect asks its leader).
+	get recordGetter
 }
 
 func newAckQueue() *ackQueue {
@@ -373,11 +378,19 @@ func (q *ackQueue) resolve(ctx context.Context, cons jetstream.Consumer, st jets
 		if gap == 0 {
 			return
 		}
-		if _, err := st.GetMsg(ctx, gap); !errors.Is(err, jetstream.ErrMsgNotFound) {
+		if _, err := q.getRecord(ctx, st, gap); !errors.Is(err, jetstream.ErrMsgNotFound) {
 			return // still in the stream (or not known): delivered again
 		}
 		q.skip(gap)
 	}
+}
+
+// getRecord reads the record at seq of st (see get).
+func (q *ackQueue) getRecord(ctx context.Context, st jetstream.Stream, seq uint64) (*jetstream.RawStreamMsg, error) {
+	if q.get != nil {
+		return q.get(ctx, seq)
+	}
+	return st.GetMsg(ctx, seq)
 }
 
 // gapFill bounds the records read from the stream before a record that
@@ -416,7 +429,7 @@ func (n *Node) fillGap(seq uint64) {
 	defer cancel()
 	read := 0
 	for _, s := range missing {
-		raw, err := n.msgStream().GetMsg(ctx, s)
+		raw, err := n.msgRecord(ctx, s)
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			acks.gone(s)
 			continue

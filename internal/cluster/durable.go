@@ -78,6 +78,11 @@ type durableState struct {
 	lingering   map[string]time.Time
 	presence    *nats.Subscription
 	batchMarker *nats.Subscription // batch.go
+	// directMarker says this build reads moat_msgs from its leader
+	// whatever the stream's AllowDirect; no AllowDirect update is tried
+	// before directNext (Unix nanoseconds). replayread.go.
+	directMarker *nats.Subscription
+	directNext   atomic.Int64
 
 	// peers are the marker prefixes ("moat.i.<node>.") of every other
 	// node seen since this one started (routes, JetStream peers), and
@@ -253,13 +258,18 @@ func (n *Node) markPresent() {
 	if err != nil {
 		n.log.Error("cluster: batch marker not subscribed; the other nodes put each QoS 1/2 message in a record of its own", "err", err)
 	}
+	// And reads moat_msgs from its leader whatever its AllowDirect.
+	directSub, err := n.nc.SubscribeSync(capPrefix + keyOf(n.cfg.Node) + capDirect)
+	if err != nil {
+		n.log.Error("cluster: direct marker not subscribed; replays read one record per request", "err", err)
+	}
 	s, err := n.nc.SubscribeSync(markerPrefix + keyOf(n.cfg.Node) + "." + presenceToken)
 	if err != nil {
 		n.log.Error("cluster: presence marker not subscribed; the other nodes put every QoS 1/2 message into the stream", "err", err)
 		return
 	}
 	n.subMu.Lock()
-	n.dur.presence, n.dur.batchMarker = s, capSub
+	n.dur.presence, n.dur.batchMarker, n.dur.directMarker = s, capSub, directSub
 	n.subMu.Unlock()
 }
 
@@ -359,9 +369,17 @@ func (n *Node) setupStream(js jetstream.JetStream, try int) (jetstream.Consumer,
 	if maxBytes <= 0 {
 		maxBytes = defaultStreamMaxBytes
 	}
+	// AllowDirect is kept as it is: replays set it once every node
+	// reads the stream from its leader whatever the setting
+	// (replayread.go, allowDirect).
+	allowDirect := false
+	if cur, err := js.Stream(ctx, streamMsgs); err == nil {
+		allowDirect = cur.CachedInfo().Config.AllowDirect
+	}
 	st, err := n.createOrUpdateStream(ctx, js, jetstream.StreamConfig{Name: streamMsgs, Subjects: []string{durablePrefix + ">"},
 		Description: "Moat QoS 1/2 messages between nodes", Retention: jetstream.LimitsPolicy, MaxAge: maxAge, MaxBytes: maxBytes,
-		Discard: jetstream.DiscardOld, Storage: jetstream.FileStorage, Replicas: n.replicas, Duplicates: 2 * time.Minute})
+		Discard: jetstream.DiscardOld, Storage: jetstream.FileStorage, Replicas: n.replicas, Duplicates: 2 * time.Minute,
+		AllowDirect: allowDirect})
 	if err != nil {
 		return nil, err
 	}
@@ -506,6 +524,7 @@ func (n *Node) consumeLoop(js jetstream.JetStream) {
 	// position from here on.
 	n.routedTo(cons.CachedInfo().AckFloor.Stream)
 	n.wg.Add(1)
+	n.dur.acks.get = n.msgRecord
 	go func() { defer n.wg.Done(); n.dur.acks.run(n.ctx, cons, n.dur.stream) }()
 	// The routes to the other nodes first: importing may publish wills
 	// (a persistent session's, whose connection ended with this node's

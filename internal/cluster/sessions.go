@@ -1135,19 +1135,29 @@ func (n *Node) scan(ctx context.Context, st jetstream.Stream, filter string, fro
 }
 
 // getNext returns the first message of st matching filter with a
-// sequence from from to to (0: the end), nil if there is none. A get
-// that fails or goes unanswered for 3 s (a request that reached a
-// leader as it died, a stream electing its leader) is tried again until
-// ctx ends.
+// sequence from from to to (0: the end), nil if there is none. For
+// moat_msgs, as the stream's leader has it (leaderGet: the stream may
+// allow direct gets, replayread.go); other streams are read with
+// GetMsg, which follows their AllowDirect (the buckets' streams have
+// it). A get that fails or goes unanswered for getAttempt (a request
+// that reached a leader as it died, a stream electing its leader) is
+// tried again until ctx ends.
 func (n *Node) getNext(ctx context.Context, st jetstream.Stream, filter string, from, to uint64) (*jetstream.RawStreamMsg, error) {
 	from = max(from, 1)
 	if to != 0 && from > to {
 		return nil, nil
 	}
+	name := st.CachedInfo().Config.Name
 	var lastErr error
 	for {
-		gctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		m, err := st.GetMsg(gctx, from, jetstream.WithGetMsgSubject(filter))
+		gctx, cancel := context.WithTimeout(ctx, getAttempt)
+		var m *jetstream.RawStreamMsg
+		var err error
+		if name == streamMsgs {
+			m, err = n.leaderGet(gctx, name, from, filter)
+		} else {
+			m, err = st.GetMsg(gctx, from, jetstream.WithGetMsgSubject(filter))
+		}
 		cancel()
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			return nil, nil
@@ -1993,9 +2003,9 @@ const maxReplayBytes = 64 << 20
 // The reading stops once the messages found for the session fill the
 // room its queue has (room, roomBytes) or the records they are held
 // in reach maxReplayBytes: the messages after those are the ones the
-// queue limit would drop, and reading them all (one record per request,
-// every record of the batch subject) made a claim after a long absence
-// hold the whole stream since in memory (full, logged by deliver).
+// queue limit would drop, and reading them all (every record of the
+// batch subject) made a claim after a long absence hold the whole
+// stream since in memory (full, logged by deliver).
 type replaySet struct {
 	id       string
 	pos      position
@@ -2023,6 +2033,9 @@ type replaySet struct {
 	// record that reached the bound are kept (in msgs) rather than
 	// dropped.
 	paced bool
+	// batches and gets count the requests of the readings: batches of
+	// direct gets, and single gets of the stream's leader.
+	batches, gets int
 }
 
 // replayMsg is a message a replay found for its session: the stream
@@ -2147,58 +2160,36 @@ func (rs *replaySet) bounded(counts bool) bool {
 
 // read reads the records after rs.to up to to, in stream order, until
 // the bound (take calls it again, holding routeMu, for those routed
-// since the first reading). Messages of other nodes after routed (this
-// node's routing position as the reading began) count against the
-// bound only if deliver replays them (it may not: routing delivers
-// them).
+// since the first reading), in batches (recordReader). Messages of
+// other nodes after routed (this node's routing position as the
+// reading began) count against the bound only if deliver replays them
+// (it may not: routing delivers them).
 func (rs *replaySet) read(ctx context.Context, n *Node, to, routed uint64) error {
 	if rs.failed || rs.full || to <= rs.to {
 		return nil
 	}
-	st := n.msgStream()
-	// The next record of each subject: one get per record read, the
-	// subjects merged by sequence.
-	heads := make([]*jetstream.RawStreamMsg, len(rs.subjects))
-	for i, f := range rs.subjects {
-		m, err := n.getNext(ctx, st, f, rs.to+1, to)
+	r, err := newRecordReader(n, rs.subjects, rs.to+1, to)
+	if err != nil {
+		return err
+	}
+	defer func() { rs.batches, rs.gets = rs.batches+r.batches, rs.gets+r.gets }()
+	for {
+		m, err := r.read(ctx)
 		if err != nil {
 			return err
-		}
-		heads[i] = m
-		if m != nil {
-			n.dstats.replayRead.Add(1)
-		}
-	}
-	for {
-		var m *jetstream.RawStreamMsg
-		for _, h := range heads {
-			if h != nil && (m == nil || h.Sequence < m.Sequence) {
-				m = h
-			}
 		}
 		if m == nil {
 			break
 		}
+		n.dstats.replayRead.Add(1)
 		rs.add(m, routed)
 		rs.to = m.Sequence
 		if rs.dropped > 0 || rs.full {
 			// A message for the session past the bound: the records
-			// after this one are not read.
+			// after this one are not read (those of the batch it
+			// came in are dropped).
 			rs.full = true
 			return nil
-		}
-		for i, h := range heads {
-			// Several subjects may match one record.
-			if h != nil && h.Sequence == m.Sequence {
-				next, err := n.getNext(ctx, st, rs.subjects[i], m.Sequence+1, to)
-				if err != nil {
-					return err
-				}
-				heads[i] = next
-				if next != nil {
-					n.dstats.replayRead.Add(1)
-				}
-			}
 		}
 	}
 	rs.to = to
