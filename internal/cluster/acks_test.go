@@ -5,28 +5,32 @@ import (
 	"io"
 	"log/slog"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// ackTestStream creates, on a cluster of three nodes, a
-// stream of its own and a consumer with cumulative acknowledgements as
-// the nodes' consumers have, with a short AckWait.
+// ackTestStream creates, on the common cluster of three nodes, a
+// stream of the test's own (ackTestName), removed when the test ends,
+// and a consumer with cumulative acknowledgements as the nodes'
+// consumers have, with a short AckWait.
 func ackTestStream(t *testing.T) (jetstream.JetStream, jetstream.Stream, jetstream.Consumer) {
 	t.Helper()
-	nodes := startCluster(t, 3)
+	nodes := commonCluster(t)
 	js, err := jetstream.New(nodes[0].node.nc)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	st, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "acktest", Subjects: []string{"acktest.>"}, Storage: jetstream.FileStorage})
+	name := ackTestName(t)
+	st, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: name, Subjects: []string{name + ".>"}, Storage: jetstream.FileStorage})
 	if err != nil {
 		t.Fatal(err)
 	}
+	removeStreamAtEnd(t, js, name)
 	c, err := st.CreateConsumer(ctx, jetstream.ConsumerConfig{Durable: "c", AckPolicy: jetstream.AckAllPolicy,
 		AckWait: time.Second, MaxDeliver: -1})
 	if err != nil {
@@ -35,12 +39,31 @@ func ackTestStream(t *testing.T) (jetstream.JetStream, jetstream.Stream, jetstre
 	return js, st, c
 }
 
+// removeStreamAtEnd removes the stream name when t ends: the common
+// cluster keeps no test's stream.
+func removeStreamAtEnd(t *testing.T, js jetstream.JetStream, name string) {
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := js.DeleteStream(ctx, name); err != nil {
+			t.Logf("removing the stream %s: %v", name, err)
+		}
+	})
+}
+
+// ackTestName names the stream of ackTestStream, and the first token of
+// its subjects, after the test: each test on the common cluster has its
+// own.
+func ackTestName(t *testing.T) string {
+	return "acktest_" + strings.ReplaceAll(t.Name(), "/", "_")
+}
+
 func publishAckTest(t *testing.T, js jetstream.JetStream, from, to int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for i := from; i < to; i++ {
-		if _, err := js.Publish(ctx, "acktest.x", []byte(strconv.Itoa(i))); err != nil {
+		if _, err := js.Publish(ctx, ackTestName(t)+".x", []byte(strconv.Itoa(i))); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -324,24 +347,27 @@ func TestConsumerUpgradeFromExplicitAcks(t *testing.T) {
 	}
 }
 
-// ackLimitStream creates, on a cluster of three nodes, a stream
+// ackLimitStream creates, on the common cluster of three nodes, a
+// stream of the test's own (ackTestName), removed when the test ends,
 // replicated on all three that keeps at most maxMsgs records (as the
 // durable stream's MaxAge and MaxBytes keep the newest), and a consumer
 // configured as the nodes' consumers are, with a short AckWait.
 func ackLimitStream(t *testing.T, maxMsgs int64) (jetstream.JetStream, jetstream.Stream, jetstream.Consumer) {
 	t.Helper()
-	nodes := startCluster(t, 3)
+	nodes := commonCluster(t)
 	js, err := jetstream.New(nodes[0].node.nc)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	st, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "acktest", Subjects: []string{"acktest.>"}, Storage: jetstream.FileStorage,
+	name := ackTestName(t)
+	st, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: name, Subjects: []string{name + ".>"}, Storage: jetstream.FileStorage,
 		Replicas: 3, MaxMsgs: maxMsgs, Discard: jetstream.DiscardOld, Retention: jetstream.LimitsPolicy})
 	if err != nil {
 		t.Fatal(err)
 	}
+	removeStreamAtEnd(t, js, name)
 	c, err := st.CreateConsumer(ctx, jetstream.ConsumerConfig{Durable: "c", AckPolicy: jetstream.AckAllPolicy,
 		AckWait: time.Second, MaxDeliver: -1, MaxAckPending: 1 << 16})
 	if err != nil {
@@ -516,7 +542,7 @@ func TestSlowNodeRedeliveriesBounded(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cfg := (&Node{}).consumerConfig("slow", jetstream.ConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy})
-	cfg.FilterSubject, cfg.AckWait, cfg.MaxAckPending = "acktest.>", time.Second, 8
+	cfg.FilterSubject, cfg.AckWait, cfg.MaxAckPending = ackTestName(t)+".>", time.Second, 8
 	c, err := st.CreateConsumer(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)

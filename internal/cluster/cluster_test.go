@@ -21,8 +21,6 @@ import (
 	"github.com/moatmq/moat/internal/testutil"
 )
 
-func TestMain(m *testing.M) { testutil.VerifyTestMain(m) }
-
 // testNode is one broker with its cluster Node and a plain listener.
 type testNode struct {
 	node *Node
@@ -89,11 +87,19 @@ func startNodesHooked(t *testing.T, dir string, routes []string, before []func(i
 // nodes and brokers also given to rec (nil: none).
 func startNodesLogged(t *testing.T, dir string, routes []string, before []func(i int, nd *Node), rec *logRecorder,
 	configure ...func(*broker.Config)) ([]*testNode, error) {
-	n := len(routes)
 	var h slog.Handler = slog.NewTextHandler(io.Discard, nil)
 	if testing.Verbose() {
 		h = slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo})
 	}
+	return launchNodes(t.Cleanup, h, dir, routes, before, rec, configure...)
+}
+
+// launchNodes is startNodesLogged for an owner that is not a single
+// test: the nodes log to h, and their shutdown is given to cleanup,
+// which runs the functions it was given last-in first-out.
+func launchNodes(cleanup func(func()), h slog.Handler, dir string, routes []string, before []func(i int, nd *Node),
+	rec *logRecorder, configure ...func(*broker.Config)) ([]*testNode, error) {
+	n := len(routes)
 	if rec != nil {
 		h = &recordingHandler{next: h, rec: rec}
 	}
@@ -138,7 +144,7 @@ func startNodesLogged(t *testing.T, dir string, routes []string, before []func(i
 		var wg sync.WaitGroup
 		wg.Add(1)
 		go func() { defer wg.Done(); _ = srv.Serve(ctx, ln, broker.ListenerConfig{Name: "plain"}) }()
-		t.Cleanup(func() {
+		cleanup(func() {
 			cancel()
 			sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
 			_ = srv.Shutdown(sctx)
@@ -148,7 +154,7 @@ func startNodesLogged(t *testing.T, dir string, routes []string, before []func(i
 		nodes = append(nodes, &testNode{node: nd, srv: srv, addr: ln.Addr().String()})
 	}
 	// Cleanups run last-in first-out: the nodes close after every broker.
-	t.Cleanup(func() {
+	cleanup(func() {
 		for _, nd := range started {
 			nd.Close()
 		}
@@ -295,7 +301,8 @@ func awaitRoute(t *testing.T, pub, sub *client.Client, topic string) {
 }
 
 func TestCrossNodeQoS(t *testing.T) {
-	nodes := startCluster(t, 3)
+	nodes := commonCluster(t)
+	dups := nodes[2].node.Status().Duplicates
 	for _, qos := range []byte{0, 1, 2} {
 		t.Run(fmt.Sprintf("QoS%d", qos), func(t *testing.T) {
 			q := strconv.Itoa(int(qos))
@@ -332,7 +339,7 @@ func TestCrossNodeQoS(t *testing.T) {
 	}
 	// The publishing node forwarded each message once, whatever the
 	// number of subscribing filters.
-	if st := nodes[2].node.Status(); st.Duplicates == 0 {
+	if st := nodes[2].node.Status(); st.Duplicates == dups {
 		t.Errorf("no duplicates dropped on the subscribing node: %+v", st)
 	}
 	if st := nodes[0].node.Status(); len(st.Routes) != 2 || st.MetaSize != 3 {
@@ -343,7 +350,7 @@ func TestCrossNodeQoS(t *testing.T) {
 // TestRemoteMessagesNotForwardedAgain checks that a node delivers what it
 // received from another node to local subscribers only.
 func TestRemoteMessagesNotForwardedAgain(t *testing.T) {
-	nodes := startCluster(t, 3)
+	nodes := commonCluster(t)
 	subB := dial(t, nodes[1].addr, "subB", client.V5)
 	subC := dial(t, nodes[2].addr, "subC", client.V5)
 	subscribe(t, subB, 1, "f/#")
@@ -379,7 +386,7 @@ func TestRemoteMessagesNotForwardedAgain(t *testing.T) {
 }
 
 func TestRetainedAcrossNodes(t *testing.T) {
-	nodes := startCluster(t, 3)
+	nodes := commonCluster(t)
 	pub := dial(t, nodes[0].addr, "rpub", client.V5)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -415,9 +422,15 @@ func TestRetainedAcrossNodes(t *testing.T) {
 }
 
 func TestTakeoverAcrossNodes(t *testing.T) {
-	nodes := startCluster(t, 3)
+	nodes := commonCluster(t)
 	first := dial(t, nodes[0].addr, "device-7", client.V5)
-	testutil.WaitFor(t, "the first claim", 30*time.Second, func() bool { return nodes[0].node.Status().Claims >= 1 })
+	testutil.WaitFor(t, "the first claim", 30*time.Second, func() bool {
+		kv := nodes[0].node.kvs()
+		kv.mu.Lock()
+		defer kv.mu.Unlock()
+		_, ok := kv.claims["device-7"]
+		return ok
+	})
 	second := dial(t, nodes[1].addr, "device-7", client.V5)
 	select {
 	case <-first.Done():

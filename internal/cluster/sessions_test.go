@@ -68,7 +68,8 @@ func expectNone(t *testing.T, c *client.Client, d time.Duration) {
 // once, in order, and its subscription goes on working there. Then it
 // moves back to n1 while connected: the connection on n2 is taken over.
 func TestSessionMovesAcrossNodes(t *testing.T) {
-	nodes := startCluster(t, 3)
+	nodes := commonCluster(t)
+	imported := nodes[1].node.Status().SessionsIn
 	sub, present := dialSession(t, nodes[0].addr, "mover", client.V5)
 	if present {
 		t.Fatal("a new session was present")
@@ -87,7 +88,7 @@ func TestSessionMovesAcrossNodes(t *testing.T) {
 	}
 	receiveInOrder(t, sub2, 0, n)
 	expectNone(t, sub2, 500*time.Millisecond)
-	if got := nodes[1].node.Status(); got.SessionsIn == 0 {
+	if got := nodes[1].node.Status(); got.SessionsIn == imported {
 		t.Fatalf("n2 imported no session: %+v", got)
 	}
 	// The subscription came along: new messages reach the client on n2.
@@ -200,7 +201,7 @@ func TestFullClusterRestart(t *testing.T) {
 // the session; a will whose client comes back on another node within the
 // delay is cancelled everywhere.
 func TestWillsClusterWide(t *testing.T) {
-	nodes := startCluster(t, 3)
+	nodes := commonCluster(t)
 	watch := dial(t, nodes[2].addr, "watcher", client.V5)
 	subscribe(t, watch, 1, "will/#")
 	probe := dial(t, nodes[0].addr, "wprobe", client.V5)
@@ -260,7 +261,7 @@ func TestWillsClusterWide(t *testing.T) {
 // TestSessionExpiryClusterWide: a session that expires on its node is
 // gone from the cluster: resuming it on another node finds no session.
 func TestSessionExpiryClusterWide(t *testing.T) {
-	nodes := startCluster(t, 3)
+	nodes := commonCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	c, err := client.Dial(ctx, client.Config{Servers: []string{"tcp://" + nodes[0].addr}, ClientID: "brief", SessionExpiry: 1})
@@ -345,7 +346,7 @@ func TestSecurityClusterSessionOwner(t *testing.T) {
 // import, and skips it as a message it delivered when it was published).
 // The session gets it once, from n2's record of recent messages.
 func TestSessionMoveGapOnNewHome(t *testing.T) {
-	nodes := startCluster(t, 3)
+	nodes := commonCluster(t)
 	sub, _ := dialSession(t, nodes[0].addr, "gapper", client.V5)
 	subscribe(t, sub, 1, "gap/#")
 	pub := dial(t, nodes[1].addr, "gappub", client.V5)
@@ -362,6 +363,7 @@ func TestSessionMoveGapOnNewHome(t *testing.T) {
 		})
 	}
 	nodes[1].node.sess.beforeImport.Store(&hook)
+	defer nodes[1].node.sess.beforeImport.Store(nil)
 	sub2, present := dialSession(t, nodes[1].addr, "gapper", client.V5)
 	if !present {
 		t.Fatal("Session Present 0 on n2")
@@ -393,7 +395,8 @@ func TestSessionMoveGapOnNewHome(t *testing.T) {
 // the session a second time beside the first, or, once the first had made
 // n2 the home, answered at once and the broker started an empty session.
 func TestSessionSecondClaimDuringImport(t *testing.T) {
-	nodes := startCluster(t, 3)
+	nodes := commonCluster(t)
+	waits := nodes[1].node.sess.takeWaits.Load()
 	sub, _ := dialSession(t, nodes[0].addr, "twice", client.V5)
 	subscribe(t, sub, 1, "twice/#")
 	pub := dial(t, nodes[2].addr, "twicepub", client.V5)
@@ -448,7 +451,7 @@ func TestSessionSecondClaimDuringImport(t *testing.T) {
 	}()
 	// The second claim waits for the first one's take; the first is then
 	// let go.
-	for nodes[1].node.sess.takeWaits.Load() == 0 {
+	for nodes[1].node.sess.takeWaits.Load() == waits {
 		select {
 		case r := <-second:
 			if r.err == nil {
