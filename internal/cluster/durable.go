@@ -992,10 +992,20 @@ func (n *Node) awaitRoutes(ctx context.Context) {
 		case <-ctx.Done():
 			n.log.Info("cluster: starting without a route to every configured peer", "routes", n.srv.NumRemotes(),
 				"peers", len(n.cfg.Peers))
-			n.refreshVersions()
+			n.refreshStart()
 			return
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+	n.refreshStart()
+}
+
+// refreshStart brings, at the end of awaitRoutes, the nodes known and the
+// number the cluster should have up to date (the once-a-second refresh
+// may have run before the node knew a JetStream meta leader: a peer whose
+// route is still missing then counts as missing, and QoS 1/2 messages go
+// into the stream), then the other nodes' interest versions.
+func (n *Node) refreshStart() {
+	n.refreshPeers(true)
 	n.refreshVersions()
 }
