@@ -17,13 +17,20 @@ import (
 // streamState returns the durable stream's state as n sees it.
 func streamState(t *testing.T, n *Node) jetstream.StreamState {
 	t.Helper()
+	return streamInfo(t, n, streamMsgs).State
+}
+
+// streamInfo returns the information on stream as n's request reads it
+// (its leader answers).
+func streamInfo(t *testing.T, n *Node, stream string) *jetstream.StreamInfo {
+	t.Helper()
 	js, err := jetstream.New(n.nc)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	st, err := js.Stream(ctx, streamMsgs)
+	st, err := js.Stream(ctx, stream)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -31,7 +38,7 @@ func streamState(t *testing.T, n *Node) jetstream.StreamState {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return info.State
+	return info
 }
 
 // consumerInfo returns the durable consumer of node.

@@ -6,8 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/moatmq/moat/client"
 	"github.com/moatmq/moat/internal/testutil"
 )
@@ -16,17 +14,7 @@ import (
 // stream, its leader first.
 func streamPeers(t *testing.T, via *Node, stream string) []string {
 	t.Helper()
-	js, err := jetstream.New(via.nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	s, err := js.Stream(ctx, stream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ci := s.CachedInfo().Cluster
+	ci := streamInfo(t, via, stream).Cluster
 	if ci == nil {
 		t.Fatalf("stream %s has no cluster information", stream)
 	}
