@@ -75,6 +75,9 @@ type delivery struct {
 	cn  *conn
 	id  uint16
 	qos byte
+	// mark, when set, is a marker of Drain instead of a message:
+	// deliverLoop closes it once every message before it is handed on.
+	mark chan struct{}
 }
 
 // Dial validates cfg, connects to the first reachable server and returns
@@ -202,6 +205,15 @@ func (c *Client) Err() error {
 		return nil
 	}
 	return c.closeErr
+}
+
+// closedErr is Err for a Client known to be stopping: ErrClosed when
+// the reason is not recorded yet.
+func (c *Client) closedErr() error {
+	if err := c.Err(); err != nil {
+		return err
+	}
+	return ErrClosed
 }
 
 // ClientID returns the client identifier in use: the configured one, the
@@ -780,6 +792,10 @@ func (c *Client) deliverLoop() {
 	for {
 		select {
 		case d := <-c.deliverQ:
+			if d.mark != nil {
+				close(d.mark)
+				continue
+			}
 			if h := c.cfg.OnMessage; h != nil {
 				c.callbacks.Add(1)
 				h(d.m)
@@ -796,6 +812,52 @@ func (c *Client) deliverLoop() {
 			}
 		case <-c.ctx.Done():
 			return
+		}
+	}
+}
+
+// Drain waits until every message the client received before the call
+// has been passed on: to Config.OnMessage, or taken from Messages() by
+// Drain itself and given to fn, in order. A message that reached the
+// client before a SUBACK or PUBACK the caller has seen is therefore
+// handled when Drain returns: without it, such a message may still be
+// on its way from the connection's reader to Messages(). fn may be nil
+// when Config.OnMessage is set; with Messages() it is called for every
+// message Drain takes, including ones that arrive while it waits.
+func (c *Client) Drain(ctx context.Context, fn func(*Message)) error {
+	mark := make(chan struct{})
+	send := c.deliverQ
+	take := func(m *Message) {
+		if fn != nil {
+			fn(m)
+		}
+	}
+	for {
+		select {
+		case send <- delivery{mark: mark}:
+			send = nil
+		case m, ok := <-c.msgs:
+			if !ok {
+				return c.closedErr()
+			}
+			take(m)
+		case <-mark:
+			// Every message before the marker is on c.msgs now.
+			for {
+				select {
+				case m, ok := <-c.msgs:
+					if !ok {
+						return c.closedErr()
+					}
+					take(m)
+				default:
+					return nil
+				}
+			}
+		case <-c.ctx.Done():
+			return c.closedErr()
+		case <-ctx.Done():
+			return ctx.Err()
 		}
 	}
 }

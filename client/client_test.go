@@ -305,3 +305,42 @@ func TestTopicAliasOutbound(t *testing.T) {
 		})
 	}
 }
+
+// TestDrainHandsOnEarlierMessages checks Drain's promise: every message
+// that arrived before a SUBACK the caller has seen is given to fn before
+// Drain returns. With a Messages() buffer of one and nobody reading,
+// the retained messages of a wildcard subscription pile up between the
+// connection's reader and Messages(); a read of Messages() without
+// waiting would find one of them, Drain must find them all.
+func TestDrainHandsOnEarlierMessages(t *testing.T) {
+	addr := startMoat(t, broker.Config{})
+	ctx := ctxT(t)
+	const n = 20
+	pub := dial(t, Config{Servers: []string{addr}})
+	for i := range n {
+		if err := pub.Publish(ctx, &Message{Topic: fmt.Sprintf("drain/%d", i), Payload: []byte("r"), QoS: 1, Retain: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := dial(t, Config{Servers: []string{addr}, MessageBuffer: 1})
+	sub := Subscription{Filter: "drain/#", QoS: 1}
+	if _, err := c.Subscribe(ctx, sub); err != nil {
+		t.Fatal(err)
+	}
+	// The second SUBACK comes after every retained message of the first.
+	sub.RetainHandling = 2
+	if _, err := c.Subscribe(ctx, sub); err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	if err := c.Drain(ctx, func(m *Message) { seen[m.Topic] = true }); err != nil {
+		t.Fatal(err)
+	}
+	if len(seen) != n {
+		t.Fatalf("Drain handed on %d of the %d retained messages", len(seen), n)
+	}
+	c.Close()
+	if err := c.Drain(ctx, nil); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Drain after Close = %v, want ErrClosed", err)
+	}
+}

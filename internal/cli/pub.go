@@ -326,21 +326,15 @@ func followBundles(ctx context.Context, c *client.Client, stdio Stdio, members *
 	}
 	// The round trip: Moat and Mosquitto write the retained message
 	// before this SUBACK (with MQTT 3.1.1 it is sent again and ignored as
-	// not newer).
+	// not newer). Drain then waits for what arrived before the SUBACK to
+	// pass from the connection to Messages(): the retained bundle is
+	// applied before the first message is sealed.
 	sub.RetainHandling = 2
 	if _, err := c.Subscribe(ctx, sub); err != nil {
 		return nil, fmt.Errorf("subscribing to the key bundle topic %s: %w", topic, err)
 	}
-	for drained := false; !drained; {
-		select {
-		case m, ok := <-c.Messages():
-			if !ok {
-				return nil, fmt.Errorf("client stopped: %w", c.Err())
-			}
-			apply(m)
-		default:
-			drained = true
-		}
+	if err := c.Drain(ctx, apply); err != nil {
+		return nil, fmt.Errorf("client stopped: %w", err)
 	}
 	done := make(chan struct{})
 	quit := make(chan struct{})
