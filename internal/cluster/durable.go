@@ -346,6 +346,7 @@ func (n *Node) startDurable() {
 	if err := n.serveControl(); err != nil {
 		n.log.Error("cluster: control subscription failed; sessions of this node cannot move to another node", "err", err)
 	}
+	n.pub.watchLeaders(n.nc)
 	n.wg.Add(4)
 	go func() { defer n.wg.Done(); n.pub.run(js, n.ctx) }()
 	go func() { defer n.wg.Done(); n.pub.acknowledge(js, n.ctx) }()

@@ -290,9 +290,14 @@ func (r *pubReq) finish(p *persistence, err error) {
 // publisher publishes the commits' messages in submission order on one
 // goroutine (JetStream's asynchronous publish may wait for room, which a
 // Persist call must not), and a second goroutine waits for the
-// acknowledgements in the same order, publishing again (same message ID:
-// the stream drops a copy it already has) what timed out or found no
-// stream leader, until the commit's deadline.
+// acknowledgements in the same order. What timed out or found no stream
+// leader is published again, until the commit's deadline, and so is
+// every record published after it (republish): a record lost with a
+// stream leader that died would otherwise land after the records sent
+// once the new leader was there, ahead of it in the stream, breaking
+// its publishers' order and, for the sessions' stream (the last record
+// per subject kept), leaving an older record of a session in place of
+// a newer one.
 //
 // Messages for the durable stream are grouped (batch.go): they gather
 // while maxBatchesInFlight batch records are on their way and go as one
@@ -303,7 +308,22 @@ type publisher struct {
 	mu   sync.Mutex
 	reqs []pubReq
 	wake chan struct{}
-	acks chan pending
+
+	// out holds the publications not yet taken by acknowledge, in the
+	// order they were published: sendMu is held across a publication
+	// and its append, and by a republication, so that nothing is
+	// published between the records sent again. outWake tells
+	// acknowledge of an append, room the publisher of a take below
+	// maxOut; outClosed: acknowledge stopped, what comes fails.
+	sendMu    sync.Mutex
+	out       []pending
+	outClosed bool
+	outWake   chan struct{}
+	room      chan struct{}
+	// newLeader tells acknowledge that one of the streams it publishes
+	// to elected a leader (watchLeaders), electedAt when (Unix ns).
+	newLeader chan struct{}
+	electedAt atomic.Int64
 
 	// The batch being gathered and the batch records not yet
 	// acknowledged; the batch is the run goroutine's alone.
@@ -312,17 +332,33 @@ type publisher struct {
 	batchBytes int
 	batchDL    time.Time
 	inflight   atomic.Int32
+
+	// lose, when positive, makes that many next batch records fail at
+	// once as if lost with a stream leader (tests).
+	lose atomic.Int32
+	// republished counts the records published again after an earlier
+	// record's failure (tests, Status).
+	republished atomic.Uint64
+	// elections counts the leader elections acknowledge heard of while
+	// it waited for a record (tests).
+	elections atomic.Uint64
 }
+
+// maxOut bounds publisher.out: the publications whose acknowledgement
+// is awaited (JetStream's own bound on them is 1<<14 as well).
+const maxOut = 1 << 14
 
 type pending struct {
 	req   pubReq
 	paf   jetstream.PubAckFuture // nil: the publication failed at once (err)
 	err   error
 	batch bool
+	sent  int64 // when published (last), Unix nanoseconds
 }
 
 func newPublisher(n *Node) *publisher {
-	return &publisher{n: n, wake: make(chan struct{}, 1), acks: make(chan pending, 1<<14)}
+	return &publisher{n: n, wake: make(chan struct{}, 1), outWake: make(chan struct{}, 1), room: make(chan struct{}, 1),
+		newLeader: make(chan struct{}, 1)}
 }
 
 func (q *publisher) queue(r pubReq) {
@@ -433,13 +469,100 @@ func (q *publisher) sendSingles(js jetstream.JetStream, ctx context.Context) boo
 // send publishes pd.req.msg and hands it to acknowledge; false: the Node
 // closed (pd failed).
 func (q *publisher) send(js jetstream.JetStream, ctx context.Context, pd pending) bool {
-	pd.paf, pd.err = publishBy(js, pd.req.msg, pd.req.deadline)
+	for {
+		q.sendMu.Lock()
+		if q.outClosed || ctx.Err() != nil {
+			q.sendMu.Unlock()
+			pd.req.finish(q.n.persistence(), errClosed)
+			return false
+		}
+		if len(q.out) < maxOut {
+			break
+		}
+		q.sendMu.Unlock()
+		select {
+		case <-q.room:
+		case <-ctx.Done():
+		}
+	}
+	pd.sent = time.Now().UnixNano()
+	if pd.batch && q.lose.Load() > 0 && q.lose.Add(-1) >= 0 {
+		pd.paf, pd.err = nil, nats.ErrNoResponders
+	} else {
+		pd.paf, pd.err = publishBy(js, pd.req.msg, pd.req.deadline)
+	}
+	q.out = append(q.out, pd)
+	q.sendMu.Unlock()
 	select {
-	case q.acks <- pd:
-		return true
-	case <-ctx.Done():
-		pd.req.finish(q.n.persistence(), errClosed)
-		return false
+	case q.outWake <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+// take returns the oldest publication not yet acknowledged, waiting for
+// one; false: ctx ended, and no publication is taken any more (the
+// ones left are failed).
+func (q *publisher) take(ctx context.Context) (pending, bool) {
+	for {
+		q.sendMu.Lock()
+		if ctx.Err() != nil {
+			left := q.out
+			q.out, q.outClosed = nil, true
+			q.sendMu.Unlock()
+			for _, pd := range left {
+				pd.req.finish(q.n.persistence(), errClosed)
+			}
+			return pending{}, false
+		}
+		if len(q.out) > 0 {
+			pd := q.out[0]
+			q.out[0] = pending{}
+			q.out = q.out[1:]
+			full := len(q.out) == maxOut-1
+			q.sendMu.Unlock()
+			if full {
+				select {
+				case q.room <- struct{}{}:
+				default:
+				}
+			}
+			return pd, true
+		}
+		q.sendMu.Unlock()
+		select {
+		case <-q.outWake:
+		case <-ctx.Done():
+		}
+	}
+}
+
+// republish publishes pd again, and after it, in their order, the
+// records published after pd that were not acknowledged yet, before
+// anything new is published: they may have gone the way pd went (to a
+// stream leader that died), and whatever of them the stream has already
+// it keeps as it was. A durable stream's record already acknowledged is
+// not sent again (its place in the stream is taken); a record of the
+// sessions' stream is, as the stream keeps the last record per subject
+// and pd's must not end up after a later one.
+func (q *publisher) republish(js jetstream.JetStream, pd *pending) {
+	q.sendMu.Lock()
+	defer q.sendMu.Unlock()
+	now := time.Now().UnixNano()
+	pd.sent = now
+	pd.paf, pd.err = publishBy(js, pd.req.msg, pd.req.deadline)
+	for i := range q.out {
+		o := &q.out[i]
+		if o.paf != nil && o.req.msg.Header.Get(nats.MsgIdHdr) != "" {
+			select {
+			case <-o.paf.Ok():
+				continue
+			default:
+			}
+		}
+		o.sent = now
+		o.paf, o.err = publishBy(js, o.req.msg, o.req.deadline)
+		q.republished.Add(1)
 	}
 }
 
@@ -483,29 +606,56 @@ func (q *publisher) failBatch() {
 	q.batch, q.batchCs, q.batchBytes = nil, nil, 0
 }
 
+// watchLeaders subscribes to the advisories of the streams' leader
+// elections. A record sent to a stream leader that died is lost and
+// its acknowledgement never comes: waiting for its timeout (5 s), the
+// records sent once the new leader was there would land before it is
+// published again. The new leader announces itself before it takes
+// publications, so on its advisory acknowledge publishes again, in
+// order, what it still waits for (republish); only a record sent in
+// the moment between the new leader's start and this node hearing of
+// it can still land ahead. Without the advisories (an external NATS
+// that does not allow them), records lost so wait for the timeout.
+func (q *publisher) watchLeaders(nc *nats.Conn) {
+	for _, stream := range []string{streamMsgs, streamSessions} {
+		_, err := nc.Subscribe("$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED."+stream, func(*nats.Msg) {
+			q.electedAt.Store(time.Now().UnixNano())
+			select {
+			case q.newLeader <- struct{}{}:
+			default:
+			}
+		})
+		if err != nil {
+			q.n.log.Warn("cluster: no advisories of stream leader elections; records lost with a leader are published again after 5 s",
+				"stream", stream, "err", err)
+		}
+	}
+}
+
 // acknowledge waits for each publication's acknowledgement in order.
 func (q *publisher) acknowledge(js jetstream.JetStream, ctx context.Context) {
 	p := q.n.persistence()
 	for {
-		var pd pending
-		select {
-		case <-ctx.Done():
-			for {
-				select {
-				case pd := <-q.acks:
-					pd.req.finish(p, errClosed)
-				default:
-					return
-				}
-			}
-		case pd = <-q.acks:
+		pd, ok := q.take(ctx)
+		if !ok {
+			return
 		}
-		for {
+		for attempt := 0; ; attempt++ {
 			err := pd.err
 			if pd.paf != nil {
 				select {
 				case <-pd.paf.Ok():
 				case err = <-pd.paf.Err():
+				case <-q.newLeader:
+					// A record sent to the old leader may be lost: pd
+					// and what follows it go to the new one in order.
+					// (An election heard of after pd was sent, that is:
+					// not the one that made the stream ready.)
+					if q.electedAt.Load() > pd.sent {
+						q.elections.Add(1)
+						q.republish(js, &pd)
+					}
+					continue
 				case <-ctx.Done():
 					err = errClosed
 				}
@@ -524,12 +674,15 @@ func (q *publisher) acknowledge(js jetstream.JetStream, ctx context.Context) {
 				break
 			}
 			// No leader yet, or the acknowledgement was lost: again, under
-			// the same message ID.
+			// the same message ID, with what was published after it;
+			// 0.1 s, then twice as long each time up to a second (an
+			// election takes seconds, and each attempt sends the records
+			// after it again).
 			select {
 			case <-ctx.Done():
-			case <-time.After(100 * time.Millisecond):
+			case <-time.After(min(100*time.Millisecond<<min(attempt, 4), time.Second)):
 			}
-			pd.paf, pd.err = publishBy(js, pd.req.msg, pd.req.deadline)
+			q.republish(js, &pd)
 		}
 	}
 }
@@ -544,8 +697,14 @@ func retryable(err error) bool {
 		errors.Is(err, jetstream.ErrAsyncPublishTimeout) || errors.Is(err, nats.ErrConnectionClosed) ||
 		errors.Is(err, nats.ErrDisconnected) || errors.Is(err, jetstream.ErrTooManyStalledMsgs) ||
 		errors.Is(err, nats.ErrConnectionReconnecting) ||
-		errors.As(err, &apiErr) && apiErr.ErrorCode == jsClusterNotAvailable
+		errors.As(err, &apiErr) && (apiErr.ErrorCode == jsClusterNotAvailable || apiErr.ErrorCode == jsDuplicateInProcess)
 }
+
+// jsDuplicateInProcess is the answer to a record published again while
+// its first copy is still being written (409): the copy is not taken,
+// and whether the first is, a later attempt learns (its answer then is
+// the first copy's place in the stream).
+const jsDuplicateInProcess jetstream.ErrorCode = 10158
 
 // jsClusterNotAvailable is the JetStream error a server answers while it
 // has no meta leader or is catching up with it ("JetStream system

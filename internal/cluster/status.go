@@ -74,12 +74,14 @@ type Status struct {
 	SecurityRefused uint64 `json:"security_refused"`
 	// The durable stream of QoS 1/2 messages (durable.go): published to
 	// it, received from it, publications that failed, redeliveries
-	// dropped, and publications made because a node was missing.
-	StreamOut        uint64 `json:"stream_out"`
-	StreamIn         uint64 `json:"stream_in"`
-	StreamErrors     uint64 `json:"stream_errors"`
-	StreamDuplicates uint64 `json:"stream_duplicates"`
-	StreamDegraded   uint64 `json:"stream_degraded"`
+	// dropped, publications made because a node was missing, and
+	// records published again because an earlier one was (persist.go).
+	StreamOut         uint64 `json:"stream_out"`
+	StreamIn          uint64 `json:"stream_in"`
+	StreamErrors      uint64 `json:"stream_errors"`
+	StreamDuplicates  uint64 `json:"stream_duplicates"`
+	StreamDegraded    uint64 `json:"stream_degraded"`
+	StreamRepublished uint64 `json:"stream_republished"`
 	// Persistent sessions taken from other nodes and handed to them.
 	SessionsIn  uint64 `json:"sessions_in"`
 	SessionsOut uint64 `json:"sessions_out"`
@@ -173,6 +175,9 @@ func (n *Node) Status() Status {
 	d := &n.dstats
 	st.StreamOut, st.StreamIn, st.StreamErrors = d.streamOut.Load(), d.streamIn.Load(), d.streamErrors.Load()
 	st.StreamDuplicates, st.StreamDegraded = d.streamDuplicates.Load(), d.streamDegraded.Load()
+	if n.pub != nil {
+		st.StreamRepublished = n.pub.republished.Load()
+	}
 	st.SessionsIn, st.SessionsOut = d.sessionsIn.Load(), d.sessionsOut.Load()
 	st.ReplayRecords, st.ReplaysBounded, st.ReplayDropped = d.replayRead.Load(), d.replaysBounded.Load(), d.replayDropped.Load()
 	st.ReplicaFloors = d.replicaFloors.Load()
