@@ -1,0 +1,307 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"math"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/moatmq/moat/client"
+	"github.com/moatmq/moat/internal/testutil"
+)
+
+// TestAckQueueMissingRuns: the sequences missing before a record come
+// as runs, without the ones between them that are being routed or
+// known gone, so that no record is routed twice.
+func TestAckQueueMissingRuns(t *testing.T) {
+	q := newAckQueue()
+	q.admit(&fetchedRecord{raw: &jetstream.RawStreamMsg{Sequence: 1}}, 1)
+	q.gone(3, 3)
+	q.gone(6, 7)
+	want := []seqRange{{2, 2}, {4, 5}, {8, 9}}
+	if got := q.missing(10, gapFill); !slices.Equal(got, want) {
+		t.Fatalf("missing before record 10: %v, want %v", got, want)
+	}
+	// Gone records below the floor are not kept.
+	q.finish(1, true)
+	q.gone(1, 2)
+	if q.floor != 3 || len(q.entries) != 2 {
+		t.Fatalf("floor %d with %d entries; want 3 with 2 (6 and 7)", q.floor, len(q.entries))
+	}
+}
+
+// gapCounts are the counters of a node's readings of gaps.
+type gapCounts struct{ read, batches, gets uint64 }
+
+func gapCountsOf(n *Node) gapCounts {
+	return gapCounts{n.dur.gapsRead.Load(), n.dur.acks.gapBatches.Load(), n.dur.acks.gapGets.Load()}
+}
+
+func (c gapCounts) since(before gapCounts) gapCounts {
+	return gapCounts{c.read - before.read, c.batches - before.batches, c.gets - before.gets}
+}
+
+// writeGap has reader's consumer lose the next count records of
+// moat_msgs on their way (dur.lose), then writes count+1 records
+// through writer, each a batch of one message on topic with the
+// payloads 0 to count, from origin (no node's run): the last one
+// arrives past count records never delivered. It returns the stream
+// sequences of the first and the last record, and stops losing when
+// the test ends.
+func writeGap(t testing.TB, writer, reader *Node, origin, topic string, count int) (first, last uint64) {
+	t.Helper()
+	js, err := jetstream.New(writer.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	info, err := writer.msgStream().Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := info.State.LastSeq
+	lose := func(seq uint64) bool { return seq > base && seq <= base+uint64(count) }
+	reader.dur.lose.Store(&lose)
+	t.Cleanup(func() { reader.dur.lose.Store(nil) })
+	var acks []jetstream.PubAckFuture
+	for i := range count + 1 {
+		m := batchRecord(origin, []*fwdMsg{fwdOf(t, uint64(i+1), topic, strconv.Itoa(i), "pub")})
+		a, err := js.PublishMsgAsync(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		acks = append(acks, a)
+	}
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-ctx.Done():
+		t.Fatal("records not acknowledged within 60 s")
+	}
+	for i, a := range acks {
+		select {
+		case ack := <-a.Ok():
+			if i == 0 {
+				first = ack.Sequence
+			}
+			last = ack.Sequence
+		case err := <-a.Err():
+			t.Fatal(err)
+		}
+	}
+	if first != base+1 || last != base+uint64(count)+1 {
+		t.Fatalf("records at %d to %d, want %d to %d: another record went between", first, last, base+1, base+uint64(count)+1)
+	}
+	return first, last
+}
+
+// TestGapReadInBatches: n2's consumer loses 600 records on their way
+// (more than the 512 read one by one before) and delivers the next
+// one: n2 reads the 600 from the stream in a few batches of direct
+// gets, not one get of the leader per record, and its subscriber gets
+// all 601 messages in their order, without waiting for the consumer to
+// deliver the lost ones again [MQTT-4.6.0-6].
+func TestGapReadInBatches(t *testing.T) {
+	const count = 600
+	nodes := startCluster(t, 3)
+	// The reading of awaitDirect tries to set AllowDirect once a
+	// minute: not before every node's marker is seen.
+	testutil.WaitFor(t, "every node's direct marker", 30*time.Second, nodes[0].node.directOK)
+	awaitDirect(t, nodes)
+	n2 := nodes[1].node
+	sub := dial(t, nodes[1].addr, "gsub", client.V5)
+	subscribe(t, sub, 1, "gap/#")
+	before := gapCountsOf(n2)
+	start := time.Now()
+	writeGap(t, nodes[0].node, n2, "elsewhere/gap", "gap/x", count)
+	receiveInOrder(t, sub, 0, count+1)
+	if d := time.Since(start); d >= consumerAckWait {
+		t.Fatalf("the messages took %v: the lost records waited for the consumer", d)
+	}
+	got := gapCountsOf(n2).since(before)
+	t.Logf("%d records read from the stream: %d batches, %d gets of the leader", got.read, got.batches, got.gets)
+	if got.read != count {
+		t.Fatalf("%d records read from the stream, want %d", got.read, count)
+	}
+	// 32, 64, 128, 256, then the 120 left: 5 batches. A replica that
+	// lags by a few records has them read from the leader, one get
+	// each: far fewer than one per record all the same.
+	if got.batches > 8 || got.batches+got.gets > count/20 {
+		t.Fatalf("%d batches and %d gets for %d records", got.batches, got.gets, count)
+	}
+}
+
+// TestGapStaleReplica: the records of a gap that the replica answering
+// direct gets lacks are read from the stream's leader, never taken for
+// gone. As in TestReplayReadStaleReplica, the stream's own direct gets
+// are off and the test answers them (fakeReplica): as a replica that
+// has applied the gap's records up to its middle (stale), none of them
+// (empty), all but the one in the middle (hole: a record a replica
+// passes over in a batch, which the leader still has), or not at all
+// (none). Each time, n2's subscriber gets every message in order, and
+// n2 asked the leader for what the replica lacked.
+func TestGapStaleReplica(t *testing.T) {
+	const count = 200
+	nodes := startCluster(t, 3)
+	tn := nodes[1]
+	// The readings do not set AllowDirect.
+	tn.node.dur.directNext.Store(math.MaxInt64)
+	js, err := jetstream.New(tn.node.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	info, err := tn.node.msgStream().Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Config.AllowDirect {
+		cfg := info.Config
+		cfg.AllowDirect = false
+		if _, err := js.UpdateStream(ctx, cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testutil.WaitFor(t, "the replicas not to answer direct gets", 10*time.Second, func() bool {
+		_, err := tn.node.nc.Request("$JS.API.DIRECT.GET."+streamMsgs, nil, time.Second)
+		return errors.Is(err, nats.ErrNoResponders)
+	})
+	sub := dial(t, tn.addr, "gstale", client.V5)
+	subscribe(t, sub, 1, "gap/#")
+	for i, tc := range []struct {
+		name    string
+		answers bool
+		// has tells whether the test replica has the record at
+		// offset k of the gap (0 to count-1; the record after the gap
+		// at count).
+		has func(k uint64) bool
+		// leader: the most records read from the leader.
+		leader uint64
+	}{
+		{"stale", true, func(k uint64) bool { return k < count/2 }, count / 2},
+		{"empty", true, func(uint64) bool { return false }, count},
+		{"hole", true, func(k uint64) bool { return k != count/2 }, 1},
+		{"none", false, nil, count},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// The stream's sequences of this case's records, known
+			// before they are written: nothing else writes meanwhile.
+			info, err := tn.node.msgStream().Info(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			base := info.State.LastSeq + 1
+			if !tc.answers {
+				testutil.WaitFor(t, "direct gets not to be answered", 10*time.Second, func() bool {
+					_, err := tn.node.nc.Request("$JS.API.DIRECT.GET."+streamMsgs, nil, time.Second)
+					return errors.Is(err, nats.ErrNoResponders)
+				})
+			} else {
+				has := func(seq uint64) bool { return seq >= base && tc.has(seq-base) }
+				rsub := fakeReplica(t, tn, has)
+				defer func() { _ = rsub.Unsubscribe() }()
+				testutil.WaitFor(t, "the test replica to answer", 10*time.Second, func() bool { return directGetsAnswered(tn, true) })
+			}
+			before := gapCountsOf(tn.node)
+			first, _ := writeGap(t, nodes[0].node, tn.node, "elsewhere/stale"+strconv.Itoa(i), "gap/"+tc.name, count)
+			if first != base {
+				t.Fatalf("first record at %d, want %d", first, base)
+			}
+			receiveInOrder(t, sub, 0, count+1)
+			got := gapCountsOf(tn.node).since(before)
+			t.Logf("%d records read: %d batches, %d gets of the leader", got.read, got.batches, got.gets)
+			if got.read != count {
+				t.Fatalf("%d records read from the stream, want %d", got.read, count)
+			}
+			if got.gets == 0 {
+				t.Fatal("nothing read from the leader")
+			}
+			// A get per record the replica lacks, and one more for a
+			// batch that went past one (hole), or to look for records
+			// after the last.
+			if got.gets > tc.leader+2 {
+				t.Fatalf("%d gets of the leader, want at most %d", got.gets, tc.leader+2)
+			}
+		})
+	}
+}
+
+// fakeReplica answers, on tn's connection, the direct gets of moat_msgs
+// in batches (from a sequence, every subject) as a replica that holds,
+// of the records the stream's leader has, those has reports true for:
+// each with the number of records it holds after it (0, or at least
+// 1: all the reading looks at), then the end of the batch; "not found" when it holds none from the sequence asked.
+// Requests without a batch size are refused.
+func fakeReplica(t *testing.T, tn *testNode, has func(seq uint64) bool) *nats.Subscription {
+	t.Helper()
+	nc := tn.node.gc // not NoEcho, unlike nc
+	sub, err := nc.Subscribe("$JS.API.DIRECT.GET."+streamMsgs, func(req *nats.Msg) {
+		var r server.JSApiMsgGetRequest
+		if err := json.Unmarshal(req.Data, &r); err != nil || r.Batch == 0 {
+			refused := nats.NewMsg(req.Reply)
+			refused.Header.Set("Status", "408")
+			refused.Header.Set("Description", "test replica")
+			_ = nc.PublishMsg(refused)
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		// The records it holds from r.Seq, as the leader has them: a
+		// batch, and one more to tell whether records remain.
+		var held []*jetstream.RawStreamMsg
+		for seq := r.Seq; len(held) <= r.Batch; seq++ {
+			m, err := tn.node.leaderGet(ctx, streamMsgs, seq, durablePrefix+">")
+			if errors.Is(err, jetstream.ErrMsgNotFound) {
+				break
+			}
+			if err != nil {
+				return
+			}
+			seq = m.Sequence
+			if has(seq) {
+				held = append(held, m)
+			}
+		}
+		var prev uint64
+		for i, m := range held[:min(len(held), r.Batch)] {
+			out := nats.NewMsg(req.Reply)
+			for k, v := range m.Header {
+				out.Header[k] = v
+			}
+			out.Header.Set(jetstream.StreamHeader, streamMsgs)
+			out.Header.Set(jetstream.SubjectHeader, m.Subject)
+			out.Header.Set(jetstream.SequenceHeader, strconv.FormatUint(m.Sequence, 10))
+			out.Header.Set("Nats-Time-Stamp", m.Time.UTC().Format(time.RFC3339Nano))
+			out.Header.Set(server.JSNumPending, strconv.Itoa(len(held)-i-1))
+			out.Header.Set(server.JSLastSequence, strconv.FormatUint(prev, 10))
+			out.Data = m.Data
+			_ = nc.PublishMsg(out)
+			prev = m.Sequence
+		}
+		end := nats.NewMsg(req.Reply)
+		if len(held) == 0 {
+			end.Header.Set("Status", "404")
+			end.Header.Set("Description", "Message Not Found")
+		} else {
+			end.Header.Set("Status", "204")
+			end.Header.Set("Description", "EOB")
+		}
+		_ = nc.PublishMsg(end)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return sub
+}
