@@ -418,11 +418,21 @@ func (q *ackQueue) getRecord(ctx context.Context, st jetstream.Stream, seq uint6
 // is how long no gap is read after a reading failed (the stream without
 // a leader, say).
 //
-// The consumer's reader routes nothing else while it reads a gap, so
-// the bound is what a reading in batches (recordReader) takes well
-// within gapWait: XXX
+// The consumer's reader routes nothing else while it reads a gap, and
+// a reading cut at gapWait leaves the rest of its gap to the consumer
+// (10 s late, after the record that arrived): the bound is what a
+// reading in batches of direct gets (recordReader: 256 records, at most
+// 4 MiB, per request) routes well within gapWait. 16,384 records took
+// about 0.5 s on two loaded cores (BenchmarkGapFill,
+// docs/performance.md), a quarter of gapWait, leaving room for records
+// routed into many sessions; 512 read one get of the leader at a time,
+// as before batches, took 50 to 250 ms. The consumer has at most
+// MaxAckPending (65,536) records outstanding, so no gap is larger than
+// that. Memory does not grow with the bound: records are routed as they
+// are read, one batch held at a time, and missing keeps runs, not
+// sequences.
 const (
-	gapFill  = 8192
+	gapFill  = 16384
 	gapWait  = 2 * time.Second
 	gapPause = 5 * time.Second
 )

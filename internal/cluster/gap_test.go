@@ -50,19 +50,27 @@ func (c gapCounts) since(before gapCounts) gapCounts {
 }
 
 // writeGap has reader's consumer lose the next count records of
-// moat_msgs on their way (dur.lose), then writes count+1 records
+// moat_msgs on their way (loseNext), then writes count+1 records
 // through writer, each a batch of one message on topic with the
 // payloads 0 to count, from origin (no node's run): the last one
 // arrives past count records never delivered. It returns the stream
-// sequences of the first and the last record, and stops losing when
-// the test ends.
+// sequences of the first and the last record.
 func writeGap(t testing.TB, writer, reader *Node, origin, topic string, count int) (first, last uint64) {
 	t.Helper()
-	js, err := jetstream.New(writer.nc)
-	if err != nil {
-		t.Fatal(err)
+	base := loseNext(t, writer, reader, count)
+	first, last = writeRecords(t, writer, origin, topic, 0, count+1)
+	if first != base || last != base+uint64(count) {
+		t.Fatalf("records at %d to %d, want %d to %d: another record went between", first, last, base, base+uint64(count))
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	return first, last
+}
+
+// loseNext has reader's consumer lose the next count records of
+// moat_msgs on their way (dur.lose), every time they are delivered,
+// until the test ends. It returns the sequence of the first.
+func loseNext(t testing.TB, writer, reader *Node, count int) uint64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	info, err := writer.msgStream().Info(ctx)
 	if err != nil {
@@ -72,8 +80,24 @@ func writeGap(t testing.TB, writer, reader *Node, origin, topic string, count in
 	lose := func(seq uint64) bool { return seq > base && seq <= base+uint64(count) }
 	reader.dur.lose.Store(&lose)
 	t.Cleanup(func() { reader.dur.lose.Store(nil) })
+	return base + 1
+}
+
+// writeRecords writes, through writer, the records of the payloads from
+// to to-1, each a batch of one message on topic from origin (no node's
+// run), with the sequence number of its payload plus one. It returns
+// the stream sequences of the first and the last record.
+func writeRecords(t testing.TB, writer *Node, origin, topic string, from, to int) (first, last uint64) {
+	t.Helper()
+	// Every record outstanding at once: no stall past the default 4,000.
+	js, err := jetstream.New(writer.nc, jetstream.WithPublishAsyncMaxPending(to-from+1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
 	var acks []jetstream.PubAckFuture
-	for i := range count + 1 {
+	for i := from; i < to; i++ {
 		m := batchRecord(origin, []*fwdMsg{fwdOf(t, uint64(i+1), topic, strconv.Itoa(i), "pub")})
 		a, err := js.PublishMsgAsync(m)
 		if err != nil {
@@ -96,9 +120,6 @@ func writeGap(t testing.TB, writer, reader *Node, origin, topic string, count in
 		case err := <-a.Err():
 			t.Fatal(err)
 		}
-	}
-	if first != base+1 || last != base+uint64(count)+1 {
-		t.Fatalf("records at %d to %d, want %d to %d: another record went between", first, last, base+1, base+uint64(count)+1)
 	}
 	return first, last
 }
@@ -304,4 +325,82 @@ func fakeReplica(t *testing.T, tn *testNode, has func(seq uint64) bool) *nats.Su
 		t.Fatal(err)
 	}
 	return sub
+}
+
+// BenchmarkGapFill: n2's consumer loses a gap of records (their
+// delivery dropped), then the next record is written; an operation is
+// that write and n2's routing of it, the gap read from the stream
+// first, to no session (the records' topic has no subscriber). In
+// batches of direct gets (direct), and as the gap was read before, one
+// get of the stream's leader per record (leader, AllowDirect off; the
+// old bound of 512).
+func BenchmarkGapFill(b *testing.B) {
+	nodes := startBenchCluster(b)
+	w, n2 := nodes[0].node, nodes[1].node
+	testutil.WaitFor(b, "every node's direct marker", 30*time.Second, n2.directOK)
+	n2.allowDirect()
+	testutil.WaitFor(b, "direct gets to be answered", 30*time.Second, func() bool {
+		_, err := n2.nc.Request("$JS.API.DIRECT.GET."+streamMsgs, nil, time.Second)
+		return err == nil
+	})
+	run := 0
+	fill := func(b *testing.B, size int) {
+		start := gapCountsOf(n2)
+		for range b.N {
+			b.StopTimer()
+			run++
+			origin := "elsewhere/bench" + strconv.Itoa(run)
+			loseNext(b, w, n2, size)
+			received := n2.dur.received.Load()
+			writeRecords(b, w, origin, "bench/x", 0, size)
+			testutil.WaitFor(b, "the gap's records to be delivered (and lost)", 60*time.Second, func() bool {
+				return n2.dur.received.Load() >= received+uint64(size)
+			})
+			before := n2.dur.gapsRead.Load()
+			b.StartTimer()
+			_, last := writeRecords(b, w, origin, "bench/x", size, size+1)
+			deadline := time.Now().Add(gapWait + 5*time.Second)
+			for n2.dur.acks.floorOf() < last && time.Now().Before(deadline) {
+				time.Sleep(100 * time.Microsecond)
+			}
+			b.StopTimer()
+			n2.dur.lose.Store(nil)
+			if got := n2.dur.gapsRead.Load() - before; got != uint64(size) {
+				b.Fatalf("%d records of a gap of %d read from the stream", got, size)
+			}
+		}
+		got := gapCountsOf(n2).since(start)
+		b.ReportMetric(float64(got.batches+got.gets)/float64(b.N), "requests/op")
+	}
+	for _, size := range []int{512, 8192, gapFill} {
+		b.Run("direct/"+strconv.Itoa(size), func(b *testing.B) { fill(b, size) })
+	}
+	n2.dur.directNext.Store(math.MaxInt64)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	js, err := jetstream.New(n2.nc)
+	if err != nil {
+		b.Fatal(err)
+	}
+	info, err := n2.msgStream().Info(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cfg := info.Config
+	cfg.AllowDirect = false
+	if _, err := js.UpdateStream(ctx, cfg); err != nil {
+		b.Fatal(err)
+	}
+	testutil.WaitFor(b, "direct gets not to be answered", 10*time.Second, func() bool {
+		_, err := n2.nc.Request("$JS.API.DIRECT.GET."+streamMsgs, nil, time.Second)
+		return errors.Is(err, nats.ErrNoResponders)
+	})
+	b.Run("leader/512", func(b *testing.B) { fill(b, 512) })
+}
+
+// floorOf returns q's acknowledgement floor.
+func (q *ackQueue) floorOf() uint64 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.floor
 }
