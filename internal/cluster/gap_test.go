@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -170,7 +171,7 @@ func TestGapReadInBatches(t *testing.T) {
 // (none). Each time, n2's subscriber gets every message in order, and
 // n2 asked the leader for what the replica lacked.
 func TestGapStaleReplica(t *testing.T) {
-	const count = 200
+	const count = 100
 	nodes := startCluster(t, 3)
 	tn := nodes[1]
 	// The readings do not set AllowDirect.
@@ -201,9 +202,8 @@ func TestGapStaleReplica(t *testing.T) {
 	for i, tc := range []struct {
 		name    string
 		answers bool
-		// has tells whether the test replica has the record at
-		// offset k of the gap (0 to count-1; the record after the gap
-		// at count).
+		// has tells whether the test replica holds the lost record
+		// at offset k (0 to count-1).
 		has func(k uint64) bool
 		// leader: the most records read from the leader.
 		leader uint64
@@ -214,29 +214,38 @@ func TestGapStaleReplica(t *testing.T) {
 		{"none", false, nil, count},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			// The stream's sequences of this case's records, known
-			// before they are written: nothing else writes meanwhile.
-			info, err := tn.node.msgStream().Info(ctx)
-			if err != nil {
-				t.Fatal(err)
+			w, origin, topic := nodes[0].node, "elsewhere/stale"+strconv.Itoa(i), "gap/"+tc.name
+			before := gapCountsOf(tn.node)
+			base := loseNext(t, w, tn.node, count)
+			first, last := writeRecords(t, w, origin, topic, 0, count)
+			if first != base || last != base+count-1 {
+				t.Fatalf("records at %d to %d, want %d to %d: another record went between", first, last, base, base+count-1)
 			}
-			base := info.State.LastSeq + 1
 			if !tc.answers {
 				testutil.WaitFor(t, "direct gets not to be answered", 10*time.Second, func() bool {
 					_, err := tn.node.nc.Request("$JS.API.DIRECT.GET."+streamMsgs, nil, time.Second)
 					return errors.Is(err, nats.ErrNoResponders)
 				})
 			} else {
-				has := func(seq uint64) bool { return seq >= base && tc.has(seq-base) }
-				rsub := fakeReplica(t, tn, has)
+				// The test replica holds what it has of the lost
+				// records, as the leader has them.
+				var held []*jetstream.RawStreamMsg
+				for k := range uint64(count) {
+					if !tc.has(k) {
+						continue
+					}
+					m, err := tn.node.msgRecord(ctx, base+k)
+					if err != nil {
+						t.Fatal(err)
+					}
+					held = append(held, m)
+				}
+				rsub := fakeReplica(t, tn, held)
 				defer func() { _ = rsub.Unsubscribe() }()
 				testutil.WaitFor(t, "the test replica to answer", 10*time.Second, func() bool { return directGetsAnswered(tn, true) })
 			}
-			before := gapCountsOf(tn.node)
-			first, _ := writeGap(t, nodes[0].node, tn.node, "elsewhere/stale"+strconv.Itoa(i), "gap/"+tc.name, count)
-			if first != base {
-				t.Fatalf("first record at %d, want %d", first, base)
-			}
+			// The record after them: tn reads the lost ones.
+			writeRecords(t, w, origin, topic, count, count+1)
 			receiveInOrder(t, sub, 0, count+1)
 			got := gapCountsOf(tn.node).since(before)
 			t.Logf("%d records read: %d batches, %d gets of the leader", got.read, got.batches, got.gets)
@@ -257,12 +266,12 @@ func TestGapStaleReplica(t *testing.T) {
 }
 
 // fakeReplica answers, on tn's connection, the direct gets of moat_msgs
-// in batches (from a sequence, every subject) as a replica that holds,
-// of the records the stream's leader has, those has reports true for:
-// each with the number of records it holds after it (0, or at least
-// 1: all the reading looks at), then the end of the batch; "not found" when it holds none from the sequence asked.
-// Requests without a batch size are refused.
-func fakeReplica(t *testing.T, tn *testNode, has func(seq uint64) bool) *nats.Subscription {
+// in batches (from a sequence, every subject) as a replica that holds
+// the records held (in stream order) and no others would: those from
+// the sequence asked, each with the number it holds after it, then the
+// end of the batch; "not found" when it holds none from there. Requests
+// without a batch size are refused.
+func fakeReplica(t *testing.T, tn *testNode, held []*jetstream.RawStreamMsg) *nats.Subscription {
 	t.Helper()
 	nc := tn.node.gc // not NoEcho, unlike nc
 	sub, err := nc.Subscribe("$JS.API.DIRECT.GET."+streamMsgs, func(req *nats.Msg) {
@@ -274,26 +283,12 @@ func fakeReplica(t *testing.T, tn *testNode, has func(seq uint64) bool) *nats.Su
 			_ = nc.PublishMsg(refused)
 			return
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		// The records it holds from r.Seq, as the leader has them: a
-		// batch, and one more to tell whether records remain.
-		var held []*jetstream.RawStreamMsg
-		for seq := r.Seq; len(held) <= r.Batch; seq++ {
-			m, err := tn.node.leaderGet(ctx, streamMsgs, seq, durablePrefix+">")
-			if errors.Is(err, jetstream.ErrMsgNotFound) {
-				break
-			}
-			if err != nil {
-				return
-			}
-			seq = m.Sequence
-			if has(seq) {
-				held = append(held, m)
-			}
-		}
+		from, _ := slices.BinarySearchFunc(held, r.Seq, func(m *jetstream.RawStreamMsg, seq uint64) int {
+			return cmp.Compare(m.Sequence, seq)
+		})
+		rest := held[from:]
 		var prev uint64
-		for i, m := range held[:min(len(held), r.Batch)] {
+		for i, m := range rest[:min(len(rest), r.Batch)] {
 			out := nats.NewMsg(req.Reply)
 			for k, v := range m.Header {
 				out.Header[k] = v
@@ -302,14 +297,14 @@ func fakeReplica(t *testing.T, tn *testNode, has func(seq uint64) bool) *nats.Su
 			out.Header.Set(jetstream.SubjectHeader, m.Subject)
 			out.Header.Set(jetstream.SequenceHeader, strconv.FormatUint(m.Sequence, 10))
 			out.Header.Set("Nats-Time-Stamp", m.Time.UTC().Format(time.RFC3339Nano))
-			out.Header.Set(server.JSNumPending, strconv.Itoa(len(held)-i-1))
+			out.Header.Set(server.JSNumPending, strconv.Itoa(len(rest)-i-1))
 			out.Header.Set(server.JSLastSequence, strconv.FormatUint(prev, 10))
 			out.Data = m.Data
 			_ = nc.PublishMsg(out)
 			prev = m.Sequence
 		}
 		end := nats.NewMsg(req.Reply)
-		if len(held) == 0 {
+		if len(rest) == 0 {
 			end.Header.Set("Status", "404")
 			end.Header.Set("Description", "Message Not Found")
 		} else {
