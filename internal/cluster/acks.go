@@ -75,6 +75,11 @@ type ackQueue struct {
 	// records never delivered here (fillGap): batches of direct gets,
 	// and gets of the stream's leader.
 	gapBatches, gapGets atomic.Uint64
+	// gapWait, for tests, bounds the reading of a gap in place of the
+	// constant gapWait when set (nanoseconds): a test that reads a gap
+	// on a loaded machine, under the race detector, does not depend on
+	// its time.
+	gapWait atomic.Int64
 }
 
 func newAckQueue() *ackQueue {
@@ -461,7 +466,11 @@ func (n *Node) fillGap(seq uint64) {
 	if len(runs) == 0 {
 		return
 	}
-	ctx, cancel := context.WithTimeout(n.ctx, gapWait)
+	wait := gapWait
+	if d := acks.gapWait.Load(); d > 0 {
+		wait = time.Duration(d)
+	}
+	ctx, cancel := context.WithTimeout(n.ctx, wait)
 	defer cancel()
 	start := time.Now()
 	read := 0

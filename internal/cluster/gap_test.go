@@ -139,15 +139,17 @@ func TestGapReadInBatches(t *testing.T) {
 	testutil.WaitFor(t, "every node's direct marker", 30*time.Second, nodes[0].node.directOK)
 	awaitDirect(t, nodes)
 	n2 := nodes[1].node
+	// What is checked is the number of requests, not the time: 600
+	// records took from 0.3 to more than 2 s (gapWait) under the race
+	// detector beside other builds.
+	n2.dur.acks.gapWait.Store(int64(time.Minute))
 	sub := dial(t, nodes[1].addr, "gsub", client.V5)
 	subscribe(t, sub, 1, "gap/#")
 	before := gapCountsOf(n2)
-	start := time.Now()
 	writeGap(t, nodes[0].node, n2, "elsewhere/gap", "gap/x", count)
+	// The lost records are never delivered again (writeGap): each one
+	// the subscriber gets was read from the stream.
 	receiveInOrder(t, sub, 0, count+1)
-	if d := time.Since(start); d >= consumerAckWait {
-		t.Fatalf("the messages took %v: the lost records waited for the consumer", d)
-	}
 	got := gapCountsOf(n2).since(before)
 	t.Logf("%d records read from the stream: %d batches, %d gets of the leader", got.read, got.batches, got.gets)
 	if got.read != count {
@@ -174,8 +176,10 @@ func TestGapStaleReplica(t *testing.T) {
 	const count = 100
 	nodes := startCluster(t, 3)
 	tn := nodes[1]
-	// The readings do not set AllowDirect.
+	// The readings do not set AllowDirect; the time they take is not
+	// checked (TestGapReadInBatches).
 	tn.node.dur.directNext.Store(math.MaxInt64)
+	tn.node.dur.acks.gapWait.Store(int64(time.Minute))
 	js, err := jetstream.New(tn.node.nc)
 	if err != nil {
 		t.Fatal(err)
