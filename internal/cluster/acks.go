@@ -427,17 +427,17 @@ func (q *ackQueue) getRecord(ctx context.Context, st jetstream.Stream, seq uint6
 // a reading cut at gapWait leaves the rest of its gap to the consumer
 // (10 s late, after the record that arrived): the bound is what a
 // reading in batches of direct gets (recordReader: 256 records, at most
-// 4 MiB, per request) routes well within gapWait. 16,384 records took
-// about 0.5 s on two loaded cores (BenchmarkGapFill,
-// docs/performance.md), a quarter of gapWait, leaving room for records
-// routed into many sessions; 512 read one get of the leader at a time,
-// as before batches, took 50 to 250 ms. The consumer has at most
-// MaxAckPending (65,536) records outstanding, so no gap is larger than
-// that. Memory does not grow with the bound: records are routed as they
-// are read, one batch held at a time, and missing keeps runs, not
-// sequences.
+// 4 MiB, per request) routes well within gapWait on a loaded machine.
+// On two cores shared with other builds (load 5 to 10), 8,192 records
+// took 0.15 to 0.55 s, and no reading was cut; 16,384 took 0.4 to 0.5 s
+// but two readings of eight were cut at gapWait during bursts of load
+// (BenchmarkGapFill, docs/performance.md). Records routed into many
+// sessions cost more than these, routed into none. 512 read one get of
+// the leader at a time, as before batches, took 50 to 250 ms. Memory
+// does not grow with the bound: records are routed as they are read,
+// one batch held at a time, and missing keeps runs, not sequences.
 const (
-	gapFill  = 16384
+	gapFill  = 8192
 	gapWait  = 2 * time.Second
 	gapPause = 5 * time.Second
 )
