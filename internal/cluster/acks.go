@@ -427,13 +427,13 @@ func (q *ackQueue) getRecord(ctx context.Context, st jetstream.Stream, seq uint6
 // a reading cut at gapWait leaves the rest of its gap to the consumer
 // (10 s late, after the record that arrived): the bound is what a
 // reading in batches of direct gets (recordReader: 256 records, at most
-// 4 MiB, per request) routes well within gapWait on a loaded machine.
-// On two cores shared with other builds (load 5 to 10), 8,192 records
-// took 0.15 to 0.55 s, and no reading was cut; 16,384 took 0.4 to 0.5 s
-// but two readings of eight were cut at gapWait during bursts of load
-// (BenchmarkGapFill, docs/performance.md). Records routed into many
+// 4 MiB, per request) routes well within gapWait. On two cores shared
+// with other builds (load 2 to 10), readings of 8,192 records took 0.15
+// to 0.56 s on average, and one in about 35 was cut at gapWait during a
+// burst of load; of 16,384, 0.37 to 0.5 s, but three in about 15 were
+// cut (BenchmarkGapFill, docs/performance.md). Records routed into many
 // sessions cost more than these, routed into none. 512 read one get of
-// the leader at a time, as before batches, took 50 to 250 ms. Memory
+// the leader at a time, as before batches, took 44 to 264 ms. Memory
 // does not grow with the bound: records are routed as they are read,
 // one batch held at a time, and missing keeps runs, not sequences.
 const (
