@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -70,6 +71,15 @@ type ackQueue struct {
 	// not deleted); set before run starts. nil: the stream's GetMsg (a
 	// stream without AllowDirect asks its leader).
 	get recordGetter
+	// gapBatches and gapGets count the requests of the readings of
+	// records never delivered here (fillGap): batches of direct gets,
+	// and gets of the stream's leader.
+	gapBatches, gapGets atomic.Uint64
+	// gapWait, for tests, bounds the reading of a gap in place of the
+	// constant gapWait when set (nanoseconds): a test that reads a gap
+	// on a loaded machine, under the race detector, does not depend on
+	// its time.
+	gapWait atomic.Int64
 }
 
 func newAckQueue() *ackQueue {
@@ -266,32 +276,44 @@ func (q *ackQueue) skip(seq uint64) {
 	q.finish(0, true)
 }
 
+// seqRange is the stream sequences from from to to.
+type seqRange struct{ from, to uint64 }
+
 // missing returns the sequences before seq, after the floor and the
-// highest one admitted, that were never delivered here, when there are
-// some and at most limit of them (none otherwise). Those before the
-// highest admitted were looked at when it arrived.
-func (q *ackQueue) missing(seq uint64, limit int) []uint64 {
+// highest one admitted, that were never delivered here, as runs in
+// stream order, when there are some and the span is at most limit
+// sequences (none otherwise). Those before the highest admitted were
+// looked at when it arrived. A sequence between two runs is being
+// routed or finished (admitted, or gone).
+func (q *ackQueue) missing(seq uint64, limit int) []seqRange {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	lo := max(q.floor, q.high)
 	if seq <= lo+1 || seq-lo-1 > uint64(limit) {
 		return nil
 	}
-	var out []uint64
+	var out []seqRange
 	for s := lo + 1; s < seq; s++ {
-		if q.entries[s] == nil {
-			out = append(out, s)
+		if q.entries[s] != nil {
+			continue
+		}
+		if k := len(out) - 1; k >= 0 && out[k].to == s-1 {
+			out[k].to = s
+		} else {
+			out = append(out, seqRange{s, s})
 		}
 	}
 	return out
 }
 
-// gone passes over seq, which the stream no longer holds, wherever it
-// lies after the floor (fillGap).
-func (q *ackQueue) gone(seq uint64) {
+// gone passes over the sequences from from to to, which the stream no
+// longer holds, wherever they lie after the floor (fillGap).
+func (q *ackQueue) gone(from, to uint64) {
 	q.mu.Lock()
-	if seq > q.floor && q.entries[seq] == nil {
-		q.entries[seq] = &ackEntry{done: true}
+	for seq := max(from, q.floor+1); seq <= to; seq++ {
+		if q.entries[seq] == nil {
+			q.entries[seq] = &ackEntry{done: true}
+		}
 	}
 	q.mu.Unlock()
 	q.finish(0, true)
@@ -395,13 +417,27 @@ func (q *ackQueue) getRecord(ctx context.Context, st jetstream.Stream, seq uint6
 
 // gapFill bounds the records read from the stream before a record that
 // arrived past records never delivered here (fillGap): those of a pull
-// request lost with a consumer's leader, or with a connection. A larger
-// gap (a node back after a crash with many records pending) waits for
-// the consumer to deliver it again, as before. gapWait bounds the
-// reading of one gap, and gapPause is how long no gap is read after a
-// reading failed (the stream without a leader, say).
+// request lost with a consumer's leader, or with a connection, or those
+// a node that died had pending. A larger gap waits for the consumer to
+// deliver it again. gapWait bounds the reading of one gap, and gapPause
+// is how long no gap is read after a reading failed (the stream without
+// a leader, say).
+//
+// The consumer's reader routes nothing else while it reads a gap, and
+// a reading cut at gapWait leaves the rest of its gap to the consumer
+// (10 s late, after the record that arrived): the bound is what a
+// reading in batches of direct gets (recordReader: 256 records, at most
+// 4 MiB, per request) routes well within gapWait. On two cores shared
+// with other builds (load 2 to 10), readings of 8,192 records took 0.15
+// to 0.56 s on average, and one in about 35 was cut at gapWait during a
+// burst of load; of 16,384, 0.37 to 0.5 s, but three in about 15 were
+// cut (BenchmarkGapFill, docs/performance.md). Records routed into many
+// sessions cost more than these, routed into none. 512 read one get of
+// the leader at a time, as before batches, took 44 to 264 ms. Memory
+// does not grow with the bound: records are routed as they are read,
+// one batch held at a time, and missing keeps runs, not sequences.
 const (
-	gapFill  = 512
+	gapFill  = 8192
 	gapWait  = 2 * time.Second
 	gapPause = 5 * time.Second
 )
@@ -416,42 +452,121 @@ const (
 // one the consumer delivers (AckAll); its delivery again by the consumer
 // is ignored or acknowledged (admit). Called by the consumer's reader
 // only.
+//
+// Each run of missing sequences is read as a range, in batches
+// (readGap); the records are routed as they come, so one batch at most
+// is held. A reading that fails (or outlasts gapWait) leaves the rest
+// of the gap to the consumer, the records read before it routed.
 func (n *Node) fillGap(seq uint64) {
 	acks := n.dur.acks
 	if time.Now().Before(n.dur.gapRest) {
 		return
 	}
-	missing := acks.missing(seq, gapFill)
-	if len(missing) == 0 {
+	runs := acks.missing(seq, gapFill)
+	if len(runs) == 0 {
 		return
 	}
-	ctx, cancel := context.WithTimeout(n.ctx, gapWait)
+	wait := gapWait
+	if d := acks.gapWait.Load(); d > 0 {
+		wait = time.Duration(d)
+	}
+	ctx, cancel := context.WithTimeout(n.ctx, wait)
 	defer cancel()
+	start := time.Now()
 	read := 0
-	for _, s := range missing {
-		raw, err := n.msgRecord(ctx, s)
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			acks.gone(s)
-			continue
-		}
+	for _, run := range runs {
+		k, err := n.readGap(ctx, run)
+		read += k
 		if err != nil {
 			// Delivered again by the consumer after its AckWait.
 			n.dur.gapRest = time.Now().Add(gapPause)
 			n.log.Debug("cluster: reading records missing from the durable stream's delivery failed",
-				"seq", s, "before", seq, "err", err)
-			return
-		}
-		n.dur.gapsRead.Add(1)
-		read++
-		fm := &fetchedRecord{raw: raw}
-		if acks.admit(fm, s) {
-			n.routeRecord(fm, raw.Header.Get(hdrOrigin), s)
+				"from", run.from, "to", run.to, "read", read, "before", seq, "err", err)
+			break
 		}
 	}
 	if read > 0 {
 		n.log.Info("cluster: records never delivered by the durable consumer read from the stream",
-			"count", read, "before", seq)
+			"count", read, "before", seq, "took", time.Since(start).Round(time.Millisecond))
 	}
+}
+
+// readGap reads and routes the records of run, which were never
+// delivered here, in stream order, and passes over the sequences of run
+// the stream's leader reports gone. It returns how many records it
+// routed.
+//
+// The records come in batches of direct gets (recordReader), which a
+// replica may answer, and a replica that lags behind the leader has
+// fewer records: the reader then reads the rest from the leader, but a
+// sequence a batch went past is passed over only once the leader
+// reports it gone (passOver), as the one-by-one reading did: a record
+// taken for gone is lost to this node's sessions.
+func (n *Node) readGap(ctx context.Context, run seqRange) (int, error) {
+	acks := n.dur.acks
+	r, err := newRecordReader(n, []string{durablePrefix + ">"}, run.from, run.to)
+	if err != nil {
+		return 0, err
+	}
+	defer func() {
+		acks.gapBatches.Add(uint64(r.batches))
+		acks.gapGets.Add(uint64(r.gets))
+	}()
+	read := 0
+	route := func(raw *jetstream.RawStreamMsg) {
+		n.dur.gapsRead.Add(1)
+		read++
+		fm := &fetchedRecord{raw: raw}
+		if acks.admit(fm, raw.Sequence) {
+			n.routeRecord(fm, raw.Header.Get(hdrOrigin), raw.Sequence)
+		}
+	}
+	next := run.from // the first sequence neither routed nor passed over
+	for {
+		m, err := r.read(ctx)
+		if err != nil {
+			return read, err
+		}
+		end := run.to
+		if m != nil {
+			end = m.Sequence - 1
+		}
+		if next <= end {
+			if err := n.passOver(ctx, next, end, route); err != nil {
+				return read, err
+			}
+		}
+		if m == nil {
+			return read, nil
+		}
+		route(m)
+		next = m.Sequence + 1
+	}
+}
+
+// passOver asks the stream's leader for the records from from to to,
+// which a reading went past: it routes those the leader has (a replica
+// that answered a batch lacked them), and passes over the others, gone.
+// One get per record found, and one for the gone sequences before it.
+func (n *Node) passOver(ctx context.Context, from, to uint64, route func(*jetstream.RawStreamMsg)) error {
+	acks := n.dur.acks
+	for from <= to {
+		m, err := n.getNext(ctx, n.msgStream(), durablePrefix+">", from, to)
+		acks.gapGets.Add(1)
+		if err != nil {
+			return err
+		}
+		if m == nil {
+			acks.gone(from, to)
+			return nil
+		}
+		if m.Sequence > from {
+			acks.gone(from, m.Sequence-1)
+		}
+		route(m)
+		from = m.Sequence + 1
+	}
+	return nil
 }
 
 // fetchedRecord is a record of the durable stream read by its sequence

@@ -133,14 +133,14 @@ func TestAckQueueMissing(t *testing.T) {
 	}
 	m1 := &countedMsg{fetchedRecord: rec(1)}
 	q.admit(m1, 1)
-	if got := q.missing(5, gapFill); !slices.Equal(got, []uint64{2, 3, 4}) {
+	if got := q.missing(5, gapFill); !slices.Equal(got, []seqRange{{2, 4}}) {
 		t.Fatalf("missing before record 5: %v", got)
 	}
 	if got := q.missing(2+gapFill+1, gapFill); got != nil {
 		t.Fatalf("a gap past the bound: %v", got)
 	}
 	q.admit(rec(2), 2)
-	q.gone(3)
+	q.gone(3, 3)
 	q.admit(rec(4), 4)
 	m5 := &countedMsg{fetchedRecord: rec(5)}
 	q.admit(m5, 5)
