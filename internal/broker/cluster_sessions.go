@@ -593,7 +593,7 @@ func (s *Server) replayToSession(sess *session, f *subFence, m *Message, settled
 	cl := sess.client
 	sess.mu.Unlock()
 	if ok {
-		s.deliverChecked(sess, cl, m, qos, rap, ids, nil, nil)
+		s.deliverCheckedOwed(sess, cl, m, qos, rap, ids, nil, nil, true)
 	}
 	return ok
 }

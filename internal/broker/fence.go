@@ -197,11 +197,11 @@ func (j *gateJoin) finish(err error) {
 // gate.
 func (s *Server) releaseHeld(sess *session, cl *Client, h heldDelivery) {
 	if h.gate == nil {
-		s.deliverChecked(sess, cl, h.msg, h.qos, h.rap, h.ids, h.share, nil)
+		s.deliverCheckedOwed(sess, cl, h.msg, h.qos, h.rap, h.ids, h.share, nil, true)
 		return
 	}
 	b := &pbatch{}
-	s.deliverChecked(sess, cl, h.msg, h.qos, h.rap, h.ids, h.share, b)
+	s.deliverCheckedOwed(sess, cl, h.msg, h.qos, h.rap, h.ids, h.share, b, true)
 	s.submitBatch(b, func(err error) {
 		s.persistLogged(err)
 		h.gate.finish(err)

@@ -76,3 +76,50 @@ func TestHeldDeliveryGatesPuback(t *testing.T) {
 		t.Fatalf("want PUBACK 2 once the session ended, got %#v", ack)
 	}
 }
+
+// TestHeldDeliveriesPassFullQueue: messages held back for a session
+// being imported (a session moving to this node) are owed to it: its
+// publishers were acknowledged, or wait for these very deliveries. When
+// the hold ends with the session's queue full (a replay filled it),
+// they are queued past the limit instead of dropped.
+func TestHeldDeliveriesPassFullQueue(t *testing.T) {
+	model := newModel()
+	srv, addr := testServer(t, Config{Persistence: model, MaxQueued: 2})
+	sub := dialRaw(t, addr, packet.V5)
+	sub.connect(persistentConnect("owed-sub"))
+	subscribe(t, sub, 1, packet.Subscription{Filter: "t/#", QoS: 1})
+	sub.nc.Close()
+	waitOffline(t, srv, "owed-sub")
+
+	pub := dialRaw(t, addr, packet.V5)
+	pub.connect(v5connect("owed-pub"))
+	for i := range uint16(2) {
+		pub.send(&packet.Publish{Topic: "t/full", QoS: 1, PacketID: i + 1, Payload: []byte("q")})
+		if ack, ok := pub.recv().(*packet.Puback); !ok || ack.PacketID != i+1 {
+			t.Fatalf("want PUBACK %d, got %#v", i+1, ack)
+		}
+	}
+	holdDeliveries(t, srv, "owed-sub")
+	for i := range uint16(3) {
+		pub.send(&packet.Publish{Topic: "t/held", QoS: 1, PacketID: 10 + i, Payload: []byte("h")})
+	}
+	pub.send(&packet.Pingreq{})
+	if p := pub.recv(); p.Type() != packet.PINGRESP {
+		t.Fatalf("got %s while the deliveries are held, want PINGRESP only", p.Type())
+	}
+	dropped := srv.Stats().DroppedQueueFull
+	srv.ReplayLocal("owed-sub", time.Now().UnixNano(), nil)
+	for i := range uint16(3) {
+		if ack, ok := pub.recv().(*packet.Puback); !ok || ack.PacketID != 10+i || ack.ReasonCode != packet.Success {
+			t.Fatalf("want PUBACK %d, got %#v", 10+i, ack)
+		}
+	}
+	sess := srv.lookup("owed-sub")
+	sess.mu.Lock()
+	queued := sess.queue.len()
+	sess.mu.Unlock()
+	if queued != 5 || srv.Stats().DroppedQueueFull != dropped {
+		t.Fatalf("%d queued (want 5: 2 before the hold, 3 released past the limit), %d dropped",
+			queued, srv.Stats().DroppedQueueFull-dropped)
+	}
+}

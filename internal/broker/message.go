@@ -138,6 +138,10 @@ type delivery struct {
 	sent        bool // sent at least once on some connection (DUP on resend)
 	pending     bool // in flight, but not yet resent on the current connection
 	expiryFixed bool
+	// owed: accepted for the session while it was held back (a move, a
+	// catch-up), released or replayed now; a full queue takes it past
+	// its limit (enqueueLocked).
+	owed bool
 }
 
 // shareKey names a shared subscription: group and filter.

@@ -972,6 +972,12 @@ func oneFilter(subs []topic.Subscription) bool {
 // to the session: the fence's replays and released deliveries (fence.go),
 // which have no shared encodings.
 func (s *Server) deliverChecked(sess *session, cl *Client, msg *Message, subQoS byte, retainAsPublished bool, ids []uint32, share *shareKey, b *pbatch) bool {
+	return s.deliverCheckedOwed(sess, cl, msg, subQoS, retainAsPublished, ids, share, b, false)
+}
+
+// deliverCheckedOwed is deliverChecked for a delivery owed to the session
+// (delivery.owed) when owed is set.
+func (s *Server) deliverCheckedOwed(sess *session, cl *Client, msg *Message, subQoS byte, retainAsPublished bool, ids []uint32, share *shareKey, b *pbatch, owed bool) bool {
 	if cl != nil {
 		// Checked for every delivered message, offline sessions included
 		// (their queued messages are checked again when sent).
@@ -980,7 +986,7 @@ func (s *Server) deliverChecked(sess *session, cl *Client, msg *Message, subQoS 
 			return false
 		}
 	}
-	d := &delivery{msg: msg, qos: min(msg.QoS, subQoS), retain: retainAsPublished && msg.Retain, subIDs: slices.Clone(ids), share: share}
+	d := &delivery{msg: msg, qos: min(msg.QoS, subQoS), retain: retainAsPublished && msg.Retain, subIDs: slices.Clone(ids), share: share, owed: owed}
 	sess.deliver(s, d, b, nil)
 	return true
 }

@@ -377,12 +377,17 @@ func (s *session) startLocked(c *conn, d *delivery, b *pbatch, from *conn) {
 // the broker's own, a client's message to itself), a queue past its
 // limit would grow with nothing to stop it, so the drop policy applies;
 // but a durable message of another node routed by a paced pass switches
-// a connected session to a catch-up instead (paceLocked).
+// a connected session to a catch-up instead (paceLocked). A delivery owed
+// to the session (held back while it moved to this node or caught up,
+// released now: its publisher was acknowledged or waits for this very
+// delivery) is queued past the limit: dropped, an acknowledged message
+// would be lost, and the hold bounds how many there are (the cluster
+// gives a catch-up up past 4,096).
 func (s *session) enqueueLocked(srv *Server, d *delivery, held bool) bool {
 	// A queued message waits, perhaps for another connection: it keeps
 	// no shared encoding alive meanwhile.
 	d.enc = nil
-	if s.fullLocked(srv) && !s.dropExpiredLocked(srv) && (!held || srv.limits().QueueFullPolicy != QueueBlock || s.gate.cycle) {
+	if !d.owed && s.fullLocked(srv) && !s.dropExpiredLocked(srv) && (!held || srv.limits().QueueFullPolicy != QueueBlock || s.gate.cycle) {
 		if d.msg.pace != nil && s.paceLocked(srv, d) {
 			return false // the cluster delivers it later (cluster_paced.go)
 		}
