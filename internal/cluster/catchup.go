@@ -502,7 +502,11 @@ func (c *catchUp) finish(room int, roomBytes int64) (bool, error) {
 	}
 	wait := c.deliver(len(rs.msgs))
 	qos0 := c.local.EndCatchUp()
+	c.forget()
 	n.dur.routeMu.Unlock()
+	if f := n.sess.afterCatchUpEnd.Load(); f != nil {
+		(*f)(c.id)
+	}
 	wait()
 	own := c.local.Deliver(c.skip)
 	n.unmarkCatchUp(c.id)
@@ -515,6 +519,18 @@ func (c *catchUp) finish(room int, roomBytes int64) (bool, error) {
 	return true, nil
 }
 
+// forget removes the catch-up from n.sess.catchUps as routing delivers
+// to its session again (the caller holds routeMu): from the next
+// routing pass on, a full queue can start the session's next catch-up
+// (reservePaced). Left there until its goroutine ended, it made the
+// passes in between drop the other nodes' messages the queue had no
+// room for, as if no catch-up could be had.
+func (c *catchUp) forget() {
+	c.n.sess.cuMu.Lock()
+	c.n.dropCatchUpLocked(c)
+	c.n.sess.cuMu.Unlock()
+}
+
 // giveUp ends the catch-up without the rest: routing delivers to the
 // session again from its position now, the messages read are delivered
 // (the queue limit drops what it has no room for, as on one node), and
@@ -524,6 +540,7 @@ func (c *catchUp) giveUp(reason string) {
 	n, rs := c.n, c.rs
 	n.dur.routeMu.Lock()
 	qos0 := c.local.EndCatchUp()
+	c.forget()
 	routed := n.dur.routed
 	n.dur.routeMu.Unlock()
 	c.deliver(len(rs.msgs))()

@@ -136,6 +136,10 @@ type sessionsState struct {
 	// afterReplayRead, in tests, runs when a claim has read the durable
 	// messages to replay the first time, before the import.
 	afterReplayRead atomic.Pointer[func(id string)]
+	// afterCatchUpEnd, in tests, runs when a catch-up that reached the
+	// routing position let routing deliver to its session again, before
+	// its last messages are committed (catchUp.finish).
+	afterCatchUpEnd atomic.Pointer[func(id string)]
 	// homeImportErr, in tests, fails the import of a session of this
 	// node's previous run when it returns an error (importHomeOnce).
 	homeImportErr atomic.Pointer[func(id string) error]
