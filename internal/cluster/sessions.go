@@ -1643,7 +1643,9 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 	}
 	// This node is the home now: reading the session and replaying its
 	// messages no longer depend on the client's patience (its connect
-	// timeout). A client that gave up finds them in its session.
+	// timeout). A client that gave up finds them in its session. Only
+	// the wait in ownEnd is measured against that patience.
+	patience, hasPatience := ctx.Deadline()
 	ctx, cancel := context.WithTimeout(n.ctx, 2*time.Minute)
 	defer cancel()
 	records, err := list(ctx)
@@ -1793,7 +1795,7 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 		// A client waits for the session (cs.Hold): what is past the
 		// room is read as its queue drains (catchUp).
 		room, roomBytes := queueRoom(b.Limits(), cs)
-		ownTo = max(to, n.ownEnd(ctx, p, to))
+		ownTo = max(to, n.ownEnd(ctx, p, to, ownWait(time.Until(patience), hasPatience)))
 		rs = n.readReplay(ctx, id, cs.Session.Session, pos, ownTo, have, room, roomBytes, cs.Hold && !n.sess.noCatchUp)
 		if f := n.sess.afterReplayRead.Load(); f != nil {
 			(*f)(id)
@@ -2121,13 +2123,13 @@ func (rs *replaySet) setFilters(filters []string) {
 // ownEnd returns the stream's last sequence once the commits submitted
 // to p so far are done (the records of this node's own messages
 // forwarded so far are then in the stream), at most maxOwnScan past
-// routed; routed when it cannot tell.
-func (n *Node) ownEnd(ctx context.Context, p *persistence, routed uint64) uint64 {
-	// Bounded like any one request: while the stream changes leaders
-	// the commits and the stream's information may wait for long, and
-	// the session, home here already, is not imported meanwhile. Past
-	// it the replay stops at routed (docs/cluster.md, "Not done yet").
-	ctx, cancel := context.WithTimeout(ctx, requestAttempt)
+// routed; routed when it cannot tell within wait.
+func (n *Node) ownEnd(ctx context.Context, p *persistence, routed uint64, wait time.Duration) uint64 {
+	// While the stream changes leaders the commits and the stream's
+	// information wait, and the session, home here already, is not
+	// imported meanwhile (ownWait). Past wait the replay stops at
+	// routed (docs/cluster.md, "Not done yet").
+	ctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
 	done := make(chan error, 1)
 	p.Persist(nil, func(err error) { done <- err })
@@ -2144,6 +2146,29 @@ func (n *Node) ownEnd(ctx context.Context, p *persistence, routed uint64) uint64
 		return routed
 	}
 	return min(info.State.LastSeq, routed+maxOwnScan)
+}
+
+// ownWaitMax bounds how long a claim waits in ownEnd.
+const ownWaitMax = 10 * time.Second
+
+// ownWait returns how long a take waits in ownEnd for this node's
+// commits and the stream's length, given what is left (known: there is
+// a deadline) of the time its client waits for CONNACK (the broker's
+// connect timeout from the connection's accept, 10 s by default; an
+// adoption's take has requestAttempt): that less a second for the
+// reading and the import, at least requestAttempt and at most
+// ownWaitMax. Only a leader change of moat_msgs makes the wait long (2
+// to 6 s here): a claim whose old home answered at once waits it out
+// before its client gives up, where requestAttempt alone gave up on the
+// longer changes and replayed none of the node's own messages past its
+// routing position. A claim that spent its client's patience waiting
+// for the old home (release: at most half of it) waits requestAttempt,
+// as before.
+func ownWait(left time.Duration, known bool) time.Duration {
+	if !known {
+		return requestAttempt
+	}
+	return min(max(requestAttempt, left-time.Second), ownWaitMax)
 }
 
 // bounded tells whether a message found now is past the bound: the
