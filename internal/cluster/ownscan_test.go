@@ -1,9 +1,87 @@
 package cluster
 
 import (
+	"context"
+	"strconv"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/moatmq/moat/client"
+	"github.com/moatmq/moat/internal/testutil"
 )
+
+// TestAdoptionOwnMessagesDuringImport: QoS 1 messages published on the
+// node adopting a session of a dead node, after it read the stream for
+// the session and before it imported it (its own reading of the stream
+// held back, so that the import's last reading does not find them
+// either), reach the session: the adoption holds back and delivers the
+// node's own messages since it began, as a claim does.
+func TestAdoptionOwnMessagesDuringImport(t *testing.T) {
+	clk := newTestClock()
+	dir, routes := t.TempDir(), freePorts(t, 3)
+	hooks := []func(int, *Node){func(i int, nd *Node) {
+		// Only n2 adopts.
+		nd.cfg.AdoptAfter = -1
+		if i == 1 {
+			clk.set(nd)
+			nd.cfg.AdoptAfter = time.Minute
+		}
+	}}
+	nodes, err := startNodesHooked(t, dir, routes, hooks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub, _ := dialSession(t, nodes[2].addr, "adoptown", client.V5)
+	subscribe(t, sub, 1, "ado/#")
+	pub := dial(t, nodes[1].addr, "adoptpub", client.V5)
+	awaitRoute(t, pub, sub, "ado/probe")
+	disconnect(t, sub)
+
+	n2 := nodes[1].node
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	published := make(chan error, 1)
+	var once sync.Once
+	hook := func(id string) {
+		if id != "adoptown" {
+			return
+		}
+		once.Do(func() {
+			n2.pauseRouting()
+			var err error
+			for i := range 3 {
+				if err = pub.Publish(ctx, &client.Message{Topic: "ado/x", QoS: 1, Payload: []byte(strconv.Itoa(i))}); err != nil {
+					break
+				}
+			}
+			published <- err
+		})
+	}
+	n2.sess.afterReplayRead.Store(&hook)
+	t.Cleanup(n2.resumeRouting)
+
+	crashNode(t, nodes[2])
+	clk.Advance(2 * time.Minute)
+	testutil.WaitFor(t, "the session adopted by n2", 60*time.Second, func() bool {
+		n2.adoptDue()
+		return n2.Status().SessionsAdopted == 1
+	})
+	select {
+	case err := <-published:
+		if err != nil {
+			t.Fatal(err)
+		}
+	default:
+		t.Fatal("the adoption did not read a replay")
+	}
+	n2.resumeRouting()
+	c, present := dialSession(t, nodes[1].addr, "adoptown", client.V5)
+	if !present {
+		t.Fatal("Session Present 0 for an adopted session")
+	}
+	receiveAtLeastOnce(t, c, 0, 3)
+}
 
 // TestOwnWait: a claim waits for its node's commits and the stream's
 // length as long as its client still waits for CONNACK less a second,

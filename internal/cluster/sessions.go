@@ -1611,6 +1611,27 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 				Unavailable: true, Busy: true}
 		}
 	}
+	// An adoption (adoptSession: a replay without a claim's start)
+	// marks its start as a claim does, so that it too holds back what
+	// routing delivers to the session once imported and delivers the
+	// messages of this node's own clients that arrived since then from
+	// the record of recent messages: published between its reading of
+	// the stream (ownEnd) and the import, they reached the session
+	// neither from the replay nor through routing (this node's consumer
+	// skips its own records). The old home is gone and its position
+	// pos.seq fixed: the messages found there all have records past it,
+	// and no record before it need be read for those of them that the
+	// old home routed (from; a claim reads back to its own start).
+	adopting := pos.replay && pos.since == 0 && !discard
+	if adopting {
+		n.beginClaim()
+		defer n.endClaim()
+		if b, ok := n.b.(sessionBroker); ok {
+			pos.pin = b.PinRecent()
+			defer pos.pin.Release()
+		}
+		pos.since, pos.from = time.Now().UnixNano(), pos.seq
+	}
 	mine := *rec
 	mine.Home, mine.Node = n.origin, n.cfg.Node
 	if discard {
@@ -1774,7 +1795,8 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 	// replayed: published here after the old home gave the session up,
 	// and read back from the stream by this node only after the import
 	// (it skips its own messages there), they are in the broker's record
-	// of recent messages.
+	// of recent messages. So does an adoption (adopting, above), for
+	// those published here while it reads the stream.
 	cs.Hold = pos.since != 0
 	// The durable messages to replay, routed here before the session
 	// was (readReplay), are read now and delivered as soon as it is
@@ -1793,10 +1815,12 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 		// maxOwnScan records past that position are read).
 		// The reading stops at the room the session's queue has.
 		// A client waits for the session (cs.Hold): what is past the
-		// room is read as its queue drains (catchUp).
+		// room is read as its queue drains (catchUp). An adoption
+		// has no client to drain it, and stops at the room.
 		room, roomBytes := queueRoom(b.Limits(), cs)
 		ownTo = max(to, n.ownEnd(ctx, p, to, ownWait(time.Until(patience), hasPatience)))
-		rs = n.readReplay(ctx, id, cs.Session.Session, pos, ownTo, have, room, roomBytes, cs.Hold && !n.sess.noCatchUp)
+		rs = n.readReplay(ctx, id, cs.Session.Session, pos, ownTo, have, room, roomBytes,
+			cs.Hold && !adopting && !n.sess.noCatchUp)
 		if f := n.sess.afterReplayRead.Load(); f != nil {
 			(*f)(id)
 		}
