@@ -7,9 +7,80 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/moatmq/moat/client"
 	"github.com/moatmq/moat/internal/testutil"
 )
+
+// TestSessionMoveOwnMessagesFarBehind: QoS 1 messages published on n2
+// just before its session moves there from n1, while n2's reading of the
+// stream is 8,192 records of other nodes behind them (twice the bound of
+// the build that read one record per request), still reach the session:
+// the claim reads that far past its routing position for them. Both
+// nodes' readings are held back, so the distance is counted, not timed.
+func TestSessionMoveOwnMessagesFarBehind(t *testing.T) {
+	const behind = 2 * 4096
+	nodes := startCluster(t, 3, slowClaims)
+	sub, _ := dialSession(t, nodes[0].addr, "farmover", client.V5)
+	subscribe(t, sub, 1, "far/#")
+	pub := dial(t, nodes[1].addr, "farpub", client.V5)
+	awaitRoute(t, pub, sub, "far/probe")
+	disconnect(t, sub)
+
+	n1, n2 := nodes[0].node, nodes[1].node
+	n1.pauseRouting()
+	n2.pauseRouting()
+	t.Cleanup(n1.resumeRouting)
+	t.Cleanup(n2.resumeRouting)
+	// Direct gets in batches, as a cluster of this build reads once a
+	// replay found them allowed.
+	n2.allowDirect()
+	testutil.WaitFor(t, "direct gets to be answered", 30*time.Second, func() bool {
+		_, err := n2.nc.Request("$JS.API.DIRECT.GET."+streamMsgs, nil, time.Second)
+		return err == nil
+	})
+	writeOthers(t, nodes[2], behind)
+	publishQoS1(t, pub, "far/x", 0, 3)
+	read := n2.Status().ReplayRecords
+	moved, present := dialSession(t, nodes[1].addr, "farmover", client.V5)
+	if !present {
+		t.Fatal("Session Present 0")
+	}
+	if got := n2.Status().ReplayRecords - read; got <= behind {
+		t.Errorf("the claim read %d records; want more than the %d between its position and its own", got, behind)
+	}
+	n1.resumeRouting()
+	n2.resumeRouting()
+	receiveAtLeastOnce(t, moved, 0, 3)
+}
+
+// writeOthers writes count batch records of one message each to
+// moat_msgs through tn, as a node that is none of the test's would, on
+// topics of other/#.
+func writeOthers(t *testing.T, tn *testNode, count int) {
+	t.Helper()
+	js, err := jetstream.New(tn.node.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for i := range count {
+		m := batchRecord(replayOrigin, []*fwdMsg{fwdOf(t, uint64(i+1), "other/"+strconv.Itoa(i), "p", "pub")})
+		if _, err := js.PublishMsgAsync(m); err != nil {
+			t.Fatal(err)
+		}
+		if (i+1)%1024 == 0 || i == count-1 {
+			// A window of outstanding writes, below the client's limit.
+			select {
+			case <-js.PublishAsyncComplete():
+			case <-ctx.Done():
+				t.Fatal("records not acknowledged within 60 s")
+			}
+		}
+	}
+}
 
 // TestAdoptionOwnMessagesDuringImport: QoS 1 messages published on the
 // node adopting a session of a dead node, after it read the stream for

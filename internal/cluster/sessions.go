@@ -339,9 +339,18 @@ func (n *Node) holdAcks(done func(error)) func(error) {
 // a moving session twice (at least once).
 const maxOwnRefs = 1 << 16
 
-// maxOwnScan bounds how many records before the old home's position a
-// claim reads for the own messages it routed (replay).
-const maxOwnScan = 4096
+// maxOwnScan bounds how many records a claim reads for this node's own
+// messages: past its routing position, for those it forwarded and its
+// consumer skips (ownEnd: past the bound they are missed for the
+// session), and before the old home's position, for those the old home
+// routed (readReplay: past the bound they may reach the session twice).
+// Memory does not depend on it (the reading stops at the room of the
+// session's queue and at maxReplayBytes); time does, and the claim's
+// client waits for it: 32,768 records read in batches took about 0.45 s
+// on a quiet machine (BenchmarkOwnScan, docs/performance.md), less than
+// the 4,096 gets of the stream's leader, one record each, that the
+// bound was before replays read in batches (about 0.7 s).
+const maxOwnScan = 1 << 15
 
 // homeState is what the home keeps of a session's records: the message
 // of each stored delivery (a delivery's record is rewritten with it when
