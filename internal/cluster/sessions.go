@@ -339,18 +339,25 @@ func (n *Node) holdAcks(done func(error)) func(error) {
 // a moving session twice (at least once).
 const maxOwnRefs = 1 << 16
 
-// maxOwnScan bounds how many records a claim reads for this node's own
-// messages: past its routing position, for those it forwarded and its
-// consumer skips (ownEnd: past the bound they are missed for the
-// session), and before the old home's position, for those the old home
-// routed (readReplay: past the bound they may reach the session twice).
-// Memory does not depend on it (the reading stops at the room of the
-// session's queue and at maxReplayBytes); time does, and the claim's
-// client waits for it: 32,768 records read in batches took about 0.45 s
-// on a quiet machine (BenchmarkOwnScan, docs/performance.md), less than
-// the 4,096 gets of the stream's leader, one record each, that the
-// bound was before replays read in batches (about 0.7 s).
+// maxOwnScan bounds how many records past this node's routing position
+// a claim reads for the node's own messages it forwarded, which its
+// consumer skips (ownEnd): past the bound they are missed for the
+// session. Memory does not depend on it (the reading keeps only the
+// messages for the session, up to the room of its queue and
+// maxReplayBytes); time does, and the claim's client waits for it:
+// 32,768 records read in batches took about 0.45 s on a quiet machine
+// (BenchmarkOwnScan, docs/performance.md), less than the 4,096 gets of
+// the stream's leader, one record each, that the bound was before
+// replays read in batches (about 0.7 s).
 const maxOwnScan = 1 << 15
+
+// maxOwnBack bounds how many records before the old home's position a
+// claim reads for the node's own messages the old home routed
+// (readReplay): past the bound they may reach the session twice (at
+// least once). It stays at 4,096: the claim keeps the ID of every own
+// message of those records (replaySet.reached, up to maxBatchMsgs a
+// record, matching the session or not), about a million at most.
+const maxOwnBack = 4096
 
 // homeState is what the home keeps of a session's records: the message
 // of each stored delivery (a delivery's record is rewritten with it when
@@ -2127,9 +2134,9 @@ func (n *Node) readReplay(ctx context.Context, id string, ss *broker.StoredSessi
 	rs.setFilters(filters)
 	rs.to = pos.seq
 	if pos.since != 0 {
-		// At most maxOwnScan records back: beyond, a message may reach
+		// At most maxOwnBack records back: beyond, a message may reach
 		// the session twice (at least once).
-		rs.to = max(min(rs.to, pos.from), rs.to-min(rs.to, maxOwnScan))
+		rs.to = max(min(rs.to, pos.from), rs.to-min(rs.to, maxOwnBack))
 	}
 	n.dur.routeMu.Lock()
 	routed := n.dur.routed
