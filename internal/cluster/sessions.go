@@ -343,9 +343,25 @@ func (n *Node) holdAcks(done func(error)) func(error) {
 // a moving session twice (at least once).
 const maxOwnRefs = 1 << 16
 
-// maxOwnScan bounds how many records before the old home's position a
-// claim reads for the own messages it routed (replay).
-const maxOwnScan = 4096
+// maxOwnScan bounds how many records past this node's routing position
+// a claim reads for the node's own messages it forwarded, which its
+// consumer skips (ownEnd): past the bound they are missed for the
+// session. Memory does not depend on it (the reading keeps only the
+// messages for the session, up to the room of its queue and
+// maxReplayBytes); time does, and the claim's client waits for it:
+// 32,768 records read in batches took about 0.45 s on a quiet machine
+// (BenchmarkOwnScan, docs/performance.md), less than the 4,096 gets of
+// the stream's leader, one record each, that the bound was before
+// replays read in batches (about 0.7 s).
+const maxOwnScan = 1 << 15
+
+// maxOwnBack bounds how many records before the old home's position a
+// claim reads for the node's own messages the old home routed
+// (readReplay): past the bound they may reach the session twice (at
+// least once). It stays at 4,096: the claim keeps the ID of every own
+// message of those records (replaySet.reached, up to maxBatchMsgs a
+// record, matching the session or not), about a million at most.
+const maxOwnBack = 4096
 
 // homeState is what the home keeps of a session's records: the message
 // of each stored delivery (a delivery's record is rewritten with it when
@@ -1615,6 +1631,27 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 				Unavailable: true, Busy: true}
 		}
 	}
+	// An adoption (adoptSession: a replay without a claim's start)
+	// marks its start as a claim does, so that it too holds back what
+	// routing delivers to the session once imported and delivers the
+	// messages of this node's own clients that arrived since then from
+	// the record of recent messages: published between its reading of
+	// the stream (ownEnd) and the import, they reached the session
+	// neither from the replay nor through routing (this node's consumer
+	// skips its own records). The old home is gone and its position
+	// pos.seq fixed: the messages found there all have records past it,
+	// and no record before it need be read for those of them that the
+	// old home routed (from; a claim reads back to its own start).
+	adopting := pos.replay && pos.since == 0 && !discard
+	if adopting {
+		n.beginClaim()
+		defer n.endClaim()
+		if b, ok := n.b.(sessionBroker); ok {
+			pos.pin = b.PinRecent()
+			defer pos.pin.Release()
+		}
+		pos.since, pos.from = time.Now().UnixNano(), pos.seq
+	}
 	mine := *rec
 	mine.Home, mine.Node = n.origin, n.cfg.Node
 	if discard {
@@ -1647,7 +1684,9 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 	}
 	// This node is the home now: reading the session and replaying its
 	// messages no longer depend on the client's patience (its connect
-	// timeout). A client that gave up finds them in its session.
+	// timeout). A client that gave up finds them in its session. Only
+	// the wait in ownEnd is measured against that patience.
+	patience, hasPatience := ctx.Deadline()
 	ctx, cancel := context.WithTimeout(n.ctx, 2*time.Minute)
 	defer cancel()
 	records, err := list(ctx)
@@ -1776,7 +1815,8 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 	// replayed: published here after the old home gave the session up,
 	// and read back from the stream by this node only after the import
 	// (it skips its own messages there), they are in the broker's record
-	// of recent messages.
+	// of recent messages. So does an adoption (adopting, above), for
+	// those published here while it reads the stream.
 	cs.Hold = pos.since != 0
 	// The durable messages to replay, routed here before the session
 	// was (readReplay), are read now and delivered as soon as it is
@@ -1795,10 +1835,12 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 		// maxOwnScan records past that position are read).
 		// The reading stops at the room the session's queue has.
 		// A client waits for the session (cs.Hold): what is past the
-		// room is read as its queue drains (catchUp).
+		// room is read as its queue drains (catchUp). An adoption
+		// has no client to drain it, and stops at the room.
 		room, roomBytes := queueRoom(b.Limits(), cs)
-		ownTo = max(to, n.ownEnd(ctx, p, to))
-		rs = n.readReplay(ctx, id, cs.Session.Session, pos, ownTo, have, room, roomBytes, cs.Hold && !n.sess.noCatchUp)
+		ownTo = max(to, n.ownEnd(ctx, p, to, ownWait(time.Until(patience), hasPatience)))
+		rs = n.readReplay(ctx, id, cs.Session.Session, pos, ownTo, have, room, roomBytes,
+			cs.Hold && !adopting && !n.sess.noCatchUp)
 		if f := n.sess.afterReplayRead.Load(); f != nil {
 			(*f)(id)
 		}
@@ -2096,9 +2138,9 @@ func (n *Node) readReplay(ctx context.Context, id string, ss *broker.StoredSessi
 	rs.setFilters(filters)
 	rs.to = pos.seq
 	if pos.since != 0 {
-		// At most maxOwnScan records back: beyond, a message may reach
+		// At most maxOwnBack records back: beyond, a message may reach
 		// the session twice (at least once).
-		rs.to = max(min(rs.to, pos.from), rs.to-min(rs.to, maxOwnScan))
+		rs.to = max(min(rs.to, pos.from), rs.to-min(rs.to, maxOwnBack))
 	}
 	n.dur.routeMu.Lock()
 	routed := n.dur.routed
@@ -2125,13 +2167,13 @@ func (rs *replaySet) setFilters(filters []string) {
 // ownEnd returns the stream's last sequence once the commits submitted
 // to p so far are done (the records of this node's own messages
 // forwarded so far are then in the stream), at most maxOwnScan past
-// routed; routed when it cannot tell.
-func (n *Node) ownEnd(ctx context.Context, p *persistence, routed uint64) uint64 {
-	// Bounded like any one request: while the stream changes leaders
-	// the commits and the stream's information may wait for long, and
-	// the session, home here already, is not imported meanwhile. Past
-	// it the replay stops at routed (docs/cluster.md, "Not done yet").
-	ctx, cancel := context.WithTimeout(ctx, requestAttempt)
+// routed; routed when it cannot tell within wait.
+func (n *Node) ownEnd(ctx context.Context, p *persistence, routed uint64, wait time.Duration) uint64 {
+	// While the stream changes leaders the commits and the stream's
+	// information wait, and the session, home here already, is not
+	// imported meanwhile (ownWait). Past wait the replay stops at
+	// routed (docs/cluster.md, "Not done yet").
+	ctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
 	done := make(chan error, 1)
 	p.Persist(nil, func(err error) { done <- err })
@@ -2148,6 +2190,29 @@ func (n *Node) ownEnd(ctx context.Context, p *persistence, routed uint64) uint64
 		return routed
 	}
 	return min(info.State.LastSeq, routed+maxOwnScan)
+}
+
+// ownWaitMax bounds how long a claim waits in ownEnd.
+const ownWaitMax = 10 * time.Second
+
+// ownWait returns how long a take waits in ownEnd for this node's
+// commits and the stream's length, given what is left (known: there is
+// a deadline) of the time its client waits for CONNACK (the broker's
+// connect timeout from the connection's accept, 10 s by default; an
+// adoption's take has requestAttempt): that less a second for the
+// reading and the import, at least requestAttempt and at most
+// ownWaitMax. Only a leader change of moat_msgs makes the wait long (2
+// to 6 s here): a claim whose old home answered at once waits it out
+// before its client gives up, where requestAttempt alone gave up on the
+// longer changes and replayed none of the node's own messages past its
+// routing position. A claim that spent its client's patience waiting
+// for the old home (release: at most half of it) waits requestAttempt,
+// as before.
+func ownWait(left time.Duration, known bool) time.Duration {
+	if !known {
+		return requestAttempt
+	}
+	return min(max(requestAttempt, left-time.Second), ownWaitMax)
 }
 
 // bounded tells whether a message found now is past the bound: the
