@@ -777,8 +777,18 @@ func (n *Node) receiveLoop() {
 type natsLogger struct{ log *slog.Logger }
 
 func (l natsLogger) Noticef(f string, v ...any) { l.log.Info("nats: " + fmt.Sprintf(f, v...)) }
-func (l natsLogger) Warnf(f string, v ...any)   { l.log.Warn("nats: " + fmt.Sprintf(f, v...)) }
-func (l natsLogger) Fatalf(f string, v ...any)  { l.log.Error("nats: " + fmt.Sprintf(f, v...)) }
+func (l natsLogger) Warnf(f string, v ...any) {
+	msg := "nats: " + fmt.Sprintf(f, v...)
+	// The embedded server's payload limit is above 8 MB on purpose
+	// (forwarded MQTT messages may be as large; docs/cluster.md), so its
+	// start-up advice against that is no warning to the operator.
+	if strings.HasPrefix(f, "Maximum payloads over") {
+		l.log.Debug(msg)
+		return
+	}
+	l.log.Warn(msg)
+}
+func (l natsLogger) Fatalf(f string, v ...any) { l.log.Error("nats: " + fmt.Sprintf(f, v...)) }
 func (l natsLogger) Errorf(f string, v ...any) {
 	msg := "nats: " + fmt.Sprintf(f, v...)
 	// A route that cannot be dialled is a peer not up yet, the normal

@@ -459,7 +459,14 @@ func TestNATSRouteDialIsAWarning(t *testing.T) {
 	// client connection stays an error.
 	l.Errorf("127.0.0.1:60596 - rid:60 - Error flushing: %v", "writev tcp 127.0.0.1:39685->127.0.0.1:60596: writev: connection reset by peer")
 	l.Errorf("127.0.0.1:50000 - cid:7 - Error flushing: %v", "writev: connection reset by peer")
+	// The advice against payloads over 8 MB, which the embedded server
+	// has on purpose: below Info (the handler's default level).
+	l.Warnf("Maximum payloads over %v are generally discouraged and could lead to poor performance", "8.00 MB")
+	l.Warnf("Some other %s", "warning")
 	out := buf.String()
+	if strings.Contains(out, "Maximum payloads") || !strings.Contains(out, `level=WARN msg="nats: Some other warning"`) {
+		t.Fatalf("levels:\n%s", out)
+	}
 	if !strings.Contains(out, `level=WARN msg="nats: Error trying to connect to route (attempt 1)`) ||
 		!strings.Contains(out, `level=ERROR msg="nats: JetStream cluster failed"`) ||
 		!strings.Contains(out, `level=WARN msg="nats: 127.0.0.1:60596 - rid:60 - Error flushing`) ||
