@@ -340,8 +340,9 @@ type publisher struct {
 	// record's failure (tests, Status).
 	republished atomic.Uint64
 	// elections counts the leader elections acknowledge heard of while
-	// it waited for a record (tests).
-	elections atomic.Uint64
+	// it waited for a record, keptAcked the records republish found
+	// acknowledged already and did not send again (tests).
+	elections, keptAcked atomic.Uint64
 }
 
 // maxOut bounds publisher.out: the publications whose acknowledgement
@@ -350,7 +351,7 @@ const maxOut = 1 << 14
 
 type pending struct {
 	req   pubReq
-	paf   jetstream.PubAckFuture // nil: the publication failed at once (err)
+	paf   jetstream.PubAckFuture // nil: the publication failed at once (err), or was acknowledged (err nil)
 	err   error
 	batch bool
 	sent  int64 // when published (last), Unix nanoseconds
@@ -556,6 +557,10 @@ func (q *publisher) republish(js jetstream.JetStream, pd *pending) {
 		if o.paf != nil && o.req.msg.Header.Get(nats.MsgIdHdr) != "" {
 			select {
 			case <-o.paf.Ok():
+				// The acknowledgement is taken from its channel (it
+				// holds one): acknowledge must learn it from o.
+				o.paf, o.err = nil, nil
+				q.keptAcked.Add(1)
 				continue
 			default:
 			}
