@@ -162,9 +162,11 @@ func TestAdoptSessionsOfDeadNode(t *testing.T) {
 	brief := dialWill(t, nodes[2].addr, "brief", "adw/brief", 3600, 4)
 	disconnect(t, brief) // no will; the session expires 4 s after this
 	online := dialWill(t, nodes[2].addr, "online", "adw/online", 3600, 600)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
-	testutil.WaitFor(t, "the pending will and the claims in the cluster", 30*time.Second, func() bool {
+	// A readiness wait, not a measure: on a loaded machine the fresh
+	// cluster's first elections have taken over 30 s.
+	testutil.WaitFor(t, "the pending will and the claims in the cluster", 90*time.Second, func() bool {
 		r, err := nodes[0].node.getRecord(ctx, sessSubject("dying", "w"))
 		keys, ok := claimKeys(t, nodes[0])
 		return ok && err == nil && r != nil && len(r.data) > 0 && slices.Contains(keys, "online") && slices.Contains(keys, "dying")
