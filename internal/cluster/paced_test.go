@@ -167,6 +167,11 @@ func routeMore(ctx context.Context, n *Node, pub *client.Client, from, to int) e
 	if err := publishQoS(ctx, pub, "lt/x", from, to, 1); err != nil {
 		return err
 	}
+	return awaitAllRouted(ctx, n)
+}
+
+// awaitAllRouted waits until n routed every record the stream has now.
+func awaitAllRouted(ctx context.Context, n *Node) error {
 	js, err := jetstream.New(n.nc)
 	if err != nil {
 		return err

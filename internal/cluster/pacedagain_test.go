@@ -2,14 +2,12 @@ package cluster
 
 import (
 	"context"
-	"fmt"
 	"strconv"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/moatmq/moat/client"
-	"github.com/nats-io/nats.go/jetstream"
 )
 
 // TestPacedCatchUpFollowedByAnother: a connected session's catch-up
@@ -66,31 +64,5 @@ func publishRouted(ctx context.Context, n *Node, pub *client.Client, topic strin
 			return err
 		}
 	}
-	js, err := jetstream.New(n.nc)
-	if err != nil {
-		return err
-	}
-	st, err := js.Stream(ctx, streamMsgs)
-	if err != nil {
-		return err
-	}
-	info, err := st.Info(ctx)
-	if err != nil {
-		return err
-	}
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		n.dur.routeMu.Lock()
-		routed := n.dur.routed
-		n.dur.routeMu.Unlock()
-		if routed >= info.State.LastSeq {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("routed %d of %d: %w", routed, info.State.LastSeq, ctx.Err())
-		case <-tick.C:
-		}
-	}
+	return awaitAllRouted(ctx, n)
 }
