@@ -334,8 +334,11 @@ type publisher struct {
 	inflight   atomic.Int32
 
 	// lose, when positive, makes that many next batch records fail at
-	// once as if lost with a stream leader (tests).
-	lose atomic.Int32
+	// once as if lost with a stream leader, as long as no record was
+	// published again since loseAt was taken (retries): those sent
+	// after a retry reach the new leader (tests, loseNext).
+	lose            atomic.Int32
+	retries, loseAt atomic.Uint64
 	// republished counts the records published again after an earlier
 	// record's failure (tests, Status).
 	republished atomic.Uint64
@@ -343,6 +346,12 @@ type publisher struct {
 	// it waited for a record, keptAcked the records republish found
 	// acknowledged already and did not send again (tests).
 	elections, keptAcked atomic.Uint64
+}
+
+// loseNext makes the next k batch records fail as lost (tests).
+func (q *publisher) loseNext(k int32) {
+	q.loseAt.Store(q.retries.Load())
+	q.lose.Store(k)
 }
 
 // maxOut bounds publisher.out: the publications whose acknowledgement
@@ -487,7 +496,7 @@ func (q *publisher) send(js jetstream.JetStream, ctx context.Context, pd pending
 		}
 	}
 	pd.sent = time.Now().UnixNano()
-	if pd.batch && q.lose.Load() > 0 && q.lose.Add(-1) >= 0 {
+	if pd.batch && q.lose.Load() > 0 && q.retries.Load() == q.loseAt.Load() && q.lose.Add(-1) >= 0 {
 		pd.paf, pd.err = nil, nats.ErrNoResponders
 	} else {
 		pd.paf, pd.err = publishBy(js, pd.req.msg, pd.req.deadline)
@@ -549,6 +558,7 @@ func (q *publisher) take(ctx context.Context) (pending, bool) {
 func (q *publisher) republish(js jetstream.JetStream, pd *pending) {
 	q.sendMu.Lock()
 	defer q.sendMu.Unlock()
+	q.retries.Add(1)
 	now := time.Now().UnixNano()
 	pd.sent = now
 	pd.paf, pd.err = publishBy(js, pd.req.msg, pd.req.deadline)
