@@ -100,6 +100,28 @@ type catchUp struct {
 	ended  bool // set before done is closed: run finished it
 }
 
+// catchUpSpare is the share of a session's queue a catch-up leaves free
+// (1/catchUpSpare of max_queued_messages and of max_queued_bytes): the
+// messages that reach the session live meanwhile and right after it
+// ends find room there. This node's own clients' messages do (they are
+// not in what the catch-up reads), and under the default queue policy a
+// full queue drops them. A catch-up that filled the queue to its limit
+// left it full as it ended, and an outside test that killed a node under
+// QoS 1 load lost such messages at the moved session (docs/cluster.md,
+// "Full queues that still drop").
+const catchUpSpare = 4
+
+// leaveRoom returns what a catch-up fills of a queue that has room
+// messages and roomBytes bytes (-1: no byte limit) of room under lim:
+// that less the share it leaves free (catchUpSpare).
+func leaveRoom(lim broker.Limits, room int, roomBytes int64) (int, int64) {
+	room = max(room-lim.MaxQueued/catchUpSpare, 0)
+	if roomBytes >= 0 && lim.MaxQueuedBytes > 0 {
+		roomBytes = max(roomBytes-lim.MaxQueuedBytes/catchUpSpare, 0)
+	}
+	return room, roomBytes
+}
+
 // maxPacedCatchUps bounds the catch-ups routing passes run at once on a
 // node: each reads the stream on its own. Past it, a connected session's
 // full queue drops the other nodes' messages, as on one node.
@@ -312,8 +334,10 @@ func (c *catchUp) run() bool {
 			return true
 		}
 	}
+	b := n.b.(sessionBroker)
 	for c.ctx.Err() == nil {
 		room, roomBytes, held, online, here := c.local.QueueRoom()
+		room, roomBytes = leaveRoom(b.Limits(), room, roomBytes)
 		if room > 0 && roomBytes != 0 {
 			idle = n.now() // the queue takes messages: the client keeps up
 		}

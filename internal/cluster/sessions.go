@@ -1838,9 +1838,14 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 		// room is read as its queue drains (catchUp). An adoption
 		// has no client to drain it, and stops at the room.
 		room, roomBytes := queueRoom(b.Limits(), cs)
+		paced := cs.Hold && !adopting && !n.sess.noCatchUp
+		if paced {
+			// What does not fit follows in the catch-up, which leaves
+			// part of the queue free for the messages that come live.
+			room, roomBytes = leaveRoom(b.Limits(), room, roomBytes)
+		}
 		ownTo = max(to, n.ownEnd(ctx, p, to, ownWait(time.Until(patience), hasPatience)))
-		rs = n.readReplay(ctx, id, cs.Session.Session, pos, ownTo, have, room, roomBytes,
-			cs.Hold && !adopting && !n.sess.noCatchUp)
+		rs = n.readReplay(ctx, id, cs.Session.Session, pos, ownTo, have, room, roomBytes, paced)
 		if f := n.sess.afterReplayRead.Load(); f != nil {
 			(*f)(id)
 		}
