@@ -335,12 +335,14 @@ func (c *catchUp) run() bool {
 		}
 	}
 	b := n.b.(sessionBroker)
+	last := -1 // the queue's room at the last look
 	for c.ctx.Err() == nil {
-		room, roomBytes, held, online, here := c.local.QueueRoom()
-		room, roomBytes = leaveRoom(b.Limits(), room, roomBytes)
-		if room > 0 && roomBytes != 0 {
-			idle = n.now() // the queue takes messages: the client keeps up
+		raw, rawBytes, held, online, here := c.local.QueueRoom()
+		room, roomBytes := leaveRoom(b.Limits(), raw, rawBytes)
+		if keepsUp(room, roomBytes, raw, last) {
+			idle = n.now()
 		}
+		last = raw
 		switch {
 		case !here:
 			// Ended (expired), replaced by a clean start, or given up
@@ -410,6 +412,16 @@ func (c *catchUp) run() bool {
 		}
 	}
 	return false
+}
+
+// keepsUp tells whether a catch-up's client keeps up, from the room
+// the catch-up may fill (room, roomBytes) and the queue's whole room
+// now (raw) and at the last look (last, -1 for none): the catch-up may
+// fill some, or the client took messages since the last look. Live
+// messages (this node's own clients') may keep the queue past what the
+// catch-up fills while its client takes them: that client is not idle.
+func keepsUp(room int, roomBytes int64, raw, last int) bool {
+	return room > 0 && roomBytes != 0 || last >= 0 && raw > last
 }
 
 // readTo reads, without holding routeMu, the records up to routed, as

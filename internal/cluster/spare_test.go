@@ -111,3 +111,51 @@ func TestCatchUpLeavesRoomForLive(t *testing.T) {
 		t.Fatalf("%d duplicates", o.dups)
 	}
 }
+
+// TestLeaveRoom: a catch-up fills three quarters of each limit of a
+// session's queue; below four messages it leaves nothing free.
+func TestLeaveRoom(t *testing.T) {
+	for _, tc := range []struct {
+		lim       broker.Limits
+		room      int
+		roomBytes int64
+		want      int
+		wantBytes int64
+	}{
+		{broker.Limits{MaxQueued: 1000}, 1000, -1, 750, -1},
+		{broker.Limits{MaxQueued: 1000}, 300, -1, 50, -1},
+		{broker.Limits{MaxQueued: 1000}, 200, -1, 0, -1},
+		{broker.Limits{MaxQueued: 1000, MaxQueuedBytes: 4000}, 1000, 4000, 750, 3000},
+		{broker.Limits{MaxQueued: 1000, MaxQueuedBytes: 4000}, 1000, 500, 750, 0},
+		{broker.Limits{MaxQueued: 3}, 3, -1, 3, -1},
+	} {
+		room, roomBytes := leaveRoom(tc.lim, tc.room, tc.roomBytes)
+		if room != tc.want || roomBytes != tc.wantBytes {
+			t.Errorf("leaveRoom(%+v, %d, %d) = %d, %d; want %d, %d", tc.lim, tc.room, tc.roomBytes, room, roomBytes, tc.want, tc.wantBytes)
+		}
+	}
+}
+
+// TestCatchUpKeepsUp: a catch-up's client is idle only when the
+// catch-up may fill nothing and the client took nothing since the last
+// look; live messages that keep the queue full while the client takes
+// messages do not make it idle.
+func TestCatchUpKeepsUp(t *testing.T) {
+	for _, tc := range []struct {
+		room      int
+		roomBytes int64
+		raw, last int
+		want      bool
+	}{
+		{5, -1, 255, 250, true},  // room to fill
+		{5, 0, 255, 255, false},  // the bytes are full, nothing taken
+		{0, -1, 200, 100, true},  // took 100 since the last look
+		{0, -1, 100, 200, false}, // live messages filled it, nothing taken
+		{0, -1, 100, 100, false}, // nothing moved
+		{0, -1, 100, -1, false},  // first look
+	} {
+		if got := keepsUp(tc.room, tc.roomBytes, tc.raw, tc.last); got != tc.want {
+			t.Errorf("keepsUp(%d, %d, %d, %d) = %v, want %v", tc.room, tc.roomBytes, tc.raw, tc.last, got, tc.want)
+		}
+	}
+}
