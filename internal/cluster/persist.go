@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -346,7 +347,18 @@ type publisher struct {
 	// it waited for a record, keptAcked the records republish found
 	// acknowledged already and did not send again (tests).
 	elections, keptAcked atomic.Uint64
+	// overtakes counts the records published again because a later
+	// record to the same stream was acknowledged first (overtaken).
+	overtakes atomic.Uint64
+	// silent, when positive, makes that many next batch records vanish
+	// without an answer, as a record that reached a server no longer
+	// leading the stream does (tests): not published, never answered.
+	silent atomic.Int32
 }
+
+// overtakeCheck is how often acknowledge, waiting for a record, looks
+// whether a later record to the same stream was acknowledged (overtaken).
+const overtakeCheck = 250 * time.Millisecond
 
 // loseNext makes the next k batch records fail as lost (tests).
 func (q *publisher) loseNext(k int32) {
@@ -498,6 +510,8 @@ func (q *publisher) send(js jetstream.JetStream, ctx context.Context, pd pending
 	pd.sent = time.Now().UnixNano()
 	if pd.batch && q.lose.Load() > 0 && q.retries.Load() == q.loseAt.Load() && q.lose.Add(-1) >= 0 {
 		pd.paf, pd.err = nil, nats.ErrNoResponders
+	} else if pd.batch && q.silent.Load() > 0 && q.silent.Add(-1) >= 0 {
+		pd.paf, pd.err = unanswered{pd.req.msg}, nil
 	} else {
 		pd.paf, pd.err = publishBy(js, pd.req.msg, pd.req.deadline)
 	}
@@ -564,6 +578,9 @@ func (q *publisher) republish(js jetstream.JetStream, pd *pending) {
 	pd.paf, pd.err = publishBy(js, pd.req.msg, pd.req.deadline)
 	for i := range q.out {
 		o := &q.out[i]
+		if o.paf == nil && o.err == nil && o.req.msg.Header.Get(nats.MsgIdHdr) != "" {
+			continue // found acknowledged before
+		}
 		if o.paf != nil && o.req.msg.Header.Get(nats.MsgIdHdr) != "" {
 			select {
 			case <-o.paf.Ok():
@@ -580,6 +597,57 @@ func (q *publisher) republish(js jetstream.JetStream, pd *pending) {
 		q.republished.Add(1)
 	}
 }
+
+// overtaken tells whether a record published after pd to the same
+// stream was acknowledged while pd was not, pd having waited at least
+// overtakeCheck. A stream's leader answers the records it takes in the
+// order it takes them, so pd did not reach the leader that took the
+// later one: it went to a server that no longer led the stream, which
+// drops such a record without an answer (nats-server answers neither
+// "not leader" nor anything else), or to a leader that died with it.
+// Published again at once, it lands behind the later record rather
+// than after the 5 s timeout behind every record sent in that time
+// (docs/cluster.md, "Order when a node dies"). A record answered by an
+// old leader late is harmless to send again: the stream knows its ID
+// and answers with its place.
+func (q *publisher) overtaken(pd *pending) bool {
+	if time.Now().UnixNano()-pd.sent < int64(overtakeCheck) {
+		return false
+	}
+	sessions := strings.HasPrefix(pd.req.msg.Subject, sessPrefix)
+	q.sendMu.Lock()
+	defer q.sendMu.Unlock()
+	for i := range q.out {
+		o := &q.out[i]
+		if strings.HasPrefix(o.req.msg.Subject, sessPrefix) != sessions {
+			continue
+		}
+		if o.paf == nil {
+			if o.err == nil {
+				return true // acknowledged, found so before
+			}
+			continue
+		}
+		select {
+		case <-o.paf.Ok():
+			// Taken from its one-slot channel: acknowledge learns it
+			// from o (as in republish; a record of the sessions' stream
+			// is sent again after pd all the same).
+			o.paf, o.err = nil, nil
+			return true
+		default:
+		}
+	}
+	return false
+}
+
+// unanswered is the future of a record that vanished without an answer
+// (tests: publisher.silent).
+type unanswered struct{ msg *nats.Msg }
+
+func (unanswered) Ok() <-chan *jetstream.PubAck { return nil }
+func (unanswered) Err() <-chan error            { return nil }
+func (u unanswered) Msg() *nats.Msg             { return u.msg }
 
 var errClosed = errors.New("cluster: node closed")
 
@@ -650,6 +718,8 @@ func (q *publisher) watchLeaders(nc *nats.Conn) {
 // acknowledge waits for each publication's acknowledgement in order.
 func (q *publisher) acknowledge(js jetstream.JetStream, ctx context.Context) {
 	p := q.n.persistence()
+	look := time.NewTicker(overtakeCheck)
+	defer look.Stop()
 	for {
 		pd, ok := q.take(ctx)
 		if !ok {
@@ -668,6 +738,12 @@ func (q *publisher) acknowledge(js jetstream.JetStream, ctx context.Context) {
 					// not the one that made the stream ready.)
 					if q.electedAt.Load() > pd.sent {
 						q.elections.Add(1)
+						q.republish(js, &pd)
+					}
+					continue
+				case <-look.C:
+					if q.overtaken(&pd) {
+						q.overtakes.Add(1)
 						q.republish(js, &pd)
 					}
 					continue

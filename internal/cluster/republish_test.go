@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/moatmq/moat/client"
+	"github.com/moatmq/moat/internal/testutil"
 )
 
 // TestRepublishKeepsOrder: two batch records of a publisher's node are
@@ -202,5 +203,77 @@ func TestRepublishKeepsAcknowledged(t *testing.T) {
 		if q.keptAcked.Load() > before {
 			return
 		}
+	}
+}
+
+// TestOvertakenRecordPublishedAgain: a batch record of a publisher's
+// node vanishes without an answer, as one that reached a server no
+// longer leading the stream does, while the records after it are
+// acknowledged. Once a later record is acknowledged the node publishes
+// the vanished one again (with what follows it and is not acknowledged)
+// instead of waiting for its timeout (5 s; the vanished record here is
+// never answered, so without the rule the test waits out its deadline):
+// every message arrives and every PUBACK comes. The record lands after
+// the later ones (counted): that order the stream cannot give back.
+func TestOvertakenRecordPublishedAgain(t *testing.T) {
+	nodes := commonCluster(t)
+	sub := dial(t, nodes[1].addr, "otsub", client.V5)
+	subscribe(t, sub, 1, "ot/#")
+	pub := dial(t, nodes[0].addr, "otpub", client.V5)
+	awaitRoute(t, pub, sub, "ot/probe")
+	q := nodes[0].node.pub
+	before := q.overtakes.Load()
+
+	const n = 300
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	q.silent.Store(1)
+	defer q.silent.Store(0)
+	toks := make([]*client.Token, 0, n)
+	for i := range n {
+		toks = append(toks, pub.PublishAsync(ctx, &client.Message{Topic: "ot/0", QoS: 1, Payload: []byte(strconv.Itoa(i))}))
+		if i == 0 {
+			// The first message alone in the record that vanishes: the
+			// others go in later records.
+			testutil.WaitFor(t, "the record to vanish", 30*time.Second, func() bool { return q.silent.Load() <= 0 })
+		}
+	}
+	got := make(map[int]bool)
+	last, ahead := -1, 0
+	deadline := time.After(60 * time.Second)
+	for len(got) < n {
+		select {
+		case m := <-sub.Messages():
+			if m.Topic != "ot/0" {
+				continue
+			}
+			i, err := strconv.Atoi(string(m.Payload))
+			if err != nil || i < 0 || i >= n || got[i] {
+				t.Fatalf("payload %q (again?)", m.Payload)
+			}
+			got[i] = true
+			if i < last {
+				ahead++
+			}
+			last = max(last, i)
+		case <-deadline:
+			q.sendMu.Lock()
+			out := len(q.out)
+			q.sendMu.Unlock()
+			t.Fatalf("received %d of %d; records published again as overtaken: %d; out %d, inflight %d, silent %d", len(got), n, q.overtakes.Load()-before, out, q.inflight.Load(), q.silent.Load())
+		}
+	}
+	for i, tk := range toks {
+		if err := tk.Wait(ctx); err != nil {
+			t.Fatalf("message %d: %v", i, err)
+		}
+	}
+	if q.silent.Load() > 0 {
+		t.Fatal("no record vanished")
+	}
+	ot := q.overtakes.Load() - before
+	t.Logf("records published again as overtaken: %d; messages after a later one: %d", ot, ahead)
+	if ot == 0 {
+		t.Fatal("the vanished record was not published again as overtaken")
 	}
 }
