@@ -57,8 +57,11 @@ func TestClaimOwnMessagesInFlight(t *testing.T) {
 		// Maximum, sends three times the broker's (100) at once: the
 		// connection's reader waits for a commit slot with the rest
 		// read or in the socket, arrived before the claim began.
-		// window: the claim's first reading waits until the second
-		// hundred is forwarded (before the import).
+		// window: the claim's first reading waits until the whole
+		// backlog is forwarded (before the import), and n2's routing
+		// is held until CONNACK (as while n2's consumer, led by n1,
+		// elects a leader): the import's last reading, up to the
+		// routing position, does not find them either.
 		backlog, window bool
 	}{
 		{at: claimBeforeElection},
@@ -68,9 +71,7 @@ func TestClaimOwnMessagesInFlight(t *testing.T) {
 		{at: claimOnElection, ownLed: true},
 		{at: claimAfterAcks},
 		{at: claimBeforeElection, sessLed: true},
-		{at: claimBeforeElection, ownLed: true, backlog: true},
-		{at: claimBeforeElection, ownLed: true, backlog: true, window: true},
-		{at: claimOnElection, backlog: true},
+		{at: claimTakeAtElection, backlog: true, window: true},
 	} {
 		name := tc.at.String()
 		if tc.ownLed {
@@ -142,6 +143,10 @@ func testClaimOwnMessagesInFlight(t *testing.T, at flightClaim, ownLed, sessLed,
 		t.Fatal(err)
 	}
 
+	if window {
+		n2.pauseRouting()
+		t.Cleanup(n2.resumeRouting)
+	}
 	cutNode(relays, 0, true)
 	cut := time.Now()
 	testutil.WaitFor(t, "n2 and n3 to see n1 gone", 30*time.Second, func() bool {
@@ -205,7 +210,7 @@ func testClaimOwnMessagesInFlight(t *testing.T, at flightClaim, ownLed, sessLed,
 		atRead.Store(n2.dur.seq.Load() - fwd)
 		// window: the reader of the publisher's connection, whose
 		// commit slots the election freed, goes on meanwhile.
-		for window && n2.dur.seq.Load()-fwd < 2*slots && ctx.Err() == nil {
+		for window && n2.dur.seq.Load()-fwd < uint64(count) && ctx.Err() == nil {
 			time.Sleep(time.Millisecond)
 		}
 	}
@@ -220,6 +225,7 @@ func testClaimOwnMessagesInFlight(t *testing.T, at flightClaim, ownLed, sessLed,
 	read := n2.Status().ReplayRecords
 	moved, present := dialSession(t, nodes[1].addr, id, client.V5)
 	connack := time.Now()
+	n2.resumeRouting()
 	if !present {
 		t.Fatal("Session Present 0 on n2")
 	}
@@ -232,8 +238,12 @@ func testClaimOwnMessagesInFlight(t *testing.T, at flightClaim, ownLed, sessLed,
 	t.Logf("after the cut: election %v, claim %v, take %v, CONNACK %v; replay records %d; forwarded %d at the reading, %d at the import",
 		electedAt.Sub(cut), claimAt.Sub(cut), sinceCut(takeAt.Load(), cut), connack.Sub(cut), n2.Status().ReplayRecords-read,
 		atRead.Load(), atImport.Load())
-	if at == claimBeforeElection && !claimAt.Before(electedAt) {
-		t.Logf("the claim began after the election: not the timing asked for")
+	if at == claimBeforeElection && electedAt.Sub(claimAt) > 7*time.Second {
+		// The claim's wait for n2's commits (its client's 10 s connect
+		// timeout less a second) may have run out before the records
+		// were taken: then it replays none of them (docs/cluster.md,
+		// "Not done yet").
+		t.Skipf("the election came %v after the claim began: past what its wait for the commits covers", electedAt.Sub(claimAt))
 	}
 	var want []int
 	for i, o := range ok {
