@@ -2275,6 +2275,12 @@ func (n *Node) replayOwnLate(ctx context.Context, p *persistence, rs *replaySet,
 		if m.Header.Get(hdrOrigin) != rs.self {
 			continue // routing delivers it
 		}
+		if m.Sequence <= rs.pos.seq {
+			// Routed by the old home (its position past the bound of
+			// the reading): noted, as add does.
+			rs.add(m, 0)
+			continue
+		}
 		if m.Subject == batchSubject {
 			entries, err := decodeBatch(m.Data)
 			if err != nil {
