@@ -1823,6 +1823,10 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 	// imported: first, before anything routing delivers to it.
 	var rs *replaySet
 	var ownTo uint64
+	// ownFwd: this node's forwarding sequence as the wait in ownEnd
+	// began; ownOK: the wait ended in time (replayOwnLate).
+	var ownFwd uint64
+	ownOK := false
 	if pos.replay {
 		n.dur.routeMu.Lock()
 		to := n.dur.routed
@@ -1844,7 +1848,9 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 			// part of the queue free for the messages that come live.
 			room, roomBytes = leaveRoom(b.Limits(), room, roomBytes)
 		}
-		ownTo = max(to, n.ownEnd(ctx, p, to, ownWait(time.Until(patience), hasPatience)))
+		ownFwd = n.dur.seq.Load()
+		end, ok := n.ownEnd(ctx, p, to, ownWait(time.Until(patience), hasPatience))
+		ownTo, ownOK = max(to, end), ok
 		rs = n.readReplay(ctx, id, cs.Session.Session, pos, ownTo, have, room, roomBytes, paced)
 		if f := n.sess.afterReplayRead.Load(); f != nil {
 			(*f)(id)
@@ -1886,6 +1892,9 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 	if f := n.sess.beforeImport.Load(); f != nil {
 		(*f)(id)
 	}
+	// The messages this node forwarded up to here were routed here
+	// before the session was (replayOwnLate).
+	fwdAt := n.dur.seq.Load()
 	if cs.Hold {
 		// The routing passes made while the session holds deliveries
 		// back are acknowledged once those are written (holdAcks).
@@ -1998,8 +2007,13 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 			// The messages found and what is held back are delivered
 			// once the catch-up reached the routing position.
 			n.startCatchUp(id, rs, local, skip, ownTo)
-		} else if c := local.Deliver(skip); c > 0 {
-			n.log.Info("cluster: messages of this node replayed to a moved session", "client", id, "count", c)
+		} else {
+			if rs != nil && !rs.failed && !rs.full && ownOK && fwdAt > ownFwd {
+				n.replayOwnLate(ctx, p, rs, local, fwdAt, ownWait(time.Until(patience), hasPatience))
+			}
+			if c := local.Deliver(skip); c > 0 {
+				n.log.Info("cluster: messages of this node replayed to a moved session", "client", id, "count", c)
+			}
 		}
 		if lost {
 			// Dropped after the claim took the home: too late to refuse.
@@ -2172,8 +2186,8 @@ func (rs *replaySet) setFilters(filters []string) {
 // ownEnd returns the stream's last sequence once the commits submitted
 // to p so far are done (the records of this node's own messages
 // forwarded so far are then in the stream), at most maxOwnScan past
-// routed; routed when it cannot tell within wait.
-func (n *Node) ownEnd(ctx context.Context, p *persistence, routed uint64, wait time.Duration) uint64 {
+// routed, and true; routed and false when it cannot tell within wait.
+func (n *Node) ownEnd(ctx context.Context, p *persistence, routed uint64, wait time.Duration) (uint64, bool) {
 	// While the stream changes leaders the commits and the stream's
 	// information wait, and the session, home here already, is not
 	// imported meanwhile (ownWait). Past wait the replay stops at
@@ -2185,16 +2199,117 @@ func (n *Node) ownEnd(ctx context.Context, p *persistence, routed uint64, wait t
 	select {
 	case err := <-done:
 		if err != nil {
-			return routed
+			return routed, false
 		}
 	case <-ctx.Done():
-		return routed
+		return routed, false
 	}
 	info, err := n.msgStream().Info(ctx)
 	if err != nil {
-		return routed
+		return routed, false
 	}
-	return min(info.State.LastSeq, routed+maxOwnScan)
+	return min(info.State.LastSeq, routed+maxOwnScan), true
+}
+
+// replayOwnLate delivers to the session of rs, imported holding back
+// what routing delivers to it, the messages of this node's own clients
+// forwarded before the import (forwarding sequence up to forwarded)
+// that reached it neither from the reading of rs nor from local (the
+// record of recent messages): arrived before the claim began, and
+// forwarded only after the wait in ownEnd began, their records are past
+// what rs read. A connection's reader does that when it waited for a
+// commit slot (the broker's Receive Maximum, 100 by default) while the
+// stream had no leader, with more of its client's messages read or
+// waiting in the socket (an MQTT 3.1.1 client knows no Receive
+// Maximum): once the stream's new leader takes the first ones, the
+// reader goes on with the others during the claim. It waits for this
+// node's commits again (as long as ownEnd waits, wait) and reads the
+// records after rs.to up to the stream's end.
+func (n *Node) replayOwnLate(ctx context.Context, p *persistence, rs *replaySet, local *broker.LocalReplay,
+	forwarded uint64, wait time.Duration) {
+	end, ok := n.ownEnd(ctx, p, rs.to, wait)
+	if !ok {
+		n.log.Warn("cluster: this node's messages forwarded while a session moved here could not be waited for; some may be missing from it",
+			"client", rs.id)
+		return
+	}
+	if end <= rs.to {
+		return
+	}
+	found := make(map[string]bool) // delivered by local
+	for _, m := range local.Found() {
+		if ref := n.ownRef(m); ref != "" {
+			found[ref] = true
+		}
+	}
+	r, err := newRecordReader(n, rs.subjects, rs.to+1, end)
+	if err != nil {
+		n.log.Error("cluster: this node's messages forwarded while a session moved here could not be read; some may be missing from it",
+			"client", rs.id, "err", err)
+		return
+	}
+	b := n.b.(sessionBroker)
+	var wg sync.WaitGroup
+	count := 0
+	take := func(seq uint64, ref string, msg func() (*broker.Message, error)) {
+		if seq > forwarded || rs.have[ref] || rs.reached[ref] || found[ref] {
+			return // forwarded after the import (delivered), or delivered already
+		}
+		m, err := msg()
+		if err != nil || !matchesAny(rs.filters, m.Topic) {
+			return
+		}
+		rs.reached[ref] = true
+		wg.Add(1)
+		count++
+		n.dur.refs.Store(m, ref)
+		b.DeliverToSession(rs.id, m, func(error) { wg.Done() })
+		n.dur.refs.Delete(m)
+	}
+	for {
+		m, err := r.read(ctx)
+		if err != nil {
+			n.log.Error("cluster: this node's messages forwarded while a session moved here could not be read; some may be missing from it",
+				"client", rs.id, "err", err)
+			break
+		}
+		if m == nil {
+			break
+		}
+		n.dstats.replayRead.Add(1)
+		if m.Header.Get(hdrOrigin) != rs.self {
+			continue // routing delivers it
+		}
+		if m.Sequence <= rs.pos.seq {
+			// Routed by the old home (its position past the bound of
+			// the reading): noted, as add does.
+			rs.add(m, 0)
+			continue
+		}
+		if m.Subject == batchSubject {
+			entries, err := decodeBatch(m.Data)
+			if err != nil {
+				continue
+			}
+			for i := range entries {
+				take(entries[i].seq, msgID(rs.self, entries[i].seq), entries[i].message)
+			}
+			continue
+		}
+		// A single record (a node of the cluster may not read batches).
+		seq, err := strconv.ParseUint(m.Header.Get(hdrSeq), 10, 64)
+		sent, serr := strconv.ParseInt(m.Header.Get(hdrSent), 10, 64)
+		if err != nil || serr != nil {
+			continue
+		}
+		take(seq, m.Header.Get(nats.MsgIdHdr), func() (*broker.Message, error) {
+			return decodeMessage(m.Data, m.Header.Get(hdrFrom), time.Unix(0, sent))
+		})
+	}
+	wg.Wait()
+	if count > 0 {
+		n.log.Info("cluster: messages of this node forwarded while a session moved here replayed to it", "client", rs.id, "count", count)
+	}
 }
 
 // ownWaitMax bounds how long a claim waits in ownEnd.
