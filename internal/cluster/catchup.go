@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -75,8 +76,17 @@ type catchUp struct {
 	skip  func(*broker.Message) bool
 	// ownTo: this node's own messages in records up to ownTo are
 	// replayed from the stream; later ones reach the session live (held
-	// back) or through local.
-	ownTo uint64
+	// back) or through local, except those forwarded up to fwdAt (as
+	// the session was imported) that local did not find (localRefs):
+	// routed here before the session was, they are replayed from the
+	// stream too (lateOwn).
+	ownTo     uint64
+	fwdAt     uint64
+	localRefs map[string]bool
+	// lateTo: the stream's end once the commits submitted as the
+	// catch-up began were done (lateEnd); it ends only once routing
+	// passed it, so that it read the records of the late own messages.
+	lateTo uint64
 	// started is n.now() when it began; delivered counts the messages
 	// it delivered.
 	started   time.Time
@@ -136,7 +146,8 @@ const pacedNear = 32
 // CatchUp, whose replay rs stopped at the bound; local holds what this
 // node's own clients published during the claim and what the session
 // holds back, skip what of it the session got.
-func (n *Node) startCatchUp(id string, rs *replaySet, local *broker.LocalReplay, skip func(*broker.Message) bool, ownTo uint64) {
+func (n *Node) startCatchUp(id string, rs *replaySet, local *broker.LocalReplay, skip func(*broker.Message) bool, ownTo, fwdAt uint64,
+	localRefs map[string]bool) {
 	if n.ctx.Err() != nil {
 		// The node closes: its broker is shut down already.
 		local.Deliver(skip)
@@ -149,6 +160,7 @@ func (n *Node) startCatchUp(id string, rs *replaySet, local *broker.LocalReplay,
 	}
 	c := n.newCatchUp(id, false)
 	c.rs, c.local, c.skip, c.ownTo, c.marked = rs, local, skip, ownTo, rs.pos.seq
+	c.fwdAt, c.localRefs = fwdAt, localRefs
 	n.sess.cuMu.Lock()
 	if n.sess.catchUps == nil {
 		n.sess.catchUps = make(map[string]*catchUp)
@@ -323,6 +335,7 @@ func (n *Node) startPaced(seq uint64, msgs []*broker.Message, refs, ids []string
 // shuts down: nothing is).
 func (c *catchUp) run() bool {
 	n, rs := c.n, c.rs
+	c.lateEnd()
 	idle := n.now()
 	t := time.NewTicker(catchUpPoll)
 	defer t.Stop()
@@ -367,7 +380,7 @@ func (c *catchUp) run() bool {
 			n.dur.routeMu.Lock()
 			routed := n.dur.routed
 			n.dur.routeMu.Unlock()
-			if room > 0 && roomBytes != 0 && routed > rs.to+pacedNear && routed >= c.ownTo {
+			if room > 0 && roomBytes != 0 && routed > rs.to+pacedNear && routed >= c.ownTo && routed >= c.lateTo {
 				// Far behind the routing position: read without holding
 				// the routing up (finish does, for the last records).
 				if ok, ended := c.readTo(routed, room, roomBytes); !ok {
@@ -375,7 +388,7 @@ func (c *catchUp) run() bool {
 				}
 				continue
 			}
-			if routed >= rs.to && routed >= c.ownTo {
+			if routed >= rs.to && routed >= c.ownTo && routed >= c.lateTo {
 				done, err := c.finish(room, roomBytes)
 				if done {
 					return true
@@ -488,7 +501,7 @@ func (c *catchUp) deliver(k int) (wait func()) {
 	var wg sync.WaitGroup
 	for _, r := range rs.msgs[:k] {
 		if r.origin == n.origin {
-			if r.seq > c.ownTo || rs.reached[r.ref] {
+			if r.seq > c.ownTo && !c.lateOwn(r.ref) || rs.reached[r.ref] {
 				continue
 			}
 			rs.reached[r.ref] = true // for skip
@@ -516,6 +529,46 @@ func (c *catchUp) deliver(k int) (wait func()) {
 		rs.msgs = nil
 	}
 	return wg.Wait
+}
+
+// lateOwn tells whether this node's own message of stream ID ref, in a
+// record past ownTo, is one the catch-up replays: forwarded before the
+// session was imported (routed here before it was) and not found by
+// local. A connection's reader that waited for a commit slot while the
+// stream had no leader goes on with its client's messages during the
+// claim, after the claim's wait for this node's commits: their records
+// land past ownTo, and they arrived before the claim began, so local
+// does not hold them (as replayOwnLate for a claim without a catch-up).
+func (c *catchUp) lateOwn(ref string) bool {
+	if c.fwdAt == 0 || c.localRefs[ref] {
+		return false
+	}
+	i := strings.LastIndexByte(ref, '/')
+	if i < 0 {
+		return false
+	}
+	seq, err := strconv.ParseUint(ref[i+1:], 10, 64)
+	return err == nil && seq <= c.fwdAt
+}
+
+// lateEnd sets lateTo when the catch-up replays late own messages: it
+// waits (ownWaitMax at most) until the commits submitted so far are
+// done, this node's forwarding up to fwdAt among them, and takes the
+// stream's end then. Past the wait the late messages whose records
+// routing has not passed when the catch-up ends are missing (logged).
+func (c *catchUp) lateEnd() {
+	if c.fwdAt == 0 {
+		return
+	}
+	end, ok := c.n.ownEnd(c.ctx, c.n.persistence(), c.rs.to, ownWaitMax)
+	if !ok {
+		if c.ctx.Err() == nil {
+			c.n.log.Warn("cluster: this node's messages forwarded while a session moved here could not be waited for; some may be missing from it",
+				"client", c.id)
+		}
+		return
+	}
+	c.lateTo = end
 }
 
 // finish reads, holding routeMu, what was routed since the last reading

@@ -63,15 +63,21 @@ func TestClaimOwnMessagesInFlight(t *testing.T) {
 		// elects a leader): the import's last reading, up to the
 		// routing position, does not find them either.
 		backlog, window bool
+		// catchUp: the session's queue on n2 (max_queued_messages 50)
+		// takes fewer than the claim finds: its first reading fills the
+		// room, and the rest, the late messages among them, follow in
+		// the catch-up.
+		catchUp bool
 	}{
+		// Also passed when written, and left out for the suite's time:
+		// before the election with n2's consumer on n1, on the
+		// election without it, after the acknowledgements.
 		{at: claimBeforeElection},
-		{at: claimBeforeElection, ownLed: true},
 		{at: claimTakeAtElection},
-		{at: claimOnElection},
 		{at: claimOnElection, ownLed: true},
-		{at: claimAfterAcks},
 		{at: claimBeforeElection, sessLed: true},
 		{at: claimTakeAtElection, backlog: true, window: true},
+		{at: claimTakeAtElection, backlog: true, window: true, catchUp: true},
 	} {
 		name := tc.at.String()
 		if tc.ownLed {
@@ -86,13 +92,16 @@ func TestClaimOwnMessagesInFlight(t *testing.T) {
 		if tc.window {
 			name += " forwarded during the reading"
 		}
+		if tc.catchUp {
+			name += ", catching up"
+		}
 		t.Run(name, func(t *testing.T) {
-			testClaimOwnMessagesInFlight(t, tc.at, tc.ownLed, tc.sessLed, tc.backlog, tc.window)
+			testClaimOwnMessagesInFlight(t, tc.at, tc.ownLed, tc.sessLed, tc.backlog, tc.window, tc.catchUp)
 		})
 	}
 }
 
-func testClaimOwnMessagesInFlight(t *testing.T, at flightClaim, ownLed, sessLed, backlog, window bool) {
+func testClaimOwnMessagesInFlight(t *testing.T, at flightClaim, ownLed, sessLed, backlog, window, catchUp bool) {
 	const id, slots = "flight", 100 // slots: broker.DefaultReceiveMaximum
 	count, version := slots, client.V5
 	if backlog {
@@ -221,6 +230,13 @@ func testClaimOwnMessagesInFlight(t *testing.T, at flightClaim, ownLed, sessLed,
 		}
 	}
 	n2.sess.beforeImport.Store(&importHook)
+	if catchUp {
+		lim := nodes[1].srv.Limits()
+		lim.MaxQueued = 50
+		if _, err := nodes[1].srv.SetLimits(lim); err != nil {
+			t.Fatal(err)
+		}
+	}
 	claimAt := time.Now()
 	read := n2.Status().ReplayRecords
 	moved, present := dialSession(t, nodes[1].addr, id, client.V5)
@@ -255,6 +271,9 @@ func testClaimOwnMessagesInFlight(t *testing.T, at flightClaim, ownLed, sessLed,
 		t.Logf("%d of %d messages acknowledged", len(want), count)
 	}
 	receiveAll(t, moved, want)
+	if st := n2.Status(); catchUp && st.CatchUps == 0 {
+		t.Fatal("the claim did not catch up")
+	}
 }
 
 // sinceCut returns at (Unix ns) less cut, 0 for none.

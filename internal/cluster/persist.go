@@ -611,15 +611,14 @@ func (q *publisher) republish(js jetstream.JetStream, pd *pending) {
 // old leader late is harmless to send again: the stream knows its ID
 // and answers with its place.
 func (q *publisher) overtaken(pd *pending) bool {
-	if time.Now().UnixNano()-pd.sent < int64(overtakeCheck) {
+	if time.Now().UnixNano()-pd.sent < int64(overtakeCheck) || !durableRecord(pd.req.msg) {
 		return false
 	}
-	sessions := strings.HasPrefix(pd.req.msg.Subject, sessPrefix)
 	q.sendMu.Lock()
 	defer q.sendMu.Unlock()
 	for i := range q.out {
 		o := &q.out[i]
-		if strings.HasPrefix(o.req.msg.Subject, sessPrefix) != sessions {
+		if !durableRecord(o.req.msg) {
 			continue
 		}
 		if o.paf == nil {
@@ -631,14 +630,22 @@ func (q *publisher) overtaken(pd *pending) bool {
 		select {
 		case <-o.paf.Ok():
 			// Taken from its one-slot channel: acknowledge learns it
-			// from o (as in republish; a record of the sessions' stream
-			// is sent again after pd all the same).
+			// from o (as in republish).
 			o.paf, o.err = nil, nil
 			return true
 		default:
 		}
 	}
 	return false
+}
+
+// durableRecord tells a record of the durable stream (its messages,
+// each with a message ID the stream drops copies by) from one of the
+// sessions' stream. Only the former are looked at by overtaken: a record
+// of the sessions' stream published again writes it again, and waits
+// for its timeout as before.
+func durableRecord(m *nats.Msg) bool {
+	return strings.HasPrefix(m.Subject, durablePrefix) && m.Header.Get(nats.MsgIdHdr) != ""
 }
 
 // unanswered is the future of a record that vanished without an answer
@@ -742,10 +749,21 @@ func (q *publisher) acknowledge(js jetstream.JetStream, ctx context.Context) {
 					}
 					continue
 				case <-look.C:
-					if q.overtaken(&pd) {
-						q.overtakes.Add(1)
-						q.republish(js, &pd)
+					// pd's own answer first: select picks among the
+					// cases ready at random, and an answer taken here
+					// is kept in pd.
+					select {
+					case <-pd.paf.Ok():
+						pd.paf, pd.err = nil, nil
+					case e := <-pd.paf.Err():
+						pd.paf, pd.err = nil, e
+					default:
+						if q.overtaken(&pd) {
+							q.overtakes.Add(1)
+							q.republish(js, &pd)
+						}
 					}
+					attempt-- // a look is no attempt: the backoff stays
 					continue
 				case <-ctx.Done():
 					err = errClosed

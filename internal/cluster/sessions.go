@@ -1977,6 +1977,7 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 	wait()
 	if cs.Hold {
 		ownQoS0Seq, ownRef := n.ownQoS0Seq, n.ownRef
+		localRefs := make(map[string]bool)
 		if catching {
 			// The catch-up decides once it is done, after this claim:
 			// the IDs this node noted for the messages found are kept
@@ -1992,6 +1993,9 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 			}
 			ownQoS0Seq = func(m *broker.Message) uint64 { return seqs[m] }
 			ownRef = func(m *broker.Message) string { return refs[m] }
+			for _, ref := range refs {
+				localRefs[ref] = true
+			}
 		}
 		skip := func(m *broker.Message) bool {
 			if pos.qos0 != 0 {
@@ -2006,7 +2010,11 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 		if catching {
 			// The messages found and what is held back are delivered
 			// once the catch-up reached the routing position.
-			n.startCatchUp(id, rs, local, skip, ownTo)
+			late := uint64(0) // the catch-up replays none of the late own messages
+			if ownOK && fwdAt > ownFwd {
+				late = fwdAt
+			}
+			n.startCatchUp(id, rs, local, skip, ownTo, late, localRefs)
 		} else {
 			if rs != nil && !rs.failed && !rs.full && ownOK && fwdAt > ownFwd {
 				n.replayOwnLate(ctx, p, rs, local, fwdAt, ownWait(time.Until(patience), hasPatience))
