@@ -21,12 +21,7 @@ import (
 // one by one, the second lost record landed after the next record,
 // which is sent as soon as the first one's acknowledgement makes room.
 func TestRepublishKeepsOrder(t *testing.T) {
-	nodes := commonCluster(t)
-	sub := dial(t, nodes[1].addr, "rpsub", client.V5)
-	subscribe(t, sub, 1, "rp/#")
-	pub := dial(t, nodes[0].addr, "rppub", client.V5)
-	awaitRoute(t, pub, sub, "rp/probe")
-	q := nodes[0].node.pub
+	sub, pub, q := publisherPair(t, "rp")
 	before := q.republished.Load()
 
 	// A round shows the case only when the client's next messages
@@ -43,6 +38,19 @@ func TestRepublishKeepsOrder(t *testing.T) {
 			return
 		}
 	}
+}
+
+// publisherPair returns, on the package's common cluster, a subscriber
+// to prefix/# on n2, a publisher on n1 whose messages reach it, and
+// n1's stream publisher.
+func publisherPair(t *testing.T, prefix string) (sub, pub *client.Client, q *publisher) {
+	t.Helper()
+	nodes := commonCluster(t)
+	sub = dial(t, nodes[1].addr, prefix+"sub", client.V5)
+	subscribe(t, sub, 1, prefix+"/#")
+	pub = dial(t, nodes[0].addr, prefix+"pub", client.V5)
+	awaitRoute(t, pub, sub, prefix+"/probe")
+	return sub, pub, nodes[0].node.pub
 }
 
 // publishInOrder publishes n QoS 1 messages on topic, of which the first
@@ -162,12 +170,7 @@ func TestStreamLeaderChangeKeepsOrder(t *testing.T) {
 // (the acknowledged record's ahead of the lost one's: the residual
 // case of docs/cluster.md), and every publication is acknowledged.
 func TestRepublishKeepsAcknowledged(t *testing.T) {
-	nodes := commonCluster(t)
-	sub := dial(t, nodes[1].addr, "rksub", client.V5)
-	subscribe(t, sub, 1, "rk/#")
-	pub := dial(t, nodes[0].addr, "rkpub", client.V5)
-	awaitRoute(t, pub, sub, "rk/probe")
-	q := nodes[0].node.pub
+	sub, pub, q := publisherPair(t, "rk")
 	t.Cleanup(func() { q.lose.Store(0) })
 	before := q.keptAcked.Load()
 	for round := 0; ; round++ {
@@ -216,12 +219,7 @@ func TestRepublishKeepsAcknowledged(t *testing.T) {
 // every message arrives and every PUBACK comes. The record lands after
 // the later ones (counted): that order the stream cannot give back.
 func TestOvertakenRecordPublishedAgain(t *testing.T) {
-	nodes := commonCluster(t)
-	sub := dial(t, nodes[1].addr, "otsub", client.V5)
-	subscribe(t, sub, 1, "ot/#")
-	pub := dial(t, nodes[0].addr, "otpub", client.V5)
-	awaitRoute(t, pub, sub, "ot/probe")
-	q := nodes[0].node.pub
+	sub, pub, q := publisherPair(t, "ot")
 	before := q.overtakes.Load()
 
 	const n = 300
