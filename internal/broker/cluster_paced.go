@@ -43,8 +43,8 @@ type pacedPass struct {
 }
 
 // DeliverRemoteBatchPaced is DeliverRemoteBatchDone for a Cluster that
-// can deliver later, from its stream, what a connected session has no
-// room for now. reserve is asked, for a session whose queue is full, and
+// can deliver later, from its stream, what a connected session (or one
+// resuming after a claim, its client on its way) has no room for now. reserve is asked, for a session whose queue is full, and
 // under that session's lock, whether the Cluster takes its catch-up
 // (it must not call into the Server); when it does, the session is
 // switched as described above and returned. The Cluster must end each
@@ -68,13 +68,15 @@ func (s *Server) DeliverRemoteBatchPaced(msgs []*Message, reserve func(clientID 
 
 // paceLocked switches sess (s.mu held), whose queue has no room for d, a
 // delivery of a paced routing pass, to a catch-up, if it can: sess is
-// connected, d is a QoS 1/2 delivery through a non-shared subscription,
+// connected, or its client is on its way (resuming: its claim imported
+// it, and the client is attached a moment later), d is a QoS 1/2
+// delivery through a non-shared subscription,
 // sess has no fence holding deliveries back or catching up already, and
 // the Cluster reserves the catch-up. It reports whether it did: d is not
 // queued then, nor dropped.
 func (s *session) paceLocked(srv *Server, d *delivery) bool {
 	p := d.msg.pace
-	if p == nil || d.share != nil || d.qos == 0 || s.conn == nil || s.conn.closing.Load() {
+	if p == nil || d.share != nil || d.qos == 0 || s.conn == nil && !s.resuming || s.conn != nil && s.conn.closing.Load() {
 		return false
 	}
 	if f := s.fence; f != nil && (f.holding || f.catchUp != nil) {

@@ -106,10 +106,22 @@ func (s *Server) claimClusterSession(ctx context.Context, c *conn, st *connectSt
 		return 0, "", attached // a fresh random ID without a session to keep
 	}
 	persistent := st.expiry != 0
+	awaits := persistent && !st.pkt.CleanStart
+	if awaits {
+		s.awaitClaim(st.clientID)
+	}
 	err := sc.ClaimSession(ctx, SessionClaim{ClientID: st.clientID, Discard: st.pkt.CleanStart, Persistent: persistent,
 		Owner: func(owner string, verified bool) (bool, string) {
 			return s.ownerCheck(c, st, &session{owner: sessionOwner{key: owner, verified: verified}})
 		}})
+	if awaits {
+		if err != nil {
+			s.claimOver(st.clientID)
+		} else {
+			id := st.clientID
+			attached = func() { s.claimOver(id) }
+		}
+	}
 	if err != nil {
 		var r *ClaimRefused
 		if errors.As(err, &r) && !r.Unavailable {
@@ -123,10 +135,63 @@ func (s *Server) claimClusterSession(ctx context.Context, c *conn, st *connectSt
 		return packet.ServerUnavailable, "the session is not available in the cluster now; try again", attached
 	}
 	if ca, ok := sc.(ClaimAttacher); ok && persistent {
-		id := st.clientID
-		attached = func() { ca.ClaimAttached(id) }
+		id, after := st.clientID, attached
+		attached = func() {
+			ca.ClaimAttached(id)
+			after()
+		}
 	}
 	return 0, "", attached
+}
+
+// awaitClaim notes that a claim of id's persistent session, which the
+// client resumes, is under way on this node, until claimOver: the
+// session, here already or imported meanwhile, holds this node's
+// publishers back while its queue is over its mark, and takes their
+// messages past its limit rather than dropping them there
+// (session.resuming), until its client is attached and its queue under
+// its limit. Its client is about to take them: a claim's import fills
+// the queue with what the session missed while it moved, and this
+// node's own clients' messages that came then, before the attachment or
+// just after it, found the queue full and were dropped (docs/cluster.md,
+// "Full queues that still drop"). The claim is bounded by the connect
+// timeout; once the client is attached, a client that takes nothing is
+// slow and lets the publishers go, as on one node.
+func (s *Server) awaitClaim(id string) {
+	s.sessMu.Lock()
+	defer s.sessMu.Unlock()
+	if s.claims == nil {
+		s.claims = make(map[string]int)
+	}
+	s.claims[id]++
+	if sess := s.lookup(id); sess != nil {
+		sess.mu.Lock()
+		sess.resuming = true
+		sess.mu.Unlock()
+	}
+}
+
+// claimOver ends a claim awaitClaim noted, once its client is attached
+// or refused. When it was the last one of id and the session has no
+// connection, it lets the publishers go, and the offline limits apply
+// again; an attached session resumes until its queue has room
+// (drainedLocked).
+func (s *Server) claimOver(id string) {
+	s.sessMu.Lock()
+	defer s.sessMu.Unlock()
+	if n := s.claims[id] - 1; n > 0 {
+		s.claims[id] = n
+		return
+	}
+	delete(s.claims, id)
+	if sess := s.lookup(id); sess != nil {
+		sess.mu.Lock()
+		if sess.resuming && sess.conn == nil {
+			sess.resuming = false
+			sess.releaseGateLocked()
+		}
+		sess.mu.Unlock()
+	}
 }
 
 // ImportSession registers a persistent session the cluster hands over,
@@ -175,6 +240,12 @@ func (s *Server) ImportSession(cs *ClusterSession) {
 		return
 	}
 	sess := s.restoreSession(cs.Session, cs.Messages, now, cs.Hold)
+	if s.claims[ss.ClientID] > 0 {
+		// Imported for a claim of this node (awaitClaim).
+		sess.mu.Lock()
+		sess.resuming = true
+		sess.mu.Unlock()
+	}
 	if cs.Hold && cs.CatchUp {
 		// Set before the lock is released: the Cluster routes its
 		// durable messages under a lock of its own held meanwhile, and

@@ -159,7 +159,9 @@ type Config struct {
 	// connected client whose queue is full: QueueDrop (the default) drops
 	// it, counted and logged; QueueBlock queues it and holds its publisher
 	// back until there is room (see QueuePolicy). A full queue of an
-	// offline session always drops. SetLimits changes it at run time.
+	// offline session drops (but one whose client is being attached after
+	// a cluster claim holds publishers back, docs/design/broker.md).
+	// SetLimits changes it at run time.
 	QueueFullPolicy QueuePolicy
 
 	// PushbackMessages and PushbackBytes are the backlog of one connected
@@ -171,10 +173,10 @@ type Config struct {
 	// queue of QoS 1 and 2 messages waiting for room in the in-flight
 	// window, and the connection's QoS 0 messages waiting to be written;
 	// bytes are topic and payload. A client is never held back by its own
-	// session, nor by an offline one. Defaults 100 messages (at most
-	// MaxQueued) and 1 MiB; a negative PushbackMessages turns holding back
-	// off, a negative PushbackBytes leaves only the message mark. SetLimits
-	// changes both at run time.
+	// session, nor by an offline one (but see QueueFullPolicy). Defaults
+	// 100 messages (at most MaxQueued) and 1 MiB; a negative
+	// PushbackMessages turns holding back off, a negative PushbackBytes
+	// leaves only the message mark. SetLimits changes both at run time.
 	PushbackMessages int
 	PushbackBytes    int64
 

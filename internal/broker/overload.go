@@ -35,7 +35,9 @@ import (
 
 // QueuePolicy says what happens to a QoS 1 or 2 message for a connected
 // client whose queue is full (Config.MaxQueued, Config.MaxQueuedBytes).
-// Messages for offline sessions are always dropped when the queue is full.
+// Messages for offline sessions are dropped when the queue is full, except
+// for a session whose client is being attached after a cluster claim
+// (session.resuming), which holds publishers back as under QueueBlock.
 type QueuePolicy byte
 
 const (
@@ -354,7 +356,10 @@ func (s *session) notePublisherQoS0(c *conn, pub *publisher, congested bool) {
 func (s *session) checkGate(srv *Server) {
 	s.mu.Lock()
 	g := &s.gate
-	forRoom := srv.limits().QueueFullPolicy == QueueBlock && s.fullLocked(srv)
+	// A session awaiting its client holds publishers for the claim's
+	// length, bounded by the connect timeout: it is not slow meanwhile,
+	// its client is not there yet to take anything.
+	forRoom := s.awaitingLocked() || srv.limits().QueueFullPolicy == QueueBlock && s.fullLocked(srv)
 	if forRoom && len(g.waiters) > 0 && g.progress == g.atTick && s.waitCycleLocked() {
 		g.timer = nil
 		g.cycle, g.slow = true, true
@@ -454,15 +459,30 @@ func (l *liveLimits) underLow(n int, b, markBytes int64) bool {
 // s.mu.
 func (s *session) holdsBackLocked(srv *Server) bool {
 	c := s.conn
-	if c == nil || c.closing.Load() {
+	if c == nil && !s.resuming || c != nil && c.closing.Load() {
 		return false
 	}
 	l := srv.limits()
-	if l.QueueFullPolicy == QueueBlock && !s.gate.cycle && s.fullLocked(srv) {
+	if s.blocksLocked(srv) && !s.gate.cycle && s.fullLocked(srv) {
 		return true
 	}
 	return !s.gate.slow && l.overMark(s.queue.len(), s.queueBytes, l.markBytes)
 }
+
+// blocksLocked reports whether s's full queue holds a publisher back
+// rather than dropping its message: under QueueBlock, and, whatever the
+// policy, while s resumes after a cluster claim (session.resuming):
+// waiting for its client, and then, its client attached, until the queue
+// the claim filled is under its limit, unless the client takes nothing
+// (slow). The caller holds s.mu.
+func (s *session) blocksLocked(srv *Server) bool {
+	return srv.limits().QueueFullPolicy == QueueBlock || s.resuming && (s.conn == nil || !s.gate.slow)
+}
+
+// awaitingLocked reports whether s has no connection and its client is
+// on its way (a cluster claim of its client ID is under way on this
+// node). The caller holds s.mu.
+func (s *session) awaitingLocked() bool { return s.resuming && s.conn == nil }
 
 // behindLocked reports whether one more message of qos and size bytes
 // (topic and payload) for s, which is connected, would reach the
@@ -499,6 +519,9 @@ func (s *session) drainedLocked(srv *Server, n int) {
 	}
 	if g.cycle && !s.fullLocked(srv) {
 		g.cycle = false
+	}
+	if s.resuming && s.conn != nil && !s.fullLocked(srv) {
+		s.resuming = false // the queue the claim filled has room again
 	}
 	if len(g.waiters) == 0 || s.holdsBackLocked(srv) {
 		return

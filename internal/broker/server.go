@@ -39,6 +39,9 @@ type Server struct {
 	// on the publish path go through sessions without it.
 	sessMu   sync.Mutex
 	sessions sync.Map // client ID → *session
+	// claims counts the persistent cluster claims under way on this
+	// node by client ID (awaitClaim); guarded by sessMu.
+	claims map[string]int
 
 	// mu guards the listener and connection sets and closed, which
 	// Shutdown sets before it waits for the goroutines: the accept loop
@@ -438,8 +441,15 @@ func (s *Server) attach(c *conn, st *connectState) (*session, bool, string) {
 				s.persistAsync(Change{Kind: ChangeDeleteWill, ClientID: sess.id})
 			}
 		}
+		// A new connection starts with a clean slate. But a session that
+		// awaited this client after a cluster claim keeps the publishers
+		// it holds in line: let go at once, each would find the queue as
+		// full as it left it and, under QueueDrop, lose a message there.
+		// They go on as the client drains it.
+		if !sess.resuming {
+			sess.releaseGateLocked()
+		}
 		sess.conn = c
-		sess.releaseGateLocked() // a new connection starts with a clean slate
 		sess.expiry = st.expiry
 		if s.persist != nil && st.expiry != 0 && !sess.stored {
 			sess.stored, sess.subList = true, make(map[string]StoredSubscription)
@@ -475,6 +485,9 @@ func (s *Server) attach(c *conn, st *connectState) (*session, bool, string) {
 		if present {
 			sess.resendLocked(c)
 			sess.fillLocked(s)
+		}
+		if sess.resuming && !sess.fullLocked(s) {
+			sess.resuming = false
 		}
 		sess.mu.Unlock()
 		s.sessMu.Unlock()
@@ -636,6 +649,8 @@ func (s *Server) detach(c *conn) {
 	}
 	sess.conn = nil
 	sess.releaseGateLocked() // nobody waits for an offline session
+	// Unless its client is on its way again (awaitClaim).
+	sess.resuming = s.claims[sess.id] > 0
 	expiry := sess.expiry
 	sess.mu.Unlock()
 

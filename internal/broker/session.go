@@ -79,9 +79,15 @@ type session struct {
 	// class, 416; TestSizeClasses). nextPID is the next packet
 	// identifier of an outbound QoS 1/2 message. ended is set when the
 	// session is removed: a routing pass that found it through a
-	// subscription not yet removed delivers nothing.
-	nextPID uint16
-	ended   bool
+	// subscription not yet removed delivers nothing. resuming is set
+	// from the start of a cluster claim of its client ID on this node
+	// (Server.awaitClaim) until its client, attached, has its queue
+	// under its limit (or is refused, or leaves): meanwhile a full queue
+	// holds this node's publishers back rather than dropping their
+	// messages (session.blocksLocked).
+	nextPID  uint16
+	ended    bool
+	resuming bool
 
 	// stored: the session is kept by Config.Persistence (it outlived a
 	// connection's CONNECT with a non-zero expiry); subList mirrors its
@@ -305,15 +311,23 @@ func (s *session) deliverLocked(srv *Server, d *delivery, b *pbatch, from *conn,
 	if c == nil || c.closing.Load() {
 		// Offline, or the connection is going away: what is sent now
 		// would be lost with it, so queue instead. Nobody is held back
-		// for an offline session: its queue's limits apply.
+		// for an offline session: its queue's limits apply. A session
+		// whose client is being attached after a cluster claim
+		// (resuming) is the exception: it holds a publisher back as if
+		// it were connected, and takes that publisher's message past
+		// its limit as QueueBlock does (enqueueLocked).
 		if d.qos == 0 && !srv.cfg.QueueQoS0 {
 			srv.stats.droppedQoS0.Add(1)
 			return false
 		}
-		if !s.enqueueLocked(srv, d, false) {
+		held := c == nil && s.resuming && pub != nil && pub.self != s
+		if !s.enqueueLocked(srv, d, held) {
 			return false
 		}
 		s.storeDeliveryLocked(srv, d, b, nil)
+		if held {
+			s.notePublisherLocked(srv, pub)
+		}
 		return true
 	}
 	if s.maxPacket > 0 && !fitsPacket(d, c.version, s.maxPacket, &clock{now: srv.cfg.Now}) {
@@ -373,6 +387,11 @@ func (s *session) startLocked(c *conn, d *delivery, b *pbatch, from *conn) {
 // back (held: the client is online, and d comes from another client's
 // PUBLISH routed by that client's reader): d is queued all the same and
 // its publisher is held back until there is room (notePublisherLocked).
+// A session resuming after a cluster claim does the same under either
+// policy (blocksLocked): its queue is full of what it missed while it
+// moved, and a message dropped there would be one its client, attached
+// a moment later, could have taken (docs/cluster.md, "Full queues that
+// still drop").
 // Without a publisher to hold (a message of another cluster node, a will,
 // the broker's own, a client's message to itself), a queue past its
 // limit would grow with nothing to stop it, so the drop policy applies;
@@ -387,7 +406,7 @@ func (s *session) enqueueLocked(srv *Server, d *delivery, held bool) bool {
 	// A queued message waits, perhaps for another connection: it keeps
 	// no shared encoding alive meanwhile.
 	d.enc = nil
-	if !d.owed && s.fullLocked(srv) && !s.dropExpiredLocked(srv) && (!held || srv.limits().QueueFullPolicy != QueueBlock || s.gate.cycle) {
+	if !d.owed && s.fullLocked(srv) && !s.dropExpiredLocked(srv) && (!held || !s.blocksLocked(srv) || s.gate.cycle) {
 		if d.msg.pace != nil && s.paceLocked(srv, d) {
 			return false // the cluster delivers it later (cluster_paced.go)
 		}

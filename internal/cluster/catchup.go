@@ -248,7 +248,7 @@ func (n *Node) markReleasing(id string, on bool) {
 }
 
 // reservePaced is asked by the broker, for a connected session of id
-// whose queue has no room for a message of another node that a routing
+// (or one whose client a claim is attaching) whose queue has no room for a message of another node that a routing
 // pass delivers, whether this node catches it up (startPaced) instead
 // of dropping the message: when no catch-up of it is under way, it is
 // not being given up, and fewer than maxPacedCatchUps run. It reserves
