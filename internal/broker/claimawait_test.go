@@ -273,3 +273,88 @@ func TestClaimPacesRemoteMessages(t *testing.T) {
 		})
 	}
 }
+
+// TestClaimHoldIsPatientButFair: a session whose client a claim brings
+// holds a publisher at its full queue however many PushbackWaits pass
+// (the fake clock), since nothing can be taken from it before the client
+// is there; but a publisher that also feeds a subscriber that keeps up is
+// let go after one, as on one node: that subscriber gets everything, and
+// the waiting session's full queue drops the rest for it, counted.
+func TestClaimHoldIsPatientButFair(t *testing.T) {
+	const limit, live = 10, 30
+	for _, feeds := range []bool{false, true} {
+		t.Run(fmt.Sprint("feeds=", feeds), func(t *testing.T) {
+			clk := newFakeClock()
+			ac := &awaitCluster{claiming: make(chan struct{}), release: make(chan struct{})}
+			srv, addr := testServer(t, Config{Clock: clk, Cluster: ac, MaxQueued: limit, PushbackMessages: 4, IgnoreSessionOwner: true})
+			leaveSubscribed(t, srv, addr)
+			var got <-chan *packet.Publish
+			var readErr <-chan error
+			if feeds {
+				fast := dialRaw(t, addr, packet.V5)
+				fast.connect(v5connect("fast"))
+				subscribe(t, fast, 1, packet.Subscription{Filter: "t/live", QoS: 1})
+				got, readErr = readAcked(fast, live)
+			}
+			pub := dialRaw(t, addr, packet.V5)
+			pub.connect(connectV5("pub", true, nil))
+			for i := range limit {
+				pub.send(&packet.Publish{Topic: "t/old", QoS: 1, PacketID: uint16(i + 1), Payload: []byte("old")})
+			}
+			pub.expectPubacks(1, limit)
+			ac.armed.Store(true)
+			m := dialRaw(t, addr, packet.V5)
+			m.send(connectV5("mover", false, withExpiry(300)))
+			<-ac.claiming
+			payload := strings.Repeat("p", 200)
+			for i := range live {
+				pub.send(&packet.Publish{Topic: "t/live", QoS: 1, PacketID: uint16(100 + i), Payload: []byte(fmt.Sprint(i, payload))})
+			}
+			waitHeld(t, srv, 1, "mover")
+
+			if !feeds {
+				for range 3 {
+					clk.advance(DefaultPushbackWait)
+				}
+				waitHeld(t, srv, 1, "mover")
+				if st := srv.Stats(); st.SlowSubscribers != 0 || st.DroppedQueueFull != 0 {
+					t.Fatalf("after 3 PushbackWaits: %d slow subscribers, %d dropped; want none", st.SlowSubscribers, st.DroppedQueueFull)
+				}
+				close(ac.release)
+				if ack, ok := m.recv().(*packet.Connack); !ok || !ack.SessionPresent {
+					t.Fatalf("got %v, want CONNACK with the session present", ack)
+				}
+				for n := 0; n < limit+live; n++ {
+					p, ok := m.recv().(*packet.Publish)
+					if !ok {
+						t.Fatalf("message %d: not a PUBLISH", n)
+					}
+					m.send(&packet.Puback{PacketID: p.PacketID})
+				}
+				pub.expectPubacks(100, live)
+				if d := srv.Stats().DroppedQueueFull; d != 0 {
+					t.Fatalf("%d dropped", d)
+				}
+				return
+			}
+			clk.advance(DefaultPushbackWait)
+			n := 0
+			for range got {
+				n++
+			}
+			select {
+			case err := <-readErr:
+				t.Fatalf("fast subscriber after %d messages: %v", n, err)
+			default:
+			}
+			pub.expectPubacks(100, live)
+			if st := srv.Stats(); st.SlowSubscribers != 1 || st.DroppedQueueFull == 0 {
+				t.Fatalf("%d slow subscribers, %d dropped; want the waiting session slow and its full queue dropping", st.SlowSubscribers, st.DroppedQueueFull)
+			}
+			close(ac.release)
+			if ack, ok := m.recv().(*packet.Connack); !ok || !ack.SessionPresent {
+				t.Fatalf("got %v, want CONNACK with the session present", ack)
+			}
+		})
+	}
+}

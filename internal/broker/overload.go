@@ -167,16 +167,18 @@ func (g *flowGate) remove(w *waiter) bool {
 // longer when it took nothing from its backlog for the whole period
 // (stuck), or when a publisher that also feeds subscribers that keep up
 // has waited a whole period; unless they wait for room in a full queue
-// (forRoom), which only room ends. It reports whether the subscriber was
-// marked slow (everyone in line is let go) and whether it was stuck;
+// (forRoom), which only room ends. A subscriber whose client is on its
+// way (away: a session a cluster claim resumes) is not counted stuck:
+// nothing can be taken from it yet. It reports whether the subscriber
+// was marked slow (everyone in line is let go) and whether it was stuck;
 // otherwise, while publishers still wait, it starts the next period. The
 // caller holds the owner's lock.
-func (g *flowGate) checkLocked(forRoom bool, arm func() Timer) (slow, stuck bool) {
+func (g *flowGate) checkLocked(forRoom, away bool, arm func() Timer) (slow, stuck bool) {
 	g.timer = nil
 	if len(g.waiters) == 0 {
 		return false, false
 	}
-	stuck = g.progress == g.atTick
+	stuck = g.progress == g.atTick && !away
 	overdue := stuck
 	for _, w := range g.waiters {
 		overdue = overdue || w.epoch < g.epoch && w.feeds.Load()
@@ -356,10 +358,7 @@ func (s *session) notePublisherQoS0(c *conn, pub *publisher, congested bool) {
 func (s *session) checkGate(srv *Server) {
 	s.mu.Lock()
 	g := &s.gate
-	// A session awaiting its client holds publishers for the claim's
-	// length, bounded by the connect timeout: it is not slow meanwhile,
-	// its client is not there yet to take anything.
-	forRoom := s.awaitingLocked() || srv.limits().QueueFullPolicy == QueueBlock && s.fullLocked(srv)
+	forRoom := srv.limits().QueueFullPolicy == QueueBlock && s.fullLocked(srv)
 	if forRoom && len(g.waiters) > 0 && g.progress == g.atTick && s.waitCycleLocked() {
 		g.timer = nil
 		g.cycle, g.slow = true, true
@@ -368,7 +367,11 @@ func (s *session) checkGate(srv *Server) {
 		srv.holdCycle(s.id)
 		return
 	}
-	slow, stuck := s.gate.checkLocked(forRoom, func() Timer { return s.armGate(srv) })
+	// A session awaiting its client after a cluster claim takes nothing
+	// until the client is there (the claim is bounded by the connect
+	// timeout): that does not make it slow. A publisher that also feeds
+	// others is let go after PushbackWait all the same.
+	slow, stuck := s.gate.checkLocked(forRoom, s.awaitingLocked(), func() Timer { return s.armGate(srv) })
 	s.mu.Unlock()
 	if slow {
 		srv.slowSubscriber(s.id, false, stuck)
@@ -422,7 +425,7 @@ func (c *conn) armQ0Check() Timer {
 // checkQ0Gate is the timer of c's QoS 0 gate (flowGate.checkLocked).
 func (c *conn) checkQ0Gate() {
 	c.outMu.Lock()
-	slow, stuck := c.q0gate.checkLocked(false, c.armQ0Check)
+	slow, stuck := c.q0gate.checkLocked(false, false, c.armQ0Check)
 	c.outMu.Unlock()
 	if slow {
 		c.srv.slowSubscriber(c.client.ClientID, true, stuck)
@@ -473,10 +476,11 @@ func (s *session) holdsBackLocked(srv *Server) bool {
 // rather than dropping its message: under QueueBlock, and, whatever the
 // policy, while s resumes after a cluster claim (session.resuming):
 // waiting for its client, and then, its client attached, until the queue
-// the claim filled is under its limit, unless the client takes nothing
-// (slow). The caller holds s.mu.
+// the claim filled is under its limit; unless it was found slow (it kept
+// a publisher that feeds others waiting, or, attached, took nothing for
+// PushbackWait). The caller holds s.mu.
 func (s *session) blocksLocked(srv *Server) bool {
-	return srv.limits().QueueFullPolicy == QueueBlock || s.resuming && (s.conn == nil || !s.gate.slow)
+	return srv.limits().QueueFullPolicy == QueueBlock || s.resuming && !s.gate.slow
 }
 
 // awaitingLocked reports whether s has no connection and its client is

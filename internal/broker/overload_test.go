@@ -246,6 +246,33 @@ func TestOverloadFairPublishers(t *testing.T) {
 	}
 }
 
+// readAcked reads n PUBLISH packets on c on a goroutine of its own,
+// acknowledging each, and hands them over on the first channel, closed
+// once n arrived or reading failed; the failure is on the second.
+func readAcked(c *rawClient, n int) (<-chan *packet.Publish, <-chan error) {
+	got := make(chan *packet.Publish, n)
+	readErr := make(chan error, 1)
+	go func() {
+		defer close(got)
+		for range n {
+			p, err := c.recvErr(10 * time.Second)
+			if err != nil {
+				readErr <- err
+				return
+			}
+			pp, ok := p.(*packet.Publish)
+			if !ok {
+				readErr <- fmt.Errorf("got %s", p.Type())
+				return
+			}
+			b, _ := packet.Append(nil, &packet.Puback{PacketID: pp.PacketID}, packet.V5)
+			c.nc.Write(b)
+			got <- pp
+		}
+	}()
+	return got, readErr
+}
+
 // TestOverloadSlowSubscriberDoesNotStallFast: one publisher, a fast
 // subscriber and one that reads nothing. The publisher is held back for
 // the slow one at first; once that has lasted PushbackWait (the fake
@@ -264,31 +291,7 @@ func TestOverloadSlowSubscriberDoesNotStallFast(t *testing.T) {
 	subscribe(t, fast, 1, packet.Subscription{Filter: "t", QoS: 1})
 
 	// The fast subscriber reads and acknowledges on its own goroutine.
-	got := make(chan int, n)
-	readErr := make(chan error, 1)
-	go func() {
-		defer close(got)
-		for range n {
-			p, err := fast.recvErr(10 * time.Second)
-			if err != nil {
-				readErr <- err
-				return
-			}
-			pp, ok := p.(*packet.Publish)
-			if !ok {
-				readErr <- fmt.Errorf("got %s", p.Type())
-				return
-			}
-			b, _ := packet.Append(nil, &packet.Puback{PacketID: pp.PacketID}, packet.V5)
-			fast.nc.Write(b)
-			_, seq, err := parseSeq(pp.Payload)
-			if err != nil {
-				readErr <- err
-				return
-			}
-			got <- seq
-		}
-	}()
+	got, readErr := readAcked(fast, n)
 	pub := dialRaw(t, addr, packet.V5)
 	pub.connect(v5connect("pub"))
 	wait := flood(t, pub, "t", "p", 1, n, 16)
@@ -300,7 +303,11 @@ func TestOverloadSlowSubscriberDoesNotStallFast(t *testing.T) {
 	}
 	clk.advance(DefaultPushbackWait)
 	i := 0
-	for seq := range got {
+	for p := range got {
+		_, seq, err := parseSeq(p.Payload)
+		if err != nil {
+			t.Fatal(err)
+		}
 		if seq != i {
 			t.Fatalf("fast subscriber: message %d arrived as number %d", seq, i)
 		}
