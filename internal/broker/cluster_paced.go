@@ -44,8 +44,9 @@ type pacedPass struct {
 
 // DeliverRemoteBatchPaced is DeliverRemoteBatchDone for a Cluster that
 // can deliver later, from its stream, what a connected session (or one
-// resuming after a claim, its client on its way) has no room for now. reserve is asked, for a session whose queue is full, and
-// under that session's lock, whether the Cluster takes its catch-up
+// resuming after a claim, its client on its way) has no room for now.
+// reserve is asked, for a session whose queue is full, and under that
+// session's lock, whether the Cluster takes its catch-up
 // (it must not call into the Server); when it does, the session is
 // switched as described above and returned. The Cluster must end each
 // catch-up returned (LocalReplay.EndCatchUp, then Deliver), or routing
