@@ -541,6 +541,27 @@ func (r *LocalReplay) Found() []*Message {
 	return msgs
 }
 
+// Held returns the messages of this node's own clients that the session
+// holds back since its import: matched to it once it was here, they
+// reached it live and are delivered by Deliver, in order. A Cluster
+// that replays this node's messages forwarded while the session moved
+// leaves these out; the others were matched before the import, when it
+// was not here (WaitRouted). Safe for concurrent use.
+func (r *LocalReplay) Held() []*Message {
+	if r == nil || r.paced {
+		return nil
+	}
+	r.sess.mu.Lock()
+	defer r.sess.mu.Unlock()
+	var msgs []*Message
+	for _, h := range r.f.held {
+		if !h.msg.remote {
+			msgs = append(msgs, h.msg)
+		}
+	}
+	return msgs
+}
+
 // QueueRoom tells, for a session imported with CatchUp, how many
 // messages and bytes (-1: no byte limit) its queue can take now, how
 // many deliveries it holds back, whether a client is connected to it,

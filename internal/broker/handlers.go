@@ -154,7 +154,14 @@ func (c *conn) handlePublish(p *packet.Publish) bool {
 			}
 		}
 	}
+	// routing: the publication is counted from before it is matched
+	// until it is handed to the Persistence, which forwards it to the
+	// other nodes (WaitRouted).
+	routing, epoch := false, uint64(0)
 	if code == packet.Success {
+		if b != nil && s.clusterDurable {
+			routing, epoch = true, s.routes.begin(c.recentShard)
+		}
 		// Recorded before it is matched, for subscriptions that arrived
 		// before it but are installed after (fence.go).
 		s.recent.add(c.recentShard, msg)
@@ -171,7 +178,11 @@ func (c *conn) handlePublish(p *packet.Publish) bool {
 		c.sess.mu.Unlock()
 	}
 	if b != nil {
-		return c.persistPublish(p, code, b, p.QoS == 2 && code == packet.Success && s.persisting(c.sess))
+		ok := c.persistPublish(p, code, b, p.QoS == 2 && code == packet.Success && s.persisting(c.sess))
+		if routing {
+			s.routes.end(c.recentShard, epoch)
+		}
+		return ok
 	}
 	return c.ackPublish(p, code)
 }

@@ -73,6 +73,9 @@ type Server struct {
 	// clusterDurable: the Cluster wraps the Persistence and takes QoS 1
 	// and 2 messages as changes (cluster_durable.go).
 	clusterDurable bool
+	// routes counts the durable publications being routed, for a
+	// Cluster that imports a session (WaitRouted, routewatch.go).
+	routes routeWatch
 	// withdrawn is the reason every client is refused, once the node left
 	// its cluster for good (cluster_removed.go); nil while it serves.
 	withdrawn atomic.Pointer[string]

@@ -76,8 +76,9 @@ type catchUp struct {
 	skip  func(*broker.Message) bool
 	// ownTo: this node's own messages in records up to ownTo are
 	// replayed from the stream; later ones reach the session live (held
-	// back) or through local, except those forwarded up to fwdAt (as
-	// the session was imported) that local did not find (localRefs):
+	// back) or through local, except those forwarded up to fwdAt (once
+	// what was matched before the import was forwarded, routedAt) that
+	// neither local found nor the session holds back (localRefs):
 	// routed here before the session was, they are replayed from the
 	// stream too (lateOwn).
 	ownTo     uint64
@@ -532,9 +533,9 @@ func (c *catchUp) deliver(k int) (wait func()) {
 }
 
 // lateOwn tells whether this node's own message of stream ID ref, in a
-// record past ownTo, is one the catch-up replays: forwarded before the
-// session was imported (routed here before it was) and not found by
-// local. A connection's reader that waited for a commit slot while the
+// record past ownTo, is one the catch-up replays: forwarded up to fwdAt,
+// neither found by local nor held back by the session (so routed here
+// before the session was). A connection's reader that waited for a commit slot while the
 // stream had no leader goes on with its client's messages during the
 // claim, after the claim's wait for this node's commits: their records
 // land past ownTo, and they arrived before the claim began, so local

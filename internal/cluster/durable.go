@@ -148,6 +148,10 @@ type durableState struct {
 	// lose, for tests, drops the records it reports true for as they
 	// arrive, as if lost on their way.
 	lose atomic.Pointer[func(seq uint64) bool]
+	// beforeForward, for tests, runs on a connection's reader as it
+	// hands a message to the node to forward, before its commit is
+	// submitted (as while it waits for a commit slot).
+	beforeForward atomic.Pointer[func(msg *broker.Message)]
 }
 
 // recentIDs bounds the record of delivered message IDs.

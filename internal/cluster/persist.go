@@ -160,6 +160,10 @@ func (p *persistence) Persist(changes []broker.Change, done func(error)) {
 	unordered := false
 	for i := range changes {
 		switch ch := &changes[i]; ch.Kind {
+		case broker.ChangeForward:
+			if f := p.n.dur.beforeForward.Load(); f != nil {
+				(*f)(ch.Message)
+			}
 		case broker.ChangePutMessage:
 			if msgs == nil {
 				msgs = make(map[uint64]*broker.Message)

@@ -398,6 +398,7 @@ type sessionBroker interface {
 	ReleaseSession(clientID string) (released, online bool)
 	DiscardConnectionWill(clientID string)
 	DeliverToSession(clientID string, msg *broker.Message, done func(error)) bool
+	WaitRouted(ctx context.Context) error
 	Limits() broker.Limits
 }
 
@@ -1976,6 +1977,16 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 	}
 	wait()
 	if cs.Hold {
+		// A connection's reader that had matched a message before the
+		// import (to no session here) and waited for a commit slot
+		// forwards it only after fwdAt: once every such message is
+		// forwarded, the ones this node forwarded up to then reached
+		// the session live only if it holds them back (matched once it
+		// was here); the others are replayed from the stream.
+		var held map[string]bool
+		if rs != nil && !rs.failed && ownOK {
+			fwdAt, held = n.routedAt(ctx, b, local, id, fwdAt, ownWait(time.Until(patience), hasPatience))
+		}
 		ownQoS0Seq, ownRef := n.ownQoS0Seq, n.ownRef
 		localRefs := make(map[string]bool)
 		if catching {
@@ -1995,6 +2006,9 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 			ownRef = func(m *broker.Message) string { return refs[m] }
 			for _, ref := range refs {
 				localRefs[ref] = true
+			}
+			for ref := range held {
+				localRefs[ref] = true // delivered live: not late
 			}
 		}
 		skip := func(m *broker.Message) bool {
@@ -2017,7 +2031,7 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 			n.startCatchUp(id, rs, local, skip, ownTo, late, localRefs)
 		} else {
 			if rs != nil && !rs.failed && !rs.full && ownOK && fwdAt > ownFwd {
-				n.replayOwnLate(ctx, p, rs, local, fwdAt, ownWait(time.Until(patience), hasPatience))
+				n.replayOwnLate(ctx, p, rs, local, fwdAt, held, ownWait(time.Until(patience), hasPatience))
 			}
 			if c := local.Deliver(skip); c > 0 {
 				n.log.Info("cluster: messages of this node replayed to a moved session", "client", id, "count", c)
@@ -2221,7 +2235,8 @@ func (n *Node) ownEnd(ctx context.Context, p *persistence, routed uint64, wait t
 
 // replayOwnLate delivers to the session of rs, imported holding back
 // what routing delivers to it, the messages of this node's own clients
-// forwarded before the import (forwarding sequence up to forwarded)
+// matched before the import (forwarded up to forwarded, routedAt, and
+// not in held: those the session holds back, matched once it was here)
 // that reached it neither from the reading of rs nor from local (the
 // record of recent messages): arrived before the claim began, and
 // forwarded only after the wait in ownEnd began, their records are past
@@ -2230,11 +2245,12 @@ func (n *Node) ownEnd(ctx context.Context, p *persistence, routed uint64, wait t
 // stream had no leader, with more of its client's messages read or
 // waiting in the socket (an MQTT 3.1.1 client knows no Receive
 // Maximum): once the stream's new leader takes the first ones, the
-// reader goes on with the others during the claim. It waits for this
-// node's commits again (as long as ownEnd waits, wait) and reads the
-// records after rs.to up to the stream's end.
+// reader goes on with the others during the claim, and the message it
+// had matched as it waited is forwarded only after the import. It
+// waits for this node's commits again (as long as ownEnd waits, wait)
+// and reads the records after rs.to up to the stream's end.
 func (n *Node) replayOwnLate(ctx context.Context, p *persistence, rs *replaySet, local *broker.LocalReplay,
-	forwarded uint64, wait time.Duration) {
+	forwarded uint64, held map[string]bool, wait time.Duration) {
 	end, ok := n.ownEnd(ctx, p, rs.to, wait)
 	if !ok {
 		n.log.Warn("cluster: this node's messages forwarded while a session moved here could not be waited for; some may be missing from it",
@@ -2260,8 +2276,8 @@ func (n *Node) replayOwnLate(ctx context.Context, p *persistence, rs *replaySet,
 	var wg sync.WaitGroup
 	count := 0
 	take := func(seq uint64, ref string, msg func() (*broker.Message, error)) {
-		if seq > forwarded || rs.have[ref] || rs.reached[ref] || found[ref] {
-			return // forwarded after the import (delivered), or delivered already
+		if seq > forwarded || held[ref] || rs.have[ref] || rs.reached[ref] || found[ref] {
+			return // matched after the import (delivered live), or delivered already
 		}
 		m, err := msg()
 		if err != nil || !matchesAny(rs.filters, m.Topic) {
@@ -2318,6 +2334,37 @@ func (n *Node) replayOwnLate(ctx context.Context, p *persistence, rs *replaySet,
 	if count > 0 {
 		n.log.Info("cluster: messages of this node forwarded while a session moved here replayed to it", "client", rs.id, "count", count)
 	}
+}
+
+// routedAt returns this node's forwarding sequence once the messages
+// its connections' readers had begun to match when the session of id
+// was imported (at fwdAt, imported holding back what reaches it) are
+// forwarded too, and the stream IDs of the messages of this node's
+// clients that the session holds back: matched once it was here, they
+// reached it live. The other messages of this node's clients forwarded
+// up to the sequence returned were matched before the import, without
+// the session. A reader waits for a commit slot as long as the
+// stream's commits before it take (an election of its leader): past
+// wait, fwdAt is returned with no IDs, and a message forwarded after it
+// that was matched before the import is missing from the session
+// (logged).
+func (n *Node) routedAt(ctx context.Context, b sessionBroker, local *broker.LocalReplay, id string,
+	fwdAt uint64, wait time.Duration) (uint64, map[string]bool) {
+	wctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	if err := b.WaitRouted(wctx); err != nil {
+		n.log.Warn("cluster: this node's messages routed while a session moved here could not be waited for; some may be missing from it",
+			"client", id, "err", err)
+		return fwdAt, nil
+	}
+	to := n.dur.seq.Load()
+	held := make(map[string]bool)
+	for _, m := range local.Held() {
+		if ref := n.ownRef(m); ref != "" {
+			held[ref] = true
+		}
+	}
+	return max(to, fwdAt), held
 }
 
 // ownWaitMax bounds how long a claim waits in ownEnd.

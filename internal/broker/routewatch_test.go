@@ -1,0 +1,57 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"runtime"
+	"testing"
+)
+
+// TestRouteWatch: a wait covers the publications whose routing began
+// before it, on any shard, also after an earlier wait gave up, and not
+// those that began after it.
+func TestRouteWatch(t *testing.T) {
+	var w routeWatch
+	ctx := context.Background()
+	if err := w.wait(ctx); err != nil {
+		t.Fatalf("nothing in flight: %v", err)
+	}
+	gaveUp, cancel := context.WithCancel(ctx)
+	cancel()
+
+	a := w.begin(3)
+	b := w.begin(7)
+	if err := w.wait(gaveUp); !errors.Is(err, context.Canceled) {
+		t.Fatalf("two in flight: %v", err)
+	}
+	w.end(3, a)
+	// The wait that gave up left b's parity undrained.
+	if err := w.wait(gaveUp); !errors.Is(err, context.Canceled) {
+		t.Fatalf("one in flight: %v", err)
+	}
+	w.end(7, b)
+	if err := w.wait(ctx); err != nil {
+		t.Fatalf("all ended: %v", err)
+	}
+
+	// Begun while a waiter waits for d: not waited for.
+	d := w.begin(5)
+	e := w.epoch.Load()
+	waited := make(chan error, 1)
+	go func() { waited <- w.wait(ctx) }()
+	for w.epoch.Load() == e {
+		runtime.Gosched()
+	}
+	c := w.begin(5)
+	w.end(5, d)
+	if err := <-waited; err != nil {
+		t.Fatalf("after the last one ended: %v", err)
+	}
+	if err := w.wait(gaveUp); !errors.Is(err, context.Canceled) {
+		t.Fatalf("the later one in flight: %v", err)
+	}
+	w.end(5, c)
+	if err := w.wait(ctx); err != nil {
+		t.Fatalf("all ended: %v", err)
+	}
+}
