@@ -126,3 +126,63 @@ func receiveOnce(t *testing.T, c *client.Client, want []int) {
 	// A copy of one of them would follow at once: it is in the queue.
 	expectNone(t, c, 500*time.Millisecond)
 }
+
+// TestClaimOwnMessageCommitOutlastsFirstWait: a QoS 1 message of a client
+// of n2 whose commit is still under way through a claim's first wait for
+// n2's commits (as while the stream elects a leader for longer than the
+// client waits for CONNACK), and done only after the import, reaches the
+// moved session: the claim, whose reading stopped at n2's routing
+// position, reads n2's records past it after the import.
+func TestClaimOwnMessageCommitOutlastsFirstWait(t *testing.T) {
+	const msg = 2000
+	nodes := commonCluster(t)
+	n2 := nodes[1].node
+	const id = "first-wait"
+	sub, _ := dialSession(t, nodes[0].addr, id, client.V5)
+	subscribe(t, sub, 1, "fwo/"+id+"/#")
+	pub := dial(t, nodes[1].addr, id+"-pub", client.V5)
+	t.Cleanup(func() { _ = pub.Close() })
+	awaitRoute(t, pub, sub, "fwo/"+id+"/probe")
+	disconnect(t, sub)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	entered, release := make(chan struct{}), make(chan struct{})
+	var enterOnce, releaseOnce sync.Once
+	t.Cleanup(func() { releaseOnce.Do(func() { close(release) }) })
+	hold := func(m *broker.Message) {
+		if string(m.Payload) != strconv.Itoa(msg) {
+			return
+		}
+		enterOnce.Do(func() { close(entered) })
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+	}
+	n2.dur.forwarding.Store(&hold)
+	t.Cleanup(func() { n2.dur.forwarding.Store(nil) })
+	tok := pub.PublishAsync(ctx, &client.Message{Topic: "fwo/" + id + "/x", QoS: 1, Payload: []byte(strconv.Itoa(msg))})
+	select {
+	case <-entered:
+	case <-ctx.Done():
+		t.Fatal("n2 never forwarded the message")
+	}
+	imported := func(cid string) {
+		if cid == id {
+			releaseOnce.Do(func() { close(release) })
+		}
+	}
+	n2.sess.afterImport.Store(&imported)
+	t.Cleanup(func() { n2.sess.afterImport.Store(nil) })
+
+	moved, present := dialSession(t, nodes[1].addr, id, client.V5)
+	t.Cleanup(func() { _ = moved.Close() })
+	if !present {
+		t.Fatal("Session Present 0 on n2")
+	}
+	if err := tok.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	receiveOnce(t, moved, []int{msg})
+}
