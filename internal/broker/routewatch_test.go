@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"runtime"
+	"sync/atomic"
 	"testing"
 )
 
@@ -54,4 +55,17 @@ func TestRouteWatch(t *testing.T) {
 	if err := w.wait(ctx); err != nil {
 		t.Fatalf("all ended: %v", err)
 	}
+}
+
+// BenchmarkRouteWatch: what counting a publication costs a reader (begin
+// and end), with readers on all shards at once.
+func BenchmarkRouteWatch(b *testing.B) {
+	var w routeWatch
+	var next atomic.Uint32
+	b.RunParallel(func(pb *testing.PB) {
+		shard := uint8(next.Add(1))
+		for pb.Next() {
+			w.end(shard, w.begin(shard))
+		}
+	})
 }
