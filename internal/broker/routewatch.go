@@ -23,18 +23,26 @@ import (
 // by a forwarding position taken at the import, which a reader waiting
 // for its slot passes only later (docs/cluster.md, "Sessions").
 //
-// The counts are split in two by the parity of an epoch, which a waiter
-// advances: it then waits for the count of the old parity to fall to
-// zero, while new publications count in the other one. They are sharded
-// as the record of recent messages is (a connection's recentShard), so
-// that readers rarely share a cache line.
+// The counts are split in two by the parity of an epoch, which only a
+// waiter advances: the count of the parity the epoch just left takes no
+// new publication, and falls to zero once those counted there end,
+// while new publications count in the other one. Waiters share the
+// rounds: those that come while one drains are served by the next,
+// together, so that a storm of claims under load waits for a few
+// rounds, not one each. The counts are sharded as the record of recent
+// messages is (a connection's recentShard), so that readers rarely
+// share a cache line.
 type routeWatch struct {
-	mu sync.Mutex // one waiter at a time: a waiter drains one parity
-	// left: a wait gave up before leftParity drained (guarded by mu).
-	left       bool
-	leftParity uint64
-	epoch      atomic.Uint64
-	waiters    atomic.Int32
+	mu sync.Mutex
+	// drained: every publication counted under an epoch below it has
+	// ended. draining: a waiter runs a round; round is closed when it
+	// ends. All three guarded by mu. A flip of the epoch from e to e+1
+	// happens only once drained is e at least.
+	drained  uint64
+	draining bool
+	round    chan struct{}
+	epoch    atomic.Uint64
+	waiters  atomic.Int32
 	// kick has a token when a count fell to zero while a waiter waited.
 	kickOnce sync.Once
 	kick     chan struct{}
@@ -82,26 +90,64 @@ func (w *routeWatch) end(shard uint8, e uint64) {
 // wait returns once every publication counted before it was called has
 // ended, or with ctx's error.
 func (w *routeWatch) wait(ctx context.Context) error {
-	w.mu.Lock()
-	defer w.mu.Unlock()
 	w.waiters.Add(1)
 	defer w.waiters.Add(-1)
-	if w.left {
-		// An earlier wait gave up before its parity drained: what it
-		// counts began before this wait too.
-		if err := w.drain(ctx, w.leftParity); err != nil {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	// What began before now counts under this epoch or an earlier one.
+	target := w.epoch.Load() + 1
+	for w.drained < target {
+		if w.draining {
+			r := w.round
+			w.mu.Unlock()
+			select {
+			case <-r:
+			case <-ctx.Done():
+				w.mu.Lock()
+				return ctx.Err()
+			}
+			w.mu.Lock()
+			continue
+		}
+		w.draining, w.round = true, make(chan struct{})
+		w.mu.Unlock()
+		err := w.runRound(ctx)
+		w.mu.Lock()
+		w.draining = false
+		close(w.round)
+		if err != nil {
 			return err
 		}
-		w.left = false
 	}
-	// The epoch's earlier value is the parity to drain: the other one
-	// is drained (by the wait before), and begin counts nothing under
-	// the old epoch once the new one is visible.
-	old := w.epoch.Add(1) - 1
-	if err := w.drain(ctx, old&1); err != nil {
-		w.left, w.leftParity = true, old&1
+	return nil
+}
+
+// runRound drains the epoch in force, and the one before it if no
+// round drained it (a round that gave up): it advances the epoch, so
+// that new publications count in the other parity, and waits for the
+// count of the old one to fall to zero. Only the waiter that set
+// draining runs it; it takes mu to record its progress.
+func (w *routeWatch) runRound(ctx context.Context) error {
+	w.mu.Lock()
+	e, drained := w.epoch.Load(), w.drained
+	w.mu.Unlock()
+	if drained < e {
+		// drained is e-1: the round that flipped to e found e-1
+		// drained at least to e-1. The parity of e-1 takes nothing new.
+		if err := w.drain(ctx, (e-1)&1); err != nil {
+			return err
+		}
+		w.mu.Lock()
+		w.drained = e
+		w.mu.Unlock()
+	}
+	w.epoch.Store(e + 1)
+	if err := w.drain(ctx, e&1); err != nil {
 		return err
 	}
+	w.mu.Lock()
+	w.drained = e + 1
+	w.mu.Unlock()
 	return nil
 }
 

@@ -69,3 +69,51 @@ func BenchmarkRouteWatch(b *testing.B) {
 		}
 	})
 }
+
+// TestRouteWatchWaitersShareRounds: waiters that come while a round
+// drains are served together by the next, and each returns once what
+// began before it ended.
+func TestRouteWatchWaitersShareRounds(t *testing.T) {
+	var w routeWatch
+	ctx := context.Background()
+	a := w.begin(1)
+	first := make(chan error, 1)
+	e := w.epoch.Load()
+	go func() { first <- w.wait(ctx) }()
+	for w.epoch.Load() == e {
+		runtime.Gosched()
+	}
+	// The first waiter's round drains a's parity; these come meanwhile.
+	b := w.begin(2)
+	const n = 8
+	rest := make(chan error, n)
+	for range n {
+		go func() { rest <- w.wait(ctx) }()
+	}
+	for w.waiters.Load() < n+1 {
+		runtime.Gosched()
+	}
+	w.end(1, a)
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	gaveUp, cancel := context.WithCancel(ctx)
+	cancel()
+	select {
+	case err := <-rest:
+		t.Fatalf("a later waiter returned (%v) before b ended", err)
+	default:
+	}
+	w.end(2, b)
+	for range n {
+		if err := <-rest; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.wait(gaveUp); err != nil {
+		t.Fatalf("nothing in flight: %v", err)
+	}
+	if got := w.epoch.Load(); got > e+3 {
+		t.Fatalf("%d rounds for %d waiters; want them shared", got-e, n+1)
+	}
+}
