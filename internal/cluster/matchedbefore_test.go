@@ -4,12 +4,74 @@ import (
 	"context"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/moatmq/moat/client"
 	"github.com/moatmq/moat/internal/broker"
 )
+
+// leaveSessionOn leaves the persistent session id, subscribed at QoS 1
+// to prefix/#, offline on nodes[0] of the common cluster, once a client
+// of nodes[1] (returned) reaches it.
+func leaveSessionOn(t *testing.T, nodes []*testNode, id, prefix string) (pub *client.Client) {
+	t.Helper()
+	sub, _ := dialSession(t, nodes[0].addr, id, client.V5)
+	subscribe(t, sub, 1, prefix+"/#")
+	pub = dial(t, nodes[1].addr, id+"-pub", client.V5)
+	t.Cleanup(func() { _ = pub.Close() })
+	awaitRoute(t, pub, sub, prefix+"/probe")
+	disconnect(t, sub)
+	return pub
+}
+
+// holdOn installs at hook a function that holds the reader handing on
+// the message whose payload is payload until release runs (or ctx ends),
+// and returns a channel closed once it holds it. Removed at the test's
+// end.
+func holdOn(t *testing.T, ctx context.Context, hook *atomic.Pointer[func(*broker.Message)], payload int) (held <-chan struct{}, release func()) {
+	entered, gate := make(chan struct{}), make(chan struct{})
+	var enterOnce, releaseOnce sync.Once
+	release = func() { releaseOnce.Do(func() { close(gate) }) }
+	f := func(m *broker.Message) {
+		if string(m.Payload) != strconv.Itoa(payload) {
+			return
+		}
+		enterOnce.Do(func() { close(entered) })
+		select {
+		case <-gate:
+		case <-ctx.Done():
+		}
+	}
+	hook.Store(&f)
+	t.Cleanup(func() {
+		hook.Store(nil)
+		release()
+	})
+	return entered, release
+}
+
+// claimOnN2 claims the session id on nodes[1], with imported run as the
+// session is imported there, and returns the client once it has
+// Session Present 1.
+func claimOnN2(t *testing.T, nodes []*testNode, id string, imported func()) *client.Client {
+	t.Helper()
+	n2 := nodes[1].node
+	hook := func(cid string) {
+		if cid == id {
+			imported()
+		}
+	}
+	n2.sess.afterImport.Store(&hook)
+	t.Cleanup(func() { n2.sess.afterImport.Store(nil) })
+	moved, present := dialSession(t, nodes[1].addr, id, client.V5)
+	t.Cleanup(func() { _ = moved.Close() })
+	if !present {
+		t.Fatal("Session Present 0 on n2")
+	}
+	return moved
+}
 
 // TestClaimOwnMessageMatchedBeforeImport: a QoS 1 message of a client of
 // n2 that n2's reader matched before a claim of the session on n2
@@ -22,69 +84,36 @@ import (
 // hand its queue over: TestClaimOwnMessagesInFlight covers it.)
 func TestClaimOwnMessageMatchedBeforeImport(t *testing.T) {
 	const before, after = 1000, 1001 // the payloads of n2's two messages
+	const id, prefix = "matched-before", "mbi"
 	nodes := commonCluster(t)
 	n2 := nodes[1].node
-	const id = "matched-before"
-	sub, _ := dialSession(t, nodes[0].addr, id, client.V5)
-	subscribe(t, sub, 1, "mbi/"+id+"/#")
-	pub := dial(t, nodes[1].addr, id+"-pub", client.V5)
+	pub := leaveSessionOn(t, nodes, id, prefix)
 	other := dial(t, nodes[1].addr, id+"-other", client.V5)
-	t.Cleanup(func() {
-		for _, c := range []*client.Client{pub, other} {
-			_ = c.Close()
-		}
-	})
-	awaitRoute(t, pub, sub, "mbi/"+id+"/probe")
-	disconnect(t, sub)
+	t.Cleanup(func() { _ = other.Close() })
 
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	// The reader of pub matches the message (the session is on n1) and
 	// is held before n2 forwards it, until the session is imported.
-	entered, release := make(chan struct{}), make(chan struct{})
-	var enterOnce, releaseOnce sync.Once
-	t.Cleanup(func() { releaseOnce.Do(func() { close(release) }) })
-	hold := func(m *broker.Message) {
-		if string(m.Payload) != strconv.Itoa(before) {
-			return
-		}
-		enterOnce.Do(func() { close(entered) })
-		select {
-		case <-release:
-		case <-ctx.Done():
-		}
-	}
-	n2.dur.beforeForward.Store(&hold)
-	t.Cleanup(func() { n2.dur.beforeForward.Store(nil) })
-	beforeTok := pub.PublishAsync(ctx, &client.Message{Topic: "mbi/" + id + "/x", QoS: 1, Payload: []byte(strconv.Itoa(before))})
+	held, release := holdOn(t, ctx, &n2.dur.beforeForward, before)
+	beforeTok := pub.PublishAsync(ctx, &client.Message{Topic: prefix + "/x", QoS: 1, Payload: []byte(strconv.Itoa(before))})
 	select {
-	case <-entered:
+	case <-held:
 	case <-ctx.Done():
 		t.Fatal("n2 never forwarded the first message")
 	}
 
 	var afterTok *client.Token
-	imported := func(cid string) {
-		if cid != id {
-			return
-		}
+	moved := claimOnN2(t, nodes, id, func() {
 		// Matched once the session is here: held back by it, and
 		// forwarded before the held reader goes on.
 		fwd := n2.dur.seq.Load()
-		afterTok = other.PublishAsync(ctx, &client.Message{Topic: "mbi/" + id + "/y", QoS: 1, Payload: []byte(strconv.Itoa(after))})
+		afterTok = other.PublishAsync(ctx, &client.Message{Topic: prefix + "/y", QoS: 1, Payload: []byte(strconv.Itoa(after))})
 		for n2.dur.seq.Load() == fwd && ctx.Err() == nil {
 			time.Sleep(time.Millisecond)
 		}
-		releaseOnce.Do(func() { close(release) })
-	}
-	n2.sess.afterImport.Store(&imported)
-	t.Cleanup(func() { n2.sess.afterImport.Store(nil) })
-
-	moved, present := dialSession(t, nodes[1].addr, id, client.V5)
-	t.Cleanup(func() { _ = moved.Close() })
-	if !present {
-		t.Fatal("Session Present 0 on n2")
-	}
+		release()
+	})
 	if err := beforeTok.Wait(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -94,37 +123,7 @@ func TestClaimOwnMessageMatchedBeforeImport(t *testing.T) {
 	if err := afterTok.Wait(ctx); err != nil {
 		t.Fatal(err)
 	}
-	receiveOnce(t, moved, []int{before, after})
-}
-
-// receiveOnce reads messages from c until each payload of want (numbers)
-// came, and fails on one that never came or came twice.
-func receiveOnce(t *testing.T, c *client.Client, want []int) {
-	t.Helper()
-	left := make(map[int]bool, len(want))
-	for _, v := range want {
-		left[v] = true
-	}
-	seen := make(map[int]bool)
-	deadline := time.After(20 * time.Second)
-	for len(left) > 0 {
-		select {
-		case m := <-c.Messages():
-			v, err := strconv.Atoi(string(m.Payload))
-			if err != nil {
-				continue // a probe
-			}
-			if seen[v] {
-				t.Fatalf("message %d came twice", v)
-			}
-			seen[v] = true
-			delete(left, v)
-		case <-deadline:
-			t.Fatalf("never reached the moved session: %v", left)
-		}
-	}
-	// A copy of one of them would follow at once: it is in the queue.
-	expectNone(t, c, 500*time.Millisecond)
+	receiveWanted(t, moved, []int{before, after}, false)
 }
 
 // TestClaimOwnMessageCommitOutlastsFirstWait: a QoS 1 message of a client
@@ -135,54 +134,23 @@ func receiveOnce(t *testing.T, c *client.Client, want []int) {
 // position, reads n2's records past it after the import.
 func TestClaimOwnMessageCommitOutlastsFirstWait(t *testing.T) {
 	const msg = 2000
+	const id, prefix = "first-wait", "fwo"
 	nodes := commonCluster(t)
 	n2 := nodes[1].node
-	const id = "first-wait"
-	sub, _ := dialSession(t, nodes[0].addr, id, client.V5)
-	subscribe(t, sub, 1, "fwo/"+id+"/#")
-	pub := dial(t, nodes[1].addr, id+"-pub", client.V5)
-	t.Cleanup(func() { _ = pub.Close() })
-	awaitRoute(t, pub, sub, "fwo/"+id+"/probe")
-	disconnect(t, sub)
+	pub := leaveSessionOn(t, nodes, id, prefix)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	entered, release := make(chan struct{}), make(chan struct{})
-	var enterOnce, releaseOnce sync.Once
-	t.Cleanup(func() { releaseOnce.Do(func() { close(release) }) })
-	hold := func(m *broker.Message) {
-		if string(m.Payload) != strconv.Itoa(msg) {
-			return
-		}
-		enterOnce.Do(func() { close(entered) })
-		select {
-		case <-release:
-		case <-ctx.Done():
-		}
-	}
-	n2.dur.forwarding.Store(&hold)
-	t.Cleanup(func() { n2.dur.forwarding.Store(nil) })
-	tok := pub.PublishAsync(ctx, &client.Message{Topic: "fwo/" + id + "/x", QoS: 1, Payload: []byte(strconv.Itoa(msg))})
+	held, release := holdOn(t, ctx, &n2.dur.forwarding, msg)
+	tok := pub.PublishAsync(ctx, &client.Message{Topic: prefix + "/x", QoS: 1, Payload: []byte(strconv.Itoa(msg))})
 	select {
-	case <-entered:
+	case <-held:
 	case <-ctx.Done():
 		t.Fatal("n2 never forwarded the message")
 	}
-	imported := func(cid string) {
-		if cid == id {
-			releaseOnce.Do(func() { close(release) })
-		}
-	}
-	n2.sess.afterImport.Store(&imported)
-	t.Cleanup(func() { n2.sess.afterImport.Store(nil) })
-
-	moved, present := dialSession(t, nodes[1].addr, id, client.V5)
-	t.Cleanup(func() { _ = moved.Close() })
-	if !present {
-		t.Fatal("Session Present 0 on n2")
-	}
+	moved := claimOnN2(t, nodes, id, release)
 	if err := tok.Wait(ctx); err != nil {
 		t.Fatal(err)
 	}
-	receiveOnce(t, moved, []int{msg})
+	receiveWanted(t, moved, []int{msg}, false)
 }
