@@ -207,11 +207,11 @@ func BenchmarkAdminScrapeCPU(b *testing.B) {
 		cmd := exec.Command(os.Args[0], "-test.run=^$")
 		cmd.Env = append(os.Environ(), testHelperEnv+"=scrape-n", "MOAT_SCRAPE_N="+strconv.Itoa(n),
 			"MOAT_SCRAPE_BASE="+br.adminBase, "MOAT_SCRAPE_TOKEN="+br.token)
-		cpu0 := processCPU()
+		cpu0 := testutil.ProcessCPU()
 		if out, err := cmd.CombinedOutput(); err != nil {
 			b.Fatalf("scraper: %v\n%s", err, out)
 		}
-		return processCPU() - cpu0
+		return testutil.ProcessCPU() - cpu0
 	}
 	run(5) // warm-up: the connection, the first walk of the clients
 	// The broker's own CPU while idle over the same time is left in: it
@@ -448,9 +448,9 @@ func runOverheadScenario(b *testing.B, bin string, sc overheadScenario, pairs in
 			b.Fatal(err)
 		}
 		gc0, heap0 := gcSample()
-		cpu0, msgs0, t0 := processCPU(), srv.Stats().MessagesSent, time.Now()
+		cpu0, msgs0, t0 := testutil.ProcessCPU(), srv.Stats().MessagesSent, time.Now()
 		time.Sleep(slot)
-		cpu1, msgs1, t1 := processCPU(), srv.Stats().MessagesSent, time.Now()
+		cpu1, msgs1, t1 := testutil.ProcessCPU(), srv.Stats().MessagesSent, time.Now()
 		gc1, heap1 := gcSample()
 		n := msgs1 - msgs0
 		if n <= 0 {

@@ -11,7 +11,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -19,6 +18,7 @@ import (
 	"github.com/moatmq/moat/internal/broker"
 	"github.com/moatmq/moat/internal/broker/brokertest"
 	"github.com/moatmq/moat/internal/packet"
+	"github.com/moatmq/moat/internal/testutil"
 	"github.com/moatmq/moat/internal/testutil/testpki"
 	"github.com/moatmq/moat/internal/tlsconf"
 )
@@ -212,15 +212,6 @@ func publishQoS1(nc net.Conn, topic string, spread, count int, tokens chan struc
 	w.Flush()
 }
 
-// processCPU returns the user and system CPU time this process has used.
-func processCPU() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
 // BenchmarkAccessControl compares QoS 1 throughput with the 10,000-rule
 // policy (acl=true) against the same broker without a policy (acl=false;
 // the policy is compiled and kept in memory all the same, so that both
@@ -303,7 +294,7 @@ func BenchmarkAccessControl(b *testing.B) {
 					list = append(list, pub{nc, topic, tokens})
 				}
 				per := b.N/pubs + 1
-				cpu0 := processCPU()
+				cpu0 := testutil.ProcessCPU()
 				b.ResetTimer()
 				var wg sync.WaitGroup
 				for _, p := range list {
@@ -319,7 +310,7 @@ func BenchmarkAccessControl(b *testing.B) {
 					time.Sleep(100 * time.Microsecond)
 				}
 				b.StopTimer()
-				cpu := processCPU() - cpu0
+				cpu := testutil.ProcessCPU() - cpu0
 				if st := srv.Stats(); st.AuthzDenied != 0 {
 					b.Fatalf("%d requests denied: the policy must allow the whole run", st.AuthzDenied)
 				}

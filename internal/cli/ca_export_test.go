@@ -69,9 +69,9 @@ func TestCAExportReadableByServiceUser(t *testing.T) {
 	dir := filepath.Join(base, "ca")
 	out := filepath.Join(base, "public", "ca")
 	mustMoat(t, "ca", "init", "--dir", dir)
-	old := syscall.Umask(0o077) // a strict umask must not narrow the export
+	old := testutil.Umask(0o077) // a strict umask must not narrow the export
 	mustMoat(t, "ca", "export", "--dir", dir, "--out", out)
-	syscall.Umask(old)
+	testutil.Umask(old)
 	for _, d := range []string{filepath.Dir(out), out} {
 		if st, err := os.Stat(d); err != nil || st.Mode().Perm() != 0o755 {
 			t.Fatalf("%s: %v %v, want mode 0755", d, st.Mode(), err)

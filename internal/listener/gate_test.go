@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/moatmq/moat/internal/testutil"
 )
 
 // TestSecurityGateBeforeWebSocketUpgrade: a connection the Gate refuses (a
@@ -138,7 +140,7 @@ func TestSecurityGateBeforeTLS(t *testing.T) {
 				t.Fatal(err)
 			}
 			var ka int
-			rc.Control(func(fd uintptr) { ka, err = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_KEEPALIVE) })
+			rc.Control(func(fd uintptr) { ka, err = testutil.GetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_KEEPALIVE) })
 			if err != nil || ka != tt.want {
 				t.Errorf("SO_KEEPALIVE %d (%v), want %d", ka, err, tt.want)
 			}

@@ -5,19 +5,11 @@ import (
 	"os"
 	"strconv"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
-)
 
-// processCPU is the CPU time (user and system) the process has used.
-func processCPU() time.Duration {
-	var ru syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
+	"github.com/moatmq/moat/internal/testutil"
+)
 
 // BenchmarkCommitP2PPattern replays the store's side of p2p QoS 1 with
 // persistent, online subscribers, one batch at a time, so that the two
@@ -94,7 +86,7 @@ func BenchmarkCommitP2PPattern(b *testing.B) {
 				wg.Add(1)
 				s.CommitAsync(done)
 				t0 := time.Now()
-				c0 := processCPU()
+				c0 := testutil.ProcessCPU()
 				var next []pending
 				for _, p := range late {
 					wg.Add(1)
@@ -116,11 +108,11 @@ func BenchmarkCommitP2PPattern(b *testing.B) {
 						msgs++
 					}
 				}
-				t1 := processCPU()
+				t1 := testutil.ProcessCPU()
 				release <- struct{}{}
 				wg.Wait()
 				submit += t1 - c0
-				commit += processCPU() - t1
+				commit += testutil.ProcessCPU() - t1
 				late = next
 			}
 			b.StopTimer()

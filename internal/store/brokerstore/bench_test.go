@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -20,6 +19,7 @@ import (
 	"github.com/moatmq/moat/internal/packet"
 	"github.com/moatmq/moat/internal/store"
 	"github.com/moatmq/moat/internal/store/brokerstore"
+	"github.com/moatmq/moat/internal/testutil"
 	"github.com/moatmq/moat/internal/testutil/testpki"
 )
 
@@ -157,7 +157,7 @@ func benchP2P(b *testing.B, mode string, tc *benchTLS, pairs, window int) {
 	}
 	b.ResetTimer()
 	start := time.Now()
-	cpu0 := cpuTime()
+	cpu0 := testutil.ProcessCPU()
 	for i := range pairs {
 		wg.Go(func() {
 			sem := make(chan struct{}, window)
@@ -189,7 +189,7 @@ func benchP2P(b *testing.B, mode string, tc *benchTLS, pairs, window int) {
 	// CPU per message of the whole process (broker, store and the
 	// clients, the same in every mode): robust where the rate depends on
 	// what else the machine runs.
-	b.ReportMetric(float64((cpuTime()-cpu0).Microseconds())/float64(per*pairs), "cpu-µs/msg")
+	b.ReportMetric(float64((testutil.ProcessCPU()-cpu0).Microseconds())/float64(per*pairs), "cpu-µs/msg")
 	if st != nil {
 		// How well commits were grouped: requests per transaction, and
 		// fsyncs per message.
@@ -203,15 +203,6 @@ func benchP2P(b *testing.B, mode string, tc *benchTLS, pairs, window int) {
 		// commit (at most 3 per message: message, delivery, delete).
 		b.ReportMetric(float64(s.Coalesced)/float64(per*pairs), "coalesced/msg")
 	}
-}
-
-// cpuTime is the CPU time (user and system) the process has used.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // BenchmarkRestart measures opening a store holding 10,000 persistent
