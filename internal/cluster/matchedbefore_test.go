@@ -125,32 +125,3 @@ func TestClaimOwnMessageMatchedBeforeImport(t *testing.T) {
 	}
 	receiveWanted(t, moved, []int{before, after}, false)
 }
-
-// TestClaimOwnMessageCommitOutlastsFirstWait: a QoS 1 message of a client
-// of n2 whose commit is still under way through a claim's first wait for
-// n2's commits (as while the stream elects a leader for longer than the
-// client waits for CONNACK), and done only after the import, reaches the
-// moved session: the claim, whose reading stopped at n2's routing
-// position, reads n2's records past it after the import.
-func TestClaimOwnMessageCommitOutlastsFirstWait(t *testing.T) {
-	const msg = 2000
-	const id, prefix = "first-wait", "fwo"
-	nodes := commonCluster(t)
-	n2 := nodes[1].node
-	pub := leaveSessionOn(t, nodes, id, prefix)
-
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	held, release := holdOn(t, ctx, &n2.dur.forwarding, msg)
-	tok := pub.PublishAsync(ctx, &client.Message{Topic: prefix + "/x", QoS: 1, Payload: []byte(strconv.Itoa(msg))})
-	select {
-	case <-held:
-	case <-ctx.Done():
-		t.Fatal("n2 never forwarded the message")
-	}
-	moved := claimOnN2(t, nodes, id, release)
-	if err := tok.Wait(ctx); err != nil {
-		t.Fatal(err)
-	}
-	receiveWanted(t, moved, []int{msg}, false)
-}

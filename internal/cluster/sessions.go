@@ -1825,10 +1825,7 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 	var rs *replaySet
 	var ownTo uint64
 	// ownFwd: this node's forwarding sequence as the wait in ownEnd
-	// began; ownOK: the wait ended in time. If it did not, the reading
-	// stops at the routing position, and this node's own messages in
-	// the records past it are read after the import (replayOwnLate, or
-	// the catch-up's late messages), once the node's commits are done.
+	// began; ownOK: the wait ended in time (replayOwnLate).
 	var ownFwd uint64
 	ownOK := false
 	if pos.replay {
@@ -1987,7 +1984,7 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 		// the session live only if it holds them back (matched once it
 		// was here); the others are replayed from the stream.
 		var held map[string]bool
-		if rs != nil && !rs.failed {
+		if rs != nil && !rs.failed && ownOK {
 			fwdAt, held = n.routedAt(ctx, b, local, id, fwdAt, ownWait(time.Until(patience), hasPatience))
 		}
 		ownQoS0Seq, ownRef := n.ownQoS0Seq, n.ownRef
@@ -2028,12 +2025,12 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 			// The messages found and what is held back are delivered
 			// once the catch-up reached the routing position.
 			late := uint64(0) // the catch-up replays none of the late own messages
-			if !ownOK || fwdAt > ownFwd {
+			if ownOK && fwdAt > ownFwd {
 				late = fwdAt
 			}
 			n.startCatchUp(id, rs, local, skip, ownTo, late, localRefs)
 		} else {
-			if rs != nil && !rs.failed && !rs.full && (!ownOK || fwdAt > ownFwd) {
+			if rs != nil && !rs.failed && !rs.full && ownOK && fwdAt > ownFwd {
 				n.replayOwnLate(ctx, p, rs, local, fwdAt, held, ownWait(time.Until(patience), hasPatience))
 			}
 			if c := local.Deliver(skip); c > 0 {
@@ -2249,10 +2246,7 @@ func (n *Node) ownEnd(ctx context.Context, p *persistence, routed uint64, wait t
 // waiting in the socket (an MQTT 3.1.1 client knows no Receive
 // Maximum): once the stream's new leader takes the first ones, the
 // reader goes on with the others during the claim, and the message it
-// had matched as it waited is forwarded only after the import. When the
-// claim's first wait for the node's commits ran out, rs was read up to
-// the routing position only: the node's messages past it, forwarded
-// before the claim too, are read here the same way. It
+// had matched as it waited is forwarded only after the import. It
 // waits for this node's commits again (as long as ownEnd waits, wait)
 // and reads the records after rs.to up to the stream's end.
 func (n *Node) replayOwnLate(ctx context.Context, p *persistence, rs *replaySet, local *broker.LocalReplay,
