@@ -535,11 +535,12 @@ func (c *catchUp) deliver(k int) (wait func()) {
 // lateOwn tells whether this node's own message of stream ID ref, in a
 // record past ownTo, is one the catch-up replays: forwarded up to fwdAt,
 // neither found by local nor held back by the session (so routed here
-// before the session was). A connection's reader that waited for a commit slot while the
-// stream had no leader goes on with its client's messages during the
-// claim, after the claim's wait for this node's commits: their records
-// land past ownTo, and they arrived before the claim began, so local
-// does not hold them (as replayOwnLate for a claim without a catch-up).
+// before the session was). A connection's reader that waited for a
+// commit slot while the stream had no leader goes on with its client's
+// messages during the claim, after the claim's wait for this node's
+// commits: their records land past ownTo, and they arrived before the
+// claim began, so local does not hold them (as replayOwnLate for a claim
+// without a catch-up).
 func (c *catchUp) lateOwn(ref string) bool {
 	if c.fwdAt == 0 || c.localRefs[ref] {
 		return false
