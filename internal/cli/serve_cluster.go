@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 	"time"
 
 	"github.com/moatmq/moat/internal/cluster"
@@ -28,13 +27,8 @@ func (p *servePlan) planCluster() {
 		return
 	}
 	dir := filepath.Join(p.cfg.DataDir, "cluster")
-	// The same peers list on every node is common (NATS's own route
-	// lists are written that way): the node's own address among them is
-	// not another node, and counting it would ask for more copies of the
-	// streams than a two-node cluster has (min(nodes, 3)), which never
-	// become ready.
-	peers := slices.DeleteFunc(slices.Clone(cc.Peers), func(a string) bool { return a == cc.Listen })
-	cfg := cluster.Config{Name: cc.Name, Node: cc.Node, Listen: cc.Listen, Peers: peers, StoreDir: filepath.Join(dir, "jetstream"),
+	// cluster.Start drops the node's own address from the peers.
+	cfg := cluster.Config{Name: cc.Name, Node: cc.Node, Listen: cc.Listen, Peers: cc.Peers, StoreDir: filepath.Join(dir, "jetstream"),
 		NATSURL: cc.NATSURL, Credentials: cc.Credentials, Logger: p.log, Version: Version, AdoptAfter: time.Duration(cc.AdoptAfter)}
 	if cc.NATSURL != "" {
 		if cc.Credentials != "" {

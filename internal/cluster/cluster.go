@@ -26,6 +26,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -49,7 +50,8 @@ type Config struct {
 	// from the other nodes on (port 0: any free port, see RouteAddr).
 	Listen string
 	// Peers are the route addresses (host:port) of the other nodes.
-	// Listing this node's own address too is harmless.
+	// Listing this node's own address (Listen, as written) too is
+	// harmless: Start drops it.
 	Peers []string
 	// RouteTLS secures the routes: it must hold this node's certificate
 	// and the CA pool that verifies the others' (RootCAs, and ClientCAs
@@ -155,14 +157,14 @@ func (n *Node) setupTimeout() time.Duration {
 // the streams and buckets. It first waits, for up to one full attempt,
 // until the embedded server knows a JetStream meta leader: a request made
 // before is never answered, and would cost a whole attempt. Then it
-// allows 1 s, doubled at each attempt up to setupTimeout: nodes started
+// allows 500 ms, doubled at each attempt up to setupTimeout: nodes started
 // together ask for the same stream at the same instant, and the meta
 // leader answers one of them while the others' requests go unanswered
 // (what the answered one created stays; the others find it when they ask
 // again).
 func (n *Node) setupCtx(try int) (context.Context, context.CancelFunc) {
 	n.awaitMetaLeader(n.setupTimeout())
-	return context.WithTimeout(n.ctx, min(n.setupTimeout(), time.Second<<min(try, 3)))
+	return context.WithTimeout(n.ctx, min(n.setupTimeout(), 500*time.Millisecond<<min(try, 4)))
 }
 
 // awaitMetaLeader waits, for up to d, until the embedded server knows a
@@ -298,6 +300,13 @@ func Start(cfg Config) (*Node, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
+	// The same peers list on every node is common (NATS's own route
+	// lists are written that way): the node's own address among them is
+	// not another node. Counted, it would ask a two-node cluster for
+	// more copies of the streams (min(nodes, 3)) than it has, which
+	// never become ready, and keep every start waiting for a route to
+	// itself (awaitRoutes) until routesSettle passed.
+	cfg.Peers = slices.DeleteFunc(slices.Clone(cfg.Peers), func(a string) bool { return a == cfg.Listen })
 	log := cfg.Logger
 	if log == nil {
 		log = slog.Default()

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"reflect"
 	"slices"
 	"strings"
@@ -442,4 +444,19 @@ func claimKeys(t *testing.T, tn *testNode) ([]string, bool) {
 	}
 	slices.Sort(ids)
 	return ids, true
+}
+
+// A peers list naming the node itself (the same list on every node) asks
+// for copies and routes of the other nodes only.
+func TestOwnAddressDroppedFromPeers(t *testing.T) {
+	routes := freePorts(t, 2)
+	nd, err := Start(Config{Name: "test", Node: "n1", Listen: routes[0], Peers: []string{routes[0], routes[1]},
+		StoreDir: t.TempDir(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), setupAttempt: testSetupAttempt})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nd.Close()
+	if !slices.Equal(nd.cfg.Peers, routes[1:]) || nd.replicas != 2 {
+		t.Fatalf("peers %v, %d copies; want %v, 2 (a two-node cluster)", nd.cfg.Peers, nd.replicas, routes[1:])
+	}
 }
