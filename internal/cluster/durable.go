@@ -152,6 +152,9 @@ type durableState struct {
 	// hands a message to the node to forward, before its commit is
 	// submitted (as while it waits for a commit slot).
 	beforeForward atomic.Pointer[func(msg *broker.Message)]
+	// forwarding, for tests, runs there once the commit is begun (the
+	// commits after it wait for it), before the message is numbered.
+	forwarding atomic.Pointer[func(msg *broker.Message)]
 }
 
 // recentIDs bounds the record of delivered message IDs.

@@ -195,6 +195,9 @@ func (p *persistence) Persist(changes []broker.Change, done func(error)) {
 			// The groups' copy first; the commit waits for their
 			// confirmations as for the stream's (sharedack.go).
 			p.n.forwardShared(c, ch.Message)
+			if f := p.n.dur.forwarding.Load(); f != nil {
+				(*f)(ch.Message)
+			}
 			if f := p.n.forwardMsg(ch.Message); f != nil {
 				// Named for a claim under way (sessions.go).
 				p.n.noteOwn(ch.Message, msgID(p.n.origin, f.seq))

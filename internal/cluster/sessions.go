@@ -1852,6 +1852,14 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 		ownFwd = n.dur.seq.Load()
 		end, ok := n.ownEnd(ctx, p, to, ownWait(time.Until(patience), hasPatience))
 		ownTo, ownOK = max(to, end), ok
+		if !ok {
+			// The reading stops at the routing position: this node's
+			// messages forwarded before the claim whose records are
+			// past it are not replayed (docs/cluster.md, "Not done
+			// yet").
+			n.log.Warn("cluster: this node's messages forwarded before a session moved here could not be waited for; "+
+				"those past its routing position may be missing from it", "client", id, "routed", to)
+		}
 		rs = n.readReplay(ctx, id, cs.Session.Session, pos, ownTo, have, room, roomBytes, paced)
 		if f := n.sess.afterReplayRead.Load(); f != nil {
 			(*f)(id)
