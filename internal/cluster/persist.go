@@ -299,8 +299,9 @@ func (r *pubReq) finish(p *persistence, err error) {
 // goroutine (JetStream's asynchronous publish may wait for room, which a
 // Persist call must not), and a second goroutine waits for the
 // acknowledgements in the same order. What timed out or found no stream
-// leader is published again, until the commit's deadline, and so is
-// every record published after it (republish): a record lost with a
+// leader is published again, until the commit's deadline, first alone
+// and, once the stream answered it, every record published after it
+// (republish, endProbe): a record lost with a
 // stream leader that died would otherwise land after the records sent
 // once the new leader was there, ahead of it in the stream, breaking
 // its publishers' order and, for the sessions' stream (the last record
@@ -357,6 +358,15 @@ type publisher struct {
 	// overtakes counts the records published again because a later
 	// record to the same stream was acknowledged first (overtaken).
 	overtakes atomic.Uint64
+	// probing: a record published again (republish) goes alone, and
+	// the records after it and anything new wait (send) until the
+	// stream answered it (endProbe). Under sendMu; probed wakes send.
+	probing bool
+	probed  chan struct{}
+	// silentHead, when positive, makes that many next records published
+	// again alone vanish without an answer (tests), as one sent to a
+	// stream leader in its first moment may.
+	silentHead atomic.Int32
 	// silent, when positive, makes that many next batch records vanish
 	// without an answer, as a record that reached a server no longer
 	// leading the stream does (tests): not published, never answered.
@@ -387,7 +397,7 @@ type pending struct {
 
 func newPublisher(n *Node) *publisher {
 	return &publisher{n: n, wake: make(chan struct{}, 1), outWake: make(chan struct{}, 1), room: make(chan struct{}, 1),
-		newLeader: make(chan struct{}, 1)}
+		newLeader: make(chan struct{}, 1), probed: make(chan struct{}, 1)}
 }
 
 func (q *publisher) queue(r pubReq) {
@@ -505,12 +515,13 @@ func (q *publisher) send(js jetstream.JetStream, ctx context.Context, pd pending
 			pd.req.finish(q.n.persistence(), errClosed)
 			return false
 		}
-		if len(q.out) < maxOut {
+		if len(q.out) < maxOut && !q.probing {
 			break
 		}
 		q.sendMu.Unlock()
 		select {
 		case <-q.room:
+		case <-q.probed:
 		case <-ctx.Done():
 		}
 	}
@@ -568,22 +579,71 @@ func (q *publisher) take(ctx context.Context) (pending, bool) {
 	}
 }
 
-// republish publishes pd again, and after it, in their order, the
-// records published after pd that were not acknowledged yet, before
-// anything new is published: they may have gone the way pd went (to a
-// stream leader that died), and whatever of them the stream has already
-// it keeps as it was. A durable stream's record already acknowledged is
-// not sent again (its place in the stream is taken); a record of the
-// sessions' stream is, as the stream keeps the last record per subject
-// and pd's must not end up after a later one.
+// republish publishes pd again, alone: the records published after it
+// and anything new wait until the stream answered pd (endProbe). A
+// stream leader in its first moment may drop a record without an
+// answer and store the next one sent a moment later (seen once at an
+// election: the record sent again vanished, the one after it was
+// stored, and the first landed behind about 80 later messages once the
+// check for overtaken records sent it a third time). Sent alone, pd is
+// sent again after overtakeCheck if it vanishes (resend), and nothing
+// can overtake it.
 func (q *publisher) republish(js jetstream.JetStream, pd *pending) {
 	q.sendMu.Lock()
 	defer q.sendMu.Unlock()
 	q.retries.Add(1)
-	now := time.Now().UnixNano()
-	pd.sent = now
+	q.probing = true
+	q.resendLocked(js, pd)
+}
+
+// resend publishes pd again, alone, while it is being probed: it has
+// waited overtakeCheck without an answer.
+func (q *publisher) resend(js jetstream.JetStream, pd *pending) {
+	q.sendMu.Lock()
+	defer q.sendMu.Unlock()
+	q.resendLocked(js, pd)
+}
+
+func (q *publisher) resendLocked(js jetstream.JetStream, pd *pending) {
+	pd.sent = time.Now().UnixNano()
+	if q.silentHead.Load() > 0 && q.silentHead.Add(-1) >= 0 {
+		pd.paf, pd.err = unanswered{pd.req.msg}, nil
+		return
+	}
 	pd.paf, pd.err = publishBy(js, pd.req.msg, pd.req.deadline)
-	for i := range q.out {
+}
+
+// probingFor tells whether pd, a durable stream's record published
+// again alone, has waited overtakeCheck for its answer: a record that
+// vanished is sent again then rather than after its timeout (5 s). A
+// record of the sessions' stream waits for its timeout: sent again, it
+// is written again.
+func (q *publisher) probingFor(pd *pending) bool {
+	if time.Now().UnixNano()-pd.sent < int64(overtakeCheck) || !durableRecord(pd.req.msg) {
+		return false
+	}
+	q.sendMu.Lock()
+	defer q.sendMu.Unlock()
+	return q.probing
+}
+
+// endProbe ends a republication once its first record was answered (or
+// failed for good): the records published after it that were not
+// acknowledged yet go again, in their order, before anything new: they
+// may have gone the way the first went (to a stream leader that died),
+// and whatever of them the stream has already it keeps as it was. A
+// durable stream's record already acknowledged is not sent again (its
+// place in the stream is taken); a record of the sessions' stream is,
+// as the stream keeps the last record per subject and the first's must
+// not end up after a later one. Nothing is sent again unless resend.
+func (q *publisher) endProbe(js jetstream.JetStream, resend bool) {
+	q.sendMu.Lock()
+	if !q.probing {
+		q.sendMu.Unlock()
+		return
+	}
+	now := time.Now().UnixNano()
+	for i := 0; resend && i < len(q.out); i++ {
 		o := &q.out[i]
 		if o.paf == nil && o.err == nil && o.req.msg.Header.Get(nats.MsgIdHdr) != "" {
 			continue // found acknowledged before
@@ -602,6 +662,12 @@ func (q *publisher) republish(js jetstream.JetStream, pd *pending) {
 		o.sent = now
 		o.paf, o.err = publishBy(js, o.req.msg, o.req.deadline)
 		q.republished.Add(1)
+	}
+	q.probing = false
+	q.sendMu.Unlock()
+	select {
+	case q.probed <- struct{}{}:
+	default:
 	}
 }
 
@@ -765,7 +831,9 @@ func (q *publisher) acknowledge(js jetstream.JetStream, ctx context.Context) {
 					case e := <-pd.paf.Err():
 						pd.paf, pd.err = nil, e
 					default:
-						if q.overtaken(&pd) {
+						if q.probingFor(&pd) {
+							q.resend(js, &pd)
+						} else if q.overtaken(&pd) {
 							q.overtakes.Add(1)
 							q.republish(js, &pd)
 						}
@@ -777,6 +845,9 @@ func (q *publisher) acknowledge(js jetstream.JetStream, ctx context.Context) {
 				}
 			}
 			if err == nil || errors.Is(err, errClosed) || !retryable(err) || time.Now().After(pd.req.deadline) {
+				// What waited behind pd, sent again alone, goes now
+				// (not when the Node closes: its commits fail).
+				q.endProbe(js, !errors.Is(err, errClosed))
 				if err != nil && !errors.Is(err, errClosed) {
 					q.n.dstats.streamErrors.Add(1)
 					q.n.log.Warn("cluster: a publication to JetStream failed", "subject", clip(pd.req.msg.Subject), "err", err)
