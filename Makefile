@@ -42,8 +42,9 @@ lint:
 	$(GO) run $(STATICCHECK) $(PKGS)
 
 # The timeout stops a test binary that hangs. The longest package,
-# internal/cluster, takes about 19 minutes under -race on two cores while
-# the others run beside it: 30 minutes leave it room on a slower machine.
+# internal/cluster, takes about 14 minutes under -race on two cores while
+# the others run beside it (the whole `make test` about 21): 30 minutes
+# leave it room on a slower machine.
 unit:
 	$(GO) test -race -count=1 -timeout 30m $(PKGS)
 
