@@ -616,7 +616,11 @@ func TestFanoutAllocationsPerMessage(t *testing.T) {
 		conns = append(conns, sess.conn)
 		sess.mu.Unlock()
 	}
-	const runs = 100
+	// Each subscriber's QoS 0 backlog takes every message (the writers
+	// are held): it stays under the pushback mark (100), past which the
+	// publisher would be put in line at each subscriber, which is not
+	// what is measured here.
+	const runs = 50
 	for _, c := range conns {
 		c.outMu.Lock()
 		c.out = make([]packet.Packet, 0, 2*runs) // the queues' growth is not routing's
