@@ -405,8 +405,24 @@ func (s *session) plainFiltersLocked(srv *Server) []string {
 // what a moving session missed comes before what routing delivered to
 // it during the import, and before the messages ReplayLocal finds, which
 // arrived later [MQTT-4.6.0-6]. It reports whether a subscription of
-// the session matched and the session may receive msg.
+// the session matched and the session may receive msg. Like a message
+// routed to an offline session, msg is dropped at a full queue: the
+// Cluster bounds what it replays by the queue's room.
 func (s *Server) DeliverToSession(clientID string, msg *Message, done func(error)) bool {
+	return s.deliverToSession(clientID, msg, false, done)
+}
+
+// DeliverOwedToSession is DeliverToSession for a message the session is
+// owed whatever its queue holds: one of this node's own clients'
+// messages, acknowledged to its publisher, that a moving session missed
+// and no other reading brings it. It is queued past the queue's limit
+// rather than dropped there (delivery.owed); the Cluster bounds how many
+// it delivers so.
+func (s *Server) DeliverOwedToSession(clientID string, msg *Message, done func(error)) bool {
+	return s.deliverToSession(clientID, msg, true, done)
+}
+
+func (s *Server) deliverToSession(clientID string, msg *Message, owed bool, done func(error)) bool {
 	if s.closing() {
 		done(errShuttingDown)
 		return false
@@ -445,7 +461,7 @@ func (s *Server) DeliverToSession(clientID string, msg *Message, done func(error
 	if ok {
 		// Not through the session's fence (session.offer): it would
 		// hold msg back behind what routing delivered meanwhile.
-		d := &delivery{msg: msg, qos: min(msg.QoS, qos), retain: rap && msg.Retain, subIDs: ids}
+		d := &delivery{msg: msg, qos: min(msg.QoS, qos), retain: rap && msg.Retain, subIDs: ids, owed: owed}
 		sess.mu.Lock()
 		if ok = !sess.ended; ok {
 			sess.deliverLocked(s, d, b, nil, nil)

@@ -68,6 +68,12 @@ func TestClaimOwnMessagesInFlight(t *testing.T) {
 		// room, and the rest, the late messages among them, follow in
 		// the catch-up.
 		catchUp bool
+		// full: the session's queue on n2 is full once the import's
+		// replay is delivered (its limit lowered to 1 then, as for a
+		// queue the replay filled): the late messages, which no reading
+		// before the import left room for, pass the limit rather than
+		// be dropped there.
+		full bool
 	}{
 		// Also passed when written, and left out for the suite's time:
 		// before the election with n2's consumer on n1 or with
@@ -76,7 +82,7 @@ func TestClaimOwnMessagesInFlight(t *testing.T) {
 		// acknowledgements.
 		{at: claimBeforeElection},
 		{at: claimOnElection, ownLed: true},
-		{at: claimTakeAtElection, backlog: true, window: true},
+		{at: claimTakeAtElection, backlog: true, window: true, full: true},
 		{at: claimTakeAtElection, backlog: true, window: true, catchUp: true},
 	} {
 		name := tc.at.String()
@@ -95,13 +101,16 @@ func TestClaimOwnMessagesInFlight(t *testing.T) {
 		if tc.catchUp {
 			name += ", catching up"
 		}
+		if tc.full {
+			name += ", queue full"
+		}
 		t.Run(name, func(t *testing.T) {
-			testClaimOwnMessagesInFlight(t, tc.at, tc.ownLed, tc.sessLed, tc.backlog, tc.window, tc.catchUp)
+			testClaimOwnMessagesInFlight(t, tc.at, tc.ownLed, tc.sessLed, tc.backlog, tc.window, tc.catchUp, tc.full)
 		})
 	}
 }
 
-func testClaimOwnMessagesInFlight(t *testing.T, at flightClaim, ownLed, sessLed, backlog, window, catchUp bool) {
+func testClaimOwnMessagesInFlight(t *testing.T, at flightClaim, ownLed, sessLed, backlog, window, catchUp, full bool) {
 	const id, slots = "flight", 100 // slots: broker.DefaultReceiveMaximum
 	count, version := slots, client.V5
 	if backlog {
@@ -237,6 +246,20 @@ func testClaimOwnMessagesInFlight(t *testing.T, at flightClaim, ownLed, sessLed,
 			t.Fatal(err)
 		}
 	}
+	if full {
+		hook := func(cid string) {
+			if cid != id {
+				return
+			}
+			lim := nodes[1].srv.Limits()
+			lim.MaxQueued = 1
+			if _, err := nodes[1].srv.SetLimits(lim); err != nil {
+				t.Error(err)
+			}
+		}
+		n2.sess.afterImport.Store(&hook)
+		t.Cleanup(func() { n2.sess.afterImport.Store(nil) })
+	}
 	claimAt := time.Now()
 	read := n2.Status().ReplayRecords
 	moved, present := dialSession(t, nodes[1].addr, id, client.V5)
@@ -273,6 +296,11 @@ func testClaimOwnMessagesInFlight(t *testing.T, at flightClaim, ownLed, sessLed,
 	receiveAll(t, moved, want)
 	if st := n2.Status(); catchUp && st.CatchUps == 0 {
 		t.Fatal("the claim did not catch up")
+	}
+	if full {
+		if d := nodes[1].srv.Stats().DroppedQueueFull; d != 0 {
+			t.Fatalf("%d messages dropped at the moved session's full queue", d)
+		}
 	}
 }
 

@@ -398,6 +398,7 @@ type sessionBroker interface {
 	ReleaseSession(clientID string) (released, online bool)
 	DiscardConnectionWill(clientID string)
 	DeliverToSession(clientID string, msg *broker.Message, done func(error)) bool
+	DeliverOwedToSession(clientID string, msg *broker.Message, done func(error)) bool
 	WaitRouted(ctx context.Context) error
 	Limits() broker.Limits
 }
@@ -2295,7 +2296,13 @@ func (n *Node) replayOwnLate(ctx context.Context, p *persistence, rs *replaySet,
 		wg.Add(1)
 		count++
 		n.dur.refs.Store(m, ref)
-		b.DeliverToSession(rs.id, m, func(error) { wg.Done() })
+		// Past the queue's limit if need be: the reading before the
+		// import left room for what it found, not for these, and a
+		// queue the claim filled would drop messages acknowledged to
+		// their publisher that nothing else brings the session. How
+		// many there are is bounded by the records read (maxOwnScan),
+		// in practice a Receive Maximum per connection of this node.
+		b.DeliverOwedToSession(rs.id, m, func(error) { wg.Done() })
 		n.dur.refs.Delete(m)
 	}
 	for {
