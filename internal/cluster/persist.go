@@ -299,9 +299,10 @@ func (r *pubReq) finish(p *persistence, err error) {
 // goroutine (JetStream's asynchronous publish may wait for room, which a
 // Persist call must not), and a second goroutine waits for the
 // acknowledgements in the same order. What timed out or found no stream
-// leader is published again, until the commit's deadline, first alone
-// and, once the stream answered it, every record published after it
-// (republish, endProbe): a record lost with a
+// leader is published again, until the commit's deadline, alone, and,
+// once the stream answered it, every record published after it that is
+// not acknowledged yet, each alone in its turn (republish, endProbe): a
+// record lost with a
 // stream leader that died would otherwise land after the records sent
 // once the new leader was there, ahead of it in the stream, breaking
 // its publishers' order and, for the sessions' stream (the last record
@@ -360,13 +361,18 @@ type publisher struct {
 	overtakes atomic.Uint64
 	// probing: a record published again (republish) goes alone, and
 	// the records after it and anything new wait (send) until the
-	// stream answered it (endProbe). Under sendMu; probed wakes send.
-	probing bool
-	probed  chan struct{}
+	// stream answered it (endProbe); then the next one not acknowledged
+	// goes alone in its turn, and so on. probe is the ID (pending.id) of
+	// the record sent alone, nextID the last ID given. Written under
+	// sendMu; probed wakes send.
+	probing       atomic.Bool
+	probe, nextID uint64
+	probed        chan struct{}
 	// silentHead, when positive, makes that many next records published
 	// again alone vanish without an answer (tests), as one sent to a
-	// stream leader in its first moment may.
-	silentHead atomic.Int32
+	// stream leader in its first moment may; silentNext likewise for the
+	// records sent alone after an earlier one was answered (endProbe).
+	silentHead, silentNext atomic.Int32
 	// silent, when positive, makes that many next batch records vanish
 	// without an answer, as a record that reached a server no longer
 	// leading the stream does (tests): not published, never answered.
@@ -388,6 +394,7 @@ func (q *publisher) loseNext(k int32) {
 const maxOut = 1 << 14
 
 type pending struct {
+	id    uint64 // in the order of publication (publisher.nextID)
 	req   pubReq
 	paf   jetstream.PubAckFuture // nil: the publication failed at once (err), or was acknowledged (err nil)
 	err   error
@@ -515,7 +522,7 @@ func (q *publisher) send(js jetstream.JetStream, ctx context.Context, pd pending
 			pd.req.finish(q.n.persistence(), errClosed)
 			return false
 		}
-		if len(q.out) < maxOut && !q.probing {
+		if len(q.out) < maxOut && !q.probing.Load() {
 			break
 		}
 		q.sendMu.Unlock()
@@ -525,6 +532,8 @@ func (q *publisher) send(js jetstream.JetStream, ctx context.Context, pd pending
 		case <-ctx.Done():
 		}
 	}
+	q.nextID++
+	pd.id = q.nextID
 	pd.sent = time.Now().UnixNano()
 	if pd.batch && q.lose.Load() > 0 && q.retries.Load() == q.loseAt.Load() && q.lose.Add(-1) >= 0 {
 		pd.paf, pd.err = nil, nats.ErrNoResponders
@@ -592,8 +601,9 @@ func (q *publisher) republish(js jetstream.JetStream, pd *pending) {
 	q.sendMu.Lock()
 	defer q.sendMu.Unlock()
 	q.retries.Add(1)
-	q.probing = true
-	q.resendLocked(js, pd)
+	q.probing.Store(true)
+	q.probe = pd.id
+	q.resendLocked(js, pd, &q.silentHead)
 }
 
 // resend publishes pd again, alone, while it is being probed: it has
@@ -601,48 +611,61 @@ func (q *publisher) republish(js jetstream.JetStream, pd *pending) {
 func (q *publisher) resend(js jetstream.JetStream, pd *pending) {
 	q.sendMu.Lock()
 	defer q.sendMu.Unlock()
-	q.resendLocked(js, pd)
+	q.resendLocked(js, pd, &q.silentHead)
 }
 
-func (q *publisher) resendLocked(js jetstream.JetStream, pd *pending) {
+// resendLocked publishes pd again; silent is the test hook that may make
+// it vanish. The caller holds sendMu.
+func (q *publisher) resendLocked(js jetstream.JetStream, pd *pending, silent *atomic.Int32) {
 	pd.sent = time.Now().UnixNano()
-	if q.silentHead.Load() > 0 && q.silentHead.Add(-1) >= 0 {
+	if silent.Load() > 0 && silent.Add(-1) >= 0 {
 		pd.paf, pd.err = unanswered{pd.req.msg}, nil
 		return
 	}
 	pd.paf, pd.err = publishBy(js, pd.req.msg, pd.req.deadline)
 }
 
-// probingFor tells whether pd, a durable stream's record published
-// again alone, has waited overtakeCheck for its answer: a record that
-// vanished is sent again then rather than after its timeout (5 s). A
-// record of the sessions' stream waits for its timeout: sent again, it
-// is written again.
+// probingFor tells whether pd, a durable stream's record sent alone, has
+// waited overtakeCheck for its answer: a record that vanished is sent
+// again then rather than after its timeout (5 s). A record of the
+// sessions' stream waits for its timeout: sent again, it is written
+// again.
 func (q *publisher) probingFor(pd *pending) bool {
 	if time.Now().UnixNano()-pd.sent < int64(overtakeCheck) || !durableRecord(pd.req.msg) {
 		return false
 	}
 	q.sendMu.Lock()
 	defer q.sendMu.Unlock()
-	return q.probing
+	return q.probing.Load() && q.probe == pd.id
 }
 
-// endProbe ends a republication once its first record was answered (or
-// failed for good): the records published after it that were not
-// acknowledged yet go again, in their order, before anything new: they
-// may have gone the way the first went (to a stream leader that died),
-// and whatever of them the stream has already it keeps as it was. A
-// durable stream's record already acknowledged is not sent again (its
-// place in the stream is taken); a record of the sessions' stream is,
-// as the stream keeps the last record per subject and the first's must
-// not end up after a later one. Nothing is sent again unless resend.
-func (q *publisher) endProbe(js jetstream.JetStream, resend bool) {
+// endProbe runs once pd was answered (or failed for good) while records
+// go alone: if pd was the one sent alone, the records published after
+// it that are not acknowledged yet go again in order, each record of
+// the durable stream alone in its turn (the next waits for its answer),
+// and only once none is left does anything new go. Those records may
+// have gone the way the first went (to a stream leader that died), and
+// sent together, one could vanish while the next was stored (seen once
+// in a run that killed the stream's leader: 15 messages of a surviving
+// node stored behind later ones of their publisher); whatever of them
+// the stream has already it keeps as it was. Few wait: at most
+// maxBatchesInFlight batch records, more only when batches fill at
+// once. A durable stream's record already acknowledged is not sent
+// again (its place in the stream is taken); a record of the sessions'
+// stream is, as the stream keeps the last record per subject and the
+// first's must not end up after a later one; those go together up to
+// the next durable record. Nothing is sent again unless resend (the
+// Node closes).
+func (q *publisher) endProbe(js jetstream.JetStream, pd *pending, resend bool) {
+	if !q.probing.Load() {
+		return // no lock per record when nothing goes alone
+	}
 	q.sendMu.Lock()
-	if !q.probing {
+	if !q.probing.Load() || pd.id != q.probe {
+		// A record before the one sent alone, found acknowledged.
 		q.sendMu.Unlock()
 		return
 	}
-	now := time.Now().UnixNano()
 	for i := 0; resend && i < len(q.out); i++ {
 		o := &q.out[i]
 		if o.paf == nil && o.err == nil && o.req.msg.Header.Get(nats.MsgIdHdr) != "" {
@@ -659,11 +682,22 @@ func (q *publisher) endProbe(js jetstream.JetStream, resend bool) {
 			default:
 			}
 		}
-		o.sent = now
-		o.paf, o.err = publishBy(js, o.req.msg, o.req.deadline)
 		q.republished.Add(1)
+		if !durableRecord(o.req.msg) {
+			// A record of the sessions' stream: one per change of a
+			// session, so thousands may wait, and a round trip each
+			// would hold every commit of the node up for seconds.
+			// They go together up to the next durable record.
+			o.sent = time.Now().UnixNano()
+			o.paf, o.err = publishBy(js, o.req.msg, o.req.deadline)
+			continue
+		}
+		q.probe = o.id
+		q.resendLocked(js, o, &q.silentNext)
+		q.sendMu.Unlock()
+		return
 	}
-	q.probing = false
+	q.probing.Store(false)
 	q.sendMu.Unlock()
 	select {
 	case q.probed <- struct{}{}:
@@ -847,7 +881,7 @@ func (q *publisher) acknowledge(js jetstream.JetStream, ctx context.Context) {
 			if err == nil || errors.Is(err, errClosed) || !retryable(err) || time.Now().After(pd.req.deadline) {
 				// What waited behind pd, sent again alone, goes now
 				// (not when the Node closes: its commits fail).
-				q.endProbe(js, !errors.Is(err, errClosed))
+				q.endProbe(js, &pd, !errors.Is(err, errClosed))
 				if err != nil && !errors.Is(err, errClosed) {
 					q.n.dstats.streamErrors.Add(1)
 					q.n.log.Warn("cluster: a publication to JetStream failed", "subject", clip(pd.req.msg.Subject), "err", err)
