@@ -174,4 +174,26 @@ func TestClaimFirstWaitRunsOutLogged(t *testing.T) {
 	if !found {
 		t.Fatalf("no warning %q for %s", warn, id)
 	}
+	// The slow claim is logged with its parts: the wait is in its take.
+	const slow = "cluster: a session claim took long"
+	var take time.Duration
+	for _, r := range rec.find(slog.LevelInfo, slow) {
+		mine := false
+		var d time.Duration
+		r.Attrs(func(a slog.Attr) bool {
+			switch a.Key {
+			case "client":
+				mine = a.Value.String() == id
+			case "take":
+				d = a.Value.Duration()
+			}
+			return true
+		})
+		if mine {
+			take = d
+		}
+	}
+	if take < 5*time.Second {
+		t.Fatalf("no %q for %s with a take of 5 s or more (take %v)", slow, id, take)
+	}
 }

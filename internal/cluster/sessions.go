@@ -1232,6 +1232,10 @@ func (n *Node) putRecord(ctx context.Context, subj string, data []byte, expect u
 
 var errConflict = errors.New("cluster: the session record changed meanwhile")
 
+// slowClaim is how long a claim takes before it is logged with the time
+// its parts took: a client usually waits milliseconds for its CONNACK.
+const slowClaim = 2 * time.Second
+
 // unavailable is the refusal of a claim that may succeed later.
 func unavailable(reason string) error { return &broker.ClaimRefused{Reason: reason, Unavailable: true} }
 
@@ -1264,6 +1268,19 @@ func (n *Node) ClaimSession(ctx context.Context, claim broker.SessionClaim) (err
 			return nil
 		}
 	}
+	// How long the parts of a slow claim took (its client waits for
+	// CONNACK meanwhile): the old home's answer, the take (reading and
+	// replaying what the session missed, the import), and the rest,
+	// mostly the session store (no leader during an election).
+	start := time.Now()
+	var inRelease, inTake time.Duration
+	defer func() {
+		if took := time.Since(start); took >= slowClaim {
+			n.log.Info("cluster: a session claim took long", "client", claim.ClientID, "took", took.Round(time.Millisecond),
+				"old_home", inRelease.Round(time.Millisecond), "take", inTake.Round(time.Millisecond),
+				"store", (took - inRelease - inTake).Round(time.Millisecond), "ok", err == nil)
+		}
+	}()
 	if err := n.awaitSessions(ctx); err != nil {
 		return unavailable("the cluster's session store is not available (no quorum?)")
 	}
@@ -1402,7 +1419,10 @@ func (n *Node) ClaimSession(ctx context.Context, claim broker.SessionClaim) (err
 				asked = true
 				pos.since, pos.from, pos.pin = since, min(from, pos.seq), pin
 			}
-			return n.take(ctx, id, rec, seq, claim.Discard, claim.Persistent, pos, n.sessionRecords(id))
+			t := time.Now()
+			err := n.take(ctx, id, rec, seq, claim.Discard, claim.Persistent, pos, n.sessionRecords(id))
+			inTake += time.Since(t)
+			return err
 		}
 		discard := claim.Discard
 		if d, refusal := claim.Owner(rec.Owner, rec.Verified); refusal != "" {
@@ -1415,7 +1435,9 @@ func (n *Node) ClaimSession(ctx context.Context, claim broker.SessionClaim) (err
 		}
 		wasAsked := asked
 		asked = true
+		t := time.Now()
 		pos, err := n.release(ctx, id, rec)
+		inRelease += time.Since(t)
 		if errors.Is(err, errReleaseRetry) {
 			// The old home has a claim of its own under way (it may
 			// have written the record and not imported the session, or
@@ -1452,7 +1474,10 @@ func (n *Node) ClaimSession(ctx context.Context, claim broker.SessionClaim) (err
 		if err != nil || now.Home != rec.Home {
 			continue // another node took it meanwhile, or the record was stale
 		}
-		return n.take(ctx, id, now, cur.seq, discard, claim.Persistent, pos, n.sessionRecords(id))
+		t = time.Now()
+		err = n.take(ctx, id, now, cur.seq, discard, claim.Persistent, pos, n.sessionRecords(id))
+		inTake += time.Since(t)
+		return err
 	}
 	return unavailable("the session changed hands too often")
 }
