@@ -31,6 +31,21 @@ type ClusterPersistence interface {
 	Persistence(local Persistence) Persistence
 }
 
+// PublishGate is implemented by a ClusterPersistence whose nodes route
+// one another's QoS 1/2 messages through a stream, while a node delivers
+// its own clients' messages to its sessions at once. A publisher that
+// comes to this node from another (its node died, or it moved) would
+// otherwise have its first messages here delivered ahead of its last
+// ones through the other node, still on their way through the stream to
+// this node's sessions [MQTT-4.6.0-6]. So a connection's first QoS 1/2
+// PUBLISH waits in AwaitCaughtUp until this node has routed what the
+// stream held when it asked (docs/cluster.md, "A publisher that moves");
+// the Cluster bounds the wait. closed ends it early: the connection is
+// closing. Its reader reads nothing meanwhile.
+type PublishGate interface {
+	AwaitCaughtUp(closed <-chan struct{})
+}
+
 // errShuttingDown is reported to the Cluster for a message of another
 // node that arrives while the server shuts down: it is not in any
 // session, so the cluster must deliver it again later.

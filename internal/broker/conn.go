@@ -221,6 +221,9 @@ type conn struct {
 	// draining is set while the reader reads and discards the input of a
 	// connection it is closing (see closeGracefully).
 	draining bool
+	// caughtUp: the connection's first QoS 1/2 PUBLISH waited for the
+	// cluster's routing (PublishGate). Reader-owned.
+	caughtUp bool
 
 	// Safe for any goroutine. done is closed once the connection no
 	// longer holds its session (which a takeover waits for); the socket

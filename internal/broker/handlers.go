@@ -118,6 +118,14 @@ func (c *conn) handlePublish(p *packet.Publish) bool {
 			defer c.obsVerdict(v)
 		}
 	}
+	if code == packet.Success && p.QoS > 0 && !c.caughtUp && s.clusterDurable {
+		// A connection's first QoS 1/2 message waits until this node
+		// routed what the cluster's stream held (PublishGate).
+		c.caughtUp = true
+		if g, ok := s.cluster.(PublishGate); ok {
+			g.AwaitCaughtUp(c.killed)
+		}
+	}
 	var msg *Message
 	var b *pbatch // durable changes the acknowledgement waits for
 	if s.persist != nil && p.QoS > 0 {

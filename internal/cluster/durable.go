@@ -116,6 +116,15 @@ type durableState struct {
 	// arrival and departure of sessions (sessions.go).
 	routeMu sync.Mutex
 	routed  uint64
+	// routedNow is routed, for reading without routeMu, and moved, when
+	// not nil, is closed as it rises (raiseLocked): a publisher's first
+	// message waits on it (publishgate.go) and must not wait for
+	// routeMu, which a claim holds while it imports a session.
+	routedNow atomic.Uint64
+	movedMu   sync.Mutex
+	moved     chan struct{}
+	// gate runs the shared readings of the stream's end (publishgate.go).
+	gate publishGate
 
 	stream jetstream.Stream // set before the stream is ready
 
@@ -652,7 +661,7 @@ func (n *Node) consumeLoop(js jetstream.JetStream) {
 // restart) reached neither node's routing nor the replay, and was lost.
 func (n *Node) routedTo(floor uint64) {
 	n.dur.routeMu.Lock()
-	n.dur.routed = max(n.dur.routed, floor)
+	n.dur.raiseLocked(floor)
 	n.dur.routeMu.Unlock()
 }
 
@@ -726,7 +735,7 @@ func (n *Node) routeRecord(m jetstream.Msg, origin string, seq uint64) {
 		// session imported from now on did not get it then, and is
 		// replayed it.
 		n.dur.routeMu.Lock()
-		n.dur.routed = max(n.dur.routed, seq)
+		n.dur.raiseLocked(seq)
 		n.dur.routeMu.Unlock()
 		acks.finish(seq, true)
 		return
@@ -787,7 +796,7 @@ func (n *Node) routeRecord(m jetstream.Msg, origin string, seq uint64) {
 		n.settle(id, err == nil)
 		acks.finish(seq, err == nil)
 	}))
-	d.routed = max(d.routed, seq)
+	d.raiseLocked(seq)
 	d.routeMu.Unlock()
 }
 
@@ -860,7 +869,7 @@ func (n *Node) handleBatch(m jetstream.Msg, origin string, seq uint64) {
 		msgIDs = append(msgIDs, ids[i])
 	}
 	if len(msgs) == 0 {
-		d.routed = max(d.routed, seq)
+		d.raiseLocked(seq)
 		d.routeMu.Unlock()
 		acks.finish(seq, true)
 		return
@@ -889,7 +898,7 @@ func (n *Node) handleBatch(m jetstream.Msg, origin string, seq uint64) {
 	for _, msg := range msgs {
 		d.refs.Delete(msg)
 	}
-	d.routed = max(d.routed, seq)
+	d.raiseLocked(seq)
 	d.routeMu.Unlock()
 }
 

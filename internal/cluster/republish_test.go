@@ -316,7 +316,7 @@ func TestRepublishedNextVanishes(t *testing.T) {
 	defer q.silentNext.Store(0)
 	const n = 300
 	for round := 0; ; round++ {
-		if round == 5 {
+		if round == 10 {
 			t.Fatal("in no round did a record published again after the first one vanish")
 		}
 		q.silentNext.Store(1)

@@ -114,6 +114,12 @@ type Status struct {
 	CatchUpsHandedOver uint64 `json:"catch_ups_handed_over"`
 	CatchUpMessages    uint64 `json:"catch_up_messages"`
 	CatchUpQoS0Dropped uint64 `json:"catch_up_qos0_dropped"`
+	// The connections whose first QoS 1/2 message waited for this node's
+	// routing of the stream (docs/cluster.md, "A publisher that moves"),
+	// and those whose first message went on before it caught up: past
+	// the wait's bound (5 s), or the stream's end could not be read.
+	PublishersWaited      uint64 `json:"publishers_waited"`
+	PublishersNotCaughtUp uint64 `json:"publishers_not_caught_up"`
 	// SessionsAdopted counts the sessions of nodes gone (down for
 	// cluster.adopt_after, or removed) that this node adopted (adopt.go).
 	SessionsAdopted uint64 `json:"sessions_adopted"`
@@ -184,6 +190,10 @@ func (n *Node) Status() Status {
 	st.CatchUps, st.CatchUpsDone, st.CatchUpsGaveUp = d.catchUps.Load(), d.catchUpsDone.Load(), d.catchUpsGaveUp.Load()
 	st.CatchUpsPaced, st.CatchUpsLate = d.catchUpsPaced.Load(), d.catchUpsLate.Load()
 	st.CatchUpsHandedOver, st.CatchUpMessages, st.CatchUpQoS0Dropped = d.catchUpsHandedOver.Load(), d.catchUpMessages.Load(), d.catchUpQoS0Dropped.Load()
+	g := &n.dur.gate
+	g.mu.Lock()
+	st.PublishersWaited, st.PublishersNotCaughtUp = g.waited, g.timedOut+g.noEnd
+	g.mu.Unlock()
 	st.SessionsAdopted = n.adopt.sessions.Load()
 	st.Removed = n.removedNodes()
 	return st

@@ -1,0 +1,187 @@
+package cluster
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/moatmq/moat/internal/broker"
+)
+
+// A publisher that moves (docs/cluster.md, "A publisher that moves").
+// A node delivers its own clients' QoS 1/2 messages to its sessions at
+// once, and the other nodes' through the durable stream, some
+// milliseconds later, or seconds when its consumer lost its leader. A
+// publisher whose node died, reconnecting to the subscriber's node at
+// once, had its first messages there delivered ahead of its last ones
+// through the dead node, still on their way through the stream: 2 to 8
+// messages in 6 of the 17 runs of an outside kill series that killed the
+// node of the publisher that reconnected to the subscriber's node (from
+// 20 ms to 10 s late). So a connection's first
+// QoS 1/2 PUBLISH waits until this node has routed every record the
+// stream held when the wait began (broker.PublishGate): those of its
+// client's earlier connection among them, as they were acknowledged
+// before it connected here.
+
+// caughtUpWait bounds the wait of a connection's first message. Past it
+// the message goes on (its publisher is not held up longer than its
+// keep alive allows), counted and logged: an election of this node's
+// consumer's leader takes 4 to 9 s, and the routing of a node that
+// restarts or is far behind may take longer.
+const caughtUpWait = 5 * time.Second
+
+// streamEndWait bounds the reading of the stream's end; without an
+// answer (no leader), the message goes on at once.
+const streamEndWait = time.Second
+
+var _ broker.PublishGate = (*Node)(nil)
+
+// publishGate shares the readings of the stream's end among the
+// connections that wait at once: a reading serves those that arrived
+// before it began, so that each sees every record stored before it
+// arrived; those that arrive during a reading share the next one.
+type publishGate struct {
+	mu      sync.Mutex
+	running bool
+	next    *endReading // the reading after the running one
+	// waited counts the first messages that waited for the routing,
+	// timedOut those that went on past caughtUpWait, noEnd those whose
+	// reading of the stream's end failed.
+	waited, timedOut, noEnd uint64
+}
+
+// endReading is one reading of the stream's end: done is closed once
+// last (ok) is known.
+type endReading struct {
+	done chan struct{}
+	last uint64
+	ok   bool
+}
+
+// AwaitCaughtUp implements broker.PublishGate: it returns once this
+// node's routing has passed the stream's end as read after the call
+// began, after caughtUpWait, when the stream's end cannot be read, when
+// closed is closed, or when the node closes.
+func (n *Node) AwaitCaughtUp(closed <-chan struct{}) {
+	select {
+	case <-n.ready:
+	default:
+		return // the stream is not in use yet
+	}
+	g := &n.dur.gate
+	g.mu.Lock()
+	if g.next == nil {
+		g.next = &endReading{done: make(chan struct{})}
+	}
+	r := g.next
+	if !g.running {
+		g.running = true
+		n.wg.Add(1)
+		go func() { defer n.wg.Done(); n.readEnds() }()
+	}
+	g.mu.Unlock()
+	timer := time.NewTimer(caughtUpWait)
+	defer timer.Stop()
+	select {
+	case <-r.done:
+	case <-timer.C:
+		n.gateTimedOut()
+		return
+	case <-closed:
+		return
+	case <-n.ctx.Done():
+		return
+	}
+	if !r.ok {
+		g.mu.Lock()
+		g.noEnd++
+		g.mu.Unlock()
+		return
+	}
+	d := &n.dur
+	counted := false
+	for {
+		// The channel first, then the position: a rise between the two
+		// closes the channel taken.
+		d.movedMu.Lock()
+		if d.moved == nil {
+			d.moved = make(chan struct{})
+		}
+		moved := d.moved
+		d.movedMu.Unlock()
+		if d.routedNow.Load() >= r.last {
+			return
+		}
+		if !counted {
+			counted = true
+			g.mu.Lock()
+			g.waited++
+			g.mu.Unlock()
+		}
+		select {
+		case <-moved:
+		case <-timer.C:
+			n.gateTimedOut()
+			return
+		case <-closed:
+			return
+		case <-n.ctx.Done():
+			return
+		}
+	}
+}
+
+// readEnds runs the readings of the stream's end while connections wait
+// for one.
+func (n *Node) readEnds() {
+	g := &n.dur.gate
+	for {
+		g.mu.Lock()
+		r := g.next
+		if r == nil {
+			g.running = false
+			g.mu.Unlock()
+			return
+		}
+		g.next = nil
+		g.mu.Unlock()
+		ctx, cancel := context.WithTimeout(n.ctx, streamEndWait)
+		info, err := n.msgStream().Info(ctx)
+		cancel()
+		if err == nil {
+			r.last, r.ok = info.State.LastSeq, true
+		}
+		close(r.done)
+	}
+}
+
+// gateTimedOut counts and logs a first message that went on before the
+// routing caught up: the first and every 1000th.
+func (n *Node) gateTimedOut() {
+	g := &n.dur.gate
+	g.mu.Lock()
+	g.timedOut++
+	k := g.timedOut
+	g.mu.Unlock()
+	if k == 1 || k%1000 == 0 {
+		n.log.Warn("cluster: a publisher's first message went on before this node routed the stream's earlier records; "+
+			"it may reach this node's subscribers ahead of its earlier messages through another node",
+			"wait", caughtUpWait, "count", k)
+	}
+}
+
+// raiseLocked raises the routing position to seq and wakes the first
+// messages waiting for it. The caller holds routeMu.
+func (d *durableState) raiseLocked(seq uint64) {
+	if seq <= d.routed {
+		return
+	}
+	d.routed = seq
+	d.routedNow.Store(seq)
+	d.movedMu.Lock()
+	if d.moved != nil {
+		close(d.moved)
+		d.moved = nil
+	}
+	d.movedMu.Unlock()
+}

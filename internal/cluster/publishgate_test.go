@@ -1,0 +1,51 @@
+package cluster
+
+import (
+	"context"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/moatmq/moat/client"
+	"github.com/moatmq/moat/internal/testutil"
+)
+
+// TestPublisherMovesKeepsOrder: a publisher on n1 sends 50 QoS 1
+// messages to a subscriber on n2, whose routing of the stream is held
+// (as while its consumer elects a leader), and then goes on from n2,
+// as one whose node died and that reconnected to the subscriber's node:
+// its first message there waits until n2 has routed what the stream
+// held, and the subscriber gets all 100 in order. Delivered at once on
+// n2, the messages sent there came first.
+func TestPublisherMovesKeepsOrder(t *testing.T) {
+	nodes := commonCluster(t)
+	n2 := nodes[1].node
+	sub := dial(t, nodes[1].addr, "pmsub", client.V5)
+	subscribe(t, sub, 1, "pm/#")
+	first := dial(t, nodes[0].addr, "pmpub1", client.V5)
+	awaitRoute(t, first, sub, "pm/probe")
+
+	n2.pauseRouting()
+	t.Cleanup(n2.resumeRouting)
+	publishQoS1(t, first, "pm/x", 0, 50) // each acknowledged: in the stream
+	disconnect(t, first)
+
+	waited := n2.Status().PublishersWaited
+	second := dial(t, nodes[1].addr, "pmpub2", client.V5)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	toks := make([]*client.Token, 0, 50)
+	for i := 50; i < 100; i++ {
+		toks = append(toks, second.PublishAsync(ctx, &client.Message{Topic: "pm/x", QoS: 1, Payload: []byte(strconv.Itoa(i))}))
+	}
+	testutil.WaitFor(t, "the first message on n2 to wait for n2's routing", 30*time.Second, func() bool {
+		return n2.Status().PublishersWaited > waited
+	})
+	n2.resumeRouting()
+	receiveInOrder(t, sub, 0, 100)
+	for i, tk := range toks {
+		if err := tk.Wait(ctx); err != nil {
+			t.Fatalf("message %d: %v", 50+i, err)
+		}
+	}
+}
