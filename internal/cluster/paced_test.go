@@ -34,7 +34,10 @@ func pacedCluster(t *testing.T, id string, limit int, rec *logRecorder, before .
 
 // TestPacedCatchUp: the other nodes publish 15 times what a connected
 // session's queue takes (max_queued_messages 20) while its client takes
-// nothing; as it then takes one message at a time, every message
+// nothing, and then (stay) a publisher on the session's own node sends
+// a quarter of that, which the other nodes' messages left free (before,
+// they filled the queue, and those were dropped there); as the client
+// then takes one message at a time, every message
 // arrives, in order per publisher, once: the routing pass that found the
 // queue full switched the session to a catch-up, which reads what
 // routing skipped from the stream as the queue drains. Its node never
@@ -65,7 +68,20 @@ func TestPacedCatchUp(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			o := newInOrder(map[string]int{"pc/0": published, "pc/1": published})
+			want := map[string]int{"pc/0": published, "pc/1": published}
+			if !tc.move {
+				// The other nodes' messages leave the queue's last
+				// quarter free: a publisher on n1 queues 5 there.
+				testutil.WaitFor(t, "a paced catch-up on n1", 30*time.Second, func() bool {
+					return nodes[0].node.Status().CatchUpsPaced > 0
+				})
+				local := dial(t, nodes[0].addr, id+"local", client.V5)
+				if err := publishQoS(ctx, local, "pc/local", 0, limit/4, 1); err != nil {
+					t.Fatal(err)
+				}
+				want["pc/local"] = limit / 4
+			}
+			o := newInOrder(want)
 			check := queueBound(t, nodes[0], limit)
 			if tc.move {
 				receiveUntil(t, sub, o, 3*limit, check)

@@ -174,7 +174,7 @@ func TestRepublishKeepsAcknowledged(t *testing.T) {
 	t.Cleanup(func() { q.lose.Store(0) })
 	before := q.keptAcked.Load()
 	for round := 0; ; round++ {
-		if round == 5 {
+		if round == 10 {
 			t.Fatal("in no round was a record found acknowledged when the lost one was published again")
 		}
 		topic := fmt.Sprintf("rk/%d", round)
