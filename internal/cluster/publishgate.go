@@ -76,6 +76,10 @@ func (n *Node) AwaitCaughtUp(closed <-chan struct{}) {
 	}
 	r := g.next
 	if !g.running {
+		if n.ctx.Err() != nil {
+			g.mu.Unlock()
+			return // the node closes
+		}
 		g.running = true
 		n.wg.Add(1)
 		go func() { defer n.wg.Done(); n.readEnds() }()
@@ -83,14 +87,19 @@ func (n *Node) AwaitCaughtUp(closed <-chan struct{}) {
 	g.mu.Unlock()
 	timer := time.NewTimer(caughtUpWait)
 	defer timer.Stop()
-	select {
-	case <-r.done:
-	case <-timer.C:
-		n.gateTimedOut()
-		return
-	case <-closed:
-		return
-	case <-n.ctx.Done():
+	// wait waits for ch; false when the wait is over otherwise.
+	wait := func(ch <-chan struct{}) bool {
+		select {
+		case <-ch:
+			return true
+		case <-timer.C:
+			n.gateTimedOut()
+		case <-closed:
+		case <-n.ctx.Done():
+		}
+		return false
+	}
+	if !wait(r.done) {
 		return
 	}
 	if !r.ok {
@@ -119,14 +128,7 @@ func (n *Node) AwaitCaughtUp(closed <-chan struct{}) {
 			g.waited++
 			g.mu.Unlock()
 		}
-		select {
-		case <-moved:
-		case <-timer.C:
-			n.gateTimedOut()
-			return
-		case <-closed:
-			return
-		case <-n.ctx.Done():
+		if !wait(moved) {
 			return
 		}
 	}

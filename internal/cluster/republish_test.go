@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,24 +16,25 @@ import (
 // TestRepublishKeepsOrder: two batch records of a publisher's node are
 // lost on their way to the stream (as with a stream leader that died),
 // and the messages its client sends meanwhile gather into the next
-// record. The lost records are published again, the second with the
-// first, before the next record goes: the subscriber on another node
+// record. The lost records are published again, the second after the
+// first and before the next record goes: the subscriber on another node
 // gets every message once, in the publisher's order. Published again
-// one by one, the second lost record landed after the next record,
-// which is sent as soon as the first one's acknowledgement makes room.
+// one by one, each when its own wait ran out, the second lost record
+// landed after the next record, which is sent as soon as the first
+// one's acknowledgement makes room.
 func TestRepublishKeepsOrder(t *testing.T) {
 	sub, pub, q := publisherPair(t, "rp")
 	before := q.republished.Load()
 
-	// A round shows the case only when the client's next messages
-	// reach the node before the first lost record is published again
-	// (a tenth of a second); on a loaded machine that may take rounds.
+	// The first message goes alone in its record, so that the second
+	// record is lost too (publishInOrder); a round in which it was
+	// published again after the first shows the case.
 	const n = 300
 	for round := 0; ; round++ {
-		if round == 5 {
+		if round == 10 {
 			t.Fatal("in no round was a record published after the first lost one published again with it")
 		}
-		publishInOrder(t, q, pub, sub, fmt.Sprintf("rp/%d", round), n)
+		publishInOrder(t, q, pub, sub, fmt.Sprintf("rp/%d", round), n, true)
 		if got := q.republished.Load() - before; got > 0 {
 			t.Logf("round %d: records published again after the first lost one: %d", round, got)
 			return
@@ -55,7 +57,11 @@ func publisherPair(t *testing.T, prefix string) (sub, pub *client.Client, q *pub
 
 // publishInOrder publishes n QoS 1 messages on topic, of which the first
 // two records of q are lost, and checks that sub gets each once, in order.
-func publishInOrder(t *testing.T, q *publisher, pub, sub *client.Client, topic string, n int) {
+// With alone, the first message goes alone in the first record: the
+// others are published once it is lost, and two records are lost
+// whatever the machine's load (the second is sent while the first
+// waits to be published again).
+func publishInOrder(t *testing.T, q *publisher, pub, sub *client.Client, topic string, n int, alone bool) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -63,6 +69,9 @@ func publishInOrder(t *testing.T, q *publisher, pub, sub *client.Client, topic s
 	toks := make([]*client.Token, 0, n)
 	for i := range n {
 		toks = append(toks, pub.PublishAsync(ctx, &client.Message{Topic: topic, QoS: 1, Payload: []byte(strconv.Itoa(i))}))
+		if i == 0 && alone {
+			testutil.WaitFor(t, "the first record to be lost", 30*time.Second, func() bool { return q.lose.Load() <= 1 })
+		}
 	}
 	next := 0
 	deadline := time.After(60 * time.Second)
@@ -288,17 +297,31 @@ func TestRepublishedRecordVanishes(t *testing.T) {
 	sub, pub, q := publisherPair(t, "rv")
 	defer q.silentHead.Store(0)
 	before := q.republished.Load()
-	const n = 300
+	vanishRounds(t, q, pub, sub, "rv", &q.silentHead, "in no round did a record published again vanish with a record after it waiting",
+		func() bool {
+			ok := q.republished.Load() > before
+			before = q.republished.Load()
+			return ok
+		})
+}
+
+// vanishRounds publishes rounds of 300 messages under prefix, the first
+// alone in its record (publishInOrder), of which the first two records
+// of q are lost and, with silent set to 1, one sent again alone
+// vanishes, until silent was used and shown returns true; it fails with
+// fail after 10 rounds.
+func vanishRounds(t *testing.T, q *publisher, pub, sub *client.Client, prefix string, silent *atomic.Int32, fail string, shown func() bool) {
+	t.Helper()
 	for round := 0; ; round++ {
-		if round == 5 {
-			t.Fatal("in no round did a record published again vanish with a record after it waiting")
+		if round == 10 {
+			t.Fatal(fail)
 		}
-		q.silentHead.Store(1)
-		publishInOrder(t, q, pub, sub, fmt.Sprintf("rv/%d", round), n)
-		if q.silentHead.Load() <= 0 && q.republished.Load() > before {
+		silent.Store(1)
+		publishInOrder(t, q, pub, sub, fmt.Sprintf("%s/%d", prefix, round), 300, true)
+		if used := silent.Load() <= 0; shown() && used {
+			t.Logf("round %d: a record sent again alone vanished", round)
 			return
 		}
-		before = q.republished.Load()
 	}
 }
 
@@ -314,16 +337,6 @@ func TestRepublishedRecordVanishes(t *testing.T) {
 func TestRepublishedNextVanishes(t *testing.T) {
 	sub, pub, q := publisherPair(t, "rn")
 	defer q.silentNext.Store(0)
-	const n = 300
-	for round := 0; ; round++ {
-		if round == 10 {
-			t.Fatal("in no round did a record published again after the first one vanish")
-		}
-		q.silentNext.Store(1)
-		publishInOrder(t, q, pub, sub, fmt.Sprintf("rn/%d", round), n)
-		if q.silentNext.Load() <= 0 {
-			t.Logf("round %d: the record sent again after the first one vanished", round)
-			return
-		}
-	}
+	vanishRounds(t, q, pub, sub, "rn", &q.silentNext, "in no round did a record published again after the first one vanish",
+		func() bool { return true })
 }
