@@ -134,14 +134,24 @@ func (p *servePlan) writePIDFile() (remove func()) {
 	if old, err := readPIDFile(path); err == nil && old != os.Getpid() && processAlive(old) {
 		p.log.Warn("serve: the pid file names another running process; is a second broker using this data directory?", "file", path, "pid", old)
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	// Written beside it and renamed into place: a reader (moat reload)
+	// never finds the file empty, as it could between the creation and
+	// the write (seen once in TestReloadCommandPIDFile).
+	f, err := os.CreateTemp(p.cfg.DataDir, pidFileName+".*")
 	if err == nil {
+		tmp := f.Name()
 		err = f.Chmod(0o600)
 		if _, werr := f.WriteString(me); err == nil {
 			err = werr
 		}
 		if cerr := f.Close(); err == nil {
 			err = cerr
+		}
+		if err == nil {
+			err = os.Rename(tmp, path)
+		}
+		if err != nil {
+			os.Remove(tmp)
 		}
 	}
 	if err != nil {
