@@ -436,18 +436,18 @@ func (c *conn) checkQ0Gate() {
 // backlogs: its topic and payload.
 func (d *delivery) size() int64 { return int64(len(d.msg.Topic) + len(d.msg.Payload)) }
 
-// pacedSpare is the share of a queue (1/pacedSpare of its limits) that
-// the other nodes' messages a cluster can deliver later leave free
-// (enqueueLocked); the cluster's catch-ups leave the same share
-// (internal/cluster, catchUpSpare).
-const pacedSpare = 4
+// PacedSpare is the share of a queue (1/PacedSpare of its limits) that
+// the other nodes' messages a cluster can deliver later leave free for
+// this node's own publishers (enqueueLocked); the cluster's catch-ups
+// leave the same share.
+const PacedSpare = 4
 
 // spareTakenLocked reports whether s's queue reaches into the share that
-// pacedSpare leaves free. The caller holds s.mu.
+// PacedSpare leaves free. The caller holds s.mu.
 func (s *session) spareTakenLocked(srv *Server) bool {
 	lim := srv.limits()
-	return s.queue.len() >= lim.MaxQueued-lim.MaxQueued/pacedSpare ||
-		lim.MaxQueuedBytes > 0 && s.queueBytes >= lim.MaxQueuedBytes-lim.MaxQueuedBytes/pacedSpare
+	return s.queue.len() >= lim.MaxQueued-lim.MaxQueued/PacedSpare ||
+		lim.MaxQueuedBytes > 0 && s.queueBytes >= lim.MaxQueuedBytes-lim.MaxQueuedBytes/PacedSpare
 }
 
 // fullLocked reports whether s's queue is at its limits. The caller

@@ -119,8 +119,9 @@ type catchUp struct {
 // full queue drops them. A catch-up that filled the queue to its limit
 // left it full as it ended, and an outside test that killed a node under
 // QoS 1 load lost such messages at the moved session (docs/cluster.md,
-// "Full queues that still drop").
-const catchUpSpare = 4
+// "Full queues that still drop"). It is the broker's share, which the
+// other nodes' messages leave free before a session catches up.
+const catchUpSpare = broker.PacedSpare
 
 // leaveRoom returns what a catch-up fills of a queue that has room
 // messages and roomBytes bytes (-1: no byte limit) of room under lim:

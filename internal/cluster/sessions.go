@@ -2307,6 +2307,7 @@ func (n *Node) replayOwnLate(ctx context.Context, p *persistence, rs *replaySet,
 		return
 	}
 	b := n.b.(sessionBroker)
+	owedMax := max(b.Limits().MaxQueued, catchUpHeld)
 	var wg sync.WaitGroup
 	count := 0
 	take := func(seq uint64, ref string, msg func() (*broker.Message, error)) {
@@ -2324,10 +2325,16 @@ func (n *Node) replayOwnLate(ctx context.Context, p *persistence, rs *replaySet,
 		// Past the queue's limit if need be: the reading before the
 		// import left room for what it found, not for these, and a
 		// queue the claim filled would drop messages acknowledged to
-		// their publisher that nothing else brings the session. How
-		// many there are is bounded by the records read (maxOwnScan),
-		// in practice a Receive Maximum per connection of this node.
-		b.DeliverOwedToSession(rs.id, m, func(error) { wg.Done() })
+		// their publisher that nothing else brings the session. In
+		// practice they are a Receive Maximum per connection of this
+		// node; past owedMax (a burst forwarded during a long claim),
+		// the queue's limit applies again, so that memory stays
+		// bounded (the broker logs what it drops).
+		if count <= owedMax {
+			b.DeliverOwedToSession(rs.id, m, func(error) { wg.Done() })
+		} else {
+			b.DeliverToSession(rs.id, m, func(error) { wg.Done() })
+		}
 		n.dur.refs.Delete(m)
 	}
 	for {
