@@ -113,7 +113,12 @@ func TestRouteWatchWaitersShareRounds(t *testing.T) {
 	if err := w.wait(gaveUp); err != nil {
 		t.Fatalf("nothing in flight: %v", err)
 	}
-	if got := w.epoch.Load(); got > e+3 {
+	// Shared, the first waiter's round, the next one for the 8 and
+	// the last check's make 3; a waiter counted in waiters but not yet
+	// past its reading of the epoch when the second round began (the
+	// race detector on a loaded machine) needs one more, and one more
+	// for a second such straggler. One round per waiter would make 10.
+	if got := w.epoch.Load(); got > e+5 {
 		t.Fatalf("%d rounds for %d waiters; want them shared", got-e, n+1)
 	}
 }
