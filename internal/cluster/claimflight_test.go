@@ -277,13 +277,8 @@ func testClaimOwnMessagesInFlight(t *testing.T, at flightClaim, ownLed, sessLed,
 	t.Logf("after the cut: election %v, claim %v, take %v, CONNACK %v; replay records %d; forwarded %d at the reading, %d at the import",
 		electedAt.Sub(cut), claimAt.Sub(cut), sinceCut(takeAt.Load(), cut), connack.Sub(cut), n2.Status().ReplayRecords-read,
 		atRead.Load(), atImport.Load())
-	if at == claimBeforeElection && electedAt.Sub(claimAt) > 7*time.Second {
-		// The claim's wait for n2's commits (its client's 10 s connect
-		// timeout less a second) may have run out before the records
-		// were taken: then it replays none of them (docs/cluster.md,
-		// "Not done yet").
-		t.Skipf("the election came %v after the claim began: past what its wait for the commits covers", electedAt.Sub(claimAt))
-	}
+	t.Logf("n2's publisher: %d records published again alone, %d after a probe, %d elections, %d overtaken",
+		n2.pub.retries.Load(), n2.pub.republished.Load(), n2.pub.elections.Load(), n2.pub.overtakes.Load())
 	var want []int
 	for i, o := range ok {
 		if o {

@@ -1851,8 +1851,13 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 	var rs *replaySet
 	var ownTo uint64
 	// ownFwd: this node's forwarding sequence as the wait in ownEnd
-	// began; ownOK: the wait ended in time (replayOwnLate).
+	// began, ownStart when; ownOK: the wait ended in time. If it did
+	// not, the reading stops at the routing position, and this node's
+	// own messages in the records past it are read after the import
+	// (replayOwnLate), once the commits submitted before ownStart are
+	// done: each is done by its deadline.
 	var ownFwd uint64
+	var ownStart time.Time
 	ownOK := false
 	if pos.replay {
 		n.dur.routeMu.Lock()
@@ -1875,17 +1880,9 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 			// part of the queue free for the messages that come live.
 			room, roomBytes = leaveRoom(b.Limits(), room, roomBytes)
 		}
-		ownFwd = n.dur.seq.Load()
+		ownFwd, ownStart = n.dur.seq.Load(), time.Now()
 		end, ok := n.ownEnd(ctx, p, to, ownWait(time.Until(patience), hasPatience))
 		ownTo, ownOK = max(to, end), ok
-		if !ok {
-			// The reading stops at the routing position: this node's
-			// messages forwarded before the claim whose records are
-			// past it are not replayed (docs/cluster.md, "Not done
-			// yet").
-			n.log.Warn("cluster: this node's messages forwarded before a session moved here could not be waited for; "+
-				"those past its routing position may be missing from it", "client", id, "routed", to)
-		}
 		rs = n.readReplay(ctx, id, cs.Session.Session, pos, ownTo, have, room, roomBytes, paced)
 		if f := n.sess.afterReplayRead.Load(); f != nil {
 			(*f)(id)
@@ -1921,6 +1918,20 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 	}
 	if marked && !catching {
 		n.unmarkCatchUp(id)
+	}
+	if rs != nil && !ownOK {
+		// The reading stopped at the routing position: this node's
+		// messages forwarded before the claim whose records are past
+		// it are read after the import (replayOwnLate); a session that
+		// catches up does not get them (docs/cluster.md, "Not done
+		// yet").
+		if catching {
+			n.log.Warn("cluster: this node's messages forwarded before a session moved here could not be waited for; "+
+				"those past its routing position may be missing from it", "client", id, "routed", ownTo)
+		} else {
+			n.log.Info("cluster: this node's messages forwarded before a session moved here could not be waited for; "+
+				"those past its routing position are read after the import", "client", id, "routed", ownTo)
+		}
 	}
 	cs.CatchUp = catching
 	n.dur.routeMu.Lock()
@@ -2018,7 +2029,7 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 		// the session live only if it holds them back (matched once it
 		// was here); the others are replayed from the stream.
 		var held map[string]bool
-		if rs != nil && !rs.failed && ownOK {
+		if rs != nil && !rs.failed {
 			fwdAt, held = n.routedAt(ctx, b, local, id, fwdAt, ownWait(time.Until(patience), hasPatience))
 		}
 		ownQoS0Seq, ownRef := n.ownQoS0Seq, n.ownRef
@@ -2064,8 +2075,18 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 			}
 			n.startCatchUp(id, rs, local, skip, ownTo, late, localRefs)
 		} else {
-			if rs != nil && !rs.failed && !rs.full && ownOK && fwdAt > ownFwd {
-				n.replayOwnLate(ctx, p, rs, local, fwdAt, held, ownWait(time.Until(patience), hasPatience))
+			if rs != nil && !rs.failed && !rs.full && (!ownOK || fwdAt > ownFwd) {
+				wait := ownWait(time.Until(patience), hasPatience)
+				if !ownOK {
+					// The commits of the records the reading left out
+					// end by their deadline (a failed one was not
+					// acknowledged to its publisher), and acknowledge
+					// learns of a record's end within a publication's
+					// timeout (5 s) past it: the session waits that
+					// long rather than miss an acknowledged message.
+					wait = max(wait, time.Until(ownStart.Add(n.commitTimeout()+requestAttempt)))
+				}
+				n.replayOwnLate(ctx, p, rs, local, fwdAt, held, wait)
 			}
 			if c := local.Deliver(skip); c > 0 {
 				n.log.Info("cluster: messages of this node replayed to a moved session", "client", id, "count", c)
@@ -2280,9 +2301,12 @@ func (n *Node) ownEnd(ctx context.Context, p *persistence, routed uint64, wait t
 // waiting in the socket (an MQTT 3.1.1 client knows no Receive
 // Maximum): once the stream's new leader takes the first ones, the
 // reader goes on with the others during the claim, and the message it
-// had matched as it waited is forwarded only after the import. It
-// waits for this node's commits again (as long as ownEnd waits, wait)
-// and reads the records after rs.to up to the stream's end.
+// had matched as it waited is forwarded only after the import. When the
+// claim's first wait for the node's commits ran out, rs was read up to
+// the routing position only, and the node's messages forwarded before
+// the claim whose records are past it are found here the same way. It
+// waits for this node's commits again (up to wait) and reads the
+// records after rs.to up to the stream's end.
 func (n *Node) replayOwnLate(ctx context.Context, p *persistence, rs *replaySet, local *broker.LocalReplay,
 	forwarded uint64, held map[string]bool, wait time.Duration) {
 	end, ok := n.ownEnd(ctx, p, rs.to, wait)
