@@ -430,3 +430,50 @@ func TestBatchRecordOneCommit(t *testing.T) {
 		}
 	}
 }
+
+// TestBatchesWhileANodeIsAway: a node that read batch records when it was
+// last seen still counts as one that does while it is away, also when
+// the node forwarding messages sent none before it went: n2 notes the
+// other nodes' markers as they are seen, not as it forwards, and its
+// messages go into the stream grouped while n3 is gone. Before, noted
+// only as it forwarded, n2 sent every message as a record of its own
+// for as long as n3 stayed away.
+func TestBatchesWhileANodeIsAway(t *testing.T) {
+	nodes := startCluster(t, 3)
+	n2 := nodes[1].node
+	n3key := markerPrefix + keyOf(nodes[2].node.cfg.Node) + "."
+	testutil.WaitFor(t, "n2 to note n3's batch marker", 30*time.Second, func() bool {
+		n2.dur.capMu.Lock()
+		defer n2.dur.capMu.Unlock()
+		return n2.dur.capable[n3key]
+	})
+	if out := n2.Status().StreamOut; out != 0 {
+		t.Fatalf("n2 forwarded %d messages before n3 went", out)
+	}
+	stopNode(t, nodes[2])
+	testutil.WaitFor(t, "n1 and n2 to see n3 gone", 30*time.Second, func() bool {
+		return nodes[0].node.srv.NumRemotes() == 1 && n2.srv.NumRemotes() == 1
+	})
+	sub := dial(t, nodes[0].addr, "awaysub", client.V5)
+	subscribe(t, sub, 1, "aw/#")
+	pub := dial(t, nodes[1].addr, "awaypub", client.V5)
+	awaitRoute(t, pub, sub, "aw/probe")
+
+	const n = 200
+	before := streamState(t, nodes[0].node).LastSeq
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	toks := make([]*client.Token, 0, n)
+	for i := range n {
+		toks = append(toks, pub.PublishAsync(ctx, &client.Message{Topic: "aw/x", QoS: 1, Payload: []byte(strconv.Itoa(i))}))
+	}
+	for _, tk := range toks {
+		if err := tk.Wait(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	receiveInOrder(t, sub, 0, n)
+	if got := streamState(t, nodes[0].node).LastSeq - before; got >= n {
+		t.Fatalf("with n3 away: %d messages took %d records, want them grouped", n, got)
+	}
+}

@@ -630,7 +630,9 @@ func (c *catchUp) forget() {
 // position are not replayed (logged). The messages read are handed to
 // the session before routing is let go, as finish does: delivered
 // after, one could land behind a later message routing delivered in
-// between (seen once in a full test run: "33 after 35").
+// between. (TestPacedCatchUpGivesUp still sees a message arrive after a
+// later one now and then, with this and before it: not understood; see
+// docs/cluster.md, "Not done yet".)
 func (c *catchUp) giveUp(reason string) {
 	n, rs := c.n, c.rs
 	n.dur.routeMu.Lock()
