@@ -348,13 +348,19 @@ func (n *Node) forwardMsg(msg *broker.Message) *fwdMsg {
 	return &fwdMsg{topic: msg.Topic, seq: n.dur.seq.Add(1), sent: now.UnixNano(), from: msg.From, pkt: data}
 }
 
+// publishTimeout is how long a publication to JetStream waits for its
+// acknowledgement before it fails (and is made again until its commit's
+// deadline): a commit is known to be done at most this long after its
+// deadline passed.
+const publishTimeout = 5 * time.Second
+
 // startDurable starts the goroutines of the durable stream: the
 // publisher, its acknowledgements, the consumer and the peer monitor.
 func (n *Node) startDurable() {
 	// An acknowledgement lost with a stream leader that died never comes:
-	// after 5 s the publication is made again (the stream keeps one copy
-	// of a message ID), until the commit's deadline.
-	js, err := jetstream.New(n.nc, jetstream.WithPublishAsyncMaxPending(1<<14), jetstream.WithPublishAsyncTimeout(5*time.Second))
+	// after publishTimeout the publication is made again (the stream keeps
+	// one copy of a message ID), until the commit's deadline.
+	js, err := jetstream.New(n.nc, jetstream.WithPublishAsyncMaxPending(1<<14), jetstream.WithPublishAsyncTimeout(publishTimeout))
 	if err != nil {
 		n.log.Error("cluster: JetStream unavailable; QoS 1/2 messages are not forwarded durably", "err", err)
 		return

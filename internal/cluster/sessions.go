@@ -2082,9 +2082,9 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 					// end by their deadline (a failed one was not
 					// acknowledged to its publisher), and acknowledge
 					// learns of a record's end within a publication's
-					// timeout (5 s) past it: the session waits that
+					// timeout (publishTimeout) past it: the session waits that
 					// long rather than miss an acknowledged message.
-					wait = max(wait, time.Until(ownStart.Add(n.commitTimeout()+requestAttempt)))
+					wait = max(wait, time.Until(ownStart.Add(n.commitTimeout()+publishTimeout)))
 				}
 				n.replayOwnLate(ctx, p, rs, local, fwdAt, held, wait)
 			}
