@@ -502,6 +502,10 @@ type LocalReplay struct {
 	// paced: made by a paced routing pass (PacedSession), for a session
 	// that holds nothing back.
 	paced bool
+	// ended: EndCatchUp ran (written under sess.mu). It ends the catch-up
+	// once: the fence may carry the session's next one by the time
+	// Deliver runs (cluster_paced.go).
+	ended bool
 }
 
 // FindLocal finds the messages ReplayLocal delivers, in the record of
@@ -613,13 +617,22 @@ func (r *LocalReplay) QueueRoom() (room int, roomBytes int64, held int, online, 
 // routing delivers to it again (held back until Deliver). The Cluster
 // calls it under the lock that orders its routing, once it delivered
 // every message it routed before. It returns the number of QoS 0
-// deliveries dropped meanwhile. Safe for concurrent use.
+// deliveries dropped meanwhile. Only its first call acts: once the lock
+// is let go, a routing pass may start the session's next paced catch-up
+// on the same fence (paceLocked), which a later call, Deliver's among
+// them, must leave standing, or routing would deliver live what that
+// catch-up reads from the stream, ahead of older messages and twice.
+// Safe for concurrent use.
 func (r *LocalReplay) EndCatchUp() (skipped int) {
 	if r == nil {
 		return 0
 	}
 	r.sess.mu.Lock()
 	defer r.sess.mu.Unlock()
+	if r.ended {
+		return 0
+	}
+	r.ended = true
 	skipped = r.f.skipped
 	r.f.catchUp, r.f.skipped, r.f.paced = nil, 0, false
 	return skipped
@@ -627,7 +640,8 @@ func (r *LocalReplay) EndCatchUp() (skipped int) {
 
 // Deliver delivers the messages found, except those skip reports, and
 // releases the deliveries the session held back since its import, in
-// order (a catch-up still under way ends: EndCatchUp). It returns the
+// order (a catch-up still under way ends: EndCatchUp, unless it ended
+// already). It returns the
 // number delivered. Call it once.
 func (r *LocalReplay) Deliver(skip func(*Message) bool) int {
 	if r == nil {
