@@ -377,7 +377,52 @@ type publisher struct {
 	// without an answer, as a record that reached a server no longer
 	// leading the stream does (tests): not published, never answered.
 	silent atomic.Int32
+	// late, when positive, makes that many next batch records published
+	// get their answer only once the test lets it go (lateHeld, under
+	// sendMu), as a record a stream leader stored and died before it
+	// answered is answered by the next leader once it leads (tests).
+	late     atomic.Int32
+	lateHeld []*heldAnswer
+	// stallAfter, when set, replaces stallProbe (tests); stalls counts
+	// the records answered after stallProbe that made the records after
+	// them go alone (endProbe).
+	stallAfter atomic.Int64
+	stalls     atomic.Uint64
 }
+
+// stallProbe is how long a record waited for its answer before the
+// records sent after it that are not answered yet go again, alone and
+// in order, before anything new (endProbe). A record stored by a stream
+// leader that died before it answered is answered by the next leader
+// as it applies it, once it leads, and the records sent after it to
+// the dying leader may be lost; new records, sent at once, reached the
+// new leader first and landed ahead of them (an outside kill series: 9
+// acknowledged messages behind 88 later ones of their publisher, read
+// back from the stream). The election's advisory, which makes the
+// records after it go again in order, can come after that answer.
+// Normal answers take milliseconds; an election, seconds.
+const stallProbe = time.Second
+
+// stalled tells whether pd, answered now, waited stallProbe or more.
+func (q *publisher) stalled(pd *pending) bool {
+	after := int64(stallProbe)
+	if d := q.stallAfter.Load(); d > 0 {
+		after = d
+	}
+	return time.Now().UnixNano()-pd.sent >= after
+}
+
+// heldAnswer is the future of a record published whose answer waits
+// until a test lets it go (publisher.late).
+type heldAnswer struct {
+	real jetstream.PubAckFuture
+	ok   chan *jetstream.PubAck
+	err  chan error
+}
+
+func (h *heldAnswer) Ok() <-chan *jetstream.PubAck { return h.ok }
+func (h *heldAnswer) Err() <-chan error            { return h.err }
+func (h *heldAnswer) Msg() *nats.Msg               { return h.real.Msg() }
 
 // overtakeCheck is how often acknowledge, waiting for a record, looks
 // whether a later record to the same stream was acknowledged (overtaken).
@@ -539,6 +584,13 @@ func (q *publisher) send(js jetstream.JetStream, ctx context.Context, pd pending
 		pd.paf, pd.err = nil, nats.ErrNoResponders
 	} else if pd.batch && q.silent.Load() > 0 && q.silent.Add(-1) >= 0 {
 		pd.paf, pd.err = unanswered{pd.req.msg}, nil
+	} else if pd.batch && q.late.Load() > 0 && q.late.Add(-1) >= 0 {
+		pd.paf, pd.err = publishBy(js, pd.req.msg, pd.req.deadline)
+		if pd.err == nil {
+			h := &heldAnswer{real: pd.paf, ok: make(chan *jetstream.PubAck, 1), err: make(chan error, 1)}
+			q.lateHeld = append(q.lateHeld, h)
+			pd.paf = h
+		}
 	} else {
 		pd.paf, pd.err = publishBy(js, pd.req.msg, pd.req.deadline)
 	}
@@ -640,7 +692,8 @@ func (q *publisher) probingFor(pd *pending) bool {
 }
 
 // endProbe runs once pd was answered (or failed for good) while records
-// go alone: if pd was the one sent alone, the records published after
+// go alone, or after waiting stallProbe for its answer: if pd was the
+// one sent alone, or its answer came that late, the records published after
 // it that are not acknowledged yet go again in order, each record of
 // the durable stream alone in its turn (the next waits for its answer),
 // and only once none is left does anything new go. Those records may
@@ -657,10 +710,19 @@ func (q *publisher) probingFor(pd *pending) bool {
 // the next durable record. Nothing is sent again unless resend (the
 // Node closes).
 func (q *publisher) endProbe(js jetstream.JetStream, pd *pending, resend bool) {
-	if !q.probing.Load() {
+	stalled := resend && q.stalled(pd)
+	if !q.probing.Load() && !stalled {
 		return // no lock per record when nothing goes alone
 	}
 	q.sendMu.Lock()
+	if !q.probing.Load() && stalled {
+		// pd's answer came late (stallProbe): the records after it may
+		// have gone to a leader that died. They go again, alone, before
+		// anything new.
+		q.probing.Store(true)
+		q.probe = pd.id
+		q.stalls.Add(1)
+	}
 	if !q.probing.Load() || pd.id != q.probe {
 		// A record before the one sent alone, found acknowledged.
 		q.sendMu.Unlock()

@@ -82,6 +82,9 @@ type Status struct {
 	StreamDuplicates  uint64 `json:"stream_duplicates"`
 	StreamDegraded    uint64 `json:"stream_degraded"`
 	StreamRepublished uint64 `json:"stream_republished"`
+	// Records answered after waiting stallProbe that made the records
+	// after them go again alone (persist.go, endProbe).
+	StreamStallProbes uint64 `json:"stream_stall_probes"`
 	// Persistent sessions taken from other nodes and handed to them.
 	SessionsIn  uint64 `json:"sessions_in"`
 	SessionsOut uint64 `json:"sessions_out"`
@@ -182,7 +185,7 @@ func (n *Node) Status() Status {
 	st.StreamOut, st.StreamIn, st.StreamErrors = d.streamOut.Load(), d.streamIn.Load(), d.streamErrors.Load()
 	st.StreamDuplicates, st.StreamDegraded = d.streamDuplicates.Load(), d.streamDegraded.Load()
 	if n.pub != nil {
-		st.StreamRepublished = n.pub.republished.Load()
+		st.StreamRepublished, st.StreamStallProbes = n.pub.republished.Load(), n.pub.stalls.Load()
 	}
 	st.SessionsIn, st.SessionsOut = d.sessionsIn.Load(), d.sessionsOut.Load()
 	st.ReplayRecords, st.ReplaysBounded, st.ReplayDropped = d.replayRead.Load(), d.replaysBounded.Load(), d.replayDropped.Load()
