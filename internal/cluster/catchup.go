@@ -87,7 +87,11 @@ type catchUp struct {
 	// lateTo: the stream's end once the commits submitted as the
 	// catch-up began were done (lateEnd); it ends only once routing
 	// passed it, so that it read the records of the late own messages.
+	// lateBy, when set, is when those commits are done for sure (their
+	// deadline, for a claim whose first wait for them ran out): lateEnd
+	// waits until then rather than ownWaitMax.
 	lateTo uint64
+	lateBy time.Time
 	// started is n.now() when it began; delivered counts the messages
 	// it delivered.
 	started   time.Time
@@ -149,7 +153,7 @@ const pacedNear = 32
 // node's own clients published during the claim and what the session
 // holds back, skip what of it the session got.
 func (n *Node) startCatchUp(id string, rs *replaySet, local *broker.LocalReplay, skip func(*broker.Message) bool, ownTo, fwdAt uint64,
-	localRefs map[string]bool) {
+	localRefs map[string]bool, lateBy time.Time) {
 	if n.ctx.Err() != nil {
 		// The node closes: its broker is shut down already.
 		local.Deliver(skip)
@@ -162,7 +166,7 @@ func (n *Node) startCatchUp(id string, rs *replaySet, local *broker.LocalReplay,
 	}
 	c := n.newCatchUp(id, false)
 	c.rs, c.local, c.skip, c.ownTo, c.marked = rs, local, skip, ownTo, rs.pos.seq
-	c.fwdAt, c.localRefs = fwdAt, localRefs
+	c.fwdAt, c.localRefs, c.lateBy = fwdAt, localRefs, lateBy
 	n.sess.cuMu.Lock()
 	if n.sess.catchUps == nil {
 		n.sess.catchUps = make(map[string]*catchUp)
@@ -555,15 +559,16 @@ func (c *catchUp) lateOwn(ref string) bool {
 }
 
 // lateEnd sets lateTo when the catch-up replays late own messages: it
-// waits (ownWaitMax at most) until the commits submitted so far are
-// done, this node's forwarding up to fwdAt among them, and takes the
-// stream's end then. Past the wait the late messages whose records
-// routing has not passed when the catch-up ends are missing (logged).
+// waits (ownWaitMax at most, or until lateBy) until the commits
+// submitted so far are done, this node's forwarding up to fwdAt among
+// them, and takes the stream's end then. Past the wait the late
+// messages whose records routing has not passed when the catch-up ends
+// are missing (logged).
 func (c *catchUp) lateEnd() {
 	if c.fwdAt == 0 {
 		return
 	}
-	end, ok := c.n.ownEnd(c.ctx, c.n.persistence(), c.rs.to, ownWaitMax)
+	end, ok := c.n.ownEnd(c.ctx, c.n.persistence(), c.rs.to, max(ownWaitMax, time.Until(c.lateBy)))
 	if !ok {
 		if c.ctx.Err() == nil {
 			c.n.log.Warn("cluster: this node's messages forwarded while a session moved here could not be waited for; some may be missing from it",

@@ -199,3 +199,93 @@ func TestClaimFirstWaitRunsOut(t *testing.T) {
 		t.Fatalf("no %q for %s with a take of 5 s or more (take %v)", slow, id, take)
 	}
 }
+
+// TestClaimFirstWaitRunsOutCatchingUp: as TestClaimFirstWaitRunsOut,
+// but the session catches up: n1, the old home, routed none of n3's 20
+// messages for it (its routing paused), so the claim on n2 reads them
+// from the stream, more than its queue takes (max_queued_messages 8).
+// n2's held message is let go as the first reading ends (its wait run
+// out), before the catch-up's position is written (which waits for the
+// commits before it), and its record lands past the reading's end: it
+// reaches the session from the catch-up (its late own messages,
+// lateOwn), and n3's messages arrive in order. Before, the catch-up
+// replayed none of the node's own messages past the routing position
+// when the first wait had run out, and the held message was missing
+// (logged at Warn).
+func TestClaimFirstWaitRunsOutCatchingUp(t *testing.T) {
+	const msg, others = 2000, 20
+	const id, prefix = "first-wait-cu", "fwc"
+	rec := &logRecorder{}
+	nodes, err := startNodesLogged(t, t.TempDir(), freePorts(t, 3), nil, rec,
+		func(c *broker.Config) { c.ConnectTimeout, c.MaxQueued = 6*time.Second, 8 })
+	if err != nil {
+		t.Fatal(err)
+	}
+	n1, n2 := nodes[0].node, nodes[1].node
+	pub := leaveSessionOn(t, nodes, id, prefix)
+	pub3 := dial(t, nodes[2].addr, id+"-pub3", client.V5)
+	t.Cleanup(func() { _ = pub3.Close() })
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	n1.pauseRouting()
+	t.Cleanup(n1.resumeRouting)
+	if err := publishQoS(ctx, pub3, prefix+"/y", 0, others, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := awaitAllRouted(ctx, n2); err != nil {
+		t.Fatal(err)
+	}
+	held, release := holdOn(t, ctx, &n2.dur.forwarding, msg)
+	tok := pub.PublishAsync(ctx, &client.Message{Topic: prefix + "/x", QoS: 1, Payload: []byte(strconv.Itoa(msg))})
+	select {
+	case <-held:
+	case <-ctx.Done():
+		t.Fatal("n2 never forwarded the message")
+	}
+	// Let go once the claim's first reading ended, its wait run out:
+	// the commit is done before the catch-up's position is written,
+	// and the message is forwarded before the import.
+	readHook := func(cid string) {
+		if cid == id {
+			release()
+		}
+	}
+	n2.sess.afterReplayRead.Store(&readHook)
+	t.Cleanup(func() { n2.sess.afterReplayRead.Store(nil) })
+	moved := claimOnN2(t, nodes, id, func() {})
+	if err := tok.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	next := 0
+	gotOwn := false
+	deadline := time.After(30 * time.Second)
+	for next < others || !gotOwn {
+		select {
+		case m := <-moved.Messages():
+			switch m.Topic {
+			case prefix + "/x":
+				if string(m.Payload) != strconv.Itoa(msg) {
+					t.Fatalf("%s: %q", m.Topic, m.Payload)
+				}
+				gotOwn = true
+			case prefix + "/y":
+				if string(m.Payload) != strconv.Itoa(next) {
+					t.Fatalf("%s: got %q, want %d", m.Topic, m.Payload, next)
+				}
+				next++
+			}
+		case <-deadline:
+			t.Fatalf("received %d of n3's %d messages; n2's held message: %v", next, others, gotOwn)
+		}
+	}
+	st := n2.Status()
+	if st.CatchUps == 0 {
+		t.Fatal("the claim did not catch up")
+	}
+	const note = "cluster: this node's messages forwarded before a session moved here could not be waited for; " +
+		"those past its routing position are read after the import"
+	if len(rec.find(slog.LevelInfo, note)) == 0 {
+		t.Fatalf("no %q", note)
+	}
+}

@@ -1922,16 +1922,10 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 	if rs != nil && !ownOK {
 		// The reading stopped at the routing position: this node's
 		// messages forwarded before the claim whose records are past
-		// it are read after the import (replayOwnLate); a session that
-		// catches up does not get them (docs/cluster.md, "Not done
-		// yet").
-		if catching {
-			n.log.Warn("cluster: this node's messages forwarded before a session moved here could not be waited for; "+
-				"those past its routing position may be missing from it", "client", id, "routed", ownTo)
-		} else {
-			n.log.Info("cluster: this node's messages forwarded before a session moved here could not be waited for; "+
-				"those past its routing position are read after the import", "client", id, "routed", ownTo)
-		}
+		// it are read after the import (replayOwnLate), or by the
+		// catch-up (its late own messages, lateOwn).
+		n.log.Info("cluster: this node's messages forwarded before a session moved here could not be waited for; "+
+			"those past its routing position are read after the import", "client", id, "routed", ownTo)
 	}
 	cs.CatchUp = catching
 	n.dur.routeMu.Lock()
@@ -2070,10 +2064,16 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 			// The messages found and what is held back are delivered
 			// once the catch-up reached the routing position.
 			late := uint64(0) // the catch-up replays none of the late own messages
-			if ownOK && fwdAt > ownFwd {
+			var lateBy time.Time
+			if !ownOK {
+				// Every message forwarded before the import whose
+				// record is past the reading is late; their commits
+				// end by their deadline, as for replayOwnLate below.
+				late, lateBy = fwdAt, ownStart.Add(n.commitTimeout()+publishTimeout)
+			} else if fwdAt > ownFwd {
 				late = fwdAt
 			}
-			n.startCatchUp(id, rs, local, skip, ownTo, late, localRefs)
+			n.startCatchUp(id, rs, local, skip, ownTo, late, localRefs, lateBy)
 		} else {
 			if rs != nil && !rs.failed && !rs.full && (!ownOK || fwdAt > ownFwd) {
 				wait := ownWait(time.Until(patience), hasPatience)
