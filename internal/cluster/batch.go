@@ -224,20 +224,43 @@ func (n *Node) batchOK() bool {
 	}
 	d := &n.dur
 	peers := *d.peers.Load()
+	d.capMu.Lock()
+	defer d.capMu.Unlock()
+	n.noteCapabilitiesLocked(peers)
 	if len(peers) < int(d.expected.Load()) {
 		return false
 	}
-	acc := n.srv.GlobalAccount()
-	d.capMu.Lock()
-	defer d.capMu.Unlock()
 	for _, p := range peers {
-		if acc.Interest(p+presenceToken) > 0 {
-			key := p[len(markerPrefix) : len(p)-1]
-			d.capable[p] = acc.Interest(capPrefix+key+capBatch) > 0
-		}
 		if !d.capable[p] {
 			return false
 		}
 	}
 	return true
+}
+
+// noteCapabilities notes, for every node seen present now, whether it
+// has the batch marker, so that batchOK knows it while that node is
+// away. monitorPeers calls it every second: a node this one forwarded
+// nothing to before it went was otherwise never noted (batchOK notes
+// only as it is asked, when a message is forwarded).
+func (n *Node) noteCapabilities() {
+	if n.srv == nil {
+		return
+	}
+	peers := *n.dur.peers.Load()
+	n.dur.capMu.Lock()
+	n.noteCapabilitiesLocked(peers)
+	n.dur.capMu.Unlock()
+}
+
+// noteCapabilitiesLocked notes the batch marker of each of peers seen
+// present now; the caller holds capMu.
+func (n *Node) noteCapabilitiesLocked(peers []string) {
+	acc := n.srv.GlobalAccount()
+	for _, p := range peers {
+		if acc.Interest(p+presenceToken) > 0 {
+			key := p[len(markerPrefix) : len(p)-1]
+			n.dur.capable[p] = acc.Interest(capPrefix+key+capBatch) > 0
+		}
+	}
 }

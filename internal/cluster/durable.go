@@ -944,19 +944,19 @@ func (n *Node) settle(id string, delivered bool) {
 
 // monitorPeers refreshes, every second, the other nodes known (whose
 // markers needsStream looks up) and the number the cluster should have,
-// notes which of those present read batch records (batchOK), and drops
-// the markers whose linger ended. Noted only as messages were forwarded,
-// a node that died before this one forwarded any counted as one that
-// may not read batches: every message went as a record of its own until
-// it came back, and after the stream's election each of them was sent
-// again in its turn, one round trip each.
+// notes which of those present read batch records (noteCapabilities),
+// and drops the markers whose linger ended. Noted only as messages were
+// forwarded, a node that died before this one forwarded any counted as
+// one that may not read batches: every message went as a record of its
+// own until it came back, and after the stream's election each of them
+// was sent again in its turn, one round trip each.
 func (n *Node) monitorPeers() {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
 		if n.srv != nil {
 			n.refreshPeers(true)
-			n.batchOK()
+			n.noteCapabilities()
 		}
 		now := time.Now()
 		n.pruneGone(now)
