@@ -53,6 +53,22 @@ func holdOn(t *testing.T, ctx context.Context, hook *atomic.Pointer[func(*broker
 	return entered, release
 }
 
+// publishHeld publishes payload on topic through pub at QoS 1, with hook
+// holding the reader handing it on (holdOn), and returns the message's
+// token and the release once the reader holds it.
+func publishHeld(t *testing.T, ctx context.Context, pub *client.Client, hook *atomic.Pointer[func(*broker.Message)], topic string,
+	payload int) (*client.Token, func()) {
+	t.Helper()
+	held, release := holdOn(t, ctx, hook, payload)
+	tok := pub.PublishAsync(ctx, &client.Message{Topic: topic, QoS: 1, Payload: []byte(strconv.Itoa(payload))})
+	select {
+	case <-held:
+	case <-ctx.Done():
+		t.Fatalf("message %d was never handed on", payload)
+	}
+	return tok, release
+}
+
 // claimOnN2 claims the session id on nodes[1], with imported run as the
 // session is imported there, and returns the client once it has
 // Session Present 1.
@@ -96,13 +112,7 @@ func TestClaimOwnMessageMatchedBeforeImport(t *testing.T) {
 	defer cancel()
 	// The reader of pub matches the message (the session is on n1) and
 	// is held before n2 forwards it, until the session is imported.
-	held, release := holdOn(t, ctx, &n2.dur.beforeForward, before)
-	beforeTok := pub.PublishAsync(ctx, &client.Message{Topic: prefix + "/x", QoS: 1, Payload: []byte(strconv.Itoa(before))})
-	select {
-	case <-held:
-	case <-ctx.Done():
-		t.Fatal("n2 never forwarded the first message")
-	}
+	beforeTok, release := publishHeld(t, ctx, pub, &n2.dur.beforeForward, prefix+"/x", before)
 
 	var afterTok *client.Token
 	moved := claimOnN2(t, nodes, id, func() {
@@ -150,13 +160,7 @@ func TestClaimFirstWaitRunsOut(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	held, release := holdOn(t, ctx, &n2.dur.forwarding, msg)
-	tok := pub.PublishAsync(ctx, &client.Message{Topic: prefix + "/x", QoS: 1, Payload: []byte(strconv.Itoa(msg))})
-	select {
-	case <-held:
-	case <-ctx.Done():
-		t.Fatal("n2 never forwarded the message")
-	}
+	tok, release := publishHeld(t, ctx, pub, &n2.dur.forwarding, prefix+"/x", msg)
 	moved := claimOnN2(t, nodes, id, release)
 	if err := tok.Wait(ctx); err != nil {
 		t.Fatal(err)
@@ -236,13 +240,7 @@ func TestClaimFirstWaitRunsOutCatchingUp(t *testing.T) {
 	if err := awaitAllRouted(ctx, n2); err != nil {
 		t.Fatal(err)
 	}
-	held, release := holdOn(t, ctx, &n2.dur.forwarding, msg)
-	tok := pub.PublishAsync(ctx, &client.Message{Topic: prefix + "/x", QoS: 1, Payload: []byte(strconv.Itoa(msg))})
-	select {
-	case <-held:
-	case <-ctx.Done():
-		t.Fatal("n2 never forwarded the message")
-	}
+	tok, release := publishHeld(t, ctx, pub, &n2.dur.forwarding, prefix+"/x", msg)
 	// Let go once the claim's first reading ended, its wait run out:
 	// the commit is done before the catch-up's position is written,
 	// and the message is forwarded before the import.
