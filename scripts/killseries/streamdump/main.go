@@ -38,13 +38,14 @@ func main() {
 	from := flag.Uint64("from", 1, "the first stream sequence to print")
 	to := flag.Uint64("to", 0, "the last stream sequence to print (0: the stream's last)")
 	msgs := flag.Bool("msgs", false, "print each message of a record on its own line")
+	consumers := flag.Bool("consumers", false, "print the stream's consumers (delivered, acknowledgement floor, pending) first")
 	wait := flag.Duration("wait", 60*time.Second, "how long to wait for the stream to elect a leader")
 	flag.Parse()
 	if *run == "" {
 		flag.Usage()
 		os.Exit(2)
 	}
-	if err := dump(*run, *stream, *from, *to, *msgs, *wait); err != nil {
+	if err := dump(*run, *stream, *from, *to, *msgs, *consumers, *wait); err != nil {
 		fmt.Fprintln(os.Stderr, "streamdump:", err)
 		os.Exit(1)
 	}
@@ -105,7 +106,7 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-func dump(run, streamName string, from, to uint64, msgs bool, wait time.Duration) error {
+func dump(run, streamName string, from, to uint64, msgs, consumers bool, wait time.Duration) error {
 	nodes, err := findNodes(run)
 	if err != nil {
 		return err
@@ -182,6 +183,29 @@ func dump(run, streamName string, from, to uint64, msgs bool, wait time.Duration
 	}
 	fmt.Printf("# %s: records %d to %d (%d), last stored %s\n", streamName, info.State.FirstSeq, info.State.LastSeq,
 		info.State.Msgs, info.State.LastTime.UTC().Format("15:04:05.000"))
+	if consumers {
+		lctx, lcancel := context.WithTimeout(context.Background(), wait)
+		defer lcancel()
+		names := st.ConsumerNames(lctx)
+		for name := range names.Name() {
+			var c jetstream.Consumer
+			for c == nil && lctx.Err() == nil {
+				cctx, ccancel := context.WithTimeout(lctx, 3*time.Second)
+				c, err = st.Consumer(cctx, name)
+				ccancel()
+			}
+			if err != nil {
+				fmt.Printf("# consumer %s: %v\n", name, err)
+				continue
+			}
+			ci := c.CachedInfo()
+			fmt.Printf("# consumer %s: delivered %d, acknowledgement floor %d, pending acknowledgement %d, redelivered %d, pending %d\n",
+				name, ci.Delivered.Stream, ci.AckFloor.Stream, ci.NumAckPending, ci.NumRedelivered, ci.NumPending)
+		}
+		if err := names.Err(); err != nil {
+			fmt.Printf("# consumers: %v\n", err)
+		}
+	}
 	if to == 0 || to > info.State.LastSeq {
 		to = info.State.LastSeq
 	}
