@@ -65,7 +65,13 @@ type ackQueue struct {
 	sentSeq uint64
 	cons    jetstream.Consumer // the consumer read (run)
 	high    uint64             // the highest sequence admitted
+	bound   bool               // bind ran: floor is this run's
 	kick    chan struct{}
+	// floorPast is a consumer acknowledgement floor that resolve found
+	// past records never delivered here in this run: the consumer's
+	// reader reads them from the stream and then adopts it
+	// (handleDurable, routeUnrouted); 0 for none.
+	floorPast atomic.Uint64
 	// get reads a record of the stream as its leader has it
 	// (Node.msgRecord: a replica that lags says "not found" of a record
 	// not deleted); set before run starts. nil: the stream's GetMsg (a
@@ -91,6 +97,34 @@ func newAckQueue() *ackQueue {
 // starts reading the consumer.
 func (q *ackQueue) bind(ci *jetstream.ConsumerInfo) {
 	q.adopt(ci.AckFloor.Stream)
+	q.mu.Lock()
+	q.bound = true
+	q.mu.Unlock()
+}
+
+// unrouted returns the runs of sequences after the floor up to floor
+// (the consumer's acknowledgement floor, about to be adopted by bind)
+// that were never delivered here in this run, at most limit sequences
+// past the floor; none before the first bind (the floor is the
+// consumer's then, and what lies below it an earlier run routed).
+func (q *ackQueue) unrouted(floor uint64, limit int) []seqRange {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if !q.bound || floor <= q.floor || floor-q.floor > uint64(limit) {
+		return nil
+	}
+	var out []seqRange
+	for s := q.floor + 1; s <= floor; s++ {
+		if q.entries[s] != nil {
+			continue
+		}
+		if k := len(out) - 1; k >= 0 && out[k].to == s-1 {
+			out[k].to = s
+		} else {
+			out = append(out, seqRange{s, s})
+		}
+	}
+	return out
 }
 
 // admit tells whether the record m, of stream sequence seq, is to be
@@ -390,7 +424,13 @@ func (q *ackQueue) resolve(ctx context.Context, cons jetstream.Consumer, st jets
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if ci, err := cons.Info(ctx); err == nil {
-		q.adopt(ci.AckFloor.Stream)
+		if len(q.unrouted(ci.AckFloor.Stream, gapFill)) > 0 {
+			// Records this run never routed lie below it: the reader
+			// routes them before the floor is taken (floorPast).
+			q.floorPast.Store(ci.AckFloor.Stream)
+		} else {
+			q.adopt(ci.AckFloor.Stream)
+		}
 	}
 	if si, err := st.Info(ctx); err == nil && si.State.FirstSeq > 0 {
 		q.adopt(si.State.FirstSeq - 1)
@@ -441,6 +481,43 @@ const (
 	gapWait  = 2 * time.Second
 	gapPause = 5 * time.Second
 )
+
+// routeUnrouted reads from the stream, and routes in order, the records
+// up to floor, the acknowledgement floor the consumer reports as this
+// node reads it again (consumeLoop, before bind adopts it), that this
+// run never had delivered. The node acknowledges only what it routed,
+// so such a floor means the consumer lost their delivery: its leader
+// died as it delivered them, and the new leader's state had them
+// neither pending nor unacknowledged (an outside kill series lost 2
+// acknowledged messages so, the record in the stream and the consumer's
+// floor past it). Adopted without this, they were passed over for good.
+// Called by the consumer's reader only, like fillGap (the floor resolve
+// finds so is handed to it: floorPast); bounded like it (gapFill,
+// gapWait): what it cannot read is passed over (logged).
+func (n *Node) routeUnrouted(floor uint64) {
+	runs := n.dur.acks.unrouted(floor, gapFill)
+	if len(runs) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(n.ctx, gapWait)
+	defer cancel()
+	start := time.Now()
+	read := 0
+	for _, run := range runs {
+		k, err := n.readGap(ctx, run)
+		read += k
+		if err != nil {
+			n.log.Warn("cluster: records the durable consumer counts as acknowledged that this node never routed could not be read; they are passed over",
+				"from", run.from, "to", run.to, "floor", floor, "err", err)
+			break
+		}
+	}
+	if read > 0 {
+		n.dstats.streamUnrouted.Add(uint64(read))
+		n.log.Info("cluster: records the durable consumer counts as acknowledged that this node never routed read from the stream",
+			"count", read, "floor", floor, "took", time.Since(start).Round(time.Millisecond))
+	}
+}
 
 // fillGap reads from the stream, and routes in order, the records
 // between the acknowledgement floor and seq that the consumer never

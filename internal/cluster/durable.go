@@ -171,7 +171,9 @@ const recentIDs = 1 << 16
 
 type durableCounters struct {
 	streamOut, streamIn, streamErrors, streamDuplicates, streamDegraded atomic.Uint64
-	sessionsIn, sessionsOut                                             atomic.Uint64
+	// streamUnrouted counts the records routeUnrouted read.
+	streamUnrouted          atomic.Uint64
+	sessionsIn, sessionsOut atomic.Uint64
 	// Replays into moved or adopted sessions: records read, replays
 	// stopped at their bound, messages found past it (replaySet).
 	replayRead, replaysBounded, replayDropped atomic.Uint64
@@ -607,6 +609,7 @@ func (n *Node) consumeLoop(js jetstream.JetStream) {
 		cancel()
 		var it jetstream.MessagesContext
 		if err == nil {
+			n.routeUnrouted(ci.AckFloor.Stream)
 			n.dur.acks.bind(ci)
 			n.routedTo(ci.AckFloor.Stream)
 			it, err = cons.Messages(jetstream.PullMaxMessages(512), jetstream.PullExpiry(pullExpiry), jetstream.PullHeartbeat(pullHeartbeat))
@@ -724,6 +727,12 @@ func (n *Node) handleDurable(m jetstream.Msg) {
 	acks, seq := n.dur.acks, meta.Sequence.Stream
 	if f := n.dur.lose.Load(); f != nil && (*f)(seq) {
 		return // for tests: lost on its way
+	}
+	if floor := acks.floorPast.Swap(0); floor > 0 {
+		// The consumer counts as acknowledged records never routed
+		// here (ackQueue.resolve): read first, then its floor taken.
+		n.routeUnrouted(floor)
+		acks.adopt(floor)
 	}
 	n.fillGap(seq)
 	if !acks.admit(m, seq) {

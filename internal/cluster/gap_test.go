@@ -404,3 +404,35 @@ func (q *ackQueue) floorOf() uint64 {
 	defer q.mu.Unlock()
 	return q.floor
 }
+
+// TestConsumerFloorPastUnroutedRecord: n2's consumer counts as
+// acknowledged a record n2 never routed (as when its leader died
+// delivering it and the new leader's state had it neither pending nor
+// unacknowledged: an outside kill series lost 2 acknowledged messages
+// so). n2 reads such records from the stream and routes them before it
+// takes that floor (routeUnrouted, run where n2's consumer loop reads
+// the floor again), and its subscriber gets the message. The record is
+// lost on its way to n2 every time, so that only that reading brings it.
+func TestConsumerFloorPastUnroutedRecord(t *testing.T) {
+	const topic = "unrouted/x"
+	// A run of its own: the nodes of the common cluster keep the IDs of
+	// the messages they delivered.
+	origin := "unrouted/" + strconv.FormatInt(time.Now().UnixNano(), 10)
+	nodes := commonCluster(t)
+	writer, reader := nodes[0].node, nodes[1].node
+	sub := dial(t, nodes[1].addr, "unrouted-sub", client.V5)
+	subscribe(t, sub, 1, "unrouted/#")
+	pub := dial(t, nodes[0].addr, "unrouted-pub", client.V5)
+	awaitRoute(t, pub, sub, "unrouted/probe")
+	writeRecords(t, writer, origin, topic, 0, 1)
+	receiveInOrder(t, sub, 0, 1)
+	loseNext(t, writer, reader, 1)
+	_, last := writeRecords(t, writer, origin, topic, 1, 2)
+	expectNone(t, sub, 300*time.Millisecond)
+	before := reader.Status().StreamUnrouted
+	reader.routeUnrouted(last)
+	receiveInOrder(t, sub, 1, 2)
+	if got := reader.Status().StreamUnrouted - before; got != 1 {
+		t.Fatalf("records read as never routed: %d, want 1", got)
+	}
+}

@@ -163,3 +163,29 @@ func TestAckQueueMissing(t *testing.T) {
 		t.Fatalf("floor %d, record 5 acknowledged %d times; want 5, 1", q.floor, m5.acks)
 	}
 }
+
+// TestAckQueueUnrouted: the sequences after the floor up to a
+// consumer's floor that were never delivered here are found, in runs,
+// once bind ran, within the bound; none before bind (an earlier run's
+// floor) or at a floor not past this one.
+func TestAckQueueUnrouted(t *testing.T) {
+	q := newAckQueue()
+	rec := func(seq uint64) *fetchedRecord {
+		return &fetchedRecord{raw: &jetstream.RawStreamMsg{Sequence: seq}}
+	}
+	if got := q.unrouted(10, gapFill); got != nil {
+		t.Fatalf("before bind: %v", got)
+	}
+	q.bind(&jetstream.ConsumerInfo{AckFloor: jetstream.SequenceInfo{Stream: 2}})
+	q.admit(rec(3), 3)
+	q.admit(rec(6), 6)
+	if got := q.unrouted(7, gapFill); !slices.Equal(got, []seqRange{{4, 5}, {7, 7}}) {
+		t.Fatalf("up to 7: %v", got)
+	}
+	if got := q.unrouted(2, gapFill); got != nil {
+		t.Fatalf("at the floor: %v", got)
+	}
+	if got := q.unrouted(2+gapFill+1, gapFill); got != nil {
+		t.Fatalf("past the bound: %v", got)
+	}
+}

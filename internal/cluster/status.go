@@ -85,6 +85,9 @@ type Status struct {
 	// Records answered after waiting stallProbe that made the records
 	// after them go again alone (persist.go, endProbe).
 	StreamStallProbes uint64 `json:"stream_stall_probes"`
+	// Records the node's consumer counted as acknowledged that this node
+	// never routed, read from the stream (acks.go, routeUnrouted).
+	StreamUnrouted uint64 `json:"stream_unrouted"`
 	// Persistent sessions taken from other nodes and handed to them.
 	SessionsIn  uint64 `json:"sessions_in"`
 	SessionsOut uint64 `json:"sessions_out"`
@@ -184,6 +187,7 @@ func (n *Node) Status() Status {
 	d := &n.dstats
 	st.StreamOut, st.StreamIn, st.StreamErrors = d.streamOut.Load(), d.streamIn.Load(), d.streamErrors.Load()
 	st.StreamDuplicates, st.StreamDegraded = d.streamDuplicates.Load(), d.streamDegraded.Load()
+	st.StreamUnrouted = d.streamUnrouted.Load()
 	if n.pub != nil {
 		st.StreamRepublished, st.StreamStallProbes = n.pub.republished.Load(), n.pub.stalls.Load()
 	}
