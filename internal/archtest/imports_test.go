@@ -173,8 +173,11 @@ var allowedImports = map[string][]string{
 	// test CA's certificate (testpki), set up with go-ldap.
 	"internal/testutil/testslapd": {"internal/testutil", "internal/testutil/testpki"},
 	// Test-only package: it runs `make install` and checks the files.
-	"packaging":      {},
-	"internal/topic": {},
+	"packaging": {},
+	// A tool for reading a stopped cluster's durable stream back (the
+	// kill series): it decodes the records the way the cluster wrote them.
+	"scripts/killseries/streamdump": {"internal/cluster"},
+	"internal/topic":                {},
 	// internal/cli is the wiring layer and may import anything of the
 	// module except cmd/.
 }
