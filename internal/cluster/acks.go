@@ -113,8 +113,14 @@ func (q *ackQueue) unrouted(floor uint64, limit int) []seqRange {
 	if !q.bound || floor <= q.floor || floor-q.floor > uint64(limit) {
 		return nil
 	}
+	return q.absentLocked(q.floor+1, floor)
+}
+
+// absentLocked returns the runs of sequences from from to to that have
+// no entry (never delivered here, nor passed over). The caller holds mu.
+func (q *ackQueue) absentLocked(from, to uint64) []seqRange {
 	var out []seqRange
-	for s := q.floor + 1; s <= floor; s++ {
+	for s := from; s <= to; s++ {
 		if q.entries[s] != nil {
 			continue
 		}
@@ -326,18 +332,7 @@ func (q *ackQueue) missing(seq uint64, limit int) []seqRange {
 	if seq <= lo+1 || seq-lo-1 > uint64(limit) {
 		return nil
 	}
-	var out []seqRange
-	for s := lo + 1; s < seq; s++ {
-		if q.entries[s] != nil {
-			continue
-		}
-		if k := len(out) - 1; k >= 0 && out[k].to == s-1 {
-			out[k].to = s
-		} else {
-			out = append(out, seqRange{s, s})
-		}
-	}
-	return out
+	return q.absentLocked(lo+1, seq-1)
 }
 
 // gone passes over the sequences from from to to, which the stream no
