@@ -74,6 +74,9 @@ type catchUp struct {
 	rs    *replaySet
 	local *broker.LocalReplay
 	skip  func(*broker.Message) bool
+	// ref names what local found by its stream ID (the claim's noteOwn,
+	// kept as the claim ended), for the session's records (deliverFound).
+	ref func(*broker.Message) string
 	// ownTo: this node's own messages in records up to ownTo are
 	// replayed from the stream; later ones reach the session live (held
 	// back) or through local, except those forwarded up to fwdAt (once
@@ -152,11 +155,11 @@ const pacedNear = 32
 // CatchUp, whose replay rs stopped at the bound; local holds what this
 // node's own clients published during the claim and what the session
 // holds back, skip what of it the session got.
-func (n *Node) startCatchUp(id string, rs *replaySet, local *broker.LocalReplay, skip func(*broker.Message) bool, ownTo, fwdAt uint64,
-	localRefs map[string]bool, lateBy time.Time) {
+func (n *Node) startCatchUp(id string, rs *replaySet, local *broker.LocalReplay, skip func(*broker.Message) bool,
+	ref func(*broker.Message) string, ownTo, fwdAt uint64, localRefs map[string]bool, lateBy time.Time) {
 	if n.ctx.Err() != nil {
 		// The node closes: its broker is shut down already.
-		local.Deliver(skip)
+		n.deliverFound(local, skip, ref)
 		return
 	}
 	if old := n.stopCatchUp(id); old != nil {
@@ -165,7 +168,7 @@ func (n *Node) startCatchUp(id string, rs *replaySet, local *broker.LocalReplay,
 		n.dstats.catchUpsGaveUp.Add(1)
 	}
 	c := n.newCatchUp(id, false)
-	c.rs, c.local, c.skip, c.ownTo, c.marked = rs, local, skip, ownTo, rs.pos.seq
+	c.rs, c.local, c.skip, c.ref, c.ownTo, c.marked = rs, local, skip, ref, ownTo, rs.pos.seq
 	c.fwdAt, c.localRefs, c.lateBy = fwdAt, localRefs, lateBy
 	n.sess.cuMu.Lock()
 	if n.sess.catchUps == nil {
@@ -608,7 +611,7 @@ func (c *catchUp) finish(room int, roomBytes int64) (bool, error) {
 	wait()
 	// A routing pass may have started the session's next catch-up by
 	// now (reservePaced, once forget ran): Deliver does not end it.
-	own := c.local.Deliver(c.skip)
+	own := c.n.deliverFound(c.local, c.skip, c.ref)
 	n.dstats.catchUpsDone.Add(1)
 	n.dstats.catchUpMessages.Add(uint64(c.delivered))
 	n.dstats.catchUpQoS0Dropped.Add(uint64(qos0))
@@ -662,7 +665,7 @@ func (c *catchUp) giveUp(reason string) {
 	routed := n.dur.routed
 	n.dur.routeMu.Unlock()
 	wait()
-	c.local.Deliver(c.skip)
+	c.n.deliverFound(c.local, c.skip, c.ref)
 	n.dstats.catchUpsGaveUp.Add(1)
 	n.dstats.catchUpMessages.Add(uint64(c.delivered))
 	n.dstats.catchUpQoS0Dropped.Add(uint64(qos0))
@@ -694,7 +697,7 @@ func (c *catchUp) handOver() (uint64, []string) {
 		skip = c.partRefs
 	}
 	qos0 := c.local.EndCatchUp()
-	c.local.Deliver(c.skip)
+	c.n.deliverFound(c.local, c.skip, c.ref)
 	n.unmarkCatchUp(c.id) // the new home has the position
 	n.dstats.catchUpsHandedOver.Add(1)
 	n.dstats.catchUpMessages.Add(uint64(c.delivered))

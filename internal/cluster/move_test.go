@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -714,4 +715,105 @@ func TestSessionClaimsSameInstant(t *testing.T) {
 			t.Fatal("the subscription did not deliver on n3")
 		}
 	}
+}
+
+// TestSessionMoveOwnQueuedNotTwice: QoS 1 messages of n1's own client are
+// queued for an offline persistent session on n1 while n1's routing is
+// held (a node behind on its stream: their records lie past the
+// position it gives the session up at). The client resumes on n2 and
+// receives each message once: the records of the deliveries name the
+// messages by their stream IDs, so n2's replay from n1's position skips
+// those the session holds.
+func TestSessionMoveOwnQueuedNotTwice(t *testing.T) {
+	nodes := startCluster(t, 3)
+	sub, _ := dialSession(t, nodes[0].addr, "ownq", client.V5)
+	subscribe(t, sub, 1, "ownq/x")
+	// A subscriber on n3 makes n1 forward its messages to the stream.
+	other := dial(t, nodes[2].addr, "ownq-other", client.V5)
+	subscribe(t, other, 1, "ownq/#")
+	pub := dial(t, nodes[0].addr, "ownq-pub", client.V5)
+	awaitRoute(t, pub, other, "ownq/probe")
+	// The publisher's first QoS 1 message waits for n1's routing (the
+	// publish gate): sent before routing is held.
+	publishQoS1(t, pub, "ownq/gate", 0, 1)
+	disconnect(t, sub)
+
+	n1 := nodes[0].node
+	n1.pauseRouting()
+	t.Cleanup(n1.resumeRouting)
+	const n = 20
+	publishQoS1(t, pub, "ownq/x", 0, n)
+	sub2, present := dialSession(t, nodes[1].addr, "ownq", client.V5)
+	if !present {
+		t.Fatal("Session Present 0 on n2")
+	}
+	receiveInOrder(t, sub2, 0, n)
+	expectNone(t, sub2, time.Second)
+}
+
+// TestSessionMoveFoundOwnNotTwice: QoS 1 messages of n1's own client
+// published while an offline persistent session moves from n2 to n1,
+// after the claim read the stream, are found by the claim and delivered
+// to it from n1's record of recent messages, with n1's routing held, so that their records lie past the
+// position n1 then gives the session up at. The client, having left n1
+// again, resumes on n3 and receives each message once: the records of
+// those deliveries name the messages too.
+func TestSessionMoveFoundOwnNotTwice(t *testing.T) {
+	nodes := startCluster(t, 3)
+	sub, _ := dialSession(t, nodes[1].addr, "ownf", client.V5)
+	subscribe(t, sub, 1, "ownf/x")
+	other := dial(t, nodes[2].addr, "ownf-other", client.V5)
+	subscribe(t, other, 1, "ownf/#")
+	pub := dial(t, nodes[0].addr, "ownf-pub", client.V5)
+	awaitRoute(t, pub, other, "ownf/probe")
+	publishQoS1(t, pub, "ownf/gate", 0, 1)
+	disconnect(t, sub)
+
+	n1 := nodes[0].node
+	const n = 20
+	var once sync.Once
+	var pubErr error
+	hook := func(id string) {
+		once.Do(func() {
+			n1.pauseRouting()
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			for i := range n {
+				if err := pub.Publish(ctx, &client.Message{Topic: "ownf/x", QoS: 1, Payload: []byte(strconv.Itoa(i))}); err != nil {
+					pubErr = err
+					return
+				}
+			}
+		})
+	}
+	n1.sess.afterReplayRead.Store(&hook)
+	t.Cleanup(n1.resumeRouting)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// Not acknowledged on n1 (ManualAck): the messages stay in the
+	// session as it moves on.
+	sub1, err := client.Dial(ctx, client.Config{Servers: []string{"tcp://" + nodes[0].addr}, ClientID: "ownf",
+		Version: client.V5, SessionExpiry: 600, ManualAck: true})
+	n1.sess.afterReplayRead.Store(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sub1.Close() })
+	present := sub1.ConnectInfo().SessionPresent
+	if pubErr != nil {
+		t.Fatal(pubErr)
+	}
+	if !present {
+		t.Fatal("Session Present 0 on n1")
+	}
+	disconnect(t, sub1)
+	sub3, present := dialSession(t, nodes[2].addr, "ownf", client.V5)
+	if !present {
+		t.Fatal("Session Present 0 on n3")
+	}
+	want := make([]int, n)
+	for i := range want {
+		want[i] = i
+	}
+	receiveWanted(t, sub3, want, false)
 }

@@ -188,27 +188,45 @@ func (p *persistence) Persist(changes []broker.Change, done func(error)) {
 			c.fail(errFailedForTest)
 		}
 	}
+	// The messages forwarded first: the broker lists a message's
+	// deliveries to this node's sessions before its forward, and their
+	// records name it by the stream ID the forward gives it (own).
+	var own map[*broker.Message]string
+	for i := range changes {
+		ch := &changes[i]
+		if ch.Kind != broker.ChangeForward {
+			continue
+		}
+		// The groups' copy first; the commit waits for their
+		// confirmations as for the stream's (sharedack.go).
+		p.n.forwardShared(c, ch.Message)
+		if f := p.n.dur.forwarding.Load(); f != nil {
+			(*f)(ch.Message)
+		}
+		if f := p.n.forwardMsg(ch.Message); f != nil {
+			ref := msgID(p.n.origin, f.seq)
+			// Named for a claim under way (sessions.go).
+			p.n.noteOwn(ch.Message, ref)
+			if deliveries {
+				if own == nil {
+					own = make(map[*broker.Message]string)
+				}
+				own[ch.Message] = ref
+			}
+			c.parts.Add(1)
+			p.n.pub.queue(pubReq{fwd: f, c: c, deadline: time.Now().Add(p.n.commitTimeout())})
+		}
+	}
 	for i := range changes {
 		ch := &changes[i]
 		switch ch.Kind {
 		case broker.ChangeForward:
-			// The groups' copy first; the commit waits for their
-			// confirmations as for the stream's (sharedack.go).
-			p.n.forwardShared(c, ch.Message)
-			if f := p.n.dur.forwarding.Load(); f != nil {
-				(*f)(ch.Message)
-			}
-			if f := p.n.forwardMsg(ch.Message); f != nil {
-				// Named for a claim under way (sessions.go).
-				p.n.noteOwn(ch.Message, msgID(p.n.origin, f.seq))
-				c.parts.Add(1)
-				p.n.pub.queue(pubReq{fwd: f, c: c, deadline: time.Now().Add(p.n.commitTimeout())})
-			}
+			// Forwarded above.
 		case broker.ChangePutMessage:
 			// Written with each delivery that refers to it.
 		case broker.ChangePutSession, broker.ChangeDeleteSession, broker.ChangePutDelivery, broker.ChangeDeleteDelivery,
 			broker.ChangePutInbound, broker.ChangeDeleteInbound, broker.ChangePutWill, broker.ChangeDeleteWill:
-			p.sessionChange(c, ch, msgs)
+			p.sessionChange(c, ch, msgs, own)
 		default: // retained messages: the local store keeps its copy
 			if p.local != nil {
 				local = append(local, *ch)

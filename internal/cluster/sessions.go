@@ -861,6 +861,32 @@ func (n *Node) ownRef(msg *broker.Message) string {
 	return n.sess.ownRefs[msg]
 }
 
+// deliverFound delivers what local found and held back for its session
+// (LocalReplay.Deliver, skipping what skip names) with the stream IDs
+// ref knows of the messages found noted for the delivery records
+// written meanwhile. Those messages are this node's own, published while
+// the session moved here, and their records may lie past the position
+// this node gives the session up at; without their IDs in its records,
+// the next node to claim it replayed them again from the stream (the
+// claim's have). ref may be nil.
+func (n *Node) deliverFound(local *broker.LocalReplay, skip func(*broker.Message) bool, ref func(*broker.Message) string) int {
+	var noted []*broker.Message
+	if ref != nil {
+		for _, m := range local.Found() {
+			if r := ref(m); r != "" {
+				if _, taken := n.dur.refs.LoadOrStore(m, r); !taken {
+					noted = append(noted, m)
+				}
+			}
+		}
+	}
+	count := local.Deliver(skip)
+	for _, m := range noted {
+		n.dur.refs.Delete(m)
+	}
+	return count
+}
+
 // beginClaim marks a claim under way; endClaim ends it, and forgets the
 // messages noted once no claim is left.
 func (n *Node) beginClaim() { n.sess.claims.Add(1) }
@@ -935,11 +961,12 @@ func (n *Node) pruneGone(now time.Time) {
 }
 
 // sessionChange turns one change of the broker's commit c into the
-// session records it writes. msgs are the messages of the commit by ID.
+// session records it writes. msgs are the messages of the commit by ID,
+// own the stream IDs of those it forwarded (nil: none).
 // Changes of a session whose home is another node are dropped: that node
 // writes it now. A session the broker starts again right after ending it
 // (Clean Start on its home) is this node's again with its first record.
-func (p *persistence) sessionChange(c *commit, ch *broker.Change, msgs map[uint64]*broker.Message) {
+func (p *persistence) sessionChange(c *commit, ch *broker.Change, msgs map[uint64]*broker.Message, own map[*broker.Message]string) {
 	if p.cleanWillChange(c, ch) {
 		return // a clean session's, which has no home (wills.go)
 	}
@@ -1012,6 +1039,12 @@ func (p *persistence) sessionChange(c *commit, ch *broker.Change, msgs map[uint6
 		if !ok {
 			if r, found := n.dur.refs.Load(m); found {
 				ref = r.(string)
+				hs.refs[d.Seq] = ref
+			} else if r := own[m]; r != "" {
+				// This node's client's message, delivered here live:
+				// named too, so that a claim of the session elsewhere
+				// does not replay it again from the stream.
+				ref = r
 				hs.refs[d.Seq] = ref
 			}
 		}
@@ -2073,7 +2106,7 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 			} else if fwdAt > ownFwd {
 				late = fwdAt
 			}
-			n.startCatchUp(id, rs, local, skip, ownTo, late, localRefs, lateBy)
+			n.startCatchUp(id, rs, local, skip, ownRef, ownTo, late, localRefs, lateBy)
 		} else {
 			if rs != nil && !rs.failed && !rs.full && (!ownOK || fwdAt > ownFwd) {
 				wait := ownWait(time.Until(patience), hasPatience)
@@ -2088,7 +2121,7 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 				}
 				n.replayOwnLate(ctx, p, rs, local, fwdAt, held, wait)
 			}
-			if c := local.Deliver(skip); c > 0 {
+			if c := n.deliverFound(local, skip, ownRef); c > 0 {
 				n.log.Info("cluster: messages of this node replayed to a moved session", "client", id, "count", c)
 			}
 		}
