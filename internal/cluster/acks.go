@@ -86,6 +86,13 @@ type ackQueue struct {
 	// on a loaded machine, under the race detector, does not depend on
 	// its time.
 	gapWait atomic.Int64
+	// gapHold, for tests, replaces the constant gapHold when set
+	// (nanoseconds); gapFail, for tests, makes a reading of a gap fail
+	// at once with the error it returns (nil: read).
+	gapHold atomic.Int64
+	gapFail atomic.Pointer[func() error]
+	// gapRetries counts the readings of gaps tried again (fillGap).
+	gapRetries atomic.Uint64
 }
 
 func newAckQueue() *ackQueue {
@@ -454,13 +461,14 @@ func (q *ackQueue) getRecord(ctx context.Context, st jetstream.Stream, seq uint6
 // arrived past records never delivered here (fillGap): those of a pull
 // request lost with a consumer's leader, or with a connection, or those
 // a node that died had pending. A larger gap waits for the consumer to
-// deliver it again. gapWait bounds the reading of one gap, and gapPause
-// is how long no gap is read after a reading failed (the stream without
-// a leader, say).
+// deliver it again. gapWait bounds one reading of a gap; one that fails
+// (the stream without a leader, say) or is cut at gapWait is tried again
+// every gapRetry for up to gapHold, and gapPause is how long no gap is
+// read after that ran out.
 //
 // The consumer's reader routes nothing else while it reads a gap, and
-// a reading cut at gapWait leaves the rest of its gap to the consumer
-// (10 s late, after the record that arrived): the bound is what a
+// a reading cut at gapWait is tried again for the rest of its gap,
+// holding the record that arrived and every later one: the bound is what a
 // reading in batches of direct gets (recordReader: 256 records, at most
 // 4 MiB, per request) routes well within gapWait. On two cores shared
 // with other builds (load 2 to 10), readings of 8,192 records took 0.15
@@ -475,6 +483,8 @@ const (
 	gapFill  = 8192
 	gapWait  = 2 * time.Second
 	gapPause = 5 * time.Second
+	gapRetry = 250 * time.Millisecond
+	gapHold  = consumerAckWait
 )
 
 // routeUnrouted reads from the stream, and routes in order, the records
@@ -527,40 +537,81 @@ func (n *Node) routeUnrouted(floor uint64) {
 //
 // Each run of missing sequences is read as a range, in batches
 // (readGap); the records are routed as they come, so one batch at most
-// is held. A reading that fails (or outlasts gapWait) leaves the rest
-// of the gap to the consumer, the records read before it routed.
+// is held. A reading that fails (the stream without a leader, as when
+// the node that led it and this node's consumer died) or outlasts
+// gapWait is tried again every gapRetry for what is still missing,
+// seq and every later record held meanwhile, for up to gapHold: the
+// consumer's AckWait, after which it has delivered again what it had
+// sent and lost. Only past that is the rest of the gap left to the
+// consumer, the later records routed, and no gap read for gapPause.
 func (n *Node) fillGap(seq uint64) {
 	acks := n.dur.acks
 	if time.Now().Before(n.dur.gapRest) {
 		return
 	}
-	runs := acks.missing(seq, gapFill)
-	if len(runs) == 0 {
-		return
-	}
-	wait := gapWait
+	wait, hold := gapWait, gapHold
 	if d := acks.gapWait.Load(); d > 0 {
 		wait = time.Duration(d)
 	}
+	if d := acks.gapHold.Load(); d > 0 {
+		hold = time.Duration(d)
+	}
+	start := time.Now()
+	read, tries := 0, 0
+	for {
+		runs := acks.missing(seq, gapFill)
+		if len(runs) == 0 {
+			break
+		}
+		tries++
+		k, err := n.readGaps(runs, wait)
+		read += k
+		if err == nil {
+			break
+		}
+		if tries == 1 {
+			n.log.Info("cluster: records missing from the durable consumer's delivery could not be read from the stream; the later ones wait while it is tried again",
+				"from", runs[0].from, "before", seq, "err", err)
+		}
+		if n.ctx.Err() != nil || time.Since(start) >= hold {
+			n.dur.gapRest = time.Now().Add(gapPause)
+			n.log.Warn("cluster: records missing from the durable consumer's delivery could not be read from the stream in time; they follow when the consumer delivers them again, after later ones",
+				"from", runs[0].from, "before", seq, "tries", tries, "err", err)
+			break
+		}
+		acks.gapRetries.Add(1)
+		t := time.NewTimer(gapRetry)
+		select {
+		case <-t.C:
+		case <-n.ctx.Done():
+			t.Stop()
+		}
+	}
+	if read > 0 {
+		n.log.Info("cluster: records never delivered by the durable consumer read from the stream",
+			"count", read, "before", seq, "tries", tries, "took", time.Since(start).Round(time.Millisecond))
+	}
+}
+
+// readGaps reads and routes the records of runs in order (readGap),
+// within wait, and returns how many it routed and why it stopped short.
+func (n *Node) readGaps(runs []seqRange, wait time.Duration) (int, error) {
 	ctx, cancel := context.WithTimeout(n.ctx, wait)
 	defer cancel()
-	start := time.Now()
+	if f := n.dur.acks.gapFail.Load(); f != nil {
+		if err := (*f)(); err != nil {
+			return 0, err
+		}
+	}
 	read := 0
 	for _, run := range runs {
 		k, err := n.readGap(ctx, run)
 		read += k
 		if err != nil {
-			// Delivered again by the consumer after its AckWait.
-			n.dur.gapRest = time.Now().Add(gapPause)
-			n.log.Debug("cluster: reading records missing from the durable stream's delivery failed",
-				"from", run.from, "to", run.to, "read", read, "before", seq, "err", err)
-			break
+			return read, err
 		}
 	}
-	if read > 0 {
-		n.log.Info("cluster: records never delivered by the durable consumer read from the stream",
-			"count", read, "before", seq, "took", time.Since(start).Round(time.Millisecond))
-	}
+	return read, nil
 }
 
 // readGap reads and routes the records of run, which were never

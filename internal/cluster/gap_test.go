@@ -436,3 +436,52 @@ func TestConsumerFloorPastUnroutedRecord(t *testing.T) {
 		t.Fatalf("records read as never routed: %d, want 1", got)
 	}
 }
+
+// TestGapUnreadableHoldsLater: n2's consumer loses 5 records on their
+// way and delivers the next one while the stream cannot be read (its
+// readings fail, as when the stream has no leader): n2 holds the record
+// that arrived and tries the reading again until it works, so its
+// subscriber gets all 6 messages in their order [MQTT-4.6.0-6]; before,
+// the record that arrived was routed at once and the 5 were left to the
+// consumer's delivery again, 10 s later, after it. Past gapHold (here
+// 300 ms) the reader gives up as before: the record that arrived is
+// routed, and the lost ones are left to the consumer.
+func TestGapUnreadableHoldsLater(t *testing.T) {
+	const count = 5
+	nodes := startCluster(t, 3)
+	n2 := nodes[1].node
+	n2.dur.acks.gapWait.Store(int64(time.Minute))
+	sub := dial(t, nodes[1].addr, "gunread", client.V5)
+	subscribe(t, sub, 1, "gap/#")
+	unreadable := errors.New("the stream cannot be read (test)")
+	fails := 3
+	fail := func() error {
+		if fails > 0 { // the consumer's reader only
+			fails--
+			return unreadable
+		}
+		return nil
+	}
+	n2.dur.acks.gapFail.Store(&fail)
+	t.Cleanup(func() { n2.dur.acks.gapFail.Store(nil) })
+	retried := n2.dur.acks.gapRetries.Load()
+	writeGap(t, nodes[0].node, n2, "elsewhere/unread", "gap/held", count)
+	receiveInOrder(t, sub, 0, count+1)
+	if got := n2.dur.acks.gapRetries.Load() - retried; got != 3 {
+		t.Fatalf("%d readings tried again, want 3", got)
+	}
+
+	// Never readable, and held for 300 ms only.
+	n2.dur.acks.gapHold.Store(int64(300 * time.Millisecond))
+	never := func() error { return unreadable }
+	n2.dur.acks.gapFail.Store(&never)
+	writeGap(t, nodes[0].node, n2, "elsewhere/never", "gap/never", count)
+	select {
+	case m := <-sub.Messages():
+		if string(m.Payload) != strconv.Itoa(count) {
+			t.Fatalf("got %q on %s, want the record that arrived (%d)", m.Payload, m.Topic, count)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the record that arrived past an unreadable gap was never routed")
+	}
+}
