@@ -49,3 +49,44 @@ func TestPublisherMovesKeepsOrder(t *testing.T) {
 		}
 	}
 }
+
+// TestPublisherGateKeepAlive: the first message of a connection with a
+// keep alive of 2 s waits for a node whose routing is held for its keep
+// alive only, not the gate's 10 s: its client, whose PINGREQ is not read
+// meanwhile, would take the server for gone. The message then goes on,
+// counted as not caught up.
+func TestPublisherGateKeepAlive(t *testing.T) {
+	nodes := startCluster(t, 3)
+	n2 := nodes[1].node
+	sub := dial(t, nodes[1].addr, "pksub", client.V5)
+	subscribe(t, sub, 1, "pk/#")
+	first := dial(t, nodes[0].addr, "pkpub1", client.V5)
+	awaitRoute(t, first, sub, "pk/probe")
+
+	n2.pauseRouting()
+	t.Cleanup(n2.resumeRouting)
+	publishQoS1(t, first, "pk/x", 0, 1) // in the stream, not routed on n2
+
+	notCaught := n2.Status().PublishersNotCaughtUp
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	second, err := client.Dial(ctx, client.Config{Servers: []string{"tcp://" + nodes[1].addr}, ClientID: "pkpub2",
+		Version: client.V5, KeepAlive: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { second.Close() })
+	start := time.Now()
+	if err := second.Publish(ctx, &client.Message{Topic: "pk/x", QoS: 1, Payload: []byte("1")}); err != nil {
+		t.Fatal(err)
+	}
+	// Generous against a loaded machine; the gate's own bound is 10 s.
+	if took := time.Since(start); took > 8*time.Second {
+		t.Fatalf("the first message was answered after %v, past its keep alive (2 s)", took)
+	}
+	if got := n2.Status().PublishersNotCaughtUp; got != notCaught+1 {
+		t.Fatalf("publishers not caught up: %d, want %d", got, notCaught+1)
+	}
+	n2.resumeRouting()
+	receiveAll(t, sub, []int{0, 1})
+}
