@@ -145,8 +145,9 @@ def analyze(num):
                     name, n, rel(m["sent"]), m["node"], m["cid"], rel(m["ack"]), m["rc"]))
     if ooo:
         byname = collections.Counter(o[0] for o in ooo)
-        p("OUT OF ORDER: %d (%s); of them %d behind a later message of the same client ID (connection), %d behind one sent by the publisher's next client ID" % (
-            len(ooo), ", ".join("%s %d" % kv for kv in sorted(byname.items())), len(same), len(ooo) - len(same)))
+        nacked = sum(1 for o in ooo if o[1] in acked.get(o[0], ()))
+        p("OUT OF ORDER: %d (%s), %d of them acknowledged; of them %d behind a later message of the same client ID (connection), %d behind one sent by the publisher's next client ID" % (
+            len(ooo), ", ".join("%s %d" % kv for kv in sorted(byname.items())), nacked, len(same), len(ooo) - len(same)))
         for name, n, r, mx, mr in ooo[:8]:
             m = sent[name].get(n, {})
             p("  %s:%d received %s on node%d after %s:%d (received %s, sent %s via %s); %s:%d sent %s via %s, PUBACK %s" % (
