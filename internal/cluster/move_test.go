@@ -717,6 +717,24 @@ func TestSessionClaimsSameInstant(t *testing.T) {
 	}
 }
 
+// leaveOwnSession leaves the offline persistent session id, subscribed
+// at QoS 1 to id+"/x", on nodes[home], and returns a publisher on n1
+// whose messages n1 forwards to the stream (a subscriber to id+"/#" on
+// n3 wants them) and whose first QoS 1 message, which waits for n1's
+// routing (the publish gate), has gone.
+func leaveOwnSession(t *testing.T, nodes []*testNode, home int, id string) *client.Client {
+	t.Helper()
+	sub, _ := dialSession(t, nodes[home].addr, id, client.V5)
+	subscribe(t, sub, 1, id+"/x")
+	other := dial(t, nodes[2].addr, id+"-other", client.V5)
+	subscribe(t, other, 1, id+"/#")
+	pub := dial(t, nodes[0].addr, id+"-pub", client.V5)
+	awaitRoute(t, pub, other, id+"/probe")
+	publishQoS1(t, pub, id+"/gate", 0, 1)
+	disconnect(t, sub)
+	return pub
+}
+
 // TestSessionMoveOwnQueuedNotTwice: QoS 1 messages of n1's own client are
 // queued for an offline persistent session on n1 while n1's routing is
 // held (a node behind on its stream: their records lie past the
@@ -726,18 +744,7 @@ func TestSessionClaimsSameInstant(t *testing.T) {
 // those the session holds.
 func TestSessionMoveOwnQueuedNotTwice(t *testing.T) {
 	nodes := startCluster(t, 3)
-	sub, _ := dialSession(t, nodes[0].addr, "ownq", client.V5)
-	subscribe(t, sub, 1, "ownq/x")
-	// A subscriber on n3 makes n1 forward its messages to the stream.
-	other := dial(t, nodes[2].addr, "ownq-other", client.V5)
-	subscribe(t, other, 1, "ownq/#")
-	pub := dial(t, nodes[0].addr, "ownq-pub", client.V5)
-	awaitRoute(t, pub, other, "ownq/probe")
-	// The publisher's first QoS 1 message waits for n1's routing (the
-	// publish gate): sent before routing is held.
-	publishQoS1(t, pub, "ownq/gate", 0, 1)
-	disconnect(t, sub)
-
+	pub := leaveOwnSession(t, nodes, 0, "ownq")
 	n1 := nodes[0].node
 	n1.pauseRouting()
 	t.Cleanup(n1.resumeRouting)
@@ -754,21 +761,14 @@ func TestSessionMoveOwnQueuedNotTwice(t *testing.T) {
 // TestSessionMoveFoundOwnNotTwice: QoS 1 messages of n1's own client
 // published while an offline persistent session moves from n2 to n1,
 // after the claim read the stream, are found by the claim and delivered
-// to it from n1's record of recent messages, with n1's routing held, so that their records lie past the
-// position n1 then gives the session up at. The client, having left n1
+// to it from n1's record of recent messages, with n1's routing held, so
+// that their records lie past the position n1 then gives the session up
+// at. The client, having left n1
 // again, resumes on n3 and receives each message once: the records of
 // those deliveries name the messages too.
 func TestSessionMoveFoundOwnNotTwice(t *testing.T) {
 	nodes := startCluster(t, 3)
-	sub, _ := dialSession(t, nodes[1].addr, "ownf", client.V5)
-	subscribe(t, sub, 1, "ownf/x")
-	other := dial(t, nodes[2].addr, "ownf-other", client.V5)
-	subscribe(t, other, 1, "ownf/#")
-	pub := dial(t, nodes[0].addr, "ownf-pub", client.V5)
-	awaitRoute(t, pub, other, "ownf/probe")
-	publishQoS1(t, pub, "ownf/gate", 0, 1)
-	disconnect(t, sub)
-
+	pub := leaveOwnSession(t, nodes, 1, "ownf")
 	n1 := nodes[0].node
 	const n = 20
 	var once sync.Once
