@@ -586,6 +586,12 @@ func (n *Node) fillGap(seq uint64) {
 		case <-n.ctx.Done():
 			t.Stop()
 		}
+		// A node cut off meanwhile routes nothing until it is back
+		// and has checked its sessions (handleDurable): neither the
+		// gap nor the record that arrived.
+		if !n.awaitRouting() {
+			break
+		}
 	}
 	if read > 0 {
 		n.log.Info("cluster: records never delivered by the durable consumer read from the stream",
