@@ -443,9 +443,11 @@ func TestConsumerFloorPastUnroutedRecord(t *testing.T) {
 // that arrived and tries the reading again until it works, so its
 // subscriber gets all 6 messages in their order [MQTT-4.6.0-6]; before,
 // the record that arrived was routed at once and the 5 were left to the
-// consumer's delivery again, 10 s later, after it. Past gapHold (here
-// 300 ms) the reader gives up as before: the record that arrived is
-// routed, and the lost ones are left to the consumer.
+// consumer's delivery again, 10 s later, after it. A node whose routing
+// is paused as a reading fails (cut off) routes neither the gap nor the
+// record until it resumes. Past gapHold (here 300 ms) the reader gives
+// up as before: the record that arrived is routed, and the lost ones are
+// left to the consumer.
 func TestGapUnreadableHoldsLater(t *testing.T) {
 	const count = 5
 	nodes := startCluster(t, 3)
@@ -470,6 +472,21 @@ func TestGapUnreadableHoldsLater(t *testing.T) {
 	if got := n2.dur.acks.gapRetries.Load() - retried; got != 3 {
 		t.Fatalf("%d readings tried again, want 3", got)
 	}
+
+	// The node cut off (its routing paused) as a reading fails: the
+	// gap and the record that arrived wait until it is back.
+	pausing := func() error {
+		n2.pauseRouting()
+		n2.dur.acks.gapFail.Store(nil)
+		return unreadable
+	}
+	n2.dur.acks.gapFail.Store(&pausing)
+	t.Cleanup(n2.resumeRouting)
+	writeGap(t, nodes[0].node, n2, "elsewhere/paused", "gap/paused", count)
+	testutil.WaitFor(t, "the reading to fail", 30*time.Second, func() bool { return n2.dur.acks.gapFail.Load() == nil })
+	expectNone(t, sub, time.Second)
+	n2.resumeRouting()
+	receiveInOrder(t, sub, 0, count+1)
 
 	// Never readable, and held for 300 ms only.
 	n2.dur.acks.gapHold.Store(int64(300 * time.Millisecond))
