@@ -212,6 +212,10 @@ type Node struct {
 	wg     sync.WaitGroup // every goroutine the Node starts
 	once   sync.Once      // Attach
 
+	// elections ends the requests to a stream's leader under way when
+	// it elects another (elections.go).
+	elections electionWatch
+
 	subMu sync.Mutex
 	subs  map[string][]*nats.Subscription // local filter → its subjects' subscriptions
 

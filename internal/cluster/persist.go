@@ -896,6 +896,7 @@ func (q *publisher) failBatch() {
 func (q *publisher) watchLeaders(nc *nats.Conn) {
 	for _, stream := range []string{streamMsgs, streamSessions} {
 		_, err := nc.Subscribe("$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED."+stream, func(*nats.Msg) {
+			q.n.elections.elected(stream)
 			q.electedAt.Store(time.Now().UnixNano())
 			select {
 			case q.newLeader <- struct{}{}:

@@ -1128,13 +1128,14 @@ func (n *Node) getRecord(ctx context.Context, subj string) (*storedRecord, error
 	var m *jetstream.RawStreamMsg
 	var err error
 	for {
-		// A request unanswered for 3 s (it reached a leader as it died)
-		// or refused at once (no leader yet) is made again while ctx
-		// allows.
-		gctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		// A request unanswered for 3 s or until the stream's next
+		// election (it reached a leader as it died), or refused at once
+		// (no leader yet), is made again while ctx allows.
+		gctx, done := n.elections.attempt(ctx, streamSessions, 3*time.Second)
 		m, err = n.sess.stream.GetLastMsgForSubject(gctx, subj)
-		cancel()
-		if err == nil || errors.Is(err, jetstream.ErrMsgNotFound) || ctx.Err() != nil || !retryable(err) {
+		done()
+		if err == nil || errors.Is(err, jetstream.ErrMsgNotFound) || ctx.Err() != nil ||
+			!retryable(err) && !errors.Is(err, context.Canceled) {
 			break
 		}
 		select {
@@ -1194,9 +1195,9 @@ func (n *Node) scan(ctx context.Context, st jetstream.Stream, filter string, fro
 // moat_msgs, as the stream's leader has it (leaderGet: the stream may
 // allow direct gets, replayread.go); other streams are read with
 // GetMsg, which follows their AllowDirect (the buckets' streams have
-// it). A get that fails or goes unanswered for getAttempt (a request
-// that reached a leader as it died, a stream electing its leader) is
-// tried again until ctx ends.
+// it). A get that fails or goes unanswered for getAttempt or until the
+// stream's next election (a request that reached a leader as it died, a
+// stream electing its leader) is tried again until ctx ends.
 func (n *Node) getNext(ctx context.Context, st jetstream.Stream, filter string, from, to uint64) (*jetstream.RawStreamMsg, error) {
 	from = max(from, 1)
 	if to != 0 && from > to {
@@ -1205,7 +1206,7 @@ func (n *Node) getNext(ctx context.Context, st jetstream.Stream, filter string, 
 	name := st.CachedInfo().Config.Name
 	var lastErr error
 	for {
-		gctx, cancel := context.WithTimeout(ctx, getAttempt)
+		gctx, done := n.elections.attempt(ctx, name, getAttempt)
 		var m *jetstream.RawStreamMsg
 		var err error
 		if name == streamMsgs {
@@ -1213,7 +1214,7 @@ func (n *Node) getNext(ctx context.Context, st jetstream.Stream, filter string, 
 		} else {
 			m, err = st.GetMsg(gctx, from, jetstream.WithGetMsgSubject(filter))
 		}
-		cancel()
+		done()
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			return nil, nil
 		}
