@@ -600,10 +600,12 @@ func (n *Node) fillGap(seq uint64) {
 }
 
 // readGaps reads and routes the records of runs in order (readGap),
-// within wait, and returns how many it routed and why it stopped short.
+// within wait or until the stream elects another leader (a request to
+// one that died is never answered: fillGap tries again), and returns
+// how many it routed and why it stopped short.
 func (n *Node) readGaps(runs []seqRange, wait time.Duration) (int, error) {
-	ctx, cancel := context.WithTimeout(n.ctx, wait)
-	defer cancel()
+	ctx, done := n.elections.attempt(n.ctx, streamMsgs, wait)
+	defer done()
 	if f := n.dur.acks.gapFail.Load(); f != nil {
 		if err := (*f)(); err != nil {
 			return 0, err
