@@ -497,30 +497,24 @@ const (
 // acknowledged messages so, the record in the stream and the consumer's
 // floor past it). Adopted without this, they were passed over for good.
 // Called by the consumer's reader only, like fillGap (the floor resolve
-// finds so is handed to it: floorPast); bounded like it (gapFill,
-// gapWait): what it cannot read is passed over (logged).
+// finds so is handed to it: floorPast); bounded like it (gapFill, and
+// tried again up to gapHold, readRetried): what it cannot read is passed
+// over (logged).
 func (n *Node) routeUnrouted(floor uint64) {
-	runs := n.dur.acks.unrouted(floor, gapFill)
-	if len(runs) == 0 {
-		return
-	}
-	ctx, cancel := context.WithTimeout(n.ctx, gapWait)
-	defer cancel()
+	acks := n.dur.acks
 	start := time.Now()
-	read := 0
-	for _, run := range runs {
-		k, err := n.readGap(ctx, run)
-		read += k
-		if err != nil {
-			n.log.Warn("cluster: records the durable consumer counts as acknowledged that this node never routed could not be read; they are passed over",
-				"from", run.from, "to", run.to, "floor", floor, "err", err)
-			break
-		}
+	read, tries, err := n.readRetried(func() []seqRange { return acks.unrouted(floor, gapFill) }, func(from uint64, err error) {
+		n.log.Info("cluster: records the durable consumer counts as acknowledged that this node never routed could not be read; tried again",
+			"from", from, "floor", floor, "err", err)
+	})
+	if err != nil {
+		n.log.Warn("cluster: records the durable consumer counts as acknowledged that this node never routed could not be read in time; they are passed over",
+			"floor", floor, "tries", tries, "err", err)
 	}
 	if read > 0 {
 		n.dstats.streamUnrouted.Add(uint64(read))
 		n.log.Info("cluster: records the durable consumer counts as acknowledged that this node never routed read from the stream",
-			"count", read, "floor", floor, "took", time.Since(start).Round(time.Millisecond))
+			"count", read, "floor", floor, "tries", tries, "took", time.Since(start).Round(time.Millisecond))
 	}
 }
 
@@ -549,6 +543,33 @@ func (n *Node) fillGap(seq uint64) {
 	if time.Now().Before(n.dur.gapRest) {
 		return
 	}
+	start := time.Now()
+	read, tries, err := n.readRetried(func() []seqRange { return acks.missing(seq, gapFill) }, func(from uint64, err error) {
+		n.log.Info("cluster: records missing from the durable consumer's delivery could not be read from the stream; the later ones wait while it is tried again",
+			"from", from, "before", seq, "err", err)
+	})
+	if err != nil {
+		n.dur.gapRest = time.Now().Add(gapPause)
+		n.log.Warn("cluster: records missing from the durable consumer's delivery could not be read from the stream in time; they follow when the consumer delivers them again, after later ones",
+			"before", seq, "tries", tries, "err", err)
+	}
+	if read > 0 {
+		n.log.Info("cluster: records never delivered by the durable consumer read from the stream",
+			"count", read, "before", seq, "tries", tries, "took", time.Since(start).Round(time.Millisecond))
+	}
+}
+
+// readRetried reads and routes, in order, the runs of sequences runs
+// returns (asked again before each try, for what is still missing), for
+// the consumer's reader: a reading that fails or outlasts gapWait is
+// tried again every gapRetry, the reader holding everything after it,
+// until gapHold has passed since the first (failed, told once the first
+// fails, with the first sequence missing). A node cut off meanwhile
+// routes nothing until it is back and has checked its sessions
+// (handleDurable): the tries wait for that. It returns the records
+// routed, the tries made, and the error of the last when it gave up.
+func (n *Node) readRetried(runs func() []seqRange, failed func(from uint64, err error)) (read, tries int, err error) {
+	acks := n.dur.acks
 	wait, hold := gapWait, gapHold
 	if d := acks.gapWait.Load(); d > 0 {
 		wait = time.Duration(d)
@@ -557,27 +578,22 @@ func (n *Node) fillGap(seq uint64) {
 		hold = time.Duration(d)
 	}
 	start := time.Now()
-	read, tries := 0, 0
 	for {
-		runs := acks.missing(seq, gapFill)
-		if len(runs) == 0 {
-			break
+		rs := runs()
+		if len(rs) == 0 {
+			return read, tries, nil
 		}
 		tries++
-		k, err := n.readGaps(runs, wait)
+		k, err := n.readGaps(rs, wait)
 		read += k
 		if err == nil {
-			break
+			return read, tries, nil
 		}
 		if tries == 1 {
-			n.log.Info("cluster: records missing from the durable consumer's delivery could not be read from the stream; the later ones wait while it is tried again",
-				"from", runs[0].from, "before", seq, "err", err)
+			failed(rs[0].from, err)
 		}
 		if n.ctx.Err() != nil || time.Since(start) >= hold {
-			n.dur.gapRest = time.Now().Add(gapPause)
-			n.log.Warn("cluster: records missing from the durable consumer's delivery could not be read from the stream in time; they follow when the consumer delivers them again, after later ones",
-				"from", runs[0].from, "before", seq, "tries", tries, "err", err)
-			break
+			return read, tries, err
 		}
 		acks.gapRetries.Add(1)
 		t := time.NewTimer(gapRetry)
@@ -586,16 +602,9 @@ func (n *Node) fillGap(seq uint64) {
 		case <-n.ctx.Done():
 			t.Stop()
 		}
-		// A node cut off meanwhile routes nothing until it is back
-		// and has checked its sessions (handleDurable): neither the
-		// gap nor the record that arrived.
 		if !n.awaitRouting() {
-			break
+			return read, tries, n.ctx.Err()
 		}
-	}
-	if read > 0 {
-		n.log.Info("cluster: records never delivered by the durable consumer read from the stream",
-			"count", read, "before", seq, "tries", tries, "took", time.Since(start).Round(time.Millisecond))
 	}
 }
 

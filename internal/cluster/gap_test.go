@@ -8,6 +8,7 @@ import (
 	"math"
 	"slices"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -434,6 +435,27 @@ func TestConsumerFloorPastUnroutedRecord(t *testing.T) {
 	receiveInOrder(t, sub, 1, 2)
 	if got := reader.Status().StreamUnrouted - before; got != 1 {
 		t.Fatalf("records read as never routed: %d, want 1", got)
+	}
+
+	// A reading that fails is tried again, not passed over: the record
+	// would be lost for good.
+	loseNext(t, writer, reader, 1)
+	_, last = writeRecords(t, writer, origin, topic, 2, 3)
+	var fails atomic.Int32
+	fails.Store(1)
+	fail := func() error {
+		if fails.Add(-1) >= 0 {
+			return errors.New("the stream cannot be read (test)")
+		}
+		return nil
+	}
+	reader.dur.acks.gapFail.Store(&fail)
+	t.Cleanup(func() { reader.dur.acks.gapFail.Store(nil) })
+	retried := reader.dur.acks.gapRetries.Load()
+	reader.routeUnrouted(last)
+	receiveInOrder(t, sub, 2, 3)
+	if got := reader.dur.acks.gapRetries.Load() - retried; got != 1 {
+		t.Fatalf("%d readings tried again, want 1", got)
 	}
 }
 
