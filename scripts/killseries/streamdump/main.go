@@ -188,11 +188,16 @@ func dump(run, streamName string, from, to uint64, msgs, consumers bool, wait ti
 		defer lcancel()
 		names := st.ConsumerNames(lctx)
 		for name := range names.Name() {
+			// Asked again while it goes unanswered (no leader yet),
+			// not when refused.
 			var c jetstream.Consumer
 			for c == nil && lctx.Err() == nil {
 				cctx, ccancel := context.WithTimeout(lctx, 3*time.Second)
 				c, err = st.Consumer(cctx, name)
 				ccancel()
+				if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+					break
+				}
 			}
 			if err != nil {
 				fmt.Printf("# consumer %s: %v\n", name, err)
