@@ -199,6 +199,9 @@ type Node struct {
 	srv    *server.Server
 	nc     *nats.Conn
 	in     chan *nats.Msg // messages of other nodes, in arrival order
+	// routes caches the names of the nodes routed to this one for the
+	// claims waiting for an old home (askHome).
+	routes routeNames
 	// recvLast holds, per other node's run, the highest sequence number
 	// of its messages handed to the broker (receiveLoop); recvMu guards
 	// it and is held while a message is handed over, so that a session

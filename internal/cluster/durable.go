@@ -180,6 +180,9 @@ type durableCounters struct {
 	// replicaFloors counts the positions of nodes gone read from this
 	// node's copy of their consumer (floor.go).
 	replicaFloors atomic.Uint64
+	// homesGone counts the claims that stopped waiting for the old
+	// home's answer once its node had no route here (askHome).
+	homesGone atomic.Uint64
 	// Catch-ups of sessions (catchup.go): started (by a routing pass:
 	// paced), ended at the routing position, given up, handed over with
 	// their session to another node; the messages they delivered, and

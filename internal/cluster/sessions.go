@@ -166,6 +166,10 @@ type sessionsState struct {
 	// busyAnswer, in tests, runs when this node answers a release
 	// request "busy, try again".
 	busyAnswer atomic.Pointer[func(id string)]
+	// releaseHeld, in tests, runs as a release request arrives, before
+	// anything is given up; a request whose hook returns after the Node
+	// closed is not answered (as one that reached a node as it died).
+	releaseHeld atomic.Pointer[func(ctx context.Context, id string)]
 
 	// catchUps are the sessions catching up here, by client ID
 	// (catchup.go); paced counts those a routing pass started, and
@@ -1614,7 +1618,12 @@ func (n *Node) release(ctx context.Context, id string, rec *sessionRecord) (posi
 	}
 	rctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
-	m, err := n.nc.RequestWithContext(rctx, ctlPrefix+keyOf(rec.Home), data)
+	m, err := n.askHome(rctx, rec.Node, ctlPrefix+keyOf(rec.Home), data)
+	if errors.Is(err, errHomeGone) {
+		n.dstats.homesGone.Add(1)
+		n.log.Info("cluster: a claim stopped waiting for the session's former node, which has had no route here since its request was sent",
+			"client", id, "node", rec.Node, "after", homeGoneAfter)
+	}
 	if err == nil {
 		var r releaseReply
 		if json.Unmarshal(m.Data, &r) == nil && r.Retry {
@@ -1646,6 +1655,97 @@ func (n *Node) release(ctx context.Context, id string, rec *sessionRecord) (posi
 		return position{}, unavailable("the position of the session's former node is unknown now: " + cerr.Error())
 	}
 	return n.caughtUpTo(ctx, id, position{seq: floor, replay: true}), nil
+}
+
+// homeCheck is how often a claim waiting for the old home's answer looks
+// whether the old home's node still has a route to this one, and
+// homeGoneAfter how long every look must have found none before the
+// claim stops waiting (errHomeGone). A request sent just before the
+// node died (SIGKILL: its routes close at once) is not refused, only
+// left unanswered; one sent a moment later is refused at once (no
+// responders), and so taken as gone, with no wait at all. A route that
+// drops on a live node comes back within about a second (the server
+// dials it again after one), so two seconds without one tells a death
+// from most drops; a longer cut is taken for one, as the 5 s wait did.
+const (
+	homeCheck     = 250 * time.Millisecond
+	homeGoneAfter = 2 * time.Second
+)
+
+// errHomeGone ends a claim's wait for the old home whose node has had no
+// route here for homeGoneAfter.
+var errHomeGone = errors.New("cluster: the session's former node has had no route here since the request")
+
+// askHome sends a request to the node named node on subj and waits for
+// its answer under ctx; it gives up with errHomeGone once node has had
+// no route to this one at every look (homeCheck) for homeGoneAfter.
+// With an external NATS the routes are not known here: it waits.
+func (n *Node) askHome(ctx context.Context, node, subj string, data []byte) (*nats.Msg, error) {
+	if n.srv == nil {
+		return n.nc.RequestWithContext(ctx, subj, data)
+	}
+	wctx, cancel := context.WithCancelCause(ctx)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		look := time.NewTicker(homeCheck)
+		defer look.Stop()
+		var goneAt time.Time
+		for {
+			select {
+			case <-wctx.Done():
+				return
+			case now := <-look.C:
+				switch {
+				case n.routes.connected(n, node):
+					goneAt = time.Time{}
+				case goneAt.IsZero():
+					goneAt = now
+				case now.Sub(goneAt) >= homeGoneAfter:
+					cancel(errHomeGone)
+					return
+				}
+			}
+		}
+	}()
+	m, err := n.nc.RequestWithContext(wctx, subj, data)
+	gone := errors.Is(context.Cause(wctx), errHomeGone)
+	cancel(nil)
+	wg.Wait()
+	if err != nil && gone && ctx.Err() == nil {
+		return nil, errHomeGone
+	}
+	return m, err
+}
+
+// routeNames caches the names of the nodes with a route to this one for
+// routeNamesFor, so that many claims waiting at once for homes ask the
+// server a few times a second, not once per claim and look.
+type routeNames struct {
+	mu    sync.Mutex
+	at    time.Time
+	names map[string]bool
+}
+
+const routeNamesFor = 100 * time.Millisecond
+
+// connected tells whether the node named node had a route to this one
+// within the last routeNamesFor.
+func (r *routeNames) connected(n *Node, node string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if now := time.Now(); r.names == nil || now.Sub(r.at) >= routeNamesFor {
+		rz, err := n.srv.Routez(&server.RoutezOptions{})
+		if err != nil {
+			return true
+		}
+		r.names, r.at = make(map[string]bool, len(rz.Routes)), now
+		for _, rt := range rz.Routes {
+			r.names[rt.RemoteName] = true
+		}
+	}
+	return r.names[node]
 }
 
 // peerConnected tells whether the node named node has a route to this
@@ -2741,6 +2841,11 @@ func (n *Node) handleRelease(m *nats.Msg) {
 	if json.Unmarshal(m.Data, &req) != nil || req.Client == "" {
 		reply(releaseReply{Error: "malformed request"})
 		return
+	}
+	if f := n.sess.releaseHeld.Load(); f != nil {
+		if (*f)(n.ctx, req.Client); n.ctx.Err() != nil {
+			return
+		}
 	}
 	b, ok := n.b.(sessionBroker)
 	p := n.persistence()

@@ -104,6 +104,11 @@ type Status struct {
 	// their sessions replays from) that this node read from its own copy
 	// of the consumer, its leader not answering (the node gone led it).
 	ReplicaFloors uint64 `json:"replica_floors"`
+	// HomesGone counts the claims that stopped waiting for the answer of
+	// a session's former node once that node had had no route here for
+	// two seconds (taken as dead: its position is then read as for a
+	// node gone).
+	HomesGone uint64 `json:"homes_gone"`
 	// The catch-ups of sessions (catchup.go), of moved sessions whose
 	// replay went past the room of their queue and of connected sessions
 	// whose queue had no room for the other nodes' messages (paced, also
@@ -194,6 +199,7 @@ func (n *Node) Status() Status {
 	st.SessionsIn, st.SessionsOut = d.sessionsIn.Load(), d.sessionsOut.Load()
 	st.ReplayRecords, st.ReplaysBounded, st.ReplayDropped = d.replayRead.Load(), d.replaysBounded.Load(), d.replayDropped.Load()
 	st.ReplicaFloors = d.replicaFloors.Load()
+	st.HomesGone = d.homesGone.Load()
 	st.CatchUps, st.CatchUpsDone, st.CatchUpsGaveUp = d.catchUps.Load(), d.catchUpsDone.Load(), d.catchUpsGaveUp.Load()
 	st.CatchUpsPaced, st.CatchUpsLate = d.catchUpsPaced.Load(), d.catchUpsLate.Load()
 	st.CatchUpsHandedOver, st.CatchUpMessages, st.CatchUpQoS0Dropped = d.catchUpsHandedOver.Load(), d.catchUpMessages.Load(), d.catchUpQoS0Dropped.Load()
