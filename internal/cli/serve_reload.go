@@ -17,6 +17,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/moatmq/moat/internal/broker"
 	"github.com/moatmq/moat/internal/config"
@@ -134,12 +135,18 @@ func (p *servePlan) writePIDFile() (remove func()) {
 	if old, err := readPIDFile(path); err == nil && old != os.Getpid() && processAlive(old) {
 		p.log.Warn("serve: the pid file names another running process; is a second broker using this data directory?", "file", path, "pid", old)
 	}
+	removeStalePIDTemps(p.cfg.DataDir)
 	// Written beside it and renamed into place: a reader (moat reload)
 	// never finds the file empty, as it could between the creation and
-	// the write (seen once in TestReloadCommandPIDFile).
-	f, err := os.CreateTemp(p.cfg.DataDir, pidFileName+".*")
+	// the write (seen once in TestReloadCommandPIDFile). The name beside
+	// it is fixed, so that a crash between the two leaves one file that
+	// the next start replaces, not one more each time; it is removed and
+	// created anew (O_EXCL), so that a link left in its place is not
+	// followed.
+	tmp := filepath.Join(p.cfg.DataDir, pidFileName+pidTempSuffix)
+	os.Remove(tmp)
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err == nil {
-		tmp := f.Name()
 		err = f.Chmod(0o600)
 		if _, werr := f.WriteString(me); err == nil {
 			err = werr
@@ -161,6 +168,31 @@ func (p *servePlan) writePIDFile() (remove func()) {
 	return func() {
 		if pid, err := readPIDFile(path); err == nil && pid == os.Getpid() {
 			os.Remove(path)
+		}
+	}
+}
+
+// pidTempSuffix names the file the pid file is written to before it is
+// renamed into place.
+const pidTempSuffix = ".new"
+
+// removeStalePIDTemps removes what earlier builds, which wrote the pid
+// file under a random name beside it (moat.pid.123456789), left there
+// when they died between the write and the rename. Only names of that
+// form older than a minute are removed: another broker started on the
+// same directory by mistake holds its own for microseconds.
+func removeStalePIDTemps(dir string) {
+	names, err := filepath.Glob(filepath.Join(dir, pidFileName+".*"))
+	if err != nil {
+		return
+	}
+	for _, name := range names {
+		suffix := strings.TrimPrefix(filepath.Base(name), pidFileName+".")
+		if suffix == "" || strings.Trim(suffix, "0123456789") != "" {
+			continue
+		}
+		if fi, err := os.Lstat(name); err == nil && fi.Mode().IsRegular() && time.Since(fi.ModTime()) > time.Minute {
+			os.Remove(name)
 		}
 	}
 }

@@ -399,3 +399,46 @@ func TestServeReloadMessageSizeLimit(t *testing.T) {
 		t.Fatal("the large message was delivered after the reload")
 	}
 }
+
+// The pid file goes through one fixed name beside it: what an earlier
+// build left under a random name (moat.pid.NNN) more than a minute ago is
+// removed, a fresh one is left alone (it may be another process's), and
+// a link left at the fixed name is replaced, not followed.
+func TestPIDFileLeavesNoTemp(t *testing.T) {
+	dir := t.TempDir()
+	stale := filepath.Join(dir, pidFileName+".123456789")
+	fresh := filepath.Join(dir, pidFileName+".987")
+	other := filepath.Join(dir, pidFileName+".bak")
+	for _, f := range []string{stale, fresh, other} {
+		writeFile(t, f, "1\n")
+	}
+	old := time.Now().Add(-2 * time.Minute)
+	if err := os.Chtimes(stale, old, old); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(other, old, old); err != nil {
+		t.Fatal(err)
+	}
+	target := filepath.Join(dir, "target")
+	writeFile(t, target, "keep\n")
+	if err := os.Symlink(target, filepath.Join(dir, pidFileName+pidTempSuffix)); err != nil {
+		t.Fatal(err)
+	}
+	p := &servePlan{cfg: &config.Config{DataDir: dir}, log: slog.New(slog.DiscardHandler)}
+	remove := p.writePIDFile()
+	if pid, err := readPIDFile(filepath.Join(dir, pidFileName)); err != nil || pid != os.Getpid() {
+		t.Fatalf("pid file: %d, %v; want %d", pid, err, os.Getpid())
+	}
+	if data, err := os.ReadFile(target); err != nil || string(data) != "keep\n" {
+		t.Fatalf("the link's target: %q, %v", data, err)
+	}
+	for f, want := range map[string]bool{stale: false, fresh: true, other: true, filepath.Join(dir, pidFileName+pidTempSuffix): false} {
+		if _, err := os.Lstat(f); (err == nil) != want {
+			t.Errorf("%s: present %v, want %v", filepath.Base(f), err == nil, want)
+		}
+	}
+	remove()
+	if _, err := os.Stat(filepath.Join(dir, pidFileName)); !os.IsNotExist(err) {
+		t.Errorf("pid file left after remove: %v", err)
+	}
+}
