@@ -74,8 +74,10 @@ type durableState struct {
 	// lingering when each filter without local subscriptions drops them
 	// (markerLinger); both guarded by Node.subMu. presence is this node's
 	// presence marker, once its sessions are imported.
-	markers     map[string][]*nats.Subscription
-	lingering   map[string]time.Time
+	markers   map[string][]*nats.Subscription
+	lingering map[string]time.Time
+	// linger, in tests, replaces markerLinger.
+	linger      time.Duration
 	presence    *nats.Subscription
 	batchMarker *nats.Subscription // batch.go
 	// directMarker says this build reads moat_msgs from its leader
@@ -183,6 +185,9 @@ type durableCounters struct {
 	// homesGone counts the claims that stopped waiting for the old
 	// home's answer once its node had no route here (askHome).
 	homesGone atomic.Uint64
+	// markersHeld counts the passes of dropLingering that kept a marker
+	// past its linger for a session given up here (tests).
+	markersHeld atomic.Uint64
 	// Catch-ups of sessions (catchup.go): started (by a routing pass:
 	// paced), ended at the routing position, given up, handed over with
 	// their session to another node; the messages they delivered, and
@@ -210,7 +215,7 @@ func (n *Node) markInterest(filter string, on bool) {
 	d := &n.dur
 	if !on {
 		if _, ok := d.markers[filter]; ok {
-			d.lingering[filter] = time.Now().Add(markerLinger)
+			d.lingering[filter] = time.Now().Add(n.lingerFor())
 		}
 		return
 	}
@@ -242,14 +247,40 @@ func (n *Node) markInterest(filter string, on bool) {
 	d.markers[filter] = list
 }
 
-// dropLingering removes the markers whose linger ended by now.
+// lingerFor is markerLinger, or what a test set.
+func (n *Node) lingerFor() time.Duration {
+	if n.dur.linger > 0 {
+		return n.dur.linger
+	}
+	return markerLinger
+}
+
+// dropLingering removes the markers whose linger ended by now, but for
+// those whose filter lost its last local subscription at or before a
+// session was given up here whose position this node still remembers
+// (released): its claim may have failed, leaving the session on no node
+// (docs/cluster.md, "A claim that fails after the old home gave the
+// session up"), and without a marker the other nodes' messages for it
+// would not go into the durable stream, from which its next claim
+// replays them. Such markers stay until the position is forgotten: at
+// once when the claim that took the session tells this node so, at most
+// releasedFor later. A filter given up with a session has its linger
+// begin just before the session is given up (ReleaseSession comes
+// before giveUp); one that began lingering earlier for another reason
+// and is kept too costs only the forwarding of its messages to the
+// stream meanwhile.
 func (n *Node) dropLingering(now time.Time) {
+	held := n.lastGivenUp()
 	n.subMu.Lock()
 	defer n.subMu.Unlock()
 	d := &n.dur
 	changed := false
 	for filter, until := range d.lingering {
 		if now.Before(until) {
+			continue
+		}
+		if !held.IsZero() && !held.Before(until.Add(-n.lingerFor())) {
+			n.dstats.markersHeld.Add(1)
 			continue
 		}
 		if !changed {

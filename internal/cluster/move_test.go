@@ -225,19 +225,30 @@ func TestSessionMoveOverrunBusy(t *testing.T) {
 // position it gave the session up at; the new node's second claim
 // resumes the first from its start, pin included; a second claim on the
 // third node, or on the old home itself, replays the QoS 1 messages from
-// that position.
+// that position. In the late variants (markers linger a second) more
+// messages are published once the old home's markers of the session
+// would have gone: it keeps them while it remembers the position, so
+// those messages reach the stream and the session (all 40 were missing
+// without that).
 func TestSessionMoveFailedClaimLossless(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
 		qos   byte
-		again int // the node of the second claim
-	}{{"qos0", 0, 1}, {"qos1", 1, 1}, {"qos1-elsewhere", 1, 2}, {"qos1-oldhome", 1, 0}} {
-		t.Run(tc.name, func(t *testing.T) { testSessionMoveFailedClaim(t, tc.qos, tc.again) })
+		again int  // the node of the second claim
+		late  bool // messages also published once the old home's markers would have gone
+	}{{"qos0", 0, 1, false}, {"qos1", 1, 1, false}, {"qos1-elsewhere", 1, 2, false}, {"qos1-oldhome", 1, 0, false},
+		{"qos1-elsewhere-late", 1, 2, true}, {"qos1-oldhome-late", 1, 0, true}} {
+		t.Run(tc.name, func(t *testing.T) { testSessionMoveFailedClaim(t, tc.qos, tc.again, tc.late) })
 	}
 }
 
-func testSessionMoveFailedClaim(t *testing.T, qos byte, again int) {
-	nodes, err := startNodesHooked(t, t.TempDir(), freePorts(t, 3), nil, func(bc *broker.Config) {
+func testSessionMoveFailedClaim(t *testing.T, qos byte, again int, late bool) {
+	var hooks []func(int, *Node)
+	if late {
+		// A marker lingers a second rather than 10 s.
+		hooks = append(hooks, func(i int, nd *Node) { nd.dur.linger = time.Second })
+	}
+	nodes, err := startNodesHooked(t, t.TempDir(), freePorts(t, 3), hooks, func(bc *broker.Config) {
 		bc.MaxQueued, bc.QueueQoS0 = 10000, true
 	})
 	if err != nil {
@@ -299,11 +310,22 @@ func testSessionMoveFailedClaim(t *testing.T, qos byte, again int) {
 		t.Fatalf("connect during the failing claim: %v, want CONNACK 0x88", err)
 	}
 	note(publish("between"))
+	phases := 3
+	if late {
+		// The old home's markers of the session outlive their linger
+		// while it remembers the position it gave the session up at:
+		// the messages published now still go into the stream.
+		testutil.WaitFor(t, "n1 to keep its markers past their linger", 30*time.Second, func() bool {
+			return nodes[0].node.dstats.markersHeld.Load() > 0
+		})
+		note(publish("late"))
+		phases++
+	}
 	for _, err := range errs {
 		t.Fatal(err)
 	}
-	if len(want) != 3*each*len(pubs) {
-		t.Fatalf("%d messages published, want %d (a hook did not run)", len(want), 3*each*len(pubs))
+	if len(want) != phases*each*len(pubs) {
+		t.Fatalf("%d messages published, want %d (a hook did not run)", len(want), phases*each*len(pubs))
 	}
 
 	sub2, present := dialSession(t, nodes[again].addr, "failmover", client.V5)

@@ -552,9 +552,11 @@ const (
 	// before it asks anything (CONNACK 0x89).
 	maxFailedClaims = 1024
 	// failedFor is how long a failed claim is kept for the next one;
-	// its pin holds the record of recent messages meanwhile. As long as
-	// other nodes' interest markers linger (markerLinger): beyond that,
-	// their messages to the session are not in the durable stream either.
+	// its pin holds the record of recent messages meanwhile, so it is
+	// short: as long as a marker lingers (markerLinger). The old home's
+	// markers of a session it gave up stay while it remembers the
+	// position (dropLingering), so the other nodes' durable messages
+	// for the session go on reaching the stream after that.
 	failedFor = markerLinger
 )
 
@@ -744,6 +746,19 @@ func (n *Node) giveUp(id string, released bool, routed uint64, origin string, qo
 	delete(s.pending, id)
 	s.gone[id] = now
 	return routed, qos0, token
+}
+
+// lastGivenUp is when this node gave up the latest of the sessions whose
+// positions it remembers (released); zero when it remembers none.
+func (n *Node) lastGivenUp() (last time.Time) {
+	n.sess.mu.Lock()
+	defer n.sess.mu.Unlock()
+	for _, r := range n.sess.released {
+		if r.at.After(last) {
+			last = r.at
+		}
+	}
+	return last
 }
 
 // pruneReleasedLocked forgets the positions given more than releasedFor
