@@ -3,7 +3,10 @@ package cluster
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/moatmq/moat/internal/broker"
 )
@@ -34,9 +37,19 @@ import (
 // at 5 s and its earlier ones arrive 0.3 to 1.5 s later, behind it.
 const caughtUpWait = 10 * time.Second
 
-// streamEndWait bounds the reading of the stream's end; without an
-// answer (no leader), the message goes on at once.
-const streamEndWait = time.Second
+// streamEndWait bounds one reading of the stream's end. Without an
+// answer (a stream without a leader, as when its leader's node died) it
+// is read again every endRetry, for up to caughtUpWait: the records the
+// dead leader stored last are those a moved publisher's first message
+// must not overtake. Until 2026-12-06 the message went on at once, and
+// in an outside kill series (the killed node led the stream and was the
+// publisher's) 3 acknowledged messages of its publisher through the dead
+// node reached the subscriber 7 s later, behind 400 later ones sent
+// through the subscriber's node.
+const (
+	streamEndWait = time.Second
+	endRetry      = 250 * time.Millisecond
+)
 
 var _ broker.PublishGate = (*Node)(nil)
 
@@ -50,8 +63,12 @@ type publishGate struct {
 	next    *endReading // the reading after the running one
 	// waited counts the first messages that waited for the routing,
 	// timedOut those that went on past caughtUpWait, noEnd those whose
-	// reading of the stream's end failed.
-	waited, timedOut, noEnd uint64
+	// reading of the stream's end failed for good; endRetries the
+	// readings of the stream's end made again.
+	waited, timedOut, noEnd, endRetries uint64
+	// endFail, when positive, makes that many next readings of the
+	// stream's end fail as without a stream leader (tests).
+	endFail atomic.Int32
 }
 
 // endReading is one reading of the stream's end: done is closed once
@@ -156,13 +173,42 @@ func (n *Node) readEnds() {
 		}
 		g.next = nil
 		g.mu.Unlock()
-		ctx, cancel := context.WithTimeout(n.ctx, streamEndWait)
-		info, err := n.msgStream().Info(ctx)
-		cancel()
-		if err == nil {
-			r.last, r.ok = info.State.LastSeq, true
-		}
+		r.last, r.ok = n.readEnd()
 		close(r.done)
+	}
+}
+
+// readEnd reads the stream's end, again every endRetry while that fails,
+// for up to caughtUpWait; false: not read. The connections waiting for
+// it go on at their own bound meanwhile (counted and logged as timed
+// out); those that come meanwhile wait for the next reading.
+func (n *Node) readEnd() (uint64, bool) {
+	g := &n.dur.gate
+	giveUp := time.Now().Add(caughtUpWait)
+	for {
+		var err error
+		if g.endFail.Load() > 0 && g.endFail.Add(-1) >= 0 {
+			err = errFailedForTest
+		} else {
+			ctx, cancel := context.WithTimeout(n.ctx, streamEndWait)
+			var info *jetstream.StreamInfo
+			info, err = n.msgStream().Info(ctx)
+			cancel()
+			if err == nil {
+				return info.State.LastSeq, true
+			}
+		}
+		if n.ctx.Err() != nil || !time.Now().Add(endRetry).Before(giveUp) {
+			n.log.Info("cluster: the durable stream's end could not be read for a publisher's first message; it goes on", "err", err)
+			return 0, false
+		}
+		g.mu.Lock()
+		g.endRetries++
+		g.mu.Unlock()
+		select {
+		case <-n.ctx.Done():
+		case <-time.After(endRetry):
+		}
 	}
 }
 

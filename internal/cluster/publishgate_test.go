@@ -90,3 +90,55 @@ func TestPublisherGateKeepAlive(t *testing.T) {
 	n2.resumeRouting()
 	receiveAll(t, sub, []int{0, 1})
 }
+
+// TestPublisherGateStreamWithoutLeader: as TestPublisherMovesKeepsOrder,
+// but the first readings of the stream's end fail, as while the stream
+// elects a leader after its leader's node died (that node often the
+// publisher's): the gate reads the end again until it can, and the first
+// message on n2 still waits for n2's routing; the subscriber gets all 100
+// in order. Before, the message went on at the first failed reading, and
+// the messages sent on n2 came first.
+func TestPublisherGateStreamWithoutLeader(t *testing.T) {
+	nodes := commonCluster(t)
+	n2 := nodes[1].node
+	g := &n2.dur.gate
+	sub := dial(t, nodes[1].addr, "plsub", client.V5)
+	subscribe(t, sub, 1, "pl/#")
+	first := dial(t, nodes[0].addr, "plpub1", client.V5)
+	awaitRoute(t, first, sub, "pl/probe")
+
+	n2.pauseRouting()
+	t.Cleanup(n2.resumeRouting)
+	publishQoS1(t, first, "pl/x", 0, 50)
+	disconnect(t, first)
+
+	waited := n2.Status().PublishersWaited
+	g.mu.Lock()
+	retries := g.endRetries
+	g.mu.Unlock()
+	g.endFail.Store(3)
+	t.Cleanup(func() { g.endFail.Store(0) })
+	second := dial(t, nodes[1].addr, "plpub2", client.V5)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	toks := make([]*client.Token, 0, 50)
+	for i := 50; i < 100; i++ {
+		toks = append(toks, second.PublishAsync(ctx, &client.Message{Topic: "pl/x", QoS: 1, Payload: []byte(strconv.Itoa(i))}))
+	}
+	testutil.WaitFor(t, "the first message on n2 to wait for n2's routing", 30*time.Second, func() bool {
+		return n2.Status().PublishersWaited > waited
+	})
+	g.mu.Lock()
+	again := g.endRetries - retries
+	g.mu.Unlock()
+	if again != 3 {
+		t.Fatalf("the stream's end was read again %d times, want 3", again)
+	}
+	n2.resumeRouting()
+	receiveInOrder(t, sub, 0, 100)
+	for i, tk := range toks {
+		if err := tk.Wait(ctx); err != nil {
+			t.Fatalf("message %d: %v", 50+i, err)
+		}
+	}
+}
