@@ -182,6 +182,9 @@ type durableCounters struct {
 	// replicaFloors counts the positions of nodes gone read from this
 	// node's copy of their consumer (floor.go).
 	replicaFloors atomic.Uint64
+	// floorsUnasked counts those read without asking the consumer's
+	// leader first, as the copy named the node gone its leader (tests).
+	floorsUnasked atomic.Uint64
 	// homesGone counts the claims that stopped waiting for the old
 	// home's answer once its node had no route here (askHome).
 	homesGone atomic.Uint64

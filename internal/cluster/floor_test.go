@@ -93,8 +93,9 @@ func receiveEach(t *testing.T, c *client.Client, want map[string]byte, from, to 
 // session's claim on n1 right after n1 sees n3 gone succeeds at its
 // first CONNACK, with Session Present 1: n1 reads the position from its
 // own copy of the consumer (replica_floors), without waiting for a new
-// leader; so does an adoption's reading of the position on n2, which
-// gets the floor n3 had reached. Every message arrives once, in order
+// leader, and without asking n3 first, which its copy names the leader;
+// so does an adoption's reading of the position on n2, which gets the
+// floor n3 had reached. Every message arrives once, in order
 // per topic, at the QoS it was published with.
 func TestClaimDeadNodeLeadingOwnConsumer(t *testing.T) {
 	nodes, relays := startRelayedCluster(t)
@@ -162,6 +163,10 @@ func TestClaimDeadNodeLeadingOwnConsumer(t *testing.T) {
 	for i, tn := range nodes[:2] {
 		if got := tn.node.Status().ReplicaFloors; got != 1 {
 			t.Fatalf("n%d read %d positions from its copy of the consumer, want 1", i+1, got)
+		}
+		// The copy named n3 its leader: n3 was not asked first.
+		if got := tn.node.dstats.floorsUnasked.Load(); got != 1 {
+			t.Fatalf("n%d read %d positions without asking the consumer's leader first, want 1", i+1, got)
 		}
 	}
 	receiveEach(t, c, want, 3, 8)
