@@ -16,6 +16,12 @@ import sys
 WORK = os.environ.get("KS_DIR", "/tmp/moat-killseries")
 RUNS = os.path.join(WORK, "runs")
 PATTERNS = ["queue full", "dropped", "could not", "slow"]
+# Info lines counted per run (analysis.txt, "survivors' notes").
+INFO_NOTES = [
+    ("claims that took the old home for dead", "a claim stopped waiting for the session's former node"),
+    ("floors read without asking the dead leader", "which the node gone led"),
+    ("first messages without the stream's end", "the durable stream's end could not be read"),
+]
 LINE_RE = re.compile(r'^time=(\S+) level=(\w+) msg="((?:[^"\\]|\\.)*)"(.*)$')
 
 
@@ -218,6 +224,20 @@ def analyze(num):
                     hit = True
             if hit:
                 texts[(i, lvl, msg[:120])] += 1
+    # Steps of note logged at Info: a claim that took the old home for
+    # dead after 2 s without a route, a publisher's first message that
+    # went on without the stream's end.
+    notes = collections.Counter()
+    for i in (1, 2, 3):
+        if i == meta["kill_node"]:
+            continue
+        for t, lvl, msg, raw in read_log(os.path.join(rd, "node%d" % i, "serve.log")):
+            for key, pat in INFO_NOTES:
+                if pat in raw:
+                    notes[key] += 1
+    if notes:
+        p("survivors' notes: " + ", ".join("%s %d" % kv for kv in sorted(notes.items())))
+    row["notes"] = dict(notes)
     p("survivors' WARN/ERROR lines matching %s:" % PATTERNS)
     if not counts:
         p("  none")
