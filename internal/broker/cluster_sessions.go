@@ -269,6 +269,20 @@ func (s *Server) ImportSession(cs *ClusterSession) {
 	}
 }
 
+// SessionFilters returns the filters of the session of clientID's
+// subscriptions that are not shared, each once: what a node giving the
+// session up to another keeps forwarding its own clients' messages for
+// while the session moves.
+func (s *Server) SessionFilters(clientID string) []string {
+	var out []string
+	for _, sub := range s.index.Subscriptions(clientID) {
+		if sub.Group == "" && (len(out) == 0 || out[len(out)-1] != sub.Filter) {
+			out = append(out, sub.Filter)
+		}
+	}
+	return out
+}
+
 // ReleaseSession gives up the session of clientID because another node
 // became its home: a connection to it is taken over (DISCONNECT 0x8E for
 // MQTT 5 [MQTT-3.1.4-3]) and detached as on one node, and the session is

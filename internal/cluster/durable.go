@@ -77,7 +77,15 @@ type durableState struct {
 	markers   map[string][]*nats.Subscription
 	lingering map[string]time.Time
 	// linger, in tests, replaces markerLinger.
-	linger      time.Duration
+	linger time.Duration
+	// givenUp holds, per filter of a session this node gave up to
+	// another (handleRelease), the subscriptions that make this node
+	// put its own clients' QoS 1/2 messages for it into the stream
+	// (needsStream), and when; givenUpN counts them, so that
+	// needsStream looks only while there are some. Guarded by
+	// Node.subMu (givenUpN is read without it).
+	givenUp     map[string]*givenUpMark
+	givenUpN    atomic.Int32
 	presence    *nats.Subscription
 	batchMarker *nats.Subscription // batch.go
 	// directMarker says this build reads moat_msgs from its leader
@@ -250,6 +258,73 @@ func (n *Node) markInterest(filter string, on bool) {
 	d.markers[filter] = list
 }
 
+// givenUpPrefix begins the subjects of the filters of sessions this node
+// gave up (moat.u.<node>.<filter's tokens>): subscribed on the node's
+// own connection, they are matched against a topic by its own server
+// as the markers are by the others'.
+const givenUpPrefix = "moat.u."
+
+// givenUpMark is a filter of a session given up here: since when, and
+// until when at least, this node's own messages for it go into the
+// stream.
+type givenUpMark struct {
+	subs         []*nats.Subscription
+	since, until time.Time
+}
+
+// holdGivenUp makes this node put its own clients' QoS 1/2 messages
+// matching filters, those of a session it is about to give up to
+// another node, into the durable stream, for markerLinger at least and
+// while it remembers a position given up since then (dropLingering).
+// Without it they reached neither node: delivered here to nobody once
+// the session went, and not in the stream, as no other node wanted them
+// yet (the new home's markers come with its import), so the new home's
+// replay from this node's position did not find them (6 to 11 of about
+// 250 acknowledged messages of a publisher on the old home, published
+// at 500 a second while its subscriber's session moved, in a test before
+// 2026-12-06). An external NATS puts every message into the stream.
+func (n *Node) holdGivenUp(filters []string) {
+	if n.srv == nil || len(filters) == 0 {
+		return
+	}
+	now := time.Now()
+	n.subMu.Lock()
+	defer n.subMu.Unlock()
+	d := &n.dur
+	if d.givenUp == nil {
+		d.givenUp = make(map[string]*givenUpMark)
+	}
+	prefix := givenUpPrefix + keyOf(n.cfg.Node) + "."
+	for _, filter := range filters {
+		if m, ok := d.givenUp[filter]; ok {
+			m.until = now.Add(n.lingerFor())
+			continue
+		}
+		m := &givenUpMark{since: now, until: now.Add(n.lingerFor())}
+		for _, subj := range filterSubjects(filter) {
+			s := prefix + subj[len(msgPrefix):]
+			if len(s) > maxSubject {
+				continue
+			}
+			sub, err := n.nc.SubscribeSync(s)
+			if err != nil {
+				n.log.Error("cluster: a session's filter not marked as given up; this node's messages for it published while it moves may be missing from it",
+					"filter", filter, "err", err)
+				continue
+			}
+			m.subs = append(m.subs, sub)
+		}
+		d.givenUp[filter] = m
+		d.givenUpN.Add(1)
+	}
+}
+
+// givenUpWants tells whether topic matches a filter of a session this
+// node gave up (holdGivenUp).
+func (n *Node) givenUpWants(acc *server.Account, topic string) bool {
+	return n.dur.givenUpN.Load() > 0 && acc.Interest(givenUpPrefix+keyOf(n.cfg.Node)+"."+topicTokens(topic)) > 0
+}
+
 // lingerFor is markerLinger, or what a test set.
 func (n *Node) lingerFor() time.Duration {
 	if n.dur.linger > 0 {
@@ -299,6 +374,16 @@ func (n *Node) dropLingering(now time.Time) {
 		delete(d.markers, filter)
 		delete(d.lingering, filter)
 	}
+	for filter, m := range d.givenUp {
+		if now.Before(m.until) || !held.IsZero() && !held.Before(m.since) {
+			continue
+		}
+		for _, s := range m.subs {
+			_ = s.Unsubscribe()
+		}
+		delete(d.givenUp, filter)
+		d.givenUpN.Add(-1)
+	}
 }
 
 // markPresent subscribes this node's presence marker: its sessions are
@@ -347,7 +432,7 @@ func (n *Node) needsStream(topic string) bool {
 	if n.peerMissing(acc, peers) {
 		return true
 	}
-	if n.lookup(acc, topic, groupsNever).yes {
+	if n.lookup(acc, topic, groupsNever).yes || n.givenUpWants(acc, topic) {
 		return true
 	}
 	return n.peerMissing(acc, peers)

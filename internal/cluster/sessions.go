@@ -400,6 +400,7 @@ type sessionBroker interface {
 	FindLocal(clientID string, since int64) *broker.LocalReplay
 	PinRecent() *broker.RecentPin
 	ReleaseSession(clientID string) (released, online bool)
+	SessionFilters(clientID string) []string
 	DiscardConnectionWill(clientID string)
 	DeliverToSession(clientID string, msg *broker.Message, done func(error)) bool
 	DeliverOwedToSession(clientID string, msg *broker.Message, done func(error)) bool
@@ -2905,6 +2906,9 @@ func (n *Node) handleRelease(m *nats.Msg) {
 	if cu != nil {
 		caughtTo, skip = cu.handOver()
 	}
+	// This node's own messages for the session go into the stream from
+	// before it leaves the index (holdGivenUp).
+	n.holdGivenUp(b.SessionFilters(req.Client))
 	released, online := b.ReleaseSession(req.Client)
 	routed := n.dur.routed
 	if cu != nil {

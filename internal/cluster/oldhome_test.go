@@ -1,0 +1,120 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/moatmq/moat/client"
+	"github.com/moatmq/moat/internal/broker"
+)
+
+// TestSessionMoveOldHomeOwnMessages: a persistent session on n1 moves to
+// n2 while a publisher on n1 publishes QoS 1 messages for it, 20 of them
+// after n1 gave the session up and before it answered the claim (no
+// other node wants the topic yet). Each reaches the session on n2 once,
+// with the 20 queued before the move and 20 published on n1 after it:
+// n1 puts its own messages for a session it gave up into the stream,
+// from which n2 replays them. Before, the 20 were acknowledged and
+// reached nobody (delivered on n1 to no session, and not in the stream).
+// The claim of the second case fails after n1 gave the session up, and
+// the client comes back to n1 itself: the 20 are replayed there too.
+func TestSessionMoveOldHomeOwnMessages(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		fail  bool // the claim on n2 fails after the release; the client returns to n1
+		again int
+	}{{"moved", false, 1}, {"failed-claim-back-home", true, 0}} {
+		t.Run(tc.name, func(t *testing.T) { testSessionMoveOldHomeOwn(t, tc.fail, tc.again) })
+	}
+}
+
+func testSessionMoveOldHomeOwn(t *testing.T, fail bool, again int) {
+	nodes, err := startNodesHooked(t, t.TempDir(), freePorts(t, 3), nil, func(bc *broker.Config) { bc.MaxQueued = 10000 })
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub, _ := dialSession(t, nodes[0].addr, "ohsub", client.V5)
+	subscribe(t, sub, 1, "oh/#")
+	disconnect(t, sub)
+	pub := dial(t, nodes[0].addr, "ohpub", client.V5)
+	const each = 20
+	want := make(map[string]bool)
+	publish := func(phase string) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		for i := range each {
+			want[fmt.Sprintf("oh/%s 0 %d", phase, i)] = true
+		}
+		return publishBurst(ctx, []*client.Client{pub}, "oh/"+phase, each, 0, 1)
+	}
+	if err := publish("before"); err != nil {
+		t.Fatal(err)
+	}
+
+	var errs []error
+	var mu sync.Mutex
+	var released, failed sync.Once
+	beforeReply := func(id string) {
+		released.Do(func() {
+			if err := publish("released"); err != nil {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+			}
+		})
+	}
+	nodes[0].node.sess.beforeReply.Store(&beforeReply)
+	if fail {
+		afterRelease := func(id string) (err error) {
+			failed.Do(func() { err = errors.New("storing the session failed (test)") })
+			return err
+		}
+		nodes[1].node.sess.afterRelease.Store(&afterRelease)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		_, err := client.Dial(ctx, client.Config{Servers: []string{"tcp://" + nodes[1].addr}, ClientID: "ohsub",
+			Version: client.V5, SessionExpiry: 600})
+		cancel()
+		if err == nil {
+			t.Fatal("the claim on n2 succeeded; its failure was wanted")
+		}
+	}
+	sub2, present := dialSession(t, nodes[again].addr, "ohsub", client.V5)
+	nodes[0].node.sess.beforeReply.Store(nil)
+	nodes[1].node.sess.afterRelease.Store(nil)
+	if !present {
+		t.Fatal("Session Present 0")
+	}
+	for _, err := range errs {
+		t.Fatal(err)
+	}
+	if err := publish("after"); err != nil {
+		t.Fatal(err)
+	}
+	if len(want) != 3*each {
+		t.Fatalf("%d messages published, want %d (a hook did not run)", len(want), 3*each)
+	}
+	deadline := time.After(30 * time.Second)
+	for len(want) > 0 {
+		select {
+		case m := <-sub2.Messages():
+			var p, i int
+			if _, err := fmt.Sscanf(string(m.Payload), "%d %d", &p, &i); err != nil {
+				t.Fatalf("unexpected message %q on %s", m.Payload, m.Topic)
+			}
+			key := fmt.Sprintf("%s %d %d", m.Topic, p, i)
+			if !want[key] {
+				t.Fatalf("message %s unexpected or received twice", key)
+			}
+			delete(want, key)
+		case <-deadline:
+			t.Fatalf("%d messages never received: %v", len(want), slices.Sorted(maps.Keys(want)))
+		}
+	}
+	expectNone(t, sub2, time.Second)
+}
