@@ -74,8 +74,8 @@ def analyze(num):
         return row, "\n".join(out)
     tk = meta["t_kill"]
     rel = lambda t: "%+.3fs" % (t - tk)
-    p("run %s: killed node%d at %s UTC; moat_msgs leader before %s, 8 s after %s" % (
-        num, meta["kill_node"], __import__("time").strftime("%H:%M:%S", __import__("time").gmtime(tk)),
+    p("run %s: %s at %s UTC; moat_msgs leader before %s, 8 s after %s" % (
+        num, "killed node%d" % meta["kill_node"] if meta["kill_node"] else "moved the subscriber off node1", __import__("time").strftime("%H:%M:%S", __import__("time").gmtime(tk)),
         row["leader"], row["leader_after"]))
     pubs = {}
     for name in "AB":
@@ -291,13 +291,13 @@ def main():
     lines.append("")
     lines.append("| killed | runs | runs with missing (msgs) | runs with out-of-order (msgs; same client ID msgs) | runs with dups (msgs) | sub resumed s min/median/max | session_present 0 | max delay s (max) |")
     lines.append("|---|---|---|---|---|---|---|---|")
-    for k in (1, 2, 3):
+    for k in (1, 2, 3, 0):
         rs = [r for r in ok if r["kill"] == k]
         if not rs:
             continue
         res = sorted(r["resume"] for r in rs if r["resume"] is not None)
-        lines.append("| node%d | %d | %d (%d) | %d (%d; %d) | %d (%d) | %s | %d | %.2f |" % (
-            k, len(rs), sum(1 for r in rs if r["missing"]), sum(r["missing"] for r in rs),
+        lines.append("| %s | %d | %d (%d) | %d (%d; %d) | %d (%d) | %s | %d | %.2f |" % (
+            "node%d" % k if k else "none (move)", len(rs), sum(1 for r in rs if r["missing"]), sum(r["missing"] for r in rs),
             sum(1 for r in rs if r["ooo"]), sum(r["ooo"] for r in rs), sum(r["ooo_same"] for r in rs),
             sum(1 for r in rs if r["dups"]), sum(r["dups"] for r in rs),
             "%.2f/%.2f/%.2f" % (res[0], res[len(res) // 2], res[-1]) if res else "-",

@@ -148,6 +148,8 @@ def run_sub(rundir, start_node):
     lock = threading.Lock()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
+    move = threading.Event()  # SIGUSR1: leave the node cleanly, go to the next
+    signal.signal(signal.SIGUSR1, lambda *a: move.set())
     cur = {"node": start_node}
 
     def write(rec):
@@ -186,6 +188,13 @@ def run_sub(rundir, start_node):
     open(os.path.join(rundir, "sub.ready"), "w").close()
 
     while not stop.is_set():
+        if move.is_set():
+            move.clear()
+            write({"ev": "move", "t": time.time(), "node": conn.node})
+            try:
+                conn.c.disconnect()
+            except Exception:
+                pass
         if not conn.lost.wait(0.2):
             continue
         write({"ev": "lost", "t": conn.t_lost, "node": conn.node,

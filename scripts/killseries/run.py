@@ -3,6 +3,9 @@
 
   run.py RUN_NUMBER KILL_NODE     (results in $KS_DIR/runs/RUN_NUMBER/)
 
+KILL_NODE 0 kills nothing: the subscriber starts on node 1 and moves to
+node 2 (a clean DISCONNECT, then a connection there) at the kill's time.
+
 KS_DIR (default /tmp/moat-killseries) holds the runs; KS_MOAT names the
 binary (default $KS_DIR/moat).
 
@@ -197,7 +200,10 @@ def run(rundir, kill, meta):
     meta["t_ready"] = time.time()
     log(rundir, "cluster ready after %.1fs" % (meta["t_ready"] - meta["t_nodes_started"]))
 
-    sub = start([PY, os.path.join(HERE, "clients.py"), "sub", rundir, "2"], rundir,
+    # KILL_NODE 0: no node is killed; the subscriber starts on node 1 (A's)
+    # and moves to node 2 at the time of the kill, its old home alive.
+    sub_node = "1" if kill == 0 else "2"
+    sub = start([PY, os.path.join(HERE, "clients.py"), "sub", rundir, sub_node], rundir,
                 os.path.join(rundir, "sub.out"))
     deadline = time.time() + 60
     while not os.path.exists(os.path.join(rundir, "sub.ready")):
@@ -217,7 +223,7 @@ def run(rundir, kill, meta):
     survivor = [i for i in (1, 2, 3) if i != kill][0]
     while time.time() < t0 + KILL_AFTER - 1.5:
         time.sleep(0.05)
-    meta["leader_before"] = leader(rundir, kill)
+    meta["leader_before"] = leader(rundir, kill or 1)
     meta["status_before"] = None
     try:
         meta["status_before"] = cluster_status(rundir, survivor)
@@ -225,9 +231,14 @@ def run(rundir, kill, meta):
         meta["status_before"] = repr(e)
     while time.time() < t0 + KILL_AFTER:
         time.sleep(0.001)
-    os.kill(nodes[kill].pid, signal.SIGKILL)
-    meta["t_kill"] = time.time()
-    log(rundir, "killed node%d (moat_msgs leader before: %s)" % (kill, meta["leader_before"]))
+    if kill == 0:
+        os.kill(sub.pid, signal.SIGUSR1)
+        meta["t_kill"] = time.time()
+        log(rundir, "moved the subscriber off node1 (moat_msgs leader before: %s)" % meta["leader_before"])
+    else:
+        os.kill(nodes[kill].pid, signal.SIGKILL)
+        meta["t_kill"] = time.time()
+        log(rundir, "killed node%d (moat_msgs leader before: %s)" % (kill, meta["leader_before"]))
     time.sleep(8)
     meta["leader_after"] = leader(rundir, survivor)
     log(rundir, "moat_msgs leader 8s after the kill: %s" % meta["leader_after"])

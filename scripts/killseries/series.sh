@@ -11,9 +11,11 @@ export KS_MOAT=${KS_MOAT:-$KS_DIR/moat}
 UNTIL=${KS_UNTIL:?set KS_UNTIL to the time (HH:MM:SS UTC) after which no run starts}
 mkdir -p "$KS_DIR/runs"
 n=${1:-1}
-kills=(2 1 3)
+# KS_KILLS overrides the nodes killed in turn; 0 moves the subscriber
+# instead of killing a node (run.py).
+read -r -a kills <<<"${KS_KILLS:-2 1 3}"
 while [ "$(date -u +%H:%M:%S)" \< "$UNTIL" ]; do
-	k=${kills[$(((n - 1) % 3))]}
+	k=${kills[$(((n - 1) % ${#kills[@]}))]}
 	/usr/bin/python3 "$here/run.py" "$n" "$k" || echo "run $n failed: $?"
 	left=$(pgrep -f "$KS_MOAT")
 	if [ -n "$left" ]; then
