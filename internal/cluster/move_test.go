@@ -332,10 +332,19 @@ func testSessionMoveFailedClaim(t *testing.T, qos byte, again int, late bool) {
 	if !present {
 		t.Fatal("Session Present 0 after the failed claim")
 	}
+	receiveBursts(t, sub2, want)
+}
+
+// receiveBursts reads from c each message of want, named "TOPIC P I" by
+// its topic and the publisher and index that begin its payload (as
+// publishBurst writes them), once, until none is left; then nothing more
+// for a second. It empties want.
+func receiveBursts(t *testing.T, c *client.Client, want map[string]bool) {
+	t.Helper()
 	deadline := time.After(30 * time.Second)
 	for len(want) > 0 {
 		select {
-		case m := <-sub2.Messages():
+		case m := <-c.Messages():
 			var p, i int
 			if _, err := fmt.Sscanf(string(m.Payload), "%d %d", &p, &i); err != nil {
 				t.Fatalf("unexpected message %q on %s", m.Payload, m.Topic)
@@ -349,7 +358,7 @@ func testSessionMoveFailedClaim(t *testing.T, qos byte, again int, late bool) {
 			t.Fatalf("%d messages never received: %v", len(want), slices.Sorted(maps.Keys(want)))
 		}
 	}
-	expectNone(t, sub2, time.Second)
+	expectNone(t, c, time.Second)
 }
 
 // TestSessionMoveFailedClaimBounds: a node that remembers as many
