@@ -69,6 +69,25 @@ func tryStartCluster(t *testing.T, n int, before ...func(i int, nd *Node)) ([]*t
 	return startNodesHooked(t, t.TempDir(), freePorts(t, n), before)
 }
 
+// startFresh starts n nodes as startNodesLogged does, each time on a new
+// directory and new route ports, up to three times: a port freePorts
+// found free may be taken by another process before the embedded server
+// listens on it (the server then never gets ready), and a new cluster
+// can start anywhere. It fails t after the third attempt.
+func startFresh(t *testing.T, n int, before []func(i int, nd *Node), rec *logRecorder, configure ...func(*broker.Config)) []*testNode {
+	t.Helper()
+	for attempt := 0; ; attempt++ {
+		nodes, err := startNodesLogged(t, t.TempDir(), freePorts(t, n), before, rec, configure...)
+		if err == nil {
+			return nodes
+		}
+		if attempt == 2 {
+			t.Fatal(err)
+		}
+		t.Logf("retrying the cluster start: %v", err)
+	}
+}
+
 // startNodes starts one node per route address, node i named n<i+1> with
 // its JetStream store in dir/n<i+1>, and waits until they are ready: a
 // cluster started again on the same dir and routes is the same cluster.

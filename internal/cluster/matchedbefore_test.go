@@ -150,11 +150,8 @@ func TestClaimFirstWaitRunsOut(t *testing.T) {
 	rec := &logRecorder{}
 	// The first wait lasts the connect timeout less a second, 5 s at
 	// least: 6 s makes it the shortest.
-	nodes, err := startNodesLogged(t, t.TempDir(), freePorts(t, 3), nil, rec,
+	nodes := startFresh(t, 3, nil, rec,
 		func(c *broker.Config) { c.ConnectTimeout = 6 * time.Second })
-	if err != nil {
-		t.Fatal(err)
-	}
 	n2 := nodes[1].node
 	pub := leaveSessionOn(t, nodes, id, prefix)
 
@@ -220,11 +217,8 @@ func TestClaimFirstWaitRunsOutCatchingUp(t *testing.T) {
 	const msg, others = 2000, 20
 	const id, prefix = "first-wait-cu", "fwc"
 	rec := &logRecorder{}
-	nodes, err := startNodesLogged(t, t.TempDir(), freePorts(t, 3), nil, rec,
+	nodes := startFresh(t, 3, nil, rec,
 		func(c *broker.Config) { c.ConnectTimeout, c.MaxQueued = 6*time.Second, 8 })
-	if err != nil {
-		t.Fatal(err)
-	}
 	n1, n2 := nodes[0].node, nodes[1].node
 	pub := leaveSessionOn(t, nodes, id, prefix)
 	pub3 := dial(t, nodes[2].addr, id+"-pub3", client.V5)

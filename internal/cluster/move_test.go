@@ -74,12 +74,9 @@ func TestSessionMoveSlowOldHome(t *testing.T) {
 func slowClaims(i int, nd *Node) { nd.sess.releaseWait = time.Minute }
 
 func testSessionMoveSlowOldHome(t *testing.T, qos byte) {
-	nodes, err := startNodesHooked(t, t.TempDir(), freePorts(t, 3), []func(int, *Node){slowClaims}, func(bc *broker.Config) {
+	nodes := startFresh(t, 3, []func(int, *Node){slowClaims}, nil, func(bc *broker.Config) {
 		bc.MaxQueued, bc.QueueQoS0, bc.ConnectTimeout = 20000, true, 3*time.Minute
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	sub, _ := dialSession(t, nodes[0].addr, "slowmover", client.V5)
 	subscribe(t, sub, 1, "slow/#")
 	disconnect(t, sub)
@@ -155,12 +152,9 @@ func testSessionMoveSlowOldHome(t *testing.T, qos byte) {
 // session; the session stays whole: the next attempt resumes it (Session
 // Present 1) with its subscription.
 func TestSessionMoveOverrunBusy(t *testing.T) {
-	nodes, err := startNodesHooked(t, t.TempDir(), freePorts(t, 3), []func(int, *Node){slowClaims}, func(bc *broker.Config) {
+	nodes := startFresh(t, 3, []func(int, *Node){slowClaims}, nil, func(bc *broker.Config) {
 		bc.ConnectTimeout = 3 * time.Minute
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	sub, _ := dialSession(t, nodes[0].addr, "overrun", client.V5)
 	subscribe(t, sub, 1, "big/#")
 	disconnect(t, sub)
@@ -183,7 +177,7 @@ func TestSessionMoveOverrunBusy(t *testing.T) {
 	nodes[0].node.sess.beforeReply.Store(&hook)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	_, err = client.Dial(ctx, client.Config{Servers: []string{"tcp://" + nodes[1].addr}, ClientID: "overrun",
+	_, err := client.Dial(ctx, client.Config{Servers: []string{"tcp://" + nodes[1].addr}, ClientID: "overrun",
 		Version: client.V5, SessionExpiry: 600, ConnectTimeout: 2 * time.Minute})
 	nodes[0].node.sess.beforeReply.Store(nil)
 	if err := <-published; err != nil {
@@ -248,12 +242,9 @@ func testSessionMoveFailedClaim(t *testing.T, qos byte, again int, late bool) {
 		// A marker lingers a second rather than 10 s.
 		hooks = append(hooks, func(i int, nd *Node) { nd.dur.linger = time.Second })
 	}
-	nodes, err := startNodesHooked(t, t.TempDir(), freePorts(t, 3), hooks, func(bc *broker.Config) {
+	nodes := startFresh(t, 3, hooks, nil, func(bc *broker.Config) {
 		bc.MaxQueued, bc.QueueQoS0 = 10000, true
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	sub, _ := dialSession(t, nodes[0].addr, "failmover", client.V5)
 	subscribe(t, sub, 1, "gap/#")
 	disconnect(t, sub)
@@ -301,7 +292,7 @@ func testSessionMoveFailedClaim(t *testing.T, qos byte, again int, late bool) {
 	nodes[1].node.sess.afterRelease.Store(&afterRelease)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	_, err = client.Dial(ctx, client.Config{Servers: []string{"tcp://" + nodes[1].addr}, ClientID: "failmover",
+	_, err := client.Dial(ctx, client.Config{Servers: []string{"tcp://" + nodes[1].addr}, ClientID: "failmover",
 		Version: client.V5, SessionExpiry: 600})
 	nodes[0].node.sess.beforeReply.Store(nil)
 	nodes[1].node.sess.afterRelease.Store(nil)
@@ -373,10 +364,7 @@ func receiveBursts(t *testing.T, c *client.Client, want map[string]bool) {
 func TestSessionMoveFailedClaimBounds(t *testing.T) {
 	for _, full := range []string{"released", "failed", "released-stale"} {
 		t.Run(full, func(t *testing.T) {
-			nodes, err := startNodesHooked(t, t.TempDir(), freePorts(t, 3), nil)
-			if err != nil {
-				t.Fatal(err)
-			}
+			nodes := startFresh(t, 3, nil, nil)
 			sub, _ := dialSession(t, nodes[0].addr, "bounded", client.V5)
 			subscribe(t, sub, 1, "bound/#")
 			disconnect(t, sub)
@@ -447,7 +435,7 @@ func TestSessionMoveFailedClaimBounds(t *testing.T) {
 				}
 				return
 			}
-			_, err = client.Dial(ctx, client.Config{Servers: []string{"tcp://" + nodes[1].addr}, ClientID: "bounded",
+			_, err := client.Dial(ctx, client.Config{Servers: []string{"tcp://" + nodes[1].addr}, ClientID: "bounded",
 				Version: client.V5, SessionExpiry: 600})
 			var re *client.ReasonError
 			if !errors.As(err, &re) || re.Code != packet.ServerBusy {
@@ -476,12 +464,9 @@ func TestSessionMoveFailedClaimBounds(t *testing.T) {
 // gave the session up are not replayed to it on the new node; those
 // published after are, once each.
 func TestSessionMoveQoS0NotTwice(t *testing.T) {
-	nodes, err := startNodesHooked(t, t.TempDir(), freePorts(t, 3), nil, func(bc *broker.Config) {
+	nodes := startFresh(t, 3, nil, nil, func(bc *broker.Config) {
 		bc.QueueQoS0 = true
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	old, _ := dialSession(t, nodes[0].addr, "q0mover", client.V5)
 	subscribe(t, old, 0, "q0/#")
 	pubs := []*client.Client{dial(t, nodes[1].addr, "q0pub", client.V5)}
@@ -561,11 +546,7 @@ func TestSessionMoveQoS0NotTwice(t *testing.T) {
 // session record, and each moved session's subscription works on n2.
 func TestSessionMoveManyReleased(t *testing.T) {
 	const bound, moves = 4, 12
-	nodes, err := startNodesHooked(t, t.TempDir(), freePorts(t, 3),
-		[]func(int, *Node){func(_ int, nd *Node) { nd.sess.releasedCap = bound }})
-	if err != nil {
-		t.Fatal(err)
-	}
+	nodes := startFresh(t, 3, []func(int, *Node){func(_ int, nd *Node) { nd.sess.releasedCap = bound }}, nil)
 	for i := range moves {
 		id := fmt.Sprintf("many%d", i)
 		c, _ := dialSession(t, nodes[0].addr, id, client.V5)
@@ -619,12 +600,9 @@ func TestSessionMoveManyReleased(t *testing.T) {
 // session is whole: n3's client receives every queued message (n2's did
 // not acknowledge them) and the subscription works there.
 func TestSessionClaimsSameInstant(t *testing.T) {
-	nodes, err := startNodesHooked(t, t.TempDir(), freePorts(t, 3), nil, func(bc *broker.Config) {
+	nodes := startFresh(t, 3, nil, nil, func(bc *broker.Config) {
 		bc.ConnectTimeout = time.Minute // n3's claim asks again until n2's client is attached
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	sub, _ := dialSession(t, nodes[0].addr, "twin", client.V5)
 	subscribe(t, sub, 1, "twin/#")
 	disconnect(t, sub)

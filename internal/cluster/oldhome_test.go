@@ -33,10 +33,7 @@ func TestSessionMoveOldHomeOwnMessages(t *testing.T) {
 }
 
 func testSessionMoveOldHomeOwn(t *testing.T, fail bool, again int) {
-	nodes, err := startNodesHooked(t, t.TempDir(), freePorts(t, 3), nil, func(bc *broker.Config) { bc.MaxQueued = 10000 })
-	if err != nil {
-		t.Fatal(err)
-	}
+	nodes := startFresh(t, 3, nil, nil, func(bc *broker.Config) { bc.MaxQueued = 10000 })
 	sub, _ := dialSession(t, nodes[0].addr, "ohsub", client.V5)
 	subscribe(t, sub, 1, "oh/#")
 	disconnect(t, sub)

@@ -38,10 +38,7 @@ func testSessionMoveReplayBounded(t *testing.T, set func(*broker.Config)) {
 	rec := &logRecorder{}
 	// The bound of a claim that does not catch up (as an adoption's).
 	noCatchUp := func(_ int, nd *Node) { nd.sess.noCatchUp = true }
-	nodes, err := startNodesLogged(t, t.TempDir(), freePorts(t, 3), []func(int, *Node){noCatchUp}, rec, set)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nodes := startFresh(t, 3, []func(int, *Node){noCatchUp}, rec, set)
 	sub, _ := dialSession(t, nodes[0].addr, "bounded", client.V311)
 	subscribe(t, sub, 1, "bd/#")
 	pub := dial(t, nodes[2].addr, "bdpub", client.V5)
@@ -100,11 +97,8 @@ func TestAdoptReplayBounded(t *testing.T) {
 	const limit, published = 20, 60
 	clk := newTestClock()
 	rec := &logRecorder{}
-	nodes, err := startNodesLogged(t, t.TempDir(), freePorts(t, 3), []func(int, *Node){clk.hook(), adoptAfter(time.Minute)},
+	nodes := startFresh(t, 3, []func(int, *Node){clk.hook(), adoptAfter(time.Minute)},
 		rec, func(bc *broker.Config) { bc.MaxQueued = limit })
-	if err != nil {
-		t.Fatal(err)
-	}
 	sub, _ := dialSession(t, nodes[2].addr, "adbound", client.V5)
 	subscribe(t, sub, 1, "ab/#")
 	pub := dial(t, nodes[0].addr, "abpub", client.V5)

@@ -24,12 +24,9 @@ func TestCatchUpLeavesRoomForLive(t *testing.T) {
 	// Publishers are not held back by the subscriber's backlog: the own
 	// node's messages go straight to its queue, as those of a publisher
 	// the session counts as slow for do (broker.Config.PushbackWait).
-	nodes, err := startNodesLogged(t, t.TempDir(), freePorts(t, 3), nil, nil, func(bc *broker.Config) {
+	nodes := startFresh(t, 3, nil, nil, func(bc *broker.Config) {
 		bc.MaxQueued, bc.PushbackMessages = limit, -1
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	sub, _ := dialPaced(t, nodes[0].addr, "spare")
 	subscribe(t, sub, 1, "pc/#")
 	pub := dial(t, nodes[1].addr, "sparepub", client.V5)
