@@ -198,7 +198,10 @@ func (n *Node) readEnd() (uint64, bool) {
 				return info.State.LastSeq, true
 			}
 		}
-		if n.ctx.Err() != nil || !time.Now().Add(endRetry).Before(giveUp) {
+		if n.ctx.Err() != nil {
+			return 0, false // the node closes
+		}
+		if !time.Now().Add(endRetry).Before(giveUp) {
 			n.log.Info("cluster: the durable stream's end could not be read for a publisher's first message; it goes on", "err", err)
 			return 0, false
 		}
