@@ -66,6 +66,8 @@ type adoptState struct {
 	// sessions' wills of nodes gone it published (wills.go).
 	sessions atomic.Uint64
 	wills    atomic.Uint64
+	// checks counts the checks of this node's sessions (checkHomes).
+	checks atomic.Uint64
 	// beforeCheck, in tests, runs when this node is back in the cluster,
 	// before it checks its sessions (reconcileHomes).
 	beforeCheck atomic.Pointer[func()]
@@ -73,11 +75,39 @@ type adoptState struct {
 	// notices are the runs whose sessions this node adopted, the most
 	// recent last (at most maxNotices), told in its heartbeats; heard
 	// holds, per other node's run, the K of the last notice of this
-	// run heard from it. recheck is set when one was heard: adoptLoop
-	// then checks this node's sessions.
-	notices []adoptNotice
-	heard   map[string]uint64
-	recheck atomic.Bool
+	// run heard from it. After a notice heard or a return, adoptLoop
+	// owes checks of this node's sessions (oweChecks): rechecks more,
+	// and one at each tick until recheckUntil (UnixNano).
+	notices      []adoptNotice
+	heard        map[string]uint64
+	rechecks     atomic.Int32
+	recheckUntil atomic.Int64
+}
+
+// After a node hears that another node adopted its sessions, or comes
+// back from a cut, it checks them homeChecks times (at once, then at
+// each of the next heartbeat ticks), and at every tick for homeCheckSpan.
+// One check is not enough because the records are read from the leader
+// of moat_sessions, and a replica that led the stream before the cut
+// may not have heard yet that it was replaced: until it does (within
+// about a second, NATS's Raft heartbeat, once it reaches the new
+// majority), it answers the read from its own copy, which lacks the
+// adopter's records. homeCheckSpan is in real time, as that second is.
+const (
+	homeChecks    = 3
+	homeCheckSpan = 5 * time.Second
+)
+
+// oweChecks asks adoptLoop for the checks of this node's sessions.
+func (n *Node) oweChecks() {
+	n.adopt.rechecks.Store(homeChecks)
+	n.adopt.recheckUntil.Store(time.Now().Add(homeCheckSpan).UnixNano())
+}
+
+// checksOwed tells whether adoptLoop owes a check of this node's
+// sessions.
+func (n *Node) checksOwed() bool {
+	return n.adopt.rechecks.Load() > 0 || time.Now().UnixNano() < n.adopt.recheckUntil.Load()
 }
 
 // noteAdopted adds a notice for the run origin, whose sessions this
@@ -136,7 +166,7 @@ func (n *Node) heardNotices(h heartbeat) {
 	n.adopt.mu.Unlock()
 	if fresh {
 		n.log.Warn("cluster: another node adopted this node's sessions, having taken it for dead; checking them", "node", clip(h.Node))
-		n.adopt.recheck.Store(true)
+		n.oweChecks()
 	}
 }
 
@@ -203,8 +233,8 @@ func (n *Node) adoptLoop() {
 					n.adopt.mu.Unlock()
 				}
 				if lost || cut {
-					n.adopt.recheck.Store(false)
-					n.checkHomes()
+					n.oweChecks()
+					n.owedCheck()
 				}
 				if !cutOff.IsZero() {
 					n.log.Info("cluster: back in the cluster; the durable stream is routed again")
@@ -212,12 +242,13 @@ func (n *Node) adoptLoop() {
 				quorumLost, cutOff = time.Time{}, time.Time{}
 				n.resumeRouting()
 			}
-			if quorum && routed && quorumLost.IsZero() && cutOff.IsZero() && n.adopt.recheck.Swap(false) {
+			if quorum && routed && quorumLost.IsZero() && cutOff.IsZero() && n.checksOwed() {
 				// Another node adopted this node's sessions while this
-				// node saw no cut: checked as on a return, the durable
-				// stream held meanwhile.
+				// node saw no cut, or the checks of a return are not
+				// all done: checked as on a return, the durable stream
+				// held meanwhile.
 				n.pauseRouting()
-				n.checkHomes()
+				n.owedCheck()
 				n.resumeRouting()
 			}
 		}
@@ -230,15 +261,30 @@ func (n *Node) adoptLoop() {
 	}
 }
 
+// owedCheck makes one of the checks adoptLoop owes (oweChecks): one
+// fewer is owed once it could read the records, as many as before when
+// it could not (a stream without a leader): tried again on the next
+// tick.
+func (n *Node) owedCheck() {
+	if n.checkHomes() {
+		if n.adopt.rechecks.Add(-1) < 0 {
+			n.adopt.rechecks.Store(0)
+		}
+	}
+}
+
 // checkHomes gives up the sessions of this node another node adopted
 // (reconcileHomes) and the wills of its clean sessions' connections the
-// others published (checkCleanWills).
-func (n *Node) checkHomes() {
+// others published (checkCleanWills). It tells whether both could read
+// the records they need.
+func (n *Node) checkHomes() bool {
 	if f := n.adopt.beforeCheck.Load(); f != nil {
 		(*f)()
 	}
-	n.reconcileHomes()
-	n.checkCleanWills()
+	n.adopt.checks.Add(1)
+	_, errH := n.reconcileHomes()
+	_, errW := n.checkCleanWills()
+	return errH == nil && errW == nil
 }
 
 // goneNode is a node whose sessions are due for adoption.
@@ -407,6 +453,14 @@ func (n *Node) adoptNode(ctx context.Context, name string) (adopted, claims int,
 			}
 		}
 		n.adopt.sessions.Add(uint64(adopted))
+		if adopted > 0 {
+			// Told again now that it is done: a run that heard the
+			// first notice while the adoption was under way checked
+			// its sessions before all were taken.
+			for run := range runs {
+				n.noteAdopted(run)
+			}
+		}
 		if left != nil {
 			return adopted, 0, left
 		}
@@ -583,11 +637,12 @@ func (n *Node) hasQuorum() bool {
 // takes its connection over (DISCONNECT 0x8E; the client reconnects and
 // resumes it where it lives) and forgets it without writing anything,
 // so that it neither overwrites the adopter's records nor fires its
-// will a second time, nor its connection's. It returns how many sessions it gave up.
-func (n *Node) reconcileHomes() int {
+// will a second time, nor its connection's. It returns how many sessions
+// it gave up, and why it could not check them.
+func (n *Node) reconcileHomes() (int, error) {
 	b, ok := n.b.(sessionBroker)
 	if !ok {
-		return 0
+		return 0, nil
 	}
 	n.sess.mu.Lock()
 	ids := make(map[string]bool, len(n.sess.homed))
@@ -596,14 +651,14 @@ func (n *Node) reconcileHomes() int {
 	}
 	n.sess.mu.Unlock()
 	if len(ids) == 0 {
-		return 0
+		return 0, nil
 	}
 	ctx, cancel := context.WithTimeout(n.ctx, 2*time.Minute)
 	defer cancel()
 	records, err := n.listRecords(ctx, sessPrefix+"*.s")
 	if err != nil {
-		n.log.Warn("cluster: the sessions of this node not checked after a loss of quorum", "err", err)
-		return 0
+		n.log.Warn("cluster: the sessions of this node not checked against the others' adoptions; trying again", "err", err)
+		return 0, err
 	}
 	lost := 0
 	for _, r := range records {
@@ -626,11 +681,14 @@ func (n *Node) reconcileHomes() int {
 		n.unhome(id)
 		b.DiscardConnectionWill(id)
 		n.dur.routeMu.Lock()
+		// As a release does: this node's own messages for the session
+		// go into the stream until its client is back where it lives.
+		n.holdGivenUp(b.SessionFilters(id))
 		b.ReleaseSession(id)
 		n.dur.routeMu.Unlock()
 		lost++
 		n.log.Warn("cluster: a session of this node was adopted by another node while this node was cut off; given up",
 			"client", clip(id), "node", other)
 	}
-	return lost
+	return lost, nil
 }

@@ -273,16 +273,16 @@ func TestReconcileHomesAfterCut(t *testing.T) {
 		cur = r
 		return err == nil && len(rec.Subs) == 1 && rec.Node == "n3"
 	})
-	if n := nodes[2].node.reconcileHomes(); n != 0 {
-		t.Fatalf("%d sessions given up while their records name this node", n)
+	if n, err := nodes[2].node.reconcileHomes(); n != 0 || err != nil {
+		t.Fatalf("%d sessions given up while their records name this node (%v)", n, err)
 	}
 	rec, _ := decodeSession(cur.data)
 	rec.Home, rec.Node = "n1/adopter", "n1"
 	if _, err := nodes[0].node.putRecord(ctx, sessSubject("split", "s"), mustRecord(rec), cur.seq); err != nil {
 		t.Fatal(err)
 	}
-	if n := nodes[2].node.reconcileHomes(); n != 1 {
-		t.Fatalf("%d sessions given up; want the adopted one", n)
+	if n, err := nodes[2].node.reconcileHomes(); n != 1 || err != nil {
+		t.Fatalf("%d sessions given up (%v); want the adopted one", n, err)
 	}
 	select {
 	case <-c.Done():
@@ -304,6 +304,79 @@ func TestReconcileHomesAfterCut(t *testing.T) {
 	}
 	if got := sessionNode(t, nodes[0].node, "split"); got != "n1" {
 		t.Fatalf("the session's record names %q after the node gave it up", got)
+	}
+}
+
+// TestNoticeCheckedAgain: a node that hears another adopted its sessions
+// checks them more than once. Its first check can read the records
+// before they show the adoption: from a replica of moat_sessions that
+// led the stream before the cut and has not heard yet that it was
+// replaced (seen in the tests: the read 0.2 s before that replica
+// stepped down), or while the adoption is under way. Here the first
+// check runs before the adopter's compare-and-set (made by hand); the
+// one after it gives the session up. With a single check, the node
+// kept the connection of a session another node held.
+func TestNoticeCheckedAgain(t *testing.T) {
+	nodes := startCluster(t, 3, adoptAfter(-1))
+	n3 := nodes[2].node
+	c, _ := dialSession(t, nodes[2].addr, "stale", client.V5)
+	subscribe(t, c, 1, "stale/#")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var cur *storedRecord
+	testutil.WaitFor(t, "the session's record with its subscription", 30*time.Second, func() bool {
+		r, err := nodes[0].node.getRecord(ctx, sessSubject("stale", "s"))
+		if err != nil || r == nil || len(r.data) == 0 {
+			return false
+		}
+		rec, err := decodeSession(r.data)
+		cur = r
+		return err == nil && len(rec.Subs) == 1 && rec.Node == "n3"
+	})
+
+	written := make(chan struct{})
+	var calls atomic.Int32
+	hook := func() {
+		if calls.Add(1) == 2 {
+			<-written // the second check reads after the adoption
+		}
+	}
+	n3.adopt.beforeCheck.Store(&hook)
+	defer n3.adopt.beforeCheck.Store(nil)
+	before := n3.adopt.checks.Load()
+	n3.heardNotices(heartbeat{Node: "n1", Origin: "n1/adopter",
+		Adopted: []adoptNotice{{Origin: n3.origin, K: 1}}})
+	testutil.WaitFor(t, "n3's first check", 30*time.Second, func() bool {
+		return n3.adopt.checks.Load() > before
+	})
+	select {
+	case <-c.Done():
+		t.Fatal("the session given up before anything adopted it")
+	default:
+	}
+
+	rec, _ := decodeSession(cur.data)
+	rec.Home, rec.Node = "n1/adopter", "n1"
+	if _, err := nodes[0].node.putRecord(ctx, sessSubject("stale", "s"), mustRecord(rec), cur.seq); err != nil {
+		t.Fatal(err)
+	}
+	close(written)
+	select {
+	case <-c.Done():
+	case <-ctx.Done():
+		t.Fatal("the session adopted after the notice's first check was kept")
+	}
+	testutil.WaitFor(t, "the checks the notice asked for", 30*time.Second, func() bool {
+		return !n3.checksOwed()
+	})
+	if got := n3.adopt.checks.Load() - before; got < homeChecks {
+		t.Fatalf("%d checks after the notice; want at least %d", got, homeChecks)
+	}
+	// The same notice heard again asks for nothing more.
+	n3.heardNotices(heartbeat{Node: "n1", Origin: "n1/adopter",
+		Adopted: []adoptNotice{{Origin: n3.origin, K: 1}}})
+	if n3.checksOwed() {
+		t.Fatal("checks owed for a notice heard before")
 	}
 }
 

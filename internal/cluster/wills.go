@@ -131,6 +131,9 @@ type cleanLane struct {
 	// not known.
 	seq    uint64
 	unsure bool
+	// discarded is the seq whose will checkCleanWills found published
+	// by another node and discarded (0: none): a later check passes it.
+	discarded uint64
 }
 
 // cleanWills holds the lanes of a node's clean sessions' will records.
@@ -412,10 +415,10 @@ func (n *Node) removeOwnCleanWill(ctx context.Context, subj string, seq uint64) 
 // this node was cut off: their connections' ends here publish nothing.
 // It returns how many it discarded. The end of such a connection would
 // find the same (endCleanWill); this tells the broker early.
-func (n *Node) checkCleanWills() int {
+func (n *Node) checkCleanWills() (int, error) {
 	b, ok := n.b.(interface{ DiscardConnectionWill(clientID string) })
 	if !ok {
-		return 0
+		return 0, nil
 	}
 	type live struct {
 		l   *cleanLane
@@ -424,21 +427,21 @@ func (n *Node) checkCleanWills() int {
 	var lanes []live
 	n.cw.mu.Lock()
 	for _, l := range n.cw.lanes {
-		if l.seq != 0 && !l.running {
+		if l.seq != 0 && !l.running && l.discarded != l.seq {
 			lanes = append(lanes, live{l, l.seq})
 		}
 	}
 	n.cw.mu.Unlock()
 	if len(lanes) == 0 {
-		return 0
+		return 0, nil
 	}
 	ctx, cancel := context.WithTimeout(n.ctx, 2*time.Minute)
 	defer cancel()
 	// This run's records, in one pass.
 	records, err := n.listRecords(ctx, sessPrefix+"*.w."+keyOf(n.origin))
 	if err != nil {
-		n.log.Warn("cluster: the wills of this node's clean sessions not checked after a loss of quorum; their ends decide", "err", err)
-		return 0
+		n.log.Warn("cluster: the wills of this node's clean sessions not checked against the others' records; trying again, their ends decide meanwhile", "err", err)
+		return 0, err
 	}
 	there := make(map[string]storedRecord, len(records))
 	for _, r := range records {
@@ -450,7 +453,10 @@ func (n *Node) checkCleanWills() int {
 			continue
 		}
 		n.cw.mu.Lock()
-		same := lv.l.seq == lv.seq && !lv.l.running
+		same := lv.l.seq == lv.seq && !lv.l.running && lv.l.discarded != lv.seq
+		if same {
+			lv.l.discarded = lv.seq
+		}
 		n.cw.mu.Unlock()
 		if !same {
 			continue // its connection ended or was replaced meanwhile
@@ -465,7 +471,7 @@ func (n *Node) checkCleanWills() int {
 		n.log.Info("cluster: the will of a clean session's open connection discarded: another node published it while this node was cut off",
 			"client", clip(lv.l.id), "by", by)
 	}
-	return gone
+	return gone, nil
 }
 
 // willDelayLeft is what remains of a live will's delay when the node
