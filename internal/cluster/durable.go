@@ -93,6 +93,9 @@ type durableState struct {
 	// before directNext (Unix nanoseconds). replayread.go.
 	directMarker *nats.Subscription
 	directNext   atomic.Int64
+	// directSeen is set once this node found AllowDirect on moat_msgs
+	// or set it: monitorPeers stops trying.
+	directSeen atomic.Bool
 
 	// peers are the marker prefixes ("moat.i.<node>.") of every other
 	// node seen since this one started (routes, JetStream peers), and
@@ -522,6 +525,7 @@ func (n *Node) setupStream(js jetstream.JetStream, try int) (jetstream.Consumer,
 	allowDirect := false
 	if cur, err := js.Stream(ctx, streamMsgs); err == nil {
 		allowDirect = cur.CachedInfo().Config.AllowDirect
+		n.dur.directSeen.Store(allowDirect)
 	}
 	st, err := n.createOrUpdateStream(ctx, js, jetstream.StreamConfig{Name: streamMsgs, Subjects: []string{durablePrefix + ">"},
 		Description: "Moat QoS 1/2 messages between nodes", Retention: jetstream.LimitsPolicy, MaxAge: maxAge, MaxBytes: maxBytes,
@@ -1088,6 +1092,10 @@ func (n *Node) monitorPeers() {
 		if n.srv != nil {
 			n.refreshPeers(true)
 			n.noteCapabilities()
+			if !n.dur.directSeen.Load() && n.sessionsReady() {
+				// Before a reading needs it (replayread.go).
+				n.allowDirect()
+			}
 		}
 		now := time.Now()
 		n.pruneGone(now)
@@ -1097,6 +1105,17 @@ func (n *Node) monitorPeers() {
 			return
 		case <-t.C:
 		}
+	}
+}
+
+// sessionsReady tells whether the durable stream and the sessions are
+// set up (n.sess.ready closed).
+func (n *Node) sessionsReady() bool {
+	select {
+	case <-n.sess.ready:
+		return true
+	default:
+		return false
 	}
 }
 

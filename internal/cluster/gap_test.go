@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"math"
 	"slices"
 	"strconv"
 	"sync/atomic"
@@ -179,7 +178,7 @@ func TestGapStaleReplica(t *testing.T) {
 	tn := nodes[1]
 	// The readings do not set AllowDirect; the time they take is not
 	// checked (TestGapReadInBatches).
-	tn.node.dur.directNext.Store(math.MaxInt64)
+	quietDirect(t, nodes)
 	tn.node.dur.acks.gapWait.Store(int64(time.Minute))
 	js, err := jetstream.New(tn.node.nc)
 	if err != nil {
@@ -376,7 +375,7 @@ func BenchmarkGapFill(b *testing.B) {
 	for _, size := range []int{512, 2048, gapFill} {
 		b.Run("direct/"+strconv.Itoa(size), func(b *testing.B) { fill(b, size) })
 	}
-	n2.dur.directNext.Store(math.MaxInt64)
+	quietDirect(b, nodes)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	js, err := jetstream.New(n2.nc)

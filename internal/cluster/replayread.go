@@ -63,6 +63,12 @@ const (
 // off as it starts (its configuration lacks it), and then readings go
 // to the leader until it is gone. With an external NATS, whose
 // interest a node cannot see, it is never set by a node.
+//
+// Each node also tries once a second, from its start until it has seen
+// the setting (monitorPeers): else the first reading of a fresh cluster
+// (a session's first move, often) found the stream without it and read
+// every record with its own request to the leader (a move of about
+// 1,300 records took up to 2 s in the kill series of 2026-12-06).
 const capDirect = ".direct1"
 
 // directRetry is how long a node waits after an AllowDirect update it
@@ -93,12 +99,14 @@ func (n *Node) directOK() bool {
 
 // allowDirect sets AllowDirect on moat_msgs if every node allows it
 // (directOK), tried at most once per directRetry; the readings after
-// it use batches. The update runs on a goroutine of the node: the
-// reading that calls it may hold routeMu, and goes on from the leader.
+// it use batches. A call while some node does not allow it counts for
+// nothing: the next may try. The update runs on a goroutine of the
+// node: the reading that calls it may hold routeMu, and goes on from
+// the leader.
 func (n *Node) allowDirect() {
 	now := n.now().UnixNano()
 	next := n.dur.directNext.Load()
-	if now < next || !n.dur.directNext.CompareAndSwap(next, now+int64(directRetry)) || !n.directOK() {
+	if now < next || !n.directOK() || !n.dur.directNext.CompareAndSwap(next, now+int64(directRetry)) {
 		return
 	}
 	n.wg.Add(1)
@@ -118,7 +126,11 @@ func (n *Node) setAllowDirect(ctx context.Context) {
 		return
 	}
 	info, err := n.msgStream().Info(ctx)
-	if err == nil && !info.Config.AllowDirect {
+	if err == nil && info.Config.AllowDirect {
+		n.dur.directSeen.Store(true)
+		return
+	}
+	if err == nil {
 		cfg := info.Config
 		cfg.AllowDirect = true
 		_, err = js.UpdateStream(ctx, cfg)
@@ -127,6 +139,7 @@ func (n *Node) setAllowDirect(ctx context.Context) {
 		n.log.Info("cluster: allowing direct gets on the durable stream failed; replays read one record per request", "err", err)
 		return
 	}
+	n.dur.directSeen.Store(true)
 	n.log.Info("cluster: direct gets allowed on the durable stream; replays read it in batches")
 }
 

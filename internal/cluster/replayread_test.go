@@ -191,6 +191,18 @@ func awaitDirect(t *testing.T, nodes []*testNode) {
 	}
 }
 
+// quietDirect waits until every node has seen AllowDirect on moat_msgs
+// (each node's monitor sets it or finds it set once every node is
+// present), then keeps every node from setting it again: the test may
+// turn it off.
+func quietDirect(tb testing.TB, nodes []*testNode) {
+	tb.Helper()
+	for _, tn := range nodes {
+		testutil.WaitFor(tb, tn.node.cfg.Node+" to see AllowDirect", 30*time.Second, tn.node.dur.directSeen.Load)
+		tn.node.dur.directNext.Store(math.MaxInt64)
+	}
+}
+
 // allowsDirect tells whether moat_msgs has AllowDirect, as tn reads it.
 func allowsDirect(t *testing.T, tn *testNode) bool {
 	t.Helper()
@@ -218,7 +230,7 @@ func TestReplayReadStaleReplica(t *testing.T) {
 	first, last, want := writeReplayRecords(t, nodes[0], count)
 	tn := nodes[1]
 	// The readings do not set AllowDirect again.
-	tn.node.dur.directNext.Store(math.MaxInt64)
+	quietDirect(t, nodes)
 	js, err := jetstream.New(tn.node.nc)
 	if err != nil {
 		t.Fatal(err)
@@ -447,13 +459,19 @@ func startBenchCluster(b *testing.B) []*testNode {
 
 // TestAllowDirectWaitsForEveryNode: a node without the direct marker
 // (as one of an earlier build, which reads the stream with GetMsg)
-// keeps the stream without AllowDirect: a reading on another node that
-// finds no direct gets answered reads from the leader and leaves the
-// setting alone. Once the marker is back, the next attempt sets it.
+// keeps the stream without AllowDirect: neither a reading on another
+// node that finds no direct gets answered (it reads from the leader)
+// nor that node's monitor sets it, and no attempt is counted. Once the
+// marker is back, the node's monitor sets it within a second or so,
+// without any reading: the first replay of a fresh cluster no longer
+// reads one record per request.
 func TestAllowDirectWaitsForEveryNode(t *testing.T) {
 	nodes := startCluster(t, 3)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
+	// Set by the monitors of a fresh cluster, before any reading.
+	testutil.WaitFor(t, "the monitors to set AllowDirect", 30*time.Second, func() bool { return allowsDirect(t, nodes[0]) })
+	quietDirect(t, nodes)
 	old := nodes[2].node
 	marker := capPrefix + keyOf(old.cfg.Node) + capDirect
 	old.subMu.Lock()
@@ -466,24 +484,44 @@ func TestAllowDirectWaitsForEveryNode(t *testing.T) {
 	testutil.WaitFor(t, "the marker to be gone", 10*time.Second, func() bool {
 		return n.srv.GlobalAccount().Interest(marker) == 0
 	})
+	// As a node of an earlier build does as it starts.
+	js, err := jetstream.New(n.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := n.msgStream().Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := info.Config
+	cfg.AllowDirect = false
+	if _, err := js.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, "direct gets not to be answered", 10*time.Second, func() bool {
+		_, err := n.nc.Request("$JS.API.DIRECT.GET."+streamMsgs, nil, time.Second)
+		return errors.Is(err, nats.ErrNoResponders)
+	})
+	// n tries again, from its readings and its monitor.
+	n.dur.directSeen.Store(false)
+	n.dur.directNext.Store(0)
 	rs := newTestReplay(nodes[0], 1)
 	if err := rs.read(ctx, n, 1, 1); err != nil {
 		t.Fatal(err)
 	}
-	// The attempt was not started (directOK): nothing runs that could
-	// set it later.
-	if rs.batches != 1 || n.dur.directNext.Load() == 0 || allowsDirect(t, nodes[0]) {
-		t.Fatalf("%d batches, AllowDirect %v; want 1 batch, an attempt and no AllowDirect", rs.batches, allowsDirect(t, nodes[0]))
+	if rs.batches != 1 || n.dur.directNext.Load() != 0 || allowsDirect(t, nodes[0]) {
+		t.Fatalf("%d batches, next attempt at %d, AllowDirect %v; want 1 batch, no attempt and no AllowDirect",
+			rs.batches, n.dur.directNext.Load(), allowsDirect(t, nodes[0]))
 	}
 	sub, err := old.nc.SubscribeSync(marker)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer func() { _ = sub.Unsubscribe() }()
-	testutil.WaitFor(t, "the marker to be back", 10*time.Second, func() bool {
-		return n.srv.GlobalAccount().Interest(marker) > 0
+	testutil.WaitFor(t, "AllowDirect set by n's monitor once every node has the marker", 10*time.Second, func() bool {
+		return allowsDirect(t, nodes[0])
 	})
-	n.dur.directNext.Store(0)
-	n.allowDirect()
-	testutil.WaitFor(t, "AllowDirect once every node has the marker", 10*time.Second, func() bool { return allowsDirect(t, nodes[0]) })
+	if !n.dur.directSeen.Load() {
+		t.Fatal("n set AllowDirect but does not know it")
+	}
 }
