@@ -131,8 +131,10 @@ func TestPublisherGateStreamWithoutLeader(t *testing.T) {
 	g.mu.Lock()
 	again := g.endRetries - retries
 	g.mu.Unlock()
-	if again != 3 {
-		t.Fatalf("the stream's end was read again %d times, want 3", again)
+	// Three failures made by the test; a real one on a loaded machine
+	// (the stream info request timing out) adds to them.
+	if again < 3 {
+		t.Fatalf("the stream's end was read again %d times, want at least 3", again)
 	}
 	n2.resumeRouting()
 	receiveInOrder(t, sub, 0, 100)
