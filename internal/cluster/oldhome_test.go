@@ -96,3 +96,27 @@ func testSessionMoveOldHomeOwn(t *testing.T, fail bool, again int) {
 	}
 	receiveBursts(t, sub2, want)
 }
+
+// TestGivenUpMarksAtOnce: the marks of a session given up are on this
+// node's server when holdGivenUp returns, so that the node's very next
+// message for the session goes into the stream. The marks are
+// subscriptions sent over the node's connection; without waiting for
+// its server to confirm them, the message published right after a
+// release found no interest yet and reached nobody (one acknowledged
+// message lost in a move run, published 4 ms after the release).
+func TestGivenUpMarksAtOnce(t *testing.T) {
+	nodes := commonCluster(t)
+	n := nodes[0].node
+	acc := n.srv.GlobalAccount()
+	for i := range 20 {
+		filter := fmt.Sprintf("gmark/%d/#", i)
+		topic := fmt.Sprintf("gmark/%d/x", i)
+		if n.givenUpWants(acc, topic) {
+			t.Fatalf("%s wanted before its session was given up", topic)
+		}
+		n.holdGivenUp([]string{filter})
+		if !n.givenUpWants(acc, topic) {
+			t.Fatalf("%s not wanted right after its session (%s) was given up", topic, filter)
+		}
+	}
+}
