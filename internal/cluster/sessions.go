@@ -1786,8 +1786,89 @@ func (n *Node) peerConnected(node string) bool {
 // of id.
 func (n *Node) sessionRecords(id string) func(context.Context) ([]storedRecord, error) {
 	return func(ctx context.Context) ([]storedRecord, error) {
-		return n.listRecords(ctx, sessPrefix+keyOf(id)+".>")
+		return n.listSubjects(ctx, n.sess.stream, sessPrefix+keyOf(id)+".>")
 	}
+}
+
+// listParallel is how many gets of listSubjects are under way at once.
+const listParallel = 16
+
+// listSubjects is listRecords for a stream that keeps one record per
+// subject (moat_sessions): the subjects matching filter are read from
+// the stream's information, then each one's record, listParallel gets
+// at once. One get after the other (listRecords) took about 1.4 ms a
+// record on a loaded machine: a claim of a session with 635 deliveries
+// kept its client 0.9 s of its CONNACK wait reading them (a move series
+// of 2026-12-06). The records are returned in stream order; a subject
+// whose record is gone by the time it is read is left out.
+func (n *Node) listSubjects(ctx context.Context, st jetstream.Stream, filter string) ([]storedRecord, error) {
+	name := st.CachedInfo().Config.Name
+	var subjects map[string]uint64
+	for {
+		actx, done := n.elections.attempt(ctx, name, getAttempt)
+		info, err := st.Info(actx, jetstream.WithSubjectFilter(filter))
+		done()
+		if err == nil {
+			subjects = info.State.Subjects
+			break
+		}
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("%w (last: %v)", ctx.Err(), err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	if len(subjects) == 0 {
+		return nil, nil
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	work := make(chan string)
+	out := make([]storedRecord, 0, len(subjects))
+	var mu sync.Mutex
+	var firstErr error
+	var wg sync.WaitGroup
+	for range min(listParallel, len(subjects)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for subj := range work {
+				m, err := n.getNext(ctx, st, subj, 1, 0)
+				mu.Lock()
+				switch {
+				case err != nil:
+					if firstErr == nil {
+						firstErr = err
+						cancel()
+					}
+				case m != nil:
+					out = append(out, storedRecord{subject: m.Subject, seq: m.Sequence, origin: m.Header.Get(hdrOrigin), data: m.Data})
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+feed:
+	for subj := range subjects {
+		select {
+		case work <- subj:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(work)
+	wg.Wait()
+	if firstErr != nil {
+		return nil, firstErr
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	slices.SortFunc(out, func(a, b storedRecord) int { return cmp.Compare(a.seq, b.seq) })
+	return out, nil
 }
 
 // take makes this node the home of the session of id, whose record rec
