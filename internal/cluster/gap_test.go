@@ -180,27 +180,9 @@ func TestGapStaleReplica(t *testing.T) {
 	// checked (TestGapReadInBatches).
 	quietDirect(t, nodes)
 	tn.node.dur.acks.gapWait.Store(int64(time.Minute))
-	js, err := jetstream.New(tn.node.nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	disallowDirect(t, tn.node)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	info, err := tn.node.msgStream().Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if info.Config.AllowDirect {
-		cfg := info.Config
-		cfg.AllowDirect = false
-		if _, err := js.UpdateStream(ctx, cfg); err != nil {
-			t.Fatal(err)
-		}
-	}
-	testutil.WaitFor(t, "the replicas not to answer direct gets", 10*time.Second, func() bool {
-		_, err := tn.node.nc.Request("$JS.API.DIRECT.GET."+streamMsgs, nil, time.Second)
-		return errors.Is(err, nats.ErrNoResponders)
-	})
 	sub := dial(t, tn.addr, "gstale", client.V5)
 	subscribe(t, sub, 1, "gap/#")
 	for i, tc := range []struct {
@@ -376,25 +358,7 @@ func BenchmarkGapFill(b *testing.B) {
 		b.Run("direct/"+strconv.Itoa(size), func(b *testing.B) { fill(b, size) })
 	}
 	quietDirect(b, nodes)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	js, err := jetstream.New(n2.nc)
-	if err != nil {
-		b.Fatal(err)
-	}
-	info, err := n2.msgStream().Info(ctx)
-	if err != nil {
-		b.Fatal(err)
-	}
-	cfg := info.Config
-	cfg.AllowDirect = false
-	if _, err := js.UpdateStream(ctx, cfg); err != nil {
-		b.Fatal(err)
-	}
-	testutil.WaitFor(b, "direct gets not to be answered", 10*time.Second, func() bool {
-		_, err := n2.nc.Request("$JS.API.DIRECT.GET."+streamMsgs, nil, time.Second)
-		return errors.Is(err, nats.ErrNoResponders)
-	})
+	disallowDirect(b, n2)
 	b.Run("leader/512", func(b *testing.B) { fill(b, 512) })
 }
 

@@ -203,6 +203,34 @@ func quietDirect(tb testing.TB, nodes []*testNode) {
 	}
 }
 
+// disallowDirect turns AllowDirect off on moat_msgs, as a node of an
+// earlier build does as it starts, and waits until n's direct gets find
+// no replica answering.
+func disallowDirect(tb testing.TB, n *Node) {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	js, err := jetstream.New(n.nc)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	info, err := n.msgStream().Info(ctx)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if info.Config.AllowDirect {
+		cfg := info.Config
+		cfg.AllowDirect = false
+		if _, err := js.UpdateStream(ctx, cfg); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	testutil.WaitFor(tb, "direct gets not to be answered", 10*time.Second, func() bool {
+		_, err := n.nc.Request("$JS.API.DIRECT.GET."+streamMsgs, nil, time.Second)
+		return errors.Is(err, nats.ErrNoResponders)
+	})
+}
+
 // allowsDirect tells whether moat_msgs has AllowDirect, as tn reads it.
 func allowsDirect(t *testing.T, tn *testNode) bool {
 	t.Helper()
@@ -231,25 +259,9 @@ func TestReplayReadStaleReplica(t *testing.T) {
 	tn := nodes[1]
 	// The readings do not set AllowDirect again.
 	quietDirect(t, nodes)
-	js, err := jetstream.New(tn.node.nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	disallowDirect(t, tn.node)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	info, err := tn.node.msgStream().Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := info.Config
-	cfg.AllowDirect = false
-	if _, err := js.UpdateStream(ctx, cfg); err != nil {
-		t.Fatal(err)
-	}
-	testutil.WaitFor(t, "the replicas to stop answering direct gets", 10*time.Second, func() bool {
-		_, err := tn.node.nc.Request("$JS.API.DIRECT.GET."+streamMsgs, nil, time.Second)
-		return errors.Is(err, nats.ErrNoResponders)
-	})
 	mid := first + count/2
 	for _, tc := range []struct {
 		name    string
@@ -484,24 +496,7 @@ func TestAllowDirectWaitsForEveryNode(t *testing.T) {
 	testutil.WaitFor(t, "the marker to be gone", 10*time.Second, func() bool {
 		return n.srv.GlobalAccount().Interest(marker) == 0
 	})
-	// As a node of an earlier build does as it starts.
-	js, err := jetstream.New(n.nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := n.msgStream().Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := info.Config
-	cfg.AllowDirect = false
-	if _, err := js.UpdateStream(ctx, cfg); err != nil {
-		t.Fatal(err)
-	}
-	testutil.WaitFor(t, "direct gets not to be answered", 10*time.Second, func() bool {
-		_, err := n.nc.Request("$JS.API.DIRECT.GET."+streamMsgs, nil, time.Second)
-		return errors.Is(err, nats.ErrNoResponders)
-	})
+	disallowDirect(t, n)
 	// n tries again, from its readings and its monitor.
 	n.dur.directSeen.Store(false)
 	n.dur.directNext.Store(0)
