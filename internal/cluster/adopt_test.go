@@ -263,24 +263,11 @@ func TestReconcileHomesAfterCut(t *testing.T) {
 	subscribe(t, c, 1, "split/#")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	var cur *storedRecord
-	testutil.WaitFor(t, "the session's record with its subscription", 30*time.Second, func() bool {
-		r, err := nodes[0].node.getRecord(ctx, sessSubject("split", "s"))
-		if err != nil || r == nil || len(r.data) == 0 {
-			return false
-		}
-		rec, err := decodeSession(r.data)
-		cur = r
-		return err == nil && len(rec.Subs) == 1 && rec.Node == "n3"
-	})
+	cur := awaitSessionOn(t, ctx, nodes[0].node, "split", "n3")
 	if n, err := nodes[2].node.reconcileHomes(); n != 0 || err != nil {
 		t.Fatalf("%d sessions given up while their records name this node (%v)", n, err)
 	}
-	rec, _ := decodeSession(cur.data)
-	rec.Home, rec.Node = "n1/adopter", "n1"
-	if _, err := nodes[0].node.putRecord(ctx, sessSubject("split", "s"), mustRecord(rec), cur.seq); err != nil {
-		t.Fatal(err)
-	}
+	adoptByHand(t, ctx, nodes[0].node, "split", cur)
 	if n, err := nodes[2].node.reconcileHomes(); n != 1 || err != nil {
 		t.Fatalf("%d sessions given up (%v); want the adopted one", n, err)
 	}
@@ -307,6 +294,34 @@ func TestReconcileHomesAfterCut(t *testing.T) {
 	}
 }
 
+// awaitSessionOn waits until the record of id's session, as n reads it,
+// has its one subscription and names node, and returns it.
+func awaitSessionOn(t *testing.T, ctx context.Context, n *Node, id, node string) *storedRecord {
+	t.Helper()
+	var cur *storedRecord
+	testutil.WaitFor(t, "the session's record with its subscription", 30*time.Second, func() bool {
+		r, err := n.getRecord(ctx, sessSubject(id, "s"))
+		if err != nil || r == nil || len(r.data) == 0 {
+			return false
+		}
+		rec, err := decodeSession(r.data)
+		cur = r
+		return err == nil && len(rec.Subs) == 1 && rec.Node == node
+	})
+	return cur
+}
+
+// adoptByHand makes, through n, the compare-and-set an adopter on n1
+// makes on the record cur of id's session.
+func adoptByHand(t *testing.T, ctx context.Context, n *Node, id string, cur *storedRecord) {
+	t.Helper()
+	rec, _ := decodeSession(cur.data)
+	rec.Home, rec.Node = "n1/adopter", "n1"
+	if _, err := n.putRecord(ctx, sessSubject(id, "s"), mustRecord(rec), cur.seq); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestNoticeCheckedAgain: a node that hears another adopted its sessions
 // checks them more than once. Its first check can read the records
 // before they show the adoption: from a replica of moat_sessions that
@@ -323,16 +338,7 @@ func TestNoticeCheckedAgain(t *testing.T) {
 	subscribe(t, c, 1, "stale/#")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	var cur *storedRecord
-	testutil.WaitFor(t, "the session's record with its subscription", 30*time.Second, func() bool {
-		r, err := nodes[0].node.getRecord(ctx, sessSubject("stale", "s"))
-		if err != nil || r == nil || len(r.data) == 0 {
-			return false
-		}
-		rec, err := decodeSession(r.data)
-		cur = r
-		return err == nil && len(rec.Subs) == 1 && rec.Node == "n3"
-	})
+	cur := awaitSessionOn(t, ctx, nodes[0].node, "stale", "n3")
 
 	written := make(chan struct{})
 	var calls atomic.Int32
@@ -355,11 +361,7 @@ func TestNoticeCheckedAgain(t *testing.T) {
 	default:
 	}
 
-	rec, _ := decodeSession(cur.data)
-	rec.Home, rec.Node = "n1/adopter", "n1"
-	if _, err := nodes[0].node.putRecord(ctx, sessSubject("stale", "s"), mustRecord(rec), cur.seq); err != nil {
-		t.Fatal(err)
-	}
+	adoptByHand(t, ctx, nodes[0].node, "stale", cur)
 	close(written)
 	select {
 	case <-c.Done():
