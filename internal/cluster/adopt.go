@@ -392,6 +392,9 @@ func (n *Node) adoptDue() int {
 	return total
 }
 
+// adoptParallel is how many sessions adoptNode adopts at once.
+const adoptParallel = 8
+
 // adoptNode makes this node the home of every persistent session whose
 // home is the node named name, and removes that node's client-ID
 // claims. It returns how many sessions this node adopted (another node
@@ -407,7 +410,7 @@ func (n *Node) adoptNode(ctx context.Context, name string) (adopted, claims int,
 	if err := n.awaitSessions(ctx); err != nil {
 		return 0, 0, err
 	}
-	records, err := n.listRecords(ctx, sessPrefix+"*.s")
+	records, err := n.listSubjects(ctx, n.sess.stream, sessPrefix+"*.s")
 	if err != nil {
 		return 0, 0, err
 	}
@@ -443,15 +446,35 @@ func (n *Node) adoptNode(ctx context.Context, name string) (adopted, claims int,
 		if err != nil {
 			return 0, 0, err
 		}
+		// Several sessions at once: each waits mostly for the stream's
+		// answers (its record's compare-and-set, its records, its
+		// replay), and one after the other a node gone with thousands
+		// of sessions kept them on no node for minutes.
 		var left error // a session neither taken here nor by another node
-		for _, o := range orphans {
-			ok, err := n.adoptSession(ctx, name, o.id, o.rec, o.seq, pos)
-			if ok {
-				adopted++
-			} else if err != nil {
-				left = err
-			}
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		work := make(chan orphan)
+		for range min(adoptParallel, len(orphans)) {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for o := range work {
+					ok, err := n.adoptSession(ctx, name, o.id, o.rec, o.seq, pos)
+					mu.Lock()
+					if ok {
+						adopted++
+					} else if err != nil {
+						left = err
+					}
+					mu.Unlock()
+				}
+			}()
 		}
+		for _, o := range orphans {
+			work <- o
+		}
+		close(work)
+		wg.Wait()
 		n.adopt.sessions.Add(uint64(adopted))
 		if adopted > 0 {
 			// Told again now that it is done: a run that heard the
@@ -646,8 +669,10 @@ func (n *Node) reconcileHomes() (int, error) {
 	}
 	n.sess.mu.Lock()
 	ids := make(map[string]bool, len(n.sess.homed))
+	subjects := make([]string, 0, len(n.sess.homed))
 	for id := range n.sess.homed {
 		ids[id] = true
+		subjects = append(subjects, sessSubject(id, "s"))
 	}
 	n.sess.mu.Unlock()
 	if len(ids) == 0 {
@@ -655,7 +680,11 @@ func (n *Node) reconcileHomes() (int, error) {
 	}
 	ctx, cancel := context.WithTimeout(n.ctx, 2*time.Minute)
 	defer cancel()
-	records, err := n.listRecords(ctx, sessPrefix+"*.s")
+	// Only this node's sessions' records, in parallel: listing every
+	// session of the cluster one get after the other took seconds per
+	// thousand sessions, with the stream's routing paused meanwhile
+	// (owedCheck), and a check is made at least homeChecks times.
+	records, err := n.getRecords(ctx, subjects)
 	if err != nil {
 		n.log.Warn("cluster: the sessions of this node not checked against the others' adoptions; trying again", "err", err)
 		return 0, err

@@ -248,31 +248,31 @@ type heldClaim struct {
 }
 
 // claimsOf lists the claims held by runs of the node named node other
-// than the run except ("" for none). It walks the bucket's stream one
-// get after the other, as listRecords walks the sessions, rather than
-// watching the bucket: a watch is a consumer, whose creation waits for a
-// JetStream meta leader, elected anew when a node dies (the moment the
-// claims of a node gone are looked for), and which stalls, unanswered,
-// when the stream's leader changes under it. A get that goes unanswered
-// is made again (scan).
+// than the run except ("" for none). It reads the bucket's stream by
+// subject, several gets at once (listSubjects; the bucket keeps one
+// record per key), rather than watching the bucket: a watch is a
+// consumer, whose creation waits for a JetStream meta leader, elected
+// anew when a node dies (the moment the claims of a node gone are looked
+// for), and which stalls, unanswered, when the stream's leader changes
+// under it. A get that goes unanswered is made again (getNext).
 func (n *Node) claimsOf(ctx context.Context, node, except string) ([]heldClaim, error) {
 	st, err := n.claimsStream(ctx)
 	if err != nil {
 		return nil, err
 	}
-	msgs, err := n.scan(ctx, st, claimsPrefix+">", 1, 0)
+	records, err := n.listSubjects(ctx, st, claimsPrefix+">")
 	if err != nil {
 		return nil, err
 	}
 	var found []heldClaim
 	prefix := node + "/"
-	for _, m := range msgs {
+	for _, r := range records {
 		var c claimRecord
-		if len(m.Data) == 0 || json.Unmarshal(m.Data, &c) != nil || !strings.HasPrefix(c.Node, prefix) || c.Node == except {
+		if len(r.data) == 0 || json.Unmarshal(r.data, &c) != nil || !strings.HasPrefix(c.Node, prefix) || c.Node == except {
 			continue // a removal marker, or another node's claim
 		}
-		if id, err := keyString(strings.TrimPrefix(m.Subject, claimsPrefix)); err == nil {
-			found = append(found, heldClaim{id, m.Sequence})
+		if id, err := keyString(strings.TrimPrefix(r.subject, claimsPrefix)); err == nil {
+			found = append(found, heldClaim{id, r.seq})
 		}
 	}
 	return found, nil

@@ -1172,44 +1172,6 @@ func (n *Node) getRecord(ctx context.Context, subj string) (*storedRecord, error
 	return &storedRecord{subject: subj, seq: m.Sequence, origin: m.Header.Get(hdrOrigin), data: m.Data}, nil
 }
 
-// listRecords reads the last value of every subject matching one of
-// filters. The sessions stream keeps one message per subject, so walking
-// its messages that match a filter, one get after the other, reads every
-// record. The stream's leader answers (direct gets, answered by any
-// replica, could miss what a lagging one has not applied yet), and no
-// consumer is created: that would wait for a JetStream meta leader,
-// elected anew when a node dies.
-func (n *Node) listRecords(ctx context.Context, filters ...string) ([]storedRecord, error) {
-	var out []storedRecord
-	for _, f := range filters {
-		msgs, err := n.scan(ctx, n.sess.stream, f, 1, 0)
-		if err != nil {
-			return nil, err
-		}
-		for _, m := range msgs {
-			out = append(out, storedRecord{subject: m.Subject, seq: m.Sequence, origin: m.Header.Get(hdrOrigin), data: m.Data})
-		}
-	}
-	return out, nil
-}
-
-// scan returns the messages of st matching filter with sequences from
-// from to to (0: the end), one get after the other (getNext).
-func (n *Node) scan(ctx context.Context, st jetstream.Stream, filter string, from, to uint64) ([]*jetstream.RawStreamMsg, error) {
-	var out []*jetstream.RawStreamMsg
-	for seq := max(from, 1); ; {
-		m, err := n.getNext(ctx, st, filter, seq, to)
-		if err != nil {
-			return nil, err
-		}
-		if m == nil {
-			return out, nil
-		}
-		out = append(out, m)
-		seq = m.Sequence + 1
-	}
-}
-
 // getNext returns the first message of st matching filter with a
 // sequence from from to to (0: the end), nil if there is none. For
 // moat_msgs, as the stream's leader has it (leaderGet: the stream may
@@ -1790,37 +1752,72 @@ func (n *Node) sessionRecords(id string) func(context.Context) ([]storedRecord, 
 	}
 }
 
-// listParallel is how many gets of listSubjects are under way at once.
+// listParallel is how many gets of readEach are under way at once.
 const listParallel = 16
 
-// listSubjects is listRecords for a stream that keeps one record per
-// subject (moat_sessions): the subjects matching filter are read from
-// the stream's information, then each one's record, listParallel gets
-// at once. One get after the other (listRecords) took about 1.4 ms a
-// record on a loaded machine: a claim of a session with 635 deliveries
-// kept its client 0.9 s of its CONNACK wait reading them (a move series
-// of 2026-12-06). The records are returned in stream order; a subject
-// whose record is gone by the time it is read is left out.
-func (n *Node) listSubjects(ctx context.Context, st jetstream.Stream, filter string) ([]storedRecord, error) {
+// listSubjects reads the last record of every subject matching one of
+// filters in a stream that keeps one record per subject (moat_sessions):
+// the subjects are read from the stream's information, then each one's
+// record, listParallel gets at once (readEach). One get after the other
+// (walking the stream's messages that match) took about 1.4 ms a record
+// on a loaded machine: a claim of a session with 635 deliveries kept its
+// client 0.9 s of its CONNACK wait reading them (a move series of
+// 2026-12-06). The stream's leader answers both (direct gets, answered
+// by any replica, could miss what a lagging one has not applied yet),
+// and no consumer is created: that would wait for a JetStream meta
+// leader, elected anew when a node dies. The records are returned in
+// stream order; a subject whose record is gone by the time it is read
+// is left out.
+func (n *Node) listSubjects(ctx context.Context, st jetstream.Stream, filters ...string) ([]storedRecord, error) {
 	name := st.CachedInfo().Config.Name
-	var subjects map[string]uint64
-	for {
-		actx, done := n.elections.attempt(ctx, name, getAttempt)
-		info, err := st.Info(actx, jetstream.WithSubjectFilter(filter))
-		done()
-		if err == nil {
-			subjects = info.State.Subjects
-			break
-		}
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("%w (last: %v)", ctx.Err(), err)
-		}
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(100 * time.Millisecond):
+	var subjects []string
+	for _, filter := range filters {
+		for {
+			actx, done := n.elections.attempt(ctx, name, getAttempt)
+			info, err := st.Info(actx, jetstream.WithSubjectFilter(filter))
+			done()
+			if err == nil {
+				for subj := range info.State.Subjects {
+					subjects = append(subjects, subj)
+				}
+				break
+			}
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("%w (last: %v)", ctx.Err(), err)
+			}
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(100 * time.Millisecond):
+			}
 		}
 	}
+	// Filters that overlap name a subject once.
+	slices.Sort(subjects)
+	subjects = slices.Compact(subjects)
+	return n.readEach(ctx, subjects, func(ctx context.Context, subj string) (*storedRecord, error) {
+		m, err := n.getNext(ctx, st, subj, 1, 0)
+		if err != nil || m == nil {
+			return nil, err
+		}
+		return &storedRecord{subject: m.Subject, seq: m.Sequence, origin: m.Header.Get(hdrOrigin), data: m.Data}, nil
+	})
+}
+
+// getRecords reads the last record of each of subjects in the sessions
+// stream, listParallel at once (readEach; getRecord each): for a node
+// that knows which records it needs, cheaper than listing a pattern
+// that matches every session of the cluster. A subject without any
+// record is left out; a removed one is returned empty. The records are
+// returned in stream order.
+func (n *Node) getRecords(ctx context.Context, subjects []string) ([]storedRecord, error) {
+	return n.readEach(ctx, subjects, n.getRecord)
+}
+
+// readEach calls get for each of subjects, listParallel at once, and
+// returns the records found (nil: none) in stream order. The first error
+// stops the rest and is returned.
+func (n *Node) readEach(ctx context.Context, subjects []string, get func(context.Context, string) (*storedRecord, error)) ([]storedRecord, error) {
 	if len(subjects) == 0 {
 		return nil, nil
 	}
@@ -1836,7 +1833,7 @@ func (n *Node) listSubjects(ctx context.Context, st jetstream.Stream, filter str
 		go func() {
 			defer wg.Done()
 			for subj := range work {
-				m, err := n.getNext(ctx, st, subj, 1, 0)
+				r, err := get(ctx, subj)
 				mu.Lock()
 				switch {
 				case err != nil:
@@ -1844,15 +1841,15 @@ func (n *Node) listSubjects(ctx context.Context, st jetstream.Stream, filter str
 						firstErr = err
 						cancel()
 					}
-				case m != nil:
-					out = append(out, storedRecord{subject: m.Subject, seq: m.Sequence, origin: m.Header.Get(hdrOrigin), data: m.Data})
+				case r != nil:
+					out = append(out, *r)
 				}
 				mu.Unlock()
 			}
 		}()
 	}
 feed:
-	for subj := range subjects {
+	for _, subj := range subjects {
 		select {
 		case work <- subj:
 		case <-ctx.Done():
@@ -3092,14 +3089,17 @@ const importRetryFor = 30 * time.Second
 // import having failed after the write). It returns those whose import
 // failed, and false if the list of sessions could not be read.
 func (n *Node) importHomeOnce(ctx context.Context, retry map[string]bool) (map[string]bool, bool) {
-	filters := []string{sessPrefix + "*.s"}
-	if retry != nil {
-		filters = filters[:0]
+	var records []storedRecord
+	var err error
+	if retry == nil {
+		records, err = n.listSubjects(ctx, n.sess.stream, sessPrefix+"*.s")
+	} else {
+		subjects := make([]string, 0, len(retry))
 		for id := range retry {
-			filters = append(filters, sessSubject(id, "s"))
+			subjects = append(subjects, sessSubject(id, "s"))
 		}
+		records, err = n.getRecords(ctx, subjects)
 	}
-	records, err := n.listRecords(ctx, filters...)
 	if err != nil {
 		n.log.Warn("cluster: reading the sessions of this node failed; trying again", "err", err)
 		return retry, false
@@ -3135,7 +3135,7 @@ func (n *Node) importHomeOnce(ctx context.Context, retry map[string]bool) (map[s
 		for i, m := range chunk {
 			filters[i] = sessPrefix + keyOf(m.id) + ".>"
 		}
-		records, err := n.listRecords(ctx, filters...)
+		records, err := n.listSubjects(ctx, n.sess.stream, filters...)
 		if err != nil {
 			n.log.Warn("cluster: reading sessions of this node failed; trying again", "err", err)
 			for _, m := range chunk {

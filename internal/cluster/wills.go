@@ -437,8 +437,12 @@ func (n *Node) checkCleanWills() (int, error) {
 	}
 	ctx, cancel := context.WithTimeout(n.ctx, 2*time.Minute)
 	defer cancel()
-	// This run's records, in one pass.
-	records, err := n.listRecords(ctx, sessPrefix+"*.w."+keyOf(n.origin))
+	// The records of these connections, in parallel.
+	subjects := make([]string, len(lanes))
+	for i, lv := range lanes {
+		subjects[i] = lv.l.subj
+	}
+	records, err := n.getRecords(ctx, subjects)
 	if err != nil {
 		n.log.Warn("cluster: the wills of this node's clean sessions not checked against the others' records; trying again, their ends decide meanwhile", "err", err)
 		return 0, err
@@ -499,7 +503,7 @@ func (n *Node) adoptCleanWills(ctx context.Context, name string) (int, error) {
 	if !ok {
 		return 0, nil
 	}
-	records, err := n.listRecords(ctx, sessPrefix+"*.w.*")
+	records, err := n.listSubjects(ctx, n.sess.stream, sessPrefix+"*.w.*")
 	if err != nil {
 		return 0, err
 	}
