@@ -199,6 +199,7 @@ type Node struct {
 	srv    *server.Server
 	nc     *nats.Conn
 	in     chan *nats.Msg // messages of other nodes, in arrival order
+	sink   chan *nats.Msg // of the subscriptions made for their interest alone (interestOnly)
 	// routes caches the names of the nodes routed to this one for the
 	// claims waiting for an old home (askHome).
 	routes routeNames
@@ -327,7 +328,7 @@ func Start(cfg Config) (*Node, error) {
 	if qlen <= 0 {
 		qlen = 65536
 	}
-	n := &Node{cfg: cfg, log: log, origin: cfg.Node + "/" + hex.EncodeToString(boot), in: make(chan *nats.Msg, qlen),
+	n := &Node{cfg: cfg, log: log, origin: cfg.Node + "/" + hex.EncodeToString(boot), in: make(chan *nats.Msg, qlen), sink: make(chan *nats.Msg, 1),
 		subs: make(map[string][]*nats.Subscription), ready: make(chan struct{}), started: time.Now(),
 		rmSelf: selfRemoval{done: make(chan struct{})}, hadStore: storeInUse(cfg.StoreDir)}
 	n.share = shareState{groups: make(map[shareKey]*shareGroup), byQueue: make(map[string]*shareGroup),
@@ -514,6 +515,20 @@ func (n *Node) connectExternal() error {
 	n.log.Info("cluster: connected to an external NATS cluster", "cluster", n.cfg.Name, "node", n.cfg.Node,
 		"url", redactURL(n.cfg.NATSURL))
 	return nil
+}
+
+// interestOnly subscribes subj on c for the interest it shows the other
+// nodes alone (interest and presence markers, versions, capabilities):
+// nothing is published on such subjects. Every such subscription shares
+// the one channel n.sink, never read. A synchronous subscription would
+// give each a channel of its own of the client's default length (65,536
+// entries, 512 KiB allocated and cleared): a node paid that per
+// subscription filter of its sessions, and for every new interest
+// version, once per SUBSCRIBE or UNSUBSCRIBE that changed its markers. A
+// message published on such a subject all the same fills the sink or is
+// dropped (the client reports a slow consumer once per subscription).
+func (n *Node) interestOnly(c *nats.Conn, subj string) (*nats.Subscription, error) {
+	return c.ChanSubscribe(subj, n.sink)
 }
 
 // redactURL drops a password from a URL for a log line.

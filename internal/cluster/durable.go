@@ -248,9 +248,9 @@ func (n *Node) markInterest(filter string, on bool) {
 		if len(m) > maxSubject {
 			continue
 		}
-		// A synchronous subscription costs no goroutine; nothing is ever
-		// published on a marker subject.
-		s, err := n.nc.SubscribeSync(m)
+		// No goroutine and no channel of its own (interestOnly):
+		// nothing is ever published on a marker subject.
+		s, err := n.interestOnly(n.nc, m)
 		if err != nil {
 			n.log.Error("cluster: interest marker not subscribed; QoS 1/2 messages of other nodes for this filter may not reach this node",
 				"filter", filter, "err", err)
@@ -324,7 +324,7 @@ func (n *Node) holdGivenUp(filters []string) {
 			if len(s) > maxSubject {
 				continue
 			}
-			sub, err := n.nc.SubscribeSync(s)
+			sub, err := n.interestOnly(n.nc, s)
 			if err != nil {
 				n.log.Error("cluster: a session's filter not marked as given up; this node's messages for it published while it moves may be missing from it",
 					"filter", filter, "err", err)
@@ -413,16 +413,16 @@ func (n *Node) markPresent() {
 		return
 	}
 	// This build reads batch records: said before the presence.
-	capSub, err := n.nc.SubscribeSync(capPrefix + keyOf(n.cfg.Node) + capBatch)
+	capSub, err := n.interestOnly(n.nc, capPrefix+keyOf(n.cfg.Node)+capBatch)
 	if err != nil {
 		n.log.Error("cluster: batch marker not subscribed; the other nodes put each QoS 1/2 message in a record of its own", "err", err)
 	}
 	// And reads moat_msgs from its leader whatever its AllowDirect.
-	directSub, err := n.nc.SubscribeSync(capPrefix + keyOf(n.cfg.Node) + capDirect)
+	directSub, err := n.interestOnly(n.nc, capPrefix+keyOf(n.cfg.Node)+capDirect)
 	if err != nil {
 		n.log.Error("cluster: direct marker not subscribed; replays read one record per request", "err", err)
 	}
-	s, err := n.nc.SubscribeSync(markerPrefix + keyOf(n.cfg.Node) + "." + presenceToken)
+	s, err := n.interestOnly(n.nc, markerPrefix+keyOf(n.cfg.Node)+"."+presenceToken)
 	if err != nil {
 		n.log.Error("cluster: presence marker not subscribed; the other nodes put every QoS 1/2 message into the stream", "err", err)
 		return

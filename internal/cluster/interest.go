@@ -168,7 +168,7 @@ func (n *Node) versionUp() {
 	n.versionsDown()
 	ic.ver++
 	subj := n.versionSubject("", ic.ver)
-	s, err := n.nc.SubscribeSync(subj)
+	s, err := n.interestOnly(n.nc, subj)
 	if err != nil {
 		// The other nodes then look this node's interest up afresh for
 		// every message: correct, only slower.
@@ -194,7 +194,7 @@ func (n *Node) startVersions() {
 	var counter *nats.Subscription
 	if n.gc != nil {
 		var err error
-		if counter, err = n.gc.SubscribeSync(countSubject); err != nil {
+		if counter, err = n.interestOnly(n.gc, countSubject); err != nil {
 			n.log.Warn("cluster: node count not subscribed; until the other nodes' check of their routes knows this node, its groups may get a QoS 1/2 message at most once", "err", err)
 		}
 	}

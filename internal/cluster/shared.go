@@ -274,7 +274,7 @@ func (n *Node) groupVersionUp() {
 	n.groupVersionDown()
 	sh.gver++
 	subj := n.versionSubject("g", sh.gver)
-	s, err := n.gc.SubscribeSync(subj)
+	s, err := n.interestOnly(n.gc, subj)
 	if err != nil {
 		// The other nodes then wait, for a QoS 1/2 message's groups,
 		// until their wait for the directory gives up (resolveRequests).
