@@ -17,14 +17,7 @@ import (
 // sessions (1,000 by default). ns/op is one whole adoption; the
 // per-session figure is reported as ns/session.
 func BenchmarkAdoptNode(b *testing.B) {
-	count := 1000
-	if v := os.Getenv("MOAT_ADOPT_SCALE"); v != "" {
-		c, err := strconv.Atoi(v)
-		if err != nil || c <= 0 {
-			b.Fatalf("MOAT_ADOPT_SCALE=%q: a positive number expected", v)
-		}
-		count = c
-	}
+	count := adoptScale(b)
 	nodes := startBenchCluster(b)
 	n1 := nodes[0].node
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
@@ -59,4 +52,57 @@ func BenchmarkAdoptNode(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(total.Nanoseconds())/float64(round*count), "ns/session")
+}
+
+// BenchmarkImportHome: a node's import of the persistent sessions its
+// previous run held (importHomeOnce, as at start), each with one
+// subscription and nothing queued. The records are written by hand for
+// a previous run of n1 that never existed, so each iteration imports
+// fresh ones. MOAT_ADOPT_SCALE sets how many sessions (1,000 by
+// default). ns/op is one whole import; the per-session figure is
+// reported as ns/session.
+func BenchmarkImportHome(b *testing.B) {
+	count := adoptScale(b)
+	nodes := startBenchCluster(b)
+	n1 := nodes[0].node
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancel()
+	if err := n1.awaitSessions(ctx); err != nil {
+		b.Fatal(err)
+	}
+	round := 0
+	var total time.Duration
+	for b.Loop() {
+		b.StopTimer()
+		round++
+		for i := range count {
+			id := fmt.Sprintf("ih%d-%d", round, i)
+			rec := &sessionRecord{Home: fmt.Sprintf("n1/bench%d", round), Node: "n1", Expiry: -1,
+				Subs: []subRecord{{Filter: "ih/" + id, QoS: 1}}}
+			if _, err := n1.putRecord(ctx, sessSubject(id, "s"), mustRecord(rec), 0); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.StartTimer()
+		start := time.Now()
+		failed, ok := n1.importHomeOnce(ctx, nil)
+		total += time.Since(start)
+		if !ok || len(failed) != 0 {
+			b.Fatalf("the import failed: %v, %d sessions", ok, len(failed))
+		}
+	}
+	b.ReportMetric(float64(total.Nanoseconds())/float64(round*count), "ns/session")
+}
+
+// adoptScale is MOAT_ADOPT_SCALE, 1,000 when unset.
+func adoptScale(b *testing.B) int {
+	v := os.Getenv("MOAT_ADOPT_SCALE")
+	if v == "" {
+		return 1000
+	}
+	c, err := strconv.Atoi(v)
+	if err != nil || c <= 0 {
+		b.Fatalf("MOAT_ADOPT_SCALE=%q: a positive number expected", v)
+	}
+	return c
 }

@@ -3149,22 +3149,40 @@ func (n *Node) importHomeOnce(ctx context.Context, retry map[string]bool) (map[s
 				byID[id] = append(byID[id], r)
 			}
 		}
-		for _, m := range chunk {
-			list := func(context.Context) ([]storedRecord, error) { return byID[m.id], nil }
-			err := error(nil)
-			if f := n.sess.homeImportErr.Load(); f != nil {
-				err = (*f)(m.id)
-			}
-			if err == nil {
-				err = n.take(ctx, m.id, m.rec, m.seq, false, true, position{}, list)
-			}
-			if err != nil {
-				n.log.Warn("cluster: a session of this node not imported; trying again", "client", m.id, "err", err)
-				failed[m.id] = true
-				continue
-			}
-			imported++
+		// Up to adoptParallel at once, as an adoption: each take waits
+		// mostly for the stream's answer to its record's write.
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		work := make(chan mine)
+		for range min(adoptParallel, len(chunk)) {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for m := range work {
+					list := func(context.Context) ([]storedRecord, error) { return byID[m.id], nil }
+					err := error(nil)
+					if f := n.sess.homeImportErr.Load(); f != nil {
+						err = (*f)(m.id)
+					}
+					if err == nil {
+						err = n.take(ctx, m.id, m.rec, m.seq, false, true, position{}, list)
+					}
+					mu.Lock()
+					if err != nil {
+						n.log.Warn("cluster: a session of this node not imported; trying again", "client", m.id, "err", err)
+						failed[m.id] = true
+					} else {
+						imported++
+					}
+					mu.Unlock()
+				}
+			}()
 		}
+		for _, m := range chunk {
+			work <- m
+		}
+		close(work)
+		wg.Wait()
 	}
 	n.log.Info("cluster: sessions of this node imported", "sessions", imported)
 	return failed, true
