@@ -225,9 +225,10 @@ type Node struct {
 
 	pubMu sync.Mutex // orders sequence numbers with publication
 	// fwdLog and handLog rate-limit the log lines of messages not
-	// forwarded and of shared subscriptions' messages not handed on.
-	fwdLog, handLog rateLog
-	seq             uint64
+	// forwarded and of shared subscriptions' messages not handed on,
+	// readLog those of stream reads made again (getNext).
+	fwdLog, handLog, readLog rateLog
+	seq                      uint64
 
 	b        Broker
 	kv       *kvState

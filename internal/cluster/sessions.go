@@ -1210,7 +1210,16 @@ func (n *Node) getNext(ctx context.Context, st jetstream.Stream, filter string, 
 			return nil, fmt.Errorf("%w (last: %v)", ctx.Err(), lastErr)
 		}
 		if lastErr == nil {
-			n.log.Info("cluster: reading a stream failed; again", "stream", st.CachedInfo().Config.Name, "err", err)
+			// Once per reading, and at most once per forwardLogEvery
+			// for the node: the readings made at once (readEach) all
+			// fail in the same election.
+			if ok, suppressed := n.readLog.allow(time.Now(), forwardLogEvery); ok {
+				attrs := []any{"stream", name, "err", err}
+				if suppressed > 0 {
+					attrs = append(attrs, "suppressed", suppressed, "suppressed_for", forwardLogEvery)
+				}
+				n.log.Info("cluster: reading a stream failed; again", attrs...)
+			}
 		}
 		lastErr = err
 		select {
