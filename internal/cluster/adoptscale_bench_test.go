@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"runtime"
 	"strconv"
 	"testing"
 	"time"
@@ -59,8 +60,10 @@ func BenchmarkAdoptNode(b *testing.B) {
 // subscription and nothing queued. The records are written by hand for
 // a previous run of n1 that never existed, so each iteration imports
 // fresh ones. MOAT_ADOPT_SCALE sets how many sessions (1,000 by
-// default). ns/op is one whole import; the per-session figure is
-// reported as ns/session.
+// default). ns/op is one whole import; the per-session figures are
+// reported as ns/session and heap-B/session (the Go heap the import
+// added, after a collection: the broker's session, the node's state
+// for it and the three embedded servers' share of its subscription).
 func BenchmarkImportHome(b *testing.B) {
 	count := adoptScale(b)
 	nodes := startBenchCluster(b)
@@ -72,6 +75,8 @@ func BenchmarkImportHome(b *testing.B) {
 	}
 	round := 0
 	var total time.Duration
+	var before, after runtime.MemStats
+	var grown int64 // the heap's growth over the imports
 	for b.Loop() {
 		b.StopTimer()
 		round++
@@ -83,6 +88,8 @@ func BenchmarkImportHome(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
+		runtime.GC()
+		runtime.ReadMemStats(&before)
 		b.StartTimer()
 		start := time.Now()
 		failed, ok := n1.importHomeOnce(ctx, nil)
@@ -90,8 +97,14 @@ func BenchmarkImportHome(b *testing.B) {
 		if !ok || len(failed) != 0 {
 			b.Fatalf("the import failed: %v, %d sessions", ok, len(failed))
 		}
+		b.StopTimer()
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		grown += int64(after.HeapAlloc) - int64(before.HeapAlloc)
+		b.StartTimer()
 	}
 	b.ReportMetric(float64(total.Nanoseconds())/float64(round*count), "ns/session")
+	b.ReportMetric(float64(grown)/float64(round*count), "heap-B/session")
 }
 
 // adoptScale is MOAT_ADOPT_SCALE, 1,000 when unset.
