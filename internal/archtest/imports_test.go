@@ -177,7 +177,10 @@ var allowedImports = map[string][]string{
 	// A tool for reading a stopped cluster's durable stream back (the
 	// kill series): it decodes the records the way the cluster wrote them.
 	"scripts/killseries/streamdump": {"internal/cluster"},
-	"internal/topic":                {},
+	// A tool that measures the reconnection storm after a node dies:
+	// MQTT clients of three `moat serve` processes.
+	"scripts/failoverstorm": {"client"},
+	"internal/topic":        {},
 	// internal/cli is the wiring layer and may import anything of the
 	// module except cmd/.
 }
