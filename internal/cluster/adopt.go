@@ -395,6 +395,25 @@ func (n *Node) adoptDue() int {
 // adoptParallel is how many sessions adoptNode adopts at once.
 const adoptParallel = 8
 
+// inParallel calls f for each of items, at most workers at once, and
+// returns when all calls have.
+func inParallel[T any](items []T, workers int, f func(T)) {
+	work := make(chan T)
+	var wg sync.WaitGroup
+	for range min(workers, len(items)) {
+		wg.Go(func() {
+			for item := range work {
+				f(item)
+			}
+		})
+	}
+	for _, item := range items {
+		work <- item
+	}
+	close(work)
+	wg.Wait()
+}
+
 // adoptNode makes this node the home of every persistent session whose
 // home is the node named name, and removes that node's client-ID
 // claims. It returns how many sessions this node adopted (another node
@@ -452,29 +471,16 @@ func (n *Node) adoptNode(ctx context.Context, name string) (adopted, claims int,
 		// of sessions kept them on no node for minutes.
 		var left error // a session neither taken here nor by another node
 		var mu sync.Mutex
-		var wg sync.WaitGroup
-		work := make(chan orphan)
-		for range min(adoptParallel, len(orphans)) {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for o := range work {
-					ok, err := n.adoptSession(ctx, name, o.id, o.rec, o.seq, pos)
-					mu.Lock()
-					if ok {
-						adopted++
-					} else if err != nil {
-						left = err
-					}
-					mu.Unlock()
-				}
-			}()
-		}
-		for _, o := range orphans {
-			work <- o
-		}
-		close(work)
-		wg.Wait()
+		inParallel(orphans, adoptParallel, func(o orphan) {
+			ok, err := n.adoptSession(ctx, name, o.id, o.rec, o.seq, pos)
+			mu.Lock()
+			defer mu.Unlock()
+			if ok {
+				adopted++
+			} else if err != nil {
+				left = err
+			}
+		})
 		n.adopt.sessions.Add(uint64(adopted))
 		if adopted > 0 {
 			// Told again now that it is done: a run that heard the

@@ -33,14 +33,7 @@ func BenchmarkAdoptNode(b *testing.B) {
 	for b.Loop() {
 		b.StopTimer()
 		round++
-		for i := range count {
-			id := fmt.Sprintf("ab%d-%d", round, i)
-			rec := &sessionRecord{Home: fmt.Sprintf("n3/bench%d", round), Node: "n3", Expiry: -1,
-				Subs: []subRecord{{Filter: "ab/" + id, QoS: 1}}}
-			if _, err := n1.putRecord(ctx, sessSubject(id, "s"), mustRecord(rec), 0); err != nil {
-				b.Fatal(err)
-			}
-		}
+		writeSessions(b, ctx, n1, fmt.Sprintf("ab%d-", round), "n3", count)
 		b.StartTimer()
 		start := time.Now()
 		adopted, _, err := n1.adoptNode(ctx, "n3")
@@ -80,14 +73,7 @@ func BenchmarkImportHome(b *testing.B) {
 	for b.Loop() {
 		b.StopTimer()
 		round++
-		for i := range count {
-			id := fmt.Sprintf("ih%d-%d", round, i)
-			rec := &sessionRecord{Home: fmt.Sprintf("n1/bench%d", round), Node: "n1", Expiry: -1,
-				Subs: []subRecord{{Filter: "ih/" + id, QoS: 1}}}
-			if _, err := n1.putRecord(ctx, sessSubject(id, "s"), mustRecord(rec), 0); err != nil {
-				b.Fatal(err)
-			}
-		}
+		writeSessions(b, ctx, n1, fmt.Sprintf("ih%d-", round), "n1", count)
 		runtime.GC()
 		runtime.ReadMemStats(&before)
 		b.StartTimer()
@@ -118,4 +104,20 @@ func adoptScale(b *testing.B) int {
 		b.Fatalf("MOAT_ADOPT_SCALE=%q: a positive number expected", v)
 	}
 	return c
+}
+
+// writeSessions writes, through n, the records of count persistent
+// sessions homed on a run of the node named node that never existed
+// (its name and the prefix), with client IDs prefix0, prefix1, ..., each
+// subscribed at QoS 1 to a topic named after it.
+func writeSessions(b *testing.B, ctx context.Context, n *Node, prefix, node string, count int) {
+	b.Helper()
+	for i := range count {
+		id := prefix + strconv.Itoa(i)
+		rec := &sessionRecord{Home: node + "/" + prefix, Node: node, Expiry: -1,
+			Subs: []subRecord{{Filter: "bench/" + id, QoS: 1}}}
+		if _, err := n.putRecord(ctx, sessSubject(id, "s"), mustRecord(rec), 0); err != nil {
+			b.Fatal(err)
+		}
+	}
 }

@@ -1832,41 +1832,26 @@ func (n *Node) readEach(ctx context.Context, subjects []string, get func(context
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	work := make(chan string)
 	out := make([]storedRecord, 0, len(subjects))
 	var mu sync.Mutex
 	var firstErr error
-	var wg sync.WaitGroup
-	for range min(listParallel, len(subjects)) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for subj := range work {
-				r, err := get(ctx, subj)
-				mu.Lock()
-				switch {
-				case err != nil:
-					if firstErr == nil {
-						firstErr = err
-						cancel()
-					}
-				case r != nil:
-					out = append(out, *r)
-				}
-				mu.Unlock()
-			}
-		}()
-	}
-feed:
-	for _, subj := range subjects {
-		select {
-		case work <- subj:
-		case <-ctx.Done():
-			break feed
+	inParallel(subjects, listParallel, func(subj string) {
+		if ctx.Err() != nil {
+			return // another failed: the rest is not read
 		}
-	}
-	close(work)
-	wg.Wait()
+		r, err := get(ctx, subj)
+		mu.Lock()
+		defer mu.Unlock()
+		switch {
+		case err != nil:
+			if firstErr == nil {
+				firstErr = err
+				cancel()
+			}
+		case r != nil:
+			out = append(out, *r)
+		}
+	})
 	if firstErr != nil {
 		return nil, firstErr
 	}
@@ -3161,37 +3146,24 @@ func (n *Node) importHomeOnce(ctx context.Context, retry map[string]bool) (map[s
 		// Up to adoptParallel at once, as an adoption: each take waits
 		// mostly for the stream's answer to its record's write.
 		var mu sync.Mutex
-		var wg sync.WaitGroup
-		work := make(chan mine)
-		for range min(adoptParallel, len(chunk)) {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for m := range work {
-					list := func(context.Context) ([]storedRecord, error) { return byID[m.id], nil }
-					err := error(nil)
-					if f := n.sess.homeImportErr.Load(); f != nil {
-						err = (*f)(m.id)
-					}
-					if err == nil {
-						err = n.take(ctx, m.id, m.rec, m.seq, false, true, position{}, list)
-					}
-					mu.Lock()
-					if err != nil {
-						n.log.Warn("cluster: a session of this node not imported; trying again", "client", m.id, "err", err)
-						failed[m.id] = true
-					} else {
-						imported++
-					}
-					mu.Unlock()
-				}
-			}()
-		}
-		for _, m := range chunk {
-			work <- m
-		}
-		close(work)
-		wg.Wait()
+		inParallel(chunk, adoptParallel, func(m mine) {
+			list := func(context.Context) ([]storedRecord, error) { return byID[m.id], nil }
+			err := error(nil)
+			if f := n.sess.homeImportErr.Load(); f != nil {
+				err = (*f)(m.id)
+			}
+			if err == nil {
+				err = n.take(ctx, m.id, m.rec, m.seq, false, true, position{}, list)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				n.log.Warn("cluster: a session of this node not imported; trying again", "client", m.id, "err", err)
+				failed[m.id] = true
+			} else {
+				imported++
+			}
+		})
 	}
 	n.log.Info("cluster: sessions of this node imported", "sessions", imported)
 	return failed, true
