@@ -23,7 +23,6 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/moatmq/moat/client"
@@ -75,7 +74,12 @@ func main() {
 	}
 	fmt.Printf("received before the kill: %d of %d\n", s.count("before"), *n)
 
-	if err := syscall.Kill(*pid3, syscall.SIGKILL); err != nil {
+	// Process.Kill is SIGKILL on Unix.
+	p3, err := os.FindProcess(*pid3)
+	if err == nil {
+		err = p3.Kill()
+	}
+	if err != nil {
 		fail("killing node 3: %v", err)
 	}
 	killed := time.Now()
