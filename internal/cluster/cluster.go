@@ -226,9 +226,10 @@ type Node struct {
 	pubMu sync.Mutex // orders sequence numbers with publication
 	// fwdLog and handLog rate-limit the log lines of messages not
 	// forwarded and of shared subscriptions' messages not handed on,
-	// readLog those of stream reads made again (getNext).
-	fwdLog, handLog, readLog rateLog
-	seq                      uint64
+	// readLog those of stream reads made again (getNext), clientLog the
+	// NATS client's errors (clientErrors).
+	fwdLog, handLog, readLog, clientLog rateLog
+	seq                                 uint64
 
 	b        Broker
 	kv       *kvState
@@ -483,12 +484,12 @@ func (n *Node) startEmbedded() error {
 		return fmt.Errorf("cluster: the embedded NATS server did not start within %v (is %s free?)", timeout, n.cfg.Listen)
 	}
 	nc, err := nats.Connect("", nats.InProcessServer(srv), nats.Token(token), nats.Name("moat "+n.cfg.Node),
-		nats.MaxReconnects(-1), nats.NoCallbacksAfterClientClose(), nats.NoEcho())
+		nats.MaxReconnects(-1), nats.NoCallbacksAfterClientClose(), nats.NoEcho(), n.clientErrors())
 	if err != nil {
 		return fmt.Errorf("cluster: connecting to the embedded server: %v", err)
 	}
 	n.nc = nc
-	if err := n.connectGroups(nats.InProcessServer(srv), nats.Token(token)); err != nil {
+	if err := n.connectGroups(nats.InProcessServer(srv), nats.Token(token), n.clientErrors()); err != nil {
 		return err
 	}
 	n.log.Info("cluster: node started", "cluster", n.cfg.Name, "node", n.cfg.Node, "routes", n.RouteAddr(),
@@ -498,7 +499,8 @@ func (n *Node) startEmbedded() error {
 
 // connectExternal connects to an external NATS cluster.
 func (n *Node) connectExternal() error {
-	opts := []nats.Option{nats.Name("moat " + n.cfg.Node), nats.MaxReconnects(-1), nats.NoCallbacksAfterClientClose(), nats.NoEcho()}
+	opts := []nats.Option{nats.Name("moat " + n.cfg.Node), nats.MaxReconnects(-1), nats.NoCallbacksAfterClientClose(), nats.NoEcho(),
+		n.clientErrors()}
 	if n.cfg.Credentials != "" {
 		opts = append(opts, nats.UserCredentials(n.cfg.Credentials))
 	}
@@ -530,6 +532,21 @@ func (n *Node) connectExternal() error {
 // dropped (the client reports a slow consumer once per subscription).
 func (n *Node) interestOnly(c *nats.Conn, subj string) (*nats.Subscription, error) {
 	return c.ChanSubscribe(subj, n.sink)
+}
+
+// clientErrors sends the NATS client's asynchronous errors (a
+// subscription whose channel was full and dropped messages, a
+// permission refused) to the node's log, at most one line per
+// forwardLogEvery, instead of the client's default, a line on standard
+// error. A full channel is reported once until it drains.
+func (n *Node) clientErrors() nats.Option {
+	return nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+		subject := ""
+		if sub != nil {
+			subject = sub.Subject
+		}
+		n.logRated(&n.clientLog, "cluster: NATS client error", "subject", subject, err)
+	})
 }
 
 // redactURL drops a password from a URL for a log line.

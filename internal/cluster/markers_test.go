@@ -2,9 +2,12 @@ package cluster
 
 import (
 	"fmt"
+	"log/slog"
 	"runtime"
 	"testing"
+	"time"
 
+	"github.com/moatmq/moat/internal/testutil"
 	"github.com/nats-io/nats.go"
 )
 
@@ -57,4 +60,41 @@ func BenchmarkInterestFilters(b *testing.B) {
 	runtime.GC()
 	runtime.ReadMemStats(&after)
 	b.ReportMetric(float64(int64(after.HeapAlloc)-int64(before.HeapAlloc))/float64(i), "heap-B/filter")
+}
+
+// TestClientErrorsLogged: the NATS client's asynchronous errors go to the
+// node's log, not to standard error. Here messages published on the
+// node's presence marker (on which nothing is ever published) fill the
+// shared sink, and the client reports the next as a slow consumer.
+func TestClientErrorsLogged(t *testing.T) {
+	rec := &logRecorder{}
+	nodes := startFresh(t, 3, nil, rec)
+	n := nodes[0].node
+	testutil.WaitFor(t, "the presence marker", 30*time.Second, func() bool {
+		n.subMu.Lock()
+		defer n.subMu.Unlock()
+		return n.dur.presence != nil
+	})
+	subj := markerPrefix + keyOf(n.cfg.Node) + "." + presenceToken
+	for range 3 {
+		if err := n.gc.Publish(subj, []byte("stray")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := n.gc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, "the slow consumer in the node's log", 10*time.Second, func() bool {
+		for _, r := range rec.find(slog.LevelWarn, "cluster: NATS client error") {
+			found := false
+			r.Attrs(func(a slog.Attr) bool {
+				found = found || a.Key == "subject" && a.Value.String() == subj
+				return true
+			})
+			if found {
+				return true
+			}
+		}
+		return false
+	})
 }
