@@ -18,16 +18,7 @@ import (
 // sessions (1,000 by default). ns/op is one whole adoption; the
 // per-session figure is reported as ns/session.
 func BenchmarkAdoptNode(b *testing.B) {
-	count := adoptScale(b)
-	nodes := startBenchCluster(b)
-	n1 := nodes[0].node
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
-	defer cancel()
-	for _, tn := range nodes {
-		if err := tn.node.awaitSessions(ctx); err != nil {
-			b.Fatal(err)
-		}
-	}
+	count, n1, ctx := scaleCluster(b)
 	round := 0
 	var total time.Duration
 	for b.Loop() {
@@ -58,14 +49,7 @@ func BenchmarkAdoptNode(b *testing.B) {
 // added, after a collection: the broker's session, the node's state
 // for it and the three embedded servers' share of its subscription).
 func BenchmarkImportHome(b *testing.B) {
-	count := adoptScale(b)
-	nodes := startBenchCluster(b)
-	n1 := nodes[0].node
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
-	defer cancel()
-	if err := n1.awaitSessions(ctx); err != nil {
-		b.Fatal(err)
-	}
+	count, n1, ctx := scaleCluster(b)
 	round := 0
 	var total time.Duration
 	var before, after runtime.MemStats
@@ -91,6 +75,22 @@ func BenchmarkImportHome(b *testing.B) {
 	}
 	b.ReportMetric(float64(total.Nanoseconds())/float64(round*count), "ns/session")
 	b.ReportMetric(float64(grown)/float64(round*count), "heap-B/session")
+}
+
+// scaleCluster starts the three nodes of a scale benchmark and waits
+// until each has its sessions stream. It returns how many sessions to
+// use (adoptScale), node 1 and a context that ends with the benchmark.
+func scaleCluster(b *testing.B) (int, *Node, context.Context) {
+	count := adoptScale(b)
+	nodes := startBenchCluster(b)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	b.Cleanup(cancel)
+	for _, tn := range nodes {
+		if err := tn.node.awaitSessions(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return count, nodes[0].node, ctx
 }
 
 // adoptScale is MOAT_ADOPT_SCALE, 1,000 when unset.

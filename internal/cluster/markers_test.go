@@ -75,6 +75,12 @@ func TestClientErrorsLogged(t *testing.T) {
 		defer n.subMu.Unlock()
 		return n.dur.presence != nil
 	})
+	// The marker's SUBSCRIBE is on the server before the messages: set
+	// in the node as soon as it is sent, it could otherwise come after
+	// them, and nothing would be delivered.
+	if err := n.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
 	subj := markerPrefix + keyOf(n.cfg.Node) + "." + presenceToken
 	for range 3 {
 		if err := n.gc.Publish(subj, []byte("stray")); err != nil {

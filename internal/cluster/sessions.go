@@ -1771,10 +1771,12 @@ const listParallel = 16
 // (walking the stream's messages that match) took about 1.4 ms a record
 // on a loaded machine: a claim of a session with 635 deliveries kept its
 // client 0.9 s of its CONNACK wait reading them (a move series of
-// 2026-12-06). The stream's leader answers both (direct gets, answered
-// by any replica, could miss what a lagging one has not applied yet),
-// and no consumer is created: that would wait for a JetStream meta
-// leader, elected anew when a node dies. The records are returned in
+// 2026-12-06). For moat_sessions, which does not allow direct gets, the
+// stream's leader answers both (a replica could miss what it has not
+// applied yet); a stream that allows them (the buckets') answers the
+// gets from any replica, as getNext reads it. No consumer is created:
+// that would wait for a JetStream meta leader, elected anew when a node
+// dies. The records are returned in
 // stream order; a subject whose record is gone by the time it is read
 // is left out.
 func (n *Node) listSubjects(ctx context.Context, st jetstream.Stream, filters ...string) ([]storedRecord, error) {
