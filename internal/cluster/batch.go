@@ -105,7 +105,7 @@ func encodeBatch(msgs []*fwdMsg) []byte {
 type batchEntry struct {
 	seq  uint64
 	sent int64
-	from string
+	from []byte // aliases the record's data
 	pkt  []byte // aliases the record's data
 }
 
@@ -114,7 +114,11 @@ var errBatch = errors.New("cluster: malformed batch record")
 // decodeBatch splits the data of a batch record into its entries. It
 // checks the framing only; each entry's PUBLISH is decoded on its own
 // (decodeMessage), so that one bad message does not cost the others.
-func decodeBatch(b []byte) ([]batchEntry, error) {
+func decodeBatch(b []byte) ([]batchEntry, error) { return decodeBatchInto(nil, b) }
+
+// decodeBatchInto is decodeBatch into dst's storage (a reader of many
+// records reuses one slice).
+func decodeBatchInto(dst []batchEntry, b []byte) ([]batchEntry, error) {
 	if len(b) < 1 {
 		return nil, errBatch
 	}
@@ -137,7 +141,10 @@ func decodeBatch(b []byte) ([]batchEntry, error) {
 		b = b[k+int(n):]
 		return f, true
 	}
-	out := make([]batchEntry, 0, count)
+	out := dst[:0]
+	if cap(out) < int(count) {
+		out = make([]batchEntry, 0, count)
+	}
 	for range count {
 		var e batchEntry
 		var k int
@@ -149,14 +156,13 @@ func decodeBatch(b []byte) ([]batchEntry, error) {
 			return nil, errBatch
 		}
 		b = b[k:]
-		from, ok := field()
-		if !ok {
+		var ok bool
+		if e.from, ok = field(); !ok {
 			return nil, errBatch
 		}
 		if e.pkt, ok = field(); !ok {
 			return nil, errBatch
 		}
-		e.from = string(from)
 		out = append(out, e)
 	}
 	if len(b) != 0 {
@@ -167,7 +173,7 @@ func decodeBatch(b []byte) ([]batchEntry, error) {
 
 // message decodes e's message.
 func (e *batchEntry) message() (*broker.Message, error) {
-	return decodeMessage(e.pkt, e.from, time.Unix(0, e.sent))
+	return decodeMessage(e.pkt, string(e.from), time.Unix(0, e.sent))
 }
 
 // msgID is the stream ID of the message origin/seq (the JetStream message

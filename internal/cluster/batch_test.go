@@ -48,7 +48,7 @@ func TestBatchRoundTrip(t *testing.T) {
 		t.Fatalf("%d entries, want %d", len(out), len(in))
 	}
 	for i, e := range out {
-		if e.seq != in[i].seq || e.sent != in[i].sent || e.from != in[i].from || !bytes.Equal(e.pkt, in[i].pkt) {
+		if e.seq != in[i].seq || e.sent != in[i].sent || string(e.from) != in[i].from || !bytes.Equal(e.pkt, in[i].pkt) {
 			t.Fatalf("entry %d: %+v, want %+v", i, e, *in[i])
 		}
 		msg, err := e.message()
@@ -91,7 +91,7 @@ func FuzzDecodeBatch(f *testing.F) {
 		}
 		in := make([]*fwdMsg, len(entries))
 		for i, e := range entries {
-			in[i] = &fwdMsg{seq: e.seq, sent: e.sent, from: e.from, pkt: e.pkt}
+			in[i] = &fwdMsg{seq: e.seq, sent: e.sent, from: string(e.from), pkt: e.pkt}
 			_, _ = e.message() // must not panic
 		}
 		again, err := decodeBatch(encodeBatch(in))
@@ -100,7 +100,7 @@ func FuzzDecodeBatch(f *testing.F) {
 		}
 		for i := range again {
 			a, e := again[i], entries[i]
-			if a.seq != e.seq || a.sent != e.sent || a.from != e.from || !bytes.Equal(a.pkt, e.pkt) {
+			if a.seq != e.seq || a.sent != e.sent || string(a.from) != string(e.from) || !bytes.Equal(a.pkt, e.pkt) {
 				t.Fatalf("entry %d changed: %+v → %+v", i, e, a)
 			}
 		}

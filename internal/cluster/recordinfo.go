@@ -45,7 +45,7 @@ func DescribeRecord(subject string, h nats.Header, data []byte) (RecordInfo, err
 				return ri, fmt.Errorf("message %d: %w", i, err)
 			}
 			ri.Messages = append(ri.Messages, RecordMessage{Ref: msgID(ri.Origin, e.seq), Topic: m.Topic, Payload: m.Payload,
-				From: e.from, Sent: time.Unix(0, e.sent)})
+				From: string(e.from), Sent: time.Unix(0, e.sent)})
 		}
 		return ri, nil
 	}

@@ -2402,6 +2402,44 @@ type replaySet struct {
 	// batches and gets count the requests of the readings: batches of
 	// direct gets, and single gets of the stream's leader.
 	batches, gets int
+	// topics remembers, per topic seen in the records, whether filters
+	// match it (matchTopic).
+	topics map[string]bool
+	// entries is the storage the records' entries are decoded into.
+	entries []batchEntry
+}
+
+// maxReplayTopics bounds replaySet.topics: past it, topics not seen yet
+// are matched each time they come.
+const maxReplayTopics = 4096
+
+// matchTopic tells whether the session's filters match topic (aliasing
+// a record's data). A replay reads every message written since its
+// position and takes a few: deciding on the topic alone, once per
+// distinct topic, spares decoding the others (most of a claim's CPU in
+// a storm of claims after a node died, docs/performance.md).
+func (rs *replaySet) matchTopic(topic []byte) bool {
+	if ok, seen := rs.topics[string(topic)]; seen {
+		return ok
+	}
+	t := string(topic)
+	ok := matchesAny(rs.filters, t)
+	if rs.topics == nil {
+		rs.topics = make(map[string]bool)
+	}
+	if len(rs.topics) < maxReplayTopics {
+		rs.topics[t] = ok
+	}
+	return ok
+}
+
+// entryMatches tells whether the message of e may match the session's
+// filters: false only when its topic, read without decoding the
+// message, matches none (a message whose topic cannot be read is
+// decoded, and refused there).
+func (rs *replaySet) entryMatches(e *batchEntry) bool {
+	topic, ok := publishTopic(e.pkt)
+	return !ok || rs.matchTopic(topic)
 }
 
 // replayMsg is a message a replay found for its session: the stream
@@ -2611,7 +2649,9 @@ func (n *Node) replayOwnLate(ctx context.Context, p *persistence, rs *replaySet,
 				continue
 			}
 			for i := range entries {
-				take(entries[i].seq, msgID(rs.self, entries[i].seq), entries[i].message)
+				if rs.entryMatches(&entries[i]) {
+					take(entries[i].seq, msgID(rs.self, entries[i].seq), entries[i].message)
+				}
 			}
 			continue
 		}
@@ -2779,11 +2819,15 @@ func (rs *replaySet) add(m *jetstream.RawStreamMsg, routed uint64) {
 		}
 	}
 	if m.Subject == batchSubject {
-		entries, err := decodeBatch(m.Data)
+		entries, err := decodeBatchInto(rs.entries, m.Data)
 		if err != nil {
 			return
 		}
+		rs.entries = entries
 		for i := range entries {
+			if !rs.entryMatches(&entries[i]) {
+				continue
+			}
 			ref := msgID(origin, entries[i].seq)
 			if rs.have[ref] {
 				continue

@@ -1,0 +1,96 @@
+package cluster
+
+import (
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/moatmq/moat/internal/broker"
+	"github.com/moatmq/moat/internal/packet"
+)
+
+// TestPublishTopic: the topic read from a forwarded PUBLISH without
+// decoding it is the decoded message's, for messages with and without
+// properties, of any size up to a four-byte remaining length; truncated
+// or foreign packets are refused.
+func TestPublishTopic(t *testing.T) {
+	now := time.Now()
+	props := &packet.Properties{}
+	props.SetResponseTopic("reply/to")
+	cases := []*broker.Message{
+		broker.NewMessage(&packet.Publish{Topic: "a", QoS: 1, PacketID: 1}, "", now),
+		broker.NewMessage(&packet.Publish{Topic: "dev/7/telemetry", Payload: []byte("x"), QoS: 2, PacketID: 1, Retain: true}, "p", now),
+		broker.NewMessage(&packet.Publish{Topic: "$SYS/x", Payload: make([]byte, 200), QoS: 1, PacketID: 1, Properties: *props}, "", now),
+		broker.NewMessage(&packet.Publish{Topic: strings.Repeat("t/", 300) + "end", Payload: make([]byte, 70000), QoS: 1, PacketID: 1}, "", now),
+		broker.NewMessage(&packet.Publish{Topic: "big", Payload: make([]byte, 3<<20), QoS: 1, PacketID: 1}, "", now),
+	}
+	for i, m := range cases {
+		pkt, err := encodeMessage(m, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		topic, ok := publishTopic(pkt)
+		if !ok || string(topic) != m.Topic {
+			t.Fatalf("case %d: %q %v, want %q", i, topic, ok, m.Topic)
+		}
+		for _, cut := range []int{0, 1, 2, 3, 4} {
+			if cut < len(pkt) {
+				if _, ok := publishTopic(pkt[:cut]); ok && cut < 4+len(m.Topic) {
+					t.Fatalf("case %d: a packet cut at %d bytes gave a topic", i, cut)
+				}
+			}
+		}
+	}
+	for _, b := range [][]byte{nil, {0x30}, {0x20, 2, 0, 0}, {0x30, 0x80, 0x80, 0x80, 0x80, 0x01}, {0x30, 3, 0, 0, 0}, {0x30, 3, 0, 5, 'a'}} {
+		if topic, ok := publishTopic(b); ok {
+			t.Fatalf("%x gave topic %q", b, topic)
+		}
+	}
+}
+
+// FuzzPublishTopic: publishTopic never panics, and on any packet the
+// codec decodes as a PUBLISH it returns the decoded topic.
+func FuzzPublishTopic(f *testing.F) {
+	now := time.Now()
+	for _, topic := range []string{"a", "dev/7/telemetry", "$SYS/broker/uptime"} {
+		pkt, err := encodeMessage(broker.NewMessage(&packet.Publish{Topic: topic, Payload: []byte("p"), QoS: 1, PacketID: 1}, "", now), now)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(pkt)
+	}
+	f.Add([]byte{0x30, 0x80, 0x80, 0x80, 0x80, 0x01})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		topic, ok := publishTopic(b)
+		pk, n, err := packet.Decode(b, packet.V5, maxWirePacket)
+		if err != nil || n != len(b) {
+			return
+		}
+		if p, isPub := pk.(*packet.Publish); isPub && p.Topic != "" && (!ok || string(topic) != p.Topic) {
+			t.Fatalf("topic %q %v, decoded %q", topic, ok, p.Topic)
+		}
+	})
+}
+
+// TestReplayTopicMemoBounded: the replay's memo of matched topics stops
+// growing at maxReplayTopics and answers the topics past it all the
+// same.
+func TestReplayTopicMemoBounded(t *testing.T) {
+	rs := &replaySet{}
+	rs.setFilters([]string{"dev/+/alarm", "dev/4999/#"})
+	for round := range 2 {
+		for i := range maxReplayTopics + 1000 {
+			for _, kind := range []string{"alarm", "telemetry"} {
+				topic := "dev/" + strconv.Itoa(i) + "/" + kind
+				want := kind == "alarm" || i == 4999
+				if got := rs.matchTopic([]byte(topic)); got != want {
+					t.Fatalf("round %d: %s matched %v, want %v", round, topic, got, want)
+				}
+			}
+		}
+		if len(rs.topics) != maxReplayTopics {
+			t.Fatalf("the memo holds %d topics, want %d", len(rs.topics), maxReplayTopics)
+		}
+	}
+}
