@@ -484,7 +484,7 @@ func (n *Node) startEmbedded() error {
 		return fmt.Errorf("cluster: the embedded NATS server did not start within %v (is %s free?)", timeout, n.cfg.Listen)
 	}
 	nc, err := nats.Connect("", nats.InProcessServer(srv), nats.Token(token), nats.Name("moat "+n.cfg.Node),
-		nats.MaxReconnects(-1), nats.NoCallbacksAfterClientClose(), nats.NoEcho(), n.clientErrors())
+		nats.MaxReconnects(-1), nats.NoCallbacksAfterClientClose(), nats.NoEcho(), n.clientErrors(), nats.SyncQueueLen(syncQueueLen))
 	if err != nil {
 		return fmt.Errorf("cluster: connecting to the embedded server: %v", err)
 	}
@@ -497,10 +497,19 @@ func (n *Node) startEmbedded() error {
 	return nil
 }
 
+// syncQueueLen is the length of the channel of each synchronous
+// subscription of the node's NATS connection. The only ones left are
+// those of the replays' batch reads (jetstreamext.GetBatch subscribes
+// synchronously for each batch's replies: at most replayBatchMax
+// records and the end marker). The library's default, 65,536 (512 KiB
+// allocated and zeroed per batch), was a tenth of a node's CPU in a
+// storm of claims (docs/performance.md, "Failover storm").
+const syncQueueLen = 2 * replayBatchMax
+
 // connectExternal connects to an external NATS cluster.
 func (n *Node) connectExternal() error {
 	opts := []nats.Option{nats.Name("moat " + n.cfg.Node), nats.MaxReconnects(-1), nats.NoCallbacksAfterClientClose(), nats.NoEcho(),
-		n.clientErrors()}
+		n.clientErrors(), nats.SyncQueueLen(syncQueueLen)}
 	if n.cfg.Credentials != "" {
 		opts = append(opts, nats.UserCredentials(n.cfg.Credentials))
 	}

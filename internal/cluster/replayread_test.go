@@ -144,6 +144,13 @@ func TestReplayReadsInBatches(t *testing.T) {
 			if rs.batches > 16 || rs.gets != 0 {
 				t.Fatalf("%d batches and %d gets for %d records", rs.batches, rs.gets, count)
 			}
+			// Batches of replayBatchMax records came through the
+			// connection's short channels for synchronous
+			// subscriptions without a loss (a loss falls back to the
+			// leader: gets above).
+			if got := tn.node.nc.Opts.SubChanLen; got != syncQueueLen {
+				t.Fatalf("synchronous subscriptions' channels of %d, want %d", got, syncQueueLen)
+			}
 		})
 	}
 	t.Run("chunks", func(t *testing.T) {

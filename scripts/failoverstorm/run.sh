@@ -5,7 +5,8 @@
 # are ready, and runs failoverstorm with N sessions on node 3. With
 # STORM_PROFILE=1 it saves a 5 s CPU profile of node 1 from the kill on
 # and its goroutines 3 s after the kill. STORM_CONC sets how many
-# clients connect at once (64).
+# clients connect at once (64). It prints, for nodes 1 and 2, their RSS
+# and the CPU they used from the kill until every client resumed.
 #
 #   scripts/failoverstorm/run.sh ./moat 2000 /tmp/storm
 set -euo pipefail
@@ -51,8 +52,11 @@ done
 [ $ok = 1 ] || { echo "the cluster did not get ready" >&2; exit 1; }
 "$W/failoverstorm" -n "$N" -conc "${STORM_CONC:-64}" -pid3 "${PIDS[2]}" >"$W/storm.out" 2>&1 &
 SP=$!
+# CPU seconds (user and system) a node has used so far.
+cpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat"; }
+until grep -q "node 3 killed" "$W/storm.out" || ! kill -0 $SP 2>/dev/null; do sleep 0.05; done
+CPU0=("$(cpu "${PIDS[0]}")" "$(cpu "${PIDS[1]}")")
 if [ "${STORM_PROFILE:-}" = 1 ]; then
-	until grep -q "node 3 killed" "$W/storm.out" || ! kill -0 $SP 2>/dev/null; do sleep 0.05; done
 	curl -s -o "$W/cpu1.prof" "http://127.0.0.1:27821/debug/pprof/profile?seconds=5" &
 	CP=$!
 	sleep 3
@@ -63,6 +67,8 @@ rc=0
 wait $SP || rc=$?
 cat "$W/storm.out"
 for i in 1 2; do
-	echo "node$i: RSS $(awk '/VmRSS/{print $2, $3}' /proc/${PIDS[$((i - 1))]}/status), peak $(awk '/VmHWM/{print $2, $3}' /proc/${PIDS[$((i - 1))]}/status)"
+	p=${PIDS[$((i - 1))]}
+	echo "node$i: RSS $(awk '/VmRSS/{print $2, $3}' /proc/$p/status), peak $(awk '/VmHWM/{print $2, $3}' /proc/$p/status)," \
+		"CPU from the kill to the end $(awk -v a="${CPU0[$((i - 1))]}" -v b="$(cpu "$p")" 'BEGIN{printf "%.2f", b - a}') s"
 done
 exit $rc
