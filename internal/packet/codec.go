@@ -49,31 +49,60 @@ func Decode(b []byte, v Version, maxPacketSize uint32) (Packet, int, error) {
 	if err != nil {
 		return nil, 0, err
 	}
-	if len(b) == 0 {
-		return nil, 0, io.EOF
+	t, flags, hlen, total, err := parseHeader(b, v, maxPacketSize)
+	if err != nil {
+		return nil, 0, err
 	}
-	t, flags := Type(b[0]>>4), b[0]&0x0F
+	if len(b) < total {
+		return nil, 0, io.ErrUnexpectedEOF
+	}
+	body := b[hlen:total:total]
+	p, err := decodeBody(t, flags, body, v)
+	return p, total, err
+}
+
+// ParseHeader decodes the fixed header at the start of b as Decode and
+// Reader.ReadPacket do, without reading the body: it returns the packet's
+// type and flags and its size, fixed header included, of which b may
+// hold only a part. It returns io.EOF when b is empty,
+// io.ErrUnexpectedEOF when b ends inside the fixed header, and the *Error
+// Decode returns for a fixed header it refuses: a malformed remaining
+// length, a reserved type, wrong flags [MQTT-2.1.3-1], or a packet larger
+// than maxPacketSize (0 means MaxPacketSizeLimit). v is the session's
+// protocol version; values other than V31 and V5 apply the rules of
+// V311, as for Reader.SetVersion. The header of a packet whose body is
+// malformed passes: only decoding the body finds that.
+func ParseHeader(b []byte, v Version, maxPacketSize uint32) (t Type, flags byte, size int, err error) {
+	if v != V31 && v != V5 {
+		v = V311
+	}
+	t, flags, _, size, err = parseHeader(b, v, maxPacketSize)
+	return t, flags, size, err
+}
+
+// parseHeader is ParseHeader for a checked version; hlen is the length
+// of the fixed header.
+func parseHeader(b []byte, v Version, maxPacketSize uint32) (t Type, flags byte, hlen, size int, err error) {
+	if len(b) == 0 {
+		return 0, 0, 0, 0, io.EOF
+	}
+	t, flags = Type(b[0]>>4), b[0]&0x0F
 	rl, n, st := parseVBI(b[1:])
 	switch st {
 	case vbiShort:
-		return nil, 0, io.ErrUnexpectedEOF
+		return 0, 0, 0, 0, io.ErrUnexpectedEOF
 	case vbiOK:
 	default:
-		return nil, 0, vbiError(t, "remaining length", st)
+		return 0, 0, 0, 0, vbiError(t, "remaining length", st)
 	}
 	if err := checkHeader(t, flags, v); err != nil {
-		return nil, 0, err
+		return 0, 0, 0, 0, err
 	}
 	total := 1 + uint64(n) + uint64(rl)
 	if max := limit(maxPacketSize); total > uint64(max) {
-		return nil, 0, tooLarge(t, total, uint64(max))
+		return 0, 0, 0, 0, tooLarge(t, total, uint64(max))
 	}
-	if uint64(len(b)) < total {
-		return nil, 0, io.ErrUnexpectedEOF
-	}
-	body := b[1+n : total : total]
-	p, err := decodeBody(t, flags, body, v)
-	return p, int(total), err
+	return t, flags, 1 + n, int(total), nil
 }
 
 func limit(max uint32) uint32 {

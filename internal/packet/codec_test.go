@@ -83,6 +83,61 @@ func TestReaderTable(t *testing.T) {
 	}
 }
 
+// TestParseHeader: the fixed header of every valid packet of the table
+// gives its type and whole size; truncated and refused headers give the
+// errors Decode gives.
+func TestParseHeader(t *testing.T) {
+	for _, c := range packettest.Cases {
+		if c.Err != nil {
+			continue // FuzzParseHeader compares the refusals with the Reader's
+		}
+		t.Run(c.Name, func(t *testing.T) {
+			typ, _, size, err := packet.ParseHeader(c.Raw, c.Version, c.MaxSize)
+			if err != nil || typ != c.Packet.Type() || size != len(c.Raw) {
+				t.Fatalf("ParseHeader = %s, %d, %v; want %s, %d", typ, size, err, c.Packet.Type(), len(c.Raw))
+			}
+		})
+	}
+	for _, c := range []struct {
+		name string
+		raw  []byte
+		v    packet.Version
+		max  uint32
+		typ  packet.Type
+		size int
+		err  error
+		code packet.ReasonCode
+	}{
+		{name: "empty", err: io.EOF},
+		{name: "first byte only", raw: []byte{0xC0}, err: io.ErrUnexpectedEOF},
+		{name: "remaining length continues", raw: []byte{0x30, 0x80}, err: io.ErrUnexpectedEOF},
+		{name: "PINGREQ", raw: []byte{0xC0, 0x00}, typ: packet.PINGREQ, size: 2},
+		{name: "PINGREQ with a byte of the next packet", raw: []byte{0xC0, 0x00, 0x30}, typ: packet.PINGREQ, size: 2},
+		{name: "PUBLISH body not here yet", raw: []byte{0x32, 0xFF, 0x01}, typ: packet.PUBLISH, size: 3 + 255},
+		{name: "larger than the maximum", raw: []byte{0x32, 0xFF, 0x01}, max: 100, err: packet.ErrPacketTooLarge, code: packet.PacketTooLarge},
+		{name: "MQTT-1.5.5 five-byte remaining length", raw: []byte{0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01}, err: packet.ErrMalformed, code: packet.MalformedPacket},
+		{name: "MQTT-1.5.5-1 remaining length not minimal", raw: []byte{0x30, 0x80, 0x00}, err: packet.ErrMalformed, code: packet.MalformedPacket},
+		{name: "MQTT-2.1.3-1 PINGREQ flags", raw: []byte{0xC1, 0x00}, err: packet.ErrMalformed, code: packet.MalformedPacket},
+		{name: "reserved type 0", raw: []byte{0x00, 0x00}, err: packet.ErrMalformed, code: packet.MalformedPacket},
+		{name: "AUTH before MQTT 5", raw: []byte{0xF0, 0x00}, v: packet.V311, err: packet.ErrMalformed, code: packet.MalformedPacket},
+		{name: "AUTH in MQTT 5", raw: []byte{0xF0, 0x00}, v: packet.V5, typ: packet.AUTH, size: 2},
+		{name: "unknown version as 3.1.1", raw: []byte{0xF0, 0x00}, v: 9, err: packet.ErrMalformed, code: packet.MalformedPacket},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			typ, _, size, err := packet.ParseHeader(c.raw, c.v, c.max)
+			if !errors.Is(err, c.err) || c.err == nil && err != nil {
+				t.Fatalf("error %v, want %v", err, c.err)
+			}
+			if c.code != 0 && packet.CodeOf(err) != c.code {
+				t.Fatalf("error %v has code %s, want %s", err, packet.CodeOf(err), c.code)
+			}
+			if err == nil && (typ != c.typ || size != c.size) {
+				t.Fatalf("ParseHeader = %s, %d; want %s, %d", typ, size, c.typ, c.size)
+			}
+		})
+	}
+}
+
 // encodeVersion is the version a decoded packet is encoded back with.
 func encodeVersion(p packet.Packet, v packet.Version) packet.Version {
 	if c, ok := p.(*packet.Connect); ok {

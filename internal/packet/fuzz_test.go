@@ -1,6 +1,7 @@
 package packet_test
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
@@ -19,13 +20,13 @@ import (
 
 var update = flag.Bool("update", false, "rewrite the fuzz seed corpus in testdata/fuzz from packettest.Cases")
 
-// TestWriteCorpus writes testdata/fuzz/FuzzDecode and FuzzReader from the
-// shared table when run with -update.
+// TestWriteCorpus writes testdata/fuzz/FuzzDecode, FuzzReader and
+// FuzzParseHeader from the shared table when run with -update.
 func TestWriteCorpus(t *testing.T) {
 	if !*update {
 		t.Skip("run with -update to regenerate the seed corpus")
 	}
-	for _, target := range []string{"FuzzDecode", "FuzzReader"} {
+	for _, target := range []string{"FuzzDecode", "FuzzReader", "FuzzParseHeader"} {
 		dir := filepath.Join("testdata", "fuzz", target)
 		if err := os.RemoveAll(dir); err != nil {
 			t.Fatal(err)
@@ -35,7 +36,7 @@ func TestWriteCorpus(t *testing.T) {
 		}
 		for _, c := range packettest.Cases {
 			second := fmt.Sprintf("byte(%q)", rune(c.Version))
-			if target == "FuzzReader" {
+			if target != "FuzzDecode" {
 				second += fmt.Sprintf("\nuint32(%d)", c.MaxSize)
 			}
 			body := fmt.Sprintf("go test fuzz v1\n[]byte(%q)\n%s\n", c.Raw, second)
@@ -160,6 +161,61 @@ func FuzzReader(f *testing.F) {
 				v = c.Version
 			}
 			rest = rest[n:]
+		}
+	})
+}
+
+// FuzzParseHeader: ParseHeader agrees with Reader.ReadPacket on the same
+// bytes. A fixed header it refuses is refused by ReadPacket with the same
+// code; input that ends inside the fixed header is short for ReadPacket
+// too; otherwise ReadPacket consumes exactly the size it reports (whether
+// or not the body then decodes), or finds the input short when it is, and
+// a packet it returns has the type reported.
+func FuzzParseHeader(f *testing.F) {
+	for _, c := range packettest.Cases {
+		f.Add(c.Raw, byte(c.Version), c.MaxSize)
+	}
+	f.Fuzz(func(t *testing.T, data []byte, ver byte, max uint32) {
+		v := fuzzVersion(ver)
+		max %= 1 << 16
+		typ, flags, size, err := packet.ParseHeader(data, v, max)
+		src := bytes.NewReader(data)
+		br := bufio.NewReader(src)
+		r := packet.NewReader(br, max)
+		r.SetVersion(v)
+		p, rerr := r.ReadPacket()
+		consumed := len(data) - src.Len() - br.Buffered()
+		switch {
+		case err == io.EOF:
+			if len(data) != 0 || rerr != io.EOF {
+				t.Fatalf("ParseHeader: EOF for %d bytes; ReadPacket: %v", len(data), rerr)
+			}
+		case err == io.ErrUnexpectedEOF:
+			if rerr != io.ErrUnexpectedEOF {
+				t.Fatalf("ParseHeader: short fixed header; ReadPacket: %v", rerr)
+			}
+		case err != nil:
+			var pe *packet.Error
+			if !errors.As(err, &pe) {
+				t.Fatalf("ParseHeader: error of type %T: %v", err, err)
+			}
+			if rerr == nil || packet.CodeOf(err) != packet.CodeOf(rerr) ||
+				errors.Is(err, packet.ErrPacketTooLarge) != errors.Is(rerr, packet.ErrPacketTooLarge) {
+				t.Fatalf("ParseHeader: %v; ReadPacket: %v", err, rerr)
+			}
+		default:
+			if size < 2 || size > len(data) && rerr != io.ErrUnexpectedEOF {
+				t.Fatalf("ParseHeader: size %d of %d bytes; ReadPacket: %v", size, len(data), rerr)
+			}
+			if typ != packet.Type(data[0]>>4) || flags != data[0]&0x0F {
+				t.Fatalf("ParseHeader: type %d flags %#x for first byte %#x", typ, flags, data[0])
+			}
+			if size <= len(data) && consumed != size {
+				t.Fatalf("ParseHeader: size %d; ReadPacket consumed %d (%v)", size, consumed, rerr)
+			}
+			if p != nil && p.Type() != typ {
+				t.Fatalf("ParseHeader: type %s; ReadPacket: %s", typ, p.Type())
+			}
 		}
 	})
 }
