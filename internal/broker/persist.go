@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -427,10 +428,23 @@ func (s *Server) storedSessionLocked(sess *session, version packet.Version, offl
 type persistLimiter struct {
 	slots chan struct{}
 	n     atomic.Int64 // commits not yet reported
+	// ahead is set while the reader, waiting for a slot, reads ahead
+	// (readahead.go): a commit's report then wakes it (wakeAhead),
+	// under mu, which the reader takes to clear ahead, so that no wake
+	// comes once the read is over. Either the reader sees n lowered
+	// after it set ahead, or the report sees ahead set after it lowered
+	// n: both are atomics.
+	ahead atomic.Bool
+	// pings counts the PINGREQs at the start of the read buffer that were
+	// answered ahead: the reader answers them no second time.
+	// Reader-owned.
+	pings uint16
+	mu    sync.Mutex
 }
 
 // acquirePersist waits for a commit slot; false when the connection ends
-// first.
+// first. While it waits, the reader reads ahead into its read buffer and
+// answers the PINGREQs it finds there (readahead.go).
 func (c *conn) acquirePersist() bool {
 	if c.plim.slots == nil {
 		c.plim.slots = make(chan struct{}, max(int(c.srv.cfg.ReceiveMaximum), 1))
@@ -442,6 +456,9 @@ func (c *conn) acquirePersist() bool {
 	default:
 	}
 	c.kickWriters() // about to wait for a commit slot
+	if c.readsAhead() {
+		return c.awaitSlotAhead()
+	}
 	select {
 	case c.plim.slots <- struct{}{}:
 		c.plim.n.Add(1)
@@ -474,6 +491,9 @@ func (c *conn) persistPublish(p *packet.Publish, code packet.ReasonCode, b *pbat
 		defer func() {
 			<-c.plim.slots
 			c.plim.n.Add(-1)
+			if c.plim.ahead.Load() {
+				c.wakeAhead()
+			}
 		}()
 		if err != nil {
 			s.stats.persistFailed.Add(1)

@@ -218,7 +218,11 @@ func (c *conn) handle(p packet.Packet) bool {
 	case *packet.Unsubscribe:
 		c.handleUnsubscribe(p)
 	case *packet.Pingreq:
-		c.send(&packet.Pingresp{})
+		if c.plim.pings > 0 {
+			c.plim.pings-- // answered while the reader waited (readahead.go)
+		} else {
+			c.send(&packet.Pingresp{})
+		}
 		return c.ping()
 	case *packet.Disconnect:
 		return c.handleDisconnect(p)
