@@ -164,15 +164,20 @@ func (m *modelPersistence) setHold(h bool) {
 	m.mu.Unlock()
 }
 
-// release runs the held commits in order.
+// release runs the held commits in order, and those submitted meanwhile
+// after them (a done function may let a reader submit the next), as the
+// store applies them: in the order of submission.
 func (m *modelPersistence) release() {
 	m.mu.Lock()
-	held := m.held
+	for len(m.held) > 0 {
+		f := m.held[0]
+		m.held = m.held[1:]
+		m.mu.Unlock()
+		f()
+		m.mu.Lock()
+	}
 	m.held, m.hold = nil, false
 	m.mu.Unlock()
-	for _, f := range held {
-		f()
-	}
 }
 
 func persistentConnect(id string) *packet.Connect {
