@@ -73,17 +73,18 @@ func FuzzPublishTopic(f *testing.F) {
 	})
 }
 
-// TestReplayTopicMemoBounded: the replay's memo of matched topics stops
-// growing at maxReplayTopics and answers the topics past it all the
-// same.
+// TestReplayTopicMemoBounded: the replay's memo of the topics its
+// wildcard filters match stops growing at maxReplayTopics and answers
+// the topics past it all the same; a filter without wildcards matches
+// its topic alone.
 func TestReplayTopicMemoBounded(t *testing.T) {
 	rs := &replaySet{}
-	rs.setFilters([]string{"dev/+/alarm", "dev/4999/#"})
+	rs.setFilters([]string{"dev/+/alarm", "dev/4999/#", "dev/17/telemetry"})
 	for round := range 2 {
 		for i := range maxReplayTopics + 1000 {
 			for _, kind := range []string{"alarm", "telemetry"} {
 				topic := "dev/" + strconv.Itoa(i) + "/" + kind
-				want := kind == "alarm" || i == 4999
+				want := kind == "alarm" || i == 4999 || i == 17
 				if got := rs.matchTopic([]byte(topic)); got != want {
 					t.Fatalf("round %d: %s matched %v, want %v", round, topic, got, want)
 				}

@@ -2402,9 +2402,11 @@ type replaySet struct {
 	// batches and gets count the requests of the readings: batches of
 	// direct gets, and single gets of the stream's leader.
 	batches, gets int
-	// topics remembers, per topic seen in the records, whether filters
+	// exact and wild are the filters without and with wildcards;
+	// topics remembers, per topic seen in the records, whether wild
 	// match it (matchTopic).
-	topics map[string]bool
+	exact, wild []string
+	topics      map[string]bool
 	// entries is the storage the records' entries are decoded into.
 	entries []batchEntry
 }
@@ -2415,15 +2417,24 @@ const maxReplayTopics = 4096
 
 // matchTopic tells whether the session's filters match topic (aliasing
 // a record's data). A replay reads every message written since its
-// position and takes a few: deciding on the topic alone, once per
-// distinct topic, spares decoding the others (most of a claim's CPU in
+// position and takes a few: deciding on the topic alone (a comparison
+// for a filter without wildcards, the others once per distinct topic)
+// spares decoding the others (most of a claim's CPU in
 // a storm of claims after a node died, docs/performance.md).
 func (rs *replaySet) matchTopic(topic []byte) bool {
+	for _, f := range rs.exact {
+		if string(topic) == f {
+			return true
+		}
+	}
+	if len(rs.wild) == 0 {
+		return false
+	}
 	if ok, seen := rs.topics[string(topic)]; seen {
 		return ok
 	}
 	t := string(topic)
-	ok := matchesAny(rs.filters, t)
+	ok := matchesAny(rs.wild, t)
 	if rs.topics == nil {
 		rs.topics = make(map[string]bool)
 	}
@@ -2511,8 +2522,13 @@ func (n *Node) readReplay(ctx context.Context, id string, ss *broker.StoredSessi
 // subjects that hold the messages they match.
 func (rs *replaySet) setFilters(filters []string) {
 	rs.filters = filters
-	rs.subjects = nil
+	rs.subjects, rs.exact, rs.wild, rs.topics = nil, nil, nil, nil
 	for _, f := range filters {
+		if strings.ContainsAny(f, "+#") {
+			rs.wild = append(rs.wild, f)
+		} else {
+			rs.exact = append(rs.exact, f)
+		}
 		for _, s := range filterSubjects(f) {
 			if d := durablePrefix + s[len(msgPrefix):]; len(d) <= maxSubject {
 				rs.subjects = append(rs.subjects, d)
