@@ -481,6 +481,12 @@ func (n *Node) startEmbedded() error {
 		timeout = 10 * time.Second
 	}
 	if !srv.ReadyForConnections(timeout) {
+		if len(n.cfg.Peers) == 0 {
+			// JetStream in cluster mode waits for routes: a node
+			// without peers never gets ready, whatever its port.
+			return fmt.Errorf("cluster: the embedded NATS server did not start within %v: Peers lists no other node "+
+				"(a cluster needs at least two; a single broker needs no cluster)", timeout)
+		}
 		return fmt.Errorf("cluster: the embedded NATS server did not start within %v (is %s free?)", timeout, n.cfg.Listen)
 	}
 	nc, err := nats.Connect("", nats.InProcessServer(srv), nats.Token(token), nats.Name("moat "+n.cfg.Node),

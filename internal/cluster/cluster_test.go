@@ -493,3 +493,19 @@ func TestNATSRouteDialIsAWarning(t *testing.T) {
 		t.Fatalf("levels:\n%s", out)
 	}
 }
+
+// TestStartWithoutPeersSaysSo: a node started through the Go API with no
+// other node among its peers (only its own address) never gets ready,
+// and says why rather than blaming its port.
+func TestStartWithoutPeersSaysSo(t *testing.T) {
+	routes := freePorts(t, 1)
+	n, err := Start(Config{Name: "test", Node: "alone", Listen: routes[0], Peers: routes, StoreDir: t.TempDir(),
+		StartTimeout: 2 * time.Second, Logger: slog.New(slog.DiscardHandler)})
+	if err == nil {
+		n.Close()
+		t.Fatal("a node without peers started")
+	}
+	if !strings.Contains(err.Error(), "Peers lists no other node") {
+		t.Fatalf("error %q does not name the missing peers", err)
+	}
+}
