@@ -149,7 +149,7 @@ func TestBatchedForwardingOrder(t *testing.T) {
 	for got := 0; got < pubs*per; {
 		select {
 		case m := <-sub.Messages():
-			if string(m.Payload) == "probe" {
+			if isProbe(m) {
 				continue
 			}
 			var i int

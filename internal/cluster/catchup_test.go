@@ -74,7 +74,7 @@ func (o *inOrder) left() {
 
 func (o *inOrder) take(t *testing.T, m *client.Message) {
 	t.Helper()
-	if string(m.Payload) == "probe" {
+	if isProbe(m) {
 		return
 	}
 	i, err := strconv.Atoi(string(m.Payload))

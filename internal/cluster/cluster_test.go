@@ -286,6 +286,9 @@ func subscribe(t *testing.T, c *client.Client, qos byte, filters ...string) {
 	}
 }
 
+// isProbe tells whether m is one of awaitRoute's probes.
+func isProbe(m *client.Message) bool { return strings.HasPrefix(string(m.Payload), "probe") }
+
 // awaitRoute publishes probes on topic from pub until sub receives one:
 // the subscription's interest has reached the publishing node. The
 // probes received are drained.
@@ -295,16 +298,27 @@ func awaitRoute(t *testing.T, pub, sub *client.Client, topic string) {
 	defer cancel()
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
+	// Probes are numbered. Once one arrived the route is up, and every
+	// probe sent after it arrives too: wait for the last one sent, so
+	// that none comes after awaitRoute returned (to a test that counts
+	// its messages), then drain for a moment in case one was reordered.
+	sent, routed := 0, false
 	for {
-		if err := pub.Publish(ctx, &client.Message{Topic: topic, Payload: []byte("probe")}); err != nil {
-			t.Fatal(err)
+		if !routed {
+			sent++
+			if err := pub.Publish(ctx, &client.Message{Topic: topic, Payload: []byte("probe " + strconv.Itoa(sent))}); err != nil {
+				t.Fatal(err)
+			}
 		}
 		select {
 		case m := <-sub.Messages():
 			if m.Topic != topic {
 				t.Fatalf("probe: got %q", m.Topic)
 			}
-			// Later probes may follow; drain them for a moment.
+			routed = true
+			if string(m.Payload) != "probe "+strconv.Itoa(sent) {
+				continue
+			}
 			for {
 				select {
 				case <-sub.Messages():
@@ -314,6 +328,9 @@ func awaitRoute(t *testing.T, pub, sub *client.Client, topic string) {
 			}
 		case <-tick.C:
 		case <-ctx.Done():
+			if routed {
+				t.Fatalf("probe %d of %d never arrived", sent, sent)
+			}
 			t.Fatal("no route to the subscribing node within 30 s")
 		}
 	}
@@ -387,7 +404,7 @@ func TestRemoteMessagesNotForwardedAgain(t *testing.T) {
 		for got := false; !got; {
 			select {
 			case m := <-c.Messages():
-				if string(m.Payload) == "probe" {
+				if isProbe(m) {
 					continue // a late probe of awaitRoute
 				}
 				if string(m.Payload) != "x" {

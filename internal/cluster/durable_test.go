@@ -90,7 +90,7 @@ func receiveInOrder(t *testing.T, c *client.Client, from, to int) {
 	for i := from; i < to; {
 		select {
 		case m := <-c.Messages():
-			if string(m.Payload) == "probe" {
+			if isProbe(m) {
 				continue
 			}
 			if string(m.Payload) != strconv.Itoa(i) {

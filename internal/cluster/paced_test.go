@@ -254,7 +254,7 @@ func TestPacedCatchUpGivesUp(t *testing.T) {
 	for !got1 {
 		select {
 		case m := <-sub.Messages():
-			if string(m.Payload) == "probe" {
+			if isProbe(m) {
 				continue
 			}
 			i, err := strconv.Atoi(string(m.Payload))

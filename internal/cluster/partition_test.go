@@ -573,7 +573,7 @@ func TestPartitionLongerThanAdoptAfter(t *testing.T) {
 	for quiet := time.After(3 * time.Second); quiet != nil; {
 		select {
 		case m := <-watch3.Messages():
-			if string(m.Payload) == "probe" {
+			if isProbe(m) {
 				continue
 			}
 			if seen[m.Topic]++; seen[m.Topic] > 1 || !slices.Contains([]string{"plw/open", "plw/early", "plw/stay"}, m.Topic) {
@@ -627,7 +627,7 @@ func expectNoWill(t *testing.T, c *client.Client, d time.Duration) {
 	for {
 		select {
 		case m := <-c.Messages():
-			if string(m.Payload) != "probe" {
+			if !isProbe(m) {
 				t.Fatalf("unexpected message %q on %s (a second will?)", m.Payload, m.Topic)
 			}
 		case <-deadline:

@@ -60,7 +60,7 @@ func receiveWills(t *testing.T, c *client.Client, n int, d time.Duration) []stri
 	for len(got) < n {
 		select {
 		case m := <-c.Messages():
-			if string(m.Payload) == "probe" {
+			if isProbe(m) {
 				continue // a late probe of awaitRoute
 			}
 			if m.Properties.ContentType != "text/plain" || m.Properties.ResponseTopic == "" ||
