@@ -128,14 +128,20 @@ func halfClose(nc net.Conn) bool {
 		}
 		nc = t.NetConn()
 	}
+	cw, ok := belowListener(nc).(interface{ CloseWrite() error })
+	return ok && cw.CloseWrite() == nil
+}
+
+// belowListener returns the connection under nc when nc is the listener
+// package's Conn (a PROXY header's reader), else nc.
+func belowListener(nc net.Conn) net.Conn {
 	if lc, ok := nc.(interface {
 		PeerAddr() net.Addr // listener.Conn
 		NetConn() net.Conn
 	}); ok {
-		nc = lc.NetConn()
+		return lc.NetConn()
 	}
-	cw, ok := nc.(interface{ CloseWrite() error })
-	return ok && cw.CloseWrite() == nil
+	return nc
 }
 
 // finish runs after the reader stops: it waits for the writer, detaches

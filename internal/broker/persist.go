@@ -459,6 +459,12 @@ func (c *conn) acquirePersist() bool {
 	if c.readsAhead() {
 		return c.awaitSlotAhead()
 	}
+	return c.awaitSlot()
+}
+
+// awaitSlot waits for a commit slot; false when the connection ends
+// first.
+func (c *conn) awaitSlot() bool {
 	select {
 	case c.plim.slots <- struct{}{}:
 		c.plim.n.Add(1)

@@ -60,13 +60,7 @@ func resumableReads(nc net.Conn) bool {
 	if t, ok := nc.(*tls.Conn); ok {
 		nc = t.NetConn()
 	}
-	if lc, ok := nc.(interface {
-		PeerAddr() net.Addr // listener.Conn
-		NetConn() net.Conn
-	}); ok {
-		nc = lc.NetConn()
-	}
-	_, ok := nc.(*net.TCPConn)
+	_, ok := belowListener(nc).(*net.TCPConn)
 	return ok
 }
 
@@ -119,13 +113,7 @@ read:
 			return false
 		}
 	}
-	select {
-	case c.plim.slots <- struct{}{}:
-		c.plim.n.Add(1)
-		return true
-	case <-c.killed:
-		return false
-	}
+	return c.awaitSlot()
 }
 
 // armAhead sets the read deadline for a read ahead, or for the reads

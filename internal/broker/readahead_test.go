@@ -190,6 +190,22 @@ func TestReadAheadBufferFull(t *testing.T) {
 	}
 }
 
+// waitingPublisher returns a server whose store holds its commits and a
+// 3.1.1 client of it, ahead-pub with keepAlive, that has sent more QoS 1
+// PUBLISHes than the broker's window: its reader waits for a commit
+// slot.
+func waitingPublisher(t *testing.T, keepAlive uint16) (*Server, *modelPersistence, *rawClient) {
+	t.Helper()
+	srv, model, addr := heldStoreServer(t, false)
+	pub := dialRaw(t, addr, packet.V311)
+	pub.connect(&packet.Connect{ClientID: "ahead-pub", CleanStart: true, KeepAlive: keepAlive})
+	pub.write(encodeAll(t, packet.V311, qos1Burst(1, 4, 10)...))
+	testutil.WaitFor(t, "the reader to wait for a commit slot", 5*time.Second, func() bool {
+		return heldCommits(model) == aheadWindow
+	})
+	return srv, model, pub
+}
+
 // TestReadAheadEnds: a reader waiting for a commit slot while it reads
 // ahead ends with its connection: kicked by an operator, after its
 // client closed the socket (seen once the reader reaches it), and when
@@ -197,13 +213,7 @@ func TestReadAheadBufferFull(t *testing.T) {
 // [MQTT-3.1.2-24]; a client that keeps sending PINGREQ stays.
 func TestReadAheadEnds(t *testing.T) {
 	t.Run("kicked", func(t *testing.T) {
-		srv, model, addr := heldStoreServer(t, false)
-		pub := dialRaw(t, addr, packet.V311)
-		pub.connect(&packet.Connect{ClientID: "ahead-pub", CleanStart: true, KeepAlive: 30})
-		pub.write(encodeAll(t, packet.V311, qos1Burst(1, 4, 10)...))
-		testutil.WaitFor(t, "the reader to wait for a commit slot", 5*time.Second, func() bool {
-			return heldCommits(model) == aheadWindow
-		})
+		srv, model, pub := waitingPublisher(t, 30)
 		if !srv.Kick("ahead-pub", "test") {
 			t.Fatal("not connected")
 		}
@@ -212,13 +222,7 @@ func TestReadAheadEnds(t *testing.T) {
 		model.release()
 	})
 	t.Run("client gone", func(t *testing.T) {
-		srv, model, addr := heldStoreServer(t, false)
-		pub := dialRaw(t, addr, packet.V311)
-		pub.connect(&packet.Connect{ClientID: "ahead-pub", CleanStart: true, KeepAlive: 30})
-		pub.write(encodeAll(t, packet.V311, qos1Burst(1, 4, 10)...))
-		testutil.WaitFor(t, "the reader to wait for a commit slot", 5*time.Second, func() bool {
-			return heldCommits(model) == aheadWindow
-		})
+		srv, model, pub := waitingPublisher(t, 30)
 		pub.nc.Close()
 		model.release()
 		waitGone(t, srv, "ahead-pub")
@@ -234,13 +238,7 @@ func TestReadAheadEnds(t *testing.T) {
 		if testing.Short() {
 			t.Skip("waits for a keep alive of 1 s")
 		}
-		srv, model, addr := heldStoreServer(t, false)
-		pub := dialRaw(t, addr, packet.V311)
-		pub.connect(&packet.Connect{ClientID: "ahead-pub", CleanStart: true, KeepAlive: 1})
-		pub.write(encodeAll(t, packet.V311, qos1Burst(1, 4, 10)...))
-		testutil.WaitFor(t, "the reader to wait for a commit slot", 5*time.Second, func() bool {
-			return heldCommits(model) == aheadWindow
-		})
+		srv, model, pub := waitingPublisher(t, 1)
 		// Two keep-alive deadlines pass while the client pings.
 		for range 6 {
 			time.Sleep(500 * time.Millisecond) // the client's pace: real time, as the socket's deadline
