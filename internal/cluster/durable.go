@@ -291,13 +291,6 @@ func (n *Node) holdGivenUp(filters []string) {
 		return
 	}
 	now := time.Now()
-	n.subMu.Lock()
-	defer n.subMu.Unlock()
-	d := &n.dur
-	if d.givenUp == nil {
-		d.givenUp = make(map[string]*givenUpMark)
-	}
-	prefix := givenUpPrefix + keyOf(n.cfg.Node) + "."
 	subscribed := false
 	defer func() {
 		if !subscribed {
@@ -308,11 +301,20 @@ func (n *Node) holdGivenUp(filters []string) {
 		// message published right after the session went (givenUpWants
 		// looks at the server's interest) found none and reached
 		// nobody (1 acknowledged message of 9,000 in a move run of
-		// 2026-12-06).
+		// 2026-12-06). The caller's routeMu stays held (the marks
+		// precede the release), subMu does not: interest changes of
+		// other sessions need not wait for the round trip.
 		if err := n.nc.FlushTimeout(5 * time.Second); err != nil {
 			n.log.Warn("cluster: the marks of a session given up not confirmed by this node's server; this node's messages for it published at once may be missing from it", "err", err)
 		}
 	}()
+	n.subMu.Lock()
+	defer n.subMu.Unlock() // before the flush above
+	d := &n.dur
+	if d.givenUp == nil {
+		d.givenUp = make(map[string]*givenUpMark)
+	}
+	prefix := givenUpPrefix + keyOf(n.cfg.Node) + "."
 	for _, filter := range filters {
 		if m, ok := d.givenUp[filter]; ok {
 			m.until = now.Add(n.lingerFor())
