@@ -123,7 +123,7 @@ func (c *conn) handlePublish(p *packet.Publish) bool {
 		// routed what the cluster's stream held (PublishGate).
 		c.caughtUp = true
 		if g, ok := s.cluster.(PublishGate); ok {
-			g.AwaitCaughtUp(c.killed, c.keepAlive)
+			g.AwaitCaughtUp(c.killed, c.keepAlive, p.Topic)
 		}
 	}
 	var msg *Message

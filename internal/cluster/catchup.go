@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/moatmq/moat/internal/broker"
@@ -111,6 +112,13 @@ type catchUp struct {
 	// paced: started by a routing pass for a connected session whose
 	// queue was full (startPaced), not by a claim.
 	paced bool
+	// For a paced catch-up, once started: through is the stream
+	// position up to which its session got the other nodes' messages
+	// (progressed), filters (set under cuMu) its session's filters. A
+	// connection's first message on a topic they match waits until
+	// through passes what the stream held (AwaitCaughtUp).
+	through atomic.Uint64
+	filters []string
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -212,7 +220,62 @@ func (n *Node) dropCatchUpLocked(c *catchUp) {
 	delete(n.sess.catchUps, c.id)
 	if c.paced {
 		n.sess.paced--
+		n.catchUpMovedLocked()
 	}
+}
+
+// catchUpMovedLocked wakes the first messages waiting for the paced
+// catch-ups (catchUpBehind). The caller holds cuMu.
+func (n *Node) catchUpMovedLocked() {
+	if n.sess.cuMoved != nil {
+		close(n.sess.cuMoved)
+		n.sess.cuMoved = nil
+	}
+}
+
+// progressed notes how far the session of a paced catch-up got the
+// other nodes' messages: every message read before the first one not
+// delivered yet (as mark), and wakes the first messages waiting for it.
+// Only the catch-up's goroutine, or the caller that stopped it, calls
+// it.
+func (c *catchUp) progressed() {
+	if !c.paced {
+		return
+	}
+	to := c.rs.to
+	if len(c.rs.msgs) > 0 {
+		to = c.rs.msgs[0].seq - 1
+	}
+	if to <= c.through.Load() {
+		return
+	}
+	c.through.Store(to)
+	c.n.sess.cuMu.Lock()
+	c.n.catchUpMovedLocked()
+	c.n.sess.cuMu.Unlock()
+}
+
+// catchUpBehind returns a channel closed when a paced catch-up moves on
+// or ends, if one of a session whose filters match topic has not got
+// the other nodes' messages up to last yet; nil when none lags so. A
+// publisher that comes to this node from another finds its earlier
+// messages, through the other node, in the stream up to last: a session
+// catching up gets them from its catch-up, behind the messages this
+// node's clients send it live (docs/cluster.md, "A publisher that
+// moves").
+func (n *Node) catchUpBehind(topic string, last uint64) <-chan struct{} {
+	n.sess.cuMu.Lock()
+	defer n.sess.cuMu.Unlock()
+	for _, c := range n.sess.catchUps {
+		if !c.paced || c.filters == nil || c.through.Load() >= last || !matchesAny(c.filters, topic) {
+			continue
+		}
+		if n.sess.cuMoved == nil {
+			n.sess.cuMoved = make(chan struct{})
+		}
+		return n.sess.cuMoved
+	}
+	return nil
 }
 
 // stopCatchUp stops the catch-up of the session of id, if any, and
@@ -327,6 +390,10 @@ func (n *Node) startPaced(seq uint64, msgs []*broker.Message, refs, ids []string
 			reached: make(map[string]bool), paced: true, to: seq - 1}
 		rs.setFilters(ps.Filters)
 		c.rs, c.local, c.marked = rs, ps.Replay, seq-1
+		c.through.Store(seq - 1)
+		n.sess.cuMu.Lock()
+		c.filters = rs.filters
+		n.sess.cuMu.Unlock()
 		c.partSeq, c.partRefs = seq, part0
 		n.markCatchUp(ps.ClientID, seq-1, part())
 		n.dstats.catchUps.Add(1)
@@ -459,6 +526,7 @@ func (c *catchUp) readTo(routed uint64, room int, roomBytes int64) (ok, ended bo
 		c.giveUp("reading the stream failed: " + err.Error())
 		return false, true
 	}
+	c.progressed()
 	return true, false
 }
 
@@ -537,6 +605,7 @@ func (c *catchUp) deliver(k int) (wait func()) {
 	if len(rs.msgs) == 0 {
 		rs.msgs = nil
 	}
+	c.progressed()
 	return wg.Wait
 }
 

@@ -279,3 +279,46 @@ func TestPacedCatchUpGivesUp(t *testing.T) {
 	}
 	t.Logf("pc/0 up to %d of %d; given up %d", last, published-1, nodes[0].node.Status().CatchUpsGaveUp)
 }
+
+// TestPacedCatchUpMovedPublisher: a publisher on n2 sends a connected
+// session on n1 seven times what its queue takes while its client takes
+// nothing, so that the session catches up from the stream; the publisher
+// then moves to n1, the session's own node, and sends more. Its first
+// message there waits until the catch-up delivered what the stream held
+// (the publisher's earlier messages): every message arrives in its
+// publisher's order. Before, the first messages on n1 went to the
+// session at once and came ahead of the earlier ones still in the
+// catch-up's part of the stream.
+func TestPacedCatchUpMovedPublisher(t *testing.T) {
+	const limit, before, after = 20, 140, 20
+	id := "pacedmoved"
+	nodes, sub, pubs := pacedCluster(t, id, limit, nil)
+	n1 := nodes[0].node
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	if err := publishQoS(ctx, pubs[0], "pc/m", 0, before, 1); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, "a paced catch-up on n1", 30*time.Second, func() bool {
+		return n1.Status().CatchUpsPaced > 0
+	})
+	disconnect(t, pubs[0])
+	waited, notCaught := n1.Status().PublishersWaited, n1.Status().PublishersNotCaughtUp
+	moved := dial(t, nodes[0].addr, id+"pub1", client.V5)
+	published := make(chan error, 1)
+	go func() { published <- publishQoS(ctx, moved, "pc/m", before, before+after, 1) }()
+	testutil.WaitFor(t, "the moved publisher's first message to wait", 30*time.Second, func() bool {
+		return n1.Status().PublishersWaited > waited
+	})
+	o := newInOrder(map[string]int{"pc/m": before + after})
+	receiveUntil(t, sub, o, -1, queueBound(t, nodes[0], limit))
+	if err := <-published; err != nil {
+		t.Fatal(err)
+	}
+	if got := n1.Status().PublishersNotCaughtUp; got != notCaught {
+		t.Fatalf("%d first messages went on before n1 caught up, want none", got-notCaught)
+	}
+	if o.dups != 0 {
+		t.Fatalf("%d duplicates", o.dups)
+	}
+}

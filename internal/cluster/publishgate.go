@@ -81,10 +81,11 @@ type endReading struct {
 
 // AwaitCaughtUp implements broker.PublishGate: it returns once this
 // node's routing has passed the stream's end as read after the call
-// began, after caughtUpWait or keepAlive if shorter (0: none), when the
+// began, and the paced catch-ups of the sessions whose filters match
+// topic have too (catchUpBehind), after caughtUpWait or keepAlive if shorter (0: none), when the
 // stream's end cannot be read, when closed is closed, or when the node
 // closes.
-func (n *Node) AwaitCaughtUp(closed <-chan struct{}, keepAlive time.Duration) {
+func (n *Node) AwaitCaughtUp(closed <-chan struct{}, keepAlive time.Duration, topic string) {
 	select {
 	case <-n.ready:
 	default:
@@ -142,10 +143,16 @@ func (n *Node) AwaitCaughtUp(closed <-chan struct{}, keepAlive time.Duration) {
 		if d.moved == nil {
 			d.moved = make(chan struct{})
 		}
-		moved := d.moved
+		var moved <-chan struct{} = d.moved
 		d.movedMu.Unlock()
 		if d.routedNow.Load() >= r.last {
-			return
+			// Routed; and delivered, unless to a session catching up
+			// whose catch-up has not got there yet.
+			behind := n.catchUpBehind(topic, r.last)
+			if behind == nil {
+				return
+			}
+			moved = behind
 		}
 		if !counted {
 			counted = true

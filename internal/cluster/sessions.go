@@ -179,11 +179,15 @@ type sessionsState struct {
 	// lock, so nothing else is done holding it. In tests, noCatchUp
 	// keeps a claim's replay to its bound, and catchUpIdle and
 	// catchUpMax replace the constants of the same names.
-	cuMu                    sync.Mutex
-	catchUps                map[string]*catchUp
-	reserved                map[string]*catchUp // by the routing pass under way, until it starts them
-	paced                   int
-	releasing               map[string]int
+	cuMu      sync.Mutex
+	catchUps  map[string]*catchUp
+	reserved  map[string]*catchUp // by the routing pass under way, until it starts them
+	paced     int
+	releasing map[string]int
+	// cuMoved is closed, and made again when wanted, as a paced
+	// catch-up moves on or ends: the first messages of connections
+	// that wait for one (AwaitCaughtUp) look again.
+	cuMoved                 chan struct{}
 	noCatchUp               bool
 	catchUpIdle, catchUpMax time.Duration
 
