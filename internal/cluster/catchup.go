@@ -126,6 +126,10 @@ type catchUp struct {
 	ended  bool // set before done is closed: run finished it
 }
 
+// gateCatchUpAge is how long a paced catch-up holds new publishers'
+// first messages on its session's topics (catchUpBehind).
+const gateCatchUpAge = 10 * time.Second
+
 // catchUpSpare is the share of a session's queue a catch-up leaves free
 // (1/catchUpSpare of max_queued_messages and of max_queued_bytes): the
 // messages that reach the session live meanwhile and right after it
@@ -263,11 +267,20 @@ func (c *catchUp) progressed() {
 // catching up gets them from its catch-up, behind the messages this
 // node's clients send it live (docs/cluster.md, "A publisher that
 // moves").
+//
+// A catch-up under way for longer than gateCatchUpAge is not waited
+// for: its session's client cannot keep up, and a slow subscriber must
+// not hold publishers up (docs/design/broker.md, "Overload control"):
+// waiting for it would delay every new publisher's first message on its
+// topics to the gate's bound for as long as it lags. A catch-up after a
+// node's death or a move is over within seconds.
 func (n *Node) catchUpBehind(topic string, last uint64) <-chan struct{} {
+	now := n.now()
 	n.sess.cuMu.Lock()
 	defer n.sess.cuMu.Unlock()
 	for _, c := range n.sess.catchUps {
-		if !c.paced || c.filters == nil || c.through.Load() >= last || !matchesAny(c.filters, topic) {
+		if !c.paced || c.filters == nil || c.through.Load() >= last || now.Sub(c.started) > gateCatchUpAge ||
+			!matchesAny(c.filters, topic) {
 			continue
 		}
 		if n.sess.cuMoved == nil {

@@ -322,3 +322,48 @@ func TestPacedCatchUpMovedPublisher(t *testing.T) {
 		t.Fatalf("%d duplicates", o.dups)
 	}
 }
+
+// TestCatchUpBehind: a connection's first message waits for the paced
+// catch-ups of sessions its topic reaches that have not got the stream
+// up to its end, and not for those past it, of other topics, of claims,
+// not started yet, or under way for longer than gateCatchUpAge; a
+// catch-up that moves on wakes it.
+func TestCatchUpBehind(t *testing.T) {
+	now := time.Unix(1_000_000, 0)
+	n := &Node{cfg: Config{Now: func() time.Time { return now }}}
+	add := func(id string, paced bool, filters []string, through uint64, age time.Duration) *catchUp {
+		c := &catchUp{n: n, id: id, paced: paced, filters: filters, started: now.Add(-age)}
+		c.through.Store(through)
+		if n.sess.catchUps == nil {
+			n.sess.catchUps = make(map[string]*catchUp)
+		}
+		n.sess.catchUps[id] = c
+		return c
+	}
+	add("past", true, []string{"a/#"}, 100, time.Second)
+	add("other", true, []string{"b/#"}, 10, time.Second)
+	add("claim", false, []string{"a/#"}, 10, time.Second)
+	add("reserved", true, nil, 0, time.Second)
+	add("slow", true, []string{"a/+"}, 10, gateCatchUpAge+time.Second)
+	if ch := n.catchUpBehind("a/x", 100); ch != nil {
+		t.Fatal("waits though no catch-up it should wait for lags")
+	}
+	lag := add("lag", true, []string{"a/x"}, 50, gateCatchUpAge-time.Second)
+	lag.rs = &replaySet{to: 100}
+	ch := n.catchUpBehind("a/x", 100)
+	if ch == nil {
+		t.Fatal("does not wait for a catch-up of its topic behind the stream's end")
+	}
+	if n.catchUpBehind("a/y", 100) != nil {
+		t.Fatal("waits for a catch-up of another topic")
+	}
+	lag.progressed()
+	select {
+	case <-ch:
+	default:
+		t.Fatal("a catch-up that moved on woke nobody")
+	}
+	if n.catchUpBehind("a/x", 100) != nil {
+		t.Fatal("still waits once the catch-up got to the stream's end")
+	}
+}
