@@ -38,15 +38,16 @@ type ClusterPersistence interface {
 // otherwise have its first messages here delivered ahead of its last
 // ones through the other node, still on their way through the stream to
 // this node's sessions [MQTT-4.6.0-6]. So a connection's first QoS 1/2
-// PUBLISH, on topic, waits in AwaitCaughtUp until this node has routed
-// what the stream held when it asked, and delivered it to the sessions
-// whose subscriptions match topic (docs/cluster.md, "A publisher that
-// moves"); the Cluster bounds the wait, by keepAlive too, the
+// PUBLISH, on topic, from the client of clientID, waits in AwaitCaughtUp
+// until this node has routed what the stream held when it asked, and
+// delivered it to the sessions whose subscriptions match topic, the
+// client's own excepted (docs/cluster.md, "A publisher that moves"); the
+// Cluster bounds the wait, by keepAlive too, the
 // connection's keep alive (0: none): its client, whose PINGREQ is not
 // read meanwhile, waits for the PINGRESP about that long. closed ends it
 // early: the connection is closing. Its reader reads nothing meanwhile.
 type PublishGate interface {
-	AwaitCaughtUp(closed <-chan struct{}, keepAlive time.Duration, topic string)
+	AwaitCaughtUp(closed <-chan struct{}, keepAlive time.Duration, topic, clientID string)
 }
 
 // errShuttingDown is reported to the Cluster for a message of another

@@ -123,7 +123,7 @@ func (c *conn) handlePublish(p *packet.Publish) bool {
 		// routed what the cluster's stream held (PublishGate).
 		c.caughtUp = true
 		if g, ok := s.cluster.(PublishGate); ok {
-			g.AwaitCaughtUp(c.killed, c.keepAlive, p.Topic)
+			g.AwaitCaughtUp(c.killed, c.keepAlive, p.Topic, c.client.ClientID)
 		}
 	}
 	var msg *Message

@@ -274,13 +274,17 @@ func (c *catchUp) progressed() {
 // waiting for it would delay every new publisher's first message on its
 // topics to the gate's bound for as long as it lags. A catch-up after a
 // node's death or a move is over within seconds.
-func (n *Node) catchUpBehind(topic string, last uint64) <-chan struct{} {
+//
+// The publisher's own session (clientID) is not waited for: its
+// catch-up moves on as that client acknowledges what it is sent, which
+// the connection's reader, waiting here, does not read.
+func (n *Node) catchUpBehind(topic, clientID string, last uint64) <-chan struct{} {
 	now := n.now()
 	n.sess.cuMu.Lock()
 	defer n.sess.cuMu.Unlock()
 	for _, c := range n.sess.catchUps {
-		if !c.paced || c.filters == nil || c.through.Load() >= last || now.Sub(c.started) > gateCatchUpAge ||
-			!matchesAny(c.filters, topic) {
+		if !c.paced || c.filters == nil || c.id == clientID || c.through.Load() >= last ||
+			now.Sub(c.started) > gateCatchUpAge || !matchesAny(c.filters, topic) {
 			continue
 		}
 		if n.sess.cuMoved == nil {

@@ -326,7 +326,8 @@ func TestPacedCatchUpMovedPublisher(t *testing.T) {
 // TestCatchUpBehind: a connection's first message waits for the paced
 // catch-ups of sessions its topic reaches that have not got the stream
 // up to its end, and not for those past it, of other topics, of claims,
-// not started yet, or under way for longer than gateCatchUpAge; a
+// not started yet, under way for longer than gateCatchUpAge, or of the
+// publisher's own session; a
 // catch-up that moves on wakes it.
 func TestCatchUpBehind(t *testing.T) {
 	now := time.Unix(1_000_000, 0)
@@ -345,17 +346,20 @@ func TestCatchUpBehind(t *testing.T) {
 	add("claim", false, []string{"a/#"}, 10, time.Second)
 	add("reserved", true, nil, 0, time.Second)
 	add("slow", true, []string{"a/+"}, 10, gateCatchUpAge+time.Second)
-	if ch := n.catchUpBehind("a/x", 100); ch != nil {
+	if ch := n.catchUpBehind("a/x", "pub", 100); ch != nil {
 		t.Fatal("waits though no catch-up it should wait for lags")
 	}
 	lag := add("lag", true, []string{"a/x"}, 50, gateCatchUpAge-time.Second)
 	lag.rs = &replaySet{to: 100}
-	ch := n.catchUpBehind("a/x", 100)
+	ch := n.catchUpBehind("a/x", "pub", 100)
 	if ch == nil {
 		t.Fatal("does not wait for a catch-up of its topic behind the stream's end")
 	}
-	if n.catchUpBehind("a/y", 100) != nil {
+	if n.catchUpBehind("a/y", "pub", 100) != nil {
 		t.Fatal("waits for a catch-up of another topic")
+	}
+	if n.catchUpBehind("a/x", "lag", 100) != nil {
+		t.Fatal("waits for the publisher's own session's catch-up")
 	}
 	lag.progressed()
 	select {
@@ -363,7 +367,7 @@ func TestCatchUpBehind(t *testing.T) {
 	default:
 		t.Fatal("a catch-up that moved on woke nobody")
 	}
-	if n.catchUpBehind("a/x", 100) != nil {
+	if n.catchUpBehind("a/x", "pub", 100) != nil {
 		t.Fatal("still waits once the catch-up got to the stream's end")
 	}
 }

@@ -82,10 +82,10 @@ type endReading struct {
 // AwaitCaughtUp implements broker.PublishGate: it returns once this
 // node's routing has passed the stream's end as read after the call
 // began, and the paced catch-ups of the sessions whose filters match
-// topic have too (catchUpBehind), after caughtUpWait or keepAlive if shorter (0: none), when the
+// topic, but clientID's own, have too (catchUpBehind), after caughtUpWait or keepAlive if shorter (0: none), when the
 // stream's end cannot be read, when closed is closed, or when the node
 // closes.
-func (n *Node) AwaitCaughtUp(closed <-chan struct{}, keepAlive time.Duration, topic string) {
+func (n *Node) AwaitCaughtUp(closed <-chan struct{}, keepAlive time.Duration, topic, clientID string) {
 	select {
 	case <-n.ready:
 	default:
@@ -148,7 +148,7 @@ func (n *Node) AwaitCaughtUp(closed <-chan struct{}, keepAlive time.Duration, to
 		if d.routedNow.Load() >= r.last {
 			// Routed; and delivered, unless to a session catching up
 			// whose catch-up has not got there yet.
-			behind := n.catchUpBehind(topic, r.last)
+			behind := n.catchUpBehind(topic, clientID, r.last)
 			if behind == nil {
 				return
 			}
