@@ -303,12 +303,14 @@ func TestPacedCatchUpMovedPublisher(t *testing.T) {
 		return n1.Status().CatchUpsPaced > 0
 	})
 	disconnect(t, pubs[0])
-	waited, notCaught := n1.Status().PublishersWaited, n1.Status().PublishersNotCaughtUp
+	st := n1.Status()
+	waited, waitedCU, notCaught := st.PublishersWaited, st.PublishersWaitedCatchUp, st.PublishersNotCaughtUp
 	moved := dial(t, nodes[0].addr, id+"pub1", client.V5)
 	published := make(chan error, 1)
 	go func() { published <- publishQoS(ctx, moved, "pc/m", before, before+after, 1) }()
-	testutil.WaitFor(t, "the moved publisher's first message to wait", 30*time.Second, func() bool {
-		return n1.Status().PublishersWaited > waited
+	testutil.WaitFor(t, "the moved publisher's first message to wait for the catch-up", 30*time.Second, func() bool {
+		st := n1.Status()
+		return st.PublishersWaited > waited && st.PublishersWaitedCatchUp > waitedCU
 	})
 	o := newInOrder(map[string]int{"pc/m": before + after})
 	receiveUntil(t, sub, o, -1, queueBound(t, nodes[0], limit))

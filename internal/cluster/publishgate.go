@@ -61,11 +61,12 @@ type publishGate struct {
 	mu      sync.Mutex
 	running bool
 	next    *endReading // the reading after the running one
-	// waited counts the first messages that waited for the routing,
+	// waited counts the first messages that waited for the routing or
+	// a catch-up, waitedCatchUp those that waited for a catch-up,
 	// timedOut those that went on past caughtUpWait, noEnd those whose
 	// reading of the stream's end failed for good; endRetries the
 	// readings of the stream's end made again.
-	waited, timedOut, noEnd, endRetries uint64
+	waited, waitedCatchUp, timedOut, noEnd, endRetries uint64
 	// endFail, when positive, makes that many next readings of the
 	// stream's end fail as without a stream leader (tests).
 	endFail atomic.Int32
@@ -135,7 +136,7 @@ func (n *Node) AwaitCaughtUp(closed <-chan struct{}, keepAlive time.Duration, to
 		return
 	}
 	d := &n.dur
-	counted := false
+	counted, countedCatchUp := false, false
 	for {
 		// The channel first, then the position: a rise between the two
 		// closes the channel taken.
@@ -153,6 +154,12 @@ func (n *Node) AwaitCaughtUp(closed <-chan struct{}, keepAlive time.Duration, to
 				return
 			}
 			moved = behind
+			if !countedCatchUp {
+				countedCatchUp = true
+				g.mu.Lock()
+				g.waitedCatchUp++
+				g.mu.Unlock()
+			}
 		}
 		if !counted {
 			counted = true

@@ -126,11 +126,14 @@ type Status struct {
 	CatchUpMessages    uint64 `json:"catch_up_messages"`
 	CatchUpQoS0Dropped uint64 `json:"catch_up_qos0_dropped"`
 	// The connections whose first QoS 1/2 message waited for this node's
-	// routing of the stream (docs/cluster.md, "A publisher that moves"),
-	// and those whose first message went on before it caught up: past
-	// the wait's bound (5 s), or the stream's end could not be read.
-	PublishersWaited      uint64 `json:"publishers_waited"`
-	PublishersNotCaughtUp uint64 `json:"publishers_not_caught_up"`
+	// routing of the stream or for its sessions' catch-ups (docs/cluster.md,
+	// "A publisher that moves"), those of them that waited for a
+	// catch-up, and those whose first message went on before it caught
+	// up: past the wait's bound (10 s, or the keep alive), or the
+	// stream's end could not be read.
+	PublishersWaited        uint64 `json:"publishers_waited"`
+	PublishersWaitedCatchUp uint64 `json:"publishers_waited_catch_up"`
+	PublishersNotCaughtUp   uint64 `json:"publishers_not_caught_up"`
 	// SessionsAdopted counts the sessions of nodes gone (down for
 	// cluster.adopt_after, or removed) that this node adopted (adopt.go).
 	SessionsAdopted uint64 `json:"sessions_adopted"`
@@ -206,6 +209,7 @@ func (n *Node) Status() Status {
 	g := &n.dur.gate
 	g.mu.Lock()
 	st.PublishersWaited, st.PublishersNotCaughtUp = g.waited, g.timedOut+g.noEnd
+	st.PublishersWaitedCatchUp = g.waitedCatchUp
 	g.mu.Unlock()
 	st.SessionsAdopted = n.adopt.sessions.Load()
 	st.Removed = n.removedNodes()
