@@ -42,10 +42,10 @@ type ClusterPersistence interface {
 // until this node has routed what the stream held when it asked, and
 // delivered it to the sessions whose subscriptions match topic, the
 // client's own excepted (docs/cluster.md, "A publisher that moves"); the
-// Cluster bounds the wait, by keepAlive too, the
-// connection's keep alive (0: none): its client, whose PINGREQ is not
-// read meanwhile, waits for the PINGRESP about that long. closed ends it
-// early: the connection is closing. Its reader reads nothing meanwhile.
+// Cluster bounds the wait, by keepAlive too, the connection's keep alive
+// (0: none): its client, whose PINGREQ is not read meanwhile, waits for
+// the PINGRESP about that long. closed ends it early: the connection is
+// closing. Its reader reads nothing meanwhile.
 type PublishGate interface {
 	AwaitCaughtUp(closed <-chan struct{}, keepAlive time.Duration, topic, clientID string)
 }

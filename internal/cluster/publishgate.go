@@ -83,9 +83,9 @@ type endReading struct {
 // AwaitCaughtUp implements broker.PublishGate: it returns once this
 // node's routing has passed the stream's end as read after the call
 // began, and the paced catch-ups of the sessions whose filters match
-// topic, but clientID's own, have too (catchUpBehind), after caughtUpWait or keepAlive if shorter (0: none), when the
-// stream's end cannot be read, when closed is closed, or when the node
-// closes.
+// topic, but clientID's own, have too (catchUpBehind); after
+// caughtUpWait or keepAlive if shorter (0: none), when the stream's end
+// cannot be read, when closed is closed, or when the node closes.
 func (n *Node) AwaitCaughtUp(closed <-chan struct{}, keepAlive time.Duration, topic, clientID string) {
 	select {
 	case <-n.ready:
@@ -238,7 +238,8 @@ func (n *Node) gateTimedOut(limit time.Duration) {
 	k := g.timedOut
 	g.mu.Unlock()
 	if k == 1 || k%1000 == 0 {
-		n.log.Warn("cluster: a publisher's first message went on before this node routed the stream's earlier records; "+
+		n.log.Warn("cluster: a publisher's first message went on before this node routed the stream's earlier records, "+
+			"or a session's catch-up delivered them; "+
 			"it may reach this node's subscribers ahead of its earlier messages through another node",
 			"wait", limit, "count", k)
 	}

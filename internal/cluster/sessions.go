@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/moatmq/moat/internal/broker"
+	"github.com/moatmq/moat/internal/packet"
 	mqtttopic "github.com/moatmq/moat/internal/topic"
 )
 
@@ -2453,7 +2454,7 @@ func (rs *replaySet) matchTopic(topic []byte) bool {
 // message, matches none (a message whose topic cannot be read is
 // decoded, and refused there).
 func (rs *replaySet) entryMatches(e *batchEntry) bool {
-	topic, ok := publishTopic(e.pkt)
+	topic, ok := packet.PublishTopic(e.pkt)
 	return !ok || rs.matchTopic(topic)
 }
 
@@ -2858,6 +2859,8 @@ func (rs *replaySet) add(m *jetstream.RawStreamMsg, routed uint64) {
 			}
 			take(ref, msg)
 		}
+		// The storage is kept for the next record, not this one's data.
+		clear(entries)
 	} else {
 		// A single record, of an earlier build, read by its subject.
 		ref := m.Header.Get(nats.MsgIdHdr)

@@ -65,38 +65,6 @@ func decodeMessage(b []byte, from string, now time.Time) (*broker.Message, error
 	return broker.NewMessage(p, from, now), nil
 }
 
-// publishTopic returns the topic name of the PUBLISH packet b (a
-// message of a record, encoded by encodeMessage) without decoding the
-// rest: a replay that looks for one session's messages among a
-// record's decides on the topic alone for most of them. It aliases b.
-// false: b does not start like a PUBLISH with its topic (decodeMessage
-// then gives the error). It checks the framing only; a message it
-// passes is decoded in full, and checked, before it is used.
-func publishTopic(b []byte) ([]byte, bool) {
-	if len(b) < 2 || b[0]>>4 != 3 {
-		return nil, false
-	}
-	// The remaining length: one to four bytes, seven bits each.
-	i := 1
-	for ; i < len(b) && i <= 4; i++ {
-		if b[i]&0x80 == 0 {
-			break
-		}
-	}
-	if i >= len(b) || i > 4 {
-		return nil, false
-	}
-	b = b[i+1:]
-	if len(b) < 2 {
-		return nil, false
-	}
-	n := int(binary.BigEndian.Uint16(b))
-	if n == 0 || len(b)-2 < n {
-		return nil, false
-	}
-	return b[2 : 2+n], true
-}
-
 // retainedRecord is the value of a retained message in the KV bucket:
 // version 1, the origin node, the publisher's identity (JSON, may be
 // empty), then the PUBLISH. A cleared topic is purged from the bucket

@@ -61,6 +61,30 @@ func Decode(b []byte, v Version, maxPacketSize uint32) (Packet, int, error) {
 	return p, total, err
 }
 
+// PublishTopic returns the topic name of the PUBLISH packet at the start
+// of b without decoding the rest of it (a reader that picks a few
+// messages among many by topic); the result aliases b. It reports false
+// when b does not start with a PUBLISH fixed header that Decode accepts
+// under MQTT 5's rules, followed, within the packet, by a non-empty topic
+// name (a PUBLISH that names its topic by alias only). It checks the
+// framing only: a packet it passes may still be refused by Decode, which
+// the caller must run before it uses the message.
+func PublishTopic(b []byte) ([]byte, bool) {
+	t, _, hlen, total, err := parseHeader(b, V5, 0)
+	if err != nil || t != PUBLISH {
+		return nil, false
+	}
+	body := b[hlen:min(total, len(b))]
+	if len(body) < 2 {
+		return nil, false
+	}
+	n := int(body[0])<<8 | int(body[1])
+	if n == 0 || len(body)-2 < n {
+		return nil, false
+	}
+	return body[2 : 2+n], true
+}
+
 // ParseHeader decodes the fixed header at the start of b as Decode and
 // Reader.ReadPacket do, without reading the body: it returns the packet's
 // type and flags and its size, fixed header included, of which b may

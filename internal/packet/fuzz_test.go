@@ -235,3 +235,25 @@ func (c *chunkReader) Read(p []byte) (int, error) {
 	c.data = c.data[n:]
 	return n, nil
 }
+
+// FuzzPublishTopic: PublishTopic never panics, and on any input that
+// Decode takes for one MQTT 5 PUBLISH with a topic name it returns that
+// topic; a topic it returns lies within the input.
+func FuzzPublishTopic(f *testing.F) {
+	for _, c := range packettest.Cases {
+		f.Add(c.Raw)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		topic, ok := packet.PublishTopic(b)
+		if ok && (len(topic) == 0 || len(topic) > len(b)) {
+			t.Fatalf("topic of %d bytes from %d", len(topic), len(b))
+		}
+		p, n, err := packet.Decode(b, packet.V5, 0)
+		if err != nil || n != len(b) {
+			return
+		}
+		if pub, isPub := p.(*packet.Publish); isPub && pub.Topic != "" && (!ok || string(topic) != pub.Topic) {
+			t.Fatalf("topic %q %v, decoded %q", topic, ok, pub.Topic)
+		}
+	})
+}
