@@ -153,7 +153,7 @@ func (p *servePlan) planAccess() {
 	switch {
 	case len(open) == 0:
 	case cfg.ACL != nil && cfg.ACL.AllowAll:
-		p.warnings = append(p.warnings, fmt.Sprintf("ACCESS CONTROL IS OFF (acl.allow_all: true): every client listener(s) %s admit may publish and subscribe to every topic, $SYS and every device's command topics included; write acl rules instead (docs/access-control.md)", strings.Join(open, ", ")))
+		p.warnings = append(p.warnings, fmt.Sprintf("ACCESS CONTROL IS OFF (acl.allow_all: true): every client admitted by listener(s) %s may publish and subscribe to every topic, $SYS and every device's command topics included; write acl rules instead (docs/access-control.md)", strings.Join(open, ", ")))
 	default:
 		p.warnings = append(p.warnings, fmt.Sprintf("no access policy (acl_file or acl rules) applies to listener(s) %s: every client they admit may publish and subscribe to every topic, as in Mosquitto without an acl_file; see docs/access-control.md", strings.Join(open, ", ")))
 	}
