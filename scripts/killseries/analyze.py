@@ -107,6 +107,21 @@ def analyze(num):
         row["acked_" + name] = len(acked[name])
         row["nack_" + name] = len(nacked)
 
+    # the survivors' publish gates (recorded since the gate waited for
+    # catch-ups; older runs have none)
+    gate = meta.get("gate") or {}
+    row["gate"] = [0, 0, 0] if gate else None
+    for node, g in sorted(gate.items()):
+        if "error" in g:
+            row["gate"] = None
+            p("node%s publish gate: status not read (%s)" % (node, g["error"]))
+            continue
+        p("node%s publish gate: %d first messages waited, %d of them for a catch-up, %d went on before it caught up" % (
+            node, g["publishers_waited"], g["publishers_waited_catch_up"], g["publishers_not_caught_up"]))
+        if row["gate"] is not None:
+            for k, key in enumerate(("publishers_waited", "publishers_waited_catch_up", "publishers_not_caught_up")):
+                row["gate"][k] += g[key]
+
     # receipts
     seen = collections.Counter()
     first = {}  # (name, n) -> receipt
@@ -276,32 +291,35 @@ def main():
         except Exception as e:
             row = {"run": n, "error": "analysis failed: %r" % (e,)}
         rows.append(row)
-    hdr = "| run | killed | moat_msgs leader (before → 8 s after → end) | acked A/B | PUBACK≥0x80 A/B | missing | out-of-order (same client ID) | dups | sub resumed s | session_present | max delay s | survivors' matching log lines |"
+    hdr = "| run | killed | moat_msgs leader (before → 8 s after → end) | acked A/B | PUBACK≥0x80 A/B | missing | out-of-order (same client ID) | dups | sub resumed s | session_present | max delay s | first msgs waited / for a catch-up / went on | survivors' matching log lines |"
     lines = [hdr, "|" + "---|" * hdr.count("|")[:-1] if False else "|" + "---|" * (hdr.count("|") - 1)]
     for r in rows:
         if r.get("error"):
-            lines.append("| %s | %s | | | | | | | | | | %s |" % (r["run"], r.get("kill", ""), r["error"]))
+            lines.append("| %s | %s | | | | | | | | | | | %s |" % (r["run"], r.get("kill", ""), r["error"]))
             continue
-        lines.append("| %s | node%d | %s → %s → %s | %d/%d | %d/%d | %d | %d (%d) | %d | %s | %s | %.2f | %s |" % (
+        lines.append("| %s | node%d | %s → %s → %s | %d/%d | %d/%d | %d | %d (%d) | %d | %s | %s | %.2f | %s | %s |" % (
             r["run"], r["kill"], r["leader"], r["leader_after"], r["leader_end"], r["acked_A"], r["acked_B"],
             r["nack_A"], r["nack_B"], r["missing"], r["ooo"], r["ooo_same"], r["dups"],
             "%.2f" % r["resume"] if r["resume"] is not None else "-",
-            ",".join(str(x) for x in r["sp"]) or "-", r.get("maxdelay", float("nan")), r["log"] or "-"))
+            ",".join(str(x) for x in r["sp"]) or "-", r.get("maxdelay", float("nan")),
+            "/".join(str(x) for x in r["gate"]) if r["gate"] else "-", r["log"] or "-"))
     ok = [r for r in rows if not r.get("error")]
     lines.append("")
-    lines.append("| killed | runs | runs with missing (msgs) | runs with out-of-order (msgs; same client ID msgs) | runs with dups (msgs) | sub resumed s min/median/max | session_present 0 | max delay s (max) |")
-    lines.append("|---|---|---|---|---|---|---|---|")
+    lines.append("| killed | runs | runs with missing (msgs) | runs with out-of-order (msgs; same client ID msgs) | runs with dups (msgs) | sub resumed s min/median/max | session_present 0 | max delay s (max) | first msgs waited / for a catch-up / went on (sums) |")
+    lines.append("|---|---|---|---|---|---|---|---|---|")
     for k in (1, 2, 3, 0):
         rs = [r for r in ok if r["kill"] == k]
         if not rs:
             continue
         res = sorted(r["resume"] for r in rs if r["resume"] is not None)
-        lines.append("| %s | %d | %d (%d) | %d (%d; %d) | %d (%d) | %s | %d | %.2f |" % (
+        lines.append("| %s | %d | %d (%d) | %d (%d; %d) | %d (%d) | %s | %d | %.2f | %s |" % (
             "node%d" % k if k else "none (move)", len(rs), sum(1 for r in rs if r["missing"]), sum(r["missing"] for r in rs),
             sum(1 for r in rs if r["ooo"]), sum(r["ooo"] for r in rs), sum(r["ooo_same"] for r in rs),
             sum(1 for r in rs if r["dups"]), sum(r["dups"] for r in rs),
             "%.2f/%.2f/%.2f" % (res[0], res[len(res) // 2], res[-1]) if res else "-",
-            sum(1 for r in rs for x in r["sp"] if x != 1), max(r.get("maxdelay", 0) for r in rs)))
+            sum(1 for r in rs for x in r["sp"] if x != 1), max(r.get("maxdelay", 0) for r in rs),
+            "/".join(str(sum(r["gate"][k] for r in rs if r["gate"])) for k in range(3))
+            + ("" if all(r["gate"] for r in rs) else " (%d runs not read)" % sum(1 for r in rs if not r["gate"]))))
     errs = [r for r in rows if r.get("error")]
     if errs:
         lines.append("runs without a result: " + ", ".join("%s (%s)" % (r["run"], r["error"]) for r in errs))

@@ -280,6 +280,19 @@ def run(rundir, kill, meta):
         time.sleep(0.5)
     meta["t_drain_done"] = time.time()
     log(rundir, "acked %d, missing at the end of the wait %d" % (len(acked), missing))
+    # How the survivors' publish gates fared: first messages that waited
+    # for routing or for a session's catch-up, and those that went on
+    # before either was done.
+    meta["gate"] = {}
+    for i in (1, 2, 3):
+        if i == kill:
+            continue
+        try:
+            st = cluster_status(rundir, i)
+            meta["gate"][str(i)] = {k: st.get(k, 0) for k in
+                                    ("publishers_waited", "publishers_waited_catch_up", "publishers_not_caught_up")}
+        except Exception as e:
+            meta["gate"][str(i)] = {"error": repr(e)}
     os.kill(sub.pid, signal.SIGTERM)
     try:
         sub.wait(5)
