@@ -4,8 +4,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"strconv"
+	"strings"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
 	"github.com/moatmq/moat/internal/broker"
@@ -217,13 +219,15 @@ const (
 )
 
 // batchOK tells whether every node of the cluster reads batch records:
-// each node seen present now has the batch marker, and each one away had
-// it when last seen. A node never seen by this run (the cluster is
-// missing one since this node started) or one seen without it (a
-// rolling upgrade from an earlier build) makes messages go as single
-// records, which every build reads. With an external NATS, whose
-// interest a node cannot see, every node is assumed to read batches
-// (docs/cluster.md, "Upgrades").
+// each node seen present now has the batch marker, each one away had it
+// when last seen, and each one never seen by this run (the cluster is
+// missing one since this node started) has a durable consumer that only
+// a build reading batches creates (noteUnseen). A node seen without the
+// marker (a rolling upgrade from an earlier build), or one never seen
+// whose consumer does not tell, makes messages go as single records,
+// which every build reads. With an external NATS, whose interest a node
+// cannot see, every node is assumed to read batches (docs/cluster.md,
+// "Upgrades").
 func (n *Node) batchOK() bool {
 	if n.srv == nil {
 		return true
@@ -233,15 +237,84 @@ func (n *Node) batchOK() bool {
 	d.capMu.Lock()
 	defer d.capMu.Unlock()
 	n.noteCapabilitiesLocked(peers)
-	if len(peers) < int(d.expected.Load()) {
-		return false
-	}
+	unseen := max(int(d.expected.Load())-len(peers), 0)
 	for _, p := range peers {
-		if !d.capable[p] {
+		capable, noted := d.capable[p]
+		if !noted {
+			unseen++
+			continue
+		}
+		if !capable {
 			return false
 		}
 	}
-	return true
+	return unseen == 0 || int64(unseen) <= d.unseen.Load()
+}
+
+// noteUnseen notes in dur.unseen how many of the nodes this run never
+// saw present read batch records, as their durable consumers on
+// moat_msgs tell (0 while every node was seen). A consumer with
+// cumulative acknowledgements (AckAll) is created only by builds that
+// came after batch records, and is replaced when a build starts; an
+// earlier build's consumer (AckExplicit), one missing, or any doubt
+// counts none. After a restart during another node's absence, that
+// node's name may not be known at all (the JetStream meta group lists
+// it under a placeholder), so the consumers are read by what they are
+// not: this node's, or a node's seen present by this run. They are
+// read from this server's copies, which it holds of every consumer
+// while the cluster has at most three nodes (each consumer has
+// min(nodes, 3) replicas); with more nodes, a never-seen node's
+// consumer may have no copy here, and it counts none. Before this, a
+// node restarted while another was away wrote single records until that
+// one came back, one message per record, and after an election of the
+// stream sent each again in its turn, one round trip per message.
+func (n *Node) noteUnseen() {
+	d := &n.dur
+	peers := *d.peers.Load()
+	d.capMu.Lock()
+	unseen := max(int(d.expected.Load())-len(peers), 0)
+	seen := map[string]bool{n.consumerName(): true}
+	for _, p := range peers {
+		if _, noted := d.capable[p]; noted {
+			seen["node"+p[len(markerPrefix):len(p)-1]] = true
+		} else {
+			unseen++
+		}
+	}
+	d.capMu.Unlock()
+	if unseen == 0 {
+		d.unseen.Store(0)
+		return
+	}
+	d.unseen.Store(int64(n.unseenConsumers(seen)))
+}
+
+// unseenConsumers returns the number of durable consumers of moat_msgs
+// on this server that are not named in seen, all with AckAll; 0 if any
+// is not (or they cannot be read).
+func (n *Node) unseenConsumers(seen map[string]bool) int {
+	acc := n.srv.GlobalAccount().Name
+	ad, err := n.srv.JszAccount(&server.JSzOptions{Account: acc, Streams: true, Consumer: true, Config: true})
+	if err != nil {
+		return 0
+	}
+	count := 0
+	for i := range ad.Streams {
+		sd := &ad.Streams[i]
+		if sd.Name != streamMsgs {
+			continue
+		}
+		for _, c := range sd.Consumer {
+			if c == nil || !strings.HasPrefix(c.Name, "node") || seen[c.Name] {
+				continue
+			}
+			if c.Config == nil || c.Config.AckPolicy != server.AckAll {
+				return 0
+			}
+			count++
+		}
+	}
+	return count
 }
 
 // noteCapabilities notes, for every node seen present now, whether it

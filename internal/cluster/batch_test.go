@@ -3,6 +3,7 @@ package cluster
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"sync"
@@ -475,5 +476,94 @@ func TestBatchesWhileANodeIsAway(t *testing.T) {
 	receiveInOrder(t, sub, 0, n)
 	if got := streamState(t, nodes[0].node).LastSeq - before; got >= n {
 		t.Fatalf("with n3 away: %d messages took %d records, want them grouped", n, got)
+	}
+}
+
+// TestBatchesWithANodeNeverSeen: a node started again while another is
+// away never sees that one present; the away node's durable consumer,
+// with cumulative acknowledgements (made only by builds that read
+// batches), tells instead. n1, restarted with n3 stopped, sends its
+// messages grouped; once n3's consumer is replaced by one of an earlier
+// build's kind (AckExplicit), n1 sends one message per record again,
+// which every build reads. Before the consumers were read, n1 sent every
+// message as a record of its own until n3 came back.
+func TestBatchesWithANodeNeverSeen(t *testing.T) {
+	dir, routes := t.TempDir(), freePorts(t, 3)
+	nodes, err := startNodes(t, dir, routes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopNode(t, nodes[2])
+	stopNode(t, nodes[0])
+	n1 := restartWithListener(t, dir, routes, 0, nil)
+	testutil.WaitFor(t, "n1 to reach n2 and import its sessions", 30*time.Second, func() bool {
+		return n1.node.srv.NumRemotes() == 1 && n1.node.sessionsReady() && n1.node.dur.expected.Load() == 2
+	})
+	sub := dial(t, nodes[1].addr, "neversub", client.V5)
+	subscribe(t, sub, 1, "nv/#")
+	pub := dial(t, n1.addr, "neverpub", client.V5)
+	awaitRoute(t, pub, sub, "nv/probe")
+	n3key := markerPrefix + keyOf(nodes[2].node.cfg.Node) + "."
+	n1.node.dur.capMu.Lock()
+	_, noted := n1.node.dur.capable[n3key]
+	n1.node.dur.capMu.Unlock()
+	if noted {
+		t.Fatal("n1 noted n3, which it never saw")
+	}
+
+	const n = 200
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	records := func(from int) uint64 {
+		t.Helper()
+		before := streamState(t, n1.node).LastSeq
+		toks := make([]*client.Token, 0, n)
+		for i := from; i < from+n; i++ {
+			toks = append(toks, pub.PublishAsync(ctx, &client.Message{Topic: "nv/x", QoS: 1, Payload: []byte(strconv.Itoa(i))}))
+		}
+		for _, tk := range toks {
+			if err := tk.Wait(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		receiveInOrder(t, sub, from, from+n)
+		return streamState(t, n1.node).LastSeq - before
+	}
+	testutil.WaitFor(t, "n1 to count n3 by its consumer", 30*time.Second, func() bool { return n1.node.batchOK() })
+	if got := records(0); got >= n {
+		t.Fatalf("with n3 never seen: %d messages took %d records, want them grouped", n, got)
+	}
+
+	// n3's consumer as an earlier build made it. Each request is tried
+	// again until answered: one made as the consumer's group elects a
+	// leader (n3 may have led it) can go unanswered.
+	name := "node" + keyOf(nodes[2].node.cfg.Node)
+	st := nodes[1].node.msgStream()
+	try := func(what string, f func(context.Context) error) {
+		t.Helper()
+		testutil.WaitFor(t, what, 60*time.Second, func() bool {
+			rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
+			defer rcancel()
+			err := f(rctx)
+			if err != nil {
+				t.Logf("%s: %v", what, err)
+			}
+			return err == nil
+		})
+	}
+	try("n3's consumer deleted", func(ctx context.Context) error {
+		if err := st.DeleteConsumer(ctx, name); !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return err
+		}
+		return nil
+	})
+	try("n3's consumer made again", func(ctx context.Context) error {
+		_, err := st.CreateConsumer(ctx, jetstream.ConsumerConfig{Durable: name, AckPolicy: jetstream.AckExplicitPolicy,
+			FilterSubject: durablePrefix + ">"})
+		return err
+	})
+	testutil.WaitFor(t, "n1 to doubt n3", 30*time.Second, func() bool { return !n1.node.batchOK() })
+	if got := records(n); got != n {
+		t.Fatalf("with n3's consumer of an earlier build: %d messages took %d records, want one each", n, got)
 	}
 }

@@ -142,9 +142,12 @@ type durableState struct {
 	stream jetstream.Stream // set before the stream is ready
 
 	// capable tells, per other node (marker prefix), whether it read
-	// batch records when last seen present (batch.go).
+	// batch records when last seen present (batch.go). unseen is how
+	// many of the nodes this run never saw present are shown by their
+	// durable consumers to run a build that reads them (noteUnseen).
 	capMu   sync.Mutex
 	capable map[string]bool
+	unseen  atomic.Int64
 
 	// refs names the messages being routed by their ID in the stream
 	// (*broker.Message → string), for the session records written
@@ -1110,6 +1113,7 @@ func (n *Node) monitorPeers() {
 		if n.srv != nil {
 			n.refreshPeers(true)
 			n.noteCapabilities()
+			n.noteUnseen()
 			if !n.dur.directSeen.Load() && n.sessionsReady() {
 				// Before a reading needs it (replayread.go).
 				n.allowDirect()
