@@ -317,6 +317,11 @@ func Start(cfg Config) (*Node, error) {
 	// never become ready, and keep every start waiting for a route to
 	// itself (awaitRoutes) until routesSettle passed.
 	cfg.Peers = slices.DeleteFunc(slices.Clone(cfg.Peers), func(a string) bool { return a == cfg.Listen })
+	if cfg.NATSURL == "" && len(cfg.Peers) == 0 {
+		// JetStream in cluster mode waits for routes: the embedded
+		// server of a node without peers would never get ready.
+		return nil, errors.New("cluster: Peers lists no other node (a cluster needs at least two; a single broker needs no cluster)")
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.Default()
@@ -481,12 +486,6 @@ func (n *Node) startEmbedded() error {
 		timeout = 10 * time.Second
 	}
 	if !srv.ReadyForConnections(timeout) {
-		if len(n.cfg.Peers) == 0 {
-			// JetStream in cluster mode waits for routes: a node
-			// without peers never gets ready, whatever its port.
-			return fmt.Errorf("cluster: the embedded NATS server did not start within %v: Peers lists no other node "+
-				"(a cluster needs at least two; a single broker needs no cluster)", timeout)
-		}
 		return fmt.Errorf("cluster: the embedded NATS server did not start within %v (is %s free?)", timeout, n.cfg.Listen)
 	}
 	nc, err := nats.Connect("", nats.InProcessServer(srv), nats.Token(token), nats.Name("moat "+n.cfg.Node),
