@@ -66,7 +66,8 @@ def analyze(num):
     out = []
     p = out.append
     row = {"run": num, "kill": meta["kill_node"], "leader": meta.get("leader_before", "?"),
-           "leader_after": meta.get("leader_after", "?"), "leader_end": meta.get("leader_end", "?")}
+           "leader_after": meta.get("leader_after", "?"), "leader_end": meta.get("leader_end", "?"),
+           "sleader": meta.get("sessions_leader_before", "?")}
     if meta.get("error"):
         row["error"] = meta["error"]
         p("run %s: ERROR %s" % (num, meta["error"]))
@@ -74,9 +75,9 @@ def analyze(num):
         return row, "\n".join(out)
     tk = meta["t_kill"]
     rel = lambda t: "%+.3fs" % (t - tk)
-    p("run %s: %s at %s UTC; moat_msgs leader before %s, 8 s after %s" % (
+    p("run %s: %s at %s UTC; moat_msgs leader before %s, 8 s after %s; moat_sessions leader before %s" % (
         num, "killed node%d" % meta["kill_node"] if meta["kill_node"] else "moved the subscriber off node1", __import__("time").strftime("%H:%M:%S", __import__("time").gmtime(tk)),
-        row["leader"], row["leader_after"]))
+        row["leader"], row["leader_after"], row["sleader"]))
     pubs = {}
     for name in "AB":
         try:
@@ -305,18 +306,22 @@ def main():
             "/".join(str(x) for x in r["gate"]) if r["gate"] else "-", r["log"] or "-"))
     ok = [r for r in rows if not r.get("error")]
     lines.append("")
-    lines.append("| killed | runs | runs with missing (msgs) | runs with out-of-order (msgs; same client ID msgs) | runs with dups (msgs) | sub resumed s min/median/max | session_present 0 | max delay s (max) | first msgs waited / for a catch-up / went on (sums) |")
-    lines.append("|---|---|---|---|---|---|---|---|---|")
+    lines.append("| killed | runs | runs with missing (msgs) | runs with out-of-order (msgs; same client ID msgs) | runs with dups (msgs) | sub resumed s min/median/max | median when the killed node led moat_sessions / did not | session_present 0 | max delay s (max) | first msgs waited / for a catch-up / went on (sums) |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|")
     for k in (1, 2, 3, 0):
         rs = [r for r in ok if r["kill"] == k]
         if not rs:
             continue
         res = sorted(r["resume"] for r in rs if r["resume"] is not None)
-        lines.append("| %s | %d | %d (%d) | %d (%d; %d) | %d (%d) | %s | %d | %.2f | %s |" % (
+        led = lambda want: sorted(r["resume"] for r in rs if r["resume"] is not None and r["sleader"] != "?"
+                                  and (r["sleader"] == "node%d" % k) == want)
+        med = lambda xs: "%.2f (%d)" % (xs[len(xs) // 2], len(xs)) if xs else "-"
+        lines.append("| %s | %d | %d (%d) | %d (%d; %d) | %d (%d) | %s | %s | %d | %.2f | %s |" % (
             "node%d" % k if k else "none (move)", len(rs), sum(1 for r in rs if r["missing"]), sum(r["missing"] for r in rs),
             sum(1 for r in rs if r["ooo"]), sum(r["ooo"] for r in rs), sum(r["ooo_same"] for r in rs),
             sum(1 for r in rs if r["dups"]), sum(r["dups"] for r in rs),
             "%.2f/%.2f/%.2f" % (res[0], res[len(res) // 2], res[-1]) if res else "-",
+            "%s / %s" % (med(led(True)), med(led(False))),
             sum(1 for r in rs for x in r["sp"] if x != 1), max(r.get("maxdelay", 0) for r in rs),
             "/".join(str(sum(r["gate"][k] for r in rs if r["gate"])) for k in range(3))
             + ("" if all(r["gate"] for r in rs) else " (%d runs not read)" % sum(1 for r in rs if not r["gate"]))))

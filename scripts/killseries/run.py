@@ -224,6 +224,7 @@ def run(rundir, kill, meta):
     while time.time() < t0 + KILL_AFTER - 1.5:
         time.sleep(0.05)
     meta["leader_before"] = leader(rundir, kill or 1)
+    meta["sessions_leader_before"] = leader(rundir, kill or 1, "moat_sessions")
     meta["status_before"] = None
     try:
         meta["status_before"] = cluster_status(rundir, survivor)
@@ -238,7 +239,8 @@ def run(rundir, kill, meta):
     else:
         os.kill(nodes[kill].pid, signal.SIGKILL)
         meta["t_kill"] = time.time()
-        log(rundir, "killed node%d (moat_msgs leader before: %s)" % (kill, meta["leader_before"]))
+        log(rundir, "killed node%d (moat_msgs leader before: %s, moat_sessions: %s)" % (
+            kill, meta["leader_before"], meta["sessions_leader_before"]))
     time.sleep(8)
     meta["leader_after"] = leader(rundir, survivor)
     log(rundir, "moat_msgs leader 8s after the kill: %s" % meta["leader_after"])
