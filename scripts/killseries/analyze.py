@@ -321,7 +321,7 @@ def main():
             sum(1 for r in rs if r["ooo"]), sum(r["ooo"] for r in rs), sum(r["ooo_same"] for r in rs),
             sum(1 for r in rs if r["dups"]), sum(r["dups"] for r in rs),
             "%.2f/%.2f/%.2f" % (res[0], res[len(res) // 2], res[-1]) if res else "-",
-            "%s / %s" % (med(led(True)), med(led(False))),
+            "%s / %s" % (med(led(True)), med(led(False))) if k else "-",
             sum(1 for r in rs for x in r["sp"] if x != 1), max(r.get("maxdelay", 0) for r in rs),
             "/".join(str(sum(r["gate"][k] for r in rs if r["gate"])) for k in range(3))
             + ("" if all(r["gate"] for r in rs) else " (%d runs not read)" % sum(1 for r in rs if not r["gate"]))))
