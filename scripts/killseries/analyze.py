@@ -15,7 +15,7 @@ import sys
 
 WORK = os.environ.get("KS_DIR", "/tmp/moat-killseries")
 RUNS = os.path.join(WORK, "runs")
-PATTERNS = ["queue full", "dropped", "could not", "slow"]
+PATTERNS = ["queue full", "dropped", "could not", "slow", "not stored"]
 # Info lines counted per run (analysis.txt, "survivors' notes").
 INFO_NOTES = [
     ("claims that took the old home for dead", "a claim stopped waiting for the session's former node"),
