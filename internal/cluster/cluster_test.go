@@ -12,8 +12,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/moatmq/moat/client"
 	"github.com/moatmq/moat/internal/broker"
@@ -526,4 +529,110 @@ func TestStartWithoutPeersSaysSo(t *testing.T) {
 	if !strings.Contains(err.Error(), "Peers lists no other node") {
 		t.Fatalf("error %q does not name the missing peers", err)
 	}
+}
+
+// lateClaims makes the claims of clientID on tn fail as if the claims
+// bucket had no leader while fail returns true.
+func lateClaims(t *testing.T, tn *testNode, clientID string, fail func() bool) {
+	t.Helper()
+	kv := tn.node.kvs()
+	f := func(id string) error {
+		if id == clientID && fail() {
+			return jetstream.ErrNoStreamResponse
+		}
+		return nil
+	}
+	kv.failClaim.Store(&f)
+	t.Cleanup(func() { kv.failClaim.Store(nil) })
+}
+
+// claimState returns whether tn holds a stored claim of clientID and
+// whether one waits to be written late.
+func claimState(tn *testNode, clientID string) (stored, late bool) {
+	kv := tn.node.kvs()
+	kv.mu.Lock()
+	defer kv.mu.Unlock()
+	_, stored = kv.claims[clientID]
+	_, late = kv.late[clientID]
+	return stored, late
+}
+
+// expectTakenOver waits for c to end with DISCONNECT 0x8E.
+func expectTakenOver(t *testing.T, c *client.Client, what string) {
+	t.Helper()
+	select {
+	case <-c.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%s was not taken over", what)
+	}
+	var re *client.ReasonError
+	if err := c.Err(); !errors.As(err, &re) || re.Code != packet.SessionTakenOver {
+		t.Fatalf("%s ended with %v, want DISCONNECT 0x8E", what, err)
+	}
+}
+
+// TestLateClaim: a client-ID claim that could not be written (the claims
+// bucket electing a leader) waits to be written again. Written late, it
+// takes over the connection the client had on another node before; and
+// while it waits, a later connection on another node takes its
+// connection over, and it is then not written. Before, such a claim was
+// dropped at once: neither connection took the other over, and the same
+// client ID stayed connected on two nodes.
+func TestLateClaim(t *testing.T) {
+	nodes := commonCluster(t)
+	n1, n2 := nodes[0], nodes[1]
+	t.Run("written late", func(t *testing.T) {
+		earlier := dial(t, n2.addr, "late-a", client.V5)
+		testutil.WaitFor(t, "n2's claim, heard by n1", 30*time.Second, func() bool {
+			stored, _ := claimState(n2, "late-a")
+			if !stored {
+				return false
+			}
+			kv2 := n2.node.kvs()
+			kv2.mu.Lock()
+			rev := kv2.claims["late-a"]
+			kv2.mu.Unlock()
+			return n1.node.kvs().seen.Load() >= rev
+		})
+		var unreachable atomic.Bool
+		unreachable.Store(true)
+		lateClaims(t, n1, "late-a", unreachable.Load)
+		later := dial(t, n1.addr, "late-a", client.V5)
+		testutil.WaitFor(t, "n1's claim to wait", 30*time.Second, func() bool {
+			_, late := claimState(n1, "late-a")
+			return late
+		})
+		if !earlier.IsConnected() {
+			t.Fatal("the connection on n2 ended before n1's claim was written")
+		}
+		unreachable.Store(false)
+		expectTakenOver(t, earlier, "the connection on n2")
+		testutil.WaitFor(t, "n1's claim stored", 30*time.Second, func() bool {
+			stored, late := claimState(n1, "late-a")
+			return stored && !late
+		})
+		if !later.IsConnected() {
+			t.Fatal("the connection on n1 ended too")
+		}
+	})
+	t.Run("a later claim ends it", func(t *testing.T) {
+		var unreachable atomic.Bool
+		unreachable.Store(true)
+		lateClaims(t, n1, "late-b", unreachable.Load)
+		waiting := dial(t, n1.addr, "late-b", client.V5)
+		testutil.WaitFor(t, "n1's claim to wait", 30*time.Second, func() bool {
+			_, late := claimState(n1, "late-b")
+			return late
+		})
+		later := dial(t, n2.addr, "late-b", client.V5)
+		expectTakenOver(t, waiting, "the connection on n1")
+		unreachable.Store(false)
+		testutil.WaitFor(t, "n1's claim given up", 30*time.Second, func() bool {
+			stored, late := claimState(n1, "late-b")
+			return !stored && !late
+		})
+		if !later.IsConnected() {
+			t.Fatal("the later connection on n2 was taken over by the claim written late")
+		}
+	})
 }

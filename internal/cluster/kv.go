@@ -6,6 +6,7 @@ import (
 	"errors"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -40,6 +41,22 @@ type kvState struct {
 	// last claim: a claim of another node with a higher revision takes
 	// its connection over.
 	claims map[string]uint64
+	// seen is the revision of the last claim the watch delivered; late
+	// holds, per client ID whose claim failed and waits to be written
+	// again, the seen of its connection (writeLateClaim): a claim of
+	// another node past it takes the connection over as well.
+	seen atomic.Uint64
+	late map[string]lateClaim
+	// failClaim, in tests, fails a claim's write with the error it
+	// returns (nil: written).
+	failClaim atomic.Pointer[func(clientID string) error]
+}
+
+// lateClaim is a claim waiting to be written again: the kvWrite's seen
+// and at.
+type lateClaim struct {
+	seen uint64
+	at   time.Time
 }
 
 type kvWrite struct {
@@ -48,6 +65,10 @@ type kvWrite struct {
 	clientID string // a claim
 	owner    string
 	prune    bool // forget clientID's claim (housekeeping.go)
+	// seen and at are a claim's kvState.seen and time as its client
+	// connected.
+	seen uint64
+	at   time.Time
 }
 
 // kvKey is the queue key of a write: its topic or its client ID. A
@@ -80,7 +101,7 @@ func (n *Node) kvs() *kvState {
 	n.subMu.Lock()
 	defer n.subMu.Unlock()
 	if n.kv == nil {
-		n.kv = &kvState{wake: make(chan struct{}, 1), claims: make(map[string]uint64),
+		n.kv = &kvState{wake: make(chan struct{}, 1), claims: make(map[string]uint64), late: make(map[string]lateClaim),
 			writes: newPendingQueue[string, kvWrite](maxPendingWrites, true)}
 	}
 	return n.kv
@@ -95,7 +116,7 @@ func (n *Node) Retained(msg *broker.Message) {
 // Connected implements broker.Cluster: the claim is written to the client
 // bucket in the background.
 func (n *Node) Connected(clientID, owner string) {
-	n.queueWrite(kvWrite{clientID: clientID, owner: owner})
+	n.queueWrite(kvWrite{clientID: clientID, owner: owner, seen: n.kvs().seen.Load(), at: time.Now()})
 }
 
 func (n *Node) queueWrite(w kvWrite) {
@@ -179,6 +200,7 @@ func (n *Node) kvLoop() {
 				continue
 			}
 			if e != nil {
+				kv.seen.Store(e.Revision())
 				n.applyClaim(e)
 			}
 		case <-kv.wake:
@@ -212,9 +234,10 @@ func (n *Node) buckets(js jetstream.JetStream, try int) (ret, cl jetstream.KeyVa
 // whether changes are left. A retained change that fails because the
 // bucket is unreachable (no quorum, no leader) stays queued, with those
 // after it, until the next retry: the cluster's copy of a topic must not
-// stay stale because a quorum was briefly lost. A claim (or its prune)
-// that fails is dropped and counted: written later, it would take over a
-// connection the client made since on another node.
+// stay stale because a quorum was briefly lost. So does a claim, for up
+// to claimLate, and it is then written only if no other claim of its
+// client ID came since its connection (writeLateClaim). A prune that
+// fails is dropped and counted.
 func (n *Node) writeQueued(kv *kvState) (left bool) {
 	for n.ctx.Err() == nil {
 		c, ok := kv.writes.front()
@@ -228,14 +251,19 @@ func (n *Node) writeQueued(kv *kvState) (left bool) {
 		case w.retained != nil:
 			err = n.writeRetained(ctx, kv, w)
 		case w.prune:
+			kv.mu.Lock()
+			delete(kv.late, w.clientID) // its claim, replaced by the prune
+			kv.mu.Unlock()
 			n.pruneClaim(ctx, kv, w.clientID)
 		default:
-			n.writeClaim(ctx, kv, w)
+			err = n.writeClaim(ctx, kv, w)
 		}
 		cancel()
 		if err != nil && unreachable(err) && n.ctx.Err() == nil {
-			n.log.Warn("cluster: retained change not stored in the cluster yet; retrying", "topic", w.retained.Topic,
-				"waiting", kv.writes.len(), "err", err)
+			if w.retained != nil {
+				n.log.Warn("cluster: retained change not stored in the cluster yet; retrying", "topic", w.retained.Topic,
+					"waiting", kv.writes.len(), "err", err)
+			}
 			return true
 		}
 		if err != nil {
@@ -276,19 +304,104 @@ func (n *Node) writeRetained(ctx context.Context, kv *kvState, w kvWrite) error 
 	return nil
 }
 
-func (n *Node) writeClaim(ctx context.Context, kv *kvState, w kvWrite) {
+// claimLate bounds how long a claim that could not be written (the
+// claims bucket without a leader or a quorum) waits to be written
+// again.
+const claimLate = 30 * time.Second
+
+// writeClaim writes the claim w. One that fails because the bucket is
+// unreachable is kept (the unreachable error is returned, and the
+// writer tries again) for claimLate from its connection, and then
+// written only as writeLateClaim allows: dropped at once, a connection
+// made during an election of the bucket neither took over the client
+// ID's connection on another node nor was taken over by a later one
+// (applyClaim ends a connection only on a later revision than its own
+// claim's). Written whenever, a late claim would take over a connection
+// the client made since on another node.
+func (n *Node) writeClaim(ctx context.Context, kv *kvState, w kvWrite) error {
 	val, _ := json.Marshal(claimRecord{Node: n.origin, Owner: w.owner})
-	rev, err := kv.clients.Put(ctx, keyOf(w.clientID), val)
-	if err != nil {
+	kv.mu.Lock()
+	l, late := kv.late[w.clientID]
+	late = late && l.at.Equal(w.at) // not a claim of an earlier connection
+	kv.mu.Unlock()
+	var rev uint64
+	var err error
+	written := true
+	if f := kv.failClaim.Load(); f != nil {
+		err = (*f)(w.clientID)
+	}
+	switch {
+	case err != nil:
+	case late:
+		rev, written, err = n.writeLateClaim(ctx, kv, w, val)
+	default:
+		rev, err = kv.clients.Put(ctx, keyOf(w.clientID), val)
+	}
+	if err != nil && unreachable(err) && n.ctx.Err() == nil && time.Since(w.at) < claimLate {
+		kv.mu.Lock()
+		if !late {
+			kv.late[w.clientID] = lateClaim{seen: w.seen, at: w.at}
+		}
+		kv.mu.Unlock()
+		if !late {
+			n.log.Info("cluster: client claim not stored yet; trying again", "client", w.clientID, "err", err)
+		}
+		return err
+	}
+	kv.mu.Lock()
+	delete(kv.late, w.clientID)
+	if err == nil && written {
+		kv.claims[w.clientID] = rev
+	}
+	kv.mu.Unlock()
+	switch {
+	case err != nil:
 		n.stats.writesDropped.Add(1)
 		n.log.Warn("cluster: client claim not stored; a connection of this client on another node is not taken over",
 			"client", w.clientID, "err", err)
-		return
+	case written:
+		n.stats.claims.Add(1)
+	default:
+		n.stats.writesDropped.Add(1)
+		n.log.Info("cluster: client claim not stored late: the client ID was claimed again since", "client", w.clientID)
 	}
-	n.stats.claims.Add(1)
-	kv.mu.Lock()
-	kv.claims[w.clientID] = rev
-	kv.mu.Unlock()
+	return nil
+}
+
+// writeLateClaim writes the claim w (value val) that failed before,
+// unless another claim of its client ID came after its connection: the
+// key's revision past w.seen (the last claim this node had heard of as
+// the client connected; a claim it had not heard of yet counts as
+// later, which may leave an older connection in place of this one, but
+// never two). The key is written only if unchanged since it was read.
+// It returns the revision and false when the claim was not written
+// (nothing to do); a write that landed before its answer was lost is
+// found as this node's claim.
+func (n *Node) writeLateClaim(ctx context.Context, kv *kvState, w kvWrite, val []byte) (uint64, bool, error) {
+	key := keyOf(w.clientID)
+	e, err := kv.clients.Get(ctx, key)
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		rev, err := kv.clients.Create(ctx, key, val)
+		if errors.Is(err, jetstream.ErrKeyExists) || isWrongLast(err) {
+			return 0, false, nil
+		}
+		return rev, err == nil, err
+	case err != nil:
+		return 0, false, err
+	}
+	var c claimRecord
+	if json.Unmarshal(e.Value(), &c) == nil && c.Node == n.origin {
+		return e.Revision(), true, nil
+	}
+	if e.Revision() > w.seen {
+		return 0, false, nil
+	}
+	rev, err := kv.clients.Update(ctx, key, val, e.Revision())
+	if isWrongLast(err) {
+		return 0, false, nil
+	}
+	return rev, err == nil, err
 }
 
 // applyRetained applies another node's retained change to the local
@@ -336,6 +449,14 @@ func (n *Node) applyClaim(e jetstream.KeyValueEntry) {
 	rev, ok := kv.claims[id]
 	if ok && rev < e.Revision() {
 		delete(kv.claims, id)
+	}
+	if !ok {
+		// A claim waiting to be written late: a later claim of
+		// another node ends its connection (and the claim is not
+		// written: writeLateClaim finds that later one).
+		var l lateClaim
+		l, ok = kv.late[id]
+		rev = l.seen
 	}
 	kv.mu.Unlock()
 	if !ok || rev >= e.Revision() {
