@@ -531,19 +531,28 @@ func TestStartWithoutPeersSaysSo(t *testing.T) {
 	}
 }
 
-// lateClaims makes the claims of clientID on tn fail as if the claims
-// bucket had no leader while fail returns true.
-func lateClaims(t *testing.T, tn *testNode, clientID string, fail func() bool) {
+// waitingClaim connects clientID on tn while its claims fail as if the
+// claims bucket had no leader, until the test clears the flag returned,
+// and waits until the claim waits to be written again.
+func waitingClaim(t *testing.T, tn *testNode, clientID string) (*client.Client, *atomic.Bool) {
 	t.Helper()
+	unreachable := new(atomic.Bool)
+	unreachable.Store(true)
 	kv := tn.node.kvs()
 	f := func(id string) error {
-		if id == clientID && fail() {
+		if id == clientID && unreachable.Load() {
 			return jetstream.ErrNoStreamResponse
 		}
 		return nil
 	}
 	kv.failClaim.Store(&f)
 	t.Cleanup(func() { kv.failClaim.Store(nil) })
+	c := dial(t, tn.addr, clientID, client.V5)
+	testutil.WaitFor(t, tn.node.cfg.Node+"'s claim to wait", 30*time.Second, func() bool {
+		_, late := claimState(tn, clientID)
+		return late
+	})
+	return c, unreachable
 }
 
 // claimState returns whether tn holds a stored claim of clientID and
@@ -594,14 +603,7 @@ func TestLateClaim(t *testing.T) {
 			kv2.mu.Unlock()
 			return n1.node.kvs().seen.Load() >= rev
 		})
-		var unreachable atomic.Bool
-		unreachable.Store(true)
-		lateClaims(t, n1, "late-a", unreachable.Load)
-		later := dial(t, n1.addr, "late-a", client.V5)
-		testutil.WaitFor(t, "n1's claim to wait", 30*time.Second, func() bool {
-			_, late := claimState(n1, "late-a")
-			return late
-		})
+		later, unreachable := waitingClaim(t, n1, "late-a")
 		if !earlier.IsConnected() {
 			t.Fatal("the connection on n2 ended before n1's claim was written")
 		}
@@ -616,14 +618,7 @@ func TestLateClaim(t *testing.T) {
 		}
 	})
 	t.Run("a later claim ends it", func(t *testing.T) {
-		var unreachable atomic.Bool
-		unreachable.Store(true)
-		lateClaims(t, n1, "late-b", unreachable.Load)
-		waiting := dial(t, n1.addr, "late-b", client.V5)
-		testutil.WaitFor(t, "n1's claim to wait", 30*time.Second, func() bool {
-			_, late := claimState(n1, "late-b")
-			return late
-		})
+		waiting, unreachable := waitingClaim(t, n1, "late-b")
 		later := dial(t, n2.addr, "late-b", client.V5)
 		expectTakenOver(t, waiting, "the connection on n1")
 		unreachable.Store(false)
