@@ -586,10 +586,32 @@ func expectTakenOver(t *testing.T, c *client.Client, what string) {
 // while it waits, a later connection on another node takes its
 // connection over, and it is then not written. Before, such a claim was
 // dropped at once: neither connection took the other over, and the same
-// client ID stayed connected on two nodes.
+// client ID stayed connected on two nodes. A waiting claim does not hold
+// up the node's retained changes, which go to another bucket.
 func TestLateClaim(t *testing.T) {
 	nodes := commonCluster(t)
 	n1, n2 := nodes[0], nodes[1]
+	t.Run("retained changes go on", func(t *testing.T) {
+		_, unreachable := waitingClaim(t, n1, "late-r")
+		pub := dial(t, n1.addr, "late-r-pub", client.V5)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := pub.Publish(ctx, &client.Message{Topic: "late-r/state", QoS: 1, Retain: true, Payload: []byte("on")}); err != nil {
+			t.Fatal(err)
+		}
+		testutil.WaitFor(t, "the retained message on n2", 30*time.Second, func() bool {
+			m, _ := n2.srv.RetainedMatch("late-r/#", 10)
+			return len(m) == 1
+		})
+		if _, late := claimState(n1, "late-r"); !late {
+			t.Fatal("the claim stopped waiting before the retained change was written")
+		}
+		unreachable.Store(false)
+		testutil.WaitFor(t, "n1's claim stored", 30*time.Second, func() bool {
+			stored, late := claimState(n1, "late-r")
+			return stored && !late
+		})
+	})
 	t.Run("written late", func(t *testing.T) {
 		earlier := dial(t, n2.addr, "late-a", client.V5)
 		testutil.WaitFor(t, "n2's claim, heard by n1", 30*time.Second, func() bool {

@@ -31,11 +31,12 @@ type kvState struct {
 	// consumer (claimsOf); nil until first needed.
 	clientsStream jetstream.Stream
 
-	// writes are the retained changes and client claims to write, the
-	// latest per topic and per client ID (kvKey); wake signals the
-	// writer.
-	writes *pendingQueue[string, kvWrite]
-	wake   chan struct{}
+	// ret and cl are the writes waiting for each bucket: the retained
+	// changes, the latest per topic, and the client claims and prunes,
+	// the latest per client ID. Each bucket has its own writer, so that
+	// a change one bucket cannot take (no leader yet) does not hold up
+	// the other's.
+	ret, cl kvQueue
 
 	// claims holds, per client ID connected here, the revision of its
 	// last claim: a claim of another node with a higher revision takes
@@ -43,8 +44,8 @@ type kvState struct {
 	claims map[string]uint64
 	// seen is the revision of the last claim the watch delivered; late
 	// holds, per client ID whose claim failed and waits to be written
-	// again, the seen of its connection (writeLateClaim): a claim of
-	// another node past it takes the connection over as well.
+	// again, the seen of its latest connection here (writeLateClaim): a
+	// claim of another node past it takes the connection over as well.
 	seen atomic.Uint64
 	late map[string]lateClaim
 	// failClaim, in tests, fails a claim's write with the error it
@@ -57,6 +58,17 @@ type kvState struct {
 type lateClaim struct {
 	seen uint64
 	at   time.Time
+}
+
+// kvQueue is one bucket's waiting writes, keyed by kvKey; wake signals
+// its writer.
+type kvQueue struct {
+	writes *pendingQueue[string, kvWrite]
+	wake   chan struct{}
+}
+
+func newKVQueue() kvQueue {
+	return kvQueue{writes: newPendingQueue[string, kvWrite](maxPendingWrites, true), wake: make(chan struct{}, 1)}
 }
 
 type kvWrite struct {
@@ -83,12 +95,12 @@ func (w kvWrite) kvKey() string {
 	return "c" + w.clientID
 }
 
-// maxPendingWrites bounds the distinct topics and client IDs whose change
-// waits for the buckets (a node without quorum). Beyond it the oldest
-// change is dropped, logged and counted (Status.WritesDropped): the
-// retained message and claims are the cluster's copy of what the node
-// keeps itself, and the topic's next change repairs it; the node's own
-// retained store keeps serving.
+// maxPendingWrites bounds, per bucket, the distinct topics or client IDs
+// whose change waits for it (a node without quorum). Beyond it the
+// oldest change is dropped, logged and counted (Status.WritesDropped):
+// the retained message and claims are the cluster's copy of what the
+// node keeps itself, and the topic's next change repairs it; the node's
+// own retained store keeps serving.
 const maxPendingWrites = 100000
 
 // claimRecord is a client-ID claim's value.
@@ -101,8 +113,7 @@ func (n *Node) kvs() *kvState {
 	n.subMu.Lock()
 	defer n.subMu.Unlock()
 	if n.kv == nil {
-		n.kv = &kvState{wake: make(chan struct{}, 1), claims: make(map[string]uint64), late: make(map[string]lateClaim),
-			writes: newPendingQueue[string, kvWrite](maxPendingWrites, true)}
+		n.kv = &kvState{ret: newKVQueue(), cl: newKVQueue(), claims: make(map[string]uint64), late: make(map[string]lateClaim)}
 	}
 	return n.kv
 }
@@ -114,26 +125,55 @@ func (n *Node) Retained(msg *broker.Message) {
 }
 
 // Connected implements broker.Cluster: the claim is written to the client
-// bucket in the background.
+// bucket in the background. If an earlier connection's claim of the
+// client ID still waits to be written (writeClaim), this connection's
+// takes its place at once, also as what another node's claim is judged
+// against (applyClaim): judged against the earlier connection's, a claim
+// made between the two connections, older than this one, would end it.
 func (n *Node) Connected(clientID, owner string) {
-	n.queueWrite(kvWrite{clientID: clientID, owner: owner, seen: n.kvs().seen.Load(), at: time.Now()})
+	kv := n.kvs()
+	w := kvWrite{clientID: clientID, owner: owner, seen: kv.seen.Load(), at: time.Now()}
+	kv.mu.Lock()
+	if _, ok := kv.late[clientID]; ok {
+		kv.late[clientID] = lateClaim{seen: w.seen, at: w.at}
+	}
+	kv.mu.Unlock()
+	n.queueWrite(w)
 }
 
 func (n *Node) queueWrite(w kvWrite) {
 	kv := n.kvs()
-	if _, dropped := kv.writes.push(w.kvKey(), w); dropped {
+	q, what := &kv.cl, "claims"
+	if w.retained != nil {
+		q, what = &kv.ret, "retained changes"
+	}
+	if _, dropped := q.writes.pushEvict(w.kvKey(), w); dropped != nil {
+		if d := dropped.val; d.retained == nil && !d.prune {
+			// A claim dropped while it waited to be written again no
+			// longer guards its connection (applyClaim).
+			kv.mu.Lock()
+			if l, ok := kv.late[d.clientID]; ok && l.at.Equal(d.at) {
+				delete(kv.late, d.clientID)
+			}
+			kv.mu.Unlock()
+		}
 		n.stats.writesDropped.Add(1)
-		n.log.Warn("cluster: too many retained changes and claims waiting for the cluster's key-value store; the oldest was dropped",
+		n.log.Warn("cluster: too many "+what+" waiting for the cluster's key-value store; the oldest was dropped",
 			"pending", maxPendingWrites)
 	}
 	select {
-	case kv.wake <- struct{}{}:
+	case q.wake <- struct{}{}:
 	default:
 	}
 }
 
 // kvLoop creates or binds the buckets (retrying until the cluster has a
-// JetStream quorum), then writes queued changes and applies the watches.
+// JetStream quorum), then runs one loop per bucket: it applies the
+// bucket's watch and writes its queued changes. A bucket's writes and
+// the application of its watch stay in one goroutine: a claim's revision
+// is known (kvState.claims) before a later claim is applied, and this
+// node's own purge of a topic is recorded before the watch returns it
+// (housekeeping.go).
 func (n *Node) kvLoop() {
 	kv := n.kvs()
 	js, err := jetstream.New(n.nc)
@@ -171,45 +211,54 @@ func (n *Node) kvLoop() {
 		return
 	}
 	defer func() { _ = clW.Stop() }()
-	retUpdates, clUpdates := retW.Updates(), clW.Updates()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		n.bucketLoop(kv, &kv.cl, clW.Updates(), "claim", func(e jetstream.KeyValueEntry) {
+			if e != nil {
+				kv.seen.Store(e.Revision())
+				n.applyClaim(e)
+			}
+		})
+	}()
 	initial := true
+	n.bucketLoop(kv, &kv.ret, retW.Updates(), "retained", func(e jetstream.KeyValueEntry) {
+		if e != nil {
+			n.applyRetained(e)
+		} else if initial {
+			initial = false
+			n.partReady()
+			n.log.Info("cluster: key-value store ready", "replicas", n.replicas)
+		}
+	})
+}
+
+// bucketLoop applies one bucket's watch updates and writes its queued
+// changes (q) until the node stops. A write that fails with the bucket
+// unreachable is tried again every 2 s, with those queued after it.
+func (n *Node) bucketLoop(kv *kvState, q *kvQueue, updates <-chan jetstream.KeyValueEntry, what string,
+	apply func(jetstream.KeyValueEntry)) {
 	var retry <-chan time.Time // while changes wait for a failed write
 	for {
 		select {
 		case <-n.ctx.Done():
 			return
-		case e, ok := <-retUpdates:
+		case e, ok := <-updates:
 			if !ok {
-				n.log.Error("cluster: retained watch ended")
-				retUpdates = nil
+				n.log.Error("cluster: " + what + " watch ended")
+				updates = nil
 				continue
 			}
-			if e == nil {
-				if initial {
-					initial = false
-					n.partReady()
-					n.log.Info("cluster: key-value store ready", "replicas", n.replicas)
-				}
-				continue
-			}
-			n.applyRetained(e)
-		case e, ok := <-clUpdates:
-			if !ok {
-				n.log.Error("cluster: claim watch ended")
-				clUpdates = nil
-				continue
-			}
-			if e != nil {
-				kv.seen.Store(e.Revision())
-				n.applyClaim(e)
-			}
-		case <-kv.wake:
-			if retry == nil && n.writeQueued(kv) {
+			apply(e)
+		case <-q.wake:
+			if retry == nil && n.writeQueued(kv, q) {
 				retry = time.After(2 * time.Second)
 			}
 		case <-retry:
 			retry = nil
-			if n.writeQueued(kv) {
+			if n.writeQueued(kv, q) {
 				retry = time.After(2 * time.Second)
 			}
 		}
@@ -230,17 +279,17 @@ func (n *Node) buckets(js jetstream.JetStream, try int) (ret, cl jetstream.KeyVa
 	return ret, cl, err
 }
 
-// writeQueued writes the queued changes, oldest first, and reports
+// writeQueued writes the changes queued in q, oldest first, and reports
 // whether changes are left. A retained change that fails because the
 // bucket is unreachable (no quorum, no leader) stays queued, with those
 // after it, until the next retry: the cluster's copy of a topic must not
-// stay stale because a quorum was briefly lost. So does a claim, for up
-// to claimLate, and it is then written only if no other claim of its
-// client ID came since its connection (writeLateClaim). A prune that
-// fails is dropped and counted.
-func (n *Node) writeQueued(kv *kvState) (left bool) {
+// stay stale because a quorum was briefly lost. So does a claim, and it
+// is then written only if no other claim of its client ID came since its
+// connection (writeLateClaim). A prune that fails is dropped and
+// counted.
+func (n *Node) writeQueued(kv *kvState, q *kvQueue) (left bool) {
 	for n.ctx.Err() == nil {
-		c, ok := kv.writes.front()
+		c, ok := q.writes.front()
 		if !ok {
 			return false
 		}
@@ -253,6 +302,8 @@ func (n *Node) writeQueued(kv *kvState) (left bool) {
 		case w.prune:
 			kv.mu.Lock()
 			delete(kv.late, w.clientID) // its claim, replaced by the prune
+			// (its client gone: a connection it would take over
+			// elsewhere is older than the one that ended)
 			kv.mu.Unlock()
 			n.pruneClaim(ctx, kv, w.clientID)
 		default:
@@ -262,14 +313,14 @@ func (n *Node) writeQueued(kv *kvState) (left bool) {
 		if err != nil && unreachable(err) && n.ctx.Err() == nil {
 			if w.retained != nil {
 				n.log.Warn("cluster: retained change not stored in the cluster yet; retrying", "topic", w.retained.Topic,
-					"waiting", kv.writes.len(), "err", err)
+					"waiting", q.writes.len(), "err", err)
 			}
 			return true
 		}
 		if err != nil {
 			n.stats.writesDropped.Add(1)
 		}
-		kv.writes.done(c)
+		q.writes.done(c)
 	}
 	return false
 }
@@ -304,25 +355,23 @@ func (n *Node) writeRetained(ctx context.Context, kv *kvState, w kvWrite) error 
 	return nil
 }
 
-// claimLate bounds how long a claim that could not be written (the
-// claims bucket without a leader or a quorum) waits to be written
-// again.
-const claimLate = 30 * time.Second
-
 // writeClaim writes the claim w. One that fails because the bucket is
-// unreachable is kept (the unreachable error is returned, and the
-// writer tries again) for claimLate from its connection, and then
-// written only as writeLateClaim allows: dropped at once, a connection
-// made during an election of the bucket neither took over the client
-// ID's connection on another node nor was taken over by a later one
-// (applyClaim ends a connection only on a later revision than its own
-// claim's). Written whenever, a late claim would take over a connection
-// the client made since on another node.
+// unreachable is kept (the unreachable error is returned, and the writer
+// tries again) until it is written, replaced by a newer claim or a prune
+// of its client ID, or dropped as the oldest of too many waiting
+// (maxPendingWrites); once it failed, it is written only as
+// writeLateClaim allows. Dropped, a connection made while the bucket
+// had no leader, or on the minority side of a partition, would neither
+// take over the client ID's connection on another node nor be taken
+// over by a later one (applyClaim ends a connection only on a later
+// revision than its own claim's): one client ID connected on two nodes.
+// Written whenever, a late claim would take over a connection the client
+// made since on another node.
 func (n *Node) writeClaim(ctx context.Context, kv *kvState, w kvWrite) error {
 	val, _ := json.Marshal(claimRecord{Node: n.origin, Owner: w.owner})
 	kv.mu.Lock()
 	l, late := kv.late[w.clientID]
-	late = late && l.at.Equal(w.at) // not a claim of an earlier connection
+	late = late && l.at.Equal(w.at) // this connection's claim failed before
 	kv.mu.Unlock()
 	var rev uint64
 	var err error
@@ -337,19 +386,19 @@ func (n *Node) writeClaim(ctx context.Context, kv *kvState, w kvWrite) error {
 	default:
 		rev, err = kv.clients.Put(ctx, keyOf(w.clientID), val)
 	}
-	if err != nil && unreachable(err) && n.ctx.Err() == nil && time.Since(w.at) < claimLate {
-		kv.mu.Lock()
+	if err != nil && unreachable(err) && n.ctx.Err() == nil {
 		if !late {
+			kv.mu.Lock()
 			kv.late[w.clientID] = lateClaim{seen: w.seen, at: w.at}
-		}
-		kv.mu.Unlock()
-		if !late {
+			kv.mu.Unlock()
 			n.log.Info("cluster: client claim not stored yet; trying again", "client", w.clientID, "err", err)
 		}
 		return err
 	}
 	kv.mu.Lock()
-	delete(kv.late, w.clientID)
+	if l, ok := kv.late[w.clientID]; ok && l.at.Equal(w.at) {
+		delete(kv.late, w.clientID) // not a newer connection's
+	}
 	if err == nil && written {
 		kv.claims[w.clientID] = rev
 	}
@@ -361,6 +410,10 @@ func (n *Node) writeClaim(ctx context.Context, kv *kvState, w kvWrite) error {
 			"client", w.clientID, "err", err)
 	case written:
 		n.stats.claims.Add(1)
+		if late {
+			n.log.Info("cluster: client claim stored late", "client", w.clientID,
+				"waited", time.Since(w.at).Round(time.Millisecond).String())
+		}
 	default:
 		n.stats.writesDropped.Add(1)
 		n.log.Info("cluster: client claim not stored late: the client ID was claimed again since", "client", w.clientID)

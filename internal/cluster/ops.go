@@ -188,7 +188,7 @@ func (n *Node) opsStatus(st *Status) {
 	}
 	st.ReplicationError = replErr
 	kv := n.kvs() // n.kv is made on first use, under subMu
-	st.PendingWrites = kv.writes.len()
+	st.PendingWrites = kv.ret.writes.len() + kv.cl.writes.len()
 	st.WritesDropped = n.stats.writesDropped.Load()
 	st.SecurityPending = n.sec.writes.len()
 	st.SecurityRefused = n.stats.secRefused.Load()

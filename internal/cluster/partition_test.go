@@ -222,7 +222,10 @@ const partitionCommitTimeout = 10 * time.Second
 // timeout); when the
 // cut heals, the persistent session connected to the minority node gets
 // every message published on the majority side meanwhile, once, in
-// order, without reconnecting.
+// order, without reconnecting. A client ID connected on the minority
+// node before the cut and again on the majority during it is taken over
+// on the minority node when the cut heals: the majority's claim, written
+// during the cut, reaches the minority's watch then.
 func TestNetworkPartition(t *testing.T) {
 	nodes, relays := startRelayedCluster(t)
 	sub, _ := dialSession(t, nodes[2].addr, "minority", client.V5)
@@ -233,6 +236,11 @@ func TestNetworkPartition(t *testing.T) {
 	receiveInOrder(t, sub, 0, 5)
 
 	lone := dial(t, nodes[2].addr, "ptlone", client.V5) // connected before the cut (a new connection is refused there)
+	both := dial(t, nodes[2].addr, "ptboth", client.V5)
+	testutil.WaitFor(t, "n3's claim of ptboth", 30*time.Second, func() bool {
+		stored, _ := claimState(nodes[2], "ptboth")
+		return stored
+	})
 	cut := func(on bool) {
 		for _, p := range [][2]int{{0, 2}, {2, 0}, {1, 2}, {2, 1}} {
 			relays[p[0]][p[1]].setCut(on)
@@ -266,12 +274,21 @@ func TestNetworkPartition(t *testing.T) {
 	if st := nodes[0].node.Status(); st.MetaLeader == "" {
 		t.Error("the majority has no meta leader")
 	}
+	dial(t, nodes[0].addr, "ptboth", client.V5)
+	testutil.WaitFor(t, "n1's claim of ptboth", 30*time.Second, func() bool {
+		stored, _ := claimState(nodes[0], "ptboth")
+		return stored
+	})
+	if !both.IsConnected() {
+		t.Fatal("ptboth's connection on n3 ended during the cut")
+	}
 
 	cut(false)
 	testutil.WaitFor(t, "the cut healed", 60*time.Second, func() bool {
 		return nodes[0].node.srv.NumRemotes() == 2 && nodes[2].node.srv.NumRemotes() == 2
 	})
 	receiveAtLeastOnce(t, sub, 5, 25)
+	expectTakenOver(t, both, "ptboth's connection on n3")
 	// And the cluster works on as one.
 	publishQoS1(t, pub, "pt/x", 25, 30)
 	receiveInOrder(t, sub, 25, 30)

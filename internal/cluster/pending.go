@@ -48,6 +48,12 @@ func newPendingQueue[K comparable, V any](limit int, dropOldest bool) *pendingQu
 // A change that replaces a waiting one of the same key is always
 // accepted.
 func (q *pendingQueue[K, V]) push(k K, v V) (accepted, dropped bool) {
+	accepted, old := q.pushEvict(k, v)
+	return accepted, old != nil
+}
+
+// pushEvict is push that returns the change dropped for v, if any.
+func (q *pendingQueue[K, V]) pushEvict(k K, v V) (accepted bool, dropped *pendingChange[K, V]) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if e, ok := q.byKey[k]; ok {
@@ -55,12 +61,12 @@ func (q *pendingQueue[K, V]) push(k K, v V) (accepted, dropped bool) {
 		delete(q.byKey, k)
 	} else if len(q.byKey) >= q.limit {
 		if !q.dropOldest {
-			return false, false
+			return false, nil
 		}
 		old := q.order.Front()
 		q.order.Remove(old)
-		delete(q.byKey, old.Value.(*pendingChange[K, V]).key)
-		dropped = true
+		dropped = old.Value.(*pendingChange[K, V])
+		delete(q.byKey, dropped.key)
 	}
 	q.seq++
 	q.byKey[k] = q.order.PushBack(&pendingChange[K, V]{key: k, val: v, seq: q.seq})

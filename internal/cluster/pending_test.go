@@ -62,7 +62,10 @@ func TestPendingQueueDropsOldestWhenAsked(t *testing.T) {
 	if ok, dropped := q.push("c", 3); !ok || !dropped {
 		t.Fatalf("a third key: accepted %v, dropped %v; want accepted, oldest dropped", ok, dropped)
 	}
-	if got, want := drainQueue(q), []string{"b=2", "c=3"}; !slices.Equal(got, want) {
+	if ok, dropped := q.pushEvict("d", 4); !ok || dropped == nil || dropped.key != "b" || dropped.val != 2 {
+		t.Fatalf("a fourth key: accepted %v, dropped %+v; want accepted, b=2 dropped", ok, dropped)
+	}
+	if got, want := drainQueue(q), []string{"c=3", "d=4"}; !slices.Equal(got, want) {
 		t.Fatalf("drained %v, want %v", got, want)
 	}
 }
