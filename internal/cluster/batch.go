@@ -234,6 +234,12 @@ func (n *Node) batchOK() bool {
 	}
 	d := &n.dur
 	peers := *d.peers.Load()
+	if len(peers) == 0 {
+		// No other node known yet (before the first refresh of the
+		// peers, refreshPeers): a cluster has at least three nodes, so
+		// nothing tells that the others read batches.
+		return false
+	}
 	d.capMu.Lock()
 	defer d.capMu.Unlock()
 	n.noteCapabilitiesLocked(peers)

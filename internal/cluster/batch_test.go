@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -565,5 +566,16 @@ func TestBatchesWithANodeNeverSeen(t *testing.T) {
 	testutil.WaitFor(t, "n1 to doubt n3", 30*time.Second, func() bool { return !n1.node.batchOK() })
 	if got := records(n); got != n {
 		t.Fatalf("with n3's consumer of an earlier build: %d messages took %d records, want one each", n, got)
+	}
+}
+
+// TestNoBatchesBeforePeersKnown: before a node first reads which other
+// nodes there are, it writes single records, which every build reads:
+// nothing tells yet that the others read batches.
+func TestNoBatchesBeforePeersKnown(t *testing.T) {
+	n := &Node{srv: new(server.Server)}
+	n.dur.init()
+	if n.batchOK() {
+		t.Fatal("batch records written before any other node is known")
 	}
 }
