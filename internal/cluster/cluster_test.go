@@ -562,8 +562,18 @@ func claimState(tn *testNode, clientID string) (stored, late bool) {
 	kv.mu.Lock()
 	defer kv.mu.Unlock()
 	_, stored = kv.claims[clientID]
-	_, late = kv.late[clientID]
-	return stored, late
+	u, unwritten := kv.unwritten[clientID]
+	return stored, unwritten && u.failed && !u.superseded
+}
+
+// claimNoted reports whether tn still notes a claim of clientID as not
+// written (queued, waiting, or superseded and not yet given up).
+func claimNoted(tn *testNode, clientID string) bool {
+	kv := tn.node.kvs()
+	kv.mu.Lock()
+	defer kv.mu.Unlock()
+	_, ok := kv.unwritten[clientID]
+	return ok
 }
 
 // expectTakenOver waits for c to end with DISCONNECT 0x8E.
@@ -586,8 +596,11 @@ func expectTakenOver(t *testing.T, c *client.Client, what string) {
 // while it waits, a later connection on another node takes its
 // connection over, and it is then not written. Before, such a claim was
 // dropped at once: neither connection took the other over, and the same
-// client ID stayed connected on two nodes. A waiting claim does not hold
-// up the node's retained changes, which go to another bucket.
+// client ID stayed connected on two nodes. So is a claim queued behind
+// one that waits, not tried yet: before, it was not taken over, and was
+// then written over the later claim, taking over the newer connection.
+// A waiting claim does not hold up the node's retained changes, which go
+// to another bucket.
 func TestLateClaim(t *testing.T) {
 	nodes := commonCluster(t)
 	n1, n2 := nodes[0], nodes[1]
@@ -645,11 +658,33 @@ func TestLateClaim(t *testing.T) {
 		expectTakenOver(t, waiting, "the connection on n1")
 		unreachable.Store(false)
 		testutil.WaitFor(t, "n1's claim given up", 30*time.Second, func() bool {
-			stored, late := claimState(n1, "late-b")
-			return !stored && !late
+			stored, _ := claimState(n1, "late-b")
+			return !stored && !claimNoted(n1, "late-b")
 		})
 		if !later.IsConnected() {
 			t.Fatal("the later connection on n2 was taken over by the claim written late")
+		}
+	})
+	t.Run("a queued claim is taken over too", func(t *testing.T) {
+		// late-h's claim fails and holds the queue: late-q's, behind
+		// it, is not even tried.
+		_, unreachable := waitingClaim(t, n1, "late-h")
+		queued := dial(t, n1.addr, "late-q", client.V5)
+		if stored, _ := claimState(n1, "late-q"); stored || !claimNoted(n1, "late-q") {
+			t.Fatal("late-q's claim is not waiting behind late-h's")
+		}
+		later := dial(t, n2.addr, "late-q", client.V5)
+		expectTakenOver(t, queued, "the connection on n1 whose claim was queued")
+		unreachable.Store(false)
+		testutil.WaitFor(t, "n1's claims written or given up", 30*time.Second, func() bool {
+			stored, _ := claimState(n1, "late-h")
+			return stored && !claimNoted(n1, "late-q")
+		})
+		if stored, _ := claimState(n1, "late-q"); stored {
+			t.Fatal("n1 wrote late-q's claim after its connection was taken over")
+		}
+		if !later.IsConnected() {
+			t.Fatal("the later connection on n2 was taken over by the queued claim")
 		}
 	})
 }

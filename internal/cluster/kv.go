@@ -42,22 +42,28 @@ type kvState struct {
 	// last claim: a claim of another node with a higher revision takes
 	// its connection over.
 	claims map[string]uint64
-	// seen is the revision of the last claim the watch delivered; late
-	// holds, per client ID whose claim failed and waits to be written
-	// again, the seen of its latest connection here (writeLateClaim): a
-	// claim of another node past it takes the connection over as well.
-	seen atomic.Uint64
-	late map[string]lateClaim
+	// seen is the revision of the last claim the watch delivered;
+	// unwritten holds, per client ID that connected here and whose claim
+	// is not written yet (queued, or waiting to be written again), the
+	// seen of its latest connection: a claim of another node past it
+	// takes the connection over as well, and the claim is then not
+	// written (applyClaim, writeClaim).
+	seen      atomic.Uint64
+	unwritten map[string]unwrittenClaim
 	// failClaim, in tests, fails a claim's write with the error it
 	// returns (nil: written).
 	failClaim atomic.Pointer[func(clientID string) error]
 }
 
-// lateClaim is a claim waiting to be written again: the kvWrite's seen
-// and at.
-type lateClaim struct {
-	seen uint64
-	at   time.Time
+// unwrittenClaim is a claim not written yet: the kvWrite's seen and at,
+// whether a write failed with the bucket unreachable (it is then written
+// only as writeLateClaim allows), and whether another node's claim came
+// after its connection (it is then not written).
+type unwrittenClaim struct {
+	seen       uint64
+	at         time.Time
+	failed     bool
+	superseded bool
 }
 
 // kvQueue is one bucket's waiting writes, keyed by kvKey; wake signals
@@ -113,7 +119,8 @@ func (n *Node) kvs() *kvState {
 	n.subMu.Lock()
 	defer n.subMu.Unlock()
 	if n.kv == nil {
-		n.kv = &kvState{ret: newKVQueue(), cl: newKVQueue(), claims: make(map[string]uint64), late: make(map[string]lateClaim)}
+		n.kv = &kvState{ret: newKVQueue(), cl: newKVQueue(), claims: make(map[string]uint64),
+			unwritten: make(map[string]unwrittenClaim)}
 	}
 	return n.kv
 }
@@ -125,18 +132,17 @@ func (n *Node) Retained(msg *broker.Message) {
 }
 
 // Connected implements broker.Cluster: the claim is written to the client
-// bucket in the background. If an earlier connection's claim of the
-// client ID still waits to be written (writeClaim), this connection's
-// takes its place at once, also as what another node's claim is judged
-// against (applyClaim): judged against the earlier connection's, a claim
-// made between the two connections, older than this one, would end it.
+// bucket in the background. Until it is, it is noted as unwritten: a
+// claim of another node that the watch delivers meanwhile came after
+// this connection, and takes it over (applyClaim); written after that,
+// this claim would take over the other connection in turn, and the
+// client ID would be connected nowhere. An earlier connection's claim
+// still unwritten is replaced, queued and noted.
 func (n *Node) Connected(clientID, owner string) {
 	kv := n.kvs()
 	w := kvWrite{clientID: clientID, owner: owner, seen: kv.seen.Load(), at: time.Now()}
 	kv.mu.Lock()
-	if _, ok := kv.late[clientID]; ok {
-		kv.late[clientID] = lateClaim{seen: w.seen, at: w.at}
-	}
+	kv.unwritten[clientID] = unwrittenClaim{seen: w.seen, at: w.at}
 	kv.mu.Unlock()
 	n.queueWrite(w)
 }
@@ -149,11 +155,11 @@ func (n *Node) queueWrite(w kvWrite) {
 	}
 	if _, dropped := q.writes.pushEvict(w.kvKey(), w); dropped != nil {
 		if d := dropped.val; d.retained == nil && !d.prune {
-			// A claim dropped while it waited to be written again no
-			// longer guards its connection (applyClaim).
+			// A claim dropped unwritten no longer guards its
+			// connection (applyClaim).
 			kv.mu.Lock()
-			if l, ok := kv.late[d.clientID]; ok && l.at.Equal(d.at) {
-				delete(kv.late, d.clientID)
+			if u, ok := kv.unwritten[d.clientID]; ok && u.at.Equal(d.at) {
+				delete(kv.unwritten, d.clientID)
 			}
 			kv.mu.Unlock()
 		}
@@ -301,7 +307,7 @@ func (n *Node) writeQueued(kv *kvState, q *kvQueue) (left bool) {
 			err = n.writeRetained(ctx, kv, w)
 		case w.prune:
 			kv.mu.Lock()
-			delete(kv.late, w.clientID) // its claim, replaced by the prune
+			delete(kv.unwritten, w.clientID) // its claim, replaced by the prune
 			// (its client gone: a connection it would take over
 			// elsewhere is older than the one that ended)
 			kv.mu.Unlock()
@@ -355,12 +361,13 @@ func (n *Node) writeRetained(ctx context.Context, kv *kvState, w kvWrite) error 
 	return nil
 }
 
-// writeClaim writes the claim w. One that fails because the bucket is
-// unreachable is kept (the unreachable error is returned, and the writer
-// tries again) until it is written, replaced by a newer claim or a prune
-// of its client ID, or dropped as the oldest of too many waiting
-// (maxPendingWrites); once it failed, it is written only as
-// writeLateClaim allows. Dropped, a connection made while the bucket
+// writeClaim writes the claim w, unless another node's claim came after
+// its connection (applyClaim ended the connection then). One that fails
+// because the bucket is unreachable is kept (the unreachable error is
+// returned, and the writer tries again) until it is written, replaced by
+// a newer claim or a prune of its client ID, or dropped as the oldest of
+// too many waiting (maxPendingWrites); once it failed, it is written only
+// as writeLateClaim allows. Dropped, a connection made while the bucket
 // had no leader, or on the minority side of a partition, would neither
 // take over the client ID's connection on another node nor be taken
 // over by a later one (applyClaim ends a connection only on a later
@@ -368,11 +375,25 @@ func (n *Node) writeRetained(ctx context.Context, kv *kvState, w kvWrite) error 
 // Written whenever, a late claim would take over a connection the client
 // made since on another node.
 func (n *Node) writeClaim(ctx context.Context, kv *kvState, w kvWrite) error {
-	val, _ := json.Marshal(claimRecord{Node: n.origin, Owner: w.owner})
 	kv.mu.Lock()
-	l, late := kv.late[w.clientID]
-	late = late && l.at.Equal(w.at) // this connection's claim failed before
+	u, ok := kv.unwritten[w.clientID]
+	switch {
+	case !ok || u.at.After(w.at):
+		// The note was removed by a second claim of another node
+		// after one had ended the connection (applyClaim), or a newer
+		// connection's claim is queued behind this one (Connected):
+		// this one is of no use.
+		kv.mu.Unlock()
+		return nil
+	case u.superseded:
+		delete(kv.unwritten, w.clientID)
+		kv.mu.Unlock()
+		n.stats.writesDropped.Add(1)
+		n.log.Info("cluster: client claim not stored: the client ID was claimed on another node since", "client", w.clientID)
+		return nil
+	}
 	kv.mu.Unlock()
+	val, _ := json.Marshal(claimRecord{Node: n.origin, Owner: w.owner})
 	var rev uint64
 	var err error
 	written := true
@@ -381,40 +402,50 @@ func (n *Node) writeClaim(ctx context.Context, kv *kvState, w kvWrite) error {
 	}
 	switch {
 	case err != nil:
-	case late:
+	case u.failed:
 		rev, written, err = n.writeLateClaim(ctx, kv, w, val)
 	default:
 		rev, err = kv.clients.Put(ctx, keyOf(w.clientID), val)
 	}
+	kv.mu.Lock()
+	defer kv.mu.Unlock()
+	cur, ok := kv.unwritten[w.clientID]
+	mine := ok && cur.at.Equal(w.at) // not replaced by a newer connection's
 	if err != nil && unreachable(err) && n.ctx.Err() == nil {
-		if !late {
-			kv.mu.Lock()
-			kv.late[w.clientID] = lateClaim{seen: w.seen, at: w.at}
-			kv.mu.Unlock()
+		if !u.failed {
+			if mine {
+				cur.failed = true
+				kv.unwritten[w.clientID] = cur
+			}
 			n.log.Info("cluster: client claim not stored yet; trying again", "client", w.clientID, "err", err)
 		}
 		return err
 	}
-	kv.mu.Lock()
-	if l, ok := kv.late[w.clientID]; ok && l.at.Equal(w.at) {
-		delete(kv.late, w.clientID) // not a newer connection's
-	}
-	if err == nil && written {
-		kv.claims[w.clientID] = rev
-	}
-	kv.mu.Unlock()
 	switch {
 	case err != nil:
+		if mine {
+			delete(kv.unwritten, w.clientID)
+		}
 		n.stats.writesDropped.Add(1)
 		n.log.Warn("cluster: client claim not stored; a connection of this client on another node is not taken over",
 			"client", w.clientID, "err", err)
 	case written:
+		if mine {
+			delete(kv.unwritten, w.clientID)
+		}
+		kv.claims[w.clientID] = rev
 		n.stats.claims.Add(1)
-		if late {
+		if u.failed {
 			n.log.Info("cluster: client claim stored late", "client", w.clientID,
 				"waited", time.Since(w.at).Round(time.Millisecond).String())
 		}
 	default:
+		// A later claim is in the bucket: once the watch delivers it,
+		// it ends this connection (applyClaim), which removes the note.
+		if mine {
+			cur.superseded = true
+			kv.unwritten[w.clientID] = cur
+		}
 		n.stats.writesDropped.Add(1)
 		n.log.Info("cluster: client claim not stored late: the client ID was claimed again since", "client", w.clientID)
 	}
@@ -503,13 +534,18 @@ func (n *Node) applyClaim(e jetstream.KeyValueEntry) {
 	if ok && rev < e.Revision() {
 		delete(kv.claims, id)
 	}
-	if !ok {
-		// A claim waiting to be written late: a later claim of
-		// another node ends its connection (and the claim is not
-		// written: writeLateClaim finds that later one).
-		var l lateClaim
-		l, ok = kv.late[id]
-		rev = l.seen
+	if u, unwritten := kv.unwritten[id]; unwritten && u.seen < e.Revision() {
+		// The latest connection here, whose claim is not written
+		// yet: this claim came after it and ends it, and its claim is
+		// then not written (writeClaim). One the writer already found
+		// superseded (writeLateClaim) waited for this: its note goes.
+		ok, rev = true, u.seen
+		if u.superseded {
+			delete(kv.unwritten, id)
+		} else {
+			u.superseded = true
+			kv.unwritten[id] = u
+		}
 	}
 	kv.mu.Unlock()
 	if !ok || rev >= e.Revision() {

@@ -21,6 +21,8 @@ INFO_NOTES = [
     ("claims that took the old home for dead", "a claim stopped waiting for the session's former node"),
     ("floors read without asking the dead leader", "which the node gone led"),
     ("first messages without the stream's end", "the durable stream's end could not be read"),
+    ("client claims not stored at first", "client claim not stored yet"),
+    ("client claims stored late", "client claim stored late"),
 ]
 LINE_RE = re.compile(r'^time=(\S+) level=(\w+) msg="((?:[^"\\]|\\.)*)"(.*)$')
 
