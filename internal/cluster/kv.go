@@ -534,15 +534,20 @@ func (n *Node) applyClaim(e jetstream.KeyValueEntry) {
 	if ok && rev < e.Revision() {
 		delete(kv.claims, id)
 	}
-	if u, unwritten := kv.unwritten[id]; unwritten && u.seen < e.Revision() {
+	if u, unwritten := kv.unwritten[id]; unwritten {
 		// The latest connection here, whose claim is not written
-		// yet: this claim came after it and ends it, and its claim is
-		// then not written (writeClaim). One the writer already found
+		// yet: a claim after it ends it, and its claim is then not
+		// written (writeClaim). One the writer already found
 		// superseded (writeLateClaim) waited for this: its note goes.
-		ok, rev = true, u.seen
-		if u.superseded {
+		// An earlier connection's stored claim says nothing of this
+		// one.
+		ok, rev = u.seen < e.Revision(), u.seen
+		switch {
+		case !ok:
+			// Delivered as the client connected: older than it.
+		case u.superseded:
 			delete(kv.unwritten, id)
-		} else {
+		default:
 			u.superseded = true
 			kv.unwritten[id] = u
 		}
