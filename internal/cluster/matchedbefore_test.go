@@ -281,3 +281,75 @@ func TestClaimFirstWaitRunsOutCatchingUp(t *testing.T) {
 		t.Fatalf("no %q", note)
 	}
 }
+
+// TestClaimCatchUpPositionWaitsLonger: a claim on n2 that catches up
+// (n1, the old home, routed none of n3's 20 messages for the session, and
+// its queue takes 8) stores its catch-up position first, and that write
+// is reported after n2's commits before it: here one that takes 6.5 s,
+// as after the death of the stream's leader, whose election takes 4 to
+// 9 s. With a connect timeout of 20 s the claim waits for it, and
+// every message arrives, in order. Before, the claim waited 5 s, gave up
+// the catch-up (Warn, "catch-up position was not stored in time") and
+// replayed only what its queue took: 13 of the 20 were missing.
+func TestClaimCatchUpPositionWaitsLonger(t *testing.T) {
+	const others = 20
+	const id, prefix = "mark-wait", "mkw"
+	rec := &logRecorder{}
+	nodes := startFresh(t, 3, nil, rec,
+		func(c *broker.Config) { c.ConnectTimeout, c.MaxQueued = 20*time.Second, 8 })
+	n1, n2 := nodes[0].node, nodes[1].node
+	leaveSessionOn(t, nodes, id, prefix)
+	pub3 := dial(t, nodes[2].addr, id+"-pub3", client.V5)
+	t.Cleanup(func() { _ = pub3.Close() })
+
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	n1.pauseRouting()
+	t.Cleanup(n1.resumeRouting)
+	if err := publishQoS(ctx, pub3, prefix+"/y", 0, others, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := awaitAllRouted(ctx, n2); err != nil {
+		t.Fatal(err)
+	}
+	// Once the claim's first reading is done, a commit of n2's begins
+	// that ends 6.5 s later: the position's write, reported in order
+	// after it, waits for it.
+	p := n2.persistence()
+	var released sync.WaitGroup
+	t.Cleanup(released.Wait)
+	readHook := func(cid string) {
+		if cid != id {
+			return
+		}
+		c := p.begin(func(error) {})
+		released.Add(1)
+		time.AfterFunc(6500*time.Millisecond, func() { defer released.Done(); p.finish(c, nil) })
+	}
+	n2.sess.afterReplayRead.Store(&readHook)
+	t.Cleanup(func() { n2.sess.afterReplayRead.Store(nil) })
+	moved := claimOnN2(t, nodes, id, func() {})
+	next := 0
+	deadline := time.After(60 * time.Second)
+	for next < others {
+		select {
+		case m := <-moved.Messages():
+			if m.Topic != prefix+"/y" {
+				continue
+			}
+			if string(m.Payload) != strconv.Itoa(next) {
+				t.Fatalf("%s: got %q, want %d", m.Topic, m.Payload, next)
+			}
+			next++
+		case <-deadline:
+			t.Fatalf("received %d of n3's %d messages", next, others)
+		}
+	}
+	if st := n2.Status(); st.CatchUps == 0 {
+		t.Fatal("the claim did not catch up")
+	}
+	const warn = "cluster: a moved session's catch-up position was not stored in time; its replay stops at its queue's room"
+	if len(rec.find(slog.LevelWarn, warn)) != 0 {
+		t.Fatalf("%q", warn)
+	}
+}

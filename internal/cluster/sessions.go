@@ -2124,7 +2124,11 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 	if catching {
 		// The position the session has everything up to is stored
 		// before routing skips anything for it (catchUp.mark); without
-		// it, the replay stops at the bound.
+		// it, the replay stops at the bound. Its write waits for the
+		// node's commits before it: after the death of the stream's
+		// leader, for the election (4 to 9 s). So it is waited for as
+		// long as the client waits (ownWait: its CONNACK wait less a
+		// second, 5 to 10 s; 5 s before 2026-12-07).
 		done := make(chan error, 1)
 		n.markCatchUp(id, pos.seq, func(err error) { done <- err })
 		select {
@@ -2134,7 +2138,7 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 					"client", id, "err", err)
 				catching = false
 			}
-		case <-time.After(requestAttempt):
+		case <-time.After(ownWait(time.Until(patience), hasPatience)):
 			n.log.Warn("cluster: a moved session's catch-up position was not stored in time; its replay stops at its queue's room",
 				"client", id)
 			catching = false
