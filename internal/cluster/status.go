@@ -62,8 +62,9 @@ type Status struct {
 	ClaimsPruned   uint64 `json:"claims_pruned"`
 	RetainedPurged uint64 `json:"retained_purged"`
 	// WritesDropped counts the retained changes and claims given up: the
-	// oldest beyond the queue's bound, a claim that failed (written late
-	// it would take over a newer connection), a value the bucket refuses.
+	// oldest beyond a queue's bound, a claim not written because another
+	// node's claim came after its connection (written, it would take
+	// over that newer connection), a value the bucket refuses.
 	WritesDropped uint64 `json:"writes_dropped"`
 	// SecurityPending are the security changes (bans, shared files)
 	// waiting for their buckets, one per ban or file; SecurityRefused

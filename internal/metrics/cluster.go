@@ -62,7 +62,7 @@ var (
 	dClPruned     = desc("cluster_claims_pruned_total", "Client-ID claims this node removed because their session ended.")
 	dClRetained   = desc("cluster_retained_changes_total", "Retained changes written to the cluster (direction out) and applied from other nodes (direction in).", "direction")
 	dClPending    = desc("cluster_pending_writes", "Retained changes and claims waiting for the key-value store.")
-	dClDropped    = desc("cluster_writes_dropped_total", "Retained changes and claims given up: the oldest beyond the queue's bound, a failed claim, a value the key-value store refuses.")
+	dClDropped    = desc("cluster_writes_dropped_total", "Retained changes and claims given up: the oldest beyond a queue's bound, a claim another node's later claim superseded, a value the key-value store refuses.")
 	dClSecPending = desc("cluster_security_pending", "Security changes (bans, shared access files) waiting for the key-value store, one per ban or file.")
 	dClSecRefused = desc("cluster_security_refused_total", "Security changes refused for the cluster because too many waited for the key-value store: in force on this node only.")
 	dClNodeConns  = desc("cluster_node_connections", "Live client connections of each node up, from its heartbeat.", "node")
