@@ -152,7 +152,7 @@ func (n *Node) applyRetainedRemoval(e jetstream.KeyValueEntry) {
 // SessionEnded implements broker.ClusterSessionEnds: the client's claim
 // is forgotten in the background, in order with the other writes.
 func (n *Node) SessionEnded(clientID string) {
-	n.queueWrite(kvWrite{clientID: clientID, prune: true})
+	n.queueWrite(kvWrite{clientID: clientID, prune: true, at: time.Now()})
 }
 
 var _ broker.ClusterSessionEnds = (*Node)(nil)

@@ -84,7 +84,7 @@ type kvWrite struct {
 	owner    string
 	prune    bool // forget clientID's claim (housekeeping.go)
 	// seen and at are a claim's kvState.seen and time as its client
-	// connected.
+	// connected; at is also a prune's time.
 	seen uint64
 	at   time.Time
 }
@@ -307,9 +307,13 @@ func (n *Node) writeQueued(kv *kvState, q *kvQueue) (left bool) {
 			err = n.writeRetained(ctx, kv, w)
 		case w.prune:
 			kv.mu.Lock()
-			delete(kv.unwritten, w.clientID) // its claim, replaced by the prune
-			// (its client gone: a connection it would take over
-			// elsewhere is older than the one that ended)
+			if u, ok := kv.unwritten[w.clientID]; ok && !u.at.After(w.at) {
+				// Its claim, replaced by the prune (its client gone:
+				// a connection it would take over elsewhere is older
+				// than the one that ended); not a connection's made
+				// since.
+				delete(kv.unwritten, w.clientID)
+			}
 			kv.mu.Unlock()
 			n.pruneClaim(ctx, kv, w.clientID)
 		default:
@@ -378,11 +382,11 @@ func (n *Node) writeClaim(ctx context.Context, kv *kvState, w kvWrite) error {
 	kv.mu.Lock()
 	u, ok := kv.unwritten[w.clientID]
 	switch {
-	case !ok || u.at.After(w.at):
-		// The note was removed by a second claim of another node
-		// after one had ended the connection (applyClaim), or a newer
-		// connection's claim is queued behind this one (Connected):
-		// this one is of no use.
+	case !ok:
+		u = unwrittenClaim{seen: w.seen, at: w.at} // not expected: written as before the notes
+	case u.at.After(w.at):
+		// A newer connection's claim is queued behind this one
+		// (Connected): this one is of no use.
 		kv.mu.Unlock()
 		return nil
 	case u.superseded:
@@ -546,7 +550,9 @@ func (n *Node) applyClaim(e jetstream.KeyValueEntry) {
 		case !ok:
 			// Delivered as the client connected: older than it.
 		case u.superseded:
-			delete(kv.unwritten, id)
+			if w, queued := kv.cl.writes.get("c" + id); !queued || w.prune || !w.at.Equal(u.at) {
+				delete(kv.unwritten, id) // the writer is done with it
+			}
 		default:
 			u.superseded = true
 			kv.unwritten[id] = u

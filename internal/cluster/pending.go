@@ -95,6 +95,16 @@ func (q *pendingQueue[K, V]) done(c pendingChange[K, V]) {
 	}
 }
 
+// get returns the waiting change of key k, if any.
+func (q *pendingQueue[K, V]) get(k K) (v V, ok bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if e, found := q.byKey[k]; found {
+		return e.Value.(*pendingChange[K, V]).val, true
+	}
+	return v, false
+}
+
 // len returns the number of waiting changes (distinct keys).
 func (q *pendingQueue[K, V]) len() int {
 	q.mu.Lock()
