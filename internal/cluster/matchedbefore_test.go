@@ -69,6 +69,33 @@ func publishHeld(t *testing.T, ctx context.Context, pub *client.Client, hook *at
 	return tok, release
 }
 
+// catchUpOnN2 starts three fresh nodes whose sessions' queues take 8
+// messages (connect timeout connect), leaves the session id on n1
+// (leaveSessionOn; pub is its client on n2), pauses n1's routing, and
+// has a client of n3 publish prefix/y 0..others-1, routed by n2 and
+// none by n1: a claim of the session on n2 reads them from the stream,
+// more than its queue takes, and catches up.
+func catchUpOnN2(t *testing.T, ctx context.Context, id, prefix string, connect time.Duration, others int) (
+	nodes []*testNode, pub *client.Client, rec *logRecorder) {
+	t.Helper()
+	rec = &logRecorder{}
+	nodes = startFresh(t, 3, nil, rec,
+		func(c *broker.Config) { c.ConnectTimeout, c.MaxQueued = connect, 8 })
+	n1, n2 := nodes[0].node, nodes[1].node
+	pub = leaveSessionOn(t, nodes, id, prefix)
+	pub3 := dial(t, nodes[2].addr, id+"-pub3", client.V5)
+	t.Cleanup(func() { _ = pub3.Close() })
+	n1.pauseRouting()
+	t.Cleanup(n1.resumeRouting)
+	if err := publishQoS(ctx, pub3, prefix+"/y", 0, others, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := awaitAllRouted(ctx, n2); err != nil {
+		t.Fatal(err)
+	}
+	return nodes, pub, rec
+}
+
 // claimOnN2 claims the session id on nodes[1], with imported run as the
 // session is imported there, and returns the client once it has
 // Session Present 1.
@@ -216,24 +243,10 @@ func TestClaimFirstWaitRunsOut(t *testing.T) {
 func TestClaimFirstWaitRunsOutCatchingUp(t *testing.T) {
 	const msg, others = 2000, 20
 	const id, prefix = "first-wait-cu", "fwc"
-	rec := &logRecorder{}
-	nodes := startFresh(t, 3, nil, rec,
-		func(c *broker.Config) { c.ConnectTimeout, c.MaxQueued = 6*time.Second, 8 })
-	n1, n2 := nodes[0].node, nodes[1].node
-	pub := leaveSessionOn(t, nodes, id, prefix)
-	pub3 := dial(t, nodes[2].addr, id+"-pub3", client.V5)
-	t.Cleanup(func() { _ = pub3.Close() })
-
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	n1.pauseRouting()
-	t.Cleanup(n1.resumeRouting)
-	if err := publishQoS(ctx, pub3, prefix+"/y", 0, others, 1); err != nil {
-		t.Fatal(err)
-	}
-	if err := awaitAllRouted(ctx, n2); err != nil {
-		t.Fatal(err)
-	}
+	nodes, pub, rec := catchUpOnN2(t, ctx, id, prefix, 6*time.Second, others)
+	n2 := nodes[1].node
 	tok, release := publishHeld(t, ctx, pub, &n2.dur.forwarding, prefix+"/x", msg)
 	// Let go once the claim's first reading ended, its wait run out:
 	// the commit is done before the catch-up's position is written,
@@ -294,24 +307,10 @@ func TestClaimFirstWaitRunsOutCatchingUp(t *testing.T) {
 func TestClaimCatchUpPositionWaitsLonger(t *testing.T) {
 	const others = 20
 	const id, prefix = "mark-wait", "mkw"
-	rec := &logRecorder{}
-	nodes := startFresh(t, 3, nil, rec,
-		func(c *broker.Config) { c.ConnectTimeout, c.MaxQueued = 20*time.Second, 8 })
-	n1, n2 := nodes[0].node, nodes[1].node
-	leaveSessionOn(t, nodes, id, prefix)
-	pub3 := dial(t, nodes[2].addr, id+"-pub3", client.V5)
-	t.Cleanup(func() { _ = pub3.Close() })
-
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	n1.pauseRouting()
-	t.Cleanup(n1.resumeRouting)
-	if err := publishQoS(ctx, pub3, prefix+"/y", 0, others, 1); err != nil {
-		t.Fatal(err)
-	}
-	if err := awaitAllRouted(ctx, n2); err != nil {
-		t.Fatal(err)
-	}
+	nodes, _, rec := catchUpOnN2(t, ctx, id, prefix, 20*time.Second, others)
+	n2 := nodes[1].node
 	// Once the claim's first reading is done, a commit of n2's begins
 	// that ends 6.5 s later: the position's write, reported in order
 	// after it, waits for it.
