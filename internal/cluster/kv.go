@@ -412,44 +412,46 @@ func (n *Node) writeClaim(ctx context.Context, kv *kvState, w kvWrite) error {
 		rev, err = kv.clients.Put(ctx, keyOf(w.clientID), val)
 	}
 	kv.mu.Lock()
-	defer kv.mu.Unlock()
 	cur, ok := kv.unwritten[w.clientID]
 	mine := ok && cur.at.Equal(w.at) // not replaced by a newer connection's
 	if err != nil && unreachable(err) && n.ctx.Err() == nil {
+		if mine && !cur.failed {
+			cur.failed = true
+			kv.unwritten[w.clientID] = cur
+		}
+		kv.mu.Unlock()
 		if !u.failed {
-			if mine {
-				cur.failed = true
-				kv.unwritten[w.clientID] = cur
-			}
 			n.log.Info("cluster: client claim not stored yet; trying again", "client", w.clientID, "err", err)
 		}
 		return err
 	}
 	switch {
-	case err != nil:
+	case err != nil || written:
 		if mine {
 			delete(kv.unwritten, w.clientID)
 		}
+		if err == nil {
+			kv.claims[w.clientID] = rev
+		}
+	case mine:
+		// A later claim is in the bucket: once the watch delivers it,
+		// it ends this connection (applyClaim), which removes the note.
+		cur.superseded = true
+		kv.unwritten[w.clientID] = cur
+	}
+	kv.mu.Unlock()
+	switch {
+	case err != nil:
 		n.stats.writesDropped.Add(1)
 		n.log.Warn("cluster: client claim not stored; a connection of this client on another node is not taken over",
 			"client", w.clientID, "err", err)
 	case written:
-		if mine {
-			delete(kv.unwritten, w.clientID)
-		}
-		kv.claims[w.clientID] = rev
 		n.stats.claims.Add(1)
 		if u.failed {
 			n.log.Info("cluster: client claim stored late", "client", w.clientID,
 				"waited", time.Since(w.at).Round(time.Millisecond).String())
 		}
 	default:
-		// A later claim is in the bucket: once the watch delivers it,
-		// it ends this connection (applyClaim), which removes the note.
-		if mine {
-			cur.superseded = true
-			kv.unwritten[w.clientID] = cur
-		}
 		n.stats.writesDropped.Add(1)
 		n.log.Info("cluster: client claim not stored late: the client ID was claimed again since", "client", w.clientID)
 	}
