@@ -177,27 +177,29 @@ func (s *Server) RetainRemote(msg *Message, pub *StoredPublisher) {
 // identity may not end the owner's connection, as on one node (see
 // Server.ownerCheck), except that a verified identity replaces an
 // anonymous one. The session itself stays on this node. It reports
-// whether a connection was ended. Safe for concurrent use.
-func (s *Server) TakeoverRemote(clientID, owner string) bool {
+// whether a connection was ended (taken), and whether one was kept under
+// that rule (refused): the cluster then still ends it on a later claim
+// of its own identity. Safe for concurrent use.
+func (s *Server) TakeoverRemote(clientID, owner string) (taken, refused bool) {
 	sess := s.lookup(clientID)
 	if sess == nil {
-		return false
+		return false, false
 	}
 	sess.mu.Lock()
 	c, local := sess.conn, sess.owner
 	sess.mu.Unlock()
 	if c == nil {
-		return false
+		return false, false
 	}
 	if !s.cfg.IgnoreSessionOwner && local.key != owner && !(!local.verified && ownerVerified(owner)) {
 		c.log.Warn("broker: client ID connected on another node by another identity; connection kept",
 			"owner", local.String(), "identity", clipOwner(owner))
-		return false
+		return false, true
 	}
 	c.log.Info("broker: session taken over by a connection on another node")
 	c.takenOver.Store(true)
 	c.kill(packet.SessionTakenOver, "session taken over on another node")
-	return true
+	return true, false
 }
 
 // ownerVerified tells from an owner key whether the identity was verified

@@ -289,7 +289,7 @@ type Node struct {
 type Broker interface {
 	DeliverRemote(msg *broker.Message) int
 	RetainRemote(msg *broker.Message, pub *broker.StoredPublisher)
-	TakeoverRemote(clientID, owner string) bool
+	TakeoverRemote(clientID, owner string) (taken, refused bool)
 }
 
 var _ broker.Cluster = (*Node)(nil)

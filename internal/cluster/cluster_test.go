@@ -536,6 +536,12 @@ func TestStartWithoutPeersSaysSo(t *testing.T) {
 // and waits until the claim waits to be written again.
 func waitingClaim(t *testing.T, tn *testNode, clientID string) (*client.Client, *atomic.Bool) {
 	t.Helper()
+	return waitingClaimOf(t, tn, clientID, func() *client.Client { return dial(t, tn.addr, clientID, client.V5) })
+}
+
+// waitingClaimOf is waitingClaim with the client connected by dial.
+func waitingClaimOf(t *testing.T, tn *testNode, clientID string, dial func() *client.Client) (*client.Client, *atomic.Bool) {
+	t.Helper()
 	unreachable := new(atomic.Bool)
 	unreachable.Store(true)
 	kv := tn.node.kvs()
@@ -547,7 +553,7 @@ func waitingClaim(t *testing.T, tn *testNode, clientID string) (*client.Client, 
 	}
 	kv.failClaim.Store(&f)
 	t.Cleanup(func() { kv.failClaim.Store(nil) })
-	c := dial(t, tn.addr, clientID, client.V5)
+	c := dial()
 	testutil.WaitFor(t, tn.node.cfg.Node+"'s claim to wait", 30*time.Second, func() bool {
 		_, late := claimState(tn, clientID)
 		return late

@@ -55,15 +55,20 @@ type kvState struct {
 	failClaim atomic.Pointer[func(clientID string) error]
 }
 
-// unwrittenClaim is a claim not written yet: the kvWrite's seen and at,
-// whether a write failed with the bucket unreachable (it is then written
-// only as writeLateClaim allows), and whether another node's claim came
-// after its connection (it is then not written).
+// unwrittenClaim is a claim not written yet: the kvWrite's owner, seen
+// and at, whether a write failed with the bucket unreachable (it is then
+// written only as writeLateClaim allows), and whether another node's claim
+// came after its connection (it is then not written): aside when the
+// writer found it in the bucket before the watch delivered it. seen is
+// raised past a later claim of another identity that did not take the
+// connection over (applyClaim).
 type unwrittenClaim struct {
+	owner      string
 	seen       uint64
 	at         time.Time
 	failed     bool
 	superseded bool
+	aside      bool
 }
 
 // kvQueue is one bucket's waiting writes, keyed by kvKey; wake signals
@@ -142,18 +147,28 @@ func (n *Node) Connected(clientID, owner string) {
 	kv := n.kvs()
 	w := kvWrite{clientID: clientID, owner: owner, seen: kv.seen.Load(), at: time.Now()}
 	kv.mu.Lock()
-	kv.unwritten[clientID] = unwrittenClaim{seen: w.seen, at: w.at}
+	kv.unwritten[clientID] = unwrittenClaim{owner: owner, seen: w.seen, at: w.at}
 	kv.mu.Unlock()
 	n.queueWrite(w)
 }
 
-func (n *Node) queueWrite(w kvWrite) {
+func (n *Node) queueWrite(w kvWrite) { n.enqueue(w, false) }
+
+// enqueue queues w for its bucket's writer; with ifAbsent, only if no
+// change of its key waits (one queued since the caller looked is newer).
+// It reports whether w was queued.
+func (n *Node) enqueue(w kvWrite, ifAbsent bool) bool {
 	kv := n.kvs()
 	q, what := &kv.cl, "claims"
 	if w.retained != nil {
 		q, what = &kv.ret, "retained changes"
 	}
-	if _, dropped := q.writes.pushEvict(w.kvKey(), w); dropped != nil {
+	push := q.writes.pushEvict
+	if ifAbsent {
+		push = q.writes.pushIfAbsent
+	}
+	accepted, dropped := push(w.kvKey(), w)
+	if dropped != nil {
 		if d := dropped.val; d.retained == nil && !d.prune {
 			// A claim dropped unwritten no longer guards its
 			// connection (applyClaim).
@@ -167,10 +182,13 @@ func (n *Node) queueWrite(w kvWrite) {
 		n.log.Warn("cluster: too many "+what+" waiting for the cluster's key-value store; the oldest was dropped",
 			"pending", maxPendingWrites)
 	}
-	select {
-	case q.wake <- struct{}{}:
-	default:
+	if accepted {
+		select {
+		case q.wake <- struct{}{}:
+		default:
+		}
 	}
+	return accepted
 }
 
 // kvLoop creates or binds the buckets (retrying until the cluster has a
@@ -383,7 +401,7 @@ func (n *Node) writeClaim(ctx context.Context, kv *kvState, w kvWrite) error {
 	u, ok := kv.unwritten[w.clientID]
 	switch {
 	case !ok:
-		u = unwrittenClaim{seen: w.seen, at: w.at} // not expected: written as before the notes
+		u = unwrittenClaim{owner: w.owner, seen: w.seen, at: w.at} // not expected: written as before the notes
 	case u.at.After(w.at):
 		// A newer connection's claim is queued behind this one
 		// (Connected): this one is of no use.
@@ -397,6 +415,9 @@ func (n *Node) writeClaim(ctx context.Context, kv *kvState, w kvWrite) error {
 		return nil
 	}
 	kv.mu.Unlock()
+	if u.at.Equal(w.at) {
+		w.seen = max(w.seen, u.seen) // past claims of other identities (applyClaim)
+	}
 	val, _ := json.Marshal(claimRecord{Node: n.origin, Owner: w.owner})
 	var rev uint64
 	var err error
@@ -436,7 +457,7 @@ func (n *Node) writeClaim(ctx context.Context, kv *kvState, w kvWrite) error {
 	case mine:
 		// A later claim is in the bucket: once the watch delivers it,
 		// it ends this connection (applyClaim), which removes the note.
-		cur.superseded = true
+		cur.superseded, cur.aside = true, true
 		kv.unwritten[w.clientID] = cur
 	}
 	kv.mu.Unlock()
@@ -452,8 +473,9 @@ func (n *Node) writeClaim(ctx context.Context, kv *kvState, w kvWrite) error {
 				"waited", time.Since(w.at).Round(time.Millisecond).String())
 		}
 	default:
-		n.stats.writesDropped.Add(1)
-		n.log.Info("cluster: client claim not stored late: the client ID was claimed again since", "client", w.clientID)
+		// Dropped, or queued again, once the watch delivers the later
+		// claim (applyClaim).
+		n.log.Debug("cluster: client claim set aside: the client ID was claimed again since", "client", w.clientID)
 	}
 	return nil
 }
@@ -521,7 +543,11 @@ func (n *Node) applyRetained(e jetstream.KeyValueEntry) {
 }
 
 // applyClaim takes over the local connection of a client that connected
-// on another node after it connected here.
+// on another node after it connected here. A connection the broker keeps
+// because the claim is of another identity (Server.TakeoverRemote) keeps
+// its claim too: a later claim of its own identity still ends it, and a
+// claim of it not written yet is still written, to end an earlier
+// connection of its identity on a third node. Dropped, both would stay.
 func (n *Node) applyClaim(e jetstream.KeyValueEntry) {
 	if e.Operation() != jetstream.KeyValuePut {
 		return
@@ -536,37 +562,72 @@ func (n *Node) applyClaim(e jetstream.KeyValueEntry) {
 	}
 	kv := n.kv
 	kv.mu.Lock()
-	rev, ok := kv.claims[id]
-	if ok && rev < e.Revision() {
-		delete(kv.claims, id)
-	}
-	if u, unwritten := kv.unwritten[id]; unwritten {
-		// The latest connection here, whose claim is not written
-		// yet: a claim after it ends it, and its claim is then not
-		// written (writeClaim). One the writer already found
-		// superseded (writeLateClaim) waited for this: its note goes.
-		// An earlier connection's stored claim says nothing of this
-		// one.
-		ok, rev = u.seen < e.Revision(), u.seen
-		switch {
-		case !ok:
-			// Delivered as the client connected: older than it.
-		case u.superseded:
-			if w, queued := kv.cl.writes.get("c" + id); !queued || w.prune || !w.at.Equal(u.at) {
-				delete(kv.unwritten, id) // the writer is done with it
-			}
-		default:
-			u.superseded = true
-			kv.unwritten[id] = u
-		}
+	rev, stored := kv.claims[id]
+	later := stored && rev < e.Revision()
+	u, unwritten := kv.unwritten[id]
+	if unwritten {
+		// The latest connection here, whose claim is not written yet:
+		// a claim after it ends it. An earlier connection's stored
+		// claim says nothing of this one.
+		later = u.seen < e.Revision()
 	}
 	kv.mu.Unlock()
-	if !ok || rev >= e.Revision() {
-		return
+	var taken, refused bool
+	if later {
+		taken, refused = n.b.TakeoverRemote(id, c.Owner)
 	}
-	if n.b.TakeoverRemote(id, c.Owner) {
+	// The watch and the writes share this goroutine: the writer has not
+	// moved since, only a new connection (Connected) may have.
+	kv.mu.Lock()
+	if stored && rev < e.Revision() && !refused && kv.claims[id] == rev {
+		delete(kv.claims, id)
+	}
+	cur, still := kv.unwritten[id]
+	still = still && unwritten && cur.at.Equal(u.at)
+	var again *kvWrite
+	dropped := false
+	switch {
+	case !still || !later:
+		// Replaced by a newer connection, or delivered as the client
+		// connected: older than it.
+	case refused && cur.superseded && !cur.aside:
+		// An earlier claim took the connection over; it is ending.
+	case refused:
+		// Written only past this claim (writeLateClaim): raise seen.
+		// One the writer set aside for this claim waits again.
+		cur.seen = max(cur.seen, e.Revision())
+		if cur.aside {
+			cur.superseded, cur.aside = false, false
+			if _, queued := kv.cl.writes.get("c" + id); !queued {
+				again = &kvWrite{clientID: id, owner: cur.owner, seen: cur.seen, at: cur.at}
+			}
+		}
+		kv.unwritten[id] = cur
+	case cur.superseded:
+		// The writer found a later claim (writeLateClaim) and waited
+		// for it: the note goes, unless the claim is queued again.
+		if w, queued := kv.cl.writes.get("c" + id); !queued || w.prune || !w.at.Equal(cur.at) {
+			delete(kv.unwritten, id)
+			dropped = true
+		}
+	default:
+		// Not written now (writeClaim).
+		cur.superseded = true
+		kv.unwritten[id] = cur
+	}
+	kv.mu.Unlock()
+	if again != nil {
+		// Not if a prune or a newer connection's claim was queued
+		// since: the writer removes this note as it takes either.
+		n.enqueue(*again, true)
+	}
+	if taken {
 		n.stats.takeovers.Add(1)
 		n.log.Info("cluster: connection taken over by another node", "client", id, "node", strings.SplitN(c.Node, "/", 2)[0])
+	}
+	if dropped {
+		n.stats.writesDropped.Add(1)
+		n.log.Info("cluster: client claim not stored late: the client ID was claimed again since", "client", id)
 	}
 }
 

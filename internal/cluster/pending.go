@@ -56,6 +56,21 @@ func (q *pendingQueue[K, V]) push(k K, v V) (accepted, dropped bool) {
 func (q *pendingQueue[K, V]) pushEvict(k K, v V) (accepted bool, dropped *pendingChange[K, V]) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	return q.pushLocked(k, v)
+}
+
+// pushIfAbsent is pushEvict for a key with no waiting change: a change
+// queued since the caller looked (a newer one) is not replaced.
+func (q *pendingQueue[K, V]) pushIfAbsent(k K, v V) (accepted bool, dropped *pendingChange[K, V]) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if _, ok := q.byKey[k]; ok {
+		return false, nil
+	}
+	return q.pushLocked(k, v)
+}
+
+func (q *pendingQueue[K, V]) pushLocked(k K, v V) (accepted bool, dropped *pendingChange[K, V]) {
 	if e, ok := q.byKey[k]; ok {
 		q.order.Remove(e)
 		delete(q.byKey, k)

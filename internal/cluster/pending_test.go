@@ -70,6 +70,26 @@ func TestPendingQueueDropsOldestWhenAsked(t *testing.T) {
 	}
 }
 
+// TestPendingQueuePushIfAbsent: a change queued only if its key has none
+// waiting keeps the waiting one; on a full queue it drops the oldest
+// like pushEvict.
+func TestPendingQueuePushIfAbsent(t *testing.T) {
+	q := newPendingQueue[string, int](2, true)
+	q.push("a", 1)
+	if ok, dropped := q.pushIfAbsent("a", 2); ok || dropped != nil {
+		t.Fatalf("a waiting key: accepted %v, dropped %+v; want refused", ok, dropped)
+	}
+	if ok, dropped := q.pushIfAbsent("b", 3); !ok || dropped != nil {
+		t.Fatalf("a new key: accepted %v, dropped %+v; want accepted", ok, dropped)
+	}
+	if ok, dropped := q.pushIfAbsent("c", 4); !ok || dropped == nil || dropped.key != "a" {
+		t.Fatalf("a third key: accepted %v, dropped %+v; want accepted, a dropped", ok, dropped)
+	}
+	if got, want := drainQueue(q), []string{"b=3", "c=4"}; !slices.Equal(got, want) {
+		t.Fatalf("drained %v, want %v", got, want)
+	}
+}
+
 // TestPendingQueueReplacedWhileWriting: a change made while the previous
 // change of its key is being written is not removed with it.
 func TestPendingQueueReplacedWhileWriting(t *testing.T) {

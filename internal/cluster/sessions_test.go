@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	"github.com/moatmq/moat/internal/broker"
 	"github.com/moatmq/moat/internal/packet"
 	"github.com/moatmq/moat/internal/testutil"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // dialSession connects a client with a persistent session (MQTT 5:
@@ -306,16 +308,17 @@ func TestSecurityClusterSessionOwner(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	dialAs := func(addr, user string) (*client.Client, error) {
+	dialID := func(addr, user, id string, expiry uint32) (*client.Client, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		c, err := client.Dial(ctx, client.Config{Servers: []string{"tcp://" + addr}, ClientID: "dev-1", SessionExpiry: 600,
-			Username: user, Password: client.NewSecret([]byte(users[user]))})
+		c, err := client.Dial(ctx, client.Config{Servers: []string{"tcp://" + addr}, ClientID: id, SessionExpiry: expiry,
+			CleanStart: expiry == 0, Username: user, Password: client.NewSecret([]byte(users[user]))})
 		if c != nil {
 			t.Cleanup(func() { c.Close() })
 		}
 		return c, err
 	}
+	dialAs := func(addr, user string) (*client.Client, error) { return dialID(addr, user, "dev-1", 600) }
 	alice, err := dialAs(nodes[0].addr, "alice")
 	if err != nil {
 		t.Fatal(err)
@@ -337,6 +340,142 @@ func TestSecurityClusterSessionOwner(t *testing.T) {
 	if !found {
 		t.Fatal("the owner's session left its node")
 	}
+
+	// Clean sessions keep no session record: mallory's connection with
+	// a clean-session client ID of alice's on another node is refused
+	// only by the node where alice is connected, which keeps alice's
+	// connection (Server.TakeoverRemote). That connection's claim stays
+	// in force: alice's later connection elsewhere ends it, and one
+	// written late still ends alice's earlier one on a third node.
+	t.Run("a kept connection is still taken over", func(t *testing.T) {
+		a1, err := dialID(nodes[0].addr, "alice", "dev-2", 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		awaitClaimHeard(t, nodes[0], "dev-2", nodes[1], nodes[2])
+		if _, err := dialID(nodes[1].addr, "mallory", "dev-2", 0); err != nil {
+			t.Fatal(err)
+		}
+		awaitClaimHeard(t, nodes[1], "dev-2", nodes[0], nodes[2])
+		if !a1.IsConnected() {
+			t.Fatal("mallory's claim ended alice's connection")
+		}
+		if _, err := dialID(nodes[2].addr, "alice", "dev-2", 0); err != nil {
+			t.Fatal(err)
+		}
+		expectTakenOver(t, a1, "alice's earlier connection on n1")
+	})
+	t.Run("a kept claim is still written", func(t *testing.T) {
+		a3, err := dialID(nodes[2].addr, "alice", "dev-3", 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		awaitClaimHeard(t, nodes[2], "dev-3", nodes[0], nodes[1])
+		a1, unreachable := waitingClaimOf(t, nodes[0], "dev-3", func() *client.Client {
+			c, err := dialID(nodes[0].addr, "alice", "dev-3", 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return c
+		})
+		if _, err := dialID(nodes[1].addr, "mallory", "dev-3", 0); err != nil {
+			t.Fatal(err)
+		}
+		awaitClaimHeard(t, nodes[1], "dev-3", nodes[0])
+		if _, late := claimState(nodes[0], "dev-3"); !late || !a1.IsConnected() {
+			t.Fatal("mallory's claim ended alice's connection on n1, or its claim")
+		}
+		unreachable.Store(false)
+		expectTakenOver(t, a3, "alice's earlier connection on n3")
+		testutil.WaitFor(t, "n1's claim stored", 30*time.Second, func() bool {
+			stored, late := claimState(nodes[0], "dev-3")
+			return stored && !late
+		})
+		if !a1.IsConnected() {
+			t.Fatal("alice's connection on n1 ended")
+		}
+	})
+	t.Run("a kept claim set aside is written", func(t *testing.T) {
+		// n1's writer tries its waiting claim again after mallory's
+		// claim is stored and before n1's watch delivers it (the two
+		// share a goroutine): the writer finds a later claim and sets
+		// its own aside; the watch then finds the claim another
+		// identity's, which did not end the connection, and queues the
+		// claim again.
+		a3, err := dialID(nodes[2].addr, "alice", "dev-4", 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		awaitClaimHeard(t, nodes[2], "dev-4", nodes[0], nodes[1])
+		var phase atomic.Int32
+		entered, release := make(chan struct{}), make(chan struct{})
+		f := func(id string) error {
+			if id != "dev-4" {
+				return nil
+			}
+			switch phase.Load() {
+			case 0:
+				return jetstream.ErrNoStreamResponse
+			case 1:
+				phase.Store(2)
+				close(entered)
+				<-release
+			}
+			return nil
+		}
+		kv := nodes[0].node.kvs()
+		kv.failClaim.Store(&f)
+		t.Cleanup(func() { kv.failClaim.Store(nil) })
+		a1, err := dialID(nodes[0].addr, "alice", "dev-4", 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		testutil.WaitFor(t, "n1's claim to wait", 30*time.Second, func() bool {
+			_, late := claimState(nodes[0], "dev-4")
+			return late
+		})
+		phase.Store(1)
+		select {
+		case <-entered:
+		case <-time.After(30 * time.Second):
+			t.Fatal("n1's writer did not try the claim again")
+		}
+		if _, err := dialID(nodes[1].addr, "mallory", "dev-4", 0); err != nil {
+			close(release)
+			t.Fatal(err)
+		}
+		awaitClaimHeard(t, nodes[1], "dev-4")
+		close(release)
+		expectTakenOver(t, a3, "alice's earlier connection on n3")
+		testutil.WaitFor(t, "n1's claim stored", 30*time.Second, func() bool {
+			stored, _ := claimState(nodes[0], "dev-4")
+			return stored && !claimNoted(nodes[0], "dev-4")
+		})
+		if !a1.IsConnected() {
+			t.Fatal("alice's connection on n1 ended")
+		}
+	})
+}
+
+// awaitClaimHeard waits until tn's claim of clientID is stored and every
+// node of others has heard of it.
+func awaitClaimHeard(t *testing.T, tn *testNode, clientID string, others ...*testNode) {
+	t.Helper()
+	testutil.WaitFor(t, tn.node.cfg.Node+"'s claim of "+clientID+", heard", 30*time.Second, func() bool {
+		kv := tn.node.kvs()
+		kv.mu.Lock()
+		rev, ok := kv.claims[clientID]
+		kv.mu.Unlock()
+		if !ok {
+			return false
+		}
+		for _, o := range others {
+			if o.node.kvs().seen.Load() < rev {
+				return false
+			}
+		}
+		return true
+	})
 }
 
 // TestSessionMoveGapOnNewHome: a persistent session moves from n1 to n2;
