@@ -596,6 +596,75 @@ func expectTakenOver(t *testing.T, c *client.Client, what string) {
 	}
 }
 
+// TestWatchStartedAgain: a bucket's watch that ends is started again,
+// the claims' from the claim after the last one it applied: a claim
+// written while the node had no watch still takes its connection over,
+// and a retained message set meanwhile still reaches its cache.
+func TestWatchStartedAgain(t *testing.T) {
+	nodes := commonCluster(t)
+	n1, n2 := nodes[0], nodes[1]
+	earlier := dial(t, n1.addr, "rewatch-1", client.V5)
+	awaitClaimHeard(t, n1, "rewatch-1", n2)
+	// n1's claims loop is held in the write of another claim while its
+	// watch is stopped and n2's claim is written: no watch of n1
+	// delivers that claim.
+	kv := n1.node.kvs()
+	entered, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	f := func(id string) error {
+		if id == "rewatch-hold" {
+			once.Do(func() {
+				close(entered)
+				<-release
+			})
+		}
+		return nil
+	}
+	kv.failClaim.Store(&f)
+	t.Cleanup(func() { kv.failClaim.Store(nil) })
+	var released sync.Once
+	unhold := func() { released.Do(func() { close(release) }) }
+	t.Cleanup(unhold)
+	dial(t, n1.addr, "rewatch-hold", client.V5)
+	select {
+	case <-entered:
+	case <-time.After(30 * time.Second):
+		t.Fatal("n1's claim writer did not take the claim")
+	}
+	stop := func(what string) jetstream.KeyWatcher {
+		kv.mu.Lock()
+		w := kv.watchers[what]
+		kv.mu.Unlock()
+		if err := w.Stop(); err != nil {
+			t.Fatal(err)
+		}
+		return w
+	}
+	oldClaims, oldRetained := stop("claim"), stop("retained")
+	later := dial(t, n2.addr, "rewatch-1", client.V5)
+	awaitClaimHeard(t, n2, "rewatch-1")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := later.Publish(ctx, &client.Message{Topic: "rewatch/state", QoS: 1, Retain: true, Payload: []byte("on")}); err != nil {
+		t.Fatal(err)
+	}
+	unhold()
+	expectTakenOver(t, earlier, "the connection on n1")
+	testutil.WaitFor(t, "the retained message on n1", 30*time.Second, func() bool {
+		m, _ := n1.srv.RetainedMatch("rewatch/#", 10)
+		return len(m) == 1
+	})
+	kv.mu.Lock()
+	restarted := kv.watchers["claim"] != oldClaims && kv.watchers["retained"] != oldRetained
+	kv.mu.Unlock()
+	if !restarted {
+		t.Fatal("a watch was not started again")
+	}
+	if !later.IsConnected() {
+		t.Fatal("the later connection on n2 ended")
+	}
+}
+
 // TestLateClaim: a client-ID claim that could not be written (the claims
 // bucket electing a leader) waits to be written again. Written late, it
 // takes over the connection the client had on another node before; and

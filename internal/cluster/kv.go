@@ -53,6 +53,9 @@ type kvState struct {
 	// failClaim, in tests, fails a claim's write with the error it
 	// returns (nil: written).
 	failClaim atomic.Pointer[func(clientID string) error]
+	// watchers holds each bucket's current watch ("claim", "retained"),
+	// for tests.
+	watchers map[string]jetstream.KeyWatcher
 }
 
 // unwrittenClaim is a claim not written yet: the kvWrite's owner, seen
@@ -125,7 +128,7 @@ func (n *Node) kvs() *kvState {
 	defer n.subMu.Unlock()
 	if n.kv == nil {
 		n.kv = &kvState{ret: newKVQueue(), cl: newKVQueue(), claims: make(map[string]uint64),
-			unwritten: make(map[string]unwrittenClaim)}
+			unwritten: make(map[string]unwrittenClaim), watchers: make(map[string]jetstream.KeyWatcher)}
 	}
 	return n.kv
 }
@@ -222,33 +225,31 @@ func (n *Node) kvLoop() {
 		}
 		backoff = min(2*backoff, 2*time.Second)
 	}
-	retW, err := kv.retained.WatchAll(n.ctx)
-	if err != nil {
-		n.log.Error("cluster: watching retained messages failed", "err", err)
-		return
-	}
-	defer func() { _ = retW.Stop() }()
-	// Claims made before this node started do not concern it.
-	clW, err := kv.clients.WatchAll(n.ctx, jetstream.UpdatesOnly())
-	if err != nil {
-		n.log.Error("cluster: watching client claims failed", "err", err)
-		return
-	}
-	defer func() { _ = clW.Stop() }()
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		n.bucketLoop(kv, &kv.cl, clW.Updates(), "claim", func(e jetstream.KeyValueEntry) {
-			if e != nil {
+		// Claims made before this node started do not concern it; a
+		// watch started again resumes after the last claim it applied.
+		n.bucketLoop(kv, &kv.cl, "claim", func() (jetstream.KeyWatcher, error) {
+			if seen := kv.seen.Load(); seen > 0 {
+				return kv.clients.WatchAll(n.ctx, jetstream.ResumeFromRevision(seen+1))
+			}
+			return kv.clients.WatchAll(n.ctx, jetstream.UpdatesOnly())
+		}, func(e jetstream.KeyValueEntry) {
+			if e != nil && e.Revision() > kv.seen.Load() {
 				kv.seen.Store(e.Revision())
 				n.applyClaim(e)
 			}
 		})
 	}()
+	// A watch started again delivers every topic's last value anew:
+	// the local cache takes the bucket's, as at start.
 	initial := true
-	n.bucketLoop(kv, &kv.ret, retW.Updates(), "retained", func(e jetstream.KeyValueEntry) {
+	n.bucketLoop(kv, &kv.ret, "retained", func() (jetstream.KeyWatcher, error) {
+		return kv.retained.WatchAll(n.ctx)
+	}, func(e jetstream.KeyValueEntry) {
 		if e != nil {
 			n.applyRetained(e)
 		} else if initial {
@@ -261,9 +262,37 @@ func (n *Node) kvLoop() {
 
 // bucketLoop applies one bucket's watch updates and writes its queued
 // changes (q) until the node stops. A write that fails with the bucket
-// unreachable is tried again every 2 s, with those queued after it.
-func (n *Node) bucketLoop(kv *kvState, q *kvQueue, updates <-chan jetstream.KeyValueEntry, what string,
+// unreachable is tried again every 2 s, with those queued after it. The
+// watch (started by watch) is started again when it ends or cannot be
+// started, every 2 s until it starts: the watcher's consumer, recreated
+// by the client library after a stream's failure, can fail for good, and
+// a node without its watch would neither see other nodes' retained
+// messages nor be taken over by their clients' connections.
+func (n *Node) bucketLoop(kv *kvState, q *kvQueue, what string, watch func() (jetstream.KeyWatcher, error),
 	apply func(jetstream.KeyValueEntry)) {
+	var w jetstream.KeyWatcher
+	defer func() {
+		if w != nil {
+			_ = w.Stop()
+		}
+	}()
+	var updates <-chan jetstream.KeyValueEntry
+	start := func() <-chan time.Time {
+		var err error
+		if w, err = watch(); err != nil {
+			w = nil
+			if n.ctx.Err() == nil {
+				n.log.Error("cluster: watching the "+what+" bucket failed; trying again", "err", err)
+			}
+			return time.After(2 * time.Second)
+		}
+		updates = w.Updates()
+		kv.mu.Lock()
+		kv.watchers[what] = w
+		kv.mu.Unlock()
+		return nil
+	}
+	rewatch := start()
 	var retry <-chan time.Time // while changes wait for a failed write
 	for {
 		select {
@@ -271,11 +300,15 @@ func (n *Node) bucketLoop(kv *kvState, q *kvQueue, updates <-chan jetstream.KeyV
 			return
 		case e, ok := <-updates:
 			if !ok {
-				n.log.Error("cluster: " + what + " watch ended")
-				updates = nil
+				n.log.Error("cluster: " + what + " watch ended; starting it again")
+				_ = w.Stop()
+				w, updates = nil, nil
+				rewatch = start()
 				continue
 			}
 			apply(e)
+		case <-rewatch:
+			rewatch = start()
 		case <-q.wake:
 			if retry == nil && n.writeQueued(kv, q) {
 				retry = time.After(2 * time.Second)
