@@ -596,6 +596,135 @@ func expectTakenOver(t *testing.T, c *client.Client, what string) {
 	}
 }
 
+// TestRetainedOwnChangeWins: when another node's retained change of a
+// topic comes before this node's in the bucket, the watch delivers it
+// while this node's change waits to be written, or after this node wrote
+// its own: the local store keeps its own change, which is the bucket's
+// last value, as on every other node. Before, it took the other node's
+// and then skipped its own as the watch delivered it: one node's cache
+// disagreed with the bucket until the topic's next change.
+func TestRetainedOwnChangeWins(t *testing.T) {
+	nodes := commonCluster(t)
+	n1, n2 := nodes[0], nodes[1]
+	pub1 := dial(t, n1.addr, "rown-pub1", client.V5)
+	pub2 := dial(t, n2.addr, "rown-pub2", client.V5)
+	kv1, kv2 := n1.node.kvs(), n2.node.kvs()
+	publish := func(c *client.Client, topic, payload string) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := c.Publish(ctx, &client.Message{Topic: topic, QoS: 1, Retain: true, Payload: []byte(payload)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// theirs waits until n2 wrote its change of topic and n1's watch
+	// delivered it.
+	theirs := func(topic string) {
+		t.Helper()
+		var rev uint64
+		testutil.WaitFor(t, "n2's change of "+topic+" in the bucket", 30*time.Second, func() bool {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			e, err := kv2.retained.Get(ctx, topicTokens(topic))
+			if err != nil {
+				return false
+			}
+			r, err := decodeRetained(e.Value(), time.Now())
+			if err != nil || string(r.msg.Payload) != "theirs" {
+				return false
+			}
+			rev = e.Revision()
+			return true
+		})
+		testutil.WaitFor(t, "n1's watch past n2's change", 30*time.Second, func() bool {
+			return kv1.retSeen.Load() >= rev
+		})
+	}
+	everywhere := func(topic, want string) {
+		t.Helper()
+		for _, tn := range nodes {
+			testutil.WaitFor(t, tn.node.cfg.Node+"'s "+topic, 30*time.Second, func() bool {
+				m, _ := tn.srv.RetainedMatch(topic, 1)
+				return len(m) == 1 && string(m[0].Preview) == want
+			})
+		}
+	}
+	local := func(topic string) string {
+		m, _ := n1.srv.RetainedMatch(topic, 1)
+		if len(m) == 0 {
+			return ""
+		}
+		return string(m[0].Preview)
+	}
+	t.Run("waiting to be written", func(t *testing.T) {
+		var unreachable atomic.Bool
+		unreachable.Store(true)
+		f := func(topic string) error {
+			if topic == "rown/a" && unreachable.Load() {
+				return jetstream.ErrNoStreamResponse
+			}
+			return nil
+		}
+		kv1.failRetained.Store(&f)
+		t.Cleanup(func() { kv1.failRetained.Store(nil) })
+		publish(pub1, "rown/a", "mine")
+		testutil.WaitFor(t, "n1's change to wait", 30*time.Second, func() bool {
+			_, queued := kv1.ret.writes.get("rrown/a")
+			return queued
+		})
+		publish(pub2, "rown/a", "theirs")
+		theirs("rown/a")
+		if got := local("rown/a"); got != "mine" {
+			t.Fatalf("n1 holds %q while its own change waits, want mine", got)
+		}
+		unreachable.Store(false)
+		everywhere("rown/a", "mine")
+	})
+	t.Run("written before the other is delivered", func(t *testing.T) {
+		// n1's retained loop is held in its write while n2's change is
+		// stored; n1's own is then stored after it, and the watch
+		// delivers n2's first.
+		entered, release := make(chan struct{}), make(chan struct{})
+		var once, released sync.Once
+		f := func(topic string) error {
+			if topic == "rown/b" {
+				once.Do(func() {
+					close(entered)
+					<-release
+				})
+			}
+			return nil
+		}
+		unhold := func() { released.Do(func() { close(release) }) }
+		kv1.failRetained.Store(&f)
+		t.Cleanup(func() { kv1.failRetained.Store(nil) })
+		t.Cleanup(unhold)
+		publish(pub1, "rown/b", "mine")
+		select {
+		case <-entered:
+		case <-time.After(30 * time.Second):
+			t.Fatal("n1's retained writer did not take the change")
+		}
+		publish(pub2, "rown/b", "theirs")
+		testutil.WaitFor(t, "n2's change in the bucket", 30*time.Second, func() bool {
+			m, _ := nodes[2].srv.RetainedMatch("rown/b", 1)
+			return len(m) == 1 && string(m[0].Preview) == "theirs"
+		})
+		unhold()
+		everywhere("rown/b", "mine")
+		pastOwn := func() bool {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			e, err := kv1.retained.Get(ctx, topicTokens("rown/b"))
+			return err == nil && kv1.retSeen.Load() >= e.Revision()
+		}
+		testutil.WaitFor(t, "n1's watch past its own change", 30*time.Second, pastOwn)
+		if got := local("rown/b"); got != "mine" {
+			t.Fatalf("n1 holds %q, want mine", got)
+		}
+	})
+}
+
 // TestWatchStartedAgain: a bucket's watch that ends is started again,
 // the claims' from the claim after the last one it applied: a claim
 // written while the node had no watch still takes its connection over,

@@ -120,6 +120,7 @@ func (n *Node) purgeRetained(ctx context.Context, kv *kvState, topic string) err
 	}
 	n.hk.ownPurges[rev] = struct{}{}
 	n.hk.mu.Unlock()
+	n.wroteRetained(topic, rev)
 	n.stats.retainedOut.Add(1)
 	n.stats.retainedPurged.Add(1)
 	return nil
@@ -136,13 +137,18 @@ func (n *Node) applyRetainedRemoval(e jetstream.KeyValueEntry) {
 	_, own := n.hk.ownPurges[e.Revision()]
 	delete(n.hk.ownPurges, e.Revision())
 	n.hk.mu.Unlock()
-	if own {
-		return
-	}
 	t, err := tokensTopic(e.Key())
-	if err != nil {
+	switch {
+	case own:
+		if err == nil {
+			n.ownRetainedBack(t, e.Revision())
+		}
+		return
+	case err != nil:
 		n.stats.decodeErrors.Add(1)
 		n.log.Warn("cluster: retained removal under a malformed key ignored", "key", clip(e.Key()))
+		return
+	case n.retainedBehind(t, e.Revision()):
 		return
 	}
 	n.stats.retainedIn.Add(1)

@@ -53,6 +53,15 @@ type kvState struct {
 	// failClaim, in tests, fails a claim's write with the error it
 	// returns (nil: written).
 	failClaim atomic.Pointer[func(clientID string) error]
+	// failRetained, in tests, fails a retained change's write the same
+	// way; retSeen is the revision of the last retained change the watch
+	// delivered.
+	failRetained atomic.Pointer[func(topic string) error]
+	retSeen      atomic.Uint64
+	// ownRet holds, per topic, the revision of this node's last retained
+	// change written and not yet delivered by the watch (retainedBehind);
+	// only the retained bucket's loop uses it.
+	ownRet map[string]uint64
 	// watchers holds each bucket's current watch ("claim", "retained"),
 	// for tests.
 	watchers map[string]jetstream.KeyWatcher
@@ -252,6 +261,7 @@ func (n *Node) kvLoop() {
 	}, func(e jetstream.KeyValueEntry) {
 		if e != nil {
 			n.applyRetained(e)
+			kv.retSeen.Store(e.Revision())
 		} else if initial {
 			initial = false
 			n.partReady()
@@ -403,8 +413,12 @@ func (n *Node) writeRetained(ctx context.Context, kv *kvState, w kvWrite) error 
 	if errors.Is(err, errExpired) {
 		return nil
 	}
+	if f := kv.failRetained.Load(); err == nil && f != nil {
+		err = (*f)(w.retained.Topic)
+	}
+	var rev uint64
 	if err == nil {
-		_, err = kv.retained.Put(ctx, topicTokens(w.retained.Topic), val)
+		rev, err = kv.retained.Put(ctx, topicTokens(w.retained.Topic), val)
 	}
 	if err != nil {
 		if !unreachable(err) {
@@ -412,6 +426,7 @@ func (n *Node) writeRetained(ctx context.Context, kv *kvState, w kvWrite) error 
 		}
 		return err
 	}
+	n.wroteRetained(w.retained.Topic, rev)
 	n.stats.retainedOut.Add(1)
 	return nil
 }
@@ -551,7 +566,10 @@ func (n *Node) writeLateClaim(ctx context.Context, kv *kvState, w kvWrite, val [
 
 // applyRetained applies another node's retained change to the local
 // store, the cluster's cache on this node. Changes arrive in the
-// bucket's order, so every node's cache ends with the bucket's last value.
+// bucket's order, so every node's cache ends with the bucket's last
+// value: this node's own changes are in its store already, and another
+// node's that comes before one of them in the bucket is not applied
+// (retainedBehind).
 func (n *Node) applyRetained(e jetstream.KeyValueEntry) {
 	if e.Operation() != jetstream.KeyValuePut {
 		n.applyRetainedRemoval(e) // a cleared topic (housekeeping.go)
@@ -564,6 +582,7 @@ func (n *Node) applyRetained(e jetstream.KeyValueEntry) {
 		return
 	}
 	if r.origin == n.origin {
+		n.ownRetainedBack(r.msg.Topic, e.Revision())
 		return
 	}
 	if t, err := tokensTopic(e.Key()); err != nil || t != r.msg.Topic {
@@ -571,8 +590,57 @@ func (n *Node) applyRetained(e jetstream.KeyValueEntry) {
 		n.log.Warn("cluster: retained record under another topic's key ignored", "key", clip(e.Key()))
 		return
 	}
+	if n.retainedBehind(r.msg.Topic, e.Revision()) {
+		return
+	}
 	n.stats.retainedIn.Add(1)
 	n.b.RetainRemote(r.msg, r.pub)
+}
+
+// wroteRetained notes the revision of this node's retained change of
+// topic, written to the bucket; the watch has yet to deliver it. Only the
+// retained bucket's loop calls it, as it does retainedBehind and
+// ownRetainedBack.
+func (n *Node) wroteRetained(topic string, rev uint64) {
+	kv := n.kv
+	if kv.ownRet == nil || len(kv.ownRet) >= maxOwnPurges {
+		// Notes leave as the watch delivers the topic's next change;
+		// one whose change never comes back (a watch started again
+		// after a later change) must not make the map grow forever.
+		kv.ownRet = make(map[string]uint64)
+	}
+	kv.ownRet[topic] = rev
+}
+
+// ownRetainedBack forgets the note of this node's change of topic once
+// the watch delivers it.
+func (n *Node) ownRetainedBack(topic string, rev uint64) {
+	if r, ok := n.kv.ownRet[topic]; ok && r <= rev {
+		delete(n.kv.ownRet, topic)
+	}
+}
+
+// retainedBehind reports whether another node's change of topic at
+// revision rev is to be left out of the local store, which holds a
+// change of this node's that will be the bucket's later value: one
+// written at a later revision (the watch delivers it next), or one that
+// waits to be written (the bucket unreachable when it was tried). The
+// store would otherwise take the other's change and then skip its own as
+// it comes back.
+func (n *Node) retainedBehind(topic string, rev uint64) bool {
+	kv := n.kv
+	if r, ok := kv.ownRet[topic]; ok {
+		if r > rev {
+			n.log.Debug("cluster: another node's retained change not applied: this node's later change is in the bucket", "topic", clip(topic))
+			return true
+		}
+		delete(kv.ownRet, topic)
+	}
+	if _, queued := kv.ret.writes.get("r" + topic); queued {
+		n.log.Debug("cluster: another node's retained change not applied: this node's change of the topic waits to be written", "topic", clip(topic))
+		return true
+	}
+	return false
 }
 
 // applyClaim takes over the local connection of a client that connected
