@@ -596,6 +596,53 @@ func expectTakenOver(t *testing.T, c *client.Client, what string) {
 	}
 }
 
+// TestLateClaimAfterRestart: a node started again takes the claims made
+// before it started as seen. A claim of its that is written late is then
+// written over a claim of the same client ID made before the node
+// started, and takes over that connection. Before, the node took no claim
+// as seen until its watch delivered one: such a claim found the earlier
+// one in the bucket, counted it as later, and waited for the watch to
+// deliver it, which it never would; neither connection was taken over.
+func TestLateClaimAfterRestart(t *testing.T) {
+	dir, routes := t.TempDir(), freePorts(t, 3)
+	nodes, err := startNodes(t, dir, routes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	earlier := dial(t, nodes[1].addr, "restart-x", client.V5)
+	awaitClaimHeard(t, nodes[1], "restart-x")
+	stopNode(t, nodes[0])
+	var unreachable atomic.Bool
+	unreachable.Store(true)
+	f := func(id string) error {
+		if id == "restart-x" && unreachable.Load() {
+			return jetstream.ErrNoStreamResponse
+		}
+		return nil
+	}
+	n1 := restartWithListener(t, dir, routes, 0, func(nd *Node) { nd.kvs().failClaim.Store(&f) })
+	kv := n1.node.kvs()
+	testutil.WaitFor(t, "n1's claims watch", 30*time.Second, func() bool {
+		kv.mu.Lock()
+		defer kv.mu.Unlock()
+		return kv.watchers["claim"] != nil && n1.node.sessionsReady()
+	})
+	later := dial(t, n1.addr, "restart-x", client.V5)
+	testutil.WaitFor(t, "n1's claim to wait", 30*time.Second, func() bool {
+		_, late := claimState(n1, "restart-x")
+		return late
+	})
+	unreachable.Store(false)
+	expectTakenOver(t, earlier, "the connection on n2, made before n1 started")
+	testutil.WaitFor(t, "n1's claim stored", 30*time.Second, func() bool {
+		stored, _ := claimState(n1, "restart-x")
+		return stored && !claimNoted(n1, "restart-x")
+	})
+	if !later.IsConnected() {
+		t.Fatal("the connection on n1 ended")
+	}
+}
+
 // TestRetainedOwnChangeWins: when another node's retained change of a
 // topic comes before this node's in the bucket, the watch delivers it
 // while this node's change waits to be written, or after this node wrote

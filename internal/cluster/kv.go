@@ -157,8 +157,9 @@ func (n *Node) Retained(msg *broker.Message) {
 // still unwritten is replaced, queued and noted.
 func (n *Node) Connected(clientID, owner string) {
 	kv := n.kvs()
-	w := kvWrite{clientID: clientID, owner: owner, seen: kv.seen.Load(), at: time.Now()}
+	w := kvWrite{clientID: clientID, owner: owner, at: time.Now()}
 	kv.mu.Lock()
+	w.seen = kv.seen.Load() // under the lock: see watchClaims
 	kv.unwritten[clientID] = unwrittenClaim{owner: owner, seen: w.seen, at: w.at}
 	kv.mu.Unlock()
 	n.queueWrite(w)
@@ -239,13 +240,8 @@ func (n *Node) kvLoop() {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		// Claims made before this node started do not concern it; a
-		// watch started again resumes after the last claim it applied.
 		n.bucketLoop(kv, &kv.cl, "claim", func() (jetstream.KeyWatcher, error) {
-			if seen := kv.seen.Load(); seen > 0 {
-				return kv.clients.WatchAll(n.ctx, jetstream.ResumeFromRevision(seen+1))
-			}
-			return kv.clients.WatchAll(n.ctx, jetstream.UpdatesOnly())
+			return n.watchClaims(kv)
 		}, func(e jetstream.KeyValueEntry) {
 			if e != nil && e.Revision() > kv.seen.Load() {
 				kv.seen.Store(e.Revision())
@@ -268,6 +264,55 @@ func (n *Node) kvLoop() {
 			n.log.Info("cluster: key-value store ready", "replicas", n.replicas)
 		}
 	})
+}
+
+// watchClaims starts the watch of the claims bucket after the last claim
+// taken as seen (kvState.seen): every claim past seen is delivered, which
+// writeClaim relies on when it sets a claim aside for a later one. Claims
+// made before this node started do not concern it: the first watch takes
+// the bucket's last revision as seen (the bucket's leader answers), also
+// for the claims of connections made before it, and one started again
+// resumes after the last claim it applied. (Such a connection's claim,
+// written late, is then written over a claim made after it that this
+// node never heard of: the older connection stays in place of the newer,
+// never both, as writeLateClaim allows.)
+func (n *Node) watchClaims(kv *kvState) (jetstream.KeyWatcher, error) {
+	seen := kv.seen.Load()
+	if seen == 0 {
+		ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
+		st, err := kv.clients.Status(ctx)
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+		bs, ok := st.(*jetstream.KeyValueBucketStatus)
+		if !ok || bs.StreamInfo() == nil {
+			return kv.clients.WatchAll(n.ctx, jetstream.UpdatesOnly())
+		}
+		last := bs.StreamInfo().State.LastSeq
+		var again []kvWrite
+		kv.mu.Lock()
+		if kv.seen.CompareAndSwap(0, last) {
+			for id, u := range kv.unwritten {
+				if u.seen >= last {
+					continue
+				}
+				u.seen = last
+				if u.aside {
+					// Set aside for a claim this watch will not deliver.
+					u.superseded, u.aside = false, false
+					again = append(again, kvWrite{clientID: id, owner: u.owner, seen: u.seen, at: u.at})
+				}
+				kv.unwritten[id] = u
+			}
+		}
+		seen = kv.seen.Load()
+		kv.mu.Unlock()
+		for _, w := range again {
+			n.enqueue(w, true)
+		}
+	}
+	return kv.clients.WatchAll(n.ctx, jetstream.ResumeFromRevision(seen+1))
 }
 
 // bucketLoop applies one bucket's watch updates and writes its queued
