@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -332,14 +333,23 @@ func (n *Node) bucketLoop(kv *kvState, q *kvQueue, what string, watch func() (je
 		}
 	}()
 	var updates <-chan jetstream.KeyValueEntry
+	failures := 0 // in a row: the first is logged at Error, the rest at Debug
 	start := func() <-chan time.Time {
 		var err error
 		if w, err = watch(); err != nil {
 			w = nil
-			if n.ctx.Err() == nil {
-				n.log.Error("cluster: watching the "+what+" bucket failed; trying again", "err", err)
+			if failures++; n.ctx.Err() == nil {
+				lvl := slog.LevelError
+				if failures > 1 {
+					lvl = slog.LevelDebug
+				}
+				n.log.Log(n.ctx, lvl, "cluster: watching the "+what+" bucket failed; trying again every 2 s", "err", err)
 			}
 			return time.After(2 * time.Second)
+		}
+		if failures > 0 {
+			n.log.Info("cluster: "+what+" watch started", "failed_tries", failures)
+			failures = 0
 		}
 		updates = w.Updates()
 		kv.mu.Lock()
