@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/signal"
 	"slices"
 	"strconv"
 	"strings"
@@ -182,14 +183,16 @@ func logConfig(log *slog.Logger, cfg *config.Config) {
 // serve binds every listener, serves them until ctx ends or one fails,
 // and shuts the broker down.
 func (p *servePlan) serve(ctx context.Context, stdio Stdio) error {
+	hup := catchSIGHUP()
 	if err := p.bind(ctx); err != nil {
+		signal.Stop(hup)
 		return err
 	}
 	if p.zero != nil {
 		p.zero.printInstructions(stdio.Err, p.listeners[0].ln.Addr().String())
 		p.access.printDefaultPolicy(stdio.Err, p.zero.caDir)
 	}
-	stopHUP := p.reloadOnSIGHUP()
+	stopHUP := p.reloadOnSIGHUP(hup)
 	defer stopHUP()
 	stopAdmin, err := p.serveAdmin(ctx)
 	if err != nil {

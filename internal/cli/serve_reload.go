@@ -90,14 +90,22 @@ func (p *servePlan) runningConfig() *config.Config {
 	return p.cfg
 }
 
-// reloadOnSIGHUP reloads the configuration on SIGHUP, and writes
-// DATA_DIR/moat.pid once the signal is handled, so that `moat reload`
-// never signals a broker that would die of it. The returned stop ends the
-// goroutine, waits for it and removes the pid file; calling it again does
-// nothing.
-func (p *servePlan) reloadOnSIGHUP() (stop func()) {
+// catchSIGHUP makes SIGHUP arrive on the channel it returns rather than
+// end the process (the signal's default action). serve calls it before
+// it binds the listeners: a SIGHUP sent as soon as a listener is logged
+// ready is then kept until reloadOnSIGHUP handles it.
+func catchSIGHUP() chan os.Signal {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
+	return hup
+}
+
+// reloadOnSIGHUP reloads the configuration on each SIGHUP caught on hup
+// (catchSIGHUP), and writes DATA_DIR/moat.pid, so that `moat reload`
+// never signals a broker that would die of it. The returned stop ends the
+// goroutine, waits for it, stops catching SIGHUP and removes the pid
+// file; calling it again does nothing.
+func (p *servePlan) reloadOnSIGHUP(hup chan os.Signal) (stop func()) {
 	removePID := p.writePIDFile()
 	done := make(chan struct{})
 	var wg sync.WaitGroup
