@@ -731,27 +731,9 @@ func TestRetainedOwnChangeWins(t *testing.T) {
 		// n1's retained loop is held in its write while n2's change is
 		// stored; n1's own is then stored after it, and the watch
 		// delivers n2's first.
-		entered, release := make(chan struct{}), make(chan struct{})
-		var once, released sync.Once
-		f := func(topic string) error {
-			if topic == "rown/b" {
-				once.Do(func() {
-					close(entered)
-					<-release
-				})
-			}
-			return nil
-		}
-		unhold := func() { released.Do(func() { close(release) }) }
-		kv1.failRetained.Store(&f)
-		t.Cleanup(func() { kv1.failRetained.Store(nil) })
-		t.Cleanup(unhold)
+		held, unhold := holdWrite(t, &kv1.failRetained, "rown/b")
 		publish(pub1, "rown/b", "mine")
-		select {
-		case <-entered:
-		case <-time.After(30 * time.Second):
-			t.Fatal("n1's retained writer did not take the change")
-		}
+		held("n1's retained writer")
 		publish(pub2, "rown/b", "theirs")
 		testutil.WaitFor(t, "n2's change in the bucket", 30*time.Second, func() bool {
 			m, _ := nodes[2].srv.RetainedMatch("rown/b", 1)
@@ -772,6 +754,37 @@ func TestRetainedOwnChangeWins(t *testing.T) {
 	})
 }
 
+// holdWrite sets the write hook at hook (kvState.failClaim or
+// failRetained) to hold the first write of key, and with it its bucket's
+// loop, until unhold is called (at the latest as the test ends). held
+// waits until that write is held; what names the writer in its failure.
+func holdWrite(t *testing.T, hook *atomic.Pointer[func(string) error], key string) (held func(what string), unhold func()) {
+	entered, release := make(chan struct{}), make(chan struct{})
+	var once, released sync.Once
+	f := func(k string) error {
+		if k == key {
+			once.Do(func() {
+				close(entered)
+				<-release
+			})
+		}
+		return nil
+	}
+	unhold = func() { released.Do(func() { close(release) }) }
+	hook.Store(&f)
+	t.Cleanup(func() { hook.Store(nil) })
+	t.Cleanup(unhold)
+	held = func(what string) {
+		t.Helper()
+		select {
+		case <-entered:
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%s did not take the write of %s", what, key)
+		}
+	}
+	return held, unhold
+}
+
 // TestWatchStartedAgain: a bucket's watch that ends is started again,
 // the claims' from the claim after the last one it applied: a claim
 // written while the node had no watch still takes its connection over,
@@ -785,28 +798,9 @@ func TestWatchStartedAgain(t *testing.T) {
 	// watch is stopped and n2's claim is written: no watch of n1
 	// delivers that claim.
 	kv := n1.node.kvs()
-	entered, release := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	f := func(id string) error {
-		if id == "rewatch-hold" {
-			once.Do(func() {
-				close(entered)
-				<-release
-			})
-		}
-		return nil
-	}
-	kv.failClaim.Store(&f)
-	t.Cleanup(func() { kv.failClaim.Store(nil) })
-	var released sync.Once
-	unhold := func() { released.Do(func() { close(release) }) }
-	t.Cleanup(unhold)
+	held, unhold := holdWrite(t, &kv.failClaim, "rewatch-hold")
 	dial(t, n1.addr, "rewatch-hold", client.V5)
-	select {
-	case <-entered:
-	case <-time.After(30 * time.Second):
-		t.Fatal("n1's claim writer did not take the claim")
-	}
+	held("n1's claim writer")
 	stop := func(what string) jetstream.KeyWatcher {
 		kv.mu.Lock()
 		w := kv.watchers[what]
