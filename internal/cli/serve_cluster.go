@@ -63,16 +63,20 @@ func (p *servePlan) planCluster() {
 	if p.check || len(p.errs) > 0 {
 		return
 	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		p.problem("cluster", "", err)
+		return
+	}
+	// The key seals the embedded server's JetStream files and, with an
+	// external NATS as well, the retained changes kept on disk while
+	// the cluster is unreachable.
+	key, err := clusterStoreKey(filepath.Join(dir, clusterStoreKeyFile))
+	if err != nil {
+		p.problem("cluster", "", err)
+		return
+	}
+	cfg.RetainedSpill, cfg.RetainedSpillKey = filepath.Join(dir, "retained-pending.db"), key
 	if cc.NATSURL == "" {
-		if err := os.MkdirAll(dir, 0o700); err != nil {
-			p.problem("cluster", "", err)
-			return
-		}
-		key, err := clusterStoreKey(filepath.Join(dir, clusterStoreKeyFile))
-		if err != nil {
-			p.problem("cluster", "", err)
-			return
-		}
 		cfg.StoreKey = key
 		cfg.SyncAlways, cfg.SyncInterval = clusterSync(p.cfg.Persistence.Enabled, p.cfg.Persistence.Sync, p.cfg.Persistence.BatchInterval.D())
 	}

@@ -62,7 +62,8 @@ func restartWithListener(t *testing.T, dir string, routes []string, i int, befor
 		log = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	}
 	nd, err := Start(Config{Name: "test", Node: name, Listen: routes[i], Peers: routes, StoreDir: filepath.Join(dir, name),
-		Logger: log.With("node", name), HeartbeatInterval: testHeartbeat, MarkerTTL: testMarkerTTL, setupAttempt: testSetupAttempt})
+		Logger: log.With("node", name), RetainedSpill: testSpill(dir, name), RetainedSpillKey: testSpillKey,
+		HeartbeatInterval: testHeartbeat, MarkerTTL: testMarkerTTL, setupAttempt: testSetupAttempt})
 	if err != nil {
 		t.Fatal(err)
 	}

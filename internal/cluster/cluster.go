@@ -112,6 +112,14 @@ type Config struct {
 	// key-value buckets, telling nodes that were away what was removed
 	// (housekeeping.go). 0: 24 h.
 	MarkerTTL time.Duration
+	// RetainedSpill is a file where the node keeps its retained changes
+	// that wait for the retained bucket, sealed with keys derived from
+	// RetainedSpillKey (32 bytes, required then): a node stopped or
+	// killed while the cluster was unreachable writes them once it runs
+	// again (spill.go). "": they wait in memory only and are lost if
+	// the node stops first.
+	RetainedSpill    string
+	RetainedSpillKey []byte
 	// MaxPendingSecurity bounds the distinct bans and shared files whose
 	// change waits for the security buckets while they are unreachable
 	// (security.go); a change beyond it is refused with
@@ -352,6 +360,13 @@ func Start(cfg Config) (*Node, error) {
 	if n.replicas <= 0 {
 		n.replicas = min(1+len(cfg.Peers), 3)
 	}
+	if cfg.RetainedSpill != "" {
+		sp, err := openSpill(cfg.RetainedSpill, cfg.RetainedSpillKey)
+		if err != nil {
+			return nil, err
+		}
+		n.kvs().ret.spill = sp
+	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	var err error
 	if cfg.NATSURL != "" {
@@ -364,6 +379,9 @@ func Start(cfg Config) (*Node, error) {
 		if n.srv != nil {
 			n.srv.Shutdown()
 			n.srv.WaitForShutdown()
+		}
+		if sp := n.kvs().ret.spill; sp != nil {
+			_ = sp.close()
 		}
 		return nil, err
 	}
@@ -380,6 +398,9 @@ func (c *Config) validate() error {
 	}
 	if c.AdoptAfter > 0 && c.AdoptAfter < time.Second {
 		errs = append(errs, fmt.Errorf("cluster: AdoptAfter %v is below a second", c.AdoptAfter))
+	}
+	if c.RetainedSpill != "" && len(c.RetainedSpillKey) != 32 {
+		errs = append(errs, errors.New("cluster: the retained spill needs a 32-byte RetainedSpillKey"))
 	}
 	if c.MaxPendingSecurity < 0 {
 		errs = append(errs, fmt.Errorf("cluster: MaxPendingSecurity %d is negative", c.MaxPendingSecurity))
@@ -624,6 +645,7 @@ func (n *Node) Close() {
 	if n.dur.acks != nil && (n.srv == nil || n.srv.NumRemotes() > 0) {
 		n.dur.acks.settle(n.ctx, n.nc)
 	}
+	n.drainRetained()
 	n.cancel()
 	if n.nc != nil {
 		n.nc.Close()
@@ -632,6 +654,7 @@ func (n *Node) Close() {
 		n.gc.Close()
 	}
 	n.wg.Wait()
+	n.closeSpill()
 	if n.srv != nil {
 		n.srv.Shutdown()
 		n.srv.WaitForShutdown()

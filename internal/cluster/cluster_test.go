@@ -137,8 +137,8 @@ func launchNodes(cleanup func(func()), h slog.Handler, dir string, routes []stri
 	for i := range n {
 		name := fmt.Sprintf("n%d", i+1)
 		nd, err := Start(Config{Name: "test", Node: name, Listen: routes[i], Peers: routes,
-			StoreDir: filepath.Join(dir, name), Logger: log.With("node", name),
-			HeartbeatInterval: testHeartbeat, MarkerTTL: testMarkerTTL, setupAttempt: testSetupAttempt})
+			StoreDir: filepath.Join(dir, name), Logger: log.With("node", name), RetainedSpill: testSpill(dir, name),
+			RetainedSpillKey: testSpillKey, HeartbeatInterval: testHeartbeat, MarkerTTL: testMarkerTTL, setupAttempt: testSetupAttempt})
 		if err != nil {
 			return fail(err)
 		}
@@ -703,29 +703,92 @@ func TestRetainedOwnChangeWins(t *testing.T) {
 		}
 		return string(m[0].Preview)
 	}
-	t.Run("waiting to be written", func(t *testing.T) {
+	// failing makes n1's writes of topic fail as with the bucket
+	// unreachable, until the returned func is called; failed waits until
+	// one did.
+	failing := func(t *testing.T, topic string) (failed func(), reachable func()) {
 		var unreachable atomic.Bool
+		var tries atomic.Int32
 		unreachable.Store(true)
-		f := func(topic string) error {
-			if topic == "rown/a" && unreachable.Load() {
+		f := func(tp string) error {
+			if tp == topic && unreachable.Load() {
+				tries.Add(1)
 				return jetstream.ErrNoStreamResponse
 			}
 			return nil
 		}
 		kv1.failRetained.Store(&f)
 		t.Cleanup(func() { kv1.failRetained.Store(nil) })
-		publish(pub1, "rown/a", "mine")
-		testutil.WaitFor(t, "n1's change to wait", 30*time.Second, func() bool {
-			_, queued := kv1.ret.writes.get("rrown/a")
-			return queued
+		t.Cleanup(func() {
+			// The next subtest's changes are not late ones.
+			testutil.WaitFor(t, "n1's late writes to end", 30*time.Second, func() bool { return !kv1.retFailing.Load() })
 		})
+		return func() {
+				t.Helper()
+				testutil.WaitFor(t, "a failed write of n1's change", 30*time.Second, func() bool { return tries.Load() > 0 })
+			}, func() {
+				unreachable.Store(false)
+			}
+	}
+	t.Run("waiting, then a later change of another node", func(t *testing.T) {
+		// n1's change waits while n2's, made after it, is stored: n1
+		// keeps its own meanwhile, and once its write goes through, the
+		// later one, n2's, is the value everywhere.
+		failed, reachable := failing(t, "rown/a")
+		publish(pub1, "rown/a", "mine")
+		failed()
 		publish(pub2, "rown/a", "theirs")
 		theirs("rown/a")
 		if got := local("rown/a"); got != "mine" {
 			t.Fatalf("n1 holds %q while its own change waits, want mine", got)
 		}
-		unreachable.Store(false)
-		everywhere("rown/a", "mine")
+		reachable()
+		everywhere("rown/a", "theirs")
+		testutil.WaitFor(t, "n1's change to be done", 30*time.Second, func() bool {
+			_, queued := kv1.ret.writes.get("rrown/a")
+			return !queued
+		})
+		everywhere("rown/a", "theirs")
+	})
+	t.Run("waiting, later than the bucket's", func(t *testing.T) {
+		// n2's change is stored first; n1's, made after it, waits and
+		// is then written over it.
+		publish(pub2, "rown/c", "theirs")
+		theirs("rown/c")
+		failed, reachable := failing(t, "rown/c")
+		publish(pub1, "rown/c", "mine")
+		failed()
+		reachable()
+		everywhere("rown/c", "mine")
+	})
+	t.Run("waiting, expired meanwhile", func(t *testing.T) {
+		// n2's value is stored; n1's change of the topic waits and
+		// expires: the topic then has no retained message anywhere,
+		// not n2's older one back.
+		publish(pub2, "rown/e", "theirs")
+		theirs("rown/e")
+		failed, reachable := failing(t, "rown/e")
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		m := &client.Message{Topic: "rown/e", QoS: 1, Retain: true, Payload: []byte("mine")}
+		m.Properties.SetMessageExpiry(1)
+		expired := time.Now().Add(time.Second)
+		if err := pub1.Publish(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+		failed()
+		// The cluster's code reads the time itself: its expiry takes
+		// that second.
+		testutil.WaitFor(t, "n1's change to expire", 30*time.Second, func() bool { return time.Now().After(expired) })
+		reachable()
+		// n1's store keeps its expired message until it is swept; it
+		// serves it to nobody.
+		for _, tn := range nodes[1:] {
+			testutil.WaitFor(t, tn.node.cfg.Node+"'s rown/e cleared", 30*time.Second, func() bool {
+				m, _ := tn.srv.RetainedMatch("rown/e", 1)
+				return len(m) == 0
+			})
+		}
 	})
 	t.Run("written before the other is delivered", func(t *testing.T) {
 		// n1's retained loop is held in its write while n2's change is

@@ -104,10 +104,10 @@ func (n *Node) purgeMarker(ctx context.Context, bucket, key string, lastRev uint
 
 // purgeRetained removes a cleared topic's retained message from the
 // bucket.
-func (n *Node) purgeRetained(ctx context.Context, kv *kvState, topic string) error {
-	rev, err := n.purgeMarker(ctx, bucketRetained, topicTokens(topic), 0)
+func (n *Node) purgeRetained(ctx context.Context, kv *kvState, topic string, last uint64) error {
+	rev, err := n.purgeMarker(ctx, bucketRetained, topicTokens(topic), last)
 	if err != nil {
-		if !unreachable(err) {
+		if !unreachable(err) && !isWrongLast(err) && !inProcess(err) {
 			n.log.Warn("cluster: cleared retained message not removed from the cluster", "topic", topic, "err", err)
 		}
 		return err

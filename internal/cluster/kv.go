@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"math"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -66,6 +67,16 @@ type kvState struct {
 	// watchers holds each bucket's current watch ("claim", "retained"),
 	// for tests.
 	watchers map[string]jetstream.KeyWatcher
+
+	// retLate is set, by the retained bucket's loop alone, from a write
+	// that failed with the bucket unreachable until the queue is empty
+	// again: the changes written meanwhile are late, and each is
+	// written only if the bucket holds nothing newer of its topic
+	// (writeRetainedLate). retFailing tells Close the same.
+	retLate    bool
+	retFailing atomic.Bool
+	// retStream is the retained bucket's stream, read by late writes.
+	retStream jetstream.Stream
 }
 
 // unwrittenClaim is a claim not written yet: the kvWrite's owner, seen
@@ -89,6 +100,9 @@ type unwrittenClaim struct {
 type kvQueue struct {
 	writes *pendingQueue[string, kvWrite]
 	wake   chan struct{}
+	// spill keeps the retained queue on disk (spill.go); nil for the
+	// claims, and without Config.RetainedSpill.
+	spill *retSpill
 }
 
 func newKVQueue() kvQueue {
@@ -105,6 +119,9 @@ type kvWrite struct {
 	// connected; at is also a prune's time.
 	seen uint64
 	at   time.Time
+	// restored marks a retained change read back from the spill at
+	// start: a late write.
+	restored bool
 }
 
 // kvKey is the queue key of a write: its topic or its client ID. A
@@ -214,6 +231,9 @@ func (n *Node) enqueue(w kvWrite, ifAbsent bool) bool {
 // (housekeeping.go).
 func (n *Node) kvLoop() {
 	kv := n.kvs()
+	if kv.ret.spill != nil {
+		n.restoreSpilled(kv)
+	}
 	js, err := jetstream.New(n.nc)
 	if err != nil {
 		n.log.Error("cluster: JetStream unavailable; retained messages and takeover stay local", "err", err)
@@ -375,8 +395,14 @@ func (n *Node) bucketLoop(kv *kvState, q *kvQueue, what string, watch func() (je
 		case <-rewatch:
 			rewatch = start()
 		case <-q.wake:
-			if retry == nil && n.writeQueued(kv, q) {
-				retry = time.After(2 * time.Second)
+			if retry == nil {
+				if n.writeQueued(kv, q) {
+					retry = time.After(2 * time.Second)
+				}
+			} else if q.spill != nil {
+				// Changes made while the writes fail go to disk as
+				// they come (one sync per wake, whatever came since).
+				n.syncSpill(q)
 			}
 		case <-retry:
 			retry = nil
@@ -410,9 +436,20 @@ func (n *Node) buckets(js jetstream.JetStream, try int) (ret, cl jetstream.KeyVa
 // connection (writeLateClaim). A prune that fails is dropped and
 // counted.
 func (n *Node) writeQueued(kv *kvState, q *kvQueue) (left bool) {
+	if q.spill != nil {
+		defer func() {
+			if left || len(q.spill.held) > 0 {
+				n.syncSpill(q)
+			}
+		}()
+	}
 	for n.ctx.Err() == nil {
 		c, ok := q.writes.front()
 		if !ok {
+			if q == &kv.ret {
+				kv.retLate = false
+				kv.retFailing.Store(false)
+			}
 			return false
 		}
 		w := c.val
@@ -436,8 +473,15 @@ func (n *Node) writeQueued(kv *kvState, q *kvQueue) (left bool) {
 			err = n.writeClaim(ctx, kv, w)
 		}
 		cancel()
-		if err != nil && unreachable(err) && n.ctx.Err() == nil {
+		if err != nil && n.ctx.Err() != nil {
+			// Stopping: the change stays queued, for the spill
+			// (Close).
+			return true
+		}
+		if err != nil && unreachable(err) {
 			if w.retained != nil {
+				kv.retLate = true
+				kv.retFailing.Store(true)
 				n.log.Warn("cluster: retained change not stored in the cluster yet; retrying", "topic", w.retained.Topic,
 					"waiting", q.writes.len(), "err", err)
 			}
@@ -447,8 +491,46 @@ func (n *Node) writeQueued(kv *kvState, q *kvQueue) (left bool) {
 			n.stats.writesDropped.Add(1)
 		}
 		q.writes.done(c)
+		if q.spill != nil {
+			q.spill.written(w.retained)
+		}
 	}
 	return false
+}
+
+// syncSpill copies the retained queue to disk (retSpill.sync). A file
+// that cannot be written is logged: the changes still wait in memory.
+func (n *Node) syncSpill(q *kvQueue) {
+	if err := q.spill.sync(q.writes, time.Now()); err != nil {
+		n.log.Error("cluster: retained changes waiting for the cluster could not be kept on disk; they are lost if the node stops first",
+			"err", err)
+	}
+}
+
+// restoreSpilled queues the retained changes a previous run kept on disk
+// (retSpill) and puts them in the local store: each is written to the
+// bucket as a late change, only if the bucket holds nothing newer of its
+// topic (writeRetainedLate); the watch's value of such a topic is not
+// applied meanwhile (retainedBehind).
+func (n *Node) restoreSpilled(kv *kvState) {
+	sp := kv.ret.spill
+	ws, bad, err := sp.load(time.Now())
+	if err != nil {
+		n.log.Error("cluster: the retained changes kept from the last run could not be read; they are not written to the cluster",
+			"err", err)
+		return
+	}
+	if bad > 0 {
+		n.log.Warn("cluster: unreadable records of retained changes kept from the last run were removed", "records", bad)
+	}
+	for _, w := range ws {
+		n.b.RetainRemote(w.retained, w.pub)
+		n.enqueue(w, false)
+	}
+	_, sp.seq = kv.ret.writes.since(math.MaxUint64)
+	if len(ws) > 0 {
+		n.log.Info("cluster: retained changes of the last run not yet in the cluster are written once it is reachable", "changes", len(ws))
+	}
 }
 
 // unreachable tells a failed bucket write that a retry may cure: the
@@ -461,8 +543,17 @@ func unreachable(err error) bool {
 }
 
 func (n *Node) writeRetained(ctx context.Context, kv *kvState, w kvWrite) error {
+	if kv.retLate || w.restored {
+		return n.writeRetainedLate(ctx, kv, w)
+	}
+	return n.putRetained(ctx, kv, w, 0, false)
+}
+
+// putRetained writes the retained change w; with expect, only over the
+// topic's record at revision last (0: none).
+func (n *Node) putRetained(ctx context.Context, kv *kvState, w kvWrite, last uint64, expect bool) error {
 	if len(w.retained.Payload) == 0 {
-		return n.purgeRetained(ctx, kv, w.retained.Topic)
+		return n.purgeRetained(ctx, kv, w.retained.Topic, last)
 	}
 	val, err := encodeRetained(retainedRecord{origin: n.origin, pub: w.pub, msg: w.retained}, time.Now())
 	if errors.Is(err, errExpired) {
@@ -472,8 +563,15 @@ func (n *Node) writeRetained(ctx context.Context, kv *kvState, w kvWrite) error 
 		err = (*f)(w.retained.Topic)
 	}
 	var rev uint64
-	if err == nil {
+	switch {
+	case err != nil:
+	case expect:
+		rev, err = kv.retained.Update(ctx, topicTokens(w.retained.Topic), val, last)
+	default:
 		rev, err = kv.retained.Put(ctx, topicTokens(w.retained.Topic), val)
+	}
+	if err != nil && expect && (isWrongLast(err) || inProcess(err) || errors.Is(err, jetstream.ErrKeyExists)) {
+		return err // writeRetainedLate reads the topic again
 	}
 	if err != nil {
 		if !unreachable(err) {

@@ -1,12 +1,14 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -460,3 +462,9 @@ func TestOwnAddressDroppedFromPeers(t *testing.T) {
 		t.Fatalf("peers %v, %d copies; want %v, 2 (a two-node cluster)", nd.cfg.Peers, nd.replicas, routes[1:])
 	}
 }
+
+// testSpillKey seals the test nodes' retained spills.
+var testSpillKey = bytes.Repeat([]byte{0x5a}, 32)
+
+// testSpill is the retained spill of the test node name in dir.
+func testSpill(dir, name string) string { return filepath.Join(dir, name+"-retained.db") }

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"container/list"
+	"slices"
 	"sync"
 )
 
@@ -125,4 +126,23 @@ func (q *pendingQueue[K, V]) len() int {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	return len(q.byKey)
+}
+
+// since returns the waiting changes queued after the change numbered
+// seq, oldest first, and the number of the last change queued. Changes
+// are numbered in the order they were queued and kept in that order, so
+// the walk stops at the first older one.
+func (q *pendingQueue[K, V]) since(seq uint64) ([]V, uint64) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	var vs []V
+	for e := q.order.Back(); e != nil; e = e.Prev() {
+		c := e.Value.(*pendingChange[K, V])
+		if c.seq <= seq {
+			break
+		}
+		vs = append(vs, c.val)
+	}
+	slices.Reverse(vs)
+	return vs, q.seq
 }

@@ -1,0 +1,295 @@
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/moatmq/moat/client"
+	"github.com/moatmq/moat/internal/broker"
+	"github.com/moatmq/moat/internal/packet"
+	"github.com/moatmq/moat/internal/testutil"
+)
+
+func spillMsg(topic, payload string, now time.Time, expiry uint32) *broker.Message {
+	p := &packet.Publish{Topic: topic, Payload: []byte(payload), QoS: 1, Retain: true}
+	if expiry > 0 {
+		p.Properties.SetMessageExpiry(expiry)
+	}
+	return broker.NewMessage(p, "c", now)
+}
+
+func queueOf(ws ...kvWrite) *pendingQueue[string, kvWrite] {
+	q := newPendingQueue[string, kvWrite](maxPendingWrites, true)
+	for _, w := range ws {
+		q.pushEvict(w.kvKey(), w)
+	}
+	return q
+}
+
+// spillTopics reads the spill file at path back with key, as a new run.
+func spillTopics(t *testing.T, path string, key []byte, now time.Time) (map[string]kvWrite, int) {
+	t.Helper()
+	sp, err := openSpill(path, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.close()
+	ws, bad, err := sp.load(now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(map[string]kvWrite)
+	for _, w := range ws {
+		got[w.retained.Topic] = w
+	}
+	return got, bad
+}
+
+// TestSpillKeepsQueue: the spill holds what the queue holds, changes and
+// clears alike, with the publisher, creation time and expiry; written
+// changes leave it, and an empty queue empties it.
+func TestSpillKeepsQueue(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "spill.db")
+	key := bytes.Repeat([]byte{7}, 32)
+	now := time.Now().Truncate(time.Second)
+	sp, err := openSpill(path, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := kvWrite{retained: spillMsg("s/a", "A", now.Add(-time.Minute), 0), pub: &broker.StoredPublisher{ClientID: "c", Username: "u"}}
+	b := kvWrite{retained: spillMsg("s/b", "", now.Add(-30*time.Second), 0)}
+	c := kvWrite{retained: spillMsg("s/c", "C", now, 60)}
+	q := queueOf(a, b, c)
+	if err := sp.sync(q, now); err != nil {
+		t.Fatal(err)
+	}
+	// Written: a; replaced: c by a newer change.
+	c2 := kvWrite{retained: spillMsg("s/c", "C2", now.Add(time.Second), 0)}
+	q.pushEvict(c2.kvKey(), c2)
+	if f, _ := q.front(); f.val.retained != a.retained {
+		t.Fatal("a is not first")
+	} else {
+		q.done(f)
+		sp.written(a.retained)
+	}
+	if err := sp.sync(q, now); err != nil {
+		t.Fatal(err)
+	}
+	if err := sp.close(); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("spill file mode: %v %v", fi.Mode(), err)
+	}
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, clear := range []string{"s/b", "s/c", "C2"} {
+		if bytes.Contains(raw, []byte(clear)) {
+			t.Fatalf("the spill file holds %q in the clear", clear)
+		}
+	}
+
+	got, bad := spillTopics(t, path, key, now.Add(2*time.Second))
+	if bad != 0 || len(got) != 2 {
+		t.Fatalf("read back %d records (%d bad), want s/b and s/c", len(got), bad)
+	}
+	if w := got["s/b"]; len(w.retained.Payload) != 0 || !w.retained.Created.Equal(b.retained.Created) || !w.restored {
+		t.Fatalf("s/b read back as %+v", w.retained)
+	}
+	if w := got["s/c"]; string(w.retained.Payload) != "C2" || !w.retained.Created.Equal(c2.retained.Created) {
+		t.Fatalf("s/c read back as %q", w.retained.Payload)
+	}
+
+	// The expiry counts from the copy: 60 s after it, c's first change
+	// would be gone; an expired record is dropped, not counted bad.
+	sp, err = openSpill(path, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q = queueOf(c)
+	sp.seq = 0
+	if err := sp.sync(q, now); err != nil {
+		t.Fatal(err)
+	}
+	sp.close()
+	if got, _ := spillTopics(t, path, key, now.Add(30*time.Second)); got["s/c"].retained == nil ||
+		got["s/c"].retained.Expires.Sub(now) != 60*time.Second {
+		t.Fatalf("s/c's expiry read back as %v", got["s/c"].retained)
+	}
+	if got, bad := spillTopics(t, path, key, now.Add(61*time.Second)); got["s/c"].retained != nil || bad != 0 {
+		t.Fatalf("an expired record read back (%d bad)", bad)
+	}
+
+	// An empty queue empties the file.
+	sp, err = openSpill(path, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := sp.load(now); err != nil {
+		t.Fatal(err)
+	}
+	if err := sp.sync(queueOf(), now); err != nil {
+		t.Fatal(err)
+	}
+	sp.close()
+	if got, _ := spillTopics(t, path, key, now); len(got) != 0 {
+		t.Fatalf("%d records left after the queue emptied", len(got))
+	}
+}
+
+// TestSpillRefusesOtherKeyAndMovedRecords: a record sealed under another
+// key, or moved to another topic's key, is not read back but removed.
+func TestSpillRefusesOtherKeyAndMovedRecords(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "spill.db")
+	key := bytes.Repeat([]byte{7}, 32)
+	now := time.Now()
+	sp, err := openSpill(path, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sp.sync(queueOf(kvWrite{retained: spillMsg("s/a", "A", now, 0)}, kvWrite{retained: spillMsg("s/b", "B", now, 0)}), now); err != nil {
+		t.Fatal(err)
+	}
+	// Swap the two records' values.
+	if err := sp.db.Update(func(tx *bolt.Tx) error {
+		bk := tx.Bucket(spillBucket)
+		ka, kb := sp.key("s/a"), sp.key("s/b")
+		va, vb := bytes.Clone(bk.Get(ka)), bytes.Clone(bk.Get(kb))
+		if err := bk.Put(ka, vb); err != nil {
+			return err
+		}
+		return bk.Put(kb, va)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	sp.close()
+	if got, bad := spillTopics(t, filepath.Clean(path), bytes.Repeat([]byte{8}, 32), now); len(got) != 0 || bad != 2 {
+		t.Fatalf("under another key: %d read, %d bad", len(got), bad)
+	}
+	// The other key's reading removed them.
+	if got, bad := spillTopics(t, path, key, now); len(got) != 0 || bad != 0 {
+		t.Fatalf("after removal: %d read, %d bad", len(got), bad)
+	}
+	if _, err := openSpill(path, key[:16]); err == nil {
+		t.Fatal("a 16-byte key was accepted")
+	}
+}
+
+func FuzzDecodeSpilled(f *testing.F) {
+	now := time.Unix(1e9, 0)
+	key := bytes.Repeat([]byte{7}, 32)
+	sp, err := openSpill(filepath.Join(f.TempDir(), "spill.db"), key)
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer sp.close()
+	for _, m := range []*broker.Message{spillMsg("a/b", "x", now, 0), spillMsg("a/c", "", now, 0), spillMsg("a/d", "y", now, 30)} {
+		sealed, err := sp.seal(sp.key(m.Topic), kvWrite{retained: m, pub: &broker.StoredPublisher{ClientID: "c"}}, now)
+		if err != nil {
+			f.Fatal(err)
+		}
+		ns := sp.aead.NonceSize()
+		plain, err := sp.aead.Open(nil, sealed[:ns], sealed[ns:], sp.key(m.Topic))
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(plain)
+	}
+	f.Add([]byte{spillVersion})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		w, err := decodeSpilled(b, now)
+		if err != nil {
+			return
+		}
+		if w.retained == nil || !w.restored {
+			t.Fatal("a decoded record without its change")
+		}
+	})
+}
+
+// TestRetainedSpill: retained changes of a node that wait for the bucket
+// are kept on disk while its writes fail, and written when the node runs
+// again: a topic no other node changed meanwhile gets this node's value,
+// one another node changed after it keeps the other's, on every node.
+// Before, both changes were lost with the stop: the bucket's older value
+// (none, or the other's) replaced them everywhere.
+func TestRetainedSpill(t *testing.T) {
+	dir, routes := t.TempDir(), freePorts(t, 3)
+	nodes, err := startNodes(t, dir, routes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n1, n2 := nodes[0], nodes[1]
+	kv1 := n1.node.kvs()
+	var unreachable atomic.Bool
+	unreachable.Store(true)
+	f := func(topic string) error {
+		if unreachable.Load() {
+			return jetstream.ErrNoStreamResponse
+		}
+		return nil
+	}
+	kv1.failRetained.Store(&f)
+	publish := func(c *client.Client, topic, payload string) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := c.Publish(ctx, &client.Message{Topic: topic, QoS: 1, Retain: true, Payload: []byte(payload)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pub1 := dial(t, n1.addr, "spill-pub1", client.V5)
+	publish(pub1, "spill/a", "kept")
+	publish(pub1, "spill/b", "old")
+	// On disk while the node runs (a kill loses nothing): a copy of the
+	// file read as the next run would.
+	spillPath := testSpill(dir, "n1")
+	copyPath := filepath.Join(t.TempDir(), "copy.db")
+	testutil.WaitFor(t, "both changes on disk", 30*time.Second, func() bool {
+		raw, err := os.ReadFile(spillPath)
+		if err != nil || os.WriteFile(copyPath, raw, 0o600) != nil {
+			return false
+		}
+		got, _ := spillTopics(t, copyPath, testSpillKey, time.Now())
+		return string(got["spill/a"].retained.Payload) == "kept" && string(got["spill/b"].retained.Payload) == "old"
+	})
+	_ = pub1.Close()
+	stopNode(t, n1)
+
+	pub2 := dial(t, n2.addr, "spill-pub2", client.V5)
+	publish(pub2, "spill/b", "new")
+	held := func(tn *testNode, topic string) string {
+		m, _ := tn.srv.RetainedMatch(topic, 1)
+		if len(m) != 1 {
+			return ""
+		}
+		return string(m[0].Preview)
+	}
+	testutil.WaitFor(t, "n2's change on n3", 30*time.Second, func() bool { return held(nodes[2], "spill/b") == "new" })
+	if got := held(n2, "spill/a"); got != "" {
+		t.Fatalf("n2 holds %q for spill/a before n1 is back", got)
+	}
+
+	back := restartWithListener(t, dir, routes, 0, nil)
+	for _, tn := range []*testNode{back, n2, nodes[2]} {
+		testutil.WaitFor(t, tn.node.cfg.Node+"'s retained messages", 30*time.Second, func() bool {
+			return held(tn, "spill/a") == "kept" && held(tn, "spill/b") == "new"
+		})
+	}
+	// Done, the file is emptied.
+	testutil.WaitFor(t, "n1's queue to empty", 30*time.Second, func() bool { return back.node.kvs().ret.writes.len() == 0 })
+	stopNode(t, back)
+	if got, _ := spillTopics(t, spillPath, testSpillKey, time.Now()); len(got) != 0 {
+		t.Fatalf("%d records left in the spill", len(got))
+	}
+}
