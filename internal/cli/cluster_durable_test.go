@@ -344,6 +344,47 @@ func TestClusterFullRestart(t *testing.T) {
 	})
 }
 
+// TestClusterRetainedKeptWhileAlone: the last node running keeps the
+// retained messages published to it while it has no quorum on disk; killed
+// and started again with the others, it writes them to the cluster, and
+// every node serves them. Before, they died with the process.
+func TestClusterRetainedKeptWhileAlone(t *testing.T) {
+	t.Parallel()
+	needTool(t, "mosquitto_pub", "mosquitto_sub")
+	procs := startMoatCluster(t, clusterSetup{extra: allowAllACL}).procs
+	testutil.CheckFor(t, 90*time.Second, func() error {
+		if o, err := run(t, 10*time.Second, "mosquitto_pub", append(hostArgs(procs[1]), "-q", "1", "-r", "-t", "alone/state", "-m", "before")...); err != nil {
+			return fmt.Errorf("mosquitto_pub: %v: %s", err, o)
+		}
+		o, err := run(t, 10*time.Second, "mosquitto_sub", append(hostArgs(procs[0]), "-t", "alone/state", "-C", "1", "-W", "3")...)
+		if err != nil || strings.TrimSpace(o) != "before" {
+			return fmt.Errorf("retained on node 1: %v %q", err, o)
+		}
+		return nil
+	})
+	procs[2].stop(t)
+	procs[1].stop(t)
+	if o, err := run(t, 10*time.Second, "mosquitto_pub", append(hostArgs(procs[0]), "-r", "-t", "alone/state", "-m", "alone")...); err != nil {
+		t.Fatalf("mosquitto_pub: %v\n%s", err, o)
+	}
+	procs[0].waitLine(t, "retained changes waiting for the cluster are kept on disk")
+	procs[0].cmd.Process.Kill() // SIGKILL: nothing written at exit
+	<-procs[0].done
+	for i, p := range procs {
+		procs[i] = p.restart(t)
+	}
+	procs[0].waitLine(t, "retained changes of the last run not yet in the cluster are written")
+	for _, p := range procs[1:] {
+		testutil.CheckFor(t, 90*time.Second, func() error {
+			o, err := run(t, 10*time.Second, "mosquitto_sub", append(hostArgs(p), "-t", "alone/state", "-C", "1", "-W", "3")...)
+			if err != nil || strings.TrimSpace(o) != "alone" {
+				return fmt.Errorf("retained after the restart: %v %q", err, o)
+			}
+			return nil
+		})
+	}
+}
+
 // TestClusterNodeLostAfterFullRestart: after a restart of the whole
 // cluster, node 1 starting alone first (its JetStream meta group, read
 // back from disk, names the other peers before their server names reach

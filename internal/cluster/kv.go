@@ -501,9 +501,17 @@ func (n *Node) writeQueued(kv *kvState, q *kvQueue) (left bool) {
 // syncSpill copies the retained queue to disk (retSpill.sync). A file
 // that cannot be written is logged: the changes still wait in memory.
 func (n *Node) syncSpill(q *kvQueue) {
+	had := len(q.spill.held)
 	if err := q.spill.sync(q.writes, time.Now()); err != nil {
 		n.log.Error("cluster: retained changes waiting for the cluster could not be kept on disk; they are lost if the node stops first",
 			"err", err)
+		return
+	}
+	switch now := len(q.spill.held); {
+	case had == 0 && now > 0:
+		n.log.Info("cluster: retained changes waiting for the cluster are kept on disk", "changes", now, "file", n.cfg.RetainedSpill)
+	case had > 0 && now == 0:
+		n.log.Info("cluster: retained changes kept on disk are all in the cluster or given up; the file is emptied")
 	}
 }
 
