@@ -240,6 +240,11 @@ func (n *Node) kvLoop() {
 		return
 	}
 	backoff := 100 * time.Millisecond
+	waited := false
+	var spillWake chan struct{} // nil: no spill
+	if kv.ret.spill != nil {
+		spillWake = kv.ret.wake
+	}
 	for try := 0; ; try++ {
 		ret, cl, err := n.buckets(js, try)
 		if err == nil {
@@ -249,12 +254,34 @@ func (n *Node) kvLoop() {
 			break
 		}
 		n.log.Info("cluster: waiting for the cluster's key-value store", "err", err)
-		select {
-		case <-n.ctx.Done():
-			return
-		case <-time.After(backoff):
+		waited = true
+		wait := time.After(backoff)
+	waiting:
+		for {
+			select {
+			case <-n.ctx.Done():
+				return
+			case <-wait:
+				break waiting
+			case <-spillWake:
+				// Retained changes made before the buckets are
+				// reachable go to disk as they come.
+				n.syncSpill(&kv.ret)
+			}
 		}
 		backoff = min(2*backoff, 2*time.Second)
+	}
+	if waited {
+		// Changes made while the buckets were unreachable are late
+		// (writeRetainedLate), as after a failed write.
+		kv.retLate = true
+	}
+	if spillWake != nil {
+		// Wakes taken while waiting: the writer starts with them.
+		select {
+		case kv.ret.wake <- struct{}{}:
+		default:
+		}
 	}
 	var wg sync.WaitGroup
 	defer wg.Wait()

@@ -53,6 +53,14 @@ func spillTopics(t *testing.T, path string, key []byte, now time.Time) (map[stri
 	return got, bad
 }
 
+// spilled is the payload of topic's change in got, "" without one.
+func spilled(got map[string]kvWrite, topic string) string {
+	if w := got[topic]; w.retained != nil {
+		return string(w.retained.Payload)
+	}
+	return ""
+}
+
 // TestSpillKeepsQueue: the spill holds what the queue holds, changes and
 // clears alike, with the publisher, creation time and expiry; written
 // changes leave it, and an empty queue empties it.
@@ -261,7 +269,7 @@ func TestRetainedSpill(t *testing.T) {
 			return false
 		}
 		got, _ := spillTopics(t, copyPath, testSpillKey, time.Now())
-		return string(got["spill/a"].retained.Payload) == "kept" && string(got["spill/b"].retained.Payload) == "old"
+		return spilled(got, "spill/a") == "kept" && spilled(got, "spill/b") == "old"
 	})
 	_ = pub1.Close()
 	stopNode(t, n1)
@@ -291,5 +299,43 @@ func TestRetainedSpill(t *testing.T) {
 	stopNode(t, back)
 	if got, _ := spillTopics(t, spillPath, testSpillKey, time.Now()); len(got) != 0 {
 		t.Fatalf("%d records left in the spill", len(got))
+	}
+}
+
+// TestRetainedSpillBeforeBuckets: a node that starts without a quorum
+// (the others down) keeps the retained changes made before it can reach
+// the buckets on disk as they come, and writes them once the others are
+// back. Before, they waited in memory only until then.
+func TestRetainedSpillBeforeBuckets(t *testing.T) {
+	dir, routes := t.TempDir(), freePorts(t, 3)
+	nodes, err := startNodes(t, dir, routes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tn := range []*testNode{nodes[1], nodes[2], nodes[0]} {
+		stopNode(t, tn)
+	}
+	n1 := restartWithListener(t, dir, routes, 0, nil)
+	pub := dial(t, n1.addr, "early-pub", client.V5)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := pub.Publish(ctx, &client.Message{Topic: "early/a", Retain: true, Payload: []byte("early")}); err != nil {
+		t.Fatal(err)
+	}
+	copyPath := filepath.Join(t.TempDir(), "copy.db")
+	testutil.WaitFor(t, "the change on disk", 30*time.Second, func() bool {
+		raw, err := os.ReadFile(testSpill(dir, "n1"))
+		if err != nil || os.WriteFile(copyPath, raw, 0o600) != nil {
+			return false
+		}
+		got, _ := spillTopics(t, copyPath, testSpillKey, time.Now())
+		return spilled(got, "early/a") == "early"
+	})
+	back := []*testNode{restartWithListener(t, dir, routes, 1, nil), restartWithListener(t, dir, routes, 2, nil)}
+	for _, tn := range back {
+		testutil.WaitFor(t, tn.node.cfg.Node+"'s early/a", 60*time.Second, func() bool {
+			m, _ := tn.srv.RetainedMatch("early/a", 1)
+			return len(m) == 1 && string(m[0].Preview) == "early"
+		})
 	}
 }
