@@ -361,7 +361,7 @@ func Start(cfg Config) (*Node, error) {
 		n.replicas = min(1+len(cfg.Peers), 3)
 	}
 	if cfg.RetainedSpill != "" {
-		sp, err := openSpill(cfg.RetainedSpill, cfg.RetainedSpillKey)
+		sp, err := openSpillOrSetAside(cfg.RetainedSpill, cfg.RetainedSpillKey, log)
 		if err != nil {
 			return nil, err
 		}

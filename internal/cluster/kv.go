@@ -549,7 +549,7 @@ func (n *Node) syncSpill(q *kvQueue) {
 // applied meanwhile (retainedBehind).
 func (n *Node) restoreSpilled(kv *kvState) {
 	sp := kv.ret.spill
-	ws, bad, err := sp.load(time.Now())
+	ws, bad, err := sp.loadOrSetAside(n.cfg.RetainedSpill, n.cfg.RetainedSpillKey, time.Now(), n.log)
 	if err != nil {
 		n.log.Error("cluster: the retained changes kept from the last run could not be read; they are not written to the cluster",
 			"err", err)

@@ -10,10 +10,13 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
+	"os"
 	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/moatmq/moat/internal/broker"
 )
@@ -87,6 +90,64 @@ func openSpill(path string, storeKey []byte) (*retSpill, error) {
 }
 
 func (s *retSpill) close() error { return s.db.Close() }
+
+// openSpillOrSetAside is openSpill that sets a damaged file aside
+// (renamed to path.damaged-UNIXTIME, logged at Error) and starts a new
+// one: the changes it held are lost, as all were before the spill
+// existed, and the node starts. A file another process holds (bbolt's
+// lock), or one that cannot be opened at all, is an error.
+func openSpillOrSetAside(path string, key []byte, log *slog.Logger) (*retSpill, error) {
+	sp, err := openSpill(path, key)
+	if err == nil || !damagedSpill(err) {
+		return sp, err
+	}
+	aside, rerr := setSpillAside(path)
+	if rerr != nil {
+		return nil, errors.Join(err, rerr)
+	}
+	log.Error("cluster: the file of retained changes waiting for the cluster is damaged; set aside, its changes are not written",
+		"file", path, "moved_to", aside, "err", err)
+	return openSpill(path, key)
+}
+
+func damagedSpill(err error) bool {
+	return errors.Is(err, berrors.ErrInvalid) || errors.Is(err, berrors.ErrChecksum) || errors.Is(err, berrors.ErrVersionMismatch)
+}
+
+func setSpillAside(path string) (string, error) {
+	aside := fmt.Sprintf("%s.damaged-%d", path, time.Now().Unix())
+	return aside, os.Rename(path, aside)
+}
+
+// loadOrSetAside is load that survives a file whose pages the reader
+// cannot follow (bbolt panics on some damage): the file is set aside
+// and a new one opened, and nothing is returned.
+func (s *retSpill) loadOrSetAside(path string, key []byte, now time.Time, log *slog.Logger) (ws []kvWrite, bad int, err error) {
+	func() {
+		defer func() {
+			if r := recover(); r != nil {
+				err = fmt.Errorf("cluster: reading the retained spill: %v", r)
+			}
+		}()
+		ws, bad, err = s.load(now)
+	}()
+	if err == nil {
+		return ws, bad, nil
+	}
+	_ = s.db.Close()
+	aside, rerr := setSpillAside(path)
+	if rerr != nil {
+		return nil, 0, errors.Join(err, rerr)
+	}
+	log.Error("cluster: the file of retained changes waiting for the cluster could not be read; set aside, its changes are not written",
+		"file", path, "moved_to", aside, "err", err)
+	fresh, oerr := openSpill(path, key)
+	if oerr != nil {
+		return nil, 0, oerr
+	}
+	*s = *fresh
+	return nil, 0, nil
+}
 
 // key is the record's key: the topic's HMAC.
 func (s *retSpill) key(topic string) []byte {

@@ -3,14 +3,18 @@ package cluster
 import (
 	"bytes"
 	"context"
+	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 
 	"github.com/moatmq/moat/client"
 	"github.com/moatmq/moat/internal/broker"
@@ -337,5 +341,42 @@ func TestRetainedSpillBeforeBuckets(t *testing.T) {
 			m, _ := tn.srv.RetainedMatch("early/a", 1)
 			return len(m) == 1 && string(m[0].Preview) == "early"
 		})
+	}
+}
+
+// TestSpillDamagedSetAside: a spill file that is not a readable database
+// is renamed aside and a new one started, so that the node starts; a
+// file another process holds is an error.
+func TestSpillDamagedSetAside(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "spill.db")
+	if err := os.WriteFile(path, bytes.Repeat([]byte("not a database "), 1000), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	key := bytes.Repeat([]byte{7}, 32)
+	var logs bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	sp, err := openSpillOrSetAside(path, key, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws, bad, err := sp.loadOrSetAside(path, key, time.Now(), log)
+	if err != nil || len(ws) != 0 || bad != 0 {
+		t.Fatalf("a new spill read back %d records, %d bad, %v", len(ws), bad, err)
+	}
+	aside, _ := filepath.Glob(path + ".damaged-*")
+	if len(aside) != 1 || !strings.Contains(logs.String(), "level=ERROR") || !strings.Contains(logs.String(), "set aside") {
+		t.Fatalf("set aside: %v; log:\n%s", aside, logs.String())
+	}
+	if err := sp.sync(queueOf(kvWrite{retained: spillMsg("s/a", "A", time.Now(), 0)}), time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	// Held by this process: another open waits for the lock and fails.
+	if _, err := openSpillOrSetAside(path, key, log); !errors.Is(err, berrors.ErrTimeout) {
+		t.Fatalf("a second open of a held file: %v", err)
+	}
+	sp.close()
+	if got, _ := spillTopics(t, path, key, time.Now()); spilled(got, "s/a") != "A" {
+		t.Fatal("the new spill lost its record")
 	}
 }
