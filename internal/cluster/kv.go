@@ -539,6 +539,9 @@ func (n *Node) syncSpill(q *kvQueue) {
 		n.log.Info("cluster: retained changes waiting for the cluster are kept on disk", "changes", now, "file", n.cfg.RetainedSpill)
 	case had > 0 && now == 0:
 		n.log.Info("cluster: retained changes kept on disk are all in the cluster or given up; the file is emptied")
+		if err := q.spill.shrink(n.cfg.RetainedSpill, n.cfg.RetainedSpillKey); err != nil {
+			n.log.Error("cluster: starting the emptied file of retained changes anew", "err", err)
+		}
 	}
 }
 

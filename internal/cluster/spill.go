@@ -119,6 +119,30 @@ func setSpillAside(path string) (string, error) {
 	return aside, os.Rename(path, aside)
 }
 
+// shrink starts the file anew once it holds nothing: bbolt reuses the
+// pages a long outage filled but never gives them back to the disk.
+func (s *retSpill) shrink(path string, key []byte) error {
+	if len(s.held) > 0 {
+		return nil
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Size() <= 1<<20 {
+		return err
+	}
+	if err := s.db.Close(); err != nil {
+		return err
+	}
+	if err := os.Remove(path); err != nil {
+		return err
+	}
+	fresh, err := openSpill(path, key)
+	if err != nil {
+		return err
+	}
+	fresh.seq = s.seq
+	*s = *fresh
+	return nil
+}
+
 // loadOrSetAside is load that survives a file whose pages the reader
 // cannot follow (bbolt panics on some damage): the file is set aside
 // and a new one opened, and nothing is returned.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -378,5 +379,55 @@ func TestSpillDamagedSetAside(t *testing.T) {
 	sp.close()
 	if got, _ := spillTopics(t, path, key, time.Now()); spilled(got, "s/a") != "A" {
 		t.Fatal("the new spill lost its record")
+	}
+}
+
+// TestSpillShrinks: emptied after holding more than a mebibyte, the file
+// starts anew and gives the space back.
+func TestSpillShrinks(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "spill.db")
+	key := bytes.Repeat([]byte{7}, 32)
+	now := time.Now()
+	sp, err := openSpill(path, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ws []kvWrite
+	for i := range 64 {
+		ws = append(ws, kvWrite{retained: spillMsg(fmt.Sprintf("big/%d", i), strings.Repeat("x", 64<<10), now, 0)})
+	}
+	q := queueOf(ws...)
+	if err := sp.sync(q, now); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Size() < 4<<20 {
+		t.Fatalf("spill of 4 MiB: %v %v", fi.Size(), err)
+	}
+	for {
+		c, ok := q.front()
+		if !ok {
+			break
+		}
+		q.done(c)
+		sp.written(c.val.retained)
+	}
+	if err := sp.sync(q, now); err != nil {
+		t.Fatal(err)
+	}
+	if err := sp.shrink(path, key); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Size() > 1<<20 {
+		t.Fatalf("emptied spill: %v %v", fi.Size(), err)
+	}
+	// Still in use: the queue's next change goes to the new file.
+	w := kvWrite{retained: spillMsg("s/a", "A", now, 0)}
+	q.pushEvict(w.kvKey(), w)
+	if err := sp.sync(q, now); err != nil {
+		t.Fatal(err)
+	}
+	sp.close()
+	if got, _ := spillTopics(t, path, key, now); len(got) != 1 || spilled(got, "s/a") != "A" {
+		t.Fatalf("after the shrink the file holds %d records", len(got))
 	}
 }
