@@ -170,6 +170,19 @@ func (s *Server) RetainRemote(msg *Message, pub *StoredPublisher) {
 	}
 }
 
+// RetainedMessages returns the retained messages held here whose topics
+// do not begin with '$' (those a "#" subscription sees), for the
+// cluster's comparison of this node's store with its own at start. The
+// messages are the store's: read only.
+func (s *Server) RetainedMessages() []*Message {
+	var msgs []*Message
+	s.cfg.Retained.Match("#", func(m *Message) bool {
+		msgs = append(msgs, m)
+		return true
+	})
+	return msgs
+}
+
 // TakeoverRemote ends the local connection of clientID because a client
 // with the same ID connected on another node, with DISCONNECT 0x8E
 // (Session taken over) for MQTT 5 clients [MQTT-3.1.4-3]. owner is the

@@ -56,6 +56,14 @@ func dialWill(t *testing.T, addr, id, topic string, delay, expiry uint32) *clien
 // test ends.
 func restartWithListener(t *testing.T, dir string, routes []string, i int, before func(*Node)) *testNode {
 	t.Helper()
+	return restartSeeded(t, dir, routes, i, before, nil)
+}
+
+// restartSeeded is restartWithListener whose broker is given to seed
+// before the node is attached to it (as a broker's store is loaded
+// before that).
+func restartSeeded(t *testing.T, dir string, routes []string, i int, before func(*Node), seed func(*broker.Server)) *testNode {
+	t.Helper()
 	name := "n" + string(rune('1'+i))
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	if testing.Verbose() {
@@ -74,6 +82,9 @@ func restartWithListener(t *testing.T, dir string, routes []string, i int, befor
 	}
 	if before != nil {
 		before(nd)
+	}
+	if seed != nil {
+		seed(srv)
 	}
 	nd.Attach(srv)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

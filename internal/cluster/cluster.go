@@ -297,6 +297,7 @@ type Node struct {
 type Broker interface {
 	DeliverRemote(msg *broker.Message) int
 	RetainRemote(msg *broker.Message, pub *broker.StoredPublisher)
+	RetainedMessages() []*broker.Message
 	TakeoverRemote(clientID, owner string) (taken, refused bool)
 }
 

@@ -298,20 +298,97 @@ func (n *Node) kvLoop() {
 		})
 	}()
 	// A watch started again delivers every topic's last value anew:
-	// the local cache takes the bucket's, as at start.
+	// the local cache takes the bucket's, as at start. With the spill,
+	// the keys each watch delivers before its first nil entry (the end
+	// of the bucket's values) are noted, and the local store is then
+	// compared with them (reconcileRetained).
 	initial := true
+	var delivered map[string]struct{}
 	n.bucketLoop(kv, &kv.ret, "retained", func() (jetstream.KeyWatcher, error) {
-		return kv.retained.WatchAll(n.ctx)
+		w, err := kv.retained.WatchAll(n.ctx)
+		if err == nil && kv.ret.spill != nil {
+			delivered = make(map[string]struct{})
+		}
+		return w, err
 	}, func(e jetstream.KeyValueEntry) {
 		if e != nil {
+			if delivered != nil {
+				delivered[e.Key()] = struct{}{}
+			}
 			n.applyRetained(e)
 			kv.retSeen.Store(e.Revision())
-		} else if initial {
+			return
+		}
+		if delivered != nil {
+			n.reconcileRetained(kv, delivered)
+			delivered = nil
+		}
+		if initial {
 			initial = false
 			n.partReady()
 			n.log.Info("cluster: key-value store ready", "replicas", n.replicas)
 		}
 	})
+}
+
+// reconcileRetained compares the local retained store with the keys the
+// retained watch delivered as the bucket's values (markers included):
+// a topic held here that the bucket has neither a value nor a marker of,
+// and that waits in no change of this node, is either
+//
+//   - one this node held before it was a member of the cluster (its
+//     first start in it: the spill names no cluster yet, and its
+//     JetStream store was empty): it is queued as a late change, written
+//     if the bucket holds nothing newer of it, so that a broker that
+//     becomes a node brings its retained messages into the cluster
+//     (a node that was a member before the spill existed, or one on an
+//     external NATS, which cannot tell, leaves such topics alone that
+//     once: pushed, one cleared while it was away would come back
+//     everywhere); or
+//   - one cleared in the cluster while this node was away for longer
+//     than the clear's marker lives (24 h), or while its watch was
+//     down: it is removed here. Before, the node served it until the
+//     topic was set or cleared again.
+//
+// Topics under '$' are each node's own and are left alone.
+func (n *Node) reconcileRetained(kv *kvState, delivered map[string]struct{}) {
+	sp := kv.ret.spill
+	migrate, keep := false, false
+	if sp.member != n.cfg.Name {
+		keep = n.hadStore || n.cfg.NATSURL != ""
+		migrate = !keep
+	}
+	var pushed, removed int
+	for _, m := range n.b.RetainedMessages() {
+		if _, ok := delivered[topicTokens(m.Topic)]; ok {
+			continue
+		}
+		if _, queued := kv.ret.writes.get("r" + m.Topic); queued {
+			continue
+		}
+		if _, own := kv.ownRet[m.Topic]; own || keep {
+			continue
+		}
+		if migrate {
+			if n.enqueue(kvWrite{retained: m, pub: broker.StoredPublisherOf(m), restored: true}, true) {
+				pushed++
+			}
+			continue
+		}
+		n.b.RetainRemote(&broker.Message{Topic: m.Topic, Retain: true}, nil)
+		removed++
+	}
+	if sp.member != n.cfg.Name {
+		if err := sp.setMember(n.cfg.Name); err != nil {
+			n.log.Error("cluster: recording that this node's retained store joined the cluster's", "err", err)
+		}
+	}
+	if pushed > 0 {
+		n.log.Info("cluster: retained messages this node held before it joined the cluster are written to it", "messages", pushed)
+	}
+	if removed > 0 {
+		n.log.Info("cluster: retained messages cleared in the cluster while this node was away were removed here", "messages", removed)
+	}
 }
 
 // watchClaims starts the watch of the claims bucket after the last claim

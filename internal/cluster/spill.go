@@ -47,9 +47,17 @@ type retSpill struct {
 	// gone holds the changes written to the bucket since the last sync,
 	// removed from disk at the next.
 	gone []*broker.Message
+	// member is the name of the cluster whose retained bucket this
+	// node's store was last compared with (reconcileRetained); "" for
+	// none yet.
+	member string
 }
 
-var spillBucket = []byte("retained")
+var (
+	spillBucket = []byte("retained")
+	stateBucket = []byte("state")
+	memberKey   = []byte("member")
+)
 
 // spillVersion prefixes each sealed record.
 const spillVersion = 1
@@ -79,14 +87,31 @@ func openSpill(path string, storeKey []byte) (*retSpill, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cluster: retained spill %s: %w", path, err)
 	}
+	var member string
 	if err := db.Update(func(tx *bolt.Tx) error {
-		_, err := tx.CreateBucketIfNotExists(spillBucket)
+		if _, err := tx.CreateBucketIfNotExists(spillBucket); err != nil {
+			return err
+		}
+		b, err := tx.CreateBucketIfNotExists(stateBucket)
+		member = string(b.Get(memberKey))
 		return err
 	}); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("cluster: retained spill %s: %w", path, err)
 	}
-	return &retSpill{db: db, aead: aead, mac: macKey, held: make(map[string]*broker.Message)}, nil
+	return &retSpill{db: db, aead: aead, mac: macKey, held: make(map[string]*broker.Message), member: member}, nil
+}
+
+// setMember records that this node's store was compared with the
+// retained bucket of the cluster name.
+func (s *retSpill) setMember(name string) error {
+	if err := s.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(stateBucket).Put(memberKey, []byte(name))
+	}); err != nil {
+		return err
+	}
+	s.member = name
+	return nil
 }
 
 func (s *retSpill) close() error { return s.db.Close() }
@@ -139,6 +164,12 @@ func (s *retSpill) shrink(path string, key []byte) error {
 		return err
 	}
 	fresh.seq = s.seq
+	if s.member != "" {
+		if err := fresh.setMember(s.member); err != nil {
+			fresh.close()
+			return err
+		}
+	}
 	*s = *fresh
 	return nil
 }

@@ -431,3 +431,126 @@ func TestSpillShrinks(t *testing.T) {
 		t.Fatalf("after the shrink the file holds %d records", len(got))
 	}
 }
+
+// TestRetainedReconcile: at start a node compares its retained store with
+// the bucket. A topic it holds that the bucket has nothing of (no value,
+// no marker) is, on its first start in the cluster with a new JetStream
+// store, one it held as a single broker: written to the cluster; on a
+// later start, one cleared while it was away longer than the marker
+// lived: removed here. A node that was a member before it kept a record
+// of it (an upgrade) leaves such topics alone that once.
+func TestRetainedReconcile(t *testing.T) {
+	dir, routes := t.TempDir(), freePorts(t, 3)
+	nodes, err := startNodes(t, dir, routes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n2 := nodes[1]
+	local := func(tn *testNode, topic string) string {
+		m, _ := tn.srv.RetainedMatch(topic, 1)
+		if len(m) != 1 {
+			return ""
+		}
+		return string(m[0].Preview)
+	}
+	seed := func(pairs ...string) func(*broker.Server) {
+		return func(srv *broker.Server) {
+			for i := 0; i < len(pairs); i += 2 {
+				m := broker.NewMessage(&packet.Publish{Topic: pairs[i], Payload: []byte(pairs[i+1]), Retain: true}, "old-client", time.Now())
+				srv.RetainRemote(m, &broker.StoredPublisher{ClientID: "old-client"})
+			}
+		}
+	}
+	ready := func(tn *testNode) {
+		t.Helper()
+		select {
+		case <-tn.node.Ready():
+		case <-time.After(60 * time.Second):
+			t.Fatal("the restarted node did not get ready")
+		}
+	}
+	restart := func(tn *testNode, before func(*Node), s func(*broker.Server)) *testNode {
+		t.Helper()
+		stopNode(t, tn)
+		if err := os.Remove(testSpill(dir, "n1")); before != nil && err != nil {
+			t.Fatal(err)
+		}
+		back := restartSeeded(t, dir, routes, 0, before, s)
+		ready(back)
+		return back
+	}
+
+	// An upgrade: a member, no record yet. Its stray topic stays here
+	// and goes nowhere.
+	n1 := restart(nodes[0], func(*Node) {}, seed("rec/stray", "stray"))
+	if got := local(n1, "rec/stray"); got != "stray" {
+		t.Fatalf("after an upgrade n1 holds %q for its stray topic", got)
+	}
+
+	// A single broker's first start as a node (its JetStream store
+	// taken for new): its topic reaches every node.
+	n1 = restart(n1, func(nd *Node) { nd.hadStore = false }, seed("rec/local", "local"))
+	for _, tn := range []*testNode{n1, n2, nodes[2]} {
+		testutil.WaitFor(t, tn.node.cfg.Node+"'s rec/local", 30*time.Second, func() bool { return local(tn, "rec/local") == "local" })
+	}
+
+	// A clear whose marker expired while n1's watch was down: once
+	// the watch starts again, the topic goes from n1's store too.
+	pub := dial(t, n2.addr, "rec-pub", client.V5)
+	publish := func(c *client.Client, topic, payload string) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := c.Publish(ctx, &client.Message{Topic: topic, QoS: 1, Retain: true, Payload: []byte(payload)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	js, err := jetstream.New(n2.node.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	markerGone := func(topic string) {
+		t.Helper()
+		testutil.WaitFor(t, topic+"'s marker to expire", 60*time.Second, func() bool {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			st, err := js.Stream(ctx, "KV_"+bucketRetained)
+			if err != nil {
+				return false
+			}
+			_, err = st.GetLastMsgForSubject(ctx, "$KV."+bucketRetained+"."+topicTokens(topic))
+			return errors.Is(err, jetstream.ErrMsgNotFound)
+		})
+	}
+	publish(pub, "rec/gone", "x")
+	testutil.WaitFor(t, "n1's rec/gone", 30*time.Second, func() bool { return local(n1, "rec/gone") == "x" })
+	kv1 := n1.node.kvs()
+	held, unhold := holdWrite(t, &kv1.failRetained, "rec/hold")
+	publish(dial(t, n1.addr, "rec-pub1", client.V5), "rec/hold", "h")
+	held("n1's retained writer")
+	kv1.mu.Lock()
+	w := kv1.watchers["retained"]
+	kv1.mu.Unlock()
+	if err := w.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	publish(pub, "rec/gone", "")
+	markerGone("rec/gone")
+	unhold()
+	testutil.WaitFor(t, "rec/gone to leave n1", 30*time.Second, func() bool { return local(n1, "rec/gone") == "" })
+	if got := local(n1, "rec/local"); got != "local" {
+		t.Fatalf("n1 lost rec/local (%q), which the bucket holds", got)
+	}
+
+	// The same across a restart of n1, its store holding the topic.
+	publish(pub, "rec/away", "y")
+	testutil.WaitFor(t, "n1's rec/away", 30*time.Second, func() bool { return local(n1, "rec/away") == "y" })
+	stopNode(t, n1)
+	publish(pub, "rec/away", "")
+	markerGone("rec/away")
+	n1 = restartSeeded(t, dir, routes, 0, nil, seed("rec/away", "y", "rec/local", "local"))
+	testutil.WaitFor(t, "rec/away to leave n1", 30*time.Second, func() bool { return local(n1, "rec/away") == "" })
+	if got := local(n1, "rec/local"); got != "local" {
+		t.Fatalf("n1 lost rec/local (%q), which the bucket holds", got)
+	}
+}
