@@ -656,14 +656,6 @@ func TestRetainedOwnChangeWins(t *testing.T) {
 	pub1 := dial(t, n1.addr, "rown-pub1", client.V5)
 	pub2 := dial(t, n2.addr, "rown-pub2", client.V5)
 	kv1, kv2 := n1.node.kvs(), n2.node.kvs()
-	publish := func(c *client.Client, topic, payload string) {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := c.Publish(ctx, &client.Message{Topic: topic, QoS: 1, Retain: true, Payload: []byte(payload)}); err != nil {
-			t.Fatal(err)
-		}
-	}
 	// theirs waits until n2 wrote its change of topic and n1's watch
 	// delivered it.
 	theirs := func(topic string) {
@@ -695,13 +687,6 @@ func TestRetainedOwnChangeWins(t *testing.T) {
 				return len(m) == 1 && string(m[0].Preview) == want
 			})
 		}
-	}
-	local := func(topic string) string {
-		m, _ := n1.srv.RetainedMatch(topic, 1)
-		if len(m) == 0 {
-			return ""
-		}
-		return string(m[0].Preview)
 	}
 	// failing makes n1's writes of topic fail as with the bucket
 	// unreachable, until the returned func is called; failed waits until
@@ -735,11 +720,11 @@ func TestRetainedOwnChangeWins(t *testing.T) {
 		// keeps its own meanwhile, and once its write goes through, the
 		// later one, n2's, is the value everywhere.
 		failed, reachable := failing(t, "rown/a")
-		publish(pub1, "rown/a", "mine")
+		publishRetained(t, pub1, "rown/a", "mine")
 		failed()
-		publish(pub2, "rown/a", "theirs")
+		publishRetained(t, pub2, "rown/a", "theirs")
 		theirs("rown/a")
-		if got := local("rown/a"); got != "mine" {
+		if got := retainedHere(n1, "rown/a"); got != "mine" {
 			t.Fatalf("n1 holds %q while its own change waits, want mine", got)
 		}
 		reachable()
@@ -753,10 +738,10 @@ func TestRetainedOwnChangeWins(t *testing.T) {
 	t.Run("waiting, later than the bucket's", func(t *testing.T) {
 		// n2's change is stored first; n1's, made after it, waits and
 		// is then written over it.
-		publish(pub2, "rown/c", "theirs")
+		publishRetained(t, pub2, "rown/c", "theirs")
 		theirs("rown/c")
 		failed, reachable := failing(t, "rown/c")
-		publish(pub1, "rown/c", "mine")
+		publishRetained(t, pub1, "rown/c", "mine")
 		failed()
 		reachable()
 		everywhere("rown/c", "mine")
@@ -765,7 +750,7 @@ func TestRetainedOwnChangeWins(t *testing.T) {
 		// n2's value is stored; n1's change of the topic waits and
 		// expires: the topic then has no retained message anywhere,
 		// not n2's older one back.
-		publish(pub2, "rown/e", "theirs")
+		publishRetained(t, pub2, "rown/e", "theirs")
 		theirs("rown/e")
 		failed, reachable := failing(t, "rown/e")
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -795,9 +780,9 @@ func TestRetainedOwnChangeWins(t *testing.T) {
 		// stored; n1's own is then stored after it, and the watch
 		// delivers n2's first.
 		held, unhold := holdWrite(t, &kv1.failRetained, "rown/b")
-		publish(pub1, "rown/b", "mine")
+		publishRetained(t, pub1, "rown/b", "mine")
 		held("n1's retained writer")
-		publish(pub2, "rown/b", "theirs")
+		publishRetained(t, pub2, "rown/b", "theirs")
 		testutil.WaitFor(t, "n2's change in the bucket", 30*time.Second, func() bool {
 			m, _ := nodes[2].srv.RetainedMatch("rown/b", 1)
 			return len(m) == 1 && string(m[0].Preview) == "theirs"
@@ -811,7 +796,7 @@ func TestRetainedOwnChangeWins(t *testing.T) {
 			return err == nil && kv1.retSeen.Load() >= e.Revision()
 		}
 		testutil.WaitFor(t, "n1's watch past its own change", 30*time.Second, pastOwn)
-		if got := local("rown/b"); got != "mine" {
+		if got := retainedHere(n1, "rown/b"); got != "mine" {
 			t.Fatalf("n1 holds %q, want mine", got)
 		}
 	})

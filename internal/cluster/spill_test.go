@@ -66,6 +66,47 @@ func spilled(got map[string]kvWrite, topic string) string {
 	return ""
 }
 
+// awaitSpilled waits until the spill at path, which a running node holds,
+// has each topic with its payload (pairs): a copy of the file is read as
+// the node's next run would.
+func awaitSpilled(t *testing.T, path string, pairs ...string) {
+	t.Helper()
+	copyPath := filepath.Join(t.TempDir(), "copy.db")
+	testutil.WaitFor(t, fmt.Sprintf("%v on disk", pairs), 30*time.Second, func() bool {
+		raw, err := os.ReadFile(path)
+		if err != nil || os.WriteFile(copyPath, raw, 0o600) != nil {
+			return false
+		}
+		got, _ := spillTopics(t, copyPath, testSpillKey, time.Now())
+		for i := 0; i < len(pairs); i += 2 {
+			if spilled(got, pairs[i]) != pairs[i+1] {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// publishRetained publishes a retained QoS 1 message through c.
+func publishRetained(t *testing.T, c *client.Client, topic, payload string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c.Publish(ctx, &client.Message{Topic: topic, QoS: 1, Retain: true, Payload: []byte(payload)}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// retainedHere is the payload of topic's retained message on tn, "" for
+// none.
+func retainedHere(tn *testNode, topic string) string {
+	m, _ := tn.srv.RetainedMatch(topic, 1)
+	if len(m) != 1 {
+		return ""
+	}
+	return string(m[0].Preview)
+}
+
 // TestSpillKeepsQueue: the spill holds what the queue holds, changes and
 // clears alike, with the publisher, creation time and expiry; written
 // changes leave it, and an empty queue empties it.
@@ -253,50 +294,27 @@ func TestRetainedSpill(t *testing.T) {
 		return nil
 	}
 	kv1.failRetained.Store(&f)
-	publish := func(c *client.Client, topic, payload string) {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := c.Publish(ctx, &client.Message{Topic: topic, QoS: 1, Retain: true, Payload: []byte(payload)}); err != nil {
-			t.Fatal(err)
-		}
-	}
 	pub1 := dial(t, n1.addr, "spill-pub1", client.V5)
-	publish(pub1, "spill/a", "kept")
-	publish(pub1, "spill/b", "old")
+	publishRetained(t, pub1, "spill/a", "kept")
+	publishRetained(t, pub1, "spill/b", "old")
 	// On disk while the node runs (a kill loses nothing): a copy of the
 	// file read as the next run would.
 	spillPath := testSpill(dir, "n1")
-	copyPath := filepath.Join(t.TempDir(), "copy.db")
-	testutil.WaitFor(t, "both changes on disk", 30*time.Second, func() bool {
-		raw, err := os.ReadFile(spillPath)
-		if err != nil || os.WriteFile(copyPath, raw, 0o600) != nil {
-			return false
-		}
-		got, _ := spillTopics(t, copyPath, testSpillKey, time.Now())
-		return spilled(got, "spill/a") == "kept" && spilled(got, "spill/b") == "old"
-	})
+	awaitSpilled(t, spillPath, "spill/a", "kept", "spill/b", "old")
 	_ = pub1.Close()
 	stopNode(t, n1)
 
 	pub2 := dial(t, n2.addr, "spill-pub2", client.V5)
-	publish(pub2, "spill/b", "new")
-	held := func(tn *testNode, topic string) string {
-		m, _ := tn.srv.RetainedMatch(topic, 1)
-		if len(m) != 1 {
-			return ""
-		}
-		return string(m[0].Preview)
-	}
-	testutil.WaitFor(t, "n2's change on n3", 30*time.Second, func() bool { return held(nodes[2], "spill/b") == "new" })
-	if got := held(n2, "spill/a"); got != "" {
+	publishRetained(t, pub2, "spill/b", "new")
+	testutil.WaitFor(t, "n2's change on n3", 30*time.Second, func() bool { return retainedHere(nodes[2], "spill/b") == "new" })
+	if got := retainedHere(n2, "spill/a"); got != "" {
 		t.Fatalf("n2 holds %q for spill/a before n1 is back", got)
 	}
 
 	back := restartWithListener(t, dir, routes, 0, nil)
 	for _, tn := range []*testNode{back, n2, nodes[2]} {
 		testutil.WaitFor(t, tn.node.cfg.Node+"'s retained messages", 30*time.Second, func() bool {
-			return held(tn, "spill/a") == "kept" && held(tn, "spill/b") == "new"
+			return retainedHere(tn, "spill/a") == "kept" && retainedHere(tn, "spill/b") == "new"
 		})
 	}
 	// Done, the file is emptied.
@@ -327,15 +345,7 @@ func TestRetainedSpillBeforeBuckets(t *testing.T) {
 	if err := pub.Publish(ctx, &client.Message{Topic: "early/a", Retain: true, Payload: []byte("early")}); err != nil {
 		t.Fatal(err)
 	}
-	copyPath := filepath.Join(t.TempDir(), "copy.db")
-	testutil.WaitFor(t, "the change on disk", 30*time.Second, func() bool {
-		raw, err := os.ReadFile(testSpill(dir, "n1"))
-		if err != nil || os.WriteFile(copyPath, raw, 0o600) != nil {
-			return false
-		}
-		got, _ := spillTopics(t, copyPath, testSpillKey, time.Now())
-		return spilled(got, "early/a") == "early"
-	})
+	awaitSpilled(t, testSpill(dir, "n1"), "early/a", "early")
 	back := []*testNode{restartWithListener(t, dir, routes, 1, nil), restartWithListener(t, dir, routes, 2, nil)}
 	for _, tn := range back {
 		testutil.WaitFor(t, tn.node.cfg.Node+"'s early/a", 60*time.Second, func() bool {
@@ -446,13 +456,6 @@ func TestRetainedReconcile(t *testing.T) {
 		t.Fatal(err)
 	}
 	n2 := nodes[1]
-	local := func(tn *testNode, topic string) string {
-		m, _ := tn.srv.RetainedMatch(topic, 1)
-		if len(m) != 1 {
-			return ""
-		}
-		return string(m[0].Preview)
-	}
 	seed := func(pairs ...string) func(*broker.Server) {
 		return func(srv *broker.Server) {
 			for i := 0; i < len(pairs); i += 2 {
@@ -483,7 +486,7 @@ func TestRetainedReconcile(t *testing.T) {
 	// An upgrade: a member, no record yet. Its stray topic stays here
 	// and goes nowhere.
 	n1 := restart(nodes[0], func(*Node) {}, seed("rec/stray", "stray"))
-	if got := local(n1, "rec/stray"); got != "stray" {
+	if got := retainedHere(n1, "rec/stray"); got != "stray" {
 		t.Fatalf("after an upgrade n1 holds %q for its stray topic", got)
 	}
 
@@ -491,20 +494,12 @@ func TestRetainedReconcile(t *testing.T) {
 	// taken for new): its topic reaches every node.
 	n1 = restart(n1, func(nd *Node) { nd.hadStore = false }, seed("rec/local", "local"))
 	for _, tn := range []*testNode{n1, n2, nodes[2]} {
-		testutil.WaitFor(t, tn.node.cfg.Node+"'s rec/local", 30*time.Second, func() bool { return local(tn, "rec/local") == "local" })
+		testutil.WaitFor(t, tn.node.cfg.Node+"'s rec/local", 30*time.Second, func() bool { return retainedHere(tn, "rec/local") == "local" })
 	}
 
 	// A clear whose marker expired while n1's watch was down: once
 	// the watch starts again, the topic goes from n1's store too.
 	pub := dial(t, n2.addr, "rec-pub", client.V5)
-	publish := func(c *client.Client, topic, payload string) {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := c.Publish(ctx, &client.Message{Topic: topic, QoS: 1, Retain: true, Payload: []byte(payload)}); err != nil {
-			t.Fatal(err)
-		}
-	}
 	js, err := jetstream.New(n2.node.nc)
 	if err != nil {
 		t.Fatal(err)
@@ -522,11 +517,11 @@ func TestRetainedReconcile(t *testing.T) {
 			return errors.Is(err, jetstream.ErrMsgNotFound)
 		})
 	}
-	publish(pub, "rec/gone", "x")
-	testutil.WaitFor(t, "n1's rec/gone", 30*time.Second, func() bool { return local(n1, "rec/gone") == "x" })
+	publishRetained(t, pub, "rec/gone", "x")
+	testutil.WaitFor(t, "n1's rec/gone", 30*time.Second, func() bool { return retainedHere(n1, "rec/gone") == "x" })
 	kv1 := n1.node.kvs()
 	held, unhold := holdWrite(t, &kv1.failRetained, "rec/hold")
-	publish(dial(t, n1.addr, "rec-pub1", client.V5), "rec/hold", "h")
+	publishRetained(t, dial(t, n1.addr, "rec-pub1", client.V5), "rec/hold", "h")
 	held("n1's retained writer")
 	kv1.mu.Lock()
 	w := kv1.watchers["retained"]
@@ -534,23 +529,23 @@ func TestRetainedReconcile(t *testing.T) {
 	if err := w.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	publish(pub, "rec/gone", "")
+	publishRetained(t, pub, "rec/gone", "")
 	markerGone("rec/gone")
 	unhold()
-	testutil.WaitFor(t, "rec/gone to leave n1", 30*time.Second, func() bool { return local(n1, "rec/gone") == "" })
-	if got := local(n1, "rec/local"); got != "local" {
+	testutil.WaitFor(t, "rec/gone to leave n1", 30*time.Second, func() bool { return retainedHere(n1, "rec/gone") == "" })
+	if got := retainedHere(n1, "rec/local"); got != "local" {
 		t.Fatalf("n1 lost rec/local (%q), which the bucket holds", got)
 	}
 
 	// The same across a restart of n1, its store holding the topic.
-	publish(pub, "rec/away", "y")
-	testutil.WaitFor(t, "n1's rec/away", 30*time.Second, func() bool { return local(n1, "rec/away") == "y" })
+	publishRetained(t, pub, "rec/away", "y")
+	testutil.WaitFor(t, "n1's rec/away", 30*time.Second, func() bool { return retainedHere(n1, "rec/away") == "y" })
 	stopNode(t, n1)
-	publish(pub, "rec/away", "")
+	publishRetained(t, pub, "rec/away", "")
 	markerGone("rec/away")
 	n1 = restartSeeded(t, dir, routes, 0, nil, seed("rec/away", "y", "rec/local", "local"))
-	testutil.WaitFor(t, "rec/away to leave n1", 30*time.Second, func() bool { return local(n1, "rec/away") == "" })
-	if got := local(n1, "rec/local"); got != "local" {
+	testutil.WaitFor(t, "rec/away to leave n1", 30*time.Second, func() bool { return retainedHere(n1, "rec/away") == "" })
+	if got := retainedHere(n1, "rec/local"); got != "local" {
 		t.Fatalf("n1 lost rec/local (%q), which the bucket holds", got)
 	}
 }
