@@ -164,7 +164,8 @@ func TestRemoveNode(t *testing.T) {
 	// nodes (made by the removal, with two) too.
 	r4 := freePorts(t, 1)[0]
 	cfg4 := cfg
-	cfg4.Node, cfg4.Listen, cfg4.StoreDir = "n4", r4, filepath.Join(t.TempDir(), "n4")
+	dir4 := t.TempDir()
+	cfg4.Node, cfg4.Listen, cfg4.StoreDir, cfg4.RetainedSpill = "n4", r4, filepath.Join(dir4, "n4"), testSpill(dir4, "n4")
 	cfg4.Peers = []string{nodes[0].node.cfg.Listen, cfg.Listen, r4}
 	cfg4.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	if testing.Verbose() {
