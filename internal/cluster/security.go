@@ -5,7 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -140,6 +143,13 @@ type secState struct {
 	wake       chan struct{}
 	events     chan *nats.Msg
 	sub        *nats.Subscription
+
+	// mu guards watchers, each bucket's current watch ("ban", "shared
+	// file", "revocation"), for tests; failWatch, in tests, fails the
+	// start of a watch with the error it returns (nil: started).
+	mu        sync.Mutex
+	watchers  map[string]jetstream.KeyWatcher
+	failWatch atomic.Pointer[func(what string) error]
 }
 
 // SetSecurity makes h receive the other nodes' security changes. Call it
@@ -275,24 +285,21 @@ func (n *Node) securityLoop() {
 		}
 		backoff = min(2*backoff, 2*time.Second)
 	}
-	bw, err := kvs.bans.WatchAll(n.ctx)
-	if err != nil {
-		n.log.Error("cluster: watching bans failed", "err", err)
-		return
+	// Each watch is started again when it ends or cannot start (every
+	// 2 s), as the retained and claims buckets' are (bucketLoop): before,
+	// a watch that failed to start ended this loop, and the node never
+	// applied another node's ban, file or revocation list, never wrote
+	// its own queued changes, and never got in sync. A watch started
+	// again delivers every value anew; applying one twice changes
+	// nothing (the Security's calls are idempotent, revocation lists
+	// are deduplicated by revision).
+	bw := secWatch{what: "ban", kv: kvs.bans}
+	fw := secWatch{what: "shared file", kv: kvs.files}
+	rw := secWatch{what: "revocation", kv: kvs.revocations}
+	for _, w := range []*secWatch{&bw, &fw, &rw} {
+		n.startSecWatch(w)
+		defer w.stop()
 	}
-	defer func() { _ = bw.Stop() }()
-	fw, err := kvs.files.WatchAll(n.ctx)
-	if err != nil {
-		n.log.Error("cluster: watching shared files failed", "err", err)
-		return
-	}
-	defer func() { _ = fw.Stop() }()
-	rw, err := kvs.revocations.WatchAll(n.ctx)
-	if err != nil {
-		n.log.Error("cluster: watching revocations failed", "err", err)
-		return
-	}
-	defer func() { _ = rw.Stop() }()
 	// The keys of the initial snapshots, until all are done.
 	banKeys, fileKeys := map[string]bool{}, map[string]bool{}
 	bansInit, filesInit, revInit := true, true, true
@@ -312,15 +319,19 @@ func (n *Node) securityLoop() {
 	defer reread.Stop()
 	revSeen := map[string]uint64{} // key → revision reported
 	var retry <-chan time.Time     // while changes wait for a failed write
-	banUpdates, fileUpdates, revUpdates := bw.Updates(), fw.Updates(), rw.Updates()
 	for {
 		select {
 		case <-n.ctx.Done():
 			return
-		case e, ok := <-banUpdates:
+		case <-bw.again:
+			n.startSecWatch(&bw)
+		case <-fw.again:
+			n.startSecWatch(&fw)
+		case <-rw.again:
+			n.startSecWatch(&rw)
+		case e, ok := <-bw.updates:
 			if !ok {
-				n.log.Error("cluster: ban watch ended; other nodes' ban changes are no longer applied here")
-				banUpdates = nil
+				n.restartSecWatch(&bw)
 				continue
 			}
 			if e == nil {
@@ -334,10 +345,9 @@ func (n *Node) securityLoop() {
 				}
 				n.applyBan(id, e)
 			}
-		case e, ok := <-fileUpdates:
+		case e, ok := <-fw.updates:
 			if !ok {
-				n.log.Error("cluster: shared file watch ended; other nodes' file changes are no longer applied here")
-				fileUpdates = nil
+				n.restartSecWatch(&fw)
 				continue
 			}
 			if e == nil {
@@ -351,10 +361,9 @@ func (n *Node) securityLoop() {
 				}
 				n.applyFile(name, e)
 			}
-		case e, ok := <-revUpdates:
+		case e, ok := <-rw.updates:
 			if !ok {
-				n.log.Error("cluster: revocation watch ended; other nodes' revocations reach this node by events only")
-				revUpdates = nil
+				n.restartSecWatch(&rw)
 				continue
 			}
 			if e == nil {
@@ -381,6 +390,67 @@ func (n *Node) securityLoop() {
 		case <-purge.C:
 			n.purgeTombstones(kvs.bans)
 		}
+	}
+}
+
+// secWatch is the watch of one security bucket, started again by the
+// security loop when it ends or cannot start.
+type secWatch struct {
+	what     string
+	kv       jetstream.KeyValue
+	w        jetstream.KeyWatcher
+	updates  <-chan jetstream.KeyValueEntry // nil while not started
+	again    <-chan time.Time               // the next try to start it
+	failures int                            // in a row
+}
+
+// startSecWatch starts w's watch, or schedules the next try in 2 s: the
+// first failure in a row is logged at Error, the next at Debug (a long
+// loss of quorum logs one Error), a start after failures at Info.
+func (n *Node) startSecWatch(w *secWatch) {
+	var kw jetstream.KeyWatcher
+	var err error
+	if f := n.sec.failWatch.Load(); f != nil {
+		err = (*f)(w.what)
+	}
+	if err == nil {
+		kw, err = w.kv.WatchAll(n.ctx)
+	}
+	if err != nil {
+		w.updates, w.again = nil, time.After(2*time.Second)
+		if w.failures++; n.ctx.Err() == nil {
+			lvl := slog.LevelError
+			if w.failures > 1 {
+				lvl = slog.LevelDebug
+			}
+			n.log.Log(n.ctx, lvl, "cluster: watching the "+w.what+" bucket failed; trying again every 2 s", "err", err)
+		}
+		return
+	}
+	if w.failures > 0 {
+		n.log.Info("cluster: "+w.what+" watch started", "failed_tries", w.failures)
+		w.failures = 0
+	}
+	w.w, w.updates, w.again = kw, kw.Updates(), nil
+	n.sec.mu.Lock()
+	if n.sec.watchers == nil {
+		n.sec.watchers = make(map[string]jetstream.KeyWatcher)
+	}
+	n.sec.watchers[w.what] = kw
+	n.sec.mu.Unlock()
+}
+
+// restartSecWatch starts a watch that ended again.
+func (n *Node) restartSecWatch(w *secWatch) {
+	n.log.Error("cluster: " + w.what + " watch ended; starting it again")
+	w.stop()
+	n.startSecWatch(w)
+}
+
+func (w *secWatch) stop() {
+	if w.w != nil {
+		_ = w.w.Stop()
+		w.w = nil
 	}
 }
 

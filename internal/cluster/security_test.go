@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -141,6 +142,56 @@ func TestSecurityStateAcrossNodes(t *testing.T) {
 		if n := l.syncs(); n != 1 {
 			t.Errorf("n%d synced %d times", i+1, n)
 		}
+	}
+}
+
+// TestSecurityWatchStartedAgain: a security bucket's watch that cannot
+// start, or that ends, is started again: the node gets in sync, applies
+// the other nodes' bans, and writes its own. Before, a watch that failed
+// to start (seen in a full test run: the bucket's leader not answering
+// in time) ended the node's security loop for good: never in sync, no
+// other node's ban applied, none of its own written.
+func TestSecurityWatchStartedAgain(t *testing.T) {
+	logs := []*secLog{{}, {}, {}}
+	var tries atomic.Int32
+	fail := func(what string) error {
+		if what == "ban" && tries.Add(1) <= 2 {
+			return context.DeadlineExceeded
+		}
+		return nil
+	}
+	nodes := startCluster(t, 3, func(i int, nd *Node) {
+		nd.SetSecurity(logs[i])
+		if i == 0 {
+			nd.sec.failWatch.Store(&fail)
+		}
+	})
+	testutil.WaitFor(t, "n1 in sync", 60*time.Second, func() bool { return logs[0].has("synced bans=[] files=[]") })
+	if tries.Load() < 3 {
+		t.Fatalf("the ban watch was tried %d times", tries.Load())
+	}
+	nodes[1].node.PutBan("w1", []byte(`{"kind":"client_id"}`))
+	testutil.WaitFor(t, "n2's ban on n1", 30*time.Second, func() bool { return logs[0].has(`ban n2 w1 {"kind":"client_id"}`) })
+	nodes[0].node.PutBan("w2", []byte(`{"kind":"username"}`))
+	testutil.WaitFor(t, "n1's ban on n3", 30*time.Second, func() bool { return logs[2].has(`ban n1 w2 {"kind":"username"}`) })
+
+	// Ended: started again, and the next ban still arrives.
+	nd := nodes[0].node
+	nd.sec.mu.Lock()
+	w := nd.sec.watchers["ban"]
+	nd.sec.mu.Unlock()
+	if err := w.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, "n1's ban watch started again", 30*time.Second, func() bool {
+		nd.sec.mu.Lock()
+		defer nd.sec.mu.Unlock()
+		return nd.sec.watchers["ban"] != w
+	})
+	nodes[2].node.PutBan("w3", []byte(`{"kind":"client_id"}`))
+	testutil.WaitFor(t, "n3's ban on n1", 30*time.Second, func() bool { return logs[0].has(`ban n3 w3 {"kind":"client_id"}`) })
+	if n := logs[0].syncs(); n != 1 {
+		t.Errorf("n1 synced %d times", n)
 	}
 }
 
