@@ -75,8 +75,6 @@ type kvState struct {
 	// (writeRetainedLate). retFailing tells Close the same.
 	retLate    bool
 	retFailing atomic.Bool
-	// retStream is the retained bucket's stream, read by late writes.
-	retStream jetstream.Stream
 }
 
 // unwrittenClaim is a claim not written yet: the kvWrite's owner, seen
@@ -276,12 +274,11 @@ func (n *Node) kvLoop() {
 		// (writeRetainedLate), as after a failed write.
 		kv.retLate = true
 	}
-	if spillWake != nil {
-		// Wakes taken while waiting: the writer starts with them.
-		select {
-		case kv.ret.wake <- struct{}{}:
-		default:
-		}
+	// The writer starts with a look at its queue: wakes taken while
+	// waiting, and the late flag cleared if nothing waits.
+	select {
+	case kv.ret.wake <- struct{}{}:
+	default:
 	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -650,11 +647,12 @@ func (n *Node) restoreSpilled(kv *kvState) {
 
 // unreachable tells a failed bucket write that a retry may cure: the
 // bucket unreachable (no quorum, no stream leader, a timeout: retryable,
-// or JetStream answering that it is unavailable), not a value the bucket
-// refuses.
+// or JetStream answering that it is unavailable, or a late retained
+// change that kept meeting newer records: errLateConflict), not a value
+// the bucket refuses.
 func unreachable(err error) bool {
 	var apiErr *jetstream.APIError
-	return retryable(err) || (errors.As(err, &apiErr) && apiErr.Code >= 500)
+	return retryable(err) || (errors.As(err, &apiErr) && apiErr.Code >= 500) || errors.Is(err, errLateConflict)
 }
 
 func (n *Node) writeRetained(ctx context.Context, kv *kvState, w kvWrite) error {

@@ -26,13 +26,11 @@ import (
 // the earlier one: the same trade every last-writer-wins store makes.
 func (n *Node) writeRetainedLate(ctx context.Context, kv *kvState, w kvWrite) error {
 	topic := w.retained.Topic
-	st, err := n.retainedStream(ctx, kv)
-	if err != nil {
-		return err
-	}
 	subj := "$KV." + bucketRetained + "." + topicTokens(topic)
 	for range 4 {
-		last, err := st.GetLastMsgForSubject(ctx, subj)
+		// From the leader: a direct get may be answered by a copy that
+		// lags, and its record would be taken for the bucket's last.
+		last, err := n.leaderLast(ctx, "KV_"+bucketRetained, subj)
 		var rev uint64
 		switch {
 		case errors.Is(err, jetstream.ErrMsgNotFound):
@@ -61,27 +59,15 @@ func (n *Node) writeRetainedLate(ctx context.Context, kv *kvState, w kvWrite) er
 		}
 		return err
 	}
-	err = errors.New("cluster: the topic's record kept changing while a late retained change was written")
-	n.log.Warn("cluster: retained message not stored in the cluster", "topic", topic, "err", err)
-	return err
+	// Other nodes kept writing the topic between the read and the
+	// write: the change stays queued and is tried again with the
+	// others.
+	return errLateConflict
 }
 
-// retainedStream returns the retained bucket's stream.
-func (n *Node) retainedStream(ctx context.Context, kv *kvState) (jetstream.Stream, error) {
-	if kv.retStream != nil {
-		return kv.retStream, nil
-	}
-	js, err := jetstream.New(n.nc)
-	if err != nil {
-		return nil, err
-	}
-	st, err := js.Stream(ctx, "KV_"+bucketRetained)
-	if err != nil {
-		return nil, err
-	}
-	kv.retStream = st
-	return st, nil
-}
+// errLateConflict is a late retained change whose conditional writes
+// kept conflicting; unreachable counts it so that it is tried again.
+var errLateConflict = errors.New("cluster: the topic's record kept changing while a late retained change was written")
 
 // retainedNewer reports whether the bucket's record last is newer than
 // the change m of this node: another node's value or clear, written after

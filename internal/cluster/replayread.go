@@ -318,10 +318,25 @@ func (r *recordReader) fromLeader(ctx context.Context) (*jetstream.RawStreamMsg,
 // AllowDirect: with it, jetstream.Stream.GetMsg asks any replica, one
 // that lags answering "not found" for a committed record.
 func (n *Node) leaderGet(ctx context.Context, stream string, seq uint64, filter string) (*jetstream.RawStreamMsg, error) {
-	req, err := json.Marshal(struct {
+	return n.leaderMsg(ctx, stream, struct {
 		Seq     uint64 `json:"seq"`
 		NextFor string `json:"next_by_subj,omitempty"`
 	}{seq, filter})
+}
+
+// leaderLast returns the last message of the stream named stream on
+// subject, as its leader has it: jetstream.ErrMsgNotFound if there is
+// none (see leaderGet).
+func (n *Node) leaderLast(ctx context.Context, stream, subject string) (*jetstream.RawStreamMsg, error) {
+	return n.leaderMsg(ctx, stream, struct {
+		LastFor string `json:"last_by_subj"`
+	}{subject})
+}
+
+// leaderMsg asks the leader of the stream named stream for the message
+// the request body names.
+func (n *Node) leaderMsg(ctx context.Context, stream string, body any) (*jetstream.RawStreamMsg, error) {
+	req, err := json.Marshal(body)
 	if err != nil {
 		return nil, err
 	}
