@@ -296,14 +296,18 @@ func (n *Node) kvLoop() {
 	}()
 	// A watch started again delivers every topic's last value anew:
 	// the local cache takes the bucket's, as at start. With the spill,
-	// the keys each watch delivers before its first nil entry (the end
-	// of the bucket's values) are noted, and the local store is then
-	// compared with them (reconcileRetained).
+	// the keys the run's first watch delivers before its first nil entry
+	// (the end of the bucket's values) are noted, and the local store is
+	// then compared with them (reconcileRetained). Not on a watch started
+	// again: its values may come from a copy of the bucket that lags
+	// (JetStream places the watch on any copy), which can lack a change
+	// this run wrote, and the watch skips this run's own changes when
+	// they come, so a change removed there would not come back.
 	initial := true
 	var delivered map[string]struct{}
 	n.bucketLoop(kv, &kv.ret, "retained", func() (jetstream.KeyWatcher, error) {
 		w, err := kv.retained.WatchAll(n.ctx)
-		if err == nil && kv.ret.spill != nil {
+		if err == nil && initial && kv.ret.spill != nil {
 			delivered = make(map[string]struct{})
 		}
 		return w, err
@@ -343,9 +347,13 @@ func (n *Node) kvLoop() {
 //     once: pushed, one cleared while it was away would come back
 //     everywhere); or
 //   - one cleared in the cluster while this node was away for longer
-//     than the clear's marker lives (24 h), or while its watch was
-//     down: it is removed here. Before, the node served it until the
-//     topic was set or cleared again.
+//     than the clear's marker lives (24 h): it is removed here. Before,
+//     the node served it until the topic was set or cleared again.
+//     Wrongly removed (the watch served by a copy that lags, lacking a
+//     topic this node's store holds from an earlier run), it comes back
+//     as the copy catches up: only this run's own changes are skipped
+//     when the watch delivers them, and a run's first watch comes
+//     before any of them.
 //
 // Topics under '$' are each node's own and are left alone.
 func (n *Node) reconcileRetained(kv *kvState, delivered map[string]struct{}) {
