@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"slices"
 	"testing"
 
 	"github.com/moatmq/moat/internal/packet"
@@ -44,5 +45,25 @@ func TestRetainedPublisherMemo(t *testing.T) {
 	}
 	if n := srv2.Stats().Panics; n != 0 {
 		t.Fatalf("%d connection handlers panicked", n)
+	}
+}
+
+// TestRetainedMessages: the cluster's look at the store lists the retained
+// messages a "#" subscription sees, not those under '$', and a cleared
+// topic no more.
+func TestRetainedMessages(t *testing.T) {
+	srv, _ := testServer(t, Config{})
+	now := srv.cfg.Now()
+	for _, tp := range []string{"a/b", "c", "$SYS/x", "gone"} {
+		srv.RetainRemote(NewMessage(&packet.Publish{Topic: tp, Retain: true, Payload: []byte("v")}, "other", now), nil)
+	}
+	srv.RetainRemote(&Message{Topic: "gone", Retain: true}, nil)
+	var got []string
+	for _, m := range srv.RetainedMessages() {
+		got = append(got, m.Topic)
+	}
+	slices.Sort(got)
+	if !slices.Equal(got, []string{"a/b", "c"}) {
+		t.Fatalf("RetainedMessages listed %v, want [a/b c]", got)
 	}
 }
