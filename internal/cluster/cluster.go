@@ -350,7 +350,7 @@ func Start(cfg Config) (*Node, error) {
 	n.share = shareState{groups: make(map[shareKey]*shareGroup), byQueue: make(map[string]*shareGroup),
 		wake: make(chan struct{}, 1), in: make(chan *nats.Msg, qlen), out: make(chan *nats.Msg, qlen)}
 	n.share.ack.dir = make(map[string]*dirEntry)
-	n.sec = secState{wake: make(chan struct{}, 1), events: make(chan *nats.Msg, 1024),
+	n.sec = secState{wake: make(chan struct{}, 1), events: make(chan *nats.Msg, 1024), revFloor: map[secKey]uint64{},
 		writes: newPendingQueue[secKey, secRecord](cmp.Or(cfg.MaxPendingSecurity, maxPendingSecurity), false)}
 	n.dur.init()
 	n.ic.wake, n.ic.cache.seed = make(chan struct{}, 1), maphash.MakeSeed()

@@ -121,6 +121,16 @@ func (q *pendingQueue[K, V]) get(k K) (v V, ok bool) {
 	return v, false
 }
 
+// change returns the waiting change of key k, if any, for done.
+func (q *pendingQueue[K, V]) change(k K) (c pendingChange[K, V], ok bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if e, found := q.byKey[k]; found {
+		return *e.Value.(*pendingChange[K, V]), true
+	}
+	return c, false
+}
+
 // len returns the number of waiting changes (distinct keys).
 func (q *pendingQueue[K, V]) len() int {
 	q.mu.Lock()

@@ -44,6 +44,12 @@ import (
 // nodes that apply it. A node never applies its own changes again (its
 // records carry its boot ID), except those of an earlier run, which its
 // Security sees once more at start-up.
+//
+// Changes of a ban or a file that wait for the buckets (the cluster
+// unreachable) meet the other nodes' changes of the same key by time
+// (ownWaitingNewer), and a change the watch delivers after this node's
+// later write of its key is not applied (secState.revFloor): every node
+// ends with the version the bucket ends with.
 
 // Bucket names and the events' subject prefix.
 const (
@@ -106,6 +112,16 @@ type RevocationHandler interface {
 	Revocations(origin, issuer string, list []byte)
 }
 
+// FileStoredHandler is implemented by a Security that keeps track of the
+// version of each shared file the cluster holds: FileStored reports that
+// this node's change of the shared file name (PutFile) is now stored in
+// the cluster, as FileSet reports the other nodes'. A change that waited
+// for an unreachable cluster is reported once it is stored, never before.
+// Called like Security's methods, one at a time.
+type FileStoredHandler interface {
+	FileStored(name string, data []byte)
+}
+
 // secRecord is the value of a key in the security buckets.
 type secRecord struct {
 	Node   string    `json:"node"`
@@ -135,10 +151,24 @@ var ErrSecurityBacklog = errors.New("cluster unreachable")
 
 // secState is the security side of a Node.
 type secState struct {
-	h   Security          // set before Attach; nil: no security state
-	rev RevocationHandler // h, when it takes revocations
+	h      Security          // set before Attach; nil: no security state
+	rev    RevocationHandler // h, when it takes revocations
+	stored FileStoredHandler // h, when it tracks the stored files
 
-	writes     *pendingQueue[secKey, secRecord]
+	writes *pendingQueue[secKey, secRecord]
+	// revFloor holds, per key, the first revision the watch may still
+	// apply, until it delivers that revision or a later one:
+	//   - after this node's write of the key, its revision: another
+	//     node's change delivered after it with an earlier revision is
+	//     already overwritten in the bucket by this node's, and is not
+	//     applied (before, a node could apply such a change while every
+	//     other node applied its own later one);
+	//   - after a shared file's record read from the leader at start-up
+	//     (applyFile), the revision after it: the watch, answered by a
+	//     copy of the bucket that lags, delivers the older records as
+	//     that copy catches up, which must not replace the newer one.
+	// Used by the security loop only.
+	revFloor   map[secKey]uint64
 	refusedLog rateLog // the refusals' log lines
 	wake       chan struct{}
 	events     chan *nats.Msg
@@ -150,6 +180,9 @@ type secState struct {
 	mu        sync.Mutex
 	watchers  map[string]jetstream.KeyWatcher
 	failWatch atomic.Pointer[func(what string) error]
+	// failWrite, in tests, fails the write of a change of key with the
+	// error it returns (nil: written).
+	failWrite atomic.Pointer[func(key string) error]
 }
 
 // SetSecurity makes h receive the other nodes' security changes. Call it
@@ -157,6 +190,7 @@ type secState struct {
 func (n *Node) SetSecurity(h Security) {
 	n.sec.h = h
 	n.sec.rev, _ = h.(RevocationHandler)
+	n.sec.stored, _ = h.(FileStoredHandler)
 }
 
 // PutBan sets the ban record rec under id, cluster-wide, in the
@@ -343,7 +377,9 @@ func (n *Node) securityLoop() {
 				if bansInit {
 					banKeys[id] = true
 				}
-				n.applyBan(id, e)
+				if !n.superseded(bucketBans, e) {
+					n.applyBan(id, e)
+				}
 			}
 		case e, ok := <-fw.updates:
 			if !ok {
@@ -359,7 +395,9 @@ func (n *Node) securityLoop() {
 				if filesInit {
 					fileKeys[name] = true
 				}
-				n.applyFile(name, e)
+				if !n.superseded(bucketFiles, e) {
+					n.applyFile(name, e, filesInit)
+				}
 			}
 		case e, ok := <-rw.updates:
 			if !ok {
@@ -506,9 +544,13 @@ func (n *Node) writeSec(kvs secBuckets) (left bool) {
 		}
 		kv := kvs.of(c.key.bucket)
 		val, err := json.Marshal(c.val)
+		var rev uint64
+		if f := n.sec.failWrite.Load(); err == nil && f != nil {
+			err = (*f)(c.key.key)
+		}
 		if err == nil {
 			ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
-			_, err = kv.Put(ctx, c.key.key, val)
+			rev, err = kv.Put(ctx, c.key.key, val)
 			cancel()
 		}
 		if err != nil && !unreachable(err) && n.ctx.Err() == nil {
@@ -528,6 +570,12 @@ func (n *Node) writeSec(kvs secBuckets) (left bool) {
 			}
 			return true
 		}
+		n.sec.revFloor[c.key] = rev
+		if c.key.bucket == bucketFiles && n.sec.stored != nil {
+			if name, err := keyString(c.key.key); err == nil {
+				n.sec.stored.FileStored(name, c.val.Data)
+			}
+		}
 		q.done(c)
 	}
 }
@@ -546,9 +594,31 @@ func (n *Node) decodeSec(e jetstream.KeyValueEntry) (r secRecord, ok bool) {
 	return r, r.Boot != n.origin
 }
 
+// ownWaitingNewer tells whether this node has a change of key waiting
+// for bucket that is newer than r, another node's change delivered by
+// the watch (or an earlier run's): r is not applied, and this node's
+// change, written after it, replaces it in the bucket. A waiting change
+// older than r is dropped, and r applied: otherwise the node would apply
+// r and then overwrite it in the bucket with its older change, and keep
+// a version no other node has. Times are the nodes' clocks, as for every
+// last-writer-wins choice of the security state.
+func (n *Node) ownWaitingNewer(bucket, key string, r secRecord) bool {
+	c, ok := n.sec.writes.change(secKey{bucket, key})
+	if !ok {
+		return false
+	}
+	if !r.At.After(c.val.At) {
+		return true
+	}
+	n.sec.writes.done(c)
+	n.log.Info("cluster: a security change waiting for the cluster is older than another node's; the other node's is applied",
+		"bucket", bucket, "key", clip(key), "origin_node", r.Node)
+	return false
+}
+
 func (n *Node) applyBan(id string, e jetstream.KeyValueEntry) {
 	r, ok := n.decodeSec(e)
-	if !ok {
+	if !ok || n.ownWaitingNewer(bucketBans, e.Key(), r) {
 		return
 	}
 	if r.Lifted {
@@ -558,8 +628,48 @@ func (n *Node) applyBan(id string, e jetstream.KeyValueEntry) {
 	}
 }
 
-func (n *Node) applyFile(name string, e jetstream.KeyValueEntry) {
-	if r, ok := n.decodeSec(e); ok && !r.Lifted {
+// superseded tells whether e, a change of bucket, comes before its key's
+// revision floor (secState.revFloor): a newer record of the key is in
+// force here already, so e is not applied.
+func (n *Node) superseded(bucket string, e jetstream.KeyValueEntry) bool {
+	k := secKey{bucket, e.Key()}
+	floor, ok := n.sec.revFloor[k]
+	if !ok {
+		return false
+	}
+	if e.Revision() < floor {
+		return true
+	}
+	delete(n.sec.revFloor, k)
+	return false
+}
+
+// applyFile reports a shared file's change. In the first replay (init),
+// the file's record is read from the bucket's leader: the replay may come
+// from this node's copy of the bucket, which lags after the node was
+// stopped, and the Security decides at start-up whether this node's
+// version is newer than the cluster's (the watch delivers the newer
+// record later; reporting it twice changes nothing).
+func (n *Node) applyFile(name string, e jetstream.KeyValueEntry, init bool) {
+	r, ok := n.decodeSec(e)
+	if init {
+		ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
+		last, err := n.leaderLast(ctx, "KV_"+bucketFiles, "$KV."+bucketFiles+"."+e.Key())
+		cancel()
+		if err == nil && last.Sequence > e.Revision() {
+			n.sec.revFloor[secKey{bucketFiles, e.Key()}] = last.Sequence + 1
+			if last.Header.Get("KV-Operation") != "" {
+				return
+			}
+			if err := json.Unmarshal(last.Data, &r); err != nil || r.Node == "" {
+				n.stats.decodeErrors.Add(1)
+				n.log.Warn("cluster: malformed security record ignored", "key", clip(e.Key()))
+				return
+			}
+			ok = r.Boot != n.origin
+		}
+	}
+	if ok && !r.Lifted && !n.ownWaitingNewer(bucketFiles, e.Key(), r) {
 		n.sec.h.FileSet(r.Node, name, r.Data, r.At)
 	}
 }

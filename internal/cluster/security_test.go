@@ -396,3 +396,96 @@ func withBroker(t *testing.T, nd *Node, h Security, log *slog.Logger) *Node {
 	})
 	return nd
 }
+
+// storedLog is a secLog that is also told of this node's stored files.
+type storedLog struct{ *secLog }
+
+func (l storedLog) FileStored(name string, data []byte) { l.add("stored " + name + " " + string(data)) }
+
+// TestSecurityWaitingChangeMeetsNewer: n1's change of a shared file waits
+// (its writes fail, as while the cluster is unreachable), and n2 changes
+// the same file after it. n1 drops its older change and applies n2's, so
+// every node ends with n2's version. Before, n1 applied n2's and then
+// wrote its own older one over it, which n2 and n3 applied while n1 kept
+// n2's. Then n1 changes the file again while its writes fail: that change
+// is newer than the bucket's, so n1's watch, started again, does not
+// apply the bucket's older version, and once n1's writes succeed its
+// change reaches every node and n1 is told it is stored.
+func TestSecurityWaitingChangeMeetsNewer(t *testing.T) {
+	logs := []*secLog{{}, {}, {}}
+	nodes := startCluster(t, 3, func(i int, nd *Node) {
+		if i == 0 {
+			nd.SetSecurity(storedLog{logs[i]})
+		} else {
+			nd.SetSecurity(logs[i])
+		}
+	})
+	for i, l := range logs {
+		testutil.WaitFor(t, fmt.Sprintf("n%d in sync", i+1), 60*time.Second, func() bool { return l.syncs() == 1 })
+	}
+	n1, n2 := nodes[0].node, nodes[1].node
+	var tries atomic.Int32
+	fail := func(string) error {
+		tries.Add(1)
+		return context.DeadlineExceeded
+	}
+	n1.sec.failWrite.Store(&fail)
+	if err := n1.PutFile("acl", []byte("n1-old")); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, "n1's failed write", 30*time.Second, func() bool { return tries.Load() > 0 })
+	if err := n2.PutFile("acl", []byte("n2-newer")); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, "n2's change on n1", 30*time.Second, func() bool { return logs[0].has("file n2 acl n2-newer") })
+	if p := n1.Status().SecurityPending; p != 0 {
+		t.Fatalf("n1's older change still waits (%d pending)", p)
+	}
+	n1.sec.failWrite.Store(nil)
+	if err := n1.PutBan("mark", []byte("after")); err != nil { // written once the file's would have been
+		t.Fatal(err)
+	}
+	for i, l := range logs[1:] {
+		testutil.WaitFor(t, fmt.Sprintf("n1's next change on n%d", i+2), 30*time.Second, func() bool { return l.has("ban n1 mark after") })
+		if l.has("file n1 acl n1-old") {
+			t.Errorf("n%d was told of n1's older change:\n%s", i+2, l)
+		}
+	}
+	if !logs[2].has("file n2 acl n2-newer") {
+		t.Errorf("n3 was not told of n2's change:\n%s", logs[2])
+	}
+	if logs[0].has("stored acl n1-old") {
+		t.Errorf("n1 was told its older change was stored:\n%s", logs[0])
+	}
+
+	// n1's newer change, waiting, meets the bucket's older version when
+	// n1's file watch starts again.
+	n1.sec.failWrite.Store(&fail)
+	if err := n1.PutFile("acl", []byte("n1-latest")); err != nil {
+		t.Fatal(err)
+	}
+	before := strings.Count(logs[0].String(), "file n2 acl n2-newer")
+	n1.sec.mu.Lock()
+	w := n1.sec.watchers["shared file"]
+	n1.sec.mu.Unlock()
+	if err := w.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, "n1's file watch started again", 30*time.Second, func() bool {
+		n1.sec.mu.Lock()
+		defer n1.sec.mu.Unlock()
+		return n1.sec.watchers["shared file"] != w
+	})
+	if err := n2.PutBan("mark2", []byte("x")); err != nil { // delivered after the replay
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, "n2's ban on n1", 30*time.Second, func() bool { return logs[0].has("ban n2 mark2 x") })
+	if after := strings.Count(logs[0].String(), "file n2 acl n2-newer"); after != before {
+		t.Errorf("n1 applied the bucket's older version over its waiting change (%d times, %d before)", after, before)
+	}
+	n1.sec.failWrite.Store(nil)
+	for i, l := range logs[1:] {
+		testutil.WaitFor(t, fmt.Sprintf("n1's latest change on n%d", i+2), 30*time.Second, func() bool { return l.has("file n1 acl n1-latest") })
+	}
+	testutil.WaitFor(t, "n1 told its change is stored", 30*time.Second, func() bool { return logs[0].has("stored acl n1-latest") })
+}
