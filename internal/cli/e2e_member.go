@@ -122,7 +122,7 @@ func (m *memberKeys) applyBundle(raw []byte) (bundleUpdate, error) {
 		return u, err
 	}
 	u.applied = true
-	return u, keysWriteFile(filepath.Join(m.dir, memberBundle), raw, 0o600)
+	return u, writeFileSynced(filepath.Join(m.dir, memberBundle), raw, 0o600)
 }
 
 // sealer returns a group sealer for this member, with sequence numbers

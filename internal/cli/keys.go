@@ -634,11 +634,11 @@ DIR/member (the member ID), DIR/member.key, DIR/bundle, DIR/service-key.`,
 					return nil
 				}
 			}
-			if err := keysWriteFile(out, raw, 0o600); err != nil {
+			if err := writeFileSynced(out, raw, 0o600); err != nil {
 				return err
 			}
 			if dir != "" {
-				if err := keysWriteFile(filepath.Join(dir, memberIDFile), []byte(memberID+"\n"), 0o644); err != nil {
+				if err := writeFileSynced(filepath.Join(dir, memberIDFile), []byte(memberID+"\n"), 0o644); err != nil {
 					return err
 				}
 			}
@@ -750,7 +750,7 @@ func keysMemberKey(path, kemName string) (*e2e.MemberKey, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := keysWriteFile(path, p, 0o600); err != nil {
+	if err := writeFileSynced(path, p, 0o600); err != nil {
 		return nil, err
 	}
 	return mk, nil
@@ -759,7 +759,7 @@ func keysMemberKey(path, kemName string) (*e2e.MemberKey, error) {
 func keysCheckPin(path string, svc ed25519.PublicKey) error {
 	data, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return keysWriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "MOAT KEY SERVICE KEY", Bytes: svc}), 0o644)
+		return writeFileSynced(path, pem.EncodeToMemory(&pem.Block{Type: "MOAT KEY SERVICE KEY", Bytes: svc}), 0o644)
 	}
 	if err != nil {
 		return fmt.Errorf("keys: reading pinned service key: %w", err)
@@ -767,34 +767,6 @@ func keysCheckPin(path string, svc ed25519.PublicKey) error {
 	blk, _ := pem.Decode(data)
 	if blk == nil || !ed25519.PublicKey(blk.Bytes).Equal(svc) {
 		return fmt.Errorf("keys: the key service's signing key (ID %x) differs from the one pinned in %s; if the service was rebuilt on purpose, delete the pin file", e2e.ServiceKeyID(svc), path)
-	}
-	return nil
-}
-
-func keysWriteFile(path string, data []byte, mode os.FileMode) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, ".tmp-*")
-	if err != nil {
-		return fmt.Errorf("keys: writing %s: %w", path, err)
-	}
-	defer os.Remove(f.Name())
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return fmt.Errorf("keys: writing %s: %w", path, err)
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return fmt.Errorf("keys: writing %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("keys: writing %s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("keys: writing %s: %w", path, err)
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
-		return fmt.Errorf("keys: writing %s: %w", path, err)
 	}
 	return nil
 }

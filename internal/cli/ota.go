@@ -338,7 +338,7 @@ when --timeout expires before any update arrived.`,
 					if err != nil {
 						return fmt.Errorf("ota receive: update refused, nothing written: %w", err)
 					}
-					if err := keysWriteFile(out, img, 0o644); err != nil {
+					if err := writeFileSynced(out, img, 0o644); err != nil {
 						return fmt.Errorf("ota receive: %w", err)
 					}
 					mf := rcv.Manifest()
@@ -417,7 +417,7 @@ func otaSaveState(path string, state map[string]string) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return fmt.Errorf("recording the installed version: %w", err)
 	}
-	if err := keysWriteFile(path, append(data, '\n'), 0o600); err != nil {
+	if err := writeFileSynced(path, append(data, '\n'), 0o600); err != nil {
 		return fmt.Errorf("recording the installed version: %w", err)
 	}
 	return nil

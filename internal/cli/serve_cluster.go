@@ -88,7 +88,7 @@ func (p *servePlan) planCluster() {
 	p.cluster = node
 	p.broker.Cluster = node
 	p.cleanup = append(p.cleanup, node.Close)
-	p.planClusterSecurity()
+	p.planClusterSecurity(dir)
 }
 
 // routeTLS loads the node's certificate and the CA bundle of the routes.

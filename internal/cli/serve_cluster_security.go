@@ -97,6 +97,10 @@ type clusterSecurity struct {
 
 	filesMu sync.Mutex // guards files and file changes
 	files   map[string]*sharedFile
+	// agreedPath is the file that keeps, across restarts, what each
+	// shared file agreed with the cluster (sharedFile.base and seen); ""
+	// keeps it in memory only.
+	agreedPath string
 	// applyingFile is set while another node's file is reloaded here: the
 	// users it removed are not sent back as this node's.
 	applyingFile atomic.Bool
@@ -116,6 +120,17 @@ type sharedFile struct {
 	validate   func(tmp string) error
 	sum        [sha256.Size]byte // the content last agreed with the cluster
 	agreed     bool              // sum is valid
+	// seen is the version the cluster's bucket held when this node last
+	// heard of it (another node's change, or this node's once stored),
+	// and base the content of this node's file then (the same, unless
+	// this node refused the cluster's version). A file that differs from
+	// base was changed here since; while the cluster still holds seen,
+	// that change is newer than the cluster's and wins. Kept in
+	// agreedPath, so that it holds across a restart: an edit made while
+	// the node was stopped, or a change that had not reached an
+	// unreachable cluster when the node stopped.
+	base, seen [sha256.Size]byte
+	recorded   bool // base and seen are known
 }
 
 // crlMemory is what a CRL file held when last read.
@@ -138,7 +153,7 @@ const eventReevaluate = "reevaluate"
 
 // planClusterSecurity connects the node's guard, access files and CRLs to
 // the cluster. Called by planCluster once the node runs.
-func (p *servePlan) planClusterSecurity() {
+func (p *servePlan) planClusterSecurity(dir string) {
 	cs := &clusterSecurity{node: p.cluster, self: p.cfg.Cluster.Node, log: p.log.With("component", "cluster"),
 		d: p.defense, a: p.access, crls: p.crls, revs: p.clusterRevocations(),
 		applying: map[string]string{}, removing: map[string]string{}, known: map[string]knownBan{},
@@ -163,6 +178,8 @@ func (p *servePlan) planClusterSecurity() {
 	if cs.a != nil {
 		if p.cfg.Cluster.AccessFiles != "local" {
 			cs.planFiles()
+			cs.agreedPath = filepath.Join(dir, sharedAgreedFile)
+			cs.loadAgreed()
 		}
 		cs.a.passwordGone = cs.passwordGone
 	}
@@ -591,31 +608,46 @@ func (cs *clusterSecurity) FileSet(origin, name string, data []byte, at time.Tim
 	local, err := os.ReadFile(f.path)
 	if err == nil && sha256.Sum256(local) == sum {
 		f.sum, f.agreed = sum, true
+		cs.noteAgreed(f, sum, sum)
 		return
 	}
-	if fi, err := os.Stat(f.path); err == nil && f.agreed && sha256.Sum256(local) != f.sum && fi.ModTime().After(at) {
-		// Changed here, not yet sent, later than there: this node's
-		// version wins, when it loads. (At start-up the cluster's
-		// version wins: a node's files may be older than its mtimes.)
-		if f.validate(f.path) == nil {
-			cs.log.Info("cluster: shared file changed here after another node's change; sending this node's", "file", f.path, "origin_node", origin)
-			if cs.node.PutFile(f.name, local) == nil {
-				f.sum, f.agreed = sha256.Sum256(local), true
-			} // else refused: checkFiles offers it again
-			return
-		}
+	if why := cs.keepLocal(f, local, err, sum, at); why != "" && f.validate(f.path) == nil {
+		// This node's version wins, when it loads: it is sent to the
+		// others (or again, if it waited for the cluster when the node
+		// stopped).
+		cs.log.Info("cluster: shared file changed here "+why+"; sending this node's version", "file", f.path, "origin_node", origin)
+		if cs.node.PutFile(f.name, local) == nil {
+			f.sum, f.agreed = sha256.Sum256(local), true
+		} // else refused: checkFiles offers it again
+		cs.noteAgreed(f, f.base, sum)
+		return
 	}
+	// Both sides changed while this node was stopped or cut off: said,
+	// as this node's change is undone.
+	both := err == nil && !f.agreed && f.recorded && sha256.Sum256(local) != f.base
 	result, problem := "applied", ""
 	if err := cs.writeShared(f, data); err != nil {
 		result, problem = "refused", err.Error()
 		cs.log.Error("cluster: another node's version of a shared file was not applied here; this node's stays in force", "file", f.path,
 			"origin_node", origin, "err", err)
+	} else if both {
+		cs.log.Warn("cluster: shared file changed here while this node was stopped or cut off, and by another node too; "+
+			"the cluster's version replaced this node's", "file", f.path, "origin_node", origin)
 	} else {
 		cs.log.Warn("cluster: shared file changed by another node; applied here", "file", f.path, "origin_node", origin)
 	}
 	// Agreed either way: a version that does not load here is not sent
-	// back, and the next change of either side wins.
+	// back (the file this node keeps counts as agreed), and the next
+	// change of either side wins.
 	f.sum, f.agreed = sum, true
+	base := sum
+	if result == "refused" {
+		if local, err := os.ReadFile(f.path); err == nil {
+			base = sha256.Sum256(local)
+			f.sum = base
+		}
+	}
+	cs.noteAgreed(f, base, sum)
 	fields := []audit.Field{audit.String("reason", "shared file changed on node "+origin), audit.String("result", result),
 		audit.String("file", f.path), audit.String("origin_node", origin)}
 	if problem != "" {
@@ -626,6 +658,133 @@ func (cs *clusterSecurity) FileSet(origin, name string, data []byte, at time.Tim
 		cs.applyingFile.Store(true)
 		cs.a.reload() // re-evaluates the live clients of what changed
 		cs.applyingFile.Store(false)
+	}
+}
+
+// FileStored implements cluster.FileStoredHandler: this node's version of
+// a shared file is now the cluster's.
+func (cs *clusterSecurity) FileStored(name string, data []byte) {
+	cs.filesMu.Lock()
+	defer cs.filesMu.Unlock()
+	if f := cs.files[name]; f != nil {
+		sum := sha256.Sum256(data)
+		cs.noteAgreed(f, sum, sum)
+	}
+}
+
+// keepLocal tells whether this node's version of f (local, read with
+// err), which differs from the cluster's (sum, changed at at by its
+// node's clock), wins over it, and why ("" when it does not). It wins
+// when it was changed here since this node last agreed with the cluster
+// (base), and either the cluster still holds the version it held then
+// (seen), or, while the node runs, this node's change is the later one.
+//
+// The first rule holds across a restart (base and seen are kept): an edit
+// made while the node was stopped, or a change made while the cluster was
+// unreachable that had not reached it when the node stopped, is sent at
+// start-up. Before, the cluster's older version replaced it, silently
+// undoing, say, a password removed on a node that was cut off and then
+// restarted. It also keeps a change waiting for the cluster when a watch
+// started again delivers the cluster's unchanged version. At start-up the
+// clocks do not decide: when the cluster's version changed too, or
+// nothing was kept (the first start with this build, a new data
+// directory), the cluster's version wins, as a node's files may be older
+// than their modification times (a restored backup), and the cluster's
+// is the one the other nodes enforce.
+func (cs *clusterSecurity) keepLocal(f *sharedFile, local []byte, err error, sum [sha256.Size]byte, at time.Time) string {
+	if err != nil {
+		return ""
+	}
+	ls := sha256.Sum256(local)
+	if f.recorded {
+		if ls == f.base {
+			return "" // not changed here
+		}
+		if sum == f.seen {
+			return "since this node last agreed with the cluster (while it was stopped, or cut off from the cluster)"
+		}
+	} else if !f.agreed || ls == f.sum {
+		return ""
+	}
+	if fi, err := os.Stat(f.path); f.agreed && err == nil && fi.ModTime().After(at) {
+		return "after another node's change"
+	}
+	return ""
+}
+
+// sharedAgreedFile, in DATA_DIR/cluster, keeps what each shared file
+// agreed with the cluster: {"version": 1, "files": {name: {"base":
+// SHA-256 hex, "seen": SHA-256 hex}}}.
+const sharedAgreedFile = "shared-files.json"
+
+type agreedRecord struct {
+	Version int                      `json:"version"`
+	Files   map[string]agreedVersion `json:"files"`
+}
+
+type agreedVersion struct {
+	Base string `json:"base"`
+	Seen string `json:"seen"`
+}
+
+// loadAgreed reads what an earlier run agreed. A missing file is the
+// first start; an unreadable one is logged and ignored (the cluster's
+// versions then win at start-up, as before the file existed).
+func (cs *clusterSecurity) loadAgreed() {
+	data, err := os.ReadFile(cs.agreedPath)
+	if errors.Is(err, os.ErrNotExist) {
+		return
+	}
+	var r agreedRecord
+	if err == nil {
+		err = json.Unmarshal(data, &r)
+		if err == nil && r.Version != 1 {
+			err = fmt.Errorf("version %d unknown", r.Version)
+		}
+	}
+	if err != nil {
+		cs.log.Warn("cluster: the record of the shared files' agreed versions is unreadable; the cluster's versions replace this node's at start-up",
+			"file", cs.agreedPath, "err", err)
+		return
+	}
+	cs.filesMu.Lock()
+	defer cs.filesMu.Unlock()
+	for name, v := range r.Files {
+		f := cs.files[name]
+		base, err1 := hex.DecodeString(v.Base)
+		seen, err2 := hex.DecodeString(v.Seen)
+		if f == nil || err1 != nil || err2 != nil || len(base) != sha256.Size || len(seen) != sha256.Size {
+			continue
+		}
+		f.base, f.seen, f.recorded = [sha256.Size]byte(base), [sha256.Size]byte(seen), true
+	}
+}
+
+// noteAgreed records that f's content base agreed with the cluster's
+// version seen, on disk when it changed. Called with filesMu held. A
+// failed write is logged: the node then keeps the older record, whose
+// only effect is that a change made here before the next restart may
+// lose to the cluster's version at start-up.
+func (cs *clusterSecurity) noteAgreed(f *sharedFile, base, seen [sha256.Size]byte) {
+	if f.recorded && f.base == base && f.seen == seen {
+		return
+	}
+	f.base, f.seen, f.recorded = base, seen, true
+	if cs.agreedPath == "" {
+		return
+	}
+	r := agreedRecord{Version: 1, Files: map[string]agreedVersion{}}
+	for name, g := range cs.files {
+		if g.recorded {
+			r.Files[name] = agreedVersion{Base: hex.EncodeToString(g.base[:]), Seen: hex.EncodeToString(g.seen[:])}
+		}
+	}
+	data, err := json.Marshal(r)
+	if err == nil {
+		err = writeFileSynced(cs.agreedPath, data, 0o600)
+	}
+	if err != nil {
+		cs.log.Warn("cluster: the shared files' agreed versions were not recorded", "file", cs.agreedPath, "err", err)
 	}
 }
 

@@ -803,3 +803,118 @@ func adminWhoami(t *testing.T, n *inprocNode, ca *pki.CA) func(*tls.Config) int 
 		return resp.StatusCode
 	}
 }
+
+// TestClusterSharedFileKeptAcrossRestart: a node keeps the changes of its
+// shared files that the cluster has not got yet when it restarts.
+//
+//   - node3, cut off (the two others stopped), removes alice from its
+//     password file; the change waits for the cluster, and node3 stops
+//     before the cluster is back. When all three run again, node3 keeps
+//     its file and sends it: alice is refused on node1. Before, the
+//     cluster's older file replaced node3's at start-up and alice was
+//     back on node3 too.
+//   - node3's acl_file edited while node3 is stopped, and node1's too:
+//     both changed, the cluster's version wins on node3, which says so.
+//   - An acl_file left alone while node3 was stopped takes the cluster's
+//     newer version.
+func TestClusterSharedFileKeptAcrossRestart(t *testing.T) {
+	t.Parallel()
+	base := t.TempDir()
+	caDir := filepath.Join(base, "ca")
+	if _, _, err := pki.OpenOrInit(caDir, pki.InitOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	nodes, _ := startInprocNodes(t, base, caDir)
+	n1, n3 := nodes[0], nodes[2]
+	read := func(n *inprocNode, name string) string {
+		data, _ := os.ReadFile(filepath.Join(n.dir, name))
+		return string(data)
+	}
+	// Every node knows what it agreed with the cluster.
+	for _, n := range nodes {
+		testutil.WaitFor(t, n.name+"'s record of the shared files", 30*time.Second, func() bool {
+			data, _ := os.ReadFile(filepath.Join(n.data, "cluster", sharedAgreedFile))
+			return bytes.Contains(data, []byte(`"passwd"`)) && bytes.Contains(data, []byte(`"acl.conf"`))
+		})
+	}
+	aliceOn := func(n *inprocNode) error {
+		c, err := dialNode(t, n.plain, client.Config{ClientID: "alice-" + n.name, Username: "alice", Password: client.NewSecret([]byte("alice-secret-1"))})
+		if err == nil {
+			c.Close()
+		}
+		return err
+	}
+	if err := aliceOn(n1); err != nil {
+		t.Fatalf("alice on node1 before the change: %v", err)
+	}
+
+	// node3 cut off: a password removed there waits for the cluster.
+	nodes[0].stop()
+	nodes[1].stop()
+	e, err := passwd.Edit(filepath.Join(n3.dir, "passwd"), false)
+	if err == nil {
+		err = e.Delete("alice")
+	}
+	if err == nil {
+		err = e.Write()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	removed := read(n3, "passwd")
+	testutil.WaitFor(t, "node3's changed password file waiting for the cluster", 30*time.Second, func() bool {
+		return n3.plan.cluster.Status().SecurityPending > 0
+	})
+	n3.stop()
+	nodes[0].start(t)
+	nodes[1].start(t)
+	nodes[0].waitReady(t)
+	nodes[1].waitReady(t)
+	n3.start(t)
+	n3.waitReady(t)
+	for _, n := range nodes {
+		testutil.WaitFor(t, n.name+"'s password file without alice", 30*time.Second, func() bool {
+			return read(n, "passwd") == removed
+		})
+	}
+	testutil.CheckFor(t, 30*time.Second, func() error {
+		if aliceOn(n1) == nil {
+			return errors.New("node1 still accepts alice, removed on node3 while it was cut off")
+		}
+		return nil
+	})
+	if !strings.Contains(n3.logs.String(), "shared file changed here since this node last agreed with the cluster") {
+		t.Errorf("node3 did not say why it kept its file:\n%s", n3.logs.String())
+	}
+	testutil.WaitFor(t, "node3's change stored", 30*time.Second, func() bool {
+		return n3.plan.cluster.Status().SecurityPending == 0
+	})
+
+	// Both changed while node3 was stopped: the cluster's wins.
+	n3.stop()
+	writeFile(t, filepath.Join(n3.dir, "acl.conf"), "topic readwrite mine/#\n")
+	v3 := "topic readwrite plant/#\ntopic readwrite theirs/#\n"
+	writeFile(t, filepath.Join(n1.dir, "acl.conf"), v3)
+	testutil.WaitFor(t, "node1's acl_file reaching node2", 30*time.Second, func() bool { return read(nodes[1], "acl.conf") == v3 })
+	n3.start(t)
+	n3.waitReady(t)
+	testutil.WaitFor(t, "node1's acl_file on node3", 30*time.Second, func() bool { return read(n3, "acl.conf") == v3 })
+	if !strings.Contains(n3.logs.String(), "the cluster's version replaced this node's") {
+		t.Errorf("node3 did not say that its change was replaced:\n%s", n3.logs.String())
+	}
+
+	// Left alone while node3 was stopped: the cluster's newer version.
+	n3.stop()
+	v4 := "topic readwrite plant/#\n"
+	writeFile(t, filepath.Join(n1.dir, "acl.conf"), v4)
+	testutil.WaitFor(t, "node1's acl_file reaching node2", 30*time.Second, func() bool { return read(nodes[1], "acl.conf") == v4 })
+	n3.start(t)
+	n3.waitReady(t)
+	testutil.WaitFor(t, "node1's newer acl_file on node3", 30*time.Second, func() bool { return read(n3, "acl.conf") == v4 })
+	time.Sleep(2 * time.Second) // checks of the files on every node
+	for _, n := range nodes {
+		if got := read(n, "acl.conf"); got != v4 {
+			t.Errorf("%s's acl.conf: %q, want node1's %q", n.name, got, v4)
+		}
+	}
+}
