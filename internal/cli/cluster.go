@@ -246,7 +246,7 @@ func printClusterStatus(w io.Writer, st cluster.Status, now time.Time) {
 		kv, st.Replicas, st.PendingWrites, st.WritesDropped, st.SecurityPending, st.SecurityRefused)
 
 	tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "NODE\tSTATE\tCONNECTIONS\tSESSIONS\tFORWARDED\tRECEIVED\tROUTE\tRTT\tLAST SEEN\tVERSION")
+	fmt.Fprintln(tw, "NODE\tSTATE\tCONNECTIONS\tSESSIONS\tFORWARDED\tRECEIVED\tROUTE\tRTT\tCLOCK\tLAST SEEN\tVERSION")
 	for _, n := range st.Nodes {
 		name, conns, sess, fwd, recv, seen := n.Node, "-", "-", "-", "-", "never"
 		if n.Self {
@@ -265,8 +265,12 @@ func printClusterStatus(w io.Writer, st cluster.Status, now time.Time) {
 				route = "none"
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", name, strings.ToUpper(n.State), conns, sess, fwd, recv, route,
-			dash(n.RTT), seen, dash(n.Version))
+		clock := "-"
+		if n.ClockOffsetMS != nil {
+			clock = fmt.Sprintf("%+dms", *n.ClockOffsetMS)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", name, strings.ToUpper(n.State), conns, sess, fwd, recv, route,
+			dash(n.RTT), clock, seen, dash(n.Version))
 	}
 	tw.Flush()
 
@@ -353,10 +357,13 @@ func (p *servePlan) clusterMetrics() *metrics.Cluster {
 		ForwardErrors: st.ForwardErrors, DecodeErrors: st.DecodeErrors, Takeovers: st.Takeovers, Claims: st.Claims,
 		ClaimsPruned: st.ClaimsPruned, RetainedOut: st.RetainedOut, RetainedIn: st.RetainedIn, PendingWrites: st.PendingWrites,
 		WritesDropped: st.WritesDropped, SecurityPending: st.SecurityPending, SecurityRefused: st.SecurityRefused,
-		NodeConnections: map[string]int64{}}
+		NodeConnections: map[string]int64{}, NodeClockOffsets: map[string]float64{}}
 	for _, n := range st.Nodes {
 		if n.State == cluster.StateUp {
 			m.NodeConnections[n.Node] = n.Connections
+			if n.ClockOffsetMS != nil {
+				m.NodeClockOffsets[n.Node] = float64(*n.ClockOffsetMS) / 1000
+			}
 		}
 	}
 	for _, s := range st.Streams {

@@ -76,8 +76,12 @@ func TestClusterStatusThreeProcesses(t *testing.T) {
 			return err
 		}
 		i := slices.IndexFunc(st.Nodes, func(n cluster.NodeInfo) bool { return n.Node == "node2" })
-		if st.NodesUp != 3 || i < 0 || st.Nodes[i].Connections != 1 {
+		if st.NodesUp != 3 || i < 0 || st.Nodes[i].Connections != 1 || st.Nodes[i].ClockOffsetMS == nil {
 			return fmt.Errorf("%d nodes up, nodes %+v", st.NodesUp, st.Nodes)
+		}
+		// One machine, one clock: the offset is the heartbeat's trip.
+		if o := *st.Nodes[i].ClockOffsetMS; o < -1000 || o > 1000 {
+			return fmt.Errorf("node2's clock offset %d ms", o)
 		}
 		return nil
 	})
@@ -129,6 +133,7 @@ func TestClusterStatusThreeProcesses(t *testing.T) {
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	for _, want := range []string{"moat_cluster_nodes 3", "moat_cluster_nodes_missing 0", `moat_cluster_node_connections{node="node2"} 1`,
+		`moat_cluster_node_clock_offset_seconds{node="node2"}`,
 		"moat_cluster_routes 2", "moat_cluster_healthy 1", `moat_cluster_replica_current{node="node3",stream="KV_moat_clients"} 1`} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("metrics lack %q", want)
@@ -239,7 +244,7 @@ func clusterDashboard(t *testing.T, base, token string) {
 		_ = os.WriteFile(filepath.Join(shots, "cluster.png"), buf, 0o644)
 	}
 	if health != "healthy" || strings.Count(nodes, "\tup\t") != 3 || !strings.Contains(nodes, "node1 (this node)") ||
-		strings.Contains(streams, "none") {
+		strings.Count(nodes, " ms\t") != 2 || strings.Contains(streams, "none") {
 		t.Errorf("cluster page: health %q\nnodes %q\nstreams %q (screenshot in %s)", health, nodes, streams, shots)
 	}
 }

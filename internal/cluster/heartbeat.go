@@ -52,6 +52,10 @@ type heartbeat struct {
 	Received    uint64    `json:"received"`
 	// Leaving is set in the last heartbeat of a node that is stopping.
 	Leaving bool `json:"leaving,omitempty"`
+	// Sent is the node's clock when it sent the heartbeat: the others
+	// estimate from it how far its clock is from theirs (clockOffset).
+	// Zero from a node of a build before 2026-12-07.
+	Sent time.Time `json:"sent,omitzero"`
 	// Adopted names the runs of other nodes whose sessions this node
 	// adopted (adopt.go), the most recent first: a run still alive
 	// that hears it was taken for dead and checks its sessions.
@@ -100,6 +104,39 @@ func decodeHeartbeat(b []byte) (heartbeat, error) {
 type peerBeat struct {
 	hb   heartbeat
 	seen time.Time // when it arrived, by this node's clock
+	// offsets are the last heartbeats' Sent less their arrival, newest
+	// at offsets[(next-1)%len]; n of them are valid.
+	offsets [clockSamples]time.Duration
+	next, n int
+	skewed  bool // the estimate was beyond maxClockOffset (logged)
+}
+
+// The clock offset of another node is estimated from its heartbeats: a
+// heartbeat's Sent less its arrival is the offset less the time it
+// travelled, which is never negative, so the largest of the last
+// clockSamples is the best estimate (a heartbeat held up by a busy node
+// or network only lowers its own sample). It is known after
+// clockMinSamples heartbeats. An offset beyond maxClockOffset is a
+// problem of the status and logged: where two nodes change the same
+// retained topic, ban or shared file, the later change by their clocks
+// wins, and bans expire by each node's clock.
+const (
+	clockSamples    = 8
+	clockMinSamples = 3
+	maxClockOffset  = time.Second
+)
+
+// clockOffset returns the estimated offset of the node's clock from this
+// node's (positive: ahead), and whether it is known.
+func (pb *peerBeat) clockOffset() (time.Duration, bool) {
+	if pb.n < clockMinSamples {
+		return 0, false
+	}
+	best := pb.offsets[0]
+	for _, o := range pb.offsets[1:pb.n] {
+		best = max(best, o)
+	}
+	return best, true
 }
 
 // beats holds the other nodes' last heartbeats, by node name.
@@ -110,20 +147,36 @@ type beats struct {
 }
 
 // record keeps h, received at now. It reports false when the table is
-// full and h is of a node not in it.
-func (b *beats) record(h heartbeat, now time.Time) bool {
+// full and h is of a node not in it, and the node's clock offset when it
+// went beyond maxClockOffset or came back within it (changed).
+func (b *beats) record(h heartbeat, now time.Time) (ok bool, offset time.Duration, changed bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.nodes == nil {
 		b.nodes = make(map[string]peerBeat)
 	}
-	if _, ok := b.nodes[h.Node]; !ok && len(b.nodes) >= maxHBNodes {
+	pb, known := b.nodes[h.Node]
+	if !known && len(b.nodes) >= maxHBNodes {
 		first := !b.full
 		b.full = true
-		return !first
+		return !first, 0, false
 	}
-	b.nodes[h.Node] = peerBeat{hb: h, seen: now}
-	return true
+	if pb.hb.Origin != h.Origin {
+		pb = peerBeat{skewed: pb.skewed} // another run: its clock may be another machine's
+	}
+	pb.hb, pb.seen = h, now
+	if !h.Sent.IsZero() {
+		pb.offsets[pb.next] = h.Sent.Sub(now)
+		pb.next = (pb.next + 1) % clockSamples
+		pb.n = min(pb.n+1, clockSamples)
+	}
+	if o, known := pb.clockOffset(); known {
+		skewed := o.Abs() > maxClockOffset
+		offset, changed = o, skewed != pb.skewed
+		pb.skewed = skewed
+	}
+	b.nodes[h.Node] = pb
+	return true, offset, changed
 }
 
 // snapshot returns a copy of the table.
@@ -164,6 +217,11 @@ type NodeInfo struct {
 	// LastSeen is when this node last heard from it (zero: never since
 	// this node started); for Self, now.
 	LastSeen time.Time `json:"last_seen,omitzero"`
+	// ClockOffsetMS is how far the node's clock is ahead of this node's
+	// (negative: behind), in milliseconds, estimated from its last
+	// heartbeats; absent for this node, a node of an earlier build, and
+	// until three heartbeats were heard.
+	ClockOffsetMS *int64 `json:"clock_offset_ms,omitempty"`
 	// Route is the address of the route to it, when one is connected.
 	Route string `json:"route,omitempty"`
 	RTT   string `json:"rtt,omitempty"`
@@ -173,7 +231,7 @@ type NodeInfo struct {
 func (n *Node) localBeat(leaving bool) heartbeat {
 	h := heartbeat{V: hbVersion, Node: n.cfg.Node, Origin: n.origin, Version: n.cfg.Version, Started: n.started,
 		IntervalMS: n.hbInterval().Milliseconds(), Forwarded: n.stats.forwarded.Load(), Received: n.stats.received.Load(),
-		Leaving: leaving}
+		Leaving: leaving, Sent: n.now()}
 	if c, ok := n.b.(clientCounter); ok {
 		h.Connections, h.Sessions = c.ClientCounts()
 	}
@@ -252,8 +310,18 @@ func (n *Node) heartbeatLoop() {
 				continue
 			}
 			n.heardNotices(h)
-			if !n.beats.record(h, n.now()) {
+			ok, offset, changed := n.beats.record(h, n.now())
+			if !ok {
 				n.log.Warn("cluster: heartbeats of more than the nodes a status lists; the others are ignored", "limit", maxHBNodes)
+			}
+			switch {
+			case changed && offset.Abs() > maxClockOffset:
+				n.log.Warn("cluster: another node's clock differs from this node's by more than "+maxClockOffset.String()+
+					"; the later of two changes of a retained topic, ban or shared file is chosen by the nodes' clocks, "+
+					"and bans expire by them: synchronise the clocks (NTP)", "node", clip(h.Node), "offset", offset.Round(time.Millisecond))
+			case changed:
+				n.log.Info("cluster: another node's clock is within "+maxClockOffset.String()+" of this node's again",
+					"node", clip(h.Node), "offset", offset.Round(time.Millisecond))
 			}
 		}
 	}
@@ -296,6 +364,10 @@ func (n *Node) nodeList(now time.Time, routes []RouteInfo, jsPeers []string) []N
 		h := pb.hb
 		ni := NodeInfo{Node: name, Version: h.Version, Connections: h.Connections, Sessions: h.Sessions, Filters: h.Filters,
 			Forwarded: h.Forwarded, Received: h.Received, Started: h.Started, LastSeen: pb.seen}
+		if o, ok := pb.clockOffset(); ok {
+			ms := o.Milliseconds()
+			ni.ClockOffsetMS = &ms
+		}
 		switch {
 		case h.Leaving:
 			ni.State = StateStopped

@@ -201,6 +201,12 @@ func (n *Node) opsStatus(st *Status) {
 		switch ni.State {
 		case StateUp:
 			up++
+			if o := ni.ClockOffsetMS; o != nil {
+				if d := (time.Duration(*o) * time.Millisecond).Abs(); d > maxClockOffset {
+					probs = append(probs, fmt.Sprintf("node %s's clock differs from this node's by %s: the later of two changes of a retained topic, "+
+						"ban or shared file is chosen by the nodes' clocks; synchronise them (NTP)", ni.Node, d))
+				}
+			}
 		case StateStopped:
 			probs = append(probs, fmt.Sprintf("node %s stopped (its last heartbeat, %s ago, said so)", ni.Node, ago(now, ni.LastSeen)))
 		default:

@@ -468,3 +468,101 @@ var testSpillKey = bytes.Repeat([]byte{0x5a}, 32)
 
 // testSpill is the retained spill of the test node name in dir.
 func testSpill(dir, name string) string { return filepath.Join(dir, name+"-retained.db") }
+
+// TestClockOffsetEstimate: the offset of another node's clock is the
+// largest of its heartbeats' Sent less their arrival, over the last
+// eight, known from the third; a delayed heartbeat only lowers its own
+// sample. A new run of the node starts over.
+func TestClockOffsetEstimate(t *testing.T) {
+	var b beats
+	t0 := time.Date(2026, 12, 7, 8, 0, 0, 0, time.UTC)
+	beat := func(origin string, sent time.Time, delay time.Duration) (time.Duration, bool) {
+		t.Helper()
+		if ok, _, _ := b.record(heartbeat{V: 1, Node: "n2", Origin: origin, IntervalMS: 1000, Sent: sent}, sent.Add(-3*time.Second).Add(delay)); !ok {
+			t.Fatal("not recorded")
+		}
+		pb := b.snapshot()["n2"]
+		return pb.clockOffset()
+	}
+	// n2's clock is 3 s ahead: arrival = sent - 3 s + delay.
+	if _, known := beat("n2/a", t0, 2*time.Millisecond); known {
+		t.Fatal("known after one heartbeat")
+	}
+	beat("n2/a", t0.Add(time.Second), 1500*time.Millisecond) // held up
+	o, known := beat("n2/a", t0.Add(2*time.Second), time.Millisecond)
+	if !known || o != 3*time.Second-time.Millisecond {
+		t.Fatalf("offset %v (known %v), want 2.999s", o, known)
+	}
+	for i := range 8 { // the quickest heartbeat leaves the window
+		o, _ = beat("n2/a", t0.Add(time.Duration(3+i)*time.Second), 5*time.Millisecond)
+	}
+	if o != 3*time.Second-5*time.Millisecond {
+		t.Fatalf("offset %v after eight more, want 2.995s", o)
+	}
+	if _, known := beat("n2/b", t0.Add(20*time.Second), 0); known {
+		t.Fatal("a new run's offset known after one heartbeat")
+	}
+	// Without Sent (an earlier build): unknown.
+	var old beats
+	for range 4 {
+		old.record(heartbeat{V: 1, Node: "n9", Origin: "n9/x", IntervalMS: 1000}, t0)
+	}
+	pb := old.snapshot()["n9"]
+	if _, known := pb.clockOffset(); known {
+		t.Fatal("an offset known without Sent")
+	}
+}
+
+// TestClockOffset: n3's clock runs 5 s ahead. n1 estimates the offset
+// from n3's heartbeats, lists it in its status with a problem, and says
+// so once at Warn; n2's offset is known and small.
+func TestClockOffset(t *testing.T) {
+	rec := &logRecorder{}
+	nodes := startFresh(t, 3, []func(int, *Node){func(i int, nd *Node) {
+		if i == 2 {
+			nd.cfg.Now = func() time.Time { return time.Now().Add(5 * time.Second) }
+		}
+	}}, rec)
+	n1 := nodes[0].node
+	testutil.CheckFor(t, 60*time.Second, func() error {
+		st := n1.Status()
+		offsets := map[string]int64{}
+		for _, ni := range st.Nodes {
+			if ni.ClockOffsetMS != nil {
+				offsets[ni.Node] = *ni.ClockOffsetMS
+			}
+		}
+		o2, ok2 := offsets["n2"]
+		o3, ok3 := offsets["n3"]
+		if !ok2 || !ok3 || o3 < 4500 || o3 > 5100 || o2 < -500 || o2 > 100 {
+			return fmt.Errorf("offsets %v, want n3 about +5000 ms and n2 about 0", offsets)
+		}
+		var probs []string
+		for _, p := range st.Problems {
+			if strings.Contains(p, "clock") {
+				probs = append(probs, p)
+			}
+		}
+		if len(probs) != 1 || !strings.HasPrefix(probs[0], "node n3's clock differs from this node's by ") {
+			return fmt.Errorf("clock problems %q", probs)
+		}
+		return nil
+	})
+	msg := "cluster: another node's clock differs from this node's by more than 1s; the later of two changes of a retained topic, " +
+		"ban or shared file is chosen by the nodes' clocks, and bans expire by them: synchronise the clocks (NTP)"
+	testutil.WaitFor(t, "the offsets logged", 30*time.Second, func() bool { return len(rec.find(slog.LevelWarn, msg)) >= 4 })
+	var heard []string
+	for _, r := range rec.find(slog.LevelWarn, msg) {
+		r.Attrs(func(a slog.Attr) bool {
+			if a.Key == "node" { // the line's own; the logger's comes after
+				heard = append(heard, a.Value.String())
+				return false
+			}
+			return true
+		})
+	}
+	slices.Sort(heard)
+	if want := []string{"n1", "n2", "n3", "n3"}; !slices.Equal(heard, want) {
+		t.Errorf("Warn lines name %v, want %v (n1 and n2 each of n3, n3 of each)", heard, want)
+	}
+}

@@ -36,6 +36,10 @@ type Cluster struct {
 	// NodeConnections are the live connections of every node up, by
 	// node name (from the heartbeats).
 	NodeConnections map[string]int64
+	// NodeClockOffsets are how far the clock of every other node up is
+	// ahead of this node's, in seconds (negative: behind), by node, once
+	// known (cluster.NodeInfo.ClockOffsetMS).
+	NodeClockOffsets map[string]float64
 	// Replicas are the copies of the JetStream streams.
 	Replicas []Replica
 }
@@ -66,11 +70,12 @@ var (
 	dClSecPending = desc("cluster_security_pending", "Security changes (bans, shared access files) waiting for the key-value store, one per ban or file.")
 	dClSecRefused = desc("cluster_security_refused_total", "Security changes refused for the cluster because too many waited for the key-value store: in force on this node only.")
 	dClNodeConns  = desc("cluster_node_connections", "Live client connections of each node up, from its heartbeat.", "node")
+	dClNodeClock  = desc("cluster_node_clock_offset_seconds", "How far each other node's clock is ahead of this node's (negative: behind), estimated from its heartbeats.", "node")
 	dClCurrent    = desc("cluster_replica_current", "1 when the copy of a JetStream stream on a node is caught up with the stream's leader.", "stream", "node")
 	dClLag        = desc("cluster_replication_lag", "Operations the copy of a JetStream stream on a node is behind the stream's leader.", "stream", "node")
 	clusterDescs  = []*prometheus.Desc{dClNodes, dClMissing, dClRoutes, dClReady, dClHealthy, dClForwarded, dClReceived,
 		dClDuplicates, dClErrors, dClTakeovers, dClClaims, dClPruned, dClRetained, dClPending, dClDropped,
-		dClSecPending, dClSecRefused, dClNodeConns, dClCurrent, dClLag}
+		dClSecPending, dClSecRefused, dClNodeConns, dClNodeClock, dClCurrent, dClLag}
 )
 
 // The cluster's metrics are described with every other metric.
@@ -114,6 +119,9 @@ func collectCluster(ch chan<- prometheus.Metric, c *Cluster) {
 	n(dClSecRefused, c.SecurityRefused)
 	for node, v := range c.NodeConnections {
 		g(dClNodeConns, float64(v), node)
+	}
+	for node, v := range c.NodeClockOffsets {
+		g(dClNodeClock, v, node)
 	}
 	seen := map[[2]string]bool{}
 	for _, r := range c.Replicas {

@@ -9,6 +9,7 @@ func fullCluster() *Cluster {
 	return &Cluster{Nodes: 2, NodesMissing: 1, Routes: 2, Ready: true, Healthy: false,
 		Forwarded: 10, Received: 20, Duplicates: 3, ForwardErrors: 1, DecodeErrors: 2, Takeovers: 1, Claims: 5, ClaimsPruned: 4,
 		RetainedOut: 6, RetainedIn: 7, PendingWrites: 8, WritesDropped: 9, SecurityPending: 2, SecurityRefused: 5, NodeConnections: map[string]int64{"n1": 3, "n2": 4},
+		NodeClockOffsets: map[string]float64{"n2": -0.25},
 		Replicas: []Replica{{"KV_moat_retained", "n1", true, 0}, {"KV_moat_retained", "n3", false, 12},
 			{"KV_moat_retained", "n3", false, 12}}}
 }
@@ -23,6 +24,7 @@ func TestClusterMetrics(t *testing.T) {
 		`moat_cluster_retained_changes_total{direction="out"} 6`, `moat_cluster_retained_changes_total{direction="in"} 7`,
 		"moat_cluster_pending_writes 8", "moat_cluster_writes_dropped_total 9", "moat_cluster_security_pending 2",
 		"moat_cluster_security_refused_total 5", `moat_cluster_node_connections{node="n2"} 4`,
+		`moat_cluster_node_clock_offset_seconds{node="n2"} -0.25`,
 		`moat_cluster_replica_current{node="n3",stream="KV_moat_retained"} 0`,
 		`moat_cluster_replication_lag{node="n3",stream="KV_moat_retained"} 12`,
 	} {

@@ -274,6 +274,8 @@ const pages = {
       cell(tr, up ? n.connections : ""); cell(tr, up ? n.sessions : "");
       cell(tr, up ? n.forwarded : ""); cell(tr, up ? n.received : "");
       cell(tr, n.route || (n.self ? "" : "no route")); cell(tr, n.rtt);
+      const skew = n.clock_offset_ms;
+      cell(tr, skew === undefined ? "" : (skew >= 0 ? "+" : "") + skew + " ms", skew !== undefined && Math.abs(skew) > 1000 ? "bad" : "");
       cell(tr, n.self ? "" : when(n.last_seen) || "never"); cell(tr, n.version);
     });
     fill("cl-streams", c.streams || [], (tr, s) => {
