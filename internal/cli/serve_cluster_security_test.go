@@ -242,6 +242,22 @@ func (n *inprocNode) waitReady(t *testing.T) {
 
 func (n *inprocNode) auditFile() string { return filepath.Join(n.data, audit.DefaultFile) }
 
+// removeUser removes user from the password file path, as `moat passwd
+// -D` does.
+func removeUser(t *testing.T, path, user string) {
+	t.Helper()
+	e, err := passwd.Edit(path, false)
+	if err == nil {
+		err = e.Delete(user)
+	}
+	if err == nil {
+		err = e.Write()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
 func dialNode(t *testing.T, addr string, cfg client.Config) (*client.Client, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -371,16 +387,7 @@ func TestClusterSecurityInProcess(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		e, err := passwd.Edit(filepath.Join(nodes[0].dir, "passwd"), false)
-		if err == nil {
-			err = e.Delete("alice")
-		}
-		if err == nil {
-			err = e.Write()
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
+		removeUser(t, filepath.Join(nodes[0].dir, "passwd"), "alice")
 		waitGone(t, alice, "a user whose password was removed on node1, connected to node3")
 		testutil.WaitFor(t, "node3's password file without alice", 30*time.Second, func() bool {
 			data, _ := os.ReadFile(filepath.Join(nodes[2].dir, "passwd"))
@@ -819,12 +826,7 @@ func adminWhoami(t *testing.T, n *inprocNode, ca *pki.CA) func(*tls.Config) int 
 //     newer version.
 func TestClusterSharedFileKeptAcrossRestart(t *testing.T) {
 	t.Parallel()
-	base := t.TempDir()
-	caDir := filepath.Join(base, "ca")
-	if _, _, err := pki.OpenOrInit(caDir, pki.InitOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	nodes, _ := startInprocNodes(t, base, caDir)
+	nodes, _, _ := startInprocCluster(t)
 	n1, n3 := nodes[0], nodes[2]
 	read := func(n *inprocNode, name string) string {
 		data, _ := os.ReadFile(filepath.Join(n.dir, name))
@@ -851,16 +853,7 @@ func TestClusterSharedFileKeptAcrossRestart(t *testing.T) {
 	// node3 cut off: a password removed there waits for the cluster.
 	nodes[0].stop()
 	nodes[1].stop()
-	e, err := passwd.Edit(filepath.Join(n3.dir, "passwd"), false)
-	if err == nil {
-		err = e.Delete("alice")
-	}
-	if err == nil {
-		err = e.Write()
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
+	removeUser(t, filepath.Join(n3.dir, "passwd"), "alice")
 	removed := read(n3, "passwd")
 	testutil.WaitFor(t, "node3's changed password file waiting for the cluster", 30*time.Second, func() bool {
 		return n3.plan.cluster.Status().SecurityPending > 0
