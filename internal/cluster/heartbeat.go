@@ -94,6 +94,9 @@ func decodeHeartbeat(b []byte) (heartbeat, error) {
 		h.IntervalMS <= 0 || h.IntervalMS > int64(time.Hour/time.Millisecond) || h.Connections < 0 || h.Sessions < 0 || h.Filters < 0 {
 		return h, errHeartbeat
 	}
+	// In UTC: a time given with a zero offset ("+00:00") would otherwise
+	// keep a zone of its own, and a zero one would not survive encoding.
+	h.Started, h.Sent = h.Started.UTC(), h.Sent.UTC()
 	if len(h.Adopted) == 0 || len(h.Adopted) > maxNotices || slices.ContainsFunc(h.Adopted, func(a adoptNotice) bool { return len(a.Origin) > 2*maxHBNameLen }) {
 		h.Adopted = nil
 	}

@@ -187,6 +187,8 @@ func FuzzDecodeHeartbeat(f *testing.F) {
 	f.Add([]byte(`{"v":1,"node":"\u00e9","origin":"\u00e9/","interval_ms":1}`))
 	f.Add([]byte(`{"v":1,"node":"n2","origin":"n2/cd","interval_ms":100,"adopted":[{"o":"n1/ab","k":2}]}`))
 	f.Add([]byte(`{"v":1,"node":"n2","origin":"n2/cd","interval_ms":100,"adopted":[]}`))
+	f.Add([]byte(`{"v":1,"node":"n3","origin":"n3/ef","interval_ms":100,"started":"0001-01-01T00:00:00+00:00","sent":"0001-01-01T00:00:00+00:00"}`))
+	f.Add([]byte(`{"v":1,"node":"n3","origin":"n3/ef","interval_ms":100,"started":"2026-12-07T08:00:00+01:00","sent":"2026-12-07T09:00:00.5-02:30"}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		h, err := decodeHeartbeat(b)
 		if err != nil {
