@@ -95,6 +95,15 @@ type clusterSecurity struct {
 	refused    map[string]bool
 	refusedErr map[string]error // the refusal of the ban being added or removed now
 
+	// liftsMu guards lifts, the bans this node lifted whose lift the
+	// cluster has not stored yet (ban ID → when), kept in liftsPath so
+	// that a node stopped before it did goes on lifting them; liftsDirty
+	// tells that the file is behind.
+	liftsMu    sync.Mutex
+	lifts      map[string]time.Time
+	liftsDirty bool
+	liftsPath  string
+
 	filesMu sync.Mutex // guards files and file changes
 	files   map[string]*sharedFile
 	// agreedPath is the file that keeps, across restarts, what each
@@ -169,6 +178,8 @@ func (p *servePlan) planClusterSecurity(dir string) {
 		for _, b := range g.Bans() {
 			cs.known[b.ID] = knownBan{origin: cs.self, expires: b.Expires}
 		}
+		cs.lifts, cs.liftsPath = map[string]time.Time{}, filepath.Join(dir, pendingLiftsFile)
+		cs.loadLifts()
 		st := g.Stats()
 		cs.removals = st.BansRemoved + st.BansExpired
 		g.OnBan(cs.onBan)
@@ -206,6 +217,7 @@ func (p *servePlan) planClusterSecurity(dir string) {
 			case <-ctx.Done():
 				return
 			case <-t.C:
+				cs.saveLifts() // the lifts stored since
 				cs.checkRemovals()
 				cs.retryRefused()
 				cs.checkFiles()
@@ -296,7 +308,8 @@ func (cs *clusterSecurity) replicate(id string, removed bool) error {
 		return nil
 	}
 	if lift {
-		cs.noteRefusal(id, true, cs.node.LiftBan(id))
+		cs.noteRefusal(id, true, cs.liftBan(id))
+		cs.saveLifts()
 	}
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
@@ -335,7 +348,8 @@ func (cs *clusterSecurity) retryRefused() {
 			}
 			err = cs.node.PutBan(id, rec)
 		} else {
-			err = cs.node.LiftBan(id)
+			err = cs.liftBan(id)
+			cs.saveLifts()
 		}
 		cs.mu.Lock()
 		delete(cs.refusedErr, id)
@@ -366,6 +380,15 @@ func (cs *clusterSecurity) BanSet(origin, id string, rec []byte) {
 	if !b.Expires.IsZero() && !time.Now().Before(b.Expires) {
 		return // expired already
 	}
+	if at, ok := cs.pendingLift(id, b.Created); ok {
+		// Lifted here after it was made, and the lift had not reached
+		// the cluster when this node stopped: it stays lifted, and the
+		// lift is sent again. (Before, the ban came back.)
+		cs.log.Info("cluster: a ban this node lifted before the cluster had the lift stays lifted; sending the lift again",
+			"ban", id, "origin_node", origin, "lifted_at", at.UTC().Format(time.RFC3339))
+		cs.noteRefusal(id, true, cs.liftBan(id))
+		return
+	}
 	cs.mu.Lock()
 	_, have := cs.known[id]
 	if !have {
@@ -391,6 +414,7 @@ func (cs *clusterSecurity) BanLifted(origin, id string) {
 	if g == nil {
 		return
 	}
+	cs.LiftStored(id) // the cluster has a lift of it
 	cs.mu.Lock()
 	_, have := cs.known[id]
 	delete(cs.known, id)
@@ -486,8 +510,127 @@ func (cs *clusterSecurity) checkRemovals() {
 	}
 	cs.mu.Unlock()
 	for _, id := range lift {
-		cs.noteRefusal(id, true, cs.node.LiftBan(id))
+		cs.noteRefusal(id, true, cs.liftBan(id))
 	}
+	cs.saveLifts()
+}
+
+// pendingLiftsFile, in DATA_DIR/cluster, keeps the bans this node lifted
+// whose lift the cluster has not stored yet: {"version": 1, "lifts":
+// {ban ID: RFC 3339 time}}.
+const pendingLiftsFile = "lifts-pending.json"
+
+// maxPendingLifts bounds the lifts kept (the oldest go first): as many as
+// security changes may wait for the cluster.
+const maxPendingLifts = cluster.MaxPendingSecurity
+
+type liftsRecord struct {
+	Version int                  `json:"version"`
+	Lifts   map[string]time.Time `json:"lifts"`
+}
+
+// liftBan lifts the ban id cluster-wide and, once the change is accepted,
+// keeps the lift until the cluster stores it (LiftStored): a node stopped
+// before then would otherwise see the ban come back from the cluster at
+// its next start (failing closed, but undoing an operator's removal).
+// The caller saves the record (saveLifts) after its batch.
+func (cs *clusterSecurity) liftBan(id string) error {
+	err := cs.node.LiftBan(id)
+	if err != nil {
+		return err
+	}
+	cs.liftsMu.Lock()
+	defer cs.liftsMu.Unlock()
+	if cs.lifts == nil {
+		return nil
+	}
+	if _, ok := cs.lifts[id]; !ok && len(cs.lifts) >= maxPendingLifts {
+		oldest, at := "", time.Time{}
+		for k, t := range cs.lifts {
+			if oldest == "" || t.Before(at) {
+				oldest, at = k, t
+			}
+		}
+		delete(cs.lifts, oldest)
+	}
+	cs.lifts[id], cs.liftsDirty = time.Now(), true
+	return nil
+}
+
+// LiftStored implements cluster.LiftStoredHandler: the cluster has the
+// lift of id. The record is saved with the next batch (saveLifts).
+func (cs *clusterSecurity) LiftStored(id string) {
+	cs.liftsMu.Lock()
+	defer cs.liftsMu.Unlock()
+	if _, ok := cs.lifts[id]; ok {
+		delete(cs.lifts, id)
+		cs.liftsDirty = true
+	}
+}
+
+// pendingLift tells whether this node lifted the ban id, made at created,
+// after it was made, and the lift was not stored; when is the lift's
+// time. A ban made after the lift (set again) ends the record.
+func (cs *clusterSecurity) pendingLift(id string, created time.Time) (when time.Time, ok bool) {
+	cs.liftsMu.Lock()
+	defer cs.liftsMu.Unlock()
+	when, ok = cs.lifts[id]
+	if ok && !created.Before(when) {
+		delete(cs.lifts, id)
+		cs.liftsDirty = true
+		return when, false
+	}
+	return when, ok
+}
+
+// loadLifts reads the lifts an earlier run kept; those older than the
+// tombstones live are forgotten. A missing file is the first start; an
+// unreadable one is logged and ignored (such bans come back at start-up,
+// as before the file existed).
+func (cs *clusterSecurity) loadLifts() {
+	data, err := os.ReadFile(cs.liftsPath)
+	if errors.Is(err, os.ErrNotExist) {
+		return
+	}
+	var r liftsRecord
+	if err == nil {
+		err = json.Unmarshal(data, &r)
+		if err == nil && r.Version != 1 {
+			err = fmt.Errorf("version %d unknown", r.Version)
+		}
+	}
+	if err != nil {
+		cs.log.Warn("cluster: the record of the bans lifted here and not yet in the cluster is unreadable; such bans come back at start-up",
+			"file", cs.liftsPath, "err", err)
+		return
+	}
+	cs.liftsMu.Lock()
+	defer cs.liftsMu.Unlock()
+	old := time.Now().Add(-cluster.TombstoneAge)
+	for id, at := range r.Lifts {
+		if at.After(old) && len(cs.lifts) < maxPendingLifts {
+			cs.lifts[id] = at
+		}
+	}
+	cs.liftsDirty = len(cs.lifts) != len(r.Lifts)
+}
+
+// saveLifts writes the record of the pending lifts when it is behind.
+func (cs *clusterSecurity) saveLifts() {
+	cs.liftsMu.Lock()
+	defer cs.liftsMu.Unlock()
+	if !cs.liftsDirty || cs.liftsPath == "" {
+		return
+	}
+	data, err := json.Marshal(liftsRecord{Version: 1, Lifts: cs.lifts})
+	if err == nil {
+		err = writeFileSynced(cs.liftsPath, data, 0o600)
+	}
+	if err != nil {
+		cs.log.Warn("cluster: the bans lifted here and not yet in the cluster were not recorded", "file", cs.liftsPath, "err", err)
+		return
+	}
+	cs.liftsDirty = false
 }
 
 // --- access files

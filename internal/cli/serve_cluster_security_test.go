@@ -911,3 +911,54 @@ func TestClusterSharedFileKeptAcrossRestart(t *testing.T) {
 		}
 	}
 }
+
+// TestClusterBanLiftKeptAcrossRestart: node3, cut off (the two others
+// stopped), lifts a ban node1 added; the lift waits for the cluster, and
+// node3 stops before the cluster is back. When all three run again, the
+// ban stays lifted on node3 and is lifted on the others. Before, it came
+// back on node3 from the cluster.
+func TestClusterBanLiftKeptAcrossRestart(t *testing.T) {
+	t.Parallel()
+	nodes, _, _ := startInprocCluster(t)
+	n3 := nodes[2]
+	b, err := nodes[0].plan.defense.g.AddBan(guard.Ban{Kind: guard.KindClientID, Value: "lifted-1", Reason: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	banned := func(n *inprocNode) bool {
+		return slices.ContainsFunc(n.plan.defense.g.Bans(), func(x guard.Ban) bool { return x.ID == b.ID })
+	}
+	testutil.WaitFor(t, "the ban on node3", 30*time.Second, func() bool { return banned(n3) })
+
+	nodes[0].stop()
+	nodes[1].stop()
+	if _, err := n3.plan.defense.g.RemoveBan(b.ID); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, "node3's lift waiting for the cluster", 30*time.Second, func() bool {
+		return n3.plan.cluster.Status().SecurityPending > 0
+	})
+	if data, _ := os.ReadFile(filepath.Join(n3.data, "cluster", pendingLiftsFile)); !bytes.Contains(data, []byte(b.ID)) {
+		t.Fatalf("node3's record of its lifts: %q", data)
+	}
+	n3.stop()
+	nodes[0].start(t)
+	nodes[1].start(t)
+	nodes[0].waitReady(t)
+	nodes[1].waitReady(t)
+	n3.start(t)
+	n3.waitReady(t)
+	for _, n := range nodes {
+		testutil.WaitFor(t, n.name+" without the ban", 30*time.Second, func() bool { return !banned(n) })
+	}
+	testutil.WaitFor(t, "node3's lift stored and forgotten", 30*time.Second, func() bool {
+		data, _ := os.ReadFile(filepath.Join(n3.data, "cluster", pendingLiftsFile))
+		return !bytes.Contains(data, []byte(b.ID))
+	})
+	if banned(n3) {
+		t.Error("the ban came back on node3")
+	}
+	if !strings.Contains(n3.logs.String(), "a ban this node lifted before the cluster had the lift stays lifted") {
+		t.Errorf("node3 did not say why the ban stays lifted:\n%s", n3.logs.String())
+	}
+}

@@ -122,6 +122,14 @@ type FileStoredHandler interface {
 	FileStored(name string, data []byte)
 }
 
+// LiftStoredHandler is implemented by a Security that keeps the bans it
+// lifted until the cluster has the lift: LiftStored reports that this
+// node's lift of the ban id (LiftBan) is stored. Called like Security's
+// methods, one at a time.
+type LiftStoredHandler interface {
+	LiftStored(id string)
+}
+
 // secRecord is the value of a key in the security buckets.
 type secRecord struct {
 	Node   string    `json:"node"`
@@ -142,6 +150,14 @@ type secKey struct{ bucket, key string }
 // dropped ban or lift would silently never reach the other nodes.
 const maxPendingSecurity = 10000
 
+// MaxPendingSecurity is maxPendingSecurity, for the caller's own records
+// of what waits.
+const MaxPendingSecurity = maxPendingSecurity
+
+// TombstoneAge is how long a lifted ban's tombstone stays in the bucket
+// (tombstoneAge).
+const TombstoneAge = tombstoneAge
+
 // ErrSecurityBacklog means that a security change was refused for the
 // cluster: the key-value store has been unreachable so long that the
 // maximum of distinct changes already waits for it. The change holds on
@@ -154,6 +170,7 @@ type secState struct {
 	h      Security          // set before Attach; nil: no security state
 	rev    RevocationHandler // h, when it takes revocations
 	stored FileStoredHandler // h, when it tracks the stored files
+	lifts  LiftStoredHandler // h, when it tracks the stored lifts
 
 	writes *pendingQueue[secKey, secRecord]
 	// revFloor holds, per key, the first revision the watch may still
@@ -191,6 +208,7 @@ func (n *Node) SetSecurity(h Security) {
 	n.sec.h = h
 	n.sec.rev, _ = h.(RevocationHandler)
 	n.sec.stored, _ = h.(FileStoredHandler)
+	n.sec.lifts, _ = h.(LiftStoredHandler)
 }
 
 // PutBan sets the ban record rec under id, cluster-wide, in the
@@ -571,9 +589,14 @@ func (n *Node) writeSec(kvs secBuckets) (left bool) {
 			return true
 		}
 		n.sec.revFloor[c.key] = rev
-		if c.key.bucket == bucketFiles && n.sec.stored != nil {
+		switch {
+		case c.key.bucket == bucketFiles && n.sec.stored != nil:
 			if name, err := keyString(c.key.key); err == nil {
 				n.sec.stored.FileStored(name, c.val.Data)
+			}
+		case c.key.bucket == bucketBans && c.val.Lifted && n.sec.lifts != nil:
+			if id, err := keyString(c.key.key); err == nil {
+				n.sec.lifts.LiftStored(id)
 			}
 		}
 		q.done(c)

@@ -397,10 +397,12 @@ func withBroker(t *testing.T, nd *Node, h Security, log *slog.Logger) *Node {
 	return nd
 }
 
-// storedLog is a secLog that is also told of this node's stored files.
+// storedLog is a secLog that is also told of this node's stored files
+// and lifts.
 type storedLog struct{ *secLog }
 
 func (l storedLog) FileStored(name string, data []byte) { l.add("stored " + name + " " + string(data)) }
+func (l storedLog) LiftStored(id string)                { l.add("lift stored " + id) }
 
 // TestSecurityWaitingChangeMeetsNewer: n1's change of a shared file waits
 // (its writes fail, as while the cluster is unreachable), and n2 changes
@@ -488,4 +490,10 @@ func TestSecurityWaitingChangeMeetsNewer(t *testing.T) {
 		testutil.WaitFor(t, fmt.Sprintf("n1's latest change on n%d", i+2), 30*time.Second, func() bool { return l.has("file n1 acl n1-latest") })
 	}
 	testutil.WaitFor(t, "n1 told its change is stored", 30*time.Second, func() bool { return logs[0].has("stored acl n1-latest") })
+
+	// A lift, once stored, is reported too.
+	if err := n1.LiftBan("mark"); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitFor(t, "n1 told its lift is stored", 30*time.Second, func() bool { return logs[0].has("lift stored mark") })
 }
