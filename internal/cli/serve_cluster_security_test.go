@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -195,15 +196,29 @@ cluster:
 // log starts empty.
 func (n *inprocNode) start(t *testing.T) {
 	t.Helper()
-	cfg, err := config.Load(n.cfgFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	logs := &testutil.Buffer{}
-	n.logs = logs
-	n.plan, err = buildPlan(cfg, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), false)
-	if err != nil {
-		t.Fatal(err)
+	var logs *testutil.Buffer
+	var cfg *config.Config
+	var err error
+	for attempt := 0; ; attempt++ {
+		cfg, err = config.Load(n.cfgFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		logs = &testutil.Buffer{}
+		n.logs = logs
+		n.plan, err = buildPlan(cfg, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), false)
+		if err != nil && attempt < 2 && strings.Contains(err.Error(), "did not start within") {
+			// The route port was taken while the node was stopped:
+			// another test's node picked it as free. The node starts
+			// on another one, which the others learn from its routes.
+			t.Logf("%s: route port taken (%v); starting on another", n.name, err)
+			n.moveRoutePort(t)
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		break
 	}
 	if cfg.Admin.Listen != "" {
 		if n.plan.admin, err = planAdmin(n.plan, ""); err != nil {
@@ -224,6 +239,20 @@ func (n *inprocNode) start(t *testing.T) {
 		})
 	}
 	t.Cleanup(n.stop)
+}
+
+// moveRoutePort gives the node a free route port in its configuration.
+func (n *inprocNode) moveRoutePort(t *testing.T) {
+	t.Helper()
+	data, err := os.ReadFile(n.cfgFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	re := regexp.MustCompile(`(?m)^  listen: "127\.0\.0\.1:[0-9]+"$`)
+	if !re.Match(data) {
+		t.Fatalf("%s: no route listen line in %s", n.name, n.cfgFile)
+	}
+	writeFile(t, n.cfgFile, re.ReplaceAllString(string(data), fmt.Sprintf(`  listen: "127.0.0.1:%d"`, testutil.FreePort(t))))
 }
 
 // waitReady waits until the node's listeners are ready and its security
