@@ -132,7 +132,7 @@ const maxOwnPurges = 100000
 
 // applyRetainedRemoval applies a removal marker of the retained bucket:
 // another node cleared the topic (a purge, or a delete by a tool).
-func (n *Node) applyRetainedRemoval(e jetstream.KeyValueEntry, first bool) {
+func (n *Node) applyRetainedRemoval(e jetstream.KeyValueEntry) {
 	n.hk.mu.Lock()
 	_, own := n.hk.ownPurges[e.Revision()]
 	delete(n.hk.ownPurges, e.Revision())
@@ -149,8 +149,6 @@ func (n *Node) applyRetainedRemoval(e jetstream.KeyValueEntry, first bool) {
 		n.log.Warn("cluster: retained removal under a malformed key ignored", "key", clip(e.Key()))
 		return
 	case n.retainedBehind(t, e.Revision()):
-		return
-	case first && n.localRetainedNewer(t, e.Created()):
 		return
 	}
 	n.stats.retainedIn.Add(1)

@@ -316,7 +316,7 @@ func (n *Node) kvLoop() {
 			if delivered != nil {
 				delivered[e.Key()] = struct{}{}
 			}
-			n.applyRetained(e, delivered != nil)
+			n.applyRetained(e)
 			kv.retSeen.Store(e.Revision())
 			return
 		}
@@ -346,10 +346,6 @@ func (n *Node) kvLoop() {
 //     external NATS, which cannot tell, leaves such topics alone that
 //     once: pushed, one cleared while it was away would come back
 //     everywhere); or
-//   - one made within the marker's life (less than nine tenths of it
-//     ago, by its creation) that no clear's marker follows: a change of
-//     this node that never reached the bucket (localRetainedNewer): it
-//     is queued as a late change; or
 //   - one cleared in the cluster while this node was away for longer
 //     than the clear's marker lives (24 h): it is removed here. Before,
 //     the node served it until the topic was set or cleared again.
@@ -367,8 +363,7 @@ func (n *Node) reconcileRetained(kv *kvState, delivered map[string]struct{}) {
 		keep = n.hadStore || n.cfg.NATSURL != ""
 		migrate = !keep
 	}
-	var pushed, unsent, removed int
-	now := time.Now()
+	var pushed, removed int
 	for _, m := range n.b.RetainedMessages() {
 		if _, ok := delivered[topicTokens(m.Topic)]; ok {
 			continue
@@ -385,15 +380,6 @@ func (n *Node) reconcileRetained(kv *kvState, delivered map[string]struct{}) {
 			}
 			continue
 		}
-		if n.noMarkerTTL.Load() || now.Sub(m.Created) < n.markerTTL()*9/10 {
-			// Not cleared since it was made: a clear would have left a
-			// marker that still lives. A change of this node that never
-			// reached the bucket (see localRetainedNewer).
-			if n.enqueue(kvWrite{retained: m, pub: broker.StoredPublisherOf(m), restored: true}, true) {
-				unsent++
-			}
-			continue
-		}
 		n.b.RetainRemote(&broker.Message{Topic: m.Topic, Retain: true}, nil)
 		removed++
 	}
@@ -404,9 +390,6 @@ func (n *Node) reconcileRetained(kv *kvState, delivered map[string]struct{}) {
 	}
 	if pushed > 0 {
 		n.log.Info("cluster: retained messages this node held before it joined the cluster are written to it", "messages", pushed)
-	}
-	if unsent > 0 {
-		n.log.Info("cluster: retained messages of this node that the cluster never got are written to it", "messages", unsent)
 	}
 	if removed > 0 {
 		n.log.Info("cluster: retained messages cleared in the cluster while this node was away were removed here", "messages", removed)
@@ -861,9 +844,9 @@ func (n *Node) writeLateClaim(ctx context.Context, kv *kvState, w kvWrite, val [
 // value: this node's own changes are in its store already, and another
 // node's that comes before one of them in the bucket is not applied
 // (retainedBehind).
-func (n *Node) applyRetained(e jetstream.KeyValueEntry, first bool) {
+func (n *Node) applyRetained(e jetstream.KeyValueEntry) {
 	if e.Operation() != jetstream.KeyValuePut {
-		n.applyRetainedRemoval(e, first) // a cleared topic (housekeeping.go)
+		n.applyRetainedRemoval(e) // a cleared topic (housekeeping.go)
 		return
 	}
 	r, err := decodeRetained(e.Value(), time.Now())
@@ -881,32 +864,11 @@ func (n *Node) applyRetained(e jetstream.KeyValueEntry, first bool) {
 		n.log.Warn("cluster: retained record under another topic's key ignored", "key", clip(e.Key()))
 		return
 	}
-	if n.retainedBehind(r.msg.Topic, e.Revision()) || first && n.localRetainedNewer(r.msg.Topic, e.Created()) {
+	if n.retainedBehind(r.msg.Topic, e.Revision()) {
 		return
 	}
 	n.stats.retainedIn.Add(1)
 	n.b.RetainRemote(r.msg, r.pub)
-}
-
-// localRetainedNewer tells, in a run's first replay of the retained
-// bucket, whether this node's store holds a message of topic created
-// after than (when the bucket's record of the topic, or its clear, was
-// written): a change of this node's last run that never reached the bucket,
-// made in the seconds before its first failed write (the spill holds
-// only what waited past that) and gone from memory with the run. It is
-// queued as a late change (writeRetainedLate, which keeps a newer record
-// of another node and writes nothing over a record of the same message)
-// and the bucket's older record is not applied. Before, the older record
-// replaced it here, and as it was never written, everywhere.
-func (n *Node) localRetainedNewer(topic string, than time.Time) bool {
-	m := n.b.RetainedMessage(topic)
-	if m == nil || !m.Created.After(than) {
-		return false
-	}
-	n.enqueue(kvWrite{retained: m, pub: broker.StoredPublisherOf(m), restored: true}, true)
-	n.log.Info("cluster: this node's retained message is newer than the cluster's record of its topic; written to the cluster unless another node's is newer",
-		"topic", topic)
-	return true
 }
 
 // wroteRetained notes the revision of this node's retained change of
