@@ -183,6 +183,22 @@ func (s *Server) RetainedMessages() []*Message {
 	return msgs
 }
 
+// RetainedMessage returns the retained message of topic held here, or
+// nil: for the cluster's check at start that the bucket's record of a
+// topic is not older than this node's. The message is the store's: read
+// only.
+func (s *Server) RetainedMessage(topic string) *Message {
+	var found *Message
+	s.cfg.Retained.Match(topic, func(m *Message) bool {
+		if m.Topic == topic {
+			found = m
+			return false
+		}
+		return true
+	})
+	return found
+}
+
 // TakeoverRemote ends the local connection of clientID because a client
 // with the same ID connected on another node, with DISCONNECT 0x8E
 // (Session taken over) for MQTT 5 clients [MQTT-3.1.4-3]. owner is the

@@ -67,3 +67,23 @@ func TestRetainedMessages(t *testing.T) {
 		t.Fatalf("RetainedMessages listed %v, want [a/b c]", got)
 	}
 }
+
+// TestRetainedMessage finds one topic's retained message, '$' topics
+// included, and nothing for a topic without one or a cleared one.
+func TestRetainedMessage(t *testing.T) {
+	srv, _ := testServer(t, Config{})
+	now := srv.cfg.Now()
+	for _, tp := range []string{"a/b", "a/b/c", "$SYS/x", "gone"} {
+		srv.RetainRemote(NewMessage(&packet.Publish{Topic: tp, Retain: true, Payload: []byte("v " + tp)}, "other", now), nil)
+	}
+	srv.RetainRemote(&Message{Topic: "gone", Retain: true}, nil)
+	for tp, want := range map[string]string{"a/b": "v a/b", "a/b/c": "v a/b/c", "$SYS/x": "v $SYS/x", "gone": "", "a": "", "a/b/c/d": ""} {
+		m := srv.RetainedMessage(tp)
+		switch {
+		case want == "" && m != nil:
+			t.Errorf("RetainedMessage(%q) = %q, want none", tp, m.Payload)
+		case want != "" && (m == nil || string(m.Payload) != want):
+			t.Errorf("RetainedMessage(%q) = %v, want %q", tp, m, want)
+		}
+	}
+}

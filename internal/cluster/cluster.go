@@ -298,6 +298,7 @@ type Broker interface {
 	DeliverRemote(msg *broker.Message) int
 	RetainRemote(msg *broker.Message, pub *broker.StoredPublisher)
 	RetainedMessages() []*broker.Message
+	RetainedMessage(topic string) *broker.Message
 	TakeoverRemote(clientID, owner string) (taken, refused bool)
 }
 

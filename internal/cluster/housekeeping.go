@@ -132,7 +132,7 @@ const maxOwnPurges = 100000
 
 // applyRetainedRemoval applies a removal marker of the retained bucket:
 // another node cleared the topic (a purge, or a delete by a tool).
-func (n *Node) applyRetainedRemoval(e jetstream.KeyValueEntry) {
+func (n *Node) applyRetainedRemoval(e jetstream.KeyValueEntry, first bool) {
 	n.hk.mu.Lock()
 	_, own := n.hk.ownPurges[e.Revision()]
 	delete(n.hk.ownPurges, e.Revision())
@@ -149,6 +149,8 @@ func (n *Node) applyRetainedRemoval(e jetstream.KeyValueEntry) {
 		n.log.Warn("cluster: retained removal under a malformed key ignored", "key", clip(e.Key()))
 		return
 	case n.retainedBehind(t, e.Revision()):
+		return
+	case first && n.localRetainedNewer(t, e.Created(), nil):
 		return
 	}
 	n.stats.retainedIn.Add(1)

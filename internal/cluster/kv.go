@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -316,7 +317,7 @@ func (n *Node) kvLoop() {
 			if delivered != nil {
 				delivered[e.Key()] = struct{}{}
 			}
-			n.applyRetained(e)
+			n.applyRetained(e, delivered != nil)
 			kv.retSeen.Store(e.Revision())
 			return
 		}
@@ -346,6 +347,10 @@ func (n *Node) kvLoop() {
 //     external NATS, which cannot tell, leaves such topics alone that
 //     once: pushed, one cleared while it was away would come back
 //     everywhere); or
+//   - one made within the marker's life (less than nine tenths of it
+//     ago, by its creation) that no clear's marker follows: a change of
+//     this node that never reached the bucket (localRetainedNewer): it
+//     is queued as a late change; or
 //   - one cleared in the cluster while this node was away for longer
 //     than the clear's marker lives (24 h): it is removed here. Before,
 //     the node served it until the topic was set or cleared again.
@@ -363,7 +368,8 @@ func (n *Node) reconcileRetained(kv *kvState, delivered map[string]struct{}) {
 		keep = n.hadStore || n.cfg.NATSURL != ""
 		migrate = !keep
 	}
-	var pushed, removed int
+	var pushed, unsent, removed int
+	now := time.Now()
 	for _, m := range n.b.RetainedMessages() {
 		if _, ok := delivered[topicTokens(m.Topic)]; ok {
 			continue
@@ -380,6 +386,15 @@ func (n *Node) reconcileRetained(kv *kvState, delivered map[string]struct{}) {
 			}
 			continue
 		}
+		if n.noMarkerTTL.Load() || now.Sub(m.Created) < n.markerTTL()*9/10 {
+			// Not cleared since it was made: a clear would have left a
+			// marker that still lives. A change of this node that never
+			// reached the bucket (see localRetainedNewer).
+			if n.enqueue(kvWrite{retained: m, pub: broker.StoredPublisherOf(m), restored: true}, true) {
+				unsent++
+			}
+			continue
+		}
 		n.b.RetainRemote(&broker.Message{Topic: m.Topic, Retain: true}, nil)
 		removed++
 	}
@@ -390,6 +405,9 @@ func (n *Node) reconcileRetained(kv *kvState, delivered map[string]struct{}) {
 	}
 	if pushed > 0 {
 		n.log.Info("cluster: retained messages this node held before it joined the cluster are written to it", "messages", pushed)
+	}
+	if unsent > 0 {
+		n.log.Info("cluster: retained messages of this node that the cluster never got are written to it", "messages", unsent)
 	}
 	if removed > 0 {
 		n.log.Info("cluster: retained messages cleared in the cluster while this node was away were removed here", "messages", removed)
@@ -844,9 +862,9 @@ func (n *Node) writeLateClaim(ctx context.Context, kv *kvState, w kvWrite, val [
 // value: this node's own changes are in its store already, and another
 // node's that comes before one of them in the bucket is not applied
 // (retainedBehind).
-func (n *Node) applyRetained(e jetstream.KeyValueEntry) {
+func (n *Node) applyRetained(e jetstream.KeyValueEntry, first bool) {
 	if e.Operation() != jetstream.KeyValuePut {
-		n.applyRetainedRemoval(e) // a cleared topic (housekeeping.go)
+		n.applyRetainedRemoval(e, first) // a cleared topic (housekeeping.go)
 		return
 	}
 	r, err := decodeRetained(e.Value(), time.Now())
@@ -864,11 +882,62 @@ func (n *Node) applyRetained(e jetstream.KeyValueEntry) {
 		n.log.Warn("cluster: retained record under another topic's key ignored", "key", clip(e.Key()))
 		return
 	}
-	if n.retainedBehind(r.msg.Topic, e.Revision()) {
+	recordCreated(r.msg, e.Created())
+	if n.retainedBehind(r.msg.Topic, e.Revision()) || first && n.localRetainedNewer(r.msg.Topic, e.Created(), r.msg) {
 		return
 	}
 	n.stats.retainedIn.Add(1)
 	n.b.RetainRemote(r.msg, r.pub)
+}
+
+// recordCreated dates a retained message of another node, decoded from
+// the bucket, by when its record was written there (written, the
+// bucket's leader's clock), rather than by its decoding here: the time
+// a restarted node compares with the bucket's records (localRetainedNewer,
+// writeRetainedLate). Dated by its decoding, a message applied here after
+// a later record of another node was written (the watch lagging) would
+// pass for the newer one. Never later than its decoding, so that a
+// leader whose clock runs ahead dates nothing into the future.
+func recordCreated(m *broker.Message, written time.Time) {
+	if !written.IsZero() && written.Before(m.Created) {
+		m.Created = written
+	}
+}
+
+// localRetainedNewer tells, in a run's first replay of the retained
+// bucket, whether this node's store holds a message of topic created
+// after than (when the bucket's record of the topic, or its clear, was
+// written) that is not the record's own message rec (nil for a clear): a
+// change of this node's last run that never reached the bucket, made in
+// the seconds before its first failed write (the spill holds only what
+// waited past that) and gone from memory with the run. It is queued as a
+// late change (writeRetainedLate, which keeps a newer record of another
+// node) and the bucket's older record is not applied. Before, the older
+// record replaced it here, and as it was never written, everywhere.
+//
+// The store's messages of other nodes are dated by their records
+// (recordCreated); this node's own by their creation here, which comes
+// before their record's write unless the bucket's leader's clock runs
+// behind this node's: the record's own message is recognised as such
+// (sameRetained) and not written again. Messages an earlier build
+// applied are dated by their application, after their record: the same
+// check keeps them from passing for changes of this node.
+func (n *Node) localRetainedNewer(topic string, than time.Time, rec *broker.Message) bool {
+	m := n.b.RetainedMessage(topic)
+	if m == nil || !m.Created.After(than) || rec != nil && sameRetained(m, rec) {
+		return false
+	}
+	n.enqueue(kvWrite{retained: m, pub: broker.StoredPublisherOf(m), restored: true}, true)
+	n.log.Info("cluster: this node's retained message is newer than the cluster's record of its topic; written to the cluster unless another node's is newer",
+		"topic", topic)
+	return true
+}
+
+// sameRetained reports whether the store's message m of a topic is the
+// bucket's record rec of it: the same payload and QoS. (Two changes of a
+// topic to the same value are one as far as subscribers go.)
+func sameRetained(m, rec *broker.Message) bool {
+	return m.QoS == rec.QoS && bytes.Equal(m.Payload, rec.Payload)
 }
 
 // wroteRetained notes the revision of this node's retained change of

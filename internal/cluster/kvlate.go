@@ -109,6 +109,7 @@ func (n *Node) keepBucketRetained(topic string, last *jetstream.RawStreamMsg) {
 		n.log.Warn("cluster: malformed retained record ignored", "topic", topic, "err", err)
 		return
 	}
+	recordCreated(r.msg, last.Time)
 	n.stats.retainedIn.Add(1)
 	n.b.RetainRemote(r.msg, r.pub)
 }

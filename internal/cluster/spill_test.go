@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -457,14 +458,17 @@ func TestRetainedReconcile(t *testing.T) {
 		t.Fatal(err)
 	}
 	n2 := nodes[1]
-	seed := func(pairs ...string) func(*broker.Server) {
+	// seedAt seeds the restarted node's store as its last run left it:
+	// the messages created at created (zero: now).
+	seedAt := func(created time.Time, pairs ...string) func(*broker.Server) {
 		return func(srv *broker.Server) {
 			for i := 0; i < len(pairs); i += 2 {
-				m := broker.NewMessage(&packet.Publish{Topic: pairs[i], Payload: []byte(pairs[i+1]), Retain: true}, "old-client", time.Now())
+				m := broker.NewMessage(&packet.Publish{Topic: pairs[i], Payload: []byte(pairs[i+1]), Retain: true}, "old-client", cmp.Or(created, time.Now()))
 				srv.RetainRemote(m, &broker.StoredPublisher{ClientID: "old-client"})
 			}
 		}
 	}
+	seed := func(pairs ...string) func(*broker.Server) { return seedAt(time.Time{}, pairs...) }
 	ready := func(tn *testNode) {
 		t.Helper()
 		select {
@@ -510,14 +514,92 @@ func TestRetainedReconcile(t *testing.T) {
 	}
 	// A later start after a clear whose marker expired while n1 was
 	// away: the topic goes from n1's store too.
+	// Seeded as older than the markers live (their expiry is counted in
+	// whole seconds), as after a long absence.
+	awayAt := time.Now().Add(-testMarkerTTL)
 	publishRetained(t, pub, "rec/away", "y")
 	testutil.WaitFor(t, "n1's rec/away", 30*time.Second, func() bool { return retainedHere(n1, "rec/away") == "y" })
 	stopNode(t, n1)
 	publishRetained(t, pub, "rec/away", "")
 	markerGone("rec/away")
-	n1 = restartSeeded(t, dir, routes, 0, nil, seed("rec/away", "y", "rec/local", "local"))
+	n1 = restartSeeded(t, dir, routes, 0, nil, seedAt(awayAt, "rec/away", "y", "rec/local", "local"))
 	testutil.WaitFor(t, "rec/away to leave n1", 30*time.Second, func() bool { return retainedHere(n1, "rec/away") == "" })
 	if got := retainedHere(n1, "rec/local"); got != "local" {
 		t.Fatalf("n1 lost rec/local (%q), which the bucket holds", got)
+	}
+}
+
+// TestRetainedUnsentChangeKept: n1's last run changed retained topics and
+// stopped before it wrote them (no spill: the changes were made in the
+// seconds before a first failed write). At its next start its store holds
+// them: a topic the bucket holds an older value of, and a new topic the
+// bucket has nothing of, reach every node; a topic whose value in the
+// bucket is newer than n1's takes the bucket's; a topic whose record
+// is the message n1 holds (dated by when n1 applied it, as earlier builds
+// did) is not written again. Before, the bucket's older value replaced
+// n1's, and the new topic was removed.
+func TestRetainedUnsentChangeKept(t *testing.T) {
+	dir, routes := t.TempDir(), freePorts(t, 3)
+	// Markers that live a minute: a message made at n1's restart is
+	// young at the comparison however long the start takes.
+	longMarkers := func(nd *Node) { nd.cfg.MarkerTTL = time.Minute }
+	nodes, err := startNodesHooked(t, dir, routes, []func(int, *Node){func(_ int, nd *Node) { longMarkers(nd) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n2 := nodes[1]
+	pub := dial(t, n2.addr, "unsent-pub", client.V5)
+	staleAt := time.Now()
+	publishRetained(t, pub, "uns/changed", "old")
+	publishRetained(t, pub, "uns/newer", "cluster")
+	publishRetained(t, pub, "uns/same", "same")
+	for _, tn := range nodes {
+		for _, topic := range []string{"uns/changed", "uns/newer", "uns/same"} {
+			testutil.WaitFor(t, tn.node.cfg.Node+"'s "+topic, 30*time.Second, func() bool { return retainedHere(tn, topic) != "" })
+		}
+	}
+	// Another node's message is dated by its record's write, not by
+	// when it was applied here.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	e, err := nodes[2].node.kvs().retained.Get(ctx, topicTokens("uns/same"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := nodes[2].srv.RetainedMessage("uns/same"); m == nil || !m.Created.Equal(e.Created()) {
+		t.Fatalf("n3's uns/same created %v, want the record's %v", m, e.Created())
+	}
+	stopNode(t, nodes[0])
+	// What n1's last run left in its store: its own changes of two
+	// topics, made now, and the value of uns/newer it held before the
+	// cluster's.
+	n1 := restartSeeded(t, dir, routes, 0, longMarkers, func(srv *broker.Server) {
+		for _, m := range []*broker.Message{
+			broker.NewMessage(&packet.Publish{Topic: "uns/changed", Payload: []byte("n1"), Retain: true}, "n1-client", time.Now()),
+			broker.NewMessage(&packet.Publish{Topic: "uns/fresh", Payload: []byte("n1"), Retain: true}, "n1-client", time.Now()),
+			broker.NewMessage(&packet.Publish{Topic: "uns/newer", Payload: []byte("stale"), Retain: true}, "n1-client", staleAt.Add(-time.Second)),
+			// The bucket's record, dated by its application here (as
+			// an earlier build did): not a change of n1's.
+			broker.NewMessage(&packet.Publish{Topic: "uns/same", Payload: []byte("same"), QoS: 1, Retain: true}, "unsent-pub", time.Now()),
+		} {
+			srv.RetainRemote(m, &broker.StoredPublisher{ClientID: "n1-client"})
+		}
+	})
+	select {
+	case <-n1.node.Ready(): // the bucket read, and n1's store compared with it
+	case <-time.After(60 * time.Second):
+		t.Fatal("the restarted node did not get ready")
+	}
+	for _, tn := range []*testNode{n1, n2, nodes[2]} {
+		for topic, want := range map[string]string{"uns/changed": "n1", "uns/fresh": "n1", "uns/newer": "cluster", "uns/same": "same"} {
+			testutil.WaitFor(t, fmt.Sprintf("%s's %s = %q", tn.node.cfg.Node, topic, want), 30*time.Second, func() bool {
+				return retainedHere(tn, topic) == want
+			})
+		}
+	}
+	// n1 wrote its two changes and nothing else: not uns/same again.
+	testutil.WaitFor(t, "n1's writes", 30*time.Second, func() bool { return n1.node.Status().PendingWrites == 0 })
+	if st := n1.node.Status(); st.RetainedOut != 2 {
+		t.Fatalf("n1 wrote %d retained changes, want 2 (uns/changed, uns/fresh)", st.RetainedOut)
 	}
 }
