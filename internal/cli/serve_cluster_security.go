@@ -588,16 +588,10 @@ func (cs *clusterSecurity) pendingLift(id string, created time.Time) (when time.
 // unreadable one is logged and ignored (such bans come back at start-up,
 // as before the file existed).
 func (cs *clusterSecurity) loadLifts() {
-	data, err := os.ReadFile(cs.liftsPath)
-	if errors.Is(err, os.ErrNotExist) {
-		return
-	}
 	var r liftsRecord
-	if err == nil {
-		err = json.Unmarshal(data, &r)
-		if err == nil && r.Version != 1 {
-			err = fmt.Errorf("version %d unknown", r.Version)
-		}
+	found, err := readRecord(cs.liftsPath, &r)
+	if !found {
+		return
 	}
 	if err != nil {
 		cs.log.Warn("cluster: the record of the bans lifted here and not yet in the cluster is unreadable; such bans come back at start-up",
@@ -622,11 +616,7 @@ func (cs *clusterSecurity) saveLifts() {
 	if !cs.liftsDirty || cs.liftsPath == "" {
 		return
 	}
-	data, err := json.Marshal(liftsRecord{Version: 1, Lifts: cs.lifts})
-	if err == nil {
-		err = writeFileSynced(cs.liftsPath, data, 0o600)
-	}
-	if err != nil {
+	if err := writeRecord(cs.liftsPath, liftsRecord{Version: 1, Lifts: cs.lifts}); err != nil {
 		cs.log.Warn("cluster: the bans lifted here and not yet in the cluster were not recorded", "file", cs.liftsPath, "err", err)
 		return
 	}
@@ -874,16 +864,10 @@ type agreedVersion struct {
 // first start; an unreadable one is logged and ignored (the cluster's
 // versions then win at start-up, as before the file existed).
 func (cs *clusterSecurity) loadAgreed() {
-	data, err := os.ReadFile(cs.agreedPath)
-	if errors.Is(err, os.ErrNotExist) {
-		return
-	}
 	var r agreedRecord
-	if err == nil {
-		err = json.Unmarshal(data, &r)
-		if err == nil && r.Version != 1 {
-			err = fmt.Errorf("version %d unknown", r.Version)
-		}
+	found, err := readRecord(cs.agreedPath, &r)
+	if !found {
+		return
 	}
 	if err != nil {
 		cs.log.Warn("cluster: the record of the shared files' agreed versions is unreadable; the cluster's versions replace this node's at start-up",
@@ -922,11 +906,7 @@ func (cs *clusterSecurity) noteAgreed(f *sharedFile, base, seen [sha256.Size]byt
 			r.Files[name] = agreedVersion{Base: hex.EncodeToString(g.base[:]), Seen: hex.EncodeToString(g.seen[:])}
 		}
 	}
-	data, err := json.Marshal(r)
-	if err == nil {
-		err = writeFileSynced(cs.agreedPath, data, 0o600)
-	}
-	if err != nil {
+	if err := writeRecord(cs.agreedPath, r); err != nil {
 		cs.log.Warn("cluster: the shared files' agreed versions were not recorded", "file", cs.agreedPath, "err", err)
 	}
 }
