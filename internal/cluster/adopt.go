@@ -156,7 +156,11 @@ func (n *Node) heardNotices(h heartbeat) {
 	}
 	k := h.Adopted[i].K
 	n.adopt.mu.Lock()
-	if n.adopt.heard == nil {
+	if _, known := n.adopt.heard[h.Origin]; n.adopt.heard == nil || !known && len(n.adopt.heard) >= maxHBNodes {
+		// One entry per run of another node that sent a notice: a
+		// peer's restarts, or a peer making up runs, must not grow it
+		// without bound. Forgotten, a notice heard again is checked
+		// again (once more, harmless).
 		n.adopt.heard = make(map[string]uint64)
 	}
 	fresh := n.adopt.heard[h.Origin] < k
