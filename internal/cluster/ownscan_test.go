@@ -133,8 +133,8 @@ func TestAdoptionOwnMessagesDuringImport(t *testing.T) {
 	t.Cleanup(n2.resumeRouting)
 
 	crashNode(t, nodes[2])
-	clk.Advance(2 * time.Minute)
 	testutil.WaitFor(t, "the session adopted by n2", 60*time.Second, func() bool {
+		sinceHeard(clk, "n3", 2*time.Minute, nodes[1])
 		n2.adoptDue()
 		return n2.Status().SessionsAdopted == 1
 	})

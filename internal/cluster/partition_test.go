@@ -478,8 +478,8 @@ func TestPartitionLongerThanAdoptAfter(t *testing.T) {
 	expectNoWill(t, watch, 500*time.Millisecond)
 
 	// Past the grace period: the majority adopts n3.
-	clk.Advance(70 * time.Second)
 	testutil.WaitFor(t, "n3's session and clean sessions' wills adopted", 60*time.Second, func() bool {
+		sinceHeard(clk, "n3", 70*time.Second, nodes[:2]...)
 		s, w := adopted(nodes)
 		return s == 1 && w == 3
 	})
@@ -686,8 +686,8 @@ func TestAdoptedWithoutSeeingCut(t *testing.T) {
 		return !n1.node.peerConnected("n3") && !n3.node.peerConnected("n1") &&
 			n3.node.peerConnected("n2") && n1.node.peerConnected("n2")
 	})
-	clk.Advance(70 * time.Second)
 	testutil.WaitFor(t, "n3's session adopted by n1", 60*time.Second, func() bool {
+		sinceHeard(clk, "n3", 70*time.Second, n1)
 		return n1.node.adopt.sessions.Load() == 1
 	})
 	if got := sessionNode(t, n1.node, "pcsess"); got != "n1" {

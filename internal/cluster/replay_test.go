@@ -107,8 +107,8 @@ func TestAdoptReplayBounded(t *testing.T) {
 
 	crashNode(t, nodes[2])
 	publishQoS1(t, pub, "ab/x", 0, published) // one record each
-	clk.Advance(2 * time.Minute)
 	testutil.WaitFor(t, "the session adopted", 60*time.Second, func() bool {
+		sinceHeard(clk, "n3", 2*time.Minute, nodes[:2]...)
 		return nodes[0].node.Status().SessionsAdopted+nodes[1].node.Status().SessionsAdopted == 1
 	})
 	var bounded, dropped, read uint64

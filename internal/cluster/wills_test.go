@@ -139,7 +139,7 @@ func TestWillsOfCrashedNode(t *testing.T) {
 		return len(recordData(t, n1, sessSubject("wback", "w"))) == 0
 	})
 
-	clk.Advance(30 * time.Second)
+	sinceHeard(clk, "n3", 30*time.Second, nodes[:2]...)
 	for range 3 {
 		for _, tn := range nodes[:2] {
 			tn.node.adoptDue()
@@ -147,7 +147,6 @@ func TestWillsOfCrashedNode(t *testing.T) {
 	}
 	expectNone(t, watch, time.Second)
 
-	clk.Advance(40 * time.Second)
 	adopted := func() (sessions, wills uint64) {
 		for _, tn := range nodes[:2] {
 			sessions += tn.node.adopt.sessions.Load()
@@ -156,6 +155,7 @@ func TestWillsOfCrashedNode(t *testing.T) {
 		return
 	}
 	testutil.WaitFor(t, "the sessions and the clean session's will adopted", 60*time.Second, func() bool {
+		sinceHeard(clk, "n3", 70*time.Second, nodes[:2]...)
 		s, w := adopted()
 		return s == 3 && w == 1 // wnow, wlater, wbyep; wclean
 	})
