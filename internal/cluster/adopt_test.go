@@ -7,6 +7,7 @@ import (
 	"net"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -69,12 +70,9 @@ func restartSeeded(t *testing.T, dir string, routes []string, i int, before func
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	}
-	nd, err := Start(Config{Name: "test", Node: name, Listen: routes[i], Peers: routes, StoreDir: filepath.Join(dir, name),
+	nd := startAgain(t, Config{Name: "test", Node: name, Listen: routes[i], Peers: routes, StoreDir: filepath.Join(dir, name),
 		Logger: log.With("node", name), RetainedSpill: testSpill(dir, name), RetainedSpillKey: testSpillKey,
 		HeartbeatInterval: testHeartbeat, MarkerTTL: testMarkerTTL, setupAttempt: testSetupAttempt})
-	if err != nil {
-		t.Fatal(err)
-	}
 	srv, err := broker.New(broker.Config{Cluster: nd, Authorizer: broker.AllowAll, AllowAnonymous: true, Logger: log})
 	if err != nil {
 		nd.Close()
@@ -104,6 +102,29 @@ func restartSeeded(t *testing.T, dir string, routes []string, i int, before func
 		nd.Close()
 	})
 	return &testNode{node: nd, srv: srv, addr: ln.Addr().String()}
+}
+
+// startAgain starts a stopped node of a test's cluster with cfg. Its
+// route port may have been taken while it was stopped (a node of a test
+// running beside it picked it as free): it then starts on a free one,
+// which the other nodes learn from the routes it opens to them. Its old
+// address leaves its own peers, so that it does not route to whatever
+// holds that port now.
+func startAgain(t *testing.T, cfg Config) *Node {
+	t.Helper()
+	for attempt := 0; ; attempt++ {
+		nd, err := Start(cfg)
+		if err == nil {
+			return nd
+		}
+		if attempt >= 2 || !strings.Contains(err.Error(), "did not start within") {
+			t.Fatal(err)
+		}
+		old := cfg.Listen
+		cfg.Listen = freePorts(t, 1)[0]
+		cfg.Peers = slices.DeleteFunc(slices.Clone(cfg.Peers), func(a string) bool { return a == old })
+		t.Logf("%s: route port %s taken (%v); starting on %s", cfg.Node, old, err, cfg.Listen)
+	}
 }
 
 // crashNode makes tn vanish as in a crash: its NATS server goes away

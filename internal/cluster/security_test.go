@@ -369,11 +369,8 @@ func restartNode(t *testing.T, dir string, routes []string, i int, h Security) *
 	t.Helper()
 	name := fmt.Sprintf("n%d", i+1)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	nd, err := Start(Config{Name: "test", Node: name, Listen: routes[i], Peers: routes, StoreDir: filepath.Join(dir, name),
+	nd := startAgain(t, Config{Name: "test", Node: name, Listen: routes[i], Peers: routes, StoreDir: filepath.Join(dir, name),
 		Logger: log, HeartbeatInterval: testHeartbeat, MarkerTTL: testMarkerTTL, setupAttempt: testSetupAttempt})
-	if err != nil {
-		t.Fatal(err)
-	}
 	return withBroker(t, nd, h, log)
 }
 
