@@ -165,7 +165,17 @@ func startLimited(t *testing.T, limit int, rec *logRecorder, before ...func(int,
 	for attempt := 0; ; attempt++ {
 		dir, routes = t.TempDir(), freePorts(t, 3)
 		var err error
-		nodes, err = startNodesLogged(t, dir, routes, before, rec, func(bc *broker.Config) { bc.MaxQueued = limit })
+		nodes, err = startNodesLogged(t, dir, routes, before, rec, func(bc *broker.Config) {
+			bc.MaxQueued = limit
+			// A client that takes nothing for PushbackWait counts as
+			// slow, and its node's own publishers' messages then meet
+			// the full queue's drop policy, as on one node. The paced
+			// clients here take every message, but a loaded machine
+			// can stall them for a second (TestSessionMoveCatchUp lost
+			// two own messages once in a full run): that is not what
+			// these tests are about.
+			bc.PushbackWait = time.Minute
+		})
 		if err == nil {
 			return nodes, dir, routes
 		}
