@@ -29,7 +29,8 @@ func (p *servePlan) planCluster() {
 	dir := filepath.Join(p.cfg.DataDir, "cluster")
 	// cluster.Start drops the node's own address from the peers.
 	cfg := cluster.Config{Name: cc.Name, Node: cc.Node, Listen: cc.Listen, Peers: cc.Peers, StoreDir: filepath.Join(dir, "jetstream"),
-		NATSURL: cc.NATSURL, Credentials: cc.Credentials, Logger: p.log, Version: Version, AdoptAfter: time.Duration(cc.AdoptAfter)}
+		NATSURL: cc.NATSURL, Credentials: cc.Credentials, Logger: p.log, Version: Version, AdoptAfter: time.Duration(cc.AdoptAfter),
+		CatchUpIdle: time.Duration(cc.CatchUpIdle), CatchUpMax: time.Duration(cc.CatchUpMax)}
 	if cc.NATSURL != "" {
 		if cc.Credentials != "" {
 			if _, err := os.ReadFile(cc.Credentials); err != nil {

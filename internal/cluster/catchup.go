@@ -43,13 +43,15 @@ import (
 // committed to the session, and removed when the catch-up ends.
 const catchUpMark = time.Second
 
-// catchUpIdle is how long a catch-up waits while the session's queue
+// catchUpIdle is how long a catch-up waits, by default
+// (Config.CatchUpIdle), while the session's queue
 // takes nothing (its client gone, or not acknowledging) before it gives
 // up: it reaches the routing position without the rest, which is logged
 // and counted.
 const catchUpIdle = 30 * time.Second
 
-// catchUpMax bounds how long a catch-up runs: this node's publishers of
+// catchUpMax bounds how long a catch-up runs by default
+// (Config.CatchUpMax): this node's publishers of
 // messages for the session wait for it meanwhile.
 const catchUpMax = 10 * time.Minute
 
@@ -548,14 +550,14 @@ func (c *catchUp) readTo(routed uint64, room int, roomBytes int64) (ok, ended bo
 }
 
 func (c *catchUp) idle() time.Duration {
-	if d := c.n.sess.catchUpIdle; d != 0 {
+	if d := c.n.cfg.CatchUpIdle; d != 0 {
 		return d
 	}
 	return catchUpIdle
 }
 
 func (c *catchUp) max() time.Duration {
-	if d := c.n.sess.catchUpMax; d != 0 {
+	if d := c.n.cfg.CatchUpMax; d != 0 {
 		return d
 	}
 	return catchUpMax

@@ -132,6 +132,13 @@ type Config struct {
 	// (adopt.go). 0: 60 s; negative: never (sessions then wait for
 	// their clients or their node).
 	AdoptAfter time.Duration
+	// CatchUpIdle is how long a session's catch-up from the stream
+	// waits while its queue takes nothing (its client gone, or not
+	// acknowledging) before it gives up, and CatchUpMax how long one
+	// runs at most (this node's publishers of messages for a moved
+	// session wait for it meanwhile): catchup.go. 0: 30 s and 10
+	// minutes.
+	CatchUpIdle, CatchUpMax time.Duration
 	// Now is the clock the node judges other nodes' silence with
 	// (heartbeats, adoption). Nil: time.Now. Tests advance it.
 	Now func() time.Time
@@ -400,6 +407,9 @@ func (c *Config) validate() error {
 	}
 	if c.AdoptAfter > 0 && c.AdoptAfter < time.Second {
 		errs = append(errs, fmt.Errorf("cluster: AdoptAfter %v is below a second", c.AdoptAfter))
+	}
+	if c.CatchUpIdle < 0 || c.CatchUpMax < 0 {
+		errs = append(errs, fmt.Errorf("cluster: CatchUpIdle %v or CatchUpMax %v is negative", c.CatchUpIdle, c.CatchUpMax))
 	}
 	if c.RetainedSpill != "" && len(c.RetainedSpillKey) != 32 {
 		errs = append(errs, errors.New("cluster: the retained spill needs a 32-byte RetainedSpillKey"))

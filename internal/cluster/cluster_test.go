@@ -531,6 +531,20 @@ func TestStartWithoutPeersSaysSo(t *testing.T) {
 	}
 }
 
+// TestConfigRefusesNegativeCatchUpBounds: the catch-up's bounds are
+// checked before anything starts.
+func TestConfigRefusesNegativeCatchUpBounds(t *testing.T) {
+	for _, cfg := range []Config{{CatchUpIdle: -time.Second}, {CatchUpMax: -time.Minute}} {
+		cfg.Name, cfg.Node, cfg.Listen, cfg.Peers, cfg.StoreDir = "test", "n1", "127.0.0.1:0", []string{"127.0.0.1:1"}, t.TempDir()
+		if n, err := Start(cfg); err == nil || !strings.Contains(err.Error(), "is negative") {
+			if n != nil {
+				n.Close()
+			}
+			t.Fatalf("Start(%v, %v): %v; want the negative bound refused", cfg.CatchUpIdle, cfg.CatchUpMax, err)
+		}
+	}
+}
+
 // waitingClaim connects clientID on tn while its claims fail as if the
 // claims bucket had no leader, until the test clears the flag returned,
 // and waits until the claim waits to be written again.

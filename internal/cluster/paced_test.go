@@ -228,7 +228,7 @@ func TestPacedCatchUpGivesUp(t *testing.T) {
 	rec := &logRecorder{}
 	idle := func(i int, nd *Node) {
 		if i == 0 {
-			nd.sess.catchUpIdle = 300 * time.Millisecond
+			nd.cfg.CatchUpIdle = 300 * time.Millisecond
 		}
 	}
 	nodes, sub, pubs := pacedCluster(t, "pacedidle", limit, rec, idle)

@@ -178,8 +178,7 @@ type sessionsState struct {
 	// routing pass starts one for them). cuMu guards the three; the
 	// broker asks for a reservation (reservePaced) under a session's
 	// lock, so nothing else is done holding it. In tests, noCatchUp
-	// keeps a claim's replay to its bound, and catchUpIdle and
-	// catchUpMax replace the constants of the same names.
+	// keeps a claim's replay to its bound.
 	cuMu      sync.Mutex
 	catchUps  map[string]*catchUp
 	reserved  map[string]*catchUp // by the routing pass under way, until it starts them
@@ -188,9 +187,8 @@ type sessionsState struct {
 	// cuMoved is closed, and made again when wanted, as a paced
 	// catch-up moves on or ends: the first messages of connections
 	// that wait for one (AwaitCaughtUp) look again.
-	cuMoved                 chan struct{}
-	noCatchUp               bool
-	catchUpIdle, catchUpMax time.Duration
+	cuMoved   chan struct{}
+	noCatchUp bool
 
 	// holds are the imports holding back routed deliveries now, by
 	// client ID (see holdAcks); holdMu guards them and every

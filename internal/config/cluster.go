@@ -44,7 +44,27 @@ type Cluster struct {
 	// their clients or the node. 0 (unset): 60 s. At least 10 s, so that
 	// a node restarting keeps its sessions.
 	AdoptAfter Duration `json:"adopt_after,omitempty" yaml:"adopt_after"`
+	// CatchUpIdle is how long a session's catch-up from the cluster's
+	// stream (a moved session with more messages than its queue takes, or
+	// a connected one that fell behind) waits while its client takes
+	// nothing before it gives up, leaving out the rest; CatchUpMax how
+	// long one runs at most (the new node's publishers of messages for a
+	// moved session wait for it). 0 (unset): 30 s and 10 minutes.
+	CatchUpIdle Duration `json:"catch_up_idle,omitempty" yaml:"catch_up_idle"`
+	CatchUpMax  Duration `json:"catch_up_max,omitempty" yaml:"catch_up_max"`
 }
+
+// The bounds of cluster.catch_up_idle and catch_up_max. Under a second
+// a client's round trip under load would end catch-ups; over an hour
+// (idle) a client gone would hold a catch-up's memory and its node's
+// publishers that long. A catch-up reads the stream, which keeps
+// messages 24 hours.
+const (
+	minCatchUpIdle = time.Second
+	maxCatchUpIdle = time.Hour
+	minCatchUpMax  = 10 * time.Second
+	maxCatchUpMax  = 24 * time.Hour
+)
 
 // minAdoptAfter is the least cluster.adopt_after: a node is reported
 // down after 6 s without heartbeats, and a restart takes seconds.
@@ -103,6 +123,12 @@ func (c *Config) validateCluster(bad func(format string, args ...any)) {
 	}
 	if a := time.Duration(cl.AdoptAfter); a != 0 && a < minAdoptAfter {
 		bad("cluster.adopt_after %v: at least %v (a node restarting must keep its sessions)", a, minAdoptAfter)
+	}
+	if d := time.Duration(cl.CatchUpIdle); d != 0 && (d < minCatchUpIdle || d > maxCatchUpIdle) {
+		bad("cluster.catch_up_idle %v: from %v to %v", d, minCatchUpIdle, maxCatchUpIdle)
+	}
+	if d := time.Duration(cl.CatchUpMax); d != 0 && (d < minCatchUpMax || d > maxCatchUpMax) {
+		bad("cluster.catch_up_max %v: from %v to %v", d, minCatchUpMax, maxCatchUpMax)
 	}
 	if cl.Node == "" {
 		bad("cluster.node: required (unique in the cluster)")

@@ -51,6 +51,37 @@ func TestClusterAdoptAfter(t *testing.T) {
 	}
 }
 
+// TestClusterCatchUpBounds: cluster.catch_up_idle and catch_up_max are
+// kept within their bounds; unset, the node's defaults apply.
+func TestClusterCatchUpBounds(t *testing.T) {
+	const base = "listeners:\n  - {address: \"127.0.0.1:1883\", transport: tcp}\ncluster: {name: c, node: n1, listen: \"127.0.0.1:7422\", peers: [\"127.0.0.1:7423\"]"
+	for _, tc := range []struct {
+		value, err string
+		idle, max  time.Duration
+	}{
+		{"", "", 0, 0},
+		{", catch_up_idle: 2m, catch_up_max: 1h", "", 2 * time.Minute, time.Hour},
+		{", catch_up_idle: 1s, catch_up_max: 10s", "", time.Second, 10 * time.Second},
+		{", catch_up_max: 1d", "", 0, 24 * time.Hour},
+		{", catch_up_idle: 500ms", "cluster.catch_up_idle 500ms: from 1s to 1h0m0s", 0, 0},
+		{", catch_up_idle: 2h", "cluster.catch_up_idle 2h0m0s: from 1s to 1h0m0s", 0, 0},
+		{", catch_up_max: 5s", "cluster.catch_up_max 5s: from 10s to 24h0m0s", 0, 0},
+		{", catch_up_max: 2d", "cluster.catch_up_max 48h0m0s: from 10s to 24h0m0s", 0, 0},
+		{", catch_up_idle: -1m", `invalid duration "-1m"`, 0, 0},
+	} {
+		c, err := Parse("moat.yaml", []byte(base+tc.value+"}\n"))
+		switch {
+		case tc.err == "" && err != nil:
+			t.Errorf("%q: %v", tc.value, err)
+		case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
+			t.Errorf("%q: error %v, want %q", tc.value, err, tc.err)
+		case err == nil && (time.Duration(c.Cluster.CatchUpIdle) != tc.idle || time.Duration(c.Cluster.CatchUpMax) != tc.max):
+			t.Errorf("%q: catch_up_idle %v, catch_up_max %v; want %v, %v", tc.value,
+				time.Duration(c.Cluster.CatchUpIdle), time.Duration(c.Cluster.CatchUpMax), tc.idle, tc.max)
+		}
+	}
+}
+
 // TestClusterListenerNames checks the default listener names of a
 // cluster node: by transport, not by port, so that nodes on one host with
 // different ports name their listeners alike (an anonymous session
