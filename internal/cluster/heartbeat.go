@@ -111,7 +111,10 @@ type peerBeat struct {
 	// at offsets[(next-1)%len]; n of them are valid.
 	offsets [clockSamples]time.Duration
 	next, n int
-	skewed  bool // the estimate was beyond maxClockOffset (logged)
+	// skewed: the estimate last logged was beyond maxClockOffset;
+	// loggedAt is when it was logged.
+	skewed   bool
+	loggedAt time.Time
 }
 
 // The clock offset of another node is estimated from its heartbeats: a
@@ -127,6 +130,11 @@ const (
 	clockSamples    = 8
 	clockMinSamples = 3
 	maxClockOffset  = time.Second
+	// clockLogEvery bounds how often a node's offset going beyond
+	// maxClockOffset or back is logged: an estimate that swings about
+	// the bound (or a node sending made-up times) would otherwise log a
+	// line per heartbeat. The status always shows the present estimate.
+	clockLogEvery = time.Minute
 )
 
 // clockOffset returns the estimated offset of the node's clock from this
@@ -150,8 +158,9 @@ type beats struct {
 }
 
 // record keeps h, received at now. It reports false when the table is
-// full and h is of a node not in it, and the node's clock offset when it
-// went beyond maxClockOffset or came back within it (changed).
+// full and h is of a node not in it, the node's clock offset when known,
+// and whether it went beyond maxClockOffset or came back within it since
+// that was last reported, at most once per clockLogEvery (changed).
 func (b *beats) record(h heartbeat, now time.Time) (ok bool, offset time.Duration, changed bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -165,7 +174,7 @@ func (b *beats) record(h heartbeat, now time.Time) (ok bool, offset time.Duratio
 		return !first, 0, false
 	}
 	if pb.hb.Origin != h.Origin {
-		pb = peerBeat{skewed: pb.skewed} // another run: its clock may be another machine's
+		pb = peerBeat{skewed: pb.skewed, loggedAt: pb.loggedAt} // another run: its clock may be another machine's
 	}
 	pb.hb, pb.seen = h, now
 	if !h.Sent.IsZero() {
@@ -174,9 +183,11 @@ func (b *beats) record(h heartbeat, now time.Time) (ok bool, offset time.Duratio
 		pb.n = min(pb.n+1, clockSamples)
 	}
 	if o, known := pb.clockOffset(); known {
-		skewed := o.Abs() > maxClockOffset
-		offset, changed = o, skewed != pb.skewed
-		pb.skewed = skewed
+		offset = o
+		if skewed := o.Abs() > maxClockOffset; skewed != pb.skewed && (pb.loggedAt.IsZero() || now.Sub(pb.loggedAt) >= clockLogEvery) {
+			changed = true
+			pb.skewed, pb.loggedAt = skewed, now
+		}
 	}
 	b.nodes[h.Node] = pb
 	return true, offset, changed

@@ -515,6 +515,55 @@ func TestClockOffsetEstimate(t *testing.T) {
 	}
 }
 
+// TestClockOffsetLoggedAtMostOncePerMinute: an offset that swings about
+// the bound (or made-up send times) is reported beyond it at once, and
+// back within it no sooner than a minute later; the estimate itself is
+// always the present one.
+func TestClockOffsetLoggedAtMostOncePerMinute(t *testing.T) {
+	var b beats
+	t0 := time.Date(2026, 12, 7, 8, 0, 0, 0, time.UTC)
+	var reports []bool // true: beyond
+	at := t0
+	beat := func(offset time.Duration) time.Duration {
+		t.Helper()
+		at = at.Add(2 * time.Second)
+		ok, o, changed := b.record(heartbeat{V: 1, Node: "n2", Origin: "n2/a", IntervalMS: 2000, Sent: at.Add(offset)}, at)
+		if !ok {
+			t.Fatal("not recorded")
+		}
+		if changed {
+			reports = append(reports, o.Abs() > maxClockOffset)
+		}
+		return o
+	}
+	for range 3 {
+		beat(0)
+	}
+	if len(reports) != 0 {
+		t.Fatalf("reports %v for a clock in step", reports)
+	}
+	beat(5 * time.Second) // beyond: reported at once
+	if len(reports) != 1 || !reports[0] {
+		t.Fatalf("reports %v, want one beyond", reports)
+	}
+	// Back within after eight more heartbeats (the window forgets the
+	// 5 s sample), 18 s later: not reported yet, though the estimate is
+	// small again.
+	var o time.Duration
+	for range 8 {
+		o = beat(0)
+	}
+	if o.Abs() > maxClockOffset || len(reports) != 1 {
+		t.Fatalf("estimate %v, reports %v; want a small estimate, one report", o, reports)
+	}
+	for at.Sub(t0) < 70*time.Second {
+		beat(0)
+	}
+	if len(reports) != 2 || reports[1] {
+		t.Fatalf("reports %v, want beyond then within", reports)
+	}
+}
+
 // TestClockOffset: n3's clock runs 5 s ahead. n1 estimates the offset
 // from n3's heartbeats, lists it in its status with a problem, and says
 // so once at Warn; n2's offset is known and small.
