@@ -244,15 +244,32 @@ func (n *inprocNode) start(t *testing.T) {
 // moveRoutePort gives the node a free route port in its configuration.
 func (n *inprocNode) moveRoutePort(t *testing.T) {
 	t.Helper()
-	data, err := os.ReadFile(n.cfgFile)
+	if _, ok := moveRouteListen(t, n.cfgFile); !ok {
+		t.Fatalf("%s: no route listen line in %s", n.name, n.cfgFile)
+	}
+}
+
+// routeListenLine is the cluster.listen line of the tests' node
+// configurations.
+var routeListenLine = regexp.MustCompile(`(?m)^  listen: "127\.0\.0\.1:([0-9]+)"$`)
+
+// moveRouteListen gives the node configured in cfgFile a free route
+// port and returns the one it had; ok is false when the file has no
+// route listen line. The other nodes learn the new port from the routes
+// the node opens to them (their peers keep naming the old one, whose
+// refused routes they log).
+func moveRouteListen(t *testing.T, cfgFile string) (old string, ok bool) {
+	t.Helper()
+	data, err := os.ReadFile(cfgFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	re := regexp.MustCompile(`(?m)^  listen: "127\.0\.0\.1:[0-9]+"$`)
-	if !re.Match(data) {
-		t.Fatalf("%s: no route listen line in %s", n.name, n.cfgFile)
+	m := routeListenLine.FindSubmatch(data)
+	if m == nil {
+		return "", false
 	}
-	writeFile(t, n.cfgFile, re.ReplaceAllString(string(data), fmt.Sprintf(`  listen: "127.0.0.1:%d"`, testutil.FreePort(t))))
+	writeFile(t, cfgFile, routeListenLine.ReplaceAllString(string(data), fmt.Sprintf(`  listen: "127.0.0.1:%d"`, testutil.FreePort(t))))
+	return string(m[1]), true
 }
 
 // waitReady waits until the node's listeners are ready and its security

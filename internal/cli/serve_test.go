@@ -221,7 +221,10 @@ func portsBound(ports []int) func(p *moatProc) bool {
 // restart runs serve again, after p has exited, with the same arguments
 // on the same ports: for crash recovery, whose stored sessions name their
 // listener ("tcp-PORT"). Like testutil.RunningPeer.Restart it fails the
-// test when another process took a port meanwhile.
+// test when another process took a listener's port meanwhile; a cluster
+// node whose route port was taken (by another test's process or
+// connection) starts on another route port, in its configuration
+// (moat.yaml in its directory), as the in-process nodes do.
 func (p *moatProc) restart(t *testing.T) *moatProc {
 	t.Helper()
 	if !p.exited() {
@@ -232,6 +235,17 @@ func (p *moatProc) restart(t *testing.T) *moatProc {
 		ports[i] = p.port(i)
 	}
 	q, err := launchMoat(t, p.dir, p.args, portsBound(ports))
+	for attempt := 0; errors.Is(err, testutil.ErrPortTaken) && attempt < 2; attempt++ {
+		cfgFile := filepath.Join(p.dir, "moat.yaml")
+		data, rerr := os.ReadFile(cfgFile)
+		m := routeListenLine.FindSubmatch(data)
+		if rerr != nil || m == nil || !strings.Contains(err.Error(), "127.0.0.1:"+string(m[1])) {
+			break // not a cluster node's route port
+		}
+		old, _ := moveRouteListen(t, cfgFile)
+		t.Logf("route port %s taken while the node was stopped (%v); starting on another", old, err)
+		q, err = launchMoat(t, p.dir, p.args, portsBound(ports))
+	}
 	if err != nil {
 		t.Fatalf("restarting moat: %v", err)
 	}
