@@ -6,28 +6,41 @@ import (
 	"time"
 )
 
+// clusterBase is a configuration whose cluster section the tests below
+// extend (the section's closing brace is theirs to add).
+const clusterBase = "listeners:\n  - {address: \"127.0.0.1:1883\", transport: tcp}\ncluster: {name: c, node: n1, listen: \"127.0.0.1:7422\", peers: [\"127.0.0.1:7423\"]"
+
+// parseCluster parses clusterBase with value added to its cluster
+// section, reports a result other than wantErr ("": none), and returns
+// the configuration when it parsed as wanted.
+func parseCluster(t *testing.T, value, wantErr string) *Config {
+	t.Helper()
+	c, err := Parse("moat.yaml", []byte(clusterBase+value+"}\n"))
+	switch {
+	case wantErr == "" && err != nil:
+		t.Errorf("%q: %v", value, err)
+	case wantErr != "" && (err == nil || !strings.Contains(err.Error(), wantErr)):
+		t.Errorf("%q: error %v, want %q", value, err, wantErr)
+	case err == nil:
+		return c
+	}
+	return nil
+}
+
 func TestClusterAccessFiles(t *testing.T) {
-	const base = "listeners:\n  - {address: \"127.0.0.1:1883\", transport: tcp}\ncluster: {name: c, node: n1, listen: \"127.0.0.1:7422\", peers: [\"127.0.0.1:7423\"]"
 	for _, tc := range []struct{ value, err string }{
 		{"", ""},
 		{", access_files: shared", ""},
 		{", access_files: local", ""},
 		{", access_files: everywhere", `cluster.access_files "everywhere": want shared or local`},
 	} {
-		c, err := Parse("moat.yaml", []byte(base+tc.value+"}\n"))
-		switch {
-		case tc.err == "" && err != nil:
-			t.Errorf("%q: %v", tc.value, err)
-		case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
-			t.Errorf("%q: error %v, want %q", tc.value, err, tc.err)
-		case err == nil && tc.value == ", access_files: local" && c.Cluster.AccessFiles != "local":
+		if c := parseCluster(t, tc.value, tc.err); c != nil && tc.value == ", access_files: local" && c.Cluster.AccessFiles != "local" {
 			t.Errorf("access_files not kept: %+v", c.Cluster)
 		}
 	}
 }
 
 func TestClusterAdoptAfter(t *testing.T) {
-	const base = "listeners:\n  - {address: \"127.0.0.1:1883\", transport: tcp}\ncluster: {name: c, node: n1, listen: \"127.0.0.1:7422\", peers: [\"127.0.0.1:7423\"]"
 	for _, tc := range []struct {
 		value, err string
 		want       time.Duration
@@ -39,13 +52,7 @@ func TestClusterAdoptAfter(t *testing.T) {
 		{", adopt_after: -1m", `invalid duration "-1m"`, 0},
 		{", adopt_after: soon", `invalid duration "soon"`, 0},
 	} {
-		c, err := Parse("moat.yaml", []byte(base+tc.value+"}\n"))
-		switch {
-		case tc.err == "" && err != nil:
-			t.Errorf("%q: %v", tc.value, err)
-		case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
-			t.Errorf("%q: error %v, want %q", tc.value, err, tc.err)
-		case err == nil && time.Duration(c.Cluster.AdoptAfter) != tc.want:
+		if c := parseCluster(t, tc.value, tc.err); c != nil && time.Duration(c.Cluster.AdoptAfter) != tc.want {
 			t.Errorf("%q: adopt_after %v, want %v", tc.value, time.Duration(c.Cluster.AdoptAfter), tc.want)
 		}
 	}
@@ -54,7 +61,6 @@ func TestClusterAdoptAfter(t *testing.T) {
 // TestClusterCatchUpBounds: cluster.catch_up_idle and catch_up_max are
 // kept within their bounds; unset, the node's defaults apply.
 func TestClusterCatchUpBounds(t *testing.T) {
-	const base = "listeners:\n  - {address: \"127.0.0.1:1883\", transport: tcp}\ncluster: {name: c, node: n1, listen: \"127.0.0.1:7422\", peers: [\"127.0.0.1:7423\"]"
 	for _, tc := range []struct {
 		value, err string
 		idle, max  time.Duration
@@ -69,13 +75,7 @@ func TestClusterCatchUpBounds(t *testing.T) {
 		{", catch_up_max: 2d", "cluster.catch_up_max 48h0m0s: from 10s to 24h0m0s", 0, 0},
 		{", catch_up_idle: -1m", `invalid duration "-1m"`, 0, 0},
 	} {
-		c, err := Parse("moat.yaml", []byte(base+tc.value+"}\n"))
-		switch {
-		case tc.err == "" && err != nil:
-			t.Errorf("%q: %v", tc.value, err)
-		case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
-			t.Errorf("%q: error %v, want %q", tc.value, err, tc.err)
-		case err == nil && (time.Duration(c.Cluster.CatchUpIdle) != tc.idle || time.Duration(c.Cluster.CatchUpMax) != tc.max):
+		if c := parseCluster(t, tc.value, tc.err); c != nil && (time.Duration(c.Cluster.CatchUpIdle) != tc.idle || time.Duration(c.Cluster.CatchUpMax) != tc.max) {
 			t.Errorf("%q: catch_up_idle %v, catch_up_max %v; want %v, %v", tc.value,
 				time.Duration(c.Cluster.CatchUpIdle), time.Duration(c.Cluster.CatchUpMax), tc.idle, tc.max)
 		}
