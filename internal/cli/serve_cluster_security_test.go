@@ -241,6 +241,23 @@ func (n *inprocNode) start(t *testing.T) {
 	t.Cleanup(n.stop)
 }
 
+// backAfterCut starts again the stopped nodes of a cluster whose last
+// node was cut off (the others stopped) and then stopped too: the
+// others first, ready, then the last, so that it meets the cluster's
+// state at its start.
+func backAfterCut(t *testing.T, nodes []*inprocNode) {
+	t.Helper()
+	others, last := nodes[:len(nodes)-1], nodes[len(nodes)-1]
+	for _, n := range others {
+		n.start(t)
+	}
+	for _, n := range others {
+		n.waitReady(t)
+	}
+	last.start(t)
+	last.waitReady(t)
+}
+
 // moveRoutePort gives the node a free route port in its configuration.
 func (n *inprocNode) moveRoutePort(t *testing.T) {
 	t.Helper()
@@ -905,12 +922,7 @@ func TestClusterSharedFileKeptAcrossRestart(t *testing.T) {
 		return n3.plan.cluster.Status().SecurityPending > 0
 	})
 	n3.stop()
-	nodes[0].start(t)
-	nodes[1].start(t)
-	nodes[0].waitReady(t)
-	nodes[1].waitReady(t)
-	n3.start(t)
-	n3.waitReady(t)
+	backAfterCut(t, nodes)
 	for _, n := range nodes {
 		testutil.WaitFor(t, n.name+"'s password file without alice", 30*time.Second, func() bool {
 			return read(n, "passwd") == removed
@@ -988,12 +1000,7 @@ func TestClusterBanLiftKeptAcrossRestart(t *testing.T) {
 		t.Fatalf("node3's record of its lifts: %q", data)
 	}
 	n3.stop()
-	nodes[0].start(t)
-	nodes[1].start(t)
-	nodes[0].waitReady(t)
-	nodes[1].waitReady(t)
-	n3.start(t)
-	n3.waitReady(t)
+	backAfterCut(t, nodes)
 	for _, n := range nodes {
 		testutil.WaitFor(t, n.name+" without the ban", 30*time.Second, func() bool { return !banned(n) })
 	}
