@@ -2,7 +2,6 @@ package cluster
 
 import (
 	"context"
-	"io"
 	"log/slog"
 	"net"
 	"path/filepath"
@@ -66,10 +65,7 @@ func restartWithListener(t *testing.T, dir string, routes []string, i int, befor
 func restartSeeded(t *testing.T, dir string, routes []string, i int, before func(*Node), seed func(*broker.Server)) *testNode {
 	t.Helper()
 	name := "n" + string(rune('1'+i))
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if testing.Verbose() {
-		log = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	}
+	log := slog.New(testLog(t))
 	nd := startAgain(t, Config{Name: "test", Node: name, Listen: routes[i], Peers: routes, StoreDir: filepath.Join(dir, name),
 		Logger: log.With("node", name), RetainedSpill: testSpill(dir, name), RetainedSpillKey: testSpillKey,
 		HeartbeatInterval: testHeartbeat, MarkerTTL: testMarkerTTL, setupAttempt: testSetupAttempt})

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"path/filepath"
@@ -109,11 +108,7 @@ func startNodesHooked(t *testing.T, dir string, routes []string, before []func(i
 // nodes and brokers also given to rec (nil: none).
 func startNodesLogged(t *testing.T, dir string, routes []string, before []func(i int, nd *Node), rec *logRecorder,
 	configure ...func(*broker.Config)) ([]*testNode, error) {
-	var h slog.Handler = slog.NewTextHandler(io.Discard, nil)
-	if testing.Verbose() {
-		h = slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo})
-	}
-	return launchNodes(t.Cleanup, h, dir, routes, before, rec, configure...)
+	return launchNodes(t.Cleanup, testLog(t), dir, routes, before, rec, configure...)
 }
 
 // launchNodes is startNodesLogged for an owner that is not a single

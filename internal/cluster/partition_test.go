@@ -138,10 +138,7 @@ func startRelayedNodes(t *testing.T, count int, before ...func(i int, nd *Node))
 }
 
 func tryRelayedCluster(t *testing.T, routes []string, relays [][]*relay, before []func(int, *Node)) ([]*testNode, error) {
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if testing.Verbose() {
-		log = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	}
+	log := slog.New(testLog(t))
 	dir := t.TempDir()
 	dead := freePorts(t, 1)[0] // advertised: nothing listens there
 	var started []*Node

@@ -167,10 +167,7 @@ func TestRemoveNode(t *testing.T) {
 	dir4 := t.TempDir()
 	cfg4.Node, cfg4.Listen, cfg4.StoreDir, cfg4.RetainedSpill = "n4", r4, filepath.Join(dir4, "n4"), testSpill(dir4, "n4")
 	cfg4.Peers = []string{nodes[0].node.cfg.Listen, cfg.Listen, r4}
-	cfg4.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-	if testing.Verbose() {
-		cfg4.Logger = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo})).With("node", "n4")
-	}
+	cfg4.Logger = slog.New(testLog(t)).With("node", "n4")
 	added, err := Start(cfg4)
 	if err != nil {
 		t.Fatal(err)

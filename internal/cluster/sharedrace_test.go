@@ -3,7 +3,6 @@ package cluster
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"path/filepath"
@@ -198,10 +197,7 @@ func startJoiningNode(t *testing.T, nodes []*testNode, name string, before func(
 	for _, tn := range nodes {
 		peers = append(peers, tn.node.RouteAddr())
 	}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if testing.Verbose() {
-		log = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo})).With("node", name)
-	}
+	log := slog.New(testLog(t)).With("node", name)
 	nd, err := Start(Config{Name: "test", Node: name, Listen: "127.0.0.1:0", Peers: peers, Replicas: 3,
 		StoreDir: filepath.Join(t.TempDir(), name), Logger: log,
 		HeartbeatInterval: testHeartbeat, MarkerTTL: testMarkerTTL, setupAttempt: testSetupAttempt})
