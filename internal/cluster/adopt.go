@@ -82,6 +82,15 @@ type adoptState struct {
 	heard        map[string]uint64
 	rechecks     atomic.Int32
 	recheckUntil atomic.Int64
+
+	// running holds one token while an adoption runs (adoptNode): one
+	// at a time on a node. Two at once (the adoption loop's and a
+	// removal's) both listed a session still the gone node's; the one
+	// that lost its compare-and-set read the record the other had just
+	// written, naming this node, took it for a write of its own whose
+	// answer was lost, and imported the session a second time. Made
+	// at the first use (adoptTurn).
+	running chan struct{}
 }
 
 // After a node hears that another node adopted its sessions, or comes
@@ -430,6 +439,11 @@ func (n *Node) adoptNode(ctx context.Context, name string) (adopted, claims int,
 	if n.persistence() == nil {
 		return 0, 0, nil // no sessions kept in the cluster (no broker attached)
 	}
+	done, err := n.adoptTurn(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer done()
 	if err := n.awaitSessions(ctx); err != nil {
 		return 0, 0, err
 	}
@@ -513,6 +527,23 @@ func (n *Node) adoptNode(ctx context.Context, name string) (adopted, claims int,
 	return adopted, claims, ctx.Err()
 }
 
+// adoptTurn waits until no other adoption runs on this node (or ctx
+// ends) and returns the function that ends this one's turn.
+func (n *Node) adoptTurn(ctx context.Context) (func(), error) {
+	n.adopt.mu.Lock()
+	if n.adopt.running == nil {
+		n.adopt.running = make(chan struct{}, 1)
+	}
+	running := n.adopt.running
+	n.adopt.mu.Unlock()
+	select {
+	case running <- struct{}{}:
+		return func() { <-running }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
 // requestAttempt bounds each JetStream request of an adoption. A request
 // that reaches a stream's leader as it loses its place (a node dying, an
 // election, a leader stalled on a loaded machine) is never answered:
@@ -592,6 +623,18 @@ func (n *Node) adoptSession(ctx context.Context, name, id string, rec *sessionRe
 			return false, nil // ended meanwhile
 		}
 		cur, derr := decodeSession(r.data)
+		if derr == nil && cur.Home == n.origin {
+			// A take under way here is a claim of its client (this
+			// adoption's has ended): whether it imports the session is
+			// known once it ends.
+			if ch := n.takeUnderWay(id); ch != nil {
+				select {
+				case <-ch:
+				case <-ctx.Done():
+					return false, ctx.Err()
+				}
+			}
+		}
 		switch {
 		case derr != nil:
 			return false, nil

@@ -2,10 +2,12 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -466,5 +468,44 @@ func TestAdoptionCountsSilenceFromReturn(t *testing.T) {
 	}
 	if got := names(n.dueForAdoption(back.Add(time.Minute), meta)); !slices.Equal(got, []string{"n1", "n2", "n4"}) {
 		t.Fatalf("due a minute after the return: %v; want n1, n2 and n4", got)
+	}
+}
+
+// TestAdoptionsOfOneNodeOneAtATime: two adoptions of the same node gone,
+// started at once on one node (its adoption loop and a removal of the
+// node, or a test's call), import each of its sessions once. Overlapping,
+// the one that lost a session's compare-and-set read the record the other
+// had just written, took it for a write of its own whose answer was lost
+// and imported the session a second time.
+func TestAdoptionsOfOneNodeOneAtATime(t *testing.T) {
+	const sessions = 16
+	nodes := startCluster(t, 3, adoptAfter(-1))
+	for i := range sessions {
+		c, _ := dialSession(t, nodes[2].addr, "one"+strconv.Itoa(i), client.V5)
+		disconnect(t, c)
+	}
+	crashNode(t, nodes[2])
+	n2 := nodes[1].node
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	// Rounds until both adoptions of a round end without an error (a
+	// stream's leader may have died with n3): whatever the rounds, each
+	// session is adopted once.
+	for round := 1; ; round++ {
+		var wg sync.WaitGroup
+		var errs [2]error
+		for i := range errs {
+			wg.Go(func() { _, _, errs[i] = n2.adoptNode(ctx, "n3") })
+		}
+		wg.Wait()
+		if errs[0] == nil && errs[1] == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("adoptions failed until round %d: %v", round, errors.Join(errs[:]...))
+		}
+	}
+	if got := n2.Status().SessionsAdopted; got != sessions {
+		t.Errorf("%d sessions adopted, want %d (each once)", got, sessions)
 	}
 }
