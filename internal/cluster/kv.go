@@ -7,6 +7,7 @@ import (
 	"errors"
 	"log/slog"
 	"math"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/moatmq/moat/internal/broker"
+	"github.com/moatmq/moat/internal/packet"
 )
 
 // Key-value bucket names. Each holds one key per MQTT topic or client ID,
@@ -934,10 +936,32 @@ func (n *Node) localRetainedNewer(topic string, than time.Time, rec *broker.Mess
 }
 
 // sameRetained reports whether the store's message m of a topic is the
-// bucket's record rec of it: the same payload and QoS. (Two changes of a
-// topic to the same value are one as far as subscribers go.)
+// bucket's record rec of it: the same payload, QoS and the properties
+// that travel with a message (payload format, content type, response
+// topic, correlation data, user properties; a change of only these, as
+// of a content type, is a change for subscribers; before 2026-12-07 it
+// passed for the record). Two changes of a topic to the same message are
+// one as far as subscribers go. The publisher is not compared: the
+// store does not keep the client ID of a retained message (From is
+// empty after a restart), so the record's own message would not be
+// recognised.
 func sameRetained(m, rec *broker.Message) bool {
-	return m.QoS == rec.QoS && bytes.Equal(m.Payload, rec.Payload)
+	return m.QoS == rec.QoS && bytes.Equal(m.Payload, rec.Payload) && sameCarried(m.Props, rec.Props)
+}
+
+// sameCarried compares the properties that travel with a message; absent
+// and empty are the same (a store gives back a payload format of 0 where
+// the publisher sent none).
+func sameCarried(a, b *packet.Properties) bool {
+	var none packet.Properties
+	if a == nil {
+		a = &none
+	}
+	if b == nil {
+		b = &none
+	}
+	return a.PayloadFormat == b.PayloadFormat && a.ContentType == b.ContentType && a.ResponseTopic == b.ResponseTopic &&
+		bytes.Equal(a.CorrelationData, b.CorrelationData) && slices.Equal(a.User, b.User)
 }
 
 // wroteRetained notes the revision of this node's retained change of

@@ -535,9 +535,10 @@ func TestRetainedReconcile(t *testing.T) {
 // them: a topic the bucket holds an older value of, and a new topic the
 // bucket has nothing of, reach every node; a topic whose value in the
 // bucket is newer than n1's takes the bucket's; a topic whose record
-// is the message n1 holds (dated by when n1 applied it, as earlier builds
-// did) is not written again. Before, the bucket's older value replaced
-// n1's, and the new topic was removed.
+// is the message n1 holds, properties and all (dated by when n1 applied
+// it, as earlier builds did), is not written again, and one whose
+// message n1 changed in its properties only is. Before, the bucket's
+// older value replaced n1's, and the new topic was removed.
 func TestRetainedUnsentChangeKept(t *testing.T) {
 	dir, routes := t.TempDir(), freePorts(t, 3)
 	// Markers that live a minute: a message made at n1's restart is
@@ -552,16 +553,27 @@ func TestRetainedUnsentChangeKept(t *testing.T) {
 	staleAt := time.Now()
 	publishRetained(t, pub, "uns/changed", "old")
 	publishRetained(t, pub, "uns/newer", "cluster")
-	publishRetained(t, pub, "uns/same", "same")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// props gives a message a content type and a user property.
+	props := func(contentType string) *packet.Properties {
+		p := &packet.Properties{}
+		p.SetContentType(contentType)
+		p.User = []packet.UserProperty{{Key: "k", Value: "v"}}
+		return p
+	}
+	for topic, ct := range map[string]string{"uns/same": "json", "uns/props": "json"} {
+		if err := pub.Publish(ctx, &client.Message{Topic: topic, QoS: 1, Retain: true, Payload: []byte("same"), Properties: *props(ct)}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for _, tn := range nodes {
-		for _, topic := range []string{"uns/changed", "uns/newer", "uns/same"} {
+		for _, topic := range []string{"uns/changed", "uns/newer", "uns/same", "uns/props"} {
 			testutil.WaitFor(t, tn.node.cfg.Node+"'s "+topic, 30*time.Second, func() bool { return retainedHere(tn, topic) != "" })
 		}
 	}
 	// Another node's message is dated by its record's write, not by
 	// when it was applied here.
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
 	e, err := nodes[2].node.kvs().retained.Get(ctx, topicTokens("uns/same"))
 	if err != nil {
 		t.Fatal(err)
@@ -570,9 +582,9 @@ func TestRetainedUnsentChangeKept(t *testing.T) {
 		t.Fatalf("n3's uns/same created %v, want the record's %v", m, e.Created())
 	}
 	stopNode(t, nodes[0])
-	// What n1's last run left in its store: its own changes of two
-	// topics, made now, and the value of uns/newer it held before the
-	// cluster's.
+	// What n1's last run left in its store: its own changes of three
+	// topics (one of its content type only), made now, and the value of
+	// uns/newer it held before the cluster's.
 	n1 := restartSeeded(t, dir, routes, 0, longMarkers, func(srv *broker.Server) {
 		for _, m := range []*broker.Message{
 			broker.NewMessage(&packet.Publish{Topic: "uns/changed", Payload: []byte("n1"), Retain: true}, "n1-client", time.Now()),
@@ -580,7 +592,10 @@ func TestRetainedUnsentChangeKept(t *testing.T) {
 			broker.NewMessage(&packet.Publish{Topic: "uns/newer", Payload: []byte("stale"), Retain: true}, "n1-client", staleAt.Add(-time.Second)),
 			// The bucket's record, dated by its application here (as
 			// an earlier build did): not a change of n1's.
-			broker.NewMessage(&packet.Publish{Topic: "uns/same", Payload: []byte("same"), QoS: 1, Retain: true}, "unsent-pub", time.Now()),
+			broker.NewMessage(&packet.Publish{Topic: "uns/same", Payload: []byte("same"), QoS: 1, Retain: true, Properties: *props("json")},
+				"unsent-pub", time.Now()),
+			broker.NewMessage(&packet.Publish{Topic: "uns/props", Payload: []byte("same"), QoS: 1, Retain: true, Properties: *props("text")},
+				"n1-client", time.Now()),
 		} {
 			srv.RetainRemote(m, &broker.StoredPublisher{ClientID: "n1-client"})
 		}
@@ -597,9 +612,15 @@ func TestRetainedUnsentChangeKept(t *testing.T) {
 			})
 		}
 	}
-	// n1 wrote its two changes and nothing else: not uns/same again.
+	for _, tn := range []*testNode{n1, n2, nodes[2]} {
+		testutil.WaitFor(t, tn.node.cfg.Node+"'s uns/props of content type text", 30*time.Second, func() bool {
+			m := tn.srv.RetainedMessage("uns/props")
+			return m != nil && m.Props != nil && m.Props.ContentType == "text"
+		})
+	}
+	// n1 wrote its three changes and nothing else: not uns/same again.
 	testutil.WaitFor(t, "n1's writes", 30*time.Second, func() bool { return n1.node.Status().PendingWrites == 0 })
-	if st := n1.node.Status(); st.RetainedOut != 2 {
-		t.Fatalf("n1 wrote %d retained changes, want 2 (uns/changed, uns/fresh)", st.RetainedOut)
+	if st := n1.node.Status(); st.RetainedOut != 3 {
+		t.Fatalf("n1 wrote %d retained changes, want 3 (uns/changed, uns/fresh, uns/props)", st.RetainedOut)
 	}
 }
