@@ -5,12 +5,23 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/moatmq/moat/internal/cluster"
+	"github.com/moatmq/moat/internal/config"
 )
+
+// nodeConfig is the cluster node's Config from the cluster section cc,
+// with its JetStream files under dir; TLS and the spill are planCluster's.
+// (cluster.Start drops the node's own address from the peers.)
+func nodeConfig(cc config.Cluster, dir string, log *slog.Logger) cluster.Config {
+	return cluster.Config{Name: cc.Name, Node: cc.Node, Listen: cc.Listen, Peers: cc.Peers, StoreDir: filepath.Join(dir, "jetstream"),
+		NATSURL: cc.NATSURL, Credentials: cc.Credentials, Logger: log, Version: Version, AdoptAfter: time.Duration(cc.AdoptAfter),
+		CatchUpIdle: time.Duration(cc.CatchUpIdle), CatchUpMax: time.Duration(cc.CatchUpMax)}
+}
 
 // planCluster builds the cluster membership from cfg.Cluster
 // (docs/cluster.md) and, for serve, starts it: the broker's Config gets
@@ -27,10 +38,7 @@ func (p *servePlan) planCluster() {
 		return
 	}
 	dir := filepath.Join(p.cfg.DataDir, "cluster")
-	// cluster.Start drops the node's own address from the peers.
-	cfg := cluster.Config{Name: cc.Name, Node: cc.Node, Listen: cc.Listen, Peers: cc.Peers, StoreDir: filepath.Join(dir, "jetstream"),
-		NATSURL: cc.NATSURL, Credentials: cc.Credentials, Logger: p.log, Version: Version, AdoptAfter: time.Duration(cc.AdoptAfter),
-		CatchUpIdle: time.Duration(cc.CatchUpIdle), CatchUpMax: time.Duration(cc.CatchUpMax)}
+	cfg := nodeConfig(cc, dir, p.log)
 	if cc.NATSURL != "" {
 		if cc.Credentials != "" {
 			if _, err := os.ReadFile(cc.Credentials); err != nil {
