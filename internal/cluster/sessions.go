@@ -2121,25 +2121,30 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 	catching := rs != nil && rs.paced && rs.full && !rs.failed
 	if catching {
 		// The position the session has everything up to is stored
-		// before routing skips anything for it (catchUp.mark); without
-		// it, the replay stops at the bound. Its write waits for the
-		// node's commits before it: after the death of the stream's
-		// leader, for the election (4 to 9 s). So it is waited for as
-		// long as the client waits (ownWait: its CONNACK wait less a
-		// second, 5 to 10 s; 5 s before 2026-12-07).
+		// before routing skips anything for it (catchUp.mark), so that
+		// the next claim replays from it should this node die during
+		// the catch-up. Its write waits for the node's commits before
+		// it: after the death of the stream's leader, for the election
+		// (4 to 9 s). So it is waited for as long as the client waits
+		// (ownWait: its CONNACK wait less a second, 5 to 10 s). A write
+		// not done by then, or failed, does not stop the catch-up: the
+		// catch-up stores its position again as it moves on, and only
+		// this node's death before one is stored costs the messages it
+		// skipped. (Until 2026-12-07 the replay stopped at the queue's
+		// room, and the messages past it were missing for sure.)
 		done := make(chan error, 1)
 		n.markCatchUp(id, pos.seq, func(err error) { done <- err })
 		select {
 		case err := <-done:
 			if err != nil {
-				n.log.Warn("cluster: a moved session's catch-up position could not be stored; its replay stops at its queue's room",
+				n.log.Warn("cluster: a moved session's catch-up position could not be stored; the catch-up goes on, "+
+					"and if this node dies before it stores a later one, the messages it skipped are not replayed",
 					"client", id, "err", err)
-				catching = false
 			}
 		case <-time.After(ownWait(time.Until(patience), hasPatience)):
-			n.log.Warn("cluster: a moved session's catch-up position was not stored in time; its replay stops at its queue's room",
+			n.log.Warn("cluster: a moved session's catch-up position was not stored within its client's wait; the catch-up goes on, "+
+				"and if this node dies before the position is stored, the messages it skipped are not replayed",
 				"client", id)
-			catching = false
 		}
 	}
 	if rs != nil && rs.full && !catching {
