@@ -305,15 +305,25 @@ func TestClaimFirstWaitRunsOutCatchingUp(t *testing.T) {
 // the catch-up (Warn, "catch-up position was not stored in time") and
 // replayed only what its queue took: 13 of the 20 were missing.
 func TestClaimCatchUpPositionWaitsLonger(t *testing.T) {
+	rec := claimBehindSlowCommit(t, "mark-wait", "mkw", 20*time.Second, 6500*time.Millisecond)
+	if len(rec.find(slog.LevelWarn, positionLate)) != 0 {
+		t.Fatalf("%q", positionLate)
+	}
+}
+
+// claimBehindSlowCommit claims the session id on n2, which catches up
+// with n3's 20 messages (catchUpOnN2, connect timeout connect), while a
+// commit of n2's that begins once the claim's first reading is done
+// takes hold: the catch-up position's write, reported in order after
+// it, waits for it. It fails t unless every message arrives, in order,
+// and the claim caught up, and returns the nodes' log.
+func claimBehindSlowCommit(t *testing.T, id, prefix string, connect, hold time.Duration) *logRecorder {
+	t.Helper()
 	const others = 20
-	const id, prefix = "mark-wait", "mkw"
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	nodes, _, rec := catchUpOnN2(t, ctx, id, prefix, 20*time.Second, others)
+	nodes, _, rec := catchUpOnN2(t, ctx, id, prefix, connect, others)
 	n2 := nodes[1].node
-	// Once the claim's first reading is done, a commit of n2's begins
-	// that ends 6.5 s later: the position's write, reported in order
-	// after it, waits for it.
 	p := n2.persistence()
 	var released sync.WaitGroup
 	t.Cleanup(released.Wait)
@@ -323,7 +333,7 @@ func TestClaimCatchUpPositionWaitsLonger(t *testing.T) {
 		}
 		c := p.begin(func(error) {})
 		released.Add(1)
-		time.AfterFunc(6500*time.Millisecond, func() { defer released.Done(); p.finish(c, nil) })
+		time.AfterFunc(hold, func() { defer released.Done(); p.finish(c, nil) })
 	}
 	n2.sess.afterReplayRead.Store(&readHook)
 	t.Cleanup(func() { n2.sess.afterReplayRead.Store(nil) })
@@ -347,9 +357,7 @@ func TestClaimCatchUpPositionWaitsLonger(t *testing.T) {
 	if st := n2.Status(); st.CatchUps == 0 {
 		t.Fatal("the claim did not catch up")
 	}
-	if len(rec.find(slog.LevelWarn, positionLate)) != 0 {
-		t.Fatalf("%q", positionLate)
-	}
+	return rec
 }
 
 // positionLate is the warning of a claim whose catch-up position was not
@@ -364,45 +372,7 @@ const positionLate = "cluster: a moved session's catch-up position was not store
 // yet, and every message arrives, in order. Before, it gave the catch-up
 // up and replayed only what its queue took.
 func TestClaimCatchUpPositionLateCatchesUp(t *testing.T) {
-	const others = 20
-	const id, prefix = "mark-late", "mkl"
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	nodes, _, rec := catchUpOnN2(t, ctx, id, prefix, 6*time.Second, others)
-	n2 := nodes[1].node
-	p := n2.persistence()
-	var released sync.WaitGroup
-	t.Cleanup(released.Wait)
-	readHook := func(cid string) {
-		if cid != id {
-			return
-		}
-		c := p.begin(func(error) {})
-		released.Add(1)
-		time.AfterFunc(9*time.Second, func() { defer released.Done(); p.finish(c, nil) })
-	}
-	n2.sess.afterReplayRead.Store(&readHook)
-	t.Cleanup(func() { n2.sess.afterReplayRead.Store(nil) })
-	moved := claimOnN2(t, nodes, id, func() {})
-	next := 0
-	deadline := time.After(60 * time.Second)
-	for next < others {
-		select {
-		case m := <-moved.Messages():
-			if m.Topic != prefix+"/y" {
-				continue
-			}
-			if string(m.Payload) != strconv.Itoa(next) {
-				t.Fatalf("%s: got %q, want %d", m.Topic, m.Payload, next)
-			}
-			next++
-		case <-deadline:
-			t.Fatalf("received %d of n3's %d messages", next, others)
-		}
-	}
-	if st := n2.Status(); st.CatchUps == 0 {
-		t.Fatal("the claim did not catch up")
-	}
+	rec := claimBehindSlowCommit(t, "mark-late", "mkl", 6*time.Second, 9*time.Second)
 	if len(rec.find(slog.LevelWarn, positionLate)) != 1 {
 		t.Fatalf("no warning %q", positionLate)
 	}
