@@ -379,6 +379,12 @@ func (n *Node) adoptDue() int {
 			}
 		}
 	}
+	if n.adoptBusy() {
+		// A removal's adoption is under way (adoptTurn): looked at
+		// again at the next call rather than waited for, which would
+		// hold up the adoption loop's checks for up to two minutes.
+		return 0
+	}
 	total := 0
 	for _, g := range n.dueForAdoption(n.now(), metaPeers) {
 		if n.ctx.Err() != nil {
@@ -542,6 +548,13 @@ func (n *Node) adoptTurn(ctx context.Context) (func(), error) {
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+}
+
+// adoptBusy tells whether an adoption runs on this node now.
+func (n *Node) adoptBusy() bool {
+	n.adopt.mu.Lock()
+	defer n.adopt.mu.Unlock()
+	return len(n.adopt.running) > 0
 }
 
 // requestAttempt bounds each JetStream request of an adoption. A request

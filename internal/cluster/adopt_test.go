@@ -509,3 +509,58 @@ func TestAdoptionsOfOneNodeOneAtATime(t *testing.T) {
 		t.Errorf("%d sessions adopted, want %d (each once)", got, sessions)
 	}
 }
+
+// TestAdoptDueSkipsWhileAdoptionRuns: while an adoption holds the node's
+// turn (a removal's), adoptDue adopts nothing and returns at once rather
+// than wait for the turn, which held up the adoption loop's checks for
+// up to two minutes; once the turn is free, the next call adopts.
+func TestAdoptDueSkipsWhileAdoptionRuns(t *testing.T) {
+	clk := newTestClock()
+	dir, routes := t.TempDir(), freePorts(t, 3)
+	nodes, err := startNodesHooked(t, dir, routes, []func(int, *Node){func(i int, nd *Node) {
+		nd.cfg.AdoptAfter = -1 // only n2 adopts
+		if i == 1 {
+			clk.set(nd)
+			nd.cfg.AdoptAfter = time.Minute
+		}
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := dialSession(t, nodes[2].addr, "busyturn", client.V5)
+	disconnect(t, c)
+	n2 := nodes[1].node
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	release, err := n2.adoptTurn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	crashNode(t, nodes[2])
+	// n3 due for adoption, and a meta leader (without one adoptDue
+	// returns at once for that reason).
+	testutil.WaitFor(t, "a meta leader after n3's death", 60*time.Second, n2.hasQuorum)
+	sinceHeard(clk, "n3", 2*time.Minute, nodes[1])
+	// (n1 is due by the clock too, but has a route: left alone.)
+	if due := n2.dueForAdoption(n2.now(), nil); !slices.ContainsFunc(due, func(g goneNode) bool { return g.name == "n3" }) {
+		t.Fatalf("n3 not due for adoption: %v", due)
+	}
+	returned := make(chan int, 1)
+	go func() { returned <- n2.adoptDue() }()
+	select {
+	case got := <-returned:
+		if got != 0 || n2.Status().SessionsAdopted != 0 {
+			t.Fatalf("adopted %d sessions (status %d) while another adoption held the turn", got, n2.Status().SessionsAdopted)
+		}
+	case <-ctx.Done():
+		release()
+		<-returned
+		t.Fatal("adoptDue waited for the turn")
+	}
+	release()
+	testutil.WaitFor(t, "the session adopted by n2", 60*time.Second, func() bool {
+		sinceHeard(clk, "n3", 2*time.Minute, nodes[1])
+		n2.adoptDue()
+		return n2.Status().SessionsAdopted == 1
+	})
+}
