@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"path/filepath"
 	"reflect"
@@ -455,7 +454,7 @@ func claimKeys(t *testing.T, tn *testNode) ([]string, bool) {
 func TestOwnAddressDroppedFromPeers(t *testing.T) {
 	routes := freePorts(t, 2)
 	nd, err := Start(Config{Name: "test", Node: "n1", Listen: routes[0], Peers: []string{routes[0], routes[1]},
-		StoreDir: t.TempDir(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), setupAttempt: testSetupAttempt})
+		StoreDir: t.TempDir(), Logger: slog.New(testLog(t)), setupAttempt: testSetupAttempt})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"path/filepath"
 	"slices"
@@ -205,7 +204,7 @@ func TestRemoveNode(t *testing.T) {
 func TestSecurityClusterSystemToken(t *testing.T) {
 	routes := freePorts(t, 2) // the second node never comes: the server runs all the same
 	nd, err := Start(Config{Name: "test", Node: "n1", Listen: routes[0], Peers: routes, StoreDir: t.TempDir(),
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), setupAttempt: testSetupAttempt})
+		Logger: slog.New(testLog(t)), setupAttempt: testSetupAttempt})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"path/filepath"
 	"slices"
@@ -262,7 +261,7 @@ func startLateNode(t *testing.T, nodes []*testNode, h Security) *Node {
 	for _, tn := range nodes {
 		peers = append(peers, tn.node.RouteAddr())
 	}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	log := slog.New(testLog(t)).With("node", "n4")
 	nd, err := Start(Config{Name: "test", Node: "n4", Listen: "127.0.0.1:0", Peers: peers, Replicas: 3,
 		StoreDir: filepath.Join(t.TempDir(), "n4"), Logger: log, setupAttempt: testSetupAttempt})
 	if err != nil {
@@ -368,7 +367,7 @@ func TestSecurityChangesWhileClusterUnreachable(t *testing.T) {
 func restartNode(t *testing.T, dir string, routes []string, i int, h Security) *Node {
 	t.Helper()
 	name := fmt.Sprintf("n%d", i+1)
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	log := slog.New(testLog(t)).With("node", name)
 	nd := startAgain(t, Config{Name: "test", Node: name, Listen: routes[i], Peers: routes, StoreDir: filepath.Join(dir, name),
 		Logger: log, HeartbeatInterval: testHeartbeat, MarkerTTL: testMarkerTTL, setupAttempt: testSetupAttempt})
 	return withBroker(t, nd, h, log)
