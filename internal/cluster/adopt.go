@@ -637,15 +637,8 @@ func (n *Node) adoptSession(ctx context.Context, name, id string, rec *sessionRe
 		}
 		cur, derr := decodeSession(r.data)
 		if derr == nil && cur.Home == n.origin {
-			// A take under way here is a claim of its client (this
-			// adoption's has ended): whether it imports the session is
-			// known once it ends.
-			if ch := n.takeUnderWay(id); ch != nil {
-				select {
-				case <-ch:
-				case <-ctx.Done():
-					return false, ctx.Err()
-				}
+			if err := n.awaitClaimHere(ctx, id); err != nil {
+				return false, err
 			}
 		}
 		switch {
@@ -666,6 +659,39 @@ func (n *Node) adoptSession(ctx context.Context, name, id string, rec *sessionRe
 		}
 		rec, seq = cur, r.seq
 	}
+}
+
+// awaitClaimHere waits, for an adoption whose write may have taken the
+// home of id's session without its answer, until no claim of its client
+// is under way on this node, or this node holds the session. Such a
+// claim (this adoption's take has ended) may be taking the session from
+// the record the adoption wrote: one whose take is under way imports it,
+// and one that waited for the adoption's take and has not begun its own
+// yet is about to. Deciding before the claim is done would import the
+// session a second time beside it, or make the claim lose the record's
+// compare-and-set and refuse its client. A claim is marked from its
+// start until its client is attached or it fails: bounded by its
+// client's wait.
+func (n *Node) awaitClaimHere(ctx context.Context, id string) error {
+	for !n.holds(id) {
+		if ch := n.takeUnderWay(id); ch != nil {
+			select {
+			case <-ch:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			continue
+		}
+		if !n.claimingNow(id) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return nil
 }
 
 // holds tells whether this node is the home of the session of id.

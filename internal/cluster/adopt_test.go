@@ -564,3 +564,102 @@ func TestAdoptDueSkipsWhileAdoptionRuns(t *testing.T) {
 		return n2.Status().SessionsAdopted == 1
 	})
 }
+
+// TestAdoptionLostAnswerWaitsForClaim: an adoption's write takes the
+// session's home but its answer is lost. Meanwhile the session's client
+// connects to the adopting node; its claim waits for the adoption's take,
+// then takes the session from the record the adoption wrote. The
+// adoption reads the record back, finds it naming its node, and waits
+// for the claim under way rather than import the session beside it: the
+// session is imported once, by the claim, with its subscription. Before,
+// the adoption imported it a second time while the claim was importing
+// it (the claim is held after its write here so that both overlap).
+func TestAdoptionLostAnswerWaitsForClaim(t *testing.T) {
+	const id = "lostanswer"
+	nodes := startCluster(t, 3, adoptAfter(-1))
+	c, _ := dialSession(t, nodes[2].addr, id, client.V5)
+	subscribe(t, c, 1, "la/#")
+	disconnect(t, c)
+	crashNode(t, nodes[2])
+	n2 := nodes[1].node
+	var imports atomic.Int32
+	countImport := func(cid string) {
+		if cid == id {
+			imports.Add(1)
+		}
+	}
+	n2.sess.beforeImport.Store(&countImport)
+	type dialed struct {
+		c   *client.Client
+		err error
+	}
+	claimed := make(chan dialed, 1)
+	var lost, held atomic.Bool
+	loseAnswer := func(cid string) error {
+		if cid != id || !lost.CompareAndSwap(false, true) {
+			return nil
+		}
+		// The client connects to n2 now; its claim waits for this take
+		// to end.
+		waits := n2.sess.takeWaits.Load()
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			c, err := client.Dial(ctx, client.Config{Servers: []string{"tcp://" + nodes[1].addr}, ClientID: id, SessionExpiry: 600})
+			claimed <- dialed{c, err}
+		}()
+		for deadline := time.Now().Add(20 * time.Second); n2.sess.takeWaits.Load() == waits; {
+			if time.Now().After(deadline) {
+				return errors.New("the claim did not come")
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		return errors.New("the answer was lost")
+	}
+	n2.sess.takeAnswerLost.Store(&loseAnswer)
+	adopted := make(chan struct{})
+	holdClaim := func(cid string) {
+		// The first take after the lost answer is the claim's: held
+		// until the adoption has ended, 2 s at most.
+		if cid == id && lost.Load() && held.CompareAndSwap(false, true) {
+			select {
+			case <-adopted:
+			case <-time.After(2 * time.Second):
+			}
+		}
+	}
+	n2.sess.afterTake.Store(&holdClaim)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for {
+		_, _, err := n2.adoptNode(ctx, "n3")
+		if err == nil || !lost.Load() {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatal(err)
+		}
+	}
+	close(adopted)
+	if !lost.Load() {
+		t.Fatal("the adoption took no session")
+	}
+	d := <-claimed
+	if d.err != nil {
+		t.Fatalf("the client's claim: %v", d.err)
+	}
+	defer d.c.Close()
+	if !d.c.ConnectInfo().SessionPresent {
+		t.Error("the client's session was not present")
+	}
+	if got := imports.Load(); got != 1 {
+		t.Errorf("the session was imported %d times, want once", got)
+	}
+	if got := n2.Status().SessionsAdopted; got != 0 {
+		t.Errorf("%d sessions adopted, want none (the claim took it)", got)
+	}
+	pub := dial(t, nodes[0].addr, "lostanswer-pub", client.V5)
+	awaitRoute(t, pub, d.c, "la/probe")
+	publishQoS1(t, pub, "la/x", 0, 5)
+	receiveInOrder(t, d.c, 0, 5)
+}

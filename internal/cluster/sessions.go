@@ -164,6 +164,10 @@ type sessionsState struct {
 	// afterTake, in tests, runs when a claim has written the session
 	// record (this node is the home), before it reads the session.
 	afterTake atomic.Pointer[func(id string)]
+	// takeAnswerLost, in tests, runs when a take has written the
+	// session record; an error fails the take there, as a write whose
+	// answer was lost does (the home taken, the caller told otherwise).
+	takeAnswerLost atomic.Pointer[func(id string) error]
 	// busyAnswer, in tests, runs when this node answers a release
 	// request "busy, try again".
 	busyAnswer atomic.Pointer[func(id string)]
@@ -1928,6 +1932,11 @@ func (n *Node) take(ctx context.Context, id string, rec *sessionRecord, seq uint
 	if errors.Is(err, errConflict) {
 		n.clearPending(id)
 		return lostClaimRace(id)
+	}
+	if err == nil {
+		if f := n.sess.takeAnswerLost.Load(); f != nil {
+			err = (*f)(id)
+		}
 	}
 	if err != nil {
 		return unavailable("storing the session failed: " + err.Error())
