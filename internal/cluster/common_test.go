@@ -1,7 +1,6 @@
 package cluster
 
 import (
-	"io"
 	"log/slog"
 	"os"
 	"slices"
@@ -25,6 +24,9 @@ var common struct {
 	mu       sync.Mutex
 	cleanups []func()
 	dir      string
+	// log keeps the nodes' last lines, printed by a test on the
+	// cluster that fails (they may include earlier tests' lines).
+	log failLog
 }
 
 // commonCluster returns the shared cluster. A test on it must leave it
@@ -39,8 +41,9 @@ func commonCluster(t *testing.T) []*testNode {
 		if common.err != nil {
 			return
 		}
-		// Logged nowhere: the cluster outlives the test that started it.
-		h := slog.NewTextHandler(io.Discard, nil)
+		// Logged to no test: the cluster outlives the test that
+		// started it.
+		h := slog.NewTextHandler(&common.log, &slog.HandlerOptions{Level: slog.LevelInfo})
 		for attempt := 0; attempt < 3; attempt++ {
 			common.nodes, common.err = launchNodes(addCommonCleanup, h, common.dir, freePorts(t, 3), nil, nil)
 			if common.err == nil {
@@ -51,6 +54,13 @@ func commonCluster(t *testing.T) []*testNode {
 	if common.err != nil {
 		t.Fatalf("the common cluster: %v", common.err)
 	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			common.log.mu.Lock()
+			defer common.log.mu.Unlock()
+			t.Logf("the common cluster's last log lines:\n%s", common.log.buf)
+		}
+	})
 	return common.nodes
 }
 
