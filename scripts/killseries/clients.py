@@ -10,7 +10,9 @@
       QoS 1 publisher of "NAME:n" on ks/NAME from START_TIME for DURATION s
       at RATE msgs/s. Writes RUNDIR/pub-NAME.json.
 
-Nodes 1..3 have MQTT ports BASE+1..3 on 127.0.0.1.
+Nodes 1..3 have MQTT ports BASE+1..3 on 127.0.0.1. With KS_V311=1 the
+clients speak MQTT 3.1.1 instead (the subscriber with clean session 0,
+which keeps its session until it connects clean).
 """
 import json
 import os
@@ -27,6 +29,7 @@ from paho.mqtt.properties import Properties
 HOST = "127.0.0.1"
 MQTT_BASE = int(os.environ.get("KS_MQTT_BASE", "27610"))
 NODES = [1, 2, 3]
+V311 = os.environ.get("KS_V311") == "1"
 
 
 def port(node):
@@ -73,7 +76,11 @@ class Conn:
         self.session_present = None
         self.recv_max = 65535
         self.err = None
-        c = AckClient(client_id=cid, protocol=mqtt.MQTTv5)
+        if V311:
+            c = AckClient(client_id=cid, protocol=mqtt.MQTTv311,
+                          clean_session=clean_start)
+        else:
+            c = AckClient(client_id=cid, protocol=mqtt.MQTTv5)
         c.puback_cb = puback_cb
         c.reconnect_delay_set(3600, 3600)  # never reconnect on its own
         c.max_inflight_messages_set(100)
@@ -87,8 +94,11 @@ class Conn:
         props.SessionExpiryInterval = expiry
         self.t_attempt = time.time()
         try:
-            c.connect(HOST, port(node), keepalive=10, clean_start=clean_start,
-                      properties=props)
+            if V311:
+                c.connect(HOST, port(node), keepalive=10)
+            else:
+                c.connect(HOST, port(node), keepalive=10,
+                          clean_start=clean_start, properties=props)
         except Exception as e:
             self.err = repr(e)
             self.ok = False
