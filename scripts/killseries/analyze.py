@@ -308,15 +308,18 @@ def main():
             "/".join(str(x) for x in r["gate"]) if r["gate"] else "-", r["log"] or "-"))
     ok = [r for r in rows if not r.get("error")]
     lines.append("")
-    lines.append("| killed | runs | runs with missing (msgs) | runs with out-of-order (msgs; same client ID msgs) | runs with dups (msgs) | sub resumed s min/median/max | median when the killed node led moat_sessions / did not | session_present 0 | max delay s (max) | first msgs waited / for a catch-up / went on (sums) |")
+    lines.append("| killed | runs | runs with missing (msgs) | runs with out-of-order (msgs; same client ID msgs) | runs with dups (msgs) | sub resumed s min/median/max | median when the killed node led moat_msgs or moat_sessions / neither | session_present 0 | max delay s (max) | first msgs waited / for a catch-up / went on (sums) |")
     lines.append("|---|---|---|---|---|---|---|---|---|---|")
     for k in (1, 2, 3, 0):
         rs = [r for r in ok if r["kill"] == k]
         if not rs:
             continue
         res = sorted(r["resume"] for r in rs if r["resume"] is not None)
+        # A claim waits for the election of either stream the killed
+        # node led: moat_sessions for its session record, moat_msgs
+        # for this node's own commits before it.
         led = lambda want: sorted(r["resume"] for r in rs if r["resume"] is not None and r["sleader"] != "?"
-                                  and (r["sleader"] == "node%d" % k) == want)
+                                  and ("node%d" % k in (r["sleader"], r["leader"])) == want)
         med = lambda xs: "%.2f (%d)" % (xs[len(xs) // 2], len(xs)) if xs else "-"
         lines.append("| %s | %d | %d (%d) | %d (%d; %d) | %d (%d) | %s | %s | %d | %.2f | %s |" % (
             "node%d" % k if k else "none (move)", len(rs), sum(1 for r in rs if r["missing"]), sum(r["missing"] for r in rs),
