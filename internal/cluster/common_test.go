@@ -54,13 +54,7 @@ func commonCluster(t *testing.T) []*testNode {
 	if common.err != nil {
 		t.Fatalf("the common cluster: %v", common.err)
 	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			common.log.mu.Lock()
-			defer common.log.mu.Unlock()
-			t.Logf("the common cluster's last log lines:\n%s", common.log.buf)
-		}
-	})
+	t.Cleanup(func() { common.log.printIfFailed(t, "the common cluster's last log lines") })
 	return common.nodes
 }
 

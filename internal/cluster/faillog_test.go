@@ -18,14 +18,18 @@ func testLog(t *testing.T) slog.Handler {
 		return slog.NewTextHandler(testWriter{t}, opts)
 	}
 	fl := &failLog{}
-	t.Cleanup(func() {
-		if t.Failed() {
-			fl.mu.Lock()
-			defer fl.mu.Unlock()
-			t.Logf("the nodes' last log lines:\n%s", fl.buf)
-		}
-	})
+	t.Cleanup(func() { fl.printIfFailed(t, "the nodes' last log lines") })
 	return slog.NewTextHandler(fl, opts)
+}
+
+// printIfFailed logs what f kept to t, under title, if t failed.
+func (f *failLog) printIfFailed(t *testing.T, title string) {
+	if !t.Failed() {
+		return
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	t.Logf("%s:\n%s", title, f.buf)
 }
 
 // failLogBytes bounds what a failLog keeps.

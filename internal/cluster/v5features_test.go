@@ -116,7 +116,11 @@ func TestV5FeaturesAcrossNodes(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() {
-		_ = pub.Publish(context.Background(), &client.Message{Topic: "v5x/ret", QoS: 1, Retain: true})
+		// Cleared for the tests after this one; bounded, so that a
+		// cluster left broken fails them rather than hang here.
+		cctx, ccancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer ccancel()
+		_ = pub.Publish(cctx, &client.Message{Topic: "v5x/ret", QoS: 1, Retain: true})
 	}()
 	m := nextNonProbe(t, sub, "v5x/ret")
 	if m.Topic != "v5x/ret" || !m.Retain {
