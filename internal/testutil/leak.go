@@ -14,18 +14,36 @@ import (
 //	func TestMain(m *testing.M) { testutil.VerifyTestMain(m) }
 //
 // Goroutines of third-party libraries that cannot be stopped are ignored
-// here, one option per library with the reason; there are none today.
+// here, one option per library with the reason (natsStoreRace).
 //
 // cleanups run after the tests and the leak check, before the process
 // exits with the tests' status: they remove what TestMain made (a binary
 // it built).
 func VerifyTestMain(m *testing.M, cleanups ...func()) {
-	goleak.VerifyTestMain(m, goleak.Cleanup(func(code int) {
+	opts := append(natsStoreRace(), goleak.Cleanup(func(code int) {
 		for _, c := range cleanups {
 			c()
 		}
 		os.Exit(code)
 	}))
+	goleak.VerifyTestMain(m, opts...)
+}
+
+// natsStoreRace ignores the two goroutines an embedded nats-server
+// (v2.15) leaves behind when a stream's file store is made while the
+// server shuts down: the stream opens its store (stream.go, setupStore)
+// before it is listed in its account, so the server's shutdown, which
+// stops the listed streams, never stops that store. Its state-flush loop
+// then waits forever, and the shared access-time ticker it registered
+// keeps running. Nothing of ours owns either goroutine, and a server we
+// failed to shut down would still show: its accept, route and Raft
+// goroutines are not ignored. Seen once in a hundred runs of the cluster
+// tests of internal/cli over many full runs.
+func natsStoreRace() []goleak.Option {
+	return []goleak.Option{
+		goleak.IgnoreTopFunction("github.com/nats-io/nats-server/v2/server.(*fileStore).flushStreamStateLoop"),
+		goleak.IgnoreTopFunction("github.com/nats-io/nats-server/v2/server/ats.Register.func1"),
+	}
 }
 
 // CheckNoLeaks checks, when t ends, that every goroutine started during t
