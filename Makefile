@@ -42,10 +42,13 @@ lint:
 	$(GO) run $(STATICCHECK) $(PKGS)
 
 # The timeout stops a test binary that hangs. The longest package,
-# internal/cluster, takes about 17 minutes under -race on two cores
-# (1,038 s in a full run on 2026-12-07, whose `make test` took 29
-# minutes): 45 minutes leave it room on a slower machine, within the CI's
-# 90. It is listed first (UNIT_FIRST) so that it starts at once and the
+# internal/cluster, took about 17 minutes under -race on two cores with
+# its tests one after the other (1,038 s in a full run on 2026-12-07,
+# whose `make test` took 29 minutes), waiting on NATS elections with one
+# core 40 % busy; its tests with clusters of their own run in parallel
+# since, two at a time on two cores (9 min 5 s and 9 min 47 s alone the
+# same day): 45 minutes leave it room on a slower machine, within the
+# CI's 90. It is listed first (UNIT_FIRST) so that it starts at once and the
 # other packages, about 7 minutes in all, run beside it; in the order of
 # ./... it started only once those before it were done, 4 minutes in
 # (the next full run, on e1190a3 with this order, took 23 minutes).

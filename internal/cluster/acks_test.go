@@ -251,6 +251,7 @@ func TestCumulativeAcksFailedRecordHoldsFloor(t *testing.T) {
 // when the node stopped in the middle of the replacement; a consumer
 // already replaced is kept as it is.
 func TestConsumerUpgradeFromExplicitAcks(t *testing.T) {
+	t.Parallel()
 	nodes := startCluster(t, 3)
 	js, err := jetstream.New(nodes[0].node.nc)
 	if err != nil {

@@ -191,6 +191,7 @@ func sessionNode(t *testing.T, via *Node, id string) string {
 // client connecting later resumes on a survivor with Session Present 1
 // and the QoS 1 messages published while its node was dead.
 func TestAdoptSessionsOfDeadNode(t *testing.T) {
+	t.Parallel()
 	clk := newTestClock()
 	dir, routes := t.TempDir(), freePorts(t, 3)
 	nodes, err := startNodesHooked(t, dir, routes, []func(int, *Node){clk.hook(), adoptAfter(time.Minute)})
@@ -305,6 +306,7 @@ func TestAdoptSessionsOfDeadNode(t *testing.T) {
 // will went with the session (the adopter publishes or holds it): the
 // takeover publishes none here.
 func TestReconcileHomesAfterCut(t *testing.T) {
+	t.Parallel()
 	nodes := startCluster(t, 3, adoptAfter(-1))
 	watch := dial(t, nodes[2].addr, "splitwatch", client.V5)
 	subscribe(t, watch, 1, "splitwill/#")
@@ -381,6 +383,7 @@ func adoptByHand(t *testing.T, ctx context.Context, n *Node, id string, cur *sto
 // one after it gives the session up. With a single check, the node
 // kept the connection of a session another node held.
 func TestNoticeCheckedAgain(t *testing.T) {
+	t.Parallel()
 	nodes := startCluster(t, 3, adoptAfter(-1))
 	n3 := nodes[2].node
 	c, _ := dialSession(t, nodes[2].addr, "stale", client.V5)
@@ -438,6 +441,7 @@ func TestNoticeCheckedAgain(t *testing.T) {
 // return: a node whose route is not back yet is not adopted until the
 // grace period has run from then.
 func TestAdoptionCountsSilenceFromReturn(t *testing.T) {
+	t.Parallel()
 	t0 := time.Now()
 	n := &Node{cfg: Config{Node: "n3", AdoptAfter: time.Minute, HeartbeatInterval: time.Second}}
 	n.adopt.start = t0
@@ -478,6 +482,7 @@ func TestAdoptionCountsSilenceFromReturn(t *testing.T) {
 // had just written, took it for a write of its own whose answer was lost
 // and imported the session a second time.
 func TestAdoptionsOfOneNodeOneAtATime(t *testing.T) {
+	t.Parallel()
 	const sessions = 16
 	nodes := startCluster(t, 3, adoptAfter(-1))
 	for i := range sessions {
@@ -515,6 +520,7 @@ func TestAdoptionsOfOneNodeOneAtATime(t *testing.T) {
 // than wait for the turn, which held up the adoption loop's checks for
 // up to two minutes; once the turn is free, the next call adopts.
 func TestAdoptDueSkipsWhileAdoptionRuns(t *testing.T) {
+	t.Parallel()
 	clk := newTestClock()
 	dir, routes := t.TempDir(), freePorts(t, 3)
 	nodes, err := startNodesHooked(t, dir, routes, []func(int, *Node){func(i int, nd *Node) {
@@ -575,6 +581,7 @@ func TestAdoptDueSkipsWhileAdoptionRuns(t *testing.T) {
 // the adoption imported it a second time while the claim was importing
 // it (the claim is held after its write here so that both overlap).
 func TestAdoptionLostAnswerWaitsForClaim(t *testing.T) {
+	t.Parallel()
 	const id = "lostanswer"
 	nodes := startCluster(t, 3, adoptAfter(-1))
 	c, _ := dialSession(t, nodes[2].addr, id, client.V5)

@@ -37,6 +37,7 @@ func fwdOf(t testing.TB, seq uint64, topic, payload, from string) *fwdMsg {
 // with their sequence numbers, times and publishers; framing errors and
 // unknown versions are refused.
 func TestBatchRoundTrip(t *testing.T) {
+	t.Parallel()
 	var in []*fwdMsg
 	for i := range 5 {
 		in = append(in, fwdOf(t, uint64(100+i), "a/"+strconv.Itoa(i), "p"+strconv.Itoa(i), map[bool]string{true: "pub"}[i%2 == 0]))
@@ -114,6 +115,7 @@ func FuzzDecodeBatch(f *testing.F) {
 // holds fewer records than messages (they were grouped), and every
 // message arrives once, in its publisher's order.
 func TestBatchedForwardingOrder(t *testing.T) {
+	t.Parallel()
 	nodes := startCluster(t, 3)
 	sub := dial(t, nodes[1].addr, "bsub", client.V5)
 	subscribe(t, sub, 1, "bo/#")
@@ -219,6 +221,7 @@ func awaitRouted(t *testing.T, tn *testNode, seq uint64) {
 // wrote them, are delivered by the nodes' consumers and replayed to a
 // moved session, in stream order with the batches around them.
 func TestOldFormatRecords(t *testing.T) {
+	t.Parallel()
 	nodes := startCluster(t, 3)
 	sub, _ := dialSession(t, nodes[0].addr, "oldsub", client.V5)
 	subscribe(t, sub, 1, "old/#")
@@ -262,6 +265,7 @@ func TestOldFormatRecords(t *testing.T) {
 // message of the record once, in order (the part it holds from its
 // queue, the rest replayed from the record).
 func TestBatchSplitAcrossNodeLoss(t *testing.T) {
+	t.Parallel()
 	nodes := startCluster(t, 3)
 	sub, _ := dialSession(t, nodes[0].addr, "splitsub", client.V5)
 	subscribe(t, sub, 1, "sp/#")
@@ -308,6 +312,7 @@ func TestBatchSplitAcrossNodeLoss(t *testing.T) {
 // record each, in the format every build reads; once it has the marker,
 // they are grouped again.
 func TestSingleRecordsForEarlierBuilds(t *testing.T) {
+	t.Parallel()
 	nodes := startCluster(t, 3)
 	sub := dial(t, nodes[1].addr, "gsub", client.V5)
 	subscribe(t, sub, 1, "g/#")
@@ -371,6 +376,7 @@ func TestSingleRecordsForEarlierBuilds(t *testing.T) {
 // commit failed is not acknowledged, comes again and is committed then,
 // and the session gets each of its messages (at least once), in order.
 func TestBatchRecordOneCommit(t *testing.T) {
+	t.Parallel()
 	nodes := startCluster(t, 3)
 	sub, _ := dialSession(t, nodes[0].addr, "onecommit", client.V5)
 	subscribe(t, sub, 1, "oc/#")
@@ -441,6 +447,7 @@ func TestBatchRecordOneCommit(t *testing.T) {
 // only as it forwarded, n2 sent every message as a record of its own
 // for as long as n3 stayed away.
 func TestBatchesWhileANodeIsAway(t *testing.T) {
+	t.Parallel()
 	nodes := startCluster(t, 3)
 	n2 := nodes[1].node
 	n3key := markerPrefix + keyOf(nodes[2].node.cfg.Node) + "."
@@ -489,6 +496,7 @@ func TestBatchesWhileANodeIsAway(t *testing.T) {
 // which every build reads. Before the consumers were read, n1 sent every
 // message as a record of its own until n3 came back.
 func TestBatchesWithANodeNeverSeen(t *testing.T) {
+	t.Parallel()
 	dir, routes := t.TempDir(), freePorts(t, 3)
 	nodes, err := startNodes(t, dir, routes)
 	if err != nil {
@@ -573,6 +581,7 @@ func TestBatchesWithANodeNeverSeen(t *testing.T) {
 // nodes there are, it writes single records, which every build reads:
 // nothing tells yet that the others read batches.
 func TestNoBatchesBeforePeersKnown(t *testing.T) {
+	t.Parallel()
 	n := &Node{srv: new(server.Server)}
 	n.dur.init()
 	if n.batchOK() {

@@ -211,6 +211,7 @@ func queueBound(t *testing.T, tn *testNode, limit int) func() {
 // publisher. The new home never queues more than 20 messages and drops
 // none; it counts one catch-up, done.
 func TestSessionMoveCatchUp(t *testing.T) {
+	t.Parallel()
 	for _, qos := range []byte{1, 2} {
 		t.Run("qos"+strconv.Itoa(int(qos)), func(t *testing.T) { testSessionMoveCatchUp(t, qos) })
 	}
@@ -273,6 +274,7 @@ func testSessionMoveCatchUp(t *testing.T, qos byte) {
 // the catch-up's position): every message still arrives, in order, those
 // in flight when it left possibly twice (QoS 1).
 func TestSessionMoveCatchUpReconnect(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name  string
 		again int // the node it comes back to
@@ -317,6 +319,7 @@ func TestSessionMoveCatchUpReconnect(t *testing.T) {
 // position, and every message arrives, in order, those the session had
 // received since the position's last move possibly again.
 func TestSessionMoveCatchUpNodeDies(t *testing.T) {
+	t.Parallel()
 	const limit, published = 20, 200
 	nodes, _, dir, routes := catchUpClusterIn(t, "cudies", limit, published, 1, nil)
 	c, _ := dialPaced(t, nodes[1].addr, "cudies")

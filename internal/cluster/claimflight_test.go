@@ -47,6 +47,7 @@ func (c flightClaim) String() string {
 // moved session (n2's routing skips its own records, so only the
 // claim's replay of its own messages brings them).
 func TestClaimOwnMessagesInFlight(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		at flightClaim
 		// ownLed: n2's own consumer is led by n1 (its routing stalls

@@ -98,6 +98,27 @@ func startNodes(t *testing.T, dir string, routes []string, configure ...func(*br
 	return startNodesHooked(t, dir, routes, nil, configure...)
 }
 
+// restartNodes starts a test's stopped cluster again on its stores in
+// dir, as startNodesHooked does, and fails t if it cannot. A route port
+// of the run before may have been taken meanwhile by another test's
+// listener (the tests run in parallel): the nodes then do not get
+// ready, and all of them are started again on new route ports, up to
+// twice. JetStream knows its peers by name, not by address.
+func restartNodes(t *testing.T, dir string, routes []string, before ...func(i int, nd *Node)) []*testNode {
+	t.Helper()
+	for attempt := 0; ; attempt++ {
+		nodes, err := startNodesHooked(t, dir, routes, before)
+		if err == nil {
+			return nodes
+		}
+		if attempt >= 2 || !strings.Contains(err.Error(), "did not start within") {
+			t.Fatal(err)
+		}
+		t.Logf("restarting on new route ports: %v", err)
+		routes = freePorts(t, len(routes))
+	}
+}
+
 // startNodesHooked is startNodes with functions called on each node
 // before its broker is attached.
 func startNodesHooked(t *testing.T, dir string, routes []string, before []func(i int, nd *Node), configure ...func(*broker.Config)) ([]*testNode, error) {
@@ -484,6 +505,7 @@ func TestTakeoverAcrossNodes(t *testing.T) {
 // lines: a route that cannot be dialled yet (a peer not started) is a
 // warning; other errors stay errors.
 func TestNATSRouteDialIsAWarning(t *testing.T) {
+	t.Parallel()
 	var buf testutil.Buffer
 	l := natsLogger{slog.New(slog.NewTextHandler(&buf, nil))}
 	l.Errorf("Error trying to connect to route (attempt %v): %v", 1, "dial tcp 127.0.0.1:7422: connect: connection refused")
@@ -514,6 +536,7 @@ func TestNATSRouteDialIsAWarning(t *testing.T) {
 // server would never get ready, is refused at once and says why, rather
 // than blaming its port after the start timeout.
 func TestStartWithoutPeersSaysSo(t *testing.T) {
+	t.Parallel()
 	routes := freePorts(t, 1)
 	n, err := Start(Config{Name: "test", Node: "alone", Listen: routes[0], Peers: routes, StoreDir: t.TempDir(),
 		Logger: slog.New(slog.DiscardHandler)})
@@ -529,6 +552,7 @@ func TestStartWithoutPeersSaysSo(t *testing.T) {
 // TestConfigRefusesNegativeCatchUpBounds: the catch-up's bounds are
 // checked before anything starts.
 func TestConfigRefusesNegativeCatchUpBounds(t *testing.T) {
+	t.Parallel()
 	for _, cfg := range []Config{{CatchUpIdle: -time.Second}, {CatchUpMax: -time.Minute}} {
 		cfg.Name, cfg.Node, cfg.Listen, cfg.Peers, cfg.StoreDir = "test", "n1", "127.0.0.1:0", []string{"127.0.0.1:1"}, t.TempDir()
 		if n, err := Start(cfg); err == nil || !strings.Contains(err.Error(), "is negative") {
@@ -613,6 +637,7 @@ func expectTakenOver(t *testing.T, c *client.Client, what string) {
 // one in the bucket, counted it as later, and waited for the watch to
 // deliver it, which it never would; neither connection was taken over.
 func TestLateClaimAfterRestart(t *testing.T) {
+	t.Parallel()
 	dir, routes := t.TempDir(), freePorts(t, 3)
 	nodes, err := startNodes(t, dir, routes)
 	if err != nil {

@@ -13,6 +13,16 @@ import (
 // Starting three nodes costs seconds, spent mostly waiting for the
 // NATS elections of the meta group, the streams and the consumers. So
 // tests that need only a healthy cluster share one (commonCluster).
+//
+// Every other test starts nodes of its own and runs in parallel
+// (t.Parallel, as many at once as -parallel allows, GOMAXPROCS by
+// default). Run one after the other, the package's tests kept one core
+// busy 40 % of the time (331 s of user and 83 s of system time in 17 min
+// 12 s, 2026-12-07): they wait on elections and timeouts, not on the
+// CPU. The tests on the common cluster run first, one at a time, as
+// tests without t.Parallel do. A node restarted on its former route
+// port may find it taken by another test's listener meanwhile:
+// startAgain then starts it on a free one.
 
 // common is the shared cluster: started by the first test that asks for
 // it, closed once every test has run (TestMain), before the check for

@@ -11,6 +11,7 @@ import (
 // creates a stream and when it raises it afterwards logs the shortfall
 // once per stream and numbers, and again when the numbers change.
 func TestFewerCopiesWarnedOnce(t *testing.T) {
+	t.Parallel()
 	var buf bytes.Buffer
 	n := &Node{log: slog.New(slog.NewTextHandler(&buf, nil))}
 	n.warnFewerCopies("moat_msgs", 1, 3)

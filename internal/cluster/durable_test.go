@@ -110,6 +110,7 @@ func receiveInOrder(t *testing.T, c *client.Client, from, to int) {
 // off the stream, a filter's marker outlives its last subscription for a
 // while, and while a node is missing every QoS 1 message goes into it.
 func TestDurableForwarding(t *testing.T) {
+	t.Parallel()
 	nodes := startCluster(t, 3)
 	sub := dial(t, nodes[1].addr, "dsub", client.V5)
 	subscribe(t, sub, 1, "d/#")
@@ -186,6 +187,7 @@ func TestDurableForwarding(t *testing.T) {
 // later ones to it: the replayed ones come first, in publication order
 // [MQTT-4.6.0-6].
 func TestSessionMoveReplayKeepsOrder(t *testing.T) {
+	t.Parallel()
 	nodes := startCluster(t, 3, slowClaims)
 	sub, _ := dialSession(t, nodes[0].addr, "ordmover", client.V5)
 	subscribe(t, sub, 1, "ord/#")
@@ -258,6 +260,7 @@ func TestSessionMoveReplayKeepsOrder(t *testing.T) {
 // n2 just before its session moves there from n1, while neither node's
 // consumer has reached its record yet, still reaches the session.
 func TestSessionMoveOwnMessageBehindConsumers(t *testing.T) {
+	t.Parallel()
 	nodes := startCluster(t, 3, slowClaims)
 	sub, _ := dialSession(t, nodes[0].addr, "ownmover", client.V5)
 	subscribe(t, sub, 1, "own/#")
@@ -282,6 +285,7 @@ func TestSessionMoveOwnMessageBehindConsumers(t *testing.T) {
 // learned yet (after a restart, the meta group read back from disk)
 // carries a placeholder that must never count as a node.
 func TestPeerName(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		p    *server.PeerInfo
 		name string

@@ -12,6 +12,7 @@ import (
 // attempts under way of requests to it, not those to another stream nor
 // those already done, and not the next ones.
 func TestElectionWatchEndsAttempts(t *testing.T) {
+	t.Parallel()
 	var w electionWatch
 	ctx := context.Background()
 	a, doneA := w.attempt(ctx, streamSessions, time.Minute)

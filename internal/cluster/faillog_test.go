@@ -56,6 +56,7 @@ func (f *failLog) Write(p []byte) (int, error) {
 }
 
 func TestFailLogKeepsLastLines(t *testing.T) {
+	t.Parallel()
 	var f failLog
 	line := bytes.Repeat([]byte("x"), 99)
 	line = append(line, '\n')

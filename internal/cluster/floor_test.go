@@ -98,6 +98,7 @@ func receiveEach(t *testing.T, c *client.Client, want map[string]byte, from, to 
 // floor n3 had reached. Every message arrives once, in order
 // per topic, at the QoS it was published with.
 func TestClaimDeadNodeLeadingOwnConsumer(t *testing.T) {
+	t.Parallel()
 	nodes, relays := startRelayedCluster(t)
 	sub, _ := dialSession(t, nodes[2].addr, "resumer", client.V5)
 	subscribe(t, sub, 2, "rs/#")

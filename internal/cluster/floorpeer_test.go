@@ -34,6 +34,7 @@ func streamPeers(t *testing.T, via *Node, stream string) []string {
 // Session Present 1, without waiting for the consumer's new leader.
 // Every message published after the cut arrives once, in order.
 func TestClaimDeadNodeOnFourNodes(t *testing.T) {
+	t.Parallel()
 	nodes, relays := startRelayedNodes(t, 4)
 	byName := map[string]int{}
 	for i, tn := range nodes {

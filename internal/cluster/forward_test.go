@@ -12,6 +12,7 @@ import (
 )
 
 func TestRateLog(t *testing.T) {
+	t.Parallel()
 	var r rateLog
 	t0 := time.Unix(1000, 0)
 	if ok, n := r.allow(t0, 10*time.Second); !ok || n != 0 {
@@ -33,6 +34,7 @@ func TestRateLog(t *testing.T) {
 // TestForwardFailuresLoggedOncePerInterval: a failing forward path
 // counts every failure but logs one line per interval.
 func TestForwardFailuresLoggedOncePerInterval(t *testing.T) {
+	t.Parallel()
 	var buf testutil.Buffer
 	n := &Node{log: slog.New(slog.NewTextHandler(&buf, nil))}
 	var wg sync.WaitGroup

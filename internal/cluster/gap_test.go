@@ -23,6 +23,7 @@ import (
 // as runs, without the ones between them that are being routed or
 // known gone, so that no record is routed twice.
 func TestAckQueueMissingRuns(t *testing.T) {
+	t.Parallel()
 	q := newAckQueue()
 	q.admit(&fetchedRecord{raw: &jetstream.RawStreamMsg{Sequence: 1}}, 1)
 	q.gone(3, 3)
@@ -132,6 +133,7 @@ func writeRecords(t testing.TB, writer *Node, origin, topic string, from, to int
 // all 601 messages in their order, without waiting for the consumer to
 // deliver the lost ones again [MQTT-4.6.0-6].
 func TestGapReadInBatches(t *testing.T) {
+	t.Parallel()
 	const count = 600
 	nodes := startCluster(t, 3)
 	// The reading of awaitDirect tries to set AllowDirect once a
@@ -173,6 +175,7 @@ func TestGapReadInBatches(t *testing.T) {
 // (none). Each time, n2's subscriber gets every message in order, and
 // n2 asked the leader for what the replica lacked.
 func TestGapStaleReplica(t *testing.T) {
+	t.Parallel()
 	const count = 100
 	nodes := startCluster(t, 3)
 	tn := nodes[1]
@@ -434,6 +437,7 @@ func TestConsumerFloorPastUnroutedRecord(t *testing.T) {
 // up as before: the record that arrived is routed, and the lost ones are
 // left to the consumer.
 func TestGapUnreadableHoldsLater(t *testing.T) {
+	t.Parallel()
 	const count = 5
 	nodes := startCluster(t, 3)
 	n2 := nodes[1].node

@@ -21,6 +21,7 @@ import (
 // is still unfinished; after the release the session gets the message
 // once, and the record is acknowledged.
 func TestHeldDeliveryAcknowledgedAfterWrite(t *testing.T) {
+	t.Parallel()
 	nodes := startCluster(t, 3)
 	sub, _ := dialSession(t, nodes[0].addr, "holder", client.V5)
 	subscribe(t, sub, 1, "hold/#")

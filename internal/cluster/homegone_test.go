@@ -19,6 +19,7 @@ import (
 // Every message published before and after n3 went arrives once, in
 // order. On the earlier code the claim waits out its minute for n3.
 func TestClaimStopsWaitingForHomeGone(t *testing.T) {
+	t.Parallel()
 	nodes, relays := startRelayedCluster(t, func(i int, nd *Node) { nd.sess.releaseWait = time.Minute })
 	for _, tn := range nodes {
 		l := tn.srv.Limits()

@@ -16,6 +16,7 @@ import (
 // tries it again: the session is its own again and the will its
 // connection left is published, once, without its client coming back.
 func TestHomeImportRetried(t *testing.T) {
+	t.Parallel()
 	clk := newTestClock()
 	dir, routes := t.TempDir(), freePorts(t, 3)
 	nodes, err := startNodesHooked(t, dir, routes, []func(int, *Node){clk.hook(), adoptAfter(time.Minute)})

@@ -32,6 +32,7 @@ func freshInterest(n *Node, topic string) bool {
 // local subscriber gets it, and that it is once a remote subscriber is
 // there.
 func TestQoS0StaysLocalWithoutRemoteInterest(t *testing.T) {
+	t.Parallel()
 	nodes := startCluster(t, 3)
 	local := dial(t, nodes[0].addr, "local-sub", client.V5)
 	subscribe(t, local, 0, "plant/#")
@@ -66,6 +67,7 @@ func TestQoS0StaysLocalWithoutRemoteInterest(t *testing.T) {
 // "nobody" until then, must never hold it back. Each round uses a new
 // filter, on a topic whose "nobody" was cached just before.
 func TestQoS0SubscribeThenPublishRace(t *testing.T) {
+	t.Parallel()
 	nodes := startCluster(t, 3)
 	n1 := nodes[0].node
 	pub := dial(t, nodes[0].addr, "pub", client.V5)

@@ -67,6 +67,7 @@ func BenchmarkInterestFilters(b *testing.B) {
 // node's presence marker (on which nothing is ever published) fill the
 // shared sink, and the client reports the next as a slow consumer.
 func TestClientErrorsLogged(t *testing.T) {
+	t.Parallel()
 	rec := &logRecorder{}
 	nodes := startFresh(t, 3, nil, rec)
 	n := nodes[0].node

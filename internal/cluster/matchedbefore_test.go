@@ -172,6 +172,7 @@ func TestClaimOwnMessageMatchedBeforeImport(t *testing.T) {
 // done after the import, reaches the moved session from the reading
 // after it (replayOwnLate). Before, it was missing.
 func TestClaimFirstWaitRunsOut(t *testing.T) {
+	t.Parallel()
 	const msg = 2000
 	const id, prefix = "first-wait", "fwo"
 	rec := &logRecorder{}
@@ -241,6 +242,7 @@ func TestClaimFirstWaitRunsOut(t *testing.T) {
 // when the first wait had run out, and the held message was missing
 // (logged at Warn).
 func TestClaimFirstWaitRunsOutCatchingUp(t *testing.T) {
+	t.Parallel()
 	const msg, others = 2000, 20
 	const id, prefix = "first-wait-cu", "fwc"
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
@@ -305,6 +307,7 @@ func TestClaimFirstWaitRunsOutCatchingUp(t *testing.T) {
 // the catch-up (Warn, "catch-up position was not stored in time") and
 // replayed only what its queue took: 13 of the 20 were missing.
 func TestClaimCatchUpPositionWaitsLonger(t *testing.T) {
+	t.Parallel()
 	rec := claimBehindSlowCommit(t, "mark-wait", "mkw", 20*time.Second, 6500*time.Millisecond)
 	if len(rec.find(slog.LevelWarn, positionLate)) != 0 {
 		t.Fatalf("%q", positionLate)
@@ -372,6 +375,7 @@ const positionLate = "cluster: a moved session's catch-up position was not store
 // yet, and every message arrives, in order. Before, it gave the catch-up
 // up and replayed only what its queue took.
 func TestClaimCatchUpPositionLateCatchesUp(t *testing.T) {
+	t.Parallel()
 	rec := claimBehindSlowCommit(t, "mark-late", "mkl", 6*time.Second, 9*time.Second)
 	if len(rec.find(slog.LevelWarn, positionLate)) != 1 {
 		t.Fatalf("no warning %q", positionLate)

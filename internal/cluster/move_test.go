@@ -62,6 +62,7 @@ func publishBurst(ctx context.Context, pubs []*client.Client, topic string, n, p
 // durable stream as well (the old home's interest lingers), and are
 // replayed from there once, not again from the record.
 func TestSessionMoveSlowOldHome(t *testing.T) {
+	t.Parallel()
 	for _, qos := range []byte{0, 1} {
 		t.Run(fmt.Sprintf("qos%d", qos), func(t *testing.T) { testSessionMoveSlowOldHome(t, qos) })
 	}
@@ -152,6 +153,7 @@ func testSessionMoveSlowOldHome(t *testing.T, qos byte) {
 // session; the session stays whole: the next attempt resumes it (Session
 // Present 1) with its subscription.
 func TestSessionMoveOverrunBusy(t *testing.T) {
+	t.Parallel()
 	nodes := startFresh(t, 3, []func(int, *Node){slowClaims}, nil, func(bc *broker.Config) {
 		bc.ConnectTimeout = 3 * time.Minute
 	})
@@ -225,6 +227,7 @@ func TestSessionMoveOverrunBusy(t *testing.T) {
 // those messages reach the stream and the session (all 40 were missing
 // without that).
 func TestSessionMoveFailedClaimLossless(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name  string
 		qos   byte
@@ -362,6 +365,7 @@ func receiveBursts(t *testing.T, c *client.Client, want map[string]bool) {
 // longer name it (here: none exists), but not one whose record still
 // does (a claim failed): the claim succeeds.
 func TestSessionMoveFailedClaimBounds(t *testing.T) {
+	t.Parallel()
 	for _, full := range []string{"released", "failed", "released-stale"} {
 		t.Run(full, func(t *testing.T) {
 			nodes := startFresh(t, 3, nil, nil)
@@ -464,6 +468,7 @@ func TestSessionMoveFailedClaimBounds(t *testing.T) {
 // gave the session up are not replayed to it on the new node; those
 // published after are, once each.
 func TestSessionMoveQoS0NotTwice(t *testing.T) {
+	t.Parallel()
 	nodes := startFresh(t, 3, nil, nil, func(bc *broker.Config) {
 		bc.QueueQoS0 = true
 	})
@@ -545,6 +550,7 @@ func TestSessionMoveQoS0NotTwice(t *testing.T) {
 // n1 forgets each position once n2 tells it that its claim took the
 // session record, and each moved session's subscription works on n2.
 func TestSessionMoveManyReleased(t *testing.T) {
+	t.Parallel()
 	const bound, moves = 4, 12
 	nodes := startFresh(t, 3, []func(int, *Node){func(_ int, nd *Node) { nd.sess.releasedCap = bound }}, nil)
 	for i := range moves {
@@ -600,6 +606,7 @@ func TestSessionMoveManyReleased(t *testing.T) {
 // session is whole: n3's client receives every queued message (n2's did
 // not acknowledge them) and the subscription works there.
 func TestSessionClaimsSameInstant(t *testing.T) {
+	t.Parallel()
 	nodes := startFresh(t, 3, nil, nil, func(bc *broker.Config) {
 		bc.ConnectTimeout = time.Minute // n3's claim asks again until n2's client is attached
 	})
@@ -752,6 +759,7 @@ func leaveOwnSession(t *testing.T, nodes []*testNode, home int, id string) *clie
 // messages by their stream IDs, so n2's replay from n1's position skips
 // those the session holds.
 func TestSessionMoveOwnQueuedNotTwice(t *testing.T) {
+	t.Parallel()
 	nodes := startCluster(t, 3)
 	pub := leaveOwnSession(t, nodes, 0, "ownq")
 	n1 := nodes[0].node
@@ -776,6 +784,7 @@ func TestSessionMoveOwnQueuedNotTwice(t *testing.T) {
 // again, resumes on n3 and receives each message once: the records of
 // those deliveries name the messages too.
 func TestSessionMoveFoundOwnNotTwice(t *testing.T) {
+	t.Parallel()
 	nodes := startCluster(t, 3)
 	pub := leaveOwnSession(t, nodes, 1, "ownf")
 	n1 := nodes[0].node

@@ -23,6 +23,7 @@ import (
 // The claim of the second case fails after n1 gave the session up, and
 // the client comes back to n1 itself: the 20 are replayed there too.
 func TestSessionMoveOldHomeOwnMessages(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name  string
 		fail  bool // the claim on n2 fails after the release; the client returns to n1

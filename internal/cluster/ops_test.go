@@ -42,6 +42,7 @@ func nodeByName(st Status, name string) (NodeInfo, bool) {
 }
 
 func TestStatusNodesConnectionsAndReplication(t *testing.T) {
+	t.Parallel()
 	nodes := startCluster(t, 3)
 	dial(t, nodes[1].addr, "on-n2", client.V5)
 	// Every node hears every other's heartbeat: n1 sees n2's client.
@@ -109,6 +110,7 @@ func TestStatusNodesConnectionsAndReplication(t *testing.T) {
 // survivor reports the first stopped at once (its last heartbeat said
 // so) and the second down after three heartbeat intervals.
 func TestStatusNodeLoss(t *testing.T) {
+	t.Parallel()
 	nodes := startCluster(t, 3)
 	testutil.WaitFor(t, "three nodes up", 30*time.Second, func() bool { return nodes[0].node.Status().NodesUp == 3 })
 	nodes[2].node.Close()
@@ -138,6 +140,7 @@ func TestStatusNodeLoss(t *testing.T) {
 }
 
 func TestNodeListStates(t *testing.T) {
+	t.Parallel()
 	n := &Node{cfg: Config{Node: "a", Version: "v1"}, origin: "a/01", started: time.Unix(100, 0)}
 	now := time.Unix(1000, 0)
 	beat := func(name string, seen time.Duration, leaving bool) {
@@ -162,6 +165,7 @@ func TestNodeListStates(t *testing.T) {
 }
 
 func TestDecodeHeartbeat(t *testing.T) {
+	t.Parallel()
 	good := `{"v":1,"node":"n1","origin":"n1/ab","interval_ms":2000,"connections":3,"sessions":4}`
 	if h, err := decodeHeartbeat([]byte(good)); err != nil || h.Connections != 3 {
 		t.Fatalf("good heartbeat: %+v %v", h, err)
@@ -223,6 +227,7 @@ func claim(t *testing.T, tn *testNode, id string) jetstream.KeyValueEntry {
 // persistent session's stays; takeover across nodes works on after a
 // claim was removed; the markers expire.
 func TestClaimsPruned(t *testing.T) {
+	t.Parallel()
 	nodes := startCluster(t, 3)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -307,6 +312,7 @@ func TestClaimsPruned(t *testing.T) {
 // (whether its clear reached the bucket before the new value or was
 // replaced by it in the queue), and the purge marker expires.
 func TestRetainedClearPurges(t *testing.T) {
+	t.Parallel()
 	nodes := startCluster(t, 3)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -386,6 +392,7 @@ func TestRetainedClearPurges(t *testing.T) {
 // start, unless the client ID has a session on the node; other nodes'
 // claims stay.
 func TestSweepClaims(t *testing.T) {
+	t.Parallel()
 	nodes := startCluster(t, 3)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -452,6 +459,7 @@ func claimKeys(t *testing.T, tn *testNode) ([]string, bool) {
 // A peers list naming the node itself (the same list on every node) asks
 // for copies and routes of the other nodes only.
 func TestOwnAddressDroppedFromPeers(t *testing.T) {
+	t.Parallel()
 	routes := freePorts(t, 2)
 	nd, err := Start(Config{Name: "test", Node: "n1", Listen: routes[0], Peers: []string{routes[0], routes[1]},
 		StoreDir: t.TempDir(), Logger: slog.New(testLog(t)), setupAttempt: testSetupAttempt})
@@ -519,6 +527,7 @@ func TestClockOffsetEstimate(t *testing.T) {
 // back within it no sooner than a minute later; the estimate itself is
 // always the present one.
 func TestClockOffsetLoggedAtMostOncePerMinute(t *testing.T) {
+	t.Parallel()
 	var b beats
 	t0 := time.Date(2026, 12, 7, 8, 0, 0, 0, time.UTC)
 	var reports []bool // true: beyond
@@ -567,6 +576,7 @@ func TestClockOffsetLoggedAtMostOncePerMinute(t *testing.T) {
 // from n3's heartbeats, lists it in its status with a problem, and says
 // so once at Warn; n2's offset is known and small.
 func TestClockOffset(t *testing.T) {
+	t.Parallel()
 	rec := &logRecorder{}
 	nodes := startFresh(t, 3, []func(int, *Node){func(i int, nd *Node) {
 		if i == 2 {

@@ -22,6 +22,7 @@ import (
 // read from the stream were held back with what routing delivered
 // during the import and released after 5..9.
 func TestSessionMoveOwnMessagesKeepOrder(t *testing.T) {
+	t.Parallel()
 	nodes := startCluster(t, 3)
 	sub, _ := dialSession(t, nodes[0].addr, "kmover", client.V5)
 	subscribe(t, sub, 1, "keep/#")
@@ -77,6 +78,7 @@ func TestSessionMoveOwnMessagesKeepOrder(t *testing.T) {
 // lost one again after its AckWait. Before, that one came 10 s late,
 // after the later ones [MQTT-4.6.0-6].
 func TestLostRecordKeepsOrder(t *testing.T) {
+	t.Parallel()
 	nodes := startCluster(t, 3)
 	sub := dial(t, nodes[1].addr, "lsub", client.V5)
 	subscribe(t, sub, 1, "lost/#")
@@ -169,6 +171,7 @@ func TestAckQueueMissing(t *testing.T) {
 // once bind ran, within the bound; none before bind (an earlier run's
 // floor) or at a floor not past this one.
 func TestAckQueueUnrouted(t *testing.T) {
+	t.Parallel()
 	q := newAckQueue()
 	rec := func(seq uint64) *fetchedRecord {
 		return &fetchedRecord{raw: &jetstream.RawStreamMsg{Sequence: seq}}

@@ -20,6 +20,7 @@ import (
 // the claim reads that far past its routing position for them. Both
 // nodes' readings are held back, so the distance is counted, not timed.
 func TestSessionMoveOwnMessagesFarBehind(t *testing.T) {
+	t.Parallel()
 	const behind = 2 * 4096
 	nodes := startCluster(t, 3, slowClaims)
 	sub, _ := dialSession(t, nodes[0].addr, "farmover", client.V5)
@@ -89,6 +90,7 @@ func writeOthers(t *testing.T, tn *testNode, count int) {
 // either), reach the session: the adoption holds back and delivers the
 // node's own messages since it began, as a claim does.
 func TestAdoptionOwnMessagesDuringImport(t *testing.T) {
+	t.Parallel()
 	clk := newTestClock()
 	dir, routes := t.TempDir(), freePorts(t, 3)
 	hooks := []func(int, *Node){func(i int, nd *Node) {
@@ -159,6 +161,7 @@ func TestAdoptionOwnMessagesDuringImport(t *testing.T) {
 // never less than requestAttempt (an old home that took long, an
 // adoption) nor more than ownWaitMax (a long connect timeout).
 func TestOwnWait(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		left  time.Duration
 		known bool

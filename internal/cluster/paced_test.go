@@ -46,6 +46,7 @@ func pacedCluster(t *testing.T, id string, limit int, rec *logRecorder, before .
 // node in the middle, the catch-up is handed over: still none is lost
 // (those in flight when it left may come again).
 func TestPacedCatchUp(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name string
 		move bool
@@ -135,6 +136,7 @@ func TestPacedCatchUp(t *testing.T) {
 // catches up instead of leaving the rest out: every message arrives, in
 // order, once, and the new home never queues more than 20.
 func TestClaimCatchUpLate(t *testing.T) {
+	t.Parallel()
 	const limit, queued, more = 20, 10, 100
 	nodes, _, _ := startLimited(t, limit, nil)
 	sub, _ := dialSession(t, nodes[0].addr, "late", client.V5)
@@ -224,6 +226,7 @@ func awaitAllRouted(ctx context.Context, n *Node) error {
 // the session again: a later message arrives live, after what the
 // queue held, in order.
 func TestPacedCatchUpGivesUp(t *testing.T) {
+	t.Parallel()
 	const limit, published = 20, 100
 	rec := &logRecorder{}
 	idle := func(i int, nd *Node) {
@@ -290,6 +293,7 @@ func TestPacedCatchUpGivesUp(t *testing.T) {
 // session at once and came ahead of the earlier ones still in the
 // catch-up's part of the stream.
 func TestPacedCatchUpMovedPublisher(t *testing.T) {
+	t.Parallel()
 	const limit, before, after = 20, 140, 20
 	id := "pacedmoved"
 	nodes, sub, pubs := pacedCluster(t, id, limit, nil)
@@ -332,6 +336,7 @@ func TestPacedCatchUpMovedPublisher(t *testing.T) {
 // publisher's own session; a
 // catch-up that moves on wakes it.
 func TestCatchUpBehind(t *testing.T) {
+	t.Parallel()
 	now := time.Unix(1_000_000, 0)
 	n := &Node{cfg: Config{Now: func() time.Time { return now }}}
 	add := func(id string, paced bool, filters []string, through uint64, age time.Duration) *catchUp {

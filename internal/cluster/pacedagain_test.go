@@ -26,6 +26,7 @@ import (
 // Every message arrives, in order, once, and the node drops none for
 // a full queue.
 func TestPacedCatchUpFollowedByAnother(t *testing.T) {
+	t.Parallel()
 	const limit, published, more, late = 20, 100, 200, 100
 	nodes, sub, pubs := pacedCluster(t, "pacedagain", limit, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
@@ -91,6 +92,7 @@ func publishRouted(ctx context.Context, n *Node, pub *client.Client, topic strin
 // session. The client takes nothing once the second catch-up is under
 // way, so that it stays; then it takes the rest, which arrives in order.
 func TestPacedCatchUpLeavesTheNextPosition(t *testing.T) {
+	t.Parallel()
 	const limit, published, more = 20, 100, 200
 	const id = "pacedmark"
 	nodes, sub, pubs := pacedCluster(t, id, limit, nil)

@@ -224,6 +224,7 @@ const partitionCommitTimeout = 10 * time.Second
 // on the minority node when the cut heals: the majority's claim, written
 // during the cut, reaches the minority's watch then.
 func TestNetworkPartition(t *testing.T) {
+	t.Parallel()
 	nodes, relays := startRelayedCluster(t)
 	sub, _ := dialSession(t, nodes[2].addr, "minority", client.V5)
 	subscribe(t, sub, 1, "pt/#")
@@ -382,6 +383,7 @@ func cutNode(relays [][]*relay, k int, on bool) {
 // QoS 1 message acknowledged during the cut. Subscribers on both sides
 // get each will at most once, the majority's exactly once.
 func TestPartitionLongerThanAdoptAfter(t *testing.T) {
+	t.Parallel()
 	clk := newTestClock()
 	nodes, relays := startRelayedCluster(t, clk.hook(), adoptAfter(time.Minute))
 	n3 := nodes[2]
@@ -661,6 +663,7 @@ func expectNoWill(t *testing.T, c *client.Client, d time.Duration) {
 // names n1. (n3 adopts nothing here: it would otherwise take n1, which
 // it hears nothing of either, for dead too, and adopt the session back.)
 func TestAdoptedWithoutSeeingCut(t *testing.T) {
+	t.Parallel()
 	clk := newTestClock()
 	nodes, relays := startRelayedCluster(t, clk.hook(), adoptAfter(time.Minute), func(i int, nd *Node) {
 		if i == 2 {

@@ -21,6 +21,7 @@ func drainQueue(q *pendingQueue[string, int]) []string {
 }
 
 func TestPendingQueueCoalesces(t *testing.T) {
+	t.Parallel()
 	q := newPendingQueue[string, int](3, false)
 	for i, k := range []string{"a", "b", "a", "c", "b", "a"} {
 		if ok, dropped := q.push(k, i); !ok || dropped {
@@ -40,6 +41,7 @@ func TestPendingQueueCoalesces(t *testing.T) {
 }
 
 func TestPendingQueueRefusesNewKeyWhenFull(t *testing.T) {
+	t.Parallel()
 	q := newPendingQueue[string, int](2, false)
 	q.push("a", 1)
 	q.push("b", 2)
@@ -56,6 +58,7 @@ func TestPendingQueueRefusesNewKeyWhenFull(t *testing.T) {
 }
 
 func TestPendingQueueDropsOldestWhenAsked(t *testing.T) {
+	t.Parallel()
 	q := newPendingQueue[string, int](2, true)
 	q.push("a", 1)
 	q.push("b", 2)
@@ -74,6 +77,7 @@ func TestPendingQueueDropsOldestWhenAsked(t *testing.T) {
 // waiting keeps the waiting one; on a full queue it drops the oldest
 // like pushEvict.
 func TestPendingQueuePushIfAbsent(t *testing.T) {
+	t.Parallel()
 	q := newPendingQueue[string, int](2, true)
 	q.push("a", 1)
 	if ok, dropped := q.pushIfAbsent("a", 2); ok || dropped != nil {
@@ -93,6 +97,7 @@ func TestPendingQueuePushIfAbsent(t *testing.T) {
 // TestPendingQueueReplacedWhileWriting: a change made while the previous
 // change of its key is being written is not removed with it.
 func TestPendingQueueReplacedWhileWriting(t *testing.T) {
+	t.Parallel()
 	q := newPendingQueue[string, int](4, false)
 	q.push("a", 1)
 	q.push("b", 2)
@@ -114,6 +119,7 @@ func TestPendingQueueReplacedWhileWriting(t *testing.T) {
 }
 
 func TestPendingQueueConcurrent(t *testing.T) {
+	t.Parallel()
 	q := newPendingQueue[string, int](1000, false)
 	var wg sync.WaitGroup
 	for w := range 4 {

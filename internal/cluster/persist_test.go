@@ -12,6 +12,7 @@ import (
 // naming no cause): it fails at once as a deadline, which the publisher
 // counts as a failed commit and the client sends again.
 func TestPublishByPastDeadline(t *testing.T) {
+	t.Parallel()
 	paf, err := publishBy(nil, nil, time.Now().Add(-time.Millisecond))
 	if paf != nil || !errors.Is(err, errCommitDeadline) || !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("publishBy past its deadline = %v, %v; want errCommitDeadline", paf, err)

@@ -56,6 +56,7 @@ func TestPublisherMovesKeepsOrder(t *testing.T) {
 // meanwhile, would take the server for gone. The message then goes on,
 // counted as not caught up.
 func TestPublisherGateKeepAlive(t *testing.T) {
+	t.Parallel()
 	nodes := startCluster(t, 3)
 	n2 := nodes[1].node
 	sub := dial(t, nodes[1].addr, "pksub", client.V5)

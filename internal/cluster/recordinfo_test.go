@@ -8,6 +8,7 @@ import (
 // build are described with their IDs, origin and messages in order; a
 // malformed one is an error.
 func TestDescribeRecord(t *testing.T) {
+	t.Parallel()
 	const origin = "n1/abc"
 	b := batchRecord(origin, []*fwdMsg{fwdOf(t, 7, "a/b", "x", "c1"), fwdOf(t, 8, "a/c", "y", "c2")})
 	ri, err := DescribeRecord(b.Subject, b.Header, b.Data)

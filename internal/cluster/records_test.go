@@ -20,6 +20,7 @@ func testMessage() *broker.Message {
 // TestSessionRecordsRoundTrip: each record kind decodes to what was
 // encoded.
 func TestSessionRecordsRoundTrip(t *testing.T) {
+	t.Parallel()
 	ss := &broker.StoredSession{ClientID: "c/1", Owner: "user:alice", OwnerVerified: true, Version: 5, Expiry: time.Hour,
 		ExpiresAt: time.Unix(1e9, 0).UTC(), Created: time.Unix(9e8, 0).UTC(),
 		Subscriptions: []broker.StoredSubscription{{Filter: "a/+", QoS: 1, NoLocal: true, ID: 7}, {Filter: "$share/g/b/#", QoS: 2, RetainHandling: 2}}}

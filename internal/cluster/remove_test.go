@@ -27,6 +27,7 @@ import (
 // (adoption by time is off here) with the messages published since it
 // died, and its claims are removed.
 func TestRemoveNode(t *testing.T) {
+	t.Parallel()
 	nodes := startCluster(t, 3, func(_ int, nd *Node) { nd.cfg.AdoptAfter = -1 })
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
@@ -202,6 +203,7 @@ func TestRemoveNode(t *testing.T) {
 // presenting it (as a local process that learned it would) is refused,
 // and so is a wrong token.
 func TestSecurityClusterSystemToken(t *testing.T) {
+	t.Parallel()
 	routes := freePorts(t, 2) // the second node never comes: the server runs all the same
 	nd, err := Start(Config{Name: "test", Node: "n1", Listen: routes[0], Peers: routes, StoreDir: t.TempDir(),
 		Logger: slog.New(testLog(t)), setupAttempt: testSetupAttempt})
@@ -237,6 +239,7 @@ func TestSecurityClusterSystemToken(t *testing.T) {
 // takes any session. A node started under the same name on an empty
 // store is a new node: it joins, and forgets the stored removal.
 func TestRemoveNodeForcedAndRestarted(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	routes := freePorts(t, 3)
 	var nodes []*testNode
@@ -411,6 +414,7 @@ func expectWithdrawn(t *testing.T, addr string) {
 // error says how it learned it. Before the removal it reads the
 // (missing) record without withdrawing.
 func TestRemoveNodeMissedAnnouncement(t *testing.T) {
+	t.Parallel()
 	nodes := startCluster(t, 3, func(i int, nd *Node) {
 		nd.cfg.AdoptAfter = -1
 		nd.rmSelf.deaf = i == 2

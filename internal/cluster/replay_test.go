@@ -22,6 +22,7 @@ const boundedReplayMsg = "cluster: a moved session's queue is full; durable mess
 // holds 50 messages by max_queued_messages, or by max_queued_bytes (the
 // topic bd/x and the payloads "0" to "49": 290 bytes).
 func TestSessionMoveReplayBounded(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name string
 		set  func(*broker.Config)
@@ -94,6 +95,7 @@ func testSessionMoveReplayBounded(t *testing.T, set func(*broker.Config)) {
 // session replays the first 20 and stops reading there, with one
 // warning; the client, back later, receives those 20 in order.
 func TestAdoptReplayBounded(t *testing.T) {
+	t.Parallel()
 	const limit, published = 20, 60
 	clk := newTestClock()
 	rec := &logRecorder{}
@@ -136,6 +138,7 @@ func TestAdoptReplayBounded(t *testing.T) {
 // TestQueueRoom: the room a session's queue has for a replay is the
 // queue limits less its queued deliveries (those not in flight).
 func TestQueueRoom(t *testing.T) {
+	t.Parallel()
 	msg := &broker.Message{Topic: "a/b", Payload: []byte("12345")} // 8 bytes
 	cs := &broker.ClusterSession{Messages: map[uint64]*broker.Message{1: msg}}
 	cs.Session.Deliveries = []*broker.StoredDelivery{

@@ -15,6 +15,7 @@ import (
 // properties, of any size up to a four-byte remaining length; truncated
 // or foreign packets are refused.
 func TestPublishTopic(t *testing.T) {
+	t.Parallel()
 	now := time.Now()
 	props := &packet.Properties{}
 	props.SetResponseTopic("reply/to")
@@ -54,6 +55,7 @@ func TestPublishTopic(t *testing.T) {
 // the topics past it all the same; a filter without wildcards matches
 // its topic alone.
 func TestReplayTopicMemoBounded(t *testing.T) {
+	t.Parallel()
 	rs := &replaySet{}
 	rs.setFilters([]string{"dev/+/alarm", "dev/4999/#", "dev/17/telemetry"})
 	for round := range 2 {

@@ -125,6 +125,7 @@ func sameTopics(t *testing.T, got, want []string) {
 // Read from each node (each answered by its own replica), and in
 // chunks as a catch-up reads them.
 func TestReplayReadsInBatches(t *testing.T) {
+	t.Parallel()
 	const count = 2000
 	nodes := startCluster(t, 3)
 	first, last, want := writeReplayRecords(t, nodes[0], count)
@@ -260,6 +261,7 @@ func allowsDirect(t *testing.T, tn *testNode) bool {
 // build. Each time the replay finds every message, in order: what the
 // replica lacks is read from the leader.
 func TestReplayReadStaleReplica(t *testing.T) {
+	t.Parallel()
 	const count = 300
 	nodes := startCluster(t, 3)
 	first, last, want := writeReplayRecords(t, nodes[0], count)
@@ -485,6 +487,7 @@ func startBenchCluster(b *testing.B) []*testNode {
 // without any reading: the first replay of a fresh cluster no longer
 // reads one record per request.
 func TestAllowDirectWaitsForEveryNode(t *testing.T) {
+	t.Parallel()
 	nodes := startCluster(t, 3)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()

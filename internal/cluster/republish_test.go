@@ -109,6 +109,7 @@ func publishInOrder(t *testing.T, q *publisher, pub, sub *client.Client, topic s
 // advisory the order broke in one run of three, with it once in a full
 // run under load.
 func TestStreamLeaderChangeKeepsOrder(t *testing.T) {
+	t.Parallel()
 	nodes := startCluster(t, 3)
 	sub := dial(t, nodes[1].addr, "lcsub", client.V5)
 	subscribe(t, sub, 1, "lc/#")

@@ -49,6 +49,7 @@ func ackFloor(t *testing.T, tn *testNode) uint64 {
 // routing that had passed it in the run before, and the message was
 // lost (TestFullClusterRestart's "received 9 of 0..10" under load).
 func TestRestartClaimBeforeOldHomeRoutes(t *testing.T) {
+	t.Parallel()
 	dir, routes := t.TempDir(), freePorts(t, 3)
 	nodes, err := startNodes(t, dir, routes)
 	if err != nil {
@@ -82,14 +83,11 @@ func TestRestartClaimBeforeOldHomeRoutes(t *testing.T) {
 	}
 
 	// n1 loses the record again until the client is back.
-	nodes, err = startNodesHooked(t, dir, routes, []func(int, *Node){func(i int, nd *Node) {
+	nodes = restartNodes(t, dir, routes, func(i int, nd *Node) {
 		if i == 0 {
 			nd.dur.lose.Store(&lose)
 		}
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	})
 	sub2, present := dialSession(t, nodes[1].addr, "late", client.V5)
 	if !present {
 		t.Fatal("Session Present 0 after the restart")
@@ -103,6 +101,7 @@ func TestRestartClaimBeforeOldHomeRoutes(t *testing.T) {
 // reached, not 0: the messages the client received and acknowledged in
 // the run before are not read from the stream and replayed again.
 func TestRestartClaimReplaysFromOldHomesFloor(t *testing.T) {
+	t.Parallel()
 	dir, routes := t.TempDir(), freePorts(t, 3)
 	nodes, err := startNodes(t, dir, routes)
 	if err != nil {
@@ -129,10 +128,7 @@ func TestRestartClaimReplaysFromOldHomesFloor(t *testing.T) {
 		stopNode(t, tn)
 	}
 
-	nodes, err = startNodes(t, dir, routes)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nodes = restartNodes(t, dir, routes)
 	sub2, present := dialSession(t, nodes[1].addr, "awake", client.V5)
 	if !present {
 		t.Fatal("Session Present 0 after the restart")

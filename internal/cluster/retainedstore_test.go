@@ -19,6 +19,7 @@ import (
 // write it to the cluster again. A change of one carried property is a
 // change.
 func TestSameRetainedThroughStore(t *testing.T) {
+	t.Parallel()
 	full := &packet.Properties{}
 	full.SetPayloadFormat(1)
 	full.SetContentType("application/json")

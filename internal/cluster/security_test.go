@@ -94,6 +94,7 @@ func (l *secLog) String() string {
 // reach the other nodes' Security with the origin node named, never the
 // node that made them; and the nodes report being in sync once.
 func TestSecurityStateAcrossNodes(t *testing.T) {
+	t.Parallel()
 	logs := []*secLog{{}, {}, {}}
 	nodes := startCluster(t, 3, func(i int, nd *Node) { nd.SetSecurity(logs[i]) })
 	for i, l := range logs {
@@ -151,6 +152,7 @@ func TestSecurityStateAcrossNodes(t *testing.T) {
 // in time) ended the node's security loop for good: never in sync, no
 // other node's ban applied, none of its own written.
 func TestSecurityWatchStartedAgain(t *testing.T) {
+	t.Parallel()
 	logs := []*secLog{{}, {}, {}}
 	var tries atomic.Int32
 	fail := func(what string) error {
@@ -198,6 +200,7 @@ func TestSecurityWatchStartedAgain(t *testing.T) {
 // made learns them from the buckets before it reports being in sync, with
 // the keys the buckets hold (set and lifted).
 func TestSecurityStateAtStart(t *testing.T) {
+	t.Parallel()
 	logs := []*secLog{{}, {}, {}}
 	nodes := startCluster(t, 3, func(i int, nd *Node) {
 		if i < 2 {
@@ -277,6 +280,7 @@ func startLateNode(t *testing.T, nodes []*testNode, h Security) *Node {
 // accepted one dropped; once a second node is back, it learns every
 // accepted change, and never the refused one.
 func TestSecurityChangesWhileClusterUnreachable(t *testing.T) {
+	t.Parallel()
 	dir, routes := t.TempDir(), freePorts(t, 3)
 	logs := []*secLog{{}, {}, {}}
 	nodes, err := startNodesHooked(t, dir, routes, []func(int, *Node){func(i int, nd *Node) {

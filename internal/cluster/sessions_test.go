@@ -117,6 +117,7 @@ func TestSessionMovesAcrossNodes(t *testing.T) {
 // on a survivor with its queue and the messages published while its
 // session had no node (the durable stream from its old node's position).
 func TestSessionMessagesWhileHomeDown(t *testing.T) {
+	t.Parallel()
 	nodes := startCluster(t, 3)
 	sub, _ := dialSession(t, nodes[0].addr, "orphan", client.V311)
 	subscribe(t, sub, 1, "or/#")
@@ -150,6 +151,7 @@ func TestSessionMessagesWhileHomeDown(t *testing.T) {
 // data: the retained message and the persistent session with its queue
 // are back, the session resumed on another node than the one it was on.
 func TestFullClusterRestart(t *testing.T) {
+	t.Parallel()
 	dir, routes := t.TempDir(), freePorts(t, 3)
 	nodes, err := startNodes(t, dir, routes)
 	if err != nil {
@@ -177,10 +179,7 @@ func TestFullClusterRestart(t *testing.T) {
 		stopNode(t, tn)
 	}
 
-	nodes, err = startNodes(t, dir, routes)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nodes = restartNodes(t, dir, routes)
 	sub2, present := dialSession(t, nodes[1].addr, "sleeper", client.V5)
 	if !present {
 		t.Fatal("Session Present 0 after the restart")
@@ -288,6 +287,7 @@ func TestSessionExpiryClusterWide(t *testing.T) {
 // connects with a device's client ID on another node is refused there, as
 // on one node; the device's connection and session stay where they are.
 func TestSecurityClusterSessionOwner(t *testing.T) {
+	t.Parallel()
 	users := map[string]string{"alice": "a-secret", "mallory": "m-secret"}
 	auth := broker.AuthenticatorFunc(func(_ context.Context, r *broker.ConnectRequest) broker.AuthResult {
 		if p, ok := users[r.Connect.Username]; ok && r.Connect.PasswordFlag && string(r.Connect.Password) == p {

@@ -162,6 +162,7 @@ func publishN(t *testing.T, pub *client.Client, topic string, qos byte, n int) {
 // share, whether the publisher is on a third node or on one of the
 // members' nodes (NATS must be able to choose the publishing node too).
 func TestSharedAcrossNodes(t *testing.T) {
+	t.Parallel()
 	nodes := startCluster(t, 3)
 	m1 := &member{name: "m1@n1", c: dial(t, nodes[0].addr, "m1", client.V5)}
 	m2 := &member{name: "m2@n2", c: dial(t, nodes[1].addr, "m2", client.V311)}
@@ -193,6 +194,7 @@ func TestSharedAcrossNodes(t *testing.T) {
 // node forwards each message once, the group receives it once, the plain
 // subscriber once.
 func TestSharedOnOneNode(t *testing.T) {
+	t.Parallel()
 	nodes := startCluster(t, 3)
 	a := &member{name: "a@n2", c: dial(t, nodes[1].addr, "a", client.V5)}
 	b := &member{name: "b@n2", c: dial(t, nodes[1].addr, "b", client.V5)}
@@ -228,6 +230,7 @@ func TestSharedOnOneNode(t *testing.T) {
 // one node of a cluster: the messages go round through NATS and reach the
 // group once each.
 func TestSharedLocalOnly(t *testing.T) {
+	t.Parallel()
 	nodes := startCluster(t, 3)
 	a := &member{name: "a", c: dial(t, nodes[0].addr, "la", client.V5)}
 	b := &member{name: "b", c: dial(t, nodes[0].addr, "lb", client.V5)}
@@ -247,6 +250,7 @@ func TestSharedLocalOnly(t *testing.T) {
 // TestSharedMemberLeaves checks that a node whose last member left stops
 // receiving the group's messages: the other node's member gets them all.
 func TestSharedMemberLeaves(t *testing.T) {
+	t.Parallel()
 	nodes := startCluster(t, 3)
 	m1 := &member{name: "m1@n1", c: dial(t, nodes[0].addr, "m1", client.V5)}
 	m2 := &member{name: "m2@n2", c: dial(t, nodes[1].addr, "m2", client.V5)}
@@ -273,6 +277,7 @@ func TestSharedMemberLeaves(t *testing.T) {
 }
 
 func TestSubjectLen(t *testing.T) {
+	t.Parallel()
 	for _, topic := range []string{"", "a", "a/b", "/", "a//b/", "ünï/cødé", strings.Repeat("x", 1000), "$SYS/x"} {
 		if got, want := subjectLen(topic), len(topicSubject(topic)); got != want {
 			t.Errorf("subjectLen(%q) = %d, want %d", topic, got, want)
@@ -281,6 +286,7 @@ func TestSubjectLen(t *testing.T) {
 }
 
 func TestQueueName(t *testing.T) {
+	t.Parallel()
 	a, b := queueName("g", "a/b"), queueName("g/a", "b")
 	if a == b {
 		t.Fatal("queue names collide across group and filter")
@@ -342,6 +348,7 @@ func (m *rawMember) read(t *testing.T) packet.Packet {
 // when a member's session ends with messages it did not acknowledge and
 // no other member is on its node, they go to a member on another node.
 func TestSharedRedistributedAcrossNodes(t *testing.T) {
+	t.Parallel()
 	nodes := startCluster(t, 3)
 	const filter = "$share/r/redis/#"
 	raw := dialRawMember(t, nodes[0].addr, "raw", filter)
@@ -409,6 +416,7 @@ func weightOf(n *Node, group, filter string) int {
 // offline (its session kept) counts no more, a node keeps weight 1 while
 // it has members at all, and NATS then splits the messages in proportion.
 func TestShareWeightFollowsMembers(t *testing.T) {
+	t.Parallel()
 	nodes := startCluster(t, 3)
 	const filter = "$share/wg/wt/#"
 	var n1 []*member
@@ -471,6 +479,7 @@ func TestShareWeightFollowsMembers(t *testing.T) {
 // reaches the group, from n2's member or from n1's member's session
 // resumed on n2; the messages n1 swallowed were sent again.
 func TestSharedQoS1NodeLoss(t *testing.T) {
+	t.Parallel()
 	nodes := startCluster(t, 3)
 	const filter = "$share/loss/ld/#"
 	m1c, _ := dialSession(t, nodes[0].addr, "lm1", client.V5)
@@ -571,6 +580,7 @@ func TestSharedQoS1NodeLoss(t *testing.T) {
 // there. Every message whose publisher got its PUBACK reaches the
 // member, on its old connection or on its new one.
 func TestSharedSoleMemberMoves(t *testing.T) {
+	t.Parallel()
 	nodes := startCluster(t, 3)
 	const filter = "$share/solo/sm/#"
 	old, _ := dialSession(t, nodes[0].addr, "smove", client.V5)

@@ -27,6 +27,7 @@ import (
 // version must invalidate. Without the versions n1 does not know the
 // group when it publishes and does not wait for it.
 func TestSharedSubscribeThenPublishRace(t *testing.T) {
+	t.Parallel()
 	nodes := startCluster(t, 3)
 	n1, n2 := nodes[0].node, nodes[1].node
 	n2.share.ack.quiet.Store(true)
@@ -101,6 +102,7 @@ func TestSharedSubscribeThenPublishRace(t *testing.T) {
 // its directory for complete, finds no group for the topic, and the
 // message never reaches the group.
 func TestSharedGroupOfNewNode(t *testing.T) {
+	t.Parallel()
 	nodes := startCluster(t, 3, func(i int, nd *Node) {
 		if i == 0 {
 			nd.ic.every = time.Hour

@@ -20,6 +20,7 @@ import (
 // default drop policy dropped them. Every message arrives, in order per
 // publisher, once; the node never queues more than 20 and drops none.
 func TestCatchUpLeavesRoomForLive(t *testing.T) {
+	t.Parallel()
 	const limit, published, own = 20, 150, 5 // own: the quarter of the queue left free
 	// Publishers are not held back by the subscriber's backlog: the own
 	// node's messages go straight to its queue, as those of a publisher
@@ -112,6 +113,7 @@ func TestCatchUpLeavesRoomForLive(t *testing.T) {
 // TestLeaveRoom: a catch-up fills three quarters of each limit of a
 // session's queue; below four messages it leaves nothing free.
 func TestLeaveRoom(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		lim       broker.Limits
 		room      int
@@ -138,6 +140,7 @@ func TestLeaveRoom(t *testing.T) {
 // look; live messages that keep the queue full while the client takes
 // messages do not make it idle.
 func TestCatchUpKeepsUp(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		room      int
 		roomBytes int64

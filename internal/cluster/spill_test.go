@@ -112,6 +112,7 @@ func retainedHere(tn *testNode, topic string) string {
 // clears alike, with the publisher, creation time and expiry; written
 // changes leave it, and an empty queue empties it.
 func TestSpillKeepsQueue(t *testing.T) {
+	t.Parallel()
 	path := filepath.Join(t.TempDir(), "spill.db")
 	key := bytes.Repeat([]byte{7}, 32)
 	now := time.Now().Truncate(time.Second)
@@ -205,6 +206,7 @@ func TestSpillKeepsQueue(t *testing.T) {
 // TestSpillRefusesOtherKeyAndMovedRecords: a record sealed under another
 // key, or moved to another topic's key, is not read back but removed.
 func TestSpillRefusesOtherKeyAndMovedRecords(t *testing.T) {
+	t.Parallel()
 	path := filepath.Join(t.TempDir(), "spill.db")
 	key := bytes.Repeat([]byte{7}, 32)
 	now := time.Now()
@@ -279,6 +281,7 @@ func FuzzDecodeSpilled(f *testing.F) {
 // Before, both changes were lost with the stop: the bucket's older value
 // (none, or the other's) replaced them everywhere.
 func TestRetainedSpill(t *testing.T) {
+	t.Parallel()
 	dir, routes := t.TempDir(), freePorts(t, 3)
 	nodes, err := startNodes(t, dir, routes)
 	if err != nil {
@@ -331,6 +334,7 @@ func TestRetainedSpill(t *testing.T) {
 // the buckets on disk as they come, and writes them once the others are
 // back. Before, they waited in memory only until then.
 func TestRetainedSpillBeforeBuckets(t *testing.T) {
+	t.Parallel()
 	dir, routes := t.TempDir(), freePorts(t, 3)
 	nodes, err := startNodes(t, dir, routes)
 	if err != nil {
@@ -360,6 +364,7 @@ func TestRetainedSpillBeforeBuckets(t *testing.T) {
 // is renamed aside and a new one started, so that the node starts; a
 // file another process holds is an error.
 func TestSpillDamagedSetAside(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "spill.db")
 	if err := os.WriteFile(path, bytes.Repeat([]byte("not a database "), 1000), 0o600); err != nil {
@@ -396,6 +401,7 @@ func TestSpillDamagedSetAside(t *testing.T) {
 // TestSpillShrinks: emptied after holding more than a mebibyte, the file
 // starts anew and gives the space back.
 func TestSpillShrinks(t *testing.T) {
+	t.Parallel()
 	path := filepath.Join(t.TempDir(), "spill.db")
 	key := bytes.Repeat([]byte{7}, 32)
 	now := time.Now()
@@ -452,6 +458,7 @@ func TestSpillShrinks(t *testing.T) {
 // again). A node that was a member before it kept a record of it (an
 // upgrade) leaves such topics alone that once.
 func TestRetainedReconcile(t *testing.T) {
+	t.Parallel()
 	dir, routes := t.TempDir(), freePorts(t, 3)
 	nodes, err := startNodes(t, dir, routes)
 	if err != nil {
@@ -540,6 +547,7 @@ func TestRetainedReconcile(t *testing.T) {
 // message n1 changed in its properties only is. Before, the bucket's
 // older value replaced n1's, and the new topic was removed.
 func TestRetainedUnsentChangeKept(t *testing.T) {
+	t.Parallel()
 	dir, routes := t.TempDir(), freePorts(t, 3)
 	// Markers that live a minute: a message made at n1's restart is
 	// young at the comparison however long the start takes.

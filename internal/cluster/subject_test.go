@@ -11,6 +11,7 @@ import (
 )
 
 func TestTopicTokensRoundTrip(t *testing.T) {
+	t.Parallel()
 	for _, topic := range []string{"a", "a/b", "/", "//", "a/", "/a", "a.b/*/>", "with space/tab\t", "ünï/кириллица/日本", "$SYS/x", "#+"} {
 		tok := topicTokens(topic)
 		if strings.ContainsAny(tok, " \t*>") || strings.Contains(tok, "..") || strings.HasPrefix(tok, ".") || strings.HasSuffix(tok, ".") {
@@ -24,6 +25,7 @@ func TestTopicTokensRoundTrip(t *testing.T) {
 }
 
 func TestFilterSubjects(t *testing.T) {
+	t.Parallel()
 	a, b := topicTokens("a"), topicTokens("b")
 	for _, tc := range []struct {
 		filter string

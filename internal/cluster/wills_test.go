@@ -87,6 +87,7 @@ func receiveWills(t *testing.T, c *client.Client, n int, d time.Duration) []stri
 // session resumed on a survivor within its will delay cancels its will.
 // n3 coming back publishes nothing.
 func TestWillsOfCrashedNode(t *testing.T) {
+	t.Parallel()
 	clk := newTestClock()
 	dir, routes := t.TempDir(), freePorts(t, 3)
 	nodes, err := startNodesHooked(t, dir, routes, []func(int, *Node){clk.hook(), adoptAfter(time.Minute)})
@@ -194,6 +195,7 @@ func TestWillsOfCrashedNode(t *testing.T) {
 // itself, once; its persistent sessions' wills wait for their delay
 // there, as their sessions are its own again.
 func TestWillsOfRestartedNode(t *testing.T) {
+	t.Parallel()
 	clk := newTestClock()
 	dir, routes := t.TempDir(), freePorts(t, 3)
 	nodes, err := startNodesHooked(t, dir, routes, []func(int, *Node){clk.hook(), adoptAfter(time.Minute)})
@@ -240,6 +242,7 @@ func TestWillsOfRestartedNode(t *testing.T) {
 //
 //	MOAT_BENCH_CLUSTER_WILLS=300 go test -race=false -run TestConnectWillCost -v ./internal/cluster/
 func TestConnectWillCost(t *testing.T) {
+	t.Parallel()
 	rounds, _ := strconv.Atoi(os.Getenv("MOAT_BENCH_CLUSTER_WILLS"))
 	if rounds <= 0 {
 		t.Skip("a measurement: set MOAT_BENCH_CLUSTER_WILLS to the number of cycles")
