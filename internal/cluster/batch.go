@@ -1,14 +1,17 @@
 package cluster
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/moatmq/moat/internal/broker"
 )
@@ -267,10 +270,10 @@ func (n *Node) batchOK() bool {
 // node's name may not be known at all (the JetStream meta group lists
 // it under a placeholder), so the consumers are read by what they are
 // not: this node's, or a node's seen present by this run. They are
-// read from this server's copies, which it holds of every consumer
-// while the cluster has at most three nodes (each consumer has
-// min(nodes, 3) replicas); with more nodes, a never-seen node's
-// consumer may have no copy here, and it counts none. Before this, a
+// read from this server's copies when it holds a copy of the stream
+// (and so of every consumer: a consumer's copies are on its stream's
+// servers); a node without one, in a cluster of more than three nodes,
+// asks the JetStream API (unseenConsumersAPI). Before this, a
 // node restarted while another was away wrote single records until that
 // one came back, one message per record, and after an election of the
 // stream sent each again in its turn, one round trip per message.
@@ -296,13 +299,17 @@ func (n *Node) noteUnseen() {
 }
 
 // unseenConsumers returns the number of durable consumers of moat_msgs
-// on this server that are not named in seen, all with AckAll; 0 if any
-// is not (or they cannot be read).
+// that are not named in seen, all with AckAll; 0 if any is not (or they
+// cannot be read).
 func (n *Node) unseenConsumers(seen map[string]bool) int {
 	acc := n.srv.GlobalAccount().Name
 	ad, err := n.srv.JszAccount(&server.JSzOptions{Account: acc, Streams: true, Consumer: true, Config: true})
 	if err != nil {
 		return 0
+	}
+	held := slices.ContainsFunc(ad.Streams, func(sd server.StreamDetail) bool { return sd.Name == streamMsgs })
+	if !held {
+		return n.unseenConsumersAPI(seen)
 	}
 	count := 0
 	for i := range ad.Streams {
@@ -321,6 +328,49 @@ func (n *Node) unseenConsumers(seen map[string]bool) int {
 		}
 	}
 	return count
+}
+
+// unseenAPIWait bounds unseenConsumersAPI's requests: monitorPeers,
+// which calls it every second, also drops lingering markers.
+const unseenAPIWait = 2 * time.Second
+
+// unseenConsumersAPI is unseenConsumers for a node without a copy of
+// moat_msgs (a cluster of more than three nodes): the names of the
+// stream's consumers come from the JetStream API, and the configuration
+// of each one not named in seen from its leader. A consumer that does
+// not answer in time, or any failure, counts none: the node then writes
+// single records, which every build reads.
+func (n *Node) unseenConsumersAPI(seen map[string]bool) int {
+	// The stream's handle is set before the sessions are ready, by the
+	// goroutine that then marks them so.
+	if !n.sessionsReady() {
+		return 0
+	}
+	st := n.msgStream()
+	if st == nil {
+		return 0
+	}
+	ctx, cancel := context.WithTimeout(n.ctx, unseenAPIWait)
+	defer cancel()
+	lister := st.ConsumerNames(ctx)
+	var names []string
+	// Read to the end: the lister's goroutine ends only once its
+	// channel is drained.
+	for name := range lister.Name() {
+		if strings.HasPrefix(name, "node") && !seen[name] && len(names) < maxHBNodes {
+			names = append(names, name)
+		}
+	}
+	if lister.Err() != nil {
+		return 0
+	}
+	for _, name := range names {
+		c, err := st.Consumer(ctx, name)
+		if err != nil || c.CachedInfo().Config.AckPolicy != jetstream.AckAllPolicy {
+			return 0
+		}
+	}
+	return len(names)
 }
 
 // noteCapabilities notes, for every node seen present now, whether it

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -497,27 +498,66 @@ func TestBatchesWhileANodeIsAway(t *testing.T) {
 // message as a record of its own until n3 came back.
 func TestBatchesWithANodeNeverSeen(t *testing.T) {
 	t.Parallel()
-	dir, routes := t.TempDir(), freePorts(t, 3)
+	testBatchesNeverSeen(t, 3)
+}
+
+// TestBatchesWithANodeNeverSeenOnFourNodes is TestBatchesWithANodeNeverSeen
+// in a cluster of four, restarting the one node without a copy of
+// moat_msgs, so of no consumer: it reads the away node's consumer
+// through the JetStream API. Before 2026-12-07 it counted that node as
+// one that may not read batches and sent one message per record.
+func TestBatchesWithANodeNeverSeenOnFourNodes(t *testing.T) {
+	t.Parallel()
+	testBatchesNeverSeen(t, 4)
+}
+
+// testBatchesNeverSeen runs TestBatchesWithANodeNeverSeen on size nodes:
+// with three, n1 is restarted while n3 is away; with four, the node
+// without a copy of moat_msgs while one with a copy is away.
+func testBatchesNeverSeen(t *testing.T, size int) {
+	dir, routes := t.TempDir(), freePorts(t, size)
 	nodes, err := startNodes(t, dir, routes)
 	if err != nil {
 		t.Fatal(err)
 	}
-	stopNode(t, nodes[2])
-	stopNode(t, nodes[0])
-	n1 := restartWithListener(t, dir, routes, 0, nil)
-	testutil.WaitFor(t, "n1 to reach n2 and import its sessions", 30*time.Second, func() bool {
-		return n1.node.srv.NumRemotes() == 1 && n1.node.sessionsReady() && n1.node.dur.expected.Load() == 2
+	restarted, away := 0, 2
+	if size > 3 {
+		byName := map[string]int{}
+		for i, tn := range nodes {
+			byName[tn.node.cfg.Node] = i
+		}
+		peers := streamPeers(t, nodes[0].node, streamMsgs)
+		away = byName[peers[len(peers)-1]]
+		restarted = -1
+		for i, tn := range nodes {
+			if !slices.Contains(peers, tn.node.cfg.Node) {
+				restarted = i
+			}
+		}
+		if restarted < 0 {
+			t.Fatalf("every node holds a copy of %s: %v", streamMsgs, peers)
+		}
+	}
+	other := 0
+	for other == restarted || other == away {
+		other++
+	}
+	stopNode(t, nodes[away])
+	stopNode(t, nodes[restarted])
+	rn := restartWithListener(t, dir, routes, restarted, nil)
+	testutil.WaitFor(t, "the restarted node to reach the others and import its sessions", 30*time.Second, func() bool {
+		return rn.node.srv.NumRemotes() == size-2 && rn.node.sessionsReady() && rn.node.dur.expected.Load() == int64(size-1)
 	})
-	sub := dial(t, nodes[1].addr, "neversub", client.V5)
+	sub := dial(t, nodes[other].addr, "neversub", client.V5)
 	subscribe(t, sub, 1, "nv/#")
-	pub := dial(t, n1.addr, "neverpub", client.V5)
+	pub := dial(t, rn.addr, "neverpub", client.V5)
 	awaitRoute(t, pub, sub, "nv/probe")
-	n3key := markerPrefix + keyOf(nodes[2].node.cfg.Node) + "."
-	n1.node.dur.capMu.Lock()
-	_, noted := n1.node.dur.capable[n3key]
-	n1.node.dur.capMu.Unlock()
+	awayKey := markerPrefix + keyOf(nodes[away].node.cfg.Node) + "."
+	rn.node.dur.capMu.Lock()
+	_, noted := rn.node.dur.capable[awayKey]
+	rn.node.dur.capMu.Unlock()
 	if noted {
-		t.Fatal("n1 noted n3, which it never saw")
+		t.Fatal("the restarted node noted the away one, which it never saw")
 	}
 
 	const n = 200
@@ -525,7 +565,7 @@ func TestBatchesWithANodeNeverSeen(t *testing.T) {
 	defer cancel()
 	records := func(from int) uint64 {
 		t.Helper()
-		before := streamState(t, n1.node).LastSeq
+		before := streamState(t, rn.node).LastSeq
 		toks := make([]*client.Token, 0, n)
 		for i := from; i < from+n; i++ {
 			toks = append(toks, pub.PublishAsync(ctx, &client.Message{Topic: "nv/x", QoS: 1, Payload: []byte(strconv.Itoa(i))}))
@@ -536,18 +576,18 @@ func TestBatchesWithANodeNeverSeen(t *testing.T) {
 			}
 		}
 		receiveInOrder(t, sub, from, from+n)
-		return streamState(t, n1.node).LastSeq - before
+		return streamState(t, rn.node).LastSeq - before
 	}
-	testutil.WaitFor(t, "n1 to count n3 by its consumer", 30*time.Second, func() bool { return n1.node.batchOK() })
+	testutil.WaitFor(t, "the restarted node to count the away one by its consumer", 30*time.Second, func() bool { return rn.node.batchOK() })
 	if got := records(0); got >= n {
-		t.Fatalf("with n3 never seen: %d messages took %d records, want them grouped", n, got)
+		t.Fatalf("with a node never seen: %d messages took %d records, want them grouped", n, got)
 	}
 
-	// n3's consumer as an earlier build made it. Each request is tried
-	// again until answered: one made as the consumer's group elects a
-	// leader (n3 may have led it) can go unanswered.
-	name := "node" + keyOf(nodes[2].node.cfg.Node)
-	st := nodes[1].node.msgStream()
+	// The away node's consumer as an earlier build made it. Each request
+	// is tried again until answered: one made as the consumer's group
+	// elects a leader (the away node may have led it) can go unanswered.
+	name := "node" + keyOf(nodes[away].node.cfg.Node)
+	st := nodes[other].node.msgStream()
 	try := func(what string, f func(context.Context) error) {
 		t.Helper()
 		testutil.WaitFor(t, what, 60*time.Second, func() bool {
@@ -560,20 +600,20 @@ func TestBatchesWithANodeNeverSeen(t *testing.T) {
 			return err == nil
 		})
 	}
-	try("n3's consumer deleted", func(ctx context.Context) error {
+	try("the away node's consumer deleted", func(ctx context.Context) error {
 		if err := st.DeleteConsumer(ctx, name); !errors.Is(err, jetstream.ErrConsumerNotFound) {
 			return err
 		}
 		return nil
 	})
-	try("n3's consumer made again", func(ctx context.Context) error {
+	try("the away node's consumer made again", func(ctx context.Context) error {
 		_, err := st.CreateConsumer(ctx, jetstream.ConsumerConfig{Durable: name, AckPolicy: jetstream.AckExplicitPolicy,
 			FilterSubject: durablePrefix + ">"})
 		return err
 	})
-	testutil.WaitFor(t, "n1 to doubt n3", 30*time.Second, func() bool { return !n1.node.batchOK() })
+	testutil.WaitFor(t, "the restarted node to doubt the away one", 30*time.Second, func() bool { return !rn.node.batchOK() })
 	if got := records(n); got != n {
-		t.Fatalf("with n3's consumer of an earlier build: %d messages took %d records, want one each", n, got)
+		t.Fatalf("with the away node's consumer of an earlier build: %d messages took %d records, want one each", n, got)
 	}
 }
 
