@@ -515,11 +515,7 @@ func TestBatchesWithANodeNeverSeenOnFourNodes(t *testing.T) {
 // with three, n1 is restarted while n3 is away; with four, the node
 // without a copy of moat_msgs while one with a copy is away.
 func testBatchesNeverSeen(t *testing.T, size int) {
-	dir, routes := t.TempDir(), freePorts(t, size)
-	nodes, err := startNodes(t, dir, routes)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nodes, dir, routes := startOwn(t, size)
 	restarted, away := 0, 2
 	if size > 3 {
 		byName := map[string]int{}

@@ -98,6 +98,26 @@ func startNodes(t *testing.T, dir string, routes []string, configure ...func(*br
 	return startNodesHooked(t, dir, routes, nil, configure...)
 }
 
+// startOwn starts n nodes as startNodes does, on a new directory and new
+// route ports, and returns them with both, for restarts. A port
+// freePorts found free may be taken by another test's listener before
+// the embedded server binds it (the tests run in parallel): the start
+// is then made again elsewhere, up to three times in all.
+func startOwn(t *testing.T, n int) (nodes []*testNode, dir string, routes []string) {
+	t.Helper()
+	for attempt := 0; ; attempt++ {
+		dir, routes = t.TempDir(), freePorts(t, n)
+		nodes, err := startNodes(t, dir, routes)
+		if err == nil {
+			return nodes, dir, routes
+		}
+		if attempt == 2 {
+			t.Fatal(err)
+		}
+		t.Logf("retrying the cluster start: %v", err)
+	}
+}
+
 // restartNodes starts a test's stopped cluster again on its stores in
 // dir, as startNodesHooked does, and fails t if it cannot. A route port
 // of the run before may have been taken meanwhile by another test's
@@ -638,11 +658,7 @@ func expectTakenOver(t *testing.T, c *client.Client, what string) {
 // deliver it, which it never would; neither connection was taken over.
 func TestLateClaimAfterRestart(t *testing.T) {
 	t.Parallel()
-	dir, routes := t.TempDir(), freePorts(t, 3)
-	nodes, err := startNodes(t, dir, routes)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nodes, dir, routes := startOwn(t, 3)
 	earlier := dial(t, nodes[1].addr, "restart-x", client.V5)
 	awaitClaimHeard(t, nodes[1], "restart-x")
 	stopNode(t, nodes[0])

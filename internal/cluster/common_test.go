@@ -20,9 +20,11 @@ import (
 // busy 40 % of the time (331 s of user and 83 s of system time in 17 min
 // 12 s, 2026-12-07): they wait on elections and timeouts, not on the
 // CPU. The tests on the common cluster run first, one at a time, as
-// tests without t.Parallel do. A node restarted on its former route
-// port may find it taken by another test's listener meanwhile:
-// startAgain then starts it on a free one.
+// tests without t.Parallel do. A route port found free may be taken by
+// another test's listener before a node binds it: the helpers that
+// start a test's nodes (startCluster, startFresh, startOwn) then start
+// them again on new ports, and those that restart nodes (startAgain,
+// restartNodes) move them to new ones.
 
 // common is the shared cluster: started by the first test that asks for
 // it, closed once every test has run (TestMain), before the check for

@@ -50,11 +50,7 @@ func ackFloor(t *testing.T, tn *testNode) uint64 {
 // lost (TestFullClusterRestart's "received 9 of 0..10" under load).
 func TestRestartClaimBeforeOldHomeRoutes(t *testing.T) {
 	t.Parallel()
-	dir, routes := t.TempDir(), freePorts(t, 3)
-	nodes, err := startNodes(t, dir, routes)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nodes, dir, routes := startOwn(t, 3)
 	sub, _ := dialSession(t, nodes[0].addr, "late", client.V5)
 	subscribe(t, sub, 1, "lt/#")
 	pub := dial(t, nodes[2].addr, "ltpub", client.V5)
@@ -102,11 +98,7 @@ func TestRestartClaimBeforeOldHomeRoutes(t *testing.T) {
 // the run before are not read from the stream and replayed again.
 func TestRestartClaimReplaysFromOldHomesFloor(t *testing.T) {
 	t.Parallel()
-	dir, routes := t.TempDir(), freePorts(t, 3)
-	nodes, err := startNodes(t, dir, routes)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nodes, dir, routes := startOwn(t, 3)
 	sub, _ := dialSession(t, nodes[0].addr, "awake", client.V5)
 	subscribe(t, sub, 1, "aw/#")
 	pub := dial(t, nodes[2].addr, "awpub", client.V5)

@@ -152,11 +152,7 @@ func TestSessionMessagesWhileHomeDown(t *testing.T) {
 // are back, the session resumed on another node than the one it was on.
 func TestFullClusterRestart(t *testing.T) {
 	t.Parallel()
-	dir, routes := t.TempDir(), freePorts(t, 3)
-	nodes, err := startNodes(t, dir, routes)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nodes, dir, routes := startOwn(t, 3)
 	sub, _ := dialSession(t, nodes[0].addr, "sleeper", client.V5)
 	subscribe(t, sub, 1, "fr/#")
 	pub := dial(t, nodes[2].addr, "frpub", client.V5)

@@ -282,11 +282,7 @@ func FuzzDecodeSpilled(f *testing.F) {
 // (none, or the other's) replaced them everywhere.
 func TestRetainedSpill(t *testing.T) {
 	t.Parallel()
-	dir, routes := t.TempDir(), freePorts(t, 3)
-	nodes, err := startNodes(t, dir, routes)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nodes, dir, routes := startOwn(t, 3)
 	n1, n2 := nodes[0], nodes[1]
 	kv1 := n1.node.kvs()
 	var unreachable atomic.Bool
@@ -335,11 +331,7 @@ func TestRetainedSpill(t *testing.T) {
 // back. Before, they waited in memory only until then.
 func TestRetainedSpillBeforeBuckets(t *testing.T) {
 	t.Parallel()
-	dir, routes := t.TempDir(), freePorts(t, 3)
-	nodes, err := startNodes(t, dir, routes)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nodes, dir, routes := startOwn(t, 3)
 	for _, tn := range []*testNode{nodes[1], nodes[2], nodes[0]} {
 		stopNode(t, tn)
 	}
@@ -459,11 +451,7 @@ func TestSpillShrinks(t *testing.T) {
 // upgrade) leaves such topics alone that once.
 func TestRetainedReconcile(t *testing.T) {
 	t.Parallel()
-	dir, routes := t.TempDir(), freePorts(t, 3)
-	nodes, err := startNodes(t, dir, routes)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nodes, dir, routes := startOwn(t, 3)
 	n2 := nodes[1]
 	// seedAt seeds the restarted node's store as its last run left it:
 	// the messages created at created (zero: now).
