@@ -107,7 +107,8 @@ func startOwn(t *testing.T, n int) (nodes []*testNode, dir string, routes []stri
 	t.Helper()
 	for attempt := 0; ; attempt++ {
 		dir, routes = t.TempDir(), freePorts(t, n)
-		nodes, err := startNodes(t, dir, routes)
+		var err error
+		nodes, err = startNodes(t, dir, routes)
 		if err == nil {
 			return nodes, dir, routes
 		}
