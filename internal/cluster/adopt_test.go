@@ -193,11 +193,7 @@ func sessionNode(t *testing.T, via *Node, id string) string {
 func TestAdoptSessionsOfDeadNode(t *testing.T) {
 	t.Parallel()
 	clk := newTestClock()
-	dir, routes := t.TempDir(), freePorts(t, 3)
-	nodes, err := startNodesHooked(t, dir, routes, []func(int, *Node){clk.hook(), adoptAfter(time.Minute)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	nodes, dir, routes := startOwn(t, 3, clk.hook(), adoptAfter(time.Minute))
 	watch := dial(t, nodes[0].addr, "adwatch", client.V5)
 	subscribe(t, watch, 1, "adw/#")
 	probe := dial(t, nodes[2].addr, "adprobe", client.V5)
@@ -522,17 +518,13 @@ func TestAdoptionsOfOneNodeOneAtATime(t *testing.T) {
 func TestAdoptDueSkipsWhileAdoptionRuns(t *testing.T) {
 	t.Parallel()
 	clk := newTestClock()
-	dir, routes := t.TempDir(), freePorts(t, 3)
-	nodes, err := startNodesHooked(t, dir, routes, []func(int, *Node){func(i int, nd *Node) {
+	nodes, _, _ := startOwn(t, 3, func(i int, nd *Node) {
 		nd.cfg.AdoptAfter = -1 // only n2 adopts
 		if i == 1 {
 			clk.set(nd)
 			nd.cfg.AdoptAfter = time.Minute
 		}
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	})
 	c, _ := dialSession(t, nodes[2].addr, "busyturn", client.V5)
 	disconnect(t, c)
 	n2 := nodes[1].node

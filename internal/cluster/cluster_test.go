@@ -98,17 +98,19 @@ func startNodes(t *testing.T, dir string, routes []string, configure ...func(*br
 	return startNodesHooked(t, dir, routes, nil, configure...)
 }
 
-// startOwn starts n nodes as startNodes does, on a new directory and new
-// route ports, and returns them with both, for restarts. A port
+// startOwn starts n nodes as startNodesHooked does, on a new directory
+// and new route ports, and returns them with both, for restarts. A port
 // freePorts found free may be taken by another test's listener before
 // the embedded server binds it (the tests run in parallel): the start
-// is then made again elsewhere, up to three times in all.
-func startOwn(t *testing.T, n int) (nodes []*testNode, dir string, routes []string) {
+// is then made again elsewhere, up to three times in all, with the
+// hooks called again on the new nodes (they must only set up the node
+// they are given, as a test clock's hook does).
+func startOwn(t *testing.T, n int, before ...func(i int, nd *Node)) (nodes []*testNode, dir string, routes []string) {
 	t.Helper()
 	for attempt := 0; ; attempt++ {
 		dir, routes = t.TempDir(), freePorts(t, n)
 		var err error
-		nodes, err = startNodes(t, dir, routes)
+		nodes, err = startNodesHooked(t, dir, routes, before)
 		if err == nil {
 			return nodes, dir, routes
 		}

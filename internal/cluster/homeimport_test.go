@@ -18,11 +18,7 @@ import (
 func TestHomeImportRetried(t *testing.T) {
 	t.Parallel()
 	clk := newTestClock()
-	dir, routes := t.TempDir(), freePorts(t, 3)
-	nodes, err := startNodesHooked(t, dir, routes, []func(int, *Node){clk.hook(), adoptAfter(time.Minute)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	nodes, dir, routes := startOwn(t, 3, clk.hook(), adoptAfter(time.Minute))
 	watch := dial(t, nodes[0].addr, "hiwatch", client.V5)
 	subscribe(t, watch, 1, "hi/#")
 	probe := dial(t, nodes[2].addr, "hiprobe", client.V5)

@@ -92,19 +92,14 @@ func writeOthers(t *testing.T, tn *testNode, count int) {
 func TestAdoptionOwnMessagesDuringImport(t *testing.T) {
 	t.Parallel()
 	clk := newTestClock()
-	dir, routes := t.TempDir(), freePorts(t, 3)
-	hooks := []func(int, *Node){func(i int, nd *Node) {
+	nodes, _, _ := startOwn(t, 3, func(i int, nd *Node) {
 		// Only n2 adopts.
 		nd.cfg.AdoptAfter = -1
 		if i == 1 {
 			clk.set(nd)
 			nd.cfg.AdoptAfter = time.Minute
 		}
-	}}
-	nodes, err := startNodesHooked(t, dir, routes, hooks)
-	if err != nil {
-		t.Fatal(err)
-	}
+	})
 	sub, _ := dialSession(t, nodes[2].addr, "adoptown", client.V5)
 	subscribe(t, sub, 1, "ado/#")
 	pub := dial(t, nodes[1].addr, "adoptpub", client.V5)

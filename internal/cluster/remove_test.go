@@ -240,19 +240,7 @@ func TestSecurityClusterSystemToken(t *testing.T) {
 // store is a new node: it joins, and forgets the stored removal.
 func TestRemoveNodeForcedAndRestarted(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
-	routes := freePorts(t, 3)
-	var nodes []*testNode
-	for attempt := 0; ; attempt++ {
-		var err error
-		if nodes, err = startNodesHooked(t, dir, routes, []func(int, *Node){func(_ int, nd *Node) { nd.cfg.AdoptAfter = -1 }}); err == nil {
-			break
-		}
-		if attempt == 2 {
-			t.Fatal(err)
-		}
-		dir, routes = t.TempDir(), freePorts(t, 3)
-	}
+	nodes, _, _ := startOwn(t, 3, func(_ int, nd *Node) { nd.cfg.AdoptAfter = -1 })
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
 	v5 := dial(t, nodes[2].addr, "on-n3-v5", client.V5)

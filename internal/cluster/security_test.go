@@ -281,17 +281,14 @@ func startLateNode(t *testing.T, nodes []*testNode, h Security) *Node {
 // accepted change, and never the refused one.
 func TestSecurityChangesWhileClusterUnreachable(t *testing.T) {
 	t.Parallel()
-	dir, routes := t.TempDir(), freePorts(t, 3)
-	logs := []*secLog{{}, {}, {}}
-	nodes, err := startNodesHooked(t, dir, routes, []func(int, *Node){func(i int, nd *Node) {
+	logs := make([]*secLog, 3)
+	nodes, dir, routes := startOwn(t, 3, func(i int, nd *Node) {
+		logs[i] = &secLog{} // a start made again begins with empty logs
 		nd.SetSecurity(logs[i])
 		if i == 0 {
 			nd.sec.writes = newPendingQueue[secKey, secRecord](4, false)
 		}
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	})
 	for i, l := range logs {
 		testutil.WaitFor(t, fmt.Sprintf("n%d in sync", i+1), 60*time.Second, func() bool { return l.syncs() == 1 })
 	}

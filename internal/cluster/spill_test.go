@@ -536,14 +536,10 @@ func TestRetainedReconcile(t *testing.T) {
 // older value replaced n1's, and the new topic was removed.
 func TestRetainedUnsentChangeKept(t *testing.T) {
 	t.Parallel()
-	dir, routes := t.TempDir(), freePorts(t, 3)
 	// Markers that live a minute: a message made at n1's restart is
 	// young at the comparison however long the start takes.
 	longMarkers := func(nd *Node) { nd.cfg.MarkerTTL = time.Minute }
-	nodes, err := startNodesHooked(t, dir, routes, []func(int, *Node){func(_ int, nd *Node) { longMarkers(nd) }})
-	if err != nil {
-		t.Fatal(err)
-	}
+	nodes, dir, routes := startOwn(t, 3, func(_ int, nd *Node) { longMarkers(nd) })
 	n2 := nodes[1]
 	pub := dial(t, n2.addr, "unsent-pub", client.V5)
 	staleAt := time.Now()

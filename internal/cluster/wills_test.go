@@ -89,11 +89,7 @@ func receiveWills(t *testing.T, c *client.Client, n int, d time.Duration) []stri
 func TestWillsOfCrashedNode(t *testing.T) {
 	t.Parallel()
 	clk := newTestClock()
-	dir, routes := t.TempDir(), freePorts(t, 3)
-	nodes, err := startNodesHooked(t, dir, routes, []func(int, *Node){clk.hook(), adoptAfter(time.Minute)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	nodes, dir, routes := startOwn(t, 3, clk.hook(), adoptAfter(time.Minute))
 	watch := dial(t, nodes[0].addr, "cwwatch", client.V5)
 	subscribe(t, watch, 1, "cw/#")
 	probe := dial(t, nodes[2].addr, "cwprobe", client.V5)
@@ -197,11 +193,7 @@ func TestWillsOfCrashedNode(t *testing.T) {
 func TestWillsOfRestartedNode(t *testing.T) {
 	t.Parallel()
 	clk := newTestClock()
-	dir, routes := t.TempDir(), freePorts(t, 3)
-	nodes, err := startNodesHooked(t, dir, routes, []func(int, *Node){clk.hook(), adoptAfter(time.Minute)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	nodes, dir, routes := startOwn(t, 3, clk.hook(), adoptAfter(time.Minute))
 	watch := dial(t, nodes[0].addr, "rwwatch", client.V5)
 	subscribe(t, watch, 1, "cw/#")
 	probe := dial(t, nodes[2].addr, "rwprobe", client.V5)
