@@ -62,6 +62,11 @@ def read_log(path):
     return lines
 
 
+# What a run's KILL_NODE did, where it is not one node killed.
+KILLED = {0: "moved the subscriber off node1", 4: "killed every node and started them again"}
+LABEL = {0: "none (move)", 4: "all (restarted)"}
+
+
 def analyze(num):
     rd = os.path.join(RUNS, str(num))
     meta = json.load(open(os.path.join(rd, "run.json")))
@@ -78,7 +83,7 @@ def analyze(num):
     tk = meta["t_kill"]
     rel = lambda t: "%+.3fs" % (t - tk)
     p("run %s: %s at %s UTC; moat_msgs leader before %s, 8 s after %s; moat_sessions leader before %s" % (
-        num, "killed node%d" % meta["kill_node"] if meta["kill_node"] else "moved the subscriber off node1", __import__("time").strftime("%H:%M:%S", __import__("time").gmtime(tk)),
+        num, KILLED.get(meta["kill_node"], "killed node%d" % meta["kill_node"]), __import__("time").strftime("%H:%M:%S", __import__("time").gmtime(tk)),
         row["leader"], row["leader_after"], row["sleader"]))
     pubs = {}
     for name in "AB":
@@ -300,8 +305,8 @@ def main():
         if r.get("error"):
             lines.append("| %s | %s | | | | | | | | | | | %s |" % (r["run"], r.get("kill", ""), r["error"]))
             continue
-        lines.append("| %s | node%d | %s → %s → %s | %d/%d | %d/%d | %d | %d (%d) | %d | %s | %s | %.2f | %s | %s |" % (
-            r["run"], r["kill"], r["leader"], r["leader_after"], r["leader_end"], r["acked_A"], r["acked_B"],
+        lines.append("| %s | %s | %s → %s → %s | %d/%d | %d/%d | %d | %d (%d) | %d | %s | %s | %.2f | %s | %s |" % (
+            r["run"], LABEL.get(r["kill"], "node%d" % r["kill"]), r["leader"], r["leader_after"], r["leader_end"], r["acked_A"], r["acked_B"],
             r["nack_A"], r["nack_B"], r["missing"], r["ooo"], r["ooo_same"], r["dups"],
             "%.2f" % r["resume"] if r["resume"] is not None else "-",
             ",".join(str(x) for x in r["sp"]) or "-", r.get("maxdelay", float("nan")),
@@ -310,7 +315,7 @@ def main():
     lines.append("")
     lines.append("| killed | runs | runs with missing (msgs) | runs with out-of-order (msgs; same client ID msgs) | runs with dups (msgs) | sub resumed s min/median/max | median when the killed node led moat_msgs or moat_sessions / neither | session_present 0 | max delay s (max) | first msgs waited / for a catch-up / went on (sums) |")
     lines.append("|---|---|---|---|---|---|---|---|---|---|")
-    for k in (1, 2, 3, 0):
+    for k in (1, 2, 3, 0, 4):
         rs = [r for r in ok if r["kill"] == k]
         if not rs:
             continue
@@ -322,11 +327,11 @@ def main():
                                   and ("node%d" % k in (r["sleader"], r["leader"])) == want)
         med = lambda xs: "%.2f (%d)" % (xs[len(xs) // 2], len(xs)) if xs else "-"
         lines.append("| %s | %d | %d (%d) | %d (%d; %d) | %d (%d) | %s | %s | %d | %.2f | %s |" % (
-            "node%d" % k if k else "none (move)", len(rs), sum(1 for r in rs if r["missing"]), sum(r["missing"] for r in rs),
+            LABEL.get(k, "node%d" % k), len(rs), sum(1 for r in rs if r["missing"]), sum(r["missing"] for r in rs),
             sum(1 for r in rs if r["ooo"]), sum(r["ooo"] for r in rs), sum(r["ooo_same"] for r in rs),
             sum(1 for r in rs if r["dups"]), sum(r["dups"] for r in rs),
             "%.2f/%.2f/%.2f" % (res[0], res[len(res) // 2], res[-1]) if res else "-",
-            "%s / %s" % (med(led(True)), med(led(False))) if k else "-",
+            "%s / %s" % (med(led(True)), med(led(False))) if k in (1, 2, 3) else "-",
             sum(1 for r in rs for x in r["sp"] if x != 1), max(r.get("maxdelay", 0) for r in rs),
             "/".join(str(sum(r["gate"][k] for r in rs if r["gate"])) for k in range(3))
             + ("" if all(r["gate"] for r in rs) else " (%d runs not read)" % sum(1 for r in rs if not r["gate"]))))

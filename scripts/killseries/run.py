@@ -5,6 +5,8 @@
 
 KILL_NODE 0 kills nothing: the subscriber starts on node 1 and moves to
 node 2 (a clean DISCONNECT, then a connection there) at the kill's time.
+KILL_NODE 4 kills all three nodes at once and starts them again on their
+data KS_DOWN seconds later (default 2): a crash of the whole cluster.
 
 KS_DIR (default /tmp/moat-killseries) holds the runs; KS_MOAT names the
 binary (default $KS_DIR/moat).
@@ -30,6 +32,8 @@ ROUTE, MQTTP, ADMIN = 27600, 27610, 27620
 RATE = float(os.environ.get("KS_RATE", "300"))
 DURATION = float(os.environ.get("KS_DURATION", "30"))
 KILL_AFTER = float(os.environ.get("KS_KILL_AFTER", "10"))
+DOWN = float(os.environ.get("KS_DOWN", "2"))
+ALL = 4  # KILL_NODE that kills every node
 
 CONF = """data_dir: data
 listeners:
@@ -56,8 +60,8 @@ def log(rundir, msg):
         f.write(line + "\n")
 
 
-def start(argv, cwd, out):
-    f = open(out, "w")
+def start(argv, cwd, out, mode="w"):
+    f = open(out, mode)
     p = subprocess.Popen(argv, cwd=cwd, stdout=f, stderr=subprocess.STDOUT,
                          start_new_session=True)
     PROCS.append(p)
@@ -220,11 +224,13 @@ def run(rundir, kill, meta):
         pubs[name] = start([PY, os.path.join(HERE, "clients.py"), "pub", rundir, name, str(node),
                             repr(t0), str(DURATION), str(RATE)], rundir,
                            os.path.join(rundir, "pub-%s.out" % name))
+    # after a kill of every node, node 1 started again answers
     survivor = [i for i in (1, 2, 3) if i != kill][0]
     while time.time() < t0 + KILL_AFTER - 1.5:
         time.sleep(0.05)
-    meta["leader_before"] = leader(rundir, kill or 1)
-    meta["sessions_leader_before"] = leader(rundir, kill or 1, "moat_sessions")
+    asked = 1 if kill in (0, ALL) else kill
+    meta["leader_before"] = leader(rundir, asked)
+    meta["sessions_leader_before"] = leader(rundir, asked, "moat_sessions")
     meta["status_before"] = None
     try:
         meta["status_before"] = cluster_status(rundir, survivor)
@@ -236,6 +242,22 @@ def run(rundir, kill, meta):
         os.kill(sub.pid, signal.SIGUSR1)
         meta["t_kill"] = time.time()
         log(rundir, "moved the subscriber off node1 (moat_msgs leader before: %s)" % meta["leader_before"])
+    elif kill == ALL:
+        for i in (1, 2, 3):
+            os.kill(nodes[i].pid, signal.SIGKILL)
+        meta["t_kill"] = time.time()
+        log(rundir, "killed every node (moat_msgs leader before: %s, moat_sessions: %s)" % (
+            meta["leader_before"], meta["sessions_leader_before"]))
+        for i in (1, 2, 3):
+            nodes[i].wait()
+        time.sleep(DOWN)
+        for i in (1, 2, 3):
+            d = os.path.join(rundir, "node%d" % i)
+            with open(os.path.join(d, "serve.log"), "a") as f:
+                f.write("--- started again after the kill of every node ---\n")
+            nodes[i] = start([MOAT, "serve", "-c", "moat.yaml"], d, os.path.join(d, "serve.log"), "a")
+        meta["t_restarted"] = time.time()
+        log(rundir, "started every node again")
     else:
         os.kill(nodes[kill].pid, signal.SIGKILL)
         meta["t_kill"] = time.time()

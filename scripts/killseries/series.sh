@@ -14,7 +14,18 @@ n=${1:-1}
 # KS_KILLS overrides the nodes killed in turn; 0 moves the subscriber
 # instead of killing a node (run.py).
 read -r -a kills <<<"${KS_KILLS:-2 1 3}"
-while [ "$(date -u +%H:%M:%S)" \< "$UNTIL" ]; do
+# A KS_UNTIL earlier in the day than the start means the next day's.
+start=$(date -u +%H:%M:%S)
+before_until() {
+	local now
+	now=$(date -u +%H:%M:%S)
+	if [ "$UNTIL" \< "$start" ]; then
+		[ ! "$now" \< "$start" ] || [ "$now" \< "$UNTIL" ]
+	else
+		[ "$now" \< "$UNTIL" ]
+	fi
+}
+while before_until; do
 	k=${kills[$(((n - 1) % ${#kills[@]}))]}
 	/usr/bin/python3 "$here/run.py" "$n" "$k" || echo "run $n failed: $?"
 	left=$(pgrep -f "$KS_MOAT")
