@@ -226,8 +226,10 @@ func fullSession(n int, payload string) *ClusterSession {
 // TestClaimPacesRemoteMessages: another node's durable message to a
 // session whose queue is full switches it to a catch-up from the stream
 // (DeliverRemoteBatchPaced) while a claim brings its client, as it does
-// for a connected session, instead of being dropped as for an offline
-// one; without a claim it is dropped, as on one node.
+// for a connected session; without a claim the Cluster is asked for the
+// catch-up of a session whose client is away (away set), and when it
+// refuses the message is dropped, as on one node
+// (TestPacedAwayOncePerAbsence has one it grants).
 func TestClaimPacesRemoteMessages(t *testing.T) {
 	const limit = 5
 	for _, claiming := range []bool{true, false} {
@@ -251,14 +253,23 @@ func TestClaimPacesRemoteMessages(t *testing.T) {
 			}
 			remote := newMessage(&packet.Publish{Topic: "t/remote", QoS: 1, Payload: []byte("r")}, "elsewhere", time.Now())
 			done := make(chan error, 1)
-			_, started := srv.DeliverRemoteBatchPaced([]*Message{remote}, func(string) bool { return true }, func(err error) { done <- err })
+			var asked, away bool
+			reserve := func(_ string, a bool) bool {
+				asked, away = true, a
+				return claiming
+			}
+			_, started := srv.DeliverRemoteBatchPaced([]*Message{remote}, reserve, func(err error) { done <- err })
 			if err := <-done; err != nil {
 				t.Fatal(err)
 			}
 			drops := srv.Stats().DroppedQueueFull
+			if asked && away != !claiming {
+				t.Errorf("the Cluster was asked with away %v", away)
+			}
 			if !claiming {
-				if len(started) != 0 || drops != 1 {
-					t.Errorf("offline session: %d catch-ups started, %d dropped; want none and the message dropped", len(started), drops)
+				if !asked || len(started) != 0 || drops != 1 {
+					t.Errorf("offline session: asked %v, %d catch-ups started, %d dropped; want asked, none started and the message dropped",
+						asked, len(started), drops)
 				}
 				return
 			}

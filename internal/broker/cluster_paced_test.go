@@ -32,7 +32,7 @@ func TestPacedCatchUpsInARow(t *testing.T) {
 		seq++
 		m := newMessage(&packet.Publish{Topic: "t/r", QoS: 1, Payload: []byte(fmt.Sprint(seq))}, "elsewhere", time.Now())
 		done := make(chan error, 1)
-		_, started := srv.DeliverRemoteBatchPaced([]*Message{m}, func(string) bool { return true }, func(err error) { done <- err })
+		_, started := srv.DeliverRemoteBatchPaced([]*Message{m}, func(string, bool) bool { return true }, func(err error) { done <- err })
 		if err := <-done; err != nil {
 			t.Fatal(err)
 		}
@@ -69,4 +69,74 @@ func TestPacedCatchUpsInARow(t *testing.T) {
 	}
 	second[0].Replay.EndCatchUp()
 	second[0].Replay.Deliver(nil)
+}
+
+// TestPacedAwayOncePerAbsence: another node's durable message to a
+// session whose client is away and whose queue is full switches it to a
+// catch-up (PacedSession.Away) when the Cluster grants one, as for a
+// connected session; once that catch-up ended (its client stayed away
+// past the Cluster's idle bound), later messages are dropped at the full
+// queue, as on one node, with no second catch-up until a client has been
+// attached again. The next absence may have one again.
+func TestPacedAwayOncePerAbsence(t *testing.T) {
+	const limit = 4
+	srv, addr := testServer(t, Config{Cluster: &localCluster{}, MaxQueued: limit})
+	leaveSubscribed(t, srv, addr)
+	seq := 0
+	var asked []bool
+	route := func() []PacedSession {
+		t.Helper()
+		seq++
+		m := newMessage(&packet.Publish{Topic: "t/r", QoS: 1, Payload: []byte(fmt.Sprint(seq))}, "elsewhere", time.Now())
+		done := make(chan error, 1)
+		reserve := func(_ string, away bool) bool {
+			asked = append(asked, away)
+			return true
+		}
+		_, started := srv.DeliverRemoteBatchPaced([]*Message{m}, reserve, func(err error) { done <- err })
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		return started
+	}
+	awayCatchUp := func() {
+		t.Helper()
+		drops := srv.Stats().DroppedQueueFull
+		var started []PacedSession
+		for range 2 * limit {
+			if started = route(); len(started) > 0 {
+				break
+			}
+		}
+		if len(started) != 1 || !started[0].Away || len(asked) == 0 || !asked[len(asked)-1] {
+			t.Fatalf("started %+v after %d messages (asked with away %v); want one catch-up of the session away", started, seq, asked)
+		}
+		if d := srv.Stats().DroppedQueueFull - drops; d != 0 {
+			t.Fatalf("%d dropped before the catch-up", d)
+		}
+		// It gives up: the session takes what routing delivers again.
+		started[0].Replay.EndCatchUp()
+		started[0].Replay.Deliver(nil)
+	}
+	awayCatchUp()
+	asked = nil
+	for range limit {
+		if again := route(); len(again) != 0 {
+			t.Fatalf("a second catch-up in the same absence: %+v", again)
+		}
+	}
+	if len(asked) != 0 || srv.Stats().DroppedQueueFull == 0 {
+		t.Fatalf("asked %d times, dropped %d; want no second catch-up asked for and the messages dropped", len(asked),
+			srv.Stats().DroppedQueueFull)
+	}
+
+	// The client comes back and leaves again: a new absence.
+	m := dialRaw(t, addr, packet.V5)
+	if ack := m.connect(connectV5("mover", false, withExpiry(300))); ack.ReasonCode != packet.Success || !ack.SessionPresent {
+		t.Fatalf("CONNACK %+v", ack)
+	}
+	m.send(&packet.Disconnect{})
+	waitOffline(t, srv, "mover")
+	asked = nil
+	awayCatchUp()
 }

@@ -453,6 +453,7 @@ func (s *Server) attach(c *conn, st *connectState) (*session, bool, string) {
 			sess.releaseGateLocked()
 		}
 		sess.conn = c
+		sess.awayPaced = false
 		sess.expiry = st.expiry
 		if s.persist != nil && st.expiry != 0 && !sess.stored {
 			sess.stored, sess.subList = true, make(map[string]StoredSubscription)

@@ -84,10 +84,14 @@ type session struct {
 	// (Server.awaitClaim) until its client, attached, has its queue
 	// under its limit (or is refused, or leaves): meanwhile a full queue
 	// holds this node's publishers back rather than dropping their
-	// messages (session.blocksLocked).
-	nextPID  uint16
-	ended    bool
-	resuming bool
+	// messages (session.blocksLocked). awayPaced is set when a paced
+	// routing pass switched the session to a catch-up while its client
+	// was away, until a client is attached: one such catch-up per
+	// absence (cluster_paced.go).
+	nextPID   uint16
+	ended     bool
+	resuming  bool
+	awayPaced bool
 
 	// stored: the session is kept by Config.Persistence (it outlived a
 	// connection's CONNECT with a non-zero expiry); subList mirrors its
@@ -315,12 +319,14 @@ func (s *session) deliverLocked(srv *Server, d *delivery, b *pbatch, from *conn,
 		// whose client is being attached after a cluster claim
 		// (resuming) is the exception: it holds a publisher back as if
 		// it were connected, and takes that publisher's message past
-		// its limit as QueueBlock does (enqueueLocked).
+		// its limit as QueueBlock does (enqueueLocked); so does one
+		// whose client is away while the catch-up of this absence runs
+		// (awayCatchingLocked), until it is found slow.
 		if d.qos == 0 && !srv.cfg.QueueQoS0 {
 			srv.stats.droppedQoS0.Add(1)
 			return false
 		}
-		held := c == nil && s.resuming && pub != nil && pub.self != s
+		held := c == nil && (s.resuming || s.awayCatchingLocked()) && pub != nil && pub.self != s
 		if !s.enqueueLocked(srv, d, held) {
 			return false
 		}
@@ -396,7 +402,8 @@ func (s *session) startLocked(c *conn, d *delivery, b *pbatch, from *conn) {
 // the broker's own, a client's message to itself), a queue past its
 // limit would grow with nothing to stop it, so the drop policy applies;
 // but a durable message of another node routed by a paced pass switches
-// a connected session to a catch-up instead (paceLocked). A delivery owed
+// a connected session (or, once per absence, one whose client is away)
+// to a catch-up instead (paceLocked). A delivery owed
 // to the session (held back while it moved to this node or caught up,
 // released now: its publisher was acknowledged or waits for this very
 // delivery) is queued past the limit: dropped, an acknowledged message

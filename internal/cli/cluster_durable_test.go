@@ -75,21 +75,34 @@ func TestClusterSessionMovesWithQueue(t *testing.T) {
 // messages into node 1 for a persistent subscriber on node 2; one node is
 // killed with SIGKILL under that load, and its client goes on on node 3:
 // the subscriber's node (the subscriber resumes its session there), or
-// the publisher's (the publisher reconnects there). Every message the
-// publisher had acknowledged reaches the subscriber.
+// the publisher's (the publisher reconnects there); or all three nodes
+// at once, started again on their data, the publisher going on through
+// the subscriber's old home and the subscriber resuming on node 3 (a
+// crash of the whole cluster). Every message the publisher had
+// acknowledged reaches the subscriber. In the last case the old home
+// accepts the publisher before it has imported the session again: its
+// first message waits for that import (before, the messages it took
+// meanwhile reached no session and were lost).
 func TestClusterSIGKILLUnderQoS1Load(t *testing.T) {
 	t.Parallel()
 	// Each case has a cluster of its own: they run side by side.
 	t.Run("SubscriberNode", func(t *testing.T) { t.Parallel(); killUnderLoad(t, 1) })
 	t.Run("PublisherNode", func(t *testing.T) { t.Parallel(); killUnderLoad(t, 0) })
+	t.Run("AllNodes", func(t *testing.T) { t.Parallel(); killUnderLoad(t, -1) })
 }
 
 // killUnderLoad runs TestClusterSIGKILLUnderQoS1Load, killing node kill
-// (0: the publisher's, 1: the subscriber's).
+// (0: the publisher's, 1: the subscriber's, -1: every node).
 func killUnderLoad(t *testing.T, kill int) {
 	// The session's queue may hold every message published while it
 	// moves: durability is under test, not the queue limit.
 	procs := startMoatCluster(t, clusterSetup{extra: allowAllACL + "limits: {max_queued_messages: 100000}\n"}).procs
+	var procsMu sync.Mutex // procs change when every node is started again
+	proc := func(i int32) *moatProc {
+		procsMu.Lock()
+		defer procsMu.Unlock()
+		return procs[i]
+	}
 	var pubNode atomic.Int32 // where the publisher connects
 	const topic = "load/x"
 	var gotMu sync.Mutex
@@ -175,7 +188,7 @@ func killUnderLoad(t *testing.T, kill int) {
 		for {
 			// A publication the cluster could not take (no stream leader
 			// for too long) ends the connection: connect again and go on.
-			c := mqtt.NewClient(opts(procs[pubNode.Load()], "kpub", true))
+			c := mqtt.NewClient(opts(proc(pubNode.Load()), "kpub", true))
 			if tok := c.Connect(); !tok.WaitTimeout(40*time.Second) || tok.Error() != nil {
 				select {
 				case <-stop:
@@ -218,12 +231,29 @@ func killUnderLoad(t *testing.T, kill int) {
 		})
 	}
 	waitAcked(200)
-	if kill == 0 {
+	switch kill {
+	case 0:
 		pubNode.Store(2) // the publisher's next connection goes to a survivor
+	case -1:
+		pubNode.Store(1) // and to the subscriber's old home after the restart
 	}
-	procs[kill].cmd.Process.Kill() // SIGKILL, under load
-	<-procs[kill].done
-	if kill == 1 {
+	if kill < 0 {
+		for _, p := range procs {
+			p.cmd.Process.Kill() // SIGKILL, under load
+		}
+		for _, p := range procs {
+			<-p.done
+		}
+		procsMu.Lock()
+		for i, p := range procs {
+			procs[i] = p.restart(t)
+		}
+		procsMu.Unlock()
+	} else {
+		procs[kill].cmd.Process.Kill() // SIGKILL, under load
+		<-procs[kill].done
+	}
+	if kill != 0 {
 		// The subscriber resumes on a survivor, while the load goes on.
 		sub.Disconnect(0)
 		var present bool

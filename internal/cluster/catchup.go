@@ -111,9 +111,14 @@ type catchUp struct {
 	marked   uint64
 	markedAt time.Time
 
-	// paced: started by a routing pass for a connected session whose
-	// queue was full (startPaced), not by a claim.
-	paced bool
+	// paced: started by a routing pass for a session whose queue was
+	// full (startPaced), not by a claim. away: for one whose client was
+	// away then (it counts in sess.pacedAway); clientAway: its client
+	// was away at the last look (run), and new publishers do not wait
+	// for it (catchUpBehind).
+	paced      bool
+	away       bool
+	clientAway atomic.Bool
 	// For a paced catch-up, once started: through is the stream
 	// position up to which its session got the other nodes' messages
 	// (progressed), filters (set under cuMu) its session's filters. A
@@ -159,6 +164,12 @@ func leaveRoom(lim broker.Limits, room int, roomBytes int64) (int, int64) {
 // node: each reads the stream on its own. Past it, a connected session's
 // full queue drops the other nodes' messages, as on one node.
 const maxPacedCatchUps = 64
+
+// maxAwayCatchUps bounds those of them for sessions whose client is
+// away, which wait for their client up to the idle bound: a node with
+// many sessions away (a fleet offline behind a busy topic) keeps the
+// rest for the clients that are connected.
+const maxAwayCatchUps = maxPacedCatchUps / 2
 
 // pacedNear is how many records behind the routing position a catch-up
 // reads under routeMu, holding this node's routing up meanwhile
@@ -226,6 +237,9 @@ func (n *Node) dropCatchUpLocked(c *catchUp) {
 	delete(n.sess.catchUps, c.id)
 	if c.paced {
 		n.sess.paced--
+		if c.away {
+			n.sess.pacedAway--
+		}
 		n.catchUpMovedLocked()
 	}
 }
@@ -271,7 +285,9 @@ func (c *catchUp) progressed() {
 // moves").
 //
 // A catch-up under way for longer than gateCatchUpAge is not waited
-// for: its session's client cannot keep up, and a slow subscriber must
+// for, nor one whose session's client is away (it moves on only once
+// the client is back): its session's client cannot keep up, and a slow
+// or absent subscriber must
 // not hold publishers up (docs/design/broker.md, "Overload control"):
 // waiting for it would delay every new publisher's first message on its
 // topics to the gate's bound for as long as it lags. A catch-up after a
@@ -285,7 +301,7 @@ func (n *Node) catchUpBehind(topic, clientID string, last uint64) <-chan struct{
 	n.sess.cuMu.Lock()
 	defer n.sess.cuMu.Unlock()
 	for _, c := range n.sess.catchUps {
-		if !c.paced || c.filters == nil || c.id == clientID || c.through.Load() >= last ||
+		if !c.paced || c.filters == nil || c.id == clientID || c.through.Load() >= last || c.clientAway.Load() ||
 			now.Sub(c.started) > gateCatchUpAge || !matchesAny(c.filters, topic) {
 			continue
 		}
@@ -339,23 +355,31 @@ func (n *Node) markReleasing(id string, on bool) {
 }
 
 // reservePaced is asked by the broker, for a connected session of id
-// (or one whose client a claim is attaching) whose queue has no room for a message of another node that a routing
+// (or one whose client a claim is attaching, or, away, one whose client
+// is away) whose queue has no room for a message of another node that a routing
 // pass delivers, whether this node catches it up (startPaced) instead
 // of dropping the message: when no catch-up of it is under way, it is
-// not being given up, and fewer than maxPacedCatchUps run. It reserves
-// the catch-up then. The broker calls it holding the session's lock:
-// it takes cuMu alone.
-func (n *Node) reservePaced(id string) bool {
+// not being given up, and fewer than maxPacedCatchUps run (of them
+// fewer than maxAwayCatchUps for sessions away, for one away). It
+// reserves the catch-up then. The broker calls it holding the session's
+// lock: it takes cuMu alone.
+func (n *Node) reservePaced(id string, away bool) bool {
 	s := &n.sess
 	s.cuMu.Lock()
 	defer s.cuMu.Unlock()
-	if s.noCatchUp || n.ctx.Err() != nil || s.catchUps[id] != nil || s.releasing[id] > 0 || s.paced >= maxPacedCatchUps {
+	if s.noCatchUp || n.ctx.Err() != nil || s.catchUps[id] != nil || s.releasing[id] > 0 || s.paced >= maxPacedCatchUps ||
+		away && s.pacedAway >= maxAwayCatchUps {
 		return false
 	}
 	if s.catchUps == nil {
 		s.catchUps = make(map[string]*catchUp)
 	}
 	c := n.newCatchUp(id, true)
+	if away {
+		c.away = true
+		c.clientAway.Store(true)
+		s.pacedAway++
+	}
 	s.catchUps[id] = c
 	if s.reserved == nil {
 		s.reserved = make(map[string]*catchUp)
@@ -417,8 +441,14 @@ func (n *Node) startPaced(seq uint64, msgs []*broker.Message, refs, ids []string
 		n.markCatchUp(ps.ClientID, seq-1, part())
 		n.dstats.catchUps.Add(1)
 		n.dstats.catchUpsPaced.Add(1)
-		n.log.Info("cluster: a connected session has no room for the other nodes' messages; they follow from the stream as it drains",
-			"client", ps.ClientID, "from", seq)
+		if c.away {
+			n.dstats.catchUpsAway.Add(1)
+			n.log.Info("cluster: a session whose client is away has no room for the other nodes' messages; they follow from the stream if it comes back in time",
+				"client", ps.ClientID, "from", seq, "idle_bound", c.idle())
+		} else {
+			n.log.Info("cluster: a connected session has no room for the other nodes' messages; they follow from the stream as it drains",
+				"client", ps.ClientID, "from", seq)
+		}
 		n.runCatchUp(c)
 	}
 }
@@ -446,6 +476,7 @@ func (c *catchUp) run() bool {
 	last := -1 // the queue's room at the last look
 	for c.ctx.Err() == nil {
 		raw, rawBytes, held, online, here := c.local.QueueRoom()
+		c.clientAway.Store(!online)
 		room, roomBytes := leaveRoom(b.Limits(), raw, rawBytes)
 		if keepsUp(room, roomBytes, raw, last) {
 			idle = n.now()

@@ -206,11 +206,12 @@ type durableCounters struct {
 	// past its linger for a session given up here (tests).
 	markersHeld atomic.Uint64
 	// Catch-ups of sessions (catchup.go): started (by a routing pass:
-	// paced), ended at the routing position, given up, handed over with
+	// paced; of those, for a session whose client was away: away), ended
+	// at the routing position, given up, handed over with
 	// their session to another node; the messages they delivered, and
 	// the QoS 0 messages dropped for their sessions meanwhile.
 	catchUps, catchUpsDone, catchUpsGaveUp, catchUpsHandedOver atomic.Uint64
-	catchUpsPaced, catchUpsLate                                atomic.Uint64
+	catchUpsPaced, catchUpsLate, catchUpsAway                  atomic.Uint64
 	catchUpMessages, catchUpQoS0Dropped                        atomic.Uint64
 }
 
@@ -1040,7 +1041,7 @@ func (n *Node) handleBatch(m jetstream.Msg, origin string, seq uint64) {
 		d.refs.Store(msg, msgIDs[i])
 	}
 	// The record is acknowledged once its messages are committed and,
-	// for each connected session that had no room for one of them, the
+	// for each session that had no room for one of them, the
 	// position of its catch-up is stored (startPaced): the parts of j.
 	j := &heldAck{parts: 1, done: n.holdAcks(func(err error) {
 		// Delivered again later on failure (not at once: a broker
@@ -1074,10 +1075,10 @@ type durableBroker interface {
 var _ durableBroker = (*broker.Server)(nil)
 
 // pacedBroker is what a routing pass needs of the broker to catch up,
-// from the stream, a connected session whose queue is full
-// (catchup.go): *broker.Server.
+// from the stream, a session whose queue is full (catchup.go):
+// *broker.Server.
 type pacedBroker interface {
-	DeliverRemoteBatchPaced(msgs []*broker.Message, reserve func(clientID string) bool, done func(error)) (int, []broker.PacedSession)
+	DeliverRemoteBatchPaced(msgs []*broker.Message, reserve func(clientID string, away bool) bool, done func(error)) (int, []broker.PacedSession)
 }
 
 var _ pacedBroker = (*broker.Server)(nil)

@@ -179,7 +179,7 @@ type sessionsState struct {
 	// catchUps are the sessions catching up here, by client ID
 	// (catchup.go); paced counts those a routing pass started, and
 	// releasing the sessions being given up to another node now (no
-	// routing pass starts one for them). cuMu guards the three; the
+	// routing pass starts one for them). cuMu guards these; the
 	// broker asks for a reservation (reservePaced) under a session's
 	// lock, so nothing else is done holding it. In tests, noCatchUp
 	// keeps a claim's replay to its bound.
@@ -187,6 +187,7 @@ type sessionsState struct {
 	catchUps  map[string]*catchUp
 	reserved  map[string]*catchUp // by the routing pass under way, until it starts them
 	paced     int
+	pacedAway int // of paced, those for sessions whose client was away
 	releasing map[string]int
 	// cuMoved is closed, and made again when wanted, as a paced
 	// catch-up moves on or ends: the first messages of connections

@@ -113,13 +113,15 @@ type Status struct {
 	// The catch-ups of sessions (catchup.go), of moved sessions whose
 	// replay went past the room of their queue and of connected sessions
 	// whose queue had no room for the other nodes' messages (paced, also
-	// counted in catch_ups): started, ended at the routing position,
+	// counted in catch_ups; away: those of them whose session's client
+	// was away, also counted in paced): started, ended at the routing position,
 	// given up (logged with the reason; counted in replays_bounded too),
 	// handed over with their session to another node; the messages they
 	// delivered, and the QoS 0 messages dropped for their sessions while
 	// they ran.
 	CatchUps           uint64 `json:"catch_ups"`
 	CatchUpsPaced      uint64 `json:"catch_ups_paced"`
+	CatchUpsAway       uint64 `json:"catch_ups_away"`
 	CatchUpsLate       uint64 `json:"catch_ups_late"`
 	CatchUpsDone       uint64 `json:"catch_ups_done"`
 	CatchUpsGaveUp     uint64 `json:"catch_ups_gave_up"`
@@ -129,11 +131,13 @@ type Status struct {
 	// The connections whose first QoS 1/2 message waited for this node's
 	// routing of the stream or for its sessions' catch-ups (docs/cluster.md,
 	// "A publisher that moves"), those of them that waited for a
-	// catch-up, and those whose first message went on before it caught
-	// up: past the wait's bound (10 s, or the keep alive), or the
-	// stream's end could not be read.
+	// catch-up, those that waited for the node's start (the import of its
+	// previous run's sessions), and those whose first message went on
+	// before it caught up: past the wait's bound (10 s, or the keep
+	// alive), or the stream's end could not be read.
 	PublishersWaited        uint64 `json:"publishers_waited"`
 	PublishersWaitedCatchUp uint64 `json:"publishers_waited_catch_up"`
+	PublishersWaitedStart   uint64 `json:"publishers_waited_start"`
 	PublishersNotCaughtUp   uint64 `json:"publishers_not_caught_up"`
 	// SessionsAdopted counts the sessions of nodes gone (down for
 	// cluster.adopt_after, or removed) that this node adopted (adopt.go).
@@ -206,11 +210,12 @@ func (n *Node) Status() Status {
 	st.HomesGone = d.homesGone.Load()
 	st.CatchUps, st.CatchUpsDone, st.CatchUpsGaveUp = d.catchUps.Load(), d.catchUpsDone.Load(), d.catchUpsGaveUp.Load()
 	st.CatchUpsPaced, st.CatchUpsLate = d.catchUpsPaced.Load(), d.catchUpsLate.Load()
+	st.CatchUpsAway = d.catchUpsAway.Load()
 	st.CatchUpsHandedOver, st.CatchUpMessages, st.CatchUpQoS0Dropped = d.catchUpsHandedOver.Load(), d.catchUpMessages.Load(), d.catchUpQoS0Dropped.Load()
 	g := &n.dur.gate
 	g.mu.Lock()
 	st.PublishersWaited, st.PublishersNotCaughtUp = g.waited, g.timedOut+g.noEnd
-	st.PublishersWaitedCatchUp = g.waitedCatchUp
+	st.PublishersWaitedCatchUp, st.PublishersWaitedStart = g.waitedCatchUp, g.waitedStart
 	g.mu.Unlock()
 	st.SessionsAdopted = n.adopt.sessions.Load()
 	st.Removed = n.removedNodes()
