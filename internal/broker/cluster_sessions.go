@@ -6,6 +6,7 @@ import (
 	"errors"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/moatmq/moat/internal/packet"
@@ -169,6 +170,24 @@ func (s *Server) awaitClaim(id string) {
 		sess.resuming = true
 		sess.mu.Unlock()
 	}
+}
+
+// AwaitClient notes that the client of id's persistent session may be
+// on its way, to this node or to another one, as after this node's
+// restart, when the Cluster imports the sessions its previous run kept
+// while their clients reconnect wherever a node answers first: until
+// done is called, the session (here already or imported meanwhile)
+// holds this node's publishers back at its full queue as while a claim
+// brings its client (awaitClaim), rather than dropping their messages
+// there. A claim of the session on another node takes the queue with
+// it; those messages are not in the cluster's stream when no other node
+// wanted them. The Cluster bounds the wait: a client gone for good holds
+// the publishers that long, once. done may be called more than once.
+// Safe for concurrent use.
+func (s *Server) AwaitClient(id string) (done func()) {
+	s.awaitClaim(id)
+	var once sync.Once
+	return func() { once.Do(func() { s.claimOver(id) }) }
 }
 
 // claimOver ends a claim awaitClaim noted, once its client is attached

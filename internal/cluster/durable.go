@@ -745,6 +745,8 @@ func (n *Node) consumeLoop(js jetstream.JetStream) {
 	// The sessions of this node first: the consumer then delivers to them
 	// what arrived while the node was away.
 	n.importHomeSessions()
+	n.wg.Add(1)
+	go func() { defer n.wg.Done(); n.endHomeAwaits() }()
 	n.markPresent()
 	close(n.sess.ready)
 	n.partReady()
