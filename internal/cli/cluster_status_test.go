@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"strconv"
@@ -253,4 +254,73 @@ func clusterDashboard(t *testing.T, base, token string) {
 		strings.Count(nodes, " ms\t") != 2 || strings.Contains(streams, "none") {
 		t.Errorf("cluster page: health %q\nnodes %q\nstreams %q (screenshot in %s)", health, nodes, streams, shots)
 	}
+}
+
+// TestOpenAPIClusterStatus: every field of the cluster status the admin
+// API serves (cluster.Status, and the objects it lists) is documented in
+// openapi.json's ClusterStatus schema, and nothing more.
+func TestOpenAPIClusterStatus(t *testing.T) {
+	raw, err := os.ReadFile(filepath.Join("..", "admin", "openapi.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	type schema struct {
+		Ref        string            `json:"$ref"`
+		Properties map[string]schema `json:"properties"`
+		Items      *schema           `json:"items"`
+	}
+	var doc struct {
+		Components struct {
+			Schemas map[string]schema `json:"schemas"`
+		} `json:"components"`
+	}
+	if err := json.Unmarshal(raw, &doc); err != nil {
+		t.Fatalf("openapi.json: %v", err)
+	}
+	var check func(path string, typ reflect.Type, s schema)
+	check = func(path string, typ reflect.Type, s schema) {
+		for s.Ref != "" {
+			s = doc.Components.Schemas[strings.TrimPrefix(s.Ref, "#/components/schemas/")]
+		}
+		for typ.Kind() == reflect.Slice || typ.Kind() == reflect.Pointer {
+			if typ.Kind() == reflect.Slice {
+				if s.Items == nil {
+					t.Errorf("%s: an array in Go, not in openapi.json", path)
+					return
+				}
+				s = *s.Items
+				for s.Ref != "" {
+					s = doc.Components.Schemas[strings.TrimPrefix(s.Ref, "#/components/schemas/")]
+				}
+			}
+			typ = typ.Elem()
+		}
+		if typ.Kind() != reflect.Struct || typ == reflect.TypeFor[time.Time]() {
+			return
+		}
+		seen := map[string]bool{}
+		for f := range typ.Fields() {
+			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+			if name == "" || name == "-" {
+				continue
+			}
+			seen[name] = true
+			p, ok := s.Properties[name]
+			if !ok {
+				t.Errorf("%s.%s is not documented in openapi.json", path, name)
+				continue
+			}
+			check(path+"."+name, f.Type, p)
+		}
+		for name := range s.Properties {
+			if !seen[name] {
+				t.Errorf("openapi.json documents %s.%s, which the status does not carry", path, name)
+			}
+		}
+	}
+	cs, ok := doc.Components.Schemas["ClusterStatus"]
+	if !ok {
+		t.Fatal("openapi.json has no ClusterStatus schema")
+	}
+	check("ClusterStatus", reflect.TypeFor[cluster.Status](), cs)
 }
