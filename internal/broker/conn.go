@@ -224,6 +224,10 @@ type conn struct {
 	// caughtUp: the connection's first QoS 1/2 PUBLISH waited for the
 	// cluster's routing (PublishGate). Reader-owned.
 	caughtUp bool
+	// gatedAt is when that wait ended (Unix nanoseconds, 0: no wait):
+	// the arrival time of the connection's messages is at least that
+	// (handlePublish). Reader-owned.
+	gatedAt int64
 
 	// Safe for any goroutine. done is closed once the connection no
 	// longer holds its session (which a takeover waits for); the socket

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/moatmq/moat/internal/packet"
 	"github.com/moatmq/moat/internal/topic"
@@ -124,6 +125,13 @@ func (c *conn) handlePublish(p *packet.Publish) bool {
 		c.caughtUp = true
 		if g, ok := s.cluster.(PublishGate); ok {
 			g.AwaitCaughtUp(c.killed, c.keepAlive, p.Topic, c.client.ClientID)
+			// The message, and those read behind it meanwhile, count as
+			// arriving now, when they can first be routed: a session
+			// moving here finds in the record of recent messages what
+			// arrived after its claim began (FindLocal), and one that
+			// began during the wait would otherwise pass over them,
+			// though no node had routed them to it.
+			c.gatedAt = time.Now().UnixNano()
 		}
 	}
 	var msg *Message
@@ -133,7 +141,7 @@ func (c *conn) handlePublish(p *packet.Publish) bool {
 	}
 	if code == packet.Success {
 		msg = newMessage(p, c.client.ClientID, s.cfg.Now())
-		msg.arrived = c.arrivalTime()
+		msg.arrived = max(c.arrivalTime(), c.gatedAt)
 		if b != nil {
 			msg.id = s.persist.NewID()
 		}
