@@ -298,11 +298,15 @@ func (c *catchUp) progressed() {
 // the connection's reader, waiting here, does not read.
 func (n *Node) catchUpBehind(topic, clientID string, last uint64) <-chan struct{} {
 	now := n.now()
+	maxAge := gateCatchUpAge
+	if d := n.sess.gateAgeFor.Load(); d != 0 {
+		maxAge = time.Duration(d)
+	}
 	n.sess.cuMu.Lock()
 	defer n.sess.cuMu.Unlock()
 	for _, c := range n.sess.catchUps {
 		if !c.paced || c.filters == nil || c.id == clientID || c.through.Load() >= last || c.clientAway.Load() ||
-			now.Sub(c.started) > gateCatchUpAge || !matchesAny(c.filters, topic) {
+			now.Sub(c.started) > maxAge || !matchesAny(c.filters, topic) {
 			continue
 		}
 		if n.sess.cuMoved == nil {

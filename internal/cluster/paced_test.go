@@ -296,7 +296,10 @@ func TestPacedCatchUpMovedPublisher(t *testing.T) {
 	t.Parallel()
 	const limit, before, after = 20, 140, 20
 	id := "pacedmoved"
-	nodes, sub, pubs := pacedCluster(t, id, limit, nil)
+	// The catch-up holds the moved publisher only while younger than
+	// gateCatchUpAge (10 s): more than the 140 messages take here, but
+	// not always on a loaded machine with the race detector.
+	nodes, sub, pubs := pacedCluster(t, id, limit, nil, func(_ int, nd *Node) { nd.sess.gateAgeFor.Store(int64(5 * time.Minute)) })
 	n1 := nodes[0].node
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()

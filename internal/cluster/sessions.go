@@ -151,6 +151,8 @@ type sessionsState struct {
 	homeMu       sync.Mutex
 	homeAwaits   map[string]func()
 	homeAwaitFor atomic.Int64
+	// gateAgeFor, in tests, replaces gateCatchUpAge (0: that).
+	gateAgeFor atomic.Int64
 	// takeWaits counts the claims that waited for a take of the same
 	// client ID under way on this node (ClaimSession).
 	takeWaits atomic.Uint64
