@@ -75,7 +75,8 @@ type Status struct {
 	SecurityRefused uint64 `json:"security_refused"`
 	// The durable stream of QoS 1/2 messages (durable.go): published to
 	// it, received from it, publications that failed, redeliveries
-	// dropped, publications made because a node was missing, and
+	// dropped, publications made because a node was missing (or this
+	// node had not settled since it started again: settleStart), and
 	// records published again because an earlier one was (persist.go).
 	StreamOut         uint64 `json:"stream_out"`
 	StreamIn          uint64 `json:"stream_in"`
