@@ -56,18 +56,7 @@ func TestHeldDeliveryAcknowledgedAfterWrite(t *testing.T) {
 	}
 	n2.sess.afterImport.Store(&hook)
 
-	type dialed struct {
-		c   *client.Client
-		err error
-	}
-	got := make(chan dialed, 1)
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		defer cancel()
-		c, err := client.Dial(ctx, client.Config{Servers: []string{"tcp://" + nodes[1].addr}, ClientID: "holder",
-			Version: client.V5, SessionExpiry: 600})
-		got <- dialed{c, err}
-	}()
+	got := dialAsync(nodes[1].addr, "holder", 60*time.Second)
 	select {
 	case <-entered:
 	case d := <-got:
@@ -105,7 +94,7 @@ func TestHeldDeliveryAcknowledgedAfterWrite(t *testing.T) {
 	}
 
 	letGo()
-	var d dialed
+	var d dialResult
 	select {
 	case d = <-got:
 	case <-time.After(60 * time.Second):

@@ -15,6 +15,28 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
+// dialResult is the end of a connection attempt made on another
+// goroutine (dialAsync).
+type dialResult struct {
+	c   *client.Client
+	err error
+}
+
+// dialAsync connects an MQTT 5 client with a persistent session of id
+// to addr on another goroutine, which gives up after d, and sends the
+// result on the channel returned.
+func dialAsync(addr, id string, d time.Duration) <-chan dialResult {
+	got := make(chan dialResult, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), d)
+		defer cancel()
+		c, err := client.Dial(ctx, client.Config{Servers: []string{"tcp://" + addr}, ClientID: id,
+			Version: client.V5, SessionExpiry: 600})
+		got <- dialResult{c, err}
+	}()
+	return got
+}
+
 // dialSession connects a client with a persistent session (MQTT 5:
 // expiry 600 s; 3.1.1: clean session 0) and returns it with its CONNACK's Session Present.
 func dialSession(t *testing.T, addr, id string, v client.Version) (*client.Client, bool) {

@@ -1,7 +1,6 @@
 package cluster
 
 import (
-	"context"
 	"sync"
 	"testing"
 	"time"
@@ -53,17 +52,7 @@ func TestRestartedNodeForwardsWhileClaimImports(t *testing.T) {
 	disconnect(t, sub)
 	crashNode(t, nodes[0])
 
-	type claimed struct {
-		c   *client.Client
-		err error
-	}
-	got := make(chan claimed, 1)
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
-		defer cancel()
-		c, err := client.Dial(ctx, client.Config{Servers: []string{"tcp://" + nodes[1].addr}, ClientID: "rsub", SessionExpiry: 600})
-		got <- claimed{c, err}
-	}()
+	got := dialAsync(nodes[1].addr, "rsub", 120*time.Second)
 	select {
 	case <-taken:
 	case r := <-got:
